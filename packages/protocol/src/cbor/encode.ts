@@ -1,0 +1,180 @@
+import { CborError } from "../errors.js";
+import type { CborValue } from "./value.js";
+import { MAX_UINT64, MIN_NINT64 } from "./value.js";
+
+const MAX_ENCODE_DEPTH = 64;
+
+/**
+ * Writes KPIP canonical CBOR (RFC 8949 §4.2.1 deterministic encoding): shortest heads,
+ * definite lengths, map keys sorted by their encoded bytes. Hand-written because cbor-x
+ * cannot emit this form (it keeps map keys in insertion order and writes integers of
+ * 2^32 and above as float64); cbor-x is used for decoding.
+ */
+export class CanonicalWriter {
+  private buf: Buffer;
+  private pos: number;
+
+  /** `headroom` bytes are left free at the start, e.g. for a frame header. */
+  constructor(initialSize = 256, headroom = 0) {
+    this.buf = Buffer.allocUnsafe(Math.max(initialSize, headroom + 16));
+    this.pos = headroom;
+  }
+
+  /** The bytes written so far, including any headroom (a view, not a copy). */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const next = Buffer.allocUnsafe(size);
+    this.buf.copy(next, 0, 0, this.pos);
+    this.buf = next;
+  }
+
+  private head(major: number, n: number): void {
+    const m = major << 5;
+    if (n < 24) {
+      this.ensure(1);
+      this.buf[this.pos++] = m | n;
+    } else if (n < 0x100) {
+      this.ensure(2);
+      this.buf[this.pos++] = m | 24;
+      this.buf[this.pos++] = n;
+    } else if (n < 0x10000) {
+      this.ensure(3);
+      this.buf[this.pos++] = m | 25;
+      this.buf.writeUInt16BE(n, this.pos);
+      this.pos += 2;
+    } else if (n < 0x100000000) {
+      this.ensure(5);
+      this.buf[this.pos++] = m | 26;
+      this.buf.writeUInt32BE(n, this.pos);
+      this.pos += 4;
+    } else {
+      this.ensure(9);
+      this.buf[this.pos++] = m | 27;
+      this.buf.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
+      this.buf.writeUInt32BE(n >>> 0, this.pos + 4);
+      this.pos += 8;
+    }
+  }
+
+  private headBig(major: number, n: bigint): void {
+    if (n < 0x100000000n) {
+      this.head(major, Number(n));
+      return;
+    }
+    this.ensure(9);
+    this.buf[this.pos++] = (major << 5) | 27;
+    this.buf.writeBigUInt64BE(n, this.pos);
+    this.pos += 8;
+  }
+
+  /** Writes one value. Throws CborError(UNSUPPORTED_TYPE) for anything outside the data model. */
+  write(v: CborValue, depth = 0): void {
+    if (depth > MAX_ENCODE_DEPTH) throw new CborError("TOO_DEEP", `value nests deeper than ${MAX_ENCODE_DEPTH}`);
+    switch (typeof v) {
+      case "number":
+        if (!Number.isSafeInteger(v)) {
+          throw new CborError(
+            "UNSUPPORTED_TYPE",
+            `only safe integers are encodable as numbers (got ${v}); use a bigint or a string`,
+          );
+        }
+        if (v >= 0) this.head(0, v);
+        else this.head(1, -1 - v);
+        return;
+      case "string":
+        this.writeText(v);
+        return;
+      case "boolean":
+        this.ensure(1);
+        this.buf[this.pos++] = v ? 0xf5 : 0xf4;
+        return;
+      case "bigint":
+        if (v > MAX_UINT64 || v < MIN_NINT64) throw new CborError("UNSUPPORTED_TYPE", "integer outside the 64-bit CBOR range");
+        if (v >= 0n) this.headBig(0, v);
+        else this.headBig(1, -1n - v);
+        return;
+      case "object":
+        if (v === null) {
+          this.ensure(1);
+          this.buf[this.pos++] = 0xf6;
+          return;
+        }
+        if (v instanceof Uint8Array) {
+          this.head(2, v.length);
+          this.ensure(v.length);
+          this.buf.set(v, this.pos);
+          this.pos += v.length;
+          return;
+        }
+        if (Array.isArray(v)) {
+          this.head(4, v.length);
+          for (const item of v) this.write(item, depth + 1);
+          return;
+        }
+        this.writeMap(v as Record<string, CborValue>, depth);
+        return;
+      default:
+        throw new CborError("UNSUPPORTED_TYPE", `cannot encode a value of type ${typeof v}`);
+    }
+  }
+
+  private writeText(s: string): void {
+    // At most 3 bytes per UTF-16 code unit; write the head for the real length afterwards.
+    const max = s.length * 3;
+    if (max < 24 || isAscii(s)) {
+      const len = max < 24 ? Buffer.byteLength(s) : s.length;
+      this.head(3, len);
+      this.ensure(len);
+      this.pos += this.buf.write(s, this.pos, "utf8");
+      return;
+    }
+    const len = Buffer.byteLength(s);
+    this.head(3, len);
+    this.ensure(len);
+    this.pos += this.buf.write(s, this.pos, "utf8");
+  }
+
+  private writeMap(obj: Record<string, CborValue>, depth: number): void {
+    const proto = Object.getPrototypeOf(obj);
+    if (proto !== Object.prototype && proto !== null) {
+      throw new CborError("UNSUPPORTED_TYPE", `cannot encode an instance of ${proto?.constructor?.name ?? "unknown"}`);
+    }
+    const keys = Object.keys(obj).filter((k) => obj[k] !== undefined);
+    if (keys.length > 1) keys.sort(compareKeys);
+    this.head(5, keys.length);
+    for (const k of keys) {
+      this.writeText(k);
+      this.write(obj[k] as CborValue, depth + 1);
+    }
+  }
+}
+
+function isAscii(s: string): boolean {
+  for (let i = 0; i < s.length; i++) if (s.charCodeAt(i) > 0x7f) return false;
+  return true;
+}
+
+/** Canonical key order: by encoded length, then bytewise (RFC 8949 §4.2.1). */
+export function compareKeys(a: string, b: string): number {
+  if (isAscii(a) && isAscii(b)) {
+    if (a.length !== b.length) return a.length - b.length;
+    return a < b ? -1 : a > b ? 1 : 0;
+  }
+  const ba = Buffer.from(a, "utf8");
+  const bb = Buffer.from(b, "utf8");
+  if (ba.length !== bb.length) return ba.length - bb.length;
+  return Buffer.compare(ba, bb);
+}
+
+/** Encodes a value as KPIP canonical CBOR. Map entries whose value is `undefined` are omitted. */
+export function encodeCanonical(v: CborValue): Buffer {
+  const w = new CanonicalWriter();
+  w.write(v);
+  return w.finish();
+}

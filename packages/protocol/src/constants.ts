@@ -1,0 +1,63 @@
+/** Two magic bytes that open every frame: ASCII "KP". */
+export const MAGIC = 0x4b50;
+/** The frame-layout version carried in every frame header. */
+export const FRAME_VERSION = 1;
+/** Fixed size of a frame header in bytes. */
+export const HEADER_SIZE = 16;
+/** Protocol (body) versions this implementation speaks, highest last. */
+export const SUPPORTED_VERSIONS: readonly number[] = [1];
+/** The protocol version this implementation prefers. */
+export const PROTOCOL_VERSION = 1;
+
+/** Message types, the fourth byte of a frame header. */
+export const MessageType = {
+  HELLO: 1,
+  CHALLENGE: 2,
+  ATTEST: 3,
+  WELCOME: 4,
+  REQUEST: 5,
+  RESPONSE: 6,
+  EVENT: 7,
+  PING: 8,
+  PONG: 9,
+  GOODBYE: 10,
+  ERROR: 11,
+} as const;
+export type MessageType = (typeof MessageType)[keyof typeof MessageType];
+export type MessageTypeName = keyof typeof MessageType;
+
+const NAMES: Record<number, MessageTypeName> = Object.fromEntries(
+  Object.entries(MessageType).map(([k, v]) => [v, k as MessageTypeName]),
+);
+
+/** The name of a message type, or undefined for an unknown type number. */
+export function messageTypeName(type: number): MessageTypeName | undefined {
+  return NAMES[type];
+}
+
+/** Frame flag bits, the fifth byte of a frame header. */
+export const FrameFlag = {
+  /** The body is a shared-memory descriptor, not the payload itself (transports issue). */
+  SHM: 0x01,
+} as const;
+/** Every flag bit this implementation understands; any other bit set is a PROTOCOL error. */
+export const KNOWN_FLAGS = FrameFlag.SHM;
+
+/** Defaults for the limits negotiated at handshake; each side may lower them. */
+export const DEFAULT_LIMITS = {
+  /** Largest frame body accepted, in bytes. */
+  maxBodyBytes: 16 * 1024 * 1024,
+  /** Deepest nesting of arrays and maps in a body. */
+  maxDepth: 32,
+  /** Most data items (every array element, map key and value counts) in one body. */
+  maxItems: 100_000,
+  /** Longest op name in bytes. */
+  maxOpBytes: 128,
+  /** Longest target URI in bytes. */
+  maxTargetBytes: 2048,
+} as const;
+
+export interface DecodeLimits {
+  maxDepth: number;
+  maxItems: number;
+}

@@ -1,0 +1,118 @@
+import { DEFAULT_LIMITS, HEADER_SIZE } from "../constants.js";
+import { FrameError } from "../errors.js";
+import { type FrameHeader, readHeader } from "./header.js";
+
+/** One complete frame: its header fields and its body bytes. */
+export interface Frame extends FrameHeader {
+  body: Uint8Array;
+}
+
+/**
+ * Streaming frame decoder: feed it bytes in any chunking, get whole frames back.
+ *
+ * The declared body length is checked against `maxBody` as soon as the header is complete,
+ * before anything is allocated for the body; the body is then gathered from the chunks that
+ * actually arrive, so a peer that declares a large body and sends nothing costs nothing.
+ * A frame that lies entirely inside one chunk is returned as a view of that chunk (no copy).
+ *
+ * After a {@link FrameError} the decoder is poisoned: the stream has lost framing and every
+ * later `push` throws the same error.
+ */
+export class FrameDecoder {
+  /** Bytes of an incomplete frame, in acc[0, accLen); grown geometrically, never past one frame. */
+  private acc: Buffer = EMPTY;
+  private accLen = 0;
+  private header: FrameHeader | undefined;
+  private failed: FrameError | undefined;
+
+  constructor(private maxBody: number = DEFAULT_LIMITS.maxBodyBytes) {}
+
+  /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */
+  setMaxBody(n: number): void {
+    this.maxBody = n;
+  }
+
+  /** Bytes received but not yet returned as frames. */
+  get pending(): number {
+    return this.accLen;
+  }
+
+  /** True when a partial frame is buffered (used to detect truncation at end of stream). */
+  get midFrame(): boolean {
+    return this.accLen > 0;
+  }
+
+  /** Feeds a chunk; returns the frames it completed, in order. Throws {@link FrameError}. */
+  push(chunk: Uint8Array): Frame[] {
+    if (this.failed) throw this.failed;
+    const out: Frame[] = [];
+    try {
+      this.drain(chunk, out);
+    } catch (e) {
+      this.failed = e instanceof FrameError ? e : new FrameError("DECODER_FAILED", String(e));
+      this.acc = EMPTY;
+      this.accLen = 0;
+      throw this.failed;
+    }
+    return out;
+  }
+
+  /** Call at end of stream: throws TRUNCATED if a frame was cut off. */
+  end(): void {
+    if (this.failed) throw this.failed;
+    if (this.midFrame) {
+      this.failed = new FrameError("TRUNCATED", "stream ended in the middle of a frame");
+      throw this.failed;
+    }
+  }
+
+  private drain(chunk: Uint8Array, out: Frame[]): void {
+    let pos = 0;
+    // Complete a partial frame first, taking only the bytes it still needs.
+    while (this.accLen > 0 && pos < chunk.length) {
+      const want = this.header === undefined ? HEADER_SIZE : HEADER_SIZE + this.header.length;
+      const k = Math.min(want - this.accLen, chunk.length - pos);
+      this.append(chunk, pos, k);
+      pos += k;
+      if (this.header === undefined && this.accLen === HEADER_SIZE) {
+        this.header = readHeader(this.acc, 0, this.maxBody);
+      }
+      if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
+        // Hand the buffer over as the body: it is never written again.
+        out.push({ ...this.header, body: this.acc.subarray(HEADER_SIZE, this.accLen) });
+        this.acc = EMPTY;
+        this.accLen = 0;
+        this.header = undefined;
+      }
+    }
+    // Whole frames straight out of the chunk, as views.
+    while (chunk.length - pos >= HEADER_SIZE) {
+      const h = readHeader(chunk, pos, this.maxBody);
+      const start = pos + HEADER_SIZE;
+      if (chunk.length - start < h.length) break;
+      out.push({ ...h, body: chunk.subarray(start, start + h.length) });
+      pos = start + h.length;
+    }
+    if (pos < chunk.length) {
+      // The tail starts a frame; its header, if complete, was checked by readHeader above.
+      const rest = chunk.length - pos;
+      if (rest >= HEADER_SIZE) this.header = readHeader(chunk, pos, this.maxBody);
+      this.append(chunk, pos, rest);
+    }
+  }
+
+  private append(src: Uint8Array, pos: number, n: number): void {
+    const need = this.accLen + n;
+    if (need > this.acc.length) {
+      const frameSize = this.header === undefined ? need : HEADER_SIZE + this.header.length;
+      const cap = Math.min(Math.max(need, this.acc.length * 2, 256), Math.max(frameSize, need));
+      const next = Buffer.allocUnsafe(cap);
+      if (this.accLen > 0) this.acc.copy(next, 0, 0, this.accLen);
+      this.acc = next;
+    }
+    this.acc.set(src.subarray(pos, pos + n), this.accLen);
+    this.accLen = need;
+  }
+}
+
+const EMPTY = Buffer.alloc(0);

@@ -1,0 +1,32 @@
+import { CanonicalWriter } from "../cbor/encode.js";
+import type { CborValue } from "../cbor/value.js";
+import { HEADER_SIZE } from "../constants.js";
+import { writeHeader } from "./header.js";
+
+export interface FrameOptions {
+  type: number;
+  stream?: number;
+  flags?: number;
+}
+
+/**
+ * Encodes `body` as canonical CBOR straight after room for the header and fills the header
+ * in: one allocation, no copy of the body.
+ */
+export function encodeFrame(opts: FrameOptions, body: CborValue): Buffer {
+  const w = new CanonicalWriter(256, HEADER_SIZE);
+  w.write(body);
+  const out = w.finish();
+  writeHeader(out, 0, { type: opts.type, flags: opts.flags ?? 0, stream: opts.stream ?? 0, length: out.length - HEADER_SIZE });
+  return out;
+}
+
+/**
+ * Frames an already-encoded body as an iovec pair `[header, body]` for a vectored write:
+ * the body is referenced, not copied (e.g. for large storage payloads).
+ */
+export function encodeFrameParts(opts: FrameOptions, body: Uint8Array): [Buffer, Uint8Array] {
+  const header = Buffer.allocUnsafe(HEADER_SIZE);
+  writeHeader(header, 0, { type: opts.type, flags: opts.flags ?? 0, stream: opts.stream ?? 0, length: body.length });
+  return [header, body];
+}

@@ -1,0 +1,21 @@
+/**
+ * @kpip/protocol — the KPIP wire format, shared by kernel and clients.
+ * No sockets, no files, no timers: bytes in, typed values or typed errors out.
+ */
+
+export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
+export { decodeCanonical } from "./cbor/decode.js";
+export { CanonicalWriter, compareKeys, encodeCanonical } from "./cbor/encode.js";
+export { type ValidationInfo, validateCanonical } from "./cbor/validate.js";
+export type { CborMap, CborValue } from "./cbor/value.js";
+export * from "./constants.js";
+export * from "./errors.js";
+export { type Frame, FrameDecoder } from "./frame/decoder.js";
+export { encodeFrame, encodeFrameParts, type FrameOptions } from "./frame/encoder.js";
+export { type FrameHeader, readHeader, writeHeader } from "./frame/header.js";
+export * from "./intent/grammar.js";
+export * from "./intent/intent.js";
+export { decodeMessage, encodeMessage } from "./messages/codec.js";
+export type * from "./messages/types.js";
+export { validateMessage } from "./messages/validate.js";
+export { negotiateVersion } from "./version.js";

@@ -1,0 +1,83 @@
+import { DEFAULT_LIMITS } from "../constants.js";
+
+/**
+ * Identifier grammars shared by intents, contexts and capabilities.
+ *
+ * op         = segment 1*("." segment)            e.g. "storage.write", "llm.generate"
+ * segment    = lower *(lower / digit / "_")       at most 128 bytes in all
+ *
+ * persona-id = name *("/" name)                   e.g. "alice", "alice/worker-1"; at most 8 levels, 255 bytes
+ * workspace  = name                               e.g. "ws1"
+ * name       = (lower / digit) *63(lower / digit / "_" / "-" / ".")
+ *
+ * target     = scheme "://" rest                  at most 2048 bytes
+ * scheme     = "obj" / "agent" / "topic" / "op" / "token" / "persona" / "kernel"
+ * rest       = "" (kernel only) / seg *("/" seg)
+ * seg        = 1*pchar, not "." and not ".."; "*" and "**" are pattern segments
+ * pchar      = ALPHA / DIGIT / "-" / "_" / "." / "~" / "!" / "$" / "&" / "'" / "(" / ")" / "+" / "," / ";" / "=" / ":" / "@" / "*"
+ *
+ * No percent-encoding, no empty segments, no "." or ".." segments, no query or fragment: a
+ * target names a resource literally, so one resource has exactly one spelling and no
+ * encoded trick can reach outside it.
+ */
+export const OP_RE = /^[a-z][a-z0-9_]*(?:\.[a-z][a-z0-9_]*)+$/;
+export const NAME_RE = /^[a-z0-9][a-z0-9_.-]{0,63}$/;
+export const SCHEMES = ["obj", "agent", "topic", "op", "token", "persona", "kernel"] as const;
+export type TargetScheme = (typeof SCHEMES)[number];
+
+const PCHAR_RE = /^[A-Za-z0-9\-_.~!$&'()+,;=:@*]+$/;
+const MAX_PERSONA_DEPTH = 8;
+const MAX_PERSONA_BYTES = 255;
+
+export function isOp(op: string): boolean {
+  return op.length <= DEFAULT_LIMITS.maxOpBytes && OP_RE.test(op);
+}
+
+export function isName(s: string): boolean {
+  return NAME_RE.test(s) && !s.includes("..");
+}
+
+export function isPersonaId(id: string): boolean {
+  if (id.length === 0 || id.length > MAX_PERSONA_BYTES) return false;
+  const parts = id.split("/");
+  return parts.length <= MAX_PERSONA_DEPTH && parts.every(isName);
+}
+
+export function isWorkspaceId(id: string): boolean {
+  return isName(id);
+}
+
+/** A target split into its scheme and its segments. */
+export interface ParsedTarget {
+  scheme: TargetScheme;
+  segments: string[];
+}
+
+/** Parses a target URI; returns a reason string instead when it breaks the grammar. */
+export function parseTarget(target: string): ParsedTarget | string {
+  if (target.length > DEFAULT_LIMITS.maxTargetBytes) return `target longer than ${DEFAULT_LIMITS.maxTargetBytes} bytes`;
+  const sep = target.indexOf("://");
+  if (sep < 0) return "target must look like scheme://rest";
+  const scheme = target.slice(0, sep);
+  if (!(SCHEMES as readonly string[]).includes(scheme)) return `unknown target scheme ${JSON.stringify(scheme)}`;
+  const rest = target.slice(sep + 3);
+  if (rest === "") {
+    if (scheme === "kernel") return { scheme: "kernel", segments: [] };
+    return `target ${scheme}:// needs a resource name`;
+  }
+  const segments = rest.split("/");
+  for (const seg of segments) {
+    if (seg === "") return "empty path segment (leading, trailing or doubled '/')";
+    if (seg === "." || seg === "..") return `path segment ${JSON.stringify(seg)} is not allowed`;
+    if (!PCHAR_RE.test(seg)) return `path segment ${JSON.stringify(seg)} has a character outside the target alphabet`;
+    if (seg.includes("*") && seg !== "*" && seg !== "**") return "'*' may only form a whole segment ('*' or '**')";
+  }
+  if ((scheme === "obj" || scheme === "agent" || scheme === "persona") && !isName(segments[0] as string)) {
+    return `${scheme}:// must start with a lowercase name`;
+  }
+  return { scheme: scheme as TargetScheme, segments };
+}
+
+export function isTarget(target: string): boolean {
+  return typeof parseTarget(target) !== "string";
+}

@@ -1,0 +1,91 @@
+import { createHash } from "node:crypto";
+import { decodeCanonical } from "../cbor/decode.js";
+import { encodeCanonical } from "../cbor/encode.js";
+import type { CborMap, CborValue } from "../cbor/value.js";
+import { DEFAULT_LIMITS, type DecodeLimits } from "../constants.js";
+import { CborError, IntentError } from "../errors.js";
+import { isOp, parseTarget } from "./grammar.js";
+
+/** Constraints the kernel enforces on an intent; unknown keys are rejected. */
+export interface IntentConstraints {
+  /** Absolute deadline, Unix time in milliseconds: the kernel stops work after it. */
+  deadline?: number;
+}
+
+/**
+ * The canonical intent IR. The kernel validates its structure, never modifies, expands or
+ * reinterprets it, and hashes its exact canonical bytes.
+ */
+export interface Intent {
+  op: string;
+  target: string;
+  args: CborMap;
+  constraints?: IntentConstraints;
+}
+
+const INTENT_KEYS = new Set(["op", "target", "args", "constraints"]);
+const CONSTRAINT_KEYS = new Set(["deadline"]);
+
+/** Checks an intent value against the grammar; throws {@link IntentError} (SEMANTIC). */
+export function validateIntent(v: unknown): asserts v is Intent {
+  if (v === null || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) {
+    throw new IntentError("NOT_A_MAP", "an intent must be a map");
+  }
+  const o = v as Record<string, unknown>;
+  for (const k of Object.keys(o)) {
+    if (!INTENT_KEYS.has(k)) throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
+  }
+  if (typeof o.op !== "string" || !isOp(o.op)) {
+    throw new IntentError("BAD_OP", `op must be a dotted lowercase name like "storage.write" (got ${JSON.stringify(o.op)})`);
+  }
+  if (typeof o.target !== "string") throw new IntentError("BAD_TARGET", "target must be a text string");
+  const parsed = parseTarget(o.target);
+  if (typeof parsed === "string") throw new IntentError("BAD_TARGET", parsed);
+  if (o.args === null || typeof o.args !== "object" || Array.isArray(o.args) || o.args instanceof Uint8Array) {
+    throw new IntentError("BAD_ARGS", "args must be a map");
+  }
+  if (o.constraints !== undefined) {
+    const c = o.constraints;
+    if (c === null || typeof c !== "object" || Array.isArray(c) || c instanceof Uint8Array) {
+      throw new IntentError("BAD_CONSTRAINTS", "constraints must be a map");
+    }
+    for (const [k, val] of Object.entries(c)) {
+      if (!CONSTRAINT_KEYS.has(k)) throw new IntentError("BAD_CONSTRAINTS", `unknown constraint ${JSON.stringify(k)}`);
+      if (k === "deadline" && (typeof val !== "number" || !Number.isSafeInteger(val) || val < 0)) {
+        throw new IntentError("BAD_CONSTRAINTS", "deadline must be a non-negative integer (Unix ms)");
+      }
+    }
+  }
+}
+
+/** Validates and encodes an intent into its canonical bytes. */
+export function encodeIntent(intent: Intent): Buffer {
+  validateIntent(intent);
+  try {
+    return encodeCanonical(intent as unknown as CborValue);
+  } catch (e) {
+    if (e instanceof CborError) throw new IntentError(e.code, e.message);
+    throw e;
+  }
+}
+
+/**
+ * Decodes intent bytes received on the wire. Non-canonical bytes are rejected, never
+ * re-encoded: the hash must be of exactly what the persona sent. Throws {@link IntentError}.
+ */
+export function decodeIntent(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): Intent {
+  let v: CborValue;
+  try {
+    v = decodeCanonical(bytes, limits);
+  } catch (e) {
+    if (e instanceof CborError) throw new IntentError(e.code, `intent is not canonical CBOR: ${e.message}`);
+    throw e;
+  }
+  validateIntent(v);
+  return v;
+}
+
+/** The intent hash: SHA-256 over the exact canonical intent bytes. */
+export function intentHash(bytes: Uint8Array): Buffer {
+  return createHash("sha256").update(bytes).digest();
+}

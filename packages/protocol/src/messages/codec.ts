@@ -1,0 +1,27 @@
+import { decodeCanonical } from "../cbor/decode.js";
+import type { CborValue } from "../cbor/value.js";
+import { DEFAULT_LIMITS, type DecodeLimits, MessageType, messageTypeName } from "../constants.js";
+import { CborError, MessageError } from "../errors.js";
+import type { Frame } from "../frame/decoder.js";
+import { encodeFrame } from "../frame/encoder.js";
+import type { Message } from "./types.js";
+import { validateMessage } from "./validate.js";
+
+/** Encodes a message as one frame buffer (header + canonical CBOR body). */
+export function encodeMessage(msg: Message, stream = 0, flags = 0): Buffer {
+  return encodeFrame({ type: MessageType[msg.type], stream, flags }, msg.body as unknown as CborValue);
+}
+
+/**
+ * Decodes and validates a frame's body as the message its header names.
+ * Throws {@link CborError} or {@link MessageError}, both PROTOCOL class.
+ */
+export function decodeMessage(frame: Frame, limits: DecodeLimits = DEFAULT_LIMITS): Message {
+  const type = messageTypeName(frame.type);
+  if (type === undefined) throw new MessageError("UNKNOWN_TYPE", `unknown message type ${frame.type}`);
+  const body = decodeCanonical(frame.body, limits);
+  validateMessage(type, body);
+  return { type, body } as Message;
+}
+
+export { CborError };

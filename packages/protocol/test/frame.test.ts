@@ -1,0 +1,98 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  encodeFrame,
+  encodeFrameParts,
+  encodeMessage,
+  FrameDecoder,
+  FrameError,
+  HEADER_SIZE,
+  MessageType,
+  writeHeader,
+} from "../src/index.js";
+
+const ping = (seq: number, stream = 0) => encodeMessage({ type: "PING", body: { seq } }, stream);
+
+describe("frame header", () => {
+  it("lays out magic, version, type, flags, reserved, stream and length big-endian", () => {
+    const f = encodeFrame({ type: MessageType.PING, stream: 0x01020304 }, { seq: 5 });
+    assert.equal(f.subarray(0, HEADER_SIZE).toString("hex"), "4b500108000000000102030400000006");
+  });
+
+  it("encodes an iovec pair that references the body without copying", () => {
+    const body = Buffer.from("a0", "hex");
+    const [h, b] = encodeFrameParts({ type: MessageType.GOODBYE, stream: 9 }, body);
+    assert.equal(b, body);
+    assert.equal(h.readUInt32BE(12), 1);
+    assert.equal(h.readUInt32BE(8), 9);
+  });
+});
+
+describe("FrameDecoder", () => {
+  it("decodes frames from 1-byte chunks", () => {
+    const bytes = Buffer.concat([ping(1, 1), ping(2, 2), ping(3, 3)]);
+    const d = new FrameDecoder();
+    const streams: number[] = [];
+    for (const b of bytes) for (const f of d.push(Buffer.from([b]))) streams.push(f.stream);
+    assert.deepEqual(streams, [1, 2, 3]);
+    assert.equal(d.midFrame, false);
+  });
+
+  it("decodes many frames from one chunk as views of that chunk", () => {
+    const bytes = Buffer.concat([ping(1), ping(2), ping(3)]);
+    const frames = new FrameDecoder().push(bytes);
+    assert.equal(frames.length, 3);
+    assert.equal(frames[0]?.body.buffer, bytes.buffer);
+  });
+
+  it("handles a zero-length body completed exactly at a chunk boundary", () => {
+    const f = Buffer.alloc(HEADER_SIZE);
+    writeHeader(f, 0, { type: MessageType.GOODBYE, flags: 0, stream: 0, length: 0 });
+    const d = new FrameDecoder();
+    assert.equal(d.push(f.subarray(0, 5)).length, 0);
+    const out = d.push(f.subarray(5));
+    assert.equal(out.length, 1);
+    assert.equal(out[0]?.body.length, 0);
+  });
+
+  it("rejects a declared length over the limit as soon as the header is complete", () => {
+    const h = Buffer.alloc(HEADER_SIZE);
+    writeHeader(h, 0, { type: MessageType.REQUEST, flags: 0, stream: 0, length: 0xffffffff });
+    const d = new FrameDecoder(1024);
+    assert.throws(() => d.push(h), (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE");
+    // poisoned: every later push fails the same way
+    assert.throws(() => d.push(ping(1)), (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE");
+  });
+
+  it("does not buffer more than the bytes that actually arrived", () => {
+    const h = Buffer.alloc(HEADER_SIZE);
+    writeHeader(h, 0, { type: MessageType.REQUEST, flags: 0, stream: 0, length: 8 * 1024 * 1024 });
+    const d = new FrameDecoder();
+    d.push(h);
+    d.push(Buffer.alloc(10));
+    assert.equal(d.pending, HEADER_SIZE + 10);
+  });
+
+  for (const [name, mutate, code] of [
+    ["bad magic", (b: Buffer) => (b[0] = 0x00), "BAD_MAGIC"],
+    ["unsupported version", (b: Buffer) => (b[2] = 2), "UNSUPPORTED_VERSION"],
+    ["unknown type", (b: Buffer) => (b[3] = 0x7f), "UNKNOWN_TYPE"],
+    ["unknown flags", (b: Buffer) => (b[4] = 0x80), "UNKNOWN_FLAGS"],
+    ["reserved byte", (b: Buffer) => (b[6] = 1), "RESERVED_NONZERO"],
+  ] as const) {
+    it(`rejects ${name} with PROTOCOL/${code}`, () => {
+      const f = ping(1);
+      mutate(f);
+      assert.throws(
+        () => new FrameDecoder().push(f),
+        (e: unknown) => e instanceof FrameError && e.code === code && e.errorClass === "PROTOCOL",
+      );
+    });
+  }
+
+  it("reports a stream cut off mid-frame as TRUNCATED", () => {
+    const d = new FrameDecoder();
+    d.push(ping(1).subarray(0, 20));
+    assert.throws(() => d.end(), (e: unknown) => e instanceof FrameError && e.code === "TRUNCATED");
+  });
+});

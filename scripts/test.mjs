@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+// Runs every compiled test file with node's test runner. Usage: node scripts/test.mjs [substring...]
+// Extra filters narrow the run to test files whose path contains one of the substrings.
+import { spawnSync } from "node:child_process";
+import { readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+
+const roots = readdirSync("packages").map((p) => join("packages", p, "dist", "test"));
+const files = [];
+const walk = (dir) => {
+  let entries;
+  try {
+    entries = readdirSync(dir);
+  } catch {
+    return;
+  }
+  for (const e of entries) {
+    const p = join(dir, e);
+    if (statSync(p).isDirectory()) walk(p);
+    else if (e.endsWith(".test.js")) files.push(p);
+  }
+};
+roots.forEach(walk);
+const filters = process.argv.slice(2);
+const selected = filters.length ? files.filter((f) => filters.some((s) => f.includes(s))) : files;
+if (selected.length === 0) {
+  console.error("no test files found: run `npm run build` first");
+  process.exit(1);
+}
+const r = spawnSync(
+  process.execPath,
+  ["--test", "--test-reporter=spec", "--test-concurrency=2", "--test-timeout=120000", ...selected.sort()],
+  { stdio: "inherit" },
+);
+process.exit(r.status ?? 1);
