@@ -1,1 +1,6 @@
-export {};
+/** @kpip/client — the persona runtime. Depends on @kpip/protocol only; nothing native. */
+export { type CallOptions, type CallResult, type ClientState, type ConnectOptions, KernelClient } from "./client.js";
+export type { Channel, Connector } from "./connectors/connector.js";
+export { UdsConnector } from "./connectors/uds.js";
+export * from "./errors.js";
+export { loadIdentity } from "./identity.js";

@@ -1,1 +1,31 @@
-export {};
+/** @kpip/kernel — the KPIP kernel, embeddable and runnable. */
+
+export { AuditLog } from "./audit/log.js";
+export { type VerifyResult, verifyAudit } from "./audit/verify.js";
+export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
+export { AdminOnlyAuthorizer } from "./auth/authorizer.js";
+export {
+  ConfigError,
+  DEFAULT_CONFIG,
+  defaultHome,
+  envName,
+  flagName,
+  type KernelConfig,
+  resolveConfig,
+  SETTINGS,
+} from "./config.js";
+export { HOME_FILES, writeSecret } from "./home.js";
+export { Kernel, type KernelOptions } from "./kernel.js";
+export {
+  type ArgSpec,
+  type OpContext,
+  OpError,
+  type OpResult,
+  type PrimitiveDeclaration,
+  type PrimitiveFamily,
+} from "./primitives/types.js";
+export type { Connection } from "./session/connection.js";
+export { SqliteStore } from "./store/sqlite.js";
+export type * from "./store/types.js";
+export { SocketPathError } from "./transport/uds.js";
+export { KERNEL_VERSION } from "./version.js";

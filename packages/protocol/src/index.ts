@@ -13,6 +13,7 @@ export * from "./errors.js";
 export { type Frame, FrameDecoder } from "./frame/decoder.js";
 export { encodeFrame, encodeFrameParts, type FrameOptions } from "./frame/encoder.js";
 export { type FrameHeader, readHeader, writeHeader } from "./frame/header.js";
+export * from "./identity.js";
 export * from "./intent/grammar.js";
 export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage } from "./messages/codec.js";

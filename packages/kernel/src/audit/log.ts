@@ -1,0 +1,137 @@
+import type { KeyObject } from "node:crypto";
+import { createPublicKey } from "node:crypto";
+import { rawPublicKey, signBytes } from "@kpip/protocol";
+import type { AuditRow, AuditStore } from "../store/types.js";
+import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
+
+/** What a caller supplies for one audit record; the log fills in seq, time, kernel and the chain. */
+export type AuditEntry = Pick<AuditRow, "session" | "persona" | "phase"> &
+  Partial<Omit<AuditRow, "seq" | "time" | "kernel" | "session" | "persona" | "phase" | "prevHash" | "hash">>;
+
+export interface AuditLogOptions {
+  /** Most records written in one transaction. */
+  batchMax: number;
+  /** A signed checkpoint is written at least every this many records (and at close). */
+  checkpointEvery: number;
+}
+
+/**
+ * The tamper-evident audit log: records are chained as they are appended (so chain order is
+ * append order) and committed in batches, one transaction per event-loop turn. `append`
+ * returns a promise that settles when the record is durable; callers acknowledge nothing
+ * before it resolves.
+ */
+export class AuditLog {
+  private seq = 0;
+  private head: Uint8Array = GENESIS_HASH;
+  private pending: AuditRow[] = [];
+  private waiters: { resolve: () => void; reject: (e: Error) => void } | undefined;
+  private batchPromise: Promise<void> | undefined;
+  private scheduled = false;
+  private lastCheckpointSeq = 0;
+  private readonly publicKey: Uint8Array;
+  /** Sizes of recent batches, for metrics. */
+  committedBatches = 0;
+  committedRecords = 0;
+
+  constructor(
+    private readonly store: AuditStore,
+    private readonly kernelId: string,
+    private readonly signingKey: KeyObject,
+    private readonly opts: AuditLogOptions = { batchMax: 512, checkpointEvery: 10_000 },
+  ) {
+    this.publicKey = rawPublicKey(createPublicKey(signingKey));
+    this.reload();
+  }
+
+  /** The sequence number and hash of the newest record appended (committed or not). */
+  get headSeq(): number {
+    return this.seq;
+  }
+
+  private reload(): void {
+    const last = this.store.lastAudit();
+    this.seq = last?.seq ?? 0;
+    this.head = last?.hash ?? GENESIS_HASH;
+    const cps = this.store.checkpoints();
+    this.lastCheckpointSeq = cps.length ? (cps[cps.length - 1]?.seq ?? 0) : 0;
+  }
+
+  /** Chains the record now and resolves once it is committed. */
+  append(entry: AuditEntry): Promise<void> {
+    const partial: Omit<AuditRow, "hash"> = {
+      seq: ++this.seq,
+      time: Date.now(),
+      kernel: this.kernelId,
+      session: entry.session,
+      persona: entry.persona,
+      phase: entry.phase,
+      requestId: entry.requestId ?? null,
+      op: entry.op ?? null,
+      target: entry.target ?? null,
+      intentHash: entry.intentHash ?? null,
+      intent: entry.intent ?? null,
+      caps: entry.caps ?? null,
+      status: entry.status ?? null,
+      errorClass: entry.errorClass ?? null,
+      message: entry.message ?? null,
+      durationUs: entry.durationUs ?? null,
+      traceparent: entry.traceparent ?? null,
+      prevHash: this.head,
+    };
+    const row: AuditRow = { ...partial, hash: recordHash(partial) };
+    this.head = row.hash;
+    this.pending.push(row);
+    if (this.batchPromise === undefined) {
+      this.batchPromise = new Promise<void>((resolve, reject) => {
+        this.waiters = { resolve, reject };
+      });
+    }
+    const p = this.batchPromise;
+    if (this.pending.length >= this.opts.batchMax) this.flush();
+    else if (!this.scheduled) {
+      this.scheduled = true;
+      setImmediate(() => this.flush());
+    }
+    return p;
+  }
+
+  /** Commits everything pending in one transaction. */
+  flush(): void {
+    this.scheduled = false;
+    if (this.pending.length === 0) return;
+    const rows = this.pending;
+    const waiters = this.waiters;
+    this.pending = [];
+    this.waiters = undefined;
+    this.batchPromise = undefined;
+    try {
+      this.store.appendAudit(rows);
+      this.committedBatches++;
+      this.committedRecords += rows.length;
+    } catch (e) {
+      // The chain in memory ran ahead of the store: fall back to what is durable.
+      this.reload();
+      waiters?.reject(new Error(`audit commit failed: ${(e as Error).message}`));
+      return;
+    }
+    waiters?.resolve();
+    if (this.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.checkpoint();
+  }
+
+  /** Signs the current head with the kernel key and stores the checkpoint. */
+  checkpoint(): void {
+    if (this.pending.length) this.flush();
+    if (this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
+    const c = { kernel: this.kernelId, seq: this.seq, hash: this.head, time: Date.now() };
+    const signature = signBytes(this.signingKey, checkpointMessage(c));
+    this.store.addCheckpoint({ ...c, publicKey: this.publicKey, signature });
+    this.lastCheckpointSeq = this.seq;
+  }
+
+  /** Flushes and writes a final checkpoint. */
+  close(): void {
+    this.flush();
+    this.checkpoint();
+  }
+}

@@ -1,0 +1,139 @@
+import { readFileSync } from "node:fs";
+import { homedir } from "node:os";
+import { join, resolve } from "node:path";
+
+/** Every kernel setting. The same name is used in the config file, as KPIP_<NAME> and as --<name>. */
+export interface KernelConfig {
+  /** State directory: database, keys, admin identity, socket. */
+  home: string;
+  /** Unix socket path (default <home>/kernel.sock). */
+  socket: string;
+  logLevel: string;
+  /** The persona created at first start and allowed everything until capabilities are configured. */
+  adminPersona: string;
+  maxSessions: number;
+  maxInFlight: number;
+  maxBodyBytes: number;
+  heartbeatMs: number;
+  handshakeTimeoutMs: number;
+  dedupeWindowMs: number;
+  maxObjectBytes: number;
+  maxWriteBuffer: number;
+  auditBatchMax: number;
+  auditCheckpointEvery: number;
+  /** How long stop() waits for in-flight requests before forcing sessions closed. */
+  drainTimeoutMs: number;
+}
+
+interface SettingSpec {
+  key: keyof KernelConfig;
+  type: "string" | "int";
+  description: string;
+}
+
+/** The settings table: drives config-file parsing, env, flags and `kpip kernel --help`. */
+export const SETTINGS: SettingSpec[] = [
+  { key: "home", type: "string", description: "state directory (database, keys, admin identity, socket)" },
+  { key: "socket", type: "string", description: "Unix socket path (default <home>/kernel.sock)" },
+  { key: "logLevel", type: "string", description: "log level: trace, debug, info, warn, error, silent" },
+  { key: "adminPersona", type: "string", description: "id of the admin persona created at first start" },
+  { key: "maxSessions", type: "int", description: "most concurrent sessions" },
+  { key: "maxInFlight", type: "int", description: "most requests in flight per session" },
+  { key: "maxBodyBytes", type: "int", description: "largest frame body accepted, in bytes" },
+  { key: "heartbeatMs", type: "int", description: "heartbeat interval; a peer silent for 3 intervals is dead" },
+  { key: "handshakeTimeoutMs", type: "int", description: "time allowed from connect to WELCOME" },
+  { key: "dedupeWindowMs", type: "int", description: "how long a response is kept to answer a retried request" },
+  { key: "maxObjectBytes", type: "int", description: "largest storage object, in bytes" },
+  { key: "maxWriteBuffer", type: "int", description: "bytes queued to a non-reading peer before it is dropped" },
+  { key: "auditBatchMax", type: "int", description: "most audit records per commit" },
+  { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
+  { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
+];
+
+export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
+  logLevel: "info",
+  adminPersona: "admin",
+  maxSessions: 1024,
+  maxInFlight: 1024,
+  maxBodyBytes: 16 * 1024 * 1024,
+  heartbeatMs: 5000,
+  handshakeTimeoutMs: 10_000,
+  dedupeWindowMs: 300_000,
+  maxObjectBytes: 16 * 1024 * 1024 - 64 * 1024,
+  maxWriteBuffer: 64 * 1024 * 1024,
+  auditBatchMax: 512,
+  auditCheckpointEvery: 10_000,
+  drainTimeoutMs: 10_000,
+};
+
+/** A setting with a bad value; the kernel does not start. */
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export const flagName = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
+export const envName = (k: string) => `KPIP_${k.replace(/[A-Z]/g, (c) => `_${c}`).toUpperCase()}`;
+
+/** The default home: $XDG_STATE_HOME/kpip, else ~/.local/state/kpip. */
+export function defaultHome(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "kpip");
+}
+
+function coerce(spec: SettingSpec, raw: unknown, where: string): string | number {
+  if (spec.type === "string") {
+    if (typeof raw !== "string" || raw === "") throw new ConfigError(`${where}: ${spec.key} must be a non-empty string`);
+    return raw;
+  }
+  const n = typeof raw === "number" ? raw : typeof raw === "string" && /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n <= 0)
+    throw new ConfigError(`${where}: ${spec.key} must be a positive integer (got ${String(raw)})`);
+  return n;
+}
+
+/**
+ * Resolves the configuration: flags over env over the config file (<home>/config.json or
+ * `configFile`) over defaults.
+ */
+export function resolveConfig(
+  opts: { flags?: Partial<Record<keyof KernelConfig, unknown>>; env?: NodeJS.ProcessEnv; configFile?: string } = {},
+): KernelConfig {
+  const env = opts.env ?? process.env;
+  const flags = opts.flags ?? {};
+  const pick = (spec: SettingSpec, file: Record<string, unknown>): string | number | undefined => {
+    if (flags[spec.key] !== undefined) return coerce(spec, flags[spec.key], `--${flagName(spec.key)}`);
+    const e = env[envName(spec.key)];
+    if (e !== undefined && e !== "") return coerce(spec, e, envName(spec.key));
+    if (file[spec.key] !== undefined) return coerce(spec, file[spec.key], "config file");
+    return undefined;
+  };
+  const homeSpec = SETTINGS[0] as SettingSpec;
+  const home = resolve(String(pick(homeSpec, {}) ?? defaultHome(env)));
+  const file = readConfigFile(opts.configFile ?? join(home, "config.json"), opts.configFile !== undefined);
+  for (const k of Object.keys(file)) {
+    if (!SETTINGS.some((s) => s.key === k)) throw new ConfigError(`config file: unknown setting ${JSON.stringify(k)}`);
+  }
+  const out: Record<string, unknown> = { ...DEFAULT_CONFIG, home, socket: join(home, "kernel.sock") };
+  for (const spec of SETTINGS.slice(1)) {
+    const v = pick(spec, file);
+    if (v !== undefined) out[spec.key] = v;
+  }
+  out.socket = resolve(out.socket as string);
+  return out as unknown as KernelConfig;
+}
+
+function readConfigFile(path: string, required: boolean): Record<string, unknown> {
+  let text: string;
+  try {
+    text = readFileSync(path, "utf8");
+  } catch {
+    if (required) throw new ConfigError(`config file ${path} cannot be read`);
+    return {};
+  }
+  try {
+    const v = JSON.parse(text);
+    if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("not an object");
+    return v;
+  } catch (e) {
+    throw new ConfigError(`config file ${path} is not a JSON object: ${(e as Error).message}`);
+  }
+}

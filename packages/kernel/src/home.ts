@@ -1,0 +1,61 @@
+import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { generateIdentity, serializeIdentity } from "@kpip/protocol";
+import type { SqliteStore } from "./store/sqlite.js";
+
+/** File names inside the kernel home. */
+export const HOME_FILES = {
+  database: "kernel.db",
+  kernelKey: "kernel.key",
+  adminIdentity: "admin.identity",
+} as const;
+
+/** Creates the home directory (0700) if needed and refuses one others can write to. */
+export function ensureHome(home: string): void {
+  mkdirSync(home, { recursive: true, mode: 0o700 });
+  const st = lstatSync(home);
+  if (!st.isDirectory()) throw new Error(`kernel home ${home} is not a directory`);
+  if ((st.mode & 0o022) !== 0) chmodSync(home, st.mode & 0o755 & ~0o022);
+}
+
+/** Writes a secret file with mode 0600, never replacing an existing one. */
+export function writeSecret(path: string, text: string): void {
+  writeFileSync(path, text, { mode: 0o600, flag: "wx" });
+  chmodSync(path, 0o600);
+}
+
+/** Loads the kernel's Ed25519 signing key, creating it (0600) on first start. */
+export function loadKernelKey(home: string): KeyObject {
+  const path = join(home, HOME_FILES.kernelKey);
+  if (!existsSync(path)) {
+    const { privateKey } = generateKeyPairSync("ed25519");
+    writeSecret(path, privateKey.export({ format: "pem", type: "pkcs8" }) as string);
+  }
+  const mode = lstatSync(path).mode & 0o777;
+  if ((mode & 0o077) !== 0) throw new Error(`kernel key ${path} has mode ${mode.toString(8)}; it must be 0600`);
+  return createPrivateKey(readFileSync(path));
+}
+
+/** The kernel id, made once per home and kept in the database (globally unique). */
+export function kernelId(store: SqliteStore): string {
+  let id = store.getMeta("kernel_id");
+  if (!id) {
+    id = `k-${randomUUID()}`;
+    store.setMeta("kernel_id", id);
+  }
+  return id;
+}
+
+/** Registers the admin persona and writes its identity file (0600) on first start. */
+export function ensureAdmin(home: string, store: SqliteStore, admin: string): string {
+  const path = join(home, HOME_FILES.adminIdentity);
+  if (!store.getPersona(admin)) {
+    if (existsSync(path))
+      throw new Error(`${path} exists but persona ${admin} is not registered; remove the file or register it`);
+    const id = generateIdentity(admin);
+    writeSecret(path, serializeIdentity(id));
+    store.addPersona(admin, id.publicKey);
+  }
+  return path;
+}

@@ -1,0 +1,186 @@
+import { join } from "node:path";
+import { AuditLog } from "./audit/log.js";
+import { AdminOnlyAuthorizer, type Authorizer } from "./auth/authorizer.js";
+import { type KernelConfig, resolveConfig } from "./config.js";
+import { ensureAdmin, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
+import { createLogger, type Logger } from "./log.js";
+import { DedupeCache } from "./pipeline/dedupe.js";
+import { Pipeline } from "./pipeline/pipeline.js";
+import { Router } from "./primitives/router.js";
+import { storageFamily } from "./primitives/storage.js";
+import { systemFamily } from "./primitives/system.js";
+import type { PrimitiveFamily } from "./primitives/types.js";
+import type { Connection } from "./session/connection.js";
+import { PersonaKeys } from "./session/persona-keys.js";
+import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
+import { SqliteStore } from "./store/sqlite.js";
+import { UdsListener } from "./transport/uds.js";
+import { KERNEL_VERSION } from "./version.js";
+
+export interface KernelOptions extends Partial<KernelConfig> {
+  /** Replaces the interim admin-only authorizer (the capability enforcer plugs in here). */
+  authorizer?: Authorizer;
+  logger?: Logger;
+}
+
+/**
+ * The KPIP kernel, embeddable: `const k = new Kernel({ home }); await k.start(); … await k.stop()`.
+ * It owns the store, the audit log, the op router and the listeners; every request from
+ * every transport goes through the same session and pipeline code.
+ */
+export class Kernel {
+  readonly config: KernelConfig;
+  readonly router = new Router();
+  log: Logger;
+  private store: SqliteStore | undefined;
+  private auditLog: AuditLog | undefined;
+  private listener: UdsListener | undefined;
+  private readonly sessions = new Set<Session>();
+  private timer: NodeJS.Timeout | undefined;
+  private host: SessionHost | undefined;
+  private id = "";
+  private startedAt = 0;
+  private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
+  private adminIdentityPath = "";
+  private pendingFamilies: PrimitiveFamily[] = [];
+
+  constructor(private readonly options: KernelOptions = {}) {
+    const { authorizer: _a, logger: _l, ...flags } = options;
+    this.config = resolveConfig({ flags: flags as Partial<Record<keyof KernelConfig, unknown>> });
+    this.log = options.logger ?? createLogger(this.config.logLevel);
+  }
+
+  /** Adds an embedder's primitive family; it is authorized, audited and described like a built-in. */
+  register(family: PrimitiveFamily): void {
+    if (this.state === "new") this.pendingFamilies.push(family);
+    else this.router.register(family);
+  }
+
+  get kernelId(): string {
+    return this.id;
+  }
+  get socketPath(): string {
+    return this.config.socket;
+  }
+  get adminIdentity(): string {
+    return this.adminIdentityPath;
+  }
+  get sessionCount(): number {
+    return this.sessions.size;
+  }
+  /** The store (for the CLI's offline commands and tests). */
+  get database(): SqliteStore {
+    if (!this.store) throw new Error("kernel not started");
+    return this.store;
+  }
+
+  async start(): Promise<void> {
+    if (this.state !== "new") throw new Error(`kernel cannot start from state ${this.state}`);
+    this.state = "starting";
+    const c = this.config;
+    try {
+      ensureHome(c.home);
+      const key = loadKernelKey(c.home);
+      const store = new SqliteStore(join(c.home, HOME_FILES.database));
+      this.store = store;
+      this.id = kernelId(store);
+      this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
+      this.startedAt = Date.now();
+      const audit = new AuditLog(store, this.id, key, { batchMax: c.auditBatchMax, checkpointEvery: c.auditCheckpointEvery });
+      this.auditLog = audit;
+      this.router.register(
+        systemFamily(
+          { kernelId: this.id, version: KERNEL_VERSION, startedAt: this.startedAt, sessions: () => this.sessions.size },
+          this.router,
+        ),
+      );
+      this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }));
+      for (const f of this.pendingFamilies) this.router.register(f);
+      this.pendingFamilies = [];
+      const dedupe = new DedupeCache(c.dedupeWindowMs);
+      const pipeline = new Pipeline(
+        this.router,
+        this.options.authorizer ?? new AdminOnlyAuthorizer(c.adminPersona),
+        audit,
+        dedupe,
+        this.log,
+      );
+      const limits: SessionLimitsConfig = {
+        heartbeatMs: c.heartbeatMs,
+        handshakeTimeoutMs: c.handshakeTimeoutMs,
+        maxInFlight: c.maxInFlight,
+        maxBodyBytes: c.maxBodyBytes,
+        dedupeWindowMs: c.dedupeWindowMs,
+        maxWriteBuffer: c.maxWriteBuffer,
+      };
+      this.host = {
+        kernelId: this.id,
+        limits,
+        pipeline,
+        audit,
+        personaKeys: new PersonaKeys(store),
+        log: this.log,
+        sessionClosed: (s) => this.sessions.delete(s),
+      };
+      this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
+      await this.listener.listen();
+      // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
+      const tickMs = Math.max(50, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
+      this.timer = setInterval(() => {
+        const now = Date.now();
+        for (const s of this.sessions) s.tick(now);
+        dedupe.sweep(now);
+      }, tickMs);
+      this.timer.unref();
+      this.state = "running";
+      this.log.info({ kernel: this.id, socket: c.socket, home: c.home }, "kernel listening");
+    } catch (e) {
+      this.state = "stopped";
+      await this.listener?.close();
+      this.auditLog?.close();
+      this.store?.close();
+      throw e;
+    }
+  }
+
+  /** Accepts a connection from any transport. Over the session limit it is refused with RESOURCE. */
+  accept(conn: Connection): void {
+    const host = this.host;
+    if (this.state !== "running" || !host) {
+      conn.destroy();
+      return;
+    }
+    if (this.sessions.size >= this.config.maxSessions) {
+      rejectConnection(conn, `the kernel already has ${this.config.maxSessions} sessions`);
+      return;
+    }
+    this.sessions.add(new Session(conn, host));
+  }
+
+  /** Stops accepting, answers in-flight requests, says GOODBYE, flushes the audit log, removes the socket. */
+  async stop(): Promise<void> {
+    if (this.state !== "running") return;
+    this.state = "stopping";
+    clearInterval(this.timer);
+    await this.listener?.close();
+    const drains = [...this.sessions].map((s) => s.drain());
+    const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), this.config.drainTimeoutMs).unref());
+    if ((await Promise.race([Promise.all(drains), timeout])) === "timeout") {
+      this.log.warn({ sessions: this.sessions.size }, "drain timed out: closing remaining sessions");
+    }
+    for (const s of this.sessions) s.kill();
+    // Let handlers observe the abort and their outcome records land.
+    await new Promise((r) => setImmediate(r));
+    this.auditLog?.close();
+    this.store?.close();
+    this.state = "stopped";
+    this.log.info({ kernel: this.id }, "kernel stopped");
+  }
+}
+
+import { encodeMessage } from "@kpip/protocol";
+
+function rejectConnection(conn: Connection, message: string): void {
+  conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));
+  conn.end();
+}

@@ -1,0 +1,213 @@
+import {
+  type CborMap,
+  decodeIntent,
+  type ErrorClass,
+  type Intent,
+  IntentError,
+  intentHash,
+  parseTarget,
+  type Request,
+  type Response,
+  type Status,
+} from "@kpip/protocol";
+import type { AuditLog } from "../audit/log.js";
+import type { Authorizer } from "../auth/authorizer.js";
+import type { Logger } from "../log.js";
+import { checkArgs, type Router } from "../primitives/router.js";
+import { OpError, type OpResult } from "../primitives/types.js";
+import type { DedupeCache } from "./dedupe.js";
+
+/** What the pipeline needs to know about the session a request arrived on. */
+export interface SessionView {
+  readonly id: string;
+  readonly persona: string;
+  readonly version: number;
+  /** Hex of the client instance id from HELLO: with the request id it keys dedupe. */
+  readonly instance: string;
+  /** Aborts when the session ends. */
+  readonly signal: AbortSignal;
+}
+
+interface Refusal {
+  errorClass: ErrorClass;
+  message: string;
+}
+
+/**
+ * The one straight path a request takes (KPIP §9, DESIGN §2):
+ * validate version and structure → decode the intent → dedupe → resolve capabilities and
+ * authorize → audit the intent → route → execute → audit the outcome → respond.
+ * Every request leaves audit records; nothing is answered before its records are committed.
+ */
+export class Pipeline {
+  constructor(
+    private readonly router: Router,
+    private readonly authorizer: Authorizer,
+    private readonly audit: AuditLog,
+    private readonly dedupe: DedupeCache,
+    private readonly log: Logger,
+  ) {}
+
+  async handle(s: SessionView, req: Request): Promise<Response> {
+    const started = process.hrtime.bigint();
+    const base = { session: s.id, persona: s.persona, requestId: req.id, traceparent: req.context.traceparent ?? null };
+
+    // 1. version and identity: a request may only speak for the attested persona.
+    const early = this.checkEnvelope(s, req);
+    if (early) {
+      await this.audit.append({ ...base, phase: "refused", intent: req.intent, ...failureCols(early, started) });
+      return failure(s, req, early);
+    }
+
+    // 2. the intent: canonical bytes, valid grammar; hashed exactly as sent.
+    const hash = intentHash(req.intent);
+    let intent: Intent;
+    try {
+      intent = decodeIntent(req.intent);
+    } catch (e) {
+      const r = { errorClass: "SEMANTIC" as const, message: (e as Error).message };
+      await this.audit.append({ ...base, phase: "refused", intent: req.intent, intentHash: hash, ...failureCols(r, started) });
+      return failure(s, req, r);
+    }
+    const rec = { ...base, op: intent.op, target: intent.target, intentHash: hash, intent: req.intent };
+
+    // 3. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
+    const key = `${s.instance}:${req.id}`;
+    const now = Date.now();
+    const prior = this.dedupe.lookup(key, now);
+    if (prior) {
+      if (!prior.hash.equals(hash)) {
+        const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
+        await this.audit.append({ ...rec, phase: "refused", ...failureCols(r, started) });
+        return failure(s, req, r);
+      }
+      return prior.response;
+    }
+    const pending = this.run(s, req, intent, rec, started);
+    this.dedupe.record(key, hash, pending, now);
+    const response = await pending;
+    this.dedupe.record(key, hash, response, Date.now());
+    return response;
+  }
+
+  private checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
+    if (req.version !== s.version) {
+      return {
+        errorClass: "PROTOCOL",
+        message: `request version ${req.version} differs from the session's version ${s.version}`,
+      };
+    }
+    if (req.persona !== s.persona || req.context.persona !== s.persona) {
+      return {
+        errorClass: "AUTH",
+        message: `this session is attested as ${s.persona}; it cannot act as ${req.persona !== s.persona ? req.persona : req.context.persona}`,
+      };
+    }
+    return undefined;
+  }
+
+  private async run(
+    s: SessionView,
+    req: Request,
+    intent: Intent,
+    rec: Record<string, unknown> & { session: string; persona: string },
+    started: bigint,
+  ): Promise<Response> {
+    const decl = this.router.get(intent.op);
+
+    // 4. capabilities and authorization.
+    const decision = this.authorizer.authorize({
+      persona: s.persona,
+      session: s.id,
+      intent,
+      context: req.context,
+      caps: req.caps,
+      declaration: decl,
+    });
+    const caps = decision.capIds.join(",");
+    if (!decision.allowed) {
+      await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(decision, started) });
+      return failure(s, req, decision);
+    }
+
+    // 5. audit the intent before any effect: committed first when the op changes state.
+    const intentRecord = this.audit.append({ ...rec, phase: "intent", caps });
+    if (decl?.effects) await intentRecord;
+
+    // 6. route and execute.
+    let result: OpResult | undefined;
+    let refusal: Refusal | undefined;
+    try {
+      result = await this.execute(s, req, intent, decl);
+    } catch (e) {
+      refusal = toRefusal(e, this.log, intent.op);
+    }
+
+    // 7. audit the outcome, then answer.
+    const status: Status = result?.status ?? "FAILURE";
+    const outcome = this.audit.append({
+      ...rec,
+      phase: "outcome",
+      caps,
+      status,
+      errorClass: refusal?.errorClass ?? null,
+      message: refusal?.message ?? null,
+      durationUs: elapsedUs(started),
+    });
+    await intentRecord;
+    await outcome;
+    if (refusal) return failure(s, req, refusal);
+    const r = result as OpResult;
+    const response: Response = { version: s.version, id: req.id, status: r.status };
+    if (r.payload !== undefined) response.payload = r.payload;
+    return response;
+  }
+
+  private async execute(s: SessionView, req: Request, intent: Intent, decl: ReturnType<Router["get"]>): Promise<OpResult> {
+    if (!decl) throw new OpError("SEMANTIC", `unknown op ${intent.op} (see system.describe)`);
+    const target = parseTarget(intent.target);
+    if (typeof target === "string") throw new OpError("SEMANTIC", target);
+    if (!decl.targets.includes(target.scheme)) {
+      throw new OpError("SEMANTIC", `${intent.op} takes a ${decl.targets.map((t) => `${t}://`).join(" or ")} target`);
+    }
+    if (target.scheme === "obj" && req.context.workspace !== undefined && req.context.workspace !== target.segments[0]) {
+      throw new OpError("PERMISSION", `the request's workspace ${req.context.workspace} does not contain ${intent.target}`);
+    }
+    checkArgs(decl, intent.args);
+    const deadline = intent.constraints?.deadline;
+    if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
+    const signal =
+      deadline === undefined ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(Math.max(0, deadline - Date.now()))]);
+    return await decl.handler({
+      op: intent.op,
+      persona: s.persona,
+      session: s.id,
+      requestId: req.id,
+      workspace: req.context.workspace,
+      targetUri: intent.target,
+      target,
+      args: intent.args as CborMap,
+      deadline,
+      signal,
+    });
+  }
+}
+
+function toRefusal(e: unknown, log: Logger, op: string): Refusal {
+  if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
+  if (e instanceof IntentError) return { errorClass: "SEMANTIC", message: e.message };
+  log.error({ err: e, op }, "primitive failed");
+  return { errorClass: "INTERNAL", message: `${op} failed inside the kernel` };
+}
+
+function failure(s: SessionView, req: Request, r: Refusal): Response {
+  return { version: s.version, id: req.id, status: "FAILURE", error: r.errorClass, message: r.message };
+}
+
+function failureCols(r: Refusal, started: bigint) {
+  return { status: "FAILURE", errorClass: r.errorClass, message: r.message, durationUs: elapsedUs(started) };
+}
+
+function elapsedUs(started: bigint): number {
+  return Number((process.hrtime.bigint() - started) / 1000n);
+}

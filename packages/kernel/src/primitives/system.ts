@@ -1,0 +1,56 @@
+import { PROTOCOL_VERSION, SUPPORTED_VERSIONS } from "@kpip/protocol";
+import type { Router } from "./router.js";
+import type { PrimitiveFamily } from "./types.js";
+
+export interface SystemInfo {
+  kernelId: string;
+  version: string;
+  startedAt: number;
+  sessions: () => number;
+}
+
+/** system.health, system.info, system.describe. */
+export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily {
+  return {
+    name: "system",
+    ops: [
+      {
+        op: "system.health",
+        description: "Is the kernel serving? Returns status and uptime.",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
+      },
+      {
+        op: "system.info",
+        description: "Kernel id, version, protocol versions, start time and session count.",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: () => ({
+          status: "SUCCESS",
+          payload: {
+            kernel: info.kernelId,
+            version: info.version,
+            protocol: PROTOCOL_VERSION,
+            protocols: [...SUPPORTED_VERSIONS],
+            startedAt: info.startedAt,
+            sessions: info.sessions(),
+          },
+        }),
+      },
+      {
+        op: "system.describe",
+        description: "The op table: every op with its targets, arguments, idempotency and effects.",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: () => ({ status: "SUCCESS", payload: router.describe() }),
+      },
+    ],
+  };
+}

@@ -1,0 +1,20 @@
+/**
+ * A transport-neutral byte stream carrying KPIP frames. Every transport (Unix socket now;
+ * gRPC, shared memory and in-memory later) adapts to this, so everything above the frame
+ * layer is shared code.
+ */
+export interface Connection {
+  /** "uds", "grpc", "memory", ... */
+  readonly transport: string;
+  /** Who is on the other end, for logs. */
+  readonly peer: string;
+  /** Queues bytes; writes made in one event-loop turn go out together. */
+  write(data: Uint8Array): void;
+  /** Bytes queued but not yet taken by the peer (slow-consumer detection). */
+  readonly buffered: number;
+  /** Ends the stream after queued bytes are flushed; `destroy` drops them. */
+  end(): void;
+  destroy(): void;
+  onData(cb: (chunk: Uint8Array) => void): void;
+  onClose(cb: () => void): void;
+}

@@ -1,0 +1,27 @@
+import type { KeyObject } from "node:crypto";
+import { publicKeyFromRaw } from "@kpip/protocol";
+import type { PersonaStore } from "../store/types.js";
+
+/**
+ * Looks personas up in the store on every attestation (so a removal takes effect at once,
+ * even when made by another process), and caches the parsed key objects: parsing a key
+ * costs more than verifying a signature with it.
+ */
+export class PersonaKeys {
+  private readonly cache = new Map<string, KeyObject>();
+
+  constructor(private readonly store: PersonaStore) {}
+
+  lookup(persona: string): { raw: Uint8Array; key: KeyObject } | undefined {
+    const rec = this.store.getPersona(persona);
+    if (!rec) return undefined;
+    const hex = Buffer.from(rec.publicKey).toString("hex");
+    let key = this.cache.get(hex);
+    if (!key) {
+      key = publicKeyFromRaw(rec.publicKey);
+      if (this.cache.size > 10_000) this.cache.clear();
+      this.cache.set(hex, key);
+    }
+    return { raw: rec.publicKey, key };
+  }
+}

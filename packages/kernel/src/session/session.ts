@@ -1,0 +1,363 @@
+import { randomBytes, randomUUID } from "node:crypto";
+import {
+  attestationTranscript,
+  CodecError,
+  decodeMessage,
+  type ErrorClass,
+  encodeMessage,
+  type Frame,
+  FrameDecoder,
+  HEADER_SIZE,
+  type Hello,
+  type Message,
+  negotiateVersion,
+  type Request,
+  type Response,
+  SUPPORTED_VERSIONS,
+  verifyBytes,
+} from "@kpip/protocol";
+import type { AuditLog } from "../audit/log.js";
+import type { Logger } from "../log.js";
+import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
+import type { Connection } from "./connection.js";
+import type { PersonaKeys } from "./persona-keys.js";
+
+export interface SessionLimitsConfig {
+  heartbeatMs: number;
+  handshakeTimeoutMs: number;
+  maxInFlight: number;
+  maxBodyBytes: number;
+  dedupeWindowMs: number;
+  /** Bytes queued to a peer that does not read before the session is dropped. */
+  maxWriteBuffer: number;
+}
+
+/** What a session needs from the kernel that owns it. */
+export interface SessionHost {
+  readonly kernelId: string;
+  readonly limits: SessionLimitsConfig;
+  readonly pipeline: Pipeline;
+  readonly audit: AuditLog;
+  readonly personaKeys: PersonaKeys;
+  readonly log: Logger;
+  sessionClosed(s: Session): void;
+}
+
+export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
+
+/**
+ * One connection's session: framing, handshake and attestation, heartbeats, requests in
+ * flight, and shutdown. Responses go only to this session's connection.
+ */
+export class Session implements SessionView {
+  readonly id = randomUUID();
+  readonly createdAt = Date.now();
+  state: SessionState = "hello";
+  persona = "";
+  version = 0;
+  instance = "";
+  inFlight = 0;
+  private lastSeen = Date.now();
+  private pingSeq = 0;
+  private hello: { body: Hello; bytes: Buffer } | undefined;
+  private challengeBytes: Buffer | undefined;
+  private nonce: Buffer | undefined;
+  private readonly decoder: FrameDecoder;
+  private readonly abort = new AbortController();
+  private drained: (() => void) | undefined;
+
+  constructor(
+    readonly conn: Connection,
+    private readonly host: SessionHost,
+  ) {
+    this.decoder = new FrameDecoder(host.limits.maxBodyBytes);
+    conn.onData((chunk) => this.onData(chunk));
+    conn.onClose(() => this.closed("connection closed"));
+  }
+
+  get signal(): AbortSignal {
+    return this.abort.signal;
+  }
+
+  get transport(): string {
+    return this.conn.transport;
+  }
+
+  private onData(chunk: Uint8Array): void {
+    if (this.state === "closed") return;
+    this.lastSeen = Date.now();
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      this.fatal(e as CodecError);
+      return;
+    }
+    for (const f of frames) {
+      if ((this.state as SessionState) === "closed") return;
+      let msg: Message;
+      try {
+        msg = decodeMessage(f);
+      } catch (e) {
+        if (!(e instanceof CodecError)) throw e;
+        this.fatal(e);
+        return;
+      }
+      this.onMessage(msg, f);
+    }
+  }
+
+  private onMessage(msg: Message, frame: Frame): void {
+    switch (msg.type) {
+      case "HELLO":
+        if (this.state !== "hello") return this.outOfOrder(msg.type);
+        return this.onHello(msg.body, frame.body);
+      case "ATTEST":
+        if (this.state !== "attest") return this.outOfOrder(msg.type);
+        return this.onAttest(msg.body.signature);
+      case "REQUEST":
+        if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
+        if (this.state === "closing") {
+          return this.respond(frame.stream, {
+            version: this.version,
+            id: msg.body.id,
+            status: "FAILURE",
+            error: "PROTOCOL",
+            message: "the session is closing: no new requests after GOODBYE",
+          });
+        }
+        return this.outOfOrder(msg.type);
+      case "PING":
+        if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
+        this.send({ type: "PONG", body: { seq: msg.body.seq } });
+        return;
+      case "PONG":
+        return;
+      case "GOODBYE":
+        if (this.state !== "ready") return this.outOfOrder(msg.type);
+        this.state = "closing";
+        this.maybeFinishClosing();
+        return;
+      case "ERROR":
+        this.host.log.info({ session: this.id, code: msg.body.code, class: msg.body.class }, "peer reported an error");
+        if (msg.body.fatal) this.closed("peer reported a fatal error");
+        return;
+      default:
+        return this.outOfOrder(msg.type);
+    }
+  }
+
+  private onHello(body: Hello, bytes: Uint8Array): void {
+    const version = negotiateVersion(body.versions);
+    if (version === undefined) {
+      return this.fail(
+        "PROTOCOL",
+        "UNSUPPORTED_VERSION",
+        `none of the offered versions [${body.versions.join(", ")}] is supported (supported: ${SUPPORTED_VERSIONS.join(", ")})`,
+        body.persona,
+      );
+    }
+    this.version = version;
+    this.hello = { body, bytes: Buffer.from(bytes) };
+    this.instance = Buffer.from(body.instance).toString("hex");
+    this.nonce = randomBytes(32);
+    const lim = this.host.limits;
+    const maxBody = Math.min(lim.maxBodyBytes, body.maxBody ?? lim.maxBodyBytes);
+    const frame = encodeMessage({
+      type: "CHALLENGE",
+      body: {
+        version,
+        session: this.id,
+        nonce: this.nonce,
+        kernel: this.host.kernelId,
+        heartbeatMs: lim.heartbeatMs,
+        limits: { maxBody, maxInFlight: lim.maxInFlight, dedupeWindowMs: lim.dedupeWindowMs },
+        features: [],
+      },
+    });
+    this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
+    this.state = "attest";
+    this.conn.write(frame);
+  }
+
+  private onAttest(signature: Uint8Array): void {
+    const hello = this.hello as { body: Hello; bytes: Buffer };
+    const persona = hello.body.persona;
+    const key = this.host.personaKeys.lookup(persona);
+    let reason: string | undefined;
+    if (key === undefined) reason = "persona is not registered";
+    else if (!Buffer.from(key.raw).equals(Buffer.from(hello.body.publicKey)))
+      reason = "public key differs from the registered key";
+    else if (!verifyBytes(key.key, attestationTranscript(hello.bytes, this.challengeBytes as Buffer), signature)) {
+      reason = "signature does not verify over this session's transcript";
+    }
+    if (reason !== undefined) {
+      // One message on the wire for every cause: the detail goes to the audit log only.
+      this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, reason);
+      return;
+    }
+    this.persona = persona;
+    this.state = "ready";
+    this.hello = undefined;
+    this.send({ type: "WELCOME", body: { persona, handles: [] } });
+    void this.host.audit
+      .append({
+        session: this.id,
+        persona,
+        phase: "session",
+        op: "session.open",
+        status: "SUCCESS",
+        message: this.conn.transport,
+      })
+      .catch(() => {});
+  }
+
+  private onRequest(req: Request, stream: number): void {
+    if (this.inFlight >= this.host.limits.maxInFlight) {
+      this.respond(stream, {
+        version: this.version,
+        id: req.id,
+        status: "FAILURE",
+        error: "RESOURCE",
+        message: `more than ${this.host.limits.maxInFlight} requests in flight on this session`,
+      });
+      void this.host.audit
+        .append({
+          session: this.id,
+          persona: this.persona,
+          phase: "refused",
+          requestId: req.id,
+          intent: req.intent,
+          status: "FAILURE",
+          errorClass: "RESOURCE",
+          message: "too many requests in flight",
+        })
+        .catch(() => {});
+      return;
+    }
+    this.inFlight++;
+    this.host.pipeline
+      .handle(this, req)
+      .then(
+        (resp) => this.respond(stream, resp),
+        (e: Error) => {
+          this.host.log.error({ err: e, session: this.id }, "request failed in the pipeline");
+          this.respond(stream, {
+            version: this.version,
+            id: req.id,
+            status: "FAILURE",
+            error: "INTERNAL",
+            message: "kernel error",
+          });
+        },
+      )
+      .finally(() => {
+        this.inFlight--;
+        this.maybeFinishClosing();
+      });
+  }
+
+  private respond(stream: number, resp: Response): void {
+    if (this.state === "closed") return;
+    this.send({ type: "RESPONSE", body: resp }, stream);
+    if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
+      this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read its responses; session dropped", this.persona);
+    }
+  }
+
+  private send(msg: Message, stream = 0): void {
+    if (this.state === "closed") return;
+    this.conn.write(encodeMessage(msg, stream));
+  }
+
+  private outOfOrder(type: string): void {
+    this.fail(
+      "PROTOCOL",
+      "UNEXPECTED_MESSAGE",
+      `${type} is not allowed in session state ${this.state}`,
+      this.persona || undefined,
+    );
+  }
+
+  private fatal(e: CodecError): void {
+    this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
+  }
+
+  /** Sends a fatal ERROR, audits it, and closes. */
+  private fail(cls: ErrorClass, code: string, message: string, persona: string | undefined, detail?: string): void {
+    if (this.state === "closed") return;
+    this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
+    void this.host.audit
+      .append({
+        session: this.id,
+        persona: persona ?? "-",
+        phase: "session",
+        op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
+        status: "FAILURE",
+        errorClass: cls,
+        message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
+      })
+      .catch(() => {});
+    this.host.log.info({ session: this.id, code, class: cls }, "session closed on error");
+    this.state = "closed";
+    this.abort.abort();
+    this.conn.end();
+    this.host.sessionClosed(this);
+  }
+
+  private maybeFinishClosing(): void {
+    if (this.state !== "closing" || this.inFlight > 0) return;
+    this.send({ type: "GOODBYE", body: { reason: "drained" } });
+    this.conn.end();
+    this.closed("goodbye");
+  }
+
+  /** Periodic check from the kernel: handshake timeout, dead peer, heartbeat. */
+  tick(now: number): void {
+    const lim = this.host.limits;
+    if ((this.state === "hello" || this.state === "attest") && now - this.createdAt > lim.handshakeTimeoutMs) {
+      this.fail("PROTOCOL", "HANDSHAKE_TIMEOUT", "handshake not completed in time", this.hello?.body.persona);
+      return;
+    }
+    if (now - this.lastSeen > 3 * lim.heartbeatMs) {
+      this.host.log.info({ session: this.id, persona: this.persona }, "peer silent for 3 heartbeats: closing");
+      this.conn.destroy();
+      this.closed("dead peer");
+      return;
+    }
+    if (this.state === "ready") this.send({ type: "PING", body: { seq: ++this.pingSeq } });
+  }
+
+  /** Kernel shutdown: no new requests, answer the ones in flight, say GOODBYE. */
+  drain(): Promise<void> {
+    if (this.state === "closed") return Promise.resolve();
+    if (this.state !== "ready" && this.state !== "closing") {
+      this.conn.destroy();
+      this.closed("kernel stopping");
+      return Promise.resolve();
+    }
+    this.state = "closing";
+    const done = new Promise<void>((resolve) => {
+      this.drained = resolve;
+    });
+    this.maybeFinishClosing();
+    return done;
+  }
+
+  /** Forced close: in-flight handlers are told to stop. */
+  kill(): void {
+    this.conn.destroy();
+    this.closed("killed");
+  }
+
+  private closed(why: string): void {
+    if (this.state === "closed") {
+      this.drained?.();
+      return;
+    }
+    this.state = "closed";
+    this.abort.abort(new Error(`session ended: ${why}`));
+    this.host.sessionClosed(this);
+    this.drained?.();
+  }
+}

@@ -1,0 +1,243 @@
+import Database from "better-sqlite3";
+import type {
+  AuditCheckpoint,
+  AuditQuery,
+  AuditRow,
+  AuditStore,
+  CasResult,
+  ObjectMeta,
+  ObjectStore,
+  PersonaRecord,
+  PersonaStore,
+  StoredObject,
+} from "./types.js";
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS personas (
+  id TEXT PRIMARY KEY, public_key BLOB NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+  workspace TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, generation INTEGER NOT NULL,
+  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
+  persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
+  intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
+  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+  seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
+  public_key BLOB NOT NULL, signature BLOB NOT NULL);
+`;
+
+type Row = Record<string, unknown>;
+type StatementName =
+  | "getPersona"
+  | "addPersona"
+  | "removePersona"
+  | "listPersonas"
+  | "readObject"
+  | "statObject"
+  | "genObject"
+  | "upsertObject"
+  | "deleteObject"
+  | "listObjects"
+  | "appendAudit"
+  | "lastAudit"
+  | "scanAudit"
+  | "countAudit"
+  | "addCheckpoint"
+  | "checkpoints";
+type Statements = Record<StatementName, Database.Statement>;
+
+/** The embedded store: one SQLite database in WAL mode holding personas, objects and the audit log. */
+export class SqliteStore implements PersonaStore, ObjectStore, AuditStore {
+  readonly db: Database.Database;
+  private readonly st: Statements;
+  private readonly appendTx: (rows: AuditRow[]) => void;
+
+  constructor(path: string) {
+    this.db = new Database(path);
+    this.db.pragma("journal_mode = WAL");
+    // NORMAL in WAL mode survives a process kill; only an OS crash can lose the last commits.
+    this.db.pragma("synchronous = NORMAL");
+    this.db.pragma("busy_timeout = 5000");
+    this.db.exec(SCHEMA);
+    const p = (sql: string) => this.db.prepare(sql);
+    this.st = {
+      getPersona: p("SELECT id, public_key, created_at FROM personas WHERE id = ?"),
+      addPersona: p("INSERT INTO personas (id, public_key, created_at) VALUES (?, ?, ?)"),
+      removePersona: p("DELETE FROM personas WHERE id = ?"),
+      listPersonas: p("SELECT id, public_key, created_at FROM personas ORDER BY id"),
+      readObject: p("SELECT * FROM objects WHERE workspace = ? AND path = ?"),
+      statObject: p("SELECT workspace, path, generation, size, updated_at FROM objects WHERE workspace = ? AND path = ?"),
+      genObject: p("SELECT generation FROM objects WHERE workspace = ? AND path = ?"),
+      upsertObject: p(
+        "INSERT INTO objects (workspace, path, data, generation, size, updated_at) VALUES (?, ?, ?, ?, ?, ?) " +
+          "ON CONFLICT (workspace, path) DO UPDATE SET data = excluded.data, generation = excluded.generation, " +
+          "size = excluded.size, updated_at = excluded.updated_at",
+      ),
+      deleteObject: p("DELETE FROM objects WHERE workspace = ? AND path = ?"),
+      listObjects: p(
+        "SELECT workspace, path, generation, size, updated_at FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
+      ),
+      appendAudit: p(
+        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash) " +
+          "VALUES (@seq, @time, @kernel, @session, @persona, @phase, @requestId, @op, @target, @intentHash, @intent, @caps, @status, @errorClass, @message, @durationUs, @traceparent, @prevHash, @hash)",
+      ),
+      lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
+      scanAudit: p("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?"),
+      countAudit: p("SELECT count(*) AS n FROM audit"),
+      addCheckpoint: p(
+        "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
+      ),
+      checkpoints: p("SELECT * FROM audit_checkpoints ORDER BY seq"),
+    };
+    this.appendTx = this.db.transaction((rows: AuditRow[]) => {
+      const s = this.st.appendAudit;
+      for (const r of rows) s.run(r);
+    });
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  getMeta(key: string): string | undefined {
+    const r = this.db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as Row | undefined;
+    return r?.value as string | undefined;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
+  }
+
+  // personas
+  getPersona(id: string): PersonaRecord | undefined {
+    const r = this.st.getPersona.get(id) as Row | undefined;
+    return r && toPersona(r);
+  }
+  addPersona(id: string, publicKey: Uint8Array): void {
+    this.st.addPersona.run(id, Buffer.from(publicKey), Date.now());
+  }
+  removePersona(id: string): boolean {
+    return this.st.removePersona.run(id).changes > 0;
+  }
+  listPersonas(): PersonaRecord[] {
+    return (this.st.listPersonas.all() as Row[]).map(toPersona);
+  }
+
+  // objects
+  readObject(workspace: string, path: string): StoredObject | undefined {
+    const r = this.st.readObject.get(workspace, path) as Row | undefined;
+    return r && { ...toMeta(r), data: r.data as Uint8Array };
+  }
+  statObject(workspace: string, path: string): ObjectMeta | undefined {
+    const r = this.st.statObject.get(workspace, path) as Row | undefined;
+    return r && toMeta(r);
+  }
+  writeObject(workspace: string, path: string, data: Uint8Array, ifGeneration: number | undefined, now: number): CasResult {
+    const current = ((this.st.genObject.get(workspace, path) as Row | undefined)?.generation as number | undefined) ?? 0;
+    if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
+    const generation = current + 1;
+    this.st.upsertObject.run(
+      workspace,
+      path,
+      Buffer.from(data.buffer, data.byteOffset, data.length),
+      generation,
+      data.length,
+      now,
+    );
+    return { ok: true, generation };
+  }
+  deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined {
+    const current = (this.st.genObject.get(workspace, path) as Row | undefined)?.generation as number | undefined;
+    if (current === undefined) return undefined;
+    if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
+    this.st.deleteObject.run(workspace, path);
+    return { ok: true, generation: current };
+  }
+  listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
+    // [prefix, prefix + U+FFFF) covers every path starting with prefix in SQLite's binary collation.
+    const rows = this.st.listObjects.all(workspace, prefix, `${prefix}\uffff`, after ?? "", limit) as Row[];
+    return rows.map(toMeta);
+  }
+
+  // audit
+  appendAudit(rows: AuditRow[]): void {
+    this.appendTx(rows);
+  }
+  lastAudit(): AuditRow | undefined {
+    const r = this.st.lastAudit.get() as Row | undefined;
+    return r && toAudit(r);
+  }
+  scanAudit(fromSeq: number, batch: number): AuditRow[] {
+    return (this.st.scanAudit.all(fromSeq, batch) as Row[]).map(toAudit);
+  }
+  countAudit(): number {
+    return (this.st.countAudit.get() as Row).n as number;
+  }
+  queryAudit(q: AuditQuery): AuditRow[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (q.persona !== undefined) where.push("persona = ?") && args.push(q.persona);
+    if (q.op !== undefined) where.push("op = ?") && args.push(q.op);
+    if (q.status !== undefined) where.push("status = ?") && args.push(q.status);
+    if (q.since !== undefined) where.push("time >= ?") && args.push(q.since);
+    if (q.afterSeq !== undefined) where.push("seq > ?") && args.push(q.afterSeq);
+    const sql = `SELECT * FROM audit ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
+    args.push(q.limit ?? 100);
+    return (this.db.prepare(sql).all(...args) as Row[]).map(toAudit).reverse();
+  }
+  addCheckpoint(c: AuditCheckpoint): void {
+    this.st.addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
+  }
+  checkpoints(): AuditCheckpoint[] {
+    return (this.st.checkpoints.all() as Row[]).map((r) => ({
+      seq: r.seq as number,
+      hash: r.hash as Uint8Array,
+      time: r.time as number,
+      kernel: r.kernel as string,
+      publicKey: r.public_key as Uint8Array,
+      signature: r.signature as Uint8Array,
+    }));
+  }
+}
+
+function toPersona(r: Row): PersonaRecord {
+  return { id: r.id as string, publicKey: r.public_key as Uint8Array, createdAt: r.created_at as number };
+}
+
+function toMeta(r: Row): ObjectMeta {
+  return {
+    workspace: r.workspace as string,
+    path: r.path as string,
+    generation: r.generation as number,
+    size: r.size as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+function toAudit(r: Row): AuditRow {
+  return {
+    seq: r.seq as number,
+    time: r.time as number,
+    kernel: r.kernel as string,
+    session: r.session as string,
+    persona: r.persona as string,
+    phase: r.phase as AuditRow["phase"],
+    requestId: r.request_id as number | null,
+    op: r.op as string | null,
+    target: r.target as string | null,
+    intentHash: r.intent_hash as Uint8Array | null,
+    intent: r.intent as Uint8Array | null,
+    caps: r.caps as string | null,
+    status: r.status as string | null,
+    errorClass: r.error_class as string | null,
+    message: r.message as string | null,
+    durationUs: r.duration_us as number | null,
+    traceparent: r.traceparent as string | null,
+    prevHash: r.prev_hash as Uint8Array,
+    hash: r.hash as Uint8Array,
+  };
+}

@@ -1,0 +1,101 @@
+/**
+ * Store interfaces. The kernel and its primitives see only these; SQLite is the embedded
+ * implementation and a server database can replace it (DESIGN §11), so nothing here may
+ * assume SQLite.
+ */
+
+export interface PersonaRecord {
+  id: string;
+  publicKey: Uint8Array;
+  createdAt: number;
+}
+
+export interface PersonaStore {
+  getPersona(id: string): PersonaRecord | undefined;
+  addPersona(id: string, publicKey: Uint8Array): void;
+  removePersona(id: string): boolean;
+  listPersonas(): PersonaRecord[];
+}
+
+export interface StoredObject {
+  workspace: string;
+  path: string;
+  data: Uint8Array;
+  generation: number;
+  size: number;
+  updatedAt: number;
+}
+
+export type ObjectMeta = Omit<StoredObject, "data">;
+
+/** Result of a compare-and-set write or delete. */
+export type CasResult = { ok: true; generation: number } | { ok: false; current: number };
+
+export interface ObjectStore {
+  readObject(workspace: string, path: string): StoredObject | undefined;
+  statObject(workspace: string, path: string): ObjectMeta | undefined;
+  /** `ifGeneration`: 0 = must not exist, n = must be at generation n, undefined = unconditional. */
+  writeObject(workspace: string, path: string, data: Uint8Array, ifGeneration: number | undefined, now: number): CasResult;
+  deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined;
+  /** Objects whose path starts with `prefix`, in path order, after `after`. */
+  listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[];
+}
+
+/** One audit record as stored, with its place in the hash chain. */
+export interface AuditRow {
+  seq: number;
+  time: number;
+  kernel: string;
+  session: string;
+  persona: string;
+  phase: AuditPhase;
+  requestId: number | null;
+  op: string | null;
+  target: string | null;
+  intentHash: Uint8Array | null;
+  intent: Uint8Array | null;
+  caps: string | null;
+  status: string | null;
+  errorClass: string | null;
+  message: string | null;
+  durationUs: number | null;
+  traceparent: string | null;
+  prevHash: Uint8Array;
+  hash: Uint8Array;
+}
+
+/**
+ * intent: a request's intent, written before its effects. outcome: how it ended.
+ * refused: a request refused before execution (intent and outcome in one record).
+ * session: handshake outcomes and session ends.
+ */
+export type AuditPhase = "intent" | "outcome" | "refused" | "session";
+
+export interface AuditCheckpoint {
+  seq: number;
+  hash: Uint8Array;
+  time: number;
+  kernel: string;
+  publicKey: Uint8Array;
+  signature: Uint8Array;
+}
+
+export interface AuditQuery {
+  persona?: string;
+  op?: string;
+  status?: string;
+  since?: number;
+  afterSeq?: number;
+  limit?: number;
+}
+
+export interface AuditStore {
+  appendAudit(rows: AuditRow[]): void;
+  lastAudit(): AuditRow | undefined;
+  /** Rows in seq order, `batch` at a time (for verification of long logs). */
+  scanAudit(fromSeq: number, batch: number): AuditRow[];
+  countAudit(): number;
+  queryAudit(q: AuditQuery): AuditRow[];
+  addCheckpoint(c: AuditCheckpoint): void;
+  checkpoints(): AuditCheckpoint[];
+}

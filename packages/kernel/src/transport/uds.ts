@@ -1,0 +1,140 @@
+import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import net from "node:net";
+import { dirname } from "node:path";
+import type { Connection } from "../session/connection.js";
+
+/** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
+export class SocketPathError extends Error {
+  override name = "SocketPathError";
+}
+
+/**
+ * Prepares the socket directory (created 0700 if missing) and checks it: a real directory,
+ * owned by this user, not writable by group or others. A path that exists must be a socket
+ * (never a symlink or file) that no live kernel answers on; only then is it removed as stale.
+ */
+export async function prepareSocketPath(path: string): Promise<void> {
+  const dir = dirname(path);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const d = lstatSync(dir);
+  const uid = process.getuid?.() ?? 0;
+  if (!d.isDirectory()) throw new SocketPathError(`socket directory ${dir} is not a directory (symlinks are refused)`);
+  if (d.uid !== uid) throw new SocketPathError(`socket directory ${dir} is owned by uid ${d.uid}, not by this user (${uid})`);
+  if ((d.mode & 0o022) !== 0) {
+    throw new SocketPathError(
+      `socket directory ${dir} is writable by group or others (mode ${(d.mode & 0o777).toString(8)}); use a 0700 directory`,
+    );
+  }
+  let st: ReturnType<typeof lstatSync> | undefined;
+  try {
+    st = lstatSync(path);
+  } catch {
+    return;
+  }
+  if (st.isSymbolicLink()) throw new SocketPathError(`socket path ${path} is a symlink; refusing to use it`);
+  if (!st.isSocket()) throw new SocketPathError(`socket path ${path} exists and is not a socket; refusing to replace it`);
+  if (st.uid !== uid) throw new SocketPathError(`socket ${path} is owned by uid ${st.uid}, not by this user`);
+  if (await answers(path)) throw new SocketPathError(`a kernel is already listening on ${path}`);
+  unlinkSync(path);
+}
+
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = net.connect(path);
+    s.once("connect", () => {
+      s.destroy();
+      resolve(true);
+    });
+    s.once("error", () => resolve(false));
+  });
+}
+
+/** A Unix-socket listener handing each accepted socket over as a {@link Connection}. */
+export class UdsListener {
+  private server: net.Server | undefined;
+  private ino: number | undefined;
+
+  constructor(
+    readonly path: string,
+    private readonly accept: (c: Connection) => void,
+  ) {}
+
+  async listen(): Promise<void> {
+    await prepareSocketPath(this.path);
+    const server = net.createServer({ noDelay: true } as net.ServerOpts, (sock) =>
+      this.accept(new SocketConnection(sock, "uds")),
+    );
+    await new Promise<void>((resolve, reject) => {
+      server.once("error", reject);
+      server.listen(this.path, () => {
+        server.off("error", reject);
+        resolve();
+      });
+    });
+    chmodSync(this.path, 0o600);
+    this.ino = statSync(this.path).ino;
+    this.server = server;
+  }
+
+  /** Stops accepting and removes the socket file if it is still ours. */
+  async close(): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    await new Promise<void>((resolve) => server.close(() => resolve()));
+    try {
+      if (statSync(this.path).ino === this.ino) unlinkSync(this.path);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** A net.Socket as a Connection, coalescing the writes of one turn into one syscall. */
+export class SocketConnection implements Connection {
+  readonly peer: string;
+  private corked = false;
+
+  constructor(
+    private readonly sock: net.Socket,
+    readonly transport: string,
+  ) {
+    this.peer = sock.remoteAddress ?? "local";
+    sock.on("error", () => {
+      // reported through close
+    });
+  }
+
+  get buffered(): number {
+    return this.sock.writableLength;
+  }
+
+  write(data: Uint8Array): void {
+    if (this.sock.destroyed) return;
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.sock.uncork();
+      });
+    }
+    this.sock.write(data);
+  }
+
+  end(): void {
+    this.sock.end();
+  }
+
+  destroy(): void {
+    this.sock.destroy();
+  }
+
+  onData(cb: (chunk: Uint8Array) => void): void {
+    this.sock.on("data", cb);
+  }
+
+  onClose(cb: () => void): void {
+    this.sock.once("close", cb);
+  }
+}

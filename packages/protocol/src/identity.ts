@@ -1,0 +1,98 @@
+import { createPrivateKey, createPublicKey, generateKeyPairSync, type KeyObject, sign, verify } from "node:crypto";
+import { CodecError, ErrorClass } from "./errors.js";
+import { isPersonaId } from "./intent/grammar.js";
+
+/**
+ * A persona's identity: its id and Ed25519 key pair. The identity file is JSON:
+ *
+ *   { "kpip": "identity/v1", "persona": "alice", "publicKey": "<base64url 32 bytes>", "privateKey": "<base64url 32-byte seed>" }
+ *
+ * It is a secret (mode 0600); the public key alone is what the kernel registers.
+ */
+export interface Identity {
+  persona: string;
+  publicKey: Uint8Array;
+  privateKey: KeyObject;
+}
+
+const PKCS8_ED25519_PREFIX = Buffer.from("302e020100300506032b657004220420", "hex");
+const SPKI_ED25519_PREFIX = Buffer.from("302a300506032b6570032100", "hex");
+
+export class IdentityError extends CodecError {
+  override name = "IdentityError";
+  constructor(message: string) {
+    super(ErrorClass.AUTH, "BAD_IDENTITY", message);
+  }
+}
+
+/** Creates a fresh identity for `persona`. */
+export function generateIdentity(persona: string): Identity {
+  if (!isPersonaId(persona)) throw new IdentityError(`invalid persona id ${JSON.stringify(persona)}`);
+  const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+  return { persona, privateKey, publicKey: rawPublicKey(publicKey) };
+}
+
+/** The 32 raw bytes of an Ed25519 public key. */
+export function rawPublicKey(key: KeyObject): Uint8Array {
+  return key.export({ format: "der", type: "spki" }).subarray(SPKI_ED25519_PREFIX.length);
+}
+
+/** A reusable key object for 32 raw public key bytes (parse once, verify many times). */
+export function publicKeyFromRaw(raw: Uint8Array): KeyObject {
+  if (raw.length !== 32) throw new IdentityError("an Ed25519 public key has 32 bytes");
+  return createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, raw]), format: "der", type: "spki" });
+}
+
+/** Serialises an identity to the identity-file JSON text. */
+export function serializeIdentity(id: Identity): string {
+  const seed = id.privateKey.export({ format: "der", type: "pkcs8" }).subarray(PKCS8_ED25519_PREFIX.length);
+  return `${JSON.stringify(
+    {
+      kpip: "identity/v1",
+      persona: id.persona,
+      publicKey: Buffer.from(id.publicKey).toString("base64url"),
+      privateKey: Buffer.from(seed).toString("base64url"),
+    },
+    null,
+    2,
+  )}\n`;
+}
+
+/** Parses identity-file JSON text; throws {@link IdentityError} on anything malformed. */
+export function parseIdentity(text: string): Identity {
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new IdentityError("identity file is not JSON");
+  }
+  const d = doc as Record<string, unknown>;
+  if (d === null || typeof d !== "object" || d.kpip !== "identity/v1") {
+    throw new IdentityError('identity file must have "kpip": "identity/v1"');
+  }
+  if (typeof d.persona !== "string" || !isPersonaId(d.persona))
+    throw new IdentityError("identity file has an invalid persona id");
+  if (typeof d.privateKey !== "string") throw new IdentityError("identity file has no private key");
+  const seed = Buffer.from(d.privateKey, "base64url");
+  if (seed.length !== 32) throw new IdentityError("identity private key must be a 32-byte seed");
+  const privateKey = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519_PREFIX, seed]), format: "der", type: "pkcs8" });
+  const publicKey = rawPublicKey(createPublicKey(privateKey));
+  if (typeof d.publicKey === "string" && Buffer.compare(Buffer.from(d.publicKey, "base64url"), publicKey) !== 0) {
+    throw new IdentityError("identity public key does not match its private key");
+  }
+  return { persona: d.persona, privateKey, publicKey };
+}
+
+/** Ed25519 signature over `data`. */
+export function signBytes(key: KeyObject, data: Uint8Array): Buffer {
+  return sign(null, data, key);
+}
+
+/** Verifies an Ed25519 signature; false (never a throw) on any mismatch. */
+export function verifyBytes(key: KeyObject, data: Uint8Array, signature: Uint8Array): boolean {
+  try {
+    return verify(null, data, key, signature);
+  } catch {
+    return false;
+  }
+}
