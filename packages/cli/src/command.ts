@@ -1,0 +1,70 @@
+import { parseArgs } from "node:util";
+import { EXIT, UsageError } from "./util.js";
+
+export interface OptionSpec {
+  type: "string" | "boolean";
+  short?: string;
+  multiple?: boolean;
+  description: string;
+}
+
+export type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
+
+/** One command: its help is generated from this definition. */
+export interface Command {
+  name: string;
+  summary: string;
+  usage: string;
+  example: string;
+  options: Record<string, OptionSpec>;
+  run(values: Values, positionals: string[]): Promise<number>;
+}
+
+export function helpText(c: Command): string {
+  const opts = Object.entries(c.options).map(([name, o]) => {
+    const flag = `${o.short ? `-${o.short}, ` : ""}--${name}${o.type === "string" ? " <value>" : ""}`;
+    return `  ${flag.padEnd(32)} ${o.description}`;
+  });
+  return [
+    `kpip ${c.name} — ${c.summary}`,
+    "",
+    `usage: ${c.usage}`,
+    "",
+    "options:",
+    ...opts,
+    `  ${"-h, --help".padEnd(32)} show this help`,
+    "",
+    "example:",
+    `  ${c.example}`,
+    "",
+  ].join("\n");
+}
+
+/** Parses argv for a command and runs it; usage errors exit 2 with a hint. */
+export async function runCommand(c: Command, argv: string[]): Promise<number> {
+  let parsed: ReturnType<typeof parseArgs>;
+  try {
+    parsed = parseArgs({
+      args: argv,
+      options: { ...c.options, help: { type: "boolean", short: "h" } },
+      allowPositionals: true,
+      strict: true,
+    });
+  } catch (e) {
+    process.stderr.write(`kpip ${c.name}: ${(e as Error).message}\nrun \`kpip ${c.name} --help\` for usage\n`);
+    return EXIT.USAGE;
+  }
+  if (parsed.values.help) {
+    process.stdout.write(helpText(c));
+    return EXIT.OK;
+  }
+  try {
+    return await c.run(parsed.values as Values, parsed.positionals);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      process.stderr.write(`kpip ${c.name}: ${e.message}\nrun \`kpip ${c.name} --help\` for usage\n`);
+      return EXIT.USAGE;
+    }
+    throw e;
+  }
+}

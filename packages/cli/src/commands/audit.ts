@@ -1,0 +1,169 @@
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import { existsSync, readFileSync } from "node:fs";
+import { join } from "node:path";
+import { type AuditRow, HOME_FILES, SqliteStore, verifyAudit } from "@kpip/kernel";
+import { rawPublicKey } from "@kpip/protocol";
+import type { Command } from "../command.js";
+import { EXIT, resolveHome, UsageError } from "../util.js";
+
+function openStore(home: string): SqliteStore {
+  const path = join(home, HOME_FILES.database);
+  if (!existsSync(path)) throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+  return new SqliteStore(path);
+}
+
+/** Parses --since: an ISO time, or a relative age like 30s, 10m, 2h, 1d. */
+export function parseSince(s: string, now = Date.now()): number {
+  const m = /^(\d+)([smhd])$/.exec(s);
+  if (m) return now - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
+  const t = Date.parse(s);
+  if (Number.isNaN(t)) throw new UsageError(`--since must be an ISO time or an age like 10m (got ${JSON.stringify(s)})`);
+  return t;
+}
+
+function rowJson(r: AuditRow): Record<string, unknown> {
+  return {
+    seq: r.seq,
+    time: new Date(r.time).toISOString(),
+    session: r.session,
+    persona: r.persona,
+    phase: r.phase,
+    requestId: r.requestId,
+    op: r.op,
+    target: r.target,
+    intentHash: r.intentHash ? Buffer.from(r.intentHash).toString("hex") : null,
+    caps: r.caps,
+    status: r.status,
+    errorClass: r.errorClass,
+    message: r.message,
+    durationUs: r.durationUs,
+    traceparent: r.traceparent,
+    hash: Buffer.from(r.hash).toString("hex"),
+  };
+}
+
+function rowLine(r: AuditRow): string {
+  const t = new Date(r.time).toISOString().replace("T", " ").replace("Z", "");
+  const outcome = r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "";
+  return `${String(r.seq).padStart(7)} ${t} ${r.persona.padEnd(14)} ${r.phase.padEnd(8)} ${(r.op ?? "").padEnd(16)} ${(r.target ?? "").padEnd(28)} ${outcome.padEnd(18)} ${r.message ?? ""}`;
+}
+
+const HEADER = `${"seq".padStart(7)} ${"time".padEnd(23)} ${"persona".padEnd(14)} ${"phase".padEnd(8)} ${"op".padEnd(16)} ${"target".padEnd(28)} ${"outcome".padEnd(18)} message`;
+
+export const auditCommand: Command = {
+  name: "audit",
+  summary: "verify, tail and query the audit log",
+  usage: "kpip audit verify | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
+  example: "kpip audit query --persona alice --status FAILURE --since 1h",
+  options: {
+    home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
+    json: { type: "boolean", description: "print JSON (verify: one object; tail/query: one object per line)" },
+    n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
+    follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
+    persona: { type: "string", description: "query: only this persona" },
+    op: { type: "string", description: "query: only this op" },
+    status: { type: "string", description: "query: only this status (SUCCESS, FAILURE, PARTIAL, DEFERRED)" },
+    since: { type: "string", description: "query: only records since an ISO time or an age (10m, 2h)" },
+    limit: { type: "string", description: "query: most records (default 100)" },
+  },
+  async run(v, pos) {
+    const [sub, ...extra] = pos;
+    if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
+    const home = resolveHome(v.home as string | undefined);
+    const json = v.json === true;
+    switch (sub) {
+      case "verify": {
+        const store = openStore(home);
+        try {
+          let trustedKey: Uint8Array | undefined;
+          const keyPath = join(home, HOME_FILES.kernelKey);
+          if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
+          const tty = process.stderr.isTTY && !json;
+          const started = Date.now();
+          const r = verifyAudit(store, {
+            ...(trustedKey ? { trustedKey } : {}),
+            onProgress: (done, total) => {
+              if (!tty) return;
+              const w = 30;
+              const f = total ? Math.round((done / total) * w) : w;
+              process.stderr.write(`\r[${"#".repeat(f)}${" ".repeat(w - f)}] ${done}/${total} records`);
+            },
+          });
+          if (tty) process.stderr.write("\n");
+          const secs = (Date.now() - started) / 1000;
+          if (json) process.stdout.write(`${JSON.stringify({ ...r, seconds: secs })}\n`);
+          else if (r.ok)
+            process.stdout.write(`audit log OK: ${r.records} records, ${r.checkpoints} signed checkpoints verified\n`);
+          else process.stdout.write(`audit log BROKEN at record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
+          return r.ok ? EXIT.OK : EXIT.FAILED;
+        } finally {
+          store.close();
+        }
+      }
+      case "tail": {
+        const n = v.n === undefined ? 20 : Number(v.n);
+        if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError("-n must be a positive integer");
+        const store = openStore(home);
+        const print = (rows: AuditRow[]) => {
+          for (const r of rows) process.stdout.write(`${json ? JSON.stringify(rowJson(r)) : rowLine(r)}\n`);
+        };
+        if (!json) process.stdout.write(`${HEADER}\n`);
+        let rows = store.queryAudit({ limit: n });
+        print(rows);
+        if (!v.follow) {
+          store.close();
+          return EXIT.OK;
+        }
+        let last = rows[rows.length - 1]?.seq ?? 0;
+        await new Promise<void>((resolve) => {
+          const t = setInterval(() => {
+            rows = store.queryAudit({ afterSeq: last, limit: 1000 });
+            print(rows);
+            last = rows[rows.length - 1]?.seq ?? last;
+          }, 250);
+          const stop = () => {
+            clearInterval(t);
+            resolve();
+          };
+          process.once("SIGINT", stop);
+          process.once("SIGTERM", stop);
+        });
+        store.close();
+        return EXIT.OK;
+      }
+      case "query": {
+        const q: Parameters<SqliteStore["queryAudit"]>[0] = {};
+        if (v.persona !== undefined) q.persona = v.persona as string;
+        if (v.op !== undefined) q.op = v.op as string;
+        if (v.status !== undefined) {
+          const s = (v.status as string).toUpperCase();
+          if (!["SUCCESS", "FAILURE", "PARTIAL", "DEFERRED"].includes(s))
+            throw new UsageError("--status must be SUCCESS, FAILURE, PARTIAL or DEFERRED");
+          q.status = s;
+        }
+        if (v.since !== undefined) q.since = parseSince(v.since as string);
+        if (v.limit !== undefined) {
+          const l = Number(v.limit);
+          if (!Number.isSafeInteger(l) || l <= 0) throw new UsageError("--limit must be a positive integer");
+          q.limit = l;
+        }
+        const store = openStore(home);
+        try {
+          const rows = store.queryAudit(q);
+          if (json) for (const r of rows) process.stdout.write(`${JSON.stringify(rowJson(r))}\n`);
+          else {
+            process.stdout.write(`${HEADER}\n`);
+            for (const r of rows) process.stdout.write(`${rowLine(r)}\n`);
+          }
+          return EXIT.OK;
+        } finally {
+          store.close();
+        }
+      }
+      default:
+        throw new UsageError(
+          sub ? `unknown audit command ${JSON.stringify(sub)}` : "missing audit command: verify, tail or query",
+        );
+    }
+  },
+};

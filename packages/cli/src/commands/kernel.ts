@@ -1,0 +1,60 @@
+import { ConfigError, flagName, Kernel, type KernelConfig, SETTINGS, SocketPathError } from "@kpip/kernel";
+import type { Command, OptionSpec } from "../command.js";
+import { EXIT } from "../util.js";
+
+const options: Record<string, OptionSpec> = {
+  config: { type: "string", description: "config file (default <home>/config.json)" },
+};
+for (const s of SETTINGS) options[flagName(s.key)] = { type: "string", description: `${s.description} (env KPIP_…)` };
+
+export const kernelCommand: Command = {
+  name: "kernel",
+  summary: "run a kernel in the foreground",
+  usage: "kpip kernel [--home DIR] [--socket PATH] [settings…]",
+  example: "kpip kernel --home ./.kpip --log-level debug",
+  options,
+  async run(values) {
+    const flags: Partial<Record<keyof KernelConfig, unknown>> = {};
+    for (const s of SETTINGS) {
+      const v = values[flagName(s.key)];
+      if (v !== undefined) flags[s.key] = v;
+    }
+    let kernel: Kernel;
+    try {
+      kernel = new Kernel(flags as Partial<KernelConfig>);
+      await kernel.start();
+    } catch (e) {
+      if (e instanceof ConfigError || e instanceof SocketPathError) {
+        process.stderr.write(`kpip kernel: ${e.message}\n`);
+        return EXIT.USAGE;
+      }
+      throw e;
+    }
+    const fromRepo = process.env.npm_lifecycle_event === "start";
+    const call = fromRepo ? "npm run kpip -- call system.health" : `kpip call system.health --home ${kernel.config.home}`;
+    process.stdout.write(
+      [
+        `kpip kernel ${kernel.kernelId} is running`,
+        `  socket:          ${kernel.socketPath}`,
+        `  home:            ${kernel.config.home}`,
+        `  admin identity:  ${kernel.adminIdentity}`,
+        `try, in another shell:  ${call}`,
+        "stop with Ctrl-C",
+        "",
+      ].join("\n"),
+    );
+    await new Promise<void>((resolve) => {
+      let stopping = false;
+      const stop = () => {
+        if (stopping) return;
+        stopping = true;
+        process.stdout.write("stopping: draining sessions, flushing the audit log…\n");
+        kernel.stop().then(resolve, resolve);
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
+    process.stdout.write("kernel stopped\n");
+    return EXIT.OK;
+  },
+};

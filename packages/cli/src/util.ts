@@ -1,0 +1,90 @@
+import { join } from "node:path";
+import { defaultHome } from "@kpip/kernel";
+import { type CborValue, KpipError } from "@kpip/protocol";
+
+/** Exit codes of every kpip command. */
+export const EXIT = {
+  OK: 0,
+  /** The kernel answered FAILURE, or a check (audit verify) failed. */
+  FAILED: 1,
+  /** Bad command line. */
+  USAGE: 2,
+  /** No kernel could be reached. */
+  UNAVAILABLE: 3,
+} as const;
+
+/** A command-line mistake: printed with the command's usage hint, exit code 2. */
+export class UsageError extends Error {
+  override name = "UsageError";
+}
+
+export function resolveHome(flag: string | undefined): string {
+  return flag ?? process.env.KPIP_HOME ?? defaultHome();
+}
+
+export function defaultSocket(home: string): string {
+  return process.env.KPIP_SOCKET ?? join(home, "kernel.sock");
+}
+
+/** CBOR values as JSON: byte strings become {"$bytes": base64}, big integers {"$int": "…"}. */
+export function toJson(v: CborValue | undefined): unknown {
+  if (v === undefined) return null;
+  if (v instanceof Uint8Array) return { $bytes: Buffer.from(v).toString("base64") };
+  if (typeof v === "bigint") return { $int: v.toString() };
+  if (Array.isArray(v)) return v.map(toJson);
+  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, toJson(x)]));
+  return v;
+}
+
+/** JSON from the command line as CBOR: {"$bytes": base64} becomes bytes; non-integer numbers are refused. */
+export function fromJson(v: unknown, path = "args"): CborValue {
+  if (v === null || typeof v === "string" || typeof v === "boolean") return v;
+  if (typeof v === "number") {
+    if (!Number.isSafeInteger(v))
+      throw new UsageError(`${path}: only integers are allowed (got ${v}); send fractions as strings`);
+    return v;
+  }
+  if (Array.isArray(v)) return v.map((x, i) => fromJson(x, `${path}[${i}]`));
+  const o = v as Record<string, unknown>;
+  if (Object.keys(o).length === 1 && typeof o.$bytes === "string") return Buffer.from(o.$bytes, "base64");
+  return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, fromJson(x, `${path}.${k}`)]));
+}
+
+/** Human rendering of a payload: text-looking bytes as text, others as a hex preview. */
+export function render(v: CborValue | undefined, indent = ""): string {
+  if (v === undefined || v === null) return "null";
+  if (v instanceof Uint8Array) {
+    const s = Buffer.from(v).toString("utf8");
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: printable check
+    if (!/[\u0000-\u0008\u000e-\u001f\ufffd]/.test(s)) return JSON.stringify(s);
+    return `<${v.length} bytes ${Buffer.from(v.subarray(0, 32)).toString("hex")}${v.length > 32 ? "…" : ""}>`;
+  }
+  if (Array.isArray(v)) {
+    if (v.length === 0) return "[]";
+    return v.map((x) => `\n${indent}- ${render(x, `${indent}  `)}`).join("");
+  }
+  if (typeof v === "object") {
+    const keys = Object.keys(v);
+    if (keys.length === 0) return "{}";
+    return keys.map((k) => `\n${indent}${k}: ${render(v[k], `${indent}  `)}`).join("");
+  }
+  return String(v);
+}
+
+/** Prints an error and returns the exit code it maps to. */
+export function reportError(e: unknown, json: boolean): number {
+  const err = e as Error;
+  let code: number = EXIT.FAILED;
+  if (err instanceof UsageError) code = EXIT.USAGE;
+  else if (err.name === "KernelUnavailableError") code = EXIT.UNAVAILABLE;
+  if (json) {
+    const out: Record<string, unknown> = { error: err.name, message: err.message };
+    if (err instanceof KpipError) out.class = err.errorClass;
+    process.stdout.write(`${JSON.stringify(out)}\n`);
+  } else if (err instanceof KpipError) {
+    process.stderr.write(`FAILURE ${err.errorClass}: ${err.message}\n`);
+  } else {
+    process.stderr.write(`kpip: ${err.message}\n`);
+  }
+  return code;
+}
