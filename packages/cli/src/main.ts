@@ -4,10 +4,11 @@ import { auditCommand } from "./commands/audit.js";
 import { callCommand } from "./commands/call.js";
 import { kernelCommand } from "./commands/kernel.js";
 import { personaCommand } from "./commands/persona.js";
+import { tokenCommand } from "./commands/token.js";
 import { EXIT } from "./util.js";
 
 /** Every command, in the order `kpip --help` lists them. */
-export const COMMANDS: Command[] = [kernelCommand, personaCommand, callCommand, auditCommand];
+export const COMMANDS: Command[] = [kernelCommand, personaCommand, tokenCommand, callCommand, auditCommand];
 
 function usage(): string {
   return [

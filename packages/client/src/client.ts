@@ -36,8 +36,8 @@ export interface ConnectOptions {
   connector?: Connector;
   /** The persona's identity, or the path of its identity file. */
   identity: Identity | string;
-  /** Tokens to bind at attestation. */
-  tokens?: Uint8Array[];
+  /** Tokens to bind at attestation: wire bytes, or the base64url text `kpip token mint` prints. */
+  tokens?: (Uint8Array | string)[];
   /** Workspace put in every request's context unless a call names another. */
   workspace?: string;
   /** Time allowed for connect + handshake. */
@@ -82,6 +82,8 @@ export class KernelClient extends EventEmitter {
   sessionId = "";
   kernelId = "";
   handles: number[] = [];
+  /** Tokens the kernel refused to bind at attestation, with the reason. */
+  refusedTokens: { index: number; code: string; message: string }[] = [];
   private channel: Channel | undefined;
   private readonly decoder = new FrameDecoder();
   private nextId = 1;
@@ -200,12 +202,15 @@ export class KernelClient extends EventEmitter {
         this.decoder.setMaxBody(m.body.limits.maxBody);
         const signature = signBytes(this.identity.privateKey, attestationTranscript(hs.helloBytes, f.body));
         this.setState("attesting");
-        this.channel?.write(encodeMessage({ type: "ATTEST", body: { signature, tokens: this.opts.tokens ?? [] } }));
+        const tokens = (this.opts.tokens ?? []).map((t) => (typeof t === "string" ? Buffer.from(t.trim(), "base64url") : t));
+        this.channel?.write(encodeMessage({ type: "ATTEST", body: { signature, tokens } }));
         return;
       }
       case "WELCOME":
         if (!this.handshake || this.state !== "attesting") return this.violation("unexpected WELCOME");
-        this.handles = m.body.handles;
+        this.handles = m.body.handles.filter((h) => h > 0);
+        this.refusedTokens = m.body.refused ?? [];
+        for (const r of this.refusedTokens) this.emit("tokenRefused", r);
         this.setState("ready");
         this.handshake.resolve();
         this.handshake = undefined;

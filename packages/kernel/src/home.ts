@@ -1,7 +1,8 @@
 import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { generateIdentity, serializeIdentity } from "@kpip/protocol";
+import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
+import type { CapEnforcer } from "./auth/enforcer.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
 /** File names inside the kernel home. */
@@ -9,7 +10,28 @@ export const HOME_FILES = {
   database: "kernel.db",
   kernelKey: "kernel.key",
   adminIdentity: "admin.identity",
+  adminToken: "admin.token",
 } as const;
+
+/** How long the admin's root token lives; renew it by deleting the file and restarting. */
+const ADMIN_TOKEN_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
+
+/**
+ * Mints the admin persona's root token (every op on every target) on first start and keeps
+ * it in <home>/admin.token (0600). Even the admin acts only through a capability.
+ */
+export function ensureAdminToken(home: string, enforcer: CapEnforcer, admin: string): string {
+  const path = join(home, HOME_FILES.adminToken);
+  if (!existsSync(path)) {
+    const t = enforcer.mint(undefined, "kernel", {
+      sub: admin,
+      rights: [{ ops: ["**"], targets: ["**"] }],
+      ttlMs: ADMIN_TOKEN_TTL_MS,
+    });
+    writeSecret(path, `${tokenToString(t)}\n`);
+  }
+  return path;
+}
 
 /** Creates the home directory (0700) if needed and refuses one others can write to. */
 export function ensureHome(home: string): void {

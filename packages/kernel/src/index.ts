@@ -3,7 +3,8 @@
 export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
-export { AdminOnlyAuthorizer } from "./auth/authorizer.js";
+export { CapEnforcer, EscalationError, HandleTable, type MintSpec } from "./auth/enforcer.js";
+export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
 export {
   ConfigError,
   DEFAULT_CONFIG,

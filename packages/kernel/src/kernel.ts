@@ -1,14 +1,17 @@
 import { join } from "node:path";
 import { AuditLog } from "./audit/log.js";
-import { AdminOnlyAuthorizer, type Authorizer } from "./auth/authorizer.js";
+import type { Authorizer } from "./auth/authorizer.js";
+import { CapEnforcer } from "./auth/enforcer.js";
+import { RootKeys } from "./auth/keys.js";
 import { type KernelConfig, resolveConfig } from "./config.js";
-import { ensureAdmin, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
+import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
 import { systemFamily } from "./primitives/system.js";
+import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
 import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
@@ -18,8 +21,10 @@ import { UdsListener } from "./transport/uds.js";
 import { KERNEL_VERSION } from "./version.js";
 
 export interface KernelOptions extends Partial<KernelConfig> {
-  /** Replaces the interim admin-only authorizer (the capability enforcer plugs in here). */
+  /** Replaces the capability enforcer's decisions (tokens are still verified and bound by it). */
   authorizer?: Authorizer;
+  /** The kernel's clock (tests move time to expire tokens). */
+  clock?: () => number;
   logger?: Logger;
 }
 
@@ -42,6 +47,8 @@ export class Kernel {
   private startedAt = 0;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private adminIdentityPath = "";
+  private adminTokenPath = "";
+  private enforcerRef: CapEnforcer | undefined;
   private pendingFamilies: PrimitiveFamily[] = [];
 
   constructor(private readonly options: KernelOptions = {}) {
@@ -64,6 +71,15 @@ export class Kernel {
   }
   get adminIdentity(): string {
     return this.adminIdentityPath;
+  }
+  /** File holding the admin persona's root token (0600). */
+  get adminToken(): string {
+    return this.adminTokenPath;
+  }
+  /** The capability enforcer (mint tokens for tests and embedders). */
+  get enforcer(): CapEnforcer {
+    if (!this.enforcerRef) throw new Error("kernel not started");
+    return this.enforcerRef;
   }
   get sessionCount(): number {
     return this.sessions.size;
@@ -95,16 +111,14 @@ export class Kernel {
         ),
       );
       this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }));
+      const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock);
+      this.enforcerRef = enforcer;
+      this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
+      this.router.register(tokenFamily(enforcer, store));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
       const dedupe = new DedupeCache(c.dedupeWindowMs);
-      const pipeline = new Pipeline(
-        this.router,
-        this.options.authorizer ?? new AdminOnlyAuthorizer(c.adminPersona),
-        audit,
-        dedupe,
-        this.log,
-      );
+      const pipeline = new Pipeline(this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log);
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
         handshakeTimeoutMs: c.handshakeTimeoutMs,
@@ -119,6 +133,7 @@ export class Kernel {
         pipeline,
         audit,
         personaKeys: new PersonaKeys(store),
+        bindToken: (table, persona, token) => enforcer.bind(table, persona, token),
         log: this.log,
         sessionClosed: (s) => this.sessions.delete(s),
       };

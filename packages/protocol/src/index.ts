@@ -19,4 +19,6 @@ export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage } from "./messages/codec.js";
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
+export * from "./token/pattern.js";
+export * from "./token/token.js";
 export { negotiateVersion } from "./version.js";

@@ -1,9 +1,9 @@
 import { readFileSync } from "node:fs";
-import { join } from "node:path";
-import { KernelClient } from "@kpip/client";
+import type { KernelClient } from "@kpip/client";
 import type { CborMap } from "@kpip/protocol";
 import type { Command } from "../command.js";
-import { defaultSocket, EXIT, fromJson, render, reportError, resolveHome, toJson, UsageError } from "../util.js";
+import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { EXIT, fromJson, render, reportError, toJson, UsageError } from "../util.js";
 
 export const callCommand: Command = {
   name: "call",
@@ -14,10 +14,8 @@ export const callCommand: Command = {
     args: { type: "string", description: 'arguments as JSON ({"$bytes": base64} for bytes)' },
     data: { type: "string", description: "shorthand for args.data as UTF-8 text" },
     "data-file": { type: "string", description: "shorthand for args.data read from a file (bytes)" },
-    identity: { type: "string", description: "persona identity file (default <home>/admin.identity)" },
     workspace: { type: "string", description: "workspace for the request context" },
-    home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
-    socket: { type: "string", description: "kernel socket (default <home>/kernel.sock)" },
+    ...CONNECT_OPTIONS,
     "deadline-ms": { type: "string", description: "deadline for the call in milliseconds" },
     json: { type: "boolean", description: "print the response as JSON" },
   },
@@ -51,14 +49,10 @@ export const callCommand: Command = {
       deadlineMs = Number(v["deadline-ms"]);
       if (!Number.isSafeInteger(deadlineMs) || deadlineMs <= 0) throw new UsageError("--deadline-ms must be a positive integer");
     }
-    const home = resolveHome(v.home as string | undefined);
     const json = v.json === true;
     let client: KernelClient | undefined;
     try {
-      client = await KernelClient.connect({
-        socket: (v.socket as string | undefined) ?? defaultSocket(home),
-        identity: (v.identity as string | undefined) ?? join(home, "admin.identity"),
-      });
+      client = await connectFromFlags(v);
       const callOpts: { deadlineMs?: number; workspace?: string } = {};
       if (deadlineMs !== undefined) callOpts.deadlineMs = deadlineMs;
       if (v.workspace !== undefined) callOpts.workspace = v.workspace as string;
@@ -67,9 +61,6 @@ export const callCommand: Command = {
       else process.stdout.write(`${r.status}${r.payload === undefined ? "" : render(r.payload, "  ")}\n`);
       return EXIT.OK;
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT" && !client) {
-        return reportError(new UsageError(`cannot read the identity file: ${(e as Error).message}`), json);
-      }
       return reportError(e, json);
     } finally {
       await client?.close().catch(() => {});

@@ -1,5 +1,6 @@
-import type { CapabilityRef, ErrorClass, Intent, RequestContext } from "@kpip/protocol";
+import type { CapabilityRef, ErrorClass, Grant, Intent, RequestContext } from "@kpip/protocol";
 import type { PrimitiveDeclaration } from "../primitives/types.js";
+import type { CapEnforcer, HandleTable } from "./enforcer.js";
 
 /** What the authorizer is asked about one request. */
 export interface AuthorizationRequest {
@@ -8,36 +9,20 @@ export interface AuthorizationRequest {
   intent: Intent;
   context: RequestContext;
   caps: CapabilityRef[];
+  /** The session's bound handles. */
+  handles?: HandleTable;
   /** The op's declaration, or undefined when no primitive declares the op. */
   declaration: PrimitiveDeclaration | undefined;
 }
 
 export type Decision =
-  | { allowed: true; capIds: string[] }
+  | { allowed: true; capIds: string[]; grant?: Grant }
   | { allowed: false; errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">; message: string; capIds: string[] };
 
 /**
- * Resolves a request's capabilities and decides. The capability enforcer (tokens and
- * handles) implements this; until it lands, {@link AdminOnlyAuthorizer} does.
+ * Resolves a request's capabilities and decides. {@link CapEnforcer} (tokens and handles)
+ * implements it; an embedder may supply another through `new Kernel({ authorizer })`.
  */
 export interface Authorizer {
   authorize(req: AuthorizationRequest): Decision;
-}
-
-/**
- * The interim rule: the admin persona may do everything, every other persona nothing.
- * There is still no ambient authority for others: they are refused with PERMISSION.
- */
-export class AdminOnlyAuthorizer implements Authorizer {
-  constructor(private readonly admin: string) {}
-
-  authorize(req: AuthorizationRequest): Decision {
-    if (req.persona === this.admin) return { allowed: true, capIds: ["admin"] };
-    return {
-      allowed: false,
-      errorClass: "PERMISSION",
-      message: `persona ${req.persona} holds no grant for ${req.intent.op} (only ${this.admin} may act until capabilities are configured)`,
-      capIds: [],
-    };
-  }
 }

@@ -1,3 +1,4 @@
+import type { Grant } from "@kpip/protocol";
 import {
   type CborMap,
   decodeIntent,
@@ -12,6 +13,7 @@ import {
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
 import type { Authorizer } from "../auth/authorizer.js";
+import type { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { OpError, type OpResult } from "../primitives/types.js";
@@ -26,6 +28,8 @@ export interface SessionView {
   readonly instance: string;
   /** Aborts when the session ends. */
   readonly signal: AbortSignal;
+  /** Tokens bound on this session. */
+  readonly handles: HandleTable;
 }
 
 interface Refusal {
@@ -122,6 +126,7 @@ export class Pipeline {
       intent,
       context: req.context,
       caps: req.caps,
+      handles: s.handles,
       declaration: decl,
     });
     const caps = decision.capIds.join(",");
@@ -138,7 +143,7 @@ export class Pipeline {
     let result: OpResult | undefined;
     let refusal: Refusal | undefined;
     try {
-      result = await this.execute(s, req, intent, decl);
+      result = await this.execute(s, req, intent, decl, decision.grant);
     } catch (e) {
       refusal = toRefusal(e, this.log, intent.op);
     }
@@ -163,7 +168,13 @@ export class Pipeline {
     return response;
   }
 
-  private async execute(s: SessionView, req: Request, intent: Intent, decl: ReturnType<Router["get"]>): Promise<OpResult> {
+  private async execute(
+    s: SessionView,
+    req: Request,
+    intent: Intent,
+    decl: ReturnType<Router["get"]>,
+    grant: Grant | undefined,
+  ): Promise<OpResult> {
     if (!decl) throw new OpError("SEMANTIC", `unknown op ${intent.op} (see system.describe)`);
     const target = parseTarget(intent.target);
     if (typeof target === "string") throw new OpError("SEMANTIC", target);
@@ -189,6 +200,8 @@ export class Pipeline {
       args: intent.args as CborMap,
       deadline,
       signal,
+      grant,
+      handles: s.handles,
     });
   }
 }

@@ -1,4 +1,5 @@
-import type { CborMap, CborValue, ErrorClass, ParsedTarget, TargetScheme } from "@kpip/protocol";
+import type { CborMap, CborValue, ErrorClass, Grant, ParsedTarget, TargetScheme } from "@kpip/protocol";
+import type { HandleTable } from "../auth/enforcer.js";
 
 /** The shape of one argument a primitive accepts. */
 export interface ArgSpec {
@@ -22,6 +23,10 @@ export interface OpContext {
   deadline: number | undefined;
   /** Fires when the session ends or the deadline passes. */
   signal: AbortSignal;
+  /** The effective grant of the capability that authorized the request (limits live here). */
+  grant: Grant | undefined;
+  /** The session's handle table. */
+  handles: HandleTable | undefined;
 }
 
 /** A successful outcome; failures are thrown as {@link OpError}. */

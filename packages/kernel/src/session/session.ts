@@ -17,6 +17,7 @@ import {
   verifyBytes,
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
+import { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
 import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
 import type { Connection } from "./connection.js";
@@ -39,6 +40,8 @@ export interface SessionHost {
   readonly pipeline: Pipeline;
   readonly audit: AuditLog;
   readonly personaKeys: PersonaKeys;
+  /** Verifies a token and binds it to the session's table. */
+  bindToken(table: HandleTable, persona: string, token: Uint8Array): { handle: number } | { code: string; message: string };
   readonly log: Logger;
   sessionClosed(s: Session): void;
 }
@@ -57,6 +60,7 @@ export class Session implements SessionView {
   version = 0;
   instance = "";
   inFlight = 0;
+  readonly handles = new HandleTable();
   private lastSeen = Date.now();
   private pingSeq = 0;
   private hello: { body: Hello; bytes: Buffer } | undefined;
@@ -84,6 +88,16 @@ export class Session implements SessionView {
   }
 
   private onData(chunk: Uint8Array): void {
+    try {
+      this.receive(chunk);
+    } catch (e) {
+      // A bug must cost one session, never the kernel.
+      this.host.log.error({ err: e, session: this.id }, "session failed on unexpected error");
+      this.fail("INTERNAL", "INTERNAL_ERROR", "the kernel failed to process this session's input", this.persona || undefined);
+    }
+  }
+
+  private receive(chunk: Uint8Array): void {
     if (this.state === "closed") return;
     this.lastSeen = Date.now();
     let frames: Frame[];
@@ -114,7 +128,7 @@ export class Session implements SessionView {
         return this.onHello(msg.body, frame.body);
       case "ATTEST":
         if (this.state !== "attest") return this.outOfOrder(msg.type);
-        return this.onAttest(msg.body.signature);
+        return this.onAttest(msg.body.signature, msg.body.tokens);
       case "REQUEST":
         if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
         if (this.state === "closing") {
@@ -180,7 +194,7 @@ export class Session implements SessionView {
     this.conn.write(frame);
   }
 
-  private onAttest(signature: Uint8Array): void {
+  private onAttest(signature: Uint8Array, tokens: Uint8Array[]): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
     const key = this.host.personaKeys.lookup(persona);
@@ -199,7 +213,18 @@ export class Session implements SessionView {
     this.persona = persona;
     this.state = "ready";
     this.hello = undefined;
-    this.send({ type: "WELCOME", body: { persona, handles: [] } });
+    // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
+    const handles: number[] = [];
+    const refused: { index: number; code: string; message: string }[] = [];
+    tokens.forEach((t, index) => {
+      const r = this.host.bindToken(this.handles, persona, t);
+      if ("handle" in r) handles.push(r.handle);
+      else {
+        handles.push(0);
+        refused.push({ index, code: r.code, message: r.message });
+      }
+    });
+    this.send({ type: "WELCOME", body: refused.length ? { persona, handles, refused } : { persona, handles } });
     void this.host.audit
       .append({
         session: this.id,

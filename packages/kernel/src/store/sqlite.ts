@@ -10,6 +10,8 @@ import type {
   PersonaRecord,
   PersonaStore,
   StoredObject,
+  TokenRecord,
+  TokenStore,
 } from "./types.js";
 
 const SCHEMA = `
@@ -25,6 +27,10 @@ CREATE TABLE IF NOT EXISTS audit (
   intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
   duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
+  minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
   seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
   public_key BLOB NOT NULL, signature BLOB NOT NULL);
@@ -51,7 +57,7 @@ type StatementName =
 type Statements = Record<StatementName, Database.Statement>;
 
 /** The embedded store: one SQLite database in WAL mode holding personas, objects and the audit log. */
-export class SqliteStore implements PersonaStore, ObjectStore, AuditStore {
+export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore {
   readonly db: Database.Database;
   private readonly st: Statements;
   private readonly appendTx: (rows: AuditRow[]) => void;
@@ -163,6 +169,37 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore {
     return rows.map(toMeta);
   }
 
+  // tokens
+  recordToken(r: Omit<TokenRecord, "revokedAt">): void {
+    this.db
+      .prepare("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+      .run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt);
+  }
+  getToken(id: string): TokenRecord | undefined {
+    const r = this.db
+      .prepare("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?")
+      .get(id) as Row | undefined;
+    return r && toToken(r);
+  }
+  listTokens(sub?: string): TokenRecord[] {
+    const sql = "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id";
+    const rows = (
+      sub === undefined
+        ? this.db.prepare(`${sql} ORDER BY t.created_at`).all()
+        : this.db.prepare(`${sql} WHERE t.sub = ? ORDER BY t.created_at`).all(sub)
+    ) as Row[];
+    return rows.map(toToken);
+  }
+  revokeToken(id: string, by: string, at: number): boolean {
+    return (
+      this.db.prepare("INSERT OR IGNORE INTO revocations (id, revoked_by, revoked_at) VALUES (?, ?, ?)").run(id, by, at).changes >
+      0
+    );
+  }
+  revokedTokenIds(): string[] {
+    return (this.db.prepare("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+  }
+
   // audit
   appendAudit(rows: AuditRow[]): void {
     this.appendTx(rows);
@@ -215,6 +252,19 @@ function toMeta(r: Row): ObjectMeta {
     generation: r.generation as number,
     size: r.size as number,
     updatedAt: r.updated_at as number,
+  };
+}
+
+function toToken(r: Row): TokenRecord {
+  return {
+    id: r.id as string,
+    kid: r.kid as string,
+    sub: r.sub as string,
+    chain: JSON.parse(r.chain as string) as string[],
+    exp: r.exp as number,
+    mintedBy: r.minted_by as string,
+    createdAt: r.created_at as number,
+    revokedAt: (r.revoked_at as number | null) ?? null,
   };
 }
 

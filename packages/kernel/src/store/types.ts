@@ -99,3 +99,25 @@ export interface AuditStore {
   addCheckpoint(c: AuditCheckpoint): void;
   checkpoints(): AuditCheckpoint[];
 }
+
+/** A token the kernel minted (offline attenuations share their base token's id). */
+export interface TokenRecord {
+  id: string;
+  kid: string;
+  sub: string;
+  /** Ids of the tokens it was minted from, root first. */
+  chain: string[];
+  exp: number;
+  mintedBy: string;
+  createdAt: number;
+  revokedAt: number | null;
+}
+
+export interface TokenStore {
+  recordToken(r: Omit<TokenRecord, "revokedAt">): void;
+  getToken(id: string): TokenRecord | undefined;
+  listTokens(sub?: string): TokenRecord[];
+  /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
+  revokeToken(id: string, by: string, at: number): boolean;
+  revokedTokenIds(): string[];
+}

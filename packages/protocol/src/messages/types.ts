@@ -56,8 +56,10 @@ export interface Attest {
 /** WELCOME, kernel → persona: the session is ready. */
 export interface Welcome {
   persona: string;
-  /** One handle per bound token, in the order they were sent. */
+  /** One handle per token, in the order they were sent; 0 where the token was refused. */
   handles: number[];
+  /** Why each refused token was refused. */
+  refused?: { index: number; code: string; message: string }[];
 }
 
 /** The execution context of a request (KPIP §7). */

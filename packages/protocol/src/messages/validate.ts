@@ -99,7 +99,11 @@ const SHAPES: Record<Message["type"], Check> = {
     tokens: [arrayOf(bytes(1, 8192), 64), true],
     measurements: [map, false],
   }),
-  WELCOME: shapeOf({ persona: [persona, true], handles: [arrayOf(uint, 64), true] }),
+  WELCOME: shapeOf({
+    persona: [persona, true],
+    handles: [arrayOf(uint, 64), true],
+    refused: [arrayOf(shapeOf({ index: [uint, true], code: [text(64), true], message: [text(1024), true] }), 64), false],
+  }),
   REQUEST: shapeOf({
     version: [uint, true],
     persona: [persona, true],

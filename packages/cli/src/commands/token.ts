@@ -1,0 +1,229 @@
+import type { KernelClient } from "@kpip/client";
+import { RootKeys } from "@kpip/kernel";
+import {
+  attenuate,
+  type Caveat,
+  type CborMap,
+  type decodeToken,
+  isOpPattern,
+  isTargetPattern,
+  isWorkspaceId,
+  type Limits,
+  type Right,
+  tokenFromString,
+  tokenToString,
+} from "@kpip/protocol";
+import type { Command, Values } from "../command.js";
+import { CONNECT_OPTIONS, connectFromFlags, readTokenArg } from "../connect.js";
+import { EXIT, render, reportError, resolveHome, toJson, UsageError } from "../util.js";
+
+/** `OPS:TARGETS`, each a comma-separated list: `storage.read,storage.write:obj://ws1/**`. */
+export function parseAllow(s: string): Right {
+  const i = s.indexOf(":");
+  if (i <= 0) throw new UsageError(`--allow ${JSON.stringify(s)} must look like OPS:TARGETS, e.g. storage.read:obj://ws1/**`);
+  const ops = s
+    .slice(0, i)
+    .split(",")
+    .map((x) => x.trim());
+  const targets = s
+    .slice(i + 1)
+    .split(",")
+    .map((x) => x.trim());
+  for (const o of ops)
+    if (!isOpPattern(o)) throw new UsageError(`${JSON.stringify(o)} is not an op pattern (e.g. storage.read, storage.*, **)`);
+  for (const t of targets)
+    if (!isTargetPattern(t)) throw new UsageError(`${JSON.stringify(t)} is not a target pattern (e.g. obj://ws1/**)`);
+  return { ops, targets };
+}
+
+const DURATION: Record<string, number> = { ms: 1, s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 };
+/** 90s, 10m, 1h, 7d (or plain milliseconds). */
+export function parseDuration(s: string, flag: string): number {
+  const m = /^(\d+)(ms|s|m|h|d)?$/.exec(s.trim());
+  if (!m) throw new UsageError(`${flag} must be a duration like 30s, 10m, 1h or 7d (got ${JSON.stringify(s)})`);
+  const v = Number(m[1]) * (DURATION[m[2] ?? "ms"] as number);
+  if (!Number.isSafeInteger(v) || v <= 0) throw new UsageError(`${flag} must be positive`);
+  return v;
+}
+
+const UNITS: Record<string, number> = {
+  "": 1,
+  k: 1e3,
+  kb: 1e3,
+  m: 1e6,
+  mb: 1e6,
+  g: 1e9,
+  gb: 1e9,
+  kib: 1024,
+  mib: 1024 ** 2,
+  gib: 1024 ** 3,
+};
+/** name=value with an optional size unit: storage.bytes=10MB, agents=3. */
+export function parseLimits(values: string[] | undefined): Limits | undefined {
+  if (!values?.length) return undefined;
+  const out: Limits = {};
+  for (const s of values) {
+    const m = /^([a-z][a-z0-9_.]*)=(\d+)([a-zA-Z]*)$/.exec(s.trim());
+    const unit = UNITS[(m?.[3] ?? "").toLowerCase()];
+    if (!m || unit === undefined)
+      throw new UsageError(`--limit ${JSON.stringify(s)} must look like name=value, e.g. storage.bytes=10MB`);
+    const v = Number(m[2]) * unit;
+    if (!Number.isSafeInteger(v)) throw new UsageError(`--limit ${s} is too large`);
+    out[m[1] as string] = v;
+  }
+  return out;
+}
+
+function workspaces(v: Values): string[] | undefined {
+  const w = v.workspace as string[] | undefined;
+  if (!w?.length) return undefined;
+  for (const x of w) if (!isWorkspaceId(x)) throw new UsageError(`invalid workspace ${JSON.stringify(x)}`);
+  return w;
+}
+
+async function withClient<T>(v: Values, json: boolean, f: (c: KernelClient) => Promise<T>): Promise<number> {
+  let client: KernelClient | undefined;
+  try {
+    client = await connectFromFlags(v);
+    await f(client);
+    return EXIT.OK;
+  } catch (e) {
+    return reportError(e, json);
+  } finally {
+    await client?.close().catch(() => {});
+  }
+}
+
+export const tokenCommand: Command = {
+  name: "token",
+  summary: "mint, attenuate, inspect, revoke and list capability tokens; rotate root keys",
+  usage:
+    "kpip token mint --persona P --allow OPS:TARGETS [--limit k=v] --ttl D [--max-lifetime D] | attenuate <token> [--allow …] [--ttl D] [--persona SUB] | inspect <token> | revoke <id> | list [--persona P] | rotate-key | retire-key <kid>",
+  example:
+    "kpip token mint --persona alice --allow 'storage.read,storage.write:obj://ws1/**' --limit storage.bytes=10MB --ttl 1h --max-lifetime 24h",
+  options: {
+    ...CONNECT_OPTIONS,
+    persona: { type: "string", description: "mint: the token's subject; attenuate: narrow to this sub-persona; list: filter" },
+    allow: { type: "string", multiple: true, description: "OPS:TARGETS, comma-separated patterns; repeatable" },
+    limit: { type: "string", multiple: true, description: "name=value (units KB MB GB KiB MiB GiB); repeatable" },
+    ttl: { type: "string", description: "lifetime: 30s, 10m, 1h, 7d" },
+    "max-lifetime": { type: "string", description: "mint: how far refresh may extend the token" },
+    workspace: { type: "string", multiple: true, description: "restrict to this workspace; repeatable" },
+    json: { type: "boolean", description: "print JSON" },
+  },
+  async run(v, pos) {
+    const [sub, arg, ...extra] = pos;
+    if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
+    const json = v.json === true;
+    const out = (o: Record<string, unknown>, human: string) =>
+      process.stdout.write(json ? `${JSON.stringify(o)}\n` : `${human}\n`);
+    switch (sub) {
+      case "mint": {
+        const persona = v.persona as string | undefined;
+        if (!persona) throw new UsageError("token mint needs --persona");
+        const allows = (v.allow as string[] | undefined) ?? [];
+        if (!allows.length) throw new UsageError("token mint needs at least one --allow OPS:TARGETS");
+        if (v.ttl === undefined) throw new UsageError("token mint needs --ttl");
+        const args: CborMap = {
+          rights: allows.map(parseAllow) as unknown as CborMap[],
+          ttlMs: parseDuration(v.ttl as string, "--ttl"),
+        };
+        const limits = parseLimits(v.limit as string[] | undefined);
+        if (limits) args.limits = limits;
+        if (v["max-lifetime"] !== undefined) args.maxLifetimeMs = parseDuration(v["max-lifetime"] as string, "--max-lifetime");
+        const ws = workspaces(v);
+        if (ws) args.workspaces = ws;
+        return withClient(v, json, async (c) => {
+          const r = await c.call("token.mint", `persona://${persona}`, args);
+          const p = r.payload as { token: Uint8Array; id: string; exp: number };
+          const text = Buffer.from(p.token).toString("base64url");
+          out({ token: text, id: p.id, persona, exp: new Date(p.exp).toISOString() }, text);
+        });
+      }
+      case "attenuate": {
+        if (!arg) throw new UsageError("token attenuate needs the token (text or @file)");
+        let t = tokenFromString(readTokenArg(arg));
+        const caveats: Caveat[] = [];
+        const rights = ((v.allow as string[] | undefined) ?? []).map(parseAllow);
+        if (rights.length) {
+          caveats.push({ t: "ops", v: rights.flatMap((r) => r.ops) });
+          caveats.push({ t: "targets", v: rights.flatMap((r) => r.targets) });
+        }
+        if (v.ttl !== undefined) caveats.push({ t: "exp", v: Date.now() + parseDuration(v.ttl as string, "--ttl") });
+        if (v.persona !== undefined) caveats.push({ t: "sub", v: v.persona as string });
+        const limits = parseLimits(v.limit as string[] | undefined);
+        if (limits) caveats.push({ t: "limits", v: limits });
+        const ws = workspaces(v);
+        if (ws) caveats.push({ t: "workspaces", v: ws });
+        if (!caveats.length)
+          throw new UsageError("token attenuate needs at least one of --allow, --ttl, --persona, --limit, --workspace");
+        try {
+          for (const c of caveats) t = attenuate(t, c);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+        const text = tokenToString(t);
+        out({ token: text, id: t.claims.id, caveats: t.caveats }, text);
+        return EXIT.OK;
+      }
+      case "inspect": {
+        if (!arg) throw new UsageError("token inspect needs the token (text or @file)");
+        const text = readTokenArg(arg);
+        let token: ReturnType<typeof decodeToken>;
+        try {
+          token = tokenFromString(text);
+        } catch (e) {
+          throw new UsageError(`not a token: ${(e as Error).message}`);
+        }
+        return withClient(v, json, async (c) => {
+          const r = await c.call("token.inspect", `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
+          if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
+          else process.stdout.write(`${render(r.payload)}\n`);
+        });
+      }
+      case "revoke": {
+        if (!arg || !/^[0-9a-f]{32}$/.test(arg))
+          throw new UsageError("token revoke needs a token id (32 hex characters; see token list)");
+        return withClient(v, json, async (c) => {
+          await c.call("token.revoke", `token://${arg}`);
+          out({ revoked: arg }, `revoked ${arg} and every token derived from it`);
+        });
+      }
+      case "list": {
+        if (arg) throw new UsageError("token list takes no argument (use --persona to filter)");
+        return withClient(v, json, async (c) => {
+          const r = await c.call("token.list", "kernel://", v.persona ? { persona: v.persona as string } : {});
+          const rows = (r.payload as { tokens: Record<string, unknown>[] }).tokens;
+          if (json) process.stdout.write(`${JSON.stringify(toJson(rows as unknown as CborMap[]))}\n`);
+          else {
+            for (const t of rows) {
+              const state = t.revokedAt ? "revoked" : (t.exp as number) <= Date.now() ? "expired" : "valid";
+              process.stdout.write(
+                `${t.id}  ${String(t.sub).padEnd(20)} ${state.padEnd(8)} exp ${new Date(t.exp as number).toISOString()}  by ${t.mintedBy}\n`,
+              );
+            }
+          }
+        });
+      }
+      case "rotate-key": {
+        const kid = RootKeys.rotate(resolveHome(v.home as string | undefined));
+        out({ kid }, `new root key ${kid}: new tokens use it; older tokens verify until they expire or their key is retired`);
+        return EXIT.OK;
+      }
+      case "retire-key": {
+        if (!arg) throw new UsageError("token retire-key needs a key id");
+        try {
+          RootKeys.retire(resolveHome(v.home as string | undefined), arg);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
+        out({ retired: arg }, `retired root key ${arg}: tokens signed with it no longer verify`);
+        return EXIT.OK;
+      }
+      default:
+        throw new UsageError(
+          sub ? `unknown token command ${JSON.stringify(sub)}` : "missing token command: mint, attenuate, inspect, revoke, list",
+        );
+    }
+  },
+};

@@ -1,0 +1,280 @@
+import { randomBytes, timingSafeEqual } from "node:crypto";
+import {
+  attenuate,
+  decodeToken,
+  effectiveGrant,
+  expectedSignature,
+  type Grant,
+  grantAllows,
+  type Limits,
+  mintToken,
+  personaWithin,
+  type Right,
+  rightsWithin,
+  type Token,
+  type TokenError,
+} from "@kpip/protocol";
+import type { TokenStore } from "../store/types.js";
+import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
+import type { RootKeys } from "./keys.js";
+
+/** A token bound to a session: checked once, then named by its small integer handle. */
+export interface BoundCapability {
+  handle: number;
+  token: Token;
+  grant: Grant;
+}
+
+/** A session's handles. Handles are session-local: another session's numbers mean nothing here. */
+export class HandleTable {
+  private next = 1;
+  private readonly map = new Map<number, BoundCapability>();
+
+  add(token: Token, grant: Grant): number {
+    const handle = this.next++;
+    this.map.set(handle, { handle, token, grant });
+    return handle;
+  }
+  get(handle: number): BoundCapability | undefined {
+    return this.map.get(handle);
+  }
+  all(): BoundCapability[] {
+    return [...this.map.values()];
+  }
+  get size(): number {
+    return this.map.size;
+  }
+}
+
+export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string };
+
+/** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
+const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
+
+/** What a mint request asks for. */
+export interface MintSpec {
+  sub: string;
+  rights: Right[];
+  limits?: Limits;
+  ttlMs: number;
+  maxLifetimeMs?: number;
+  workspaces?: string[];
+  domains?: string[];
+}
+
+/**
+ * The capability enforcer (the bridge's CapEnforcer): verifies tokens by recomputing their
+ * HMAC chain, binds them to handles, and decides every request against the handles and
+ * inline tokens it names. No ambient authority: a request naming no usable capability is
+ * refused. CAPABILITY = missing, malformed, expired, revoked, or not this persona's;
+ * PERMISSION = a valid capability that does not grant this op on this target.
+ */
+export class CapEnforcer implements Authorizer {
+  private readonly revoked: Set<string>;
+
+  constructor(
+    private readonly keys: RootKeys,
+    private readonly store: TokenStore,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.revoked = new Set(store.revokedTokenIds());
+  }
+
+  /** Verifies a token for use by `persona` now. */
+  verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+    let token: Token;
+    try {
+      token = bytesOrToken instanceof Uint8Array ? decodeToken(bytesOrToken) : bytesOrToken;
+    } catch (e) {
+      return { ok: false, code: (e as TokenError).code ?? "MALFORMED", message: (e as Error).message };
+    }
+    const key = this.keys.get(token.claims.kid);
+    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
+    const expected = expectedSignature(key, token);
+    if (!timingSafeEqual(expected, Buffer.from(token.sig)))
+      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid" };
+    const grant = effectiveGrant(token);
+    const why = this.unusable(grant, persona);
+    if (why) return { ok: false, code: why.code, message: why.message };
+    return { ok: true, token, grant };
+  }
+
+  /** Live checks repeated on every use of a handle: revocation, time, subject. */
+  private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
+    if (this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id)))
+      return { code: "REVOKED", message: `token ${g.id} is revoked` };
+    const now = this.clock();
+    if (now >= g.exp) return { code: "EXPIRED", message: `token ${g.id} expired at ${new Date(g.exp).toISOString()}` };
+    if (now < g.nbf)
+      return { code: "NOT_YET_VALID", message: `token ${g.id} is not valid before ${new Date(g.nbf).toISOString()}` };
+    if (!g.usable || !personaWithin(persona, g.subject)) {
+      return { code: "WRONG_PERSONA", message: `token ${g.id} is not usable by persona ${persona}` };
+    }
+    return undefined;
+  }
+
+  /** Binds a token to a session's handle table. */
+  bind(table: HandleTable, persona: string, bytes: Uint8Array): { handle: number } | { code: string; message: string } {
+    if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
+    const v = this.verify(bytes, persona);
+    if (!v.ok) return v;
+    return { handle: table.add(v.token, v.grant) };
+  }
+
+  authorize(req: AuthorizationRequest): Decision {
+    if (req.caps.length === 0) {
+      return {
+        allowed: false,
+        errorClass: "CAPABILITY",
+        message: "the request names no capability (no ambient authority)",
+        capIds: [],
+      };
+    }
+    const capIds: string[] = [];
+    let firstProblem: string | undefined;
+    let anyValid = false;
+    for (const ref of req.caps) {
+      let grant: Grant;
+      if (typeof ref === "number") {
+        const b = req.handles?.get(ref);
+        if (!b) {
+          firstProblem ??= `handle ${ref} is not bound on this session`;
+          continue;
+        }
+        const why = this.unusable(b.grant, req.persona);
+        if (why) {
+          capIds.push(`h${ref}:${b.grant.id}`);
+          firstProblem ??= why.message;
+          continue;
+        }
+        grant = b.grant;
+        capIds.push(`h${ref}:${grant.id}`);
+      } else {
+        const v = this.verify(ref, req.persona);
+        if (!v.ok) {
+          firstProblem ??= v.message;
+          continue;
+        }
+        grant = v.grant;
+        capIds.push(`inline:${grant.id}`);
+      }
+      anyValid = true;
+      if (this.allows(grant, req)) return { allowed: true, capIds, grant };
+    }
+    if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
+    return {
+      allowed: false,
+      errorClass: "PERMISSION",
+      message: `no capability of this request grants ${req.intent.op} on ${req.intent.target}`,
+      capIds,
+    };
+  }
+
+  private allows(g: Grant, req: AuthorizationRequest): boolean {
+    const { op, target } = req.intent;
+    const ws = req.context.workspace;
+    if (g.workspaces) {
+      if (ws !== undefined && !g.workspaces.includes(ws)) return false;
+      if (target.startsWith("obj://")) {
+        const tws = target.slice(6).split("/")[0] as string;
+        if (!g.workspaces.includes(tws)) return false;
+      }
+    }
+    if (g.domains && (req.context.domain === undefined || !g.domains.includes(req.context.domain))) return false;
+    if (grantAllows(g, op, target)) return true;
+    if (SELF_OPS.has(op) && target.startsWith("token://")) {
+      const id = target.slice(8);
+      if (id === g.id) return true;
+      // A holder may revoke what was minted from its token.
+      if (op === "token.revoke") return this.store.getToken(id)?.chain.includes(g.id) ?? false;
+    }
+    return false;
+  }
+
+  /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
+  mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
+    const now = this.clock();
+    let exp = now + spec.ttlMs;
+    let maxExp = spec.maxLifetimeMs === undefined ? exp : now + spec.maxLifetimeMs;
+    if (maxExp < exp) throw new EscalationError("max lifetime shorter than the ttl");
+    if (parent) {
+      if (!rightsWithin(spec.rights, parent)) throw new EscalationError("the requested rights exceed the minting token's grant");
+      if (exp > parent.exp || maxExp > parent.maxExp)
+        throw new EscalationError("the requested lifetime outlives the minting token");
+      for (const [k, v] of Object.entries(parent.limits)) {
+        const asked = spec.limits?.[k];
+        if (asked === undefined || asked > v) throw new EscalationError(`limit ${k} must be at most ${v}`);
+      }
+      if (parent.workspaces) {
+        if (!spec.workspaces || !spec.workspaces.every((w) => parent.workspaces?.includes(w))) {
+          throw new EscalationError(`workspaces must be within [${parent.workspaces.join(", ")}]`);
+        }
+      }
+      if (parent.domains && (!spec.domains || !spec.domains.every((d) => parent.domains?.includes(d)))) {
+        throw new EscalationError(`domains must be within [${parent.domains.join(", ")}]`);
+      }
+      exp = Math.min(exp, parent.exp);
+      maxExp = Math.min(maxExp, parent.maxExp);
+    }
+    const { kid, key } = this.keys.current();
+    const claims = {
+      id: randomBytes(16).toString("hex"),
+      kid,
+      sub: spec.sub,
+      rights: spec.rights,
+      limits: spec.limits ?? {},
+      nbf: now,
+      exp,
+      maxExp,
+      chain: parent ? [...parent.chain, parent.id] : [],
+      ...(spec.workspaces ? { workspaces: spec.workspaces } : {}),
+      ...(spec.domains ? { domains: spec.domains } : {}),
+    };
+    const token = mintToken(key, claims);
+    this.store.recordToken({ id: claims.id, kid, sub: spec.sub, chain: claims.chain, exp, mintedBy, createdAt: now });
+    return token;
+  }
+
+  /** A fresh token with a later expiry (same ttl as before, capped by the max lifetime); caveats are kept. */
+  refresh(token: Token, by: string): Token {
+    const c = token.claims;
+    const now = this.clock();
+    const ttl = c.exp - c.nbf;
+    const { kid, key } = this.keys.current();
+    const claims = {
+      ...c,
+      id: randomBytes(16).toString("hex"),
+      kid,
+      nbf: now,
+      exp: Math.min(now + ttl, c.maxExp),
+      chain: [...c.chain, c.id],
+    };
+    let fresh = mintToken(key, claims);
+    for (const cv of token.caveats) fresh = attenuate(fresh, cv);
+    this.store.recordToken({
+      id: claims.id,
+      kid,
+      sub: c.sub,
+      chain: claims.chain,
+      exp: claims.exp,
+      mintedBy: by,
+      createdAt: now,
+    });
+    return fresh;
+  }
+
+  /** Revokes a token id (and so every token minted from it); effective at once for every handle. */
+  revoke(id: string, by: string): boolean {
+    this.revoked.add(id);
+    return this.store.revokeToken(id, by, this.clock());
+  }
+
+  isRevoked(g: Grant): boolean {
+    return this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id));
+  }
+}
+
+/** A mint that would widen rights, limits or lifetime. */
+export class EscalationError extends Error {
+  override name = "EscalationError";
+}

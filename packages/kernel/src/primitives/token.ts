@@ -1,0 +1,206 @@
+import {
+  type CborMap,
+  type CborValue,
+  decodeToken,
+  effectiveGrant,
+  encodeToken,
+  isPersonaId,
+  isWorkspaceId,
+  type Limits,
+  type Right,
+  type Token,
+  TokenError,
+} from "@kpip/protocol";
+import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
+import type { TokenStore } from "../store/types.js";
+import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
+
+function tokenArg(ctx: OpContext): Token {
+  const b = ctx.args.token;
+  if (!(b instanceof Uint8Array)) throw new OpError("SEMANTIC", `${ctx.op} needs argument token (bytes)`);
+  try {
+    return decodeToken(b);
+  } catch (e) {
+    throw new OpError("CAPABILITY", (e as TokenError).message);
+  }
+}
+
+function targetId(ctx: OpContext): string {
+  const id = ctx.target.segments.join("/");
+  if (!/^[0-9a-f]{32}$/.test(id)) throw new OpError("SEMANTIC", `${ctx.op} needs token://<token id>`);
+  return id;
+}
+
+function rightsArg(v: CborValue | undefined): Right[] {
+  if (!Array.isArray(v) || v.length === 0) throw new OpError("SEMANTIC", "rights must be a non-empty array of {ops, targets}");
+  return v.map((r) => {
+    const m = r as CborMap;
+    if (!m || typeof m !== "object" || !Array.isArray(m.ops) || !Array.isArray(m.targets)) {
+      throw new OpError("SEMANTIC", "each right needs ops and targets arrays");
+    }
+    return { ops: m.ops as string[], targets: m.targets as string[] };
+  });
+}
+
+/** Payload describing a token: claims, caveats, effective grant, status. */
+export function describeToken(t: Token, enforcer: CapEnforcer): CborMap {
+  const g = effectiveGrant(t);
+  const now = Date.now();
+  const status = enforcer.isRevoked(g) ? "revoked" : now >= g.exp ? "expired" : now < g.nbf ? "not-yet-valid" : "valid";
+  return {
+    id: t.claims.id,
+    claims: t.claims as unknown as CborMap,
+    caveats: t.caveats as unknown as CborValue[],
+    effective: {
+      subject: g.subject,
+      rights: g.rights as unknown as CborValue[],
+      opFilters: g.opFilters,
+      targetFilters: g.targetFilters,
+      limits: g.limits,
+      exp: g.exp,
+      maxExp: g.maxExp,
+      ...(g.workspaces ? { workspaces: g.workspaces } : {}),
+      ...(g.domains ? { domains: g.domains } : {}),
+      usable: g.usable,
+    },
+    status,
+  };
+}
+
+/** token.mint / refresh / revoke / inspect / bind. Authorization happens in the pipeline; escalation checks are the op's own meaning. */
+export function tokenFamily(enforcer: CapEnforcer, store: TokenStore): PrimitiveFamily {
+  return {
+    name: "token",
+    ops: [
+      {
+        op: "token.mint",
+        description: "Derive a token for persona://<sub> within the authorizing token's grant (never wider).",
+        targets: ["persona"],
+        args: {
+          rights: { type: "array", required: true, description: "[{ops: [op patterns], targets: [target patterns]}]" },
+          limits: { type: "map", description: "limit name → unsigned integer" },
+          ttlMs: { type: "uint", required: true, description: "lifetime from now, in ms" },
+          maxLifetimeMs: { type: "uint", description: "how far refresh may extend it, from now, in ms (default: ttl)" },
+          workspaces: { type: "array", description: "workspaces it may act in" },
+          domains: { type: "array", description: "security domains it may act in" },
+        },
+        idempotent: false,
+        effects: true,
+        handler: (ctx) => {
+          const sub = ctx.target.segments.join("/");
+          if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
+          const limits = (ctx.args.limits ?? undefined) as Limits | undefined;
+          if (limits && !Object.values(limits).every((v) => typeof v === "number"))
+            throw new OpError("SEMANTIC", "limits must be integers");
+          const workspaces = ctx.args.workspaces as string[] | undefined;
+          if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
+            throw new OpError("SEMANTIC", "workspaces must be workspace ids");
+          }
+          const ttlMs = ctx.args.ttlMs as number;
+          if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
+          try {
+            const t = enforcer.mint(ctx.grant, ctx.persona, {
+              sub,
+              rights: rightsArg(ctx.args.rights),
+              ttlMs,
+              ...(limits ? { limits } : {}),
+              ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs as number } : {}),
+              ...(workspaces ? { workspaces } : {}),
+              ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
+            });
+            return { status: "SUCCESS", payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp } };
+          } catch (e) {
+            if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
+            if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
+            throw e;
+          }
+        },
+      },
+      {
+        op: "token.refresh",
+        description: "A fresh copy of a token with a later expiry, never past its maximum lifetime.",
+        targets: ["token"],
+        args: { token: { type: "bytes", required: true, description: "the token to refresh" } },
+        idempotent: false,
+        effects: true,
+        handler: (ctx) => {
+          const t = tokenArg(ctx);
+          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          const v = enforcer.verify(t, ctx.persona);
+          if (!v.ok) throw new OpError("CAPABILITY", v.message);
+          if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
+          const fresh = enforcer.refresh(t, ctx.persona);
+          const exp = effectiveGrant(fresh).exp;
+          return { status: "SUCCESS", payload: { token: encodeToken(fresh), id: fresh.claims.id, exp } };
+        },
+      },
+      {
+        op: "token.revoke",
+        description: "Revoke a token and every token derived from it, persistently and at once.",
+        targets: ["token"],
+        args: {},
+        idempotent: true,
+        effects: true,
+        handler: (ctx) => {
+          const id = targetId(ctx);
+          const changed = enforcer.revoke(id, ctx.persona);
+          return { status: "SUCCESS", payload: { id, revoked: true, already: !changed } };
+        },
+      },
+      {
+        op: "token.inspect",
+        description: "Claims, caveats, effective grant and status of a token.",
+        targets: ["token"],
+        args: { token: { type: "bytes", required: true, description: "the token" } },
+        idempotent: true,
+        effects: false,
+        handler: (ctx) => {
+          const t = tokenArg(ctx);
+          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          const v = enforcer.verify(t, ctx.persona);
+          const d = describeToken(t, enforcer);
+          if (!v.ok) d.problem = v.message;
+          return { status: "SUCCESS", payload: d };
+        },
+      },
+      {
+        op: "token.bind",
+        description: "Bind a token to this session; later requests name the returned handle.",
+        targets: ["token"],
+        args: { token: { type: "bytes", required: true, description: "the token" } },
+        idempotent: false,
+        effects: false,
+        handler: (ctx) => {
+          if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
+          const t = tokenArg(ctx);
+          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token as Uint8Array);
+          if ("code" in r) throw new OpError("CAPABILITY", r.message);
+          return { status: "SUCCESS", payload: { handle: r.handle } };
+        },
+      },
+      {
+        op: "token.list",
+        description: "Tokens the kernel minted, optionally for one persona (args.persona).",
+        targets: ["kernel"],
+        args: { persona: { type: "text", description: "only tokens for this persona" } },
+        idempotent: true,
+        effects: false,
+        handler: (ctx) => ({
+          status: "SUCCESS",
+          payload: {
+            tokens: store.listTokens(ctx.args.persona as string | undefined).map((r) => ({
+              id: r.id,
+              sub: r.sub,
+              chain: r.chain,
+              exp: r.exp,
+              mintedBy: r.mintedBy,
+              createdAt: r.createdAt,
+              ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
+            })),
+          },
+        }),
+      },
+    ],
+  };
+}
