@@ -7,6 +7,8 @@ import {
   type CborValue,
   CodecError,
   decodeMessage,
+  decodeToken,
+  effectiveGrant,
   encodeIntent,
   encodeMessage,
   type Frame,
@@ -17,18 +19,22 @@ import {
   type KEvent,
   KpipError,
   type Message,
+  RETRYABLE_CLASSES,
   type RequestContext,
   type Response,
   type Status,
   SUPPORTED_VERSIONS,
   signBytes,
+  type Token,
 } from "@kpip/protocol";
+import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF } from "./backoff.js";
 import type { Channel, Connector } from "./connectors/connector.js";
 import { UdsConnector } from "./connectors/uds.js";
-import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError } from "./errors.js";
+import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
+import { StorageApi, SystemApi, TokensApi } from "./families.js";
 import { loadIdentity } from "./identity.js";
 
-export type ClientState = "connecting" | "handshaking" | "attesting" | "ready" | "closing" | "closed";
+export type ClientState = "connecting" | "handshaking" | "attesting" | "ready" | "reconnecting" | "closing" | "closed";
 
 export interface ConnectOptions {
   /** Unix socket path of the kernel (or give `connector`). */
@@ -36,12 +42,28 @@ export interface ConnectOptions {
   connector?: Connector;
   /** The persona's identity, or the path of its identity file. */
   identity: Identity | string;
-  /** Tokens to bind at attestation: wire bytes, or the base64url text `kpip token mint` prints. */
+  /** Tokens to hold and bind at every attestation: wire bytes, or the base64url text `kpip token mint` prints. */
   tokens?: (Uint8Array | string)[];
   /** Workspace put in every request's context unless a call names another. */
   workspace?: string;
-  /** Time allowed for connect + handshake. */
+  /** Time allowed for the first connection (all attempts, when waiting for the kernel). Default 10 s. */
   connectTimeoutMs?: number;
+  /** If no kernel answers at first, keep trying until connectTimeoutMs instead of failing at once. */
+  waitForKernel?: boolean;
+  /** Reconnect after the connection is lost (default true). */
+  reconnect?: boolean;
+  reconnectBackoff?: BackoffPolicy;
+  /** The attempt counter resets only after a connection stayed up this long (default 5 s). */
+  healthyAfterMs?: number;
+  /** While reconnecting: fail calls at once with KernelUnavailableError instead of waiting. */
+  failFast?: boolean;
+  /** Longest a call without a deadline waits for a reconnect (default 30 s). */
+  unavailableTimeoutMs?: number;
+  /** Attempts per call for RESOURCE and INTERNAL failures (default 4), within the deadline. */
+  maxAttempts?: number;
+  retryBackoff?: BackoffPolicy;
+  /** Refresh a held token this long before it expires (default 60 s, at most half its lifetime). */
+  refreshMarginMs?: number;
 }
 
 export interface CallOptions {
@@ -60,19 +82,53 @@ export interface CallResult {
   payload: CborValue | undefined;
 }
 
-interface Pending {
+interface HeldToken {
+  bytes: Uint8Array;
+  token: Token;
+  handle: number;
+  timer?: NodeJS.Timeout;
+}
+
+interface PendingCall {
+  id: number;
+  stream: number;
+  intent: Uint8Array;
+  context: RequestContext;
+  caps: CapabilityRef[] | undefined;
+  deadline: number | undefined;
+  attempts: number;
+  authRetried: boolean;
+  /** Sent on the current link. */
+  sent: boolean;
   resolve: (r: Response) => void;
   reject: (e: Error) => void;
+  timer?: NodeJS.Timeout;
+}
+
+/** One connection attempt's state: a channel, its decoder, and the session it carries. */
+interface Link {
+  channel: Channel;
+  decoder: FrameDecoder;
+  version: number;
+  heartbeatMs: number;
+  lastSeen: number;
+  helloBytes: Buffer;
+  phase: "handshaking" | "attesting" | "ready" | "dead";
+  ready: { resolve: () => void; reject: (e: Error) => void };
 }
 
 /**
- * The persona runtime's connection to a kernel.
+ * The persona runtime's connection to a kernel: handshake and attestation, heartbeats,
+ * reconnect with backoff, retries, token refresh, deadlines and cancellation.
  *
  * ```ts
- * const client = await KernelClient.connect({ socket: ".kpip/kernel.sock", identity: ".kpip/admin.identity" });
- * await client.call("storage.write", "obj://ws1/hello", { data: "hi" });
+ * const client = await KernelClient.connect({ socket: ".kpip/kernel.sock", identity: ".kpip/admin.identity", tokens: [token] });
+ * await client.storage.write("obj://ws1/hello", "hi");
  * await client.close();
  * ```
+ *
+ * Events: `state` (ClientState), `event` (KEvent), `tokenRefreshed`, `tokenRefreshFailed`,
+ * `tokenRefused`, `goodbye`, `closed`.
  */
 export class KernelClient extends EventEmitter {
   state: ClientState = "connecting";
@@ -81,20 +137,36 @@ export class KernelClient extends EventEmitter {
   readonly instance = randomBytes(16);
   sessionId = "";
   kernelId = "";
-  handles: number[] = [];
-  /** Tokens the kernel refused to bind at attestation, with the reason. */
+  /** Tokens the kernel refused to bind at the last attestation, with the reason. */
   refusedTokens: { index: number; code: string; message: string }[] = [];
-  private channel: Channel | undefined;
-  private readonly decoder = new FrameDecoder();
+  /** Connections made so far (1 after connect; more after reconnects). */
+  connections = 0;
+  /** Typed families: each method is one `call`. */
+  readonly system = new SystemApi(this.call.bind(this));
+  readonly storage = new StorageApi(this.call.bind(this));
+  readonly tokens = new TokensApi(this.call.bind(this));
+  private link: Link | undefined;
   private nextId = 1;
-  private readonly pending = new Map<number, Pending>();
-  private version = 0;
-  private heartbeatMs = 5000;
-  private lastSeen = Date.now();
+  private readonly pending = new Map<number, PendingCall>();
+  private readonly held: HeldToken[];
   private timer: NodeJS.Timeout | undefined;
-  private handshake: { resolve: () => void; reject: (e: Error) => void; helloBytes: Buffer } | undefined;
-  private closeWaiter: (() => void) | undefined;
+  private healthyTimer: NodeJS.Timeout | undefined;
+  private attempt = 0;
+  private refreshError: Error | undefined;
+  private reconnecting: Promise<void> | undefined;
   private readonly identity: Identity;
+  private readonly o: Required<
+    Pick<
+      ConnectOptions,
+      | "reconnect"
+      | "healthyAfterMs"
+      | "failFast"
+      | "unavailableTimeoutMs"
+      | "maxAttempts"
+      | "refreshMarginMs"
+      | "connectTimeoutMs"
+    >
+  > & { reconnectBackoff: BackoffPolicy; retryBackoff: BackoffPolicy };
 
   private constructor(
     private readonly connector: Connector,
@@ -103,6 +175,22 @@ export class KernelClient extends EventEmitter {
     super();
     this.identity = typeof opts.identity === "string" ? loadIdentity(opts.identity) : opts.identity;
     this.persona = this.identity.persona;
+    this.o = {
+      reconnect: opts.reconnect ?? true,
+      healthyAfterMs: opts.healthyAfterMs ?? 5_000,
+      failFast: opts.failFast ?? false,
+      unavailableTimeoutMs: opts.unavailableTimeoutMs ?? 30_000,
+      maxAttempts: opts.maxAttempts ?? 4,
+      refreshMarginMs: opts.refreshMarginMs ?? 60_000,
+      connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
+      reconnectBackoff: opts.reconnectBackoff ?? DEFAULT_RECONNECT_BACKOFF,
+      retryBackoff: opts.retryBackoff ?? DEFAULT_RETRY_BACKOFF,
+    };
+    this.held = (opts.tokens ?? []).map((t) => {
+      const bytes = typeof t === "string" ? Buffer.from(t.trim(), "base64url") : t;
+      return { bytes, token: decodeToken(bytes), handle: 0 };
+    });
+    this.on("error", () => {});
   }
 
   /** Connects, handshakes and attests; resolves when the session is ready. */
@@ -110,26 +198,60 @@ export class KernelClient extends EventEmitter {
     const connector = opts.connector ?? (opts.socket ? new UdsConnector(opts.socket) : undefined);
     if (!connector) throw new TypeError("KernelClient.connect needs a socket path or a connector");
     const c = new KernelClient(connector, opts);
-    await c.open();
+    await c.firstConnect();
     return c;
   }
 
+  /** The transport of the current connection. */
   get transport(): string {
-    return this.connector.transport;
+    return this.link?.channel.transport ?? this.connector.transport;
+  }
+
+  /** Handles of the held tokens on the current session (0 = not bound). */
+  get handles(): number[] {
+    return this.held.map((h) => h.handle).filter((h) => h > 0);
+  }
+
+  /** Calls waiting for an answer (sent or queued). */
+  get inFlight(): number {
+    return this.pending.size;
   }
 
   private setState(s: ClientState): void {
+    if (this.state === s) return;
     this.state = s;
     this.emit("state", s);
   }
 
-  private async open(): Promise<void> {
-    this.setState("connecting");
-    const ch = await this.connector.connect();
-    this.channel = ch;
-    ch.onData((chunk) => this.onData(chunk));
-    ch.onClose(() => this.onChannelClosed());
-    this.setState("handshaking");
+  // ---- connection management -------------------------------------------------------
+
+  private async firstConnect(): Promise<void> {
+    const until = Date.now() + this.o.connectTimeoutMs;
+    for (;;) {
+      try {
+        await this.establish(Math.max(1, until - Date.now()));
+        break;
+      } catch (e) {
+        const retry = this.opts.waitForKernel && e instanceof KernelUnavailableError && Date.now() < until;
+        if (!retry) {
+          this.shutdown(e as Error);
+          throw e;
+        }
+        this.setState("connecting");
+        await new Promise((r) =>
+          setTimeout(r, Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now())),
+        );
+      }
+    }
+    this.timer = setInterval(() => this.tick(), 50);
+    this.timer.unref();
+    this.scheduleRefreshes();
+  }
+
+  /** One attempt: connect, HELLO, CHALLENGE, ATTEST, WELCOME. */
+  private async establish(timeoutMs: number): Promise<void> {
+    this.setState(this.connections === 0 ? "connecting" : "reconnecting");
+    const channel = await this.connector.connect();
     const hello = encodeMessage({
       type: "HELLO",
       body: {
@@ -141,38 +263,127 @@ export class KernelClient extends EventEmitter {
         client: "kpip-client/0.1.0",
       },
     });
-    const done = new Promise<void>((resolve, reject) => {
-      this.handshake = { resolve, reject, helloBytes: Buffer.from(hello.subarray(HEADER_SIZE)) };
+    let link!: Link;
+    const ready = new Promise<void>((resolve, reject) => {
+      link = {
+        channel,
+        decoder: new FrameDecoder(),
+        version: 0,
+        heartbeatMs: 5000,
+        lastSeen: Date.now(),
+        helloBytes: Buffer.from(hello.subarray(HEADER_SIZE)),
+        phase: "handshaking",
+        ready: { resolve, reject },
+      };
     });
-    ch.write(hello);
-    const timeoutMs = this.opts.connectTimeoutMs ?? 10_000;
+    this.link = link;
+    channel.onData((chunk) => this.onData(link, chunk));
+    channel.onClose(() => this.onLinkLost(link, new KernelUnavailableError("connection to the kernel closed")));
+    this.setState("handshaking");
+    channel.write(hello);
     let t: NodeJS.Timeout | undefined;
-    const timeout = new Promise<never>((_, reject) => {
-      t = setTimeout(
-        () => reject(new TimeoutError(`handshake with ${this.connector.address} took longer than ${timeoutMs} ms`)),
-        timeoutMs,
-      );
-    });
     try {
-      await Promise.race([done, timeout]);
+      await Promise.race([
+        ready,
+        new Promise<never>((_, reject) => {
+          t = setTimeout(
+            () => reject(new TimeoutError(`handshake with ${this.connector.address} took longer than ${timeoutMs} ms`)),
+            timeoutMs,
+          );
+        }),
+      ]);
     } catch (e) {
-      ch.destroy();
-      this.setState("closed");
+      link.phase = "dead";
+      channel.destroy();
       throw e;
     } finally {
       clearTimeout(t);
     }
-    this.timer = setInterval(() => this.tick(), Math.max(20, Math.floor(this.heartbeatMs / 2)));
-    this.timer.unref();
+    this.connections++;
+    clearTimeout(this.healthyTimer);
+    // A flapping kernel must not reset the backoff: only a connection that stays up does.
+    this.healthyTimer = setTimeout(() => {
+      this.attempt = 0;
+    }, this.o.healthyAfterMs);
+    this.healthyTimer.unref();
+    this.setState("ready");
+    this.flush();
   }
 
-  private onData(chunk: Uint8Array): void {
-    this.lastSeen = Date.now();
+  private onLinkLost(link: Link, err: Error): void {
+    if (link.phase === "dead") return;
+    const wasReady = link.phase === "ready";
+    link.phase = "dead";
+    link.channel.destroy();
+    if (link !== this.link) return;
+    if (!wasReady) {
+      link.ready.reject(err);
+      return;
+    }
+    for (const p of this.pending.values()) {
+      p.sent = false;
+      if (p.deadline === undefined && !p.timer) {
+        p.timer = setTimeout(
+          () => this.settle(p, undefined, new KernelUnavailableError(`kernel unavailable for ${this.o.unavailableTimeoutMs} ms`)),
+          this.o.unavailableTimeoutMs,
+        );
+      }
+    }
+    if (this.state === "closing" || this.state === "closed" || !this.o.reconnect) {
+      this.shutdown(err);
+      return;
+    }
+    if (this.o.failFast) {
+      for (const p of [...this.pending.values()])
+        this.settle(p, undefined, new KernelUnavailableError(`kernel unavailable: ${err.message}`, { cause: err }));
+    }
+    void this.reconnectLoop();
+  }
+
+  private reconnectLoop(): Promise<void> {
+    if (this.reconnecting) return this.reconnecting;
+    this.setState("reconnecting");
+    this.reconnecting = (async () => {
+      while (this.state === "reconnecting") {
+        await new Promise((r) => setTimeout(r, backoffDelay(this.o.reconnectBackoff, this.attempt++)));
+        if (this.state !== "reconnecting") break;
+        try {
+          await this.establish(this.o.connectTimeoutMs);
+        } catch (e) {
+          this.emit("reconnectFailed", e);
+          if ((this.state as ClientState) === "closed") break;
+          this.setState("reconnecting");
+        }
+      }
+    })().finally(() => {
+      this.reconnecting = undefined;
+    });
+    return this.reconnecting;
+  }
+
+  private tick(): void {
+    const now = Date.now();
+    const link = this.link;
+    if (link && link.phase === "ready") {
+      // Dead or frozen kernel: silent for over 2 intervals (checked every 50 ms, so detected within 3).
+      if (now - link.lastSeen > 2 * link.heartbeatMs) {
+        this.onLinkLost(link, new KernelUnavailableError(`kernel silent for more than ${2 * link.heartbeatMs} ms`));
+      } else if (now - link.lastSeen > link.heartbeatMs / 2) {
+        link.channel.write(encodeMessage({ type: "PING", body: { seq: now % 0x7fffffff } }));
+      }
+    }
+  }
+
+  // ---- incoming ------------------------------------------------------------------
+
+  private onData(link: Link, chunk: Uint8Array): void {
+    if (link.phase === "dead") return;
+    link.lastSeen = Date.now();
     let frames: Frame[];
     try {
-      frames = this.decoder.push(chunk);
+      frames = link.decoder.push(chunk);
     } catch (e) {
-      this.abortAll(new ProtocolViolationError(`kernel sent a malformed frame: ${(e as Error).message}`, { cause: e }));
+      this.onLinkLost(link, new ProtocolViolationError(`kernel sent a malformed frame: ${(e as Error).message}`, { cause: e }));
       return;
     }
     for (const f of frames) {
@@ -181,53 +392,51 @@ export class KernelClient extends EventEmitter {
         m = decodeMessage(f);
       } catch (e) {
         if (!(e instanceof CodecError)) throw e;
-        this.abortAll(new ProtocolViolationError(`kernel sent a malformed message: ${e.message}`, { cause: e }));
+        this.onLinkLost(link, new ProtocolViolationError(`kernel sent a malformed message: ${e.message}`, { cause: e }));
         return;
       }
-      this.onMessage(m, f);
+      this.onMessage(link, m, f);
+      if ((link.phase as Link["phase"]) === "dead") return;
     }
   }
 
-  private onMessage(m: Message, f: Frame): void {
+  private onMessage(link: Link, m: Message, f: Frame): void {
     switch (m.type) {
       case "CHALLENGE": {
-        const hs = this.handshake;
-        if (!hs || this.state !== "handshaking") return this.violation("unexpected CHALLENGE");
+        if (link.phase !== "handshaking") return this.violation(link, "unexpected CHALLENGE");
         if (!SUPPORTED_VERSIONS.includes(m.body.version))
-          return this.violation(`kernel chose unsupported version ${m.body.version}`);
-        this.version = m.body.version;
+          return this.violation(link, `kernel chose unsupported version ${m.body.version}`);
+        link.version = m.body.version;
+        link.heartbeatMs = m.body.heartbeatMs;
+        link.decoder.setMaxBody(m.body.limits.maxBody);
         this.sessionId = m.body.session;
         this.kernelId = m.body.kernel;
-        this.heartbeatMs = m.body.heartbeatMs;
-        this.decoder.setMaxBody(m.body.limits.maxBody);
-        const signature = signBytes(this.identity.privateKey, attestationTranscript(hs.helloBytes, f.body));
+        const signature = signBytes(this.identity.privateKey, attestationTranscript(link.helloBytes, f.body));
+        link.phase = "attesting";
         this.setState("attesting");
-        const tokens = (this.opts.tokens ?? []).map((t) => (typeof t === "string" ? Buffer.from(t.trim(), "base64url") : t));
-        this.channel?.write(encodeMessage({ type: "ATTEST", body: { signature, tokens } }));
+        link.channel.write(encodeMessage({ type: "ATTEST", body: { signature, tokens: this.held.map((h) => h.bytes) } }));
         return;
       }
       case "WELCOME":
-        if (!this.handshake || this.state !== "attesting") return this.violation("unexpected WELCOME");
-        this.handles = m.body.handles.filter((h) => h > 0);
+        if (link.phase !== "attesting") return this.violation(link, "unexpected WELCOME");
+        this.held.forEach((h, i) => {
+          h.handle = m.body.handles[i] ?? 0;
+        });
         this.refusedTokens = m.body.refused ?? [];
         for (const r of this.refusedTokens) this.emit("tokenRefused", r);
-        this.setState("ready");
-        this.handshake.resolve();
-        this.handshake = undefined;
+        link.phase = "ready";
+        link.ready.resolve();
         return;
       case "RESPONSE": {
         const p = this.pending.get(f.stream);
-        if (!p) return;
-        this.pending.delete(f.stream);
-        p.resolve(m.body);
-        if (this.pending.size === 0) this.closeWaiter?.();
+        if (p && p.id === m.body.id) this.onResponse(p, m.body);
         return;
       }
       case "EVENT":
         this.emit("event", m.body as KEvent);
         return;
       case "PING":
-        this.channel?.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+        link.channel.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
         return;
       case "PONG":
         return;
@@ -236,30 +445,61 @@ export class KernelClient extends EventEmitter {
         return;
       case "ERROR": {
         const err = new KpipError(m.body.class, m.body.message, { code: m.body.code });
-        if (this.handshake) {
-          this.handshake.reject(err);
-          this.handshake = undefined;
+        if (m.body.fatal) {
+          if (link.phase !== "ready") {
+            link.phase = "dead";
+            link.channel.destroy();
+            link.ready.reject(err);
+          } else this.onLinkLost(link, err);
         }
-        if (m.body.fatal) this.abortAll(err);
         return;
       }
       default:
-        this.violation(`unexpected ${m.type} from the kernel`);
+        this.violation(link, `unexpected ${m.type} from the kernel`);
     }
   }
 
-  private violation(msg: string): void {
-    this.abortAll(new ProtocolViolationError(msg));
+  private violation(link: Link, msg: string): void {
+    const err = new ProtocolViolationError(msg);
+    if (link.phase !== "ready") {
+      link.phase = "dead";
+      link.channel.destroy();
+      link.ready.reject(err);
+    } else this.onLinkLost(link, err);
   }
 
-  private tick(): void {
-    if (this.state !== "ready" && this.state !== "closing") return;
-    if (Date.now() - this.lastSeen > 3 * this.heartbeatMs) {
-      this.abortAll(new KernelUnavailableError(`kernel silent for more than ${3 * this.heartbeatMs} ms`));
-      return;
+  private onResponse(p: PendingCall, r: Response): void {
+    if (r.status === "FAILURE" && r.error !== undefined) {
+      const now = Date.now();
+      if (RETRYABLE_CLASSES.has(r.error) && p.attempts < this.o.maxAttempts) {
+        const delay = backoffDelay(this.o.retryBackoff, p.attempts);
+        if (p.deadline === undefined || now + delay < p.deadline) {
+          p.attempts++;
+          p.sent = false;
+          setTimeout(() => this.send(p), delay).unref();
+          return;
+        }
+      }
+      if (r.error === "AUTH" && !p.authRetried && this.link) {
+        // One fresh handshake and attestation, then the same request again.
+        p.authRetried = true;
+        p.sent = false;
+        this.onLinkLost(this.link, new KernelUnavailableError("re-attesting after AUTH"));
+        return;
+      }
     }
-    this.channel?.write(encodeMessage({ type: "PING", body: { seq: 0 } }));
+    this.settle(p, r);
   }
+
+  private settle(p: PendingCall, r: Response | undefined, err?: Error): void {
+    if (!this.pending.delete(p.stream)) return;
+    clearTimeout(p.timer);
+    if (r) p.resolve(r);
+    else p.reject(err as Error);
+    if (this.pending.size === 0) this.emit("drained");
+  }
+
+  // ---- calls -----------------------------------------------------------------------
 
   /** Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. */
   async call(op: string, target: string, args: CborMap = {}, opts: CallOptions = {}): Promise<CallResult> {
@@ -270,98 +510,175 @@ export class KernelClient extends EventEmitter {
     return { status: r.status, payload: r.payload };
   }
 
-  /** Sends an intent and returns the raw response, FAILURE included. */
+  /** Sends an intent and returns the raw response, FAILURE included (after retries). */
   request(intent: Intent, opts: CallOptions = {}): Promise<Response> {
-    if (this.state !== "ready") {
-      return Promise.reject(new KernelUnavailableError(`client is ${this.state}, not ready`));
+    if (this.state === "closed" || this.state === "closing") {
+      return Promise.reject(new KernelUnavailableError(`client is ${this.state}`));
+    }
+    if (this.refreshError) {
+      const e = this.refreshError;
+      this.refreshError = undefined;
+      return Promise.reject(e);
+    }
+    if (this.state !== "ready" && this.o.failFast) {
+      return Promise.reject(new KernelUnavailableError(`kernel unavailable (client is ${this.state})`));
     }
     if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
     const full: Intent = { ...intent };
-    if (opts.deadlineMs !== undefined) full.constraints = { ...full.constraints, deadline: Date.now() + opts.deadlineMs };
+    const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
+    if (deadline !== undefined) full.constraints = { ...full.constraints, deadline };
+    // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
     const bytes = encodeIntent(full);
     const id = this.nextId++;
-    const stream = id % 0x100000000;
     const context: RequestContext = { persona: this.persona };
     const ws = opts.workspace ?? this.opts.workspace;
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
     return new Promise<Response>((resolve, reject) => {
-      let timer: NodeJS.Timeout | undefined;
-      const cleanup = () => {
-        clearTimeout(timer);
-        opts.signal?.removeEventListener("abort", onAbort);
+      const p: PendingCall = {
+        id,
+        stream: id % 0x100000000,
+        intent: bytes,
+        context,
+        caps: opts.caps,
+        deadline,
+        attempts: 1,
+        authRetried: false,
+        sent: false,
+        resolve,
+        reject,
       };
-      const onAbort = () => {
-        this.pending.delete(stream);
-        cleanup();
-        reject(new CancelledError("call aborted"));
-      };
-      this.pending.set(stream, {
-        resolve: (r) => {
-          cleanup();
-          resolve(r);
-        },
-        reject: (e) => {
-          cleanup();
-          reject(e);
-        },
-      });
-      if (opts.deadlineMs !== undefined) {
-        timer = setTimeout(() => {
-          this.pending.delete(stream);
-          cleanup();
-          reject(new TimeoutError(`no answer within ${opts.deadlineMs} ms`));
-        }, opts.deadlineMs);
+      const waitMs = deadline !== undefined ? deadline - Date.now() : undefined;
+      if (waitMs !== undefined) {
+        p.timer = setTimeout(() => this.settle(p, undefined, new TimeoutError(`no answer within ${opts.deadlineMs} ms`)), waitMs);
+      } else if (this.state !== "ready") {
+        p.timer = setTimeout(
+          () => this.settle(p, undefined, new KernelUnavailableError(`kernel unavailable for ${this.o.unavailableTimeoutMs} ms`)),
+          this.o.unavailableTimeoutMs,
+        );
       }
-      opts.signal?.addEventListener("abort", onAbort, { once: true });
-      this.channel?.write(
-        encodeMessage(
-          {
-            type: "REQUEST",
-            body: {
-              version: this.version,
-              persona: this.persona,
-              id,
-              intent: bytes,
-              context,
-              caps: opts.caps ?? [...this.handles],
-            },
-          },
-          stream,
-        ),
-      );
+      if (opts.signal) {
+        const onAbort = () => this.settle(p, undefined, new CancelledError("call aborted"));
+        opts.signal.addEventListener("abort", onAbort, { once: true });
+        const done = () => opts.signal?.removeEventListener("abort", onAbort);
+        p.resolve = (r) => {
+          done();
+          resolve(r);
+        };
+        p.reject = (e) => {
+          done();
+          reject(e);
+        };
+      }
+      this.pending.set(p.stream, p);
+      this.send(p);
     });
   }
+
+  private send(p: PendingCall): void {
+    const link = this.link;
+    if (!this.pending.has(p.stream) || p.sent || !link || link.phase !== "ready" || this.state === "closed") return;
+    p.sent = true;
+    link.channel.write(
+      encodeMessage(
+        {
+          type: "REQUEST",
+          body: {
+            version: link.version,
+            persona: this.persona,
+            id: p.id,
+            intent: p.intent,
+            context: p.context,
+            caps: p.caps ?? this.handles,
+          },
+        },
+        p.stream,
+      ),
+    );
+  }
+
+  /** (Re)sends everything not yet sent on the current link, with the same ids. */
+  private flush(): void {
+    for (const p of this.pending.values()) {
+      if (!p.sent) {
+        if (p.deadline === undefined && p.timer) {
+          clearTimeout(p.timer);
+          p.timer = undefined;
+        }
+        this.send(p);
+      }
+    }
+  }
+
+  // ---- tokens ----------------------------------------------------------------------
+
+  private scheduleRefreshes(): void {
+    for (const h of this.held) this.scheduleRefresh(h);
+  }
+
+  private scheduleRefresh(h: HeldToken): void {
+    clearTimeout(h.timer);
+    const g = effectiveGrant(h.token);
+    if (g.exp >= g.maxExp) return;
+    const margin = Math.min(this.o.refreshMarginMs, (g.exp - g.nbf) / 2);
+    const at = Math.max(0, g.exp - margin - Date.now());
+    h.timer = setTimeout(() => void this.refreshToken(h), Math.min(at, 2 ** 31 - 1));
+    h.timer.unref();
+  }
+
+  /** Refreshes one held token now: token.refresh, then binds the fresh token on this session. */
+  private async refreshToken(h: HeldToken): Promise<void> {
+    try {
+      const r = await this.call("token.refresh", `token://${h.token.claims.id}`, { token: h.bytes }, { caps: [h.bytes] });
+      const fresh = (r.payload as { token: Uint8Array }).token;
+      const token = decodeToken(fresh);
+      const b = await this.call("token.bind", `token://${token.claims.id}`, { token: fresh }, { caps: [fresh] });
+      h.bytes = fresh;
+      h.token = token;
+      h.handle = (b.payload as { handle: number }).handle;
+      this.emit("tokenRefreshed", { id: token.claims.id, exp: effectiveGrant(token).exp });
+      this.scheduleRefresh(h);
+    } catch (e) {
+      const err = new TokenRefreshError(`could not refresh token ${h.token.claims.id}: ${(e as Error).message}`, { cause: e });
+      this.refreshError = err;
+      this.emit("tokenRefreshFailed", err);
+    }
+  }
+
+  /** The tokens currently held (refreshed copies replace the originals), as base64url text. */
+  get heldTokens(): string[] {
+    return this.held.map((h) => Buffer.from(h.bytes).toString("base64url"));
+  }
+
+  // ---- shutdown --------------------------------------------------------------------
 
   /** Says GOODBYE, waits for in-flight calls, then closes. */
   async close(): Promise<void> {
     if (this.state === "closed") return;
-    if (this.state !== "ready") {
-      this.abortAll(new KernelUnavailableError("client closed"));
+    const link = this.link;
+    if (this.state !== "ready" || !link) {
+      this.shutdown(new CancelledError("client closed"));
       return;
     }
     this.setState("closing");
-    if (this.pending.size > 0) await new Promise<void>((r) => (this.closeWaiter = r));
-    const closed = new Promise<void>((r) => this.once("closed", r));
-    this.channel?.write(encodeMessage({ type: "GOODBYE", body: { reason: "client closing" } }));
-    const t = setTimeout(() => this.channel?.destroy(), 2000);
+    if (this.pending.size > 0) await new Promise((r) => this.once("drained", r));
+    const closed = new Promise<void>((r) => link.channel.onClose(() => r()));
+    link.channel.write(encodeMessage({ type: "GOODBYE", body: { reason: "client closing" } }));
+    const t = setTimeout(() => link.channel.destroy(), 2000);
     await closed;
     clearTimeout(t);
+    this.shutdown(new CancelledError("client closed"));
   }
 
-  private onChannelClosed(): void {
-    this.abortAll(new KernelUnavailableError("connection to the kernel closed"));
-  }
-
-  private abortAll(err: Error): void {
-    if (this.handshake) {
-      this.handshake.reject(err);
-      this.handshake = undefined;
+  private shutdown(err: Error): void {
+    if (this.link) {
+      this.link.phase = "dead";
+      this.link.channel.destroy();
     }
-    for (const p of this.pending.values()) p.reject(err);
-    this.pending.clear();
     clearInterval(this.timer);
-    this.channel?.destroy();
+    clearTimeout(this.healthyTimer);
+    for (const h of this.held) clearTimeout(h.timer);
+    for (const p of [...this.pending.values()]) this.settle(p, undefined, err);
     if (this.state !== "closed") {
       this.setState("closed");
       this.emit("closed", err);

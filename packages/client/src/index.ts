@@ -1,6 +1,9 @@
 /** @kpip/client — the persona runtime. Depends on @kpip/protocol only; nothing native. */
+
+export { type BackoffPolicy, backoffDelay } from "./backoff.js";
 export { type CallOptions, type CallResult, type ClientState, type ConnectOptions, KernelClient } from "./client.js";
 export type { Channel, Connector } from "./connectors/connector.js";
 export { UdsConnector } from "./connectors/uds.js";
 export * from "./errors.js";
+export { StorageApi, type StoredObject, SystemApi, TokensApi } from "./families.js";
 export { loadIdentity } from "./identity.js";

@@ -117,7 +117,7 @@ export class Kernel {
       this.router.register(tokenFamily(enforcer, store));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
-      const dedupe = new DedupeCache(c.dedupeWindowMs);
+      const dedupe = new DedupeCache(c.dedupeWindowMs, store);
       const pipeline = new Pipeline(this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log);
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
@@ -140,11 +140,16 @@ export class Kernel {
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
       await this.listener.listen();
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
+      let lastPrune = Date.now();
       const tickMs = Math.max(50, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
       this.timer = setInterval(() => {
         const now = Date.now();
         for (const s of this.sessions) s.tick(now);
         dedupe.sweep(now);
+        if (now - lastPrune > 60_000) {
+          lastPrune = now;
+          store.pruneDedupe(now);
+        }
       }, tickMs);
       this.timer.unref();
       this.state = "running";

@@ -1,7 +1,7 @@
 import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
-import type { AuditRow, AuditStore } from "../store/types.js";
+import type { AuditRow, AuditStore, DedupeRow } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
 
 /** What a caller supplies for one audit record; the log fills in seq, time, kernel and the chain. */
@@ -25,6 +25,7 @@ export class AuditLog {
   private seq = 0;
   private head: Uint8Array = GENESIS_HASH;
   private pending: AuditRow[] = [];
+  private pendingDedupe: DedupeRow[] = [];
   private waiters: { resolve: () => void; reject: (e: Error) => void } | undefined;
   private batchPromise: Promise<void> | undefined;
   private scheduled = false;
@@ -57,8 +58,9 @@ export class AuditLog {
     this.lastCheckpointSeq = cps.length ? (cps[cps.length - 1]?.seq ?? 0) : 0;
   }
 
-  /** Chains the record now and resolves once it is committed. */
-  append(entry: AuditEntry): Promise<void> {
+  /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
+  append(entry: AuditEntry, dedupe?: DedupeRow): Promise<void> {
+    if (dedupe) this.pendingDedupe.push(dedupe);
     const partial: Omit<AuditRow, "hash"> = {
       seq: ++this.seq,
       time: Date.now(),
@@ -101,12 +103,14 @@ export class AuditLog {
     this.scheduled = false;
     if (this.pending.length === 0) return;
     const rows = this.pending;
+    const dedupe = this.pendingDedupe;
     const waiters = this.waiters;
     this.pending = [];
+    this.pendingDedupe = [];
     this.waiters = undefined;
     this.batchPromise = undefined;
     try {
-      this.store.appendAudit(rows);
+      this.store.appendAudit(rows, dedupe);
       this.committedBatches++;
       this.committedRecords += rows.length;
     } catch (e) {

@@ -1,4 +1,5 @@
-import type { Response } from "@kpip/protocol";
+import { decodeCanonical, type Response } from "@kpip/protocol";
+import type { AuditStore } from "../store/types.js";
 
 interface Entry {
   hash: Buffer;
@@ -16,7 +17,8 @@ export class DedupeCache {
   private readonly entries = new Map<string, Entry>();
 
   constructor(
-    private readonly windowMs: number,
+    readonly windowMs: number,
+    private readonly store?: Pick<AuditStore, "lookupDedupe">,
     private readonly maxEntries = 200_000,
   ) {}
 
@@ -24,10 +26,21 @@ export class DedupeCache {
     return this.entries.size;
   }
 
-  /** The earlier attempt of this request, if any within the window. */
-  lookup(key: string, now: number): Entry | undefined {
+  /**
+   * The earlier attempt of this request, if any within the window. `persistent`: also look
+   * in the store, where responses of ops with effects survive a kernel restart.
+   */
+  lookup(key: string, now: number, persistent = false): Entry | undefined {
     const e = this.entries.get(key);
-    if (e === undefined) return undefined;
+    if (e === undefined) {
+      const row = persistent ? this.store?.lookupDedupe(key, now) : undefined;
+      if (!row) return undefined;
+      return {
+        hash: Buffer.from(row.hash),
+        expires: row.expires,
+        response: decodeCanonical(row.response) as unknown as Response,
+      };
+    }
     if (e.expires < now) {
       this.entries.delete(key);
       return undefined;
@@ -42,6 +55,11 @@ export class DedupeCache {
       const oldest = this.entries.keys().next().value;
       if (oldest !== undefined) this.entries.delete(oldest);
     }
+  }
+
+  /** Forgets a request whose failure was transient, so its retry runs again. */
+  forget(key: string): void {
+    this.entries.delete(key);
   }
 
   /** Drops expired entries (Map order is insertion order, so expiry order). */

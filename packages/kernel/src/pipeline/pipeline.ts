@@ -3,10 +3,12 @@ import {
   type CborMap,
   decodeIntent,
   type ErrorClass,
+  encodeCanonical,
   type Intent,
   IntentError,
   intentHash,
   parseTarget,
+  RETRYABLE_CLASSES,
   type Request,
   type Response,
   type Status,
@@ -76,9 +78,10 @@ export class Pipeline {
     const rec = { ...base, op: intent.op, target: intent.target, intentHash: hash, intent: req.intent };
 
     // 3. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
-    const key = `${s.instance}:${req.id}`;
+    // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it.
+    const key = `${s.persona}:${s.instance}:${req.id}`;
     const now = Date.now();
-    const prior = this.dedupe.lookup(key, now);
+    const prior = this.dedupe.lookup(key, now, this.router.get(intent.op)?.effects ?? false);
     if (prior) {
       if (!prior.hash.equals(hash)) {
         const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
@@ -87,10 +90,12 @@ export class Pipeline {
       }
       return prior.response;
     }
-    const pending = this.run(s, req, intent, rec, started);
+    const pending = this.run(s, req, intent, rec, started, key, hash);
     this.dedupe.record(key, hash, pending, now);
     const response = await pending;
-    this.dedupe.record(key, hash, response, Date.now());
+    // A transient failure is not an answer to keep: the client's retry must run again.
+    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.dedupe.forget(key);
+    else this.dedupe.record(key, hash, response, Date.now());
     return response;
   }
 
@@ -116,6 +121,8 @@ export class Pipeline {
     intent: Intent,
     rec: Record<string, unknown> & { session: string; persona: string },
     started: bigint,
+    key: string,
+    hash: Buffer,
   ): Promise<Response> {
     const decl = this.router.get(intent.op);
 
@@ -148,23 +155,32 @@ export class Pipeline {
       refusal = toRefusal(e, this.log, intent.op);
     }
 
-    // 7. audit the outcome, then answer.
-    const status: Status = result?.status ?? "FAILURE";
-    const outcome = this.audit.append({
-      ...rec,
-      phase: "outcome",
-      caps,
-      status,
-      errorClass: refusal?.errorClass ?? null,
-      message: refusal?.message ?? null,
-      durationUs: elapsedUs(started),
-    });
+    // 7. audit the outcome, then answer. The response of an op with effects is stored with
+    // its outcome record, so a retry after a kernel restart gets it instead of a second run.
+    let response: Response;
+    if (refusal) response = failure(s, req, refusal);
+    else {
+      const r = result as OpResult;
+      response = { version: s.version, id: req.id, status: r.status };
+      if (r.payload !== undefined) response.payload = r.payload;
+    }
+    const keep = decl?.effects && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    const outcome = this.audit.append(
+      {
+        ...rec,
+        phase: "outcome",
+        caps,
+        status: response.status,
+        errorClass: refusal?.errorClass ?? null,
+        message: refusal?.message ?? null,
+        durationUs: elapsedUs(started),
+      },
+      keep
+        ? { key, hash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
+        : undefined,
+    );
     await intentRecord;
     await outcome;
-    if (refusal) return failure(s, req, refusal);
-    const r = result as OpResult;
-    const response: Response = { version: s.version, id: req.id, status: r.status };
-    if (r.payload !== undefined) response.payload = r.payload;
     return response;
   }
 

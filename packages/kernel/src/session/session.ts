@@ -109,6 +109,16 @@ export class Session implements SessionView {
     }
     for (const f of frames) {
       if ((this.state as SessionState) === "closed") return;
+      if (f.flags !== 0) {
+        // SHM descriptors are only valid once the "shm" feature is negotiated, which this kernel does not offer yet.
+        this.fail(
+          "PROTOCOL",
+          "SHM_NOT_NEGOTIATED",
+          "frame flags set on a session without the shm feature",
+          this.persona || undefined,
+        );
+        return;
+      }
       let msg: Message;
       try {
         msg = decodeMessage(f);
@@ -148,6 +158,7 @@ export class Session implements SessionView {
       case "PONG":
         return;
       case "GOODBYE":
+        if (this.state === "closing") return;
         if (this.state !== "ready") return this.outOfOrder(msg.type);
         this.state = "closing";
         this.maybeFinishClosing();

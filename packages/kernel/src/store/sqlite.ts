@@ -5,6 +5,7 @@ import type {
   AuditRow,
   AuditStore,
   CasResult,
+  DedupeRow,
   ObjectMeta,
   ObjectStore,
   PersonaRecord,
@@ -31,6 +32,7 @@ CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
   minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, hash BLOB NOT NULL, response BLOB NOT NULL, expires INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
   seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
   public_key BLOB NOT NULL, signature BLOB NOT NULL);
@@ -60,7 +62,7 @@ type Statements = Record<StatementName, Database.Statement>;
 export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore {
   readonly db: Database.Database;
   private readonly st: Statements;
-  private readonly appendTx: (rows: AuditRow[]) => void;
+  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[]) => void;
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -99,9 +101,11 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       ),
       checkpoints: p("SELECT * FROM audit_checkpoints ORDER BY seq"),
     };
-    this.appendTx = this.db.transaction((rows: AuditRow[]) => {
+    const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
+    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[]) => {
       const s = this.st.appendAudit;
       for (const r of rows) s.run(r);
+      for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
     });
   }
 
@@ -201,8 +205,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   }
 
   // audit
-  appendAudit(rows: AuditRow[]): void {
-    this.appendTx(rows);
+  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = []): void {
+    this.appendTx(rows, dedupe);
+  }
+  lookupDedupe(key: string, now: number): DedupeRow | undefined {
+    const r = this.db.prepare("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
+    return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
+  }
+  pruneDedupe(now: number): number {
+    return this.db.prepare("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
   }
   lastAudit(): AuditRow | undefined {
     const r = this.st.lastAudit.get() as Row | undefined;

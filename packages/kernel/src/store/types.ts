@@ -89,8 +89,20 @@ export interface AuditQuery {
   limit?: number;
 }
 
+/** A final response kept for the dedupe window, so a retry after a kernel restart is not executed twice. */
+export interface DedupeRow {
+  key: string;
+  hash: Uint8Array;
+  /** The response as canonical CBOR. */
+  response: Uint8Array;
+  expires: number;
+}
+
 export interface AuditStore {
-  appendAudit(rows: AuditRow[]): void;
+  /** Commits audit rows, and the dedupe rows of their responses, in one transaction. */
+  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[]): void;
+  lookupDedupe(key: string, now: number): DedupeRow | undefined;
+  pruneDedupe(now: number): number;
   lastAudit(): AuditRow | undefined;
   /** Rows in seq order, `batch` at a time (for verification of long logs). */
   scanAudit(fromSeq: number, batch: number): AuditRow[];

@@ -2,7 +2,8 @@ import { CborError } from "../errors.js";
 import type { CborValue } from "./value.js";
 import { MAX_UINT64, MIN_NINT64 } from "./value.js";
 
-const MAX_ENCODE_DEPTH = 64;
+/** Same nesting bound as the decoder's default (DEFAULT_LIMITS.maxDepth): never build what a peer must refuse. */
+const MAX_ENCODE_DEPTH = 32;
 
 /**
  * Writes KPIP canonical CBOR (RFC 8949 §4.2.1 deterministic encoding): shortest heads,
@@ -76,6 +77,7 @@ export class CanonicalWriter {
   /** Writes one value. Throws CborError(UNSUPPORTED_TYPE) for anything outside the data model. */
   write(v: CborValue, depth = 0): void {
     if (depth > MAX_ENCODE_DEPTH) throw new CborError("TOO_DEEP", `value nests deeper than ${MAX_ENCODE_DEPTH}`);
+    // Containers at depth ≥ MAX are refused below (as the validator does); scalars may sit at depth MAX.
     switch (typeof v) {
       case "number":
         if (!Number.isSafeInteger(v)) {
@@ -111,6 +113,9 @@ export class CanonicalWriter {
           this.buf.set(v, this.pos);
           this.pos += v.length;
           return;
+        }
+        if (depth >= MAX_ENCODE_DEPTH) {
+          throw new CborError("TOO_DEEP", `value nests deeper than ${MAX_ENCODE_DEPTH}`);
         }
         if (Array.isArray(v)) {
           this.head(4, v.length);
