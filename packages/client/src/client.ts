@@ -31,8 +31,9 @@ import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RE
 import type { Channel, Connector } from "./connectors/connector.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
-import { StorageApi, SystemApi, TokensApi } from "./families.js";
+import { EventsApi, StorageApi, SystemApi, TokensApi } from "./families.js";
 import { loadIdentity } from "./identity.js";
+import { Subscription } from "./subscription.js";
 
 export type ClientState = "connecting" | "handshaking" | "attesting" | "ready" | "reconnecting" | "closing" | "closed";
 
@@ -145,10 +146,12 @@ export class KernelClient extends EventEmitter {
   readonly system = new SystemApi(this.call.bind(this));
   readonly storage = new StorageApi(this.call.bind(this));
   readonly tokens = new TokensApi(this.call.bind(this));
+  readonly events = new EventsApi(this);
   private link: Link | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();
   private readonly held: HeldToken[];
+  private readonly subscriptions = new Set<Subscription>();
   private timer: NodeJS.Timeout | undefined;
   private healthyTimer: NodeJS.Timeout | undefined;
   private attempt = 0;
@@ -308,6 +311,37 @@ export class KernelClient extends EventEmitter {
     this.healthyTimer.unref();
     this.setState("ready");
     this.flush();
+    if (this.connections > 1) void this.resubscribe();
+  }
+
+  /** After a reconnect: subscribe again to every pattern (events emitted while away are not replayed). */
+  private async resubscribe(): Promise<void> {
+    for (const sub of this.subscriptions) {
+      try {
+        const r = await this.call("event.subscribe", sub.pattern);
+        sub.remoteId = (r.payload as { subscription: number }).subscription;
+        this.emit("resubscribed", sub.pattern);
+      } catch (e) {
+        this.emit("resubscribeFailed", { pattern: sub.pattern, error: e });
+      }
+    }
+  }
+
+  /**
+   * Subscribes to topic:// names matching `pattern` (`*` one segment, `**` any depth). The
+   * result is an async iterable of events with a bounded buffer (`bufferSize`, default 1000);
+   * it survives reconnects and ends with `unsubscribe()`, `break`, or `close()`.
+   */
+  async subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+    const { bufferSize, ...callOpts } = opts;
+    const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
+      this.subscriptions.delete(s);
+      if (this.state === "ready") await this.call("event.unsubscribe", s.pattern, { subscription: s.remoteId }).catch(() => {});
+    });
+    const r = await this.call("event.subscribe", pattern, {}, callOpts);
+    sub.remoteId = (r.payload as { subscription: number }).subscription;
+    this.subscriptions.add(sub);
+    return sub;
   }
 
   private onLinkLost(link: Link, err: Error): void {
@@ -432,9 +466,14 @@ export class KernelClient extends EventEmitter {
         if (p && p.id === m.body.id) this.onResponse(p, m.body);
         return;
       }
-      case "EVENT":
-        this.emit("event", m.body as KEvent);
+      case "EVENT": {
+        const e = m.body as KEvent;
+        if (e.subscription !== 0) {
+          for (const sub of this.subscriptions) if (sub.remoteId === e.subscription) sub.push(e);
+        }
+        this.emit("event", e);
         return;
+      }
       case "PING":
         link.channel.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
         return;
@@ -679,6 +718,8 @@ export class KernelClient extends EventEmitter {
     clearTimeout(this.healthyTimer);
     for (const h of this.held) clearTimeout(h.timer);
     for (const p of [...this.pending.values()]) this.settle(p, undefined, err);
+    for (const sub of this.subscriptions) sub.end();
+    this.subscriptions.clear();
     if (this.state !== "closed") {
       this.setState("closed");
       this.emit("closed", err);

@@ -1,5 +1,6 @@
 import type { CborMap, CborValue } from "@kpip/protocol";
 import type { CallOptions, CallResult, KernelClient } from "./client.js";
+import type { Subscription } from "./subscription.js";
 
 type Call = KernelClient["call"];
 
@@ -88,5 +89,16 @@ export class TokensApi {
   }
   async inspect(id: string, token: Uint8Array, opts?: CallOptions): Promise<CborValue | undefined> {
     return (await this.call("token.inspect", `token://${id}`, { token }, opts)).payload;
+  }
+}
+
+/** event.* — `subscribe` returns an async iterable that survives reconnects. */
+export class EventsApi {
+  constructor(private readonly client: KernelClient) {}
+  subscribe(pattern: string, opts?: CallOptions & { bufferSize?: number }): Promise<Subscription> {
+    return this.client.subscribe(pattern, opts);
+  }
+  async emit(topic: string, data?: CborValue, opts?: CallOptions): Promise<{ subscribers: number }> {
+    return (await this.client.call("event.emit", topic, data === undefined ? {} : { data }, opts)).payload as never;
   }
 }

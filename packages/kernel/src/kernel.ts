@@ -4,10 +4,12 @@ import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
 import { RootKeys } from "./auth/keys.js";
 import { type KernelConfig, resolveConfig } from "./config.js";
+import { EventBus } from "./events/bus.js";
 import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
+import { eventFamily } from "./primitives/event.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
 import { systemFamily } from "./primitives/system.js";
@@ -41,6 +43,9 @@ export class Kernel {
   private auditLog: AuditLog | undefined;
   private listener: UdsListener | undefined;
   private readonly sessions = new Set<Session>();
+  private readonly sessionsById = new Map<string, Session>();
+  /** Topic routing for event.* and the kernel's own events. */
+  readonly events = new EventBus();
   private timer: NodeJS.Timeout | undefined;
   private host: SessionHost | undefined;
   private id = "";
@@ -114,7 +119,19 @@ export class Kernel {
       const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock);
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
-      this.router.register(tokenFamily(enforcer, store));
+      this.router.register(
+        tokenFamily(enforcer, store, () => {
+          // Tell every session holding a now-revoked handle, on its own notice channel.
+          for (const sess of this.sessions) {
+            for (const h of sess.handles.all()) {
+              if (enforcer.isRevoked(h.grant)) {
+                this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
+              }
+            }
+          }
+        }),
+      );
+      this.router.register(eventFamily(this.events, (id) => this.sessionsById.get(id)));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
       const dedupe = new DedupeCache(c.dedupeWindowMs, store);
@@ -135,7 +152,12 @@ export class Kernel {
         personaKeys: new PersonaKeys(store),
         bindToken: (table, persona, token) => enforcer.bind(table, persona, token),
         log: this.log,
-        sessionClosed: (s) => this.sessions.delete(s),
+        sessionClosed: (s) => {
+          this.sessions.delete(s);
+          this.sessionsById.delete(s.id);
+          this.events.dropSink(s.id);
+        },
+        sessionDrained: (s) => this.events.drained(s.id),
       };
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
       await this.listener.listen();
@@ -174,7 +196,9 @@ export class Kernel {
       rejectConnection(conn, `the kernel already has ${this.config.maxSessions} sessions`);
       return;
     }
-    this.sessions.add(new Session(conn, host));
+    const s = new Session(conn, host);
+    this.sessions.add(s);
+    this.sessionsById.set(s.id, s);
   }
 
   /** Stops accepting, answers in-flight requests, says GOODBYE, flushes the audit log, removes the socket. */

@@ -68,7 +68,11 @@ export function describeToken(t: Token, enforcer: CapEnforcer): CborMap {
 }
 
 /** token.mint / refresh / revoke / inspect / bind. Authorization happens in the pipeline; escalation checks are the op's own meaning. */
-export function tokenFamily(enforcer: CapEnforcer, store: TokenStore): PrimitiveFamily {
+export function tokenFamily(
+  enforcer: CapEnforcer,
+  store: TokenStore,
+  onRevoke: (id: string) => void = () => {},
+): PrimitiveFamily {
   return {
     name: "token",
     ops: [
@@ -144,6 +148,7 @@ export function tokenFamily(enforcer: CapEnforcer, store: TokenStore): Primitive
         handler: (ctx) => {
           const id = targetId(ctx);
           const changed = enforcer.revoke(id, ctx.persona);
+          onRevoke(id);
           return { status: "SUCCESS", payload: { id, revoked: true, already: !changed } };
         },
       },

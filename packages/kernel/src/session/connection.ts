@@ -17,4 +17,6 @@ export interface Connection {
   destroy(): void;
   onData(cb: (chunk: Uint8Array) => void): void;
   onClose(cb: () => void): void;
+  /** Called when queued bytes have been taken by the peer (after `buffered` was high). */
+  onDrain(cb: () => void): void;
 }

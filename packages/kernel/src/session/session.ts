@@ -18,6 +18,7 @@ import {
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
 import { HandleTable } from "../auth/enforcer.js";
+import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
 import type { Connection } from "./connection.js";
@@ -44,6 +45,8 @@ export interface SessionHost {
   bindToken(table: HandleTable, persona: string, token: Uint8Array): { handle: number } | { code: string; message: string };
   readonly log: Logger;
   sessionClosed(s: Session): void;
+  /** The session's connection drained: queued events may flow again. */
+  sessionDrained(s: Session): void;
 }
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
@@ -52,7 +55,7 @@ export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
  * One connection's session: framing, handshake and attestation, heartbeats, requests in
  * flight, and shutdown. Responses go only to this session's connection.
  */
-export class Session implements SessionView {
+export class Session implements SessionView, EventSink {
   readonly id = randomUUID();
   readonly createdAt = Date.now();
   state: SessionState = "hello";
@@ -77,6 +80,7 @@ export class Session implements SessionView {
     this.decoder = new FrameDecoder(host.limits.maxBodyBytes);
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
+    conn.onDrain(() => this.host.sessionDrained(this));
   }
 
   get signal(): AbortSignal {
@@ -85,6 +89,15 @@ export class Session implements SessionView {
 
   get transport(): string {
     return this.conn.transport;
+  }
+
+  get buffered(): number {
+    return this.conn.buffered;
+  }
+
+  /** EventSink: an EVENT frame for this session (dropped once it is closed). */
+  write(frame: Uint8Array): void {
+    if (this.state !== "closed") this.conn.write(frame);
   }
 
   private onData(chunk: Uint8Array): void {

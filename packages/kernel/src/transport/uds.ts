@@ -137,4 +137,8 @@ export class SocketConnection implements Connection {
   onClose(cb: () => void): void {
     this.sock.once("close", cb);
   }
+
+  onDrain(cb: () => void): void {
+    this.sock.on("drain", cb);
+  }
 }
