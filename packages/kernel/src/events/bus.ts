@@ -46,7 +46,10 @@ export class EventBus {
     const id = this.nextId++;
     this.subs.set(id, { id, sink, pattern, seq: 0, queue: [], dropped: 0 });
     let set = this.bySink.get(sink.id);
-    if (!set) this.bySink.set(sink.id, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      this.bySink.set(sink.id, set);
+    }
     set.add(id);
     return id;
   }
