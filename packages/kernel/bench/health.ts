@@ -16,7 +16,9 @@ const json = args.includes("--json");
 const main = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
 const home = mkdtempSync(join(tmpdir(), "kpip-bench-"));
-const kernel = spawn(process.execPath, [main, "kernel", "--home", home, "--log-level", "silent"], { stdio: ["ignore", "pipe", "inherit"] });
+const kernel = spawn(process.execPath, [main, "kernel", "--home", home, "--log-level", "silent"], {
+  stdio: ["ignore", "pipe", "inherit"],
+});
 await new Promise<void>((resolve, reject) => {
   let out = "";
   kernel.stdout.on("data", (d) => {

@@ -23,6 +23,8 @@ export interface BoundCapability {
   handle: number;
   token: Token;
   grant: Grant;
+  /** Pattern-match results by (op, target, workspace, domain): the grant never changes, so they can be kept. */
+  decisions: Map<string, boolean>;
 }
 
 /** A session's handles. Handles are session-local: another session's numbers mean nothing here. */
@@ -32,7 +34,7 @@ export class HandleTable {
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
-    this.map.set(handle, { handle, token, grant });
+    this.map.set(handle, { handle, token, grant, decisions: new Map() });
     return handle;
   }
   get(handle: number): BoundCapability | undefined {
@@ -71,6 +73,8 @@ export interface MintSpec {
  */
 export class CapEnforcer implements Authorizer {
   private readonly revoked: Set<string>;
+  /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
+  private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
   constructor(
     private readonly keys: RootKeys,
@@ -82,6 +86,15 @@ export class CapEnforcer implements Authorizer {
 
   /** Verifies a token for use by `persona` now. */
   verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+    const cacheKey = bytesOrToken instanceof Uint8Array ? Buffer.from(bytesOrToken).toString("latin1") : undefined;
+    const hit = cacheKey === undefined ? undefined : this.verified.get(cacheKey);
+    if (hit) {
+      // Key retirement, time, revocation and subject are live facts: checked on every use, never cached.
+      if (!this.keys.get(hit.token.claims.kid))
+        return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
+      const why = this.unusable(hit.grant, persona);
+      return why ? { ok: false, ...why } : { ok: true, token: hit.token, grant: hit.grant };
+    }
     let token: Token;
     try {
       token = bytesOrToken instanceof Uint8Array ? decodeToken(bytesOrToken) : bytesOrToken;
@@ -94,9 +107,18 @@ export class CapEnforcer implements Authorizer {
     if (!timingSafeEqual(expected, Buffer.from(token.sig)))
       return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid" };
     const grant = effectiveGrant(token);
+    if (cacheKey !== undefined) {
+      if (this.verified.size >= 4096) this.verified.delete(this.verified.keys().next().value as string);
+      this.verified.set(cacheKey, { token, grant });
+    }
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message };
     return { ok: true, token, grant };
+  }
+
+  /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
+  forgetVerified(): void {
+    this.verified.clear();
   }
 
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
@@ -135,6 +157,7 @@ export class CapEnforcer implements Authorizer {
     let anyValid = false;
     for (const ref of req.caps) {
       let grant: Grant;
+      let decisions: Map<string, boolean> | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
         if (!b) {
@@ -148,6 +171,7 @@ export class CapEnforcer implements Authorizer {
           continue;
         }
         grant = b.grant;
+        decisions = b.decisions;
         capIds.push(`h${ref}:${grant.id}`);
       } else {
         const v = this.verify(ref, req.persona);
@@ -159,7 +183,20 @@ export class CapEnforcer implements Authorizer {
         capIds.push(`inline:${grant.id}`);
       }
       anyValid = true;
-      if (this.allows(grant, req)) return { allowed: true, capIds, grant };
+      let ok: boolean | undefined;
+      if (decisions) {
+        const key = `${req.intent.op}\0${req.intent.target}\0${req.context.workspace ?? ""}\0${req.context.domain ?? ""}`;
+        ok = decisions.get(key);
+        if (ok === undefined) {
+          ok = this.allows(grant, req);
+          // token.revoke's answer depends on the token store; never keep it.
+          if (req.intent.op !== "token.revoke") {
+            if (decisions.size >= 1024) decisions.clear();
+            decisions.set(key, ok);
+          }
+        }
+      } else ok = this.allows(grant, req);
+      if (ok) return { allowed: true, capIds, grant };
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     return {

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, readFileSync, renameSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
@@ -18,9 +18,25 @@ export const ROOT_KEYS_FILE = "token-keys.json";
  */
 export class RootKeys {
   private file: RootKeyFile;
+  private mtime = 0;
+  private checkedAt = 0;
 
   constructor(private readonly home: string) {
     this.file = RootKeys.load(home);
+    this.mtime = statSync(RootKeys.path(home)).mtimeMs;
+    this.checkedAt = Date.now();
+  }
+
+  /** Re-reads the key file if another process (kpip token rotate-key / retire-key) changed it; at most once a second. */
+  private refresh(force = false): void {
+    const now = Date.now();
+    if (!force && now - this.checkedAt < 1000) return;
+    this.checkedAt = now;
+    const m = statSync(RootKeys.path(this.home)).mtimeMs;
+    if (m !== this.mtime || force) {
+      this.file = RootKeys.load(this.home);
+      this.mtime = m;
+    }
   }
 
   static path(home: string): string {
@@ -73,18 +89,21 @@ export class RootKeys {
   }
 
   get currentKid(): string {
+    this.refresh();
     return this.file.current;
   }
 
   current(): { kid: string; key: Buffer } {
+    this.refresh();
     return { kid: this.file.current, key: Buffer.from(this.file.keys[this.file.current]?.key ?? "", "base64url") };
   }
 
   /** The key for `kid`, or undefined if unknown or retired. */
   get(kid: string): Buffer | undefined {
+    this.refresh();
     let k = this.file.keys[kid];
     if (!k) {
-      this.file = RootKeys.load(this.home);
+      this.refresh(true);
       k = this.file.keys[kid];
     }
     if (!k || k.retired !== undefined) return undefined;
