@@ -23,6 +23,8 @@ export interface KernelConfig {
   auditCheckpointEvery: number;
   /** How long stop() waits for in-flight requests before forcing sessions closed. */
   drainTimeoutMs: number;
+  /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
+  workspaceStorageBytes: number;
 }
 
 interface SettingSpec {
@@ -48,6 +50,7 @@ export const SETTINGS: SettingSpec[] = [
   { key: "auditBatchMax", type: "int", description: "most audit records per commit" },
   { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
+  { key: "workspaceStorageBytes", type: "int", description: "storage bytes per workspace (0 = no quota)" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -64,6 +67,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   auditBatchMax: 512,
   auditCheckpointEvery: 10_000,
   drainTimeoutMs: 10_000,
+  workspaceStorageBytes: 0,
 };
 
 /** A setting with a bad value; the kernel does not start. */

@@ -10,11 +10,13 @@ import { createLogger, type Logger } from "./log.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
 import { eventFamily } from "./primitives/event.js";
+import { resourceFamily } from "./primitives/resource.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
 import { systemFamily } from "./primitives/system.js";
 import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
+import { ResourceLedger } from "./resources/ledger.js";
 import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
@@ -115,7 +117,9 @@ export class Kernel {
           this.router,
         ),
       );
-      this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }));
+      const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, this.options.clock);
+      this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }, ledger));
+      this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
       const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock);
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
@@ -135,7 +139,7 @@ export class Kernel {
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
       const dedupe = new DedupeCache(c.dedupeWindowMs, store);
-      const pipeline = new Pipeline(this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log);
+      const pipeline = new Pipeline(ledger, this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log);
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
         handshakeTimeoutMs: c.handshakeTimeoutMs,

@@ -19,6 +19,7 @@ import type { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { OpError, type OpResult } from "../primitives/types.js";
+import type { ResourceLedger } from "../resources/ledger.js";
 import type { DedupeCache } from "./dedupe.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -47,6 +48,7 @@ interface Refusal {
  */
 export class Pipeline {
   constructor(
+    private readonly ledger: ResourceLedger,
     private readonly router: Router,
     private readonly authorizer: Authorizer,
     private readonly audit: AuditLog,
@@ -142,6 +144,16 @@ export class Pipeline {
       return failure(s, req, decision);
     }
 
+    // 4b. limits on requests themselves (concurrent, rate) from the authorizing grant.
+    let release: () => void;
+    try {
+      release = this.ledger.admit(s.persona, decision.grant);
+    } catch (e) {
+      const r = toRefusal(e, this.log, intent.op);
+      await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(r, started) });
+      return failure(s, req, r);
+    }
+
     // 5. audit the intent before any effect: committed first when the op changes state.
     const intentRecord = this.audit.append({ ...rec, phase: "intent", caps });
     if (decl?.effects) await intentRecord;
@@ -153,6 +165,8 @@ export class Pipeline {
       result = await this.execute(s, req, intent, decl, decision.grant);
     } catch (e) {
       refusal = toRefusal(e, this.log, intent.op);
+    } finally {
+      release();
     }
 
     // 7. audit the outcome, then answer. The response of an op with effects is stored with

@@ -1,4 +1,5 @@
 import type { CborValue } from "@kpip/protocol";
+import type { ResourceLedger } from "../resources/ledger.js";
 import type { ObjectStore } from "../store/types.js";
 import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
 
@@ -30,7 +31,7 @@ function generationArg(ctx: OpContext): number | undefined {
 }
 
 /** storage.write/read/stat/list/delete on obj://<workspace>/<path>, durable in the object store. */
-export function storageFamily(store: ObjectStore, limits: StorageLimits): PrimitiveFamily {
+export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger: ResourceLedger): PrimitiveFamily {
   return {
     name: "storage",
     ops: [
@@ -50,7 +51,12 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits): Primit
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
-          const r = store.writeObject(workspace, path, data, generationArg(ctx), Date.now());
+          // The object and its owner's usage change in one transaction: a refused charge leaves no write.
+          const r = store.transaction(() => {
+            const w = store.writeObject(workspace, path, data, generationArg(ctx), Date.now(), ctx.persona);
+            if (w.ok) ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
+            return w;
+          });
           if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
           return { status: "SUCCESS", payload: { generation: r.generation, size: data.length } };
         },
@@ -119,7 +125,11 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits): Primit
         effects: true,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
-          const r = store.deleteObject(workspace, path, generationArg(ctx));
+          const r = store.transaction(() => {
+            const d = store.deleteObject(workspace, path, generationArg(ctx));
+            if (d?.ok && d.previous) ledger.releaseStorage(workspace, d.previous);
+            return d;
+          });
           if (r === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
           if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
           return { status: "SUCCESS", payload: { deleted: true, generation: r.generation } };

@@ -1,11 +1,13 @@
 import Database from "better-sqlite3";
 import type {
+  Allocation,
   AuditCheckpoint,
   AuditQuery,
   AuditRow,
   AuditStore,
   CasResult,
   DedupeRow,
+  LedgerStore,
   ObjectMeta,
   ObjectStore,
   PersonaRecord,
@@ -21,7 +23,9 @@ CREATE TABLE IF NOT EXISTS personas (
   id TEXT PRIMARY KEY, public_key BLOB NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS objects (
   workspace TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, generation INTEGER NOT NULL,
-  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
+  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', PRIMARY KEY (workspace, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (scope, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
   persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
@@ -59,7 +63,7 @@ type StatementName =
 type Statements = Record<StatementName, Database.Statement>;
 
 /** The embedded store: one SQLite database in WAL mode holding personas, objects and the audit log. */
-export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore {
+export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore {
   readonly db: Database.Database;
   private readonly st: Statements;
   private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[]) => void;
@@ -78,16 +82,16 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       removePersona: p("DELETE FROM personas WHERE id = ?"),
       listPersonas: p("SELECT id, public_key, created_at FROM personas ORDER BY id"),
       readObject: p("SELECT * FROM objects WHERE workspace = ? AND path = ?"),
-      statObject: p("SELECT workspace, path, generation, size, updated_at FROM objects WHERE workspace = ? AND path = ?"),
-      genObject: p("SELECT generation FROM objects WHERE workspace = ? AND path = ?"),
+      statObject: p("SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path = ?"),
+      genObject: p("SELECT generation, size, owner FROM objects WHERE workspace = ? AND path = ?"),
       upsertObject: p(
-        "INSERT INTO objects (workspace, path, data, generation, size, updated_at) VALUES (?, ?, ?, ?, ?, ?) " +
+        "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?) " +
           "ON CONFLICT (workspace, path) DO UPDATE SET data = excluded.data, generation = excluded.generation, " +
-          "size = excluded.size, updated_at = excluded.updated_at",
+          "size = excluded.size, updated_at = excluded.updated_at, owner = excluded.owner",
       ),
       deleteObject: p("DELETE FROM objects WHERE workspace = ? AND path = ?"),
       listObjects: p(
-        "SELECT workspace, path, generation, size, updated_at FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
+        "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
       ),
       appendAudit: p(
         "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash) " +
@@ -109,17 +113,28 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     });
   }
 
+  private readonly prepared = new Map<string, Database.Statement>();
+  /** Statements prepared once and reused: preparing costs more than running. */
+  private prep(sql: string): Database.Statement {
+    let st = this.prepared.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.prepared.set(sql, st);
+    }
+    return st;
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }
 
   getMeta(key: string): string | undefined {
-    const r = this.db.prepare("SELECT value FROM meta WHERE key = ?").get(key) as Row | undefined;
+    const r = this.prep("SELECT value FROM meta WHERE key = ?").get(key) as Row | undefined;
     return r?.value as string | undefined;
   }
 
   setMeta(key: string, value: string): void {
-    this.db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
+    this.prep("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
   }
 
   // personas
@@ -146,26 +161,32 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const r = this.st.statObject.get(workspace, path) as Row | undefined;
     return r && toMeta(r);
   }
-  writeObject(workspace: string, path: string, data: Uint8Array, ifGeneration: number | undefined, now: number): CasResult {
-    const current = ((this.st.genObject.get(workspace, path) as Row | undefined)?.generation as number | undefined) ?? 0;
+  writeObject(
+    workspace: string,
+    path: string,
+    data: Uint8Array,
+    ifGeneration: number | undefined,
+    now: number,
+    owner: string,
+  ): CasResult {
+    const prev = this.st.genObject.get(workspace, path) as Row | undefined;
+    const current = (prev?.generation as number | undefined) ?? 0;
     if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
     const generation = current + 1;
-    this.st.upsertObject.run(
-      workspace,
-      path,
-      Buffer.from(data.buffer, data.byteOffset, data.length),
-      generation,
-      data.length,
-      now,
-    );
-    return { ok: true, generation };
+    const bytes = Buffer.from(data.buffer, data.byteOffset, data.length);
+    this.st.upsertObject.run(workspace, path, bytes, generation, data.length, now, owner);
+    return { ok: true, generation, previous: prev ? { size: prev.size as number, owner: prev.owner as string } : undefined };
+  }
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
   }
   deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined {
-    const current = (this.st.genObject.get(workspace, path) as Row | undefined)?.generation as number | undefined;
-    if (current === undefined) return undefined;
+    const prev = this.st.genObject.get(workspace, path) as Row | undefined;
+    if (prev === undefined) return undefined;
+    const current = prev.generation as number;
     if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
     this.st.deleteObject.run(workspace, path);
-    return { ok: true, generation: current };
+    return { ok: true, generation: current, previous: { size: prev.size as number, owner: prev.owner as string } };
   }
   listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
     // [prefix, prefix + U+FFFF) covers every path starting with prefix in SQLite's binary collation.
@@ -173,35 +194,81 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     return rows.map(toMeta);
   }
 
+  // ledger
+  usage(scope: string, resource: string): number {
+    const r = this.prep("SELECT amount FROM usage WHERE scope = ? AND resource = ?").get(scope, resource) as Row | undefined;
+    return (r?.amount as number | undefined) ?? 0;
+  }
+  usageOf(scope: string): Record<string, number> {
+    const rows = this.prep("SELECT resource, amount FROM usage WHERE scope = ?").all(scope) as Row[];
+    return Object.fromEntries(rows.map((r) => [r.resource as string, r.amount as number]));
+  }
+  adjustUsage(scope: string, resource: string, delta: number): void {
+    if (delta === 0) return;
+    this.prep(
+      "INSERT INTO usage (scope, resource, amount) VALUES (?, ?, max(0, ?)) " +
+        "ON CONFLICT (scope, resource) DO UPDATE SET amount = max(0, amount + ?)",
+    ).run(scope, resource, delta, delta);
+  }
+  addAllocation(a: Allocation): void {
+    this.prep("INSERT INTO allocations (id, persona, resource, amount, created_at) VALUES (?, ?, ?, ?, ?)").run(
+      a.id,
+      a.persona,
+      a.resource,
+      a.amount,
+      a.createdAt,
+    );
+  }
+  getAllocation(id: string): Allocation | undefined {
+    const r = this.prep("SELECT * FROM allocations WHERE id = ?").get(id) as Row | undefined;
+    return (
+      r && {
+        id,
+        persona: r.persona as string,
+        resource: r.resource as string,
+        amount: r.amount as number,
+        createdAt: r.created_at as number,
+      }
+    );
+  }
+  removeAllocation(id: string): boolean {
+    return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
+  }
+
   // tokens
   recordToken(r: Omit<TokenRecord, "revokedAt">): void {
-    this.db
-      .prepare("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
-      .run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt);
+    this.prep("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").run(
+      r.id,
+      r.kid,
+      r.sub,
+      JSON.stringify(r.chain),
+      r.exp,
+      r.mintedBy,
+      r.createdAt,
+    );
   }
   getToken(id: string): TokenRecord | undefined {
-    const r = this.db
-      .prepare("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?")
-      .get(id) as Row | undefined;
+    const r = this.prep("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?").get(id) as
+      | Row
+      | undefined;
     return r && toToken(r);
   }
   listTokens(sub?: string): TokenRecord[] {
     const sql = "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id";
     const rows = (
       sub === undefined
-        ? this.db.prepare(`${sql} ORDER BY t.created_at`).all()
-        : this.db.prepare(`${sql} WHERE t.sub = ? ORDER BY t.created_at`).all(sub)
+        ? this.prep(`${sql} ORDER BY t.created_at`).all()
+        : this.prep(`${sql} WHERE t.sub = ? ORDER BY t.created_at`).all(sub)
     ) as Row[];
     return rows.map(toToken);
   }
   revokeToken(id: string, by: string, at: number): boolean {
     return (
-      this.db.prepare("INSERT OR IGNORE INTO revocations (id, revoked_by, revoked_at) VALUES (?, ?, ?)").run(id, by, at).changes >
-      0
+      this.prep("INSERT OR IGNORE INTO revocations (id, revoked_by, revoked_at) VALUES (?, ?, ?)").run(id, by, at).changes > 0
     );
   }
   revokedTokenIds(): string[] {
-    return (this.db.prepare("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+    return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
   }
 
   // audit
@@ -209,11 +276,11 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     this.appendTx(rows, dedupe);
   }
   lookupDedupe(key: string, now: number): DedupeRow | undefined {
-    const r = this.db.prepare("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
+    const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
     return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
   }
   pruneDedupe(now: number): number {
-    return this.db.prepare("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
+    return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
   }
   lastAudit(): AuditRow | undefined {
     const r = this.st.lastAudit.get() as Row | undefined;
@@ -235,7 +302,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     if (q.afterSeq !== undefined) where.push("seq > ?") && args.push(q.afterSeq);
     const sql = `SELECT * FROM audit ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
     args.push(q.limit ?? 100);
-    return (this.db.prepare(sql).all(...args) as Row[]).map(toAudit).reverse();
+    return (this.prep(sql).all(...args) as Row[]).map(toAudit).reverse();
   }
   addCheckpoint(c: AuditCheckpoint): void {
     this.st.addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
@@ -260,6 +327,7 @@ function toMeta(r: Row): ObjectMeta {
   return {
     workspace: r.workspace as string,
     path: r.path as string,
+    owner: (r.owner as string | undefined) ?? "",
     generation: r.generation as number,
     size: r.size as number,
     updatedAt: r.updated_at as number,

@@ -20,6 +20,8 @@ export interface PersonaStore {
 export interface StoredObject {
   workspace: string;
   path: string;
+  /** The persona whose quota the object counts against (its last writer). */
+  owner: string;
   data: Uint8Array;
   generation: number;
   size: number;
@@ -29,13 +31,24 @@ export interface StoredObject {
 export type ObjectMeta = Omit<StoredObject, "data">;
 
 /** Result of a compare-and-set write or delete. */
-export type CasResult = { ok: true; generation: number } | { ok: false; current: number };
+export type CasResult =
+  | { ok: true; generation: number; previous?: { size: number; owner: string } | undefined }
+  | { ok: false; current: number };
 
 export interface ObjectStore {
   readObject(workspace: string, path: string): StoredObject | undefined;
   statObject(workspace: string, path: string): ObjectMeta | undefined;
   /** `ifGeneration`: 0 = must not exist, n = must be at generation n, undefined = unconditional. */
-  writeObject(workspace: string, path: string, data: Uint8Array, ifGeneration: number | undefined, now: number): CasResult;
+  writeObject(
+    workspace: string,
+    path: string,
+    data: Uint8Array,
+    ifGeneration: number | undefined,
+    now: number,
+    owner: string,
+  ): CasResult;
+  /** Runs `fn` atomically (object change and ledger change commit together). */
+  transaction<T>(fn: () => T): T;
   deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined;
   /** Objects whose path starts with `prefix`, in path order, after `after`. */
   listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[];
@@ -132,4 +145,22 @@ export interface TokenStore {
   /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
   revokeToken(id: string, by: string, at: number): boolean;
   revokedTokenIds(): string[];
+}
+
+/** Usage by scope ("persona:<id>" or "workspace:<id>") and resource name (e.g. "storage.bytes"). */
+export interface LedgerStore {
+  usage(scope: string, resource: string): number;
+  usageOf(scope: string): Record<string, number>;
+  adjustUsage(scope: string, resource: string, delta: number): void;
+  addAllocation(a: Allocation): void;
+  getAllocation(id: string): Allocation | undefined;
+  removeAllocation(id: string): boolean;
+}
+
+export interface Allocation {
+  id: string;
+  persona: string;
+  resource: string;
+  amount: number;
+  createdAt: number;
 }

@@ -1,0 +1,134 @@
+import { randomUUID } from "node:crypto";
+import type { Grant } from "@kpip/protocol";
+import { OpError } from "../primitives/types.js";
+import type { Allocation, LedgerStore } from "../store/types.js";
+
+export interface Quotas {
+  /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
+  workspaceStorageBytes: number;
+}
+
+export const personaScope = (p: string) => `persona:${p}`;
+export const workspaceScope = (w: string) => `workspace:${w}`;
+
+/**
+ * Resource accounting. Durable usage (storage bytes, allocations) lives in the ledger store
+ * and changes in the same transaction as the thing it counts; transient usage (requests in
+ * flight, request rate) is counted in memory. Limits come from the authorizing token's
+ * grant (`limits`) and from kernel-wide quotas; exceeding one is RESOURCE, naming it.
+ */
+export class ResourceLedger {
+  private readonly inFlight = new Map<string, number>();
+  private readonly buckets = new Map<string, { tokens: number; at: number }>();
+
+  constructor(
+    private readonly store: LedgerStore,
+    private readonly quotas: Quotas,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /** Moves an object's bytes to `persona` (its new owner) and checks the limits; call inside the write's transaction. */
+  chargeStorage(
+    persona: string,
+    workspace: string,
+    previous: { size: number; owner: string } | undefined,
+    newSize: number,
+    grant: Grant | undefined,
+  ): void {
+    const oldSize = previous?.size ?? 0;
+    const wsDelta = newSize - oldSize;
+    const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
+    const limit = grant?.limits["storage.bytes"];
+    if (limit !== undefined && personaDelta > 0) {
+      const used = this.store.usage(personaScope(persona), "storage.bytes");
+      if (used + personaDelta > limit) {
+        throw new OpError("RESOURCE", `storage.bytes exceeded for ${persona}: ${used} used + ${personaDelta} > limit ${limit}`);
+      }
+    }
+    if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
+      const used = this.store.usage(workspaceScope(workspace), "storage.bytes");
+      if (used + wsDelta > this.quotas.workspaceStorageBytes) {
+        throw new OpError(
+          "RESOURCE",
+          `storage.bytes exceeded for workspace ${workspace}: ${used} used + ${wsDelta} > quota ${this.quotas.workspaceStorageBytes}`,
+        );
+      }
+    }
+    if (previous && previous.owner !== persona && previous.owner !== "") {
+      this.store.adjustUsage(personaScope(previous.owner), "storage.bytes", -oldSize);
+    }
+    this.store.adjustUsage(personaScope(persona), "storage.bytes", personaDelta);
+    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", wsDelta);
+  }
+
+  /** An object was deleted: its bytes leave its owner's and its workspace's usage. */
+  releaseStorage(workspace: string, previous: { size: number; owner: string }): void {
+    if (previous.owner !== "") this.store.adjustUsage(personaScope(previous.owner), "storage.bytes", -previous.size);
+    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", -previous.size);
+  }
+
+  /** Reserves `amount` of a named resource for `persona`, within the grant's limit for it. */
+  alloc(persona: string, resource: string, amount: number, grant: Grant | undefined): Allocation {
+    const limit = grant?.limits[resource];
+    const used = this.store.usage(personaScope(persona), resource);
+    if (limit !== undefined && used + amount > limit) {
+      throw new OpError("RESOURCE", `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`);
+    }
+    const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
+    this.store.addAllocation(a);
+    this.store.adjustUsage(personaScope(persona), resource, amount);
+    return a;
+  }
+
+  /** Frees an allocation of `persona`'s; another persona's allocation is reported as absent. */
+  free(persona: string, id: string): Allocation {
+    const a = this.store.getAllocation(id);
+    if (!a || a.persona !== persona) throw new OpError("SEMANTIC", `no allocation ${id} of ${persona}`);
+    this.store.removeAllocation(id);
+    this.store.adjustUsage(personaScope(persona), a.resource, -a.amount);
+    return a;
+  }
+
+  usage(scope: string): Record<string, number> {
+    return this.store.usageOf(scope);
+  }
+
+  inFlightOf(persona: string): number {
+    return this.inFlight.get(persona) ?? 0;
+  }
+
+  /**
+   * Admits one request under the grant's `concurrent` (requests in flight for the persona)
+   * and `rate` (requests per second for the token) limits; returns the release function.
+   */
+  admit(persona: string, grant: Grant | undefined): () => void {
+    const concurrent = grant?.limits.concurrent;
+    const n = this.inFlight.get(persona) ?? 0;
+    if (concurrent !== undefined && n >= concurrent) {
+      throw new OpError("RESOURCE", `concurrent exceeded for ${persona}: ${n} requests in flight, limit ${concurrent}`);
+    }
+    const rate = grant?.limits.rate;
+    if (rate !== undefined && grant) {
+      const now = this.clock();
+      const b = this.buckets.get(grant.id) ?? { tokens: rate, at: now };
+      b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
+      b.at = now;
+      if (b.tokens < 1) {
+        this.buckets.set(grant.id, b);
+        throw new OpError("RESOURCE", `rate exceeded for token ${grant.id}: limit ${rate} requests per second`);
+      }
+      b.tokens -= 1;
+      this.buckets.set(grant.id, b);
+      if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
+    }
+    this.inFlight.set(persona, n + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const m = (this.inFlight.get(persona) ?? 1) - 1;
+      if (m <= 0) this.inFlight.delete(persona);
+      else this.inFlight.set(persona, m);
+    };
+  }
+}
