@@ -31,7 +31,7 @@ import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RE
 import type { Channel, Connector } from "./connectors/connector.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
-import { EventsApi, StorageApi, SystemApi, TokensApi } from "./families.js";
+import { ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
 import { loadIdentity } from "./identity.js";
 import { Subscription } from "./subscription.js";
 
@@ -147,6 +147,9 @@ export class KernelClient extends EventEmitter {
   readonly storage = new StorageApi(this.call.bind(this));
   readonly tokens = new TokensApi(this.call.bind(this));
   readonly events = new EventsApi(this);
+  readonly compute = new ComputeApi(this.call.bind(this));
+  readonly ops = new OpsApi(this.call.bind(this));
+  readonly resources = new ResourcesApi(this.call.bind(this));
   private link: Link | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();

@@ -102,3 +102,92 @@ export class EventsApi {
     return (await this.client.call("event.emit", topic, data === undefined ? {} : { data }, opts)).payload as never;
   }
 }
+
+/** A DEFERRED answer: the op to follow. */
+export interface Deferred {
+  op: string;
+  id: string;
+}
+
+/** compute.* — submit answers DEFERRED; follow it with `client.ops`. */
+export class ComputeApi {
+  constructor(private readonly call: Call) {}
+  /** Runs an allowed command (no shell) as a DEFERRED op. */
+  async command(executable: string, args: string[] = [], opts: CallOptions & { timeoutMs?: number } = {}): Promise<Deferred> {
+    const { timeoutMs, ...rest } = opts;
+    const a: CborMap = { args };
+    if (timeoutMs !== undefined) a.timeoutMs = timeoutMs;
+    return (await this.call("compute.submit", `op://command/${executable}`, a, rest)).payload as unknown as Deferred;
+  }
+  /** Runs an embedder-registered task function as a DEFERRED op. */
+  async task(name: string, input: CborValue = null, opts: CallOptions & { timeoutMs?: number } = {}): Promise<Deferred> {
+    const { timeoutMs, ...rest } = opts;
+    const a: CborMap = { args: input };
+    if (timeoutMs !== undefined) a.timeoutMs = timeoutMs;
+    return (await this.call("compute.submit", `op://task/${name}`, a, rest)).payload as unknown as Deferred;
+  }
+}
+
+/** op.* — follow-up on DEFERRED ops (no implicit continuation: the persona asks). */
+export class OpsApi {
+  constructor(private readonly call: Call) {}
+  async status(op: string | Deferred, opts?: CallOptions): Promise<CborMap> {
+    return (await this.call("op.status", typeof op === "string" ? op : op.op, {}, opts)).payload as CborMap;
+  }
+  /** The op's result if finished (FAILURE throws the op's error), or undefined while it runs. */
+  async result(op: string | Deferred, opts?: CallOptions): Promise<CborValue | undefined> {
+    const r = await this.call("op.result", typeof op === "string" ? op : op.op, {}, opts);
+    return r.status === "DEFERRED" ? undefined : (r.payload as CborMap).result;
+  }
+  async cancel(op: string | Deferred, opts?: CallOptions): Promise<boolean> {
+    return ((await this.call("op.cancel", typeof op === "string" ? op : op.op, {}, opts)).payload as { cancelled: boolean })
+      .cancelled;
+  }
+  /**
+   * Follows a DEFERRED op to its result, asking op.result with growing pauses (25 ms → 1 s).
+   * Aborting `signal` sends op.cancel and rejects with the abort reason.
+   */
+  async wait(op: string | Deferred, opts: { signal?: AbortSignal; pollMaxMs?: number } = {}): Promise<CborValue | undefined> {
+    const uri = typeof op === "string" ? op : op.op;
+    let pause = 25;
+    for (;;) {
+      if (opts.signal?.aborted) {
+        await this.cancel(uri).catch(() => {});
+        throw opts.signal.reason ?? new Error("aborted");
+      }
+      const r = await this.call("op.result", uri, {});
+      if (r.status !== "DEFERRED") return (r.payload as CborMap).result;
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, pause);
+        opts.signal?.addEventListener(
+          "abort",
+          () => {
+            clearTimeout(t);
+            resolve();
+          },
+          { once: true },
+        );
+      });
+      pause = Math.min(pause * 2, opts.pollMaxMs ?? 1000);
+    }
+  }
+}
+
+/** resource.* — reservations against the token's limits, and usage. */
+export class ResourcesApi {
+  constructor(private readonly call: Call) {}
+  async alloc(
+    persona: string,
+    resource: string,
+    amount: number,
+    opts?: CallOptions,
+  ): Promise<{ allocation: string; resource: string; amount: number }> {
+    return (await this.call("resource.alloc", `persona://${persona}`, { resource, amount }, opts)).payload as never;
+  }
+  async free(persona: string, allocation: string, opts?: CallOptions): Promise<void> {
+    await this.call("resource.free", `persona://${persona}`, { allocation }, opts);
+  }
+  async query(target: string, opts?: CallOptions): Promise<CborMap> {
+    return (await this.call("resource.query", target, {}, opts)).payload as CborMap;
+  }
+}

@@ -25,6 +25,14 @@ export interface KernelConfig {
   drainTimeoutMs: number;
   /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
   workspaceStorageBytes: number;
+  /** Worker threads for embedder task functions. */
+  computeWorkers: number;
+  /** How long finished ops and their results are kept. */
+  opResultTtlMs: number;
+  /** Output captured per stream of a command or agent, in bytes. */
+  maxOutputBytes: number;
+  /** Longest an op may run without a deadline of its own. */
+  maxRuntimeMs: number;
 }
 
 interface SettingSpec {
@@ -51,6 +59,10 @@ export const SETTINGS: SettingSpec[] = [
   { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
   { key: "workspaceStorageBytes", type: "int", description: "storage bytes per workspace (0 = no quota)" },
+  { key: "computeWorkers", type: "int", description: "worker threads for task functions" },
+  { key: "opResultTtlMs", type: "int", description: "how long finished ops and results are kept" },
+  { key: "maxOutputBytes", type: "int", description: "output captured per stream of a command or agent" },
+  { key: "maxRuntimeMs", type: "int", description: "longest an op or agent may run without its own deadline" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -68,6 +80,10 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   auditCheckpointEvery: 10_000,
   drainTimeoutMs: 10_000,
   workspaceStorageBytes: 0,
+  computeWorkers: 2,
+  opResultTtlMs: 3_600_000,
+  maxOutputBytes: 1024 * 1024,
+  maxRuntimeMs: 3_600_000,
 };
 
 /** A setting with a bad value; the kernel does not start. */

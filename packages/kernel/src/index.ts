@@ -5,6 +5,7 @@ export { type VerifyResult, verifyAudit } from "./audit/verify.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
 export { CapEnforcer, EscalationError, HandleTable, type MintSpec } from "./auth/enforcer.js";
 export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
+export type { TaskRegistration } from "./compute/engine.js";
 export {
   ConfigError,
   DEFAULT_CONFIG,

@@ -3,12 +3,14 @@ import { AuditLog } from "./audit/log.js";
 import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
 import { RootKeys } from "./auth/keys.js";
+import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
 import { type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
+import { computeFamily } from "./primitives/compute.js";
 import { eventFamily } from "./primitives/event.js";
 import { resourceFamily } from "./primitives/resource.js";
 import { Router } from "./primitives/router.js";
@@ -57,6 +59,8 @@ export class Kernel {
   private adminTokenPath = "";
   private enforcerRef: CapEnforcer | undefined;
   private pendingFamilies: PrimitiveFamily[] = [];
+  private pendingTasks: [string, TaskRegistration][] = [];
+  private compute: ComputeEngine | undefined;
 
   constructor(private readonly options: KernelOptions = {}) {
     const { authorizer: _a, logger: _l, ...flags } = options;
@@ -68,6 +72,12 @@ export class Kernel {
   register(family: PrimitiveFamily): void {
     if (this.state === "new") this.pendingFamilies.push(family);
     else this.router.register(family);
+  }
+
+  /** Registers an embedder's task function, run by compute.submit on op://task/<name> in a worker thread. */
+  registerTask(name: string, reg: TaskRegistration): void {
+    if (this.compute) this.compute.registerTask(name, reg);
+    else this.pendingTasks.push([name, reg]);
   }
 
   get kernelId(): string {
@@ -135,6 +145,24 @@ export class Kernel {
           }
         }),
       );
+      const compute = new ComputeEngine(
+        store,
+        this.events,
+        {
+          workers: c.computeWorkers,
+          resultTtlMs: c.opResultTtlMs,
+          maxOutputBytes: c.maxOutputBytes,
+          maxRuntimeMs: c.maxRuntimeMs,
+        },
+        this.log,
+      );
+      this.compute = compute;
+      for (const [name, reg] of this.pendingTasks) compute.registerTask(name, reg);
+      this.pendingTasks = [];
+      const interrupted = compute.recover();
+      if (interrupted.length)
+        this.log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
+      this.router.register(computeFamily(compute, store));
       this.router.register(eventFamily(this.events, (id) => this.sessionsById.get(id)));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
@@ -175,6 +203,7 @@ export class Kernel {
         if (now - lastPrune > 60_000) {
           lastPrune = now;
           store.pruneDedupe(now);
+          store.pruneOps(now);
         }
       }, tickMs);
       this.timer.unref();
@@ -217,6 +246,7 @@ export class Kernel {
       this.log.warn({ sessions: this.sessions.size }, "drain timed out: closing remaining sessions");
     }
     for (const s of this.sessions) s.kill();
+    await this.compute?.stop();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();

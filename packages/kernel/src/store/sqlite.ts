@@ -10,6 +10,8 @@ import type {
   LedgerStore,
   ObjectMeta,
   ObjectStore,
+  OpRecord,
+  OpStore,
   PersonaRecord,
   PersonaStore,
   StoredObject,
@@ -37,6 +39,11 @@ CREATE TABLE IF NOT EXISTS tokens (
   minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, hash BLOB NOT NULL, response BLOB NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (
+  id TEXT PRIMARY KEY, persona TEXT NOT NULL, session TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+  state TEXT NOT NULL, result BLOB, error_class TEXT, message TEXT, created_at INTEGER NOT NULL,
+  started_at INTEGER, finished_at INTEGER, deadline INTEGER, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ops_persona ON ops (persona, created_at);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
   seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
   public_key BLOB NOT NULL, signature BLOB NOT NULL);
@@ -63,7 +70,7 @@ type StatementName =
 type Statements = Record<StatementName, Database.Statement>;
 
 /** The embedded store: one SQLite database in WAL mode holding personas, objects and the audit log. */
-export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore {
+export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore {
   readonly db: Database.Database;
   private readonly st: Statements;
   private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[]) => void;
@@ -235,6 +242,51 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
   }
 
+  // deferred ops
+  insertOp(r: OpRecord): void {
+    this.prep(
+      "INSERT INTO ops (id, persona, session, kind, name, state, result, error_class, message, created_at, started_at, finished_at, deadline, expires_at) " +
+        "VALUES (@id, @persona, @session, @kind, @name, @state, @result, @errorClass, @message, @createdAt, @startedAt, @finishedAt, @deadline, @expiresAt)",
+    ).run(r);
+  }
+  getOp(id: string): OpRecord | undefined {
+    const r = this.prep("SELECT * FROM ops WHERE id = ?").get(id) as Row | undefined;
+    return r && toOp(r);
+  }
+  updateOp(id: string, f: Partial<OpRecord>): void {
+    const cols: Record<string, string> = {
+      state: "state",
+      result: "result",
+      errorClass: "error_class",
+      message: "message",
+      startedAt: "started_at",
+      finishedAt: "finished_at",
+      expiresAt: "expires_at",
+    };
+    const keys = Object.keys(f).filter((k) => k in cols);
+    if (!keys.length) return;
+    const sql = `UPDATE ops SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
+    this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof OpRecord] ?? null])), id });
+  }
+  listOps(persona?: string, limit = 100): OpRecord[] {
+    const rows = (
+      persona === undefined
+        ? this.prep("SELECT * FROM ops ORDER BY created_at DESC LIMIT ?").all(limit)
+        : this.prep("SELECT * FROM ops WHERE persona = ? ORDER BY created_at DESC LIMIT ?").all(persona, limit)
+    ) as Row[];
+    return rows.map(toOp);
+  }
+  failInterruptedOps(message: string, now: number): string[] {
+    const ids = (this.prep("SELECT id FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => r.id as string);
+    this.prep(
+      "UPDATE ops SET state = 'failed', error_class = 'INTERNAL', message = ?, finished_at = ? WHERE state IN ('queued', 'running')",
+    ).run(message, now);
+    return ids;
+  }
+  pruneOps(now: number): number {
+    return this.prep("DELETE FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running')").run(now).changes;
+  }
+
   // tokens
   recordToken(r: Omit<TokenRecord, "revokedAt">): void {
     this.prep("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").run(
@@ -331,6 +383,25 @@ function toMeta(r: Row): ObjectMeta {
     generation: r.generation as number,
     size: r.size as number,
     updatedAt: r.updated_at as number,
+  };
+}
+
+function toOp(r: Row): OpRecord {
+  return {
+    id: r.id as string,
+    persona: r.persona as string,
+    session: r.session as string,
+    kind: r.kind as OpRecord["kind"],
+    name: r.name as string,
+    state: r.state as OpRecord["state"],
+    result: (r.result as Uint8Array | null) ?? null,
+    errorClass: (r.error_class as string | null) ?? null,
+    message: (r.message as string | null) ?? null,
+    createdAt: r.created_at as number,
+    startedAt: (r.started_at as number | null) ?? null,
+    finishedAt: (r.finished_at as number | null) ?? null,
+    deadline: (r.deadline as number | null) ?? null,
+    expiresAt: r.expires_at as number,
   };
 }
 

@@ -164,3 +164,35 @@ export interface Allocation {
   amount: number;
   createdAt: number;
 }
+
+export type OpState = "queued" | "running" | "succeeded" | "failed" | "cancelled";
+
+/** A DEFERRED op: what was asked, where it stands, and its outcome. */
+export interface OpRecord {
+  id: string;
+  persona: string;
+  session: string;
+  kind: "command" | "task";
+  name: string;
+  state: OpState;
+  /** The result payload as canonical CBOR (succeeded ops). */
+  result: Uint8Array | null;
+  errorClass: string | null;
+  message: string | null;
+  createdAt: number;
+  startedAt: number | null;
+  finishedAt: number | null;
+  deadline: number | null;
+  /** When the record (and its result) may be forgotten. */
+  expiresAt: number;
+}
+
+export interface OpStore {
+  insertOp(r: OpRecord): void;
+  getOp(id: string): OpRecord | undefined;
+  updateOp(id: string, fields: Partial<OpRecord>): void;
+  listOps(persona?: string, limit?: number): OpRecord[];
+  /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
+  failInterruptedOps(message: string, now: number): string[];
+  pruneOps(now: number): number;
+}

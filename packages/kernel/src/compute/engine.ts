@@ -1,0 +1,329 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { Worker } from "node:worker_threads";
+import { type CborValue, encodeCanonical, isErrorClass } from "@kpip/protocol";
+import type { EventBus } from "../events/bus.js";
+import type { Logger } from "../log.js";
+import type { OpRecord, OpStore } from "../store/types.js";
+
+/** An embedder's task function: an export of an ES module, run in a worker thread. */
+export interface TaskRegistration {
+  /** Module URL or absolute path. */
+  module: string | URL;
+  /** Export name (default "default"). */
+  export?: string;
+}
+
+export interface ComputeOptions {
+  /** Worker threads for task functions. */
+  workers: number;
+  /** How long finished ops and their results are kept. */
+  resultTtlMs: number;
+  /** Output captured per stream of a command, in bytes. */
+  maxOutputBytes: number;
+  /** Longest an op may run when neither its intent nor its args set a deadline. */
+  maxRuntimeMs: number;
+}
+
+interface Running {
+  id: string;
+  op: OpRecord;
+  cancel(reason: "cancelled" | "deadline"): void;
+}
+
+interface PooledWorker {
+  worker: Worker;
+  busy: string | undefined;
+}
+
+interface Job {
+  op: OpRecord;
+  args: CborValue;
+}
+
+/**
+ * Runs DEFERRED ops: allowed commands as child processes (no shell, own process group),
+ * and registered task functions in a worker pool, so the kernel keeps serving meanwhile.
+ * State lives in the op store, so results survive a restart; an op that was running when
+ * the kernel died is reported failed with class INTERNAL at the next start.
+ */
+export class ComputeEngine {
+  private readonly tasks = new Map<string, { module: string; export: string }>();
+  private readonly running = new Map<string, Running>();
+  private readonly queue: Job[] = [];
+  private readonly pool: PooledWorker[] = [];
+  private stopped = false;
+
+  constructor(
+    private readonly store: OpStore,
+    private readonly events: EventBus,
+    private readonly opts: ComputeOptions,
+    private readonly log: Logger,
+  ) {}
+
+  registerTask(name: string, reg: TaskRegistration): void {
+    if (!/^[a-z][a-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid task name ${JSON.stringify(name)}`);
+    const module = reg.module instanceof URL ? reg.module.href : reg.module.startsWith("/") ? `file://${reg.module}` : reg.module;
+    this.tasks.set(name, { module, export: reg.export ?? "default" });
+  }
+
+  hasTask(name: string): boolean {
+    return this.tasks.has(name);
+  }
+
+  /** After a crash: ops the previous process left queued or running become FAILED/INTERNAL. */
+  recover(): string[] {
+    const ids = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
+    for (const id of ids) this.emitDone(this.store.getOp(id) as OpRecord);
+    return ids;
+  }
+
+  submit(
+    persona: string,
+    session: string,
+    kind: OpRecord["kind"],
+    name: string,
+    args: CborValue,
+    deadline: number | undefined,
+  ): OpRecord {
+    const now = Date.now();
+    const op: OpRecord = {
+      id: randomBytes(16).toString("hex"),
+      persona,
+      session,
+      kind,
+      name,
+      state: "queued",
+      result: null,
+      errorClass: null,
+      message: null,
+      createdAt: now,
+      startedAt: null,
+      finishedAt: null,
+      deadline: deadline ?? now + this.opts.maxRuntimeMs,
+      expiresAt: now + this.opts.resultTtlMs,
+    };
+    this.store.insertOp(op);
+    this.queue.push({ op, args });
+    this.pump();
+    return op;
+  }
+
+  /** Cancels a queued or running op; false when it already finished. */
+  cancel(id: string): boolean {
+    const r = this.running.get(id);
+    if (r) {
+      r.cancel("cancelled");
+      return true;
+    }
+    const i = this.queue.findIndex((j) => j.op.id === id);
+    if (i >= 0) {
+      const [job] = this.queue.splice(i, 1);
+      this.finish((job as Job).op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
+      return true;
+    }
+    return false;
+  }
+
+  get runningCount(): number {
+    return this.running.size;
+  }
+  get queuedCount(): number {
+    return this.queue.length;
+  }
+
+  private pump(): void {
+    while (!this.stopped && this.queue.length) {
+      const job = this.queue[0] as Job;
+      if (job.op.kind === "task" && !this.freeWorker()) return;
+      this.queue.shift();
+      this.start(job);
+    }
+  }
+
+  private freeWorker(): PooledWorker | undefined {
+    const idle = this.pool.find((w) => w.busy === undefined);
+    if (idle) return idle;
+    if (this.pool.length < this.opts.workers) {
+      const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined };
+      w.worker.unref();
+      this.pool.push(w);
+      return w;
+    }
+    return undefined;
+  }
+
+  private start(job: Job): void {
+    const op = job.op;
+    op.state = "running";
+    op.startedAt = Date.now();
+    this.store.updateOp(op.id, { state: "running", startedAt: op.startedAt });
+    const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
+    if (op.kind === "command") this.runCommand(op, job.args, remaining);
+    else this.runTask(op, job.args, remaining);
+  }
+
+  private runCommand(op: OpRecord, args: CborValue, remainingMs: number): void {
+    const argv = Array.isArray(args) ? (args as string[]) : [];
+    let child: ChildProcess;
+    try {
+      // Never a shell: the command and each argument are passed to exec as they are.
+      child = spawn(op.name, argv, {
+        shell: false,
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe"],
+        env: { PATH: process.env.PATH ?? "" },
+      });
+    } catch (e) {
+      this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${(e as Error).message}`);
+      return;
+    }
+    const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 }, truncated: false };
+    const collect = (which: "stdout" | "stderr") => (d: Buffer) => {
+      const room = this.opts.maxOutputBytes - out.sizes[which];
+      if (room <= 0) {
+        out.truncated = true;
+        return;
+      }
+      out[which].push(d.subarray(0, room));
+      out.sizes[which] += Math.min(room, d.length);
+      if (d.length > room) out.truncated = true;
+    };
+    child.stdout?.on("data", collect("stdout"));
+    child.stderr?.on("data", collect("stderr"));
+    let ended: "cancelled" | "deadline" | undefined;
+    const kill = (why: "cancelled" | "deadline") => {
+      ended ??= why;
+      try {
+        if (child.pid) process.kill(-child.pid, "SIGKILL");
+      } catch {
+        child.kill("SIGKILL");
+      }
+    };
+    const timer = setTimeout(() => kill("deadline"), remainingMs);
+    this.running.set(op.id, { id: op.id, op, cancel: kill });
+    let spawnError: Error | undefined;
+    child.once("error", (e) => {
+      spawnError = e;
+    });
+    child.once("close", (code, signal) => {
+      clearTimeout(timer);
+      this.running.delete(op.id);
+      const result = {
+        exitCode: code,
+        signal: signal ?? null,
+        stdout: Buffer.concat(out.stdout),
+        stderr: Buffer.concat(out.stderr),
+        truncated: out.truncated,
+      };
+      if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
+      else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
+      else if (spawnError) this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${spawnError.message}`);
+      else if (code !== 0) this.finish(op, "failed", result, "SEMANTIC", `${op.name} exited with ${code ?? signal}`);
+      else this.finish(op, "succeeded", result);
+      this.pump();
+    });
+  }
+
+  private runTask(op: OpRecord, args: CborValue, remainingMs: number): void {
+    const w = this.freeWorker() as PooledWorker;
+    const task = this.tasks.get(op.name);
+    if (!task) {
+      this.finish(op, "failed", null, "SEMANTIC", `no task ${op.name}`);
+      return;
+    }
+    w.busy = op.id;
+    let settled = false;
+    const done = () => {
+      settled = true;
+      clearTimeout(timer);
+      w.worker.off("message", onMessage);
+      w.worker.off("error", onError);
+      this.running.delete(op.id);
+      w.busy = undefined;
+      this.pump();
+    };
+    const replace = () => {
+      // A worker stuck in a task cannot be interrupted: it is terminated and replaced.
+      void w.worker.terminate();
+      const i = this.pool.indexOf(w);
+      if (i >= 0) this.pool.splice(i, 1);
+    };
+    const onMessage = (m: { id: string; ok: boolean; value?: CborValue; message?: string; errorClass?: string }) => {
+      if (m.id !== op.id || settled) return;
+      done();
+      if (m.ok) this.finish(op, "succeeded", m.value ?? null);
+      else this.finish(op, "failed", null, isErrorClass(m.errorClass) ? m.errorClass : "SEMANTIC", m.message ?? "task failed");
+    };
+    const onError = (e: Error) => {
+      if (settled) return;
+      done();
+      replace();
+      this.finish(op, "failed", null, "INTERNAL", `task worker crashed: ${e.message}`);
+    };
+    const cancel = (why: "cancelled" | "deadline") => {
+      if (settled) return;
+      done();
+      replace();
+      if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
+      else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
+    };
+    const timer = setTimeout(() => cancel("deadline"), remainingMs);
+    this.running.set(op.id, { id: op.id, op, cancel });
+    w.worker.on("message", onMessage);
+    w.worker.on("error", onError);
+    w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });
+  }
+
+  private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
+    if (op.finishedAt !== null) return;
+    let bytes: Uint8Array | null = null;
+    if (result !== null && result !== undefined) {
+      try {
+        bytes = encodeCanonical(result);
+      } catch (e) {
+        state = "failed";
+        errorClass = "SEMANTIC";
+        message = `the task's result is not encodable: ${(e as Error).message}`;
+      }
+    }
+    const f: Partial<OpRecord> = {
+      state,
+      result: bytes,
+      errorClass: errorClass ?? null,
+      message: message ?? null,
+      finishedAt: Date.now(),
+    };
+    if (this.stopped) {
+      // A clean stop fails what was in progress now, as a crash would at the next start.
+      f.state = "failed";
+      f.errorClass = "INTERNAL";
+      f.message = "the kernel stopped while the op was running";
+    }
+    Object.assign(op, f);
+    try {
+      this.store.updateOp(op.id, f);
+    } catch (e) {
+      this.log.error({ err: e, op: op.id }, "cannot record op outcome");
+    }
+    this.emitDone(op);
+  }
+
+  private emitDone(op: OpRecord): void {
+    const data: Record<string, CborValue> = { op: `op://${op.id}`, state: op.state };
+    if (op.errorClass) data.errorClass = op.errorClass;
+    this.events.emit(`topic://kernel/ops/${op.id}`, data);
+  }
+
+  /** Kernel stop: running commands are killed, workers terminated, and unfinished ops recorded FAILED/INTERNAL. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    for (const r of [...this.running.values()]) {
+      this.finish(r.op, "failed", null);
+      r.cancel("cancelled");
+    }
+    for (const j of this.queue.splice(0)) this.finish(j.op, "failed", null);
+    await Promise.all(this.pool.map((w) => w.worker.terminate()));
+    this.pool.length = 0;
+  }
+}
