@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
+import { readFileSync } from "node:fs";
 import {
   attestationTranscript,
   type CapabilityRef,
@@ -19,6 +20,7 @@ import {
   type KEvent,
   KpipError,
   type Message,
+  parseIdentity,
   RETRYABLE_CLASSES,
   type RequestContext,
   type Response,
@@ -31,7 +33,7 @@ import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RE
 import type { Channel, Connector } from "./connectors/connector.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
-import { ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
+import { AgentsApi, ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
 import { loadIdentity } from "./identity.js";
 import { Subscription } from "./subscription.js";
 
@@ -150,6 +152,7 @@ export class KernelClient extends EventEmitter {
   readonly compute = new ComputeApi(this.call.bind(this));
   readonly ops = new OpsApi(this.call.bind(this));
   readonly resources = new ResourcesApi(this.call.bind(this));
+  readonly agents = new AgentsApi(this.call.bind(this));
   private link: Link | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();
@@ -206,6 +209,18 @@ export class KernelClient extends EventEmitter {
     const c = new KernelClient(connector, opts);
     await c.firstConnect();
     return c;
+  }
+
+  /**
+   * Connects as an agent the kernel spawned: reads the identity, token and socket the kernel
+   * handed over on the inherited pipe named by KPIP_BOOTSTRAP_FD (they are never in argv or
+   * the environment). Call once, early: the pipe is read to its end.
+   */
+  static async connectAsAgent(opts: Omit<ConnectOptions, "identity" | "socket" | "tokens"> = {}): Promise<KernelClient> {
+    const fd = Number(process.env.KPIP_BOOTSTRAP_FD);
+    if (!Number.isInteger(fd) || fd < 3) throw new TypeError("not started as a kpip agent (KPIP_BOOTSTRAP_FD is not set)");
+    const boot = JSON.parse(readFileSync(fd, "utf8")) as { identity: string; token: string; socket: string };
+    return KernelClient.connect({ ...opts, socket: boot.socket, identity: parseIdentity(boot.identity), tokens: [boot.token] });
   }
 
   /** The transport of the current connection. */

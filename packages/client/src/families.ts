@@ -191,3 +191,35 @@ export class ResourcesApi {
     return (await this.call("resource.query", target, {}, opts)).payload as CborMap;
   }
 }
+
+/** agent.* — agents are processes the kernel starts; each connects back as its own persona. */
+export class AgentsApi {
+  constructor(private readonly call: Call) {}
+  /** Starts agent://<executable>/<instance> with a token of `rights` (within the caller's grant). */
+  async spawn(
+    executable: string,
+    instance: string,
+    spec: {
+      args?: string[];
+      rights: { ops: string[]; targets: string[] }[];
+      lifetimeMs: number;
+      limits?: Record<string, number>;
+    },
+    opts?: CallOptions,
+  ): Promise<CborMap> {
+    return (await this.call("agent.spawn", `agent://${executable}/${instance}`, spec as unknown as CborMap, opts))
+      .payload as CborMap;
+  }
+  async kill(agent: string, opts?: CallOptions): Promise<void> {
+    await this.call("agent.kill", agent, {}, opts);
+  }
+  async status(agent: string, opts?: CallOptions): Promise<CborMap> {
+    return (await this.call("agent.status", agent, {}, opts)).payload as CborMap;
+  }
+  async logs(agent: string, opts?: CallOptions): Promise<{ stdout: Uint8Array; stderr: Uint8Array }> {
+    return (await this.call("agent.logs", agent, {}, opts)).payload as never;
+  }
+  async list(opts?: CallOptions): Promise<CborMap[]> {
+    return ((await this.call("agent.list", "kernel://", {}, opts)).payload as { agents: CborMap[] }).agents;
+  }
+}

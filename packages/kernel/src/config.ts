@@ -33,6 +33,8 @@ export interface KernelConfig {
   maxOutputBytes: number;
   /** Longest an op may run without a deadline of its own. */
   maxRuntimeMs: number;
+  /** Most agents running at once. */
+  maxAgents: number;
 }
 
 interface SettingSpec {
@@ -63,6 +65,7 @@ export const SETTINGS: SettingSpec[] = [
   { key: "opResultTtlMs", type: "int", description: "how long finished ops and results are kept" },
   { key: "maxOutputBytes", type: "int", description: "output captured per stream of a command or agent" },
   { key: "maxRuntimeMs", type: "int", description: "longest an op or agent may run without its own deadline" },
+  { key: "maxAgents", type: "int", description: "most agents running at once" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -84,6 +87,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   opResultTtlMs: 3_600_000,
   maxOutputBytes: 1024 * 1024,
   maxRuntimeMs: 3_600_000,
+  maxAgents: 64,
 };
 
 /** A setting with a bad value; the kernel does not start. */

@@ -1,4 +1,5 @@
 import { join } from "node:path";
+import { AgentManager } from "./agents/manager.js";
 import { AuditLog } from "./audit/log.js";
 import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
@@ -10,6 +11,7 @@ import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKe
 import { createLogger, type Logger } from "./log.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
+import { agentFamily } from "./primitives/agent.js";
 import { computeFamily } from "./primitives/compute.js";
 import { eventFamily } from "./primitives/event.js";
 import { resourceFamily } from "./primitives/resource.js";
@@ -61,6 +63,7 @@ export class Kernel {
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
   private compute: ComputeEngine | undefined;
+  private agents: AgentManager | undefined;
 
   constructor(private readonly options: KernelOptions = {}) {
     const { authorizer: _a, logger: _l, ...flags } = options;
@@ -163,6 +166,22 @@ export class Kernel {
       if (interrupted.length)
         this.log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
       this.router.register(computeFamily(compute, store));
+      const agents = new AgentManager(
+        store,
+        enforcer,
+        this.events,
+        {
+          home: c.home,
+          socket: c.socket,
+          maxOutputBytes: c.maxOutputBytes,
+          maxRuntimeMs: c.maxRuntimeMs,
+          maxAgents: c.maxAgents,
+        },
+        this.log,
+      );
+      this.agents = agents;
+      agents.recover();
+      this.router.register(agentFamily(agents, c.adminPersona));
       this.router.register(eventFamily(this.events, (id) => this.sessionsById.get(id)));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
@@ -247,6 +266,7 @@ export class Kernel {
     }
     for (const s of this.sessions) s.kill();
     await this.compute?.stop();
+    await this.agents?.stop();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();

@@ -1,5 +1,7 @@
 import Database from "better-sqlite3";
 import type {
+  AgentRecord,
+  AgentStore,
   Allocation,
   AuditCheckpoint,
   AuditQuery,
@@ -44,6 +46,10 @@ CREATE TABLE IF NOT EXISTS ops (
   state TEXT NOT NULL, result BLOB, error_class TEXT, message TEXT, created_at INTEGER NOT NULL,
   started_at INTEGER, finished_at INTEGER, deadline INTEGER, expires_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS ops_persona ON ops (persona, created_at);
+CREATE TABLE IF NOT EXISTS agents (
+  id TEXT PRIMARY KEY, persona TEXT NOT NULL, spawner TEXT NOT NULL, command TEXT NOT NULL, args TEXT NOT NULL,
+  pid INTEGER, state TEXT NOT NULL, exit_code INTEGER, signal TEXT, started_at INTEGER NOT NULL, ended_at INTEGER,
+  deadline INTEGER NOT NULL, stdout BLOB, stderr BLOB, token_id TEXT NOT NULL, cwd TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
   seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
   public_key BLOB NOT NULL, signature BLOB NOT NULL);
@@ -70,7 +76,7 @@ type StatementName =
 type Statements = Record<StatementName, Database.Statement>;
 
 /** The embedded store: one SQLite database in WAL mode holding personas, objects and the audit log. */
-export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore {
+export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore, AgentStore {
   readonly db: Database.Database;
   private readonly st: Statements;
   private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[]) => void;
@@ -242,6 +248,41 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
   }
 
+  // agents
+  putAgent(r: AgentRecord): void {
+    this.prep(
+      "INSERT OR REPLACE INTO agents (id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, stdout, stderr, token_id, cwd) " +
+        "VALUES (@id, @persona, @spawner, @command, @args, @pid, @state, @exitCode, @signal, @startedAt, @endedAt, @deadline, @stdout, @stderr, @tokenId, @cwd)",
+    ).run({ ...r, args: JSON.stringify(r.args) });
+  }
+  getAgent(id: string): AgentRecord | undefined {
+    const r = this.prep("SELECT * FROM agents WHERE id = ?").get(id) as Row | undefined;
+    return r && toAgent(r);
+  }
+  listAgents(spawner?: string): AgentRecord[] {
+    const rows = (
+      spawner === undefined
+        ? this.prep("SELECT * FROM agents ORDER BY started_at").all()
+        : this.prep("SELECT * FROM agents WHERE spawner = ? ORDER BY started_at").all(spawner)
+    ) as Row[];
+    return rows.map(toAgent);
+  }
+  updateAgent(id: string, f: Partial<AgentRecord>): void {
+    const cols: Record<string, string> = {
+      pid: "pid",
+      state: "state",
+      exitCode: "exit_code",
+      signal: "signal",
+      endedAt: "ended_at",
+      stdout: "stdout",
+      stderr: "stderr",
+    };
+    const keys = Object.keys(f).filter((k) => k in cols);
+    if (!keys.length) return;
+    const sql = `UPDATE agents SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
+    this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof AgentRecord] ?? null])), id });
+  }
+
   // deferred ops
   insertOp(r: OpRecord): void {
     this.prep(
@@ -383,6 +424,27 @@ function toMeta(r: Row): ObjectMeta {
     generation: r.generation as number,
     size: r.size as number,
     updatedAt: r.updated_at as number,
+  };
+}
+
+function toAgent(r: Row): AgentRecord {
+  return {
+    id: r.id as string,
+    persona: r.persona as string,
+    spawner: r.spawner as string,
+    command: r.command as string,
+    args: JSON.parse(r.args as string) as string[],
+    pid: (r.pid as number | null) ?? null,
+    state: r.state as AgentRecord["state"],
+    exitCode: (r.exit_code as number | null) ?? null,
+    signal: (r.signal as string | null) ?? null,
+    startedAt: r.started_at as number,
+    endedAt: (r.ended_at as number | null) ?? null,
+    deadline: r.deadline as number,
+    stdout: (r.stdout as Uint8Array | null) ?? null,
+    stderr: (r.stderr as Uint8Array | null) ?? null,
+    tokenId: r.token_id as string,
+    cwd: r.cwd as string,
   };
 }
 

@@ -196,3 +196,33 @@ export interface OpStore {
   failInterruptedOps(message: string, now: number): string[];
   pruneOps(now: number): number;
 }
+
+export type AgentState = "running" | "exited" | "killed" | "lost";
+
+/** An agent: a real OS process the kernel started, acting as its own persona. */
+export interface AgentRecord {
+  /** "<executable>/<instance>", as in agent://<executable>/<instance>. */
+  id: string;
+  persona: string;
+  spawner: string;
+  command: string;
+  args: string[];
+  pid: number | null;
+  state: AgentState;
+  exitCode: number | null;
+  signal: string | null;
+  startedAt: number;
+  endedAt: number | null;
+  deadline: number;
+  stdout: Uint8Array | null;
+  stderr: Uint8Array | null;
+  tokenId: string;
+  cwd: string;
+}
+
+export interface AgentStore {
+  putAgent(r: AgentRecord): void;
+  getAgent(id: string): AgentRecord | undefined;
+  listAgents(spawner?: string): AgentRecord[];
+  updateAgent(id: string, f: Partial<AgentRecord>): void;
+}

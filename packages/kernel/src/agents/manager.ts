@@ -1,0 +1,257 @@
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+import type { Writable } from "node:stream";
+import {
+  type Grant,
+  generateIdentity,
+  isPersonaId,
+  type Limits,
+  type Right,
+  serializeIdentity,
+  tokenToString,
+} from "@kpip/protocol";
+import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
+import type { EventBus } from "../events/bus.js";
+import type { Logger } from "../log.js";
+import { OpError } from "../primitives/types.js";
+import type { AgentRecord, AgentStore, PersonaStore } from "../store/types.js";
+
+export interface AgentOptions {
+  home: string;
+  socket: string;
+  maxOutputBytes: number;
+  maxRuntimeMs: number;
+  /** Most agents running at once, kernel-wide. */
+  maxAgents: number;
+}
+
+export interface SpawnRequest {
+  spawner: string;
+  grant: Grant | undefined;
+  executable: string;
+  instance: string;
+  args: string[];
+  rights: Right[];
+  lifetimeMs: number;
+  limits?: Limits;
+}
+
+interface Live {
+  child: ChildProcess;
+  out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
+  timer: NodeJS.Timeout;
+  killedBy?: "kill" | "lifetime" | "kernel";
+}
+
+/**
+ * Agents: real OS processes the kernel starts (never through a shell), each in its own
+ * process group and working directory, each with its own persona identity and a token
+ * minted from the spawner's grant (never wider). Identity and token reach the agent through
+ * an inherited pipe (fd 3), never argv or the environment. Output is captured with a bound;
+ * exit code and signal are recorded; lifecycle events go to topic://kernel/agents/<id>.
+ */
+export class AgentManager {
+  private readonly live = new Map<string, Live>();
+
+  constructor(
+    private readonly store: AgentStore & PersonaStore,
+    private readonly enforcer: CapEnforcer,
+    private readonly events: EventBus,
+    private readonly opts: AgentOptions,
+    private readonly log: Logger,
+  ) {}
+
+  get runningCount(): number {
+    return this.live.size;
+  }
+
+  /** After a crash: agents recorded running are killed if their process group survives, and marked lost. */
+  recover(): void {
+    for (const a of this.store.listAgents()) {
+      if (a.state !== "running") continue;
+      if (a.pid) {
+        try {
+          process.kill(-a.pid, "SIGKILL");
+        } catch {
+          // already gone
+        }
+      }
+      this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
+      this.enforcer.revoke(a.tokenId, "kernel");
+      this.store.removePersona(a.persona);
+    }
+  }
+
+  spawn(r: SpawnRequest): AgentRecord {
+    const id = `${r.executable}/${r.instance}`;
+    const persona = `${r.spawner}/${r.instance}`;
+    if (!isPersonaId(persona)) throw new OpError("SEMANTIC", `agent persona ${persona} is not a valid persona id`);
+    if (this.live.has(id)) throw new OpError("SEMANTIC", `agent://${id} is already running`);
+    if (this.live.size >= this.opts.maxAgents)
+      throw new OpError("RESOURCE", `the kernel already runs ${this.opts.maxAgents} agents`);
+    const running = this.store.listAgents(r.spawner).filter((a) => a.state === "running").length;
+    const limit = r.grant?.limits.agents;
+    if (limit !== undefined && running >= limit)
+      throw new OpError("RESOURCE", `agents exceeded for ${r.spawner}: ${running} running, limit ${limit}`);
+    const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
+    const identity = generateIdentity(persona);
+    let token: ReturnType<CapEnforcer["mint"]>;
+    try {
+      token = this.enforcer.mint(r.grant, r.spawner, {
+        sub: persona,
+        rights: r.rights,
+        ttlMs: lifetime,
+        limits: r.limits ?? r.grant?.limits ?? {},
+        ...(r.grant?.workspaces ? { workspaces: r.grant.workspaces } : {}),
+      });
+    } catch (e) {
+      if (e instanceof EscalationError)
+        throw new OpError("PERMISSION", `the agent's rights must be within the spawner's: ${e.message}`);
+      throw e;
+    }
+    const cwd = join(this.opts.home, "agents", ...persona.split("/"));
+    mkdirSync(cwd, { recursive: true, mode: 0o700 });
+    if (this.store.getPersona(persona)) this.store.removePersona(persona);
+    this.store.addPersona(persona, identity.publicKey);
+    let child: ChildProcess;
+    try {
+      child = spawn(r.executable, r.args, {
+        cwd,
+        shell: false,
+        detached: true,
+        stdio: ["ignore", "pipe", "pipe", "pipe"],
+        env: {
+          PATH: process.env.PATH ?? "",
+          HOME: cwd,
+          KPIP_BOOTSTRAP_FD: "3",
+          KPIP_AGENT: `agent://${id}`,
+          KPIP_PERSONA: persona,
+        },
+      });
+    } catch (e) {
+      this.store.removePersona(persona);
+      this.enforcer.revoke(token.claims.id, "kernel");
+      throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${(e as Error).message}`);
+    }
+    const rec: AgentRecord = {
+      id,
+      persona,
+      spawner: r.spawner,
+      command: r.executable,
+      args: r.args,
+      pid: child.pid ?? null,
+      state: "running",
+      exitCode: null,
+      signal: null,
+      startedAt: Date.now(),
+      endedAt: null,
+      deadline: Date.now() + lifetime,
+      stdout: null,
+      stderr: null,
+      tokenId: token.claims.id,
+      cwd,
+    };
+    this.store.putAgent(rec);
+    const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 } };
+    const collect = (which: "stdout" | "stderr") => (d: Buffer) => {
+      const room = this.opts.maxOutputBytes - out.sizes[which];
+      if (room <= 0) return;
+      out[which].push(d.subarray(0, room));
+      out.sizes[which] += Math.min(room, d.length);
+    };
+    child.stdout?.on("data", collect("stdout"));
+    child.stderr?.on("data", collect("stderr"));
+    const live: Live = { child, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
+    live.timer.unref();
+    this.live.set(id, live);
+    // The secrets go through the pipe on fd 3 and nowhere else.
+    const boot = child.stdio[3] as Writable | null;
+    boot?.on("error", () => {});
+    boot?.end(
+      `${JSON.stringify({ identity: serializeIdentity(identity), token: tokenToString(token), socket: this.opts.socket, agent: `agent://${id}` })}\n`,
+    );
+    child.once("error", (e) => {
+      this.log.info({ agent: id, err: e.message }, "agent failed to start");
+    });
+    child.once("close", (code, signal) => this.exited(id, rec, code, signal));
+    this.events.emit(`topic://kernel/agents/${id}`, { agent: `agent://${id}`, state: "running", persona, pid: rec.pid ?? 0 });
+    return rec;
+  }
+
+  private exited(id: string, rec: AgentRecord, code: number | null, signal: NodeJS.Signals | null): void {
+    const live = this.live.get(id);
+    if (!live) return;
+    this.live.delete(id);
+    clearTimeout(live.timer);
+    const state = live.killedBy ? "killed" : "exited";
+    const f: Partial<AgentRecord> = {
+      state,
+      exitCode: code,
+      signal: signal ?? null,
+      endedAt: Date.now(),
+      stdout: Buffer.concat(live.out.stdout),
+      stderr: Buffer.concat(live.out.stderr),
+    };
+    try {
+      this.store.updateAgent(id, f);
+      // The agent's authority ends with it.
+      this.enforcer.revoke(rec.tokenId, "kernel");
+      this.store.removePersona(rec.persona);
+    } catch (e) {
+      this.log.error({ err: e, agent: id }, "cannot record agent exit");
+    }
+    this.events.emit(`topic://kernel/agents/${id}`, {
+      agent: `agent://${id}`,
+      state,
+      exitCode: code ?? -1,
+      ...(signal ? { signal } : {}),
+      ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+    });
+  }
+
+  private killLive(id: string, why: Live["killedBy"]): boolean {
+    const live = this.live.get(id);
+    if (!live) return false;
+    live.killedBy ??= why;
+    try {
+      if (live.child.pid) process.kill(-live.child.pid, "SIGKILL");
+    } catch {
+      live.child.kill("SIGKILL");
+    }
+    return true;
+  }
+
+  /** Kills a running agent of `persona`'s (or any, for the admin). */
+  kill(id: string): boolean {
+    return this.killLive(id, "kill");
+  }
+
+  /** The agent as stored, with live output while it runs. */
+  get(id: string): AgentRecord | undefined {
+    const a = this.store.getAgent(id);
+    const live = this.live.get(id);
+    if (a && live) {
+      a.stdout = Buffer.concat(live.out.stdout);
+      a.stderr = Buffer.concat(live.out.stderr);
+    }
+    return a;
+  }
+
+  list(spawner?: string): AgentRecord[] {
+    return this.store.listAgents(spawner);
+  }
+
+  /** Kernel stop: every agent's process group is killed and waited for. */
+  async stop(): Promise<void> {
+    const waits = [...this.live.entries()].map(
+      ([id, l]) =>
+        new Promise<void>((resolve) => {
+          l.child.once("close", () => resolve());
+          this.killLive(id, "kernel");
+          setTimeout(resolve, 2000).unref();
+        }),
+    );
+    await Promise.all(waits);
+  }
+}
