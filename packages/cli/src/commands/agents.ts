@@ -1,0 +1,150 @@
+import type { KernelClient } from "@kpip/client";
+import type { CborMap } from "@kpip/protocol";
+import type { Command, Values } from "../command.js";
+import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { EXIT, render, reportError, toJson, UsageError } from "../util.js";
+import { parseAllow, parseDuration } from "./token.js";
+
+async function withClient(v: Values, f: (c: KernelClient) => Promise<void>): Promise<number> {
+  let client: KernelClient | undefined;
+  try {
+    client = await connectFromFlags(v);
+    await f(client);
+    return EXIT.OK;
+  } catch (e) {
+    return reportError(e, v.json === true);
+  } finally {
+    await client?.close().catch(() => {});
+  }
+}
+
+const print = (v: Values, payload: unknown): void => {
+  process.stdout.write(v.json ? `${JSON.stringify(toJson(payload as CborMap))}\n` : `${render(payload as CborMap)}\n`);
+};
+
+function agentUri(s: string | undefined): string {
+  if (!s) throw new UsageError("name the agent: agent://<executable>/<instance> or <executable>/<instance>");
+  return s.startsWith("agent://") ? s : `agent://${s}`;
+}
+
+export const agentsCommand: Command = {
+  name: "agents",
+  summary: "spawn, list, kill agents and read their logs",
+  usage:
+    "kpip agents list | spawn <executable>/<instance> --allow OPS:TARGETS --lifetime D [-- args…] | kill <agent> | status <agent> | logs <agent>",
+  example: "kpip agents spawn node/worker-1 --allow 'storage.*:obj://ws1/**' --lifetime 10m -- agent.js",
+  options: {
+    ...CONNECT_OPTIONS,
+    allow: { type: "string", multiple: true, description: "spawn: OPS:TARGETS for the agent's token; repeatable" },
+    lifetime: { type: "string", description: "spawn: the agent is killed after this long (30s, 10m, 1h)" },
+    json: { type: "boolean", description: "print JSON" },
+  },
+  async run(v, pos) {
+    const [sub, target, ...rest] = pos;
+    switch (sub) {
+      case "list":
+        return withClient(v, async (c) => {
+          const agents = await c.agents.list();
+          if (v.json) process.stdout.write(`${JSON.stringify(toJson(agents))}\n`);
+          else
+            for (const a of agents)
+              process.stdout.write(`${String(a.agent).padEnd(32)} ${String(a.state).padEnd(8)} ${a.persona}\n`);
+        });
+      case "spawn": {
+        if (!target || !/^[^/]+\/[^/]+$/.test(target.replace(/^agent:\/\//, "")))
+          throw new UsageError("spawn needs <executable>/<instance>");
+        if (v.lifetime === undefined) throw new UsageError("spawn needs --lifetime");
+        const rights = ((v.allow as string[] | undefined) ?? []).map(parseAllow);
+        const [executable, instance] = target.replace(/^agent:\/\//, "").split("/") as [string, string];
+        const lifetimeMs = parseDuration(v.lifetime as string, "--lifetime");
+        return withClient(v, async (c) =>
+          print(v, await c.agents.spawn(executable, instance, { args: rest, rights, lifetimeMs })),
+        );
+      }
+      case "kill":
+        return withClient(v, async (c) => {
+          await c.agents.kill(agentUri(target));
+          if (!v.json) process.stdout.write(`killed ${agentUri(target)}\n`);
+          else process.stdout.write(`${JSON.stringify({ killed: agentUri(target) })}\n`);
+        });
+      case "status":
+        return withClient(v, async (c) => print(v, await c.agents.status(agentUri(target))));
+      case "logs":
+        return withClient(v, async (c) => {
+          const l = await c.agents.logs(agentUri(target));
+          if (v.json) process.stdout.write(`${JSON.stringify(toJson(l as unknown as CborMap))}\n`);
+          else
+            process.stdout.write(
+              `${Buffer.from(l.stdout).toString()}${l.stderr.length ? `--- stderr ---\n${Buffer.from(l.stderr).toString()}` : ""}`,
+            );
+        });
+      default:
+        throw new UsageError(
+          sub ? `unknown agents command ${JSON.stringify(sub)}` : "missing agents command: list, spawn, kill, status, logs",
+        );
+    }
+  },
+};
+
+export const opsCommand: Command = {
+  name: "ops",
+  summary: "list DEFERRED ops, show their status, cancel them",
+  usage: "kpip ops list | status <op://id> | result <op://id> | cancel <op://id>",
+  example: "kpip ops status op://3f2a…",
+  options: { ...CONNECT_OPTIONS, json: { type: "boolean", description: "print JSON" } },
+  async run(v, pos) {
+    const [sub, target] = pos;
+    const op = () => {
+      if (!target) throw new UsageError(`${sub} needs an op (op://<id>)`);
+      return target.startsWith("op://") ? target : `op://${target}`;
+    };
+    switch (sub) {
+      case "list":
+        return withClient(v, async (c) => {
+          const r = await c.call("op.list", "kernel://");
+          const ops = (r.payload as { ops: CborMap[] }).ops;
+          if (v.json) process.stdout.write(`${JSON.stringify(toJson(ops))}\n`);
+          else
+            for (const o of ops)
+              process.stdout.write(`${String(o.op).padEnd(40)} ${String(o.state).padEnd(10)} ${o.kind} ${o.name}\n`);
+        });
+      case "status":
+        return withClient(v, async (c) => print(v, await c.ops.status(op())));
+      case "result":
+        return withClient(v, async (c) => print(v, (await c.call("op.result", op())).payload));
+      case "cancel":
+        return withClient(v, async (c) => print(v, { cancelled: await c.ops.cancel(op()) }));
+      default:
+        throw new UsageError(
+          sub ? `unknown ops command ${JSON.stringify(sub)}` : "missing ops command: list, status, result, cancel",
+        );
+    }
+  },
+};
+
+export const eventsCommand: Command = {
+  name: "events",
+  summary: "follow events on topics matching a pattern",
+  usage: "kpip events tail <topic-pattern> [--json]",
+  example: "kpip events tail 'topic://kernel/**'",
+  options: { ...CONNECT_OPTIONS, json: { type: "boolean", description: "one JSON object per event" } },
+  async run(v, pos) {
+    const [sub, pattern] = pos;
+    if (sub !== "tail")
+      throw new UsageError(sub ? `unknown events command ${JSON.stringify(sub)}` : "missing events command: tail");
+    if (!pattern) throw new UsageError("events tail needs a topic pattern, e.g. topic://kernel/**");
+    return withClient(v, async (c) => {
+      const sub = await c.events.subscribe(pattern.startsWith("topic://") ? pattern : `topic://${pattern}`);
+      const stop = () => void sub.unsubscribe();
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+      for await (const e of sub) {
+        if (v.json) process.stdout.write(`${JSON.stringify(toJson(e as unknown as CborMap))}\n`);
+        else
+          process.stdout.write(
+            `${new Date().toISOString()} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}\n`,
+          );
+      }
+    });
+  },
+};
