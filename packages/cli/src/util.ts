@@ -55,7 +55,6 @@ export function render(v: CborValue | undefined, indent = ""): string {
   if (v === undefined || v === null) return "null";
   if (v instanceof Uint8Array) {
     const s = Buffer.from(v).toString("utf8");
-    // biome-ignore lint/suspicious/noControlCharactersInRegex: printable check
     if (!/[\u0000-\u0008\u000e-\u001f\ufffd]/.test(s)) return JSON.stringify(s);
     return `<${v.length} bytes ${Buffer.from(v.subarray(0, 32)).toString("hex")}${v.length > 32 ? "…" : ""}>`;
   }

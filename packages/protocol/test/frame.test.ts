@@ -59,9 +59,15 @@ describe("FrameDecoder", () => {
     const h = Buffer.alloc(HEADER_SIZE);
     writeHeader(h, 0, { type: MessageType.REQUEST, flags: 0, stream: 0, length: 0xffffffff });
     const d = new FrameDecoder(1024);
-    assert.throws(() => d.push(h), (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE");
+    assert.throws(
+      () => d.push(h),
+      (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE",
+    );
     // poisoned: every later push fails the same way
-    assert.throws(() => d.push(ping(1)), (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE");
+    assert.throws(
+      () => d.push(ping(1)),
+      (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE",
+    );
   });
 
   it("does not buffer more than the bytes that actually arrived", () => {
@@ -93,6 +99,9 @@ describe("FrameDecoder", () => {
   it("reports a stream cut off mid-frame as TRUNCATED", () => {
     const d = new FrameDecoder();
     d.push(ping(1).subarray(0, 20));
-    assert.throws(() => d.end(), (e: unknown) => e instanceof FrameError && e.code === "TRUNCATED");
+    assert.throws(
+      () => d.end(),
+      (e: unknown) => e instanceof FrameError && e.code === "TRUNCATED",
+    );
   });
 });

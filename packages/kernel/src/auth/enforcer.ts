@@ -243,11 +243,11 @@ export class CapEnforcer implements Authorizer {
         if (asked === undefined || asked > v) throw new EscalationError(`limit ${k} must be at most ${v}`);
       }
       if (parent.workspaces) {
-        if (!spec.workspaces || !spec.workspaces.every((w) => parent.workspaces?.includes(w))) {
+        if (!spec.workspaces?.every((w) => parent.workspaces?.includes(w))) {
           throw new EscalationError(`workspaces must be within [${parent.workspaces.join(", ")}]`);
         }
       }
-      if (parent.domains && (!spec.domains || !spec.domains.every((d) => parent.domains?.includes(d)))) {
+      if (parent.domains && !spec.domains?.every((d) => parent.domains?.includes(d))) {
         throw new EscalationError(`domains must be within [${parent.domains.join(", ")}]`);
       }
       exp = Math.min(exp, parent.exp);

@@ -11,7 +11,6 @@ import {
   RETRYABLE_CLASSES,
   type Request,
   type Response,
-  type Status,
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
 import type { Authorizer } from "../auth/authorizer.js";
