@@ -11,17 +11,25 @@ export const GENESIS_HASH = new Uint8Array(32);
  * order of records, changes every hash after it.
  */
 export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
-  const fields: CborMap = { seq: r.seq, time: r.time, kernel: r.kernel, session: r.session, persona: r.persona, phase: r.phase };
-  if (r.requestId !== null) fields.requestId = r.requestId;
+  // Fields are added in canonical key order (shorter keys first, then bytewise), so the
+  // encoder does not have to sort them.
+  const fields: CborMap = {};
   if (r.op !== null) fields.op = r.op;
-  if (r.target !== null) fields.target = r.target;
-  if (r.intentHash !== null) fields.intentHash = r.intentHash;
-  if (r.intent !== null) fields.intent = r.intent;
+  fields.seq = r.seq;
   if (r.caps !== null) fields.caps = r.caps;
+  fields.time = r.time;
+  fields.phase = r.phase;
+  if (r.intent !== null) fields.intent = r.intent;
+  fields.kernel = r.kernel;
   if (r.status !== null) fields.status = r.status;
-  if (r.errorClass !== null) fields.errorClass = r.errorClass;
+  if (r.target !== null) fields.target = r.target;
   if (r.message !== null) fields.message = r.message;
+  fields.persona = r.persona;
+  fields.session = r.session;
+  if (r.requestId !== null) fields.requestId = r.requestId;
   if (r.durationUs !== null) fields.durationUs = r.durationUs;
+  if (r.errorClass !== null) fields.errorClass = r.errorClass;
+  if (r.intentHash !== null) fields.intentHash = r.intentHash;
   if (r.traceparent !== null) fields.traceparent = r.traceparent;
   return createHash("sha256").update(r.prevHash).update(encodeCanonical(fields)).digest();
 }

@@ -153,9 +153,9 @@ export class Pipeline {
       return failure(s, req, r);
     }
 
-    // 5. audit the intent before any effect: committed first when the op changes state.
-    const intentRecord = this.audit.append({ ...rec, phase: "intent", caps });
-    if (decl?.effects) await intentRecord;
+    // 5. an op that changes state has its intent recorded, and committed, before it runs.
+    const effects = decl?.effects === true;
+    if (effects) await this.audit.append({ ...rec, phase: "intent", caps });
 
     // 6. route and execute.
     let result: OpResult | undefined;
@@ -178,10 +178,13 @@ export class Pipeline {
       if (r.payload !== undefined) response.payload = r.payload;
     }
     const keep = decl?.effects && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
+    // effects an "outcome" record that refers to its intent record by request id and hash.
     const outcome = this.audit.append(
       {
         ...rec,
-        phase: "outcome",
+        intent: effects ? null : req.intent,
+        phase: effects ? "outcome" : "complete",
         caps,
         status: response.status,
         errorClass: refusal?.errorClass ?? null,
@@ -192,7 +195,6 @@ export class Pipeline {
         ? { key, hash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
         : undefined,
     );
-    await intentRecord;
     await outcome;
     return response;
   }

@@ -78,11 +78,12 @@ export interface AuditRow {
 }
 
 /**
- * intent: a request's intent, written before its effects. outcome: how it ended.
- * refused: a request refused before execution (intent and outcome in one record).
- * session: handshake outcomes and session ends.
+ * intent: the intent of an op with effects, committed before it runs. outcome: how that op
+ * ended (refers to the intent by request id and intent hash). complete: an op without
+ * effects, intent and outcome in one record. refused: a request refused before execution.
+ * session: handshake outcomes and session opens.
  */
-export type AuditPhase = "intent" | "outcome" | "refused" | "session";
+export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "session";
 
 export interface AuditCheckpoint {
   seq: number;

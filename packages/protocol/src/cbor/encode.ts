@@ -151,13 +151,19 @@ export class CanonicalWriter {
       throw new CborError("UNSUPPORTED_TYPE", `cannot encode an instance of ${proto?.constructor?.name ?? "unknown"}`);
     }
     const keys = Object.keys(obj).filter((k) => obj[k] !== undefined);
-    if (keys.length > 1) keys.sort(compareKeys);
+    // Objects built in canonical order (the hot paths build them so) need no sort.
+    if (keys.length > 1 && !isSorted(keys)) keys.sort(compareKeys);
     this.head(5, keys.length);
     for (const k of keys) {
       this.writeText(k);
       this.write(obj[k] as CborValue, depth + 1);
     }
   }
+}
+
+function isSorted(keys: string[]): boolean {
+  for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1] as string, keys[i] as string) > 0) return false;
+  return true;
 }
 
 function isAscii(s: string): boolean {
