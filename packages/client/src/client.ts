@@ -498,7 +498,9 @@ export class KernelClient extends EventEmitter {
       case "PONG":
         return;
       case "GOODBYE":
+        // The kernel is leaving: close our side too; reconnect (if enabled) follows the close.
         this.emit("goodbye", m.body.reason);
+        link.channel.end();
         return;
       case "ERROR": {
         const err = new KpipError(m.body.class, m.body.message, { code: m.body.code });

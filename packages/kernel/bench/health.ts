@@ -4,7 +4,7 @@
  * kernel in its own process. Options: --requests N (default 20000), --json.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -30,7 +30,11 @@ await new Promise<void>((resolve, reject) => {
 
 const results: { name: string; unit: string; value: number }[] = [];
 try {
-  const client = await KernelClient.connect({ socket: join(home, "kernel.sock"), identity: join(home, "admin.identity") });
+  const client = await KernelClient.connect({
+    socket: join(home, "kernel.sock"),
+    identity: join(home, "admin.identity"),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+  });
   for (let i = 0; i < 2000; i++) await client.call("system.health", "kernel://");
   // latency: one request in flight
   const lat: number[] = [];

@@ -14,6 +14,8 @@ export const kernelCommand: Command = {
   example: "kpip kernel --home ./.kpip --log-level debug",
   options,
   async run(values) {
+    // A supervisor that stopped reading our stdout must not crash the kernel on shutdown.
+    process.stdout.on("error", () => {});
     const flags: Partial<Record<keyof KernelConfig, unknown>> = {};
     for (const s of SETTINGS) {
       const v = values[flagName(s.key)];

@@ -81,7 +81,8 @@ export class UdsListener {
     const server = this.server;
     this.server = undefined;
     if (!server) return;
-    await new Promise<void>((resolve) => server.close(() => resolve()));
+    // Stop accepting now; open sessions are drained by the kernel, not waited for here.
+    server.close();
     try {
       if (statSync(this.path).ino === this.ino) unlinkSync(this.path);
     } catch {
@@ -124,6 +125,8 @@ export class SocketConnection implements Connection {
 
   end(): void {
     this.sock.end();
+    // A peer that never closes its side must not keep the connection (and the kernel) alive.
+    setTimeout(() => this.sock.destroy(), 1000).unref();
   }
 
   destroy(): void {
