@@ -1,0 +1,131 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { CborError, decodeCanonical, encodeCanonical } from "../src/index.js";
+
+const hex = (v: Parameters<typeof encodeCanonical>[0]) => encodeCanonical(v).toString("hex");
+const dec = (h: string) => decodeCanonical(Buffer.from(h, "hex"));
+const code = (h: string) => {
+  try {
+    dec(h);
+  } catch (e) {
+    assert.ok(e instanceof CborError, `expected CborError, got ${e}`);
+    return (e as CborError).code;
+  }
+  return "OK";
+};
+
+describe("canonical CBOR encoding (RFC 8949 §4.2.1)", () => {
+  it("writes integers in the shortest head", () => {
+    const cases: [number | bigint, string][] = [
+      [0, "00"],
+      [23, "17"],
+      [24, "1818"],
+      [255, "18ff"],
+      [256, "190100"],
+      [65535, "19ffff"],
+      [65536, "1a00010000"],
+      [2 ** 32 - 1, "1affffffff"],
+      [2 ** 32, "1b0000000100000000"],
+      [2 ** 53 - 1, "1b001fffffffffffff"],
+      [-1, "20"],
+      [-24, "37"],
+      [-25, "3818"],
+      [-256, "38ff"],
+      [-257, "390100"],
+      [-(2 ** 32) - 1, "3b0000000100000000"],
+      [2n ** 64n - 1n, "1bffffffffffffffff"],
+      [-(2n ** 64n), "3bffffffffffffffff"],
+      [5n, "05"],
+    ];
+    for (const [v, h] of cases) assert.equal(hex(v), h, String(v));
+  });
+
+  it("sorts map keys by encoded length, then bytewise", () => {
+    assert.equal(hex({ b: 1, a: 2, aa: 3 }), "a361610261620162616103");
+    // "é" is 2 bytes in UTF-8, so it sorts after every 1-byte key and before 3-byte ones
+    assert.equal(hex({ abc: 1, é: 2, z: 3 }), "a3617a0362c3a9026361626301");
+  });
+
+  it("encodes text, bytes, arrays, booleans and null", () => {
+    assert.equal(hex("héllo"), "6668c3a96c6c6f");
+    assert.equal(hex(new Uint8Array([1, 2, 3])), "43010203");
+    assert.equal(hex([1, [2, {}]]), "82018202a0");
+    assert.equal(hex([true, false, null]), "83f5f4f6");
+    assert.equal(hex("a".repeat(24)).slice(0, 4), "7818");
+  });
+
+  it("refuses values outside the data model", () => {
+    for (const v of [0.5, Number.NaN, 2 ** 53, 2n ** 64n, -(2n ** 64n) - 1n, new Date(0), new Map(), () => 1, Symbol("s")]) {
+      assert.throws(
+        () => encodeCanonical(v as never),
+        (e: unknown) => e instanceof CborError && e.code === "UNSUPPORTED_TYPE",
+        String(v),
+      );
+    }
+  });
+
+  it("refuses to build nesting a decoder must refuse", () => {
+    let v: unknown = 1;
+    for (let i = 0; i < 40; i++) v = [v];
+    assert.throws(
+      () => encodeCanonical(v as never),
+      (e: unknown) => e instanceof CborError && e.code === "TOO_DEEP",
+    );
+  });
+});
+
+describe("canonical CBOR decoding", () => {
+  it("round-trips integers across the head boundaries, as numbers when safe", () => {
+    assert.equal(dec("1b0000000100000000"), 2 ** 32);
+    assert.equal(dec("1bffffffffffffffff"), 2n ** 64n - 1n);
+    assert.equal(dec("3bffffffffffffffff"), -(2n ** 64n));
+    assert.ok(dec("43010203") instanceof Uint8Array);
+  });
+
+  it("names every broken rule", () => {
+    const cases: [string, string][] = [
+      ["1817", "NON_CANONICAL"],
+      ["1900ff", "NON_CANONICAL"],
+      ["1a0000ffff", "NON_CANONICAL"],
+      ["1b00000000ffffffff", "NON_CANONICAL"],
+      ["a2616201616101", "UNSORTED_KEYS"],
+      ["a2616101616101", "DUPLICATE_KEY"],
+      ["9f01ff", "INDEFINITE_LENGTH"],
+      ["5f4101ff", "INDEFINITE_LENGTH"],
+      ["f93c00", "UNSUPPORTED_TYPE"],
+      ["fa3f800000", "UNSUPPORTED_TYPE"],
+      ["fb3fe0000000000000", "UNSUPPORTED_TYPE"],
+      ["f7", "UNSUPPORTED_TYPE"],
+      ["f0", "UNSUPPORTED_TYPE"],
+      ["c101", "UNSUPPORTED_TAG"],
+      ["d9d9f700", "UNSUPPORTED_TAG"],
+      ["a10101", "BAD_KEY"],
+      ["a1695f5f70726f746f5f5f01", "BAD_KEY"],
+      ["62c328", "INVALID_UTF8"],
+      ["62c0af", "INVALID_UTF8"],
+      ["63eda080", "INVALID_UTF8"],
+      ["1c", "MALFORMED"],
+      ["ff", "MALFORMED"],
+      ["8201", "TRUNCATED"],
+      ["43010203ff", "TRAILING_BYTES"],
+      ["9bffffffffffffffff", "TRUNCATED"],
+      ["5a7fffffff", "TRUNCATED"],
+      ["bbffffffffffffffff", "TRUNCATED"],
+      ["", "TRUNCATED"],
+    ];
+    for (const [h, c] of cases) assert.equal(code(h), c, h);
+  });
+
+  it("allows nesting to depth 32 and refuses 33", () => {
+    assert.equal(code(`${"81".repeat(32)}01`), "OK");
+    assert.equal(code(`${"81".repeat(33)}01`), "TOO_DEEP");
+  });
+
+  it("bounds the number of items", () => {
+    const many = Buffer.concat([Buffer.from("9a00030d41", "hex"), Buffer.alloc(200_001, 0)]);
+    assert.throws(
+      () => decodeCanonical(many),
+      (e: unknown) => e instanceof CborError && e.code === "TOO_MANY_ITEMS",
+    );
+  });
+});

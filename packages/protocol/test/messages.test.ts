@@ -1,0 +1,147 @@
+import assert from "node:assert/strict";
+import { createHash, generateKeyPairSync, sign, verify } from "node:crypto";
+import { describe, it } from "node:test";
+import {
+  attestationTranscript,
+  decodeMessage,
+  encodeCanonical,
+  encodeFrame,
+  encodeIntent,
+  encodeMessage,
+  FrameDecoder,
+  generateIdentity,
+  HEADER_SIZE,
+  type Message,
+  MessageError,
+  MessageType,
+  negotiateVersion,
+  parseIdentity,
+  serializeIdentity,
+} from "../src/index.js";
+
+const roundTrip = (m: Message) => {
+  const [f] = new FrameDecoder().push(encodeMessage(m, 3));
+  assert.ok(f);
+  return decodeMessage(f);
+};
+const frameOf = (type: keyof typeof MessageType, body: unknown) => {
+  const [f] = new FrameDecoder().push(encodeFrame({ type: MessageType[type] }, body as never));
+  return f as NonNullable<typeof f>;
+};
+const bad = (code: string) => (e: unknown) => e instanceof MessageError && e.errorClass === "PROTOCOL" && e.code === code;
+const intent = encodeIntent({ op: "system.health", target: "kernel://", args: {} });
+
+describe("messages", () => {
+  it("round-trip every message type", () => {
+    const all: Message[] = [
+      {
+        type: "HELLO",
+        body: { versions: [1], persona: "alice", publicKey: Buffer.alloc(32, 1), instance: Buffer.alloc(16, 2), features: [] },
+      },
+      {
+        type: "CHALLENGE",
+        body: {
+          version: 1,
+          session: "s",
+          nonce: Buffer.alloc(32, 3),
+          kernel: "k",
+          heartbeatMs: 5000,
+          limits: { maxBody: 100, maxInFlight: 2, dedupeWindowMs: 9 },
+          features: ["shm"],
+        },
+      },
+      { type: "ATTEST", body: { signature: Buffer.alloc(64, 4), tokens: [Buffer.from([1])] } },
+      { type: "WELCOME", body: { persona: "alice", handles: [1, 0], refused: [{ index: 1, code: "EXPIRED", message: "m" }] } },
+      {
+        type: "REQUEST",
+        body: { version: 1, persona: "alice", id: 9, intent, context: { persona: "alice" }, caps: [1, Buffer.from([7])] },
+      },
+      { type: "RESPONSE", body: { version: 1, id: 9, status: "FAILURE", error: "PERMISSION", message: "no" } },
+      { type: "RESPONSE", body: { version: 1, id: 9, status: "PARTIAL", payload: { items: [], cursor: "x" } } },
+      { type: "EVENT", body: { subscription: 1, topic: "topic://a", seq: 2, data: null, gap: 5 } },
+      { type: "PING", body: { seq: 1 } },
+      { type: "PONG", body: { seq: 1 } },
+      { type: "GOODBYE", body: { reason: "r" } },
+      { type: "ERROR", body: { class: "AUTH", code: "ATTESTATION_FAILED", message: "m", fatal: true } },
+    ];
+    for (const m of all) assert.deepEqual(roundTrip(m), m, m.type);
+  });
+
+  it("checks required fields and types, and ignores unknown fields", () => {
+    assert.throws(() => decodeMessage(frameOf("PING", {})), bad("MISSING_FIELD"));
+    assert.throws(() => decodeMessage(frameOf("PING", { seq: "1" })), bad("BAD_FIELD"));
+    assert.throws(() => decodeMessage(frameOf("PING", { seq: -1 })), bad("BAD_FIELD"));
+    assert.deepEqual(decodeMessage(frameOf("PING", { seq: 1, future: "x" })).body, { seq: 1, future: "x" });
+    assert.throws(
+      () =>
+        decodeMessage(
+          frameOf("HELLO", {
+            versions: [1],
+            persona: "Bad Id",
+            publicKey: Buffer.alloc(32),
+            instance: Buffer.alloc(16),
+            features: [],
+          }),
+        ),
+      bad("BAD_FIELD"),
+    );
+    assert.throws(
+      () => decodeMessage(frameOf("RESPONSE", { version: 1, id: 1, status: "FAILURE", message: "m" })),
+      bad("BAD_FIELD"),
+    );
+    assert.throws(
+      () => decodeMessage(frameOf("RESPONSE", { version: 1, id: 1, status: "SUCCESS", error: "AUTH" })),
+      bad("BAD_FIELD"),
+    );
+    assert.throws(
+      () => decodeMessage(frameOf("RESPONSE", { version: 1, id: 1, status: "FAILURE", error: "AUTH" })),
+      bad("MISSING_FIELD"),
+    );
+    assert.throws(() => decodeMessage(frameOf("RESPONSE", { version: 1, id: 1, status: "MAYBE" })), bad("BAD_FIELD"));
+    assert.throws(
+      () => decodeMessage(frameOf("ERROR", { class: "NOPE", code: "x", message: "m", fatal: true })),
+      bad("BAD_FIELD"),
+    );
+    assert.throws(() => decodeMessage(frameOf("ATTEST", { signature: Buffer.alloc(63), tokens: [] })), bad("BAD_FIELD"));
+  });
+
+  it("negotiates the highest common version, or none", () => {
+    assert.equal(negotiateVersion([1]), 1);
+    assert.equal(negotiateVersion([3, 1, 2], [1, 2]), 2);
+    assert.equal(negotiateVersion([99]), undefined);
+    assert.equal(negotiateVersion([]), undefined);
+  });
+
+  it("signs exactly prefix || SHA-256(HELLO body) || SHA-256(CHALLENGE body)", () => {
+    const hello = encodeCanonical({ a: 1 });
+    const challenge = encodeCanonical({ nonce: Buffer.alloc(32, 9) });
+    const t = attestationTranscript(hello, challenge);
+    assert.equal(t.length, 79);
+    assert.equal(t.subarray(0, 15).toString("latin1"), "kpip-attest-v1\0");
+    assert.deepEqual(t.subarray(15, 47), createHash("sha256").update(hello).digest());
+    assert.deepEqual(t.subarray(47), createHash("sha256").update(challenge).digest());
+    const { privateKey, publicKey } = generateKeyPairSync("ed25519");
+    const sig = sign(null, t, privateKey);
+    assert.ok(verify(null, t, publicKey, sig));
+    const other = attestationTranscript(hello, encodeCanonical({ nonce: Buffer.alloc(32, 8) }));
+    assert.ok(!verify(null, other, publicKey, sig));
+  });
+
+  it("serialises identities and refuses tampered identity files", () => {
+    const id = generateIdentity("alice/w1");
+    const back = parseIdentity(serializeIdentity(id));
+    assert.equal(back.persona, "alice/w1");
+    assert.deepEqual(Buffer.from(back.publicKey), Buffer.from(id.publicKey));
+    const doc = JSON.parse(serializeIdentity(id));
+    doc.publicKey = Buffer.alloc(32).toString("base64url");
+    assert.throws(() => parseIdentity(JSON.stringify(doc)), /does not match/);
+    assert.throws(() => parseIdentity("nope"), /not JSON/);
+    assert.throws(() => parseIdentity(JSON.stringify({ kpip: "identity/v1", persona: "x", privateKey: "AA" })), /32-byte/);
+  });
+
+  it("puts the stream id in the header and the body after it", () => {
+    const f = encodeMessage({ type: "PING", body: { seq: 1 } }, 77);
+    assert.equal(f.readUInt32BE(8), 77);
+    assert.equal(f.readUInt32BE(12), f.length - HEADER_SIZE);
+  });
+});
