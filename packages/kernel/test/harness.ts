@@ -1,0 +1,207 @@
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
+import {
+  attestationTranscript,
+  decodeMessage,
+  encodeIntent,
+  encodeMessage,
+  FrameDecoder,
+  generateIdentity,
+  HEADER_SIZE,
+  type Identity,
+  type Intent,
+  type Message,
+  type Right,
+  signBytes,
+} from "@kpip/protocol";
+import { Kernel, type KernelOptions } from "../src/index.js";
+
+export interface TestKernel {
+  k: Kernel;
+  home: string;
+  adminToken: string;
+  /** A client for the admin persona with its root token bound. */
+  admin(opts?: Partial<ConnectOptions>): Promise<KernelClient>;
+  /** Registers a persona and mints it a token. */
+  persona(
+    id: string,
+    rights: Right[],
+    extra?: { limits?: Record<string, number>; ttlMs?: number; workspaces?: string[] },
+  ): Promise<{ identity: Identity; token: Uint8Array; id: string }>;
+  connect(identity: Identity, tokens: (Uint8Array | string)[], opts?: Partial<ConnectOptions>): Promise<KernelClient>;
+  stop(): Promise<void>;
+}
+
+/** Starts a real kernel on a Unix socket in a fresh temp home; `setup` runs before start (e.g. register). */
+export async function startKernel(
+  opts: KernelOptions = {},
+  home = mkdtempSync(join(tmpdir(), "kpip-")),
+  setup: (k: Kernel) => void = () => {},
+): Promise<TestKernel> {
+  const k = new Kernel({ home, logLevel: "silent", ...opts });
+  setup(k);
+  await k.start();
+  const adminToken = readFileSync(k.adminToken, "utf8").trim();
+  const clients: KernelClient[] = [];
+  const connect = async (identity: Identity, tokens: (Uint8Array | string)[], o: Partial<ConnectOptions> = {}) => {
+    const c = await KernelClient.connect({ socket: k.socketPath, identity, tokens, reconnect: false, ...o });
+    clients.push(c);
+    return c;
+  };
+  let adminClient: KernelClient | undefined;
+  const t: TestKernel = {
+    k,
+    home,
+    adminToken,
+    admin: async (o = {}) => {
+      const c = await KernelClient.connect({
+        socket: k.socketPath,
+        identity: k.adminIdentity,
+        tokens: [adminToken],
+        reconnect: false,
+        ...o,
+      });
+      clients.push(c);
+      return c;
+    },
+    persona: async (id, rights, extra = {}) => {
+      adminClient ??= await t.admin();
+      const identity = generateIdentity(id);
+      if (!k.database.getPersona(id)) k.database.addPersona(id, identity.publicKey);
+      const m = await adminClient.tokens.mint(id, { rights, ttlMs: extra.ttlMs ?? 3_600_000, ...extra });
+      return { identity, token: m.token, id: m.id };
+    },
+    connect,
+    stop: async () => {
+      for (const c of clients) await c.close().catch(() => {});
+      await k.stop();
+    },
+  };
+  return t;
+}
+
+export function removeHome(home: string): void {
+  rmSync(home, { recursive: true, force: true });
+}
+
+/** Polls until `f` returns a truthy value (or throws after `ms`). */
+export async function until<T>(f: () => T | Promise<T>, ms = 5000, what = "condition"): Promise<NonNullable<T>> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** A hand-driven peer on a raw socket: sends any bytes, collects decoded frames. */
+export class RawPeer {
+  readonly frames: { msg: Message; stream: number }[] = [];
+  closed = false;
+  decodeError: Error | undefined;
+  private readonly decoder = new FrameDecoder();
+  private helloBytes: Buffer | undefined;
+  version = 1;
+
+  private constructor(readonly sock: net.Socket) {
+    sock.on("data", (d) => {
+      try {
+        for (const f of this.decoder.push(d)) this.frames.push({ msg: decodeMessage(f), stream: f.stream });
+      } catch (e) {
+        this.decodeError = e as Error;
+      }
+    });
+    sock.on("close", () => {
+      this.closed = true;
+    });
+    sock.on("error", () => {});
+  }
+
+  static connect(path: string): Promise<RawPeer> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(path);
+      s.once("connect", () => resolve(new RawPeer(s)));
+      s.once("error", reject);
+    });
+  }
+
+  send(bytes: Uint8Array | string): void {
+    this.sock.write(typeof bytes === "string" ? Buffer.from(bytes, "hex") : bytes);
+  }
+
+  sendMessage(m: Message, stream = 0): void {
+    const f = encodeMessage(m, stream);
+    if (m.type === "HELLO") this.helloBytes = Buffer.from(f.subarray(HEADER_SIZE));
+    this.send(f);
+  }
+
+  async next<T extends Message["type"]>(type: T, ms = 3000): Promise<Extract<Message, { type: T }>> {
+    const found = await until(() => this.frames.find((f) => f.msg.type === type), ms, type);
+    this.frames.splice(this.frames.indexOf(found), 1);
+    return found.msg as Extract<Message, { type: T }>;
+  }
+
+  /** HELLO only; returns the CHALLENGE and its body bytes. */
+  async hello(
+    identity: Identity,
+    versions = [1],
+  ): Promise<{ challenge: Extract<Message, { type: "CHALLENGE" }>; bytes: Buffer }> {
+    this.sendMessage({
+      type: "HELLO",
+      body: { versions, persona: identity.persona, publicKey: identity.publicKey, instance: Buffer.alloc(16, 7), features: [] },
+    });
+    const challenge = await this.next("CHALLENGE");
+    return { challenge, bytes: Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)) };
+  }
+
+  /** The signature a correct persona would send for this session. */
+  sign(identity: Identity, challengeBytes: Buffer): Buffer {
+    return signBytes(identity.privateKey, attestationTranscript(this.helloBytes as Buffer, challengeBytes));
+  }
+
+  /** Full handshake; resolves with the WELCOME. */
+  async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
+    const { bytes } = await this.hello(identity);
+    this.sendMessage({ type: "ATTEST", body: { signature: this.sign(identity, bytes), tokens } });
+    return this.next("WELCOME");
+  }
+
+  request(
+    id: number,
+    intent: Intent | Uint8Array,
+    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string },
+  ): void {
+    const bytes = intent instanceof Uint8Array ? intent : encodeIntent(intent);
+    const context: { persona: string; workspace?: string } = { persona: opts.ctxPersona ?? opts.persona };
+    if (opts.workspace) context.workspace = opts.workspace;
+    this.sendMessage(
+      {
+        type: "REQUEST",
+        body: { version: this.version, persona: opts.persona, id, intent: bytes, context, caps: opts.caps ?? [1] },
+      },
+      id,
+    );
+  }
+
+  async response(id: number, ms = 3000) {
+    const f = await until(
+      () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
+      ms,
+      `response ${id}`,
+    );
+    this.frames.splice(this.frames.indexOf(f), 1);
+    return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+export function adminIdentity(k: Kernel): Identity {
+  return loadIdentity(k.adminIdentity);
+}
