@@ -53,8 +53,11 @@ export interface ParsedTarget {
   segments: string[];
 }
 
-/** Parses a target URI; returns a reason string instead when it breaks the grammar. */
-export function parseTarget(target: string): ParsedTarget | string {
+/**
+ * Parses a target URI; returns a reason string instead when it breaks the grammar. With
+ * `pattern`, the first segment may also be a wildcard (as in obj://** or agent://* /w1).
+ */
+export function parseTarget(target: string, pattern = false): ParsedTarget | string {
   if (target.length > DEFAULT_LIMITS.maxTargetBytes) return `target longer than ${DEFAULT_LIMITS.maxTargetBytes} bytes`;
   const sep = target.indexOf("://");
   if (sep < 0) return "target must look like scheme://rest";
@@ -72,7 +75,9 @@ export function parseTarget(target: string): ParsedTarget | string {
     if (!PCHAR_RE.test(seg)) return `path segment ${JSON.stringify(seg)} has a character outside the target alphabet`;
     if (seg.includes("*") && seg !== "*" && seg !== "**") return "'*' may only form a whole segment ('*' or '**')";
   }
-  if ((scheme === "obj" || scheme === "agent" || scheme === "persona") && !isName(segments[0] as string)) {
+  const first = segments[0] as string;
+  const wild = pattern && (first === "*" || first === "**");
+  if ((scheme === "obj" || scheme === "agent" || scheme === "persona") && !wild && !isName(first)) {
     return `${scheme}:// must start with a lowercase name`;
   }
   return { scheme: scheme as TargetScheme, segments };

@@ -177,7 +177,7 @@ export function isOpPattern(p: string): boolean {
 
 export function isTargetPattern(p: string): boolean {
   if (p === "**") return true;
-  const parsed = parseTarget(p);
+  const parsed = parseTarget(p, true);
   if (typeof parsed === "string") return false;
   return parsed.segments.every((s, i) => s !== "**" || i === parsed.segments.length - 1);
 }
