@@ -1,0 +1,73 @@
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+import { type ClientState, KernelUnavailableError } from "../src/index.js";
+import { KernelProcess, until } from "./harness.js";
+
+describe("client lifecycle against a kernel process", () => {
+  const kernels: KernelProcess[] = [];
+  const kernel = (args: string[] = []) => {
+    const k = new KernelProcess(args);
+    kernels.push(k);
+    return k;
+  };
+  after(async () => {
+    for (const k of kernels) await k.dispose();
+  });
+
+  it("goes connecting → handshaking → attesting → ready → reconnecting → … → ready → closing → closed", async () => {
+    const k = kernel();
+    await k.start();
+    const states: ClientState[] = [];
+    const c = await k.connect();
+    assert.equal(c.state, "ready");
+    c.on("state", (s: ClientState) => states.push(s));
+    await k.kill();
+    await until(() => states.includes("reconnecting"), 3000, "reconnecting");
+    await k.start();
+    await until(() => c.state === "ready" && c.connections === 2, 5000, "ready again");
+    assert.equal((await c.system.health()).status, "ok");
+    await c.close();
+    assert.deepEqual(states.slice(-2), ["closing", "closed"]);
+    for (const s of ["reconnecting", "handshaking", "attesting", "ready"] as const) assert.ok(states.includes(s), s);
+  });
+
+  it("close waits for calls in flight", async () => {
+    const k = kernel();
+    await k.start();
+    const c = await k.connect();
+    const p = c.system.health();
+    await c.close();
+    assert.equal((await p).status, "ok");
+    assert.equal(c.state, "closed");
+  });
+
+  it("fails fast when no kernel is there, or waits for it when asked", async () => {
+    const k = kernel();
+    await k.start();
+    const opts = k.options();
+    await k.stop();
+    await assert.rejects(k.connect(), (e: unknown) => e instanceof KernelUnavailableError);
+    const waiting = k.connect({ ...opts, waitForKernel: true, connectTimeoutMs: 10_000 });
+    await new Promise((r) => setTimeout(r, 300));
+    await k.start();
+    const c = await waiting;
+    assert.equal(c.state, "ready");
+    await c.close();
+  });
+
+  it("detects a frozen kernel (SIGSTOP) within 3 heartbeat intervals, and recovers after SIGCONT", async () => {
+    const k = kernel(["--heartbeat-ms", "200"]);
+    await k.start();
+    const c = await k.connect();
+    await c.system.health();
+    const frozenAt = Date.now();
+    k.signal("SIGSTOP");
+    await until(() => c.state === "reconnecting", 2000, "reconnecting");
+    const detected = Date.now() - frozenAt;
+    assert.ok(detected <= 3 * 200 + 150, `detected after ${detected} ms`);
+    k.signal("SIGCONT");
+    await until(() => c.state === "ready", 5000, "ready after SIGCONT");
+    assert.equal((await c.system.health()).status, "ok");
+    await c.close();
+  });
+});
