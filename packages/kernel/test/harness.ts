@@ -70,7 +70,8 @@ export async function startKernel(
     persona: async (id, rights, extra = {}) => {
       adminClient ??= await t.admin();
       const identity = generateIdentity(id);
-      if (!k.database.getPersona(id)) k.database.addPersona(id, identity.publicKey);
+      if (k.database.getPersona(id)) k.database.removePersona(id);
+      k.database.addPersona(id, identity.publicKey);
       const m = await adminClient.tokens.mint(id, { rights, ttlMs: extra.ttlMs ?? 3_600_000, ...extra });
       return { identity, token: m.token, id: m.id };
     },
