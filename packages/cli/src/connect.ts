@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { KernelClient } from "@kpip/client";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, resolveHome, UsageError } from "./util.js";
 
@@ -38,9 +38,15 @@ export async function connectFromFlags(v: Values): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);
   const identity = (v.identity as string | undefined) ?? join(home, "admin.identity");
   if (!existsSync(identity)) throw new UsageError(`identity file ${identity} not found — pass --identity or --home`);
+  let id: ReturnType<typeof loadIdentity>;
+  try {
+    id = loadIdentity(identity);
+  } catch (e) {
+    throw new UsageError(`${identity} is not a usable identity file: ${(e as Error).message}`);
+  }
   const client = await KernelClient.connect({
     socket: (v.socket as string | undefined) ?? defaultSocket(home),
-    identity,
+    identity: id,
     tokens: readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined),
   });
   for (const r of client.refusedTokens) {
