@@ -25,6 +25,7 @@ import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
 import { SqliteStore } from "./store/sqlite.js";
+import { memoryPair } from "./transport/memory.js";
 import { UdsListener } from "./transport/uds.js";
 import { KERNEL_VERSION } from "./version.js";
 
@@ -235,6 +236,24 @@ export class Kernel {
       this.store?.close();
       throw e;
     }
+  }
+
+  /**
+   * A connector for a client in the same process (embedding, tests): each connect() opens an
+   * in-memory session that goes through the same session and pipeline code as a socket.
+   * It satisfies @kpip/client's Connector interface structurally; the kernel does not import the client.
+   */
+  inMemoryConnector(): { transport: string; address: string; connect(): Promise<Connection> } {
+    return {
+      transport: "memory",
+      address: "in-memory kernel",
+      connect: async () => {
+        if (this.state !== "running") throw new Error("kernel not running");
+        const [kernelEnd, clientEnd] = memoryPair();
+        this.accept(kernelEnd);
+        return clientEnd;
+      },
+    };
   }
 
   /** Accepts a connection from any transport. Over the session limit it is refused with RESOURCE. */
