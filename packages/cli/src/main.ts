@@ -1,24 +1,7 @@
 #!/usr/bin/env node
-import { type Command, runCommand } from "./command.js";
-import { agentsCommand, eventsCommand, opsCommand } from "./commands/agents.js";
-import { auditCommand } from "./commands/audit.js";
-import { callCommand } from "./commands/call.js";
-import { kernelCommand } from "./commands/kernel.js";
-import { personaCommand } from "./commands/persona.js";
-import { tokenCommand } from "./commands/token.js";
+import { runCommand } from "./command.js";
+import { COMMANDS } from "./commands/index.js";
 import { EXIT } from "./util.js";
-
-/** Every command, in the order `kpip --help` lists them. */
-export const COMMANDS: Command[] = [
-  kernelCommand,
-  personaCommand,
-  tokenCommand,
-  callCommand,
-  agentsCommand,
-  opsCommand,
-  eventsCommand,
-  auditCommand,
-];
 
 function usage(): string {
   return [

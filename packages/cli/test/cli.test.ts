@@ -1,12 +1,14 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
+import { helpText } from "../src/command.js";
+import { COMMANDS } from "../src/commands/index.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
@@ -87,6 +89,12 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
       .split("\n")
       .map((l) => JSON.parse(l));
     assert.ok(refused.some((r) => r.op === "storage.write" && r.errorClass === "PERMISSION"));
+
+    const status = JSON.parse(kpip(["status", "--json", ...h]).out);
+    assert.equal(status.transports[0].address, join(home, "kernel.sock"));
+    assert.ok(status.audit.head > 0);
+    assert.ok(Array.isArray(status.sessions));
+    assert.match(kpip(["status", ...h]).out, /sessions\s+\d+/);
 
     const tokens = JSON.parse(kpip(["token", "list", "--json", ...h]).out);
     const id = tokens.find((t: { sub: string }) => t.sub === "alice").id;
@@ -188,7 +196,13 @@ describe("bad command lines", () => {
     assert.match(r.err, /no kernel at .*npm start/);
   });
 
-  for (const cmd of ["kernel", "persona", "token", "call", "agents", "ops", "events", "audit"]) {
+  it("docs/cli.md is generated from the current command definitions", () => {
+    const doc = readFileSync(fileURLToPath(new URL("../../../../docs/cli.md", import.meta.url)), "utf8");
+    for (const c of COMMANDS)
+      assert.ok(doc.includes(helpText(c).trimEnd()), `docs/cli.md is stale for ${c.name}: run node scripts/gen-cli-doc.mjs`);
+  });
+
+  for (const cmd of ["kernel", "persona", "token", "call", "agents", "ops", "events", "audit", "status"]) {
     it(`kpip ${cmd} --help shows an example`, () => {
       const r = kpip([cmd, "--help"]);
       assert.equal(r.code, 0);

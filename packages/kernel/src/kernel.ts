@@ -127,7 +127,13 @@ export class Kernel {
       this.auditLog = audit;
       this.router.register(
         systemFamily(
-          { kernelId: this.id, version: KERNEL_VERSION, startedAt: this.startedAt, sessions: () => this.sessions.size },
+          {
+            kernelId: this.id,
+            version: KERNEL_VERSION,
+            startedAt: this.startedAt,
+            sessions: () => this.sessions.size,
+            status: () => this.status(),
+          },
           this.router,
         ),
       );
@@ -238,6 +244,35 @@ export class Kernel {
     }
   }
 
+  /** What `system.status` and `kpip status` show. */
+  status(): CborMap {
+    const now = Date.now();
+    const cps = this.store?.checkpoints() ?? [];
+    const last = cps[cps.length - 1];
+    return {
+      kernel: this.id,
+      version: KERNEL_VERSION,
+      uptimeMs: now - this.startedAt,
+      home: this.config.home,
+      transports: [{ kind: "uds", address: this.config.socket }],
+      sessions: [...this.sessions].map((s) => ({
+        id: s.id,
+        persona: s.persona || "-",
+        transport: s.transport,
+        state: s.state,
+        ageMs: now - s.createdAt,
+        inFlight: s.inFlight,
+      })),
+      ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
+      agents: { running: this.agents?.runningCount ?? 0 },
+      audit: {
+        head: this.auditLog?.headSeq ?? 0,
+        ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
+      },
+      events: { subscriptions: this.events.subscriptionCount(), delivered: this.events.delivered, dropped: this.events.dropped },
+    };
+  }
+
   /**
    * A connector for a client in the same process (embedding, tests): each connect() opens an
    * in-memory session that goes through the same session and pipeline code as a socket.
@@ -295,7 +330,7 @@ export class Kernel {
   }
 }
 
-import { encodeMessage } from "@kpip/protocol";
+import { type CborMap, encodeMessage } from "@kpip/protocol";
 
 function rejectConnection(conn: Connection, message: string): void {
   conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));

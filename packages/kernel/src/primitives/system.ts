@@ -1,4 +1,4 @@
-import { PROTOCOL_VERSION, SUPPORTED_VERSIONS } from "@kpip/protocol";
+import { type CborMap, PROTOCOL_VERSION, SUPPORTED_VERSIONS } from "@kpip/protocol";
 import type { Router } from "./router.js";
 import type { PrimitiveFamily } from "./types.js";
 
@@ -7,6 +7,8 @@ export interface SystemInfo {
   version: string;
   startedAt: number;
   sessions: () => number;
+  /** The operator's view: transports, sessions, ops, agents, audit head, events. */
+  status: () => CborMap;
 }
 
 /** system.health, system.info, system.describe. */
@@ -41,6 +43,16 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
             sessions: info.sessions(),
           },
         }),
+      },
+      {
+        op: "system.status",
+        description:
+          "Operator view: version, uptime, home, transports, sessions, deferred ops, agents, audit head and last checkpoint, event drops.",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: () => ({ status: "SUCCESS", payload: info.status() }),
       },
       {
         op: "system.describe",

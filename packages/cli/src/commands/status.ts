@@ -1,0 +1,54 @@
+import type { KernelClient } from "@kpip/client";
+import type { CborMap } from "@kpip/protocol";
+import type { Command } from "../command.js";
+import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { EXIT, reportError, toJson } from "../util.js";
+
+const dur = (ms: number) =>
+  ms < 60_000 ? `${Math.round(ms / 1000)}s` : ms < 3_600_000 ? `${Math.round(ms / 60_000)}m` : `${(ms / 3_600_000).toFixed(1)}h`;
+
+export const statusCommand: Command = {
+  name: "status",
+  summary: "what the kernel is doing: sessions, ops, agents, audit head",
+  usage: "kpip status [--home DIR] [--json]",
+  example: "kpip status --json",
+  options: { ...CONNECT_OPTIONS, json: { type: "boolean", description: "print JSON" } },
+  async run(v) {
+    let client: KernelClient | undefined;
+    try {
+      client = await connectFromFlags(v);
+      const s = (await client.call("system.status", "kernel://")).payload as CborMap & {
+        sessions: { persona: string; transport: string; ageMs: number; inFlight: number; state: string }[];
+        transports: { kind: string; address: string }[];
+        ops: { running: number; queued: number };
+        agents: { running: number };
+        audit: { head: number; checkpoint?: { seq: number; time: number } };
+        events: { subscriptions: number; dropped: number };
+      };
+      if (v.json) {
+        process.stdout.write(`${JSON.stringify(toJson(s))}\n`);
+        return EXIT.OK;
+      }
+      const lines = [
+        `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs as number)})`,
+        `home       ${s.home}`,
+        ...s.transports.map((t) => `listening  ${t.kind} ${t.address}`),
+        `ops        ${s.ops.running} running, ${s.ops.queued} queued`,
+        `agents     ${s.agents.running} running`,
+        `audit      head ${s.audit.head}${s.audit.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
+        `events     ${s.events.subscriptions} subscriptions, ${s.events.dropped} dropped`,
+        `sessions   ${s.sessions.length}`,
+        ...s.sessions.map(
+          (x) =>
+            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}`,
+        ),
+      ];
+      process.stdout.write(`${lines.join("\n")}\n`);
+      return EXIT.OK;
+    } catch (e) {
+      return reportError(e, v.json === true);
+    } finally {
+      await client?.close().catch(() => {});
+    }
+  },
+};
