@@ -40,6 +40,14 @@ describe("the request pipeline", () => {
     }
   });
 
+  it("carries a W3C traceparent from the request context into the audit record", async () => {
+    const c = await t.admin();
+    const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    await c.call("system.health", "kernel://", {}, { traceparent: tp });
+    const row = await until(() => t.k.database.queryAudit({ op: "system.health" }).find((r) => r.traceparent === tp));
+    assert.equal(row.phase, "complete");
+  });
+
   it("refuses a request that speaks for another persona (AUTH) and audits it", async () => {
     p.request(10, { op: "system.health", target: "kernel://", args: {} }, { persona: "mallory" });
     p.request(11, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin", ctxPersona: "mallory" });
