@@ -56,18 +56,25 @@ describe("client lifecycle against a kernel process", () => {
   });
 
   it("detects a frozen kernel (SIGSTOP) within 3 heartbeat intervals, and recovers after SIGCONT", async () => {
-    const k = kernel(["--heartbeat-ms", "200"]);
+    const k = kernel(["--heartbeat-ms", "500"]);
     await k.start();
     const c = await k.connect();
-    await c.system.health();
-    const frozenAt = Date.now();
-    k.signal("SIGSTOP");
-    await until(() => c.state === "reconnecting", 2000, "reconnecting");
-    const detected = Date.now() - frozenAt;
-    assert.ok(detected <= 3 * 200 + 150, `detected after ${detected} ms`);
-    k.signal("SIGCONT");
-    await until(() => c.state === "ready", 5000, "ready after SIGCONT");
-    assert.equal((await c.system.health()).status, "ok");
-    await c.close();
+    try {
+      await c.system.health();
+      const seen: { state: ClientState; at: number }[] = [];
+      c.on("state", (s: ClientState) => seen.push({ state: s, at: Date.now() }));
+      const frozenAt = Date.now();
+      k.signal("SIGSTOP");
+      // the state may pass through reconnecting quickly (a frozen kernel still accepts connections), so record it
+      const lost = await until(() => seen.find((x) => x.state === "reconnecting"), 3000, "reconnecting");
+      const detected = lost.at - frozenAt;
+      assert.ok(detected <= 3 * 500, `detected after ${detected} ms`);
+      k.signal("SIGCONT");
+      await until(() => c.state === "ready" && c.connections >= 2, 15_000, "ready after SIGCONT");
+      assert.equal((await c.system.health()).status, "ok");
+    } finally {
+      k.signal("SIGCONT");
+      await c.close();
+    }
   });
 });
