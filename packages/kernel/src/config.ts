@@ -35,6 +35,8 @@ export interface KernelConfig {
   maxRuntimeMs: number;
   /** Most agents running at once. */
   maxAgents: number;
+  /** host:port for the Prometheus endpoint (/metrics); empty = off. */
+  metricsListen: string;
 }
 
 interface SettingSpec {
@@ -66,6 +68,11 @@ export const SETTINGS: SettingSpec[] = [
   { key: "maxOutputBytes", type: "int", description: "output captured per stream of a command or agent" },
   { key: "maxRuntimeMs", type: "int", description: "longest an op or agent may run without its own deadline" },
   { key: "maxAgents", type: "int", description: "most agents running at once" },
+  {
+    key: "metricsListen",
+    type: "string",
+    description: "serve Prometheus metrics on host:port (e.g. 127.0.0.1:9464); off by default",
+  },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -88,6 +95,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxOutputBytes: 1024 * 1024,
   maxRuntimeMs: 3_600_000,
   maxAgents: 64,
+  metricsListen: "",
 };
 
 /** A setting with a bad value; the kernel does not start. */

@@ -9,6 +9,7 @@ import { type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
+import { KernelMetrics } from "./metrics/metrics.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
 import { agentFamily } from "./primitives/agent.js";
@@ -65,6 +66,10 @@ export class Kernel {
   private pendingTasks: [string, TaskRegistration][] = [];
   private compute: ComputeEngine | undefined;
   private agents: AgentManager | undefined;
+  /** Prometheus series (always counted; served when metricsListen is set). */
+  metrics: KernelMetrics | undefined;
+  /** Where /metrics is served, when it is. */
+  metricsAddress = "";
 
   constructor(private readonly options: KernelOptions = {}) {
     const { authorizer: _a, logger: _l, ...flags } = options;
@@ -193,7 +198,23 @@ export class Kernel {
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
       const dedupe = new DedupeCache(c.dedupeWindowMs, store);
-      const pipeline = new Pipeline(ledger, this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log);
+      const metrics = new KernelMetrics({
+        sessions: () => {
+          const by: Record<string, number> = {};
+          for (const s of this.sessions) by[s.transport] = (by[s.transport] ?? 0) + 1;
+          return by;
+        },
+        inFlight: () => [...this.sessions].reduce((n, s) => n + s.inFlight, 0),
+        deferred: () => ({ running: compute.runningCount, queued: compute.queuedCount }),
+        eventDrops: () => this.events.dropped,
+        agents: () => agents.runningCount,
+      });
+      this.metrics = metrics;
+      audit.onCommit = (records, seconds) => {
+        metrics.auditBatch.observe(records);
+        metrics.auditCommitSeconds.observe(seconds);
+      };
+      const pipeline = new Pipeline(ledger, this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log, metrics);
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
         handshakeTimeoutMs: c.handshakeTimeoutMs,
@@ -219,6 +240,7 @@ export class Kernel {
       };
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
       await this.listener.listen();
+      if (c.metricsListen) this.metricsAddress = await metrics.listen(c.metricsListen);
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
       let lastPrune = Date.now();
       const tickMs = Math.max(50, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
@@ -321,6 +343,7 @@ export class Kernel {
     for (const s of this.sessions) s.kill();
     await this.compute?.stop();
     await this.agents?.stop();
+    await this.metrics?.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();

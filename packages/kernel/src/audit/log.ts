@@ -34,6 +34,8 @@ export class AuditLog {
   /** Sizes of recent batches, for metrics. */
   committedBatches = 0;
   committedRecords = 0;
+  /** Called after each commit with its size and duration (metrics). */
+  onCommit: ((records: number, seconds: number) => void) | undefined;
 
   constructor(
     private readonly store: AuditStore,
@@ -110,9 +112,11 @@ export class AuditLog {
     this.waiters = undefined;
     this.batchPromise = undefined;
     try {
+      const t = process.hrtime.bigint();
       this.store.appendAudit(rows, dedupe);
       this.committedBatches++;
       this.committedRecords += rows.length;
+      this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9);
     } catch (e) {
       // The chain in memory ran ahead of the store: fall back to what is durable.
       this.reload();

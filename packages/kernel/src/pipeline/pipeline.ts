@@ -16,6 +16,7 @@ import type { AuditLog } from "../audit/log.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import type { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
+import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
@@ -53,10 +54,24 @@ export class Pipeline {
     private readonly audit: AuditLog,
     private readonly dedupe: DedupeCache,
     private readonly log: Logger,
+    private readonly metrics?: KernelMetrics,
   ) {}
 
   async handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
+    const r = await this.process(s, req, started);
+    if (this.metrics) {
+      const op = this.lastOp.get(req) ?? "-";
+      this.metrics.requests.inc({ op, status: r.status, error_class: r.error ?? "" });
+      this.metrics.latency.observe({ op }, Number(process.hrtime.bigint() - started) / 1e9);
+    }
+    return r;
+  }
+
+  /** The op of each request being handled, for metric labels (unknown ops are grouped). */
+  private readonly lastOp = new WeakMap<Request, string>();
+
+  private async process(s: SessionView, req: Request, started: bigint): Promise<Response> {
     const base = { session: s.id, persona: s.persona, requestId: req.id, traceparent: req.context.traceparent ?? null };
 
     // 1. version and identity: a request may only speak for the attested persona.
@@ -77,6 +92,7 @@ export class Pipeline {
       return failure(s, req, r);
     }
     const rec = { ...base, op: intent.op, target: intent.target, intentHash: hash, intent: req.intent };
+    this.lastOp.set(req, this.router.get(intent.op) ? intent.op : "unknown");
 
     // 3. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it.

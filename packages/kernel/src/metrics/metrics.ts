@@ -1,0 +1,119 @@
+import { createServer, type Server } from "node:http";
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+
+/** The kernel's Prometheus series. Cheap to update; served only when --metrics-listen is set. */
+export class KernelMetrics {
+  readonly registry = new Registry();
+  readonly requests = new Counter({
+    name: "kpip_requests_total",
+    help: "Requests answered, by op, status and error class",
+    labelNames: ["op", "status", "error_class"] as const,
+    registers: [this.registry],
+  });
+  readonly latency = new Histogram({
+    name: "kpip_request_duration_seconds",
+    help: "Time from a request's arrival to its response, by op",
+    labelNames: ["op"] as const,
+    buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3],
+    registers: [this.registry],
+  });
+  readonly auditBatch = new Histogram({
+    name: "kpip_audit_batch_records",
+    help: "Audit records per commit",
+    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+    registers: [this.registry],
+  });
+  readonly auditCommitSeconds = new Histogram({
+    name: "kpip_audit_commit_seconds",
+    help: "Time to commit one audit batch (the lag a response waits for)",
+    buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
+    registers: [this.registry],
+  });
+  private server: Server | undefined;
+
+  constructor(gauges: {
+    sessions: () => Record<string, number>;
+    inFlight: () => number;
+    deferred: () => { running: number; queued: number };
+    eventDrops: () => number;
+    agents: () => number;
+  }) {
+    const registers = [this.registry];
+    new Gauge({
+      name: "kpip_sessions",
+      help: "Open sessions by transport",
+      labelNames: ["transport"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [t, n] of Object.entries(gauges.sessions())) this.set({ transport: t }, n);
+      },
+    });
+    new Gauge({
+      name: "kpip_requests_in_flight",
+      help: "Requests being executed",
+      registers,
+      collect() {
+        this.set(gauges.inFlight());
+      },
+    });
+    new Gauge({
+      name: "kpip_deferred_ops",
+      help: "DEFERRED ops by state",
+      labelNames: ["state"] as const,
+      registers,
+      collect() {
+        const d = gauges.deferred();
+        this.set({ state: "running" }, d.running);
+        this.set({ state: "queued" }, d.queued);
+      },
+    });
+    new Gauge({
+      name: "kpip_event_queue_drops_total",
+      help: "Events dropped from slow subscribers' queues",
+      registers,
+      collect() {
+        this.set(gauges.eventDrops());
+      },
+    });
+    new Gauge({
+      name: "kpip_agents_running",
+      help: "Agents running",
+      registers,
+      collect() {
+        this.set(gauges.agents());
+      },
+    });
+    collectDefaultMetrics({ register: this.registry, prefix: "kpip_process_" });
+  }
+
+  /** Serves /metrics on host:port; resolves with the bound address. */
+  async listen(hostPort: string): Promise<string> {
+    const i = hostPort.lastIndexOf(":");
+    const host = hostPort.slice(0, i) || "127.0.0.1";
+    const port = Number(hostPort.slice(i + 1));
+    if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
+      throw new Error(`metrics address ${hostPort} must be host:port`);
+    this.server = createServer((req, res) => {
+      if (req.url !== "/metrics") {
+        res.writeHead(404).end();
+        return;
+      }
+      this.registry.metrics().then(
+        (body) => res.writeHead(200, { "content-type": this.registry.contentType }).end(body),
+        () => res.writeHead(500).end(),
+      );
+    });
+    await new Promise<void>((resolve, reject) => {
+      this.server?.once("error", reject);
+      this.server?.listen(port, host, resolve);
+    });
+    const a = this.server.address();
+    return typeof a === "object" && a ? `${a.address}:${a.port}` : hostPort;
+  }
+
+  async close(): Promise<void> {
+    const s = this.server;
+    if (s) await new Promise((r) => s.close(() => r(undefined)));
+  }
+}

@@ -1,0 +1,39 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { removeHome, startKernel } from "./harness.js";
+
+describe("metrics", () => {
+  it("serves Prometheus series over HTTP when --metrics-listen is set", async () => {
+    const t = await startKernel({ metricsListen: "127.0.0.1:0" });
+    const c = await t.admin();
+    await c.system.health();
+    await c.storage.write("obj://ws1/m", "x");
+    await c.call("storage.read", "obj://ws1/missing").catch(() => {});
+    const res = await fetch(`http://${t.k.metricsAddress}/metrics`);
+    assert.equal(res.status, 200);
+    const text = await res.text();
+    for (const series of [
+      'kpip_requests_total{op="system.health",status="SUCCESS",error_class=""} 1',
+      'kpip_requests_total{op="storage.read",status="FAILURE",error_class="SEMANTIC"} 1',
+      'kpip_request_duration_seconds_bucket{le="3",op="storage.write"} 1',
+      'kpip_sessions{transport="uds"}',
+      "kpip_requests_in_flight",
+      'kpip_deferred_ops{state="running"} 0',
+      "kpip_audit_batch_records_count",
+      "kpip_audit_commit_seconds_count",
+      "kpip_event_queue_drops_total 0",
+    ]) {
+      assert.ok(text.includes(series), `missing ${series}`);
+    }
+    assert.equal((await fetch(`http://${t.k.metricsAddress}/nope`)).status, 404);
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("is off by default", async () => {
+    const t = await startKernel();
+    assert.equal(t.k.metricsAddress, "");
+    await t.stop();
+    removeHome(t.home);
+  });
+});
