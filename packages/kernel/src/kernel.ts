@@ -239,6 +239,7 @@ export class Kernel {
         sessionDrained: (s) => this.events.drained(s.id),
       };
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
+      this.listener.onError = (e) => this.log.error({ err: e }, "listener error");
       await this.listener.listen();
       if (c.metricsListen) this.metricsAddress = await metrics.listen(c.metricsListen);
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.

@@ -21,6 +21,7 @@ import { checkArgs, type Router } from "../primitives/router.js";
 import { OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { DedupeCache } from "./dedupe.js";
+import { endRequestSpan, type RequestTrace, stage, startRequestSpan } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
 export interface SessionView {
@@ -59,7 +60,14 @@ export class Pipeline {
 
   async handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
+    const t = startRequestSpan(req.context.traceparent, {
+      "kpip.persona": s.persona,
+      "kpip.session": s.id,
+      "kpip.request_id": req.id,
+    });
+    this.traces.set(req, t);
     const r = await this.process(s, req, started);
+    endRequestSpan(t, this.lastOp.get(req) ?? "-", r.status, r.error);
     if (this.metrics) {
       const op = this.lastOp.get(req) ?? "-";
       this.metrics.requests.inc({ op, status: r.status, error_class: r.error ?? "" });
@@ -70,6 +78,7 @@ export class Pipeline {
 
   /** The op of each request being handled, for metric labels (unknown ops are grouped). */
   private readonly lastOp = new WeakMap<Request, string>();
+  private readonly traces = new WeakMap<Request, RequestTrace>();
 
   private async process(s: SessionView, req: Request, started: bigint): Promise<Response> {
     const base = { session: s.id, persona: s.persona, requestId: req.id, traceparent: req.context.traceparent ?? null };
@@ -144,15 +153,18 @@ export class Pipeline {
     const decl = this.router.get(intent.op);
 
     // 4. capabilities and authorization.
-    const decision = this.authorizer.authorize({
-      persona: s.persona,
-      session: s.id,
-      intent,
-      context: req.context,
-      caps: req.caps,
-      handles: s.handles,
-      declaration: decl,
-    });
+    const tr = this.traces.get(req);
+    const decision = await stage(tr, "kpip.authorize", () =>
+      this.authorizer.authorize({
+        persona: s.persona,
+        session: s.id,
+        intent,
+        context: req.context,
+        caps: req.caps,
+        handles: s.handles,
+        declaration: decl,
+      }),
+    );
     const caps = decision.capIds.join(",");
     if (!decision.allowed) {
       await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(decision, started) });
@@ -171,15 +183,15 @@ export class Pipeline {
 
     // 5. an op that changes state has its intent recorded, and committed, before it runs.
     const effects = decl?.effects === true;
-    if (effects) await this.audit.append({ ...rec, phase: "intent", caps });
+    if (effects) await stage(tr, "kpip.audit.intent", () => this.audit.append({ ...rec, phase: "intent", caps }));
 
     // 6. route and execute.
     let result: OpResult | undefined;
     let refusal: Refusal | undefined;
     try {
-      result = await this.execute(s, req, intent, decl, decision.grant);
+      result = await stage(tr, "kpip.execute", () => this.execute(s, req, intent, decl, decision.grant));
     } catch (e) {
-      refusal = toRefusal(e, this.log, intent.op);
+      refusal = toRefusal(e, this.log, intent.op, req.context.traceparent);
     } finally {
       release();
     }
@@ -211,7 +223,7 @@ export class Pipeline {
         ? { key, hash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
         : undefined,
     );
-    await outcome;
+    await stage(tr, "kpip.audit.outcome", () => outcome);
     return response;
   }
 
@@ -253,10 +265,10 @@ export class Pipeline {
   }
 }
 
-function toRefusal(e: unknown, log: Logger, op: string): Refusal {
+function toRefusal(e: unknown, log: Logger, op: string, traceparent?: string | null): Refusal {
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
   if (e instanceof IntentError) return { errorClass: "SEMANTIC", message: e.message };
-  log.error({ err: e, op }, "primitive failed");
+  log.error({ err: e, op, traceparent: traceparent ?? undefined }, "primitive failed");
   return { errorClass: "INTERNAL", message: `${op} failed inside the kernel` };
 }
 

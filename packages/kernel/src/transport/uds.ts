@@ -53,6 +53,8 @@ function answers(path: string): Promise<boolean> {
 export class UdsListener {
   private server: net.Server | undefined;
   private ino: number | undefined;
+  /** Listener errors after start (logged by the kernel). */
+  onError: ((e: Error) => void) | undefined;
 
   constructor(
     readonly path: string,
@@ -73,6 +75,8 @@ export class UdsListener {
     });
     chmodSync(this.path, 0o600);
     this.ino = statSync(this.path).ino;
+    // After listening, an accept failure (e.g. EMFILE under a connection flood) must not crash the kernel.
+    server.on("error", (e) => this.onError?.(e));
     this.server = server;
   }
 

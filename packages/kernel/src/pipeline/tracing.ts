@@ -1,0 +1,39 @@
+import { type Context, context, propagation, ROOT_CONTEXT, type Span, SpanStatusCode, trace } from "@opentelemetry/api";
+import { KERNEL_VERSION } from "../version.js";
+
+// Through @opentelemetry/api only: without an SDK installed by the embedder these are no-ops;
+// with one, each request is a span (child of the caller's traceparent when a propagator is
+// registered) with a child span per pipeline stage.
+const tracer = trace.getTracer("kpip-kernel", KERNEL_VERSION);
+
+export interface RequestTrace {
+  span: Span;
+  ctx: Context;
+}
+
+export function startRequestSpan(traceparent: string | undefined, attributes: Record<string, string | number>): RequestTrace {
+  const parent = traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : context.active();
+  const span = tracer.startSpan("kpip.request", { attributes }, parent);
+  return { span, ctx: trace.setSpan(parent, span) };
+}
+
+/** Runs one pipeline stage inside its own child span. */
+export async function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): Promise<T> {
+  if (!t) return f();
+  const span = tracer.startSpan(name, undefined, t.ctx);
+  try {
+    return await f();
+  } catch (e) {
+    span.recordException(e as Error);
+    span.setStatus({ code: SpanStatusCode.ERROR });
+    throw e;
+  } finally {
+    span.end();
+  }
+}
+
+export function endRequestSpan(t: RequestTrace, op: string, status: string, errorClass: string | undefined): void {
+  t.span.setAttributes({ "kpip.op": op, "kpip.status": status, ...(errorClass ? { "kpip.error_class": errorClass } : {}) });
+  if (status === "FAILURE") t.span.setStatus({ code: SpanStatusCode.ERROR, message: errorClass ?? "FAILURE" });
+  t.span.end();
+}
