@@ -210,3 +210,49 @@ describe("bad command lines", () => {
     });
   }
 });
+
+describe("the README walkthrough, verbatim", () => {
+  it("runs as written against a kernel started the way npm start starts it", async () => {
+    const readme = readFileSync(fileURLToPath(new URL("../../../../README.md", import.meta.url)), "utf8");
+    const section = readme.slice(readme.indexOf("## Walkthrough"));
+    const script = section.slice(section.indexOf("```sh") + 5, section.indexOf("```", section.indexOf("```sh") + 5));
+    assert.match(script, /persona create alice/);
+    // a scratch "repository": the same kpip script as the real package.json, the kernel home in ./.kpip
+    const dir = mkdtempSync(join(tmpdir(), "kpip-readme-"));
+    const root = JSON.parse(readFileSync(fileURLToPath(new URL("../../../../package.json", import.meta.url)), "utf8"));
+    writeFileSync(
+      join(dir, "package.json"),
+      JSON.stringify({
+        name: "readme-walkthrough",
+        private: true,
+        scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/src/main.js", MAIN) },
+      }),
+    );
+    const k = spawn(process.execPath, [MAIN, "kernel", "--home", join(dir, ".kpip"), "--log-level", "silent"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    try {
+      await new Promise<void>((resolve) => {
+        let out = "";
+        k.stdout?.on("data", (d) => {
+          out += d;
+          if (out.includes("is running")) resolve();
+        });
+      });
+      const env = { ...process.env };
+      delete env.KPIP_HOME;
+      const r = spawnSync("bash", ["-c", script], { cwd: dir, encoding: "utf8", env });
+      const all = r.stdout + r.stderr;
+      assert.match(all, /created persona alice/);
+      assert.match(all, /SUCCESS\n\s+size: 4/);
+      assert.match(all, /FAILURE PERMISSION/);
+      assert.match(all, /storage\.read/);
+      assert.match(all, /alice\s+refused\s+storage\.write\s+obj:\/\/ws2\/x\s+FAILURE\/PERMISSION/);
+      assert.match(all, /sessions\s+\d+/);
+      assert.equal(r.status, 0, all);
+    } finally {
+      k.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
