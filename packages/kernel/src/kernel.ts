@@ -208,6 +208,7 @@ export class Kernel {
         deferred: () => ({ running: compute.runningCount, queued: compute.queuedCount }),
         eventDrops: () => this.events.dropped,
         agents: () => agents.runningCount,
+        usage: () => store.allUsage(),
       });
       this.metrics = metrics;
       audit.onCommit = (records, seconds) => {

@@ -22,6 +22,8 @@ describe("metrics", () => {
       "kpip_audit_batch_records_count",
       "kpip_audit_commit_seconds_count",
       "kpip_event_queue_drops_total 0",
+      'kpip_quota_usage{scope="workspace:ws1",resource="storage.bytes"} 1',
+      'kpip_quota_usage{scope="persona:admin",resource="storage.bytes"} 1',
     ]) {
       assert.ok(text.includes(series), `missing ${series}`);
     }

@@ -37,6 +37,7 @@ export class KernelMetrics {
     deferred: () => { running: number; queued: number };
     eventDrops: () => number;
     agents: () => number;
+    usage: () => { scope: string; resource: string; amount: number }[];
   }) {
     const registers = [this.registry];
     new Gauge({
@@ -74,6 +75,16 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.eventDrops());
+      },
+    });
+    new Gauge({
+      name: "kpip_quota_usage",
+      help: "Resource usage by scope (persona:<id> or workspace:<id>) and resource",
+      labelNames: ["scope", "resource"] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const u of gauges.usage()) this.set({ scope: u.scope, resource: u.resource }, u.amount);
       },
     });
     new Gauge({

@@ -223,6 +223,13 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
         "ON CONFLICT (scope, resource) DO UPDATE SET amount = max(0, amount + ?)",
     ).run(scope, resource, delta, delta);
   }
+  allUsage(): { scope: string; resource: string; amount: number }[] {
+    return this.prep("SELECT scope, resource, amount FROM usage WHERE amount > 0 ORDER BY scope, resource LIMIT 10000").all() as {
+      scope: string;
+      resource: string;
+      amount: number;
+    }[];
+  }
   addAllocation(a: Allocation): void {
     this.prep("INSERT INTO allocations (id, persona, resource, amount, created_at) VALUES (?, ?, ?, ?, ?)").run(
       a.id,

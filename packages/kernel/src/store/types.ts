@@ -153,6 +153,8 @@ export interface LedgerStore {
   usage(scope: string, resource: string): number;
   usageOf(scope: string): Record<string, number>;
   adjustUsage(scope: string, resource: string, delta: number): void;
+  /** Every non-zero usage row (metrics). */
+  allUsage(): { scope: string; resource: string; amount: number }[];
   addAllocation(a: Allocation): void;
   getAllocation(id: string): Allocation | undefined;
   removeAllocation(id: string): boolean;
