@@ -43,6 +43,8 @@ interface SettingSpec {
   key: keyof KernelConfig;
   type: "string" | "int";
   description: string;
+  /** Whether 0 is a meaningful value (e.g. "no quota"); other ints must be positive. */
+  zeroAllowed?: boolean;
 }
 
 /** The settings table: drives config-file parsing, env, flags and `kpip kernel --help`. */
@@ -62,7 +64,12 @@ export const SETTINGS: SettingSpec[] = [
   { key: "auditBatchMax", type: "int", description: "most audit records per commit" },
   { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
-  { key: "workspaceStorageBytes", type: "int", description: "storage bytes per workspace (0 = no quota)" },
+  {
+    key: "workspaceStorageBytes",
+    type: "int",
+    description: "storage bytes per workspace (0 = no quota)",
+    zeroAllowed: true,
+  },
   { key: "computeWorkers", type: "int", description: "worker threads for task functions" },
   { key: "opResultTtlMs", type: "int", description: "how long finished ops and results are kept" },
   { key: "maxOutputBytes", type: "int", description: "output captured per stream of a command or agent" },
@@ -117,8 +124,10 @@ function coerce(spec: SettingSpec, raw: unknown, where: string): string | number
     return raw;
   }
   const n = typeof raw === "number" ? raw : typeof raw === "string" && /^\d+$/.test(raw) ? Number(raw) : Number.NaN;
-  if (!Number.isSafeInteger(n) || n <= 0)
-    throw new ConfigError(`${where}: ${spec.key} must be a positive integer (got ${String(raw)})`);
+  if (!Number.isSafeInteger(n) || n < 0 || (n === 0 && !spec.zeroAllowed))
+    throw new ConfigError(
+      `${where}: ${spec.key} must be a ${spec.zeroAllowed ? "non-negative" : "positive"} integer (got ${String(raw)})`,
+    );
   return n;
 }
 

@@ -21,6 +21,11 @@ export interface AuditLogOptions {
  * returns a promise that settles when the record is durable; callers acknowledge nothing
  * before it resolves.
  */
+/** An append after the log was closed: the request it belongs to is refused, nothing is written. */
+export class AuditClosedError extends Error {
+  override name = "AuditClosedError";
+}
+
 export class AuditLog {
   private seq = 0;
   private head: Uint8Array = GENESIS_HASH;
@@ -29,6 +34,7 @@ export class AuditLog {
   private waiters: { resolve: () => void; reject: (e: Error) => void } | undefined;
   private batchPromise: Promise<void> | undefined;
   private scheduled = false;
+  private closed = false;
   private lastCheckpointSeq = 0;
   private readonly publicKey: Uint8Array;
   /** Sizes of recent batches, for metrics. */
@@ -62,6 +68,7 @@ export class AuditLog {
 
   /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
   append(entry: AuditEntry, dedupe?: DedupeRow): Promise<void> {
+    if (this.closed) return Promise.reject(new AuditClosedError("audit log is closed (kernel stopped)"));
     if (dedupe) this.pendingDedupe.push(dedupe);
     const partial: Omit<AuditRow, "hash"> = {
       seq: ++this.seq,
@@ -103,7 +110,7 @@ export class AuditLog {
   /** Commits everything pending in one transaction. */
   flush(): void {
     this.scheduled = false;
-    if (this.pending.length === 0) return;
+    if (this.pending.length === 0 || this.closed) return;
     const rows = this.pending;
     const dedupe = this.pendingDedupe;
     const waiters = this.waiters;
@@ -137,9 +144,11 @@ export class AuditLog {
     this.lastCheckpointSeq = this.seq;
   }
 
-  /** Flushes and writes a final checkpoint. */
+  /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */
   close(): void {
+    if (this.closed) return;
     this.flush();
     this.checkpoint();
+    this.closed = true;
   }
 }

@@ -86,7 +86,7 @@ export class Pipeline {
     // 1. version and identity: a request may only speak for the attested persona.
     const early = this.checkEnvelope(s, req);
     if (early) {
-      await this.audit.append({ ...base, phase: "refused", intent: req.intent, ...failureCols(early, started) });
+      await this.audit.append({ ...base, phase: "refused", ...intentColumns(req.intent), ...failureCols(early, started) });
       return failure(s, req, early);
     }
 
@@ -282,4 +282,23 @@ function failureCols(r: Refusal, started: bigint) {
 
 function elapsedUs(started: bigint): number {
   return Number((process.hrtime.bigint() - started) / 1000n);
+}
+
+/**
+ * The audit columns for intent bytes refused before the pipeline decoded them: always the bytes
+ * and their SHA-256 (what was sent is what is recorded), and the op and target when they decode.
+ */
+export function intentColumns(bytes: Uint8Array): { intent: Uint8Array; intentHash: Buffer; op?: string; target?: string } {
+  const cols: { intent: Uint8Array; intentHash: Buffer; op?: string; target?: string } = {
+    intent: bytes,
+    intentHash: intentHash(bytes),
+  };
+  try {
+    const i = decodeIntent(bytes);
+    cols.op = i.op;
+    cols.target = i.target;
+  } catch {
+    // undecodable: the bytes and hash are the record
+  }
+  return cols;
 }

@@ -20,7 +20,7 @@ import type { AuditLog } from "../audit/log.js";
 import { HandleTable } from "../auth/enforcer.js";
 import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
-import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
+import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";
 import type { Connection } from "./connection.js";
 import type { PersonaKeys } from "./persona-keys.js";
 
@@ -263,25 +263,30 @@ export class Session implements SessionView, EventSink {
 
   private onRequest(req: Request, stream: number): void {
     if (this.inFlight >= this.host.limits.maxInFlight) {
-      this.respond(stream, {
+      const refusal: Response = {
         version: this.version,
         id: req.id,
         status: "FAILURE",
         error: "RESOURCE",
         message: `more than ${this.host.limits.maxInFlight} requests in flight on this session`,
-      });
-      void this.host.audit
+      };
+      // Like every refusal, recorded before it is answered.
+      this.host.audit
         .append({
           session: this.id,
           persona: this.persona,
           phase: "refused",
           requestId: req.id,
-          intent: req.intent,
+          ...intentColumns(req.intent),
           status: "FAILURE",
           errorClass: "RESOURCE",
           message: "too many requests in flight",
+          traceparent: req.context.traceparent ?? null,
         })
-        .catch(() => {});
+        .then(
+          () => this.respond(stream, refusal),
+          () => this.respond(stream, { ...refusal, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
+        );
       return;
     }
     this.inFlight++;

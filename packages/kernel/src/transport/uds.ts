@@ -1,6 +1,7 @@
-import { chmodSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import { chmodSync, linkSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import net from "node:net";
-import { dirname } from "node:path";
+import { dirname, join } from "node:path";
 import type { Connection } from "../session/connection.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
@@ -66,14 +67,32 @@ export class UdsListener {
     const server = net.createServer({ noDelay: true } as net.ServerOpts, (sock) =>
       this.accept(new SocketConnection(sock, "uds")),
     );
+    // libuv unlinks the path a pipe server was bound to when it closes, even if another kernel
+    // owns that path by then. So bind under a private name, publish it with link() (which, unlike
+    // rename, fails if the path was taken meanwhile), and drop the private name: at close libuv
+    // unlinks a name that is already gone, and we remove the public one only if it is still ours.
+    const tmp = join(dirname(this.path), `.kpip-${process.pid.toString(36)}-${randomBytes(3).toString("hex")}`);
+    const bindPath = Buffer.byteLength(tmp) <= 100 ? tmp : this.path;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(this.path, () => {
+      server.listen(bindPath, () => {
         server.off("error", reject);
         resolve();
       });
     });
-    chmodSync(this.path, 0o600);
+    try {
+      chmodSync(bindPath, 0o600);
+      if (bindPath !== this.path) {
+        linkSync(bindPath, this.path);
+        unlinkSync(bindPath);
+      }
+    } catch (e) {
+      server.close();
+      const err = e as NodeJS.ErrnoException;
+      throw err.code === "EEXIST"
+        ? new SocketPathError(`socket path ${this.path} was taken while this kernel was starting`)
+        : err;
+    }
     this.ino = statSync(this.path).ino;
     // After listening, an accept failure (e.g. EMFILE under a connection flood) must not crash the kernel.
     server.on("error", (e) => this.onError?.(e));

@@ -1,0 +1,177 @@
+import assert from "node:assert/strict";
+import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { rawPublicKey, signBytes } from "@kpip/protocol";
+import { checkpointMessage, recordHash } from "../src/audit/record.js";
+import { SqliteStore, verifyAudit } from "../src/index.js";
+import { adminIdentity, RawPeer, removeHome, startKernel } from "./harness.js";
+import { requestFrame } from "./wire.js";
+
+const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
+
+/** A stopped kernel home whose log holds accepted writes and reads and several kinds of refusal. */
+async function history(): Promise<string> {
+  const t = await startKernel({ auditCheckpointEvery: 8 });
+  const c = await t.admin();
+  for (let i = 0; i < 6; i++) await c.storage.write(`obj://ws1/h/${i}`, `v${i}`);
+  await c.storage.read("obj://ws1/h/1");
+  await c.call("nope.op", "kernel://").catch(() => {});
+  const p = await RawPeer.connect(t.k.socketPath);
+  await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+  p.send(requestFrame(900, { op: "system.health", target: "kernel://", args: {} }, { persona: "mallory" }));
+  await p.response(900);
+  p.send(requestFrame(901, { op: "system.health", target: "kernel://", args: {} }, { caps: [] }));
+  await p.response(901);
+  p.close();
+  await t.stop();
+  return t.home;
+}
+
+const open = (home: string) => new SqliteStore(join(home, "kernel.db"));
+
+/** Rewrites the chain from `fromSeq` on so every link and hash is consistent again (an attacker without the kernel key). */
+function rechain(s: SqliteStore, fromSeq: number): void {
+  const rows = s.scanAudit(1, 100_000);
+  let prev = rows.find((r) => r.seq === fromSeq - 1)?.hash as Uint8Array;
+  const upd = s.db.prepare("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?");
+  for (const r of rows.filter((x) => x.seq >= fromSeq)) {
+    const { hash: _h, ...rest } = r;
+    const h = recordHash({ ...rest, prevHash: prev });
+    upd.run(Buffer.from(prev), h, r.seq);
+    prev = h;
+  }
+}
+
+describe("audit log: per-request records and tamper evidence", () => {
+  it("each request has the right records: refused → one 'refused'; with effects → 'intent' then 'outcome'", async () => {
+    const home = await history();
+    const s = open(home);
+    const rows = s.scanAudit(1, 100_000).filter((r) => r.requestId !== null);
+    const byRequest = new Map<string, typeof rows>();
+    for (const r of rows) {
+      const k = `${r.session}:${r.requestId}`;
+      byRequest.set(k, [...(byRequest.get(k) ?? []), r]);
+    }
+    const writes = [...byRequest.values()].filter((rs) => rs[0]?.op === "storage.write");
+    assert.equal(writes.length, 6);
+    for (const rs of writes) {
+      assert.deepEqual(
+        rs.map((r) => r.phase),
+        ["intent", "outcome"],
+      );
+      const [i, o] = rs as [(typeof rows)[0], (typeof rows)[0]];
+      assert.ok(i.seq < o.seq);
+      assert.deepEqual(Buffer.from(i.intentHash ?? []), sha256(i.intent as Uint8Array));
+      assert.deepEqual(Buffer.from(o.intentHash ?? []), Buffer.from(i.intentHash ?? []), "the outcome names the intent by hash");
+      assert.equal(o.status, "SUCCESS");
+    }
+    const refused = [...byRequest.values()].filter((rs) => rs.some((r) => r.phase === "refused"));
+    assert.ok(refused.length >= 2);
+    for (const rs of refused) assert.equal(rs.length, 1, "a refused request has exactly one record");
+    const auth = refused.find((rs) => rs[0]?.requestId === 900)?.[0];
+    const cap = refused.find((rs) => rs[0]?.requestId === 901)?.[0];
+    assert.deepEqual([auth?.errorClass, cap?.errorClass], ["AUTH", "CAPABILITY"]);
+    const v = verifyAudit(s);
+    assert.ok(v.ok, v.firstBad?.reason);
+    assert.ok(v.records > 0 && v.checkpoints >= 1);
+    s.close();
+    removeHome(home);
+  });
+
+  const cases: [string, (s: SqliteStore) => void, number | undefined, RegExp][] = [
+    ["a modified message (seq 3)", (s) => s.db.prepare("UPDATE audit SET message = 'x' WHERE seq = 3").run(), 3, /content/],
+    ["a modified status", (s) => s.db.prepare("UPDATE audit SET status = 'SUCCESS' WHERE seq = 4").run(), 4, /content/],
+    ["a deleted middle record", (s) => s.db.prepare("DELETE FROM audit WHERE seq = 5").run(), 5, /missing/],
+    [
+      "a forged record inserted in the middle",
+      (s) => {
+        s.db.prepare("UPDATE audit SET seq = seq + 100000 WHERE seq >= 6").run();
+        s.db
+          .prepare(
+            "INSERT INTO audit SELECT 6, time, kernel, session, persona, phase, request_id, 'storage.delete', target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, prev_hash FROM audit WHERE seq = 5",
+          )
+          .run();
+        s.db.prepare("UPDATE audit SET seq = seq - 100000 + 1 WHERE seq > 100000").run();
+      },
+      6,
+      /content|link/,
+    ],
+    [
+      "two records' contents swapped (reordered)",
+      (s) => {
+        s.db.prepare("UPDATE audit SET seq = -1 WHERE seq = 4").run();
+        s.db.prepare("UPDATE audit SET seq = 4 WHERE seq = 5").run();
+        s.db.prepare("UPDATE audit SET seq = 5 WHERE seq = -1").run();
+      },
+      4,
+      /link|content/,
+    ],
+    [
+      "a tail truncated past a checkpoint",
+      (s) => {
+        const first = s.checkpoints()[0]?.seq as number;
+        s.db.prepare("DELETE FROM audit WHERE seq >= ?").run(first);
+      },
+      undefined,
+      /missing|truncated/,
+    ],
+    [
+      "a modified record with the whole chain after it recomputed",
+      (s) => {
+        s.db.prepare("UPDATE audit SET message = 'nothing happened' WHERE seq = 3").run();
+        rechain(s, 3);
+      },
+      undefined,
+      /checkpoint/,
+    ],
+    [
+      "a checkpoint whose hash was edited",
+      (s) => {
+        const cp = s.checkpoints()[0]?.seq as number;
+        s.db.prepare("UPDATE audit_checkpoints SET hash = zeroblob(32) WHERE seq = ?").run(cp);
+      },
+      undefined,
+      /checkpoint/,
+    ],
+  ];
+  for (const [name, tamper, seq, reason] of cases) {
+    it(`detects ${name}`, async () => {
+      const home = await history();
+      const s = open(home);
+      assert.ok(verifyAudit(s).ok, "clean before tampering");
+      tamper(s);
+      const v = verifyAudit(s);
+      assert.equal(v.ok, false);
+      if (seq !== undefined) assert.equal(v.firstBad?.seq, seq);
+      assert.match(v.firstBad?.reason ?? "", reason);
+      s.close();
+      removeHome(home);
+    });
+  }
+
+  it("a rewritten chain with checkpoints re-signed by another key fails against the trusted kernel key", async () => {
+    const home = await history();
+    const s = open(home);
+    const kernelKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(join(home, "kernel.key")))));
+    assert.ok(verifyAudit(s, { trustedKey: kernelKey }).ok, "the real kernel key verifies the untouched log");
+    s.db.prepare("UPDATE audit SET message = 'nothing happened' WHERE seq = 3").run();
+    rechain(s, 3);
+    const attacker = generateKeyPairSync("ed25519").privateKey;
+    const attackerPub = rawPublicKey(createPublicKey(attacker));
+    const rows = s.scanAudit(1, 100_000);
+    for (const cp of s.checkpoints()) {
+      const hash = rows.find((r) => r.seq === cp.seq)?.hash as Uint8Array;
+      const sig = signBytes(attacker, checkpointMessage({ ...cp, hash }));
+      s.db
+        .prepare("UPDATE audit_checkpoints SET hash = ?, public_key = ?, signature = ? WHERE seq = ?")
+        .run(Buffer.from(hash), Buffer.from(attackerPub), sig, cp.seq);
+    }
+    const v = verifyAudit(s, { trustedKey: kernelKey });
+    assert.equal(v.ok, false);
+    assert.match(v.firstBad?.reason ?? "", /key other than/);
+    s.close();
+    removeHome(home);
+  });
+});

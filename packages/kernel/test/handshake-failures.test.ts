@@ -1,0 +1,275 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
+import type { AuditRow } from "../src/store/types.js";
+import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
+
+/**
+ * Every way a handshake can fail, over a real socket: the peer gets one fatal ERROR frame
+ * with the right class and code, the socket closes, a FAILURE record with op
+ * "session.handshake" lands in the audit log, and the kernel keeps serving good clients.
+ */
+describe("handshake failures: wire answer, audit record, kernel keeps serving", () => {
+  let t: TestKernel;
+  before(async () => {
+    t = await startKernel({ handshakeTimeoutMs: 300, heartbeatMs: 5000 });
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  const handshakeSeqs = () =>
+    new Set(
+      allAudit(t.k)
+        .filter((r) => r.op === "session.handshake")
+        .map((r) => r.seq),
+    );
+
+  /** The ERROR frame, then the close; returns the ERROR body. */
+  const expectFatal = async (p: RawPeer, cls: string, code: string) => {
+    const e = await p.next("ERROR");
+    assert.deepEqual([e.body.class, e.body.code, e.body.fatal], [cls, code, true]);
+    await until(() => p.closed, 3000, "the kernel closes the socket");
+    return e.body;
+  };
+
+  /** A new session.handshake FAILURE record whose message starts with the code. */
+  const expectAudited = async (seen: Set<number>, cls: string, code: string, session?: string): Promise<AuditRow> => {
+    const row = await auditRecord(
+      t.k,
+      (r) =>
+        r.op === "session.handshake" &&
+        !seen.has(r.seq) &&
+        (r.message ?? "").startsWith(`${code}:`) &&
+        (session === undefined || r.session === session),
+      `session.handshake record for ${code}`,
+    );
+    assert.equal(row.phase, "session");
+    assert.equal(row.status, "FAILURE");
+    assert.equal(row.errorClass, cls);
+    return row;
+  };
+
+  const stillServing = async () => {
+    const c = await t.admin();
+    assert.equal((await c.system.health()).status, "ok");
+    await c.close();
+  };
+
+  it("a bad signature (over another transcript): AUTH/ATTESTATION_FAILED, audited with the cause", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const id = adminIdentity(t.k);
+    const h = await helloAs(p, "admin", id.publicKey);
+    // signs the right CHALLENGE but a different HELLO: not this session's transcript
+    p.sendMessage({
+      type: "ATTEST",
+      body: { signature: attestSignature(id, Buffer.from("another hello"), h.challengeBytes), tokens: [] },
+    });
+    const e = await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
+    assert.equal(e.message, "attestation failed");
+    const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
+    assert.equal(row.persona, "admin");
+    assert.match(row.message ?? "", /signature does not verify/);
+    await stillServing();
+  });
+
+  it("a signature over another session's nonce (ATTEST of session A replayed on B)", async () => {
+    const seen = handshakeSeqs();
+    const id = adminIdentity(t.k);
+    const a = await RawPeer.connect(t.k.socketPath);
+    const ha = await helloAs(a, "admin", id.publicKey);
+    const sigA = attestSignature(id, ha.helloBytes, ha.challengeBytes);
+    const b = await RawPeer.connect(t.k.socketPath);
+    const hb = await helloAs(b, "admin", id.publicKey);
+    assert.notEqual(ha.session, hb.session);
+    b.sendMessage({ type: "ATTEST", body: { signature: sigA, tokens: [] } });
+    await expectFatal(b, "AUTH", "ATTESTATION_FAILED");
+    await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", hb.session);
+    // A's own signature still works on A: the replay did not disturb the victim session
+    a.sendMessage({ type: "ATTEST", body: { signature: sigA, tokens: [Buffer.from(t.adminToken, "base64url")] } });
+    assert.equal((await a.next("WELCOME")).body.persona, "admin");
+    a.close();
+    await stillServing();
+  });
+
+  it("an unknown persona: the same AUTH answer on the wire, the reason only in the audit log", async () => {
+    const seen = handshakeSeqs();
+    const stranger = generateIdentity("stranger");
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "stranger", stranger.publicKey);
+    p.sendMessage({ type: "ATTEST", body: { signature: attestSignature(stranger, h.helloBytes, h.challengeBytes), tokens: [] } });
+    const e = await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
+    assert.equal(e.message, "attestation failed", "no oracle for which personas exist");
+    const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
+    assert.equal(row.persona, "stranger");
+    assert.match(row.message ?? "", /not registered/);
+    await stillServing();
+  });
+
+  it("a public key in HELLO other than the registered one, validly self-signed", async () => {
+    const seen = handshakeSeqs();
+    const impostor = generateIdentity("admin");
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "admin", impostor.publicKey);
+    p.sendMessage({ type: "ATTEST", body: { signature: attestSignature(impostor, h.helloBytes, h.challengeBytes), tokens: [] } });
+    const e = await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
+    assert.equal(e.message, "attestation failed");
+    const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
+    assert.match(row.message ?? "", /public key differs/);
+    await stillServing();
+  });
+
+  it("the registered key in HELLO but a signature by another key", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "admin", adminIdentity(t.k).publicKey);
+    const other = generateIdentity("admin");
+    p.sendMessage({ type: "ATTEST", body: { signature: attestSignature(other, h.helloBytes, h.challengeBytes), tokens: [] } });
+    await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
+    await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
+    await stillServing();
+  });
+
+  it("HELLO offering only version 99: PROTOCOL/UNSUPPORTED_VERSION, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    p.sendMessage({
+      type: "HELLO",
+      body: {
+        versions: [99],
+        persona: "admin",
+        publicKey: adminIdentity(t.k).publicKey,
+        instance: Buffer.alloc(16),
+        features: [],
+      },
+    });
+    const e = await expectFatal(p, "PROTOCOL", "UNSUPPORTED_VERSION");
+    assert.match(e.message, /99/);
+    assert.ok(!p.frames.some((f) => f.msg.type === "CHALLENGE"), "no CHALLENGE for an unsupported version");
+    const row = await expectAudited(seen, "PROTOCOL", "UNSUPPORTED_VERSION");
+    assert.equal(row.persona, "admin");
+    await stillServing();
+  });
+
+  it("REQUEST before the handshake: PROTOCOL/UNEXPECTED_MESSAGE, never executed, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    p.send(requestFrame(1, { op: "storage.write", target: "obj://ws1/pre-handshake", args: { data: "x" } }));
+    await expectFatal(p, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"));
+    await expectAudited(seen, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    const c = await t.admin();
+    await assert.rejects(c.storage.stat("obj://ws1/pre-handshake"));
+    await c.close();
+  });
+
+  it("ATTEST before HELLO: PROTOCOL/UNEXPECTED_MESSAGE, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    p.send(encodeFrame({ type: MessageType.ATTEST }, { signature: Buffer.alloc(64), tokens: [] }));
+    await expectFatal(p, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    await expectAudited(seen, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    await stillServing();
+  });
+
+  it("a second HELLO: PROTOCOL/UNEXPECTED_MESSAGE, audited against that session", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const id = adminIdentity(t.k);
+    const h = await helloAs(p, "admin", id.publicKey);
+    p.sendMessage({
+      type: "HELLO",
+      body: { versions: [1], persona: "admin", publicKey: id.publicKey, instance: Buffer.alloc(16), features: [] },
+    });
+    await expectFatal(p, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    await expectAudited(seen, "PROTOCOL", "UNEXPECTED_MESSAGE", h.session);
+    await stillServing();
+  });
+
+  it("a HELLO after WELCOME: the session is closed (PROTOCOL/UNEXPECTED_MESSAGE)", async () => {
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    p.sendMessage({
+      type: "HELLO",
+      body: {
+        versions: [1],
+        persona: "admin",
+        publicKey: adminIdentity(t.k).publicKey,
+        instance: Buffer.alloc(16),
+        features: [],
+      },
+    });
+    await expectFatal(p, "PROTOCOL", "UNEXPECTED_MESSAGE");
+    await stillServing();
+  });
+
+  it("garbage bytes: PROTOCOL/BAD_MAGIC, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    p.send(Buffer.from("this is not a kpip frame at all, just garbage bytes"));
+    await expectFatal(p, "PROTOCOL", "BAD_MAGIC");
+    await expectAudited(seen, "PROTOCOL", "BAD_MAGIC");
+    await stillServing();
+  });
+
+  it("a declared body length over the limit: PROTOCOL/TOO_LARGE before any body arrives, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const header = Buffer.alloc(HEADER_SIZE);
+    writeHeader(header, 0, { type: MessageType.HELLO, flags: 0, stream: 0, length: t.k.config.maxBodyBytes + 1 });
+    p.send(header); // the header alone: the kernel must refuse without waiting for (or allocating) the body
+    await expectFatal(p, "PROTOCOL", "TOO_LARGE");
+    await expectAudited(seen, "PROTOCOL", "TOO_LARGE");
+    await stillServing();
+  });
+
+  it("a peer that connects and sends nothing: PROTOCOL/HANDSHAKE_TIMEOUT, audited", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    await expectFatal(p, "PROTOCOL", "HANDSHAKE_TIMEOUT");
+    await expectAudited(seen, "PROTOCOL", "HANDSHAKE_TIMEOUT");
+    await stillServing();
+  });
+
+  it("a peer that sends HELLO and never attests: PROTOCOL/HANDSHAKE_TIMEOUT, audited with the persona", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "admin", adminIdentity(t.k).publicKey);
+    await expectFatal(p, "PROTOCOL", "HANDSHAKE_TIMEOUT");
+    const row = await expectAudited(seen, "PROTOCOL", "HANDSHAKE_TIMEOUT", h.session);
+    assert.equal(row.persona, "admin");
+    await stillServing();
+  });
+
+  it("a completed handshake is not timed out", async () => {
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    await new Promise((r) => setTimeout(r, 700)); // more than twice handshakeTimeoutMs
+    assert.ok(!p.closed);
+    assert.ok(!p.frames.some((f) => f.msg.type === "ERROR"));
+    p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));
+    assert.equal((await p.response(1)).status, "SUCCESS");
+    p.close();
+  });
+
+  it("the successful handshake: WELCOME with the persona and handle, and a session.open record", async () => {
+    const p = await RawPeer.connect(t.k.socketPath);
+    const id = adminIdentity(t.k);
+    const h = await helloAs(p, "admin", id.publicKey);
+    p.sendMessage({
+      type: "ATTEST",
+      body: { signature: attestSignature(id, h.helloBytes, h.challengeBytes), tokens: [Buffer.from(t.adminToken, "base64url")] },
+    });
+    const w = await p.next("WELCOME");
+    assert.deepEqual(w.body, { persona: "admin", handles: [1] });
+    const row = await auditRecord(t.k, (r) => r.op === "session.open" && r.session === h.session);
+    assert.deepEqual([row.persona, row.status], ["admin", "SUCCESS"]);
+    const c = await t.admin();
+    assert.equal(c.state, "ready");
+    await c.close();
+    p.close();
+  });
+});

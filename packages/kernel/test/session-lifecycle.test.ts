@@ -1,0 +1,213 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { describe, it } from "node:test";
+import { encodeMessage } from "@kpip/protocol";
+import type { PrimitiveFamily } from "../src/index.js";
+import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { auditRecord, requestFrame, sleep } from "./wire.js";
+
+/** slow.wait: 200 ms, reports whether its signal fired; slow.stuck: ignores its signal for `stuckMs`. */
+function slowFamily(seen: { aborted: number; finished: number }, stuckMs = 5000): PrimitiveFamily {
+  return {
+    name: "slow",
+    ops: [
+      {
+        op: "slow.wait",
+        description: "waits 200 ms",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: async (ctx) => {
+          await sleep(200);
+          seen.finished++;
+          return { status: "SUCCESS", payload: { aborted: ctx.signal.aborted } };
+        },
+      },
+      {
+        op: "slow.until_abort",
+        description: "waits until its signal fires",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: (ctx) =>
+          new Promise((resolve) => {
+            ctx.signal.addEventListener("abort", () => {
+              seen.aborted++;
+              resolve({ status: "SUCCESS", payload: { aborted: true } });
+            });
+          }),
+      },
+      {
+        op: "slow.stuck",
+        description: "ignores its signal",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: async () => {
+          await sleep(stuckMs);
+          return { status: "SUCCESS" };
+        },
+      },
+    ],
+  };
+}
+
+const token = (t: { adminToken: string }) => [Buffer.from(t.adminToken, "base64url")];
+
+describe("session lifecycle over real sockets", () => {
+  it("stop with five calls in flight: all SUCCESS without abort, GOODBYE, client closed, socket removed", async () => {
+    const seen = { aborted: 0, finished: 0 };
+    const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    const c = await t.admin();
+    const states: string[] = [];
+    c.on("state", (s: string) => states.push(s));
+    const goodbye = new Promise((r) => c.once("goodbye", r));
+    const calls = Array.from({ length: 5 }, () => c.call("slow.wait", "kernel://"));
+    await until(() => t.k.status().sessions !== undefined && t.k.sessionCount === 1);
+    await sleep(30);
+    await t.k.stop();
+    const results = await Promise.all(calls);
+    for (const r of results) assert.deepEqual([r.status, r.payload], ["SUCCESS", { aborted: false }]);
+    assert.equal(seen.finished, 5);
+    await goodbye;
+    await until(() => states.includes("closed"), 3000, "client closed");
+    assert.ok(!existsSync(t.k.socketPath));
+    removeHome(t.home);
+  });
+
+  it("stop closes peers still in the handshake", async () => {
+    const t = await startKernel({ handshakeTimeoutMs: 60_000 });
+    const silent = await RawPeer.connect(t.k.socketPath);
+    const halfway = await RawPeer.connect(t.k.socketPath);
+    await halfway.hello(adminIdentity(t.k));
+    await until(() => t.k.sessionCount === 2);
+    await t.k.stop();
+    await until(() => silent.closed && halfway.closed, 3000, "handshaking peers closed");
+    removeHome(t.home);
+  });
+
+  it("a stuck handler past drainTimeoutMs: stop returns, the call settles, the late result is dropped quietly", async () => {
+    const seen = { aborted: 0, finished: 0 };
+    const t = await startKernel({ drainTimeoutMs: 300 }, undefined, (k) => k.register(slowFamily(seen, 700)));
+    const c = await t.admin();
+    const call = c.call("slow.stuck", "kernel://").then(
+      () => "resolved",
+      () => "rejected",
+    );
+    await sleep(50);
+    await t.k.stop();
+    assert.ok(["resolved", "rejected"].includes(await call), "the call is answered or fails, never hangs");
+    await c.close();
+    // the handler finishes after the kernel stopped: that must not throw in the embedding process
+    await sleep(900);
+    removeHome(t.home);
+  });
+
+  it("GOODBYE from the peer: in-flight answered, new REQUESTs refused PROTOCOL, then GOODBYE and close", async () => {
+    const seen = { aborted: 0, finished: 0 };
+    const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), token(t));
+    p.send(requestFrame(1, { op: "slow.wait", target: "kernel://", args: {} }));
+    await sleep(30);
+    p.send(encodeMessage({ type: "GOODBYE", body: { reason: "done" } }));
+    p.send(requestFrame(2, { op: "system.health", target: "kernel://", args: {} }));
+    const late = await p.response(2);
+    assert.deepEqual([late.status, late.error], ["FAILURE", "PROTOCOL"]);
+    assert.deepEqual((await p.response(1)).payload, { aborted: false });
+    await p.next("GOODBYE");
+    await until(() => p.closed, 3000, "closed after GOODBYE");
+    await until(() => t.k.sessionCount === 0);
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("client close says GOODBYE after its in-flight call is answered; the kernel drops the session", async () => {
+    const seen = { aborted: 0, finished: 0 };
+    const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    const c = await t.admin();
+    const call = c.call("slow.wait", "kernel://");
+    await sleep(30);
+    await c.close();
+    assert.deepEqual((await call).payload, { aborted: false });
+    await until(() => t.k.sessionCount === 0, 3000, "session gone");
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("dead peer: reads the PINGs but never answers nor sends: the kernel closes it", async () => {
+    const t = await startKernel({ heartbeatMs: 100 });
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), token(t));
+    await until(() => p.closed, 5000, "the kernel closes a silent peer");
+    assert.ok(
+      p.frames.some((f) => f.msg.type === "PING"),
+      "the kernel pinged before giving up",
+    );
+    await until(() => t.k.sessionCount === 0);
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("a live peer that answers PINGs stays connected well past three heartbeats", async () => {
+    const t = await startKernel({ heartbeatMs: 100 });
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), token(t));
+    const answer = setInterval(() => {
+      for (let i = p.frames.length - 1; i >= 0; i--) {
+        const f = p.frames[i];
+        if (f?.msg.type === "PING") {
+          p.frames.splice(i, 1);
+          p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
+        }
+      }
+    }, 20);
+    await sleep(900);
+    clearInterval(answer);
+    assert.ok(!p.closed, "an answering peer is not dead");
+    p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));
+    assert.equal((await p.response(1)).status, "SUCCESS");
+    p.close();
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("maxSessions 2: a third connection gets RESOURCE/TOO_MANY_SESSIONS; a freed slot is usable again", async () => {
+    const t = await startKernel({ maxSessions: 2 });
+    const a = await RawPeer.connect(t.k.socketPath);
+    const b = await RawPeer.connect(t.k.socketPath);
+    await until(() => t.k.sessionCount === 2);
+    const c = await RawPeer.connect(t.k.socketPath);
+    const e = await c.next("ERROR");
+    assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["RESOURCE", "TOO_MANY_SESSIONS", true]);
+    await until(() => c.closed, 3000, "refused connection closed");
+    a.close();
+    await until(() => t.k.sessionCount === 1, 3000, "slot freed");
+    const d = await RawPeer.connect(t.k.socketPath);
+    const w = await d.handshake(adminIdentity(t.k), token(t));
+    assert.equal(w.body.persona, "admin");
+    for (const x of [b, d]) x.close();
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("a session that ends aborts its in-flight handler, whose outcome is still audited", async () => {
+    const seen = { aborted: 0, finished: 0 };
+    const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), token(t));
+    p.send(requestFrame(41, { op: "slow.until_abort", target: "kernel://", args: {} }));
+    await until(
+      () => t.k.status().sessions !== undefined && (t.k.status().sessions as { inFlight: number }[])[0]?.inFlight === 1,
+    );
+    p.sock.destroy();
+    await until(() => seen.aborted === 1, 3000, "the handler saw the abort");
+    const row = await auditRecord(t.k, (r) => r.requestId === 41 && r.op === "slow.until_abort");
+    assert.ok(["complete", "outcome"].includes(row.phase));
+    await t.stop();
+    removeHome(t.home);
+  });
+});

@@ -1,0 +1,173 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, lstatSync, mkdirSync, mkdtempSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { ConfigError, Kernel, resolveConfig, SocketPathError, SqliteStore, verifyAudit } from "../src/index.js";
+import { removeHome, startKernel, until } from "./harness.js";
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/** A kernel in a child process on `home`; resolves once it listens. */
+async function childKernel(home: string) {
+  const code = `const { Kernel } = await import(process.argv[1]);
+const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
+await k.start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", code, kernelModule, home], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.on("data", (d) => {
+    out += d;
+  });
+  await until(() => out.includes("ready") || child.exitCode !== null, 15_000, "child kernel");
+  assert.ok(out.includes("ready"), "child kernel started");
+  return child;
+}
+
+describe("socket safety and crash recovery", () => {
+  it("after a SIGKILLed kernel: the stale socket is replaced, acknowledged writes and their audit records survive", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const child = await childKernel(home);
+    const probe = new Kernel({ home, logLevel: "silent" }); // only for the paths
+    const socket = probe.socketPath;
+    const { KernelClient } = await import("@kpip/client");
+    const { readFileSync } = await import("node:fs");
+    const c = await KernelClient.connect({
+      socket,
+      identity: join(home, "admin.identity"),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+      reconnect: false,
+    });
+    const acked = await c.storage.write("obj://ws1/acked", "before the crash");
+    assert.equal(acked.generation, 1);
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGKILL");
+    await exited;
+    await c.close().catch(() => {});
+    assert.ok(lstatSync(socket).isSocket(), "the killed kernel left its socket file");
+
+    const t = await startKernel({}, home);
+    const a = await t.admin();
+    assert.equal(Buffer.from((await a.storage.read("obj://ws1/acked")).data).toString(), "before the crash");
+    const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://ws1/acked");
+    assert.deepEqual(
+      rows.map((r) => r.phase),
+      ["intent", "outcome"],
+      "the acknowledged write's records survived the kill",
+    );
+    await t.stop();
+    const s = new SqliteStore(join(home, "kernel.db"));
+    const v = verifyAudit(s);
+    s.close();
+    assert.ok(v.ok, v.firstBad?.reason);
+    removeHome(home);
+  });
+
+  it("refuses a socket directory that is a symlink", async () => {
+    const base = mkdtempSync(join(tmpdir(), "kpip-"));
+    const real = join(base, "real");
+    mkdirSync(real, { mode: 0o700 });
+    symlinkSync(real, join(base, "link"));
+    const k = new Kernel({ home: join(base, "home"), socket: join(base, "link", "k.sock"), logLevel: "silent" });
+    await assert.rejects(k.start(), SocketPathError);
+    assert.ok(!existsSync(join(real, "k.sock")));
+    removeHome(base);
+  });
+
+  it("refuses a second kernel on the same home while the first runs, and the first keeps serving", async () => {
+    const t = await startKernel();
+    const k2 = new Kernel({ home: t.home, logLevel: "silent" });
+    await assert.rejects(
+      k2.start(),
+      (e: unknown) => e instanceof SocketPathError && /already listening/.test((e as Error).message),
+    );
+    const c = await t.admin();
+    assert.equal((await c.system.health()).status, "ok");
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("a kernel whose socket file was replaced by another kernel's does not remove it at stop", async () => {
+    const a = await startKernel();
+    const base = mkdtempSync(join(tmpdir(), "kpip-"));
+    unlinkSync(a.k.socketPath); // someone removed A's socket file; B takes the path
+    const b = await startKernel({ socket: a.k.socketPath }, base);
+    try {
+      await a.stop();
+      assert.ok(existsSync(b.k.socketPath), "A's stop left B's socket alone");
+      const c = await b.admin();
+      assert.equal((await c.system.health()).status, "ok");
+    } finally {
+      await b.stop();
+      removeHome(a.home);
+      removeHome(base);
+    }
+  });
+});
+
+describe("configuration precedence", () => {
+  const home = () => {
+    const h = mkdtempSync(join(tmpdir(), "kpip-"));
+    writeFileSync(join(h, "config.json"), JSON.stringify({ maxSessions: 7, maxInFlight: 9, heartbeatMs: 11 }));
+    return h;
+  };
+
+  it("flags over env over config file over defaults, for the same setting", () => {
+    const h = home();
+    const env = { KPIP_MAX_SESSIONS: "5", KPIP_MAX_IN_FLIGHT: "6" };
+    const c = resolveConfig({ flags: { home: h, maxSessions: "3" }, env });
+    assert.equal(c.maxSessions, 3, "flag beats env and file");
+    assert.equal(c.maxInFlight, 6, "env beats file");
+    assert.equal(c.heartbeatMs, 11, "file beats default");
+    assert.equal(c.handshakeTimeoutMs, 10_000, "default");
+    assert.equal(c.socket, join(h, "kernel.sock"));
+    removeHome(h);
+  });
+
+  it("takes the home from KPIP_HOME and reads that home's config file; an empty env value is ignored", () => {
+    const h = home();
+    const c = resolveConfig({ env: { KPIP_HOME: h, KPIP_HEARTBEAT_MS: "" } });
+    assert.deepEqual([c.home, c.maxSessions, c.heartbeatMs], [h, 7, 11]);
+    removeHome(h);
+  });
+
+  it("an explicit config file must exist; unknown keys and bad values are ConfigError", () => {
+    const h = home();
+    assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "missing.json") }), ConfigError);
+    writeFileSync(join(h, "bad.json"), JSON.stringify({ heartbeatMS: 5 }));
+    assert.throws(
+      () => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "bad.json") }),
+      (e: unknown) => e instanceof ConfigError && /heartbeatMS/.test((e as Error).message),
+    );
+    writeFileSync(join(h, "arr.json"), "[]");
+    assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "arr.json") }), ConfigError);
+    for (const bad of ["12abc", "1.5", "0x10", "-3", "0", " 5", "1e3"]) {
+      assert.throws(() => resolveConfig({ flags: { home: h, maxSessions: bad }, env: {} }), ConfigError, `flag ${bad}`);
+      assert.throws(() => resolveConfig({ flags: { home: h }, env: { KPIP_MAX_SESSIONS: bad } }), ConfigError, `env ${bad}`);
+    }
+    writeFileSync(join(h, "float.json"), JSON.stringify({ maxSessions: 2.5 }));
+    assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "float.json") }), ConfigError);
+    writeFileSync(join(h, "type.json"), JSON.stringify({ logLevel: 3 }));
+    assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "type.json") }), ConfigError);
+    removeHome(h);
+  });
+
+  it("a bad setting stops the kernel constructor (the kernel never starts on it)", () => {
+    const h = home();
+    assert.throws(() => new Kernel({ home: h, logLevel: "silent", maxInFlight: -1 }), ConfigError);
+    removeHome(h);
+  });
+
+  it("accepts the documented 0 (= no quota) for workspaceStorageBytes from every source", () => {
+    const h = home();
+    assert.equal(resolveConfig({ flags: { home: h, workspaceStorageBytes: "0" }, env: {} }).workspaceStorageBytes, 0);
+    assert.equal(resolveConfig({ flags: { home: h }, env: { KPIP_WORKSPACE_STORAGE_BYTES: "0" } }).workspaceStorageBytes, 0);
+    writeFileSync(join(h, "config.json"), JSON.stringify({ workspaceStorageBytes: 0 }));
+    assert.equal(resolveConfig({ flags: { home: h }, env: {} }).workspaceStorageBytes, 0);
+    removeHome(h);
+  });
+});

@@ -1,0 +1,94 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { type KernelClient, KpipError } from "@kpip/client";
+import { IntentError } from "@kpip/protocol";
+import { removeHome, startKernel, type TestKernel } from "./harness.js";
+
+const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+
+describe("storage: paging by hand, prefixes, CAS edges, client-side target checks", () => {
+  let t: TestKernel;
+  let c: KernelClient;
+  before(async () => {
+    t = await startKernel({ maxObjectBytes: 1024 });
+    c = await t.admin();
+    for (const n of ["dir/a", "dir/b", "dir/c", "dir/d", "dir/e", "dirx/a", "dir", "other/z"]) {
+      await c.storage.write(`obj://ws1/${n}`, n);
+    }
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("limit 2 over 5 objects: PARTIAL, PARTIAL, SUCCESS; following the cursors yields each exactly once", async () => {
+    const statuses: string[] = [];
+    const seen: string[] = [];
+    let cursor: string | undefined;
+    for (let i = 0; i < 10; i++) {
+      const r = await c.call("storage.list", "obj://ws1/dir", cursor ? { limit: 2, cursor } : { limit: 2 });
+      statuses.push(r.status);
+      const p = r.payload as { items: { path: string }[]; cursor?: string };
+      seen.push(...p.items.map((x) => x.path));
+      if (r.status === "SUCCESS") {
+        assert.equal(p.cursor, undefined, "the last page has no cursor");
+        break;
+      }
+      assert.ok(p.cursor, "a PARTIAL page has a cursor");
+      cursor = p.cursor;
+    }
+    assert.deepEqual(statuses, ["PARTIAL", "PARTIAL", "SUCCESS"]);
+    assert.deepEqual(seen, ["dir/a", "dir/b", "dir/c", "dir/d", "dir/e"]);
+  });
+
+  it("a listing at the workspace root sees every object of that workspace only", async () => {
+    await c.storage.write("obj://ws2/elsewhere", "x");
+    const all: string[] = [];
+    for await (const e of c.storage.list("obj://ws1", { pageSize: 3 })) all.push(e.path);
+    assert.deepEqual(all, ["dir", "dir/a", "dir/b", "dir/c", "dir/d", "dir/e", "dirx/a", "other/z"]);
+  });
+
+  it("a cursor from another listing is refused (SEMANTIC)", async () => {
+    await assert.rejects(c.call("storage.list", "obj://ws1/dir", { limit: 2, cursor: "other/z" }), klass("SEMANTIC"));
+  });
+
+  it("CAS: a write at the current generation bumps it; a delete at a stale generation leaves the object", async () => {
+    const w0 = await c.storage.write("obj://ws1/cas2", "a", { ifGeneration: 0 });
+    assert.equal(w0.generation, 1);
+    const w1 = await c.storage.write("obj://ws1/cas2", "b", { ifGeneration: 1 });
+    assert.equal(w1.generation, 2);
+    await assert.rejects(c.storage.write("obj://ws1/cas2", "c", { ifGeneration: 1 }), klass("SEMANTIC"));
+    await assert.rejects(c.storage.delete("obj://ws1/cas2", { ifGeneration: 1 }), klass("SEMANTIC"));
+    assert.equal((await c.storage.stat("obj://ws1/cas2")).generation, 2);
+    assert.equal(Buffer.from((await c.storage.read("obj://ws1/cas2")).data).toString(), "b");
+    // after a delete the name starts again from generation 0
+    await c.storage.delete("obj://ws1/cas2", { ifGeneration: 2 });
+    assert.equal((await c.storage.write("obj://ws1/cas2", "again", { ifGeneration: 0 })).generation, 1);
+  });
+
+  it("an object exactly at maxObjectBytes is accepted; one byte more is RESOURCE and leaves the old value", async () => {
+    assert.equal((await c.storage.write("obj://ws1/edge", Buffer.alloc(1024, 1))).size, 1024);
+    await assert.rejects(c.storage.write("obj://ws1/edge", Buffer.alloc(1025, 2)), klass("RESOURCE"));
+    const r = await c.storage.read("obj://ws1/edge");
+    assert.deepEqual([r.data.length, r.generation], [1024, 1]);
+  });
+
+  it("the client refuses traversal and non-canonical targets locally (IntentError, SEMANTIC) before sending", async () => {
+    for (const target of [
+      "obj://ws1/../ws2/x",
+      "obj://ws1/a/./b",
+      "obj://ws1/%2e%2e/x",
+      "obj://ws1//x",
+      "obj://ws1/a\\b",
+      "obj://WS1/x",
+      "obj://ws1/x?y=1",
+      "obj://ws1/x#frag",
+    ]) {
+      await assert.rejects(
+        c.call("storage.read", target),
+        (e: unknown) => e instanceof IntentError && e.errorClass === "SEMANTIC",
+        target,
+      );
+    }
+  });
+});
