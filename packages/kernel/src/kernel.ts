@@ -149,16 +149,24 @@ export class Kernel {
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
       this.router.register(
-        tokenFamily(enforcer, store, () => {
-          // Tell every session holding a now-revoked handle, on its own notice channel.
-          for (const sess of this.sessions) {
-            for (const h of sess.handles.all()) {
-              if (enforcer.isRevoked(h.grant)) {
-                this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
+        tokenFamily(
+          enforcer,
+          store,
+          () => {
+            // Tell every session holding a now-revoked handle, on its own notice channel.
+            for (const sess of this.sessions) {
+              for (const h of sess.handles.all()) {
+                if (enforcer.isRevoked(h.grant)) {
+                  this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, {
+                    token: h.grant.id,
+                    handle: h.handle,
+                  });
+                }
               }
             }
-          }
-        }),
+          },
+          c.adminPersona,
+        ),
       );
       const compute = new ComputeEngine(
         store,

@@ -12,7 +12,7 @@ import {
   TokenError,
 } from "@kpip/protocol";
 import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
-import type { TokenStore } from "../store/types.js";
+import type { TokenRecord, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
 
 function tokenArg(ctx: OpContext): Token {
@@ -39,6 +39,24 @@ function rightsArg(v: CborValue | undefined): Right[] {
       throw new OpError("SEMANTIC", "each right needs ops and targets arrays");
     }
     return { ops: m.ops as string[], targets: m.targets as string[] };
+  });
+}
+
+/** Whether `id` is `persona` itself or one of its sub-personas (`persona/...`). */
+const inScope = (persona: string, id: string) => id === persona || id.startsWith(`${persona}/`);
+
+/**
+ * Tokens belong to the personas they were minted for or by, and to everyone up their chain: a
+ * capability over token://** lets a persona manage those, never another persona's tokens
+ * (the admin manages all).
+ */
+function ownsToken(store: TokenStore, admin: string, persona: string, rec: TokenRecord | undefined, sub: string): boolean {
+  if (persona === admin) return true;
+  if (!rec) return inScope(persona, sub);
+  if (inScope(persona, rec.sub) || inScope(persona, rec.mintedBy)) return true;
+  return rec.chain.some((id) => {
+    const up = store.getToken(id);
+    return up !== undefined && inScope(persona, up.sub);
   });
 }
 
@@ -72,7 +90,14 @@ export function tokenFamily(
   enforcer: CapEnforcer,
   store: TokenStore,
   onRevoke: (id: string) => void = () => {},
+  admin = "admin",
 ): PrimitiveFamily {
+  const mustOwn = (ctx: OpContext, id: string, sub: string | undefined) => {
+    const rec = store.getToken(id);
+    if (!ownsToken(store, admin, ctx.persona, rec, sub ?? rec?.sub ?? "")) {
+      throw new OpError("PERMISSION", `token ${id} belongs to another persona`);
+    }
+  };
   return {
     name: "token",
     ops: [
@@ -130,6 +155,7 @@ export function tokenFamily(
         handler: (ctx) => {
           const t = tokenArg(ctx);
           if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          mustOwn(ctx, t.claims.id, t.claims.sub);
           const v = enforcer.verify(t, ctx.persona);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
           if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
@@ -147,6 +173,7 @@ export function tokenFamily(
         effects: true,
         handler: (ctx) => {
           const id = targetId(ctx);
+          mustOwn(ctx, id, undefined);
           const changed = enforcer.revoke(id, ctx.persona);
           onRevoke(id);
           return { status: "SUCCESS", payload: { id, revoked: true, already: !changed } };
@@ -162,6 +189,7 @@ export function tokenFamily(
         handler: (ctx) => {
           const t = tokenArg(ctx);
           if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          mustOwn(ctx, t.claims.id, t.claims.sub);
           const v = enforcer.verify(t, ctx.persona);
           const d = describeToken(t, enforcer);
           if (!v.ok) d.problem = v.message;
@@ -186,25 +214,33 @@ export function tokenFamily(
       },
       {
         op: "token.list",
-        description: "Tokens the kernel minted, optionally for one persona (args.persona).",
+        description:
+          "Tokens the kernel minted, optionally for one persona (args.persona): the caller's own and its sub-personas' (all, for the admin).",
         targets: ["kernel"],
         args: { persona: { type: "text", description: "only tokens for this persona" } },
         idempotent: true,
         effects: false,
-        handler: (ctx) => ({
-          status: "SUCCESS",
-          payload: {
-            tokens: store.listTokens(ctx.args.persona as string | undefined).map((r) => ({
-              id: r.id,
-              sub: r.sub,
-              chain: r.chain,
-              exp: r.exp,
-              mintedBy: r.mintedBy,
-              createdAt: r.createdAt,
-              ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
-            })),
-          },
-        }),
+        handler: (ctx) => {
+          const only = ctx.args.persona as string | undefined;
+          if (only !== undefined && ctx.persona !== admin && !inScope(ctx.persona, only)) {
+            throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
+          }
+          const visible = store.listTokens(only).filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
+          return {
+            status: "SUCCESS",
+            payload: {
+              tokens: visible.map((r) => ({
+                id: r.id,
+                sub: r.sub,
+                chain: r.chain,
+                exp: r.exp,
+                mintedBy: r.mintedBy,
+                createdAt: r.createdAt,
+                ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
+              })),
+            },
+          };
+        },
       },
     ],
   };

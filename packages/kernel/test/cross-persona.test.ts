@@ -1,0 +1,196 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
+import type { CborMap } from "@kpip/protocol";
+import { removeHome, startKernel, type TestKernel } from "./harness.js";
+
+const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
+
+/**
+ * The cross-persona matrix: bob owns objects, topics, ops, agents, tokens, allocations and a
+ * subscription; alice, holding the widest grant the kernel lets a non-admin persona have over
+ * each kind of target, tries every op the kernel serves against every one of bob's targets.
+ * Every attempt must be refused, and nothing alice gets back may carry bob's data.
+ */
+describe("cross-persona matrix: every op against another persona's targets", () => {
+  let t: TestKernel;
+  let alice: KernelClient;
+  let bob: KernelClient;
+  const SECRET = "BOB-SECRET-7f3a";
+  const bobs = {
+    object: "obj://wb/secret",
+    workspace: "obj://wb",
+    topic: "topic://wb/private",
+    op: "",
+    agent: "agent://sleep/bobby",
+    tokenId: "",
+    token: new Uint8Array() as Uint8Array,
+    allocation: "",
+    subscription: 0,
+  };
+  /** Everything alice got back, answers and error messages, to search for leaks. */
+  const seen: string[] = [];
+
+  before(async () => {
+    t = await startKernel({}, undefined, (k) => {
+      k.registerTask("square", { module: fixture("tasks.mjs"), export: "square" });
+    });
+    // Each persona: its own workspace and topics by capability; kernel-owned objects (ops,
+    // agents, tokens, allocations, subscriptions) granted as widely as patterns allow.
+    const grant = (ws: string, self: string) => [
+      { ops: ["storage.*", "resource.query"], targets: [`obj://${ws}/**`, `obj://${ws}`] },
+      { ops: ["event.*"], targets: [`topic://${ws}/**`] },
+      { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
+      { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+      { ops: ["token.*"], targets: ["token://**", "kernel://", `persona://${self}`, `persona://${self}/**`] },
+      { ops: ["resource.*"], targets: [`persona://${self}`] },
+      { ops: ["system.*"], targets: ["kernel://"] },
+    ];
+    const limits = { memory: 100_000 };
+    const a = await t.persona("alice", grant("wa", "alice"), { limits });
+    const b = await t.persona("bob", grant("wb", "bob"), { limits });
+    alice = await t.connect(a.identity, [a.token]);
+    bob = await t.connect(b.identity, [b.token]);
+
+    await bob.call("storage.write", bobs.object, { data: Buffer.from(SECRET) });
+    const op = await bob.call("compute.submit", "op://task/square", { args: 7 });
+    bobs.op = (op.payload as { op: string }).op;
+    await bob.call("agent.spawn", bobs.agent, { args: ["30"], rights: [], lifetimeMs: 60_000 });
+    const minted = await bob.call("token.mint", "persona://bob/helper", {
+      rights: [{ ops: ["storage.read"], targets: ["obj://wb/**"] }],
+      limits: { memory: 10 },
+      ttlMs: 600_000,
+    });
+    const m = minted.payload as { id: string; token: Uint8Array };
+    bobs.tokenId = m.id;
+    bobs.token = m.token;
+    const alloc = await bob.call("resource.alloc", "persona://bob", { resource: "memory", amount: 1000 });
+    bobs.allocation = (alloc.payload as { allocation: string }).allocation;
+    const sub = await bob.call("event.subscribe", "topic://wb/**");
+    bobs.subscription = (sub.payload as { subscription: number }).subscription;
+  });
+
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  /** Runs one attempt as alice; returns the error class, or "ALLOWED" with what came back. */
+  async function attempt(op: string, target: string, args: CborMap = {}, workspace?: string): Promise<string> {
+    try {
+      const r: CallResult = await alice.call(op, target, args, workspace ? { workspace } : {});
+      seen.push(JSON.stringify(r.payload, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString("latin1") : v)));
+      return `ALLOWED ${JSON.stringify(r.payload)}`;
+    } catch (e) {
+      if (!(e instanceof KpipError)) throw e;
+      seen.push(e.message);
+      return e.errorClass;
+    }
+  }
+
+  const REFUSED = new Set(["CAPABILITY", "PERMISSION", "SEMANTIC"]);
+
+  /** For every op: the attempts against bob's targets. An op missing here fails the test. */
+  const matrix = (): Record<string, [string, string, CborMap?, string?][]> => ({
+    "storage.read": [
+      [bobs.object, bobs.object],
+      [bobs.object, bobs.object, {}, "wb"],
+    ],
+    "storage.write": [[bobs.object, bobs.object, { data: Buffer.from("x") }]],
+    "storage.stat": [[bobs.object, bobs.object]],
+    "storage.list": [
+      [bobs.workspace, bobs.workspace],
+      [bobs.workspace, bobs.workspace, {}, "wb"],
+    ],
+    "storage.delete": [[bobs.object, bobs.object]],
+    "resource.query": [
+      ["bob's persona", "persona://bob"],
+      ["bob's workspace", bobs.workspace],
+    ],
+    "resource.alloc": [["bob's persona", "persona://bob", { resource: "memory", amount: 1 }]],
+    "resource.free": [
+      ["bob's allocation on bob", "persona://bob", { allocation: bobs.allocation }],
+      ["bob's allocation on alice", "persona://alice", { allocation: bobs.allocation }],
+    ],
+    "event.emit": [[bobs.topic, bobs.topic, { data: "spoof" }]],
+    "event.subscribe": [
+      [bobs.topic, bobs.topic],
+      ["bob's tree", "topic://wb/**"],
+    ],
+    "event.unsubscribe": [
+      ["bob's subscription", "topic://wb/**", { subscription: bobs.subscription }],
+      ["bob's subscription via own topic", "topic://wa/x", { subscription: bobs.subscription }],
+    ],
+    "op.status": [[bobs.op, bobs.op]],
+    "op.result": [[bobs.op, bobs.op]],
+    "op.cancel": [[bobs.op, bobs.op]],
+    "agent.status": [[bobs.agent, bobs.agent]],
+    "agent.logs": [[bobs.agent, bobs.agent]],
+    "agent.kill": [[bobs.agent, bobs.agent]],
+    "agent.spawn": [["bob's agent name", bobs.agent, { args: ["1"], rights: [], lifetimeMs: 1000 }]],
+    "token.inspect": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
+    "token.refresh": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
+    "token.revoke": [["bob's token", `token://${bobs.tokenId}`]],
+    "token.bind": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
+    "token.mint": [
+      ["for bob", "persona://bob", { rights: [], limits: { memory: 1 }, ttlMs: 1000 }],
+      ["for bob's sub-persona", "persona://bob/helper", { rights: [], limits: { memory: 1 }, ttlMs: 1000 }],
+    ],
+  });
+
+  /** Ops that take a kernel-wide or ownerless target: checked for what they show, not refused. */
+  const LISTS = ["op.list", "agent.list", "token.list"];
+  const OWNERLESS = ["system.describe", "system.health", "system.info", "system.status", "compute.submit"];
+
+  it("covers every op the kernel serves", async () => {
+    const ops = ((await alice.call("system.describe", "kernel://")).payload as { ops: { op: string }[] }).ops.map((o) => o.op);
+    const covered = new Set([...Object.keys(matrix()), ...LISTS, ...OWNERLESS]);
+    assert.deepEqual(
+      ops.filter((o) => !covered.has(o)),
+      [],
+      "every op needs a row in the cross-persona matrix",
+    );
+  });
+
+  it("refuses every op against every one of bob's targets", async () => {
+    const outcomes: string[] = [];
+    for (const [op, rows] of Object.entries(matrix())) {
+      for (const [name, target, args, ws] of rows) {
+        const r = await attempt(op, target, args ?? {}, ws);
+        if (!REFUSED.has(r)) outcomes.push(`${op} ${name}: ${r}`);
+      }
+    }
+    assert.deepEqual(outcomes, [], "attempts that were not refused");
+  });
+
+  it("lists show alice only her own ops, agents and tokens", async () => {
+    const mine = await alice.call("compute.submit", "op://task/square", { args: 3 });
+    const myOp = (mine.payload as { op: string }).op;
+    const ops = JSON.stringify((await alice.call("op.list", "kernel://")).payload);
+    assert.ok(ops.includes(myOp) && !ops.includes(bobs.op), ops);
+    const agents = JSON.stringify((await alice.call("agent.list", "kernel://")).payload);
+    assert.ok(!agents.includes("bobby"), agents);
+    await assert.rejects(alice.call("token.list", "kernel://", { persona: "bob" }), KpipError);
+    const tokens = await alice.call("token.list", "kernel://").catch((e: KpipError) => e);
+    if (!(tokens instanceof KpipError)) {
+      const s = JSON.stringify(tokens.payload);
+      assert.ok(!s.includes(bobs.tokenId) && !s.includes('"bob'), s);
+    }
+  });
+
+  it("bob's things are intact, and nothing alice saw carries bob's data", async () => {
+    const read = (await bob.call("storage.read", bobs.object)).payload as { data: Uint8Array };
+    assert.equal(Buffer.from(read.data).toString(), SECRET);
+    assert.equal(((await bob.call("agent.status", bobs.agent)).payload as { state: string }).state, "running");
+    const st = (await bob.call("token.inspect", `token://${bobs.tokenId}`, { token: bobs.token })).payload as {
+      status: string;
+    };
+    assert.equal(st.status, "valid");
+    await bob.call("resource.free", "persona://bob", { allocation: bobs.allocation });
+    await bob.call("event.unsubscribe", "topic://wb/**", { subscription: bobs.subscription });
+    const leaks = seen.filter((s) => s.includes(SECRET) || s.includes(Buffer.from(bobs.token).toString("latin1")));
+    assert.deepEqual(leaks, []);
+    await bob.call("agent.kill", bobs.agent);
+  });
+});
