@@ -99,7 +99,8 @@ const SEED_MESSAGES: Message[] = [
 const SEEDS: Uint8Array[] = [...SEED_MESSAGES.map((m, i) => encodeMessage(m, i)), intent];
 const INTERESTING = [0x00, 0xff, 0x7f, 0x80, 0x18, 0x19, 0x1a, 0x1b, 0x1f, 0x9f, 0xbf, 0x5f, 0x7f, 0xf9, 0xfa, 0xfb, 0xc0, 0xd8];
 
-function mutate(src: Uint8Array, r: () => number): Uint8Array {
+/** One random mutation round (1–4 edits) of `src`; exported for the live kernel fuzzer. */
+export function mutate(src: Uint8Array, r: () => number): Uint8Array {
   const pick = (n: number) => Math.floor(r() * n);
   let b = Buffer.from(src);
   const rounds = 1 + pick(4);

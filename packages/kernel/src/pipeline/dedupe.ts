@@ -2,16 +2,29 @@ import { decodeCanonical, type Response } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 
 interface Entry {
-  hash: Buffer;
+  /** SHA-256 of the intent bytes, base64 (a string: far smaller than a Buffer per entry). */
+  hash: string;
   expires: number;
-  /** The recorded response, or the promise of it while the first attempt runs. */
-  response: Response | Promise<Response>;
+  /** The promise of the response while the first attempt runs; dropped once it settles. */
+  pending?: Promise<Response>;
 }
 
+/** What an arriving request is, given earlier attempts with the same key. */
+export type DedupeVerdict =
+  | { kind: "new" }
+  /** The same ids with another intent: refused, and told nothing of the first. */
+  | { kind: "conflict" }
+  /** A retry of an op with effects: answered from the record, never run twice. */
+  | { kind: "answer"; response: Response | Promise<Response> }
+  /** A retry of a read-only op: running it again is the answer. */
+  | { kind: "rerun" };
+
 /**
- * Remembers responses by (client instance id, request id) for the dedupe window, so a
- * retried request is answered from the record instead of running twice. Bounded: past
- * `maxEntries` the oldest entries go first.
+ * Remembers requests by (persona, client instance id, request id) for the dedupe window, so a
+ * retried request is answered from the record instead of running twice. Memory holds only the
+ * intent hash per request (and the promise while it runs): the responses of ops with effects
+ * live in the store, committed with their outcome records, and read-only ops simply run again.
+ * Bounded: past `maxEntries` the oldest entries go first.
  */
 export class DedupeCache {
   private readonly entries = new Map<string, Entry>();
@@ -19,38 +32,45 @@ export class DedupeCache {
   constructor(
     readonly windowMs: number,
     private readonly store?: Pick<AuditStore, "lookupDedupe">,
-    private readonly maxEntries = 200_000,
+    private readonly maxEntries = 100_000,
   ) {}
 
   get size(): number {
     return this.entries.size;
   }
 
-  /**
-   * The earlier attempt of this request, if any within the window. `persistent`: also look
-   * in the store, where responses of ops with effects survive a kernel restart.
-   */
-  lookup(key: string, now: number, persistent = false): Entry | undefined {
+  /** Classifies a request; `effects`: the op changes state, so its answer is in the store. */
+  check(key: string, hash: Buffer, now: number, effects: boolean): DedupeVerdict {
+    const h = hash.toString("base64");
     const e = this.entries.get(key);
-    if (e === undefined) {
-      const row = persistent ? this.store?.lookupDedupe(key, now) : undefined;
-      if (!row) return undefined;
-      return {
-        hash: Buffer.from(row.hash),
-        expires: row.expires,
-        response: decodeCanonical(row.response) as unknown as Response,
-      };
-    }
-    if (e.expires < now) {
+    if (e !== undefined && e.expires >= now) {
+      if (e.hash !== h) return { kind: "conflict" };
+      if (e.pending) return { kind: "answer", response: e.pending };
+      if (!effects) return { kind: "rerun" };
+    } else if (e !== undefined) {
       this.entries.delete(key);
-      return undefined;
     }
-    return e;
+    if (!effects) return { kind: "new" };
+    // Ops with effects: the durable record (it also survives a kernel restart).
+    const row = this.store?.lookupDedupe(key, now);
+    if (!row) return { kind: "new" };
+    if (Buffer.from(row.hash).toString("base64") !== h) return { kind: "conflict" };
+    return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
   }
 
-  record(key: string, hash: Buffer, response: Response | Promise<Response>, now: number): void {
+  /** The first attempt is running: a duplicate arriving now waits for the same answer. */
+  running(key: string, hash: Buffer, pending: Promise<Response>, now: number): void {
+    this.put(key, { hash: hash.toString("base64"), expires: now + this.windowMs, pending });
+  }
+
+  /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
+  settled(key: string, hash: Buffer, now: number): void {
+    this.put(key, { hash: hash.toString("base64"), expires: now + this.windowMs });
+  }
+
+  private put(key: string, e: Entry): void {
     this.entries.delete(key);
-    this.entries.set(key, { hash, response, expires: now + this.windowMs });
+    this.entries.set(key, e);
     if (this.entries.size > this.maxEntries) {
       const oldest = this.entries.keys().next().value;
       if (oldest !== undefined) this.entries.delete(oldest);

@@ -107,21 +107,20 @@ export class Pipeline {
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it.
     const key = `${s.persona}:${s.instance}:${req.id}`;
     const now = Date.now();
-    const prior = this.dedupe.lookup(key, now, this.router.get(intent.op)?.effects ?? false);
-    if (prior) {
-      if (!prior.hash.equals(hash)) {
-        const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
-        await this.audit.append({ ...rec, phase: "refused", ...failureCols(r, started) });
-        return failure(s, req, r);
-      }
-      return prior.response;
+    const effects = this.router.get(intent.op)?.effects ?? false;
+    const prior = this.dedupe.check(key, hash, now, effects);
+    if (prior.kind === "conflict") {
+      const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
+      await this.audit.append({ ...rec, phase: "refused", ...failureCols(r, started) });
+      return failure(s, req, r);
     }
+    if (prior.kind === "answer") return prior.response;
     const pending = this.run(s, req, intent, rec, started, key, hash);
-    this.dedupe.record(key, hash, pending, now);
+    this.dedupe.running(key, hash, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
     if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.dedupe.forget(key);
-    else this.dedupe.record(key, hash, response, Date.now());
+    else this.dedupe.settled(key, hash, Date.now());
     return response;
   }
 

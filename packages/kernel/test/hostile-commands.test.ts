@@ -1,0 +1,31 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const bench = (f: string) => fileURLToPath(new URL(`../bench/${f}`, import.meta.url));
+const run = (f: string, args: string[]) =>
+  spawnSync(process.execPath, [bench(f), ...args, "--json"], { encoding: "utf8", timeout: 90_000 });
+
+// Short versions of the long hostile-input and load runs (the full ones are npm run fuzz:kernel / load).
+describe("live fuzzing and load, short runs", () => {
+  it("fuzz:kernel: mutated frames and intents from hostile sessions; the legitimate client never fails", () => {
+    const r = run("fuzz-kernel.js", ["--frames", "4000", "--seed", "7"]);
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    const s = JSON.parse(r.stdout) as Record<string, number | string[]>;
+    assert.ok((s.frames as number) >= 4000);
+    assert.ok((s.mutatedIntents as number) > 0 && (s.mutatedFrames as number) > 0 && (s.preHandshake as number) > 0);
+    assert.ok((s.legitRounds as number) > 0);
+    assert.equal(s.legitFailures, 0);
+    assert.deepEqual(s.failures, []);
+  });
+
+  it("load: concurrent sessions over several personas with mixed ops and no unexpected error", () => {
+    const r = run("load.js", ["--sessions", "60", "--seconds", "4", "--personas", "3"]);
+    assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
+    const s = JSON.parse(r.stdout) as { ops: number; failures: string[]; perOp: Record<string, { count: number }> };
+    assert.deepEqual(s.failures, []);
+    assert.equal(s.perOp.connect?.count, 60);
+    assert.ok(s.ops > 100, `only ${s.ops} ops`);
+  });
+});
