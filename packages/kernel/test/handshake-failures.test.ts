@@ -234,6 +234,17 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     await stillServing();
   });
 
+  it("a truncated frame then silence (slowloris): PROTOCOL/HANDSHAKE_TIMEOUT, the half frame never parsed", async () => {
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const header = Buffer.alloc(HEADER_SIZE);
+    writeHeader(header, 0, { type: MessageType.HELLO, flags: 0, stream: 0, length: 200 });
+    p.send(Buffer.concat([header, Buffer.alloc(20, 0xa5)])); // 20 of the 200 declared body bytes
+    await expectFatal(p, "PROTOCOL", "HANDSHAKE_TIMEOUT");
+    await expectAudited(seen, "PROTOCOL", "HANDSHAKE_TIMEOUT");
+    await stillServing();
+  });
+
   it("a peer that sends HELLO and never attests: PROTOCOL/HANDSHAKE_TIMEOUT, audited with the persona", async () => {
     const seen = handshakeSeqs();
     const p = await RawPeer.connect(t.k.socketPath);

@@ -152,6 +152,20 @@ describe("session lifecycle over real sockets", () => {
     removeHome(t.home);
   });
 
+  it("slowloris after the handshake: half a REQUEST frame then silence; closed as a dead peer, others served", async () => {
+    const t = await startKernel({ heartbeatMs: 100 });
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), token(t));
+    const frame = requestFrame(1, { op: "system.health", target: "kernel://", args: {} });
+    p.send(frame.subarray(0, frame.length - 5));
+    const other = await t.admin();
+    await until(() => p.closed, 5000, "the kernel closes the stalled peer");
+    assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "the half request was never executed");
+    assert.equal((await other.system.health()).status, "ok");
+    await t.stop();
+    removeHome(t.home);
+  });
+
   it("a live peer that answers PINGs stays connected well past three heartbeats", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
     const p = await RawPeer.connect(t.k.socketPath);
