@@ -1,0 +1,437 @@
+/**
+ * `npm run bench [-- --quick] [--json]`: kpip measured side by side with two baselines on the
+ * same machine in one run, every server in its own process and this process as the client.
+ *
+ *   A  raw.*   a plain Node.js Unix-socket echo server, length-prefixed frames of a kpip
+ *              request's size, corked batched writes (raw-server.ts)
+ *   B  grpc.*  @grpc/grpc-js unary calls over a Unix socket, the same payload (grpc-server.ts)
+ *      kpip.*  the full kernel path to a primitive that does no I/O (kernel-server.ts), over
+ *              the Unix socket, gRPC and the Unix socket with shared memory where available
+ *
+ * `--json` prints JSON Lines on stdout, one `{ name, unit, value, baseline?, ratio? }` per
+ * measurement (`ratio` = value / the baseline's value); otherwise a table with the ratios and
+ * the targets of issue #8, and a progress line on stderr while it runs.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import * as grpc from "@grpc/grpc-js";
+import * as clientPkg from "@kpip/client";
+import { KernelClient } from "@kpip/client";
+import { encodeIntent, encodeMessage } from "@kpip/protocol";
+import hdr from "hdr-histogram-js";
+import { verifyAudit } from "../../src/audit/verify.js";
+import { SqliteStore } from "../../src/store/sqlite.js";
+
+const argv = process.argv.slice(2);
+const QUICK = argv.includes("--quick");
+const JSON_OUT = argv.includes("--json");
+const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
+
+/** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
+const P = QUICK
+  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, idle: 1000, auditRecords: 50_000 }
+  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, idle: 1000, auditRecords: 1_000_000 };
+
+// ---- output ------------------------------------------------------------------------------
+
+interface Measurement {
+  name: string;
+  unit: string;
+  value: number;
+  baseline?: string;
+  ratio?: number;
+}
+const results = new Map<string, Measurement>();
+function put(name: string, unit: string, value: number, baseline?: string): void {
+  const m: Measurement = { name, unit, value: Math.round(value * 1000) / 1000 };
+  const b = baseline ? results.get(baseline) : undefined;
+  if (baseline && b && b.value > 0) {
+    m.baseline = baseline;
+    m.ratio = Math.round((value / b.value) * 1000) / 1000;
+  }
+  results.set(name, m);
+  if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
+}
+let step = 0;
+const STEPS = 12;
+function progress(what: string): void {
+  step++;
+  if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
+}
+
+// ---- processes ---------------------------------------------------------------------------
+
+const children: ChildProcess[] = [];
+async function startServer(script: string, args: string[]): Promise<{ proc: ChildProcess; info: Record<string, unknown> }> {
+  const proc = spawn(process.execPath, [here(script), ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  children.push(proc);
+  const info = await new Promise<Record<string, unknown>>((resolve, reject) => {
+    let out = "";
+    proc.stdout?.on("data", (d) => {
+      out += d;
+      const nl = out.indexOf("\n");
+      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)) as Record<string, unknown>);
+    });
+    proc.once("exit", (c) => reject(new Error(`${script} exited with ${c}`)));
+  });
+  return { proc, info };
+}
+async function stopServer(proc: ChildProcess): Promise<void> {
+  if (proc.exitCode !== null) return;
+  const exited = new Promise((r) => proc.once("exit", r));
+  proc.kill("SIGTERM");
+  await exited;
+}
+const rssMb = (pid: number): number => {
+  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
+  return m ? Number(m[1]) / 1024 : 0;
+};
+
+// ---- measuring ---------------------------------------------------------------------------
+
+type Call = () => Promise<unknown>;
+
+async function latency(call: Call, n: number): Promise<{ p50: number; p99: number; p999: number }> {
+  for (let i = 0; i < Math.min(1000, n / 5); i++) await call();
+  const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+  for (let i = 0; i < n; i++) {
+    const t = process.hrtime.bigint();
+    await call();
+    h.recordValue(Math.max(1, Number(process.hrtime.bigint() - t) / 1000));
+  }
+  const r = { p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9) };
+  h.destroy();
+  return r;
+}
+
+/** Requests per second with `window` calls in flight on each connection, for `seconds`. */
+async function throughput(calls: Call[], window: number, seconds: number): Promise<number> {
+  let done = 0;
+  let stop = false;
+  const warm = Date.now() + 200;
+  let counting = false;
+  let started = 0n;
+  const worker = async (call: Call) => {
+    while (!stop) {
+      await call();
+      if (counting) done++;
+      else if (Date.now() >= warm) {
+        counting = true;
+        started = process.hrtime.bigint();
+      }
+    }
+  };
+  const all = calls.flatMap((c) => Array.from({ length: window }, () => worker(c)));
+  await new Promise((r) => setTimeout(r, 200 + seconds * 1000));
+  stop = true;
+  const secs = Number(process.hrtime.bigint() - started) / 1e9;
+  await Promise.all(all);
+  return done / secs;
+}
+
+// ---- baseline A: raw Unix socket ---------------------------------------------------------
+
+class RawConn {
+  private readonly waiting: (() => void)[] = [];
+  private buf = Buffer.alloc(0);
+  private corked = false;
+  private constructor(private readonly sock: net.Socket) {
+    sock.on("data", (d) => {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
+      let off = 0;
+      while (this.buf.length - off >= 4) {
+        const len = this.buf.readUInt32BE(off);
+        if (this.buf.length - off < 4 + len) break;
+        off += 4 + len;
+        this.waiting.shift()?.();
+      }
+      this.buf = this.buf.subarray(off);
+    });
+  }
+  static open(path: string): Promise<RawConn> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(path);
+      s.setNoDelay(true);
+      s.once("connect", () => resolve(new RawConn(s)));
+      s.once("error", reject);
+    });
+  }
+  call(frame: Buffer): Promise<void> {
+    if (!this.corked) {
+      this.corked = true;
+      this.sock.cork();
+      process.nextTick(() => {
+        this.corked = false;
+        this.sock.uncork();
+      });
+    }
+    this.sock.write(frame);
+    return new Promise((r) => this.waiting.push(r));
+  }
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
+// ---- the run -----------------------------------------------------------------------------
+
+const dir = mkdtempSync(join(tmpdir(), "kpip-bench-"));
+const typical = encodeMessage(
+  {
+    type: "REQUEST",
+    body: {
+      version: 1,
+      persona: "admin",
+      id: 123456,
+      intent: encodeIntent({ op: "bench.noop", target: "kernel://", args: {} }),
+      context: { persona: "admin" },
+      caps: [1],
+    },
+  },
+  123456,
+);
+const PAYLOAD = Buffer.alloc(typical.length, 7);
+const rawFrame = Buffer.concat([Buffer.from([0, 0, 0, 0]), PAYLOAD]);
+rawFrame.writeUInt32BE(PAYLOAD.length, 0);
+put("payload.bytes", "bytes", PAYLOAD.length);
+const windows = [1, 16, 256];
+
+try {
+  // A: raw Unix socket.
+  progress("baseline A: raw Unix socket");
+  const rawPath = join(dir, "raw.sock");
+  const raw = await startServer("raw-server.js", [rawPath]);
+  {
+    const conns = await Promise.all([0, 1, 2, 3].map(() => RawConn.open(rawPath)));
+    const calls = conns.map((c) => () => c.call(rawFrame));
+    const l = await latency(calls[0] as Call, P.latencyN);
+    put("raw.uds.p50_us", "us", l.p50);
+    put("raw.uds.p99_us", "us", l.p99);
+    put("raw.uds.p999_us", "us", l.p999);
+    for (const w of windows) put(`raw.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds));
+    put("raw.uds4.rps_256", "req/s", await throughput(calls, 256, P.seconds));
+    for (const c of conns) c.close();
+  }
+  await stopServer(raw.proc);
+
+  // B: grpc-js unary over a Unix socket.
+  progress("baseline B: grpc-js unary");
+  const grpcPath = join(dir, "grpc.sock");
+  const gs = await startServer("grpc-server.js", [grpcPath]);
+  {
+    const clients = [0, 1, 2, 3].map(
+      (i) => new grpc.Client(`unix://${grpcPath}`, grpc.credentials.createInsecure(), { "grpc.channel_id": i }),
+    );
+    const ser = (b: Buffer) => b;
+    const calls = clients.map(
+      (c) => () =>
+        new Promise<void>((resolve, reject) =>
+          c.makeUnaryRequest("/bench.Echo/Echo", ser, ser, PAYLOAD, (err) => (err ? reject(err) : resolve())),
+        ),
+    );
+    const l = await latency(calls[0] as Call, P.latencyN);
+    put("grpc.unary.p50_us", "us", l.p50, "raw.uds.p50_us");
+    put("grpc.unary.p99_us", "us", l.p99, "raw.uds.p99_us");
+    put("grpc.unary.p999_us", "us", l.p999, "raw.uds.p999_us");
+    for (const w of [1, 16, 64, 256]) {
+      put(`grpc.unary.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `raw.uds.rps_${w}`);
+    }
+    put("grpc.unary4.rps_256", "req/s", await throughput(calls, 256, P.seconds), "raw.uds4.rps_256");
+    for (const c of clients) c.close();
+  }
+  await stopServer(gs.proc);
+
+  // kpip: the kernel with the bench family.
+  progress("kpip over the Unix socket");
+  const home = join(dir, "home");
+  const grpcConnector = (clientPkg as Record<string, unknown>).GrpcConnector as
+    | (new (o: {
+        address: string;
+        insecure?: boolean;
+      }) => clientPkg.Connector)
+    | undefined;
+  const kargs = ["--home", home];
+  if (grpcConnector) kargs.push("--grpc-listen", "127.0.0.1:0");
+  const ks = await startServer("kernel-server.js", kargs);
+  const kpid = ks.info.pid as number;
+  const socket = ks.info.socket as string;
+  const identity = join(home, "admin.identity");
+  const tokens = [readFileSync(join(home, "admin.token"), "utf8")];
+  const connect = (extra: Record<string, unknown> = {}) =>
+    KernelClient.connect({ socket, identity, tokens, reconnect: false, ...extra } as clientPkg.ConnectOptions);
+  let requests = 0;
+  {
+    const clients = await Promise.all([0, 1, 2, 3].map(() => connect({ shm: false })));
+    const calls = clients.map((c) => () => {
+      requests++;
+      return c.call("bench.noop", "kernel://");
+    });
+    const l = await latency(calls[0] as Call, P.latencyN);
+    put("kpip.uds.p50_us", "us", l.p50, "raw.uds.p50_us");
+    put("kpip.uds.p99_us", "us", l.p99, "raw.uds.p99_us");
+    put("kpip.uds.p999_us", "us", l.p999, "raw.uds.p999_us");
+    for (const w of windows) {
+      put(`kpip.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `grpc.unary.rps_${w}`);
+    }
+    put("kpip.uds4.rps_256", "req/s", await throughput(calls, 256, P.seconds), "grpc.unary4.rps_256");
+    for (const c of clients) await c.close();
+  }
+
+  progress("kpip over gRPC");
+  if (grpcConnector && typeof ks.info.grpc === "string") {
+    const connector = new grpcConnector({ address: ks.info.grpc, insecure: true });
+    const c = await KernelClient.connect({ connector, identity, tokens, reconnect: false });
+    const call = () => {
+      requests++;
+      return c.call("bench.noop", "kernel://");
+    };
+    const l = await latency(call, Math.min(P.latencyN, 5000));
+    put("kpip.grpc.p50_us", "us", l.p50, "grpc.unary.p50_us");
+    put("kpip.grpc.p99_us", "us", l.p99, "grpc.unary.p99_us");
+    put("kpip.grpc.rps_256", "req/s", await throughput([call], 256, P.seconds), "grpc.unary.rps_256");
+    await c.close();
+  } else if (!JSON_OUT) process.stderr.write(" (no gRPC transport in this build: skipped)");
+
+  progress("bulk transfers");
+  for (const [label, size, n] of [
+    ["bulk1m", 1024 * 1024, P.bulk1m],
+    ["bulk64m", 64 * 1024 * 1024, P.bulk64m],
+  ] as const) {
+    const data = Buffer.alloc(size, 0xa5);
+    for (const mode of ["uds", "shm"] as const) {
+      const c = await connect({ shm: mode === "shm" });
+      if (mode === "shm" && !(c as unknown as { features?: string[] }).features?.includes("shm")) {
+        await c.close();
+        if (!JSON_OUT) process.stderr.write(" (no shared memory in this build: skipped)");
+        continue;
+      }
+      await c.call("bench.sink", "kernel://", { data });
+      const t = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) {
+        requests++;
+        await c.call("bench.sink", "kernel://", { data });
+      }
+      const secs = Number(process.hrtime.bigint() - t) / 1e9;
+      put(`kpip.${label}.${mode}_gbps`, "GB/s", (size * n) / secs / 1e9, mode === "shm" ? `kpip.${label}.uds_gbps` : undefined);
+      await c.close();
+    }
+  }
+
+  progress("connection setup");
+  {
+    const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
+    for (let i = 0; i < P.setupN; i++) {
+      const t = process.hrtime.bigint();
+      const c = await connect();
+      h.recordValue(Math.max(1, Number(process.hrtime.bigint() - t) / 1000));
+      await c.close();
+    }
+    put("kpip.setup.p50_ms", "ms", h.getValueAtPercentile(50) / 1000);
+    put("kpip.setup.p99_ms", "ms", h.getValueAtPercentile(99) / 1000);
+    h.destroy();
+  }
+
+  progress(`${P.idle} idle sessions`);
+  {
+    const before = rssMb(kpid);
+    const idle: KernelClient[] = [];
+    for (let i = 0; i < P.idle; i += 50) {
+      idle.push(...(await Promise.all(Array.from({ length: Math.min(50, P.idle - i) }, () => connect()))));
+    }
+    await new Promise((r) => setTimeout(r, 500));
+    put("kpip.idle1000.rss_mb", "MB", rssMb(kpid));
+    put("kpip.idle1000.per_session_kb", "KB", ((rssMb(kpid) - before) * 1024) / P.idle);
+    await Promise.all(idle.map((c) => c.close()));
+  }
+
+  progress(`latency at ${P.auditRecords.toLocaleString()} audit records`);
+  {
+    const clients = await Promise.all([0, 1, 2, 3].map(() => connect({ shm: false })));
+    // Fill the audit log up to the target with full-path requests (each leaves one record).
+    let left = P.auditRecords - requests;
+    const fill = async (c: KernelClient) => {
+      while (left-- > 0) {
+        requests++;
+        await c.call("bench.noop", "kernel://");
+      }
+    };
+    await Promise.all(clients.flatMap((c) => Array.from({ length: 128 }, () => fill(c))));
+    const tag = P.auditRecords >= 1_000_000 ? `${P.auditRecords / 1_000_000}m` : `${P.auditRecords / 1000}k`;
+    const l = await latency(() => (clients[0] as KernelClient).call("bench.noop", "kernel://"), P.latencyN);
+    put(`kpip.audit${tag}.p50_us`, "us", l.p50, "kpip.uds.p50_us");
+    put(`kpip.audit${tag}.p99_us`, "us", l.p99, "kpip.uds.p99_us");
+    for (const c of clients) await c.close();
+  }
+
+  progress("audit verify");
+  await stopServer(ks.proc);
+  {
+    const store = new SqliteStore(join(home, "kernel.db"));
+    const t = process.hrtime.bigint();
+    const v = verifyAudit(store);
+    const secs = Number(process.hrtime.bigint() - t) / 1e9;
+    store.close();
+    if (!v.ok) throw new Error(`audit verify failed: ${v.firstBad?.reason}`);
+    put("kpip.audit.records", "records", v.records);
+    put("kpip.audit.verify_rps", "records/s", v.records / secs);
+  }
+} finally {
+  for (const c of children) if (c.exitCode === null) c.kill("SIGKILL");
+  rmSync(dir, { recursive: true, force: true });
+}
+
+// ---- the table ---------------------------------------------------------------------------
+
+/** Issue #8's targets, as checks on this run's figures. */
+const v = (n: string) => results.get(n)?.value;
+const r = (n: string) => results.get(n)?.ratio;
+const auditKey = [...results.keys()].find((k) => /^kpip\.audit\d+[km]\.p50_us$/.test(k));
+const TARGETS: [string, boolean | undefined][] = [
+  ["kpip.uds p50 ≤ 1.5× raw", r("kpip.uds.p50_us") === undefined ? undefined : (r("kpip.uds.p50_us") as number) <= 1.5],
+  ["kpip.uds p99 ≤ 2× raw", r("kpip.uds.p99_us") === undefined ? undefined : (r("kpip.uds.p99_us") as number) <= 2],
+  [
+    "kpip.uds 256 in flight ≥ 150,000 req/s",
+    v("kpip.uds.rps_256") === undefined ? undefined : (v("kpip.uds.rps_256") as number) >= 150_000,
+  ],
+  [
+    "kpip.uds 256 in flight ≥ 30× grpc",
+    r("kpip.uds.rps_256") === undefined ? undefined : (r("kpip.uds.rps_256") as number) >= 30,
+  ],
+  [
+    "kpip.grpc ≥ 1.5× grpc baseline",
+    r("kpip.grpc.rps_256") === undefined ? undefined : (r("kpip.grpc.rps_256") as number) >= 1.5,
+  ],
+  ["64 MiB shm ≥ 2× inline", r("kpip.bulk64m.shm_gbps") === undefined ? undefined : (r("kpip.bulk64m.shm_gbps") as number) >= 2],
+  ["64 MiB shm ≥ 4 GB/s", v("kpip.bulk64m.shm_gbps") === undefined ? undefined : (v("kpip.bulk64m.shm_gbps") as number) >= 4],
+  ["setup p50 ≤ 2 ms", v("kpip.setup.p50_ms") === undefined ? undefined : (v("kpip.setup.p50_ms") as number) <= 2],
+  [
+    "1,000 idle sessions ≤ 200 MB",
+    v("kpip.idle1000.rss_mb") === undefined ? undefined : (v("kpip.idle1000.rss_mb") as number) <= 200,
+  ],
+  [
+    "audit verify ≥ 300,000 records/s",
+    v("kpip.audit.verify_rps") === undefined ? undefined : (v("kpip.audit.verify_rps") as number) >= 300_000,
+  ],
+  [
+    `p50 at ${auditKey?.slice(10, -7) ?? "?"} records within 10%`,
+    auditKey && r(auditKey) !== undefined ? (r(auditKey) as number) <= 1.1 : undefined,
+  ],
+];
+
+if (!JSON_OUT) {
+  process.stderr.write("\r\x1b[K");
+  const fmt = (x: number) => (x >= 1000 ? Math.round(x).toLocaleString("en-US") : String(Math.round(x * 100) / 100));
+  console.log(`kpip bench${QUICK ? " --quick" : ""} — ${new Date().toISOString()}\n`);
+  console.log(`${"measurement".padEnd(30)} ${"value".padStart(14)}  unit       ${"× baseline".padStart(10)}  baseline`);
+  for (const m of results.values()) {
+    console.log(
+      `${m.name.padEnd(30)} ${fmt(m.value).padStart(14)}  ${m.unit.padEnd(10)} ${(m.ratio === undefined ? "" : `${m.ratio}×`).padStart(10)}  ${m.baseline ?? ""}`,
+    );
+  }
+  console.log("\ntargets (issue #8):");
+  for (const [what, ok] of TARGETS) console.log(`  ${ok === undefined ? "n/a " : ok ? "met " : "MISS"}  ${what}`);
+}
