@@ -21,6 +21,8 @@ export interface KernelConfig {
   maxWriteBuffer: number;
   auditBatchMax: number;
   auditCheckpointEvery: number;
+  /** Largest intent whose bytes an audit record keeps; larger intents keep their hash only. */
+  auditIntentMaxBytes: number;
   /** How long stop() waits for in-flight requests before forcing sessions closed. */
   drainTimeoutMs: number;
   /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
@@ -63,6 +65,11 @@ export const SETTINGS: SettingSpec[] = [
   { key: "maxWriteBuffer", type: "int", description: "bytes queued to a non-reading peer before it is dropped" },
   { key: "auditBatchMax", type: "int", description: "most audit records per commit" },
   { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
+  {
+    key: "auditIntentMaxBytes",
+    type: "int",
+    description: "largest intent whose bytes the audit record keeps (larger: the hash only)",
+  },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
   {
     key: "workspaceStorageBytes",
@@ -95,6 +102,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxWriteBuffer: 64 * 1024 * 1024,
   auditBatchMax: 512,
   auditCheckpointEvery: 10_000,
+  auditIntentMaxBytes: 65_536,
   drainTimeoutMs: 10_000,
   workspaceStorageBytes: 0,
   computeWorkers: 2,

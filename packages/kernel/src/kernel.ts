@@ -128,7 +128,11 @@ export class Kernel {
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
-      const audit = new AuditLog(store, this.id, key, { batchMax: c.auditBatchMax, checkpointEvery: c.auditCheckpointEvery });
+      const audit = new AuditLog(store, this.id, key, {
+        batchMax: c.auditBatchMax,
+        checkpointEvery: c.auditCheckpointEvery,
+        intentMaxBytes: c.auditIntentMaxBytes,
+      });
       this.auditLog = audit;
       this.router.register(
         systemFamily(

@@ -29,6 +29,22 @@ describe("frame header", () => {
 });
 
 describe("FrameDecoder", () => {
+  it("reassembles large frames from chunks of any size, intact, with small frames around them", () => {
+    const body = Buffer.alloc(3 * 1024 * 1024 + 7);
+    for (let i = 0; i < body.length; i++) body[i] = (i * 31) & 0xff;
+    const [h, b] = encodeFrameParts({ type: MessageType.PING, stream: 9 }, body);
+    const stream = Buffer.concat([ping(1), h, b, ping(2)]);
+    for (const size of [1000, 65_536, 262_145, 1_000_003]) {
+      const d = new FrameDecoder(4 * 1024 * 1024);
+      const frames = [];
+      for (let off = 0; off < stream.length; off += size) frames.push(...d.push(stream.subarray(off, off + size)));
+      assert.equal(frames.length, 3, `chunks of ${size}`);
+      assert.equal(frames[1]?.stream, 9);
+      assert.ok(Buffer.from(frames[1]?.body as Uint8Array).equals(body), `chunks of ${size}`);
+      assert.equal(d.midFrame, false);
+    }
+  });
+
   it("decodes frames from 1-byte chunks", () => {
     const bytes = Buffer.concat([ping(1, 1), ping(2, 2), ping(3, 3)]);
     const d = new FrameDecoder();

@@ -13,6 +13,11 @@ export interface AuditLogOptions {
   batchMax: number;
   /** A signed checkpoint is written at least every this many records (and at close). */
   checkpointEvery: number;
+  /**
+   * Intents larger than this keep only their hash in the record, not their bytes: a bulk
+   * payload is not copied into the log (default 64 KiB).
+   */
+  intentMaxBytes?: number;
 }
 
 /**
@@ -81,7 +86,7 @@ export class AuditLog {
       op: entry.op ?? null,
       target: entry.target ?? null,
       intentHash: entry.intentHash ?? null,
-      intent: entry.intent ?? null,
+      intent: entry.intent && entry.intent.length <= (this.opts.intentMaxBytes ?? 65_536) ? entry.intent : null,
       caps: entry.caps ?? null,
       status: entry.status ?? null,
       errorClass: entry.errorClass ?? null,

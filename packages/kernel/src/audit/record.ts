@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHash, hash } from "node:crypto";
 import { type CborMap, encodeCanonical } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow } from "../store/types.js";
 
@@ -11,6 +11,11 @@ export const GENESIS_HASH = new Uint8Array(32);
  * order of records, changes every hash after it.
  */
 export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
+  return RECORD_HASHER.hash(r);
+}
+
+/** The generic definition: the canonical CBOR map of the non-null fields (tests pin the fast path to it). */
+export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   // Fields are added in canonical key order (shorter keys first, then bytewise), so the
   // encoder does not have to sort them.
   const fields: CborMap = {};
@@ -33,6 +38,112 @@ export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
   if (r.traceparent !== null) fields.traceparent = r.traceparent;
   return createHash("sha256").update(r.prevHash).update(encodeCanonical(fields)).digest();
 }
+
+type Field = keyof Omit<AuditRow, "hash" | "prevHash">;
+/** Record fields in canonical key order, with their kind on the wire. */
+const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
+  ["op", "text"],
+  ["seq", "uint"],
+  ["caps", "text"],
+  ["time", "uint"],
+  ["phase", "text"],
+  ["intent", "bytes"],
+  ["kernel", "text"],
+  ["status", "text"],
+  ["target", "text"],
+  ["message", "text"],
+  ["persona", "text"],
+  ["session", "text"],
+  ["requestId", "uint"],
+  ["durationUs", "uint"],
+  ["errorClass", "text"],
+  ["intentHash", "bytes"],
+  ["traceparent", "text"],
+];
+const KEY_BYTES = FIELDS.map(([k]) => Buffer.concat([Buffer.from([0x60 | k.length]), Buffer.from(k, "latin1")]));
+
+/**
+ * The same bytes as {@link recordHashGeneric}, written straight into one reused buffer with
+ * the keys pre-encoded: hashing records is on every request's path and is all of
+ * `audit verify`. A field that is not what the schema says (a non-integer number) takes the
+ * generic path, so the two never disagree.
+ */
+class RecordHasher {
+  private buf = Buffer.allocUnsafe(4096);
+  private pos = 0;
+
+  hash(r: Omit<AuditRow, "hash">): Buffer {
+    let count = 0;
+    for (const [k, kind] of FIELDS) {
+      const v = r[k];
+      if (v === null || v === undefined) continue;
+      if (kind === "uint" && !(Number.isSafeInteger(v) && (v as number) >= 0)) return recordHashGeneric(r);
+      count++;
+    }
+    this.pos = 0;
+    this.ensure(64);
+    this.buf.set(r.prevHash, 0);
+    this.pos = r.prevHash.length;
+    this.head(5, count);
+    for (let i = 0; i < FIELDS.length; i++) {
+      const [k, kind] = FIELDS[i] as [Field, string];
+      const v = r[k];
+      if (v === null || v === undefined) continue;
+      const key = KEY_BYTES[i] as Buffer;
+      this.ensure(key.length);
+      this.buf.set(key, this.pos);
+      this.pos += key.length;
+      if (kind === "uint") this.head(0, v as number);
+      else if (kind === "text") {
+        const s = v as string;
+        const len = Buffer.byteLength(s, "utf8");
+        this.head(3, len);
+        this.ensure(len);
+        this.pos += this.buf.write(s, this.pos, "utf8");
+      } else {
+        const b = v as Uint8Array;
+        this.head(2, b.length);
+        this.ensure(b.length);
+        this.buf.set(b, this.pos);
+        this.pos += b.length;
+      }
+    }
+    return hash("sha256", this.buf.subarray(0, this.pos), "buffer");
+  }
+
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
+    this.buf.copy(next, 0, 0, this.pos);
+    this.buf = next;
+  }
+
+  private head(major: number, n: number): void {
+    this.ensure(9);
+    const m = major << 5;
+    const b = this.buf;
+    if (n < 24) b[this.pos++] = m | n;
+    else if (n < 0x100) {
+      b[this.pos++] = m | 24;
+      b[this.pos++] = n;
+    } else if (n < 0x10000) {
+      b[this.pos++] = m | 25;
+      b.writeUInt16BE(n, this.pos);
+      this.pos += 2;
+    } else if (n < 0x100000000) {
+      b[this.pos++] = m | 26;
+      b.writeUInt32BE(n, this.pos);
+      this.pos += 4;
+    } else {
+      b[this.pos++] = m | 27;
+      b.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
+      b.writeUInt32BE(n >>> 0, this.pos + 4);
+      this.pos += 8;
+    }
+  }
+}
+
+const RECORD_HASHER = new RecordHasher();
 
 const CHECKPOINT_CONTEXT = Buffer.from("kpip-audit-checkpoint-v1\0", "latin1");
 

@@ -25,7 +25,7 @@ export function verifyAudit(
   const total = store.countAudit();
   const batch = opts.batch ?? 10_000;
   let expected = 1;
-  let prev: Uint8Array = GENESIS_HASH;
+  let prev: Buffer = Buffer.from(GENESIS_HASH);
   const hashes = new Map<number, Uint8Array>();
   const cps = store.checkpoints();
   const cpSeqs = new Set(cps.map((c) => c.seq));
@@ -40,11 +40,13 @@ export function verifyAudit(
     if (rows.length === 0) break;
     for (const r of rows) {
       if (r.seq !== expected) return fail(expected, `record ${expected} is missing (next is ${r.seq})`);
-      if (!Buffer.from(r.prevHash).equals(Buffer.from(prev))) {
+      // Blobs come out of SQLite as Buffers; anything else (another store) is wrapped once.
+      const prevHash = Buffer.isBuffer(r.prevHash) ? r.prevHash : Buffer.from(r.prevHash);
+      const hash = Buffer.isBuffer(r.hash) ? r.hash : Buffer.from(r.hash);
+      if (!prevHash.equals(prev)) {
         return fail(r.seq, "previous-hash link is broken (a record before it was changed, removed or reordered)");
       }
-      const { hash, ...rest } = r;
-      if (!recordHash(rest).equals(Buffer.from(hash))) return fail(r.seq, "record content does not match its hash");
+      if (!recordHash(r).equals(hash)) return fail(r.seq, "record content does not match its hash");
       if (cpSeqs.has(r.seq)) hashes.set(r.seq, hash);
       prev = hash;
       expected++;

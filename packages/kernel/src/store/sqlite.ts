@@ -111,7 +111,11 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
           "VALUES (@seq, @time, @kernel, @session, @persona, @phase, @requestId, @op, @target, @intentHash, @intent, @caps, @status, @errorClass, @message, @durationUs, @traceparent, @prevHash, @hash)",
       ),
       lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
-      scanAudit: p("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?"),
+      // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
+      // almost twice as fast as objects.
+      scanAudit: p(
+        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+      ).raw(true),
       countAudit: p("SELECT count(*) AS n FROM audit"),
       addCheckpoint: p(
         "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
@@ -387,7 +391,27 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     return r && toAudit(r);
   }
   scanAudit(fromSeq: number, batch: number): AuditRow[] {
-    return (this.st.scanAudit.all(fromSeq, batch) as Row[]).map(toAudit);
+    return (this.st.scanAudit.all(fromSeq, batch) as unknown[][]).map((a) => ({
+      seq: a[0] as number,
+      time: a[1] as number,
+      kernel: a[2] as string,
+      session: a[3] as string,
+      persona: a[4] as string,
+      phase: a[5] as AuditRow["phase"],
+      requestId: a[6] as number | null,
+      op: a[7] as string | null,
+      target: a[8] as string | null,
+      intentHash: a[9] as Uint8Array | null,
+      intent: a[10] as Uint8Array | null,
+      caps: a[11] as string | null,
+      status: a[12] as string | null,
+      errorClass: a[13] as string | null,
+      message: a[14] as string | null,
+      durationUs: a[15] as number | null,
+      traceparent: a[16] as string | null,
+      prevHash: a[17] as Uint8Array,
+      hash: a[18] as Uint8Array,
+    }));
   }
   countAudit(): number {
     return (this.st.countAudit.get() as Row).n as number;

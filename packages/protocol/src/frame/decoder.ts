@@ -23,6 +23,8 @@ export class FrameDecoder {
   private acc: Buffer = EMPTY;
   private accLen = 0;
   private header: FrameHeader | undefined;
+  /** The chunks of a large frame being received (see append). */
+  private parts: Uint8Array[] | undefined;
   private failed: FrameError | undefined;
 
   constructor(private maxBody: number = DEFAULT_LIMITS.maxBodyBytes) {}
@@ -52,6 +54,7 @@ export class FrameDecoder {
       this.failed = e instanceof FrameError ? e : new FrameError("DECODER_FAILED", String(e));
       this.acc = EMPTY;
       this.accLen = 0;
+      this.parts = undefined;
       throw this.failed;
     }
     return out;
@@ -79,9 +82,11 @@ export class FrameDecoder {
       }
       if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
         // Hand the buffer over as the body: it is never written again.
-        out.push({ ...this.header, body: this.acc.subarray(HEADER_SIZE, this.accLen) });
+        const whole = this.parts ? Buffer.concat(this.parts, this.accLen) : this.acc;
+        out.push({ ...this.header, body: whole.subarray(HEADER_SIZE, this.accLen) });
         this.acc = EMPTY;
         this.accLen = 0;
+        this.parts = undefined;
         this.header = undefined;
       }
     }
@@ -102,6 +107,17 @@ export class FrameDecoder {
   }
 
   private append(src: Uint8Array, pos: number, n: number): void {
+    if (this.header !== undefined && this.header.length > LARGE_FRAME) {
+      // A large frame is kept as the chunks it arrives in and joined once when complete: one
+      // copy instead of a growing buffer's many, and never more memory than bytes received.
+      if (this.parts === undefined) {
+        this.parts = this.accLen > 0 ? [this.acc.subarray(0, this.accLen)] : [];
+        this.acc = EMPTY;
+      }
+      this.parts.push(src.subarray(pos, pos + n));
+      this.accLen += n;
+      return;
+    }
     const need = this.accLen + n;
     if (need > this.acc.length) {
       const frameSize = this.header === undefined ? need : HEADER_SIZE + this.header.length;
@@ -116,3 +132,5 @@ export class FrameDecoder {
 }
 
 const EMPTY = Buffer.alloc(0);
+/** Bodies above this are assembled from their chunks in one copy. */
+const LARGE_FRAME = 256 * 1024;
