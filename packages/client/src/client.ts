@@ -31,6 +31,7 @@ import {
 } from "@kpip/protocol";
 import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF } from "./backoff.js";
 import type { Channel, Connector } from "./connectors/connector.js";
+import { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
 import { AgentsApi, ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
@@ -42,6 +43,11 @@ export type ClientState = "connecting" | "handshaking" | "attesting" | "ready" |
 export interface ConnectOptions {
   /** Unix socket path of the kernel (or give `connector`). */
   socket?: string;
+  /**
+   * The kernel's gRPC transport. With `socket` too, the Unix socket is tried first and gRPC
+   * is the fallback; `client.transport` says which one is in use.
+   */
+  grpc?: GrpcConnectorOptions;
   connector?: Connector;
   /** The persona's identity, or the path of its identity file. */
   identity: Identity | string;
@@ -204,8 +210,11 @@ export class KernelClient extends EventEmitter {
 
   /** Connects, handshakes and attests; resolves when the session is ready. */
   static async connect(opts: ConnectOptions): Promise<KernelClient> {
-    const connector = opts.connector ?? (opts.socket ? new UdsConnector(opts.socket) : undefined);
-    if (!connector) throw new TypeError("KernelClient.connect needs a socket path or a connector");
+    const chain: Connector[] = [];
+    if (opts.socket) chain.push(new UdsConnector(opts.socket));
+    if (opts.grpc) chain.push(new GrpcConnector(opts.grpc));
+    const connector = opts.connector ?? (chain.length > 1 ? new FallbackConnector(chain) : chain[0]);
+    if (!connector) throw new TypeError("KernelClient.connect needs a socket path, gRPC options or a connector");
     const c = new KernelClient(connector, opts);
     await c.firstConnect();
     return c;
@@ -736,6 +745,7 @@ export class KernelClient extends EventEmitter {
     }
     clearInterval(this.timer);
     clearTimeout(this.healthyTimer);
+    (this.connector as { close?: () => void }).close?.();
     for (const h of this.held) clearTimeout(h.timer);
     for (const p of [...this.pending.values()]) this.settle(p, undefined, err);
     for (const sub of this.subscriptions) sub.end();

@@ -3,6 +3,7 @@
 export { type BackoffPolicy, backoffDelay } from "./backoff.js";
 export { type CallOptions, type CallResult, type ClientState, type ConnectOptions, KernelClient } from "./client.js";
 export type { Channel, Connector } from "./connectors/connector.js";
+export { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 export { UdsConnector } from "./connectors/uds.js";
 export * from "./errors.js";
 export { StorageApi, type StoredObject, SystemApi, TokensApi } from "./families.js";

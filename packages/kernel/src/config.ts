@@ -39,6 +39,13 @@ export interface KernelConfig {
   maxAgents: number;
   /** host:port for the Prometheus endpoint (/metrics); empty = off. */
   metricsListen: string;
+  /** "host:port" for the gRPC transport ("" = off). */
+  grpcListen: string;
+  /** PEM certificate chain and key for gRPC TLS. */
+  grpcTlsCert: string;
+  grpcTlsKey: string;
+  /** PEM CA for client certificates: when set, gRPC clients must present one it signed (mTLS). */
+  grpcTlsClientCa: string;
 }
 
 interface SettingSpec {
@@ -87,6 +94,14 @@ export const SETTINGS: SettingSpec[] = [
     type: "string",
     description: "serve Prometheus metrics on host:port (e.g. 127.0.0.1:9464); off by default",
   },
+  {
+    key: "grpcListen",
+    type: "string",
+    description: "host:port for the gRPC transport (off when unset; plaintext only on loopback)",
+  },
+  { key: "grpcTlsCert", type: "string", description: "PEM certificate chain for gRPC TLS" },
+  { key: "grpcTlsKey", type: "string", description: "PEM private key for gRPC TLS" },
+  { key: "grpcTlsClientCa", type: "string", description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -111,6 +126,10 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxRuntimeMs: 3_600_000,
   maxAgents: 64,
   metricsListen: "",
+  grpcListen: "",
+  grpcTlsCert: "",
+  grpcTlsKey: "",
+  grpcTlsClientCa: "",
 };
 
 /** A setting with a bad value; the kernel does not start. */

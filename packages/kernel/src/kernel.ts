@@ -26,6 +26,7 @@ import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
 import { SqliteStore } from "./store/sqlite.js";
+import { GrpcListener } from "./transport/grpc.js";
 import { memoryPair } from "./transport/memory.js";
 import { UdsListener } from "./transport/uds.js";
 import { KERNEL_VERSION } from "./version.js";
@@ -50,6 +51,9 @@ export class Kernel {
   private store: SqliteStore | undefined;
   private auditLog: AuditLog | undefined;
   private listener: UdsListener | undefined;
+  private grpcListener: GrpcListener | undefined;
+  /** "host:port" the gRPC transport listens on, when configured. */
+  grpcAddress: string | undefined;
   private readonly sessions = new Set<Session>();
   private readonly sessionsById = new Map<string, Session>();
   /** Topic routing for event.* and the kernel's own events. */
@@ -254,6 +258,19 @@ export class Kernel {
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
       this.listener.onError = (e) => this.log.error({ err: e }, "listener error");
       await this.listener.listen();
+      if (c.grpcListen) {
+        // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.
+        const grpcListener = new GrpcListener(
+          c.grpcListen,
+          { cert: c.grpcTlsCert || undefined, key: c.grpcTlsKey || undefined, clientCa: c.grpcTlsClientCa || undefined },
+          HEADER_SIZE + c.maxBodyBytes + 64 * 1024,
+          (conn) => this.accept(conn),
+        );
+        this.grpcListener = grpcListener;
+        await grpcListener.start();
+        this.grpcAddress = grpcListener.address;
+        if (!grpcListener.secure) this.log.warn({ address: grpcListener.address }, "gRPC without TLS (loopback only)");
+      }
       if (c.metricsListen) this.metricsAddress = await metrics.listen(c.metricsListen);
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
       let lastPrune = Date.now();
@@ -270,10 +287,11 @@ export class Kernel {
       }, tickMs);
       this.timer.unref();
       this.state = "running";
-      this.log.info({ kernel: this.id, socket: c.socket, home: c.home }, "kernel listening");
+      this.log.info({ kernel: this.id, socket: c.socket, grpc: this.grpcAddress, home: c.home }, "kernel listening");
     } catch (e) {
       this.state = "stopped";
       await this.listener?.close();
+      await this.grpcListener?.close(0);
       this.auditLog?.close();
       this.store?.close();
       throw e;
@@ -290,7 +308,10 @@ export class Kernel {
       version: KERNEL_VERSION,
       uptimeMs: now - this.startedAt,
       home: this.config.home,
-      transports: [{ kind: "uds", address: this.config.socket }],
+      transports: [
+        { kind: "uds", address: this.config.socket },
+        ...(this.grpcAddress ? [{ kind: "grpc", address: this.grpcAddress }] : []),
+      ],
       sessions: [...this.sessions].map((s) => ({
         id: s.id,
         persona: s.persona || "-",
@@ -349,12 +370,15 @@ export class Kernel {
     this.state = "stopping";
     clearInterval(this.timer);
     await this.listener?.close();
+    // gRPC stops taking new streams now and finishes once the sessions below have ended theirs.
+    const grpcClosed = this.grpcListener?.close(this.config.drainTimeoutMs + 1000);
     const drains = [...this.sessions].map((s) => s.drain());
     const timeout = new Promise<"timeout">((r) => setTimeout(() => r("timeout"), this.config.drainTimeoutMs).unref());
     if ((await Promise.race([Promise.all(drains), timeout])) === "timeout") {
       this.log.warn({ sessions: this.sessions.size }, "drain timed out: closing remaining sessions");
     }
     for (const s of this.sessions) s.kill();
+    await grpcClosed;
     await this.compute?.stop();
     await this.agents?.stop();
     await this.metrics?.close();
@@ -367,7 +391,7 @@ export class Kernel {
   }
 }
 
-import { type CborMap, encodeMessage } from "@kpip/protocol";
+import { type CborMap, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
 
 function rejectConnection(conn: Connection, message: string): void {
   conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));

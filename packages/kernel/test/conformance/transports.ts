@@ -1,3 +1,4 @@
+import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, type Connector, KernelClient } from "@kpip/client";
 import type { Identity, Right } from "@kpip/protocol";
@@ -5,6 +6,7 @@ import type { Kernel, KernelOptions } from "../../src/index.js";
 import { adminIdentity, removeHome, startKernel, type TestKernel } from "../harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../../test/fixtures/${f}`, import.meta.url));
+const tls = (f: string) => fixture(`tls/${f}`);
 
 /** The rows of the README's feature × transport table, in order. */
 export const FEATURES = {
@@ -92,4 +94,10 @@ function over(
 export const TRANSPORTS: TransportUnderTest[] = [
   over("in-memory", "memory", {}, (t) => ({ connector: t.k.inMemoryConnector() as unknown as Connector })),
   over("Unix socket", "uds", {}, (t) => ({ socket: t.k.socketPath })),
+  over(
+    "gRPC + TLS",
+    "grpc",
+    { grpcListen: "127.0.0.1:0", grpcTlsCert: tls("server.pem"), grpcTlsKey: tls("server.key") },
+    (t) => ({ grpc: { address: t.k.grpcAddress as string, ca: readFileSync(tls("ca.pem")) } }),
+  ),
 ];

@@ -1,0 +1,176 @@
+import * as grpc from "@grpc/grpc-js";
+import { KernelUnavailableError } from "../errors.js";
+import type { Channel, Connector } from "./connector.js";
+
+/** How to reach a kernel's gRPC transport. */
+export interface GrpcConnectorOptions {
+  /** "host:port" the kernel listens on (`--grpc-listen`). */
+  address: string;
+  /** PEM CA that signed the kernel's certificate (default: the system roots). */
+  ca?: string | Buffer;
+  /** PEM client certificate chain and key, for a kernel that requires mTLS. */
+  cert?: string | Buffer;
+  key?: string | Buffer;
+  /** The name the kernel's certificate must carry, when it differs from the address's host. */
+  serverName?: string;
+  /** Plaintext, for a kernel listening on loopback without TLS. */
+  insecure?: boolean;
+  /** Largest gRPC message, in bytes (default 80 MiB: one whole frame at the kernel's maximum body). */
+  maxMessageBytes?: number;
+  /** How long to wait for the stream to open (default 5000 ms). */
+  connectTimeoutMs?: number;
+}
+
+const bytes = (b: Buffer) => b;
+const SESSION = "/kpip.v1.Kernel/Session";
+
+/**
+ * Connects over gRPC (PROTOCOL §4.5): one bidirectional stream per session carrying the KPIP
+ * frame stream in opaque chunks. The persona still attests in KPIP; TLS authenticates the
+ * kernel (and, with a client certificate, the machine).
+ */
+export class GrpcConnector implements Connector {
+  readonly transport = "grpc";
+  readonly address: string;
+  private client: grpc.Client | undefined;
+
+  constructor(private readonly opts: GrpcConnectorOptions) {
+    this.address = opts.address;
+  }
+
+  private getClient(): grpc.Client {
+    if (this.client) return this.client;
+    const o = this.opts;
+    const toBuf = (v: string | Buffer | undefined) => (v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
+    const creds = o.insecure
+      ? grpc.credentials.createInsecure()
+      : grpc.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
+    const max = o.maxMessageBytes ?? 80 * 1024 * 1024;
+    const options: grpc.ChannelOptions = {
+      "grpc.max_receive_message_length": max,
+      "grpc.max_send_message_length": max,
+    };
+    if (o.serverName) options["grpc.ssl_target_name_override"] = o.serverName;
+    this.client = new grpc.Client(o.address, creds, options);
+    return this.client;
+  }
+
+  async connect(): Promise<Channel> {
+    const client = this.getClient();
+    const deadline = Date.now() + (this.opts.connectTimeoutMs ?? 5000);
+    try {
+      await new Promise<void>((resolve, reject) => client.waitForReady(deadline, (e) => (e ? reject(e) : resolve())));
+    } catch (e) {
+      // A fresh channel next time: a failed TLS handshake is not retried on the same one.
+      this.close();
+      throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
+    }
+    const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
+    return new GrpcChannel(call);
+  }
+
+  /** Closes the underlying HTTP/2 channel. */
+  close(): void {
+    this.client?.close();
+    this.client = undefined;
+  }
+}
+
+class GrpcChannel implements Channel {
+  readonly transport = "grpc";
+  private pending: Uint8Array[] = [];
+  private scheduled = false;
+  private closed = false;
+  private readonly closeCbs: ((err?: Error) => void)[] = [];
+
+  constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
+    let error: Error | undefined;
+    const closed = () => {
+      if (this.closed) return;
+      this.closed = true;
+      for (const cb of this.closeCbs) cb(error);
+    };
+    call.on("error", (e: Error) => {
+      error = e;
+      closed();
+    });
+    call.on("end", closed);
+    call.on("close", closed);
+  }
+
+  write(data: Uint8Array): void {
+    if (this.closed) return;
+    this.pending.push(data);
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(() => {
+        this.scheduled = false;
+        if (this.closed || this.pending.length === 0) return;
+        const one = this.pending[0] as Uint8Array;
+        const chunk =
+          this.pending.length > 1
+            ? Buffer.concat(this.pending)
+            : Buffer.isBuffer(one)
+              ? one
+              : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
+        this.pending = [];
+        this.call.write(chunk);
+      });
+    }
+  }
+
+  end(): void {
+    if (this.closed) return;
+    process.nextTick(() => this.call.end());
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.call.cancel();
+  }
+
+  onData(cb: (chunk: Uint8Array) => void): void {
+    this.call.on("data", cb);
+  }
+
+  onClose(cb: (err?: Error) => void): void {
+    this.closeCbs.push(cb);
+  }
+}
+
+/**
+ * Tries connectors in order and uses the first that connects, e.g. the Unix socket, then
+ * gRPC. `transport` names the one in use once connected.
+ */
+export class FallbackConnector implements Connector {
+  readonly address: string;
+  private last: Connector;
+
+  constructor(private readonly connectors: Connector[]) {
+    if (connectors.length === 0) throw new TypeError("FallbackConnector needs at least one connector");
+    this.last = connectors[0] as Connector;
+    this.address = connectors.map((c) => `${c.transport}:${c.address}`).join(", then ");
+  }
+
+  get transport(): string {
+    return this.last.transport;
+  }
+
+  async connect(): Promise<Channel> {
+    const errors: string[] = [];
+    for (const c of this.connectors) {
+      try {
+        const ch = await c.connect();
+        this.last = c;
+        return ch;
+      } catch (e) {
+        errors.push(`${c.transport}: ${(e as Error).message}`);
+      }
+    }
+    throw new KernelUnavailableError(`no transport reached the kernel — ${errors.join("; ")}`);
+  }
+
+  close(): void {
+    for (const c of this.connectors) (c as { close?: () => void }).close?.();
+  }
+}

@@ -1,0 +1,212 @@
+import { readFileSync } from "node:fs";
+import * as grpc from "@grpc/grpc-js";
+import { ConfigError } from "../config.js";
+import type { Connection } from "../session/connection.js";
+
+const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
+
+/**
+ * `kpip.v1.Kernel/Session`: one bidirectional stream per KPIP session, each message an opaque
+ * chunk of the KPIP frame stream (PROTOCOL §4.5). Everything above the frame layer is the
+ * same code as over the Unix socket.
+ */
+export const KPIP_GRPC_SERVICE: grpc.ServiceDefinition = {
+  Session: {
+    path: "/kpip.v1.Kernel/Session",
+    requestStream: true,
+    responseStream: true,
+    requestSerialize: bytes.serialize,
+    requestDeserialize: bytes.deserialize,
+    responseSerialize: bytes.serialize,
+    responseDeserialize: bytes.deserialize,
+  },
+};
+
+/** PEM file paths for the gRPC listener; with `clientCa`, client certificates are required (mTLS). */
+export interface GrpcTlsFiles {
+  cert?: string;
+  key?: string;
+  clientCa?: string;
+}
+
+const LOOPBACK = new Set(["127.0.0.1", "::1", "[::1]", "localhost"]);
+
+/** Splits "host:port" (IPv6 as "[::1]:port"); a ConfigError if it is not one. */
+export function parseHostPort(address: string): { host: string; port: number } {
+  const m = /^(\[[0-9a-fA-F:]+\]|[^:[\]]+):(\d{1,5})$/.exec(address);
+  const port = m ? Number(m[2]) : Number.NaN;
+  if (!m || port > 65535) throw new ConfigError(`grpcListen must be host:port (got ${JSON.stringify(address)})`);
+  return { host: m[1] as string, port };
+}
+
+/** Server credentials from the TLS settings; plaintext only on a loopback address. */
+export function serverCredentials(address: string, tls: GrpcTlsFiles): { creds: grpc.ServerCredentials; secure: boolean } {
+  const { host } = parseHostPort(address);
+  if (!tls.cert && !tls.key) {
+    if (tls.clientCa) throw new ConfigError("grpcTlsClientCa needs grpcTlsCert and grpcTlsKey");
+    if (!LOOPBACK.has(host)) {
+      throw new ConfigError(`gRPC on ${address} without TLS: set grpcTlsCert and grpcTlsKey (plaintext is for loopback only)`);
+    }
+    return { creds: grpc.ServerCredentials.createInsecure(), secure: false };
+  }
+  if (!tls.cert || !tls.key) throw new ConfigError("grpcTlsCert and grpcTlsKey go together");
+  const read = (what: string, path: string) => {
+    try {
+      return readFileSync(path);
+    } catch (e) {
+      throw new ConfigError(`${what} ${path} cannot be read: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`);
+    }
+  };
+  const cert = read("grpcTlsCert", tls.cert);
+  const key = read("grpcTlsKey", tls.key);
+  const ca = tls.clientCa ? read("grpcTlsClientCa", tls.clientCa) : null;
+  try {
+    return { creds: grpc.ServerCredentials.createSsl(ca, [{ cert_chain: cert, private_key: key }], ca !== null), secure: true };
+  } catch (e) {
+    throw new ConfigError(`TLS material is not usable: ${(e as Error).message}`);
+  }
+}
+
+/** A gRPC server carrying KPIP sessions; each stream is handed over as a {@link Connection}. */
+export class GrpcListener {
+  private server: grpc.Server | undefined;
+  /** Errors after start (logged by the kernel, never fatal). */
+  onError: ((e: Error) => void) | undefined;
+  /** "host:port" actually bound (the port resolved when 0 was asked). */
+  address = "";
+  secure = false;
+
+  constructor(
+    private readonly listen: string,
+    private readonly tls: GrpcTlsFiles,
+    /** Largest message accepted or sent: one whole frame (header + the negotiated maximum body) and slack. */
+    private readonly maxMessage: number,
+    private readonly accept: (c: Connection) => void,
+  ) {}
+
+  async start(): Promise<void> {
+    const { creds, secure } = serverCredentials(this.listen, this.tls);
+    const server = new grpc.Server({
+      "grpc.max_receive_message_length": this.maxMessage,
+      "grpc.max_send_message_length": this.maxMessage,
+      "grpc.keepalive_permit_without_calls": 1,
+    });
+    server.addService(KPIP_GRPC_SERVICE, {
+      Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => this.accept(new GrpcStreamConnection(call)),
+    });
+    const port = await new Promise<number>((resolve, reject) =>
+      server.bindAsync(this.listen, creds, (err, p) => (err ? reject(err) : resolve(p))),
+    ).catch((e: Error) => {
+      throw new ConfigError(`cannot listen for gRPC on ${this.listen}: ${e.message}`);
+    });
+    const { host } = parseHostPort(this.listen);
+    this.address = `${host}:${port}`;
+    this.secure = secure;
+    this.server = server;
+  }
+
+  /** Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. */
+  async close(graceMs = 1000): Promise<void> {
+    const server = this.server;
+    this.server = undefined;
+    if (!server) return;
+    await new Promise<void>((resolve) => {
+      const force = setTimeout(() => {
+        server.forceShutdown();
+        resolve();
+      }, graceMs);
+      force.unref();
+      server.tryShutdown(() => {
+        clearTimeout(force);
+        resolve();
+      });
+    });
+  }
+}
+
+/** One gRPC stream as a Connection; the writes of one event-loop turn go out as one message. */
+export class GrpcStreamConnection implements Connection {
+  readonly transport = "grpc";
+  readonly peer: string;
+  private pending: Uint8Array[] = [];
+  private pendingBytes = 0;
+  private scheduled = false;
+  private ended = false;
+  private closed = false;
+  private readonly closeCbs: (() => void)[] = [];
+
+  constructor(private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+    this.peer = call.getPeer();
+    const closed = () => {
+      if (this.closed) return;
+      this.closed = true;
+      for (const cb of this.closeCbs) cb();
+    };
+    call.on("error", closed);
+    call.on("cancelled", closed);
+    call.on("close", closed);
+    call.on("finish", closed);
+    call.on("end", () => {
+      // The peer half-closed: the session sees it as the stream closing.
+      closed();
+    });
+  }
+
+  get buffered(): number {
+    return this.pendingBytes + this.call.writableLength;
+  }
+
+  write(data: Uint8Array): void {
+    if (this.closed || this.ended) return;
+    this.pending.push(data);
+    this.pendingBytes += data.length;
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(() => this.flush());
+    }
+  }
+
+  private flush(): void {
+    this.scheduled = false;
+    if (this.pending.length === 0 || this.closed) return;
+    const one = this.pending[0] as Uint8Array;
+    const chunk =
+      this.pending.length > 1
+        ? Buffer.concat(this.pending)
+        : Buffer.isBuffer(one)
+          ? one
+          : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
+    this.pending = [];
+    this.pendingBytes = 0;
+    this.call.write(chunk);
+  }
+
+  end(): void {
+    if (this.ended) return;
+    this.ended = true;
+    this.flush();
+    if (!this.closed) this.call.end();
+    // A peer that never closes its side must not keep the stream (and the kernel) alive.
+    setTimeout(() => this.destroy(), 1000).unref();
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.pending = [];
+    this.call.destroy();
+    this.closed = true;
+    for (const cb of this.closeCbs) cb();
+  }
+
+  onData(cb: (chunk: Uint8Array) => void): void {
+    this.call.on("data", cb);
+  }
+
+  onClose(cb: () => void): void {
+    this.closeCbs.push(cb);
+  }
+
+  onDrain(cb: () => void): void {
+    this.call.on("drain", cb);
+  }
+}
