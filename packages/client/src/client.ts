@@ -24,14 +24,19 @@ import {
   RETRYABLE_CLASSES,
   type RequestContext,
   type Response,
+  SHM_DEFAULT_THRESHOLD,
+  SHM_FEATURE,
+  ShmPeer,
   type Status,
   SUPPORTED_VERSIONS,
+  shmSegmentName,
   signBytes,
   type Token,
 } from "@kpip/protocol";
 import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RETRY_BACKOFF } from "./backoff.js";
 import type { Channel, Connector } from "./connectors/connector.js";
 import { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
+import { loadShmNative } from "./connectors/shm-native.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
 import { AgentsApi, ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
@@ -49,6 +54,11 @@ export interface ConnectOptions {
    */
   grpc?: GrpcConnectorOptions;
   connector?: Connector;
+  /**
+   * Shared memory for large bodies on a Unix-socket session (default on when the native
+   * module is available): `false` to never offer it, or the body size above which it is used.
+   */
+  shm?: boolean | { threshold?: number };
   /** The persona's identity, or the path of its identity file. */
   identity: Identity | string;
   /** Tokens to hold and bind at every attestation: wire bytes, or the base64url text `kpip token mint` prints. */
@@ -124,6 +134,10 @@ interface Link {
   helloBytes: Buffer;
   phase: "handshaking" | "attesting" | "ready" | "dead";
   ready: { resolve: () => void; reject: (e: Error) => void };
+  /** Features the kernel enabled in CHALLENGE. */
+  features: string[];
+  /** The shared-memory channel, when "shm" was negotiated. */
+  shm?: ShmPeer;
 }
 
 /**
@@ -181,7 +195,7 @@ export class KernelClient extends EventEmitter {
       | "refreshMarginMs"
       | "connectTimeoutMs"
     >
-  > & { reconnectBackoff: BackoffPolicy; retryBackoff: BackoffPolicy };
+  > & { reconnectBackoff: BackoffPolicy; retryBackoff: BackoffPolicy; shm: boolean | { threshold?: number } };
 
   private constructor(
     private readonly connector: Connector,
@@ -200,6 +214,7 @@ export class KernelClient extends EventEmitter {
       connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
       reconnectBackoff: opts.reconnectBackoff ?? DEFAULT_RECONNECT_BACKOFF,
       retryBackoff: opts.retryBackoff ?? DEFAULT_RETRY_BACKOFF,
+      shm: opts.shm ?? true,
     };
     this.held = (opts.tokens ?? []).map((t) => {
       const bytes = typeof t === "string" ? Buffer.from(t.trim(), "base64url") : t;
@@ -230,6 +245,16 @@ export class KernelClient extends EventEmitter {
     if (!Number.isInteger(fd) || fd < 3) throw new TypeError("not started as a kpip agent (KPIP_BOOTSTRAP_FD is not set)");
     const boot = JSON.parse(readFileSync(fd, "utf8")) as { identity: string; token: string; socket: string };
     return KernelClient.connect({ ...opts, socket: boot.socket, identity: parseIdentity(boot.identity), tokens: [boot.token] });
+  }
+
+  /** Features the kernel enabled on the current session (e.g. "shm"). */
+  get features(): string[] {
+    return this.link?.features ?? [];
+  }
+
+  /** Frames that went through shared memory on the current session, each way. */
+  get shmFrames(): { sent: number; received: number } {
+    return { sent: this.link?.shm?.sent ?? 0, received: this.link?.shm?.received ?? 0 };
   }
 
   /** The transport of the current connection. */
@@ -282,6 +307,7 @@ export class KernelClient extends EventEmitter {
   private async establish(timeoutMs: number): Promise<void> {
     this.setState(this.connections === 0 ? "connecting" : "reconnecting");
     const channel = await this.connector.connect();
+    const shmNative = channel.transport === "uds" && this.o.shm !== false ? loadShmNative().native : undefined;
     const hello = encodeMessage({
       type: "HELLO",
       body: {
@@ -289,7 +315,7 @@ export class KernelClient extends EventEmitter {
         persona: this.identity.persona,
         publicKey: this.identity.publicKey,
         instance: this.instance,
-        features: [],
+        features: shmNative ? [SHM_FEATURE] : [],
         client: "kpip-client/0.1.0",
       },
     });
@@ -304,6 +330,7 @@ export class KernelClient extends EventEmitter {
         helloBytes: Buffer.from(hello.subarray(HEADER_SIZE)),
         phase: "handshaking",
         ready: { resolve, reject },
+        features: [],
       };
     });
     this.link = link;
@@ -376,6 +403,7 @@ export class KernelClient extends EventEmitter {
     const wasReady = link.phase === "ready";
     link.phase = "dead";
     link.channel.destroy();
+    link.shm?.close();
     if (link !== this.link) return;
     if (!wasReady) {
       link.ready.reject(err);
@@ -447,9 +475,14 @@ export class KernelClient extends EventEmitter {
       this.onLinkLost(link, new ProtocolViolationError(`kernel sent a malformed frame: ${(e as Error).message}`, { cause: e }));
       return;
     }
-    for (const f of frames) {
+    for (const raw of frames) {
+      let f = raw;
       let m: Message;
       try {
+        if (raw.flags !== 0) {
+          if (!link.shm) throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set without the shm feature");
+          f = link.shm.unwrap(raw);
+        }
         m = decodeMessage(f);
       } catch (e) {
         if (!(e instanceof CodecError)) throw e;
@@ -472,6 +505,23 @@ export class KernelClient extends EventEmitter {
         link.decoder.setMaxBody(m.body.limits.maxBody);
         this.sessionId = m.body.session;
         this.kernelId = m.body.kernel;
+        link.features = m.body.features;
+        const native = loadShmNative().native;
+        if (m.body.features.includes(SHM_FEATURE)) {
+          if (!native || link.channel.transport !== "uds" || this.o.shm === false) {
+            return this.violation(link, "kernel enabled shm, which this client did not offer");
+          }
+          const shm = typeof this.o.shm === "object" ? this.o.shm : {};
+          link.shm = new ShmPeer(native, {
+            ownName: shmSegmentName(m.body.kernel, m.body.session, "p"),
+            peerName: shmSegmentName(m.body.kernel, m.body.session, "k"),
+            maxBody: m.body.limits.maxBody,
+            threshold: shm.threshold ?? SHM_DEFAULT_THRESHOLD,
+          });
+          // Both segments exist from here on: the kernel maps ours when it gets ATTEST.
+          link.shm.prepare();
+          link.shm.attach();
+        }
         const signature = signBytes(this.identity.privateKey, attestationTranscript(link.helloBytes, f.body));
         link.phase = "attesting";
         this.setState("attesting");
@@ -647,22 +697,21 @@ export class KernelClient extends EventEmitter {
     const link = this.link;
     if (!this.pending.has(p.stream) || p.sent || !link || link.phase !== "ready" || this.state === "closed") return;
     p.sent = true;
-    link.channel.write(
-      encodeMessage(
-        {
-          type: "REQUEST",
-          body: {
-            version: link.version,
-            persona: this.persona,
-            id: p.id,
-            intent: p.intent,
-            context: p.context,
-            caps: p.caps ?? this.handles,
-          },
+    const frame = encodeMessage(
+      {
+        type: "REQUEST",
+        body: {
+          version: link.version,
+          persona: this.persona,
+          id: p.id,
+          intent: p.intent,
+          context: p.context,
+          caps: p.caps ?? this.handles,
         },
-        p.stream,
-      ),
+      },
+      p.stream,
     );
+    link.channel.write(link.shm ? link.shm.wrap(frame) : frame);
   }
 
   /** (Re)sends everything not yet sent on the current link, with the same ids. */
@@ -742,6 +791,7 @@ export class KernelClient extends EventEmitter {
     if (this.link) {
       this.link.phase = "dead";
       this.link.channel.destroy();
+      this.link.shm?.close();
     }
     clearInterval(this.timer);
     clearTimeout(this.healthyTimer);

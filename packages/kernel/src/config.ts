@@ -40,6 +40,8 @@ export interface KernelConfig {
   /** host:port for the Prometheus endpoint (/metrics); empty = off. */
   metricsListen: string;
   /** "host:port" for the gRPC transport ("" = off). */
+  /** Frame bodies above this many bytes travel through shared memory on local sessions (0 = never). */
+  shmThreshold: number;
   grpcListen: string;
   /** PEM certificate chain and key for gRPC TLS. */
   grpcTlsCert: string;
@@ -95,6 +97,12 @@ export const SETTINGS: SettingSpec[] = [
     description: "serve Prometheus metrics on host:port (e.g. 127.0.0.1:9464); off by default",
   },
   {
+    key: "shmThreshold",
+    type: "int",
+    description: "bodies above this many bytes go through shared memory on Unix-socket sessions (0 = off)",
+    zeroAllowed: true,
+  },
+  {
     key: "grpcListen",
     type: "string",
     description: "host:port for the gRPC transport (off when unset; plaintext only on loopback)",
@@ -126,6 +134,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxRuntimeMs: 3_600_000,
   maxAgents: 64,
   metricsListen: "",
+  shmThreshold: 65_536,
   grpcListen: "",
   grpcTlsCert: "",
   grpcTlsKey: "",

@@ -28,6 +28,7 @@ import { Session, type SessionHost, type SessionLimitsConfig } from "./session/s
 import { SqliteStore } from "./store/sqlite.js";
 import { GrpcListener } from "./transport/grpc.js";
 import { memoryPair } from "./transport/memory.js";
+import { loadShmNative, sweepShmSegments } from "./transport/shm-native.js";
 import { UdsListener } from "./transport/uds.js";
 import { KERNEL_VERSION } from "./version.js";
 
@@ -254,6 +255,7 @@ export class Kernel {
           this.events.dropSink(s.id);
         },
         sessionDrained: (s) => this.events.drained(s.id),
+        shm: this.sharedMemory(),
       };
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
       this.listener.onError = (e) => this.log.error({ err: e }, "listener error");
@@ -296,6 +298,19 @@ export class Kernel {
       this.store?.close();
       throw e;
     }
+  }
+
+  /** Shared memory for bulk bodies: swept of a crashed run's segments; said once when unavailable. */
+  private sharedMemory(): SessionHost["shm"] {
+    if (this.config.shmThreshold === 0) return undefined;
+    const { native, reason } = loadShmNative();
+    if (!native) {
+      this.log.warn({ reason }, "shared memory unavailable: large bodies go inline on every session");
+      return undefined;
+    }
+    const swept = sweepShmSegments(this.id);
+    if (swept > 0) this.log.info({ swept }, "removed shared-memory segments left by an earlier run");
+    return { native, threshold: this.config.shmThreshold };
   }
 
   /** What `system.status` and `kpip status` show. */

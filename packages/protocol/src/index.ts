@@ -19,6 +19,17 @@ export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage } from "./messages/codec.js";
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
+export {
+  decodeShmDescriptor,
+  SHM_CONTROL_BYTES,
+  SHM_DEFAULT_THRESHOLD,
+  SHM_FEATURE,
+  type ShmDescriptor,
+  ShmError,
+  type ShmNative,
+  ShmPeer,
+  shmSegmentName,
+} from "./shm/peer.js";
 export * from "./token/pattern.js";
 export * from "./token/token.js";
 export { negotiateVersion } from "./version.js";

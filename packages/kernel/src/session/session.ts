@@ -13,7 +13,11 @@ import {
   negotiateVersion,
   type Request,
   type Response,
+  SHM_FEATURE,
+  type ShmNative,
+  ShmPeer,
   SUPPORTED_VERSIONS,
+  shmSegmentName,
   verifyBytes,
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
@@ -47,6 +51,8 @@ export interface SessionHost {
   sessionClosed(s: Session): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: Session): void;
+  /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
+  readonly shm?: { native: ShmNative; threshold: number };
 }
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
@@ -72,6 +78,8 @@ export class Session implements SessionView, EventSink {
   private readonly decoder: FrameDecoder;
   private readonly abort = new AbortController();
   private drained: (() => void) | undefined;
+  /** The session's shared-memory channel, when "shm" was negotiated. */
+  shm: ShmPeer | undefined;
 
   constructor(
     readonly conn: Connection,
@@ -97,7 +105,7 @@ export class Session implements SessionView, EventSink {
 
   /** EventSink: an EVENT frame for this session (dropped once it is closed). */
   write(frame: Uint8Array): void {
-    if (this.state !== "closed") this.conn.write(frame);
+    if (this.state !== "closed") this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
   }
 
   private onData(chunk: Uint8Array): void {
@@ -122,25 +130,35 @@ export class Session implements SessionView, EventSink {
     }
     for (const f of frames) {
       if ((this.state as SessionState) === "closed") return;
+      let frame = f;
       if (f.flags !== 0) {
-        // SHM descriptors are only valid once the "shm" feature is negotiated, which this kernel does not offer yet.
-        this.fail(
-          "PROTOCOL",
-          "SHM_NOT_NEGOTIATED",
-          "frame flags set on a session without the shm feature",
-          this.persona || undefined,
-        );
-        return;
+        // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
+        if (!this.shm) {
+          this.fail(
+            "PROTOCOL",
+            "SHM_NOT_NEGOTIATED",
+            "frame flags set on a session without the shm feature",
+            this.persona || undefined,
+          );
+          return;
+        }
+        try {
+          frame = this.shm.unwrap(f);
+        } catch (e) {
+          if (!(e instanceof CodecError)) throw e;
+          this.fatal(e);
+          return;
+        }
       }
       let msg: Message;
       try {
-        msg = decodeMessage(f);
+        msg = decodeMessage(frame);
       } catch (e) {
         if (!(e instanceof CodecError)) throw e;
         this.fatal(e);
         return;
       }
-      this.onMessage(msg, f);
+      this.onMessage(msg, frame);
     }
   }
 
@@ -201,6 +219,17 @@ export class Session implements SessionView, EventSink {
     this.nonce = randomBytes(32);
     const lim = this.host.limits;
     const maxBody = Math.min(lim.maxBodyBytes, body.maxBody ?? lim.maxBodyBytes);
+    // Shared memory only between local peers on the Unix socket, and only if both want it.
+    const shm = this.host.shm;
+    if (shm && this.conn.transport === "uds" && body.features.includes(SHM_FEATURE)) {
+      this.shm = new ShmPeer(shm.native, {
+        ownName: shmSegmentName(this.host.kernelId, this.id, "k"),
+        peerName: shmSegmentName(this.host.kernelId, this.id, "p"),
+        maxBody,
+        threshold: shm.threshold,
+      });
+      this.shm.prepare();
+    }
     const frame = encodeMessage({
       type: "CHALLENGE",
       body: {
@@ -210,7 +239,7 @@ export class Session implements SessionView, EventSink {
         kernel: this.host.kernelId,
         heartbeatMs: lim.heartbeatMs,
         limits: { maxBody, maxInFlight: lim.maxInFlight, dedupeWindowMs: lim.dedupeWindowMs },
-        features: [],
+        features: this.shm ? [SHM_FEATURE] : [],
       },
     });
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
@@ -236,6 +265,9 @@ export class Session implements SessionView, EventSink {
     }
     this.persona = persona;
     this.state = "ready";
+    // The persona created its segment before attesting: map it now, so a body it sends just
+    // before closing can still be read.
+    this.shm?.attach();
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
@@ -321,7 +353,8 @@ export class Session implements SessionView, EventSink {
 
   private send(msg: Message, stream = 0): void {
     if (this.state === "closed") return;
-    this.conn.write(encodeMessage(msg, stream));
+    const frame = encodeMessage(msg, stream);
+    this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
   }
 
   private outOfOrder(type: string): void {
@@ -354,6 +387,7 @@ export class Session implements SessionView, EventSink {
       .catch(() => {});
     this.host.log.info({ session: this.id, code, class: cls }, "session closed on error");
     this.state = "closed";
+    this.shm?.close();
     this.abort.abort();
     this.conn.end();
     this.host.sessionClosed(this);
@@ -410,6 +444,7 @@ export class Session implements SessionView, EventSink {
       return;
     }
     this.state = "closed";
+    this.shm?.close();
     this.abort.abort(new Error(`session ended: ${why}`));
     this.host.sessionClosed(this);
     this.drained?.();

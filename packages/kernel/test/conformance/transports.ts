@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, type Connector, KernelClient } from "@kpip/client";
@@ -93,7 +94,13 @@ function over(
 
 export const TRANSPORTS: TransportUnderTest[] = [
   over("in-memory", "memory", {}, (t) => ({ connector: t.k.inMemoryConnector() as unknown as Connector })),
-  over("Unix socket", "uds", {}, (t) => ({ socket: t.k.socketPath })),
+  over("Unix socket", "uds", {}, (t) => ({ socket: t.k.socketPath, shm: false })),
+  over("Unix socket + shm", "uds", {}, (t) => ({ socket: t.k.socketPath, shm: { threshold: 64 * 1024 } }), {
+    checkSession: async (c) => assert.deepEqual(c.features, ["shm"]),
+    checkLarge: async (_u, c) => {
+      assert.ok(c.shmFrames.sent > 0 && c.shmFrames.received > 0, "the large payload went through shared memory both ways");
+    },
+  }),
   over(
     "gRPC + TLS",
     "grpc",

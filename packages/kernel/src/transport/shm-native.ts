@@ -1,0 +1,60 @@
+import { readdirSync, unlinkSync } from "node:fs";
+import { createRequire } from "node:module";
+import type { ShmNative } from "@kpip/protocol";
+
+interface ShmTypedArray {
+  create(count: number, type: "Buffer", key: string, perm: string): Buffer | null;
+  get(key: string, type: "Buffer"): Buffer | null;
+  detach(key: string): number;
+  destroy(key: string): boolean;
+}
+
+let loaded: { native?: ShmNative; reason?: string } | undefined;
+
+/**
+ * POSIX shared memory through `shm-typed-array` (an optional dependency built from source
+ * with node-gyp). Without it — or with KPIP_SHM=off — sessions simply never negotiate "shm";
+ * `reason` says why, for the one log line.
+ */
+export function loadShmNative(): { native?: ShmNative; reason?: string } {
+  if (loaded) return loaded;
+  if (process.env.KPIP_SHM === "off") {
+    loaded = { reason: "disabled by KPIP_SHM=off" };
+    return loaded;
+  }
+  try {
+    const m = createRequire(import.meta.url)("shm-typed-array") as ShmTypedArray;
+    loaded = {
+      native: {
+        create: (name, size) => m.create(size, "Buffer", name, "600"),
+        open: (name) => m.get(name, "Buffer"),
+        detach: (name) => void m.detach(name),
+        destroy: (name) => void m.destroy(name),
+      },
+    };
+  } catch (e) {
+    loaded = { reason: `the native module shm-typed-array is not available (${(e as Error).message.split("\n")[0]})` };
+  }
+  return loaded;
+}
+
+/** Removes segments a crashed kernel with this id left behind (POSIX shm lives in /dev/shm on Linux). */
+export function sweepShmSegments(kernelId: string, dir = "/dev/shm"): number {
+  let removed = 0;
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch {
+    return 0;
+  }
+  for (const n of names) {
+    if (!n.startsWith(`kpip.${kernelId}.`)) continue;
+    try {
+      unlinkSync(`${dir}/${n}`);
+      removed++;
+    } catch {
+      // gone already, or not ours to remove
+    }
+  }
+  return removed;
+}

@@ -1,0 +1,252 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { existsSync, readdirSync, statSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { crc32 } from "node:zlib";
+import { KernelClient } from "@kpip/client";
+import {
+  encodeCanonical,
+  encodeIntent,
+  encodeMessage,
+  FrameFlag,
+  HEADER_SIZE,
+  type Message,
+  MessageType,
+  SHM_CONTROL_BYTES,
+  shmSegmentName,
+  writeHeader,
+} from "@kpip/protocol";
+import { Kernel } from "../src/index.js";
+import { loadShmNative } from "../src/transport/shm-native.js";
+import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { attestSignature } from "./wire.js";
+
+const native = loadShmNative().native;
+const segments = (kernel: string) => readdirSync("/dev/shm").filter((n) => n.startsWith(`kpip.${kernel}.`));
+const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+
+describe("shared memory for bulk bodies (Unix socket)", () => {
+  let t: TestKernel;
+  before(async () => {
+    assert.ok(native, `the native shm module must build here: ${loadShmNative().reason}`);
+    t = await startKernel({ maxBodyBytes: 24 * 1024 * 1024, maxObjectBytes: 20 * 1024 * 1024 });
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("carries 1 MiB and 16 MiB writes and reads through the segments; small bodies stay inline", async () => {
+    const c = await t.admin();
+    assert.deepEqual(c.features, ["shm"]);
+    await c.storage.write("obj://shm/small", "x".repeat(1000));
+    assert.deepEqual(c.shmFrames, { sent: 0, received: 0 }, "a 1 KB body stays inline");
+    for (const size of [1024 * 1024, 16 * 1024 * 1024]) {
+      const data = Buffer.alloc(size);
+      for (let i = 0; i < size; i += 4) data.writeUInt32LE(i ^ 0x5a5a5a5a, i);
+      const before = c.shmFrames;
+      await c.storage.write(`obj://shm/b${size}`, data);
+      const back = (await c.storage.read(`obj://shm/b${size}`)).data;
+      assert.ok(Buffer.from(back).equals(data), `${size} bytes intact`);
+      assert.equal(c.shmFrames.sent, before.sent + 1, "the write went through the segment");
+      assert.equal(c.shmFrames.received, before.received + 1, "the read came back through the segment");
+    }
+    await c.close();
+  });
+
+  it("segments are 0600, named for the session, and removed when it ends", async () => {
+    const c = await t.admin();
+    await c.storage.write("obj://shm/seg", Buffer.alloc(200_000, 1));
+    const names = segments(t.k.kernelId);
+    assert.equal(names.length, 2, names.join());
+    for (const n of names) assert.equal(statSync(`/dev/shm/${n}`).mode & 0o777, 0o600, n);
+    await c.close();
+    await until(() => segments(t.k.kernelId).length === 0, 3000, "segments removed");
+  });
+
+  /** A raw peer that negotiates shm and creates its own segment, as a client would. */
+  async function shmPeer(): Promise<{ p: RawPeer; session: string; own: Buffer; ownName: string }> {
+    const p = await RawPeer.connect(t.k.socketPath);
+    const id = adminIdentity(t.k);
+    const hello: Message = {
+      type: "HELLO",
+      body: { versions: [1], persona: "admin", publicKey: id.publicKey, instance: Buffer.alloc(16, 3), features: ["shm"] },
+    };
+    const hf = encodeMessage(hello);
+    p.send(hf);
+    const ch = await p.next("CHALLENGE");
+    assert.deepEqual(ch.body.features, ["shm"]);
+    const ownName = shmSegmentName(ch.body.kernel, ch.body.session, "p");
+    const own = native?.create(ownName, SHM_CONTROL_BYTES + ch.body.limits.maxBody) as Buffer;
+    const sig = attestSignature(id, Buffer.from(hf.subarray(HEADER_SIZE)), Buffer.from(encodeMessage(ch).subarray(HEADER_SIZE)));
+    p.sendMessage({ type: "ATTEST", body: { signature: sig, tokens: [Buffer.from(t.adminToken, "base64url")] } });
+    await p.next("WELCOME");
+    return { p, session: ch.body.session, own, ownName };
+  }
+
+  /** A REQUEST frame whose body sits in `seg` at `off`, sent as a descriptor with these fields. */
+  function descriptorFrame(desc: Record<string, unknown>): Buffer {
+    const body = encodeCanonical(desc as never);
+    const f = Buffer.alloc(HEADER_SIZE + body.length);
+    writeHeader(f, 0, { type: MessageType.REQUEST, flags: FrameFlag.SHM, stream: 1, length: body.length });
+    f.set(body, HEADER_SIZE);
+    return f;
+  }
+
+  const requestBody = () => {
+    const frame = encodeMessage(
+      {
+        type: "REQUEST",
+        body: {
+          version: 1,
+          persona: "admin",
+          id: 1,
+          intent: encodeIntent({ op: "system.health", target: "kernel://", args: {} }),
+          context: { persona: "admin" },
+          caps: [1],
+        },
+      },
+      1,
+    );
+    return frame.subarray(HEADER_SIZE);
+  };
+
+  const expectProtocol = async (p: RawPeer, code: string) => {
+    const e = await p.next("ERROR");
+    assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", code, true]);
+    await until(() => p.closed, 3000, "session closed");
+    const c = await t.admin();
+    assert.equal((await c.system.health()).status, "ok", "the kernel keeps serving others");
+    await c.close();
+  };
+
+  it("a well-formed descriptor is served: the raw peer's request runs", async () => {
+    const { p, own, ownName } = await shmPeer();
+    const body = requestBody();
+    own.set(body, SHM_CONTROL_BYTES);
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 1, crc: crc32(body) }));
+    assert.equal((await p.response(1)).status, "SUCCESS");
+    assert.equal(own.readUInt32LE(0), 1, "the kernel recorded the consumed sequence number");
+    p.close();
+  });
+
+  it("a descriptor pointing outside its segment: PROTOCOL/SHM_OUT_OF_BOUNDS", async () => {
+    const { p, ownName } = await shmPeer();
+    p.send(descriptorFrame({ off: 1 << 30, len: 100, seg: ownName, seq: 1, crc: 0 }));
+    await expectProtocol(p, "SHM_OUT_OF_BOUNDS");
+  });
+
+  it("a descriptor reaching into the control bytes: PROTOCOL/SHM_OUT_OF_BOUNDS", async () => {
+    const { p, ownName } = await shmPeer();
+    p.send(descriptorFrame({ off: 0, len: 100, seg: ownName, seq: 1, crc: 0 }));
+    await expectProtocol(p, "SHM_OUT_OF_BOUNDS");
+  });
+
+  it("a descriptor naming another session's segment: PROTOCOL/SHM_FOREIGN_SEGMENT, nothing read from it", async () => {
+    const victim = await t.admin();
+    await victim.storage.write("obj://shm/victim", Buffer.alloc(300_000, 9));
+    const victimSeg = segments(t.k.kernelId).find((n) => n.endsWith(".p")) as string;
+    const { p } = await shmPeer();
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: 300_000, seg: `/${victimSeg}`, seq: 1, crc: 0 }));
+    await expectProtocol(p, "SHM_FOREIGN_SEGMENT");
+    assert.equal((await victim.system.health()).status, "ok");
+    await victim.close();
+  });
+
+  it("a body that does not match its CRC-32: PROTOCOL/SHM_BAD_CHECKSUM", async () => {
+    const { p, own, ownName } = await shmPeer();
+    const body = requestBody();
+    own.set(body, SHM_CONTROL_BYTES);
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 1, crc: (crc32(body) + 1) >>> 0 }));
+    await expectProtocol(p, "SHM_BAD_CHECKSUM");
+  });
+
+  it("a replayed or skipped sequence number: PROTOCOL/SHM_BAD_SEQUENCE", async () => {
+    const { p, own, ownName } = await shmPeer();
+    const body = requestBody();
+    own.set(body, SHM_CONTROL_BYTES);
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 7, crc: crc32(body) }));
+    await expectProtocol(p, "SHM_BAD_SEQUENCE");
+  });
+
+  it("a malformed descriptor, and a descriptor on a session without shm: PROTOCOL", async () => {
+    const { p } = await shmPeer();
+    p.send(descriptorFrame({ off: "x", len: 1, seg: "y", seq: 1, crc: 0 }));
+    await expectProtocol(p, "SHM_BAD_DESCRIPTOR");
+    const q = await RawPeer.connect(t.k.socketPath);
+    await q.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    q.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: 1, seg: "/x", seq: 1, crc: 0 }));
+    await expectProtocol(q, "SHM_NOT_NEGOTIATED");
+  });
+
+  it("clients that do not want it, gRPC sessions and shmThreshold 0 never negotiate shm", async () => {
+    const c = await t.admin({ shm: false });
+    assert.deepEqual(c.features, []);
+    await c.storage.write("obj://shm/inline", Buffer.alloc(500_000, 2));
+    assert.deepEqual(c.shmFrames, { sent: 0, received: 0 });
+    await c.close();
+    const t2 = await startKernel({ shmThreshold: 0, grpcListen: "127.0.0.1:0" });
+    const d = await t2.admin();
+    assert.deepEqual(d.features, [], "shmThreshold 0: off");
+    await d.close();
+    const g = await KernelClient.connect({
+      grpc: { address: t2.k.grpcAddress as string, insecure: true },
+      identity: adminIdentity(t2.k),
+      tokens: [t2.adminToken],
+      reconnect: false,
+    });
+    assert.deepEqual(g.features, [], "never over gRPC");
+    await g.close();
+    await t2.stop();
+    removeHome(t2.home);
+  });
+
+  it("sweeps a crashed kernel's leftover segments at start", async () => {
+    const t3 = await startKernel();
+    const id = t3.k.kernelId;
+    await t3.stop();
+    const stale = shmSegmentName(id, "00000000-dead-dead-dead-000000000000", "k");
+    native?.create(stale, 4096);
+    native?.detach(stale);
+    assert.ok(existsSync(`/dev/shm${stale}`));
+    const k = new Kernel({ home: t3.home, logLevel: "silent" });
+    await k.start();
+    assert.ok(!existsSync(`/dev/shm${stale}`), "swept");
+    await k.stop();
+    removeHome(t3.home);
+  });
+
+  it("without the native module (KPIP_SHM=off) everything works inline, and the kernel says so once", async () => {
+    const home = join(t.home, "no-shm");
+    const child = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "warn"], {
+      env: { ...process.env, KPIP_SHM: "off" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      out += d;
+    });
+    await until(() => out.includes("is running"), 10_000, "kernel started");
+    const { readFileSync } = await import("node:fs");
+    const c = await KernelClient.connect({
+      socket: join(home, "kernel.sock"),
+      identity: join(home, "admin.identity"),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+      reconnect: false,
+    });
+    assert.deepEqual(c.features, []);
+    const data = Buffer.alloc(2 * 1024 * 1024, 4);
+    await c.storage.write("obj://shm/off", data);
+    assert.ok(Buffer.from((await c.storage.read("obj://shm/off")).data).equals(data));
+    await c.close();
+    const exited = new Promise((r) => child.once("exit", r));
+    child.kill("SIGTERM");
+    await exited;
+    assert.equal(out.split("shared memory unavailable").length - 1, 1, out);
+  });
+});

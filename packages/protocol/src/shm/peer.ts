@@ -1,0 +1,169 @@
+import { crc32 } from "node:zlib";
+import { decodeCanonical } from "../cbor/decode.js";
+import { encodeCanonical } from "../cbor/encode.js";
+import { FrameFlag, HEADER_SIZE } from "../constants.js";
+import { CodecError, ErrorClass } from "../errors.js";
+import type { Frame } from "../frame/decoder.js";
+import { readHeader, writeHeader } from "../frame/header.js";
+
+/** The feature name both peers offer to carry large bodies through shared memory (PROTOCOL §3.7). */
+export const SHM_FEATURE = "shm";
+/** Bytes at the start of a segment reserved for control: bytes 0–3 = the last sequence number the receiver consumed. */
+export const SHM_CONTROL_BYTES = 64;
+/** Bodies above this travel through the segment by default. */
+export const SHM_DEFAULT_THRESHOLD = 64 * 1024;
+
+/**
+ * Maps named shared-memory segments. The protocol package does no I/O: the kernel and the
+ * client each supply this from their native module (POSIX shm_open + mmap, mode 0600).
+ */
+export interface ShmNative {
+  /** Creates a segment of `size` bytes, 0600; null if one with that name exists. */
+  create(name: string, size: number): Buffer | null;
+  /** Maps an existing segment; null if there is none. */
+  open(name: string): Buffer | null;
+  /** Unmaps a segment this process mapped (the segment itself stays). */
+  detach(name: string): void;
+  /** Unmaps and removes a segment. */
+  destroy(name: string): void;
+}
+
+/** A descriptor that does not name a valid region of this session's peer segment. */
+export class ShmError extends CodecError {
+  override name = "ShmError";
+  constructor(code: string, message: string) {
+    super(ErrorClass.PROTOCOL, code, message);
+  }
+}
+
+/** The segment names of one session: `/kpip.<kernel>.<session>.<k|p>` (k: kernel → persona). */
+export function shmSegmentName(kernel: string, session: string, side: "k" | "p"): string {
+  return `/kpip.${kernel}.${session}.${side}`.replace(/[^A-Za-z0-9._/-]/g, "_");
+}
+
+export interface ShmDescriptor {
+  seg: string;
+  off: number;
+  len: number;
+  seq: number;
+  crc: number;
+}
+
+const uint = (v: unknown, max: number) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0 && v <= max;
+
+/** Decodes and checks the shape of a descriptor body; PROTOCOL/SHM_BAD_DESCRIPTOR otherwise. */
+export function decodeShmDescriptor(body: Uint8Array): ShmDescriptor {
+  let v: unknown;
+  try {
+    v = decodeCanonical(body, { maxDepth: 2, maxItems: 16 });
+  } catch (e) {
+    throw new ShmError("SHM_BAD_DESCRIPTOR", `shared-memory descriptor is not canonical CBOR: ${(e as Error).message}`);
+  }
+  const d = v as Record<string, unknown>;
+  if (
+    d === null ||
+    typeof d !== "object" ||
+    Array.isArray(d) ||
+    Object.keys(d).length !== 5 ||
+    typeof d.seg !== "string" ||
+    d.seg.length > 255 ||
+    !uint(d.off, 2 ** 40) ||
+    !uint(d.len, 2 ** 40) ||
+    !uint(d.seq, 0xffffffff) ||
+    !uint(d.crc, 0xffffffff)
+  ) {
+    throw new ShmError("SHM_BAD_DESCRIPTOR", "shared-memory descriptor must be {seg, off, len, seq, crc}");
+  }
+  return d as unknown as ShmDescriptor;
+}
+
+/**
+ * One side of a session's shared-memory channel. Each side writes large bodies into its own
+ * segment (created on first use, sized for one maximum body) and sends a descriptor frame
+ * instead; the receiver copies the body out, checks its CRC-32, and records the sequence
+ * number in the segment's control word, which frees the region. One body is outstanding per
+ * direction: while the previous one is not consumed, the next large frame goes inline.
+ */
+export class ShmPeer {
+  private own: Buffer | undefined;
+  private peer: Buffer | undefined;
+  private seq = 0;
+  private peerSeq = 0;
+  /** Frames sent through the segment / received from it (observability, tests). */
+  sent = 0;
+  received = 0;
+
+  constructor(
+    private readonly native: ShmNative,
+    private readonly o: { ownName: string; peerName: string; maxBody: number; threshold: number },
+  ) {}
+
+  /** Creates this side's segment now (it is sparse: untouched pages cost nothing). */
+  prepare(): void {
+    this.own ??= this.native.create(this.o.ownName, SHM_CONTROL_BYTES + this.o.maxBody) ?? undefined;
+  }
+
+  /** Maps the peer's segment if it exists yet (otherwise on its first descriptor). */
+  attach(): void {
+    this.peer ??= this.native.open(this.o.peerName) ?? undefined;
+  }
+
+  /** The frame to write: the frame itself, or a descriptor frame once its body is in the segment. */
+  wrap(frame: Uint8Array): Uint8Array {
+    const len = frame.length - HEADER_SIZE;
+    if (len <= this.o.threshold || len > this.o.maxBody) return frame;
+    if (!this.own) {
+      this.own = this.native.create(this.o.ownName, SHM_CONTROL_BYTES + this.o.maxBody) ?? undefined;
+      if (!this.own) return frame;
+    }
+    const seg = this.own;
+    // The receiver has not consumed the previous body yet: this one goes inline.
+    if (seg.readUInt32LE(0) !== this.seq) return frame;
+    const body = frame.subarray(HEADER_SIZE);
+    seg.set(body, SHM_CONTROL_BYTES);
+    this.seq = (this.seq + 1) >>> 0;
+    const h = readHeader(frame, 0, Number.MAX_SAFE_INTEGER);
+    const desc = encodeCanonical({ off: SHM_CONTROL_BYTES, len, seg: this.o.ownName, seq: this.seq, crc: crc32(body) });
+    const out = Buffer.allocUnsafe(HEADER_SIZE + desc.length);
+    writeHeader(out, 0, { type: h.type, flags: h.flags | FrameFlag.SHM, stream: h.stream, length: desc.length });
+    out.set(desc, HEADER_SIZE);
+    this.sent++;
+    return out;
+  }
+
+  /** The frame with its body taken out of the peer's segment; {@link ShmError} for a bad descriptor. */
+  unwrap(f: Frame): Frame {
+    if ((f.flags & FrameFlag.SHM) === 0) return f;
+    const d = decodeShmDescriptor(f.body);
+    if (d.seg !== this.o.peerName) {
+      throw new ShmError("SHM_FOREIGN_SEGMENT", "the descriptor names a segment that is not this session's peer segment");
+    }
+    if (!this.peer) {
+      this.peer = this.native.open(d.seg) ?? undefined;
+      if (!this.peer) throw new ShmError("SHM_NO_SEGMENT", "the descriptor names a segment that does not exist");
+    }
+    const seg = this.peer;
+    if (d.len > this.o.maxBody) throw new ShmError("SHM_TOO_LARGE", `descriptor length ${d.len} exceeds the maximum body`);
+    if (d.off < SHM_CONTROL_BYTES || d.off + d.len > seg.length) {
+      throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
+    }
+    if (d.seq !== (this.peerSeq + 1) >>> 0) {
+      throw new ShmError("SHM_BAD_SEQUENCE", `descriptor sequence ${d.seq} does not follow ${this.peerSeq}`);
+    }
+    // Copy first, then check: the sender cannot change what was checked.
+    const body = Buffer.from(seg.subarray(d.off, d.off + d.len));
+    if (crc32(body) !== d.crc) throw new ShmError("SHM_BAD_CHECKSUM", "the shared-memory body does not match its CRC-32");
+    this.peerSeq = d.seq;
+    seg.writeUInt32LE(d.seq, 0);
+    this.received++;
+    return { type: f.type, flags: f.flags & ~FrameFlag.SHM, stream: f.stream, length: d.len, body };
+  }
+
+  /** Removes this side's segment and unmaps the peer's (the session ended). */
+  close(): void {
+    if (this.own) this.native.destroy(this.o.ownName);
+    if (this.peer) this.native.detach(this.o.peerName);
+    this.own = undefined;
+    this.peer = undefined;
+  }
+}
