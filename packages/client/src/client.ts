@@ -518,9 +518,6 @@ export class KernelClient extends EventEmitter {
             maxBody: m.body.limits.maxBody,
             threshold: shm.threshold ?? SHM_DEFAULT_THRESHOLD,
           });
-          // Both segments exist from here on: the kernel maps ours when it gets ATTEST.
-          link.shm.prepare();
-          link.shm.attach();
         }
         const signature = signBytes(this.identity.privateKey, attestationTranscript(link.helloBytes, f.body));
         link.phase = "attesting";

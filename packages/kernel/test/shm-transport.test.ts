@@ -59,6 +59,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   it("segments are 0600, named for the session, and removed when it ends", async () => {
     const c = await t.admin();
     await c.storage.write("obj://shm/seg", Buffer.alloc(200_000, 1));
+    await c.storage.read("obj://shm/seg");
     const names = segments(t.k.kernelId);
     assert.equal(names.length, 2, names.join());
     for (const n of names) assert.equal(statSync(`/dev/shm/${n}`).mode & 0o777, 0o600, n);

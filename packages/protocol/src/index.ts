@@ -30,6 +30,7 @@ export {
   ShmPeer,
   shmSegmentName,
 } from "./shm/peer.js";
+export { refCountedShm, type ShmModule } from "./shm/registry.js";
 export * from "./token/pattern.js";
 export * from "./token/token.js";
 export { negotiateVersion } from "./version.js";

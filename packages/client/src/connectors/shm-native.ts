@@ -1,12 +1,5 @@
 import { createRequire } from "node:module";
-import type { ShmNative } from "@kpip/protocol";
-
-interface ShmTypedArray {
-  create(count: number, type: "Buffer", key: string, perm: string): Buffer | null;
-  get(key: string, type: "Buffer"): Buffer | null;
-  detach(key: string): number;
-  destroy(key: string): boolean;
-}
+import { refCountedShm, type ShmModule, type ShmNative } from "@kpip/protocol";
 
 let loaded: { native?: ShmNative; reason?: string } | undefined;
 
@@ -23,15 +16,7 @@ export function loadShmNative(): { native?: ShmNative; reason?: string } {
     return loaded;
   }
   try {
-    const m = createRequire(import.meta.url)("shm-typed-array") as ShmTypedArray;
-    loaded = {
-      native: {
-        create: (name, size) => m.create(size, "Buffer", name, "600"),
-        open: (name) => m.get(name, "Buffer"),
-        detach: (name) => void m.detach(name),
-        destroy: (name) => void m.destroy(name),
-      },
-    };
+    loaded = { native: refCountedShm(createRequire(import.meta.url)("shm-typed-array") as ShmModule) };
   } catch (e) {
     loaded = { reason: `the native module shm-typed-array is not available (${(e as Error).message.split("\n")[0]})` };
   }

@@ -296,31 +296,6 @@ try {
     await c.close();
   } else if (!JSON_OUT) process.stderr.write(" (no gRPC transport in this build: skipped)");
 
-  progress("bulk transfers");
-  for (const [label, size, n] of [
-    ["bulk1m", 1024 * 1024, P.bulk1m],
-    ["bulk64m", 64 * 1024 * 1024, P.bulk64m],
-  ] as const) {
-    const data = Buffer.alloc(size, 0xa5);
-    for (const mode of ["uds", "shm"] as const) {
-      const c = await connect({ shm: mode === "shm" });
-      if (mode === "shm" && !(c as unknown as { features?: string[] }).features?.includes("shm")) {
-        await c.close();
-        if (!JSON_OUT) process.stderr.write(" (no shared memory in this build: skipped)");
-        continue;
-      }
-      await c.call("bench.sink", "kernel://", { data });
-      const t = process.hrtime.bigint();
-      for (let i = 0; i < n; i++) {
-        requests++;
-        await c.call("bench.sink", "kernel://", { data });
-      }
-      const secs = Number(process.hrtime.bigint() - t) / 1e9;
-      put(`kpip.${label}.${mode}_gbps`, "GB/s", (size * n) / secs / 1e9, mode === "shm" ? `kpip.${label}.uds_gbps` : undefined);
-      await c.close();
-    }
-  }
-
   progress("connection setup");
   {
     const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
@@ -337,15 +312,38 @@ try {
 
   progress(`${P.idle} idle sessions`);
   {
-    const before = rssMb(kpid);
     const idle: KernelClient[] = [];
     for (let i = 0; i < P.idle; i += 50) {
       idle.push(...(await Promise.all(Array.from({ length: Math.min(50, P.idle - i) }, () => connect()))));
     }
     await new Promise((r) => setTimeout(r, 500));
     put("kpip.idle1000.rss_mb", "MB", rssMb(kpid));
-    put("kpip.idle1000.per_session_kb", "KB", ((rssMb(kpid) - before) * 1024) / P.idle);
     await Promise.all(idle.map((c) => c.close()));
+  }
+
+  progress("bulk transfers");
+  for (const [label, size, n] of [
+    ["bulk1m", 1024 * 1024, P.bulk1m],
+    ["bulk64m", 64 * 1024 * 1024, P.bulk64m],
+  ] as const) {
+    const data = Buffer.alloc(size, 0xa5);
+    for (const mode of ["uds", "shm"] as const) {
+      const c = await connect({ shm: mode === "shm" });
+      if (mode === "shm" && !c.features.includes("shm")) {
+        await c.close();
+        if (!JSON_OUT) process.stderr.write(" (no shared memory in this build: skipped)");
+        continue;
+      }
+      await c.call("bench.sink", "kernel://", { data });
+      const t = process.hrtime.bigint();
+      for (let i = 0; i < n; i++) {
+        requests++;
+        await c.call("bench.sink", "kernel://", { data });
+      }
+      const secs = Number(process.hrtime.bigint() - t) / 1e9;
+      put(`kpip.${label}.${mode}_gbps`, "GB/s", (size * n) / secs / 1e9, mode === "shm" ? `kpip.${label}.uds_gbps` : undefined);
+      await c.close();
+    }
   }
 
   progress(`latency at ${P.auditRecords.toLocaleString()} audit records`);

@@ -228,7 +228,6 @@ export class Session implements SessionView, EventSink {
         maxBody,
         threshold: shm.threshold,
       });
-      this.shm.prepare();
     }
     const frame = encodeMessage({
       type: "CHALLENGE",
@@ -265,9 +264,6 @@ export class Session implements SessionView, EventSink {
     }
     this.persona = persona;
     this.state = "ready";
-    // The persona created its segment before attesting: map it now, so a body it sends just
-    // before closing can still be read.
-    this.shm?.attach();
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];

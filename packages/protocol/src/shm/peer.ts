@@ -79,7 +79,8 @@ export function decodeShmDescriptor(body: Uint8Array): ShmDescriptor {
 
 /**
  * One side of a session's shared-memory channel. Each side writes large bodies into its own
- * segment (created on first use, sized for one maximum body) and sends a descriptor frame
+ * segment (created on its first large body — mappings count against V8's external memory, so
+ * sessions that never send bulk never pay for them — sized for one maximum body) and sends a descriptor frame
  * instead; the receiver copies the body out, checks its CRC-32, and records the sequence
  * number in the segment's control word, which frees the region. One body is outstanding per
  * direction: while the previous one is not consumed, the next large frame goes inline.
@@ -97,16 +98,6 @@ export class ShmPeer {
     private readonly native: ShmNative,
     private readonly o: { ownName: string; peerName: string; maxBody: number; threshold: number },
   ) {}
-
-  /** Creates this side's segment now (it is sparse: untouched pages cost nothing). */
-  prepare(): void {
-    this.own ??= this.native.create(this.o.ownName, SHM_CONTROL_BYTES + this.o.maxBody) ?? undefined;
-  }
-
-  /** Maps the peer's segment if it exists yet (otherwise on its first descriptor). */
-  attach(): void {
-    this.peer ??= this.native.open(this.o.peerName) ?? undefined;
-  }
 
   /** The frame to write: the frame itself, or a descriptor frame once its body is in the segment. */
   wrap(frame: Uint8Array): Uint8Array {
@@ -159,9 +150,17 @@ export class ShmPeer {
     return { type: f.type, flags: f.flags & ~FrameFlag.SHM, stream: f.stream, length: d.len, body };
   }
 
-  /** Removes this side's segment and unmaps the peer's (the session ended). */
-  close(): void {
-    if (this.own) this.native.destroy(this.o.ownName);
+  /**
+   * Removes this side's segment and unmaps the peer's (the session ended). A body the peer has
+   * not taken yet (e.g. the last response before GOODBYE) keeps the segment for a grace period.
+   */
+  close(graceMs = 2000): void {
+    const own = this.own;
+    if (own) {
+      const name = this.o.ownName;
+      if (own.readUInt32LE(0) === this.seq) this.native.destroy(name);
+      else setTimeout(() => this.native.destroy(name), graceMs).unref();
+    }
     if (this.peer) this.native.detach(this.o.peerName);
     this.own = undefined;
     this.peer = undefined;
