@@ -108,7 +108,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       ),
       appendAudit: p(
         "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash) " +
-          "VALUES (@seq, @time, @kernel, @session, @persona, @phase, @requestId, @op, @target, @intentHash, @intent, @caps, @status, @errorClass, @message, @durationUs, @traceparent, @prevHash, @hash)",
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
       // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
@@ -125,7 +125,30 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
     this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[]) => {
       const s = this.st.appendAudit;
-      for (const r of rows) s.run(r);
+      // Positional parameters: binding by name costs a property lookup per column per row.
+      for (const r of rows) {
+        s.run(
+          r.seq,
+          r.time,
+          r.kernel,
+          r.session,
+          r.persona,
+          r.phase,
+          r.requestId,
+          r.op,
+          r.target,
+          r.intentHash,
+          r.intent,
+          r.caps,
+          r.status,
+          r.errorClass,
+          r.message,
+          r.durationUs,
+          r.traceparent,
+          r.prevHash,
+          r.hash,
+        );
+      }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
     });
   }
