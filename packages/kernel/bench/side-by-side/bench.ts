@@ -312,13 +312,26 @@ try {
 
   progress(`${P.idle} idle sessions`);
   {
+    // A kernel of its own, so the figure is what idle sessions cost, not what earlier load left.
+    const ihome = join(dir, "idle-home");
+    const iks = await startServer("kernel-server.js", ["--home", ihome]);
+    const ipid = iks.info.pid as number;
+    const base = { socket: iks.info.socket as string, identity: join(ihome, "admin.identity") };
+    const itokens = [readFileSync(join(ihome, "admin.token"), "utf8")];
     const idle: KernelClient[] = [];
     for (let i = 0; i < P.idle; i += 50) {
-      idle.push(...(await Promise.all(Array.from({ length: Math.min(50, P.idle - i) }, () => connect()))));
+      idle.push(
+        ...(await Promise.all(
+          Array.from({ length: Math.min(50, P.idle - i) }, () =>
+            KernelClient.connect({ ...base, tokens: itokens, reconnect: false }),
+          ),
+        )),
+      );
     }
     await new Promise((r) => setTimeout(r, 500));
-    put("kpip.idle1000.rss_mb", "MB", rssMb(kpid));
+    put("kpip.idle1000.rss_mb", "MB", rssMb(ipid));
     await Promise.all(idle.map((c) => c.close()));
+    await stopServer(iks.proc);
   }
 
   progress("bulk transfers");

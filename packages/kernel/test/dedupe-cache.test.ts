@@ -1,0 +1,41 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { describe, it } from "node:test";
+import type { Response } from "@kpip/protocol";
+import { DedupeCache } from "../src/pipeline/dedupe.js";
+
+const h = (s: string) => createHash("sha256").update(s).digest();
+const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
+
+describe("dedupe cache (unit)", () => {
+  it("stays within its bound, keeps the newest, evicts the oldest", () => {
+    const c = new DedupeCache(60_000, undefined, 100);
+    for (let i = 0; i < 1000; i++) c.settled(`k${i}`, h(`i${i}`), 0);
+    assert.ok(c.size <= 100 && c.size >= 90, `size ${c.size}`);
+    assert.equal(c.check("k999", h("i999"), 1, false).kind, "rerun", "newest kept");
+    assert.equal(c.check("k0", h("i0"), 1, false).kind, "new", "oldest evicted");
+  });
+
+  it("classifies: new, conflict on another intent, the running attempt's answer, rerun of a read-only op", async () => {
+    const c = new DedupeCache(60_000);
+    assert.equal(c.check("a", h("x"), 0, true).kind, "new");
+    const p = Promise.resolve(answer(1));
+    c.running("a", h("x"), p, 0);
+    const v = c.check("a", h("x"), 1, true);
+    assert.equal(v.kind, "answer");
+    assert.deepEqual(await (v as { response: Promise<Response> }).response, answer(1));
+    assert.equal(c.check("a", h("y"), 1, true).kind, "conflict");
+    c.settled("b", h("r"), 0);
+    assert.equal(c.check("b", h("r"), 1, false).kind, "rerun");
+    assert.equal(c.check("b", h("r"), 60_001, false).kind, "new", "expired");
+  });
+
+  it("answers a settled op with effects from the store, and refuses another intent under its key", () => {
+    const row = { key: "s", hash: h("w"), response: Buffer.from([0xa0]), expires: 10_000 };
+    const store = { lookupDedupe: (k: string) => (k === "s" ? row : undefined) };
+    const c = new DedupeCache(60_000, store as never);
+    c.settled("s", h("w"), 0);
+    assert.equal(c.check("s", h("w"), 1, true).kind, "answer");
+    assert.equal(c.check("s", h("other"), 1, true).kind, "conflict");
+  });
+});
