@@ -1,6 +1,7 @@
 import type { Command } from "../command.js";
 import { agentsCommand, eventsCommand, opsCommand } from "./agents.js";
 import { auditCommand } from "./audit.js";
+import { benchCommand } from "./bench.js";
 import { callCommand } from "./call.js";
 import { kernelCommand } from "./kernel.js";
 import { personaCommand } from "./persona.js";
@@ -18,4 +19,5 @@ export const COMMANDS: Command[] = [
   eventsCommand,
   auditCommand,
   statusCommand,
+  benchCommand,
 ];

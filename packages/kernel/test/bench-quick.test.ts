@@ -1,0 +1,58 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+
+/** The names issue #8 requires in `--json` output; their figures are in BENCHMARKS.md, never asserted here. */
+const REQUIRED = [
+  "raw.uds.p50_us",
+  "raw.uds.p99_us",
+  "grpc.unary.p50_us",
+  "grpc.unary.rps_64",
+  "kpip.uds.p50_us",
+  "kpip.uds.p99_us",
+  "kpip.uds.rps_256",
+  "kpip.grpc.rps_256",
+  "kpip.bulk64m.uds_gbps",
+  "kpip.bulk64m.shm_gbps",
+  "kpip.setup.p50_ms",
+  "kpip.idle1000.rss_mb",
+  "kpip.audit.verify_rps",
+];
+
+describe("kpip bench --quick --json (the output contract)", () => {
+  it("prints one JSON object per measurement, every required name, ratios against present baselines", () => {
+    const r = spawnSync(process.execPath, [KPIP, "bench", "--quick", "--json"], { encoding: "utf8", timeout: 240_000 });
+    assert.equal(r.status, 0, r.stderr);
+    const rows = r.stdout
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l) as { name: string; unit: string; value: number; baseline?: string; ratio?: number });
+    const byName = new Map(rows.map((m) => [m.name, m]));
+    assert.deepEqual(
+      REQUIRED.filter((n) => !byName.has(n)),
+      [],
+    );
+    for (const m of rows) {
+      assert.equal(typeof m.unit, "string");
+      assert.ok(Number.isFinite(m.value) && m.value >= 0, `${m.name} = ${m.value}`);
+      if (m.baseline !== undefined) {
+        const b = byName.get(m.baseline);
+        assert.ok(b, `${m.name}: baseline ${m.baseline} is printed`);
+        assert.ok(Math.abs((m.ratio as number) - m.value / (b as { value: number }).value) < 0.01 * (m.ratio as number) + 0.002);
+      }
+    }
+    for (const n of ["kpip.uds.p50_us", "kpip.uds.p99_us", "kpip.grpc.rps_256", "kpip.bulk64m.shm_gbps"]) {
+      assert.ok(byName.get(n)?.ratio !== undefined, `${n} carries a ratio`);
+    }
+  });
+
+  it("refuses arguments it does not know (usage error, exit 2)", () => {
+    const r = spawnSync(process.execPath, [KPIP, "bench", "--frames", "3"], { encoding: "utf8" });
+    assert.equal(r.status, 2, r.stderr);
+    const p = spawnSync(process.execPath, [KPIP, "bench", "extra"], { encoding: "utf8" });
+    assert.equal(p.status, 2, p.stderr);
+  });
+});
