@@ -19,8 +19,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import * as clientPkg from "@kpip/client";
-import { KernelClient } from "@kpip/client";
+import { type ConnectOptions, GrpcConnector, KernelClient } from "@kpip/client";
 import { encodeIntent, encodeMessage } from "@kpip/protocol";
 import hdr from "hdr-histogram-js";
 import { verifyAudit } from "../../src/audit/verify.js";
@@ -248,21 +247,13 @@ try {
   // kpip: the kernel with the bench family.
   progress("kpip over the Unix socket");
   const home = join(dir, "home");
-  const grpcConnector = (clientPkg as Record<string, unknown>).GrpcConnector as
-    | (new (o: {
-        address: string;
-        insecure?: boolean;
-      }) => clientPkg.Connector)
-    | undefined;
-  const kargs = ["--home", home];
-  if (grpcConnector) kargs.push("--grpc-listen", "127.0.0.1:0");
+  const kargs = ["--home", home, "--grpc-listen", "127.0.0.1:0"];
   const ks = await startServer("kernel-server.js", kargs);
-  const kpid = ks.info.pid as number;
   const socket = ks.info.socket as string;
   const identity = join(home, "admin.identity");
   const tokens = [readFileSync(join(home, "admin.token"), "utf8")];
   const connect = (extra: Record<string, unknown> = {}) =>
-    KernelClient.connect({ socket, identity, tokens, reconnect: false, ...extra } as clientPkg.ConnectOptions);
+    KernelClient.connect({ socket, identity, tokens, reconnect: false, ...extra } as ConnectOptions);
   let requests = 0;
   {
     const clients = await Promise.all([0, 1, 2, 3].map(() => connect({ shm: false })));
@@ -282,8 +273,8 @@ try {
   }
 
   progress("kpip over gRPC");
-  if (grpcConnector && typeof ks.info.grpc === "string") {
-    const connector = new grpcConnector({ address: ks.info.grpc, insecure: true });
+  {
+    const connector = new GrpcConnector({ address: ks.info.grpc as string, insecure: true });
     const c = await KernelClient.connect({ connector, identity, tokens, reconnect: false });
     const call = () => {
       requests++;
@@ -294,7 +285,7 @@ try {
     put("kpip.grpc.p99_us", "us", l.p99, "grpc.unary.p99_us");
     put("kpip.grpc.rps_256", "req/s", await throughput([call], 256, P.seconds), "grpc.unary.rps_256");
     await c.close();
-  } else if (!JSON_OUT) process.stderr.write(" (no gRPC transport in this build: skipped)");
+  }
 
   progress("connection setup");
   {
