@@ -124,6 +124,14 @@ interface PendingCall {
   timer?: NodeJS.Timeout;
 }
 
+let warnedNoShm = false;
+/** Said once per process: large bodies go inline because shared memory is unavailable. */
+function warnNoShm(reason: string | undefined): void {
+  if (warnedNoShm || process.env.KPIP_SHM === "off") return;
+  warnedNoShm = true;
+  process.emitWarning(`shared memory unavailable, large bodies go inline: ${reason ?? "unknown reason"}`, "KpipWarning");
+}
+
 /** One connection attempt's state: a channel, its decoder, and the session it carries. */
 interface Link {
   channel: Channel;
@@ -150,7 +158,7 @@ interface Link {
  * await client.close();
  * ```
  *
- * Events: `state` (ClientState), `event` (KEvent), `tokenRefreshed`, `tokenRefreshFailed`,
+ * Events: `state` (ClientState, transport), `event` (KEvent), `tokenRefreshed`, `tokenRefreshFailed`,
  * `tokenRefused`, `goodbye`, `closed`.
  */
 export class KernelClient extends EventEmitter {
@@ -275,7 +283,8 @@ export class KernelClient extends EventEmitter {
   private setState(s: ClientState): void {
     if (this.state === s) return;
     this.state = s;
-    this.emit("state", s);
+    // With the transport in use, so a fallback from the socket to gRPC is visible as it happens.
+    this.emit("state", s, this.transport);
   }
 
   // ---- connection management -------------------------------------------------------
@@ -308,6 +317,7 @@ export class KernelClient extends EventEmitter {
     this.setState(this.connections === 0 ? "connecting" : "reconnecting");
     const channel = await this.connector.connect();
     const shmNative = channel.transport === "uds" && this.o.shm !== false ? loadShmNative().native : undefined;
+    if (channel.transport === "uds" && this.o.shm !== false && !shmNative) warnNoShm(loadShmNative().reason);
     const hello = encodeMessage({
       type: "HELLO",
       body: {

@@ -87,7 +87,10 @@ describe("gRPC transport with TLS", () => {
     });
     assert.equal(fb.transport, "grpc");
     assert.equal((await fb.system.health()).status, "ok");
+    const seen: string[] = [];
+    fb.on("state", (state: string, transport: string) => seen.push(`${state}/${transport}`));
     await fb.close();
+    assert.deepEqual(seen, ["closing/grpc", "closed/grpc"], "state events carry the transport in use");
     const uds = await KernelClient.connect({
       socket: t.k.socketPath,
       grpc: { address, ca: pem("ca.pem") },

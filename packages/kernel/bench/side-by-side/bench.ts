@@ -212,7 +212,7 @@ try {
     put("raw.uds.p99_us", "us", l.p99);
     put("raw.uds.p999_us", "us", l.p999);
     for (const w of windows) put(`raw.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds));
-    put("raw.uds4.rps_256", "req/s", await throughput(calls, 256, P.seconds));
+    for (const w of windows) put(`raw.uds4.rps_${w}`, "req/s", await throughput(calls, w, P.seconds));
     for (const c of conns) c.close();
   }
   await stopServer(raw.proc);
@@ -239,7 +239,9 @@ try {
     for (const w of [1, 16, 64, 256]) {
       put(`grpc.unary.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `raw.uds.rps_${w}`);
     }
-    put("grpc.unary4.rps_256", "req/s", await throughput(calls, 256, P.seconds), "raw.uds4.rps_256");
+    for (const w of windows) {
+      put(`grpc.unary4.rps_${w}`, "req/s", await throughput(calls, w, P.seconds), `raw.uds4.rps_${w}`);
+    }
     for (const c of clients) c.close();
   }
   await stopServer(gs.proc);
@@ -268,7 +270,9 @@ try {
     for (const w of windows) {
       put(`kpip.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `grpc.unary.rps_${w}`);
     }
-    put("kpip.uds4.rps_256", "req/s", await throughput(calls, 256, P.seconds), "grpc.unary4.rps_256");
+    for (const w of windows) {
+      put(`kpip.uds4.rps_${w}`, "req/s", await throughput(calls, w, P.seconds), `grpc.unary4.rps_${w}`);
+    }
     for (const c of clients) await c.close();
   }
 
