@@ -2,6 +2,7 @@
 
 export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
+export { verifyAuditFile } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
 export { CapEnforcer, EscalationError, HandleTable, type MintSpec } from "./auth/enforcer.js";
 export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";

@@ -1,6 +1,6 @@
 import { Buffer } from "node:buffer";
 import { publicKeyFromRaw, verifyBytes } from "@kpip/protocol";
-import type { AuditStore } from "../store/types.js";
+import type { AuditCheckpoint, AuditStore } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
 
 export interface VerifyResult {
@@ -23,41 +23,110 @@ export function verifyAudit(
   opts: { trustedKey?: Uint8Array; onProgress?: (done: number, total: number) => void; batch?: number } = {},
 ): VerifyResult {
   const total = store.countAudit();
-  const batch = opts.batch ?? 10_000;
-  let expected = 1;
-  let prev: Buffer = Buffer.from(GENESIS_HASH);
-  const hashes = new Map<number, Uint8Array>();
   const cps = store.checkpoints();
-  const cpSeqs = new Set(cps.map((c) => c.seq));
-  const fail = (seq: number, reason: string): VerifyResult => ({
-    ok: false,
-    records: expected - 1,
-    checkpoints: cps.length,
-    firstBad: { seq, reason },
-  });
-  for (;;) {
-    const rows = store.scanAudit(expected, batch);
+  const r = verifyRange(store, 1, Number.POSITIVE_INFINITY, new Set(cps.map((c) => c.seq)), opts.batch, (done) =>
+    opts.onProgress?.(done, total),
+  );
+  return finish(total, cps, [r], opts.trustedKey);
+}
+
+/** What one pass over a range of sequence numbers found (a worker's answer, in the parallel verify). */
+export interface RangeResult {
+  from: number;
+  /** The last sequence number checked, and its hash (the next range's first prevHash must equal it). */
+  lastSeq: number;
+  lastHash: Uint8Array | null;
+  /** The stored prevHash of the range's first record. */
+  firstPrev: Uint8Array | null;
+  /** Hashes of the records checkpoints name. */
+  checkpointHashes: [number, Uint8Array][];
+  firstBad?: { seq: number; reason: string };
+}
+
+/**
+ * Checks records `from`..`to`: sequence numbers contiguous, each hash recomputed from its
+ * fields, each prevHash equal to the previous record's hash (within the range; the seams
+ * between ranges are checked by {@link finish}).
+ */
+export function verifyRange(
+  store: Pick<AuditStore, "scanAudit">,
+  from: number,
+  to: number,
+  cpSeqs: Set<number>,
+  batch = 10_000,
+  onProgress?: (done: number) => void,
+): RangeResult {
+  const out: RangeResult = { from, lastSeq: from - 1, lastHash: null, firstPrev: null, checkpointHashes: [] };
+  let expected = from;
+  let prev: Buffer | undefined;
+  while (expected <= to) {
+    const rows = store.scanAudit(expected, Math.min(batch, to - expected + 1));
     if (rows.length === 0) break;
     for (const r of rows) {
-      if (r.seq !== expected) return fail(expected, `record ${expected} is missing (next is ${r.seq})`);
+      if (r.seq !== expected) {
+        out.firstBad = { seq: expected, reason: `record ${expected} is missing (next is ${r.seq})` };
+        return out;
+      }
       // Blobs come out of SQLite as Buffers; anything else (another store) is wrapped once.
       const prevHash = Buffer.isBuffer(r.prevHash) ? r.prevHash : Buffer.from(r.prevHash);
       const hash = Buffer.isBuffer(r.hash) ? r.hash : Buffer.from(r.hash);
-      if (!prevHash.equals(prev)) {
-        return fail(r.seq, "previous-hash link is broken (a record before it was changed, removed or reordered)");
+      if (prev === undefined) out.firstPrev = prevHash;
+      else if (!prevHash.equals(prev)) {
+        out.firstBad = {
+          seq: r.seq,
+          reason: "previous-hash link is broken (a record before it was changed, removed or reordered)",
+        };
+        return out;
       }
-      if (!recordHash(r).equals(hash)) return fail(r.seq, "record content does not match its hash");
-      if (cpSeqs.has(r.seq)) hashes.set(r.seq, hash);
+      if (!recordHash(r).equals(hash)) {
+        out.firstBad = { seq: r.seq, reason: "record content does not match its hash" };
+        return out;
+      }
+      if (cpSeqs.has(r.seq)) out.checkpointHashes.push([r.seq, hash]);
       prev = hash;
+      out.lastSeq = r.seq;
+      out.lastHash = hash;
       expected++;
     }
-    opts.onProgress?.(expected - 1, total);
+    onProgress?.(expected - from);
   }
-  const records = expected - 1;
-  if (records !== total) return fail(expected, `record count ${total} disagrees with the chain length ${records}`);
+  return out;
+}
+
+/** Joins range results in order: the seams, the count, then every checkpoint's signature and hash. */
+export function finish(
+  total: number,
+  cps: AuditCheckpoint[],
+  ranges: RangeResult[],
+  trustedKey: Uint8Array | undefined,
+): VerifyResult {
+  const bad: { seq: number; reason: string }[] = [];
+  let prev: Uint8Array = GENESIS_HASH;
+  let records = 0;
+  for (const r of ranges) {
+    if (r.firstPrev && !Buffer.from(r.firstPrev).equals(Buffer.from(prev))) {
+      bad.push({ seq: r.from, reason: "previous-hash link is broken (a record before it was changed, removed or reordered)" });
+    }
+    if (r.firstBad) bad.push(r.firstBad);
+    if (bad.length) break;
+    if (r.lastHash) prev = r.lastHash;
+    records = r.lastSeq;
+  }
+  const fail = (seq: number, reason: string): VerifyResult => ({
+    ok: false,
+    records: seq - 1,
+    checkpoints: cps.length,
+    firstBad: { seq, reason },
+  });
+  if (bad.length) {
+    const first = bad.reduce((a, b) => (b.seq < a.seq ? b : a));
+    return fail(first.seq, first.reason);
+  }
+  if (records !== total) return fail(records + 1, `record count ${total} disagrees with the chain length ${records}`);
+  const hashes = new Map(ranges.flatMap((r) => r.checkpointHashes));
   for (const c of cps) {
-    const key = opts.trustedKey ?? c.publicKey;
-    if (opts.trustedKey && !Buffer.from(c.publicKey).equals(Buffer.from(opts.trustedKey))) {
+    const key = trustedKey ?? c.publicKey;
+    if (trustedKey && !Buffer.from(c.publicKey).equals(Buffer.from(trustedKey))) {
       return fail(c.seq, "checkpoint is signed by a key other than the kernel's");
     }
     if (!verifyBytes(publicKeyFromRaw(key), checkpointMessage(c), c.signature)) {

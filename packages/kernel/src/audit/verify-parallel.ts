@@ -1,0 +1,56 @@
+import { availableParallelism } from "node:os";
+import { Worker } from "node:worker_threads";
+import { SqliteStore } from "../store/sqlite.js";
+import { finish, type RangeResult, type VerifyResult, verifyAudit } from "./verify.js";
+
+/**
+ * `audit verify` of a kernel database file, split into contiguous ranges checked on worker
+ * threads (each with its own read connection); the seams between ranges, the record count and
+ * the checkpoints are checked here, so the result is the same as {@link verifyAudit}'s — the
+ * first bad record is the lowest any range or seam reports. Small logs are verified inline.
+ */
+export async function verifyAuditFile(
+  path: string,
+  opts: { trustedKey?: Uint8Array; onProgress?: (done: number, total: number) => void; workers?: number } = {},
+): Promise<VerifyResult> {
+  const store = new SqliteStore(path);
+  const total = store.countAudit();
+  const cps = store.checkpoints();
+  const n = Math.max(1, Math.min(opts.workers ?? availableParallelism(), 8));
+  if (n < 2 || total < 50_000) {
+    try {
+      return verifyAudit(store, opts);
+    } finally {
+      store.close();
+    }
+  }
+  store.close();
+  const size = Math.ceil(total / n);
+  const cpSeqs = cps.map((c) => c.seq);
+  const done = new Array<number>(n).fill(0);
+  const ranges = await Promise.all(
+    Array.from({ length: n }, (_, i) => {
+      const from = 1 + i * size;
+      // The last range runs to the end, so records past the counted total are found too.
+      const to = i === n - 1 ? Number.POSITIVE_INFINITY : from + size - 1;
+      return new Promise<RangeResult>((resolve, reject) => {
+        const w = new Worker(new URL("./verify-worker.js", import.meta.url), { workerData: { path, from, to, cpSeqs } });
+        w.on("message", (m: { progress?: number; result?: RangeResult }) => {
+          if (m.result) resolve(m.result);
+          else if (m.progress !== undefined) {
+            done[i] = m.progress;
+            opts.onProgress?.(
+              done.reduce((a, b) => a + b, 0),
+              total,
+            );
+          }
+        });
+        w.on("error", reject);
+        w.on("exit", (code) => {
+          if (code !== 0) reject(new Error(`audit verify worker exited with ${code}`));
+        });
+      });
+    }),
+  );
+  return finish(total, cps, ranges, opts.trustedKey);
+}

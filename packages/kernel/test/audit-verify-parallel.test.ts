@@ -1,0 +1,90 @@
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { copyFileSync, mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { encodeIntent, intentHash } from "@kpip/protocol";
+import { AuditLog } from "../src/audit/log.js";
+import { verifyAudit } from "../src/audit/verify.js";
+import { verifyAuditFile } from "../src/audit/verify-parallel.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+import { removeHome } from "./harness.js";
+
+const N = 60_000;
+
+describe("parallel audit verify (worker threads) gives the single pass's answer", () => {
+  let dir: string;
+  let good: string;
+  before(async () => {
+    dir = mkdtempSync(join(tmpdir(), "kpip-verify-"));
+    good = join(dir, "good.db");
+    const store = new SqliteStore(good);
+    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 512, checkpointEvery: 7_000 });
+    const intent = encodeIntent({ op: "storage.write", target: "obj://ws/k", args: { data: "v" } });
+    let last: Promise<void> = Promise.resolve();
+    for (let i = 1; i <= N; i++) {
+      last = log.append({
+        session: "s",
+        persona: "p",
+        phase: "complete",
+        requestId: i,
+        op: "storage.write",
+        target: "obj://ws/k",
+        intentHash: intentHash(intent),
+        intent,
+        status: "SUCCESS",
+      });
+      if (i % 5000 === 0) await last;
+    }
+    await last;
+    log.close();
+    store.close();
+  });
+  after(() => removeHome(dir));
+
+  /** A copy of the good log with `sql` applied. */
+  const tampered = (name: string, sql: string) => {
+    const p = join(dir, `${name}.db`);
+    copyFileSync(good, p);
+    const s = new SqliteStore(p);
+    s.db.exec(sql);
+    s.close();
+    return p;
+  };
+  const both = async (path: string) => {
+    const s = new SqliteStore(path);
+    const single = verifyAudit(s);
+    s.close();
+    const parallel = await verifyAuditFile(path, { workers: 3 });
+    return { single, parallel };
+  };
+
+  it("an intact log: ok, every record and checkpoint", async () => {
+    const { single, parallel } = await both(good);
+    assert.equal(single.ok, true);
+    assert.deepEqual(parallel, single);
+    assert.equal(parallel.records, N);
+  });
+
+  for (const [name, sql] of [
+    ["a modified record mid-range", "UPDATE audit SET persona = 'q' WHERE seq = 35000"],
+    ["a deleted record at a range seam", "DELETE FROM audit WHERE seq = 20001"],
+    ["the last record of a range modified", "UPDATE audit SET status = 'FAILURE' WHERE seq = 20000"],
+    [
+      "two records swapped across a seam",
+      "UPDATE audit SET seq = -1 WHERE seq = 20000; UPDATE audit SET seq = 20000 WHERE seq = 20001; UPDATE audit SET seq = 20001 WHERE seq = -1",
+    ],
+    ["the tail deleted", `DELETE FROM audit WHERE seq > ${N - 500}`],
+    [
+      "a record appended past the end",
+      `INSERT INTO audit SELECT ${N + 1}, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, hash FROM audit WHERE seq = ${N}`,
+    ],
+  ] as const) {
+    it(`${name}: the same first bad record`, async () => {
+      const { single, parallel } = await both(tampered(name.replace(/\W+/g, "-"), sql));
+      assert.equal(single.ok, false);
+      assert.deepEqual(parallel, single);
+    });
+  }
+});
