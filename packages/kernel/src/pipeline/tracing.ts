@@ -17,9 +17,16 @@ export function startRequestSpan(traceparent: string | undefined, attributes: Re
   return { span, ctx: trace.setSpan(parent, span) };
 }
 
-/** Runs one pipeline stage inside its own child span. */
-export async function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): Promise<T> {
-  if (!t) return f();
+/**
+ * Runs one pipeline stage inside its own child span. Without a recording tracer (no SDK) the
+ * stage runs bare: no span, and no extra promise on every request's path.
+ */
+export function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): T | Promise<T> {
+  if (!t || !t.span.isRecording()) return f();
+  return traced(t, name, f);
+}
+
+async function traced<T>(t: RequestTrace, name: string, f: () => T | Promise<T>): Promise<T> {
   const span = tracer.startSpan(name, undefined, t.ctx);
   try {
     return await f();
