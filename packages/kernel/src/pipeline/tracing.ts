@@ -22,8 +22,8 @@ export function startRequestSpan(traceparent: string | undefined, attributes: Re
  * stage runs bare: no span, and no extra promise on every request's path.
  */
 export function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): T | Promise<T> {
-  if (!t || !t.span.isRecording()) return f();
-  return traced(t, name, f);
+  if (t?.span.isRecording()) return traced(t, name, f);
+  return f();
 }
 
 async function traced<T>(t: RequestTrace, name: string, f: () => T | Promise<T>): Promise<T> {
