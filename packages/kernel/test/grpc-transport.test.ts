@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -218,5 +219,16 @@ describe("gRPC configuration", () => {
       await again.stop();
       removeHome(t.home);
     }
+  });
+});
+
+describe("examples/grpc-persona.ts", () => {
+  it("runs: falls back to gRPC, and negotiates shm over the socket", () => {
+    const ex = fileURLToPath(new URL("../../../../examples/dist/grpc-persona.js", import.meta.url));
+    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /connected over: grpc features: \[\]/);
+    assert.match(r.stdout, /read back: over gRPC/);
+    assert.match(r.stdout, /over the socket: uds features: \[ 'shm' \] shm frames: \{ sent: 1/);
   });
 });
