@@ -12,6 +12,7 @@ import {
   effectiveGrant,
   encodeIntent,
   encodeMessage,
+  encodeMessagePieces,
   type Frame,
   FrameDecoder,
   HEADER_SIZE,
@@ -704,7 +705,9 @@ export class KernelClient extends EventEmitter {
     const link = this.link;
     if (!this.pending.has(p.stream) || p.sent || !link || link.phase !== "ready" || this.state === "closed") return;
     p.sent = true;
-    const frame = encodeMessage(
+    // Large intents (bulk payloads) are referenced, not copied again, into the frame: the pieces
+    // go to the socket as one vectored write, or straight into the shared-memory segment.
+    const pieces = encodeMessagePieces(
       {
         type: "REQUEST",
         body: {
@@ -717,8 +720,11 @@ export class KernelClient extends EventEmitter {
         },
       },
       p.stream,
+      64 * 1024,
     );
-    link.channel.write(link.shm ? link.shm.wrap(frame) : frame);
+    const viaShm = link.shm?.wrapPieces(pieces);
+    if (viaShm) link.channel.write(viaShm);
+    else for (const piece of pieces) link.channel.write(piece);
   }
 
   /** (Re)sends everything not yet sent on the current link, with the same ids. */

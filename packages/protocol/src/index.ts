@@ -11,12 +11,12 @@ export type { CborMap, CborValue } from "./cbor/value.js";
 export * from "./constants.js";
 export * from "./errors.js";
 export { type Frame, FrameDecoder } from "./frame/decoder.js";
-export { encodeFrame, encodeFrameParts, type FrameOptions } from "./frame/encoder.js";
+export { encodeFrame, encodeFrameParts, encodeFramePieces, type FrameOptions } from "./frame/encoder.js";
 export { type FrameHeader, readHeader, writeHeader } from "./frame/header.js";
 export * from "./identity.js";
 export * from "./intent/grammar.js";
 export * from "./intent/intent.js";
-export { decodeMessage, encodeMessage } from "./messages/codec.js";
+export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/codec.js";
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
 export {

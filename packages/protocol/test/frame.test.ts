@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import {
   encodeFrame,
   encodeFrameParts,
+  encodeFramePieces,
   encodeMessage,
   FrameDecoder,
   FrameError,
@@ -43,6 +44,16 @@ describe("FrameDecoder", () => {
       assert.ok(Buffer.from(frames[1]?.body as Uint8Array).equals(body), `chunks of ${size}`);
       assert.equal(d.midFrame, false);
     }
+  });
+
+  it("encodes a frame as pieces that reference large byte strings and equal the copied encoding", () => {
+    const big = Buffer.alloc(100_000, 3);
+    const body = { a: 1, data: big, tail: "x", more: new Uint8Array(10) };
+    const pieces = encodeFramePieces({ type: MessageType.PING, stream: 5 }, body, 65_536);
+    assert.ok(pieces.includes(big), "the large byte string is referenced, not copied");
+    assert.ok(Buffer.concat(pieces).equals(encodeFrame({ type: MessageType.PING, stream: 5 }, body)));
+    const small = encodeFramePieces({ type: MessageType.PING }, { n: 1 }, 65_536);
+    assert.equal(small.length, 1);
   });
 
   it("decodes frames from 1-byte chunks", () => {

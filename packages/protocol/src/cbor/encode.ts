@@ -14,16 +14,34 @@ const MAX_ENCODE_DEPTH = 32;
 export class CanonicalWriter {
   private buf: Buffer;
   private pos: number;
+  /** Finished pieces when byte strings were referenced rather than copied (see `refMin`). */
+  private readonly done: Uint8Array[] = [];
+  private segStart = 0;
 
-  /** `headroom` bytes are left free at the start, e.g. for a frame header. */
-  constructor(initialSize = 256, headroom = 0) {
+  /**
+   * `headroom` bytes are left free at the start, e.g. for a frame header. Byte strings of
+   * `refMin` bytes or more are referenced, not copied: {@link finishParts} then returns the
+   * encoding as pieces for a vectored write (the caller must not change those bytes meanwhile).
+   */
+  constructor(
+    initialSize = 256,
+    headroom = 0,
+    private readonly refMin = Number.POSITIVE_INFINITY,
+  ) {
     this.buf = Buffer.allocUnsafe(Math.max(initialSize, headroom + 16));
     this.pos = headroom;
   }
 
-  /** The bytes written so far, including any headroom (a view, not a copy). */
+  /** The bytes written so far, including any headroom (a view, not a copy, unless pieces were referenced). */
   finish(): Buffer {
-    return this.buf.subarray(0, this.pos);
+    if (this.done.length === 0) return this.buf.subarray(0, this.pos);
+    return Buffer.concat(this.finishParts());
+  }
+
+  /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
+  finishParts(): Uint8Array[] {
+    const tail = this.buf.subarray(this.segStart, this.pos);
+    return tail.length > 0 ? [...this.done, tail] : [...this.done];
   }
 
   private ensure(n: number): void {
@@ -109,6 +127,11 @@ export class CanonicalWriter {
         }
         if (v instanceof Uint8Array) {
           this.head(2, v.length);
+          if (v.length >= this.refMin) {
+            this.done.push(this.buf.subarray(this.segStart, this.pos), v);
+            this.segStart = this.pos;
+            return;
+          }
           this.ensure(v.length);
           this.buf.set(v, this.pos);
           this.pos += v.length;

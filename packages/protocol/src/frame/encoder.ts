@@ -30,3 +30,22 @@ export function encodeFrameParts(opts: FrameOptions, body: Uint8Array): [Buffer,
   writeHeader(header, 0, { type: opts.type, flags: opts.flags ?? 0, stream: opts.stream ?? 0, length: body.length });
   return [header, body];
 }
+
+/**
+ * Like {@link encodeFrame}, but byte strings of `refMin` bytes or more are referenced, not
+ * copied: the frame comes back as pieces (header and body start in the first) for a vectored
+ * write or a copy straight into shared memory.
+ */
+export function encodeFramePieces(opts: FrameOptions, body: CborValue, refMin: number): Uint8Array[] {
+  const w = new CanonicalWriter(256, HEADER_SIZE, refMin);
+  w.write(body);
+  const parts = w.finishParts();
+  const total = parts.reduce((n, p) => n + p.length, 0);
+  writeHeader(parts[0] as Uint8Array, 0, {
+    type: opts.type,
+    flags: opts.flags ?? 0,
+    stream: opts.stream ?? 0,
+    length: total - HEADER_SIZE,
+  });
+  return parts;
+}

@@ -3,13 +3,18 @@ import type { CborValue } from "../cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits, MessageType, messageTypeName } from "../constants.js";
 import { CborError, MessageError } from "../errors.js";
 import type { Frame } from "../frame/decoder.js";
-import { encodeFrame } from "../frame/encoder.js";
+import { encodeFrame, encodeFramePieces } from "../frame/encoder.js";
 import type { Message } from "./types.js";
 import { validateMessage } from "./validate.js";
 
 /** Encodes a message as one frame buffer (header + canonical CBOR body). */
 export function encodeMessage(msg: Message, stream = 0, flags = 0): Buffer {
   return encodeFrame({ type: MessageType[msg.type], stream, flags }, msg.body as unknown as CborValue);
+}
+
+/** The message as frame pieces, byte strings of `refMin` bytes or more referenced, not copied. */
+export function encodeMessagePieces(msg: Message, stream: number, refMin: number): Uint8Array[] {
+  return encodeFramePieces({ type: MessageType[msg.type], stream }, msg.body as unknown as CborValue, refMin);
 }
 
 /**

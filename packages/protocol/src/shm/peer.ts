@@ -101,20 +101,37 @@ export class ShmPeer {
 
   /** The frame to write: the frame itself, or a descriptor frame once its body is in the segment. */
   wrap(frame: Uint8Array): Uint8Array {
-    const len = frame.length - HEADER_SIZE;
-    if (len <= this.o.threshold || len > this.o.maxBody) return frame;
+    return this.wrapPieces([frame]) ?? frame;
+  }
+
+  /**
+   * A frame given as pieces (header and body start in the first, see encodeFramePieces): the
+   * descriptor frame once the body is copied into the segment, or undefined when it goes
+   * inline (small, too large, or the previous body not yet consumed).
+   */
+  wrapPieces(pieces: Uint8Array[]): Uint8Array | undefined {
+    const first = pieces[0] as Uint8Array;
+    let len = -HEADER_SIZE;
+    for (const p of pieces) len += p.length;
+    if (len <= this.o.threshold || len > this.o.maxBody) return undefined;
     if (!this.own) {
       this.own = this.native.create(this.o.ownName, SHM_CONTROL_BYTES + this.o.maxBody) ?? undefined;
-      if (!this.own) return frame;
+      if (!this.own) return undefined;
     }
     const seg = this.own;
     // The receiver has not consumed the previous body yet: this one goes inline.
-    if (seg.readUInt32LE(0) !== this.seq) return frame;
-    const body = frame.subarray(HEADER_SIZE);
-    seg.set(body, SHM_CONTROL_BYTES);
+    if (seg.readUInt32LE(0) !== this.seq) return undefined;
+    let at = SHM_CONTROL_BYTES;
+    let crc = 0;
+    for (let i = 0; i < pieces.length; i++) {
+      const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
+      seg.set(p, at);
+      at += p.length;
+      crc = crc32(p, crc);
+    }
     this.seq = (this.seq + 1) >>> 0;
-    const h = readHeader(frame, 0, Number.MAX_SAFE_INTEGER);
-    const desc = encodeCanonical({ off: SHM_CONTROL_BYTES, len, seg: this.o.ownName, seq: this.seq, crc: crc32(body) });
+    const h = readHeader(first, 0, Number.MAX_SAFE_INTEGER);
+    const desc = encodeCanonical({ off: SHM_CONTROL_BYTES, len, seg: this.o.ownName, seq: this.seq, crc });
     const out = Buffer.allocUnsafe(HEADER_SIZE + desc.length);
     writeHeader(out, 0, { type: h.type, flags: h.flags | FrameFlag.SHM, stream: h.stream, length: desc.length });
     out.set(desc, HEADER_SIZE);
