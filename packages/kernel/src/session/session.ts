@@ -5,6 +5,7 @@ import {
   decodeMessage,
   type ErrorClass,
   encodeMessage,
+  encodeMessagePieces,
   type Frame,
   FrameDecoder,
   HEADER_SIZE,
@@ -349,8 +350,12 @@ export class Session implements SessionView, EventSink {
 
   private send(msg: Message, stream = 0): void {
     if (this.state === "closed") return;
-    const frame = encodeMessage(msg, stream);
-    this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
+    // Large payloads (e.g. a storage.read) are referenced into the frame, not copied: the
+    // pieces are written together, or copied once into the shared-memory segment.
+    const pieces = encodeMessagePieces(msg, stream, 64 * 1024);
+    const viaShm = this.shm?.wrapPieces(pieces);
+    if (viaShm) this.conn.write(viaShm);
+    else for (const piece of pieces) this.conn.write(piece);
   }
 
   private outOfOrder(type: string): void {
