@@ -96,6 +96,12 @@ describe("the request pipeline", () => {
     const b = await p.response(20);
     assert.deepEqual(a, b);
     assert.equal(a.status, "SUCCESS");
+    const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.requestId === 20);
+    assert.deepEqual(
+      rows.map((r) => r.phase).sort(),
+      ["intent", "outcome", "replay"],
+      "one execution, and the retry on the record as a replay",
+    );
     const c = await t.admin();
     assert.equal((await c.storage.stat("obj://ws1/dedupe")).generation, 1);
     p.request(20, encodeIntent({ op: "storage.write", target: "obj://ws1/dedupe", args: { data: "twice" } }), {

@@ -114,7 +114,20 @@ export class Pipeline {
       await this.audit.append({ ...rec, phase: "refused", ...failureCols(r, started) });
       return failure(s, req, r);
     }
-    if (prior.kind === "answer") return prior.response;
+    if (prior.kind === "answer") {
+      // Nothing runs again, but the retry itself is on the record.
+      const response = await prior.response;
+      await this.audit.append({
+        ...rec,
+        intent: null,
+        phase: "replay",
+        status: response.status,
+        errorClass: response.error ?? null,
+        message: "answered from the record of the first attempt",
+        durationUs: elapsedUs(started),
+      });
+      return response;
+    }
     const pending = this.run(s, req, intent, rec, started, key, hash);
     this.dedupe.running(key, hash, pending, now);
     const response = await pending;

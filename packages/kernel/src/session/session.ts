@@ -444,8 +444,22 @@ export class Session implements SessionView, EventSink {
       this.drained?.();
       return;
     }
+    const wasReady = this.state === "ready" || this.state === "closing";
     this.state = "closed";
     this.shm?.close();
+    // Every session that opened leaves its end on the record too (a dead peer, a drop, a stop).
+    if (wasReady) {
+      void this.host.audit
+        .append({
+          session: this.id,
+          persona: this.persona,
+          phase: "session",
+          op: "session.close",
+          status: "SUCCESS",
+          message: why,
+        })
+        .catch(() => {});
+    }
     this.abort.abort(new Error(`session ended: ${why}`));
     this.host.sessionClosed(this);
     this.drained?.();

@@ -83,7 +83,11 @@ export interface AuditRow {
  * effects, intent and outcome in one record. refused: a request refused before execution.
  * session: handshake outcomes and session opens.
  */
-export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "session";
+/**
+ * intent/outcome: an op with effects, before and after; complete: a read-only op; refused;
+ * replay: a retry answered from the dedupe record (nothing ran again); session: open, close, errors.
+ */
+export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session";
 
 export interface AuditCheckpoint {
   seq: number;
