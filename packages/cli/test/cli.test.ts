@@ -45,6 +45,7 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
 
     const created = JSON.parse(kpip(["persona", "create", "alice", "--json", ...h]).out);
     assert.equal(created.persona, "alice");
+    assert.equal(created.via, "kernel", "with a kernel running, the registry changes through it");
     assert.equal(statSync(created.identity).mode & 0o777, 0o600);
     assert.equal(kpip(["persona", "create", "alice", ...h]).code, 1);
 
@@ -120,6 +121,12 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora"]) assert.ok(list.includes(p), p);
     assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 0);
     assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 1);
+    const audited = kpip(["audit", "query", "--op", "persona.remove", "--json", ...h])
+      .out.trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    assert.ok(audited.some((r) => r.target === "persona://dora" && r.persona === "admin" && r.status === "SUCCESS"));
+    assert.ok(audited.some((r) => r.target === "persona://dora" && r.status === "FAILURE" && r.errorClass === "SEMANTIC"));
   });
 
   it("stops cleanly on SIGINT, and audit verify catches an edited row", async () => {
@@ -135,6 +142,62 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const v = kpip(["audit", "verify", ...h]);
     assert.equal(v.code, 1);
     assert.match(v.out, /BROKEN at record 3/);
+  });
+});
+
+describe("registry changes while no kernel runs", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-cli-off-"));
+  after(() => rmSync(home, { recursive: true, force: true }));
+  const h = ["--home", home];
+  const runKernel = async () => {
+    const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    await new Promise<void>((resolve) => {
+      let out = "";
+      k.stdout?.on("data", (d) => {
+        out += d;
+        if (out.includes("is running")) resolve();
+      });
+    });
+    return k;
+  };
+  const stop = async (k: ChildProcess) => {
+    k.kill("SIGINT");
+    await new Promise((r) => k.once("exit", r));
+  };
+
+  it("are made on the home database and put on the audit record when the kernel next runs", async () => {
+    await stop(await runKernel());
+    const created = JSON.parse(kpip(["persona", "create", "frank", "--json", ...h]).out);
+    assert.equal(created.via, "offline");
+    assert.equal(statSync(created.identity).mode & 0o777, 0o600);
+    const removed = kpip(["persona", "remove", "frank", ...h]);
+    assert.equal(removed.code, 0, removed.err);
+    assert.match(removed.out, /offline \(audited when the kernel next runs\)/);
+    assert.equal(kpip(["persona", "remove", "frank", ...h]).code, 1);
+
+    const k = await runKernel();
+    try {
+      const q = (op: string) =>
+        kpip(["audit", "query", "--op", op, "--json", ...h])
+          .out.trim()
+          .split("\n")
+          .map((l) => JSON.parse(l))
+          .filter((r) => r.target === "persona://frank");
+      assert.deepEqual(
+        q("persona.register").map((r) => [r.phase, r.status]),
+        [["offline", "SUCCESS"]],
+      );
+      assert.match(q("persona.register")[0].message, /kpip persona create \(by kpip persona \(uid/);
+      assert.deepEqual(
+        q("persona.remove").map((r) => r.phase),
+        ["offline"],
+      );
+    } finally {
+      await stop(k);
+    }
+    assert.equal(kpip(["audit", "verify", ...h]).code, 0);
   });
 });
 

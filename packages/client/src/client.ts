@@ -452,6 +452,11 @@ export class KernelClient extends EventEmitter {
         } catch (e) {
           this.emit("reconnectFailed", e);
           if ((this.state as ClientState) === "closed") break;
+          if (e instanceof KpipError && e.errorClass === "AUTH") {
+            // Refused attestation (the persona was removed or its key changed): retrying cannot help.
+            this.shutdown(e);
+            break;
+          }
           this.setState("reconnecting");
         }
       }
@@ -576,6 +581,9 @@ export class KernelClient extends EventEmitter {
             link.phase = "dead";
             link.channel.destroy();
             link.ready.reject(err);
+          } else if (err.errorClass === "AUTH" && link === this.link) {
+            // The persona may no longer attest (e.g. PERSONA_REMOVED): reconnecting cannot help.
+            this.shutdown(err);
           } else this.onLinkLost(link, err);
         }
         return;

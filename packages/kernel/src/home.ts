@@ -77,7 +77,15 @@ export function ensureAdmin(home: string, store: SqliteStore, admin: string): st
       throw new Error(`${path} exists but persona ${admin} is not registered; remove the file or register it`);
     const id = generateIdentity(admin);
     writeSecret(path, serializeIdentity(id));
-    store.addPersona(admin, id.publicKey);
+    store.withJournal(
+      {
+        actor: "the kernel's first start",
+        op: "persona.register",
+        target: `persona://${admin}`,
+        message: "admin persona created with a new identity file",
+      },
+      () => store.addPersona(admin, id.publicKey),
+    );
   }
   return path;
 }

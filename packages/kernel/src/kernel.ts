@@ -15,6 +15,7 @@ import { Pipeline } from "./pipeline/pipeline.js";
 import { agentFamily } from "./primitives/agent.js";
 import { computeFamily } from "./primitives/compute.js";
 import { eventFamily } from "./primitives/event.js";
+import { personaFamily } from "./primitives/persona.js";
 import { resourceFamily } from "./primitives/resource.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
@@ -139,6 +140,8 @@ export class Kernel {
         intentMaxBytes: c.auditIntentMaxBytes,
       });
       this.auditLog = audit;
+      const offline = audit.recordOfflineJournal().length;
+      if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
       this.router.register(
         systemFamily(
           {
@@ -211,6 +214,15 @@ export class Kernel {
       this.agents = agents;
       agents.recover();
       this.router.register(agentFamily(agents, c.adminPersona));
+      this.router.register(
+        personaFamily(store, {
+          admin: c.adminPersona,
+          revokeToken: (id, by) => {
+            enforcer.revoke(id, by);
+          },
+          expel: (persona) => this.expel(persona),
+        }),
+      );
       this.router.register(eventFamily(this.events, (id) => this.sessionsById.get(id)));
       for (const f of this.pendingFamilies) this.router.register(f);
       this.pendingFamilies = [];
@@ -281,6 +293,7 @@ export class Kernel {
         const now = Date.now();
         for (const s of this.sessions) s.tick(now);
         dedupe.sweep(now);
+        this.applyOfflineChanges();
         if (now - lastPrune > 60_000) {
           lastPrune = now;
           store.pruneDedupe(now);
@@ -377,6 +390,34 @@ export class Kernel {
     const s = new Session(conn, host);
     this.sessions.add(s);
     this.sessionsById.set(s.id, s);
+  }
+
+  /** Ends every open session of a persona removed from the registry; returns how many. */
+  private expel(persona: string): number {
+    let n = 0;
+    for (const s of [...this.sessions]) {
+      if (s.persona === persona && s.state !== "closed") {
+        s.expel("PERSONA_REMOVED", `persona ${persona} was removed from the registry`);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Audits registry changes made on the home database without the kernel (the CLI while no
+   * kernel answered) and applies what they mean to the running kernel: a removed persona's
+   * sessions end and its revoked tokens stop working at once.
+   */
+  private applyOfflineChanges(): void {
+    const entries = this.auditLog?.recordOfflineJournal() ?? [];
+    for (const e of entries) {
+      if (e.op !== "persona.remove" || !e.target.startsWith("persona://")) continue;
+      const persona = e.target.slice("persona://".length);
+      if (this.store?.getPersona(persona)) continue;
+      for (const t of this.store?.listTokens(persona) ?? []) if (t.revokedAt !== null) this.enforcerRef?.revoke(t.id, e.actor);
+      this.expel(persona);
+    }
   }
 
   /** Stops accepting, answers in-flight requests, says GOODBYE, flushes the audit log, removes the socket. */

@@ -82,7 +82,7 @@ describe("audit log: per-request records and tamper evidence", () => {
 
   const cases: [string, (s: SqliteStore) => void, number | undefined, RegExp][] = [
     ["a modified message (seq 3)", (s) => s.db.prepare("UPDATE audit SET message = 'x' WHERE seq = 3").run(), 3, /content/],
-    ["a modified status", (s) => s.db.prepare("UPDATE audit SET status = 'SUCCESS' WHERE seq = 4").run(), 4, /content/],
+    ["a modified status", (s) => s.db.prepare("UPDATE audit SET status = 'FORGED' WHERE seq = 4").run(), 4, /content/],
     ["a deleted middle record", (s) => s.db.prepare("DELETE FROM audit WHERE seq = 5").run(), 5, /missing/],
     [
       "a forged record inserted in the middle",

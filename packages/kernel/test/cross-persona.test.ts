@@ -45,6 +45,7 @@ describe("cross-persona matrix: every op against another persona's targets", () 
       { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
       { ops: ["token.*"], targets: ["token://**", "kernel://", `persona://${self}`, `persona://${self}/**`] },
       { ops: ["resource.*"], targets: [`persona://${self}`] },
+      { ops: ["persona.*"], targets: [`persona://${self}/**`] },
       { ops: ["system.*"], targets: ["kernel://"] },
     ];
     const limits = { memory: 100_000 };
@@ -133,6 +134,18 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     "token.refresh": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
     "token.revoke": [["bob's token", `token://${bobs.tokenId}`]],
     "token.bind": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
+    "persona.register": [
+      ["bob's sub-persona id", "persona://bob/impostor", { publicKey: Buffer.alloc(32, 7) }],
+      ["bob's own id", "persona://bob", { publicKey: Buffer.alloc(32, 7) }],
+    ],
+    "persona.remove": [
+      ["bob", "persona://bob"],
+      ["bob's sub-persona", "persona://bob/helper"],
+    ],
+    "persona.list": [
+      ["bob", "persona://bob"],
+      ["bob's tree", "persona://bob/helper"],
+    ],
     "token.mint": [
       ["for bob", "persona://bob", { rights: [], limits: { memory: 1 }, ttlMs: 1000 }],
       ["for bob's sub-persona", "persona://bob/helper", { rights: [], limits: { memory: 1 }, ttlMs: 1000 }],
@@ -182,6 +195,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
   it("bob's things are intact, and nothing alice saw carries bob's data", async () => {
     const read = (await bob.call("storage.read", bobs.object)).payload as { data: Uint8Array };
     assert.equal(Buffer.from(read.data).toString(), SECRET);
+    assert.ok(t.k.database.getPersona("bob"), "bob is still registered");
+    assert.equal(t.k.database.getPersona("bob/impostor"), undefined);
     assert.equal(((await bob.call("agent.status", bobs.agent)).payload as { state: string }).state, "running");
     const st = (await bob.call("token.inspect", `token://${bobs.tokenId}`, { token: bobs.token })).payload as {
       status: string;

@@ -1,10 +1,14 @@
 import { createPublicKey } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import net from "node:net";
+import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
+import { KpipError } from "@kpip/client";
 import { HOME_FILES, SqliteStore, writeSecret } from "@kpip/kernel";
 import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
-import type { Command } from "../command.js";
-import { EXIT, resolveHome, UsageError } from "../util.js";
+import type { Command, Values } from "../command.js";
+import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { defaultSocket, EXIT, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -39,16 +43,84 @@ function readPublicKey(file: string): Uint8Array {
   return raw;
 }
 
-const home = { type: "string" as const, description: "kernel home (default $KPIP_HOME or the XDG state dir)" };
 const json = { type: "boolean" as const, description: "print JSON" };
+
+/** Whether a kernel answers on the socket: then changes go through it (capability-checked, audited). */
+function kernelListening(socket: string): Promise<boolean> {
+  return new Promise((done) => {
+    const s = net.connect(socket);
+    s.once("connect", () => {
+      s.destroy();
+      done(true);
+    });
+    s.once("error", () => done(false));
+  });
+}
+
+/**
+ * One registry change: through the running kernel when there is one (an op like any other,
+ * authorized by the admin's token and on the audit record), otherwise on the home database
+ * with an offline journal entry in the same transaction, which the kernel moves into the audit
+ * chain when it next runs.
+ */
+async function change(
+  v: Values,
+  home: string,
+  online: (call: (op: string, target: string, args?: Record<string, unknown>) => Promise<unknown>) => Promise<void>,
+  offline: (
+    store: SqliteStore,
+    journal: (op: string, target: string, message: string) => Parameters<SqliteStore["withJournal"]>[0],
+  ) => boolean,
+): Promise<{ ok: boolean; via: "kernel" | "offline"; message?: string }> {
+  const socket = (v.socket as string | undefined) ?? defaultSocket(home);
+  if (await kernelListening(socket)) {
+    const client = await connectFromFlags(v);
+    try {
+      await online((op, target, args) => client.call(op, target, (args ?? {}) as never));
+      return { ok: true, via: "kernel" };
+    } catch (e) {
+      if (e instanceof KpipError) return { ok: false, via: "kernel", message: `${e.errorClass}: ${e.message}` };
+      throw e;
+    } finally {
+      await client.close();
+    }
+  }
+  const store = openStore(home);
+  try {
+    const actor = `kpip persona (uid ${process.getuid?.() ?? "?"} ${userInfo().username})`;
+    const ok = offline(store, (op, target, message) => ({ actor, op, target, message }));
+    return { ok, via: "offline" };
+  } finally {
+    store.close();
+  }
+}
+
+function register(v: Values, home: string, pid: string, key: Uint8Array, message: string) {
+  return change(
+    v,
+    home,
+    async (call) => {
+      await call("persona.register", `persona://${pid}`, { publicKey: key });
+    },
+    (store, journal) => {
+      if (store.getPersona(pid)) return false;
+      store.withJournal(journal("persona.register", `persona://${pid}`, message), () => store.addPersona(pid, key));
+      return true;
+    },
+  );
+}
+
+const via = (r: { via: "kernel" | "offline" }) =>
+  r.via === "kernel" ? "through the kernel (audited)" : "offline (audited when the kernel next runs)";
 
 export const personaCommand: Command = {
   name: "persona",
   summary: "manage the persona registry: create, add, list, remove",
-  usage: "kpip persona create <id> [--out F] | add <id> --public-key F | list | remove <id>  [--home DIR] [--json]",
+  usage:
+    "kpip persona create <id> [--out F] | add <id> --public-key F | list | remove <id>  [--home DIR] [--socket S] [--identity F] [--token T] [--json]",
   example: "kpip persona create alice --json",
   options: {
-    home,
+    ...CONNECT_OPTIONS,
     json,
     out: { type: "string", description: "create: where to write the identity file (default <home>/personas/<id>.identity)" },
     "public-key": { type: "string", description: "add: file holding the persona's Ed25519 public key" },
@@ -67,50 +139,56 @@ export const personaCommand: Command = {
     switch (sub) {
       case "create": {
         const pid = needId();
-        const store = openStore(h);
-        try {
-          if (store.getPersona(pid)) {
-            process.stderr.write(`kpip persona: ${pid} is already registered\n`);
-            return EXIT.FAILED;
-          }
-          const file = resolve((v.out as string | undefined) ?? join(h, "personas", `${pid.replaceAll("/", "__")}.identity`));
-          mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
-          const identity = generateIdentity(pid);
-          try {
-            writeSecret(file, serializeIdentity(identity));
-          } catch (e) {
-            throw new UsageError(`cannot write ${file}: ${(e as Error).message}`);
-          }
-          store.addPersona(pid, identity.publicKey);
-          const publicKey = Buffer.from(identity.publicKey).toString("base64url");
-          if (asJson) process.stdout.write(`${JSON.stringify({ persona: pid, identity: file, publicKey })}\n`);
-          else
-            process.stdout.write(
-              `created persona ${pid}\n  identity file: ${file} (keep it secret: mode 0600)\n  public key:    ${publicKey}\n`,
-            );
-          return EXIT.OK;
-        } finally {
-          store.close();
+        const file = resolve((v.out as string | undefined) ?? join(h, "personas", `${pid.replaceAll("/", "__")}.identity`));
+        if (existsSync(file)) {
+          process.stderr.write(`kpip persona: ${file} already exists\n`);
+          return EXIT.FAILED;
         }
+        mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
+        const identity = generateIdentity(pid);
+        // Written beside its place first: the identity file appears only once the key is registered.
+        const tmp = `${file}.${process.pid}.tmp`;
+        try {
+          writeSecret(tmp, serializeIdentity(identity));
+        } catch (e) {
+          throw new UsageError(`cannot write ${file}: ${(e as Error).message}`);
+        }
+        let r: Awaited<ReturnType<typeof change>>;
+        try {
+          r = await register(v, h, pid, identity.publicKey, "created with kpip persona create");
+        } catch (e) {
+          rmSync(tmp, { force: true });
+          throw e;
+        }
+        if (!r.ok) {
+          rmSync(tmp, { force: true });
+          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is already registered`}\n`);
+          return EXIT.FAILED;
+        }
+        renameSync(tmp, file);
+        const publicKey = Buffer.from(identity.publicKey).toString("base64url");
+        if (asJson) process.stdout.write(`${JSON.stringify({ persona: pid, identity: file, publicKey, via: r.via })}\n`);
+        else
+          process.stdout.write(
+            `created persona ${pid} ${via(r)}\n  identity file: ${file} (keep it secret: mode 0600)\n  public key:    ${publicKey}\n`,
+          );
+        return EXIT.OK;
       }
       case "add": {
         const pid = needId();
         if (v["public-key"] === undefined) throw new UsageError("persona add needs --public-key <file>");
         const key = readPublicKey(v["public-key"] as string);
-        const store = openStore(h);
-        try {
-          if (store.getPersona(pid)) {
-            process.stderr.write(`kpip persona: ${pid} is already registered\n`);
-            return EXIT.FAILED;
-          }
-          store.addPersona(pid, key);
-          if (asJson)
-            process.stdout.write(`${JSON.stringify({ persona: pid, publicKey: Buffer.from(key).toString("base64url") })}\n`);
-          else process.stdout.write(`registered persona ${pid}\n`);
-          return EXIT.OK;
-        } finally {
-          store.close();
+        const r = await register(v, h, pid, key, "registered with kpip persona add");
+        if (!r.ok) {
+          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is already registered`}\n`);
+          return EXIT.FAILED;
         }
+        if (asJson)
+          process.stdout.write(
+            `${JSON.stringify({ persona: pid, publicKey: Buffer.from(key).toString("base64url"), via: r.via })}\n`,
+          );
+        else process.stdout.write(`registered persona ${pid} ${via(r)}\n`);
+        return EXIT.OK;
       }
       case "list": {
         if (id) throw new UsageError("persona list takes no id");
@@ -130,18 +208,30 @@ export const personaCommand: Command = {
       }
       case "remove": {
         const pid = needId();
-        const store = openStore(h);
-        try {
-          if (!store.removePersona(pid)) {
-            process.stderr.write(`kpip persona: ${pid} is not registered\n`);
-            return EXIT.FAILED;
-          }
-          if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid })}\n`);
-          else process.stdout.write(`removed persona ${pid} (its open sessions end at their next attestation)\n`);
-          return EXIT.OK;
-        } finally {
-          store.close();
+        const r = await change(
+          v,
+          h,
+          async (call) => {
+            await call("persona.remove", `persona://${pid}`);
+          },
+          (store, journal) =>
+            store.withJournal(journal("persona.remove", `persona://${pid}`, "removed with kpip persona remove"), () => {
+              if (!store.removePersona(pid)) return false;
+              for (const t of store.listTokens(pid))
+                if (t.revokedAt === null) store.revokeToken(t.id, "kpip persona remove", Date.now());
+              return true;
+            }),
+        );
+        if (!r.ok) {
+          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is not registered`}\n`);
+          return EXIT.FAILED;
         }
+        if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid, via: r.via })}\n`);
+        else
+          process.stdout.write(
+            `removed persona ${pid} ${via(r)}; ${r.via === "kernel" ? "its sessions were ended and its tokens revoked" : "its tokens are revoked"}\n`,
+          );
+        return EXIT.OK;
       }
       default:
         throw new UsageError(

@@ -1,7 +1,7 @@
 import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
-import type { AuditRow, AuditStore, DedupeRow } from "../store/types.js";
+import type { AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
 
 /** What a caller supplies for one audit record; the log fills in seq, time, kernel and the chain. */
@@ -36,6 +36,7 @@ export class AuditLog {
   private head: Uint8Array = GENESIS_HASH;
   private pending: AuditRow[] = [];
   private pendingDedupe: DedupeRow[] = [];
+  private pendingJournalUpTo = 0;
   private waiters: { resolve: () => void; reject: (e: Error) => void } | undefined;
   private batchPromise: Promise<void> | undefined;
   private scheduled = false;
@@ -118,14 +119,16 @@ export class AuditLog {
     if (this.pending.length === 0 || this.closed) return;
     const rows = this.pending;
     const dedupe = this.pendingDedupe;
+    const journalUpTo = this.pendingJournalUpTo;
     const waiters = this.waiters;
     this.pending = [];
     this.pendingDedupe = [];
+    this.pendingJournalUpTo = 0;
     this.waiters = undefined;
     this.batchPromise = undefined;
     try {
       const t = process.hrtime.bigint();
-      this.store.appendAudit(rows, dedupe);
+      this.store.appendAudit(rows, dedupe, journalUpTo);
       this.committedBatches++;
       this.committedRecords += rows.length;
       this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9);
@@ -137,6 +140,31 @@ export class AuditLog {
     }
     waiters?.resolve();
     if (this.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.checkpoint();
+  }
+
+  /**
+   * Moves administrative changes made while no kernel was running (the offline journal) into
+   * the chain: one `offline` record each, committed in the same transaction that empties the
+   * journal, so each is recorded exactly once. Returns the entries recorded.
+   */
+  recordOfflineJournal(): OfflineEntry[] {
+    if (this.closed) return [];
+    const entries = this.store.offlineJournal();
+    for (const e of entries) {
+      // Set first: a batch committed inside append() must take its own entry out of the journal.
+      this.pendingJournalUpTo = e.id;
+      void this.append({
+        session: "offline",
+        persona: "-",
+        phase: "offline",
+        op: e.op,
+        target: e.target,
+        status: "SUCCESS",
+        message: `${e.message} (by ${e.actor} at ${new Date(e.time).toISOString()})`,
+      }).catch(() => {});
+    }
+    if (entries.length) this.flush();
+    return entries;
   }
 
   /** Signs the current head with the kernel key and stores the checkpoint. */

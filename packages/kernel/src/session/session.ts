@@ -433,6 +433,15 @@ export class Session implements SessionView, EventSink {
     return done;
   }
 
+  /**
+   * Ends the session because its persona lost the right to attest (removed from the registry):
+   * a fatal AUTH ERROR with `code`, audited, and in-flight handlers are told to stop.
+   */
+  expel(code: string, message: string): void {
+    if (this.state === "closed") return;
+    this.fail("AUTH", code, message, this.persona || undefined);
+  }
+
   /** Forced close: in-flight handlers are told to stop. */
   kill(): void {
     this.conn.destroy();

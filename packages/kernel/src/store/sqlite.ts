@@ -12,6 +12,7 @@ import type {
   LedgerStore,
   ObjectMeta,
   ObjectStore,
+  OfflineEntry,
   OpRecord,
   OpStore,
   PersonaRecord,
@@ -50,6 +51,9 @@ CREATE TABLE IF NOT EXISTS agents (
   id TEXT PRIMARY KEY, persona TEXT NOT NULL, spawner TEXT NOT NULL, command TEXT NOT NULL, args TEXT NOT NULL,
   pid INTEGER, state TEXT NOT NULL, exit_code INTEGER, signal TEXT, started_at INTEGER NOT NULL, ended_at INTEGER,
   deadline INTEGER NOT NULL, stdout BLOB, stderr BLOB, token_id TEXT NOT NULL, cwd TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS offline_journal (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, actor TEXT NOT NULL, op TEXT NOT NULL,
+  target TEXT NOT NULL, message TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS audit_checkpoints (
   seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
   public_key BLOB NOT NULL, signature BLOB NOT NULL);
@@ -79,7 +83,7 @@ type Statements = Record<StatementName, Database.Statement>;
 export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore, AgentStore {
   readonly db: Database.Database;
   private readonly st: Statements;
-  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[]) => void;
+  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => void;
 
   constructor(path: string) {
     this.db = new Database(path);
@@ -123,7 +127,8 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       checkpoints: p("SELECT * FROM audit_checkpoints ORDER BY seq"),
     };
     const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
-    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[]) => {
+    const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
+    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => {
       const s = this.st.appendAudit;
       // Positional parameters: binding by name costs a property lookup per column per row.
       for (const r of rows) {
@@ -150,6 +155,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
         );
       }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
+      if (journalUpTo > 0) dropJournal.run(journalUpTo);
     });
   }
 
@@ -399,8 +405,31 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   }
 
   // audit
-  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = []): void {
-    this.appendTx(rows, dedupe);
+  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0): void {
+    this.appendTx(rows, dedupe, journalUpTo);
+  }
+
+  /**
+   * Runs an administrative change made without the kernel (the CLI on the home database) and
+   * journals it in the same transaction; the kernel moves the journal into the audit chain.
+   * A change that returns `false` changed nothing and is not journalled.
+   */
+  withJournal<T>(entry: Omit<OfflineEntry, "id" | "time">, change: () => T): T {
+    return this.db.transaction(() => {
+      const r = change();
+      if (r === false) return r;
+      this.prep("INSERT INTO offline_journal (time, actor, op, target, message) VALUES (?, ?, ?, ?, ?)").run(
+        Date.now(),
+        entry.actor,
+        entry.op,
+        entry.target,
+        entry.message,
+      );
+      return r;
+    })();
+  }
+  offlineJournal(): OfflineEntry[] {
+    return this.prep("SELECT id, time, actor, op, target, message FROM offline_journal ORDER BY id").all() as OfflineEntry[];
   }
   lookupDedupe(key: string, now: number): DedupeRow | undefined {
     const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;

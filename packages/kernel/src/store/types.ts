@@ -78,16 +78,11 @@ export interface AuditRow {
 }
 
 /**
- * intent: the intent of an op with effects, committed before it runs. outcome: how that op
- * ended (refers to the intent by request id and intent hash). complete: an op without
- * effects, intent and outcome in one record. refused: a request refused before execution.
- * session: handshake outcomes and session opens.
- */
-/**
  * intent/outcome: an op with effects, before and after; complete: a read-only op; refused;
- * replay: a retry answered from the dedupe record (nothing ran again); session: open, close, errors.
+ * replay: a retry answered from the dedupe record (nothing ran again); session: open, close,
+ * errors; offline: an administrative change made without the kernel (from the offline journal).
  */
-export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session";
+export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session" | "offline";
 
 export interface AuditCheckpoint {
   seq: number;
@@ -116,9 +111,26 @@ export interface DedupeRow {
   expires: number;
 }
 
+/** One administrative change made without the kernel (e.g. `kpip persona add` on the home database). */
+export interface OfflineEntry {
+  id: number;
+  /** When it was made (ms since the epoch). */
+  time: number;
+  /** Who made it: the tool and the OS user. */
+  actor: string;
+  op: string;
+  target: string;
+  message: string;
+}
+
+/**
+ * Commits audit rows (with the dedupe rows of their responses, and the removal of the offline
+ * journal entries they record, up to `journalUpTo`) in one transaction.
+ */
 export interface AuditStore {
-  /** Commits audit rows, and the dedupe rows of their responses, in one transaction. */
-  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[]): void;
+  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number): void;
+  /** Administrative changes made while no kernel was running, oldest first, not yet audited. */
+  offlineJournal(): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
   pruneDedupe(now: number): number;
   lastAudit(): AuditRow | undefined;

@@ -1,0 +1,188 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { KernelClient, KpipError } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
+import { verifyAudit } from "../src/audit/verify.js";
+import { HOME_FILES, SqliteStore } from "../src/index.js";
+import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+
+const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
+
+describe("the persona registry through the kernel: persona.register / remove / list", () => {
+  let t: TestKernel;
+  let admin: KernelClient;
+  before(async () => {
+    t = await startKernel();
+    admin = await t.admin();
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("registers a persona that can attest at once, and audits it as the admin's act", async () => {
+    const carol = generateIdentity("carol");
+    const r = await admin.call("persona.register", "persona://carol", { publicKey: carol.publicKey });
+    assert.equal((r.payload as { persona: string }).persona, "carol");
+    assert.deepEqual(t.k.database.getPersona("carol")?.publicKey, Buffer.from(carol.publicKey));
+    const token = (await admin.tokens.mint("carol", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }))
+      .token;
+    const c = await t.connect(carol, [token]);
+    assert.equal((await c.call("system.health", "kernel://")).status, "SUCCESS");
+    const recs = t.k.database.queryAudit({ op: "persona.register", limit: 10 }).filter((x) => x.target === "persona://carol");
+    assert.deepEqual(
+      recs.map((x) => [x.phase, x.persona, x.target, x.status]).sort(),
+      [
+        ["intent", "admin", "persona://carol", null],
+        ["outcome", "admin", "persona://carol", "SUCCESS"],
+      ].sort(),
+    );
+  });
+
+  it("refuses a second registration, a key that is not 32 bytes and a target that is not a persona id", async () => {
+    const again = await admin
+      .call("persona.register", "persona://carol", { publicKey: generateIdentity("carol").publicKey })
+      .catch((e) => e);
+    assert.ok(again instanceof KpipError && again.errorClass === "SEMANTIC", String(again));
+    const short = await admin.call("persona.register", "persona://dan", { publicKey: Buffer.alloc(31) }).catch((e) => e);
+    assert.ok(short instanceof KpipError && short.errorClass === "SEMANTIC", String(short));
+    const noKey = await admin.call("persona.register", "persona://dan", {}).catch((e) => e);
+    assert.ok(noKey instanceof KpipError && noKey.errorClass === "SEMANTIC", String(noKey));
+    // Refused by the intent grammar before it leaves the client (the kernel checks the same grammar).
+    const bad = await admin.call("persona.register", "persona://Dan", { publicKey: Buffer.alloc(32, 1) }).catch((e) => e);
+    assert.ok(bad instanceof Error && bad.name === "IntentError", String(bad));
+    assert.equal(t.k.database.getPersona("dan"), undefined);
+  });
+
+  it("needs a grant: none at all is refused, a grant over one's own sub-personas covers only those", async () => {
+    const plain = await t.persona("pat", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const p = await t.connect(plain.identity, [plain.token]);
+    const refused = await p.call("persona.register", "persona://pat/helper", { publicKey: Buffer.alloc(32, 2) }).catch((e) => e);
+    assert.ok(refused instanceof KpipError && ["PERMISSION", "CAPABILITY"].includes(refused.errorClass), String(refused));
+    assert.equal(t.k.database.getPersona("pat/helper"), undefined);
+
+    const owner = await t.persona("olga", [{ ops: ["persona.*"], targets: ["persona://olga/**"] }]);
+    const o = await t.connect(owner.identity, [owner.token]);
+    const w = generateIdentity("olga/worker");
+    await o.call("persona.register", "persona://olga/worker", { publicKey: w.publicKey });
+    const list = (await o.call("persona.list", "persona://olga/worker")).payload as { personas: { persona: string }[] };
+    assert.deepEqual(
+      list.personas.map((x) => x.persona),
+      ["olga/worker"],
+    );
+    const other = await o.call("persona.register", "persona://pat/x", { publicKey: Buffer.alloc(32, 3) }).catch((e) => e);
+    assert.ok(other instanceof KpipError && other.errorClass === "PERMISSION", String(other));
+    const wide = await o.call("persona.list", "persona://pat").catch((e) => e);
+    assert.ok(wide instanceof KpipError && wide.errorClass === "PERMISSION", String(wide));
+    await o.call("persona.remove", "persona://olga/worker");
+    assert.equal(t.k.database.getPersona("olga/worker"), undefined);
+  });
+
+  it("removal ends the persona's sessions at once, revokes its tokens, and a new key under the id inherits nothing", async () => {
+    const eve = await t.persona("eve", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const c = await t.connect(eve.identity, [eve.token]);
+    const closed = closedWith(c);
+    const r = await admin.call("persona.remove", "persona://eve");
+    assert.deepEqual(r.payload, { removed: "eve", sessionsEnded: 1, tokensRevoked: 1 });
+    const err = await closed;
+    assert.ok(err instanceof KpipError && err.errorClass === "AUTH" && err.code === "PERSONA_REMOVED", String(err));
+    assert.equal(c.state, "closed", "a removed persona's client does not reconnect");
+    await assert.rejects(c.call("system.health", "kernel://"));
+    await assert.rejects(
+      KernelClient.connect({ socket: t.k.socketPath, identity: eve.identity, tokens: [], reconnect: false }),
+      (e: unknown) => e instanceof KpipError && e.errorClass === "AUTH",
+    );
+    const audited = t.k.database.queryAudit({ persona: "eve", op: "session.error", limit: 5 });
+    assert.ok(
+      audited.some((x) => x.message?.startsWith("PERSONA_REMOVED")),
+      JSON.stringify(audited),
+    );
+
+    // Someone else registered as eve later must not be able to use what the old eve held.
+    const newEve = generateIdentity("eve");
+    await admin.call("persona.register", "persona://eve", { publicKey: newEve.publicKey });
+    const c2 = await t.connect(newEve, [eve.token]);
+    assert.equal(c2.refusedTokens.length, 1);
+    assert.equal(c2.refusedTokens[0]?.code, "REVOKED");
+  });
+
+  it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {
+    const self = await admin.call("persona.remove", "persona://admin").catch((e) => e);
+    assert.ok(self instanceof KpipError && self.errorClass === "PERMISSION", String(self));
+    const owner = await t.persona("sam", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
+    const s = await t.connect(owner.identity, [owner.token]);
+    const own = await s.call("persona.remove", "persona://sam").catch((e) => e);
+    assert.ok(own instanceof KpipError && own.errorClass === "PERMISSION", String(own));
+    const unknown = await admin.call("persona.remove", "persona://nobody").catch((e) => e);
+    assert.ok(unknown instanceof KpipError && unknown.errorClass === "SEMANTIC", String(unknown));
+    assert.ok(t.k.database.getPersona("admin") && t.k.database.getPersona("sam"));
+  });
+});
+
+describe("registry changes made without the kernel are audited, once", () => {
+  it("moves the offline journal into the chain at start, and applies an offline removal to a running kernel", async () => {
+    let t = await startKernel();
+    const home = t.home;
+    const first = t.k.database.queryAudit({ op: "persona.register", limit: 5 });
+    assert.ok(
+      first.some((x) => x.phase === "offline" && x.target === "persona://admin"),
+      "the admin created at first start is on the record",
+    );
+    await t.stop();
+
+    // As the CLI does while no kernel runs: the change and its journal entry in one transaction.
+    const dave = generateIdentity("dave");
+    const offline = new SqliteStore(join(home, HOME_FILES.database));
+    // A change that changed nothing leaves no journal entry.
+    offline.withJournal({ actor: "test", op: "persona.remove", target: "persona://ghost", message: "nothing" }, () =>
+      offline.removePersona("ghost"),
+    );
+    assert.deepEqual(offline.offlineJournal(), []);
+    offline.withJournal({ actor: "test", op: "persona.register", target: "persona://dave", message: "registered offline" }, () =>
+      offline.addPersona("dave", dave.publicKey),
+    );
+    offline.close();
+
+    t = await startKernel({ heartbeatMs: 200 }, home);
+    const recs = () =>
+      t.k.database.queryAudit({ op: "persona.register", limit: 10 }).filter((x) => x.target === "persona://dave");
+    assert.equal(recs().length, 1);
+    assert.equal(recs()[0]?.phase, "offline");
+    assert.match(recs()[0]?.message ?? "", /registered offline \(by test at /);
+    assert.deepEqual(t.k.database.offlineJournal(), []);
+
+    // dave connects; then an offline removal (another process on the same database) ends his session.
+    const admin = await t.admin();
+    const token = (await admin.tokens.mint("dave", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }))
+      .token;
+    const c = await t.connect(dave, [token]);
+    const closed = closedWith(c);
+    const other = new SqliteStore(join(home, HOME_FILES.database));
+    other.withJournal({ actor: "test", op: "persona.remove", target: "persona://dave", message: "removed offline" }, () => {
+      other.removePersona("dave");
+      for (const tk of other.listTokens("dave")) other.revokeToken(tk.id, "test", Date.now());
+    });
+    other.close();
+    const err = await closed;
+    assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
+    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    const removal = t.k.database.queryAudit({ op: "persona.remove", limit: 5 });
+    assert.equal(removal.length, 1);
+    assert.equal(removal[0]?.phase, "offline");
+    await t.stop();
+
+    // A restart records nothing twice, and the chain verifies.
+    t = await startKernel({}, home);
+    assert.equal(recs().length, 1);
+    assert.equal(t.k.database.queryAudit({ op: "persona.remove", limit: 5 }).length, 1);
+    await t.stop();
+    const store = new SqliteStore(join(home, HOME_FILES.database));
+    try {
+      assert.equal(verifyAudit(store).ok, true);
+    } finally {
+      store.close();
+    }
+    removeHome(home);
+  });
+});
