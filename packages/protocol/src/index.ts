@@ -19,6 +19,7 @@ export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/codec.js";
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
+export { sha256 } from "./sha256.js";
 export {
   decodeShmDescriptor,
   SHM_CONTROL_BYTES,

@@ -4,6 +4,9 @@ import { rawPublicKey, signBytes } from "@kpip/protocol";
 import type { AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
 
+/** A placeholder until a record's hash is computed (never stored). */
+const PENDING_HASH = new Uint8Array(0);
+
 /** What a caller supplies for one audit record; the log fills in seq, time, kernel and the chain. */
 export type AuditEntry = Pick<AuditRow, "session" | "persona" | "phase"> &
   Partial<Omit<AuditRow, "seq" | "time" | "kernel" | "session" | "persona" | "phase" | "prevHash" | "hash">>;
@@ -76,7 +79,8 @@ export class AuditLog {
   append(entry: AuditEntry, dedupe?: DedupeRow): Promise<void> {
     if (this.closed) return Promise.reject(new AuditClosedError("audit log is closed (kernel stopped)"));
     if (dedupe) this.pendingDedupe.push(dedupe);
-    const partial: Omit<AuditRow, "hash"> = {
+    // One object per record: the hash is filled in once computed (no copy of 19 fields).
+    const row: AuditRow = {
       seq: ++this.seq,
       time: Date.now(),
       kernel: this.kernelId,
@@ -95,8 +99,9 @@ export class AuditLog {
       durationUs: entry.durationUs ?? null,
       traceparent: entry.traceparent ?? null,
       prevHash: this.head,
+      hash: PENDING_HASH,
     };
-    const row: AuditRow = { ...partial, hash: recordHash(partial) };
+    row.hash = recordHash(row);
     this.head = row.hash;
     this.pending.push(row);
     if (this.batchPromise === undefined) {

@@ -1,5 +1,5 @@
-import { createHash, hash } from "node:crypto";
-import { type CborMap, encodeCanonical } from "@kpip/protocol";
+import { createHash } from "node:crypto";
+import { type CborMap, encodeCanonical, sha256 } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow } from "../store/types.js";
 
 /** The previous-hash of the first record. */
@@ -108,7 +108,7 @@ class RecordHasher {
         this.pos += b.length;
       }
     }
-    return hash("sha256", this.buf.subarray(0, this.pos), "buffer");
+    return sha256(this.buf.subarray(0, this.pos));
   }
 
   private ensure(n: number): void {

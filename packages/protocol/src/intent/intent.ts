@@ -1,9 +1,9 @@
-import { createHash } from "node:crypto";
 import { decodeCanonical } from "../cbor/decode.js";
 import { encodeCanonical } from "../cbor/encode.js";
 import type { CborMap, CborValue } from "../cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits } from "../constants.js";
 import { CborError, IntentError } from "../errors.js";
+import { sha256 } from "../sha256.js";
 import { isOp, parseTarget } from "./grammar.js";
 
 /** Constraints the kernel enforces on an intent; unknown keys are rejected. */
@@ -87,5 +87,5 @@ export function decodeIntent(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_L
 
 /** The intent hash: SHA-256 over the exact canonical intent bytes. */
 export function intentHash(bytes: Uint8Array): Buffer {
-  return createHash("sha256").update(bytes).digest();
+  return sha256(bytes);
 }
