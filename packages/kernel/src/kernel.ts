@@ -26,6 +26,7 @@ import { ResourceLedger } from "./resources/ledger.js";
 import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
+import { WalCheckpointer } from "./store/checkpointer.js";
 import { SqliteStore } from "./store/sqlite.js";
 import { GrpcListener } from "./transport/grpc.js";
 import { memoryPair } from "./transport/memory.js";
@@ -52,6 +53,7 @@ export class Kernel {
   log: Logger;
   private store: SqliteStore | undefined;
   private auditLog: AuditLog | undefined;
+  private checkpointer: WalCheckpointer | undefined;
   private listener: UdsListener | undefined;
   private grpcListener: GrpcListener | undefined;
   /** "host:port" the gRPC transport listens on, when configured. */
@@ -129,8 +131,10 @@ export class Kernel {
     try {
       ensureHome(c.home);
       const key = loadKernelKey(c.home);
-      const store = new SqliteStore(join(c.home, HOME_FILES.database));
+      const dbPath = join(c.home, HOME_FILES.database);
+      const store = new SqliteStore(dbPath);
       this.store = store;
+      this.checkpointer = new WalCheckpointer(store, dbPath, this.log);
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
@@ -308,6 +312,7 @@ export class Kernel {
       await this.listener?.close();
       await this.grpcListener?.close(0);
       this.auditLog?.close();
+      await this.checkpointer?.stop();
       this.store?.close();
       throw e;
     }
@@ -441,6 +446,7 @@ export class Kernel {
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();
+    await this.checkpointer?.stop();
     this.store?.close();
     this.state = "stopped";
     this.log.info({ kernel: this.id }, "kernel stopped");

@@ -170,6 +170,11 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     return st;
   }
 
+  /** Pages in the WAL after which a commit checkpoints (0: never on commit; see WalCheckpointer). */
+  setAutoCheckpoint(pages: number): void {
+    if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }

@@ -1,0 +1,45 @@
+import assert from "node:assert/strict";
+import { statSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import type { Worker } from "node:worker_threads";
+import type { KernelClient } from "@kpip/client";
+import { HOME_FILES } from "../src/index.js";
+import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+
+const autoCheckpoint = (t: TestKernel) => t.k.database.db.pragma("wal_autocheckpoint", { simple: true }) as number;
+
+describe("WAL checkpoints run off the request path", () => {
+  let t: TestKernel;
+  let admin: KernelClient;
+  before(async () => {
+    t = await startKernel();
+    admin = await t.admin();
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("commits never checkpoint; the background worker moves the WAL into the database while the kernel serves", async () => {
+    assert.equal(autoCheckpoint(t), 0, "the kernel's connection does not checkpoint on commit");
+    const db = join(t.home, HOME_FILES.database);
+    const before = statSync(db).size;
+    for (let i = 0; i < 20; i++) {
+      await Promise.all(
+        Array.from({ length: 50 }, (_, j) => admin.call("storage.write", `obj://ws/k${i}-${j}`, { data: Buffer.alloc(2000, i) })),
+      );
+    }
+    // Only a checkpoint writes pages into the database file itself.
+    await until(() => statSync(db).size > before, 10_000, "the database file to receive checkpointed pages");
+    const r = await admin.call("storage.read", "obj://ws/k19-49");
+    assert.equal((r.payload as { data: Uint8Array }).data.length, 2000);
+  });
+
+  it("falls back to checkpointing on commit if the worker dies", async () => {
+    const worker = (t.k as unknown as { checkpointer: { worker: Worker } }).checkpointer.worker;
+    await worker.terminate();
+    await until(() => autoCheckpoint(t) === 1000, 5000, "checkpoint on commit restored");
+    assert.equal((await admin.call("system.health", "kernel://")).status, "SUCCESS");
+  });
+});
