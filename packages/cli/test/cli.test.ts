@@ -149,8 +149,10 @@ describe("registry changes while no kernel runs", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-cli-off-"));
   after(() => rmSync(home, { recursive: true, force: true }));
   const h = ["--home", home];
-  const runKernel = async () => {
-    const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent"], {
+  const anchorDir = mkdtempSync(join(tmpdir(), "kpip-cli-anchors-"));
+  after(() => rmSync(anchorDir, { recursive: true, force: true }));
+  const runKernel = async (...extra: string[]) => {
+    const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent", ...extra], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     await new Promise<void>((resolve) => {
@@ -177,7 +179,8 @@ describe("registry changes while no kernel runs", () => {
     assert.match(removed.out, /offline \(audited when the kernel next runs\)/);
     assert.equal(kpip(["persona", "remove", "frank", ...h]).code, 1);
 
-    const k = await runKernel();
+    const anchorFile = join(anchorDir, "anchors.jsonl");
+    const k = await runKernel("--audit-anchor-file", anchorFile);
     try {
       const q = (op: string) =>
         kpip(["audit", "query", "--op", op, "--json", ...h])
@@ -198,6 +201,34 @@ describe("registry changes while no kernel runs", () => {
       await stop(k);
     }
     assert.equal(kpip(["audit", "verify", ...h]).code, 0);
+
+    const anchors = join(home, "anchors.jsonl");
+    writeFileSync(anchors, "");
+    const none = kpip(["audit", "verify", "--anchors", anchors, ...h]);
+    assert.equal(none.code, 0, none.err);
+    assert.match(none.out, /0 anchors matched/);
+    writeFileSync(anchors, "{not json}\n");
+    const bad = kpip(["audit", "verify", "--anchors", anchors, ...h]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.err, /anchor file line 1/);
+    const missing = kpip(["audit", "verify", "--anchors", join(home, "nope.jsonl"), ...h]);
+    assert.equal(missing.code, 2);
+    assert.match(missing.err, /cannot read --anchors/);
+
+    // The kernel wrote a signed checkpoint to the anchor file when it stopped: cutting the log
+    // back past it, checkpoint and all, goes unnoticed by the chain alone but not by the anchors.
+    const real = kpip(["audit", "verify", "--anchors", anchorFile, "--json", ...h]);
+    assert.equal(real.code, 0, real.out);
+    const n = JSON.parse(real.out).anchors;
+    assert.ok(n >= 1, real.out);
+    const db = new Database(join(home, "kernel.db"));
+    db.prepare("DELETE FROM audit WHERE seq > 2").run();
+    db.prepare("DELETE FROM audit_checkpoints WHERE seq > 2").run();
+    db.close();
+    assert.equal(kpip(["audit", "verify", ...h]).code, 0);
+    const cut = kpip(["audit", "verify", "--anchors", anchorFile, ...h]);
+    assert.equal(cut.code, 1);
+    assert.match(cut.out, /BROKEN at record \d+: record \d+ named by an anchor is missing \(log truncated\)/);
   });
 });
 

@@ -23,6 +23,8 @@ export interface KernelConfig {
   auditCheckpointEvery: number;
   /** Largest intent whose bytes an audit record keeps; larger intents keep their hash only. */
   auditIntentMaxBytes: number;
+  /** A file outside the home to which every signed audit checkpoint is appended too ("" = off). */
+  auditAnchorFile: string;
   /** How long stop() waits for in-flight requests before forcing sessions closed. */
   drainTimeoutMs: number;
   /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
@@ -39,9 +41,9 @@ export interface KernelConfig {
   maxAgents: number;
   /** host:port for the Prometheus endpoint (/metrics); empty = off. */
   metricsListen: string;
-  /** "host:port" for the gRPC transport ("" = off). */
   /** Frame bodies above this many bytes travel through shared memory on local sessions (0 = never). */
   shmThreshold: number;
+  /** "host:port" for the gRPC transport ("" = off). */
   grpcListen: string;
   /** PEM certificate chain and key for gRPC TLS. */
   grpcTlsCert: string;
@@ -78,6 +80,12 @@ export const SETTINGS: SettingSpec[] = [
     key: "auditIntentMaxBytes",
     type: "int",
     description: "largest intent whose bytes the audit record keeps (larger: the hash only)",
+  },
+  {
+    key: "auditAnchorFile",
+    type: "string",
+    description:
+      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote); `kpip audit verify --anchors` checks the log against it",
   },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
   {
@@ -126,6 +134,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   auditBatchMax: 512,
   auditCheckpointEvery: 10_000,
   auditIntentMaxBytes: 65_536,
+  auditAnchorFile: "",
   drainTimeoutMs: 10_000,
   workspaceStorageBytes: 0,
   computeWorkers: 2,

@@ -1,5 +1,6 @@
 /** @kpip/kernel — the KPIP kernel, embeddable and runnable. */
 
+export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, verifyAnchors } from "./audit/anchors.js";
 export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile } from "./audit/verify-parallel.js";

@@ -1,11 +1,12 @@
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { AgentManager } from "./agents/manager.js";
+import { AnchorFile } from "./audit/anchors.js";
 import { AuditLog } from "./audit/log.js";
 import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
 import { RootKeys } from "./auth/keys.js";
 import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
-import { type KernelConfig, resolveConfig } from "./config.js";
+import { ConfigError, type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
@@ -54,6 +55,7 @@ export class Kernel {
   private store: SqliteStore | undefined;
   private auditLog: AuditLog | undefined;
   private checkpointer: WalCheckpointer | undefined;
+  private anchors: AnchorFile | undefined;
   private listener: UdsListener | undefined;
   private grpcListener: GrpcListener | undefined;
   /** "host:port" the gRPC transport listens on, when configured. */
@@ -138,10 +140,30 @@ export class Kernel {
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
+      if (c.auditAnchorFile) {
+        try {
+          this.anchors = new AnchorFile(resolve(c.auditAnchorFile));
+        } catch (e) {
+          throw new ConfigError(`auditAnchorFile ${c.auditAnchorFile} cannot be opened for appending: ${(e as Error).message}`);
+        }
+        if (resolve(c.auditAnchorFile).startsWith(`${resolve(c.home)}/`)) {
+          this.log.warn({ file: c.auditAnchorFile }, "audit anchors inside the home protect against little: keep them elsewhere");
+        }
+      }
+      const anchors = this.anchors;
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
         checkpointEvery: c.auditCheckpointEvery,
         intentMaxBytes: c.auditIntentMaxBytes,
+        onCheckpoint: anchors
+          ? (cp) => {
+              try {
+                anchors.append(cp);
+              } catch (e) {
+                this.log.error({ err: e, file: anchors.path, seq: cp.seq }, "could not append an audit anchor");
+              }
+            }
+          : undefined,
       });
       this.auditLog = audit;
       const offline = audit.recordOfflineJournal().length;
@@ -312,6 +334,7 @@ export class Kernel {
       await this.listener?.close();
       await this.grpcListener?.close(0);
       this.auditLog?.close();
+      this.anchors?.close();
       await this.checkpointer?.stop();
       this.store?.close();
       throw e;
@@ -446,6 +469,7 @@ export class Kernel {
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();
+    this.anchors?.close();
     await this.checkpointer?.stop();
     this.store?.close();
     this.state = "stopped";

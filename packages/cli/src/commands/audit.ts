@@ -1,7 +1,16 @@
 import { createPrivateKey, createPublicKey } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type AuditRow, HOME_FILES, SqliteStore, verifyAuditFile } from "@kpip/kernel";
+import {
+  AnchorFileError,
+  type AuditAnchor,
+  type AuditRow,
+  HOME_FILES,
+  parseAnchors,
+  SqliteStore,
+  verifyAnchors,
+  verifyAuditFile,
+} from "@kpip/kernel";
 import { rawPublicKey } from "@kpip/protocol";
 import type { Command } from "../command.js";
 import { EXIT, resolveHome, UsageError } from "../util.js";
@@ -53,11 +62,17 @@ const HEADER = `${"seq".padStart(7)} ${"time".padEnd(23)} ${"persona".padEnd(14)
 export const auditCommand: Command = {
   name: "audit",
   summary: "verify, tail and query the audit log",
-  usage: "kpip audit verify | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
+  usage:
+    "kpip audit verify [--anchors F] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
   example: "kpip audit query --persona alice --status FAILURE --since 1h",
   options: {
     home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
     json: { type: "boolean", description: "print JSON (verify: one object; tail/query: one object per line)" },
+    anchors: {
+      type: "string",
+      description:
+        "verify: also check the log against an audit anchor file (the kernel's auditAnchorFile): catches a cut-off tail",
+    },
     n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
     persona: { type: "string", description: "query: only this persona" },
@@ -74,6 +89,21 @@ export const auditCommand: Command = {
     switch (sub) {
       case "verify": {
         openStore(home).close(); // a clear usage error when there is no kernel home here
+        let anchors: AuditAnchor[] | undefined;
+        if (v.anchors !== undefined) {
+          let text: string;
+          try {
+            text = readFileSync(v.anchors as string, "utf8");
+          } catch (e) {
+            throw new UsageError(`cannot read --anchors file: ${(e as Error).message}`);
+          }
+          try {
+            anchors = parseAnchors(text);
+          } catch (e) {
+            if (e instanceof AnchorFileError) throw new UsageError(`--anchors: ${e.message}`);
+            throw e;
+          }
+        }
         let trustedKey: Uint8Array | undefined;
         const keyPath = join(home, HOME_FILES.kernelKey);
         if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
@@ -90,11 +120,26 @@ export const auditCommand: Command = {
           },
         });
         if (tty) process.stderr.write("\n");
+        let result: typeof r & { anchors?: number } = r;
+        if (r.ok && anchors) {
+          // Only once the chain holds: then the hashes the anchors are compared with are the chain's.
+          const store = openStore(home);
+          try {
+            const a = verifyAnchors(store, anchors, trustedKey);
+            result = a.ok ? { ...r, anchors: a.anchors } : { ...r, ok: false, anchors: a.anchors, firstBad: a.firstBad };
+          } finally {
+            store.close();
+          }
+        }
         const secs = (Date.now() - started) / 1000;
-        if (json) process.stdout.write(`${JSON.stringify({ ...r, seconds: secs })}\n`);
-        else if (r.ok) process.stdout.write(`audit log OK: ${r.records} records, ${r.checkpoints} signed checkpoints verified\n`);
-        else process.stdout.write(`audit log BROKEN at record ${r.firstBad?.seq}: ${r.firstBad?.reason}\n`);
-        return r.ok ? EXIT.OK : EXIT.FAILED;
+        if (json) process.stdout.write(`${JSON.stringify({ ...result, seconds: secs })}\n`);
+        else if (result.ok) {
+          const a = result.anchors !== undefined ? `, ${result.anchors} anchors matched` : "";
+          process.stdout.write(
+            `audit log OK: ${result.records} records, ${result.checkpoints} signed checkpoints verified${a}\n`,
+          );
+        } else process.stdout.write(`audit log BROKEN at record ${result.firstBad?.seq}: ${result.firstBad?.reason}\n`);
+        return result.ok ? EXIT.OK : EXIT.FAILED;
       }
       case "tail": {
         const n = v.n === undefined ? 20 : Number(v.n);

@@ -1,7 +1,7 @@
 import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
-import type { AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
+import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
 
 /** A placeholder until a record's hash is computed (never stored). */
@@ -21,6 +21,8 @@ export interface AuditLogOptions {
    * payload is not copied into the log (default 64 KiB).
    */
   intentMaxBytes?: number;
+  /** Called with each signed checkpoint once stored (audit anchors outside the home). */
+  onCheckpoint?: (c: AuditCheckpoint) => void;
 }
 
 /**
@@ -178,8 +180,10 @@ export class AuditLog {
     if (this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
     const c = { kernel: this.kernelId, seq: this.seq, hash: this.head, time: Date.now() };
     const signature = signBytes(this.signingKey, checkpointMessage(c));
-    this.store.addCheckpoint({ ...c, publicKey: this.publicKey, signature });
+    const cp = { ...c, publicKey: this.publicKey, signature };
+    this.store.addCheckpoint(cp);
     this.lastCheckpointSeq = this.seq;
+    this.opts.onCheckpoint?.(cp);
   }
 
   /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */

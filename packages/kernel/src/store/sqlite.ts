@@ -410,6 +410,10 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   }
 
   // audit
+  auditHashAt(seq: number): Uint8Array | undefined {
+    const r = this.prep("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined;
+    return r?.hash;
+  }
   appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0): void {
     this.appendTx(rows, dedupe, journalUpTo);
   }

@@ -137,6 +137,8 @@ export interface AuditStore {
   /** Rows in seq order, `batch` at a time (for verification of long logs). */
   scanAudit(fromSeq: number, batch: number): AuditRow[];
   countAudit(): number;
+  /** The hash of record `seq`, if there is one. */
+  auditHashAt(seq: number): Uint8Array | undefined;
   queryAudit(q: AuditQuery): AuditRow[];
   addCheckpoint(c: AuditCheckpoint): void;
   checkpoints(): AuditCheckpoint[];

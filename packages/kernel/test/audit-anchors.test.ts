@@ -1,0 +1,126 @@
+import assert from "node:assert/strict";
+import { createPublicKey, generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { rawPublicKey, signBytes } from "@kpip/protocol";
+import { AnchorFileError, type AuditAnchor, anchorLine, parseAnchors, verifyAnchors } from "../src/audit/anchors.js";
+import { checkpointMessage } from "../src/audit/record.js";
+import { verifyAudit } from "../src/audit/verify.js";
+import { ConfigError } from "../src/config.js";
+import { HOME_FILES, SqliteStore } from "../src/index.js";
+import { removeHome, startKernel } from "./harness.js";
+
+describe("audit anchors: signed checkpoints kept outside the home", () => {
+  const outside = mkdtempSync(join(tmpdir(), "kpip-anchors-"));
+  const file = join(outside, "anchors.jsonl");
+  let home = "";
+  let anchors: AuditAnchor[] = [];
+  const open = () => new SqliteStore(join(home, HOME_FILES.database));
+
+  before(async () => {
+    const t = await startKernel({ auditAnchorFile: file, auditCheckpointEvery: 10 });
+    home = t.home;
+    const admin = await t.admin();
+    for (let i = 0; i < 60; i++) await admin.call("system.health", "kernel://");
+    await t.stop();
+    anchors = parseAnchors(readFileSync(file, "utf8"));
+  });
+  after(() => {
+    removeHome(home);
+    rmSync(outside, { recursive: true, force: true });
+  });
+
+  it("appends every signed checkpoint, 0600, and they match the log", () => {
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    const store = open();
+    try {
+      const cps = store.checkpoints();
+      assert.ok(cps.length >= 6, `checkpoints: ${cps.length}`);
+      assert.deepEqual(
+        anchors.map((a) => a.seq),
+        cps.map((c) => c.seq),
+      );
+      assert.equal(verifyAudit(store).ok, true);
+      assert.deepEqual(verifyAnchors(store, anchors), { ok: true, anchors: anchors.length });
+    } finally {
+      store.close();
+    }
+  });
+
+  it("a tail cut off together with its checkpoints passes the chain check, and fails against the anchors", () => {
+    const copy = mkdtempSync(join(tmpdir(), "kpip-cut-"));
+    const db = join(copy, "kernel.db");
+    const src = open();
+    src.db.exec(`VACUUM INTO '${db}'`);
+    src.close();
+    const store = new SqliteStore(db);
+    try {
+      const cut = (anchors.at(-3)?.seq ?? 0) - 3;
+      store.db.prepare("DELETE FROM audit WHERE seq > ?").run(cut);
+      store.db.prepare("DELETE FROM audit_checkpoints WHERE seq > ?").run(cut);
+      assert.equal(verifyAudit(store).ok, true, "on its own, a clean cut is indistinguishable from a shorter log");
+      const r = verifyAnchors(store, anchors);
+      assert.equal(r.ok, false);
+      assert.equal(r.firstBad?.seq, anchors.at(-3)?.seq);
+      assert.match(r.firstBad?.reason ?? "", /missing \(log truncated\)/);
+    } finally {
+      store.close();
+      rmSync(copy, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses an anchor that was edited, signed by another key, or names a record with another hash", () => {
+    const store = open();
+    try {
+      const a = anchors[1] as AuditAnchor;
+      const edited = { ...a, hash: Buffer.alloc(32, 7) };
+      assert.match(verifyAnchors(store, [edited]).firstBad?.reason ?? "", /signature is invalid/);
+
+      const other = generateKeyPairSync("ed25519").privateKey;
+      const forged = {
+        ...edited,
+        publicKey: rawPublicKey(createPublicKey(other)),
+        signature: signBytes(other, checkpointMessage(edited)),
+      };
+      assert.match(verifyAnchors(store, [forged]).firstBad?.reason ?? "", /key other than the kernel's/);
+      // A forger who also holds the key the verifier trusts still cannot make the log match.
+      assert.match(verifyAnchors(store, [forged], forged.publicKey).firstBad?.reason ?? "", /differs from its anchor/);
+    } finally {
+      store.close();
+    }
+  });
+
+  it("parses its own lines back, and refuses malformed ones with their line number", () => {
+    const a = anchors[0] as AuditAnchor;
+    assert.deepEqual(parseAnchors(`\n${anchorLine(a)}\n`), [a]);
+    const good = JSON.parse(anchorLine(a)) as Record<string, unknown>;
+    const bad: [string, string][] = [
+      ["not json", "nope"],
+      ["an array", "[]"],
+      ["no kernel", JSON.stringify({ ...good, kernel: undefined })],
+      ["seq 0", JSON.stringify({ ...good, seq: 0 })],
+      ["seq a string", JSON.stringify({ ...good, seq: "5" })],
+      ["short hash", JSON.stringify({ ...good, hash: "abcd" })],
+      ["uppercase hex", JSON.stringify({ ...good, hash: (good.hash as string).toUpperCase() })],
+      ["short signature", JSON.stringify({ ...good, signature: (good.signature as string).slice(2) })],
+    ];
+    for (const [name, line] of bad) {
+      assert.throws(
+        () => parseAnchors(`${anchorLine(a)}${line}\n`),
+        (e: unknown) => e instanceof AnchorFileError && e.line === 2,
+        name,
+      );
+    }
+  });
+
+  it("a kernel whose anchor file cannot be opened does not start", async () => {
+    const h = mkdtempSync(join(tmpdir(), "kpip-"));
+    await assert.rejects(
+      startKernel({ auditAnchorFile: join(outside, "no-such-dir", "anchors.jsonl") }, h),
+      (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message),
+    );
+    removeHome(h);
+  });
+});
