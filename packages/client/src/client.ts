@@ -40,7 +40,17 @@ import { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./c
 import { loadShmNative } from "./connectors/shm-native.js";
 import { UdsConnector } from "./connectors/uds.js";
 import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
-import { AgentsApi, ComputeApi, EventsApi, OpsApi, ResourcesApi, StorageApi, SystemApi, TokensApi } from "./families.js";
+import {
+  AgentsApi,
+  ComputeApi,
+  EventsApi,
+  OpsApi,
+  PersonasApi,
+  ResourcesApi,
+  StorageApi,
+  SystemApi,
+  TokensApi,
+} from "./families.js";
 import { loadIdentity } from "./identity.js";
 import { Subscription } from "./subscription.js";
 
@@ -182,6 +192,7 @@ export class KernelClient extends EventEmitter {
   readonly ops = new OpsApi(this.call.bind(this));
   readonly resources = new ResourcesApi(this.call.bind(this));
   readonly agents = new AgentsApi(this.call.bind(this));
+  readonly personas = new PersonasApi(this.call.bind(this));
   private link: Link | undefined;
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();

@@ -223,3 +223,38 @@ export class AgentsApi {
     return ((await this.call("agent.list", "kernel://", {}, opts)).payload as { agents: CborMap[] }).agents;
   }
 }
+
+/** One entry of the persona registry. */
+export interface PersonaEntry {
+  persona: string;
+  /** Raw Ed25519 public key (32 bytes). */
+  publicKey: Uint8Array;
+  /** Registration time, ms since the epoch. */
+  created: number;
+}
+
+/**
+ * persona.* — the persona registry through the kernel (capability-checked and audited).
+ * Needs a grant over the op and `persona://<id>`, e.g. `persona.*` on `persona://alice/**` to
+ * manage alice's sub-personas.
+ */
+export class PersonasApi {
+  constructor(private readonly call: Call) {}
+  /** Registers `persona` with its raw Ed25519 public key; it can attest at once. */
+  async register(persona: string, publicKey: Uint8Array, opts?: CallOptions): Promise<PersonaEntry> {
+    return (await this.call("persona.register", `persona://${persona}`, { publicKey }, opts)).payload as unknown as PersonaEntry;
+  }
+  /**
+   * Removes `persona`: its open sessions end at once (AUTH/PERSONA_REMOVED) and the tokens
+   * issued to it are revoked.
+   */
+  async remove(persona: string, opts?: CallOptions): Promise<{ removed: string; sessionsEnded: number; tokensRevoked: number }> {
+    return (await this.call("persona.remove", `persona://${persona}`, {}, opts)).payload as never;
+  }
+  /** `persona` and its registered sub-personas. */
+  async list(persona: string, opts?: CallOptions): Promise<PersonaEntry[]> {
+    return (
+      (await this.call("persona.list", `persona://${persona}`, {}, opts)).payload as unknown as { personas: PersonaEntry[] }
+    ).personas;
+  }
+}

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { KernelClient, KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
@@ -184,5 +186,18 @@ describe("registry changes made without the kernel are audited, once", () => {
       store.close();
     }
     removeHome(home);
+  });
+});
+
+describe("examples/sub-personas.ts", () => {
+  it("runs: a persona registers a worker, the worker acts within its token, removal ends its session", () => {
+    const ex = fileURLToPath(new URL("../../../../examples/dist/sub-personas.js", import.meta.url));
+    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 60_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /alice's personas: \[ 'alice\/worker-1' \]/);
+    assert.match(r.stdout, /worker reading \(not granted\): PERMISSION/);
+    assert.match(r.stdout, /removed: \{ removed: 'alice\/worker-1', sessionsEnded: 1, tokensRevoked: 1 \}/);
+    assert.match(r.stdout, /worker session ended: AUTH PERSONA_REMOVED/);
+    assert.match(r.stdout, /alice registering bob: PERMISSION/);
   });
 });
