@@ -20,6 +20,7 @@ export {
 } from "./config.js";
 export { HOME_FILES, writeSecret } from "./home.js";
 export { Kernel, type KernelOptions } from "./kernel.js";
+export { removalRefusal, removePersonaTree } from "./primitives/persona.js";
 export {
   type ArgSpec,
   type OpContext,
@@ -31,5 +32,5 @@ export {
 export type { Connection } from "./session/connection.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";
-export { SocketPathError } from "./transport/uds.js";
+export { answers as kernelAnswers, SocketPathError } from "./transport/uds.js";
 export { KERNEL_VERSION } from "./version.js";

@@ -32,7 +32,7 @@ import { SqliteStore } from "./store/sqlite.js";
 import { GrpcListener } from "./transport/grpc.js";
 import { memoryPair } from "./transport/memory.js";
 import { loadShmNative, sweepShmSegments } from "./transport/shm-native.js";
-import { UdsListener } from "./transport/uds.js";
+import { prepareSocketPath, UdsListener } from "./transport/uds.js";
 import { KERNEL_VERSION } from "./version.js";
 
 export interface KernelOptions extends Partial<KernelConfig> {
@@ -132,6 +132,9 @@ export class Kernel {
     const c = this.config;
     try {
       ensureHome(c.home);
+      // A kernel already serving this socket must be found before this one writes anything
+      // (recovery, the offline journal): two writers would fork the audit chain.
+      await prepareSocketPath(c.socket);
       const key = loadKernelKey(c.home);
       const dbPath = join(c.home, HOME_FILES.database);
       const store = new SqliteStore(dbPath);
@@ -151,19 +154,14 @@ export class Kernel {
         }
       }
       const anchors = this.anchors;
+      if (anchors) {
+        anchors.onError = (e, seq) => this.log.error({ err: e, file: anchors.path, seq }, "could not append an audit anchor");
+      }
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
         checkpointEvery: c.auditCheckpointEvery,
         intentMaxBytes: c.auditIntentMaxBytes,
-        onCheckpoint: anchors
-          ? (cp) => {
-              try {
-                anchors.append(cp);
-              } catch (e) {
-                this.log.error({ err: e, file: anchors.path, seq: cp.seq }, "could not append an audit anchor");
-              }
-            }
-          : undefined,
+        onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
       this.auditLog = audit;
       const offline = audit.recordOfflineJournal().length;
@@ -186,26 +184,7 @@ export class Kernel {
       const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock);
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
-      this.router.register(
-        tokenFamily(
-          enforcer,
-          store,
-          () => {
-            // Tell every session holding a now-revoked handle, on its own notice channel.
-            for (const sess of this.sessions) {
-              for (const h of sess.handles.all()) {
-                if (enforcer.isRevoked(h.grant)) {
-                  this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, {
-                    token: h.grant.id,
-                    handle: h.handle,
-                  });
-                }
-              }
-            }
-          },
-          c.adminPersona,
-        ),
-      );
+      this.router.register(tokenFamily(enforcer, store, () => this.notifyRevoked(), c.adminPersona));
       const compute = new ComputeEngine(
         store,
         this.events,
@@ -246,7 +225,7 @@ export class Kernel {
           revokeToken: (id, by) => {
             enforcer.revoke(id, by);
           },
-          expel: (persona) => this.expel(persona),
+          registryChanged: () => this.registryChanged(),
         }),
       );
       this.router.register(eventFamily(this.events, (id) => this.sessionsById.get(id)));
@@ -334,7 +313,7 @@ export class Kernel {
       await this.listener?.close();
       await this.grpcListener?.close(0);
       this.auditLog?.close();
-      this.anchors?.close();
+      await this.anchors?.close();
       await this.checkpointer?.stop();
       this.store?.close();
       throw e;
@@ -420,31 +399,50 @@ export class Kernel {
     this.sessionsById.set(s.id, s);
   }
 
-  /** Ends every open session of a persona removed from the registry; returns how many. */
-  private expel(persona: string): number {
-    let n = 0;
-    for (const s of [...this.sessions]) {
-      if (s.persona === persona && s.state !== "closed") {
-        s.expel("PERSONA_REMOVED", `persona ${persona} was removed from the registry`);
-        n++;
+  /** Tells every session holding a now-revoked handle, on its own notice channel. */
+  private notifyRevoked(): void {
+    const enforcer = this.enforcerRef;
+    if (!enforcer) return;
+    for (const sess of this.sessions) {
+      for (const h of sess.handles.all()) {
+        if (enforcer.isRevoked(h.grant)) {
+          this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
+        }
       }
     }
-    return n;
+  }
+
+  /**
+   * After a registry change: every open session whose persona is no longer registered with the
+   * key it attested with ends at once (AUTH/PERSONA_REMOVED), and sessions holding revoked
+   * handles are told. Returns how many sessions ended.
+   */
+  private registryChanged(): number {
+    let ended = 0;
+    for (const s of [...this.sessions]) {
+      if (s.state !== "ready" && s.state !== "closing") continue;
+      const rec = this.store?.getPersona(s.persona);
+      if (rec && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
+      s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
+      ended++;
+    }
+    this.notifyRevoked();
+    return ended;
   }
 
   /**
    * Audits registry changes made on the home database without the kernel (the CLI while no
-   * kernel answered) and applies what they mean to the running kernel: a removed persona's
-   * sessions end and its revoked tokens stop working at once.
+   * kernel answered, or another process beside this one) and applies them to the running
+   * kernel: revocations they made take effect, and sessions of removed or re-keyed personas end.
    */
   private applyOfflineChanges(): void {
-    const entries = this.auditLog?.recordOfflineJournal() ?? [];
-    for (const e of entries) {
-      if (e.op !== "persona.remove" || !e.target.startsWith("persona://")) continue;
-      const persona = e.target.slice("persona://".length);
-      if (this.store?.getPersona(persona)) continue;
-      for (const t of this.store?.listTokens(persona) ?? []) if (t.revokedAt !== null) this.enforcerRef?.revoke(t.id, e.actor);
-      this.expel(persona);
+    try {
+      const entries = this.auditLog?.recordOfflineJournal() ?? [];
+      if (entries.length === 0) return;
+      this.enforcerRef?.reloadRevocations();
+      this.registryChanged();
+    } catch (e) {
+      this.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");
     }
   }
 
@@ -469,7 +467,7 @@ export class Kernel {
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     this.auditLog?.close();
-    this.anchors?.close();
+    await this.anchors?.close();
     await this.checkpointer?.stop();
     this.store?.close();
     this.state = "stopped";

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -25,7 +25,7 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
     const admin = await t.admin();
     for (let i = 0; i < 60; i++) await admin.call("system.health", "kernel://");
     await t.stop();
-    anchors = parseAnchors(readFileSync(file, "utf8"));
+    anchors = parseAnchors(readFileSync(file, "utf8")).anchors;
   });
   after(() => {
     removeHome(home);
@@ -94,7 +94,9 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
 
   it("parses its own lines back, and refuses malformed ones with their line number", () => {
     const a = anchors[0] as AuditAnchor;
-    assert.deepEqual(parseAnchors(`\n${anchorLine(a)}\n`), [a]);
+    assert.deepEqual(parseAnchors(`\n${anchorLine(a)}\n`), { anchors: [a], tornTail: false });
+    // A last line cut short by a crash mid-append is left out, and said so.
+    assert.deepEqual(parseAnchors(`${anchorLine(a)}${anchorLine(a).slice(0, 40)}`), { anchors: [a], tornTail: true });
     const good = JSON.parse(anchorLine(a)) as Record<string, unknown>;
     const bad: [string, string][] = [
       ["not json", "nope"],
@@ -112,6 +114,23 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
         (e: unknown) => e instanceof AnchorFileError && e.line === 2,
         name,
       );
+    }
+  });
+
+  it("a kernel restarted after a crash mid-append cuts the torn line off and goes on appending", async () => {
+    appendFileSync(file, anchorLine(anchors[0] as AuditAnchor).slice(0, 50));
+    const t = await startKernel({ auditAnchorFile: file, auditCheckpointEvery: 10 }, home);
+    const admin = await t.admin();
+    for (let i = 0; i < 15; i++) await admin.call("system.health", "kernel://");
+    await t.stop();
+    const after = parseAnchors(readFileSync(file, "utf8"));
+    assert.equal(after.tornTail, false);
+    assert.ok(after.anchors.length > anchors.length);
+    const store = open();
+    try {
+      assert.deepEqual(verifyAnchors(store, after.anchors), { ok: true, anchors: after.anchors.length });
+    } finally {
+      store.close();
     }
   });
 

@@ -86,7 +86,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const c = await t.connect(eve.identity, [eve.token]);
     const closed = closedWith(c);
     const r = await admin.call("persona.remove", "persona://eve");
-    assert.deepEqual(r.payload, { removed: "eve", sessionsEnded: 1, tokensRevoked: 1 });
+    assert.deepEqual(r.payload, { removed: "eve", alsoRemoved: [], sessionsEnded: 1, tokensRevoked: 1 });
     const err = await closed;
     assert.ok(err instanceof KpipError && err.errorClass === "AUTH" && err.code === "PERSONA_REMOVED", String(err));
     assert.equal(c.state, "closed", "a removed persona's client does not reconnect");
@@ -119,6 +119,27 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const unknown = await admin.call("persona.remove", "persona://nobody").catch((e) => e);
     assert.ok(unknown instanceof KpipError && unknown.errorClass === "SEMANTIC", String(unknown));
     assert.ok(t.k.database.getPersona("admin") && t.k.database.getPersona("sam"));
+  });
+
+  it("a sub-persona cannot remove the persona above it", async () => {
+    // sam/w holds a token over sam's whole tree (sub-personas may use tokens of their parent's grant).
+    const w = await t.persona("sam/w", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
+    const c = await t.connect(w.identity, [w.token]);
+    const up = await c.call("persona.remove", "persona://sam").catch((e) => e);
+    assert.ok(up instanceof KpipError && up.errorClass === "PERMISSION", String(up));
+    assert.ok(t.k.database.getPersona("sam"));
+  });
+
+  it("removing a persona removes its sub-personas too, ending their sessions", async () => {
+    const top = await t.persona("tom", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const sub = await t.persona("tom/helper", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const ct = await t.connect(top.identity, [top.token]);
+    const cs = await t.connect(sub.identity, [sub.token]);
+    const closed = Promise.all([closedWith(ct), closedWith(cs)]);
+    const r = await admin.call("persona.remove", "persona://tom");
+    assert.deepEqual(r.payload, { removed: "tom", alsoRemoved: ["tom/helper"], sessionsEnded: 2, tokensRevoked: 2 });
+    for (const e of await closed) assert.ok(e instanceof KpipError && e.code === "PERSONA_REMOVED", String(e));
+    assert.equal(t.k.database.getPersona("tom/helper"), undefined);
   });
 });
 
@@ -172,12 +193,59 @@ describe("registry changes made without the kernel are audited, once", () => {
     const removal = t.k.database.queryAudit({ op: "persona.remove", limit: 5 });
     assert.equal(removal.length, 1);
     assert.equal(removal[0]?.phase, "offline");
+
+    // Removed and registered again under a new key before the kernel looked: the session that
+    // attested with the old key still ends; one with the new key is kept.
+    const erin = generateIdentity("erin");
+    const erin2 = generateIdentity("erin");
+    const s1 = new SqliteStore(join(home, HOME_FILES.database));
+    s1.withJournal({ actor: "test", op: "persona.register", target: "persona://erin", message: "registered" }, () =>
+      s1.addPersona("erin", erin.publicKey),
+    );
+    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    const erinToken = (
+      await admin.tokens.mint("erin", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 })
+    ).token;
+    const old = await t.connect(erin, [erinToken]);
+    const oldClosed = closedWith(old);
+    s1.withJournal({ actor: "test", op: "persona.remove", target: "persona://erin", message: "removed" }, () =>
+      s1.removePersona("erin"),
+    );
+    s1.withJournal({ actor: "test", op: "persona.register", target: "persona://erin", message: "registered again" }, () =>
+      s1.addPersona("erin", erin2.publicKey),
+    );
+    s1.close();
+    const why = await oldClosed;
+    assert.ok(why instanceof KpipError && why.code === "PERSONA_REMOVED", String(why));
+    const fresh = await t.connect(erin2, []);
+    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    assert.equal(fresh.state, "ready", "the session attested with the new key is kept");
+
+    // A second kernel on this home while the first serves writes nothing before it is refused.
+    const s2 = new SqliteStore(join(home, HOME_FILES.database));
+    s2.withJournal({ actor: "test", op: "persona.register", target: "persona://fay", message: "registered" }, () =>
+      s2.addPersona("fay", generateIdentity("fay").publicKey),
+    );
+    s2.close();
+    await assert.rejects(startKernel({}, home), (e: unknown) => e instanceof Error && e.name === "SocketPathError");
+    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    assert.equal(
+      t.k.database.queryAudit({ op: "persona.register", limit: 50 }).filter((x) => x.target === "persona://fay").length,
+      1,
+    );
+    assert.equal((await admin.call("system.health", "kernel://")).status, "SUCCESS");
     await t.stop();
 
     // A restart records nothing twice, and the chain verifies.
     t = await startKernel({}, home);
     assert.equal(recs().length, 1);
-    assert.equal(t.k.database.queryAudit({ op: "persona.remove", limit: 5 }).length, 1);
+    assert.deepEqual(
+      t.k.database
+        .queryAudit({ op: "persona.remove", limit: 5 })
+        .map((x) => x.target)
+        .sort(),
+      ["persona://dave", "persona://erin"],
+    );
     await t.stop();
     const store = new SqliteStore(join(home, HOME_FILES.database));
     try {
@@ -196,8 +264,35 @@ describe("examples/sub-personas.ts", () => {
     assert.equal(r.status, 0, r.stderr);
     assert.match(r.stdout, /alice's personas: \[ 'alice\/worker-1' \]/);
     assert.match(r.stdout, /worker reading \(not granted\): PERMISSION/);
-    assert.match(r.stdout, /removed: \{ removed: 'alice\/worker-1', sessionsEnded: 1, tokensRevoked: 1 \}/);
+    assert.match(
+      r.stdout,
+      /removed: \{\s+removed: 'alice\/worker-1',\s+alsoRemoved: \[\],\s+sessionsEnded: 1,\s+tokensRevoked: 1\s+\}/,
+    );
     assert.match(r.stdout, /worker session ended: AUTH PERSONA_REMOVED/);
     assert.match(r.stdout, /alice registering bob: PERMISSION/);
+  });
+});
+
+describe("a long offline journal", () => {
+  it("is recorded in batches, each entry exactly once", async () => {
+    let t = await startKernel({ auditBatchMax: 64 });
+    const home = t.home;
+    await t.stop();
+    const store = new SqliteStore(join(home, HOME_FILES.database));
+    for (let i = 0; i < 300; i++) {
+      store.withJournal({ actor: "test", op: "persona.register", target: `persona://bulk${i}`, message: "bulk" }, () =>
+        store.addPersona(`bulk${i}`, generateIdentity(`bulk${i}`).publicKey),
+      );
+    }
+    store.close();
+    t = await startKernel({ auditBatchMax: 64 }, home);
+    const recs = t.k.database
+      .queryAudit({ op: "persona.register", limit: 1000 })
+      .filter((x) => x.target?.startsWith("persona://bulk"));
+    assert.equal(recs.length, 300);
+    assert.equal(new Set(recs.map((x) => x.target)).size, 300);
+    assert.deepEqual(t.k.database.offlineJournal(), []);
+    await t.stop();
+    removeHome(home);
   });
 });

@@ -98,7 +98,13 @@ export const auditCommand: Command = {
             throw new UsageError(`cannot read --anchors file: ${(e as Error).message}`);
           }
           try {
-            anchors = parseAnchors(text);
+            const parsed = parseAnchors(text);
+            anchors = parsed.anchors;
+            if (parsed.tornTail) {
+              process.stderr.write(
+                "kpip audit: the anchor file's last line is incomplete (a crash mid-append); it was left out\n",
+              );
+            }
           } catch (e) {
             if (e instanceof AnchorFileError) throw new UsageError(`--anchors: ${e.message}`);
             throw e;

@@ -1,14 +1,23 @@
 import { createPublicKey } from "node:crypto";
 import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
-import net from "node:net";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
-import { HOME_FILES, SqliteStore, writeSecret } from "@kpip/kernel";
+import {
+  ConfigError,
+  HOME_FILES,
+  type KernelConfig,
+  kernelAnswers,
+  removalRefusal,
+  removePersonaTree,
+  resolveConfig,
+  SqliteStore,
+  writeSecret,
+} from "@kpip/kernel";
 import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
-import { defaultSocket, EXIT, resolveHome, UsageError } from "../util.js";
+import { EXIT, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -45,36 +54,45 @@ function readPublicKey(file: string): Uint8Array {
 
 const json = { type: "boolean" as const, description: "print JSON" };
 
-/** Whether a kernel answers on the socket: then changes go through it (capability-checked, audited). */
-function kernelListening(socket: string): Promise<boolean> {
-  return new Promise((done) => {
-    const s = net.connect(socket);
-    s.once("connect", () => {
-      s.destroy();
-      done(true);
-    });
-    s.once("error", () => done(false));
-  });
+type Outcome = { ok: true } | { ok: false; message: string };
+type Journal = (op: string, target: string, message: string) => Parameters<SqliteStore["withJournal"]>[0];
+
+/** Who made an offline change, for its audit record. */
+function actor(): string {
+  let user = process.env.USER ?? "";
+  try {
+    user = userInfo().username;
+  } catch {
+    // a uid without a passwd entry (containers): the uid alone
+  }
+  return `kpip persona (uid ${process.getuid?.() ?? "?"}${user ? ` ${user}` : ""})`;
+}
+
+/** The home's settings (socket, admin persona) as the kernel itself reads them. */
+function settings(v: Values, home: string): KernelConfig {
+  try {
+    return resolveConfig({ flags: { home, ...(v.socket !== undefined ? { socket: v.socket } : {}) } });
+  } catch (e) {
+    if (e instanceof ConfigError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /**
  * One registry change: through the running kernel when there is one (an op like any other,
  * authorized by the admin's token and on the audit record), otherwise on the home database
  * with an offline journal entry in the same transaction, which the kernel moves into the audit
- * chain when it next runs.
+ * chain when it next runs (or within a tick, if one is running on another socket).
  */
 async function change(
   v: Values,
   home: string,
   online: (call: (op: string, target: string, args?: Record<string, unknown>) => Promise<unknown>) => Promise<void>,
-  offline: (
-    store: SqliteStore,
-    journal: (op: string, target: string, message: string) => Parameters<SqliteStore["withJournal"]>[0],
-  ) => boolean,
-): Promise<{ ok: boolean; via: "kernel" | "offline"; message?: string }> {
-  const socket = (v.socket as string | undefined) ?? defaultSocket(home);
-  if (await kernelListening(socket)) {
-    const client = await connectFromFlags(v);
+  offline: (store: SqliteStore, journal: Journal, cfg: KernelConfig) => Outcome,
+): Promise<Outcome & { via: "kernel" | "offline" }> {
+  const cfg = settings(v, home);
+  if (await kernelAnswers(cfg.socket)) {
+    const client = await connectFromFlags({ ...v, socket: cfg.socket });
     try {
       await online((op, target, args) => client.call(op, target, (args ?? {}) as never));
       return { ok: true, via: "kernel" };
@@ -87,9 +105,8 @@ async function change(
   }
   const store = openStore(home);
   try {
-    const actor = `kpip persona (uid ${process.getuid?.() ?? "?"} ${userInfo().username})`;
-    const ok = offline(store, (op, target, message) => ({ actor, op, target, message }));
-    return { ok, via: "offline" };
+    const who = actor();
+    return { ...offline(store, (op, target, message) => ({ actor: who, op, target, message }), cfg), via: "offline" };
   } finally {
     store.close();
   }
@@ -102,10 +119,10 @@ function register(v: Values, home: string, pid: string, key: Uint8Array, message
     async (call) => {
       await call("persona.register", `persona://${pid}`, { publicKey: key });
     },
-    (store, journal) => {
-      if (store.getPersona(pid)) return false;
+    (store, journal): Outcome => {
+      if (store.getPersona(pid)) return { ok: false, message: `${pid} is already registered` };
       store.withJournal(journal("persona.register", `persona://${pid}`, message), () => store.addPersona(pid, key));
-      return true;
+      return { ok: true };
     },
   );
 }
@@ -162,7 +179,7 @@ export const personaCommand: Command = {
         }
         if (!r.ok) {
           rmSync(tmp, { force: true });
-          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is already registered`}\n`);
+          process.stderr.write(`kpip persona: ${r.message}\n`);
           return EXIT.FAILED;
         }
         renameSync(tmp, file);
@@ -180,7 +197,7 @@ export const personaCommand: Command = {
         const key = readPublicKey(v["public-key"] as string);
         const r = await register(v, h, pid, key, "registered with kpip persona add");
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is already registered`}\n`);
+          process.stderr.write(`kpip persona: ${r.message}\n`);
           return EXIT.FAILED;
         }
         if (asJson)
@@ -214,22 +231,24 @@ export const personaCommand: Command = {
           async (call) => {
             await call("persona.remove", `persona://${pid}`);
           },
-          (store, journal) =>
-            store.withJournal(journal("persona.remove", `persona://${pid}`, "removed with kpip persona remove"), () => {
-              if (!store.removePersona(pid)) return false;
-              for (const t of store.listTokens(pid))
-                if (t.revokedAt === null) store.revokeToken(t.id, "kpip persona remove", Date.now());
-              return true;
-            }),
+          (store, journal, cfg): Outcome => {
+            const refusal = removalRefusal(pid, cfg.adminPersona);
+            if (refusal) return { ok: false, message: refusal };
+            if (!store.getPersona(pid)) return { ok: false, message: `${pid} is not registered` };
+            store.withJournal(journal("persona.remove", `persona://${pid}`, "removed with kpip persona remove"), () =>
+              removePersonaTree(store, pid, (t) => store.revokeToken(t, "kpip persona remove", Date.now())),
+            );
+            return { ok: true };
+          },
         );
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message ?? `${pid} is not registered`}\n`);
+          process.stderr.write(`kpip persona: ${r.message}\n`);
           return EXIT.FAILED;
         }
         if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid, via: r.via })}\n`);
         else
           process.stdout.write(
-            `removed persona ${pid} ${via(r)}; ${r.via === "kernel" ? "its sessions were ended and its tokens revoked" : "its tokens are revoked"}\n`,
+            `removed persona ${pid} and its sub-personas ${via(r)}; ${r.via === "kernel" ? "their sessions were ended and their tokens revoked" : "their tokens are revoked"}\n`,
           );
         return EXIT.OK;
       }

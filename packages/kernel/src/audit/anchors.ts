@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, openSync, writeSync } from "node:fs";
+import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, readSync, write, writeSync } from "node:fs";
 import { publicKeyFromRaw, verifyBytes } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditStore } from "../store/types.js";
 import { checkpointMessage } from "./record.js";
@@ -35,63 +35,120 @@ export function anchorLine(c: AuditCheckpoint): string {
   })}\n`;
 }
 
-/** Parses an anchor file; blank lines are skipped, anything else malformed is an AnchorFileError. */
-export function parseAnchors(text: string): AuditAnchor[] {
+/**
+ * Parses an anchor file; blank lines are skipped, anything else malformed is an
+ * AnchorFileError. A last line without its newline that does not parse is a write the machine
+ * did not finish (a crash mid-append): it is left out and `tornTail` says so.
+ */
+export function parseAnchors(text: string): { anchors: AuditAnchor[]; tornTail: boolean } {
   const out: AuditAnchor[] = [];
   const lines = text.split("\n");
-  const hexOf = (v: unknown, bytes: number, what: string, line: number): Buffer => {
-    if (typeof v !== "string" || v.length !== bytes * 2 || !/^[0-9a-f]+$/.test(v)) {
-      throw new AnchorFileError(`${what} must be ${bytes} bytes of lowercase hex`, line);
-    }
-    return Buffer.from(v, "hex");
-  };
+  let tornTail = false;
   lines.forEach((l, i) => {
     const line = i + 1;
-    if (l.trim() === "") return;
-    let o: Record<string, unknown>;
+    if (l.trim() === "" || tornTail) return;
     try {
-      o = JSON.parse(l) as Record<string, unknown>;
-    } catch {
-      throw new AnchorFileError("not a JSON object", line);
+      out.push(parseLine(l, line));
+    } catch (e) {
+      if (i === lines.length - 1 && e instanceof AnchorFileError) tornTail = true;
+      else throw e;
     }
-    if (o === null || typeof o !== "object" || Array.isArray(o)) throw new AnchorFileError("not a JSON object", line);
-    if (typeof o.kernel !== "string" || o.kernel === "") throw new AnchorFileError("kernel must be a kernel id", line);
-    for (const k of ["seq", "time"] as const) {
-      const v = o[k];
-      if (typeof v !== "number" || !Number.isSafeInteger(v) || v < (k === "seq" ? 1 : 0)) {
-        throw new AnchorFileError(`${k} must be ${k === "seq" ? "a positive" : "an unsigned"} integer`, line);
-      }
-    }
-    out.push({
-      kernel: o.kernel,
-      seq: o.seq as number,
-      time: o.time as number,
-      hash: hexOf(o.hash, 32, "hash", line),
-      publicKey: hexOf(o.publicKey, 32, "publicKey", line),
-      signature: hexOf(o.signature, 64, "signature", line),
-    });
   });
-  return out;
+  return { anchors: out, tornTail };
 }
 
-/** The kernel's side: appends each checkpoint durably (opened at start, so a bad path stops the kernel there). */
+function hexOf(v: unknown, bytes: number, what: string, line: number): Buffer {
+  if (typeof v !== "string" || v.length !== bytes * 2 || !/^[0-9a-f]+$/.test(v)) {
+    throw new AnchorFileError(`${what} must be ${bytes} bytes of lowercase hex`, line);
+  }
+  return Buffer.from(v, "hex");
+}
+
+function parseLine(l: string, line: number): AuditAnchor {
+  let o: Record<string, unknown>;
+  try {
+    o = JSON.parse(l) as Record<string, unknown>;
+  } catch {
+    throw new AnchorFileError("not a JSON object", line);
+  }
+  if (o === null || typeof o !== "object" || Array.isArray(o)) throw new AnchorFileError("not a JSON object", line);
+  if (typeof o.kernel !== "string" || o.kernel === "") throw new AnchorFileError("kernel must be a kernel id", line);
+  for (const k of ["seq", "time"] as const) {
+    const v = o[k];
+    if (typeof v !== "number" || !Number.isSafeInteger(v) || v < (k === "seq" ? 1 : 0)) {
+      throw new AnchorFileError(`${k} must be ${k === "seq" ? "a positive" : "an unsigned"} integer`, line);
+    }
+  }
+  return {
+    kernel: o.kernel,
+    seq: o.seq as number,
+    time: o.time as number,
+    hash: hexOf(o.hash, 32, "hash", line),
+    publicKey: hexOf(o.publicKey, 32, "publicKey", line),
+    signature: hexOf(o.signature, 64, "signature", line),
+  };
+}
+
+/**
+ * The kernel's side: appends each checkpoint durably, off the event loop (the file may sit on
+ * a slow or remote mount; a stalled append must not stall requests). Opened at start, so a bad
+ * path stops the kernel there; a torn last line from a crash is closed off with a newline.
+ */
 export class AnchorFile {
   private fd: number;
+  private queue: Promise<void> = Promise.resolve();
+  /** Called when an append fails (the kernel logs it; the checkpoint itself is in the database). */
+  onError: ((e: Error, seq: number) => void) | undefined;
 
   constructor(readonly path: string) {
-    this.fd = openSync(path, "a", 0o600);
+    this.fd = openSync(path, "a+", 0o600);
+    this.repairTornTail();
+  }
+
+  /** A crash mid-append leaves a last line without its newline: cut it off (it was never an anchor). */
+  private repairTornTail(): void {
+    const size = fstatSync(this.fd).size;
+    if (size === 0) return;
+    const tail = Buffer.alloc(Math.min(size, 4096));
+    readSync(this.fd, tail, 0, tail.length, size - tail.length);
+    if (tail[tail.length - 1] === 0x0a) return;
+    const nl = tail.lastIndexOf(0x0a);
+    try {
+      ftruncateSync(this.fd, nl < 0 ? (size > tail.length ? size : 0) : size - tail.length + nl + 1);
+    } catch {
+      // An append-only file cannot be cut: end the torn line so the next anchor starts clean.
+      writeSync(this.fd, "\n");
+    }
   }
 
   append(c: AuditCheckpoint): void {
     if (this.fd < 0) return;
-    writeSync(this.fd, anchorLine(c));
-    fdatasyncSync(this.fd);
+    const fd = this.fd;
+    const line = anchorLine(c);
+    this.queue = this.queue.then(
+      () =>
+        new Promise<void>((resolve) => {
+          write(fd, line, (err) => {
+            if (err) {
+              this.onError?.(err, c.seq);
+              resolve();
+            } else
+              fdatasync(fd, (e) => {
+                if (e) this.onError?.(e, c.seq);
+                resolve();
+              });
+          });
+        }),
+    );
   }
 
-  close(): void {
+  /** Waits for queued appends, then closes the file. */
+  async close(): Promise<void> {
     if (this.fd < 0) return;
-    closeSync(this.fd);
+    const fd = this.fd;
     this.fd = -1;
+    await this.queue;
+    closeSync(fd);
   }
 }
 

@@ -155,23 +155,32 @@ export class AuditLog {
    * journal, so each is recorded exactly once. Returns the entries recorded.
    */
   recordOfflineJournal(): OfflineEntry[] {
-    if (this.closed) return [];
-    const entries = this.store.offlineJournal();
-    for (const e of entries) {
-      // Set first: a batch committed inside append() must take its own entry out of the journal.
-      this.pendingJournalUpTo = e.id;
-      void this.append({
-        session: "offline",
-        persona: "-",
-        phase: "offline",
-        op: e.op,
-        target: e.target,
-        status: "SUCCESS",
-        message: `${e.message} (by ${e.actor} at ${new Date(e.time).toISOString()})`,
-      }).catch(() => {});
+    const recorded: OfflineEntry[] = [];
+    for (;;) {
+      if (this.closed) return recorded;
+      // Whatever is pending commits first, and a batch stays under batchMax, so append() never
+      // commits mid-batch: one commit covers exactly these entries and their journal rows.
+      if (this.pending.length) this.flush();
+      const batch = this.store.offlineJournal(Math.max(1, this.opts.batchMax - 1));
+      if (batch.length === 0) return recorded;
+      for (const e of batch) {
+        void this.append({
+          session: "offline",
+          persona: "-",
+          phase: "offline",
+          op: e.op,
+          target: e.target,
+          status: "SUCCESS",
+          message: `${e.message} (by ${e.actor} at ${new Date(e.time).toISOString()})`,
+        }).catch(() => {});
+      }
+      this.pendingJournalUpTo = (batch[batch.length - 1] as OfflineEntry).id;
+      const before = this.committedBatches;
+      this.flush();
+      // A failed commit leaves the journal as it was: the entries are taken again next time.
+      if (this.committedBatches === before) return recorded;
+      recorded.push(...batch);
     }
-    if (entries.length) this.flush();
-    return entries;
   }
 
   /** Signs the current head with the kernel key and stores the checkpoint. */

@@ -306,6 +306,11 @@ export class CapEnforcer implements Authorizer {
     return this.store.revokeToken(id, by, this.clock());
   }
 
+  /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
+  reloadRevocations(): void {
+    for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+  }
+
   isRevoked(g: Grant): boolean {
     return this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id));
   }

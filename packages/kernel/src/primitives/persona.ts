@@ -8,8 +8,51 @@ export interface PersonaFamilyHost {
   admin: string;
   /** Revokes a token id for every handle at once (the enforcer's revocation, not just the store's). */
   revokeToken(id: string, by: string): void;
-  /** Ends every open session of a removed persona; returns how many were ended. */
-  expel(persona: string): number;
+  /**
+   * The registry changed: ends every open session whose persona is no longer registered with
+   * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
+   */
+  registryChanged(): number;
+}
+
+/** Whether `id` is `root` itself or one of its sub-personas. */
+const within = (root: string, id: string) => id === root || id.startsWith(`${root}/`);
+
+/**
+ * Why `id` may not be removed, if it may not: the admin persona (or a persona above it), and —
+ * when a persona asks — itself or any persona above it.
+ */
+export function removalRefusal(id: string, admin: string, actor?: string): string | undefined {
+  if (within(id, admin)) return `the kernel's admin persona ${admin} cannot be removed`;
+  if (actor !== undefined && within(id, actor)) return "a persona cannot remove itself or a persona above it";
+  return undefined;
+}
+
+/**
+ * Removes `id` and every sub-persona under it (keys its holder may have registered), and
+ * revokes the tokens issued to each, so a later registration under one of these ids inherits
+ * nothing. One shared path for the kernel op and the CLI's offline change.
+ */
+export function removePersonaTree(
+  store: PersonaStore & TokenStore,
+  id: string,
+  revoke: (tokenId: string) => void,
+): { removed: string[]; tokensRevoked: number } {
+  const removed = store
+    .listPersonas()
+    .map((p) => p.id)
+    .filter((p) => within(id, p));
+  let tokensRevoked = 0;
+  for (const p of removed) {
+    store.removePersona(p);
+    for (const t of store.listTokens(p)) {
+      if (t.revokedAt === null) {
+        revoke(t.id);
+        tokensRevoked++;
+      }
+    }
+  }
+  return { removed, tokensRevoked };
 }
 
 function personaTarget(ctx: OpContext): string {
@@ -58,26 +101,27 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
       {
         op: "persona.remove",
         description:
-          "Remove persona://<id>: its open sessions end at once (ERROR AUTH PERSONA_REMOVED) and the tokens issued to it are revoked.",
+          "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED) and the tokens issued to them are revoked.",
         targets: ["persona"],
         args: {},
         idempotent: false,
         effects: true,
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
-          if (id === host.admin) throw new OpError("PERMISSION", `the kernel's admin persona ${id} cannot be removed`);
-          if (id === ctx.persona) throw new OpError("PERMISSION", "a persona cannot remove itself");
-          if (!store.removePersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
-          // A later registration under the same id must not inherit what the old holder was given.
-          let revoked = 0;
-          for (const t of store.listTokens(id)) {
-            if (t.revokedAt === null) {
-              host.revokeToken(t.id, ctx.persona);
-              revoked++;
-            }
-          }
-          const sessions = host.expel(id);
-          return { status: "SUCCESS", payload: { removed: id, sessionsEnded: sessions, tokensRevoked: revoked } };
+          const refusal = removalRefusal(id, host.admin, ctx.persona);
+          if (refusal) throw new OpError("PERMISSION", refusal);
+          if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
+          const r = removePersonaTree(store, id, (t) => host.revokeToken(t, ctx.persona));
+          const sessionsEnded = host.registryChanged();
+          return {
+            status: "SUCCESS",
+            payload: {
+              removed: id,
+              alsoRemoved: r.removed.filter((p) => p !== id),
+              sessionsEnded,
+              tokensRevoked: r.tokensRevoked,
+            },
+          };
         },
       },
       {

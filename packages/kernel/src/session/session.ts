@@ -69,6 +69,8 @@ export class Session implements SessionView, EventSink {
   persona = "";
   version = 0;
   instance = "";
+  /** The public key the persona attested with (a re-registration under another key ends the session). */
+  attestedKey: Buffer | undefined;
   inFlight = 0;
   readonly handles = new HandleTable();
   private lastSeen = Date.now();
@@ -264,6 +266,7 @@ export class Session implements SessionView, EventSink {
       return;
     }
     this.persona = persona;
+    this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.

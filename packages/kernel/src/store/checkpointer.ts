@@ -9,7 +9,14 @@ import type { SqliteStore } from "./sqlite.js";
  * flight fell from ~8.5 ms to ~4.5 ms without it on the 2-core bench machine). Here a worker
  * thread with its own connection runs PASSIVE checkpoints on a timer, which never block the
  * writer; the kernel's connection stops checkpointing on commit. If the worker fails, the
- * kernel's connection checkpoints on commit again, so the WAL never grows without bound.
+ * kernel's connection checkpoints on commit again.
+ *
+ * SQLite reuses the WAL from its start only when a write begins with every frame already
+ * checkpointed; under sustained load commits keep landing while the worker copies, so that
+ * moment may never come and the WAL would grow without bound. When the worker reports more
+ * than `topUpFrames` frames, the kernel runs one PASSIVE checkpoint on its own connection
+ * (no commit can interleave with it there, and the worker has already copied nearly all of
+ * it), so the next commit starts the WAL over; `journal_size_limit` then trims the file.
  */
 export class WalCheckpointer {
   private readonly worker: Worker;
@@ -19,18 +26,34 @@ export class WalCheckpointer {
     private readonly store: SqliteStore,
     path: string,
     private readonly log: Logger,
-    intervalMs = 250,
+    opts: { intervalMs?: number; topUpFrames?: number; walLimitBytes?: number } = {},
   ) {
+    const intervalMs = opts.intervalMs ?? 250;
+    const topUpFrames = opts.topUpFrames ?? 4000;
     this.worker = new Worker(new URL("./checkpoint-worker.js", import.meta.url), { workerData: { path, intervalMs } });
     this.worker.unref();
-    this.worker.on("message", (m: { error?: string }) => {
+    this.worker.on("message", (m: { error?: string; log?: number }) => {
       if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");
+      else if (!this.stopped && (m.log ?? 0) > topUpFrames) this.topUp();
     });
     this.worker.on("error", (e) => this.fallBack(e));
     this.worker.on("exit", (code) => {
       if (!this.stopped) this.fallBack(new Error(`checkpoint worker exited with ${code}`));
     });
     store.setAutoCheckpoint(0);
+    store.setWalLimit(opts.walLimitBytes ?? 32 * 1024 * 1024);
+  }
+
+  /** WAL top-ups run so far (metrics, tests). */
+  topUps = 0;
+
+  private topUp(): void {
+    try {
+      this.store.checkpointNow();
+      this.topUps++;
+    } catch (e) {
+      this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
+    }
   }
 
   private fallBack(e: Error): void {

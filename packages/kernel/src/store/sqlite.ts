@@ -175,6 +175,16 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
   }
 
+  /** Bytes the WAL file is trimmed to when SQLite starts it over. */
+  setWalLimit(bytes: number): void {
+    if (this.db.open) this.db.pragma(`journal_size_limit = ${Math.max(0, Math.floor(bytes))}`);
+  }
+
+  /** One PASSIVE WAL checkpoint on this connection, between transactions. */
+  checkpointNow(): void {
+    if (this.db.open) this.db.pragma("wal_checkpoint(PASSIVE)");
+  }
+
   close(): void {
     if (this.db.open) this.db.close();
   }
@@ -437,8 +447,10 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       return r;
     })();
   }
-  offlineJournal(): OfflineEntry[] {
-    return this.prep("SELECT id, time, actor, op, target, message FROM offline_journal ORDER BY id").all() as OfflineEntry[];
+  offlineJournal(limit = -1): OfflineEntry[] {
+    return this.prep("SELECT id, time, actor, op, target, message FROM offline_journal ORDER BY id LIMIT ?").all(
+      limit,
+    ) as OfflineEntry[];
   }
   lookupDedupe(key: string, now: number): DedupeRow | undefined {
     const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;

@@ -129,8 +129,8 @@ export interface OfflineEntry {
  */
 export interface AuditStore {
   appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number): void;
-  /** Administrative changes made while no kernel was running, oldest first, not yet audited. */
-  offlineJournal(): OfflineEntry[];
+  /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
+  offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
   pruneDedupe(now: number): number;
   lastAudit(): AuditRow | undefined;

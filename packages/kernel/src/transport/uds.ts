@@ -39,7 +39,8 @@ export async function prepareSocketPath(path: string): Promise<void> {
   unlinkSync(path);
 }
 
-function answers(path: string): Promise<boolean> {
+/** Whether something accepts connections on the Unix socket at `path` (a running kernel). */
+export function answers(path: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(path);
     s.once("connect", () => {
