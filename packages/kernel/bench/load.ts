@@ -103,7 +103,9 @@ async function session(n: number): Promise<void> {
   try {
     c = await KC.connect({ socket, identity: p.identity, tokens: [p.token], reconnect: false });
   } catch (e) {
-    errors.set(`connect: ${(e as Error).name}`, (errors.get(`connect: ${(e as Error).name}`) ?? 0) + 1);
+    // The message, not only the class: "why" is what a failed load run is read for.
+    const key = `connect: ${(e as Error).name}: ${(e as Error).message.replace(/\d+/g, "N")}`;
+    errors.set(key, (errors.get(key) ?? 0) + 1);
     return;
   }
   record("connect", Number(process.hrtime.bigint() - t0) / 1000);

@@ -2,14 +2,39 @@ import net from "node:net";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
-/** Connects over a Unix domain socket (the default transport). */
+/** How long a connect keeps retrying while the kernel's listen queue is full. */
+const BUSY_WAIT_MS = 5000;
+
+/**
+ * Connects over a Unix domain socket (the default transport). EAGAIN means the kernel is
+ * there but its listen queue is full (a connect storm): that is retried with backoff for a
+ * few seconds, while "no such socket" or "refused" fail at once.
+ */
 export class UdsConnector implements Connector {
   readonly transport = "uds";
-  constructor(readonly address: string) {}
+  constructor(
+    readonly address: string,
+    /** How a socket is dialled (tests substitute one). */
+    private readonly dial: (path: string) => net.Socket = (path) => net.connect(path),
+  ) {}
 
-  connect(): Promise<Channel> {
+  async connect(): Promise<Channel> {
+    const until = Date.now() + BUSY_WAIT_MS;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await this.once();
+      } catch (e) {
+        const code = ((e as KernelUnavailableError).cause as NodeJS.ErrnoException | undefined)?.code;
+        if (code !== "EAGAIN" || Date.now() >= until) throw e;
+        const delay = Math.min(100, 2 ** attempt) * (0.5 + Math.random());
+        await new Promise((r) => setTimeout(r, delay));
+      }
+    }
+  }
+
+  private once(): Promise<Channel> {
     return new Promise((resolve, reject) => {
-      const sock = net.connect(this.address);
+      const sock = this.dial(this.address);
       sock.setNoDelay(true);
       sock.once("connect", () => {
         sock.removeAllListeners("error");
@@ -18,7 +43,9 @@ export class UdsConnector implements Connector {
       sock.once("error", (e: NodeJS.ErrnoException) => {
         reject(
           new KernelUnavailableError(
-            `no kernel at ${this.address} (${e.code ?? e.message}) — start one with \`npm start\` or pass the right socket`,
+            e.code === "EAGAIN"
+              ? `the kernel at ${this.address} is not accepting connections (its listen queue stayed full)`
+              : `no kernel at ${this.address} (${e.code ?? e.message}) — start one with \`npm start\` or pass the right socket`,
             { cause: e },
           ),
         );

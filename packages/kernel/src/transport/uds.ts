@@ -76,7 +76,8 @@ export class UdsListener {
     const bindPath = Buffer.byteLength(tmp) <= 100 ? tmp : this.path;
     await new Promise<void>((resolve, reject) => {
       server.once("error", reject);
-      server.listen(bindPath, () => {
+      // A deep accept queue for connect storms (the kernel caps it at net.core.somaxconn).
+      server.listen({ path: bindPath, backlog: 4096 }, () => {
         server.off("error", reject);
         resolve();
       });
