@@ -414,8 +414,8 @@ export class Kernel {
 
   /**
    * After a registry change: every open session whose persona is no longer registered with the
-   * key it attested with ends at once (AUTH/PERSONA_REMOVED), and sessions holding revoked
-   * handles are told. Returns how many sessions ended.
+   * key it attested with ends at once (AUTH/PERSONA_REMOVED), every agent running as a removed
+   * persona is killed, and sessions holding revoked handles are told. Returns how many sessions ended.
    */
   private registryChanged(): number {
     let ended = 0;
@@ -426,6 +426,8 @@ export class Kernel {
       s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
       ended++;
     }
+    const agents = this.agents?.killUnregistered() ?? 0;
+    if (agents) this.log.info({ agents }, "agents of removed personas were killed");
     this.notifyRevoked();
     return ended;
   }

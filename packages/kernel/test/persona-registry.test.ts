@@ -121,6 +121,24 @@ describe("the persona registry through the kernel: persona.register / remove / l
     assert.ok(t.k.database.getPersona("admin") && t.k.database.getPersona("sam"));
   });
 
+  it("removing a persona kills the agents running as it or its sub-personas", async () => {
+    const p = await t.persona("ann", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const c = await t.connect(p.identity, [p.token]);
+    await c.call("agent.spawn", "agent://sleep/annie", { args: ["30"], rights: [], lifetimeMs: 60_000 });
+    assert.equal(t.k.database.getAgent("sleep/annie")?.state, "running");
+    await admin.call("persona.remove", "persona://ann");
+    const a = await until(
+      () => {
+        const rec = t.k.database.getAgent("sleep/annie");
+        return rec?.state === "killed" ? rec : undefined;
+      },
+      10_000,
+      "the agent killed",
+    );
+    assert.equal(a.persona, "ann/annie");
+    assert.equal(t.k.database.getPersona("ann/annie"), undefined);
+  });
+
   it("a sub-persona cannot remove the persona above it", async () => {
     // sam/w holds a token over sam's whole tree (sub-personas may use tokens of their parent's grant).
     const w = await t.persona("sam/w", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);

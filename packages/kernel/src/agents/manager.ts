@@ -39,9 +39,11 @@ export interface SpawnRequest {
 
 interface Live {
   child: ChildProcess;
+  /** The persona the agent acts as. */
+  persona: string;
   out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
   timer: NodeJS.Timeout;
-  killedBy?: "kill" | "lifetime" | "kernel";
+  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed";
 }
 
 /**
@@ -162,7 +164,7 @@ export class AgentManager {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    const live: Live = { child, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
+    const live: Live = { child, persona, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
     live.timer.unref();
     this.live.set(id, live);
     // The secrets go through the pipe on fd 3 and nowhere else.
@@ -220,6 +222,21 @@ export class AgentManager {
       live.child.kill("SIGKILL");
     }
     return true;
+  }
+
+  /**
+   * Kills every running agent whose persona is no longer registered (removed with its spawner,
+   * or on its own): nothing keeps acting as a removed persona. Returns how many.
+   */
+  killUnregistered(): number {
+    let n = 0;
+    for (const [id, live] of this.live) {
+      if (!live.killedBy && !this.store.getPersona(live.persona)) {
+        this.killLive(id, "persona removed");
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Kills a running agent of `persona`'s (or any, for the admin). */

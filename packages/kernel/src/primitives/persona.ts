@@ -101,7 +101,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
       {
         op: "persona.remove",
         description:
-          "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED) and the tokens issued to them are revoked.",
+          "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked.",
         targets: ["persona"],
         args: {},
         idempotent: false,
