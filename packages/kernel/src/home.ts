@@ -1,5 +1,5 @@
 import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
 import type { CapEnforcer } from "./auth/enforcer.js";
@@ -31,6 +31,63 @@ export function ensureAdminToken(home: string, enforcer: CapEnforcer, admin: str
     writeSecret(path, `${tokenToString(t)}\n`);
   }
   return path;
+}
+
+/** Another live kernel owns this home; this one does not start. */
+export class HomeInUseError extends Error {
+  override name = "HomeInUseError";
+}
+
+/**
+ * Takes the home for this process: `<home>/kernel.pid`, created exclusively. Two kernels on one
+ * home would both append to the audit chain and fork it, whatever sockets they listen on. A
+ * file left by a kernel that died (kill -9) names a process that is gone and is replaced.
+ * Returns the release, which removes the file only while it is still this process's.
+ */
+export function acquireHome(home: string): () => void {
+  const path = join(home, "kernel.pid");
+  // Kernels embedded in one process share its pid: they are told apart here.
+  if (heldHomes.has(path)) throw new HomeInUseError(`kernel home ${home} is in use by another kernel in this process`);
+  for (let attempt = 0; attempt < 3; attempt++) {
+    try {
+      writeFileSync(path, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
+      heldHomes.add(path);
+      return () => {
+        heldHomes.delete(path);
+        try {
+          if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
+        } catch {
+          // already gone
+        }
+      };
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    }
+    const owner = Number.parseInt(readFileSync(path, "utf8"), 10);
+    if (Number.isSafeInteger(owner) && owner > 0 && owner !== process.pid && alive(owner)) {
+      throw new HomeInUseError(
+        `kernel home ${home} is in use by process ${owner} (${path}); stop that kernel, or remove the file if no kernel runs`,
+      );
+    }
+    // Left by a kernel that is gone (or by an earlier process that had this pid).
+    try {
+      unlinkSync(path);
+    } catch {
+      // another starter removed it first; try again
+    }
+  }
+  throw new HomeInUseError(`kernel home ${home}: could not take ${path} (another kernel starting at the same time?)`);
+}
+
+const heldHomes = new Set<string>();
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM";
+  }
 }
 
 /** Creates the home directory (0700) if needed and refuses one others can write to. */

@@ -18,7 +18,7 @@ export {
   resolveConfig,
   SETTINGS,
 } from "./config.js";
-export { HOME_FILES, writeSecret } from "./home.js";
+export { HOME_FILES, HomeInUseError, writeSecret } from "./home.js";
 export { Kernel, type KernelOptions } from "./kernel.js";
 export { removalRefusal, removePersonaTree } from "./primitives/persona.js";
 export {

@@ -8,7 +8,7 @@ import { RootKeys } from "./auth/keys.js";
 import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
 import { ConfigError, type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
-import { ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
+import { acquireHome, ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { KernelMetrics } from "./metrics/metrics.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
@@ -56,6 +56,7 @@ export class Kernel {
   private auditLog: AuditLog | undefined;
   private checkpointer: WalCheckpointer | undefined;
   private anchors: AnchorFile | undefined;
+  private releaseHome: (() => void) | undefined;
   private listener: UdsListener | undefined;
   private grpcListener: GrpcListener | undefined;
   /** "host:port" the gRPC transport listens on, when configured. */
@@ -135,6 +136,7 @@ export class Kernel {
       // A kernel already serving this socket must be found before this one writes anything
       // (recovery, the offline journal): two writers would fork the audit chain.
       await prepareSocketPath(c.socket);
+      this.releaseHome = acquireHome(c.home);
       const key = loadKernelKey(c.home);
       const dbPath = join(c.home, HOME_FILES.database);
       const store = new SqliteStore(dbPath);
@@ -316,6 +318,7 @@ export class Kernel {
       await this.anchors?.close();
       await this.checkpointer?.stop();
       this.store?.close();
+      this.releaseHome?.();
       throw e;
     }
   }
@@ -472,6 +475,7 @@ export class Kernel {
     await this.anchors?.close();
     await this.checkpointer?.stop();
     this.store?.close();
+    this.releaseHome?.();
     this.state = "stopped";
     this.log.info({ kernel: this.id }, "kernel stopped");
   }

@@ -4,7 +4,7 @@ import { existsSync, lstatSync, mkdirSync, mkdtempSync, symlinkSync, unlinkSync,
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ConfigError, Kernel, resolveConfig, SocketPathError, SqliteStore, verifyAudit } from "../src/index.js";
+import { ConfigError, HomeInUseError, Kernel, resolveConfig, SocketPathError, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, startKernel, until } from "./harness.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
@@ -169,5 +169,40 @@ describe("configuration precedence", () => {
     writeFileSync(join(h, "config.json"), JSON.stringify({ workspaceStorageBytes: 0 }));
     assert.equal(resolveConfig({ flags: { home: h }, env: {} }).workspaceStorageBytes, 0);
     removeHome(h);
+  });
+});
+
+describe("one kernel per home, whatever socket it listens on", () => {
+  it("refuses a second kernel on the same home with another socket; the first keeps serving", async () => {
+    const t = await startKernel();
+    const k2 = new Kernel({ home: t.home, socket: join(t.home, "other.sock"), logLevel: "silent" });
+    await assert.rejects(k2.start(), (e: unknown) => e instanceof HomeInUseError);
+    const c = await t.admin();
+    assert.equal((await c.system.health()).status, "ok");
+    assert.ok(existsSync(join(t.home, "kernel.pid")), "the refused kernel left the first one's claim alone");
+    await t.stop();
+    assert.ok(!existsSync(join(t.home, "kernel.pid")), "stop releases the home");
+    removeHome(t.home);
+  });
+
+  it("refuses a home another live process holds, naming it; takes over one left by a dead kernel", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const other = spawn("sleep", ["30"]);
+    try {
+      writeFileSync(join(home, "kernel.pid"), `${other.pid}\n`);
+      await assert.rejects(
+        new Kernel({ home, logLevel: "silent" }).start(),
+        (e: unknown) => e instanceof HomeInUseError && e.message.includes(String(other.pid)),
+      );
+    } finally {
+      other.kill("SIGKILL");
+      await new Promise((r) => other.once("exit", r));
+    }
+    // The same file now names a process that is gone (a kernel killed with -9).
+    const t = await startKernel({}, home);
+    const c = await t.admin();
+    assert.equal((await c.system.health()).status, "ok");
+    await t.stop();
+    removeHome(home);
   });
 });

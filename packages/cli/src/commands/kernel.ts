@@ -1,4 +1,4 @@
-import { ConfigError, flagName, Kernel, type KernelConfig, SETTINGS, SocketPathError } from "@kpip/kernel";
+import { ConfigError, flagName, HomeInUseError, Kernel, type KernelConfig, SETTINGS, SocketPathError } from "@kpip/kernel";
 import type { Command, OptionSpec } from "../command.js";
 import { EXIT } from "../util.js";
 
@@ -26,7 +26,7 @@ export const kernelCommand: Command = {
       kernel = new Kernel(flags as Partial<KernelConfig>);
       await kernel.start();
     } catch (e) {
-      if (e instanceof ConfigError || e instanceof SocketPathError) {
+      if (e instanceof ConfigError || e instanceof SocketPathError || e instanceof HomeInUseError) {
         process.stderr.write(`kpip kernel: ${e.message}\n`);
         return EXIT.USAGE;
       }
