@@ -157,7 +157,10 @@ export class Kernel {
       }
       const anchors = this.anchors;
       if (anchors) {
-        anchors.onError = (e, seq) => this.log.error({ err: e, file: anchors.path, seq }, "could not append an audit anchor");
+        anchors.onError = (e, seq) => {
+          this.metrics?.auditAnchorFailures.inc();
+          this.log.error({ err: e, file: anchors.path, seq }, "could not append an audit anchor");
+        };
       }
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
@@ -245,6 +248,7 @@ export class Kernel {
         eventDrops: () => this.events.dropped,
         agents: () => agents.runningCount,
         usage: () => store.allUsage(),
+        wal: () => ({ background: this.checkpointer?.background ?? false, topUps: this.checkpointer?.topUps ?? 0 }),
       });
       this.metrics = metrics;
       audit.onCommit = (records, seconds) => {

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { removeHome, startKernel } from "./harness.js";
+import { removeHome, startKernel, until } from "./harness.js";
 
 describe("metrics", () => {
   it("serves Prometheus series over HTTP when --metrics-listen is set", async () => {
@@ -24,10 +24,28 @@ describe("metrics", () => {
       "kpip_event_queue_drops_total 0",
       'kpip_quota_usage{scope="workspace:ws1",resource="storage.bytes"} 1',
       'kpip_quota_usage{scope="persona:admin",resource="storage.bytes"} 1',
+      "kpip_wal_background_checkpoints 1",
+      "kpip_wal_topups_total 0",
+      "kpip_audit_anchor_failures_total 0",
     ]) {
       assert.ok(text.includes(series), `missing ${series}`);
     }
     assert.equal((await fetch(`http://${t.k.metricsAddress}/nope`)).status, 404);
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("counts audit anchors that could not be written, and the kernel keeps serving", async () => {
+    // Every write to /dev/full fails with ENOSPC.
+    const t = await startKernel({ metricsListen: "127.0.0.1:0", auditAnchorFile: "/dev/full", auditCheckpointEvery: 2 });
+    const c = await t.admin();
+    for (let i = 0; i < 6; i++) await c.system.health();
+    const failures = async () => {
+      const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+      return Number(/kpip_audit_anchor_failures_total (\d+)/.exec(text)?.[1] ?? 0);
+    };
+    await until(async () => (await failures()) >= 2, 5000, "anchor failures counted");
+    assert.equal((await c.system.health()).status, "ok");
     await t.stop();
     removeHome(t.home);
   });

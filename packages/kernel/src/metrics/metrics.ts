@@ -29,6 +29,11 @@ export class KernelMetrics {
     buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
     registers: [this.registry],
   });
+  readonly auditAnchorFailures = new Counter({
+    name: "kpip_audit_anchor_failures_total",
+    help: "Signed checkpoints that could not be appended to the audit anchor file",
+    registers: [this.registry],
+  });
   private server: Server | undefined;
 
   constructor(gauges: {
@@ -38,6 +43,8 @@ export class KernelMetrics {
     eventDrops: () => number;
     agents: () => number;
     usage: () => { scope: string; resource: string; amount: number }[];
+    /** WAL checkpoints: on the worker thread (1) or back on commit (0); top-ups run by the kernel. */
+    wal: () => { background: boolean; topUps: number };
   }) {
     const registers = [this.registry];
     new Gauge({
@@ -93,6 +100,22 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.agents());
+      },
+    });
+    new Gauge({
+      name: "kpip_wal_background_checkpoints",
+      help: "1 while WAL checkpoints run on the worker thread, 0 once they fell back to checkpoint-on-commit",
+      registers,
+      collect() {
+        this.set(gauges.wal().background ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "kpip_wal_topups_total",
+      help: "Checkpoints the kernel ran itself because the WAL kept growing under load",
+      registers,
+      collect() {
+        this.set(gauges.wal().topUps);
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: "kpip_process_" });

@@ -22,6 +22,11 @@ export class WalCheckpointer {
   private readonly worker: Worker;
   private stopped = false;
 
+  /** Whether checkpoints still run on the worker thread (false after a fallback or stop). */
+  get background(): boolean {
+    return !this.stopped;
+  }
+
   constructor(
     private readonly store: SqliteStore,
     path: string,
