@@ -2,6 +2,7 @@ import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } fro
 import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import type { CapEnforcer } from "./auth/enforcer.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
@@ -39,55 +40,41 @@ export class HomeInUseError extends Error {
 }
 
 /**
- * Takes the home for this process: `<home>/kernel.pid`, created exclusively. Two kernels on one
- * home would both append to the audit chain and fork it, whatever sockets they listen on. A
- * file left by a kernel that died (kill -9) names a process that is gone and is replaced.
- * Returns the release, which removes the file only while it is still this process's.
+ * Takes the home for this kernel: an exclusive SQLite lock on `<home>/kernel.lock`, held for
+ * the kernel's lifetime. Two kernels on one home would both append to the audit chain and fork
+ * it, whatever sockets they listen on. The lock is the operating system's (fcntl), so it is
+ * released when the process dies however it dies, holds across pid namespaces and symlinked
+ * paths, and SQLite also refuses a second kernel in the same process. `<home>/kernel.pid` only
+ * names the owner in the error. Returns the release.
  */
 export function acquireHome(home: string): () => void {
-  const path = join(home, "kernel.pid");
-  // Kernels embedded in one process share its pid: they are told apart here.
-  if (heldHomes.has(path)) throw new HomeInUseError(`kernel home ${home} is in use by another kernel in this process`);
-  for (let attempt = 0; attempt < 3; attempt++) {
-    try {
-      writeFileSync(path, `${process.pid}\n`, { mode: 0o600, flag: "wx" });
-      heldHomes.add(path);
-      return () => {
-        heldHomes.delete(path);
-        try {
-          if (readFileSync(path, "utf8").trim() === String(process.pid)) unlinkSync(path);
-        } catch {
-          // already gone
-        }
-      };
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
-    }
-    const owner = Number.parseInt(readFileSync(path, "utf8"), 10);
-    if (Number.isSafeInteger(owner) && owner > 0 && owner !== process.pid && alive(owner)) {
-      throw new HomeInUseError(
-        `kernel home ${home} is in use by process ${owner} (${path}); stop that kernel, or remove the file if no kernel runs`,
-      );
-    }
-    // Left by a kernel that is gone (or by an earlier process that had this pid).
-    try {
-      unlinkSync(path);
-    } catch {
-      // another starter removed it first; try again
-    }
-  }
-  throw new HomeInUseError(`kernel home ${home}: could not take ${path} (another kernel starting at the same time?)`);
-}
-
-const heldHomes = new Set<string>();
-
-function alive(pid: number): boolean {
+  const lockPath = join(home, "kernel.lock");
+  const pidPath = join(home, "kernel.pid");
+  const db = new Database(lockPath, { timeout: 0 });
   try {
-    process.kill(pid, 0);
-    return true;
+    db.pragma("locking_mode = EXCLUSIVE");
+    // The first write takes the exclusive lock, and EXCLUSIVE mode never gives it back.
+    db.exec("BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS owner (pid INTEGER); COMMIT");
   } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM";
+    db.close();
+    if ((e as { code?: string }).code !== "SQLITE_BUSY") throw e;
+    let owner = "";
+    try {
+      owner = ` (process ${readFileSync(pidPath, "utf8").trim()})`;
+    } catch {
+      // no pid file: the owner is starting or stopping
+    }
+    throw new HomeInUseError(`kernel home ${home} is in use by another kernel${owner}; stop it first`);
   }
+  writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o600 });
+  return () => {
+    try {
+      if (readFileSync(pidPath, "utf8").trim() === String(process.pid)) unlinkSync(pidPath);
+    } catch {
+      // already gone
+    }
+    db.close();
+  };
 }
 
 /** Creates the home directory (0700) if needed and refuses one others can write to. */

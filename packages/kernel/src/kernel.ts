@@ -133,10 +133,10 @@ export class Kernel {
     const c = this.config;
     try {
       ensureHome(c.home);
-      // A kernel already serving this socket must be found before this one writes anything
-      // (recovery, the offline journal): two writers would fork the audit chain.
-      await prepareSocketPath(c.socket);
+      // Before this kernel writes anything (recovery, the offline journal) it must own the home:
+      // two writers would fork the audit chain. Then the socket (another home may serve it).
       this.releaseHome = acquireHome(c.home);
+      await prepareSocketPath(c.socket);
       const key = loadKernelKey(c.home);
       const dbPath = join(c.home, HOME_FILES.database);
       const store = new SqliteStore(dbPath);
@@ -248,8 +248,9 @@ export class Kernel {
         eventDrops: () => this.events.dropped,
         agents: () => agents.runningCount,
         usage: () => store.allUsage(),
-        wal: () => ({ background: this.checkpointer?.background ?? false, topUps: this.checkpointer?.topUps ?? 0 }),
+        walBackground: () => this.checkpointer?.background ?? false,
       });
+      if (this.checkpointer) this.checkpointer.onTopUp = () => metrics.walTopUps.inc();
       this.metrics = metrics;
       audit.onCommit = (records, seconds) => {
         metrics.auditBatch.observe(records);

@@ -126,6 +126,9 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const c = await t.connect(p.identity, [p.token]);
     await c.call("agent.spawn", "agent://sleep/annie", { args: ["30"], rights: [], lifetimeMs: 60_000 });
     assert.equal(t.k.database.getAgent("sleep/annie")?.state, "running");
+    // Another program under the same instance name would act as the same persona: refused.
+    const twin = await c.call("agent.spawn", "agent://cat/annie", { args: [], rights: [], lifetimeMs: 60_000 }).catch((e) => e);
+    assert.ok(twin instanceof KpipError && twin.errorClass === "SEMANTIC" && /already used/.test(twin.message), String(twin));
     await admin.call("persona.remove", "persona://ann");
     const a = await until(
       () => {
@@ -245,7 +248,7 @@ describe("registry changes made without the kernel are audited, once", () => {
       s2.addPersona("fay", generateIdentity("fay").publicKey),
     );
     s2.close();
-    await assert.rejects(startKernel({}, home), (e: unknown) => e instanceof Error && e.name === "SocketPathError");
+    await assert.rejects(startKernel({}, home), (e: unknown) => e instanceof Error && e.name === "HomeInUseError");
     await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
     assert.equal(
       t.k.database.queryAudit({ op: "persona.register", limit: 50 }).filter((x) => x.target === "persona://fay").length,

@@ -78,9 +78,10 @@ describe("socket safety and crash recovery", () => {
     removeHome(base);
   });
 
-  it("refuses a second kernel on the same home while the first runs, and the first keeps serving", async () => {
+  it("refuses a second kernel on the same socket while the first runs, and the first keeps serving", async () => {
     const t = await startKernel();
-    const k2 = new Kernel({ home: t.home, logLevel: "silent" });
+    const other = mkdtempSync(join(tmpdir(), "kpip-"));
+    const k2 = new Kernel({ home: other, socket: t.k.socketPath, logLevel: "silent" });
     await assert.rejects(
       k2.start(),
       (e: unknown) => e instanceof SocketPathError && /already listening/.test((e as Error).message),
@@ -89,6 +90,7 @@ describe("socket safety and crash recovery", () => {
     assert.equal((await c.system.health()).status, "ok");
     await t.stop();
     removeHome(t.home);
+    removeHome(other);
   });
 
   it("a kernel whose socket file was replaced by another kernel's does not remove it at stop", async () => {
@@ -177,28 +179,31 @@ describe("one kernel per home, whatever socket it listens on", () => {
     const t = await startKernel();
     const k2 = new Kernel({ home: t.home, socket: join(t.home, "other.sock"), logLevel: "silent" });
     await assert.rejects(k2.start(), (e: unknown) => e instanceof HomeInUseError);
+    const k3 = new Kernel({ home: t.home, logLevel: "silent" });
+    await assert.rejects(k3.start(), (e: unknown) => e instanceof HomeInUseError, "the home is checked before the socket");
     const c = await t.admin();
     assert.equal((await c.system.health()).status, "ok");
-    assert.ok(existsSync(join(t.home, "kernel.pid")), "the refused kernel left the first one's claim alone");
     await t.stop();
     assert.ok(!existsSync(join(t.home, "kernel.pid")), "stop releases the home");
+    const again = await startKernel({}, t.home);
+    await again.stop();
     removeHome(t.home);
   });
 
-  it("refuses a home another live process holds, naming it; takes over one left by a dead kernel", async () => {
+  it("refuses a home another process's kernel holds, naming it; takes it once that kernel is killed", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    const other = spawn("sleep", ["30"]);
+    const child = await childKernel(home);
     try {
-      writeFileSync(join(home, "kernel.pid"), `${other.pid}\n`);
       await assert.rejects(
-        new Kernel({ home, logLevel: "silent" }).start(),
-        (e: unknown) => e instanceof HomeInUseError && e.message.includes(String(other.pid)),
+        new Kernel({ home, socket: join(home, "b.sock"), logLevel: "silent" }).start(),
+        (e: unknown) => e instanceof HomeInUseError && e.message.includes(`process ${child.pid}`),
       );
     } finally {
-      other.kill("SIGKILL");
-      await new Promise((r) => other.once("exit", r));
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGKILL");
+      await exited;
     }
-    // The same file now names a process that is gone (a kernel killed with -9).
+    // The lock went with the process; the stale kernel.pid it left is only a name.
     const t = await startKernel({}, home);
     const c = await t.admin();
     assert.equal((await c.system.health()).status, "ok");

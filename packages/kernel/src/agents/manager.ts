@@ -90,6 +90,14 @@ export class AgentManager {
     const persona = `${r.spawner}/${r.instance}`;
     if (!isPersonaId(persona)) throw new OpError("SEMANTIC", `agent persona ${persona} is not a valid persona id`);
     if (this.live.has(id)) throw new OpError("SEMANTIC", `agent://${id} is already running`);
+    // Agents are told apart by persona too: two live agents must never share one.
+    for (const [other, l] of this.live) {
+      if (l.persona === persona) throw new OpError("SEMANTIC", `persona ${persona} is already used by agent://${other}`);
+    }
+    // The spawn was authorized before its intent record committed: the spawner may have been
+    // removed, or its token revoked, in between. Nothing new runs on behalf of either.
+    if (!this.store.getPersona(r.spawner)) throw new OpError("PERMISSION", `persona ${r.spawner} is no longer registered`);
+    if (r.grant && this.enforcer.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
     if (this.live.size >= this.opts.maxAgents)
       throw new OpError("RESOURCE", `the kernel already runs ${this.opts.maxAgents} agents`);
     const running = this.store.listAgents(r.spawner).filter((a) => a.state === "running").length;

@@ -29,6 +29,11 @@ export class KernelMetrics {
     buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
     registers: [this.registry],
   });
+  readonly walTopUps = new Counter({
+    name: "kpip_wal_topups_total",
+    help: "Checkpoints the kernel ran itself because the WAL kept growing under load",
+    registers: [this.registry],
+  });
   readonly auditAnchorFailures = new Counter({
     name: "kpip_audit_anchor_failures_total",
     help: "Signed checkpoints that could not be appended to the audit anchor file",
@@ -43,8 +48,8 @@ export class KernelMetrics {
     eventDrops: () => number;
     agents: () => number;
     usage: () => { scope: string; resource: string; amount: number }[];
-    /** WAL checkpoints: on the worker thread (1) or back on commit (0); top-ups run by the kernel. */
-    wal: () => { background: boolean; topUps: number };
+    /** Whether WAL checkpoints still run on the worker thread (false once they fell back to commits). */
+    walBackground: () => boolean;
   }) {
     const registers = [this.registry];
     new Gauge({
@@ -107,15 +112,7 @@ export class KernelMetrics {
       help: "1 while WAL checkpoints run on the worker thread, 0 once they fell back to checkpoint-on-commit",
       registers,
       collect() {
-        this.set(gauges.wal().background ? 1 : 0);
-      },
-    });
-    new Gauge({
-      name: "kpip_wal_topups_total",
-      help: "Checkpoints the kernel ran itself because the WAL kept growing under load",
-      registers,
-      collect() {
-        this.set(gauges.wal().topUps);
+        this.set(gauges.walBackground() ? 1 : 0);
       },
     });
     collectDefaultMetrics({ register: this.registry, prefix: "kpip_process_" });

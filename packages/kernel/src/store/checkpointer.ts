@@ -49,13 +49,13 @@ export class WalCheckpointer {
     store.setWalLimit(opts.walLimitBytes ?? 32 * 1024 * 1024);
   }
 
-  /** WAL top-ups run so far (metrics, tests). */
-  topUps = 0;
+  /** Called after each top-up checkpoint (metrics). */
+  onTopUp: (() => void) | undefined;
 
   private topUp(): void {
     try {
       this.store.checkpointNow();
-      this.topUps++;
+      this.onTopUp?.();
     } catch (e) {
       this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
     }

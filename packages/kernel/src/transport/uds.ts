@@ -47,7 +47,8 @@ export function answers(path: string): Promise<boolean> {
       s.destroy();
       resolve(true);
     });
-    s.once("error", () => resolve(false));
+    // EAGAIN: a kernel is there with its accept queue full (a connect storm), not a stale socket.
+    s.once("error", (e: NodeJS.ErrnoException) => resolve(e.code === "EAGAIN"));
   });
 }
 
