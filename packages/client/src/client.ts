@@ -327,7 +327,7 @@ export class KernelClient extends EventEmitter {
   /** One attempt: connect, HELLO, CHALLENGE, ATTEST, WELCOME. */
   private async establish(timeoutMs: number): Promise<void> {
     this.setState(this.connections === 0 ? "connecting" : "reconnecting");
-    const channel = await this.connector.connect();
+    const channel = await this.connector.connect(Date.now() + timeoutMs);
     const shmNative = channel.transport === "uds" && this.o.shm !== false ? loadShmNative().native : undefined;
     if (channel.transport === "uds" && this.o.shm !== false && !shmNative) warnNoShm(loadShmNative().reason);
     const hello = encodeMessage({

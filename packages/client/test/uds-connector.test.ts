@@ -44,11 +44,19 @@ describe("UdsConnector: a full listen queue is waited out, a missing kernel is n
     }
   });
 
-  it("gives up on a queue that stays full, saying so", async () => {
-    const c = new UdsConnector(path, () => failing("EAGAIN"));
+  it("gives up on a queue that stays full, by the caller's deadline, saying so", async () => {
+    let dials = 0;
+    const c = new UdsConnector(path, () => {
+      dials++;
+      return failing("EAGAIN");
+    });
+    const deadline = Date.now() + 300;
     await assert.rejects(
-      c.connect(),
+      c.connect(deadline),
       (e: unknown) => e instanceof KernelUnavailableError && /listen queue stayed full/.test(e.message),
     );
+    assert.ok(dials > 1, "it retried");
+    // Stopped at the caller's deadline (0.3 s), not after the connector's own 5 s.
+    assert.ok(Date.now() < deadline + 3000, "gave up at the caller's deadline");
   });
 });

@@ -14,5 +14,9 @@ export interface Connector {
   readonly transport: string;
   /** Human-readable endpoint, for errors. */
   readonly address: string;
-  connect(): Promise<Channel>;
+  /**
+   * Opens a channel. `deadline` (epoch ms), when given, bounds any waiting the connector does on
+   * its own (e.g. a Unix socket whose accept queue is full); a connector may ignore it.
+   */
+  connect(deadline?: number): Promise<Channel>;
 }

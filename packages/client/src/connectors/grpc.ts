@@ -55,9 +55,9 @@ export class GrpcConnector implements Connector {
     return this.client;
   }
 
-  async connect(): Promise<Channel> {
+  async connect(callerDeadline?: number): Promise<Channel> {
     const client = this.getClient();
-    const deadline = Date.now() + (this.opts.connectTimeoutMs ?? 5000);
+    const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
     try {
       await new Promise<void>((resolve, reject) => client.waitForReady(deadline, (e) => (e ? reject(e) : resolve())));
     } catch (e) {
@@ -156,11 +156,11 @@ export class FallbackConnector implements Connector {
     return this.last.transport;
   }
 
-  async connect(): Promise<Channel> {
+  async connect(deadline?: number): Promise<Channel> {
     const errors: string[] = [];
     for (const c of this.connectors) {
       try {
-        const ch = await c.connect();
+        const ch = await c.connect(deadline);
         this.last = c;
         return ch;
       } catch (e) {

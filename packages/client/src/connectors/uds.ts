@@ -2,7 +2,7 @@ import net from "node:net";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
-/** How long a connect keeps retrying while the kernel's listen queue is full. */
+/** How long a connect keeps retrying while the kernel's listen queue is full (at most; the caller's deadline may be sooner). */
 const BUSY_WAIT_MS = 5000;
 
 /**
@@ -18,8 +18,8 @@ export class UdsConnector implements Connector {
     private readonly dial: (path: string) => net.Socket = (path) => net.connect(path),
   ) {}
 
-  async connect(): Promise<Channel> {
-    const until = Date.now() + BUSY_WAIT_MS;
+  async connect(deadline?: number): Promise<Channel> {
+    const until = Math.min(Date.now() + BUSY_WAIT_MS, deadline ?? Number.POSITIVE_INFINITY);
     for (let attempt = 0; ; attempt++) {
       try {
         return await this.once();
