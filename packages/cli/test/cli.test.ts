@@ -16,21 +16,27 @@ const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
   return { code: r.status, out: r.stdout, err: r.stderr };
 };
 
+/** `kpip kernel` in a child process on `home`; resolves once it says it is running. */
+async function runKernel(home: string, ...extra: string[]): Promise<ChildProcess> {
+  const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent", ...extra], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await new Promise<void>((resolve) => {
+    let out = "";
+    k.stdout?.on("data", (d) => {
+      out += d;
+      if (out.includes("is running")) resolve();
+    });
+  });
+  return k;
+}
+
 describe("the kpip CLI, as the README walkthrough uses it", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-cli-"));
   let kernel: ChildProcess;
   const h = ["--home", home];
   before(async () => {
-    kernel = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent"], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve) => {
-      let out = "";
-      kernel.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-    });
+    kernel = await runKernel(home);
   });
   after(() => {
     kernel.kill("SIGKILL");
@@ -151,26 +157,13 @@ describe("registry changes while no kernel runs", () => {
   const h = ["--home", home];
   const anchorDir = mkdtempSync(join(tmpdir(), "kpip-cli-anchors-"));
   after(() => rmSync(anchorDir, { recursive: true, force: true }));
-  const runKernel = async (...extra: string[]) => {
-    const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent", ...extra], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
-    await new Promise<void>((resolve) => {
-      let out = "";
-      k.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-    });
-    return k;
-  };
   const stop = async (k: ChildProcess) => {
     k.kill("SIGINT");
     await new Promise((r) => k.once("exit", r));
   };
 
   it("are made on the home database and put on the audit record when the kernel next runs", async () => {
-    await stop(await runKernel());
+    await stop(await runKernel(home));
     const created = JSON.parse(kpip(["persona", "create", "frank", "--json", ...h]).out);
     assert.equal(created.via, "offline");
     assert.equal(statSync(created.identity).mode & 0o777, 0o600);
@@ -180,7 +173,7 @@ describe("registry changes while no kernel runs", () => {
     assert.equal(kpip(["persona", "remove", "frank", ...h]).code, 1);
 
     const anchorFile = join(anchorDir, "anchors.jsonl");
-    const k = await runKernel("--audit-anchor-file", anchorFile);
+    const k = await runKernel(home, "--audit-anchor-file", anchorFile);
     try {
       const q = (op: string) =>
         kpip(["audit", "query", "--op", op, "--json", ...h])
@@ -322,17 +315,8 @@ describe("the README walkthrough, verbatim", () => {
         scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/src/main.js", MAIN) },
       }),
     );
-    const k = spawn(process.execPath, [MAIN, "kernel", "--home", join(dir, ".kpip"), "--log-level", "silent"], {
-      stdio: ["ignore", "pipe", "inherit"],
-    });
+    const k = await runKernel(join(dir, ".kpip"));
     try {
-      await new Promise<void>((resolve) => {
-        let out = "";
-        k.stdout?.on("data", (d) => {
-          out += d;
-          if (out.includes("is running")) resolve();
-        });
-      });
       const env = { ...process.env };
       delete env.KPIP_HOME;
       const r = spawnSync("bash", ["-c", script], { cwd: dir, encoding: "utf8", env });

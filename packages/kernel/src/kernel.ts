@@ -145,23 +145,7 @@ export class Kernel {
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
-      if (c.auditAnchorFile) {
-        try {
-          this.anchors = new AnchorFile(resolve(c.auditAnchorFile));
-        } catch (e) {
-          throw new ConfigError(`auditAnchorFile ${c.auditAnchorFile} cannot be opened for appending: ${(e as Error).message}`);
-        }
-        if (resolve(c.auditAnchorFile).startsWith(`${resolve(c.home)}/`)) {
-          this.log.warn({ file: c.auditAnchorFile }, "audit anchors inside the home protect against little: keep them elsewhere");
-        }
-      }
-      const anchors = this.anchors;
-      if (anchors) {
-        anchors.onError = (e, seq) => {
-          this.metrics?.auditAnchorFailures.inc();
-          this.log.error({ err: e, file: anchors.path, seq }, "could not append an audit anchor");
-        };
-      }
+      const anchors = this.openAnchors();
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
         checkpointEvery: c.auditCheckpointEvery,
@@ -319,11 +303,7 @@ export class Kernel {
       this.state = "stopped";
       await this.listener?.close();
       await this.grpcListener?.close(0);
-      this.auditLog?.close();
-      await this.anchors?.close();
-      await this.checkpointer?.stop();
-      this.store?.close();
-      this.releaseHome?.();
+      await this.closeStorage();
       throw e;
     }
   }
@@ -407,6 +387,37 @@ export class Kernel {
     this.sessionsById.set(s.id, s);
   }
 
+  /** The audit anchor file, when one is configured: opened now, so a bad path stops the start. */
+  private openAnchors(): AnchorFile | undefined {
+    const c = this.config;
+    if (!c.auditAnchorFile) return undefined;
+    const path = resolve(c.auditAnchorFile);
+    let anchors: AnchorFile;
+    try {
+      anchors = new AnchorFile(path);
+    } catch (e) {
+      throw new ConfigError(`auditAnchorFile ${c.auditAnchorFile} cannot be opened for appending: ${(e as Error).message}`);
+    }
+    this.anchors = anchors;
+    if (path.startsWith(`${resolve(c.home)}/`)) {
+      this.log.warn({ file: path }, "audit anchors inside the home protect against little: keep them elsewhere");
+    }
+    anchors.onError = (e, seq) => {
+      this.metrics?.auditAnchorFailures.inc();
+      this.log.error({ err: e, file: path, seq }, "could not append an audit anchor");
+    };
+    return anchors;
+  }
+
+  /** Closes what start opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
+  private async closeStorage(): Promise<void> {
+    this.auditLog?.close();
+    await this.anchors?.close();
+    await this.checkpointer?.stop();
+    this.store?.close();
+    this.releaseHome?.();
+  }
+
   /** Tells every session holding a now-revoked handle, on its own notice channel. */
   private notifyRevoked(): void {
     const enforcer = this.enforcerRef;
@@ -476,11 +487,7 @@ export class Kernel {
     await this.metrics?.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
-    this.auditLog?.close();
-    await this.anchors?.close();
-    await this.checkpointer?.stop();
-    this.store?.close();
-    this.releaseHome?.();
+    await this.closeStorage();
     this.state = "stopped";
     this.log.info({ kernel: this.id }, "kernel stopped");
   }

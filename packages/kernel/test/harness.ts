@@ -2,6 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
 import {
   attestationTranscript,
@@ -82,6 +83,23 @@ export async function startKernel(
     },
   };
   return t;
+}
+
+/**
+ * A kernel for one describe block, with an admin client: started before its tests, stopped
+ * and its home removed after. Read `k.t` and `k.admin` inside the tests.
+ */
+export function kernelForSuite(opts: KernelOptions = {}): { t: TestKernel; admin: KernelClient } {
+  const s = {} as { t: TestKernel; admin: KernelClient };
+  before(async () => {
+    s.t = await startKernel(opts);
+    s.admin = await s.t.admin();
+  });
+  after(async () => {
+    await s.t.stop();
+    removeHome(s.t.home);
+  });
+  return s;
 }
 
 export function removeHome(home: string): void {

@@ -1,38 +1,32 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient, KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { kernelForSuite, removeHome, startKernel, until } from "./harness.js";
 
 const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
 
 describe("the persona registry through the kernel: persona.register / remove / list", () => {
-  let t: TestKernel;
-  let admin: KernelClient;
-  before(async () => {
-    t = await startKernel();
-    admin = await t.admin();
-  });
-  after(async () => {
-    await t.stop();
-    removeHome(t.home);
-  });
+  const suite = kernelForSuite();
 
   it("registers a persona that can attest at once, and audits it as the admin's act", async () => {
     const carol = generateIdentity("carol");
-    const r = await admin.call("persona.register", "persona://carol", { publicKey: carol.publicKey });
+    const r = await suite.admin.call("persona.register", "persona://carol", { publicKey: carol.publicKey });
     assert.equal((r.payload as { persona: string }).persona, "carol");
-    assert.deepEqual(t.k.database.getPersona("carol")?.publicKey, Buffer.from(carol.publicKey));
-    const token = (await admin.tokens.mint("carol", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }))
-      .token;
-    const c = await t.connect(carol, [token]);
+    assert.deepEqual(suite.t.k.database.getPersona("carol")?.publicKey, Buffer.from(carol.publicKey));
+    const token = (
+      await suite.admin.tokens.mint("carol", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 })
+    ).token;
+    const c = await suite.t.connect(carol, [token]);
     assert.equal((await c.call("system.health", "kernel://")).status, "SUCCESS");
-    const recs = t.k.database.queryAudit({ op: "persona.register", limit: 10 }).filter((x) => x.target === "persona://carol");
+    const recs = suite.t.k.database
+      .queryAudit({ op: "persona.register", limit: 10 })
+      .filter((x) => x.target === "persona://carol");
     assert.deepEqual(
       recs.map((x) => [x.phase, x.persona, x.target, x.status]).sort(),
       [
@@ -43,29 +37,29 @@ describe("the persona registry through the kernel: persona.register / remove / l
   });
 
   it("refuses a second registration, a key that is not 32 bytes and a target that is not a persona id", async () => {
-    const again = await admin
+    const again = await suite.admin
       .call("persona.register", "persona://carol", { publicKey: generateIdentity("carol").publicKey })
       .catch((e) => e);
     assert.ok(again instanceof KpipError && again.errorClass === "SEMANTIC", String(again));
-    const short = await admin.call("persona.register", "persona://dan", { publicKey: Buffer.alloc(31) }).catch((e) => e);
+    const short = await suite.admin.call("persona.register", "persona://dan", { publicKey: Buffer.alloc(31) }).catch((e) => e);
     assert.ok(short instanceof KpipError && short.errorClass === "SEMANTIC", String(short));
-    const noKey = await admin.call("persona.register", "persona://dan", {}).catch((e) => e);
+    const noKey = await suite.admin.call("persona.register", "persona://dan", {}).catch((e) => e);
     assert.ok(noKey instanceof KpipError && noKey.errorClass === "SEMANTIC", String(noKey));
     // Refused by the intent grammar before it leaves the client (the kernel checks the same grammar).
-    const bad = await admin.call("persona.register", "persona://Dan", { publicKey: Buffer.alloc(32, 1) }).catch((e) => e);
+    const bad = await suite.admin.call("persona.register", "persona://Dan", { publicKey: Buffer.alloc(32, 1) }).catch((e) => e);
     assert.ok(bad instanceof Error && bad.name === "IntentError", String(bad));
-    assert.equal(t.k.database.getPersona("dan"), undefined);
+    assert.equal(suite.t.k.database.getPersona("dan"), undefined);
   });
 
   it("needs a grant: none at all is refused, a grant over one's own sub-personas covers only those", async () => {
-    const plain = await t.persona("pat", [{ ops: ["system.*"], targets: ["kernel://"] }]);
-    const p = await t.connect(plain.identity, [plain.token]);
+    const plain = await suite.t.persona("pat", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const p = await suite.t.connect(plain.identity, [plain.token]);
     const refused = await p.call("persona.register", "persona://pat/helper", { publicKey: Buffer.alloc(32, 2) }).catch((e) => e);
     assert.ok(refused instanceof KpipError && ["PERMISSION", "CAPABILITY"].includes(refused.errorClass), String(refused));
-    assert.equal(t.k.database.getPersona("pat/helper"), undefined);
+    assert.equal(suite.t.k.database.getPersona("pat/helper"), undefined);
 
-    const owner = await t.persona("olga", [{ ops: ["persona.*"], targets: ["persona://olga/**"] }]);
-    const o = await t.connect(owner.identity, [owner.token]);
+    const owner = await suite.t.persona("olga", [{ ops: ["persona.*"], targets: ["persona://olga/**"] }]);
+    const o = await suite.t.connect(owner.identity, [owner.token]);
     const w = generateIdentity("olga/worker");
     await o.call("persona.register", "persona://olga/worker", { publicKey: w.publicKey });
     const list = (await o.call("persona.list", "persona://olga/worker")).payload as { personas: { persona: string }[] };
@@ -78,24 +72,24 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const wide = await o.call("persona.list", "persona://pat").catch((e) => e);
     assert.ok(wide instanceof KpipError && wide.errorClass === "PERMISSION", String(wide));
     await o.call("persona.remove", "persona://olga/worker");
-    assert.equal(t.k.database.getPersona("olga/worker"), undefined);
+    assert.equal(suite.t.k.database.getPersona("olga/worker"), undefined);
   });
 
   it("removal ends the persona's sessions at once, revokes its tokens, and a new key under the id inherits nothing", async () => {
-    const eve = await t.persona("eve", [{ ops: ["system.*"], targets: ["kernel://"] }]);
-    const c = await t.connect(eve.identity, [eve.token]);
+    const eve = await suite.t.persona("eve", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const c = await suite.t.connect(eve.identity, [eve.token]);
     const closed = closedWith(c);
-    const r = await admin.call("persona.remove", "persona://eve");
+    const r = await suite.admin.call("persona.remove", "persona://eve");
     assert.deepEqual(r.payload, { removed: "eve", alsoRemoved: [], sessionsEnded: 1, tokensRevoked: 1 });
     const err = await closed;
     assert.ok(err instanceof KpipError && err.errorClass === "AUTH" && err.code === "PERSONA_REMOVED", String(err));
     assert.equal(c.state, "closed", "a removed persona's client does not reconnect");
     await assert.rejects(c.call("system.health", "kernel://"));
     await assert.rejects(
-      KernelClient.connect({ socket: t.k.socketPath, identity: eve.identity, tokens: [], reconnect: false }),
+      KernelClient.connect({ socket: suite.t.k.socketPath, identity: eve.identity, tokens: [], reconnect: false }),
       (e: unknown) => e instanceof KpipError && e.errorClass === "AUTH",
     );
-    const audited = t.k.database.queryAudit({ persona: "eve", op: "session.error", limit: 5 });
+    const audited = suite.t.k.database.queryAudit({ persona: "eve", op: "session.error", limit: 5 });
     assert.ok(
       audited.some((x) => x.message?.startsWith("PERSONA_REMOVED")),
       JSON.stringify(audited),
@@ -103,64 +97,64 @@ describe("the persona registry through the kernel: persona.register / remove / l
 
     // Someone else registered as eve later must not be able to use what the old eve held.
     const newEve = generateIdentity("eve");
-    await admin.call("persona.register", "persona://eve", { publicKey: newEve.publicKey });
-    const c2 = await t.connect(newEve, [eve.token]);
+    await suite.admin.call("persona.register", "persona://eve", { publicKey: newEve.publicKey });
+    const c2 = await suite.t.connect(newEve, [eve.token]);
     assert.equal(c2.refusedTokens.length, 1);
     assert.equal(c2.refusedTokens[0]?.code, "REVOKED");
   });
 
   it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {
-    const self = await admin.call("persona.remove", "persona://admin").catch((e) => e);
+    const self = await suite.admin.call("persona.remove", "persona://admin").catch((e) => e);
     assert.ok(self instanceof KpipError && self.errorClass === "PERMISSION", String(self));
-    const owner = await t.persona("sam", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
-    const s = await t.connect(owner.identity, [owner.token]);
+    const owner = await suite.t.persona("sam", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
+    const s = await suite.t.connect(owner.identity, [owner.token]);
     const own = await s.call("persona.remove", "persona://sam").catch((e) => e);
     assert.ok(own instanceof KpipError && own.errorClass === "PERMISSION", String(own));
-    const unknown = await admin.call("persona.remove", "persona://nobody").catch((e) => e);
+    const unknown = await suite.admin.call("persona.remove", "persona://nobody").catch((e) => e);
     assert.ok(unknown instanceof KpipError && unknown.errorClass === "SEMANTIC", String(unknown));
-    assert.ok(t.k.database.getPersona("admin") && t.k.database.getPersona("sam"));
+    assert.ok(suite.t.k.database.getPersona("admin") && suite.t.k.database.getPersona("sam"));
   });
 
   it("removing a persona kills the agents running as it or its sub-personas", async () => {
-    const p = await t.persona("ann", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
-    const c = await t.connect(p.identity, [p.token]);
+    const p = await suite.t.persona("ann", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const c = await suite.t.connect(p.identity, [p.token]);
     await c.call("agent.spawn", "agent://sleep/annie", { args: ["30"], rights: [], lifetimeMs: 60_000 });
-    assert.equal(t.k.database.getAgent("sleep/annie")?.state, "running");
+    assert.equal(suite.t.k.database.getAgent("sleep/annie")?.state, "running");
     // Another program under the same instance name would act as the same persona: refused.
     const twin = await c.call("agent.spawn", "agent://cat/annie", { args: [], rights: [], lifetimeMs: 60_000 }).catch((e) => e);
     assert.ok(twin instanceof KpipError && twin.errorClass === "SEMANTIC" && /already used/.test(twin.message), String(twin));
-    await admin.call("persona.remove", "persona://ann");
+    await suite.admin.call("persona.remove", "persona://ann");
     const a = await until(
       () => {
-        const rec = t.k.database.getAgent("sleep/annie");
+        const rec = suite.t.k.database.getAgent("sleep/annie");
         return rec?.state === "killed" ? rec : undefined;
       },
       10_000,
       "the agent killed",
     );
     assert.equal(a.persona, "ann/annie");
-    assert.equal(t.k.database.getPersona("ann/annie"), undefined);
+    assert.equal(suite.t.k.database.getPersona("ann/annie"), undefined);
   });
 
   it("a sub-persona cannot remove the persona above it", async () => {
     // sam/w holds a token over sam's whole tree (sub-personas may use tokens of their parent's grant).
-    const w = await t.persona("sam/w", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
-    const c = await t.connect(w.identity, [w.token]);
+    const w = await suite.t.persona("sam/w", [{ ops: ["persona.*"], targets: ["persona://sam", "persona://sam/**"] }]);
+    const c = await suite.t.connect(w.identity, [w.token]);
     const up = await c.call("persona.remove", "persona://sam").catch((e) => e);
     assert.ok(up instanceof KpipError && up.errorClass === "PERMISSION", String(up));
-    assert.ok(t.k.database.getPersona("sam"));
+    assert.ok(suite.t.k.database.getPersona("sam"));
   });
 
   it("removing a persona removes its sub-personas too, ending their sessions", async () => {
-    const top = await t.persona("tom", [{ ops: ["system.*"], targets: ["kernel://"] }]);
-    const sub = await t.persona("tom/helper", [{ ops: ["system.*"], targets: ["kernel://"] }]);
-    const ct = await t.connect(top.identity, [top.token]);
-    const cs = await t.connect(sub.identity, [sub.token]);
+    const top = await suite.t.persona("tom", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const sub = await suite.t.persona("tom/helper", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const ct = await suite.t.connect(top.identity, [top.token]);
+    const cs = await suite.t.connect(sub.identity, [sub.token]);
     const closed = Promise.all([closedWith(ct), closedWith(cs)]);
-    const r = await admin.call("persona.remove", "persona://tom");
+    const r = await suite.admin.call("persona.remove", "persona://tom");
     assert.deepEqual(r.payload, { removed: "tom", alsoRemoved: ["tom/helper"], sessionsEnded: 2, tokensRevoked: 2 });
     for (const e of await closed) assert.ok(e instanceof KpipError && e.code === "PERSONA_REMOVED", String(e));
-    assert.equal(t.k.database.getPersona("tom/helper"), undefined);
+    assert.equal(suite.t.k.database.getPersona("tom/helper"), undefined);
   });
 });
 

@@ -1,43 +1,35 @@
 import assert from "node:assert/strict";
 import { statSync } from "node:fs";
 import { join } from "node:path";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import type { Worker } from "node:worker_threads";
-import type { KernelClient } from "@kpip/client";
 import { HOME_FILES } from "../src/index.js";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { kernelForSuite, type TestKernel, until } from "./harness.js";
 
 const autoCheckpoint = (t: TestKernel) => t.k.database.db.pragma("wal_autocheckpoint", { simple: true }) as number;
 
 describe("WAL checkpoints run off the request path", () => {
-  let t: TestKernel;
-  let admin: KernelClient;
-  before(async () => {
-    t = await startKernel();
-    admin = await t.admin();
-  });
-  after(async () => {
-    await t.stop();
-    removeHome(t.home);
-  });
+  const suite = kernelForSuite();
 
   it("commits never checkpoint; the background worker moves the WAL into the database while the kernel serves", async () => {
-    assert.equal(autoCheckpoint(t), 0, "the kernel's connection does not checkpoint on commit");
-    const db = join(t.home, HOME_FILES.database);
+    assert.equal(autoCheckpoint(suite.t), 0, "the kernel's connection does not checkpoint on commit");
+    const db = join(suite.t.home, HOME_FILES.database);
     const before = statSync(db).size;
     for (let i = 0; i < 20; i++) {
       await Promise.all(
-        Array.from({ length: 50 }, (_, j) => admin.call("storage.write", `obj://ws/k${i}-${j}`, { data: Buffer.alloc(2000, i) })),
+        Array.from({ length: 50 }, (_, j) =>
+          suite.admin.call("storage.write", `obj://ws/k${i}-${j}`, { data: Buffer.alloc(2000, i) }),
+        ),
       );
     }
     // Only a checkpoint writes pages into the database file itself.
     await until(() => statSync(db).size > before, 10_000, "the database file to receive checkpointed pages");
-    const r = await admin.call("storage.read", "obj://ws/k19-49");
+    const r = await suite.admin.call("storage.read", "obj://ws/k19-49");
     assert.equal((r.payload as { data: Uint8Array }).data.length, 2000);
   });
 
   it("keeps the WAL bounded under sustained writes (it is started over, not only copied)", async () => {
-    const wal = join(t.home, `${HOME_FILES.database}-wal`);
+    const wal = join(suite.t.home, `${HOME_FILES.database}-wal`);
     const size = () => {
       try {
         return statSync(wal).size;
@@ -50,16 +42,18 @@ describe("WAL checkpoints run off the request path", () => {
     let largest = 0;
     const data = Buffer.alloc(48 * 1024, 1);
     for (let round = 0; round < 25; round++) {
-      await Promise.all(Array.from({ length: 40 }, (_, j) => admin.call("storage.write", `obj://wal/r${round}-${j}`, { data })));
+      await Promise.all(
+        Array.from({ length: 40 }, (_, j) => suite.admin.call("storage.write", `obj://wal/r${round}-${j}`, { data })),
+      );
       largest = Math.max(largest, size());
     }
     assert.ok(largest < 48 * 1024 * 1024, `largest WAL seen: ${(largest / 1048576).toFixed(1)} MiB`);
   });
 
   it("falls back to checkpointing on commit if the worker dies", async () => {
-    const worker = (t.k as unknown as { checkpointer: { worker: Worker } }).checkpointer.worker;
+    const worker = (suite.t.k as unknown as { checkpointer: { worker: Worker } }).checkpointer.worker;
     await worker.terminate();
-    await until(() => autoCheckpoint(t) === 1000, 5000, "checkpoint on commit restored");
-    assert.equal((await admin.call("system.health", "kernel://")).status, "SUCCESS");
+    await until(() => autoCheckpoint(suite.t) === 1000, 5000, "checkpoint on commit restored");
+    assert.equal((await suite.admin.call("system.health", "kernel://")).status, "SUCCESS");
   });
 });

@@ -1,4 +1,4 @@
-import { isPersonaId, publicKeyFromRaw } from "@kpip/protocol";
+import { isPersonaId, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -15,16 +15,16 @@ export interface PersonaFamilyHost {
   registryChanged(): number;
 }
 
-/** Whether `id` is `root` itself or one of its sub-personas. */
-const within = (root: string, id: string) => id === root || id.startsWith(`${root}/`);
+/** The registered personas at or under `id`. */
+const personasUnder = (store: PersonaStore, id: string) => store.listPersonas().filter((p) => personaWithin(p.id, id));
 
 /**
  * Why `id` may not be removed, if it may not: the admin persona (or a persona above it), and —
  * when a persona asks — itself or any persona above it.
  */
 export function removalRefusal(id: string, admin: string, actor?: string): string | undefined {
-  if (within(id, admin)) return `the kernel's admin persona ${admin} cannot be removed`;
-  if (actor !== undefined && within(id, actor)) return "a persona cannot remove itself or a persona above it";
+  if (personaWithin(admin, id)) return `the kernel's admin persona ${admin} cannot be removed`;
+  if (actor !== undefined && personaWithin(actor, id)) return "a persona cannot remove itself or a persona above it";
   return undefined;
 }
 
@@ -38,10 +38,7 @@ export function removePersonaTree(
   id: string,
   revoke: (tokenId: string) => void,
 ): { removed: string[]; tokensRevoked: number } {
-  const removed = store
-    .listPersonas()
-    .map((p) => p.id)
-    .filter((p) => within(id, p));
+  const removed = personasUnder(store, id).map((p) => p.id);
   let tokensRevoked = 0;
   for (const p of removed) {
     store.removePersona(p);
@@ -132,12 +129,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         idempotent: true,
         effects: false,
         handler: (ctx): OpResult => {
-          const id = personaTarget(ctx);
-          const personas = store
-            .listPersonas()
-            .filter((p) => p.id === id || p.id.startsWith(`${id}/`))
-            .map(personaRecord);
-          return { status: "SUCCESS", payload: { personas } };
+          return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
         },
       },
     ],
