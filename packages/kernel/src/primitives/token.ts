@@ -7,6 +7,7 @@ import {
   isPersonaId,
   isWorkspaceId,
   type Limits,
+  personaWithin,
   type Right,
   type Token,
   TokenError,
@@ -42,9 +43,6 @@ function rightsArg(v: CborValue | undefined): Right[] {
   });
 }
 
-/** Whether `id` is `persona` itself or one of its sub-personas (`persona/...`). */
-const inScope = (persona: string, id: string) => id === persona || id.startsWith(`${persona}/`);
-
 /**
  * Tokens belong to the personas they were minted for or by, and to everyone up their chain: a
  * capability over token://** lets a persona manage those, never another persona's tokens
@@ -52,11 +50,11 @@ const inScope = (persona: string, id: string) => id === persona || id.startsWith
  */
 function ownsToken(store: TokenStore, admin: string, persona: string, rec: TokenRecord | undefined, sub: string): boolean {
   if (persona === admin) return true;
-  if (!rec) return inScope(persona, sub);
-  if (inScope(persona, rec.sub) || inScope(persona, rec.mintedBy)) return true;
+  if (!rec) return personaWithin(sub, persona);
+  if (personaWithin(rec.sub, persona) || personaWithin(rec.mintedBy, persona)) return true;
   return rec.chain.some((id) => {
     const up = store.getToken(id);
-    return up !== undefined && inScope(persona, up.sub);
+    return up !== undefined && personaWithin(up.sub, persona);
   });
 }
 
@@ -222,7 +220,7 @@ export function tokenFamily(
         effects: false,
         handler: (ctx) => {
           const only = ctx.args.persona as string | undefined;
-          if (only !== undefined && ctx.persona !== admin && !inScope(ctx.persona, only)) {
+          if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
             throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
           }
           const visible = store.listTokens(only).filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
