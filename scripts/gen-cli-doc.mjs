@@ -3,8 +3,9 @@
 // Usage: npm run build && node scripts/gen-cli-doc.mjs
 import { writeFileSync } from "node:fs";
 import { helpText } from "../packages/cli/dist/src/command.js";
-import { COMMANDS } from "../packages/cli/dist/src/commands/index.js";
+import { loadCommands } from "../packages/cli/dist/src/commands/index.js";
 
+const commands = await loadCommands();
 const lines = [
   "# kpip(1)",
   "",
@@ -13,7 +14,7 @@ const lines = [
   "## Synopsis",
   "",
   "```",
-  "kpip <command> [options]",
+  "kpip [--home H] <command> [options]",
   "```",
   "",
   "## Exit codes",
@@ -28,6 +29,6 @@ const lines = [
   "## Commands",
   "",
 ];
-for (const c of COMMANDS) lines.push(`### kpip ${c.name}`, "", "```", helpText(c).trimEnd(), "```", "");
+for (const c of commands) lines.push(`### kpip ${c.name}`, "", "```", helpText(c).trimEnd(), "```", "");
 writeFileSync(new URL("../docs/cli.md", import.meta.url), lines.join("\n"));
-console.log(`docs/cli.md: ${COMMANDS.length} commands`);
+console.log(`docs/cli.md: ${commands.length} commands`);

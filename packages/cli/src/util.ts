@@ -1,5 +1,5 @@
 import { join } from "node:path";
-import { defaultHome } from "@kpip/kernel";
+import { defaultHome } from "@kpip/kernel/config";
 import { type CborValue, KpipError } from "@kpip/protocol";
 
 /** Exit codes of every kpip command. */

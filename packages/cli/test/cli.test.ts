@@ -8,7 +8,7 @@ import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { helpText } from "../src/command.js";
-import { COMMANDS } from "../src/commands/index.js";
+import { loadCommands } from "../src/commands/index.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
@@ -16,17 +16,18 @@ const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
   return { code: r.status, out: r.stdout, err: r.stderr };
 };
 
-/** `kpip kernel` in a child process on `home`; resolves once it says it is running. */
+/** `kpip kernel` in a child process on `home`; resolves once it says it is running, rejects if it exits first. */
 async function runKernel(home: string, ...extra: string[]): Promise<ChildProcess> {
   const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent", ...extra], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  await new Promise<void>((resolve) => {
+  await new Promise<void>((resolve, reject) => {
     let out = "";
     k.stdout?.on("data", (d) => {
       out += d;
       if (out.includes("is running")) resolve();
     });
+    k.once("exit", (code, signal) => reject(new Error(`kpip kernel exited before it was running (${signal ?? code}): ${out}`)));
   });
   return k;
 }
@@ -109,6 +110,30 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const after = kpip(["call", "storage.read", "obj://ws1/alice.txt", ...asAlice]);
     assert.equal(after.code, 1);
     assert.match(after.err, /REVOKED|CAPABILITY/);
+  });
+
+  it("follows the conventions: --version, global flags before the command, a suggestion for a typo, quiet on a closed pipe", () => {
+    const v = kpip(["--version"]);
+    assert.equal(v.code, 0);
+    assert.match(v.out, /^kpip \d+\.\d+\.\d+ /);
+    const before = kpip(["--home", home, "call", "system.health", "--json"]);
+    assert.equal(before.code, 0, before.err);
+    assert.equal(JSON.parse(before.out).status, "SUCCESS");
+    const typo = kpip(["cal", "system.health"]);
+    assert.equal(typo.code, 2);
+    assert.match(typo.err, /unknown command "cal" — did you mean "call"\?/);
+    assert.ok(typo.err.split("\n").length <= 3, "a typo gets one line and a hint, not the whole usage");
+    // `| head -1`: the reader leaves after one line; kpip stops quietly instead of an EPIPE stack trace
+    const piped = spawnSync(
+      "bash",
+      ["-o", "pipefail", "-c", `"${process.execPath}" "${MAIN}" audit tail -n 300 --home "${home}" | head -1`],
+      {
+        encoding: "utf8",
+      },
+    );
+    assert.equal(piped.stdout.split("\n").filter(Boolean).length, 1);
+    assert.doesNotMatch(piped.stderr, /EPIPE|internal error|at /);
+    assert.equal(piped.status, 0, piped.stderr);
   });
 
   it("registers public keys in three formats and removes personas", async () => {
@@ -283,9 +308,9 @@ describe("bad command lines", () => {
     assert.match(r.err, /no kernel at .*npm start/);
   });
 
-  it("docs/cli.md is generated from the current command definitions", () => {
+  it("docs/cli.md is generated from the current command definitions", async () => {
     const doc = readFileSync(fileURLToPath(new URL("../../../../docs/cli.md", import.meta.url)), "utf8");
-    for (const c of COMMANDS)
+    for (const c of await loadCommands())
       assert.ok(doc.includes(helpText(c).trimEnd()), `docs/cli.md is stale for ${c.name}: run node scripts/gen-cli-doc.mjs`);
   });
 

@@ -1,23 +1,25 @@
 import type { Command } from "../command.js";
-import { agentsCommand, eventsCommand, opsCommand } from "./agents.js";
-import { auditCommand } from "./audit.js";
-import { benchCommand } from "./bench.js";
-import { callCommand } from "./call.js";
-import { kernelCommand } from "./kernel.js";
-import { personaCommand } from "./persona.js";
-import { statusCommand } from "./status.js";
-import { tokenCommand } from "./token.js";
 
+/** A command known by name; its module (and what it imports) loads only when it runs. */
+export interface CommandEntry {
+  readonly name: string;
+  load(): Promise<Command>;
+}
+
+// Lazy on purpose: `kpip call` must not load the kernel (SQLite, grpc-js, pino) to send one intent.
 /** Every command, in the order `kpip --help` lists them (and docs/cli.md documents them). */
-export const COMMANDS: Command[] = [
-  kernelCommand,
-  personaCommand,
-  tokenCommand,
-  callCommand,
-  agentsCommand,
-  opsCommand,
-  eventsCommand,
-  auditCommand,
-  statusCommand,
-  benchCommand,
+export const COMMANDS: readonly CommandEntry[] = [
+  { name: "kernel", load: async () => (await import("./kernel.js")).kernelCommand },
+  { name: "persona", load: async () => (await import("./persona.js")).personaCommand },
+  { name: "token", load: async () => (await import("./token.js")).tokenCommand },
+  { name: "call", load: async () => (await import("./call.js")).callCommand },
+  { name: "agents", load: async () => (await import("./agents.js")).agentsCommand },
+  { name: "ops", load: async () => (await import("./agents.js")).opsCommand },
+  { name: "events", load: async () => (await import("./agents.js")).eventsCommand },
+  { name: "audit", load: async () => (await import("./audit.js")).auditCommand },
+  { name: "status", load: async () => (await import("./status.js")).statusCommand },
+  { name: "bench", load: async () => (await import("./bench.js")).benchCommand },
 ];
+
+/** Every command's definition (loads every module: for help and docs, not for running one). */
+export const loadCommands = (): Promise<Command[]> => Promise.all(COMMANDS.map((c) => c.load()));

@@ -1,4 +1,4 @@
-import * as grpc from "@grpc/grpc-js";
+import type * as grpc from "@grpc/grpc-js";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -22,6 +22,13 @@ export interface GrpcConnectorOptions {
 }
 
 const bytes = (b: Buffer) => b;
+
+// grpc-js takes ~90 ms to load: only a client that actually dials gRPC pays for it.
+let grpcModule: Promise<typeof grpc> | undefined;
+const loadGrpc = () => {
+  grpcModule ??= import("@grpc/grpc-js");
+  return grpcModule;
+};
 const SESSION = "/kpip.v1.Kernel/Session";
 
 /**
@@ -38,25 +45,26 @@ export class GrpcConnector implements Connector {
     this.address = opts.address;
   }
 
-  private getClient(): grpc.Client {
+  private async getClient(): Promise<grpc.Client> {
+    const g = await loadGrpc();
     if (this.client) return this.client;
     const o = this.opts;
     const toBuf = (v: string | Buffer | undefined) => (v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
     const creds = o.insecure
-      ? grpc.credentials.createInsecure()
-      : grpc.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
+      ? g.credentials.createInsecure()
+      : g.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
     const max = o.maxMessageBytes ?? 80 * 1024 * 1024;
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
     };
     if (o.serverName) options["grpc.ssl_target_name_override"] = o.serverName;
-    this.client = new grpc.Client(o.address, creds, options);
+    this.client = new g.Client(o.address, creds, options);
     return this.client;
   }
 
   async connect(callerDeadline?: number): Promise<Channel> {
-    const client = this.getClient();
+    const client = await this.getClient();
     const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
     try {
       await new Promise<void>((resolve, reject) => client.waitForReady(deadline, (e) => (e ? reject(e) : resolve())));
