@@ -4,6 +4,7 @@
 import { spawnSync } from "node:child_process";
 import { readdirSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { fileURLToPath } from "node:url";
 
 const roots = readdirSync("packages").map((p) => join("packages", p, "dist", "test"));
 const files = [];
@@ -29,7 +30,18 @@ if (selected.length === 0) {
 }
 const r = spawnSync(
   process.execPath,
-  ["--test", "--test-reporter=spec", "--test-concurrency=2", "--test-timeout=120000", ...selected.sort()],
+  [
+    "--test",
+    "--test-reporter=spec",
+    "--test-reporter-destination=stdout",
+    // names the tests that were running when a file timed out (the spec reporter names only the file)
+    `--test-reporter=${fileURLToPath(new URL("./hang-reporter.mjs", import.meta.url))}`,
+    "--test-reporter-destination=stderr",
+    "--test-concurrency=2",
+    // generous: a file needs ~4x its quiet time on a machine loaded 8 deep; a hang still ends, named
+    "--test-timeout=600000",
+    ...selected.sort(),
+  ],
   { stdio: "inherit" },
 );
 process.exit(r.status ?? 1);
