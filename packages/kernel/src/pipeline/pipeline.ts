@@ -48,7 +48,7 @@ interface Refusal {
 }
 
 /**
- * The one straight path a request takes (KPIP §9, DESIGN §2):
+ * The one straight path a request takes (PROTOCOL §9; docs/architecture.md "One request, one path"):
  * validate version and structure → decode the intent → dedupe → resolve capabilities and
  * authorize → audit the intent → route → execute → audit the outcome → respond.
  * Every request leaves audit records; nothing is answered before its records are committed.

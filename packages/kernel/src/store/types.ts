@@ -1,6 +1,6 @@
 /**
  * Store interfaces. The kernel and its primitives see only these; SQLite is the embedded
- * implementation and a server database can replace it (DESIGN §11), so nothing here may
+ * implementation and a server database can replace it (docs/architecture.md), so nothing here may
  * assume SQLite.
  */
 
