@@ -10,20 +10,34 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { KernelClient, KpipError } from "@kpip/client";
+import { IdentityError, KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
 
 const home = process.env.KPIP_HOME ?? ".kpip";
 const ticksArg = process.argv.indexOf("--ticks");
 const maxTicks = ticksArg > 0 ? Number(process.argv[ticksArg + 1]) : Number.POSITIVE_INFINITY;
 
-const client = await KernelClient.connect({
-  socket: process.env.KPIP_SOCKET ?? join(home, "kernel.sock"),
-  identity: process.env.KPIP_IDENTITY ?? join(home, "admin.identity"),
-  tokens: [readFileSync(process.env.KPIP_TOKEN ?? join(home, "admin.token"), "utf8")],
-  workspace: "demo",
-  waitForKernel: true,
-  connectTimeoutMs: 30_000,
-});
+const socket = process.env.KPIP_SOCKET ?? join(home, "kernel.sock");
+let client: KernelClient;
+try {
+  client = await KernelClient.connect({
+    socket,
+    identity: process.env.KPIP_IDENTITY ?? join(home, "admin.identity"),
+    tokens: [readFileSync(process.env.KPIP_TOKEN ?? join(home, "admin.token"), "utf8")],
+    workspace: "demo",
+    waitForKernel: true,
+    connectTimeoutMs: 30_000,
+  });
+} catch (e) {
+  // A missing kernel or identity is the usual first-run mistake: say it plainly.
+  const missingFile = (e as NodeJS.ErrnoException).code === "ENOENT";
+  if (e instanceof KernelUnavailableError || e instanceof IdentityError || missingFile) {
+    console.error(
+      `[persona] ${(e as Error).message}\n[persona] start a kernel with \`npm start\` (home ${home}) and run this again`,
+    );
+    process.exit(1);
+  }
+  throw e;
+}
 client.on("state", (s) => console.log(`[persona] connection: ${s}`));
 console.log(`[persona] connected as ${client.persona} (session ${client.sessionId})`);
 

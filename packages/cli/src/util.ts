@@ -83,7 +83,11 @@ export function reportError(e: unknown, json: boolean): number {
   } else if (err instanceof KpipError) {
     process.stderr.write(`FAILURE ${err.errorClass}: ${err.message}\n`);
   } else {
-    process.stderr.write(`kpip: ${err.message}\n`);
+    const hint =
+      code === EXIT.UNAVAILABLE
+        ? "\nkpip: start one with `kpip kernel` (`npm start` in a clone of the repo), or pass --home/--socket"
+        : "";
+    process.stderr.write(`kpip: ${err.message}${hint}\n`);
   }
   return code;
 }

@@ -305,7 +305,7 @@ describe("bad command lines", () => {
     writeFileSync(idFile, serializeIdentity(generateIdentity("x")));
     const r = kpip(["call", "system.health", "--socket", join(home, "none.sock"), "--identity", idFile]);
     assert.equal(r.code, 3);
-    assert.match(r.err, /no kernel at .*npm start/);
+    assert.match(r.err, /no kernel at .*\n.*start one with `kpip kernel`/);
   });
 
   it("docs/cli.md is generated from the current command definitions", async () => {
@@ -353,6 +353,22 @@ describe("the README walkthrough, verbatim", () => {
       assert.match(all, /alice\s+refused\s+storage\.write\s+obj:\/\/ws2\/x\s+FAILURE\/PERMISSION/);
       assert.match(all, /sessions\s+\d+/);
       assert.equal(r.status, 0, all);
+
+      // "Writing a persona": the README's snippet is examples/readme-persona.ts, and it runs
+      const example = readFileSync(fileURLToPath(new URL("../../../../examples/readme-persona.ts", import.meta.url)), "utf8");
+      const begin = "// --- README snippet ---\n";
+      const snippet = example.slice(example.indexOf(begin) + begin.length, example.indexOf("// --- end of README snippet ---"));
+      assert.ok(readme.includes(`## Writing a persona\n\n\`\`\`ts\n${snippet}\`\`\``), "README snippet and example differ");
+      const mint = spawnSync(
+        "bash",
+        ["-c", "npm run --silent kpip -- token mint --persona alice --allow 'storage.*:obj://ws1/**' --ttl 1h > alice.token"],
+        { cwd: dir, encoding: "utf8", env },
+      );
+      assert.equal(mint.status, 0, mint.stderr);
+      const ex = fileURLToPath(new URL("../../../../examples/dist/readme-persona.js", import.meta.url));
+      const run = spawnSync(process.execPath, [ex], { cwd: dir, encoding: "utf8", timeout: 60_000 });
+      assert.equal(run.status, 0, run.stderr);
+      assert.match(run.stdout, /read "hi" at generation \d+/);
     } finally {
       k.kill("SIGKILL");
       rmSync(dir, { recursive: true, force: true });

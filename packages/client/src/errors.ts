@@ -1,5 +1,3 @@
-import { KpipError } from "@kpip/protocol";
-
 /**
  * Local errors: raised by the client itself, never sent by the kernel. Errors the kernel
  * reports arrive as {@link KpipError} (with the wire error class and the request id), so
@@ -34,4 +32,17 @@ export class TokenRefreshError extends LocalError {
   override name = "TokenRefreshError";
 }
 
-export { KpipError };
+/**
+ * Input refused before anything was sent (a malformed intent, token, identity or frame):
+ * each carries the error class and code the kernel would have answered with.
+ */
+export {
+  CborError,
+  CodecError,
+  FrameError,
+  IdentityError,
+  IntentError,
+  KpipError,
+  MessageError,
+  TokenError,
+} from "@kpip/protocol";

@@ -1,4 +1,7 @@
-/** @kpip/client — the persona runtime. Depends on @kpip/protocol only; nothing native. */
+/**
+ * @kpip/client — the persona runtime. Depends on @kpip/protocol only; the one native module it
+ * can use (shm-typed-array, for shared memory) is optional and loaded only when present.
+ */
 
 export { type BackoffPolicy, backoffDelay } from "./backoff.js";
 export { type CallOptions, type CallResult, type ClientState, type ConnectOptions, KernelClient } from "./client.js";

@@ -50,9 +50,7 @@ export class GrpcConnector implements Connector {
     if (this.client) return this.client;
     const o = this.opts;
     const toBuf = (v: string | Buffer | undefined) => (v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
-    const creds = o.insecure
-      ? g.credentials.createInsecure()
-      : g.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
+    const creds = o.insecure ? g.credentials.createInsecure() : g.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
     const max = o.maxMessageBytes ?? 80 * 1024 * 1024;
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,

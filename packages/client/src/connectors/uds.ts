@@ -45,7 +45,7 @@ export class UdsConnector implements Connector {
           new KernelUnavailableError(
             e.code === "EAGAIN"
               ? `the kernel at ${this.address} is not accepting connections (its listen queue stayed full)`
-              : `no kernel at ${this.address} (${e.code ?? e.message}) — start one with \`npm start\` or pass the right socket`,
+              : `no kernel at ${this.address} (${e.code ?? e.message}) — is a kernel running, and is this its socket?`,
             { cause: e },
           ),
         );
