@@ -40,6 +40,13 @@ export function helpText(c: Command): string {
   ].join("\n");
 }
 
+/** A command-line mistake: exit 2, with the usage hint (or one JSON line on stdout under --json). */
+function usageError(c: Command, message: string, json: boolean): number {
+  if (json) process.stdout.write(`${JSON.stringify({ error: "UsageError", message })}\n`);
+  else process.stderr.write(`kpip ${c.name}: ${message}\nrun \`kpip ${c.name} --help\` for usage\n`);
+  return EXIT.USAGE;
+}
+
 /** Parses argv for a command and runs it; usage errors exit 2 with a hint. */
 export async function runCommand(c: Command, argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parseArgs>;
@@ -51,8 +58,7 @@ export async function runCommand(c: Command, argv: string[]): Promise<number> {
       strict: true,
     });
   } catch (e) {
-    process.stderr.write(`kpip ${c.name}: ${(e as Error).message}\nrun \`kpip ${c.name} --help\` for usage\n`);
-    return EXIT.USAGE;
+    return usageError(c, (e as Error).message, argv.includes("--json"));
   }
   if (parsed.values.help) {
     process.stdout.write(helpText(c));
@@ -61,10 +67,7 @@ export async function runCommand(c: Command, argv: string[]): Promise<number> {
   try {
     return await c.run(parsed.values as Values, parsed.positionals);
   } catch (e) {
-    if (e instanceof UsageError) {
-      process.stderr.write(`kpip ${c.name}: ${e.message}\nrun \`kpip ${c.name} --help\` for usage\n`);
-      return EXIT.USAGE;
-    }
+    if (e instanceof UsageError) return usageError(c, e.message, parsed.values.json === true);
     throw e;
   }
 }

@@ -1,3 +1,5 @@
+import { UsageError } from "./util.js";
+
 /** Edit distance (insertions, deletions, substitutions, adjacent swaps) between two short words. */
 export function editDistance(a: string, b: string): number {
   const d: number[][] = Array.from({ length: a.length + 1 }, (_, i) => [i, ...new Array<number>(b.length).fill(0)]);
@@ -31,4 +33,22 @@ export function nearest(word: string, known: readonly string[], max = 3): string
 export function didYouMean(word: string, known: readonly string[]): string {
   const n = nearest(word, known);
   return n.length ? ` — did you mean ${n.map((x) => JSON.stringify(x)).join(" or ")}?` : "";
+}
+
+/** Words people type for our subcommands (kubectl/docker habits). */
+const ALIASES: Record<string, string> = {
+  rm: "remove",
+  ls: "list",
+  del: "remove",
+  delete: "remove",
+  new: "create",
+  show: "status",
+};
+
+/** The usage error for a missing or unknown subcommand of `group`, naming the nearest one. */
+export function subcommandError(group: string, sub: string | undefined, known: readonly string[]): UsageError {
+  if (sub === undefined) return new UsageError(`missing ${group} command: ${known.join(", ")}`);
+  const alias = Object.hasOwn(ALIASES, sub) ? ALIASES[sub] : undefined;
+  const hint = alias && known.includes(alias) ? ` — did you mean ${JSON.stringify(alias)}?` : didYouMean(sub, known);
+  return new UsageError(`unknown ${group} command ${JSON.stringify(sub)}${hint} (${group} commands: ${known.join(", ")})`);
 }

@@ -91,3 +91,18 @@ export function reportError(e: unknown, json: boolean): number {
   }
   return code;
 }
+
+/** A list for people: a header row, columns as wide as their longest cell, "none" when empty. */
+export function printTable(header: readonly string[], rows: readonly (readonly string[])[]): void {
+  if (rows.length === 0) {
+    process.stdout.write("none\n");
+    return;
+  }
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  const line = (cells: readonly string[]) =>
+    `${cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join("  ")
+      .trimEnd()}\n`;
+  process.stdout.write(line(header) + rows.map(line).join(""));
+}

@@ -136,6 +136,40 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(piped.status, 0, piped.stderr);
   });
 
+  it("follows DEFERRED ops with --wait, writes raw bytes with --out, suggests ops, and says when ops result/cancel have nothing to give", () => {
+    const waited = kpip(["call", "compute.submit", "op://command/echo", "--args", '{"args":["hi"]}', "--wait", "--json", ...h]);
+    assert.equal(waited.code, 0, waited.err);
+    const w = JSON.parse(waited.out);
+    assert.equal(w.status, "SUCCESS");
+    assert.equal(Buffer.from(w.payload.result.stdout.$bytes, "base64").toString(), "hi\n");
+    // a finished op: nothing to cancel, exit 1
+    const cancel = kpip(["ops", "cancel", w.payload.op, ...h]);
+    assert.equal(cancel.code, 1, cancel.out + cancel.err);
+    assert.match(cancel.err, /already finished/);
+    // a running op: no result yet, exit 1
+    const sub = JSON.parse(
+      kpip(["call", "compute.submit", "op://command/sleep", "--args", '{"args":["30"]}', "--json", ...h]).out,
+    ).payload.op;
+    const early = kpip(["ops", "result", sub, ...h]);
+    assert.equal(early.code, 1, early.out + early.err);
+    assert.match(early.err, /still running/);
+    assert.equal(kpip(["ops", "cancel", sub, ...h]).code, 0);
+
+    const bytes = Buffer.from([0, 1, 2, 255, 10, 13]);
+    const src = join(home, "bytes.bin");
+    writeFileSync(src, bytes);
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/raw", "--data-file", src, ...h]).code, 0);
+    const dst = join(home, "bytes.out");
+    assert.equal(kpip(["call", "storage.read", "obj://ws1/raw", "--out", dst, ...h]).code, 0);
+    assert.deepEqual(readFileSync(dst), bytes);
+    const toStdout = spawnSync(process.execPath, [MAIN, "call", "storage.read", "obj://ws1/raw", "-o", "-", ...h]);
+    assert.deepEqual(toStdout.stdout, bytes);
+
+    const typo = kpip(["call", "events.emit", "topic://x", ...h]);
+    assert.equal(typo.code, 1);
+    assert.match(typo.err, /unknown op events\.emit.*did you mean "event\.emit"/);
+  });
+
   it("registers public keys in three formats and removes personas", async () => {
     const { generateKeyPairSync } = await import("node:crypto");
     const idFile = JSON.parse(
@@ -281,6 +315,17 @@ describe("bad command lines", () => {
     ["bad --ttl", ["token", "mint", "--persona", "a", "--allow", "x.y:kernel://", "--ttl", "soon", ...h], 2, /duration/],
     ["bad --limit", ["token", "mint", "--persona", "a", "--allow", "x.y:kernel://", "--ttl", "1h", "--limit", "x", ...h], 2],
     ["revoke without id", ["token", "revoke", ...h], 2],
+    ["a target that is not a URI", ["call", "storage.read", "not a uri", ...h], 2, /"not a uri" is not a target URI/],
+    ["a stray word where the target goes", ["call", "system.health", "extra", ...h], 2, /"extra" is not a target URI/],
+    ["an op that is not an op name", ["call", "Health", ...h], 2, /"Health" is not an op name/],
+    ["persona rm", ["persona", "rm", "x", ...h], 2, /unknown persona command "rm" — did you mean "remove"\?/],
+    ["ops with a typo", ["ops", "cancle", "op://x", ...h], 2, /did you mean "cancel"\?/],
+    [
+      "a usage error under --json is one JSON line",
+      ["call", "storage.read", "not a uri", "--json", ...h],
+      2,
+      /^\{"error":"UsageError","message":"\\"not a uri\\" is not a target URI/,
+    ],
     ["kernel with a bad integer", ["kernel", "--max-sessions", "abc", ...h], 2, /max-sessions/],
   ];
   for (const [name, args, code, re] of cases) {

@@ -2,7 +2,8 @@ import type { KernelClient } from "@kpip/client";
 import type { CborMap } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
-import { EXIT, render, reportError, toJson, UsageError } from "../util.js";
+import { subcommandError } from "../suggest.js";
+import { EXIT, printTable, render, reportError, toJson, UsageError } from "../util.js";
 import { parseAllow, parseDuration } from "./token.js";
 
 async function withClient(v: Values, f: (c: KernelClient) => Promise<void>): Promise<number> {
@@ -47,8 +48,10 @@ export const agentsCommand: Command = {
           const agents = await c.agents.list();
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(agents))}\n`);
           else
-            for (const a of agents)
-              process.stdout.write(`${String(a.agent).padEnd(32)} ${String(a.state).padEnd(8)} ${a.persona}\n`);
+            printTable(
+              ["AGENT", "STATE", "PERSONA"],
+              agents.map((a) => [String(a.agent), String(a.state), String(a.persona)]),
+            );
         });
       case "spawn": {
         if (!target || !/^[^/]+\/[^/]+$/.test(target.replace(/^agent:\/\//, "")))
@@ -79,9 +82,7 @@ export const agentsCommand: Command = {
             );
         });
       default:
-        throw new UsageError(
-          sub ? `unknown agents command ${JSON.stringify(sub)}` : "missing agents command: list, spawn, kill, status, logs",
-        );
+        throw subcommandError("agents", sub, ["list", "spawn", "kill", "status", "logs"]);
     }
   },
 };
@@ -105,19 +106,39 @@ export const opsCommand: Command = {
           const ops = (r.payload as { ops: CborMap[] }).ops;
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(ops))}\n`);
           else
-            for (const o of ops)
-              process.stdout.write(`${String(o.op).padEnd(40)} ${String(o.state).padEnd(10)} ${o.kind} ${o.name}\n`);
+            printTable(
+              ["OP", "STATE", "KIND", "NAME"],
+              ops.map((o) => [String(o.op), String(o.state), String(o.kind), String(o.name)]),
+            );
         });
       case "status":
         return withClient(v, async (c) => print(v, await c.ops.status(op())));
-      case "result":
-        return withClient(v, async (c) => print(v, (await c.call("op.result", op())).payload));
-      case "cancel":
-        return withClient(v, async (c) => print(v, { cancelled: await c.ops.cancel(op()) }));
+      case "result": {
+        let code: number = EXIT.OK;
+        const done = await withClient(v, async (c) => {
+          const r = await c.call("op.result", op());
+          print(v, r.payload);
+          if (r.status === "DEFERRED") {
+            if (!v.json) process.stderr.write(`kpip ops: ${op()} is still running: no result yet (kpip ops status ${op()})\n`);
+            code = EXIT.FAILED;
+          }
+        });
+        return done === EXIT.OK ? code : done;
+      }
+      case "cancel": {
+        let code: number = EXIT.OK;
+        const done = await withClient(v, async (c) => {
+          const cancelled = await c.ops.cancel(op());
+          print(v, { cancelled });
+          if (!cancelled) {
+            if (!v.json) process.stderr.write(`kpip ops: ${op()} had already finished: nothing to cancel\n`);
+            code = EXIT.FAILED;
+          }
+        });
+        return done === EXIT.OK ? code : done;
+      }
       default:
-        throw new UsageError(
-          sub ? `unknown ops command ${JSON.stringify(sub)}` : "missing ops command: list, status, result, cancel",
-        );
+        throw subcommandError("ops", sub, ["list", "status", "result", "cancel"]);
     }
   },
 };
@@ -130,8 +151,7 @@ export const eventsCommand: Command = {
   options: { ...CONNECT_OPTIONS, json: { type: "boolean", description: "one JSON object per event" } },
   async run(v, pos) {
     const [sub, pattern] = pos;
-    if (sub !== "tail")
-      throw new UsageError(sub ? `unknown events command ${JSON.stringify(sub)}` : "missing events command: tail");
+    if (sub !== "tail") throw subcommandError("events", sub, ["tail"]);
     if (!pattern) throw new UsageError("events tail needs a topic pattern, e.g. topic://kernel/**");
     return withClient(v, async (c) => {
       const sub = await c.events.subscribe(pattern.startsWith("topic://") ? pattern : `topic://${pattern}`);
@@ -139,10 +159,12 @@ export const eventsCommand: Command = {
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
       for await (const e of sub) {
-        if (v.json) process.stdout.write(`${JSON.stringify(toJson(e as unknown as CborMap))}\n`);
+        // the time it arrived, in UTC: events carry no kernel timestamp of their own
+        const time = new Date().toISOString();
+        if (v.json) process.stdout.write(`${JSON.stringify({ time, ...(toJson(e as unknown as CborMap) as object) })}\n`);
         else
           process.stdout.write(
-            `${new Date().toISOString()} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}\n`,
+            `${time} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}\n`,
           );
       }
     });

@@ -1,14 +1,16 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, writeFileSync } from "node:fs";
 import type { KernelClient } from "@kpip/client";
-import type { CborMap } from "@kpip/protocol";
+import { type CborMap, isOp, isTarget, KpipError } from "@kpip/protocol";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { didYouMean } from "../suggest.js";
 import { EXIT, fromJson, render, reportError, toJson, UsageError } from "../util.js";
 
 export const callCommand: Command = {
   name: "call",
   summary: "send one intent to the kernel and print the answer",
-  usage: "kpip call <op> [target] [--args JSON | --data TEXT | --data-file F] [--identity F] [--json]",
+  usage:
+    "kpip call <op> [target] [--args JSON | --data TEXT | --data-file F] [--wait] [-o FILE] [--identity F] [--json]  (ops: kpip call system.describe)",
   example: "kpip call storage.write obj://ws1/notes/today --data 'hello'",
   options: {
     args: { type: "string", description: 'arguments as JSON ({"$bytes": base64} for bytes)' },
@@ -17,11 +19,19 @@ export const callCommand: Command = {
     workspace: { type: "string", description: "workspace for the request context" },
     ...CONNECT_OPTIONS,
     "deadline-ms": { type: "string", description: "deadline for the call in milliseconds" },
+    wait: {
+      type: "boolean",
+      description: "follow a DEFERRED answer (compute.submit) to the op's result, with progress on stderr",
+    },
+    out: { type: "string", short: "o", description: "write the payload's data bytes (storage.read) to FILE, or - for stdout" },
     json: { type: "boolean", description: "print the response as JSON" },
   },
   async run(v, pos) {
     const [op, target = "kernel://", ...extra] = pos;
-    if (!op) throw new UsageError("missing <op>, e.g. system.health");
+    if (!op) throw new UsageError("missing <op>, e.g. system.health (the kernel's ops: kpip call system.describe)");
+    if (!isOp(op)) throw new UsageError(`${JSON.stringify(op)} is not an op name (family.name, e.g. storage.read)`);
+    if (!isTarget(target))
+      throw new UsageError(`${JSON.stringify(target)} is not a target URI (e.g. obj://ws1/path, topic://name, kernel://)`);
     if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
     let args: CborMap = {};
     if (v.args !== undefined) {
@@ -56,14 +66,58 @@ export const callCommand: Command = {
       const callOpts: { deadlineMs?: number; workspace?: string } = {};
       if (deadlineMs !== undefined) callOpts.deadlineMs = deadlineMs;
       if (v.workspace !== undefined) callOpts.workspace = v.workspace as string;
-      const r = await client.call(op, target, args, callOpts);
-      if (json) process.stdout.write(`${JSON.stringify({ status: r.status, payload: toJson(r.payload) })}\n`);
+      let r = await client.call(op, target, args, callOpts);
+      if (v.wait === true && r.status === "DEFERRED")
+        r = { ...r, status: "SUCCESS", payload: await followOp(client, r.payload as CborMap, json) };
+      if (v.out !== undefined) writeData(v.out as string, r.payload);
+      else if (json) process.stdout.write(`${JSON.stringify({ status: r.status, payload: toJson(r.payload) })}\n`);
       else process.stdout.write(`${r.status}${r.payload === undefined ? "" : render(r.payload, "  ")}\n`);
       return EXIT.OK;
     } catch (e) {
+      if (client && e instanceof KpipError && e.errorClass === "SEMANTIC" && e.message.startsWith("unknown op"))
+        return reportError(
+          new KpipError(e.errorClass, `${e.message}${await suggestOp(client, op)}`, { code: e.code, requestId: e.requestId }),
+          json,
+        );
       return reportError(e, json);
     } finally {
       await client?.close().catch(() => {});
     }
   },
 };
+
+/** " — did you mean …" from the kernel's own op table (the command groups are plural, the ops singular). */
+async function suggestOp(client: KernelClient, op: string): Promise<string> {
+  try {
+    const d = (await client.call("system.describe", "kernel://")).payload as { ops: { op: string }[] };
+    return didYouMean(
+      op,
+      d.ops.map((o) => o.op),
+    );
+  } catch {
+    return "";
+  }
+}
+
+/** Follows an op to its end, printing its state changes on stderr; the answer becomes the op's result. */
+async function followOp(client: KernelClient, deferred: CborMap, json: boolean): Promise<CborMap> {
+  const uri = String(deferred.op);
+  if (!json) process.stderr.write(`kpip: ${uri} is running; waiting for its result (Ctrl-C cancels it)\n`);
+  const abort = new AbortController();
+  const cancel = () => abort.abort(new Error(`cancelled ${uri}`));
+  process.once("SIGINT", cancel);
+  try {
+    const result = await client.ops.wait(uri, { signal: abort.signal });
+    return { op: uri, result: result ?? null };
+  } finally {
+    process.off("SIGINT", cancel);
+  }
+}
+
+/** `--out FILE`: the raw bytes of the payload's `data` (storage.read), not a rendering of them. */
+function writeData(out: string, payload: unknown): void {
+  const data = (payload as { data?: unknown } | undefined)?.data;
+  if (!(data instanceof Uint8Array)) throw new UsageError("--out needs an answer with data bytes (e.g. storage.read)");
+  if (out === "-") process.stdout.write(data);
+  else writeFileSync(out, data);
+}

@@ -17,7 +17,8 @@ import {
 import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
-import { EXIT, resolveHome, UsageError } from "../util.js";
+import { subcommandError } from "../suggest.js";
+import { EXIT, printTable, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -156,9 +157,11 @@ export const personaCommand: Command = {
     switch (sub) {
       case "create": {
         const pid = needId();
-        const file = resolve((v.out as string | undefined) ?? join(h, "personas", `${pid.replaceAll("/", "__")}.identity`));
+        const file = resolve((v.out as string | undefined) ?? identityPath(h, pid));
         if (existsSync(file)) {
-          process.stderr.write(`kpip persona: ${file} already exists\n`);
+          process.stderr.write(
+            `kpip persona: persona ${pid} already exists here: its identity file ${file} is in place (remove the persona first, or --out another file)\n`,
+          );
           return EXIT.FAILED;
         }
         mkdirSync(join(file, ".."), { recursive: true, mode: 0o700 });
@@ -217,7 +220,11 @@ export const personaCommand: Command = {
             created: new Date(p.createdAt).toISOString(),
           }));
           if (asJson) process.stdout.write(`${JSON.stringify(rows)}\n`);
-          else for (const r of rows) process.stdout.write(`${r.persona.padEnd(24)} ${r.publicKey}  ${r.created}\n`);
+          else
+            printTable(
+              ["PERSONA", "PUBLIC KEY", "CREATED (UTC)"],
+              rows.map((r) => [r.persona, r.publicKey, r.created]),
+            );
           return EXIT.OK;
         } finally {
           store.close();
@@ -245,17 +252,27 @@ export const personaCommand: Command = {
           process.stderr.write(`kpip persona: ${r.message}\n`);
           return EXIT.FAILED;
         }
-        if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid, via: r.via })}\n`);
+        // The identity file stays (it is the persona's, not the registry's), but its key now opens nothing.
+        const idFile = identityPath(h, pid);
+        const leftover = existsSync(idFile) ? idFile : undefined;
+        if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid, via: r.via, identityFile: leftover ?? null })}\n`);
         else
           process.stdout.write(
-            `removed persona ${pid} and its sub-personas ${via(r)}; ${r.via === "kernel" ? "their sessions were ended and their tokens revoked" : "their tokens are revoked"}\n`,
+            `removed persona ${pid} and its sub-personas ${via(r)}; ${r.via === "kernel" ? "their sessions were ended and their tokens revoked" : "their tokens are revoked"}\n${
+              leftover
+                ? `  the identity file ${leftover} is left in place; its key no longer opens a session — delete it if it is not needed\n`
+                : ""
+            }`,
           );
         return EXIT.OK;
       }
       default:
-        throw new UsageError(
-          sub ? `unknown persona command ${JSON.stringify(sub)}` : "missing persona command: create, add, list or remove",
-        );
+        throw subcommandError("persona", sub, ["create", "add", "list", "remove"]);
     }
   },
 };
+
+/** Where `persona create` writes a persona's identity file by default. */
+function identityPath(home: string, persona: string): string {
+  return join(home, "personas", `${persona.replaceAll("/", "__")}.identity`);
+}
