@@ -284,6 +284,28 @@ describe("registry changes while no kernel runs", () => {
   });
 });
 
+describe("kpip completion", () => {
+  it("bash: completes commands, subcommands after global flags, and a command's flags", () => {
+    const script = kpip(["completion", "bash"]);
+    assert.equal(script.code, 0);
+    const complete = (words: string[]) =>
+      spawnSync(
+        "bash",
+        [
+          "-c",
+          `eval "$1"; COMP_WORDS=(${words.map((w) => `'${w}'`).join(" ")}); COMP_CWORD=${words.length - 1}; _kpip; echo "\${COMPREPLY[@]}"`,
+          "_",
+          script.out,
+        ],
+        { encoding: "utf8" },
+      ).stdout.trim();
+    assert.equal(complete(["kpip", "tok"]), "token");
+    assert.equal(complete(["kpip", "--home", "x", "token", "mi"]), "mint");
+    assert.equal(complete(["kpip", "call", "--dead"]), "--deadline-ms");
+    assert.equal(kpip(["completion", "fish"]).code, 2);
+  });
+});
+
 describe("bad command lines", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-cli-bad-"));
   after(() => rmSync(home, { recursive: true, force: true }));

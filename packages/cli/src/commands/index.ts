@@ -19,6 +19,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: "audit", load: async () => (await import("./audit.js")).auditCommand },
   { name: "status", load: async () => (await import("./status.js")).statusCommand },
   { name: "bench", load: async () => (await import("./bench.js")).benchCommand },
+  { name: "completion", load: async () => (await import("./completion.js")).completionCommand },
 ];
 
 /** Every command's definition (loads every module: for help and docs, not for running one). */
