@@ -20,6 +20,7 @@ const REQUIRED = [
   "kpip.setup.p50_ms",
   "kpip.idle1000.rss_mb",
   "kpip.audit.verify_rps",
+  "kpip.cli.call_ms",
 ];
 
 describe("kpip bench --quick --json (the output contract)", () => {
@@ -44,7 +45,7 @@ describe("kpip bench --quick --json (the output contract)", () => {
         assert.ok(Math.abs((m.ratio as number) - m.value / (b as { value: number }).value) < 0.01 * (m.ratio as number) + 0.002);
       }
     }
-    for (const n of ["kpip.uds.p50_us", "kpip.uds.p99_us", "kpip.grpc.rps_256", "kpip.bulk64m.shm_gbps"]) {
+    for (const n of ["kpip.uds.p50_us", "kpip.uds.p99_us", "kpip.grpc.rps_256", "kpip.bulk64m.shm_gbps", "kpip.cli.call_ms"]) {
       assert.ok(byName.get(n)?.ratio !== undefined, `${n} carries a ratio`);
     }
   });

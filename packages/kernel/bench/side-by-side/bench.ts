@@ -12,7 +12,7 @@
  * measurement (`ratio` = value / the baseline's value); otherwise a table with the ratios and
  * the targets of issue #8, and a progress line on stderr while it runs.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -28,11 +28,12 @@ const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
 const JSON_OUT = argv.includes("--json");
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
+const KPIP_CLI = here("../../../../cli/dist/src/main.js");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
-  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, idle: 1000, auditRecords: 50_000 }
-  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, idle: 1000, auditRecords: 1_000_000 };
+  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, idle: 1000, auditRecords: 50_000, cliRuns: 5 }
+  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, idle: 1000, auditRecords: 1_000_000, cliRuns: 21 };
 
 // ---- output ------------------------------------------------------------------------------
 
@@ -55,7 +56,7 @@ function put(name: string, unit: string, value: number, baseline?: string): void
   if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
 }
 let step = 0;
-const STEPS = 12;
+const STEPS = 13;
 function progress(what: string): void {
   step++;
   if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
@@ -306,6 +307,28 @@ try {
     h.destroy();
   }
 
+  progress("the kpip command: one call, from process start to exit");
+  {
+    // What a person or a script waits for: Node's own start-up is the baseline no CLI can beat.
+    const wall = (args: string[]) => {
+      const t = process.hrtime.bigint();
+      const r = spawnSync(process.execPath, args, { stdio: ["ignore", "ignore", "pipe"] });
+      if (r.status !== 0) throw new Error(`${args.join(" ")} exited ${r.status}: ${r.stderr}`);
+      return Number(process.hrtime.bigint() - t) / 1e6;
+    };
+    const median = (xs: number[]) => (xs.sort((a, b) => a - b)[xs.length >> 1] as number) ?? 0;
+    const cliArgs = [KPIP_CLI, "call", "system.health", "--socket", ks.info.socket as string];
+    cliArgs.push("--identity", join(home, "admin.identity"), "--token", `@${join(home, "admin.token")}`);
+    const node: number[] = [];
+    const cli: number[] = [];
+    for (let i = 0; i < P.cliRuns; i++) {
+      node.push(wall(["-e", "0"]));
+      cli.push(wall(cliArgs));
+    }
+    put("node.startup_ms", "ms", median(node));
+    put("kpip.cli.call_ms", "ms", median(cli), "node.startup_ms");
+  }
+
   progress(`${P.idle} idle sessions`);
   {
     // A kernel of its own, so the figure is what idle sessions cost, not what earlier load left.
@@ -414,6 +437,7 @@ const TARGETS: [string, boolean | undefined][] = [
   ["64 MiB shm ≥ 2× inline", r("kpip.bulk64m.shm_gbps") === undefined ? undefined : (r("kpip.bulk64m.shm_gbps") as number) >= 2],
   ["64 MiB shm ≥ 4 GB/s", v("kpip.bulk64m.shm_gbps") === undefined ? undefined : (v("kpip.bulk64m.shm_gbps") as number) >= 4],
   ["setup p50 ≤ 2 ms", v("kpip.setup.p50_ms") === undefined ? undefined : (v("kpip.setup.p50_ms") as number) <= 2],
+  ["kpip call ≤ 1.5× node start-up", r("kpip.cli.call_ms") === undefined ? undefined : (r("kpip.cli.call_ms") as number) <= 1.5],
   [
     "1,000 idle sessions ≤ 200 MB",
     v("kpip.idle1000.rss_mb") === undefined ? undefined : (v("kpip.idle1000.rss_mb") as number) <= 200,
@@ -438,6 +462,6 @@ if (!JSON_OUT) {
       `${m.name.padEnd(30)} ${fmt(m.value).padStart(14)}  ${m.unit.padEnd(10)} ${(m.ratio === undefined ? "" : `${m.ratio}×`).padStart(10)}  ${m.baseline ?? ""}`,
     );
   }
-  console.log("\ntargets (issue #8):");
+  console.log("\ntargets (issues #8, #17):");
   for (const [what, ok] of TARGETS) console.log(`  ${ok === undefined ? "n/a " : ok ? "met " : "MISS"}  ${what}`);
 }
