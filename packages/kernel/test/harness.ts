@@ -36,6 +36,20 @@ export interface TestKernel {
   stop(): Promise<void>;
 }
 
+/**
+ * Kernels a test started and has not stopped. A test that fails before its own `stop()` would
+ * leave its kernel serving, and the file's process would never exit (a hang the runner can
+ * only end by timing the whole file out): every test file that imports the harness stops
+ * them, and removes their homes, when it ends.
+ */
+const live = new Set<TestKernel>();
+after(async () => {
+  for (const t of [...live]) {
+    await t.stop().catch(() => {});
+    removeHome(t.home);
+  }
+});
+
 /** Starts a real kernel on a Unix socket in a fresh temp home; `setup` runs before start (e.g. register). */
 export async function startKernel(
   opts: KernelOptions = {},
@@ -78,10 +92,12 @@ export async function startKernel(
     },
     connect,
     stop: async () => {
+      live.delete(t);
       for (const c of clients) await c.close().catch(() => {});
       await k.stop();
     },
   };
+  live.add(t);
   return t;
 }
 
