@@ -113,6 +113,9 @@ export function kernelId(store: SqliteStore): string {
   return id;
 }
 
+/** The journal's actor for the admin persona the kernel creates at its first start. */
+export const FIRST_START_ACTOR = "the kernel's first start";
+
 /** Registers the admin persona and writes its identity file (0600) on first start. */
 export function ensureAdmin(home: string, store: SqliteStore, admin: string): string {
   const path = join(home, HOME_FILES.adminIdentity);
@@ -123,7 +126,7 @@ export function ensureAdmin(home: string, store: SqliteStore, admin: string): st
     writeSecret(path, serializeIdentity(id));
     store.withJournal(
       {
-        actor: "the kernel's first start",
+        actor: FIRST_START_ACTOR,
         op: "persona.register",
         target: `persona://${admin}`,
         message: "admin persona created with a new identity file",

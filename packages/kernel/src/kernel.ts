@@ -8,7 +8,16 @@ import { RootKeys } from "./auth/keys.js";
 import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
 import { ConfigError, type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
-import { acquireHome, ensureAdmin, ensureAdminToken, ensureHome, HOME_FILES, kernelId, loadKernelKey } from "./home.js";
+import {
+  acquireHome,
+  ensureAdmin,
+  ensureAdminToken,
+  ensureHome,
+  FIRST_START_ACTOR,
+  HOME_FILES,
+  kernelId,
+  loadKernelKey,
+} from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { KernelMetrics } from "./metrics/metrics.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
@@ -153,7 +162,11 @@ export class Kernel {
         onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
       this.auditLog = audit;
-      const offline = audit.recordOfflineJournal().length;
+      const journalled = audit.recordOfflineJournal();
+      // The kernel's own first start (creating the admin persona) is journalled too: not news to report as such.
+      const offline = journalled.filter((r) => r.actor !== FIRST_START_ACTOR).length;
+      if (journalled.length > offline)
+        this.log.info({ admin: c.adminPersona, identity: this.adminIdentityPath }, "first start: created the admin persona");
       if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
       this.router.register(
         systemFamily(
