@@ -13,17 +13,19 @@ describe("decoder fuzzing (short run; npm run fuzz:decoder for long ones)", () =
 
   it("reports an input that stays slow in CPU time (the slowness oracle can fail)", () => {
     const r = fuzz({
-      iterations: 3,
+      iterations: 1,
       seed: 7,
       target: () => {
-        const until = process.cpuUsage().user + 150_000;
+        const until = process.cpuUsage().user + 110_000;
         while (process.cpuUsage().user < until) {
-          // burn 150 ms of CPU, as a quadratic decoder would
+          // burn 110 ms of CPU, as a quadratic decoder would
         }
       },
     });
-    assert.ok(r.findings.length >= 1);
-    assert.ok(r.findings.every((f) => f.kind === "slow"));
+    assert.deepEqual(
+      r.findings.map((f) => f.kind),
+      ["slow"],
+    );
   });
 
   it("reports an untyped exception from the target (the oracle can fail)", () => {
