@@ -1,22 +1,43 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import {
   attenuate,
+  type CborValue,
+  compiledAllows,
+  compiledRightsWithin,
+  compileGrant,
   decodeToken,
   effectiveGrant,
+  encodeCanonical,
   expectedSignature,
   type Grant,
-  grantAllows,
+  isOpPattern,
+  isTargetPattern,
   type Limits,
   mintToken,
   personaWithin,
   type Right,
-  rightsWithin,
   type Token,
   type TokenError,
 } from "@kpip/protocol";
+import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
+
+/** The enforcer's bounds (kernel settings). */
+export interface EnforcerLimits {
+  /** Largest token accepted (ATTEST, token.bind, inline) or minted, in bytes of its wire form. */
+  maxTokenBytes: number;
+  /** Most live (unexpired, unrevoked) tokens one persona may have minted or refreshed. */
+  maxLiveTokens: number;
+  /** Minters the live-token bound does not apply to (the kernel itself, the admin). */
+  exempt: string[];
+}
+
+export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, maxLiveTokens: 1000, exempt: ["kernel"] };
+
+/** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
+const DECISIONS_PER_HANDLE = 1024;
 
 /** A token bound to a session: checked once, then named by its small integer handle. */
 export interface BoundCapability {
@@ -76,16 +97,28 @@ export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
+  /** Rate-limit family of a grant: the id of the token its refreshes started from. */
+  private readonly families = new WeakMap<Grant, string>();
+
   constructor(
     private readonly keys: RootKeys,
     private readonly store: TokenStore,
     private readonly clock: () => number = Date.now,
+    readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
   ) {
     this.revoked = new Set(store.revokedTokenIds());
   }
 
   /** Verifies a token for use by `persona` now. */
   verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+    // Bounded before any work: a token's checks and its compiled patterns grow with its size.
+    if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
+      return {
+        ok: false,
+        code: "TOO_LARGE",
+        message: `token is ${bytesOrToken.length} bytes; the kernel accepts tokens of at most ${this.limits.maxTokenBytes} bytes`,
+      };
+    }
     const cacheKey = bytesOrToken instanceof Uint8Array ? Buffer.from(bytesOrToken).toString("latin1") : undefined;
     const hit = cacheKey === undefined ? undefined : this.verified.get(cacheKey);
     if (hit) {
@@ -191,12 +224,12 @@ export class CapEnforcer implements Authorizer {
           ok = this.allows(grant, req);
           // token.revoke's answer depends on the token store; never keep it.
           if (req.intent.op !== "token.revoke") {
-            if (decisions.size >= 1024) decisions.clear();
+            if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
             decisions.set(key, ok);
           }
         }
       } else ok = this.allows(grant, req);
-      if (ok) return { allowed: true, capIds, grant };
+      if (ok) return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     return {
@@ -218,7 +251,7 @@ export class CapEnforcer implements Authorizer {
       }
     }
     if (g.domains && (req.context.domain === undefined || !g.domains.includes(req.context.domain))) return false;
-    if (grantAllows(g, op, target)) return true;
+    if (compiledAllows(compileGrant(g), op, target)) return true;
     if (SELF_OPS.has(op) && target.startsWith("token://")) {
       const id = target.slice(8);
       if (id === g.id) return true;
@@ -230,12 +263,15 @@ export class CapEnforcer implements Authorizer {
 
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
   mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
+    this.checkSpecSize(spec);
     const now = this.clock();
+    this.checkLiveTokens(mintedBy, now);
     let exp = now + spec.ttlMs;
     let maxExp = spec.maxLifetimeMs === undefined ? exp : now + spec.maxLifetimeMs;
     if (maxExp < exp) throw new EscalationError("max lifetime shorter than the ttl");
     if (parent) {
-      if (!rightsWithin(spec.rights, parent)) throw new EscalationError("the requested rights exceed the minting token's grant");
+      if (!compiledRightsWithin(spec.rights, compileGrant(parent)))
+        throw new EscalationError("the requested rights exceed the minting token's grant");
       if (exp > parent.exp || maxExp > parent.maxExp)
         throw new EscalationError("the requested lifetime outlives the minting token");
       for (const [k, v] of Object.entries(parent.limits)) {
@@ -268,14 +304,67 @@ export class CapEnforcer implements Authorizer {
       ...(spec.domains ? { domains: spec.domains } : {}),
     };
     const token = mintToken(key, claims);
-    this.store.recordToken({ id: claims.id, kid, sub: spec.sub, chain: claims.chain, exp, mintedBy, createdAt: now });
+    this.store.recordToken({
+      id: claims.id,
+      kid,
+      sub: spec.sub,
+      chain: claims.chain,
+      exp,
+      mintedBy,
+      createdAt: now,
+      family: claims.id,
+    });
     return token;
+  }
+
+  /**
+   * Sizes before work (SEMANTIC): the escalation check's cost grows with the rights asked for,
+   * so a spec must first fit the token format (64 rights of 64 op and 64 target patterns,
+   * valid patterns) and, encoded, the largest token the kernel accepts.
+   */
+  private checkSpecSize(spec: MintSpec): void {
+    const patterns = (v: unknown, ok: (p: string) => boolean) =>
+      Array.isArray(v) && v.length <= 64 && v.every((p) => typeof p === "string" && ok(p));
+    if (!Array.isArray(spec.rights) || spec.rights.length > 64)
+      throw new OpError("SEMANTIC", "rights must be an array of at most 64 grants");
+    for (const r of spec.rights) {
+      if (!r || typeof r !== "object" || !patterns(r.ops, isOpPattern) || !patterns(r.targets, isTargetPattern))
+        throw new OpError("SEMANTIC", "each right needs ops (at most 64 op patterns) and targets (at most 64 target patterns)");
+    }
+    const bytes = encodeCanonical(spec.rights as unknown as CborValue).length;
+    if (bytes > this.limits.maxTokenBytes)
+      throw new OpError(
+        "SEMANTIC",
+        `the rights take ${bytes} bytes; a token may be at most ${this.limits.maxTokenBytes} bytes (maxTokenBytes)`,
+      );
+  }
+
+  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
+  private checkLiveTokens(mintedBy: string, now: number): void {
+    if (this.limits.exempt.includes(mintedBy)) return;
+    const live = this.store.countLiveTokens(mintedBy, now);
+    if (live >= this.limits.maxLiveTokens)
+      throw new OpError(
+        "RESOURCE",
+        `${mintedBy} already has ${live} live tokens it minted or refreshed (maxLiveTokens ${this.limits.maxLiveTokens}); revoke some or let them expire`,
+      );
+  }
+
+  /** The rate-limit key of a grant: its refresh family, so a refreshed copy shares the bucket. */
+  familyOf(g: Grant): string {
+    let f = this.families.get(g);
+    if (f === undefined) {
+      f = this.store.getToken(g.id)?.family ?? g.id;
+      this.families.set(g, f);
+    }
+    return f;
   }
 
   /** A fresh token with a later expiry (same ttl as before, capped by the max lifetime); caveats are kept. */
   refresh(token: Token, by: string): Token {
     const c = token.claims;
     const now = this.clock();
+    this.checkLiveTokens(by, now);
     const ttl = c.exp - c.nbf;
     const { kid, key } = this.keys.current();
     const claims = {
@@ -296,6 +385,8 @@ export class CapEnforcer implements Authorizer {
       exp: claims.exp,
       mintedBy: by,
       createdAt: now,
+      // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
+      family: this.store.getToken(c.id)?.family ?? c.id,
     });
     return fresh;
   }
@@ -309,6 +400,16 @@ export class CapEnforcer implements Authorizer {
   /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
   reloadRevocations(): void {
     for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+  }
+
+  /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
+  pruneExpired(before: number): number {
+    const n = this.store.pruneTokens(before);
+    if (n > 0) {
+      this.revoked.clear();
+      for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+    }
+    return n;
   }
 
   isRevoked(g: Grant): boolean {
