@@ -38,7 +38,7 @@ describe("bounded after authentication: tokens", () => {
     }
   });
 
-  it("a token over maxTokenBytes is refused at ATTEST, token.bind and inline (CAPABILITY TOO_LARGE)", async () => {
+  it("a token over maxTokenBytes is refused at ATTEST, token.bind and inline; inline tokens per request and bound bytes per session are bounded", async () => {
     const t = await startKernel({ maxTokenBytes: 2048 });
     try {
       const p = await t.persona("big", [{ ops: ["system.health", "token.bind"], targets: ["kernel://", "token://**"] }]);
@@ -60,6 +60,29 @@ describe("bounded after authentication: tokens", () => {
         klass("CAPABILITY", "at most 2048 bytes"),
       );
       await assert.rejects(c.call("system.health", "kernel://", {}, { caps: [bytes] }), klass("CAPABILITY", "at most 2048"));
+      // Each unseen inline token is a full verification: at most 4 per request.
+      const five = Array.from({ length: 5 }, () => p.token);
+      await assert.rejects(c.call("system.health", "kernel://", {}, { caps: five }), klass("CAPABILITY", "at most 4 inline"));
+      // Bound tokens per session: at most 16 × maxTokenBytes in all (here 32 KiB), whatever their number.
+      const base = decodeToken(p.token);
+      let bound = 0;
+      let refused: unknown;
+      for (let i = 0; i < 60 && refused === undefined; i++) {
+        const mid = attenuate(base, {
+          t: "targets",
+          v: Array.from({ length: 16 }, (_, j) => `kernel://${"y".repeat(40)}${i}x${j}/**`),
+        });
+        const b = encodeToken(mid);
+        assert.ok(b.length <= 2048);
+        try {
+          await c.call("token.bind", `token://${mid.claims.id}`, { token: b });
+          bound += b.length;
+        } catch (e) {
+          refused = e;
+        }
+      }
+      assert.ok(klass("CAPABILITY", "at most 32768 bytes of tokens")(refused), String(refused));
+      assert.ok(bound <= 32768 && bound > 20_000, `${bound} bytes bound`);
       assert.equal((await c.system.health()).status, "ok");
     } finally {
       await t.stop();

@@ -38,6 +38,10 @@ export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, ma
 
 /** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
 const DECISIONS_PER_HANDLE = 1024;
+/** Inline tokens one request may carry: each unseen one costs a full verification (~0.2 µs a byte). */
+export const MAX_INLINE_TOKENS = 4;
+/** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
+const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
 
 /** A token bound to a session: checked once, then named by its small integer handle. */
 export interface BoundCapability {
@@ -52,6 +56,8 @@ export interface BoundCapability {
 export class HandleTable {
   private next = 1;
   private readonly map = new Map<number, BoundCapability>();
+  /** Bytes of every token bound so far (bounded: see {@link CapEnforcer.bind}). */
+  bytes = 0;
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
@@ -171,8 +177,12 @@ export class CapEnforcer implements Authorizer {
   /** Binds a token to a session's handle table. */
   bind(table: HandleTable, persona: string, bytes: Uint8Array): { handle: number } | { code: string; message: string } {
     if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
+    const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
+    if (table.bytes + bytes.length > budget)
+      return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
     const v = this.verify(bytes, persona);
     if (!v.ok) return v;
+    table.bytes += bytes.length;
     return { handle: table.add(v.token, v.grant) };
   }
 
@@ -182,6 +192,14 @@ export class CapEnforcer implements Authorizer {
         allowed: false,
         errorClass: "CAPABILITY",
         message: "the request names no capability (no ambient authority)",
+        capIds: [],
+      };
+    }
+    if (req.caps.filter((c) => typeof c !== "number").length > MAX_INLINE_TOKENS) {
+      return {
+        allowed: false,
+        errorClass: "CAPABILITY",
+        message: `a request may carry at most ${MAX_INLINE_TOKENS} inline tokens (bind the others: token.bind)`,
         capIds: [],
       };
     }
