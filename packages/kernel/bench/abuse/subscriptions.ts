@@ -14,9 +14,9 @@ export const subscriptions: Attack = {
     for (let s = 0; s < 4 && !ctx.signal.aborted; s++) {
       const c = await p.connect();
       sessions.push(c);
-      for (let i = 0; i < 5000 && !ctx.signal.aborted; i += 100) {
+      for (let i = 0; i < 5000 && !ctx.signal.aborted; i += 25) {
         const r = await Promise.allSettled(
-          Array.from({ length: 100 }, (_, j) => c.call("event.subscribe", `topic://m5/s${s}/${i + j}/*`)),
+          Array.from({ length: 25 }, (_, j) => c.call("event.subscribe", `topic://m5/s${s}/${i + j}/*`)),
         );
         held += r.filter((x) => x.status === "fulfilled").length;
         refused += r.filter((x) => x.status === "rejected").length;

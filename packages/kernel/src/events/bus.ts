@@ -1,4 +1,4 @@
-import { type CborValue, encodeCanonical, encodeMessage } from "@kpip/protocol";
+import { type CborValue, encodeMessage } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { TopicIndex } from "./topic-index.js";
 
@@ -54,6 +54,19 @@ export const DEFAULT_EVENT_LIMITS: EventBusLimits = {
 
 /** What one queued event is counted as: its payload's encoded size, its topic, and the frame around them. */
 const ENTRY_OVERHEAD = 64;
+
+/** An upper bound of a value's canonical CBOR size, without encoding it (an 8 MiB payload is not copied to be measured). */
+export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
+  if (v === null || v === undefined || typeof v === "boolean") return 1;
+  if (typeof v === "number" || typeof v === "bigint") return 9;
+  if (typeof v === "string") return 9 + Buffer.byteLength(v);
+  if (v instanceof Uint8Array) return 9 + v.length;
+  if (depth > 64) return 9;
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + cborSizeBound(x, depth + 1), 9);
+  let n = 9;
+  for (const [k, x] of Object.entries(v)) n += 9 + Buffer.byteLength(k) + cborSizeBound(x, depth + 1);
+  return n;
+}
 
 /**
  * Topic routing. Subscriptions are indexed by pattern, so an emit costs the subscriptions it
@@ -129,7 +142,7 @@ export class EventBus {
   emit(topic: string, data: CborValue | undefined): number {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
-    const bytes = (data === undefined ? 0 : encodeCanonical(data).length) + topic.length + ENTRY_OVERHEAD;
+    const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
     for (const s of matched) {
       this.enqueue(s, { topic, data, bytes });
       this.pump(s);
