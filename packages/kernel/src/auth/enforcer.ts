@@ -103,6 +103,8 @@ export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
+  /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
+  private readonly live = new Map<string, { n: number; at: number }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
   private readonly families = new WeakMap<Grant, string>();
 
@@ -360,12 +362,22 @@ export class CapEnforcer implements Authorizer {
   /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
   private checkLiveTokens(mintedBy: string, now: number): void {
     if (this.limits.exempt.includes(mintedBy)) return;
-    const live = this.store.countLiveTokens(mintedBy, now);
-    if (live >= this.limits.maxLiveTokens)
+    let e = this.live.get(mintedBy);
+    // Counting is a scan of the minter's rows: at most once a second; revocations and expiries
+    // in between only make the kept count high, never low.
+    if (!e || now - e.at >= 1000 || now < e.at) {
+      e = { n: this.store.countLiveTokens(mintedBy, now), at: now };
+      this.live.delete(mintedBy);
+      this.live.set(mintedBy, e);
+      if (this.live.size > 10_000) this.live.delete(this.live.keys().next().value as string);
+    }
+    if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${mintedBy} already has ${live} live tokens it minted or refreshed (maxLiveTokens ${this.limits.maxLiveTokens}); revoke some or let them expire`,
+        `${mintedBy} already has ${e.n} live tokens it minted or refreshed (maxLiveTokens ${this.limits.maxLiveTokens}); revoke some or let them expire`,
       );
+    // Counted now: the caller records the token next.
+    e.n++;
   }
 
   /** The rate-limit key of a grant: its refresh family, so a refreshed copy shares the bucket. */
