@@ -365,7 +365,12 @@ export class Kernel {
         head: this.auditLog?.headSeq ?? 0,
         ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
       },
-      events: { subscriptions: this.events.subscriptionCount(), delivered: this.events.delivered, dropped: this.events.dropped },
+      events: {
+        subscriptions: this.events.subscriptionCount(),
+        delivered: this.events.delivered,
+        dropped: this.events.dropped,
+        queuedBytes: this.events.queuedBytes,
+      },
     };
   }
 

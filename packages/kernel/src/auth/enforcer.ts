@@ -1,7 +1,6 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import {
   attenuate,
-  type CborValue,
   compiledAllows,
   compiledRightsWithin,
   compileGrant,
@@ -10,12 +9,8 @@ import {
   encodeCanonical,
   expectedSignature,
   type Grant,
-  isOpPattern,
-  isTargetPattern,
-  type Limits,
   mintToken,
   personaWithin,
-  type Right,
   type Token,
   type TokenError,
 } from "@kpip/protocol";
@@ -23,6 +18,7 @@ import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
+import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
 
 /** The enforcer's bounds (kernel settings). */
 export interface EnforcerLimits {
@@ -79,17 +75,6 @@ export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; c
 
 /** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
 const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
-
-/** What a mint request asks for. */
-export interface MintSpec {
-  sub: string;
-  rights: Right[];
-  limits?: Limits;
-  ttlMs: number;
-  maxLifetimeMs?: number;
-  workspaces?: string[];
-  domains?: string[];
-}
 
 /**
  * The capability enforcer (the bridge's CapEnforcer): verifies tokens by recomputing their
@@ -283,7 +268,7 @@ export class CapEnforcer implements Authorizer {
 
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
   mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
-    this.checkSpecSize(spec);
+    checkMintSpecSize(spec, this.limits.maxTokenBytes);
     const now = this.clock();
     this.checkLiveTokens(mintedBy, now);
     let exp = now + spec.ttlMs;
@@ -335,28 +320,6 @@ export class CapEnforcer implements Authorizer {
       family: claims.id,
     });
     return token;
-  }
-
-  /**
-   * Sizes before work (SEMANTIC): the escalation check's cost grows with the rights asked for,
-   * so a spec must first fit the token format (64 rights of 64 op and 64 target patterns,
-   * valid patterns) and, encoded, the largest token the kernel accepts.
-   */
-  private checkSpecSize(spec: MintSpec): void {
-    const patterns = (v: unknown, ok: (p: string) => boolean) =>
-      Array.isArray(v) && v.length <= 64 && v.every((p) => typeof p === "string" && ok(p));
-    if (!Array.isArray(spec.rights) || spec.rights.length > 64)
-      throw new OpError("SEMANTIC", "rights must be an array of at most 64 grants");
-    for (const r of spec.rights) {
-      if (!r || typeof r !== "object" || !patterns(r.ops, isOpPattern) || !patterns(r.targets, isTargetPattern))
-        throw new OpError("SEMANTIC", "each right needs ops (at most 64 op patterns) and targets (at most 64 target patterns)");
-    }
-    const bytes = encodeCanonical(spec.rights as unknown as CborValue).length;
-    if (bytes > this.limits.maxTokenBytes)
-      throw new OpError(
-        "SEMANTIC",
-        `the rights take ${bytes} bytes; a token may be at most ${this.limits.maxTokenBytes} bytes (maxTokenBytes)`,
-      );
   }
 
   /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
