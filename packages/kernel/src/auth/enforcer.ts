@@ -6,7 +6,6 @@ import {
   compileGrant,
   decodeToken,
   effectiveGrant,
-  encodeCanonical,
   expectedSignature,
   type Grant,
   mintToken,
