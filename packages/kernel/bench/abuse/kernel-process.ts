@@ -18,7 +18,6 @@ export class KernelProcess {
   /** Bytes the kernel wrote to stdout and stderr (its log). */
   logBytes = 0;
   admin: KernelClient | undefined;
-  private personas = 0;
 
   async start(extraFlags: string[] = []): Promise<void> {
     const child = spawn(process.execPath, [MAIN, "kernel", "--home", this.home, "--log-level", "info", ...extraFlags], {
@@ -81,7 +80,6 @@ export class KernelProcess {
     const identity = generateIdentity(id);
     await admin.personas.register(id, identity.publicKey);
     const m = await admin.tokens.mint(id, { rights, ttlMs: 3_600_000, maxLifetimeMs: 3_600_000, ...(limits ? { limits } : {}) });
-    this.personas++;
     return {
       identity,
       token: m.token,
