@@ -1,9 +1,13 @@
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { promisify } from "node:util";
 import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, encodeToken, type Right } from "@kpip/protocol";
 import { RawPeer, removeHome, startKernel } from "./harness.js";
 
+const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const klass = (cls: string, text?: string) => (e: unknown) =>
   e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
 
@@ -122,6 +126,12 @@ describe("bounded after authentication: tokens", () => {
       const all: { sub: string }[] = [];
       for await (const r of admin.tokens.list({ pageSize: 1000 })) all.push(r);
       assert.ok(all.length >= 2500 + 21, `${all.length} tokens listed`);
+      // And `kpip token list` (it used to hang): every page, then exit 0. Not spawnSync: this kernel runs in-process.
+      const cli = await promisify(execFile)(process.execPath, [KPIP, "token", "list", "--json", "--home", home], {
+        timeout: 60_000,
+        maxBuffer: 64 << 20,
+      });
+      assert.equal((JSON.parse(cli.stdout) as unknown[]).length, all.length);
       await t.stop();
       // Expired past tokenRetentionMs: pruned when the kernel starts (and every minute while it runs).
       t2 = await startKernel({ tokenRetentionMs: 1 }, home);
