@@ -53,7 +53,7 @@ export interface KernelConfig {
   // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
   /** Largest token accepted at ATTEST, token.bind and inline, or minted, in bytes. */
   maxTokenBytes: number;
-  /** Most live tokens one persona may have minted or refreshed (the admin is exempt). */
+  /** Most unexpired tokens (revoked ones included) one persona may have minted or refreshed (the admin is exempt). */
   maxLiveTokens: number;
   /** How long an expired token's row is kept (token list shows it) before it is pruned. */
   tokenRetentionMs: number;
@@ -135,7 +135,11 @@ export const SETTINGS: SettingSpec[] = [
   { key: "grpcTlsClientCa", type: "string", description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)" },
   // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
   { key: "maxTokenBytes", type: "int", description: "largest token accepted (ATTEST, token.bind, inline) or minted, in bytes" },
-  { key: "maxLiveTokens", type: "int", description: "most live tokens one persona may have minted or refreshed (admin exempt)" },
+  {
+    key: "maxLiveTokens",
+    type: "int",
+    description: "most unexpired tokens, revoked ones included, one persona may have minted or refreshed (admin exempt)",
+  },
   { key: "tokenRetentionMs", type: "int", description: "how long expired tokens stay listed before they are pruned" },
   { key: "maxSubscriptionsPerSession", type: "int", description: "most event subscriptions per session" },
   { key: "maxSubscriptionsPerPersona", type: "int", description: "most event subscriptions per persona, over its sessions" },

@@ -95,7 +95,9 @@ describe("bounded after authentication: tokens", () => {
   });
 
   it("token.refresh stops at maxLiveTokens (RESOURCE), expired tokens are pruned, and token.list pages", async () => {
-    const t = await startKernel({ maxLiveTokens: 20, tokenRetentionMs: 1 });
+    // The kernel's clock moves on demand: the live-token count is taken at most once a second.
+    let skew = 0;
+    const t = await startKernel({ maxLiveTokens: 20, tokenRetentionMs: 1, clock: () => Date.now() + skew });
     const home = t.home;
     let t2: Awaited<ReturnType<typeof startKernel>> | undefined;
     try {
@@ -103,15 +105,24 @@ describe("bounded after authentication: tokens", () => {
       const c = await t.connect(p.identity, [p.token], { maxAttempts: 1 });
       const id = decodeToken(p.token).claims.id;
       let refusedAt = -1;
+      const copies: string[] = [];
       for (let i = 0; i < 25 && refusedAt < 0; i++) {
         try {
-          await c.call("token.refresh", `token://${id}`, { token: p.token }, { caps: [p.token] });
+          const r = await c.call("token.refresh", `token://${id}`, { token: p.token }, { caps: [p.token] });
+          copies.push((r.payload as { id: string }).id);
         } catch (e) {
           assert.ok(klass("RESOURCE", "maxLiveTokens")(e), String(e));
           refusedAt = i;
         }
       }
       assert.equal(refusedAt, 20, "the 21st live token of the persona is refused");
+      // Revoking does not make room (a mint-and-revoke loop would grow the table as well).
+      await c.call("token.revoke", `token://${copies[0]}`, {}, { caps: [p.token] });
+      skew += 2000;
+      await assert.rejects(
+        c.call("token.refresh", `token://${id}`, { token: p.token }, { caps: [p.token] }),
+        klass("RESOURCE", "revoked ones included"),
+      );
       // 2,500 tokens: one answer would pass the decoder's item limit; pages never do.
       for (let i = 0; i < 2500; i++) {
         t.k.enforcer.mint(undefined, "kernel", {
@@ -134,7 +145,7 @@ describe("bounded after authentication: tokens", () => {
       assert.equal((JSON.parse(cli.stdout) as unknown[]).length, all.length);
       await t.stop();
       // Expired past tokenRetentionMs: pruned when the kernel starts (and every minute while it runs).
-      t2 = await startKernel({ tokenRetentionMs: 1 }, home);
+      t2 = await startKernel({ tokenRetentionMs: 1, clock: () => Date.now() + skew + 10 }, home);
       const admin2 = await t2.admin();
       const left: { sub: string }[] = [];
       for await (const r of admin2.tokens.list()) left.push(r);

@@ -412,21 +412,26 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     ) as Row[];
     return rows.map(toToken);
   }
-  countLiveTokens(mintedBy: string, now: number): number {
-    return (
-      this.prep(
-        "SELECT count(*) AS n FROM tokens t WHERE t.minted_by = ? AND t.exp > ? AND NOT EXISTS (SELECT 1 FROM revocations v WHERE v.id = t.id)",
-      ).get(mintedBy, now) as { n: number }
-    ).n;
+  countTokensBy(mintedBy: string): number {
+    return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
+  }
+  pruneTokensBy(mintedBy: string, before: number): number {
+    return this.prep("DELETE FROM tokens WHERE minted_by = ? AND exp < ?").run(mintedBy, before).changes;
   }
   pruneTokens(before: number): number {
     return this.db.transaction(() => {
       const n = this.prep("DELETE FROM tokens WHERE exp < ?").run(before).changes;
-      // A revocation must outlive every token that names the revoked id in its chain.
-      this.prep(
-        "DELETE FROM revocations WHERE revoked_at < ? AND id NOT IN (SELECT id FROM tokens) " +
-          "AND NOT EXISTS (SELECT 1 FROM tokens t WHERE instr(t.chain, revocations.id) > 0)",
-      ).run(before);
+      // A revocation must outlive every token that names the revoked id in its chain: one pass
+      // over the remaining chains, not a scan of them per revocation.
+      const named = new Set<string>();
+      for (const r of this.prep("SELECT chain FROM tokens").iterate() as Iterable<{ chain: string }>) {
+        for (const id of JSON.parse(r.chain) as string[]) named.add(id);
+      }
+      const gone = this.prep(
+        "SELECT id FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)",
+      ).all(before) as { id: string }[];
+      const drop = this.prep("DELETE FROM revocations WHERE id = ?");
+      for (const { id } of gone) if (!named.has(id)) drop.run(id);
       return n;
     })();
   }
