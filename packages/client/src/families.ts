@@ -90,6 +90,33 @@ export class TokensApi {
   async inspect(id: string, token: Uint8Array, opts?: CallOptions): Promise<CborValue | undefined> {
     return (await this.call("token.inspect", `token://${id}`, { token }, opts)).payload;
   }
+  /** Every token the caller may see (optionally only `persona`'s), following PARTIAL pages and their cursors. */
+  async *list(opts: CallOptions & { persona?: string; pageSize?: number } = {}): AsyncIterable<TokenEntry> {
+    const { persona, pageSize, ...rest } = opts;
+    let cursor: string | undefined;
+    for (;;) {
+      const args: CborMap = {};
+      if (persona !== undefined) args.persona = persona;
+      if (pageSize !== undefined) args.limit = pageSize;
+      if (cursor !== undefined) args.cursor = cursor;
+      const r: CallResult = await this.call("token.list", "kernel://", args, rest);
+      const p = r.payload as unknown as { tokens: TokenEntry[]; cursor?: string };
+      yield* p.tokens;
+      if (r.status !== "PARTIAL" || p.cursor === undefined) return;
+      cursor = p.cursor;
+    }
+  }
+}
+
+/** One row of token.list. */
+export interface TokenEntry {
+  id: string;
+  sub: string;
+  chain: string[];
+  exp: number;
+  mintedBy: string;
+  createdAt: number;
+  revokedAt?: number;
 }
 
 /** event.* — `subscribe` returns an async iterable that survives reconnects. */

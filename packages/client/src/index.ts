@@ -9,5 +9,13 @@ export type { Channel, Connector } from "./connectors/connector.js";
 export { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 export { UdsConnector } from "./connectors/uds.js";
 export * from "./errors.js";
-export { type PersonaEntry, PersonasApi, StorageApi, type StoredObject, SystemApi, TokensApi } from "./families.js";
+export {
+  type PersonaEntry,
+  PersonasApi,
+  StorageApi,
+  type StoredObject,
+  SystemApi,
+  type TokenEntry,
+  TokensApi,
+} from "./families.js";
 export { loadIdentity } from "./identity.js";

@@ -50,6 +50,21 @@ export interface KernelConfig {
   grpcTlsKey: string;
   /** PEM CA for client certificates: when set, gRPC clients must present one it signed (mTLS). */
   grpcTlsClientCa: string;
+  // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
+  /** Largest token accepted at ATTEST, token.bind and inline, or minted, in bytes. */
+  maxTokenBytes: number;
+  /** Most unexpired tokens (revoked ones included) one persona may have minted or refreshed (the admin is exempt). */
+  maxLiveTokens: number;
+  /** How long an expired token's row is kept (token list shows it) before it is pruned. */
+  tokenRetentionMs: number;
+  /** Most event subscriptions per session, per persona, and in the kernel. */
+  maxSubscriptionsPerSession: number;
+  maxSubscriptionsPerPersona: number;
+  maxSubscriptions: number;
+  /** Event bytes queued for slow subscribers: per subscription, per session, in the kernel. */
+  eventQueueBytes: number;
+  eventSessionBytes: number;
+  eventKernelBytes: number;
 }
 
 interface SettingSpec {
@@ -118,6 +133,20 @@ export const SETTINGS: SettingSpec[] = [
   { key: "grpcTlsCert", type: "string", description: "PEM certificate chain for gRPC TLS" },
   { key: "grpcTlsKey", type: "string", description: "PEM private key for gRPC TLS" },
   { key: "grpcTlsClientCa", type: "string", description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)" },
+  // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
+  { key: "maxTokenBytes", type: "int", description: "largest token accepted (ATTEST, token.bind, inline) or minted, in bytes" },
+  {
+    key: "maxLiveTokens",
+    type: "int",
+    description: "most unexpired tokens, revoked ones included, one persona may have minted or refreshed (admin exempt)",
+  },
+  { key: "tokenRetentionMs", type: "int", description: "how long expired tokens stay listed before they are pruned" },
+  { key: "maxSubscriptionsPerSession", type: "int", description: "most event subscriptions per session" },
+  { key: "maxSubscriptionsPerPersona", type: "int", description: "most event subscriptions per persona, over its sessions" },
+  { key: "maxSubscriptions", type: "int", description: "most event subscriptions in the kernel" },
+  { key: "eventQueueBytes", type: "int", description: "event bytes queued per subscription for a slow subscriber" },
+  { key: "eventSessionBytes", type: "int", description: "event bytes queued per session over its subscriptions" },
+  { key: "eventKernelBytes", type: "int", description: "event bytes queued in the kernel for all slow subscribers" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -148,6 +177,15 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   grpcTlsCert: "",
   grpcTlsKey: "",
   grpcTlsClientCa: "",
+  maxTokenBytes: 8192,
+  maxLiveTokens: 1000,
+  tokenRetentionMs: 3_600_000,
+  maxSubscriptionsPerSession: 256,
+  maxSubscriptionsPerPersona: 1024,
+  maxSubscriptions: 65_536,
+  eventQueueBytes: 16 * 1024 * 1024,
+  eventSessionBytes: 32 * 1024 * 1024,
+  eventKernelBytes: 128 * 1024 * 1024,
 };
 
 /** A setting with a bad value; the kernel does not start. */

@@ -5,8 +5,9 @@ export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
-export { CapEnforcer, EscalationError, HandleTable, type MintSpec } from "./auth/enforcer.js";
+export { CapEnforcer, EscalationError, HandleTable } from "./auth/enforcer.js";
 export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
+export type { MintSpec } from "./auth/mint-spec.js";
 export type { TaskRegistration } from "./compute/engine.js";
 export {
   ConfigError,

@@ -73,7 +73,7 @@ export class Kernel {
   private readonly sessions = new Set<Session>();
   private readonly sessionsById = new Map<string, Session>();
   /** Topic routing for event.* and the kernel's own events. */
-  readonly events = new EventBus();
+  readonly events: EventBus;
   private timer: NodeJS.Timeout | undefined;
   private host: SessionHost | undefined;
   private id = "";
@@ -95,6 +95,16 @@ export class Kernel {
     const { authorizer: _a, logger: _l, ...flags } = options;
     this.config = resolveConfig({ flags: flags as Partial<Record<keyof KernelConfig, unknown>> });
     this.log = options.logger ?? createLogger(this.config.logLevel);
+    const c = this.config;
+    this.events = new EventBus({
+      highWaterBytes: 1 << 20,
+      queueBytes: c.eventQueueBytes,
+      sessionBytes: c.eventSessionBytes,
+      kernelBytes: c.eventKernelBytes,
+      perSession: c.maxSubscriptionsPerSession,
+      perPersona: c.maxSubscriptionsPerPersona,
+      total: c.maxSubscriptions,
+    });
   }
 
   /** Adds an embedder's primitive family; it is authorized, audited and described like a built-in. */
@@ -183,7 +193,12 @@ export class Kernel {
       const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, this.options.clock);
       this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }, ledger));
       this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-      const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock);
+      const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock, {
+        maxTokenBytes: c.maxTokenBytes,
+        maxLiveTokens: c.maxLiveTokens,
+        exempt: ["kernel", c.adminPersona],
+      });
+      enforcer.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
       this.router.register(tokenFamily(enforcer, store, () => this.notifyRevoked(), c.adminPersona));
@@ -307,6 +322,7 @@ export class Kernel {
           lastPrune = now;
           store.pruneDedupe(now);
           store.pruneOps(now);
+          enforcer.pruneExpired(now - c.tokenRetentionMs);
         }
       }, tickMs);
       this.timer.unref();
@@ -362,7 +378,12 @@ export class Kernel {
         head: this.auditLog?.headSeq ?? 0,
         ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
       },
-      events: { subscriptions: this.events.subscriptionCount(), delivered: this.events.delivered, dropped: this.events.dropped },
+      events: {
+        subscriptions: this.events.subscriptionCount(),
+        delivered: this.events.delivered,
+        dropped: this.events.dropped,
+        queuedBytes: this.events.queuedBytes,
+      },
     };
   }
 

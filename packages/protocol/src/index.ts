@@ -32,6 +32,7 @@ export {
   shmSegmentName,
 } from "./shm/peer.js";
 export { refCountedShm, type ShmModule } from "./shm/registry.js";
+export * from "./token/compiled.js";
 export * from "./token/pattern.js";
 export * from "./token/token.js";
 export { negotiateVersion } from "./version.js";

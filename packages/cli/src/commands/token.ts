@@ -1,4 +1,4 @@
-import type { KernelClient } from "@kpip/client";
+import type { KernelClient, TokenEntry } from "@kpip/client";
 import { RootKeys } from "@kpip/kernel";
 import {
   attenuate,
@@ -192,8 +192,9 @@ export const tokenCommand: Command = {
       case "list": {
         if (arg) throw new UsageError("token list takes no argument (use --persona to filter)");
         return withClient(v, json, async (c) => {
-          const r = await c.call("token.list", "kernel://", v.persona ? { persona: v.persona as string } : {});
-          const rows = (r.payload as { tokens: Record<string, unknown>[] }).tokens;
+          // Paged: the kernel answers PARTIAL pages; the whole list is never one message.
+          const rows: TokenEntry[] = [];
+          for await (const t of c.tokens.list(v.persona ? { persona: v.persona as string } : {})) rows.push(t);
           if (json) process.stdout.write(`${JSON.stringify(toJson(rows as unknown as CborMap[]))}\n`);
           else {
             for (const t of rows) {

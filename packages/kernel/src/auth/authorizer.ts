@@ -16,7 +16,13 @@ export interface AuthorizationRequest {
 }
 
 export type Decision =
-  | { allowed: true; capIds: string[]; grant?: Grant }
+  | {
+      allowed: true;
+      capIds: string[];
+      grant?: Grant;
+      /** Key of the grant's rate bucket (its token family; default the grant's id). */
+      rateKey?: string;
+    }
   | { allowed: false; errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">; message: string; capIds: string[] };
 
 /**

@@ -1,22 +1,42 @@
 import { randomBytes, timingSafeEqual } from "node:crypto";
 import {
   attenuate,
+  compiledAllows,
+  compiledRightsWithin,
+  compileGrant,
   decodeToken,
   effectiveGrant,
   expectedSignature,
   type Grant,
-  grantAllows,
-  type Limits,
   mintToken,
   personaWithin,
-  type Right,
-  rightsWithin,
   type Token,
   type TokenError,
 } from "@kpip/protocol";
+import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
+import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
+
+/** The enforcer's bounds (kernel settings). */
+export interface EnforcerLimits {
+  /** Largest token accepted (ATTEST, token.bind, inline) or minted, in bytes of its wire form. */
+  maxTokenBytes: number;
+  /** Most unexpired tokens (revoked ones included) one persona may have minted or refreshed. */
+  maxLiveTokens: number;
+  /** Minters the live-token bound does not apply to (the kernel itself, the admin). */
+  exempt: string[];
+}
+
+export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, maxLiveTokens: 1000, exempt: ["kernel"] };
+
+/** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
+const DECISIONS_PER_HANDLE = 1024;
+/** Inline tokens one request may carry: each unseen one costs a full verification (~0.2 µs a byte). */
+export const MAX_INLINE_TOKENS = 4;
+/** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
+const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
 
 /** A token bound to a session: checked once, then named by its small integer handle. */
 export interface BoundCapability {
@@ -31,6 +51,8 @@ export interface BoundCapability {
 export class HandleTable {
   private next = 1;
   private readonly map = new Map<number, BoundCapability>();
+  /** Bytes of every token bound so far (bounded: see {@link CapEnforcer.bind}). */
+  bytes = 0;
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
@@ -53,17 +75,6 @@ export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; c
 /** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
 const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
 
-/** What a mint request asks for. */
-export interface MintSpec {
-  sub: string;
-  rights: Right[];
-  limits?: Limits;
-  ttlMs: number;
-  maxLifetimeMs?: number;
-  workspaces?: string[];
-  domains?: string[];
-}
-
 /**
  * The capability enforcer (the bridge's CapEnforcer): verifies tokens by recomputing their
  * HMAC chain, binds them to handles, and decides every request against the handles and
@@ -76,16 +87,30 @@ export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
+  /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
+  private readonly live = new Map<string, { n: number; at: number }>();
+  /** Rate-limit family of a grant: the id of the token its refreshes started from. */
+  private readonly families = new WeakMap<Grant, string>();
+
   constructor(
     private readonly keys: RootKeys,
     private readonly store: TokenStore,
     private readonly clock: () => number = Date.now,
+    readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
   ) {
     this.revoked = new Set(store.revokedTokenIds());
   }
 
   /** Verifies a token for use by `persona` now. */
   verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+    // Bounded before any work: a token's checks and its compiled patterns grow with its size.
+    if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
+      return {
+        ok: false,
+        code: "TOO_LARGE",
+        message: `token is ${bytesOrToken.length} bytes; the kernel accepts tokens of at most ${this.limits.maxTokenBytes} bytes`,
+      };
+    }
     const cacheKey = bytesOrToken instanceof Uint8Array ? Buffer.from(bytesOrToken).toString("latin1") : undefined;
     const hit = cacheKey === undefined ? undefined : this.verified.get(cacheKey);
     if (hit) {
@@ -138,8 +163,12 @@ export class CapEnforcer implements Authorizer {
   /** Binds a token to a session's handle table. */
   bind(table: HandleTable, persona: string, bytes: Uint8Array): { handle: number } | { code: string; message: string } {
     if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
+    const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
+    if (table.bytes + bytes.length > budget)
+      return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
     const v = this.verify(bytes, persona);
     if (!v.ok) return v;
+    table.bytes += bytes.length;
     return { handle: table.add(v.token, v.grant) };
   }
 
@@ -149,6 +178,14 @@ export class CapEnforcer implements Authorizer {
         allowed: false,
         errorClass: "CAPABILITY",
         message: "the request names no capability (no ambient authority)",
+        capIds: [],
+      };
+    }
+    if (req.caps.filter((c) => typeof c !== "number").length > MAX_INLINE_TOKENS) {
+      return {
+        allowed: false,
+        errorClass: "CAPABILITY",
+        message: `a request may carry at most ${MAX_INLINE_TOKENS} inline tokens (bind the others: token.bind)`,
         capIds: [],
       };
     }
@@ -191,12 +228,12 @@ export class CapEnforcer implements Authorizer {
           ok = this.allows(grant, req);
           // token.revoke's answer depends on the token store; never keep it.
           if (req.intent.op !== "token.revoke") {
-            if (decisions.size >= 1024) decisions.clear();
+            if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
             decisions.set(key, ok);
           }
         }
       } else ok = this.allows(grant, req);
-      if (ok) return { allowed: true, capIds, grant };
+      if (ok) return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     return {
@@ -218,7 +255,7 @@ export class CapEnforcer implements Authorizer {
       }
     }
     if (g.domains && (req.context.domain === undefined || !g.domains.includes(req.context.domain))) return false;
-    if (grantAllows(g, op, target)) return true;
+    if (compiledAllows(compileGrant(g), op, target)) return true;
     if (SELF_OPS.has(op) && target.startsWith("token://")) {
       const id = target.slice(8);
       if (id === g.id) return true;
@@ -230,12 +267,15 @@ export class CapEnforcer implements Authorizer {
 
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
   mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
+    checkMintSpecSize(spec, this.limits.maxTokenBytes);
     const now = this.clock();
+    this.checkLiveTokens(mintedBy, now);
     let exp = now + spec.ttlMs;
     let maxExp = spec.maxLifetimeMs === undefined ? exp : now + spec.maxLifetimeMs;
     if (maxExp < exp) throw new EscalationError("max lifetime shorter than the ttl");
     if (parent) {
-      if (!rightsWithin(spec.rights, parent)) throw new EscalationError("the requested rights exceed the minting token's grant");
+      if (!compiledRightsWithin(spec.rights, compileGrant(parent)))
+        throw new EscalationError("the requested rights exceed the minting token's grant");
       if (exp > parent.exp || maxExp > parent.maxExp)
         throw new EscalationError("the requested lifetime outlives the minting token");
       for (const [k, v] of Object.entries(parent.limits)) {
@@ -268,14 +308,58 @@ export class CapEnforcer implements Authorizer {
       ...(spec.domains ? { domains: spec.domains } : {}),
     };
     const token = mintToken(key, claims);
-    this.store.recordToken({ id: claims.id, kid, sub: spec.sub, chain: claims.chain, exp, mintedBy, createdAt: now });
+    this.store.recordToken({
+      id: claims.id,
+      kid,
+      sub: spec.sub,
+      chain: claims.chain,
+      exp,
+      mintedBy,
+      createdAt: now,
+      family: claims.id,
+    });
     return token;
+  }
+
+  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
+  private checkLiveTokens(mintedBy: string, now: number): void {
+    if (this.limits.exempt.includes(mintedBy)) return;
+    let e = this.live.get(mintedBy);
+    // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
+    // in between only keeps the count high). Revoked tokens count until they expire, so a
+    // mint-and-revoke loop meets the bound too; at the bound the minter's expired rows go first.
+    if (!e || now - e.at >= 1000 || now < e.at) {
+      let n = this.store.countTokensBy(mintedBy);
+      if (n >= this.limits.maxLiveTokens && this.store.pruneTokensBy(mintedBy, now) > 0) n = this.store.countTokensBy(mintedBy);
+      e = { n, at: now };
+      this.live.delete(mintedBy);
+      this.live.set(mintedBy, e);
+      if (this.live.size > 10_000) this.live.delete(this.live.keys().next().value as string);
+    }
+    if (e.n >= this.limits.maxLiveTokens)
+      throw new OpError(
+        "RESOURCE",
+        `${mintedBy} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+      );
+    // Counted now: the caller records the token next.
+    e.n++;
+  }
+
+  /** The rate-limit key of a grant: its refresh family, so a refreshed copy shares the bucket. */
+  familyOf(g: Grant): string {
+    let f = this.families.get(g);
+    if (f === undefined) {
+      f = this.store.getToken(g.id)?.family ?? g.id;
+      this.families.set(g, f);
+    }
+    return f;
   }
 
   /** A fresh token with a later expiry (same ttl as before, capped by the max lifetime); caveats are kept. */
   refresh(token: Token, by: string): Token {
     const c = token.claims;
     const now = this.clock();
+    this.checkLiveTokens(by, now);
     const ttl = c.exp - c.nbf;
     const { kid, key } = this.keys.current();
     const claims = {
@@ -296,6 +380,8 @@ export class CapEnforcer implements Authorizer {
       exp: claims.exp,
       mintedBy: by,
       createdAt: now,
+      // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
+      family: this.store.getToken(c.id)?.family ?? c.id,
     });
     return fresh;
   }
@@ -309,6 +395,16 @@ export class CapEnforcer implements Authorizer {
   /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
   reloadRevocations(): void {
     for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+  }
+
+  /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
+  pruneExpired(before: number): number {
+    const n = this.store.pruneTokens(before);
+    if (n > 0) {
+      this.revoked.clear();
+      for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+    }
+    return n;
   }
 
   isRevoked(g: Grant): boolean {

@@ -1,4 +1,6 @@
-import { type CborValue, encodeMessage, matchTarget } from "@kpip/protocol";
+import { type CborValue, encodeMessage } from "@kpip/protocol";
+import { OpError } from "../primitives/types.js";
+import { TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
 export interface EventSink {
@@ -9,48 +11,107 @@ export interface EventSink {
   write(frame: Uint8Array): void;
 }
 
+interface Queued {
+  topic: string;
+  data: CborValue | undefined;
+  bytes: number;
+}
+
 interface Subscription {
   id: number;
   sink: EventSink;
   pattern: string;
   seq: number;
-  /** Events waiting for the peer to read (bounded). */
-  queue: { topic: string; data: CborValue | undefined }[];
+  /** Events waiting for the peer to read (bounded in bytes). */
+  queue: Queued[];
+  bytes: number;
   /** Events dropped since the last one delivered. */
   dropped: number;
 }
 
 export interface EventBusLimits {
-  /** Events held per subscription while its peer is not reading; older ones are dropped past this. */
-  queueMax: number;
   /** Bytes queued on a connection above which events wait in the subscription queue. */
   highWaterBytes: number;
+  /** Event bytes waiting per subscription, per session (sink) and in the whole bus. */
+  queueBytes: number;
+  sessionBytes: number;
+  kernelBytes: number;
+  /** Subscriptions per session, per persona and in the whole bus. */
+  perSession: number;
+  perPersona: number;
+  total: number;
+}
+
+export const DEFAULT_EVENT_LIMITS: EventBusLimits = {
+  highWaterBytes: 1 << 20,
+  queueBytes: 16 << 20,
+  sessionBytes: 32 << 20,
+  kernelBytes: 128 << 20,
+  perSession: 256,
+  perPersona: 1024,
+  total: 65_536,
+};
+
+/** What one queued event is counted as: its payload's encoded size, its topic, and the frame around them. */
+const ENTRY_OVERHEAD = 64;
+
+/** An upper bound of a value's canonical CBOR size, without encoding it (an 8 MiB payload is not copied to be measured). */
+export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
+  if (v === null || v === undefined || typeof v === "boolean") return 1;
+  if (typeof v === "number" || typeof v === "bigint") return 9;
+  if (typeof v === "string") return 9 + Buffer.byteLength(v);
+  if (v instanceof Uint8Array) return 9 + v.length;
+  if (depth > 64) return 9;
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + cborSizeBound(x, depth + 1), 9);
+  let n = 9;
+  for (const [k, x] of Object.entries(v)) n += 9 + Buffer.byteLength(k) + cborSizeBound(x, depth + 1);
+  return n;
 }
 
 /**
- * Topic routing. Each subscription has a bounded queue: while its session's connection has
- * more than `highWaterBytes` unread, events wait there; past `queueMax` the oldest are dropped
- * and the next delivered event carries `gap` = how many were missed. A subscriber that never
- * reads therefore costs at most queueMax events, and others keep receiving.
+ * Topic routing. Subscriptions are indexed by pattern, so an emit costs the subscriptions it
+ * matches, not all of them. While a session's connection has more than `highWaterBytes`
+ * unread, its events wait in the subscription's queue, bounded in bytes per subscription, per
+ * session and kernel-wide: past a bound the oldest waiting events of that subscription are
+ * dropped (or the new one, when it alone does not fit) and the next delivered event carries
+ * `gap` = how many were missed. A subscriber that never reads costs at most those bytes.
  */
 export class EventBus {
   private nextId = 1;
   private readonly subs = new Map<number, Subscription>();
   private readonly bySink = new Map<string, Set<number>>();
+  private readonly byPersona = new Map<string, number>();
+  private readonly sinkBytes = new Map<string, number>();
+  private readonly index = new TopicIndex<Subscription>();
+  /** Event bytes waiting in every queue. */
+  queuedBytes = 0;
   dropped = 0;
   delivered = 0;
 
-  constructor(private readonly limits: EventBusLimits = { queueMax: 1000, highWaterBytes: 1 << 20 }) {}
+  constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
 
+  /** A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. */
   subscribe(sink: EventSink, pattern: string): number {
+    const L = this.limits;
+    const mine = this.bySink.get(sink.id)?.size ?? 0;
+    if (mine >= L.perSession)
+      throw new OpError("RESOURCE", `this session already has ${mine} subscriptions (maxSubscriptionsPerSession)`);
+    const persona = this.byPersona.get(sink.persona) ?? 0;
+    if (persona >= L.perPersona)
+      throw new OpError("RESOURCE", `${sink.persona} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`);
+    if (this.subs.size >= L.total)
+      throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
     const id = this.nextId++;
-    this.subs.set(id, { id, sink, pattern, seq: 0, queue: [], dropped: 0 });
+    const s: Subscription = { id, sink, pattern, seq: 0, queue: [], bytes: 0, dropped: 0 };
+    this.subs.set(id, s);
+    this.index.add(s);
     let set = this.bySink.get(sink.id);
     if (!set) {
       set = new Set();
       this.bySink.set(sink.id, set);
     }
     set.add(id);
+    this.byPersona.set(sink.persona, persona + 1);
     return id;
   }
 
@@ -58,15 +119,19 @@ export class EventBus {
   unsubscribe(sink: EventSink, id: number): boolean {
     const s = this.subs.get(id);
     if (!s || s.sink.id !== sink.id) return false;
-    this.subs.delete(id);
+    this.end(s);
     this.bySink.get(sink.id)?.delete(id);
     return true;
   }
 
   /** Ends every subscription of a session (it closed). */
   dropSink(sinkId: string): void {
-    for (const id of this.bySink.get(sinkId) ?? []) this.subs.delete(id);
+    for (const id of this.bySink.get(sinkId) ?? []) {
+      const s = this.subs.get(id);
+      if (s) this.end(s);
+    }
     this.bySink.delete(sinkId);
+    this.sinkBytes.delete(sinkId);
   }
 
   subscriptionCount(): number {
@@ -75,19 +140,14 @@ export class EventBus {
 
   /** Delivers an event to every matching subscription; returns how many matched. */
   emit(topic: string, data: CborValue | undefined): number {
-    let n = 0;
-    for (const s of this.subs.values()) {
-      if (!matchTarget(s.pattern, topic)) continue;
-      n++;
-      s.queue.push({ topic, data });
-      if (s.queue.length > this.limits.queueMax) {
-        s.queue.shift();
-        s.dropped++;
-        this.dropped++;
-      }
+    const matched = this.index.match(topic);
+    if (matched.length === 0) return 0;
+    const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
+    for (const s of matched) {
+      this.enqueue(s, { topic, data, bytes });
       this.pump(s);
     }
-    return n;
+    return matched.length;
   }
 
   /** Sends a notice straight to one session (e.g. "your token was revoked"), on subscription 0. */
@@ -103,9 +163,60 @@ export class EventBus {
     }
   }
 
+  private end(s: Subscription): void {
+    this.subs.delete(s.id);
+    this.index.remove(s);
+    while (s.queue.length) this.take(s);
+    const n = (this.byPersona.get(s.sink.persona) ?? 1) - 1;
+    if (n <= 0) this.byPersona.delete(s.sink.persona);
+    else this.byPersona.set(s.sink.persona, n);
+  }
+
+  /** Queues an event within the byte bounds, dropping this subscription's oldest first. */
+  private enqueue(s: Subscription, e: Queued): void {
+    const L = this.limits;
+    const fits = () =>
+      s.bytes + e.bytes <= L.queueBytes &&
+      (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes &&
+      this.queuedBytes + e.bytes <= L.kernelBytes;
+    // A reading peer with nothing waiting gets the event whatever its size.
+    if (s.queue.length === 0 && s.sink.buffered <= L.highWaterBytes) {
+      s.queue.push(e);
+      this.count(s, e.bytes);
+      return;
+    }
+    while (!fits() && s.queue.length) {
+      this.take(s);
+      this.miss(s);
+    }
+    if (!fits()) {
+      this.miss(s);
+      return;
+    }
+    s.queue.push(e);
+    this.count(s, e.bytes);
+  }
+
+  private miss(s: Subscription): void {
+    s.dropped++;
+    this.dropped++;
+  }
+
+  private count(s: Subscription, bytes: number): void {
+    s.bytes += bytes;
+    this.queuedBytes += bytes;
+    this.sinkBytes.set(s.sink.id, (this.sinkBytes.get(s.sink.id) ?? 0) + bytes);
+  }
+
+  private take(s: Subscription): Queued {
+    const e = s.queue.shift() as Queued;
+    this.count(s, -e.bytes);
+    return e;
+  }
+
   private pump(s: Subscription): void {
     while (s.queue.length && s.sink.buffered <= this.limits.highWaterBytes) {
-      const e = s.queue.shift() as { topic: string; data: CborValue | undefined };
+      const e = this.take(s);
       const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
         subscription: s.id,
         topic: e.topic,

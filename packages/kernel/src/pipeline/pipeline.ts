@@ -190,7 +190,7 @@ export class Pipeline {
     // 4b. limits on requests themselves (concurrent, rate) from the authorizing grant.
     let release: () => void;
     try {
-      release = this.ledger.admit(s.persona, decision.grant);
+      release = this.ledger.admit(s.persona, decision.grant, decision.rateKey);
     } catch (e) {
       const r = toRefusal(e, this.log, intent.op);
       await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(r, started) });

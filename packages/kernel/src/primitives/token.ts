@@ -16,6 +16,9 @@ import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
 
+/** Most tokens one token.list page returns (its answer must stay well inside the decoder's item limit). */
+const MAX_LIST_PAGE = 1000;
+
 function tokenArg(ctx: OpContext): Token {
   const b = ctx.args.token;
   if (!(b instanceof Uint8Array)) throw new OpError("SEMANTIC", `${ctx.op} needs argument token (bytes)`);
@@ -213,9 +216,13 @@ export function tokenFamily(
       {
         op: "token.list",
         description:
-          "Tokens the kernel minted, optionally for one persona (args.persona): the caller's own and its sub-personas' (all, for the admin).",
+          "Tokens the kernel minted, optionally for one persona (args.persona): the caller's own and its sub-personas' (all, for the admin); PARTIAL with a cursor when more remain.",
         targets: ["kernel"],
-        args: { persona: { type: "text", description: "only tokens for this persona" } },
+        args: {
+          persona: { type: "text", description: "only tokens for this persona" },
+          cursor: { type: "text", description: "the cursor of the previous page" },
+          limit: { type: "uint", description: `tokens per page (default 100, at most ${MAX_LIST_PAGE})` },
+        },
         idempotent: true,
         effects: false,
         handler: (ctx) => {
@@ -223,21 +230,28 @@ export function tokenFamily(
           if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
             throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
           }
-          const visible = store.listTokens(only).filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
-          return {
-            status: "SUCCESS",
-            payload: {
-              tokens: visible.map((r) => ({
-                id: r.id,
-                sub: r.sub,
-                chain: r.chain,
-                exp: r.exp,
-                mintedBy: r.mintedBy,
-                createdAt: r.createdAt,
-                ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
-              })),
-            },
+          const limit = Math.min(Math.max((ctx.args.limit as number | undefined) ?? 100, 1), MAX_LIST_PAGE);
+          const cursor = ctx.args.cursor as string | undefined;
+          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
+            throw new OpError("SEMANTIC", "cursor is not a token list cursor");
+          // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
+          const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
+          const more = rows.length > limit;
+          const page = more ? rows.slice(0, limit) : rows;
+          const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
+          const payload: CborMap = {
+            tokens: visible.map((r) => ({
+              id: r.id,
+              sub: r.sub,
+              chain: r.chain,
+              exp: r.exp,
+              mintedBy: r.mintedBy,
+              createdAt: r.createdAt,
+              ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
+            })),
           };
+          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
+          return { status: more ? "PARTIAL" : "SUCCESS", payload };
         },
       },
     ],

@@ -99,26 +99,27 @@ export class ResourceLedger {
 
   /**
    * Admits one request under the grant's `concurrent` (requests in flight for the persona)
-   * and `rate` (requests per second for the token) limits; returns the release function.
+   * and `rate` (requests per second for the token's family: a refreshed copy shares the bucket
+   * of the token it came from, `rateKey`) limits; returns the release function.
    */
-  admit(persona: string, grant: Grant | undefined): () => void {
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): () => void {
     const concurrent = grant?.limits.concurrent;
     const n = this.inFlight.get(persona) ?? 0;
     if (concurrent !== undefined && n >= concurrent) {
       throw new OpError("RESOURCE", `concurrent exceeded for ${persona}: ${n} requests in flight, limit ${concurrent}`);
     }
     const rate = grant?.limits.rate;
-    if (rate !== undefined && grant) {
+    if (rate !== undefined && grant && rateKey !== undefined) {
       const now = this.clock();
-      const b = this.buckets.get(grant.id) ?? { tokens: rate, at: now };
+      const b = this.buckets.get(rateKey) ?? { tokens: rate, at: now };
       b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
       b.at = now;
       if (b.tokens < 1) {
-        this.buckets.set(grant.id, b);
+        this.buckets.set(rateKey, b);
         throw new OpError("RESOURCE", `rate exceeded for token ${grant.id}: limit ${rate} requests per second`);
       }
       b.tokens -= 1;
-      this.buckets.set(grant.id, b);
+      this.buckets.set(rateKey, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
     this.inFlight.set(persona, n + 1);

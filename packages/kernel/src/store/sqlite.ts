@@ -92,6 +92,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     this.db.pragma("synchronous = NORMAL");
     this.db.pragma("busy_timeout = 5000");
     this.db.exec(SCHEMA);
+    migrateTokens(this.db);
     const p = (sql: string) => this.db.prepare(sql);
     this.st = {
       getPersona: p("SELECT id, public_key, created_at FROM personas WHERE id = ?"),
@@ -385,7 +386,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
 
   // tokens
   recordToken(r: Omit<TokenRecord, "revokedAt">): void {
-    this.prep("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)").run(
+    this.prep("INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?)").run(
       r.id,
       r.kid,
       r.sub,
@@ -393,6 +394,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       r.exp,
       r.mintedBy,
       r.createdAt,
+      r.family,
     );
   }
   getToken(id: string): TokenRecord | undefined {
@@ -401,14 +403,37 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       | undefined;
     return r && toToken(r);
   }
-  listTokens(sub?: string): TokenRecord[] {
-    const sql = "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id";
+  listTokens(sub?: string, after = 0, limit = -1): TokenRecord[] {
+    const sql = "SELECT t.rowid AS seq, t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?";
     const rows = (
       sub === undefined
-        ? this.prep(`${sql} ORDER BY t.created_at`).all()
-        : this.prep(`${sql} WHERE t.sub = ? ORDER BY t.created_at`).all(sub)
+        ? this.prep(`${sql} ORDER BY t.rowid LIMIT ?`).all(after, limit)
+        : this.prep(`${sql} AND t.sub = ? ORDER BY t.rowid LIMIT ?`).all(after, sub, limit)
     ) as Row[];
     return rows.map(toToken);
+  }
+  countTokensBy(mintedBy: string): number {
+    return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
+  }
+  pruneTokensBy(mintedBy: string, before: number): number {
+    return this.prep("DELETE FROM tokens WHERE minted_by = ? AND exp < ?").run(mintedBy, before).changes;
+  }
+  pruneTokens(before: number): number {
+    return this.db.transaction(() => {
+      const n = this.prep("DELETE FROM tokens WHERE exp < ?").run(before).changes;
+      // A revocation must outlive every token that names the revoked id in its chain: one pass
+      // over the remaining chains, not a scan of them per revocation.
+      const named = new Set<string>();
+      for (const r of this.prep("SELECT chain FROM tokens").iterate() as Iterable<{ chain: string }>) {
+        for (const id of JSON.parse(r.chain) as string[]) named.add(id);
+      }
+      const gone = this.prep(
+        "SELECT id FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)",
+      ).all(before) as { id: string }[];
+      const drop = this.prep("DELETE FROM revocations WHERE id = ?");
+      for (const { id } of gone) if (!named.has(id)) drop.run(id);
+      return n;
+    })();
   }
   revokeToken(id: string, by: string, at: number): boolean {
     return (
@@ -581,7 +606,16 @@ function toToken(r: Row): TokenRecord {
     mintedBy: r.minted_by as string,
     createdAt: r.created_at as number,
     revokedAt: (r.revoked_at as number | null) ?? null,
+    family: (r.family as string | null) ?? (r.id as string),
+    ...(r.seq !== undefined ? { seq: r.seq as number } : {}),
   };
+}
+
+/** Token rows gained a family column (rate buckets shared by refreshed copies) and a minter index. */
+function migrateTokens(db: Database.Database): void {
+  const cols = db.prepare("PRAGMA table_info(tokens)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
+  db.exec("CREATE INDEX IF NOT EXISTS tokens_minted_by ON tokens (minted_by, exp)");
 }
 
 function toAudit(r: Row): AuditRow {

@@ -155,12 +155,23 @@ export interface TokenRecord {
   mintedBy: string;
   createdAt: number;
   revokedAt: number | null;
+  /** The id of the token this one's refreshes started from (itself for a minted token): its rate bucket. */
+  family: string;
+  /** Listing position (paging cursor), when read by listTokens. */
+  seq?: number;
 }
 
 export interface TokenStore {
-  recordToken(r: Omit<TokenRecord, "revokedAt">): void;
+  recordToken(r: Omit<TokenRecord, "revokedAt" | "seq">): void;
   getToken(id: string): TokenRecord | undefined;
-  listTokens(sub?: string): TokenRecord[];
+  /** Tokens in minting order after position `after`, at most `limit` (-1: all). */
+  listTokens(sub?: string, after?: number, limit?: number): TokenRecord[];
+  /** Token rows `mintedBy` minted or refreshed that the store still keeps (revoked and expired ones included). */
+  countTokensBy(mintedBy: string): number;
+  /** Removes the rows `mintedBy` minted or refreshed that expired before `before`; returns how many. */
+  pruneTokensBy(mintedBy: string, before: number): number;
+  /** Removes tokens that expired before `before` (and revocations no remaining token needs); returns how many. */
+  pruneTokens(before: number): number;
   /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
   revokeToken(id: string, by: string, at: number): boolean;
   revokedTokenIds(): string[];

@@ -1,0 +1,173 @@
+/**
+ * Compiled rights patterns: a grant's patterns turned once into segment tries, so a check
+ * costs the depth of the name (times the few wildcard branches that apply), not the number of
+ * patterns. Same meaning as {@link matchOp}, {@link matchTarget} and {@link patternCovers}
+ * (a property test holds them equal); a grant's cost is paid once per bound token, not per request.
+ */
+import { isOp } from "../intent/grammar.js";
+import type { Grant, Right } from "./token.js";
+
+interface Node {
+  lit: Map<string, Node> | undefined;
+  star: Node | undefined;
+  /** A pattern ends here. */
+  end: boolean;
+  /** A pattern ends here with `**`: this node matches every continuation. */
+  rest: boolean;
+}
+
+const node = (): Node => ({ lit: undefined, star: undefined, end: false, rest: false });
+
+/** Op names split on "."; targets as [scheme + ":", …segments], the whole-target `**` as ["**"]. */
+function segments(s: string, kind: "op" | "target"): string[] | undefined {
+  if (kind === "op" || s === "**") return s.split(".");
+  const i = s.indexOf("://");
+  if (i < 0) return undefined;
+  const rest = s.slice(i + 3);
+  return rest === "" ? [`${s.slice(0, i)}:`] : [`${s.slice(0, i)}:`, ...rest.split("/")];
+}
+
+/** A set of op or target patterns, matched all at once. */
+export class PatternSet {
+  private readonly root = node();
+  readonly size: number;
+
+  constructor(
+    patterns: readonly string[],
+    private readonly kind: "op" | "target",
+  ) {
+    this.size = patterns.length;
+    for (const p of patterns) {
+      const segs = segments(p, kind);
+      if (!segs) continue;
+      let n = this.root;
+      let ok = true;
+      for (let i = 0; i < segs.length; i++) {
+        const seg = segs[i] as string;
+        if (seg === "**") {
+          // Only valid as the last segment; anywhere else the pattern matches nothing.
+          if (i === segs.length - 1) n.rest = true;
+          ok = false;
+          break;
+        }
+        if (seg === "*") n = n.star ??= node();
+        else {
+          n.lit ??= new Map();
+          let next = n.lit.get(seg);
+          if (!next) {
+            next = node();
+            n.lit.set(seg, next);
+          }
+          n = next;
+        }
+      }
+      if (ok) n.end = true;
+    }
+  }
+
+  /** Does some pattern match `name`? (A wildcard in `name` is matched literally, so only a pattern wildcard covers it.) */
+  matches(name: string): boolean {
+    const segs = segments(name, this.kind);
+    if (!segs) return this.root.rest;
+    return this.walk(segs, false);
+  }
+
+  /** Does some single pattern match everything `pattern` matches? (Used to refuse widening.) */
+  covers(pattern: string): boolean {
+    const segs = segments(pattern, this.kind);
+    if (!segs) return this.root.rest;
+    return this.walk(segs, true);
+  }
+
+  private walk(segs: string[], asPattern: boolean): boolean {
+    let cur: Node[] = [this.root];
+    for (const seg of segs) {
+      const next: Node[] = [];
+      for (const n of cur) {
+        if (n.rest) return true;
+        // As a pattern, the inner `**` is covered only by an outer `**` (checked above).
+        if (asPattern && seg === "**") continue;
+        if (n.star) next.push(n.star);
+        if (asPattern && seg === "*") continue;
+        const l = n.lit?.get(seg);
+        if (l) next.push(l);
+      }
+      if (next.length === 0) return false;
+      cur = next;
+    }
+    return cur.some((n) => n.end || n.rest);
+  }
+}
+
+/** A grant's rights and filters, compiled: {@link grantAllows} in time independent of the pattern count. */
+export interface CompiledGrant {
+  rights: { ops: PatternSet; targets: PatternSet }[];
+  opFilters: PatternSet[];
+  targetFilters: PatternSet[];
+}
+
+const compiled = new WeakMap<Grant, CompiledGrant>();
+
+/** The grant's compiled form, made once per grant object (a bound handle keeps its grant). */
+export function compileGrant(g: Grant): CompiledGrant {
+  let c = compiled.get(g);
+  if (!c) {
+    c = {
+      rights: g.rights.map((r) => ({ ops: new PatternSet(r.ops, "op"), targets: new PatternSet(r.targets, "target") })),
+      opFilters: g.opFilters.map((f) => new PatternSet(f, "op")),
+      targetFilters: g.targetFilters.map((f) => new PatternSet(f, "target")),
+    };
+    compiled.set(g, c);
+  }
+  return c;
+}
+
+/** {@link grantAllows} on the compiled grant. */
+export function compiledAllows(c: CompiledGrant, op: string, target: string): boolean {
+  if (!isOp(op)) return false;
+  if (!c.rights.some((r) => r.ops.matches(op) && r.targets.matches(target))) return false;
+  for (const f of c.opFilters) if (!f.matches(op)) return false;
+  for (const f of c.targetFilters) if (!f.matches(target)) return false;
+  return true;
+}
+
+/**
+ * {@link rightsWithin} without walking every (op, target) pair against every pattern: each
+ * distinct inner op and target is checked once against each outer right (a bit per right),
+ * then every pair of a right needs one common bit. Cost: distinct inner patterns × outer
+ * rights trie walks, plus one AND per pair — callers bound the inner sizes first.
+ */
+export function compiledRightsWithin(inner: Right[], outer: CompiledGrant): boolean {
+  const masks = (kind: "ops" | "targets", filters: PatternSet[]) => {
+    // A bit per outer right covering the pattern; undefined when a filter refuses it.
+    const out = new Map<string, bigint | undefined>();
+    for (const r of inner) {
+      for (const p of r[kind]) {
+        if (out.has(p)) continue;
+        if (!filters.every((f) => f.covers(p))) {
+          out.set(p, undefined);
+          continue;
+        }
+        let m = 0n;
+        outer.rights.forEach((g, i) => {
+          if (g[kind].covers(p)) m |= 1n << BigInt(i);
+        });
+        out.set(p, m);
+      }
+    }
+    return out;
+  };
+  const opMask = masks("ops", outer.opFilters);
+  const targetMask = masks("targets", outer.targetFilters);
+  for (const r of inner) {
+    for (const o of r.ops) {
+      const om = opMask.get(o);
+      if (om === undefined) return false;
+      for (const x of r.targets) {
+        const xm = targetMask.get(x);
+        if (xm === undefined || (om & xm) === 0n) return false;
+      }
+    }
+  }
+  return true;
+}
