@@ -104,6 +104,8 @@ export interface CallOptions {
   /** Capability references for this call (handles or inline tokens); default: every bound handle. */
   caps?: CapabilityRef[];
   traceparent?: string;
+  /** Execution-context id (text, at most 128 bytes) recorded with the request, e.g. which host or run asked. */
+  execution?: string;
 }
 
 /** A non-failure answer. FAILURE is thrown as {@link KpipError}. */
@@ -679,6 +681,7 @@ export class KernelClient extends EventEmitter {
     const ws = opts.workspace ?? this.opts.workspace;
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
+    if (opts.execution) context.execution = opts.execution;
     return new Promise<Response>((resolve, reject) => {
       const p: PendingCall = {
         id,

@@ -1,0 +1,13 @@
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import type { McpGateway } from "./gateway.js";
+
+/** MCP over this process's stdin/stdout (the host started it); resolves when the host closes the stream. */
+export async function serveStdio(gateway: McpGateway): Promise<void> {
+  const transport = new StdioServerTransport();
+  const closed = new Promise<void>((resolve) => {
+    transport.onclose = () => resolve();
+    process.stdin.once("end", () => resolve());
+  });
+  await gateway.createServer().connect(transport);
+  await closed;
+}
