@@ -56,18 +56,23 @@ function refuse(res: ServerResponse, code: number, message: string, headers: Rec
   res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message }, id: null }));
 }
 
-/**
- * MCP over Streamable HTTP on a loopback address, every request carrying the operator's
- * bearer secret. One MCP server (and transport) per host session; all of them act as the
- * gateway's one persona.
- */
-export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<HttpGateway> {
+/** Refuses what the HTTP gateway will not serve: a non-loopback address (no TLS), a short secret. */
+export function checkHttpOptions(o: HttpOptions): void {
   if (!LOOPBACK.has(o.host)) {
     throw new GatewayConfigError(
       `the MCP HTTP gateway listens on loopback only (127.0.0.1, ::1, localhost), not ${o.host}: it has no TLS`,
     );
   }
   if (o.bearer.length < 16) throw new GatewayConfigError("the bearer secret must be at least 16 characters");
+}
+
+/**
+ * MCP over Streamable HTTP on a loopback address, every request carrying the operator's
+ * bearer secret. One MCP server (and transport) per host session; all of them act as the
+ * gateway's one persona.
+ */
+export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<HttpGateway> {
+  checkHttpOptions(o);
   const secret = digest(o.bearer);
   const sessions = new Map<string, StreamableHTTPServerTransport>();
   let port = o.port;

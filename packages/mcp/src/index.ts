@@ -6,6 +6,6 @@
 
 export { GATEWAY_NAME, GATEWAY_VERSION, type GatewayOptions, McpGateway } from "./gateway.js";
 export { GrantView } from "./grant.js";
-export { GatewayConfigError, type HttpGateway, type HttpOptions, serveHttp } from "./http.js";
+export { checkHttpOptions, GatewayConfigError, type HttpGateway, type HttpOptions, serveHttp } from "./http.js";
 export { BYTES_MARKER, InputError, inputSchema, type OpDecl, parseToolArgs } from "./schema.js";
 export { serveStdio } from "./stdio.js";

@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { GatewayConfigError, McpGateway, serveHttp, serveStdio } from "@kpip/mcp";
+import { checkHttpOptions, GatewayConfigError, McpGateway, serveHttp, serveStdio } from "@kpip/mcp";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags, readTokenArg } from "../connect.js";
 import { EXIT, reportError, UsageError } from "../util.js";
@@ -43,6 +43,11 @@ export const mcpCommand: Command = {
       const b = (v.bearer as string | undefined) ?? process.env.KPIP_MCP_BEARER;
       if (!b) throw new UsageError("--http needs a bearer secret: --bearer @FILE or $KPIP_MCP_BEARER");
       bearer = readTokenArg(b);
+      try {
+        checkHttpOptions({ ...listen, bearer });
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
     } else if (v.bearer !== undefined) throw new UsageError("--bearer goes with --http");
 
     let client: KernelClient | undefined;
