@@ -56,6 +56,7 @@ function clip(s: string): string {
 export class McpGateway {
   private tools = new Map<string, ToolEntry>();
   private readonly servers = new Set<Server>();
+  private readonly inFlight = new Set<Promise<unknown>>();
   readonly maxArgsBytes: number;
   readonly pollMaxMs: number;
 
@@ -152,15 +153,27 @@ export class McpGateway {
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
-      return this.callTool(req.params.name, req.params.arguments, ctx);
+      return this.track(this.callTool(req.params.name, req.params.arguments, ctx));
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
-      listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
+      this.track(listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor)),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-      readResource(this.client, execution(extra.requestId), req.params.uri),
+      this.track(readResource(this.client, execution(extra.requestId), req.params.uri)),
     );
     return server;
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    const done = () => this.inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  /** Resolves when no call is in flight (a host that closed its input still gets its answers). */
+  async drained(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
   }
 
   /** One tool call: checked here for shape only, then one KPIP request; the kernel decides. */

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { type CallToolResult, ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
-import { HOST, KernelHome, kpip, stdioHost, text, until } from "./harness.js";
+import { HOST, KernelHome, kpip, MAIN, stdioHost, text, until } from "./harness.js";
 
 /** The narrow token of the walkthrough: storage in ws1, the op table, commands and their follow-up. */
 const RIGHTS = [
@@ -202,6 +203,42 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     assert.equal(JSON.parse(text(back)).status, "SUCCESS");
     const { resources } = await host.listResources();
     assert.ok(resources.some((r) => r.uri === "obj://ws1/notes/a"));
+  });
+
+  it("answers every request of a host that closed its input right after sending them", () => {
+    const lines = [
+      {
+        jsonrpc: "2.0",
+        id: 1,
+        method: "initialize",
+        params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: HOST },
+      },
+      { jsonrpc: "2.0", method: "notifications/initialized" },
+      {
+        jsonrpc: "2.0",
+        id: 2,
+        method: "tools/call",
+        params: { name: "storage_read", arguments: { target: "obj://ws1/notes/a" } },
+      },
+    ];
+    const r = spawnSync(
+      process.execPath,
+      [MAIN, "mcp", "--home", k.home, "--identity", files.identityFile, "--token", `@${files.tokenFile}`],
+      {
+        input: lines
+          .map((l) => JSON.stringify(l))
+          .join("\n")
+          .concat("\n"),
+        encoding: "utf8",
+      },
+    );
+    assert.equal(r.status, 0, r.stderr);
+    const answer = r.stdout
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l))
+      .find((m) => m.id === 2);
+    assert.equal(JSON.parse(answer.result.content[0].text).status, "SUCCESS");
   });
 
   it("refuses to start without a kernel, and without system.describe in the token", async () => {
