@@ -21,6 +21,7 @@ import {
   type KEvent,
   KpipError,
   type Message,
+  MessageError,
   parseIdentity,
   RETRYABLE_CLASSES,
   type RequestContext,
@@ -671,6 +672,9 @@ export class KernelClient extends EventEmitter {
       return Promise.reject(new KernelUnavailableError(`kernel unavailable (client is ${this.state})`));
     }
     if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
+    if (opts.execution !== undefined && opts.execution.length > 128) {
+      return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+    }
     const full: Intent = { ...intent };
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
     if (deadline !== undefined) full.constraints = { ...full.constraints, deadline };
