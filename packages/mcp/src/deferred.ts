@@ -54,7 +54,9 @@ export async function followDeferred(g: McpGateway, deferred: Response, ctx: Too
     await progress(`${opUri} deferred`);
     if (ctx.signal.aborted) onAbort();
     const topic = `topic://kernel/ops/${opUri.slice("op://".length)}`;
-    if (g.grants().allows("event.subscribe", topic)) {
+    // Only when it may also unsubscribe: a subscription it could not end would outlive the call.
+    const grants = g.grants();
+    if (grants.allows("event.subscribe", topic) && grants.allows("event.unsubscribe", topic)) {
       try {
         const s = await client.subscribe(topic, opts);
         sub = s;
