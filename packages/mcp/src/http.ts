@@ -30,7 +30,7 @@ const digest = (s: string) => createHash("sha256").update(s, "utf8").digest();
 
 /** Constant-time: both sides are hashed to 32 bytes first, so neither content nor length leaks. */
 function bearerMatches(header: string | undefined, secret: Buffer): boolean {
-  const m = /^Bearer (.+)$/.exec(header ?? "");
+  const m = /^Bearer (.+)$/i.exec(header ?? "");
   return timingSafeEqual(digest(m?.[1] ?? ""), secret) && m !== null;
 }
 
