@@ -84,6 +84,16 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     assert.equal(blob.resource.mimeType, "application/octet-stream");
   });
 
+  it("returns a PARTIAL answer as a result with its status and cursor, not as an error", async () => {
+    const r = await call(host, "storage_list", { target: "obj://ws1", args: { limit: 1 } });
+    assert.equal(r.isError, undefined, text(r));
+    const out = JSON.parse(text(r));
+    assert.equal(out.status, "PARTIAL");
+    assert.equal(out.payload.items.length, 1);
+    assert.equal(typeof out.payload.cursor, "string");
+    assert.equal((r._meta as Record<string, unknown>)["kpip/status"], "PARTIAL");
+  });
+
   it("lists and reads storage as MCP resources within the grant", async () => {
     await call(host, "storage_write", { target: "obj://ws1/notes/b", args: { data: "b" } });
     const { resources } = await host.listResources();
