@@ -14,10 +14,14 @@ export interface HttpOptions {
   port: number;
   /** The secret hosts must send as `Authorization: Bearer <secret>`; at least 16 characters. */
   bearer: string;
+  /** A host session with no request for this long is closed (default 30 min); the host starts a new one on 404. */
+  idleMs?: number;
 }
 
 export interface HttpGateway {
   url: string;
+  /** Host sessions open now. */
+  sessions(): number;
   close(): Promise<void>;
 }
 
@@ -75,7 +79,20 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   checkHttpOptions(o);
   const secret = digest(o.bearer);
   const sessions = new Map<string, StreamableHTTPServerTransport>();
+  const lastSeen = new Map<string, number>();
   let port = o.port;
+  // Hosts that go away without DELETE would otherwise keep their server and transport forever.
+  const idleMs = o.idleMs ?? 30 * 60_000;
+  const sweep = setInterval(
+    () => {
+      const now = Date.now();
+      for (const [id, t] of sessions) {
+        if (now - (lastSeen.get(id) ?? 0) > idleMs) void t.close().catch(() => {});
+      }
+    },
+    Math.max(10, Math.min(idleMs / 2, 60_000)),
+  );
+  sweep.unref();
 
   const handle = async (req: IncomingMessage, res: ServerResponse) => {
     if (!sameOrigin(req, port)) return refuse(res, 403, "Host or Origin is not this loopback listener");
@@ -87,6 +104,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     if (typeof sid === "string") {
       const t = sessions.get(sid);
       if (!t) return refuse(res, 404, "unknown or ended MCP session");
+      lastSeen.set(sid, Date.now());
       return t.handleRequest(req, res);
     }
     if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
@@ -98,10 +116,13 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       maxRequestBodySize: 4 * gateway.maxArgsBytes,
       onsessioninitialized: (id) => {
         sessions.set(id, t);
+        lastSeen.set(id, Date.now());
       },
     });
     t.onclose = () => {
-      if (t.sessionId) sessions.delete(t.sessionId);
+      if (!t.sessionId) return;
+      sessions.delete(t.sessionId);
+      lastSeen.delete(t.sessionId);
     };
     await gateway.createServer().connect(t);
     await t.handleRequest(req, res, body);
@@ -121,7 +142,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const hostPart = o.host.includes(":") ? `[${o.host}]` : o.host;
   return {
     url: `http://${hostPart}:${port}/mcp`,
+    sessions: () => sessions.size,
     close: async () => {
+      clearInterval(sweep);
       await Promise.all([...sessions.values()].map((t) => t.close().catch(() => {})));
       server.closeAllConnections();
       await new Promise<void>((r) => server.close(() => r()));
