@@ -1,6 +1,6 @@
 import { existsSync, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { KernelClient, loadIdentity } from "@kpip/client";
+import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, resolveHome, UsageError } from "./util.js";
 
@@ -34,7 +34,7 @@ export function readTokenArg(t: string): string {
 }
 
 /** Connects as the persona the flags name (the admin by default) with its tokens bound. */
-export async function connectFromFlags(v: Values): Promise<KernelClient> {
+export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);
   const identity = (v.identity as string | undefined) ?? join(home, "admin.identity");
   if (!existsSync(identity)) throw new UsageError(`identity file ${identity} not found — pass --identity or --home`);
@@ -48,6 +48,7 @@ export async function connectFromFlags(v: Values): Promise<KernelClient> {
     socket: (v.socket as string | undefined) ?? defaultSocket(home),
     identity: id,
     tokens: readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined),
+    ...extra,
   });
   for (const r of client.refusedTokens) {
     process.stderr.write(`kpip: warning: token ${r.index + 1} was not bound: ${r.code}: ${r.message}\n`);

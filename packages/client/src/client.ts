@@ -21,6 +21,7 @@ import {
   type KEvent,
   KpipError,
   type Message,
+  MessageError,
   parseIdentity,
   RETRYABLE_CLASSES,
   type RequestContext,
@@ -104,6 +105,8 @@ export interface CallOptions {
   /** Capability references for this call (handles or inline tokens); default: every bound handle. */
   caps?: CapabilityRef[];
   traceparent?: string;
+  /** Execution-context id (text, at most 128 bytes) recorded with the request, e.g. which host or run asked. */
+  execution?: string;
 }
 
 /** A non-failure answer. FAILURE is thrown as {@link KpipError}. */
@@ -669,6 +672,9 @@ export class KernelClient extends EventEmitter {
       return Promise.reject(new KernelUnavailableError(`kernel unavailable (client is ${this.state})`));
     }
     if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
+    if (opts.execution !== undefined && opts.execution.length > 128) {
+      return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+    }
     const full: Intent = { ...intent };
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
     if (deadline !== undefined) full.constraints = { ...full.constraints, deadline };
@@ -679,6 +685,7 @@ export class KernelClient extends EventEmitter {
     const ws = opts.workspace ?? this.opts.workspace;
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
+    if (opts.execution) context.execution = opts.execution;
     return new Promise<Response>((resolve, reject) => {
       const p: PendingCall = {
         id,

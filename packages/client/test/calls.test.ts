@@ -10,6 +10,7 @@ import {
   encodeMessage,
   FrameDecoder,
   generateIdentity,
+  MessageError,
   type Request,
   type Response,
 } from "@kpip/protocol";
@@ -174,5 +175,16 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.ok(wire instanceof KpipError && !(wire instanceof LocalError));
     assert.equal(wire.errorClass, "PERMISSION");
     assert.equal(fake.requests.length, 1);
+  });
+
+  it("sends context.execution when a call names one, and refuses one over 128 characters before sending", async () => {
+    reset(ok);
+    await c.call("x.y", "kernel://", {}, { execution: "mcp:host/1.0#7" });
+    assert.equal(fake.requests[0]?.context.execution, "mcp:host/1.0#7");
+    reset(ok);
+    const e = await c.call("x.y", "kernel://", {}, { execution: "x".repeat(129) }).catch((x) => x);
+    assert.ok(e instanceof MessageError, String(e));
+    assert.equal(e.code, "BAD_FIELD");
+    assert.equal(fake.requests.length, 0);
   });
 });

@@ -17,6 +17,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: "ops", load: async () => (await import("./agents.js")).opsCommand },
   { name: "events", load: async () => (await import("./agents.js")).eventsCommand },
   { name: "audit", load: async () => (await import("./audit.js")).auditCommand },
+  { name: "mcp", load: async () => (await import("./mcp.js")).mcpCommand },
   { name: "status", load: async () => (await import("./status.js")).statusCommand },
   { name: "bench", load: async () => (await import("./bench.js")).benchCommand },
   { name: "completion", load: async () => (await import("./completion.js")).completionCommand },

@@ -1,0 +1,92 @@
+import type { KernelClient } from "@kpip/client";
+import { checkHttpOptions, GatewayConfigError, McpGateway, serveHttp, serveStdio } from "@kpip/mcp";
+import type { Command } from "../command.js";
+import { CONNECT_OPTIONS, connectFromFlags, readTokenArg } from "../connect.js";
+import { EXIT, reportError, UsageError } from "../util.js";
+
+/** "127.0.0.1:8080" or "[::1]:8080" → host and port. */
+function parseListen(s: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(s);
+  const port = Number(m?.[3]);
+  if (!m || port > 65535) throw new UsageError(`--http takes HOST:PORT (e.g. 127.0.0.1:8787), not ${s}`);
+  return { host: (m[1] ?? m[2]) as string, port };
+}
+
+const say = (s: string) => process.stderr.write(`kpip mcp: ${s}\n`);
+
+export const mcpCommand: Command = {
+  name: "mcp",
+  summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
+  usage:
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] (stdout carries MCP over stdio)",
+  example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
+  options: {
+    ...CONNECT_OPTIONS,
+    http: { type: "string", description: "serve Streamable HTTP on HOST:PORT instead of stdio (loopback only: 127.0.0.1, ::1)" },
+    bearer: {
+      type: "string",
+      description: "with --http: the secret hosts send as Authorization: Bearer (text or @file; default $KPIP_MCP_BEARER)",
+    },
+    "max-args-bytes": { type: "string", description: "largest tool-call arguments accepted, in JSON bytes (default 1048576)" },
+  },
+  async run(v, pos) {
+    if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
+    let maxArgsBytes: number | undefined;
+    if (v["max-args-bytes"] !== undefined) {
+      maxArgsBytes = Number(v["max-args-bytes"]);
+      if (!Number.isSafeInteger(maxArgsBytes) || maxArgsBytes < 1024)
+        throw new UsageError("--max-args-bytes must be an integer ≥ 1024");
+    }
+    const listen = v.http === undefined ? undefined : parseListen(v.http as string);
+    let bearer: string | undefined;
+    if (listen) {
+      const b = (v.bearer as string | undefined) ?? process.env.KPIP_MCP_BEARER;
+      if (!b) throw new UsageError("--http needs a bearer secret: --bearer @FILE or $KPIP_MCP_BEARER");
+      bearer = readTokenArg(b);
+      try {
+        checkHttpOptions({ ...listen, bearer });
+      } catch (e) {
+        throw new UsageError((e as Error).message);
+      }
+    } else if (v.bearer !== undefined) throw new UsageError("--bearer goes with --http");
+
+    let client: KernelClient | undefined;
+    try {
+      // failFast: while the kernel is away a tool call is answered at once with a tool error
+      // instead of hanging the host; the client reconnects, re-attests and re-subscribes.
+      client = await connectFromFlags(v, { failFast: true, reconnectBackoff: { initialMs: 50, maxMs: 1000 } });
+      const kc = client;
+      kc.on("state", (s: string) => {
+        if (s === "reconnecting") say("kernel connection lost; reconnecting (tool calls fail fast meanwhile)");
+        else if (s === "ready" && kc.connections > 1) say("kernel connection restored");
+      });
+      const gateway = await McpGateway.open(client, maxArgsBytes === undefined ? {} : { maxArgsBytes });
+      const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
+      if (listen && bearer !== undefined) {
+        const http = await serveHttp(gateway, { ...listen, bearer });
+        say(`serving MCP on ${http.url} as ${what}`);
+        await new Promise<void>((resolve) => {
+          process.once("SIGINT", resolve);
+          process.once("SIGTERM", resolve);
+        });
+        await http.close();
+      } else {
+        say(`serving MCP on stdio as ${what}`);
+        await Promise.race([
+          serveStdio(gateway),
+          new Promise<void>((resolve) => {
+            process.once("SIGINT", resolve);
+            process.once("SIGTERM", resolve);
+          }),
+        ]);
+      }
+      await gateway.close();
+      return EXIT.OK;
+    } catch (e) {
+      if (e instanceof GatewayConfigError) throw new UsageError(e.message);
+      return reportError(e, false);
+    } finally {
+      await client?.close().catch(() => {});
+    }
+  },
+};

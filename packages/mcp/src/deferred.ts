@@ -1,0 +1,116 @@
+import type { KernelClient } from "@kpip/client";
+import type { Response } from "@kpip/protocol";
+import type { CallToolResult, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
+import type { McpGateway } from "./gateway.js";
+import { answerToResult, failureResult, localFailure, successResult } from "./results.js";
+
+/** What a tool call carries from the MCP request into the KPIP requests it makes. */
+export interface ToolCallContext {
+  /** context.execution of every KPIP request the call makes: the host's name and version, the MCP request id. */
+  execution: string;
+  /** Aborted when the host cancels the call (notifications/cancelled). */
+  signal: AbortSignal;
+  /** Present when the host asked for progress notifications. */
+  progressToken: string | number | undefined;
+  notify(n: ServerNotification): Promise<void>;
+}
+
+type Subscription = Awaited<ReturnType<KernelClient["subscribe"]>>;
+
+const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
+
+/**
+ * A DEFERRED answer followed to its end: a progress notification at once (with the op:// id),
+ * then one on every state change and about once a second while it runs, then the op's result
+ * (op.result) as the tool result. Its completion event (topic://kernel/ops/<id>) wakes the wait
+ * when the token allows subscribing to it; otherwise op.status is polled with backoff. A host
+ * cancellation becomes op.cancel. Every one of these is a request of its own, checked and audited.
+ */
+export async function followDeferred(g: McpGateway, deferred: Response, ctx: ToolCallContext): Promise<CallToolResult> {
+  const opUri = (deferred.payload as { op?: unknown } | undefined)?.op;
+  if (typeof opUri !== "string" || !opUri.startsWith("op://"))
+    return successResult("DEFERRED", deferred.payload, "op://", deferred.id);
+  const client = g.client;
+  const opts = { execution: ctx.execution };
+  let sent = 0;
+  const progress = async (message: string) => {
+    if (ctx.progressToken === undefined) return;
+    sent++;
+    await ctx
+      .notify({ method: "notifications/progress", params: { progressToken: ctx.progressToken, progress: sent, message } })
+      .catch(() => {});
+  };
+
+  let wake: () => void = () => {};
+  let cancelled = false;
+  const onAbort = () => {
+    cancelled = true;
+    void client.request({ op: "op.cancel", target: opUri, args: {} }, opts).catch(() => {});
+    wake();
+  };
+  ctx.signal.addEventListener("abort", onAbort, { once: true });
+  let sub: Subscription | undefined;
+  try {
+    await progress(`${opUri} deferred`);
+    if (ctx.signal.aborted) onAbort();
+    const topic = `topic://kernel/ops/${opUri.slice("op://".length)}`;
+    // Only when it may also unsubscribe: a subscription it could not end would outlive the call.
+    const grants = g.grants();
+    if (grants.allows("event.subscribe", topic) && grants.allows("event.unsubscribe", topic)) {
+      try {
+        const s = await client.subscribe(topic, opts);
+        sub = s;
+        void (async () => {
+          for await (const _ of s) {
+            wake();
+            break;
+          }
+        })().catch(() => {});
+      } catch {
+        sub = undefined; // polling alone still follows it
+      }
+    }
+    const started = Date.now();
+    let delay = 50;
+    let last = "";
+    let lastAt = 0;
+    for (;;) {
+      if (cancelled) return failureResult("CANCELLED", `${opUri} was cancelled at the host's request`);
+      let s: Response;
+      try {
+        s = await client.request({ op: "op.status", target: opUri, args: {} }, opts);
+      } catch (e) {
+        return localFailure(e);
+      }
+      if (s.status === "FAILURE") {
+        // The token does not let the gateway follow the op: hand over the DEFERRED answer as it is.
+        const r = successResult("DEFERRED", deferred.payload, opUri, deferred.id);
+        r.content.push({ type: "text", text: `cannot follow ${opUri}: op.status answered ${s.error}: ${s.message}` });
+        return r;
+      }
+      const state = String((s.payload as { state?: unknown }).state);
+      if (TERMINAL.has(state)) break;
+      if (state !== last || Date.now() - lastAt >= 1000) {
+        await progress(`${opUri} ${state} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
+        last = state;
+        lastAt = Date.now();
+      }
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(resolve, delay);
+        wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
+      });
+      delay = Math.min(delay * 2, sub ? 5 * g.pollMaxMs : g.pollMaxMs);
+    }
+    try {
+      return answerToResult(await client.request({ op: "op.result", target: opUri, args: {} }, opts), opUri);
+    } catch (e) {
+      return localFailure(e);
+    }
+  } finally {
+    ctx.signal.removeEventListener("abort", onAbort);
+    await sub?.unsubscribe().catch(() => {});
+  }
+}

@@ -1,0 +1,221 @@
+import type { KernelClient } from "@kpip/client";
+import { type CborMap, KpipError, type Response } from "@kpip/protocol";
+import { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import {
+  CallToolRequestSchema,
+  type CallToolResult,
+  ErrorCode,
+  ListResourcesRequestSchema,
+  ListToolsRequestSchema,
+  McpError,
+  ReadResourceRequestSchema,
+  type Tool,
+} from "@modelcontextprotocol/sdk/types.js";
+import { followDeferred, type ToolCallContext } from "./deferred.js";
+import { GrantView } from "./grant.js";
+import { listResources, readResource } from "./resources.js";
+import { answerToResult, localFailure } from "./results.js";
+import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
+
+export const GATEWAY_NAME = "kpip-mcp";
+export const GATEWAY_VERSION = "0.1.0";
+
+export interface GatewayOptions {
+  /** Largest tool-call arguments accepted, as JSON bytes (default 1 MiB); larger calls never reach the kernel. */
+  maxArgsBytes?: number;
+  /** Longest wait between op.status polls while following a DEFERRED op (default 1 s). */
+  pollMaxMs?: number;
+}
+
+interface ToolEntry {
+  name: string;
+  decl: OpDecl;
+  tool: Tool;
+}
+
+/** The MCP tool name of an op: dots become underscores (hosts often refuse dots); a clash gets dashes. */
+function toolName(op: string, taken: Set<string>): string {
+  const n = op.replaceAll(".", "_");
+  return taken.has(n) ? op.replaceAll(".", "-") : n;
+}
+
+/** At most 128 UTF-8 bytes (the protocol's limit for context.execution). */
+function clip(s: string): string {
+  let b = Buffer.from(s, "utf8");
+  if (b.length <= 128) return s;
+  b = b.subarray(0, 128);
+  return new TextDecoder().decode(b).replace(/\uFFFD+$/, "");
+}
+
+/**
+ * The gateway: an MCP server on one side, one persona's kernel session on the other. Its
+ * tools are the ops the persona's tokens allow; a tool call is one KPIP request through
+ * `@kpip/client`, so the kernel checks and audits it like any other. The gateway only
+ * translates: it never decides what the kernel would allow or refuse.
+ */
+export class McpGateway {
+  private tools = new Map<string, ToolEntry>();
+  private readonly servers = new Set<Server>();
+  private readonly inFlight = new Set<Promise<unknown>>();
+  readonly maxArgsBytes: number;
+  readonly pollMaxMs: number;
+
+  private constructor(
+    readonly client: KernelClient,
+    opts: GatewayOptions,
+  ) {
+    this.maxArgsBytes = opts.maxArgsBytes ?? 1024 * 1024;
+    this.pollMaxMs = opts.pollMaxMs ?? 1000;
+  }
+
+  /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */
+  static async open(client: KernelClient, opts: GatewayOptions = {}): Promise<McpGateway> {
+    const g = new McpGateway(client, opts);
+    await g.loadTools();
+    // After a reconnect the kernel may be another build: read its table again, tell the hosts.
+    client.on("state", (s: string) => {
+      if (s === "ready" && client.connections > 1) void g.reloadTools();
+    });
+    return g;
+  }
+
+  grants(): GrantView {
+    return new GrantView(this.client.heldTokens.filter((_, i) => !this.client.refusedTokens.some((r) => r.index === i)));
+  }
+
+  private async loadTools(): Promise<void> {
+    const grants = this.grants();
+    if (grants.targetsFor("system.describe", ["kernel"]).length === 0) {
+      throw new KpipError(
+        "PERMISSION",
+        "the gateway's token must allow system.describe on kernel:// (it reads the op table to build the tools)",
+      );
+    }
+    const r = await this.client.call("system.describe", "kernel://");
+    const table = (r.payload as unknown as { ops: OpDecl[] }).ops;
+    const tools = new Map<string, ToolEntry>();
+    for (const { decl, targets } of grants.allowedOps(table)) {
+      const name = toolName(decl.op, new Set(tools.keys()));
+      tools.set(name, {
+        name,
+        decl,
+        tool: {
+          name,
+          title: decl.op,
+          description: toolDescription(decl),
+          inputSchema: inputSchema(decl, targets) as Tool["inputSchema"],
+          annotations: { readOnlyHint: !decl.effects, idempotentHint: decl.idempotent, openWorldHint: false },
+        },
+      });
+    }
+    this.tools = tools;
+  }
+
+  private async reloadTools(): Promise<void> {
+    const before = JSON.stringify([...this.tools.values()].map((t) => t.tool));
+    try {
+      await this.loadTools();
+    } catch {
+      return; // keep the last table; calls are still decided by the kernel
+    }
+    if (JSON.stringify([...this.tools.values()].map((t) => t.tool)) === before) return;
+    for (const s of this.servers) void s.sendToolListChanged().catch(() => {});
+  }
+
+  /** The tool names offered now (for tests and logs). */
+  get toolNames(): string[] {
+    return [...this.tools.keys()];
+  }
+
+  /** A new MCP server bound to this gateway: one per MCP session (stdio: one; HTTP: one per host session). */
+  createServer(): Server {
+    // The low-level Server, not McpServer: the tools and their JSON schemas come from the
+    // kernel at run time, and McpServer wants them as zod schemas written in code.
+    const server = new Server(
+      { name: GATEWAY_NAME, version: GATEWAY_VERSION },
+      {
+        capabilities: { tools: { listChanged: true }, resources: {} },
+        instructions:
+          'Tools are the KPIP kernel ops this persona\'s token allows; targets are URIs (obj://<workspace>/<path> for storage). Bytes travel as {"$bytes": "<base64>"}. The kernel checks and audits every call; a refusal comes back as a tool error naming its class (PERMISSION, SEMANTIC, ...).',
+      },
+    );
+    this.servers.add(server);
+    server.onclose = () => this.servers.delete(server);
+    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));
+    const execution = (requestId: string | number) => {
+      const host = server.getClientVersion();
+      return clip(`mcp:${host?.name ?? "unknown"}/${host?.version ?? "?"}#${String(requestId)}`);
+    };
+    server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
+      const ctx: ToolCallContext = {
+        execution: execution(extra.requestId),
+        signal: extra.signal,
+        progressToken: extra._meta?.progressToken,
+        notify: (n) => extra.sendNotification(n),
+      };
+      return this.track(this.callTool(req.params.name, req.params.arguments, ctx));
+    });
+    server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
+      this.track(listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor)),
+    );
+    server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
+      this.track(readResource(this.client, execution(extra.requestId), req.params.uri)),
+    );
+    return server;
+  }
+
+  private track<T>(p: Promise<T>): Promise<T> {
+    this.inFlight.add(p);
+    const done = () => this.inFlight.delete(p);
+    p.then(done, done);
+    return p;
+  }
+
+  /** Resolves when no call is in flight (a host that closed its input still gets its answers). */
+  async drained(): Promise<void> {
+    while (this.inFlight.size > 0) await Promise.allSettled([...this.inFlight]);
+  }
+
+  /** One tool call: checked here for shape only, then one KPIP request; the kernel decides. */
+  async callTool(name: string, input: unknown, ctx: ToolCallContext): Promise<CallToolResult> {
+    const entry = this.tools.get(name);
+    if (!entry)
+      throw new McpError(
+        ErrorCode.InvalidParams,
+        `unknown tool ${JSON.stringify(name)}: tools/list names the ops this token allows`,
+      );
+    const size = Buffer.byteLength(JSON.stringify(input ?? {}), "utf8");
+    if (size > this.maxArgsBytes) {
+      throw new McpError(
+        ErrorCode.InvalidParams,
+        `arguments of ${size} bytes exceed the gateway's limit of ${this.maxArgsBytes} bytes`,
+      );
+    }
+    let intent: { target: string; args: CborMap };
+    try {
+      intent = parseToolArgs(entry.decl, input);
+    } catch (e) {
+      if (e instanceof InputError) throw new McpError(ErrorCode.InvalidParams, `${name}: ${e.message}`);
+      throw e;
+    }
+    let r: Response;
+    try {
+      r = await this.client.request(
+        { op: entry.decl.op, target: intent.target, args: intent.args },
+        {
+          execution: ctx.execution,
+          signal: ctx.signal,
+        },
+      );
+    } catch (e) {
+      return localFailure(e);
+    }
+    if (r.status === "DEFERRED") return followDeferred(this, r, ctx);
+    return answerToResult(r, intent.target);
+  }
+
+  /** Closes every MCP server (not the kernel client: its owner closes it). */
+  async close(): Promise<void> {
+    await Promise.all([...this.servers].map((s) => s.close().catch(() => {})));
+  }
+}

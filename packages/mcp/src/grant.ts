@@ -1,0 +1,70 @@
+import { decodeToken, effectiveGrant, type Grant, grantAllows, matchOp } from "@kpip/protocol";
+import type { OpDecl } from "./schema.js";
+
+/**
+ * What the gateway's tokens allow, computed with the same pattern rules the kernel enforces
+ * (`@kpip/protocol`). It only decides what to *list*: every call is still decided by the
+ * kernel, so a stale or wrong list can never widen anything.
+ */
+export class GrantView {
+  private readonly grants: Grant[];
+
+  constructor(tokens: string[]) {
+    this.grants = tokens.map((t) => effectiveGrant(decodeToken(Buffer.from(t, "base64url"))));
+  }
+
+  private live(): Grant[] {
+    const now = Date.now();
+    return this.grants.filter((g) => g.usable && g.nbf <= now && now < g.exp);
+  }
+
+  /**
+   * The target patterns under which the tokens allow `op` on one of `schemes` (empty: the op
+   * is not granted anywhere). A target caveat narrows the rights; it is listed beside them.
+   */
+  targetsFor(op: string, schemes: string[]): string[] {
+    const out = new Set<string>();
+    const fits = (p: string) => p === "**" || schemes.some((s) => p.startsWith(`${s}://`));
+    for (const g of this.live()) {
+      if (!g.opFilters.every((f) => f.some((p) => matchOp(p, op)))) continue;
+      if (!g.targetFilters.every((f) => f.some(fits))) continue;
+      for (const r of g.rights) {
+        if (!r.ops.some((p) => matchOp(p, op))) continue;
+        for (const t of r.targets) if (fits(t)) out.add(t);
+      }
+    }
+    return [...out];
+  }
+
+  /** Would one of the tokens allow `op` on this exact `target`? (To skip requests sure to be refused.) */
+  allows(op: string, target: string): boolean {
+    return this.live().some((g) => grantAllows(g, op, target));
+  }
+
+  /** The ops of the kernel's table these tokens allow somewhere, with their target patterns. */
+  allowedOps(table: OpDecl[]): { decl: OpDecl; targets: string[] }[] {
+    return table
+      .map((decl) => ({ decl, targets: this.targetsFor(decl.op, decl.targets) }))
+      .filter((x) => x.targets.length > 0)
+      .sort((a, b) => (a.decl.op < b.decl.op ? -1 : 1));
+  }
+
+  /**
+   * obj:// prefixes to list as MCP resources: each granted storage.list pattern cut at its
+   * first wildcard (obj://ws1/notes/** → obj://ws1/notes). Patterns without a workspace are
+   * skipped: listing needs one.
+   */
+  listPrefixes(): string[] {
+    const out = new Set<string>();
+    for (const p of this.targetsFor("storage.list", ["obj"])) {
+      if (!p.startsWith("obj://")) continue;
+      const segs = p.slice("obj://".length).split("/");
+      const cut = segs.findIndex((s) => s === "*" || s === "**");
+      const fixed = cut < 0 ? segs : segs.slice(0, cut);
+      if (fixed.length === 0 || fixed[0] === "") continue;
+      out.add(`obj://${fixed.join("/")}`);
+    }
+    // A prefix inside another listed prefix would list its objects twice.
+    return [...out].filter((p) => ![...out].some((q) => q !== p && p.startsWith(`${q}/`))).sort();
+  }
+}

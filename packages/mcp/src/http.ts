@@ -1,0 +1,169 @@
+import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
+import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
+import type { AddressInfo } from "node:net";
+import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
+import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import type { McpGateway } from "./gateway.js";
+
+/** Addresses the HTTP gateway may listen on: loopback only (it has no TLS). */
+const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
+
+export interface HttpOptions {
+  host: string;
+  /** 0 picks a free port (see the returned url). */
+  port: number;
+  /** The secret hosts must send as `Authorization: Bearer <secret>`; at least 16 characters. */
+  bearer: string;
+  /** A host session with no request for this long is closed (default 30 min); the host starts a new one on 404. */
+  idleMs?: number;
+}
+
+export interface HttpGateway {
+  url: string;
+  /** Host sessions open now. */
+  sessions(): number;
+  close(): Promise<void>;
+}
+
+/** Refused configuration of the HTTP gateway (a non-loopback address, a weak secret). */
+export class GatewayConfigError extends Error {
+  override name = "GatewayConfigError";
+}
+
+const digest = (s: string) => createHash("sha256").update(s, "utf8").digest();
+
+/** Constant-time: both sides are hashed to 32 bytes first, so neither content nor length leaks. */
+function bearerMatches(header: string | undefined, secret: Buffer): boolean {
+  const m = /^Bearer (.+)$/i.exec(header ?? "");
+  return timingSafeEqual(digest(m?.[1] ?? ""), secret) && m !== null;
+}
+
+/** Host and Origin must name the loopback listener: a web page cannot reach it by DNS rebinding. */
+function sameOrigin(req: IncomingMessage, port: number): boolean {
+  const ok = (host: string) => {
+    const i = host.lastIndexOf(":");
+    const name = (i > 0 && !host.endsWith("]") ? host.slice(0, i) : host).replace(/^\[|\]$/g, "");
+    return LOOPBACK.has(name) && (i < 0 || host.slice(i + 1) === String(port));
+  };
+  if (!req.headers.host || !ok(req.headers.host)) return false;
+  const origin = req.headers.origin;
+  if (origin === undefined) return true;
+  try {
+    return ok(new URL(origin).host);
+  } catch {
+    return false;
+  }
+}
+
+function refuse(res: ServerResponse, code: number, message: string, headers: Record<string, string> = {}): void {
+  res.writeHead(code, { "content-type": "application/json", ...headers });
+  res.end(JSON.stringify({ jsonrpc: "2.0", error: { code: -32000, message }, id: null }));
+}
+
+/** Refuses what the HTTP gateway will not serve: a non-loopback address (no TLS), a short secret. */
+export function checkHttpOptions(o: HttpOptions): void {
+  if (!LOOPBACK.has(o.host)) {
+    throw new GatewayConfigError(
+      `the MCP HTTP gateway listens on loopback only (127.0.0.1, ::1, localhost), not ${o.host}: it has no TLS`,
+    );
+  }
+  if (o.bearer.length < 16) throw new GatewayConfigError("the bearer secret must be at least 16 characters");
+}
+
+/**
+ * MCP over Streamable HTTP on a loopback address, every request carrying the operator's
+ * bearer secret. One MCP server (and transport) per host session; all of them act as the
+ * gateway's one persona.
+ */
+export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<HttpGateway> {
+  checkHttpOptions(o);
+  const secret = digest(o.bearer);
+  const sessions = new Map<string, StreamableHTTPServerTransport>();
+  const lastSeen = new Map<string, number>();
+  let port = o.port;
+  // Hosts that go away without DELETE would otherwise keep their server and transport forever.
+  const idleMs = o.idleMs ?? 30 * 60_000;
+  const sweep = setInterval(
+    () => {
+      const now = Date.now();
+      for (const [id, t] of sessions) {
+        if (now - (lastSeen.get(id) ?? 0) > idleMs) void t.close().catch(() => {});
+      }
+    },
+    Math.max(10, Math.min(idleMs / 2, 60_000)),
+  );
+  sweep.unref();
+
+  const handle = async (req: IncomingMessage, res: ServerResponse) => {
+    if (!sameOrigin(req, port)) return refuse(res, 403, "Host or Origin is not this loopback listener");
+    if (!bearerMatches(req.headers.authorization, secret)) {
+      return refuse(res, 401, "missing or wrong bearer secret", { "www-authenticate": 'Bearer realm="kpip-mcp"' });
+    }
+    if (new URL(req.url ?? "/", "http://x").pathname !== "/mcp") return refuse(res, 404, "the MCP endpoint is /mcp");
+    const sid = req.headers["mcp-session-id"];
+    if (typeof sid === "string") {
+      const t = sessions.get(sid);
+      if (!t) return refuse(res, 404, "unknown or ended MCP session");
+      lastSeen.set(sid, Date.now());
+      return t.handleRequest(req, res);
+    }
+    if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
+    const body = await readJson(req, 4 * gateway.maxArgsBytes);
+    if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
+    if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
+    const t = new StreamableHTTPServerTransport({
+      sessionIdGenerator: () => randomUUID(),
+      maxRequestBodySize: 4 * gateway.maxArgsBytes,
+      onsessioninitialized: (id) => {
+        sessions.set(id, t);
+        lastSeen.set(id, Date.now());
+      },
+    });
+    t.onclose = () => {
+      if (!t.sessionId) return;
+      sessions.delete(t.sessionId);
+      lastSeen.delete(t.sessionId);
+    };
+    await gateway.createServer().connect(t);
+    await t.handleRequest(req, res, body);
+  };
+
+  const server: HttpServer = createServer((req, res) => {
+    handle(req, res).catch((e) => {
+      if (!res.headersSent) refuse(res, 500, (e as Error).message);
+      else res.destroy();
+    });
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(o.port, o.host, () => resolve());
+  });
+  port = (server.address() as AddressInfo).port;
+  const hostPart = o.host.includes(":") ? `[${o.host}]` : o.host;
+  return {
+    url: `http://${hostPart}:${port}/mcp`,
+    sessions: () => sessions.size,
+    close: async () => {
+      clearInterval(sweep);
+      await Promise.all([...sessions.values()].map((t) => t.close().catch(() => {})));
+      server.closeAllConnections();
+      await new Promise<void>((r) => server.close(() => r()));
+    },
+  };
+}
+
+/** The body as JSON, or undefined when it is larger than `max` bytes; bad JSON is null (refused as not an initialize). */
+async function readJson(req: IncomingMessage, max: number): Promise<unknown> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > max) return undefined;
+    chunks.push(c as Buffer);
+  }
+  try {
+    return JSON.parse(Buffer.concat(chunks).toString("utf8"));
+  } catch {
+    return null;
+  }
+}

@@ -1,0 +1,103 @@
+import type { KernelClient } from "@kpip/client";
+import type { Response } from "@kpip/protocol";
+import {
+  ErrorCode,
+  type ListResourcesResult,
+  McpError,
+  type ReadResourceResult,
+  type Resource,
+} from "@modelcontextprotocol/sdk/types.js";
+import { asText } from "./schema.js";
+
+const PAGE = 100;
+
+interface Position {
+  /** Index into the prefixes. */
+  i: number;
+  /** The kernel's cursor inside that prefix. */
+  c?: string;
+}
+
+const encodeCursor = (p: Position) => Buffer.from(JSON.stringify(p)).toString("base64url");
+
+function decodeCursor(s: string, prefixes: number): Position {
+  try {
+    const p = JSON.parse(Buffer.from(s, "base64url").toString("utf8")) as Position;
+    if (Number.isSafeInteger(p.i) && p.i >= 0 && p.i < prefixes && (p.c === undefined || typeof p.c === "string")) return p;
+  } catch {}
+  throw new McpError(ErrorCode.InvalidParams, "invalid cursor: pass back a nextCursor this server returned");
+}
+
+/** A kernel answer the host must see as an MCP error (resources have no isError form). */
+async function ask(
+  client: KernelClient,
+  execution: string,
+  op: string,
+  target: string,
+  args: Record<string, string | number> = {},
+): Promise<Response> {
+  try {
+    return await client.request({ op, target, args }, { execution });
+  } catch (e) {
+    throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${(e as Error).message}`);
+  }
+}
+
+/**
+ * resources/list: the objects under the obj:// prefixes the token may list, one storage.list
+ * page per MCP page. A prefix the kernel refuses to list (its grant names objects deeper
+ * down) is skipped: the gateway shows what the kernel lets it see, never more.
+ */
+export async function listResources(
+  client: KernelClient,
+  execution: string,
+  prefixes: string[],
+  cursor?: string,
+): Promise<ListResourcesResult> {
+  const pos: Position = cursor === undefined ? { i: 0 } : decodeCursor(cursor, prefixes.length);
+  for (; pos.i < prefixes.length; pos.i++, pos.c = undefined) {
+    const prefix = prefixes[pos.i] as string;
+    const r = await ask(
+      client,
+      execution,
+      "storage.list",
+      prefix,
+      pos.c === undefined ? { limit: PAGE } : { limit: PAGE, cursor: pos.c },
+    );
+    if (r.status === "FAILURE") {
+      if (r.error === "PERMISSION") continue;
+      throw new McpError(ErrorCode.InternalError, `storage.list ${prefix}: ${r.error}: ${r.message}`);
+    }
+    const ws = prefix.slice("obj://".length).split("/")[0];
+    const p = r.payload as { items: { path: string; size: number; generation: number }[]; cursor?: string };
+    const resources: Resource[] = p.items.map((it) => ({
+      uri: `obj://${ws}/${it.path}`,
+      name: it.path,
+      size: it.size,
+      _meta: { "kpip/generation": it.generation },
+    }));
+    if (r.status === "PARTIAL" && p.cursor !== undefined)
+      return { resources, nextCursor: encodeCursor({ i: pos.i, c: p.cursor }) };
+    if (resources.length > 0) {
+      return pos.i + 1 < prefixes.length ? { resources, nextCursor: encodeCursor({ i: pos.i + 1 }) } : { resources };
+    }
+  }
+  return { resources: [] };
+}
+
+/** resources/read: one storage.read, checked and audited by the kernel like a tool call. */
+export async function readResource(client: KernelClient, execution: string, uri: string): Promise<ReadResourceResult> {
+  if (!uri.startsWith("obj://")) throw new McpError(ErrorCode.InvalidParams, `only obj:// resources can be read, not ${uri}`);
+  const r = await ask(client, execution, "storage.read", uri);
+  if (r.status === "FAILURE") throw new McpError(ErrorCode.InvalidParams, `${r.error}: ${r.message}`);
+  const p = r.payload as { data: Uint8Array; generation: number };
+  const text = asText(p.data);
+  const meta = { "kpip/generation": p.generation };
+  return {
+    contents: [
+      text !== undefined
+        ? { uri, mimeType: "text/plain", text, _meta: meta }
+        : { uri, mimeType: "application/octet-stream", blob: Buffer.from(p.data).toString("base64"), _meta: meta },
+    ],
+  };
+}

@@ -1,0 +1,56 @@
+import { KernelUnavailableError, LocalError } from "@kpip/client";
+import type { CborValue, Response } from "@kpip/protocol";
+import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { asText, byteStrings, toJson } from "./schema.js";
+
+/** Byte strings larger than this are left out of the JSON text (they are in the embedded resource). */
+const INLINE_BYTES = 64 * 1024;
+
+/**
+ * A SUCCESS or PARTIAL answer as a tool result: the payload as JSON text (bytes as
+ * {"$bytes": base64}, so a model can pass them back), and every byte string also as an
+ * embedded resource with its MIME type (text when it is UTF-8 text, a base64 blob otherwise).
+ * The uri of a lone byte string is the target itself (obj://… for storage.read).
+ */
+export function successResult(status: string, payload: CborValue | undefined, target: string, requestId: number): CallToolResult {
+  const blobs = byteStrings(payload);
+  const uriOf = (path: string) => (blobs.length === 1 ? target : `${target}#${path}`);
+  const json = toJson(payload, (b, path) => (b.length > INLINE_BYTES ? { $resource: uriOf(path), size: b.length } : undefined));
+  const content: CallToolResult["content"] = [{ type: "text", text: JSON.stringify({ status, payload: json }) }];
+  for (const { path, bytes } of blobs) {
+    const text = asText(bytes);
+    content.push({
+      type: "resource",
+      resource:
+        text !== undefined
+          ? { uri: uriOf(path), mimeType: "text/plain", text }
+          : { uri: uriOf(path), mimeType: "application/octet-stream", blob: Buffer.from(bytes).toString("base64") },
+    });
+  }
+  return { content, _meta: { "kpip/status": status, "kpip/requestId": requestId } };
+}
+
+/** A refusal or failure as a tool error: the error class first, then the message, exactly as decided. */
+export function failureResult(errorClass: string, message: string, requestId?: number): CallToolResult {
+  const meta: Record<string, unknown> = { "kpip/status": "FAILURE", "kpip/errorClass": errorClass };
+  if (requestId !== undefined) meta["kpip/requestId"] = requestId;
+  return { isError: true, content: [{ type: "text", text: `FAILURE ${errorClass}: ${message}` }], _meta: meta };
+}
+
+/** Any final answer of the kernel as a tool result: nothing widened, nothing narrowed. */
+export function answerToResult(r: Response, target: string): CallToolResult {
+  if (r.status === "FAILURE") return failureResult(r.error ?? "INTERNAL", r.message ?? "request failed", r.id);
+  return successResult(r.status, r.payload, target, r.id);
+}
+
+/** A call that got no answer from the kernel: a tool error saying why, at once, instead of a hang. */
+export function localFailure(e: unknown): CallToolResult {
+  if (e instanceof KernelUnavailableError) {
+    return failureResult(
+      "UNAVAILABLE",
+      `the kernel is unavailable (${e.message}); the gateway is reconnecting, try again shortly`,
+    );
+  }
+  if (e instanceof LocalError) return failureResult(e.name.replace(/Error$/, "").toUpperCase(), e.message);
+  throw e;
+}

@@ -1,0 +1,18 @@
+import { StdioServerTransport } from "@modelcontextprotocol/sdk/server/stdio.js";
+import type { McpGateway } from "./gateway.js";
+
+/**
+ * MCP over this process's stdin/stdout (the host started it). Resolves when the host closes
+ * its end and every call it sent has been answered: input may end right after the last
+ * request (a pipe), and its answer is still owed.
+ */
+export async function serveStdio(gateway: McpGateway): Promise<void> {
+  const transport = new StdioServerTransport();
+  const closed = new Promise<void>((resolve) => {
+    transport.onclose = () => resolve();
+    process.stdin.once("end", () => resolve());
+  });
+  await gateway.createServer().connect(transport);
+  await closed;
+  await gateway.drained();
+}

@@ -1,0 +1,118 @@
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { KernelClient } from "@kpip/client";
+import { generateIdentity, type Right, serializeIdentity } from "@kpip/protocol";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
+import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+
+/** The kpip command (the MCP package never imports the kernel: it runs as a process). */
+export const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+
+/** The name and version the test host announces: the audit must name it. */
+export const HOST = { name: "test-host", version: "1.2.3" };
+
+/** `kpip <args>` to completion. */
+export function kpip(args: string[]): { code: number | null; out: string; err: string } {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+}
+
+/** A kernel in its own process on a temp home; it can be killed and started again on the same home. */
+export class KernelHome {
+  readonly home = mkdtempSync(join(tmpdir(), "kpip-mcp-"));
+  private child: ChildProcess | undefined;
+
+  async start(): Promise<void> {
+    const k = spawn(process.execPath, [MAIN, "kernel", "--home", this.home, "--log-level", "silent"], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    this.child = k;
+    await new Promise<void>((resolve, reject) => {
+      let out = "";
+      k.stdout?.on("data", (d) => {
+        out += d;
+        if (out.includes("is running")) resolve();
+      });
+      k.once("exit", (code, sig) => reject(new Error(`kpip kernel exited before it was running (${sig ?? code})`)));
+    });
+  }
+
+  async kill(): Promise<void> {
+    const c = this.child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) return;
+    const exited = new Promise((r) => c.once("exit", r));
+    c.kill("SIGKILL");
+    await exited;
+  }
+
+  /** Registers `id` through the kernel and mints it a token; writes both where `kpip mcp` reads them. */
+  async persona(id: string, rights: Right[]): Promise<{ identityFile: string; tokenFile: string }> {
+    const admin = await KernelClient.connect({
+      socket: join(this.home, "kernel.sock"),
+      identity: join(this.home, "admin.identity"),
+      tokens: [readFileSync(join(this.home, "admin.token"), "utf8")],
+      reconnect: false,
+    });
+    try {
+      const identity = generateIdentity(id);
+      await admin.personas.register(id, identity.publicKey);
+      const m = await admin.tokens.mint(id, { rights, ttlMs: 3_600_000 });
+      const identityFile = join(this.home, `${id}.identity`);
+      const tokenFile = join(this.home, `${id}.token`);
+      writeFileSync(identityFile, serializeIdentity(identity), { mode: 0o600 });
+      writeFileSync(tokenFile, Buffer.from(m.token).toString("base64url"), { mode: 0o600 });
+      return { identityFile, tokenFile };
+    } finally {
+      await admin.close();
+    }
+  }
+
+  /** `kpip audit query --persona P --json`: one object per record. */
+  audit(
+    persona: string,
+  ): { op: string | null; target: string | null; phase: string; status: string | null; execution?: string }[] {
+    const r = kpip(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
+    if (r.code !== 0) throw new Error(`kpip audit query failed: ${r.err}`);
+    return r.out
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l));
+  }
+
+  async dispose(): Promise<void> {
+    await this.kill();
+    rmSync(this.home, { recursive: true, force: true });
+  }
+}
+
+/** An MCP SDK client (the host) talking to `kpip mcp` over stdio. */
+export async function stdioHost(k: KernelHome, files: { identityFile: string; tokenFile: string }, extra: string[] = []) {
+  const transport = new StdioClientTransport({
+    command: process.execPath,
+    args: [MAIN, "mcp", "--home", k.home, "--identity", files.identityFile, "--token", `@${files.tokenFile}`, ...extra],
+    stderr: "pipe",
+  });
+  const client = new Client(HOST);
+  await client.connect(transport);
+  return client;
+}
+
+/** The first text item of a tool result. */
+export function text(r: CallToolResult): string {
+  const t = r.content.find((c) => c.type === "text");
+  return t && t.type === "text" ? t.text : "";
+}
+
+export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await f();
+    if (v) return v as NonNullable<T>;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,107 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { describe, it } from "node:test";
+import { attenuate, mintToken, type Right, tokenToString } from "@kpip/protocol";
+import { GrantView } from "../src/grant.js";
+import { InputError, type OpDecl, parseToolArgs } from "../src/schema.js";
+
+const op = (name: string, targets: string[], args: OpDecl["args"] = {}): OpDecl => ({
+  op: name,
+  description: name,
+  targets,
+  idempotent: false,
+  effects: true,
+  args,
+});
+const TABLE = [
+  op("system.describe", ["kernel"]),
+  op("storage.read", ["obj"]),
+  op("storage.write", ["obj"], { data: { type: "any", required: true, description: "d" } }),
+  op("storage.list", ["obj"]),
+  op("token.mint", ["persona"]),
+  op("event.emit", ["topic"]),
+];
+
+function token(rights: Right[], caveats: Parameters<typeof attenuate>[1][] = []): string {
+  const now = Date.now();
+  let t = mintToken(randomBytes(32), {
+    id: randomBytes(16).toString("hex"),
+    kid: "k1",
+    sub: "alice",
+    rights,
+    limits: {},
+    nbf: now - 1000,
+    exp: now + 60_000,
+    maxExp: now + 60_000,
+    chain: [],
+  });
+  for (const c of caveats) t = attenuate(t, c);
+  return tokenToString(t);
+}
+
+describe("which ops the gateway lists (it never lists more than the token allows)", () => {
+  it("lists an op only when a right names it on a target of one of its schemes", () => {
+    const g = new GrantView([token([{ ops: ["storage.*", "system.describe"], targets: ["obj://ws1/**", "kernel://"] }])]);
+    assert.deepEqual(
+      g.allowedOps(TABLE).map((x) => x.decl.op),
+      ["storage.list", "storage.read", "storage.write", "system.describe"],
+    );
+    assert.deepEqual(g.targetsFor("storage.write", ["obj"]), ["obj://ws1/**"]);
+    // event.emit is in no right; a topic:// target names none of the rights either
+    assert.deepEqual(
+      new GrantView([token([{ ops: ["**"], targets: ["obj://ws1/**"] }])]).targetsFor("event.emit", ["topic"]),
+      [],
+    );
+  });
+
+  it("follows the token's caveats: an offline-attenuated token lists only what is left", () => {
+    const g = new GrantView([
+      token(
+        [{ ops: ["**"], targets: ["**"] }],
+        [
+          { t: "ops", v: ["storage.read", "system.describe"] },
+          { t: "targets", v: ["obj://ws1/**", "kernel://"] },
+        ],
+      ),
+    ]);
+    assert.deepEqual(
+      g.allowedOps(TABLE).map((x) => x.decl.op),
+      ["storage.read", "system.describe"],
+    );
+    assert.equal(g.allows("storage.read", "obj://ws2/x"), false);
+    const expired = new GrantView([token([{ ops: ["**"], targets: ["**"] }], [{ t: "exp", v: Date.now() - 1 }])]);
+    assert.deepEqual(expired.allowedOps(TABLE), []);
+  });
+
+  it("lists resources under the literal prefixes of the storage.list patterns", () => {
+    const g = new GrantView([
+      token([{ ops: ["storage.list"], targets: ["obj://ws1/**", "obj://ws1/notes/*", "obj://ws2/a/*/b", "obj://**"] }]),
+    ]);
+    assert.deepEqual(g.listPrefixes(), ["obj://ws1", "obj://ws2/a"]);
+  });
+});
+
+describe("tool arguments are checked against the op's declaration before anything is sent", () => {
+  const write = TABLE[2] as OpDecl;
+  const bad = (input: unknown, re: RegExp) =>
+    assert.throws(
+      () => parseToolArgs(write, input),
+      (e) => e instanceof InputError && re.test(e.message),
+    );
+
+  it("accepts {target, args} with bytes as {$bytes: base64}", () => {
+    const r = parseToolArgs(write, { target: "obj://ws1/a", args: { data: { $bytes: "AAH/" } } });
+    assert.deepEqual(r, { target: "obj://ws1/a", args: { data: Buffer.from([0, 1, 255]) } });
+    assert.deepEqual(parseToolArgs(TABLE[0] as OpDecl, {}), { target: "kernel://", args: {} }, "kernel:// is the default target");
+  });
+
+  it("refuses fractions, bad base64, unknown keys, wrong schemes and missing arguments", () => {
+    bad({ target: "obj://ws1/a", args: { data: 1.5 } }, /only integers/);
+    bad({ target: "obj://ws1/a", args: { data: { $bytes: "not base64!" } } }, /base64/);
+    bad({ target: "obj://ws1/a", args: { data: "x" }, extra: 1 }, /unknown argument "extra"/);
+    bad({ target: "topic://x", args: { data: "x" } }, /targets of scheme obj:\/\//);
+    bad({ target: "obj://ws1/a" }, /args\.data is required/);
+    bad("just text", /must be an object/);
+    bad({ target: 7, args: { data: "x" } }, /target is required/);
+  });
+});
