@@ -50,6 +50,16 @@ export interface KernelConfig {
   grpcTlsKey: string;
   /** PEM CA for client certificates: when set, gRPC clients must present one it signed (mTLS). */
   grpcTlsClientCa: string;
+  /* Pre-authentication budget (PROTOCOL §3.8): connections that have not attested yet. */
+  /** Half-open connections per transport; beyond it an older one is shed. */
+  preauthPerTransport: number;
+  /** Half-open connections per peer address on TCP/gRPC; beyond it that peer's oldest is shed. */
+  preauthPerPeer: number;
+  /** Of `maxSessions`, how many only the admin persona may take. */
+  adminReserve: number;
+  /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
+  peerLogLines: number;
+  peerLogWindowMs: number;
 }
 
 interface SettingSpec {
@@ -118,6 +128,24 @@ export const SETTINGS: SettingSpec[] = [
   { key: "grpcTlsCert", type: "string", description: "PEM certificate chain for gRPC TLS" },
   { key: "grpcTlsKey", type: "string", description: "PEM private key for gRPC TLS" },
   { key: "grpcTlsClientCa", type: "string", description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)" },
+  {
+    key: "preauthPerTransport",
+    type: "int",
+    description: "half-open (not yet attested) connections per transport; beyond it the oldest of the busiest peer is shed",
+  },
+  {
+    key: "preauthPerPeer",
+    type: "int",
+    description: "half-open connections per peer address on gRPC; beyond it that peer's oldest is shed",
+  },
+  {
+    key: "adminReserve",
+    type: "int",
+    description: "sessions out of maxSessions that only the admin persona may take",
+    zeroAllowed: true,
+  },
+  { key: "peerLogLines", type: "int", description: "log lines one peer may cause per peerLogWindowMs (then one summary line)" },
+  { key: "peerLogWindowMs", type: "int", description: "window of the per-peer log budget" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -127,7 +155,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxInFlight: 1024,
   maxBodyBytes: 16 * 1024 * 1024,
   heartbeatMs: 5000,
-  handshakeTimeoutMs: 10_000,
+  handshakeTimeoutMs: 5_000,
   dedupeWindowMs: 300_000,
   maxObjectBytes: 16 * 1024 * 1024 - 64 * 1024,
   maxWriteBuffer: 64 * 1024 * 1024,
@@ -148,6 +176,11 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   grpcTlsCert: "",
   grpcTlsKey: "",
   grpcTlsClientCa: "",
+  preauthPerTransport: 128,
+  preauthPerPeer: 32,
+  adminReserve: 4,
+  peerLogLines: 20,
+  peerLogWindowMs: 10_000,
 };
 
 /** A setting with a bad value; the kernel does not start. */

@@ -27,6 +27,7 @@ import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";
 import type { Connection } from "./connection.js";
+import type { PeerLogLimiter } from "./log-limit.js";
 import type { PersonaKeys } from "./persona-keys.js";
 
 export interface SessionLimitsConfig {
@@ -49,6 +50,13 @@ export interface SessionHost {
   /** Verifies a token and binds it to the session's table. */
   bindToken(table: HandleTable, persona: string, token: Uint8Array): { handle: number } | { code: string; message: string };
   readonly log: Logger;
+  /** Log lines a peer causes go through here: a bounded number per peer and window. */
+  readonly peerLog: PeerLogLimiter;
+  /**
+   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
+   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
+   */
+  admitSession(s: Session, persona: string): string | undefined;
   sessionClosed(s: Session): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: Session): void;
@@ -83,11 +91,14 @@ export class Session implements SessionView, EventSink {
   private drained: (() => void) | undefined;
   /** The session's shared-memory channel, when "shm" was negotiated. */
   shm: ShmPeer | undefined;
+  /** The peer's address as far as the transport knows it ("" on the Unix socket): the pre-auth budget's key. */
+  readonly peerAddress: string;
 
   constructor(
     readonly conn: Connection,
     private readonly host: SessionHost,
   ) {
+    this.peerAddress = addressOf(conn);
     this.decoder = new FrameDecoder(host.limits.maxBodyBytes);
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
@@ -116,7 +127,7 @@ export class Session implements SessionView, EventSink {
       this.receive(chunk);
     } catch (e) {
       // A bug must cost one session, never the kernel.
-      this.host.log.error({ err: e, session: this.id }, "session failed on unexpected error");
+      this.logPeer("error", { err: e }, "session failed on unexpected error");
       this.fail("INTERNAL", "INTERNAL_ERROR", "the kernel failed to process this session's input", this.persona || undefined);
     }
   }
@@ -190,6 +201,8 @@ export class Session implements SessionView, EventSink {
         this.send({ type: "PONG", body: { seq: msg.body.seq } });
         return;
       case "PONG":
+        // The kernel PINGs only ready sessions: a PONG before that is out of order too.
+        if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
         return;
       case "GOODBYE":
         if (this.state === "closing") return;
@@ -198,8 +211,14 @@ export class Session implements SessionView, EventSink {
         this.maybeFinishClosing();
         return;
       case "ERROR":
-        this.host.log.info({ session: this.id, code: msg.body.code, class: msg.body.class }, "peer reported an error");
-        if (msg.body.fatal) this.closed("peer reported a fatal error");
+        // Before HELLO only HELLO is allowed; during the handshake a peer may only give up (fatal).
+        if (this.state === "hello" || (this.state === "attest" && !msg.body.fatal)) return this.outOfOrder(msg.type);
+        this.logPeer("info", { code: msg.body.code, class: msg.body.class }, "peer reported an error");
+        if (msg.body.fatal) {
+          // Nothing more to say to a peer that ended the session: its connection goes now.
+          this.conn.destroy();
+          this.closed("peer reported a fatal error");
+        }
         return;
       default:
         return this.outOfOrder(msg.type);
@@ -265,6 +284,8 @@ export class Session implements SessionView, EventSink {
       this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, reason);
       return;
     }
+    const full = this.host.admitSession(this, persona);
+    if (full !== undefined) return this.fail("RESOURCE", "TOO_MANY_SESSIONS", full, persona);
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
@@ -389,7 +410,7 @@ export class Session implements SessionView, EventSink {
         message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
       })
       .catch(() => {});
-    this.host.log.info({ session: this.id, code, class: cls }, "session closed on error");
+    this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();
     this.abort.abort();
@@ -412,7 +433,7 @@ export class Session implements SessionView, EventSink {
       return;
     }
     if (now - this.lastSeen > 3 * lim.heartbeatMs) {
-      this.host.log.info({ session: this.id, persona: this.persona }, "peer silent for 3 heartbeats: closing");
+      this.logPeer("info", { persona: this.persona }, "peer silent for 3 heartbeats: closing");
       this.conn.destroy();
       this.closed("dead peer");
       return;
@@ -443,6 +464,22 @@ export class Session implements SessionView, EventSink {
   expel(code: string, message: string): void {
     if (this.state === "closed") return;
     this.fail("AUTH", code, message, this.persona || undefined);
+  }
+
+  /** Shed by the pre-authentication budget to make room for a newer handshake. */
+  shed(): void {
+    this.fail(
+      "RESOURCE",
+      "HANDSHAKE_SHED",
+      "too many connections are handshaking at once; this one was shed",
+      this.hello?.body.persona,
+    );
+  }
+
+  /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
+  private logPeer(level: "info" | "warn" | "error", obj: Record<string, unknown>, msg: string): void {
+    const key = this.persona || `${this.conn.transport}:${this.peerAddress || "local"}`;
+    this.host.peerLog.write(key, level, { ...obj, session: this.id }, msg);
   }
 
   /** Forced close: in-flight handlers are told to stop. */
@@ -476,4 +513,12 @@ export class Session implements SessionView, EventSink {
     this.host.sessionClosed(this);
     this.drained?.();
   }
+}
+
+/** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */
+export function addressOf(conn: Connection): string {
+  if (conn.transport === "uds" || conn.transport === "memory") return "";
+  const p = conn.peer.replace(/^ipv[46]:/, "");
+  const m = /^\[?([^\]]*?)\]?:\d+$/.exec(p);
+  return m ? (m[1] as string) : p;
 }
