@@ -111,6 +111,19 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.match(after.err, /REVOKED|CAPABILITY/);
   });
 
+  it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {
+    const big = join(home, "big.bin");
+    writeFileSync(big, Buffer.alloc(20_000_000, 1));
+    const r = spawnSync(process.execPath, [MAIN, "call", "storage.write", "obj://ws1/big", "--data-file", big, ...h], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    rmSync(big);
+    assert.equal(r.status, 1, `exit ${r.status} ${r.signal ?? ""}: ${r.stderr}`);
+    assert.match(r.stderr, /^kpip: request of \d+ bytes exceeds the kernel's limit of 16777216 bytes per message/);
+    assert.equal(kpip(["call", "system.health", ...h]).code, 0);
+  });
+
   it("registers public keys in three formats and removes personas", async () => {
     const { generateKeyPairSync } = await import("node:crypto");
     const idFile = JSON.parse(

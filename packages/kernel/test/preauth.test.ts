@@ -2,10 +2,11 @@ import assert from "node:assert/strict";
 import { readdirSync, readlinkSync } from "node:fs";
 import { describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
-import { KernelClient } from "@kpip/client";
+import { KernelClient, RequestTooLargeError } from "@kpip/client";
 import { encodeMessage, type Message } from "@kpip/protocol";
 import { pino } from "pino";
 import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { allAudit } from "./wire.js";
 
 const errorFrame = (fatal: boolean): Message => ({
   type: "ERROR",
@@ -157,6 +158,24 @@ describe("bounded before authentication", () => {
       for (const c of calls) c.cancel();
     } finally {
       attacker.close();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("oversized requests against a real kernel", () => {
+  it("storage.write over maxBody: RequestTooLargeError naming the limit, nothing sent or audited, the session kept", async () => {
+    const t = await startKernel({ maxBodyBytes: 1 << 20, maxObjectBytes: 900 * 1024 });
+    try {
+      const c = await t.admin();
+      const err = await c.storage.write("obj://ws1/big", Buffer.alloc(2 << 20, 7)).catch((e) => e);
+      assert.ok(err instanceof RequestTooLargeError, String(err));
+      assert.equal(err.limit, 1 << 20);
+      assert.equal(c.connections, 1, "no reconnect");
+      assert.equal((await c.system.health()).status, "ok");
+      assert.ok(!allAudit(t.k).some((r) => r.op === "storage.write"), "the kernel never saw it");
+    } finally {
       await t.stop();
       removeHome(t.home);
     }
