@@ -3,7 +3,7 @@ import { readdirSync, readlinkSync } from "node:fs";
 import { describe, it } from "node:test";
 import * as grpc from "@grpc/grpc-js";
 import { KernelClient, RequestTooLargeError } from "@kpip/client";
-import { encodeMessage, type Message } from "@kpip/protocol";
+import { encodeMessage, HEADER_SIZE, type Message, MessageType, writeHeader } from "@kpip/protocol";
 import { pino } from "pino";
 import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
 import { allAudit } from "./wire.js";
@@ -86,6 +86,33 @@ describe("bounded before authentication", () => {
       assert.ok(summaries().length >= 1);
       assert.ok(fromAdmin().length <= 5 * (summaries().length + 1), `${fromAdmin().length} lines written`);
       p.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("before WELCOME a frame may not be larger than a handshake needs: a 1 MiB HELLO is fatal TOO_LARGE before it is buffered", async () => {
+    const t = await startKernel();
+    try {
+      const hello = await RawPeer.connect(t.k.socketPath);
+      const header = Buffer.alloc(HEADER_SIZE);
+      writeHeader(header, 0, { type: MessageType.HELLO, flags: 0, stream: 0, length: 1 << 20 });
+      hello.send(header);
+      const e = await hello.next("ERROR");
+      assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "TOO_LARGE", true]);
+      await until(() => hello.closed, 5000, "closed");
+      // After HELLO an ATTEST may carry its tokens (up to 1 MiB), not a session's maxBody.
+      const attest = await RawPeer.connect(t.k.socketPath);
+      await attest.hello(adminIdentity(t.k));
+      writeHeader(header, 0, { type: MessageType.ATTEST, flags: 0, stream: 0, length: 2 << 20 });
+      attest.send(header);
+      const e2 = await attest.next("ERROR");
+      assert.deepEqual([e2.body.class, e2.body.code], ["PROTOCOL", "TOO_LARGE"]);
+      // A session gets its full maxBody once it is one.
+      const c = await t.admin();
+      await c.storage.write("obj://ws1/two-mib", Buffer.alloc(2 << 20, 1));
+      assert.equal((await c.system.health()).status, "ok");
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -67,6 +67,13 @@ export interface SessionHost {
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
 
 /**
+ * Largest frame bodies before WELCOME (PROTOCOL §8.8): a HELLO is a few hundred bytes, an
+ * ATTEST at most 64 tokens of 8 KiB and its measurements. An unauthenticated peer can make
+ * the kernel buffer this much, not the session's maxBody.
+ */
+export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
+
+/**
  * One connection's session: framing, handshake and attestation, heartbeats, requests in
  * flight, and shutdown. Responses go only to this session's connection.
  */
@@ -99,7 +106,7 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerAddress = addressOf(conn);
-    this.decoder = new FrameDecoder(host.limits.maxBodyBytes);
+    this.decoder = new FrameDecoder(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -265,6 +272,7 @@ export class Session implements SessionView, EventSink {
     });
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
     this.state = "attest";
+    this.decoder.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, lim.maxBodyBytes));
     this.conn.write(frame);
   }
 
@@ -289,6 +297,7 @@ export class Session implements SessionView, EventSink {
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
+    this.decoder.setMaxBody(this.host.limits.maxBodyBytes);
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
