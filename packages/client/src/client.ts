@@ -319,7 +319,10 @@ export class KernelClient extends EventEmitter {
         await this.establish(Math.max(1, until - Date.now()));
         break;
       } catch (e) {
-        const retry = this.opts.waitForKernel && e instanceof KernelUnavailableError && Date.now() < until;
+        // A handshake the kernel shed to make room under a connection flood (PROTOCOL §8.8) is
+        // tried again within the connect timeout, like a kernel that is not up yet.
+        const shed = e instanceof KpipError && e.code === "HANDSHAKE_SHED";
+        const retry = ((this.opts.waitForKernel && e instanceof KernelUnavailableError) || shed) && Date.now() < until;
         if (!retry) {
           this.shutdown(e as Error);
           throw e;

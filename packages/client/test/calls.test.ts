@@ -24,6 +24,8 @@ class FakeKernel {
   readonly dir = mkdtempSync(join(tmpdir(), "kpip-fake-"));
   readonly path = join(this.dir, "fake.sock");
   hellos: Buffer[] = [];
+  /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
+  shed = 0;
   requests: Request[] = [];
   script: ((r: Request) => Omit<Response, "version" | "id"> | "silent" | "too-large")[] = [];
   constructor() {
@@ -35,6 +37,12 @@ class FakeKernel {
           const m = decodeMessage(f);
           if (m.type === "HELLO") {
             this.hellos.push(Buffer.from(m.body.instance));
+            if (this.shed > 0) {
+              this.shed--;
+              const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
+              s.end(encodeMessage({ type: "ERROR", body }));
+              continue;
+            }
             s.write(
               encodeMessage({
                 type: "CHALLENGE",
@@ -206,5 +214,19 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.ok(fake.hellos.length > hellos, "reconnected");
     assert.equal(fake.requests.length, 2, "the refused request was sent once, never again");
     assert.notEqual(fake.requests[0]?.id, fake.requests[1]?.id);
+  });
+
+  it("a handshake the kernel shed under a connection flood is tried again within the connect timeout", async () => {
+    const hellos = fake.hellos.length;
+    fake.shed = 2;
+    const d = await KernelClient.connect({
+      socket: fake.path,
+      identity: generateIdentity("alice"),
+      reconnectBackoff: { initialMs: 5, maxMs: 20 },
+    });
+    assert.equal(fake.hellos.length, hellos + 3, "two shed, the third served");
+    reset(ok);
+    assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });
+    await d.close();
   });
 });

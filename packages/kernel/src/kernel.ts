@@ -279,7 +279,8 @@ export class Kernel {
       const host = this.host;
       this.preauth = new PreauthBudget({ perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer });
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
-      this.listener.onError = (e) => this.log.error({ err: e }, "listener error");
+      // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.
+      this.listener.onError = (e) => host.peerLog.write("uds:listener", "error", { err: e }, "listener error");
       await this.listener.listen();
       if (c.grpcListen) {
         // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.

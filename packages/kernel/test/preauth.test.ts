@@ -137,6 +137,7 @@ describe("bounded before authentication", () => {
         assert.deepEqual([e.body.class, e.body.code], ["RESOURCE", "HANDSHAKE_SHED"]);
       }
       assert.equal(t.k.handshakingCount, 8);
+      assert.ok(!allAudit(t.k).some((r) => r.message?.includes("HANDSHAKE_SHED")), "a shed connection leaves no audit record");
       // A persona still gets in (the newest handshake sheds an idle one), the attested session untouched.
       const w2 = await t.connect(p.identity, [p.token]);
       assert.equal((await w2.system.health()).status, "ok");

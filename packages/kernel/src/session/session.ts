@@ -404,21 +404,29 @@ export class Session implements SessionView, EventSink {
     this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
   }
 
-  /** Sends a fatal ERROR, audits it, and closes. */
-  private fail(cls: ErrorClass, code: string, message: string, persona: string | undefined, detail?: string): void {
+  /** Sends a fatal ERROR, audits it (unless `audited` is false), and closes. */
+  private fail(
+    cls: ErrorClass,
+    code: string,
+    message: string,
+    persona: string | undefined,
+    detail?: string,
+    audited = true,
+  ): void {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
-    void this.host.audit
-      .append({
-        session: this.id,
-        persona: persona ?? "-",
-        phase: "session",
-        op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
-        status: "FAILURE",
-        errorClass: cls,
-        message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
-      })
-      .catch(() => {});
+    if (audited)
+      void this.host.audit
+        .append({
+          session: this.id,
+          persona: persona ?? "-",
+          phase: "session",
+          op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
+          status: "FAILURE",
+          errorClass: cls,
+          message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
+        })
+        .catch(() => {});
     this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();
@@ -477,11 +485,14 @@ export class Session implements SessionView, EventSink {
 
   /** Shed by the pre-authentication budget to make room for a newer handshake. */
   shed(): void {
+    // Not audited: a flood of connections must not become a flood of audit records (counted in metrics).
     this.fail(
       "RESOURCE",
       "HANDSHAKE_SHED",
       "too many connections are handshaking at once; this one was shed",
       this.hello?.body.persona,
+      undefined,
+      false,
     );
   }
 
