@@ -154,6 +154,35 @@ describe("bounded before authentication", () => {
     }
   });
 
+  it("while a local process keeps opening silent connections, nine legitimate connect-and-call rounds all succeed", async () => {
+    const t = await startKernel({ preauthPerTransport: 16, maxSessions: 20 });
+    const flood: RawPeer[] = [];
+    let flooding = true;
+    const attacker = (async () => {
+      while (flooding) {
+        const r = await RawPeer.connect(t.k.socketPath).catch(() => undefined);
+        if (!r) continue;
+        r.send("4b50");
+        flood.push(r);
+      }
+    })();
+    try {
+      for (let i = 0; i < 9; i++) {
+        const c = await t.admin();
+        assert.equal((await c.system.health()).status, "ok", `round ${i}`);
+        await c.close();
+      }
+      assert.ok(flood.length > 16, `the flood outran the budget (${flood.length} connections)`);
+      assert.ok(t.k.handshakingCount <= 16);
+    } finally {
+      flooding = false;
+      await attacker;
+      for (const r of flood) r.close();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("one gRPC connection with 1,024 idle streams locks no one out (per-address budget)", async () => {
     const t = await startKernel({ grpcListen: "127.0.0.1:0", preauthPerPeer: 16 });
     const attacker = new grpc.Client(t.k.grpcAddress as string, grpc.credentials.createInsecure());
