@@ -76,7 +76,7 @@ export const SETTINGS: SettingSpec[] = [
   { key: "socket", type: "string", description: "Unix socket path (default <home>/kernel.sock)" },
   { key: "logLevel", type: "string", description: "log level: trace, debug, info, warn, error, silent" },
   { key: "adminPersona", type: "string", description: "id of the admin persona created at first start" },
-  { key: "maxSessions", type: "int", description: "most concurrent sessions" },
+  { key: "maxSessions", type: "int", description: "most attested sessions (connections still handshaking are not counted)" },
   { key: "maxInFlight", type: "int", description: "most requests in flight per session" },
   { key: "maxBodyBytes", type: "int", description: "largest frame body accepted, in bytes" },
   { key: "heartbeatMs", type: "int", description: "heartbeat interval; a peer silent for 3 intervals is dead" },
