@@ -141,7 +141,7 @@ export const SETTINGS: SettingSpec[] = [
   {
     key: "adminReserve",
     type: "int",
-    description: "sessions out of maxSessions that only the admin persona may take",
+    description: "sessions out of maxSessions that only the admin persona may take (at most maxSessions - 1)",
     zeroAllowed: true,
   },
   { key: "peerLogLines", type: "int", description: "log lines one peer may cause per peerLogWindowMs (then one summary line)" },

@@ -414,11 +414,13 @@ export class Kernel {
   /** At attestation: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
   private admitSession(s: Session, persona: string): string | undefined {
     const c = this.config;
-    const limit = persona === c.adminPersona ? c.maxSessions : Math.max(0, c.maxSessions - c.adminReserve);
+    // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
+    const reserve = Math.min(c.adminReserve, c.maxSessions - 1);
+    const limit = persona === c.adminPersona ? c.maxSessions : c.maxSessions - reserve;
     if (this.attested >= limit) {
-      return persona === c.adminPersona || c.adminReserve === 0
+      return persona === c.adminPersona || reserve === 0
         ? `the kernel already has ${c.maxSessions} sessions`
-        : `the kernel already has ${this.attested} sessions (the last ${c.adminReserve} of ${c.maxSessions} are reserved for the admin)`;
+        : `the kernel already has ${this.attested} sessions (the last ${reserve} of ${c.maxSessions} are reserved for the admin)`;
     }
     this.preauth?.release(s);
     this.attested++;
