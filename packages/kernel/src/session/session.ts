@@ -26,7 +26,7 @@ import { HandleTable } from "../auth/enforcer.js";
 import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";
-import type { Connection } from "./connection.js";
+import { addressOf, type Connection } from "./connection.js";
 import type { PeerLogLimiter } from "./log-limit.js";
 import type { PersonaKeys } from "./persona-keys.js";
 
@@ -533,12 +533,4 @@ export class Session implements SessionView, EventSink {
     this.host.sessionClosed(this);
     this.drained?.();
   }
-}
-
-/** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */
-export function addressOf(conn: Connection): string {
-  if (conn.transport === "uds" || conn.transport === "memory") return "";
-  const p = conn.peer.replace(/^ipv[46]:/, "");
-  const m = /^\[?([^\]]*?)\]?:\d+$/.exec(p);
-  return m ? (m[1] as string) : p;
 }
