@@ -200,7 +200,7 @@ describe("bounded before authentication", () => {
         call.write(Buffer.from("01", "hex"));
         return call;
       });
-      await until(() => ended.length >= 1024 - 16, 30_000, "the attacker's streams beyond its budget shed");
+      await until(() => ended.length >= 1024 - 16, 90_000, "the attacker's streams beyond its budget shed");
       assert.ok(t.k.handshakingCount <= 16, `half-open ${t.k.handshakingCount}`);
       const overGrpc = await KernelClient.connect({
         grpc: { address: t.k.grpcAddress as string, insecure: true },

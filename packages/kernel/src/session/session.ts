@@ -223,8 +223,8 @@ export class Session implements SessionView, EventSink {
         this.logPeer("info", { code: msg.body.code, class: msg.body.class }, "peer reported an error");
         if (msg.body.fatal) {
           // Nothing more to say to a peer that ended the session: its connection goes now.
-          this.conn.destroy();
           this.closed("peer reported a fatal error");
+          this.conn.destroy();
         }
         return;
       default:
