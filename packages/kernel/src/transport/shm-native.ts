@@ -88,10 +88,17 @@ export function fileShm(dir: string): ShmNative {
       } catch {
         return null;
       }
-      ftruncateSync(fd, FILE_HEADER + size);
-      const header = Buffer.alloc(FILE_HEADER);
-      header.writeBigUInt64LE(BigInt(size), 0);
-      writeSync(fd, header, 0, FILE_HEADER, 0);
+      try {
+        ftruncateSync(fd, FILE_HEADER + size);
+        const header = Buffer.alloc(FILE_HEADER);
+        header.writeBigUInt64LE(BigInt(size), 0);
+        writeSync(fd, header, 0, FILE_HEADER, 0);
+      } catch {
+        // No room in /dev/shm: this session's bodies go inline.
+        closeSync(fd);
+        unlinkSync(path(name));
+        return null;
+      }
       fds.set(name, fd);
       return fdSegment(fd);
     },

@@ -139,15 +139,20 @@ export class ShmPeer {
       if (!this.own) return undefined;
     }
     const seg = this.own;
-    // The receiver has not consumed the previous body yet: this one goes inline.
-    if (control(seg) !== this.seq) return undefined;
-    let at = SHM_CONTROL_BYTES;
     let crc = 0;
-    for (let i = 0; i < pieces.length; i++) {
-      const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
-      seg.write(p, at);
-      at += p.length;
-      crc = crc32(p, crc);
+    try {
+      // The receiver has not consumed the previous body yet: this one goes inline.
+      if (control(seg) !== this.seq) return undefined;
+      let at = SHM_CONTROL_BYTES;
+      for (let i = 0; i < pieces.length; i++) {
+        const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
+        seg.write(p, at);
+        at += p.length;
+        crc = crc32(p, crc);
+      }
+    } catch {
+      // The segment could not be written (e.g. no room left in /dev/shm): the frame goes inline.
+      return undefined;
     }
     this.seq = (this.seq + 1) >>> 0;
     const h = readHeader(first, 0, Number.MAX_SAFE_INTEGER);
