@@ -5,6 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { KernelClient, RequestTooLargeError } from "@kpip/client";
 import { encodeMessage, HEADER_SIZE, type Message, MessageType, writeHeader } from "@kpip/protocol";
 import { pino } from "pino";
+import type { KernelMetrics } from "../src/metrics/metrics.js";
 import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
 import { allAudit } from "./wire.js";
 
@@ -154,6 +155,31 @@ describe("bounded before authentication", () => {
     }
   });
 
+  it("connections that sent HELLO are shed after those that sent nothing, whatever their age", async () => {
+    const t = await startKernel({ preauthPerTransport: 4 });
+    try {
+      const started: RawPeer[] = [];
+      const challenges: Buffer[] = [];
+      for (let i = 0; i < 2; i++) {
+        const r = await RawPeer.connect(t.k.socketPath);
+        challenges.push((await r.hello(adminIdentity(t.k))).bytes); // now waiting to attest
+        started.push(r);
+      }
+      const silent: RawPeer[] = [];
+      for (let i = 0; i < 10; i++) silent.push(await RawPeer.connect(t.k.socketPath));
+      await until(() => silent.filter((r) => r.closed).length === 8, 5000, "8 silent connections shed");
+      assert.ok(!started.some((r) => r.closed), "the handshakes under way were kept");
+      // ... and can still finish theirs.
+      const a = started[0] as RawPeer;
+      a.sendMessage({ type: "ATTEST", body: { signature: a.sign(adminIdentity(t.k), challenges[0] as Buffer), tokens: [] } });
+      await a.next("WELCOME");
+      for (const r of [...started, ...silent]) r.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("while a local process keeps opening silent connections, nine legitimate connect-and-call rounds all succeed", async () => {
     const t = await startKernel({ preauthPerTransport: 16, maxSessions: 20 });
     const flood: RawPeer[] = [];
@@ -187,20 +213,20 @@ describe("bounded before authentication", () => {
     const t = await startKernel({ grpcListen: "127.0.0.1:0", preauthPerPeer: 16 });
     const attacker = new grpc.Client(t.k.grpcAddress as string, grpc.credentials.createInsecure());
     try {
-      const ended: number[] = [];
-      const calls = Array.from({ length: 1024 }, (_, i) => {
+      const calls = Array.from({ length: 1024 }, () => {
         const call = attacker.makeBidiStreamRequest(
           "/kpip.v1.Kernel/Session",
           (b: Buffer) => b,
           (b: Buffer) => b,
         );
         call.on("data", () => {});
-        call.on("error", () => ended.push(i));
-        call.on("end", () => ended.push(i));
+        call.on("error", () => {});
         call.write(Buffer.from("01", "hex"));
         return call;
       });
-      await until(() => ended.length >= 1024 - 16, 90_000, "the attacker's streams beyond its budget shed");
+      // Each stream beyond the per-address budget sheds an older one as it arrives (kernel side).
+      const shed = async () => (await (t.k.metrics as KernelMetrics).handshakesShed.get()).values[0]?.value ?? 0;
+      await until(async () => (await shed()) >= 1024 - 16, 90_000, "the attacker's streams beyond its budget shed");
       assert.ok(t.k.handshakingCount <= 16, `half-open ${t.k.handshakingCount}`);
       const overGrpc = await KernelClient.connect({
         grpc: { address: t.k.grpcAddress as string, insecure: true },

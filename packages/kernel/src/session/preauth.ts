@@ -3,6 +3,8 @@ export interface HalfOpen {
   readonly transport: string;
   /** Who is connecting, as far as the transport can tell: an IP address, or "" when it cannot. */
   readonly peerAddress: string;
+  /** "hello" until a HELLO arrived; then "attest" (further along: shed last). */
+  readonly state: string;
 }
 
 export interface PreauthLimits {
@@ -15,10 +17,11 @@ export interface PreauthLimits {
 /**
  * The pre-authentication budget (sshd's MaxStartups, without its randomness): half-open
  * connections are counted apart from sessions, per transport and per peer address. A new
- * connection over a bound is let in and an older half-open one is shed instead — the oldest of
- * the same peer, or on a full transport the oldest of the peer holding the most — so a peer
- * that floods the handshake displaces its own connections first and can never hold a slot
- * past the handshake timeout. Authenticated sessions are never shed here.
+ * connection over a bound is let in and an older half-open one is shed instead — the same
+ * peer's, or on a full transport one of the peer holding the most; of those the oldest that
+ * has not sent HELLO yet, else the oldest — so a peer that floods the handshake displaces its
+ * own connections first, handshakes under way go last, and no connection holds a slot past
+ * the handshake timeout. Authenticated sessions are never shed here.
  */
 export class PreauthBudget<T extends HalfOpen> {
   /** transport → peer address → its half-open connections, oldest first (Set keeps insertion order). */
@@ -66,8 +69,15 @@ export class PreauthBudget<T extends HalfOpen> {
   }
 
   private shedOldest(set: Set<T>): T {
-    const oldest = set.values().next().value as T;
-    this.release(oldest);
-    return oldest;
+    let victim: T | undefined;
+    for (const c of set) {
+      if (c.state === "hello") {
+        victim = c;
+        break;
+      }
+    }
+    victim ??= set.values().next().value as T;
+    this.release(victim);
+    return victim;
   }
 }
