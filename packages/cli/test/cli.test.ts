@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -168,6 +168,19 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const typo = kpip(["call", "events.emit", "topic://x", ...h]);
     assert.equal(typo.code, 1);
     assert.match(typo.err, /unknown op events\.emit.*did you mean "event\.emit"/);
+  });
+
+  it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {
+    const big = join(home, "big.bin");
+    writeFileSync(big, "");
+    truncateSync(big, 20_000_000); // 20 MB of zeros, sparse: nothing to write
+    const r = spawnSync(process.execPath, [MAIN, "call", "storage.write", "obj://ws1/big", "--data-file", big, ...h], {
+      encoding: "utf8",
+      timeout: 30_000,
+    });
+    rmSync(big);
+    assert.equal(r.status, 1, `exit ${r.status} ${r.signal ?? ""}: ${r.stderr}`);
+    assert.match(r.stderr, /^kpip: request of \d+ bytes exceeds the kernel's limit of 16777216 bytes per message/);
   });
 
   it("registers public keys in three formats and removes personas", async () => {

@@ -40,7 +40,14 @@ import type { Channel, Connector } from "./connectors/connector.js";
 import { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 import { loadShmNative } from "./connectors/shm-native.js";
 import { UdsConnector } from "./connectors/uds.js";
-import { CancelledError, KernelUnavailableError, ProtocolViolationError, TimeoutError, TokenRefreshError } from "./errors.js";
+import {
+  CancelledError,
+  KernelUnavailableError,
+  ProtocolViolationError,
+  RequestTooLargeError,
+  TimeoutError,
+  TokenRefreshError,
+} from "./errors.js";
 import {
   AgentsApi,
   ComputeApi,
@@ -133,6 +140,8 @@ interface PendingCall {
   authRetried: boolean;
   /** Sent on the current link. */
   sent: boolean;
+  /** The REQUEST body's size when last sent (to tell which request a TOO_LARGE refusal was about). */
+  size: number;
   resolve: (r: Response) => void;
   reject: (e: Error) => void;
   timer?: NodeJS.Timeout;
@@ -160,6 +169,8 @@ interface Link {
   features: string[];
   /** The shared-memory channel, when "shm" was negotiated. */
   shm?: ShmPeer;
+  /** The largest body the kernel accepts on this session (CHALLENGE.limits.maxBody). */
+  maxBody: number;
 }
 
 /**
@@ -311,7 +322,10 @@ export class KernelClient extends EventEmitter {
         await this.establish(Math.max(1, until - Date.now()));
         break;
       } catch (e) {
-        const retry = this.opts.waitForKernel && e instanceof KernelUnavailableError && Date.now() < until;
+        // A handshake the kernel shed to make room under a connection flood (PROTOCOL §8.8) is
+        // tried again within the connect timeout, like a kernel that is not up yet.
+        const shed = e instanceof KpipError && e.code === "HANDSHAKE_SHED";
+        const retry = ((this.opts.waitForKernel && e instanceof KernelUnavailableError) || shed) && Date.now() < until;
         if (!retry) {
           this.shutdown(e as Error);
           throw e;
@@ -356,6 +370,7 @@ export class KernelClient extends EventEmitter {
         phase: "handshaking",
         ready: { resolve, reject },
         features: [],
+        maxBody: Number.MAX_SAFE_INTEGER,
       };
     });
     this.link = link;
@@ -533,6 +548,7 @@ export class KernelClient extends EventEmitter {
         link.version = m.body.version;
         link.heartbeatMs = m.body.heartbeatMs;
         link.decoder.setMaxBody(m.body.limits.maxBody);
+        link.maxBody = m.body.limits.maxBody;
         this.sessionId = m.body.session;
         this.kernelId = m.body.kernel;
         link.features = m.body.features;
@@ -591,6 +607,9 @@ export class KernelClient extends EventEmitter {
       case "ERROR": {
         const err = new KpipError(m.body.class, m.body.message, { code: m.body.code });
         if (m.body.fatal) {
+          if (link.phase === "ready" && (m.body.code === "TOO_LARGE" || m.body.code === "SHM_TOO_LARGE")) {
+            this.refuseLargest(link);
+          }
           if (link.phase !== "ready") {
             link.phase = "dead";
             link.channel.destroy();
@@ -605,6 +624,26 @@ export class KernelClient extends EventEmitter {
       default:
         this.violation(link, `unexpected ${m.type} from the kernel`);
     }
+  }
+
+  /**
+   * The kernel ended the session because a frame was too large: that was the largest request
+   * sent on this link. It fails now and is never resent; the others are resent after reconnect.
+   */
+  private refuseLargest(link: Link): void {
+    let largest: PendingCall | undefined;
+    for (const p of this.pending.values()) if (p.sent && (!largest || p.size > largest.size)) largest = p;
+    if (!largest) return;
+    const limit = link.maxBody === Number.MAX_SAFE_INTEGER ? largest.size - 1 : link.maxBody;
+    this.settle(
+      largest,
+      undefined,
+      new RequestTooLargeError(
+        largest.size,
+        limit,
+        `the kernel refused a request of ${largest.size} bytes as too large (its limit is ${limit} bytes per message)`,
+      ),
+    );
   }
 
   private violation(link: Link, msg: string): void {
@@ -697,6 +736,7 @@ export class KernelClient extends EventEmitter {
         attempts: 1,
         authRetried: false,
         sent: false,
+        size: 0,
         resolve,
         reject,
       };
@@ -730,7 +770,6 @@ export class KernelClient extends EventEmitter {
   private send(p: PendingCall): void {
     const link = this.link;
     if (!this.pending.has(p.stream) || p.sent || !link || link.phase !== "ready" || this.state === "closed") return;
-    p.sent = true;
     // Large intents (bulk payloads) are referenced, not copied again, into the frame: the pieces
     // go to the socket as one vectored write, or straight into the shared-memory segment.
     const pieces = encodeMessagePieces(
@@ -748,6 +787,15 @@ export class KernelClient extends EventEmitter {
       p.stream,
       64 * 1024,
     );
+    let size = -HEADER_SIZE;
+    for (const piece of pieces) size += piece.length;
+    p.size = size;
+    if (size > link.maxBody) {
+      // The kernel would end the session over it (fatal TOO_LARGE): refused here, never sent.
+      this.settle(p, undefined, new RequestTooLargeError(size, link.maxBody));
+      return;
+    }
+    p.sent = true;
     const viaShm = link.shm?.wrapPieces(pieces);
     if (viaShm) link.channel.write(viaShm);
     else for (const piece of pieces) link.channel.write(piece);

@@ -46,3 +46,20 @@ export {
   MessageError,
   TokenError,
 } from "@kpip/protocol";
+
+/**
+ * A request larger than the session's negotiated maximum body (CHALLENGE.limits.maxBody):
+ * refused before it is sent, or refused by the kernel as too large. Never retried or resent.
+ */
+export class RequestTooLargeError extends LocalError {
+  override name = "RequestTooLargeError";
+  constructor(
+    /** The REQUEST body's size, in bytes. */
+    readonly size: number,
+    /** The largest body the kernel accepts on this session, in bytes. */
+    readonly limit: number,
+    message = `request of ${size} bytes exceeds the kernel's limit of ${limit} bytes per message (maxBody)`,
+  ) {
+    super(message);
+  }
+}

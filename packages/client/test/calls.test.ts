@@ -14,16 +14,21 @@ import {
   type Request,
   type Response,
 } from "@kpip/protocol";
-import { CancelledError, KernelClient, KpipError, LocalError, TimeoutError } from "../src/index.js";
+import { CancelledError, KernelClient, KpipError, LocalError, RequestTooLargeError, TimeoutError } from "../src/index.js";
 
-/** A scripted fake kernel: accepts any attestation and answers requests from a queue. */
+/**
+ * A scripted fake kernel: accepts any attestation and answers requests from a queue; a step
+ * "too-large" ends the session as a kernel does over an oversized frame (fatal TOO_LARGE).
+ */
 class FakeKernel {
   readonly server: net.Server;
   readonly dir = mkdtempSync(join(tmpdir(), "kpip-fake-"));
   readonly path = join(this.dir, "fake.sock");
   hellos: Buffer[] = [];
+  /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
+  shed = 0;
   requests: Request[] = [];
-  script: ((r: Request) => Omit<Response, "version" | "id"> | "silent")[] = [];
+  script: ((r: Request) => Omit<Response, "version" | "id"> | "silent" | "too-large")[] = [];
   constructor() {
     this.server = net.createServer((s) => {
       const d = new FrameDecoder();
@@ -33,6 +38,12 @@ class FakeKernel {
           const m = decodeMessage(f);
           if (m.type === "HELLO") {
             this.hellos.push(Buffer.from(m.body.instance));
+            if (this.shed > 0) {
+              this.shed--;
+              const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
+              s.end(encodeMessage({ type: "ERROR", body }));
+              continue;
+            }
             s.write(
               encodeMessage({
                 type: "CHALLENGE",
@@ -53,7 +64,10 @@ class FakeKernel {
             this.requests.push(m.body);
             const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
             const out = step(m.body);
-            if (out !== "silent")
+            if (out === "too-large") {
+              const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
+              s.end(encodeMessage({ type: "ERROR", body }));
+            } else if (out !== "silent")
               s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, f.stream));
           } else if (m.type === "PING") {
             s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
@@ -186,5 +200,45 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.ok(e instanceof MessageError, String(e));
     assert.equal(e.code, "BAD_FIELD");
     assert.equal(fake.requests.length, 0);
+  });
+
+  it("a request over the negotiated maxBody is refused locally with RequestTooLargeError naming the limit, never sent", async () => {
+    reset(ok);
+    const connections = c.connections;
+    const err = await c.storage.write("obj://ws1/big", Buffer.alloc(2 << 20, 1)).catch((e) => e);
+    assert.ok(err instanceof RequestTooLargeError, String(err));
+    assert.equal(err.limit, 1 << 20);
+    assert.ok(err.size > 2 << 20);
+    assert.match(err.message, /limit of 1048576 bytes/);
+    assert.equal(fake.requests.length, 0, "nothing was sent");
+    assert.equal(c.connections, connections, "the session was not touched");
+    assert.deepEqual((await c.call("x.y", "kernel://")).payload, { ok: true });
+  });
+
+  it("a request the kernel refused as too large fails with RequestTooLargeError and is never resent", async () => {
+    const hellos = fake.hellos.length;
+    reset(() => "too-large", ok);
+    const err = await c.call("x.y", "kernel://", { data: Buffer.alloc(1000) }).catch((e) => e);
+    assert.ok(err instanceof RequestTooLargeError, String(err));
+    assert.match(err.message, /refused a request of \d+ bytes as too large/);
+    // The client reconnects (the session ended) and serves the next call; the refused one stays refused.
+    assert.deepEqual((await c.call("x.y", "kernel://")).payload, { ok: true });
+    assert.ok(fake.hellos.length > hellos, "reconnected");
+    assert.equal(fake.requests.length, 2, "the refused request was sent once, never again");
+    assert.notEqual(fake.requests[0]?.id, fake.requests[1]?.id);
+  });
+
+  it("a handshake the kernel shed under a connection flood is tried again within the connect timeout", async () => {
+    const hellos = fake.hellos.length;
+    fake.shed = 2;
+    const d = await KernelClient.connect({
+      socket: fake.path,
+      identity: generateIdentity("alice"),
+      reconnectBackoff: { initialMs: 5, maxMs: 20 },
+    });
+    assert.equal(fake.hellos.length, hellos + 3, "two shed, the third served");
+    reset(ok);
+    assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });
+    await d.close();
   });
 });

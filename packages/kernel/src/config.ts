@@ -65,6 +65,16 @@ export interface KernelConfig {
   eventQueueBytes: number;
   eventSessionBytes: number;
   eventKernelBytes: number;
+  /* Pre-authentication budget (PROTOCOL §3.8): connections that have not attested yet. */
+  /** Half-open connections per transport; beyond it an older one is shed. */
+  preauthPerTransport: number;
+  /** Half-open connections per peer address on TCP/gRPC; beyond it that peer's oldest is shed. */
+  preauthPerPeer: number;
+  /** Of `maxSessions`, how many only the admin persona may take. */
+  adminReserve: number;
+  /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
+  peerLogLines: number;
+  peerLogWindowMs: number;
 }
 
 interface SettingSpec {
@@ -81,7 +91,7 @@ export const SETTINGS: SettingSpec[] = [
   { key: "socket", type: "string", description: "Unix socket path (default <home>/kernel.sock)" },
   { key: "logLevel", type: "string", description: "log level: trace, debug, info, warn, error, silent" },
   { key: "adminPersona", type: "string", description: "id of the admin persona created at first start" },
-  { key: "maxSessions", type: "int", description: "most concurrent sessions" },
+  { key: "maxSessions", type: "int", description: "most attested sessions (connections still handshaking are not counted)" },
   { key: "maxInFlight", type: "int", description: "most requests in flight per session" },
   { key: "maxBodyBytes", type: "int", description: "largest frame body accepted, in bytes" },
   { key: "heartbeatMs", type: "int", description: "heartbeat interval; a peer silent for 3 intervals is dead" },
@@ -147,6 +157,24 @@ export const SETTINGS: SettingSpec[] = [
   { key: "eventQueueBytes", type: "int", description: "event bytes queued per subscription for a slow subscriber" },
   { key: "eventSessionBytes", type: "int", description: "event bytes queued per session over its subscriptions" },
   { key: "eventKernelBytes", type: "int", description: "event bytes queued in the kernel for all slow subscribers" },
+  {
+    key: "preauthPerTransport",
+    type: "int",
+    description: "half-open (not yet attested) connections per transport; beyond it the oldest of the busiest peer is shed",
+  },
+  {
+    key: "preauthPerPeer",
+    type: "int",
+    description: "half-open connections per peer address on gRPC; beyond it that peer's oldest is shed",
+  },
+  {
+    key: "adminReserve",
+    type: "int",
+    description: "sessions out of maxSessions that only the admin persona may take (at most maxSessions - 1)",
+    zeroAllowed: true,
+  },
+  { key: "peerLogLines", type: "int", description: "log lines one peer may cause per peerLogWindowMs (then one summary line)" },
+  { key: "peerLogWindowMs", type: "int", description: "window of the per-peer log budget" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -156,7 +184,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   maxInFlight: 1024,
   maxBodyBytes: 16 * 1024 * 1024,
   heartbeatMs: 5000,
-  handshakeTimeoutMs: 10_000,
+  handshakeTimeoutMs: 5_000,
   dedupeWindowMs: 300_000,
   maxObjectBytes: 16 * 1024 * 1024 - 64 * 1024,
   maxWriteBuffer: 64 * 1024 * 1024,
@@ -186,6 +214,11 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   eventQueueBytes: 16 * 1024 * 1024,
   eventSessionBytes: 32 * 1024 * 1024,
   eventKernelBytes: 128 * 1024 * 1024,
+  preauthPerTransport: 128,
+  preauthPerPeer: 32,
+  adminReserve: 4,
+  peerLogLines: 20,
+  peerLogWindowMs: 10_000,
 };
 
 /** A setting with a bad value; the kernel does not start. */

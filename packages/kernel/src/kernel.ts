@@ -34,7 +34,9 @@ import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
 import { ResourceLedger } from "./resources/ledger.js";
 import type { Connection } from "./session/connection.js";
+import { PeerLogLimiter } from "./session/log-limit.js";
 import { PersonaKeys } from "./session/persona-keys.js";
+import { PreauthBudget } from "./session/preauth.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
 import { WalCheckpointer } from "./store/checkpointer.js";
 import { SqliteStore } from "./store/sqlite.js";
@@ -72,6 +74,10 @@ export class Kernel {
   grpcAddress: string | undefined;
   private readonly sessions = new Set<Session>();
   private readonly sessionsById = new Map<string, Session>();
+  /** Connections that have not attested yet: counted here, never against maxSessions. */
+  private preauth: PreauthBudget<Session> | undefined;
+  /** Sessions that attested (the ones maxSessions bounds). */
+  private attested = 0;
   /** Topic routing for event.* and the kernel's own events. */
   readonly events: EventBus;
   private timer: NodeJS.Timeout | undefined;
@@ -285,7 +291,12 @@ export class Kernel {
         personaKeys: new PersonaKeys(store),
         bindToken: (table, persona, token) => enforcer.bind(table, persona, token),
         log: this.log,
+        peerLog: new PeerLogLimiter(this.log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
+        admitSession: (s, persona) => this.admitSession(s, persona),
         sessionClosed: (s) => {
+          if (!this.sessions.has(s)) return;
+          this.preauth?.release(s);
+          if (s.persona) this.attested--;
           this.sessions.delete(s);
           this.sessionsById.delete(s.id);
           this.events.dropSink(s.id);
@@ -293,8 +304,11 @@ export class Kernel {
         sessionDrained: (s) => this.events.drained(s.id),
         shm: this.sharedMemory(),
       };
+      const host = this.host;
+      this.preauth = new PreauthBudget({ perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer });
       this.listener = new UdsListener(c.socket, (conn) => this.accept(conn));
-      this.listener.onError = (e) => this.log.error({ err: e }, "listener error");
+      // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.
+      this.listener.onError = (e) => host.peerLog.write("uds:listener", "error", { err: e }, "listener error");
       await this.listener.listen();
       if (c.grpcListen) {
         // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.
@@ -316,6 +330,7 @@ export class Kernel {
       this.timer = setInterval(() => {
         const now = Date.now();
         for (const s of this.sessions) s.tick(now);
+        host.peerLog.sweep(now);
         dedupe.sweep(now);
         this.applyOfflineChanges();
         if (now - lastPrune > 60_000) {
@@ -405,20 +420,45 @@ export class Kernel {
     };
   }
 
-  /** Accepts a connection from any transport. Over the session limit it is refused with RESOURCE. */
+  /**
+   * Accepts a connection from any transport into the pre-authentication budget: it counts as a
+   * session only once it attests. A full budget sheds an older half-open connection, never a session.
+   */
   accept(conn: Connection): void {
     const host = this.host;
-    if (this.state !== "running" || !host) {
+    const preauth = this.preauth;
+    if (this.state !== "running" || !host || !preauth) {
       conn.destroy();
-      return;
-    }
-    if (this.sessions.size >= this.config.maxSessions) {
-      rejectConnection(conn, `the kernel already has ${this.config.maxSessions} sessions`);
       return;
     }
     const s = new Session(conn, host);
     this.sessions.add(s);
     this.sessionsById.set(s.id, s);
+    for (const old of preauth.admit(s)) {
+      this.metrics?.handshakesShed.inc();
+      old.shed();
+    }
+  }
+
+  /** Half-open connections now (pre-authentication budget). */
+  get handshakingCount(): number {
+    return this.preauth?.count ?? 0;
+  }
+
+  /** At attestation: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
+  private admitSession(s: Session, persona: string): string | undefined {
+    const c = this.config;
+    // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
+    const reserve = Math.min(c.adminReserve, c.maxSessions - 1);
+    const limit = persona === c.adminPersona ? c.maxSessions : c.maxSessions - reserve;
+    if (this.attested >= limit) {
+      return persona === c.adminPersona || reserve === 0
+        ? `the kernel already has ${c.maxSessions} sessions`
+        : `the kernel already has ${this.attested} sessions (the last ${reserve} of ${c.maxSessions} are reserved for the admin)`;
+    }
+    this.preauth?.release(s);
+    this.attested++;
+    return undefined;
   }
 
   /** The audit anchor file, when one is configured: opened now, so a bad path stops the start. */
@@ -527,9 +567,4 @@ export class Kernel {
   }
 }
 
-import { type CborMap, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
-
-function rejectConnection(conn: Connection, message: string): void {
-  conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));
-  conn.end();
-}
+import { type CborMap, HEADER_SIZE } from "@kpip/protocol";

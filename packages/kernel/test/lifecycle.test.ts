@@ -77,11 +77,15 @@ describe("session lifecycle and limits", () => {
   });
 
   it("refuses sessions over the limit with RESOURCE/TOO_MANY_SESSIONS", async () => {
-    const t = await startKernel({ maxSessions: 2 });
+    const t = await startKernel({ maxSessions: 2, adminReserve: 0 });
+    const tok = [Buffer.from(t.adminToken, "base64url")];
     const a = await RawPeer.connect(t.k.socketPath);
     const b = await RawPeer.connect(t.k.socketPath);
-    await until(() => t.k.sessionCount === 2);
+    await a.handshake(adminIdentity(t.k), tok);
+    await b.handshake(adminIdentity(t.k), tok);
     const c = await RawPeer.connect(t.k.socketPath);
+    const { bytes } = await c.hello(adminIdentity(t.k));
+    c.sendMessage({ type: "ATTEST", body: { signature: c.sign(adminIdentity(t.k), bytes), tokens: tok } });
     const e = await c.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code], ["RESOURCE", "TOO_MANY_SESSIONS"]);
     await until(() => c.closed);

@@ -196,12 +196,15 @@ describe("session lifecycle over real sockets", () => {
     removeHome(t.home);
   });
 
-  it("maxSessions 2: a third connection gets RESOURCE/TOO_MANY_SESSIONS; a freed slot is usable again", async () => {
-    const t = await startKernel({ maxSessions: 2 });
+  it("maxSessions 2: a third attested session gets RESOURCE/TOO_MANY_SESSIONS; a freed slot is usable again", async () => {
+    const t = await startKernel({ maxSessions: 2, adminReserve: 0 });
     const a = await RawPeer.connect(t.k.socketPath);
     const b = await RawPeer.connect(t.k.socketPath);
-    await until(() => t.k.sessionCount === 2);
+    await a.handshake(adminIdentity(t.k), token(t));
+    await b.handshake(adminIdentity(t.k), token(t));
     const c = await RawPeer.connect(t.k.socketPath);
+    const { bytes } = await c.hello(adminIdentity(t.k));
+    c.sendMessage({ type: "ATTEST", body: { signature: c.sign(adminIdentity(t.k), bytes), tokens: token(t) } });
     const e = await c.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["RESOURCE", "TOO_MANY_SESSIONS", true]);
     await until(() => c.closed, 3000, "refused connection closed");

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -15,15 +15,17 @@ import {
   type Message,
   MessageType,
   SHM_CONTROL_BYTES,
+  type ShmSegment,
   shmSegmentName,
   writeHeader,
 } from "@kpip/protocol";
 import { Kernel } from "../src/index.js";
-import { loadShmNative } from "../src/transport/shm-native.js";
+import { fileShm, loadShmNative } from "../src/transport/shm-native.js";
 import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { attestSignature } from "./wire.js";
 
-const native = loadShmNative().native;
+// The raw peers' own view of /dev/shm (the kernel's native holds one descriptor per name).
+const native = loadShmNative().native ? fileShm("/dev/shm") : undefined;
 const segments = (kernel: string) => readdirSync("/dev/shm").filter((n) => n.startsWith(`kpip.${kernel}.`));
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -33,8 +35,11 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     assert.ok(native, `the native shm module must build here: ${loadShmNative().reason}`);
     t = await startKernel({ maxBodyBytes: 24 * 1024 * 1024, maxObjectBytes: 20 * 1024 * 1024 });
   });
+  /** Segments the raw peers created: removed at the end, as a client removes its own. */
+  const rawSegments: string[] = [];
   after(async () => {
     await t.stop();
+    for (const n of rawSegments) native?.destroy(n);
     removeHome(t.home);
   });
 
@@ -68,7 +73,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   });
 
   /** A raw peer that negotiates shm and creates its own segment, as a client would. */
-  async function shmPeer(): Promise<{ p: RawPeer; session: string; own: Buffer; ownName: string }> {
+  async function shmPeer(): Promise<{ p: RawPeer; session: string; kernel: string; own: ShmSegment; ownName: string }> {
     const p = await RawPeer.connect(t.k.socketPath);
     const id = adminIdentity(t.k);
     const hello: Message = {
@@ -80,11 +85,12 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     const ch = await p.next("CHALLENGE");
     assert.deepEqual(ch.body.features, ["shm"]);
     const ownName = shmSegmentName(ch.body.kernel, ch.body.session, "p");
-    const own = native?.create(ownName, SHM_CONTROL_BYTES + ch.body.limits.maxBody) as Buffer;
+    const own = native?.create(ownName, SHM_CONTROL_BYTES + ch.body.limits.maxBody) as ShmSegment;
+    rawSegments.push(ownName);
     const sig = attestSignature(id, Buffer.from(hf.subarray(HEADER_SIZE)), Buffer.from(encodeMessage(ch).subarray(HEADER_SIZE)));
     p.sendMessage({ type: "ATTEST", body: { signature: sig, tokens: [Buffer.from(t.adminToken, "base64url")] } });
     await p.next("WELCOME");
-    return { p, session: ch.body.session, own, ownName };
+    return { p, session: ch.body.session, kernel: ch.body.kernel, own, ownName };
   }
 
   /** A REQUEST frame whose body sits in `seg` at `off`, sent as a descriptor with these fields. */
@@ -126,10 +132,63 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   it("a well-formed descriptor is served: the raw peer's request runs", async () => {
     const { p, own, ownName } = await shmPeer();
     const body = requestBody();
-    own.set(body, SHM_CONTROL_BYTES);
+    own.write(body, SHM_CONTROL_BYTES);
     p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 1, crc: crc32(body) }));
     assert.equal((await p.response(1)).status, "SUCCESS");
-    assert.equal(own.readUInt32LE(0), 1, "the kernel recorded the consumed sequence number");
+    assert.equal(own.read(0, 4).readUInt32LE(0), 1, "the kernel recorded the consumed sequence number");
+    p.close();
+  });
+
+  it("a peer that shrinks its segment after first use (ftruncate) cannot fault the kernel: PROTOCOL/SHM_OUT_OF_BOUNDS", async () => {
+    const { p, own, ownName } = await shmPeer();
+    const body = requestBody();
+    own.write(body, SHM_CONTROL_BYTES);
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 1, crc: crc32(body) }));
+    assert.equal((await p.response(1)).status, "SUCCESS", "the segment is in use");
+    // Through a mapping of the old size the next copy would raise SIGBUS and kill this process.
+    truncateSync(`/dev/shm${ownName}`, 8 + SHM_CONTROL_BYTES + 10); // 8: the file's size header
+    p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 2, crc: crc32(body) }));
+    await expectProtocol(p, "SHM_OUT_OF_BOUNDS");
+  });
+
+  it("a peer that shrinks the kernel's own segment cannot fault it: the next body is written through the descriptor", async () => {
+    const c = await t.admin();
+    await c.storage.write("obj://shm/shrink", Buffer.alloc(300_000, 4));
+    await c.close();
+    const { p, session, kernel } = await shmPeer();
+    const kName = shmSegmentName(kernel, session, "k");
+    const read = (id: number) =>
+      p.send(
+        encodeMessage(
+          {
+            type: "REQUEST",
+            body: {
+              version: 1,
+              persona: "admin",
+              id,
+              intent: encodeIntent({ op: "storage.read", target: "obj://shm/shrink", args: {} }),
+              context: { persona: "admin" },
+              caps: [1],
+            },
+          },
+          id,
+        ),
+      );
+    // Ids unused by the earlier raw peers (same instance id: the kernel would answer from its dedupe record).
+    read(901);
+    await until(() => existsSync(`/dev/shm${kName}`), 3000, "the kernel's segment");
+    // Consume the first body (control word = 1), then cut the segment down to the control word.
+    const seg = native?.open(kName) as ShmSegment;
+    await until(() => seg.read(SHM_CONTROL_BYTES, 1).length === 1, 3000, "the first body written");
+    seg.write(Buffer.from([1, 0, 0, 0]), 0);
+    truncateSync(`/dev/shm${kName}`, 8 + 4); // the size header and the control word
+    read(902);
+    // Written with pwrite, the second body grows the file again instead of faulting a mapping.
+    await until(() => statSync(`/dev/shm${kName}`).size > SHM_CONTROL_BYTES + 300_000, 3000, "second body written");
+    native?.detach(kName);
+    const d = await t.admin();
+    assert.equal((await d.system.health()).status, "ok", "the kernel lives and serves");
+    await d.close();
     p.close();
   });
 
@@ -159,7 +218,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   it("a body that does not match its CRC-32: PROTOCOL/SHM_BAD_CHECKSUM", async () => {
     const { p, own, ownName } = await shmPeer();
     const body = requestBody();
-    own.set(body, SHM_CONTROL_BYTES);
+    own.write(body, SHM_CONTROL_BYTES);
     p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 1, crc: (crc32(body) + 1) >>> 0 }));
     await expectProtocol(p, "SHM_BAD_CHECKSUM");
   });
@@ -167,7 +226,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   it("a replayed or skipped sequence number: PROTOCOL/SHM_BAD_SEQUENCE", async () => {
     const { p, own, ownName } = await shmPeer();
     const body = requestBody();
-    own.set(body, SHM_CONTROL_BYTES);
+    own.write(body, SHM_CONTROL_BYTES);
     p.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: body.length, seg: ownName, seq: 7, crc: crc32(body) }));
     await expectProtocol(p, "SHM_BAD_SEQUENCE");
   });

@@ -125,7 +125,7 @@ describe("configuration precedence", () => {
     assert.equal(c.maxSessions, 3, "flag beats env and file");
     assert.equal(c.maxInFlight, 6, "env beats file");
     assert.equal(c.heartbeatMs, 11, "file beats default");
-    assert.equal(c.handshakeTimeoutMs, 10_000, "default");
+    assert.equal(c.handshakeTimeoutMs, 5_000, "default");
     assert.equal(c.socket, join(h, "kernel.sock"));
     removeHome(h);
   });

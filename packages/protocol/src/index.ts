@@ -29,9 +29,10 @@ export {
   ShmError,
   type ShmNative,
   ShmPeer,
+  type ShmSegment,
   shmSegmentName,
 } from "./shm/peer.js";
-export { refCountedShm, type ShmModule } from "./shm/registry.js";
+export { mappedSegment, refCountedShm, type ShmModule } from "./shm/registry.js";
 export * from "./token/compiled.js";
 export * from "./token/pattern.js";
 export * from "./token/token.js";

@@ -52,7 +52,7 @@ export const shmShrink: Attack = {
         if (!seg) throw new Error("segment exists");
         const err: Message = { type: "ERROR", body: { class: "PROTOCOL", code: "X", message: "hi", fatal: false } };
         const body = encodeMessage(err).subarray(HEADER_SIZE);
-        seg.set(body, SHM_CONTROL_BYTES);
+        seg.write(body, SHM_CONTROL_BYTES);
         c.send(descriptor(MessageType.ERROR, { seg: name, off: SHM_CONTROL_BYTES, len: body.length, seq: 1, crc: crc32(body) }));
         await sleep(50);
         truncateSync(`/dev/shm${name}`, SHM_CONTROL_BYTES);

@@ -39,6 +39,11 @@ export class KernelMetrics {
     help: "Signed checkpoints that could not be appended to the audit anchor file",
     registers: [this.registry],
   });
+  readonly handshakesShed = new Counter({
+    name: "kpip_handshakes_shed_total",
+    help: "Half-open connections shed by the pre-authentication budget to make room for newer ones",
+    registers: [this.registry],
+  });
   private server: Server | undefined;
 
   constructor(gauges: {

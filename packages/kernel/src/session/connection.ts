@@ -20,3 +20,11 @@ export interface Connection {
   /** Called when queued bytes have been taken by the peer (after `buffered` was high). */
   onDrain(cb: () => void): void;
 }
+
+/** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */
+export function addressOf(conn: Connection): string {
+  if (conn.transport === "uds" || conn.transport === "memory") return "";
+  const p = conn.peer.replace(/^ipv[46]:/, "");
+  const m = /^\[?([^\]]*?)\]?:\d+$/.exec(p);
+  return m ? (m[1] as string) : p;
+}

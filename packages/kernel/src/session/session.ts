@@ -26,7 +26,8 @@ import { HandleTable } from "../auth/enforcer.js";
 import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";
-import type { Connection } from "./connection.js";
+import { addressOf, type Connection } from "./connection.js";
+import type { PeerLogLimiter } from "./log-limit.js";
 import type { PersonaKeys } from "./persona-keys.js";
 
 export interface SessionLimitsConfig {
@@ -49,6 +50,13 @@ export interface SessionHost {
   /** Verifies a token and binds it to the session's table. */
   bindToken(table: HandleTable, persona: string, token: Uint8Array): { handle: number } | { code: string; message: string };
   readonly log: Logger;
+  /** Log lines a peer causes go through here: a bounded number per peer and window. */
+  readonly peerLog: PeerLogLimiter;
+  /**
+   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
+   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
+   */
+  admitSession(s: Session, persona: string): string | undefined;
   sessionClosed(s: Session): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: Session): void;
@@ -57,6 +65,13 @@ export interface SessionHost {
 }
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
+
+/**
+ * Largest frame bodies before WELCOME (PROTOCOL §8.8): a HELLO is a few hundred bytes, an
+ * ATTEST at most 64 tokens of 8 KiB and its measurements. An unauthenticated peer can make
+ * the kernel buffer this much, not the session's maxBody.
+ */
+export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
 
 /**
  * One connection's session: framing, handshake and attestation, heartbeats, requests in
@@ -85,12 +100,15 @@ export class Session implements SessionView, EventSink {
   private drained: (() => void) | undefined;
   /** The session's shared-memory channel, when "shm" was negotiated. */
   shm: ShmPeer | undefined;
+  /** The peer's address as far as the transport knows it ("" on the Unix socket): the pre-auth budget's key. */
+  readonly peerAddress: string;
 
   constructor(
     readonly conn: Connection,
     private readonly host: SessionHost,
   ) {
-    this.decoder = new FrameDecoder(host.limits.maxBodyBytes);
+    this.peerAddress = addressOf(conn);
+    this.decoder = new FrameDecoder(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -118,7 +136,7 @@ export class Session implements SessionView, EventSink {
       this.receive(chunk);
     } catch (e) {
       // A bug must cost one session, never the kernel.
-      this.host.log.error({ err: e, session: this.id }, "session failed on unexpected error");
+      this.logPeer("error", { err: e }, "session failed on unexpected error");
       this.fail("INTERNAL", "INTERNAL_ERROR", "the kernel failed to process this session's input", this.persona || undefined);
     }
   }
@@ -192,6 +210,8 @@ export class Session implements SessionView, EventSink {
         this.send({ type: "PONG", body: { seq: msg.body.seq } });
         return;
       case "PONG":
+        // The kernel PINGs only ready sessions: a PONG before that is out of order too.
+        if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
         return;
       case "GOODBYE":
         if (this.state === "closing") return;
@@ -200,8 +220,14 @@ export class Session implements SessionView, EventSink {
         this.maybeFinishClosing();
         return;
       case "ERROR":
-        this.host.log.info({ session: this.id, code: msg.body.code, class: msg.body.class }, "peer reported an error");
-        if (msg.body.fatal) this.closed("peer reported a fatal error");
+        // Before HELLO only HELLO is allowed; during the handshake a peer may only give up (fatal).
+        if (this.state === "hello" || (this.state === "attest" && !msg.body.fatal)) return this.outOfOrder(msg.type);
+        this.logPeer("info", { code: msg.body.code, class: msg.body.class }, "peer reported an error");
+        if (msg.body.fatal) {
+          // Nothing more to say to a peer that ended the session: its connection goes now.
+          this.closed("peer reported a fatal error");
+          this.conn.destroy();
+        }
         return;
       default:
         return this.outOfOrder(msg.type);
@@ -248,6 +274,7 @@ export class Session implements SessionView, EventSink {
     });
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
     this.state = "attest";
+    this.decoder.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, lim.maxBodyBytes));
     this.conn.write(frame);
   }
 
@@ -267,9 +294,12 @@ export class Session implements SessionView, EventSink {
       this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, reason);
       return;
     }
+    const full = this.host.admitSession(this, persona);
+    if (full !== undefined) return this.fail("RESOURCE", "TOO_MANY_SESSIONS", full, persona);
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
+    this.decoder.setMaxBody(this.host.limits.maxBodyBytes);
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
@@ -376,22 +406,30 @@ export class Session implements SessionView, EventSink {
     this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
   }
 
-  /** Sends a fatal ERROR, audits it, and closes. */
-  private fail(cls: ErrorClass, code: string, message: string, persona: string | undefined, detail?: string): void {
+  /** Sends a fatal ERROR, audits it (unless `audited` is false), and closes. */
+  private fail(
+    cls: ErrorClass,
+    code: string,
+    message: string,
+    persona: string | undefined,
+    detail?: string,
+    audited = true,
+  ): void {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
-    void this.host.audit
-      .append({
-        session: this.id,
-        persona: persona ?? "-",
-        phase: "session",
-        op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
-        status: "FAILURE",
-        errorClass: cls,
-        message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
-      })
-      .catch(() => {});
-    this.host.log.info({ session: this.id, code, class: cls }, "session closed on error");
+    if (audited)
+      void this.host.audit
+        .append({
+          session: this.id,
+          persona: persona ?? "-",
+          phase: "session",
+          op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
+          status: "FAILURE",
+          errorClass: cls,
+          message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
+        })
+        .catch(() => {});
+    this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();
     this.abort.abort();
@@ -420,7 +458,7 @@ export class Session implements SessionView, EventSink {
         this.silentAtLastTick = true;
         return;
       }
-      this.host.log.info({ session: this.id, persona: this.persona }, "peer silent for 3 heartbeats: closing");
+      this.logPeer("info", { persona: this.persona }, "peer silent for 3 heartbeats: closing");
       this.conn.destroy();
       this.closed("dead peer");
       return;
@@ -452,6 +490,25 @@ export class Session implements SessionView, EventSink {
   expel(code: string, message: string): void {
     if (this.state === "closed") return;
     this.fail("AUTH", code, message, this.persona || undefined);
+  }
+
+  /** Shed by the pre-authentication budget to make room for a newer handshake. */
+  shed(): void {
+    // Not audited: a flood of connections must not become a flood of audit records (counted in metrics).
+    this.fail(
+      "RESOURCE",
+      "HANDSHAKE_SHED",
+      "too many connections are handshaking at once; this one was shed",
+      this.hello?.body.persona,
+      undefined,
+      false,
+    );
+  }
+
+  /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
+  private logPeer(level: "info" | "warn" | "error", obj: Record<string, unknown>, msg: string): void {
+    const key = this.persona || `${this.conn.transport}:${this.peerAddress || "local"}`;
+    this.host.peerLog.write(key, level, { ...obj, session: this.id }, msg);
   }
 
   /** Forced close: in-flight handlers are told to stop. */

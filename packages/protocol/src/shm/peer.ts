@@ -14,14 +14,28 @@ export const SHM_CONTROL_BYTES = 64;
 export const SHM_DEFAULT_THRESHOLD = 64 * 1024;
 
 /**
- * Maps named shared-memory segments. The protocol package does no I/O: the kernel and the
- * client each supply this from their native module (POSIX shm_open + mmap, mode 0600).
+ * One shared-memory segment, as this side reaches it. Every access copies, and an access past
+ * the segment's current end is short, never a fault: a peer can shrink its segment (ftruncate)
+ * at any moment, and the kernel must not die of it (the kernel reads and writes through the
+ * file descriptor, never through a mapping).
+ */
+export interface ShmSegment {
+  /** A copy of up to `len` bytes at `off`: fewer (possibly none) where the segment ends now. */
+  read(off: number, len: number): Buffer;
+  /** Copies `data` into the segment at `off`. */
+  write(data: Uint8Array, off: number): void;
+}
+
+/**
+ * Opens named shared-memory segments. The protocol package does no I/O: the kernel supplies
+ * this over the segment's file (pread/pwrite, see its transport), the client over a mapping
+ * from its native module (POSIX shm_open + mmap, mode 0600).
  */
 export interface ShmNative {
   /** Creates a segment of `size` bytes, 0600; null if one with that name exists. */
-  create(name: string, size: number): Buffer | null;
-  /** Maps an existing segment; null if there is none. */
-  open(name: string): Buffer | null;
+  create(name: string, size: number): ShmSegment | null;
+  /** Opens an existing segment; null if there is none (or it is not a regular segment). */
+  open(name: string): ShmSegment | null;
   /** Unmaps a segment this process mapped (the segment itself stays). */
   detach(name: string): void;
   /** Unmaps and removes a segment. */
@@ -85,9 +99,15 @@ export function decodeShmDescriptor(body: Uint8Array): ShmDescriptor {
  * number in the segment's control word, which frees the region. One body is outstanding per
  * direction: while the previous one is not consumed, the next large frame goes inline.
  */
+/** The control word: the last sequence number the receiver consumed (-1 if the segment lost it). */
+function control(seg: ShmSegment): number {
+  const b = seg.read(0, 4);
+  return b.length === 4 ? b.readUInt32LE(0) : -1;
+}
+
 export class ShmPeer {
-  private own: Buffer | undefined;
-  private peer: Buffer | undefined;
+  private own: ShmSegment | undefined;
+  private peer: ShmSegment | undefined;
   private seq = 0;
   private peerSeq = 0;
   /** Frames sent through the segment / received from it (observability, tests). */
@@ -119,15 +139,20 @@ export class ShmPeer {
       if (!this.own) return undefined;
     }
     const seg = this.own;
-    // The receiver has not consumed the previous body yet: this one goes inline.
-    if (seg.readUInt32LE(0) !== this.seq) return undefined;
-    let at = SHM_CONTROL_BYTES;
     let crc = 0;
-    for (let i = 0; i < pieces.length; i++) {
-      const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
-      seg.set(p, at);
-      at += p.length;
-      crc = crc32(p, crc);
+    try {
+      // The receiver has not consumed the previous body yet: this one goes inline.
+      if (control(seg) !== this.seq) return undefined;
+      let at = SHM_CONTROL_BYTES;
+      for (let i = 0; i < pieces.length; i++) {
+        const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
+        seg.write(p, at);
+        at += p.length;
+        crc = crc32(p, crc);
+      }
+    } catch {
+      // The segment could not be written (e.g. no room left in /dev/shm): the frame goes inline.
+      return undefined;
     }
     this.seq = (this.seq + 1) >>> 0;
     const h = readHeader(first, 0, Number.MAX_SAFE_INTEGER);
@@ -152,17 +177,19 @@ export class ShmPeer {
     }
     const seg = this.peer;
     if (d.len > this.o.maxBody) throw new ShmError("SHM_TOO_LARGE", `descriptor length ${d.len} exceeds the maximum body`);
-    if (d.off < SHM_CONTROL_BYTES || d.off + d.len > seg.length) {
-      throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
-    }
+    if (d.off < SHM_CONTROL_BYTES) throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points into the control bytes");
     if (d.seq !== (this.peerSeq + 1) >>> 0) {
       throw new ShmError("SHM_BAD_SEQUENCE", `descriptor sequence ${d.seq} does not follow ${this.peerSeq}`);
     }
-    // Copy first, then check: the sender cannot change what was checked.
-    const body = Buffer.from(seg.subarray(d.off, d.off + d.len));
+    // Copy first, then check: the sender cannot change what was checked. A segment that is
+    // shorter than the descriptor says (never sized so, or shrunk since) gives a short copy.
+    const body = seg.read(d.off, d.len);
+    if (body.length !== d.len) throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
     if (crc32(body) !== d.crc) throw new ShmError("SHM_BAD_CHECKSUM", "the shared-memory body does not match its CRC-32");
     this.peerSeq = d.seq;
-    seg.writeUInt32LE(d.seq, 0);
+    const word = Buffer.allocUnsafe(4);
+    word.writeUInt32LE(d.seq, 0);
+    seg.write(word, 0);
     this.received++;
     return { type: f.type, flags: f.flags & ~FrameFlag.SHM, stream: f.stream, length: d.len, body };
   }
@@ -175,7 +202,7 @@ export class ShmPeer {
     const own = this.own;
     if (own) {
       const name = this.o.ownName;
-      if (own.readUInt32LE(0) === this.seq) this.native.destroy(name);
+      if (control(own) === this.seq) this.native.destroy(name);
       else setTimeout(() => this.native.destroy(name), graceMs).unref();
     }
     if (this.peer) this.native.detach(this.o.peerName);

@@ -1,4 +1,4 @@
-import type { ShmNative } from "./peer.js";
+import type { ShmNative, ShmSegment } from "./peer.js";
 
 /** The calls of a POSIX shared-memory module this wraps (shm-typed-array's, by name). */
 export interface ShmModule {
@@ -24,6 +24,14 @@ const table = (): Map<string, Mapping> => {
   return g[KEY];
 };
 
+/** A segment reached through a mapping: copies in and out, short past the mapping's end. */
+export function mappedSegment(buf: Buffer): ShmSegment {
+  return {
+    read: (off, len) => Buffer.from(buf.subarray(Math.min(off, buf.length), Math.min(off + len, buf.length))),
+    write: (data, off) => buf.set(data, off),
+  };
+}
+
 /**
  * A {@link ShmNative} over a name-keyed module, with one mapping per name per process,
  * reference-counted: memory is unmapped (and a destroyed segment unlinked) only when the last
@@ -44,18 +52,20 @@ export function refCountedShm(mod: ShmModule): ShmNative {
     create: (name, size) => {
       if (maps.has(name)) return null;
       const buf = mod.create(size, "Buffer", name, "600");
-      if (buf) maps.set(name, { buf, refs: 1, destroy: false });
-      return buf;
+      if (!buf) return null;
+      maps.set(name, { buf, refs: 1, destroy: false });
+      return mappedSegment(buf);
     },
     open: (name) => {
       const m = maps.get(name);
       if (m) {
         m.refs++;
-        return m.buf;
+        return mappedSegment(m.buf);
       }
       const buf = mod.get(name, "Buffer");
-      if (buf) maps.set(name, { buf, refs: 1, destroy: false });
-      return buf;
+      if (!buf) return null;
+      maps.set(name, { buf, refs: 1, destroy: false });
+      return mappedSegment(buf);
     },
     detach: (name) => release(name, false),
     destroy: (name) => release(name, true),
