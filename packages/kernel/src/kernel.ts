@@ -145,6 +145,7 @@ export class Kernel {
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
+      this.events.operator = c.adminPersona;
       const anchors = this.openAnchors();
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
@@ -162,7 +163,7 @@ export class Kernel {
             version: KERNEL_VERSION,
             startedAt: this.startedAt,
             sessions: () => this.sessions.size,
-            status: () => this.status(),
+            status: (persona) => this.status(persona),
           },
           this.router,
         ),
@@ -321,12 +322,31 @@ export class Kernel {
     return { native, threshold: this.config.shmThreshold };
   }
 
-  /** What `system.status` and `kpip status` show. */
-  status(): CborMap {
+  /** What `system.status` and `kpip status` show: the operator's view, or (for another persona) its own. */
+  status(persona = this.config.adminPersona): CborMap {
     const now = Date.now();
+    const session = (s: Session) => ({
+      id: s.id,
+      persona: s.persona || "-",
+      transport: s.transport,
+      state: s.state,
+      ageMs: now - s.createdAt,
+      inFlight: s.inFlight,
+    });
+    if (persona !== this.config.adminPersona) {
+      return {
+        view: "persona",
+        kernel: this.id,
+        version: KERNEL_VERSION,
+        uptimeMs: now - this.startedAt,
+        persona,
+        sessions: [...this.sessions].filter((s) => s.persona && personaWithin(s.persona, persona)).map(session),
+      };
+    }
     const cps = this.store?.checkpoints() ?? [];
     const last = cps[cps.length - 1];
     return {
+      view: "operator",
       kernel: this.id,
       version: KERNEL_VERSION,
       uptimeMs: now - this.startedAt,
@@ -335,14 +355,7 @@ export class Kernel {
         { kind: "uds", address: this.config.socket },
         ...(this.grpcAddress ? [{ kind: "grpc", address: this.grpcAddress }] : []),
       ],
-      sessions: [...this.sessions].map((s) => ({
-        id: s.id,
-        persona: s.persona || "-",
-        transport: s.transport,
-        state: s.state,
-        ageMs: now - s.createdAt,
-        inFlight: s.inFlight,
-      })),
+      sessions: [...this.sessions].map(session),
       ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
       agents: { running: this.agents?.runningCount ?? 0 },
       audit: {
@@ -493,7 +506,7 @@ export class Kernel {
   }
 }
 
-import { type CborMap, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
+import { type CborMap, encodeMessage, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 
 function rejectConnection(conn: Connection, message: string): void {
   conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));

@@ -1,4 +1,4 @@
-import { type CborValue, encodeMessage, matchTarget } from "@kpip/protocol";
+import { type CborValue, encodeMessage, matchTarget, personaWithin } from "@kpip/protocol";
 
 /** Where a subscription's events go: a session's connection. */
 export interface EventSink {
@@ -39,6 +39,8 @@ export class EventBus {
   private readonly bySink = new Map<string, Set<number>>();
   dropped = 0;
   delivered = 0;
+  /** The operator persona: it sees every persona's kernel events. */
+  operator = "";
 
   constructor(private readonly limits: EventBusLimits = { queueMax: 1000, highWaterBytes: 1 << 20 }) {}
 
@@ -73,11 +75,15 @@ export class EventBus {
     return this.subs.size;
   }
 
-  /** Delivers an event to every matching subscription; returns how many matched. */
-  emit(topic: string, data: CborValue | undefined): number {
+  /**
+   * Delivers an event to every matching subscription; returns how many matched. With `owner`
+   * (a kernel event about that persona) only subscribers it is within, and the operator, get it.
+   */
+  emit(topic: string, data: CborValue | undefined, owner?: string): number {
     let n = 0;
     for (const s of this.subs.values()) {
       if (!matchTarget(s.pattern, topic)) continue;
+      if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
       n++;
       s.queue.push({ topic, data });
       if (s.queue.length > this.limits.queueMax) {

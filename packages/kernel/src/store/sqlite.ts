@@ -332,7 +332,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       stdout: "stdout",
       stderr: "stderr",
     };
-    const keys = Object.keys(f).filter((k) => k in cols);
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
     if (!keys.length) return;
     const sql = `UPDATE agents SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
     this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof AgentRecord] ?? null])), id });
@@ -359,7 +359,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       finishedAt: "finished_at",
       expiresAt: "expires_at",
     };
-    const keys = Object.keys(f).filter((k) => k in cols);
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
     if (!keys.length) return;
     const sql = `UPDATE ops SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
     this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof OpRecord] ?? null])), id });
