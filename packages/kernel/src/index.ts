@@ -29,6 +29,7 @@ export {
   type PrimitiveDeclaration,
   type PrimitiveFamily,
 } from "./primitives/types.js";
+export { UnsafeHomeError } from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";

@@ -1,4 +1,5 @@
 import Database from "better-sqlite3";
+import { createIfAbsent } from "../secure-files.js";
 import type {
   AgentRecord,
   AgentStore,
@@ -86,6 +87,9 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => void;
 
   constructor(path: string) {
+    // SQLite gives the WAL and shared-memory files the database file's mode: a new database is
+    // 0600 (an existing home's files are checked by the kernel before it opens them).
+    if (path !== ":memory:") createIfAbsent(path);
     this.db = new Database(path);
     this.db.pragma("journal_mode = WAL");
     // NORMAL in WAL mode survives a process kill; only an OS crash can lose the last commits.
