@@ -94,6 +94,8 @@ export interface ConnectOptions {
   retryBackoff?: BackoffPolicy;
   /** Refresh a held token this long before it expires (default 60 s, at most half its lifetime). */
   refreshMarginMs?: number;
+  /** Measurements of this persona's runtime (e.g. a binary hash), sent in ATTEST and recorded in the audit log. */
+  measurements?: CborMap;
 }
 
 export interface CallOptions {
@@ -104,6 +106,10 @@ export interface CallOptions {
   /** Capability references for this call (handles or inline tokens); default: every bound handle. */
   caps?: CapabilityRef[];
   traceparent?: string;
+  /** Execution-context id (a task or run id) recorded in the request's audit records. */
+  execution?: string;
+  /** Security domain the request acts in (domain-scoped tokens decide on it); recorded. */
+  domain?: string;
 }
 
 /** A non-failure answer. FAILURE is thrown as {@link KpipError}. */
@@ -549,7 +555,16 @@ export class KernelClient extends EventEmitter {
         const signature = signBytes(this.identity.privateKey, attestationTranscript(link.helloBytes, f.body));
         link.phase = "attesting";
         this.setState("attesting");
-        link.channel.write(encodeMessage({ type: "ATTEST", body: { signature, tokens: this.held.map((h) => h.bytes) } }));
+        link.channel.write(
+          encodeMessage({
+            type: "ATTEST",
+            body: {
+              signature,
+              tokens: this.held.map((h) => h.bytes),
+              ...(this.opts.measurements ? { measurements: this.opts.measurements } : {}),
+            },
+          }),
+        );
         return;
       }
       case "WELCOME":
@@ -679,6 +694,8 @@ export class KernelClient extends EventEmitter {
     const ws = opts.workspace ?? this.opts.workspace;
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
+    if (opts.execution) context.execution = opts.execution;
+    if (opts.domain) context.domain = opts.domain;
     return new Promise<Response>((resolve, reject) => {
       const p: PendingCall = {
         id,

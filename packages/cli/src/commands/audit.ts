@@ -11,9 +11,9 @@ import {
   verifyAnchors,
   verifyAuditFile,
 } from "@kpip/kernel";
-import { rawPublicKey } from "@kpip/protocol";
+import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import type { Command } from "../command.js";
-import { EXIT, resolveHome, UsageError } from "../util.js";
+import { EXIT, resolveHome, toJson, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -47,8 +47,21 @@ function rowJson(r: AuditRow): Record<string, unknown> {
     message: r.message,
     durationUs: r.durationUs,
     traceparent: r.traceparent,
+    execution: r.execution,
+    domain: r.domain,
+    measurements: measurementsJson(r.measurements),
     hash: Buffer.from(r.hash).toString("hex"),
   };
+}
+
+/** ATTEST measurements as JSON (bytes as {"$bytes": base64}); the raw hex if they do not decode. */
+function measurementsJson(m: Uint8Array | null): unknown {
+  if (m === null) return null;
+  try {
+    return toJson(decodeCanonical(m));
+  } catch {
+    return { $hex: Buffer.from(m).toString("hex") };
+  }
 }
 
 function rowLine(r: AuditRow): string {

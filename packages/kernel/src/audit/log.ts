@@ -100,6 +100,9 @@ export class AuditLog {
       message: entry.message ?? null,
       durationUs: entry.durationUs ?? null,
       traceparent: entry.traceparent ?? null,
+      execution: entry.execution ?? null,
+      domain: entry.domain ?? null,
+      measurements: entry.measurements ?? null,
       prevHash: this.head,
       hash: PENDING_HASH,
     };

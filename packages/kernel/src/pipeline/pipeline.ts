@@ -85,7 +85,15 @@ export class Pipeline {
   }
 
   private async process(s: SessionView, req: Request, started: bigint, st: RequestState): Promise<Response> {
-    const base = { session: s.id, persona: s.persona, requestId: req.id, traceparent: req.context.traceparent ?? null };
+    // The context the persona claimed goes into every record of the request (PROTOCOL §6.7).
+    const base = {
+      session: s.id,
+      persona: s.persona,
+      requestId: req.id,
+      traceparent: req.context.traceparent ?? null,
+      execution: req.context.execution ?? null,
+      domain: req.context.domain ?? null,
+    };
 
     // 1. version and identity: a request may only speak for the attested persona.
     const early = this.checkEnvelope(s, req);

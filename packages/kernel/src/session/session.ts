@@ -1,9 +1,11 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import {
   attestationTranscript,
+  type CborMap,
   CodecError,
   decodeMessage,
   type ErrorClass,
+  encodeCanonical,
   encodeMessage,
   encodeMessagePieces,
   type Frame,
@@ -172,7 +174,7 @@ export class Session implements SessionView, EventSink {
         return this.onHello(msg.body, frame.body);
       case "ATTEST":
         if (this.state !== "attest") return this.outOfOrder(msg.type);
-        return this.onAttest(msg.body.signature, msg.body.tokens);
+        return this.onAttest(msg.body.signature, msg.body.tokens, msg.body.measurements);
       case "REQUEST":
         if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
         if (this.state === "closing") {
@@ -249,7 +251,7 @@ export class Session implements SessionView, EventSink {
     this.conn.write(frame);
   }
 
-  private onAttest(signature: Uint8Array, tokens: Uint8Array[]): void {
+  private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
     const key = this.host.personaKeys.lookup(persona);
@@ -289,6 +291,8 @@ export class Session implements SessionView, EventSink {
         op: "session.open",
         status: "SUCCESS",
         message: this.conn.transport,
+        // Recorded, not interpreted (PROTOCOL §6.5): the canonical bytes of the map as sent.
+        measurements: measurements === undefined ? null : encodeCanonical(measurements),
       })
       .catch(() => {});
   }
@@ -314,6 +318,8 @@ export class Session implements SessionView, EventSink {
           errorClass: "RESOURCE",
           message: "too many requests in flight",
           traceparent: req.context.traceparent ?? null,
+          execution: req.context.execution ?? null,
+          domain: req.context.domain ?? null,
         })
         .then(
           () => this.respond(stream, refusal),

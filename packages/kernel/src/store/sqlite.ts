@@ -36,7 +36,8 @@ CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
   persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
   intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
-  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+  execution TEXT, domain TEXT, measurements BLOB);
 CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
@@ -96,6 +97,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     this.db.pragma("synchronous = NORMAL");
     this.db.pragma("busy_timeout = 5000");
     this.db.exec(SCHEMA);
+    // Columns added after the first release: a database made before them gets them (NULL in old rows, hashed as absent).
+    const have = new Set((this.db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+    for (const [col, type] of [
+      ["execution", "TEXT"],
+      ["domain", "TEXT"],
+      ["measurements", "BLOB"],
+    ]) {
+      if (!have.has(col as string)) this.db.exec(`ALTER TABLE audit ADD COLUMN ${col} ${type}`);
+    }
     const p = (sql: string) => this.db.prepare(sql);
     this.st = {
       getPersona: p("SELECT id, public_key, created_at FROM personas WHERE id = ?"),
@@ -115,14 +125,14 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
         "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
       ),
       appendAudit: p(
-        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
       // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
       // almost twice as fast as objects.
       scanAudit: p(
-        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
       ).raw(true),
       countAudit: p("SELECT count(*) AS n FROM audit"),
       addCheckpoint: p(
@@ -156,6 +166,9 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
           r.traceparent,
           r.prevHash,
           r.hash,
+          r.execution,
+          r.domain,
+          r.measurements,
         );
       }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
@@ -488,6 +501,9 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       traceparent: a[16] as string | null,
       prevHash: a[17] as Uint8Array,
       hash: a[18] as Uint8Array,
+      execution: a[19] as string | null,
+      domain: a[20] as string | null,
+      measurements: a[21] as Uint8Array | null,
     }));
   }
   countAudit(): number {
@@ -607,6 +623,9 @@ function toAudit(r: Row): AuditRow {
     message: r.message as string | null,
     durationUs: r.duration_us as number | null,
     traceparent: r.traceparent as string | null,
+    execution: (r.execution as string | null) ?? null,
+    domain: (r.domain as string | null) ?? null,
+    measurements: (r.measurements as Uint8Array | null) ?? null,
     prevHash: r.prev_hash as Uint8Array,
     hash: r.hash as Uint8Array,
   };

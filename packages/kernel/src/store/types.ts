@@ -73,6 +73,12 @@ export interface AuditRow {
   message: string | null;
   durationUs: number | null;
   traceparent: string | null;
+  /** The request's context.execution (the persona runtime's task or run id). */
+  execution: string | null;
+  /** The request's context.domain (the security domain it claimed; domain-scoped tokens decide on it). */
+  domain: string | null;
+  /** session.open: the ATTEST measurements, canonical CBOR of the map as sent. */
+  measurements: Uint8Array | null;
   prevHash: Uint8Array;
   hash: Uint8Array;
 }
