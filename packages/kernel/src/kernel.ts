@@ -1,7 +1,10 @@
+import { createPublicKey } from "node:crypto";
 import { join, resolve } from "node:path";
 import { AgentManager } from "./agents/manager.js";
 import { AnchorFile } from "./audit/anchors.js";
+import { checkInheritedChain } from "./audit/inherit.js";
 import { AuditLog } from "./audit/log.js";
+import { RefusalLimiter } from "./audit/refusals.js";
 import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
 import { RootKeys } from "./auth/keys.js";
@@ -76,6 +79,7 @@ export class Kernel {
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
   private compute: ComputeEngine | undefined;
+  private pipeline: Pipeline | undefined;
   private agents: AgentManager | undefined;
   /** Prometheus series (always counted; served when metricsListen is set). */
   metrics: KernelMetrics | undefined;
@@ -146,10 +150,13 @@ export class Kernel {
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
       this.events.operator = c.adminPersona;
+      // Before the first append: never sign over a chain rewritten without the key.
+      checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
       const anchors = this.openAnchors();
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
         checkpointEvery: c.auditCheckpointEvery,
+        checkpointIntervalMs: c.auditCheckpointIntervalMs,
         intentMaxBytes: c.auditIntentMaxBytes,
         onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
@@ -241,7 +248,23 @@ export class Kernel {
         metrics.auditBatch.observe(records);
         metrics.auditCommitSeconds.observe(seconds);
       };
-      const pipeline = new Pipeline(ledger, this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log, metrics);
+      const refusals = new RefusalLimiter({
+        sessionRate: c.auditRefusalRate,
+        personaRate: c.auditRefusalPersonaRate,
+        floodMax: c.auditRefusalFloodMax,
+        intentMaxBytes: c.auditRefusalIntentMaxBytes,
+      });
+      const pipeline = new Pipeline(
+        ledger,
+        this.router,
+        this.options.authorizer ?? enforcer,
+        audit,
+        dedupe,
+        this.log,
+        metrics,
+        refusals,
+      );
+      this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
         handshakeTimeoutMs: c.handshakeTimeoutMs,
@@ -262,6 +285,7 @@ export class Kernel {
           this.sessions.delete(s);
           this.sessionsById.delete(s.id);
           this.events.dropSink(s.id);
+          pipeline.sessionEnded(s.id);
         },
         sessionDrained: (s) => this.events.drained(s.id),
         shm: this.sharedMemory(),
@@ -284,17 +308,21 @@ export class Kernel {
       }
       if (c.metricsListen) this.metricsAddress = await metrics.listen(c.metricsListen);
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
-      let lastPrune = Date.now();
+      // Pruning (dedupe, ops, audit retention) on the first tick, then every minute.
+      let lastPrune = 0;
       const tickMs = Math.max(50, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
       this.timer = setInterval(() => {
         const now = Date.now();
         for (const s of this.sessions) s.tick(now);
         dedupe.sweep(now);
         this.applyOfflineChanges();
+        pipeline.flushSuppressed();
+        audit.checkpointIfDue(now);
         if (now - lastPrune > 60_000) {
           lastPrune = now;
           store.pruneDedupe(now);
           store.pruneOps(now);
+          this.pruneAudit();
         }
       }, tickMs);
       this.timer.unref();
@@ -422,8 +450,19 @@ export class Kernel {
     return anchors;
   }
 
+  /** Retention (auditRetainRecords): one chunk of the oldest records, pruned behind a signed checkpoint. */
+  private pruneAudit(): void {
+    try {
+      const n = this.auditLog?.prune(this.config.auditRetainRecords) ?? 0;
+      if (n) this.log.info({ records: n }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+    } catch (e) {
+      this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+    }
+  }
+
   /** Closes what start opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
   private async closeStorage(): Promise<void> {
+    this.pipeline?.flushSuppressed();
     this.auditLog?.close();
     await this.anchors?.close();
     await this.checkpointer?.stop();
@@ -506,7 +545,7 @@ export class Kernel {
   }
 }
 
-import { type CborMap, encodeMessage, HEADER_SIZE, personaWithin } from "@kpip/protocol";
+import { type CborMap, encodeMessage, HEADER_SIZE, personaWithin, rawPublicKey } from "@kpip/protocol";
 
 function rejectConnection(conn: Connection, message: string): void {
   conn.write(encodeMessage({ type: "ERROR", body: { class: "RESOURCE", code: "TOO_MANY_SESSIONS", message, fatal: true } }));

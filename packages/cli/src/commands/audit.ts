@@ -7,6 +7,7 @@ import {
   type AuditRow,
   HOME_FILES,
   parseAnchors,
+  resolveConfig,
   SqliteStore,
   verifyAnchors,
   verifyAuditFile,
@@ -76,7 +77,7 @@ export const auditCommand: Command = {
   name: "audit",
   summary: "verify, tail and query the audit log",
   usage:
-    "kpip audit verify [--anchors F] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
+    "kpip audit verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
   example: "kpip audit query --persona alice --status FAILURE --since 1h",
   options: {
     home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
@@ -85,6 +86,11 @@ export const auditCommand: Command = {
       type: "string",
       description:
         "verify: also check the log against an audit anchor file (the kernel's auditAnchorFile): catches a cut-off tail",
+    },
+    "max-unsigned": {
+      type: "string",
+      description:
+        "verify: most records in a row without a signed checkpoint (default: the home's auditCheckpointEvery; give the old value after lowering it)",
     },
     n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
@@ -129,8 +135,14 @@ export const auditCommand: Command = {
         const tty = process.stderr.isTTY && !json;
         const started = Date.now();
         // Ranges on worker threads for large logs; the same answer as the single pass.
+        // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
+        const maxUnsigned =
+          v["max-unsigned"] === undefined ? resolveConfig({ flags: { home } }).auditCheckpointEvery : Number(v["max-unsigned"]);
+        if (!Number.isSafeInteger(maxUnsigned) || maxUnsigned <= 0)
+          throw new UsageError("--max-unsigned must be a positive integer");
         const r = await verifyAuditFile(join(home, HOME_FILES.database), {
           ...(trustedKey ? { trustedKey } : {}),
+          maxUnsigned,
           onProgress: (done, total) => {
             if (!tty) return;
             const w = 30;
@@ -154,8 +166,12 @@ export const auditCommand: Command = {
         if (json) process.stdout.write(`${JSON.stringify({ ...result, seconds: secs })}\n`);
         else if (result.ok) {
           const a = result.anchors !== undefined ? `, ${result.anchors} anchors matched` : "";
+          const p =
+            result.prunedThrough !== undefined
+              ? ` (records 1..${result.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${result.prunedThrough})`
+              : "";
           process.stdout.write(
-            `audit log OK: ${result.records} records, ${result.checkpoints} signed checkpoints verified${a}\n`,
+            `audit log OK: ${result.records} records${p}, ${result.checkpoints} signed checkpoints verified${a}\n`,
           );
         } else process.stdout.write(`audit log BROKEN at record ${result.firstBad?.seq}: ${result.firstBad?.reason}\n`);
         return result.ok ? EXIT.OK : EXIT.FAILED;

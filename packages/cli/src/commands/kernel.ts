@@ -1,4 +1,5 @@
 import {
+  AuditChainError,
   ConfigError,
   flagName,
   HomeInUseError,
@@ -39,7 +40,8 @@ export const kernelCommand: Command = {
         e instanceof ConfigError ||
         e instanceof SocketPathError ||
         e instanceof HomeInUseError ||
-        e instanceof UnsafeHomeError
+        e instanceof UnsafeHomeError ||
+        e instanceof AuditChainError
       ) {
         process.stderr.write(`kpip kernel: ${e.message}\n`);
         return EXIT.USAGE;

@@ -446,9 +446,9 @@ export class Session implements SessionView, EventSink {
    * Ends the session because its persona lost the right to attest (removed from the registry):
    * a fatal AUTH ERROR with `code`, audited, and in-flight handlers are told to stop.
    */
-  expel(code: string, message: string): void {
+  expel(code: string, message: string, cls: ErrorClass = "AUTH"): void {
     if (this.state === "closed") return;
-    this.fail("AUTH", code, message, this.persona || undefined);
+    this.fail(cls, code, message, this.persona || undefined);
   }
 
   /** Forced close: in-flight handlers are told to stop. */

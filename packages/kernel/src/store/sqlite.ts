@@ -85,7 +85,7 @@ type Statements = Record<StatementName, Database.Statement>;
 export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore, AgentStore {
   readonly db: Database.Database;
   private readonly st: Statements;
-  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => void;
+  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
 
   constructor(path: string) {
     // SQLite gives the WAL and shared-memory files the database file's mode: a new database is
@@ -142,7 +142,8 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     };
     const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
     const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
-    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => {
+    const putCheckpoint = this.st.addCheckpoint;
+    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
       const s = this.st.appendAudit;
       // Positional parameters: binding by name costs a property lookup per column per row.
       for (const r of rows) {
@@ -173,6 +174,8 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
       if (journalUpTo > 0) dropJournal.run(journalUpTo);
+      for (const c of cps)
+        putCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
     });
   }
 
@@ -441,8 +444,18 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const r = this.prep("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined;
     return r?.hash;
   }
-  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0): void {
-    this.appendTx(rows, dedupe, journalUpTo);
+  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
+    this.appendTx(rows, dedupe, journalUpTo, checkpoints);
+  }
+  firstAuditSeq(): number | undefined {
+    return (this.prep("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined;
+  }
+  pruneAudit(throughSeq: number): number {
+    return this.db.transaction(() => {
+      const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
+      this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
+      return n;
+    })();
   }
 
   /**
