@@ -13,7 +13,7 @@ export const CONNECT_OPTIONS: Record<string, OptionSpec> = {
     type: "string",
     multiple: true,
     description:
-      "token to bind: @FILE (a file holding it) or - (standard input); repeatable. Without it: $KPIP_TOKEN, else with the admin identity <home>/admin.token. Raw token text works but is visible to every local user",
+      "token to bind: @FILE (a file holding it) or - (standard input); repeatable. Without it: $KPIP_TOKEN (the token or @FILE), else with the admin identity <home>/admin.token. Raw token text works but is visible to every local user",
   },
 };
 
@@ -21,8 +21,8 @@ export const CONNECT_OPTIONS: Record<string, OptionSpec> = {
 export const TOKEN_ENV = "KPIP_TOKEN";
 
 /**
- * --token values (each @FILE, - or raw text); without any, $KPIP_TOKEN (tokens separated by
- * whitespace), else the admin token file for the admin identity.
+ * --token values (each @FILE, - or raw text); without any, $KPIP_TOKEN (token text, several
+ * separated by whitespace, or @FILE), else the admin token file for the admin identity.
  */
 export function readTokens(
   values: string[] | undefined,
@@ -31,7 +31,8 @@ export function readTokens(
 ): string[] {
   if (values?.length) return values.map(readTokenArg);
   const fromEnv = env[TOKEN_ENV]?.trim();
-  if (fromEnv) return fromEnv.split(/\s+/);
+  // The environment is the process's own (/proc/<pid>/environ is 0400): token text is safe there.
+  if (fromEnv) return fromEnv.startsWith("@") ? [readTokenArg(fromEnv)] : fromEnv.split(/\s+/);
   if (defaultFile && existsSync(defaultFile)) return [readTokenArg(`@${defaultFile}`)];
   return [];
 }

@@ -65,6 +65,7 @@ describe("secrets on the command line and the home, with the CLI as a real proce
       ["@file", kpip([...as, "--token", `@${file}`])],
       ["stdin", kpip([...as, "--token", "-"], { input: `${token}\n` })],
       ["env", kpip(as, { env: { KPIP_TOKEN: token } })],
+      ["env @file", kpip(as, { env: { KPIP_TOKEN: `@${file}` } })],
     ] as const) {
       assert.equal(r.code, 0, `${how}: ${r.err}`);
       assert.doesNotMatch(r.err, WARNING, how);
