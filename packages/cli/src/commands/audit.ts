@@ -134,12 +134,17 @@ export const auditCommand: Command = {
         if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
         const tty = process.stderr.isTTY && !json;
         const started = Date.now();
-        // Ranges on worker threads for large logs; the same answer as the single pass.
         // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
-        const maxUnsigned =
-          v["max-unsigned"] === undefined ? resolveConfig({ flags: { home } }).auditCheckpointEvery : Number(v["max-unsigned"]);
+        let maxUnsigned: number;
+        try {
+          maxUnsigned =
+            v["max-unsigned"] === undefined ? resolveConfig({ flags: { home } }).auditCheckpointEvery : Number(v["max-unsigned"]);
+        } catch (e) {
+          throw new UsageError(`${(e as Error).message} (or pass --max-unsigned)`);
+        }
         if (!Number.isSafeInteger(maxUnsigned) || maxUnsigned <= 0)
           throw new UsageError("--max-unsigned must be a positive integer");
+        // Ranges on worker threads for large logs; the same answer as the single pass.
         const r = await verifyAuditFile(join(home, HOME_FILES.database), {
           ...(trustedKey ? { trustedKey } : {}),
           maxUnsigned,

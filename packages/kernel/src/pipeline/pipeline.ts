@@ -74,7 +74,7 @@ export class Pipeline {
    * refusal rate only; beyond it the refusal is counted into one aggregate record (see
    * {@link flushSuppressed}).
    */
-  private async refuse(s: SessionView, entry: AuditEntry): Promise<void> {
+  async refuse(s: SessionView, entry: AuditEntry): Promise<void> {
     if (entry.intent && entry.intent.length > (this.refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
     if (!this.refusals || this.refusals.admit(s.id, s.persona, entry.errorClass ?? "-")) {
       await this.audit.append(entry);

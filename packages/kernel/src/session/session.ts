@@ -306,9 +306,9 @@ export class Session implements SessionView, EventSink {
         error: "RESOURCE",
         message: `more than ${this.host.limits.maxInFlight} requests in flight on this session`,
       };
-      // Like every refusal, recorded before it is answered.
-      this.host.audit
-        .append({
+      // Like every refusal, recorded before it is answered (within the refusal rate; see Pipeline.refuse).
+      this.host.pipeline
+        .refuse(this, {
           session: this.id,
           persona: this.persona,
           phase: "refused",
