@@ -87,6 +87,22 @@ describe("audit integrity without the key, and audit growth", () => {
     }
   });
 
+  it("a checkpoint is signed within auditCheckpointIntervalMs of a record, however few records arrive", async () => {
+    const t = await startKernel({ auditCheckpointEvery: 10_000, auditCheckpointIntervalMs: 100 });
+    try {
+      const admin = await t.admin();
+      for (let round = 0; round < 2; round++) {
+        await admin.system.health();
+        const head = t.k.database.lastAudit()?.seq ?? 0;
+        await until(() => (t.k.database.checkpoints().at(-1)?.seq ?? 0) >= head, 10_000, "a checkpoint over the head");
+      }
+      assert.ok(verifyAudit(t.k.database, { maxUnsigned: 10_000 }).ok);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("refusals keep no bulk bytes, are recorded within a rate and aggregated beyond it, and a flood ends the session", async () => {
     const t = await startKernel({ auditRefusalRate: 2, auditRefusalPersonaRate: 2, auditRefusalFloodMax: 150 });
     try {
