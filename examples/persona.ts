@@ -6,7 +6,8 @@
  *   npm run example:persona -- --ticks 5 # stops after 5 ticks
  *
  * Identity and token default to the admin's in ./.kpip; set KPIP_IDENTITY and KPIP_TOKEN
- * (a file holding a token from `kpip token mint`) to act as another persona.
+ * to act as another persona. KPIP_TOKEN is read as `kpip` reads it: the token itself, or
+ * @FILE (e.g. the file `kpip token mint --out FILE` wrote) — never pass a token on a command line.
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -16,13 +17,19 @@ const home = process.env.KPIP_HOME ?? ".kpip";
 const ticksArg = process.argv.indexOf("--ticks");
 const maxTicks = ticksArg > 0 ? Number(process.argv[ticksArg + 1]) : Number.POSITIVE_INFINITY;
 
+/** $KPIP_TOKEN as the CLI takes it: the token text, or @FILE holding it. */
+function tokenFromEnv(v: string | undefined): string | undefined {
+  if (!v?.trim()) return undefined;
+  return v.startsWith("@") ? readFileSync(v.slice(1), "utf8") : v.trim();
+}
+
 const socket = process.env.KPIP_SOCKET ?? join(home, "kernel.sock");
 let client: KernelClient;
 try {
   client = await KernelClient.connect({
     socket,
     identity: process.env.KPIP_IDENTITY ?? join(home, "admin.identity"),
-    tokens: [readFileSync(process.env.KPIP_TOKEN ?? join(home, "admin.token"), "utf8")],
+    tokens: [tokenFromEnv(process.env.KPIP_TOKEN) ?? readFileSync(join(home, "admin.token"), "utf8")],
     workspace: "demo",
     waitForKernel: true,
     connectTimeoutMs: 30_000,

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync } from "node:fs";
+import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
 import type { OptionSpec, Values } from "./command.js";
@@ -12,24 +12,73 @@ export const CONNECT_OPTIONS: Record<string, OptionSpec> = {
   token: {
     type: "string",
     multiple: true,
-    description: "token to bind (text or @file); repeatable (default with the admin identity: <home>/admin.token)",
+    description:
+      "token to bind: @FILE (a file holding it) or - (standard input); repeatable. Without it: $KPIP_TOKEN (the token or @FILE), else with the admin identity <home>/admin.token. Raw token text works but is visible to every local user",
   },
 };
 
-/** --token values: token text, or @path of a file holding it; the admin token by default for the admin identity. */
-export function readTokens(values: string[] | undefined, defaultFile: string | undefined): string[] {
+/** The environment variable a token can be passed in (never on the command line, where `ps` shows it). */
+export const TOKEN_ENV = "KPIP_TOKEN";
+
+/**
+ * --token values (each @FILE, - or raw text); without any, $KPIP_TOKEN (token text, several
+ * separated by whitespace, or @FILE), else the admin token file for the admin identity.
+ */
+export function readTokens(
+  values: string[] | undefined,
+  defaultFile: string | undefined,
+  env: NodeJS.ProcessEnv = process.env,
+): string[] {
   if (values?.length) return values.map(readTokenArg);
+  const fromEnv = env[TOKEN_ENV]?.trim();
+  // The environment is the process's own (/proc/<pid>/environ is 0400): token text is safe there.
+  if (fromEnv) return fromEnv.startsWith("@") ? [readTokenArg(fromEnv)] : fromEnv.split(/\s+/);
   if (defaultFile && existsSync(defaultFile)) return [readTokenArg(`@${defaultFile}`)];
   return [];
 }
 
-/** A token given on the command line: its text, or @path of a file holding it. */
+let stdinRead = false;
+
+/**
+ * A token argument: @path of a file holding it, `-` for standard input, or the token text itself.
+ * Token text on the command line is readable by every local user (/proc/<pid>/cmdline, ps)
+ * and echoed by `npm run`: it works, with a warning naming the safe ways.
+ */
 export function readTokenArg(t: string): string {
-  if (!t.startsWith("@")) return t.trim();
+  if (t === "-") {
+    if (stdinRead) throw new UsageError("standard input can give only one token (--token - once)");
+    stdinRead = true;
+    try {
+      return readFileSync(0, "utf8").trim();
+    } catch (e) {
+      throw new UsageError(`cannot read a token from standard input: ${(e as Error).message}`);
+    }
+  }
+  if (!t.startsWith("@")) {
+    process.stderr.write(
+      `kpip: warning: a token on the command line is readable by every local user (ps, /proc/<pid>/cmdline); pass @FILE, - (standard input) or set ${TOKEN_ENV}\n`,
+    );
+    return t.trim();
+  }
   try {
     return readFileSync(t.slice(1), "utf8").trim();
   } catch (e) {
     throw new UsageError(`cannot read token file ${t.slice(1)}: ${(e as Error).message}`);
+  }
+}
+
+/** Writes a token to a new file, 0600 (never over an existing file nor through a link). */
+export function writeTokenFile(path: string, text: string): void {
+  let fd: number;
+  try {
+    fd = openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+  } catch (e) {
+    throw new UsageError(`cannot create token file ${path}: ${(e as Error).message}`);
+  }
+  try {
+    writeSync(fd, `${text}\n`);
+  } finally {
+    closeSync(fd);
   }
 }
 

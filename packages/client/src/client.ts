@@ -102,6 +102,8 @@ export interface ConnectOptions {
   retryBackoff?: BackoffPolicy;
   /** Refresh a held token this long before it expires (default 60 s, at most half its lifetime). */
   refreshMarginMs?: number;
+  /** Measurements of this persona's runtime (e.g. a binary hash), sent in ATTEST and recorded in the audit log. */
+  measurements?: CborMap;
 }
 
 export interface CallOptions {
@@ -112,8 +114,10 @@ export interface CallOptions {
   /** Capability references for this call (handles or inline tokens); default: every bound handle. */
   caps?: CapabilityRef[];
   traceparent?: string;
-  /** Execution-context id (text, at most 128 bytes) recorded with the request, e.g. which host or run asked. */
+  /** Execution-context id (text, at most 128 bytes: a task or run id, or which host asked), recorded in the request's audit records. */
   execution?: string;
+  /** Security domain the request acts in (domain-scoped tokens decide on it); recorded. */
+  domain?: string;
 }
 
 /** A non-failure answer. FAILURE is thrown as {@link KpipError}. */
@@ -568,7 +572,16 @@ export class KernelClient extends EventEmitter {
         const signature = signBytes(this.identity.privateKey, attestationTranscript(link.helloBytes, f.body));
         link.phase = "attesting";
         this.setState("attesting");
-        link.channel.write(encodeMessage({ type: "ATTEST", body: { signature, tokens: this.held.map((h) => h.bytes) } }));
+        link.channel.write(
+          encodeMessage({
+            type: "ATTEST",
+            body: {
+              signature,
+              tokens: this.held.map((h) => h.bytes),
+              ...(this.opts.measurements ? { measurements: this.opts.measurements } : {}),
+            },
+          }),
+        );
         return;
       }
       case "WELCOME":
@@ -725,6 +738,7 @@ export class KernelClient extends EventEmitter {
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
     if (opts.execution) context.execution = opts.execution;
+    if (opts.domain) context.domain = opts.domain;
     return new Promise<Response>((resolve, reject) => {
       const p: PendingCall = {
         id,

@@ -79,6 +79,7 @@ export class TokensApi {
       maxLifetimeMs?: number;
       limits?: Record<string, number>;
       workspaces?: string[];
+      domains?: string[];
     },
     opts?: CallOptions,
   ): Promise<{ token: Uint8Array; id: string; exp: number }> {

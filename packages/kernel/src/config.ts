@@ -25,6 +25,19 @@ export interface KernelConfig {
   auditIntentMaxBytes: number;
   /** A file outside the home to which every signed audit checkpoint is appended too ("" = off). */
   auditAnchorFile: string;
+  // Audit integrity and growth (docs/security.md, "Authorization, audit integrity and the home").
+  /** A signed checkpoint at least this often while records arrive (ms); with auditCheckpointEvery it bounds the unsigned tail. */
+  auditCheckpointIntervalMs: number;
+  /** Retention: keep at least this many newest records, pruning older ones behind a signed checkpoint (0 = keep all). */
+  auditRetainRecords: number;
+  /** Refusal records per second one session may cause (bursts 5×); beyond it, one aggregate record per tick. */
+  auditRefusalRate: number;
+  /** Refusal records per second one persona may cause over all its sessions (bursts 5×). */
+  auditRefusalPersonaRate: number;
+  /** Refusals over the rate after which the session is ended with RESOURCE/REFUSAL_FLOOD (0 = never). */
+  auditRefusalFloodMax: number;
+  /** Largest intent whose bytes a refusal record keeps (larger ones: hash, op and target only). */
+  auditRefusalIntentMaxBytes: number;
   /** How long stop() waits for in-flight requests before forcing sessions closed. */
   drainTimeoutMs: number;
   /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
@@ -112,6 +125,32 @@ export const SETTINGS: SettingSpec[] = [
     description:
       "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote); `kpip audit verify --anchors` checks the log against it",
   },
+  {
+    key: "auditCheckpointIntervalMs",
+    type: "int",
+    description: "also sign a checkpoint at least this often (ms) while records arrive (0 = by count only)",
+    zeroAllowed: true,
+  },
+  {
+    key: "auditRetainRecords",
+    type: "int",
+    description: "keep at least this many newest audit records; older ones are pruned behind a signed checkpoint (0 = keep all)",
+    zeroAllowed: true,
+  },
+  { key: "auditRefusalRate", type: "int", description: "refusal records per second per session (bursts 5×); beyond: aggregated" },
+  { key: "auditRefusalPersonaRate", type: "int", description: "refusal records per second per persona (bursts 5×)" },
+  {
+    key: "auditRefusalFloodMax",
+    type: "int",
+    description: "refusals over the rate after which a session is ended (RESOURCE/REFUSAL_FLOOD; 0 = never)",
+    zeroAllowed: true,
+  },
+  {
+    key: "auditRefusalIntentMaxBytes",
+    type: "int",
+    description: "largest intent whose bytes a refusal record keeps (larger: its hash only)",
+    zeroAllowed: true,
+  },
   { key: "drainTimeoutMs", type: "int", description: "how long stop waits for in-flight requests" },
   {
     key: "workspaceStorageBytes",
@@ -192,6 +231,12 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   auditCheckpointEvery: 10_000,
   auditIntentMaxBytes: 65_536,
   auditAnchorFile: "",
+  auditCheckpointIntervalMs: 60_000,
+  auditRetainRecords: 0,
+  auditRefusalRate: 20,
+  auditRefusalPersonaRate: 100,
+  auditRefusalFloodMax: 10_000,
+  auditRefusalIntentMaxBytes: 1024,
   drainTimeoutMs: 10_000,
   workspaceStorageBytes: 0,
   computeWorkers: 2,

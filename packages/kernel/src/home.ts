@@ -1,9 +1,10 @@
 import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
-import { chmodSync, existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import type { CapEnforcer } from "./auth/enforcer.js";
+import { createExclusive, ensurePrivateFile, secureHome, UnsafeHomeError, writePidFile } from "./secure-files.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
 /** File names inside the kernel home. */
@@ -50,6 +51,7 @@ export class HomeInUseError extends Error {
 export function acquireHome(home: string): () => void {
   const lockPath = join(home, "kernel.lock");
   const pidPath = join(home, "kernel.pid");
+  ensurePrivateFile(lockPath);
   const db = new Database(lockPath, { timeout: 0 });
   try {
     db.pragma("locking_mode = EXCLUSIVE");
@@ -66,7 +68,12 @@ export function acquireHome(home: string): () => void {
     }
     throw new HomeInUseError(`kernel home ${home} is in use by another kernel${owner}; stop it first`);
   }
-  writeFileSync(pidPath, `${process.pid}\n`, { mode: 0o600 });
+  try {
+    writePidFile(pidPath, process.pid);
+  } catch (e) {
+    db.close();
+    throw e;
+  }
   return () => {
     try {
       if (readFileSync(pidPath, "utf8").trim() === String(process.pid)) unlinkSync(pidPath);
@@ -77,18 +84,24 @@ export function acquireHome(home: string): () => void {
   };
 }
 
-/** Creates the home directory (0700) if needed and refuses one others can write to. */
+/**
+ * Creates the home directory (0700) if needed, then checks it before anything is written:
+ * refused (UnsafeHomeError) when it is a link, not a directory, or it or anything in it belongs
+ * to another user or is a link; group and other access are taken away (0700, files 0600).
+ */
 export function ensureHome(home: string): void {
-  mkdirSync(home, { recursive: true, mode: 0o700 });
-  const st = lstatSync(home);
-  if (!st.isDirectory()) throw new Error(`kernel home ${home} is not a directory`);
-  if ((st.mode & 0o022) !== 0) chmodSync(home, st.mode & 0o755 & ~0o022);
+  try {
+    mkdirSync(home, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    // A link to nowhere, or a file where the home should be: secureHome says which.
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+  secureHome(home);
 }
 
-/** Writes a secret file with mode 0600, never replacing an existing one. */
+/** Writes a secret file with mode 0600, never replacing an existing one and never through a link. */
 export function writeSecret(path: string, text: string): void {
-  writeFileSync(path, text, { mode: 0o600, flag: "wx" });
-  chmodSync(path, 0o600);
+  createExclusive(path, text);
 }
 
 /** Loads the kernel's Ed25519 signing key, creating it (0600) on first start. */
@@ -99,7 +112,7 @@ export function loadKernelKey(home: string): KeyObject {
     writeSecret(path, privateKey.export({ format: "pem", type: "pkcs8" }) as string);
   }
   const mode = lstatSync(path).mode & 0o777;
-  if ((mode & 0o077) !== 0) throw new Error(`kernel key ${path} has mode ${mode.toString(8)}; it must be 0600`);
+  if ((mode & 0o077) !== 0) throw new UnsafeHomeError(`kernel key ${path} has mode ${mode.toString(8)}; it must be 0600`);
   return createPrivateKey(readFileSync(path));
 }
 

@@ -1,6 +1,7 @@
 /** @kpip/kernel — the KPIP kernel, embeddable and runnable. */
 
 export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, verifyAnchors } from "./audit/anchors.js";
+export { AuditChainError, checkInheritedChain } from "./audit/inherit.js";
 export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile } from "./audit/verify-parallel.js";
@@ -30,6 +31,7 @@ export {
   type PrimitiveDeclaration,
   type PrimitiveFamily,
 } from "./primitives/types.js";
+export { UnsafeHomeError } from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";

@@ -1,7 +1,11 @@
+import { createPublicKey } from "node:crypto";
 import { join, resolve } from "node:path";
+import { type CborMap, HEADER_SIZE, personaWithin, rawPublicKey } from "@kpip/protocol";
 import { AgentManager } from "./agents/manager.js";
 import { AnchorFile } from "./audit/anchors.js";
+import { checkInheritedChain } from "./audit/inherit.js";
 import { AuditLog } from "./audit/log.js";
+import { RefusalLimiter } from "./audit/refusals.js";
 import type { Authorizer } from "./auth/authorizer.js";
 import { CapEnforcer } from "./auth/enforcer.js";
 import { RootKeys } from "./auth/keys.js";
@@ -91,6 +95,7 @@ export class Kernel {
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
   private compute: ComputeEngine | undefined;
+  private pipeline: Pipeline | undefined;
   private agents: AgentManager | undefined;
   /** Prometheus series (always counted; served when metricsListen is set). */
   metrics: KernelMetrics | undefined;
@@ -170,10 +175,14 @@ export class Kernel {
       this.id = kernelId(store);
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
+      this.events.operator = c.adminPersona;
+      // Before the first append: never sign over a chain rewritten without the key.
+      checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
       const anchors = this.openAnchors();
       const audit = new AuditLog(store, this.id, key, {
         batchMax: c.auditBatchMax,
         checkpointEvery: c.auditCheckpointEvery,
+        checkpointIntervalMs: c.auditCheckpointIntervalMs,
         intentMaxBytes: c.auditIntentMaxBytes,
         onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
@@ -191,7 +200,7 @@ export class Kernel {
             version: KERNEL_VERSION,
             startedAt: this.startedAt,
             sessions: () => this.sessions.size,
-            status: () => this.status(),
+            status: (persona) => this.status(persona),
           },
           this.router,
         ),
@@ -274,7 +283,23 @@ export class Kernel {
         metrics.auditBatch.observe(records);
         metrics.auditCommitSeconds.observe(seconds);
       };
-      const pipeline = new Pipeline(ledger, this.router, this.options.authorizer ?? enforcer, audit, dedupe, this.log, metrics);
+      const refusals = new RefusalLimiter({
+        sessionRate: c.auditRefusalRate,
+        personaRate: c.auditRefusalPersonaRate,
+        floodMax: c.auditRefusalFloodMax,
+        intentMaxBytes: c.auditRefusalIntentMaxBytes,
+      });
+      const pipeline = new Pipeline(
+        ledger,
+        this.router,
+        this.options.authorizer ?? enforcer,
+        audit,
+        dedupe,
+        this.log,
+        metrics,
+        refusals,
+      );
+      this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
         handshakeTimeoutMs: c.handshakeTimeoutMs,
@@ -300,6 +325,7 @@ export class Kernel {
           this.sessions.delete(s);
           this.sessionsById.delete(s.id);
           this.events.dropSink(s.id);
+          pipeline.sessionEnded(s.id);
         },
         sessionDrained: (s) => this.events.drained(s.id),
         shm: this.sharedMemory(),
@@ -325,7 +351,8 @@ export class Kernel {
       }
       if (c.metricsListen) this.metricsAddress = await metrics.listen(c.metricsListen);
       // One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry.
-      let lastPrune = Date.now();
+      // Pruning (dedupe, ops, audit retention) on the first tick, then every minute.
+      let lastPrune = 0;
       const tickMs = Math.max(50, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
       this.timer = setInterval(() => {
         const now = Date.now();
@@ -333,11 +360,14 @@ export class Kernel {
         host.peerLog.sweep(now);
         dedupe.sweep(now);
         this.applyOfflineChanges();
+        pipeline.flushSuppressed();
+        audit.checkpointIfDue(now);
         if (now - lastPrune > 60_000) {
           lastPrune = now;
           store.pruneDedupe(now);
           store.pruneOps(now);
           enforcer.pruneExpired(now - c.tokenRetentionMs);
+          this.pruneAudit();
         }
       }, tickMs);
       this.timer.unref();
@@ -365,12 +395,31 @@ export class Kernel {
     return { native, threshold: this.config.shmThreshold };
   }
 
-  /** What `system.status` and `kpip status` show. */
-  status(): CborMap {
+  /** What `system.status` and `kpip status` show: the operator's view, or (for another persona) its own. */
+  status(persona = this.config.adminPersona): CborMap {
     const now = Date.now();
+    const session = (s: Session) => ({
+      id: s.id,
+      persona: s.persona || "-",
+      transport: s.transport,
+      state: s.state,
+      ageMs: now - s.createdAt,
+      inFlight: s.inFlight,
+    });
+    if (persona !== this.config.adminPersona) {
+      return {
+        view: "persona",
+        kernel: this.id,
+        version: KERNEL_VERSION,
+        uptimeMs: now - this.startedAt,
+        persona,
+        sessions: [...this.sessions].filter((s) => s.persona && personaWithin(s.persona, persona)).map(session),
+      };
+    }
     const cps = this.store?.checkpoints() ?? [];
     const last = cps[cps.length - 1];
     return {
+      view: "operator",
       kernel: this.id,
       version: KERNEL_VERSION,
       uptimeMs: now - this.startedAt,
@@ -379,14 +428,7 @@ export class Kernel {
         { kind: "uds", address: this.config.socket },
         ...(this.grpcAddress ? [{ kind: "grpc", address: this.grpcAddress }] : []),
       ],
-      sessions: [...this.sessions].map((s) => ({
-        id: s.id,
-        persona: s.persona || "-",
-        transport: s.transport,
-        state: s.state,
-        ageMs: now - s.createdAt,
-        inFlight: s.inFlight,
-      })),
+      sessions: [...this.sessions].map(session),
       ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
       agents: { running: this.agents?.runningCount ?? 0 },
       audit: {
@@ -483,8 +525,19 @@ export class Kernel {
     return anchors;
   }
 
+  /** Retention (auditRetainRecords): one chunk of the oldest records, pruned behind a signed checkpoint. */
+  private pruneAudit(): void {
+    try {
+      const n = this.auditLog?.prune(this.config.auditRetainRecords) ?? 0;
+      if (n) this.log.info({ records: n }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+    } catch (e) {
+      this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+    }
+  }
+
   /** Closes what start opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
   private async closeStorage(): Promise<void> {
+    this.pipeline?.flushSuppressed();
     this.auditLog?.close();
     await this.anchors?.close();
     await this.checkpointer?.stop();
@@ -566,5 +619,3 @@ export class Kernel {
     this.log.info({ kernel: this.id }, "kernel stopped");
   }
 }
-
-import { type CborMap, HEADER_SIZE } from "@kpip/protocol";

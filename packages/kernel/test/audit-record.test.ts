@@ -27,6 +27,9 @@ describe("audit record hash", () => {
       message: nullable(fc.string({ unit: "grapheme", maxLength: 400 })),
       durationUs: nullable(uint),
       traceparent: nullable(fc.string()),
+      execution: nullable(fc.string()),
+      domain: nullable(fc.string({ unit: "grapheme" })),
+      measurements: nullable(fc.uint8Array({ maxLength: 300 })),
       prevHash: fc.uint8Array({ minLength: 32, maxLength: 32 }),
     }) as fc.Arbitrary<Omit<AuditRow, "hash">>;
     fc.assert(

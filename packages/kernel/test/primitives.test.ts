@@ -47,13 +47,13 @@ describe("compute: DEFERRED ops", () => {
   });
 
   it("cancels, and emits completion events", async () => {
-    const sub = await c.events.subscribe("topic://kernel/ops/**");
+    const sub = await c.events.subscribe("topic://kernel/personas/admin/ops/**");
     const d = await c.compute.command("sleep", ["5"]);
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(await c.ops.cancel(d), true);
     await assert.rejects(c.ops.wait(d), klass("SEMANTIC"));
     for await (const e of sub) {
-      if (e.topic === `topic://kernel/ops/${d.id}`) {
+      if (e.topic === `topic://kernel/personas/admin/ops/${d.id}`) {
         assert.equal((e.data as { state: string }).state, "cancelled");
         break;
       }
@@ -250,13 +250,13 @@ describe("agents", () => {
   const spawner = () =>
     t.persona("sp", [
       { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
-      { ops: ["storage.*", "event.subscribe"], targets: ["obj://ws1/**", "topic://kernel/agents/**"] },
+      { ops: ["storage.*", "event.subscribe"], targets: ["obj://ws1/**", "topic://kernel/personas/sp/**"] },
     ]);
 
   it("an agent connects back as its own persona and can do only what it was delegated", async () => {
     const sp = await spawner();
     const c = await t.connect(sp.identity, [sp.token]);
-    const events = await c.events.subscribe("topic://kernel/agents/**");
+    const events = await c.events.subscribe("topic://kernel/personas/sp/**");
     const a = await c.agents.spawn("node", "w1", {
       args: [fixture("agent.mjs"), "--chatty"],
       rights: [{ ops: ["storage.write"], targets: ["obj://ws1/**"] }],

@@ -7,13 +7,14 @@ import {
   type AuditRow,
   HOME_FILES,
   parseAnchors,
+  resolveConfig,
   SqliteStore,
   verifyAnchors,
   verifyAuditFile,
 } from "@kpip/kernel";
-import { rawPublicKey } from "@kpip/protocol";
+import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import type { Command } from "../command.js";
-import { EXIT, resolveHome, UsageError } from "../util.js";
+import { EXIT, resolveHome, toJson, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -47,8 +48,21 @@ function rowJson(r: AuditRow): Record<string, unknown> {
     message: r.message,
     durationUs: r.durationUs,
     traceparent: r.traceparent,
+    execution: r.execution,
+    domain: r.domain,
+    measurements: measurementsJson(r.measurements),
     hash: Buffer.from(r.hash).toString("hex"),
   };
+}
+
+/** ATTEST measurements as JSON (bytes as {"$bytes": base64}); the raw hex if they do not decode. */
+function measurementsJson(m: Uint8Array | null): unknown {
+  if (m === null) return null;
+  try {
+    return toJson(decodeCanonical(m));
+  } catch {
+    return { $hex: Buffer.from(m).toString("hex") };
+  }
 }
 
 function rowLine(r: AuditRow): string {
@@ -63,7 +77,7 @@ export const auditCommand: Command = {
   name: "audit",
   summary: "verify, tail and query the audit log",
   usage:
-    "kpip audit verify [--anchors F] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
+    "kpip audit verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
   example: "kpip audit query --persona alice --status FAILURE --since 1h",
   options: {
     home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
@@ -72,6 +86,11 @@ export const auditCommand: Command = {
       type: "string",
       description:
         "verify: also check the log against an audit anchor file (the kernel's auditAnchorFile): catches a cut-off tail",
+    },
+    "max-unsigned": {
+      type: "string",
+      description:
+        "verify: most records in a row without a signed checkpoint (default: the home's auditCheckpointEvery; give the old value after lowering it)",
     },
     n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
@@ -115,9 +134,20 @@ export const auditCommand: Command = {
         if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
         const tty = process.stderr.isTTY && !json;
         const started = Date.now();
+        // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
+        let maxUnsigned: number;
+        try {
+          maxUnsigned =
+            v["max-unsigned"] === undefined ? resolveConfig({ flags: { home } }).auditCheckpointEvery : Number(v["max-unsigned"]);
+        } catch (e) {
+          throw new UsageError(`${(e as Error).message} (or pass --max-unsigned)`);
+        }
+        if (!Number.isSafeInteger(maxUnsigned) || maxUnsigned <= 0)
+          throw new UsageError("--max-unsigned must be a positive integer");
         // Ranges on worker threads for large logs; the same answer as the single pass.
         const r = await verifyAuditFile(join(home, HOME_FILES.database), {
           ...(trustedKey ? { trustedKey } : {}),
+          maxUnsigned,
           onProgress: (done, total) => {
             if (!tty) return;
             const w = 30;
@@ -141,8 +171,12 @@ export const auditCommand: Command = {
         if (json) process.stdout.write(`${JSON.stringify({ ...result, seconds: secs })}\n`);
         else if (result.ok) {
           const a = result.anchors !== undefined ? `, ${result.anchors} anchors matched` : "";
+          const p =
+            result.prunedThrough !== undefined
+              ? ` (records 1..${result.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${result.prunedThrough})`
+              : "";
           process.stdout.write(
-            `audit log OK: ${result.records} records, ${result.checkpoints} signed checkpoints verified${a}\n`,
+            `audit log OK: ${result.records} records${p}, ${result.checkpoints} signed checkpoints verified${a}\n`,
           );
         } else process.stdout.write(`audit log BROKEN at record ${result.firstBad?.seq}: ${result.firstBad?.reason}\n`);
         return result.ok ? EXIT.OK : EXIT.FAILED;

@@ -1,4 +1,14 @@
-import { ConfigError, flagName, HomeInUseError, Kernel, type KernelConfig, SETTINGS, SocketPathError } from "@kpip/kernel";
+import {
+  AuditChainError,
+  ConfigError,
+  flagName,
+  HomeInUseError,
+  Kernel,
+  type KernelConfig,
+  SETTINGS,
+  SocketPathError,
+  UnsafeHomeError,
+} from "@kpip/kernel";
 import type { Command, OptionSpec } from "../command.js";
 import { EXIT } from "../util.js";
 
@@ -26,7 +36,13 @@ export const kernelCommand: Command = {
       kernel = new Kernel(flags as Partial<KernelConfig>);
       await kernel.start();
     } catch (e) {
-      if (e instanceof ConfigError || e instanceof SocketPathError || e instanceof HomeInUseError) {
+      if (
+        e instanceof ConfigError ||
+        e instanceof SocketPathError ||
+        e instanceof HomeInUseError ||
+        e instanceof UnsafeHomeError ||
+        e instanceof AuditChainError
+      ) {
         process.stderr.write(`kpip kernel: ${e.message}\n`);
         return EXIT.USAGE;
       }

@@ -29,19 +29,28 @@ export const statusCommand: Command = {
         process.stdout.write(`${JSON.stringify(toJson(s))}\n`);
         return EXIT.OK;
       }
+      const sessions = [
+        `sessions   ${s.sessions.length}`,
+        ...s.sessions.map(
+          (x) =>
+            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}`,
+        ),
+      ];
+      const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs as number)})`;
+      if (s.view === "persona") {
+        // Not the operator: the kernel shows this persona only its own sessions.
+        process.stdout.write(`${[head, `persona    ${s.persona} (own view)`, ...sessions].join("\n")}\n`);
+        return EXIT.OK;
+      }
       const lines = [
-        `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs as number)})`,
+        head,
         `home       ${s.home}`,
         ...s.transports.map((t) => `listening  ${t.kind} ${t.address}`),
         `ops        ${s.ops.running} running, ${s.ops.queued} queued`,
         `agents     ${s.agents.running} running`,
         `audit      head ${s.audit.head}${s.audit.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
         `events     ${s.events.subscriptions} subscriptions, ${s.events.dropped} dropped`,
-        `sessions   ${s.sessions.length}`,
-        ...s.sessions.map(
-          (x) =>
-            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}`,
-        ),
+        ...sessions,
       ];
       process.stdout.write(`${lines.join("\n")}\n`);
       return EXIT.OK;

@@ -1,3 +1,4 @@
+import { existsSync } from "node:fs";
 import type { KernelClient, TokenEntry } from "@kpip/client";
 import { RootKeys } from "@kpip/kernel";
 import {
@@ -14,7 +15,7 @@ import {
   tokenToString,
 } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
-import { CONNECT_OPTIONS, connectFromFlags, readTokenArg } from "../connect.js";
+import { CONNECT_OPTIONS, connectFromFlags, readTokenArg, writeTokenFile } from "../connect.js";
 import { EXIT, render, reportError, resolveHome, toJson, UsageError } from "../util.js";
 
 /** `OPS:TARGETS`, each a comma-separated list: `storage.read,storage.write:obj://ws1/**`. */
@@ -98,7 +99,7 @@ export const tokenCommand: Command = {
   name: "token",
   summary: "mint, attenuate, inspect, revoke and list capability tokens; rotate root keys",
   usage:
-    "kpip token mint --persona P --allow OPS:TARGETS [--limit k=v] --ttl D [--max-lifetime D] | attenuate <token> [--allow …] [--ttl D] [--persona SUB] | inspect <token> | revoke <id> | list [--persona P] | rotate-key | retire-key <kid>",
+    "kpip token mint --persona P --allow OPS:TARGETS [--limit k=v] --ttl D [--max-lifetime D] [--out F] | attenuate @FILE|- [--allow …] [--ttl D] [--persona SUB] [--out F] | inspect @FILE|- | revoke <id> | list [--persona P] | rotate-key | retire-key <kid>",
   example:
     "kpip token mint --persona alice --allow 'storage.read,storage.write:obj://ws1/**' --limit storage.bytes=10MB --ttl 1h --max-lifetime 24h",
   options: {
@@ -109,6 +110,10 @@ export const tokenCommand: Command = {
     ttl: { type: "string", description: "lifetime: 30s, 10m, 1h, 7d" },
     "max-lifetime": { type: "string", description: "mint: how far refresh may extend the token" },
     workspace: { type: "string", multiple: true, description: "restrict to this workspace; repeatable" },
+    out: {
+      type: "string",
+      description: "mint, attenuate: write the token to this new file (0600) instead of standard output",
+    },
     json: { type: "boolean", description: "print JSON" },
   },
   async run(v, pos) {
@@ -133,15 +138,20 @@ export const tokenCommand: Command = {
         if (v["max-lifetime"] !== undefined) args.maxLifetimeMs = parseDuration(v["max-lifetime"] as string, "--max-lifetime");
         const ws = workspaces(v);
         if (ws) args.workspaces = ws;
+        // Refused before minting: a token nobody can read back would be minted for nothing.
+        if (typeof v.out === "string" && existsSync(v.out)) throw new UsageError(`${v.out} exists; --out writes a new file`);
         return withClient(v, json, async (c) => {
           const r = await c.call("token.mint", `persona://${persona}`, args);
           const p = r.payload as { token: Uint8Array; id: string; exp: number };
           const text = Buffer.from(p.token).toString("base64url");
-          out({ token: text, id: p.id, persona, exp: new Date(p.exp).toISOString() }, text);
+          if (typeof v.out === "string") {
+            writeTokenFile(v.out, text);
+            out({ file: v.out, id: p.id, persona, exp: new Date(p.exp).toISOString() }, `token ${p.id} written to ${v.out}`);
+          } else out({ token: text, id: p.id, persona, exp: new Date(p.exp).toISOString() }, text);
         });
       }
       case "attenuate": {
-        if (!arg) throw new UsageError("token attenuate needs the token (text or @file)");
+        if (!arg) throw new UsageError("token attenuate needs the token (@FILE or - for standard input)");
         let t = tokenFromString(readTokenArg(arg));
         const caveats: Caveat[] = [];
         const rights = ((v.allow as string[] | undefined) ?? []).map(parseAllow);
@@ -163,11 +173,14 @@ export const tokenCommand: Command = {
           throw new UsageError((e as Error).message);
         }
         const text = tokenToString(t);
-        out({ token: text, id: t.claims.id, caveats: t.caveats }, text);
+        if (typeof v.out === "string") {
+          writeTokenFile(v.out, text);
+          out({ file: v.out, id: t.claims.id, caveats: t.caveats }, `token ${t.claims.id} written to ${v.out}`);
+        } else out({ token: text, id: t.claims.id, caveats: t.caveats }, text);
         return EXIT.OK;
       }
       case "inspect": {
-        if (!arg) throw new UsageError("token inspect needs the token (text or @file)");
+        if (!arg) throw new UsageError("token inspect needs the token (@FILE or - for standard input)");
         const text = readTokenArg(arg);
         let token: ReturnType<typeof decodeToken>;
         try {

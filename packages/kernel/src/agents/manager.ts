@@ -13,6 +13,7 @@ import {
 } from "@kpip/protocol";
 import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
 import type { EventBus } from "../events/bus.js";
+import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import type { AgentRecord, AgentStore, PersonaStore } from "../store/types.js";
@@ -51,7 +52,7 @@ interface Live {
  * process group and working directory, each with its own persona identity and a token
  * minted from the spawner's grant (never wider). Identity and token reach the agent through
  * an inherited pipe (fd 3), never argv or the environment. Output is captured with a bound;
- * exit code and signal are recorded; lifecycle events go to topic://kernel/agents/<id>.
+ * exit code and signal are recorded; lifecycle events go to the persona's kernel topic (kernelTopic).
  */
 export class AgentManager {
   private readonly live = new Map<string, Live>();
@@ -185,7 +186,7 @@ export class AgentManager {
       this.log.info({ agent: id, err: e.message }, "agent failed to start");
     });
     child.once("close", (code, signal) => this.exited(id, rec, code, signal));
-    this.events.emit(`topic://kernel/agents/${id}`, { agent: `agent://${id}`, state: "running", persona, pid: rec.pid ?? 0 });
+    emitKernelEvent(this.events, "agents", persona, id, { agent: `agent://${id}`, state: "running", persona, pid: rec.pid ?? 0 });
     return rec;
   }
 
@@ -211,7 +212,7 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
     }
-    this.events.emit(`topic://kernel/agents/${id}`, {
+    emitKernelEvent(this.events, "agents", rec.persona, id, {
       agent: `agent://${id}`,
       state,
       exitCode: code ?? -1,

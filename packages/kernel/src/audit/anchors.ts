@@ -156,6 +156,8 @@ export interface AnchorResult {
   ok: boolean;
   /** Anchors checked. */
   anchors: number;
+  /** Anchors naming records retention pruned (below the log's first record): not checked. */
+  pruned?: number;
   /** The first anchor the log fails, and why. */
   firstBad?: { seq: number; reason: string };
 }
@@ -167,12 +169,14 @@ export interface AnchorResult {
  * chain's.
  */
 export function verifyAnchors(
-  store: Pick<AuditStore, "auditHashAt" | "checkpoints">,
+  store: Pick<AuditStore, "auditHashAt" | "checkpoints" | "firstAuditSeq">,
   anchors: AuditAnchor[],
   trustedKey?: Uint8Array,
 ): AnchorResult {
   const key = trustedKey ?? store.checkpoints().at(-1)?.publicKey;
   const fail = (seq: number, reason: string): AnchorResult => ({ ok: false, anchors: anchors.length, firstBad: { seq, reason } });
+  const first = store.firstAuditSeq() ?? 1;
+  let pruned = 0;
   for (const a of [...anchors].sort((x, y) => x.seq - y.seq)) {
     if (key === undefined) return fail(a.seq, "the log has no checkpoint to take the kernel key from (pass a trusted key)");
     if (!Buffer.from(a.publicKey).equals(Buffer.from(key)))
@@ -181,9 +185,13 @@ export function verifyAnchors(
       return fail(a.seq, "anchor signature is invalid");
     }
     const h = store.auditHashAt(a.seq);
+    if (h === undefined && a.seq < first) {
+      pruned++;
+      continue;
+    }
     if (h === undefined) return fail(a.seq, `record ${a.seq} named by an anchor is missing (log truncated)`);
     if (!Buffer.from(h).equals(Buffer.from(a.hash)))
       return fail(a.seq, `record ${a.seq} differs from its anchor (log rewritten)`);
   }
-  return { ok: true, anchors: anchors.length };
+  return { ok: true, anchors: anchors.length, ...(pruned ? { pruned } : {}) };
 }

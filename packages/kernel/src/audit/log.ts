@@ -14,8 +14,13 @@ export type AuditEntry = Pick<AuditRow, "session" | "persona" | "phase"> &
 export interface AuditLogOptions {
   /** Most records written in one transaction. */
   batchMax: number;
-  /** A signed checkpoint is written at least every this many records (and at close). */
+  /**
+   * A signed checkpoint is written at least every this many records, in the same transaction
+   * as the record it signs, so no run of records longer than this is ever unsigned, crash or not.
+   */
   checkpointEvery: number;
+  /** And at least this often while records arrive (ms; 0 = by count only): the unsigned tail is also bounded in time. */
+  checkpointIntervalMs?: number;
   /**
    * Intents larger than this keep only their hash in the record, not their bytes: a bulk
    * payload is not copied into the log (default 64 KiB).
@@ -47,6 +52,9 @@ export class AuditLog {
   private scheduled = false;
   private closed = false;
   private lastCheckpointSeq = 0;
+  private lastCheckpointTime = Date.now();
+  /** Checkpoints signed in append(), stored with the batch that holds their record. */
+  private pendingCheckpoints: AuditCheckpoint[] = [];
   private readonly publicKey: Uint8Array;
   /** Sizes of recent batches, for metrics. */
   committedBatches = 0;
@@ -100,12 +108,16 @@ export class AuditLog {
       message: entry.message ?? null,
       durationUs: entry.durationUs ?? null,
       traceparent: entry.traceparent ?? null,
+      execution: entry.execution ?? null,
+      domain: entry.domain ?? null,
+      measurements: entry.measurements ?? null,
       prevHash: this.head,
       hash: PENDING_HASH,
     };
     row.hash = recordHash(row);
     this.head = row.hash;
     this.pending.push(row);
+    if (row.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.pendingCheckpoints.push(this.sign());
     if (this.batchPromise === undefined) {
       this.batchPromise = new Promise<void>((resolve, reject) => {
         this.waiters = { resolve, reject };
@@ -128,6 +140,8 @@ export class AuditLog {
     const dedupe = this.pendingDedupe;
     const journalUpTo = this.pendingJournalUpTo;
     const waiters = this.waiters;
+    const checkpoints = this.pendingCheckpoints;
+    this.pendingCheckpoints = [];
     this.pending = [];
     this.pendingDedupe = [];
     this.pendingJournalUpTo = 0;
@@ -135,7 +149,7 @@ export class AuditLog {
     this.batchPromise = undefined;
     try {
       const t = process.hrtime.bigint();
-      this.store.appendAudit(rows, dedupe, journalUpTo);
+      this.store.appendAudit(rows, dedupe, journalUpTo, checkpoints);
       this.committedBatches++;
       this.committedRecords += rows.length;
       this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9);
@@ -146,7 +160,21 @@ export class AuditLog {
       return;
     }
     waiters?.resolve();
-    if (this.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.checkpoint();
+    for (const cp of checkpoints) this.opts.onCheckpoint?.(cp);
+  }
+
+  /** Signs the head (the record just chained) and marks it the last checkpoint. */
+  private sign(): AuditCheckpoint {
+    const c = { kernel: this.kernelId, seq: this.seq, hash: this.head, time: Date.now() };
+    this.lastCheckpointSeq = this.seq;
+    this.lastCheckpointTime = c.time;
+    return { ...c, publicKey: this.publicKey, signature: signBytes(this.signingKey, checkpointMessage(c)) };
+  }
+
+  /** The kernel's tick: a checkpoint when records arrived and checkpointIntervalMs passed since the last one. */
+  checkpointIfDue(now = Date.now()): void {
+    const every = this.opts.checkpointIntervalMs ?? 0;
+    if (every > 0 && this.seq > this.lastCheckpointSeq && now - this.lastCheckpointTime >= every) this.checkpoint();
   }
 
   /**
@@ -187,13 +215,26 @@ export class AuditLog {
   /** Signs the current head with the kernel key and stores the checkpoint. */
   checkpoint(): void {
     if (this.pending.length) this.flush();
-    if (this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
-    const c = { kernel: this.kernelId, seq: this.seq, hash: this.head, time: Date.now() };
-    const signature = signBytes(this.signingKey, checkpointMessage(c));
-    const cp = { ...c, publicKey: this.publicKey, signature };
+    if (this.closed || this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
+    const cp = this.sign();
     this.store.addCheckpoint(cp);
-    this.lastCheckpointSeq = this.seq;
     this.opts.onCheckpoint?.(cp);
+  }
+
+  /**
+   * Retention: prunes the oldest records through the newest signed checkpoint that leaves at
+   * least `retain` records (one chunk of at most `chunk` records per call, so the event loop is
+   * never held long). That checkpoint stays and becomes the pruned log's start, so the chain
+   * still verifies from a signature. Returns the records removed.
+   */
+  prune(retain: number, chunk = 50_000): number {
+    if (retain <= 0) return 0;
+    const first = this.store.firstAuditSeq();
+    if (first === undefined) return 0;
+    const limit = Math.min(this.seq - retain, first - 1 + Math.max(chunk, this.opts.checkpointEvery));
+    let base: AuditCheckpoint | undefined;
+    for (const c of this.store.checkpoints()) if (c.seq >= first && c.seq <= limit) base = c;
+    return base ? this.store.pruneAudit(base.seq) : 0;
   }
 
   /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */

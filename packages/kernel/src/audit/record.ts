@@ -24,6 +24,7 @@ export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   if (r.caps !== null) fields.caps = r.caps;
   fields.time = r.time;
   fields.phase = r.phase;
+  if (r.domain != null) fields.domain = r.domain;
   if (r.intent !== null) fields.intent = r.intent;
   fields.kernel = r.kernel;
   if (r.status !== null) fields.status = r.status;
@@ -31,11 +32,13 @@ export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   if (r.message !== null) fields.message = r.message;
   fields.persona = r.persona;
   fields.session = r.session;
+  if (r.execution != null) fields.execution = r.execution;
   if (r.requestId !== null) fields.requestId = r.requestId;
   if (r.durationUs !== null) fields.durationUs = r.durationUs;
   if (r.errorClass !== null) fields.errorClass = r.errorClass;
   if (r.intentHash !== null) fields.intentHash = r.intentHash;
   if (r.traceparent !== null) fields.traceparent = r.traceparent;
+  if (r.measurements != null) fields.measurements = r.measurements;
   return createHash("sha256").update(r.prevHash).update(encodeCanonical(fields)).digest();
 }
 
@@ -47,6 +50,7 @@ const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["caps", "text"],
   ["time", "uint"],
   ["phase", "text"],
+  ["domain", "text"],
   ["intent", "bytes"],
   ["kernel", "text"],
   ["status", "text"],
@@ -54,11 +58,13 @@ const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["message", "text"],
   ["persona", "text"],
   ["session", "text"],
+  ["execution", "text"],
   ["requestId", "uint"],
   ["durationUs", "uint"],
   ["errorClass", "text"],
   ["intentHash", "bytes"],
   ["traceparent", "text"],
+  ["measurements", "bytes"],
 ];
 const KEY_BYTES = FIELDS.map(([k]) => Buffer.concat([Buffer.from([0x60 | k.length]), Buffer.from(k, "latin1")]));
 

@@ -1,7 +1,7 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
 import { SqliteStore } from "../store/sqlite.js";
-import { finish, type RangeResult, type VerifyResult, verifyAudit } from "./verify.js";
+import { chainStart, finish, type RangeResult, type VerifyOptions, type VerifyResult, verifyAudit } from "./verify.js";
 
 /**
  * `audit verify` of a kernel database file, split into contiguous ranges checked on worker
@@ -9,13 +9,11 @@ import { finish, type RangeResult, type VerifyResult, verifyAudit } from "./veri
  * the checkpoints are checked here, so the result is the same as {@link verifyAudit}'s — the
  * first bad record is the lowest any range or seam reports. Small logs are verified inline.
  */
-export async function verifyAuditFile(
-  path: string,
-  opts: { trustedKey?: Uint8Array; onProgress?: (done: number, total: number) => void; workers?: number } = {},
-): Promise<VerifyResult> {
+export async function verifyAuditFile(path: string, opts: VerifyOptions & { workers?: number } = {}): Promise<VerifyResult> {
   const store = new SqliteStore(path);
   const total = store.countAudit();
   const cps = store.checkpoints();
+  const start = chainStart(store.firstAuditSeq(), cps);
   const n = Math.max(1, Math.min(opts.workers ?? availableParallelism(), 8));
   if (n < 2 || total < 50_000) {
     try {
@@ -25,12 +23,13 @@ export async function verifyAuditFile(
     }
   }
   store.close();
+  if (!("hash" in start)) return { ok: false, records: 0, checkpoints: cps.length, firstBad: start };
   const size = Math.ceil(total / n);
   const cpSeqs = cps.map((c) => c.seq);
   const done = new Array<number>(n).fill(0);
   const ranges = await Promise.all(
     Array.from({ length: n }, (_, i) => {
-      const from = 1 + i * size;
+      const from = start.seq + 1 + i * size;
       // The last range runs to the end, so records past the counted total are found too.
       const to = i === n - 1 ? Number.POSITIVE_INFINITY : from + size - 1;
       return new Promise<RangeResult>((resolve, reject) => {
@@ -52,5 +51,5 @@ export async function verifyAuditFile(
       });
     }),
   );
-  return finish(total, cps, ranges, opts.trustedKey);
+  return finish(total, cps, ranges, opts.trustedKey, start, opts.maxUnsigned);
 }

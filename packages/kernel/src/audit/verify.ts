@@ -9,6 +9,42 @@ export interface VerifyResult {
   checkpoints: number;
   /** The first record found bad, and why. */
   firstBad?: { seq: number; reason: string };
+  /** Set when records were pruned by retention: the log starts after the signed checkpoint at `prunedThrough`. */
+  prunedThrough?: number;
+}
+
+export interface VerifyOptions {
+  /** Raw Ed25519 key the checkpoints must be signed with (the kernel's). */
+  trustedKey?: Uint8Array;
+  onProgress?: (done: number, total: number) => void;
+  batch?: number;
+  /**
+   * Most records in a row without a signed checkpoint (the kernel's auditCheckpointEvery): a
+   * longer run, or a longer unsigned tail, means checkpoints were removed — what rewriting
+   * records without the key needs.
+   */
+  maxUnsigned?: number;
+}
+
+/** Where the chain starts: genesis (seq 0), or the signed checkpoint a pruned log keeps as its base. */
+export interface ChainStart {
+  seq: number;
+  hash: Uint8Array;
+}
+
+export const GENESIS_START: ChainStart = { seq: 0, hash: GENESIS_HASH };
+
+/** The start of the chain given its first record: genesis, or the checkpoint just below a pruned log. */
+export function chainStart(first: number | undefined, cps: AuditCheckpoint[]): ChainStart | { seq: number; reason: string } {
+  if (first === undefined || first === 1) return GENESIS_START;
+  const base = cps.find((c) => c.seq === first - 1);
+  if (!base) {
+    return {
+      seq: 1,
+      reason: `records 1..${first - 1} are missing and no signed checkpoint at ${first - 1} anchors the rest (retention keeps one)`,
+    };
+  }
+  return { seq: base.seq, hash: base.hash };
 }
 
 /**
@@ -18,16 +54,15 @@ export interface VerifyResult {
  * and reordered records; a truncated tail is detected back to the last checkpoint.
  * `trustedKey` (raw Ed25519) pins the kernel key checkpoints must be signed with.
  */
-export function verifyAudit(
-  store: AuditStore,
-  opts: { trustedKey?: Uint8Array; onProgress?: (done: number, total: number) => void; batch?: number } = {},
-): VerifyResult {
+export function verifyAudit(store: AuditStore, opts: VerifyOptions = {}): VerifyResult {
   const total = store.countAudit();
   const cps = store.checkpoints();
-  const r = verifyRange(store, 1, Number.POSITIVE_INFINITY, new Set(cps.map((c) => c.seq)), opts.batch, (done) =>
+  const start = chainStart(store.firstAuditSeq(), cps);
+  if (!("hash" in start)) return { ok: false, records: 0, checkpoints: cps.length, firstBad: start };
+  const r = verifyRange(store, start.seq + 1, Number.POSITIVE_INFINITY, new Set(cps.map((c) => c.seq)), opts.batch, (done) =>
     opts.onProgress?.(done, total),
   );
-  return finish(total, cps, [r], opts.trustedKey);
+  return finish(total, cps, [r], opts.trustedKey, start, opts.maxUnsigned);
 }
 
 /** What one pass over a range of sequence numbers found (a worker's answer, in the parallel verify). */
@@ -99,10 +134,12 @@ export function finish(
   cps: AuditCheckpoint[],
   ranges: RangeResult[],
   trustedKey: Uint8Array | undefined,
+  start: ChainStart = GENESIS_START,
+  maxUnsigned?: number,
 ): VerifyResult {
   const bad: { seq: number; reason: string }[] = [];
-  let prev: Uint8Array = GENESIS_HASH;
-  let records = 0;
+  let prev: Uint8Array = start.hash;
+  let records = start.seq;
   for (const r of ranges) {
     if (r.firstPrev && !Buffer.from(r.firstPrev).equals(Buffer.from(prev))) {
       bad.push({ seq: r.from, reason: "previous-hash link is broken (a record before it was changed, removed or reordered)" });
@@ -112,17 +149,20 @@ export function finish(
     if (r.lastHash) prev = r.lastHash;
     records = r.lastSeq;
   }
+  const pruned = start.seq > 0 ? { prunedThrough: start.seq } : {};
   const fail = (seq: number, reason: string): VerifyResult => ({
     ok: false,
     records: seq - 1,
     checkpoints: cps.length,
     firstBad: { seq, reason },
+    ...pruned,
   });
   if (bad.length) {
     const first = bad.reduce((a, b) => (b.seq < a.seq ? b : a));
     return fail(first.seq, first.reason);
   }
-  if (records !== total) return fail(records + 1, `record count ${total} disagrees with the chain length ${records}`);
+  if (records - start.seq !== total)
+    return fail(records + 1, `record count ${total} disagrees with the chain length ${records - start.seq}`);
   const hashes = new Map(ranges.flatMap((r) => r.checkpointHashes));
   for (const c of cps) {
     const key = trustedKey ?? c.publicKey;
@@ -132,9 +172,46 @@ export function finish(
     if (!verifyBytes(publicKeyFromRaw(key), checkpointMessage(c), c.signature)) {
       return fail(c.seq, "checkpoint signature is invalid");
     }
+    // At or below a pruned log's start: the records are gone by retention; the start's hash was the first link.
+    if (c.seq <= start.seq) continue;
     const h = hashes.get(c.seq);
     if (h === undefined) return fail(c.seq, `checkpoint names record ${c.seq}, which is missing (log truncated)`);
     if (!Buffer.from(h).equals(Buffer.from(c.hash))) return fail(c.seq, "checkpoint hash does not match the record");
   }
-  return { ok: true, records, checkpoints: cps.length };
+  if (maxUnsigned !== undefined) {
+    const gap = unsignedRun(start.seq, records, cps, maxUnsigned);
+    if (gap) return fail(gap.seq, gap.reason);
+  }
+  return { ok: true, records, checkpoints: cps.length, ...pruned };
+}
+
+/**
+ * The first run of more than `max` records without a signed checkpoint, from `from` (the chain's
+ * start) to `head`. The kernel signs at least every `max` records, so a longer run means
+ * checkpoints were deleted: what rewriting records without the key takes.
+ */
+export function unsignedRun(
+  from: number,
+  head: number,
+  cps: Pick<AuditCheckpoint, "seq">[],
+  max: number,
+): { seq: number; reason: string } | undefined {
+  let last = from;
+  for (const c of cps) {
+    if (c.seq <= from) continue;
+    if (c.seq - last > max) {
+      return {
+        seq: last + 1,
+        reason: `records ${last + 1}..${c.seq} are ${c.seq - last} in a row without a signed checkpoint (at most ${max}): checkpoints were removed`,
+      };
+    }
+    last = c.seq;
+  }
+  if (head - last > max) {
+    return {
+      seq: last + 1,
+      reason: `the ${head - last} records after the last signed checkpoint (${last}) are more than the ${max} the kernel leaves unsigned: checkpoints were removed or the chain rewritten`,
+    };
+  }
+  return undefined;
 }

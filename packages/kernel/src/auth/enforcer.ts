@@ -279,7 +279,7 @@ export class CapEnforcer implements Authorizer {
       if (exp > parent.exp || maxExp > parent.maxExp)
         throw new EscalationError("the requested lifetime outlives the minting token");
       for (const [k, v] of Object.entries(parent.limits)) {
-        const asked = spec.limits?.[k];
+        const asked = spec.limits && Object.hasOwn(spec.limits, k) ? spec.limits[k] : undefined;
         if (asked === undefined || asked > v) throw new EscalationError(`limit ${k} must be at most ${v}`);
       }
       if (parent.workspaces) {

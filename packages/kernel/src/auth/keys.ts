@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, readFileSync, renameSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, lstatSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
+import { replaceAtomically } from "../secure-files.js";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
 export interface RootKeyFile {
@@ -63,9 +64,7 @@ export class RootKeys {
 
   static save(home: string, file: RootKeyFile): void {
     const path = RootKeys.path(home);
-    const tmp = `${path}.tmp`;
-    writeFileSync(tmp, `${JSON.stringify(file, null, 2)}\n`, { mode: 0o600 });
-    renameSync(tmp, path);
+    replaceAtomically(path, `${JSON.stringify(file, null, 2)}\n`);
   }
 
   /** Adds a new current key; older keys stay valid until retired. */

@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, isErrorClass } from "@kpip/protocol";
 import type { EventBus } from "../events/bus.js";
+import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
@@ -312,7 +313,7 @@ export class ComputeEngine {
   private emitDone(op: OpRecord): void {
     const data: Record<string, CborValue> = { op: `op://${op.id}`, state: op.state };
     if (op.errorClass) data.errorClass = op.errorClass;
-    this.events.emit(`topic://kernel/ops/${op.id}`, data);
+    emitKernelEvent(this.events, "ops", op.persona, op.id, data);
   }
 
   /** Kernel stop: running commands are killed, workers terminated, and unfinished ops recorded FAILED/INTERNAL. */

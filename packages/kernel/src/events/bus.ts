@@ -1,4 +1,4 @@
-import { type CborValue, encodeMessage } from "@kpip/protocol";
+import { type CborValue, encodeMessage, personaWithin } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { TopicIndex } from "./topic-index.js";
 
@@ -87,6 +87,8 @@ export class EventBus {
   queuedBytes = 0;
   dropped = 0;
   delivered = 0;
+  /** The operator persona: it sees every persona's kernel events. */
+  operator = "";
 
   constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
 
@@ -138,16 +140,22 @@ export class EventBus {
     return this.subs.size;
   }
 
-  /** Delivers an event to every matching subscription; returns how many matched. */
-  emit(topic: string, data: CborValue | undefined): number {
+  /**
+   * Delivers an event to every matching subscription; returns how many got it. With `owner`
+   * (a kernel event about that persona) only subscribers it is within, and the operator, get it.
+   */
+  emit(topic: string, data: CborValue | undefined, owner?: string): number {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
+    let n = 0;
     for (const s of matched) {
+      if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
+      n++;
       this.enqueue(s, { topic, data, bytes });
       this.pump(s);
     }
-    return matched.length;
+    return n;
   }
 
   /** Sends a notice straight to one session (e.g. "your token was revoked"), on subscription 0. */

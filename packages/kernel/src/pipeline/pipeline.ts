@@ -12,7 +12,8 @@ import {
   type Request,
   type Response,
 } from "@kpip/protocol";
-import type { AuditLog } from "../audit/log.js";
+import type { AuditEntry, AuditLog } from "../audit/log.js";
+import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import type { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
@@ -34,6 +35,8 @@ export interface SessionView {
   readonly signal: AbortSignal;
   /** Tokens bound on this session. */
   readonly handles: HandleTable;
+  /** Ends the session with a fatal ERROR (a refusal flood). */
+  expel?(code: string, message: string, errorClass: ErrorClass): void;
 }
 
 /** What one request carries through the stages: its trace, and its op for metric labels (unknown ops grouped). */
@@ -62,7 +65,46 @@ export class Pipeline {
     private readonly dedupe: DedupeCache,
     private readonly log: Logger,
     private readonly metrics?: KernelMetrics,
+    private readonly refusals?: RefusalLimiter,
   ) {}
+
+  /**
+   * A refusal's record: the intent's hash, op and target, its bytes only when small (refusals cost
+   * the refused nothing, so they must not cost the disk much: no bulk bytes), and within the
+   * refusal rate only; beyond it the refusal is counted into one aggregate record (see
+   * {@link flushSuppressed}).
+   */
+  async refuse(s: SessionView, entry: AuditEntry): Promise<void> {
+    if (entry.intent && entry.intent.length > (this.refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
+    if (!this.refusals || this.refusals.admit(s.id, s.persona, entry.errorClass ?? "-")) {
+      await this.audit.append(entry);
+      return;
+    }
+    if (this.refusals.flooding(s.id)) {
+      s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
+    }
+  }
+
+  /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
+  flushSuppressed(): void {
+    for (const x of this.refusals?.take() ?? []) {
+      this.audit
+        .append({
+          session: x.session,
+          persona: x.persona,
+          phase: "refused",
+          op: "audit.suppressed",
+          status: "FAILURE",
+          message: suppressedMessage(x),
+        })
+        .catch(() => {});
+    }
+  }
+
+  /** A session ended: its refusal bucket goes. */
+  sessionEnded(id: string): void {
+    this.refusals?.forget(id);
+  }
 
   async handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
@@ -85,12 +127,20 @@ export class Pipeline {
   }
 
   private async process(s: SessionView, req: Request, started: bigint, st: RequestState): Promise<Response> {
-    const base = { session: s.id, persona: s.persona, requestId: req.id, traceparent: req.context.traceparent ?? null };
+    // The context the persona claimed goes into every record of the request (PROTOCOL §6.7).
+    const base = {
+      session: s.id,
+      persona: s.persona,
+      requestId: req.id,
+      traceparent: req.context.traceparent ?? null,
+      execution: req.context.execution ?? null,
+      domain: req.context.domain ?? null,
+    };
 
     // 1. version and identity: a request may only speak for the attested persona.
     const early = this.checkEnvelope(s, req);
     if (early) {
-      await this.audit.append({ ...base, phase: "refused", ...intentColumns(req.intent), ...failureCols(early, started) });
+      await this.refuse(s, { ...base, phase: "refused", ...intentColumns(req.intent), ...failureCols(early, started) });
       return failure(s, req, early);
     }
 
@@ -101,7 +151,7 @@ export class Pipeline {
       intent = decodeIntent(req.intent);
     } catch (e) {
       const r = { errorClass: "SEMANTIC" as const, message: (e as Error).message };
-      await this.audit.append({ ...base, phase: "refused", intent: req.intent, intentHash: hash, ...failureCols(r, started) });
+      await this.refuse(s, { ...base, phase: "refused", intent: req.intent, intentHash: hash, ...failureCols(r, started) });
       return failure(s, req, r);
     }
     const rec = { ...base, op: intent.op, target: intent.target, intentHash: hash, intent: req.intent };
@@ -115,7 +165,7 @@ export class Pipeline {
     const prior = this.dedupe.check(key, hash, now, effects);
     if (prior.kind === "conflict") {
       const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
-      await this.audit.append({ ...rec, phase: "refused", ...failureCols(r, started) });
+      await this.refuse(s, { ...rec, phase: "refused", ...failureCols(r, started) });
       return failure(s, req, r);
     }
     if (prior.kind === "answer") {
@@ -183,7 +233,7 @@ export class Pipeline {
     );
     const caps = decision.capIds.join(",");
     if (!decision.allowed) {
-      await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(decision, started) });
+      await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(decision, started) });
       return failure(s, req, decision);
     }
 
@@ -193,7 +243,7 @@ export class Pipeline {
       release = this.ledger.admit(s.persona, decision.grant, decision.rateKey);
     } catch (e) {
       const r = toRefusal(e, this.log, intent.op);
-      await this.audit.append({ ...rec, phase: "refused", caps, ...failureCols(r, started) });
+      await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(r, started) });
       return failure(s, req, r);
     }
 

@@ -46,7 +46,8 @@ export class Router {
 /** Checks args against the declaration; unknown or ill-typed args are SEMANTIC. */
 export function checkArgs(d: PrimitiveDeclaration, args: CborMap): void {
   for (const k of Object.keys(args)) {
-    if (!(k in d.args)) throw new OpError("SEMANTIC", `${d.op} takes no argument ${JSON.stringify(k)}`);
+    // Own properties only: `constructor` or `toString` is no argument of any op.
+    if (!Object.hasOwn(d.args, k)) throw new OpError("SEMANTIC", `${d.op} takes no argument ${JSON.stringify(k)}`);
   }
   for (const [k, spec] of Object.entries(d.args)) {
     const v = args[k];

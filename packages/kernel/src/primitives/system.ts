@@ -7,8 +7,13 @@ export interface SystemInfo {
   version: string;
   startedAt: number;
   sessions: () => number;
-  /** The operator's view: transports, sessions, ops, agents, audit head, events. */
-  status: () => CborMap;
+  /**
+   * What `system.status` shows `persona`: the operator (the admin persona) sees transports, the
+   * home, every session, ops, agents, the audit head and events; any other persona sees the
+   * kernel's id, version and uptime and its own sessions (its own and its sub-personas'), nothing
+   * of other personas nor of the host.
+   */
+  status: (persona: string) => CborMap;
 }
 
 /** system.health, system.info, system.describe. */
@@ -47,12 +52,12 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
       {
         op: "system.status",
         description:
-          "Operator view: version, uptime, home, transports, sessions, deferred ops, agents, audit head and last checkpoint, event drops.",
+          "The admin's (operator) view: version, uptime, home, transports, every session, deferred ops, agents, audit head and last checkpoint, event drops; any other persona: version, uptime and its own sessions only.",
         targets: ["kernel"],
         args: {},
         idempotent: true,
         effects: false,
-        handler: () => ({ status: "SUCCESS", payload: info.status() }),
+        handler: (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) }),
       },
       {
         op: "system.describe",

@@ -69,7 +69,7 @@ export class ResourceLedger {
 
   /** Reserves `amount` of a named resource for `persona`, within the grant's limit for it. */
   alloc(persona: string, resource: string, amount: number, grant: Grant | undefined): Allocation {
-    const limit = grant?.limits[resource];
+    const limit = grant && Object.hasOwn(grant.limits, resource) ? grant.limits[resource] : undefined;
     const used = this.store.usage(personaScope(persona), resource);
     if (limit !== undefined && used + amount > limit) {
       throw new OpError("RESOURCE", `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`);

@@ -1,9 +1,11 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import {
   attestationTranscript,
+  type CborMap,
   CodecError,
   decodeMessage,
   type ErrorClass,
+  encodeCanonical,
   encodeMessage,
   encodeMessagePieces,
   type Frame,
@@ -192,7 +194,7 @@ export class Session implements SessionView, EventSink {
         return this.onHello(msg.body, frame.body);
       case "ATTEST":
         if (this.state !== "attest") return this.outOfOrder(msg.type);
-        return this.onAttest(msg.body.signature, msg.body.tokens);
+        return this.onAttest(msg.body.signature, msg.body.tokens, msg.body.measurements);
       case "REQUEST":
         if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
         if (this.state === "closing") {
@@ -278,7 +280,7 @@ export class Session implements SessionView, EventSink {
     this.conn.write(frame);
   }
 
-  private onAttest(signature: Uint8Array, tokens: Uint8Array[]): void {
+  private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
     const key = this.host.personaKeys.lookup(persona);
@@ -321,6 +323,8 @@ export class Session implements SessionView, EventSink {
         op: "session.open",
         status: "SUCCESS",
         message: this.conn.transport,
+        // Recorded, not interpreted (PROTOCOL §6.5): the canonical bytes of the map as sent.
+        measurements: measurements === undefined ? null : encodeCanonical(measurements),
       })
       .catch(() => {});
   }
@@ -334,9 +338,9 @@ export class Session implements SessionView, EventSink {
         error: "RESOURCE",
         message: `more than ${this.host.limits.maxInFlight} requests in flight on this session`,
       };
-      // Like every refusal, recorded before it is answered.
-      this.host.audit
-        .append({
+      // Like every refusal, recorded before it is answered (within the refusal rate; see Pipeline.refuse).
+      this.host.pipeline
+        .refuse(this, {
           session: this.id,
           persona: this.persona,
           phase: "refused",
@@ -346,6 +350,8 @@ export class Session implements SessionView, EventSink {
           errorClass: "RESOURCE",
           message: "too many requests in flight",
           traceparent: req.context.traceparent ?? null,
+          execution: req.context.execution ?? null,
+          domain: req.context.domain ?? null,
         })
         .then(
           () => this.respond(stream, refusal),
@@ -487,9 +493,9 @@ export class Session implements SessionView, EventSink {
    * Ends the session because its persona lost the right to attest (removed from the registry):
    * a fatal AUTH ERROR with `code`, audited, and in-flight handlers are told to stop.
    */
-  expel(code: string, message: string): void {
+  expel(code: string, message: string, cls: ErrorClass = "AUTH"): void {
     if (this.state === "closed") return;
-    this.fail("AUTH", code, message, this.persona || undefined);
+    this.fail(cls, code, message, this.persona || undefined);
   }
 
   /** Shed by the pre-authentication budget to make room for a newer handshake. */

@@ -1,4 +1,5 @@
 import Database from "better-sqlite3";
+import { createIfAbsent } from "../secure-files.js";
 import type {
   AgentRecord,
   AgentStore,
@@ -35,7 +36,8 @@ CREATE TABLE IF NOT EXISTS audit (
   seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
   persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
   intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
-  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL);
+  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+  execution TEXT, domain TEXT, measurements BLOB);
 CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
@@ -83,9 +85,12 @@ type Statements = Record<StatementName, Database.Statement>;
 export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, TokenStore, LedgerStore, OpStore, AgentStore {
   readonly db: Database.Database;
   private readonly st: Statements;
-  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => void;
+  private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
 
   constructor(path: string) {
+    // SQLite gives the WAL and shared-memory files the database file's mode: a new database is
+    // 0600 (an existing home's files are checked by the kernel before it opens them).
+    if (path !== ":memory:") createIfAbsent(path);
     this.db = new Database(path);
     this.db.pragma("journal_mode = WAL");
     // NORMAL in WAL mode survives a process kill; only an OS crash can lose the last commits.
@@ -93,6 +98,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     this.db.pragma("busy_timeout = 5000");
     this.db.exec(SCHEMA);
     migrateTokens(this.db);
+    // Columns added after the first release: a database made before them gets them (NULL in old rows, hashed as absent).
+    const have = new Set((this.db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+    for (const [col, type] of [
+      ["execution", "TEXT"],
+      ["domain", "TEXT"],
+      ["measurements", "BLOB"],
+    ]) {
+      if (!have.has(col as string)) this.db.exec(`ALTER TABLE audit ADD COLUMN ${col} ${type}`);
+    }
     const p = (sql: string) => this.db.prepare(sql);
     this.st = {
       getPersona: p("SELECT id, public_key, created_at FROM personas WHERE id = ?"),
@@ -112,14 +126,14 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
         "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
       ),
       appendAudit: p(
-        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
       // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
       // almost twice as fast as objects.
       scanAudit: p(
-        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
       ).raw(true),
       countAudit: p("SELECT count(*) AS n FROM audit"),
       addCheckpoint: p(
@@ -129,7 +143,8 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     };
     const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
     const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
-    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number) => {
+    const putCheckpoint = this.st.addCheckpoint;
+    this.appendTx = this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
       const s = this.st.appendAudit;
       // Positional parameters: binding by name costs a property lookup per column per row.
       for (const r of rows) {
@@ -153,10 +168,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
           r.traceparent,
           r.prevHash,
           r.hash,
+          r.execution,
+          r.domain,
+          r.measurements,
         );
       }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
       if (journalUpTo > 0) dropJournal.run(journalUpTo);
+      for (const c of cps)
+        putCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
     });
   }
 
@@ -333,7 +353,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       stdout: "stdout",
       stderr: "stderr",
     };
-    const keys = Object.keys(f).filter((k) => k in cols);
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
     if (!keys.length) return;
     const sql = `UPDATE agents SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
     this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof AgentRecord] ?? null])), id });
@@ -360,7 +380,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       finishedAt: "finished_at",
       expiresAt: "expires_at",
     };
-    const keys = Object.keys(f).filter((k) => k in cols);
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
     if (!keys.length) return;
     const sql = `UPDATE ops SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
     this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof OpRecord] ?? null])), id });
@@ -449,8 +469,18 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const r = this.prep("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined;
     return r?.hash;
   }
-  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0): void {
-    this.appendTx(rows, dedupe, journalUpTo);
+  appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
+    this.appendTx(rows, dedupe, journalUpTo, checkpoints);
+  }
+  firstAuditSeq(): number | undefined {
+    return (this.prep("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined;
+  }
+  pruneAudit(throughSeq: number): number {
+    return this.db.transaction(() => {
+      const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
+      this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
+      return n;
+    })();
   }
 
   /**
@@ -509,6 +539,9 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       traceparent: a[16] as string | null,
       prevHash: a[17] as Uint8Array,
       hash: a[18] as Uint8Array,
+      execution: a[19] as string | null,
+      domain: a[20] as string | null,
+      measurements: a[21] as Uint8Array | null,
     }));
   }
   countAudit(): number {
@@ -637,6 +670,9 @@ function toAudit(r: Row): AuditRow {
     message: r.message as string | null,
     durationUs: r.duration_us as number | null,
     traceparent: r.traceparent as string | null,
+    execution: (r.execution as string | null) ?? null,
+    domain: (r.domain as string | null) ?? null,
+    measurements: (r.measurements as Uint8Array | null) ?? null,
     prevHash: r.prev_hash as Uint8Array,
     hash: r.hash as Uint8Array,
   };

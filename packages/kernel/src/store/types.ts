@@ -73,6 +73,12 @@ export interface AuditRow {
   message: string | null;
   durationUs: number | null;
   traceparent: string | null;
+  /** The request's context.execution (the persona runtime's task or run id). */
+  execution: string | null;
+  /** The request's context.domain (the security domain it claimed; domain-scoped tokens decide on it). */
+  domain: string | null;
+  /** session.open: the ATTEST measurements, canonical CBOR of the map as sent. */
+  measurements: Uint8Array | null;
   prevHash: Uint8Array;
   hash: Uint8Array;
 }
@@ -128,7 +134,15 @@ export interface OfflineEntry {
  * journal entries they record, up to `journalUpTo`) in one transaction.
  */
 export interface AuditStore {
-  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number): void;
+  /** Records, dedupe rows, the offline journal entries they record and the checkpoints signed over them, in one transaction. */
+  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
+  /** The lowest sequence number in the log (records below it were pruned), or undefined when it is empty. */
+  firstAuditSeq(): number | undefined;
+  /**
+   * Retention: removes records 1..`throughSeq` and the checkpoints below it, in one transaction.
+   * `throughSeq` must be a checkpoint's: it stays, and anchors the pruned log.
+   */
+  pruneAudit(throughSeq: number): number;
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;

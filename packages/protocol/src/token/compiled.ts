@@ -65,11 +65,15 @@ export class PatternSet {
     }
   }
 
-  /** Does some pattern match `name`? (A wildcard in `name` is matched literally, so only a pattern wildcard covers it.) */
+  /**
+   * Does some pattern match `name`? A target with a wildcard (a subscription pattern) is itself
+   * a pattern: it is allowed only if one pattern covers everything it can match, never by
+   * matching its `*` or `**` as a literal segment.
+   */
   matches(name: string): boolean {
     const segs = segments(name, this.kind);
     if (!segs) return this.root.rest;
-    return this.walk(segs, false);
+    return this.walk(segs, this.kind === "target" && name.includes("*"));
   }
 
   /** Does some single pattern match everything `pattern` matches? (Used to refuse widening.) */

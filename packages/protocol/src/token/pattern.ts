@@ -9,8 +9,10 @@
  * `obj://ws1/*` matches `obj://ws1/a` but not `obj://ws1/a/b`; `obj://ws1/a/**` matches
  * `obj://ws1/a` and everything under it. Matching is by whole segments, never by string
  * prefix: `obj://ws1/a` matches only itself — never `obj://ws1/ab` nor `obj://ws1/a/b`.
- * A wildcard in the request (a subscription pattern) is matched literally: only a grant
- * wildcard can cover it. The scheme must match exactly; the target `**` matches everything.
+ * A request target may itself be a pattern (an event subscription): then it is allowed only
+ * if every target it can match is matched by the grant's pattern (a subset test), never by
+ * matching its `*` or `**` as a literal segment. The scheme must match exactly; the target
+ * `**` matches everything.
  */
 export function matchOp(pattern: string, op: string): boolean {
   if (pattern === "**") return true;
@@ -19,6 +21,8 @@ export function matchOp(pattern: string, op: string): boolean {
 
 export function matchTarget(pattern: string, target: string): boolean {
   if (pattern === "**") return true;
+  // '*' only ever forms a whole wildcard segment (grammar §7.3): a request pattern needs the subset test.
+  if (target.includes("*")) return patternCovers(pattern, target, "/");
   const ps = pattern.indexOf("://");
   const ts = target.indexOf("://");
   if (ps < 0 || ts < 0 || pattern.slice(0, ps) !== target.slice(0, ts)) return false;

@@ -228,7 +228,7 @@ export function validateClaims(c: unknown): asserts c is TokenClaims {
 /** Checks a caveat; an unknown caveat type makes the token invalid (deny, never ignore). */
 export function validateCaveat(c: unknown): asserts c is Caveat {
   const x = c as Record<string, unknown>;
-  if (x === null || typeof x !== "object" || Object.keys(x).length !== 2 || !("t" in x) || !("v" in x)) {
+  if (x === null || typeof x !== "object" || Object.keys(x).length !== 2 || !Object.hasOwn(x, "t") || !Object.hasOwn(x, "v")) {
     throw new TokenError("MALFORMED", "a caveat is a map {t, v}");
   }
   const ok = (() => {
@@ -310,7 +310,8 @@ export function effectiveGrant(t: Token): Grant {
         else g.usable = false;
         break;
       case "limits":
-        for (const [k, v] of Object.entries(cv.v)) g.limits[k] = Math.min(g.limits[k] ?? v, v);
+        for (const [k, v] of Object.entries(cv.v))
+          g.limits[k] = Object.hasOwn(g.limits, k) ? Math.min(g.limits[k] as number, v) : v;
         break;
       case "workspaces":
         g.workspaces = g.workspaces ? g.workspaces.filter((w) => cv.v.includes(w)) : [...cv.v];

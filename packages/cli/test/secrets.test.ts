@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+
+const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
+const kpip = (args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}) => {
+  const env = { ...process.env, ...opts.env };
+  if (!opts.env?.KPIP_TOKEN) delete env.KPIP_TOKEN;
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env, input: opts.input ?? "" });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+};
+const WARNING = /a token on the command line is readable by every local user/;
+
+describe("secrets on the command line and the home, with the CLI as a real process", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-secrets-"));
+  const h = ["--home", home];
+  let kernel: ChildProcess;
+  before(async () => {
+    kernel = spawn(process.execPath, [MAIN, "kernel", ...h, "--log-level", "silent"], { stdio: ["ignore", "pipe", "inherit"] });
+    await new Promise<void>((resolve) => {
+      let out = "";
+      kernel.stdout?.on("data", (d) => {
+        out += d;
+        if (out.includes("is running")) resolve();
+      });
+    });
+  });
+  after(async () => {
+    const exited = new Promise((r) => kernel.once("exit", r));
+    kernel.kill("SIGTERM");
+    await exited;
+    rmSync(home, { recursive: true, force: true });
+  });
+
+  it("tokens travel by file, standard input or KPIP_TOKEN without a warning; raw token text is warned about", () => {
+    const created = JSON.parse(kpip(["persona", "create", "alice", "--json", ...h]).out);
+    const file = join(home, "alice.token");
+    const mint = kpip([
+      "token",
+      "mint",
+      "--persona",
+      "alice",
+      "--allow",
+      "system.*:kernel://",
+      "--ttl",
+      "1h",
+      "--out",
+      file,
+      ...h,
+    ]);
+    assert.equal(mint.code, 0, mint.err);
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.equal(
+      kpip(["token", "mint", "--persona", "alice", "--allow", "system.*:kernel://", "--ttl", "1h", "--out", file, ...h]).code,
+      2,
+      "never over an existing file",
+    );
+    const token = readFileSync(file, "utf8").trim();
+    const as = ["call", "system.health", "--identity", created.identity, ...h];
+    for (const [how, r] of [
+      ["@file", kpip([...as, "--token", `@${file}`])],
+      ["stdin", kpip([...as, "--token", "-"], { input: `${token}\n` })],
+      ["env", kpip(as, { env: { KPIP_TOKEN: token } })],
+      ["env @file", kpip(as, { env: { KPIP_TOKEN: `@${file}` } })],
+    ] as const) {
+      assert.equal(r.code, 0, `${how}: ${r.err}`);
+      assert.doesNotMatch(r.err, WARNING, how);
+    }
+    const raw = kpip([...as, "--token", token]);
+    assert.equal(raw.code, 0, raw.err);
+    assert.match(raw.err, WARNING);
+    assert.match(raw.err, /@FILE, - \(standard input\) or set KPIP_TOKEN/);
+    const inspect = kpip(["token", "inspect", "-", ...h], { input: token });
+    assert.equal(inspect.code, 0, inspect.err);
+    assert.doesNotMatch(inspect.err, WARNING);
+    assert.match(kpip(["token", "inspect", token, ...h]).err, WARNING);
+  });
+
+  it("a symlinked home is refused with a plain error, no stack trace", () => {
+    const real = mkdtempSync(join(tmpdir(), "kpip-real-"));
+    const link = `${real}-link`;
+    try {
+      symlinkSync(real, link);
+      const r = kpip(["kernel", "--home", link, "--log-level", "silent"]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, /^kpip kernel: kernel home .* is a symbolic link/);
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /);
+    } finally {
+      rmSync(link, { force: true });
+      rmSync(real, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,111 @@
+/** How fast refusals are written to the audit log, per session and per persona. */
+export interface RefusalLimits {
+  /** Refusal records per second one session may cause; bursts up to 5× this. */
+  sessionRate: number;
+  /** Refusal records per second one persona may cause over all its sessions; bursts up to 5× this. */
+  personaRate: number;
+  /** Refusals suppressed on one session after which the session is ended (0 = never). */
+  floodMax: number;
+  /** Largest intent whose bytes a refusal record keeps (larger: hash, op and target only). */
+  intentMaxBytes: number;
+}
+
+/** Refusals not written one by one, to be written as one aggregate record. */
+export interface Suppressed {
+  session: string;
+  persona: string;
+  count: number;
+  /** Count by error class. */
+  classes: Record<string, number>;
+  since: number;
+}
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+/**
+ * Refusals cost the refused nothing and the kernel a durable record each: without a rate, a
+ * persona with no capability at all can fill the disk. Within the rate every refusal gets its
+ * record; beyond it a refusal is counted, and the counts are written as one aggregate record
+ * per session (`audit.suppressed`) at the next tick — never silence. A session that keeps
+ * flooding past `floodMax` suppressed refusals is ended.
+ */
+export class RefusalLimiter {
+  private readonly sessions = new Map<string, Bucket>();
+  private readonly personas = new Map<string, Bucket>();
+  private readonly pending = new Map<string, Suppressed>();
+  private readonly totals = new Map<string, number>();
+
+  get intentMaxBytes(): number {
+    return this.limits.intentMaxBytes;
+  }
+
+  constructor(
+    private readonly limits: RefusalLimits,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /** True: write this refusal's record. False: it was counted for the aggregate record. */
+  admit(session: string, persona: string, errorClass: string): boolean {
+    const now = this.clock();
+    const s = this.refill(this.sessions, session, this.limits.sessionRate, now);
+    const p = this.refill(this.personas, persona, this.limits.personaRate, now);
+    if (s.tokens >= 1 && p.tokens >= 1) {
+      s.tokens--;
+      p.tokens--;
+      return true;
+    }
+    let agg = this.pending.get(session);
+    if (!agg) {
+      agg = { session, persona, count: 0, classes: {}, since: now };
+      this.pending.set(session, agg);
+    }
+    agg.count++;
+    agg.classes[errorClass] = (Object.hasOwn(agg.classes, errorClass) ? (agg.classes[errorClass] as number) : 0) + 1;
+    this.totals.set(session, (this.totals.get(session) ?? 0) + 1);
+    return false;
+  }
+
+  /** Whether a session's suppressed refusals passed the flood bound (it should be ended). */
+  flooding(session: string): boolean {
+    return this.limits.floodMax > 0 && (this.totals.get(session) ?? 0) >= this.limits.floodMax;
+  }
+
+  /** The counts to write now (one per session), forgotten once taken. */
+  take(): Suppressed[] {
+    const out = [...this.pending.values()];
+    this.pending.clear();
+    return out;
+  }
+
+  /** A session ended: its bucket and flood count go (its pending count stays until taken). */
+  forget(session: string): void {
+    this.sessions.delete(session);
+    this.totals.delete(session);
+  }
+
+  private refill(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
+    const burst = rate * 5;
+    let b = map.get(key);
+    if (!b) {
+      b = { tokens: burst, at: now };
+      map.set(key, b);
+      // Idle buckets are full again: drop them rather than keep one per persona ever seen.
+      if (map.size > 10_000) for (const [k, v] of map) if (now - v.at > (burst / rate) * 1000) map.delete(k);
+      return b;
+    }
+    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
+    b.at = now;
+    return b;
+  }
+}
+
+/** The aggregate record's message. */
+export function suppressedMessage(s: Suppressed): string {
+  const classes = Object.entries(s.classes)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  return `${s.count} refusals over the audit refusal rate, recorded as this one record (${classes}) since ${new Date(s.since).toISOString()}`;
+}

@@ -1,0 +1,115 @@
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fsyncSync,
+  lstatSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  type Stats,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { join } from "node:path";
+
+/**
+ * The kernel home holds every persona's objects, the audit log and the keys. It must be a real
+ * directory (not a symlink) owned by the kernel's user and reachable by nobody else (0700),
+ * every file in it 0600 and the user's own. Checked before the kernel writes anything: a home
+ * another local user created or planted links in could otherwise make the kernel write where
+ * that user chose, or read what the kernel writes.
+ */
+export class UnsafeHomeError extends Error {
+  override name = "UnsafeHomeError";
+}
+
+const uid = (): number | undefined => process.getuid?.();
+
+function owned(st: Stats, what: string): void {
+  const me = uid();
+  if (me !== undefined && st.uid !== me) {
+    throw new UnsafeHomeError(`${what} belongs to uid ${st.uid}, not to the kernel's user (uid ${me}); refusing to use it`);
+  }
+}
+
+/**
+ * Checks the home and everything directly in it: refuses a symlink, a non-directory, or a home
+ * or entry owned by another user, or an entry that is a symlink; then takes group and other
+ * access away (home and directories 0700, files 0600). Directories below the first level are
+ * the kernel's own (agent working directories) and are not walked.
+ */
+export function secureHome(home: string): void {
+  const st = lstatSync(home);
+  if (st.isSymbolicLink()) throw new UnsafeHomeError(`kernel home ${home} is a symbolic link; give the real directory`);
+  if (!st.isDirectory()) throw new UnsafeHomeError(`kernel home ${home} is not a directory`);
+  owned(st, `kernel home ${home}`);
+  if ((st.mode & 0o077) !== 0) chmodSync(home, 0o700);
+  for (const name of readdirSync(home)) {
+    const path = join(home, name);
+    const e = lstatSync(path);
+    if (e.isSymbolicLink()) throw new UnsafeHomeError(`${path} is a symbolic link; the kernel home holds no links`);
+    owned(e, path);
+    if (e.isDirectory()) {
+      if ((e.mode & 0o077) !== 0) chmodSync(path, 0o700);
+    } else if (e.isFile() && (e.mode & 0o077) !== 0) chmodSync(path, 0o600);
+  }
+}
+
+const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+
+/** Creates `path` (0600) with `data`, failing if anything — a file or a link — is already there. */
+export function createExclusive(path: string, data: string | Uint8Array): void {
+  const fd = openSync(path, CREATE_NEW, 0o600);
+  try {
+    writeSync(fd, typeof data === "string" ? Buffer.from(data) : data);
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** Creates `path` empty and 0600 unless something is already there; true if it was created. */
+export function createIfAbsent(path: string): boolean {
+  try {
+    closeSync(openSync(path, CREATE_NEW, 0o600));
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+    return false;
+  }
+}
+
+/** Makes sure `path` exists as the user's own regular file, 0600 (created empty if absent); never follows a link. */
+export function ensurePrivateFile(path: string): void {
+  if (createIfAbsent(path)) return;
+  const st = lstatSync(path);
+  if (!st.isFile()) throw new UnsafeHomeError(`${path} is not a regular file (a link or something else was put there)`);
+  owned(st, path);
+  if ((st.mode & 0o077) !== 0) chmodSync(path, 0o600);
+}
+
+/**
+ * Replaces `path` atomically: a fresh temp file beside it (created exclusively, never through a
+ * link; a stale one from a crash is removed first), synced, then renamed over it.
+ */
+export function replaceAtomically(path: string, data: string): void {
+  const tmp = `${path}.tmp`;
+  try {
+    unlinkSync(tmp);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
+  createExclusive(tmp, data);
+  renameSync(tmp, path);
+}
+
+/** Writes the pid file: the old one (a crashed run's) is removed, the new one created exclusively. */
+export function writePidFile(path: string, pid: number): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
+  createExclusive(path, `${pid}\n`);
+}
