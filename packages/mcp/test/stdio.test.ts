@@ -180,7 +180,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     assert.equal(st.payload.state, "cancelled");
   });
 
-  it("records every call in the audit log, with the host's name where the kernel records context.execution", async () => {
+  it("records every call in the audit log with the host's name (context.execution)", async () => {
     const rows = k.audit("alice");
     for (const [op, target] of [
       ["storage.write", "obj://ws1/notes/a"],
@@ -188,15 +188,10 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
       ["storage.write", "obj://ws2/x"],
       ["compute.submit", "op://command/sh"],
     ]) {
-      assert.ok(
-        rows.some((r) => r.op === op && r.target === target),
-        `${op} ${target} is in the audit`,
-      );
-    }
-    // The gateway sends context.execution = mcp:<host>/<version>#<request id> on every request;
-    // a kernel that records it shows it on each of the gateway's rows.
-    for (const r of rows.filter((x) => x.phase !== "session" && x.execution !== undefined)) {
-      assert.match(r.execution as string, new RegExp(`^mcp:${HOST.name}/${HOST.version}#\\d+$`));
+      const mine = rows.filter((r) => r.op === op && r.target === target);
+      assert.ok(mine.length > 0, `${op} ${target} is in the audit`);
+      // The gateway sends context.execution = mcp:<host>/<version>#<MCP request id> on every tool call.
+      for (const r of mine) assert.match(String(r.execution), new RegExp(`^mcp:${HOST.name}/${HOST.version}#\\d+$`));
     }
   });
 
