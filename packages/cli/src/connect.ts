@@ -1,6 +1,6 @@
 import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
+import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, resolveHome, UsageError } from "./util.js";
 
@@ -86,6 +86,9 @@ export function writeTokenFile(path: string, text: string): void {
 export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);
   const identity = (v.identity as string | undefined) ?? join(home, "admin.identity");
+  if (v.identity === undefined && !existsSync(home))
+    // No kernel ever ran on this home: that is what the user needs to hear, not "no identity file".
+    throw new KernelUnavailableError(`no kernel home at ${home} (no kernel has run there)`);
   if (!existsSync(identity)) throw new UsageError(`identity file ${identity} not found — pass --identity or --home`);
   let id: ReturnType<typeof loadIdentity>;
   try {

@@ -165,6 +165,32 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const toStdout = spawnSync(process.execPath, [MAIN, "call", "storage.read", "obj://ws1/raw", "-o", "-", ...h]);
     assert.deepEqual(toStdout.stdout, bytes);
 
+    // typos and no-ops in the token commands are refused, not minted or revoked silently
+    const raed = kpip(["token", "mint", "--persona", "alice", "--allow", "storage.raed:obj://ws1/**", "--ttl", "1h", ...h]);
+    assert.equal(raed.code, 2, raed.err);
+    assert.match(raed.err, /storage\.raed — did you mean "storage\.read"/);
+    const ghost = kpip(["token", "revoke", "0".repeat(32), ...h]);
+    assert.equal(ghost.code, 1, ghost.out);
+    assert.match(ghost.err, /no token 0{32}/);
+    const mintedFile = join(home, "pairs.token");
+    assert.equal(
+      kpip(["token", "mint", "--persona", "alice", "--allow", "storage.*:obj://**", "--ttl", "1h", "--out", mintedFile, ...h])
+        .code,
+      0,
+    );
+    const pairs = kpip([
+      "token",
+      "attenuate",
+      `@${mintedFile}`,
+      "--allow",
+      "storage.read:obj://ws1/**",
+      "--allow",
+      "storage.write:obj://ws2/**",
+      ...h,
+    ]);
+    assert.equal(pairs.code, 2, pairs.out);
+    assert.match(pairs.err, /every listed op on every listed target/);
+
     const typo = kpip(["call", "events.emit", "topic://x", ...h]);
     assert.equal(typo.code, 1);
     assert.match(typo.err, /unknown op events\.emit.*did you mean "event\.emit"/);
@@ -355,6 +381,21 @@ describe("bad command lines", () => {
     ["an op that is not an op name", ["call", "Health", ...h], 2, /"Health" is not an op name/],
     ["persona rm", ["persona", "rm", "x", ...h], 2, /unknown persona command "rm" — did you mean "remove"\?/],
     ["ops with a typo", ["ops", "cancle", "op://x", ...h], 2, /did you mean "cancel"\?/],
+    ["attenuating garbage", ["token", "attenuate", "@/etc/hostname", "--ttl", "1m", ...h], 2, /not a token/],
+    [
+      "--max-lifetime shorter than --ttl",
+      ["token", "mint", "--persona", "a", "--allow", "x.y:kernel://", "--ttl", "1h", "--max-lifetime", "30m", ...h],
+      2,
+      /shorter than --ttl/,
+    ],
+    ["kernel --log-level loud", ["kernel", "--log-level", "loud", "--home", join(home, "loud")], 2, /logLevel must be one of/],
+    [
+      "kernel --metrics-listen nonsense",
+      ["kernel", "--metrics-listen", "nonsense", "--home", join(home, "nonsense")],
+      2,
+      /metricsListen must be host:port/,
+    ],
+    ["call with no kernel home", ["call", "system.health", "--home", join(home, "never")], 3, /no kernel home at/],
     [
       "a usage error under --json is one JSON line",
       ["call", "storage.read", "not a uri", "--json", ...h],

@@ -320,7 +320,23 @@ export function resolveConfig(
     if (v !== undefined) out[spec.key] = v;
   }
   out.socket = resolve(out.socket as string);
+  checkValues(out as unknown as KernelConfig);
   return out as unknown as KernelConfig;
+}
+
+const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
+
+/** Values whose type is right but whose content is not: refused before the kernel touches its home. */
+function checkValues(c: KernelConfig): void {
+  if (!LOG_LEVELS.includes(c.logLevel))
+    throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(", ")} (got ${JSON.stringify(c.logLevel)})`);
+  for (const key of ["metricsListen", "grpcListen"] as const) {
+    const v = c[key];
+    if (v === "") continue;
+    const m = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/.exec(v);
+    if (!m || Number(m[2]) > 65_535)
+      throw new ConfigError(`${key} must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464 (got ${JSON.stringify(v)})`);
+  }
 }
 
 function readConfigFile(path: string, required: boolean): Record<string, unknown> {

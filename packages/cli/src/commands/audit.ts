@@ -14,6 +14,7 @@ import {
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import type { Command } from "../command.js";
+import { subcommandError } from "../suggest.js";
 import { EXIT, resolveHome, toJson, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
@@ -242,9 +243,7 @@ export const auditCommand: Command = {
         }
       }
       default:
-        throw new UsageError(
-          sub ? `unknown audit command ${JSON.stringify(sub)}` : "missing audit command: verify, tail or query",
-        );
+        throw subcommandError("audit", sub, ["verify", "tail", "query"]);
     }
   },
 };

@@ -16,6 +16,7 @@ import {
 } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags, readTokenArg, writeTokenFile } from "../connect.js";
+import { didYouMean, subcommandError } from "../suggest.js";
 import { EXIT, render, reportError, resolveHome, toJson, UsageError } from "../util.js";
 
 /** `OPS:TARGETS`, each a comma-separated list: `storage.read,storage.write:obj://ws1/**`. */
@@ -135,12 +136,19 @@ export const tokenCommand: Command = {
         };
         const limits = parseLimits(v.limit as string[] | undefined);
         if (limits) args.limits = limits;
-        if (v["max-lifetime"] !== undefined) args.maxLifetimeMs = parseDuration(v["max-lifetime"] as string, "--max-lifetime");
+        if (v["max-lifetime"] !== undefined) {
+          args.maxLifetimeMs = parseDuration(v["max-lifetime"] as string, "--max-lifetime");
+          if ((args.maxLifetimeMs as number) < (args.ttlMs as number))
+            throw new UsageError(
+              `--max-lifetime (${v["max-lifetime"]}) is shorter than --ttl (${v.ttl}): refresh could never extend it`,
+            );
+        }
         const ws = workspaces(v);
         if (ws) args.workspaces = ws;
         // Refused before minting: a token nobody can read back would be minted for nothing.
         if (typeof v.out === "string" && existsSync(v.out)) throw new UsageError(`${v.out} exists; --out writes a new file`);
         return withClient(v, json, async (c) => {
+          await refuseUnknownOps(c, args.rights as unknown as Right[]);
           const r = await c.call("token.mint", `persona://${persona}`, args);
           const p = r.payload as { token: Uint8Array; id: string; exp: number };
           const text = Buffer.from(p.token).toString("base64url");
@@ -152,9 +160,21 @@ export const tokenCommand: Command = {
       }
       case "attenuate": {
         if (!arg) throw new UsageError("token attenuate needs the token (@FILE or - for standard input)");
-        let t = tokenFromString(readTokenArg(arg));
+        let t: ReturnType<typeof decodeToken>;
+        try {
+          t = tokenFromString(readTokenArg(arg));
+        } catch (e) {
+          if (e instanceof UsageError) throw e;
+          throw new UsageError(`not a token: ${(e as Error).message}`);
+        }
         const caveats: Caveat[] = [];
         const rights = ((v.allow as string[] | undefined) ?? []).map(parseAllow);
+        // A caveat narrows ops and targets separately: two --allow A:X --allow B:Y would become
+        // {A,B} × {X,Y}, allowing A on Y — wider than asked. Only one shape is expressible.
+        if (rights.length > 1 && !rights.every((r) => sameSet(r.targets, rights[0]?.targets ?? [])))
+          throw new UsageError(
+            "--allow given twice with different targets would allow every listed op on every listed target; attenuate with one --allow OPS:TARGETS (or mint a token per pair)",
+          );
         if (rights.length) {
           caveats.push({ t: "ops", v: rights.flatMap((r) => r.ops) });
           caveats.push({ t: "targets", v: rights.flatMap((r) => r.targets) });
@@ -235,9 +255,23 @@ export const tokenCommand: Command = {
         return EXIT.OK;
       }
       default:
-        throw new UsageError(
-          sub ? `unknown token command ${JSON.stringify(sub)}` : "missing token command: mint, attenuate, inspect, revoke, list",
-        );
+        throw subcommandError("token", sub, ["mint", "attenuate", "inspect", "revoke", "list", "rotate-key", "retire-key"]);
     }
   },
 };
+
+const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
+
+/** A literal op in --allow that the kernel does not have is a typo, not a grant: refuse it with the nearest names. */
+async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Promise<void> {
+  const literal = rights.flatMap((r) => r.ops).filter((o) => !o.includes("*"));
+  if (literal.length === 0) return;
+  let known: string[];
+  try {
+    known = ((await c.call("system.describe", "kernel://")).payload as { ops: { op: string }[] }).ops.map((o) => o.op);
+  } catch {
+    return; // a token without system.describe: the kernel itself is the judge
+  }
+  for (const o of literal)
+    if (!known.includes(o)) throw new UsageError(`--allow names an op the kernel does not have: ${o}${didYouMean(o, known)}`);
+}

@@ -175,6 +175,8 @@ export function tokenFamily(
         handler: (ctx) => {
           const id = targetId(ctx);
           mustOwn(ctx, id, undefined);
+          // After the ownership check, so only those who could own any token learn that an id is unknown.
+          if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
           const changed = enforcer.revoke(id, ctx.persona);
           onRevoke(id);
           return { status: "SUCCESS", payload: { id, revoked: true, already: !changed } };
