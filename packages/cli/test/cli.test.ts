@@ -87,6 +87,12 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     );
     const inspected = JSON.parse(kpip(["token", "inspect", ro, "--json", ...h]).out);
     assert.deepEqual(inspected.caveats[0], { t: "ops", v: ["storage.read"] });
+    const human = kpip(["token", "inspect", ro, ...h]);
+    assert.equal(human.code, 0, human.err);
+    assert.match(human.out, /^token\s+[0-9a-f]{32}/);
+    assert.match(human.out, /\nusable\s+yes, by alice\nby you\s+no — .*not usable by persona admin/);
+    assert.match(human.out, /\nallows\s+storage\.read, storage\.write on obj:\/\/ws1\/\*\*\n\s+and only ops\s+storage\.read\n/);
+    assert.doesNotMatch(human.out, /problem|valid/);
 
     const tail = kpip(["audit", "tail", "-n", "3", "--json", ...h])
       .out.trim()

@@ -17,7 +17,7 @@ import {
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags, readTokenArg, writeTokenFile } from "../connect.js";
 import { didYouMean, subcommandError } from "../suggest.js";
-import { EXIT, render, reportError, resolveHome, toJson, UsageError } from "../util.js";
+import { EXIT, printTable, reportError, resolveHome, toJson, UsageError } from "../util.js";
 
 /** `OPS:TARGETS`, each a comma-separated list: `storage.read,storage.write:obj://ws1/**`. */
 export function parseAllow(s: string): Right {
@@ -211,7 +211,7 @@ export const tokenCommand: Command = {
         return withClient(v, json, async (c) => {
           const r = await c.call("token.inspect", `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
-          else process.stdout.write(`${render(r.payload)}\n`);
+          else process.stdout.write(describeInspection(r.payload as unknown as Inspection));
         });
       }
       case "revoke": {
@@ -229,14 +229,17 @@ export const tokenCommand: Command = {
           const rows: TokenEntry[] = [];
           for await (const t of c.tokens.list(v.persona ? { persona: v.persona as string } : {})) rows.push(t);
           if (json) process.stdout.write(`${JSON.stringify(toJson(rows as unknown as CborMap[]))}\n`);
-          else {
-            for (const t of rows) {
-              const state = t.revokedAt ? "revoked" : (t.exp as number) <= Date.now() ? "expired" : "valid";
-              process.stdout.write(
-                `${t.id}  ${String(t.sub).padEnd(20)} ${state.padEnd(8)} exp ${new Date(t.exp as number).toISOString()}  by ${t.mintedBy}\n`,
-              );
-            }
-          }
+          else
+            printTable(
+              ["ID", "SUBJECT", "STATE", "EXPIRES (UTC)", "MINTED BY"],
+              rows.map((t) => [
+                t.id,
+                String(t.sub),
+                t.revokedAt ? "revoked" : (t.exp as number) <= Date.now() ? "expired" : "valid",
+                new Date(t.exp as number).toISOString(),
+                String(t.mintedBy),
+              ]),
+            );
         });
       }
       case "rotate-key": {
@@ -274,4 +277,47 @@ async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Prom
   }
   for (const o of literal)
     if (!known.includes(o)) throw new UsageError(`--allow names an op the kernel does not have: ${o}${didYouMean(o, known)}`);
+}
+
+interface Inspection {
+  id: string;
+  status: string;
+  problem?: string;
+  caveats: unknown[];
+  claims: { kid?: string; sub: string };
+  effective: {
+    subject: string;
+    rights: Right[];
+    opFilters: string[][];
+    targetFilters: string[][];
+    limits: Record<string, number>;
+    exp: number;
+    maxExp: number;
+    workspaces?: string[];
+    domains?: string[];
+    usable: boolean;
+  };
+}
+
+/** `token inspect` for people: one verdict first, then what the token allows after its caveats. */
+function describeInspection(i: Inspection): string {
+  const e = i.effective;
+  // The token's own state first; whether the persona asking could present it (`problem`) apart.
+  const why = i.status !== "valid" ? i.status : !e.usable ? "its caveats leave nothing allowed" : undefined;
+  const lines = [
+    `token      ${i.id}${i.claims.kid ? ` (root key ${i.claims.kid})` : ""}`,
+    `usable     ${why ? `NO — ${why}` : `yes, by ${e.subject}`}`,
+    ...(i.problem && !why ? [`by you     no — ${i.problem}`] : []),
+    `subject    ${e.subject}${e.subject !== i.claims.sub ? ` (narrowed from ${i.claims.sub})` : ""}`,
+    ...e.rights.map((r, n) => `${n === 0 ? "allows    " : "          "} ${r.ops.join(", ")} on ${r.targets.join(", ")}`),
+    ...e.opFilters.map((f) => `  and only ops      ${f.join(", ")}`),
+    ...e.targetFilters.map((f) => `  and only targets  ${f.join(", ")}`),
+  ];
+  const limits = Object.entries(e.limits);
+  if (limits.length) lines.push(`limits     ${limits.map(([k, v]) => `${k}=${v}`).join(", ")}`);
+  if (e.workspaces) lines.push(`workspaces ${e.workspaces.join(", ")}`);
+  if (e.domains) lines.push(`domains    ${e.domains.join(", ")}`);
+  lines.push(`expires    ${new Date(e.exp).toISOString()} (refreshable until ${new Date(e.maxExp).toISOString()})`);
+  lines.push(`caveats    ${i.caveats.length}`);
+  return `${lines.join("\n")}\n`;
 }
