@@ -503,7 +503,7 @@ class Client:
             self._link.close()
             self._link = None
         for p in list(self._pending.values()):
-            self._settle(p, error=err if isinstance(err, (KpipError, KernelUnavailable)) else Cancelled(str(err)))
+            self._settle(p, error=err)
         for s in list(self._subs):
             s.end()
         self._subs.clear()
