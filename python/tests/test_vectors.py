@@ -6,6 +6,9 @@ import hashlib
 import hmac
 import unittest
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from kpip import cbor, tokens
 from kpip.errors import KpipError, TokenError
 from kpip.frames import FrameDecoder, encode_frame
@@ -16,6 +19,7 @@ from kpip.messages import decode_message, encode_message
 from .vectors import from_json, load
 
 FRAMES, INTENTS, TOKENS = load("frames.json"), load("intents.json"), load("tokens.json")
+ATTESTATION = load("attestation.json")
 
 
 def decode_all(hexs: str) -> list:
@@ -134,6 +138,25 @@ class TokenVectors(unittest.TestCase):
         g = tokens.inspect(tokens.decode_token(bytes.fromhex(v["hex"])))
         self.assertTrue(tokens.allows(g, "storage.read", "obj://ws1/a"))
         self.assertFalse(tokens.allows(g, "storage.write", "obj://ws1/a"))
+
+
+class AttestationVectors(unittest.TestCase):
+    def test_valid(self) -> None:
+        for v in ATTESTATION["valid"]:
+            with self.subTest(v["name"]):
+                t = attestation_transcript(bytes.fromhex(v["helloBody"]), bytes.fromhex(v["challengeBody"]))
+                self.assertEqual(t.hex(), v["transcript"])
+                ident = Identity("alice", bytes.fromhex(v["seed"]))
+                self.assertEqual(ident.public_key.hex(), v["publicKey"])
+                self.assertEqual(ident.sign(t).hex(), v["signature"])
+
+    def test_invalid(self) -> None:
+        for v in ATTESTATION["invalid"]:
+            with self.subTest(v["name"]):
+                t = attestation_transcript(bytes.fromhex(v["helloBody"]), bytes.fromhex(v["challengeBody"]))
+                key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(v["publicKey"]))
+                with self.assertRaises(InvalidSignature):
+                    key.verify(bytes.fromhex(v["signature"]), t)
 
 
 class AppendixA(unittest.TestCase):
