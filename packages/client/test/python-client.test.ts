@@ -104,7 +104,7 @@ describe("the Python persona client (python/)", () => {
     }
   });
 
-  it("keeps calling through a kernel SIGKILLed and restarted, and no call runs or is answered twice", async () => {
+  it("keeps calling through a kernel SIGKILLed and restarted; no call is answered twice, none lost", async () => {
     const k = new KernelProcess();
     try {
       await k.start();
