@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from .calls import Backoff, Held, Pending, Result
 from .errors import (
     RETRYABLE,
     AuthError,
@@ -26,50 +25,9 @@ from .identity import Identity
 from .intent import encode_intent
 from .link import Link, Session, new_instance_id
 from .messages import Message, encode_message
+from .refresh import TokenRefresher
 from .subscription import Subscription
-from .tokens import Token, b64url_decode, decode_token, inspect
-
-
-@dataclass(frozen=True)
-class Backoff:
-    """Exponential backoff with full jitter: a delay drawn from [0, min(max, initial·2^attempt))."""
-
-    initial: float
-    max: float
-
-    def delay(self, attempt: int) -> float:
-        return random.random() * min(self.max, self.initial * 2 ** min(attempt, 30))
-
-
-@dataclass(frozen=True)
-class Result:
-    """A non-failure answer (SUCCESS, PARTIAL or DEFERRED); FAILURE is raised instead."""
-
-    status: str
-    payload: Any = None
-
-
-@dataclass(eq=False)
-class _Pending:
-    id: int
-    stream: int
-    intent: bytes
-    context: dict[str, Any]
-    caps: list[Any] | None
-    deadline: float | None  # monotonic seconds
-    future: asyncio.Future[dict[str, Any]]
-    attempts: int = 1
-    auth_retried: bool = False
-    sent: bool = False
-    timer: asyncio.TimerHandle | None = None
-
-
-@dataclass(eq=False)
-class _Held:
-    raw: bytes
-    token: Token
-    handle: int = 0
-    task: asyncio.Task[None] | None = field(default=None, repr=False)
+from .tokens import Token, b64url_decode, decode_token
 
 
 class Client:
@@ -103,27 +61,28 @@ class Client:
         self.state = "connecting"
         self.session: Session | None = None
         self.connections = 0
-        self._held = [_Held(t if isinstance(t, bytes) else _text_token(t), decode_token(t)) for t in tokens]
+        self._held = [Held(t if isinstance(t, bytes) else _text_token(t), decode_token(t)) for t in tokens]
+        self._tokens = TokenRefresher(self, refresh_margin)
         self._o = dict(
             reconnect=reconnect,
             connect_timeout=connect_timeout,
             wait=wait_for_kernel,
             unavailable=unavailable_timeout,
             max_attempts=max_attempts,
-            margin=refresh_margin,
             max_body=max_body,
         )
         self._retry = retry_backoff
         self._reconnect_backoff = reconnect_backoff
         self._link: Link | None = None
-        self._pending: dict[int, _Pending] = {}
+        self._pending: dict[int, Pending] = {}
         self._next_id = 1
         self._subs: set[Subscription] = set()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
         self._attempt = 0
-        self._refresh_error: TokenRefreshFailed | None = None
+        self.refresh_error: TokenRefreshFailed | None = None  # raised by the next call, then cleared
         self._closed_error: Exception | None = None
+        self.last_error: Exception | None = None  # why the last session ended or reconnect failed
 
     @classmethod
     async def connect(cls, socket: str, identity: Identity | str, tokens: Sequence[bytes | str] = (), **kw: Any) -> Client:
@@ -169,7 +128,7 @@ class Client:
             await asyncio.sleep(min(self._reconnect_backoff.delay(attempt), max(0.0, end - time.monotonic())))
             attempt += 1
         for h in self._held:
-            self._schedule_refresh(h)
+            self._tokens.schedule(h)
 
     async def _establish(self, timeout: float) -> None:
         self.state = "connecting" if self.connections == 0 else "reconnecting"
@@ -193,12 +152,12 @@ class Client:
         self.connections += 1
         self.state = "ready"
         link.start(lambda m: self._on_message(link, m), lambda e: self._on_lost(link, e))
-        self._spawn(self._heartbeat(link))
+        self.spawn(self._heartbeat(link))
         self._flush()
         if self.connections > 1:
-            self._spawn(self._resubscribe())
+            self.spawn(self._resubscribe())
 
-    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+    def spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
@@ -222,6 +181,7 @@ class Client:
     def _on_lost(self, link: Link, err: Exception) -> None:
         if link.dead:
             return
+        self.last_error = err
         link.close()
         if link is not self._link:
             return
@@ -236,9 +196,9 @@ class Client:
             return
         if self._reconnecting is None:
             self.state = "reconnecting"
-            self._reconnecting = self._spawn(self._reconnect_loop())
+            self._reconnecting = self.spawn(self._reconnect_loop())
 
-    def _unavailable(self, p: _Pending) -> None:
+    def _unavailable(self, p: Pending) -> None:
         self._settle(p, error=KernelUnavailable(f"kernel unavailable for {self._o['unavailable']} s"))
 
     async def _reconnect_loop(self) -> None:
@@ -248,14 +208,22 @@ class Client:
                 self._attempt += 1
                 try:
                     await self._establish(self._o["connect_timeout"])
-                    self._attempt = 0
+                    # A flapping kernel must not reset the backoff: only a connection that stays up does.
+                    link = self._link
+                    asyncio.get_running_loop().call_later(5.0, self._healthy, link)
                 except AuthError as e:
+                    self.last_error = e
                     self._shutdown(e)  # the persona can no longer attest: retrying cannot help
-                except (KernelUnavailable, KpipError, ProtocolViolation, OSError):
+                except (KernelUnavailable, KpipError, ProtocolViolation, OSError) as e:
+                    self.last_error = e
                     if self.state != "closed":
                         self.state = "reconnecting"
         finally:
             self._reconnecting = None
+
+    def _healthy(self, link: Link | None) -> None:
+        if link is not None and link is self._link and not link.dead:
+            self._attempt = 0
 
     async def _resubscribe(self) -> None:
         for sub in list(self._subs):
@@ -291,7 +259,7 @@ class Client:
         else:
             self._on_lost(link, ProtocolViolation(f"unexpected {m.type} from the kernel"))
 
-    def _on_response(self, p: _Pending, r: dict[str, Any]) -> None:
+    def _on_response(self, p: Pending, r: dict[str, Any]) -> None:
         if r["status"] == "FAILURE":
             cls = r["error"]
             if cls in RETRYABLE and p.attempts < self._o["max_attempts"]:
@@ -307,7 +275,7 @@ class Client:
                 return
         self._settle(p, r)
 
-    def _settle(self, p: _Pending, r: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+    def _settle(self, p: Pending, r: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
         if self._pending.get(p.stream) is not p:
             return
         del self._pending[p.stream]
@@ -319,7 +287,7 @@ class Client:
             else:
                 p.future.set_exception(error or Cancelled("call abandoned"))
 
-    def _drop(self, p: _Pending) -> None:
+    def _drop(self, p: Pending) -> None:
         """The caller stopped waiting (answer, deadline or cancellation): forget the call."""
         if self._pending.get(p.stream) is p:
             del self._pending[p.stream]
@@ -346,8 +314,8 @@ class Client:
         the work too. Cancelling the awaiting task abandons the call (a late answer is dropped)."""
         if self.state in ("closing", "closed"):
             raise KernelUnavailable(f"client is {self.state}")
-        if self._refresh_error is not None:
-            err, self._refresh_error = self._refresh_error, None
+        if self.refresh_error is not None:
+            err, self.refresh_error = self.refresh_error, None
             raise err
         intent: dict[str, Any] = {"op": op, "target": target, "args": args or {}}
         deadline = None
@@ -363,7 +331,7 @@ class Client:
         rid = self._next_id
         self._next_id += 1
         loop = asyncio.get_running_loop()
-        p = _Pending(rid, rid % 2**32, raw, context, caps, deadline, loop.create_future())
+        p = Pending(rid, rid % 2**32, raw, context, caps, deadline, loop.create_future())
         if self.state != "ready" and deadline is None:
             p.timer = loop.call_later(self._o["unavailable"], self._unavailable, p)
         self._pending[p.stream] = p
@@ -382,7 +350,7 @@ class Client:
             raise wire_error(r["error"], r.get("message", "request failed"), None, r["id"])
         return Result(r["status"], r.get("payload"))
 
-    def _send(self, p: _Pending) -> None:
+    def _send(self, p: Pending) -> None:
         link = self._link
         if self._pending.get(p.stream) is not p or p.sent or link is None or link.dead or self.state != "ready":
             return
@@ -434,32 +402,10 @@ class Client:
         raw = token if isinstance(token, bytes) else _text_token(token)
         t = decode_token(raw)
         r = await self.call("token.bind", f"token://{t.id}", {"token": raw}, caps=[raw])
-        h = _Held(raw, t, r.payload["handle"])
+        h = Held(raw, t, r.payload["handle"])
         self._held.append(h)
-        self._schedule_refresh(h)
+        self._tokens.schedule(h)
         return h.handle
-
-    def _schedule_refresh(self, h: _Held) -> None:
-        g = inspect(h.token)
-        if g.exp >= g.max_exp:
-            return  # cannot be extended
-        margin = min(self._o["margin"] * 1000, (g.exp - g.nbf) / 2)
-        delay = max(0.0, (g.exp - margin) / 1000 - time.time())
-        if h.task is not None:
-            h.task.cancel()
-        h.task = self._spawn(self._refresh_later(h, delay))
-
-    async def _refresh_later(self, h: _Held, delay: float) -> None:
-        await asyncio.sleep(delay)
-        try:
-            r = await self.call("token.refresh", f"token://{h.token.id}", {"token": h.raw}, caps=[h.raw])
-            fresh = r.payload["token"]
-            t = decode_token(fresh)
-            b = await self.call("token.bind", f"token://{t.id}", {"token": fresh}, caps=[fresh])
-            h.raw, h.token, h.handle, h.task = fresh, t, b.payload["handle"], None
-            self._schedule_refresh(h)
-        except (KpipError, KernelUnavailable, DeadlineExceeded) as e:
-            self._refresh_error = TokenRefreshFailed(f"could not refresh token {h.token.id}: {e}")
 
     async def wait_op(self, op: str, *, timeout: float | None = None, poll: Backoff = Backoff(0.05, 1.0)) -> Result:
         """Awaits a DEFERRED op's final result (op.result on op://<id>, §9.4).

@@ -43,7 +43,7 @@ class KernelRestart(unittest.IsolatedAsyncioTestCase):
         async def debug() -> None:
             while os.environ.get("KPIP_DEBUG"):
                 await asyncio.sleep(2)
-                print(f"debug state={c.state} conns={c.connections} in_flight={c.in_flight} written={written}", file=sys.stderr)
+                print(f"debug state={c.state} conns={c.connections} in_flight={c.in_flight} written={written} last_error={c.last_error!r}", file=sys.stderr)
 
         dbg = asyncio.ensure_future(debug())
         try:
