@@ -99,10 +99,10 @@ class Live(unittest.IsolatedAsyncioTestCase):
         m = await self.c.call(
             "token.mint",
             f"persona://{persona}",
-            {"rights": [{"ops": ["system.**"], "targets": ["**"]}], "ttlMs": 4000, "maxLifetimeMs": 600_000},
+            {"rights": [{"ops": ["system.**"], "targets": ["**"]}], "ttlMs": 10_000, "maxLifetimeMs": 600_000},
         )
         short = m.payload["token"]
-        c = await kpip.Client.connect(self.socket, self.identity, [short], refresh_margin=3.0)
+        c = await kpip.Client.connect(self.socket, self.identity, [short], refresh_margin=5.0)
         try:
             first = c.held_tokens[0].id
             end = time.monotonic() + 60
