@@ -1,10 +1,13 @@
 #!/usr/bin/env node
 // Regenerates spec/vectors/*.json from the definitions below with the built @kpip/protocol.
 // Deterministic: fixed keys, ids and times. Usage: npm run build && node scripts/gen-vectors.mjs
+import { createPrivateKey, sign } from "node:crypto";
 import { writeFileSync } from "node:fs";
 import {
   attenuate,
+  attestationTranscript,
   chainSignature,
+  decodeCanonical,
   encodeCanonical,
   encodeIntent,
   encodeMessage,
@@ -221,6 +224,12 @@ const invalidFrames = [
   ["undefined-value", frameWithBody(8, "a1637365" + "71f7"), "PROTOCOL", "UNSUPPORTED_TYPE"],
   ["invalid-utf8-key", frameWithBody(8, "a163c3287107"), "PROTOCOL", "INVALID_UTF8"],
   ["integer-map-key", frameWithBody(8, "a10107"), "PROTOCOL", "BAD_KEY"],
+  ["float-map-key", frameWithBody(8, "a1f93c0007"), "PROTOCOL", "BAD_KEY"],
+  ["proto-map-key", frameWithBody(8, `a1${body("__proto__")}07`), "PROTOCOL", "BAD_KEY"],
+  ["reserved-additional-info", frameWithBody(8, "a1637365711c"), "PROTOCOL", "MALFORMED"],
+  ["lone-break", frameWithBody(8, "a163736571ff"), "PROTOCOL", "MALFORMED"],
+  // {"seq": [100 000 zeros]}: a map, a key, an array and its elements are 100 003 items.
+  ["too-many-items", frameWithBody(8, `a1637365719a000186a0${"00".repeat(100_000)}`), "PROTOCOL", "TOO_MANY_ITEMS"],
   ["nesting-bomb", frameWithBody(11, "81".repeat(33) + "00"), "PROTOCOL", "TOO_DEEP"],
   ["huge-declared-array", frameWithBody(6, "9bffffffffffffffff"), "PROTOCOL", "TRUNCATED"],
   ["missing-required-field", frameWithBody(8, body({})), "PROTOCOL", "MISSING_FIELD"],
@@ -381,9 +390,12 @@ const appendedNoSig = { ...t, caveatBytes: [...t.caveatBytes, encodeCanonical({ 
 const editedClaims = { ...t, claimsBytes: encodeCanonical({ ...claims, sub: "mallory" }) };
 const wrongKey = mintToken(b("ff".repeat(32)), claims);
 const droppedCaveat = { ...t, caveatBytes: t.caveatBytes.slice(0, 2) };
+const unknownKid = mintToken(rootKey, { ...claims, kid: "k9" });
+const unknownClaimBytes = encodeCanonical({ ...claims, color: "red" });
+const unknownClaim = { claimsBytes: unknownClaimBytes, caveatBytes: [], sig: rootSignature(rootKey, unknownClaimBytes) };
 out("tokens.json", {
   description:
-    'KPIP v1 capability token vectors (§13.1). Valid: with root key `rootKey` (hex) under kid `k1`, `chain[0]` = HMAC-SHA256(rootKey, "kpip-token-v1\\0" || claimsHex) and chain[i] = HMAC-SHA256(chain[i-1], caveatsHex[i-1]); the token\'s signature is the last chain value; `hex` is the wire form [1, claims, [caveats], sig] and `base64url` its text form. Invalid: decoding (`MALFORMED`, `UNKNOWN_CAVEAT`, `UNSUPPORTED_VERSION`) or verifying against rootKey (`BAD_SIGNATURE`) must fail with class CAPABILITY and the stated code.',
+    'KPIP v1 capability token vectors (§13.1). Valid: with root key `rootKey` (hex) under kid `k1`, `chain[0]` = HMAC-SHA256(rootKey, "kpip-token-v1\\0" || claimsHex) and chain[i] = HMAC-SHA256(chain[i-1], caveatsHex[i-1]); the token\'s signature is the last chain value; `hex` is the wire form [1, claims, [caveats], sig] and `base64url` its text form. Invalid: decoding (`MALFORMED`, `UNKNOWN_CAVEAT`, `UNKNOWN_CLAIM`, `UNSUPPORTED_VERSION`) or verifying against rootKey under kid `k1` (`UNKNOWN_KEY` for any other kid, `BAD_SIGNATURE`) must fail with class CAPABILITY and the stated code.',
   rootKey: hex(rootKey),
   kid: "k1",
   valid: tokenVectors,
@@ -399,6 +411,8 @@ out("tokens.json", {
     },
     { name: "caveat-removed", hex: hex(encodeToken(droppedCaveat)), error: { class: "CAPABILITY", code: "BAD_SIGNATURE" } },
     { name: "claims-edited", hex: hex(encodeToken(editedClaims)), error: { class: "CAPABILITY", code: "BAD_SIGNATURE" } },
+    { name: "unknown-key-id", hex: hex(encodeToken(unknownKid)), error: { class: "CAPABILITY", code: "UNKNOWN_KEY" } },
+    { name: "unknown-claim", hex: hex(encodeToken(unknownClaim)), error: { class: "CAPABILITY", code: "UNKNOWN_CLAIM" } },
     {
       name: "version-2",
       hex: `84${hex(encodeCanonical(2))}${hex(full).slice(4)}`,
@@ -406,6 +420,60 @@ out("tokens.json", {
     },
   ],
 });
+// ---- attestation (§8.4, Appendix A) ------------------------------------------------------
+const seed = b("000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f");
+const personaKey = createPrivateKey({
+  key: Buffer.concat([b("302e020100300506032b657004220420"), seed]),
+  format: "der",
+  type: "pkcs8",
+});
+const helloBody = encodeCanonical({
+  versions: [1],
+  persona: "alice",
+  publicKey: key32,
+  instance: b("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"),
+  features: [],
+  client: "example/1.0",
+});
+const challengeBody = encodeCanonical({
+  version: 1,
+  session: "5e2f8a4c-1d3b-4c6e-9f70-2a1b3c4d5e6f",
+  nonce: Buffer.alloc(32, 0x42),
+  kernel: "kernel-example",
+  heartbeatMs: 5000,
+  limits: { maxBody: 16777216, maxInFlight: 1024, dedupeWindowMs: 300000 },
+  features: [],
+});
+const transcript = attestationTranscript(helloBody, challengeBody);
+const signature = sign(null, transcript, personaKey);
+// The same signature presented for a HELLO that offered another version list (a downgrade).
+const downgraded = encodeCanonical({ ...decodeCanonical(helloBody), versions: [0, 1] });
+out("attestation.json", {
+  description:
+    'KPIP v1 attestation vectors (§8.4; the valid one is Appendix A). transcript = "kpip-attest-v1" 0x00 || SHA-256(helloBody) || SHA-256(challengeBody), 79 bytes, over the exact body bytes as sent; signature = Ed25519(seed, transcript), deterministic. Valid: the transcript and signature must be reproduced exactly and the signature must verify with publicKey. Invalid: `signature` must not verify over the transcript of these bodies (the kernel answers AUTH ATTESTATION_FAILED).',
+  valid: [
+    {
+      name: "appendix-a",
+      seed: hex(seed),
+      publicKey: hex(key32),
+      helloBody: hex(helloBody),
+      challengeBody: hex(challengeBody),
+      transcript: hex(transcript),
+      signature: hex(signature),
+    },
+  ],
+  invalid: [
+    {
+      name: "signature-from-another-hello",
+      publicKey: hex(key32),
+      helloBody: hex(downgraded),
+      challengeBody: hex(challengeBody),
+      signature: hex(signature),
+      error: { class: "AUTH", code: "ATTESTATION_FAILED" },
+    },
+  ],
+});
+
 console.log(
-  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+8 tokens`,
+  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+10 tokens, 1+1 attestation`,
 );

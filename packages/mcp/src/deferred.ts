@@ -22,7 +22,7 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
 /**
  * A DEFERRED answer followed to its end: a progress notification at once (with the op:// id),
  * then one on every state change and about once a second while it runs, then the op's result
- * (op.result) as the tool result. Its completion event (topic://kernel/ops/<id>) wakes the wait
+ * (op.result) as the tool result. Its completion event (topic://kernel/personas/<persona>/ops/<id>) wakes the wait
  * when the token allows subscribing to it; otherwise op.status is polled with backoff. A host
  * cancellation becomes op.cancel. Every one of these is a request of its own, checked and audited.
  */
@@ -53,7 +53,8 @@ export async function followDeferred(g: McpGateway, deferred: Response, ctx: Too
   try {
     await progress(`${opUri} deferred`);
     if (ctx.signal.aborted) onAbort();
-    const topic = `topic://kernel/ops/${opUri.slice("op://".length)}`;
+    // The kernel's events about a persona's ops are on its own prefix (PROTOCOL §9.6).
+    const topic = `topic://kernel/personas/${client.persona}/ops/${opUri.slice("op://".length)}`;
     // Only when it may also unsubscribe: a subscription it could not end would outlive the call.
     const grants = g.grants();
     if (grants.allows("event.subscribe", topic) && grants.allows("event.unsubscribe", topic)) {

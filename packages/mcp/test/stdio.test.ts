@@ -10,7 +10,7 @@ const RIGHTS = [
   { ops: ["system.describe"], targets: ["kernel://"] },
   { ops: ["storage.read", "storage.write", "storage.list"], targets: ["obj://ws1/**"] },
   { ops: ["compute.submit", "op.status", "op.result", "op.cancel"], targets: ["op://**"] },
-  { ops: ["event.subscribe", "event.unsubscribe"], targets: ["topic://kernel/ops/*"] },
+  { ops: ["event.subscribe", "event.unsubscribe"], targets: ["topic://kernel/personas/alice/ops/*"] },
 ];
 const EXPECTED_TOOLS = [
   "compute_submit",

@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
-import { createHmac, timingSafeEqual } from "node:crypto";
+import { createHmac, createPrivateKey, sign, timingSafeEqual } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import {
+  attestationTranscript,
   type CborValue,
   CodecError,
   decodeIntent,
@@ -15,13 +16,18 @@ import {
   type Intent,
   intentHash,
   type Message,
+  publicKeyFromRaw,
   TokenError,
+  verifyBytes,
 } from "../src/index.js";
+
+const PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
 
 const load = (name: string) => JSON.parse(readFileSync(new URL(`../../../../spec/vectors/${name}`, import.meta.url), "utf8"));
 const frames = load("frames.json");
 const intents = load("intents.json");
 const tokens = load("tokens.json");
+const attestation = load("attestation.json");
 
 /** JSON-ish → CBOR value: {"$bytes": hex} → bytes, {"$int": "…"} → bigint. */
 function fromJ(v: unknown): CborValue {
@@ -127,12 +133,31 @@ describe("spec/vectors", () => {
       let code: string;
       try {
         const t = decodeToken(Buffer.from(v.hex, "hex"));
-        code = timingSafeEqual(expectedSignature(rootKey, t), Buffer.from(t.sig)) ? "VALID" : "BAD_SIGNATURE";
+        if (t.claims.kid !== tokens.kid) code = "UNKNOWN_KEY";
+        else code = timingSafeEqual(expectedSignature(rootKey, t), Buffer.from(t.sig)) ? "VALID" : "BAD_SIGNATURE";
       } catch (e) {
         assert.ok(e instanceof TokenError && e.errorClass === "CAPABILITY");
         code = e.code;
       }
       assert.equal(code, v.error.code);
+    });
+  }
+
+  for (const v of attestation.valid) {
+    it(`attestation ${v.name}: the transcript and the deterministic signature`, () => {
+      const t = attestationTranscript(Buffer.from(v.helloBody, "hex"), Buffer.from(v.challengeBody, "hex"));
+      assert.equal(t.toString("hex"), v.transcript);
+      const seed = Buffer.from(v.seed, "hex");
+      const key = createPrivateKey({ key: Buffer.concat([PKCS8_ED25519, seed]), format: "der", type: "pkcs8" });
+      assert.equal(sign(null, t, key).toString("hex"), v.signature);
+      assert.ok(verifyBytes(publicKeyFromRaw(Buffer.from(v.publicKey, "hex")), t, Buffer.from(v.signature, "hex")));
+    });
+  }
+
+  for (const v of attestation.invalid) {
+    it(`attestation ${v.name} does not verify (${v.error.class}/${v.error.code})`, () => {
+      const t = attestationTranscript(Buffer.from(v.helloBody, "hex"), Buffer.from(v.challengeBody, "hex"));
+      assert.equal(verifyBytes(publicKeyFromRaw(Buffer.from(v.publicKey, "hex")), t, Buffer.from(v.signature, "hex")), false);
     });
   }
 });

@@ -1,0 +1,146 @@
+"""Errors. Two families, kept apart so a caller can tell who spoke:
+
+* :class:`KpipError` — an error class and code the protocol defines: refusals the kernel sent
+  (a FAILURE response or an ERROR frame) and input this library refused before sending, with
+  the class the kernel would have answered with (CBOR, frame, message, intent, token, identity).
+* :class:`LocalError` — the client itself gave up: no kernel, deadline passed, cancelled,
+  the kernel broke the protocol, a token could not be refreshed.
+"""
+
+from __future__ import annotations
+
+ERROR_CLASSES = ("SEMANTIC", "PERMISSION", "RESOURCE", "CAPABILITY", "INTERNAL", "AUTH", "PROTOCOL")
+RETRYABLE = frozenset({"RESOURCE", "INTERNAL"})
+
+
+class KpipError(Exception):
+    """An error with a KPIP error class (§10) and, when known, a code and request id."""
+
+    error_class: str = "INTERNAL"
+
+    def __init__(self, error_class: str, message: str, code: str | None = None, request_id: int | None = None):
+        super().__init__(message)
+        self.error_class = error_class
+        self.code = code
+        self.request_id = request_id
+        self.message = message
+
+    @property
+    def retryable(self) -> bool:
+        return self.error_class in RETRYABLE
+
+    def __str__(self) -> str:
+        code = f" {self.code}" if self.code else ""
+        return f"{self.error_class}{code}: {self.message}"
+
+
+class CborError(KpipError):
+    """Bytes outside the canonical CBOR profile (§5.5); PROTOCOL in an envelope."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("PROTOCOL", message, code)
+
+
+class FrameError(KpipError):
+    """A framing error (§4.6): always PROTOCOL and fatal."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("PROTOCOL", message, code)
+
+
+class MessageError(KpipError):
+    """A body of the wrong shape (§6.2): MISSING_FIELD or BAD_FIELD."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("PROTOCOL", message, code)
+
+
+class IntentError(KpipError):
+    """An intent the kernel would refuse (§7.6): always SEMANTIC."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("SEMANTIC", message, code)
+
+
+class TokenError(KpipError):
+    """A malformed or failing capability token (§13.1): always CAPABILITY."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__("CAPABILITY", message, code)
+
+
+class IdentityError(KpipError):
+    """An identity file that cannot be used."""
+
+    def __init__(self, message: str):
+        super().__init__("AUTH", message, "BAD_IDENTITY")
+
+
+# Errors by class, so `except PermissionDenied` reads naturally; raised for FAILURE responses
+# and fatal ERROR frames. Each is also a KpipError.
+class SemanticError(KpipError):
+    pass
+
+
+class PermissionDenied(KpipError):
+    pass
+
+
+class ResourceExhausted(KpipError):
+    pass
+
+
+class CapabilityError(KpipError):
+    pass
+
+
+class InternalError(KpipError):
+    pass
+
+
+class AuthError(KpipError):
+    pass
+
+
+class ProtocolError(KpipError):
+    pass
+
+
+_BY_CLASS: dict[str, type[KpipError]] = {
+    "SEMANTIC": SemanticError,
+    "PERMISSION": PermissionDenied,
+    "RESOURCE": ResourceExhausted,
+    "CAPABILITY": CapabilityError,
+    "INTERNAL": InternalError,
+    "AUTH": AuthError,
+    "PROTOCOL": ProtocolError,
+}
+
+
+def wire_error(error_class: str, message: str, code: str | None = None, request_id: int | None = None) -> KpipError:
+    """The typed exception for an error the kernel sent."""
+    return _BY_CLASS.get(error_class, KpipError)(error_class, message, code, request_id)
+
+
+class LocalError(Exception):
+    """Raised by the client itself; the kernel never sent it."""
+
+
+class KernelUnavailable(LocalError):
+    """No kernel could be reached, or the session is gone and the call could not wait."""
+
+
+class DeadlineExceeded(LocalError):
+    """The call's deadline passed before an answer arrived."""
+
+
+class Cancelled(LocalError):
+    """The call was cancelled, or the client closed under it."""
+
+
+class ProtocolViolation(LocalError):
+    """The kernel broke the protocol (malformed frame, message out of order)."""
+
+
+class TokenRefreshFailed(LocalError):
+    """A held token could not be refreshed before it expires."""

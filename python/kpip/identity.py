@@ -1,0 +1,102 @@
+"""Persona identity files and attestation (§8.4).
+
+An identity file is JSON, mode 0600:
+``{"kpip": "identity/v1", "persona": "alice", "publicKey": "<base64url 32 bytes>",
+"privateKey": "<base64url 32-byte Ed25519 seed>"}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from .errors import IdentityError
+from .grammar import is_persona_id
+
+ATTEST_CONTEXT = b"kpip-attest-v1\0"
+
+
+def _b64(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _unb64(s: str) -> bytes:
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+@dataclass(frozen=True)
+class Identity:
+    persona: str
+    seed: bytes
+
+    @property
+    def _key(self) -> Ed25519PrivateKey:
+        return Ed25519PrivateKey.from_private_bytes(self.seed)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self._key.sign(data)
+
+    @staticmethod
+    def generate(persona: str) -> Identity:
+        if not is_persona_id(persona):
+            raise IdentityError(f"invalid persona id {persona!r}")
+        return Identity(persona, os.urandom(32))
+
+    def to_json(self) -> str:
+        doc = {"kpip": "identity/v1", "persona": self.persona, "publicKey": _b64(self.public_key), "privateKey": _b64(self.seed)}
+        return json.dumps(doc, indent=2) + "\n"
+
+    def save(self, path: str) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(self.to_json())
+
+    @staticmethod
+    def parse(text: str) -> Identity:
+        try:
+            d = json.loads(text)
+        except ValueError:
+            raise IdentityError("identity file is not JSON") from None
+        if not isinstance(d, dict) or d.get("kpip") != "identity/v1":
+            raise IdentityError('identity file must have "kpip": "identity/v1"')
+        persona, priv = d.get("persona"), d.get("privateKey")
+        if not isinstance(persona, str) or not is_persona_id(persona):
+            raise IdentityError("identity file has an invalid persona id")
+        if not isinstance(priv, str):
+            raise IdentityError("identity file has no private key")
+        try:
+            seed = _unb64(priv)
+        except ValueError:
+            raise IdentityError("identity private key is not base64url") from None
+        if len(seed) != 32:
+            raise IdentityError("identity private key must be a 32-byte seed")
+        ident = Identity(persona, seed)
+        pub = d.get("publicKey")
+        if isinstance(pub, str) and _unb64(pub) != ident.public_key:
+            raise IdentityError("identity public key does not match its private key")
+        return ident
+
+    @staticmethod
+    def load(path: str) -> Identity:
+        try:
+            with open(path, encoding="utf-8") as f:
+                return Identity.parse(f.read())
+        except FileNotFoundError:
+            raise IdentityError(f"identity file {path} not found") from None
+        except OSError as e:
+            raise IdentityError(f"cannot read identity file {path}: {e}") from None
+
+
+def attestation_transcript(hello_body: bytes, challenge_body: bytes) -> bytes:
+    """79 bytes: the prefix, then SHA-256 of the exact HELLO and CHALLENGE bodies as sent."""
+    return ATTEST_CONTEXT + hashlib.sha256(hello_body).digest() + hashlib.sha256(challenge_body).digest()

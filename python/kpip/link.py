@@ -1,0 +1,164 @@
+"""One transport connection carrying one session (§3.3): handshake, reader and writer."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import KernelUnavailable, KpipError, ProtocolViolation, wire_error
+from .frames import HEADER_SIZE, Frame, FrameDecoder
+from .identity import Identity, attestation_transcript
+from .messages import Message, decode_message, encode_message
+
+SUPPORTED_VERSIONS = (1,)
+CLIENT_NAME = "kpip-python/0.1.0"
+
+
+@dataclass
+class Session:
+    """What the handshake settled (CHALLENGE and WELCOME)."""
+
+    version: int
+    session_id: str
+    kernel_id: str
+    heartbeat_ms: int
+    max_body: int
+    max_in_flight: int
+    dedupe_window_ms: int
+    handles: list[int]
+    refused: list[dict[str, Any]] = field(default_factory=list)
+
+
+class Link:
+    """A Unix-socket connection; `on_message` gets every frame after WELCOME, `on_lost` the end."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.last_seen = time.monotonic()
+        self.session: Session | None = None
+        self.dead = False
+        self._task: asyncio.Task[None] | None = None
+        self._pending_frames: list[Frame] = []
+        self._last_body = b""
+
+    @staticmethod
+    async def open(path: str) -> Link:
+        try:
+            reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
+        except OSError as e:
+            raise KernelUnavailable(f"no kernel at {path}: {e.strerror or e}") from e
+        return Link(reader, writer)
+
+    def write(self, data: bytes) -> None:
+        if not self.dead:
+            self.writer.write(data)
+
+    async def _next(self) -> Message:
+        """The next message during the handshake (no reader task yet)."""
+        while True:
+            if self._pending_frames:
+                f = self._pending_frames.pop(0)
+                self._last_body = f.body
+                return decode_message(f)
+            chunk = await self.reader.read(1 << 16)
+            if not chunk:
+                raise KernelUnavailable("the kernel closed the connection during the handshake")
+            self.last_seen = time.monotonic()
+            self._pending_frames += self.decoder.push(chunk)
+
+    async def handshake(self, identity: Identity, instance: bytes, tokens: list[bytes], max_body: int | None) -> Session:
+        """HELLO → CHALLENGE → ATTEST → WELCOME (§8.2). Raises KpipError for a refusal."""
+        hello_body: dict[str, Any] = {
+            "versions": list(SUPPORTED_VERSIONS),
+            "persona": identity.persona,
+            "publicKey": identity.public_key,
+            "instance": instance,
+            "features": [],  # no "shm" in this version: see python/README.md
+            "client": CLIENT_NAME,
+        }
+        if max_body is not None:
+            hello_body["maxBody"] = max_body
+        hello = encode_message("HELLO", hello_body)
+        self.write(hello)
+        m = await self._expect("CHALLENGE")
+        c = m.body
+        if c["version"] not in SUPPORTED_VERSIONS:
+            raise ProtocolViolation(f"kernel chose version {c['version']}, which this client did not offer")
+        if c["features"]:
+            raise ProtocolViolation(f"kernel enabled features {c['features']} this client did not offer")
+        self.decoder.max_body = c["limits"]["maxBody"]
+        # The transcript covers the exact bodies as sent on the wire (§8.4).
+        signature = identity.sign(attestation_transcript(hello[HEADER_SIZE:], self._last_body))
+        self.write(encode_message("ATTEST", {"signature": signature, "tokens": tokens}))
+        w = (await self._expect("WELCOME")).body
+        limits = c["limits"]
+        self.session = Session(
+            c["version"],
+            c["session"],
+            c["kernel"],
+            c["heartbeatMs"],
+            limits["maxBody"],
+            limits["maxInFlight"],
+            limits["dedupeWindowMs"],
+            list(w["handles"]),
+            list(w.get("refused", [])),
+        )
+        return self.session
+
+    async def _expect(self, type_: str) -> Message:
+        m = await self._next()
+        if m.type == "ERROR":
+            b = m.body
+            raise wire_error(b["class"], b["message"], b["code"])
+        if m.type != type_:
+            raise ProtocolViolation(f"expected {type_} from the kernel, got {m.type}")
+        return m
+
+    def start(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:
+        """After WELCOME: read frames in a task until the connection ends."""
+        for f in self._pending_frames:
+            on_message(decode_message(f))
+        self._pending_frames = []
+        self._task = asyncio.get_running_loop().create_task(self._read(on_message, on_lost))
+
+    async def _read(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:
+        err: Exception = KernelUnavailable("the kernel closed the connection")
+        try:
+            while not self.dead:
+                chunk = await self.reader.read(1 << 16)
+                if not chunk:
+                    break
+                self.last_seen = time.monotonic()
+                for f in self.decoder.push(chunk):
+                    on_message(decode_message(f))
+                    if self.dead:
+                        return
+        except KpipError as e:
+            err = ProtocolViolation(f"kernel sent a malformed frame or message: {e}")
+        except (OSError, asyncio.IncompleteReadError) as e:
+            err = KernelUnavailable(f"connection to the kernel failed: {e}")
+        except asyncio.CancelledError:
+            return
+        if not self.dead:
+            on_lost(err)
+
+    def close(self) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        try:
+            self.writer.close()
+        except RuntimeError:
+            pass  # loop already closed
+
+
+def new_instance_id() -> bytes:
+    return os.urandom(16)

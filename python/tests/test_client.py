@@ -1,0 +1,137 @@
+"""Client behaviour against a scripted kernel: retries, reconnects, heartbeats, refusals."""
+
+from __future__ import annotations
+
+import asyncio
+import unittest
+
+import kpip
+from kpip.client import Backoff
+
+from .fake_kernel import Conn, FakeKernel
+
+FAST = {"retry_backoff": Backoff(0.001, 0.01), "reconnect_backoff": Backoff(0.001, 0.05)}
+
+
+async def until(f, what: str, seconds: float = 30) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + seconds
+    while not f():
+        if asyncio.get_running_loop().time() > end:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
+    ident = kpip.Identity.generate("alice")
+
+    async def connect(self, k: FakeKernel, **kw: object) -> kpip.Client:
+        return await kpip.Client.connect(k.path, self.ident, **{**FAST, **kw})  # type: ignore[arg-type]
+
+    async def test_resource_and_internal_are_retried_with_the_same_id_and_bytes(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            n = len(k.requests)
+            if n == 1:
+                c.answer(m, "FAILURE", error="RESOURCE", message="busy")
+            elif n == 2:
+                c.answer(m, "FAILURE", error="INTERNAL", message="oops")
+            else:
+                c.answer(m, payload={"n": n})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            r = await c.call("system.health", "kernel://")
+            self.assertEqual(r.payload, {"n": 3})
+            self.assertEqual(len({(m.body["id"], m.body["intent"], m.stream) for m in k.requests}), 1)
+            await c.close()
+
+    async def test_non_retryable_failures_are_not_retried(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, "FAILURE", error="PERMISSION", message="no")
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.PermissionDenied):
+                await c.call("system.health", "kernel://")
+            self.assertEqual(len(k.requests), 1)
+            await c.close()
+
+    async def test_a_lost_connection_reconnects_reattests_and_resends_the_same_id(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            if k.sessions == 1:
+                c.writer.close()  # the kernel dies with the request in flight
+            else:
+                c.answer(m, payload={"session": k.sessions})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            r = await c.call("system.health", "kernel://", timeout=30)
+            self.assertEqual(r.payload, {"session": 2})
+            self.assertEqual(k.attested, [True, True])
+            self.assertEqual([m.body["id"] for m in k.requests], [1, 1])
+            await c.close()
+
+    async def test_auth_on_a_response_reattests_once_then_raises(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, "FAILURE", error="AUTH", message="who are you")
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.AuthError):
+                await c.call("system.health", "kernel://", timeout=30)
+            self.assertEqual(k.sessions, 2)
+            self.assertEqual(len(k.requests), 2)
+            await c.close()
+
+    async def test_a_silent_kernel_is_declared_dead_and_replaced(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m)
+
+        async with FakeKernel(handler, heartbeat_ms=100) as k:  # never pings, never pongs
+            c = await self.connect(k)
+            await until(lambda: k.sessions >= 2, "a second session after the silence")
+            await until(lambda: c.state == "ready", "ready again")
+            self.assertEqual((await c.call("system.health", "kernel://", timeout=30)).status, "SUCCESS")
+            await c.close()
+
+    async def test_a_fatal_auth_error_closes_the_client_without_reconnecting(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.send("ERROR", {"class": "AUTH", "code": "PERSONA_REMOVED", "message": "gone", "fatal": True})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.AuthError) as cm:
+                await c.call("system.health", "kernel://", timeout=30)
+            self.assertEqual(cm.exception.code, "PERSONA_REMOVED")
+            self.assertEqual((c.state, k.sessions), ("closed", 1))
+            with self.assertRaises(kpip.KernelUnavailable):
+                await c.call("system.health", "kernel://")
+
+    async def test_a_response_for_no_call_is_ignored_and_no_call_is_answered_twice(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+            c.answer(m, payload=2)  # a duplicate answer
+            c.send("RESPONSE", {"version": 1, "id": 999, "status": "SUCCESS"}, 999)
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            self.assertEqual(c.in_flight, 0)
+            await c.close()
+
+    async def test_out_of_order_handshake_message_is_a_protocol_violation(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.send("WELCOME", {"persona": "alice", "handles": []})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k, reconnect=False)
+            with self.assertRaises(kpip.ProtocolViolation):
+                await c.call("system.health", "kernel://", timeout=30)
+
+    async def test_no_kernel_is_kernel_unavailable(self) -> None:
+        with self.assertRaises(kpip.KernelUnavailable):
+            await kpip.Client.connect("/nonexistent/kpip.sock", self.ident)
+
+
+if __name__ == "__main__":
+    unittest.main()

@@ -1,0 +1,76 @@
+"""CBOR error codes the vectors do not pin yet (§5.5), and encoder refusals."""
+
+from __future__ import annotations
+
+import unittest
+
+from kpip import cbor
+from kpip.errors import CborError, IdentityError
+from kpip.identity import Identity
+
+
+class Decode(unittest.TestCase):
+    def code(self, hexs: str, limits: cbor.Limits = cbor.DEFAULT_LIMITS) -> str:
+        with self.assertRaises(CborError) as cm:
+            cbor.decode(bytes.fromhex(hexs), limits)
+        return cm.exception.code or ""
+
+    def test_codes(self) -> None:
+        cases = {
+            "1c": "MALFORMED",  # AI 28
+            "ff": "MALFORMED",  # lone break
+            "": "TRUNCATED",
+            "a1695f5f70726f746f5f5f01": "BAD_KEY",
+            "a1f93c0001": "BAD_KEY",  # a float map key: the key check comes first
+            "d80100": "NON_CANONICAL",  # §5.5: shortest form before the tag check
+            "f820": "UNSUPPORTED_TYPE",
+            "62c0af": "INVALID_UTF8",  # overlong '/'
+            "63eda080": "INVALID_UTF8",  # a surrogate
+            "5f": "INDEFINITE_LENGTH",
+            "a261620161610f": "UNSORTED_KEYS",
+        }
+        for hexs, want in cases.items():
+            with self.subTest(hexs):
+                self.assertEqual(self.code(hexs), want)
+
+    def test_too_many_items(self) -> None:
+        self.assertEqual(self.code("83010203", cbor.Limits(max_items=3)), "TOO_MANY_ITEMS")
+        self.assertEqual(cbor.decode(bytes.fromhex("83010203"), cbor.Limits(max_items=4)), [1, 2, 3])
+
+    def test_depth_limit_is_32_containers(self) -> None:
+        v = cbor.decode(bytes.fromhex("81" * 32 + "00"))
+        for _ in range(32):
+            assert isinstance(v, list)
+            v = v[0]
+        self.assertEqual(v, 0)
+        self.assertEqual(self.code("81" * 33 + "00"), "TOO_DEEP")
+
+    def test_integer_range(self) -> None:
+        for n in (0, 23, 24, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**64 - 1, -1, -(2**64)):
+            self.assertEqual(cbor.decode(cbor.encode(n)), n)
+        with self.assertRaises(CborError):
+            cbor.encode(2**64)
+
+
+class Encode(unittest.TestCase):
+    def test_refuses_floats_non_text_keys_and_proto(self) -> None:
+        for v in (1.5, {1: 2}, {"__proto__": 1}, {"a": object()}):
+            with self.subTest(repr(v)):
+                with self.assertRaises(CborError):
+                    cbor.encode(v)  # type: ignore[arg-type]
+
+    def test_bool_is_not_an_integer(self) -> None:
+        self.assertEqual(cbor.encode([True, False, None, 1]).hex(), "84f5f4f601")
+
+
+class IdentityFile(unittest.TestCase):
+    def test_round_trip_and_refusals(self) -> None:
+        ident = Identity.generate("alice/worker-1")
+        self.assertEqual(Identity.parse(ident.to_json()), ident)
+        for bad in ("nope", "{}", '{"kpip": "identity/v1", "persona": "Alice", "privateKey": ""}'):
+            with self.subTest(bad), self.assertRaises(IdentityError):
+                Identity.parse(bad)
+
+
+if __name__ == "__main__":
+    unittest.main()
