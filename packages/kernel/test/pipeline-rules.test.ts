@@ -168,6 +168,14 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
     }
   });
 
+  it("an unknown op is SEMANTIC whatever the token: a narrow grant does not make it PERMISSION", async () => {
+    const narrow = await t.persona("narrow", [{ ops: ["storage.read"], targets: ["obj://ws1/**"] }]);
+    const c = await t.connect(narrow.identity, [narrow.token]);
+    await assert.rejects(c.call("nosuch.op", "kernel://"), klass("SEMANTIC"));
+    await assert.rejects(c.call("storage.write", "obj://ws1/x", { data: "x" }), klass("PERMISSION"));
+    await c.close();
+  });
+
   it("non-integer numbers for uint arguments are SEMANTIC, never executed nor an internal error", async () => {
     const c = await t.admin();
     await c.storage.write("obj://ws1/uint/a", "a");

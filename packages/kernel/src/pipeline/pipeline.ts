@@ -218,6 +218,13 @@ export class Pipeline {
     tr: RequestTrace,
   ): Promise<Response> {
     const decl = this.router.get(intent.op);
+    // An op the kernel does not have is SEMANTIC whatever the token (PROTOCOL §10.1): the class
+    // must not depend on whether a grant happens to cover the name. Op names are public (system.describe).
+    if (!decl) {
+      const r = { errorClass: "SEMANTIC" as const, message: `unknown op ${intent.op} (see system.describe)` };
+      await this.refuse(s, { ...rec, phase: "refused", ...failureCols(r, started) });
+      return failure(s, req, r);
+    }
 
     // 4. capabilities and authorization.
     const decision = await stage(tr, "kpip.authorize", () =>
