@@ -1,5 +1,6 @@
 /** @kpip/kernel — the KPIP kernel, embeddable and runnable. */
 
+export { isAgentPersona } from "./agents/namespace.js";
 export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, verifyAnchors } from "./audit/anchors.js";
 export { AuditLog } from "./audit/log.js";
 export { type VerifyResult, verifyAudit } from "./audit/verify.js";
@@ -29,6 +30,7 @@ export {
   type PrimitiveDeclaration,
   type PrimitiveFamily,
 } from "./primitives/types.js";
+export { SandboxUnavailableError } from "./sandbox/sandbox.js";
 export type { Connection } from "./session/connection.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";

@@ -1,4 +1,6 @@
-import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
 import { AgentManager } from "./agents/manager.js";
 import { AnchorFile } from "./audit/anchors.js";
 import { AuditLog } from "./audit/log.js";
@@ -24,6 +26,8 @@ import { systemFamily } from "./primitives/system.js";
 import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
 import { ResourceLedger } from "./resources/ledger.js";
+import { ProcessTable } from "./sandbox/processes.js";
+import { Sandbox } from "./sandbox/sandbox.js";
 import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
@@ -77,6 +81,8 @@ export class Kernel {
   private pendingTasks: [string, TaskRegistration][] = [];
   private compute: ComputeEngine | undefined;
   private agents: AgentManager | undefined;
+  private sandbox: Sandbox | undefined;
+  private processes: ProcessTable | undefined;
   /** Prometheus series (always counted; served when metricsListen is set). */
   metrics: KernelMetrics | undefined;
   /** Where /metrics is served, when it is. */
@@ -155,6 +161,20 @@ export class Kernel {
       this.auditLog = audit;
       const offline = audit.recordOfflineJournal().length;
       if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
+      const sandbox = this.openSandbox();
+      void audit
+        .append({
+          session: "kernel",
+          persona: "-",
+          phase: "kernel",
+          op: "kernel.sandbox",
+          target: "kernel://",
+          status: "SUCCESS",
+          message: this.sandboxSummary(),
+        })
+        .catch(() => {});
+      const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
+      this.processes = processes;
       this.router.register(
         systemFamily(
           {
@@ -163,6 +183,7 @@ export class Kernel {
             startedAt: this.startedAt,
             sessions: () => this.sessions.size,
             status: () => this.status(),
+            sandbox: () => this.sandboxInfo(),
           },
           this.router,
         ),
@@ -184,6 +205,7 @@ export class Kernel {
           maxRuntimeMs: c.maxRuntimeMs,
         },
         this.log,
+        { sandbox, processes, hold: (persona) => ledger.hold(persona) },
       );
       this.compute = compute;
       for (const [name, reg] of this.pendingTasks) compute.registerTask(name, reg);
@@ -191,17 +213,22 @@ export class Kernel {
       const interrupted = compute.recover();
       if (interrupted.length)
         this.log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
-      this.router.register(computeFamily(compute, store));
+      this.router.register(computeFamily(compute, store, c.adminPersona));
       const agents = new AgentManager(
         store,
         enforcer,
         this.events,
         {
-          home: c.home,
-          socket: c.socket,
           maxOutputBytes: c.maxOutputBytes,
           maxRuntimeMs: c.maxRuntimeMs,
           maxAgents: c.maxAgents,
+          sandbox,
+          processes,
+          accept: (conn) => this.accept(conn),
+          record: (op, target, persona, message) =>
+            void audit
+              .append({ session: "kernel", persona, phase: "kernel", op, target, status: "SUCCESS", message })
+              .catch(() => {}),
         },
         this.log,
       );
@@ -308,6 +335,59 @@ export class Kernel {
     }
   }
 
+  /**
+   * The process sandbox, probed once with a real trial run. Unusable: the kernel still starts,
+   * but agent.spawn and command compute are refused (fail closed) with an error naming the fix.
+   */
+  private openSandbox(): Sandbox {
+    const c = this.config;
+    const uid = process.getuid?.() ?? 0;
+    const scratchRoot =
+      c.sandboxScratch ||
+      join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
+    if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
+      throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
+    const sandbox = new Sandbox({
+      mode: c.sandbox as "bwrap" | "none",
+      readPaths: c.sandboxReadPaths.split(":").filter(Boolean),
+      scratchRoot,
+      uid: c.sandboxUid,
+      hidden: [c.home, dirname(c.socket), scratchRoot, ...(c.auditAnchorFile ? [dirname(resolve(c.auditAnchorFile))] : [])],
+      limits: {
+        processes: c.sandboxProcesses,
+        memoryBytes: c.sandboxMemoryBytes,
+        cpuSeconds: c.sandboxCpuSeconds,
+        fileBytes: c.sandboxFileBytes,
+      },
+    });
+    this.sandbox = sandbox;
+    // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
+    sandbox.sweep();
+    if (sandbox.mode === "none")
+      this.log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
+    else if (sandbox.unavailable)
+      this.log.error({ reason: sandbox.unavailable }, "no process sandbox: agent.spawn and command compute are refused");
+    else this.log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
+    return sandbox;
+  }
+
+  private sandboxSummary(): string {
+    const s = this.sandbox;
+    if (!s) return "no sandbox";
+    if (s.mode === "none") return "sandbox none: agents and commands run unconfined (operator's explicit choice)";
+    return s.unavailable ? `sandbox bwrap unavailable (${s.unavailable}): agents and commands refused` : "sandbox bwrap";
+  }
+
+  /** What system.info and system.status say about the sandbox. */
+  private sandboxInfo(): CborMap {
+    const s = this.sandbox;
+    return {
+      mode: s?.mode ?? "none",
+      usable: s ? s.mode === "none" || !s.unavailable : false,
+      ...(s?.unavailable ? { reason: s.unavailable } : {}),
+    };
+  }
+
   /** Shared memory for bulk bodies: swept of a crashed run's segments; said once when unavailable. */
   private sharedMemory(): SessionHost["shm"] {
     if (this.config.shmThreshold === 0) return undefined;
@@ -345,6 +425,8 @@ export class Kernel {
       })),
       ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
       agents: { running: this.agents?.runningCount ?? 0 },
+      sandbox: this.sandboxInfo(),
+      processes: this.processes?.size ?? 0,
       audit: {
         head: this.auditLog?.headSeq ?? 0,
         ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
@@ -447,6 +529,9 @@ export class Kernel {
     }
     const agents = this.agents?.killUnregistered() ?? 0;
     if (agents) this.log.info({ agents }, "agents of removed personas were killed");
+    // Commands (and agents) started by a removed persona end with it too.
+    const started = this.processes?.killWhere((p) => !this.store?.getPersona(p), "persona removed") ?? 0;
+    if (started) this.log.info({ processes: started }, "processes started by removed personas were killed");
     this.notifyRevoked();
     return ended;
   }

@@ -3,6 +3,7 @@ import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
+import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
 import {
   attestationTranscript,
@@ -19,6 +20,31 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { Kernel, type KernelOptions } from "../src/index.js";
+import { Sandbox } from "../src/sandbox/sandbox.js";
+
+/** The repository: test kernels let their sandboxes read it (fixtures, node_modules). */
+export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
+
+/**
+ * Why tests that start processes in the sandbox cannot run here (no usable bubblewrap), or
+ * false. With KPIP_REQUIRE_SANDBOX=1 (CI) it is always false: those tests run, and fail.
+ */
+export const sandboxSkip: string | false = (() => {
+  if (process.env.KPIP_REQUIRE_SANDBOX === "1") return false;
+  const why = new Sandbox({
+    mode: "bwrap",
+    readPaths: [],
+    scratchRoot: join(tmpdir(), `kpip-probe-${process.pid}`),
+    uid: 65534,
+    hidden: [],
+    limits: { processes: 64, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+  }).unavailable;
+  rmSync(join(tmpdir(), `kpip-probe-${process.pid}`), { recursive: true, force: true });
+  if (!why) return false;
+  const msg = `NOT RUN: needs the process sandbox (${why}); install bubblewrap, or set KPIP_REQUIRE_SANDBOX=1 to make this a failure`;
+  process.stderr.write(`${msg}\n`);
+  return msg;
+})();
 
 export interface TestKernel {
   k: Kernel;
@@ -42,7 +68,7 @@ export async function startKernel(
   home = mkdtempSync(join(tmpdir(), "kpip-")),
   setup: (k: Kernel) => void = () => {},
 ): Promise<TestKernel> {
-  const k = new Kernel({ home, logLevel: "silent", ...opts });
+  const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: REPO_ROOT, ...opts });
   setup(k);
   await k.start();
   const adminToken = readFileSync(k.adminToken, "utf8").trim();

@@ -9,6 +9,8 @@ export interface SystemInfo {
   sessions: () => number;
   /** The operator's view: transports, sessions, ops, agents, audit head, events. */
   status: () => CborMap;
+  /** The process sandbox: mode ("bwrap" | "none"), whether usable, and why not. */
+  sandbox: () => CborMap;
 }
 
 /** system.health, system.info, system.describe. */
@@ -27,7 +29,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
       },
       {
         op: "system.info",
-        description: "Kernel id, version, protocol versions, start time and session count.",
+        description: "Kernel id, version, protocol versions, start time, session count and the process sandbox.",
         targets: ["kernel"],
         args: {},
         idempotent: true,
@@ -41,6 +43,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
             protocols: [...SUPPORTED_VERSIONS],
             startedAt: info.startedAt,
             sessions: info.sessions(),
+            sandbox: info.sandbox(),
           },
         }),
       },
