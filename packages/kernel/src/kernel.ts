@@ -45,6 +45,8 @@ export interface KernelOptions extends Partial<KernelConfig> {
   /** The kernel's clock (tests move time to expire tokens). */
   clock?: () => number;
   logger?: Logger;
+  /** The bubblewrap program to use (default: found on PATH); tests point it at a broken one. */
+  bwrapPath?: string;
 }
 
 /**
@@ -89,7 +91,7 @@ export class Kernel {
   metricsAddress = "";
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, ...flags } = options;
+    const { authorizer: _a, logger: _l, bwrapPath: _b, ...flags } = options;
     this.config = resolveConfig({ flags: flags as Partial<Record<keyof KernelConfig, unknown>> });
     this.log = options.logger ?? createLogger(this.config.logLevel);
   }
@@ -353,6 +355,7 @@ export class Kernel {
       scratchRoot,
       uid: c.sandboxUid,
       hidden: [c.home, dirname(c.socket), scratchRoot, ...(c.auditAnchorFile ? [dirname(resolve(c.auditAnchorFile))] : [])],
+      ...(this.options.bwrapPath ? { program: this.options.bwrapPath } : {}),
       limits: {
         processes: c.sandboxProcesses,
         memoryBytes: c.sandboxMemoryBytes,

@@ -1,7 +1,7 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
@@ -24,6 +24,9 @@ import { Sandbox } from "../src/sandbox/sandbox.js";
 
 /** The repository: test kernels let their sandboxes read it (fixtures, node_modules). */
 export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
+
+/** What test kernels' sandboxes may read: the repository and node's own installation. */
+export const SANDBOX_READ_PATHS = [REPO_ROOT, dirname(dirname(process.execPath))].join(":");
 
 /**
  * Why tests that start processes in the sandbox cannot run here (no usable bubblewrap), or
@@ -68,7 +71,7 @@ export async function startKernel(
   home = mkdtempSync(join(tmpdir(), "kpip-")),
   setup: (k: Kernel) => void = () => {},
 ): Promise<TestKernel> {
-  const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: REPO_ROOT, ...opts });
+  const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: SANDBOX_READ_PATHS, ...opts });
   setup(k);
   await k.start();
   const adminToken = readFileSync(k.adminToken, "utf8").trim();
@@ -218,11 +221,12 @@ export class RawPeer {
   request(
     id: number,
     intent: Intent | Uint8Array,
-    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string },
+    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string; domain?: string },
   ): void {
     const bytes = intent instanceof Uint8Array ? intent : encodeIntent(intent);
-    const context: { persona: string; workspace?: string } = { persona: opts.ctxPersona ?? opts.persona };
+    const context: { persona: string; workspace?: string; domain?: string } = { persona: opts.ctxPersona ?? opts.persona };
     if (opts.workspace) context.workspace = opts.workspace;
+    if (opts.domain) context.domain = opts.domain;
     this.sendMessage(
       {
         type: "REQUEST",

@@ -31,6 +31,8 @@ export interface SandboxConfig {
   /** Paths no sandbox may see even when a read path contains them (home, socket directory, scratch root). */
   hidden: string[];
   limits: SandboxLimits;
+  /** The bubblewrap program (default: found on PATH or in the system directories). */
+  program?: string;
 }
 
 /** One process to start in a sandbox. */
@@ -107,7 +109,7 @@ export class Sandbox {
   constructor(readonly config: SandboxConfig) {
     if (config.mode === "none") return;
     const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
-    this.bwrap = findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
+    this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
     this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
     this.unavailable = this.probe();
   }
