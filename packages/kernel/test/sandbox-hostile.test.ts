@@ -137,14 +137,14 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     await assertServing();
   });
 
-  for (const [name, escape] of [
+  for (const [name, escapeBy] of [
     ["setsid", (m: string) => `setsid sleep ${m} > /dev/null 2>&1 &`],
     ["a double fork", (m: string) => `(sh -c 'sleep ${m} > /dev/null 2>&1 &' &)`],
   ] as const) {
     it(`an agent escaping with ${name} is killed with it`, async () => {
       const m = marker();
       await s.admin.agents.spawn("sh", `esc-${m}`, {
-        args: ["-c", `${escape(m)}\necho started\nexec sleep 300`],
+        args: ["-c", `${escapeBy(m)}\necho started\nexec sleep 300`],
         rights: [],
         lifetimeMs: 60_000,
       });
