@@ -44,9 +44,7 @@ export const sandboxSkip: string | false = (() => {
   }).unavailable;
   rmSync(join(tmpdir(), `kpip-probe-${process.pid}`), { recursive: true, force: true });
   if (!why) return false;
-  const msg = `NOT RUN: needs the process sandbox (${why}); install bubblewrap, or set KPIP_REQUIRE_SANDBOX=1 to make this a failure`;
-  process.stderr.write(`${msg}\n`);
-  return msg;
+  return `NOT RUN: needs the process sandbox (${why}); install bubblewrap, or set KPIP_REQUIRE_SANDBOX=1 to make this a failure`;
 })();
 
 export interface TestKernel {
