@@ -137,24 +137,24 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     await assertServing();
   });
 
-  for (const [name, escapeBy] of [
-    ["setsid", (m: string) => `setsid sleep ${m} > /dev/null 2>&1 &`],
-    ["a double fork", (m: string) => `(sh -c 'sleep ${m} > /dev/null 2>&1 &' &)`],
-  ] as const) {
-    it(`an agent escaping with ${name} is killed with it`, async () => {
-      const m = marker();
-      await s.admin.agents.spawn("sh", `esc-${m}`, {
-        args: ["-c", `${escapeBy(m)}\necho started\nexec sleep 300`],
-        rights: [],
-        lifetimeMs: 60_000,
-      });
-      await until(() => processesWith(m).length > 0, 10_000, "the escaped process runs");
-      await s.admin.agents.kill(`agent://sh/esc-${m}`);
-      await until(async () => (await s.admin.agents.status(`agent://sh/esc-${m}`)).state === "killed", 10_000, "killed");
-      await until(() => processesWith(m).length === 0, 10_000, "nothing survives the agent");
-      await assertServing();
+  /** An agent starts `escapeBy(marker)` and goes on; killing the agent must end the escaped process too. */
+  const escapes = async (escapeBy: (m: string) => string) => {
+    const m = marker();
+    await s.admin.agents.spawn("sh", `esc-${m}`, {
+      args: ["-c", `${escapeBy(m)}\necho started\nexec sleep 300`],
+      rights: [],
+      lifetimeMs: 60_000,
     });
-  }
+    await until(() => processesWith(m).length > 0, 10_000, "the escaped process runs");
+    await s.admin.agents.kill(`agent://sh/esc-${m}`);
+    await until(async () => (await s.admin.agents.status(`agent://sh/esc-${m}`)).state === "killed", 10_000, "killed");
+    await until(() => processesWith(m).length === 0, 10_000, "nothing survives the agent");
+    await assertServing();
+  };
+
+  it("an agent escaping with setsid is killed with it", () => escapes((m) => `setsid sleep ${m} > /dev/null 2>&1 &`));
+
+  it("an agent escaping with a double fork is killed with it", () => escapes((m) => `(sh -c 'sleep ${m} > /dev/null 2>&1 &' &)`));
 
   it("a fork bomb stops at the sandbox's process bound", async () => {
     const m = marker();
