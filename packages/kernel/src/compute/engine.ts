@@ -225,8 +225,8 @@ export class ComputeEngine {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    let ended: "cancelled" | "deadline" | undefined;
-    const kill = (why: "cancelled" | "deadline") => {
+    let ended: "cancelled" | "deadline" | "removed" | undefined;
+    const kill = (why: "cancelled" | "deadline" | "removed") => {
       ended ??= why;
       try {
         if (child.pid) process.kill(-child.pid, "SIGKILL");
@@ -237,7 +237,7 @@ export class ComputeEngine {
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
     this.running.set(op.id, { id: op.id, op, cancel: kill, closed });
-    processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("cancelled") });
+    processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
       spawnError = e;
@@ -257,6 +257,8 @@ export class ComputeEngine {
       };
       if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
       else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
+      else if (ended === "removed")
+        this.finish(op, "failed", result, "PERMISSION", "killed: the persona that started it was removed");
       else if (spawnError) this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${spawnError.message}`);
       else if (code !== 0) this.finish(op, "failed", result, "SEMANTIC", `${op.name} exited with ${code ?? signal}`);
       else this.finish(op, "succeeded", result);

@@ -1,6 +1,6 @@
 import { type SpawnOptions, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, chownSync, constants, lstatSync, mkdirSync, readlinkSync, rmSync } from "node:fs";
+import { accessSync, chmodSync, chownSync, constants, lstatSync, mkdirSync, readdirSync, readlinkSync, rmSync } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
@@ -73,6 +73,7 @@ const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx
 /** Where the scratch directory appears inside the sandbox (also the working directory and HOME). */
 export const SANDBOX_SCRATCH = "/scratch";
 
+const SCRATCH_NAME = /^[0-9a-f]{24}$/;
 const within = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
 
 function findProgram(name: string, path: string): string | undefined {
@@ -140,7 +141,7 @@ export class Sandbox {
       if (r.error) return `bubblewrap did not run: ${r.error.message}`;
       if (r.status !== 0 || r.stdout.trim() !== "sandboxed") {
         const why = (r.stderr || "").trim().split("\n").pop() || `exit ${r.status ?? r.signal}`;
-        return `bubblewrap cannot create its namespaces here (${why}); unprivileged user namespaces may be disabled (e.g. Ubuntu's AppArmor restriction: kernel.apparmor_restrict_unprivileged_userns)`;
+        return `bubblewrap failed its trial run (${why}): unprivileged user namespaces may be disabled (e.g. Ubuntu's AppArmor restriction: kernel.apparmor_restrict_unprivileged_userns), or a read path or the scratch directory is not reachable by the sandbox's user`;
       }
       return undefined;
     } finally {
@@ -153,9 +154,18 @@ export class Sandbox {
     if (this.config.mode === "bwrap" && this.unavailable) throw new SandboxUnavailableError(this.unavailable);
   }
 
-  /** Removes scratch directories a crashed kernel left (none of their processes can still run: they died with it). */
+  /**
+   * Removes scratch directories a crashed kernel left (none of their processes can still run:
+   * they died with it). Only entries named as this class names them; the root itself stays.
+   */
   sweep(): void {
-    rmSync(this.config.scratchRoot, { recursive: true, force: true });
+    let names: string[];
+    try {
+      names = readdirSync(this.config.scratchRoot);
+    } catch {
+      return;
+    }
+    for (const n of names) if (SCRATCH_NAME.test(n)) rmSync(join(this.config.scratchRoot, n), { recursive: true, force: true });
   }
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */

@@ -223,7 +223,7 @@ export type AgentState = "running" | "exited" | "killed" | "lost";
 
 /** An agent: a real OS process the kernel started, acting as its own persona. */
 export interface AgentRecord {
-  /** "<executable>/<instance>", as in agent://<executable>/<instance>. */
+  /** "<spawner>/<executable>/<instance>": agent://<executable>/<instance> of its spawner (ids are scoped to the spawner). */
   id: string;
   persona: string;
   spawner: string;
