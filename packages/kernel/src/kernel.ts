@@ -1,6 +1,4 @@
-import { createHash } from "node:crypto";
-import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import { AgentManager } from "./agents/manager.js";
 import { AnchorFile } from "./audit/anchors.js";
 import { AuditLog } from "./audit/log.js";
@@ -27,7 +25,8 @@ import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
 import { ResourceLedger } from "./resources/ledger.js";
 import { ProcessTable } from "./sandbox/processes.js";
-import { Sandbox } from "./sandbox/sandbox.js";
+import type { Sandbox } from "./sandbox/sandbox.js";
+import { openSandbox, sandboxInfo, sandboxSummary } from "./sandbox/setup.js";
 import type { Connection } from "./session/connection.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
@@ -163,7 +162,8 @@ export class Kernel {
       this.auditLog = audit;
       const offline = audit.recordOfflineJournal().length;
       if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
-      const sandbox = this.openSandbox();
+      const sandbox = openSandbox(c, this.log, this.options.bwrapPath);
+      this.sandbox = sandbox;
       void audit
         .append({
           session: "kernel",
@@ -172,7 +172,7 @@ export class Kernel {
           op: "kernel.sandbox",
           target: "kernel://",
           status: "SUCCESS",
-          message: this.sandboxSummary(),
+          message: sandboxSummary(sandbox),
         })
         .catch(() => {});
       const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
@@ -185,7 +185,7 @@ export class Kernel {
             startedAt: this.startedAt,
             sessions: () => this.sessions.size,
             status: () => this.status(),
-            sandbox: () => this.sandboxInfo(),
+            sandbox: () => sandboxInfo(this.sandbox),
           },
           this.router,
         ),
@@ -337,60 +337,6 @@ export class Kernel {
     }
   }
 
-  /**
-   * The process sandbox, probed once with a real trial run. Unusable: the kernel still starts,
-   * but agent.spawn and command compute are refused (fail closed) with an error naming the fix.
-   */
-  private openSandbox(): Sandbox {
-    const c = this.config;
-    const uid = process.getuid?.() ?? 0;
-    const scratchRoot =
-      c.sandboxScratch ||
-      join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
-    if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
-      throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
-    const sandbox = new Sandbox({
-      mode: c.sandbox as "bwrap" | "none",
-      readPaths: c.sandboxReadPaths.split(":").filter(Boolean),
-      scratchRoot,
-      uid: c.sandboxUid,
-      hidden: [c.home, dirname(c.socket), scratchRoot, ...(c.auditAnchorFile ? [dirname(resolve(c.auditAnchorFile))] : [])],
-      ...(this.options.bwrapPath ? { program: this.options.bwrapPath } : {}),
-      limits: {
-        processes: c.sandboxProcesses,
-        memoryBytes: c.sandboxMemoryBytes,
-        cpuSeconds: c.sandboxCpuSeconds,
-        fileBytes: c.sandboxFileBytes,
-      },
-    });
-    this.sandbox = sandbox;
-    // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
-    sandbox.sweep();
-    if (sandbox.mode === "none")
-      this.log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
-    else if (sandbox.unavailable)
-      this.log.error({ reason: sandbox.unavailable }, "no process sandbox: agent.spawn and command compute are refused");
-    else this.log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
-    return sandbox;
-  }
-
-  private sandboxSummary(): string {
-    const s = this.sandbox;
-    if (!s) return "no sandbox";
-    if (s.mode === "none") return "sandbox none: agents and commands run unconfined (operator's explicit choice)";
-    return s.unavailable ? `sandbox bwrap unavailable (${s.unavailable}): agents and commands refused` : "sandbox bwrap";
-  }
-
-  /** What system.info and system.status say about the sandbox. */
-  private sandboxInfo(): CborMap {
-    const s = this.sandbox;
-    return {
-      mode: s?.mode ?? "none",
-      usable: s ? s.mode === "none" || !s.unavailable : false,
-      ...(s?.unavailable ? { reason: s.unavailable } : {}),
-    };
-  }
-
   /** Shared memory for bulk bodies: swept of a crashed run's segments; said once when unavailable. */
   private sharedMemory(): SessionHost["shm"] {
     if (this.config.shmThreshold === 0) return undefined;
@@ -428,7 +374,7 @@ export class Kernel {
       })),
       ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
       agents: { running: this.agents?.runningCount ?? 0 },
-      sandbox: this.sandboxInfo(),
+      sandbox: sandboxInfo(this.sandbox),
       processes: this.processes?.size ?? 0,
       audit: {
         head: this.auditLog?.headSeq ?? 0,
