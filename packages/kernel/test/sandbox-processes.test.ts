@@ -52,6 +52,20 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     await until(() => s.t.k.status().processes === 0, 30_000, "no process left");
   });
 
+  it("the kernel-wide process bound holds for every persona, the admin included", async () => {
+    const t = await startKernel({ maxProcesses: 1 });
+    try {
+      const c = await t.admin();
+      const d = await c.compute.command("sleep", ["300"]);
+      const e = await c.compute.command("sleep", ["300"]).catch((x) => x);
+      assert.ok(klass("RESOURCE")(e) && /already runs 1 processes/.test(e.message), String(e));
+      await c.ops.cancel(d);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("an agent never touches a registered persona: its own namespace, audited, and persona.register refuses it", async () => {
     const sp = await s.t.persona("sp", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
     // A real persona sp/w1 with an open session, the very name the old scheme gave the agent.

@@ -159,10 +159,15 @@ export class ComputeEngine {
   }
 
   private pump(): void {
-    while (!this.stopped && this.queue.length) {
-      const job = this.queue[0] as Job;
-      if (job.op.kind === "task" && !this.freeWorker()) return;
-      this.queue.shift();
+    // Tasks wait, in order, for a free worker; a command never waits behind them (it was
+    // admitted as a running process at submit).
+    for (let i = 0; !this.stopped && i < this.queue.length; ) {
+      const job = this.queue[i] as Job;
+      if (job.op.kind === "task" && !this.freeWorker()) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
       this.start(job);
     }
   }
