@@ -175,6 +175,8 @@ export class Kernel {
           message: sandboxSummary(sandbox),
         })
         .catch(() => {});
+      // Committed before start() returns, like everything else the start puts on the record.
+      audit.flush();
       const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
       this.processes = processes;
       this.router.register(
