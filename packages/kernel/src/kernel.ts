@@ -332,6 +332,7 @@ export class Kernel {
       this.log.info({ kernel: this.id, socket: c.socket, grpc: this.grpcAddress, home: c.home }, "kernel listening");
     } catch (e) {
       this.state = "stopped";
+      this.sandbox?.close(!this.config.sandboxScratch);
       await this.listener?.close();
       await this.grpcListener?.close(0);
       await this.closeStorage();
@@ -520,6 +521,7 @@ export class Kernel {
     await grpcClosed;
     await this.compute?.stop();
     await this.agents?.stop();
+    this.sandbox?.close(!this.config.sandboxScratch);
     await this.metrics?.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));

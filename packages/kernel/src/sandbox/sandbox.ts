@@ -168,6 +168,15 @@ export class Sandbox {
     for (const n of names) if (SCRATCH_NAME.test(n)) rmSync(join(this.config.scratchRoot, n), { recursive: true, force: true });
   }
 
+  /**
+   * At kernel stop, when no process of its is left: the scratch directories, and the scratch
+   * root itself when the kernel named it (never an operator's directory).
+   */
+  close(ownRoot: boolean): void {
+    this.sweep();
+    if (ownRoot) rmSync(this.config.scratchRoot, { recursive: true, force: true });
+  }
+
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
     const root = this.config.scratchRoot;
