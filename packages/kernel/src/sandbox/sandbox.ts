@@ -106,6 +106,11 @@ export class Sandbox {
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
+  /**
+   * Found once: only what the kernel inherited lacks close-on-exec (all it opens itself has it),
+   * so a later scan would find nothing new, and costs a read per open descriptor.
+   */
+  private readonly leaked = leakedDescriptors(3);
 
   constructor(readonly config: SandboxConfig) {
     if (config.mode === "none") return;
@@ -194,10 +199,11 @@ export class Sandbox {
     const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.
-    const leaked = leakedDescriptors(stdio.length);
-    for (const fd of leaked.fds) {
+    const { fds, devNull } = this.leaked;
+    for (const fd of fds) {
+      if (fd < stdio.length) continue;
       while (stdio.length < fd) stdio.push("ignore");
-      stdio[fd] = leaked.devNull;
+      stdio[fd] = devNull;
     }
     const options: SpawnOptions = {
       shell: false,
