@@ -1,6 +1,17 @@
 import { type SpawnOptions, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { accessSync, chmodSync, chownSync, constants, lstatSync, mkdirSync, readdirSync, readlinkSync, rmSync } from "node:fs";
+import {
+  accessSync,
+  chmodSync,
+  chownSync,
+  constants,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  rmdirSync,
+  rmSync,
+} from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
@@ -151,6 +162,13 @@ export class Sandbox {
       return undefined;
     } finally {
       launch.cleanup();
+      // The root is made again by the first real launch: a kernel that never starts a process
+      // (or dies without stopping) leaves nothing behind.
+      try {
+        rmdirSync(this.config.scratchRoot);
+      } catch {
+        // not empty (an operator's directory) or already gone
+      }
     }
   }
 
