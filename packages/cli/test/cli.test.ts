@@ -109,6 +109,9 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.ok(status.audit.head > 0);
     assert.ok(Array.isArray(status.sessions));
     assert.match(kpip(["status", ...h]).out, /sessions\s+\d+/);
+    // The process sandbox is always stated: bubblewrap, unavailable (refusing), or none.
+    assert.match(kpip(["status", ...h]).out, /sandbox\s+(bubblewrap|UNAVAILABLE|NONE)/);
+    assert.ok(["bwrap", "none"].includes(status.sandbox.mode));
 
     const tokens = JSON.parse(kpip(["token", "list", "--json", ...h]).out);
     const id = tokens.find((t: { sub: string }) => t.sub === "alice").id;

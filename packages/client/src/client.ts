@@ -39,7 +39,7 @@ import { type BackoffPolicy, backoffDelay, DEFAULT_RECONNECT_BACKOFF, DEFAULT_RE
 import type { Channel, Connector } from "./connectors/connector.js";
 import { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 import { loadShmNative } from "./connectors/shm-native.js";
-import { UdsConnector } from "./connectors/uds.js";
+import { InheritedConnector, UdsConnector } from "./connectors/uds.js";
 import {
   CancelledError,
   KernelUnavailableError,
@@ -281,8 +281,18 @@ export class KernelClient extends EventEmitter {
   static async connectAsAgent(opts: Omit<ConnectOptions, "identity" | "socket" | "tokens"> = {}): Promise<KernelClient> {
     const fd = Number(process.env.KPIP_BOOTSTRAP_FD);
     if (!Number.isInteger(fd) || fd < 3) throw new TypeError("not started as a kpip agent (KPIP_BOOTSTRAP_FD is not set)");
-    const boot = JSON.parse(readFileSync(fd, "utf8")) as { identity: string; token: string; socket: string };
-    return KernelClient.connect({ ...opts, socket: boot.socket, identity: parseIdentity(boot.identity), tokens: [boot.token] });
+    const boot = JSON.parse(readFileSync(fd, "utf8")) as { identity: string; token: string; socket?: string; fd?: number };
+    const identity = parseIdentity(boot.identity);
+    // A sandboxed agent reaches the kernel only through the connection it inherited.
+    if (typeof boot.fd === "number")
+      return KernelClient.connect({
+        reconnect: false,
+        ...opts,
+        connector: new InheritedConnector(boot.fd),
+        identity,
+        tokens: [boot.token],
+      });
+    return KernelClient.connect({ ...opts, socket: boot.socket, identity, tokens: [boot.token] });
   }
 
   /** Features the kernel enabled on the current session (e.g. "shm"). */

@@ -88,6 +88,27 @@ export interface KernelConfig {
   /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
   peerLogLines: number;
   peerLogWindowMs: number;
+  // ---- the process sandbox (agents and compute commands) ----
+  /** "bwrap" (default: every process the kernel starts runs in bubblewrap) or "none" (unconfined, explicit). */
+  sandbox: string;
+  /** Extra read-only paths inside every sandbox, ":"-separated (an interpreter's install, a script's directory). */
+  sandboxReadPaths: string;
+  /** Parent of the per-process scratch directories ("" = <tmpdir>/kpip-scratch-<uid>-<home hash>). */
+  sandboxScratch: string;
+  /** The unprivileged uid/gid bubblewrap runs as when the kernel runs as root. */
+  sandboxUid: number;
+  /** Processes (threads included) per sandbox (0 = no limit). */
+  sandboxProcesses: number;
+  /** Address space per sandboxed process, in bytes (0 = no limit). */
+  sandboxMemoryBytes: number;
+  /** CPU seconds per sandboxed process (0 = no limit). */
+  sandboxCpuSeconds: number;
+  /** Largest file a sandboxed process may write, in bytes (0 = no limit). */
+  sandboxFileBytes: number;
+  /** Most processes (agents and commands) running at once, kernel-wide. */
+  maxProcesses: number;
+  /** Most processes (agents and commands) one persona may have running at once. */
+  maxProcessesPerPersona: number;
 }
 
 interface SettingSpec {
@@ -214,6 +235,31 @@ export const SETTINGS: SettingSpec[] = [
   },
   { key: "peerLogLines", type: "int", description: "log lines one peer may cause per peerLogWindowMs (then one summary line)" },
   { key: "peerLogWindowMs", type: "int", description: "window of the per-peer log budget" },
+  // ---- the process sandbox ----
+  {
+    key: "sandbox",
+    type: "string",
+    description: "bwrap (every agent and command runs in bubblewrap) or none (unconfined: logged, audited, shown by status)",
+  },
+  { key: "sandboxReadPaths", type: "string", description: "extra read-only paths inside every sandbox, ':'-separated" },
+  { key: "sandboxScratch", type: "string", description: "parent of the sandboxes' scratch directories (outside the home)" },
+  { key: "sandboxUid", type: "int", description: "unprivileged uid/gid bubblewrap runs as when the kernel runs as root" },
+  { key: "sandboxProcesses", type: "int", description: "processes and threads per sandbox (0 = no limit)", zeroAllowed: true },
+  {
+    key: "sandboxMemoryBytes",
+    type: "int",
+    description: "address space per sandboxed process (0 = no limit)",
+    zeroAllowed: true,
+  },
+  { key: "sandboxCpuSeconds", type: "int", description: "CPU seconds per sandboxed process (0 = no limit)", zeroAllowed: true },
+  {
+    key: "sandboxFileBytes",
+    type: "int",
+    description: "largest file a sandboxed process writes (0 = no limit)",
+    zeroAllowed: true,
+  },
+  { key: "maxProcesses", type: "int", description: "most agents and commands running at once" },
+  { key: "maxProcessesPerPersona", type: "int", description: "most agents and commands one persona runs at once" },
 ];
 
 export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
@@ -264,6 +310,17 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   adminReserve: 4,
   peerLogLines: 20,
   peerLogWindowMs: 10_000,
+  // ---- the process sandbox ----
+  sandbox: "bwrap",
+  sandboxReadPaths: "",
+  sandboxScratch: "",
+  sandboxUid: 65534,
+  sandboxProcesses: 256,
+  sandboxMemoryBytes: 8 * 1024 * 1024 * 1024,
+  sandboxCpuSeconds: 0,
+  sandboxFileBytes: 1024 * 1024 * 1024,
+  maxProcesses: 256,
+  maxProcessesPerPersona: 32,
 };
 
 /** A setting with a bad value; the kernel does not start. */
@@ -321,6 +378,8 @@ export function resolveConfig(
   }
   out.socket = resolve(out.socket as string);
   checkValues(out as unknown as KernelConfig);
+  if (out.sandbox !== "bwrap" && out.sandbox !== "none")
+    throw new ConfigError(`sandbox must be "bwrap" or "none" (got ${JSON.stringify(out.sandbox)})`);
   return out as unknown as KernelConfig;
 }
 

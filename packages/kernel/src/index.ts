@@ -1,5 +1,6 @@
 /** @kpip/kernel — the KPIP kernel, embeddable and runnable. */
 
+export { isAgentPersona } from "./agents/namespace.js";
 export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, verifyAnchors } from "./audit/anchors.js";
 export { AuditChainError, checkInheritedChain } from "./audit/inherit.js";
 export { AuditLog } from "./audit/log.js";
@@ -31,6 +32,7 @@ export {
   type PrimitiveDeclaration,
   type PrimitiveFamily,
 } from "./primitives/types.js";
+export { SandboxUnavailableError } from "./sandbox/sandbox.js";
 export { UnsafeHomeError } from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
 export { SqliteStore } from "./store/sqlite.js";

@@ -37,6 +37,9 @@ import { systemFamily } from "./primitives/system.js";
 import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
 import { ResourceLedger } from "./resources/ledger.js";
+import { ProcessTable } from "./sandbox/processes.js";
+import type { Sandbox } from "./sandbox/sandbox.js";
+import { openSandbox, sandboxInfo, sandboxSummary } from "./sandbox/setup.js";
 import type { Connection } from "./session/connection.js";
 import { PeerLogLimiter } from "./session/log-limit.js";
 import { PersonaKeys } from "./session/persona-keys.js";
@@ -56,6 +59,8 @@ export interface KernelOptions extends Partial<KernelConfig> {
   /** The kernel's clock (tests move time to expire tokens). */
   clock?: () => number;
   logger?: Logger;
+  /** The bubblewrap program to use (default: found on PATH); tests point it at a broken one. */
+  bwrapPath?: string;
 }
 
 /**
@@ -97,13 +102,15 @@ export class Kernel {
   private compute: ComputeEngine | undefined;
   private pipeline: Pipeline | undefined;
   private agents: AgentManager | undefined;
+  private sandbox: Sandbox | undefined;
+  private processes: ProcessTable | undefined;
   /** Prometheus series (always counted; served when metricsListen is set). */
   metrics: KernelMetrics | undefined;
   /** Where /metrics is served, when it is. */
   metricsAddress = "";
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, ...flags } = options;
+    const { authorizer: _a, logger: _l, bwrapPath: _b, ...flags } = options;
     this.config = resolveConfig({ flags: flags as Partial<Record<keyof KernelConfig, unknown>> });
     this.log = options.logger ?? createLogger(this.config.logLevel);
     const c = this.config;
@@ -193,6 +200,23 @@ export class Kernel {
       if (journalled.length > offline)
         this.log.info({ admin: c.adminPersona, identity: this.adminIdentityPath }, "first start: created the admin persona");
       if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
+      const sandbox = openSandbox(c, this.log, this.options.bwrapPath);
+      this.sandbox = sandbox;
+      void audit
+        .append({
+          session: "kernel",
+          persona: "-",
+          phase: "kernel",
+          op: "kernel.sandbox",
+          target: "kernel://",
+          status: "SUCCESS",
+          message: sandboxSummary(sandbox),
+        })
+        .catch(() => {});
+      // Committed before start() returns, like everything else the start puts on the record.
+      audit.flush();
+      const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
+      this.processes = processes;
       this.router.register(
         systemFamily(
           {
@@ -201,6 +225,7 @@ export class Kernel {
             startedAt: this.startedAt,
             sessions: () => this.sessions.size,
             status: (persona) => this.status(persona),
+            sandbox: () => sandboxInfo(this.sandbox),
           },
           this.router,
         ),
@@ -227,6 +252,7 @@ export class Kernel {
           maxRuntimeMs: c.maxRuntimeMs,
         },
         this.log,
+        { sandbox, processes, hold: (persona) => ledger.hold(persona) },
       );
       this.compute = compute;
       for (const [name, reg] of this.pendingTasks) compute.registerTask(name, reg);
@@ -234,17 +260,22 @@ export class Kernel {
       const interrupted = compute.recover();
       if (interrupted.length)
         this.log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
-      this.router.register(computeFamily(compute, store));
+      this.router.register(computeFamily(compute, store, c.adminPersona));
       const agents = new AgentManager(
         store,
         enforcer,
         this.events,
         {
-          home: c.home,
-          socket: c.socket,
           maxOutputBytes: c.maxOutputBytes,
           maxRuntimeMs: c.maxRuntimeMs,
           maxAgents: c.maxAgents,
+          sandbox,
+          processes,
+          accept: (conn) => this.accept(conn),
+          record: (op, target, persona, message) =>
+            void audit
+              .append({ session: "kernel", persona, phase: "kernel", op, target, status: "SUCCESS", message })
+              .catch(() => {}),
         },
         this.log,
       );
@@ -375,6 +406,7 @@ export class Kernel {
       this.log.info({ kernel: this.id, socket: c.socket, grpc: this.grpcAddress, home: c.home }, "kernel listening");
     } catch (e) {
       this.state = "stopped";
+      this.sandbox?.close(!this.config.sandboxScratch);
       await this.listener?.close();
       await this.grpcListener?.close(0);
       await this.closeStorage();
@@ -431,6 +463,8 @@ export class Kernel {
       sessions: [...this.sessions].map(session),
       ops: { running: this.compute?.runningCount ?? 0, queued: this.compute?.queuedCount ?? 0 },
       agents: { running: this.agents?.runningCount ?? 0 },
+      sandbox: sandboxInfo(this.sandbox),
+      processes: this.processes?.size ?? 0,
       audit: {
         head: this.auditLog?.headSeq ?? 0,
         ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
@@ -574,6 +608,9 @@ export class Kernel {
     }
     const agents = this.agents?.killUnregistered() ?? 0;
     if (agents) this.log.info({ agents }, "agents of removed personas were killed");
+    // Commands (and agents) started by a removed persona end with it too.
+    const started = this.processes?.killWhere((p) => !this.store?.getPersona(p), "persona removed") ?? 0;
+    if (started) this.log.info({ processes: started }, "processes started by removed personas were killed");
     this.notifyRevoked();
     return ended;
   }
@@ -611,6 +648,7 @@ export class Kernel {
     await grpcClosed;
     await this.compute?.stop();
     await this.agents?.stop();
+    this.sandbox?.close(!this.config.sandboxScratch);
     await this.metrics?.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));

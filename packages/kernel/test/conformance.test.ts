@@ -6,6 +6,7 @@ import { type KernelClient, KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { CONFORMANCE_LIMITS, FEATURES, TRANSPORTS, type TransportUnderTest } from "./conformance/transports.js";
+import { sandboxSkip } from "./harness.js";
 
 const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
@@ -87,7 +88,7 @@ for (const tr of TRANSPORTS) {
       await admin.resources.free("admin", a.allocation);
     });
 
-    it(FEATURES.agents, async () => {
+    it(FEATURES.agents, { skip: sandboxSkip }, async () => {
       await admin.agents.spawn("sleep", `conf-${tr.transport}`, { args: ["20"], rights: [], lifetimeMs: 20_000 });
       assert.equal((await admin.agents.status(`agent://sleep/conf-${tr.transport}`)).state, "running");
       await admin.agents.kill(`agent://sleep/conf-${tr.transport}`);

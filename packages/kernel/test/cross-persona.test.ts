@@ -3,7 +3,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
 import type { CborMap } from "@kpip/protocol";
-import { removeHome, startKernel, type TestKernel } from "./harness.js";
+import { removeHome, sandboxSkip, startKernel, type TestKernel } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 
@@ -33,7 +33,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
   const seen: string[] = [];
 
   before(async () => {
-    t = await startKernel({}, undefined, (k) => {
+    // The matrix is about ownership, not confinement: without a sandbox here it runs unconfined.
+    t = await startKernel(sandboxSkip ? { sandbox: "none" } : {}, undefined, (k) => {
       k.registerTask("square", { module: fixture("tasks.mjs"), export: "square" });
     });
     // Each persona: its own workspace and topics by capability; kernel-owned objects (ops,
@@ -129,7 +130,6 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     "agent.status": [[bobs.agent, bobs.agent]],
     "agent.logs": [[bobs.agent, bobs.agent]],
     "agent.kill": [[bobs.agent, bobs.agent]],
-    "agent.spawn": [["bob's agent name", bobs.agent, { args: ["1"], rights: [], lifetimeMs: 1000 }]],
     "token.inspect": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
     "token.refresh": [["bob's token", `token://${bobs.tokenId}`, { token: bobs.token }]],
     "token.revoke": [["bob's token", `token://${bobs.tokenId}`]],
@@ -154,7 +154,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
 
   /** Ops that take a kernel-wide or ownerless target: checked for what they show, not refused. */
   const LISTS = ["op.list", "agent.list", "token.list"];
-  const OWNERLESS = ["system.describe", "system.health", "system.info", "system.status", "compute.submit"];
+  // agent.spawn names an id of the caller's own (agent ids are scoped to their spawner): checked below.
+  const OWNERLESS = ["system.describe", "system.health", "system.info", "system.status", "compute.submit", "agent.spawn"];
 
   it("covers every op the kernel serves", async () => {
     const ops = ((await alice.call("system.describe", "kernel://")).payload as { ops: { op: string }[] }).ops.map((o) => o.op);
@@ -197,7 +198,13 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     assert.equal(Buffer.from(read.data).toString(), SECRET);
     assert.ok(t.k.database.getPersona("bob"), "bob is still registered");
     assert.equal(t.k.database.getPersona("bob/impostor"), undefined);
-    assert.equal(((await bob.call("agent.status", bobs.agent)).payload as { state: string }).state, "running");
+    // Alice spawning under the same name starts an agent of her own; bob's is not touched or revealed.
+    const hers = (await alice.call("agent.spawn", bobs.agent, { args: ["1"], rights: [], lifetimeMs: 1000 })).payload as {
+      persona: string;
+    };
+    assert.equal(hers.persona, "alice/agent.bobby");
+    const his = (await bob.call("agent.status", bobs.agent)).payload as { state: string; persona: string };
+    assert.deepEqual([his.state, his.persona], ["running", "bob/agent.bobby"]);
     const st = (await bob.call("token.inspect", `token://${bobs.tokenId}`, { token: bobs.token })).payload as {
       status: string;
     };

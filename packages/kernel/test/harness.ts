@@ -1,8 +1,9 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { after, before } from "node:test";
+import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
 import {
   attestationTranscript,
@@ -19,6 +20,32 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { Kernel, type KernelOptions } from "../src/index.js";
+import { Sandbox } from "../src/sandbox/sandbox.js";
+
+/** The repository: test kernels let their sandboxes read it (fixtures, node_modules). */
+export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
+
+/** What test kernels' sandboxes may read: the repository and node's own installation. */
+export const SANDBOX_READ_PATHS = [REPO_ROOT, dirname(dirname(process.execPath))].join(":");
+
+/**
+ * Why tests that start processes in the sandbox cannot run here (no usable bubblewrap), or
+ * false. With KPIP_REQUIRE_SANDBOX=1 (CI) it is always false: those tests run, and fail.
+ */
+export const sandboxSkip: string | false = (() => {
+  if (process.env.KPIP_REQUIRE_SANDBOX === "1") return false;
+  const why = new Sandbox({
+    mode: "bwrap",
+    readPaths: [],
+    scratchRoot: join(tmpdir(), `kpip-probe-${process.pid}`),
+    uid: 65534,
+    hidden: [],
+    limits: { processes: 64, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+  }).unavailable;
+  rmSync(join(tmpdir(), `kpip-probe-${process.pid}`), { recursive: true, force: true });
+  if (!why) return false;
+  return `NOT RUN: needs the process sandbox (${why}); install bubblewrap, or set KPIP_REQUIRE_SANDBOX=1 to make this a failure`;
+})();
 
 export interface TestKernel {
   k: Kernel;
@@ -56,7 +83,7 @@ export async function startKernel(
   home = mkdtempSync(join(tmpdir(), "kpip-")),
   setup: (k: Kernel) => void = () => {},
 ): Promise<TestKernel> {
-  const k = new Kernel({ home, logLevel: "silent", ...opts });
+  const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: SANDBOX_READ_PATHS, ...opts });
   setup(k);
   await k.start();
   const adminToken = readFileSync(k.adminToken, "utf8").trim();
@@ -208,11 +235,12 @@ export class RawPeer {
   request(
     id: number,
     intent: Intent | Uint8Array,
-    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string },
+    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string; domain?: string },
   ): void {
     const bytes = intent instanceof Uint8Array ? intent : encodeIntent(intent);
-    const context: { persona: string; workspace?: string } = { persona: opts.ctxPersona ?? opts.persona };
+    const context: { persona: string; workspace?: string; domain?: string } = { persona: opts.ctxPersona ?? opts.persona };
     if (opts.workspace) context.workspace = opts.workspace;
+    if (opts.domain) context.domain = opts.domain;
     this.sendMessage(
       {
         type: "REQUEST",

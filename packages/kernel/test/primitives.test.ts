@@ -5,13 +5,13 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type KernelClient, KpipError } from "@kpip/client";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
-describe("compute: DEFERRED ops", () => {
+describe("compute: DEFERRED ops", { skip: sandboxSkip }, () => {
   let t: TestKernel;
   let c: KernelClient;
   before(async () => {
@@ -237,7 +237,7 @@ describe("resources and quotas", () => {
   });
 });
 
-describe("agents", () => {
+describe("agents", { skip: sandboxSkip }, () => {
   let t: TestKernel;
   before(async () => {
     t = await startKernel({ maxOutputBytes: 2048 });
@@ -262,13 +262,13 @@ describe("agents", () => {
       rights: [{ ops: ["storage.write"], targets: ["obj://ws1/**"] }],
       lifetimeMs: 20_000,
     });
-    assert.equal(a.persona, "sp/w1");
+    assert.equal(a.persona, "sp/agent.w1");
     await until(async () => (await c.agents.status("agent://node/w1")).state !== "running", 15_000, "agent exit");
     const logs = await c.agents.logs("agent://node/w1");
     const report = JSON.parse(Buffer.from(logs.stdout).toString().split("\n")[0] as string);
     assert.deepEqual(
       [report.persona, report.write, report.outside, report.envHasSecrets, report.argvHasToken],
-      ["sp/w1", "ok", "PERMISSION", false, false],
+      ["sp/agent.w1", "ok", "PERMISSION", false, false],
     );
     assert.ok(logs.stdout.length <= 2048, "output is bounded");
     const states: string[] = [];
@@ -278,7 +278,7 @@ describe("agents", () => {
     }
     assert.deepEqual(states, ["running", "exited"]);
     assert.equal((await c.agents.list()).length, 1);
-    assert.equal(t.k.database.getPersona("sp/w1"), undefined, "the agent's persona ends with it");
+    assert.equal(t.k.database.getPersona("sp/agent.w1"), undefined, "the agent's persona ends with it");
   });
 
   it("refuses wider rights and commands the spawner may not run", async () => {

@@ -33,7 +33,7 @@ export const agentsCommand: Command = {
   summary: "spawn, list, kill agents and read their logs",
   usage:
     "kpip agents list | spawn <executable>/<instance> --allow OPS:TARGETS --lifetime D [-- args…] | kill <agent> | status <agent> | logs <agent>",
-  example: "kpip agents spawn node/worker-1 --allow 'storage.*:obj://ws1/**' --lifetime 10m -- agent.js",
+  example: "kpip agents spawn node/worker-1 --allow 'storage.*:obj://ws1/**' --lifetime 10m -- /srv/agents/agent.js",
   options: {
     ...CONNECT_OPTIONS,
     allow: { type: "string", multiple: true, description: "spawn: OPS:TARGETS for the agent's token; repeatable" },

@@ -6,6 +6,7 @@ import { KpipError } from "@kpip/client";
 import {
   ConfigError,
   HOME_FILES,
+  isAgentPersona,
   type KernelConfig,
   kernelAnswers,
   removalRefusal,
@@ -121,6 +122,8 @@ function register(v: Values, home: string, pid: string, key: Uint8Array, message
       await call("persona.register", `persona://${pid}`, { publicKey: key });
     },
     (store, journal): Outcome => {
+      if (isAgentPersona(pid))
+        return { ok: false, message: `${pid} is in the agent namespace: only the kernel's agents act there` };
       if (store.getPersona(pid)) return { ok: false, message: `${pid} is already registered` };
       store.withJournal(journal("persona.register", `persona://${pid}`, message), () => store.addPersona(pid, key));
       return { ok: true };

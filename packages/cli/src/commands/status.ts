@@ -22,6 +22,7 @@ export const statusCommand: Command = {
         transports: { kind: string; address: string }[];
         ops: { running: number; queued: number };
         agents: { running: number };
+        sandbox?: { mode: string; usable: boolean; reason?: string };
         audit: { head: number; checkpoint?: { seq: number; time: number } };
         events: { subscriptions: number; dropped: number };
       };
@@ -48,6 +49,7 @@ export const statusCommand: Command = {
         ...s.transports.map((t) => `listening  ${t.kind} ${t.address}`),
         `ops        ${s.ops.running} running, ${s.ops.queued} queued`,
         `agents     ${s.agents.running} running`,
+        `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? "bubblewrap" : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
         `audit      head ${s.audit.head}${s.audit.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
         `events     ${s.events.subscriptions} subscriptions, ${s.events.dropped} dropped`,
         ...sessions,

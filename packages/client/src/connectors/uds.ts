@@ -54,6 +54,29 @@ export class UdsConnector implements Connector {
   }
 }
 
+/**
+ * The connection an agent inherited from the kernel that started it (a socket pair end on a
+ * descriptor): a sandboxed agent has no other way to the kernel. It can be used once; after
+ * it closes there is nothing to reconnect to.
+ */
+export class InheritedConnector implements Connector {
+  readonly transport = "agent";
+  private used = false;
+  constructor(readonly fd: number) {}
+
+  get address(): string {
+    return `inherited descriptor ${this.fd}`;
+  }
+
+  async connect(): Promise<Channel> {
+    if (this.used) throw new KernelUnavailableError(`the connection inherited on descriptor ${this.fd} has closed`);
+    this.used = true;
+    const sock = new net.Socket({ fd: this.fd, readable: true, writable: true });
+    sock.setNoDelay(true);
+    return new SocketChannel(sock, this.transport);
+  }
+}
+
 class SocketChannel implements Channel {
   private corked = false;
   constructor(

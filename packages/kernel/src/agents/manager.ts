@@ -1,6 +1,5 @@
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync } from "node:fs";
-import { join } from "node:path";
+import type { Socket } from "node:net";
 import type { Writable } from "node:stream";
 import {
   type Grant,
@@ -16,15 +15,24 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import type { ProcessTable } from "../sandbox/processes.js";
+import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
+import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, PersonaStore } from "../store/types.js";
+import { SocketConnection } from "../transport/uds.js";
+import { agentKey, agentPersona, agentUri } from "./namespace.js";
 
 export interface AgentOptions {
-  home: string;
-  socket: string;
   maxOutputBytes: number;
   maxRuntimeMs: number;
   /** Most agents running at once, kernel-wide. */
   maxAgents: number;
+  sandbox: Sandbox;
+  processes: ProcessTable;
+  /** Takes the kernel end of an agent's inherited connection as a session. */
+  accept(conn: Connection): void;
+  /** Puts a change to the agent identities on the audit record. */
+  record(op: string, target: string, persona: string, message: string): void;
 }
 
 export interface SpawnRequest {
@@ -36,10 +44,13 @@ export interface SpawnRequest {
   rights: Right[];
   lifetimeMs: number;
   limits?: Limits;
+  /** The grant allows, and the request asks for, network access from the sandbox. */
+  network?: boolean;
 }
 
 interface Live {
   child: ChildProcess;
+  launch: Launch;
   /** The persona the agent acts as. */
   persona: string;
   out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
@@ -49,10 +60,12 @@ interface Live {
 
 /**
  * Agents: real OS processes the kernel starts (never through a shell), each in its own
- * process group and working directory, each with its own persona identity and a token
- * minted from the spawner's grant (never wider). Identity and token reach the agent through
- * an inherited pipe (fd 3), never argv or the environment. Output is captured with a bound;
- * exit code and signal are recorded; lifecycle events go to the persona's kernel topic (kernelTopic).
+ * sandbox with its own scratch directory, each with its own persona identity (in the agent
+ * namespace under its spawner) and a token minted from the spawner's grant (never wider).
+ * Identity and token reach the agent through an inherited pipe (fd 3), never argv or the
+ * environment; its only way to the kernel is the connection inherited on fd 4. Agent ids are
+ * scoped to their spawner. Output is captured with a bound; exit code and signal are
+ * recorded; lifecycle events go to the agent's kernel topic (kernelTopic), which its spawner sees.
  */
 export class AgentManager {
   private readonly live = new Map<string, Live>();
@@ -82,29 +95,35 @@ export class AgentManager {
       }
       this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
       this.enforcer.revoke(a.tokenId, "kernel");
-      this.store.removePersona(a.persona);
+      this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`);
     }
   }
 
+  /** Removes an agent's persona key from the registry, on the record. */
+  private forget(persona: string, why: string): void {
+    if (!this.store.getPersona(persona)) return;
+    this.store.removePersona(persona);
+    this.opts.record("agent.identity.remove", `persona://${persona}`, persona, why);
+  }
+
   spawn(r: SpawnRequest): AgentRecord {
-    const id = `${r.executable}/${r.instance}`;
-    const persona = `${r.spawner}/${r.instance}`;
+    const id = agentKey(r.spawner, r.executable, r.instance);
+    const uri = `agent://${r.executable}/${r.instance}`;
+    const persona = agentPersona(r.spawner, r.instance);
     if (!isPersonaId(persona)) throw new OpError("SEMANTIC", `agent persona ${persona} is not a valid persona id`);
-    if (this.live.has(id)) throw new OpError("SEMANTIC", `agent://${id} is already running`);
+    if (this.live.has(id)) throw new OpError("SEMANTIC", `${uri} is already running`);
     // Agents are told apart by persona too: two live agents must never share one.
     for (const [other, l] of this.live) {
-      if (l.persona === persona) throw new OpError("SEMANTIC", `persona ${persona} is already used by agent://${other}`);
+      if (l.persona === persona) throw new OpError("SEMANTIC", `persona ${persona} is already used by ${agentUri(other)}`);
     }
     // The spawn was authorized before its intent record committed: the spawner may have been
     // removed, or its token revoked, in between. Nothing new runs on behalf of either.
     if (!this.store.getPersona(r.spawner)) throw new OpError("PERMISSION", `persona ${r.spawner} is no longer registered`);
     if (r.grant && this.enforcer.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
+    this.opts.sandbox.check();
     if (this.live.size >= this.opts.maxAgents)
       throw new OpError("RESOURCE", `the kernel already runs ${this.opts.maxAgents} agents`);
-    const running = this.store.listAgents(r.spawner).filter((a) => a.state === "running").length;
-    const limit = r.grant?.limits.agents;
-    if (limit !== undefined && running >= limit)
-      throw new OpError("RESOURCE", `agents exceeded for ${r.spawner}: ${running} running, limit ${limit}`);
+    this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
     const identity = generateIdentity(persona);
     let token: ReturnType<CapEnforcer["mint"]>;
@@ -115,33 +134,40 @@ export class AgentManager {
         ttlMs: lifetime,
         limits: r.limits ?? r.grant?.limits ?? {},
         ...(r.grant?.workspaces ? { workspaces: r.grant.workspaces } : {}),
+        ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
       });
     } catch (e) {
       if (e instanceof EscalationError)
         throw new OpError("PERMISSION", `the agent's rights must be within the spawner's: ${e.message}`);
       throw e;
     }
-    const cwd = join(this.opts.home, "agents", ...persona.split("/"));
-    mkdirSync(cwd, { recursive: true, mode: 0o700 });
-    if (this.store.getPersona(persona)) this.store.removePersona(persona);
+    // Only ever a key in the agent namespace: a stale one (a crash) is replaced, on the record.
+    this.forget(persona, `stale key of ${uri} replaced`);
     this.store.addPersona(persona, identity.publicKey);
+    this.opts.record("agent.identity.add", `persona://${persona}`, r.spawner, `key of ${uri} spawned by ${r.spawner}`);
+    let launch: Launch | undefined;
     let child: ChildProcess;
     try {
-      child = spawn(r.executable, r.args, {
-        cwd,
-        shell: false,
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe", "pipe"],
+      launch = this.opts.sandbox.launch({
+        executable: r.executable,
+        args: r.args,
         env: {
-          PATH: process.env.PATH ?? "",
-          HOME: cwd,
+          PATH: process.env.PATH ?? "/usr/bin:/bin",
+          HOME: SANDBOX_SCRATCH,
+          TMPDIR: "/tmp",
           KPIP_BOOTSTRAP_FD: "3",
-          KPIP_AGENT: `agent://${id}`,
+          KPIP_AGENT: uri,
           KPIP_PERSONA: persona,
         },
+        network: r.network === true,
+        limits: this.opts.sandbox.limitsFor(r.grant?.limits),
+        // fd 3: the handoff pipe; fd 4: the agent's connection to the kernel (a socket pair).
+        extra: ["pipe", "pipe"],
       });
+      child = spawn(launch.file, launch.args, launch.options);
     } catch (e) {
-      this.store.removePersona(persona);
+      launch?.cleanup();
+      this.forget(persona, `${uri} did not start`);
       this.enforcer.revoke(token.claims.id, "kernel");
       throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${(e as Error).message}`);
     }
@@ -161,7 +187,7 @@ export class AgentManager {
       stdout: null,
       stderr: null,
       tokenId: token.claims.id,
-      cwd,
+      cwd: launch.scratch,
     };
     this.store.putAgent(rec);
     const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 } };
@@ -173,20 +199,21 @@ export class AgentManager {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    const live: Live = { child, persona, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
+    const live: Live = { child, launch, persona, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
     live.timer.unref();
     this.live.set(id, live);
+    this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") });
+    const conn = child.stdio[4] as Socket | null;
+    if (conn) this.opts.accept(new SocketConnection(conn, "agent"));
     // The secrets go through the pipe on fd 3 and nowhere else.
     const boot = child.stdio[3] as Writable | null;
     boot?.on("error", () => {});
-    boot?.end(
-      `${JSON.stringify({ identity: serializeIdentity(identity), token: tokenToString(token), socket: this.opts.socket, agent: `agent://${id}` })}\n`,
-    );
+    boot?.end(`${JSON.stringify({ identity: serializeIdentity(identity), token: tokenToString(token), fd: 4, agent: uri })}\n`);
     child.once("error", (e) => {
       this.log.info({ agent: id, err: e.message }, "agent failed to start");
     });
     child.once("close", (code, signal) => this.exited(id, rec, code, signal));
-    emitKernelEvent(this.events, "agents", persona, id, { agent: `agent://${id}`, state: "running", persona, pid: rec.pid ?? 0 });
+    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona, pid: rec.pid ?? 0 });
     return rec;
   }
 
@@ -194,7 +221,9 @@ export class AgentManager {
     const live = this.live.get(id);
     if (!live) return;
     this.live.delete(id);
+    this.opts.processes.remove("agent", id);
     clearTimeout(live.timer);
+    live.launch.cleanup();
     const state = live.killedBy ? "killed" : "exited";
     const f: Partial<AgentRecord> = {
       state,
@@ -208,12 +237,12 @@ export class AgentManager {
       this.store.updateAgent(id, f);
       // The agent's authority ends with it.
       this.enforcer.revoke(rec.tokenId, "kernel");
-      this.store.removePersona(rec.persona);
+      this.forget(rec.persona, `${agentUri(id)} ended`);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
     }
     emitKernelEvent(this.events, "agents", rec.persona, id, {
-      agent: `agent://${id}`,
+      agent: agentUri(id),
       state,
       exitCode: code ?? -1,
       ...(signal ? { signal } : {}),

@@ -1,10 +1,12 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
-import { type CborValue, encodeCanonical, isErrorClass } from "@kpip/protocol";
+import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
+import type { ProcessTable } from "../sandbox/processes.js";
+import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
 /** An embedder's task function: an export of an ES module, run in a worker thread. */
@@ -26,10 +28,26 @@ export interface ComputeOptions {
   maxRuntimeMs: number;
 }
 
+/** What runs a command: the sandbox, the process table, and the persona's in-flight count. */
+export interface CommandHost {
+  sandbox: Sandbox;
+  processes: ProcessTable;
+  /** Holds one of the persona's `concurrent` slots for the command's life; returns the release. */
+  hold(persona: string): () => void;
+}
+
+/** How one command runs: from the authorizing grant. */
+export interface CommandGrant {
+  grant: Grant | undefined;
+  network: boolean;
+}
+
 interface Running {
   id: string;
   op: OpRecord;
   cancel(reason: "cancelled" | "deadline"): void;
+  /** A command: settles when its whole process tree has ended. */
+  closed?: Promise<void>;
 }
 
 interface PooledWorker {
@@ -40,6 +58,7 @@ interface PooledWorker {
 interface Job {
   op: OpRecord;
   args: CborValue;
+  command?: CommandGrant;
 }
 
 /**
@@ -60,6 +79,7 @@ export class ComputeEngine {
     private readonly events: EventBus,
     private readonly opts: ComputeOptions,
     private readonly log: Logger,
+    private readonly host: CommandHost,
   ) {}
 
   registerTask(name: string, reg: TaskRegistration): void {
@@ -86,7 +106,13 @@ export class ComputeEngine {
     name: string,
     args: CborValue,
     deadline: number | undefined,
+    command?: CommandGrant,
   ): OpRecord {
+    if (kind === "command") {
+      // Refused now, before there is an op: no sandbox, or one process too many.
+      this.host.sandbox.check();
+      this.host.processes.admit(persona, command?.grant);
+    }
     const now = Date.now();
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
@@ -105,7 +131,7 @@ export class ComputeEngine {
       expiresAt: now + this.opts.resultTtlMs,
     };
     this.store.insertOp(op);
-    this.queue.push({ op, args });
+    this.queue.push({ op, args, ...(command ? { command } : {}) });
     this.pump();
     return op;
   }
@@ -134,10 +160,15 @@ export class ComputeEngine {
   }
 
   private pump(): void {
-    while (!this.stopped && this.queue.length) {
-      const job = this.queue[0] as Job;
-      if (job.op.kind === "task" && !this.freeWorker()) return;
-      this.queue.shift();
+    // Tasks wait, in order, for a free worker; a command never waits behind them (it was
+    // admitted as a running process at submit).
+    for (let i = 0; !this.stopped && i < this.queue.length; ) {
+      const job = this.queue[i] as Job;
+      if (job.op.kind === "task" && !this.freeWorker()) {
+        i++;
+        continue;
+      }
+      this.queue.splice(i, 1);
       this.start(job);
     }
   }
@@ -160,25 +191,33 @@ export class ComputeEngine {
     op.startedAt = Date.now();
     this.store.updateOp(op.id, { state: "running", startedAt: op.startedAt });
     const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
-    if (op.kind === "command") this.runCommand(op, job.args, remaining);
+    if (op.kind === "command") this.runCommand(op, job.args, remaining, job.command ?? { grant: undefined, network: false });
     else this.runTask(op, job.args, remaining);
   }
 
-  private runCommand(op: OpRecord, args: CborValue, remainingMs: number): void {
+  private runCommand(op: OpRecord, args: CborValue, remainingMs: number, cg: CommandGrant): void {
     const argv = Array.isArray(args) ? (args as string[]) : [];
+    const { sandbox, processes } = this.host;
+    let launch: Launch | undefined;
     let child: ChildProcess;
     try {
-      // Never a shell: the command and each argument are passed to exec as they are.
-      child = spawn(op.name, argv, {
-        shell: false,
-        detached: true,
-        stdio: ["ignore", "pipe", "pipe"],
-        env: { PATH: process.env.PATH ?? "" },
+      // Never a shell: the command and each argument are passed to exec as they are, in the sandbox.
+      launch = sandbox.launch({
+        executable: op.name,
+        args: argv,
+        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/scratch", TMPDIR: "/tmp" },
+        network: cg.network,
+        limits: sandbox.limitsFor(cg.grant?.limits),
+        extra: [],
       });
+      child = spawn(launch.file, launch.args, launch.options);
     } catch (e) {
+      launch?.cleanup();
       this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${(e as Error).message}`);
       return;
     }
+    const scratch = launch;
+    const release = this.host.hold(op.persona);
     const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 }, truncated: false };
     const collect = (which: "stdout" | "stderr") => (d: Buffer) => {
       const room = this.opts.maxOutputBytes - out.sizes[which];
@@ -192,8 +231,8 @@ export class ComputeEngine {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    let ended: "cancelled" | "deadline" | undefined;
-    const kill = (why: "cancelled" | "deadline") => {
+    let ended: "cancelled" | "deadline" | "removed" | undefined;
+    const kill = (why: "cancelled" | "deadline" | "removed") => {
       ended ??= why;
       try {
         if (child.pid) process.kill(-child.pid, "SIGKILL");
@@ -202,7 +241,9 @@ export class ComputeEngine {
       }
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
-    this.running.set(op.id, { id: op.id, op, cancel: kill });
+    const closed = new Promise<void>((r) => child.once("close", () => r()));
+    this.running.set(op.id, { id: op.id, op, cancel: kill, closed });
+    processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
       spawnError = e;
@@ -210,6 +251,9 @@ export class ComputeEngine {
     child.once("close", (code, signal) => {
       clearTimeout(timer);
       this.running.delete(op.id);
+      processes.remove("command", op.id);
+      release();
+      scratch.cleanup();
       const result = {
         exitCode: code,
         signal: signal ?? null,
@@ -219,6 +263,8 @@ export class ComputeEngine {
       };
       if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
       else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
+      else if (ended === "removed")
+        this.finish(op, "failed", result, "PERMISSION", "killed: the persona that started it was removed");
       else if (spawnError) this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${spawnError.message}`);
       else if (code !== 0) this.finish(op, "failed", result, "SEMANTIC", `${op.name} exited with ${code ?? signal}`);
       else this.finish(op, "succeeded", result);
@@ -319,10 +365,14 @@ export class ComputeEngine {
   /** Kernel stop: running commands are killed, workers terminated, and unfinished ops recorded FAILED/INTERNAL. */
   async stop(): Promise<void> {
     this.stopped = true;
+    const closing: Promise<void>[] = [];
     for (const r of [...this.running.values()]) {
       this.finish(r.op, "failed", null);
       r.cancel("cancelled");
+      if (r.closed) closing.push(r.closed);
     }
+    // Killing a sandbox ends its whole tree at once; wait for it, boundedly, so nothing outlives the kernel.
+    await Promise.race([Promise.all(closing), new Promise((r) => setTimeout(r, 5000).unref())]);
     for (const j of this.queue.splice(0)) this.finish(j.op, "failed", null);
     await Promise.all(this.pool.map((w) => w.worker.terminate()));
     this.pool.length = 0;

@@ -1,19 +1,21 @@
 import type { CborMap, CborValue, Right } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
+import { agentKey, agentUri } from "../agents/namespace.js";
 import type { AgentRecord } from "../store/types.js";
+import { networkGranted } from "./compute.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
-function agentId(ctx: OpContext): string {
+function agentId(ctx: OpContext): [string, string] {
   const segs = ctx.target.segments;
   if (segs.length !== 2 || segs.some((s) => s === "*" || s === "**")) {
     throw new OpError("SEMANTIC", `${ctx.op} takes agent://<executable>/<instance>`);
   }
-  return segs.join("/");
+  return segs as [string, string];
 }
 
 function describe(a: AgentRecord, withOutput = false): CborMap {
   const p: CborMap = {
-    agent: `agent://${a.id}`,
+    agent: agentUri(a.id),
     persona: a.persona,
     spawner: a.spawner,
     command: a.command,
@@ -36,30 +38,35 @@ function describe(a: AgentRecord, withOutput = false): CborMap {
 
 /** agent.spawn / kill / status / logs / list. A persona sees the agents it spawned; the admin sees all. */
 export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamily {
+  // Agent ids are scoped to their spawner: agent://x/y is the caller's own; the admin names another spawner's with args.spawner.
   const visible = (ctx: OpContext): AgentRecord => {
-    const id = agentId(ctx);
-    const a = agents.get(id);
-    if (!a || (a.spawner !== ctx.persona && ctx.persona !== admin)) throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
+    const [executable, instance] = agentId(ctx);
+    const spawner = ctx.args.spawner === undefined ? ctx.persona : String(ctx.args.spawner);
+    const a = spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance)) : undefined;
+    if (!a) throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
     return a;
   };
+  const spawnerArg = { type: "text", description: "the admin only: another persona's agent" } as const;
   return {
     name: "agent",
     ops: [
       {
         op: "agent.spawn",
         description:
-          "Start agent://<executable>/<instance>: a process (no shell) acting as persona <spawner>/<instance> with a token of the requested rights (within the spawner's).",
+          "Start agent://<executable>/<instance> (an id of the spawner's own): a process (no shell) in the process sandbox, acting as persona <spawner>/agent.<instance> with a token of the requested rights (within the spawner's).",
         targets: ["agent"],
         args: {
           args: { type: "array", description: "arguments (text)" },
           rights: { type: "array", required: true, description: "[{ops, targets}] for the agent's token" },
           lifetimeMs: { type: "uint", required: true, description: "the agent is killed after this long" },
           limits: { type: "map", description: "limits for the agent's token (default: the spawner's)" },
+          network: { type: "bool", description: "let the agent reach the network (needs sandbox.network on the target)" },
         },
         idempotent: false,
         effects: true,
         handler: (ctx): OpResult => {
-          const [executable, instance] = agentId(ctx).split("/") as [string, string];
+          const [executable, instance] = agentId(ctx);
+          const network = networkGranted(ctx);
           const args = (ctx.args.args ?? []) as CborValue[];
           if (!args.every((a) => typeof a === "string")) throw new OpError("SEMANTIC", "args must be text strings");
           const rights = ctx.args.rights as unknown as Right[];
@@ -74,6 +81,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
             rights,
             lifetimeMs: ctx.args.lifetimeMs as number,
             ...(ctx.args.limits ? { limits: ctx.args.limits as Record<string, number> } : {}),
+            network,
           });
           return { status: "SUCCESS", payload: describe(a) };
         },
@@ -82,19 +90,19 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         op: "agent.kill",
         description: "Kill a running agent (its whole process group).",
         targets: ["agent"],
-        args: {},
+        args: { spawner: spawnerArg },
         idempotent: true,
         effects: true,
         handler: (ctx) => {
           const a = visible(ctx);
-          return { status: "SUCCESS", payload: { agent: `agent://${a.id}`, killed: agents.kill(a.id) } };
+          return { status: "SUCCESS", payload: { agent: agentUri(a.id), killed: agents.kill(a.id) } };
         },
       },
       {
         op: "agent.status",
         description: "An agent's state, pid, exit code and signal.",
         targets: ["agent"],
-        args: {},
+        args: { spawner: spawnerArg },
         idempotent: true,
         effects: false,
         handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx)) }),
@@ -103,7 +111,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         op: "agent.logs",
         description: "An agent's captured stdout and stderr (bounded).",
         targets: ["agent"],
-        args: {},
+        args: { spawner: spawnerArg },
         idempotent: true,
         effects: false,
         handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx), true) }),

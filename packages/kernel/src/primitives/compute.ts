@@ -1,14 +1,29 @@
-import { type CborMap, type CborValue, decodeCanonical } from "@kpip/protocol";
+import { type CborMap, type CborValue, decodeCanonical, grantAllows } from "@kpip/protocol";
 import type { ComputeEngine } from "../compute/engine.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
-/** The op of `op://<id>`, if it belongs to the caller; another persona's op is reported as absent. */
-function ownOp(store: OpStore, ctx: OpContext): OpRecord {
+/** The right a grant needs for a sandboxed process to reach the network (default: no network). */
+export const NETWORK_RIGHT = "sandbox.network";
+
+/**
+ * The op of `op://<id>`, if it belongs to the caller (or the caller is the admin, who sees and
+ * may cancel every op); another persona's op is reported as absent.
+ */
+function ownOp(store: OpStore, ctx: OpContext, admin: string): OpRecord {
   const id = ctx.target.segments.join("/");
   const op = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
-  if (!op || op.persona !== ctx.persona) throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
+  if (!op || (op.persona !== ctx.persona && ctx.persona !== admin)) throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
   return op;
+}
+
+/** Whether the request asks for, and its grant allows, network access from the sandbox. */
+export function networkGranted(ctx: OpContext): boolean {
+  if (ctx.args.network === undefined || ctx.args.network === false) return false;
+  if (ctx.args.network !== true) throw new OpError("SEMANTIC", "network must be a boolean");
+  if (!ctx.grant || !grantAllows(ctx.grant, NETWORK_RIGHT, ctx.targetUri))
+    throw new OpError("PERMISSION", `network access needs a grant of ${NETWORK_RIGHT} on ${ctx.targetUri}`);
+  return true;
 }
 
 function statusPayload(op: OpRecord): CborMap {
@@ -22,17 +37,18 @@ function statusPayload(op: OpRecord): CborMap {
 }
 
 /** compute.submit (DEFERRED) and the follow-up ops op.status / op.result / op.cancel / op.list. */
-export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveFamily {
+export function computeFamily(engine: ComputeEngine, store: OpStore, admin: string): PrimitiveFamily {
   return {
     name: "compute",
     ops: [
       {
         op: "compute.submit",
         description:
-          "Start a long-running op and answer DEFERRED with its op:// id. Target op://command/<executable> runs an allowed command (args.args: text array, no shell); op://task/<name> runs an embedder's task function in a worker.",
+          "Start a long-running op and answer DEFERRED with its op:// id. Target op://command/<executable> runs an allowed command (args.args: text array, no shell) in the process sandbox; op://task/<name> runs an embedder's task function in a worker.",
         targets: ["op"],
         args: {
           args: { type: "any", description: "command arguments (array of text) or the task's input" },
+          network: { type: "bool", description: "let the command reach the network (needs sandbox.network on the target)" },
           timeoutMs: { type: "uint", description: "stop the op after this long (the intent deadline, if earlier, wins)" },
         },
         idempotent: false,
@@ -48,6 +64,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveF
             throw new OpError("SEMANTIC", "a command's args must be an array of text strings");
           }
           if (kind === "task" && !engine.hasTask(name)) throw new OpError("SEMANTIC", `no task ${name} is registered`);
+          const network = kind === "command" && networkGranted(ctx);
           const timeout = ctx.args.timeoutMs as number | undefined;
           const deadlines = [ctx.deadline, timeout === undefined ? undefined : Date.now() + timeout].filter(
             (d): d is number => d !== undefined,
@@ -59,6 +76,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveF
             name,
             args,
             deadlines.length ? Math.min(...deadlines) : undefined,
+            kind === "command" ? { grant: ctx.grant, network } : undefined,
           );
           return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id } };
         },
@@ -70,7 +88,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveF
         args: {},
         idempotent: true,
         effects: false,
-        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx)) }),
+        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin)) }),
       },
       {
         op: "op.result",
@@ -80,7 +98,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveF
         idempotent: true,
         effects: false,
         handler: (ctx): OpResult => {
-          const op = ownOp(store, ctx);
+          const op = ownOp(store, ctx, admin);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           if (op.state === "succeeded") {
             return {
@@ -100,24 +118,26 @@ export function computeFamily(engine: ComputeEngine, store: OpStore): PrimitiveF
         idempotent: true,
         effects: true,
         handler: (ctx) => {
-          const op = ownOp(store, ctx);
+          const op = ownOp(store, ctx, admin);
           const cancelled = engine.cancel(op.id);
           return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
         },
       },
       {
         op: "op.list",
-        description: "The caller's recent ops, newest first.",
+        description: "The caller's recent ops, newest first (every persona's, with its persona, for the admin).",
         targets: ["kernel"],
         args: { limit: { type: "uint", description: "most ops (default 100)" } },
         idempotent: true,
         effects: false,
-        handler: (ctx) => ({
-          status: "SUCCESS",
-          payload: {
-            ops: store.listOps(ctx.persona, Math.min((ctx.args.limit as number | undefined) ?? 100, 1000)).map(statusPayload),
-          },
-        }),
+        handler: (ctx) => {
+          const all = ctx.persona === admin;
+          const ops = store.listOps(all ? undefined : ctx.persona, Math.min((ctx.args.limit as number | undefined) ?? 100, 1000));
+          return {
+            status: "SUCCESS",
+            payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },
+          };
+        },
       },
     ],
   };

@@ -1,4 +1,5 @@
 import { isPersonaId, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
+import { isAgentPersona } from "../agents/namespace.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -83,6 +84,11 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         effects: true,
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
+          if (isAgentPersona(id))
+            throw new OpError(
+              "PERMISSION",
+              `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
+            );
           const key = ctx.args.publicKey as Uint8Array;
           try {
             publicKeyFromRaw(key);

@@ -14,6 +14,8 @@ export interface SystemInfo {
    * of other personas nor of the host.
    */
   status: (persona: string) => CborMap;
+  /** The process sandbox: mode ("bwrap" | "none"), whether usable, and why not. */
+  sandbox: () => CborMap;
 }
 
 /** system.health, system.info, system.describe. */
@@ -32,7 +34,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
       },
       {
         op: "system.info",
-        description: "Kernel id, version, protocol versions, start time and session count.",
+        description: "Kernel id, version, protocol versions, start time, session count and the process sandbox.",
         targets: ["kernel"],
         args: {},
         idempotent: true,
@@ -46,6 +48,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
             protocols: [...SUPPORTED_VERSIONS],
             startedAt: info.startedAt,
             sessions: info.sessions(),
+            sandbox: info.sandbox(),
           },
         }),
       },

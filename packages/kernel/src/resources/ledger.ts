@@ -98,6 +98,22 @@ export class ResourceLedger {
   }
 
   /**
+   * Counts one more thing in flight for `persona` without a check: a compute command takes over
+   * the slot of the request that started it and holds it for its whole life. Returns the release.
+   */
+  hold(persona: string): () => void {
+    this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      const m = (this.inFlight.get(persona) ?? 1) - 1;
+      if (m <= 0) this.inFlight.delete(persona);
+      else this.inFlight.set(persona, m);
+    };
+  }
+
+  /**
    * Admits one request under the grant's `concurrent` (requests in flight for the persona)
    * and `rate` (requests per second for the token's family: a refreshed copy shares the bucket
    * of the token it came from, `rateKey`) limits; returns the release function.

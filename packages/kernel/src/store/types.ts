@@ -86,9 +86,10 @@ export interface AuditRow {
 /**
  * intent/outcome: an op with effects, before and after; complete: a read-only op; refused;
  * replay: a retry answered from the dedupe record (nothing ran again); session: open, close,
- * errors; offline: an administrative change made without the kernel (from the offline journal).
+ * errors; offline: an administrative change made without the kernel (from the offline journal);
+ * kernel: an act of the kernel itself (the sandbox mode at start, agent identities it registers).
  */
-export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session" | "offline";
+export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session" | "offline" | "kernel";
 
 export interface AuditCheckpoint {
   seq: number;
@@ -247,7 +248,7 @@ export type AgentState = "running" | "exited" | "killed" | "lost";
 
 /** An agent: a real OS process the kernel started, acting as its own persona. */
 export interface AgentRecord {
-  /** "<executable>/<instance>", as in agent://<executable>/<instance>. */
+  /** "<spawner>/<executable>/<instance>": agent://<executable>/<instance> of its spawner (ids are scoped to the spawner). */
   id: string;
   persona: string;
   spawner: string;

@@ -1,0 +1,21 @@
+/**
+ * Agent personas live under their spawner in segments that begin with "agent.": a name no
+ * registered persona may take (persona.register and the CLI refuse it), so an agent can never
+ * replace, inherit or remove a real persona's key.
+ */
+export const AGENT_SEGMENT = "agent.";
+
+/** The persona an agent `instance` of `spawner` acts as. */
+export const agentPersona = (spawner: string, instance: string) => `${spawner}/${AGENT_SEGMENT}${instance}`;
+
+/** Whether `id` is (or lies under) an agent persona: never registered by anyone but the agent manager. */
+export const isAgentPersona = (id: string) => id.split("/").some((s) => s.startsWith(AGENT_SEGMENT));
+
+/** Agent ids are scoped to their spawner: the record key of agent://<executable>/<instance> of `spawner`. */
+export const agentKey = (spawner: string, executable: string, instance: string) => `${spawner}/${executable}/${instance}`;
+
+/** agent://<executable>/<instance> of a record key. */
+export function agentUri(key: string): string {
+  const parts = key.split("/");
+  return `agent://${parts.slice(-2).join("/")}`;
+}

@@ -1,0 +1,295 @@
+import { type SpawnOptions, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import {
+  accessSync,
+  chmodSync,
+  chownSync,
+  constants,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readlinkSync,
+  rmdirSync,
+  rmSync,
+} from "node:fs";
+import { delimiter, join, resolve } from "node:path";
+import { OpError } from "../primitives/types.js";
+import { leakedDescriptors } from "./descriptors.js";
+
+/** How the kernel runs the processes it starts: in bubblewrap, or (explicitly) without a sandbox. */
+export type SandboxMode = "bwrap" | "none";
+
+/** Resource limits of one sandbox; 0 = no limit. */
+export interface SandboxLimits {
+  /** Processes and threads inside the sandbox (RLIMIT_NPROC, counted per sandbox: see below). */
+  processes: number;
+  /** Address space of each process, in bytes (RLIMIT_AS). */
+  memoryBytes: number;
+  /** CPU time of each process, in seconds (RLIMIT_CPU). */
+  cpuSeconds: number;
+  /** Largest file a process may write, in bytes (RLIMIT_FSIZE). */
+  fileBytes: number;
+}
+
+export interface SandboxConfig {
+  mode: SandboxMode;
+  /** Extra read-only paths the programs need (an interpreter's install, a script's directory). */
+  readPaths: string[];
+  /** Parent of the per-process scratch directories (never inside the kernel home). */
+  scratchRoot: string;
+  /** The unprivileged uid/gid bubblewrap runs as when the kernel runs as root. */
+  uid: number;
+  /** Paths no sandbox may see even when a read path contains them (home, socket directory, scratch root). */
+  hidden: string[];
+  limits: SandboxLimits;
+  /** The bubblewrap program (default: found on PATH or in the system directories). */
+  program?: string;
+}
+
+/** One process to start in a sandbox. */
+export interface SandboxSpec {
+  executable: string;
+  args: string[];
+  /** The whole environment the program gets (nothing else is inherited). */
+  env: Record<string, string>;
+  /** Whether the grant allows network access (otherwise: a private network namespace with no interfaces). */
+  network: boolean;
+  limits: SandboxLimits;
+  /** Descriptors beyond 0–2 the caller hands over (as node stdio entries). */
+  extra: SpawnOptions["stdio"] & unknown[];
+}
+
+/** What to hand node's spawn, and the scratch directory to remove when the process tree has ended. */
+export interface Launch {
+  file: string;
+  args: string[];
+  options: SpawnOptions;
+  scratch: string;
+  /** Removes the scratch directory (its rule: it lives exactly as long as its process tree). */
+  cleanup(): void;
+}
+
+/** The process sandbox is not usable; nothing is started. */
+export class SandboxUnavailableError extends OpError {
+  constructor(reason: string) {
+    super(
+      "RESOURCE",
+      `no process sandbox: ${reason}. Install bubblewrap (e.g. \`apt-get install bubblewrap\`) and allow unprivileged user namespaces, or start the kernel with --sandbox none to run processes unconfined`,
+    );
+  }
+}
+
+/** System directories bound read-only into every sandbox (those that exist here). */
+const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"];
+/** Where the scratch directory appears inside the sandbox (also the working directory and HOME). */
+export const SANDBOX_SCRATCH = "/scratch";
+
+const SCRATCH_NAME = /^[0-9a-f]{24}$/;
+const within = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
+
+function findProgram(name: string, path: string): string | undefined {
+  for (const d of path.split(delimiter)) {
+    if (!d) continue;
+    const p = join(d, name);
+    try {
+      accessSync(p, constants.X_OK);
+      return p;
+    } catch {
+      // not here
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Every process the kernel starts runs through here. With mode "bwrap": bubblewrap with new
+ * user, PID, IPC, UTS, cgroup and (unless granted) network namespaces; the system directories
+ * read-only, one private writable scratch directory, a fresh /proc, /dev and /tmp, no view of the
+ * home, the keys, the socket or other sandboxes; all capabilities dropped, its own session,
+ * killed with the kernel. As root, bubblewrap itself runs as an unprivileged uid, so nothing
+ * inside is root outside and RLIMIT_NPROC applies. The limits are set by prlimit inside the new
+ * user namespace, where the kernel counts RLIMIT_NPROC per namespace: one sandbox's fork bomb
+ * is stopped at its own bound and does not eat other sandboxes' share.
+ */
+export class Sandbox {
+  /** Why the sandbox cannot be used, when it cannot (mode "bwrap" only). */
+  readonly unavailable: string | undefined;
+  private readonly bwrap: string | undefined;
+  private readonly prlimit: string | undefined;
+  private readonly asRoot = process.getuid?.() === 0;
+  /**
+   * Found once: only what the kernel inherited lacks close-on-exec (all it opens itself has it),
+   * so a later scan would find nothing new, and costs a read per open descriptor.
+   */
+  private readonly leaked = leakedDescriptors(3);
+
+  constructor(readonly config: SandboxConfig) {
+    if (config.mode === "none") return;
+    const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
+    this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
+    this.unavailable = this.probe();
+  }
+
+  get mode(): SandboxMode {
+    return this.config.mode;
+  }
+
+  /** A real trial run: the sandbox is usable only if a program actually ran inside it. */
+  private probe(): string | undefined {
+    if (!this.bwrap) return "bubblewrap (bwrap) is not installed";
+    if (!this.prlimit) return "prlimit (util-linux) is not installed";
+    let launch: Launch;
+    try {
+      launch = this.launch({
+        executable: "sh",
+        args: ["-c", "test ! -e /proc/1/cwd/nonexistent && echo sandboxed"],
+        env: { PATH: "/usr/bin:/bin" },
+        network: false,
+        limits: this.config.limits,
+        extra: [],
+      });
+    } catch (e) {
+      return `cannot prepare a sandbox: ${(e as Error).message}`;
+    }
+    try {
+      const r = spawnSync(launch.file, launch.args, { ...launch.options, encoding: "utf8", timeout: 20_000 });
+      if (r.error) return `bubblewrap did not run: ${r.error.message}`;
+      if (r.status !== 0 || r.stdout.trim() !== "sandboxed") {
+        const why = (r.stderr || "").trim().split("\n").pop() || `exit ${r.status ?? r.signal}`;
+        return `bubblewrap failed its trial run (${why}): unprivileged user namespaces may be disabled (e.g. Ubuntu's AppArmor restriction: kernel.apparmor_restrict_unprivileged_userns), or a read path or the scratch directory is not reachable by the sandbox's user`;
+      }
+      return undefined;
+    } finally {
+      launch.cleanup();
+      // The root is made again by the first real launch: a kernel that never starts a process
+      // (or dies without stopping) leaves nothing behind.
+      try {
+        rmdirSync(this.config.scratchRoot);
+      } catch {
+        // not empty (an operator's directory) or already gone
+      }
+    }
+  }
+
+  /** Throws {@link SandboxUnavailableError} when processes may not be started. */
+  check(): void {
+    if (this.config.mode === "bwrap" && this.unavailable) throw new SandboxUnavailableError(this.unavailable);
+  }
+
+  /**
+   * Removes scratch directories a crashed kernel left (none of their processes can still run:
+   * they died with it). Only entries named as this class names them; the root itself stays.
+   */
+  sweep(): void {
+    let names: string[];
+    try {
+      names = readdirSync(this.config.scratchRoot);
+    } catch {
+      return;
+    }
+    for (const n of names) if (SCRATCH_NAME.test(n)) rmSync(join(this.config.scratchRoot, n), { recursive: true, force: true });
+  }
+
+  /**
+   * At kernel stop, when no process of its is left: the scratch directories, and the scratch
+   * root itself when the kernel named it (never an operator's directory).
+   */
+  close(ownRoot: boolean): void {
+    this.sweep();
+    if (ownRoot) rmSync(this.config.scratchRoot, { recursive: true, force: true });
+  }
+
+  /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
+  launch(spec: SandboxSpec): Launch {
+    const root = this.config.scratchRoot;
+    mkdirSync(root, { recursive: true, mode: 0o711 });
+    const st = lstatSync(root);
+    if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid))
+      throw new Error(`scratch root ${root} is not a directory owned by the kernel's user`);
+    // Others may pass through (the unprivileged sandbox uid must reach its own directory) but not list it.
+    chmodSync(root, 0o711);
+    const scratch = join(root, randomBytes(12).toString("hex"));
+    mkdirSync(scratch, { mode: 0o700 });
+    const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
+    if (runAs !== undefined) chownSync(scratch, runAs, runAs);
+    const cleanup = () => rmSync(scratch, { recursive: true, force: true });
+    const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
+    // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
+    // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.
+    const { fds, devNull } = this.leaked;
+    for (const fd of fds) {
+      if (fd < stdio.length) continue;
+      while (stdio.length < fd) stdio.push("ignore");
+      stdio[fd] = devNull;
+    }
+    const options: SpawnOptions = {
+      shell: false,
+      detached: true,
+      env: spec.env,
+      stdio: stdio as SpawnOptions["stdio"],
+      ...(runAs !== undefined ? { uid: runAs, gid: runAs } : {}),
+    };
+    if (this.config.mode === "none") {
+      return { file: spec.executable, args: spec.args, options: { ...options, cwd: scratch }, scratch, cleanup };
+    }
+    const a: string[] = [
+      "--unshare-user",
+      "--unshare-pid",
+      "--unshare-ipc",
+      "--unshare-uts",
+      "--unshare-cgroup-try",
+      ...(spec.network ? [] : ["--unshare-net"]),
+      "--uid",
+      "65534",
+      "--gid",
+      "65534",
+      "--hostname",
+      "kpip-sandbox",
+      "--die-with-parent",
+      "--new-session",
+      "--cap-drop",
+      "ALL",
+    ];
+    for (const d of SYSTEM_DIRS) {
+      let s: ReturnType<typeof lstatSync>;
+      try {
+        s = lstatSync(d);
+      } catch {
+        continue;
+      }
+      if (s.isSymbolicLink()) a.push("--symlink", readlinkSync(d), d);
+      else if (s.isDirectory()) a.push("--ro-bind", d, d);
+    }
+    const reads = this.config.readPaths.map((p) => resolve(p));
+    for (const p of reads) a.push("--ro-bind-try", p, p);
+    a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
+    // What a read path would otherwise reveal is covered with an empty tmpfs.
+    for (const h of this.config.hidden.map((p) => resolve(p))) {
+      if ([...SYSTEM_DIRS, ...reads].some((r) => within(h, r))) a.push("--tmpfs", h);
+    }
+    a.push("--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--");
+    const l = spec.limits;
+    a.push(this.prlimit as string);
+    if (l.processes) a.push(`--nproc=${l.processes}:${l.processes}`);
+    if (l.memoryBytes) a.push(`--as=${l.memoryBytes}:${l.memoryBytes}`);
+    if (l.cpuSeconds) a.push(`--cpu=${l.cpuSeconds}:${l.cpuSeconds}`);
+    if (l.fileBytes) a.push(`--fsize=${l.fileBytes}:${l.fileBytes}`);
+    a.push("--", spec.executable, ...spec.args);
+    return { file: this.bwrap as string, args: a, options, scratch, cleanup };
+  }
+
+  /** The tighter of the kernel's limits and a grant's (`sandbox.processes`, `sandbox.memory`, `sandbox.cpu`, `sandbox.fileSize`). */
+  limitsFor(grant: Record<string, number> | undefined): SandboxLimits {
+    const c = this.config.limits;
+    // A grant's 0 is the tightest bound there is, not "none" (prlimit's 0 would be).
+    const min = (k: number, g: number | undefined) =>
+      g === undefined ? k : k === 0 ? Math.max(1, g) : Math.min(k, Math.max(1, g));
+    return {
+      processes: min(c.processes, grant?.["sandbox.processes"]),
+      memoryBytes: min(c.memoryBytes, grant?.["sandbox.memory"]),
+      cpuSeconds: min(c.cpuSeconds, grant?.["sandbox.cpu"]),
+      fileBytes: min(c.fileBytes, grant?.["sandbox.fileSize"]),
+    };
+  }
+}

@@ -1,0 +1,58 @@
+import { createHash } from "node:crypto";
+import { tmpdir } from "node:os";
+import { dirname, join, resolve } from "node:path";
+import type { CborMap } from "@kpip/protocol";
+import { ConfigError, type KernelConfig } from "../config.js";
+import type { Logger } from "../log.js";
+import { Sandbox } from "./sandbox.js";
+
+/**
+ * The kernel's process sandbox from its configuration, probed once with a real trial run.
+ * Unusable: the kernel still starts, but agent.spawn and command compute are refused (fail
+ * closed) with an error naming the fix. `--sandbox none` is said loudly.
+ */
+export function openSandbox(c: KernelConfig, log: Logger, program?: string): Sandbox {
+  const uid = process.getuid?.() ?? 0;
+  const scratchRoot =
+    c.sandboxScratch ||
+    join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
+  if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
+    throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
+  const sandbox = new Sandbox({
+    mode: c.sandbox as "bwrap" | "none",
+    readPaths: c.sandboxReadPaths.split(":").filter(Boolean),
+    scratchRoot,
+    uid: c.sandboxUid,
+    hidden: [c.home, dirname(c.socket), scratchRoot, ...(c.auditAnchorFile ? [dirname(resolve(c.auditAnchorFile))] : [])],
+    limits: {
+      processes: c.sandboxProcesses,
+      memoryBytes: c.sandboxMemoryBytes,
+      cpuSeconds: c.sandboxCpuSeconds,
+      fileBytes: c.sandboxFileBytes,
+    },
+    ...(program ? { program } : {}),
+  });
+  // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
+  sandbox.sweep();
+  if (sandbox.mode === "none")
+    log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
+  else if (sandbox.unavailable)
+    log.error({ reason: sandbox.unavailable }, "no process sandbox: agent.spawn and command compute are refused");
+  else log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
+  return sandbox;
+}
+
+/** The audit record's message for the sandbox the kernel started with. */
+export function sandboxSummary(s: Sandbox): string {
+  if (s.mode === "none") return "sandbox none: agents and commands run unconfined (operator's explicit choice)";
+  return s.unavailable ? `sandbox bwrap unavailable (${s.unavailable}): agents and commands refused` : "sandbox bwrap";
+}
+
+/** What system.info and system.status say about the sandbox. */
+export function sandboxInfo(s: Sandbox | undefined): CborMap {
+  return {
+    mode: s?.mode ?? "none",
+    usable: s ? s.mode === "none" || !s.unavailable : false,
+    ...(s?.unavailable ? { reason: s.unavailable } : {}),
+  };
+}

@@ -1,0 +1,169 @@
+// Hostile programs as real processes in the process sandbox: each tries to reach what the
+// kernel must keep from it, and each fails; the kernel keeps serving; nothing outlives it.
+import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
+import net from "node:net";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import type { KernelClient } from "@kpip/client";
+import { HOME_FILES, ROOT_KEYS_FILE } from "../src/index.js";
+import { kernelForSuite, sandboxSkip, until } from "./harness.js";
+
+/** Runs `sh -c script` as a compute command; the script always exits 0 and says what happened. */
+async function sh(c: KernelClient, script: string, extra: Record<string, unknown> = {}): Promise<string> {
+  const d = await c.call("compute.submit", "op://command/sh", { args: ["-c", `${script}; exit 0`], ...extra });
+  const r = (await c.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array; stderr: Uint8Array };
+  return `${Buffer.from(r.stdout).toString()}${Buffer.from(r.stderr).toString()}`;
+}
+
+/** Pids of host processes whose command line contains `marker`. */
+function processesWith(marker: string): number[] {
+  const found: number[] = [];
+  for (const p of readdirSync("/proc")) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (readFileSync(`/proc/${p}/cmdline`, "utf8").split("\0").includes(marker)) found.push(Number(p));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found;
+}
+
+/** A sleep duration no other process on the machine uses: the marker of an escape attempt. */
+const marker = () => String(400_000 + Math.floor(Math.random() * 500_000));
+
+describe("the process sandbox against hostile programs", { skip: sandboxSkip }, () => {
+  const s = kernelForSuite({ sandboxProcesses: 48 });
+  const secret = (f: string) => join(s.t.home, f);
+
+  const assertServing = async () => {
+    assert.equal(((await s.admin.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
+  };
+
+  it("cannot see the kernel home", async () => {
+    const out = await sh(s.admin, `ls -a ${s.t.home} 2>&1; ls -a ${join(s.t.home, "..")} 2>&1 | grep -c kpip-`);
+    assert.match(out, /No such file or directory/);
+    assert.doesNotMatch(out, /kernel\.db|kernel\.key/);
+    await assertServing();
+  });
+
+  it("cannot read the token keys", async () => {
+    const keys = readFileSync(secret(ROOT_KEYS_FILE), "utf8");
+    const out = await sh(s.admin, `cat ${secret(ROOT_KEYS_FILE)} 2>&1; cat ${secret(HOME_FILES.kernelKey)} 2>&1`);
+    assert.match(out, /No such file or directory/);
+    assert.ok(!out.includes(keys.slice(0, 40)), out);
+    await assertServing();
+  });
+
+  it("cannot read the database", async () => {
+    const out = await sh(s.admin, `head -c 64 ${secret(HOME_FILES.database)} 2>&1; ls ${secret("")} 2>&1`);
+    assert.match(out, /No such file or directory/);
+    assert.doesNotMatch(out, /SQLite format/);
+    await assertServing();
+  });
+
+  it("cannot read identity files or tokens", async () => {
+    const out = await sh(s.admin, `cat ${secret(HOME_FILES.adminIdentity)} ${secret(HOME_FILES.adminToken)} 2>&1`);
+    assert.match(out, /No such file or directory/);
+    assert.doesNotMatch(out, /privateKey|identity\/v1/);
+    await assertServing();
+  });
+
+  it("cannot read the kernel's /proc entries: environ and cwd", async () => {
+    const pid = process.pid;
+    const out = await sh(
+      s.admin,
+      `cat /proc/${pid}/environ 2>&1; readlink /proc/${pid}/cwd 2>&1; echo; ls /proc | grep -c '^[0-9]'; cat /proc/1/environ | tr '\\0' '\\n'`,
+    );
+    assert.ok(!out.includes(s.t.home), out);
+    assert.ok(!out.includes(process.cwd()), out);
+    // Only the sandbox's own few processes exist in its PID namespace.
+    const counts = out.split("\n").filter((l) => /^\d+$/.test(l));
+    assert.ok(counts.length >= 1 && Number(counts[0]) < 10, out);
+    assert.doesNotMatch(out, /KPIP_HOME|PWD=/);
+    await assertServing();
+  });
+
+  it("cannot read another persona's scratch directory", async () => {
+    const alice = await s.t.persona("alice", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const bob = await s.t.persona("bob", [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }]);
+    const a = await s.t.connect(alice.identity, [alice.token]);
+    const b = await s.t.connect(bob.identity, [bob.token]);
+    const ag = await a.agents.spawn("sh", "keeper", {
+      args: ["-c", "echo alice-private > /scratch/note; echo ready; exec sleep 300"],
+      rights: [],
+      lifetimeMs: 60_000,
+    });
+    await until(async () =>
+      Buffer.from((await a.agents.logs("agent://sh/keeper")).stdout)
+        .toString()
+        .includes("ready"),
+    );
+    const rec = s.t.k.database.getAgent("alice/sh/keeper");
+    assert.ok(rec && !rec.cwd.startsWith(s.t.home), "the scratch directory lies outside the home");
+    const out = await sh(b, `cat ${rec.cwd}/note 2>&1; ls ${join(rec.cwd, "..")} 2>&1; cat /scratch/note 2>&1`);
+    assert.ok(!out.includes("alice-private"), out);
+    assert.match(out, /No such file or directory/);
+    await a.agents.kill(ag.agent as string);
+    await until(async () => (await a.agents.status("agent://sh/keeper")).state === "killed");
+    await until(() => !readdirSync(join(rec.cwd, "..")).includes(rec.cwd.split("/").pop() as string), 10_000, "scratch removed");
+  });
+
+  it("cannot open a network connection without a grant; can with sandbox.network", async () => {
+    let accepted = 0;
+    const server = net.createServer((sock) => {
+      accepted++;
+      sock.destroy();
+    });
+    await new Promise<void>((r) => server.listen(0, "127.0.0.1", r));
+    const port = (server.address() as net.AddressInfo).port;
+    const dial = `require("net").connect(${port},"127.0.0.1").on("connect",()=>{console.log("CONNECTED");process.exit(0)}).on("error",e=>{console.log("ERR",e.code);process.exit(0)})`;
+    try {
+      const c = s.admin;
+      const denied = (await c.ops.wait(await c.compute.command("node", ["-e", dial]))) as { stdout: Uint8Array };
+      assert.match(Buffer.from(denied.stdout).toString(), /ERR (ECONNREFUSED|ENETUNREACH|EADDRNOTAVAIL)/);
+      assert.equal(accepted, 0);
+      const p = await s.t.persona("netless", [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }]);
+      const pc = await s.t.connect(p.identity, [p.token]);
+      const refused = await pc.call("compute.submit", "op://command/node", { args: ["-e", dial], network: true }).catch((e) => e);
+      assert.equal((refused as { errorClass?: string }).errorClass, "PERMISSION");
+      const d = await c.call("compute.submit", "op://command/node", { args: ["-e", dial], network: true });
+      const ok = (await c.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
+      assert.match(Buffer.from(ok.stdout).toString(), /CONNECTED/);
+    } finally {
+      server.close();
+    }
+    await assertServing();
+  });
+
+  /** An agent starts `escapeBy(marker)` and goes on; killing the agent must end the escaped process too. */
+  const escapes = async (escapeBy: (m: string) => string) => {
+    const m = marker();
+    await s.admin.agents.spawn("sh", `esc-${m}`, {
+      args: ["-c", `${escapeBy(m)}\necho started\nexec sleep 300`],
+      rights: [],
+      lifetimeMs: 60_000,
+    });
+    await until(() => processesWith(m).length > 0, 10_000, "the escaped process runs");
+    await s.admin.agents.kill(`agent://sh/esc-${m}`);
+    await until(async () => (await s.admin.agents.status(`agent://sh/esc-${m}`)).state === "killed", 10_000, "killed");
+    await until(() => processesWith(m).length === 0, 10_000, "nothing survives the agent");
+    await assertServing();
+  };
+
+  it("an agent escaping with setsid is killed with it", () => escapes((m) => `setsid sleep ${m} > /dev/null 2>&1 &`));
+
+  it("an agent escaping with a double fork is killed with it", () => escapes((m) => `(sh -c 'sleep ${m} > /dev/null 2>&1 &' &)`));
+
+  it("a fork bomb stops at the sandbox's process bound", async () => {
+    const m = marker();
+    // In a subshell: the shell gives up ("Cannot fork") when the bound is reached.
+    const out = await sh(s.admin, `(i=0; while [ $i -lt 2000 ]; do sleep ${m} & i=$((i+1)); echo "n=$i"; done) 2>&1`);
+    const started = Math.max(...[...out.matchAll(/n=(\d+)/g)].map((x) => Number(x[1])));
+    assert.ok(started < 48, `at most the bound: ${started}`);
+    assert.match(out, /fork|Resource temporarily unavailable/i);
+    await until(() => processesWith(m).length === 0, 10_000, "the bomb's processes end with its sandbox");
+    await assertServing();
+  });
+});

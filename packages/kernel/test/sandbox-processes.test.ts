@@ -1,0 +1,256 @@
+// The processes the kernel starts: accounted for their whole life, killed with their persona,
+// visible to the admin, never touching the registry of real personas, refused without a sandbox.
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { closeSync, mkdtempSync, openSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient, KpipError } from "@kpip/client";
+import { generateIdentity, tokenFromString } from "@kpip/protocol";
+import { kernelForSuite, RawPeer, removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, until } from "./harness.js";
+
+const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+const klass = (c: string) => (e: unknown) => e instanceof KpipError && e.errorClass === c;
+const state = async (c: KernelClient, op: string) => (await c.ops.status(op)).state;
+
+describe("process accounting and agent identities", { skip: sandboxSkip }, () => {
+  const s = kernelForSuite();
+
+  it("commands count against agents and concurrent for their whole life; removal kills them; the admin lists and cancels them", async () => {
+    const rights = [{ ops: ["compute.submit", "op.*", "agent.*"], targets: ["op://**", "agent://**", "kernel://"] }];
+    const p = await s.t.persona("busy", rights, { limits: { concurrent: 2, agents: 1 } });
+    const c = await s.t.connect(p.identity, [p.token]);
+    const first = await c.compute.command("sleep", ["300"]);
+    await until(async () => (await state(c, first.op)) === "running", 30_000, "first running");
+    // One process already runs under agents=1: neither a second command nor an agent starts.
+    await assert.rejects(c.compute.command("sleep", ["300"]), klass("RESOURCE"));
+    await assert.rejects(c.agents.spawn("sleep", "a", { args: ["300"], rights: [], lifetimeMs: 60_000 }), klass("RESOURCE"));
+    assert.equal(s.t.k.status().processes, 1);
+    // The running command holds one of the two concurrent slots after its DEFERRED answer.
+    const list = (await s.admin.call("op.list", "kernel://")).payload as { ops: { op: string; persona?: string }[] };
+    assert.ok(
+      list.ops.some((o) => o.op === first.op && o.persona === "busy"),
+      "the admin sees every op",
+    );
+    const cancelled = (await s.admin.call("op.cancel", first.op)).payload as { cancelled: boolean };
+    assert.equal(cancelled.cancelled, true);
+    await until(async () => (await state(c, first.op)) === "cancelled", 30_000, "first cancelled");
+    const second = await c.compute.command("sleep", ["300"]);
+    await until(async () => (await state(c, second.op)) === "running", 30_000, "second running");
+    await s.admin.call("persona.remove", "persona://busy");
+    const st = await until(
+      () => {
+        const op = s.t.k.database.getOp(second.op.slice(5));
+        return op && op.state !== "running" ? op : undefined;
+      },
+      30_000,
+      "second killed with its persona",
+    );
+    assert.notEqual(st.state, "succeeded");
+    await until(() => s.t.k.status().processes === 0, 30_000, "no process left");
+  });
+
+  it("the kernel-wide process bound holds for every persona, the admin included", async () => {
+    const t = await startKernel({ maxProcesses: 1 });
+    try {
+      const c = await t.admin();
+      const d = await c.compute.command("sleep", ["300"]);
+      const e = await c.compute.command("sleep", ["300"]).catch((x) => x);
+      assert.ok(klass("RESOURCE")(e) && /already runs 1 processes/.test(e.message), String(e));
+      await c.ops.cancel(d);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an agent never touches a registered persona: its own namespace, audited, and persona.register refuses it", async () => {
+    const sp = await s.t.persona("sp", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    // A real persona sp/w1 with an open session, the very name the old scheme gave the agent.
+    const real = await s.t.persona("sp/w1", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    const rc = await s.t.connect(real.identity, [real.token]);
+    const c = await s.t.connect(sp.identity, [sp.token]);
+    const a = await c.agents.spawn("sleep", "w1", { args: ["300"], rights: [], lifetimeMs: 60_000 });
+    assert.equal(a.persona, "sp/agent.w1");
+    assert.deepEqual(
+      Buffer.from(s.t.k.database.getPersona("sp/w1")?.publicKey ?? []),
+      Buffer.from(real.identity.publicKey),
+      "the real persona keeps its key",
+    );
+    await c.agents.kill("agent://sleep/w1");
+    await until(async () => (await c.agents.status("agent://sleep/w1")).state === "killed");
+    await until(() => s.t.k.database.getPersona("sp/agent.w1") === undefined, 5000, "the agent key removed");
+    assert.ok(s.t.k.database.getPersona("sp/w1"), "the real persona is still registered");
+    assert.equal(((await rc.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
+    const audited = s.t.k.database.queryAudit({ op: "agent.identity.add", limit: 10 });
+    assert.ok(
+      audited.some((r) => r.target === "persona://sp/agent.w1" && r.phase === "kernel"),
+      JSON.stringify(audited),
+    );
+    await until(() => s.t.k.database.queryAudit({ op: "agent.identity.remove", limit: 10 }).length > 0);
+    const squat = await s.admin
+      .call("persona.register", "persona://sp/agent.w2", { publicKey: generateIdentity("sp/agent.w2").publicKey })
+      .catch((e) => e);
+    assert.ok(klass("PERMISSION")(squat), String(squat));
+  });
+
+  it("a spawner whose token restricts domains can spawn, and its agent's token keeps them", async () => {
+    const id = generateIdentity("dom");
+    s.t.k.database.addPersona("dom", id.publicKey);
+    const minted = (
+      await s.admin.call("token.mint", "persona://dom", {
+        rights: [{ ops: ["agent.*"], targets: ["agent://**"] }],
+        ttlMs: 3_600_000,
+        domains: ["d1"],
+      })
+    ).payload as { token: Uint8Array };
+    const peer = await RawPeer.connect(s.t.k.socketPath);
+    try {
+      await peer.handshake(id, [minted.token]);
+      // The agent shows what it was handed on fd 3 (its token), then waits to be killed.
+      const spawnArgs = { args: ["-c", "cat <&3; exec sleep 300"], rights: [], lifetimeMs: 60_000 };
+      peer.request(1, { op: "agent.spawn", target: "agent://sh/dw", args: spawnArgs }, { persona: "dom", domain: "d1" });
+      const r = await peer.response(1, 10_000);
+      assert.equal(r.status, "SUCCESS", r.message);
+      // The admin reads another spawner's agent by naming the spawner.
+      const boot = await until(async () => {
+        const logs = (await s.admin.call("agent.logs", "agent://sh/dw", { spawner: "dom" })).payload as { stdout: Uint8Array };
+        const out = Buffer.from(logs.stdout).toString();
+        return out.includes("\n") ? (JSON.parse(out.split("\n")[0] as string) as { token: string }) : undefined;
+      });
+      assert.deepEqual(tokenFromString(boot.token).claims.domains, ["d1"]);
+      peer.request(2, { op: "agent.kill", target: "agent://sh/dw", args: {} }, { persona: "dom", domain: "d1" });
+      assert.equal((await peer.response(2, 10_000)).status, "SUCCESS");
+    } finally {
+      peer.close();
+    }
+  });
+});
+
+describe("without a usable sandbox", () => {
+  it("agent.spawn and command compute are refused naming the fix; tasks still run", async () => {
+    const t = await startKernel({ bwrapPath: "/nonexistent/bwrap" }, undefined, (k) =>
+      k.registerTask("one", { module: `data:text/javascript,export default () => 1` }),
+    );
+    try {
+      const c = await t.admin();
+      const info = (await c.call("system.info", "kernel://")).payload as { sandbox: { mode: string; usable: boolean } };
+      assert.deepEqual([info.sandbox.mode, info.sandbox.usable], ["bwrap", false]);
+      for (const attempt of [
+        () => c.compute.command("true"),
+        () => c.agents.spawn("true", "x", { args: [], rights: [], lifetimeMs: 1000 }),
+      ]) {
+        const e = await attempt().catch((x) => x);
+        assert.ok(klass("RESOURCE")(e) && /bubblewrap/.test(e.message) && /--sandbox none/.test(e.message), String(e));
+      }
+      assert.equal(await c.ops.wait(await c.compute.task("one")), 1);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("--sandbox none runs them unconfined, and says so: log, audit, system.info, status", async () => {
+    const t = await startKernel({ sandbox: "none" });
+    try {
+      const c = await t.admin();
+      const info = (await c.call("system.info", "kernel://")).payload as { sandbox: { mode: string; usable: boolean } };
+      assert.deepEqual([info.sandbox.mode, info.sandbox.usable], ["none", true]);
+      assert.equal((t.k.status().sandbox as { mode: string }).mode, "none");
+      const rec = t.k.database.queryAudit({ op: "kernel.sandbox", limit: 5 });
+      assert.ok(
+        rec.some((r) => /unconfined/.test(r.message ?? "")),
+        JSON.stringify(rec),
+      );
+      const r = (await c.ops.wait(await c.compute.command("echo", ["hi"]))) as { stdout: Uint8Array };
+      assert.equal(Buffer.from(r.stdout).toString(), "hi\n");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("a kernel process and what it inherited", { skip: sandboxSkip }, () => {
+  /** `kpip kernel` as its own process, with `extra` open on descriptor 200. */
+  async function cliKernel(home: string, extra?: number) {
+    const stdio: (number | "ignore" | "pipe" | "inherit")[] = ["ignore", "pipe", "inherit"];
+    if (extra !== undefined) {
+      while (stdio.length < 200) stdio.push("ignore");
+      stdio.push(extra);
+    }
+    const child = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent"], {
+      stdio,
+      env: { ...process.env, KPIP_SANDBOX_READ_PATHS: SANDBOX_READ_PATHS },
+    });
+    await new Promise<void>((r) => child.stdout?.on("data", (d) => String(d).includes("is running") && r()));
+    const c = await KernelClient.connect({
+      socket: join(home, "kernel.sock"),
+      identity: join(home, "admin.identity"),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+      reconnect: false,
+    });
+    return { child, c };
+  }
+
+  it("a descriptor the kernel inherited cannot be written through from the sandbox", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const target = join(home, "..", `${home.split("/").pop()}-fd200`);
+    const fd = openSync(target, "w");
+    const { child, c } = await cliKernel(home, fd);
+    closeSync(fd);
+    try {
+      const script = `const fs=require("fs");let w="";try{fs.writeSync(200,"pwned");w="WROTE"}catch(e){w=e.code}console.log(w,fs.readlinkSync("/proc/self/fd/200"))`;
+      const r = (await c.ops.wait(await c.compute.command("node", ["-e", script]))) as { stdout: Uint8Array };
+      assert.match(Buffer.from(r.stdout).toString(), /^EBADF \/dev\/null/);
+      const a = await c.agents.spawn("node", "fdw", { args: ["-e", script], rights: [], lifetimeMs: 30_000 });
+      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 15_000);
+      assert.match(Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString(), /^EBADF \/dev\/null/);
+      assert.equal(readFileSync(target, "utf8"), "", "nothing was written through the inherited descriptor");
+    } finally {
+      await c.close();
+      child.kill("SIGTERM");
+      await new Promise((r) => child.once("exit", r));
+      removeHome(home);
+      removeHome(target);
+    }
+  });
+
+  it("stops promptly on SIGTERM while an agent's escaped child held its pipes, and nothing survives", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const { child, c } = await cliKernel(home);
+    const m = String(400_000 + Math.floor(Math.random() * 500_000));
+    try {
+      await c.agents.spawn("sh", "esc", {
+        args: ["-c", `setsid sleep ${m} &\necho up\nexec sleep 600`],
+        rights: [],
+        lifetimeMs: 600_000,
+      });
+      await until(async () =>
+        Buffer.from((await c.agents.logs("agent://sh/esc")).stdout)
+          .toString()
+          .includes("up"),
+      );
+      await c.close();
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      // Generous, not a timing assertion: without the sandbox the kernel waited the full sleep.
+      const r = await Promise.race([exited.then(() => "exited"), new Promise((res) => setTimeout(res, 60_000, "hung").unref())]);
+      assert.equal(r, "exited");
+      const left = spawn("pgrep", ["-f", `^sleep ${m}$`]);
+      const out = await new Promise<string>((res) => {
+        let o = "";
+        left.stdout.on("data", (d) => {
+          o += d;
+        });
+        left.once("close", () => res(o));
+      });
+      assert.equal(out.trim(), "", "the escaped child is gone");
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      removeHome(home);
+    }
+  });
+});
