@@ -465,9 +465,11 @@ export class Kernel {
       agents: { running: this.agents?.runningCount ?? 0 },
       sandbox: sandboxInfo(this.sandbox),
       processes: this.processes?.size ?? 0,
+      ...(this.metricsAddress ? { metrics: `http://${this.metricsAddress}/metrics` } : {}),
       audit: {
         head: this.auditLog?.headSeq ?? 0,
         ...(last ? { checkpoint: { seq: last.seq, time: last.time } } : {}),
+        ...(this.config.auditAnchorFile ? { anchors: resolve(this.config.auditAnchorFile) } : {}),
       },
       events: {
         subscriptions: this.events.subscriptionCount(),

@@ -1,3 +1,4 @@
+import { resolve } from "node:path";
 import {
   AuditChainError,
   ConfigError,
@@ -56,6 +57,8 @@ export const kernelCommand: Command = {
         `  socket:          ${kernel.socketPath}`,
         `  home:            ${kernel.config.home}`,
         `  admin identity:  ${kernel.adminIdentity}`,
+        ...(kernel.metricsAddress ? [`  metrics:         http://${kernel.metricsAddress}/metrics`] : []),
+        ...(kernel.config.auditAnchorFile ? [`  audit anchors:   ${resolve(kernel.config.auditAnchorFile)}`] : []),
         `try, in another shell:  ${call}`,
         "stop with Ctrl-C",
         "",

@@ -18,23 +18,26 @@ export const statusCommand: Command = {
     try {
       client = await connectFromFlags(v);
       const s = (await client.call("system.status", "kernel://")).payload as CborMap & {
-        sessions: { persona: string; transport: string; ageMs: number; inFlight: number; state: string }[];
+        sessions: { id: string; persona: string; transport: string; ageMs: number; inFlight: number; state: string }[];
+        metrics?: string;
         transports: { kind: string; address: string }[];
         ops: { running: number; queued: number };
         agents: { running: number };
         sandbox?: { mode: string; usable: boolean; reason?: string };
-        audit: { head: number; checkpoint?: { seq: number; time: number } };
+        audit: { head: number; checkpoint?: { seq: number; time: number }; anchors?: string };
         events: { subscriptions: number; dropped: number };
       };
       if (v.json) {
         process.stdout.write(`${JSON.stringify(toJson(s))}\n`);
         return EXIT.OK;
       }
+      // This command's own session is among them: say which, rather than count it silently.
+      const mine = client.sessionId;
       const sessions = [
-        `sessions   ${s.sessions.length}`,
+        `sessions   ${s.sessions.length}${s.sessions.some((x) => x.id === mine) ? " (one is this kpip status)" : ""}`,
         ...s.sessions.map(
           (x) =>
-            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}`,
+            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}${x.id === mine ? "  (this command)" : ""}`,
         ),
       ];
       const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs as number)})`;
@@ -51,6 +54,8 @@ export const statusCommand: Command = {
         `agents     ${s.agents.running} running`,
         `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? "bubblewrap" : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
         `audit      head ${s.audit.head}${s.audit.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
+        ...(s.audit.anchors ? [`anchors    ${s.audit.anchors}`] : []),
+        ...(s.metrics ? [`metrics    ${s.metrics}`] : []),
         `events     ${s.events.subscriptions} subscriptions, ${s.events.dropped} dropped`,
         ...sessions,
       ];
