@@ -211,8 +211,12 @@ describe("gRPC configuration", () => {
     for (const opts of bad) {
       const t = await startKernel();
       await t.stop();
-      const k = new Kernel({ home: t.home, logLevel: "silent", ...opts });
-      await assert.rejects(k.start(), ConfigError, JSON.stringify(opts));
+      // Refused when the settings are read (a malformed address) or when the listener is set up.
+      await assert.rejects(
+        async () => new Kernel({ home: t.home, logLevel: "silent", ...opts }).start(),
+        ConfigError,
+        JSON.stringify(opts),
+      );
       // The failed start left nothing listening: a normal kernel starts on the same home.
       const again = new Kernel({ home: t.home, logLevel: "silent" });
       await again.start();

@@ -152,7 +152,7 @@ export class AgentManager {
         executable: r.executable,
         args: r.args,
         env: {
-          PATH: process.env.PATH ?? "/usr/bin:/bin",
+          PATH: this.opts.sandbox.programPath(),
           HOME: SANDBOX_SCRATCH,
           TMPDIR: "/tmp",
           KPIP_BOOTSTRAP_FD: "3",

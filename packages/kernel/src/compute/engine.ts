@@ -205,7 +205,7 @@ export class ComputeEngine {
       launch = sandbox.launch({
         executable: op.name,
         args: argv,
-        env: { PATH: process.env.PATH ?? "/usr/bin:/bin", HOME: "/scratch", TMPDIR: "/tmp" },
+        env: { PATH: sandbox.programPath(), HOME: "/scratch", TMPDIR: "/tmp" },
         network: cg.network,
         limits: sandbox.limitsFor(cg.grant?.limits),
         extra: [],

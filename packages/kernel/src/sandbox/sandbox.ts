@@ -135,6 +135,18 @@ export class Sandbox {
     return this.config.mode;
   }
 
+  /**
+   * PATH for a sandboxed program: the kernel's own PATH entries that the sandbox can see (system
+   * directories and read paths), so programs resolve as they do for the kernel while the PATH
+   * reveals nothing of where the kernel runs from (e.g. a checkout's node_modules/.bin).
+   */
+  programPath(kernelPath = process.env.PATH ?? ""): string {
+    if (this.config.mode === "none") return kernelPath || "/usr/bin:/bin";
+    const visible = [...SYSTEM_DIRS, ...this.config.readPaths.map((p) => resolve(p))];
+    const dirs = kernelPath.split(delimiter).filter((d) => d.startsWith("/") && visible.some((v) => within(d, v)));
+    return [...new Set(dirs)].join(delimiter) || "/usr/bin:/bin";
+  }
+
   /** A real trial run: the sandbox is usable only if a program actually ran inside it. */
   private probe(): string | undefined {
     if (!this.bwrap) return "bubblewrap (bwrap) is not installed";
@@ -261,9 +273,10 @@ export class Sandbox {
       if (s.isSymbolicLink()) a.push("--symlink", readlinkSync(d), d);
       else if (s.isDirectory()) a.push("--ro-bind", d, d);
     }
+    // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
+    a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
     const reads = this.config.readPaths.map((p) => resolve(p));
     for (const p of reads) a.push("--ro-bind-try", p, p);
-    a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
     // What a read path would otherwise reveal is covered with an empty tmpfs.
     for (const h of this.config.hidden.map((p) => resolve(p))) {
       if ([...SYSTEM_DIRS, ...reads].some((r) => within(h, r))) a.push("--tmpfs", h);
