@@ -108,7 +108,7 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(status.transports[0].address, join(home, "kernel.sock"));
     assert.ok(status.audit.head > 0);
     assert.ok(Array.isArray(status.sessions));
-    assert.match(kpip(["status", ...h]).out, /sessions\s+\d+ \(one is this kpip status\)[^]*admin .*\(this command\)/);
+    assert.match(kpip(["status", ...h]).out, /sessions\s+\d+ \(one is this kpip status\)[\s\S]*admin .*\(this command\)/);
     // The process sandbox is always stated: bubblewrap, unavailable (refusing), or none.
     assert.match(kpip(["status", ...h]).out, /sandbox\s+(bubblewrap|UNAVAILABLE|NONE)/);
     assert.ok(["bwrap", "none"].includes(status.sandbox.mode));
