@@ -68,7 +68,7 @@ export class KernelProcess {
   }
 }
 
-export async function until<T>(f: () => T | Promise<T>, ms = 5000, what = "condition"): Promise<NonNullable<T>> {
+export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await f();

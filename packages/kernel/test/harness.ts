@@ -149,8 +149,8 @@ export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
-/** Polls until `f` returns a truthy value (or throws after `ms`). */
-export async function until<T>(f: () => T | Promise<T>, ms = 5000, what = "condition"): Promise<NonNullable<T>> {
+/** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
+export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await f();

@@ -80,8 +80,17 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
       "the real persona keeps its key",
     );
     await c.agents.kill("agent://sleep/w1");
-    await until(async () => (await c.agents.status("agent://sleep/w1")).state === "killed");
-    await until(() => s.t.k.database.getPersona("sp/agent.w1") === undefined, 5000, "the agent key removed");
+    // Waits on the state change (generous: a loaded machine), then says which state it became.
+    const ended = await until(
+      async () => {
+        const st = await c.agents.status("agent://sleep/w1");
+        return st.state !== "running" ? st : undefined;
+      },
+      30_000,
+      "the agent ended",
+    );
+    assert.equal(ended.state, "killed", JSON.stringify(ended));
+    await until(() => s.t.k.database.getPersona("sp/agent.w1") === undefined, 30_000, "the agent key removed");
     assert.ok(s.t.k.database.getPersona("sp/w1"), "the real persona is still registered");
     assert.equal(((await rc.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
     const audited = s.t.k.database.queryAudit({ op: "agent.identity.add", limit: 10 });
@@ -89,7 +98,11 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
       audited.some((r) => r.target === "persona://sp/agent.w1" && r.phase === "kernel"),
       JSON.stringify(audited),
     );
-    await until(() => s.t.k.database.queryAudit({ op: "agent.identity.remove", limit: 10 }).length > 0);
+    await until(
+      () => s.t.k.database.queryAudit({ op: "agent.identity.remove", limit: 10 }).length > 0,
+      30_000,
+      "removal audited",
+    );
     const squat = await s.admin
       .call("persona.register", "persona://sp/agent.w2", { publicKey: generateIdentity("sp/agent.w2").publicKey })
       .catch((e) => e);
