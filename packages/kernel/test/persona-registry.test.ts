@@ -129,7 +129,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
         const rec = suite.t.k.database.getAgent("ann/sleep/annie");
         return rec?.state === "killed" ? rec : undefined;
       },
-      10_000,
+      30_000,
       "the agent killed",
     );
     assert.equal(a.persona, "ann/agent.annie");

@@ -15,6 +15,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import { killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
@@ -254,11 +255,7 @@ export class AgentManager {
     const live = this.live.get(id);
     if (!live) return false;
     live.killedBy ??= why;
-    try {
-      if (live.child.pid) process.kill(-live.child.pid, "SIGKILL");
-    } catch {
-      live.child.kill("SIGKILL");
-    }
+    killSandbox(live.child.pid);
     return true;
   }
 
