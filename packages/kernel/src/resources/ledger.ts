@@ -138,14 +138,6 @@ export class ResourceLedger {
       this.buckets.set(rateKey, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
-    this.inFlight.set(persona, n + 1);
-    let released = false;
-    return () => {
-      if (released) return;
-      released = true;
-      const m = (this.inFlight.get(persona) ?? 1) - 1;
-      if (m <= 0) this.inFlight.delete(persona);
-      else this.inFlight.set(persona, m);
-    };
+    return this.hold(persona);
   }
 }
