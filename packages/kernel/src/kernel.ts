@@ -655,6 +655,9 @@ export class Kernel {
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
     await this.closeStorage();
+    // Segments kept for a grace period after their session (a body not yet taken) would outlive
+    // a kernel that exits first: their timers do not hold the process. Every session has ended.
+    sweepShmSegments(this.id);
     this.state = "stopped";
     this.log.info({ kernel: this.id }, "kernel stopped");
   }
