@@ -28,6 +28,9 @@ if (selected.length === 0) {
   console.error("no test files found: run `npm run build` first");
   process.exit(1);
 }
+// The CLI tests run the bundled `kpip` entry: bring it up to date with the compiled files (a no-op when it is).
+const bundled = spawnSync(process.execPath, [fileURLToPath(new URL("./bundle-cli.mjs", import.meta.url))], { stdio: "inherit" });
+if (bundled.status !== 0) process.exit(bundled.status ?? 1);
 const r = spawnSync(
   process.execPath,
   [

@@ -20,6 +20,12 @@ export interface Command {
   run(values: Values, positionals: string[]): Promise<number>;
 }
 
+/** A command known by name; its module (and what it imports) loads only when it runs. */
+export interface CommandEntry {
+  readonly name: string;
+  load(): Promise<Command>;
+}
+
 export function helpText(c: Command): string {
   const opts = Object.entries(c.options).map(([name, o]) => {
     const flag = `${o.short ? `-${o.short}, ` : ""}--${name}${o.type === "string" ? " <value>" : ""}`;
@@ -72,23 +78,4 @@ export async function runCommand(c: Command, argv: string[]): Promise<number> {
   }
 }
 
-/** Options every command takes that may also stand before the command name (`kpip --home H call …`). */
-const GLOBAL_WITH_VALUE = new Set(["--home", "--socket", "--identity", "--token"]);
-const GLOBAL_BOOLEAN = new Set(["--json"]);
-
-/** Moves global options given before the command name to after it, where the command parses them. */
-export function hoistGlobals(argv: readonly string[]): string[] {
-  const globals: string[] = [];
-  let i = 0;
-  for (; i < argv.length; i++) {
-    const a = argv[i] as string;
-    const flag = a.includes("=") ? a.slice(0, a.indexOf("=")) : a;
-    if (GLOBAL_BOOLEAN.has(a)) globals.push(a);
-    else if (GLOBAL_WITH_VALUE.has(flag)) {
-      globals.push(a);
-      if (flag === a && i + 1 < argv.length) globals.push(argv[++i] as string);
-    } else break;
-  }
-  const [name, ...rest] = argv.slice(i);
-  return name === undefined ? [...globals] : [name, ...globals, ...rest];
-}
+export { hoistGlobals } from "./globals.js";

@@ -82,7 +82,11 @@ export function writeTokenFile(path: string, text: string): void {
   }
 }
 
-/** Connects as the persona the flags name (the admin by default) with its tokens bound. */
+/**
+ * Connects as the persona the flags name (the admin by default) with its tokens bound. Shared
+ * memory is off unless asked for (`extra.shm`): a one-shot command that sends a few hundred bytes
+ * would only pay for loading the native module and setting the segments up.
+ */
 export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);
   const identity = (v.identity as string | undefined) ?? join(home, "admin.identity");
@@ -100,6 +104,7 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
     socket: (v.socket as string | undefined) ?? defaultSocket(home),
     identity: id,
     tokens: readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined),
+    shm: false,
     ...extra,
   });
   for (const r of client.refusedTokens) {

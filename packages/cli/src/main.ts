@@ -2,6 +2,7 @@
 import { readFileSync } from "node:fs";
 import { hoistGlobals, runCommand } from "./command.js";
 import { COMMANDS, loadCommands } from "./commands/index.js";
+import { exitWith } from "./exit.js";
 import { didYouMean } from "./suggest.js";
 import { EXIT } from "./util.js";
 
@@ -46,20 +47,4 @@ async function main(argv: string[]): Promise<number> {
   return runCommand(await entry.load(), rest);
 }
 
-// A reader that goes away (`kpip audit tail | head -1`) is not an error of ours: stop quietly.
-for (const stream of [process.stdout, process.stderr]) {
-  stream.on("error", (e: NodeJS.ErrnoException) => {
-    if (e.code === "EPIPE") process.exit(process.exitCode ?? EXIT.OK);
-    throw e;
-  });
-}
-
-main(process.argv.slice(2)).then(
-  (code) => {
-    process.exitCode = code;
-  },
-  (e) => {
-    process.stderr.write(`kpip: internal error: ${(e as Error).stack ?? e}\n`);
-    process.exitCode = EXIT.FAILED;
-  },
-);
+exitWith(main(process.argv.slice(2)));

@@ -10,7 +10,8 @@ import Database from "better-sqlite3";
 import { helpText } from "../src/command.js";
 import { loadCommands } from "../src/commands/index.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
+// The installed command: the bundled entry, which hands every command it does not bundle to dist/src/main.js.
+const MAIN = fileURLToPath(new URL("../bundle/kpip.js", import.meta.url));
 const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
   const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } });
   return { code: r.status, out: r.stdout, err: r.stderr };
@@ -467,7 +468,7 @@ describe("the README walkthrough, verbatim", () => {
       JSON.stringify({
         name: "readme-walkthrough",
         private: true,
-        scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/src/main.js", MAIN) },
+        scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/bundle/kpip.js", MAIN) },
       }),
     );
     const k = await runKernel(join(dir, ".kpip"));

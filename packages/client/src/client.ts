@@ -566,8 +566,8 @@ export class KernelClient extends EventEmitter {
         this.sessionId = m.body.session;
         this.kernelId = m.body.kernel;
         link.features = m.body.features;
-        const native = loadShmNative().native;
         if (m.body.features.includes(SHM_FEATURE)) {
+          const native = loadShmNative().native;
           if (!native || link.channel.transport !== "uds" || this.o.shm === false) {
             return this.violation(link, "kernel enabled shm, which this client did not offer");
           }

@@ -62,7 +62,8 @@ export const callCommand: Command = {
     const json = v.json === true;
     let client: KernelClient | undefined;
     try {
-      client = await connectFromFlags(v);
+      // Bodies from a file and raw bytes out are where shared memory pays for itself.
+      client = await connectFromFlags(v, { shm: v["data-file"] !== undefined || v.out !== undefined });
       const callOpts: { deadlineMs?: number; workspace?: string } = {};
       if (deadlineMs !== undefined) callOpts.deadlineMs = deadlineMs;
       if (v.workspace !== undefined) callOpts.workspace = v.workspace as string;

@@ -1,10 +1,7 @@
-import type { Command } from "../command.js";
+import type { Command, CommandEntry } from "../command.js";
+import { FAST_COMMANDS as F } from "./fast.js";
 
-/** A command known by name; its module (and what it imports) loads only when it runs. */
-export interface CommandEntry {
-  readonly name: string;
-  load(): Promise<Command>;
-}
+export type { CommandEntry } from "../command.js";
 
 // Lazy on purpose: `kpip call` must not load the kernel (SQLite, grpc-js, pino) to send one intent.
 /** Every command, in the order `kpip --help` lists them (and docs/cli.md documents them). */
@@ -12,13 +9,13 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: "kernel", load: async () => (await import("./kernel.js")).kernelCommand },
   { name: "persona", load: async () => (await import("./persona.js")).personaCommand },
   { name: "token", load: async () => (await import("./token.js")).tokenCommand },
-  { name: "call", load: async () => (await import("./call.js")).callCommand },
-  { name: "agents", load: async () => (await import("./agents.js")).agentsCommand },
-  { name: "ops", load: async () => (await import("./agents.js")).opsCommand },
-  { name: "events", load: async () => (await import("./agents.js")).eventsCommand },
+  F.call,
+  F.agents,
+  F.ops,
+  F.events,
   { name: "audit", load: async () => (await import("./audit.js")).auditCommand },
   { name: "mcp", load: async () => (await import("./mcp.js")).mcpCommand },
-  { name: "status", load: async () => (await import("./status.js")).statusCommand },
+  F.status,
   { name: "bench", load: async () => (await import("./bench.js")).benchCommand },
   { name: "completion", load: async () => (await import("./completion.js")).completionCommand },
 ];

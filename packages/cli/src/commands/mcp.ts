@@ -54,7 +54,7 @@ export const mcpCommand: Command = {
     try {
       // failFast: while the kernel is away a tool call is answered at once with a tool error
       // instead of hanging the host; the client reconnects, re-attests and re-subscribes.
-      client = await connectFromFlags(v, { failFast: true, reconnectBackoff: { initialMs: 50, maxMs: 1000 } });
+      client = await connectFromFlags(v, { shm: true, failFast: true, reconnectBackoff: { initialMs: 50, maxMs: 1000 } });
       const kc = client;
       kc.on("state", (s: string) => {
         if (s === "reconnecting") say("kernel connection lost; reconnecting (tool calls fail fast meanwhile)");

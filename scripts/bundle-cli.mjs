@@ -1,0 +1,50 @@
+#!/usr/bin/env node
+// Bundles the `kpip` entry (packages/cli/dist/src/kpip.js, compiled by `tsc -b`) into
+// packages/cli/dist/bundle/ (kpip.js and its chunks): the commands run many times a minute then load one file
+// instead of ~60 modules. Run by `npm run build` after tsc; it does nothing when the bundle is
+// newer than every file that went into it (esbuild's metafile lists them).
+import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
+const entry = join(root, "packages/cli/dist/src/kpip.js");
+const outdir = join(root, "packages/cli/dist/bundle");
+const outfile = join(outdir, "kpip.js");
+const metafile = join(root, "packages/cli/dist/bundle/meta.json");
+
+function upToDate() {
+  try {
+    const built = statSync(outfile).mtimeMs;
+    const meta = JSON.parse(readFileSync(metafile, "utf8"));
+    return Object.keys(meta.inputs).every((f) => statSync(join(root, f)).mtimeMs <= built);
+  } catch {
+    return false; // no bundle yet, or an input is gone: build
+  }
+}
+
+if (!upToDate()) {
+  const { build } = await import("esbuild-wasm");
+  const result = await build({
+    absWorkingDir: root,
+    entryPoints: [entry],
+    outdir,
+    bundle: true,
+    // Code splitting keeps what loads lazily lazy: a dynamic import becomes its own file.
+    splitting: true,
+    format: "esm",
+    platform: "node",
+    target: "node20",
+    metafile: true,
+    logLevel: "warning",
+    // Native addons and what loads only on a path the bundled commands rarely take stay as
+    // packages, resolved from node_modules at run time.
+    external: ["better-sqlite3", "cbor-extract", "shm-typed-array", "@grpc/grpc-js", "pino"],
+    // cbor-x and the client call createRequire(import.meta.url): keep a `require` for them.
+    banner: {
+      js: 'import { createRequire as __kpipCreateRequire } from "node:module";\nconst require = __kpipCreateRequire(import.meta.url);',
+    },
+  });
+  mkdirSync(dirname(metafile), { recursive: true });
+  writeFileSync(metafile, JSON.stringify(result.metafile));
+}
