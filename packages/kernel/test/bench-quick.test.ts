@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
-/** The names issue #8 requires in `--json` output; their figures are in BENCHMARKS.md, never asserted here. */
+/** The names issues #8, #17 and #22 require in `--json` output; their figures are in BENCHMARKS.md, never asserted here. */
 const REQUIRED = [
   "raw.uds.p50_us",
   "raw.uds.p99_us",
@@ -21,11 +21,17 @@ const REQUIRED = [
   "kpip.idle1000.rss_mb",
   "kpip.audit.verify_rps",
   "kpip.cli.call_ms",
+  // issue #22
+  "kpip.uds.gen.rps_256",
+  "kpip.kernel.cpu_us_per_req",
+  "kpip.client.cpu_us_per_req",
+  "raw.server.cpu_us_per_req",
+  "kpip.idle10000.rss_mb",
 ];
 
 describe("kpip bench --quick --json (the output contract)", () => {
   it("prints one JSON object per measurement, every required name, ratios against present baselines", () => {
-    const r = spawnSync(process.execPath, [KPIP, "bench", "--quick", "--json"], { encoding: "utf8", timeout: 240_000 });
+    const r = spawnSync(process.execPath, [KPIP, "bench", "--quick", "--json"], { encoding: "utf8", timeout: 480_000 });
     assert.equal(r.status, 0, r.stderr);
     const rows = r.stdout
       .trim()
@@ -45,7 +51,8 @@ describe("kpip bench --quick --json (the output contract)", () => {
         assert.ok(Math.abs((m.ratio as number) - m.value / (b as { value: number }).value) < 0.01 * (m.ratio as number) + 0.002);
       }
     }
-    for (const n of ["kpip.uds.p50_us", "kpip.uds.p99_us", "kpip.grpc.rps_256", "kpip.bulk64m.shm_gbps", "kpip.cli.call_ms"]) {
+    const withRatio = ["kpip.uds.p50_us", "kpip.uds.p99_us", "kpip.grpc.rps_256", "kpip.bulk64m.shm_gbps", "kpip.cli.call_ms"];
+    for (const n of [...withRatio, "kpip.uds.gen.rps_256", "kpip.kernel.cpu_us_per_req"]) {
       assert.ok(byName.get(n)?.ratio !== undefined, `${n} carries a ratio`);
     }
   });

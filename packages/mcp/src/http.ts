@@ -5,6 +5,9 @@ import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
 
+/** Default bound on host sessions open at once (HttpOptions.maxSessions). */
+export const DEFAULT_MAX_SESSIONS = 64;
+
 /** Addresses the HTTP gateway may listen on: loopback only (it has no TLS). */
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 
@@ -16,6 +19,12 @@ export interface HttpOptions {
   bearer: string;
   /** A host session with no request for this long is closed (default 30 min); the host starts a new one on 404. */
   idleMs?: number;
+  /**
+   * Most host sessions open at once (default 64). Each holds an MCP server and a transport in
+   * the gateway, so a host that initializes in a loop, secret or not, must not grow it without
+   * bound; beyond this an initialize gets 503 with Retry-After until a session ends or idles out.
+   */
+  maxSessions?: number;
 }
 
 export interface HttpGateway {
@@ -68,6 +77,8 @@ export function checkHttpOptions(o: HttpOptions): void {
     );
   }
   if (o.bearer.length < 16) throw new GatewayConfigError("the bearer secret must be at least 16 characters");
+  if (o.maxSessions !== undefined && !(Number.isSafeInteger(o.maxSessions) && o.maxSessions >= 1))
+    throw new GatewayConfigError(`maxSessions must be a positive integer, not ${o.maxSessions}`);
 }
 
 /**
@@ -83,6 +94,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
   const idleMs = o.idleMs ?? 30 * 60_000;
+  const maxSessions = o.maxSessions ?? DEFAULT_MAX_SESSIONS;
+  /** Initializations under way: counted against maxSessions before their session id exists. */
+  let opening = 0;
   const sweep = setInterval(
     () => {
       const now = Date.now();
@@ -111,6 +125,10 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const body = await readJson(req, 4 * gateway.maxArgsBytes);
     if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
+    if (sessions.size + opening >= maxSessions) {
+      const retry = String(Math.max(1, Math.ceil(Math.min(idleMs, 60_000) / 1000)));
+      return refuse(res, 503, `${maxSessions} MCP sessions are open: end one (DELETE) or wait`, { "retry-after": retry });
+    }
     const t = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       maxRequestBodySize: 4 * gateway.maxArgsBytes,
@@ -124,8 +142,13 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       sessions.delete(t.sessionId);
       lastSeen.delete(t.sessionId);
     };
-    await gateway.createServer().connect(t);
-    await t.handleRequest(req, res, body);
+    opening++;
+    try {
+      await gateway.createServer().connect(t);
+      await t.handleRequest(req, res, body);
+    } finally {
+      opening--;
+    }
   };
 
   const server: HttpServer = createServer((req, res) => {

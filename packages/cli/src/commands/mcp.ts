@@ -28,6 +28,10 @@ export const mcpCommand: Command = {
       description: "with --http: the secret hosts send as Authorization: Bearer (text or @file; default $KPIP_MCP_BEARER)",
     },
     "max-args-bytes": { type: "string", description: "largest tool-call arguments accepted, in JSON bytes (default 1048576)" },
+    "max-sessions": {
+      type: "string",
+      description: "with --http: most host sessions open at once; more initializations get 503 (default 64)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -38,6 +42,13 @@ export const mcpCommand: Command = {
         throw new UsageError("--max-args-bytes must be an integer ≥ 1024");
     }
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
+    let maxSessions: number | undefined;
+    if (v["max-sessions"] !== undefined) {
+      if (listen === undefined) throw new UsageError("--max-sessions goes with --http");
+      maxSessions = Number(v["max-sessions"]);
+      if (!Number.isSafeInteger(maxSessions) || maxSessions < 1)
+        throw new UsageError("--max-sessions must be a positive integer");
+    }
     let bearer: string | undefined;
     if (listen) {
       const b = (v.bearer as string | undefined) ?? process.env.KPIP_MCP_BEARER;
@@ -63,7 +74,7 @@ export const mcpCommand: Command = {
       const gateway = await McpGateway.open(client, maxArgsBytes === undefined ? {} : { maxArgsBytes });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
-        const http = await serveHttp(gateway, { ...listen, bearer });
+        const http = await serveHttp(gateway, { ...listen, bearer, ...(maxSessions === undefined ? {} : { maxSessions }) });
         say(`serving MCP on ${http.url} as ${what}`);
         await new Promise<void>((resolve) => {
           process.once("SIGINT", resolve);

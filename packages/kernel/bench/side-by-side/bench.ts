@@ -14,7 +14,6 @@
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,6 +22,8 @@ import { type ConnectOptions, GrpcConnector, KernelClient, loadIdentity } from "
 import { encodeIntent, encodeMessage } from "@kpip/protocol";
 import hdr from "hdr-histogram-js";
 import { verifyAuditFile } from "../../src/audit/verify-parallel.js";
+import { openGenerator } from "./generator.js";
+import { type Call, cpuPerUnit, latency, RawConn, throughput } from "./measure.js";
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
@@ -32,8 +33,10 @@ const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.js");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
-  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, idle: 1000, auditRecords: 50_000, cliRuns: 5 }
-  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, idle: 1000, auditRecords: 1_000_000, cliRuns: 21 };
+  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, auditRecords: 50_000, cliRuns: 5 }
+  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, auditRecords: 1_000_000, cliRuns: 21 };
+/** Idle-session counts measured (the names kpip.idle<N>.rss_mb are the same under --quick). */
+const IDLE = [1000, 10_000];
 
 // ---- output ------------------------------------------------------------------------------
 
@@ -56,7 +59,7 @@ function put(name: string, unit: string, value: number, baseline?: string): void
   if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
 }
 let step = 0;
-const STEPS = 13;
+const STEPS = 15;
 function progress(what: string): void {
   step++;
   if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
@@ -89,92 +92,6 @@ const rssMb = (pid: number): number => {
   const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
   return m ? Number(m[1]) / 1024 : 0;
 };
-
-// ---- measuring ---------------------------------------------------------------------------
-
-type Call = () => Promise<unknown>;
-
-async function latency(call: Call, n: number): Promise<{ p50: number; p99: number; p999: number }> {
-  for (let i = 0; i < Math.min(1000, n / 5); i++) await call();
-  const h = hdr.build({ lowestDiscernibleValue: 1, highestTrackableValue: 60_000_000, numberOfSignificantValueDigits: 3 });
-  for (let i = 0; i < n; i++) {
-    const t = process.hrtime.bigint();
-    await call();
-    h.recordValue(Math.max(1, Number(process.hrtime.bigint() - t) / 1000));
-  }
-  const r = { p50: h.getValueAtPercentile(50), p99: h.getValueAtPercentile(99), p999: h.getValueAtPercentile(99.9) };
-  h.destroy();
-  return r;
-}
-
-/** Requests per second with `window` calls in flight on each connection, for `seconds`. */
-async function throughput(calls: Call[], window: number, seconds: number): Promise<number> {
-  let done = 0;
-  let stop = false;
-  const warm = Date.now() + 200;
-  let counting = false;
-  let started = 0n;
-  const worker = async (call: Call) => {
-    while (!stop) {
-      await call();
-      if (counting) done++;
-      else if (Date.now() >= warm) {
-        counting = true;
-        started = process.hrtime.bigint();
-      }
-    }
-  };
-  const all = calls.flatMap((c) => Array.from({ length: window }, () => worker(c)));
-  await new Promise((r) => setTimeout(r, 200 + seconds * 1000));
-  stop = true;
-  const secs = Number(process.hrtime.bigint() - started) / 1e9;
-  await Promise.all(all);
-  return done / secs;
-}
-
-// ---- baseline A: raw Unix socket ---------------------------------------------------------
-
-class RawConn {
-  private readonly waiting: (() => void)[] = [];
-  private buf = Buffer.alloc(0);
-  private corked = false;
-  private constructor(private readonly sock: net.Socket) {
-    sock.on("data", (d) => {
-      this.buf = this.buf.length ? Buffer.concat([this.buf, d]) : d;
-      let off = 0;
-      while (this.buf.length - off >= 4) {
-        const len = this.buf.readUInt32BE(off);
-        if (this.buf.length - off < 4 + len) break;
-        off += 4 + len;
-        this.waiting.shift()?.();
-      }
-      this.buf = this.buf.subarray(off);
-    });
-  }
-  static open(path: string): Promise<RawConn> {
-    return new Promise((resolve, reject) => {
-      const s = net.connect(path);
-      s.setNoDelay(true);
-      s.once("connect", () => resolve(new RawConn(s)));
-      s.once("error", reject);
-    });
-  }
-  call(frame: Buffer): Promise<void> {
-    if (!this.corked) {
-      this.corked = true;
-      this.sock.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.sock.uncork();
-      });
-    }
-    this.sock.write(frame);
-    return new Promise((r) => this.waiting.push(r));
-  }
-  close(): void {
-    this.sock.destroy();
-  }
-}
 
 // ---- the run -----------------------------------------------------------------------------
 
@@ -211,7 +128,15 @@ try {
     put("raw.uds.p50_us", "us", l.p50);
     put("raw.uds.p99_us", "us", l.p99);
     put("raw.uds.p999_us", "us", l.p999);
-    for (const w of windows) put(`raw.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds));
+    for (const w of windows) {
+      const c0 = conns[0] as RawConn;
+      const sent = c0.sent;
+      const run = await cpuPerUnit(raw.info.pid as number, async () => {
+        put(`raw.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds));
+        return c0.sent - sent;
+      });
+      if (w === 256) put("raw.server.cpu_us_per_req", "us", run.usPerUnit);
+    }
     for (const w of windows) put(`raw.uds4.rps_${w}`, "req/s", await throughput(calls, w, P.seconds));
     for (const c of conns) c.close();
   }
@@ -270,12 +195,33 @@ try {
     put("kpip.uds.p99_us", "us", l.p99, "raw.uds.p99_us");
     put("kpip.uds.p999_us", "us", l.p999, "raw.uds.p999_us");
     for (const w of windows) {
-      put(`kpip.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `grpc.unary.rps_${w}`);
+      const before = requests;
+      const run = await cpuPerUnit("self", async () => {
+        put(`kpip.uds.rps_${w}`, "req/s", await throughput([calls[0] as Call], w, P.seconds), `grpc.unary.rps_${w}`);
+        return requests - before;
+      });
+      if (w === 256) put("kpip.client.cpu_us_per_req", "us", run.usPerUnit);
     }
     for (const w of windows) {
       put(`kpip.uds4.rps_${w}`, "req/s", await throughput(calls, w, P.seconds), `grpc.unary4.rps_${w}`);
     }
     for (const c of clients) await c.close();
+  }
+
+  progress("kpip over the Unix socket: the light load generator");
+  {
+    // The kernel's ceiling without @kpip/client's cost: pre-encoded requests, answers only counted.
+    const gen = await openGenerator(socket, identity, Buffer.from((tokens[0] as string).trim(), "base64url"), "bench.noop");
+    let sent = 0;
+    const run = await cpuPerUnit(ks.info.pid as number, async () => {
+      const r = await gen.run(256, P.seconds);
+      put("kpip.uds.gen.rps_256", "req/s", r.rps, "raw.uds.rps_256");
+      sent = r.sent;
+      return r.sent;
+    });
+    requests += sent;
+    put("kpip.kernel.cpu_us_per_req", "us", run.usPerUnit, "raw.server.cpu_us_per_req");
+    gen.close();
   }
 
   progress("kpip over gRPC");
@@ -329,26 +275,26 @@ try {
     put("kpip.cli.call_ms", "ms", median(cli), "node.startup_ms");
   }
 
-  progress(`${P.idle} idle sessions`);
-  {
+  for (const n of IDLE) {
+    progress(`${n.toLocaleString("en-US")} idle sessions`);
     // A kernel of its own, so the figure is what idle sessions cost, not what earlier load left.
-    const ihome = join(dir, "idle-home");
-    const iks = await startServer("kernel-server.js", ["--home", ihome]);
+    const ihome = join(dir, `idle-home-${n}`);
+    const iks = await startServer("kernel-server.js", ["--home", ihome, "--max-sessions", String(n + 16)]);
     const ipid = iks.info.pid as number;
-    const base = { socket: iks.info.socket as string, identity: join(ihome, "admin.identity") };
+    const base = { socket: iks.info.socket as string, identity: loadIdentity(join(ihome, "admin.identity")) };
     const itokens = [readFileSync(join(ihome, "admin.token"), "utf8")];
     const idle: KernelClient[] = [];
-    for (let i = 0; i < P.idle; i += 50) {
+    for (let i = 0; i < n; i += 50) {
       idle.push(
         ...(await Promise.all(
-          Array.from({ length: Math.min(50, P.idle - i) }, () =>
-            KernelClient.connect({ ...base, tokens: itokens, reconnect: false }),
+          Array.from({ length: Math.min(50, n - i) }, () =>
+            KernelClient.connect({ ...base, tokens: itokens, reconnect: false, shm: false }),
           ),
         )),
       );
     }
     await new Promise((r) => setTimeout(r, 500));
-    put("kpip.idle1000.rss_mb", "MB", rssMb(ipid));
+    put(`kpip.idle${n}.rss_mb`, "MB", rssMb(ipid));
     await Promise.all(idle.map((c) => c.close()));
     await stopServer(iks.proc);
   }
@@ -443,6 +389,22 @@ const TARGETS: [string, boolean | undefined][] = [
     v("kpip.idle1000.rss_mb") === undefined ? undefined : (v("kpip.idle1000.rss_mb") as number) <= 200,
   ],
   [
+    "10,000 idle sessions ≤ 400 MB (#22)",
+    v("kpip.idle10000.rss_mb") === undefined ? undefined : (v("kpip.idle10000.rss_mb") as number) <= 400,
+  ],
+  [
+    "generator, 256 in flight ≥ 100,000 req/s with full audit (#22)",
+    v("kpip.uds.gen.rps_256") === undefined ? undefined : (v("kpip.uds.gen.rps_256") as number) >= 100_000,
+  ],
+  [
+    "kernel CPU ≤ 10 µs per audited request (#22)",
+    v("kpip.kernel.cpu_us_per_req") === undefined ? undefined : (v("kpip.kernel.cpu_us_per_req") as number) <= 10,
+  ],
+  [
+    "client CPU ≤ 8 µs per request (#22)",
+    v("kpip.client.cpu_us_per_req") === undefined ? undefined : (v("kpip.client.cpu_us_per_req") as number) <= 8,
+  ],
+  [
     "audit verify ≥ 300,000 records/s",
     v("kpip.audit.verify_rps") === undefined ? undefined : (v("kpip.audit.verify_rps") as number) >= 300_000,
   ],
@@ -462,6 +424,6 @@ if (!JSON_OUT) {
       `${m.name.padEnd(30)} ${fmt(m.value).padStart(14)}  ${m.unit.padEnd(10)} ${(m.ratio === undefined ? "" : `${m.ratio}×`).padStart(10)}  ${m.baseline ?? ""}`,
     );
   }
-  console.log("\ntargets (issues #8, #17):");
+  console.log("\ntargets (issues #8, #17, #22):");
   for (const [what, ok] of TARGETS) console.log(`  ${ok === undefined ? "n/a " : ok ? "met " : "MISS"}  ${what}`);
 }

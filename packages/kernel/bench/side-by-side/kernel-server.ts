@@ -53,7 +53,7 @@ const options: KernelOptions = {
   home: opt("home") as string,
   logLevel: "silent",
   maxBodyBytes: 80 * 1024 * 1024,
-  maxSessions: 2048,
+  maxSessions: Number(opt("max-sessions") ?? 2048),
   maxInFlight: 1024,
 };
 const grpc = opt("grpc-listen");
