@@ -359,6 +359,7 @@ describe("bad command lines", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-cli-bad-"));
   after(() => rmSync(home, { recursive: true, force: true }));
   const h = ["--home", home];
+  writeFileSync(join(home, "typo.json"), JSON.stringify({ maxSesions: 7 }));
   const cases: [string, string[], number, RegExp?][] = [
     ["no command", [], 2],
     ["unknown command", ["frobnicate"], 2, /unknown command/],
@@ -413,6 +414,19 @@ describe("bad command lines", () => {
       /^\{"error":"UsageError","message":"\\"not a uri\\" is not a target URI/,
     ],
     ["kernel with a bad integer", ["kernel", "--max-sessions", "abc", ...h], 2, /max-sessions/],
+    // --config is read, not ignored: a missing file and one with an unknown setting are refused
+    [
+      "kernel --config naming a missing file",
+      ["kernel", "--config", join(home, "no-such.json"), "--home", join(home, "cfg1")],
+      2,
+      /config file .*no-such\.json cannot be read/,
+    ],
+    [
+      "kernel --config with an unknown setting",
+      ["kernel", "--config", join(home, "typo.json"), "--home", join(home, "cfg2")],
+      2,
+      /unknown setting "maxSesions"/,
+    ],
   ];
   for (const [name, args, code, re] of cases) {
     it(`${name} → exit ${code}`, () => {

@@ -61,6 +61,14 @@ export interface KernelOptions extends Partial<KernelConfig> {
   logger?: Logger;
   /** The bubblewrap program to use (default: found on PATH); tests point it at a broken one. */
   bwrapPath?: string;
+  /**
+   * Where `KPIP_<NAME>` settings are read from. Default: nowhere — an embedded kernel (and every
+   * test) takes only what it is given here and in the home's config file; `kpip kernel` passes
+   * `process.env`.
+   */
+  env?: NodeJS.ProcessEnv;
+  /** The config file; default `<home>/config.json`, read when it exists (this one must exist). */
+  configFile?: string;
 }
 
 /**
@@ -110,8 +118,12 @@ export class Kernel {
   metricsAddress = "";
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, bwrapPath: _b, ...flags } = options;
-    this.config = resolveConfig({ flags: flags as Partial<Record<keyof KernelConfig, unknown>> });
+    const { authorizer: _a, logger: _l, bwrapPath: _b, env, configFile, ...flags } = options;
+    this.config = resolveConfig({
+      flags: flags as Partial<Record<keyof KernelConfig, unknown>>,
+      env: env ?? {},
+      ...(configFile === undefined ? {} : { configFile }),
+    });
     this.log = options.logger ?? createLogger(this.config.logLevel);
     const c = this.config;
     this.events = new EventBus({

@@ -130,6 +130,35 @@ describe("configuration precedence", () => {
     removeHome(h);
   });
 
+  it("an embedded Kernel reads no KPIP_* from the process environment, only the env it is given", () => {
+    const h = home();
+    const saved = process.env.KPIP_MAX_IN_FLIGHT;
+    process.env.KPIP_MAX_IN_FLIGHT = "3";
+    try {
+      assert.equal(new Kernel({ home: h }).config.maxInFlight, 9, "the home's config file, not the environment");
+      assert.equal(new Kernel({ home: h, env: process.env }).config.maxInFlight, 3, "env given: read");
+      assert.equal(new Kernel({ home: h, env: {}, maxInFlight: 4 }).config.maxInFlight, 4);
+    } finally {
+      if (saved === undefined) delete process.env.KPIP_MAX_IN_FLIGHT;
+      else process.env.KPIP_MAX_IN_FLIGHT = saved;
+      removeHome(h);
+    }
+  });
+
+  it("an embedded Kernel reads the config file it is given instead of the home's", () => {
+    const h = home();
+    const other = join(h, "other.json");
+    writeFileSync(other, JSON.stringify({ maxInFlight: 21 }));
+    try {
+      const k = new Kernel({ home: h, configFile: other });
+      assert.equal(k.config.maxInFlight, 21);
+      assert.equal(k.config.maxSessions, 1024, "the home's config.json is not read then");
+      assert.throws(() => new Kernel({ home: h, configFile: join(h, "missing.json") }), ConfigError);
+    } finally {
+      removeHome(h);
+    }
+  });
+
   it("takes the home from KPIP_HOME and reads that home's config file; an empty env value is ignored", () => {
     const h = home();
     const c = resolveConfig({ env: { KPIP_HOME: h, KPIP_HEARTBEAT_MS: "" } });

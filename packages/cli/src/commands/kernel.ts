@@ -34,7 +34,12 @@ export const kernelCommand: Command = {
     }
     let kernel: Kernel;
     try {
-      kernel = new Kernel(flags as Partial<KernelConfig>);
+      // The command reads KPIP_<NAME> from the environment; an embedded Kernel reads none.
+      kernel = new Kernel({
+        ...(flags as Partial<KernelConfig>),
+        env: process.env,
+        ...(values.config === undefined ? {} : { configFile: values.config as string }),
+      });
       await kernel.start();
     } catch (e) {
       if (
