@@ -101,7 +101,16 @@ interface CycleFacts {
   events: number;
 }
 
-const totals = { cycles: 0, ackedWrites: 0, checkedObjects: 0, auditRecords: 0, deferredFailed: 0, events: 0, violations: 0 };
+const totals = {
+  cycles: 0,
+  ackedWrites: 0,
+  checkedObjects: 0,
+  auditRecords: 0,
+  deferredRunning: 0,
+  deferredFailed: 0,
+  events: 0,
+  violations: 0,
+};
 const violations: string[] = [];
 const violate = (cycle: number, what: string) => {
   totals.violations++;
@@ -183,6 +192,7 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
   // 4. the ops that were running are failed, not running forever.
   const c = await connect();
   for (const d of facts.deferred) {
+    totals.deferredRunning++;
     const id = typeof d === "string" ? d : d.id;
     const st = await c.ops.status(d);
     if (st.state === "failed" && st.errorClass === "INTERNAL") totals.deferredFailed++;

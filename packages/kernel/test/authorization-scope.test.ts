@@ -1,10 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
 import type { KEvent } from "@kpip/protocol";
-import { kernelForSuite } from "./harness.js";
-
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+import { kernelForSuite, klass } from "./harness.js";
 
 /** Reads a subscription until an event on `fence` arrives; returns the topics seen before it. */
 async function topicsUntil(sub: AsyncIterable<KEvent>, fence: string): Promise<string[]> {

@@ -1,10 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
-
-const klass = (cls: string, text?: string) => (e: unknown) =>
-  e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
+import { adminIdentity, klass, RawPeer, removeHome, startKernel, until } from "./harness.js";
 
 const MiB = 1024 * 1024;
 

@@ -3,13 +3,10 @@ import { execFile } from "node:child_process";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
-import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, encodeToken, type Right } from "@kpip/protocol";
-import { RawPeer, removeHome, startKernel } from "./harness.js";
+import { klass, RawPeer, removeHome, startKernel } from "./harness.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
-const klass = (cls: string, text?: string) => (e: unknown) =>
-  e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
 
 /** `n` op patterns and `n` target patterns, each distinct (what an attacker sends to multiply pairs). */
 const wide = (n: number): Right => ({

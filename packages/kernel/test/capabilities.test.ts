@@ -4,9 +4,8 @@ import { after, before, describe, it } from "node:test";
 import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, encodeCanonical, encodeToken, generateIdentity, mintToken, type Token } from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const rightsFor = (p: string) => [
   { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
   { ops: ["token.mint"], targets: [`persona://${p}/**`] },

@@ -15,12 +15,15 @@ describe("crash consistency under SIGKILL (npm run chaos, short run)", () => {
       cycles: number;
       ackedWrites: number;
       checkedObjects: number;
+      deferredRunning: number;
       deferredFailed: number;
       violations: number;
     };
     assert.equal(summary.cycles, 3);
     assert.ok(summary.ackedWrites > 0 && summary.checkedObjects >= summary.ackedWrites);
-    assert.equal(summary.deferredFailed, 6);
+    // every DEFERRED op running at a kill is reported failed after the restart
+    assert.ok(summary.deferredRunning > 0, "the run had ops running at the kills");
+    assert.equal(summary.deferredFailed, summary.deferredRunning);
     assert.equal(summary.violations, 0);
   });
 

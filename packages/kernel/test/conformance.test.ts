@@ -2,13 +2,12 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { type KernelClient, KpipError } from "@kpip/client";
+import { type KernelClient, RequestTooLargeError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { CONFORMANCE_LIMITS, FEATURES, TRANSPORTS, type TransportUnderTest } from "./conformance/transports.js";
-import { sandboxSkip } from "./harness.js";
+import { klass, sandboxSkip } from "./harness.js";
 
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 
 /**
@@ -114,7 +113,10 @@ for (const tr of TRANSPORTS) {
     it(FEATURES.limits, async () => {
       // Over the negotiated body limit: refused (locally or by the kernel), and service goes on.
       const huge = Buffer.alloc(CONFORMANCE_LIMITS.maxBodyBytes + 1024, 1);
-      await assert.rejects(admin.storage.write("obj://conf/huge", huge));
+      await assert.rejects(
+        admin.storage.write("obj://conf/huge", huge),
+        (e: unknown) => e instanceof RequestTooLargeError || klass("RESOURCE")(e) || klass("PROTOCOL")(e),
+      );
       const fresh = await u.admin();
       assert.equal((await fresh.system.health()).status, "ok");
       await assert.rejects(fresh.storage.read("obj://conf/huge"), klass("SEMANTIC"));

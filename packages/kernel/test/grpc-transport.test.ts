@@ -152,7 +152,7 @@ describe("gRPC transport with TLS", () => {
     assert.equal((await c.system.health()).status, "ok");
     await t2.stop();
     await until(() => c.state === "closed", 5000, "client closed");
-    await assert.rejects(c.system.health());
+    await assert.rejects(c.system.health(), KernelUnavailableError);
     removeHome(t2.home);
   });
 });

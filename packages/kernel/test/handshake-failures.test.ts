@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
 
 /**
@@ -162,7 +162,7 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"));
     await expectAudited(seen, "PROTOCOL", "UNEXPECTED_MESSAGE");
     const c = await t.admin();
-    await assert.rejects(c.storage.stat("obj://ws1/pre-handshake"));
+    await assert.rejects(c.storage.stat("obj://ws1/pre-handshake"), klass("SEMANTIC"), "never written");
     await c.close();
   });
 

@@ -15,6 +15,7 @@ import {
   HEADER_SIZE,
   type Identity,
   type Intent,
+  KpipError,
   type Message,
   type Right,
   signBytes,
@@ -150,6 +151,12 @@ export function removeHome(home: string): void {
 }
 
 /** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
+/** An `assert.rejects` predicate: a {@link KpipError} of class `cls` (whose message contains `text`, if given). */
+export const klass =
+  (cls: string, text?: string) =>
+  (e: unknown): boolean =>
+    e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
+
 export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   for (;;) {

@@ -3,7 +3,7 @@ import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KernelClient, KpipError } from "@kpip/client";
+import { KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
@@ -84,7 +84,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const err = await closed;
     assert.ok(err instanceof KpipError && err.errorClass === "AUTH" && err.code === "PERSONA_REMOVED", String(err));
     assert.equal(c.state, "closed", "a removed persona's client does not reconnect");
-    await assert.rejects(c.call("system.health", "kernel://"));
+    await assert.rejects(c.call("system.health", "kernel://"), KernelUnavailableError);
     await assert.rejects(
       KernelClient.connect({ socket: suite.t.k.socketPath, identity: eve.identity, tokens: [], reconnect: false }),
       (e: unknown) => e instanceof KpipError && e.errorClass === "AUTH",

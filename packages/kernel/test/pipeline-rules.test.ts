@@ -1,13 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
 import { type CborMap, encodeCanonical, encodeIntent } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
 
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
 const health = { op: "system.health", target: "kernel://", args: {} };
 

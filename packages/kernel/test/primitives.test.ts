@@ -4,10 +4,9 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { type KernelClient, KpipError } from "@kpip/client";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import type { KernelClient } from "@kpip/client";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 

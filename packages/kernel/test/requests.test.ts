@@ -1,11 +1,8 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
 import { encodeCanonical, encodeIntent } from "@kpip/protocol";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 describe("the request pipeline", () => {
   let t: TestKernel;

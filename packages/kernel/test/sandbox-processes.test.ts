@@ -7,12 +7,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KernelClient, KpipError } from "@kpip/client";
+import { KernelClient } from "@kpip/client";
 import { generateIdentity, tokenFromString } from "@kpip/protocol";
-import { kernelForSuite, RawPeer, removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, until } from "./harness.js";
+import { kernelForSuite, klass, RawPeer, removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, until } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
-const klass = (c: string) => (e: unknown) => e instanceof KpipError && e.errorClass === c;
 const state = async (c: KernelClient, op: string) => (await c.ops.status(op)).state;
 
 describe("process accounting and agent identities", { skip: sandboxSkip }, () => {

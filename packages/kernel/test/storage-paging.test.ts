@@ -1,10 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type KernelClient, KpipError } from "@kpip/client";
+import type { KernelClient } from "@kpip/client";
 import { IntentError } from "@kpip/protocol";
-import { removeHome, startKernel, type TestKernel } from "./harness.js";
-
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 describe("storage: paging by hand, prefixes, CAS edges, client-side target checks", () => {
   let t: TestKernel;

@@ -1,10 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { type KernelClient, KpipError } from "@kpip/client";
+import type { KernelClient } from "@kpip/client";
 import { encodeCanonical } from "@kpip/protocol";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel } from "./harness.js";
-
-const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 describe("storage primitives", () => {
   let t: TestKernel;
