@@ -245,7 +245,7 @@ export class Kernel {
       const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, this.options.clock);
       this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }, ledger));
       this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-      const enforcer = new CapEnforcer(new RootKeys(c.home), store, this.options.clock, {
+      const enforcer = new CapEnforcer(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
         maxTokenBytes: c.maxTokenBytes,
         maxLiveTokens: c.maxLiveTokens,
         exempt: ["kernel", c.adminPersona],

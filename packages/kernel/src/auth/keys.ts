@@ -22,16 +22,20 @@ export class RootKeys {
   private mtime = 0;
   private checkedAt = 0;
 
-  constructor(private readonly home: string) {
+  constructor(
+    private readonly home: string,
+    private readonly clock: () => number = Date.now,
+  ) {
     this.file = RootKeys.load(home);
     this.mtime = statSync(RootKeys.path(home)).mtimeMs;
-    this.checkedAt = Date.now();
+    this.checkedAt = clock();
   }
 
   /** Re-reads the key file if another process (kpip token rotate-key / retire-key) changed it; at most once a second. */
   private refresh(force = false): void {
-    const now = Date.now();
-    if (!force && now - this.checkedAt < 1000) return;
+    const now = this.clock();
+    // A clock stepped back counts as time passed: otherwise the keys would freeze until it caught up.
+    if (!force && Math.abs(now - this.checkedAt) < 1000) return;
     this.checkedAt = now;
     const m = statSync(RootKeys.path(this.home)).mtimeMs;
     if (m !== this.mtime || force) {
