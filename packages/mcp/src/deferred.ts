@@ -1,7 +1,7 @@
 import type { KernelClient } from "@kpip/client";
 import type { Response } from "@kpip/protocol";
 import type { CallToolResult, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
-import type { McpGateway } from "./gateway.js";
+import type { GrantView } from "./grant.js";
 import { answerToResult, failureResult, localFailure, successResult } from "./results.js";
 
 /** What a tool call carries from the MCP request into the KPIP requests it makes. */
@@ -26,7 +26,16 @@ const TERMINAL = new Set(["succeeded", "failed", "cancelled"]);
  * when the token allows subscribing to it; otherwise op.status is polled with backoff. A host
  * cancellation becomes op.cancel. Every one of these is a request of its own, checked and audited.
  */
-export async function followDeferred(g: McpGateway, deferred: Response, ctx: ToolCallContext): Promise<CallToolResult> {
+/** What following an op needs from the gateway (the gateway is one; no import of it, so no cycle). */
+export interface DeferredHost {
+  readonly client: KernelClient;
+  /** Longest pause between op.status polls when no completion event can be awaited. */
+  readonly pollMaxMs: number;
+  /** What the gateway's tokens allow now. */
+  grants(): GrantView;
+}
+
+export async function followDeferred(g: DeferredHost, deferred: Response, ctx: ToolCallContext): Promise<CallToolResult> {
   const opUri = (deferred.payload as { op?: unknown } | undefined)?.op;
   if (typeof opUri !== "string" || !opUri.startsWith("op://"))
     return successResult("DEFERRED", deferred.payload, "op://", deferred.id);

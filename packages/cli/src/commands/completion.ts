@@ -1,6 +1,5 @@
 import type { Command } from "../command.js";
 import { UsageError } from "../util.js";
-import { loadCommands } from "./index.js";
 
 /** Subcommands of the commands that have them, for completion (the first word after the command). */
 const SUBCOMMANDS: Record<string, string[]> = {
@@ -38,7 +37,11 @@ complete -o default -F _kpip kpip
 `;
 }
 
-export const completionCommand: Command = {
+/**
+ * The completion command over the command list it is given (the list includes this command, so
+ * it is passed in by the registry rather than imported from it: no import cycle).
+ */
+export const completionCommand = (loadCommands: () => Promise<Command[]>): Command => ({
   name: "completion",
   summary: "print a shell completion script (bash or zsh)",
   usage: "kpip completion bash|zsh",
@@ -58,4 +61,4 @@ export const completionCommand: Command = {
     process.stdout.write(shell === "bash" ? script : `autoload -U +X bashcompinit && bashcompinit\n${script}`);
     return 0;
   },
-};
+});

@@ -17,7 +17,7 @@ export const COMMANDS: readonly CommandEntry[] = [
   { name: "mcp", load: async () => (await import("./mcp.js")).mcpCommand },
   F.status,
   { name: "bench", load: async () => (await import("./bench.js")).benchCommand },
-  { name: "completion", load: async () => (await import("./completion.js")).completionCommand },
+  { name: "completion", load: async () => (await import("./completion.js")).completionCommand(loadCommands) },
 ];
 
 /** Every command's definition (loads every module: for help and docs, not for running one). */
