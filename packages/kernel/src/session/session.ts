@@ -118,6 +118,18 @@ export class Session implements SessionView, EventSink {
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
+    conn.onEnd?.(() => this.peerEnded());
+  }
+
+  /** The peer half-closed (gRPC): a ready session ends as after GOODBYE; a handshake simply ends. */
+  private peerEnded(): void {
+    if (this.state === "ready") {
+      this.state = "closing";
+      this.maybeFinishClosing();
+    } else if (this.state === "hello" || this.state === "attest") {
+      this.closed("peer ended the stream");
+      this.conn.end();
+    }
   }
 
   get signal(): AbortSignal {
@@ -261,6 +273,7 @@ export class Session implements SessionView, EventSink {
     const lim = this.host.limits;
     const maxBody = Math.min(lim.maxBodyBytes, body.maxBody ?? lim.maxBodyBytes);
     this.maxBody = maxBody;
+    this.conn.limitMessages?.(HEADER_SIZE + maxBody);
     // Shared memory only between local peers on the Unix socket, and only if both want it.
     const shm = this.host.shm;
     if (shm && this.conn.transport === "uds" && body.features.includes(SHM_FEATURE)) {
