@@ -35,6 +35,11 @@ export class DedupeCache {
     private readonly maxEntries = 100_000,
   ) {}
 
+  /** Whether answers are kept in a store (and `commitWith` records them). */
+  get durable(): boolean {
+    return this.store !== undefined;
+  }
+
   get size(): number {
     return this.entries.size;
   }

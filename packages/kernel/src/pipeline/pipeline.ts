@@ -264,9 +264,13 @@ export class Pipeline {
     // 8. route and execute; an effect made `atomically` commits with its dedupe record.
     let result: OpResult | undefined;
     let refusal: Refusal | undefined;
+    let recorded = false;
     try {
-      const atomically = <T extends OpResult>(effect: () => T): T =>
-        this.dedupe.commitWith(key, hash, effect, (r) => answer(s, req, r));
+      const atomically = <T extends OpResult>(effect: () => T): T => {
+        const v = this.dedupe.commitWith(key, hash, effect, (r) => answer(s, req, r));
+        recorded = this.dedupe.durable;
+        return v;
+      };
       result = await stage(tr, "kpip.execute", () => this.execute(s, req, intent, decl, decision.grant, atomically));
     } catch (e) {
       refusal = toRefusal(e, this.log, intent.op, req.context.traceparent);
@@ -279,7 +283,8 @@ export class Pipeline {
     let response: Response;
     if (refusal) response = failure(s, req, refusal);
     else response = answer(s, req, result as OpResult);
-    const keep = effects && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+    const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
     // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
     // effects an "outcome" record that refers to its intent record by request id and hash.
     const outcome = this.audit.append(
