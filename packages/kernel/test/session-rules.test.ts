@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE, type Identity, MIN_MAX_BODY } from "@kpip/protocol";
+import { ConfigError, resolveConfig } from "../src/index.js";
 import { adminIdentity, kernelForSuite, RawPeer, until } from "./harness.js";
 import { attestSignature, auditRecord, requestFrame } from "./wire.js";
 
@@ -53,6 +54,15 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
     assert.match(e.body.message, new RegExp(`minimum of ${MIN_MAX_BODY}`));
     await until(() => p.closed, 10_000, "closed");
     await auditRecord(s.t.k, (r) => r.op === "session.handshake" && (r.message ?? "").includes("HELLO.maxBody 512"));
+  });
+
+  it("a kernel configured with maxBodyBytes below the minimum does not start (ConfigError)", () => {
+    const flags = { home: s.t.home, maxBodyBytes: MIN_MAX_BODY - 1 };
+    assert.throws(
+      () => resolveConfig({ flags, env: {} }),
+      (e: unknown) => e instanceof ConfigError && /at least 4096/.test(String(e)),
+    );
+    assert.equal(resolveConfig({ flags: { ...flags, maxBodyBytes: MIN_MAX_BODY }, env: {} }).maxBodyBytes, MIN_MAX_BODY);
   });
 
   it("a REQUEST over the negotiated maxBody ends that session with TOO_LARGE; the kernel serves others", async () => {
