@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
+import { MIN_MAX_BODY } from "@kpip/protocol";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -353,6 +354,8 @@ const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"
 function checkValues(c: KernelConfig): void {
   if (!LOG_LEVELS.includes(c.logLevel))
     throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(", ")} (got ${JSON.stringify(c.logLevel)})`);
+  if (c.maxBodyBytes < MIN_MAX_BODY)
+    throw new ConfigError(`maxBodyBytes must be at least ${MIN_MAX_BODY} (PROTOCOL §8.3; got ${c.maxBodyBytes})`);
   for (const key of ["metricsListen", "grpcListen"] as const) {
     const v = c[key];
     if (v === "") continue;

@@ -6,7 +6,17 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { KernelClient, KernelUnavailableError } from "@kpip/client";
-import { decodeMessage, encodeMessage, FrameDecoder, type Message } from "@kpip/protocol";
+import {
+  attestationTranscript,
+  decodeMessage,
+  encodeIntent,
+  encodeMessage,
+  FrameDecoder,
+  HEADER_SIZE,
+  type Identity,
+  type Message,
+  signBytes,
+} from "@kpip/protocol";
 import { ConfigError, Kernel } from "../src/index.js";
 import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
@@ -35,7 +45,51 @@ function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.p
   call.on("end", () => {
     state.ended = true;
   });
-  return { call, frames, state, close: () => client.close() };
+  const sizes: number[] = [];
+  call.on("data", (d: Buffer) => sizes.push(d.length));
+  return { call, frames, state, sizes, close: () => client.close() };
+}
+
+/** A raw gRPC stream through the handshake as `identity` with `token` bound as handle 1. */
+async function rawSession(address: string, identity: Identity, token: Uint8Array) {
+  const s = rawStream(address);
+  const hello = encodeMessage({
+    type: "HELLO",
+    body: {
+      versions: [1],
+      persona: identity.persona,
+      publicKey: identity.publicKey,
+      instance: Buffer.alloc(16, 3),
+      features: [],
+    },
+  });
+  s.call.write(hello);
+  const challenge = await until(() => s.frames.find((m) => m.type === "CHALLENGE"), 10_000, "CHALLENGE");
+  const transcript = attestationTranscript(
+    Buffer.from(hello.subarray(HEADER_SIZE)),
+    Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)),
+  );
+  s.call.write(
+    encodeMessage({ type: "ATTEST", body: { signature: signBytes(identity.privateKey, transcript), tokens: [token] } }),
+  );
+  await until(() => s.frames.find((m) => m.type === "WELCOME"), 10_000, "WELCOME");
+  const maxBody = (challenge as Extract<Message, { type: "CHALLENGE" }>).body.limits.maxBody;
+  const request = (id: number, op: string, target: string, args: Record<string, unknown> = {}) =>
+    encodeMessage(
+      {
+        type: "REQUEST",
+        body: {
+          version: 1,
+          persona: identity.persona,
+          id,
+          intent: encodeIntent({ op, target, args: args as never }),
+          context: { persona: identity.persona },
+          caps: [1],
+        },
+      },
+      id,
+    );
+  return { ...s, maxBody, request };
 }
 
 describe("gRPC transport with TLS", () => {
@@ -138,6 +192,34 @@ describe("gRPC transport with TLS", () => {
     await until(() => s.frames.find((m) => m.type === "ERROR"), 3000, "ERROR frame");
     const e = s.frames.find((m) => m.type === "ERROR") as Extract<Message, { type: "ERROR" }>;
     assert.deepEqual([e.body.class, e.body.code], ["PROTOCOL", "TOO_LARGE"]);
+    s.close();
+  });
+
+  it("a client that half-closes its stream is answered: requests in flight, GOODBYE, then the call ends with status OK", async () => {
+    const s = await rawSession(address, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+    s.call.write(s.request(1, "system.health", "kernel://"));
+    s.call.end();
+    await until(() => s.state.ended, 15_000, "the kernel to end the call");
+    assert.equal(s.state.error, undefined, "ended with status OK, not an error");
+    const types = s.frames.map((m) => m.type);
+    assert.deepEqual(types.slice(-2), ["RESPONSE", "GOODBYE"], "the request in flight answered, then GOODBYE");
+    s.close();
+    await until(() => t.k.sessionCount === 0, 10_000, "the session to end");
+  });
+
+  it("six pipelined reads of nearly maxBody each arrive whole: no gRPC message exceeds 16 + maxBody", async () => {
+    const c = await overGrpc();
+    await c.storage.write("obj://g/big", Buffer.alloc(900 * 1024, 7));
+    await c.close();
+    const s = await rawSession(address, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+    s.call.write(Buffer.concat([11, 12, 13, 14, 15, 16].map((id) => s.request(id, "storage.read", "obj://g/big"))));
+    await until(() => s.frames.filter((m) => m.type === "RESPONSE").length === 6 || s.state.ended, 30_000, "six responses");
+    assert.equal(s.state.error, undefined, "the stream is alive");
+    const responses = s.frames.filter((m) => m.type === "RESPONSE") as Extract<Message, { type: "RESPONSE" }>[];
+    assert.equal(responses.length, 6);
+    for (const r of responses) assert.equal((r.body.payload as { data: Uint8Array }).data.length, 900 * 1024);
+    assert.ok(Math.max(...s.sizes) <= HEADER_SIZE + s.maxBody, `largest message ${Math.max(...s.sizes)} bytes`);
+    s.call.end();
     s.close();
   });
 

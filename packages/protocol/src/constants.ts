@@ -43,6 +43,12 @@ export const FrameFlag = {
 /** Every flag bit this implementation understands; any other bit set is a PROTOCOL error. */
 export const KNOWN_FLAGS = FrameFlag.SHM;
 
+/**
+ * The smallest maxBody a peer may ask for in HELLO (PROTOCOL §8.3): every control message and
+ * every FAILURE the kernel sends fits in it.
+ */
+export const MIN_MAX_BODY = 4096;
+
 /** Defaults for the limits negotiated at handshake; each side may lower them. */
 export const DEFAULT_LIMITS = {
   /** Largest frame body accepted, in bytes. */

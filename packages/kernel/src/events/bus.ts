@@ -1,4 +1,4 @@
-import { type CborValue, encodeMessage, personaWithin } from "@kpip/protocol";
+import { type CborValue, encodeMessage, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { TopicIndex } from "./topic-index.js";
 
@@ -9,6 +9,8 @@ export interface EventSink {
   /** Bytes queued to the peer and not yet read. */
   readonly buffered: number;
   write(frame: Uint8Array): void;
+  /** The largest frame body the peer takes (the session's negotiated maxBody). */
+  readonly maxBody?: number;
 }
 
 interface Queued {
@@ -225,6 +227,7 @@ export class EventBus {
   private pump(s: Subscription): void {
     while (s.queue.length && s.sink.buffered <= this.limits.highWaterBytes) {
       const e = this.take(s);
+      const [seqBefore, droppedBefore] = [s.seq, s.dropped];
       const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
         subscription: s.id,
         topic: e.topic,
@@ -237,7 +240,14 @@ export class EventBus {
         body.seq = s.seq;
         s.dropped = 0;
       }
-      s.sink.write(encodeMessage({ type: "EVENT", body }, s.id));
+      const frame = encodeMessage({ type: "EVENT", body }, s.id);
+      if (s.sink.maxBody !== undefined && frame.length - HEADER_SIZE > s.sink.maxBody) {
+        // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
+        [s.seq, s.dropped] = [seqBefore, droppedBefore];
+        this.miss(s);
+        continue;
+      }
+      s.sink.write(frame);
       this.delivered++;
     }
   }

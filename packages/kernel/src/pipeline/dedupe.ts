@@ -1,4 +1,4 @@
-import { decodeCanonical, type Response } from "@kpip/protocol";
+import { type CborMap, decodeCanonical, encodeCanonical, type Response } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 
 interface Entry {
@@ -31,9 +31,14 @@ export class DedupeCache {
 
   constructor(
     readonly windowMs: number,
-    private readonly store?: Pick<AuditStore, "lookupDedupe">,
+    private readonly store?: Pick<AuditStore, "lookupDedupe" | "putDedupe" | "transaction">,
     private readonly maxEntries = 100_000,
   ) {}
+
+  /** Whether answers are kept in a store (and `commitWith` records them). */
+  get durable(): boolean {
+    return this.store !== undefined;
+  }
 
   get size(): number {
     return this.entries.size;
@@ -56,6 +61,22 @@ export class DedupeCache {
     if (!row) return { kind: "new" };
     if (Buffer.from(row.hash).toString("base64") !== h) return { kind: "conflict" };
     return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
+  }
+
+  /**
+   * Runs an op's effect in one store transaction together with the durable dedupe record of the
+   * answer it returns (PROTOCOL §11 rule 9): a kernel killed after the effect committed has the
+   * record too, so the client's retry is answered from it instead of running the effect twice.
+   */
+  commitWith<T>(key: string, hash: Buffer, effect: () => T, answer: (v: T) => Response): T {
+    const s = this.store;
+    if (!s) return effect();
+    return s.transaction(() => {
+      const v = effect();
+      const response = encodeCanonical(answer(v) as unknown as CborMap);
+      s.putDedupe({ key, hash, response, expires: Date.now() + this.windowMs });
+      return v;
+    });
   }
 
   /** The first attempt is running: a duplicate arriving now waits for the same answer. */

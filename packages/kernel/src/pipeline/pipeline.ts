@@ -14,12 +14,12 @@ import {
 } from "@kpip/protocol";
 import type { AuditEntry, AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
-import type { Authorizer } from "../auth/authorizer.js";
+import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { HandleTable } from "../auth/enforcer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
-import { OpError, type OpResult } from "../primitives/types.js";
+import { type OpContext, OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { DedupeCache } from "./dedupe.js";
 import { endRequestSpan, type RequestTrace, stage, startRequestSpan } from "./tracing.js";
@@ -52,8 +52,8 @@ interface Refusal {
 
 /**
  * The one straight path a request takes (PROTOCOL §9; docs/architecture.md "One request, one path"):
- * validate version and structure → decode the intent → dedupe → resolve capabilities and
- * authorize → audit the intent → route → execute → audit the outcome → respond.
+ * validate version and structure → decode the intent → resolve capabilities and authorize →
+ * dedupe → audit the intent → route → execute → audit the outcome → respond.
  * Every request leaves audit records; nothing is answered before its records are committed.
  */
 export class Pipeline {
@@ -155,17 +155,43 @@ export class Pipeline {
       return failure(s, req, r);
     }
     const rec = { ...base, op: intent.op, target: intent.target, intentHash: hash, intent: req.intent };
-    st.op = this.router.get(intent.op) ? intent.op : "unknown";
+    const decl = this.router.get(intent.op);
+    st.op = decl ? intent.op : "unknown";
+    // 3. an op the kernel does not have is SEMANTIC whatever the token (PROTOCOL §10.1): the class
+    // must not depend on whether a grant happens to cover the name. Op names are public (system.describe).
+    if (!decl) {
+      const r = { errorClass: "SEMANTIC" as const, message: `unknown op ${intent.op} (see system.describe)` };
+      await this.refuse(s, { ...rec, phase: "refused", ...failureCols(r, started) });
+      return failure(s, req, r);
+    }
 
-    // 3. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
+    // 4. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
+    // run learns nothing from the record — not an answer, not even that its ids were used.
+    const decision = await stage(st.trace, "kpip.authorize", () =>
+      this.authorizer.authorize({
+        persona: s.persona,
+        session: s.id,
+        intent,
+        context: req.context,
+        caps: req.caps,
+        handles: s.handles,
+        declaration: decl,
+      }),
+    );
+    const caps = decision.capIds.join(",");
+    if (!decision.allowed) {
+      await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(decision, started) });
+      return failure(s, req, decision);
+    }
+
+    // 5. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it.
     const key = `${s.persona}:${s.instance}:${req.id}`;
     const now = Date.now();
-    const effects = this.router.get(intent.op)?.effects ?? false;
-    const prior = this.dedupe.check(key, hash, now, effects);
+    const prior = this.dedupe.check(key, hash, now, decl.effects);
     if (prior.kind === "conflict") {
       const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
-      await this.refuse(s, { ...rec, phase: "refused", ...failureCols(r, started) });
+      await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(r, started) });
       return failure(s, req, r);
     }
     if (prior.kind === "answer") {
@@ -175,6 +201,7 @@ export class Pipeline {
         ...rec,
         intent: null,
         phase: "replay",
+        caps,
         status: response.status,
         errorClass: response.error ?? null,
         message: "answered from the record of the first attempt",
@@ -182,7 +209,7 @@ export class Pipeline {
       });
       return response;
     }
-    const pending = this.run(s, req, intent, rec, started, key, hash, st.trace);
+    const pending = this.run(s, req, intent, decl, decision, rec, started, key, hash, st.trace);
     this.dedupe.running(key, hash, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
@@ -211,40 +238,16 @@ export class Pipeline {
     s: SessionView,
     req: Request,
     intent: Intent,
+    decl: PrimitiveDeclaration,
+    decision: Extract<Decision, { allowed: true }>,
     rec: Record<string, unknown> & { session: string; persona: string },
     started: bigint,
     key: string,
     hash: Buffer,
     tr: RequestTrace,
   ): Promise<Response> {
-    const decl = this.router.get(intent.op);
-    // An op the kernel does not have is SEMANTIC whatever the token (PROTOCOL §10.1): the class
-    // must not depend on whether a grant happens to cover the name. Op names are public (system.describe).
-    if (!decl) {
-      const r = { errorClass: "SEMANTIC" as const, message: `unknown op ${intent.op} (see system.describe)` };
-      await this.refuse(s, { ...rec, phase: "refused", ...failureCols(r, started) });
-      return failure(s, req, r);
-    }
-
-    // 4. capabilities and authorization.
-    const decision = await stage(tr, "kpip.authorize", () =>
-      this.authorizer.authorize({
-        persona: s.persona,
-        session: s.id,
-        intent,
-        context: req.context,
-        caps: req.caps,
-        handles: s.handles,
-        declaration: decl,
-      }),
-    );
     const caps = decision.capIds.join(",");
-    if (!decision.allowed) {
-      await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(decision, started) });
-      return failure(s, req, decision);
-    }
-
-    // 4b. limits on requests themselves (concurrent, rate) from the authorizing grant.
+    // 6. limits on requests themselves (concurrent, rate) from the authorizing grant.
     let release: () => void;
     try {
       release = this.ledger.admit(s.persona, decision.grant, decision.rateKey);
@@ -254,31 +257,34 @@ export class Pipeline {
       return failure(s, req, r);
     }
 
-    // 5. an op that changes state has its intent recorded, and committed, before it runs.
-    const effects = decl?.effects === true;
+    // 7. an op that changes state has its intent recorded, and committed, before it runs.
+    const effects = decl.effects;
     if (effects) await stage(tr, "kpip.audit.intent", () => this.audit.append({ ...rec, phase: "intent", caps }));
 
-    // 6. route and execute.
+    // 8. route and execute; an effect made `atomically` commits with its dedupe record.
     let result: OpResult | undefined;
     let refusal: Refusal | undefined;
+    let recorded = false;
     try {
-      result = await stage(tr, "kpip.execute", () => this.execute(s, req, intent, decl, decision.grant));
+      const atomically = <T extends OpResult>(effect: () => T): T => {
+        const v = this.dedupe.commitWith(key, hash, effect, (r) => answer(s, req, r));
+        recorded = this.dedupe.durable;
+        return v;
+      };
+      result = await stage(tr, "kpip.execute", () => this.execute(s, req, intent, decl, decision.grant, atomically));
     } catch (e) {
       refusal = toRefusal(e, this.log, intent.op, req.context.traceparent);
     } finally {
       release();
     }
 
-    // 7. audit the outcome, then answer. The response of an op with effects is stored with
+    // 9. audit the outcome, then answer. The response of an op with effects is stored with
     // its outcome record, so a retry after a kernel restart gets it instead of a second run.
     let response: Response;
     if (refusal) response = failure(s, req, refusal);
-    else {
-      const r = result as OpResult;
-      response = { version: s.version, id: req.id, status: r.status };
-      if (r.payload !== undefined) response.payload = r.payload;
-    }
-    const keep = decl?.effects && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    else response = answer(s, req, result as OpResult);
+    // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+    const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
     // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
     // effects an "outcome" record that refers to its intent record by request id and hash.
     const outcome = this.audit.append(
@@ -304,10 +310,10 @@ export class Pipeline {
     s: SessionView,
     req: Request,
     intent: Intent,
-    decl: ReturnType<Router["get"]>,
+    decl: PrimitiveDeclaration,
     grant: Grant | undefined,
+    atomically: OpContext["atomically"],
   ): Promise<OpResult> {
-    if (!decl) throw new OpError("SEMANTIC", `unknown op ${intent.op} (see system.describe)`);
     const target = parseTarget(intent.target);
     if (typeof target === "string") throw new OpError("SEMANTIC", target);
     if (!decl.targets.includes(target.scheme)) {
@@ -334,6 +340,7 @@ export class Pipeline {
       signal,
       grant,
       handles: s.handles,
+      atomically,
     });
   }
 }
@@ -343,6 +350,12 @@ function toRefusal(e: unknown, log: Logger, op: string, traceparent?: string | n
   if (e instanceof IntentError) return { errorClass: "SEMANTIC", message: e.message };
   log.error({ err: e, op, traceparent: traceparent ?? undefined }, "primitive failed");
   return { errorClass: "INTERNAL", message: `${op} failed inside the kernel` };
+}
+
+function answer(s: SessionView, req: Request, r: OpResult): Response {
+  const response: Response = { version: s.version, id: req.id, status: r.status };
+  if (r.payload !== undefined) response.payload = r.payload;
+  return response;
 }
 
 function failure(s: SessionView, req: Request, r: Refusal): Response {

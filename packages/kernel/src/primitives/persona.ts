@@ -95,10 +95,13 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           } catch (e) {
             throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
           }
-          if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
-          store.addPersona(id, key);
-          const rec = store.getPersona(id);
-          return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+          // Registered with the request's dedupe record: a retry after a crash is not "already registered".
+          return ctx.atomically((): OpResult => {
+            if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
+            store.addPersona(id, key);
+            const rec = store.getPersona(id);
+            return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+          });
         },
       },
       {

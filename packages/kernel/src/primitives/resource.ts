@@ -27,8 +27,10 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
               "resource must be a lowercase name other than storage.bytes (counted by storage itself)",
             );
           }
-          const a = ledger.alloc(ctx.persona, resource, ctx.args.amount as number, ctx.grant);
-          return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount } };
+          return ctx.atomically((): OpResult => {
+            const a = ledger.alloc(ctx.persona, resource, ctx.args.amount as number, ctx.grant);
+            return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount } };
+          });
         },
       },
       {
@@ -39,8 +41,10 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
         idempotent: false,
         effects: true,
         handler: (ctx) => {
-          const a = ledger.free(ctx.persona, ctx.args.allocation as string);
-          return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
+          return ctx.atomically((): OpResult => {
+            const a = ledger.free(ctx.persona, ctx.args.allocation as string);
+            return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
+          });
         },
       },
       {

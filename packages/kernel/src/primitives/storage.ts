@@ -1,7 +1,7 @@
 import type { CborValue } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { ObjectStore } from "../store/types.js";
-import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
+import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 export interface StorageLimits {
   /** Largest object, in bytes. */
@@ -51,14 +51,14 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
-          // The object and its owner's usage change in one transaction: a refused charge leaves no write.
-          const r = store.transaction(() => {
+          // The object, its owner's usage and the request's dedupe record change in one
+          // transaction: a refused charge leaves no write, a crash no write without its record.
+          return ctx.atomically((): OpResult => {
             const w = store.writeObject(workspace, path, data, generationArg(ctx), Date.now(), ctx.persona);
-            if (w.ok) ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
-            return w;
+            if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
+            ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
+            return { status: "SUCCESS", payload: { generation: w.generation, size: data.length } };
           });
-          if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
-          return { status: "SUCCESS", payload: { generation: r.generation, size: data.length } };
         },
       },
       {
@@ -125,14 +125,13 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
         effects: true,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
-          const r = store.transaction(() => {
+          return ctx.atomically((): OpResult => {
             const d = store.deleteObject(workspace, path, generationArg(ctx));
-            if (d?.ok && d.previous) ledger.releaseStorage(workspace, d.previous);
-            return d;
+            if (d === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
+            if (!d.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${d.current}`);
+            if (d.previous) ledger.releaseStorage(workspace, d.previous);
+            return { status: "SUCCESS", payload: { deleted: true, generation: d.generation } };
           });
-          if (r === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-          if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
-          return { status: "SUCCESS", payload: { deleted: true, generation: r.generation } };
         },
       },
     ],

@@ -14,7 +14,7 @@ import {
 } from "@kpip/protocol";
 import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
-import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
+import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** Most tokens one token.list page returns (its answer must stay well inside the decoder's item limit). */
 const MAX_LIST_PAGE = 1000;
@@ -129,16 +129,19 @@ export function tokenFamily(
           const ttlMs = ctx.args.ttlMs as number;
           if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
           try {
-            const t = enforcer.mint(ctx.grant, ctx.persona, {
-              sub,
-              rights: rightsArg(ctx.args.rights),
-              ttlMs,
-              ...(limits ? { limits } : {}),
-              ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs as number } : {}),
-              ...(workspaces ? { workspaces } : {}),
-              ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
+            // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
+            return ctx.atomically((): OpResult => {
+              const t = enforcer.mint(ctx.grant, ctx.persona, {
+                sub,
+                rights: rightsArg(ctx.args.rights),
+                ttlMs,
+                ...(limits ? { limits } : {}),
+                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs as number } : {}),
+                ...(workspaces ? { workspaces } : {}),
+                ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
+              });
+              return { status: "SUCCESS", payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp } };
             });
-            return { status: "SUCCESS", payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp } };
           } catch (e) {
             if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
             if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);

@@ -27,6 +27,12 @@ export interface OpContext {
   grant: Grant | undefined;
   /** The session's handle table. */
   handles: HandleTable | undefined;
+  /**
+   * Runs the op's state change in one store transaction with the request's dedupe record of the
+   * result it returns, so no crash can keep the effect and lose the record (PROTOCOL §11 rule 9).
+   * An op whose effect is one store transaction makes it through this; a throw rolls back both.
+   */
+  atomically<T extends OpResult>(effect: () => T): T;
 }
 
 /** A successful outcome; failures are thrown as {@link OpError}. */

@@ -19,6 +19,13 @@ export interface Connection {
   onClose(cb: () => void): void;
   /** Called when queued bytes have been taken by the peer (after `buffered` was high). */
   onDrain(cb: () => void): void;
+  /**
+   * The peer ended its half of the stream but still reads (a gRPC half-close): the session
+   * ends as after GOODBYE. Transports without half-close report a plain close instead.
+   */
+  onEnd?(cb: () => void): void;
+  /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
+  limitMessages?(bytes: number): void;
 }
 
 /** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */

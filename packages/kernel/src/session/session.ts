@@ -13,6 +13,7 @@ import {
   HEADER_SIZE,
   type Hello,
   type Message,
+  MIN_MAX_BODY,
   negotiateVersion,
   type Request,
   type Response,
@@ -86,6 +87,8 @@ export class Session implements SessionView, EventSink {
   persona = "";
   version = 0;
   instance = "";
+  /** The negotiated maximum body (PROTOCOL §4.5, §8.3): enforced on every frame both ways once CHALLENGE is sent. */
+  maxBody: number;
   /** The public key the persona attested with (a re-registration under another key ends the session). */
   attestedKey: Buffer | undefined;
   inFlight = 0;
@@ -110,10 +113,23 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerAddress = addressOf(conn);
+    this.maxBody = host.limits.maxBodyBytes;
     this.decoder = new FrameDecoder(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
+    conn.onEnd?.(() => this.peerEnded());
+  }
+
+  /** The peer half-closed (gRPC): a ready session ends as after GOODBYE; a handshake simply ends. */
+  private peerEnded(): void {
+    if (this.state === "ready") {
+      this.state = "closing";
+      this.maybeFinishClosing();
+    } else if (this.state === "hello" || this.state === "attest") {
+      this.closed("peer ended the stream");
+      this.conn.end();
+    }
   }
 
   get signal(): AbortSignal {
@@ -185,6 +201,9 @@ export class Session implements SessionView, EventSink {
       }
       this.onMessage(msg, frame);
     }
+    // After GOODBYE the kernel closes only once it has processed every frame it already read
+    // (PROTOCOL §8.6): a REQUEST that came in the same read is answered, not dropped.
+    this.maybeFinishClosing();
   }
 
   private onMessage(msg: Message, frame: Frame): void {
@@ -198,13 +217,7 @@ export class Session implements SessionView, EventSink {
       case "REQUEST":
         if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
         if (this.state === "closing") {
-          return this.respond(frame.stream, {
-            version: this.version,
-            id: msg.body.id,
-            status: "FAILURE",
-            error: "PROTOCOL",
-            message: "the session is closing: no new requests after GOODBYE",
-          });
+          return this.refuseRequest(msg.body, frame.stream, "PROTOCOL", "the session is closing: no new requests after GOODBYE");
         }
         return this.outOfOrder(msg.type);
       case "PING":
@@ -219,7 +232,6 @@ export class Session implements SessionView, EventSink {
         if (this.state === "closing") return;
         if (this.state !== "ready") return this.outOfOrder(msg.type);
         this.state = "closing";
-        this.maybeFinishClosing();
         return;
       case "ERROR":
         // Before HELLO only HELLO is allowed; during the handshake a peer may only give up (fatal).
@@ -246,12 +258,22 @@ export class Session implements SessionView, EventSink {
         body.persona,
       );
     }
+    if (body.maxBody !== undefined && body.maxBody < MIN_MAX_BODY) {
+      return this.fail(
+        "PROTOCOL",
+        "BAD_FIELD",
+        `HELLO.maxBody ${body.maxBody} is below the minimum of ${MIN_MAX_BODY} bytes`,
+        body.persona,
+      );
+    }
     this.version = version;
     this.hello = { body, bytes: Buffer.from(bytes) };
     this.instance = Buffer.from(body.instance).toString("hex");
     this.nonce = randomBytes(32);
     const lim = this.host.limits;
     const maxBody = Math.min(lim.maxBodyBytes, body.maxBody ?? lim.maxBodyBytes);
+    this.maxBody = maxBody;
+    this.conn.limitMessages?.(HEADER_SIZE + maxBody);
     // Shared memory only between local peers on the Unix socket, and only if both want it.
     const shm = this.host.shm;
     if (shm && this.conn.transport === "uds" && body.features.includes(SHM_FEATURE)) {
@@ -276,7 +298,7 @@ export class Session implements SessionView, EventSink {
     });
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
     this.state = "attest";
-    this.decoder.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, lim.maxBodyBytes));
+    this.decoder.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, maxBody));
     this.conn.write(frame);
   }
 
@@ -301,7 +323,7 @@ export class Session implements SessionView, EventSink {
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
-    this.decoder.setMaxBody(this.host.limits.maxBodyBytes);
+    this.decoder.setMaxBody(this.maxBody);
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
@@ -314,7 +336,12 @@ export class Session implements SessionView, EventSink {
         refused.push({ index, code: r.code, message: r.message });
       }
     });
-    this.send({ type: "WELCOME", body: refused.length ? { persona, handles, refused } : { persona, handles } });
+    let welcome: Message = { type: "WELCOME", body: refused.length ? { persona, handles, refused } : { persona, handles } };
+    // Within the session's maxBody (PROTOCOL §6.6): 64 refusals with their messages may not fit the minimum.
+    if (encodeMessage(welcome).length - HEADER_SIZE > this.maxBody) {
+      welcome = { type: "WELCOME", body: { persona, handles, refused: refused.map((r) => ({ ...r, message: "" })) } };
+    }
+    this.send(welcome);
     void this.host.audit
       .append({
         session: this.id,
@@ -331,32 +358,8 @@ export class Session implements SessionView, EventSink {
 
   private onRequest(req: Request, stream: number): void {
     if (this.inFlight >= this.host.limits.maxInFlight) {
-      const refusal: Response = {
-        version: this.version,
-        id: req.id,
-        status: "FAILURE",
-        error: "RESOURCE",
-        message: `more than ${this.host.limits.maxInFlight} requests in flight on this session`,
-      };
-      // Like every refusal, recorded before it is answered (within the refusal rate; see Pipeline.refuse).
-      this.host.pipeline
-        .refuse(this, {
-          session: this.id,
-          persona: this.persona,
-          phase: "refused",
-          requestId: req.id,
-          ...intentColumns(req.intent),
-          status: "FAILURE",
-          errorClass: "RESOURCE",
-          message: "too many requests in flight",
-          traceparent: req.context.traceparent ?? null,
-          execution: req.context.execution ?? null,
-          domain: req.context.domain ?? null,
-        })
-        .then(
-          () => this.respond(stream, refusal),
-          () => this.respond(stream, { ...refusal, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
-        );
+      const message = `more than ${this.host.limits.maxInFlight} requests in flight on this session`;
+      this.refuseRequest(req, stream, "RESOURCE", message, "too many requests in flight");
       return;
     }
     this.inFlight++;
@@ -381,19 +384,90 @@ export class Session implements SessionView, EventSink {
       });
   }
 
+  /**
+   * Refuses a REQUEST the session does not take (over the in-flight limit; after GOODBYE,
+   * PROTOCOL §8.6 rule 3): not executed, and like every refusal recorded before it is answered
+   * (within the refusal rate; see Pipeline.refuse). It counts as in flight until answered, so
+   * the kernel's GOODBYE follows its RESPONSE.
+   */
+  private refuseRequest(req: Request, stream: number, error: ErrorClass, message: string, auditMessage = message): void {
+    const refusal: Response = { version: this.version, id: req.id, status: "FAILURE", error, message };
+    this.inFlight++;
+    this.host.pipeline
+      .refuse(this, {
+        session: this.id,
+        persona: this.persona,
+        phase: "refused",
+        requestId: req.id,
+        ...intentColumns(req.intent),
+        status: "FAILURE",
+        errorClass: error,
+        message: auditMessage,
+        traceparent: req.context.traceparent ?? null,
+        execution: req.context.execution ?? null,
+        domain: req.context.domain ?? null,
+      })
+      .then(
+        () => this.respond(stream, refusal),
+        () => this.respond(stream, { ...refusal, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
+      )
+      .finally(() => {
+        this.inFlight--;
+        this.maybeFinishClosing();
+      });
+  }
+
   private respond(stream: number, resp: Response): void {
     if (this.state === "closed") return;
-    this.send({ type: "RESPONSE", body: resp }, stream);
+    const pieces = encodeMessagePieces({ type: "RESPONSE", body: resp }, stream, 64 * 1024);
+    const size = pieces.reduce((n, p) => n + p.length, 0) - HEADER_SIZE;
+    if (size > this.maxBody) return this.respondTooLarge(stream, resp, size);
+    this.sendPieces(pieces);
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
       this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read its responses; session dropped", this.persona);
     }
+  }
+
+  /**
+   * A response whose body exceeds the session's maxBody is never sent (PROTOCOL §4.5): the
+   * request is answered FAILURE RESOURCE instead, after a record saying so. The op has run;
+   * an op with effects keeps its real answer in the dedupe record, for a retry on a session
+   * that takes it.
+   */
+  private respondTooLarge(stream: number, resp: Response, size: number): void {
+    const message = `the response of ${size} bytes does not fit this session's maxBody of ${this.maxBody} bytes; the request ran, its answer was not sent`;
+    const substitute: Response = { version: this.version, id: resp.id, status: "FAILURE", error: "RESOURCE", message };
+    this.inFlight++;
+    this.host.audit
+      .append({
+        session: this.id,
+        persona: this.persona,
+        phase: "refused",
+        op: "session.response",
+        requestId: resp.id,
+        status: "FAILURE",
+        errorClass: "RESOURCE",
+        message: `RESPONSE_TOO_LARGE: ${message} (it was ${resp.status})`,
+      })
+      .then(
+        () => this.respond(stream, substitute),
+        () => this.respond(stream, { ...substitute, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
+      )
+      .finally(() => {
+        this.inFlight--;
+        this.maybeFinishClosing();
+      });
   }
 
   private send(msg: Message, stream = 0): void {
     if (this.state === "closed") return;
     // Large payloads (e.g. a storage.read) are referenced into the frame, not copied: the
     // pieces are written together, or copied once into the shared-memory segment.
-    const pieces = encodeMessagePieces(msg, stream, 64 * 1024);
+    this.sendPieces(encodeMessagePieces(msg, stream, 64 * 1024));
+  }
+
+  private sendPieces(pieces: Uint8Array[]): void {
+    if (this.state === "closed") return;
     const viaShm = this.shm?.wrapPieces(pieces);
     if (viaShm) this.conn.write(viaShm);
     else for (const piece of pieces) this.conn.write(piece);

@@ -511,6 +511,14 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
     return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
   }
+  putDedupe(d: DedupeRow): void {
+    this.prep("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)").run(
+      d.key,
+      Buffer.from(d.hash),
+      Buffer.from(d.response),
+      d.expires,
+    );
+  }
   pruneDedupe(now: number): number {
     return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
   }

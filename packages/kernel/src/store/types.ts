@@ -147,6 +147,10 @@ export interface AuditStore {
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
+  /** Stores one dedupe row now (inside the caller's transaction, if one is open). */
+  putDedupe(row: DedupeRow): void;
+  /** Runs `fn` in one transaction (nested: a savepoint). */
+  transaction<T>(fn: () => T): T;
   pruneDedupe(now: number): number;
   lastAudit(): AuditRow | undefined;
   /** Rows in seq order, `batch` at a time (for verification of long logs). */

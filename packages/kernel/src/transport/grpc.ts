@@ -92,7 +92,7 @@ export class GrpcListener {
       "grpc.keepalive_permit_without_calls": 1,
     });
     server.addService(KPIP_GRPC_SERVICE, {
-      Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => this.accept(new GrpcStreamConnection(call)),
+      Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => this.accept(new GrpcStreamConnection(call, this.maxMessage)),
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.listen, creds, (err, p) => (err ? reject(err) : resolve(p))),
@@ -134,8 +134,13 @@ export class GrpcStreamConnection implements Connection {
   private ended = false;
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
+  private readonly endCbs: (() => void)[] = [];
 
-  constructor(private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>) {
+  constructor(
+    private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
+    /** Largest message sent; coalesced writes are split to stay within it (PROTOCOL §3.6). */
+    private maxMessage: number,
+  ) {
     this.peer = call.getPeer();
     const closed = () => {
       if (this.closed) return;
@@ -147,8 +152,10 @@ export class GrpcStreamConnection implements Connection {
     call.on("close", closed);
     call.on("finish", closed);
     call.on("end", () => {
-      // The peer half-closed: the session sees it as the stream closing.
-      closed();
+      // The peer half-closed: it sends nothing more but still reads, so the session answers
+      // what is in flight, says GOODBYE and ends the call with status OK (PROTOCOL §3.6).
+      if (this.endCbs.length === 0) closed();
+      for (const cb of this.endCbs) cb();
     });
   }
 
@@ -178,7 +185,19 @@ export class GrpcStreamConnection implements Connection {
           : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
     this.pending = [];
     this.pendingBytes = 0;
-    this.call.write(chunk);
+    // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
+    // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
+    for (let at = 0; at < chunk.length; at += this.maxMessage) {
+      this.call.write(chunk.length <= this.maxMessage ? chunk : chunk.subarray(at, at + this.maxMessage));
+    }
+  }
+
+  limitMessages(bytes: number): void {
+    this.maxMessage = Math.min(this.maxMessage, bytes);
+  }
+
+  onEnd(cb: () => void): void {
+    this.endCbs.push(cb);
   }
 
   end(): void {

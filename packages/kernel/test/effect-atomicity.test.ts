@@ -1,0 +1,124 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { loadIdentity } from "@kpip/client";
+import { encodeIntent, generateIdentity } from "@kpip/protocol";
+import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
+import { RawPeer, removeHome, startKernel, until } from "./harness.js";
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/**
+ * A kernel in a child process that SIGKILLs itself at the moment its audit log commits the
+ * outcome record of `op` on `target`: after the op's effect committed, before the request is
+ * answered — the window a crash used to turn into a second execution.
+ */
+async function kernelDyingAfterEffect(home: string, op: string, target: string) {
+  const code = `const { Kernel, SqliteStore } = await import(process.argv[1]);
+const [op, target] = [process.argv[3], process.argv[4]];
+const append = SqliteStore.prototype.appendAudit;
+SqliteStore.prototype.appendAudit = function (rows, ...rest) {
+  if (rows.some((r) => r.phase === "outcome" && r.op === op && r.target === target)) process.kill(process.pid, "SIGKILL");
+  return append.call(this, rows, ...rest);
+};
+const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
+await k.start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", code, kernelModule, home, op, target], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  let out = "";
+  child.stdout.on("data", (d) => {
+    out += d;
+  });
+  await until(() => out.includes("ready") || child.exitCode !== null, 15_000, "child kernel");
+  assert.ok(out.includes("ready"), "child kernel started");
+  return child;
+}
+
+/**
+ * Sends `intent` (request id 7) as the admin to a kernel that dies after its effect, restarts a
+ * kernel on the same home and resends it with the same client instance, id and bytes. Returns
+ * the retry's response, the restarted kernel and the peer (the caller stops and removes them).
+ */
+async function crashThenRetry(home: string, op: string, target: string, intent: Uint8Array) {
+  const child = await kernelDyingAfterEffect(home, op, target);
+  const exited = new Promise((r) => child.once("exit", r));
+  const identity = loadIdentity(join(home, "admin.identity"));
+  const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
+  try {
+    const first = await RawPeer.connect(new Kernel({ home, logLevel: "silent" }).socketPath);
+    await first.handshake(identity, [token]);
+    first.request(7, intent, { persona: identity.persona });
+    await exited;
+    await until(() => first.closed, 10_000, "the killed kernel's connection to close");
+    assert.equal(
+      first.frames.find((f) => f.msg.type === "RESPONSE"),
+      undefined,
+      "the first attempt was never answered",
+    );
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await exited;
+  }
+  const t = await startKernel({}, home);
+  const retry = await RawPeer.connect(t.k.socketPath);
+  // The same client instance (RawPeer's HELLO always sends the same one), request id and intent bytes.
+  await retry.handshake(identity, [token]);
+  retry.request(7, intent, { persona: identity.persona });
+  return { t, retry, identity, response: await retry.response(7, 10_000) };
+}
+
+describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)", () => {
+  it("persona.register killed between effect and answer: the retry gets the recorded SUCCESS, not 'already registered'", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const key = generateIdentity("carol").publicKey;
+      const intent = encodeIntent({ op: "persona.register", target: "persona://carol", args: { publicKey: key } });
+      const { t, retry, response } = await crashThenRetry(home, "persona.register", "persona://carol", intent);
+      assert.equal(response.status, "SUCCESS", response.message);
+      assert.deepEqual(Buffer.from(t.k.database.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
+      const phases = t.k.database
+        .queryAudit({ op: "persona.register", limit: 100 })
+        .filter((x) => x.target === "persona://carol")
+        .map((x) => x.phase);
+      assert.deepEqual(phases, ["intent", "replay"]);
+      retry.close();
+      await t.stop();
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a write whose kernel was SIGKILLed between effect and answer is answered from the record on retry, its generation advanced once", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const target = "obj://crash/once";
+      const intent = encodeIntent({ op: "storage.write", target, args: { data: "exactly once" } });
+      const { t, retry, identity, response } = await crashThenRetry(home, "storage.write", target, intent);
+      assert.equal(response.status, "SUCCESS");
+      assert.deepEqual(response.payload, { generation: 1, size: 12 });
+      retry.request(8, encodeIntent({ op: "storage.stat", target, args: {} }), { persona: identity.persona });
+      const stat = await retry.response(8, 10_000);
+      assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
+      const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
+      assert.deepEqual(
+        rows.map((x) => x.phase),
+        ["intent", "replay"],
+        "the first attempt's intent, then the retry answered from the record; no second execution",
+      );
+      retry.close();
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      const v = verifyAudit(s);
+      s.close();
+      assert.ok(v.ok, v.firstBad?.reason);
+    } finally {
+      removeHome(home);
+    }
+  });
+});
