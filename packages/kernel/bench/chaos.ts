@@ -118,7 +118,12 @@ const violate = (cycle: number, what: string) => {
 };
 
 /** Clients load the kernel until it dies under them. */
-async function load(cycle: number, facts: CycleFacts): Promise<void> {
+/**
+ * Drives the kernel until it dies. `underway` is called once the clients are connected, the
+ * long ops started and a first write acknowledged: the kill is timed from then, so a slow
+ * machine never kills the kernel before the load it is meant to interrupt has begun.
+ */
+async function load(cycle: number, facts: CycleFacts, underway: () => void): Promise<void> {
   const clients = await Promise.all(Array.from({ length: CLIENTS }, () => connect()));
   // Long DEFERRED ops that will be running when the kernel dies.
   for (const c of clients.slice(0, 2)) {
@@ -135,6 +140,7 @@ async function load(cycle: number, facts: CycleFacts): Promise<void> {
         try {
           await c.storage.write(key, value);
           facts.acked.set(key, digest(value));
+          underway();
           if (rand() < 0.2) {
             await c.events.emit(`topic://chaos/c${cycle}`, { n });
             facts.events++;
@@ -206,8 +212,14 @@ try {
   await startKernel();
   for (let cycle = 1; cycle <= CYCLES; cycle++) {
     const facts: CycleFacts = { acked: new Map(), sent: new Set(), deferred: [], events: 0 };
-    const killAfter = 300 + Math.floor(rand() * 1200);
-    const loading = load(cycle, facts);
+    const killAfter = 50 + Math.floor(rand() * 1200);
+    let underway: () => void = () => {};
+    const started = new Promise<void>((r) => {
+      underway = r;
+    });
+    const loading = load(cycle, facts, () => underway());
+    // A load that fails before it is underway is a failure of the run, not a kill to check.
+    await Promise.race([started, loading.then(() => Promise.reject(new Error("the load ended before it was underway")))]);
     await new Promise((r) => setTimeout(r, killAfter));
     const k = kernel as ChildProcess;
     const exited = new Promise((r) => k.once("exit", r));
