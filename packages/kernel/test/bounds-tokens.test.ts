@@ -120,12 +120,13 @@ describe("bounded after authentication: tokens", () => {
         c.call("token.refresh", `token://${id}`, { token: p.token }, { caps: [p.token] }),
         klass("RESOURCE", "revoked ones included"),
       );
-      // 2,500 tokens: one answer would pass the decoder's item limit; pages never do.
+      // 2,500 tokens: one answer would pass the decoder's item limit; pages never do. They live
+      // a minute of the kernel's clock, so no prune tick can remove them between the listings.
       for (let i = 0; i < 2500; i++) {
         t.k.enforcer.mint(undefined, "kernel", {
           sub: "short",
           rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-          ttlMs: 1,
+          ttlMs: 60_000,
         });
       }
       const admin = await t.admin();
@@ -142,7 +143,7 @@ describe("bounded after authentication: tokens", () => {
       assert.equal((JSON.parse(cli.stdout) as unknown[]).length, all.length);
       await t.stop();
       // Expired past tokenRetentionMs: pruned when the kernel starts (and every minute while it runs).
-      t2 = await startKernel({ tokenRetentionMs: 1, clock: () => Date.now() + skew + 10 }, home);
+      t2 = await startKernel({ tokenRetentionMs: 1, clock: () => Date.now() + skew + 120_000 }, home);
       const admin2 = await t2.admin();
       const left: { sub: string }[] = [];
       for await (const r of admin2.tokens.list()) left.push(r);
