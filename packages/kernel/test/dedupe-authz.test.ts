@@ -124,4 +124,38 @@ describe("dedupe after authorization (PROTOCOL §9.1 steps 6–8, §11 rule 3)",
     a.close();
     b.close();
   });
+
+  it("a replay under a narrower capability of the same persona never gets the answer recorded under a wider one (a token minted by the root token)", async () => {
+    // handle 1: the root token; handle 2: a token that may mint, but only tokens within itself
+    const minter = await s.admin.tokens.mint("admin", {
+      rights: [{ ops: ["token.mint"], targets: ["persona://**"] }],
+      ttlMs: 600_000,
+    });
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    await p.handshake(adminIdentity(s.t.k), [Buffer.from(s.t.adminToken, "base64url"), minter.token]);
+    const persona = "admin";
+    const mint = encodeIntent({
+      op: "token.mint",
+      target: "persona://admin",
+      args: { rights: [{ ops: ["storage.read"], targets: ["obj://**"] }], ttlMs: 60_000 },
+    });
+    // the narrow token on its own may not mint a storage.read token: escalation
+    p.request(76, mint, { persona, caps: [2] });
+    assert.equal((await p.response(76)).error, "PERMISSION");
+    // the root token mints it
+    p.request(77, mint, { persona, caps: [1] });
+    const wide = await p.response(77);
+    assert.equal(wide.status, "SUCCESS");
+    assert.ok((wide.payload as { token?: Uint8Array }).token, "the answer carries the new token");
+    // the same id and bytes under the narrow token: refused, and the new token is not in the answer
+    p.request(77, mint, { persona, caps: [2] });
+    const replay = await p.response(77);
+    assert.equal(replay.status, "FAILURE");
+    assert.equal(replay.payload, undefined, "the wider token's answer is not handed to the narrower one");
+    assert.match(replay.message ?? "", /another capability/);
+    // the capability that made it still gets its recorded answer
+    p.request(77, mint, { persona, caps: [1] });
+    assert.deepEqual(await p.response(77), wide);
+    p.close();
+  });
 });

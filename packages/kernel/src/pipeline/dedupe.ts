@@ -1,5 +1,34 @@
-import { type CborMap, decodeCanonical, encodeCanonical, type Response } from "@kpip/protocol";
+import { createHash } from "node:crypto";
+import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
+
+/** The authority a grant carries, without its validity period (a refreshed token carries the same). */
+const authorityDigests = new WeakMap<Grant, Buffer>();
+function authorityOf(g: Grant): Buffer {
+  let d = authorityDigests.get(g);
+  if (!d) {
+    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = g;
+    d = createHash("sha256")
+      .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
+      .digest();
+    authorityDigests.set(g, d);
+  }
+  return d;
+}
+
+/**
+ * The hash a request is remembered by: its intent's hash bound to the authority that allowed it
+ * (the grant's rights, filters, limits and scopes; the capability ids when an embedder's
+ * authorizer gives no grant). A retry with the same ids and bytes under another capability — a
+ * narrower token of the same persona replaying a mint made under a wider one — is then not the
+ * same request and never receives the recorded answer; a refreshed token's retry still is.
+ */
+export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capIds: string[] }): Buffer {
+  const h = createHash("sha256").update(intentHash);
+  if (authority.grant) h.update(authorityOf(authority.grant));
+  else h.update(JSON.stringify([...authority.capIds].sort()));
+  return h.digest();
+}
 
 interface Entry {
   /** SHA-256 of the intent bytes, base64 (a string: far smaller than a Buffer per entry). */
@@ -12,7 +41,7 @@ interface Entry {
 /** What an arriving request is, given earlier attempts with the same key. */
 export type DedupeVerdict =
   | { kind: "new" }
-  /** The same ids with another intent: refused, and told nothing of the first. */
+  /** The same ids with another intent, or under another authority: refused, and told nothing of the first. */
   | { kind: "conflict" }
   /** A retry of an op with effects: answered from the record, never run twice. */
   | { kind: "answer"; response: Response | Promise<Response> }

@@ -21,7 +21,7 @@ import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
-import type { DedupeCache } from "./dedupe.js";
+import { type DedupeCache, dedupeHash } from "./dedupe.js";
 import { endRequestSpan, type RequestTrace, stage, startRequestSpan } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -188,9 +188,14 @@ export class Pipeline {
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it.
     const key = `${s.persona}:${s.instance}:${req.id}`;
     const now = Date.now();
-    const prior = this.dedupe.check(key, hash, now, decl.effects);
+    // Remembered under the authority that allowed it: another capability never gets its answer.
+    const dhash = dedupeHash(hash, decision);
+    const prior = this.dedupe.check(key, dhash, now, decl.effects);
     if (prior.kind === "conflict") {
-      const r = { errorClass: "SEMANTIC" as const, message: `request id ${req.id} was already used for a different intent` };
+      const r = {
+        errorClass: "SEMANTIC" as const,
+        message: `request id ${req.id} was already used for a different intent or under another capability: use a new id`,
+      };
       await this.refuse(s, { ...rec, phase: "refused", caps, ...failureCols(r, started) });
       return failure(s, req, r);
     }
@@ -209,12 +214,12 @@ export class Pipeline {
       });
       return response;
     }
-    const pending = this.run(s, req, intent, decl, decision, rec, started, key, hash, st.trace);
-    this.dedupe.running(key, hash, pending, now);
+    const pending = this.run(s, req, intent, decl, decision, rec, started, key, dhash, st.trace);
+    this.dedupe.running(key, dhash, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
     if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.dedupe.forget(key);
-    else this.dedupe.settled(key, hash, Date.now());
+    else this.dedupe.settled(key, dhash, Date.now());
     return response;
   }
 
@@ -243,7 +248,8 @@ export class Pipeline {
     rec: Record<string, unknown> & { session: string; persona: string },
     started: bigint,
     key: string,
-    hash: Buffer,
+    /** The request's dedupe hash: its intent bound to its authority (dedupeHash). */
+    dhash: Buffer,
     tr: RequestTrace,
   ): Promise<Response> {
     const caps = decision.capIds.join(",");
@@ -267,7 +273,7 @@ export class Pipeline {
     let recorded = false;
     try {
       const atomically = <T extends OpResult>(effect: () => T): T => {
-        const v = this.dedupe.commitWith(key, hash, effect, (r) => answer(s, req, r));
+        const v = this.dedupe.commitWith(key, dhash, effect, (r) => answer(s, req, r));
         recorded = this.dedupe.durable;
         return v;
       };
@@ -299,7 +305,7 @@ export class Pipeline {
         durationUs: elapsedUs(started),
       },
       keep
-        ? { key, hash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
+        ? { key, hash: dhash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
         : undefined,
     );
     await stage(tr, "kpip.audit.outcome", () => outcome);
