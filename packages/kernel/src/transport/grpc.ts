@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
+import { joinChunks, TurnBatcher } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
 import type { Connection } from "../session/connection.js";
 
@@ -128,18 +129,21 @@ export class GrpcListener {
 export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
   readonly peer: string;
-  private pending: Uint8Array[] = [];
-  private pendingBytes = 0;
-  private scheduled = false;
+  private readonly out: TurnBatcher;
   private ended = false;
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
 
   constructor(private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>) {
     this.peer = call.getPeer();
+    this.out = new TurnBatcher(
+      (chunks) => call.write(joinChunks(chunks)),
+      (fn) => process.nextTick(fn),
+    );
     const closed = () => {
       if (this.closed) return;
       this.closed = true;
+      this.out.stop();
       for (const cb of this.closeCbs) cb();
     };
     call.on("error", closed);
@@ -153,38 +157,18 @@ export class GrpcStreamConnection implements Connection {
   }
 
   get buffered(): number {
-    return this.pendingBytes + this.call.writableLength;
+    return this.out.pending + this.call.writableLength;
   }
 
   write(data: Uint8Array): void {
     if (this.closed || this.ended) return;
-    this.pending.push(data);
-    this.pendingBytes += data.length;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(() => this.flush());
-    }
-  }
-
-  private flush(): void {
-    this.scheduled = false;
-    if (this.pending.length === 0 || this.closed) return;
-    const one = this.pending[0] as Uint8Array;
-    const chunk =
-      this.pending.length > 1
-        ? Buffer.concat(this.pending)
-        : Buffer.isBuffer(one)
-          ? one
-          : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
-    this.pending = [];
-    this.pendingBytes = 0;
-    this.call.write(chunk);
+    this.out.write(data);
   }
 
   end(): void {
     if (this.ended) return;
     this.ended = true;
-    this.flush();
+    this.out.flushNow();
     if (!this.closed) this.call.end();
     // A peer that never closes its side must not keep the stream (and the kernel) alive.
     setTimeout(() => this.destroy(), 1000).unref();
@@ -192,7 +176,7 @@ export class GrpcStreamConnection implements Connection {
 
   destroy(): void {
     if (this.closed) return;
-    this.pending = [];
+    this.out.stop();
     this.call.destroy();
     this.closed = true;
     for (const cb of this.closeCbs) cb();
