@@ -78,6 +78,8 @@ export class CallTable {
     const full: Intent = { ...intent };
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
     if (deadline !== undefined) full.constraints = { ...full.constraints, deadline };
+    // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
+    const bytes = encodeIntent(full);
     const id = this.nextId++;
     const context: RequestContext = { persona: this.host.persona };
     const ws = opts.workspace ?? this.o.workspace;
@@ -89,8 +91,7 @@ export class CallTable {
       const p: PendingCall = {
         id,
         stream: id % 0x100000000,
-        // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
-        intent: encodeIntent(full),
+        intent: bytes,
         context,
         caps: opts.caps,
         deadline,
