@@ -31,8 +31,6 @@ import type { Subscription } from "./subscription.js";
 import { Subscriptions } from "./subscriptions.js";
 import { TokenRefresher } from "./token-refresher.js";
 
-export type { CallOptions, CallResult, ClientState, ConnectOptions } from "./options.js";
-
 /**
  * The persona runtime's connection to a kernel: handshake and attestation, heartbeats,
  * reconnect with backoff, retries, token refresh, deadlines and cancellation.
