@@ -1,8 +1,6 @@
 import type { CborMap, CborValue } from "@kpip/protocol";
-import type { CallOptions, CallResult, KernelClient } from "./client.js";
+import type { CallFn as Call, CallOptions, CallResult } from "./options.js";
 import type { Subscription } from "./subscription.js";
-
-type Call = KernelClient["call"];
 
 /** system.* */
 export class SystemApi {
@@ -122,12 +120,15 @@ export interface TokenEntry {
 
 /** event.* — `subscribe` returns an async iterable that survives reconnects. */
 export class EventsApi {
-  constructor(private readonly client: KernelClient) {}
+  constructor(
+    private readonly call: Call,
+    private readonly subscribeFn: (pattern: string, opts?: CallOptions & { bufferSize?: number }) => Promise<Subscription>,
+  ) {}
   subscribe(pattern: string, opts?: CallOptions & { bufferSize?: number }): Promise<Subscription> {
-    return this.client.subscribe(pattern, opts);
+    return this.subscribeFn(pattern, opts);
   }
   async emit(topic: string, data?: CborValue, opts?: CallOptions): Promise<{ subscribers: number }> {
-    return (await this.client.call("event.emit", topic, data === undefined ? {} : { data }, opts)).payload as never;
+    return (await this.call("event.emit", topic, data === undefined ? {} : { data }, opts)).payload as never;
   }
 }
 

@@ -4,7 +4,7 @@
  */
 
 export { type BackoffPolicy, backoffDelay } from "./backoff.js";
-export { type CallOptions, type CallResult, type ClientState, type ConnectOptions, KernelClient } from "./client.js";
+export { KernelClient } from "./client.js";
 export type { Channel, Connector } from "./connectors/connector.js";
 export { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./connectors/grpc.js";
 export { UdsConnector } from "./connectors/uds.js";
@@ -19,3 +19,4 @@ export {
   TokensApi,
 } from "./families.js";
 export { loadIdentity } from "./identity.js";
+export type { CallFn, CallOptions, CallResult, ClientState, ConnectOptions } from "./options.js";

@@ -1,89 +1,8 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
-import net from "node:net";
-import { tmpdir } from "node:os";
-import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import {
-  decodeIntent,
-  decodeMessage,
-  encodeMessage,
-  FrameDecoder,
-  generateIdentity,
-  MessageError,
-  type Request,
-  type Response,
-} from "@kpip/protocol";
-import { CancelledError, KernelClient, KpipError, LocalError, RequestTooLargeError, TimeoutError } from "../src/index.js";
-
-/**
- * A scripted fake kernel: accepts any attestation and answers requests from a queue; a step
- * "too-large" ends the session as a kernel does over an oversized frame (fatal TOO_LARGE).
- */
-class FakeKernel {
-  readonly server: net.Server;
-  readonly dir = mkdtempSync(join(tmpdir(), "kpip-fake-"));
-  readonly path = join(this.dir, "fake.sock");
-  hellos: Buffer[] = [];
-  /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
-  shed = 0;
-  requests: Request[] = [];
-  script: ((r: Request) => Omit<Response, "version" | "id"> | "silent" | "too-large")[] = [];
-  constructor() {
-    this.server = net.createServer((s) => {
-      const d = new FrameDecoder();
-      s.on("error", () => {});
-      s.on("data", (chunk) => {
-        for (const f of d.push(chunk)) {
-          const m = decodeMessage(f);
-          if (m.type === "HELLO") {
-            this.hellos.push(Buffer.from(m.body.instance));
-            if (this.shed > 0) {
-              this.shed--;
-              const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
-              s.end(encodeMessage({ type: "ERROR", body }));
-              continue;
-            }
-            s.write(
-              encodeMessage({
-                type: "CHALLENGE",
-                body: {
-                  version: 1,
-                  session: `s${this.hellos.length}`,
-                  nonce: Buffer.alloc(32),
-                  kernel: "fake",
-                  heartbeatMs: 1000,
-                  limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-                  features: [],
-                },
-              }),
-            );
-          } else if (m.type === "ATTEST") {
-            s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
-          } else if (m.type === "REQUEST") {
-            this.requests.push(m.body);
-            const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
-            const out = step(m.body);
-            if (out === "too-large") {
-              const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
-              s.end(encodeMessage({ type: "ERROR", body }));
-            } else if (out !== "silent")
-              s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, f.stream));
-          } else if (m.type === "PING") {
-            s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
-          }
-        }
-      });
-    });
-  }
-  listen(): Promise<void> {
-    return new Promise((r) => this.server.listen(this.path, r));
-  }
-  close(): void {
-    this.server.close();
-    rmSync(this.dir, { recursive: true, force: true });
-  }
-}
+import { decodeIntent, MessageError } from "@kpip/protocol";
+import { CancelledError, type KernelClient, KpipError, LocalError, RequestTooLargeError, TimeoutError } from "../src/index.js";
+import { FakeKernel, klass, until } from "./harness.js";
 
 const fail = (cls: string) => () => ({ status: "FAILURE" as const, error: cls as "INTERNAL", message: `${cls} failure` });
 const ok = () => ({ status: "SUCCESS" as const, payload: { ok: true } });
@@ -94,21 +13,13 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
   before(async () => {
     fake = new FakeKernel();
     await fake.listen();
-    c = await KernelClient.connect({
-      socket: fake.path,
-      identity: generateIdentity("alice"),
-      retryBackoff: { initialMs: 5, maxMs: 20 },
-      reconnectBackoff: { initialMs: 5, maxMs: 20 },
-    });
+    c = await fake.connect();
   });
   after(async () => {
     await c.close().catch(() => {});
     fake.close();
   });
-  const reset = (...steps: FakeKernel["script"]) => {
-    fake.requests = [];
-    fake.script = steps;
-  };
+  const reset: FakeKernel["reset"] = (...steps) => fake.reset(...steps);
 
   it("retries RESOURCE and INTERNAL with the same request id", async () => {
     reset(fail("RESOURCE"), fail("INTERNAL"), ok);
@@ -124,7 +35,7 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
       reset(fail(cls), ok);
       await assert.rejects(
         c.call("x.y", "kernel://"),
-        (e: unknown) => e instanceof KpipError && e.errorClass === cls && typeof e.requestId === "number",
+        (e: unknown) => klass(cls)(e) && typeof (e as KpipError).requestId === "number",
       );
       assert.equal(fake.requests.length, 1);
     });
@@ -132,8 +43,8 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
 
   it("gives up retrying after maxAttempts", async () => {
     reset(fail("INTERNAL"), fail("INTERNAL"), fail("INTERNAL"), fail("INTERNAL"), fail("INTERNAL"), ok);
-    await assert.rejects(c.call("x.y", "kernel://"), (e: unknown) => e instanceof KpipError && e.errorClass === "INTERNAL");
-    assert.equal(fake.requests.length, 4);
+    await assert.rejects(c.call("x.y", "kernel://"), klass("INTERNAL"));
+    assert.equal(fake.requests.length, 4, "maxAttempts (default 4) requests, then the failure");
   });
 
   it("re-handshakes once on AUTH, then fails", async () => {
@@ -144,46 +55,68 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.equal(fake.requests[0]?.id, fake.requests[1]?.id);
     assert.deepEqual(fake.hellos.at(-1), fake.hellos.at(-2), "same client instance id");
     reset(fail("AUTH"), fail("AUTH"), ok);
-    await assert.rejects(c.call("x.y", "kernel://"), (e: unknown) => e instanceof KpipError && e.errorClass === "AUTH");
-    await new Promise((r) => setTimeout(r, 100));
+    await assert.rejects(c.call("x.y", "kernel://"), klass("AUTH"));
+    assert.equal(fake.hellos.length, hellos + 2, "one more re-handshake, not a second one for the same call");
+    assert.equal(fake.requests.length, 2, "sent once per session; the third step was never asked for");
+    assert.equal(c.state, "ready");
   });
 
   it("puts the deadline in the intent and times out locally", async () => {
     reset(() => "silent");
     const before = Date.now();
     await assert.rejects(c.call("x.y", "kernel://", {}, { deadlineMs: 150 }), (e: unknown) => e instanceof TimeoutError);
+    await until(() => fake.requests.length === 1, undefined, "the request at the fake kernel");
     const deadline = decodeIntent(fake.requests[0]?.intent as Uint8Array).constraints?.deadline ?? 0;
     assert.ok(deadline >= before + 150 && deadline <= Date.now() + 150);
   });
 
-  it("does not retry past the deadline", async () => {
-    reset(fail("RESOURCE"), fail("RESOURCE"), fail("RESOURCE"), ok);
-    const r = c.call("x.y", "kernel://", {}, { deadlineMs: 1 });
-    await assert.rejects(r, (e: unknown) => e instanceof TimeoutError || (e instanceof KpipError && e.errorClass === "RESOURCE"));
-    assert.ok(fake.requests.length <= 1);
+  it("retries within the deadline", async () => {
+    reset(fail("RESOURCE"), ok);
+    const r = await c.call("x.y", "kernel://", {}, { deadlineMs: 30_000 });
+    assert.deepEqual(r.payload, { ok: true });
+    assert.equal(fake.requests.length, 2);
+  });
+
+  it("never retries past the deadline: a failure whose backoff would outlast it is the answer, at once", async (t) => {
+    // Full jitter drawn at its top: the retry would wait ~10 s, past the call's 5 s deadline.
+    t.mock.method(Math, "random", () => 0.99);
+    const d = await fake.connect({ retryBackoff: { initialMs: 10_000, maxMs: 10_000 } });
+    try {
+      reset(fail("RESOURCE"), ok);
+      const err = await d.call("x.y", "kernel://", {}, { deadlineMs: 5_000 }).catch((e) => e);
+      // The kernel's RESOURCE answer, not a TimeoutError after waiting out the deadline.
+      assert.ok(klass("RESOURCE")(err), String(err));
+      assert.equal(fake.requests.length, 1, "sent once, never retried");
+    } finally {
+      await d.close();
+    }
   });
 
   it("cancels with an AbortSignal", async () => {
     reset(() => "silent");
     const ac = new AbortController();
-    const p = c.call("x.y", "kernel://", {}, { signal: ac.signal });
+    const p = c.call("test.aborted_after_sending", "kernel://", {}, { signal: ac.signal });
     ac.abort();
     await assert.rejects(p, (e: unknown) => e instanceof CancelledError);
     const pre = new AbortController();
     pre.abort();
-    await assert.rejects(c.call("x.y", "kernel://", {}, { signal: pre.signal }), (e: unknown) => e instanceof CancelledError);
+    const q = c.call("test.aborted_before_sending", "kernel://", {}, { signal: pre.signal });
+    await assert.rejects(q, (e: unknown) => e instanceof CancelledError);
     // The first call was written before it was aborted (there is no unsending it); the
-    // pre-aborted one never leaves the client.
-    while (fake.requests.length < 1) await new Promise((r) => setTimeout(r, 5));
-    await new Promise((r) => setTimeout(r, 50));
-    assert.equal(fake.requests.length, 1);
+    // pre-aborted one never leaves the client: a later call's answer (the socket keeps order)
+    // shows everything that reached the kernel before it.
+    await c.call("test.later", "kernel://");
+    assert.deepEqual(
+      fake.requests.map((r) => decodeIntent(r.intent).op),
+      ["test.aborted_after_sending", "test.later"],
+    );
   });
 
   it("keeps local errors apart from wire errors", async () => {
     reset(() => "silent");
     const local = await c.call("x.y", "kernel://", {}, { deadlineMs: 20 }).catch((e) => e);
     assert.ok(local instanceof LocalError && !(local instanceof KpipError));
-    assert.equal(fake.requests.length, 1);
+    await until(() => fake.requests.length === 1, undefined, "the timed-out request at the fake kernel");
     reset(fail("PERMISSION"));
     const wire = await c.call("x.y", "kernel://").catch((e) => e);
     assert.ok(wire instanceof KpipError && !(wire instanceof LocalError));
@@ -231,11 +164,7 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
   it("a handshake the kernel shed under a connection flood is tried again within the connect timeout", async () => {
     const hellos = fake.hellos.length;
     fake.shed = 2;
-    const d = await KernelClient.connect({
-      socket: fake.path,
-      identity: generateIdentity("alice"),
-      reconnectBackoff: { initialMs: 5, maxMs: 20 },
-    });
+    const d = await fake.connect();
     assert.equal(fake.hellos.length, hellos + 3, "two shed, the third served");
     reset(ok);
     assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });

@@ -1,9 +1,17 @@
+/**
+ * The client tests' one harness: a real kernel in its own process, a scripted fake kernel on a
+ * Unix socket (for what a real kernel will not do on demand), and the small waits and
+ * predicates every file uses.
+ */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after } from "node:test";
 import { fileURLToPath } from "node:url";
-import { type ConnectOptions, KernelClient } from "../src/index.js";
+import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Request, type Response } from "@kpip/protocol";
+import { type ConnectOptions, type Connector, KernelClient, KpipError, UdsConnector } from "../src/index.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -75,5 +83,122 @@ export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "con
     if (v) return v as NonNullable<T>;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+/** Kernel processes for one describe block, each killed and its home removed after the block. */
+export function kernelPool(): (args?: string[]) => KernelProcess {
+  const kernels: KernelProcess[] = [];
+  after(async () => {
+    for (const k of kernels) await k.dispose();
+  });
+  return (args = []) => {
+    const k = new KernelProcess(args);
+    kernels.push(k);
+    return k;
+  };
+}
+
+/** A predicate for assert.rejects: an error the kernel reported, of class `cls`. */
+export const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
+
+/** A Unix-socket connector that counts its connection attempts (to wait on a client that retries). */
+export function countingConnector(path: string): Connector & { attempts: number } {
+  const uds = new UdsConnector(path);
+  const c = {
+    transport: uds.transport,
+    address: uds.address,
+    attempts: 0,
+    connect: (deadline?: number) => {
+      c.attempts++;
+      return uds.connect(deadline);
+    },
+  };
+  return c;
+}
+
+type Step = (r: Request) => Omit<Response, "version" | "id"> | "silent" | "too-large";
+
+/**
+ * A scripted fake kernel: accepts any attestation and answers requests from a queue; a step
+ * "too-large" ends the session as a kernel does over an oversized frame (fatal TOO_LARGE).
+ */
+export class FakeKernel {
+  readonly server: net.Server;
+  readonly dir = mkdtempSync(join(tmpdir(), "kpip-fake-"));
+  readonly path = join(this.dir, "fake.sock");
+  hellos: Buffer[] = [];
+  /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
+  shed = 0;
+  requests: Request[] = [];
+  script: Step[] = [];
+  constructor() {
+    this.server = net.createServer((s) => {
+      const d = new FrameDecoder();
+      s.on("error", () => {});
+      s.on("data", (chunk) => {
+        for (const f of d.push(chunk)) {
+          const m = decodeMessage(f);
+          if (m.type === "HELLO") {
+            this.hellos.push(Buffer.from(m.body.instance));
+            if (this.shed > 0) {
+              this.shed--;
+              const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
+              s.end(encodeMessage({ type: "ERROR", body }));
+              continue;
+            }
+            s.write(
+              encodeMessage({
+                type: "CHALLENGE",
+                body: {
+                  version: 1,
+                  session: `s${this.hellos.length}`,
+                  nonce: Buffer.alloc(32),
+                  kernel: "fake",
+                  heartbeatMs: 1000,
+                  limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+                  features: [],
+                },
+              }),
+            );
+          } else if (m.type === "ATTEST") {
+            s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+          } else if (m.type === "REQUEST") {
+            this.requests.push(m.body);
+            const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
+            const out = step(m.body);
+            if (out === "too-large") {
+              const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
+              s.end(encodeMessage({ type: "ERROR", body }));
+            } else if (out !== "silent")
+              s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, f.stream));
+          } else if (m.type === "PING") {
+            s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+          }
+        }
+      });
+    });
+  }
+  listen(): Promise<void> {
+    return new Promise((r) => this.server.listen(this.path, r));
+  }
+  /** Starts a script: the next requests are answered by `steps`, in order (then SUCCESS); requests seen so far are forgotten. */
+  reset(...steps: Step[]): void {
+    this.requests = [];
+    this.script = steps;
+  }
+  /** A client of this fake kernel, as persona alice. */
+  connect(extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
+    return KernelClient.connect({
+      socket: this.path,
+      identity: generateIdentity("alice"),
+      retryBackoff: { initialMs: 5, maxMs: 20 },
+      reconnectBackoff: { initialMs: 5, maxMs: 20 },
+      ...extra,
+    });
+  }
+  close(): void {
+    this.server.close();
+    rmSync(this.dir, { recursive: true, force: true });
   }
 }

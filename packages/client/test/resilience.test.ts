@@ -1,23 +1,16 @@
 import assert from "node:assert/strict";
-import { after, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { KernelUnavailableError, TimeoutError } from "../src/index.js";
-import { KernelProcess, until } from "./harness.js";
+import { kernelPool, until } from "./harness.js";
 
 describe("client resilience", () => {
-  const kernels: KernelProcess[] = [];
-  const kernel = (args: string[] = []) => {
-    const k = new KernelProcess(args);
-    kernels.push(k);
-    return k;
-  };
-  after(async () => {
-    for (const k of kernels) await k.dispose();
-  });
+  const kernel = kernelPool();
 
-  it("recovers from a SIGKILL mid-stream: every call answered once, no write executed twice", async () => {
+  it("recovers from a SIGKILL mid-stream: every call answered once, no write executed twice", async (t) => {
     const k = kernel();
     await k.start();
     const c = await k.connect();
+    t.after(() => c.close());
     const settled = new Map<number, number>();
     const calls = Array.from({ length: 200 }, (_, i) =>
       c.storage.write(`obj://ws1/w/${i}`, `v${i}`, { deadlineMs: 20_000 }).then(
@@ -31,10 +24,14 @@ describe("client resilience", () => {
         },
       ),
     );
-    await new Promise((r) => setTimeout(r, 15));
+    // Killed as soon as the requests are on the socket: the kernel may have run some of them,
+    // but none of the answers has come back.
+    await new Promise((r) => setImmediate(r));
+    const inFlightAtKill = c.inFlight;
     await k.kill();
     await k.start();
     const results = await Promise.all(calls);
+    assert.equal(inFlightAtKill, 200, "the kernel died with every call in flight");
     assert.equal(settled.size, 200);
     assert.ok([...settled.values()].every((n) => n === 1));
     assert.ok(
@@ -42,44 +39,48 @@ describe("client resilience", () => {
       "a retried write answered from the dedupe record, not run again",
     );
     for (let i = 0; i < 200; i += 37) assert.equal((await c.storage.stat(`obj://ws1/w/${i}`)).generation, 1);
-    await c.close();
   });
 
-  it("while reconnecting, calls wait by default, or fail fast with KernelUnavailableError", async () => {
+  it("while reconnecting, calls wait by default, or fail fast with KernelUnavailableError", async (t) => {
     const k = kernel();
     await k.start();
     const waiting = await k.connect();
     const fast = await k.connect({ failFast: true });
+    t.after(async () => {
+      await waiting.close();
+      await fast.close();
+    });
     await k.kill();
-    await until(() => waiting.state === "reconnecting" && fast.state === "reconnecting", 3000);
+    await until(() => waiting.state === "reconnecting" && fast.state === "reconnecting", undefined, "both reconnecting");
     await assert.rejects(fast.system.health(), (e: unknown) => e instanceof KernelUnavailableError);
     await assert.rejects(waiting.system.health({ deadlineMs: 200 }), (e: unknown) => e instanceof TimeoutError);
     const later = waiting.system.health();
     await k.start();
     assert.equal((await later).status, "ok");
-    await until(() => fast.state === "ready", 5000);
-    await waiting.close();
-    await fast.close();
+    await until(() => fast.state === "ready", undefined, "the fail-fast client ready again");
   });
 
-  it("backs off against a flapping kernel instead of looping", async () => {
+  it("backs off against a kernel that stays down: the pauses between attempts grow to the cap instead of looping", async (t) => {
     const k = kernel();
     await k.start();
-    const c = await k.connect({ reconnectBackoff: { initialMs: 50, maxMs: 400 }, healthyAfterMs: 10_000 });
-    let attempts = 0;
-    c.on("state", (s) => {
-      if (s === "reconnecting") attempts++;
-    });
-    c.on("reconnectFailed", () => attempts++);
-    await k.kill();
-    const windowStart = Date.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    const elapsed = Date.now() - windowStart;
-    // a tight loop would try hundreds of times; full-jitter backoff capped at 400 ms cannot exceed ~2 per 50 ms early on
-    assert.ok(attempts > 1, "it keeps trying");
-    assert.ok(attempts < 2 * (elapsed / 50), `${attempts} attempts in ${elapsed} ms`);
-    await k.start();
-    await until(() => c.state === "ready", 5000);
-    await c.close();
+    // Full jitter drawn at its middle: each pause is half its ceiling (50, 100, 200, then 200 ms at the 400 ms cap).
+    t.mock.method(Math, "random", () => 0.5);
+    const c = await k.connect({ reconnectBackoff: { initialMs: 100, maxMs: 400 }, healthyAfterMs: 60_000 });
+    try {
+      const failedAt: number[] = [];
+      c.on("reconnectFailed", () => failedAt.push(Date.now()));
+      await k.kill();
+      await until(() => failedAt.length >= 6, undefined, "six failed reconnects");
+      const gaps = failedAt.slice(1).map((at, i) => at - (failedAt[i] as number));
+      // Lower bounds only (a busy machine makes pauses longer, never shorter); 2 ms for timer rounding.
+      assert.ok(
+        gaps.slice(2).every((g) => g >= 198),
+        `at the cap each attempt waits at least half of it: gaps ${gaps.join(", ")} ms`,
+      );
+      await k.start();
+      await until(() => c.state === "ready", undefined, "ready once the kernel is back");
+    } finally {
+      await c.close();
+    }
   });
 });

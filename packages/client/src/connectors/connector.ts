@@ -1,13 +1,7 @@
-/** A byte stream to a kernel, as every connector provides it. */
-export interface Channel {
-  readonly transport: string;
-  /** Queues bytes; writes made in one event-loop turn go out together. */
-  write(data: Uint8Array): void;
-  end(): void;
-  destroy(): void;
-  onData(cb: (chunk: Uint8Array) => void): void;
-  onClose(cb: (err?: Error) => void): void;
-}
+import type { ByteChannel } from "@kpip/protocol";
+
+/** A byte stream to a kernel, as every connector provides it (the protocol's {@link ByteChannel}). */
+export type Channel = ByteChannel;
 
 /** Opens channels to one kernel endpoint; the client retries through it on reconnect. */
 export interface Connector {

@@ -1,4 +1,5 @@
 import type * as grpc from "@grpc/grpc-js";
+import { joinChunks, TurnBatcher } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -82,18 +83,23 @@ export class GrpcConnector implements Connector {
   }
 }
 
+/** One gRPC stream as a channel: the writes of one turn go out as one message. */
 class GrpcChannel implements Channel {
   readonly transport = "grpc";
-  private pending: Uint8Array[] = [];
-  private scheduled = false;
+  private readonly out: TurnBatcher;
   private closed = false;
   private readonly closeCbs: ((err?: Error) => void)[] = [];
 
   constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
+    this.out = new TurnBatcher(
+      (chunks) => call.write(joinChunks(chunks)),
+      (fn) => process.nextTick(fn),
+    );
     let error: Error | undefined;
     const closed = () => {
       if (this.closed) return;
       this.closed = true;
+      this.out.stop();
       for (const cb of this.closeCbs) cb(error);
     };
     call.on("error", (e: Error) => {
@@ -105,29 +111,15 @@ class GrpcChannel implements Channel {
   }
 
   write(data: Uint8Array): void {
-    if (this.closed) return;
-    this.pending.push(data);
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(() => {
-        this.scheduled = false;
-        if (this.closed || this.pending.length === 0) return;
-        const one = this.pending[0] as Uint8Array;
-        const chunk =
-          this.pending.length > 1
-            ? Buffer.concat(this.pending)
-            : Buffer.isBuffer(one)
-              ? one
-              : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
-        this.pending = [];
-        this.call.write(chunk);
-      });
-    }
+    if (!this.closed) this.out.write(data);
   }
 
   end(): void {
     if (this.closed) return;
-    process.nextTick(() => this.call.end());
+    process.nextTick(() => {
+      this.out.flushNow();
+      this.call.end();
+    });
   }
 
   destroy(): void {

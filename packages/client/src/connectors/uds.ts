@@ -1,4 +1,5 @@
 import net from "node:net";
+import { TurnBatcher } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -77,30 +78,33 @@ export class InheritedConnector implements Connector {
   }
 }
 
+/** A socket as a channel: the writes of one turn go out corked, as one syscall. */
 class SocketChannel implements Channel {
-  private corked = false;
+  private readonly out: TurnBatcher;
   constructor(
     private readonly sock: net.Socket,
     readonly transport: string,
   ) {
     sock.on("error", () => {});
+    this.out = new TurnBatcher(
+      (chunks) => {
+        if (sock.destroyed) return;
+        sock.cork();
+        for (const c of chunks) sock.write(c);
+        sock.uncork();
+      },
+      (fn) => process.nextTick(fn),
+    );
   }
   write(data: Uint8Array): void {
-    if (this.sock.destroyed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.sock.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.sock.uncork();
-      });
-    }
-    this.sock.write(data);
+    if (!this.sock.destroyed) this.out.write(data);
   }
   end(): void {
+    this.out.flushNow();
     this.sock.end();
   }
   destroy(): void {
+    this.out.stop();
     this.sock.destroy();
   }
   onData(cb: (chunk: Uint8Array) => void): void {

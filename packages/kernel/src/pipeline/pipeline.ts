@@ -305,7 +305,12 @@ export class Pipeline {
         durationUs: elapsedUs(started),
       },
       keep
-        ? { key, hash: dhash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
+        ? {
+            key,
+            hash: dhash,
+            response: encodeCanonical(response as unknown as CborMap),
+            expires: Date.now() + this.dedupe.windowMs,
+          }
         : undefined,
     );
     await stage(tr, "kpip.audit.outcome", () => outcome);

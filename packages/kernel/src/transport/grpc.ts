@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import * as grpc from "@grpc/grpc-js";
+import { joinChunks, TurnBatcher } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
 import type { Connection } from "../session/connection.js";
 
@@ -128,9 +129,7 @@ export class GrpcListener {
 export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
   readonly peer: string;
-  private pending: Uint8Array[] = [];
-  private pendingBytes = 0;
-  private scheduled = false;
+  private readonly out: TurnBatcher;
   private ended = false;
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
@@ -142,9 +141,21 @@ export class GrpcStreamConnection implements Connection {
     private maxMessage: number,
   ) {
     this.peer = call.getPeer();
+    this.out = new TurnBatcher(
+      (chunks) => {
+        // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
+        // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
+        const chunk = joinChunks(chunks);
+        for (let at = 0; at < chunk.length; at += this.maxMessage) {
+          call.write(chunk.length <= this.maxMessage ? chunk : chunk.subarray(at, at + this.maxMessage));
+        }
+      },
+      (fn) => process.nextTick(fn),
+    );
     const closed = () => {
       if (this.closed) return;
       this.closed = true;
+      this.out.stop();
       for (const cb of this.closeCbs) cb();
     };
     call.on("error", closed);
@@ -160,36 +171,12 @@ export class GrpcStreamConnection implements Connection {
   }
 
   get buffered(): number {
-    return this.pendingBytes + this.call.writableLength;
+    return this.out.pending + this.call.writableLength;
   }
 
   write(data: Uint8Array): void {
     if (this.closed || this.ended) return;
-    this.pending.push(data);
-    this.pendingBytes += data.length;
-    if (!this.scheduled) {
-      this.scheduled = true;
-      process.nextTick(() => this.flush());
-    }
-  }
-
-  private flush(): void {
-    this.scheduled = false;
-    if (this.pending.length === 0 || this.closed) return;
-    const one = this.pending[0] as Uint8Array;
-    const chunk =
-      this.pending.length > 1
-        ? Buffer.concat(this.pending)
-        : Buffer.isBuffer(one)
-          ? one
-          : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
-    this.pending = [];
-    this.pendingBytes = 0;
-    // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
-    // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
-    for (let at = 0; at < chunk.length; at += this.maxMessage) {
-      this.call.write(chunk.length <= this.maxMessage ? chunk : chunk.subarray(at, at + this.maxMessage));
-    }
+    this.out.write(data);
   }
 
   limitMessages(bytes: number): void {
@@ -203,7 +190,7 @@ export class GrpcStreamConnection implements Connection {
   end(): void {
     if (this.ended) return;
     this.ended = true;
-    this.flush();
+    this.out.flushNow();
     if (!this.closed) this.call.end();
     // A peer that never closes its side must not keep the stream (and the kernel) alive.
     setTimeout(() => this.destroy(), 1000).unref();
@@ -211,7 +198,7 @@ export class GrpcStreamConnection implements Connection {
 
   destroy(): void {
     if (this.closed) return;
-    this.pending = [];
+    this.out.stop();
     this.call.destroy();
     this.closed = true;
     for (const cb of this.closeCbs) cb();

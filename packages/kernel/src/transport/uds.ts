@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, linkSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { dirname, join } from "node:path";
+import { TurnBatcher } from "@kpip/protocol";
 import type { Connection } from "../session/connection.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
@@ -120,7 +121,7 @@ export class UdsListener {
 /** A net.Socket as a Connection, coalescing the writes of one turn into one syscall. */
 export class SocketConnection implements Connection {
   readonly peer: string;
-  private corked = false;
+  private readonly out: TurnBatcher;
 
   constructor(
     private readonly sock: net.Socket,
@@ -130,32 +131,34 @@ export class SocketConnection implements Connection {
     sock.on("error", () => {
       // reported through close
     });
+    this.out = new TurnBatcher(
+      (chunks) => {
+        if (sock.destroyed) return;
+        sock.cork();
+        for (const c of chunks) sock.write(c);
+        sock.uncork();
+      },
+      (fn) => process.nextTick(fn),
+    );
   }
 
   get buffered(): number {
-    return this.sock.writableLength;
+    return this.out.pending + this.sock.writableLength;
   }
 
   write(data: Uint8Array): void {
-    if (this.sock.destroyed) return;
-    if (!this.corked) {
-      this.corked = true;
-      this.sock.cork();
-      process.nextTick(() => {
-        this.corked = false;
-        this.sock.uncork();
-      });
-    }
-    this.sock.write(data);
+    if (!this.sock.destroyed) this.out.write(data);
   }
 
   end(): void {
+    this.out.flushNow();
     this.sock.end();
     // A peer that never closes its side must not keep the connection (and the kernel) alive.
     setTimeout(() => this.sock.destroy(), 1000).unref();
   }
 
   destroy(): void {
+    this.out.stop();
     this.sock.destroy();
   }
 

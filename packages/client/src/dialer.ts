@@ -1,0 +1,97 @@
+import { KpipError } from "@kpip/protocol";
+import { backoffDelay } from "./backoff.js";
+import { KernelUnavailableError } from "./errors.js";
+import type { ResolvedOptions } from "./options.js";
+
+/** What the dialer asks of the client: one attempt, and whether to keep going. */
+export interface DialHost {
+  /** One attempt: connect, handshake, attest; resolves when the session is ready. */
+  establish(timeoutMs: number): Promise<void>;
+  /** In the reconnecting state (a reconnect is due)? */
+  reconnecting(): boolean;
+  /** The client closed: stop dialling. */
+  closed(): boolean;
+  /** Between attempts (the state goes back to connecting or reconnecting). */
+  retrying(first: boolean): void;
+  /** A reconnect attempt failed (reported as the client's `reconnectFailed` event). */
+  failed(e: unknown): void;
+  /** Retrying cannot help (e.g. the persona may no longer attest). */
+  giveUp(e: Error): void;
+}
+
+const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/**
+ * Connection attempts with full-jitter backoff: the first connect (within connectTimeoutMs,
+ * waiting for a kernel that is not up yet when asked), and reconnects after a link is lost.
+ * The backoff resets only after a connection stayed up healthyAfterMs, so a flapping kernel
+ * is not hammered.
+ */
+export class Dialer {
+  private attempt = 0;
+  private healthy: NodeJS.Timeout | undefined;
+  private loop: Promise<void> | undefined;
+
+  constructor(
+    private readonly o: ResolvedOptions,
+    private readonly host: DialHost,
+  ) {}
+
+  /** The first connection; throws what the last attempt threw. */
+  async first(): Promise<void> {
+    const until = Date.now() + this.o.connectTimeoutMs;
+    for (;;) {
+      try {
+        return await this.host.establish(Math.max(1, until - Date.now()));
+      } catch (e) {
+        // A handshake the kernel shed to make room under a connection flood (PROTOCOL §8.8) is
+        // tried again within the connect timeout, like a kernel that is not up yet.
+        const shed = e instanceof KpipError && e.code === "HANDSHAKE_SHED";
+        const absent = this.o.waitForKernel && e instanceof KernelUnavailableError;
+        if (!(absent || shed) || Date.now() >= until) throw e;
+        this.host.retrying(true);
+        await pause(Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now()));
+      }
+    }
+  }
+
+  /** Reconnects until a link is ready or the client stops reconnecting; one loop at a time. */
+  again(): Promise<void> {
+    this.loop ??= this.reconnectLoop().finally(() => {
+      this.loop = undefined;
+    });
+    return this.loop;
+  }
+
+  /** A link became ready: only one that stays up resets the backoff. */
+  connected(): void {
+    clearTimeout(this.healthy);
+    this.healthy = setTimeout(() => {
+      this.attempt = 0;
+    }, this.o.healthyAfterMs);
+    this.healthy.unref();
+  }
+
+  stop(): void {
+    clearTimeout(this.healthy);
+  }
+
+  private async reconnectLoop(): Promise<void> {
+    while (this.host.reconnecting()) {
+      await pause(backoffDelay(this.o.reconnectBackoff, this.attempt++));
+      if (!this.host.reconnecting()) break;
+      try {
+        await this.host.establish(this.o.connectTimeoutMs);
+      } catch (e) {
+        this.host.failed(e);
+        if (this.host.closed()) break;
+        if (e instanceof KpipError && e.errorClass === "AUTH") {
+          // Refused attestation (the persona was removed or its key changed): retrying cannot help.
+          this.host.giveUp(e);
+          break;
+        }
+        this.host.retrying(false);
+      }
+    }
+  }
+}

@@ -1,0 +1,240 @@
+import {
+  attestationTranscript,
+  type ByteChannel,
+  type CborMap,
+  encodeMessage,
+  FrameReader,
+  HEADER_SIZE,
+  type Identity,
+  type KEvent,
+  KpipError,
+  type Message,
+  type Response,
+  SHM_DEFAULT_THRESHOLD,
+  SHM_FEATURE,
+  ShmPeer,
+  SUPPORTED_VERSIONS,
+  shmSegmentName,
+  signBytes,
+  writeMessage,
+  writePieces,
+} from "@kpip/protocol";
+import { loadShmNative } from "./connectors/shm-native.js";
+import { KernelUnavailableError, ProtocolViolationError } from "./errors.js";
+
+let warnedNoShm = false;
+/** Said once per process: large bodies go inline because shared memory is unavailable. */
+function warnNoShm(reason: string | undefined): void {
+  if (warnedNoShm || process.env.KPIP_SHM === "off") return;
+  warnedNoShm = true;
+  process.emitWarning(`shared memory unavailable, large bodies go inline: ${reason ?? "unknown reason"}`, "KpipWarning");
+}
+
+/** What a link needs to introduce itself: who we are and what we hold. */
+export interface LinkSetup {
+  identity: Identity;
+  instance: Uint8Array;
+  /** The tokens to bind, read at ATTEST time (refreshed copies replace the originals). */
+  tokens: () => Uint8Array[];
+  measurements: CborMap | undefined;
+  shm: false | { threshold?: number };
+}
+
+/** What the link reports to the client that owns it. */
+export interface LinkEvents {
+  /** CHALLENGE accepted; ATTEST sent. */
+  attesting(link: Link): void;
+  response(stream: number, r: Response): void;
+  event(e: KEvent): void;
+  goodbye(reason: string | undefined): void;
+  /** The kernel ended this ready session over a frame too large: the largest request sent on it. */
+  tooLarge(link: Link): void;
+  /** A ready link died (closed, silent, malformed input, fatal ERROR); `err` says why. */
+  lost(link: Link, err: Error): void;
+}
+
+/** What WELCOME told us. */
+export interface Welcome {
+  handles: number[];
+  refused: { index: number; code: string; message: string }[];
+}
+
+type Phase = "handshaking" | "attesting" | "ready" | "dead";
+
+/**
+ * One connection's session with the kernel: HELLO, CHALLENGE, ATTEST, WELCOME, then the frame
+ * loop dispatching answers, events and heartbeats to {@link LinkEvents}. A link never comes
+ * back once dead; the client makes a new one to reconnect.
+ */
+export class Link {
+  phase: Phase = "handshaking";
+  version = 0;
+  heartbeatMs = 5000;
+  lastSeen = Date.now();
+  session = "";
+  kernel = "";
+  /** Features the kernel enabled in CHALLENGE. */
+  features: string[] = [];
+  /** The largest body the kernel accepts on this session (CHALLENGE.limits.maxBody). */
+  maxBody = Number.MAX_SAFE_INTEGER;
+  /** Resolves at WELCOME; rejects if the handshake fails. */
+  readonly ready: Promise<Welcome>;
+  private readonly reader = new FrameReader();
+  private readonly helloBytes: Buffer;
+  private settleReady!: { resolve: (w: Welcome) => void; reject: (e: Error) => void };
+
+  constructor(
+    readonly channel: ByteChannel,
+    private readonly setup: LinkSetup,
+    private readonly events: LinkEvents,
+  ) {
+    this.ready = new Promise<Welcome>((resolve, reject) => {
+      this.settleReady = { resolve, reject };
+    });
+    // A handshake that timed out is not waited on: its later failure must not go unhandled.
+    this.ready.catch(() => {});
+    const offerShm = channel.transport === "uds" && setup.shm !== false;
+    const shm = offerShm ? loadShmNative() : undefined;
+    if (offerShm && !shm?.native) warnNoShm(shm?.reason);
+    const hello = encodeMessage({
+      type: "HELLO",
+      body: {
+        versions: [...SUPPORTED_VERSIONS],
+        persona: setup.identity.persona,
+        publicKey: setup.identity.publicKey,
+        instance: setup.instance,
+        features: shm?.native ? [SHM_FEATURE] : [],
+        client: "kpip-client/0.1.0",
+      },
+    });
+    this.helloBytes = Buffer.from(hello.subarray(HEADER_SIZE));
+    channel.onData((chunk) => this.onData(chunk));
+    channel.onClose(() => this.fail(new KernelUnavailableError("connection to the kernel closed")));
+    channel.write(hello);
+  }
+
+  /** The session's shared-memory channel, when "shm" was negotiated. */
+  get shm(): ShmPeer | undefined {
+    return this.reader.shm;
+  }
+
+  /** Sends a frame given as pieces (through shared memory when it takes it). */
+  sendPieces(pieces: Uint8Array[]): void {
+    writePieces(this.channel, pieces, this.reader.shm);
+  }
+
+  send(msg: Message): void {
+    writeMessage(this.channel, msg);
+  }
+
+  /** Heartbeat: a silent kernel (over 2 intervals) is lost; one quiet for half an interval is PINGed. */
+  tick(now: number): void {
+    if (this.phase !== "ready") return;
+    if (now - this.lastSeen > 2 * this.heartbeatMs) {
+      this.fail(new KernelUnavailableError(`kernel silent for more than ${2 * this.heartbeatMs} ms`));
+    } else if (now - this.lastSeen > this.heartbeatMs / 2) {
+      this.send({ type: "PING", body: { seq: now % 0x7fffffff } });
+    }
+  }
+
+  /** Ends the link: before WELCOME the handshake fails with `err`; after it, `lost` is reported. */
+  fail(err: Error): void {
+    if (this.phase === "dead") return;
+    const wasReady = this.phase === "ready";
+    this.kill();
+    if (wasReady) this.events.lost(this, err);
+    else this.settleReady.reject(err);
+  }
+
+  /** Ends the link quietly (the client is closing or gave up on it). */
+  kill(): void {
+    this.phase = "dead";
+    this.channel.destroy();
+    this.reader.shm?.close();
+  }
+
+  private onData(chunk: Uint8Array): void {
+    if (this.phase === "dead") return;
+    this.lastSeen = Date.now();
+    this.reader.push(
+      chunk,
+      (m, f) => {
+        this.onMessage(m, f.stream, f.body);
+        return this.phase !== "dead";
+      },
+      (e, stage) => this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e })),
+    );
+  }
+
+  private onMessage(m: Message, stream: number, body: Uint8Array): void {
+    switch (m.type) {
+      case "CHALLENGE":
+        return this.onChallenge(m.body, body);
+      case "WELCOME":
+        if (this.phase !== "attesting") return this.violation("unexpected WELCOME");
+        this.phase = "ready";
+        this.settleReady.resolve({ handles: m.body.handles, refused: m.body.refused ?? [] });
+        return;
+      case "RESPONSE":
+        return this.events.response(stream, m.body);
+      case "EVENT":
+        return this.events.event(m.body as KEvent);
+      case "PING":
+        return this.send({ type: "PONG", body: { seq: m.body.seq } });
+      case "PONG":
+        return;
+      case "GOODBYE":
+        // The kernel is leaving: close our side too; reconnect (if enabled) follows the close.
+        this.events.goodbye(m.body.reason);
+        this.channel.end();
+        return;
+      case "ERROR": {
+        if (!m.body.fatal) return;
+        const err = new KpipError(m.body.class, m.body.message, { code: m.body.code });
+        if (this.phase === "ready" && (m.body.code === "TOO_LARGE" || m.body.code === "SHM_TOO_LARGE")) {
+          this.events.tooLarge(this);
+        }
+        return this.fail(err);
+      }
+      default:
+        this.violation(`unexpected ${m.type} from the kernel`);
+    }
+  }
+
+  private onChallenge(c: Extract<Message, { type: "CHALLENGE" }>["body"], body: Uint8Array): void {
+    if (this.phase !== "handshaking") return this.violation("unexpected CHALLENGE");
+    if (!SUPPORTED_VERSIONS.includes(c.version)) return this.violation(`kernel chose unsupported version ${c.version}`);
+    this.version = c.version;
+    this.heartbeatMs = c.heartbeatMs;
+    this.reader.setMaxBody(c.limits.maxBody);
+    this.maxBody = c.limits.maxBody;
+    this.session = c.session;
+    this.kernel = c.kernel;
+    this.features = c.features;
+    if (c.features.includes(SHM_FEATURE)) {
+      const native = loadShmNative().native;
+      const shm = this.setup.shm;
+      if (!native || this.channel.transport !== "uds" || shm === false) {
+        return this.violation("kernel enabled shm, which this client did not offer");
+      }
+      this.reader.shm = new ShmPeer(native, {
+        ownName: shmSegmentName(c.kernel, c.session, "p"),
+        peerName: shmSegmentName(c.kernel, c.session, "k"),
+        maxBody: c.limits.maxBody,
+        threshold: shm.threshold ?? SHM_DEFAULT_THRESHOLD,
+      });
+    }
+    const signature = signBytes(this.setup.identity.privateKey, attestationTranscript(this.helloBytes, body));
+    this.phase = "attesting";
+    this.events.attesting(this);
+    const measurements = this.setup.measurements;
+    this.send({
+      type: "ATTEST",
+      body: { signature, tokens: this.setup.tokens(), ...(measurements ? { measurements } : {}) },
+    });
+  }
+
+  private violation(msg: string): void {
+    this.fail(new ProtocolViolationError(msg));
+  }
+}

@@ -1,0 +1,105 @@
+import { decodeToken, effectiveGrant, type Token } from "@kpip/protocol";
+import { TokenRefreshError } from "./errors.js";
+import type { CallFn } from "./options.js";
+
+interface HeldToken {
+  bytes: Uint8Array;
+  token: Token;
+  /** Its handle on the current session (0 = not bound). */
+  handle: number;
+  timer?: NodeJS.Timeout;
+}
+
+/** Where the refresher reports (the client's events). */
+export interface RefreshEvents {
+  refreshed(info: { id: string; exp: number }): void;
+  failed(err: TokenRefreshError): void;
+}
+
+/**
+ * The tokens a client holds: bound at every attestation, and each refreshed (token.refresh,
+ * then token.bind on the session) `marginMs` before it expires, at most halfway through its
+ * lifetime. A failed refresh is reported at once and on the client's next call.
+ */
+export class TokenRefresher {
+  private readonly held: HeldToken[];
+  private failure: Error | undefined;
+  private stopped = false;
+
+  constructor(
+    tokens: { bytes: Uint8Array; token: Token }[],
+    private readonly marginMs: number,
+    private readonly call: CallFn,
+    private readonly events: RefreshEvents,
+  ) {
+    this.held = tokens.map((t) => ({ ...t, handle: 0 }));
+  }
+
+  /** The tokens' wire bytes, to present at ATTEST. */
+  get bytes(): Uint8Array[] {
+    return this.held.map((h) => h.bytes);
+  }
+
+  /** Handles of the bound tokens (unbound ones left out). */
+  get handles(): number[] {
+    return this.held.map((h) => h.handle).filter((h) => h > 0);
+  }
+
+  /** The tokens currently held, as base64url text. */
+  get text(): string[] {
+    return this.held.map((h) => Buffer.from(h.bytes).toString("base64url"));
+  }
+
+  /** WELCOME's handles, in the order the tokens were presented (0 = refused). */
+  bound(handles: number[]): void {
+    this.held.forEach((h, i) => {
+      h.handle = handles[i] ?? 0;
+    });
+  }
+
+  /** The last refresh failure, once: the next call fails with it. */
+  takeFailure(): Error | undefined {
+    const e = this.failure;
+    this.failure = undefined;
+    return e;
+  }
+
+  start(): void {
+    for (const h of this.held) this.schedule(h);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    for (const h of this.held) clearTimeout(h.timer);
+  }
+
+  private schedule(h: HeldToken): void {
+    clearTimeout(h.timer);
+    if (this.stopped) return;
+    const g = effectiveGrant(h.token);
+    if (g.exp >= g.maxExp) return;
+    const margin = Math.min(this.marginMs, (g.exp - g.nbf) / 2);
+    const at = Math.max(0, g.exp - margin - Date.now());
+    h.timer = setTimeout(() => void this.refresh(h), Math.min(at, 2 ** 31 - 1));
+    h.timer.unref();
+  }
+
+  /** Refreshes one held token now: token.refresh, then binds the fresh token on this session. */
+  private async refresh(h: HeldToken): Promise<void> {
+    try {
+      const r = await this.call("token.refresh", `token://${h.token.claims.id}`, { token: h.bytes }, { caps: [h.bytes] });
+      const fresh = (r.payload as { token: Uint8Array }).token;
+      const token = decodeToken(fresh);
+      const b = await this.call("token.bind", `token://${token.claims.id}`, { token: fresh }, { caps: [fresh] });
+      h.bytes = fresh;
+      h.token = token;
+      h.handle = (b.payload as { handle: number }).handle;
+      this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
+      this.schedule(h);
+    } catch (e) {
+      const err = new TokenRefreshError(`could not refresh token ${h.token.claims.id}: ${(e as Error).message}`, { cause: e });
+      this.failure = err;
+      this.events.failed(err);
+    }
+  }
+}

@@ -1,0 +1,70 @@
+/**
+ * A byte stream carrying KPIP frames, as both sides see their transport: the kernel's
+ * connections (which add flow-control fields) and the client's channels are this interface.
+ */
+export interface ByteChannel {
+  /** "uds", "grpc", "memory", "agent", ... */
+  readonly transport: string;
+  /** Queues bytes; writes made in one event-loop turn go out together. */
+  write(data: Uint8Array): void;
+  /** Ends the stream after queued bytes are flushed; `destroy` drops them. */
+  end(): void;
+  destroy(): void;
+  onData(cb: (chunk: Uint8Array) => void): void;
+  onClose(cb: (err?: Error) => void): void;
+}
+
+/**
+ * Gathers the writes of one event-loop turn and hands them to `flush` together: one syscall
+ * for a socket (corked), one message for a gRPC stream. The transport supplies the scheduler
+ * (`process.nextTick`), so this module keeps no timers of its own.
+ */
+export class TurnBatcher {
+  private chunks: Uint8Array[] = [];
+  private bytes = 0;
+  private scheduled = false;
+  private stopped = false;
+
+  constructor(
+    private readonly flush: (chunks: Uint8Array[]) => void,
+    private readonly schedule: (fn: () => void) => void,
+  ) {}
+
+  /** Bytes queued this turn and not yet handed to `flush`. */
+  get pending(): number {
+    return this.bytes;
+  }
+
+  write(data: Uint8Array): void {
+    if (this.stopped) return;
+    this.chunks.push(data);
+    this.bytes += data.length;
+    if (this.scheduled) return;
+    this.scheduled = true;
+    this.schedule(() => this.flushNow());
+  }
+
+  /** Hands what is queued to `flush` now (e.g. before ending the stream). */
+  flushNow(): void {
+    this.scheduled = false;
+    if (this.chunks.length === 0 || this.stopped) return;
+    const chunks = this.chunks;
+    this.chunks = [];
+    this.bytes = 0;
+    this.flush(chunks);
+  }
+
+  /** Drops what is queued; later writes are ignored (the stream is gone). */
+  stop(): void {
+    this.stopped = true;
+    this.chunks = [];
+    this.bytes = 0;
+  }
+}
+
+/** The chunks as one buffer, copying only when there is more than one. */
+export function joinChunks(chunks: Uint8Array[]): Buffer {
+  const one = chunks[0] as Uint8Array;
+  if (chunks.length > 1) return Buffer.concat(chunks);
+  return Buffer.isBuffer(one) ? one : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
+}

@@ -1,0 +1,88 @@
+import { HEADER_SIZE } from "../constants.js";
+import { CodecError } from "../errors.js";
+import { type Frame, FrameDecoder } from "../frame/decoder.js";
+import { decodeMessage, encodeMessagePieces } from "../messages/codec.js";
+import type { Message } from "../messages/types.js";
+import type { ShmPeer } from "../shm/peer.js";
+import type { ByteChannel } from "./channel.js";
+
+/** Byte strings at least this long are referenced into a frame's pieces, not copied. */
+export const PIECE_REF_MIN = 64 * 1024;
+
+/**
+ * The receiving half of a session, the same on both sides: bytes in any chunking become
+ * messages, with bodies that came through shared memory taken out of the peer's segment.
+ */
+export class FrameReader {
+  private readonly decoder: FrameDecoder;
+  /** The session's shared-memory channel, once "shm" was negotiated. */
+  shm: ShmPeer | undefined;
+
+  constructor(maxBody?: number) {
+    this.decoder = new FrameDecoder(maxBody);
+  }
+
+  /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */
+  setMaxBody(n: number): void {
+    this.decoder.setMaxBody(n);
+  }
+
+  /**
+   * Decodes the chunk's complete messages and hands each to `onMessage`, in order, while it
+   * returns true (false: the session ended, drop the rest). A malformed frame, shared-memory
+   * descriptor or message goes to `onError` as a {@link CodecError} and ends the chunk; the
+   * stream is unusable after it. Errors thrown by `onMessage` propagate.
+   */
+  push(
+    chunk: Uint8Array,
+    onMessage: (m: Message, f: Frame) => boolean,
+    onError: (e: CodecError, stage: "frame" | "message") => void,
+  ): void {
+    let frames: Frame[];
+    try {
+      frames = this.decoder.push(chunk);
+    } catch (e) {
+      onError(e as CodecError, "frame");
+      return;
+    }
+    for (const raw of frames) {
+      let f: Frame;
+      let m: Message;
+      try {
+        // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
+        if (raw.flags !== 0 && !this.shm)
+          throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
+        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw) : raw;
+        m = decodeMessage(f);
+      } catch (e) {
+        if (!(e instanceof CodecError)) throw e;
+        onError(e, "message");
+        return;
+      }
+      if (!onMessage(m, f)) return;
+    }
+  }
+}
+
+/** A message as frame pieces (large byte strings referenced, not copied) and its body size. */
+export function framePieces(msg: Message, stream = 0): { pieces: Uint8Array[]; bodySize: number } {
+  const pieces = encodeMessagePieces(msg, stream, PIECE_REF_MIN);
+  let bodySize = -HEADER_SIZE;
+  for (const p of pieces) bodySize += p.length;
+  return { pieces, bodySize };
+}
+
+/**
+ * Writes a frame given as pieces: copied once into the shared-memory segment when `shm` takes
+ * it, else the pieces themselves (the channel sends the writes of one turn together).
+ */
+export function writePieces(channel: Pick<ByteChannel, "write">, pieces: Uint8Array[], shm?: ShmPeer): void {
+  const viaShm = shm?.wrapPieces(pieces);
+  if (viaShm) channel.write(viaShm);
+  else for (const p of pieces) channel.write(p);
+}
+
+/** Encodes and writes one message (see {@link writePieces}). */
+export function writeMessage(channel: Pick<ByteChannel, "write">, msg: Message, stream = 0, shm?: ShmPeer): void {
+  writePieces(channel, framePieces(msg, stream).pieces, shm);
+}

@@ -1,0 +1,164 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import {
+  CodecError,
+  encodeMessage,
+  FrameFlag,
+  FrameReader,
+  framePieces,
+  HEADER_SIZE,
+  joinChunks,
+  type Message,
+  TurnBatcher,
+  writeMessage,
+} from "../src/index.js";
+
+/** A scheduler the test runs by hand: what the transports get from process.nextTick. */
+function manualTurn(): { schedule: (fn: () => void) => void; run: () => void; queued: () => number } {
+  let fns: (() => void)[] = [];
+  return {
+    schedule: (fn) => fns.push(fn),
+    run: () => {
+      const now = fns;
+      fns = [];
+      for (const f of now) f();
+    },
+    queued: () => fns.length,
+  };
+}
+
+const read = (reader: FrameReader, bytes: Uint8Array) => {
+  const got: Message[] = [];
+  const errors: { e: CodecError; stage: string }[] = [];
+  reader.push(
+    bytes,
+    (m) => {
+      got.push(m);
+      return true;
+    },
+    (e, stage) => errors.push({ e, stage }),
+  );
+  return { got, errors };
+};
+
+describe("TurnBatcher: the writes of one turn go out together", () => {
+  it("hands a turn's writes to flush once, in order, and counts them as pending until then", () => {
+    const turn = manualTurn();
+    const flushed: Uint8Array[][] = [];
+    const b = new TurnBatcher((c) => flushed.push(c), turn.schedule);
+    b.write(Buffer.from("ab"));
+    b.write(Buffer.from("cde"));
+    assert.equal(turn.queued(), 1, "one flush scheduled for the turn, not one per write");
+    assert.equal(b.pending, 5);
+    assert.equal(flushed.length, 0);
+    turn.run();
+    assert.deepEqual(
+      flushed.map((c) => Buffer.concat(c).toString()),
+      ["abcde"],
+    );
+    assert.equal(b.pending, 0);
+    b.write(Buffer.from("f"));
+    turn.run();
+    assert.equal(flushed.length, 2, "the next turn is a new batch");
+  });
+
+  it("flushNow sends at once (before an end); stop drops what is queued and ignores later writes", () => {
+    const turn = manualTurn();
+    const flushed: string[] = [];
+    const b = new TurnBatcher((c) => flushed.push(Buffer.concat(c).toString()), turn.schedule);
+    b.write(Buffer.from("goodbye"));
+    b.flushNow();
+    assert.deepEqual(flushed, ["goodbye"]);
+    turn.run();
+    assert.deepEqual(flushed, ["goodbye"], "the scheduled flush finds nothing left");
+    b.write(Buffer.from("lost"));
+    b.stop();
+    b.write(Buffer.from("later"));
+    turn.run();
+    assert.deepEqual(flushed, ["goodbye"]);
+    assert.equal(b.pending, 0);
+  });
+
+  it("joinChunks copies only when there is more than one chunk", () => {
+    const one = Buffer.from("x");
+    assert.equal(joinChunks([one]), one);
+    assert.equal(joinChunks([Buffer.from("a"), new Uint8Array([98])]).toString(), "ab");
+  });
+});
+
+describe("FrameReader and the send path", () => {
+  it("reads messages in any chunking, in order, and stops when the handler says the session ended", () => {
+    const bytes = Buffer.concat([1, 2, 3].map((seq) => encodeMessage({ type: "PING", body: { seq } })));
+    const reader = new FrameReader();
+    const seqs: number[] = [];
+    for (let i = 0; i < bytes.length; i += 7) {
+      reader.push(
+        bytes.subarray(i, i + 7),
+        (m) => {
+          if (m.type === "PING") seqs.push(m.body.seq);
+          return true;
+        },
+        (e) => assert.fail(e),
+      );
+    }
+    assert.deepEqual(seqs, [1, 2, 3]);
+    const stopped: number[] = [];
+    new FrameReader().push(
+      bytes,
+      (m) => {
+        if (m.type === "PING") stopped.push(m.body.seq);
+        return false;
+      },
+      (e) => assert.fail(e),
+    );
+    assert.deepEqual(stopped, [1], "nothing after the message that ended the session");
+  });
+
+  it("a malformed frame or body is a CodecError for onError, naming the stage; messages before it are handled", () => {
+    const good = encodeMessage({ type: "PING", body: { seq: 1 } });
+    const badBody = Buffer.from(encodeMessage({ type: "PING", body: { seq: 2 } }));
+    badBody[HEADER_SIZE] = 0xff; // not a CBOR map any more
+    const r1 = read(new FrameReader(), Buffer.concat([good, badBody]));
+    assert.equal(r1.got.length, 1);
+    assert.equal(r1.errors[0]?.stage, "message");
+    assert.ok(r1.errors[0]?.e instanceof CodecError);
+    const r2 = read(new FrameReader(), Buffer.from("not a frame header at all"));
+    assert.deepEqual(
+      r2.errors.map((x) => [x.stage, x.e.errorClass]),
+      [["frame", "PROTOCOL"]],
+    );
+  });
+
+  it("a frame flagged for shared memory on a session without it is PROTOCOL/SHM_NOT_NEGOTIATED", () => {
+    const f = Buffer.from(encodeMessage({ type: "PING", body: { seq: 1 } }));
+    f[4] = FrameFlag.SHM;
+    const r = read(new FrameReader(), f);
+    assert.equal(r.got.length, 0);
+    assert.equal(r.errors[0]?.e.code, "SHM_NOT_NEGOTIATED");
+  });
+
+  it("the body limit is enforced and can be raised after the handshake", () => {
+    const big: Message = { type: "GOODBYE", body: { reason: "x".repeat(100) } };
+    const bytes = encodeMessage(big);
+    assert.equal(read(new FrameReader(50), bytes).errors[0]?.e.code, "TOO_LARGE");
+    const reader = new FrameReader(50);
+    reader.setMaxBody(1000);
+    assert.deepEqual(read(reader, bytes).got, [big]);
+  });
+
+  it("framePieces references large byte strings and reports the body size; writeMessage writes what a reader reads", () => {
+    const data = Buffer.alloc(200 * 1024, 7);
+    const msg: Message = { type: "EVENT", body: { subscription: 1, topic: "topic://t", seq: 1, data } };
+    const { pieces, bodySize } = framePieces(msg, 5);
+    assert.ok(
+      pieces.some((p) => p.buffer === data.buffer),
+      "the payload is a piece of its own, not a copy",
+    );
+    assert.equal(bodySize, Buffer.concat(pieces).length - HEADER_SIZE);
+    const written: Uint8Array[] = [];
+    writeMessage({ write: (d) => written.push(d) }, msg, 5);
+    const r = read(new FrameReader(), Buffer.concat(written));
+    assert.equal(r.errors.length, 0);
+    assert.deepEqual(r.got[0]?.body, msg.body);
+  });
+});
