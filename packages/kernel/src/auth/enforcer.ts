@@ -5,6 +5,7 @@ import {
   compiledRightsWithin,
   compileGrant,
   decodeToken,
+  derivedTokenId,
   effectiveGrant,
   expectedSignature,
   type Grant,
@@ -70,7 +71,17 @@ export class HandleTable {
   }
 }
 
-export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string };
+/** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
+export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string; id?: string };
+
+/** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
+export const tokenRef = (g: Grant): string => g.derived ?? g.id;
+
+/** A token attenuated offline, the first time this kernel run sees it used (for its audit record). */
+export type DerivedUse = (token: Token, grant: Grant, persona: string, session: string | undefined) => void;
+
+/** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
+const SEEN_DERIVED_MAX = 16_384;
 
 /** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
 const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
@@ -91,6 +102,12 @@ export class CapEnforcer implements Authorizer {
   private readonly live = new Map<string, { n: number; at: number }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
   private readonly families = new WeakMap<Grant, string>();
+  /** Derived tokens seen used, by their own id → the ids they descend from (minted id and its chain). */
+  private readonly seenDerived = new Map<string, string[]>();
+  /** Where each revocation is on the audit record (sequence number), when this run knows. */
+  private readonly revokeSeqs = new Map<string, number>();
+  /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
+  onDerived: DerivedUse | undefined;
 
   constructor(
     private readonly keys: RootKeys,
@@ -102,7 +119,7 @@ export class CapEnforcer implements Authorizer {
   }
 
   /** Verifies a token for use by `persona` now. */
-  verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+  verify(bytesOrToken: Uint8Array | Token, persona: string, session?: string): Verified {
     // Bounded before any work: a token's checks and its compiled patterns grow with its size.
     if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
       return {
@@ -118,7 +135,9 @@ export class CapEnforcer implements Authorizer {
       if (!this.keys.get(hit.token.claims.kid))
         return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
       const why = this.unusable(hit.grant, persona);
-      return why ? { ok: false, ...why } : { ok: true, token: hit.token, grant: hit.grant };
+      if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
+      this.noteDerived(hit.token, hit.grant, persona, session);
+      return { ok: true, token: hit.token, grant: hit.grant };
     }
     let token: Token;
     try {
@@ -126,19 +145,31 @@ export class CapEnforcer implements Authorizer {
     } catch (e) {
       return { ok: false, code: (e as TokenError).code ?? "MALFORMED", message: (e as Error).message };
     }
+    // Named in refusals by the id it claims: unverified, but what the presenter asserted.
+    const claimed = derivedTokenId(token);
     const key = this.keys.get(token.claims.kid);
-    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
+    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key", id: claimed };
     const expected = expectedSignature(key, token);
     if (!timingSafeEqual(expected, Buffer.from(token.sig)))
-      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid" };
+      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
     const grant = effectiveGrant(token);
     if (cacheKey !== undefined) {
       if (this.verified.size >= 4096) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
     }
     const why = this.unusable(grant, persona);
-    if (why) return { ok: false, code: why.code, message: why.message };
+    if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
+    this.noteDerived(token, grant, persona, session);
     return { ok: true, token, grant };
+  }
+
+  /** The first use in this run of a token attenuated offline goes on the record (bounded memory). */
+  private noteDerived(token: Token, grant: Grant, persona: string, session: string | undefined): void {
+    const id = grant.derived;
+    if (id === undefined || this.seenDerived.has(id)) return;
+    if (this.seenDerived.size >= SEEN_DERIVED_MAX) this.seenDerived.delete(this.seenDerived.keys().next().value as string);
+    this.seenDerived.set(id, [...grant.chain, grant.id]);
+    this.onDerived?.(token, grant, persona, session);
   }
 
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
@@ -148,28 +179,51 @@ export class CapEnforcer implements Authorizer {
 
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
   private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
+    const ref = tokenRef(g);
     if (this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id)))
-      return { code: "REVOKED", message: `token ${g.id} is revoked` };
+      return { code: "REVOKED", message: this.revokedMessage(g) };
     const now = this.clock();
-    if (now >= g.exp) return { code: "EXPIRED", message: `token ${g.id} expired at ${new Date(g.exp).toISOString()}` };
+    if (now >= g.exp) return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
     if (now < g.nbf)
-      return { code: "NOT_YET_VALID", message: `token ${g.id} is not valid before ${new Date(g.nbf).toISOString()}` };
+      return { code: "NOT_YET_VALID", message: `token ${ref} is not valid before ${new Date(g.nbf).toISOString()}` };
     if (!g.usable || !personaWithin(persona, g.subject)) {
-      return { code: "WRONG_PERSONA", message: `token ${g.id} is not usable by persona ${persona}` };
+      return { code: "WRONG_PERSONA", message: `token ${ref} is not usable by persona ${persona}` };
     }
     return undefined;
   }
 
+  /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */
+  private revokedMessage(g: Grant): string {
+    const ref = tokenRef(g);
+    const ids = [g.id, ...[...g.chain].reverse()];
+    const by = ids.find((id) => this.revoked.has(id)) as string;
+    const seq = this.revokeSeqs.get(by);
+    const where = seq === undefined ? "" : ` (audit record ${seq})`;
+    if (by === ref) return `token ${ref} is revoked${where}`;
+    return `token ${ref} is revoked: ${by === g.id ? "the token it was derived from" : "its ancestor"} ${by} was revoked${where}`;
+  }
+
+  /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
+  noteRevokeRecord(id: string, seq: number): void {
+    if (this.revokeSeqs.size >= 100_000) this.revokeSeqs.delete(this.revokeSeqs.keys().next().value as string);
+    this.revokeSeqs.set(id, seq);
+  }
+
   /** Binds a token to a session's handle table. */
-  bind(table: HandleTable, persona: string, bytes: Uint8Array): { handle: number } | { code: string; message: string } {
+  bind(
+    table: HandleTable,
+    persona: string,
+    bytes: Uint8Array,
+    session?: string,
+  ): { handle: number; id: string } | { code: string; message: string; id?: string } {
     if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
-    const v = this.verify(bytes, persona);
+    const v = this.verify(bytes, persona, session);
     if (!v.ok) return v;
     table.bytes += bytes.length;
-    return { handle: table.add(v.token, v.grant) };
+    return { handle: table.add(v.token, v.grant), id: tokenRef(v.grant) };
   }
 
   authorize(req: AuthorizationRequest): Decision {
@@ -203,21 +257,23 @@ export class CapEnforcer implements Authorizer {
         }
         const why = this.unusable(b.grant, req.persona);
         if (why) {
-          capIds.push(`h${ref}:${b.grant.id}`);
+          capIds.push(`h${ref}:${tokenRef(b.grant)}`);
           firstProblem ??= why.message;
           continue;
         }
         grant = b.grant;
         decisions = b.decisions;
-        capIds.push(`h${ref}:${grant.id}`);
+        capIds.push(`h${ref}:${tokenRef(grant)}`);
       } else {
-        const v = this.verify(ref, req.persona);
+        const v = this.verify(ref, req.persona, req.session);
         if (!v.ok) {
+          // A refused inline token is named too, when it decoded: the record says which it was.
+          if (v.id !== undefined) capIds.push(`inline:${v.id}`);
           firstProblem ??= v.message;
           continue;
         }
         grant = v.grant;
-        capIds.push(`inline:${grant.id}`);
+        capIds.push(`inline:${tokenRef(grant)}`);
       }
       anyValid = true;
       let ok: boolean | undefined;
@@ -258,7 +314,7 @@ export class CapEnforcer implements Authorizer {
     if (compiledAllows(compileGrant(g), op, target)) return true;
     if (SELF_OPS.has(op) && target.startsWith("token://")) {
       const id = target.slice(8);
-      if (id === g.id) return true;
+      if (id === g.id || id === g.derived) return true;
       // A holder may revoke what was minted from its token.
       if (op === "token.revoke") return this.store.getToken(id)?.chain.includes(g.id) ?? false;
     }
@@ -386,10 +442,24 @@ export class CapEnforcer implements Authorizer {
     return fresh;
   }
 
-  /** Revokes a token id (and so every token minted from it); effective at once for every handle. */
-  revoke(id: string, by: string): boolean {
+  /**
+   * Revokes a token id (and so every token minted from it); effective at once for every handle.
+   * Returns whether it was newly revoked and every token the revocation ended: the id itself
+   * and each unexpired token (minted, refreshed, or derived and seen this run) descending from
+   * it that was still usable — what the audit record of the revocation lists.
+   */
+  revoke(id: string, by: string): { changed: boolean; ended: string[] } {
+    const now = this.clock();
+    const live = (ids: string[]) => !ids.some((x) => this.revoked.has(x));
+    const ended: string[] = [];
+    if (!this.revoked.has(id)) {
+      const own = this.store.getToken(id);
+      if (!own || live(own.chain)) ended.push(id);
+      for (const t of this.store.tokensDerivedFrom(id)) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
+      for (const [d, up] of this.seenDerived) if (up.includes(id) && live(up)) ended.push(d);
+    }
     this.revoked.add(id);
-    return this.store.revokeToken(id, by, this.clock());
+    return { changed: this.store.revokeToken(id, by, now), ended };
   }
 
   /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */

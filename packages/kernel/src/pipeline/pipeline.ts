@@ -12,6 +12,7 @@ import {
   type Request,
   type Response,
 } from "@kpip/protocol";
+import { statusDetail } from "../audit/detail.js";
 import type { AuditEntry, AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer } from "../auth/authorizer.js";
@@ -291,11 +292,14 @@ export class Pipeline {
         errorClass: refusal?.errorClass ?? null,
         message: refusal?.message ?? null,
         durationUs: elapsedUs(started),
+        detail: statusDetail(response.status, result?.audit),
       },
       keep
         ? { key, hash, response: encodeCanonical(response as unknown as CborMap), expires: Date.now() + this.dedupe.windowMs }
         : undefined,
     );
+    // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+    result?.recorded?.(this.audit.headSeq);
     await stage(tr, "kpip.audit.outcome", () => outcome);
     return response;
   }

@@ -58,7 +58,11 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
             return w;
           });
           if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
-          return { status: "SUCCESS", payload: { generation: r.generation, size: data.length } };
+          return {
+            status: "SUCCESS",
+            payload: { generation: r.generation, size: data.length },
+            audit: { generation: r.generation, size: data.length },
+          };
         },
       },
       {
@@ -132,7 +136,7 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
           });
           if (r === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
           if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
-          return { status: "SUCCESS", payload: { deleted: true, generation: r.generation } };
+          return { status: "SUCCESS", payload: { deleted: true, generation: r.generation }, audit: { generation: r.generation } };
         },
       },
     ],
