@@ -196,6 +196,8 @@ export class Kernel {
         onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
       this.auditLog = audit;
+      // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
+      const last = store.lastAudit();
       const journalled = audit.recordOfflineJournal();
       // The kernel's own first start (creating the admin persona) is journalled too: not news to report as such.
       const offline = journalled.filter((r) => r.actor !== FIRST_START_ACTOR).length;
@@ -206,8 +208,6 @@ export class Kernel {
       this.sandbox = sandbox;
       const records = new KernelRecords(audit);
       this.records = records;
-      // A chain that does not end with a stop: the previous run was killed or crashed.
-      const last = store.lastAudit();
       records.record({
         op: "kernel.start",
         target: "kernel://",
@@ -288,6 +288,8 @@ export class Kernel {
       );
       this.agents = agents;
       agents.recover();
+      // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
+      audit.flush();
       this.router.register(agentFamily(agents, c.adminPersona));
       this.router.register(
         personaFamily(store, {
