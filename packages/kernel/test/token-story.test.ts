@@ -91,7 +91,7 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     assert.equal(tokenOf(derived[0])?.parent, alice.id);
     assert.equal(tokenOf(derived[0])?.sub, "alice/w");
     assert.deepEqual(
-      (tokenOf(derived[0])?.caveats as { t: string }[]).map((c) => c.t),
+      ((tokenOf(derived[0])?.caveats ?? []) as { t: string }[]).map((c) => c.t),
       ["rights", "sub"],
     );
     const opens = t.k.database.queryAudit({ op: "session.open", persona: "alice/w", limit: 10 });
