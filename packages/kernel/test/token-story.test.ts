@@ -103,6 +103,21 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     assert.ok(reads.length >= 2 && reads.every((r) => r.caps === `h1:${id}`));
   });
 
+  it("a derived token only refused (inline) leaves no token.derived record: refusals stay within the refusal limiter", async () => {
+    const c = await t.connect(worker, [encodeToken(delegate(alice.token, "alice/w", [["storage.read", "obj://ws1/**"]]))]);
+    const fresh = delegate(alice.token, "alice/w", [["storage.read", "obj://ws1/c/**"]]);
+    await assert.rejects(
+      c.call("storage.write", "obj://ws1/c/x", { data: Buffer.from("x") }, { caps: [encodeToken(fresh)] }),
+      klass("PERMISSION"),
+    );
+    const refused = t.k.database.queryAudit({ op: "storage.write", persona: "alice/w", limit: 5 }).at(-1);
+    assert.equal(refused?.caps, `inline:${derivedTokenId(fresh)}`);
+    assert.equal(records(t, "token.derived").filter((r) => tokenOf(r)?.id === derivedTokenId(fresh)).length, 0);
+    await c.storage.read("obj://ws1/c/x", { caps: [encodeToken(fresh)] }).catch(() => {});
+    assert.equal(records(t, "token.derived").filter((r) => tokenOf(r)?.id === derivedTokenId(fresh)).length, 1);
+    await c.close();
+  });
+
   it("a delegated worker's client refreshes the token narrowed to it, never wider nor past the chain's maximum", async () => {
     const admin = await t.admin();
     const short = await admin.tokens.mint("alice", {

@@ -18,6 +18,10 @@ import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
+import { Revocations, tokenRef } from "./revocations.js";
+
+export { tokenRef };
+
 import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
 
 /** The enforcer's bounds (kernel settings). */
@@ -74,14 +78,8 @@ export class HandleTable {
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
 export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string; id?: string };
 
-/** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
-export const tokenRef = (g: Grant): string => g.derived ?? g.id;
-
 /** A token attenuated offline, the first time this kernel run sees it used (for its audit record). */
 export type DerivedUse = (token: Token, grant: Grant, persona: string, session: string | undefined) => void;
-
-/** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
-const SEEN_DERIVED_MAX = 16_384;
 
 /** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
 const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
@@ -94,7 +92,7 @@ const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token
  * PERMISSION = a valid capability that does not grant this op on this target.
  */
 export class CapEnforcer implements Authorizer {
-  private readonly revoked: Set<string>;
+  private readonly revoked: Revocations;
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
@@ -102,10 +100,6 @@ export class CapEnforcer implements Authorizer {
   private readonly live = new Map<string, { n: number; at: number }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
   private readonly families = new WeakMap<Grant, string>();
-  /** Derived tokens seen used, by their own id → the ids they descend from (minted id and its chain). */
-  private readonly seenDerived = new Map<string, string[]>();
-  /** Where each revocation is on the audit record (sequence number), when this run knows. */
-  private readonly revokeSeqs = new Map<string, number>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
 
@@ -115,11 +109,11 @@ export class CapEnforcer implements Authorizer {
     private readonly clock: () => number = Date.now,
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
   ) {
-    this.revoked = new Set(store.revokedTokenIds());
+    this.revoked = new Revocations(store);
   }
 
   /** Verifies a token for use by `persona` now. */
-  verify(bytesOrToken: Uint8Array | Token, persona: string, session?: string): Verified {
+  verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
     // Bounded before any work: a token's checks and its compiled patterns grow with its size.
     if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
       return {
@@ -136,7 +130,6 @@ export class CapEnforcer implements Authorizer {
         return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
       const why = this.unusable(hit.grant, persona);
       if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
-      this.noteDerived(hit.token, hit.grant, persona, session);
       return { ok: true, token: hit.token, grant: hit.grant };
     }
     let token: Token;
@@ -159,17 +152,16 @@ export class CapEnforcer implements Authorizer {
     }
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
-    this.noteDerived(token, grant, persona, session);
     return { ok: true, token, grant };
   }
 
-  /** The first use in this run of a token attenuated offline goes on the record (bounded memory). */
+  /**
+   * The first use in this run of a token attenuated offline goes on the record (bounded memory):
+   * when it is bound, or authorizes a request inline — never for a refused one, so a refusal
+   * flood of fresh derived tokens adds no records past the refusal limiter.
+   */
   private noteDerived(token: Token, grant: Grant, persona: string, session: string | undefined): void {
-    const id = grant.derived;
-    if (id === undefined || this.seenDerived.has(id)) return;
-    if (this.seenDerived.size >= SEEN_DERIVED_MAX) this.seenDerived.delete(this.seenDerived.keys().next().value as string);
-    this.seenDerived.set(id, [...grant.chain, grant.id]);
-    this.onDerived?.(token, grant, persona, session);
+    if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
   }
 
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
@@ -180,8 +172,7 @@ export class CapEnforcer implements Authorizer {
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
   private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
     const ref = tokenRef(g);
-    if (this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id)))
-      return { code: "REVOKED", message: this.revokedMessage(g) };
+    if (this.revoked.covers(g)) return { code: "REVOKED", message: this.revoked.message(g) };
     const now = this.clock();
     if (now >= g.exp) return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
     if (now < g.nbf)
@@ -192,21 +183,9 @@ export class CapEnforcer implements Authorizer {
     return undefined;
   }
 
-  /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */
-  private revokedMessage(g: Grant): string {
-    const ref = tokenRef(g);
-    const ids = [g.id, ...[...g.chain].reverse()];
-    const by = ids.find((id) => this.revoked.has(id)) as string;
-    const seq = this.revokeSeqs.get(by);
-    const where = seq === undefined ? "" : ` (audit record ${seq})`;
-    if (by === ref) return `token ${ref} is revoked${where}`;
-    return `token ${ref} is revoked: ${by === g.id ? "the token it was derived from" : "its ancestor"} ${by} was revoked${where}`;
-  }
-
   /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
   noteRevokeRecord(id: string, seq: number): void {
-    if (this.revokeSeqs.size >= 100_000) this.revokeSeqs.delete(this.revokeSeqs.keys().next().value as string);
-    this.revokeSeqs.set(id, seq);
+    this.revoked.noteRecord(id, seq);
   }
 
   /** Binds a token to a session's handle table. */
@@ -220,8 +199,9 @@ export class CapEnforcer implements Authorizer {
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
-    const v = this.verify(bytes, persona, session);
+    const v = this.verify(bytes, persona);
     if (!v.ok) return v;
+    this.noteDerived(v.token, v.grant, persona, session);
     table.bytes += bytes.length;
     return { handle: table.add(v.token, v.grant), id: tokenRef(v.grant) };
   }
@@ -248,6 +228,7 @@ export class CapEnforcer implements Authorizer {
     let anyValid = false;
     for (const ref of req.caps) {
       let grant: Grant;
+      let inline: Token | undefined;
       let decisions: Map<string, boolean> | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
@@ -265,7 +246,7 @@ export class CapEnforcer implements Authorizer {
         decisions = b.decisions;
         capIds.push(`h${ref}:${tokenRef(grant)}`);
       } else {
-        const v = this.verify(ref, req.persona, req.session);
+        const v = this.verify(ref, req.persona);
         if (!v.ok) {
           // A refused inline token is named too, when it decoded: the record says which it was.
           if (v.id !== undefined) capIds.push(`inline:${v.id}`);
@@ -273,6 +254,7 @@ export class CapEnforcer implements Authorizer {
           continue;
         }
         grant = v.grant;
+        inline = v.token;
         capIds.push(`inline:${tokenRef(grant)}`);
       }
       anyValid = true;
@@ -289,7 +271,10 @@ export class CapEnforcer implements Authorizer {
           }
         }
       } else ok = this.allows(grant, req);
-      if (ok) return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
+      if (ok) {
+        if (inline) this.noteDerived(inline, grant, req.persona, req.session);
+        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
+      }
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     return {
@@ -444,41 +429,26 @@ export class CapEnforcer implements Authorizer {
 
   /**
    * Revokes a token id (and so every token minted from it); effective at once for every handle.
-   * Returns whether it was newly revoked and every token the revocation ended: the id itself
-   * and each unexpired token (minted, refreshed, or derived and seen this run) descending from
-   * it that was still usable — what the audit record of the revocation lists.
+   * Returns whether it was newly revoked and every token it ended ({@link Revocations.revoke}).
    */
   revoke(id: string, by: string): { changed: boolean; ended: string[] } {
-    const now = this.clock();
-    const live = (ids: string[]) => !ids.some((x) => this.revoked.has(x));
-    const ended: string[] = [];
-    if (!this.revoked.has(id)) {
-      const own = this.store.getToken(id);
-      if (!own || live(own.chain)) ended.push(id);
-      for (const t of this.store.tokensDerivedFrom(id)) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
-      for (const [d, up] of this.seenDerived) if (up.includes(id) && live(up)) ended.push(d);
-    }
-    this.revoked.add(id);
-    return { changed: this.store.revokeToken(id, by, now), ended };
+    return this.revoked.revoke(id, by, this.clock());
   }
 
   /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
   reloadRevocations(): void {
-    for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+    this.revoked.reload();
   }
 
   /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
   pruneExpired(before: number): number {
     const n = this.store.pruneTokens(before);
-    if (n > 0) {
-      this.revoked.clear();
-      for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
-    }
+    if (n > 0) this.revoked.reload(true);
     return n;
   }
 
   isRevoked(g: Grant): boolean {
-    return this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id));
+    return this.revoked.covers(g);
   }
 }
 

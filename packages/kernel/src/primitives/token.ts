@@ -169,7 +169,7 @@ export function tokenFamily(
         handler: (ctx) => {
           const t = tokenArg(ctx);
           checkTarget(ctx, t);
-          const v = enforcer.verify(t, ctx.persona, ctx.session);
+          const v = enforcer.verify(t, ctx.persona);
           // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
           // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
           const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
