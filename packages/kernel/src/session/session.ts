@@ -50,8 +50,7 @@ export interface SessionHost {
   readonly pipeline: Pipeline;
   readonly audit: AuditLog;
   readonly personaKeys: PersonaKeys;
-  /** Verifies a token and binds it to the session's table. */
-  /** Binds a token; a refusal names the token (`id`) when it decoded. */
+  /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
   bindToken(
     table: HandleTable,
     persona: string,
