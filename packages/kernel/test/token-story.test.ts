@@ -198,4 +198,25 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     await p.close();
     await w.close();
   });
+
+  it("after a restart a refusal still points at the revocation's record", async () => {
+    const k = await startKernel();
+    const home = k.home;
+    let k2: TestKernel | undefined;
+    try {
+      const bob = await k.persona("bob", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const admin = await k.admin();
+      await admin.tokens.revoke(bob.id);
+      const seq = records(k, "token.revoke").find((r) => r.phase === "outcome")?.seq;
+      await k.stop();
+      k2 = await startKernel({}, home);
+      const c = await k2.connect(bob.identity, []);
+      const e = await c.call("system.health", "kernel://", {}, { caps: [bob.token] }).catch((x) => x);
+      assert.ok(klass("CAPABILITY", new RegExp(`^token ${bob.id} is revoked \\(audit record ${seq}\\)$`))(e), String(e));
+    } finally {
+      if (k2) await k2.stop();
+      else await k.stop();
+      removeHome(home);
+    }
+  });
 });

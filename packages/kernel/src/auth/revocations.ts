@@ -13,13 +13,14 @@ const SEEN_DERIVED_MAX = 16_384;
  */
 export class Revocations {
   private readonly ids: Set<string>;
-  /** Where each revocation is on the audit record (sequence number), when this run knows. */
+  /** Where each revocation is on the audit record (sequence number), where it was noted (kept in the store too). */
   private readonly seqs = new Map<string, number>();
   /** Derived tokens seen used this run, by their own id → the ids they descend from (minted id and its chain). */
   private readonly derived = new Map<string, string[]>();
 
   constructor(private readonly store: TokenStore) {
     this.ids = new Set(store.revokedTokenIds());
+    for (const [id, seq] of store.revocationSeqs()) this.remember(id, seq);
   }
 
   /** Is the grant's token, or any token up its chain, revoked? */
@@ -48,6 +49,11 @@ export class Revocations {
 
   /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
   noteRecord(id: string, seq: number): void {
+    this.remember(id, seq);
+    this.store.noteRevocationSeq(id, seq);
+  }
+
+  private remember(id: string, seq: number): void {
     if (this.seqs.size >= 100_000) this.seqs.delete(this.seqs.keys().next().value as string);
     this.seqs.set(id, seq);
   }

@@ -475,6 +475,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   revokedTokenIds(): string[] {
     return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
   }
+  noteRevocationSeq(id: string, seq: number): void {
+    this.prep("UPDATE revocations SET audit_seq = ? WHERE id = ?").run(seq, id);
+  }
+  revocationSeqs(): [string, number][] {
+    return (this.prep("SELECT id, audit_seq FROM revocations WHERE audit_seq IS NOT NULL").all() as Row[]).map((r) => [
+      r.id as string,
+      r.audit_seq as number,
+    ]);
+  }
 
   // audit
   auditHashAt(seq: number): Uint8Array | undefined {
@@ -661,6 +670,9 @@ function toToken(r: Row): TokenRecord {
 function migrateTokens(db: Database.Database): void {
   const cols = db.prepare("PRAGMA table_info(tokens)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
+  // Where each revocation is on the audit record, so a refusal it causes can point there after a restart.
+  const rcols = db.prepare("PRAGMA table_info(revocations)").all() as { name: string }[];
+  if (!rcols.some((c) => c.name === "audit_seq")) db.exec("ALTER TABLE revocations ADD COLUMN audit_seq INTEGER");
   db.exec("CREATE INDEX IF NOT EXISTS tokens_minted_by ON tokens (minted_by, exp)");
 }
 

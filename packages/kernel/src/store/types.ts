@@ -196,6 +196,9 @@ export interface TokenStore {
   /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
   revokeToken(id: string, by: string, at: number): boolean;
   revokedTokenIds(): string[];
+  /** Notes the audit record of a revocation; and every revocation's record, where noted. */
+  noteRevocationSeq(id: string, seq: number): void;
+  revocationSeqs(): [string, number][];
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
 }
