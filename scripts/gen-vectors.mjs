@@ -8,6 +8,7 @@ import {
   attestationTranscript,
   chainSignature,
   decodeCanonical,
+  derivedTokenId,
   encodeCanonical,
   encodeIntent,
   encodeMessage,
@@ -372,6 +373,7 @@ for (let n = 0; n <= caveats.length; n++) {
   for (const c of t.caveatBytes) chain.push(chainSignature(chain[chain.length - 1], c));
   tokenVectors.push({
     name: `root-token-with-${n}-caveats`,
+    id: derivedTokenId(t),
     claims: j(claims),
     caveats: caveats.slice(0, n),
     claimsHex: hex(t.claimsBytes),
@@ -381,7 +383,29 @@ for (let n = 0; n <= caveats.length; n++) {
     base64url: tokenToString(t),
   });
 }
-const full = b(tokenVectors[tokenVectors.length - 1].hex);
+{
+  // A rights caveat keeps (op, target) pairs: read on a/**, write on b/** — never write on a/**.
+  const pairs = {
+    t: "rights",
+    v: [
+      ["storage.read", "obj://ws1/a/**"],
+      ["storage.write", "obj://ws1/b/**"],
+    ],
+  };
+  const p = attenuate(mintToken(rootKey, claims), pairs);
+  tokenVectors.push({
+    name: "root-token-with-rights-caveat",
+    id: derivedTokenId(p),
+    claims: j(claims),
+    caveats: [pairs],
+    claimsHex: hex(p.claimsBytes),
+    caveatsHex: p.caveatBytes.map(hex),
+    chain: [rootSignature(rootKey, p.claimsBytes), p.sig].map(hex),
+    hex: hex(encodeToken(p)),
+    base64url: tokenToString(p),
+  });
+}
+const full = b(tokenVectors[tokenVectors.length - 1 - 1].hex);
 const flipLast = Buffer.from(full);
 flipLast[flipLast.length - 1] ^= 1;
 const unknownCaveat = encodeCanonical({ t: "color", v: "red" });
@@ -391,6 +415,8 @@ const editedClaims = { ...t, claimsBytes: encodeCanonical({ ...claims, sub: "mal
 const wrongKey = mintToken(b("ff".repeat(32)), claims);
 const droppedCaveat = { ...t, caveatBytes: t.caveatBytes.slice(0, 2) };
 const unknownKid = mintToken(rootKey, { ...claims, kid: "k9" });
+const halfPair = encodeCanonical({ t: "rights", v: [["storage.read"]] });
+const withHalfPair = { ...t, caveatBytes: [...t.caveatBytes, halfPair], sig: chainSignature(t.sig, halfPair) };
 const unknownClaimBytes = encodeCanonical({ ...claims, color: "red" });
 const unknownClaim = { claimsBytes: unknownClaimBytes, caveatBytes: [], sig: rootSignature(rootKey, unknownClaimBytes) };
 out("tokens.json", {
@@ -404,6 +430,7 @@ out("tokens.json", {
     { name: "truncated", hex: hex(full.subarray(0, full.length - 10)), error: { class: "CAPABILITY", code: "MALFORMED" } },
     { name: "signed-with-another-key", hex: hex(encodeToken(wrongKey)), error: { class: "CAPABILITY", code: "BAD_SIGNATURE" } },
     { name: "unknown-caveat-type", hex: hex(encodeToken(withUnknown)), error: { class: "CAPABILITY", code: "UNKNOWN_CAVEAT" } },
+    { name: "rights-caveat-not-a-pair", hex: hex(encodeToken(withHalfPair)), error: { class: "CAPABILITY", code: "MALFORMED" } },
     {
       name: "caveat-appended-without-chaining",
       hex: hex(encodeToken(appendedNoSig)),
@@ -475,5 +502,5 @@ out("attestation.json", {
 });
 
 console.log(
-  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+10 tokens, 1+1 attestation`,
+  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+11 tokens, 1+1 attestation`,
 );

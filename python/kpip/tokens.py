@@ -111,6 +111,12 @@ def validate_caveat(c: Any) -> None:
         raise TokenError("MALFORMED", "a caveat is a map {t, v}")
     t, v = c["t"], c["v"]
     checks = {
+        "rights": lambda: isinstance(v, list)
+        and 0 < len(v) <= 64
+        and all(
+            isinstance(p, list) and len(p) == 2 and isinstance(p[0], str) and is_op_pattern(p[0]) and isinstance(p[1], str) and is_target_pattern(p[1])
+            for p in v
+        ),
         "ops": lambda: _texts(v, is_op_pattern) and len(v) > 0,
         "targets": lambda: _texts(v, is_target_pattern) and len(v) > 0,
         "exp": lambda: _is_uint(v),
@@ -179,6 +185,19 @@ def attenuate(token: Token, t: str, v: Any) -> Token:
     return replace(token, caveats=(*token.caveats, caveat), caveat_bytes=(*token.caveat_bytes, b), sig=chain_step(token.sig, b))
 
 
+DERIVED_CONTEXT = b"kpip-token-derived-v1\0"
+
+
+def derived_id(token: Token) -> str:
+    """The token's own id (§13.1): its minted id, or for a token with caveats a hash of its chain."""
+    if not token.caveat_bytes:
+        return token.claims["id"]
+    h = hashlib.sha256(DERIVED_CONTEXT + token.claims["id"].encode("latin-1"))
+    for b in token.caveat_bytes:
+        h.update(len(b).to_bytes(4, "big") + b)
+    return h.hexdigest()[:32]
+
+
 def verify(token: Token, root_keys: dict[str, bytes]) -> None:
     """Kernel-side check of the chain; raises TokenError UNKNOWN_KEY or BAD_SIGNATURE."""
     key = root_keys.get(token.claims["kid"])
@@ -202,6 +221,7 @@ class Grant:
     exp: int
     max_exp: int
     rights: list[dict[str, Any]]
+    pair_filters: list[list[list[str]]]
     op_filters: list[list[str]]
     target_filters: list[list[str]]
     limits: dict[str, int]
@@ -218,11 +238,14 @@ def inspect(token: Token) -> Grant:
     sub, usable, exp, max_exp = c["sub"], True, c["exp"], c["maxExp"]
     limits = dict(c["limits"])
     ws, dom = c.get("workspaces"), c.get("domains")
+    pair_f: list[list[list[str]]] = []
     op_f: list[list[str]] = []
     tg_f: list[list[str]] = []
     for cv in token.caveats:
         t, v = cv["t"], cv["v"]
-        if t == "ops":
+        if t == "rights":
+            pair_f.append(v)
+        elif t == "ops":
             op_f.append(v)
         elif t == "targets":
             tg_f.append(v)
@@ -240,7 +263,7 @@ def inspect(token: Token) -> Grant:
             ws = [w for w in ws if w in v] if ws is not None else list(v)
         elif t == "domains":
             dom = [d for d in dom if d in v] if dom is not None else list(v)
-    return Grant(c["id"], sub, usable, c["nbf"], exp, max_exp, c["rights"], op_f, tg_f, limits, ws, dom)
+    return Grant(c["id"], sub, usable, c["nbf"], exp, max_exp, c["rights"], pair_f, op_f, tg_f, limits, ws, dom)
 
 
 def _match(pattern: list[str], segs: list[str]) -> bool:
@@ -267,6 +290,8 @@ def match_target(pattern: str, target: str) -> bool:
 def allows(g: Grant, op: str, target: str) -> bool:
     """Would the grant allow `op` on `target`? (Rights and filters; time and subject aside.)"""
     if not any(any(match_op(p, op) for p in r["ops"]) and any(match_target(p, target) for p in r["targets"]) for r in g.rights):
+        return False
+    if not all(any(match_op(o, op) and match_target(x, target) for o, x in f) for f in g.pair_filters):
         return False
     return all(any(match_op(p, op) for p in f) for f in g.op_filters) and all(
         any(match_target(p, target) for p in f) for f in g.target_filters

@@ -108,6 +108,7 @@ class TokenVectors(unittest.TestCase):
                 t = tokens.decode_token(bytes.fromhex(v["hex"]))
                 self.assertEqual(t.claims, from_json(v["claims"]))
                 self.assertEqual(list(t.caveats), v["caveats"])
+                self.assertEqual(tokens.derived_id(t), v["id"])
                 self.assertEqual(t.sig.hex(), v["chain"][-1])
                 self.assertEqual(t.encode().hex(), v["hex"])
                 self.assertEqual(t.to_text(), v["base64url"])
@@ -116,9 +117,10 @@ class TokenVectors(unittest.TestCase):
 
     def test_attenuation_offline_matches_the_chain(self) -> None:
         first, *rest = TOKENS["valid"]
-        t = tokens.decode_token(bytes.fromhex(first["hex"]))
         for v in rest:
-            t = tokens.attenuate(t, v["caveats"][len(t.caveats)]["t"], v["caveats"][len(t.caveats)]["v"])
+            t = tokens.decode_token(bytes.fromhex(first["hex"]))
+            for c in v["caveats"]:
+                t = tokens.attenuate(t, c["t"], c["v"])
             self.assertEqual(t.encode().hex(), v["hex"])
 
     def test_invalid_tokens(self) -> None:
@@ -138,6 +140,13 @@ class TokenVectors(unittest.TestCase):
         g = tokens.inspect(tokens.decode_token(bytes.fromhex(v["hex"])))
         self.assertTrue(tokens.allows(g, "storage.read", "obj://ws1/a"))
         self.assertFalse(tokens.allows(g, "storage.write", "obj://ws1/a"))
+
+    def test_rights_caveat_keeps_pairs(self) -> None:
+        v = next(v for v in TOKENS["valid"] if v["name"] == "root-token-with-rights-caveat")
+        g = tokens.inspect(tokens.decode_token(bytes.fromhex(v["hex"])))
+        self.assertTrue(tokens.allows(g, "storage.write", "obj://ws1/b/x"))
+        self.assertFalse(tokens.allows(g, "storage.read", "obj://ws1/b/x"))
+        self.assertFalse(tokens.allows(g, "storage.write", "obj://ws1/a/x"))
 
 
 class AttestationVectors(unittest.TestCase):

@@ -4,6 +4,7 @@ import { type CborMap, HEADER_SIZE, personaWithin, rawPublicKey } from "@kpip/pr
 import { AgentManager } from "./agents/manager.js";
 import { AnchorFile } from "./audit/anchors.js";
 import { checkInheritedChain } from "./audit/inherit.js";
+import { configDigest, KernelRecords } from "./audit/kernel-records.js";
 import { AuditLog } from "./audit/log.js";
 import { RefusalLimiter } from "./audit/refusals.js";
 import type { Authorizer } from "./auth/authorizer.js";
@@ -107,6 +108,7 @@ export class Kernel {
   private enforcerRef: CapEnforcer | undefined;
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
+  private records: KernelRecords | undefined;
   private compute: ComputeEngine | undefined;
   private pipeline: Pipeline | undefined;
   private agents: AgentManager | undefined;
@@ -206,6 +208,8 @@ export class Kernel {
         onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       });
       this.auditLog = audit;
+      // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
+      const last = store.lastAudit();
       const journalled = audit.recordOfflineJournal();
       // The kernel's own first start (creating the admin persona) is journalled too: not news to report as such.
       const offline = journalled.filter((r) => r.actor !== FIRST_START_ACTOR).length;
@@ -214,17 +218,17 @@ export class Kernel {
       if (offline) this.log.info({ records: offline }, "administrative changes made without the kernel are now audited");
       const sandbox = openSandbox(c, this.log, this.options.bwrapPath);
       this.sandbox = sandbox;
-      void audit
-        .append({
-          session: "kernel",
-          persona: "-",
-          phase: "kernel",
-          op: "kernel.sandbox",
-          target: "kernel://",
-          status: "SUCCESS",
-          message: sandboxSummary(sandbox),
-        })
-        .catch(() => {});
+      const records = new KernelRecords(audit);
+      this.records = records;
+      records.record({
+        op: "kernel.start",
+        target: "kernel://",
+        message: sandboxSummary(sandbox),
+        detail: {
+          ...this.runDetail(),
+          reason: last && last.op !== "kernel.stop" ? "the previous run ended without kernel.stop (killed or crashed)" : "start",
+        },
+      });
       // Committed before start() returns, like everything else the start puts on the record.
       audit.flush();
       const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
@@ -251,6 +255,7 @@ export class Kernel {
         exempt: ["kernel", c.adminPersona],
       });
       enforcer.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
+      enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
       this.enforcerRef = enforcer;
       this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
       this.router.register(tokenFamily(enforcer, store, () => this.notifyRevoked(), c.adminPersona));
@@ -264,7 +269,12 @@ export class Kernel {
           maxRuntimeMs: c.maxRuntimeMs,
         },
         this.log,
-        { sandbox, processes, hold: (persona) => ledger.hold(persona) },
+        {
+          sandbox,
+          processes,
+          hold: (persona) => ledger.hold(persona),
+          recordState: (op, state, from) => records.opState(op, state, from),
+        },
       );
       this.compute = compute;
       for (const [name, reg] of this.pendingTasks) compute.registerTask(name, reg);
@@ -284,22 +294,19 @@ export class Kernel {
           sandbox,
           processes,
           accept: (conn) => this.accept(conn),
-          record: (op, target, persona, message) =>
-            void audit
-              .append({ session: "kernel", persona, phase: "kernel", op, target, status: "SUCCESS", message })
-              .catch(() => {}),
+          record: (act) => records.record(act),
         },
         this.log,
       );
       this.agents = agents;
       agents.recover();
+      // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
+      audit.flush();
       this.router.register(agentFamily(agents, c.adminPersona));
       this.router.register(
         personaFamily(store, {
           admin: c.adminPersona,
-          revokeToken: (id, by) => {
-            enforcer.revoke(id, by);
-          },
+          revokeToken: (id, by) => enforcer.revoke(id, by),
           registryChanged: () => this.registryChanged(),
         }),
       );
@@ -357,7 +364,7 @@ export class Kernel {
         pipeline,
         audit,
         personaKeys: new PersonaKeys(store),
-        bindToken: (table, persona, token) => enforcer.bind(table, persona, token),
+        bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
         log: this.log,
         peerLog: new PeerLogLimiter(this.log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
         admitSession: (s, persona) => this.admitSession(s, persona),
@@ -645,8 +652,16 @@ export class Kernel {
     }
   }
 
-  /** Stops accepting, answers in-flight requests, says GOODBYE, flushes the audit log, removes the socket. */
-  async stop(): Promise<void> {
+  /** What kernel.start and kernel.stop records say about this run. */
+  private runDetail(): { version: string; configDigest: string; sandbox: string } {
+    return { version: KERNEL_VERSION, configDigest: configDigest(this.config), sandbox: this.sandbox?.mode ?? "none" };
+  }
+
+  /**
+   * Stops accepting, answers in-flight requests, says GOODBYE, flushes the audit log, removes the
+   * socket. `reason` goes on the kernel.stop record (the CLI passes the signal's name).
+   */
+  async stop(reason = "stop()"): Promise<void> {
     if (this.state !== "running") return;
     this.state = "stopping";
     clearInterval(this.timer);
@@ -666,6 +681,7 @@ export class Kernel {
     await this.metrics?.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
+    this.records?.record({ op: "kernel.stop", target: "kernel://", detail: { ...this.runDetail(), reason } });
     await this.closeStorage();
     // Segments kept for a grace period after their session (a body not yet taken) would outlive
     // a kernel that exits first: their timers do not hold the process. Every session has ended.

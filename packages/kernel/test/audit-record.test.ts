@@ -30,6 +30,7 @@ describe("audit record hash", () => {
       execution: nullable(fc.string()),
       domain: nullable(fc.string({ unit: "grapheme" })),
       measurements: nullable(fc.uint8Array({ maxLength: 300 })),
+      detail: nullable(fc.string({ unit: "grapheme", maxLength: 300 })),
       prevHash: fc.uint8Array({ minLength: 32, maxLength: 32 }),
     }) as fc.Arbitrary<Omit<AuditRow, "hash">>;
     fc.assert(

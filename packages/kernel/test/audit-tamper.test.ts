@@ -90,7 +90,7 @@ describe("audit log: per-request records and tamper evidence", () => {
         s.db.prepare("UPDATE audit SET seq = seq + 100000 WHERE seq >= 6").run();
         s.db
           .prepare(
-            "INSERT INTO audit SELECT 6, time, kernel, session, persona, phase, request_id, 'storage.delete', target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, prev_hash, execution, domain, measurements FROM audit WHERE seq = 5",
+            "INSERT INTO audit SELECT 6, time, kernel, session, persona, phase, request_id, 'storage.delete', target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, prev_hash, execution, domain, measurements, detail FROM audit WHERE seq = 5",
           )
           .run();
         s.db.prepare("UPDATE audit SET seq = seq - 100000 + 1 WHERE seq > 100000").run();

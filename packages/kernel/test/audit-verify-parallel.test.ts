@@ -78,7 +78,7 @@ describe("parallel audit verify (worker threads) gives the single pass's answer"
     ["the tail deleted", `DELETE FROM audit WHERE seq > ${N - 500}`],
     [
       "a record appended past the end",
-      `INSERT INTO audit SELECT ${N + 1}, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, hash, execution, domain, measurements FROM audit WHERE seq = ${N}`,
+      `INSERT INTO audit SELECT ${N + 1}, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, hash, execution, domain, measurements, detail FROM audit WHERE seq = ${N}`,
     ],
   ] as const) {
     it(`${name}: the same first bad record`, async () => {

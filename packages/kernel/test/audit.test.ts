@@ -58,7 +58,7 @@ describe("the audit log", () => {
         s.db.prepare("UPDATE audit SET seq = seq + 1000 WHERE seq >= 7").run();
         s.db
           .prepare(
-            "INSERT INTO audit SELECT 7, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements FROM audit WHERE seq = 6",
+            "INSERT INTO audit SELECT 7, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail FROM audit WHERE seq = 6",
           )
           .run();
         s.db.prepare("UPDATE audit SET seq = seq - 1000 + 1 WHERE seq >= 1007").run();

@@ -92,16 +92,12 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     await until(() => s.t.k.database.getPersona("sp/agent.w1") === undefined, 30_000, "the agent key removed");
     assert.ok(s.t.k.database.getPersona("sp/w1"), "the real persona is still registered");
     assert.equal(((await rc.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
-    const audited = s.t.k.database.queryAudit({ op: "agent.identity.add", limit: 10 });
+    const audited = s.t.k.database.queryAudit({ op: "persona.added", limit: 10 });
     assert.ok(
       audited.some((r) => r.target === "persona://sp/agent.w1" && r.phase === "kernel"),
       JSON.stringify(audited),
     );
-    await until(
-      () => s.t.k.database.queryAudit({ op: "agent.identity.remove", limit: 10 }).length > 0,
-      30_000,
-      "removal audited",
-    );
+    await until(() => s.t.k.database.queryAudit({ op: "persona.removed", limit: 10 }).length > 0, 30_000, "removal audited");
     const squat = await s.admin
       .call("persona.register", "persona://sp/agent.w2", { publicKey: generateIdentity("sp/agent.w2").publicKey })
       .catch((e) => e);
@@ -171,9 +167,9 @@ describe("without a usable sandbox", () => {
       const info = (await c.call("system.info", "kernel://")).payload as { sandbox: { mode: string; usable: boolean } };
       assert.deepEqual([info.sandbox.mode, info.sandbox.usable], ["none", true]);
       assert.equal((t.k.status().sandbox as { mode: string }).mode, "none");
-      const rec = t.k.database.queryAudit({ op: "kernel.sandbox", limit: 5 });
+      const rec = t.k.database.queryAudit({ op: "kernel.start", limit: 5 });
       assert.ok(
-        rec.some((r) => /unconfined/.test(r.message ?? "")),
+        rec.some((r) => /unconfined/.test(r.message ?? "") && JSON.parse(r.detail ?? "{}").sandbox === "none"),
         JSON.stringify(rec),
       );
       const r = (await c.ops.wait(await c.compute.command("echo", ["hi"]))) as { stdout: Uint8Array };

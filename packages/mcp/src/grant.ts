@@ -28,6 +28,8 @@ export class GrantView {
     for (const g of this.live()) {
       if (!g.opFilters.every((f) => f.some((p) => matchOp(p, op)))) continue;
       if (!g.targetFilters.every((f) => f.some(fits))) continue;
+      // A rights caveat keeps pairs: the op must be granted with a target of these schemes in each.
+      if (!g.pairFilters.every((f) => f.some((r) => matchOp(r.ops[0] as string, op) && fits(r.targets[0] as string)))) continue;
       for (const r of g.rights) {
         if (!r.ops.some((p) => matchOp(p, op))) continue;
         for (const t of r.targets) if (fits(t)) out.add(t);

@@ -40,12 +40,15 @@ const grant: fc.Arbitrary<Grant> = fc
     fc.array(right, { maxLength: 3 }),
     fc.array(fc.array(opPattern, { minLength: 1, maxLength: 2 }), { maxLength: 2 }),
     fc.array(fc.array(targetPattern, { minLength: 1, maxLength: 2 }), { maxLength: 2 }),
+    // Rights caveats: lists of (op, target) pairs.
+    fc.array(fc.array(fc.tuple(opPattern, targetPattern), { minLength: 1, maxLength: 3 }), { maxLength: 2 }),
   )
-  .map(([rights, opFilters, targetFilters]) => ({
+  .map(([rights, opFilters, targetFilters, pairs]) => ({
     id: "0".repeat(32),
     chain: [],
     subject: "alice",
     rights,
+    pairFilters: pairs.map((f) => f.map(([o, x]) => ({ ops: [o], targets: [x] }))),
     opFilters,
     targetFilters,
     limits: {},

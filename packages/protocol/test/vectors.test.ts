@@ -9,6 +9,7 @@ import {
   decodeIntent,
   decodeMessage,
   decodeToken,
+  derivedTokenId,
   encodeIntent,
   encodeMessage,
   expectedSignature,
@@ -124,6 +125,7 @@ describe("spec/vectors", () => {
       assert.equal(Buffer.from(t.sig).toString("hex"), v.chain[v.chain.length - 1]);
       assert.deepEqual(norm(t.claims), norm(fromJ(v.claims)));
       assert.deepEqual(t.caveats, v.caveats);
+      assert.equal(derivedTokenId(t), v.id);
       assert.equal(Buffer.from(v.base64url, "base64url").toString("hex"), v.hex);
     });
   }

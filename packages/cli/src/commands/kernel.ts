@@ -71,11 +71,11 @@ export const kernelCommand: Command = {
     );
     await new Promise<void>((resolve) => {
       let stopping = false;
-      const stop = () => {
+      const stop = (signal: NodeJS.Signals) => {
         if (stopping) return;
         stopping = true;
         process.stdout.write("stopping: draining sessions, flushing the audit log…\n");
-        kernel.stop().then(resolve, resolve);
+        kernel.stop(signal).then(resolve, resolve);
       };
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);

@@ -6,6 +6,7 @@ import {
   type Caveat,
   type CborMap,
   type decodeToken,
+  derivedTokenId,
   isOpPattern,
   isTargetPattern,
   isWorkspaceId,
@@ -169,15 +170,12 @@ export const tokenCommand: Command = {
         }
         const caveats: Caveat[] = [];
         const rights = ((v.allow as string[] | undefined) ?? []).map(parseAllow);
-        // A caveat narrows ops and targets separately: two --allow A:X --allow B:Y would become
-        // {A,B} × {X,Y}, allowing A on Y — wider than asked. Only one shape is expressible.
-        if (rights.length > 1 && !rights.every((r) => sameSet(r.targets, rights[0]?.targets ?? [])))
-          throw new UsageError(
-            "--allow given twice with different targets would allow every listed op on every listed target; attenuate with one --allow OPS:TARGETS (or mint a token per pair)",
-          );
+        // One rights caveat of (op, target) pairs: --allow A:X --allow B:Y allows A on X and B on Y, never A on Y.
         if (rights.length) {
-          caveats.push({ t: "ops", v: rights.flatMap((r) => r.ops) });
-          caveats.push({ t: "targets", v: rights.flatMap((r) => r.targets) });
+          const pairs = rights.flatMap((r) => r.ops.flatMap((o) => r.targets.map((x): [string, string] => [o, x])));
+          if (pairs.length > 64)
+            throw new UsageError(`--allow lists ${pairs.length} (op, target) pairs; a token caveat holds at most 64`);
+          caveats.push({ t: "rights", v: pairs });
         }
         if (v.ttl !== undefined) caveats.push({ t: "exp", v: Date.now() + parseDuration(v.ttl as string, "--ttl") });
         if (v.persona !== undefined) caveats.push({ t: "sub", v: v.persona as string });
@@ -195,8 +193,11 @@ export const tokenCommand: Command = {
         const text = tokenToString(t);
         if (typeof v.out === "string") {
           writeTokenFile(v.out, text);
-          out({ file: v.out, id: t.claims.id, caveats: t.caveats }, `token ${t.claims.id} written to ${v.out}`);
-        } else out({ token: text, id: t.claims.id, caveats: t.caveats }, text);
+          out(
+            { file: v.out, id: derivedTokenId(t), parent: t.claims.id, caveats: t.caveats },
+            `token ${derivedTokenId(t)} (from ${t.claims.id}) written to ${v.out}`,
+          );
+        } else out({ token: text, id: derivedTokenId(t), parent: t.claims.id, caveats: t.caveats }, text);
         return EXIT.OK;
       }
       case "inspect": {
@@ -263,8 +264,6 @@ export const tokenCommand: Command = {
   },
 };
 
-const sameSet = (a: readonly string[], b: readonly string[]) => a.length === b.length && a.every((x) => b.includes(x));
-
 /** A literal op in --allow that the kernel does not have is a typo, not a grant: refuse it with the nearest names. */
 async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Promise<void> {
   const literal = rights.flatMap((r) => r.ops).filter((o) => !o.includes("*"));
@@ -288,6 +287,7 @@ interface Inspection {
   effective: {
     subject: string;
     rights: Right[];
+    pairFilters?: Right[][];
     opFilters: string[][];
     targetFilters: string[][];
     limits: Record<string, number>;
@@ -310,6 +310,7 @@ function describeInspection(i: Inspection): string {
     ...(i.problem && !why ? [`by you     no — ${i.problem}`] : []),
     `subject    ${e.subject}${e.subject !== i.claims.sub ? ` (narrowed from ${i.claims.sub})` : ""}`,
     ...e.rights.map((r, n) => `${n === 0 ? "allows    " : "          "} ${r.ops.join(", ")} on ${r.targets.join(", ")}`),
+    ...(e.pairFilters ?? []).map((f) => `  and only pairs    ${f.map((r) => `${r.ops[0]} on ${r.targets[0]}`).join(", ")}`),
     ...e.opFilters.map((f) => `  and only ops      ${f.join(", ")}`),
     ...e.targetFilters.map((f) => `  and only targets  ${f.join(", ")}`),
   ];

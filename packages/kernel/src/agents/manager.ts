@@ -10,6 +10,7 @@ import {
   serializeIdentity,
   tokenToString,
 } from "@kpip/protocol";
+import type { KernelAct } from "../audit/kernel-records.js";
 import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -32,8 +33,8 @@ export interface AgentOptions {
   processes: ProcessTable;
   /** Takes the kernel end of an agent's inherited connection as a session. */
   accept(conn: Connection): void;
-  /** Puts a change to the agent identities on the audit record. */
-  record(op: string, target: string, persona: string, message: string): void;
+  /** Puts an act of the kernel on the audit record (agent lifecycle, identities, revocations); returns its seq. */
+  record(act: KernelAct): number;
 }
 
 export interface SpawnRequest {
@@ -95,7 +96,14 @@ export class AgentManager {
         }
       }
       this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
-      this.enforcer.revoke(a.tokenId, "kernel");
+      this.opts.record({
+        op: "agent.exited",
+        target: agentUri(a.id),
+        persona: a.spawner,
+        message: `${agentUri(a.id)} was lost with the previous kernel`,
+        detail: { agent: a.id, persona: a.persona, state: "lost", code: null, signal: null },
+      });
+      this.revokeFor(a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`);
     }
   }
@@ -104,7 +112,26 @@ export class AgentManager {
   private forget(persona: string, why: string): void {
     if (!this.store.getPersona(persona)) return;
     this.store.removePersona(persona);
-    this.opts.record("agent.identity.remove", `persona://${persona}`, persona, why);
+    this.opts.record({
+      op: "persona.removed",
+      target: `persona://${persona}`,
+      persona,
+      message: why,
+      detail: { persona, reason: why },
+    });
+  }
+
+  /** The kernel revokes an agent's token, on the record with every token the revocation ended. */
+  private revokeFor(tokenId: string, persona: string, reason: string): void {
+    const r = this.enforcer.revoke(tokenId, "kernel");
+    const seq = this.opts.record({
+      op: "token.revoked",
+      target: `token://${tokenId}`,
+      persona,
+      message: reason,
+      detail: { revoked: tokenId, ended: r.ended, reason },
+    });
+    if (r.changed) this.enforcer.noteRevokeRecord(tokenId, seq);
   }
 
   spawn(r: SpawnRequest): AgentRecord {
@@ -145,7 +172,13 @@ export class AgentManager {
     // Only ever a key in the agent namespace: a stale one (a crash) is replaced, on the record.
     this.forget(persona, `stale key of ${uri} replaced`);
     this.store.addPersona(persona, identity.publicKey);
-    this.opts.record("agent.identity.add", `persona://${persona}`, r.spawner, `key of ${uri} spawned by ${r.spawner}`);
+    this.opts.record({
+      op: "persona.added",
+      target: `persona://${persona}`,
+      persona: r.spawner,
+      message: `key of ${uri} spawned by ${r.spawner}`,
+      detail: { persona, agent: id, spawner: r.spawner },
+    });
     let launch: Launch | undefined;
     let child: ChildProcess;
     try {
@@ -169,7 +202,7 @@ export class AgentManager {
     } catch (e) {
       launch?.cleanup();
       this.forget(persona, `${uri} did not start`);
-      this.enforcer.revoke(token.claims.id, "kernel");
+      this.revokeFor(token.claims.id, persona, `${uri} did not start`);
       throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${(e as Error).message}`);
     }
     const rec: AgentRecord = {
@@ -214,6 +247,20 @@ export class AgentManager {
       this.log.info({ agent: id, err: e.message }, "agent failed to start");
     });
     child.once("close", (code, signal) => this.exited(id, rec, code, signal));
+    this.opts.record({
+      op: "agent.spawned",
+      target: uri,
+      persona: r.spawner,
+      detail: {
+        agent: id,
+        persona,
+        pid: rec.pid,
+        command: r.executable,
+        args: r.args.length,
+        spawner: r.spawner,
+        token: token.claims.id,
+      },
+    });
     emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona, pid: rec.pid ?? 0 });
     return rec;
   }
@@ -236,8 +283,21 @@ export class AgentManager {
     };
     try {
       this.store.updateAgent(id, f);
+      this.opts.record({
+        op: "agent.exited",
+        target: agentUri(id),
+        persona: rec.spawner,
+        detail: {
+          agent: id,
+          persona: rec.persona,
+          state,
+          code,
+          signal: signal ?? null,
+          ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+        },
+      });
       // The agent's authority ends with it.
-      this.enforcer.revoke(rec.tokenId, "kernel");
+      this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
       this.forget(rec.persona, `${agentUri(id)} ended`);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");

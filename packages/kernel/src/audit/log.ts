@@ -111,6 +111,7 @@ export class AuditLog {
       execution: entry.execution ?? null,
       domain: entry.domain ?? null,
       measurements: entry.measurements ?? null,
+      detail: entry.detail ?? null,
       prevHash: this.head,
       hash: PENDING_HASH,
     };

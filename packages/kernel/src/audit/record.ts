@@ -24,6 +24,7 @@ export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   if (r.caps !== null) fields.caps = r.caps;
   fields.time = r.time;
   fields.phase = r.phase;
+  if (r.detail != null) fields.detail = r.detail;
   if (r.domain != null) fields.domain = r.domain;
   if (r.intent !== null) fields.intent = r.intent;
   fields.kernel = r.kernel;
@@ -50,6 +51,7 @@ const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["caps", "text"],
   ["time", "uint"],
   ["phase", "text"],
+  ["detail", "text"],
   ["domain", "text"],
   ["intent", "bytes"],
   ["kernel", "text"],

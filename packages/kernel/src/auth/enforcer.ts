@@ -5,6 +5,7 @@ import {
   compiledRightsWithin,
   compileGrant,
   decodeToken,
+  derivedTokenId,
   effectiveGrant,
   expectedSignature,
   type Grant,
@@ -17,6 +18,10 @@ import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
+import { Revocations, tokenRef } from "./revocations.js";
+
+export { tokenRef };
+
 import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
 
 /** The enforcer's bounds (kernel settings). */
@@ -70,7 +75,11 @@ export class HandleTable {
   }
 }
 
-export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string };
+/** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
+export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string; id?: string };
+
+/** A token attenuated offline, the first time this kernel run sees it used (for its audit record). */
+export type DerivedUse = (token: Token, grant: Grant, persona: string, session: string | undefined) => void;
 
 /** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
 const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
@@ -83,7 +92,7 @@ const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token
  * PERMISSION = a valid capability that does not grant this op on this target.
  */
 export class CapEnforcer implements Authorizer {
-  private readonly revoked: Set<string>;
+  private readonly revoked: Revocations;
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
 
@@ -91,6 +100,8 @@ export class CapEnforcer implements Authorizer {
   private readonly live = new Map<string, { n: number; at: number }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
   private readonly families = new WeakMap<Grant, string>();
+  /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
+  onDerived: DerivedUse | undefined;
 
   constructor(
     private readonly keys: RootKeys,
@@ -98,7 +109,7 @@ export class CapEnforcer implements Authorizer {
     private readonly clock: () => number = Date.now,
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
   ) {
-    this.revoked = new Set(store.revokedTokenIds());
+    this.revoked = new Revocations(store);
   }
 
   /** Verifies a token for use by `persona` now. */
@@ -118,7 +129,8 @@ export class CapEnforcer implements Authorizer {
       if (!this.keys.get(hit.token.claims.kid))
         return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
       const why = this.unusable(hit.grant, persona);
-      return why ? { ok: false, ...why } : { ok: true, token: hit.token, grant: hit.grant };
+      if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
+      return { ok: true, token: hit.token, grant: hit.grant };
     }
     let token: Token;
     try {
@@ -126,19 +138,30 @@ export class CapEnforcer implements Authorizer {
     } catch (e) {
       return { ok: false, code: (e as TokenError).code ?? "MALFORMED", message: (e as Error).message };
     }
+    // Named in refusals by the id it claims: unverified, but what the presenter asserted.
+    const claimed = derivedTokenId(token);
     const key = this.keys.get(token.claims.kid);
-    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
+    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key", id: claimed };
     const expected = expectedSignature(key, token);
     if (!timingSafeEqual(expected, Buffer.from(token.sig)))
-      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid" };
+      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
     const grant = effectiveGrant(token);
     if (cacheKey !== undefined) {
       if (this.verified.size >= 4096) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
     }
     const why = this.unusable(grant, persona);
-    if (why) return { ok: false, code: why.code, message: why.message };
+    if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
+  }
+
+  /**
+   * The first use in this run of a token attenuated offline goes on the record (bounded memory):
+   * when it is bound, or authorizes a request inline — never for a refused one, so a refusal
+   * flood of fresh derived tokens adds no records past the refusal limiter.
+   */
+  private noteDerived(token: Token, grant: Grant, persona: string, session: string | undefined): void {
+    if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
   }
 
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
@@ -148,28 +171,39 @@ export class CapEnforcer implements Authorizer {
 
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
   private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
-    if (this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id)))
-      return { code: "REVOKED", message: `token ${g.id} is revoked` };
+    const ref = tokenRef(g);
+    if (this.revoked.covers(g)) return { code: "REVOKED", message: this.revoked.message(g) };
     const now = this.clock();
-    if (now >= g.exp) return { code: "EXPIRED", message: `token ${g.id} expired at ${new Date(g.exp).toISOString()}` };
+    if (now >= g.exp) return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
     if (now < g.nbf)
-      return { code: "NOT_YET_VALID", message: `token ${g.id} is not valid before ${new Date(g.nbf).toISOString()}` };
+      return { code: "NOT_YET_VALID", message: `token ${ref} is not valid before ${new Date(g.nbf).toISOString()}` };
     if (!g.usable || !personaWithin(persona, g.subject)) {
-      return { code: "WRONG_PERSONA", message: `token ${g.id} is not usable by persona ${persona}` };
+      return { code: "WRONG_PERSONA", message: `token ${ref} is not usable by persona ${persona}` };
     }
     return undefined;
   }
 
+  /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
+  noteRevokeRecord(id: string, seq: number): void {
+    this.revoked.noteRecord(id, seq);
+  }
+
   /** Binds a token to a session's handle table. */
-  bind(table: HandleTable, persona: string, bytes: Uint8Array): { handle: number } | { code: string; message: string } {
+  bind(
+    table: HandleTable,
+    persona: string,
+    bytes: Uint8Array,
+    session?: string,
+  ): { handle: number; id: string } | { code: string; message: string; id?: string } {
     if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
     const v = this.verify(bytes, persona);
     if (!v.ok) return v;
+    this.noteDerived(v.token, v.grant, persona, session);
     table.bytes += bytes.length;
-    return { handle: table.add(v.token, v.grant) };
+    return { handle: table.add(v.token, v.grant), id: tokenRef(v.grant) };
   }
 
   authorize(req: AuthorizationRequest): Decision {
@@ -194,6 +228,7 @@ export class CapEnforcer implements Authorizer {
     let anyValid = false;
     for (const ref of req.caps) {
       let grant: Grant;
+      let inline: Token | undefined;
       let decisions: Map<string, boolean> | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
@@ -203,21 +238,24 @@ export class CapEnforcer implements Authorizer {
         }
         const why = this.unusable(b.grant, req.persona);
         if (why) {
-          capIds.push(`h${ref}:${b.grant.id}`);
+          capIds.push(`h${ref}:${tokenRef(b.grant)}`);
           firstProblem ??= why.message;
           continue;
         }
         grant = b.grant;
         decisions = b.decisions;
-        capIds.push(`h${ref}:${grant.id}`);
+        capIds.push(`h${ref}:${tokenRef(grant)}`);
       } else {
         const v = this.verify(ref, req.persona);
         if (!v.ok) {
+          // A refused inline token is named too, when it decoded: the record says which it was.
+          if (v.id !== undefined) capIds.push(`inline:${v.id}`);
           firstProblem ??= v.message;
           continue;
         }
         grant = v.grant;
-        capIds.push(`inline:${grant.id}`);
+        inline = v.token;
+        capIds.push(`inline:${tokenRef(grant)}`);
       }
       anyValid = true;
       let ok: boolean | undefined;
@@ -233,7 +271,10 @@ export class CapEnforcer implements Authorizer {
           }
         }
       } else ok = this.allows(grant, req);
-      if (ok) return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
+      if (ok) {
+        if (inline) this.noteDerived(inline, grant, req.persona, req.session);
+        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
+      }
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     return {
@@ -258,7 +299,7 @@ export class CapEnforcer implements Authorizer {
     if (compiledAllows(compileGrant(g), op, target)) return true;
     if (SELF_OPS.has(op) && target.startsWith("token://")) {
       const id = target.slice(8);
-      if (id === g.id) return true;
+      if (id === g.id || id === g.derived) return true;
       // A holder may revoke what was minted from its token.
       if (op === "token.revoke") return this.store.getToken(id)?.chain.includes(g.id) ?? false;
     }
@@ -386,29 +427,28 @@ export class CapEnforcer implements Authorizer {
     return fresh;
   }
 
-  /** Revokes a token id (and so every token minted from it); effective at once for every handle. */
-  revoke(id: string, by: string): boolean {
-    this.revoked.add(id);
-    return this.store.revokeToken(id, by, this.clock());
+  /**
+   * Revokes a token id (and so every token minted from it); effective at once for every handle.
+   * Returns whether it was newly revoked and every token it ended ({@link Revocations.revoke}).
+   */
+  revoke(id: string, by: string): { changed: boolean; ended: string[] } {
+    return this.revoked.revoke(id, by, this.clock());
   }
 
   /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
   reloadRevocations(): void {
-    for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
+    this.revoked.reload();
   }
 
   /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
   pruneExpired(before: number): number {
     const n = this.store.pruneTokens(before);
-    if (n > 0) {
-      this.revoked.clear();
-      for (const id of this.store.revokedTokenIds()) this.revoked.add(id);
-    }
+    if (n > 0) this.revoked.reload(true);
     return n;
   }
 
   isRevoked(g: Grant): boolean {
-    return this.revoked.has(g.id) || g.chain.some((id) => this.revoked.has(id));
+    return this.revoked.covers(g);
   }
 }
 

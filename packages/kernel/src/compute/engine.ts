@@ -35,7 +35,13 @@ export interface CommandHost {
   processes: ProcessTable;
   /** Holds one of the persona's `concurrent` slots for the command's life; returns the release. */
   hold(persona: string): () => void;
+  /** Puts an op's state change on the audit record (`op.state`). */
+  recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void;
 }
+
+/** The states an op's audit records name: its store state, with `created` for queued and `interrupted` for an op a kernel stop ended. */
+export type OpAuditState = "created" | "running" | "succeeded" | "failed" | "cancelled" | "interrupted";
+const auditState = (s: OpRecord["state"]): OpAuditState => (s === "queued" ? "created" : s);
 
 /** How one command runs: from the authorizing grant. */
 export interface CommandGrant {
@@ -95,9 +101,13 @@ export class ComputeEngine {
 
   /** After a crash: ops the previous process left queued or running become FAILED/INTERNAL. */
   recover(): string[] {
-    const ids = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
-    for (const id of ids) this.emitDone(this.store.getOp(id) as OpRecord);
-    return ids;
+    const ops = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
+    for (const { id, state } of ops) {
+      const op = this.store.getOp(id) as OpRecord;
+      this.host.recordState?.(op, "interrupted", auditState(state));
+      this.emitDone(op);
+    }
+    return ops.map((o) => o.id);
   }
 
   submit(
@@ -132,6 +142,7 @@ export class ComputeEngine {
       expiresAt: now + this.opts.resultTtlMs,
     };
     this.store.insertOp(op);
+    this.host.recordState?.(op, "created", null);
     this.queue.push({ op, args, ...(command ? { command } : {}) });
     this.pump();
     return op;
@@ -191,6 +202,7 @@ export class ComputeEngine {
     op.state = "running";
     op.startedAt = Date.now();
     this.store.updateOp(op.id, { state: "running", startedAt: op.startedAt });
+    this.host.recordState?.(op, "running", "created");
     const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
     if (op.kind === "command") this.runCommand(op, job.args, remaining, job.command ?? { grant: undefined, network: false });
     else this.runTask(op, job.args, remaining);
@@ -321,6 +333,7 @@ export class ComputeEngine {
 
   private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
     if (op.finishedAt !== null) return;
+    const from = auditState(op.state);
     let bytes: Uint8Array | null = null;
     if (result !== null && result !== undefined) {
       try {
@@ -350,6 +363,7 @@ export class ComputeEngine {
     } catch (e) {
       this.log.error({ err: e, op: op.id }, "cannot record op outcome");
     }
+    this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from);
     this.emitDone(op);
   }
 

@@ -12,6 +12,7 @@ import {
   type Request,
   type Response,
 } from "@kpip/protocol";
+import { statusDetail } from "../audit/detail.js";
 import type { AuditEntry, AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
@@ -303,6 +304,7 @@ export class Pipeline {
         errorClass: refusal?.errorClass ?? null,
         message: refusal?.message ?? null,
         durationUs: elapsedUs(started),
+        detail: statusDetail(response.status, result?.audit),
       },
       keep
         ? {
@@ -313,6 +315,8 @@ export class Pipeline {
           }
         : undefined,
     );
+    // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+    result?.recorded?.(this.audit.headSeq);
     await stage(tr, "kpip.audit.outcome", () => outcome);
     return response;
   }

@@ -83,7 +83,11 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
             ...(ctx.args.limits ? { limits: ctx.args.limits as Record<string, number> } : {}),
             network,
           });
-          return { status: "SUCCESS", payload: describe(a) };
+          return {
+            status: "SUCCESS",
+            payload: describe(a),
+            audit: { agent: a.id, persona: a.persona, token: a.tokenId, ...(a.pid !== null ? { pid: a.pid } : {}) },
+          };
         },
       },
       {

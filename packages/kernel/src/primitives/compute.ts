@@ -78,7 +78,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
             deadlines.length ? Math.min(...deadlines) : undefined,
             kind === "command" ? { grant: ctx.grant, network } : undefined,
           );
-          return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id } };
+          return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
         },
       },
       {

@@ -8,7 +8,7 @@ export interface PersonaFamilyHost {
   /** The kernel's admin persona: never removed through the kernel (it would lock the operator out). */
   admin: string;
   /** Revokes a token id for every handle at once (the enforcer's revocation, not just the store's). */
-  revokeToken(id: string, by: string): void;
+  revokeToken(id: string, by: string): { ended: string[] } | undefined;
   /**
    * The registry changed: ends every open session whose persona is no longer registered with
    * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
@@ -117,10 +117,14 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           const refusal = removalRefusal(id, host.admin, ctx.persona);
           if (refusal) throw new OpError("PERMISSION", refusal);
           if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
-          const r = removePersonaTree(store, id, (t) => host.revokeToken(t, ctx.persona));
+          const ended: string[] = [];
+          const r = removePersonaTree(store, id, (t) => {
+            ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+          });
           const sessionsEnded = host.registryChanged();
           return {
             status: "SUCCESS",
+            audit: { removed: r.removed, ended },
             payload: {
               removed: id,
               alsoRemoved: r.removed.filter((p) => p !== id),

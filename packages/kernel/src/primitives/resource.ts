@@ -29,7 +29,7 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
           }
           return ctx.atomically((): OpResult => {
             const a = ledger.alloc(ctx.persona, resource, ctx.args.amount as number, ctx.grant);
-            return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount } };
+            return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };
           });
         },
       },

@@ -57,7 +57,11 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
             const w = store.writeObject(workspace, path, data, generationArg(ctx), Date.now(), ctx.persona);
             if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
             ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
-            return { status: "SUCCESS", payload: { generation: w.generation, size: data.length } };
+            return {
+              status: "SUCCESS",
+              payload: { generation: w.generation, size: data.length },
+              audit: { generation: w.generation, size: data.length },
+            };
           });
         },
       },
@@ -130,7 +134,11 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
             if (d === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
             if (!d.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${d.current}`);
             if (d.previous) ledger.releaseStorage(workspace, d.previous);
-            return { status: "SUCCESS", payload: { deleted: true, generation: d.generation } };
+            return {
+              status: "SUCCESS",
+              payload: { deleted: true, generation: d.generation },
+              audit: { generation: d.generation },
+            };
           });
         },
       },

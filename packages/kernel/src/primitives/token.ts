@@ -2,6 +2,7 @@ import {
   type CborMap,
   type CborValue,
   decodeToken,
+  derivedTokenId,
   effectiveGrant,
   encodeToken,
   isPersonaId,
@@ -12,7 +13,8 @@ import {
   type Token,
   TokenError,
 } from "@kpip/protocol";
-import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
+import { tokenDetail } from "../audit/detail.js";
+import { type CapEnforcer, EscalationError, tokenRef } from "../auth/enforcer.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -33,6 +35,12 @@ function targetId(ctx: OpContext): string {
   const id = ctx.target.segments.join("/");
   if (!/^[0-9a-f]{32}$/.test(id)) throw new OpError("SEMANTIC", `${ctx.op} needs token://<token id>`);
   return id;
+}
+
+/** The token argument must be the one the target names: by its minted id, or its own (derived) id. */
+function checkTarget(ctx: OpContext, t: Token): void {
+  const id = targetId(ctx);
+  if (t.claims.id !== id && derivedTokenId(t) !== id) throw new OpError("SEMANTIC", "the token does not match the target id");
 }
 
 function rightsArg(v: CborValue | undefined): Right[] {
@@ -73,6 +81,7 @@ export function describeToken(t: Token, enforcer: CapEnforcer): CborMap {
     effective: {
       subject: g.subject,
       rights: g.rights as unknown as CborValue[],
+      pairFilters: g.pairFilters as unknown as CborValue[],
       opFilters: g.opFilters,
       targetFilters: g.targetFilters,
       limits: g.limits,
@@ -140,7 +149,11 @@ export function tokenFamily(
                 ...(workspaces ? { workspaces } : {}),
                 ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
               });
-              return { status: "SUCCESS", payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp } };
+              return {
+                status: "SUCCESS",
+                payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
+                audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
+              };
             });
           } catch (e) {
             if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
@@ -158,14 +171,21 @@ export function tokenFamily(
         effects: true,
         handler: (ctx) => {
           const t = tokenArg(ctx);
-          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
-          mustOwn(ctx, t.claims.id, t.claims.sub);
+          checkTarget(ctx, t);
           const v = enforcer.verify(t, ctx.persona);
+          // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
+          // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
+          const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
+          if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
           if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
           const fresh = enforcer.refresh(t, ctx.persona);
-          const exp = effectiveGrant(fresh).exp;
-          return { status: "SUCCESS", payload: { token: encodeToken(fresh), id: fresh.claims.id, exp } };
+          const g = effectiveGrant(fresh);
+          return {
+            status: "SUCCESS",
+            payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
+            audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
+          };
         },
       },
       {
@@ -180,9 +200,15 @@ export function tokenFamily(
           mustOwn(ctx, id, undefined);
           // After the ownership check, so only those who could own any token learn that an id is unknown.
           if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
-          const changed = enforcer.revoke(id, ctx.persona);
+          const r = enforcer.revoke(id, ctx.persona);
           onRevoke(id);
-          return { status: "SUCCESS", payload: { id, revoked: true, already: !changed } };
+          return {
+            status: "SUCCESS",
+            payload: { id, revoked: true, already: !r.changed },
+            audit: { revoked: id, ended: r.ended },
+            // Refusals the revocation causes name this record.
+            ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
+          };
         },
       },
       {
@@ -194,7 +220,7 @@ export function tokenFamily(
         effects: false,
         handler: (ctx) => {
           const t = tokenArg(ctx);
-          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
+          checkTarget(ctx, t);
           mustOwn(ctx, t.claims.id, t.claims.sub);
           const v = enforcer.verify(t, ctx.persona);
           const d = describeToken(t, enforcer);
@@ -212,10 +238,10 @@ export function tokenFamily(
         handler: (ctx) => {
           if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
           const t = tokenArg(ctx);
-          if (t.claims.id !== targetId(ctx)) throw new OpError("SEMANTIC", "the token does not match the target id");
-          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token as Uint8Array);
+          checkTarget(ctx, t);
+          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token as Uint8Array, ctx.session);
           if ("code" in r) throw new OpError("CAPABILITY", r.message);
-          return { status: "SUCCESS", payload: { handle: r.handle } };
+          return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
         },
       },
       {

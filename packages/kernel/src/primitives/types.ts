@@ -1,4 +1,5 @@
 import type { CborMap, CborValue, ErrorClass, Grant, ParsedTarget, TargetScheme } from "@kpip/protocol";
+import type { DetailValue } from "../audit/detail.js";
 import type { HandleTable } from "../auth/enforcer.js";
 
 /** The shape of one argument a primitive accepts. */
@@ -39,6 +40,13 @@ export interface OpContext {
 export interface OpResult {
   status: "SUCCESS" | "PARTIAL" | "DEFERRED";
   payload?: CborValue;
+  /**
+   * Small facts for the outcome record's detail (the ids and generations the op created, a
+   * minted token): never payload bytes. The pipeline adds the status.
+   */
+  audit?: { [k: string]: DetailValue | undefined };
+  /** Called with the outcome record's sequence number once it is appended (a revocation notes where it is recorded). */
+  recorded?: (seq: number) => void;
 }
 
 /**

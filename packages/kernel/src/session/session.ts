@@ -24,6 +24,7 @@ import {
   shmSegmentName,
   verifyBytes,
 } from "@kpip/protocol";
+import { detailJson } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import { HandleTable } from "../auth/enforcer.js";
 import type { EventSink } from "../events/bus.js";
@@ -50,8 +51,13 @@ export interface SessionHost {
   readonly pipeline: Pipeline;
   readonly audit: AuditLog;
   readonly personaKeys: PersonaKeys;
-  /** Verifies a token and binds it to the session's table. */
-  bindToken(table: HandleTable, persona: string, token: Uint8Array): { handle: number } | { code: string; message: string };
+  /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
+  bindToken(
+    table: HandleTable,
+    persona: string,
+    token: Uint8Array,
+    session: string,
+  ): { handle: number; id: string } | { code: string; message: string; id?: string };
   readonly log: Logger;
   /** Log lines a peer causes go through here: a bounded number per peer and window. */
   readonly peerLog: PeerLogLimiter;
@@ -328,12 +334,19 @@ export class Session implements SessionView, EventSink {
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
     const refused: { index: number; code: string; message: string }[] = [];
+    // The record names every token presented: bound ones by handle, refused ones by what they claim to be.
+    const caps: string[] = [];
+    const refusedIds: (string | null)[] = [];
     tokens.forEach((t, index) => {
-      const r = this.host.bindToken(this.handles, persona, t);
-      if ("handle" in r) handles.push(r.handle);
-      else {
+      const r = this.host.bindToken(this.handles, persona, t, this.id);
+      if ("handle" in r) {
+        handles.push(r.handle);
+        caps.push(`h${r.handle}:${r.id}`);
+      } else {
         handles.push(0);
         refused.push({ index, code: r.code, message: r.message });
+        refusedIds.push(r.id ?? null);
+        if (r.id !== undefined) caps.push(`refused:${r.id}`);
       }
     });
     let welcome: Message = { type: "WELCOME", body: refused.length ? { persona, handles, refused } : { persona, handles } };
@@ -349,7 +362,22 @@ export class Session implements SessionView, EventSink {
         phase: "session",
         op: "session.open",
         status: "SUCCESS",
-        message: this.conn.transport,
+        caps: caps.length ? caps.join(",") : null,
+        // The session opened; a token refused at the handshake is on its record, with its class and id.
+        errorClass: refused.length ? "CAPABILITY" : null,
+        message: refused.length
+          ? `${this.conn.transport}; ${refused.length} token(s) refused: ${refused
+              .slice(0, 4)
+              .map((r) => r.message)
+              .join("; ")}${refused.length > 4 ? "; …" : ""}`
+          : this.conn.transport,
+        detail: detailJson({
+          transport: this.conn.transport,
+          handles,
+          ...(refused.length
+            ? { refused: refused.map((r, i) => ({ index: r.index, code: r.code, token: refusedIds[i] ?? null })) }
+            : {}),
+        }),
         // Recorded, not interpreted (PROTOCOL §6.5): the canonical bytes of the map as sent.
         measurements: measurements === undefined ? null : encodeCanonical(measurements),
       })

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS audit (
   persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
   intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
   duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
-  execution TEXT, domain TEXT, measurements BLOB);
+  execution TEXT, domain TEXT, measurements BLOB, detail TEXT);
 CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
@@ -104,6 +104,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       ["execution", "TEXT"],
       ["domain", "TEXT"],
       ["measurements", "BLOB"],
+      ["detail", "TEXT"],
     ]) {
       if (!have.has(col as string)) this.db.exec(`ALTER TABLE audit ADD COLUMN ${col} ${type}`);
     }
@@ -126,14 +127,14 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
         "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
       ),
       appendAudit: p(
-        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements) " +
-          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail) " +
+          "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
       ),
       lastAudit: p("SELECT * FROM audit ORDER BY seq DESC LIMIT 1"),
       // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
       // almost twice as fast as objects.
       scanAudit: p(
-        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
       ).raw(true),
       countAudit: p("SELECT count(*) AS n FROM audit"),
       addCheckpoint: p(
@@ -171,6 +172,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
           r.execution,
           r.domain,
           r.measurements,
+          r.detail ?? null,
         );
       }
       for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
@@ -393,8 +395,11 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     ) as Row[];
     return rows.map(toOp);
   }
-  failInterruptedOps(message: string, now: number): string[] {
-    const ids = (this.prep("SELECT id FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => r.id as string);
+  failInterruptedOps(message: string, now: number): { id: string; state: OpRecord["state"] }[] {
+    const ids = (this.prep("SELECT id, state FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => ({
+      id: r.id as string,
+      state: r.state as OpRecord["state"],
+    }));
     this.prep(
       "UPDATE ops SET state = 'failed', error_class = 'INTERNAL', message = ?, finished_at = ? WHERE state IN ('queued', 'running')",
     ).run(message, now);
@@ -432,6 +437,13 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     ) as Row[];
     return rows.map(toToken);
   }
+  tokensDerivedFrom(id: string): TokenRecord[] {
+    // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
+    const rows = this.prep(
+      "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.chain LIKE ? ORDER BY t.rowid",
+    ).all(`%"${id.replace(/[^0-9a-f]/g, "")}"%`) as Row[];
+    return rows.map(toToken);
+  }
   countTokensBy(mintedBy: string): number {
     return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
   }
@@ -462,6 +474,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   }
   revokedTokenIds(): string[] {
     return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+  }
+  noteRevocationSeq(id: string, seq: number): void {
+    this.prep("UPDATE revocations SET audit_seq = ? WHERE id = ?").run(seq, id);
+  }
+  revocationSeqs(): [string, number][] {
+    return (this.prep("SELECT id, audit_seq FROM revocations WHERE audit_seq IS NOT NULL").all() as Row[]).map((r) => [
+      r.id as string,
+      r.audit_seq as number,
+    ]);
   }
 
   // audit
@@ -550,6 +571,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       execution: a[19] as string | null,
       domain: a[20] as string | null,
       measurements: a[21] as Uint8Array | null,
+      detail: (a[22] as string | null) ?? null,
     }));
   }
   countAudit(): number {
@@ -656,6 +678,9 @@ function toToken(r: Row): TokenRecord {
 function migrateTokens(db: Database.Database): void {
   const cols = db.prepare("PRAGMA table_info(tokens)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
+  // Where each revocation is on the audit record, so a refusal it causes can point there after a restart.
+  const rcols = db.prepare("PRAGMA table_info(revocations)").all() as { name: string }[];
+  if (!rcols.some((c) => c.name === "audit_seq")) db.exec("ALTER TABLE revocations ADD COLUMN audit_seq INTEGER");
   db.exec("CREATE INDEX IF NOT EXISTS tokens_minted_by ON tokens (minted_by, exp)");
 }
 
@@ -681,6 +706,7 @@ function toAudit(r: Row): AuditRow {
     execution: (r.execution as string | null) ?? null,
     domain: (r.domain as string | null) ?? null,
     measurements: (r.measurements as Uint8Array | null) ?? null,
+    detail: (r.detail as string | null) ?? null,
     prevHash: r.prev_hash as Uint8Array,
     hash: r.hash as Uint8Array,
   };

@@ -79,6 +79,11 @@ export interface AuditRow {
   domain: string | null;
   /** session.open: the ATTEST measurements, canonical CBOR of the map as sent. */
   measurements: Uint8Array | null;
+  /**
+   * What the record is about beyond its columns, as compact JSON (an object, keys sorted): a
+   * minted token, an op's state change, the ids a response created (docs/audit.md).
+   */
+  detail?: string | null;
   prevHash: Uint8Array;
   hash: Uint8Array;
 }
@@ -87,7 +92,8 @@ export interface AuditRow {
  * intent/outcome: an op with effects, before and after; complete: a read-only op; refused;
  * replay: a retry answered from the dedupe record (nothing ran again); session: open, close,
  * errors; offline: an administrative change made without the kernel (from the offline journal);
- * kernel: an act of the kernel itself (the sandbox mode at start, agent identities it registers).
+ * kernel: an act of the kernel itself (start and stop, op state changes, agent lifecycle, tokens
+ * it revokes, derived tokens first used).
  */
 export type AuditPhase = "intent" | "outcome" | "complete" | "refused" | "replay" | "session" | "offline" | "kernel";
 
@@ -194,6 +200,11 @@ export interface TokenStore {
   /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
   revokeToken(id: string, by: string, at: number): boolean;
   revokedTokenIds(): string[];
+  /** Notes the audit record of a revocation; and every revocation's record, where noted. */
+  noteRevocationSeq(id: string, seq: number): void;
+  revocationSeqs(): [string, number][];
+  /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
+  tokensDerivedFrom(id: string): TokenRecord[];
 }
 
 /** Usage by scope ("persona:<id>" or "workspace:<id>") and resource name (e.g. "storage.bytes"). */
@@ -244,7 +255,8 @@ export interface OpStore {
   updateOp(id: string, fields: Partial<OpRecord>): void;
   listOps(persona?: string, limit?: number): OpRecord[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
-  failInterruptedOps(message: string, now: number): string[];
+  /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
+  failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
   pruneOps(now: number): number;
 }
 

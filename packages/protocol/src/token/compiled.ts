@@ -104,8 +104,11 @@ export class PatternSet {
 }
 
 /** A grant's rights and filters, compiled: {@link grantAllows} in time independent of the pattern count. */
+type CompiledRight = { ops: PatternSet; targets: PatternSet };
 export interface CompiledGrant {
-  rights: { ops: PatternSet; targets: PatternSet }[];
+  rights: CompiledRight[];
+  /** Rights caveats: a request must match one right of each. */
+  pairFilters: CompiledRight[][];
   opFilters: PatternSet[];
   targetFilters: PatternSet[];
 }
@@ -116,8 +119,11 @@ const compiled = new WeakMap<Grant, CompiledGrant>();
 export function compileGrant(g: Grant): CompiledGrant {
   let c = compiled.get(g);
   if (!c) {
+    const compileRights = (rs: Right[]) =>
+      rs.map((r) => ({ ops: new PatternSet(r.ops, "op"), targets: new PatternSet(r.targets, "target") }));
     c = {
-      rights: g.rights.map((r) => ({ ops: new PatternSet(r.ops, "op"), targets: new PatternSet(r.targets, "target") })),
+      rights: compileRights(g.rights),
+      pairFilters: g.pairFilters.map(compileRights),
       opFilters: g.opFilters.map((f) => new PatternSet(f, "op")),
       targetFilters: g.targetFilters.map((f) => new PatternSet(f, "target")),
     };
@@ -129,7 +135,9 @@ export function compileGrant(g: Grant): CompiledGrant {
 /** {@link grantAllows} on the compiled grant. */
 export function compiledAllows(c: CompiledGrant, op: string, target: string): boolean {
   if (!isOp(op)) return false;
-  if (!c.rights.some((r) => r.ops.matches(op) && r.targets.matches(target))) return false;
+  const pass = (r: CompiledRight) => r.ops.matches(op) && r.targets.matches(target);
+  if (!c.rights.some(pass)) return false;
+  for (const f of c.pairFilters) if (!f.some(pass)) return false;
   for (const f of c.opFilters) if (!f.matches(op)) return false;
   for (const f of c.targetFilters) if (!f.matches(target)) return false;
   return true;
@@ -142,6 +150,17 @@ export function compiledAllows(c: CompiledGrant, op: string, target: string): bo
  * rights trie walks, plus one AND per pair — callers bound the inner sizes first.
  */
 export function compiledRightsWithin(inner: Right[], outer: CompiledGrant): boolean {
+  if (!rightsCovered(inner, outer.rights, outer.opFilters, outer.targetFilters)) return false;
+  // Each rights caveat is a list of rights too: every inner pair must lie in one of its pairs.
+  return outer.pairFilters.every((f) => rightsCovered(inner, f, [], []));
+}
+
+function rightsCovered(
+  inner: Right[],
+  outerRights: CompiledRight[],
+  opFilters: PatternSet[],
+  targetFilters: PatternSet[],
+): boolean {
   const masks = (kind: "ops" | "targets", filters: PatternSet[]) => {
     // A bit per outer right covering the pattern; undefined when a filter refuses it.
     const out = new Map<string, bigint | undefined>();
@@ -153,7 +172,7 @@ export function compiledRightsWithin(inner: Right[], outer: CompiledGrant): bool
           continue;
         }
         let m = 0n;
-        outer.rights.forEach((g, i) => {
+        outerRights.forEach((g, i) => {
           if (g[kind].covers(p)) m |= 1n << BigInt(i);
         });
         out.set(p, m);
@@ -161,8 +180,8 @@ export function compiledRightsWithin(inner: Right[], outer: CompiledGrant): bool
     }
     return out;
   };
-  const opMask = masks("ops", outer.opFilters);
-  const targetMask = masks("targets", outer.targetFilters);
+  const opMask = masks("ops", opFilters);
+  const targetMask = masks("targets", targetFilters);
   for (const r of inner) {
     for (const o of r.ops) {
       const om = opMask.get(o);

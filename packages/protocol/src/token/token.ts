@@ -1,4 +1,4 @@
-import { createHmac } from "node:crypto";
+import { createHash, createHmac } from "node:crypto";
 import { decodeCanonical } from "../cbor/decode.js";
 import { encodeCanonical } from "../cbor/encode.js";
 import type { CborMap, CborValue } from "../cbor/value.js";
@@ -38,8 +38,12 @@ export interface TokenClaims {
   domains?: string[];
 }
 
+/** One (op pattern, target pattern) pair of a `rights` caveat. */
+export type RightPair = [op: string, target: string];
+
 /** A caveat narrows a token; anyone holding it can add one offline. */
 export type Caveat =
+  | { t: "rights"; v: RightPair[] }
   | { t: "ops"; v: string[] }
   | { t: "targets"; v: string[] }
   | { t: "exp"; v: number }
@@ -48,7 +52,7 @@ export type Caveat =
   | { t: "workspaces"; v: string[] }
   | { t: "domains"; v: string[] };
 
-export const CAVEAT_TYPES = ["ops", "targets", "exp", "sub", "limits", "workspaces", "domains"] as const;
+export const CAVEAT_TYPES = ["rights", "ops", "targets", "exp", "sub", "limits", "workspaces", "domains"] as const;
 
 /** A decoded token: claims and caveats with the exact bytes the chain was computed over. */
 export interface Token {
@@ -106,6 +110,25 @@ export function attenuate(token: Token, caveat: Caveat): Token {
     caveatBytes: [...token.caveatBytes, bytes],
     sig: chainSignature(token.sig, bytes),
   };
+}
+
+const DERIVED_CONTEXT = Buffer.from("kpip-token-derived-v1\0", "latin1");
+
+/**
+ * The id of a token attenuated offline: 32 hex characters of SHA-256("kpip-token-derived-v1" 0x00
+ * || the minted token's id || each caveat's bytes, each preceded by its length as 4 bytes
+ * big-endian). A token without caveats is its minted id. Computed from public parts only
+ * (never the signature), so anyone holding the token, and the audit log, can name it.
+ */
+export function derivedTokenId(t: Pick<Token, "claims" | "caveatBytes">): string {
+  if (t.caveatBytes.length === 0) return t.claims.id;
+  const h = createHash("sha256").update(DERIVED_CONTEXT).update(t.claims.id, "latin1");
+  const len = Buffer.alloc(4);
+  for (const c of t.caveatBytes) {
+    len.writeUInt32BE(c.length);
+    h.update(len).update(c);
+  }
+  return h.digest("hex").slice(0, 32);
 }
 
 /** Wire form: canonical CBOR [1, claimsBytes, [caveatBytes…], sig]. */
@@ -166,6 +189,9 @@ function decodePart(bytes: Uint8Array, what: string): CborMap {
 const isUint = (x: unknown): x is number => typeof x === "number" && Number.isSafeInteger(x) && x >= 0;
 const isTextArray = (x: unknown, ok: (s: string) => boolean, max = 64): x is string[] =>
   Array.isArray(x) && x.length <= max && x.every((s) => typeof s === "string" && ok(s));
+
+const isOpPatternText = (p: unknown) => typeof p === "string" && isOpPattern(p);
+const isTargetPatternText = (p: unknown) => typeof p === "string" && isTargetPattern(p);
 
 export function isOpPattern(p: string): boolean {
   if (p === "**") return true;
@@ -233,6 +259,13 @@ export function validateCaveat(c: unknown): asserts c is Caveat {
   }
   const ok = (() => {
     switch (x.t) {
+      case "rights":
+        return (
+          Array.isArray(x.v) &&
+          x.v.length > 0 &&
+          x.v.length <= 64 &&
+          x.v.every((p) => Array.isArray(p) && p.length === 2 && isOpPatternText(p[0]) && isTargetPatternText(p[1]))
+        );
       case "ops":
         return isTextArray(x.v, isOpPattern) && x.v.length > 0;
       case "targets":
@@ -255,15 +288,21 @@ export function validateCaveat(c: unknown): asserts c is Caveat {
 }
 
 /**
- * The effective grant: the claims intersected with every caveat. Op and target caveats are
- * kept as extra filters (a request must pass the rights and every filter); numbers take the
- * minimum; lists the intersection.
+ * The effective grant: the claims intersected with every caveat. Rights, op and target caveats
+ * are kept as extra filters (a request must pass the rights and every filter; a rights caveat
+ * is passed by one of its (op, target) pairs matching both); numbers take the minimum; lists
+ * the intersection.
  */
 export interface Grant {
+  /** The minted token's id (claims.id): what revocation, refresh and ownership name. */
   id: string;
+  /** For a token with caveats, its own id ({@link derivedTokenId}); undefined otherwise. */
+  derived?: string;
   chain: string[];
   subject: string;
   rights: Right[];
+  /** Rights caveats, each a list of rights of one op and one target pattern (its pairs). */
+  pairFilters: Right[][];
   opFilters: string[][];
   targetFilters: string[][];
   limits: Limits;
@@ -280,9 +319,11 @@ export function effectiveGrant(t: Token): Grant {
   const c = t.claims;
   const g: Grant = {
     id: c.id,
+    ...(t.caveatBytes.length ? { derived: derivedTokenId(t) } : {}),
     chain: c.chain,
     subject: c.sub,
     rights: c.rights,
+    pairFilters: [],
     opFilters: [],
     targetFilters: [],
     limits: { ...c.limits },
@@ -295,6 +336,9 @@ export function effectiveGrant(t: Token): Grant {
   };
   for (const cv of t.caveats) {
     switch (cv.t) {
+      case "rights":
+        g.pairFilters.push(cv.v.map(([o, x]) => ({ ops: [o], targets: [x] })));
+        break;
       case "ops":
         g.opFilters.push(cv.v);
         break;
@@ -327,7 +371,9 @@ export function effectiveGrant(t: Token): Grant {
 /** Does the grant allow `op` on `target`? (Rights and every filter; time and subject are checked separately.) */
 export function grantAllows(g: Grant, op: string, target: string): boolean {
   if (!isOp(op)) return false;
-  if (!g.rights.some((r) => r.ops.some((p) => matchOp(p, op)) && r.targets.some((p) => matchTarget(p, target)))) return false;
+  const pass = (r: Right) => r.ops.some((p) => matchOp(p, op)) && r.targets.some((p) => matchTarget(p, target));
+  if (!g.rights.some(pass)) return false;
+  for (const f of g.pairFilters) if (!f.some(pass)) return false;
   for (const f of g.opFilters) if (!f.some((p) => matchOp(p, op))) return false;
   for (const f of g.targetFilters) if (!f.some((p) => matchTarget(p, target))) return false;
   return true;
@@ -337,17 +383,13 @@ export function grantAllows(g: Grant, op: string, target: string): boolean {
 export function rightsWithin(inner: Right[], outer: Grant): boolean {
   const opOk = (o: string) => outer.opFilters.every((f) => f.some((p) => patternCovers(p, o, ".")));
   const targetOk = (x: string) => outer.targetFilters.every((f) => f.some((p) => patternCovers(p, x, "/")));
+  const covered = (rights: Right[], o: string, x: string) =>
+    rights.some((g) => g.ops.some((p) => patternCovers(p, o, ".")) && g.targets.some((p) => patternCovers(p, x, "/")));
   return inner.every((r) =>
     r.ops.every(
       (o) =>
         opOk(o) &&
-        r.targets.every(
-          (x) =>
-            targetOk(x) &&
-            outer.rights.some(
-              (g) => g.ops.some((p) => patternCovers(p, o, ".")) && g.targets.some((p) => patternCovers(p, x, "/")),
-            ),
-        ),
+        r.targets.every((x) => targetOk(x) && covered(outer.rights, o, x) && outer.pairFilters.every((f) => covered(f, o, x))),
     ),
   );
 }

@@ -1,0 +1,74 @@
+import { createHash } from "node:crypto";
+import type { Grant, Token } from "@kpip/protocol";
+import type { OpAuditState } from "../compute/engine.js";
+import type { OpRecord } from "../store/types.js";
+import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
+import type { AuditLog } from "./log.js";
+
+/** One act of the kernel itself: what it did, to what, on whose behalf, with its detail. */
+export interface KernelAct {
+  op: string;
+  target: string;
+  /** The persona the act concerns ("-" for the kernel as a whole). */
+  persona?: string;
+  /** The session it happened on, when one did. */
+  session?: string;
+  message?: string;
+  detail: { [k: string]: DetailValue | undefined };
+}
+
+/**
+ * The kernel's own acts on the audit record (phase "kernel"): start and stop, op state changes,
+ * agent lifecycle, revocations it makes, derived tokens first used. Each returns the record's
+ * sequence number. Appends are fire-and-forget: the act already happened; a closed log (the
+ * kernel stopping) refuses them quietly.
+ */
+export class KernelRecords {
+  constructor(private readonly audit: AuditLog) {}
+
+  record(a: KernelAct): number {
+    void this.audit
+      .append({
+        session: a.session ?? "kernel",
+        persona: a.persona ?? "-",
+        phase: "kernel",
+        op: a.op,
+        target: a.target,
+        status: "SUCCESS",
+        message: a.message ?? null,
+        detail: detailJson(a.detail),
+      })
+      .catch(() => {});
+    return this.audit.headSeq;
+  }
+
+  /** An op's state change: `op.state` on op://<id>. */
+  opState(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void {
+    this.record({
+      op: "op.state",
+      target: `op://${op.id}`,
+      persona: op.persona,
+      session: op.session,
+      ...(op.message && (state === "failed" || state === "interrupted") ? { message: op.message } : {}),
+      detail: { op: op.id, state, from, ...(op.errorClass ? { errorClass: op.errorClass } : {}) },
+    });
+  }
+
+  /** A token attenuated offline, used for the first time in this run: `token.derived`. */
+  derived(t: Token, g: Grant, persona: string, session: string | undefined): void {
+    this.record({
+      op: "token.derived",
+      target: `token://${g.derived ?? g.id}`,
+      persona,
+      ...(session ? { session } : {}),
+      detail: { token: tokenDetail(t, g) },
+    });
+  }
+}
+
+/** A digest of the settings a kernel runs with (kernel.start), so two runs can be told apart by configuration. */
+export function configDigest(config: object): string {
+  return createHash("sha256")
+    .update(detailJson(config as { [k: string]: DetailValue }))
+    .digest("hex");
+}

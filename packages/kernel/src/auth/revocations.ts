@@ -1,0 +1,84 @@
+import type { Grant } from "@kpip/protocol";
+import type { TokenStore } from "../store/types.js";
+
+/** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
+export const tokenRef = (g: Grant): string => g.derived ?? g.id;
+
+/** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
+const SEEN_DERIVED_MAX = 16_384;
+
+/**
+ * The revoked token ids (kept in memory, checked on every use), what each revocation ended, and
+ * where it is on the audit record, so a refusal can name the revocation that caused it.
+ */
+export class Revocations {
+  private readonly ids: Set<string>;
+  /** Where each revocation is on the audit record (sequence number), where it was noted (kept in the store too). */
+  private readonly seqs = new Map<string, number>();
+  /** Derived tokens seen used this run, by their own id → the ids they descend from (minted id and its chain). */
+  private readonly derived = new Map<string, string[]>();
+
+  constructor(private readonly store: TokenStore) {
+    this.ids = new Set(store.revokedTokenIds());
+    for (const [id, seq] of store.revocationSeqs()) this.remember(id, seq);
+  }
+
+  /** Is the grant's token, or any token up its chain, revoked? */
+  covers(g: Grant): boolean {
+    return this.ids.has(g.id) || g.chain.some((id) => this.ids.has(id));
+  }
+
+  /** Notes a derived token's first use in this run; false when it was already seen. */
+  firstUse(g: Grant): boolean {
+    const id = g.derived;
+    if (id === undefined || this.derived.has(id)) return false;
+    if (this.derived.size >= SEEN_DERIVED_MAX) this.derived.delete(this.derived.keys().next().value as string);
+    this.derived.set(id, [...g.chain, g.id]);
+    return true;
+  }
+
+  /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */
+  message(g: Grant): string {
+    const ref = tokenRef(g);
+    const by = [g.id, ...[...g.chain].reverse()].find((id) => this.ids.has(id)) as string;
+    const seq = this.seqs.get(by);
+    const where = seq === undefined ? "" : ` (audit record ${seq})`;
+    if (by === ref) return `token ${ref} is revoked${where}`;
+    return `token ${ref} is revoked: ${by === g.id ? "the token it was derived from" : "its ancestor"} ${by} was revoked${where}`;
+  }
+
+  /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
+  noteRecord(id: string, seq: number): void {
+    this.remember(id, seq);
+    this.store.noteRevocationSeq(id, seq);
+  }
+
+  private remember(id: string, seq: number): void {
+    if (this.seqs.size >= 100_000) this.seqs.delete(this.seqs.keys().next().value as string);
+    this.seqs.set(id, seq);
+  }
+
+  /**
+   * Revokes `id`. Returns whether it was newly revoked and every token the revocation ended:
+   * the id itself and each unexpired token (minted, refreshed, or derived and seen this run)
+   * descending from it that was still usable — what the audit record of the revocation lists.
+   */
+  revoke(id: string, by: string, now: number): { changed: boolean; ended: string[] } {
+    const live = (ids: string[]) => !ids.some((x) => this.ids.has(x));
+    const ended: string[] = [];
+    if (!this.ids.has(id)) {
+      const own = this.store.getToken(id);
+      if (!own || live(own.chain)) ended.push(id);
+      for (const t of this.store.tokensDerivedFrom(id)) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
+      for (const [d, up] of this.derived) if (up.includes(id) && live(up)) ended.push(d);
+    }
+    this.ids.add(id);
+    return { changed: this.store.revokeToken(id, by, now), ended };
+  }
+
+  /** Takes in what the store holds (revocations another process recorded; pruned ones forgotten when `reset`). */
+  reload(reset = false): void {
+    if (reset) this.ids.clear();
+    for (const id of this.store.revokedTokenIds()) this.ids.add(id);
+  }
+}
