@@ -78,7 +78,7 @@ function fromRecord(r: AuditRecord): TimelineRow {
   };
 }
 
-const startsWith = (v: string | null | undefined, p: string) => v !== null && v !== undefined && v.startsWith(p);
+const startsWith = (v: string | null | undefined, p: string) => v?.startsWith(p) === true;
 
 export function matches(row: TimelineRow, f: TimelineFilter): boolean {
   if (f.seq && (row.seq < f.seq.from || row.seq > f.seq.to)) return false;
