@@ -42,6 +42,7 @@ export function report(
   }
   const warnings: string[] = [];
   if (!anchorsGiven) warnings.push(NO_ANCHORS);
+  else if (r.ok && !r.anchors) warnings.push(`the anchor file holds no anchors: nothing was checked against it. ${NO_ANCHORS}`);
   if (keySource === "checkpoints")
     warnings.push("no kernel.key in this home: checkpoints were checked against the key they carry, not a trusted one");
   if (unsignedTail)
@@ -75,7 +76,8 @@ export function reportText(v: VerifyReport): string {
       v.prunedThrough !== undefined
         ? ` (records 1..${v.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${v.prunedThrough})`
         : "";
-    lines.push(`audit log OK: ${v.records} records${p}, ${v.checkpoints} signed checkpoints verified`);
+    const a = v.anchors !== null ? `, ${v.anchors} anchors matched` : "";
+    lines.push(`audit log OK: ${v.records} records${p}, ${v.checkpoints} signed checkpoints verified${a}`);
   } else lines.push(`audit log BROKEN at record ${v.firstBad?.seq}: ${v.firstBad?.reason}`);
   if (v.head) lines.push(`head         record ${v.head.seq} at ${v.head.time}, hash ${v.head.hash}`);
   lines.push(
