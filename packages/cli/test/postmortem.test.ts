@@ -1,6 +1,5 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
 import { chmodSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -9,24 +8,10 @@ import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
 import { generateIdentity, parseIdentity } from "@kpip/protocol";
+import { hashTree } from "./evidence.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const TASKS = fileURLToPath(new URL("../../../kernel/test/fixtures/tasks.mjs", import.meta.url));
-
-/** Every file under `dir` with the SHA-256 of its bytes: the evidence must not change. */
-export function hashTree(dir: string): Map<string, string> {
-  const out = new Map<string, string>();
-  const walk = (d: string) => {
-    for (const e of readdirSync(d, { withFileTypes: true })) {
-      const p = join(d, e.name);
-      if (e.isDirectory()) walk(p);
-      else if (e.isFile()) out.set(p, createHash("sha256").update(readFileSync(p)).digest("hex"));
-      else out.set(p, e.isSocket() ? "socket" : "other");
-    }
-  };
-  walk(dir);
-  return out;
-}
 
 /** `kpip …` on the evidence; asserts no file of it was created, changed or removed. */
 function kpipOn(evidence: string, args: string[]): { code: number | null; out: string; err: string } {
