@@ -165,6 +165,114 @@ describe("audit tools on a home", () => {
     }
   });
 
+  it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", () => {
+    // A copy of the home with the column and records of the shapes the kernel writes in it.
+    const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
+    try {
+      copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
+      const db = new Database(join(dir, "kernel.db"));
+      db.exec("ALTER TABLE audit ADD COLUMN detail TEXT");
+      const root = (db.prepare("SELECT id FROM tokens WHERE minted_by = 'kernel'").get() as { id: string }).id;
+      const derived = "d".repeat(32);
+      const now = Date.now();
+      let seq = head;
+      const add = (r: Record<string, unknown>) => {
+        const row = {
+          seq: ++seq,
+          time: now + seq,
+          kernel: "k-1",
+          session: "kernel",
+          persona: "-",
+          phase: "kernel",
+          prev_hash: Buffer.alloc(32),
+          hash: Buffer.alloc(32, seq),
+          ...r,
+        };
+        const cols = Object.keys(row);
+        db.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...Object.values(row));
+        return seq;
+      };
+      add({
+        op: "kernel.start",
+        target: "kernel://",
+        status: "SUCCESS",
+        detail: '{"configDigest":"ab","reason":"start","sandbox":"none","version":"0.1.0"}',
+      });
+      const token = {
+        caveats: [{ t: "ops", v: ["storage.read"] }],
+        exp: now + 3_600_000,
+        id: derived,
+        parent: root,
+        rights: [["storage.read", "obj://ws/**"]],
+        sub: "admin",
+      };
+      add({
+        op: "token.derived",
+        target: `token://${derived}`,
+        persona: "admin",
+        session: "s-1",
+        detail: JSON.stringify({ token }),
+      });
+      add({
+        op: "op.state",
+        target: "op://abc",
+        persona: "admin",
+        session: "s-1",
+        detail: '{"from":"running","op":"abc","state":"cancelled"}',
+      });
+      const ih = Buffer.alloc(32, 7);
+      const common = {
+        op: "token.revoke",
+        target: `token://${root}`,
+        persona: "admin",
+        session: "s-2",
+        request_id: 9,
+        intent_hash: ih,
+        caps: `h1:${root}`,
+      };
+      const intentSeq = add({ ...common, phase: "intent" });
+      const outcomeSeq = add({
+        ...common,
+        phase: "outcome",
+        status: "SUCCESS",
+        detail: JSON.stringify({ ended: [root, derived], revoked: root, status: "SUCCESS" }),
+      });
+      db.close();
+      const on = (args: string[]) => {
+        const r = kpip([...args, "--home", dir, "--json"]);
+        assert.equal(r.code, 0, r.err);
+        return r.out
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l));
+      };
+      const kernel = on(["audit", "timeline", "--session", "kernel", "--op", "kernel.*"]);
+      assert.deepEqual(kernel.at(-1).detail, { configDigest: "ab", reason: "start", sandbox: "none", version: "0.1.0" });
+      assert.equal(on(["audit", "timeline", "--target", "op://abc"])[0].detail.state, "cancelled");
+      const revoke = on(["audit", "timeline", "--op", "token.revoke"]);
+      assert.deepEqual(
+        revoke.map((r) => [r.seq, r.outcomeSeq, r.detail.ended]),
+        [[intentSeq, outcomeSeq, [root, derived]]],
+      );
+      assert.ok(on(["audit", "timeline", "--token", derived]).some((r) => r.op === "token.derived"));
+      const nodes = new Map(on(["audit", "tokens"]).map((n) => [n.id, n]));
+      const d = nodes.get(derived);
+      assert.deepEqual(
+        [d.how, d.parent, d.recordBy, d.rights, d.caveats],
+        ["derived", root, "detail", token.rights, token.caveats],
+      );
+      assert.equal(d.endedBy, root);
+      assert.equal(nodes.get(root).revoked.record, outcomeSeq);
+      assert.deepEqual(nodes.get(root).revoked.ended, [root, derived]);
+      assert.deepEqual(on(["audit", "show", String(intentSeq)])[0].outcomeRecord.detail.ended, [root, derived]);
+      const text = kpip(["audit", "tokens", "--home", dir]).out;
+      assert.match(text, new RegExp(`└─ ${derived}  for admin, derived by admin`));
+      assert.match(text, /rights {2}storage\.read on obj:\/\/ws\/\*\*/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("refuses bad input with exit 2 (one JSON line under --json), and a home it cannot read with exit 1", () => {
     const exists = join(home, "exists.bin");
     writeFileSync(exists, "x");

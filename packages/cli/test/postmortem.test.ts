@@ -244,7 +244,7 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     assert.equal(worker.parent, truth.aliceToken);
     assert.equal(worker.sub, "alice/worker");
     assert.equal(worker.mintedBy, "alice");
-    assert.deepEqual(worker.rights, [{ ops: ["storage.read"], targets: ["obj://proj/data/**"] }]);
+    assert.deepEqual(worker.rights, [["storage.read", "obj://proj/data/**"]], "rights as (op, target) pairs");
     assert.equal(alice.revoked?.by, "admin");
     assert.equal(typeof alice.revoked?.record, "number");
     assert.ok(alice.revoked?.ended.includes(truth.workerToken));

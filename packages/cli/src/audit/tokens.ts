@@ -38,6 +38,22 @@ function parseDetail(r: AuditRecord): Record<string, unknown> | undefined {
   }
 }
 
+/**
+ * Rights as [op, target] pairs, the kernel's own form (a right {ops, targets} of a mint request
+ * allows each of its ops on each of its targets, so it is those pairs exactly).
+ */
+export function asPairs(rights: unknown): unknown {
+  if (!Array.isArray(rights)) return rights;
+  const out: unknown[] = [];
+  for (const r of rights) {
+    const o = r as { ops?: unknown; targets?: unknown };
+    if (o && typeof o === "object" && Array.isArray(o.ops) && Array.isArray(o.targets)) {
+      for (const op of o.ops) for (const t of o.targets) out.push([op, t]);
+    } else out.push(r);
+  }
+  return out;
+}
+
 /** Mint and refresh requests that succeeded: the intent (its args) and the outcome's time. */
 interface MintRequest {
   op: string;
@@ -111,7 +127,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       if (typeof t.parent === "string") n.parent = t.parent;
       if (typeof t.sub === "string") n.sub ??= t.sub;
       if (typeof t.exp === "number") n.exp ??= t.exp;
-      if (t.rights !== undefined) n.rights = t.rights;
+      if (t.rights !== undefined) n.rights = asPairs(t.rights);
       if (t.caveats !== undefined) n.caveats = t.caveats;
       if (r.op === "token.derived") n.how = "derived";
       n.mintedBy ??= r.persona;
@@ -162,7 +178,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     n.recordBy = "time";
     if (m.op === "token.refresh") n.how = "refresh";
     const rights = (m.args as Record<string, CborValue> | undefined)?.rights;
-    if (n.rights === null && rights !== undefined) n.rights = valueJson(rights);
+    if (n.rights === null && rights !== undefined) n.rights = asPairs(valueJson(rights));
   }
   // Children, the rights a refresh inherits, and what each revocation's cascade ended.
   for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.id);
@@ -234,14 +250,10 @@ export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
   };
 }
 
-/** Rights for people: "storage.read,storage.write on obj://ws1/**; …". */
+/** Rights for people: "storage.read on obj://ws1/**; …". */
 function rightsText(r: unknown): string {
   if (!Array.isArray(r)) return r === null ? "unknown (no mint record)" : JSON.stringify(r);
-  return r
-    .map((x: { ops?: unknown; targets?: unknown }) =>
-      Array.isArray(x?.ops) && Array.isArray(x?.targets) ? `${x.ops.join(",")} on ${x.targets.join(",")}` : JSON.stringify(x),
-    )
-    .join("; ");
+  return r.map((x) => (Array.isArray(x) && x.length === 2 ? `${x[0]} on ${x[1]}` : JSON.stringify(x))).join("; ");
 }
 
 export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map<string, TokenNode>): string {
