@@ -264,7 +264,10 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
   });
 
   it("the restart: two kernel starts on the record, and the dead token refused after it", () => {
-    const starts = timeline("--op", "kernel.sandbox");
+    // A start is kernel.start (kernel.sandbox in kernels before it): session "kernel".
+    const starts = timeline("--session", "kernel", "--op", "kernel.*").filter(
+      (r) => r.op === "kernel.start" || r.op === "kernel.sandbox",
+    );
     assert.equal(starts.length, 2);
     const after = timeline("--persona", "alice/worker", "--since", starts[1]?.start as string);
     const refused = after.filter((r) => r.phase === "refused");
