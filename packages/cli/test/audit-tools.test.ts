@@ -166,12 +166,14 @@ describe("audit tools on a home", () => {
   });
 
   it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", () => {
-    // A copy of the home with the column and records of the shapes the kernel writes in it.
+    // A copy of the home with the column (added, on a kernel without it) and records of the
+    // shapes the kernel writes in it.
     const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
     try {
       copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
       const db = new Database(join(dir, "kernel.db"));
-      db.exec("ALTER TABLE audit ADD COLUMN detail TEXT");
+      const cols = (db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name);
+      if (!cols.includes("detail")) db.exec("ALTER TABLE audit ADD COLUMN detail TEXT");
       const root = (db.prepare("SELECT id FROM tokens WHERE minted_by = 'kernel'").get() as { id: string }).id;
       const derived = "d".repeat(32);
       const now = Date.now();
