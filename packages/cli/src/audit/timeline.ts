@@ -91,8 +91,9 @@ export function matches(row: TimelineRow, f: TimelineFilter): boolean {
   if (f.trace !== undefined && !startsWith(traceId(row.traceparent), f.trace) && row.traceparent !== f.trace) return false;
   if (f.token !== undefined) {
     const t = f.token;
-    if (!row.tokens.some((id) => id.startsWith(t)) && row.target !== `token://${t}` && !(row.detail ?? "").includes(t))
-      return false;
+    // In the detail (a minted token, a revocation's ended list) only a whole id counts: a short prefix would match any text.
+    const inDetail = t.length === 32 && (row.detail ?? "").includes(`"${t}"`);
+    if (!row.tokens.some((id) => id.startsWith(t)) && !startsWith(row.target, `token://${t}`) && !inDetail) return false;
   }
   return true;
 }
