@@ -109,10 +109,8 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
   // Intents waiting for their outcome: the row shown, or null for one that is filtered out or past the page.
   const pending = new Map<string, TimelineRow | null>();
   let more = 0;
-  const from = f.seq ? Math.max(1, Math.min(f.seq.from, after + 1)) : 1;
-  const it = reader.db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq").iterate(from) as Iterable<
-    Record<string, unknown>
-  >;
+  // From the start, whatever the range: an outcome in it pairs with an intent that may be before it.
+  const it = reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Record<string, unknown>>;
   let waiting = 0;
   for (const raw of it) {
     const r = toAuditRecord(raw);
