@@ -324,6 +324,14 @@ describe("audit tools on a home", () => {
     writeFileSync(join(garbage, "kernel.db"), Buffer.alloc(8192, 0x5a));
     const otherDb = mkdtempSync(join(tmpdir(), "kpip-other-db-"));
     new Database(join(otherDb, "kernel.db")).exec("CREATE TABLE t (x)").close();
+    // A kernel database whose pages past the schema are overwritten: found when they are read.
+    const damaged = mkdtempSync(join(tmpdir(), "kpip-damaged-home-"));
+    copyFileSync(join(home, "kernel.db"), join(damaged, "kernel.db"));
+    const size = readFileSync(join(damaged, "kernel.db")).length;
+    writeFileSync(
+      join(damaged, "kernel.db"),
+      Buffer.concat([readFileSync(join(damaged, "kernel.db")).subarray(0, 8192), Buffer.alloc(size - 8192, 0xff)]),
+    );
     const fileHome = join(home, "exists.bin");
     mkdirSync(join(notHome, "personas"));
     try {
@@ -340,6 +348,7 @@ describe("audit tools on a home", () => {
           (sub) => [sub, garbage, 1] as [string[], string, number],
         ),
         [["verify"], otherDb, 1],
+        ...[["timeline"], ["tokens"], ["verify"], ["show", "4"]].map((sub) => [sub, damaged, 1] as [string[], string, number]),
         [["tokens"], notHome, 2],
       ];
       for (const [sub, where, code] of runs) {
@@ -349,11 +358,11 @@ describe("audit tools on a home", () => {
         assert.equal(r.code, code, `${sub[0]} on ${where}: ${r.out}${r.err}`);
         const e = JSON.parse(r.out.trim());
         assert.equal(e.error, code === 2 ? "UsageError" : "HomeReadError");
-        if (code === 1) assert.match(e.message, /not a readable SQLite database|without a kpip audit table/);
+        if (code === 1) assert.match(e.message, /not a readable SQLite database|without a kpip audit table|database is damaged/);
         assert.deepEqual(hashTree(watched), before);
       }
     } finally {
-      for (const d of [notHome, garbage, otherDb]) rmSync(d, { recursive: true, force: true });
+      for (const d of [notHome, garbage, otherDb, damaged]) rmSync(d, { recursive: true, force: true });
     }
   });
 });

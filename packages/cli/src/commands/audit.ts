@@ -170,6 +170,9 @@ export const auditCommand: Command = {
     } catch (e) {
       // A home that cannot be read (not a database, no audit table): a failed check, exit 1.
       if (e instanceof HomeReadError) return reportError(e, json);
+      // Damage past the schema shows only when a page is read: the same failed check.
+      if ((e as Error).name === "SqliteError")
+        return reportError(new HomeReadError(`the home's database is damaged: ${(e as Error).message}`, "corrupt"), json);
       throw e;
     }
   },
