@@ -129,7 +129,11 @@ export const auditCommand: Command = {
     limit: { type: "string", description: "query, timeline: most rows (default 100); the rest are counted on stderr" },
     trace: { type: "string", description: "timeline: only this W3C trace id (or a prefix, or a whole traceparent)" },
     session: { type: "string", description: "timeline: only this session id (or a prefix)" },
-    token: { type: "string", description: "timeline: only requests authorized by (or about) this token id; tokens: its chain" },
+    token: {
+      type: "string",
+      description:
+        "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix)",
+    },
     target: { type: "string", description: "timeline: only targets with this prefix, or matching a glob (obj://proj/**)" },
     seq: { type: "string", description: "timeline: only rows whose first record is in A..B (A.., ..B, N)" },
     after: { type: "string", description: "timeline: the next page: rows after this seq (stderr says which)" },
@@ -418,14 +422,23 @@ function showCmd(home: string, arg: string, v: Values, json: boolean): number {
 function tokensCmd(home: string, v: Values, json: boolean): number {
   const format = (v.format as string | undefined) ?? (json ? "json" : "text");
   if (!["text", "json", "dot"].includes(format)) throw new UsageError("--format must be text, json or dot");
-  if (v.token !== undefined && !/^[0-9a-f]{32}$/.test(v.token as string))
-    throw new UsageError(`--token must be a token id (32 hex digits; got ${JSON.stringify(v.token)})`);
+  const want = v.token as string | undefined;
+  if (want !== undefined && !/^[0-9a-f]{4,32}$/.test(want))
+    throw new UsageError(`--token must be a token id or a prefix of one (4 to 32 hex digits; got ${JSON.stringify(want)})`);
   const reader = openHome(home);
   try {
     const nodes = tokenTree(reader);
-    if (v.token !== undefined && !nodes.has(v.token as string))
-      throw new UsageError(`no token ${v.token} in this home's token table or records`);
-    const items = walk(nodes, v.token as string | undefined);
+    let only: string | undefined;
+    if (want !== undefined) {
+      const hits = [...nodes.keys()].filter((id) => id.startsWith(want));
+      if (hits.length === 0) throw new UsageError(`no token ${want} in this home's token table or records`);
+      if (hits.length > 1)
+        throw new UsageError(
+          `--token ${want} names ${hits.length} tokens (${hits.slice(0, 5).join(", ")}…): give more of the id`,
+        );
+      only = hits[0];
+    }
+    const items = walk(nodes, only);
     if (format === "json") for (const i of items) process.stdout.write(`${JSON.stringify(nodeJson(i.node, i.depth))}\n`);
     else if (format === "dot") process.stdout.write(treeDot(items));
     else process.stdout.write(treeText(items, nodes));
