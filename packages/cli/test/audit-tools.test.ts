@@ -39,6 +39,9 @@ describe("audit tool arguments", () => {
     }
     assert.equal(parseTime("2026-01-31T12:00:00Z", "--since"), Date.UTC(2026, 0, 31, 12));
     assert.equal(parseTime("10m", "--since", 1_000_000), 400_000);
+    assert.equal(parseTime("2026-01-31 12:00", "--since"), Date.UTC(2026, 0, 31, 12), "no zone: UTC");
+    assert.equal(parseTime("2026-01-31T12:00:00+02:00", "--since"), Date.UTC(2026, 0, 31, 10));
+    assert.equal(parseTime("2026-01-31", "--since"), Date.UTC(2026, 0, 31));
     for (const bad of ["yesterday", "1", "10x", "2026-13-45", "March 3"])
       assert.throws(() => parseTime(bad, "--until"), /--until must be/);
     const sub = globMatcher("alice/**", "/");

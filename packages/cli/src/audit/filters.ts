@@ -5,9 +5,13 @@ export function parseTime(s: string, flag: string, now = Date.now()): number {
   const m = /^(\d+)([smhd])$/.exec(s);
   if (m) return now - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
   // Only ISO-looking times: Date.parse also takes "1" or "March", which would filter on a guess.
-  const t = /^\d{4}-\d{2}-\d{2}([T ][0-9:.]+(Z|[+-]\d{2}:?\d{2})?)?$/.test(s) ? Date.parse(s) : Number.NaN;
+  // A time without a zone is UTC, like every time the tools print (Date.parse would take it as local).
+  const iso = /^\d{4}-\d{2}-\d{2}(?:[T ]([0-9:.]+)(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
+  const t = iso ? Date.parse(iso[1] !== undefined && iso[2] === undefined ? `${s.replace(" ", "T")}Z` : s) : Number.NaN;
   if (Number.isNaN(t))
-    throw new UsageError(`${flag} must be an ISO time (2026-01-31T12:00:00Z) or an age like 10m (got ${JSON.stringify(s)})`);
+    throw new UsageError(
+      `${flag} must be an ISO time (2026-01-31T12:00:00Z; UTC unless it names a zone) or an age like 10m (got ${JSON.stringify(s)})`,
+    );
   return t;
 }
 

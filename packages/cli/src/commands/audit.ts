@@ -37,9 +37,6 @@ function openHome(home: string): AuditReader {
   return openAuditReader(path);
 }
 
-/** Parses --since (kept for callers of the old name): an ISO time, or an age like 30s, 10m, 2h, 1d. */
-export const parseSince = (s: string, now = Date.now()): number => parseTime(s, "--since", now);
-
 function recordJson(r: AuditRecord): Record<string, unknown> {
   return {
     seq: r.seq,
@@ -124,7 +121,10 @@ export const auditCommand: Command = {
     persona: { type: "string", description: "query, timeline: only this persona (P/** : and its sub-personas)" },
     op: { type: "string", description: "query, timeline: only this op (storage.* : a family)" },
     status: { type: "string", description: "query: only this status (SUCCESS, FAILURE, PARTIAL, DEFERRED)" },
-    since: { type: "string", description: "query, timeline: only since an ISO time or an age (10m, 2h)" },
+    since: {
+      type: "string",
+      description: "query, timeline: only since an ISO time (UTC unless it names a zone) or an age (10m, 2h)",
+    },
     until: { type: "string", description: "timeline: only until an ISO time or an age" },
     limit: { type: "string", description: "query, timeline: most rows (default 100); the rest are counted on stderr" },
     trace: { type: "string", description: "timeline: only this W3C trace id (or a prefix, or a whole traceparent)" },
