@@ -358,6 +358,9 @@ describe("kpip completion", () => {
     assert.equal(complete(["kpip", "tok"]), "token");
     assert.equal(complete(["kpip", "--home", "x", "token", "mi"]), "mint");
     assert.equal(complete(["kpip", "call", "--dead"]), "--deadline-ms");
+    assert.equal(complete(["kpip", "audit", "ti"]), "timeline");
+    assert.equal(complete(["kpip", "audit", "tok"]), "tokens");
+    assert.equal(complete(["kpip", "audit", "--for"]), "--format");
     assert.equal(kpip(["completion", "fish"]).code, 2);
   });
 });
@@ -503,6 +506,11 @@ describe("the README walkthrough, verbatim", () => {
       assert.match(all, /FAILURE PERMISSION/);
       assert.match(all, /storage\.read/);
       assert.match(all, /alice\s+refused\s+storage\.write\s+obj:\/\/ws2\/x\s+FAILURE\/PERMISSION/);
+      // the timeline: the write's intent and outcome as one row, with its token
+      assert.match(
+        all,
+        /\d+\+\d+\s+\S+Z\s+\S+Z\s+alice\s+\S+\s+\d+\s+storage\.write\s+obj:\/\/ws1\/alice\.txt\s+SUCCESS\s+[0-9a-f]{8}/,
+      );
       assert.match(all, /sessions\s+\d+/);
       assert.equal(r.status, 0, all);
 

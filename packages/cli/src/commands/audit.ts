@@ -1,38 +1,43 @@
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import {
   AnchorFileError,
   type AuditAnchor,
-  type AuditRow,
+  type AuditReader,
+  type AuditRecord,
   HOME_FILES,
+  HomeReadError,
+  openAuditReader,
   parseAnchors,
   resolveConfig,
-  SqliteStore,
+  toAuditRecord,
   verifyAnchors,
-  verifyAuditFile,
+  verifyAuditReader,
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
-import type { Command } from "../command.js";
+import { globMatcher, parsePositive, parseSeqRange, parseTime, traceId } from "../audit/filters.js";
+import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
+import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
+import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
+import { report, reportText } from "../audit/verify.js";
+import type { Command, Values } from "../command.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, resolveHome, toJson, UsageError } from "../util.js";
+import { EXIT, printTable, reportError, resolveHome, toJson, UsageError } from "../util.js";
 
-function openStore(home: string): SqliteStore {
+/**
+ * The home's database, for reading only: no file of the home is created or changed (see
+ * openAuditReader), so these commands are safe on a copy of the evidence, even a read-only one.
+ */
+function openHome(home: string): AuditReader {
+  if (!existsSync(home) || !statSync(home).isDirectory())
+    throw new UsageError(`no kernel home at ${home} (no such directory) — pass --home`);
   const path = join(home, HOME_FILES.database);
-  if (!existsSync(path)) throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
-  return new SqliteStore(path);
+  if (!existsSync(path)) throw new UsageError(`${home} is not a kernel home (no ${HOME_FILES.database}) — pass --home`);
+  return openAuditReader(path);
 }
 
-/** Parses --since: an ISO time, or a relative age like 30s, 10m, 2h, 1d. */
-export function parseSince(s: string, now = Date.now()): number {
-  const m = /^(\d+)([smhd])$/.exec(s);
-  if (m) return now - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
-  const t = Date.parse(s);
-  if (Number.isNaN(t)) throw new UsageError(`--since must be an ISO time or an age like 10m (got ${JSON.stringify(s)})`);
-  return t;
-}
-
-function rowJson(r: AuditRow): Record<string, unknown> {
+function recordJson(r: AuditRecord): Record<string, unknown> {
   return {
     seq: r.seq,
     time: new Date(r.time).toISOString(),
@@ -52,6 +57,7 @@ function rowJson(r: AuditRow): Record<string, unknown> {
     execution: r.execution,
     domain: r.domain,
     measurements: measurementsJson(r.measurements),
+    detail: r.detail ?? null,
     hash: Buffer.from(r.hash).toString("hex"),
   };
 }
@@ -66,23 +72,40 @@ function measurementsJson(m: Uint8Array | null): unknown {
   }
 }
 
-function rowLine(r: AuditRow): string {
-  const t = new Date(r.time).toISOString().replace("T", " ").replace("Z", "");
+function recordLine(r: AuditRecord): string {
+  const t = new Date(r.time).toISOString();
   const outcome = r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "";
   return `${String(r.seq).padStart(7)} ${t} ${r.persona.padEnd(14)} ${r.phase.padEnd(8)} ${(r.op ?? "").padEnd(16)} ${(r.target ?? "").padEnd(28)} ${outcome.padEnd(18)} ${r.message ?? ""}`;
 }
 
-const HEADER = `${"seq".padStart(7)} ${"time".padEnd(23)} ${"persona".padEnd(14)} ${"phase".padEnd(8)} ${"op".padEnd(16)} ${"target".padEnd(28)} ${"outcome".padEnd(18)} message`;
+const HEADER = `${"seq".padStart(7)} ${"time (UTC)".padEnd(24)} ${"persona".padEnd(14)} ${"phase".padEnd(8)} ${"op".padEnd(16)} ${"target".padEnd(28)} ${"outcome".padEnd(18)} message`;
+
+/** The paging note: on stderr, so stdout stays the rows alone (one JSON object each under --json). */
+function pageNote(json: boolean, shown: number, more: number, next: number | null, what: string, hint: string): void {
+  if (json) process.stderr.write(`${JSON.stringify({ page: { shown, more, next } })}\n`);
+  else if (more > 0) process.stderr.write(`${shown} ${what} shown; ${more} more match: ${hint}\n`);
+  else process.stderr.write(`${shown} ${what}, all shown\n`);
+}
+
+/** Flags each subcommand takes (besides --home and --json): another one is a mistake, not ignored. */
+const FLAGS: Record<string, string[]> = {
+  verify: ["anchors", "max-unsigned"],
+  tail: ["n", "follow"],
+  query: ["persona", "op", "status", "since", "limit"],
+  timeline: ["trace", "session", "token", "target", "since", "until", "seq", "persona", "op", "limit", "after"],
+  show: ["raw", "body"],
+  tokens: ["format", "token"],
+};
 
 export const auditCommand: Command = {
   name: "audit",
-  summary: "verify, tail and query the audit log",
+  summary: "read the audit log without a kernel: timeline, show, tokens, verify, tail, query",
   usage:
-    "kpip audit verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T]  [--home DIR] [--json]",
-  example: "kpip audit query --persona alice --status FAILURE --since 1h",
+    "kpip audit timeline [filters] [--limit N] [--after SEQ] | show SEQ [--raw F [--body args.K]] | tokens [--token ID] [--format text|json|dot] | verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T] [--limit N]  [--home DIR] [--json]",
+  example: "kpip audit timeline --persona 'alice/**' --op 'storage.*' --since 2h",
   options: {
-    home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir)" },
-    json: { type: "boolean", description: "print JSON (verify: one object; tail/query: one object per line)" },
+    home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir); only read, never changed" },
+    json: { type: "boolean", description: "print JSON: one object per line (verify, show: one object)" },
     anchors: {
       type: "string",
       description:
@@ -95,155 +118,332 @@ export const auditCommand: Command = {
     },
     n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
-    persona: { type: "string", description: "query: only this persona" },
-    op: { type: "string", description: "query: only this op" },
+    persona: { type: "string", description: "query, timeline: only this persona (P/** : and its sub-personas)" },
+    op: { type: "string", description: "query, timeline: only this op (storage.* : a family)" },
     status: { type: "string", description: "query: only this status (SUCCESS, FAILURE, PARTIAL, DEFERRED)" },
-    since: { type: "string", description: "query: only records since an ISO time or an age (10m, 2h)" },
-    limit: { type: "string", description: "query: most records (default 100)" },
+    since: {
+      type: "string",
+      description: "query, timeline: only since an ISO time (UTC unless it names a zone) or an age (10m, 2h)",
+    },
+    until: { type: "string", description: "timeline: only until an ISO time or an age" },
+    limit: { type: "string", description: "query, timeline: most rows (default 100); the rest are counted on stderr" },
+    trace: { type: "string", description: "timeline: only this W3C trace id (or a prefix, or a whole traceparent)" },
+    session: { type: "string", description: "timeline: only this session id (or a prefix)" },
+    token: {
+      type: "string",
+      description:
+        "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix)",
+    },
+    target: { type: "string", description: "timeline: only targets with this prefix, or matching a glob (obj://proj/**)" },
+    seq: { type: "string", description: "timeline: only rows whose first record is in A..B (A.., ..B, N)" },
+    after: { type: "string", description: "timeline: the next page: rows after this seq (stderr says which)" },
+    raw: { type: "string", description: "show: write the intent's bytes (or --body's) to this file (- for stdout)" },
+    body: { type: "string", description: "show: with --raw, the byte value at this path of the intent (args.data)" },
+    format: { type: "string", description: "tokens: text (a tree, the default), json (one token per line) or dot (Graphviz)" },
   },
   async run(v, pos) {
     const [sub, ...extra] = pos;
-    if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
-    const home = resolveHome(v.home as string | undefined);
     const json = v.json === true;
-    switch (sub) {
-      case "verify": {
-        openStore(home).close(); // a clear usage error when there is no kernel home here
-        let anchors: AuditAnchor[] | undefined;
-        if (v.anchors !== undefined) {
-          let text: string;
-          try {
-            text = readFileSync(v.anchors as string, "utf8");
-          } catch (e) {
-            throw new UsageError(`cannot read --anchors file: ${(e as Error).message}`);
-          }
-          try {
-            const parsed = parseAnchors(text);
-            anchors = parsed.anchors;
-            if (parsed.tornTail) {
-              process.stderr.write(
-                "kpip audit: the anchor file's last line is incomplete (a crash mid-append); it was left out\n",
-              );
-            }
-          } catch (e) {
-            if (e instanceof AnchorFileError) throw new UsageError(`--anchors: ${e.message}`);
-            throw e;
-          }
-        }
-        let trustedKey: Uint8Array | undefined;
-        const keyPath = join(home, HOME_FILES.kernelKey);
-        if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
-        const tty = process.stderr.isTTY && !json;
-        const started = Date.now();
-        // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
-        let maxUnsigned: number;
-        try {
-          maxUnsigned =
-            v["max-unsigned"] === undefined ? resolveConfig({ flags: { home } }).auditCheckpointEvery : Number(v["max-unsigned"]);
-        } catch (e) {
-          throw new UsageError(`${(e as Error).message} (or pass --max-unsigned)`);
-        }
-        if (!Number.isSafeInteger(maxUnsigned) || maxUnsigned <= 0)
-          throw new UsageError("--max-unsigned must be a positive integer");
-        // Ranges on worker threads for large logs; the same answer as the single pass.
-        const r = await verifyAuditFile(join(home, HOME_FILES.database), {
-          ...(trustedKey ? { trustedKey } : {}),
-          maxUnsigned,
-          onProgress: (done, total) => {
-            if (!tty) return;
-            const w = 30;
-            const f = total ? Math.min(w, Math.round((done / total) * w)) : w;
-            process.stderr.write(`\r[${"#".repeat(f)}${" ".repeat(w - f)}] ${done}/${total} records`);
-          },
-        });
-        if (tty) process.stderr.write("\n");
-        let result: typeof r & { anchors?: number } = r;
-        if (r.ok && anchors) {
-          // Only once the chain holds: then the hashes the anchors are compared with are the chain's.
-          const store = openStore(home);
-          try {
-            const a = verifyAnchors(store, anchors, trustedKey);
-            result = a.ok ? { ...r, anchors: a.anchors } : { ...r, ok: false, anchors: a.anchors, firstBad: a.firstBad };
-          } finally {
-            store.close();
-          }
-        }
-        const secs = (Date.now() - started) / 1000;
-        if (json) process.stdout.write(`${JSON.stringify({ ...result, seconds: secs })}\n`);
-        else if (result.ok) {
-          const a = result.anchors !== undefined ? `, ${result.anchors} anchors matched` : "";
-          const p =
-            result.prunedThrough !== undefined
-              ? ` (records 1..${result.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${result.prunedThrough})`
-              : "";
-          process.stdout.write(
-            `audit log OK: ${result.records} records${p}, ${result.checkpoints} signed checkpoints verified${a}\n`,
-          );
-        } else process.stdout.write(`audit log BROKEN at record ${result.firstBad?.seq}: ${result.firstBad?.reason}\n`);
-        return result.ok ? EXIT.OK : EXIT.FAILED;
+    const flags = sub !== undefined ? FLAGS[sub] : undefined;
+    if (!flags) throw subcommandError("audit", sub, Object.keys(FLAGS));
+    for (const k of Object.keys(v)) {
+      if (k !== "home" && k !== "json" && v[k] !== undefined && !flags.includes(k))
+        throw new UsageError(`--${k} does not apply to audit ${sub}`);
+    }
+    if (sub === "show" ? extra.length !== 1 : extra.length) {
+      throw new UsageError(
+        sub === "show" ? "audit show takes one record sequence number" : `unexpected arguments: ${extra.join(" ")}`,
+      );
+    }
+    const home = resolveHome(v.home as string | undefined);
+    try {
+      switch (sub) {
+        case "verify":
+          return await verify(home, v, json);
+        case "tail":
+          return await tail(home, v, json);
+        case "query":
+          return query(home, v, json);
+        case "timeline":
+          return timelineCmd(home, v, json);
+        case "show":
+          return showCmd(home, extra[0] as string, v, json);
+        default:
+          return tokensCmd(home, v, json);
       }
-      case "tail": {
-        const n = v.n === undefined ? 20 : Number(v.n);
-        if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError("-n must be a positive integer");
-        const store = openStore(home);
-        const print = (rows: AuditRow[]) => {
-          for (const r of rows) process.stdout.write(`${json ? JSON.stringify(rowJson(r)) : rowLine(r)}\n`);
-        };
-        if (!json) process.stdout.write(`${HEADER}\n`);
-        let rows = store.queryAudit({ limit: n });
-        print(rows);
-        if (!v.follow) {
-          store.close();
-          return EXIT.OK;
-        }
-        let last = rows[rows.length - 1]?.seq ?? 0;
-        await new Promise<void>((resolve) => {
-          const t = setInterval(() => {
-            rows = store.queryAudit({ afterSeq: last, limit: 1000 });
-            print(rows);
-            last = rows[rows.length - 1]?.seq ?? last;
-          }, 250);
-          const stop = () => {
-            clearInterval(t);
-            resolve();
-          };
-          process.once("SIGINT", stop);
-          process.once("SIGTERM", stop);
-        });
-        store.close();
-        return EXIT.OK;
-      }
-      case "query": {
-        const q: Parameters<SqliteStore["queryAudit"]>[0] = {};
-        if (v.persona !== undefined) q.persona = v.persona as string;
-        if (v.op !== undefined) q.op = v.op as string;
-        if (v.status !== undefined) {
-          const s = (v.status as string).toUpperCase();
-          if (!["SUCCESS", "FAILURE", "PARTIAL", "DEFERRED"].includes(s))
-            throw new UsageError("--status must be SUCCESS, FAILURE, PARTIAL or DEFERRED");
-          q.status = s;
-        }
-        if (v.since !== undefined) q.since = parseSince(v.since as string);
-        if (v.limit !== undefined) {
-          const l = Number(v.limit);
-          if (!Number.isSafeInteger(l) || l <= 0) throw new UsageError("--limit must be a positive integer");
-          q.limit = l;
-        }
-        const store = openStore(home);
-        try {
-          const rows = store.queryAudit(q);
-          if (json) for (const r of rows) process.stdout.write(`${JSON.stringify(rowJson(r))}\n`);
-          else {
-            process.stdout.write(`${HEADER}\n`);
-            for (const r of rows) process.stdout.write(`${rowLine(r)}\n`);
-          }
-          return EXIT.OK;
-        } finally {
-          store.close();
-        }
-      }
-      default:
-        throw subcommandError("audit", sub, ["verify", "tail", "query"]);
+    } catch (e) {
+      // A home that cannot be read (not a database, no audit table): a failed check, exit 1.
+      if (e instanceof HomeReadError) return reportError(e, json);
+      // Damage past the schema shows only when a page is read: the same failed check.
+      if ((e as Error).name === "SqliteError")
+        return reportError(new HomeReadError(`the home's database is damaged: ${(e as Error).message}`, "corrupt"), json);
+      throw e;
     }
   },
 };
+
+async function verify(home: string, v: Values, json: boolean): Promise<number> {
+  let anchors: AuditAnchor[] | undefined;
+  if (v.anchors !== undefined) {
+    let text: string;
+    try {
+      text = readFileSync(v.anchors as string, "utf8");
+    } catch (e) {
+      throw new UsageError(`cannot read --anchors file: ${(e as Error).message}`);
+    }
+    try {
+      const parsed = parseAnchors(text);
+      anchors = parsed.anchors;
+      if (parsed.tornTail)
+        process.stderr.write("kpip audit: the anchor file's last line is incomplete (a crash mid-append); it was left out\n");
+    } catch (e) {
+      if (e instanceof AnchorFileError) throw new UsageError(`--anchors: ${e.message}`);
+      throw e;
+    }
+  }
+  // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
+  let maxUnsigned: number;
+  try {
+    maxUnsigned =
+      v["max-unsigned"] === undefined
+        ? resolveConfig({ flags: { home } }).auditCheckpointEvery
+        : parsePositive(v["max-unsigned"] as string, "--max-unsigned");
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    throw new UsageError(`${(e as Error).message} (or pass --max-unsigned)`);
+  }
+  const reader = openHome(home);
+  try {
+    let trustedKey: Uint8Array | undefined;
+    const keyPath = join(home, HOME_FILES.kernelKey);
+    if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
+    const tty = process.stderr.isTTY && !json;
+    const started = Date.now();
+    // Ranges on worker threads for large logs; the same answer as the single pass.
+    const r = await verifyAuditReader(reader, {
+      ...(trustedKey ? { trustedKey } : {}),
+      maxUnsigned,
+      onProgress: (done, total) => {
+        if (!tty) return;
+        const w = 30;
+        const f = total ? Math.min(w, Math.round((done / total) * w)) : w;
+        process.stderr.write(`\r[${"#".repeat(f)}${" ".repeat(w - f)}] ${done}/${total} records`);
+      },
+    });
+    if (tty) process.stderr.write("\n");
+    let result: typeof r & { anchors?: number; anchorsPruned?: number } = r;
+    if (r.ok && anchors) {
+      // Only once the chain holds: then the hashes the anchors are compared with are the chain's.
+      const a = verifyAnchors(reader, anchors, trustedKey);
+      const pruned = a.pruned ? { anchorsPruned: a.pruned } : {};
+      result = a.ok ? { ...r, anchors: a.anchors, ...pruned } : { ...r, ok: false, anchors: a.anchors, firstBad: a.firstBad };
+    }
+    const full = report(reader, result, trustedKey ? "kernel.key" : "checkpoints", anchors !== undefined);
+    const secs = (Date.now() - started) / 1000;
+    if (json) process.stdout.write(`${JSON.stringify({ ...full, seconds: secs })}\n`);
+    else process.stdout.write(reportText(full));
+    return result.ok ? EXIT.OK : EXIT.FAILED;
+  } finally {
+    reader.close();
+  }
+}
+
+async function tail(home: string, v: Values, json: boolean): Promise<number> {
+  const n = v.n === undefined ? 20 : parsePositive(v.n as string, "-n");
+  let reader = openHome(home);
+  let last = 0;
+  const print = (rows: AuditRecord[]) => {
+    for (const r of rows) process.stdout.write(`${json ? JSON.stringify(recordJson(r)) : recordLine(r)}\n`);
+    last = rows.at(-1)?.seq ?? last;
+  };
+  const newer = () =>
+    (reader.db.prepare("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT 1000").all(last) as Record<string, unknown>[]).map(
+      toAuditRecord,
+    );
+  try {
+    if (!json) process.stdout.write(`${HEADER}\n`);
+    const rows = reader.db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT ?").all(n) as Record<string, unknown>[];
+    print(rows.map(toAuditRecord).reverse());
+    if (!v.follow) return EXIT.OK;
+    // A private copy does not grow: read a new one when the home's database or its -wal changes.
+    const db = join(home, HOME_FILES.database);
+    const stamp = () => [db, `${db}-wal`].map((f) => (existsSync(f) ? `${statSync(f).mtimeMs}:${statSync(f).size}` : "-")).join();
+    let seen = stamp();
+    await new Promise<void>((resolve) => {
+      const t = setInterval(() => {
+        if (reader.snapshot) {
+          const now = stamp();
+          if (now === seen) return;
+          seen = now;
+          reader.close();
+          reader = openHome(home);
+        }
+        print(newer());
+      }, 250);
+      const stop = () => {
+        clearInterval(t);
+        resolve();
+      };
+      process.once("SIGINT", stop);
+      process.once("SIGTERM", stop);
+    });
+    return EXIT.OK;
+  } finally {
+    reader.close();
+  }
+}
+
+/** A --persona or --op value as SQL: exact, or a GLOB (P/** also matches P itself). */
+function sqlMatch(col: string, pattern: string, where: string[], args: unknown[]): void {
+  if (!pattern.includes("*")) {
+    where.push(`${col} = ?`);
+    args.push(pattern);
+    return;
+  }
+  const glob = pattern.replace(/\*\*/g, "*");
+  if (pattern.endsWith("/**")) {
+    where.push(`(${col} GLOB ? OR ${col} = ?)`);
+    args.push(glob, pattern.slice(0, -3));
+  } else {
+    where.push(`${col} GLOB ?`);
+    args.push(glob);
+  }
+}
+
+function query(home: string, v: Values, json: boolean): number {
+  const where: string[] = [];
+  const args: unknown[] = [];
+  if (v.persona !== undefined) sqlMatch("persona", v.persona as string, where, args);
+  if (v.op !== undefined) sqlMatch("op", v.op as string, where, args);
+  if (v.status !== undefined) {
+    const s = (v.status as string).toUpperCase();
+    if (!["SUCCESS", "FAILURE", "PARTIAL", "DEFERRED"].includes(s))
+      throw new UsageError("--status must be SUCCESS, FAILURE, PARTIAL or DEFERRED");
+    where.push("status = ?");
+    args.push(s);
+  }
+  if (v.since !== undefined) {
+    where.push("time >= ?");
+    args.push(parseTime(v.since as string, "--since"));
+  }
+  const limit = v.limit === undefined ? 100 : parsePositive(v.limit as string, "--limit");
+  const reader = openHome(home);
+  try {
+    const w = where.length ? `WHERE ${where.join(" AND ")}` : "";
+    const total = (reader.db.prepare(`SELECT count(*) AS n FROM audit ${w}`).get(...args) as { n: number }).n;
+    const rows = (
+      reader.db.prepare(`SELECT * FROM audit ${w} ORDER BY seq DESC LIMIT ?`).all(...args, limit) as Record<string, unknown>[]
+    )
+      .map(toAuditRecord)
+      .reverse();
+    if (json) for (const r of rows) process.stdout.write(`${JSON.stringify(recordJson(r))}\n`);
+    else {
+      process.stdout.write(`${HEADER}\n`);
+      for (const r of rows) process.stdout.write(`${recordLine(r)}\n`);
+    }
+    const left = total - rows.length;
+    const first = rows[0]?.seq ?? null;
+    if (json)
+      process.stderr.write(
+        `${JSON.stringify({ page: { shown: rows.length, more: left, newest: true, before: left > 0 ? first : null } })}\n`,
+      );
+    else if (left > 0)
+      process.stderr.write(
+        `the newest ${rows.length} of ${total} matching records shown; ${left} older left out (--limit ${total}, or kpip audit timeline --seq ..${(first ?? 1) - 1})\n`,
+      );
+    else process.stderr.write(`${rows.length} matching records, all shown\n`);
+    return EXIT.OK;
+  } finally {
+    reader.close();
+  }
+}
+
+function timelineCmd(home: string, v: Values, json: boolean): number {
+  const f: TimelineFilter = {};
+  if (v.trace !== undefined) f.trace = (traceId(v.trace as string) as string).toLowerCase();
+  if (v.session !== undefined) f.session = v.session as string;
+  if (v.token !== undefined) f.token = v.token as string;
+  if (v.target !== undefined) f.target = globMatcher(v.target as string, "/", true);
+  if (v.persona !== undefined) f.persona = globMatcher(v.persona as string, "/");
+  if (v.op !== undefined) f.op = globMatcher(v.op as string, ".");
+  if (v.since !== undefined) f.since = parseTime(v.since as string, "--since");
+  if (v.until !== undefined) f.until = parseTime(v.until as string, "--until");
+  if (f.since !== undefined && f.until !== undefined && f.until < f.since) throw new UsageError("--until is before --since");
+  if (v.seq !== undefined) f.seq = parseSeqRange(v.seq as string);
+  for (const k of ["trace", "session", "token", "target", "persona", "op"] as const) {
+    if (v[k] === "") throw new UsageError(`--${k} must not be empty`);
+  }
+  const limit = v.limit === undefined ? 100 : parsePositive(v.limit as string, "--limit");
+  const after = v.after === undefined ? 0 : parsePositive(v.after as string, "--after");
+  const reader = openHome(home);
+  try {
+    const page = timeline(reader, f, after, limit);
+    if (json) for (const r of page.rows) process.stdout.write(`${JSON.stringify(rowJson(r))}\n`);
+    else printTable(TIMELINE_HEADER, page.rows.map(rowCells));
+    pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
+    return EXIT.OK;
+  } finally {
+    reader.close();
+  }
+}
+
+function showCmd(home: string, arg: string, v: Values, json: boolean): number {
+  const seq = parsePositive(arg, "the record sequence number");
+  if (v.body !== undefined && v.raw === undefined) throw new UsageError("--body goes with --raw FILE");
+  const reader = openHome(home);
+  try {
+    const s = show(reader, seq);
+    if (!s) {
+      const first = reader.firstAuditSeq();
+      const head = (reader.db.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number | null }).s;
+      throw new UsageError(`no record ${seq} in this log (it holds ${first === undefined ? "none" : `${first}..${head}`})`);
+    }
+    if (v.raw !== undefined) {
+      if (!s.intent || !s.intentBytes) throw new UsageError(`--raw: record ${seq} has no intent bytes to write: ${s.intentNote}`);
+      const bytes = v.body !== undefined ? bodyAt(s.intent, v.body as string) : s.intentBytes;
+      if (v.raw === "-") process.stdout.write(bytes);
+      else {
+        try {
+          writeFileSync(v.raw as string, bytes, { flag: "wx", mode: 0o600 });
+        } catch (e) {
+          throw new UsageError(`--raw: cannot write ${v.raw}: ${(e as Error).message}`);
+        }
+        process.stderr.write(`${bytes.length} bytes written to ${v.raw}\n`);
+      }
+      if (v.raw === "-") return EXIT.OK;
+    }
+    process.stdout.write(json ? `${JSON.stringify(shownJson(s))}\n` : shownText(s));
+    return EXIT.OK;
+  } finally {
+    reader.close();
+  }
+}
+
+function tokensCmd(home: string, v: Values, json: boolean): number {
+  const format = (v.format as string | undefined) ?? (json ? "json" : "text");
+  if (!["text", "json", "dot"].includes(format)) throw new UsageError("--format must be text, json or dot");
+  const want = v.token as string | undefined;
+  if (want !== undefined && !/^[0-9a-f]{4,32}$/.test(want))
+    throw new UsageError(`--token must be a token id or a prefix of one (4 to 32 hex digits; got ${JSON.stringify(want)})`);
+  const reader = openHome(home);
+  try {
+    const nodes = tokenTree(reader);
+    let only: string | undefined;
+    if (want !== undefined) {
+      const hits = [...nodes.keys()].filter((id) => id.startsWith(want));
+      if (hits.length === 0) throw new UsageError(`no token ${want} in this home's token table or records`);
+      if (hits.length > 1)
+        throw new UsageError(
+          `--token ${want} names ${hits.length} tokens (${hits.slice(0, 5).join(", ")}…): give more of the id`,
+        );
+      only = hits[0];
+    }
+    const items = walk(nodes, only);
+    if (format === "json") for (const i of items) process.stdout.write(`${JSON.stringify(nodeJson(i.node, i.depth))}\n`);
+    else if (format === "dot") process.stdout.write(treeDot(items));
+    else process.stdout.write(treeText(items, nodes));
+    return EXIT.OK;
+  } finally {
+    reader.close();
+  }
+}

@@ -8,7 +8,7 @@ const SUBCOMMANDS: Record<string, string[]> = {
   agents: ["list", "spawn", "kill", "status", "logs"],
   ops: ["list", "status", "result", "cancel"],
   events: ["tail"],
-  audit: ["verify", "tail", "query"],
+  audit: ["timeline", "show", "tokens", "verify", "tail", "query"],
   completion: ["bash", "zsh"],
 };
 

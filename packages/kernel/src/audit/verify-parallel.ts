@@ -1,6 +1,6 @@
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import { SqliteStore } from "../store/sqlite.js";
+import { type AuditReader, openAuditReader } from "./reader.js";
 import { chainStart, finish, type RangeResult, type VerifyOptions, type VerifyResult, verifyAudit } from "./verify.js";
 
 /**
@@ -10,19 +10,25 @@ import { chainStart, finish, type RangeResult, type VerifyOptions, type VerifyRe
  * first bad record is the lowest any range or seam reports. Small logs are verified inline.
  */
 export async function verifyAuditFile(path: string, opts: VerifyOptions & { workers?: number } = {}): Promise<VerifyResult> {
-  const store = new SqliteStore(path);
+  const reader = openAuditReader(path);
+  try {
+    return await verifyAuditReader(reader, opts);
+  } finally {
+    reader.close();
+  }
+}
+
+/** {@link verifyAuditFile} on a database already open for reading (the workers read the same file). */
+export async function verifyAuditReader(
+  store: AuditReader,
+  opts: VerifyOptions & { workers?: number } = {},
+): Promise<VerifyResult> {
+  const path = store.path;
   const total = store.countAudit();
   const cps = store.checkpoints();
   const start = chainStart(store.firstAuditSeq(), cps);
   const n = Math.max(1, Math.min(opts.workers ?? availableParallelism(), 8));
-  if (n < 2 || total < 50_000) {
-    try {
-      return verifyAudit(store, opts);
-    } finally {
-      store.close();
-    }
-  }
-  store.close();
+  if (n < 2 || total < 50_000) return verifyAudit(store, opts);
   if (!("hash" in start)) return { ok: false, records: 0, checkpoints: cps.length, firstBad: start };
   const size = Math.ceil(total / n);
   const cpSeqs = cps.map((c) => c.seq);

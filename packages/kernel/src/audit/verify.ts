@@ -54,7 +54,10 @@ export function chainStart(first: number | undefined, cps: AuditCheckpoint[]): C
  * and reordered records; a truncated tail is detected back to the last checkpoint.
  * `trustedKey` (raw Ed25519) pins the kernel key checkpoints must be signed with.
  */
-export function verifyAudit(store: AuditStore, opts: VerifyOptions = {}): VerifyResult {
+export function verifyAudit(
+  store: Pick<AuditStore, "countAudit" | "checkpoints" | "firstAuditSeq" | "scanAudit">,
+  opts: VerifyOptions = {},
+): VerifyResult {
   const total = store.countAudit();
   const cps = store.checkpoints();
   const start = chainStart(store.firstAuditSeq(), cps);

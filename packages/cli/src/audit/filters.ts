@@ -1,0 +1,73 @@
+import { UsageError } from "../util.js";
+
+/** Parses a time: an ISO time, or an age like 30s, 10m, 2h, 1d before now. `flag` names it in errors. */
+export function parseTime(s: string, flag: string, now = Date.now()): number {
+  const m = /^(\d+)([smhd])$/.exec(s);
+  if (m) return now - Number(m[1]) * { s: 1e3, m: 60e3, h: 3600e3, d: 86400e3 }[m[2] as "s" | "m" | "h" | "d"];
+  // Only ISO-looking times: Date.parse also takes "1" or "March", which would filter on a guess.
+  // A time without a zone is UTC, like every time the tools print (Date.parse would take it as local).
+  const iso = /^\d{4}-\d{2}-\d{2}(?:[T ]([0-9:.]+)(Z|[+-]\d{2}:?\d{2})?)?$/.exec(s);
+  const t = iso ? Date.parse(iso[1] !== undefined && iso[2] === undefined ? `${s.replace(" ", "T")}Z` : s) : Number.NaN;
+  if (Number.isNaN(t))
+    throw new UsageError(
+      `${flag} must be an ISO time (2026-01-31T12:00:00Z; UTC unless it names a zone) or an age like 10m (got ${JSON.stringify(s)})`,
+    );
+  return t;
+}
+
+/** A positive integer flag. */
+export function parsePositive(s: string, flag: string): number {
+  const n = /^\d+$/.test(s) ? Number(s) : Number.NaN;
+  if (!Number.isSafeInteger(n) || n <= 0) throw new UsageError(`${flag} must be a positive integer (got ${JSON.stringify(s)})`);
+  return n;
+}
+
+/** --seq A..B (either end may be left out: A.., ..B) or a single N. */
+export function parseSeqRange(s: string): { from: number; to: number } {
+  const m = /^(\d*)(?:\.\.(\d*))?$/.exec(s);
+  const bad = () => new UsageError(`--seq must be A..B, A.., ..B or N with positive integers, A ≤ B (got ${JSON.stringify(s)})`);
+  if (!m || (m[1] === "" && (m[2] === undefined || m[2] === ""))) throw bad();
+  const from = m[1] === "" ? 1 : Number(m[1]);
+  const to = m[2] === undefined ? from : m[2] === "" ? Number.MAX_SAFE_INTEGER : Number(m[2]);
+  if (!Number.isSafeInteger(from) || !Number.isSafeInteger(to) || from < 1 || to < from) throw bad();
+  return { from, to };
+}
+
+/**
+ * A glob over names separated by `sep`: `*` is any run within one segment, `**` any run across
+ * segments, and a trailing `/**` (or `.**`) also matches the bare prefix (`alice/**` is alice
+ * and every sub-persona of hers). Without a wildcard the pattern is a prefix when `prefix` is set,
+ * else an exact name.
+ */
+export function globMatcher(pattern: string, sep: "/" | ".", prefix = false): (s: string) => boolean {
+  if (!pattern.includes("*")) return prefix ? (s) => s.startsWith(pattern) : (s) => s === pattern;
+  const esc = (x: string) => x.replace(/[.+?^${}()|[\]\\/]/g, "\\$&");
+  const seg = sep === "/" ? "[^/]*" : "[^.]*";
+  let re = "";
+  for (let i = 0; i < pattern.length; i++) {
+    if (pattern.startsWith("**", i)) {
+      re += ".*";
+      i++;
+    } else if (pattern[i] === "*") re += seg;
+    else re += esc(pattern[i] as string);
+  }
+  const rx = new RegExp(`^${re}$`);
+  const bare = pattern.endsWith(`${sep}**`) ? globMatcher(pattern.slice(0, -3), sep) : undefined;
+  return (s) => rx.test(s) || (bare?.(s) ?? false);
+}
+
+/** The trace id of a W3C traceparent (00-<trace id>-<span id>-<flags>), or the value itself. */
+export function traceId(tp: string | null): string | null {
+  if (tp === null) return null;
+  const m = /^[0-9a-f]{2}-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$/.exec(tp);
+  return m ? (m[1] as string) : tp;
+}
+
+/** Token ids in a record's caps column ("h1:<id>,inline:<id>"). */
+export function capTokenIds(caps: string | null): string[] {
+  if (!caps) return [];
+  return caps
+    .split(",")
+    .map((c) => c.slice(c.indexOf(":") + 1))
+    .filter(Boolean);
+}

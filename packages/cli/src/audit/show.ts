@@ -1,0 +1,192 @@
+import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import { type CborValue, decodeIntent, type Intent } from "@kpip/protocol";
+import { UsageError } from "../util.js";
+import { capTokenIds, traceId } from "./filters.js";
+import { iso } from "./timeline.js";
+
+/** A record, the one paired with it (an intent's outcome, an outcome's intent) and its decoded intent. */
+export interface Shown {
+  record: AuditRecord;
+  intentRecord: AuditRecord | undefined;
+  outcomeRecord: AuditRecord | undefined;
+  intent: Intent | undefined;
+  /** Why there is no decoded intent (not kept, or not decodable). */
+  intentNote: string | undefined;
+  intentBytes: Uint8Array | undefined;
+}
+
+function pair(reader: AuditReader, r: AuditRecord, phase: "intent" | "outcome"): AuditRecord | undefined {
+  const after = phase === "outcome";
+  const row = reader.db
+    .prepare(
+      `SELECT * FROM audit WHERE kernel = ? AND session = ? AND request_id IS ? AND intent_hash IS ? AND phase = ? AND seq ${after ? ">" : "<"} ? ORDER BY seq ${after ? "ASC" : "DESC"} LIMIT 1`,
+    )
+    .get(r.kernel, r.session, r.requestId, r.intentHash, phase, r.seq) as Record<string, unknown> | undefined;
+  return row && toAuditRecord(row);
+}
+
+export function show(reader: AuditReader, seq: number): Shown | undefined {
+  const record = reader.record(seq);
+  if (!record) return undefined;
+  const intentRecord = record.phase === "outcome" ? pair(reader, record, "intent") : record;
+  const outcomeRecord = record.phase === "intent" ? pair(reader, record, "outcome") : record;
+  const bytes = intentRecord?.intent ?? undefined;
+  let intent: Intent | undefined;
+  let intentNote: string | undefined;
+  if (!bytes) {
+    intentNote = record.intentHash
+      ? "the record keeps only the intent's hash (the bytes were over the kernel's auditIntentMaxBytes, or it was a refusal over its limit)"
+      : "this record has no intent (not a request)";
+  } else {
+    try {
+      intent = decodeIntent(bytes);
+    } catch (e) {
+      intentNote = `the stored intent does not decode: ${(e as Error).message}`;
+    }
+  }
+  return { record, intentRecord, outcomeRecord, intent, intentNote, intentBytes: bytes ?? undefined };
+}
+
+/** Bytes for people and for JSON: the text when it is printable UTF-8, else hex. */
+export function bytesView(b: Uint8Array): { $text: string } | { $hex: string } {
+  const s = Buffer.from(b).toString("utf8");
+  if (Buffer.from(s, "utf8").equals(Buffer.from(b)) && !/[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]/.test(s))
+    return { $text: s };
+  return { $hex: Buffer.from(b).toString("hex") };
+}
+
+/** A CBOR value as JSON, byte strings as {$text} or {$hex}, big integers as {$int}. */
+export function valueJson(v: CborValue | undefined): unknown {
+  if (v === undefined) return null;
+  if (v instanceof Uint8Array) return bytesView(v);
+  if (typeof v === "bigint") return { $int: v.toString() };
+  if (Array.isArray(v)) return v.map(valueJson);
+  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, valueJson(x)]));
+  return v;
+}
+
+/** The byte string at a dotted path in the intent (`args.data`), for --body. */
+export function bodyAt(intent: Intent, path: string): Uint8Array {
+  let v: unknown = intent;
+  for (const k of path.split(".")) {
+    if (v === null || typeof v !== "object" || v instanceof Uint8Array || !Object.hasOwn(v, k)) {
+      throw new UsageError(
+        `--body ${path}: the intent has no ${k} there (keys: ${v && typeof v === "object" ? Object.keys(v).join(", ") : "none"})`,
+      );
+    }
+    v = (v as Record<string, unknown>)[k];
+  }
+  if (v instanceof Uint8Array) return v;
+  if (typeof v === "string") return Buffer.from(v, "utf8");
+  throw new UsageError(`--body ${path} is not a byte or text value`);
+}
+
+function recordJson(r: AuditRecord | undefined): Record<string, unknown> | null {
+  if (!r) return null;
+  let detail: unknown = null;
+  if (r.detail) {
+    try {
+      detail = JSON.parse(r.detail);
+    } catch {
+      detail = { $text: r.detail };
+    }
+  }
+  return {
+    seq: r.seq,
+    time: iso(r.time),
+    phase: r.phase,
+    kernel: r.kernel,
+    persona: r.persona,
+    session: r.session,
+    requestId: r.requestId,
+    op: r.op,
+    target: r.target,
+    status: r.status,
+    errorClass: r.errorClass,
+    message: r.message,
+    durationUs: r.durationUs,
+    tokens: capTokenIds(r.caps),
+    caps: r.caps,
+    traceparent: r.traceparent,
+    traceId: traceId(r.traceparent),
+    execution: r.execution,
+    domain: r.domain,
+    intentHash: r.intentHash ? Buffer.from(r.intentHash).toString("hex") : null,
+    hash: Buffer.from(r.hash).toString("hex"),
+    detail,
+  };
+}
+
+export function shownJson(s: Shown): Record<string, unknown> {
+  return {
+    record: recordJson(s.record),
+    intentRecord: s.intentRecord && s.intentRecord !== s.record ? recordJson(s.intentRecord) : null,
+    outcomeRecord: s.outcomeRecord && s.outcomeRecord !== s.record ? recordJson(s.outcomeRecord) : null,
+    intent: s.intent
+      ? {
+          op: s.intent.op,
+          target: s.intent.target,
+          args: valueJson(s.intent.args),
+          ...(s.intent.constraints ? { constraints: valueJson(s.intent.constraints as CborValue) } : {}),
+        }
+      : null,
+    intentNote: s.intentNote ?? null,
+    intentBytes: s.intentBytes ? s.intentBytes.length : null,
+  };
+}
+
+/** A value for people: text as JSON strings, bytes as text or hex (long hex cut at 256 bytes: --raw has all). */
+function render(v: unknown, indent: string): string {
+  if (v === null || v === undefined) return "null";
+  if (typeof v === "object" && v !== null && "$text" in v) return JSON.stringify((v as { $text: string }).$text);
+  if (typeof v === "object" && v !== null && "$hex" in v) {
+    const h = (v as { $hex: string }).$hex;
+    return `<${h.length / 2} bytes hex ${h.length > 512 ? `${h.slice(0, 512)}… (--raw for all)` : h}>`;
+  }
+  if (Array.isArray(v)) return v.length ? v.map((x) => `\n${indent}- ${render(x, `${indent}  `)}`).join("") : "[]";
+  if (typeof v === "object") {
+    const keys = Object.keys(v);
+    return keys.length
+      ? keys.map((k) => `\n${indent}${k}: ${render((v as Record<string, unknown>)[k], `${indent}  `)}`).join("")
+      : "{}";
+  }
+  return JSON.stringify(v);
+}
+
+function recordLines(title: string, r: Record<string, unknown> | null): string[] {
+  if (!r) return [];
+  const out = [`${title} (record ${r.seq}, ${r.phase}, ${r.time})`];
+  for (const k of [
+    "persona",
+    "session",
+    "requestId",
+    "op",
+    "target",
+    "status",
+    "errorClass",
+    "message",
+    "durationUs",
+    "caps",
+    "traceparent",
+    "execution",
+    "domain",
+    "intentHash",
+    "hash",
+  ]) {
+    if (r[k] !== null && r[k] !== undefined) out.push(`  ${k.padEnd(12)} ${r[k]}`);
+  }
+  if (r.detail !== null) out.push(`  ${"detail".padEnd(12)} ${JSON.stringify(r.detail)}`);
+  return out;
+}
+
+export function shownText(s: Shown): string {
+  const j = shownJson(s);
+  const lines = [...recordLines("record", j.record as Record<string, unknown>)];
+  if (j.intentRecord) lines.push(...recordLines("its intent", j.intentRecord as Record<string, unknown>));
+  if (j.outcomeRecord) lines.push(...recordLines("its outcome", j.outcomeRecord as Record<string, unknown>));
+  if (s.record.phase === "intent" && !s.outcomeRecord)
+    lines.push("its outcome: none recorded (the kernel stopped before the op ended?)");
+  if (j.intent) lines.push(`intent (${j.intentBytes} bytes of canonical CBOR):${render(j.intent, "  ")}`);
+  else lines.push(`intent: ${s.intentNote}`);
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,205 @@
+import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import { capTokenIds, traceId } from "./filters.js";
+
+/** One request (or one act of the kernel) on the timeline: an intent and its outcome are one row. */
+export interface TimelineRow {
+  /** The first record's sequence number (the intent's, for an op with effects). */
+  seq: number;
+  /** The outcome record paired with the intent, if any. */
+  outcomeSeq: number | null;
+  phase: string;
+  start: number;
+  end: number | null;
+  kernel: string;
+  persona: string;
+  session: string;
+  requestId: number | null;
+  op: string | null;
+  target: string | null;
+  status: string | null;
+  errorClass: string | null;
+  message: string | null;
+  tokens: string[];
+  traceparent: string | null;
+  execution: string | null;
+  domain: string | null;
+  /** The `detail` column (JSON text) of the outcome, else of the first record, when the home has it. */
+  detail: string | null;
+}
+
+export interface TimelineFilter {
+  trace?: string;
+  session?: string;
+  token?: string;
+  target?: (t: string) => boolean;
+  since?: number;
+  until?: number;
+  seq?: { from: number; to: number };
+  persona?: (p: string) => boolean;
+  op?: (o: string) => boolean;
+}
+
+export interface TimelinePage {
+  rows: TimelineRow[];
+  /** Rows that match after the last one shown. */
+  more: number;
+  /** The --after value for the next page (the last row shown), when there is one. */
+  next: number | null;
+}
+
+/** Pairs an outcome with its intent: same kernel, session, request id and intent hash. */
+const pairKey = (r: AuditRecord) =>
+  `${r.kernel}\0${r.session}\0${r.requestId}\0${r.intentHash ? Buffer.from(r.intentHash).toString("hex") : ""}`;
+
+function fromRecord(r: AuditRecord): TimelineRow {
+  // A single record is written when its request ends; its duration says when it began.
+  const single = r.phase !== "intent";
+  const start = single && r.durationUs !== null ? r.time - Math.round(r.durationUs / 1000) : r.time;
+  return {
+    seq: r.seq,
+    outcomeSeq: null,
+    phase: r.phase,
+    start,
+    end: single ? r.time : null,
+    kernel: r.kernel,
+    persona: r.persona,
+    session: r.session,
+    requestId: r.requestId,
+    op: r.op,
+    target: r.target,
+    status: r.status,
+    errorClass: r.errorClass,
+    message: r.message,
+    tokens: capTokenIds(r.caps),
+    traceparent: r.traceparent,
+    execution: r.execution,
+    domain: r.domain,
+    detail: r.detail ?? null,
+  };
+}
+
+const startsWith = (v: string | null | undefined, p: string) => v?.startsWith(p) === true;
+
+export function matches(row: TimelineRow, f: TimelineFilter): boolean {
+  if (f.seq && (row.seq < f.seq.from || row.seq > f.seq.to)) return false;
+  if (f.since !== undefined && row.start < f.since) return false;
+  if (f.until !== undefined && row.start > f.until) return false;
+  if (f.persona && !f.persona(row.persona)) return false;
+  if (f.op && (row.op === null || !f.op(row.op))) return false;
+  if (f.target && (row.target === null || !f.target(row.target))) return false;
+  if (f.session !== undefined && !row.session.startsWith(f.session)) return false;
+  if (f.trace !== undefined && !startsWith(traceId(row.traceparent), f.trace) && row.traceparent !== f.trace) return false;
+  if (f.token !== undefined) {
+    const t = f.token;
+    // In the detail (a minted token, a revocation's ended list) only a whole id counts: a short prefix would match any text.
+    const inDetail = t.length === 32 && (row.detail ?? "").includes(`"${t}"`);
+    if (!row.tokens.some((id) => id.startsWith(t)) && !startsWith(row.target, `token://${t}`) && !inDetail) return false;
+  }
+  return true;
+}
+
+/**
+ * The timeline: every record in order, an op's intent and outcome merged into one row (start
+ * at the intent, end at the outcome); every other record (a read, a refusal, a session, an act
+ * of the kernel) is a row of its own. Shows the first `limit` matching rows after `after`, and
+ * counts the rest.
+ */
+export function timeline(reader: AuditReader, f: TimelineFilter, after: number, limit: number): TimelinePage {
+  const rows: TimelineRow[] = [];
+  // Intents waiting for their outcome: the row shown, or null for one that is filtered out or past the page.
+  const pending = new Map<string, TimelineRow | null>();
+  let more = 0;
+  // From the start, whatever the range: an outcome in it pairs with an intent that may be before it.
+  const it = reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Record<string, unknown>>;
+  let waiting = 0;
+  for (const raw of it) {
+    const r = toAuditRecord(raw);
+    // Past the --seq range, only outcomes of rows already shown are still wanted.
+    if (f.seq && r.seq > f.seq.to && waiting === 0) break;
+    if (r.phase === "outcome") {
+      const key = pairKey(r);
+      const p = pending.get(key);
+      if (p !== undefined) {
+        pending.delete(key);
+        if (p) {
+          waiting--;
+          p.outcomeSeq = r.seq;
+          p.end = r.time;
+          p.status = r.status;
+          p.errorClass = r.errorClass;
+          p.message = r.message;
+          p.detail = r.detail ?? p.detail;
+        }
+        continue;
+      }
+    }
+    const row = fromRecord(r);
+    const keep = row.seq > after && matches(row, f);
+    if (r.phase === "intent") {
+      const shown = keep && rows.length < limit;
+      pending.set(pairKey(r), shown ? row : null);
+      if (shown) waiting++;
+    }
+    if (!keep) continue;
+    if (rows.length < limit) rows.push(row);
+    else more++;
+  }
+  return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null };
+}
+
+export const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+
+export function rowJson(r: TimelineRow): Record<string, unknown> {
+  let detail: unknown = null;
+  if (r.detail !== null) {
+    try {
+      detail = JSON.parse(r.detail);
+    } catch {
+      detail = { $text: r.detail };
+    }
+  }
+  return {
+    seq: r.seq,
+    outcomeSeq: r.outcomeSeq,
+    phase: r.phase,
+    start: iso(r.start),
+    end: iso(r.end),
+    persona: r.persona,
+    session: r.session,
+    requestId: r.requestId,
+    op: r.op,
+    target: r.target,
+    status: r.status,
+    errorClass: r.errorClass,
+    message: r.message,
+    tokens: r.tokens,
+    traceparent: r.traceparent,
+    traceId: traceId(r.traceparent),
+    execution: r.execution,
+    domain: r.domain,
+    kernel: r.kernel,
+    detail,
+  };
+}
+
+export const TIMELINE_HEADER = ["seq", "start", "end", "persona", "session", "req", "op", "target", "status", "token", "trace"];
+
+/** A row for people: ids cut to 8 characters (filters take prefixes), the outcome as STATUS/CLASS. */
+export function rowCells(r: TimelineRow): string[] {
+  const short = (s: string | null) => (s === null ? "-" : s.slice(0, 8));
+  let status = r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "-";
+  if (r.phase === "intent" && r.outcomeSeq === null) status = "NO OUTCOME";
+  return [
+    r.outcomeSeq !== null ? `${r.seq}+${r.outcomeSeq}` : String(r.seq),
+    iso(r.start) ?? "-",
+    iso(r.end) ?? "-",
+    r.persona,
+    short(r.session),
+    r.requestId === null ? "-" : String(r.requestId),
+    r.op ?? `(${r.phase})`,
+    r.target ?? "-",
+    status,
+    r.tokens.length ? r.tokens.map(short).join(",") : "-",
+    short(traceId(r.traceparent)),
+  ];
+}

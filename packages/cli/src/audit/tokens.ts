@@ -1,0 +1,294 @@
+import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import { type CborValue, decodeIntent } from "@kpip/protocol";
+import { valueJson } from "./show.js";
+import { iso } from "./timeline.js";
+
+/** One token of the delegation tree, from the token table, the revocations and the records about it. */
+export interface TokenNode {
+  id: string;
+  parent: string | null;
+  sub: string | null;
+  mintedBy: string | null;
+  how: "mint" | "refresh" | "derived" | "kernel";
+  created: number | null;
+  exp: number | null;
+  rights: unknown;
+  caveats: unknown;
+  /** The record that made it (mint/refresh outcome, or the kernel's token.derived record). */
+  record: number | null;
+  /** How the record was found: named in its detail, or matched by minter, subject and time. */
+  recordBy: "detail" | "time" | null;
+  revoked: { by: string; at: number; record: number | null; ended: string[] } | null;
+  /** The nearest revoked ancestor whose revocation ended this token (the cascade). */
+  endedBy: string | null;
+  children: string[];
+  /** In the token table (false: known only from a record, e.g. a derived token). */
+  inTable: boolean;
+}
+
+type Row = Record<string, unknown>;
+
+function parseDetail(r: AuditRecord): Record<string, unknown> | undefined {
+  if (!r.detail) return undefined;
+  try {
+    const d = JSON.parse(r.detail);
+    return d && typeof d === "object" ? (d as Record<string, unknown>) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Rights as [op, target] pairs, the kernel's own form (a right {ops, targets} of a mint request
+ * allows each of its ops on each of its targets, so it is those pairs exactly).
+ */
+export function asPairs(rights: unknown): unknown {
+  if (!Array.isArray(rights)) return rights;
+  const out: unknown[] = [];
+  for (const r of rights) {
+    const o = r as { ops?: unknown; targets?: unknown };
+    if (o && typeof o === "object" && Array.isArray(o.ops) && Array.isArray(o.targets)) {
+      for (const op of o.ops) for (const t of o.targets) out.push([op, t]);
+    } else out.push(r);
+  }
+  return out;
+}
+
+/** Mint and refresh requests that succeeded: the intent (its args) and the outcome's time. */
+interface MintRequest {
+  op: string;
+  persona: string;
+  target: string;
+  start: number;
+  end: number;
+  seq: number;
+  args: CborValue | undefined;
+  used: boolean;
+}
+
+export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
+  const nodes = new Map<string, TokenNode>();
+  const tables = new Set(
+    (reader.db.prepare("SELECT name FROM sqlite_master WHERE type = 'table'").all() as Row[]).map((r) => r.name),
+  );
+  const node = (id: string): TokenNode => {
+    let n = nodes.get(id);
+    if (!n) {
+      n = {
+        id,
+        parent: null,
+        sub: null,
+        mintedBy: null,
+        how: "mint",
+        created: null,
+        exp: null,
+        rights: null,
+        caveats: null,
+        record: null,
+        recordBy: null,
+        revoked: null,
+        endedBy: null,
+        children: [],
+        inTable: false,
+      };
+      nodes.set(id, n);
+    }
+    return n;
+  };
+  if (tables.has("tokens")) {
+    for (const r of reader.db.prepare("SELECT * FROM tokens ORDER BY rowid").all() as Row[]) {
+      const n = node(r.id as string);
+      const chain = JSON.parse(r.chain as string) as string[];
+      n.parent = chain.at(-1) ?? null;
+      n.sub = r.sub as string;
+      n.mintedBy = r.minted_by as string;
+      n.created = r.created_at as number;
+      n.exp = r.exp as number;
+      n.inTable = true;
+      if (r.family !== undefined && r.family !== null && r.family !== r.id) n.how = "refresh";
+      else if (n.mintedBy === "kernel") n.how = "kernel";
+    }
+  }
+  if (tables.has("revocations")) {
+    for (const r of reader.db.prepare("SELECT * FROM revocations ORDER BY revoked_at").all() as Row[]) {
+      node(r.id as string).revoked = { by: r.revoked_by as string, at: r.revoked_at as number, record: null, ended: [] };
+    }
+  }
+  // The records about tokens: the detail when the home has it, else the requests themselves.
+  const mints: MintRequest[] = [];
+  const intents = new Map<string, AuditRecord>();
+  const recs = reader.db.prepare("SELECT * FROM audit WHERE op LIKE 'token.%' ORDER BY seq").iterate() as Iterable<Row>;
+  for (const raw of recs) {
+    const r = toAuditRecord(raw);
+    const d = parseDetail(r);
+    const t = d?.token as Record<string, unknown> | undefined;
+    if (t && typeof t.id === "string") {
+      const n = node(t.id);
+      if (typeof t.parent === "string") n.parent = t.parent;
+      if (typeof t.sub === "string") n.sub ??= t.sub;
+      if (typeof t.exp === "number") n.exp ??= t.exp;
+      if (t.rights !== undefined) n.rights = asPairs(t.rights);
+      if (t.caveats !== undefined) n.caveats = t.caveats;
+      if (r.op === "token.derived") n.how = "derived";
+      n.mintedBy ??= r.persona;
+      n.created ??= r.time;
+      n.record = r.seq;
+      n.recordBy = "detail";
+    }
+    if (d && typeof d.revoked === "string") {
+      const n = node(d.revoked);
+      n.revoked ??= { by: r.persona, at: r.time, record: null, ended: [] };
+      n.revoked.record = r.seq;
+      if (Array.isArray(d.ended)) n.revoked.ended = d.ended.filter((x): x is string => typeof x === "string");
+    }
+    const key = `${r.kernel}\0${r.session}\0${r.requestId}`;
+    if (r.phase === "intent") intents.set(key, r);
+    else if (r.phase === "outcome") {
+      const i = intents.get(key);
+      intents.delete(key);
+      if (r.status !== "SUCCESS" || !r.target) continue;
+      if (r.op === "token.revoke") {
+        const n = nodes.get(r.target.slice("token://".length));
+        if (n?.revoked && n.revoked.record === null) n.revoked.record = r.seq;
+      } else if ((r.op === "token.mint" || r.op === "token.refresh") && i) {
+        let args: CborValue | undefined;
+        try {
+          args = i.intent ? decodeIntent(i.intent).args : undefined;
+        } catch {
+          args = undefined;
+        }
+        mints.push({ op: r.op, persona: r.persona, target: r.target, start: i.time, end: r.time, seq: r.seq, args, used: false });
+      }
+    }
+  }
+  // Without detail: a table row is matched to the request that made it by minter, subject and time.
+  for (const n of nodes.values()) {
+    if (!n.inTable || n.record !== null || n.created === null) continue;
+    const m = mints.find(
+      (x) =>
+        !x.used &&
+        x.persona === n.mintedBy &&
+        x.start <= (n.created as number) &&
+        (n.created as number) <= x.end &&
+        (x.op === "token.refresh" ? x.target === `token://${n.parent}` : x.target === `persona://${n.sub}`),
+    );
+    if (!m) continue;
+    m.used = true;
+    n.record = m.seq;
+    n.recordBy = "time";
+    if (m.op === "token.refresh") n.how = "refresh";
+    const rights = (m.args as Record<string, CborValue> | undefined)?.rights;
+    if (n.rights === null && rights !== undefined) n.rights = asPairs(valueJson(rights));
+  }
+  // Children, the rights a refresh inherits, and what each revocation's cascade ended.
+  for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.id);
+  const inherit = (n: TokenNode, rights: unknown) => {
+    for (const c of n.children) {
+      const k = nodes.get(c) as TokenNode;
+      if (k.rights === null && k.how === "refresh") k.rights = rights;
+      inherit(k, k.rights);
+    }
+  };
+  for (const n of nodes.values()) if (!n.parent || !nodes.has(n.parent)) inherit(n, n.rights);
+  for (const n of nodes.values()) {
+    if (n.revoked) continue;
+    let cause: TokenNode | undefined;
+    for (let p = n.parent ? nodes.get(n.parent) : undefined; p; p = p.parent ? nodes.get(p.parent) : undefined) {
+      if (p.revoked && (!cause?.revoked || p.revoked.at <= cause.revoked.at)) cause = p;
+    }
+    if (!cause?.revoked) continue;
+    // A token that had expired before the revocation was not ended by it.
+    if (n.exp !== null && n.exp <= cause.revoked.at) continue;
+    n.endedBy = cause.id;
+    if (!cause.revoked.ended.includes(n.id)) cause.revoked.ended.push(n.id);
+  }
+  return nodes;
+}
+
+/** Roots first (tokens whose parent is not known), then each subtree depth-first, in creation order. */
+export function walk(nodes: Map<string, TokenNode>, only?: string): { node: TokenNode; depth: number }[] {
+  const out: { node: TokenNode; depth: number }[] = [];
+  const byCreated = (a: string, b: string) => (nodes.get(a)?.created ?? 0) - (nodes.get(b)?.created ?? 0);
+  const visit = (id: string, depth: number) => {
+    const n = nodes.get(id) as TokenNode;
+    out.push({ node: n, depth });
+    for (const c of [...n.children].sort(byCreated)) visit(c, depth + 1);
+  };
+  if (only !== undefined) {
+    // One token: its ancestors down to it, then its subtree.
+    const up: TokenNode[] = [];
+    for (let n = nodes.get(only); n; n = n.parent ? nodes.get(n.parent) : undefined) up.unshift(n);
+    up.slice(0, -1).forEach((n, i) => {
+      out.push({ node: n, depth: i });
+    });
+    visit(only, up.length - 1);
+    return out;
+  }
+  const roots = [...nodes.values()].filter((n) => !n.parent || !nodes.has(n.parent)).map((n) => n.id);
+  for (const r of roots.sort(byCreated)) visit(r, 0);
+  return out;
+}
+
+export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
+  return {
+    id: n.id,
+    depth,
+    parent: n.parent,
+    sub: n.sub,
+    mintedBy: n.mintedBy,
+    how: n.how,
+    created: iso(n.created),
+    exp: iso(n.exp),
+    rights: n.rights,
+    caveats: n.caveats,
+    record: n.record,
+    recordBy: n.recordBy,
+    revoked: n.revoked ? { ...n.revoked, at: iso(n.revoked.at) } : null,
+    endedBy: n.endedBy,
+    children: n.children,
+    inTable: n.inTable,
+  };
+}
+
+/** Rights for people: "storage.read on obj://ws1/**; …". */
+function rightsText(r: unknown): string {
+  if (!Array.isArray(r)) return r === null ? "unknown (no mint record)" : JSON.stringify(r);
+  return r.map((x) => (Array.isArray(x) && x.length === 2 ? `${x[0]} on ${x[1]}` : JSON.stringify(x))).join("; ");
+}
+
+export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map<string, TokenNode>): string {
+  const lines: string[] = [];
+  for (const { node: n, depth } of items) {
+    const pad = "  ".repeat(depth);
+    const made = n.record !== null ? ` (record ${n.record}${n.recordBy === "time" ? ", matched by time" : ""})` : "";
+    const how = n.how === "kernel" ? "minted by the kernel" : `${n.how} by ${n.mintedBy ?? "?"}`;
+    lines.push(`${pad}${depth ? "└─ " : ""}${n.id}  for ${n.sub ?? "?"}, ${how} at ${iso(n.created) ?? "?"}${made}`);
+    const sub = `${pad}${depth ? "   " : ""}   `;
+    if (n.parent && !nodes.has(n.parent)) lines.push(`${sub}parent ${n.parent} is not in the token table (pruned)`);
+    lines.push(`${sub}rights  ${rightsText(n.rights)}`);
+    if (n.caveats !== null) lines.push(`${sub}caveats ${JSON.stringify(n.caveats)}`);
+    lines.push(`${sub}expires ${iso(n.exp) ?? "?"}`);
+    if (n.revoked) {
+      const rec = n.revoked.record !== null ? ` (record ${n.revoked.record})` : "";
+      lines.push(`${sub}REVOKED by ${n.revoked.by} at ${iso(n.revoked.at)}${rec}`);
+      if (n.revoked.ended.length) lines.push(`${sub}its revocation ended ${n.revoked.ended.join(", ")}`);
+    }
+    if (n.endedBy) lines.push(`${sub}ended by the revocation of ${n.endedBy}`);
+  }
+  return lines.length ? `${lines.join("\n")}\n` : "no tokens\n";
+}
+
+/** Graphviz: one box per token, an edge from parent to child; revoked red, ended by a cascade orange. */
+export function treeDot(items: { node: TokenNode; depth: number }[]): string {
+  const q = (s: string) => JSON.stringify(s);
+  const lines = ["digraph tokens {", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"];
+  const seen = new Set(items.map((i) => i.node.id));
+  for (const { node: n } of items) {
+    const label = `${n.id.slice(0, 8)}\\n${n.sub ?? "?"}\\n${n.how} by ${n.mintedBy ?? "?"}${n.revoked ? `\\nrevoked by ${n.revoked.by}` : ""}`;
+    const style = n.revoked ? ", color=red" : n.endedBy ? ", color=orange, style=dashed" : "";
+    lines.push(`  ${q(n.id)} [label="${label.replace(/"/g, '\\"')}"${style}];`);
+    if (n.parent && seen.has(n.parent)) lines.push(`  ${q(n.parent)} -> ${q(n.id)};`);
+  }
+  lines.push("}");
+  return `${lines.join("\n")}\n`;
+}

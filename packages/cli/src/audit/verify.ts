@@ -1,0 +1,95 @@
+import type { AuditCheckpoint, AuditReader, VerifyResult } from "@kpip/kernel";
+
+/** What `audit verify` proved, beyond ok/broken: the head, the checkpoints, the anchors, the unsigned tail. */
+export interface VerifyReport extends VerifyResult {
+  head: { seq: number; hash: string; time: string } | null;
+  /** Where the checkpoints' key came from: the home's kernel.key, or the checkpoints themselves. */
+  keySource: "kernel.key" | "checkpoints";
+  checkpointSeqs: number[];
+  lastCheckpoint: { seq: number; time: string } | null;
+  /** Records after the last signed checkpoint: appended, but no signature covers them yet. */
+  unsignedTail: { from: number; to: number; records: number; since: string | null } | null;
+  /** Anchors checked (null: no anchor file given). */
+  anchors: number | null;
+  anchorsPruned?: number;
+  warnings: string[];
+}
+
+const NO_ANCHORS =
+  "NO ANCHORS CHECKED: this proves only that the log agrees with itself. Whoever holds this home's kernel.key can cut its tail, or rewrite and re-sign records, and it still passes. Check against the anchor file kept outside the home (kpip audit verify --anchors FILE; the kernel writes it with --audit-anchor-file).";
+
+export function report(
+  reader: AuditReader,
+  r: VerifyResult & { anchors?: number; anchorsPruned?: number },
+  keySource: VerifyReport["keySource"],
+  anchorsGiven: boolean,
+): VerifyReport {
+  const last = reader.db.prepare("SELECT seq, hash, time FROM audit ORDER BY seq DESC LIMIT 1").get() as
+    | { seq: number; hash: Uint8Array; time: number }
+    | undefined;
+  const cps: AuditCheckpoint[] = reader.checkpoints();
+  const lastCp = cps.at(-1);
+  const head = last
+    ? { seq: last.seq, hash: Buffer.from(last.hash).toString("hex"), time: new Date(last.time).toISOString() }
+    : null;
+  let unsignedTail: VerifyReport["unsignedTail"] = null;
+  if (last && (!lastCp || lastCp.seq < last.seq)) {
+    const from = (lastCp?.seq ?? (reader.firstAuditSeq() ?? 1) - 1) + 1;
+    const first = reader.db.prepare("SELECT time FROM audit WHERE seq >= ? ORDER BY seq LIMIT 1").get(from) as
+      | { time: number }
+      | undefined;
+    unsignedTail = { from, to: last.seq, records: last.seq - from + 1, since: first ? new Date(first.time).toISOString() : null };
+  }
+  const warnings: string[] = [];
+  if (!anchorsGiven) warnings.push(NO_ANCHORS);
+  else if (r.ok && !r.anchors) warnings.push(`the anchor file holds no anchors: nothing was checked against it. ${NO_ANCHORS}`);
+  if (keySource === "checkpoints")
+    warnings.push("no kernel.key in this home: checkpoints were checked against the key they carry, not a trusted one");
+  if (unsignedTail)
+    warnings.push(
+      `records ${unsignedTail.from}..${unsignedTail.to} (${unsignedTail.records}) come after the last signed checkpoint: no signature covers them, and a cut there leaves no trace without anchors`,
+    );
+  return {
+    ...r,
+    head,
+    keySource,
+    checkpointSeqs: cps.map((c) => c.seq),
+    lastCheckpoint: lastCp ? { seq: lastCp.seq, time: new Date(lastCp.time).toISOString() } : null,
+    unsignedTail,
+    anchors: anchorsGiven ? (r.anchors ?? 0) : null,
+    ...(r.anchorsPruned ? { anchorsPruned: r.anchorsPruned } : {}),
+    warnings,
+  };
+}
+
+/** Positions for people: all of them when few, else the first and last few. */
+function positions(seqs: number[]): string {
+  if (seqs.length === 0) return "none";
+  if (seqs.length <= 12) return seqs.join(", ");
+  return `${seqs.slice(0, 5).join(", ")}, … ${seqs.length - 10} more …, ${seqs.slice(-5).join(", ")}`;
+}
+
+export function reportText(v: VerifyReport): string {
+  const lines: string[] = [];
+  if (v.ok) {
+    const p =
+      v.prunedThrough !== undefined
+        ? ` (records 1..${v.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${v.prunedThrough})`
+        : "";
+    const a = v.anchors !== null ? `, ${v.anchors} anchors matched` : "";
+    lines.push(`audit log OK: ${v.records} records${p}, ${v.checkpoints} signed checkpoints verified${a}`);
+  } else lines.push(`audit log BROKEN at record ${v.firstBad?.seq}: ${v.firstBad?.reason}`);
+  if (v.head) lines.push(`head         record ${v.head.seq} at ${v.head.time}, hash ${v.head.hash}`);
+  lines.push(
+    `checkpoints  at ${positions(v.checkpointSeqs)} (signatures checked with the key from ${v.keySource === "kernel.key" ? "the home's kernel.key" : "the checkpoints themselves"})`,
+  );
+  if (v.unsignedTail)
+    lines.push(
+      `unsigned     records ${v.unsignedTail.from}..${v.unsignedTail.to} (${v.unsignedTail.records}, since ${v.unsignedTail.since}) after the last checkpoint`,
+    );
+  else if (v.head) lines.push("unsigned     none: the head is a signed checkpoint");
+  if (v.anchors !== null)
+    lines.push(`anchors      ${v.anchors} checked${v.anchorsPruned ? ` (${v.anchorsPruned} name pruned records)` : ""}`);
+  for (const w of v.warnings) lines.push(`WARNING: ${w}`);
+  return `${lines.join("\n")}\n`;
+}

@@ -1,0 +1,371 @@
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  writeFileSync,
+} from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient } from "@kpip/client";
+import { Kernel } from "@kpip/kernel";
+import { parseIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
+import { globMatcher, parseSeqRange, parseTime } from "../src/audit/filters.js";
+import { hashTree } from "./evidence.js";
+
+const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
+const kpip = (args: string[]) => {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+};
+
+describe("audit tool arguments", () => {
+  it("parses --seq ranges, times and globs, and refuses what they are not", () => {
+    assert.deepEqual(parseSeqRange("3..9"), { from: 3, to: 9 });
+    assert.deepEqual(parseSeqRange("7"), { from: 7, to: 7 });
+    assert.deepEqual(parseSeqRange("..4"), { from: 1, to: 4 });
+    assert.equal(parseSeqRange("5..").to, Number.MAX_SAFE_INTEGER);
+    for (const bad of ["9..3", "0..2", "..", "", "a..b", "1...2", "-1", "1..2..3", "99999999999999999999"]) {
+      assert.throws(() => parseSeqRange(bad), /--seq must be/, bad);
+    }
+    assert.equal(parseTime("2026-01-31T12:00:00Z", "--since"), Date.UTC(2026, 0, 31, 12));
+    assert.equal(parseTime("10m", "--since", 1_000_000), 400_000);
+    assert.equal(parseTime("2026-01-31 12:00", "--since"), Date.UTC(2026, 0, 31, 12), "no zone: UTC");
+    assert.equal(parseTime("2026-01-31T12:00:00+02:00", "--since"), Date.UTC(2026, 0, 31, 10));
+    assert.equal(parseTime("2026-01-31", "--since"), Date.UTC(2026, 0, 31));
+    for (const bad of ["yesterday", "1", "10x", "2026-13-45", "March 3"])
+      assert.throws(() => parseTime(bad, "--until"), /--until must be/);
+    const sub = globMatcher("alice/**", "/");
+    assert.ok(sub("alice") && sub("alice/worker") && sub("alice/a/b"));
+    assert.ok(!sub("alicex") && !sub("bob/alice"));
+    const family = globMatcher("storage.*", ".");
+    assert.ok(family("storage.read") && !family("storage") && !family("storagex.read") && !family("token.mint"));
+    const target = globMatcher("obj://proj/", "/", true);
+    assert.ok(target("obj://proj/a/b") && !target("obj://projx/a"));
+    const one = globMatcher("obj://proj/*", "/", true);
+    assert.ok(one("obj://proj/a") && !one("obj://proj/a/b"));
+  });
+});
+
+describe("audit tools on a home", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-audit-tools-"));
+  const h = ["--home", home];
+  let head = 0;
+
+  before(async () => {
+    const k = new Kernel({ home, logLevel: "silent" });
+    await k.start();
+    try {
+      const c = await KernelClient.connect({
+        socket: k.socketPath,
+        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
+        tokens: [readFileSync(k.adminToken, "utf8").trim()],
+        reconnect: false,
+      });
+      for (let i = 0; i < 5; i++) await c.storage.write(`obj://ws/${i}`, new TextEncoder().encode(`v${i}`));
+      await c.close();
+    } finally {
+      await k.stop();
+    }
+    head = JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).head.seq;
+  });
+  after(() => rmSync(home, { recursive: true, force: true }));
+
+  it("pages the timeline and says how many rows are left and where the next page starts", () => {
+    const first = kpip(["audit", "timeline", "--json", "--limit", "2", ...h]);
+    assert.equal(first.code, 0, first.err);
+    const rows = first.out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    assert.equal(rows.length, 2);
+    const page = JSON.parse(first.err.trim()).page;
+    assert.equal(page.shown, 2);
+    assert.ok(page.more > 0);
+    assert.equal(page.next, rows[1].seq);
+    const rest = kpip(["audit", "timeline", "--json", "--limit", "1000", "--after", String(page.next), ...h]);
+    assert.equal(rest.out.trim().split("\n").length, page.more);
+    assert.deepEqual(JSON.parse(rest.err.trim()).page, { shown: page.more, more: 0, next: null });
+    const text = kpip(["audit", "timeline", "--limit", "1", ...h]);
+    assert.match(
+      text.err,
+      new RegExp(`^1 rows shown; ${page.more + 1} more match: the same command with --after ${rows[0].seq}`),
+    );
+    const range = kpip(["audit", "timeline", "--json", "--seq", `2..${head}`, "--op", "storage.write", ...h]);
+    const writes = range.out
+      .trim()
+      .split("\n")
+      .map((l) => JSON.parse(l));
+    assert.equal(writes.length, 5);
+    assert.ok(writes.every((r) => r.seq >= 2 && r.outcomeSeq === r.seq + 1));
+  });
+
+  it("query says how many matching records it left out, and gives times in UTC", () => {
+    const q = kpip(["audit", "query", "--limit", "2", ...h]);
+    assert.equal(q.code, 0, q.err);
+    assert.match(q.out, /time \(UTC\)/);
+    assert.match(q.out.split("\n")[1] as string, /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /);
+    assert.match(q.err, new RegExp(`^the newest 2 of ${head} matching records shown; ${head - 2} older left out`));
+    const j = kpip(["audit", "query", "--json", "--op", "storage.*", ...h]);
+    assert.equal(j.out.trim().split("\n").length, 10, "intent and outcome of five writes");
+    assert.deepEqual(JSON.parse(j.err.trim()).page, { shown: 10, more: 0, newest: true, before: null });
+  });
+
+  it("reads a read-only copy whose -wal holds records the database file does not, and changes no file", () => {
+    // Records head-2..head are moved into the WAL: deleted and checkpointed into the database
+    // file, then put back by a connection that stays open, so the -wal holds them unmerged.
+    const db = new Database(join(home, "kernel.db"));
+    db.pragma("wal_autocheckpoint = 0");
+    const tail = db.prepare("SELECT * FROM audit WHERE seq > ? ORDER BY seq").all(head - 3) as Record<string, unknown>[];
+    db.prepare("DELETE FROM audit WHERE seq > ?").run(head - 3);
+    db.pragma("wal_checkpoint(TRUNCATE)");
+    const cols = Object.keys(tail[0] as object);
+    const ins = db.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`);
+    db.transaction(() => {
+      for (const r of tail) ins.run(...cols.map((c) => r[c]));
+    })();
+    const evidence = join(mkdtempSync(join(tmpdir(), "kpip-wal-evidence-")), "home");
+    cpSync(home, evidence, { recursive: true });
+    db.close();
+    const fileOnly = mkdtempSync(join(tmpdir(), "kpip-wal-fileonly-"));
+    copyFileSync(join(evidence, "kernel.db"), join(fileOnly, "kernel.db"));
+    const plain = new Database(join(fileOnly, "kernel.db"), { readonly: true });
+    assert.equal(
+      (plain.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number }).s,
+      head - 3,
+      "the file alone lacks them",
+    );
+    plain.close();
+    rmSync(fileOnly, { recursive: true, force: true });
+    for (const f of readdirSync(evidence)) chmodSync(join(evidence, f), 0o400);
+    chmodSync(evidence, 0o500);
+    try {
+      const files = hashTree(evidence);
+      assert.ok(files.has(join(evidence, "kernel.db-wal")));
+      const on = (args: string[]) => kpip([...args, "--home", evidence]);
+      const v = on(["audit", "verify", "--json"]);
+      assert.equal(v.code, 0, v.out);
+      assert.equal(JSON.parse(v.out).head.seq, head);
+      const last = on(["audit", "timeline", "--json", "--seq", `${head - 2}..`]);
+      assert.ok(last.out.trim().split("\n").length >= 1);
+      assert.equal(on(["audit", "tail", "-n", "1", "--json"]).out.includes(`"seq":${head}`), true);
+      assert.equal(on(["audit", "show", String(head)]).code, 0);
+      assert.equal(on(["audit", "tokens"]).code, 0);
+      assert.equal(on(["audit", "query", "--since", "1h"]).code, 0);
+      assert.deepEqual(hashTree(evidence), files, "no file of the home was created or changed");
+    } finally {
+      chmodSync(evidence, 0o700);
+      rmSync(join(evidence, ".."), { recursive: true, force: true });
+    }
+  });
+
+  it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", () => {
+    // A copy of the home with the column (added, on a kernel without it) and records of the
+    // shapes the kernel writes in it.
+    const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
+    try {
+      copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
+      const db = new Database(join(dir, "kernel.db"));
+      const cols = (db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name);
+      if (!cols.includes("detail")) db.exec("ALTER TABLE audit ADD COLUMN detail TEXT");
+      const root = (db.prepare("SELECT id FROM tokens WHERE minted_by = 'kernel'").get() as { id: string }).id;
+      const derived = "d".repeat(32);
+      const now = Date.now();
+      let seq = head;
+      const add = (r: Record<string, unknown>) => {
+        const row = {
+          seq: ++seq,
+          time: now + seq,
+          kernel: "k-1",
+          session: "kernel",
+          persona: "-",
+          phase: "kernel",
+          prev_hash: Buffer.alloc(32),
+          hash: Buffer.alloc(32, seq),
+          ...r,
+        };
+        const cols = Object.keys(row);
+        db.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...Object.values(row));
+        return seq;
+      };
+      add({
+        op: "kernel.start",
+        target: "kernel://",
+        status: "SUCCESS",
+        detail: '{"configDigest":"ab","reason":"start","sandbox":"none","version":"0.1.0"}',
+      });
+      const token = {
+        caveats: [{ t: "ops", v: ["storage.read"] }],
+        exp: now + 3_600_000,
+        id: derived,
+        parent: root,
+        rights: [["storage.read", "obj://ws/**"]],
+        sub: "admin",
+      };
+      add({
+        op: "token.derived",
+        target: `token://${derived}`,
+        persona: "admin",
+        session: "s-1",
+        detail: JSON.stringify({ token }),
+      });
+      add({
+        op: "op.state",
+        target: "op://abc",
+        persona: "admin",
+        session: "s-1",
+        detail: '{"from":"running","op":"abc","state":"cancelled"}',
+      });
+      const ih = Buffer.alloc(32, 7);
+      const common = {
+        op: "token.revoke",
+        target: `token://${root}`,
+        persona: "admin",
+        session: "s-2",
+        request_id: 9,
+        intent_hash: ih,
+        caps: `h1:${root}`,
+      };
+      const intentSeq = add({ ...common, phase: "intent" });
+      const outcomeSeq = add({
+        ...common,
+        phase: "outcome",
+        status: "SUCCESS",
+        detail: JSON.stringify({ ended: [root, derived], revoked: root, status: "SUCCESS" }),
+      });
+      db.close();
+      const on = (args: string[]) => {
+        const r = kpip([...args, "--home", dir, "--json"]);
+        assert.equal(r.code, 0, r.err);
+        return r.out
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l));
+      };
+      const kernel = on(["audit", "timeline", "--session", "kernel", "--op", "kernel.*"]);
+      assert.deepEqual(kernel.at(-1).detail, { configDigest: "ab", reason: "start", sandbox: "none", version: "0.1.0" });
+      assert.equal(on(["audit", "timeline", "--target", "op://abc"])[0].detail.state, "cancelled");
+      const revoke = on(["audit", "timeline", "--op", "token.revoke"]);
+      assert.deepEqual(
+        revoke.map((r) => [r.seq, r.outcomeSeq, r.detail.ended]),
+        [[intentSeq, outcomeSeq, [root, derived]]],
+      );
+      assert.ok(on(["audit", "timeline", "--token", derived]).some((r) => r.op === "token.derived"));
+      const nodes = new Map(on(["audit", "tokens"]).map((n) => [n.id, n]));
+      const d = nodes.get(derived);
+      assert.deepEqual(
+        [d.how, d.parent, d.recordBy, d.rights, d.caveats],
+        ["derived", root, "detail", token.rights, token.caveats],
+      );
+      assert.equal(d.endedBy, root);
+      assert.equal(nodes.get(root).revoked.record, outcomeSeq);
+      assert.deepEqual(nodes.get(root).revoked.ended, [root, derived]);
+      assert.deepEqual(on(["audit", "show", String(intentSeq)])[0].outcomeRecord.detail.ended, [root, derived]);
+      const text = kpip(["audit", "tokens", "--home", dir]).out;
+      assert.match(text, new RegExp(`└─ ${derived}  for admin, derived by admin`));
+      assert.match(text, /rights {2}storage\.read on obj:\/\/ws\/\*\*/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("refuses bad input with exit 2 (one JSON line under --json), and a home it cannot read with exit 1", () => {
+    const exists = join(home, "exists.bin");
+    writeFileSync(exists, "x");
+    const cases: [string, string[], number][] = [
+      ["reversed --seq", ["timeline", "--seq", "9..3"], 2],
+      ["--seq not a number", ["timeline", "--seq", "a..b"], 2],
+      ["--seq zero", ["timeline", "--seq", "0"], 2],
+      ["bad --since", ["timeline", "--since", "yesterdayish"], 2],
+      ["bad --until", ["timeline", "--until", "2026-13-45"], 2],
+      ["--until before --since", ["timeline", "--since", "2026-01-02T00:00:00Z", "--until", "2026-01-01T00:00:00Z"], 2],
+      ["--limit 0", ["timeline", "--limit", "0"], 2],
+      ["--after not a number", ["timeline", "--after", "x"], 2],
+      ["empty --persona", ["timeline", "--persona", ""], 2],
+      ["unknown flag", ["timeline", "--bogus"], 2],
+      ["a flag of another subcommand", ["verify", "--seq", "1..2"], 2],
+      ["extra argument", ["timeline", "now"], 2],
+      ["unknown subcommand", ["timelime"], 2],
+      ["show without a seq", ["show"], 2],
+      ["show a non-number", ["show", "x1"], 2],
+      ["show a record not in the log", ["show", "999999"], 2],
+      ["--body without --raw", ["show", "1", "--body", "args.data"], 2],
+      ["--raw of a record without an intent", ["show", "1", "--raw", join(home, "r.bin")], 2],
+      ["--raw onto an existing file", ["show", "4", "--raw", exists], 2],
+      ["--body not in the intent", ["show", "4", "--raw", join(home, "r2.bin"), "--body", "args.nope"], 2],
+      ["bad --format", ["tokens", "--format", "svg"], 2],
+      ["--token not an id", ["tokens", "--token", "xyz"], 2],
+      ["--token unknown", ["tokens", "--token", "0".repeat(32)], 2],
+      ["--max-unsigned 0", ["verify", "--max-unsigned", "0"], 2],
+      ["query --limit -", ["query", "--limit", "many"], 2],
+    ];
+    for (const [what, args, code] of cases) {
+      const j = kpip(["audit", ...args, "--home", home, "--json"]);
+      assert.equal(j.code, code, `${what}: ${j.out}${j.err}`);
+      const out = j.out.trim().split("\n");
+      assert.equal(out.length, 1, `${what}: one JSON line`);
+      assert.equal(JSON.parse(out[0] as string).error, "UsageError", what);
+    }
+    // Without --json: the message and the usage hint on stderr.
+    const plain = kpip(["audit", "timeline", "--seq", "9..3", "--home", home]);
+    assert.equal(plain.code, 2);
+    assert.equal(plain.out, "");
+    assert.match(plain.err, /^kpip audit: --seq must be A\.\.B.*\nrun `kpip audit --help` for usage\n$/);
+
+    const nowhere = join(home, "no-such-home");
+    const notHome = mkdtempSync(join(tmpdir(), "kpip-not-a-home-"));
+    const garbage = mkdtempSync(join(tmpdir(), "kpip-garbage-home-"));
+    writeFileSync(join(garbage, "kernel.db"), Buffer.alloc(8192, 0x5a));
+    const otherDb = mkdtempSync(join(tmpdir(), "kpip-other-db-"));
+    new Database(join(otherDb, "kernel.db")).exec("CREATE TABLE t (x)").close();
+    // A kernel database whose pages past the schema are overwritten: found when they are read.
+    const damaged = mkdtempSync(join(tmpdir(), "kpip-damaged-home-"));
+    copyFileSync(join(home, "kernel.db"), join(damaged, "kernel.db"));
+    const size = readFileSync(join(damaged, "kernel.db")).length;
+    writeFileSync(
+      join(damaged, "kernel.db"),
+      Buffer.concat([readFileSync(join(damaged, "kernel.db")).subarray(0, 8192), Buffer.alloc(size - 8192, 0xff)]),
+    );
+    const fileHome = join(home, "exists.bin");
+    mkdirSync(join(notHome, "personas"));
+    try {
+      const homes = [
+        [nowhere, 2],
+        [fileHome, 2],
+        [notHome, 2],
+        [garbage, 1],
+        [otherDb, 1],
+      ] as const;
+      const runs: [string[], string, number][] = [
+        ...homes.flatMap(([where, code]) => [[["timeline"], where, code] as [string[], string, number]]),
+        ...[["show", "1"], ["tokens"], ["verify"], ["tail"], ["query"]].map(
+          (sub) => [sub, garbage, 1] as [string[], string, number],
+        ),
+        [["verify"], otherDb, 1],
+        ...[["timeline"], ["tokens"], ["verify"], ["show", "4"]].map((sub) => [sub, damaged, 1] as [string[], string, number]),
+        [["tokens"], notHome, 2],
+      ];
+      for (const [sub, where, code] of runs) {
+        const watched = where === fileHome || where === nowhere ? home : where;
+        const before = hashTree(watched);
+        const r = kpip(["audit", ...sub, "--home", where, "--json"]);
+        assert.equal(r.code, code, `${sub[0]} on ${where}: ${r.out}${r.err}`);
+        const e = JSON.parse(r.out.trim());
+        assert.equal(e.error, code === 2 ? "UsageError" : "HomeReadError");
+        if (code === 1) assert.match(e.message, /not a readable SQLite database|without a kpip audit table|database is damaged/);
+        assert.deepEqual(hashTree(watched), before);
+      }
+    } finally {
+      for (const d of [notHome, garbage, otherDb, damaged]) rmSync(d, { recursive: true, force: true });
+    }
+  });
+});

@@ -1,0 +1,144 @@
+import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { basename, dirname, join } from "node:path";
+import Database from "better-sqlite3";
+import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
+
+/** Why a home could not be read: no database there, not a kpip database, or a damaged one. */
+export class HomeReadError extends Error {
+  override name = "HomeReadError";
+  constructor(
+    message: string,
+    readonly kind: "not-a-home" | "corrupt",
+  ) {
+    super(message);
+  }
+}
+
+/** What the audit tools read: the verify interface plus the raw connection for their own queries. */
+export interface AuditReader
+  extends Pick<AuditStore, "scanAudit" | "countAudit" | "checkpoints" | "firstAuditSeq" | "auditHashAt"> {
+  readonly db: Database.Database;
+  /** The file the connection reads: the home's database (live kernel) or a private copy of it. */
+  readonly path: string;
+  /** True when reading a private copy (no kernel was running on the home). */
+  readonly snapshot: boolean;
+  /** Columns of the audit table (older homes lack the newer ones). */
+  readonly columns: ReadonlySet<string>;
+  /** Record `seq` with every column the table has, or undefined. */
+  record(seq: number): AuditRecord | undefined;
+  close(): void;
+}
+
+/** An audit row as read: every column of the table (newer ones such as `detail` when the home has them). */
+export type AuditRecord = AuditRow & { detail?: string | null };
+
+/** snake_case column name → the AuditRow field. */
+const camel = (c: string) => c.replace(/_([a-z])/g, (_, x: string) => x.toUpperCase());
+
+export function toRecord(r: Record<string, unknown>): AuditRecord {
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(r)) out[camel(k)] = v;
+  for (const k of ["execution", "domain", "measurements"]) out[k] ??= null;
+  return out as unknown as AuditRecord;
+}
+
+/**
+ * Whether a kernel holds the home now (its exclusive lock on kernel.lock, see acquireHome):
+ * a read of the lock database is refused while it does. Opening it read-only creates nothing.
+ */
+function kernelHolds(home: string): boolean {
+  const lock = join(home, "kernel.lock");
+  if (!existsSync(lock)) return false;
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(lock, { readonly: true, fileMustExist: true, timeout: 0 });
+    db.prepare("SELECT count(*) FROM sqlite_master").get();
+    return false;
+  } catch (e) {
+    return (e as { code?: string }).code === "SQLITE_BUSY";
+  } finally {
+    db?.close();
+  }
+}
+
+/**
+ * Opens a home's database for reading without changing any file of the home. SQLite writes
+ * even on a read-only open of a WAL database (it creates the -wal and -shm files, and readers
+ * mark the -shm), so a home no kernel holds is read from a private copy of the database and its
+ * -wal (committed frames in the -wal are recovered there, as a kernel would); a running
+ * kernel's home is read through a read-only connection beside the kernel's own. `direct` opens
+ * `path` as it is (a copy already made, e.g. by a parallel verify's workers).
+ */
+export function openAuditReader(path: string, opts: { direct?: boolean } = {}): AuditReader {
+  if (!existsSync(path) || !statSync(path).isFile()) {
+    throw new HomeReadError(`no kpip database at ${path} (is this a kernel home? pass --home)`, "not-a-home");
+  }
+  const wal = `${path}-wal`;
+  const live = !opts.direct && existsSync(wal) && kernelHolds(dirname(path));
+  let file = path;
+  let tmp: string | undefined;
+  if (!opts.direct && !live) {
+    tmp = mkdtempSync(join(tmpdir(), "kpip-audit-"));
+    file = join(tmp, basename(path));
+    try {
+      // A reflink where the filesystem has them, else a plain copy: the home is only read.
+      copyFileSync(path, file, constants.COPYFILE_FICLONE);
+      if (existsSync(wal)) copyFileSync(wal, `${file}-wal`, constants.COPYFILE_FICLONE);
+    } catch (e) {
+      rmSync(tmp, { recursive: true, force: true });
+      throw new HomeReadError(`cannot read ${path}: ${(e as Error).message}`, "not-a-home");
+    }
+  }
+  const cleanup = () => {
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+  };
+  let db: Database.Database;
+  let columns: Set<string>;
+  try {
+    // The private copy is opened read-write so SQLite can recover its -wal; nothing is written to it.
+    db = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
+    if (!live) db.pragma("query_only = ON");
+    columns = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+  } catch (e) {
+    cleanup();
+    throw new HomeReadError(`${path} is not a readable SQLite database: ${(e as Error).message}`, "corrupt");
+  }
+  if (!columns.has("seq") || !columns.has("hash")) {
+    db.close();
+    cleanup();
+    throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
+  }
+  const one = db.prepare("SELECT * FROM audit WHERE seq = ?");
+  const scan = db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?");
+  const hasCps = (db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
+  return {
+    db,
+    path: file,
+    snapshot: tmp !== undefined,
+    columns,
+    record: (seq) => {
+      const r = one.get(seq) as Record<string, unknown> | undefined;
+      return r && toRecord(r);
+    },
+    scanAudit: (from, batch) => (scan.all(from, batch) as Record<string, unknown>[]).map(toRecord),
+    countAudit: () => (db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
+    firstAuditSeq: () => (db.prepare("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined,
+    auditHashAt: (seq) => (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined)?.hash,
+    checkpoints: (): AuditCheckpoint[] =>
+      hasCps
+        ? (db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq").all() as Record<string, unknown>[]).map((r) => ({
+            seq: r.seq as number,
+            hash: r.hash as Uint8Array,
+            time: r.time as number,
+            kernel: r.kernel as string,
+            publicKey: r.public_key as Uint8Array,
+            signature: r.signature as Uint8Array,
+          }))
+        : [],
+    close: () => {
+      if (db.open) db.close();
+      cleanup();
+    },
+  };
+}
