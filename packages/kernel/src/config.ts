@@ -18,6 +18,13 @@ export interface KernelConfig {
   handshakeTimeoutMs: number;
   dedupeWindowMs: number;
   maxObjectBytes: number;
+  /** Object bodies smaller than this stay inline in the database; larger ones go to the file store (<home>/objects). */
+  objectInlineBytes: number;
+  /** Chunked uploads in progress, per persona and in the kernel. */
+  maxUploadsPerPersona: number;
+  maxUploads: number;
+  /** An upload with no chunk for this long is discarded with its partial file. */
+  uploadIdleMs: number;
   maxWriteBuffer: number;
   auditBatchMax: number;
   auditCheckpointEvery: number;
@@ -131,7 +138,20 @@ export const SETTINGS: SettingSpec[] = [
   { key: "heartbeatMs", type: "int", description: "heartbeat interval; a peer silent for 3 intervals is dead" },
   { key: "handshakeTimeoutMs", type: "int", description: "time allowed from connect to WELCOME" },
   { key: "dedupeWindowMs", type: "int", description: "how long a response is kept to answer a retried request" },
-  { key: "maxObjectBytes", type: "int", description: "largest storage object, in bytes" },
+  {
+    key: "maxObjectBytes",
+    type: "int",
+    description: "largest storage object, in bytes (storage.write is also bounded by one frame; larger ones: the chunked upload)",
+  },
+  {
+    key: "objectInlineBytes",
+    type: "int",
+    description: "object bodies below this size stay in the database; larger ones go to the file store (0 = every body a file)",
+    zeroAllowed: true,
+  },
+  { key: "maxUploadsPerPersona", type: "int", description: "chunked uploads in progress per persona" },
+  { key: "maxUploads", type: "int", description: "chunked uploads in progress in the kernel" },
+  { key: "uploadIdleMs", type: "int", description: "an upload idle this long is discarded with its partial bytes" },
   { key: "maxWriteBuffer", type: "int", description: "bytes queued to a non-reading peer before it is dropped" },
   { key: "auditBatchMax", type: "int", description: "most audit records per commit" },
   { key: "auditCheckpointEvery", type: "int", description: "records between signed audit checkpoints" },
@@ -271,7 +291,11 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   heartbeatMs: 5000,
   handshakeTimeoutMs: 5_000,
   dedupeWindowMs: 300_000,
-  maxObjectBytes: 16 * 1024 * 1024 - 64 * 1024,
+  maxObjectBytes: 64 * 1024 * 1024 * 1024,
+  objectInlineBytes: 64 * 1024,
+  maxUploadsPerPersona: 4,
+  maxUploads: 64,
+  uploadIdleMs: 600_000,
   maxWriteBuffer: 64 * 1024 * 1024,
   auditBatchMax: 512,
   auditCheckpointEvery: 10_000,

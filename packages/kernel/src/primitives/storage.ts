@@ -1,17 +1,32 @@
 import type { CborValue } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
-import type { ObjectStore } from "../store/types.js";
+import type { BlobStore } from "../store/blobs.js";
+import type { CasResult, ObjectBody, ObjectStore } from "../store/types.js";
+import { uploadOps } from "./storage-upload.js";
+import type { UploadTable } from "./storage-uploads.js";
 import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
 
 export interface StorageLimits {
-  /** Largest object, in bytes. */
+  /** Largest object, in bytes, however it is written. */
   maxObjectBytes: number;
   /** Most entries one storage.list page returns. */
   maxListPage: number;
+  /** Bodies smaller than this stay inline in the database; larger ones go to the file store. */
+  inlineBytes: number;
+  /** Largest body one storage.read answers (it must fit one frame); larger objects are read in ranges. */
+  maxReadBytes: number;
+}
+
+/** Where the storage family keeps things: metadata, bodies, the usage ledger, and uploads in progress. */
+export interface StorageDeps {
+  store: ObjectStore;
+  blobs: BlobStore;
+  ledger: ResourceLedger;
+  uploads: UploadTable;
 }
 
 /** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
-function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { workspace: string; path: string } {
+export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { workspace: string; path: string } {
   const [workspace, ...rest] = ctx.target.segments;
   if (rest.some((s) => s === "*" || s === "**")) throw new OpError("SEMANTIC", `${ctx.op} takes an object name, not a pattern`);
   if (rest.length === 0 && !allowWorkspaceOnly) throw new OpError("SEMANTIC", `${ctx.op} needs obj://<workspace>/<path>`);
@@ -25,13 +40,55 @@ function dataArg(ctx: OpContext): Uint8Array {
   throw new OpError("SEMANTIC", "storage.write needs argument data (bytes or text)");
 }
 
-function generationArg(ctx: OpContext): number | undefined {
+export function generationArg(ctx: OpContext): number | undefined {
   const g = ctx.args.ifGeneration;
   return g === undefined || g === null ? undefined : (g as number);
 }
 
-/** storage.write/read/stat/list/delete on obj://<workspace>/<path>, durable in the object store. */
-export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger: ResourceLedger): PrimitiveFamily {
+/**
+ * Commits an object's new body (inline, or a pinned body already in the file store) with its
+ * owner's usage in one transaction, then lets go of the bodies nothing names any more: the
+ * previous one, or the new one when the write did not happen. Never removes a body before the
+ * row that stops naming it has committed.
+ */
+export function commitObject(
+  ctx: OpContext,
+  d: Pick<StorageDeps, "store" | "blobs" | "ledger">,
+  workspace: string,
+  path: string,
+  body: ObjectBody,
+): { generation: number; size: number } {
+  const { store, blobs, ledger } = d;
+  const size = "data" in body ? body.data.length : body.size;
+  const hash = "hash" in body ? body.hash : null;
+  let r: CasResult | undefined;
+  try {
+    r = store.transaction(() => {
+      const w = store.writeObject(workspace, path, body, generationArg(ctx), Date.now(), ctx.persona);
+      if (w.ok) ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
+      return w;
+    });
+  } finally {
+    if (hash) {
+      blobs.unpin(hash);
+      blobs.collect(hash, store.countBodyRefs(hash));
+    }
+    const old = r?.ok ? r.previous?.hash : undefined;
+    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
+  }
+  const w = r as CasResult;
+  if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
+  return { generation: w.generation, size };
+}
+
+function uintArg(ctx: OpContext, name: string): number | undefined {
+  const v = ctx.args[name];
+  return v === undefined || v === null ? undefined : (v as number);
+}
+
+/** storage.write/read/stat/list/delete and the chunked upload on obj://<workspace>/<path>. */
+export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveFamily {
+  const { store, blobs, ledger } = d;
   return {
     name: "storage",
     ops: [
@@ -45,34 +102,51 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
         },
         idempotent: false,
         effects: true,
-        handler: (ctx) => {
+        handler: async (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const data = dataArg(ctx);
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
-          // The object and its owner's usage change in one transaction: a refused charge leaves no write.
-          const r = store.transaction(() => {
-            const w = store.writeObject(workspace, path, data, generationArg(ctx), Date.now(), ctx.persona);
-            if (w.ok) ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
-            return w;
-          });
-          if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
-          return { status: "SUCCESS", payload: { generation: r.generation, size: data.length } };
+          // Small bodies stay in the database (one commit, no file); larger ones are written to
+          // the file store first (synced), then named by the row (docs/architecture.md).
+          const body: ObjectBody =
+            data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
+          return { status: "SUCCESS", payload: commitObject(ctx, d, workspace, path, body) };
         },
       },
       {
         op: "storage.read",
-        description: "Read an object's bytes and generation.",
+        description:
+          "Read an object's bytes and generation; offset/length read a range (objects larger than one frame are read in ranges).",
         targets: ["obj"],
-        args: {},
+        args: {
+          offset: { type: "uint", description: "first byte of the range (default 0)" },
+          length: { type: "uint", description: "bytes to read from offset (default: to the end; clipped to the end)" },
+          ifGeneration: { type: "uint", description: "only if the object is at this generation (ranges of one version)" },
+        },
         idempotent: true,
         effects: false,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const o = store.readObject(workspace, path);
           if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-          return { status: "SUCCESS", payload: { data: o.data, generation: o.generation, size: o.size } };
+          const want = uintArg(ctx, "ifGeneration");
+          if (want !== undefined && want !== o.generation)
+            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${o.generation}`);
+          const offset = uintArg(ctx, "offset") ?? 0;
+          if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
+          const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
+          if (length > limits.maxReadBytes) {
+            throw new OpError(
+              "RESOURCE",
+              `${length} bytes do not fit one response (at most ${limits.maxReadBytes}); read the object in ranges (offset, length)`,
+            );
+          }
+          const data = o.hash
+            ? blobs.read(o.hash, offset, length)
+            : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
         },
       },
       {
@@ -126,15 +200,19 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const r = store.transaction(() => {
-            const d = store.deleteObject(workspace, path, generationArg(ctx));
-            if (d?.ok && d.previous) ledger.releaseStorage(workspace, d.previous);
-            return d;
+            const x = store.deleteObject(workspace, path, generationArg(ctx));
+            if (x?.ok && x.previous) ledger.releaseStorage(workspace, x.previous);
+            return x;
           });
+          // The row is gone (committed): its body goes too unless another object names the same bytes.
+          const old = r?.ok ? r.previous?.hash : undefined;
+          if (old) blobs.collect(old, store.countBodyRefs(old));
           if (r === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
           if (!r.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${r.current}`);
           return { status: "SUCCESS", payload: { deleted: true, generation: r.generation } };
         },
       },
+      ...uploadOps(d, limits),
     ],
   };
 }

@@ -1,0 +1,145 @@
+import { createHash, type Hash, randomBytes } from "node:crypto";
+import { closeSync, writeSync } from "node:fs";
+import type { BlobStore } from "../store/blobs.js";
+import { unlinkQuiet } from "../store/blobs.js";
+import { OpError } from "./types.js";
+
+export interface UploadLimits {
+  /** Uploads in progress one persona may have. */
+  perPersona: number;
+  /** Uploads in progress in the kernel. */
+  total: number;
+  /** An upload with no chunk or commit for this long is discarded with its partial file. */
+  idleMs: number;
+}
+
+/** One chunked upload in progress: the object it will become, and its partial body so far. */
+export interface Upload {
+  id: string;
+  persona: string;
+  /** The target it was begun on: every chunk and the commit must name the same one. */
+  target: string;
+  size: number;
+  received: number;
+  /** The SHA-256 of the bytes so far: each byte is hashed once, as it arrives. */
+  hash: Hash;
+  fd: number;
+  path: string;
+  expires: number;
+  /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
+  committing: boolean;
+}
+
+/**
+ * Uploads in progress (in memory: an upload does not outlive the kernel; its partial file lives
+ * in the file store's temp directory, which a start empties). Bounded per persona and in total;
+ * an idle upload expires and its partial file is removed.
+ */
+export class UploadTable {
+  private readonly byId = new Map<string, Upload>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly limits: UploadLimits,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
+    this.timer.unref();
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  begin(persona: string, target: string, size: number): Upload {
+    if (this.byId.size >= this.limits.total)
+      throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
+    let mine = 0;
+    for (const u of this.byId.values()) if (u.persona === persona) mine++;
+    if (mine >= this.limits.perPersona)
+      throw new OpError("RESOURCE", `${persona} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`);
+    const id = `u-${randomBytes(16).toString("hex")}`;
+    const t = this.blobs.createTemp("upload");
+    const u: Upload = {
+      id,
+      persona,
+      target,
+      size,
+      received: 0,
+      hash: createHash("sha256"),
+      fd: t.fd,
+      path: t.path,
+      expires: this.clock() + this.limits.idleMs,
+      committing: false,
+    };
+    this.byId.set(id, u);
+    return u;
+  }
+
+  /**
+   * The upload `id` of `persona` on `target`. Another persona's upload, one on another target
+   * and an unknown or expired one get the same answer: ids are no oracle.
+   */
+  get(id: unknown, persona: string, target: string): Upload {
+    const u = typeof id === "string" ? this.byId.get(id) : undefined;
+    if (!u || u.persona !== persona || u.target !== target)
+      throw new OpError(
+        "SEMANTIC",
+        `no upload ${String(id)} of ${persona} on ${target} (expired, committed, aborted or never begun)`,
+      );
+    if (u.committing) throw new OpError("SEMANTIC", `upload ${u.id} is being committed`);
+    return u;
+  }
+
+  /** Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size. Written to the file now, never held. */
+  chunk(u: Upload, offset: number, data: Uint8Array): void {
+    if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
+    if (offset !== u.received)
+      throw new OpError(
+        "SEMANTIC",
+        `chunk at offset ${offset}, expected ${u.received}: chunks go in order, without gaps or overlap`,
+      );
+    if (offset + data.length > u.size)
+      throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
+    let off = 0;
+    while (off < data.length) off += writeSync(u.fd, data, off, data.length - off, offset + off);
+    u.hash.update(data);
+    u.received += data.length;
+    u.expires = this.clock() + this.limits.idleMs;
+  }
+
+  /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
+  take(u: Upload): void {
+    this.byId.delete(u.id);
+    try {
+      closeSync(u.fd);
+    } catch {
+      // already closed
+    }
+  }
+
+  /** Discards an upload and its partial file. */
+  drop(u: Upload): void {
+    this.take(u);
+    unlinkQuiet(u.path);
+  }
+
+  /** Discards every idle upload past its expiry. */
+  expire(now = this.clock()): number {
+    let n = 0;
+    for (const u of [...this.byId.values()]) {
+      if (!u.committing && u.expires <= now) {
+        this.drop(u);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /** The kernel stops: every upload ends, its partial file removed. */
+  close(): void {
+    clearInterval(this.timer);
+    for (const u of [...this.byId.values()]) this.drop(u);
+  }
+}
