@@ -19,3 +19,4 @@ export {
   TokensApi,
 } from "./families.js";
 export { loadIdentity } from "./identity.js";
+export type { PutLargeOptions, ReadLargeOptions } from "./storage-large.js";

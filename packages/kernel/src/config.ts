@@ -292,7 +292,7 @@ export const DEFAULT_CONFIG: Omit<KernelConfig, "home" | "socket"> = {
   handshakeTimeoutMs: 5_000,
   dedupeWindowMs: 300_000,
   maxObjectBytes: 64 * 1024 * 1024 * 1024,
-  objectInlineBytes: 64 * 1024,
+  objectInlineBytes: 128 * 1024,
   maxUploadsPerPersona: 4,
   maxUploads: 64,
   uploadIdleMs: 600_000,
