@@ -28,7 +28,8 @@ function pattern(size: number, seed = 1): Buffer {
   return b.subarray(0, size);
 }
 const sha = (b: Uint8Array) => createHash("sha256").update(b).digest();
-const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp"));
+/** Partial files (bodies being freed, `gone-*`, are not partial: they leave off the event loop). */
+const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp")).filter((n) => !n.startsWith("gone-"));
 /** Every body file in the store, by hex hash. */
 function bodies(home: string): string[] {
   const top = join(home, "objects", "sha256");

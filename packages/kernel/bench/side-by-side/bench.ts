@@ -32,8 +32,28 @@ const KPIP_CLI = here("../../../../cli/dist/src/main.js");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
-  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, idle: 1000, auditRecords: 50_000, cliRuns: 5 }
-  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, idle: 1000, auditRecords: 1_000_000, cliRuns: 21 };
+  ? {
+      latencyN: 3000,
+      seconds: 1,
+      bulk1m: 10,
+      bulk64m: 2,
+      bulk1g: 128 << 20,
+      setupN: 100,
+      idle: 1000,
+      auditRecords: 50_000,
+      cliRuns: 5,
+    }
+  : {
+      latencyN: 20_000,
+      seconds: 4,
+      bulk1m: 50,
+      bulk64m: 6,
+      bulk1g: 1 << 30,
+      setupN: 500,
+      idle: 1000,
+      auditRecords: 1_000_000,
+      cliRuns: 21,
+    };
 
 // ---- output ------------------------------------------------------------------------------
 
@@ -56,7 +76,7 @@ function put(name: string, unit: string, value: number, baseline?: string): void
   if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
 }
 let step = 0;
-const STEPS = 13;
+const STEPS = 14;
 function progress(what: string): void {
   step++;
   if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
@@ -378,6 +398,67 @@ try {
     }
   }
 
+  progress("large objects: 64 MiB storage.write, and one object through the chunked upload");
+  {
+    // storage.write end to end: the body hashed, written to the file store and synced, its row committed.
+    const data = Buffer.alloc(64 * 1024 * 1024, 0x3c);
+    for (const mode of ["uds", "shm"] as const) {
+      const c = await connect({ shm: mode === "shm" });
+      if (mode === "shm" && !c.features.includes("shm")) {
+        await c.close();
+        continue;
+      }
+      let secs = 0;
+      for (let i = 0; i <= P.bulk64m; i++) {
+        // New bytes every time: the store keeps one body per content, and would skip a repeat.
+        data.writeUInt32BE(i, 0);
+        data.write(mode, 4);
+        const t = process.hrtime.bigint();
+        requests += 2;
+        await c.storage.write(`obj://bench/w64-${mode}`, data);
+        if (i > 0) secs += Number(process.hrtime.bigint() - t) / 1e9;
+      }
+      put(
+        `kpip.store64m.${mode}_gbps`,
+        "GB/s",
+        (data.length * P.bulk64m) / secs / 1e9,
+        mode === "shm" ? "kpip.store64m.uds_gbps" : undefined,
+      );
+      await c.close();
+    }
+    // One object larger than any frame: 1 GiB (--quick: 128 MiB) in 8 MiB chunks, two in flight,
+    // into a kernel of its own, so its RSS is what the upload costs, not what earlier steps left.
+    const bhome = join(dir, "bulk-home");
+    const bks = await startServer("kernel-server.js", ["--home", bhome]);
+    const kpid = bks.info.pid as number;
+    const c = await KernelClient.connect({
+      socket: bks.info.socket as string,
+      identity: loadIdentity(join(bhome, "admin.identity")),
+      tokens: [readFileSync(join(bhome, "admin.token"), "utf8")],
+      reconnect: false,
+    });
+    const total = P.bulk1g;
+    const piece = Buffer.alloc(8 * 1024 * 1024, 0x5d);
+    let peak = rssMb(kpid);
+    const sampler = setInterval(() => {
+      peak = Math.max(peak, rssMb(kpid));
+    }, 50);
+    const t = process.hrtime.bigint();
+    await c.storage.putLarge(
+      "obj://bench/one-gib",
+      (function* () {
+        for (let off = 0; off < total; off += piece.length) yield piece;
+      })(),
+      { size: total, chunkBytes: piece.length },
+    );
+    const secs = Number(process.hrtime.bigint() - t) / 1e9;
+    clearInterval(sampler);
+    put("kpip.bulk1g.gbps", "GB/s", total / secs / 1e9);
+    put("kpip.bulk1g.rss_mb", "MB", Math.max(peak, rssMb(kpid)));
+    await c.close();
+    await stopServer(bks.proc);
+  }
+
   progress(`latency at ${P.auditRecords.toLocaleString()} audit records`);
   {
     const clients = await Promise.all([0, 1, 2, 3].map(() => connect({ shm: false })));
@@ -436,6 +517,19 @@ const TARGETS: [string, boolean | undefined][] = [
   ],
   ["64 MiB shm ≥ 2× inline", r("kpip.bulk64m.shm_gbps") === undefined ? undefined : (r("kpip.bulk64m.shm_gbps") as number) >= 2],
   ["64 MiB shm ≥ 4 GB/s", v("kpip.bulk64m.shm_gbps") === undefined ? undefined : (v("kpip.bulk64m.shm_gbps") as number) >= 4],
+  [
+    "64 MiB storage.write inline ≥ 1 GB/s",
+    v("kpip.store64m.uds_gbps") === undefined ? undefined : (v("kpip.store64m.uds_gbps") as number) >= 1,
+  ],
+  [
+    "64 MiB storage.write via shm ≥ 2 GB/s",
+    v("kpip.store64m.shm_gbps") === undefined ? undefined : (v("kpip.store64m.shm_gbps") as number) >= 2,
+  ],
+  ["1 GiB object ≥ 1 GB/s", v("kpip.bulk1g.gbps") === undefined ? undefined : (v("kpip.bulk1g.gbps") as number) >= 1],
+  [
+    "1 GiB object: kernel RSS ≤ 200 MB",
+    v("kpip.bulk1g.rss_mb") === undefined ? undefined : (v("kpip.bulk1g.rss_mb") as number) <= 200,
+  ],
   ["setup p50 ≤ 2 ms", v("kpip.setup.p50_ms") === undefined ? undefined : (v("kpip.setup.p50_ms") as number) <= 2],
   ["kpip call ≤ 1.5× node start-up", r("kpip.cli.call_ms") === undefined ? undefined : (r("kpip.cli.call_ms") as number) <= 1.5],
   [

@@ -84,6 +84,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         u.committing = true;
         blobs.pin(hash);
         try {
+          await u.flushing;
           await blobs.syncFile(u.fd);
           uploads.take(u);
           await blobs.install(u.path, hash);

@@ -1,5 +1,5 @@
 import { createHash, type Hash, randomBytes } from "node:crypto";
-import { closeSync, writeSync } from "node:fs";
+import { closeSync, fdatasync, writeSync } from "node:fs";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -28,7 +28,13 @@ export interface Upload {
   expires: number;
   /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
   committing: boolean;
+  /** Bytes handed to a background flush so far, and the flush in progress (see {@link UploadTable.chunk}). */
+  flushed: number;
+  flushing: Promise<void> | undefined;
 }
+
+/** Dirty bytes of one upload after which its file is flushed in the background. */
+const FLUSH_EVERY = 32 * 1024 * 1024;
 
 /**
  * Uploads in progress (in memory: an upload does not outlive the kernel; its partial file lives
@@ -72,6 +78,8 @@ export class UploadTable {
       path: t.path,
       expires: this.clock() + this.limits.idleMs,
       committing: false,
+      flushed: 0,
+      flushing: undefined,
     };
     this.byId.set(id, u);
     return u;
@@ -107,16 +115,32 @@ export class UploadTable {
     u.hash.update(data);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
+    // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
+    // commit makes every write slow (the OS throttles the writer) and the commit's sync long.
+    if (!u.flushing && u.received - u.flushed >= FLUSH_EVERY) {
+      u.flushed = u.received;
+      u.flushing = new Promise<void>((resolve) =>
+        fdatasync(u.fd, () => {
+          u.flushing = undefined;
+          resolve();
+        }),
+      );
+    }
   }
 
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
   take(u: Upload): void {
     this.byId.delete(u.id);
-    try {
-      closeSync(u.fd);
-    } catch {
-      // already closed
-    }
+    const close = () => {
+      try {
+        closeSync(u.fd);
+      } catch {
+        // already closed
+      }
+    };
+    // Never close a descriptor a background flush still uses (its number could be reused).
+    if (u.flushing) void u.flushing.then(close);
+    else close();
   }
 
   /** Discards an upload and its partial file. */

@@ -10,6 +10,7 @@ import {
   readdirSync,
   readSync,
   renameSync,
+  unlink,
   unlinkSync,
   writeSync,
 } from "node:fs";
@@ -158,10 +159,22 @@ export class BlobStore {
     else this.pins.set(k, n);
   }
 
-  /** Removes a body once nothing names it: `refs` = committed rows naming it, counted after the change committed. */
+  /**
+   * Removes a body once nothing names it: `refs` = committed rows naming it, counted after the
+   * change committed. The body leaves its address at once (a rename into tmp/), and the file is
+   * freed off the event loop: unlinking a large file costs milliseconds of page-cache work.
+   */
   collect(hash: Uint8Array, refs: number): boolean {
     if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
-    return unlinkQuiet(this.pathOf(hash));
+    const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
+    try {
+      renameSync(this.pathOf(hash), gone);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw e;
+    }
+    unlink(gone, () => {});
+    return true;
   }
 
   /**
