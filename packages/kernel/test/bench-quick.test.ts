@@ -21,6 +21,11 @@ const REQUIRED = [
   "kpip.idle1000.rss_mb",
   "kpip.audit.verify_rps",
   "kpip.cli.call_ms",
+  // issue #22: large objects (64 MiB storage.write, and one object through the chunked upload).
+  "kpip.store64m.uds_gbps",
+  "kpip.store64m.shm_gbps",
+  "kpip.bulk1g.gbps",
+  "kpip.bulk1g.rss_mb",
 ];
 
 describe("kpip bench --quick --json (the output contract)", () => {

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
@@ -320,5 +320,14 @@ describe("the file store across restarts", () => {
     } finally {
       removeHome(t.home);
     }
+  });
+});
+
+describe("examples/large-object.ts", () => {
+  it("streams a 20 MiB object up and back and finds the same SHA-256", () => {
+    const ex = fileURLToPath(new URL("../../../../examples/dist/large-object.js", import.meta.url));
+    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 120_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /read 20971520 bytes back in ranges; same SHA-256: true/);
   });
 });
