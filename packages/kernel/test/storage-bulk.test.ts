@@ -206,6 +206,13 @@ describe("chunked upload: capabilities and bounds", () => {
         cw.call("storage.upload.begin", "obj://w/big", { size: 65 * MiB }),
         klass("RESOURCE", "exceeds the limit"),
       );
+      // A quota the object could never fit is refused at the start, before any byte is stored.
+      const q = await t.persona("small", [{ ops: ["storage.write"], targets: ["obj://w/**"] }], {
+        limits: { "storage.bytes": 1000 },
+      });
+      const cq = await t.connect(q.identity, [q.token]);
+      await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
+      await cq.call("storage.upload.begin", "obj://w/q", { size: 1000 });
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -23,10 +23,12 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
       idempotent: false,
       effects: true,
       handler: (ctx) => {
-        objectAddress(ctx);
+        const { workspace, path } = objectAddress(ctx);
         const size = ctx.args.size as number;
         if (size > limits.maxObjectBytes)
           throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
+        // Quotas are charged at the commit; an upload that could never commit is refused now.
+        d.ledger.checkStorage(ctx.persona, workspace, d.store.statObject(workspace, path), size, ctx.grant);
         const u = uploads.begin(ctx.persona, ctx.targetUri, size);
         return { status: "SUCCESS", payload: { upload: u.id, size } };
       },
