@@ -45,10 +45,12 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
       },
       idempotent: false,
       effects: true,
-      handler: (ctx) => {
+      handler: async (ctx) => {
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-        uploads.chunk(u, ctx.args.offset as number, ctx.args.data as Uint8Array);
-        return { status: "SUCCESS", payload: { received: u.received } };
+        const offset = ctx.args.offset as number;
+        const data = ctx.args.data as Uint8Array;
+        await uploads.chunk(u, offset, data);
+        return { status: "SUCCESS", payload: { received: offset + data.length } };
       },
     },
     {
@@ -74,6 +76,13 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         if (size !== u.size || u.received !== u.size) {
           throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
         }
+        u.committing = true;
+        try {
+          await uploads.settled(u);
+        } catch (e) {
+          uploads.drop(u);
+          throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
+        }
         const hash = u.hash.copy().digest();
         if (!hash.equals(want)) {
           // The bytes are not the ones the persona meant: nothing of them becomes an object.
@@ -83,10 +92,8 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
             `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
           );
         }
-        u.committing = true;
         blobs.pin(hash);
         try {
-          await u.flushing;
           await blobs.syncFile(u.fd);
           uploads.take(u);
           await blobs.install(u.path, hash);

@@ -1,5 +1,5 @@
 import { createHash, type Hash, randomBytes } from "node:crypto";
-import { closeSync, fdatasync, writeSync } from "node:fs";
+import { closeSync, fdatasync, write } from "node:fs";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -28,9 +28,25 @@ export interface Upload {
   expires: number;
   /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
   committing: boolean;
-  /** Bytes handed to a background flush so far, and the flush in progress (see {@link UploadTable.chunk}). */
+  /** Bytes handed to a background flush so far (see {@link UploadTable.chunk}). */
   flushed: number;
-  flushing: Promise<void> | undefined;
+  /** Writes and flushes of the partial file in progress. */
+  busy: Set<Promise<unknown>>;
+  /** The first write that failed (the upload cannot commit). */
+  failed: Error | undefined;
+}
+
+/** Writes all of `data` at `position`, off the event loop. */
+function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (off: number) =>
+      write(fd, data, off, data.length - off, position + off, (err, n) => {
+        if (err) reject(err);
+        else if (off + n < data.length) step(off + n);
+        else resolve();
+      });
+    step(0);
+  });
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
@@ -79,7 +95,8 @@ export class UploadTable {
       expires: this.clock() + this.limits.idleMs,
       committing: false,
       flushed: 0,
-      flushing: undefined,
+      busy: new Set(),
+      failed: undefined,
     };
     this.byId.set(id, u);
     return u;
@@ -100,9 +117,15 @@ export class UploadTable {
     return u;
   }
 
-  /** Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size. Written to the file now, never held. */
-  chunk(u: Upload, offset: number, data: Uint8Array): void {
+  /**
+   * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
+   * The chunk is hashed and its place taken now (so the next chunk may follow at once), and
+   * written to the file off the event loop; the promise settles when its bytes are in the file,
+   * and only then is the chunk acknowledged. The kernel keeps no chunk after its write.
+   */
+  chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
+    if (u.failed) throw new OpError("RESOURCE", `upload ${u.id} failed: ${u.failed.message}`);
     if (offset !== u.received)
       throw new OpError(
         "SEMANTIC",
@@ -110,22 +133,41 @@ export class UploadTable {
       );
     if (offset + data.length > u.size)
       throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
-    let off = 0;
-    while (off < data.length) off += writeSync(u.fd, data, off, data.length - off, offset + off);
     u.hash.update(data);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
+    const p = writeAt(u.fd, data, offset).catch((e: Error) => {
+      u.failed ??= e;
+      throw e;
+    });
+    this.track(u, p);
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
-    // commit makes every write slow (the OS throttles the writer) and the commit's sync long.
-    if (!u.flushing && u.received - u.flushed >= FLUSH_EVERY) {
+    // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
+    if (u.received - u.flushed >= FLUSH_EVERY) {
       u.flushed = u.received;
-      u.flushing = new Promise<void>((resolve) =>
-        fdatasync(u.fd, () => {
-          u.flushing = undefined;
-          resolve();
-        }),
+      this.track(
+        u,
+        p.then(
+          () => new Promise<void>((resolve) => fdatasync(u.fd, () => resolve())),
+          () => {},
+        ),
       );
     }
+    return p;
+  }
+
+  /** Every write and flush of the upload has settled (the commit syncs after this; a failed write fails it). */
+  async settled(u: Upload): Promise<void> {
+    await Promise.allSettled(u.busy);
+    if (u.failed) throw u.failed;
+  }
+
+  private track(u: Upload, p: Promise<unknown>): void {
+    const q: Promise<unknown> = p.then(
+      () => u.busy.delete(q),
+      () => u.busy.delete(q),
+    );
+    u.busy.add(q);
   }
 
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
@@ -138,8 +180,9 @@ export class UploadTable {
         // already closed
       }
     };
-    // Never close a descriptor a background flush still uses (its number could be reused).
-    if (u.flushing) void u.flushing.then(close);
+    // Never close a descriptor a write or flush still uses: its number could be reused by
+    // another file, which the pending write would then write into.
+    if (u.busy.size) void Promise.allSettled(u.busy).then(close);
     else close();
   }
 
