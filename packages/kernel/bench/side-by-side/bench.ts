@@ -23,6 +23,7 @@ import { type ConnectOptions, GrpcConnector, KernelClient, loadIdentity } from "
 import { encodeIntent, encodeMessage } from "@kpip/protocol";
 import hdr from "hdr-histogram-js";
 import { verifyAuditFile } from "../../src/audit/verify-parallel.js";
+import { largeObjects } from "./large-objects.js";
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
@@ -399,65 +400,18 @@ try {
   }
 
   progress("large objects: 64 MiB storage.write, and one object through the chunked upload");
-  {
-    // storage.write end to end: the body hashed, written to the file store and synced, its row committed.
-    const data = Buffer.alloc(64 * 1024 * 1024, 0x3c);
-    for (const mode of ["uds", "shm"] as const) {
-      const c = await connect({ shm: mode === "shm" });
-      if (mode === "shm" && !c.features.includes("shm")) {
-        await c.close();
-        continue;
-      }
-      let secs = 0;
-      for (let i = 0; i <= P.bulk64m; i++) {
-        // New bytes every time: the store keeps one body per content, and would skip a repeat.
-        data.writeUInt32BE(i, 0);
-        data.write(mode, 4);
-        const t = process.hrtime.bigint();
-        requests += 2;
-        await c.storage.write(`obj://bench/w64-${mode}`, data);
-        if (i > 0) secs += Number(process.hrtime.bigint() - t) / 1e9;
-      }
-      put(
-        `kpip.store64m.${mode}_gbps`,
-        "GB/s",
-        (data.length * P.bulk64m) / secs / 1e9,
-        mode === "shm" ? "kpip.store64m.uds_gbps" : undefined,
-      );
-      await c.close();
-    }
-    // One object larger than any frame: 1 GiB (--quick: 128 MiB) in 8 MiB chunks, two in flight,
-    // into a kernel of its own, so its RSS is what the upload costs, not what earlier steps left.
-    const bhome = join(dir, "bulk-home");
-    const bks = await startServer("kernel-server.js", ["--home", bhome]);
-    const kpid = bks.info.pid as number;
-    const c = await KernelClient.connect({
-      socket: bks.info.socket as string,
-      identity: loadIdentity(join(bhome, "admin.identity")),
-      tokens: [readFileSync(join(bhome, "admin.token"), "utf8")],
-      reconnect: false,
-    });
-    const total = P.bulk1g;
-    const piece = Buffer.alloc(8 * 1024 * 1024, 0x5d);
-    let peak = rssMb(kpid);
-    const sampler = setInterval(() => {
-      peak = Math.max(peak, rssMb(kpid));
-    }, 50);
-    const t = process.hrtime.bigint();
-    await c.storage.putLarge(
-      "obj://bench/one-gib",
-      (function* () {
-        for (let off = 0; off < total; off += piece.length) yield piece;
-      })(),
-      { size: total, chunkBytes: piece.length },
-    );
-    const secs = Number(process.hrtime.bigint() - t) / 1e9;
-    clearInterval(sampler);
-    put("kpip.bulk1g.gbps", "GB/s", total / secs / 1e9);
-    put("kpip.bulk1g.rss_mb", "MB", Math.max(peak, rssMb(kpid)));
-    await c.close();
-    await stopServer(bks.proc);
-  }
+  requests += await largeObjects({
+    connect,
+    put,
+    startKernel: async (home) => {
+      const k = await startServer("kernel-server.js", ["--home", home]);
+      return { ...(k.info as { socket: string; pid: number }), stop: () => stopServer(k.proc) };
+    },
+    rssMb,
+    home: join(dir, "bulk-home"),
+    writes: P.bulk64m,
+    objectBytes: P.bulk1g,
+  });
 
   progress(`latency at ${P.auditRecords.toLocaleString()} audit records`);
   {
