@@ -79,6 +79,12 @@ describe("large objects: the file store and the chunked upload", () => {
     await c.storage.write("obj://big/two", "now small and inline");
     assert.ok(!existsSync(file), "removed once no object names it");
     assert.equal(Buffer.from((await c.storage.read("obj://big/two")).data).toString(), "now small and inline");
+    // A write that loses its compare-and-set leaves no body behind: the body it wrote is named by nothing.
+    const before = bodies(t.home).length;
+    await c.storage.write("obj://big/cas", pattern(200_000, 31), { ifGeneration: 0 });
+    await assert.rejects(c.storage.write("obj://big/cas", pattern(200_000, 37), { ifGeneration: 0 }), klass("SEMANTIC"));
+    assert.equal(bodies(t.home).length, before + 1, "only the winning write's body is kept");
+    assert.ok(!bodies(t.home).includes(sha(pattern(200_000, 37)).toString("hex")));
   });
 
   it("writes every chunk to the partial file when it is acknowledged (the kernel holds no object in memory)", async () => {
