@@ -34,6 +34,8 @@ export interface Upload {
   busy: Set<Promise<unknown>>;
   /** The first write that failed (the upload cannot commit). */
   failed: Error | undefined;
+  /** The descriptor was given back (or is, once its writes settle). */
+  closed: boolean;
 }
 
 /** Writes all of `data` at `position`, off the event loop. */
@@ -97,6 +99,7 @@ export class UploadTable {
       flushed: 0,
       busy: new Set(),
       failed: undefined,
+      closed: false,
     };
     this.byId.set(id, u);
     return u;
@@ -173,13 +176,10 @@ export class UploadTable {
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
   take(u: Upload): void {
     this.byId.delete(u.id);
-    const close = () => {
-      try {
-        closeSync(u.fd);
-      } catch {
-        // already closed
-      }
-    };
+    // Once only: a second close could close whatever file was given the number since.
+    if (u.closed) return;
+    u.closed = true;
+    const close = () => closeSync(u.fd);
     // Never close a descriptor a write or flush still uses: its number could be reused by
     // another file, which the pending write would then write into.
     if (u.busy.size) void Promise.allSettled(u.busy).then(close);
@@ -204,9 +204,12 @@ export class UploadTable {
     return n;
   }
 
-  /** The kernel stops: every upload ends, its partial file removed. */
+  /**
+   * The kernel stops (after its sessions drained): every upload ends, its partial file removed.
+   * One still committing finishes or fails on its own; a file it leaves is swept at the next start.
+   */
   close(): void {
     clearInterval(this.timer);
-    for (const u of [...this.byId.values()]) this.drop(u);
+    for (const u of [...this.byId.values()]) if (!u.committing) this.drop(u);
   }
 }
