@@ -25,7 +25,8 @@ export interface ReadLargeOptions extends CallOptions {
 }
 
 export function chunkSize(requested: number | undefined, maxBody: number): number {
-  const cap = Math.max(1, maxBody - ENVELOPE_SLACK);
+  // A frame of a few KiB (the protocol allows 4 KiB) keeps half of it for the chunk.
+  const cap = Math.max(1, maxBody - Math.min(ENVELOPE_SLACK, Math.floor(maxBody / 2)));
   return Math.max(1, Math.min(requested ?? DEFAULT_CHUNK, cap));
 }
 

@@ -248,7 +248,7 @@ export class Kernel {
             maxListPage: 1000,
             inlineBytes: c.objectInlineBytes,
             // A read's answer is one frame: its bytes plus the envelope.
-            maxReadBytes: Math.max(1024, c.maxBodyBytes - 64 * 1024),
+            maxReadBytes: c.maxBodyBytes - Math.min(64 * 1024, Math.floor(c.maxBodyBytes / 2)),
           },
         ),
       );
