@@ -225,6 +225,19 @@ describe("chunked upload: capabilities and bounds", () => {
     }
   });
 
+  it("cuts chunks and ranges to fit the smallest frame the protocol allows", async () => {
+    const t = await startKernel({ maxBodyBytes: 8192 });
+    try {
+      const c = await t.admin();
+      const data = pattern(50_000, 41);
+      await c.storage.putLarge("obj://tiny/x", data);
+      assert.ok((await c.storage.getLarge("obj://tiny/x")).equals(data));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("expires an idle upload and removes its partial file", async () => {
     const t = await startKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 });
     try {
