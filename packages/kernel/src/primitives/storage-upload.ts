@@ -1,5 +1,4 @@
-import type { StorageDeps, StorageLimits } from "./storage.js";
-import { commitObject, objectAddress } from "./storage.js";
+import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
 
 /**

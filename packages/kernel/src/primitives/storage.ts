@@ -1,84 +1,16 @@
 import type { CborValue } from "@kpip/protocol";
-import type { ResourceLedger } from "../resources/ledger.js";
-import type { BlobStore } from "../store/blobs.js";
-import type { CasResult, ObjectBody, ObjectStore } from "../store/types.js";
+import type { ObjectBody } from "../store/types.js";
+import { commitObject, generationArg, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
-import type { UploadTable } from "./storage-uploads.js";
 import { type OpContext, OpError, type PrimitiveFamily } from "./types.js";
 
-export interface StorageLimits {
-  /** Largest object, in bytes, however it is written. */
-  maxObjectBytes: number;
-  /** Most entries one storage.list page returns. */
-  maxListPage: number;
-  /** Bodies smaller than this stay inline in the database; larger ones go to the file store. */
-  inlineBytes: number;
-  /** Largest body one storage.read answers (it must fit one frame); larger objects are read in ranges. */
-  maxReadBytes: number;
-}
-
-/** Where the storage family keeps things: metadata, bodies, the usage ledger, and uploads in progress. */
-export interface StorageDeps {
-  store: ObjectStore;
-  blobs: BlobStore;
-  ledger: ResourceLedger;
-  uploads: UploadTable;
-}
-
-/** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
-export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { workspace: string; path: string } {
-  const [workspace, ...rest] = ctx.target.segments;
-  if (rest.some((s) => s === "*" || s === "**")) throw new OpError("SEMANTIC", `${ctx.op} takes an object name, not a pattern`);
-  if (rest.length === 0 && !allowWorkspaceOnly) throw new OpError("SEMANTIC", `${ctx.op} needs obj://<workspace>/<path>`);
-  return { workspace: workspace as string, path: rest.join("/") };
-}
+export type { StorageDeps, StorageLimits } from "./storage-common.js";
 
 function dataArg(ctx: OpContext): Uint8Array {
   const d = ctx.args.data;
   if (d instanceof Uint8Array) return d;
   if (typeof d === "string") return Buffer.from(d, "utf8");
   throw new OpError("SEMANTIC", "storage.write needs argument data (bytes or text)");
-}
-
-export function generationArg(ctx: OpContext): number | undefined {
-  const g = ctx.args.ifGeneration;
-  return g === undefined || g === null ? undefined : (g as number);
-}
-
-/**
- * Commits an object's new body (inline, or a pinned body already in the file store) with its
- * owner's usage in one transaction, then lets go of the bodies nothing names any more: the
- * previous one, or the new one when the write did not happen. Never removes a body before the
- * row that stops naming it has committed.
- */
-export function commitObject(
-  ctx: OpContext,
-  d: Pick<StorageDeps, "store" | "blobs" | "ledger">,
-  workspace: string,
-  path: string,
-  body: ObjectBody,
-): { generation: number; size: number } {
-  const { store, blobs, ledger } = d;
-  const size = "data" in body ? body.data.length : body.size;
-  const hash = "hash" in body ? body.hash : null;
-  let r: CasResult | undefined;
-  try {
-    r = store.transaction(() => {
-      const w = store.writeObject(workspace, path, body, generationArg(ctx), Date.now(), ctx.persona);
-      if (w.ok) ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
-      return w;
-    });
-  } finally {
-    if (hash) {
-      blobs.unpin(hash);
-      blobs.collect(hash, store.countBodyRefs(hash));
-    }
-    const old = r?.ok ? r.previous?.hash : undefined;
-    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
-  }
-  const w = r as CasResult;
-  if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
-  return { generation: w.generation, size };
 }
 
 function uintArg(ctx: OpContext, name: string): number | undefined {
