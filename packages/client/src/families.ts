@@ -1,5 +1,6 @@
 import type { CborMap, CborValue } from "@kpip/protocol";
 import type { CallFn as Call, CallOptions, CallResult } from "./options.js";
+import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
 import type { Subscription } from "./subscription.js";
 
 /** system.* */
@@ -24,7 +25,11 @@ export interface StoredObject {
 
 /** storage.* on obj://<workspace>/<path>. */
 export class StorageApi {
-  constructor(private readonly call: Call) {}
+  /** `maxBody`: the largest frame body of the current session (chunks and ranges are cut to fit). */
+  constructor(
+    private readonly call: Call,
+    private readonly maxBody: () => number = () => 16 * 1024 * 1024,
+  ) {}
   /** Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n. */
   async write(
     target: string,
@@ -36,8 +41,47 @@ export class StorageApi {
     if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
     return (await this.call("storage.write", target, args, rest)).payload as { generation: number; size: number };
   }
+  /** Reads a whole object (it must fit one frame; see {@link getLarge} and {@link readStream} for larger ones). */
   async read(target: string, opts?: CallOptions): Promise<StoredObject> {
     return (await this.call("storage.read", target, {}, opts)).payload as unknown as StoredObject;
+  }
+  /** Reads `length` bytes from `offset` (clipped to the end); `size` is the whole object's. */
+  async readRange(
+    target: string,
+    offset: number,
+    length: number,
+    opts: CallOptions & { ifGeneration?: number } = {},
+  ): Promise<StoredObject & { offset: number }> {
+    const { ifGeneration, ...rest } = opts;
+    const args: CborMap = { offset, length };
+    if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
+    return (await this.call("storage.read", target, args, rest)).payload as never;
+  }
+  /**
+   * Writes an object of any size through the chunked upload: `source` is a buffer or an
+   * (async) iterable of byte arrays (then `opts.size` is required). The client hashes the bytes
+   * as it sends them; the commit names that SHA-256 and the kernel refuses it unless the bytes
+   * it received match. Memory: about `window` chunks on each side.
+   *
+   * @example
+   * await client.storage.putLarge("obj://ws/video.bin", createReadStream(file), { size: statSync(file).size });
+   */
+  putLarge(
+    target: string,
+    source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+    opts?: PutLargeOptions,
+  ): Promise<{ generation: number; size: number; sha256: Uint8Array }> {
+    return putLarge(this.call, this.maxBody(), target, source, opts);
+  }
+  /** An object's bytes as ranged reads, one generation throughout (a concurrent write fails the stream). */
+  readStream(target: string, opts?: ReadLargeOptions): AsyncIterable<Uint8Array> {
+    return readStream(this.call, this.maxBody(), target, opts);
+  }
+  /** A whole object of any size, gathered from {@link readStream} into one buffer. */
+  async getLarge(target: string, opts?: ReadLargeOptions): Promise<Buffer> {
+    const parts: Uint8Array[] = [];
+    for await (const p of this.readStream(target, opts)) parts.push(p);
+    return Buffer.concat(parts);
   }
   async stat(target: string, opts?: CallOptions): Promise<{ generation: number; size: number; updatedAt: number }> {
     return (await this.call("storage.stat", target, {}, opts)).payload as never;

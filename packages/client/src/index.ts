@@ -20,3 +20,4 @@ export {
 } from "./families.js";
 export { loadIdentity } from "./identity.js";
 export type { CallFn, CallOptions, CallResult, ClientState, ConnectOptions } from "./options.js";
+export type { PutLargeOptions, ReadLargeOptions } from "./storage-large.js";

@@ -36,7 +36,22 @@ const DECLARED = {
   heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },
   handshakeTimeoutMs: { type: "int", default: 5_000, description: "time allowed from connect to WELCOME" },
   dedupeWindowMs: { type: "int", default: 300_000, description: "how long a response is kept to answer a retried request" },
-  maxObjectBytes: { type: "int", default: 16 * 1024 * 1024 - 64 * 1024, description: "largest storage object, in bytes" },
+  maxObjectBytes: {
+    type: "int",
+    default: 64 * 1024 * 1024 * 1024,
+    description: "largest storage object, in bytes (storage.write is also bounded by one frame; larger ones: the chunked upload)",
+  },
+  /** Object bodies smaller than this stay inline in the database; larger ones go to the file store (<home>/objects). */
+  objectInlineBytes: {
+    type: "int",
+    default: 128 * 1024,
+    zeroAllowed: true,
+    description: "object bodies below this size stay in the database; larger ones go to the file store (0 = every body a file)",
+  },
+  maxUploadsPerPersona: { type: "int", default: 4, description: "chunked uploads in progress per persona" },
+  maxUploads: { type: "int", default: 64, description: "chunked uploads in progress in the kernel" },
+  /** An upload with no chunk for this long is discarded with its partial file. */
+  uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },
   maxWriteBuffer: {
     type: "int",
     default: 64 * 1024 * 1024,

@@ -34,6 +34,7 @@ import { personaFamily } from "./primitives/persona.js";
 import { resourceFamily } from "./primitives/resource.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
+import { UploadTable } from "./primitives/storage-uploads.js";
 import { systemFamily } from "./primitives/system.js";
 import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
@@ -46,6 +47,7 @@ import { PeerLogLimiter } from "./session/log-limit.js";
 import { PersonaKeys } from "./session/persona-keys.js";
 import { PreauthBudget } from "./session/preauth.js";
 import { Session, type SessionHost, type SessionLimitsConfig } from "./session/session.js";
+import { BlobStore } from "./store/blobs.js";
 import { WalCheckpointer } from "./store/checkpointer.js";
 import { SqliteStore } from "./store/sqlite.js";
 import { GrpcListener } from "./transport/grpc.js";
@@ -84,6 +86,7 @@ export class Kernel {
   private store: SqliteStore | undefined;
   private auditLog: AuditLog | undefined;
   private checkpointer: WalCheckpointer | undefined;
+  private uploads: UploadTable | undefined;
   private anchors: AnchorFile | undefined;
   private releaseHome: (() => void) | undefined;
   private listener: UdsListener | undefined;
@@ -247,7 +250,24 @@ export class Kernel {
         ),
       );
       const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, this.options.clock);
-      this.router.register(storageFamily(store, { maxObjectBytes: c.maxObjectBytes, maxListPage: 1000 }, ledger));
+      // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
+      const blobs = new BlobStore(join(c.home, "objects"));
+      const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
+      if (swept) this.log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
+      const uploads = new UploadTable(blobs, { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, idleMs: c.uploadIdleMs });
+      this.uploads = uploads;
+      this.router.register(
+        storageFamily(
+          { store, blobs, ledger, uploads },
+          {
+            maxObjectBytes: c.maxObjectBytes,
+            maxListPage: 1000,
+            inlineBytes: c.objectInlineBytes,
+            // A read's answer is one frame: its bytes plus the envelope.
+            maxReadBytes: c.maxBodyBytes - Math.min(64 * 1024, Math.floor(c.maxBodyBytes / 2)),
+          },
+        ),
+      );
       this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
       const enforcer = new CapEnforcer(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
         maxTokenBytes: c.maxTokenBytes,
@@ -593,6 +613,7 @@ export class Kernel {
   /** Closes what start opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
   private async closeStorage(): Promise<void> {
     this.pipeline?.flushSuppressed();
+    this.uploads?.close();
     this.auditLog?.close();
     await this.anchors?.close();
     await this.checkpointer?.stop();

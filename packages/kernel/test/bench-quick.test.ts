@@ -27,6 +27,11 @@ const REQUIRED = [
   "kpip.client.cpu_us_per_req",
   "raw.server.cpu_us_per_req",
   "kpip.idle10000.rss_mb",
+  // issue #22: large objects (64 MiB storage.write, and one object through the chunked upload).
+  "kpip.store64m.uds_gbps",
+  "kpip.store64m.shm_gbps",
+  "kpip.bulk1g.gbps",
+  "kpip.bulk1g.rss_mb",
 ];
 
 describe("kpip bench --quick --json (the output contract)", () => {

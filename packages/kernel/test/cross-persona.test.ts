@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
@@ -26,6 +27,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     agent: "agent://sleep/bobby",
     tokenId: "",
     token: new Uint8Array() as Uint8Array,
+    /** An upload bob began (on obj://wb/upload) and finishes after alice's attempts. */
+    upload: "",
     allocation: "",
     subscription: 0,
   };
@@ -56,6 +59,7 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     bob = await t.connect(b.identity, [b.token]);
 
     await bob.call("storage.write", bobs.object, { data: Buffer.from(SECRET) });
+    bobs.upload = ((await bob.call("storage.upload.begin", "obj://wb/upload", { size: 5 })).payload as { upload: string }).upload;
     const op = await bob.call("compute.submit", "op://task/square", { args: 7 });
     bobs.op = (op.payload as { op: string }).op;
     await bob.call("agent.spawn", bobs.agent, { args: ["30"], rights: [], lifetimeMs: 60_000 });
@@ -106,6 +110,19 @@ describe("cross-persona matrix: every op against another persona's targets", () 
       [bobs.workspace, bobs.workspace, {}, "wb"],
     ],
     "storage.delete": [[bobs.object, bobs.object]],
+    "storage.upload.begin": [[bobs.object, bobs.object, { size: 1 }]],
+    "storage.upload.chunk": [
+      ["bob's upload", "obj://wb/upload", { upload: bobs.upload, offset: 0, data: Buffer.from("spoof") }],
+      ["bob's upload on alice's object", "obj://wa/mine", { upload: bobs.upload, offset: 0, data: Buffer.from("spoof") }],
+    ],
+    "storage.upload.commit": [
+      ["bob's upload", "obj://wb/upload", { upload: bobs.upload, sha256: Buffer.alloc(32), size: 5 }],
+      ["bob's upload on alice's object", "obj://wa/mine", { upload: bobs.upload, sha256: Buffer.alloc(32), size: 5 }],
+    ],
+    "storage.upload.abort": [
+      ["bob's upload", "obj://wb/upload", { upload: bobs.upload }],
+      ["bob's upload on alice's object", "obj://wa/mine", { upload: bobs.upload }],
+    ],
     "resource.query": [
       ["bob's persona", "persona://bob"],
       ["bob's workspace", bobs.workspace],
@@ -209,6 +226,10 @@ describe("cross-persona matrix: every op against another persona's targets", () 
       status: string;
     };
     assert.equal(st.status, "valid");
+    // Bob's upload goes on from where he left it, and holds only his bytes.
+    await bob.call("storage.upload.chunk", "obj://wb/upload", { upload: bobs.upload, offset: 0, data: Buffer.from("hello") });
+    const sha256 = createHash("sha256").update("hello").digest();
+    await bob.call("storage.upload.commit", "obj://wb/upload", { upload: bobs.upload, sha256, size: 5 });
     await bob.call("resource.free", "persona://bob", { allocation: bobs.allocation });
     await bob.call("event.unsubscribe", "topic://wb/**", { subscription: bobs.subscription });
     const leaks = seen.filter((s) => s.includes(SECRET) || s.includes(Buffer.from(bobs.token).toString("latin1")));

@@ -1,6 +1,7 @@
 // Hostile programs as real processes in the process sandbox: each tries to reach what the
 // kernel must keep from it, and each fails; the kernel keeps serving; nothing outlives it.
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
 import { join } from "node:path";
@@ -60,6 +61,20 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     const out = await sh(s.admin, `head -c 64 ${secret(HOME_FILES.database)} 2>&1; ls ${secret("")} 2>&1`);
     assert.match(out, /No such file or directory/);
     assert.doesNotMatch(out, /SQLite format/);
+    await assertServing();
+  });
+
+  it("cannot read an object's body in the file store", async () => {
+    // A body above objectInlineBytes is a file under <home>/objects, named by its SHA-256.
+    const body = Buffer.alloc(200_000, "OBJECT-BODY-MARKER-");
+    await s.admin.storage.write("obj://private/big", body);
+    const hex = createHash("sha256").update(body).digest("hex");
+    const file = secret(join("objects", "sha256", hex.slice(0, 2), hex.slice(2)));
+    assert.ok(readFileSync(file).equals(body), "the body is there, outside the sandbox");
+    const out = await sh(s.admin, `head -c 64 ${file} 2>&1; ls -R ${secret("objects")} 2>&1`);
+    assert.match(out, /No such file or directory/);
+    assert.doesNotMatch(out, /OBJECT-BODY-MARKER/);
+    assert.doesNotMatch(out, /^[0-9a-f]{62}$/m, "no body is listed");
     await assertServing();
   });
 

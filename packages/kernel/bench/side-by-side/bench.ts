@@ -23,6 +23,7 @@ import { encodeIntent, encodeMessage } from "@kpip/protocol";
 import hdr from "hdr-histogram-js";
 import { verifyAuditFile } from "../../src/audit/verify-parallel.js";
 import { openGenerator } from "./generator.js";
+import { largeObjects } from "./large-objects.js";
 import { type Call, cpuPerUnit, latency, RawConn, throughput } from "./measure.js";
 
 const argv = process.argv.slice(2);
@@ -33,8 +34,8 @@ const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.js");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
-  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, setupN: 100, auditRecords: 50_000, cliRuns: 5 }
-  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, setupN: 500, auditRecords: 1_000_000, cliRuns: 21 };
+  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, bulk1g: 128 << 20, setupN: 100, auditRecords: 50_000, cliRuns: 5 }
+  : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, bulk1g: 1 << 30, setupN: 500, auditRecords: 1_000_000, cliRuns: 21 };
 /** Idle-session counts measured (the names kpip.idle<N>.rss_mb are the same under --quick). */
 const IDLE = [1000, 10_000];
 
@@ -59,7 +60,7 @@ function put(name: string, unit: string, value: number, baseline?: string): void
   if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
 }
 let step = 0;
-const STEPS = 15;
+const STEPS = 16;
 function progress(what: string): void {
   step++;
   if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
@@ -324,6 +325,20 @@ try {
     }
   }
 
+  progress("large objects: 64 MiB storage.write, and one object through the chunked upload");
+  requests += await largeObjects({
+    connect,
+    put,
+    startKernel: async (home) => {
+      const k = await startServer("kernel-server.js", ["--home", home]);
+      return { ...(k.info as { socket: string; pid: number }), stop: () => stopServer(k.proc) };
+    },
+    rssMb,
+    home: join(dir, "bulk-home"),
+    writes: P.bulk64m,
+    objectBytes: P.bulk1g,
+  });
+
   progress(`latency at ${P.auditRecords.toLocaleString()} audit records`);
   {
     const clients = await Promise.all([0, 1, 2, 3].map(() => connect({ shm: false })));
@@ -382,6 +397,19 @@ const TARGETS: [string, boolean | undefined][] = [
   ],
   ["64 MiB shm ≥ 2× inline", r("kpip.bulk64m.shm_gbps") === undefined ? undefined : (r("kpip.bulk64m.shm_gbps") as number) >= 2],
   ["64 MiB shm ≥ 4 GB/s", v("kpip.bulk64m.shm_gbps") === undefined ? undefined : (v("kpip.bulk64m.shm_gbps") as number) >= 4],
+  [
+    "64 MiB storage.write inline ≥ 1 GB/s",
+    v("kpip.store64m.uds_gbps") === undefined ? undefined : (v("kpip.store64m.uds_gbps") as number) >= 1,
+  ],
+  [
+    "64 MiB storage.write via shm ≥ 2 GB/s",
+    v("kpip.store64m.shm_gbps") === undefined ? undefined : (v("kpip.store64m.shm_gbps") as number) >= 2,
+  ],
+  ["1 GiB object ≥ 1 GB/s", v("kpip.bulk1g.gbps") === undefined ? undefined : (v("kpip.bulk1g.gbps") as number) >= 1],
+  [
+    "1 GiB object: kernel RSS ≤ 200 MB",
+    v("kpip.bulk1g.rss_mb") === undefined ? undefined : (v("kpip.bulk1g.rss_mb") as number) <= 200,
+  ],
   ["setup p50 ≤ 2 ms", v("kpip.setup.p50_ms") === undefined ? undefined : (v("kpip.setup.p50_ms") as number) <= 2],
   ["kpip call ≤ 1.5× node start-up", r("kpip.cli.call_ms") === undefined ? undefined : (r("kpip.cli.call_ms") as number) <= 1.5],
   [

@@ -286,7 +286,8 @@ export class CapEnforcer implements Authorizer {
   }
 
   private allows(g: Grant, req: AuthorizationRequest): boolean {
-    const { op, target } = req.intent;
+    const { target } = req.intent;
+    const op = req.declaration?.authorizeAs ?? req.intent.op;
     const ws = req.context.workspace;
     if (g.workspaces) {
       if (ws !== undefined && !g.workspaces.includes(ws)) return false;

@@ -1,22 +1,10 @@
 import type { CborValue } from "@kpip/protocol";
-import type { ResourceLedger } from "../resources/ledger.js";
-import type { ObjectStore } from "../store/types.js";
+import type { ObjectBody } from "../store/types.js";
+import { commitObject, generationArg, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
+import { uploadOps } from "./storage-upload.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
-export interface StorageLimits {
-  /** Largest object, in bytes. */
-  maxObjectBytes: number;
-  /** Most entries one storage.list page returns. */
-  maxListPage: number;
-}
-
-/** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
-function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { workspace: string; path: string } {
-  const [workspace, ...rest] = ctx.target.segments;
-  if (rest.some((s) => s === "*" || s === "**")) throw new OpError("SEMANTIC", `${ctx.op} takes an object name, not a pattern`);
-  if (rest.length === 0 && !allowWorkspaceOnly) throw new OpError("SEMANTIC", `${ctx.op} needs obj://<workspace>/<path>`);
-  return { workspace: workspace as string, path: rest.join("/") };
-}
+export type { StorageDeps, StorageLimits } from "./storage-common.js";
 
 function dataArg(ctx: OpContext): Uint8Array {
   const d = ctx.args.data;
@@ -25,13 +13,14 @@ function dataArg(ctx: OpContext): Uint8Array {
   throw new OpError("SEMANTIC", "storage.write needs argument data (bytes or text)");
 }
 
-function generationArg(ctx: OpContext): number | undefined {
-  const g = ctx.args.ifGeneration;
-  return g === undefined || g === null ? undefined : (g as number);
+function uintArg(ctx: OpContext, name: string): number | undefined {
+  const v = ctx.args[name];
+  return v === undefined || v === null ? undefined : (v as number);
 }
 
-/** storage.write/read/stat/list/delete on obj://<workspace>/<path>, durable in the object store. */
-export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger: ResourceLedger): PrimitiveFamily {
+/** storage.write/read/stat/list/delete and the chunked upload on obj://<workspace>/<path>. */
+export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveFamily {
+  const { store, blobs, ledger } = d;
   return {
     name: "storage",
     ops: [
@@ -45,38 +34,51 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
         },
         idempotent: false,
         effects: true,
-        handler: (ctx) => {
+        handler: async (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const data = dataArg(ctx);
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
-          // The object, its owner's usage and the request's dedupe record change in one
-          // transaction: a refused charge leaves no write, a crash no write without its record.
-          return ctx.atomically((): OpResult => {
-            const w = store.writeObject(workspace, path, data, generationArg(ctx), Date.now(), ctx.persona);
-            if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
-            ledger.chargeStorage(ctx.persona, workspace, w.previous, data.length, ctx.grant);
-            return {
-              status: "SUCCESS",
-              payload: { generation: w.generation, size: data.length },
-              audit: { generation: w.generation, size: data.length },
-            };
-          });
+          // Small bodies stay in the database (one commit, no file); larger ones are written to
+          // the file store first (synced), then named by the row (docs/architecture.md).
+          const body: ObjectBody =
+            data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
+          return commitObject(ctx, d, workspace, path, body);
         },
       },
       {
         op: "storage.read",
-        description: "Read an object's bytes and generation.",
+        description:
+          "Read an object's bytes and generation; offset/length read a range (objects larger than one frame are read in ranges).",
         targets: ["obj"],
-        args: {},
+        args: {
+          offset: { type: "uint", description: "first byte of the range (default 0)" },
+          length: { type: "uint", description: "bytes to read from offset (default: to the end; clipped to the end)" },
+          ifGeneration: { type: "uint", description: "only if the object is at this generation (ranges of one version)" },
+        },
         idempotent: true,
         effects: false,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const o = store.readObject(workspace, path);
           if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-          return { status: "SUCCESS", payload: { data: o.data, generation: o.generation, size: o.size } };
+          const want = uintArg(ctx, "ifGeneration");
+          if (want !== undefined && want !== o.generation)
+            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${o.generation}`);
+          const offset = uintArg(ctx, "offset") ?? 0;
+          if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
+          const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
+          if (length > limits.maxReadBytes) {
+            throw new OpError(
+              "RESOURCE",
+              `${length} bytes do not fit one response (at most ${limits.maxReadBytes}); read the object in ranges (offset, length)`,
+            );
+          }
+          const data = o.hash
+            ? blobs.read(o.hash, offset, length)
+            : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
         },
       },
       {
@@ -129,19 +131,29 @@ export function storageFamily(store: ObjectStore, limits: StorageLimits, ledger:
         effects: true,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
-          return ctx.atomically((): OpResult => {
-            const d = store.deleteObject(workspace, path, generationArg(ctx));
-            if (d === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-            if (!d.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${d.current}`);
-            if (d.previous) ledger.releaseStorage(workspace, d.previous);
-            return {
-              status: "SUCCESS",
-              payload: { deleted: true, generation: d.generation },
-              audit: { generation: d.generation },
-            };
-          });
+          // The row, its owner's usage and the request's dedupe record change in one transaction.
+          let old: Uint8Array | undefined;
+          const result = ctx.atomically(
+            (): OpResult =>
+              store.transaction(() => {
+                const x = store.deleteObject(workspace, path, generationArg(ctx));
+                if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
+                if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
+                if (x.previous) ledger.releaseStorage(workspace, x.previous);
+                old = x.previous?.hash ?? undefined;
+                return {
+                  status: "SUCCESS",
+                  payload: { deleted: true, generation: x.generation },
+                  audit: { generation: x.generation },
+                };
+              }),
+          );
+          // The row is gone (committed): its body goes too unless another object names the same bytes.
+          if (old) blobs.collect(old, store.countBodyRefs(old));
+          return result;
         },
       },
+      ...uploadOps(d, limits),
     ],
   };
 }

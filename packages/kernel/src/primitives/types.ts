@@ -64,6 +64,11 @@ export interface PrimitiveDeclaration {
   idempotent: boolean;
   /** It changes state: its intent record is committed before it runs. */
   effects: boolean;
+  /**
+   * The op a capability must grant for this one (default: the op itself): the steps of one act
+   * are authorized as that act (the chunked upload's ops as `storage.write` on the same target).
+   */
+  authorizeAs?: string;
   handler(ctx: OpContext): OpResult | Promise<OpResult>;
 }
 

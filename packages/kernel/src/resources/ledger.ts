@@ -35,30 +35,45 @@ export class ResourceLedger {
     newSize: number,
     grant: Grant | undefined,
   ): void {
+    this.checkStorage(persona, workspace, previous, newSize, grant);
     const oldSize = previous?.size ?? 0;
     const wsDelta = newSize - oldSize;
     const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
-    const limit = grant?.limits["storage.bytes"];
-    if (limit !== undefined && personaDelta > 0) {
-      const used = this.store.usage(personaScope(persona), "storage.bytes");
-      if (used + personaDelta > limit) {
-        throw new OpError("RESOURCE", `storage.bytes exceeded for ${persona}: ${used} used + ${personaDelta} > limit ${limit}`);
-      }
-    }
-    if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
-      const used = this.store.usage(workspaceScope(workspace), "storage.bytes");
-      if (used + wsDelta > this.quotas.workspaceStorageBytes) {
-        throw new OpError(
-          "RESOURCE",
-          `storage.bytes exceeded for workspace ${workspace}: ${used} used + ${wsDelta} > quota ${this.quotas.workspaceStorageBytes}`,
-        );
-      }
-    }
     if (previous && previous.owner !== persona && previous.owner !== "") {
       this.store.adjustUsage(personaScope(previous.owner), "storage.bytes", -oldSize);
     }
     this.store.adjustUsage(personaScope(persona), "storage.bytes", personaDelta);
     this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", wsDelta);
+  }
+
+  /**
+   * Whether writing `newSize` bytes over `previous` would stay within the limits, changing
+   * nothing: an upload is refused at its start rather than after its bytes filled the disk.
+   */
+  checkStorage(
+    persona: string,
+    workspace: string,
+    previous: { size: number; owner: string } | undefined,
+    newSize: number,
+    grant: Grant | undefined,
+  ): void {
+    const oldSize = previous?.size ?? 0;
+    const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
+    const limit = grant?.limits["storage.bytes"];
+    if (limit !== undefined && personaDelta > 0) {
+      const used = this.store.usage(personaScope(persona), "storage.bytes");
+      if (used + personaDelta > limit)
+        throw new OpError("RESOURCE", `storage.bytes exceeded for ${persona}: ${used} used + ${personaDelta} > limit ${limit}`);
+    }
+    const wsDelta = newSize - oldSize;
+    if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
+      const used = this.store.usage(workspaceScope(workspace), "storage.bytes");
+      if (used + wsDelta > this.quotas.workspaceStorageBytes)
+        throw new OpError(
+          "RESOURCE",
+          `storage.bytes exceeded for workspace ${workspace}: ${used} used + ${wsDelta} > quota ${this.quotas.workspaceStorageBytes}`,
+        );
+    }
   }
 
   /** An object was deleted: its bytes leave its owner's and its workspace's usage. */

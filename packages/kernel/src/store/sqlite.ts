@@ -11,6 +11,7 @@ import type {
   CasResult,
   DedupeRow,
   LedgerStore,
+  ObjectBody,
   ObjectMeta,
   ObjectStore,
   OfflineEntry,
@@ -18,6 +19,7 @@ import type {
   OpStore,
   PersonaRecord,
   PersonaStore,
+  PreviousObject,
   StoredObject,
   TokenRecord,
   TokenStore,
@@ -29,7 +31,7 @@ CREATE TABLE IF NOT EXISTS personas (
   id TEXT PRIMARY KEY, public_key BLOB NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS objects (
   workspace TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, generation INTEGER NOT NULL,
-  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', PRIMARY KEY (workspace, path)) WITHOUT ROWID;
+  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', hash BLOB, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS audit (
@@ -71,6 +73,7 @@ type StatementName =
   | "statObject"
   | "genObject"
   | "upsertObject"
+  | "bodyRefs"
   | "deleteObject"
   | "listObjects"
   | "appendAudit"
@@ -98,6 +101,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     this.db.pragma("busy_timeout = 5000");
     this.db.exec(SCHEMA);
     migrateTokens(this.db);
+    migrateObjects(this.db);
     // Columns added after the first release: a database made before them gets them (NULL in old rows, hashed as absent).
     const have = new Set((this.db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
     for (const [col, type] of [
@@ -116,12 +120,13 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
       listPersonas: p("SELECT id, public_key, created_at FROM personas ORDER BY id"),
       readObject: p("SELECT * FROM objects WHERE workspace = ? AND path = ?"),
       statObject: p("SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path = ?"),
-      genObject: p("SELECT generation, size, owner FROM objects WHERE workspace = ? AND path = ?"),
+      genObject: p("SELECT generation, size, owner, hash FROM objects WHERE workspace = ? AND path = ?"),
       upsertObject: p(
-        "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner) VALUES (?, ?, ?, ?, ?, ?, ?) " +
+        "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
           "ON CONFLICT (workspace, path) DO UPDATE SET data = excluded.data, generation = excluded.generation, " +
-          "size = excluded.size, updated_at = excluded.updated_at, owner = excluded.owner",
+          "size = excluded.size, updated_at = excluded.updated_at, owner = excluded.owner, hash = excluded.hash",
       ),
+      bodyRefs: p("SELECT count(*) AS n FROM objects WHERE hash = ?"),
       deleteObject: p("DELETE FROM objects WHERE workspace = ? AND path = ?"),
       listObjects: p(
         "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
@@ -239,7 +244,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   // objects
   readObject(workspace: string, path: string): StoredObject | undefined {
     const r = this.st.readObject.get(workspace, path) as Row | undefined;
-    return r && { ...toMeta(r), data: r.data as Uint8Array };
+    return r && { ...toMeta(r), data: r.data as Uint8Array, hash: (r.hash as Uint8Array | null) ?? null };
   }
   statObject(workspace: string, path: string): ObjectMeta | undefined {
     const r = this.st.statObject.get(workspace, path) as Row | undefined;
@@ -248,7 +253,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   writeObject(
     workspace: string,
     path: string,
-    data: Uint8Array,
+    body: ObjectBody,
     ifGeneration: number | undefined,
     now: number,
     owner: string,
@@ -257,9 +262,15 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const current = (prev?.generation as number | undefined) ?? 0;
     if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
     const generation = current + 1;
-    const bytes = Buffer.from(data.buffer, data.byteOffset, data.length);
-    this.st.upsertObject.run(workspace, path, bytes, generation, data.length, now, owner);
-    return { ok: true, generation, previous: prev ? { size: prev.size as number, owner: prev.owner as string } : undefined };
+    // A body in the file store leaves an empty inline column (the column predates the file store and is NOT NULL).
+    if ("data" in body) {
+      const bytes = Buffer.from(body.data.buffer, body.data.byteOffset, body.data.length);
+      this.st.upsertObject.run(workspace, path, bytes, generation, body.data.length, now, owner, null);
+    } else this.st.upsertObject.run(workspace, path, EMPTY, generation, body.size, now, owner, Buffer.from(body.hash));
+    return { ok: true, generation, previous: prev ? toPrevious(prev) : undefined };
+  }
+  countBodyRefs(hash: Uint8Array): number {
+    return (this.st.bodyRefs.get(Buffer.from(hash)) as { n: number }).n;
   }
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
@@ -270,7 +281,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
     const current = prev.generation as number;
     if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
     this.st.deleteObject.run(workspace, path);
-    return { ok: true, generation: current, previous: { size: prev.size as number, owner: prev.owner as string } };
+    return { ok: true, generation: current, previous: toPrevious(prev) };
   }
   listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
     // [prefix, prefix + U+FFFF) covers every path starting with prefix in SQLite's binary collation.
@@ -617,6 +628,22 @@ function toMeta(r: Row): ObjectMeta {
     size: r.size as number,
     updatedAt: r.updated_at as number,
   };
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function toPrevious(r: Row): PreviousObject {
+  return { size: r.size as number, owner: r.owner as string, hash: (r.hash as Uint8Array | null) ?? null };
+}
+
+/**
+ * Objects gained a body hash (bodies in the file store, docs/architecture.md) and an index to
+ * count a body's references. Rows of an older home keep their inline bodies and are read as such.
+ */
+function migrateObjects(db: Database.Database): void {
+  const cols = db.prepare("PRAGMA table_info(objects)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "hash")) db.exec("ALTER TABLE objects ADD COLUMN hash BLOB");
+  db.exec("CREATE INDEX IF NOT EXISTS objects_hash ON objects (hash) WHERE hash IS NOT NULL");
 }
 
 function toAgent(r: Row): AgentRecord {

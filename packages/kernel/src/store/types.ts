@@ -22,18 +22,29 @@ export interface StoredObject {
   path: string;
   /** The persona whose quota the object counts against (its last writer). */
   owner: string;
+  /** The body when it is kept inline (small objects, and every object of a home made before the file store); empty otherwise. */
   data: Uint8Array;
+  /** The SHA-256 naming the body in the object file store, or null when the body is inline. */
+  hash: Uint8Array | null;
   generation: number;
   size: number;
   updatedAt: number;
 }
 
-export type ObjectMeta = Omit<StoredObject, "data">;
+export type ObjectMeta = Omit<StoredObject, "data" | "hash">;
+
+/** An object's body as the store keeps it: inline bytes, or a reference to a body in the file store. */
+export type ObjectBody = { data: Uint8Array } | { hash: Uint8Array; size: number };
+
+/** What an object was before a write or delete changed it (its bytes leave its owner's usage; its body may become garbage). */
+export interface PreviousObject {
+  size: number;
+  owner: string;
+  hash: Uint8Array | null;
+}
 
 /** Result of a compare-and-set write or delete. */
-export type CasResult =
-  | { ok: true; generation: number; previous?: { size: number; owner: string } | undefined }
-  | { ok: false; current: number };
+export type CasResult = { ok: true; generation: number; previous?: PreviousObject | undefined } | { ok: false; current: number };
 
 export interface ObjectStore {
   readObject(workspace: string, path: string): StoredObject | undefined;
@@ -42,11 +53,13 @@ export interface ObjectStore {
   writeObject(
     workspace: string,
     path: string,
-    data: Uint8Array,
+    body: ObjectBody,
     ifGeneration: number | undefined,
     now: number,
     owner: string,
   ): CasResult;
+  /** How many objects name the body `hash` in the file store (a body is garbage at 0). */
+  countBodyRefs(hash: Uint8Array): number;
   /** Runs `fn` atomically (object change and ledger change commit together). */
   transaction<T>(fn: () => T): T;
   deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined;

@@ -1,0 +1,137 @@
+import { createHash } from "node:crypto";
+import type { CborMap } from "@kpip/protocol";
+import type { CallOptions, CallResult } from "./options.js";
+
+type Call = (op: string, target: string, args?: CborMap, opts?: CallOptions) => Promise<CallResult>;
+
+/** Room a chunk's request leaves for its envelope, intent and arguments inside one frame. */
+const ENVELOPE_SLACK = 64 * 1024;
+const DEFAULT_CHUNK = 4 * 1024 * 1024;
+
+export interface PutLargeOptions extends CallOptions {
+  /** The object's size: required when `source` is an iterable (the upload declares it first). */
+  size?: number;
+  /** Bytes per chunk (default 4 MiB, at most what one frame holds). */
+  chunkBytes?: number;
+  /** Chunks in flight at once (default 2): bounds the client's memory to about that many chunks. */
+  window?: number;
+  /** Compare-and-set at the commit: 0 = only if absent, n = only if at generation n. */
+  ifGeneration?: number;
+}
+
+export interface ReadLargeOptions extends CallOptions {
+  /** Bytes per ranged read (default 4 MiB, at most what one frame holds). */
+  chunkBytes?: number;
+}
+
+export function chunkSize(requested: number | undefined, maxBody: number): number {
+  // A frame of a few KiB (the protocol allows 4 KiB) keeps half of it for the chunk.
+  const cap = Math.max(1, maxBody - Math.min(ENVELOPE_SLACK, Math.floor(maxBody / 2)));
+  return Math.max(1, Math.min(requested ?? DEFAULT_CHUNK, cap));
+}
+
+/** Re-cuts any sequence of byte arrays into pieces of exactly `n` bytes (the last one shorter). */
+async function* rechunk(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, n: number): AsyncIterable<Uint8Array> {
+  let pending: Uint8Array[] = [];
+  let have = 0;
+  for await (const piece of source) {
+    let p = piece;
+    while (p.length > 0) {
+      const take = Math.min(n - have, p.length);
+      pending.push(p.subarray(0, take));
+      have += take;
+      p = p.subarray(take);
+      if (have === n) {
+        yield pending.length === 1 ? (pending[0] as Uint8Array) : Buffer.concat(pending);
+        pending = [];
+        have = 0;
+      }
+    }
+  }
+  if (have > 0) yield pending.length === 1 ? (pending[0] as Uint8Array) : Buffer.concat(pending);
+}
+
+/**
+ * The chunked upload (PROTOCOL §9.7): begin with the size, chunks in order (`window` in flight),
+ * then a commit naming the SHA-256 the client computed over exactly the bytes it sent. Any
+ * failure aborts the upload (best effort) and is thrown.
+ */
+export async function putLarge(
+  call: Call,
+  maxBody: number,
+  target: string,
+  source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  opts: PutLargeOptions = {},
+): Promise<{ generation: number; size: number; sha256: Uint8Array }> {
+  const { size: declared, chunkBytes, window = 2, ifGeneration, ...callOpts } = opts;
+  const size = source instanceof Uint8Array ? source.length : declared;
+  if (size === undefined) throw new TypeError("putLarge: give the size of an iterable source (opts.size)");
+  if (declared !== undefined && declared !== size) throw new TypeError(`putLarge: size ${declared} but the buffer holds ${size}`);
+  const n = chunkSize(chunkBytes, maxBody);
+  const begun = await call("storage.upload.begin", target, { size }, callOpts);
+  const upload = (begun.payload as { upload: string }).upload;
+  const hash = createHash("sha256");
+  const inFlight = new Set<Promise<void>>();
+  let failure: unknown;
+  let offset = 0;
+  try {
+    const pieces = source instanceof Uint8Array ? rechunk([source], n) : rechunk(source, n);
+    for await (const piece of pieces) {
+      if (failure !== undefined) break;
+      if (offset + piece.length > size) throw new RangeError(`putLarge: the source holds more than the declared ${size} bytes`);
+      hash.update(piece);
+      const p: Promise<void> = call("storage.upload.chunk", target, { upload, offset, data: piece }, callOpts).then(
+        () => {
+          inFlight.delete(p);
+        },
+        (e: unknown) => {
+          inFlight.delete(p);
+          failure ??= e;
+        },
+      );
+      inFlight.add(p);
+      offset += piece.length;
+      while (inFlight.size >= Math.max(1, window)) await Promise.race(inFlight);
+    }
+    await Promise.all(inFlight);
+    if (failure !== undefined) throw failure;
+    if (offset !== size) throw new RangeError(`putLarge: the source held ${offset} bytes, not the declared ${size}`);
+    const args: CborMap = { upload, sha256: hash.digest(), size };
+    if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
+    const r = await call("storage.upload.commit", target, args, callOpts);
+    return r.payload as { generation: number; size: number; sha256: Uint8Array };
+  } catch (e) {
+    await Promise.allSettled(inFlight);
+    await call("storage.upload.abort", target, { upload }, callOpts).catch(() => {});
+    throw e;
+  }
+}
+
+/**
+ * An object's bytes in ranged reads of `chunkBytes`, all of one generation: a write between
+ * two ranges fails the next read (SEMANTIC, generation conflict) rather than mixing versions.
+ */
+export async function* readStream(
+  call: Call,
+  maxBody: number,
+  target: string,
+  opts: ReadLargeOptions = {},
+): AsyncIterable<Uint8Array> {
+  const { chunkBytes, ...callOpts } = opts;
+  const n = chunkSize(chunkBytes, maxBody);
+  let offset = 0;
+  let generation: number | undefined;
+  for (;;) {
+    const args: CborMap = { offset, length: n };
+    if (generation !== undefined) args.ifGeneration = generation;
+    const r = (await call("storage.read", target, args, callOpts)).payload as {
+      data: Uint8Array;
+      generation: number;
+      size: number;
+    };
+    generation = r.generation;
+    if (r.data.length > 0) yield r.data;
+    offset += r.data.length;
+    if (offset >= r.size || r.data.length === 0) return;
+  }
+}

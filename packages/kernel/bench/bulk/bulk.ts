@@ -1,0 +1,131 @@
+/**
+ * `npm run bench:bulk [-- --writes N] [--mib M] [--repo PATH]`: the large-object path alone, for
+ * A/B runs on a busy machine (the full `npm run bench` measures the same things among many).
+ *
+ *   - `storage.write` of 64 MiB, inline and through shared memory, N times each (default 3,
+ *     after one warm-up): GB/s and the kernel's CPU per write (from /proc/<pid>/stat);
+ *   - one object of M MiB (default 1024) through the chunked upload, 8 MiB chunks, into a
+ *     fresh kernel: GB/s, the kernel's RSS before and at its peak, CPU per GiB on both sides.
+ *
+ * `--repo` points at another built checkout (e.g. a worktree of main) whose kernel and client
+ * are measured instead; a checkout without the chunked upload skips that part.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+
+const argv = process.argv.slice(2);
+const opt = (name: string, dflt: string) => {
+  const i = argv.indexOf(`--${name}`);
+  return i >= 0 ? (argv[i + 1] as string) : dflt;
+};
+const repo = resolve(opt("repo", fileURLToPath(new URL("../../../../../", import.meta.url))));
+const writes = Number(opt("writes", "3"));
+const bulk = Number(opt("mib", "1024")) * 1024 * 1024;
+const { KernelClient, loadIdentity } = (await import(
+  `${repo}/packages/client/dist/src/index.js`
+)) as typeof import("@kpip/client");
+
+const cpuSeconds = (pid: number) => {
+  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] as string).split(" ");
+  return (Number(f[11]) + Number(f[12])) / 100;
+};
+const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
+const clientCpu = (since: NodeJS.CpuUsage) => {
+  const u = process.cpuUsage(since);
+  return (u.user + u.system) / 1e6;
+};
+
+/** Runs `f` against a fresh kernel of `repo` in its own process and home. */
+async function withKernel(
+  f: (k: { pid: number; connect: (shm?: boolean) => Promise<import("@kpip/client").KernelClient> }) => Promise<void>,
+) {
+  const home = mkdtempSync(join(tmpdir(), "kpip-bulk-"));
+  const child = spawn(process.execPath, [fileURLToPath(new URL("kernel.js", import.meta.url)), repo, home], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  try {
+    const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {
+      let out = "";
+      child.stdout.on("data", (d) => {
+        out += d;
+        if (out.includes("\n")) ok(JSON.parse(out));
+      });
+      child.once("exit", (c) => fail(new Error(`kernel exited with ${c}`)));
+    });
+    const base = {
+      socket: info.socket,
+      identity: loadIdentity(join(home, "admin.identity")),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+      reconnect: false,
+    };
+    await f({ pid: info.pid, connect: (shm?: boolean) => KernelClient.connect(shm === undefined ? base : { ...base, shm }) });
+  } finally {
+    if (child.exitCode === null) {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+    }
+    rmSync(home, { recursive: true, force: true });
+  }
+}
+
+console.log(`bench:bulk — ${repo} — ${new Date().toISOString()}`);
+await withKernel(async ({ pid, connect }) => {
+  const data = Buffer.alloc(64 * 1024 * 1024, 0x3c);
+  for (const shm of [false, true]) {
+    const c = await connect(shm);
+    const times: number[] = [];
+    const k0 = cpuSeconds(pid);
+    for (let i = 0; i <= writes; i++) {
+      // New bytes every time: a content-addressed store would skip a repeated body.
+      data.writeUInt32BE(i, 0);
+      data.writeUInt8(shm ? 1 : 0, 4);
+      const t = process.hrtime.bigint();
+      await c.storage.write(`obj://bulk/w-${shm}`, data);
+      if (i > 0) times.push(Number(process.hrtime.bigint() - t) / 1e9);
+    }
+    const kcpu = ((cpuSeconds(pid) - k0) / (writes + 1)) * 1000;
+    const mean = (data.length * times.length) / times.reduce((a, b) => a + b, 0) / 1e9;
+    const best = data.length / Math.min(...times) / 1e9;
+    const how = shm ? (c.features.includes("shm") ? "shm   " : "shm (unavailable: inline)") : "inline";
+    console.log(
+      `storage.write 64 MiB ${how}: mean ${mean.toFixed(3)} GB/s, best ${best.toFixed(3)} GB/s (n=${times.length}); kernel CPU ${kcpu.toFixed(0)} ms per write`,
+    );
+    await c.close();
+  }
+});
+await withKernel(async ({ pid, connect }) => {
+  const c = await connect();
+  const storage = c.storage as { putLarge?: (t: string, s: Iterable<Uint8Array>, o: object) => Promise<unknown> };
+  if (bulk === 0 || typeof storage.putLarge !== "function") {
+    console.log("chunked upload: not in this checkout (or --mib 0)");
+    await c.close();
+    return;
+  }
+  const piece = Buffer.alloc(8 * 1024 * 1024, 0x5d);
+  const before = rssMb(pid);
+  let peak = before;
+  const sampler = setInterval(() => {
+    peak = Math.max(peak, rssMb(pid));
+  }, 50);
+  const k0 = cpuSeconds(pid);
+  const c0 = process.cpuUsage();
+  const t = process.hrtime.bigint();
+  await storage.putLarge(
+    "obj://bulk/big",
+    (function* () {
+      for (let off = 0; off < bulk; off += piece.length) yield piece;
+    })(),
+    { size: bulk, chunkBytes: piece.length },
+  );
+  const secs = Number(process.hrtime.bigint() - t) / 1e9;
+  clearInterval(sampler);
+  const perGiB = 2 ** 30 / bulk;
+  console.log(
+    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s, client ${(clientCpu(c0) * perGiB).toFixed(2)} s`,
+  );
+  await c.close();
+});

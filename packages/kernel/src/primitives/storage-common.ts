@@ -1,0 +1,85 @@
+import type { CborMap } from "@kpip/protocol";
+import type { ResourceLedger } from "../resources/ledger.js";
+import type { BlobStore } from "../store/blobs.js";
+import type { ObjectBody, ObjectStore } from "../store/types.js";
+import type { UploadTable } from "./storage-uploads.js";
+import { type OpContext, OpError, type OpResult } from "./types.js";
+
+/* What the storage ops (storage.ts) and the chunked upload (storage-upload.ts) share. */
+
+export interface StorageLimits {
+  /** Largest object, in bytes, however it is written. */
+  maxObjectBytes: number;
+  /** Most entries one storage.list page returns. */
+  maxListPage: number;
+  /** Bodies smaller than this stay inline in the database; larger ones go to the file store. */
+  inlineBytes: number;
+  /** Largest body one storage.read answers (it must fit one frame); larger objects are read in ranges. */
+  maxReadBytes: number;
+}
+
+/** Where the storage family keeps things: metadata, bodies, the usage ledger, and uploads in progress. */
+export interface StorageDeps {
+  store: ObjectStore;
+  blobs: BlobStore;
+  ledger: ResourceLedger;
+  uploads: UploadTable;
+}
+
+/** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
+export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { workspace: string; path: string } {
+  const [workspace, ...rest] = ctx.target.segments;
+  if (rest.some((s) => s === "*" || s === "**")) throw new OpError("SEMANTIC", `${ctx.op} takes an object name, not a pattern`);
+  if (rest.length === 0 && !allowWorkspaceOnly) throw new OpError("SEMANTIC", `${ctx.op} needs obj://<workspace>/<path>`);
+  return { workspace: workspace as string, path: rest.join("/") };
+}
+
+export function generationArg(ctx: OpContext): number | undefined {
+  const g = ctx.args.ifGeneration;
+  return g === undefined || g === null ? undefined : (g as number);
+}
+
+/**
+ * Commits an object's new body (inline, or a pinned body already in the file store) with its
+ * owner's usage and the request's dedupe record (`ctx.atomically`, PROTOCOL §11 rule 9) in one
+ * transaction, then lets go of the bodies nothing names any more: the previous one, or the new
+ * one when the write did not happen. Never removes a body before the row that stops naming it
+ * has committed.
+ */
+export function commitObject(
+  ctx: OpContext,
+  d: Pick<StorageDeps, "store" | "blobs" | "ledger">,
+  workspace: string,
+  path: string,
+  body: ObjectBody,
+  /** More of the answer (recorded with it, so a retry gets the same). */
+  extra: CborMap = {},
+): OpResult {
+  const { store, blobs, ledger } = d;
+  const size = "data" in body ? body.data.length : body.size;
+  const hash = "hash" in body ? body.hash : null;
+  let previous: Uint8Array | null | undefined;
+  try {
+    return ctx.atomically(
+      (): OpResult =>
+        store.transaction(() => {
+          const w = store.writeObject(workspace, path, body, generationArg(ctx), Date.now(), ctx.persona);
+          if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
+          ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
+          previous = w.previous?.hash;
+          return {
+            status: "SUCCESS",
+            payload: { generation: w.generation, size, ...extra },
+            audit: { generation: w.generation, size },
+          };
+        }),
+    );
+  } finally {
+    if (hash) {
+      blobs.unpin(hash);
+      blobs.collect(hash, store.countBodyRefs(hash));
+    }
+    const old = previous ?? undefined;
+    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
+  }
+}

@@ -1,0 +1,215 @@
+import { createHash, type Hash, randomBytes } from "node:crypto";
+import { closeSync, fdatasync, write } from "node:fs";
+import type { BlobStore } from "../store/blobs.js";
+import { unlinkQuiet } from "../store/blobs.js";
+import { OpError } from "./types.js";
+
+export interface UploadLimits {
+  /** Uploads in progress one persona may have. */
+  perPersona: number;
+  /** Uploads in progress in the kernel. */
+  total: number;
+  /** An upload with no chunk or commit for this long is discarded with its partial file. */
+  idleMs: number;
+}
+
+/** One chunked upload in progress: the object it will become, and its partial body so far. */
+export interface Upload {
+  id: string;
+  persona: string;
+  /** The target it was begun on: every chunk and the commit must name the same one. */
+  target: string;
+  size: number;
+  received: number;
+  /** The SHA-256 of the bytes so far: each byte is hashed once, as it arrives. */
+  hash: Hash;
+  fd: number;
+  path: string;
+  expires: number;
+  /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
+  committing: boolean;
+  /** Bytes handed to a background flush so far (see {@link UploadTable.chunk}). */
+  flushed: number;
+  /** Writes and flushes of the partial file in progress. */
+  busy: Set<Promise<unknown>>;
+  /** The first write that failed (the upload cannot commit). */
+  failed: Error | undefined;
+  /** The descriptor was given back (or is, once its writes settle). */
+  closed: boolean;
+}
+
+/** Writes all of `data` at `position`, off the event loop. */
+function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (off: number) =>
+      write(fd, data, off, data.length - off, position + off, (err, n) => {
+        if (err) reject(err);
+        else if (off + n < data.length) step(off + n);
+        else resolve();
+      });
+    step(0);
+  });
+}
+
+/** Dirty bytes of one upload after which its file is flushed in the background. */
+const FLUSH_EVERY = 32 * 1024 * 1024;
+
+/**
+ * Uploads in progress (in memory: an upload does not outlive the kernel; its partial file lives
+ * in the file store's temp directory, which a start empties). Bounded per persona and in total;
+ * an idle upload expires and its partial file is removed.
+ */
+export class UploadTable {
+  private readonly byId = new Map<string, Upload>();
+  private readonly timer: NodeJS.Timeout;
+
+  constructor(
+    private readonly blobs: BlobStore,
+    private readonly limits: UploadLimits,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
+    this.timer.unref();
+  }
+
+  get size(): number {
+    return this.byId.size;
+  }
+
+  begin(persona: string, target: string, size: number): Upload {
+    if (this.byId.size >= this.limits.total)
+      throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
+    let mine = 0;
+    for (const u of this.byId.values()) if (u.persona === persona) mine++;
+    if (mine >= this.limits.perPersona)
+      throw new OpError("RESOURCE", `${persona} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`);
+    const id = `u-${randomBytes(16).toString("hex")}`;
+    const t = this.blobs.createTemp("upload");
+    const u: Upload = {
+      id,
+      persona,
+      target,
+      size,
+      received: 0,
+      hash: createHash("sha256"),
+      fd: t.fd,
+      path: t.path,
+      expires: this.clock() + this.limits.idleMs,
+      committing: false,
+      flushed: 0,
+      busy: new Set(),
+      failed: undefined,
+      closed: false,
+    };
+    this.byId.set(id, u);
+    return u;
+  }
+
+  /**
+   * The upload `id` of `persona` on `target`. Another persona's upload, one on another target
+   * and an unknown or expired one get the same answer: ids are no oracle.
+   */
+  get(id: unknown, persona: string, target: string): Upload {
+    const u = typeof id === "string" ? this.byId.get(id) : undefined;
+    if (!u || u.persona !== persona || u.target !== target)
+      throw new OpError(
+        "SEMANTIC",
+        `no upload ${String(id)} of ${persona} on ${target} (expired, committed, aborted or never begun)`,
+      );
+    if (u.committing) throw new OpError("SEMANTIC", `upload ${u.id} is being committed`);
+    return u;
+  }
+
+  /**
+   * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
+   * The chunk is hashed and its place taken now (so the next chunk may follow at once), and
+   * written to the file off the event loop; the promise settles when its bytes are in the file,
+   * and only then is the chunk acknowledged. The kernel keeps no chunk after its write.
+   */
+  chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
+    if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
+    if (u.failed) throw new OpError("RESOURCE", `upload ${u.id} failed: ${u.failed.message}`);
+    if (offset !== u.received)
+      throw new OpError(
+        "SEMANTIC",
+        `chunk at offset ${offset}, expected ${u.received}: chunks go in order, without gaps or overlap`,
+      );
+    if (offset + data.length > u.size)
+      throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
+    u.hash.update(data);
+    u.received += data.length;
+    u.expires = this.clock() + this.limits.idleMs;
+    const p = writeAt(u.fd, data, offset).catch((e: Error) => {
+      u.failed ??= e;
+      throw e;
+    });
+    this.track(u, p);
+    // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
+    // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
+    if (u.received - u.flushed >= FLUSH_EVERY) {
+      u.flushed = u.received;
+      this.track(
+        u,
+        p.then(
+          () => new Promise<void>((resolve) => fdatasync(u.fd, () => resolve())),
+          () => {},
+        ),
+      );
+    }
+    return p;
+  }
+
+  /** Every write and flush of the upload has settled (the commit syncs after this; a failed write fails it). */
+  async settled(u: Upload): Promise<void> {
+    await Promise.allSettled(u.busy);
+    if (u.failed) throw u.failed;
+  }
+
+  private track(u: Upload, p: Promise<unknown>): void {
+    const q: Promise<unknown> = p.then(
+      () => u.busy.delete(q),
+      () => u.busy.delete(q),
+    );
+    u.busy.add(q);
+  }
+
+  /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
+  take(u: Upload): void {
+    this.byId.delete(u.id);
+    // Once only: a second close could close whatever file was given the number since.
+    if (u.closed) return;
+    u.closed = true;
+    const close = () => closeSync(u.fd);
+    // Never close a descriptor a write or flush still uses: its number could be reused by
+    // another file, which the pending write would then write into.
+    if (u.busy.size) void Promise.allSettled(u.busy).then(close);
+    else close();
+  }
+
+  /** Discards an upload and its partial file. */
+  drop(u: Upload): void {
+    this.take(u);
+    unlinkQuiet(u.path);
+  }
+
+  /** Discards every idle upload past its expiry. */
+  expire(now = this.clock()): number {
+    let n = 0;
+    for (const u of [...this.byId.values()]) {
+      if (!u.committing && u.expires <= now) {
+        this.drop(u);
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * The kernel stops (after its sessions drained): every upload ends, its partial file removed.
+   * One still committing finishes or fails on its own; a file it leaves is swept at the next start.
+   */
+  close(): void {
+    clearInterval(this.timer);
+    for (const u of [...this.byId.values()]) if (!u.committing) this.drop(u);
+  }
+}

@@ -1,0 +1,236 @@
+import { createHash, randomBytes } from "node:crypto";
+import {
+  chmodSync,
+  closeSync,
+  constants,
+  fsync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readSync,
+  renameSync,
+  unlink,
+  unlinkSync,
+  writeSync,
+} from "node:fs";
+import { dirname, join } from "node:path";
+import { promisify } from "node:util";
+import { UnsafeHomeError } from "../secure-files.js";
+
+const fsyncAsync = promisify(fsync);
+const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
+
+/** SHA-256 of `data`, the address of a body in the store. */
+export function sha256(data: Uint8Array): Buffer {
+  return createHash("sha256").update(data).digest();
+}
+
+/**
+ * Object bodies as files, addressed by their SHA-256: `<root>/sha256/ab/cdef…` (0600 files in
+ * 0700 directories, never through a link). A body is written once into `<root>/tmp/`, synced,
+ * then renamed to its address, so a reader never sees a partial body and an existing body is
+ * never rewritten. Metadata (which object names which body) lives in the store's database;
+ * a body becomes visible only when a committed row names it, and is removed only after the
+ * last row naming it is gone. A crash between the two leaves an unreferenced body (or a temp
+ * file), never a row without its body: {@link sweep} at start removes them.
+ *
+ * Bodies being written or committed are pinned, so removing an unreferenced body never races
+ * a write that is about to reference the same content.
+ */
+export class BlobStore {
+  readonly root: string;
+  private readonly tmpDir: string;
+  private readonly pins = new Map<string, number>();
+
+  constructor(
+    root: string,
+    private readonly opts: { sync: boolean } = { sync: true },
+  ) {
+    this.root = root;
+    this.tmpDir = join(root, "tmp");
+    privateDir(root);
+    privateDir(join(root, "sha256"));
+    privateDir(this.tmpDir);
+    // Temp files are never referenced: what a killed run left there is garbage.
+    for (const name of readdirSync(this.tmpDir)) unlinkQuiet(join(this.tmpDir, name));
+  }
+
+  pathOf(hash: Uint8Array): string {
+    const hex = Buffer.from(hash).toString("hex");
+    return join(this.root, "sha256", hex.slice(0, 2), hex.slice(2));
+  }
+
+  /** A new temp file (0600, created exclusively): its descriptor, open for writing, and path. */
+  createTemp(prefix: string): { fd: number; path: string } {
+    const path = join(this.tmpDir, `${prefix}-${randomBytes(12).toString("hex")}`);
+    return { fd: openSync(path, CREATE_NEW, 0o600), path };
+  }
+
+  /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
+  async syncFile(fd: number): Promise<void> {
+    if (this.opts.sync) await fsyncAsync(fd);
+  }
+
+  /**
+   * Stores `data` (hashed here, once) and returns its hash, pinned: the caller commits the row
+   * naming it, then calls {@link unpin}.
+   */
+  async put(data: Uint8Array): Promise<Buffer> {
+    const hash = sha256(data);
+    this.pin(hash);
+    try {
+      if (!this.has(hash)) {
+        const t = this.createTemp("put");
+        try {
+          let off = 0;
+          while (off < data.length) off += writeSync(t.fd, data, off, data.length - off);
+          await this.syncFile(t.fd);
+        } catch (e) {
+          closeSync(t.fd);
+          unlinkQuiet(t.path);
+          throw e;
+        }
+        closeSync(t.fd);
+        await this.install(t.path, hash);
+      }
+    } catch (e) {
+      this.unpin(hash);
+      throw e;
+    }
+    return hash;
+  }
+
+  /** Moves a complete, synced temp file to `hash`'s address (or drops it when that body is there already). */
+  async install(tempPath: string, hash: Uint8Array): Promise<void> {
+    const dest = this.pathOf(hash);
+    if (this.has(hash)) {
+      unlinkQuiet(tempPath);
+      return;
+    }
+    privateDir(dirname(dest));
+    renameSync(tempPath, dest);
+    // The new name must outlive an OS crash as long as the row naming it does.
+    if (this.opts.sync) {
+      const dfd = openSync(dirname(dest), constants.O_RDONLY | constants.O_DIRECTORY);
+      try {
+        await fsyncAsync(dfd);
+      } finally {
+        closeSync(dfd);
+      }
+    }
+  }
+
+  has(hash: Uint8Array): boolean {
+    try {
+      return lstatSync(this.pathOf(hash)).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  /** `length` bytes of a body from `offset`; a body shorter than that is an error, never a short answer. */
+  read(hash: Uint8Array, offset: number, length: number): Buffer {
+    const fd = openSync(this.pathOf(hash), READ);
+    try {
+      const out = Buffer.allocUnsafe(length);
+      let got = 0;
+      while (got < length) {
+        const n = readSync(fd, out, got, length - got, offset + got);
+        if (n === 0) throw new Error(`object body ${Buffer.from(hash).toString("hex")} is shorter than its metadata says`);
+        got += n;
+      }
+      return out;
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  pin(hash: Uint8Array): void {
+    const k = Buffer.from(hash).toString("hex");
+    this.pins.set(k, (this.pins.get(k) ?? 0) + 1);
+  }
+
+  unpin(hash: Uint8Array): void {
+    const k = Buffer.from(hash).toString("hex");
+    const n = (this.pins.get(k) ?? 1) - 1;
+    if (n <= 0) this.pins.delete(k);
+    else this.pins.set(k, n);
+  }
+
+  /**
+   * Removes a body once nothing names it: `refs` = committed rows naming it, counted after the
+   * change committed. The body leaves its address at once (a rename into tmp/), and the file is
+   * freed off the event loop: unlinking a large file costs milliseconds of page-cache work.
+   */
+  collect(hash: Uint8Array, refs: number): boolean {
+    if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
+    const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
+    try {
+      renameSync(this.pathOf(hash), gone);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+      throw e;
+    }
+    unlink(gone, () => {});
+    return true;
+  }
+
+  /**
+   * At start, before any request: checks every directory and file of the store (no links, the
+   * kernel's own, no group or other access) and removes the bodies no row names (left by a
+   * crash between writing a body and committing its row, or between a delete and the removal).
+   */
+  sweep(referenced: (hash: Buffer) => boolean): number {
+    let removed = 0;
+    const top = join(this.root, "sha256");
+    for (const a of readdirSync(top)) {
+      const dir = join(top, a);
+      privateDir(dir);
+      for (const b of readdirSync(dir)) {
+        const path = join(dir, b);
+        const st = lstatSync(path);
+        if (!st.isFile()) throw new UnsafeHomeError(`${path} is not a regular file; the object store holds only bodies`);
+        owned(st.uid, path);
+        if ((st.mode & 0o077) !== 0) chmodSync(path, 0o600);
+        const hex = a + b;
+        if (!/^[0-9a-f]{64}$/.test(hex) || !referenced(Buffer.from(hex, "hex"))) {
+          if (unlinkQuiet(path)) removed++;
+        }
+      }
+    }
+    return removed;
+  }
+}
+
+function owned(uid: number, what: string): void {
+  const me = process.getuid?.();
+  if (me !== undefined && uid !== me)
+    throw new UnsafeHomeError(`${what} belongs to uid ${uid}, not to the kernel's user (uid ${me}); refusing to use it`);
+}
+
+/** Creates a 0700 directory, or checks an existing one: a real directory, the kernel user's, no group/other access. */
+function privateDir(path: string): void {
+  try {
+    mkdirSync(path, { mode: 0o700 });
+    return;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e;
+  }
+  const st = lstatSync(path);
+  if (st.isSymbolicLink() || !st.isDirectory())
+    throw new UnsafeHomeError(`${path} is not a directory (a link or something else was put there)`);
+  owned(st.uid, path);
+  if ((st.mode & 0o077) !== 0) chmodSync(path, 0o700);
+}
+
+export function unlinkQuiet(path: string): boolean {
+  try {
+    unlinkSync(path);
+    return true;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
+    throw e;
+  }
+}

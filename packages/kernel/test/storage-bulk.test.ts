@@ -1,0 +1,359 @@
+import assert from "node:assert/strict";
+import { spawn, spawnSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient, KpipError } from "@kpip/client";
+import { decodeIntent } from "@kpip/protocol";
+import Database from "better-sqlite3";
+import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+
+const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+const klass = (cls: string, text?: string) => (e: unknown) =>
+  e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
+const MiB = 1024 * 1024;
+/** Frames of 1 MiB keep the suite fast; an object of 17 MiB is still larger than the default 16 MiB frame. */
+const SMALL_FRAMES = { maxBodyBytes: MiB, maxObjectBytes: 64 * MiB };
+
+/** Deterministic bytes that differ at every offset (a misplaced chunk shows). */
+function pattern(size: number, seed = 1): Buffer {
+  const b = Buffer.allocUnsafe(size + 4);
+  let x = seed;
+  for (let i = 0; i < size; i += 4) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    b.writeUInt32LE(x, i);
+  }
+  return b.subarray(0, size);
+}
+const sha = (b: Uint8Array) => createHash("sha256").update(b).digest();
+/** Partial files (bodies being freed, `gone-*`, are not partial: they leave off the event loop). */
+const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp")).filter((n) => !n.startsWith("gone-"));
+/** Every body file in the store, by hex hash. */
+function bodies(home: string): string[] {
+  const top = join(home, "objects", "sha256");
+  return readdirSync(top).flatMap((a) => readdirSync(join(top, a)).map((b) => a + b));
+}
+
+describe("large objects: the file store and the chunked upload", () => {
+  let t: TestKernel;
+  let c: KernelClient;
+  before(async () => {
+    t = await startKernel({ ...SMALL_FRAMES, objectInlineBytes: 4096, uploadIdleMs: 60_000 });
+    c = await t.admin();
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("round-trips an object larger than 16 MiB through the chunked upload and ranged reads", async () => {
+    const data = pattern(17 * MiB + 12_345);
+    const r = await c.storage.putLarge("obj://big/a.bin", data, { chunkBytes: 512 * 1024 });
+    assert.deepEqual([r.generation, r.size, Buffer.from(r.sha256).toString("hex")], [1, data.length, sha(data).toString("hex")]);
+    const back = await c.storage.getLarge("obj://big/a.bin", { chunkBytes: 700 * 1024 });
+    assert.ok(back.equals(data), "the bytes read back are the bytes written");
+    // An iterable source of uneven pieces is cut into chunks the same way.
+    const pieces = [data.subarray(0, 3), data.subarray(3, 2 * MiB + 7), data.subarray(2 * MiB + 7, 3 * MiB)];
+    await c.storage.putLarge("obj://big/b.bin", pieces, { size: 3 * MiB });
+    const range = await c.storage.readRange("obj://big/b.bin", MiB - 5, 10);
+    assert.ok(Buffer.from(range.data).equals(data.subarray(MiB - 5, MiB + 5)));
+    assert.equal(range.size, 3 * MiB);
+    assert.deepEqual(tmpFiles(t.home), [], "no partial file is left after a commit");
+  });
+
+  it("keeps bodies at their SHA-256 in 0700 directories as 0600 files, once per content", async () => {
+    const data = pattern(300_000, 7);
+    await c.storage.write("obj://big/one", data);
+    await c.storage.write("obj://big/two", data);
+    const hex = sha(data).toString("hex");
+    const file = join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2));
+    assert.ok(readFileSync(file).equals(data), "the body is the file named by its hash");
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    for (const d of ["objects", "objects/sha256", `objects/sha256/${hex.slice(0, 2)}`, "objects/tmp"])
+      assert.equal(statSync(join(t.home, d)).mode & 0o777, 0o700, d);
+    // Two objects share one body; it goes when the last one stops naming it.
+    await c.storage.delete("obj://big/one");
+    assert.ok(existsSync(file), "still named by obj://big/two");
+    await c.storage.write("obj://big/two", "now small and inline");
+    assert.ok(!existsSync(file), "removed once no object names it");
+    assert.equal(Buffer.from((await c.storage.read("obj://big/two")).data).toString(), "now small and inline");
+    // A write that loses its compare-and-set leaves no body behind: the body it wrote is named by nothing.
+    const before = bodies(t.home).length;
+    await c.storage.write("obj://big/cas", pattern(200_000, 31), { ifGeneration: 0 });
+    await assert.rejects(c.storage.write("obj://big/cas", pattern(200_000, 37), { ifGeneration: 0 }), klass("SEMANTIC"));
+    assert.equal(bodies(t.home).length, before + 1, "only the winning write's body is kept");
+    assert.ok(!bodies(t.home).includes(sha(pattern(200_000, 37)).toString("hex")));
+  });
+
+  it("writes every chunk to the partial file when it is acknowledged (the kernel holds no object in memory)", async () => {
+    const chunk = pattern(200_000, 3);
+    const begun = (await c.call("storage.upload.begin", "obj://big/s", { size: 3 * chunk.length })).payload as { upload: string };
+    assert.equal(tmpFiles(t.home).length, 1);
+    const partial = join(t.home, "objects", "tmp", tmpFiles(t.home)[0] as string);
+    for (let i = 0; i < 3; i++) {
+      const r = await c.call("storage.upload.chunk", "obj://big/s", {
+        upload: begun.upload,
+        offset: i * chunk.length,
+        data: chunk,
+      });
+      assert.equal((r.payload as { received: number }).received, (i + 1) * chunk.length);
+      assert.equal(statSync(partial).size, (i + 1) * chunk.length, "the acknowledged bytes are in the file already");
+      assert.equal(statSync(partial).mode & 0o777, 0o600);
+    }
+    await c.call("storage.upload.abort", "obj://big/s", { upload: begun.upload });
+    assert.ok(!existsSync(partial), "an aborted upload leaves no partial file");
+  });
+
+  it("refuses a commit whose SHA-256 or size is not the uploaded bytes' (SEMANTIC), discarding the upload", async () => {
+    const data = pattern(100_000, 9);
+    const { upload } = (await c.call("storage.upload.begin", "obj://big/h", { size: data.length })).payload as { upload: string };
+    await c.call("storage.upload.chunk", "obj://big/h", { upload, offset: 0, data });
+    await assert.rejects(
+      c.call("storage.upload.commit", "obj://big/h", { upload, sha256: sha(data), size: data.length - 1 }),
+      klass("SEMANTIC", "the commit says"),
+    );
+    const wrong = sha(Buffer.from("other bytes"));
+    await assert.rejects(
+      c.call("storage.upload.commit", "obj://big/h", { upload, sha256: wrong, size: data.length }),
+      klass("SEMANTIC", "SHA-256"),
+    );
+    await assert.rejects(c.storage.stat("obj://big/h"), klass("SEMANTIC"), "no object was made");
+    await assert.rejects(
+      c.call("storage.upload.commit", "obj://big/h", { upload, sha256: sha(data), size: data.length }),
+      klass("SEMANTIC", "no upload"),
+      "the upload is gone: its bytes never become the object",
+    );
+    assert.deepEqual(tmpFiles(t.home), []);
+  });
+
+  it("refuses chunks out of order, overlapping, empty or beyond the declared size (SEMANTIC); the upload goes on", async () => {
+    const data = pattern(30_000, 5);
+    const target = "obj://big/order";
+    const { upload } = (await c.call("storage.upload.begin", target, { size: data.length })).payload as { upload: string };
+    const chunk = (offset: number, bytes: Uint8Array) => c.call("storage.upload.chunk", target, { upload, offset, data: bytes });
+    await assert.rejects(chunk(10_000, data.subarray(10_000, 20_000)), klass("SEMANTIC", "expected 0"), "a gap");
+    await chunk(0, data.subarray(0, 10_000));
+    await assert.rejects(chunk(5_000, data.subarray(5_000, 15_000)), klass("SEMANTIC", "expected 10000"), "an overlap");
+    await assert.rejects(chunk(0, data.subarray(0, 10_000)), klass("SEMANTIC", "expected 10000"), "a chunk sent twice");
+    await assert.rejects(chunk(10_000, Buffer.alloc(0)), klass("SEMANTIC", "at least one byte"));
+    await assert.rejects(chunk(10_000, pattern(20_001, 5)), klass("SEMANTIC", "beyond the declared size"));
+    await chunk(10_000, data.subarray(10_000));
+    const r = await c.call("storage.upload.commit", target, { upload, sha256: sha(data), size: data.length });
+    assert.equal((r.payload as { size: number }).size, data.length);
+    assert.ok((await c.storage.getLarge(target)).equals(data));
+  });
+
+  it("answers ranged reads within the object and refuses a whole read larger than a frame (RESOURCE)", async () => {
+    const data = pattern(2 * MiB, 11);
+    const w = await c.storage.putLarge("obj://big/r", data);
+    await assert.rejects(c.storage.read("obj://big/r"), klass("RESOURCE", "in ranges"));
+    await assert.rejects(c.storage.readRange("obj://big/r", 2 * MiB + 1, 1), klass("SEMANTIC", "beyond"));
+    assert.equal((await c.storage.readRange("obj://big/r", 2 * MiB, 10)).data.length, 0, "a read at the end is empty");
+    await assert.rejects(
+      c.storage.readRange("obj://big/r", 0, 10, { ifGeneration: w.generation + 1 }),
+      klass("SEMANTIC", "generation conflict"),
+    );
+  });
+
+  it("records the whole object's SHA-256 and size in the commit's audited intent", async () => {
+    const data = pattern(50_000, 13);
+    await c.storage.putLarge("obj://big/audited", data);
+    const rec = t.k.database
+      .queryAudit({ op: "storage.upload.commit", limit: 100 })
+      .find((r) => r.phase === "intent" && r.target === "obj://big/audited");
+    assert.ok(rec?.intent, "the commit's intent is on the record with its bytes");
+    const intent = decodeIntent(rec.intent);
+    assert.deepEqual(
+      [Buffer.from(intent.args.sha256 as Uint8Array).toString("hex"), intent.args.size],
+      [sha(data).toString("hex"), data.length],
+    );
+  });
+});
+
+describe("chunked upload: capabilities and bounds", () => {
+  it("authorizes every upload op as storage.write on the target, and ids are no use to another persona", async () => {
+    const t = await startKernel({ ...SMALL_FRAMES, maxUploadsPerPersona: 2 });
+    try {
+      const w = await t.persona("writer", [{ ops: ["storage.write", "storage.read"], targets: ["obj://w/**"] }]);
+      const r = await t.persona("reader", [{ ops: ["storage.read"], targets: ["obj://w/**"] }]);
+      const o = await t.persona("other", [{ ops: ["storage.write"], targets: ["obj://w/**"] }]);
+      const cw = await t.connect(w.identity, [w.token]);
+      const cr = await t.connect(r.identity, [r.token]);
+      const co = await t.connect(o.identity, [o.token]);
+      await assert.rejects(cw.call("storage.upload.begin", "obj://elsewhere/x", { size: 10 }), klass("PERMISSION"));
+      await assert.rejects(cr.call("storage.upload.begin", "obj://w/x", { size: 10 }), klass("PERMISSION"));
+      const { upload } = (await cw.call("storage.upload.begin", "obj://w/x", { size: 4 })).payload as { upload: string };
+      // The same answer as for an id that never existed: another persona learns nothing from it.
+      await assert.rejects(
+        co.call("storage.upload.chunk", "obj://w/x", { upload, offset: 0, data: Buffer.from("evil") }),
+        klass("SEMANTIC", "no upload"),
+      );
+      await assert.rejects(co.call("storage.upload.abort", "obj://w/x", { upload }), klass("SEMANTIC", "no upload"));
+      await assert.rejects(
+        cw.call("storage.upload.chunk", "obj://w/y", { upload, offset: 0, data: Buffer.from("abcd") }),
+        klass("SEMANTIC", "no upload"),
+        "another target",
+      );
+      await assert.rejects(
+        cr.call("storage.upload.chunk", "obj://w/x", { upload, offset: 0, data: Buffer.from("abcd") }),
+        klass("PERMISSION"),
+      );
+      await cw.call("storage.upload.chunk", "obj://w/x", { upload, offset: 0, data: Buffer.from("abcd") });
+      await cw.call("storage.upload.commit", "obj://w/x", { upload, sha256: sha(Buffer.from("abcd")), size: 4 });
+      assert.equal(Buffer.from((await cr.storage.read("obj://w/x")).data).toString(), "abcd");
+      // At most maxUploadsPerPersona in progress, counted per persona.
+      await cw.call("storage.upload.begin", "obj://w/1", { size: 1 });
+      await cw.call("storage.upload.begin", "obj://w/2", { size: 1 });
+      await assert.rejects(cw.call("storage.upload.begin", "obj://w/3", { size: 1 }), klass("RESOURCE", "uploads in progress"));
+      await co.call("storage.upload.begin", "obj://w/3", { size: 1 });
+      await assert.rejects(
+        cw.call("storage.upload.begin", "obj://w/big", { size: 65 * MiB }),
+        klass("RESOURCE", "exceeds the limit"),
+      );
+      // A quota the object could never fit is refused at the start, before any byte is stored.
+      const q = await t.persona("small", [{ ops: ["storage.write"], targets: ["obj://w/**"] }], {
+        limits: { "storage.bytes": 1000 },
+      });
+      const cq = await t.connect(q.identity, [q.token]);
+      await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
+      await cq.call("storage.upload.begin", "obj://w/q", { size: 1000 });
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("cuts chunks and ranges to fit the smallest frame the protocol allows", async () => {
+    const t = await startKernel({ maxBodyBytes: 8192 });
+    try {
+      const c = await t.admin();
+      const data = pattern(50_000, 41);
+      await c.storage.putLarge("obj://tiny/x", data);
+      assert.ok((await c.storage.getLarge("obj://tiny/x")).equals(data));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("expires an idle upload and removes its partial file", async () => {
+    const t = await startKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 });
+    try {
+      const c = await t.admin();
+      const { upload } = (await c.call("storage.upload.begin", "obj://e/x", { size: 10 })).payload as { upload: string };
+      await c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 0, data: Buffer.from("12345") });
+      assert.equal(tmpFiles(t.home).length, 1);
+      await until(() => tmpFiles(t.home).length === 0, 30_000, "the expired upload's partial file to go");
+      await assert.rejects(
+        c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 5, data: Buffer.from("67890") }),
+        klass("SEMANTIC", "no upload"),
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("the file store across restarts", () => {
+  it("after kill -9 mid-upload: no object, no partial file, no unnamed body", async () => {
+    let t = await startKernel(SMALL_FRAMES);
+    await t.stop();
+    const child = spawn(
+      process.execPath,
+      [MAIN, "kernel", "--home", t.home, "--log-level", "silent", "--max-body-bytes", String(MiB)],
+      {
+        stdio: ["ignore", "pipe", "inherit"],
+      },
+    );
+    try {
+      await new Promise<void>((r) => child.stdout.on("data", (d) => String(d).includes("is running") && r()));
+      const k = await KernelClient.connect({
+        socket: join(t.home, "kernel.sock"),
+        identity: join(t.home, "admin.identity"),
+        tokens: [readFileSync(join(t.home, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+      const chunk = pattern(500_000, 17);
+      const { upload } = (await k.call("storage.upload.begin", "obj://kill/x", { size: 4 * chunk.length })).payload as {
+        upload: string;
+      };
+      await k.call("storage.upload.chunk", "obj://kill/x", { upload, offset: 0, data: chunk });
+      // A body written but never named (as a write killed between its file and its row would leave it).
+      await k.storage.write("obj://kill/named", pattern(200_000, 19));
+      assert.equal(tmpFiles(t.home).length, 1, "the partial file exists while the upload is open");
+      child.kill("SIGKILL");
+      await new Promise((r) => child.once("exit", r));
+      await k.close().catch(() => {});
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    }
+    // Plant an unnamed body, as a crash between a body's rename and its row's commit leaves one.
+    const stray = pattern(10, 23);
+    const hex = sha(stray).toString("hex");
+    const { mkdirSync, writeFileSync } = await import("node:fs");
+    mkdirSync(join(t.home, "objects", "sha256", hex.slice(0, 2)), { recursive: true, mode: 0o700 });
+    writeFileSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2)), stray, { mode: 0o600 });
+    t = await startKernel(SMALL_FRAMES, t.home);
+    try {
+      const c = await t.admin();
+      await assert.rejects(c.storage.stat("obj://kill/x"), klass("SEMANTIC"), "the interrupted upload made no object");
+      assert.deepEqual(tmpFiles(t.home), [], "the partial file was removed at start");
+      assert.deepEqual(bodies(t.home), [sha(pattern(200_000, 19)).toString("hex")], "only the named body is left");
+      assert.ok((await c.storage.getLarge("obj://kill/named")).equals(pattern(200_000, 19)));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("reads inline bodies of a home made before the file store (no hash column), and migrates it", async () => {
+    let t = await startKernel();
+    await t.stop();
+    const db = new Database(join(t.home, "kernel.db"));
+    db.exec("DROP INDEX objects_hash; ALTER TABLE objects DROP COLUMN hash");
+    const old = pattern(1_000_000, 29);
+    db.prepare(
+      "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner) VALUES ('ws', 'legacy', ?, 3, ?, 0, 'admin')",
+    ).run(old, old.length);
+    db.close();
+    t = await startKernel({}, t.home);
+    try {
+      const c = await t.admin();
+      const r = await c.storage.read("obj://ws/legacy");
+      assert.ok(Buffer.from(r.data).equals(old));
+      assert.equal(r.generation, 3);
+      assert.ok(Buffer.from((await c.storage.readRange("obj://ws/legacy", 10, 5)).data).equals(old.subarray(10, 15)));
+      // Its next write moves it to the file store.
+      await c.storage.write("obj://ws/legacy", old, { ifGeneration: 3 });
+      const hex = sha(old).toString("hex");
+      assert.ok(existsSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2))));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("refuses to start on a file store holding a link (UnsafeHomeError)", async () => {
+    const t = await startKernel();
+    await t.stop();
+    symlinkSync("/etc/passwd", join(t.home, "objects", "sha256", "ab"));
+    try {
+      await assert.rejects(startKernel({}, t.home), (e: unknown) => (e as Error).name === "UnsafeHomeError");
+      assert.ok(lstatSync(join(t.home, "objects", "sha256", "ab")).isSymbolicLink());
+    } finally {
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("examples/large-object.ts", () => {
+  it("streams a 20 MiB object up and back and finds the same SHA-256", () => {
+    const ex = fileURLToPath(new URL("../../../../examples/dist/large-object.js", import.meta.url));
+    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 120_000 });
+    assert.equal(r.status, 0, r.stderr);
+    assert.match(r.stdout, /read 20971520 bytes back in ranges; same SHA-256: true/);
+  });
+});
