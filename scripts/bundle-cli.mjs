@@ -3,7 +3,7 @@
 // packages/cli/dist/bundle/ (kpip.js and its chunks): the commands run many times a minute then load one file
 // instead of ~60 modules. Run by `npm run build` after tsc; it does nothing when the bundle is
 // newer than every file that went into it (esbuild's metafile lists them).
-import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
 import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -25,6 +25,8 @@ function upToDate() {
 
 if (!upToDate()) {
   const { build } = await import("esbuild-wasm");
+  // Chunk names carry content hashes: start empty so no stale chunk is left beside the new ones.
+  rmSync(outdir, { recursive: true, force: true });
   const result = await build({
     absWorkingDir: root,
     entryPoints: [entry],

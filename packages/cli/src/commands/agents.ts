@@ -4,7 +4,7 @@ import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
 import { EXIT, printTable, render, reportError, toJson, UsageError } from "../util.js";
-import { parseAllow, parseDuration } from "./token.js";
+import { parseAllow, parseDuration } from "./grant-args.js";
 
 async function withClient(v: Values, f: (c: KernelClient) => Promise<void>): Promise<number> {
   let client: KernelClient | undefined;
