@@ -1,4 +1,13 @@
-import { crc32 } from "node:zlib";
+import { createRequire } from "node:module";
+
+type Crc32 = (data: Uint8Array, value?: number) => number;
+let zlibCrc32: Crc32 | undefined;
+/** node:zlib's CRC-32, loaded on first use: a process that never uses shared memory (most
+ * one-shot `kpip` commands) does not pay for initialising zlib. */
+function crc32(data: Uint8Array, value?: number): number {
+  zlibCrc32 ??= (createRequire(import.meta.url)("node:zlib") as { crc32: Crc32 }).crc32;
+  return zlibCrc32(data, value);
+}
 import { decodeCanonical } from "../cbor/decode.js";
 import { encodeCanonical } from "../cbor/encode.js";
 import { FrameFlag, HEADER_SIZE } from "../constants.js";
