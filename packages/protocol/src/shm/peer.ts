@@ -1,5 +1,12 @@
 import { createRequire } from "node:module";
 
+import { decodeCanonical } from "../cbor/decode.js";
+import { encodeCanonical } from "../cbor/encode.js";
+import { FrameFlag, HEADER_SIZE } from "../constants.js";
+import { CodecError, ErrorClass } from "../errors.js";
+import type { Frame } from "../frame/decoder.js";
+import { readHeader, writeHeader } from "../frame/header.js";
+
 type Crc32 = (data: Uint8Array, value?: number) => number;
 let zlibCrc32: Crc32 | undefined;
 /** node:zlib's CRC-32, loaded on first use: a process that never uses shared memory (most
@@ -8,12 +15,6 @@ function crc32(data: Uint8Array, value?: number): number {
   zlibCrc32 ??= (createRequire(import.meta.url)("node:zlib") as { crc32: Crc32 }).crc32;
   return zlibCrc32(data, value);
 }
-import { decodeCanonical } from "../cbor/decode.js";
-import { encodeCanonical } from "../cbor/encode.js";
-import { FrameFlag, HEADER_SIZE } from "../constants.js";
-import { CodecError, ErrorClass } from "../errors.js";
-import type { Frame } from "../frame/decoder.js";
-import { readHeader, writeHeader } from "../frame/header.js";
 
 /** The feature name both peers offer to carry large bodies through shared memory (PROTOCOL §3.7). */
 export const SHM_FEATURE = "shm";
