@@ -25,6 +25,7 @@ import {
 } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { KernelMetrics } from "./metrics/metrics.js";
+import { AnswerBudget } from "./pipeline/answer-budget.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
 import { agentFamily } from "./primitives/agent.js";
@@ -368,6 +369,9 @@ export class Kernel {
         this.log,
         metrics,
         refusals,
+        // Answers being prepared: half a peer's write buffer per session (they are written into
+        // it, and a peer whose buffer overflows is dropped), twice that buffer in the kernel.
+        new AnswerBudget(Math.floor(c.maxWriteBuffer / 2), 2 * c.maxWriteBuffer),
       );
       this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {

@@ -257,7 +257,7 @@ export class RawPeer {
     );
   }
 
-  async response(id: number, ms = 3000) {
+  async response(id: number, ms = 30_000) {
     const f = await until(
       () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
       ms,

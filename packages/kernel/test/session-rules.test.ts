@@ -77,9 +77,9 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
   });
 
   it("a response that does not fit the session's maxBody is answered FAILURE RESOURCE, audited; the session keeps serving", async () => {
-    await s.admin.storage.write("obj://mb/large", "y".repeat(2 * MIN_MAX_BODY));
     const { p } = await peerWithMaxBody(s.t.k.socketPath, adminIdentity(s.t.k), token(), MIN_MAX_BODY);
-    p.send(requestFrame(20, { op: "storage.read", target: "obj://mb/large", args: {} }));
+    // the op table is far larger than 4096 bytes: built, then found not to fit
+    p.send(requestFrame(20, { op: "system.describe", target: "kernel://", args: {} }));
     const r = await p.response(20);
     assert.deepEqual([r.status, r.error], ["FAILURE", "RESOURCE"]);
     assert.match(r.message ?? "", /does not fit this session's maxBody of 4096 bytes/);
@@ -87,9 +87,23 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
       s.t.k,
       (x) => x.op === "session.response" && x.requestId === 20 && x.errorClass === "RESOURCE" && x.phase === "refused",
     );
-    p.send(requestFrame(21, { op: "storage.stat", target: "obj://mb/large", args: {} }));
+    p.send(requestFrame(21, { op: "system.health", target: "kernel://", args: {} }));
     assert.equal((await p.response(21)).status, "SUCCESS", "the session continues");
     assert.equal(p.closed, false);
+    p.close();
+  });
+
+  it("a read larger than the session's maxBody is refused RESOURCE before the object is read; a range that fits is answered", async () => {
+    await s.admin.storage.write("obj://mb/large", "y".repeat(2 * MIN_MAX_BODY));
+    const { p } = await peerWithMaxBody(s.t.k.socketPath, adminIdentity(s.t.k), token(), MIN_MAX_BODY);
+    p.send(requestFrame(22, { op: "storage.read", target: "obj://mb/large", args: {} }));
+    const r = await p.response(22);
+    assert.deepEqual([r.status, r.error], ["FAILURE", "RESOURCE"]);
+    assert.match(r.message ?? "", /do not fit one response \(at most \d+\); read the object in ranges/);
+    p.send(requestFrame(23, { op: "storage.read", target: "obj://mb/large", args: { offset: 0, length: 1024 } }));
+    const part = await p.response(23);
+    assert.equal(part.status, "SUCCESS");
+    assert.equal((part.payload as { data: Uint8Array }).data.length, 1024);
     p.close();
   });
 

@@ -22,6 +22,7 @@ import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
+import { AnswerBudget } from "./answer-budget.js";
 import { type DedupeCache, dedupeHash } from "./dedupe.js";
 import { endRequestSpan, type RequestTrace, stage, startRequestSpan } from "./tracing.js";
 
@@ -38,6 +39,8 @@ export interface SessionView {
   readonly handles: HandleTable;
   /** Ends the session with a fatal ERROR (a refusal flood). */
   expel?(code: string, message: string, errorClass: ErrorClass): void;
+  /** The negotiated maximum body of the session. */
+  readonly maxBody: number;
 }
 
 /** What one request carries through the stages: its trace, and its op for metric labels (unknown ops grouped). */
@@ -67,6 +70,7 @@ export class Pipeline {
     private readonly log: Logger,
     private readonly metrics?: KernelMetrics,
     private readonly refusals?: RefusalLimiter,
+    private readonly answers = new AnswerBudget(64 * 1024 * 1024, 256 * 1024 * 1024),
   ) {}
 
   /**
@@ -215,7 +219,10 @@ export class Pipeline {
       });
       return response;
     }
-    const pending = this.run(s, req, intent, decl, decision, rec, started, key, dhash, st.trace);
+    const lease = this.answers.lease(s.id);
+    const pending = this.run(s, req, intent, decl, decision, rec, started, key, dhash, st.trace, lease.hold).finally(
+      lease.release,
+    );
     this.dedupe.running(key, dhash, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
@@ -252,6 +259,7 @@ export class Pipeline {
     /** The request's dedupe hash: its intent bound to its authority (dedupeHash). */
     dhash: Buffer,
     tr: RequestTrace,
+    holdAnswerBytes: (bytes: number) => void,
   ): Promise<Response> {
     const caps = decision.capIds.join(",");
     // 6. limits on requests themselves (concurrent, rate) from the authorizing grant.
@@ -278,7 +286,9 @@ export class Pipeline {
         recorded = this.dedupe.durable;
         return v;
       };
-      result = await stage(tr, "kpip.execute", () => this.execute(s, req, intent, decl, decision.grant, atomically));
+      result = await stage(tr, "kpip.execute", () =>
+        this.execute(s, req, intent, decl, decision.grant, atomically, holdAnswerBytes),
+      );
     } catch (e) {
       refusal = toRefusal(e, this.log, intent.op, req.context.traceparent);
     } finally {
@@ -328,6 +338,7 @@ export class Pipeline {
     decl: PrimitiveDeclaration,
     grant: Grant | undefined,
     atomically: OpContext["atomically"],
+    holdAnswerBytes: OpContext["holdAnswerBytes"],
   ): Promise<OpResult> {
     const target = parseTarget(intent.target);
     if (typeof target === "string") throw new OpError("SEMANTIC", target);
@@ -356,6 +367,8 @@ export class Pipeline {
       grant,
       handles: s.handles,
       atomically,
+      maxBody: s.maxBody,
+      holdAnswerBytes,
     });
   }
 }

@@ -69,12 +69,16 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const offset = uintArg(ctx, "offset") ?? 0;
           if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
           const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
-          if (length > limits.maxReadBytes) {
+          // What fits one answer on this session (its negotiated maxBody, less the envelope).
+          const fits = Math.min(limits.maxReadBytes, ctx.maxBody - Math.min(64 * 1024, Math.floor(ctx.maxBody / 2)));
+          if (length > fits) {
             throw new OpError(
               "RESOURCE",
-              `${length} bytes do not fit one response (at most ${limits.maxReadBytes}); read the object in ranges (offset, length)`,
+              `${length} bytes do not fit one response (at most ${fits}); read the object in ranges (offset, length)`,
             );
           }
+          // Counted before it is read: pipelined reads of a large object cannot pile up in memory.
+          ctx.holdAnswerBytes(length);
           const data = o.hash
             ? blobs.read(o.hash, offset, length)
             : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);

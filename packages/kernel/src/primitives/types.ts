@@ -34,6 +34,14 @@ export interface OpContext {
    * An op whose effect is one store transaction makes it through this; a throw rolls back both.
    */
   atomically<T extends OpResult>(effect: () => T): T;
+  /** The session's negotiated maximum body: an answer larger than this cannot be sent. */
+  maxBody: number;
+  /**
+   * Declares that the op is about to hold `bytes` of answer in memory (a body it reads), until
+   * the request is answered. Throws OpError RESOURCE when the session's or the kernel's budget of
+   * answers in preparation is spent: call it before reading, not after.
+   */
+  holdAnswerBytes(bytes: number): void;
 }
 
 /** A successful outcome; failures are thrown as {@link OpError}. */

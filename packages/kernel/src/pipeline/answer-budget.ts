@@ -1,0 +1,53 @@
+import { OpError } from "../primitives/types.js";
+
+/**
+ * Bytes of answers being prepared: an op about to read a large body into memory (storage.read)
+ * holds its size here until its request is answered. Requests decoded from one socket read all
+ * run before any is answered (their outcome records commit together), so without this a
+ * persona pipelining reads of a large object made the kernel hold maxInFlight × maxBody bytes
+ * at once — gigabytes, for everyone. Past a session's or the kernel's budget the op is refused
+ * RESOURCE before it reads, and the client's retry comes once earlier answers have gone out.
+ */
+export class AnswerBudget {
+  private readonly bySession = new Map<string, number>();
+  private total = 0;
+
+  constructor(
+    /** Most bytes one session's answers in preparation may hold (the kernel's write buffer per peer). */
+    readonly perSession: number,
+    /** Most bytes all sessions' answers in preparation may hold. */
+    readonly kernel: number,
+  ) {}
+
+  /** Bytes held now, in the kernel. */
+  get held(): number {
+    return this.total;
+  }
+
+  /** A lease for one request: `hold` adds to it, `release` gives all of it back (once). */
+  lease(session: string): { hold(bytes: number): void; release(): void } {
+    let mine = 0;
+    return {
+      hold: (bytes: number) => {
+        if (bytes <= 0) return;
+        const s = this.bySession.get(session) ?? 0;
+        // One answer alone is always allowed (the op's own limits bound it): a session is never starved.
+        if (s > 0 && s + bytes > this.perSession)
+          throw new OpError("RESOURCE", `this session's answers in preparation hold ${s} bytes; retry once they are sent`);
+        if (this.total > 0 && this.total + bytes > this.kernel)
+          throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
+        this.bySession.set(session, s + bytes);
+        this.total += bytes;
+        mine += bytes;
+      },
+      release: () => {
+        if (mine === 0) return;
+        const s = (this.bySession.get(session) ?? 0) - mine;
+        if (s > 0) this.bySession.set(session, s);
+        else this.bySession.delete(session);
+        this.total -= mine;
+        mine = 0;
+      },
+    };
+  }
+}
