@@ -50,6 +50,11 @@ const DECLARED = {
   },
   maxUploadsPerPersona: { type: "int", default: 4, description: "chunked uploads in progress per persona" },
   maxUploads: { type: "int", default: 64, description: "chunked uploads in progress in the kernel" },
+  maxUploadBytes: {
+    type: "int",
+    default: 16 * 1024 * 1024 * 1024,
+    description: "bytes all chunked uploads in progress may declare, in the kernel (the disk they may fill)",
+  },
   /** An upload with no chunk for this long is discarded with its partial file. */
   uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },
   maxWriteBuffer: {

@@ -255,7 +255,12 @@ export class Kernel {
       const blobs = new BlobStore(join(c.home, "objects"));
       const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
       if (swept) this.log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
-      const uploads = new UploadTable(blobs, { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, idleMs: c.uploadIdleMs });
+      const uploads = new UploadTable(blobs, {
+        perPersona: c.maxUploadsPerPersona,
+        total: c.maxUploads,
+        totalBytes: c.maxUploadBytes,
+        idleMs: c.uploadIdleMs,
+      });
       this.uploads = uploads;
       this.router.register(
         storageFamily(

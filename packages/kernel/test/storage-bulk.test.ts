@@ -5,14 +5,12 @@ import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KernelClient, KpipError } from "@kpip/client";
+import { KernelClient } from "@kpip/client";
 import { decodeIntent } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
-const klass = (cls: string, text?: string) => (e: unknown) =>
-  e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
 const MiB = 1024 * 1024;
 /** Frames of 1 MiB keep the suite fast; an object of 17 MiB is still larger than the default 16 MiB frame. */
 const SMALL_FRAMES = { maxBodyBytes: MiB, maxObjectBytes: 64 * MiB };
@@ -219,6 +217,55 @@ describe("chunked upload: capabilities and bounds", () => {
       const cq = await t.connect(q.identity, [q.token]);
       await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
       await cq.call("storage.upload.begin", "obj://w/q", { size: 1000 });
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("counts the bytes uploads in progress declare: against the persona's quota and the kernel's maxUploadBytes", async () => {
+    const t = await startKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 });
+    try {
+      const q = await t.persona("quota", [{ ops: ["storage.write"], targets: ["obj://u/**"] }], {
+        limits: { "storage.bytes": 100_000 },
+      });
+      const cq = await t.connect(q.identity, [q.token]);
+      await cq.call("storage.upload.begin", "obj://u/a", { size: 100_000 });
+      // a second upload the quota could hold alone, but not beside the first
+      await assert.rejects(cq.call("storage.upload.begin", "obj://u/b", { size: 100_000 }), klass("RESOURCE", "storage.bytes"));
+      await assert.rejects(cq.call("storage.upload.begin", "obj://u/c", { size: 1 }), klass("RESOURCE", "storage.bytes"));
+      // the kernel's bound on declared bytes, whoever declares them
+      const admin = await t.admin();
+      await assert.rejects(admin.call("storage.upload.begin", "obj://u/d", { size: 60_000 }), klass("RESOURCE", "declare"));
+      await admin.call("storage.upload.begin", "obj://u/e", { size: 50_000 });
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a commit refused by its compare-and-set keeps the upload: it can be committed right, or aborted", async () => {
+    const t = await startKernel(SMALL_FRAMES);
+    try {
+      const c = await t.admin();
+      await c.storage.write("obj://u/cas", "v1");
+      const data = Buffer.from("the new body");
+      const { upload } = (await c.call("storage.upload.begin", "obj://u/cas", { size: data.length })).payload as {
+        upload: string;
+      };
+      await c.call("storage.upload.chunk", "obj://u/cas", { upload, offset: 0, data });
+      await assert.rejects(
+        c.call("storage.upload.commit", "obj://u/cas", { upload, sha256: sha(data), size: data.length, ifGeneration: 7 }),
+        klass("SEMANTIC", "generation conflict"),
+      );
+      const done = await c.call("storage.upload.commit", "obj://u/cas", {
+        upload,
+        sha256: sha(data),
+        size: data.length,
+        ifGeneration: 1,
+      });
+      assert.equal((done.payload as { generation: number }).generation, 2);
+      assert.equal(Buffer.from((await c.storage.read("obj://u/cas")).data).toString(), "the new body");
     } finally {
       await t.stop();
       removeHome(t.home);

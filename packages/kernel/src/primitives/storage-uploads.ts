@@ -9,6 +9,8 @@ export interface UploadLimits {
   perPersona: number;
   /** Uploads in progress in the kernel. */
   total: number;
+  /** Declared bytes of all uploads in progress in the kernel (the disk they may fill). */
+  totalBytes: number;
   /** An upload with no chunk or commit for this long is discarded with its partial file. */
   idleMs: number;
 }
@@ -76,9 +78,22 @@ export class UploadTable {
     return this.byId.size;
   }
 
+  /** Declared bytes of the uploads in progress that `which` selects (all of them by default). */
+  pendingBytes(which: (u: Upload) => boolean = () => true): number {
+    let n = 0;
+    for (const u of this.byId.values()) if (which(u)) n += u.size;
+    return n;
+  }
+
   begin(persona: string, target: string, size: number): Upload {
     if (this.byId.size >= this.limits.total)
       throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
+    const pending = this.pendingBytes();
+    if (pending + size > this.limits.totalBytes)
+      throw new OpError(
+        "RESOURCE",
+        `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${this.limits.totalBytes}`,
+      );
     let mine = 0;
     for (const u of this.byId.values()) if (u.persona === persona) mine++;
     if (mine >= this.limits.perPersona)

@@ -56,18 +56,20 @@ export class ResourceLedger {
     previous: { size: number; owner: string } | undefined,
     newSize: number,
     grant: Grant | undefined,
+    /** Bytes already promised and not yet charged (uploads in progress): counted as used. */
+    pending: { persona: number; workspace: number } = { persona: 0, workspace: 0 },
   ): void {
     const oldSize = previous?.size ?? 0;
     const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
     const limit = grant?.limits["storage.bytes"];
     if (limit !== undefined && personaDelta > 0) {
-      const used = this.store.usage(personaScope(persona), "storage.bytes");
+      const used = this.store.usage(personaScope(persona), "storage.bytes") + pending.persona;
       if (used + personaDelta > limit)
         throw new OpError("RESOURCE", `storage.bytes exceeded for ${persona}: ${used} used + ${personaDelta} > limit ${limit}`);
     }
     const wsDelta = newSize - oldSize;
     if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
-      const used = this.store.usage(workspaceScope(workspace), "storage.bytes");
+      const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
         throw new OpError(
           "RESOURCE",
