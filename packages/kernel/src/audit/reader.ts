@@ -33,14 +33,33 @@ export interface AuditReader
 /** An audit row as read: every column of the table (newer ones such as `detail` when the home has them). */
 export type AuditRecord = AuditRow & { detail?: string | null };
 
-/** snake_case column name → the AuditRow field. */
-const camel = (c: string) => c.replace(/_([a-z])/g, (_, x: string) => x.toUpperCase());
+/** snake_case column name → the AuditRow field (a handful of names: computed once each). */
+const camelNames = new Map<string, string>();
+const camel = (c: string): string => {
+  let f = camelNames.get(c);
+  if (f === undefined) {
+    f = c.replace(/_([a-z])/g, (_, x: string) => x.toUpperCase());
+    camelNames.set(c, f);
+  }
+  return f;
+};
 
 export function toRecord(r: Record<string, unknown>): AuditRecord {
   const out: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(r)) out[camel(k)] = v;
   for (const k of ["execution", "domain", "measurements"]) out[k] ??= null;
   return out as unknown as AuditRecord;
+}
+
+/** Rows read as arrays (`raw`) into records, the column-to-field names resolved once per statement. */
+function rowsToRecords(stmt: Database.Statement): (rows: unknown[][]) => AuditRecord[] {
+  const fields = stmt.columns().map((c) => camel(c.name));
+  return (rows) =>
+    rows.map((a) => {
+      const out: Record<string, unknown> = { execution: null, domain: null, measurements: null };
+      for (let i = 0; i < fields.length; i++) out[fields[i] as string] = a[i] ?? null;
+      return out as unknown as AuditRecord;
+    });
 }
 
 /**
@@ -110,7 +129,9 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
     throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
   }
   const one = db.prepare("SELECT * FROM audit WHERE seq = ?");
-  const scan = db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?");
+  // verify reads every record through this: arrays, not objects keyed by column name.
+  const scan = db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
+  const scanned = rowsToRecords(scan);
   const hasCps = (db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
   return {
     db,
@@ -121,7 +142,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
       const r = one.get(seq) as Record<string, unknown> | undefined;
       return r && toRecord(r);
     },
-    scanAudit: (from, batch) => (scan.all(from, batch) as Record<string, unknown>[]).map(toRecord),
+    scanAudit: (from, batch) => scanned(scan.all(from, batch) as unknown[][]),
     countAudit: () => (db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
     firstAuditSeq: () => (db.prepare("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined,
     auditHashAt: (seq) => (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined)?.hash,
