@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // Bundles the `kpip` entry (packages/cli/dist/src/kpip.js, compiled by `tsc -b`) into
-// packages/cli/dist/bundle/kpip.js: the commands run many times a minute then load one file
+// packages/cli/dist/bundle/kpip.cjs: the commands run many times a minute then load one file
 // instead of ~60 modules, one file. Run by `npm run build` after tsc; it does nothing when the bundle is
 // newer than every file that went into it (esbuild's metafile lists them).
 import { mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
@@ -10,7 +10,7 @@ import { fileURLToPath } from "node:url";
 const root = resolve(dirname(fileURLToPath(import.meta.url)), "..");
 const entry = join(root, "packages/cli/dist/src/kpip.js");
 const outdir = join(root, "packages/cli/dist/bundle");
-const outfile = join(outdir, "kpip.js");
+const outfile = join(outdir, "kpip.cjs");
 const metafile = join(root, "packages/cli/dist/bundle/meta.json");
 
 function upToDate() {
@@ -36,7 +36,9 @@ if (!upToDate()) {
     // stays lazy without splitting (bundled modules behind a dynamic import are evaluated only
     // when it runs; grpc-js is imported dynamically by the client, so it stays external).
     splitting: false,
-    format: "esm",
+    // CommonJS: Node's CommonJS loader starts a file faster than its ES module loader (measured
+    // ~5 % of a call); `import.meta.url` becomes the file's URL through the banner.
+    format: "cjs",
     platform: "node",
     target: "node20",
     metafile: true,
@@ -44,9 +46,9 @@ if (!upToDate()) {
     // Native addons and what loads only on a path the bundled commands rarely take stay as
     // packages, resolved from node_modules at run time.
     external: ["better-sqlite3", "cbor-extract", "shm-typed-array", "@grpc/grpc-js", "pino"],
-    // cbor-x and the client call createRequire(import.meta.url): keep a `require` for them.
+    define: { "import.meta.url": "__kpip_import_meta_url" },
     banner: {
-      js: 'import { createRequire as __kpipCreateRequire } from "node:module";\nconst require = __kpipCreateRequire(import.meta.url);',
+      js: '"use strict";\nconst __kpip_import_meta_url = require("node:url").pathToFileURL(__filename).href;',
     },
   });
   mkdirSync(dirname(metafile), { recursive: true });

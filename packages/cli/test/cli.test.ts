@@ -11,7 +11,7 @@ import { helpText } from "../src/command.js";
 import { loadCommands } from "../src/commands/index.js";
 
 // The installed command: the bundled entry, which hands every command it does not bundle to dist/src/main.js.
-const MAIN = fileURLToPath(new URL("../bundle/kpip.js", import.meta.url));
+const MAIN = fileURLToPath(new URL("../bundle/kpip.cjs", import.meta.url));
 const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
   const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } });
   return { code: r.status, out: r.stdout, err: r.stderr };
@@ -492,7 +492,7 @@ describe("the README walkthrough, verbatim", () => {
       JSON.stringify({
         name: "readme-walkthrough",
         private: true,
-        scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/bundle/kpip.js", MAIN) },
+        scripts: { kpip: root.scripts.kpip.replace("packages/cli/dist/bundle/kpip.cjs", MAIN) },
       }),
     );
     const k = await runKernel(join(dir, ".kpip"));

@@ -1,7 +1,7 @@
 import type { CommandEntry } from "../command.js";
 
 // The commands a person or script runs many times a minute against a running kernel: they need
-// only the client, so the bundled entry (dist/bundle/kpip.js) serves them from one file.
+// only the client, so the bundled entry (dist/bundle/kpip.cjs) serves them from one file.
 /** The commands the bundled entry runs itself; every other command goes to the unbundled CLI. */
 export const FAST_COMMANDS = {
   call: { name: "call", load: async () => (await import("./call.js")).callCommand },

@@ -30,7 +30,7 @@ const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
 const JSON_OUT = argv.includes("--json");
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
-const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.js");
+const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.cjs");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
