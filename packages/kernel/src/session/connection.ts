@@ -1,22 +1,16 @@
+import type { ByteChannel } from "@kpip/protocol";
+
 /**
- * A transport-neutral byte stream carrying KPIP frames. Every transport (Unix socket now;
- * gRPC, shared memory and in-memory later) adapts to this, so everything above the frame
- * layer is shared code.
+ * A transport-neutral byte stream carrying KPIP frames, as the kernel sees it: the protocol's
+ * {@link ByteChannel} (the client's channels are the same interface) plus what the kernel needs
+ * for flow control. Every transport (Unix socket, gRPC, in-memory) adapts to this, so
+ * everything above the frame layer is shared code.
  */
-export interface Connection {
-  /** "uds", "grpc", "memory", ... */
-  readonly transport: string;
+export interface Connection extends ByteChannel {
   /** Who is on the other end, for logs. */
   readonly peer: string;
-  /** Queues bytes; writes made in one event-loop turn go out together. */
-  write(data: Uint8Array): void;
   /** Bytes queued but not yet taken by the peer (slow-consumer detection). */
   readonly buffered: number;
-  /** Ends the stream after queued bytes are flushed; `destroy` drops them. */
-  end(): void;
-  destroy(): void;
-  onData(cb: (chunk: Uint8Array) => void): void;
-  onClose(cb: () => void): void;
   /** Called when queued bytes have been taken by the peer (after `buffered` was high). */
   onDrain(cb: () => void): void;
   /**

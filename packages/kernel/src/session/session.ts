@@ -2,14 +2,13 @@ import { randomBytes, randomUUID } from "node:crypto";
 import {
   attestationTranscript,
   type CborMap,
-  CodecError,
-  decodeMessage,
+  type CodecError,
   type ErrorClass,
   encodeCanonical,
   encodeMessage,
-  encodeMessagePieces,
   type Frame,
-  FrameDecoder,
+  FrameReader,
+  framePieces,
   HEADER_SIZE,
   type Hello,
   type Message,
@@ -23,6 +22,8 @@ import {
   SUPPORTED_VERSIONS,
   shmSegmentName,
   verifyBytes,
+  writeMessage,
+  writePieces,
 } from "@kpip/protocol";
 import { detailJson } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
@@ -106,11 +107,14 @@ export class Session implements SessionView, EventSink {
   private hello: { body: Hello; bytes: Buffer } | undefined;
   private challengeBytes: Buffer | undefined;
   private nonce: Buffer | undefined;
-  private readonly decoder: FrameDecoder;
+  /** Frames in, the same reader as the client's (shared-memory bodies taken out of the peer's segment). */
+  private readonly reader: FrameReader;
   private readonly abort = new AbortController();
   private drained: (() => void) | undefined;
   /** The session's shared-memory channel, when "shm" was negotiated. */
-  shm: ShmPeer | undefined;
+  get shm(): ShmPeer | undefined {
+    return this.reader.shm;
+  }
   /** The peer's address as far as the transport knows it ("" on the Unix socket): the pre-auth budget's key. */
   readonly peerAddress: string;
 
@@ -120,7 +124,7 @@ export class Session implements SessionView, EventSink {
   ) {
     this.peerAddress = addressOf(conn);
     this.maxBody = host.limits.maxBodyBytes;
-    this.decoder = new FrameDecoder(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
+    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -168,45 +172,14 @@ export class Session implements SessionView, EventSink {
   private receive(chunk: Uint8Array): void {
     if (this.state === "closed") return;
     this.lastSeen = Date.now();
-    let frames: Frame[];
-    try {
-      frames = this.decoder.push(chunk);
-    } catch (e) {
-      this.fatal(e as CodecError);
-      return;
-    }
-    for (const f of frames) {
-      if ((this.state as SessionState) === "closed") return;
-      let frame = f;
-      if (f.flags !== 0) {
-        // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
-        if (!this.shm) {
-          this.fail(
-            "PROTOCOL",
-            "SHM_NOT_NEGOTIATED",
-            "frame flags set on a session without the shm feature",
-            this.persona || undefined,
-          );
-          return;
-        }
-        try {
-          frame = this.shm.unwrap(f);
-        } catch (e) {
-          if (!(e instanceof CodecError)) throw e;
-          this.fatal(e);
-          return;
-        }
-      }
-      let msg: Message;
-      try {
-        msg = decodeMessage(frame);
-      } catch (e) {
-        if (!(e instanceof CodecError)) throw e;
-        this.fatal(e);
-        return;
-      }
-      this.onMessage(msg, frame);
-    }
+    this.reader.push(
+      chunk,
+      (msg, frame) => {
+        this.onMessage(msg, frame);
+        return (this.state as SessionState) !== "closed";
+      },
+      (e) => this.fatal(e),
+    );
     // After GOODBYE the kernel closes only once it has processed every frame it already read
     // (PROTOCOL §8.6): a REQUEST that came in the same read is answered, not dropped.
     this.maybeFinishClosing();
@@ -283,7 +256,7 @@ export class Session implements SessionView, EventSink {
     // Shared memory only between local peers on the Unix socket, and only if both want it.
     const shm = this.host.shm;
     if (shm && this.conn.transport === "uds" && body.features.includes(SHM_FEATURE)) {
-      this.shm = new ShmPeer(shm.native, {
+      this.reader.shm = new ShmPeer(shm.native, {
         ownName: shmSegmentName(this.host.kernelId, this.id, "k"),
         peerName: shmSegmentName(this.host.kernelId, this.id, "p"),
         maxBody,
@@ -304,7 +277,7 @@ export class Session implements SessionView, EventSink {
     });
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
     this.state = "attest";
-    this.decoder.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, maxBody));
+    this.reader.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, maxBody));
     this.conn.write(frame);
   }
 
@@ -329,7 +302,7 @@ export class Session implements SessionView, EventSink {
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
-    this.decoder.setMaxBody(this.maxBody);
+    this.reader.setMaxBody(this.maxBody);
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const handles: number[] = [];
@@ -447,10 +420,9 @@ export class Session implements SessionView, EventSink {
 
   private respond(stream: number, resp: Response): void {
     if (this.state === "closed") return;
-    const pieces = encodeMessagePieces({ type: "RESPONSE", body: resp }, stream, 64 * 1024);
-    const size = pieces.reduce((n, p) => n + p.length, 0) - HEADER_SIZE;
-    if (size > this.maxBody) return this.respondTooLarge(stream, resp, size);
-    this.sendPieces(pieces);
+    const { pieces, bodySize } = framePieces({ type: "RESPONSE", body: resp }, stream);
+    if (bodySize > this.maxBody) return this.respondTooLarge(stream, resp, bodySize);
+    writePieces(this.conn, pieces, this.shm);
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
       this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read its responses; session dropped", this.persona);
     }
@@ -491,14 +463,7 @@ export class Session implements SessionView, EventSink {
     if (this.state === "closed") return;
     // Large payloads (e.g. a storage.read) are referenced into the frame, not copied: the
     // pieces are written together, or copied once into the shared-memory segment.
-    this.sendPieces(encodeMessagePieces(msg, stream, 64 * 1024));
-  }
-
-  private sendPieces(pieces: Uint8Array[]): void {
-    if (this.state === "closed") return;
-    const viaShm = this.shm?.wrapPieces(pieces);
-    if (viaShm) this.conn.write(viaShm);
-    else for (const piece of pieces) this.conn.write(piece);
+    writeMessage(this.conn, msg, stream, this.shm);
   }
 
   private outOfOrder(type: string): void {
