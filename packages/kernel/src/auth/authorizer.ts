@@ -1,6 +1,6 @@
 import type { CapabilityRef, ErrorClass, Grant, Intent, RequestContext } from "@kpip/protocol";
 import type { PrimitiveDeclaration } from "../primitives/types.js";
-import type { CapEnforcer, HandleTable } from "./enforcer.js";
+import type { HandleTable } from "./handles.js";
 
 /** What the authorizer is asked about one request. */
 export interface AuthorizationRequest {
@@ -26,7 +26,7 @@ export type Decision =
   | { allowed: false; errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">; message: string; capIds: string[] };
 
 /**
- * Resolves a request's capabilities and decides. {@link CapEnforcer} (tokens and handles)
+ * Resolves a request's capabilities and decides. The capability enforcer (tokens and handles, auth/enforcer.ts)
  * implements it; an embedder may supply another through `new Kernel({ authorizer })`.
  */
 export interface Authorizer {

@@ -17,12 +17,15 @@ import {
 import { OpError } from "../primitives/types.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
+import type { HandleTable } from "./handles.js";
 import type { RootKeys } from "./keys.js";
 import { Revocations, tokenRef } from "./revocations.js";
 
 export { tokenRef };
 
 import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
+
+export { type BoundCapability, HandleTable } from "./handles.js";
 
 /** The enforcer's bounds (kernel settings). */
 export interface EnforcerLimits {
@@ -42,38 +45,6 @@ const DECISIONS_PER_HANDLE = 1024;
 export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
 const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
-
-/** A token bound to a session: checked once, then named by its small integer handle. */
-export interface BoundCapability {
-  handle: number;
-  token: Token;
-  grant: Grant;
-  /** Pattern-match results by (op, target, workspace, domain): the grant never changes, so they can be kept. */
-  decisions: Map<string, boolean>;
-}
-
-/** A session's handles. Handles are session-local: another session's numbers mean nothing here. */
-export class HandleTable {
-  private next = 1;
-  private readonly map = new Map<number, BoundCapability>();
-  /** Bytes of every token bound so far (bounded: see {@link CapEnforcer.bind}). */
-  bytes = 0;
-
-  add(token: Token, grant: Grant): number {
-    const handle = this.next++;
-    this.map.set(handle, { handle, token, grant, decisions: new Map() });
-    return handle;
-  }
-  get(handle: number): BoundCapability | undefined {
-    return this.map.get(handle);
-  }
-  all(): BoundCapability[] {
-    return [...this.map.values()];
-  }
-  get size(): number {
-    return this.map.size;
-  }
-}
 
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
 export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string; id?: string };

@@ -16,7 +16,7 @@ import { statusDetail } from "../audit/detail.js";
 import type { AuditEntry, AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
-import type { HandleTable } from "../auth/enforcer.js";
+import type { HandleTable } from "../auth/handles.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";

@@ -27,7 +27,7 @@ import {
 } from "@kpip/protocol";
 import { detailJson } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
-import { HandleTable } from "../auth/enforcer.js";
+import { HandleTable } from "../auth/handles.js";
 import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";

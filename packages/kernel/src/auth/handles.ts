@@ -1,0 +1,36 @@
+import type { Grant, Token } from "@kpip/protocol";
+
+// A session's bound tokens. Session state, kept apart from the enforcer that fills it, so that
+// the op context (primitives/types.ts) can name it without importing the enforcer.
+
+/** A token bound to a session: checked once, then named by its small integer handle. */
+export interface BoundCapability {
+  handle: number;
+  token: Token;
+  grant: Grant;
+  /** Pattern-match results by (op, target, workspace, domain): the grant never changes, so they can be kept. */
+  decisions: Map<string, boolean>;
+}
+
+/** A session's handles. Handles are session-local: another session's numbers mean nothing here. */
+export class HandleTable {
+  private next = 1;
+  private readonly map = new Map<number, BoundCapability>();
+  /** Bytes of every token bound so far (bounded by the enforcer's bind). */
+  bytes = 0;
+
+  add(token: Token, grant: Grant): number {
+    const handle = this.next++;
+    this.map.set(handle, { handle, token, grant, decisions: new Map() });
+    return handle;
+  }
+  get(handle: number): BoundCapability | undefined {
+    return this.map.get(handle);
+  }
+  all(): BoundCapability[] {
+    return [...this.map.values()];
+  }
+  get size(): number {
+    return this.map.size;
+  }
+}
