@@ -26,6 +26,7 @@ from .intent import encode_intent
 from .link import Link, Session, new_instance_id
 from .messages import Message, encode_message
 from .refresh import TokenRefresher
+from .shm import DEFAULT_THRESHOLD
 from .subscription import Subscription
 from .tokens import Token, b64url_decode, decode_token
 
@@ -52,6 +53,8 @@ class Client:
         reconnect_backoff: Backoff = Backoff(0.1, 5.0),
         refresh_margin: float = 60.0,
         max_body: int | None = None,
+        shm: bool = True,
+        shm_threshold: int = DEFAULT_THRESHOLD,
     ):
         self.socket = socket
         self.identity = identity if isinstance(identity, Identity) else Identity.load(identity)
@@ -70,6 +73,7 @@ class Client:
             unavailable=unavailable_timeout,
             max_attempts=max_attempts,
             max_body=max_body,
+            shm=shm_threshold if shm else None,
         )
         self._retry = retry_backoff
         self._reconnect_backoff = reconnect_backoff
@@ -112,6 +116,17 @@ class Client:
     def in_flight(self) -> int:
         return len(self._pending)
 
+    @property
+    def features(self) -> list[str]:
+        """Features the kernel enabled on the current session (e.g. "shm")."""
+        return self.session.features if self.session else []
+
+    @property
+    def shm_frames(self) -> dict[str, int]:
+        """Frames of the current session that went through shared memory, each way."""
+        shm = self._link.shm if self._link is not None else None
+        return {"sent": shm.sent if shm else 0, "received": shm.received if shm else 0}
+
     # ---- connecting -------------------------------------------------------------------
 
     async def _first_connect(self) -> None:
@@ -138,7 +153,8 @@ class Client:
             raise KernelUnavailable(f"no answer from {self.socket} within {timeout:.1f} s") from None
         try:
             tokens = [h.raw for h in self._held]
-            session = await asyncio.wait_for(link.handshake(self.identity, self.instance, tokens, self._o["max_body"]), timeout)
+            handshake = link.handshake(self.identity, self.instance, tokens, self._o["max_body"], self._o["shm"])
+            session = await asyncio.wait_for(handshake, timeout)
         except asyncio.TimeoutError:
             link.close()
             raise KernelUnavailable(f"handshake with {self.socket} took longer than {timeout:.1f} s") from None
@@ -368,7 +384,7 @@ class Client:
             self._settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
             return
         p.sent = True
-        link.write(frame)
+        link.send_frame(frame)
 
     def _flush(self) -> None:
         for p in list(self._pending.values()):

@@ -139,7 +139,12 @@ class Cancelled(LocalError):
 
 
 class ProtocolViolation(LocalError):
-    """The kernel broke the protocol (malformed frame, message out of order)."""
+    """The kernel broke the protocol (malformed frame, message out of order); `code` names the
+    PROTOCOL code this client sent in its ERROR (e.g. ``SHM_BAD_CHECKSUM``), when it sent one."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code
 
 
 class TokenRefreshFailed(LocalError):

@@ -10,9 +10,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import KernelUnavailable, KpipError, ProtocolViolation, wire_error
-from .frames import HEADER_SIZE, Frame, FrameDecoder
+from .frames import FLAG_SHM, HEADER_SIZE, Frame, FrameDecoder
 from .identity import Identity, attestation_transcript
 from .messages import Message, decode_message, encode_message
+from .shm import SHM_FEATURE, ShmChannel, ShmError, segment_name, unavailable
 
 SUPPORTED_VERSIONS = (1,)
 CLIENT_NAME = "kpip-python/0.1.0"
@@ -31,6 +32,7 @@ class Session:
     dedupe_window_ms: int
     handles: list[int]
     refused: list[dict[str, Any]] = field(default_factory=list)
+    features: list[str] = field(default_factory=list)
 
 
 class Link:
@@ -46,6 +48,8 @@ class Link:
         self._task: asyncio.Task[None] | None = None
         self._pending_frames: list[Frame] = []
         self._last_body = b""
+        self.shm: ShmChannel | None = None  # once the kernel enabled "shm" (§3.7)
+        self.shm_unavailable: str | None = None  # why "shm" was not offered, when it was wanted
 
     @staticmethod
     async def open(path: str) -> Link:
@@ -59,27 +63,57 @@ class Link:
         if not self.dead:
             self.writer.write(data)
 
+    def send_frame(self, frame: bytes) -> None:
+        """Writes a frame, its body through shared memory when it is large enough (§3.7)."""
+        self.write(frame if self.shm is None or self.dead else self.shm.wrap(frame))
+
+    def _message(self, f: Frame) -> Message:
+        """A frame as a message, its body first taken out of shared memory if it is there."""
+        if f.flags & FLAG_SHM:
+            if self.shm is None:
+                raise ShmError("SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature")
+            f = self.shm.unwrap(f)
+        return decode_message(f)
+
+    def refuse(self, e: KpipError) -> ProtocolViolation:
+        """The kernel sent something malformed: say so in a fatal ERROR (§8.7); the caller closes."""
+        code = e.code or "MALFORMED"
+        self.write(encode_message("ERROR", {"class": "PROTOCOL", "code": code, "message": e.message[:1024], "fatal": True}))
+        return ProtocolViolation(f"kernel sent a malformed frame or message: {e}", code)
+
     async def _next(self) -> Message:
         """The next message during the handshake (no reader task yet)."""
         while True:
             if self._pending_frames:
                 f = self._pending_frames.pop(0)
                 self._last_body = f.body
-                return decode_message(f)
+                try:
+                    return self._message(f)
+                except ShmError as e:
+                    raise self.refuse(e) from e
             chunk = await self.reader.read(1 << 16)
             if not chunk:
                 raise KernelUnavailable("the kernel closed the connection during the handshake")
             self.last_seen = time.monotonic()
             self._pending_frames += self.decoder.push(chunk)
 
-    async def handshake(self, identity: Identity, instance: bytes, tokens: list[bytes], max_body: int | None) -> Session:
-        """HELLO → CHALLENGE → ATTEST → WELCOME (§8.2). Raises KpipError for a refusal."""
+    async def handshake(
+        self, identity: Identity, instance: bytes, tokens: list[bytes], max_body: int | None, shm_threshold: int | None = None
+    ) -> Session:
+        """HELLO → CHALLENGE → ATTEST → WELCOME (§8.2). Raises KpipError for a refusal.
+
+        `shm_threshold` (None: off) offers "shm" when /dev/shm is usable: bodies above it then
+        travel through shared memory, both ways."""
+        offer_shm = False
+        if shm_threshold is not None:
+            self.shm_unavailable = unavailable()
+            offer_shm = self.shm_unavailable is None
         hello_body: dict[str, Any] = {
             "versions": list(SUPPORTED_VERSIONS),
             "persona": identity.persona,
             "publicKey": identity.public_key,
             "instance": instance,
-            "features": [],  # no "shm" in this version: see python/README.md
+            "features": [SHM_FEATURE] if offer_shm else [],
             "client": CLIENT_NAME,
         }
         if max_body is not None:
@@ -90,9 +124,13 @@ class Link:
         c = m.body
         if c["version"] not in SUPPORTED_VERSIONS:
             raise ProtocolViolation(f"kernel chose version {c['version']}, which this client did not offer")
-        if c["features"]:
+        if any(f != SHM_FEATURE or not offer_shm for f in c["features"]):
             raise ProtocolViolation(f"kernel enabled features {c['features']} this client did not offer")
         self.decoder.max_body = c["limits"]["maxBody"]
+        if SHM_FEATURE in c["features"]:
+            assert shm_threshold is not None
+            own, peer = (segment_name(c["kernel"], c["session"], side) for side in ("p", "k"))
+            self.shm = ShmChannel(own, peer, c["limits"]["maxBody"], shm_threshold)
         # The transcript covers the exact bodies as sent on the wire (§8.4).
         signature = identity.sign(attestation_transcript(hello[HEADER_SIZE:], self._last_body))
         self.write(encode_message("ATTEST", {"signature": signature, "tokens": tokens}))
@@ -108,6 +146,7 @@ class Link:
             limits["dedupeWindowMs"],
             list(w["handles"]),
             list(w.get("refused", [])),
+            list(c["features"]),
         )
         return self.session
 
@@ -122,9 +161,14 @@ class Link:
 
     def start(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:
         """After WELCOME: read frames in a task until the connection ends."""
-        for f in self._pending_frames:
-            on_message(decode_message(f))
-        self._pending_frames = []
+        frames, self._pending_frames = self._pending_frames, []
+        try:
+            for f in frames:
+                on_message(self._message(f))
+        except KpipError as e:
+            err = self.refuse(e)
+            on_lost(err)
+            return
         self._task = asyncio.get_running_loop().create_task(self._read(on_message, on_lost))
 
     async def _read(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:
@@ -136,11 +180,11 @@ class Link:
                     break
                 self.last_seen = time.monotonic()
                 for f in self.decoder.push(chunk):
-                    on_message(decode_message(f))
+                    on_message(self._message(f))
                     if self.dead:
                         return
         except KpipError as e:
-            err = ProtocolViolation(f"kernel sent a malformed frame or message: {e}")
+            err = self.refuse(e)
         except (OSError, asyncio.IncompleteReadError) as e:
             err = KernelUnavailable(f"connection to the kernel failed: {e}")
         except asyncio.CancelledError:
@@ -152,6 +196,8 @@ class Link:
         if self.dead:
             return
         self.dead = True
+        if self.shm is not None:
+            self.shm.close()
         if self._task is not None and self._task is not asyncio.current_task():
             self._task.cancel()
         try:

@@ -12,7 +12,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from kpip import cbor
-from kpip.frames import FrameDecoder
+from kpip.frames import FLAG_SHM, Frame, FrameDecoder, encode_frame
 from kpip.identity import attestation_transcript
 from kpip.messages import Message, decode_message, encode_message
 
@@ -23,17 +23,27 @@ class Conn:
     writer: asyncio.StreamWriter
     decoder: FrameDecoder = field(default_factory=FrameDecoder)
     queue: list[Message] = field(default_factory=list)
+    # Takes the body of an SHM-flagged frame out of the persona's segment (tests that use shm).
+    on_shm: Callable[[Frame], Frame] | None = None
+    frames: list[Frame] = field(default_factory=list)  # every frame received, as it came
 
     async def next(self) -> Message | None:
         while not self.queue:
             chunk = await self.reader.read(1 << 16)
             if not chunk:
                 return None
-            self.queue += [decode_message(f) for f in self.decoder.push(chunk)]
+            for f in self.decoder.push(chunk):
+                self.frames.append(f)
+                if f.flags & FLAG_SHM and self.on_shm is not None:
+                    f = self.on_shm(f)
+                self.queue.append(decode_message(f))
         return self.queue.pop(0)
 
     def send(self, type_: str, body: dict[str, Any], stream: int = 0) -> None:
         self.writer.write(encode_message(type_, body, stream))
+
+    def send_raw(self, type_: str, body: bytes, stream: int = 0, flags: int = 0) -> None:
+        self.writer.write(encode_frame(type_, body, stream, flags))
 
     def answer(self, req: Message, status: str = "SUCCESS", **extra: Any) -> None:
         self.send("RESPONSE", {"version": 1, "id": req.body["id"], "status": status, **extra}, req.stream)
@@ -44,7 +54,22 @@ Handler = Callable[[Conn, Message], Awaitable[None]]
 
 
 class FakeKernel:
-    def __init__(self, handler: Handler, heartbeat_ms: int = 5000):
+    def __init__(
+        self,
+        handler: Handler,
+        heartbeat_ms: int = 5000,
+        features: list[str] | None = None,
+        force_features: bool = False,
+        on_shm: Callable[[Frame], Frame] | None = None,
+    ):
+        # Enabled in CHALLENGE when the persona offers them (all of them with force_features).
+        self.features = features or []
+        self.force_features = force_features
+        self.on_shm = on_shm
+        self.kernel_id = f"fake-{os.getpid()}-{os.urandom(4).hex()}"
+        self.max_body = 1 << 20
+        self.hellos: list[Message] = []
+        self.errors: list[Message] = []  # ERROR frames the persona sent
         self.dir = tempfile.mkdtemp(prefix="kpip-fake-")
         self.path = os.path.join(self.dir, "k.sock")
         self.handler = handler
@@ -66,25 +91,35 @@ class FakeKernel:
             c.writer.close()
         os.unlink(self.path)
         os.rmdir(self.dir)
+        for name in self.segments():  # the kernel's segments a test made, and anything left
+            os.unlink(os.path.join("/dev/shm", name))
+
+    def segments(self) -> list[str]:
+        """This fake kernel's names in /dev/shm (kpip.<kernel id>.*)."""
+        return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"kpip.{self.kernel_id}."))
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        c = Conn(reader, writer)
+        c = Conn(reader, writer, on_shm=self.on_shm)
         self.conns.append(c)
         hello = await c.next()
         assert hello is not None and hello.type == "HELLO"
+        self.hellos.append(hello)
         self.sessions += 1
+        offered = hello.body["features"]
         body = {
             "version": 1,
             "session": f"s{self.sessions}",
             "nonce": os.urandom(32),
-            "kernel": "fake",
+            "kernel": self.kernel_id,
             "heartbeatMs": self.heartbeat_ms,
-            "limits": {"maxBody": 1 << 20, "maxInFlight": 16, "dedupeWindowMs": 60000},
-            "features": [],
+            "limits": {"maxBody": self.max_body, "maxInFlight": 16, "dedupeWindowMs": 60000},
+            "features": [f for f in self.features if self.force_features or f in offered],
         }
         c.send("CHALLENGE", body)
         attest = await c.next()
-        assert attest is not None and attest.type == "ATTEST"
+        if attest is None or attest.type != "ATTEST":  # the persona gave up on the handshake
+            writer.close()
+            return
         t = attestation_transcript(cbor.encode(hello.body), cbor.encode(body))
         try:
             Ed25519PublicKey.from_public_bytes(hello.body["publicKey"]).verify(attest.body["signature"], t)
@@ -99,6 +134,8 @@ class FakeKernel:
             if m.type == "REQUEST":
                 self.requests.append(m)
                 await self.handler(c, m)
+            elif m.type == "ERROR":
+                self.errors.append(m)
             elif m.type == "GOODBYE":
                 c.send("GOODBYE", {})
                 writer.close()
