@@ -280,6 +280,36 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     removeHome(t3.home);
   });
 
+  it("a client process that exits without closing (or within a segment's grace period) leaves no segment of its own", async () => {
+    const CLIENT = fileURLToPath(new URL("../../../client/dist/src/index.js", import.meta.url));
+    const script = `
+      const { KernelClient } = await import(${JSON.stringify(CLIENT)});
+      const { readFileSync } = await import("node:fs");
+      const c = await KernelClient.connect({ socket: process.argv[1], identity: process.argv[2], tokens: [readFileSync(process.argv[3], "utf8")], reconnect: false });
+      await c.storage.write("obj://shm/exit", Buffer.alloc(1024 * 1024, 9));
+      process.stdout.write(c.features.join(",") + " " + c.sessionId + "\\n");
+      process.exit(0); // no close
+    `;
+    const child = spawn(
+      process.execPath,
+      ["--input-type=module", "-e", script, t.k.socketPath, join(t.home, "admin.identity"), join(t.home, "admin.token")],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    const code = await new Promise((r) => child.once("exit", r));
+    assert.equal(code, 0);
+    const [features, session] = out.trim().split(" ");
+    assert.equal(features, "shm", "the child's session used shared memory");
+    assert.deepEqual(
+      segments(t.k.kernelId).filter((n) => n.includes(`${session}.p`)),
+      [],
+      "the client's own segment was removed when its process exited",
+    );
+  });
+
   it("without the native module (KPIP_SHM=off) everything works inline, and the kernel says so once", async () => {
     const home = join(t.home, "no-shm");
     const child = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "warn"], {

@@ -16,9 +16,40 @@ export function loadShmNative(): { native?: ShmNative; reason?: string } {
     return loaded;
   }
   try {
-    loaded = { native: refCountedShm(createRequire(import.meta.url)("shm-typed-array") as ShmModule) };
+    const mod = createRequire(import.meta.url)("shm-typed-array") as ShmModule;
+    loaded = { native: removedAtExit(refCountedShm(mod), mod) };
   } catch (e) {
     loaded = { reason: `the native module shm-typed-array is not available (${(e as Error).message.split("\n")[0]})` };
   }
   return loaded;
+}
+
+/**
+ * The segments this process created are removed when it exits: a segment closed with a grace
+ * period (the kernel had not taken its last body yet) waits on a timer that does not keep the
+ * process alive, and a process exiting within it left the segment in /dev/shm for good.
+ */
+function removedAtExit(native: ShmNative, mod: ShmModule): ShmNative {
+  const own = new Set<string>();
+  process.once("exit", () => {
+    for (const name of own) {
+      try {
+        mod.destroy(name);
+      } catch {
+        // already gone
+      }
+    }
+  });
+  return {
+    ...native,
+    create: (name, size) => {
+      const seg = native.create(name, size);
+      if (seg) own.add(name);
+      return seg;
+    },
+    destroy: (name) => {
+      own.delete(name);
+      native.destroy(name);
+    },
+  };
 }
