@@ -47,7 +47,10 @@ describe("WAL checkpoints run off the request path", () => {
       );
       largest = Math.max(largest, size());
     }
-    assert.ok(largest < 48 * 1024 * 1024, `largest WAL seen: ${(largest / 1048576).toFixed(1)} MiB`);
+    // Bounded well below what went through it (~100 MB): how far the WAL grows before the
+    // kernel starts it over depends on how busy the machine keeps the checkpoint worker (a
+    // loaded CI run saw 49 MiB), so the bound is what proves it restarted, not a timing.
+    assert.ok(largest < 64 * 1024 * 1024, `largest WAL seen: ${(largest / 1048576).toFixed(1)} MiB`);
   });
 
   it("falls back to checkpointing on commit if the worker dies", async () => {
