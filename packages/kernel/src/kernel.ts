@@ -252,7 +252,7 @@ export class Kernel {
       );
       const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, this.options.clock);
       // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
-      const blobs = new BlobStore(join(c.home, "objects"));
+      const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
       const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
       if (swept) this.log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
       const uploads = new UploadTable(blobs, {

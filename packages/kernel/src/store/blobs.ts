@@ -9,6 +9,7 @@ import {
   openSync,
   readdirSync,
   readSync,
+  existsSync,
   renameSync,
   unlink,
   unlinkSync,
@@ -46,7 +47,15 @@ export class BlobStore {
 
   constructor(
     root: string,
-    private readonly opts: { sync: boolean } = { sync: true },
+    private readonly opts: {
+      sync: boolean;
+      /**
+       * Makes every committed change of the database durable (an fsync of its WAL). Called before
+       * a body leaves its address: the database commits with synchronous=NORMAL, so without it a
+       * power loss could roll back the commit that stopped naming the body, after the body was gone.
+       */
+      durable?: () => void;
+    } = { sync: true },
   ) {
     this.root = root;
     this.tmpDir = join(root, "tmp");
@@ -166,6 +175,8 @@ export class BlobStore {
    */
   collect(hash: Uint8Array, refs: number): boolean {
     if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
+    if (!existsSync(this.pathOf(hash))) return false;
+    this.opts.durable?.();
     const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
     try {
       renameSync(this.pathOf(hash), gone);

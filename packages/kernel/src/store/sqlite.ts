@@ -1,3 +1,4 @@
+import { closeSync, fdatasyncSync, openSync } from "node:fs";
 import Database from "better-sqlite3";
 import { createIfAbsent } from "../secure-files.js";
 import type {
@@ -90,7 +91,7 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   private readonly st: Statements;
   private readonly appendTx: (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
 
-  constructor(path: string) {
+  constructor(private readonly path: string) {
     // SQLite gives the WAL and shared-memory files the database file's mode: a new database is
     // 0600 (an existing home's files are checked by the kernel before it opens them).
     if (path !== ":memory:") createIfAbsent(path);
@@ -211,6 +212,26 @@ export class SqliteStore implements PersonaStore, ObjectStore, AuditStore, Token
   /** One PASSIVE WAL checkpoint on this connection, between transactions. */
   checkpointNow(): void {
     if (this.db.open) this.db.pragma("wal_checkpoint(PASSIVE)");
+  }
+
+  /**
+   * Makes every committed transaction durable now (an fdatasync of the WAL): commits run with
+   * synchronous=NORMAL, durable at the next checkpoint. For what must not outlive a rolled-back
+   * commit, such as a file-store body the commit stopped naming.
+   */
+  syncWal(): void {
+    if (this.path === ":memory:") return;
+    let fd: number;
+    try {
+      fd = openSync(`${this.path}-wal`, "r");
+    } catch {
+      return; // no WAL file: every commit is in the database file already
+    }
+    try {
+      fdatasyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
   }
 
   close(): void {
