@@ -374,9 +374,7 @@ export class Kernel {
         this.log,
         metrics,
         refusals,
-        // Answers being prepared: half a peer's write buffer per session (they are written into
-        // it, and a peer whose buffer overflows is dropped), twice that buffer in the kernel.
-        new AnswerBudget(Math.floor(c.maxWriteBuffer / 2), 2 * c.maxWriteBuffer),
+        AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
       );
       this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {

@@ -19,6 +19,15 @@ export class AnswerBudget {
     readonly kernel: number,
   ) {}
 
+  /**
+   * The budget for a kernel whose peers may each have `maxWriteBuffer` bytes queued: half of it
+   * per session (answers are written into that buffer, and a peer overflowing it is dropped),
+   * twice it in the kernel.
+   */
+  static forWriteBuffer(maxWriteBuffer: number): AnswerBudget {
+    return new AnswerBudget(Math.floor(maxWriteBuffer / 2), 2 * maxWriteBuffer);
+  }
+
   /** Bytes held now, in the kernel. */
   get held(): number {
     return this.total;

@@ -70,7 +70,8 @@ export class Pipeline {
     private readonly log: Logger,
     private readonly metrics?: KernelMetrics,
     private readonly refusals?: RefusalLimiter,
-    private readonly answers = new AnswerBudget(64 * 1024 * 1024, 256 * 1024 * 1024),
+    // The default suits the default 64 MiB write buffer; the kernel passes its own setting.
+    private readonly answers = AnswerBudget.forWriteBuffer(64 * 1024 * 1024),
   ) {}
 
   /**

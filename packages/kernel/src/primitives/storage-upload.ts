@@ -29,11 +29,14 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         // Quotas are charged at the commit; an upload that could never commit is refused now, and
         // the bytes other uploads in progress have declared count as used: four uploads cannot
         // each fit a quota that only one of them fits, and fill the disk meanwhile.
-        const inWorkspace = `obj://${workspace}/`;
-        d.ledger.checkStorage(ctx.persona, workspace, d.store.statObject(workspace, path), size, ctx.grant, {
-          persona: uploads.pendingBytes((u) => u.persona === ctx.persona),
-          workspace: uploads.pendingBytes((u) => u.target.startsWith(inWorkspace)),
-        });
+        d.ledger.checkStorage(
+          ctx.persona,
+          workspace,
+          d.store.statObject(workspace, path),
+          size,
+          ctx.grant,
+          uploads.pendingFor(ctx.persona, workspace),
+        );
         const u = uploads.begin(ctx.persona, ctx.targetUri, size);
         return { status: "SUCCESS", payload: { upload: u.id, size } };
       },
@@ -81,6 +84,15 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         if (size !== u.size || u.received !== u.size) {
           throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
         }
+        // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
+        // object no longer fits — is checked before the upload is consumed, so a refused commit
+        // leaves the upload for the client to retry or abort (only a race with another writer
+        // during the sync below can still consume it).
+        const existing = d.store.statObject(workspace, path);
+        const ifGeneration = ctx.args.ifGeneration as number | undefined;
+        if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
+          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
+        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
         u.committing = true;
         try {
           await uploads.settled(u);
@@ -97,21 +109,6 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
             `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
           );
         }
-        // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
-        // object no longer fits — is checked before the upload is consumed, so a refused commit
-        // leaves the upload for the client to retry or abort (only a race with another writer
-        // during the sync below can still consume it).
-        u.committing = false;
-        const existing = d.store.statObject(workspace, path);
-        const ifGeneration = ctx.args.ifGeneration as number | undefined;
-        if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
-          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-        const inWorkspace = `obj://${workspace}/`;
-        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, {
-          persona: uploads.pendingBytes((o) => o !== u && o.persona === ctx.persona),
-          workspace: uploads.pendingBytes((o) => o !== u && o.target.startsWith(inWorkspace)),
-        });
-        u.committing = true;
         blobs.pin(hash);
         try {
           await blobs.syncFile(u.fd);

@@ -85,6 +85,15 @@ export class UploadTable {
     return n;
   }
 
+  /** What a persona's and a workspace's uploads in progress have declared (but `except`): counted as used by quotas. */
+  pendingFor(persona: string, workspace: string, except?: Upload): { persona: number; workspace: number } {
+    const inWorkspace = `obj://${workspace}/`;
+    return {
+      persona: this.pendingBytes((u) => u !== except && u.persona === persona),
+      workspace: this.pendingBytes((u) => u !== except && u.target.startsWith(inWorkspace)),
+    };
+  }
+
   begin(persona: string, target: string, size: number): Upload {
     if (this.byId.size >= this.limits.total)
       throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
