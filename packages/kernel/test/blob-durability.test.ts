@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, fstatSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -26,6 +26,33 @@ describe("the file store frees a body only after the commit that stopped naming 
       assert.ok(!existsSync(blobs.pathOf(hash)), "then the body left it");
       assert.equal(blobs.collect(hash, 0), false, "already gone: nothing to do");
       assert.equal(seen.length, 1);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the file store gives no timing hint that some persona stored the same bytes", () => {
+  it("writes and syncs a body whose bytes are stored already, as it does a new one", async () => {
+    const root = mkdtempSync(join(tmpdir(), "kpip-blobs-"));
+    try {
+      const synced: number[] = [];
+      class Watched extends BlobStore {
+        override async syncFile(fd: number): Promise<void> {
+          synced.push(fstatSync(fd).size);
+          await super.syncFile(fd);
+        }
+      }
+      const blobs = new Watched(join(root, "objects"), { sync: true });
+      const body = Buffer.alloc(150_000, 7);
+      const first = await blobs.put(body);
+      const second = await blobs.put(body);
+      assert.deepEqual(second, first, "one address for one content");
+      assert.deepEqual(synced, [body.length, body.length], "the second write wrote and synced every byte too");
+      assert.ok(existsSync(blobs.pathOf(first)));
+      blobs.unpin(first);
+      blobs.unpin(second);
+      assert.equal(blobs.collect(first, 0), true, "one body, freed once nothing names it");
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

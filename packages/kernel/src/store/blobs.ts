@@ -85,25 +85,27 @@ export class BlobStore {
   /**
    * Stores `data` (hashed here, once) and returns its hash, pinned: the caller commits the row
    * naming it, then calls {@link unpin}.
+   *
+   * The bytes are written and synced even when their body is there already: skipping the work
+   * would let a write's latency tell a persona that someone else stored exactly those bytes (a
+   * confirm-a-file probe). The deduplication of the space is kept; only the I/O is not saved.
    */
   async put(data: Uint8Array): Promise<Buffer> {
     const hash = sha256(data);
     this.pin(hash);
     try {
-      if (!this.has(hash)) {
-        const t = this.createTemp("put");
-        try {
-          let off = 0;
-          while (off < data.length) off += writeSync(t.fd, data, off, data.length - off);
-          await this.syncFile(t.fd);
-        } catch (e) {
-          closeSync(t.fd);
-          unlinkQuiet(t.path);
-          throw e;
-        }
+      const t = this.createTemp("put");
+      try {
+        let off = 0;
+        while (off < data.length) off += writeSync(t.fd, data, off, data.length - off);
+        await this.syncFile(t.fd);
+      } catch (e) {
         closeSync(t.fd);
-        await this.install(t.path, hash);
+        unlinkQuiet(t.path);
+        throw e;
       }
+      closeSync(t.fd);
+      await this.install(t.path, hash);
     } catch (e) {
       this.unpin(hash);
       throw e;
@@ -111,15 +113,17 @@ export class BlobStore {
     return hash;
   }
 
-  /** Moves a complete, synced temp file to `hash`'s address (or drops it when that body is there already). */
+  /**
+   * Moves a complete, synced temp file to `hash`'s address (or drops it when that body is there
+   * already). The directory is synced either way, so the two cases cost the same.
+   */
   async install(tempPath: string, hash: Uint8Array): Promise<void> {
     const dest = this.pathOf(hash);
-    if (this.has(hash)) {
-      unlinkQuiet(tempPath);
-      return;
+    if (this.has(hash)) unlinkQuiet(tempPath);
+    else {
+      privateDir(dirname(dest));
+      renameSync(tempPath, dest);
     }
-    privateDir(dirname(dest));
-    renameSync(tempPath, dest);
     // The new name must outlive an OS crash as long as the row naming it does.
     if (this.opts.sync) {
       const dfd = openSync(dirname(dest), constants.O_RDONLY | constants.O_DIRECTORY);
