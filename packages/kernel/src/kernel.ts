@@ -255,12 +255,16 @@ export class Kernel {
       const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
       const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
       if (swept) this.log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
-      const uploads = new UploadTable(blobs, {
-        perPersona: c.maxUploadsPerPersona,
-        total: c.maxUploads,
-        totalBytes: c.maxUploadBytes,
-        idleMs: c.uploadIdleMs,
-      });
+      const uploads = new UploadTable(
+        blobs,
+        {
+          perPersona: c.maxUploadsPerPersona,
+          total: c.maxUploads,
+          totalBytes: c.maxUploadBytes,
+          idleMs: c.uploadIdleMs,
+        },
+        (h) => store.countBodyRefs(h),
+      );
       this.uploads = uploads;
       this.router.register(
         storageFamily(

@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { decodeIntent } from "@kpip/protocol";
 import Database from "better-sqlite3";
+import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -267,6 +268,53 @@ describe("chunked upload: capabilities and bounds", () => {
       assert.equal((done.payload as { generation: number }).generation, 2);
       assert.equal(Buffer.from((await c.storage.read("obj://u/cas")).data).toString(), "the new body");
     } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a commit that loses its compare-and-set to a write racing its sync keeps the upload and its body", async () => {
+    const t = await startKernel(SMALL_FRAMES);
+    const install = BlobStore.prototype.install;
+    try {
+      const c = await t.admin();
+      const other = await t.admin();
+      await c.storage.write("obj://u/race", "v1");
+      const data = pattern(200_000, 9);
+      const begin = async () => {
+        const { upload } = (await c.call("storage.upload.begin", "obj://u/race", { size: data.length })).payload as {
+          upload: string;
+        };
+        await c.call("storage.upload.chunk", "obj://u/race", { upload, offset: 0, data });
+        return upload;
+      };
+      // Another session writes the object while the commit is moving the body to its address,
+      // after the commit's own checks passed: the commit's compare-and-set then fails in its row.
+      let races = 0;
+      BlobStore.prototype.install = async function (this: BlobStore, path: string, hash: Uint8Array) {
+        if (races-- > 0) await other.storage.write("obj://u/race", `raced ${races}`);
+        return install.call(this, path, hash);
+      };
+      const commit = (upload: string, ifGeneration: number) =>
+        c.call("storage.upload.commit", "obj://u/race", { upload, sha256: sha(data), size: data.length, ifGeneration });
+
+      races = 1;
+      const kept = await begin();
+      await assert.rejects(commit(kept, 1), klass("SEMANTIC", "generation conflict"));
+      assert.deepEqual(bodies(t.home), [sha(data).toString("hex")], "the verified body stays, held by the upload");
+      const done = await commit(kept, 2);
+      assert.equal((done.payload as { generation: number }).generation, 3, "the retry commits without the bytes again");
+      assert.ok(sha((await c.storage.read("obj://u/race")).data).equals(sha(data)));
+
+      races = 1;
+      const aborted = await begin();
+      await c.storage.write("obj://u/race", "small again"); // nothing names the body now
+      await assert.rejects(commit(aborted, 4), klass("SEMANTIC", "generation conflict"));
+      await c.call("storage.upload.abort", "obj://u/race", { upload: aborted });
+      await until(() => bodies(t.home).length === 0, 30_000, "the aborted upload's body freed");
+      await assert.rejects(commit(aborted, 5), klass("SEMANTIC", "no upload"));
+    } finally {
+      BlobStore.prototype.install = install;
       await t.stop();
       removeHome(t.home);
     }

@@ -1,4 +1,5 @@
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
+import type { Upload } from "./storage-uploads.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
 
 /**
@@ -80,46 +81,39 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
         const want = ctx.args.sha256 as Uint8Array;
         if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
+        if (u.installed && !u.installed.equals(want)) {
+          throw new OpError(
+            "SEMANTIC",
+            `the uploaded bytes have SHA-256 ${u.installed.toString("hex")}, not ${Buffer.from(want).toString("hex")}`,
+          );
+        }
         const size = ctx.args.size as number;
         if (size !== u.size || u.received !== u.size) {
           throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
         }
         // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
         // object no longer fits — is checked before the upload is consumed, so a refused commit
-        // leaves the upload for the client to retry or abort (only a race with another writer
-        // during the sync below can still consume it).
+        // leaves the upload for the client to retry or abort.
         const existing = d.store.statObject(workspace, path);
         const ifGeneration = ctx.args.ifGeneration as number | undefined;
         if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
           throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
         d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
         u.committing = true;
-        try {
-          await uploads.settled(u);
-        } catch (e) {
-          uploads.drop(u);
-          throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
-        }
-        const hash = u.hash.copy().digest();
-        if (!hash.equals(want)) {
-          // The bytes are not the ones the persona meant: nothing of them becomes an object.
-          uploads.drop(u);
-          throw new OpError(
-            "SEMANTIC",
-            `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
-          );
-        }
+        const hash = u.installed ?? (await installUpload(d, u, want));
+        // A write that raced the sync above can still refuse the commit: the upload keeps the
+        // installed body (pinned once more here, as commitObject unpins one) for a retry.
         blobs.pin(hash);
+        let result: ReturnType<typeof commitObject> | undefined;
         try {
-          await blobs.syncFile(u.fd);
-          uploads.take(u);
-          await blobs.install(u.path, hash);
-        } catch (e) {
-          blobs.unpin(hash);
-          uploads.drop(u);
-          throw e;
+          result = commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+        } finally {
+          if (result) {
+            blobs.unpin(hash);
+            uploads.take(u);
+          } else uploads.keep(u, hash);
         }
-        return commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+        return result;
       },
     },
     {
@@ -136,4 +130,38 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
       },
     },
   ];
+}
+
+/**
+ * Waits for the upload's bytes, checks them against the SHA-256 the commit names, syncs them and
+ * moves them to their address in the store: the returned body is pinned. Bytes that could not be
+ * stored, or are not the ones the persona meant, end the upload.
+ */
+async function installUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<Buffer> {
+  const { uploads, blobs } = d;
+  try {
+    await uploads.settled(u);
+  } catch (e) {
+    uploads.drop(u);
+    throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
+  }
+  const hash = u.hash.copy().digest();
+  if (!hash.equals(want)) {
+    uploads.drop(u);
+    throw new OpError(
+      "SEMANTIC",
+      `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
+    );
+  }
+  blobs.pin(hash);
+  try {
+    await blobs.syncFile(u.fd);
+    uploads.closeFile(u);
+    await blobs.install(u.path, hash);
+  } catch (e) {
+    blobs.unpin(hash);
+    uploads.drop(u);
+    throw e;
+  }
+  return hash;
 }

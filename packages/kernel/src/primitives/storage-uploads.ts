@@ -38,6 +38,11 @@ export interface Upload {
   failed: Error | undefined;
   /** The descriptor was given back (or is, once its writes settle). */
   closed: boolean;
+  /**
+   * The verified body, moved to its address in the store (and pinned there) by a commit that
+   * then lost its compare-and-set or quota: a retried commit names it without the bytes again.
+   */
+  installed: Buffer | undefined;
 }
 
 /** Writes all of `data` at `position`, off the event loop. */
@@ -68,6 +73,8 @@ export class UploadTable {
   constructor(
     private readonly blobs: BlobStore,
     private readonly limits: UploadLimits,
+    /** Committed rows naming a body: a dropped upload's installed body is freed when none does. */
+    private readonly bodyRefs: (hash: Uint8Array) => number,
     private readonly clock: () => number = Date.now,
   ) {
     this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
@@ -124,6 +131,7 @@ export class UploadTable {
       busy: new Set(),
       failed: undefined,
       closed: false,
+      installed: undefined,
     };
     this.byId.set(id, u);
     return u;
@@ -200,6 +208,11 @@ export class UploadTable {
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
   take(u: Upload): void {
     this.byId.delete(u.id);
+    this.closeFile(u);
+  }
+
+  /** Gives the partial file's descriptor back, once its writes and flushes settled. */
+  closeFile(u: Upload): void {
     // Once only: a second close could close whatever file was given the number since.
     if (u.closed) return;
     u.closed = true;
@@ -210,10 +223,23 @@ export class UploadTable {
     else close();
   }
 
-  /** Discards an upload and its partial file. */
+  /** Discards an upload and its partial file (or its installed body, unless a row names it). */
   drop(u: Upload): void {
     this.take(u);
-    unlinkQuiet(u.path);
+    if (u.installed) {
+      this.blobs.unpin(u.installed);
+      this.blobs.collect(u.installed, this.bodyRefs(u.installed));
+    } else unlinkQuiet(u.path);
+  }
+
+  /**
+   * A commit that had installed the body was refused after all (its compare-and-set or quota,
+   * by a write that raced its sync): the upload stays, holding the body, for a retry or an abort.
+   */
+  keep(u: Upload, installed: Buffer): void {
+    u.installed = installed;
+    u.committing = false;
+    u.expires = this.clock() + this.limits.idleMs;
   }
 
   /** Discards every idle upload past its expiry. */
