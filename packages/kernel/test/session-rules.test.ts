@@ -93,12 +93,12 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
     p.close();
   });
 
-  it("a read larger than the session's maxBody is refused RESOURCE before the object is read; a range that fits is answered", async () => {
+  it("a read larger than the session's maxBody is refused SEMANTIC before the object is read; a range that fits is answered", async () => {
     await s.admin.storage.write("obj://mb/large", "y".repeat(2 * MIN_MAX_BODY));
     const { p } = await peerWithMaxBody(s.t.k.socketPath, adminIdentity(s.t.k), token(), MIN_MAX_BODY);
     p.send(requestFrame(22, { op: "storage.read", target: "obj://mb/large", args: {} }));
     const r = await p.response(22);
-    assert.deepEqual([r.status, r.error], ["FAILURE", "RESOURCE"]);
+    assert.deepEqual([r.status, r.error], ["FAILURE", "SEMANTIC"]);
     assert.match(r.message ?? "", /do not fit one response \(at most \d+\); read the object in ranges/);
     p.send(requestFrame(23, { op: "storage.read", target: "obj://mb/large", args: { offset: 0, length: 1024 } }));
     const part = await p.response(23);

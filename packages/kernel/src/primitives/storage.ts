@@ -71,9 +71,10 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
           // What fits one answer on this session (its negotiated maxBody, less the envelope).
           const fits = Math.min(limits.maxReadBytes, ctx.maxBody - Math.min(64 * 1024, Math.floor(ctx.maxBody / 2)));
+          // SEMANTIC, not RESOURCE: the same read fails the same way however often it is retried.
           if (length > fits) {
             throw new OpError(
-              "RESOURCE",
+              "SEMANTIC",
               `${length} bytes do not fit one response (at most ${fits}); read the object in ranges (offset, length)`,
             );
           }
