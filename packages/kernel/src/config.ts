@@ -124,6 +124,8 @@ const DECLARED = {
   },
   /** Worker threads for embedder task functions. */
   computeWorkers: { type: "int", default: 2, description: "worker threads for task functions" },
+  maxPendingOpsPerPersona: { type: "int", default: 64, description: "DEFERRED ops queued or running per persona" },
+  maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
   /** Output captured per stream of a command or agent, in bytes. */

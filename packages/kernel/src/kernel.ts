@@ -297,6 +297,8 @@ export class Kernel {
           resultTtlMs: c.opResultTtlMs,
           maxOutputBytes: c.maxOutputBytes,
           maxRuntimeMs: c.maxRuntimeMs,
+          maxPendingPerPersona: c.maxPendingOpsPerPersona,
+          maxPending: c.maxPendingOps,
         },
         this.log,
         {

@@ -5,6 +5,7 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
+import { OpError } from "../primitives/types.js";
 import { killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
@@ -27,6 +28,9 @@ export interface ComputeOptions {
   maxOutputBytes: number;
   /** Longest an op may run when neither its intent nor its args set a deadline. */
   maxRuntimeMs: number;
+  /** Ops queued or running per persona, and in the kernel: each waits in memory and in the store. */
+  maxPendingPerPersona: number;
+  maxPending: number;
 }
 
 /** What runs a command: the sandbox, the process table, and the persona's in-flight count. */
@@ -119,6 +123,7 @@ export class ComputeEngine {
     deadline: number | undefined,
     command?: CommandGrant,
   ): OpRecord {
+    this.admitPending(persona);
     if (kind === "command") {
       // Refused now, before there is an op: no sandbox, or one process too many.
       this.host.sandbox.check();
@@ -146,6 +151,21 @@ export class ComputeEngine {
     this.queue.push({ op, args, ...(command ? { command } : {}) });
     this.pump();
     return op;
+  }
+
+  /** Refuses (RESOURCE) an op past the persona's or the kernel's bound of ops queued or running. */
+  private admitPending(persona: string): void {
+    const total = this.queue.length + this.running.size;
+    if (total >= this.opts.maxPending)
+      throw new OpError("RESOURCE", `the kernel already has ${total} ops queued or running (at most ${this.opts.maxPending})`);
+    let mine = 0;
+    for (const j of this.queue) if (j.op.persona === persona) mine++;
+    for (const r of this.running.values()) if (r.op.persona === persona) mine++;
+    if (mine >= this.opts.maxPendingPerPersona)
+      throw new OpError(
+        "RESOURCE",
+        `${persona} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+      );
   }
 
   /** Cancels a queued or running op; false when it already finished. */
