@@ -7,6 +7,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import Cancelled
 from .tokens import Token
 
 
@@ -50,3 +51,54 @@ class Held:
     token: Token
     handle: int = 0
     task: asyncio.Task[None] | None = field(default=None, repr=False)
+
+
+class CallTable:
+    """The calls not yet answered, by stream; each is settled or dropped exactly once."""
+
+    def __init__(self) -> None:
+        self._by_stream: dict[int, Pending] = {}
+        self._next_id = 1
+
+    def open(
+        self, intent: bytes, context: dict[str, Any], caps: list[Any] | None, deadline: float | None
+    ) -> Pending:
+        """A new call with the next request id (its stream is the id modulo 2^32)."""
+        rid = self._next_id
+        self._next_id += 1
+        p = Pending(rid, rid % 2**32, intent, context, caps, deadline, asyncio.get_running_loop().create_future())
+        self._by_stream[p.stream] = p
+        return p
+
+    def get(self, stream: int) -> Pending | None:
+        return self._by_stream.get(stream)
+
+    def holds(self, p: Pending) -> bool:
+        return self._by_stream.get(p.stream) is p
+
+    def __len__(self) -> int:
+        return len(self._by_stream)
+
+    def all(self) -> list[Pending]:
+        return list(self._by_stream.values())
+
+    def settle(self, p: Pending, r: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
+        """Answers the call's awaiter with the RESPONSE body `r`, or raises `error` in it."""
+        if not self.holds(p):
+            return
+        del self._by_stream[p.stream]
+        if p.timer is not None:
+            p.timer.cancel()
+        if not p.future.done():
+            if r is not None:
+                p.future.set_result(r)
+            else:
+                p.future.set_exception(error or Cancelled("call abandoned"))
+
+    def drop(self, p: Pending) -> None:
+        """The caller stopped waiting (answer, deadline or cancellation): forget the call."""
+        if self.holds(p):
+            del self._by_stream[p.stream]
+        if p.timer is not None:
+            p.timer.cancel()
+        p.future.cancel()

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from .calls import Backoff, Held, Pending, Result
+from .calls import Backoff, CallTable, Held, Pending, Result
 from .errors import (
     RETRYABLE,
     AuthError,
@@ -27,7 +27,7 @@ from .link import Link, Session, new_instance_id
 from .messages import Message, encode_message
 from .refresh import TokenRefresher
 from .shm import DEFAULT_THRESHOLD
-from .subscription import Subscription
+from .subscription import Subscription, Subscriptions
 from .tokens import Token, b64url_decode, decode_token
 
 
@@ -78,9 +78,8 @@ class Client:
         self._retry = retry_backoff
         self._reconnect_backoff = reconnect_backoff
         self._link: Link | None = None
-        self._pending: dict[int, Pending] = {}
-        self._next_id = 1
-        self._subs: set[Subscription] = set()
+        self._calls = CallTable()
+        self._subs = Subscriptions(self)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._reconnecting: asyncio.Task[None] | None = None
         self._attempt = 0
@@ -114,7 +113,7 @@ class Client:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._calls)
 
     @property
     def features(self) -> list[str]:
@@ -168,31 +167,16 @@ class Client:
         self.connections += 1
         self.state = "ready"
         link.start(lambda m: self._on_message(link, m), lambda e: self._on_lost(link, e))
-        self.spawn(self._heartbeat(link))
+        self.spawn(link.heartbeat(lambda e: self._on_lost(link, e)))
         self._flush()
         if self.connections > 1:
-            self.spawn(self._resubscribe())
+            self.spawn(self._subs.renew())
 
     def spawn(self, coro: Any) -> asyncio.Task[Any]:
         t = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(t)
         t.add_done_callback(self._tasks.discard)
         return t
-
-    async def _heartbeat(self, link: Link) -> None:
-        """PING every heartbeat/2; a kernel silent for 3 heartbeats is dead (§8.5)."""
-        assert link.session is not None
-        hb = link.session.heartbeat_ms / 1000
-        seq = 0
-        while not link.dead:
-            await asyncio.sleep(hb / 2)
-            if link.dead:
-                return
-            if time.monotonic() - link.last_seen > 3 * hb:
-                self._on_lost(link, KernelUnavailable(f"kernel silent for more than {3 * hb:.1f} s"))
-                return
-            seq += 1
-            link.write(encode_message("PING", {"seq": seq}))
 
     def _on_lost(self, link: Link, err: Exception) -> None:
         if link.dead:
@@ -203,7 +187,7 @@ class Client:
             return
         self._link = None
         loop = asyncio.get_running_loop()
-        for p in self._pending.values():
+        for p in self._calls.all():
             p.sent = False
             if p.deadline is None and p.timer is None:
                 p.timer = loop.call_later(self._o["unavailable"], self._unavailable, p)
@@ -215,7 +199,7 @@ class Client:
             self._reconnecting = self.spawn(self._reconnect_loop())
 
     def _unavailable(self, p: Pending) -> None:
-        self._settle(p, error=KernelUnavailable(f"kernel unavailable for {self._o['unavailable']} s"))
+        self._calls.settle(p, error=KernelUnavailable(f"kernel unavailable for {self._o['unavailable']} s"))
 
     async def _reconnect_loop(self) -> None:
         try:
@@ -241,26 +225,16 @@ class Client:
         if link is not None and link is self._link and not link.dead:
             self._attempt = 0
 
-    async def _resubscribe(self) -> None:
-        for sub in list(self._subs):
-            try:
-                r = await self.call("event.subscribe", sub.pattern)
-                sub.remote_id = r.payload["subscription"]
-            except (KpipError, KernelUnavailable, DeadlineExceeded):
-                pass  # tried again after the next reconnect
-
     # ---- incoming ---------------------------------------------------------------------
 
     def _on_message(self, link: Link, m: Message) -> None:
         b = m.body
         if m.type == "RESPONSE":
-            p = self._pending.get(m.stream)
+            p = self._calls.get(m.stream)
             if p is not None and p.id == b["id"]:
                 self._on_response(p, b)
         elif m.type == "EVENT":
-            for sub in self._subs:
-                if sub.remote_id == b["subscription"]:
-                    sub.push(b)
+            self._subs.deliver(b)
         elif m.type == "PING":
             link.write(encode_message("PONG", {"seq": b["seq"]}))
         elif m.type == "PONG":
@@ -289,27 +263,7 @@ class Client:
                 p.auth_retried = True  # one fresh handshake and attestation, then the same request
                 self._on_lost(self._link, KernelUnavailable("re-attesting after AUTH"))
                 return
-        self._settle(p, r)
-
-    def _settle(self, p: Pending, r: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
-        if self._pending.get(p.stream) is not p:
-            return
-        del self._pending[p.stream]
-        if p.timer is not None:
-            p.timer.cancel()
-        if not p.future.done():
-            if r is not None:
-                p.future.set_result(r)
-            else:
-                p.future.set_exception(error or Cancelled("call abandoned"))
-
-    def _drop(self, p: Pending) -> None:
-        """The caller stopped waiting (answer, deadline or cancellation): forget the call."""
-        if self._pending.get(p.stream) is p:
-            del self._pending[p.stream]
-        if p.timer is not None:
-            p.timer.cancel()
-        p.future.cancel()
+        self._calls.settle(p, r)
 
     # ---- calls ------------------------------------------------------------------------
 
@@ -344,20 +298,16 @@ class Client:
             context["workspace"] = workspace or self.workspace
         if traceparent:
             context["traceparent"] = traceparent
-        rid = self._next_id
-        self._next_id += 1
-        loop = asyncio.get_running_loop()
-        p = Pending(rid, rid % 2**32, raw, context, caps, deadline, loop.create_future())
+        p = self._calls.open(raw, context, caps, deadline)
         if self.state != "ready" and deadline is None:
-            p.timer = loop.call_later(self._o["unavailable"], self._unavailable, p)
-        self._pending[p.stream] = p
+            p.timer = asyncio.get_running_loop().call_later(self._o["unavailable"], self._unavailable, p)
         self._send(p)
         try:
             return await asyncio.wait_for(asyncio.shield(p.future), None if deadline is None else deadline - time.monotonic())
         except asyncio.TimeoutError:
             raise DeadlineExceeded(f"no answer within {timeout} s") from None
         finally:
-            self._drop(p)
+            self._calls.drop(p)
 
     async def call(self, op: str, target: str, args: dict[str, Any] | None = None, **kw: Any) -> Result:
         """Like :meth:`request`, but a FAILURE raises the typed error of its class."""
@@ -368,7 +318,7 @@ class Client:
 
     def _send(self, p: Pending) -> None:
         link = self._link
-        if self._pending.get(p.stream) is not p or p.sent or link is None or link.dead or self.state != "ready":
+        if not self._calls.holds(p) or p.sent or link is None or link.dead or self.state != "ready":
             return
         assert link.session is not None
         body = {
@@ -381,13 +331,13 @@ class Client:
         }
         frame = encode_message("REQUEST", body, p.stream)
         if len(frame) - HEADER_SIZE > link.session.max_body:
-            self._settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
+            self._calls.settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
             return
         p.sent = True
         link.send_frame(frame)
 
     def _flush(self) -> None:
-        for p in list(self._pending.values()):
+        for p in self._calls.all():
             if not p.sent:
                 if p.deadline is None and p.timer is not None:
                     p.timer.cancel()
@@ -398,20 +348,7 @@ class Client:
 
     async def subscribe(self, pattern: str, *, buffer: int = 1000, timeout: float | None = None) -> Subscription:
         """Events on topic:// names matching `pattern`; renewed after every reconnect."""
-
-        async def unsubscribe(s: Subscription) -> None:
-            self._subs.discard(s)
-            if self.state == "ready":
-                try:
-                    await self.call("event.unsubscribe", s.pattern, {"subscription": s.remote_id})
-                except (KpipError, KernelUnavailable, DeadlineExceeded):
-                    pass
-
-        sub = Subscription(pattern, buffer, unsubscribe)
-        r = await self.call("event.subscribe", pattern, timeout=timeout)
-        sub.remote_id = r.payload["subscription"]
-        self._subs.add(sub)
-        return sub
+        return await self._subs.subscribe(pattern, buffer, timeout)
 
     async def bind(self, token: bytes | str) -> int:
         """Binds a token on this session (token.bind) and holds it for every later session."""
@@ -447,7 +384,7 @@ class Client:
             return
         self.state = "closing"
         end = time.monotonic() + drain
-        while self._pending and self._link is not None and time.monotonic() < end:
+        while len(self._calls) and self._link is not None and time.monotonic() < end:
             await asyncio.sleep(0.01)
         link = self._link
         if link is not None and not link.dead:
@@ -464,11 +401,9 @@ class Client:
         if self._link is not None:
             self._link.close()
             self._link = None
-        for p in list(self._pending.values()):
-            self._settle(p, error=err)
-        for s in list(self._subs):
-            s.end()
-        self._subs.clear()
+        for p in self._calls.all():
+            self._calls.settle(p, error=err)
+        self._subs.end_all()
         for t in list(self._tasks):
             if t is not asyncio.current_task():
                 t.cancel()

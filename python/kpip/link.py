@@ -192,6 +192,21 @@ class Link:
         if not self.dead:
             on_lost(err)
 
+    async def heartbeat(self, on_dead: Callable[[Exception], None]) -> None:
+        """PING every heartbeat/2; a kernel silent for 3 heartbeats is dead (§8.5)."""
+        assert self.session is not None
+        hb = self.session.heartbeat_ms / 1000
+        seq = 0
+        while not self.dead:
+            await asyncio.sleep(hb / 2)
+            if self.dead:
+                return
+            if time.monotonic() - self.last_seen > 3 * hb:
+                on_dead(KernelUnavailable(f"kernel silent for more than {3 * hb:.1f} s"))
+                return
+            seq += 1
+            self.write(encode_message("PING", {"seq": seq}))
+
     def close(self) -> None:
         if self.dead:
             return

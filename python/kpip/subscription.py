@@ -5,7 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from .errors import DeadlineExceeded, KernelUnavailable, KpipError
+
+if TYPE_CHECKING:
+    from .client import Client
 
 
 @dataclass(frozen=True)
@@ -67,3 +72,45 @@ class Subscription:
         if not self.closed:
             self.end()
             await self._unsubscribe(self)
+
+
+class Subscriptions:
+    """A client's subscriptions: made with event.subscribe, renewed after every reconnect."""
+
+    def __init__(self, client: Client):
+        self.client = client
+        self._subs: set[Subscription] = set()
+
+    async def subscribe(self, pattern: str, buffer: int, timeout: float | None) -> Subscription:
+        sub = Subscription(pattern, buffer, self._unsubscribe)
+        r = await self.client.call("event.subscribe", pattern, timeout=timeout)
+        sub.remote_id = r.payload["subscription"]
+        self._subs.add(sub)
+        return sub
+
+    async def _unsubscribe(self, s: Subscription) -> None:
+        self._subs.discard(s)
+        if self.client.state == "ready":
+            try:
+                await self.client.call("event.unsubscribe", s.pattern, {"subscription": s.remote_id})
+            except (KpipError, KernelUnavailable, DeadlineExceeded):
+                pass
+
+    async def renew(self) -> None:
+        """After a reconnect: subscribe again (the kernel forgot the old session's subscriptions)."""
+        for sub in list(self._subs):
+            try:
+                r = await self.client.call("event.subscribe", sub.pattern)
+                sub.remote_id = r.payload["subscription"]
+            except (KpipError, KernelUnavailable, DeadlineExceeded):
+                pass  # tried again after the next reconnect
+
+    def deliver(self, body: dict[str, Any]) -> None:
+        for sub in self._subs:
+            if sub.remote_id == body["subscription"]:
+                sub.push(body)
+
+    def end_all(self) -> None:
+        for s in list(self._subs):
+            s.end()
+        self._subs.clear()

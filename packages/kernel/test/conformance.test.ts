@@ -5,8 +5,15 @@ import { fileURLToPath } from "node:url";
 import { type KernelClient, RequestTooLargeError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
-import { CONFORMANCE_LIMITS, FEATURES, TRANSPORTS, type TransportUnderTest } from "./conformance/transports.js";
-import { klass, sandboxSkip } from "./harness.js";
+import { PYTHON_COLUMNS, type PythonRun, python, pythonMark, runPythonConformance } from "./conformance/python.js";
+import {
+  CONFORMANCE_LIMITS,
+  FEATURES,
+  startConformanceKernel,
+  TRANSPORTS,
+  type TransportUnderTest,
+} from "./conformance/transports.js";
+import { klass, removeHome, sandboxSkip, type TestKernel } from "./harness.js";
 
 const root = fileURLToPath(new URL("../../../../", import.meta.url));
 
@@ -147,6 +154,50 @@ for (const tr of TRANSPORTS) {
   });
 }
 
+/**
+ * The same features with the Python client as the client (python/tests/conformance.py): one
+ * kernel, one Python process running every column's suite; each `it` is the outcome of one
+ * Python test, and the audit row also checks the kernel's side of what that test did.
+ */
+let py: PythonRun | undefined;
+describe("conformance with the Python client", () => {
+  let t: TestKernel | undefined;
+  before(async () => {
+    if (!python.path) return;
+    t = await startConformanceKernel();
+    py = await runPythonConformance(t);
+  });
+  after(async () => {
+    if (!t) return;
+    await t.stop();
+    removeHome(t.home);
+  });
+  const skip = python.path || python.required ? false : `SKIPPED — Python client not run: ${python.why}`;
+
+  for (const col of PYTHON_COLUMNS) {
+    describe(`conformance over ${col.name}`, () => {
+      for (const [key, feature] of Object.entries(FEATURES)) {
+        it(feature, { skip: skip || (key === "agents" && sandboxSkip) }, () => {
+          assert.ok(py && t, python.why);
+          const o = py.outcomes.find((x) => x.suite === col.suite && x.feature === key);
+          assert.ok(o, `python/tests/conformance.py reported nothing for ${col.suite}.test_${key}:\n${py.stderr}`);
+          assert.equal(o.outcome, "ok", o.detail);
+          if (key !== "audit") return;
+          const v = verifyAudit(t.k.database);
+          assert.ok(v.ok, v.firstBad?.reason);
+          const rows = t.k.database.queryAudit({ op: "storage.write", limit: 500 });
+          assert.ok(rows.some((r) => r.target === `obj://${o.ns}/audited` && r.phase === "outcome" && r.status === "SUCCESS"));
+          const opened = t.k.database.queryAudit({ op: "session.open", limit: 500 });
+          assert.ok(
+            opened.some((r) => r.persona === `bob-${o.ns}` && r.message === "uds"),
+            "the session's transport is recorded",
+          );
+        });
+      }
+    });
+  }
+});
+
 describe("README transport table", () => {
   it("lists every conformance feature for every transport, as the suite runs them", () => {
     const readme = readFileSync(`${root}README.md`, "utf8");
@@ -161,10 +212,7 @@ describe("README transport table", () => {
       .split("|")
       .map((c) => c.trim())
       .filter(Boolean);
-    assert.deepEqual(
-      header.slice(1),
-      TRANSPORTS.map((t) => t.name),
-    );
+    assert.deepEqual(header.slice(1), [...TRANSPORTS.map((t) => t.name), ...PYTHON_COLUMNS.map((c) => c.name)]);
     const rows = lines.slice(2).map((l) =>
       l
         .split("|")
@@ -175,11 +223,25 @@ describe("README transport table", () => {
       rows.map((r) => r[0]),
       Object.values(FEATURES),
     );
-    for (const r of rows)
+    for (const o of py?.outcomes ?? [])
+      assert.ok(
+        o.feature in FEATURES && PYTHON_COLUMNS.some((c) => c.suite === o.suite),
+        `python/tests/conformance.py ran ${o.suite}.test_${o.feature}, which is no cell of the table`,
+      );
+    for (const [i, r] of rows.entries()) {
       assert.deepEqual(
-        r.slice(1),
+        r.slice(1, 1 + TRANSPORTS.length),
         TRANSPORTS.map(() => "✓"),
         r[0],
       );
+      // The Python columns: the mark each feature earned in the run above (not written by hand).
+      const key = Object.keys(FEATURES)[i];
+      if (py)
+        assert.deepEqual(
+          r.slice(1 + TRANSPORTS.length),
+          PYTHON_COLUMNS.map((c) => pythonMark(py?.outcomes.find((o) => o.suite === c.suite && o.feature === key))),
+          `${r[0]} (Python columns)`,
+        );
+    }
   });
 });

@@ -5,9 +5,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
-import { encodeIntent, generateIdentity } from "@kpip/protocol";
+import { decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
 
@@ -73,6 +73,24 @@ async function crashThenRetry(home: string, op: string, target: string, intent: 
   return { t, retry, identity, response: await retry.response(7, 10_000) };
 }
 
+/** Audit phases of `op` on `target`, oldest first. */
+function phases(t: TestKernel, op: string, target: string): string[] {
+  return t.k.database
+    .queryAudit({ op, limit: 100 })
+    .filter((x) => x.target === target)
+    .map((x) => x.phase);
+}
+
+/** Prepares a home on a kernel that is stopped again before the crash run. */
+async function prepared<T>(home: string, setup: (t: TestKernel) => Promise<T>): Promise<T> {
+  const t = await startKernel({}, home);
+  try {
+    return await setup(t);
+  } finally {
+    await t.stop();
+  }
+}
+
 describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)", () => {
   it("persona.register killed between effect and answer: the retry gets the recorded SUCCESS, not 'already registered'", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
@@ -87,6 +105,69 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
         .filter((x) => x.target === "persona://carol")
         .map((x) => x.phase);
       assert.deepEqual(phases, ["intent", "replay"]);
+      retry.close();
+      await t.stop();
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("token.refresh killed between effect and answer: the retry gets the recorded copy; one copy was made, not two", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const raw = Buffer.from(await prepared(home, async (t) => t.adminToken), "base64url");
+      const id = decodeToken(raw).claims.id;
+      const intent = encodeIntent({ op: "token.refresh", target: `token://${id}`, args: { token: raw } });
+      const { t, retry, response } = await crashThenRetry(home, "token.refresh", `token://${id}`, intent);
+      assert.equal(response.status, "SUCCESS", response.message);
+      const copies = t.k.database.tokensDerivedFrom(id);
+      assert.deepEqual(
+        copies.map((c) => c.id),
+        [(response.payload as { id: string }).id],
+        "exactly one refreshed copy, the one answered",
+      );
+      assert.deepEqual(phases(t, "token.refresh", `token://${id}`), ["intent", "replay"]);
+      retry.close();
+      await t.stop();
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("token.revoke killed between effect and answer: the retry gets the recorded first answer, not 'already revoked'", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const id = await prepared(
+        home,
+        async (t) => (await t.persona("erin", [{ ops: ["system.health"], targets: ["kernel://"] }])).id,
+      );
+      const intent = encodeIntent({ op: "token.revoke", target: `token://${id}`, args: {} });
+      const { t, retry, response } = await crashThenRetry(home, "token.revoke", `token://${id}`, intent);
+      assert.equal(response.status, "SUCCESS", response.message);
+      assert.deepEqual(response.payload, { id, revoked: true, already: false });
+      assert.notEqual(t.k.database.getToken(id)?.revokedAt ?? null, null, "the revocation is stored");
+      assert.deepEqual(phases(t, "token.revoke", `token://${id}`), ["intent", "replay"]);
+      retry.close();
+      await t.stop();
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("persona.remove killed between effect and answer: the retry gets the recorded SUCCESS, not 'not registered'", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const tokenId = await prepared(
+        home,
+        async (t) => (await t.persona("dave", [{ ops: ["system.health"], targets: ["kernel://"] }])).id,
+      );
+      const intent = encodeIntent({ op: "persona.remove", target: "persona://dave", args: {} });
+      const { t, retry, response } = await crashThenRetry(home, "persona.remove", "persona://dave", intent);
+      assert.equal(response.status, "SUCCESS", response.message);
+      assert.deepEqual(response.payload, { removed: "dave", alsoRemoved: [], sessionsEnded: 0, tokensRevoked: 1 });
+      assert.equal(t.k.database.getPersona("dave"), undefined);
+      assert.notEqual(t.k.database.getToken(tokenId)?.revokedAt ?? null, null, "its token's revocation committed with it");
+      assert.deepEqual(phases(t, "persona.remove", "persona://dave"), ["intent", "replay"]);
       retry.close();
       await t.stop();
     } finally {

@@ -118,20 +118,24 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           if (refusal) throw new OpError("PERMISSION", refusal);
           if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
           const ended: string[] = [];
-          const r = removePersonaTree(store, id, (t) => {
-            ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+          // Removed with the request's dedupe record: a retry after a crash is not "not registered".
+          // Sessions and agents it ends stay ended if that commit fails: the safe side.
+          return ctx.atomically((): OpResult => {
+            const r = removePersonaTree(store, id, (t) => {
+              ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+            });
+            const sessionsEnded = host.registryChanged();
+            return {
+              status: "SUCCESS",
+              audit: { removed: r.removed, ended },
+              payload: {
+                removed: id,
+                alsoRemoved: r.removed.filter((p) => p !== id),
+                sessionsEnded,
+                tokensRevoked: r.tokensRevoked,
+              },
+            };
           });
-          const sessionsEnded = host.registryChanged();
-          return {
-            status: "SUCCESS",
-            audit: { removed: r.removed, ended },
-            payload: {
-              removed: id,
-              alsoRemoved: r.removed.filter((p) => p !== id),
-              sessionsEnded,
-              tokensRevoked: r.tokensRevoked,
-            },
-          };
         },
       },
       {

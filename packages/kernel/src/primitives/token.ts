@@ -179,13 +179,16 @@ export function tokenFamily(
           if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
           if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
-          const fresh = enforcer.refresh(t, ctx.persona);
-          const g = effectiveGrant(fresh);
-          return {
-            status: "SUCCESS",
-            payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
-            audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
-          };
+          // Recorded with the request's dedupe record: a retry after a crash gets this copy, not a second one.
+          return ctx.atomically((): OpResult => {
+            const fresh = enforcer.refresh(t, ctx.persona);
+            const g = effectiveGrant(fresh);
+            return {
+              status: "SUCCESS",
+              payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
+              audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
+            };
+          });
         },
       },
       {
@@ -200,15 +203,19 @@ export function tokenFamily(
           mustOwn(ctx, id, undefined);
           // After the ownership check, so only those who could own any token learn that an id is unknown.
           if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
-          const r = enforcer.revoke(id, ctx.persona);
+          // Recorded with the request's dedupe record: a retry after a crash gets this answer, not "already".
+          const result = ctx.atomically((): OpResult => {
+            const r = enforcer.revoke(id, ctx.persona);
+            return {
+              status: "SUCCESS",
+              payload: { id, revoked: true, already: !r.changed },
+              audit: { revoked: id, ended: r.ended },
+              // Refusals the revocation causes name this record.
+              ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
+            };
+          });
           onRevoke(id);
-          return {
-            status: "SUCCESS",
-            payload: { id, revoked: true, already: !r.changed },
-            audit: { revoked: id, ended: r.ended },
-            // Refusals the revocation causes name this record.
-            ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
-          };
+          return result;
         },
       },
       {

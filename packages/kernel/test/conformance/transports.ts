@@ -55,6 +55,13 @@ const KERNEL: KernelOptions = {
   maxObjectBytes: CONFORMANCE_LIMITS.maxBodyBytes - 64 * 1024,
 };
 
+/** A harness kernel with the conformance limits and the "square" task the DEFERRED row runs. */
+export function startConformanceKernel(kernelOpts: KernelOptions = {}): Promise<TestKernel> {
+  return startKernel({ ...KERNEL, ...kernelOpts }, undefined, (k) =>
+    k.registerTask("square", { module: fixture("tasks.mjs"), export: "square" }),
+  );
+}
+
 /** Builds a transport from "how to connect a client" on top of a harness kernel. */
 function over(
   name: string,
@@ -68,9 +75,7 @@ function over(
     transport,
     ...extra,
     start: async () => {
-      const t = await startKernel({ ...KERNEL, ...kernelOpts }, undefined, (k) =>
-        k.registerTask("square", { module: fixture("tasks.mjs"), export: "square" }),
-      );
+      const t = await startConformanceKernel(kernelOpts);
       const clients: KernelClient[] = [];
       const connect = async (identity: Identity, tokens: (Uint8Array | string)[]) => {
         const c = await KernelClient.connect({ identity, tokens, reconnect: false, ...connectOpts(t) } as ConnectOptions);
