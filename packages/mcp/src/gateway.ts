@@ -50,6 +50,8 @@ function toolName(op: string, taken: Set<string>): string {
 
 /** At most 128 UTF-8 bytes (the protocol's limit for context.execution). */
 function clip(s: string): string {
+  // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
+  if (s.length <= 42) return s;
   let b = Buffer.from(s, "utf8");
   if (b.length <= 128) return s;
   b = b.subarray(0, 128);
@@ -158,9 +160,15 @@ export class McpGateway {
       void this.watches.dropServer(server);
     };
     server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));
+    // The host's name and version are fixed once it has initialized: built once, not per call.
+    let prefix: string | undefined;
     const execution = (requestId: string | number) => {
-      const host = server.getClientVersion();
-      return clip(`mcp:${host?.name ?? "unknown"}/${host?.version ?? "?"}#${String(requestId)}`);
+      if (prefix === undefined) {
+        const host = server.getClientVersion();
+        if (!host) return clip(`mcp:unknown/?#${String(requestId)}`);
+        prefix = `mcp:${host.name}/${host.version}#`;
+      }
+      return clip(prefix + String(requestId));
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
       const ctx: ToolCallContext = {
