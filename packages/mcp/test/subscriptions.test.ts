@@ -134,6 +134,24 @@ describe("MCP resource subscriptions backed by kernel storage watches", () => {
     for (let i = 1; i < 5; i++) await carol.unsubscribeResource({ uri: `obj://ws2/many/${i}` });
   });
 
+  it("offers watches as resources/subscribe, not as tools, even when the token grants storage.*", async () => {
+    const dave = await stdioHost(
+      k,
+      await k.persona("dave", [
+        { ops: ["system.describe"], targets: ["kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws3/**"] },
+      ]),
+    );
+    try {
+      const names = (await dave.listTools()).tools.map((t) => t.name);
+      assert.ok(names.includes("storage_read") && names.includes("storage_write"), names.join(", "));
+      assert.ok(!names.includes("storage_watch") && !names.includes("storage_unwatch"), names.join(", "));
+      assert.equal(dave.getServerCapabilities()?.resources?.subscribe, true);
+    } finally {
+      await dave.close();
+    }
+  });
+
   it("keeps subscriptions across a kernel restart", async () => {
     const got = updates(alice);
     await alice.subscribeResource({ uri: "obj://ws1/restart" });
