@@ -72,6 +72,7 @@ describe("storage.watch: change notices for whoever may read the objects", () =>
     await assert.rejects(watch("obj://ws2/*/x"), klass("PERMISSION"));
     // A wildcard workspace is no target at all (the client refuses it as the kernel would), and a bare workspace names no object.
     await assert.rejects(watch("obj://*/notes/x"), /obj:\/\/ must start with a lowercase name/);
+    await assert.rejects(watch("obj://ws5/**/x"), klass("SEMANTIC", "'**' may only be the last segment"));
     await assert.rejects(watch("obj://ws5"), klass("SEMANTIC", "obj://<workspace>/<path or pattern>"));
     // event.subscribe cannot name objects, whatever it is granted on: topics and objects are different schemes.
     await assert.rejects(c.call("event.subscribe", "obj://ws1/**"), klass("SEMANTIC"));

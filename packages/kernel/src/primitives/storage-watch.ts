@@ -46,6 +46,9 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
         // The pattern is what was authorized, exactly: a bare workspace is no object (watch obj://<ws>/** for all of it).
         if (ctx.target.segments.length < 2)
           throw new OpError("SEMANTIC", "storage.watch needs obj://<workspace>/<path or pattern>, e.g. obj://ws1/**");
+        // `**` means something only last (as in grants); elsewhere the watch could match nothing.
+        if (ctx.target.segments.slice(0, -1).includes("**"))
+          throw new OpError("SEMANTIC", "'**' may only be the last segment of a watch pattern");
         const pattern = ctx.targetUri;
         const grant = ctx.grant;
         const guard = grant ? () => d.lapsed(grant) : undefined;
