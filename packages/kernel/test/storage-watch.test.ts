@@ -113,6 +113,22 @@ describe("storage.watch: change notices for whoever may read the objects", () =>
     assert.equal(s.t.k.events.subscriptionCount(), before, "the kernel holds the watch no more");
   });
 
+  it("watches again with another capability it holds when the one that authorized the watch is revoked", async () => {
+    const rights = [{ ops: ["storage.read"], targets: ["obj://ws6/**"] }];
+    const p = await s.t.persona("w-twotokens", rights);
+    const second = await s.admin.tokens.mint("w-twotokens", { rights, ttlMs: 3_600_000 });
+    const c = await s.t.connect(p.identity, [p.token, second.token]);
+    const resubscribed: string[] = [];
+    c.on("resubscribed", (pattern: string) => resubscribed.push(pattern));
+    const got = collect(await c.watch("obj://ws6/**"));
+    await s.admin.tokens.revoke(p.id);
+    await s.admin.storage.write("obj://ws6/a", "ends the first watch");
+    await until(() => resubscribed.length >= 1, 30_000, "the watch made again");
+    const w = await s.admin.storage.write("obj://ws6/a", "told through the second capability");
+    await until(() => got.events.length >= 1, 30_000, "a notice after the watch was made again");
+    assert.deepEqual(changes(got.events), [{ uri: "obj://ws6/a", generation: w.generation, kind: "write" }]);
+  });
+
   it("refuses unwatching another session's watch or with another target", async () => {
     const p = await s.t.persona("w-unwatch", [{ ops: ["storage.read"], targets: ["obj://ws4/**"] }]);
     const a = await s.t.connect(p.identity, [p.token]);
