@@ -209,6 +209,16 @@ export class KernelClient extends EventEmitter {
     return this.subs.subscribe(pattern, opts);
   }
 
+  /**
+   * Watches objects matching an obj:// pattern (`storage.watch`, authorized as `storage.read` on
+   * every object the pattern can match): each write or delete arrives as an event with data
+   * `{ uri, generation, kind: "write" | "delete" }`. Like {@link subscribe} it survives
+   * reconnects; it ends when unsubscribed, closed, or when no held capability allows it any more.
+   */
+  watch(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+    return this.subs.watch(pattern, opts);
+  }
+
   // ---- links -----------------------------------------------------------------------
 
   private setState(s: ClientState): void {

@@ -8,12 +8,24 @@ export interface ResubscribeEvents {
   resubscribeFailed(info: { pattern: string; error: unknown }): void;
 }
 
+/** How a kind of subscription is made and ended: event topics, or storage watches. */
+interface SubscribeOps {
+  subscribe: string;
+  unsubscribe: string;
+}
+
+const EVENTS: SubscribeOps = { subscribe: "event.subscribe", unsubscribe: "event.unsubscribe" };
+const WATCHES: SubscribeOps = { subscribe: "storage.watch", unsubscribe: "storage.unwatch" };
+
 /**
- * A client's event subscriptions: EVENT frames go to the one the kernel's id names, and after
- * a reconnect every pattern is subscribed again (events emitted while away are not replayed).
+ * A client's event subscriptions and storage watches: EVENT frames go to the one the kernel's
+ * id names, and after a reconnect every pattern is subscribed again (events emitted while away
+ * are not replayed). A watch the kernel ended because the capability that authorized it lapsed
+ * (an expired token that was refreshed) is made again with the tokens held now; when that is
+ * refused too, its iteration ends.
  */
 export class Subscriptions {
-  private readonly subs = new Set<Subscription>();
+  private readonly subs = new Map<Subscription, SubscribeOps>();
 
   constructor(
     private readonly call: CallFn,
@@ -23,40 +35,62 @@ export class Subscriptions {
   ) {}
 
   /** Subscribes to topic:// names matching `pattern`; see {@link KernelClient.subscribe}. */
-  async subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+  subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+    return this.open(EVENTS, pattern, opts);
+  }
+
+  /** Watches objects matching an obj:// pattern; see {@link KernelClient.watch}. */
+  watch(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+    return this.open(WATCHES, pattern, opts);
+  }
+
+  private async open(ops: SubscribeOps, pattern: string, opts: CallOptions & { bufferSize?: number }): Promise<Subscription> {
     const { bufferSize, ...callOpts } = opts;
     const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
       this.subs.delete(s);
-      if (this.ready()) await this.call("event.unsubscribe", s.pattern, { subscription: s.remoteId }).catch(() => {});
+      if (this.ready()) await this.call(ops.unsubscribe, s.pattern, { subscription: s.remoteId }).catch(() => {});
     });
-    const r = await this.call("event.subscribe", pattern, {}, callOpts);
+    const r = await this.call(ops.subscribe, pattern, {}, callOpts);
     sub.remoteId = (r.payload as { subscription: number }).subscription;
-    this.subs.add(sub);
+    this.subs.set(sub, ops);
     return sub;
   }
 
   /** An EVENT: to its subscription (0 is a kernel notice no subscription asked for). */
   dispatch(e: KEvent): void {
     if (e.subscription === 0) return;
-    for (const sub of this.subs) if (sub.remoteId === e.subscription) sub.push(e);
+    for (const [sub, ops] of this.subs) {
+      if (sub.remoteId !== e.subscription) continue;
+      if (ops === WATCHES && (e.data as { kind?: unknown } | undefined)?.kind === "ended") {
+        sub.remoteId = 0;
+        void this.again(sub, ops);
+      } else sub.push(e);
+    }
   }
 
   /** After a reconnect: subscribe again to every pattern. */
   async resubscribe(): Promise<void> {
-    for (const sub of this.subs) {
-      try {
-        const r = await this.call("event.subscribe", sub.pattern);
-        sub.remoteId = (r.payload as { subscription: number }).subscription;
-        this.events.resubscribed(sub.pattern);
-      } catch (e) {
-        this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
+    for (const [sub, ops] of this.subs) await this.again(sub, ops);
+  }
+
+  private async again(sub: Subscription, ops: SubscribeOps): Promise<void> {
+    try {
+      const r = await this.call(ops.subscribe, sub.pattern);
+      sub.remoteId = (r.payload as { subscription: number }).subscription;
+      this.events.resubscribed(sub.pattern);
+    } catch (e) {
+      this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
+      // A watch the kernel ended and will not make again is over: its reader learns it.
+      if (ops === WATCHES && sub.remoteId === 0) {
+        this.subs.delete(sub);
+        sub.end();
       }
     }
   }
 
   /** Ends every subscription's iteration (the client closed). */
   endAll(): void {
-    for (const sub of this.subs) sub.end();
+    for (const sub of this.subs.keys()) sub.end();
     this.subs.clear();
   }
 }

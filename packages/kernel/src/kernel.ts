@@ -36,6 +36,7 @@ import { resourceFamily } from "./primitives/resource.js";
 import { Router } from "./primitives/router.js";
 import { storageFamily } from "./primitives/storage.js";
 import { UploadTable } from "./primitives/storage-uploads.js";
+import { watchLapsed } from "./primitives/storage-watch.js";
 import { systemFamily } from "./primitives/system.js";
 import { tokenFamily } from "./primitives/token.js";
 import type { PrimitiveFamily } from "./primitives/types.js";
@@ -268,7 +269,17 @@ export class Kernel {
       this.uploads = uploads;
       this.router.register(
         storageFamily(
-          { store, blobs, ledger, uploads },
+          {
+            store,
+            blobs,
+            ledger,
+            uploads,
+            watch: {
+              bus: this.events,
+              sinkOf: (id) => this.sessionsById.get(id),
+              lapsed: (g) => watchLapsed(this.enforcerRef, g, (this.options.clock ?? Date.now)()),
+            },
+          },
           {
             maxObjectBytes: c.maxObjectBytes,
             maxListPage: 1000,

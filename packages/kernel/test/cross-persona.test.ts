@@ -31,6 +31,7 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     upload: "",
     allocation: "",
     subscription: 0,
+    watch: 0,
   };
   /** Everything alice got back, answers and error messages, to search for leaks. */
   const seen: string[] = [];
@@ -75,6 +76,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     bobs.allocation = (alloc.payload as { allocation: string }).allocation;
     const sub = await bob.call("event.subscribe", "topic://wb/**");
     bobs.subscription = (sub.payload as { subscription: number }).subscription;
+    const watch = await bob.call("storage.watch", "obj://wb/**");
+    bobs.watch = (watch.payload as { subscription: number }).subscription;
   });
 
   after(async () => {
@@ -118,6 +121,14 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     "storage.upload.commit": [
       ["bob's upload", "obj://wb/upload", { upload: bobs.upload, sha256: Buffer.alloc(32), size: 5 }],
       ["bob's upload on alice's object", "obj://wa/mine", { upload: bobs.upload, sha256: Buffer.alloc(32), size: 5 }],
+    ],
+    "storage.watch": [
+      ["bob's object", bobs.object],
+      ["bob's workspace", "obj://wb/**"],
+    ],
+    "storage.unwatch": [
+      ["bob's watch", "obj://wb/**", { subscription: bobs.watch }],
+      ["bob's watch via own workspace", "obj://wa/**", { subscription: bobs.watch }],
     ],
     "storage.upload.abort": [
       ["bob's upload", "obj://wb/upload", { upload: bobs.upload }],
@@ -232,6 +243,7 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     await bob.call("storage.upload.commit", "obj://wb/upload", { upload: bobs.upload, sha256, size: 5 });
     await bob.call("resource.free", "persona://bob", { allocation: bobs.allocation });
     await bob.call("event.unsubscribe", "topic://wb/**", { subscription: bobs.subscription });
+    await bob.call("storage.unwatch", "obj://wb/**", { subscription: bobs.watch });
     const leaks = seen.filter((s) => s.includes(SECRET) || s.includes(Buffer.from(bobs.token).toString("latin1")));
     assert.deepEqual(leaks, []);
     await bob.call("agent.kill", bobs.agent);

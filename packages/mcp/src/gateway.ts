@@ -9,13 +9,16 @@ import {
   ListToolsRequestSchema,
   McpError,
   ReadResourceRequestSchema,
+  SubscribeRequestSchema,
   type Tool,
+  UnsubscribeRequestSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 import { followDeferred, type ToolCallContext } from "./deferred.js";
 import { GrantView } from "./grant.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
+import { ResourceWatches } from "./watches.js";
 
 export const GATEWAY_NAME = "kpip-mcp";
 export const GATEWAY_VERSION = "0.1.0";
@@ -33,6 +36,12 @@ interface ToolEntry {
   tool: Tool;
 }
 
+/**
+ * Ops offered another way: a watch's notices go to the gateway's session, so as a tool it would
+ * only hold a subscription slot; hosts use resources/subscribe, which is backed by them.
+ */
+const NOT_TOOLS = new Set(["storage.watch", "storage.unwatch"]);
+
 /** The MCP tool name of an op: dots become underscores (hosts often refuse dots); a clash gets dashes. */
 function toolName(op: string, taken: Set<string>): string {
   const n = op.replaceAll(".", "_");
@@ -41,6 +50,8 @@ function toolName(op: string, taken: Set<string>): string {
 
 /** At most 128 UTF-8 bytes (the protocol's limit for context.execution). */
 function clip(s: string): string {
+  // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
+  if (s.length <= 42) return s;
   let b = Buffer.from(s, "utf8");
   if (b.length <= 128) return s;
   b = b.subarray(0, 128);
@@ -57,6 +68,8 @@ export class McpGateway {
   private tools = new Map<string, ToolEntry>();
   private readonly servers = new Set<Server>();
   private readonly inFlight = new Set<Promise<unknown>>();
+  /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
+  readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
   readonly pollMaxMs: number;
 
@@ -66,6 +79,7 @@ export class McpGateway {
   ) {
     this.maxArgsBytes = opts.maxArgsBytes ?? 1024 * 1024;
     this.pollMaxMs = opts.pollMaxMs ?? 1000;
+    this.watches = new ResourceWatches(client);
   }
 
   /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */
@@ -95,6 +109,7 @@ export class McpGateway {
     const table = (r.payload as unknown as { ops: OpDecl[] }).ops;
     const tools = new Map<string, ToolEntry>();
     for (const { decl, targets } of grants.allowedOps(table)) {
+      if (NOT_TOOLS.has(decl.op)) continue;
       const name = toolName(decl.op, new Set(tools.keys()));
       tools.set(name, {
         name,
@@ -134,17 +149,26 @@ export class McpGateway {
     const server = new Server(
       { name: GATEWAY_NAME, version: GATEWAY_VERSION },
       {
-        capabilities: { tools: { listChanged: true }, resources: {} },
+        capabilities: { tools: { listChanged: true }, resources: { subscribe: true } },
         instructions:
-          'Tools are the KPIP kernel ops this persona\'s token allows; targets are URIs (obj://<workspace>/<path> for storage). Bytes travel as {"$bytes": "<base64>"}. The kernel checks and audits every call; a refusal comes back as a tool error naming its class (PERMISSION, SEMANTIC, ...).',
+          'Tools are the KPIP kernel ops this persona\'s token allows; targets are URIs (obj://<workspace>/<path> for storage). Bytes travel as {"$bytes": "<base64>"}. The kernel checks and audits every call; a refusal comes back as a tool error naming its class (PERMISSION, SEMANTIC, ...). resources/subscribe on an object\'s obj:// URI brings notifications/resources/updated when it is written or deleted (allowed when the token may read it).',
       },
     );
     this.servers.add(server);
-    server.onclose = () => this.servers.delete(server);
+    server.onclose = () => {
+      this.servers.delete(server);
+      void this.watches.dropServer(server);
+    };
     server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));
+    // The host's name and version are fixed once it has initialized: built once, not per call.
+    let prefix: string | undefined;
     const execution = (requestId: string | number) => {
-      const host = server.getClientVersion();
-      return clip(`mcp:${host?.name ?? "unknown"}/${host?.version ?? "?"}#${String(requestId)}`);
+      if (prefix === undefined) {
+        const host = server.getClientVersion();
+        if (!host) return clip(`mcp:unknown/?#${String(requestId)}`);
+        prefix = `mcp:${host.name}/${host.version}#`;
+      }
+      return clip(prefix + String(requestId));
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
       const ctx: ToolCallContext = {
@@ -160,6 +184,12 @@ export class McpGateway {
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
       this.track(readResource(this.client, execution(extra.requestId), req.params.uri)),
+    );
+    server.setRequestHandler(SubscribeRequestSchema, (req, extra) =>
+      this.track(this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
+    );
+    server.setRequestHandler(UnsubscribeRequestSchema, (req) =>
+      this.track(this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
     );
     return server;
   }

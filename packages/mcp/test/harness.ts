@@ -26,6 +26,11 @@ export class KernelHome {
   readonly home = mkdtempSync(join(tmpdir(), "kpip-mcp-"));
   private child: ChildProcess | undefined;
 
+  /** `config`: kernel settings written to the home's config.json (e.g. lower bounds for a test). */
+  constructor(config?: Record<string, unknown>) {
+    if (config) writeFileSync(join(this.home, "config.json"), JSON.stringify(config), { mode: 0o600 });
+  }
+
   async start(): Promise<void> {
     const k = spawn(process.execPath, [MAIN, "kernel", "--home", this.home, "--log-level", "silent"], {
       stdio: ["ignore", "pipe", "inherit"],

@@ -6,8 +6,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
-import { HOST, KernelHome, kpip, MAIN, text } from "./harness.js";
+import { type CallToolResult, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { HOST, KernelHome, kpip, MAIN, text, until } from "./harness.js";
 
 const SECRET = "s3cret-for-the-http-gateway-test";
 const RIGHTS = [
@@ -125,6 +125,34 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     assert.equal(denied.isError, true);
     assert.match(text(denied), /^FAILURE PERMISSION/);
     assert.ok(k.audit("carol").some((x) => x.op === "storage.write" && x.target === "obj://ws9/x" && x.status === "FAILURE"));
+  });
+
+  it("shares one kernel watch between host sessions subscribed to one object; each gets the update", async () => {
+    const a = await connect(gw.url, auth);
+    const b = await connect(gw.url, auth, "second-host");
+    hosts.push(a, b);
+    const got: string[] = [];
+    for (const [name, h] of [
+      ["a", a],
+      ["b", b],
+    ] as const)
+      h.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => void got.push(`${name} ${n.params.uri}`));
+    await a.subscribeResource({ uri: "obj://ws1/shared" });
+    await b.subscribeResource({ uri: "obj://ws1/shared" });
+    await a.callTool({ name: "storage_write", arguments: { target: "obj://ws1/shared", args: { data: "1" } } });
+    await until(() => got.length >= 2, 30_000, "both hosts' updates");
+    assert.deepEqual(got.sort(), ["a obj://ws1/shared", "b obj://ws1/shared"]);
+    const watches = () =>
+      k.audit("carol").filter((x) => x.target === "obj://ws1/shared" && x.op?.startsWith("storage.") && x.op.endsWith("watch"));
+    assert.deepEqual(
+      watches().map((x) => `${x.op} ${x.status}`),
+      ["storage.watch SUCCESS"],
+      "one kernel watch for two host sessions",
+    );
+    // The last session to leave ends the watch.
+    await a.unsubscribeResource({ uri: "obj://ws1/shared" });
+    await b.unsubscribeResource({ uri: "obj://ws1/shared" });
+    await until(() => watches().some((x) => x.op === "storage.unwatch" && x.status === "SUCCESS"), 30_000, "storage.unwatch");
   });
 
   it("refuses a host without the bearer secret, with a wrong one, or through a foreign Host or Origin", async () => {

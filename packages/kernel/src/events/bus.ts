@@ -29,6 +29,8 @@ interface Subscription {
   bytes: number;
   /** Events dropped since the last one delivered. */
   dropped: number;
+  /** Checked before each delivery: a reason (its authority lapsed) ends the subscription. */
+  guard?: () => string | undefined;
 }
 
 export interface EventBusLimits {
@@ -94,8 +96,12 @@ export class EventBus {
 
   constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
 
-  /** A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. */
-  subscribe(sink: EventSink, pattern: string): number {
+  /**
+   * A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. With a
+   * `guard`, each matching emit first asks it whether the subscription may still receive: a
+   * reason (text) ends the subscription instead, with a last EVENT `{ kind: "ended", reason }`.
+   */
+  subscribe(sink: EventSink, pattern: string, guard?: () => string | undefined): number {
     const L = this.limits;
     const mine = this.bySink.get(sink.id)?.size ?? 0;
     if (mine >= L.perSession)
@@ -107,6 +113,7 @@ export class EventBus {
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
     const id = this.nextId++;
     const s: Subscription = { id, sink, pattern, seq: 0, queue: [], bytes: 0, dropped: 0 };
+    if (guard) s.guard = guard;
     this.subs.set(id, s);
     this.index.add(s);
     let set = this.bySink.get(sink.id);
@@ -117,6 +124,12 @@ export class EventBus {
     set.add(id);
     this.byPersona.set(sink.persona, persona + 1);
     return id;
+  }
+
+  /** The pattern of one of this session's subscriptions (undefined: none with that id). */
+  patternOf(sink: EventSink, id: number): string | undefined {
+    const s = this.subs.get(id);
+    return s && s.sink.id === sink.id ? s.pattern : undefined;
   }
 
   /** Ends a subscription; only its own session may end it. */
@@ -153,6 +166,11 @@ export class EventBus {
     let n = 0;
     for (const s of matched) {
       if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
+      const lapsed = s.guard?.();
+      if (lapsed !== undefined) {
+        this.lapse(s, lapsed);
+        continue;
+      }
       n++;
       this.enqueue(s, { topic, data, bytes });
       this.pump(s);
@@ -171,6 +189,14 @@ export class EventBus {
       const s = this.subs.get(id);
       if (s) this.pump(s);
     }
+  }
+
+  /** Ends a subscription whose guard refused, telling its session why on the subscription itself. */
+  private lapse(s: Subscription, reason: string): void {
+    this.end(s);
+    this.bySink.get(s.sink.id)?.delete(s.id);
+    const body = { subscription: s.id, topic: s.pattern, seq: s.seq + s.dropped + 1, data: { kind: "ended", reason } };
+    s.sink.write(encodeMessage({ type: "EVENT", body }, s.id));
   }
 
   private end(s: Subscription): void {

@@ -3,6 +3,7 @@ import type { ResourceLedger } from "../resources/ledger.js";
 import type { BlobStore } from "../store/blobs.js";
 import type { ObjectBody, ObjectStore } from "../store/types.js";
 import type { UploadTable } from "./storage-uploads.js";
+import { storageChanged, type WatchDeps } from "./storage-watch.js";
 import { type OpContext, OpError, type OpResult } from "./types.js";
 
 /* What the storage ops (storage.ts) and the chunked upload (storage-upload.ts) share. */
@@ -24,6 +25,8 @@ export interface StorageDeps {
   blobs: BlobStore;
   ledger: ResourceLedger;
   uploads: UploadTable;
+  /** Where changes are told to the sessions watching them (storage.watch). */
+  watch: WatchDeps;
 }
 
 /** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
@@ -48,7 +51,7 @@ export function generationArg(ctx: OpContext): number | undefined {
  */
 export function commitObject(
   ctx: OpContext,
-  d: Pick<StorageDeps, "store" | "blobs" | "ledger">,
+  d: Pick<StorageDeps, "store" | "blobs" | "ledger" | "watch">,
   workspace: string,
   path: string,
   body: ObjectBody,
@@ -59,14 +62,16 @@ export function commitObject(
   const size = "data" in body ? body.data.length : body.size;
   const hash = "hash" in body ? body.hash : null;
   let previous: Uint8Array | null | undefined;
+  let generation = 0;
   try {
-    return ctx.atomically(
+    const result = ctx.atomically(
       (): OpResult =>
         store.transaction(() => {
           const w = store.writeObject(workspace, path, body, generationArg(ctx), Date.now(), ctx.persona);
           if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
           ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
           previous = w.previous?.hash;
+          generation = w.generation;
           return {
             status: "SUCCESS",
             payload: { generation: w.generation, size, ...extra },
@@ -74,6 +79,8 @@ export function commitObject(
           };
         }),
     );
+    storageChanged(d.watch.bus, workspace, path, generation, "write");
+    return result;
   } finally {
     if (hash) {
       blobs.unpin(hash);

@@ -2,6 +2,7 @@ import type { CborValue } from "@kpip/protocol";
 import type { ObjectBody } from "../store/types.js";
 import { commitObject, generationArg, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
+import { storageChanged, watchOps } from "./storage-watch.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 export type { StorageDeps, StorageLimits } from "./storage-common.js";
@@ -18,7 +19,7 @@ function uintArg(ctx: OpContext, name: string): number | undefined {
   return v === undefined || v === null ? undefined : (v as number);
 }
 
-/** storage.write/read/stat/list/delete and the chunked upload on obj://<workspace>/<path>. */
+/** storage.write/read/stat/list/delete, the chunked upload and watches on obj://<workspace>/<path>. */
 export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveFamily {
   const { store, blobs, ledger } = d;
   return {
@@ -155,10 +156,12 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           );
           // The row is gone (committed): its body goes too unless another object names the same bytes.
           if (old) blobs.collect(old, store.countBodyRefs(old));
+          storageChanged(d.watch.bus, workspace, path, (result.payload as { generation: number }).generation, "delete");
           return result;
         },
       },
       ...uploadOps(d, limits),
+      ...watchOps(d.watch),
     ],
   };
 }

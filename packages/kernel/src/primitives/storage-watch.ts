@@ -1,0 +1,88 @@
+import type { Grant } from "@kpip/protocol";
+import type { EventBus, EventSink } from "../events/bus.js";
+import { OpError, type PrimitiveDeclaration } from "./types.js";
+
+/**
+ * Storage change notices (PROTOCOL §9.8). A watch is an event-bus subscription whose pattern is
+ * an obj:// pattern, so it has the bus's bounds (subscriptions per session, per persona and in
+ * the kernel; queued bytes; gaps for slow readers). Only `storage.watch` makes one, authorized
+ * as `storage.read` on the whole pattern (the subset test of grants): no event topic names
+ * obj://, so holding `event.subscribe` on anything teaches nobody about writes.
+ */
+export interface WatchDeps {
+  bus: EventBus;
+  sinkOf(session: string): EventSink | undefined;
+  /** Why the capability that authorized a watch no longer holds (revoked, expired), or undefined. */
+  lapsed(grant: Grant): string | undefined;
+}
+
+/** What a change notice says: the object, its generation after the change, and what happened. */
+export type ChangeKind = "write" | "delete";
+
+/** Tells the watchers of `obj://<workspace>/<path>` it changed; called once the change has committed. */
+export function storageChanged(bus: EventBus, workspace: string, path: string, generation: number, kind: ChangeKind): void {
+  const uri = `obj://${workspace}/${path}`;
+  bus.emit(uri, { uri, generation, kind });
+}
+
+/** storage.watch / storage.unwatch on obj://<workspace>/<path or pattern>. */
+export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
+  const sink = (session: string) => {
+    const s = d.sinkOf(session);
+    if (!s) throw new OpError("INTERNAL", "the session is gone");
+    return s;
+  };
+  return [
+    {
+      op: "storage.watch",
+      description:
+        "Receive EVENT frames {uri, generation, kind: write|delete} when objects matching obj://<workspace>/<path or pattern> change, until unwatched or the session ends. Authorized as storage.read on every object the pattern can match.",
+      targets: ["obj"],
+      authorizeAs: "storage.read",
+      args: {},
+      idempotent: false,
+      effects: false,
+      handler: (ctx) => {
+        // The pattern is what was authorized, exactly: a bare workspace is no object (watch obj://<ws>/** for all of it).
+        if (ctx.target.segments.length < 2)
+          throw new OpError("SEMANTIC", "storage.watch needs obj://<workspace>/<path or pattern>, e.g. obj://ws1/**");
+        // `**` means something only last (as in grants); elsewhere the watch could match nothing.
+        if (ctx.target.segments.slice(0, -1).includes("**"))
+          throw new OpError("SEMANTIC", "'**' may only be the last segment of a watch pattern");
+        const pattern = ctx.targetUri;
+        const grant = ctx.grant;
+        const guard = grant ? () => d.lapsed(grant) : undefined;
+        const subscription = d.bus.subscribe(sink(ctx.session), pattern, guard);
+        return { status: "SUCCESS", payload: { subscription, pattern }, audit: { subscription } };
+      },
+    },
+    {
+      op: "storage.unwatch",
+      description: "End a watch of this session (target: the pattern it watches). Authorized as storage.read.",
+      targets: ["obj"],
+      authorizeAs: "storage.read",
+      args: { subscription: { type: "uint", required: true, description: "the id storage.watch returned" } },
+      idempotent: true,
+      effects: false,
+      handler: (ctx) => {
+        const id = ctx.args.subscription as number;
+        const s = sink(ctx.session);
+        const p = d.bus.patternOf(s, id);
+        if (p !== ctx.targetUri || !d.bus.unsubscribe(s, id))
+          throw new OpError("SEMANTIC", `no watch ${id} of ${ctx.targetUri} on this session`);
+        return { status: "SUCCESS", payload: { unwatched: id } };
+      },
+    },
+  ];
+}
+
+/** A watch's authority lapses with the capability that authorized it: revoked, or past its expiry. */
+export function watchLapsed(
+  revocations: { isRevoked(g: Grant): boolean } | undefined,
+  g: Grant,
+  now = Date.now(),
+): string | undefined {
+  if (revocations?.isRevoked(g)) return `the capability ${g.id} that authorized this watch was revoked`;
+  if (now >= g.exp) return `the capability ${g.id} that authorized this watch expired`;
+  return undefined;
+}

@@ -1,0 +1,125 @@
+import { type KernelClient, KernelUnavailableError } from "@kpip/client";
+import { KpipError } from "@kpip/protocol";
+import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
+import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
+
+type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
+
+type Meta = Record<string, unknown>;
+
+interface Sending {
+  again: Meta | undefined;
+}
+
+/** One object some MCP sessions subscribed to: one kernel watch, however many sessions. */
+interface Entry {
+  watch: Watch;
+  servers: Set<Server>;
+  /** Notifications being written per session, and the latest change that came meanwhile. */
+  sending: Map<Server, Sending>;
+}
+
+/**
+ * resources/subscribe backed by the kernel's storage watches (PROTOCOL §9.8). The kernel
+ * decides: a subscription is one `storage.watch` on the object's URI, authorized as
+ * `storage.read`, so a host learns of changes only to objects its persona may read. The
+ * client watches again after a reconnect, so subscriptions survive a kernel restart.
+ *
+ * A host that reads slowly costs bounded memory: per session and object at most one
+ * notification is being written and one more is owed (changes in between are one update: a
+ * host re-reads the resource anyway).
+ */
+export class ResourceWatches {
+  private readonly byUri = new Map<string, Entry>();
+  private readonly opening = new Map<string, Promise<Entry>>();
+
+  constructor(private readonly client: KernelClient) {}
+
+  async subscribe(server: Server, uri: string, execution: string): Promise<void> {
+    if (!uri.startsWith("obj://") || uri.includes("*"))
+      throw new McpError(ErrorCode.InvalidParams, `only an object's obj:// URI can be subscribed to, not ${uri}`);
+    const entry = this.byUri.get(uri) ?? (await this.open(uri, execution));
+    entry.servers.add(server);
+  }
+
+  async unsubscribe(server: Server, uri: string): Promise<void> {
+    const entry = this.byUri.get(uri);
+    if (!entry?.servers.delete(server)) return;
+    entry.sending.delete(server);
+    if (entry.servers.size > 0) return;
+    this.byUri.delete(uri);
+    await entry.watch.unsubscribe().catch(() => {});
+  }
+
+  /** An MCP session ended: its subscriptions go, and the watches nobody else needs. */
+  async dropServer(server: Server): Promise<void> {
+    await Promise.all([...this.byUri.keys()].map((uri) => this.unsubscribe(server, uri)));
+  }
+
+  /** The objects watched now (for tests and logs). */
+  get uris(): string[] {
+    return [...this.byUri.keys()];
+  }
+
+  private open(uri: string, execution: string): Promise<Entry> {
+    let p = this.opening.get(uri);
+    if (!p) {
+      p = this.watch(uri, execution).finally(() => this.opening.delete(uri));
+      this.opening.set(uri, p);
+    }
+    return p;
+  }
+
+  private async watch(uri: string, execution: string): Promise<Entry> {
+    let watch: Watch;
+    try {
+      watch = await this.client.watch(uri, { execution });
+    } catch (e) {
+      if (e instanceof KpipError) throw new McpError(ErrorCode.InvalidParams, `${e.errorClass}: ${e.message}`);
+      if (e instanceof KernelUnavailableError)
+        throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${e.message}`);
+      throw e;
+    }
+    const entry: Entry = { watch, servers: new Set(), sending: new Map() };
+    this.byUri.set(uri, entry);
+    void this.follow(uri, entry);
+    return entry;
+  }
+
+  /** Each change notice becomes notifications/resources/updated to every session subscribed. */
+  private async follow(uri: string, entry: Entry): Promise<void> {
+    try {
+      for await (const e of entry.watch) {
+        const d = e.data as { generation?: unknown; kind?: unknown } | undefined;
+        const meta = { "kpip/generation": d?.generation, "kpip/kind": d?.kind };
+        for (const s of entry.servers) this.notify(entry, s, uri, meta);
+      }
+    } catch {
+      // The iteration cannot fail; if it ever did, the subscription simply ends.
+    }
+    // Ended by the kernel (the authority lapsed and could not be renewed) or by the client closing.
+    if (this.byUri.get(uri) === entry) this.byUri.delete(uri);
+  }
+
+  private notify(entry: Entry, server: Server, uri: string, meta: Meta): void {
+    const busy = entry.sending.get(server);
+    if (busy) {
+      busy.again = meta;
+      return;
+    }
+    const state: Sending = { again: undefined };
+    entry.sending.set(server, state);
+    const send = (m: Meta): void => {
+      server
+        .sendResourceUpdated({ uri, _meta: m })
+        .catch(() => {})
+        .then(() => {
+          const next = state.again;
+          state.again = undefined;
+          if (next && entry.servers.has(server)) send(next);
+          else if (entry.sending.get(server) === state) entry.sending.delete(server);
+        });
+    };
+    send(meta);
+  }
+}
