@@ -187,6 +187,7 @@ SHAPES: dict[str, Check] = {
             "seq": (_uint, True),
             "data": (_any, False),
             "gap": (_uint, False),
+            "ended": (_text(1024), False),
         }
     ),
     "PING": _shape({"seq": (_uint, True)}),

@@ -80,6 +80,7 @@ class Subscriptions:
     def __init__(self, client: Client):
         self.client = client
         self._subs: set[Subscription] = set()
+        self._pending: set[asyncio.Future[None]] = set()
 
     async def subscribe(self, pattern: str, buffer: int, timeout: float | None) -> Subscription:
         sub = Subscription(pattern, buffer, self._unsubscribe)
@@ -106,9 +107,30 @@ class Subscriptions:
                 pass  # tried again after the next reconnect
 
     def deliver(self, body: dict[str, Any]) -> None:
-        for sub in self._subs:
-            if sub.remote_id == body["subscription"]:
+        # Subscription 0 carries the kernel's notices to the session (a token revoked), not to a
+        # subscription; 0 is also the id of one being made again, which must not take them.
+        if body["subscription"] == 0:
+            return
+        for sub in list(self._subs):
+            if sub.remote_id != body["subscription"]:
+                continue
+            if "ended" in body:
+                # The kernel ended it (the capability that authorized it lapsed): subscribe again
+                # with the tokens held now; if that is refused too, the iteration ends.
+                sub.remote_id = 0
+                task = asyncio.ensure_future(self._again(sub))
+                self._pending.add(task)
+                task.add_done_callback(self._pending.discard)
+            else:
                 sub.push(body)
+
+    async def _again(self, sub: Subscription) -> None:
+        try:
+            r = await self.client.call("event.subscribe", sub.pattern)
+            sub.remote_id = r.payload["subscription"]
+        except (KpipError, KernelUnavailable, DeadlineExceeded):
+            self._subs.discard(sub)
+            sub.end()
 
     def end_all(self) -> None:
         for s in list(self._subs):

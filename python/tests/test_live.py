@@ -71,6 +71,29 @@ class Live(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(StopAsyncIteration):
             await sub.get(timeout=30)
 
+    async def test_a_subscription_ends_when_its_token_is_revoked(self) -> None:
+        persona = kpip.Identity.load(self.identity).persona
+        m = await self.c.call(
+            "token.mint",
+            f"persona://{persona}",
+            {"rights": [{"ops": ["event.subscribe"], "targets": ["topic://pyrev/**"]}], "ttlMs": 600_000},
+        )
+        c = await kpip.Client.connect(self.socket, self.identity, [m.payload["token"]])
+        try:
+            sub = await c.subscribe("topic://pyrev/**")
+            sent = await self.c.call("event.emit", "topic://pyrev/a", {"data": 1})
+            self.assertEqual(sent.payload["subscribers"], 1)
+            self.assertEqual((await sub.get(timeout=30)).data, 1)
+            await self.c.call("token.revoke", f"token://{m.payload['id']}")
+            # The kernel ended it at the revocation; subscribing again with the revoked token is
+            # refused, so the iteration ends, and nothing emitted later reaches this client.
+            with self.assertRaises(StopAsyncIteration):
+                await sub.get(timeout=30)
+            after = await self.c.call("event.emit", "topic://pyrev/a", {"data": 2})
+            self.assertEqual(after.payload["subscribers"], 0)
+        finally:
+            await c.close()
+
     async def test_deferred_ops_are_awaited_and_a_cancelled_one_raises(self) -> None:
         r = await self.c.call("compute.submit", "op://command/true")
         self.assertEqual(r.status, "DEFERRED")

@@ -20,9 +20,9 @@ const WATCHES: SubscribeOps = { subscribe: "storage.watch", unsubscribe: "storag
 /**
  * A client's event subscriptions and storage watches: EVENT frames go to the one the kernel's
  * id names, and after a reconnect every pattern is subscribed again (events emitted while away
- * are not replayed). A watch the kernel ended because the capability that authorized it lapsed
- * (an expired token that was refreshed) is made again with the tokens held now; when that is
- * refused too, its iteration ends.
+ * are not replayed). A subscription or watch the kernel ended because the capability that
+ * authorized it lapsed (revoked, or an expired token that was refreshed) is made again with the
+ * tokens held now; when that is refused too, its iteration ends.
  */
 export class Subscriptions {
   private readonly subs = new Map<Subscription, SubscribeOps>();
@@ -61,7 +61,8 @@ export class Subscriptions {
     if (e.subscription === 0) return;
     for (const [sub, ops] of this.subs) {
       if (sub.remoteId !== e.subscription) continue;
-      if (ops === WATCHES && (e.data as { kind?: unknown } | undefined)?.kind === "ended") {
+      // The kernel ended it (the capability that authorized it lapsed): make it again with the tokens held now.
+      if (e.ended !== undefined) {
         sub.remoteId = 0;
         void this.again(sub, ops);
       } else sub.push(e);
@@ -80,8 +81,8 @@ export class Subscriptions {
       this.events.resubscribed(sub.pattern);
     } catch (e) {
       this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
-      // A watch the kernel ended and will not make again is over: its reader learns it.
-      if (ops === WATCHES && sub.remoteId === 0) {
+      // A subscription the kernel ended and will not make again is over: its reader learns it.
+      if (sub.remoteId === 0) {
         this.subs.delete(sub);
         sub.end();
       }

@@ -202,6 +202,7 @@ export class Kernel {
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
       this.events.operator = c.adminPersona;
+      this.events.lapsed = (g) => watchLapsed(this.enforcerRef, g, (this.options.clock ?? Date.now)());
       // Before the first append: never sign over a chain rewritten without the key.
       checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
       const anchors = this.openAnchors();
@@ -649,6 +650,8 @@ export class Kernel {
   private notifyRevoked(): void {
     const enforcer = this.enforcerRef;
     if (!enforcer) return;
+    // Subscriptions and watches the revoked capabilities authorized end now, each with a last EVENT saying why.
+    this.events.endLapsed();
     for (const sess of this.sessions) {
       for (const h of sess.handles.all()) {
         if (enforcer.isRevoked(h.grant)) {

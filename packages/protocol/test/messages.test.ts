@@ -59,6 +59,7 @@ describe("messages", () => {
       { type: "RESPONSE", body: { version: 1, id: 9, status: "FAILURE", error: "PERMISSION", message: "no" } },
       { type: "RESPONSE", body: { version: 1, id: 9, status: "PARTIAL", payload: { items: [], cursor: "x" } } },
       { type: "EVENT", body: { subscription: 1, topic: "topic://a", seq: 2, data: null, gap: 5 } },
+      { type: "EVENT", body: { subscription: 1, topic: "topic://a/**", seq: 3, ended: "the capability was revoked" } },
       { type: "PING", body: { seq: 1 } },
       { type: "PONG", body: { seq: 1 } },
       { type: "GOODBYE", body: { reason: "r" } },
@@ -71,6 +72,9 @@ describe("messages", () => {
     assert.throws(() => decodeMessage(frameOf("PING", {})), bad("MISSING_FIELD"));
     assert.throws(() => decodeMessage(frameOf("PING", { seq: "1" })), bad("BAD_FIELD"));
     assert.throws(() => decodeMessage(frameOf("PING", { seq: -1 })), bad("BAD_FIELD"));
+    const event = { subscription: 1, topic: "topic://a", seq: 1 };
+    assert.throws(() => decodeMessage(frameOf("EVENT", { ...event, ended: 7 })), bad("BAD_FIELD"));
+    assert.throws(() => decodeMessage(frameOf("EVENT", { ...event, ended: "x".repeat(1025) })), bad("BAD_FIELD"));
     assert.deepEqual(decodeMessage(frameOf("PING", { seq: 1, future: "x" })).body, { seq: 1, future: "x" });
     assert.throws(
       () =>

@@ -1,4 +1,4 @@
-import { type CborValue, encodeMessage, HEADER_SIZE, personaWithin } from "@kpip/protocol";
+import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { TopicIndex } from "./topic-index.js";
 
@@ -93,6 +93,14 @@ export class EventBus {
   delivered = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
+  /** Why a capability no longer authorizes anything (revoked, expired), or undefined: set by the kernel. */
+  lapsed: ((g: Grant) => string | undefined) | undefined;
+
+  /** A guard for a subscription authorized by `grant`: it lives as long as that capability. */
+  guardFor(grant: Grant | undefined): (() => string | undefined) | undefined {
+    const lapsed = this.lapsed;
+    return grant && lapsed ? () => lapsed(grant) : undefined;
+  }
 
   constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
 
@@ -178,6 +186,21 @@ export class EventBus {
     return n;
   }
 
+  /**
+   * Ends, at once, every subscription whose guard now gives a reason (a capability was revoked):
+   * revocation takes effect on subscriptions when it is made, not at their next event.
+   */
+  endLapsed(): number {
+    let n = 0;
+    for (const s of [...this.subs.values()]) {
+      const lapsed = s.guard?.();
+      if (lapsed === undefined) continue;
+      this.lapse(s, lapsed);
+      n++;
+    }
+    return n;
+  }
+
   /** Sends a notice straight to one session (e.g. "your token was revoked"), on subscription 0. */
   notify(sink: EventSink, topic: string, data: CborValue): void {
     sink.write(encodeMessage({ type: "EVENT", body: { subscription: 0, topic, seq: 0, data } }, 0));
@@ -195,7 +218,7 @@ export class EventBus {
   private lapse(s: Subscription, reason: string): void {
     this.end(s);
     this.bySink.get(s.sink.id)?.delete(s.id);
-    const body = { subscription: s.id, topic: s.pattern, seq: s.seq + s.dropped + 1, data: { kind: "ended", reason } };
+    const body = { subscription: s.id, topic: s.pattern, seq: s.seq + s.dropped + 1, ended: reason.slice(0, 1024) };
     s.sink.write(encodeMessage({ type: "EVENT", body }, s.id));
   }
 

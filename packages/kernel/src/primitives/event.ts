@@ -35,7 +35,11 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
         args: {},
         idempotent: false,
         effects: false,
-        handler: (ctx) => ({ status: "SUCCESS", payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri) } }),
+        // The subscription lives as long as the capability that authorized it (revoked: ended at once; expired: at its next event).
+        handler: (ctx) => ({
+          status: "SUCCESS",
+          payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri, bus.guardFor(ctx.grant)) },
+        }),
       },
       {
         op: "event.unsubscribe",

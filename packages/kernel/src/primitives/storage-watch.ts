@@ -76,13 +76,13 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
   ];
 }
 
-/** A watch's authority lapses with the capability that authorized it: revoked, or past its expiry. */
+/** A watch's (or an event subscription's) authority lapses with the capability that authorized it: revoked, or past its expiry. */
 export function watchLapsed(
   revocations: { isRevoked(g: Grant): boolean } | undefined,
   g: Grant,
   now = Date.now(),
 ): string | undefined {
-  if (revocations?.isRevoked(g)) return `the capability ${g.id} that authorized this watch was revoked`;
-  if (now >= g.exp) return `the capability ${g.id} that authorized this watch expired`;
+  if (revocations?.isRevoked(g)) return `the capability ${g.id} that authorized this subscription was revoked`;
+  if (now >= g.exp) return `the capability ${g.id} that authorized this subscription expired`;
   return undefined;
 }

@@ -106,6 +106,12 @@ export interface KEvent {
   data?: CborValue;
   /** Events dropped for this subscription since the last delivered one. */
   gap?: number;
+  /**
+   * Present on the last EVENT of a subscription the kernel ended (the capability that
+   * authorized it was revoked or expired): why. It carries no `data`. Only the kernel sets it,
+   * so no emitter can end another's subscription by what it emits.
+   */
+  ended?: string;
 }
 
 export interface Ping {

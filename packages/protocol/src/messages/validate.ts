@@ -135,6 +135,7 @@ const SHAPES: Record<Message["type"], Check> = {
     seq: [uint, true],
     data: [any, false],
     gap: [uint, false],
+    ended: [text(1024), false],
   }),
   PING: shapeOf({ seq: [uint, true] }),
   PONG: shapeOf({ seq: [uint, true] }),

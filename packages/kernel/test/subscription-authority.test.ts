@@ -1,0 +1,87 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { KEvent } from "@kpip/protocol";
+import { removeHome, startKernel, until } from "./harness.js";
+
+const RIGHTS = [{ ops: ["event.subscribe"], targets: ["topic://auth/**"] }];
+
+describe("an event subscription lives as long as the capability that authorized it", () => {
+  it("ends at the revocation: a last EVENT says why, and nothing emitted afterwards reaches the subscriber", async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      const p = await t.persona("listener", RIGHTS);
+      const c = await t.connect(p.identity, [p.token]);
+      const seen: KEvent[] = [];
+      c.on("event", (e: KEvent) => seen.push(e));
+      const sub = await c.subscribe("topic://auth/**");
+      const id = sub.remoteId;
+      const ended = (async () => {
+        const got: unknown[] = [];
+        for await (const e of sub) got.push(e.data);
+        return got;
+      })();
+      assert.equal((await admin.events.emit("topic://auth/a", 1)).subscribers, 1);
+      await until(() => seen.length >= 1, 30_000, "the first event");
+      await admin.tokens.revoke(p.id);
+      // Ended by the revocation itself, before any other event: the client's attempt to
+      // subscribe again with the revoked token is refused, so its iteration ends.
+      assert.deepEqual(await ended, [1]);
+      const last = seen.find((e) => e.ended !== undefined) as KEvent;
+      assert.equal(last.subscription, id, "on the subscription itself");
+      assert.equal(last.ended, `the capability ${p.id} that authorized this subscription was revoked`);
+      assert.equal(last.data, undefined);
+      assert.equal((await admin.events.emit("topic://auth/a", 2)).subscribers, 0, "no subscriber left");
+      assert.equal(t.k.events.subscriptionCount(), 0);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("ends when the capability expires, at its next event, which it is not told", async () => {
+    let skew = 0;
+    const t = await startKernel({ clock: () => Date.now() + skew });
+    try {
+      const admin = await t.admin();
+      const p = await t.persona("expiring-listener", RIGHTS, { ttlMs: 60_000 });
+      const c = await t.connect(p.identity, [p.token], { refreshMarginMs: 0 });
+      const seen: KEvent[] = [];
+      c.on("event", (e: KEvent) => seen.push(e));
+      await c.subscribe("topic://auth/**");
+      await admin.events.emit("topic://auth/x", "before");
+      await until(() => seen.length >= 1, 30_000, "the first event");
+      skew = 120_000;
+      assert.equal((await admin.events.emit("topic://auth/x", "after")).subscribers, 0);
+      const last = await until(() => seen[1], 30_000, "the subscription's last event");
+      assert.equal(last.ended, `the capability ${p.id} that authorized this subscription expired`);
+      assert.deepEqual(
+        seen.map((e) => e.data),
+        ["before", undefined],
+        "the event after the expiry was not delivered",
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an emitter cannot end another's subscription by what it emits", async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      const p = await t.persona("steady-listener", RIGHTS);
+      const c = await t.connect(p.identity, [p.token]);
+      const sub = await c.subscribe("topic://auth/**");
+      const it = sub[Symbol.asyncIterator]();
+      await admin.events.emit("topic://auth/x", { kind: "ended", reason: "forged" });
+      await admin.events.emit("topic://auth/x", "still here");
+      assert.deepEqual((await it.next()).value?.data, { kind: "ended", reason: "forged" });
+      assert.equal((await it.next()).value?.data, "still here");
+      assert.equal(t.k.events.subscriptionCount(), 1);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
