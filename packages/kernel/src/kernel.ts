@@ -25,6 +25,7 @@ import {
 } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { KernelMetrics } from "./metrics/metrics.js";
+import { Admission } from "./pipeline/admission.js";
 import { AnswerBudget } from "./pipeline/answer-budget.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
@@ -365,17 +366,18 @@ export class Kernel {
         floodMax: c.auditRefusalFloodMax,
         intentMaxBytes: c.auditRefusalIntentMaxBytes,
       });
-      const pipeline = new Pipeline(
+      const pipeline = new Pipeline({
         ledger,
-        this.router,
-        this.options.authorizer ?? enforcer,
+        router: this.router,
+        authorizer: this.options.authorizer ?? enforcer,
         audit,
         dedupe,
-        this.log,
+        log: this.log,
         metrics,
         refusals,
-        AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
-      );
+        answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
+        admission: new Admission(c),
+      });
       this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
@@ -571,15 +573,8 @@ export class Kernel {
 
   /** At attestation: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
   private admitSession(s: Session, persona: string): string | undefined {
-    const c = this.config;
-    // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
-    const reserve = Math.min(c.adminReserve, c.maxSessions - 1);
-    const limit = persona === c.adminPersona ? c.maxSessions : c.maxSessions - reserve;
-    if (this.attested >= limit) {
-      return persona === c.adminPersona || reserve === 0
-        ? `the kernel already has ${c.maxSessions} sessions`
-        : `the kernel already has ${this.attested} sessions (the last ${reserve} of ${c.maxSessions} are reserved for the admin)`;
-    }
+    const refused = this.pipeline?.admission.session(persona, this.attested);
+    if (refused) return refused.message;
     this.preauth?.release(s);
     this.attested++;
     return undefined;
