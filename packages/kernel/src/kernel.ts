@@ -8,8 +8,9 @@ import { configDigest, KernelRecords } from "./audit/kernel-records.js";
 import { AuditLog } from "./audit/log.js";
 import { RefusalLimiter } from "./audit/refusals.js";
 import type { Authorizer } from "./auth/authorizer.js";
-import { CapEnforcer } from "./auth/enforcer.js";
+import { capabilities } from "./auth/capabilities.js";
 import { RootKeys } from "./auth/keys.js";
+import type { TokenService } from "./auth/tokens.js";
 import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
 import { ConfigError, type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
@@ -110,7 +111,7 @@ export class Kernel {
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private adminIdentityPath = "";
   private adminTokenPath = "";
-  private enforcerRef: CapEnforcer | undefined;
+  private tokensRef: TokenService | undefined;
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
   private records: KernelRecords | undefined;
@@ -169,10 +170,10 @@ export class Kernel {
   get adminToken(): string {
     return this.adminTokenPath;
   }
-  /** The capability enforcer (mint tokens for tests and embedders). */
-  get enforcer(): CapEnforcer {
-    if (!this.enforcerRef) throw new Error("kernel not started");
-    return this.enforcerRef;
+  /** The token service (mint tokens for tests and embedders). */
+  get tokens(): TokenService {
+    if (!this.tokensRef) throw new Error("kernel not started");
+    return this.tokensRef;
   }
   get sessionCount(): number {
     return this.sessions.size;
@@ -276,16 +277,16 @@ export class Kernel {
         ),
       );
       this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-      const enforcer = new CapEnforcer(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
+      const { enforcer, tokens } = capabilities(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
         maxTokenBytes: c.maxTokenBytes,
         maxLiveTokens: c.maxLiveTokens,
         exempt: ["kernel", c.adminPersona],
       });
-      enforcer.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
+      tokens.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
       enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
-      this.enforcerRef = enforcer;
-      this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
-      this.router.register(tokenFamily(enforcer, store, () => this.notifyRevoked(), c.adminPersona));
+      this.tokensRef = tokens;
+      this.adminTokenPath = ensureAdminToken(c.home, tokens, c.adminPersona);
+      this.router.register(tokenFamily(enforcer, tokens, store, () => this.notifyRevoked(), c.adminPersona));
       const compute = new ComputeEngine(
         store,
         this.events,
@@ -312,7 +313,7 @@ export class Kernel {
       this.router.register(computeFamily(compute, store, c.adminPersona));
       const agents = new AgentManager(
         store,
-        enforcer,
+        tokens,
         this.events,
         {
           maxOutputBytes: c.maxOutputBytes,
@@ -333,7 +334,7 @@ export class Kernel {
       this.router.register(
         personaFamily(store, {
           admin: c.adminPersona,
-          revokeToken: (id, by) => enforcer.revoke(id, by),
+          revokeToken: (id, by) => tokens.revoke(id, by),
           registryChanged: () => this.registryChanged(),
         }),
       );
@@ -445,7 +446,7 @@ export class Kernel {
           lastPrune = now;
           store.pruneDedupe(now);
           store.pruneOps(now);
-          enforcer.pruneExpired(now - c.tokenRetentionMs);
+          tokens.pruneExpired(now - c.tokenRetentionMs);
           this.pruneAudit();
         }
       }, tickMs);
@@ -625,11 +626,11 @@ export class Kernel {
 
   /** Tells every session holding a now-revoked handle, on its own notice channel. */
   private notifyRevoked(): void {
-    const enforcer = this.enforcerRef;
-    if (!enforcer) return;
+    const tokens = this.tokensRef;
+    if (!tokens) return;
     for (const sess of this.sessions) {
       for (const h of sess.handles.all()) {
-        if (enforcer.isRevoked(h.grant)) {
+        if (tokens.isRevoked(h.grant)) {
           this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
         }
       }
@@ -668,7 +669,7 @@ export class Kernel {
     try {
       const entries = this.auditLog?.recordOfflineJournal() ?? [];
       if (entries.length === 0) return;
-      this.enforcerRef?.reloadRevocations();
+      this.tokensRef?.reloadRevocations();
       this.registryChanged();
     } catch (e) {
       this.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");

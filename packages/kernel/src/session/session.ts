@@ -246,7 +246,7 @@ export class Session implements SessionView, EventSink {
     const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature);
     if (reason !== undefined) {
       // One message on the wire for every cause: the detail goes to the audit log only.
-      this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, reason);
+      this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, { detail: reason });
       return;
     }
     const full = this.host.admitSession(this, persona);
@@ -330,31 +330,26 @@ export class Session implements SessionView, EventSink {
   }
 
   private outOfOrder(type: string): void {
-    this.fail(
-      "PROTOCOL",
-      "UNEXPECTED_MESSAGE",
-      `${type} is not allowed in session state ${this.state}`,
-      this.persona || undefined,
-    );
+    const message = `${type} is not allowed in session state ${this.state}`;
+    this.fail("PROTOCOL", "UNEXPECTED_MESSAGE", message, this.persona || undefined);
   }
 
   private fatal(e: CodecError): void {
     this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
   }
 
-  /** Sends a fatal ERROR, audits it (unless `audited` is false), and closes. */
+  /** Sends a fatal ERROR, audits it (with `detail`, the record's only; unless `audited` is false), and closes. */
   private fail(
     cls: ErrorClass,
     code: string,
     message: string,
-    persona: string | undefined,
-    detail?: string,
-    audited = true,
+    persona?: string,
+    o: { detail?: string; audited?: boolean } = {},
   ): void {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
-    if (audited)
-      this.records.failed(persona ?? "-", this.state === "ready" || this.state === "closing", cls, code, message, detail);
+    const open = this.state === "ready" || this.state === "closing";
+    if (o.audited !== false) this.records.failed(persona ?? "-", open, cls, code, message, o.detail);
     this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();
@@ -421,14 +416,8 @@ export class Session implements SessionView, EventSink {
   /** Shed by the pre-authentication budget to make room for a newer handshake. */
   shed(): void {
     // Not audited: a flood of connections must not become a flood of audit records (counted in metrics).
-    this.fail(
-      "RESOURCE",
-      "HANDSHAKE_SHED",
-      "too many connections are handshaking at once; this one was shed",
-      this.hello?.body.persona,
-      undefined,
-      false,
-    );
+    const message = "too many connections are handshaking at once; this one was shed";
+    this.fail("RESOURCE", "HANDSHAKE_SHED", message, this.hello?.body.persona, { audited: false });
   }
 
   /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
