@@ -11,13 +11,13 @@ import {
   type Token,
   type TokenError,
 } from "@kpip/protocol";
+import type { HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
-import type { HandleTable } from "./handles.js";
 import type { RootKeys } from "./keys.js";
 import { type Revocations, tokenRef } from "./revocations.js";
 
-export { type BoundCapability, HandleTable } from "./handles.js";
+export { type BoundCapability, HandleTable } from "../session/handles.js";
 export { tokenRef };
 
 /** The enforcer's bounds (kernel settings). */

@@ -1,9 +1,9 @@
 import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
 import type { AuditEntry } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
-import type { HandleTable } from "../auth/handles.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
+import type { HandleTable } from "../session/handles.js";
 import type { RequestTrace } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */

@@ -1,6 +1,6 @@
 import type { CborMap, CborValue, ErrorClass, Grant, ParsedTarget, TargetScheme } from "@kpip/protocol";
 import type { DetailValue } from "../audit/detail.js";
-import type { HandleTable } from "../auth/handles.js";
+import type { HandleTable } from "../session/handles.js";
 
 /** The shape of one argument a primitive accepts. */
 export interface ArgSpec {

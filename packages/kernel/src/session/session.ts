@@ -20,11 +20,11 @@ import {
 } from "@kpip/protocol";
 import type { AuditLog } from "../audit/log.js";
 import { type AttestedToken, SessionRecords } from "../audit/session-records.js";
-import { HandleTable } from "../auth/handles.js";
 import type { EventSink } from "../events/bus.js";
 import type { Logger } from "../log.js";
 import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
 import { addressOf, type Connection } from "./connection.js";
+import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
 import { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./limits.js";
 import type { PeerLogLimiter } from "./log-limit.js";
