@@ -17,7 +17,7 @@ import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
-import { Admission } from "./admission.js";
+import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
 import {
   answer,
@@ -44,8 +44,8 @@ export interface PipelineDeps {
   dedupe: DedupeCache;
   ledger: ResourceLedger;
   log: Logger;
-  /** Requests in flight per session (default: unbounded). */
-  admission?: Admission;
+  /** The first stage: requests in flight per session, and the sessions limit the kernel asks at attestation. */
+  admission: Admission;
   metrics?: KernelMetrics;
   /** The refusal rate (default: every refusal recorded one by one). */
   refusals?: RefusalLimiter;
@@ -66,14 +66,7 @@ export class Pipeline {
   private readonly answers: AnswerBudget;
 
   constructor(private readonly deps: PipelineDeps) {
-    this.admission =
-      deps.admission ??
-      new Admission({
-        maxInFlight: Number.POSITIVE_INFINITY,
-        maxSessions: Number.POSITIVE_INFINITY,
-        adminReserve: 0,
-        adminPersona: "",
-      });
+    this.admission = deps.admission;
     this.answers = deps.answers ?? AnswerBudget.forWriteBuffer(64 * 1024 * 1024);
   }
 
