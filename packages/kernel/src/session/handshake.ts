@@ -11,7 +11,7 @@ import {
   verifyBytes,
 } from "@kpip/protocol";
 import type { AttestedToken } from "../audit/session-records.js";
-import type { SessionLimitsConfig } from "./limits.js";
+import type { SessionLimitsConfig } from "./host.js";
 import type { PersonaKeys } from "./persona-keys.js";
 
 // The handshake's decisions (PROTOCOL §8), apart from the session's state machine that sends them.

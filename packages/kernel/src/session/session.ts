@@ -12,49 +12,23 @@ import {
   type Request,
   type Response,
   SHM_FEATURE,
-  type ShmNative,
   ShmPeer,
   shmSegmentName,
   writeMessage,
   writePieces,
 } from "@kpip/protocol";
-import type { AuditLog } from "../audit/log.js";
-import { type AttestedToken, SessionRecords } from "../audit/session-records.js";
+import { SessionRecords } from "../audit/session-records.js";
 import type { EventSink } from "../events/bus.js";
-import type { Logger } from "../log.js";
-import type { Pipeline, SessionView } from "../pipeline/pipeline.js";
+import type { SessionView } from "../pipeline/pipeline.js";
 import { addressOf, type Connection } from "./connection.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
-import { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./limits.js";
-import type { PeerLogLimiter } from "./log-limit.js";
-import type { PersonaKeys } from "./persona-keys.js";
+import { HANDSHAKE_MAX_BODY, type SessionHostOf } from "./host.js";
 
 /** What a session needs from the kernel that owns it. */
-export interface SessionHost {
-  readonly kernelId: string;
-  readonly limits: SessionLimitsConfig;
-  readonly pipeline: Pipeline;
-  readonly audit: AuditLog;
-  readonly personaKeys: PersonaKeys;
-  /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
-  bindToken(table: HandleTable, persona: string, token: Uint8Array, session: string): AttestedToken;
-  readonly log: Logger;
-  /** Log lines a peer causes go through here: a bounded number per peer and window. */
-  readonly peerLog: PeerLogLimiter;
-  /**
-   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
-   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
-   */
-  admitSession(s: Session, persona: string): string | undefined;
-  sessionClosed(s: Session): void;
-  /** The session's connection drained: queued events may flow again. */
-  sessionDrained(s: Session): void;
-  /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
-  readonly shm?: { native: ShmNative; threshold: number };
-}
+export type SessionHost = SessionHostOf<Session>;
 
-export { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./limits.js";
+export { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./host.js";
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
 
