@@ -13,13 +13,13 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { attenuate, compiledAllows, compileGrant, encodeToken, grantAllows, type Token } from "@kpip/protocol";
-import { CapEnforcer, HandleTable, RootKeys, SqliteStore } from "../src/index.js";
+import { capabilities, HandleTable, RootKeys, SqliteStore } from "../src/index.js";
 
 const json = process.argv.includes("--json");
 const home = mkdtempSync(join(tmpdir(), "kpip-bench-caps-"));
 const store = new SqliteStore(join(home, "kernel.db"));
-const enforcer = new CapEnforcer(new RootKeys(home), store);
-let token = enforcer.mint(undefined, "bench", {
+const { enforcer, tokens } = capabilities(new RootKeys(home), store);
+let token = tokens.mint(undefined, "bench", {
   sub: "alice",
   rights: [
     { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
@@ -84,7 +84,7 @@ const patterns = (shape: "stars" | "literal", i: number) =>
  * filter is walked, and only its last caveat (a target no request uses) refuses.
  */
 function worstToken(shape: "stars" | "literal", seed: number): Token {
-  let t = enforcer.mint(undefined, "bench", {
+  let t = tokens.mint(undefined, "bench", {
     sub: "alice",
     rights: [
       ...Array.from({ length: 7 }, (_, i) => ({ ops: ["event.*"], targets: patterns(shape, i + seed) })),
@@ -162,7 +162,7 @@ measure(
   "caps.worst_mint_escalation_check",
   () => {
     try {
-      enforcer.mint(g0, "bench", { sub: "alice", rights: mintRights, ttlMs: 60_000 });
+      tokens.mint(g0, "bench", { sub: "alice", rights: mintRights, ttlMs: 60_000 });
     } catch {
       // refused as an escalation: the check ran to its end
     }

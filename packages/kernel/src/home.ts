@@ -3,7 +3,7 @@ import { existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from "node
 import { join } from "node:path";
 import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import type { CapEnforcer } from "./auth/enforcer.js";
+import type { TokenService } from "./auth/tokens.js";
 import { createExclusive, ensurePrivateFile, secureHome, UnsafeHomeError, writePidFile } from "./secure-files.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
@@ -22,10 +22,10 @@ const ADMIN_TOKEN_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
  * Mints the admin persona's root token (every op on every target) on first start and keeps
  * it in <home>/admin.token (0600). Even the admin acts only through a capability.
  */
-export function ensureAdminToken(home: string, enforcer: CapEnforcer, admin: string): string {
+export function ensureAdminToken(home: string, tokens: TokenService, admin: string): string {
   const path = join(home, HOME_FILES.adminToken);
   if (!existsSync(path)) {
-    const t = enforcer.mint(undefined, "kernel", {
+    const t = tokens.mint(undefined, "kernel", {
       sub: admin,
       rights: [{ ops: ["**"], targets: ["**"] }],
       ttlMs: ADMIN_TOKEN_TTL_MS,

@@ -8,9 +8,11 @@ export { type AuditReader, type AuditRecord, HomeReadError, openAuditReader, toR
 export { unsignedRun, type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile, verifyAuditReader } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
-export { CapEnforcer, EscalationError, HandleTable } from "./auth/enforcer.js";
+export { type Capabilities, capabilities } from "./auth/capabilities.js";
+export { CapEnforcer, HandleTable } from "./auth/enforcer.js";
 export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
 export type { MintSpec } from "./auth/mint-spec.js";
+export { EscalationError, TokenService } from "./auth/tokens.js";
 export type { TaskRegistration } from "./compute/engine.js";
 export {
   ConfigError,

@@ -8,8 +8,9 @@ import { configDigest, KernelRecords } from "./audit/kernel-records.js";
 import { AuditLog } from "./audit/log.js";
 import { RefusalLimiter } from "./audit/refusals.js";
 import type { Authorizer } from "./auth/authorizer.js";
-import { CapEnforcer } from "./auth/enforcer.js";
+import { capabilities } from "./auth/capabilities.js";
 import { RootKeys } from "./auth/keys.js";
+import type { TokenService } from "./auth/tokens.js";
 import { ComputeEngine, type TaskRegistration } from "./compute/engine.js";
 import { ConfigError, type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
@@ -25,6 +26,7 @@ import {
 } from "./home.js";
 import { createLogger, type Logger } from "./log.js";
 import { KernelMetrics } from "./metrics/metrics.js";
+import { Admission } from "./pipeline/admission.js";
 import { AnswerBudget } from "./pipeline/answer-budget.js";
 import { DedupeCache } from "./pipeline/dedupe.js";
 import { Pipeline } from "./pipeline/pipeline.js";
@@ -110,7 +112,7 @@ export class Kernel {
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private adminIdentityPath = "";
   private adminTokenPath = "";
-  private enforcerRef: CapEnforcer | undefined;
+  private tokensRef: TokenService | undefined;
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
   private records: KernelRecords | undefined;
@@ -169,10 +171,10 @@ export class Kernel {
   get adminToken(): string {
     return this.adminTokenPath;
   }
-  /** The capability enforcer (mint tokens for tests and embedders). */
-  get enforcer(): CapEnforcer {
-    if (!this.enforcerRef) throw new Error("kernel not started");
-    return this.enforcerRef;
+  /** The token service (mint tokens for tests and embedders). */
+  get tokens(): TokenService {
+    if (!this.tokensRef) throw new Error("kernel not started");
+    return this.tokensRef;
   }
   get sessionCount(): number {
     return this.sessions.size;
@@ -202,7 +204,7 @@ export class Kernel {
       this.adminIdentityPath = ensureAdmin(c.home, store, c.adminPersona);
       this.startedAt = Date.now();
       this.events.operator = c.adminPersona;
-      this.events.lapsed = (g) => watchLapsed(this.enforcerRef, g, (this.options.clock ?? Date.now)());
+      this.events.lapsed = (g) => watchLapsed(this.tokensRef, g, (this.options.clock ?? Date.now)());
       // Before the first append: never sign over a chain rewritten without the key.
       checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
       const anchors = this.openAnchors();
@@ -278,7 +280,7 @@ export class Kernel {
             watch: {
               bus: this.events,
               sinkOf: (id) => this.sessionsById.get(id),
-              lapsed: (g) => watchLapsed(this.enforcerRef, g, (this.options.clock ?? Date.now)()),
+              lapsed: (g) => watchLapsed(this.tokensRef, g, (this.options.clock ?? Date.now)()),
             },
           },
           {
@@ -291,16 +293,16 @@ export class Kernel {
         ),
       );
       this.router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-      const enforcer = new CapEnforcer(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
+      const { enforcer, tokens } = capabilities(new RootKeys(c.home, this.options.clock), store, this.options.clock, {
         maxTokenBytes: c.maxTokenBytes,
         maxLiveTokens: c.maxLiveTokens,
         exempt: ["kernel", c.adminPersona],
       });
-      enforcer.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
+      tokens.pruneExpired((this.options.clock ?? Date.now)() - c.tokenRetentionMs);
       enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
-      this.enforcerRef = enforcer;
-      this.adminTokenPath = ensureAdminToken(c.home, enforcer, c.adminPersona);
-      this.router.register(tokenFamily(enforcer, store, () => this.notifyRevoked(), c.adminPersona));
+      this.tokensRef = tokens;
+      this.adminTokenPath = ensureAdminToken(c.home, tokens, c.adminPersona);
+      this.router.register(tokenFamily(enforcer, tokens, store, () => this.notifyRevoked(), c.adminPersona));
       const compute = new ComputeEngine(
         store,
         this.events,
@@ -329,7 +331,7 @@ export class Kernel {
       this.router.register(computeFamily(compute, store, c.adminPersona));
       const agents = new AgentManager(
         store,
-        enforcer,
+        tokens,
         this.events,
         {
           maxOutputBytes: c.maxOutputBytes,
@@ -350,7 +352,7 @@ export class Kernel {
       this.router.register(
         personaFamily(store, {
           admin: c.adminPersona,
-          revokeToken: (id, by) => enforcer.revoke(id, by),
+          revokeToken: (id, by) => tokens.revoke(id, by),
           registryChanged: () => this.registryChanged(),
         }),
       );
@@ -383,17 +385,18 @@ export class Kernel {
         floodMax: c.auditRefusalFloodMax,
         intentMaxBytes: c.auditRefusalIntentMaxBytes,
       });
-      const pipeline = new Pipeline(
+      const pipeline = new Pipeline({
         ledger,
-        this.router,
-        this.options.authorizer ?? enforcer,
+        router: this.router,
+        authorizer: this.options.authorizer ?? enforcer,
         audit,
         dedupe,
-        this.log,
+        log: this.log,
         metrics,
         refusals,
-        AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
-      );
+        answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
+        admission: new Admission(c),
+      });
       this.pipeline = pipeline;
       const limits: SessionLimitsConfig = {
         heartbeatMs: c.heartbeatMs,
@@ -461,7 +464,7 @@ export class Kernel {
           lastPrune = now;
           store.pruneDedupe(now);
           store.pruneOps(now);
-          enforcer.pruneExpired(now - c.tokenRetentionMs);
+          tokens.pruneExpired(now - c.tokenRetentionMs);
           this.pruneAudit();
         }
       }, tickMs);
@@ -589,15 +592,8 @@ export class Kernel {
 
   /** At attestation: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
   private admitSession(s: Session, persona: string): string | undefined {
-    const c = this.config;
-    // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
-    const reserve = Math.min(c.adminReserve, c.maxSessions - 1);
-    const limit = persona === c.adminPersona ? c.maxSessions : c.maxSessions - reserve;
-    if (this.attested >= limit) {
-      return persona === c.adminPersona || reserve === 0
-        ? `the kernel already has ${c.maxSessions} sessions`
-        : `the kernel already has ${this.attested} sessions (the last ${reserve} of ${c.maxSessions} are reserved for the admin)`;
-    }
+    const refused = this.pipeline?.admission.session(persona, this.attested);
+    if (refused) return refused.message;
     this.preauth?.release(s);
     this.attested++;
     return undefined;
@@ -648,13 +644,13 @@ export class Kernel {
 
   /** Tells every session holding a now-revoked handle, on its own notice channel. */
   private notifyRevoked(): void {
-    const enforcer = this.enforcerRef;
-    if (!enforcer) return;
+    const tokens = this.tokensRef;
+    if (!tokens) return;
     // Subscriptions and watches the revoked capabilities authorized end now, each with a last EVENT saying why.
     this.events.endLapsed();
     for (const sess of this.sessions) {
       for (const h of sess.handles.all()) {
-        if (enforcer.isRevoked(h.grant)) {
+        if (tokens.isRevoked(h.grant)) {
           this.events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
         }
       }
@@ -693,7 +689,7 @@ export class Kernel {
     try {
       const entries = this.auditLog?.recordOfflineJournal() ?? [];
       if (entries.length === 0) return;
-      this.enforcerRef?.reloadRevocations();
+      this.tokensRef?.reloadRevocations();
       this.registryChanged();
     } catch (e) {
       this.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");

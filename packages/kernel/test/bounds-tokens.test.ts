@@ -123,7 +123,7 @@ describe("bounded after authentication: tokens", () => {
       // 2,500 tokens: one answer would pass the decoder's item limit; pages never do. They live
       // a minute of the kernel's clock, so no prune tick can remove them between the listings.
       for (let i = 0; i < 2500; i++) {
-        t.k.enforcer.mint(undefined, "kernel", {
+        t.k.tokens.mint(undefined, "kernel", {
           sub: "short",
           rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
           ttlMs: 60_000,

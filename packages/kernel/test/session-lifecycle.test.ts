@@ -214,7 +214,7 @@ describe("session lifecycle over real sockets", () => {
     removeHome(t.home);
   });
 
-  it("maxSessions 2: a third attested session gets RESOURCE/TOO_MANY_SESSIONS; a freed slot is usable again", async () => {
+  it("maxSessions 2: a third attested session gets RESOURCE/TOO_MANY_SESSIONS, audited; a freed slot is usable again", async () => {
     const t = await startKernel({ maxSessions: 2, adminReserve: 0 });
     const a = await RawPeer.connect(t.k.socketPath);
     const b = await RawPeer.connect(t.k.socketPath);
@@ -225,6 +225,9 @@ describe("session lifecycle over real sockets", () => {
     c.sendMessage({ type: "ATTEST", body: { signature: c.sign(adminIdentity(t.k), bytes), tokens: token(t) } });
     const e = await c.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["RESOURCE", "TOO_MANY_SESSIONS", true]);
+    // Refused, and on the record like every failed handshake.
+    const rec = await auditRecord(t.k, (r) => r.op === "session.handshake" && (r.message ?? "").startsWith("TOO_MANY_SESSIONS:"));
+    assert.deepEqual([rec.phase, rec.status, rec.errorClass, rec.persona], ["session", "FAILURE", "RESOURCE", "admin"]);
     await until(() => c.closed, 3000, "refused connection closed");
     a.close();
     await until(() => t.k.sessionCount === 1, 3000, "slot freed");

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { attenuate, type Caveat, decodeToken, encodeToken, type Right } from "@kpip/protocol";
 import fc from "fast-check";
-import { CapEnforcer, RootKeys, SqliteStore } from "../src/index.js";
+import { capabilities, RootKeys, SqliteStore } from "../src/index.js";
 import { removeHome } from "./harness.js";
 
 const ops = ["storage.read", "storage.write", "storage.delete", "event.emit", "system.health"];
@@ -44,7 +44,7 @@ describe("attenuation (property)", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-prop-"));
     const store = new SqliteStore(join(home, "kernel.db"));
     let now = 1_000_000;
-    const enforcer = new CapEnforcer(new RootKeys(home), store, () => now);
+    const { enforcer, tokens } = capabilities(new RootKeys(home), store, () => now);
     const decide = (
       token: Uint8Array,
       r: { op: string; target: string; persona: string; workspace: string | undefined; at: number },
@@ -69,7 +69,7 @@ describe("attenuation (property)", () => {
           fc.array(request, { minLength: 1, maxLength: 8 }),
           (rights, caveats, requests) => {
             now = 1_000_000;
-            let t = enforcer.mint(undefined, "test", { sub: "alice", rights, ttlMs: 150 });
+            let t = tokens.mint(undefined, "test", { sub: "alice", rights, ttlMs: 150 });
             const chain = [encodeToken(t)];
             for (const c of caveats) {
               t = attenuate(t, c);

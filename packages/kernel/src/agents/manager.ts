@@ -11,7 +11,7 @@ import {
   tokenToString,
 } from "@kpip/protocol";
 import type { KernelAct } from "../audit/kernel-records.js";
-import { type CapEnforcer, EscalationError } from "../auth/enforcer.js";
+import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
@@ -74,7 +74,7 @@ export class AgentManager {
 
   constructor(
     private readonly store: AgentStore & PersonaStore,
-    private readonly enforcer: CapEnforcer,
+    private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
     private readonly log: Logger,
@@ -123,7 +123,7 @@ export class AgentManager {
 
   /** The kernel revokes an agent's token, on the record with every token the revocation ended. */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
-    const r = this.enforcer.revoke(tokenId, "kernel");
+    const r = this.tokens.revoke(tokenId, "kernel");
     const seq = this.opts.record({
       op: "token.revoked",
       target: `token://${tokenId}`,
@@ -131,7 +131,7 @@ export class AgentManager {
       message: reason,
       detail: { revoked: tokenId, ended: r.ended, reason },
     });
-    if (r.changed) this.enforcer.noteRevokeRecord(tokenId, seq);
+    if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
   }
 
   spawn(r: SpawnRequest): AgentRecord {
@@ -144,31 +144,24 @@ export class AgentManager {
     for (const [other, l] of this.live) {
       if (l.persona === persona) throw new OpError("SEMANTIC", `persona ${persona} is already used by ${agentUri(other)}`);
     }
-    // The spawn was authorized before its intent record committed: the spawner may have been
-    // removed, or its token revoked, in between. Nothing new runs on behalf of either.
-    if (!this.store.getPersona(r.spawner)) throw new OpError("PERMISSION", `persona ${r.spawner} is no longer registered`);
-    if (r.grant && this.enforcer.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
+    // The spawn was authorized before its intent record committed: its token may have been revoked
+    // in between (the spawner's removal is agent.spawn's ownership rule). Nothing new runs on its behalf.
+    if (r.grant && this.tokens.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
     this.opts.sandbox.check();
     if (this.live.size >= this.opts.maxAgents)
       throw new OpError("RESOURCE", `the kernel already runs ${this.opts.maxAgents} agents`);
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
     const identity = generateIdentity(persona);
-    let token: ReturnType<CapEnforcer["mint"]>;
-    try {
-      token = this.enforcer.mint(r.grant, r.spawner, {
-        sub: persona,
-        rights: r.rights,
-        ttlMs: lifetime,
-        limits: r.limits ?? r.grant?.limits ?? {},
-        ...(r.grant?.workspaces ? { workspaces: r.grant.workspaces } : {}),
-        ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
-      });
-    } catch (e) {
-      if (e instanceof EscalationError)
-        throw new OpError("PERMISSION", `the agent's rights must be within the spawner's: ${e.message}`);
-      throw e;
-    }
+    // Within the spawner's grant: a wider one is refused (EscalationError, PERMISSION).
+    const token = this.tokens.mint(r.grant, r.spawner, {
+      sub: persona,
+      rights: r.rights,
+      ttlMs: lifetime,
+      limits: r.limits ?? r.grant?.limits ?? {},
+      ...(r.grant?.workspaces ? { workspaces: r.grant.workspaces } : {}),
+      ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
+    });
     // Only ever a key in the agent namespace: a stale one (a crash) is replaced, on the record.
     this.forget(persona, `stale key of ${uri} replaced`);
     this.store.addPersona(persona, identity.publicKey);
@@ -332,6 +325,11 @@ export class AgentManager {
       }
     }
     return n;
+  }
+
+  /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
+  registered(persona: string): boolean {
+    return this.store.getPersona(persona) !== undefined;
   }
 
   /** Kills a running agent of `persona`'s (or any, for the admin). */

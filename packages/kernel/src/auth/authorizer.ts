@@ -1,6 +1,6 @@
 import type { CapabilityRef, ErrorClass, Grant, Intent, RequestContext } from "@kpip/protocol";
 import type { PrimitiveDeclaration } from "../primitives/types.js";
-import type { HandleTable } from "./handles.js";
+import type { HandleTable } from "../session/handles.js";
 
 /** What the authorizer is asked about one request. */
 export interface AuthorizationRequest {

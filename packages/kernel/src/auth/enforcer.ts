@@ -1,31 +1,24 @@
-import { randomBytes, timingSafeEqual } from "node:crypto";
+import { timingSafeEqual } from "node:crypto";
 import {
-  attenuate,
   compiledAllows,
-  compiledRightsWithin,
   compileGrant,
   decodeToken,
   derivedTokenId,
   effectiveGrant,
   expectedSignature,
   type Grant,
-  mintToken,
   personaWithin,
   type Token,
   type TokenError,
 } from "@kpip/protocol";
-import { OpError } from "../primitives/types.js";
+import type { HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
-import type { HandleTable } from "./handles.js";
 import type { RootKeys } from "./keys.js";
-import { Revocations, tokenRef } from "./revocations.js";
+import { type Revocations, tokenRef } from "./revocations.js";
 
+export { type BoundCapability, HandleTable } from "../session/handles.js";
 export { tokenRef };
-
-import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
-
-export { type BoundCapability, HandleTable } from "./handles.js";
 
 /** The enforcer's bounds (kernel settings). */
 export interface EnforcerLimits {
@@ -52,23 +45,18 @@ export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; c
 /** A token attenuated offline, the first time this kernel run sees it used (for its audit record). */
 export type DerivedUse = (token: Token, grant: Grant, persona: string, session: string | undefined) => void;
 
-/** Ops a token always allows on itself (token://<its id>): presenting a token is the right to inspect, bind and refresh it. */
-const SELF_OPS = new Set(["token.inspect", "token.refresh", "token.bind", "token.revoke"]);
-
 /**
- * The capability enforcer (the bridge's CapEnforcer): verifies tokens by recomputing their
- * HMAC chain, binds them to handles, and decides every request against the handles and
- * inline tokens it names. No ambient authority: a request naming no usable capability is
- * refused. CAPABILITY = missing, malformed, expired, revoked, or not this persona's;
- * PERMISSION = a valid capability that does not grant this op on this target.
+ * The capability enforcer (the bridge's CapEnforcer), the decision side of capabilities:
+ * verifies tokens by recomputing their HMAC chain, binds them to handles, and decides every
+ * request against the handles and inline tokens it names. No ambient authority: a request
+ * naming no usable capability is refused. CAPABILITY = missing, malformed, expired, revoked, or
+ * not this persona's; PERMISSION = a valid capability that does not grant this op on this target.
+ * Tokens are issued and revoked by the token service (auth/tokens.ts), which shares its
+ * revocations; a custom {@link Authorizer} replaces `authorize` only.
  */
 export class CapEnforcer implements Authorizer {
-  private readonly revoked: Revocations;
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
-
-  /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
-  private readonly live = new Map<string, { n: number; at: number }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
   private readonly families = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
@@ -77,11 +65,10 @@ export class CapEnforcer implements Authorizer {
   constructor(
     private readonly keys: RootKeys,
     private readonly store: TokenStore,
+    private readonly revoked: Revocations,
     private readonly clock: () => number = Date.now,
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
-  ) {
-    this.revoked = new Revocations(store);
-  }
+  ) {}
 
   /** Verifies a token for use by `persona` now. */
   verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
@@ -152,11 +139,6 @@ export class CapEnforcer implements Authorizer {
       return { code: "WRONG_PERSONA", message: `token ${ref} is not usable by persona ${persona}` };
     }
     return undefined;
-  }
-
-  /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
-  noteRevokeRecord(id: string, seq: number): void {
-    this.revoked.noteRecord(id, seq);
   }
 
   /** Binds a token to a session's handle table. */
@@ -235,13 +217,12 @@ export class CapEnforcer implements Authorizer {
         ok = decisions.get(key);
         if (ok === undefined) {
           ok = this.allows(grant, req);
-          // token.revoke's answer depends on the token store; never keep it.
-          if (req.intent.op !== "token.revoke") {
-            if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
-            decisions.set(key, ok);
-          }
+          if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
+          decisions.set(key, ok);
         }
       } else ok = this.allows(grant, req);
+      // The op's own implied rule is asked every time, never kept: its answer may depend on the store.
+      if (!ok) ok = this.implied(grant, req);
       if (ok) {
         if (inline) this.noteDerived(inline, grant, req.persona, req.session);
         return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
@@ -256,9 +237,21 @@ export class CapEnforcer implements Authorizer {
     };
   }
 
+  /** The grant's patterns allow the op (or the act it is a step of) on the target, within its scope. */
   private allows(g: Grant, req: AuthorizationRequest): boolean {
-    const { target } = req.intent;
     const op = req.declaration?.authorizeAs ?? req.intent.op;
+    return this.inScope(g, req) && compiledAllows(compileGrant(g), op, req.intent.target);
+  }
+
+  /** The op's declaration says the grant allows it anyway (a token over itself: `impliedBy`), within its scope. */
+  private implied(g: Grant, req: AuthorizationRequest): boolean {
+    const rule = req.declaration?.impliedBy;
+    return rule !== undefined && this.inScope(g, req) && rule(g, req.intent.target);
+  }
+
+  /** The request's workspace and domain, and an obj:// target's workspace, are within the grant's. */
+  private inScope(g: Grant, req: AuthorizationRequest): boolean {
+    const { target } = req.intent;
     const ws = req.context.workspace;
     if (g.workspaces) {
       if (ws !== undefined && !g.workspaces.includes(ws)) return false;
@@ -267,95 +260,7 @@ export class CapEnforcer implements Authorizer {
         if (!g.workspaces.includes(tws)) return false;
       }
     }
-    if (g.domains && (req.context.domain === undefined || !g.domains.includes(req.context.domain))) return false;
-    if (compiledAllows(compileGrant(g), op, target)) return true;
-    if (SELF_OPS.has(op) && target.startsWith("token://")) {
-      const id = target.slice(8);
-      if (id === g.id || id === g.derived) return true;
-      // A holder may revoke what was minted from its token.
-      if (op === "token.revoke") return this.store.getToken(id)?.chain.includes(g.id) ?? false;
-    }
-    return false;
-  }
-
-  /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
-  mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
-    checkMintSpecSize(spec, this.limits.maxTokenBytes);
-    const now = this.clock();
-    this.checkLiveTokens(mintedBy, now);
-    let exp = now + spec.ttlMs;
-    let maxExp = spec.maxLifetimeMs === undefined ? exp : now + spec.maxLifetimeMs;
-    if (maxExp < exp) throw new EscalationError("max lifetime shorter than the ttl");
-    if (parent) {
-      if (!compiledRightsWithin(spec.rights, compileGrant(parent)))
-        throw new EscalationError("the requested rights exceed the minting token's grant");
-      if (exp > parent.exp || maxExp > parent.maxExp)
-        throw new EscalationError("the requested lifetime outlives the minting token");
-      for (const [k, v] of Object.entries(parent.limits)) {
-        const asked = spec.limits && Object.hasOwn(spec.limits, k) ? spec.limits[k] : undefined;
-        if (asked === undefined || asked > v) throw new EscalationError(`limit ${k} must be at most ${v}`);
-      }
-      if (parent.workspaces) {
-        if (!spec.workspaces?.every((w) => parent.workspaces?.includes(w))) {
-          throw new EscalationError(`workspaces must be within [${parent.workspaces.join(", ")}]`);
-        }
-      }
-      if (parent.domains && !spec.domains?.every((d) => parent.domains?.includes(d))) {
-        throw new EscalationError(`domains must be within [${parent.domains.join(", ")}]`);
-      }
-      exp = Math.min(exp, parent.exp);
-      maxExp = Math.min(maxExp, parent.maxExp);
-    }
-    const { kid, key } = this.keys.current();
-    const claims = {
-      id: randomBytes(16).toString("hex"),
-      kid,
-      sub: spec.sub,
-      rights: spec.rights,
-      limits: spec.limits ?? {},
-      nbf: now,
-      exp,
-      maxExp,
-      chain: parent ? [...parent.chain, parent.id] : [],
-      ...(spec.workspaces ? { workspaces: spec.workspaces } : {}),
-      ...(spec.domains ? { domains: spec.domains } : {}),
-    };
-    const token = mintToken(key, claims);
-    this.store.recordToken({
-      id: claims.id,
-      kid,
-      sub: spec.sub,
-      chain: claims.chain,
-      exp,
-      mintedBy,
-      createdAt: now,
-      family: claims.id,
-    });
-    return token;
-  }
-
-  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
-  private checkLiveTokens(mintedBy: string, now: number): void {
-    if (this.limits.exempt.includes(mintedBy)) return;
-    let e = this.live.get(mintedBy);
-    // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
-    // in between only keeps the count high). Revoked tokens count until they expire, so a
-    // mint-and-revoke loop meets the bound too; at the bound the minter's expired rows go first.
-    if (!e || now - e.at >= 1000 || now < e.at) {
-      let n = this.store.countTokensBy(mintedBy);
-      if (n >= this.limits.maxLiveTokens && this.store.pruneTokensBy(mintedBy, now) > 0) n = this.store.countTokensBy(mintedBy);
-      e = { n, at: now };
-      this.live.delete(mintedBy);
-      this.live.set(mintedBy, e);
-      if (this.live.size > 10_000) this.live.delete(this.live.keys().next().value as string);
-    }
-    if (e.n >= this.limits.maxLiveTokens)
-      throw new OpError(
-        "RESOURCE",
-        `${mintedBy} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
-      );
-    // Counted now: the caller records the token next.
-    e.n++;
+    return !(g.domains && (req.context.domain === undefined || !g.domains.includes(req.context.domain)));
   }
 
   /** The rate-limit key of a grant: its refresh family, so a refreshed copy shares the bucket. */
@@ -368,63 +273,7 @@ export class CapEnforcer implements Authorizer {
     return f;
   }
 
-  /** A fresh token with a later expiry (same ttl as before, capped by the max lifetime); caveats are kept. */
-  refresh(token: Token, by: string): Token {
-    const c = token.claims;
-    const now = this.clock();
-    this.checkLiveTokens(by, now);
-    const ttl = c.exp - c.nbf;
-    const { kid, key } = this.keys.current();
-    const claims = {
-      ...c,
-      id: randomBytes(16).toString("hex"),
-      kid,
-      nbf: now,
-      exp: Math.min(now + ttl, c.maxExp),
-      chain: [...c.chain, c.id],
-    };
-    let fresh = mintToken(key, claims);
-    for (const cv of token.caveats) fresh = attenuate(fresh, cv);
-    this.store.recordToken({
-      id: claims.id,
-      kid,
-      sub: c.sub,
-      chain: claims.chain,
-      exp: claims.exp,
-      mintedBy: by,
-      createdAt: now,
-      // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
-      family: this.store.getToken(c.id)?.family ?? c.id,
-    });
-    return fresh;
-  }
-
-  /**
-   * Revokes a token id (and so every token minted from it); effective at once for every handle.
-   * Returns whether it was newly revoked and every token it ended ({@link Revocations.revoke}).
-   */
-  revoke(id: string, by: string): { changed: boolean; ended: string[] } {
-    return this.revoked.revoke(id, by, this.clock());
-  }
-
-  /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
-  reloadRevocations(): void {
-    this.revoked.reload();
-  }
-
-  /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
-  pruneExpired(before: number): number {
-    const n = this.store.pruneTokens(before);
-    if (n > 0) this.revoked.reload(true);
-    return n;
-  }
-
   isRevoked(g: Grant): boolean {
     return this.revoked.covers(g);
   }
-}
-
-/** A mint that would widen rights, limits or lifetime. */
-export class EscalationError extends Error {
-  override name = "EscalationError";
 }

@@ -2,7 +2,7 @@ import type { CborMap, CborValue, Right } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
 import { agentKey, agentUri } from "../agents/namespace.js";
 import type { AgentRecord } from "../store/types.js";
-import { networkGranted } from "./compute.js";
+import { networkGranted, networkRight } from "./compute.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function agentId(ctx: OpContext): [string, string] {
@@ -64,6 +64,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         },
         idempotent: false,
         effects: true,
+        owns: (ctx) => (agents.registered(ctx.persona) ? networkRight(ctx) : `persona ${ctx.persona} is no longer registered`),
         handler: (ctx): OpResult => {
           const [executable, instance] = agentId(ctx);
           const network = networkGranted(ctx);

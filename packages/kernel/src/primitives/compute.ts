@@ -17,13 +17,17 @@ function ownOp(store: OpStore, ctx: OpContext, admin: string): OpRecord {
   return op;
 }
 
-/** Whether the request asks for, and its grant allows, network access from the sandbox. */
+/** Whether the request asks for network access from the sandbox (its ownership rule, {@link networkRight}, allowed it). */
 export function networkGranted(ctx: OpContext): boolean {
   if (ctx.args.network === undefined || ctx.args.network === false) return false;
   if (ctx.args.network !== true) throw new OpError("SEMANTIC", "network must be a boolean");
-  if (!ctx.grant || !grantAllows(ctx.grant, NETWORK_RIGHT, ctx.targetUri))
-    throw new OpError("PERMISSION", `network access needs a grant of ${NETWORK_RIGHT} on ${ctx.targetUri}`);
   return true;
+}
+
+/** The ownership rule of an op that may ask for the network: the grant must also allow {@link NETWORK_RIGHT} on the target. */
+export function networkRight(ctx: OpContext): true | string {
+  if (ctx.args.network !== true || (ctx.grant && grantAllows(ctx.grant, NETWORK_RIGHT, ctx.targetUri))) return true;
+  return `network access needs a grant of ${NETWORK_RIGHT} on ${ctx.targetUri}`;
 }
 
 function statusPayload(op: OpRecord): CborMap {
@@ -53,6 +57,8 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
         },
         idempotent: false,
         effects: true,
+        // Only a command reaches the network (a task runs in a worker).
+        owns: (ctx) => (ctx.target.segments[0] === "command" ? networkRight(ctx) : true),
         handler: (ctx): OpResult => {
           const [kind, ...rest] = ctx.target.segments;
           const name = rest.join("/");

@@ -18,11 +18,10 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
         args: { data: { type: "any", description: "the event's payload" } },
         idempotent: false,
         effects: true,
+        owns: (ctx) => ctx.target.segments[0] !== "kernel" || "topic://kernel/… is reserved for the kernel's own events",
         handler: (ctx) => {
           if (ctx.target.segments.some((x) => x === "*" || x === "**"))
             throw new OpError("SEMANTIC", "emit to a topic name, not a pattern");
-          if (ctx.target.segments[0] === "kernel")
-            throw new OpError("PERMISSION", "topic://kernel/… is reserved for the kernel's own events");
           const delivered = bus.emit(ctx.targetUri, ctx.args.data === undefined ? null : ctx.args.data);
           return { status: "SUCCESS", payload: { subscribers: delivered } };
         },

@@ -82,13 +82,15 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         args: { publicKey: { type: "bytes", required: true, description: "the persona's raw Ed25519 public key" } },
         idempotent: false,
         effects: true,
+        owns: (ctx) => {
+          const id = personaTarget(ctx);
+          return (
+            !isAgentPersona(id) ||
+            `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`
+          );
+        },
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
-          if (isAgentPersona(id))
-            throw new OpError(
-              "PERMISSION",
-              `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
-            );
           const key = ctx.args.publicKey as Uint8Array;
           try {
             publicKeyFromRaw(key);
@@ -112,10 +114,9 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         args: {},
         idempotent: false,
         effects: true,
+        owns: (ctx) => removalRefusal(personaTarget(ctx), host.admin, ctx.persona) ?? true,
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
-          const refusal = removalRefusal(id, host.admin, ctx.persona);
-          if (refusal) throw new OpError("PERMISSION", refusal);
           if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
           const ended: string[] = [];
           // Removed with the request's dedupe record: a retry after a crash is not "not registered".

@@ -17,9 +17,8 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
         },
         idempotent: false,
         effects: true,
+        owns: (ctx) => ctx.target.segments.join("/") === ctx.persona || "a persona allocates for itself only",
         handler: (ctx) => {
-          if (ctx.target.segments.join("/") !== ctx.persona)
-            throw new OpError("PERMISSION", "a persona allocates for itself only");
           const resource = ctx.args.resource as string;
           if (!/^[a-z][a-z0-9_.]{0,63}$/.test(resource) || resource === "storage.bytes") {
             throw new OpError(

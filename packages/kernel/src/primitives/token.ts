@@ -5,6 +5,7 @@ import {
   derivedTokenId,
   effectiveGrant,
   encodeToken,
+  type Grant,
   isPersonaId,
   isWorkspaceId,
   type Limits,
@@ -14,7 +15,8 @@ import {
   TokenError,
 } from "@kpip/protocol";
 import { tokenDetail } from "../audit/detail.js";
-import { type CapEnforcer, EscalationError, tokenRef } from "../auth/enforcer.js";
+import { type CapEnforcer, tokenRef } from "../auth/enforcer.js";
+import type { TokenService } from "../auth/tokens.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -95,18 +97,29 @@ export function describeToken(t: Token, enforcer: CapEnforcer): CborMap {
   };
 }
 
-/** token.mint / refresh / revoke / inspect / bind. Authorization happens in the pipeline; escalation checks are the op's own meaning. */
+/** token.mint / refresh / revoke / inspect / bind / list. Authorization and ownership happen in the pipeline; escalation is the token service's. */
 export function tokenFamily(
   enforcer: CapEnforcer,
+  tokens: TokenService,
   store: TokenStore,
   onRevoke: (id: string) => void = () => {},
   admin = "admin",
 ): PrimitiveFamily {
-  const mustOwn = (ctx: OpContext, id: string, sub: string | undefined) => {
+  // Ownership rules (the pipeline evaluates them before the handler: handlers check no rights).
+  const owned = (ctx: OpContext, id: string, sub: string | undefined): true | string => {
     const rec = store.getToken(id);
-    if (!ownsToken(store, admin, ctx.persona, rec, sub ?? rec?.sub ?? "")) {
-      throw new OpError("PERMISSION", `token ${id} belongs to another persona`);
-    }
+    return ownsToken(store, admin, ctx.persona, rec, sub ?? rec?.sub ?? "") || `token ${id} belongs to another persona`;
+  };
+  /** The token argument, matching the target, is the caller's (inspect). */
+  const ownsArg = (ctx: OpContext): true | string => {
+    const t = tokenArg(ctx);
+    checkTarget(ctx, t);
+    return owned(ctx, t.claims.id, t.claims.sub);
+  };
+  /** A token always allows these ops on itself (token://<its id>): presenting it is the right to inspect, bind, refresh or revoke it. */
+  const itself = (g: Grant, target: string): boolean => {
+    const id = target.startsWith("token://") ? target.slice(8) : undefined;
+    return id !== undefined && (id === g.id || id === g.derived);
   };
   return {
     name: "token",
@@ -140,7 +153,7 @@ export function tokenFamily(
           try {
             // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
             return ctx.atomically((): OpResult => {
-              const t = enforcer.mint(ctx.grant, ctx.persona, {
+              const t = tokens.mint(ctx.grant, ctx.persona, {
                 sub,
                 rights: rightsArg(ctx.args.rights),
                 ttlMs,
@@ -156,7 +169,6 @@ export function tokenFamily(
               };
             });
           } catch (e) {
-            if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
             if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
             throw e;
           }
@@ -169,19 +181,24 @@ export function tokenFamily(
         args: { token: { type: "bytes", required: true, description: "the token to refresh" } },
         idempotent: false,
         effects: true,
-        handler: (ctx) => {
+        impliedBy: itself,
+        owns: (ctx) => {
           const t = tokenArg(ctx);
           checkTarget(ctx, t);
           const v = enforcer.verify(t, ctx.persona);
           // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
           // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
           const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
-          if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
+          return delegated || owned(ctx, t.claims.id, t.claims.sub);
+        },
+        handler: (ctx) => {
+          const t = tokenArg(ctx);
+          const v = enforcer.verify(t, ctx.persona);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
           if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
           // Recorded with the request's dedupe record: a retry after a crash gets this copy, not a second one.
           return ctx.atomically((): OpResult => {
-            const fresh = enforcer.refresh(t, ctx.persona);
+            const fresh = tokens.refresh(t, ctx.persona);
             const g = effectiveGrant(fresh);
             return {
               status: "SUCCESS",
@@ -198,20 +215,24 @@ export function tokenFamily(
         args: {},
         idempotent: true,
         effects: true,
+        // A holder may also revoke what was minted from its token.
+        impliedBy: (g, target) =>
+          itself(g, target) ||
+          (target.startsWith("token://") && (store.getToken(target.slice(8))?.chain.includes(g.id) ?? false)),
+        owns: (ctx) => owned(ctx, targetId(ctx), undefined),
         handler: (ctx) => {
           const id = targetId(ctx);
-          mustOwn(ctx, id, undefined);
           // After the ownership check, so only those who could own any token learn that an id is unknown.
           if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
           // Recorded with the request's dedupe record: a retry after a crash gets this answer, not "already".
           const result = ctx.atomically((): OpResult => {
-            const r = enforcer.revoke(id, ctx.persona);
+            const r = tokens.revoke(id, ctx.persona);
             return {
               status: "SUCCESS",
               payload: { id, revoked: true, already: !r.changed },
               audit: { revoked: id, ended: r.ended },
               // Refusals the revocation causes name this record.
-              ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
+              ...(r.changed ? { recorded: (seq: number) => tokens.noteRevokeRecord(id, seq) } : {}),
             };
           });
           onRevoke(id);
@@ -225,10 +246,10 @@ export function tokenFamily(
         args: { token: { type: "bytes", required: true, description: "the token" } },
         idempotent: true,
         effects: false,
+        impliedBy: itself,
+        owns: ownsArg,
         handler: (ctx) => {
           const t = tokenArg(ctx);
-          checkTarget(ctx, t);
-          mustOwn(ctx, t.claims.id, t.claims.sub);
           const v = enforcer.verify(t, ctx.persona);
           const d = describeToken(t, enforcer);
           if (!v.ok) d.problem = v.message;
@@ -242,6 +263,7 @@ export function tokenFamily(
         args: { token: { type: "bytes", required: true, description: "the token" } },
         idempotent: false,
         effects: false,
+        impliedBy: itself,
         handler: (ctx) => {
           if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
           const t = tokenArg(ctx);
@@ -263,11 +285,13 @@ export function tokenFamily(
         },
         idempotent: true,
         effects: false,
+        owns: (ctx) => {
+          const only = ctx.args.persona as string | undefined;
+          if (only === undefined || ctx.persona === admin || personaWithin(only, ctx.persona)) return true;
+          return `the tokens of ${only} belong to another persona`;
+        },
         handler: (ctx) => {
           const only = ctx.args.persona as string | undefined;
-          if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
-            throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
-          }
           const limit = Math.min(Math.max((ctx.args.limit as number | undefined) ?? 100, 1), MAX_LIST_PAGE);
           const cursor = ctx.args.cursor as string | undefined;
           if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))

@@ -1,6 +1,6 @@
 import type { CborMap, CborValue, ErrorClass, Grant, ParsedTarget, TargetScheme } from "@kpip/protocol";
 import type { DetailValue } from "../audit/detail.js";
-import type { HandleTable } from "../auth/handles.js";
+import type { HandleTable } from "../session/handles.js";
 
 /** The shape of one argument a primitive accepts. */
 export interface ArgSpec {
@@ -77,6 +77,20 @@ export interface PrimitiveDeclaration {
    * are authorized as that act (the chunked upload's ops as `storage.write` on the same target).
    */
   authorizeAs?: string;
+  /**
+   * A capability of this op also allows it on `target` when this says so, whatever its patterns:
+   * a token over itself (token://<its id>). Asked by the capability enforcer, after a grant's
+   * workspaces and domains allowed the request.
+   */
+  impliedBy?(grant: Grant, target: string): boolean;
+  /**
+   * The op's ownership rule, evaluated by the pipeline after authorization and the argument
+   * check, before the handler (pipeline/ownership.ts): `true` when the caller may act on this
+   * target, else why not (answered PERMISSION). Whose token, whose persona, a right beyond the
+   * op's own: every rights check of an op lives here, never in its handler. May throw OpError
+   * SEMANTIC for a target or argument it cannot judge.
+   */
+  owns?(ctx: OpContext): true | string;
   handler(ctx: OpContext): OpResult | Promise<OpResult>;
 }
 

@@ -1,87 +1,36 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import {
-  attestationTranscript,
   type CborMap,
   type CodecError,
   type ErrorClass,
-  encodeCanonical,
-  encodeMessage,
   type Frame,
   FrameReader,
   framePieces,
   HEADER_SIZE,
   type Hello,
   type Message,
-  MIN_MAX_BODY,
-  negotiateVersion,
   type Request,
   type Response,
   SHM_FEATURE,
-  type ShmNative,
   ShmPeer,
-  SUPPORTED_VERSIONS,
   shmSegmentName,
-  verifyBytes,
   writeMessage,
   writePieces,
 } from "@kpip/protocol";
-import { detailJson } from "../audit/detail.js";
-import type { AuditLog } from "../audit/log.js";
-import { HandleTable } from "../auth/handles.js";
+import { SessionRecords } from "../audit/session-records.js";
 import type { EventSink } from "../events/bus.js";
-import type { Logger } from "../log.js";
-import { intentColumns, type Pipeline, type SessionView } from "../pipeline/pipeline.js";
+import type { SessionView } from "../pipeline/pipeline.js";
 import { addressOf, type Connection } from "./connection.js";
-import type { PeerLogLimiter } from "./log-limit.js";
-import type { PersonaKeys } from "./persona-keys.js";
-
-export interface SessionLimitsConfig {
-  heartbeatMs: number;
-  handshakeTimeoutMs: number;
-  maxInFlight: number;
-  maxBodyBytes: number;
-  dedupeWindowMs: number;
-  /** Bytes queued to a peer that does not read before the session is dropped. */
-  maxWriteBuffer: number;
-}
+import { HandleTable } from "./handles.js";
+import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
+import { HANDSHAKE_MAX_BODY, type SessionHostOf } from "./host.js";
 
 /** What a session needs from the kernel that owns it. */
-export interface SessionHost {
-  readonly kernelId: string;
-  readonly limits: SessionLimitsConfig;
-  readonly pipeline: Pipeline;
-  readonly audit: AuditLog;
-  readonly personaKeys: PersonaKeys;
-  /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
-  bindToken(
-    table: HandleTable,
-    persona: string,
-    token: Uint8Array,
-    session: string,
-  ): { handle: number; id: string } | { code: string; message: string; id?: string };
-  readonly log: Logger;
-  /** Log lines a peer causes go through here: a bounded number per peer and window. */
-  readonly peerLog: PeerLogLimiter;
-  /**
-   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
-   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
-   */
-  admitSession(s: Session, persona: string): string | undefined;
-  sessionClosed(s: Session): void;
-  /** The session's connection drained: queued events may flow again. */
-  sessionDrained(s: Session): void;
-  /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
-  readonly shm?: { native: ShmNative; threshold: number };
-}
+export type SessionHost = SessionHostOf<Session>;
+
+export { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./host.js";
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
-
-/**
- * Largest frame bodies before WELCOME (PROTOCOL §8.8): a HELLO is a few hundred bytes, an
- * ATTEST at most 64 tokens of 8 KiB and its measurements. An unauthenticated peer can make
- * the kernel buffer this much, not the session's maxBody.
- */
-export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
 
 /**
  * One connection's session: framing, handshake and attestation, heartbeats, requests in
@@ -100,6 +49,8 @@ export class Session implements SessionView, EventSink {
   attestedKey: Buffer | undefined;
   inFlight = 0;
   readonly handles = new HandleTable();
+  /** This session's lifecycle records (open, close, fatal errors, answers withheld). */
+  private readonly records: SessionRecords;
   private lastSeen = Date.now();
   private pingSeq = 0;
   /** The last tick found the peer silent past its limit (see tick). */
@@ -123,6 +74,7 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerAddress = addressOf(conn);
+    this.records = new SessionRecords(host.audit, this.id);
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
@@ -140,6 +92,11 @@ export class Session implements SessionView, EventSink {
       this.closed("peer ended the stream");
       this.conn.end();
     }
+  }
+
+  /** After GOODBYE: requests are refused (the pipeline's admission), those in flight answered. */
+  get closing(): boolean {
+    return this.state === "closing";
   }
 
   get signal(): AbortSignal {
@@ -194,10 +151,8 @@ export class Session implements SessionView, EventSink {
         if (this.state !== "attest") return this.outOfOrder(msg.type);
         return this.onAttest(msg.body.signature, msg.body.tokens, msg.body.measurements);
       case "REQUEST":
-        if (this.state === "ready") return this.onRequest(msg.body, frame.stream);
-        if (this.state === "closing") {
-          return this.refuseRequest(msg.body, frame.stream, "PROTOCOL", "the session is closing: no new requests after GOODBYE");
-        }
+        // A closing session's requests go through too: admission refuses them, on the record.
+        if (this.state === "ready" || this.state === "closing") return this.onRequest(msg.body, frame.stream);
         return this.outOfOrder(msg.type);
       case "PING":
         if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
@@ -228,23 +183,9 @@ export class Session implements SessionView, EventSink {
   }
 
   private onHello(body: Hello, bytes: Uint8Array): void {
-    const version = negotiateVersion(body.versions);
-    if (version === undefined) {
-      return this.fail(
-        "PROTOCOL",
-        "UNSUPPORTED_VERSION",
-        `none of the offered versions [${body.versions.join(", ")}] is supported (supported: ${SUPPORTED_VERSIONS.join(", ")})`,
-        body.persona,
-      );
-    }
-    if (body.maxBody !== undefined && body.maxBody < MIN_MAX_BODY) {
-      return this.fail(
-        "PROTOCOL",
-        "BAD_FIELD",
-        `HELLO.maxBody ${body.maxBody} is below the minimum of ${MIN_MAX_BODY} bytes`,
-        body.persona,
-      );
-    }
+    const negotiated = negotiateHello(body);
+    if (!("version" in negotiated)) return this.fail("PROTOCOL", negotiated.code, negotiated.message, body.persona);
+    const version = negotiated.version;
     this.version = version;
     this.hello = { body, bytes: Buffer.from(bytes) };
     this.instance = Buffer.from(body.instance).toString("hex");
@@ -263,18 +204,10 @@ export class Session implements SessionView, EventSink {
         threshold: shm.threshold,
       });
     }
-    const frame = encodeMessage({
-      type: "CHALLENGE",
-      body: {
-        version,
-        session: this.id,
-        nonce: this.nonce,
-        kernel: this.host.kernelId,
-        heartbeatMs: lim.heartbeatMs,
-        limits: { maxBody, maxInFlight: lim.maxInFlight, dedupeWindowMs: lim.dedupeWindowMs },
-        features: this.shm ? [SHM_FEATURE] : [],
-      },
-    });
+    const frame = challengeFrame(
+      { version, session: this.id, nonce: this.nonce, kernel: this.host.kernelId, maxBody, shm: this.shm !== undefined },
+      lim,
+    );
     this.challengeBytes = Buffer.from(frame.subarray(HEADER_SIZE));
     this.state = "attest";
     this.reader.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, maxBody));
@@ -284,17 +217,10 @@ export class Session implements SessionView, EventSink {
   private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
-    const key = this.host.personaKeys.lookup(persona);
-    let reason: string | undefined;
-    if (key === undefined) reason = "persona is not registered";
-    else if (!Buffer.from(key.raw).equals(Buffer.from(hello.body.publicKey)))
-      reason = "public key differs from the registered key";
-    else if (!verifyBytes(key.key, attestationTranscript(hello.bytes, this.challengeBytes as Buffer), signature)) {
-      reason = "signature does not verify over this session's transcript";
-    }
+    const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature);
     if (reason !== undefined) {
       // One message on the wire for every cause: the detail goes to the audit log only.
-      this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, reason);
+      this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, { detail: reason });
       return;
     }
     const full = this.host.admitSession(this, persona);
@@ -305,64 +231,17 @@ export class Session implements SessionView, EventSink {
     this.reader.setMaxBody(this.maxBody);
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
-    const handles: number[] = [];
-    const refused: { index: number; code: string; message: string }[] = [];
-    // The record names every token presented: bound ones by handle, refused ones by what they claim to be.
-    const caps: string[] = [];
-    const refusedIds: (string | null)[] = [];
-    tokens.forEach((t, index) => {
-      const r = this.host.bindToken(this.handles, persona, t, this.id);
-      if ("handle" in r) {
-        handles.push(r.handle);
-        caps.push(`h${r.handle}:${r.id}`);
-      } else {
-        handles.push(0);
-        refused.push({ index, code: r.code, message: r.message });
-        refusedIds.push(r.id ?? null);
-        if (r.id !== undefined) caps.push(`refused:${r.id}`);
-      }
-    });
-    let welcome: Message = { type: "WELCOME", body: refused.length ? { persona, handles, refused } : { persona, handles } };
-    // Within the session's maxBody (PROTOCOL §6.6): 64 refusals with their messages may not fit the minimum.
-    if (encodeMessage(welcome).length - HEADER_SIZE > this.maxBody) {
-      welcome = { type: "WELCOME", body: { persona, handles, refused: refused.map((r) => ({ ...r, message: "" })) } };
-    }
-    this.send(welcome);
-    void this.host.audit
-      .append({
-        session: this.id,
-        persona,
-        phase: "session",
-        op: "session.open",
-        status: "SUCCESS",
-        caps: caps.length ? caps.join(",") : null,
-        // The session opened; a token refused at the handshake is on its record, with its class and id.
-        errorClass: refused.length ? "CAPABILITY" : null,
-        message: refused.length
-          ? `${this.conn.transport}; ${refused.length} token(s) refused: ${refused
-              .slice(0, 4)
-              .map((r) => r.message)
-              .join("; ")}${refused.length > 4 ? "; …" : ""}`
-          : this.conn.transport,
-        detail: detailJson({
-          transport: this.conn.transport,
-          handles,
-          ...(refused.length
-            ? { refused: refused.map((r, i) => ({ index: r.index, code: r.code, token: refusedIds[i] ?? null })) }
-            : {}),
-        }),
-        // Recorded, not interpreted (PROTOCOL §6.5): the canonical bytes of the map as sent.
-        measurements: measurements === undefined ? null : encodeCanonical(measurements),
-      })
-      .catch(() => {});
+    const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
+    this.send(welcomeMessage(persona, bound, this.maxBody));
+    this.records.opened(persona, this.conn.transport, bound, measurements);
   }
 
+  /**
+   * Every REQUEST goes to the pipeline, whose first stage (admission) refuses one over the
+   * in-flight limit or after GOODBYE (PROTOCOL §8.6 rule 3), on the record. It counts as in flight
+   * until answered, so the kernel's GOODBYE follows its RESPONSE.
+   */
   private onRequest(req: Request, stream: number): void {
-    if (this.inFlight >= this.host.limits.maxInFlight) {
-      const message = `more than ${this.host.limits.maxInFlight} requests in flight on this session`;
-      this.refuseRequest(req, stream, "RESOURCE", message, "too many requests in flight");
-      return;
-    }
     this.inFlight++;
     this.host.pipeline
       .handle(this, req)
@@ -379,43 +258,13 @@ export class Session implements SessionView, EventSink {
           });
         },
       )
-      .finally(() => {
-        this.inFlight--;
-        this.maybeFinishClosing();
-      });
+      .finally(() => this.settled());
   }
 
-  /**
-   * Refuses a REQUEST the session does not take (over the in-flight limit; after GOODBYE,
-   * PROTOCOL §8.6 rule 3): not executed, and like every refusal recorded before it is answered
-   * (within the refusal rate; see Pipeline.refuse). It counts as in flight until answered, so
-   * the kernel's GOODBYE follows its RESPONSE.
-   */
-  private refuseRequest(req: Request, stream: number, error: ErrorClass, message: string, auditMessage = message): void {
-    const refusal: Response = { version: this.version, id: req.id, status: "FAILURE", error, message };
-    this.inFlight++;
-    this.host.pipeline
-      .refuse(this, {
-        session: this.id,
-        persona: this.persona,
-        phase: "refused",
-        requestId: req.id,
-        ...intentColumns(req.intent),
-        status: "FAILURE",
-        errorClass: error,
-        message: auditMessage,
-        traceparent: req.context.traceparent ?? null,
-        execution: req.context.execution ?? null,
-        domain: req.context.domain ?? null,
-      })
-      .then(
-        () => this.respond(stream, refusal),
-        () => this.respond(stream, { ...refusal, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
-      )
-      .finally(() => {
-        this.inFlight--;
-        this.maybeFinishClosing();
-      });
+  /** A request answered (or its answer dropped): one fewer in flight. */
+  private settled(): void {
+    this.inFlight--;
+    this.maybeFinishClosing();
   }
 
   private respond(stream: number, resp: Response): void {
@@ -438,25 +287,13 @@ export class Session implements SessionView, EventSink {
     const message = `the response of ${size} bytes does not fit this session's maxBody of ${this.maxBody} bytes; the request ran, its answer was not sent`;
     const substitute: Response = { version: this.version, id: resp.id, status: "FAILURE", error: "RESOURCE", message };
     this.inFlight++;
-    this.host.audit
-      .append({
-        session: this.id,
-        persona: this.persona,
-        phase: "refused",
-        op: "session.response",
-        requestId: resp.id,
-        status: "FAILURE",
-        errorClass: "RESOURCE",
-        message: `RESPONSE_TOO_LARGE: ${message} (it was ${resp.status})`,
-      })
+    this.records
+      .answerWithheld(this.persona, resp.id, message, resp.status)
       .then(
         () => this.respond(stream, substitute),
         () => this.respond(stream, { ...substitute, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
       )
-      .finally(() => {
-        this.inFlight--;
-        this.maybeFinishClosing();
-      });
+      .finally(() => this.settled());
   }
 
   private send(msg: Message, stream = 0): void {
@@ -467,41 +304,26 @@ export class Session implements SessionView, EventSink {
   }
 
   private outOfOrder(type: string): void {
-    this.fail(
-      "PROTOCOL",
-      "UNEXPECTED_MESSAGE",
-      `${type} is not allowed in session state ${this.state}`,
-      this.persona || undefined,
-    );
+    const message = `${type} is not allowed in session state ${this.state}`;
+    this.fail("PROTOCOL", "UNEXPECTED_MESSAGE", message, this.persona || undefined);
   }
 
   private fatal(e: CodecError): void {
     this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
   }
 
-  /** Sends a fatal ERROR, audits it (unless `audited` is false), and closes. */
+  /** Sends a fatal ERROR, audits it (with `detail`, the record's only; unless `audited` is false), and closes. */
   private fail(
     cls: ErrorClass,
     code: string,
     message: string,
-    persona: string | undefined,
-    detail?: string,
-    audited = true,
+    persona?: string,
+    o: { detail?: string; audited?: boolean } = {},
   ): void {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
-    if (audited)
-      void this.host.audit
-        .append({
-          session: this.id,
-          persona: persona ?? "-",
-          phase: "session",
-          op: this.state === "ready" || this.state === "closing" ? "session.error" : "session.handshake",
-          status: "FAILURE",
-          errorClass: cls,
-          message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
-        })
-        .catch(() => {});
+    const open = this.state === "ready" || this.state === "closing";
+    if (o.audited !== false) this.records.failed(persona ?? "-", open, cls, code, message, o.detail);
     this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();
@@ -568,14 +390,8 @@ export class Session implements SessionView, EventSink {
   /** Shed by the pre-authentication budget to make room for a newer handshake. */
   shed(): void {
     // Not audited: a flood of connections must not become a flood of audit records (counted in metrics).
-    this.fail(
-      "RESOURCE",
-      "HANDSHAKE_SHED",
-      "too many connections are handshaking at once; this one was shed",
-      this.hello?.body.persona,
-      undefined,
-      false,
-    );
+    const message = "too many connections are handshaking at once; this one was shed";
+    this.fail("RESOURCE", "HANDSHAKE_SHED", message, this.hello?.body.persona, { audited: false });
   }
 
   /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
@@ -599,18 +415,7 @@ export class Session implements SessionView, EventSink {
     this.state = "closed";
     this.shm?.close();
     // Every session that opened leaves its end on the record too (a dead peer, a drop, a stop).
-    if (wasReady) {
-      void this.host.audit
-        .append({
-          session: this.id,
-          persona: this.persona,
-          phase: "session",
-          op: "session.close",
-          status: "SUCCESS",
-          message: why,
-        })
-        .catch(() => {});
-    }
+    if (wasReady) this.records.closed(this.persona, why);
     this.abort.abort(new Error(`session ended: ${why}`));
     this.host.sessionClosed(this);
     this.drained?.();

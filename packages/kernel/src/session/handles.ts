@@ -1,7 +1,7 @@
 import type { Grant, Token } from "@kpip/protocol";
 
-// A session's bound tokens. Session state, kept apart from the enforcer that fills it, so that
-// the op context (primitives/types.ts) can name it without importing the enforcer.
+// A session's bound tokens: session state, filled by the enforcer's bind (auth/enforcer.ts) and
+// read by its authorize and by the op context (primitives/types.ts).
 
 /** A token bound to a session: checked once, then named by its small integer handle. */
 export interface BoundCapability {

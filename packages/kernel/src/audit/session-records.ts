@@ -1,0 +1,94 @@
+import { type CborMap, type ErrorClass, encodeCanonical } from "@kpip/protocol";
+import { detailJson } from "./detail.js";
+import type { AuditEntry, AuditLog } from "./log.js";
+
+/** A token presented at ATTEST: bound to a handle, or refused with a code (and named by its id when it decoded). */
+export type AttestedToken = { handle: number; id: string } | { code: string; message: string; id?: string };
+
+/**
+ * The records of one session's life (phase "session"): its open, its end, a fatal error or failed
+ * handshake, and an answer withheld. Requests' records are the pipeline's. Lifecycle records are
+ * fire-and-forget (what they record already happened; a closed log refuses them quietly); a
+ * withheld answer's record is awaited, as every refusal's is, before the substitute is sent.
+ */
+export class SessionRecords {
+  constructor(
+    private readonly audit: AuditLog,
+    private readonly session: string,
+  ) {}
+
+  /**
+   * WELCOME sent: the transport, every token presented (bound ones by handle, refused ones by what
+   * they claim to be, with their class), and the ATTEST measurements — recorded, not interpreted
+   * (PROTOCOL §6.5): the canonical bytes of the map as sent.
+   */
+  opened(persona: string, transport: string, tokens: AttestedToken[], measurements: CborMap | undefined): void {
+    const caps: string[] = [];
+    const handles: number[] = [];
+    const refused: { index: number; code: string; token: string | null; message: string }[] = [];
+    tokens.forEach((t, index) => {
+      if ("handle" in t) {
+        handles.push(t.handle);
+        caps.push(`h${t.handle}:${t.id}`);
+      } else {
+        handles.push(0);
+        refused.push({ index, code: t.code, token: t.id ?? null, message: t.message });
+        if (t.id !== undefined) caps.push(`refused:${t.id}`);
+      }
+    });
+    this.fire({
+      persona,
+      op: "session.open",
+      status: "SUCCESS",
+      caps: caps.length ? caps.join(",") : null,
+      // The session opened; a token refused at the handshake is on its record, with its class and id.
+      errorClass: refused.length ? "CAPABILITY" : null,
+      message: refused.length
+        ? `${transport}; ${refused.length} token(s) refused: ${refused
+            .slice(0, 4)
+            .map((r) => r.message)
+            .join("; ")}${refused.length > 4 ? "; …" : ""}`
+        : transport,
+      detail: detailJson({
+        transport,
+        handles,
+        ...(refused.length ? { refused: refused.map(({ index, code, token }) => ({ index, code, token })) } : {}),
+      }),
+      measurements: measurements === undefined ? null : encodeCanonical(measurements),
+    });
+  }
+
+  /** A fatal ERROR: `session.error` on an open session, `session.handshake` before WELCOME (the cause in `detail` only). */
+  failed(persona: string, open: boolean, cls: ErrorClass, code: string, message: string, detail?: string): void {
+    this.fire({
+      persona,
+      op: open ? "session.error" : "session.handshake",
+      status: "FAILURE",
+      errorClass: cls,
+      message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
+    });
+  }
+
+  /** An open session ended (a dead peer, a drop, a stop, GOODBYE): every session that opened leaves its end on the record. */
+  closed(persona: string, why: string): void {
+    this.fire({ persona, op: "session.close", status: "SUCCESS", message: why });
+  }
+
+  /** An answer larger than the session's maxBody, replaced by FAILURE RESOURCE (PROTOCOL §4.5): RESPONSE_TOO_LARGE. */
+  answerWithheld(persona: string, requestId: number, message: string, status: string): Promise<void> {
+    return this.audit.append({
+      session: this.session,
+      persona,
+      phase: "refused",
+      op: "session.response",
+      requestId,
+      status: "FAILURE",
+      errorClass: "RESOURCE",
+      message: `RESPONSE_TOO_LARGE: ${message} (it was ${status})`,
+    });
+  }
+
+  private fire(e: Omit<AuditEntry, "session" | "phase">): void {
+    void this.audit.append({ session: this.session, phase: "session", ...e }).catch(() => {});
+  }
+}

@@ -1,0 +1,27 @@
+import type { TokenStore } from "../store/types.js";
+import { CapEnforcer, DEFAULT_ENFORCER_LIMITS, type EnforcerLimits } from "./enforcer.js";
+import type { RootKeys } from "./keys.js";
+import { Revocations } from "./revocations.js";
+import { TokenService } from "./tokens.js";
+
+/** The two sides of capabilities over one key set, store and revocation list: the decision and the token service. */
+export interface Capabilities {
+  /** Verifies, binds and authorizes (a custom Authorizer replaces its `authorize` only). */
+  enforcer: CapEnforcer;
+  /** Mints, refreshes, revokes and prunes. */
+  tokens: TokenService;
+}
+
+export function capabilities(
+  keys: RootKeys,
+  store: TokenStore,
+  clock: () => number = Date.now,
+  limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
+): Capabilities {
+  // Shared: a revocation by the token service takes effect at once for every decision.
+  const revoked = new Revocations(store);
+  return {
+    enforcer: new CapEnforcer(keys, store, revoked, clock, limits),
+    tokens: new TokenService(keys, store, revoked, clock, limits),
+  };
+}

@@ -1,0 +1,174 @@
+import { randomBytes } from "node:crypto";
+import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
+import { OpError } from "../primitives/types.js";
+import type { TokenStore } from "../store/types.js";
+import type { EnforcerLimits } from "./enforcer.js";
+import type { RootKeys } from "./keys.js";
+import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
+import type { Revocations } from "./revocations.js";
+
+/**
+ * The token service: issues tokens (mint within a parent grant, refresh within the maximum
+ * lifetime), revokes them, and prunes expired ones. It decides nothing about requests: that is
+ * the enforcer's (auth/enforcer.ts), which shares its revocations.
+ */
+export class TokenService {
+  /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
+  private readonly live = new Map<string, { n: number; at: number }>();
+
+  constructor(
+    private readonly keys: RootKeys,
+    private readonly store: TokenStore,
+    private readonly revoked: Revocations,
+    private readonly clock: () => number,
+    readonly limits: EnforcerLimits,
+  ) {}
+
+  /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
+  mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
+    checkMintSpecSize(spec, this.limits.maxTokenBytes);
+    const now = this.clock();
+    this.checkLiveTokens(mintedBy, now);
+    let exp = now + spec.ttlMs;
+    let maxExp = spec.maxLifetimeMs === undefined ? exp : now + spec.maxLifetimeMs;
+    if (maxExp < exp) throw new EscalationError("max lifetime shorter than the ttl");
+    if (parent) {
+      if (!compiledRightsWithin(spec.rights, compileGrant(parent)))
+        throw new EscalationError("the requested rights exceed the minting token's grant");
+      if (exp > parent.exp || maxExp > parent.maxExp)
+        throw new EscalationError("the requested lifetime outlives the minting token");
+      for (const [k, v] of Object.entries(parent.limits)) {
+        const asked = spec.limits && Object.hasOwn(spec.limits, k) ? spec.limits[k] : undefined;
+        if (asked === undefined || asked > v) throw new EscalationError(`limit ${k} must be at most ${v}`);
+      }
+      if (parent.workspaces) {
+        if (!spec.workspaces?.every((w) => parent.workspaces?.includes(w))) {
+          throw new EscalationError(`workspaces must be within [${parent.workspaces.join(", ")}]`);
+        }
+      }
+      if (parent.domains && !spec.domains?.every((d) => parent.domains?.includes(d))) {
+        throw new EscalationError(`domains must be within [${parent.domains.join(", ")}]`);
+      }
+      exp = Math.min(exp, parent.exp);
+      maxExp = Math.min(maxExp, parent.maxExp);
+    }
+    const { kid, key } = this.keys.current();
+    const claims = {
+      id: randomBytes(16).toString("hex"),
+      kid,
+      sub: spec.sub,
+      rights: spec.rights,
+      limits: spec.limits ?? {},
+      nbf: now,
+      exp,
+      maxExp,
+      chain: parent ? [...parent.chain, parent.id] : [],
+      ...(spec.workspaces ? { workspaces: spec.workspaces } : {}),
+      ...(spec.domains ? { domains: spec.domains } : {}),
+    };
+    const token = mintToken(key, claims);
+    this.store.recordToken({
+      id: claims.id,
+      kid,
+      sub: spec.sub,
+      chain: claims.chain,
+      exp,
+      mintedBy,
+      createdAt: now,
+      family: claims.id,
+    });
+    return token;
+  }
+
+  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
+  private checkLiveTokens(mintedBy: string, now: number): void {
+    if (this.limits.exempt.includes(mintedBy)) return;
+    let e = this.live.get(mintedBy);
+    // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
+    // in between only keeps the count high). Revoked tokens count until they expire, so a
+    // mint-and-revoke loop meets the bound too; at the bound the minter's expired rows go first.
+    if (!e || now - e.at >= 1000 || now < e.at) {
+      let n = this.store.countTokensBy(mintedBy);
+      if (n >= this.limits.maxLiveTokens && this.store.pruneTokensBy(mintedBy, now) > 0) n = this.store.countTokensBy(mintedBy);
+      e = { n, at: now };
+      this.live.delete(mintedBy);
+      this.live.set(mintedBy, e);
+      if (this.live.size > 10_000) this.live.delete(this.live.keys().next().value as string);
+    }
+    if (e.n >= this.limits.maxLiveTokens)
+      throw new OpError(
+        "RESOURCE",
+        `${mintedBy} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+      );
+    // Counted now: the caller records the token next.
+    e.n++;
+  }
+
+  /** A fresh token with a later expiry (same ttl as before, capped by the max lifetime); caveats are kept. */
+  refresh(token: Token, by: string): Token {
+    const c = token.claims;
+    const now = this.clock();
+    this.checkLiveTokens(by, now);
+    const ttl = c.exp - c.nbf;
+    const { kid, key } = this.keys.current();
+    const claims = {
+      ...c,
+      id: randomBytes(16).toString("hex"),
+      kid,
+      nbf: now,
+      exp: Math.min(now + ttl, c.maxExp),
+      chain: [...c.chain, c.id],
+    };
+    let fresh = mintToken(key, claims);
+    for (const cv of token.caveats) fresh = attenuate(fresh, cv);
+    this.store.recordToken({
+      id: claims.id,
+      kid,
+      sub: c.sub,
+      chain: claims.chain,
+      exp: claims.exp,
+      mintedBy: by,
+      createdAt: now,
+      // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
+      family: this.store.getToken(c.id)?.family ?? c.id,
+    });
+    return fresh;
+  }
+
+  /**
+   * Revokes a token id (and so every token minted from it); effective at once for every handle.
+   * Returns whether it was newly revoked and every token it ended ({@link Revocations.revoke}).
+   */
+  revoke(id: string, by: string): { changed: boolean; ended: string[] } {
+    return this.revoked.revoke(id, by, this.clock());
+  }
+
+  /** Takes in revocations another process recorded in the store (e.g. the CLI without the kernel). */
+  reloadRevocations(): void {
+    this.revoked.reload();
+  }
+
+  /** Prunes tokens expired before `before` and forgets the revocations pruned with them. */
+  pruneExpired(before: number): number {
+    const n = this.store.pruneTokens(before);
+    if (n > 0) this.revoked.reload(true);
+    return n;
+  }
+
+  /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
+  noteRevokeRecord(id: string, seq: number): void {
+    this.revoked.noteRecord(id, seq);
+  }
+
+  isRevoked(g: Grant): boolean {
+    return this.revoked.covers(g);
+  }
+}
+
+/** A mint that would widen rights, limits or lifetime: PERMISSION, whoever asked (token.mint, agent.spawn). */
+export class EscalationError extends OpError {
+  override name = "EscalationError";
+  constructor(message: string) {
+    super("PERMISSION", `escalation refused: ${message}`);
+  }
+}

@@ -1,0 +1,62 @@
+import type { Refusal } from "./context.js";
+
+/** The bounds admission applies (kernel settings). */
+export interface AdmissionLimits {
+  /** Requests one session may have in flight (PROTOCOL §9.1 step 1). */
+  maxInFlight: number;
+  /** Attested sessions of the kernel (PROTOCOL §8.8). */
+  maxSessions: number;
+  /** The last sessions of `maxSessions` only the admin persona may take. */
+  adminReserve: number;
+  adminPersona: string;
+}
+
+/** What admission sees of a session's requests. */
+export interface InFlightView {
+  /** Requests in flight, the one being admitted included. */
+  readonly inFlight: number;
+  /** After GOODBYE (PROTOCOL §8.6 rule 3). */
+  readonly closing: boolean;
+}
+
+/**
+ * Whether the kernel takes more work: a request on a session (the pipeline's first stage), a
+ * session at attestation. Decisions only: the pipeline and the session audit and answer its
+ * refusals, the kernel counts the sessions.
+ */
+export class Admission {
+  constructor(readonly limits: AdmissionLimits) {}
+
+  /** The first stage of every request: a closing session takes none, an open one at most maxInFlight. */
+  request(s: InFlightView): Refusal | undefined {
+    if (s.closing) return { errorClass: "PROTOCOL", message: "the session is closing: no new requests after GOODBYE" };
+    if (s.inFlight > this.limits.maxInFlight) {
+      return {
+        errorClass: "RESOURCE",
+        message: `more than ${this.limits.maxInFlight} requests in flight on this session`,
+        audited: "too many requests in flight",
+      };
+    }
+    return undefined;
+  }
+
+  /**
+   * A persona attested while `attested` sessions are open: may it have one more? maxSessions
+   * bounds attested sessions, the last `adminReserve` of them the admin's alone. A refusal is
+   * the fatal RESOURCE/TOO_MANY_SESSIONS of the handshake (audited as `session.handshake`).
+   */
+  session(persona: string, attested: number): Refusal | undefined {
+    const { maxSessions, adminReserve, adminPersona } = this.limits;
+    // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
+    const reserve = Math.min(adminReserve, maxSessions - 1);
+    const limit = persona === adminPersona ? maxSessions : maxSessions - reserve;
+    if (attested < limit) return undefined;
+    return {
+      errorClass: "RESOURCE",
+      message:
+        persona === adminPersona || reserve === 0
+          ? `the kernel already has ${maxSessions} sessions`
+          : `the kernel already has ${attested} sessions (the last ${reserve} of ${maxSessions} are reserved for the admin)`,
+    };
+  }
+}

@@ -1,0 +1,123 @@
+import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
+import type { AuditEntry } from "../audit/log.js";
+import type { Decision } from "../auth/authorizer.js";
+import type { Logger } from "../log.js";
+import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
+import type { HandleTable } from "../session/handles.js";
+import type { RequestTrace } from "./tracing.js";
+
+/** What the pipeline needs to know about the session a request arrived on. */
+export interface SessionView {
+  readonly id: string;
+  readonly persona: string;
+  readonly version: number;
+  /** Hex of the client instance id from HELLO: with the request id it keys dedupe. */
+  readonly instance: string;
+  /** Aborts when the session ends. */
+  readonly signal: AbortSignal;
+  /** Tokens bound on this session. */
+  readonly handles: HandleTable;
+  /** Ends the session with a fatal ERROR (a refusal flood). */
+  expel?(code: string, message: string, errorClass: ErrorClass): void;
+  /** The negotiated maximum body of the session. */
+  readonly maxBody: number;
+  /** Requests of this session in flight, this one included (admission). */
+  readonly inFlight: number;
+  /** The session is closing (after GOODBYE): it takes no new request (admission). */
+  readonly closing: boolean;
+}
+
+/** Why a request is not run: its class and message (the answer), and the record's message when it says more. */
+export interface Refusal {
+  errorClass: ErrorClass;
+  message: string;
+  /** The audit record's message, when it differs from the answer's. */
+  audited?: string;
+}
+
+/** The columns every audit record of one request carries; the phase and outcome are added per record. */
+export type RequestRecord = Omit<AuditEntry, "phase">;
+
+/**
+ * One request as it travels the stages: what is known of it so far. Each stage fills in what it
+ * learns (the intent, the declaration, the authority, the dedupe key), and every record of the
+ * request, refusal or outcome, is written from it. Passed as an argument, never kept in a map:
+ * WeakMaps keyed by request cost 2–4 µs a request in ephemeron GC work.
+ */
+export interface RequestCtx {
+  readonly session: SessionView;
+  readonly req: Request;
+  /** process.hrtime at arrival: each record's duration and the latency metric count from here. */
+  readonly started: bigint;
+  readonly trace: RequestTrace;
+  /** The request's audit columns (PROTOCOL §6.7): the claimed context first, then op, target and hash once decoded. */
+  readonly rec: RequestRecord;
+  /** The op for metric labels: "-" before the intent decodes, "unknown" for an op the kernel does not have. */
+  op: string;
+  intent?: Intent;
+  /** The intent's SHA-256 over the bytes as sent. */
+  hash?: Buffer;
+  decl?: PrimitiveDeclaration;
+  /** The authorizer's decision, once it allowed the request. */
+  decision?: Extract<Decision, { allowed: true }>;
+  /** Dedupe key (persona, client instance, request id) and hash (the intent bound to its authority). */
+  key?: string;
+  dhash?: Buffer;
+}
+
+/** A context for a request that has arrived: only its claimed context is known. */
+export function requestCtx(session: SessionView, req: Request, started: bigint, trace: RequestTrace): RequestCtx {
+  return {
+    session,
+    req,
+    started,
+    trace,
+    op: "-",
+    rec: {
+      session: session.id,
+      persona: session.persona,
+      requestId: req.id,
+      traceparent: req.context.traceparent ?? null,
+      execution: req.context.execution ?? null,
+      domain: req.context.domain ?? null,
+    },
+  };
+}
+
+/**
+ * The audit columns of intent bytes not decoded by the pipeline (a refusal before step 4): always
+ * the bytes and their SHA-256 (what was sent is what is recorded), and the op and target when they decode.
+ */
+export function intentColumns(bytes: Uint8Array): Pick<AuditEntry, "intent" | "intentHash" | "op" | "target"> {
+  const cols: Pick<AuditEntry, "intent" | "intentHash" | "op" | "target"> = { intent: bytes, intentHash: intentHash(bytes) };
+  try {
+    const i = decodeIntent(bytes);
+    cols.op = i.op;
+    cols.target = i.target;
+  } catch {
+    // undecodable: the bytes and hash are the record
+  }
+  return cols;
+}
+
+/** The refusal a handler's throw becomes: its own class, or INTERNAL (logged) for a bug. */
+export function toRefusal(e: unknown, log: Logger, ctx: RequestCtx): Refusal {
+  if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
+  if (e instanceof IntentError) return { errorClass: "SEMANTIC", message: e.message };
+  log.error({ err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined }, "primitive failed");
+  return { errorClass: "INTERNAL", message: `${ctx.op} failed inside the kernel` };
+}
+
+export function answer(ctx: RequestCtx, r: OpResult): Response {
+  const response: Response = { version: ctx.session.version, id: ctx.req.id, status: r.status };
+  if (r.payload !== undefined) response.payload = r.payload;
+  return response;
+}
+
+export function failure(ctx: RequestCtx, r: Refusal): Response {
+  return { version: ctx.session.version, id: ctx.req.id, status: "FAILURE", error: r.errorClass, message: r.message };
+}
+
+export function elapsedUs(ctx: RequestCtx): number {
+  return Number((process.hrtime.bigint() - ctx.started) / 1000n);
+}

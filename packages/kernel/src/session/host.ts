@@ -1,0 +1,53 @@
+import type { ShmNative } from "@kpip/protocol";
+import type { AuditLog } from "../audit/log.js";
+import type { AttestedToken } from "../audit/session-records.js";
+import type { Logger } from "../log.js";
+import type { Pipeline } from "../pipeline/pipeline.js";
+import type { HandleTable } from "./handles.js";
+import type { PeerLogLimiter } from "./log-limit.js";
+import type { PersonaKeys } from "./persona-keys.js";
+
+/** The bounds of a session (kernel settings). */
+export interface SessionLimitsConfig {
+  heartbeatMs: number;
+  handshakeTimeoutMs: number;
+  maxInFlight: number;
+  maxBodyBytes: number;
+  dedupeWindowMs: number;
+  /** Bytes queued to a peer that does not read before the session is dropped. */
+  maxWriteBuffer: number;
+}
+
+/**
+ * Largest frame bodies before WELCOME (PROTOCOL §8.8): a HELLO is a few hundred bytes, an
+ * ATTEST at most 64 tokens of 8 KiB and its measurements. An unauthenticated peer can make
+ * the kernel buffer this much, not the session's maxBody.
+ */
+export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
+
+/**
+ * What a session needs from the kernel that owns it; `S` is the session (session.ts names it
+ * `SessionHost`, so this file need not import the session).
+ */
+export interface SessionHostOf<S> {
+  readonly kernelId: string;
+  readonly limits: SessionLimitsConfig;
+  readonly pipeline: Pipeline;
+  readonly audit: AuditLog;
+  readonly personaKeys: PersonaKeys;
+  /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
+  bindToken(table: HandleTable, persona: string, token: Uint8Array, session: string): AttestedToken;
+  readonly log: Logger;
+  /** Log lines a peer causes go through here: a bounded number per peer and window. */
+  readonly peerLog: PeerLogLimiter;
+  /**
+   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
+   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
+   */
+  admitSession(s: S, persona: string): string | undefined;
+  sessionClosed(s: S): void;
+  /** The session's connection drained: queued events may flow again. */
+  sessionDrained(s: S): void;
+  /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
+  readonly shm?: { native: ShmNative; threshold: number };
+}

@@ -1,0 +1,370 @@
+import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { type CapabilityRef, encodeIntent, encodeToken, type Intent, type Request, type Response } from "@kpip/protocol";
+import { AuditLog } from "../src/audit/log.js";
+import { RefusalLimiter } from "../src/audit/refusals.js";
+import type { AuthorizationRequest, Authorizer, Decision } from "../src/auth/authorizer.js";
+import { capabilities } from "../src/auth/capabilities.js";
+import { RootKeys } from "../src/auth/keys.js";
+import { createLogger } from "../src/log.js";
+import { Admission } from "../src/pipeline/admission.js";
+import { DedupeCache } from "../src/pipeline/dedupe.js";
+import { Pipeline, type SessionView } from "../src/pipeline/pipeline.js";
+import { Router } from "../src/primitives/router.js";
+import { tokenFamily } from "../src/primitives/token.js";
+import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
+import { ResourceLedger } from "../src/resources/ledger.js";
+import { HandleTable } from "../src/session/handles.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+import type { AuditRow } from "../src/store/types.js";
+import { until } from "./harness.js";
+
+// The pipeline on its own (docs/architecture.md "One request, one path"): built over an
+// in-memory store and audit log, no kernel process, no socket. Requests go in as the session
+// would hand them over; what comes out is the answer and the records.
+
+/** Handles a test authorizer treats as: 1 allows, 2 a valid capability without the right; anything else is no capability. */
+const ALLOW = 1;
+const DENY = 2;
+
+/** An Authorizer of its own: the decision side is pluggable, and these tests need no tokens. */
+const handleAuthorizer: Authorizer = {
+  authorize(r: AuthorizationRequest): Decision {
+    if (r.caps.includes(ALLOW)) return { allowed: true, capIds: ["h1:allow"] };
+    if (r.caps.includes(DENY))
+      return { allowed: false, errorClass: "PERMISSION", message: "handle 2 does not grant it", capIds: ["h2:deny"] };
+    return { allowed: false, errorClass: "CAPABILITY", message: "no usable capability", capIds: [] };
+  },
+};
+
+/** Ops to drive the stages: what each handler saw is counted, so a refusal can be shown to have stopped before it. */
+function testFamily(ran: string[]): PrimitiveFamily {
+  return {
+    name: "t",
+    ops: [
+      {
+        op: "t.read",
+        description: "a read-only op",
+        targets: ["kernel", "obj"],
+        args: { n: { type: "uint", description: "a number" } },
+        idempotent: true,
+        effects: false,
+        handler: (ctx) => {
+          ran.push(`read:${ctx.requestId}`);
+          return { status: "SUCCESS", payload: { n: (ctx.args.n as number | undefined) ?? 0 } };
+        },
+      },
+      {
+        op: "t.write",
+        description: "an op with effects whose target belongs to the persona its path names",
+        targets: ["persona"],
+        args: {},
+        idempotent: false,
+        effects: true,
+        owns: (ctx) => ctx.target.segments[0] === ctx.persona || `persona://${ctx.target.segments[0]} is not the caller's`,
+        handler: (ctx) => {
+          ran.push(`write:${ctx.requestId}`);
+          return { status: "SUCCESS" };
+        },
+      },
+      {
+        op: "t.fail",
+        description: "a handler that throws its own class",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: () => {
+          throw new OpError("RESOURCE", "the op's own failure");
+        },
+      },
+    ],
+  };
+}
+
+interface Unit {
+  pipeline: Pipeline;
+  store: SqliteStore;
+  ran: string[];
+  session: SessionView & { inFlight: number; closing: boolean };
+  /** Runs one request on the session (counted in flight while it runs, as the session does). */
+  send(req: Request): Promise<Response>;
+  records(): AuditRow[];
+  close(): void;
+}
+
+function unit(
+  opts: { authorizer?: Authorizer; maxInFlight?: number; refusalRate?: number; families?: PrimitiveFamily[] } = {},
+): Unit {
+  const store = new SqliteStore(":memory:");
+  const audit = new AuditLog(store, "k-unit", generateKeyPairSync("ed25519").privateKey);
+  const router = new Router();
+  const ran: string[] = [];
+  router.register(testFamily(ran));
+  for (const f of opts.families ?? []) router.register(f);
+  const rate = opts.refusalRate ?? 1000;
+  const pipeline = new Pipeline({
+    router,
+    authorizer: opts.authorizer ?? handleAuthorizer,
+    audit,
+    dedupe: new DedupeCache(60_000, store),
+    ledger: new ResourceLedger(store, { workspaceStorageBytes: 0 }),
+    log: createLogger("silent", false),
+    admission: new Admission({ maxInFlight: opts.maxInFlight ?? 8, maxSessions: 4, adminReserve: 1, adminPersona: "admin" }),
+    refusals: new RefusalLimiter({ sessionRate: rate, personaRate: rate, floodMax: 0, intentMaxBytes: 1024 }),
+  });
+  const session = {
+    id: "s-1",
+    persona: "alice",
+    version: 1,
+    instance: "00",
+    signal: new AbortController().signal,
+    handles: new HandleTable(),
+    maxBody: 1 << 20,
+    inFlight: 0,
+    closing: false,
+  };
+  return {
+    pipeline,
+    store,
+    ran,
+    session,
+    async send(req) {
+      session.inFlight++;
+      try {
+        return await pipeline.handle(session, req);
+      } finally {
+        session.inFlight--;
+      }
+    },
+    records: () => store.queryAudit({ limit: 10_000 }),
+    close() {
+      audit.close();
+      store.close();
+    },
+  };
+}
+
+let nextId = 1;
+function request(intent: Intent | Uint8Array, caps: CapabilityRef[] = [ALLOW], over: Partial<Request> = {}): Request {
+  return {
+    version: 1,
+    persona: "alice",
+    id: nextId++,
+    intent: intent instanceof Uint8Array ? intent : encodeIntent(intent),
+    context: { persona: "alice" },
+    caps,
+    ...over,
+  };
+}
+
+const read = (args: Record<string, number> = {}): Intent => ({ op: "t.read", target: "kernel://", args });
+
+/** The one record of a request. */
+function onlyRecord(u: Unit, id: number): AuditRow {
+  const rows = u.records().filter((r) => r.requestId === id);
+  assert.equal(rows.length, 1, `one record for request ${id}, got ${rows.map((r) => r.phase).join(",")}`);
+  return rows[0] as AuditRow;
+}
+
+describe("the pipeline on its own (unit)", () => {
+  it("refuses in stage order: admission, version, identity, intent, op, capability, permission, ownership", async () => {
+    const u = unit();
+    try {
+      // Each request fails every check from its stage on; the first failing stage answers.
+      const unknown = { op: "t.nope", target: "kernel://", args: {} };
+      u.session.closing = true;
+      const afterGoodbye = await u.send(request(new Uint8Array([0xff]), [], { version: 9 }));
+      u.session.closing = false;
+      const cases: [Response, string][] = [
+        [afterGoodbye, "PROTOCOL"],
+        [await u.send(request(new Uint8Array([0xff]), [], { version: 9, persona: "bob" })), "PROTOCOL"],
+        [await u.send(request(new Uint8Array([0xff]), [], { persona: "bob" })), "AUTH"],
+        [await u.send(request(new Uint8Array([0xff]), [])), "SEMANTIC"],
+        [await u.send(request(unknown, [])), "SEMANTIC"],
+        [await u.send(request(read(), [])), "CAPABILITY"],
+        [await u.send(request(read(), [DENY])), "PERMISSION"],
+        [await u.send(request({ op: "t.write", target: "persona://bob", args: {} })), "PERMISSION"],
+      ];
+      assert.deepEqual(
+        cases.map(([r]) => r.error),
+        cases.map(([, c]) => c),
+      );
+      assert.match(afterGoodbye.message ?? "", /closing/);
+      assert.match(cases[4]?.[0].message ?? "", /unknown op t\.nope/, "an unknown op is SEMANTIC whatever the capabilities");
+      assert.deepEqual(u.ran, [], "no handler ran");
+    } finally {
+      u.close();
+    }
+  });
+
+  it("every refusal leaves exactly one 'refused' record with the request's columns, before its answer", async () => {
+    const u = unit();
+    try {
+      const reqs = [
+        request(new Uint8Array([0xff]), [], { persona: "bob" }),
+        request(new Uint8Array([0xff])),
+        request({ op: "t.nope", target: "kernel://", args: {} }),
+        request(read(), []),
+        request(read(), [DENY]),
+        request(read({ n: 1 }), [ALLOW], { context: { persona: "alice", traceparent: "00-aa-bb-01", domain: "d1" } }),
+      ];
+      // The last one is fine: reuse its id for another intent (a dedupe conflict, refused SEMANTIC).
+      const ok = await u.send(reqs[5] as Request);
+      assert.equal(ok.status, "SUCCESS");
+      const conflict = { ...(reqs[5] as Request), intent: encodeIntent(read({ n: 2 })) };
+      for (const r of [...reqs.slice(0, 5), conflict]) {
+        const answer = await u.send(r);
+        assert.equal(answer.status, "FAILURE");
+        // Answered only once its record is committed: the record is there when the answer is.
+        const rows = u.records().filter((x) => x.requestId === r.id && x.phase === "refused");
+        assert.equal(rows.length, 1, `request ${r.id}: one refused record`);
+        const rec = rows[0] as AuditRow;
+        assert.deepEqual([rec.status, rec.errorClass, rec.message], ["FAILURE", answer.error, answer.message]);
+        assert.equal(rec.session, "s-1");
+        assert.ok(rec.intentHash && rec.intentHash.length === 32, "the intent's hash, even of undecodable bytes");
+      }
+      const conflictRec = u.records().find((x) => x.requestId === conflict.id && x.phase === "refused") as AuditRow;
+      assert.deepEqual(
+        [conflictRec.op, conflictRec.caps, conflictRec.traceparent, conflictRec.domain],
+        ["t.read", "h1:allow", "00-aa-bb-01", "d1"],
+        "a refusal after authorization names the capability and the claimed context",
+      );
+    } finally {
+      u.close();
+    }
+  });
+
+  it("admission: over maxInFlight is RESOURCE, audited with its own message; the session's other requests run", async () => {
+    const u = unit({ maxInFlight: 2 });
+    try {
+      u.session.inFlight = 2; // two requests already running: this one would be the third
+      const refused = await u.send(request(read()));
+      assert.deepEqual([refused.error, refused.message], ["RESOURCE", "more than 2 requests in flight on this session"]);
+      assert.equal(onlyRecord(u, refused.id).message, "too many requests in flight");
+      u.session.inFlight = 1;
+      assert.equal((await u.send(request(read()))).status, "SUCCESS", "the second in flight is admitted");
+      assert.equal(u.ran.length, 1);
+    } finally {
+      u.close();
+    }
+  });
+
+  it("admission of sessions: maxSessions bounds them, the last adminReserve only for the admin", () => {
+    const a = new Admission({ maxInFlight: 1, maxSessions: 4, adminReserve: 1, adminPersona: "admin" });
+    assert.equal(a.session("alice", 2), undefined);
+    assert.match(a.session("alice", 3)?.message ?? "", /3 sessions \(the last 1 of 4 are reserved for the admin\)/);
+    assert.equal(a.session("admin", 3), undefined, "the admin takes the reserved slot");
+    assert.equal(a.session("admin", 4)?.errorClass, "RESOURCE");
+    // At most maxSessions - 1 reserved: some other persona can always get in.
+    const small = new Admission({ maxInFlight: 1, maxSessions: 1, adminReserve: 4, adminPersona: "admin" });
+    assert.equal(small.session("alice", 0), undefined);
+  });
+
+  it("ownership is decided before the handler: PERMISSION after the intent record, the handler never runs", async () => {
+    const u = unit();
+    try {
+      const mine = await u.send(request({ op: "t.write", target: "persona://alice", args: {} }));
+      assert.equal(mine.status, "SUCCESS");
+      const theirs = await u.send(request({ op: "t.write", target: "persona://bob", args: {} }));
+      assert.deepEqual([theirs.error, theirs.message], ["PERMISSION", "persona://bob is not the caller's"]);
+      assert.deepEqual(u.ran, [`write:${mine.id}`]);
+      const phases = u
+        .records()
+        .filter((r) => r.requestId === theirs.id)
+        .map((r) => [r.phase, r.errorClass]);
+      assert.deepEqual(phases, [
+        ["intent", null],
+        ["outcome", "PERMISSION"],
+      ]);
+      // The workspace rule is the pipeline's own: an obj:// target outside the request's workspace.
+      const ws = await u.send(
+        request({ op: "t.read", target: "obj://ws2/x", args: {} }, [ALLOW], { context: { persona: "alice", workspace: "ws1" } }),
+      );
+      assert.deepEqual([ws.error, ws.message], ["PERMISSION", "the request's workspace ws1 does not contain obj://ws2/x"]);
+      assert.equal(u.ran.length, 1);
+    } finally {
+      u.close();
+    }
+  });
+
+  it("a handler's own failure keeps its class; read-only ops leave one 'complete' record", async () => {
+    const u = unit();
+    try {
+      const f = await u.send(request({ op: "t.fail", target: "kernel://", args: {} }));
+      assert.deepEqual([f.error, f.message], ["RESOURCE", "the op's own failure"]);
+      const rec = onlyRecord(u, f.id);
+      assert.deepEqual([rec.phase, rec.errorClass], ["complete", "RESOURCE"]);
+    } finally {
+      u.close();
+    }
+  });
+
+  it("over the refusal rate a refusal is counted, not written; flushSuppressed writes one aggregate record", async () => {
+    const u = unit({ refusalRate: 1 });
+    try {
+      const answers: Response[] = [];
+      for (let i = 0; i < 12; i++) answers.push(await u.send(request(read(), [])));
+      assert.ok(
+        answers.every((a) => a.error === "CAPABILITY"),
+        "every refusal is answered",
+      );
+      const written = u.records().filter((r) => r.phase === "refused" && r.op === "t.read").length;
+      assert.ok(written >= 1 && written < 12, `some written one by one (${written}), the rest counted`);
+      u.pipeline.flushSuppressed();
+      const agg = await until(() => u.records().find((r) => r.op === "audit.suppressed"), 10_000, "the aggregate record");
+      assert.match(agg.message ?? "", new RegExp(`^${12 - written} refusals`));
+    } finally {
+      u.close();
+    }
+  });
+});
+
+describe("PERMISSION in one place, with the capability enforcer (unit)", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-pipeline-unit-"));
+  after(() => rmSync(home, { recursive: true, force: true }));
+
+  it("a token inspects itself without a pattern for it (impliedBy); a token://** grant does not reach another persona's token (owns)", async () => {
+    const store = new SqliteStore(":memory:");
+    const caps = capabilities(new RootKeys(home), store);
+    const u = unit({ authorizer: caps.enforcer, families: [tokenFamily(caps.enforcer, caps.tokens, store)] });
+    try {
+      const narrow = caps.tokens.mint(undefined, "admin", {
+        sub: "alice",
+        rights: [{ ops: ["t.read"], targets: ["kernel://"] }],
+        ttlMs: 60_000,
+      });
+      const wide = caps.tokens.mint(undefined, "admin", {
+        sub: "alice",
+        rights: [{ ops: ["token.*"], targets: ["token://**"] }],
+        ttlMs: 60_000,
+      });
+      const bobs = caps.tokens.mint(undefined, "admin", {
+        sub: "bob",
+        rights: [{ ops: ["t.read"], targets: ["kernel://"] }],
+        ttlMs: 60_000,
+      });
+      const inspect = (t: typeof narrow, cap: typeof narrow) =>
+        u.send(
+          request({ op: "token.inspect", target: `token://${t.claims.id}`, args: { token: encodeToken(t) } }, [encodeToken(cap)]),
+        );
+      assert.equal((await inspect(narrow, narrow)).status, "SUCCESS", "a token over itself");
+      assert.equal((await inspect(wide, narrow)).error, "PERMISSION", "not over another token, without a grant");
+      const other = await inspect(bobs, wide);
+      assert.deepEqual([other.error, other.message], ["PERMISSION", `token ${bobs.claims.id} belongs to another persona`]);
+      const rows = u.records().filter((r) => r.requestId === other.id);
+      assert.deepEqual(
+        rows.map((r) => [r.phase, r.errorClass]),
+        [["complete", "PERMISSION"]],
+        "authorized by the grant, refused by the op's ownership rule",
+      );
+    } finally {
+      u.close();
+      store.close();
+    }
+  });
+});
