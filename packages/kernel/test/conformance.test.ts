@@ -135,12 +135,12 @@ for (const tr of TRANSPORTS) {
     it(FEATURES.audit, async () => {
       await admin.storage.write("obj://conf/audited", "x");
       // The outcome record commits before the response is sent, so it is already there.
-      const v = verifyAudit(u.k.database);
+      const v = verifyAudit(u.k.inspect);
       assert.ok(v.ok, v.firstBad?.reason);
-      const rows = u.k.database.queryAudit({ op: "storage.write", limit: 50 });
+      const rows = u.k.inspect.queryAudit({ op: "storage.write", limit: 50 });
       assert.ok(rows.some((r) => r.target === "obj://conf/audited" && r.phase === "outcome" && r.status === "SUCCESS"));
       assert.ok(
-        u.k.database.queryAudit({ op: "session.open", limit: 500 }).some((r) => r.message === tr.transport),
+        u.k.inspect.queryAudit({ op: "session.open", limit: 500 }).some((r) => r.message === tr.transport),
         "the session's transport is recorded",
       );
     });

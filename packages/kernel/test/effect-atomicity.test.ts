@@ -81,8 +81,8 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       const intent = encodeIntent({ op: "persona.register", target: "persona://carol", args: { publicKey: key } });
       const { t, retry, response } = await crashThenRetry(home, "persona.register", "persona://carol", intent);
       assert.equal(response.status, "SUCCESS", response.message);
-      assert.deepEqual(Buffer.from(t.k.database.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
-      const phases = t.k.database
+      assert.deepEqual(Buffer.from(t.k.inspect.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
+      const phases = t.k.inspect
         .queryAudit({ op: "persona.register", limit: 100 })
         .filter((x) => x.target === "persona://carol")
         .map((x) => x.phase);
@@ -105,7 +105,7 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       retry.request(8, encodeIntent({ op: "storage.stat", target, args: {} }), { persona: identity.persona });
       const stat = await retry.response(8, 10_000);
       assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
-      const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
+      const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
       assert.deepEqual(
         rows.map((x) => x.phase),
         ["intent", "replay"],

@@ -20,8 +20,9 @@ import {
   type Right,
   signBytes,
 } from "@kpip/protocol";
-import { Kernel, type KernelOptions } from "../src/index.js";
+import { HOME_FILES, Kernel, type KernelOptions } from "../src/index.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
+import { SqliteStore } from "../src/store/sqlite.js";
 
 /** The repository: test kernels let their sandboxes read it (fixtures, node_modules). */
 export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
@@ -113,8 +114,7 @@ export async function startKernel(
     persona: async (id, rights, extra = {}) => {
       adminClient ??= await t.admin();
       const identity = generateIdentity(id);
-      if (k.database.getPersona(id)) k.database.removePersona(id);
-      k.database.addPersona(id, identity.publicKey);
+      addPersonaKey(t, id, identity.publicKey);
       const m = await adminClient.tokens.mint(id, { rights, ttlMs: extra.ttlMs ?? 3_600_000, ...extra });
       return { identity, token: m.token, id: m.id };
     },
@@ -144,6 +144,23 @@ export function kernelForSuite(opts: KernelOptions = {}): { t: TestKernel; admin
     removeHome(s.t.home);
   });
   return s;
+}
+
+/**
+ * Registers `id` with `publicKey` in a kernel's home (replacing its key if it has one), as a
+ * tool beside the running kernel would: through a connection of its own on the home database,
+ * not through the kernel (which tests only read, via `k.inspect`). Not journalled: no audit record.
+ */
+export function addPersonaKey(t: { home: string }, id: string, publicKey: Uint8Array): void {
+  const store = new SqliteStore(join(t.home, HOME_FILES.database));
+  try {
+    store.transaction(() => {
+      store.removePersona(id);
+      store.addPersona(id, publicKey);
+    });
+  } finally {
+    store.close();
+  }
 }
 
 export function removeHome(home: string): void {

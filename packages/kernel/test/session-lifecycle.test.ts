@@ -164,7 +164,7 @@ describe("session lifecycle over real sockets", () => {
       "the kernel pinged before giving up",
     );
     await until(() => t.k.sessionCount === 0);
-    const ends = t.k.database
+    const ends = t.k.inspect
       .queryAudit({ persona: "admin", limit: 50 })
       .filter((r) => r.op === "session.close" || r.op === "session.error");
     assert.ok(ends.length >= 1, "the dead peer's session end is on the record");

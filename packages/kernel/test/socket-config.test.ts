@@ -53,7 +53,7 @@ describe("socket safety and crash recovery", () => {
     const t = await startKernel({}, home);
     const a = await t.admin();
     assert.equal(Buffer.from((await a.storage.read("obj://ws1/acked")).data).toString(), "before the crash");
-    const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://ws1/acked");
+    const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://ws1/acked");
     assert.deepEqual(
       rows.map((r) => r.phase),
       ["intent", "outcome"],

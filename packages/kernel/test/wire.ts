@@ -69,7 +69,7 @@ export function attestSignature(signer: Identity, helloBytes: Buffer, challengeB
 
 /** Every audit record so far (queryAudit's default limit is 100). */
 export function allAudit(k: Kernel): AuditRow[] {
-  return k.database.queryAudit({ limit: 1_000_000 });
+  return k.inspect.queryAudit({ limit: 1_000_000 });
 }
 
 /** Waits until an audit record matching `pred` is committed, and returns it. */

@@ -23,6 +23,7 @@ import { Revocations, tokenRef } from "./revocations.js";
 
 export { tokenRef };
 
+import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
 import { checkMintSpecSize, type MintSpec } from "./mint-spec.js";
 
 export { type BoundCapability, HandleTable } from "./handles.js";
@@ -118,7 +119,7 @@ export class CapEnforcer implements Authorizer {
       return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
     const grant = effectiveGrant(token);
     if (cacheKey !== undefined) {
-      if (this.verified.size >= 4096) this.verified.delete(this.verified.keys().next().value as string);
+      if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
     }
     const why = this.unusable(grant, persona);
@@ -166,7 +167,8 @@ export class CapEnforcer implements Authorizer {
     bytes: Uint8Array,
     session?: string,
   ): { handle: number; id: string } | { code: string; message: string; id?: string } {
-    if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
+    if (table.size >= MAX_HANDLES_PER_SESSION)
+      return { code: "TOO_MANY_HANDLES", message: `a session may hold at most ${MAX_HANDLES_PER_SESSION} handles` };
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
@@ -347,7 +349,7 @@ export class CapEnforcer implements Authorizer {
       e = { n, at: now };
       this.live.delete(mintedBy);
       this.live.set(mintedBy, e);
-      if (this.live.size > 10_000) this.live.delete(this.live.keys().next().value as string);
+      if (this.live.size > CACHE_ENTRIES.liveTokenCounts) this.live.delete(this.live.keys().next().value as string);
     }
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
