@@ -13,7 +13,8 @@ import { fileURLToPath } from "node:url";
 import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Request, type Response } from "@kpip/protocol";
 import { type ConnectOptions, type Connector, KernelClient, KpipError, UdsConnector } from "../src/index.js";
 
-const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+/** The kernel package's process entry: the client tests need a kernel, not the CLI. */
+const SERVE = fileURLToPath(new URL("../../../kernel/dist/src/serve.js", import.meta.url));
 
 /** A kernel in its own process on a temp home (the client package never imports the kernel). */
 export class KernelProcess {
@@ -29,7 +30,7 @@ export class KernelProcess {
     return join(this.home, "kernel.sock");
   }
   async start(): Promise<void> {
-    const child = spawn(process.execPath, [MAIN, "kernel", "--home", this.home, "--log-level", "silent", ...this.args], {
+    const child = spawn(process.execPath, [SERVE, "--home", this.home, "--log-level", "silent", ...this.args], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = child;

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeIntent, generateIdentity } from "@kpip/protocol";
-import { addPersonaKey, adminIdentity, kernelForSuite, RawPeer } from "./harness.js";
+import { addPersonaKey, adminIdentity, kernelForSuite } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const write = (target: string, data: string) => encodeIntent({ op: "storage.write", target, args: { data } });
 const read = (target: string) => encodeIntent({ op: "storage.read", target, args: {} });

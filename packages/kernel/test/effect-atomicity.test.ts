@@ -7,7 +7,8 @@ import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { encodeIntent, generateIdentity } from "@kpip/protocol";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { removeHome, startKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
 

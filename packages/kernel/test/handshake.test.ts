@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { KernelUnavailableError, KpipError } from "@kpip/client";
 import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("handshake and attestation", () => {
   let t: TestKernel;

@@ -1,25 +1,10 @@
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
-import {
-  attestationTranscript,
-  decodeMessage,
-  encodeIntent,
-  encodeMessage,
-  FrameDecoder,
-  generateIdentity,
-  HEADER_SIZE,
-  type Identity,
-  type Intent,
-  KpipError,
-  type Message,
-  type Right,
-  signBytes,
-} from "@kpip/protocol";
+import { generateIdentity, type Identity, KpipError, type Right } from "@kpip/protocol";
 import { HOME_FILES, Kernel, type KernelOptions } from "../src/index.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -167,13 +152,15 @@ export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
-/** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
-/** An `assert.rejects` predicate: a {@link KpipError} of class `cls` (whose message contains `text`, if given). */
+/** An `assert.rejects` predicate: a {@link KpipError} of class `cls` (whose message contains `text`, or matches it). */
 export const klass =
-  (cls: string, text?: string) =>
+  (cls: string, text?: string | RegExp) =>
   (e: unknown): boolean =>
-    e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
+    e instanceof KpipError &&
+    e.errorClass === cls &&
+    (text === undefined || (typeof text === "string" ? e.message.includes(text) : text.test(e.message)));
 
+/** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
 export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   for (;;) {
@@ -181,111 +168,6 @@ export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "con
     if (v) return v as NonNullable<T>;
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** A hand-driven peer on a raw socket: sends any bytes, collects decoded frames. */
-export class RawPeer {
-  readonly frames: { msg: Message; stream: number }[] = [];
-  closed = false;
-  decodeError: Error | undefined;
-  private readonly decoder = new FrameDecoder();
-  private helloBytes: Buffer | undefined;
-  version = 1;
-
-  private constructor(readonly sock: net.Socket) {
-    sock.on("data", (d) => {
-      try {
-        for (const f of this.decoder.push(d)) this.frames.push({ msg: decodeMessage(f), stream: f.stream });
-      } catch (e) {
-        this.decodeError = e as Error;
-      }
-    });
-    sock.on("close", () => {
-      this.closed = true;
-    });
-    sock.on("error", () => {});
-  }
-
-  static connect(path: string): Promise<RawPeer> {
-    return new Promise((resolve, reject) => {
-      const s = net.connect(path);
-      s.once("connect", () => resolve(new RawPeer(s)));
-      s.once("error", reject);
-    });
-  }
-
-  send(bytes: Uint8Array | string): void {
-    this.sock.write(typeof bytes === "string" ? Buffer.from(bytes, "hex") : bytes);
-  }
-
-  sendMessage(m: Message, stream = 0): void {
-    const f = encodeMessage(m, stream);
-    if (m.type === "HELLO") this.helloBytes = Buffer.from(f.subarray(HEADER_SIZE));
-    this.send(f);
-  }
-
-  async next<T extends Message["type"]>(type: T, ms = 3000): Promise<Extract<Message, { type: T }>> {
-    const found = await until(() => this.frames.find((f) => f.msg.type === type), ms, type);
-    this.frames.splice(this.frames.indexOf(found), 1);
-    return found.msg as Extract<Message, { type: T }>;
-  }
-
-  /** HELLO only; returns the CHALLENGE and its body bytes. */
-  async hello(
-    identity: Identity,
-    versions = [1],
-  ): Promise<{ challenge: Extract<Message, { type: "CHALLENGE" }>; bytes: Buffer }> {
-    this.sendMessage({
-      type: "HELLO",
-      body: { versions, persona: identity.persona, publicKey: identity.publicKey, instance: Buffer.alloc(16, 7), features: [] },
-    });
-    const challenge = await this.next("CHALLENGE");
-    return { challenge, bytes: Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)) };
-  }
-
-  /** The signature a correct persona would send for this session. */
-  sign(identity: Identity, challengeBytes: Buffer): Buffer {
-    return signBytes(identity.privateKey, attestationTranscript(this.helloBytes as Buffer, challengeBytes));
-  }
-
-  /** Full handshake; resolves with the WELCOME. */
-  async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
-    const { bytes } = await this.hello(identity);
-    this.sendMessage({ type: "ATTEST", body: { signature: this.sign(identity, bytes), tokens } });
-    return this.next("WELCOME");
-  }
-
-  request(
-    id: number,
-    intent: Intent | Uint8Array,
-    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string; domain?: string },
-  ): void {
-    const bytes = intent instanceof Uint8Array ? intent : encodeIntent(intent);
-    const context: { persona: string; workspace?: string; domain?: string } = { persona: opts.ctxPersona ?? opts.persona };
-    if (opts.workspace) context.workspace = opts.workspace;
-    if (opts.domain) context.domain = opts.domain;
-    this.sendMessage(
-      {
-        type: "REQUEST",
-        body: { version: this.version, persona: opts.persona, id, intent: bytes, context, caps: opts.caps ?? [1] },
-      },
-      id,
-    );
-  }
-
-  async response(id: number, ms = 30_000) {
-    const f = await until(
-      () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
-      ms,
-      `response ${id}`,
-    );
-    this.frames.splice(this.frames.indexOf(f), 1);
-    return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
-  }
-
-  close(): void {
-    this.sock.destroy();
   }
 }
 

@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const slowFamily = (seen: { aborted: boolean[] }) => ({
   name: "slow",

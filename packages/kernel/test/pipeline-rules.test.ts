@@ -3,8 +3,8 @@ import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { type CborMap, encodeCanonical, encodeIntent } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
-import { addPersonaKey, adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
+import { addPersonaKey, adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
 const health = { op: "system.health", target: "kernel://", args: {} };

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { encodeCanonical, encodeIntent } from "@kpip/protocol";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("the request pipeline", () => {
   let t: TestKernel;

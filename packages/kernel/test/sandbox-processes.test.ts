@@ -13,13 +13,13 @@ import {
   addPersonaKey,
   kernelForSuite,
   klass,
-  RawPeer,
   removeHome,
   SANDBOX_READ_PATHS,
   sandboxSkip,
   startKernel,
   until,
 } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const state = async (c: KernelClient, op: string) => (await c.ops.status(op)).state;

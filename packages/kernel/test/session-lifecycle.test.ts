@@ -4,8 +4,8 @@ import { describe, it } from "node:test";
 import { KernelUnavailableError } from "@kpip/client";
 import { encodeMessage } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
-import { auditRecord, requestFrame, sleep } from "./wire.js";
+import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { auditRecord, RawPeer, requestFrame, sleep } from "./wire.js";
 
 /** What the slow family's handlers report, so tests wait on events instead of guessing with sleeps. */
 interface Seen {

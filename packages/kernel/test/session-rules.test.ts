@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE, type Identity, MIN_MAX_BODY } from "@kpip/protocol";
 import { ConfigError, resolveConfig } from "../src/index.js";
-import { adminIdentity, kernelForSuite, RawPeer, until } from "./harness.js";
-import { attestSignature, auditRecord, requestFrame } from "./wire.js";
+import { adminIdentity, kernelForSuite, until } from "./harness.js";
+import { attestSignature, auditRecord, RawPeer, requestFrame } from "./wire.js";
 
 /** A raw admin session that asked for `maxBody` in HELLO; returns the peer and the CHALLENGE's limits. */
 async function peerWithMaxBody(socket: string, identity: Identity, token: Buffer, maxBody: number) {

@@ -1,12 +1,8 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity, type Identity, type Token } from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
-import { addPersonaKey, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-
-const klass = (cls: string, text?: RegExp) => (e: unknown) =>
-  e instanceof KpipError && e.errorClass === cls && (text === undefined || text.test(e.message));
+import { addPersonaKey, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 type Rec = AuditRow & { d: Record<string, unknown> };
 const records = (t: TestKernel, op: string): Rec[] =>
