@@ -4,7 +4,7 @@ import { dirname, join } from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
-import { generateIdentity, type Identity, KpipError, type Right } from "@kpip/protocol";
+import { generateIdentity, type Identity, type Right } from "@kpip/protocol";
 import { HOME_FILES, Kernel, type KernelOptions } from "../src/index.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -152,24 +152,7 @@ export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
-/** An `assert.rejects` predicate: a {@link KpipError} of class `cls` (whose message contains `text`, or matches it). */
-export const klass =
-  (cls: string, text?: string | RegExp) =>
-  (e: unknown): boolean =>
-    e instanceof KpipError &&
-    e.errorClass === cls &&
-    (text === undefined || (typeof text === "string" ? e.message.includes(text) : text.test(e.message)));
-
-/** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
-export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+export { klass, until } from "@kpip/protocol/testing";
 
 export function adminIdentity(k: Kernel): Identity {
   return loadIdentity(k.adminIdentity);
