@@ -1,7 +1,8 @@
 /**
- * The wire-level tests' peer and helpers (on top of harness.ts): a hand-driven peer on a raw
+ * The wire-level peer and helpers of the tests and the abuse bench: a hand-driven peer on a raw
  * socket, REQUEST frames built by hand, a HELLO with any key and instance, audit polling. One
- * implementation of each: RawPeer's methods are these functions.
+ * implementation of each: RawPeer's methods are these functions. No test runner hooks here
+ * (the bench imports it).
  */
 import net from "node:net";
 import {
@@ -16,9 +17,9 @@ import {
   type Message,
   signBytes,
 } from "@kpip/protocol";
+import { until } from "@kpip/protocol/testing";
 import type { Kernel } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
-import { until } from "./harness.js";
 
 export interface RequestOptions {
   /** The request's persona (default admin). */
@@ -112,7 +113,9 @@ export class RawPeer {
     });
   }
 
+  /** Bytes (or hex) as they are; nothing once the socket no longer takes writes. */
   send(bytes: Uint8Array | string): void {
+    if (!this.sock.writable) return;
     this.sock.write(typeof bytes === "string" ? Buffer.from(bytes, "hex") : bytes);
   }
 
@@ -122,8 +125,17 @@ export class RawPeer {
     this.send(f);
   }
 
-  async next<T extends Message["type"]>(type: T, ms = 3000): Promise<Extract<Message, { type: T }>> {
-    const found = await until(() => this.frames.find((f) => f.msg.type === type), ms, type);
+  /** The first frame of `type` received (taken from `frames`); fails at once when the connection closed without one. */
+  async next<T extends Message["type"]>(type: T, ms = 5000): Promise<Extract<Message, { type: T }>> {
+    const found = await until(
+      () => {
+        const f = this.frames.find((x) => x.msg.type === type);
+        if (!f && this.closed) throw new Error(`no ${type} (the connection closed)`);
+        return f;
+      },
+      ms,
+      type,
+    );
     this.frames.splice(this.frames.indexOf(found), 1);
     return found.msg as Extract<Message, { type: T }>;
   }

@@ -147,14 +147,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
     }
     checkpoints(): AuditCheckpoint[] {
-      return (this.#checkpoints.all() as Row[]).map((r) => ({
-        seq: r.seq as number,
-        hash: r.hash as Uint8Array,
-        time: r.time as number,
-        kernel: r.kernel as string,
-        publicKey: r.public_key as Uint8Array,
-        signature: r.signature as Uint8Array,
-      }));
+      return (this.#checkpoints.all() as Row[]).map(toCheckpoint);
     }
   };
 }
@@ -184,5 +177,17 @@ function toAudit(r: Row): AuditRow {
     detail: (r.detail as string | null) ?? null,
     prevHash: r.prev_hash as Uint8Array,
     hash: r.hash as Uint8Array,
+  };
+}
+
+/** A signed checkpoint as stored (also read by the audit reader, on a copy of a home's database). */
+export function toCheckpoint(r: Row): AuditCheckpoint {
+  return {
+    seq: r.seq as number,
+    hash: r.hash as Uint8Array,
+    time: r.time as number,
+    kernel: r.kernel as string,
+    publicKey: r.public_key as Uint8Array,
+    signature: r.signature as Uint8Array,
   };
 }

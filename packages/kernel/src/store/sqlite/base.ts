@@ -90,6 +90,14 @@ export class SqliteBase {
     this.prep("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
   }
 
+  /** Sets the fields of `f` that `columns` names (field → column) on row `id` of `table`; none: nothing runs. */
+  updateColumns(table: string, columns: Readonly<Record<string, string>>, id: string, f: object): void {
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(columns, k));
+    if (!keys.length) return;
+    const sql = `UPDATE ${table} SET ${keys.map((k) => `${columns[k]} = @${k}`).join(", ")} WHERE id = @id`;
+    this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])), id });
+  }
+
   transaction<T>(fn: () => T): T {
     return this.db.transaction(fn)();
   }

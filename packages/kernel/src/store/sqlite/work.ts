@@ -1,6 +1,28 @@
 import type { AgentRecord, AgentStore, OpRecord, OpStore } from "../types.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 
+/** The fields of an agent record an update may set, and their columns. */
+const AGENT_UPDATES: Readonly<Record<string, string>> = {
+  pid: "pid",
+  state: "state",
+  exitCode: "exit_code",
+  signal: "signal",
+  endedAt: "ended_at",
+  stdout: "stdout",
+  stderr: "stderr",
+};
+
+/** The fields of an op record an update may set, and their columns. */
+const OP_UPDATES: Readonly<Record<string, string>> = {
+  state: "state",
+  result: "result",
+  errorClass: "error_class",
+  message: "message",
+  startedAt: "started_at",
+  finishedAt: "finished_at",
+  expiresAt: "expires_at",
+};
+
 /** Work the kernel runs for personas: agents, and deferred ops (compute.submit and friends). */
 export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore & OpStore> {
   return class WorkRows extends Base implements AgentStore, OpStore {
@@ -23,19 +45,7 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       return rows.map(toAgent);
     }
     updateAgent(id: string, f: Partial<AgentRecord>): void {
-      const cols: Record<string, string> = {
-        pid: "pid",
-        state: "state",
-        exitCode: "exit_code",
-        signal: "signal",
-        endedAt: "ended_at",
-        stdout: "stdout",
-        stderr: "stderr",
-      };
-      const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
-      if (!keys.length) return;
-      const sql = `UPDATE agents SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
-      this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof AgentRecord] ?? null])), id });
+      this.updateColumns("agents", AGENT_UPDATES, id, f);
     }
 
     // deferred ops
@@ -50,19 +60,7 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       return r && toOp(r);
     }
     updateOp(id: string, f: Partial<OpRecord>): void {
-      const cols: Record<string, string> = {
-        state: "state",
-        result: "result",
-        errorClass: "error_class",
-        message: "message",
-        startedAt: "started_at",
-        finishedAt: "finished_at",
-        expiresAt: "expires_at",
-      };
-      const keys = Object.keys(f).filter((k) => Object.hasOwn(cols, k));
-      if (!keys.length) return;
-      const sql = `UPDATE ops SET ${keys.map((k) => `${cols[k]} = @${k}`).join(", ")} WHERE id = @id`;
-      this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, f[k as keyof OpRecord] ?? null])), id });
+      this.updateColumns("ops", OP_UPDATES, id, f);
     }
     listOps(persona?: string, limit = 100): OpRecord[] {
       const rows = (
