@@ -1,23 +1,7 @@
 import type { Connection } from "../session/connection.js";
+import type { AdmissionPolicy, SessionCounts } from "../session/counts.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
-
-/** How many sessions there are: all a stage that admits work needs to know of the registry. */
-export interface SessionCounts {
-  /** Sessions open now, attested or still handshaking. */
-  sessionCount(): number;
-  /** Sessions that attested (the ones maxSessions bounds). */
-  attestedCount(): number;
-  /** Connections still handshaking (the pre-authentication budget). */
-  handshakingCount(): number;
-}
-
-/** Who may have a session: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
-export interface AdmissionPolicy {
-  maxSessions: number;
-  adminReserve: number;
-  adminPersona: string;
-}
 
 /** What the registry tells its owner of: a connection shed from the pre-authentication budget. */
 export interface SessionEvents {

@@ -1,0 +1,22 @@
+/**
+ * What a stage that admits work needs to know of the kernel's sessions, and the policy that
+ * bounds them. Declared apart (no imports) so any part can depend on it without a cycle; the
+ * session registry (kernel/sessions.ts) implements it.
+ */
+
+/** How many sessions there are: all a stage that admits work needs to know of the registry. */
+export interface SessionCounts {
+  /** Sessions open now, attested or still handshaking. */
+  sessionCount(): number;
+  /** Sessions that attested (the ones maxSessions bounds). */
+  attestedCount(): number;
+  /** Connections still handshaking (the pre-authentication budget). */
+  handshakingCount(): number;
+}
+
+/** Who may have a session: maxSessions bounds attested sessions, the last `adminReserve` slots the admin's alone. */
+export interface AdmissionPolicy {
+  maxSessions: number;
+  adminReserve: number;
+  adminPersona: string;
+}
