@@ -49,6 +49,7 @@ export class Kernel {
   /** Topic routing for event.* and the kernel's own events. */
   readonly events: EventBus;
   private services: KernelServices | undefined;
+  private inspector: KernelInspector | undefined;
   private listeners: { uds?: UdsListener; grpc?: GrpcListener } = {};
   private timer: NodeJS.Timeout | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
@@ -118,7 +119,8 @@ export class Kernel {
   }
   /** The kernel's records, read-only (audit chain, registry, agents, ops, object metadata). */
   get inspect(): KernelInspector {
-    return inspector(this.started.store);
+    this.inspector ??= inspector(this.started.store);
+    return this.inspector;
   }
   /** Prometheus series (always counted; served when metricsListen is set). */
   get metrics(): KernelMetrics | undefined {
