@@ -143,8 +143,6 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
     );
     const addresses: Addresses = { grpc: undefined, metrics: "" };
-    // Filled in below; the status and expulsion closures run only once the kernel serves.
-    const services = {} as { -readonly [K in keyof KernelServices]: KernelServices[K] };
     router.register(
       systemFamily(
         {
@@ -152,7 +150,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           version: KERNEL_VERSION,
           startedAt,
           sessions: () => sessions.sessionCount(),
-          status: (persona) => services.status(persona),
+          // Defined below, over services built after this family; asked only once the kernel serves.
+          status: (persona) => status(persona),
           sandbox: () => sandboxInfo(box),
         },
         router,
@@ -300,7 +299,25 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       sessionDrained: (s) => events.drained(s.id),
       shm: sharedMemory(c, kernelId, log),
     };
-    Object.assign(services, {
+    const status = (persona: string) =>
+      kernelStatus(
+        {
+          config: c,
+          kernelId,
+          startedAt,
+          addresses,
+          sessions: () => sessions.all(),
+          store,
+          audit,
+          compute,
+          agents,
+          sandbox: box,
+          processes,
+          events,
+        },
+        persona,
+      );
+    return {
       kernelId,
       startedAt,
       adminIdentity: home.adminIdentity,
@@ -320,30 +337,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       sessions,
       host,
       addresses,
-      status: (persona: string) =>
-        kernelStatus(
-          {
-            config: c,
-            kernelId,
-            startedAt,
-            addresses,
-            sessions: () => sessions.all(),
-            store,
-            audit,
-            compute,
-            agents,
-            sandbox: box,
-            processes,
-            events,
-          },
-          persona,
-        ),
+      status,
       applyOfflineChanges: () =>
         applyOfflineChanges({ ...expulsion, audit, reloadRevocations: () => enforcer.reloadRevocations() }),
       runDetail,
       closeStorage,
-    } satisfies KernelServices);
-    return services;
+    };
   } catch (e) {
     sandbox?.close(!c.sandboxScratch);
     await closeStorage();
