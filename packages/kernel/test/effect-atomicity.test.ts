@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,7 +6,7 @@ import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { encodeIntent, generateIdentity } from "@kpip/protocol";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { removeHome, startKernel, until } from "./harness.js";
+import { removeHome, spawnReady, startKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
@@ -29,16 +28,7 @@ const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
 await k.start();
 process.stdout.write("ready\\n");
 setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, kernelModule, home, op, target], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  child.stdout.on("data", (d) => {
-    out += d;
-  });
-  await until(() => out.includes("ready") || child.exitCode !== null, 15_000, "child kernel");
-  assert.ok(out.includes("ready"), "child kernel started");
-  return child;
+  return spawnReady(["--input-type=module", "-e", code, kernelModule, home, op, target], "ready");
 }
 
 /**

@@ -1,3 +1,4 @@
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
@@ -146,6 +147,35 @@ export function addPersonaKey(t: { home: string }, id: string, publicKey: Uint8A
   } finally {
     store.close();
   }
+}
+
+/** The kernel package's process entry (src/serve.ts): a kernel in a child process. */
+export const KERNEL_ENTRY = fileURLToPath(new URL("../src/serve.js", import.meta.url));
+
+/**
+ * Runs `node …args` and resolves once its stdout has shown `ready`; rejects if it exits first or
+ * stays silent for `ms` (then it is killed). The caller ends the child.
+ */
+export async function spawnReady(args: string[], ready: string, ms = 30_000): Promise<ChildProcess> {
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on("data", (d) => {
+        out += d;
+        if (out.includes(ready)) resolve();
+      });
+      child.once("exit", (code, signal) => reject(new Error(`child exited early (${signal ?? code}): ${out}`)));
+      timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        reject(new Error(`child not ready after ${ms} ms: ${out}`));
+      }, ms);
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+  return child;
 }
 
 export function removeHome(home: string): void {
