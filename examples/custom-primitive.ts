@@ -50,7 +50,7 @@ console.log(
 
 // A persona allowed text.reverse and nothing else.
 const bob = generateIdentity("bob");
-kernel.database.addPersona("bob", bob.publicKey);
+await admin.personas.register("bob", bob.publicKey);
 const { token } = await admin.tokens.mint("bob", { rights: [{ ops: ["text.reverse"], targets: ["kernel://"] }], ttlMs: 60_000 });
 const client = await KernelClient.connect({ socket: kernel.socketPath, identity: bob, tokens: [token] });
 console.log("text.reverse:", (await client.call("text.reverse", "kernel://", { text: "persona" })).payload);

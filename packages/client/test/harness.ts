@@ -11,9 +11,10 @@ import { join } from "node:path";
 import { after } from "node:test";
 import { fileURLToPath } from "node:url";
 import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Request, type Response } from "@kpip/protocol";
-import { type ConnectOptions, type Connector, KernelClient, KpipError, UdsConnector } from "../src/index.js";
+import { type ConnectOptions, type Connector, KernelClient, UdsConnector } from "../src/index.js";
 
-const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+/** The kernel package's process entry: the client tests need a kernel, not the CLI. */
+const SERVE = fileURLToPath(new URL("../../../kernel/dist/src/serve.js", import.meta.url));
 
 /** A kernel in its own process on a temp home (the client package never imports the kernel). */
 export class KernelProcess {
@@ -29,7 +30,7 @@ export class KernelProcess {
     return join(this.home, "kernel.sock");
   }
   async start(): Promise<void> {
-    const child = spawn(process.execPath, [MAIN, "kernel", "--home", this.home, "--log-level", "silent", ...this.args], {
+    const child = spawn(process.execPath, [SERVE, "--home", this.home, "--log-level", "silent", ...this.args], {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = child;
@@ -76,15 +77,7 @@ export class KernelProcess {
   }
 }
 
-export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
+export { klass, until } from "@kpip/protocol/testing";
 
 /** Kernel processes for one describe block, each killed and its home removed after the block. */
 export function kernelPool(): (args?: string[]) => KernelProcess {
@@ -98,9 +91,6 @@ export function kernelPool(): (args?: string[]) => KernelProcess {
     return k;
   };
 }
-
-/** A predicate for assert.rejects: an error the kernel reported, of class `cls`. */
-export const klass = (cls: string) => (e: unknown) => e instanceof KpipError && e.errorClass === cls;
 
 /** A Unix-socket connector that counts its connection attempts (to wait on a client that retries). */
 export function countingConnector(path: string): Connector & { attempts: number } {

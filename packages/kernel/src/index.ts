@@ -25,6 +25,7 @@ export {
   SETTINGS,
 } from "./config.js";
 export { HOME_FILES, HomeInUseError, writeSecret } from "./home.js";
+export type { KernelInspector } from "./kernel/inspect.js";
 export { Kernel, type KernelOptions } from "./kernel.js";
 export { removalRefusal, removePersonaTree } from "./primitives/persona.js";
 export {

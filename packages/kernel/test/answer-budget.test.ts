@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { adminIdentity, RawPeer, removeHome, startKernel } from "./harness.js";
-import { requestFrame } from "./wire.js";
+import { adminIdentity, removeHome, startKernel } from "./harness.js";
+import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
 const refusedResource = (e: unknown) => e instanceof OpError && e.errorClass === "RESOURCE";

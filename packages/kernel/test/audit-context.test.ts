@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
-import { kernelForSuite } from "./harness.js";
+import { addPersonaKey, kernelForSuite } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -24,7 +24,7 @@ describe("the audit record keeps the context a decision was made in", () => {
 
   it("records context.execution, context.domain and ATTEST measurements, and kpip audit query --json shows them", async () => {
     const identity = generateIdentity("dom");
-    s.t.k.database.addPersona("dom", identity.publicKey);
+    addPersonaKey(s.t, "dom", identity.publicKey);
     const m = await s.admin.tokens.mint("dom", {
       rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
       ttlMs: 3_600_000,

@@ -10,7 +10,7 @@ import { generateIdentity } from "@kpip/protocol";
 import { recordHash } from "../src/audit/record.js";
 import { AuditChainError, HOME_FILES, Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
-import { removeHome, startKernel, until } from "./harness.js";
+import { addPersonaKey, removeHome, startKernel, until } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const kpip = (...args: string[]) => spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
@@ -93,10 +93,10 @@ describe("audit integrity without the key, and audit growth", () => {
       const admin = await t.admin();
       for (let round = 0; round < 2; round++) {
         await admin.system.health();
-        const head = t.k.database.lastAudit()?.seq ?? 0;
-        await until(() => (t.k.database.checkpoints().at(-1)?.seq ?? 0) >= head, 10_000, "a checkpoint over the head");
+        const head = t.k.inspect.lastAudit()?.seq ?? 0;
+        await until(() => (t.k.inspect.checkpoints().at(-1)?.seq ?? 0) >= head, 10_000, "a checkpoint over the head");
       }
-      assert.ok(verifyAudit(t.k.database, { maxUnsigned: 10_000 }).ok);
+      assert.ok(verifyAudit(t.k.inspect, { maxUnsigned: 10_000 }).ok);
     } finally {
       await t.stop();
       removeHome(t.home);
@@ -107,7 +107,7 @@ describe("audit integrity without the key, and audit growth", () => {
     const t = await startKernel({ auditRefusalRate: 2, auditRefusalPersonaRate: 2, auditRefusalFloodMax: 150 });
     try {
       const identity = generateIdentity("nocap");
-      t.k.database.addPersona("nocap", identity.publicKey);
+      addPersonaKey(t, "nocap", identity.publicKey);
       const c = await t.connect(identity, []);
       const big = Buffer.alloc(60_000, 7);
       const sent = 100;
@@ -115,7 +115,7 @@ describe("audit integrity without the key, and audit growth", () => {
       for (let i = 0; i < sent; i++) {
         await assert.rejects(c.storage.write("obj://ws1/x", big), (e) => e instanceof KpipError && e.errorClass === "CAPABILITY");
       }
-      const mine = () => t.k.database.queryAudit({ persona: "nocap", limit: 10_000 }).filter((r) => r.phase === "refused");
+      const mine = () => t.k.inspect.queryAudit({ persona: "nocap", limit: 10_000 }).filter((r) => r.phase === "refused");
       const counted = (rows: AuditRow[]) =>
         rows.reduce((n, r) => n + (r.op === "audit.suppressed" ? Number(/^(\d+) refusals/.exec(r.message ?? "")?.[1]) : 1), 0);
       const rows = await until(() => (counted(mine()) === sent ? mine() : undefined), 10_000, "every refusal accounted for");
@@ -141,7 +141,7 @@ describe("audit integrity without the key, and audit growth", () => {
       })();
       assert.ok(ended instanceof Error, "the session was ended");
       await until(() =>
-        t.k.database.queryAudit({ persona: "nocap", limit: 10_000 }).some((r) => /REFUSAL_FLOOD/.test(r.message ?? "")),
+        t.k.inspect.queryAudit({ persona: "nocap", limit: 10_000 }).some((r) => /REFUSAL_FLOOD/.test(r.message ?? "")),
       );
       const admin = await t.admin();
       assert.equal((await admin.system.health()).status, "ok");
@@ -161,15 +161,15 @@ describe("audit integrity without the key, and audit growth", () => {
       t = await startKernel({}, home);
       const first = await until(
         () => {
-          const n = t.k.database.firstAuditSeq() ?? 1;
+          const n = t.k.inspect.firstAuditSeq() ?? 1;
           return n > 1 ? n : undefined;
         },
         10_000,
         "the first pruning pass",
       );
-      const cps = t.k.database.checkpoints();
+      const cps = t.k.inspect.checkpoints();
       assert.equal(cps[0]?.seq, first - 1, "the pruned log starts right after a signed checkpoint, which is kept");
-      assert.ok((t.k.database.lastAudit()?.seq ?? 0) - first + 1 >= 25, "at least auditRetainRecords are kept");
+      assert.ok((t.k.inspect.lastAudit()?.seq ?? 0) - first + 1 >= 25, "at least auditRetainRecords are kept");
       await (await t.admin()).system.health();
       await t.stop();
       const v = kpip("audit", "verify", "--home", home, "--json");

@@ -19,7 +19,7 @@ const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${n
 
 /** The records of `op`, oldest first, with their detail parsed. */
 function records(t: TestKernel | SqliteStore, op: string): (AuditRow & { d: Record<string, unknown> })[] {
-  const store = t instanceof SqliteStore ? t : t.k.database;
+  const store = t instanceof SqliteStore ? t : t.k.inspect;
   return store.queryAudit({ op, limit: 1000 }).map((r) => ({ ...r, d: JSON.parse(r.detail ?? "null") }));
 }
 
@@ -186,7 +186,7 @@ describe("records that tell the story", () => {
           ["complete", { status: "FAILURE" }],
         ],
       );
-      for (const r of t.k.database.queryAudit({ limit: 1000 }))
+      for (const r of t.k.inspect.queryAudit({ limit: 1000 }))
         assert.ok(!(r.detail ?? "").includes("secret"), `no payload in the detail of ${r.op}`);
       const a = await c.resources.alloc("admin", "gpu", 1);
       const alloc = records(t, "resource.alloc").find((r) => r.phase === "outcome");

@@ -6,8 +6,8 @@ import { describe, it } from "node:test";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
 import { checkpointMessage, recordHash } from "../src/audit/record.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
-import { adminIdentity, RawPeer, removeHome, startKernel } from "./harness.js";
-import { requestFrame } from "./wire.js";
+import { adminIdentity, removeHome, startKernel } from "./harness.js";
+import { RawPeer, requestFrame } from "./wire.js";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
 

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, klass, removeHome, startKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const MiB = 1024 * 1024;
 

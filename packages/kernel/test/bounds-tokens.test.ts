@@ -4,7 +4,8 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { attenuate, decodeToken, encodeToken, type Right } from "@kpip/protocol";
-import { klass, RawPeer, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, startKernel } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 

@@ -4,7 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, encodeCanonical, encodeToken, generateIdentity, mintToken, type Token } from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
-import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { addPersonaKey, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const rightsFor = (p: string) => [
   { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
@@ -81,9 +81,9 @@ describe("capabilities", () => {
     await assert.rejects(c.storage.read("obj://ws1/a", { caps: [a.token] }), klass("CAPABILITY"));
     const narrowed = encodeToken(attenuate(decodeToken(a.token), { t: "sub", v: "erin/worker-1" }));
     const w1 = generateIdentity("erin/worker-1");
-    t.k.database.addPersona("erin/worker-1", w1.publicKey);
+    addPersonaKey(t, "erin/worker-1", w1.publicKey);
     const other = generateIdentity("erin/other");
-    t.k.database.addPersona("erin/other", other.publicKey);
+    addPersonaKey(t, "erin/other", other.publicKey);
     const cw = await t.connect(w1, [narrowed]);
     await cw.storage.write("obj://ws1/w1", "ok");
     const co = await t.connect(other, []);
@@ -121,7 +121,7 @@ describe("capabilities", () => {
       limits: {},
     });
     const kid = generateIdentity("hal/kid");
-    t.k.database.addPersona("hal/kid", kid.publicKey);
+    addPersonaKey(t, "hal/kid", kid.publicKey);
     const sk = await t.connect(kid, [child.token]);
     await sk.storage.read("obj://ws1/a");
     const notices: string[] = [];
@@ -154,7 +154,7 @@ describe("capabilities", () => {
     ]) {
       await assert.rejects(c.tokens.mint("ivy/x", wider), klass("PERMISSION"), JSON.stringify(wider));
     }
-    await until(() => t.k.database.queryAudit({ op: "token.mint", persona: "ivy" }).some((r) => r.errorClass === "PERMISSION"));
+    await until(() => t.k.inspect.queryAudit({ op: "token.mint", persona: "ivy" }).some((r) => r.errorClass === "PERMISSION"));
   });
 
   it("refreshes to a later expiry, never past the maximum lifetime", async () => {
@@ -194,7 +194,7 @@ describe("capabilities", () => {
     const b = await s2.call("token.bind", `token://${a.id}`, { token: a.token }, { caps: [a.token] });
     const h = (b.payload as { handle: number }).handle;
     await s2.storage.read("obj://ws1/jo", { caps: [h] });
-    const rows = await until(() => t.k.database.queryAudit({ persona: "jo", op: "storage.read" }).at(-1));
+    const rows = await until(() => t.k.inspect.queryAudit({ persona: "jo", op: "storage.read" }).at(-1));
     assert.match(rows.caps ?? "", new RegExp(a.id));
   });
 

@@ -142,12 +142,12 @@ for (const tr of TRANSPORTS) {
     it(FEATURES.audit, async () => {
       await admin.storage.write("obj://conf/audited", "x");
       // The outcome record commits before the response is sent, so it is already there.
-      const v = verifyAudit(u.k.database);
+      const v = verifyAudit(u.k.inspect);
       assert.ok(v.ok, v.firstBad?.reason);
-      const rows = u.k.database.queryAudit({ op: "storage.write", limit: 50 });
+      const rows = u.k.inspect.queryAudit({ op: "storage.write", limit: 50 });
       assert.ok(rows.some((r) => r.target === "obj://conf/audited" && r.phase === "outcome" && r.status === "SUCCESS"));
       assert.ok(
-        u.k.database.queryAudit({ op: "session.open", limit: 500 }).some((r) => r.message === tr.transport),
+        u.k.inspect.queryAudit({ op: "session.open", limit: 500 }).some((r) => r.message === tr.transport),
         "the session's transport is recorded",
       );
     });
@@ -183,11 +183,11 @@ describe("conformance with the Python client", () => {
           assert.ok(o, `python/tests/conformance.py reported nothing for ${col.suite}.test_${key}:\n${py.stderr}`);
           assert.equal(o.outcome, "ok", o.detail);
           if (key !== "audit") return;
-          const v = verifyAudit(t.k.database);
+          const v = verifyAudit(t.k.inspect);
           assert.ok(v.ok, v.firstBad?.reason);
-          const rows = t.k.database.queryAudit({ op: "storage.write", limit: 500 });
+          const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 500 });
           assert.ok(rows.some((r) => r.target === `obj://${o.ns}/audited` && r.phase === "outcome" && r.status === "SUCCESS"));
-          const opened = t.k.database.queryAudit({ op: "session.open", limit: 500 });
+          const opened = t.k.inspect.queryAudit({ op: "session.open", limit: 500 });
           assert.ok(
             opened.some((r) => r.persona === `bob-${o.ns}` && r.message === "uds"),
             "the session's transport is recorded",

@@ -224,8 +224,8 @@ describe("cross-persona matrix: every op against another persona's targets", () 
   it("bob's things are intact, and nothing alice saw carries bob's data", async () => {
     const read = (await bob.call("storage.read", bobs.object)).payload as { data: Uint8Array };
     assert.equal(Buffer.from(read.data).toString(), SECRET);
-    assert.ok(t.k.database.getPersona("bob"), "bob is still registered");
-    assert.equal(t.k.database.getPersona("bob/impostor"), undefined);
+    assert.ok(t.k.inspect.getPersona("bob"), "bob is still registered");
+    assert.equal(t.k.inspect.getPersona("bob/impostor"), undefined);
     // Alice spawning under the same name starts an agent of her own; bob's is not touched or revealed.
     const hers = (await alice.call("agent.spawn", bobs.agent, { args: ["1"], rights: [], lifetimeMs: 1000 })).payload as {
       persona: string;

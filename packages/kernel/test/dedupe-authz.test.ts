@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeIntent, generateIdentity } from "@kpip/protocol";
-import { adminIdentity, kernelForSuite, RawPeer } from "./harness.js";
+import { addPersonaKey, adminIdentity, kernelForSuite } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const write = (target: string, data: string) => encodeIntent({ op: "storage.write", target, args: { data } });
 const read = (target: string) => encodeIntent({ op: "storage.read", target, args: {} });
@@ -22,7 +23,7 @@ describe("dedupe after authorization (PROTOCOL §9.1 steps 6–8, §11 rule 3)",
   }
 
   const phases = (target: string) =>
-    s.t.k.database
+    s.t.k.inspect
       .queryAudit({ limit: 1000 })
       .filter((r) => r.target === target)
       .map((r) => `${r.phase}:${r.errorClass ?? r.status ?? "-"}`);
@@ -107,7 +108,7 @@ describe("dedupe after authorization (PROTOCOL §9.1 steps 6–8, §11 rule 3)",
     assert.deepEqual(mine.payload, { generation: 1, size: 7 });
 
     const bob = generateIdentity("bob-dd");
-    s.t.k.database.addPersona(bob.persona, bob.publicKey);
+    addPersonaKey(s.t, bob.persona, bob.publicKey);
     const m = await s.admin.tokens.mint(bob.persona, {
       rights: [{ ops: ["storage.read"], targets: ["obj://dd/**"] }],
       ttlMs: 600_000,

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -7,7 +6,8 @@ import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
 
@@ -28,16 +28,7 @@ const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
 await k.start();
 process.stdout.write("ready\\n");
 setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, kernelModule, home, op, target], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  child.stdout.on("data", (d) => {
-    out += d;
-  });
-  await until(() => out.includes("ready") || child.exitCode !== null, 15_000, "child kernel");
-  assert.ok(out.includes("ready"), "child kernel started");
-  return child;
+  return spawnReady(["--input-type=module", "-e", code, kernelModule, home, op, target], "ready");
 }
 
 /**
@@ -75,7 +66,7 @@ async function crashThenRetry(home: string, op: string, target: string, intent: 
 
 /** Audit phases of `op` on `target`, oldest first. */
 function phases(t: TestKernel, op: string, target: string): string[] {
-  return t.k.database
+  return t.k.inspect
     .queryAudit({ op, limit: 100 })
     .filter((x) => x.target === target)
     .map((x) => x.phase);
@@ -99,8 +90,8 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       const intent = encodeIntent({ op: "persona.register", target: "persona://carol", args: { publicKey: key } });
       const { t, retry, response } = await crashThenRetry(home, "persona.register", "persona://carol", intent);
       assert.equal(response.status, "SUCCESS", response.message);
-      assert.deepEqual(Buffer.from(t.k.database.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
-      const phases = t.k.database
+      assert.deepEqual(Buffer.from(t.k.inspect.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
+      const phases = t.k.inspect
         .queryAudit({ op: "persona.register", limit: 100 })
         .filter((x) => x.target === "persona://carol")
         .map((x) => x.phase);
@@ -120,7 +111,7 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       const intent = encodeIntent({ op: "token.refresh", target: `token://${id}`, args: { token: raw } });
       const { t, retry, response } = await crashThenRetry(home, "token.refresh", `token://${id}`, intent);
       assert.equal(response.status, "SUCCESS", response.message);
-      const copies = t.k.database.tokensDerivedFrom(id);
+      const copies = t.k.inspect.tokensDerivedFrom(id);
       assert.deepEqual(
         copies.map((c) => c.id),
         [(response.payload as { id: string }).id],
@@ -145,7 +136,7 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       const { t, retry, response } = await crashThenRetry(home, "token.revoke", `token://${id}`, intent);
       assert.equal(response.status, "SUCCESS", response.message);
       assert.deepEqual(response.payload, { id, revoked: true, already: false });
-      assert.notEqual(t.k.database.getToken(id)?.revokedAt ?? null, null, "the revocation is stored");
+      assert.notEqual(t.k.inspect.getToken(id)?.revokedAt ?? null, null, "the revocation is stored");
       assert.deepEqual(phases(t, "token.revoke", `token://${id}`), ["intent", "replay"]);
       retry.close();
       await t.stop();
@@ -165,8 +156,8 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       const { t, retry, response } = await crashThenRetry(home, "persona.remove", "persona://dave", intent);
       assert.equal(response.status, "SUCCESS", response.message);
       assert.deepEqual(response.payload, { removed: "dave", alsoRemoved: [], sessionsEnded: 0, tokensRevoked: 1 });
-      assert.equal(t.k.database.getPersona("dave"), undefined);
-      assert.notEqual(t.k.database.getToken(tokenId)?.revokedAt ?? null, null, "its token's revocation committed with it");
+      assert.equal(t.k.inspect.getPersona("dave"), undefined);
+      assert.notEqual(t.k.inspect.getToken(tokenId)?.revokedAt ?? null, null, "its token's revocation committed with it");
       assert.deepEqual(phases(t, "persona.remove", "persona://dave"), ["intent", "replay"]);
       retry.close();
       await t.stop();
@@ -186,7 +177,7 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
       retry.request(8, encodeIntent({ op: "storage.stat", target, args: {} }), { persona: identity.persona });
       const stat = await retry.response(8, 10_000);
       assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
-      const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
+      const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
       assert.deepEqual(
         rows.map((x) => x.phase),
         ["intent", "replay"],

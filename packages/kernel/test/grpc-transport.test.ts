@@ -118,7 +118,7 @@ describe("gRPC transport with TLS", () => {
     assert.equal((await c.system.health()).status, "ok");
     await c.storage.write("obj://g/a", "over grpc");
     assert.equal(Buffer.from((await c.storage.read("obj://g/a")).data).toString(), "over grpc");
-    const open = t.k.database.queryAudit({ op: "session.open", limit: 50 });
+    const open = t.k.inspect.queryAudit({ op: "session.open", limit: 50 });
     assert.ok(open.some((r) => r.message === "grpc"));
     const status = (await c.call("system.status", "kernel://")).payload as { transports: { kind: string }[] };
     assert.deepEqual(

@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
+import { adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
 
 /**
  * Every way a handshake can fail, over a real socket: the peer gets one fatal ERROR frame

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { KernelUnavailableError, KpipError } from "@kpip/client";
 import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("handshake and attestation", () => {
   let t: TestKernel;
@@ -14,7 +15,7 @@ describe("handshake and attestation", () => {
     removeHome(t.home);
   });
 
-  const handshakeFailures = () => t.k.database.queryAudit({ op: "session.handshake" });
+  const handshakeFailures = () => t.k.inspect.queryAudit({ op: "session.handshake" });
   /** The kernel must still serve a good client after every failure. */
   const stillServing = async () => {
     const c = await t.admin();
@@ -36,7 +37,7 @@ describe("handshake and attestation", () => {
     p.request(1, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });
     assert.equal((await p.response(1)).status, "SUCCESS");
     p.close();
-    assert.ok(t.k.database.queryAudit({ op: "session.open" }).length >= 1);
+    assert.ok(t.k.inspect.queryAudit({ op: "session.open" }).length >= 1);
   });
 
   it("refuses a signature over another transcript (AUTH) and audits it", async () => {

@@ -1,27 +1,14 @@
+import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { after, before } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type ConnectOptions, KernelClient, loadIdentity } from "@kpip/client";
-import {
-  attestationTranscript,
-  decodeMessage,
-  encodeIntent,
-  encodeMessage,
-  FrameDecoder,
-  generateIdentity,
-  HEADER_SIZE,
-  type Identity,
-  type Intent,
-  KpipError,
-  type Message,
-  type Right,
-  signBytes,
-} from "@kpip/protocol";
-import { Kernel, type KernelOptions } from "../src/index.js";
+import { generateIdentity, type Identity, type Right } from "@kpip/protocol";
+import { HOME_FILES, Kernel, type KernelOptions } from "../src/index.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
+import { SqliteStore } from "../src/store/sqlite.js";
 
 /** The repository: test kernels let their sandboxes read it (fixtures, node_modules). */
 export const REPO_ROOT = fileURLToPath(new URL("../../../../", import.meta.url));
@@ -113,8 +100,7 @@ export async function startKernel(
     persona: async (id, rights, extra = {}) => {
       adminClient ??= await t.admin();
       const identity = generateIdentity(id);
-      if (k.database.getPersona(id)) k.database.removePersona(id);
-      k.database.addPersona(id, identity.publicKey);
+      addPersonaKey(t, id, identity.publicKey);
       const m = await adminClient.tokens.mint(id, { rights, ttlMs: extra.ttlMs ?? 3_600_000, ...extra });
       return { identity, token: m.token, id: m.id };
     },
@@ -146,131 +132,57 @@ export function kernelForSuite(opts: KernelOptions = {}): { t: TestKernel; admin
   return s;
 }
 
+/**
+ * Registers `id` with `publicKey` in a kernel's home (replacing its key if it has one), as a
+ * tool beside the running kernel would: through a connection of its own on the home database,
+ * not through the kernel (which tests only read, via `k.inspect`). Not journalled: no audit record.
+ */
+export function addPersonaKey(t: { home: string }, id: string, publicKey: Uint8Array): void {
+  const store = new SqliteStore(join(t.home, HOME_FILES.database));
+  try {
+    store.transaction(() => {
+      store.removePersona(id);
+      store.addPersona(id, publicKey);
+    });
+  } finally {
+    store.close();
+  }
+}
+
+/** The kernel package's process entry (src/serve.ts): a kernel in a child process. */
+export const KERNEL_ENTRY = fileURLToPath(new URL("../src/serve.js", import.meta.url));
+
+/**
+ * Runs `node …args` and resolves once its stdout has shown `ready`; rejects if it exits first or
+ * stays silent for `ms` (then it is killed). The caller ends the child.
+ */
+export async function spawnReady(args: string[], ready: string, ms = 30_000): Promise<ChildProcess> {
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
+  let out = "";
+  let timer: NodeJS.Timeout | undefined;
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.stdout?.on("data", (d) => {
+        out += d;
+        if (out.includes(ready)) resolve();
+      });
+      child.once("exit", (code, signal) => reject(new Error(`child exited early (${signal ?? code}): ${out}`)));
+      timer = setTimeout(() => {
+        child.kill("SIGKILL");
+        reject(new Error(`child not ready after ${ms} ms: ${out}`));
+      }, ms);
+    });
+  } finally {
+    clearTimeout(timer);
+  }
+  return child;
+}
+
 export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
-/** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
-/** An `assert.rejects` predicate: a {@link KpipError} of class `cls` (whose message contains `text`, if given). */
-export const klass =
-  (cls: string, text?: string) =>
-  (e: unknown): boolean =>
-    e instanceof KpipError && e.errorClass === cls && (text === undefined || e.message.includes(text));
-
-export async function until<T>(f: () => T | Promise<T>, ms = 30_000, what = "condition"): Promise<NonNullable<T>> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v) return v as NonNullable<T>;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-/** A hand-driven peer on a raw socket: sends any bytes, collects decoded frames. */
-export class RawPeer {
-  readonly frames: { msg: Message; stream: number }[] = [];
-  closed = false;
-  decodeError: Error | undefined;
-  private readonly decoder = new FrameDecoder();
-  private helloBytes: Buffer | undefined;
-  version = 1;
-
-  private constructor(readonly sock: net.Socket) {
-    sock.on("data", (d) => {
-      try {
-        for (const f of this.decoder.push(d)) this.frames.push({ msg: decodeMessage(f), stream: f.stream });
-      } catch (e) {
-        this.decodeError = e as Error;
-      }
-    });
-    sock.on("close", () => {
-      this.closed = true;
-    });
-    sock.on("error", () => {});
-  }
-
-  static connect(path: string): Promise<RawPeer> {
-    return new Promise((resolve, reject) => {
-      const s = net.connect(path);
-      s.once("connect", () => resolve(new RawPeer(s)));
-      s.once("error", reject);
-    });
-  }
-
-  send(bytes: Uint8Array | string): void {
-    this.sock.write(typeof bytes === "string" ? Buffer.from(bytes, "hex") : bytes);
-  }
-
-  sendMessage(m: Message, stream = 0): void {
-    const f = encodeMessage(m, stream);
-    if (m.type === "HELLO") this.helloBytes = Buffer.from(f.subarray(HEADER_SIZE));
-    this.send(f);
-  }
-
-  async next<T extends Message["type"]>(type: T, ms = 3000): Promise<Extract<Message, { type: T }>> {
-    const found = await until(() => this.frames.find((f) => f.msg.type === type), ms, type);
-    this.frames.splice(this.frames.indexOf(found), 1);
-    return found.msg as Extract<Message, { type: T }>;
-  }
-
-  /** HELLO only; returns the CHALLENGE and its body bytes. */
-  async hello(
-    identity: Identity,
-    versions = [1],
-  ): Promise<{ challenge: Extract<Message, { type: "CHALLENGE" }>; bytes: Buffer }> {
-    this.sendMessage({
-      type: "HELLO",
-      body: { versions, persona: identity.persona, publicKey: identity.publicKey, instance: Buffer.alloc(16, 7), features: [] },
-    });
-    const challenge = await this.next("CHALLENGE");
-    return { challenge, bytes: Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)) };
-  }
-
-  /** The signature a correct persona would send for this session. */
-  sign(identity: Identity, challengeBytes: Buffer): Buffer {
-    return signBytes(identity.privateKey, attestationTranscript(this.helloBytes as Buffer, challengeBytes));
-  }
-
-  /** Full handshake; resolves with the WELCOME. */
-  async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
-    const { bytes } = await this.hello(identity);
-    this.sendMessage({ type: "ATTEST", body: { signature: this.sign(identity, bytes), tokens } });
-    return this.next("WELCOME");
-  }
-
-  request(
-    id: number,
-    intent: Intent | Uint8Array,
-    opts: { persona: string; ctxPersona?: string; caps?: (number | Uint8Array)[]; workspace?: string; domain?: string },
-  ): void {
-    const bytes = intent instanceof Uint8Array ? intent : encodeIntent(intent);
-    const context: { persona: string; workspace?: string; domain?: string } = { persona: opts.ctxPersona ?? opts.persona };
-    if (opts.workspace) context.workspace = opts.workspace;
-    if (opts.domain) context.domain = opts.domain;
-    this.sendMessage(
-      {
-        type: "REQUEST",
-        body: { version: this.version, persona: opts.persona, id, intent: bytes, context, caps: opts.caps ?? [1] },
-      },
-      id,
-    );
-  }
-
-  async response(id: number, ms = 30_000) {
-    const f = await until(
-      () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
-      ms,
-      `response ${id}`,
-    );
-    this.frames.splice(this.frames.indexOf(f), 1);
-    return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
-  }
-
-  close(): void {
-    this.sock.destroy();
-  }
-}
+export { klass, until } from "@kpip/protocol/testing";
 
 export function adminIdentity(k: Kernel): Identity {
   return loadIdentity(k.adminIdentity);

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
 import { encodeFrameParts, MessageType } from "@kpip/protocol";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("hostile input over the wire", () => {
   it("closes sessions that send nesting bombs, huge declared arrays or tagged values, and keeps serving", async () => {

@@ -24,7 +24,7 @@ describe("in-memory transport", () => {
     await assert.rejects(bare.system.health(), (e: unknown) => e instanceof KpipError && e.errorClass === "CAPABILITY");
     await bare.close();
     await c.close();
-    assert.ok(t.k.database.queryAudit({ op: "storage.write" }).length >= 2);
+    assert.ok(t.k.inspect.queryAudit({ op: "storage.write" }).length >= 2);
     await t.stop();
     removeHome(t.home);
   });

@@ -18,13 +18,13 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const carol = generateIdentity("carol");
     const r = await suite.admin.call("persona.register", "persona://carol", { publicKey: carol.publicKey });
     assert.equal((r.payload as { persona: string }).persona, "carol");
-    assert.deepEqual(suite.t.k.database.getPersona("carol")?.publicKey, Buffer.from(carol.publicKey));
+    assert.deepEqual(suite.t.k.inspect.getPersona("carol")?.publicKey, Buffer.from(carol.publicKey));
     const token = (
       await suite.admin.tokens.mint("carol", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 })
     ).token;
     const c = await suite.t.connect(carol, [token]);
     assert.equal((await c.call("system.health", "kernel://")).status, "SUCCESS");
-    const recs = suite.t.k.database
+    const recs = suite.t.k.inspect
       .queryAudit({ op: "persona.register", limit: 10 })
       .filter((x) => x.target === "persona://carol");
     assert.deepEqual(
@@ -48,7 +48,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     // Refused by the intent grammar before it leaves the client (the kernel checks the same grammar).
     const bad = await suite.admin.call("persona.register", "persona://Dan", { publicKey: Buffer.alloc(32, 1) }).catch((e) => e);
     assert.ok(bad instanceof Error && bad.name === "IntentError", String(bad));
-    assert.equal(suite.t.k.database.getPersona("dan"), undefined);
+    assert.equal(suite.t.k.inspect.getPersona("dan"), undefined);
   });
 
   it("needs a grant: none at all is refused, a grant over one's own sub-personas covers only those", async () => {
@@ -56,7 +56,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const p = await suite.t.connect(plain.identity, [plain.token]);
     const refused = await p.call("persona.register", "persona://pat/helper", { publicKey: Buffer.alloc(32, 2) }).catch((e) => e);
     assert.ok(refused instanceof KpipError && ["PERMISSION", "CAPABILITY"].includes(refused.errorClass), String(refused));
-    assert.equal(suite.t.k.database.getPersona("pat/helper"), undefined);
+    assert.equal(suite.t.k.inspect.getPersona("pat/helper"), undefined);
 
     const owner = await suite.t.persona("olga", [{ ops: ["persona.*"], targets: ["persona://olga/**"] }]);
     const o = await suite.t.connect(owner.identity, [owner.token]);
@@ -72,7 +72,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const wide = await o.call("persona.list", "persona://pat").catch((e) => e);
     assert.ok(wide instanceof KpipError && wide.errorClass === "PERMISSION", String(wide));
     await o.call("persona.remove", "persona://olga/worker");
-    assert.equal(suite.t.k.database.getPersona("olga/worker"), undefined);
+    assert.equal(suite.t.k.inspect.getPersona("olga/worker"), undefined);
   });
 
   it("removal ends the persona's sessions at once, revokes its tokens, and a new key under the id inherits nothing", async () => {
@@ -89,7 +89,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
       KernelClient.connect({ socket: suite.t.k.socketPath, identity: eve.identity, tokens: [], reconnect: false }),
       (e: unknown) => e instanceof KpipError && e.errorClass === "AUTH",
     );
-    const audited = suite.t.k.database.queryAudit({ persona: "eve", op: "session.error", limit: 5 });
+    const audited = suite.t.k.inspect.queryAudit({ persona: "eve", op: "session.error", limit: 5 });
     assert.ok(
       audited.some((x) => x.message?.startsWith("PERSONA_REMOVED")),
       JSON.stringify(audited),
@@ -112,28 +112,28 @@ describe("the persona registry through the kernel: persona.register / remove / l
     assert.ok(own instanceof KpipError && own.errorClass === "PERMISSION", String(own));
     const unknown = await suite.admin.call("persona.remove", "persona://nobody").catch((e) => e);
     assert.ok(unknown instanceof KpipError && unknown.errorClass === "SEMANTIC", String(unknown));
-    assert.ok(suite.t.k.database.getPersona("admin") && suite.t.k.database.getPersona("sam"));
+    assert.ok(suite.t.k.inspect.getPersona("admin") && suite.t.k.inspect.getPersona("sam"));
   });
 
   it("removing a persona kills the agents running as it or its sub-personas", { skip: sandboxSkip }, async () => {
     const p = await suite.t.persona("ann", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
     const c = await suite.t.connect(p.identity, [p.token]);
     await c.call("agent.spawn", "agent://sleep/annie", { args: ["30"], rights: [], lifetimeMs: 60_000 });
-    assert.equal(suite.t.k.database.getAgent("ann/sleep/annie")?.state, "running");
+    assert.equal(suite.t.k.inspect.getAgent("ann/sleep/annie")?.state, "running");
     // Another program under the same instance name would act as the same persona: refused.
     const twin = await c.call("agent.spawn", "agent://cat/annie", { args: [], rights: [], lifetimeMs: 60_000 }).catch((e) => e);
     assert.ok(twin instanceof KpipError && twin.errorClass === "SEMANTIC" && /already used/.test(twin.message), String(twin));
     await suite.admin.call("persona.remove", "persona://ann");
     const a = await until(
       () => {
-        const rec = suite.t.k.database.getAgent("ann/sleep/annie");
+        const rec = suite.t.k.inspect.getAgent("ann/sleep/annie");
         return rec?.state === "killed" ? rec : undefined;
       },
       30_000,
       "the agent killed",
     );
     assert.equal(a.persona, "ann/agent.annie");
-    assert.equal(suite.t.k.database.getPersona("ann/agent.annie"), undefined);
+    assert.equal(suite.t.k.inspect.getPersona("ann/agent.annie"), undefined);
   });
 
   it("a sub-persona cannot remove the persona above it", async () => {
@@ -142,7 +142,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const c = await suite.t.connect(w.identity, [w.token]);
     const up = await c.call("persona.remove", "persona://sam").catch((e) => e);
     assert.ok(up instanceof KpipError && up.errorClass === "PERMISSION", String(up));
-    assert.ok(suite.t.k.database.getPersona("sam"));
+    assert.ok(suite.t.k.inspect.getPersona("sam"));
   });
 
   it("removing a persona removes its sub-personas too, ending their sessions", async () => {
@@ -154,7 +154,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const r = await suite.admin.call("persona.remove", "persona://tom");
     assert.deepEqual(r.payload, { removed: "tom", alsoRemoved: ["tom/helper"], sessionsEnded: 2, tokensRevoked: 2 });
     for (const e of await closed) assert.ok(e instanceof KpipError && e.code === "PERSONA_REMOVED", String(e));
-    assert.equal(suite.t.k.database.getPersona("tom/helper"), undefined);
+    assert.equal(suite.t.k.inspect.getPersona("tom/helper"), undefined);
   });
 });
 
@@ -162,7 +162,7 @@ describe("registry changes made without the kernel are audited, once", () => {
   it("moves the offline journal into the chain at start, and applies an offline removal to a running kernel", async () => {
     let t = await startKernel();
     const home = t.home;
-    const first = t.k.database.queryAudit({ op: "persona.register", limit: 5 });
+    const first = t.k.inspect.queryAudit({ op: "persona.register", limit: 5 });
     assert.ok(
       first.some((x) => x.phase === "offline" && x.target === "persona://admin"),
       "the admin created at first start is on the record",
@@ -183,12 +183,11 @@ describe("registry changes made without the kernel are audited, once", () => {
     offline.close();
 
     t = await startKernel({ heartbeatMs: 200 }, home);
-    const recs = () =>
-      t.k.database.queryAudit({ op: "persona.register", limit: 10 }).filter((x) => x.target === "persona://dave");
+    const recs = () => t.k.inspect.queryAudit({ op: "persona.register", limit: 10 }).filter((x) => x.target === "persona://dave");
     assert.equal(recs().length, 1);
     assert.equal(recs()[0]?.phase, "offline");
     assert.match(recs()[0]?.message ?? "", /registered offline \(by test at /);
-    assert.deepEqual(t.k.database.offlineJournal(), []);
+    assert.deepEqual(t.k.inspect.offlineJournal(), []);
 
     // dave connects; then an offline removal (another process on the same database) ends his session.
     const admin = await t.admin();
@@ -204,8 +203,8 @@ describe("registry changes made without the kernel are audited, once", () => {
     other.close();
     const err = await closed;
     assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
-    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
-    const removal = t.k.database.queryAudit({ op: "persona.remove", limit: 5 });
+    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
+    const removal = t.k.inspect.queryAudit({ op: "persona.remove", limit: 5 });
     assert.equal(removal.length, 1);
     assert.equal(removal[0]?.phase, "offline");
 
@@ -217,7 +216,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     s1.withJournal({ actor: "test", op: "persona.register", target: "persona://erin", message: "registered" }, () =>
       s1.addPersona("erin", erin.publicKey),
     );
-    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
     const erinToken = (
       await admin.tokens.mint("erin", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 })
     ).token;
@@ -233,7 +232,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     const why = await oldClosed;
     assert.ok(why instanceof KpipError && why.code === "PERSONA_REMOVED", String(why));
     const fresh = await t.connect(erin2, []);
-    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
     assert.equal(fresh.state, "ready", "the session attested with the new key is kept");
 
     // A second kernel on this home while the first serves writes nothing before it is refused.
@@ -243,9 +242,9 @@ describe("registry changes made without the kernel are audited, once", () => {
     );
     s2.close();
     await assert.rejects(startKernel({}, home), (e: unknown) => e instanceof Error && e.name === "HomeInUseError");
-    await until(() => t.k.database.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
     assert.equal(
-      t.k.database.queryAudit({ op: "persona.register", limit: 50 }).filter((x) => x.target === "persona://fay").length,
+      t.k.inspect.queryAudit({ op: "persona.register", limit: 50 }).filter((x) => x.target === "persona://fay").length,
       1,
     );
     assert.equal((await admin.call("system.health", "kernel://")).status, "SUCCESS");
@@ -255,7 +254,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     t = await startKernel({}, home);
     assert.equal(recs().length, 1);
     assert.deepEqual(
-      t.k.database
+      t.k.inspect
         .queryAudit({ op: "persona.remove", limit: 5 })
         .map((x) => x.target)
         .sort(),
@@ -301,12 +300,12 @@ describe("a long offline journal", () => {
     }
     store.close();
     t = await startKernel({ auditBatchMax: 64 }, home);
-    const recs = t.k.database
+    const recs = t.k.inspect
       .queryAudit({ op: "persona.register", limit: 1000 })
       .filter((x) => x.target?.startsWith("persona://bulk"));
     assert.equal(recs.length, 300);
     assert.equal(new Set(recs.map((x) => x.target)).size, 300);
-    assert.deepEqual(t.k.database.offlineJournal(), []);
+    assert.deepEqual(t.k.inspect.offlineJournal(), []);
     await t.stop();
     removeHome(home);
   });

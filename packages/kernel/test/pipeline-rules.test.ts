@@ -3,8 +3,8 @@ import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { type CborMap, encodeCanonical, encodeIntent } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { allAudit, attestSignature, auditRecord, helloAs, requestFrame } from "./wire.js";
+import { addPersonaKey, adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
 const health = { op: "system.health", target: "kernel://", args: {} };
@@ -53,7 +53,7 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
   });
 
   it("a REQUEST speaking for another registered persona: AUTH, audited as refused under the attested persona", async () => {
-    t.k.database.addPersona("bob", Buffer.alloc(32, 1));
+    addPersonaKey(t, "bob", Buffer.alloc(32, 1));
     const intent = encodeIntent({ op: "storage.write", target: "obj://ws1/injected", args: { data: "x" } });
     p.send(requestFrame(2000, intent, { persona: "bob" }));
     p.send(requestFrame(2001, intent, { persona: "admin", ctxPersona: "bob" }));

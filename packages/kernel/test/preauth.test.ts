@@ -6,8 +6,8 @@ import { KernelClient, RequestTooLargeError } from "@kpip/client";
 import { encodeMessage, HEADER_SIZE, type Message, MessageType, writeHeader } from "@kpip/protocol";
 import { pino } from "pino";
 import type { KernelMetrics } from "../src/metrics/metrics.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
-import { allAudit } from "./wire.js";
+import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { allAudit, RawPeer } from "./wire.js";
 
 const errorFrame = (fatal: boolean): Message => ({
   type: "ERROR",

@@ -134,7 +134,8 @@ describe("events", () => {
 
   it("keeps the kernel's memory bounded for a peer that stops reading", async () => {
     const t = await startKernel();
-    const { RawPeer, adminIdentity } = await import("./harness.js");
+    const { adminIdentity } = await import("./harness.js");
+    const { RawPeer } = await import("./wire.js");
     const p = await RawPeer.connect(t.k.socketPath);
     await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
     p.request(1, { op: "event.subscribe", target: "topic://flood/**", args: {} }, { persona: "admin" });
@@ -277,7 +278,7 @@ describe("agents", { skip: sandboxSkip }, () => {
     }
     assert.deepEqual(states, ["running", "exited"]);
     assert.equal((await c.agents.list()).length, 1);
-    assert.equal(t.k.database.getPersona("sp/agent.w1"), undefined, "the agent's persona ends with it");
+    assert.equal(t.k.inspect.getPersona("sp/agent.w1"), undefined, "the agent's persona ends with it");
   });
 
   it("refuses wider rights and commands the spawner may not run", async () => {
@@ -344,7 +345,7 @@ describe("embedder primitives", () => {
     await assert.rejects(cu.call("text.reverse", "kernel://", { text: "a" }), klass("PERMISSION"));
     const nobody = await t.connect(u.identity, []);
     await assert.rejects(nobody.call("text.reverse", "kernel://", { text: "a" }), klass("CAPABILITY"));
-    await until(() => t.k.database.queryAudit({ op: "text.reverse" }).length >= 4);
+    await until(() => t.k.inspect.queryAudit({ op: "text.reverse" }).length >= 4);
     await t.stop();
     removeHome(t.home);
   });

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { encodeCanonical, encodeIntent } from "@kpip/protocol";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("the request pipeline", () => {
   let t: TestKernel;
@@ -41,7 +42,7 @@ describe("the request pipeline", () => {
     const c = await t.admin();
     const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
     await c.call("system.health", "kernel://", {}, { traceparent: tp });
-    const row = await until(() => t.k.database.queryAudit({ op: "system.health" }).find((r) => r.traceparent === tp));
+    const row = await until(() => t.k.inspect.queryAudit({ op: "system.health" }).find((r) => r.traceparent === tp));
     assert.equal(row.phase, "complete");
   });
 
@@ -53,7 +54,7 @@ describe("the request pipeline", () => {
       assert.deepEqual([r.status, r.error], ["FAILURE", "AUTH"]);
     }
     const rows = await until(() => {
-      const r = t.k.database.queryAudit({ status: "FAILURE" }).filter((x) => x.errorClass === "AUTH" && x.phase === "refused");
+      const r = t.k.inspect.queryAudit({ status: "FAILURE" }).filter((x) => x.errorClass === "AUTH" && x.phase === "refused");
       return r.length >= 2 ? r : undefined;
     });
     assert.equal(rows[0]?.persona, "admin");
@@ -72,7 +73,7 @@ describe("the request pipeline", () => {
     p.request(12, unsorted, { persona: "admin" });
     const r = await p.response(12);
     assert.deepEqual([r.status, r.error], ["FAILURE", "SEMANTIC"]);
-    const row = await until(() => t.k.database.queryAudit({}).find((x) => x.requestId === 12));
+    const row = await until(() => t.k.inspect.queryAudit({}).find((x) => x.requestId === 12));
     assert.deepEqual(Buffer.from(row.intent ?? []), unsorted);
     assert.deepEqual(Buffer.from(row.intentHash ?? []), createHash("sha256").update(unsorted).digest());
   });
@@ -93,7 +94,7 @@ describe("the request pipeline", () => {
     const b = await p.response(20);
     assert.deepEqual(a, b);
     assert.equal(a.status, "SUCCESS");
-    const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.requestId === 20);
+    const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.requestId === 20);
     assert.deepEqual(
       rows.map((r) => r.phase).sort(),
       ["intent", "outcome", "replay"],

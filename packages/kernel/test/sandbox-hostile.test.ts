@@ -117,7 +117,7 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
         .toString()
         .includes("ready"),
     );
-    const rec = s.t.k.database.getAgent("alice/sh/keeper");
+    const rec = s.t.k.inspect.getAgent("alice/sh/keeper");
     assert.ok(rec && !rec.cwd.startsWith(s.t.home), "the scratch directory lies outside the home");
     const out = await sh(b, `cat ${rec.cwd}/note 2>&1; ls ${join(rec.cwd, "..")} 2>&1; cat /scratch/note 2>&1`);
     assert.ok(!out.includes("alice-private"), out);

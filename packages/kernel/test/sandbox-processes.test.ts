@@ -9,7 +9,17 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, tokenFromString } from "@kpip/protocol";
-import { kernelForSuite, klass, RawPeer, removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, until } from "./harness.js";
+import {
+  addPersonaKey,
+  kernelForSuite,
+  klass,
+  removeHome,
+  SANDBOX_READ_PATHS,
+  sandboxSkip,
+  startKernel,
+  until,
+} from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const state = async (c: KernelClient, op: string) => (await c.ops.status(op)).state;
@@ -41,7 +51,7 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     await s.admin.call("persona.remove", "persona://busy");
     const st = await until(
       () => {
-        const op = s.t.k.database.getOp(second.op.slice(5));
+        const op = s.t.k.inspect.getOp(second.op.slice(5));
         return op && op.state !== "running" ? op : undefined;
       },
       30_000,
@@ -74,7 +84,7 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     const a = await c.agents.spawn("sleep", "w1", { args: ["300"], rights: [], lifetimeMs: 60_000 });
     assert.equal(a.persona, "sp/agent.w1");
     assert.deepEqual(
-      Buffer.from(s.t.k.database.getPersona("sp/w1")?.publicKey ?? []),
+      Buffer.from(s.t.k.inspect.getPersona("sp/w1")?.publicKey ?? []),
       Buffer.from(real.identity.publicKey),
       "the real persona keeps its key",
     );
@@ -89,15 +99,15 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
       "the agent ended",
     );
     assert.equal(ended.state, "killed", JSON.stringify(ended));
-    await until(() => s.t.k.database.getPersona("sp/agent.w1") === undefined, 30_000, "the agent key removed");
-    assert.ok(s.t.k.database.getPersona("sp/w1"), "the real persona is still registered");
+    await until(() => s.t.k.inspect.getPersona("sp/agent.w1") === undefined, 30_000, "the agent key removed");
+    assert.ok(s.t.k.inspect.getPersona("sp/w1"), "the real persona is still registered");
     assert.equal(((await rc.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
-    const audited = s.t.k.database.queryAudit({ op: "persona.added", limit: 10 });
+    const audited = s.t.k.inspect.queryAudit({ op: "persona.added", limit: 10 });
     assert.ok(
       audited.some((r) => r.target === "persona://sp/agent.w1" && r.phase === "kernel"),
       JSON.stringify(audited),
     );
-    await until(() => s.t.k.database.queryAudit({ op: "persona.removed", limit: 10 }).length > 0, 30_000, "removal audited");
+    await until(() => s.t.k.inspect.queryAudit({ op: "persona.removed", limit: 10 }).length > 0, 30_000, "removal audited");
     const squat = await s.admin
       .call("persona.register", "persona://sp/agent.w2", { publicKey: generateIdentity("sp/agent.w2").publicKey })
       .catch((e) => e);
@@ -106,7 +116,7 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
 
   it("a spawner whose token restricts domains can spawn, and its agent's token keeps them", async () => {
     const id = generateIdentity("dom");
-    s.t.k.database.addPersona("dom", id.publicKey);
+    addPersonaKey(s.t, "dom", id.publicKey);
     const minted = (
       await s.admin.call("token.mint", "persona://dom", {
         rights: [{ ops: ["agent.*"], targets: ["agent://**"] }],
@@ -167,7 +177,7 @@ describe("without a usable sandbox", () => {
       const info = (await c.call("system.info", "kernel://")).payload as { sandbox: { mode: string; usable: boolean } };
       assert.deepEqual([info.sandbox.mode, info.sandbox.usable], ["none", true]);
       assert.equal((t.k.status().sandbox as { mode: string }).mode, "none");
-      const rec = t.k.database.queryAudit({ op: "kernel.start", limit: 5 });
+      const rec = t.k.inspect.queryAudit({ op: "kernel.start", limit: 5 });
       assert.ok(
         rec.some((r) => /unconfined/.test(r.message ?? "") && JSON.parse(r.detail ?? "{}").sandbox === "none"),
         JSON.stringify(rec),

@@ -3,72 +3,9 @@ import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
 import { KernelUnavailableError } from "@kpip/client";
 import { encodeMessage } from "@kpip/protocol";
-import type { PrimitiveFamily } from "../src/index.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, until } from "./harness.js";
-import { auditRecord, requestFrame, sleep } from "./wire.js";
-
-/** What the slow family's handlers report, so tests wait on events instead of guessing with sleeps. */
-interface Seen {
-  started: number;
-  aborted: number;
-  finished: number;
-  /** slow.stuck handlers that returned (after the kernel may have stopped). */
-  stuckReturned: number;
-}
-const seenNothing = (): Seen => ({ started: 0, aborted: 0, finished: 0, stuckReturned: 0 });
-
-/** slow.wait: 200 ms, reports whether its signal fired; slow.until_abort; slow.stuck: ignores its signal for `stuckMs`. */
-function slowFamily(seen: Seen, stuckMs = 5000): PrimitiveFamily {
-  return {
-    name: "slow",
-    ops: [
-      {
-        op: "slow.wait",
-        description: "waits 200 ms",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: async (ctx) => {
-          seen.started++;
-          await sleep(200);
-          seen.finished++;
-          return { status: "SUCCESS", payload: { aborted: ctx.signal.aborted } };
-        },
-      },
-      {
-        op: "slow.until_abort",
-        description: "waits until its signal fires",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: (ctx) =>
-          new Promise((resolve) => {
-            seen.started++;
-            ctx.signal.addEventListener("abort", () => {
-              seen.aborted++;
-              resolve({ status: "SUCCESS", payload: { aborted: true } });
-            });
-          }),
-      },
-      {
-        op: "slow.stuck",
-        description: "ignores its signal",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: async () => {
-          seen.started++;
-          await sleep(stuckMs);
-          seen.stuckReturned++;
-          return { status: "SUCCESS" };
-        },
-      },
-    ],
-  };
-}
+import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { seenNothing, slowFamily } from "./slow-family.js";
+import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
 const token = (t: { adminToken: string }) => [Buffer.from(t.adminToken, "base64url")];
 
@@ -164,7 +101,7 @@ describe("session lifecycle over real sockets", () => {
       "the kernel pinged before giving up",
     );
     await until(() => t.k.sessionCount === 0);
-    const ends = t.k.database
+    const ends = t.k.inspect
       .queryAudit({ persona: "admin", limit: 50 })
       .filter((r) => r.op === "session.close" || r.op === "session.error");
     assert.ok(ends.length >= 1, "the dead peer's session end is on the record");

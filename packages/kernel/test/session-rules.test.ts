@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE, type Identity, MIN_MAX_BODY } from "@kpip/protocol";
 import { ConfigError, resolveConfig } from "../src/index.js";
-import { adminIdentity, kernelForSuite, RawPeer, until } from "./harness.js";
-import { attestSignature, auditRecord, requestFrame } from "./wire.js";
+import { adminIdentity, kernelForSuite, until } from "./harness.js";
+import { attestSignature, auditRecord, RawPeer, requestFrame } from "./wire.js";
 
 /** A raw admin session that asked for `maxBody` in HELLO; returns the peer and the CHALLENGE's limits. */
 async function peerWithMaxBody(socket: string, identity: Identity, token: Buffer, maxBody: number) {
@@ -72,7 +72,7 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
     const e = await p.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "TOO_LARGE", true]);
     await until(() => p.closed, 10_000, "closed");
-    assert.equal(s.t.k.database.statObject("mb", "big"), undefined, "nothing of it ran");
+    assert.equal(s.t.k.inspect.statObject("mb", "big"), undefined, "nothing of it ran");
     assert.equal((await s.admin.system.health()).status, "ok");
   });
 
@@ -137,6 +137,6 @@ describe("GOODBYE and the requests after it (PROTOCOL §8.6)", () => {
     await until(() => p.closed, 10_000, "closed after GOODBYE");
     const rec = await auditRecord(s.t.k, (x) => x.requestId === 3 && x.phase === "refused" && x.errorClass === "PROTOCOL");
     assert.equal(rec.op, "storage.write");
-    assert.equal(s.t.k.database.statObject("gb", "late"), undefined, "not executed");
+    assert.equal(s.t.k.inspect.statObject("gb", "late"), undefined, "not executed");
   });
 });

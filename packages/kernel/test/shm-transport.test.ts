@@ -21,8 +21,8 @@ import {
 } from "@kpip/protocol";
 import { Kernel } from "../src/index.js";
 import { fileShm, loadShmNative } from "../src/transport/shm-native.js";
-import { adminIdentity, RawPeer, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { attestSignature } from "./wire.js";
+import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { attestSignature, RawPeer } from "./wire.js";
 
 // The raw peers' own view of /dev/shm (the kernel's native holds one descriptor per name).
 const native = loadShmNative().native ? fileShm("/dev/shm") : undefined;

@@ -1,32 +1,13 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { existsSync, lstatSync, mkdirSync, mkdtempSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { ConfigError, HomeInUseError, Kernel, resolveConfig, SocketPathError, SqliteStore, verifyAudit } from "../src/index.js";
-import { removeHome, startKernel, until } from "./harness.js";
-
-const kernelModule = new URL("../src/index.js", import.meta.url).href;
+import { KERNEL_ENTRY, removeHome, spawnReady, startKernel } from "./harness.js";
 
 /** A kernel in a child process on `home`; resolves once it listens. */
-async function childKernel(home: string) {
-  const code = `const { Kernel } = await import(process.argv[1]);
-const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
-await k.start();
-process.stdout.write("ready\\n");
-setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, kernelModule, home], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  let out = "";
-  child.stdout.on("data", (d) => {
-    out += d;
-  });
-  await until(() => out.includes("ready") || child.exitCode !== null, 15_000, "child kernel");
-  assert.ok(out.includes("ready"), "child kernel started");
-  return child;
-}
+const childKernel = (home: string) => spawnReady([KERNEL_ENTRY, "--home", home, "--log-level", "silent"], "is running");
 
 describe("socket safety and crash recovery", () => {
   it("after a SIGKILLed kernel: the stale socket is replaced, acknowledged writes and their audit records survive", async () => {
@@ -53,7 +34,7 @@ describe("socket safety and crash recovery", () => {
     const t = await startKernel({}, home);
     const a = await t.admin();
     assert.equal(Buffer.from((await a.storage.read("obj://ws1/acked")).data).toString(), "before the crash");
-    const rows = t.k.database.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://ws1/acked");
+    const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://ws1/acked");
     assert.deepEqual(
       rows.map((r) => r.phase),
       ["intent", "outcome"],

@@ -159,7 +159,7 @@ describe("large objects: the file store and the chunked upload", () => {
   it("records the whole object's SHA-256 and size in the commit's audited intent", async () => {
     const data = pattern(50_000, 13);
     await c.storage.putLarge("obj://big/audited", data);
-    const rec = t.k.database
+    const rec = t.k.inspect
       .queryAudit({ op: "storage.upload.commit", limit: 100 })
       .find((r) => r.phase === "intent" && r.target === "obj://big/audited");
     assert.ok(rec?.intent, "the commit's intent is on the record with its bytes");

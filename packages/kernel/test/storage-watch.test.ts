@@ -48,7 +48,7 @@ describe("storage.watch: change notices for whoever may read the objects", () =>
     // Both are requests like any other: checked and on the audit record.
     await until(
       () => {
-        const audit = s.t.k.database.queryAudit({ persona: "w-reader", limit: 100 }).map((x) => `${x.op} ${x.status}`);
+        const audit = s.t.k.inspect.queryAudit({ persona: "w-reader", limit: 100 }).map((x) => `${x.op} ${x.status}`);
         return audit.includes("storage.watch SUCCESS") && audit.includes("storage.unwatch SUCCESS");
       },
       30_000,

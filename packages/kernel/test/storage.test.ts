@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { encodeCanonical } from "@kpip/protocol";
-import { adminIdentity, klass, RawPeer, removeHome, startKernel, type TestKernel } from "./harness.js";
+import { adminIdentity, klass, removeHome, startKernel, type TestKernel } from "./harness.js";
+import { RawPeer } from "./wire.js";
 
 describe("storage primitives", () => {
   let t: TestKernel;

@@ -1,16 +1,12 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { KpipError } from "@kpip/client";
 import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity, type Identity, type Token } from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
-import { removeHome, startKernel, type TestKernel, until } from "./harness.js";
-
-const klass = (cls: string, text?: RegExp) => (e: unknown) =>
-  e instanceof KpipError && e.errorClass === cls && (text === undefined || text.test(e.message));
+import { addPersonaKey, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 type Rec = AuditRow & { d: Record<string, unknown> };
 const records = (t: TestKernel, op: string): Rec[] =>
-  t.k.database.queryAudit({ op, limit: 1000 }).map((r) => ({ ...r, d: JSON.parse(r.detail ?? "null") }));
+  t.k.inspect.queryAudit({ op, limit: 1000 }).map((r) => ({ ...r, d: JSON.parse(r.detail ?? "null") }));
 const tokenOf = (r: Rec | undefined) => r?.d.token as Record<string, unknown> | undefined;
 
 /** `token` narrowed offline to `sub` and to exactly these (op, target) pairs. */
@@ -31,7 +27,7 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
       ],
       { ttlMs: 3_600_000 },
     );
-    t.k.database.addPersona("alice/w", worker.publicKey);
+    addPersonaKey(t, "alice/w", worker.publicKey);
   });
   after(async () => {
     await t.stop();
@@ -94,12 +90,12 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
       ((tokenOf(derived[0])?.caveats ?? []) as { t: string }[]).map((c) => c.t),
       ["rights", "sub"],
     );
-    const opens = t.k.database.queryAudit({ op: "session.open", persona: "alice/w", limit: 10 });
+    const opens = t.k.inspect.queryAudit({ op: "session.open", persona: "alice/w", limit: 10 });
     assert.ok(
       opens.every((r) => r.caps === `h1:${id}`),
       JSON.stringify(opens.map((r) => r.caps)),
     );
-    const reads = t.k.database.queryAudit({ op: "storage.read", persona: "alice/w", limit: 10 });
+    const reads = t.k.inspect.queryAudit({ op: "storage.read", persona: "alice/w", limit: 10 });
     assert.ok(reads.length >= 2 && reads.every((r) => r.caps === `h1:${id}`));
   });
 
@@ -110,7 +106,7 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
       c.call("storage.write", "obj://ws1/c/x", { data: Buffer.from("x") }, { caps: [encodeToken(fresh)] }),
       klass("PERMISSION"),
     );
-    const refused = t.k.database.queryAudit({ op: "storage.write", persona: "alice/w", limit: 5 }).at(-1);
+    const refused = t.k.inspect.queryAudit({ op: "storage.write", persona: "alice/w", limit: 5 }).at(-1);
     assert.equal(refused?.caps, `inline:${derivedTokenId(fresh)}`);
     assert.equal(records(t, "token.derived").filter((r) => tokenOf(r)?.id === derivedTokenId(fresh)).length, 0);
     await c.storage.read("obj://ws1/c/x", { caps: [encodeToken(fresh)] }).catch(() => {});
@@ -153,10 +149,10 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
 
   it("a token refused at the handshake is on the session record, with its class and id", async () => {
     const bob = generateIdentity("bob");
-    t.k.database.addPersona("bob", bob.publicKey);
+    addPersonaKey(t, "bob", bob.publicKey);
     const c = await t.connect(bob, [alice.token]);
     const open = await until(
-      () => t.k.database.queryAudit({ op: "session.open", persona: "bob", limit: 5 })[0],
+      () => t.k.inspect.queryAudit({ op: "session.open", persona: "bob", limit: 5 })[0],
       30_000,
       "bob's session record",
     );
@@ -188,7 +184,7 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     assert.ok(klass("CAPABILITY")(refused), String(refused));
     const msg = `token ${derivedTokenId(d)} is revoked: the token it was derived from ${parent.id} was revoked (audit record ${rev?.seq})`;
     assert.equal((refused as Error).message, msg);
-    const last = t.k.database.queryAudit({ op: "storage.read", persona: "alice/w", limit: 1 }).find((r) => r.phase === "refused");
+    const last = t.k.inspect.queryAudit({ op: "storage.read", persona: "alice/w", limit: 1 }).find((r) => r.phase === "refused");
     assert.equal(last?.caps, `inline:${derivedTokenId(d)}`);
     assert.equal(last?.message, msg);
     // Revoking again ends nothing more.

@@ -6,7 +6,7 @@ import type { Worker } from "node:worker_threads";
 import { HOME_FILES } from "../src/index.js";
 import { kernelForSuite, type TestKernel, until } from "./harness.js";
 
-const autoCheckpoint = (t: TestKernel) => t.k.database.db.pragma("wal_autocheckpoint", { simple: true }) as number;
+const autoCheckpoint = (t: TestKernel) => t.k.inspect.walAutoCheckpoint();
 
 describe("WAL checkpoints run off the request path", () => {
   const suite = kernelForSuite();
@@ -54,7 +54,7 @@ describe("WAL checkpoints run off the request path", () => {
   });
 
   it("falls back to checkpointing on commit if the worker dies", async () => {
-    const worker = (suite.t.k as unknown as { checkpointer: { worker: Worker } }).checkpointer.worker;
+    const worker = (suite.t.k as unknown as { services: { checkpointer: { worker: Worker } } }).services.checkpointer.worker;
     await worker.terminate();
     await until(() => autoCheckpoint(suite.t) === 1000, 5000, "checkpoint on commit restored");
     assert.equal((await suite.admin.call("system.health", "kernel://")).status, "SUCCESS");

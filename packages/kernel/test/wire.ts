@@ -1,30 +1,43 @@
 /**
- * Small helpers shared by the wire-level integration tests (on top of harness.ts):
- * building REQUEST frames by hand, a HELLO with any key and instance, audit polling.
+ * The wire-level peer and helpers of the tests and the abuse bench: a hand-driven peer on a raw
+ * socket, REQUEST frames built by hand, a HELLO with any key and instance, audit polling. One
+ * implementation of each: RawPeer's methods are these functions. No test runner hooks here
+ * (the bench imports it).
  */
+import net from "node:net";
 import {
   attestationTranscript,
+  decodeMessage,
   encodeIntent,
   encodeMessage,
+  FrameDecoder,
   HEADER_SIZE,
   type Identity,
   type Intent,
   type Message,
   signBytes,
 } from "@kpip/protocol";
+import { until } from "@kpip/protocol/testing";
 import type { Kernel } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
-import { type RawPeer, until } from "./harness.js";
+
+export interface RequestOptions {
+  /** The request's persona (default admin). */
+  persona?: string;
+  /** The context's persona (default the request's). */
+  ctxPersona?: string;
+  workspace?: string;
+  domain?: string;
+  caps?: (number | Uint8Array)[];
+  version?: number;
+}
 
 /** One REQUEST frame (stream = id), from an intent or hand-made intent bytes. */
-export function requestFrame(
-  id: number,
-  intent: Intent | Uint8Array,
-  opts: { persona?: string; ctxPersona?: string; workspace?: string; caps?: (number | Uint8Array)[]; version?: number } = {},
-): Uint8Array {
+export function requestFrame(id: number, intent: Intent | Uint8Array, opts: RequestOptions = {}): Uint8Array {
   const persona = opts.persona ?? "admin";
-  const context: { persona: string; workspace?: string } = { persona: opts.ctxPersona ?? persona };
+  const context: { persona: string; workspace?: string; domain?: string } = { persona: opts.ctxPersona ?? persona };
   if (opts.workspace !== undefined) context.workspace = opts.workspace;
+  if (opts.domain !== undefined) context.domain = opts.domain;
   return encodeMessage(
     {
       type: "REQUEST",
@@ -43,15 +56,16 @@ export function requestFrame(
 
 /**
  * Sends a HELLO naming `persona` with `publicKey` (any key, registered or not) and waits for
- * the CHALLENGE. Returns the HELLO and CHALLENGE body bytes, from which the transcript is built.
+ * the CHALLENGE. Returns it, and the HELLO and CHALLENGE body bytes the transcript is built from.
  */
 export async function helloAs(
   p: RawPeer,
   persona: string,
   publicKey: Uint8Array,
   instance: Uint8Array = Buffer.alloc(16, 7),
-): Promise<{ session: string; helloBytes: Buffer; challengeBytes: Buffer }> {
-  const hello: Message = { type: "HELLO", body: { versions: [1], persona, publicKey, instance, features: [] } };
+  versions = [1],
+): Promise<{ session: string; helloBytes: Buffer; challengeBytes: Buffer; challenge: Extract<Message, { type: "CHALLENGE" }> }> {
+  const hello: Message = { type: "HELLO", body: { versions, persona, publicKey, instance, features: [] } };
   const f = encodeMessage(hello);
   p.send(f);
   const challenge = await p.next("CHALLENGE");
@@ -59,6 +73,7 @@ export async function helloAs(
     session: challenge.body.session,
     helloBytes: Buffer.from(f.subarray(HEADER_SIZE)),
     challengeBytes: Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)),
+    challenge,
   };
 }
 
@@ -67,9 +82,109 @@ export function attestSignature(signer: Identity, helloBytes: Buffer, challengeB
   return signBytes(signer.privateKey, attestationTranscript(helloBytes, challengeBytes));
 }
 
+/** A hand-driven peer on a raw socket: sends any bytes, collects decoded frames. */
+export class RawPeer {
+  readonly frames: { msg: Message; stream: number }[] = [];
+  closed = false;
+  decodeError: Error | undefined;
+  private readonly decoder = new FrameDecoder();
+  private helloBytes: Buffer | undefined;
+  version = 1;
+
+  private constructor(readonly sock: net.Socket) {
+    sock.on("data", (d) => {
+      try {
+        for (const f of this.decoder.push(d)) this.frames.push({ msg: decodeMessage(f), stream: f.stream });
+      } catch (e) {
+        this.decodeError = e as Error;
+      }
+    });
+    sock.on("close", () => {
+      this.closed = true;
+    });
+    sock.on("error", () => {});
+  }
+
+  static connect(path: string): Promise<RawPeer> {
+    return new Promise((resolve, reject) => {
+      const s = net.connect(path);
+      s.once("connect", () => resolve(new RawPeer(s)));
+      s.once("error", reject);
+    });
+  }
+
+  /** Bytes (or hex) as they are; nothing once the socket no longer takes writes. */
+  send(bytes: Uint8Array | string): void {
+    if (!this.sock.writable) return;
+    this.sock.write(typeof bytes === "string" ? Buffer.from(bytes, "hex") : bytes);
+  }
+
+  sendMessage(m: Message, stream = 0): void {
+    const f = encodeMessage(m, stream);
+    if (m.type === "HELLO") this.helloBytes = Buffer.from(f.subarray(HEADER_SIZE));
+    this.send(f);
+  }
+
+  /** The first frame of `type` received (taken from `frames`); fails at once when the connection closed without one. */
+  async next<T extends Message["type"]>(type: T, ms = 5000): Promise<Extract<Message, { type: T }>> {
+    const found = await until(
+      () => {
+        const f = this.frames.find((x) => x.msg.type === type);
+        if (!f && this.closed) throw new Error(`no ${type} (the connection closed)`);
+        return f;
+      },
+      ms,
+      type,
+    );
+    this.frames.splice(this.frames.indexOf(found), 1);
+    return found.msg as Extract<Message, { type: T }>;
+  }
+
+  /** HELLO only; returns the CHALLENGE and its body bytes. */
+  async hello(
+    identity: Identity,
+    versions = [1],
+  ): Promise<{ challenge: Extract<Message, { type: "CHALLENGE" }>; bytes: Buffer }> {
+    const h = await helloAs(this, identity.persona, identity.publicKey, undefined, versions);
+    this.helloBytes = h.helloBytes;
+    return { challenge: h.challenge, bytes: h.challengeBytes };
+  }
+
+  /** The signature a correct persona would send for this session. */
+  sign(identity: Identity, challengeBytes: Buffer): Buffer {
+    return attestSignature(identity, this.helloBytes as Buffer, challengeBytes);
+  }
+
+  /** Full handshake; resolves with the WELCOME. */
+  async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
+    const { bytes } = await this.hello(identity);
+    this.sendMessage({ type: "ATTEST", body: { signature: this.sign(identity, bytes), tokens } });
+    return this.next("WELCOME");
+  }
+
+  /** A REQUEST on stream `id`, at this peer's protocol version. */
+  request(id: number, intent: Intent | Uint8Array, opts: RequestOptions & { persona: string }): void {
+    this.send(requestFrame(id, intent, { version: this.version, ...opts }));
+  }
+
+  async response(id: number, ms = 30_000) {
+    const f = await until(
+      () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
+      ms,
+      `response ${id}`,
+    );
+    this.frames.splice(this.frames.indexOf(f), 1);
+    return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
+  }
+
+  close(): void {
+    this.sock.destroy();
+  }
+}
+
 /** Every audit record so far (queryAudit's default limit is 100). */
 export function allAudit(k: Kernel): AuditRow[] {
-  return k.database.queryAudit({ limit: 1_000_000 });
+  return k.inspect.queryAudit({ limit: 1_000_000 });
 }
 
 /** Waits until an audit record matching `pred` is committed, and returns it. */

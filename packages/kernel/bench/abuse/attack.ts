@@ -1,20 +1,5 @@
-import net from "node:net";
 import type { KernelClient } from "@kpip/client";
-import {
-  attestationTranscript,
-  type CborValue,
-  decodeMessage,
-  encodeIntent,
-  encodeMessage,
-  FrameDecoder,
-  HEADER_SIZE,
-  type Identity,
-  type Intent,
-  type Limits,
-  type Message,
-  type Right,
-  signBytes,
-} from "@kpip/protocol";
+import type { CborValue, Identity, Limits, Right } from "@kpip/protocol";
 
 /** What an attack gets: a live kernel in its own process and a way to make personas. */
 export interface AttackContext {
@@ -89,87 +74,7 @@ export async function hammer(
 
 export const errorSummary = (m: Map<string, number>) => [...m].map(([k, v]) => `${k} ${v}`).join(", ") || "none";
 
-/** A hand-driven connection: any bytes out, decoded frames in (or nothing, once it stops reading). */
-export class RawConn {
-  readonly frames: Message[] = [];
-  closed = false;
-  private readonly decoder = new FrameDecoder();
-
-  private constructor(readonly sock: net.Socket) {
-    sock.on("data", (d) => {
-      try {
-        for (const f of this.decoder.push(d)) this.frames.push(decodeMessage(f));
-      } catch {
-        // a hostile peer does not care about what comes back
-      }
-    });
-    sock.on("close", () => {
-      this.closed = true;
-    });
-    sock.on("error", () => {});
-  }
-
-  static open(path: string): Promise<RawConn> {
-    return new Promise((resolve, reject) => {
-      const s = net.connect(path);
-      s.once("connect", () => resolve(new RawConn(s)));
-      s.once("error", reject);
-    });
-  }
-
-  send(m: Message | Uint8Array, stream = 0): void {
-    if (!this.sock.writable) return;
-    this.sock.write(m instanceof Uint8Array ? m : encodeMessage(m, stream));
-  }
-
-  async next<T extends Message["type"]>(type: T, ms = 5000): Promise<Extract<Message, { type: T }>> {
-    const end = Date.now() + ms;
-    for (;;) {
-      const i = this.frames.findIndex((f) => f.type === type);
-      if (i >= 0) return this.frames.splice(i, 1)[0] as Extract<Message, { type: T }>;
-      if (this.closed || Date.now() > end) throw new Error(`no ${type} (closed: ${this.closed})`);
-      await sleep(10);
-    }
-  }
-
-  /** A full handshake as `identity`, binding `tokens`; resolves at WELCOME. */
-  async handshake(identity: Identity, tokens: Uint8Array[]): Promise<void> {
-    const hello = encodeMessage({
-      type: "HELLO",
-      body: {
-        versions: [1],
-        persona: identity.persona,
-        publicKey: identity.publicKey,
-        instance: Buffer.alloc(16, 5),
-        features: [],
-      },
-    });
-    this.send(hello);
-    const ch = await this.next("CHALLENGE");
-    const transcript = attestationTranscript(
-      Buffer.from(hello.subarray(HEADER_SIZE)),
-      Buffer.from(encodeMessage(ch).subarray(HEADER_SIZE)),
-    );
-    this.send({ type: "ATTEST", body: { signature: signBytes(identity.privateKey, transcript), tokens } });
-    await this.next("WELCOME");
-  }
-
-  close(): void {
-    this.sock.destroy();
-  }
-}
-
-/** A REQUEST message as a raw peer sends it. */
-export function request(
-  id: number,
-  persona: string,
-  intent: Intent,
-  caps: (number | Uint8Array)[],
-): Extract<Message, { type: "REQUEST" }> {
-  return {
-    type: "REQUEST",
-    body: { version: 1, persona, id, intent: encodeIntent(intent), context: { persona }, caps },
-  };
-}
+/** The abuse attacks' raw connection: the tests' wire-level peer. */
+export { RawPeer as RawConn, requestFrame } from "../../test/wire.js";
 
 export type { CborValue };

@@ -1,4 +1,4 @@
-import { type Attack, RawConn, request, sleep } from "./attack.js";
+import { type Attack, RawConn, requestFrame, sleep } from "./attack.js";
 
 /** Finding 4: subscribers that stop reading while 8 MiB events are emitted. */
 export const eventBytes: Attack = {
@@ -9,9 +9,9 @@ export const eventBytes: Attack = {
     const p = await ctx.persona("m4", [{ ops: ["event.*"], targets: ["topic://m4/**"] }]);
     const readers: RawConn[] = [];
     for (let i = 0; i < 4; i++) {
-      const c = await RawConn.open(ctx.socket);
+      const c = await RawConn.connect(ctx.socket);
       await c.handshake(p.identity, [p.token]);
-      c.send(request(1, "m4", { op: "event.subscribe", target: "topic://m4/**", args: {} }, [1]), 1);
+      c.send(requestFrame(1, { op: "event.subscribe", target: "topic://m4/**", args: {} }, { persona: "m4" }));
       await c.next("RESPONSE");
       c.sock.pause();
       readers.push(c);

@@ -11,15 +11,15 @@ export const fatalErrorLeak: Attack = {
     const id = generateIdentity("nobody");
     for (let i = 0; !ctx.signal.aborted && held.length < 800; i++) {
       try {
-        const c = await RawConn.open(ctx.socket);
+        const c = await RawConn.connect(ctx.socket);
         if (i % 2) {
-          c.send({
+          c.sendMessage({
             type: "HELLO",
             body: { versions: [1], persona: "nobody", publicKey: id.publicKey, instance: Buffer.alloc(16, 1), features: [] },
           });
           await c.next("CHALLENGE").catch(() => {});
         }
-        c.send({ type: "ERROR", body: { class: "PROTOCOL", code: "BYE", message: "fatal", fatal: true } });
+        c.sendMessage({ type: "ERROR", body: { class: "PROTOCOL", code: "BYE", message: "fatal", fatal: true } });
         held.push(c);
       } catch {
         break;

@@ -12,7 +12,7 @@ export const logFlood: Attack = {
     let sent = 0;
     let conns = 0;
     while (!ctx.signal.aborted) {
-      const c = await RawConn.open(ctx.socket).catch(() => undefined);
+      const c = await RawConn.connect(ctx.socket).catch(() => undefined);
       if (!c) {
         await sleep(50, ctx.signal);
         continue;

@@ -12,7 +12,7 @@ export const preauthSlots: Attack = {
       for (const c of open) if (c.closed) open.delete(c);
       while (open.size < 1100 && !ctx.signal.aborted) {
         try {
-          const c = await RawConn.open(ctx.socket);
+          const c = await RawConn.connect(ctx.socket);
           c.send(Buffer.from("4b5001", "hex"));
           open.add(c);
           opened++;

@@ -38,9 +38,9 @@ export const shmShrink: Attack = {
     if (!native) return { note: "shared memory unavailable here: not run", ok: true };
     let rounds = 0;
     while (!ctx.signal.aborted) {
-      const c = await RawConn.open(ctx.socket);
+      const c = await RawConn.connect(ctx.socket);
       const id = generateIdentity("nobody");
-      c.send({
+      c.sendMessage({
         type: "HELLO",
         body: { versions: [1], persona: "nobody", publicKey: id.publicKey, instance: Buffer.alloc(16, 9), features: ["shm"] },
       });

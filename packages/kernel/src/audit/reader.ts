@@ -2,6 +2,7 @@ import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
+import { toCheckpoint } from "../store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
 
 /** Why a home could not be read: no database there, not a kpip database, or a damaged one. */
@@ -148,14 +149,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
     auditHashAt: (seq) => (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined)?.hash,
     checkpoints: (): AuditCheckpoint[] =>
       hasCps
-        ? (db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq").all() as Record<string, unknown>[]).map((r) => ({
-            seq: r.seq as number,
-            hash: r.hash as Uint8Array,
-            time: r.time as number,
-            kernel: r.kernel as string,
-            publicKey: r.public_key as Uint8Array,
-            signature: r.signature as Uint8Array,
-          }))
+        ? (db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq").all() as Record<string, unknown>[]).map(toCheckpoint)
         : [],
     close: () => {
       if (db.open) db.close();

@@ -11,6 +11,7 @@ import {
   type Token,
   type TokenError,
 } from "@kpip/protocol";
+import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
 import type { HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
@@ -105,7 +106,7 @@ export class CapEnforcer implements Authorizer {
       return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
     const grant = effectiveGrant(token);
     if (cacheKey !== undefined) {
-      if (this.verified.size >= 4096) this.verified.delete(this.verified.keys().next().value as string);
+      if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
     }
     const why = this.unusable(grant, persona);
@@ -148,7 +149,8 @@ export class CapEnforcer implements Authorizer {
     bytes: Uint8Array,
     session?: string,
   ): { handle: number; id: string } | { code: string; message: string; id?: string } {
-    if (table.size >= 256) return { code: "TOO_MANY_HANDLES", message: "a session may hold at most 256 handles" };
+    if (table.size >= MAX_HANDLES_PER_SESSION)
+      return { code: "TOO_MANY_HANDLES", message: `a session may hold at most ${MAX_HANDLES_PER_SESSION} handles` };
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };

@@ -1,4 +1,5 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
+import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { TopicIndex } from "./topic-index.js";
 
@@ -47,7 +48,7 @@ export interface EventBusLimits {
 }
 
 export const DEFAULT_EVENT_LIMITS: EventBusLimits = {
-  highWaterBytes: 1 << 20,
+  highWaterBytes: EVENT_HIGH_WATER_BYTES,
   queueBytes: 16 << 20,
   sessionBytes: 32 << 20,
   kernelBytes: 128 << 20,

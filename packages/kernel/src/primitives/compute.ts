@@ -1,5 +1,6 @@
 import { type CborMap, type CborValue, decodeCanonical, grantAllows } from "@kpip/protocol";
 import type { ComputeEngine } from "../compute/engine.js";
+import { MAX_LIST_PAGE } from "../limits.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -138,7 +139,10 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
         effects: false,
         handler: (ctx) => {
           const all = ctx.persona === admin;
-          const ops = store.listOps(all ? undefined : ctx.persona, Math.min((ctx.args.limit as number | undefined) ?? 100, 1000));
+          const ops = store.listOps(
+            all ? undefined : ctx.persona,
+            Math.min((ctx.args.limit as number | undefined) ?? 100, MAX_LIST_PAGE),
+          );
           return {
             status: "SUCCESS",
             payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },

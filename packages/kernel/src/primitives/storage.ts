@@ -1,4 +1,5 @@
 import type { CborValue } from "@kpip/protocol";
+import { answerRoom } from "../limits.js";
 import type { ObjectBody } from "../store/types.js";
 import { commitObject, generationArg, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
@@ -71,7 +72,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
           const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
           // What fits one answer on this session (its negotiated maxBody, less the envelope).
-          const fits = Math.min(limits.maxReadBytes, ctx.maxBody - Math.min(64 * 1024, Math.floor(ctx.maxBody / 2)));
+          const fits = Math.min(limits.maxReadBytes, answerRoom(ctx.maxBody));
           // SEMANTIC, not RESOURCE: the same read fails the same way however often it is retried.
           if (length > fits) {
             throw new OpError(

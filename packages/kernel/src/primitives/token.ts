@@ -17,11 +17,9 @@ import {
 import { tokenDetail } from "../audit/detail.js";
 import { type CapEnforcer, tokenRef } from "../auth/enforcer.js";
 import type { TokenService } from "../auth/tokens.js";
+import { MAX_LIST_PAGE } from "../limits.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
-
-/** Most tokens one token.list page returns (its answer must stay well inside the decoder's item limit). */
-const MAX_LIST_PAGE = 1000;
 
 function tokenArg(ctx: OpContext): Token {
   const b = ctx.args.token;

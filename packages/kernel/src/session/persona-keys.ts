@@ -1,5 +1,6 @@
 import type { KeyObject } from "node:crypto";
 import { publicKeyFromRaw } from "@kpip/protocol";
+import { CACHE_ENTRIES } from "../limits.js";
 import type { PersonaStore } from "../store/types.js";
 
 /**
@@ -19,7 +20,7 @@ export class PersonaKeys {
     let key = this.cache.get(hex);
     if (!key) {
       key = publicKeyFromRaw(rec.publicKey);
-      if (this.cache.size > 10_000) this.cache.clear();
+      if (this.cache.size > CACHE_ENTRIES.personaKeys) this.cache.clear();
       this.cache.set(hex, key);
     }
     return { raw: rec.publicKey, key };

@@ -1,0 +1,384 @@
+import { join } from "node:path";
+import type { CborMap, Grant } from "@kpip/protocol";
+import { AgentManager } from "../agents/manager.js";
+import { configDigest, KernelRecords } from "../audit/kernel-records.js";
+import type { AuditLog } from "../audit/log.js";
+import { RefusalLimiter } from "../audit/refusals.js";
+import type { Authorizer } from "../auth/authorizer.js";
+import { capabilities } from "../auth/capabilities.js";
+import type { CapEnforcer } from "../auth/enforcer.js";
+import { RootKeys } from "../auth/keys.js";
+import type { TokenService } from "../auth/tokens.js";
+import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
+import type { KernelConfig } from "../config.js";
+import type { EventBus } from "../events/bus.js";
+import { ensureAdminToken } from "../home.js";
+import { answerRoom, MAX_LIST_PAGE } from "../limits.js";
+import type { Logger } from "../log.js";
+import { KernelMetrics } from "../metrics/metrics.js";
+import { Admission } from "../pipeline/admission.js";
+import { AnswerBudget } from "../pipeline/answer-budget.js";
+import { DedupeCache } from "../pipeline/dedupe.js";
+import { Pipeline } from "../pipeline/pipeline.js";
+import { agentFamily } from "../primitives/agent.js";
+import { computeFamily } from "../primitives/compute.js";
+import { eventFamily } from "../primitives/event.js";
+import { personaFamily } from "../primitives/persona.js";
+import { resourceFamily } from "../primitives/resource.js";
+import type { Router } from "../primitives/router.js";
+import { storageFamily } from "../primitives/storage.js";
+import { UploadTable } from "../primitives/storage-uploads.js";
+import { watchLapsed } from "../primitives/storage-watch.js";
+import { systemFamily } from "../primitives/system.js";
+import { tokenFamily } from "../primitives/token.js";
+import type { PrimitiveFamily } from "../primitives/types.js";
+import { ResourceLedger } from "../resources/ledger.js";
+import { ProcessTable } from "../sandbox/processes.js";
+import type { Sandbox } from "../sandbox/sandbox.js";
+import { openSandbox, sandboxInfo, sandboxSummary } from "../sandbox/setup.js";
+import { PeerLogLimiter } from "../session/log-limit.js";
+import { PersonaKeys } from "../session/persona-keys.js";
+import type { SessionHost } from "../session/session.js";
+import { BlobStore } from "../store/blobs.js";
+import type { WalCheckpointer } from "../store/checkpointer.js";
+import type { SqliteStore } from "../store/sqlite.js";
+import { loadShmNative, sweepShmSegments } from "../transport/shm-native.js";
+import { KERNEL_VERSION } from "../version.js";
+import { applyOfflineChanges, type ExpulsionScope, expelUnregistered } from "./expulsion.js";
+import { notifyRevoked } from "./revocation.js";
+import { SessionRegistry } from "./sessions.js";
+import { type Addresses, kernelStatus } from "./status.js";
+import { openHome } from "./storage.js";
+
+/** What the composition is given: the settings, and what the embedder set up before start. */
+export interface CompositionInput {
+  readonly config: KernelConfig;
+  readonly log: Logger;
+  readonly events: EventBus;
+  readonly router: Router;
+  /** The embedder's families, registered after the built-ins. */
+  readonly families: readonly PrimitiveFamily[];
+  readonly tasks: readonly [string, TaskRegistration][];
+  readonly authorizer?: Authorizer | undefined;
+  readonly clock?: (() => number) | undefined;
+  readonly bwrapPath?: string | undefined;
+}
+
+/** Every service of a started kernel, built and wired by {@link compose}. */
+export interface KernelServices {
+  readonly kernelId: string;
+  readonly startedAt: number;
+  readonly adminIdentity: string;
+  readonly adminToken: string;
+  readonly store: SqliteStore;
+  /** The WAL worker (tests stop it to see the fallback). */
+  readonly checkpointer: WalCheckpointer;
+  readonly audit: AuditLog;
+  readonly records: KernelRecords;
+  readonly enforcer: CapEnforcer;
+  readonly tokens: TokenService;
+  readonly compute: ComputeEngine;
+  readonly agents: AgentManager;
+  readonly sandbox: Sandbox;
+  readonly processes: ProcessTable;
+  readonly dedupe: DedupeCache;
+  readonly metrics: KernelMetrics;
+  readonly pipeline: Pipeline;
+  readonly sessions: SessionRegistry;
+  /** What every session is served by (the registry serves it once the kernel runs). */
+  readonly host: SessionHost;
+  /** Filled in as the listeners come up. */
+  readonly addresses: Addresses;
+  status(persona: string): CborMap;
+  /** Audits and applies registry changes made without the kernel (housekeeping). */
+  applyOfflineChanges(): void;
+  /** What kernel.start and kernel.stop records say about this run. */
+  runDetail(): { version: string; configDigest: string; sandbox: string };
+  /** Closes storage in order: pending refusal summaries, uploads, audit log, anchors, WAL worker, store, home lock. */
+  closeStorage(): Promise<void>;
+}
+
+/**
+ * The composition root: opens the home and builds every service of the kernel, in dependency
+ * order, wiring each to what it needs; the kernel.start record and recovery are on the record
+ * before it returns. Nothing listens yet. On failure, what was opened is closed again.
+ */
+export async function compose(input: CompositionInput): Promise<KernelServices> {
+  const { config: c, log, events, router } = input;
+  let metricsRef: KernelMetrics | undefined;
+  const home = await openHome(c, log, { anchorFailed: () => metricsRef?.auditAnchorFailures.inc() });
+  const { store, audit, kernelId } = home;
+  let sandbox: Sandbox | undefined;
+  let uploads: UploadTable | undefined;
+  let pipelineRef: Pipeline | undefined;
+  const closeStorage = async () => {
+    pipelineRef?.flushSuppressed();
+    uploads?.close();
+    await home.close();
+  };
+  try {
+    const startedAt = Date.now();
+    const now = input.clock ?? Date.now;
+    events.operator = c.adminPersona;
+    // Subscriptions live as long as the capabilities that authorized them (the token service is built below).
+    let tokensRef: TokenService | undefined;
+    const lapsed = (g: Grant) => watchLapsed(tokensRef, g, now());
+    events.lapsed = lapsed;
+    sandbox = openSandbox(c, log, input.bwrapPath);
+    const box = sandbox;
+    const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
+    const records = new KernelRecords(audit);
+    const last = home.lastRecord;
+    records.record({
+      op: "kernel.start",
+      target: "kernel://",
+      message: sandboxSummary(sandbox),
+      detail: {
+        ...runDetail(),
+        reason: last && last.op !== "kernel.stop" ? "the previous run ended without kernel.stop (killed or crashed)" : "start",
+      },
+    });
+    // Committed before start() returns, like everything else the start puts on the record.
+    audit.flush();
+    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
+    const admission = new Admission(c);
+    const sessions = new SessionRegistry(
+      { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
+      (persona, attested) => admission.session(persona, attested)?.message,
+      {
+        shed: () => metricsRef?.handshakesShed.inc(),
+        ended: (s) => {
+          events.dropSink(s.id);
+          pipelineRef?.sessionEnded(s.id);
+        },
+      },
+    );
+    const addresses: Addresses = { grpc: undefined, metrics: "" };
+    router.register(
+      systemFamily(
+        {
+          kernelId,
+          version: KERNEL_VERSION,
+          startedAt,
+          sessions: () => sessions.sessionCount(),
+          // Defined below, over services built after this family; asked only once the kernel serves.
+          status: (persona) => status(persona),
+          sandbox: () => sandboxInfo(box),
+        },
+        router,
+      ),
+    );
+    const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, input.clock);
+    // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
+    const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
+    const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
+    if (swept) log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
+    uploads = new UploadTable(
+      blobs,
+      { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, totalBytes: c.maxUploadBytes, idleMs: c.uploadIdleMs },
+      (h) => store.countBodyRefs(h),
+    );
+    router.register(
+      storageFamily(
+        { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id), lapsed } },
+        {
+          maxObjectBytes: c.maxObjectBytes,
+          maxListPage: MAX_LIST_PAGE,
+          inlineBytes: c.objectInlineBytes,
+          // A read's answer is one frame: its bytes plus the envelope.
+          maxReadBytes: answerRoom(c.maxBodyBytes),
+        },
+      ),
+    );
+    router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
+    const { enforcer, tokens } = capabilities(new RootKeys(c.home, input.clock), store, input.clock, {
+      maxTokenBytes: c.maxTokenBytes,
+      maxLiveTokens: c.maxLiveTokens,
+      exempt: ["kernel", c.adminPersona],
+    });
+    tokensRef = tokens;
+    tokens.pruneExpired(now() - c.tokenRetentionMs);
+    enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
+    const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
+    const revoked = () => notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events);
+    router.register(tokenFamily(enforcer, tokens, store, revoked, c.adminPersona));
+    const compute = new ComputeEngine(
+      store,
+      events,
+      {
+        workers: c.computeWorkers,
+        resultTtlMs: c.opResultTtlMs,
+        maxOutputBytes: c.maxOutputBytes,
+        maxRuntimeMs: c.maxRuntimeMs,
+        maxPendingPerPersona: c.maxPendingOpsPerPersona,
+        maxPending: c.maxPendingOps,
+      },
+      log,
+      {
+        sandbox,
+        processes,
+        hold: (persona) => ledger.hold(persona),
+        recordState: (op, state, from) => records.opState(op, state, from),
+      },
+    );
+    for (const [name, reg] of input.tasks) compute.registerTask(name, reg);
+    const interrupted = compute.recover();
+    if (interrupted.length)
+      log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
+    router.register(computeFamily(compute, store, c.adminPersona));
+    const agents = new AgentManager(
+      store,
+      tokens,
+      events,
+      {
+        maxOutputBytes: c.maxOutputBytes,
+        maxRuntimeMs: c.maxRuntimeMs,
+        maxAgents: c.maxAgents,
+        sandbox,
+        processes,
+        accept: (conn) => sessions.accept(conn),
+        record: (act) => records.record(act),
+      },
+      log,
+    );
+    agents.recover();
+    // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
+    audit.flush();
+    router.register(agentFamily(agents, c.adminPersona));
+    const expulsion: ExpulsionScope = {
+      registry: store,
+      sessions: () => sessions.all(),
+      agents,
+      processes,
+      log,
+      notifyRevoked: revoked,
+    };
+    router.register(
+      personaFamily(store, {
+        admin: c.adminPersona,
+        revokeToken: (id, by) => tokens.revoke(id, by),
+        registryChanged: () => expelUnregistered(expulsion),
+      }),
+    );
+    router.register(eventFamily(events, (id) => sessions.get(id)));
+    for (const f of input.families) router.register(f);
+    const dedupe = new DedupeCache(c.dedupeWindowMs, store);
+    const metrics = new KernelMetrics({
+      sessions: () => sessions.byTransport(),
+      inFlight: () => sessions.inFlight(),
+      deferred: () => ({ running: compute.runningCount, queued: compute.queuedCount }),
+      eventDrops: () => events.dropped,
+      agents: () => agents.runningCount,
+      usage: () => store.allUsage(),
+      walBackground: () => home.checkpointer.background,
+    });
+    metricsRef = metrics;
+    home.checkpointer.onTopUp = () => metrics.walTopUps.inc();
+    audit.onCommit = (n, seconds) => {
+      metrics.auditBatch.observe(n);
+      metrics.auditCommitSeconds.observe(seconds);
+    };
+    const refusals = new RefusalLimiter({
+      sessionRate: c.auditRefusalRate,
+      personaRate: c.auditRefusalPersonaRate,
+      floodMax: c.auditRefusalFloodMax,
+      intentMaxBytes: c.auditRefusalIntentMaxBytes,
+    });
+    const pipeline = new Pipeline({
+      ledger,
+      router,
+      authorizer: input.authorizer ?? enforcer,
+      audit,
+      dedupe,
+      log,
+      metrics,
+      refusals,
+      answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
+      admission,
+    });
+    pipelineRef = pipeline;
+    const host: SessionHost = {
+      kernelId,
+      limits: {
+        heartbeatMs: c.heartbeatMs,
+        handshakeTimeoutMs: c.handshakeTimeoutMs,
+        maxInFlight: c.maxInFlight,
+        maxBodyBytes: c.maxBodyBytes,
+        dedupeWindowMs: c.dedupeWindowMs,
+        maxWriteBuffer: c.maxWriteBuffer,
+      },
+      pipeline,
+      audit,
+      personaKeys: new PersonaKeys(store),
+      bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
+      log,
+      peerLog: new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
+      admitSession: (s, persona) => sessions.admit(s, persona),
+      sessionClosed: (s) => sessions.closed(s),
+      sessionDrained: (s) => events.drained(s.id),
+      shm: sharedMemory(c, kernelId, log),
+    };
+    const status = (persona: string) =>
+      kernelStatus(
+        {
+          config: c,
+          kernelId,
+          startedAt,
+          addresses,
+          sessions: () => sessions.all(),
+          store,
+          audit,
+          compute,
+          agents,
+          sandbox: box,
+          processes,
+          events,
+        },
+        persona,
+      );
+    return {
+      kernelId,
+      startedAt,
+      adminIdentity: home.adminIdentity,
+      adminToken,
+      store,
+      checkpointer: home.checkpointer,
+      audit,
+      records,
+      enforcer,
+      tokens,
+      compute,
+      agents,
+      sandbox,
+      processes,
+      dedupe,
+      metrics,
+      pipeline,
+      sessions,
+      host,
+      addresses,
+      status,
+      applyOfflineChanges: () =>
+        applyOfflineChanges({ ...expulsion, audit, reloadRevocations: () => tokens.reloadRevocations() }),
+      runDetail,
+      closeStorage,
+    };
+  } catch (e) {
+    sandbox?.close(!c.sandboxScratch);
+    await closeStorage();
+    throw e;
+  }
+}
+
+/** Shared memory for bulk bodies: swept of a crashed run's segments; said once when unavailable. */
+function sharedMemory(c: KernelConfig, kernelId: string, log: Logger): SessionHost["shm"] {
+  if (c.shmThreshold === 0) return undefined;
+  const { native, reason } = loadShmNative();
+  if (!native) {
+    log.warn({ reason }, "shared memory unavailable: large bodies go inline on every session");
+    return undefined;
+  }
+  const swept = sweepShmSegments(kernelId);
+  if (swept > 0) log.info({ swept }, "removed shared-memory segments left by an earlier run");
+  return { native, threshold: c.shmThreshold };
+}

@@ -1,0 +1,57 @@
+import type { AgentManager } from "../agents/manager.js";
+import type { AuditLog } from "../audit/log.js";
+import type { Logger } from "../log.js";
+import type { ProcessTable } from "../sandbox/processes.js";
+import type { Session } from "../session/session.js";
+import type { PersonaStore } from "../store/types.js";
+
+/** What the expulsion policy acts on. */
+export interface ExpulsionScope {
+  readonly registry: PersonaStore;
+  sessions(): Session[];
+  readonly agents: AgentManager;
+  readonly processes: ProcessTable;
+  readonly log: Logger;
+  /** After the expulsions: sessions holding now-revoked handles are told (the revocation fan-out). */
+  notifyRevoked(): void;
+}
+
+/**
+ * The expulsion policy, after a registry change: every open session whose persona is no longer
+ * registered with the key it attested with ends at once (AUTH/PERSONA_REMOVED), every agent
+ * running as a removed persona is killed, and so is every process a removed persona started;
+ * sessions holding revoked handles are told. Returns how many sessions ended.
+ */
+export function expelUnregistered(x: ExpulsionScope): number {
+  let ended = 0;
+  for (const s of x.sessions()) {
+    if (s.state !== "ready" && s.state !== "closing") continue;
+    const rec = x.registry.getPersona(s.persona);
+    if (rec && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
+    s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
+    ended++;
+  }
+  const agents = x.agents.killUnregistered();
+  if (agents) x.log.info({ agents }, "agents of removed personas were killed");
+  // Commands (and agents) started by a removed persona end with it too.
+  const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
+  if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
+  x.notifyRevoked();
+  return ended;
+}
+
+/**
+ * Audits registry changes made on the home database without the kernel (the CLI while no
+ * kernel answered, or another process beside this one) and applies them to the running
+ * kernel: revocations they made take effect, and sessions of removed or re-keyed personas end.
+ */
+export function applyOfflineChanges(x: ExpulsionScope & { readonly audit: AuditLog; reloadRevocations(): void }): void {
+  try {
+    const entries = x.audit.recordOfflineJournal();
+    if (entries.length === 0) return;
+    x.reloadRevocations();
+    expelUnregistered(x);
+  } catch (e) {
+    x.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");
+  }
+}

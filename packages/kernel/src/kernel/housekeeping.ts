@@ -1,0 +1,42 @@
+import type { KernelConfig } from "../config.js";
+import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
+import type { Logger } from "../log.js";
+import type { KernelServices } from "./compose.js";
+
+/**
+ * One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry,
+ * changes made without the kernel, due checkpoints. Pruning (dedupe, ops, tokens, audit
+ * retention) on the first tick, then every PRUNE_INTERVAL_MS.
+ */
+export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logger): NodeJS.Timeout {
+  let lastPrune = 0;
+  const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
+  const timer = setInterval(() => {
+    const now = Date.now();
+    s.sessions.tick(now);
+    s.host.peerLog.sweep(now);
+    s.dedupe.sweep(now);
+    s.applyOfflineChanges();
+    s.pipeline.flushSuppressed();
+    s.audit.checkpointIfDue(now);
+    if (now - lastPrune > PRUNE_INTERVAL_MS) {
+      lastPrune = now;
+      s.store.pruneDedupe(now);
+      s.store.pruneOps(now);
+      s.tokens.pruneExpired(now - c.tokenRetentionMs);
+      pruneAudit(s, c, log);
+    }
+  }, tickMs);
+  timer.unref();
+  return timer;
+}
+
+/** Retention (auditRetainRecords): one chunk of the oldest records, pruned behind a signed checkpoint. */
+function pruneAudit(s: KernelServices, c: KernelConfig, log: Logger): void {
+  try {
+    const n = s.audit.prune(c.auditRetainRecords);
+    if (n) log.info({ records: n }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+  } catch (e) {
+    log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+  }
+}

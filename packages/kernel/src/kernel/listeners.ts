@@ -1,0 +1,44 @@
+import { HEADER_SIZE } from "@kpip/protocol";
+import type { KernelConfig } from "../config.js";
+import { GRPC_COALESCE_SLACK } from "../limits.js";
+import type { Logger } from "../log.js";
+import type { Connection } from "../session/connection.js";
+import type { PeerLogLimiter } from "../session/log-limit.js";
+import { GrpcListener } from "../transport/grpc.js";
+import { UdsListener } from "../transport/uds.js";
+
+/** The kernel's transports, listening. */
+export interface Listeners {
+  readonly uds: UdsListener;
+  readonly grpc: GrpcListener | undefined;
+}
+
+/**
+ * Opens the Unix socket and, when configured, the gRPC transport; every connection goes to
+ * `accept`. `opened` holds each listener as soon as it exists, so a failure can close them.
+ */
+export async function openListeners(
+  c: KernelConfig,
+  accept: (conn: Connection) => void,
+  peerLog: PeerLogLimiter,
+  log: Logger,
+  opened: { uds?: UdsListener; grpc?: GrpcListener },
+): Promise<Listeners> {
+  const uds = new UdsListener(c.socket, accept);
+  opened.uds = uds;
+  // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.
+  uds.onError = (e) => peerLog.write("uds:listener", "error", { err: e }, "listener error");
+  await uds.listen();
+  if (!c.grpcListen) return { uds, grpc: undefined };
+  // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.
+  const grpc = new GrpcListener(
+    c.grpcListen,
+    { cert: c.grpcTlsCert || undefined, key: c.grpcTlsKey || undefined, clientCa: c.grpcTlsClientCa || undefined },
+    HEADER_SIZE + c.maxBodyBytes + GRPC_COALESCE_SLACK,
+    accept,
+  );
+  opened.grpc = grpc;
+  await grpc.start();
+  if (!grpc.secure) log.warn({ address: grpc.address }, "gRPC without TLS (loopback only)");
+  return { uds, grpc };
+}

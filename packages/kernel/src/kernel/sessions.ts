@@ -1,0 +1,118 @@
+import type { Connection } from "../session/connection.js";
+import type { SessionCounts } from "../session/counts.js";
+import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
+import { Session, type SessionHost } from "../session/session.js";
+
+/** What the registry tells its owner of: a connection shed from the pre-authentication budget. */
+export interface SessionEvents {
+  shed?(): void;
+  /** A session ended (after the registry forgot it). */
+  ended?(s: Session): void;
+}
+
+/**
+ * Every open session of the kernel: accepted from any transport into the pre-authentication
+ * budget, counted as a session once it attests, forgotten when it closes.
+ */
+export class SessionRegistry implements SessionCounts {
+  private readonly sessions = new Set<Session>();
+  private readonly byId = new Map<string, Session>();
+  private readonly preauth: PreauthBudget<Session>;
+  private attested = 0;
+  private host: SessionHost | undefined;
+
+  constructor(
+    preauth: PreauthLimits,
+    /** The admission decision (the pipeline's admission stage): a refusal's message, given the attested sessions. */
+    private readonly decide: (persona: string, attested: number) => string | undefined,
+    private readonly on: SessionEvents = {},
+  ) {
+    this.preauth = new PreauthBudget(preauth);
+  }
+
+  /** From now on accepted connections become sessions served by `host`; until then they are refused. */
+  open(host: SessionHost): void {
+    this.host = host;
+  }
+
+  /** No more connections are accepted (the kernel is stopping). */
+  close(): void {
+    this.host = undefined;
+  }
+
+  /**
+   * Accepts a connection into the pre-authentication budget: it counts as a session only once
+   * it attests. A full budget sheds an older half-open connection, never a session.
+   */
+  accept(conn: Connection): void {
+    const host = this.host;
+    if (!host) {
+      conn.destroy();
+      return;
+    }
+    const s = new Session(conn, host);
+    this.sessions.add(s);
+    this.byId.set(s.id, s);
+    for (const old of this.preauth.admit(s)) {
+      this.on.shed?.();
+      old.shed();
+    }
+  }
+
+  /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
+  admit(s: Session, persona: string): string | undefined {
+    const refused = this.decide(persona, this.attested);
+    if (refused !== undefined) return refused;
+    this.preauth.release(s);
+    this.attested++;
+    return undefined;
+  }
+
+  /** A session closed: it is forgotten (a no-op for one already forgotten). */
+  closed(s: Session): void {
+    if (!this.sessions.has(s)) return;
+    this.preauth.release(s);
+    if (s.persona) this.attested--;
+    this.sessions.delete(s);
+    this.byId.delete(s.id);
+    this.on.ended?.(s);
+  }
+
+  get(id: string): Session | undefined {
+    return this.byId.get(id);
+  }
+
+  /** Every open session (a snapshot: safe to end sessions while iterating it). */
+  all(): Session[] {
+    return [...this.sessions];
+  }
+
+  /** Heartbeats, dead peers and handshake timeouts of every session. */
+  tick(now: number): void {
+    for (const s of this.sessions) s.tick(now);
+  }
+
+  sessionCount(): number {
+    return this.sessions.size;
+  }
+  attestedCount(): number {
+    return this.attested;
+  }
+  handshakingCount(): number {
+    return this.preauth.count;
+  }
+
+  /** Open sessions per transport (the metrics' gauge). */
+  byTransport(): Record<string, number> {
+    const by: Record<string, number> = {};
+    for (const s of this.sessions) by[s.transport] = (by[s.transport] ?? 0) + 1;
+    return by;
+  }
+
+  /** Requests in flight over every session. */
+  inFlight(): number {
+    let n = 0;
+    for (const s of this.sessions) n += s.inFlight;
+    return n;
+  }
+}

@@ -1,0 +1,102 @@
+import { createPublicKey } from "node:crypto";
+import { join, resolve } from "node:path";
+import { rawPublicKey } from "@kpip/protocol";
+import { AnchorFile } from "../audit/anchors.js";
+import { checkInheritedChain } from "../audit/inherit.js";
+import { AuditLog } from "../audit/log.js";
+import { ConfigError, type KernelConfig } from "../config.js";
+import { acquireHome, ensureAdmin, ensureHome, FIRST_START_ACTOR, HOME_FILES, kernelId, loadKernelKey } from "../home.js";
+import type { Logger } from "../log.js";
+import { WalCheckpointer } from "../store/checkpointer.js";
+import { SqliteStore } from "../store/sqlite.js";
+import type { AuditRow } from "../store/types.js";
+import { prepareSocketPath } from "../transport/uds.js";
+
+/** The home, opened: its database, the WAL worker, the audit log (and its anchors). */
+export interface HomeStorage {
+  readonly kernelId: string;
+  readonly store: SqliteStore;
+  readonly checkpointer: WalCheckpointer;
+  readonly audit: AuditLog;
+  /** The admin persona's identity file. */
+  readonly adminIdentity: string;
+  /** The last record of the previous run (before this start journalled anything). */
+  readonly lastRecord: AuditRow | undefined;
+  /** Closes what was opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
+  close(): Promise<void>;
+}
+
+/** What storage reports to whoever counts (the metrics, created later). */
+export interface StorageEvents {
+  anchorFailed(): void;
+}
+
+/**
+ * Takes the home: its lock first (two writers would fork the audit chain), then the socket
+ * path (another home may serve it), then the database, the inherited chain's check, the audit
+ * log, and the administrative changes journalled while no kernel ran. On failure, what was
+ * opened is closed again.
+ */
+export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents): Promise<HomeStorage> {
+  ensureHome(c.home);
+  const closers: (() => unknown)[] = [acquireHome(c.home)];
+  const close = async () => {
+    for (const f of closers.reverse()) await f();
+    closers.length = 0;
+  };
+  try {
+    await prepareSocketPath(c.socket);
+    const key = loadKernelKey(c.home);
+    const dbPath = join(c.home, HOME_FILES.database);
+    const store = new SqliteStore(dbPath);
+    closers.push(() => store.close());
+    const checkpointer = new WalCheckpointer(store, dbPath, log);
+    closers.push(() => checkpointer.stop());
+    const id = kernelId(store);
+    const adminIdentity = ensureAdmin(c.home, store, c.adminPersona);
+    // Before the first append: never sign over a chain rewritten without the key.
+    checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
+    const anchors = openAnchors(c, log, on);
+    if (anchors) closers.push(() => anchors.close());
+    const audit = new AuditLog(store, id, key, {
+      batchMax: c.auditBatchMax,
+      checkpointEvery: c.auditCheckpointEvery,
+      checkpointIntervalMs: c.auditCheckpointIntervalMs,
+      intentMaxBytes: c.auditIntentMaxBytes,
+      onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
+    });
+    closers.push(() => audit.close());
+    // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
+    const lastRecord = store.lastAudit();
+    const journalled = audit.recordOfflineJournal();
+    // The kernel's own first start (creating the admin persona) is journalled too: not news to report as such.
+    const offline = journalled.filter((r) => r.actor !== FIRST_START_ACTOR).length;
+    if (journalled.length > offline)
+      log.info({ admin: c.adminPersona, identity: adminIdentity }, "first start: created the admin persona");
+    if (offline) log.info({ records: offline }, "administrative changes made without the kernel are now audited");
+    return { kernelId: id, store, checkpointer, audit, adminIdentity, lastRecord, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}
+
+/** The audit anchor file, when one is configured: opened now, so a bad path stops the start. */
+function openAnchors(c: KernelConfig, log: Logger, on: StorageEvents): AnchorFile | undefined {
+  if (!c.auditAnchorFile) return undefined;
+  const path = resolve(c.auditAnchorFile);
+  let anchors: AnchorFile;
+  try {
+    anchors = new AnchorFile(path);
+  } catch (e) {
+    throw new ConfigError(`auditAnchorFile ${c.auditAnchorFile} cannot be opened for appending: ${(e as Error).message}`);
+  }
+  if (path.startsWith(`${resolve(c.home)}/`)) {
+    log.warn({ file: path }, "audit anchors inside the home protect against little: keep them elsewhere");
+  }
+  anchors.onError = (e, seq) => {
+    on.anchorFailed();
+    log.error({ err: e, file: path, seq }, "could not append an audit anchor");
+  };
+  return anchors;
+}

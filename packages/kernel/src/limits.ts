@@ -1,0 +1,43 @@
+/**
+ * Fixed limits: bounds that are not settings (those are declared in config.ts), named here, in
+ * one place, with why they are what they are.
+ */
+
+/** Most handles one session may hold (tokens bound at ATTEST and by token.bind). */
+export const MAX_HANDLES_PER_SESSION = 256;
+
+/** Most entries one list page returns (storage.list, token.list, compute.list): an answer well inside the decoder's item limit. */
+export const MAX_LIST_PAGE = 1000;
+
+/** Bytes an answer's envelope may take beside the bytes it carries (at most half a small maxBody). */
+export const ANSWER_ENVELOPE_BYTES = 64 * 1024;
+
+/** The bytes of an object one answer on a session with this maxBody can carry: the frame less its envelope. */
+export function answerRoom(maxBody: number): number {
+  return maxBody - Math.min(ANSWER_ENVELOPE_BYTES, Math.floor(maxBody / 2));
+}
+
+/** What one gRPC message may hold beyond one whole frame: room for small frames coalesced with it. */
+export const GRPC_COALESCE_SLACK = 64 * 1024;
+
+/** Bytes queued on a subscriber's connection above which its events wait in its queue instead. */
+export const EVENT_HIGH_WATER_BYTES = 1 << 20;
+
+/** Sizes of the kernel's memory caches (each bounded so a peer cannot grow it). */
+export const CACHE_ENTRIES = {
+  /** Verified tokens (signature checks skipped on a repeat). */
+  verifiedTokens: 4096,
+  /** Live-token counts per minter (maxLiveTokens). */
+  liveTokenCounts: 10_000,
+  /** Parsed persona public keys. */
+  personaKeys: 10_000,
+} as const;
+
+/** How often housekeeping prunes dedupe answers, finished ops, expired tokens and old audit records. */
+export const PRUNE_INTERVAL_MS = 60_000;
+
+/** The housekeeping timer's shortest period (it runs at half the shorter of heartbeat and handshake timeout). */
+export const MIN_TICK_MS = 50;
+
+/** How long gRPC may take to finish its streams beyond the drain timeout, at stop. */
+export const GRPC_CLOSE_GRACE_MS = 1000;

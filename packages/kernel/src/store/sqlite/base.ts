@@ -1,0 +1,104 @@
+import { closeSync, fdatasyncSync, openSync } from "node:fs";
+import type Database from "better-sqlite3";
+import { openDatabase } from "./schema.js";
+
+/** A prepared statement and a transaction function, named here so the table modules' types can name them. */
+export type Statement = Database.Statement;
+export type Transaction<F extends (...args: never[]) => unknown> = Database.Transaction<F>;
+
+/** A row as better-sqlite3 returns it. */
+export type Row = Record<string, unknown>;
+
+/**
+ * What each table module extends (store/sqlite.ts stacks them into SqliteStore). TypeScript
+ * requires a mixin's base constructor to take `any[]`.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the mixin constructor signature TypeScript requires
+export type StoreBase = new (...args: any[]) => SqliteBase;
+
+/**
+ * A table module's class: its base, plus the store interface it implements. Declared rather
+ * than inferred, so that no SQLite type leaks into the store's public type.
+ */
+// biome-ignore lint/suspicious/noExplicitAny: the mixin constructor signature TypeScript requires
+export type WithRows<B extends StoreBase, T> = B & (new (...args: any[]) => T);
+
+/** The connection and what every table shares: the statement cache, WAL control, meta, transactions. */
+export class SqliteBase {
+  readonly db: Database.Database;
+  readonly #prepared = new Map<string, Statement>();
+
+  constructor(readonly path: string) {
+    this.db = openDatabase(path);
+  }
+
+  /** Statements prepared once and reused: preparing costs more than running. For the table modules. */
+  prep(sql: string): Statement {
+    let st = this.#prepared.get(sql);
+    if (!st) {
+      st = this.db.prepare(sql);
+      this.#prepared.set(sql, st);
+    }
+    return st;
+  }
+
+  /** Pages in the WAL after which a commit checkpoints (0: never on commit; see WalCheckpointer). */
+  setAutoCheckpoint(pages: number): void {
+    if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
+  }
+
+  /** Bytes the WAL file is trimmed to when SQLite starts it over. */
+  setWalLimit(bytes: number): void {
+    if (this.db.open) this.db.pragma(`journal_size_limit = ${Math.max(0, Math.floor(bytes))}`);
+  }
+
+  /** One PASSIVE WAL checkpoint on this connection, between transactions. */
+  checkpointNow(): void {
+    if (this.db.open) this.db.pragma("wal_checkpoint(PASSIVE)");
+  }
+
+  /**
+   * Makes every committed transaction durable now (an fdatasync of the WAL): commits run with
+   * synchronous=NORMAL, durable at the next checkpoint. For what must not outlive a rolled-back
+   * commit, such as a file-store body the commit stopped naming.
+   */
+  syncWal(): void {
+    if (this.path === ":memory:") return;
+    let fd: number;
+    try {
+      fd = openSync(`${this.path}-wal`, "r");
+    } catch {
+      return; // no WAL file: every commit is in the database file already
+    }
+    try {
+      fdatasyncSync(fd);
+    } finally {
+      closeSync(fd);
+    }
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+
+  getMeta(key: string): string | undefined {
+    const r = this.prep("SELECT value FROM meta WHERE key = ?").get(key) as Row | undefined;
+    return r?.value as string | undefined;
+  }
+
+  setMeta(key: string, value: string): void {
+    this.prep("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)").run(key, value);
+  }
+
+  /** Sets the fields of `f` that `columns` names (field → column) on row `id` of `table`; none: nothing runs. */
+  updateColumns(table: string, columns: Readonly<Record<string, string>>, id: string, f: object): void {
+    const keys = Object.keys(f).filter((k) => Object.hasOwn(columns, k));
+    if (!keys.length) return;
+    const sql = `UPDATE ${table} SET ${keys.map((k) => `${columns[k]} = @${k}`).join(", ")} WHERE id = @id`;
+    this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])), id });
+  }
+
+  transaction<T>(fn: () => T): T {
+    return this.db.transaction(fn)();
+  }
+}

@@ -1,0 +1,86 @@
+import type { CasResult, ObjectBody, ObjectMeta, ObjectStore, PreviousObject, StoredObject } from "../types.js";
+import type { Row, Statement, StoreBase, WithRows } from "./base.js";
+
+/** Storage objects: inline bodies, or the hash of a body in the file store. */
+export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStore> {
+  return class ObjectRows extends Base implements ObjectStore {
+    readonly #read: Statement = this.db.prepare("SELECT * FROM objects WHERE workspace = ? AND path = ?");
+    readonly #stat: Statement = this.db.prepare(
+      "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path = ?",
+    );
+    readonly #gen: Statement = this.db.prepare(
+      "SELECT generation, size, owner, hash FROM objects WHERE workspace = ? AND path = ?",
+    );
+    readonly #upsert: Statement = this.db.prepare(
+      "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner, hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?) " +
+        "ON CONFLICT (workspace, path) DO UPDATE SET data = excluded.data, generation = excluded.generation, " +
+        "size = excluded.size, updated_at = excluded.updated_at, owner = excluded.owner, hash = excluded.hash",
+    );
+    readonly #bodyRefs: Statement = this.db.prepare("SELECT count(*) AS n FROM objects WHERE hash = ?");
+    readonly #delete: Statement = this.db.prepare("DELETE FROM objects WHERE workspace = ? AND path = ?");
+    readonly #list: Statement = this.db.prepare(
+      "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
+    );
+
+    readObject(workspace: string, path: string): StoredObject | undefined {
+      const r = this.#read.get(workspace, path) as Row | undefined;
+      return r && { ...toMeta(r), data: r.data as Uint8Array, hash: (r.hash as Uint8Array | null) ?? null };
+    }
+    statObject(workspace: string, path: string): ObjectMeta | undefined {
+      const r = this.#stat.get(workspace, path) as Row | undefined;
+      return r && toMeta(r);
+    }
+    writeObject(
+      workspace: string,
+      path: string,
+      body: ObjectBody,
+      ifGeneration: number | undefined,
+      now: number,
+      owner: string,
+    ): CasResult {
+      const prev = this.#gen.get(workspace, path) as Row | undefined;
+      const current = (prev?.generation as number | undefined) ?? 0;
+      if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
+      const generation = current + 1;
+      // A body in the file store leaves an empty inline column (the column predates the file store and is NOT NULL).
+      if ("data" in body) {
+        const bytes = Buffer.from(body.data.buffer, body.data.byteOffset, body.data.length);
+        this.#upsert.run(workspace, path, bytes, generation, body.data.length, now, owner, null);
+      } else this.#upsert.run(workspace, path, EMPTY, generation, body.size, now, owner, Buffer.from(body.hash));
+      return { ok: true, generation, previous: prev ? toPrevious(prev) : undefined };
+    }
+    countBodyRefs(hash: Uint8Array): number {
+      return (this.#bodyRefs.get(Buffer.from(hash)) as { n: number }).n;
+    }
+    deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined {
+      const prev = this.#gen.get(workspace, path) as Row | undefined;
+      if (prev === undefined) return undefined;
+      const current = prev.generation as number;
+      if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
+      this.#delete.run(workspace, path);
+      return { ok: true, generation: current, previous: toPrevious(prev) };
+    }
+    listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
+      // [prefix, prefix + U+FFFF) covers every path starting with prefix in SQLite's binary collation.
+      const rows = this.#list.all(workspace, prefix, `${prefix}\uffff`, after ?? "", limit) as Row[];
+      return rows.map(toMeta);
+    }
+  };
+}
+
+function toMeta(r: Row): ObjectMeta {
+  return {
+    workspace: r.workspace as string,
+    path: r.path as string,
+    owner: (r.owner as string | undefined) ?? "",
+    generation: r.generation as number,
+    size: r.size as number,
+    updatedAt: r.updated_at as number,
+  };
+}
+
+const EMPTY = Buffer.alloc(0);
+
+function toPrevious(r: Row): PreviousObject {
+  return { size: r.size as number, owner: r.owner as string, hash: (r.hash as Uint8Array | null) ?? null };
+}

@@ -1,0 +1,61 @@
+import type { OfflineEntry, PersonaRecord, PersonaStore } from "../types.js";
+import type { Row, Statement, StoreBase, WithRows } from "./base.js";
+
+/** Administrative changes made on the home database without the kernel, journalled for the audit chain. */
+export interface JournalStore {
+  withJournal<T>(entry: Omit<OfflineEntry, "id" | "time">, change: () => T): T;
+  offlineJournal(limit?: number): OfflineEntry[];
+}
+
+/** The persona registry, and the journal of administrative changes made without the kernel. */
+export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaStore & JournalStore> {
+  return class RegistryRows extends Base implements PersonaStore, JournalStore {
+    readonly #get: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas WHERE id = ?");
+    readonly #add: Statement = this.db.prepare("INSERT INTO personas (id, public_key, created_at) VALUES (?, ?, ?)");
+    readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
+    readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
+
+    getPersona(id: string): PersonaRecord | undefined {
+      const r = this.#get.get(id) as Row | undefined;
+      return r && toPersona(r);
+    }
+    addPersona(id: string, publicKey: Uint8Array): void {
+      this.#add.run(id, Buffer.from(publicKey), Date.now());
+    }
+    removePersona(id: string): boolean {
+      return this.#remove.run(id).changes > 0;
+    }
+    listPersonas(): PersonaRecord[] {
+      return (this.#list.all() as Row[]).map(toPersona);
+    }
+
+    /**
+     * Runs an administrative change made without the kernel (the CLI on the home database) and
+     * journals it in the same transaction; the kernel moves the journal into the audit chain.
+     * A change that returns `false` changed nothing and is not journalled.
+     */
+    withJournal<T>(entry: Omit<OfflineEntry, "id" | "time">, change: () => T): T {
+      return this.db.transaction(() => {
+        const r = change();
+        if (r === false) return r;
+        this.prep("INSERT INTO offline_journal (time, actor, op, target, message) VALUES (?, ?, ?, ?, ?)").run(
+          Date.now(),
+          entry.actor,
+          entry.op,
+          entry.target,
+          entry.message,
+        );
+        return r;
+      })();
+    }
+    offlineJournal(limit = -1): OfflineEntry[] {
+      return this.prep("SELECT id, time, actor, op, target, message FROM offline_journal ORDER BY id LIMIT ?").all(
+        limit,
+      ) as OfflineEntry[];
+    }
+  };
+}
+
+function toPersona(r: Row): PersonaRecord {
+  return { id: r.id as string, publicKey: r.public_key as Uint8Array, createdAt: r.created_at as number };
+}

@@ -1,0 +1,96 @@
+import Database from "better-sqlite3";
+import { createIfAbsent } from "../../secure-files.js";
+
+/**
+ * Every pragma the kernel's connection runs with, in one place. NORMAL in WAL mode survives a
+ * process kill; only an OS crash can lose the last commits (what must not, syncs: see syncWal).
+ */
+const PRAGMAS = ["journal_mode = WAL", "synchronous = NORMAL", "busy_timeout = 5000"];
+
+const SCHEMA = `
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS personas (
+  id TEXT PRIMARY KEY, public_key BLOB NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS objects (
+  workspace TEXT NOT NULL, path TEXT NOT NULL, data BLOB NOT NULL, generation INTEGER NOT NULL,
+  size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', hash BLOB, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (scope, resource)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS audit (
+  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
+  persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
+  intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
+  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+  execution TEXT, domain TEXT, measurements BLOB, detail TEXT);
+CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
+CREATE TABLE IF NOT EXISTS tokens (
+  id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
+  minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations (id TEXT PRIMARY KEY, revoked_by TEXT NOT NULL, revoked_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, hash BLOB NOT NULL, response BLOB NOT NULL, expires INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS ops (
+  id TEXT PRIMARY KEY, persona TEXT NOT NULL, session TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
+  state TEXT NOT NULL, result BLOB, error_class TEXT, message TEXT, created_at INTEGER NOT NULL,
+  started_at INTEGER, finished_at INTEGER, deadline INTEGER, expires_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS ops_persona ON ops (persona, created_at);
+CREATE TABLE IF NOT EXISTS agents (
+  id TEXT PRIMARY KEY, persona TEXT NOT NULL, spawner TEXT NOT NULL, command TEXT NOT NULL, args TEXT NOT NULL,
+  pid INTEGER, state TEXT NOT NULL, exit_code INTEGER, signal TEXT, started_at INTEGER NOT NULL, ended_at INTEGER,
+  deadline INTEGER NOT NULL, stdout BLOB, stderr BLOB, token_id TEXT NOT NULL, cwd TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS offline_journal (
+  id INTEGER PRIMARY KEY AUTOINCREMENT, time INTEGER NOT NULL, actor TEXT NOT NULL, op TEXT NOT NULL,
+  target TEXT NOT NULL, message TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (
+  seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, time INTEGER NOT NULL, kernel TEXT NOT NULL,
+  public_key BLOB NOT NULL, signature BLOB NOT NULL);
+`;
+
+/**
+ * Opens (creating when absent) the home database: pragmas, tables, and the columns and indexes
+ * added after the first release.
+ */
+export function openDatabase(path: string): Database.Database {
+  // SQLite gives the WAL and shared-memory files the database file's mode: a new database is
+  // 0600 (an existing home's files are checked by the kernel before it opens them).
+  if (path !== ":memory:") createIfAbsent(path);
+  const db = new Database(path);
+  for (const p of PRAGMAS) db.pragma(p);
+  db.exec(SCHEMA);
+  migrateTokens(db);
+  migrateObjects(db);
+  migrateAudit(db);
+  return db;
+}
+
+/** Columns added to audit after the first release: a database made before them gets them (NULL in old rows, hashed as absent). */
+function migrateAudit(db: Database.Database): void {
+  const have = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+  for (const [col, type] of [
+    ["execution", "TEXT"],
+    ["domain", "TEXT"],
+    ["measurements", "BLOB"],
+    ["detail", "TEXT"],
+  ]) {
+    if (!have.has(col as string)) db.exec(`ALTER TABLE audit ADD COLUMN ${col} ${type}`);
+  }
+}
+
+/**
+ * Objects gained a body hash (bodies in the file store, docs/architecture.md) and an index to
+ * count a body's references. Rows of an older home keep their inline bodies and are read as such.
+ */
+function migrateObjects(db: Database.Database): void {
+  const cols = db.prepare("PRAGMA table_info(objects)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "hash")) db.exec("ALTER TABLE objects ADD COLUMN hash BLOB");
+  db.exec("CREATE INDEX IF NOT EXISTS objects_hash ON objects (hash) WHERE hash IS NOT NULL");
+}
+
+/** Token rows gained a family column (rate buckets shared by refreshed copies) and a minter index. */
+function migrateTokens(db: Database.Database): void {
+  const cols = db.prepare("PRAGMA table_info(tokens)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
+  // Where each revocation is on the audit record, so a refusal it causes can point there after a restart.
+  const rcols = db.prepare("PRAGMA table_info(revocations)").all() as { name: string }[];
+  if (!rcols.some((c) => c.name === "audit_seq")) db.exec("ALTER TABLE revocations ADD COLUMN audit_seq INTEGER");
+  db.exec("CREATE INDEX IF NOT EXISTS tokens_minted_by ON tokens (minted_by, exp)");
+}

@@ -1,0 +1,91 @@
+import type { TokenRecord, TokenStore } from "../types.js";
+import type { Row, StoreBase, WithRows } from "./base.js";
+
+/** Minted tokens (their chains and expiry) and revocations. */
+export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
+  return class TokenRows extends Base implements TokenStore {
+    recordToken(r: Omit<TokenRecord, "revokedAt">): void {
+      this.prep(
+        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+      ).run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt, r.family);
+    }
+    getToken(id: string): TokenRecord | undefined {
+      const r = this.prep("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?").get(
+        id,
+      ) as Row | undefined;
+      return r && toToken(r);
+    }
+    listTokens(sub?: string, after = 0, limit = -1): TokenRecord[] {
+      const sql =
+        "SELECT t.rowid AS seq, t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?";
+      const rows = (
+        sub === undefined
+          ? this.prep(`${sql} ORDER BY t.rowid LIMIT ?`).all(after, limit)
+          : this.prep(`${sql} AND t.sub = ? ORDER BY t.rowid LIMIT ?`).all(after, sub, limit)
+      ) as Row[];
+      return rows.map(toToken);
+    }
+    tokensDerivedFrom(id: string): TokenRecord[] {
+      // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
+      const rows = this.prep(
+        "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.chain LIKE ? ORDER BY t.rowid",
+      ).all(`%"${id.replace(/[^0-9a-f]/g, "")}"%`) as Row[];
+      return rows.map(toToken);
+    }
+    countTokensBy(mintedBy: string): number {
+      return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
+    }
+    pruneTokensBy(mintedBy: string, before: number): number {
+      return this.prep("DELETE FROM tokens WHERE minted_by = ? AND exp < ?").run(mintedBy, before).changes;
+    }
+    pruneTokens(before: number): number {
+      return this.db.transaction(() => {
+        const n = this.prep("DELETE FROM tokens WHERE exp < ?").run(before).changes;
+        // A revocation must outlive every token that names the revoked id in its chain: one pass
+        // over the remaining chains, not a scan of them per revocation.
+        const named = new Set<string>();
+        for (const r of this.prep("SELECT chain FROM tokens").iterate() as Iterable<{ chain: string }>) {
+          for (const id of JSON.parse(r.chain) as string[]) named.add(id);
+        }
+        const gone = this.prep(
+          "SELECT id FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)",
+        ).all(before) as { id: string }[];
+        const drop = this.prep("DELETE FROM revocations WHERE id = ?");
+        for (const { id } of gone) if (!named.has(id)) drop.run(id);
+        return n;
+      })();
+    }
+    revokeToken(id: string, by: string, at: number): boolean {
+      return (
+        this.prep("INSERT OR IGNORE INTO revocations (id, revoked_by, revoked_at) VALUES (?, ?, ?)").run(id, by, at).changes > 0
+      );
+    }
+    revokedTokenIds(): string[] {
+      return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+    }
+    noteRevocationSeq(id: string, seq: number): void {
+      this.prep("UPDATE revocations SET audit_seq = ? WHERE id = ?").run(seq, id);
+    }
+    revocationSeqs(): [string, number][] {
+      return (this.prep("SELECT id, audit_seq FROM revocations WHERE audit_seq IS NOT NULL").all() as Row[]).map((r) => [
+        r.id as string,
+        r.audit_seq as number,
+      ]);
+    }
+  };
+}
+
+function toToken(r: Row): TokenRecord {
+  return {
+    id: r.id as string,
+    kid: r.kid as string,
+    sub: r.sub as string,
+    chain: JSON.parse(r.chain as string) as string[],
+    exp: r.exp as number,
+    mintedBy: r.minted_by as string,
+    createdAt: r.created_at as number,
+    revokedAt: (r.revoked_at as number | null) ?? null,
+    family: (r.family as string | null) ?? (r.id as string),
+    ...(r.seq !== undefined ? { seq: r.seq as number } : {}),
+  };
+}
