@@ -1,6 +1,7 @@
-import { isPersonaId, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
+import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
+import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What the persona family needs from the kernel beyond the store. */
@@ -75,76 +76,51 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
   return {
     name: "persona",
     ops: [
-      {
-        op: "persona.register",
-        description: "Register persona://<id> with its Ed25519 public key (32 bytes); it may attest at once.",
-        targets: ["persona"],
-        args: { publicKey: { type: "bytes", required: true, description: "the persona's raw Ed25519 public key" } },
-        idempotent: false,
-        effects: true,
-        handler: (ctx): OpResult => {
-          const id = personaTarget(ctx);
-          if (isAgentPersona(id))
-            throw new OpError(
-              "PERMISSION",
-              `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
-            );
-          const key = ctx.args.publicKey as Uint8Array;
-          try {
-            publicKeyFromRaw(key);
-          } catch (e) {
-            throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
-          }
-          // Registered with the request's dedupe record: a retry after a crash is not "already registered".
-          return ctx.atomically((): OpResult => {
-            if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
-            store.addPersona(id, key);
-            const rec = store.getPersona(id);
-            return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
-          });
-        },
-      },
-      {
-        op: "persona.remove",
-        description:
-          "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked.",
-        targets: ["persona"],
-        args: {},
-        idempotent: false,
-        effects: true,
-        handler: (ctx): OpResult => {
-          const id = personaTarget(ctx);
-          const refusal = removalRefusal(id, host.admin, ctx.persona);
-          if (refusal) throw new OpError("PERMISSION", refusal);
-          if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
-          const ended: string[] = [];
-          const r = removePersonaTree(store, id, (t) => {
-            ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
-          });
-          const sessionsEnded = host.registryChanged();
-          return {
-            status: "SUCCESS",
-            audit: { removed: r.removed, ended },
-            payload: {
-              removed: id,
-              alsoRemoved: r.removed.filter((p) => p !== id),
-              sessionsEnded,
-              tokensRevoked: r.tokensRevoked,
-            },
-          };
-        },
-      },
-      {
-        op: "persona.list",
-        description: "persona://<id> and its registered sub-personas, with their public keys.",
-        targets: ["persona"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: (ctx): OpResult => {
-          return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
-        },
-      },
+      implement(personaRegister, (ctx): OpResult => {
+        const id = personaTarget(ctx);
+        if (isAgentPersona(id))
+          throw new OpError(
+            "PERMISSION",
+            `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
+          );
+        const key = ctx.args.publicKey;
+        try {
+          publicKeyFromRaw(key);
+        } catch (e) {
+          throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
+        }
+        // Registered with the request's dedupe record: a retry after a crash is not "already registered".
+        return ctx.atomically((): OpResult => {
+          if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
+          store.addPersona(id, key);
+          const rec = store.getPersona(id);
+          return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+        });
+      }),
+      implement(personaRemove, (ctx): OpResult => {
+        const id = personaTarget(ctx);
+        const refusal = removalRefusal(id, host.admin, ctx.persona);
+        if (refusal) throw new OpError("PERMISSION", refusal);
+        if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
+        const ended: string[] = [];
+        const r = removePersonaTree(store, id, (t) => {
+          ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+        });
+        const sessionsEnded = host.registryChanged();
+        return {
+          status: "SUCCESS",
+          audit: { removed: r.removed, ended },
+          payload: {
+            removed: id,
+            alsoRemoved: r.removed.filter((p) => p !== id),
+            sessionsEnded,
+            tokensRevoked: r.tokensRevoked,
+          },
+        };
+      }),
+      implement(personaList, (ctx): OpResult => {
+        return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
+      }),
     ],
   };
 }

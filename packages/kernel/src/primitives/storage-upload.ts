@@ -1,3 +1,5 @@
+import { storageUploadAbort, storageUploadBegin, storageUploadChunk, storageUploadCommit } from "@kpip/protocol";
+import { implement } from "./implement.js";
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
 
@@ -9,131 +11,83 @@ import { OpError, type PrimitiveDeclaration } from "./types.js";
  */
 export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDeclaration[] {
   const { uploads, blobs } = d;
-  const uploadArg = { type: "text" as const, required: true, description: "the id storage.upload.begin answered" };
+  const _uploadArg = { type: "text" as const, required: true, description: "the id storage.upload.begin answered" };
   return [
-    {
-      op: "storage.upload.begin",
-      description: "Begin a chunked upload of an object of `size` bytes; answers the upload id. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        size: { type: "uint", required: true, description: "the whole object's size in bytes" },
-      },
-      idempotent: false,
-      effects: true,
-      handler: (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        const size = ctx.args.size as number;
-        if (size > limits.maxObjectBytes)
-          throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
-        // Quotas are charged at the commit; an upload that could never commit is refused now, and
-        // the bytes other uploads in progress have declared count as used: four uploads cannot
-        // each fit a quota that only one of them fits, and fill the disk meanwhile.
-        d.ledger.checkStorage(
-          ctx.persona,
-          workspace,
-          d.store.statObject(workspace, path),
-          size,
-          ctx.grant,
-          uploads.pendingFor(ctx.persona, workspace),
+    implement(storageUploadBegin, (ctx) => {
+      const { workspace, path } = objectAddress(ctx);
+      const size = ctx.args.size;
+      if (size > limits.maxObjectBytes)
+        throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
+      // Quotas are charged at the commit; an upload that could never commit is refused now, and
+      // the bytes other uploads in progress have declared count as used: four uploads cannot
+      // each fit a quota that only one of them fits, and fill the disk meanwhile.
+      d.ledger.checkStorage(
+        ctx.persona,
+        workspace,
+        d.store.statObject(workspace, path),
+        size,
+        ctx.grant,
+        uploads.pendingFor(ctx.persona, workspace),
+      );
+      const u = uploads.begin(ctx.persona, ctx.targetUri, size);
+      return { status: "SUCCESS", payload: { upload: u.id, size } };
+    }),
+    implement(storageUploadChunk, async (ctx) => {
+      const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
+      const offset = ctx.args.offset;
+      const data = ctx.args.data;
+      await uploads.chunk(u, offset, data);
+      return { status: "SUCCESS", payload: { received: offset + data.length } };
+    }),
+    implement(storageUploadCommit, async (ctx) => {
+      const { workspace, path } = objectAddress(ctx);
+      const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
+      const want = ctx.args.sha256;
+      if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
+      const size = ctx.args.size;
+      if (size !== u.size || u.received !== u.size) {
+        throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
+      }
+      // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
+      // object no longer fits — is checked before the upload is consumed, so a refused commit
+      // leaves the upload for the client to retry or abort (only a race with another writer
+      // during the sync below can still consume it).
+      const existing = d.store.statObject(workspace, path);
+      const ifGeneration = ctx.args.ifGeneration;
+      if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
+        throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
+      d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
+      u.committing = true;
+      try {
+        await uploads.settled(u);
+      } catch (e) {
+        uploads.drop(u);
+        throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
+      }
+      const hash = u.hash.copy().digest();
+      if (!hash.equals(want)) {
+        // The bytes are not the ones the persona meant: nothing of them becomes an object.
+        uploads.drop(u);
+        throw new OpError(
+          "SEMANTIC",
+          `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
         );
-        const u = uploads.begin(ctx.persona, ctx.targetUri, size);
-        return { status: "SUCCESS", payload: { upload: u.id, size } };
-      },
-    },
-    {
-      op: "storage.upload.chunk",
-      description: "Append `data` at `offset` (in order, no gaps or overlap) to an upload. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        upload: uploadArg,
-        offset: { type: "uint", required: true, description: "where the chunk goes: the bytes received so far" },
-        data: { type: "bytes", required: true, description: "the chunk" },
-      },
-      idempotent: false,
-      effects: true,
-      handler: async (ctx) => {
-        const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-        const offset = ctx.args.offset as number;
-        const data = ctx.args.data as Uint8Array;
-        await uploads.chunk(u, offset, data);
-        return { status: "SUCCESS", payload: { received: offset + data.length } };
-      },
-    },
-    {
-      op: "storage.upload.commit",
-      description:
-        "Make the upload the object, if its bytes have this SHA-256 and size (ifGeneration: compare-and-set). Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        upload: uploadArg,
-        sha256: { type: "bytes", required: true, description: "the whole object's SHA-256 (32 bytes)" },
-        size: { type: "uint", required: true, description: "the whole object's size" },
-        ifGeneration: { type: "uint", description: "compare-and-set: the generation the object must have now" },
-      },
-      idempotent: false,
-      effects: true,
-      handler: async (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-        const want = ctx.args.sha256 as Uint8Array;
-        if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
-        const size = ctx.args.size as number;
-        if (size !== u.size || u.received !== u.size) {
-          throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
-        }
-        // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
-        // object no longer fits — is checked before the upload is consumed, so a refused commit
-        // leaves the upload for the client to retry or abort (only a race with another writer
-        // during the sync below can still consume it).
-        const existing = d.store.statObject(workspace, path);
-        const ifGeneration = ctx.args.ifGeneration as number | undefined;
-        if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
-          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
-        u.committing = true;
-        try {
-          await uploads.settled(u);
-        } catch (e) {
-          uploads.drop(u);
-          throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
-        }
-        const hash = u.hash.copy().digest();
-        if (!hash.equals(want)) {
-          // The bytes are not the ones the persona meant: nothing of them becomes an object.
-          uploads.drop(u);
-          throw new OpError(
-            "SEMANTIC",
-            `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
-          );
-        }
-        blobs.pin(hash);
-        try {
-          await blobs.syncFile(u.fd);
-          uploads.take(u);
-          await blobs.install(u.path, hash);
-        } catch (e) {
-          blobs.unpin(hash);
-          uploads.drop(u);
-          throw e;
-        }
-        return commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
-      },
-    },
-    {
-      op: "storage.upload.abort",
-      description: "Discard an upload and its partial bytes. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: { upload: uploadArg },
-      idempotent: false,
-      effects: true,
-      handler: (ctx) => {
-        uploads.drop(uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri));
-        return { status: "SUCCESS", payload: { aborted: true } };
-      },
-    },
+      }
+      blobs.pin(hash);
+      try {
+        await blobs.syncFile(u.fd);
+        uploads.take(u);
+        await blobs.install(u.path, hash);
+      } catch (e) {
+        blobs.unpin(hash);
+        uploads.drop(u);
+        throw e;
+      }
+      return commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+    }),
+    implement(storageUploadAbort, (ctx) => {
+      uploads.drop(uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri));
+      return { status: "SUCCESS", payload: { aborted: true } };
+    }),
   ];
 }

@@ -1,4 +1,13 @@
-import { type CborMap, PROTOCOL_VERSION, SUPPORTED_VERSIONS } from "@kpip/protocol";
+import {
+  type CborMap,
+  PROTOCOL_VERSION,
+  SUPPORTED_VERSIONS,
+  systemDescribe,
+  systemHealth,
+  systemInfo,
+  systemStatus,
+} from "@kpip/protocol";
+import { implement } from "./implement.js";
 import type { Router } from "./router.js";
 import type { PrimitiveFamily } from "./types.js";
 
@@ -23,54 +32,21 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
   return {
     name: "system",
     ops: [
-      {
-        op: "system.health",
-        description: "Is the kernel serving? Returns status and uptime.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
-      },
-      {
-        op: "system.info",
-        description: "Kernel id, version, protocol versions, start time, session count and the process sandbox.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: () => ({
-          status: "SUCCESS",
-          payload: {
-            kernel: info.kernelId,
-            version: info.version,
-            protocol: PROTOCOL_VERSION,
-            protocols: [...SUPPORTED_VERSIONS],
-            startedAt: info.startedAt,
-            sessions: info.sessions(),
-            sandbox: info.sandbox(),
-          },
-        }),
-      },
-      {
-        op: "system.status",
-        description:
-          "The admin's (operator) view: version, uptime, home, transports, every session, deferred ops, agents, audit head and last checkpoint, event drops; any other persona: version, uptime and its own sessions only.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) }),
-      },
-      {
-        op: "system.describe",
-        description: "The op table: every op with its targets, arguments, idempotency and effects.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: () => ({ status: "SUCCESS", payload: router.describe() }),
-      },
+      implement(systemHealth, () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } })),
+      implement(systemInfo, () => ({
+        status: "SUCCESS",
+        payload: {
+          kernel: info.kernelId,
+          version: info.version,
+          protocol: PROTOCOL_VERSION,
+          protocols: [...SUPPORTED_VERSIONS],
+          startedAt: info.startedAt,
+          sessions: info.sessions(),
+          sandbox: info.sandbox(),
+        },
+      })),
+      implement(systemStatus, (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) })),
+      implement(systemDescribe, () => ({ status: "SUCCESS", payload: router.describe() })),
     ],
   };
 }

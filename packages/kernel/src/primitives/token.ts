@@ -7,15 +7,21 @@ import {
   encodeToken,
   isPersonaId,
   isWorkspaceId,
-  type Limits,
   personaWithin,
   type Right,
   type Token,
   TokenError,
+  tokenBind,
+  tokenInspect,
+  tokenList,
+  tokenMint,
+  tokenRefresh,
+  tokenRevoke,
 } from "@kpip/protocol";
 import { tokenDetail } from "../audit/detail.js";
 import { type CapEnforcer, EscalationError, tokenRef } from "../auth/enforcer.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
+import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** Most tokens one token.list page returns (its answer must stay well inside the decoder's item limit). */
@@ -43,15 +49,10 @@ function checkTarget(ctx: OpContext, t: Token): void {
   if (t.claims.id !== id && derivedTokenId(t) !== id) throw new OpError("SEMANTIC", "the token does not match the target id");
 }
 
-function rightsArg(v: CborValue | undefined): Right[] {
-  if (!Array.isArray(v) || v.length === 0) throw new OpError("SEMANTIC", "rights must be a non-empty array of {ops, targets}");
-  return v.map((r) => {
-    const m = r as CborMap;
-    if (!m || typeof m !== "object" || !Array.isArray(m.ops) || !Array.isArray(m.targets)) {
-      throw new OpError("SEMANTIC", "each right needs ops and targets arrays");
-    }
-    return { ops: m.ops as string[], targets: m.targets as string[] };
-  });
+/** The rights to mint (their shape is checked with the op's arguments): at least one, extra keys dropped. */
+function rightsArg(v: readonly Right[]): Right[] {
+  if (v.length === 0) throw new OpError("SEMANTIC", "rights must be a non-empty array of {ops, targets}");
+  return v.map((r) => ({ ops: r.ops, targets: r.targets }));
 }
 
 /**
@@ -111,180 +112,120 @@ export function tokenFamily(
   return {
     name: "token",
     ops: [
-      {
-        op: "token.mint",
-        description: "Derive a token for persona://<sub> within the authorizing token's grant (never wider).",
-        targets: ["persona"],
-        args: {
-          rights: { type: "array", required: true, description: "[{ops: [op patterns], targets: [target patterns]}]" },
-          limits: { type: "map", description: "limit name → unsigned integer" },
-          ttlMs: { type: "uint", required: true, description: "lifetime from now, in ms" },
-          maxLifetimeMs: { type: "uint", description: "how far refresh may extend it, from now, in ms (default: ttl)" },
-          workspaces: { type: "array", description: "workspaces it may act in" },
-          domains: { type: "array", description: "security domains it may act in" },
-        },
-        idempotent: false,
-        effects: true,
-        handler: (ctx) => {
-          const sub = ctx.target.segments.join("/");
-          if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
-          const limits = (ctx.args.limits ?? undefined) as Limits | undefined;
-          if (limits && !Object.values(limits).every((v) => typeof v === "number"))
-            throw new OpError("SEMANTIC", "limits must be integers");
-          const workspaces = ctx.args.workspaces as string[] | undefined;
-          if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
-            throw new OpError("SEMANTIC", "workspaces must be workspace ids");
-          }
-          const ttlMs = ctx.args.ttlMs as number;
-          if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
-          try {
-            // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
-            return ctx.atomically((): OpResult => {
-              const t = enforcer.mint(ctx.grant, ctx.persona, {
-                sub,
-                rights: rightsArg(ctx.args.rights),
-                ttlMs,
-                ...(limits ? { limits } : {}),
-                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs as number } : {}),
-                ...(workspaces ? { workspaces } : {}),
-                ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
-              });
-              return {
-                status: "SUCCESS",
-                payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
-                audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
-              };
+      implement(tokenMint, (ctx) => {
+        const sub = ctx.target.segments.join("/");
+        if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
+        const limits = ctx.args.limits;
+        if (limits && !Object.values(limits).every((v) => typeof v === "number"))
+          throw new OpError("SEMANTIC", "limits must be integers");
+        const workspaces = ctx.args.workspaces;
+        if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
+          throw new OpError("SEMANTIC", "workspaces must be workspace ids");
+        }
+        const ttlMs = ctx.args.ttlMs;
+        if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
+        try {
+          // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
+          return ctx.atomically((): OpResult => {
+            const t = enforcer.mint(ctx.grant, ctx.persona, {
+              sub,
+              rights: rightsArg(ctx.args.rights),
+              ttlMs,
+              ...(limits ? { limits } : {}),
+              ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
+              ...(workspaces ? { workspaces } : {}),
+              ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
             });
-          } catch (e) {
-            if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
-            if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
-            throw e;
-          }
-        },
-      },
-      {
-        op: "token.refresh",
-        description: "A fresh copy of a token with a later expiry, never past its maximum lifetime.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token to refresh" } },
-        idempotent: false,
-        effects: true,
-        handler: (ctx) => {
-          const t = tokenArg(ctx);
-          checkTarget(ctx, t);
-          const v = enforcer.verify(t, ctx.persona);
-          // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
-          // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
-          const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
-          if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
-          if (!v.ok) throw new OpError("CAPABILITY", v.message);
-          if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
-          const fresh = enforcer.refresh(t, ctx.persona);
-          const g = effectiveGrant(fresh);
-          return {
-            status: "SUCCESS",
-            payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
-            audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
-          };
-        },
-      },
-      {
-        op: "token.revoke",
-        description: "Revoke a token and every token derived from it, persistently and at once.",
-        targets: ["token"],
-        args: {},
-        idempotent: true,
-        effects: true,
-        handler: (ctx) => {
-          const id = targetId(ctx);
-          mustOwn(ctx, id, undefined);
-          // After the ownership check, so only those who could own any token learn that an id is unknown.
-          if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
-          const r = enforcer.revoke(id, ctx.persona);
-          onRevoke(id);
-          return {
-            status: "SUCCESS",
-            payload: { id, revoked: true, already: !r.changed },
-            audit: { revoked: id, ended: r.ended },
-            // Refusals the revocation causes name this record.
-            ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
-          };
-        },
-      },
-      {
-        op: "token.inspect",
-        description: "Claims, caveats, effective grant and status of a token.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token" } },
-        idempotent: true,
-        effects: false,
-        handler: (ctx) => {
-          const t = tokenArg(ctx);
-          checkTarget(ctx, t);
-          mustOwn(ctx, t.claims.id, t.claims.sub);
-          const v = enforcer.verify(t, ctx.persona);
-          const d = describeToken(t, enforcer);
-          if (!v.ok) d.problem = v.message;
-          return { status: "SUCCESS", payload: d };
-        },
-      },
-      {
-        op: "token.bind",
-        description: "Bind a token to this session; later requests name the returned handle.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token" } },
-        idempotent: false,
-        effects: false,
-        handler: (ctx) => {
-          if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
-          const t = tokenArg(ctx);
-          checkTarget(ctx, t);
-          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token as Uint8Array, ctx.session);
-          if ("code" in r) throw new OpError("CAPABILITY", r.message);
-          return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
-        },
-      },
-      {
-        op: "token.list",
-        description:
-          "Tokens the kernel minted, optionally for one persona (args.persona): the caller's own and its sub-personas' (all, for the admin); PARTIAL with a cursor when more remain.",
-        targets: ["kernel"],
-        args: {
-          persona: { type: "text", description: "only tokens for this persona" },
-          cursor: { type: "text", description: "the cursor of the previous page" },
-          limit: { type: "uint", description: `tokens per page (default 100, at most ${MAX_LIST_PAGE})` },
-        },
-        idempotent: true,
-        effects: false,
-        handler: (ctx) => {
-          const only = ctx.args.persona as string | undefined;
-          if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
-            throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
-          }
-          const limit = Math.min(Math.max((ctx.args.limit as number | undefined) ?? 100, 1), MAX_LIST_PAGE);
-          const cursor = ctx.args.cursor as string | undefined;
-          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
-            throw new OpError("SEMANTIC", "cursor is not a token list cursor");
-          // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
-          const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
-          const more = rows.length > limit;
-          const page = more ? rows.slice(0, limit) : rows;
-          const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
-          const payload: CborMap = {
-            tokens: visible.map((r) => ({
-              id: r.id,
-              sub: r.sub,
-              chain: r.chain,
-              exp: r.exp,
-              mintedBy: r.mintedBy,
-              createdAt: r.createdAt,
-              ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
-            })),
-          };
-          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
-          return { status: more ? "PARTIAL" : "SUCCESS", payload };
-        },
-      },
+            return {
+              status: "SUCCESS",
+              payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
+              audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
+            };
+          });
+        } catch (e) {
+          if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
+          if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
+          throw e;
+        }
+      }),
+      implement(tokenRefresh, (ctx) => {
+        const t = tokenArg(ctx);
+        checkTarget(ctx, t);
+        const v = enforcer.verify(t, ctx.persona);
+        // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
+        // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
+        const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
+        if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
+        if (!v.ok) throw new OpError("CAPABILITY", v.message);
+        if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
+        const fresh = enforcer.refresh(t, ctx.persona);
+        const g = effectiveGrant(fresh);
+        return {
+          status: "SUCCESS",
+          payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
+          audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
+        };
+      }),
+      implement(tokenRevoke, (ctx) => {
+        const id = targetId(ctx);
+        mustOwn(ctx, id, undefined);
+        // After the ownership check, so only those who could own any token learn that an id is unknown.
+        if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
+        const r = enforcer.revoke(id, ctx.persona);
+        onRevoke(id);
+        return {
+          status: "SUCCESS",
+          payload: { id, revoked: true, already: !r.changed },
+          audit: { revoked: id, ended: r.ended },
+          // Refusals the revocation causes name this record.
+          ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
+        };
+      }),
+      implement(tokenInspect, (ctx) => {
+        const t = tokenArg(ctx);
+        checkTarget(ctx, t);
+        mustOwn(ctx, t.claims.id, t.claims.sub);
+        const v = enforcer.verify(t, ctx.persona);
+        const d = describeToken(t, enforcer);
+        if (!v.ok) d.problem = v.message;
+        return { status: "SUCCESS", payload: d };
+      }),
+      implement(tokenBind, (ctx) => {
+        if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
+        const t = tokenArg(ctx);
+        checkTarget(ctx, t);
+        const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token, ctx.session);
+        if ("code" in r) throw new OpError("CAPABILITY", r.message);
+        return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
+      }),
+      implement(tokenList, (ctx) => {
+        const only = ctx.args.persona;
+        if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
+          throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
+        }
+        const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
+        const cursor = ctx.args.cursor;
+        if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
+          throw new OpError("SEMANTIC", "cursor is not a token list cursor");
+        // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
+        const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
+        const more = rows.length > limit;
+        const page = more ? rows.slice(0, limit) : rows;
+        const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
+        const payload: CborMap = {
+          tokens: visible.map((r) => ({
+            id: r.id,
+            sub: r.sub,
+            chain: r.chain,
+            exp: r.exp,
+            mintedBy: r.mintedBy,
+            createdAt: r.createdAt,
+            ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
+          })),
+        };
+        if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
+        return { status: more ? "PARTIAL" : "SUCCESS", payload };
+      }),
     ],
   };
 }
