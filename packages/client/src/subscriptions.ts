@@ -1,4 +1,5 @@
-import type { KEvent } from "@kpip/protocol";
+import { eventSubscribe, eventUnsubscribe, type KEvent } from "@kpip/protocol";
+import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
 import { Subscription } from "./subscription.js";
 
@@ -14,23 +15,25 @@ export interface ResubscribeEvents {
  */
 export class Subscriptions {
   private readonly subs = new Set<Subscription>();
+  private readonly op: OpCall;
 
   constructor(
-    private readonly call: CallFn,
+    call: CallFn,
     /** Whether an unsubscribe can reach the kernel now. */
     private readonly ready: () => boolean,
     private readonly events: ResubscribeEvents,
-  ) {}
+  ) {
+    this.op = opCall(call);
+  }
 
   /** Subscribes to topic:// names matching `pattern`; see {@link KernelClient.subscribe}. */
   async subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
     const { bufferSize, ...callOpts } = opts;
     const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
       this.subs.delete(s);
-      if (this.ready()) await this.call("event.unsubscribe", s.pattern, { subscription: s.remoteId }).catch(() => {});
+      if (this.ready()) await this.op(eventUnsubscribe, s.pattern, { subscription: s.remoteId }).catch(() => {});
     });
-    const r = await this.call("event.subscribe", pattern, {}, callOpts);
-    sub.remoteId = (r.payload as { subscription: number }).subscription;
+    sub.remoteId = (await this.op(eventSubscribe, pattern, {}, callOpts)).payload.subscription;
     this.subs.add(sub);
     return sub;
   }
@@ -45,8 +48,7 @@ export class Subscriptions {
   async resubscribe(): Promise<void> {
     for (const sub of this.subs) {
       try {
-        const r = await this.call("event.subscribe", sub.pattern);
-        sub.remoteId = (r.payload as { subscription: number }).subscription;
+        sub.remoteId = (await this.op(eventSubscribe, sub.pattern, {})).payload.subscription;
         this.events.resubscribed(sub.pattern);
       } catch (e) {
         this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
