@@ -3,7 +3,15 @@ import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
-import { BUILTIN_FAMILIES, type CborMap, type CborValue, checkShape, generateIdentity, type OpDefinition } from "@kpip/protocol";
+import {
+  BUILTIN_FAMILIES,
+  type CborMap,
+  type CborValue,
+  checkShape,
+  generateIdentity,
+  type OpDefinition,
+  storageStat,
+} from "@kpip/protocol";
 import { removeHome, sandboxSkip, startKernel, type TestKernel } from "./harness.js";
 
 /*
@@ -85,6 +93,9 @@ describe("the op catalogue against a real kernel", () => {
     await call("storage.read", "obj://ws/a");
     await call("storage.read", "obj://ws/a", { offset: 1, length: 2 });
     await call("storage.stat", "obj://ws/a");
+    // The same op through the client's typed call: the payload's type is the definition's result.
+    const stat = await c.op(storageStat, "obj://ws/a", {});
+    assert.equal(stat.payload.size, 5);
     const page = await call("storage.list", "obj://ws", { limit: 1 }, "PARTIAL");
     await call("storage.list", "obj://ws", { cursor: page.cursor as string });
     await call("storage.delete", "obj://ws/b");
