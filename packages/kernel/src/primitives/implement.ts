@@ -12,7 +12,7 @@ export function implement<D extends OpDefinition>(
 ): PrimitiveDeclaration {
   // The pipeline has checked ctx.args against def.args (checkArgs) before any handler runs:
   // that check is what makes this the one place the wire's map is read as the op's type.
-  const typed = handler as unknown as (ctx: OpContext) => OpResult | Promise<OpResult>;
+  const typed = handler as (ctx: OpContext) => OpResult | Promise<OpResult>;
   return {
     op: def.op,
     description: def.description,
