@@ -1,6 +1,9 @@
 import { type ArgsOf, type OpDefinition, withoutNulls } from "@kpip/protocol";
 import type { OpContext, OpResult, PrimitiveDeclaration } from "./types.js";
 
+/** What a declaration has beyond the wire's definition and the handler: the kernel's own rules. */
+export type KernelOnly = Omit<Partial<PrimitiveDeclaration>, keyof OpDefinition | "handler">;
+
 /**
  * Binds a handler to a built-in op's definition (`@kpip/protocol`'s catalogue): the declaration
  * the router holds is the definition itself, so the pipeline checks arguments against the same
@@ -9,6 +12,8 @@ import type { OpContext, OpResult, PrimitiveDeclaration } from "./types.js";
 export function implement<D extends OpDefinition>(
   def: D,
   handler: (ctx: OpContext<ArgsOf<D>>) => OpResult | Promise<OpResult>,
+  /** Kernel-side parts of the declaration the protocol does not know (e.g. an ownership rule). */
+  kernelOnly: KernelOnly = {},
 ): PrimitiveDeclaration {
   // The pipeline has checked ctx.args against def.args (checkArgs) before any handler runs:
   // that check is what makes this the one place the wire's map is read as the op's type.
@@ -22,6 +27,7 @@ export function implement<D extends OpDefinition>(
     idempotent: def.idempotent,
     effects: def.effects,
     ...(def.authorizeAs === undefined ? {} : { authorizeAs: def.authorizeAs }),
+    ...kernelOnly,
     handler: (ctx) => {
       // An argument sent as null is absent (PROTOCOL Appendix C): the handler sees it so.
       const args = withoutNulls(ctx.args);
