@@ -13,7 +13,7 @@ const agentRecord = {
   spawner: text("the persona that spawned it"),
   command: text("the executable"),
   args: { type: "array", required: true, items: { type: "text", description: "an argument" }, description: "its arguments" },
-  state: text("running, exited, killed or failed"),
+  state: text("running, exited, killed or lost"),
   startedAt: { ...uint("when it started, ms since the epoch"), required: true },
   deadline: { ...uint("when it is killed"), required: true },
   token: text("the id of its token"),
