@@ -75,8 +75,14 @@ export const tokenRevoke = defineOp({
   effects: true,
 });
 
-const filters = (description: string) =>
-  ({ type: "array", required: true, description, items: { type: "array", description: "one caveat's list" } }) as const;
+/** Caveats' lists, one per caveat: a request must pass each. */
+const filters = <I extends FieldSpec>(description: string, item: I) =>
+  ({
+    type: "array",
+    required: true,
+    description,
+    items: { type: "array", description: "one caveat's list", items: item },
+  }) as const;
 
 export const tokenInspect = defineOp({
   op: "token.inspect",
@@ -94,9 +100,9 @@ export const tokenInspect = defineOp({
       fields: {
         subject: { type: "text", required: true, description: "the persona it acts as" },
         rights: { ...rightsField, description: "the minted rights" },
-        pairFilters: filters("rights caveats narrow to"),
-        opFilters: filters("op patterns caveats narrow to"),
-        targetFilters: filters("target patterns caveats narrow to"),
+        pairFilters: filters("(op, target) pairs rights caveats narrow to", rightsField.items),
+        opFilters: filters("op patterns caveats narrow to", { type: "text", description: "an op pattern" }),
+        targetFilters: filters("target patterns caveats narrow to", { type: "text", description: "a target pattern" }),
         limits: { ...limitsField, required: true },
         exp: { type: "uint", required: true, description: "expiry, ms since the epoch" },
         maxExp: { type: "uint", required: true, description: "how far refresh may extend it" },
