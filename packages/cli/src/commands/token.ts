@@ -11,6 +11,7 @@ import {
   isWorkspaceId,
   type ResultOf,
   type Right,
+  systemDescribe,
   tokenFromString,
   tokenInspect,
   tokenMint,
@@ -214,7 +215,7 @@ async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Prom
   if (literal.length === 0) return;
   let known: string[];
   try {
-    known = ((await c.call("system.describe", "kernel://")).payload as { ops: { op: string }[] }).ops.map((o) => o.op);
+    known = (await c.op(systemDescribe, "kernel://", {})).payload.ops.map((o) => o.op);
   } catch {
     return; // a token without system.describe: the kernel itself is the judge
   }
