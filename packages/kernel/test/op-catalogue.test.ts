@@ -12,7 +12,7 @@ import {
   type OpDefinition,
   storageStat,
 } from "@kpip/protocol";
-import { removeHome, sandboxSkip, startKernel, type TestKernel } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel } from "./harness.js";
 
 /*
  * The op catalogue (@kpip/protocol's ops/) is what the docs, the spec's Appendix C and the
@@ -160,6 +160,25 @@ describe("the op catalogue against a real kernel", () => {
     await call("agent.logs", "agent://sleep/cat1");
     await call("agent.list", "kernel://");
     await call("agent.kill", "agent://sleep/cat1");
+  });
+
+  it("refuses ill-typed arguments at any depth with SEMANTIC, naming the path, before the op runs", async () => {
+    const right = { ops: ["system.health"], targets: ["kernel://"] };
+    const bad: [string, string, CborMap, string][] = [
+      ["token.mint", "persona://bob", { rights: [right, { ops: ["x.y"], targets: [7] }], ttlMs: 1000 }, "rights[1].targets[0]"],
+      ["token.mint", "persona://bob", { rights: [{ ops: ["x.y"] }], ttlMs: 1000 }, "rights[0].targets"],
+      ["token.mint", "persona://bob", { rights: [right], ttlMs: 1000, limits: { concurrent: "4" } }, "limits.concurrent"],
+      ["agent.spawn", "agent://sleep/bad", { args: ["1", 2], rights: [], lifetimeMs: 1000 }, "args[1]"],
+      ["storage.write", "obj://ws/x", { data: "x", ifGeneration: "0" }, "ifGeneration"],
+      ["storage.write", "obj://ws/x", { data: "x", constructor: 1 }, "constructor"],
+    ];
+    const before = (await c.call("token.list", "kernel://", { limit: 1000 })).payload;
+    for (const [op, target, args, path] of bad) {
+      await assert.rejects(c.call(op, target, args), klass("SEMANTIC", JSON.stringify(path)), `${op} ${path}`);
+    }
+    assert.deepEqual((await c.call("token.list", "kernel://", { limit: 1000 })).payload, before, "nothing was minted");
+    await assert.rejects(c.storage.stat("obj://ws/x"), klass("SEMANTIC", "no object"));
+    assert.equal((await c.system.health()).status, "ok");
   });
 
   it("every built-in op was called and its payload checked", () => {
