@@ -52,41 +52,51 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
   return {
     name: "agent",
     ops: [
-      implement(agentSpawn, (ctx): OpResult => {
-        const [executable, instance] = agentId(ctx);
-        const network = networkGranted(ctx);
-        const args = ctx.args.args ?? [];
-        if (!args.every((a) => typeof a === "string")) throw new OpError("SEMANTIC", "args must be text strings");
-        const rights = ctx.args.rights;
-        if (!rights.every((r) => r && Array.isArray(r.ops) && Array.isArray(r.targets)))
-          throw new OpError("SEMANTIC", "rights must be [{ops, targets}]");
-        const a = agents.spawn({
-          spawner: ctx.persona,
-          grant: ctx.grant,
-          executable,
-          instance,
-          args,
-          rights,
-          lifetimeMs: ctx.args.lifetimeMs,
-          ...(ctx.args.limits ? { limits: ctx.args.limits } : {}),
-          network,
-        });
-        return {
+      implement(agentSpawn, {
+        handler: (ctx): OpResult => {
+          const [executable, instance] = agentId(ctx);
+          const network = networkGranted(ctx);
+          const args = ctx.args.args ?? [];
+          if (!args.every((a) => typeof a === "string")) throw new OpError("SEMANTIC", "args must be text strings");
+          const rights = ctx.args.rights;
+          if (!rights.every((r) => r && Array.isArray(r.ops) && Array.isArray(r.targets)))
+            throw new OpError("SEMANTIC", "rights must be [{ops, targets}]");
+          const a = agents.spawn({
+            spawner: ctx.persona,
+            grant: ctx.grant,
+            executable,
+            instance,
+            args,
+            rights,
+            lifetimeMs: ctx.args.lifetimeMs,
+            ...(ctx.args.limits ? { limits: ctx.args.limits } : {}),
+            network,
+          });
+          return {
+            status: "SUCCESS",
+            payload: describe(a),
+            audit: { agent: a.id, persona: a.persona, token: a.tokenId, ...(a.pid !== null ? { pid: a.pid } : {}) },
+          };
+        },
+      }),
+      implement(agentKill, {
+        handler: (ctx) => {
+          const a = visible(ctx);
+          return { status: "SUCCESS", payload: { agent: agentUri(a.id), killed: agents.kill(a.id) } };
+        },
+      }),
+      implement(agentStatus, {
+        handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx)) }),
+      }),
+      implement(agentLogs, {
+        handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx), true) }),
+      }),
+      implement(agentList, {
+        handler: (ctx) => ({
           status: "SUCCESS",
-          payload: describe(a),
-          audit: { agent: a.id, persona: a.persona, token: a.tokenId, ...(a.pid !== null ? { pid: a.pid } : {}) },
-        };
+          payload: { agents: agents.list(ctx.persona === admin ? undefined : ctx.persona).map((a) => describe(a)) },
+        }),
       }),
-      implement(agentKill, (ctx) => {
-        const a = visible(ctx);
-        return { status: "SUCCESS", payload: { agent: agentUri(a.id), killed: agents.kill(a.id) } };
-      }),
-      implement(agentStatus, (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx)) })),
-      implement(agentLogs, (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx), true) })),
-      implement(agentList, (ctx) => ({
-        status: "SUCCESS",
-        payload: { agents: agents.list(ctx.persona === admin ? undefined : ctx.persona).map((a) => describe(a)) },
-      })),
     ],
   };
 }

@@ -51,58 +51,68 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
   return {
     name: "compute",
     ops: [
-      implement(computeSubmit, (ctx): OpResult => {
-        const [kind, ...rest] = ctx.target.segments;
-        const name = rest.join("/");
-        if ((kind !== "command" && kind !== "task") || rest.length !== 1 || name === "*" || name === "**") {
-          throw new OpError("SEMANTIC", "compute.submit takes op://command/<executable> or op://task/<name>");
-        }
-        const args = ctx.args.args ?? (kind === "command" ? [] : null);
-        if (kind === "command" && (!Array.isArray(args) || !args.every((a) => typeof a === "string"))) {
-          throw new OpError("SEMANTIC", "a command's args must be an array of text strings");
-        }
-        if (kind === "task" && !engine.hasTask(name)) throw new OpError("SEMANTIC", `no task ${name} is registered`);
-        const network = kind === "command" && networkGranted(ctx);
-        const timeout = ctx.args.timeoutMs;
-        const deadlines = [ctx.deadline, timeout === undefined ? undefined : Date.now() + timeout].filter(
-          (d): d is number => d !== undefined,
-        );
-        const op = engine.submit(
-          ctx.persona,
-          ctx.session,
-          kind,
-          name,
-          args,
-          deadlines.length ? Math.min(...deadlines) : undefined,
-          kind === "command" ? { grant: ctx.grant, network } : undefined,
-        );
-        return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
+      implement(computeSubmit, {
+        handler: (ctx): OpResult => {
+          const [kind, ...rest] = ctx.target.segments;
+          const name = rest.join("/");
+          if ((kind !== "command" && kind !== "task") || rest.length !== 1 || name === "*" || name === "**") {
+            throw new OpError("SEMANTIC", "compute.submit takes op://command/<executable> or op://task/<name>");
+          }
+          const args = ctx.args.args ?? (kind === "command" ? [] : null);
+          if (kind === "command" && (!Array.isArray(args) || !args.every((a) => typeof a === "string"))) {
+            throw new OpError("SEMANTIC", "a command's args must be an array of text strings");
+          }
+          if (kind === "task" && !engine.hasTask(name)) throw new OpError("SEMANTIC", `no task ${name} is registered`);
+          const network = kind === "command" && networkGranted(ctx);
+          const timeout = ctx.args.timeoutMs;
+          const deadlines = [ctx.deadline, timeout === undefined ? undefined : Date.now() + timeout].filter(
+            (d): d is number => d !== undefined,
+          );
+          const op = engine.submit(
+            ctx.persona,
+            ctx.session,
+            kind,
+            name,
+            args,
+            deadlines.length ? Math.min(...deadlines) : undefined,
+            kind === "command" ? { grant: ctx.grant, network } : undefined,
+          );
+          return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
+        },
       }),
-      implement(opStatusOp, (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin)) })),
-      implement(opResult, (ctx): OpResult => {
-        const op = ownOp(store, ctx, admin);
-        if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
-        if (op.state === "succeeded") {
+      implement(opStatusOp, {
+        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin)) }),
+      }),
+      implement(opResult, {
+        handler: (ctx): OpResult => {
+          const op = ownOp(store, ctx, admin);
+          if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
+          if (op.state === "succeeded") {
+            return {
+              status: "SUCCESS",
+              payload: { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null },
+            };
+          }
+          const cls = (op.errorClass ?? "INTERNAL") as OpError["errorClass"];
+          throw new OpError(cls, `op ${op.state}: ${op.message ?? "no detail"}`);
+        },
+      }),
+      implement(opCancel, {
+        handler: (ctx) => {
+          const op = ownOp(store, ctx, admin);
+          const cancelled = engine.cancel(op.id);
+          return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
+        },
+      }),
+      implement(opList, {
+        handler: (ctx) => {
+          const all = ctx.persona === admin;
+          const ops = store.listOps(all ? undefined : ctx.persona, Math.min(ctx.args.limit ?? 100, 1000));
           return {
             status: "SUCCESS",
-            payload: { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null },
+            payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },
           };
-        }
-        const cls = (op.errorClass ?? "INTERNAL") as OpError["errorClass"];
-        throw new OpError(cls, `op ${op.state}: ${op.message ?? "no detail"}`);
-      }),
-      implement(opCancel, (ctx) => {
-        const op = ownOp(store, ctx, admin);
-        const cancelled = engine.cancel(op.id);
-        return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
-      }),
-      implement(opList, (ctx) => {
-        const all = ctx.persona === admin;
-        const ops = store.listOps(all ? undefined : ctx.persona, Math.min(ctx.args.limit ?? 100, 1000));
-        return {
-          status: "SUCCESS",
-          payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },
-        };
+        },
       }),
     ],
   };

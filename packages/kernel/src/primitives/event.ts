@@ -13,22 +13,25 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
   return {
     name: "event",
     ops: [
-      implement(eventEmit, (ctx) => {
-        if (ctx.target.segments.some((x) => x === "*" || x === "**"))
-          throw new OpError("SEMANTIC", "emit to a topic name, not a pattern");
-        if (ctx.target.segments[0] === "kernel")
-          throw new OpError("PERMISSION", "topic://kernel/… is reserved for the kernel's own events");
-        const delivered = bus.emit(ctx.targetUri, ctx.args.data === undefined ? null : ctx.args.data);
-        return { status: "SUCCESS", payload: { subscribers: delivered } };
+      implement(eventEmit, {
+        handler: (ctx) => {
+          if (ctx.target.segments.some((x) => x === "*" || x === "**"))
+            throw new OpError("SEMANTIC", "emit to a topic name, not a pattern");
+          if (ctx.target.segments[0] === "kernel")
+            throw new OpError("PERMISSION", "topic://kernel/… is reserved for the kernel's own events");
+          const delivered = bus.emit(ctx.targetUri, ctx.args.data === undefined ? null : ctx.args.data);
+          return { status: "SUCCESS", payload: { subscribers: delivered } };
+        },
       }),
-      implement(eventSubscribe, (ctx) => ({
-        status: "SUCCESS",
-        payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri) },
-      })),
-      implement(eventUnsubscribe, (ctx) => {
-        const ok = bus.unsubscribe(sink(ctx.session), ctx.args.subscription);
-        if (!ok) throw new OpError("SEMANTIC", `no subscription ${ctx.args.subscription} on this session`);
-        return { status: "SUCCESS", payload: { unsubscribed: ctx.args.subscription } };
+      implement(eventSubscribe, {
+        handler: (ctx) => ({ status: "SUCCESS", payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri) } }),
+      }),
+      implement(eventUnsubscribe, {
+        handler: (ctx) => {
+          const ok = bus.unsubscribe(sink(ctx.session), ctx.args.subscription);
+          if (!ok) throw new OpError("SEMANTIC", `no subscription ${ctx.args.subscription} on this session`);
+          return { status: "SUCCESS", payload: { unsubscribed: ctx.args.subscription } };
+        },
       }),
     ],
   };

@@ -1,20 +1,18 @@
 import { type ArgsOf, type OpDefinition, withoutNulls } from "@kpip/protocol";
 import type { OpContext, OpResult, PrimitiveDeclaration } from "./types.js";
 
-/** What a declaration has beyond the wire's definition and the handler: the kernel's own rules. */
-export type KernelOnly = Omit<Partial<PrimitiveDeclaration>, keyof OpDefinition | "handler">;
+/** What a declaration has beyond the wire's definition: the handler, and the kernel's own rules. */
+export type Implementation<D extends OpDefinition> = Omit<Partial<PrimitiveDeclaration>, keyof OpDefinition | "handler"> & {
+  handler: (ctx: OpContext<ArgsOf<D>>) => OpResult | Promise<OpResult>;
+};
 
 /**
  * Binds a handler to a built-in op's definition (`@kpip/protocol`'s catalogue): the declaration
  * the router holds is the definition itself, so the pipeline checks arguments against the same
  * fields the client's types and the docs come from, and the handler reads them typed.
  */
-export function implement<D extends OpDefinition>(
-  def: D,
-  handler: (ctx: OpContext<ArgsOf<D>>) => OpResult | Promise<OpResult>,
-  /** Kernel-side parts of the declaration the protocol does not know (e.g. an ownership rule). */
-  kernelOnly: KernelOnly = {},
-): PrimitiveDeclaration {
+export function implement<D extends OpDefinition>(def: D, impl: Implementation<D>): PrimitiveDeclaration {
+  const { handler, ...kernelOnly } = impl;
   // The pipeline has checked ctx.args against def.args (checkArgs) before any handler runs:
   // that check is what makes this the one place the wire's map is read as the op's type.
   const typed = handler as (ctx: OpContext) => OpResult | Promise<OpResult>;

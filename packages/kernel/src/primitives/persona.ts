@@ -76,50 +76,56 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
   return {
     name: "persona",
     ops: [
-      implement(personaRegister, (ctx): OpResult => {
-        const id = personaTarget(ctx);
-        if (isAgentPersona(id))
-          throw new OpError(
-            "PERMISSION",
-            `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
-          );
-        const key = ctx.args.publicKey;
-        try {
-          publicKeyFromRaw(key);
-        } catch (e) {
-          throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
-        }
-        // Registered with the request's dedupe record: a retry after a crash is not "already registered".
-        return ctx.atomically((): OpResult => {
-          if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
-          store.addPersona(id, key);
-          const rec = store.getPersona(id);
-          return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
-        });
+      implement(personaRegister, {
+        handler: (ctx): OpResult => {
+          const id = personaTarget(ctx);
+          if (isAgentPersona(id))
+            throw new OpError(
+              "PERMISSION",
+              `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`,
+            );
+          const key = ctx.args.publicKey;
+          try {
+            publicKeyFromRaw(key);
+          } catch (e) {
+            throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
+          }
+          // Registered with the request's dedupe record: a retry after a crash is not "already registered".
+          return ctx.atomically((): OpResult => {
+            if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
+            store.addPersona(id, key);
+            const rec = store.getPersona(id);
+            return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+          });
+        },
       }),
-      implement(personaRemove, (ctx): OpResult => {
-        const id = personaTarget(ctx);
-        const refusal = removalRefusal(id, host.admin, ctx.persona);
-        if (refusal) throw new OpError("PERMISSION", refusal);
-        if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
-        const ended: string[] = [];
-        const r = removePersonaTree(store, id, (t) => {
-          ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
-        });
-        const sessionsEnded = host.registryChanged();
-        return {
-          status: "SUCCESS",
-          audit: { removed: r.removed, ended },
-          payload: {
-            removed: id,
-            alsoRemoved: r.removed.filter((p) => p !== id),
-            sessionsEnded,
-            tokensRevoked: r.tokensRevoked,
-          },
-        };
+      implement(personaRemove, {
+        handler: (ctx): OpResult => {
+          const id = personaTarget(ctx);
+          const refusal = removalRefusal(id, host.admin, ctx.persona);
+          if (refusal) throw new OpError("PERMISSION", refusal);
+          if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
+          const ended: string[] = [];
+          const r = removePersonaTree(store, id, (t) => {
+            ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+          });
+          const sessionsEnded = host.registryChanged();
+          return {
+            status: "SUCCESS",
+            audit: { removed: r.removed, ended },
+            payload: {
+              removed: id,
+              alsoRemoved: r.removed.filter((p) => p !== id),
+              sessionsEnded,
+              tokensRevoked: r.tokensRevoked,
+            },
+          };
+        },
       }),
-      implement(personaList, (ctx): OpResult => {
-        return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
+      implement(personaList, {
+        handler: (ctx): OpResult => {
+          return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
+        },
       }),
     ],
   };

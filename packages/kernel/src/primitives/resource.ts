@@ -9,45 +9,55 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
   return {
     name: "resource",
     ops: [
-      implement(resourceAlloc, (ctx) => {
-        if (ctx.target.segments.join("/") !== ctx.persona) throw new OpError("PERMISSION", "a persona allocates for itself only");
-        const resource = ctx.args.resource;
-        if (!/^[a-z][a-z0-9_.]{0,63}$/.test(resource) || resource === "storage.bytes") {
-          throw new OpError("SEMANTIC", "resource must be a lowercase name other than storage.bytes (counted by storage itself)");
-        }
-        return ctx.atomically((): OpResult => {
-          const a = ledger.alloc(ctx.persona, resource, ctx.args.amount, ctx.grant);
-          return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };
-        });
+      implement(resourceAlloc, {
+        handler: (ctx) => {
+          if (ctx.target.segments.join("/") !== ctx.persona)
+            throw new OpError("PERMISSION", "a persona allocates for itself only");
+          const resource = ctx.args.resource;
+          if (!/^[a-z][a-z0-9_.]{0,63}$/.test(resource) || resource === "storage.bytes") {
+            throw new OpError(
+              "SEMANTIC",
+              "resource must be a lowercase name other than storage.bytes (counted by storage itself)",
+            );
+          }
+          return ctx.atomically((): OpResult => {
+            const a = ledger.alloc(ctx.persona, resource, ctx.args.amount, ctx.grant);
+            return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };
+          });
+        },
       }),
-      implement(resourceFree, (ctx) => {
-        return ctx.atomically((): OpResult => {
-          const a = ledger.free(ctx.persona, ctx.args.allocation);
-          return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
-        });
+      implement(resourceFree, {
+        handler: (ctx) => {
+          return ctx.atomically((): OpResult => {
+            const a = ledger.free(ctx.persona, ctx.args.allocation);
+            return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
+          });
+        },
       }),
-      implement(resourceQuery, (ctx): OpResult => {
-        if (ctx.target.scheme === "obj") {
-          const ws = ctx.target.segments[0] as string;
+      implement(resourceQuery, {
+        handler: (ctx): OpResult => {
+          if (ctx.target.scheme === "obj") {
+            const ws = ctx.target.segments[0] as string;
+            return {
+              status: "SUCCESS",
+              payload: {
+                workspace: ws,
+                usage: ledger.usage(workspaceScope(ws)),
+                quotas: { "storage.bytes": quotas.workspaceStorageBytes },
+              },
+            };
+          }
+          const p = ctx.target.segments.join("/");
           return {
             status: "SUCCESS",
             payload: {
-              workspace: ws,
-              usage: ledger.usage(workspaceScope(ws)),
-              quotas: { "storage.bytes": quotas.workspaceStorageBytes },
+              persona: p,
+              usage: ledger.usage(personaScope(p)),
+              limits: ctx.grant?.limits ?? {},
+              inFlight: ledger.inFlightOf(p),
             },
           };
-        }
-        const p = ctx.target.segments.join("/");
-        return {
-          status: "SUCCESS",
-          payload: {
-            persona: p,
-            usage: ledger.usage(personaScope(p)),
-            limits: ctx.grant?.limits ?? {},
-            inFlight: ledger.inFlightOf(p),
-          },
-        };
+        },
       }),
     ],
   };

@@ -13,81 +13,89 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
   const { uploads, blobs } = d;
   const _uploadArg = { type: "text" as const, required: true, description: "the id storage.upload.begin answered" };
   return [
-    implement(storageUploadBegin, (ctx) => {
-      const { workspace, path } = objectAddress(ctx);
-      const size = ctx.args.size;
-      if (size > limits.maxObjectBytes)
-        throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
-      // Quotas are charged at the commit; an upload that could never commit is refused now, and
-      // the bytes other uploads in progress have declared count as used: four uploads cannot
-      // each fit a quota that only one of them fits, and fill the disk meanwhile.
-      d.ledger.checkStorage(
-        ctx.persona,
-        workspace,
-        d.store.statObject(workspace, path),
-        size,
-        ctx.grant,
-        uploads.pendingFor(ctx.persona, workspace),
-      );
-      const u = uploads.begin(ctx.persona, ctx.targetUri, size);
-      return { status: "SUCCESS", payload: { upload: u.id, size } };
-    }),
-    implement(storageUploadChunk, async (ctx) => {
-      const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-      const offset = ctx.args.offset;
-      const data = ctx.args.data;
-      await uploads.chunk(u, offset, data);
-      return { status: "SUCCESS", payload: { received: offset + data.length } };
-    }),
-    implement(storageUploadCommit, async (ctx) => {
-      const { workspace, path } = objectAddress(ctx);
-      const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-      const want = ctx.args.sha256;
-      if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
-      const size = ctx.args.size;
-      if (size !== u.size || u.received !== u.size) {
-        throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
-      }
-      // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
-      // object no longer fits — is checked before the upload is consumed, so a refused commit
-      // leaves the upload for the client to retry or abort (only a race with another writer
-      // during the sync below can still consume it).
-      const existing = d.store.statObject(workspace, path);
-      const ifGeneration = ctx.args.ifGeneration;
-      if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
-        throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-      d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
-      u.committing = true;
-      try {
-        await uploads.settled(u);
-      } catch (e) {
-        uploads.drop(u);
-        throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
-      }
-      const hash = u.hash.copy().digest();
-      if (!hash.equals(want)) {
-        // The bytes are not the ones the persona meant: nothing of them becomes an object.
-        uploads.drop(u);
-        throw new OpError(
-          "SEMANTIC",
-          `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
+    implement(storageUploadBegin, {
+      handler: (ctx) => {
+        const { workspace, path } = objectAddress(ctx);
+        const size = ctx.args.size;
+        if (size > limits.maxObjectBytes)
+          throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
+        // Quotas are charged at the commit; an upload that could never commit is refused now, and
+        // the bytes other uploads in progress have declared count as used: four uploads cannot
+        // each fit a quota that only one of them fits, and fill the disk meanwhile.
+        d.ledger.checkStorage(
+          ctx.persona,
+          workspace,
+          d.store.statObject(workspace, path),
+          size,
+          ctx.grant,
+          uploads.pendingFor(ctx.persona, workspace),
         );
-      }
-      blobs.pin(hash);
-      try {
-        await blobs.syncFile(u.fd);
-        uploads.take(u);
-        await blobs.install(u.path, hash);
-      } catch (e) {
-        blobs.unpin(hash);
-        uploads.drop(u);
-        throw e;
-      }
-      return commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+        const u = uploads.begin(ctx.persona, ctx.targetUri, size);
+        return { status: "SUCCESS", payload: { upload: u.id, size } };
+      },
     }),
-    implement(storageUploadAbort, (ctx) => {
-      uploads.drop(uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri));
-      return { status: "SUCCESS", payload: { aborted: true } };
+    implement(storageUploadChunk, {
+      handler: async (ctx) => {
+        const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
+        const offset = ctx.args.offset;
+        const data = ctx.args.data;
+        await uploads.chunk(u, offset, data);
+        return { status: "SUCCESS", payload: { received: offset + data.length } };
+      },
+    }),
+    implement(storageUploadCommit, {
+      handler: async (ctx) => {
+        const { workspace, path } = objectAddress(ctx);
+        const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
+        const want = ctx.args.sha256;
+        if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
+        const size = ctx.args.size;
+        if (size !== u.size || u.received !== u.size) {
+          throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
+        }
+        // What would refuse the commit itself — a compare-and-set that cannot hold, a quota the
+        // object no longer fits — is checked before the upload is consumed, so a refused commit
+        // leaves the upload for the client to retry or abort (only a race with another writer
+        // during the sync below can still consume it).
+        const existing = d.store.statObject(workspace, path);
+        const ifGeneration = ctx.args.ifGeneration;
+        if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
+          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
+        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
+        u.committing = true;
+        try {
+          await uploads.settled(u);
+        } catch (e) {
+          uploads.drop(u);
+          throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
+        }
+        const hash = u.hash.copy().digest();
+        if (!hash.equals(want)) {
+          // The bytes are not the ones the persona meant: nothing of them becomes an object.
+          uploads.drop(u);
+          throw new OpError(
+            "SEMANTIC",
+            `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
+          );
+        }
+        blobs.pin(hash);
+        try {
+          await blobs.syncFile(u.fd);
+          uploads.take(u);
+          await blobs.install(u.path, hash);
+        } catch (e) {
+          blobs.unpin(hash);
+          uploads.drop(u);
+          throw e;
+        }
+        return commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+      },
+    }),
+    implement(storageUploadAbort, {
+      handler: (ctx) => {
+        uploads.drop(uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri));
+        return { status: "SUCCESS", payload: { aborted: true } };
+      },
     }),
   ];
 }

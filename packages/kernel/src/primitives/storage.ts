@@ -21,84 +21,97 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
   return {
     name: "storage",
     ops: [
-      implement(storageWrite, async (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        const data = dataArg(ctx);
-        if (data.length > limits.maxObjectBytes) {
-          throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
-        }
-        // Small bodies stay in the database (one commit, no file); larger ones are written to
-        // the file store first (synced), then named by the row (docs/architecture.md).
-        const body: ObjectBody = data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
-        return commitObject(ctx, d, workspace, path, body);
+      implement(storageWrite, {
+        handler: async (ctx) => {
+          const { workspace, path } = objectAddress(ctx);
+          const data = dataArg(ctx);
+          if (data.length > limits.maxObjectBytes) {
+            throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
+          }
+          // Small bodies stay in the database (one commit, no file); larger ones are written to
+          // the file store first (synced), then named by the row (docs/architecture.md).
+          const body: ObjectBody =
+            data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
+          return commitObject(ctx, d, workspace, path, body);
+        },
       }),
-      implement(storageRead, (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        const o = store.readObject(workspace, path);
-        if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-        const want = ctx.args.ifGeneration;
-        if (want !== undefined && want !== o.generation)
-          throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${o.generation}`);
-        const offset = ctx.args.offset ?? 0;
-        if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
-        const length = Math.min(ctx.args.length ?? o.size - offset, o.size - offset);
-        // What fits one answer on this session (its negotiated maxBody, less the envelope).
-        const fits = Math.min(limits.maxReadBytes, ctx.maxBody - Math.min(64 * 1024, Math.floor(ctx.maxBody / 2)));
-        if (length > fits) {
-          throw new OpError(
-            "RESOURCE",
-            `${length} bytes do not fit one response (at most ${fits}); read the object in ranges (offset, length)`,
+      implement(storageRead, {
+        handler: (ctx) => {
+          const { workspace, path } = objectAddress(ctx);
+          const o = store.readObject(workspace, path);
+          if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
+          const want = ctx.args.ifGeneration;
+          if (want !== undefined && want !== o.generation)
+            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${o.generation}`);
+          const offset = ctx.args.offset ?? 0;
+          if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
+          const length = Math.min(ctx.args.length ?? o.size - offset, o.size - offset);
+          // What fits one answer on this session (its negotiated maxBody, less the envelope).
+          const fits = Math.min(limits.maxReadBytes, ctx.maxBody - Math.min(64 * 1024, Math.floor(ctx.maxBody / 2)));
+          if (length > fits) {
+            throw new OpError(
+              "RESOURCE",
+              `${length} bytes do not fit one response (at most ${fits}); read the object in ranges (offset, length)`,
+            );
+          }
+          // Counted before it is read: pipelined reads of a large object cannot pile up in memory.
+          ctx.holdAnswerBytes(length);
+          const data = o.hash
+            ? blobs.read(o.hash, offset, length)
+            : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
+        },
+      }),
+      implement(storageStat, {
+        handler: (ctx) => {
+          const { workspace, path } = objectAddress(ctx);
+          const o = store.statObject(workspace, path);
+          if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
+          return { status: "SUCCESS", payload: { generation: o.generation, size: o.size, updatedAt: o.updatedAt } };
+        },
+      }),
+      implement(storageList, {
+        handler: (ctx) => {
+          const { workspace, path } = objectAddress(ctx, true);
+          const prefix = path === "" ? "" : `${path}/`;
+          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), limits.maxListPage);
+          const cursor = ctx.args.cursor;
+          if (cursor !== undefined && !cursor.startsWith(prefix))
+            throw new OpError("SEMANTIC", "cursor does not belong to this listing");
+          const rows = store.listObjects(workspace, prefix, cursor, limit + 1);
+          const more = rows.length > limit;
+          const page = more ? rows.slice(0, limit) : rows;
+          const payload: Record<string, CborValue> = {
+            items: page.map((o) => ({ path: o.path, size: o.size, generation: o.generation })),
+          };
+          if (more) payload.cursor = page[page.length - 1]?.path as string;
+          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+        },
+      }),
+      implement(storageDelete, {
+        handler: (ctx) => {
+          const { workspace, path } = objectAddress(ctx);
+          // The row, its owner's usage and the request's dedupe record change in one transaction.
+          let old: Uint8Array | undefined;
+          const result = ctx.atomically(
+            (): OpResult =>
+              store.transaction(() => {
+                const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
+                if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
+                if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
+                if (x.previous) ledger.releaseStorage(workspace, x.previous);
+                old = x.previous?.hash ?? undefined;
+                return {
+                  status: "SUCCESS",
+                  payload: { deleted: true, generation: x.generation },
+                  audit: { generation: x.generation },
+                };
+              }),
           );
-        }
-        // Counted before it is read: pipelined reads of a large object cannot pile up in memory.
-        ctx.holdAnswerBytes(length);
-        const data = o.hash ? blobs.read(o.hash, offset, length) : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
-        return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
-      }),
-      implement(storageStat, (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        const o = store.statObject(workspace, path);
-        if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-        return { status: "SUCCESS", payload: { generation: o.generation, size: o.size, updatedAt: o.updatedAt } };
-      }),
-      implement(storageList, (ctx) => {
-        const { workspace, path } = objectAddress(ctx, true);
-        const prefix = path === "" ? "" : `${path}/`;
-        const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), limits.maxListPage);
-        const cursor = ctx.args.cursor;
-        if (cursor !== undefined && !cursor.startsWith(prefix))
-          throw new OpError("SEMANTIC", "cursor does not belong to this listing");
-        const rows = store.listObjects(workspace, prefix, cursor, limit + 1);
-        const more = rows.length > limit;
-        const page = more ? rows.slice(0, limit) : rows;
-        const payload: Record<string, CborValue> = {
-          items: page.map((o) => ({ path: o.path, size: o.size, generation: o.generation })),
-        };
-        if (more) payload.cursor = page[page.length - 1]?.path as string;
-        return { status: more ? "PARTIAL" : "SUCCESS", payload };
-      }),
-      implement(storageDelete, (ctx) => {
-        const { workspace, path } = objectAddress(ctx);
-        // The row, its owner's usage and the request's dedupe record change in one transaction.
-        let old: Uint8Array | undefined;
-        const result = ctx.atomically(
-          (): OpResult =>
-            store.transaction(() => {
-              const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
-              if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-              if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
-              if (x.previous) ledger.releaseStorage(workspace, x.previous);
-              old = x.previous?.hash ?? undefined;
-              return {
-                status: "SUCCESS",
-                payload: { deleted: true, generation: x.generation },
-                audit: { generation: x.generation },
-              };
-            }),
-        );
-        // The row is gone (committed): its body goes too unless another object names the same bytes.
-        if (old) blobs.collect(old, store.countBodyRefs(old));
-        return result;
+          // The row is gone (committed): its body goes too unless another object names the same bytes.
+          if (old) blobs.collect(old, store.countBodyRefs(old));
+          return result;
+        },
       }),
       ...uploadOps(d, limits),
     ],

@@ -32,21 +32,29 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
   return {
     name: "system",
     ops: [
-      implement(systemHealth, () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } })),
-      implement(systemInfo, () => ({
-        status: "SUCCESS",
-        payload: {
-          kernel: info.kernelId,
-          version: info.version,
-          protocol: PROTOCOL_VERSION,
-          protocols: [...SUPPORTED_VERSIONS],
-          startedAt: info.startedAt,
-          sessions: info.sessions(),
-          sandbox: info.sandbox(),
-        },
-      })),
-      implement(systemStatus, (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) })),
-      implement(systemDescribe, () => ({ status: "SUCCESS", payload: router.describe() })),
+      implement(systemHealth, {
+        handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
+      }),
+      implement(systemInfo, {
+        handler: () => ({
+          status: "SUCCESS",
+          payload: {
+            kernel: info.kernelId,
+            version: info.version,
+            protocol: PROTOCOL_VERSION,
+            protocols: [...SUPPORTED_VERSIONS],
+            startedAt: info.startedAt,
+            sessions: info.sessions(),
+            sandbox: info.sandbox(),
+          },
+        }),
+      }),
+      implement(systemStatus, {
+        handler: (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) }),
+      }),
+      implement(systemDescribe, {
+        handler: () => ({ status: "SUCCESS", payload: router.describe() }),
+      }),
     ],
   };
 }

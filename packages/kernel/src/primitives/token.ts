@@ -112,119 +112,131 @@ export function tokenFamily(
   return {
     name: "token",
     ops: [
-      implement(tokenMint, (ctx) => {
-        const sub = ctx.target.segments.join("/");
-        if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
-        const limits = ctx.args.limits;
-        if (limits && !Object.values(limits).every((v) => typeof v === "number"))
-          throw new OpError("SEMANTIC", "limits must be integers");
-        const workspaces = ctx.args.workspaces;
-        if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
-          throw new OpError("SEMANTIC", "workspaces must be workspace ids");
-        }
-        const ttlMs = ctx.args.ttlMs;
-        if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
-        try {
-          // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
-          return ctx.atomically((): OpResult => {
-            const t = enforcer.mint(ctx.grant, ctx.persona, {
-              sub,
-              rights: rightsArg(ctx.args.rights),
-              ttlMs,
-              ...(limits ? { limits } : {}),
-              ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
-              ...(workspaces ? { workspaces } : {}),
-              ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
+      implement(tokenMint, {
+        handler: (ctx) => {
+          const sub = ctx.target.segments.join("/");
+          if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
+          const limits = ctx.args.limits;
+          if (limits && !Object.values(limits).every((v) => typeof v === "number"))
+            throw new OpError("SEMANTIC", "limits must be integers");
+          const workspaces = ctx.args.workspaces;
+          if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
+            throw new OpError("SEMANTIC", "workspaces must be workspace ids");
+          }
+          const ttlMs = ctx.args.ttlMs;
+          if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
+          try {
+            // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
+            return ctx.atomically((): OpResult => {
+              const t = enforcer.mint(ctx.grant, ctx.persona, {
+                sub,
+                rights: rightsArg(ctx.args.rights),
+                ttlMs,
+                ...(limits ? { limits } : {}),
+                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
+                ...(workspaces ? { workspaces } : {}),
+                ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
+              });
+              return {
+                status: "SUCCESS",
+                payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
+                audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
+              };
             });
-            return {
-              status: "SUCCESS",
-              payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
-              audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
-            };
-          });
-        } catch (e) {
-          if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
-          if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
-          throw e;
-        }
+          } catch (e) {
+            if (e instanceof EscalationError) throw new OpError("PERMISSION", `escalation refused: ${e.message}`);
+            if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
+            throw e;
+          }
+        },
       }),
-      implement(tokenRefresh, (ctx) => {
-        const t = tokenArg(ctx);
-        checkTarget(ctx, t);
-        const v = enforcer.verify(t, ctx.persona);
-        // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
-        // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
-        const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
-        if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
-        if (!v.ok) throw new OpError("CAPABILITY", v.message);
-        if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
-        const fresh = enforcer.refresh(t, ctx.persona);
-        const g = effectiveGrant(fresh);
-        return {
-          status: "SUCCESS",
-          payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
-          audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
-        };
+      implement(tokenRefresh, {
+        handler: (ctx) => {
+          const t = tokenArg(ctx);
+          checkTarget(ctx, t);
+          const v = enforcer.verify(t, ctx.persona);
+          // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
+          // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
+          const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
+          if (!delegated) mustOwn(ctx, t.claims.id, t.claims.sub);
+          if (!v.ok) throw new OpError("CAPABILITY", v.message);
+          if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
+          const fresh = enforcer.refresh(t, ctx.persona);
+          const g = effectiveGrant(fresh);
+          return {
+            status: "SUCCESS",
+            payload: { token: encodeToken(fresh), id: fresh.claims.id, exp: g.exp },
+            audit: { token: tokenDetail(fresh, g, tokenRef(v.grant)) },
+          };
+        },
       }),
-      implement(tokenRevoke, (ctx) => {
-        const id = targetId(ctx);
-        mustOwn(ctx, id, undefined);
-        // After the ownership check, so only those who could own any token learn that an id is unknown.
-        if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
-        const r = enforcer.revoke(id, ctx.persona);
-        onRevoke(id);
-        return {
-          status: "SUCCESS",
-          payload: { id, revoked: true, already: !r.changed },
-          audit: { revoked: id, ended: r.ended },
-          // Refusals the revocation causes name this record.
-          ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
-        };
+      implement(tokenRevoke, {
+        handler: (ctx) => {
+          const id = targetId(ctx);
+          mustOwn(ctx, id, undefined);
+          // After the ownership check, so only those who could own any token learn that an id is unknown.
+          if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
+          const r = enforcer.revoke(id, ctx.persona);
+          onRevoke(id);
+          return {
+            status: "SUCCESS",
+            payload: { id, revoked: true, already: !r.changed },
+            audit: { revoked: id, ended: r.ended },
+            // Refusals the revocation causes name this record.
+            ...(r.changed ? { recorded: (seq: number) => enforcer.noteRevokeRecord(id, seq) } : {}),
+          };
+        },
       }),
-      implement(tokenInspect, (ctx) => {
-        const t = tokenArg(ctx);
-        checkTarget(ctx, t);
-        mustOwn(ctx, t.claims.id, t.claims.sub);
-        const v = enforcer.verify(t, ctx.persona);
-        const d = describeToken(t, enforcer);
-        if (!v.ok) d.problem = v.message;
-        return { status: "SUCCESS", payload: d };
+      implement(tokenInspect, {
+        handler: (ctx) => {
+          const t = tokenArg(ctx);
+          checkTarget(ctx, t);
+          mustOwn(ctx, t.claims.id, t.claims.sub);
+          const v = enforcer.verify(t, ctx.persona);
+          const d = describeToken(t, enforcer);
+          if (!v.ok) d.problem = v.message;
+          return { status: "SUCCESS", payload: d };
+        },
       }),
-      implement(tokenBind, (ctx) => {
-        if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
-        const t = tokenArg(ctx);
-        checkTarget(ctx, t);
-        const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token, ctx.session);
-        if ("code" in r) throw new OpError("CAPABILITY", r.message);
-        return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
+      implement(tokenBind, {
+        handler: (ctx) => {
+          if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
+          const t = tokenArg(ctx);
+          checkTarget(ctx, t);
+          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token, ctx.session);
+          if ("code" in r) throw new OpError("CAPABILITY", r.message);
+          return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
+        },
       }),
-      implement(tokenList, (ctx) => {
-        const only = ctx.args.persona;
-        if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
-          throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
-        }
-        const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
-        const cursor = ctx.args.cursor;
-        if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
-          throw new OpError("SEMANTIC", "cursor is not a token list cursor");
-        // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
-        const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
-        const more = rows.length > limit;
-        const page = more ? rows.slice(0, limit) : rows;
-        const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
-        const payload: CborMap = {
-          tokens: visible.map((r) => ({
-            id: r.id,
-            sub: r.sub,
-            chain: r.chain,
-            exp: r.exp,
-            mintedBy: r.mintedBy,
-            createdAt: r.createdAt,
-            ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
-          })),
-        };
-        if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
-        return { status: more ? "PARTIAL" : "SUCCESS", payload };
+      implement(tokenList, {
+        handler: (ctx) => {
+          const only = ctx.args.persona;
+          if (only !== undefined && ctx.persona !== admin && !personaWithin(only, ctx.persona)) {
+            throw new OpError("PERMISSION", `the tokens of ${only} belong to another persona`);
+          }
+          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
+          const cursor = ctx.args.cursor;
+          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
+            throw new OpError("SEMANTIC", "cursor is not a token list cursor");
+          // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
+          const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
+          const more = rows.length > limit;
+          const page = more ? rows.slice(0, limit) : rows;
+          const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
+          const payload: CborMap = {
+            tokens: visible.map((r) => ({
+              id: r.id,
+              sub: r.sub,
+              chain: r.chain,
+              exp: r.exp,
+              mintedBy: r.mintedBy,
+              createdAt: r.createdAt,
+              ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
+            })),
+          };
+          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
+          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+        },
       }),
     ],
   };
