@@ -1,5 +1,4 @@
-import { eventSubscribe, eventUnsubscribe, type KEvent } from "@kpip/protocol";
-import { type OpCall, opCall } from "./op-call.js";
+import type { KEvent } from "@kpip/protocol";
 import type { CallFn, CallOptions } from "./options.js";
 import { Subscription } from "./subscription.js";
 
@@ -15,25 +14,23 @@ export interface ResubscribeEvents {
  */
 export class Subscriptions {
   private readonly subs = new Set<Subscription>();
-  private readonly op: OpCall;
 
   constructor(
-    call: CallFn,
+    private readonly call: CallFn,
     /** Whether an unsubscribe can reach the kernel now. */
     private readonly ready: () => boolean,
     private readonly events: ResubscribeEvents,
-  ) {
-    this.op = opCall(call);
-  }
+  ) {}
 
   /** Subscribes to topic:// names matching `pattern`; see {@link KernelClient.subscribe}. */
   async subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
     const { bufferSize, ...callOpts } = opts;
     const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
       this.subs.delete(s);
-      if (this.ready()) await this.op(eventUnsubscribe, s.pattern, { subscription: s.remoteId }).catch(() => {});
+      if (this.ready()) await this.call("event.unsubscribe", s.pattern, { subscription: s.remoteId }).catch(() => {});
     });
-    sub.remoteId = (await this.op(eventSubscribe, pattern, {}, callOpts)).payload.subscription;
+    const r = await this.call("event.subscribe", pattern, {}, callOpts);
+    sub.remoteId = (r.payload as { subscription: number }).subscription;
     this.subs.add(sub);
     return sub;
   }
@@ -48,7 +45,8 @@ export class Subscriptions {
   async resubscribe(): Promise<void> {
     for (const sub of this.subs) {
       try {
-        sub.remoteId = (await this.op(eventSubscribe, sub.pattern, {})).payload.subscription;
+        const r = await this.call("event.subscribe", sub.pattern);
+        sub.remoteId = (r.payload as { subscription: number }).subscription;
         this.events.resubscribed(sub.pattern);
       } catch (e) {
         this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
