@@ -48,7 +48,6 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
     if (!a) throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
     return a;
   };
-  const _spawnerArg = { type: "text", description: "the admin only: another persona's agent" } as const;
   return {
     name: "agent",
     ops: [

@@ -11,7 +11,6 @@ import { OpError, type PrimitiveDeclaration } from "./types.js";
  */
 export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDeclaration[] {
   const { uploads, blobs } = d;
-  const _uploadArg = { type: "text" as const, required: true, description: "the id storage.upload.begin answered" };
   return [
     implement(storageUploadBegin, {
       handler: (ctx) => {
