@@ -88,11 +88,10 @@ export function checkShape(shape: Shape, m: CborMap, c: ShapeCheck): ShapeProble
 
 /** `m` without its null and undefined fields: arguments as a handler reads them (null is absent). */
 export function withoutNulls(m: CborMap): CborMap {
-  let out: CborMap | undefined;
-  for (const [k, v] of Object.entries(m)) {
-    if (v !== null && v !== undefined) continue;
-    out ??= { ...m };
-    delete out[k];
-  }
-  return out ?? m;
+  // The usual request has no null argument: it costs one pass over the keys and no copy.
+  const keys = Object.keys(m);
+  if (!keys.some((k) => m[k] === null || m[k] === undefined)) return m;
+  const out: CborMap = {};
+  for (const k of keys) if (m[k] !== null && m[k] !== undefined) out[k] = m[k] as CborValue;
+  return out;
 }
