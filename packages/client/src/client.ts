@@ -19,6 +19,7 @@ import {
   TokensApi,
 } from "./families.js";
 import { Link } from "./link.js";
+import { type OpCall, opCall } from "./op-call.js";
 import {
   type CallOptions,
   type CallResult,
@@ -69,6 +70,8 @@ export class KernelClient extends EventEmitter {
   readonly resources = new ResourcesApi(this.call.bind(this));
   readonly agents = new AgentsApi(this.call.bind(this));
   readonly personas = new PersonasApi(this.call.bind(this));
+  /** Any op of the catalogue (`@kpip/protocol`), typed by its definition: `client.op(storageStat, "obj://ws/a", {})`. */
+  readonly op: OpCall = opCall(this.call.bind(this));
   private link: Link | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly calls: CallTable;

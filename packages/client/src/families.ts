@@ -1,49 +1,90 @@
-import type { CborMap, CborValue } from "@kpip/protocol";
-import type { CallFn as Call, CallOptions, CallResult } from "./options.js";
+import {
+  type ArgsOf,
+  agentKill,
+  agentList,
+  agentLogs,
+  agentSpawn,
+  agentStatus,
+  type CborValue,
+  computeSubmit,
+  eventEmit,
+  opCancel,
+  opResult,
+  opStatusOp,
+  personaList,
+  personaRegister,
+  personaRemove,
+  type ResultOf,
+  resourceAlloc,
+  resourceFree,
+  resourceQuery,
+  storageDelete,
+  storageList,
+  storageRead,
+  storageStat,
+  type storageUploadCommit,
+  storageWrite,
+  systemDescribe,
+  systemHealth,
+  systemInfo,
+  tokenInspect,
+  tokenList,
+  tokenMint,
+  tokenRevoke,
+} from "@kpip/protocol";
+import { type OpCall, opCall } from "./op-call.js";
+import type { CallFn as Call, CallOptions } from "./options.js";
 import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
 import type { Subscription } from "./subscription.js";
 
+/*
+ * Each family's methods are typed one-liners over the op catalogue (`@kpip/protocol`): the
+ * arguments and payloads are the definitions' own types, so the client cannot drift from the
+ * kernel or from the spec's Appendix C.
+ */
+
 /** system.* */
 export class SystemApi {
-  constructor(private readonly call: Call) {}
-  health(opts?: CallOptions): Promise<{ status: string; uptimeMs: number }> {
-    return this.call("system.health", "kernel://", {}, opts).then((r) => r.payload as { status: string; uptimeMs: number });
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
   }
-  info(opts?: CallOptions): Promise<CborMap> {
-    return this.call("system.info", "kernel://", {}, opts).then((r) => r.payload as CborMap);
+  async health(opts?: CallOptions): Promise<ResultOf<typeof systemHealth>> {
+    return (await this.op(systemHealth, "kernel://", {}, opts)).payload;
   }
-  describe(opts?: CallOptions): Promise<{ ops: { op: string; description: string; targets: string[] }[] }> {
-    return this.call("system.describe", "kernel://", {}, opts).then((r) => r.payload as never);
+  async info(opts?: CallOptions): Promise<ResultOf<typeof systemInfo>> {
+    return (await this.op(systemInfo, "kernel://", {}, opts)).payload;
+  }
+  async describe(opts?: CallOptions): Promise<ResultOf<typeof systemDescribe>> {
+    return (await this.op(systemDescribe, "kernel://", {}, opts)).payload;
   }
 }
 
-export interface StoredObject {
-  data: Uint8Array;
-  generation: number;
-  size: number;
-}
+/** An object's bytes as storage.read answers them. */
+export type StoredObject = Pick<ResultOf<typeof storageRead>, "data" | "generation" | "size">;
 
 /** storage.* on obj://<workspace>/<path>. */
 export class StorageApi {
+  private readonly op: OpCall;
   /** `maxBody`: the largest frame body of the current session (chunks and ranges are cut to fit). */
   constructor(
-    private readonly call: Call,
+    call: Call,
     private readonly maxBody: () => number = () => 16 * 1024 * 1024,
-  ) {}
+  ) {
+    this.op = opCall(call);
+  }
   /** Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n. */
   async write(
     target: string,
     data: Uint8Array | string,
     opts: CallOptions & { ifGeneration?: number } = {},
-  ): Promise<{ generation: number; size: number }> {
+  ): Promise<ResultOf<typeof storageWrite>> {
     const { ifGeneration, ...rest } = opts;
-    const args: CborMap = { data };
-    if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
-    return (await this.call("storage.write", target, args, rest)).payload as { generation: number; size: number };
+    return (await this.op(storageWrite, target, { data, ifGeneration }, rest)).payload;
   }
   /** Reads a whole object (it must fit one frame; see {@link getLarge} and {@link readStream} for larger ones). */
-  async read(target: string, opts?: CallOptions): Promise<StoredObject> {
-    return (await this.call("storage.read", target, {}, opts)).payload as unknown as StoredObject;
+  async read(target: string, opts?: CallOptions): Promise<ResultOf<typeof storageRead>> {
+    return (await this.op(storageRead, target, {}, opts)).payload;
   }
   /** Reads `length` bytes from `offset` (clipped to the end); `size` is the whole object's. */
   async readRange(
@@ -51,11 +92,9 @@ export class StorageApi {
     offset: number,
     length: number,
     opts: CallOptions & { ifGeneration?: number } = {},
-  ): Promise<StoredObject & { offset: number }> {
+  ): Promise<ResultOf<typeof storageRead>> {
     const { ifGeneration, ...rest } = opts;
-    const args: CborMap = { offset, length };
-    if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
-    return (await this.call("storage.read", target, args, rest)).payload as never;
+    return (await this.op(storageRead, target, { offset, length, ifGeneration }, rest)).payload;
   }
   /**
    * Writes an object of any size through the chunked upload: `source` is a buffer or an
@@ -70,12 +109,12 @@ export class StorageApi {
     target: string,
     source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
     opts?: PutLargeOptions,
-  ): Promise<{ generation: number; size: number; sha256: Uint8Array }> {
-    return putLarge(this.call, this.maxBody(), target, source, opts);
+  ): Promise<ResultOf<typeof storageUploadCommit>> {
+    return putLarge(this.op, this.maxBody(), target, source, opts);
   }
   /** An object's bytes as ranged reads, one generation throughout (a concurrent write fails the stream). */
   readStream(target: string, opts?: ReadLargeOptions): AsyncIterable<Uint8Array> {
-    return readStream(this.call, this.maxBody(), target, opts);
+    return readStream(this.op, this.maxBody(), target, opts);
   }
   /** A whole object of any size, gathered from {@link readStream} into one buffer. */
   async getLarge(target: string, opts?: ReadLargeOptions): Promise<Buffer> {
@@ -83,26 +122,23 @@ export class StorageApi {
     for await (const p of this.readStream(target, opts)) parts.push(p);
     return Buffer.concat(parts);
   }
-  async stat(target: string, opts?: CallOptions): Promise<{ generation: number; size: number; updatedAt: number }> {
-    return (await this.call("storage.stat", target, {}, opts)).payload as never;
+  async stat(target: string, opts?: CallOptions): Promise<ResultOf<typeof storageStat>> {
+    return (await this.op(storageStat, target, {}, opts)).payload;
   }
-  async delete(target: string, opts: CallOptions & { ifGeneration?: number } = {}): Promise<{ generation: number }> {
+  async delete(target: string, opts: CallOptions & { ifGeneration?: number } = {}): Promise<ResultOf<typeof storageDelete>> {
     const { ifGeneration, ...rest } = opts;
-    return (await this.call("storage.delete", target, ifGeneration === undefined ? {} : { ifGeneration }, rest)).payload as never;
+    return (await this.op(storageDelete, target, { ifGeneration }, rest)).payload;
   }
   /** Every entry under obj://ws[/prefix], following PARTIAL pages and their cursors. */
   async *list(
     target: string,
     opts: CallOptions & { pageSize?: number } = {},
-  ): AsyncIterable<{ path: string; size: number; generation: number }> {
+  ): AsyncIterable<ResultOf<typeof storageList>["items"][number]> {
     const { pageSize, ...rest } = opts;
     let cursor: string | undefined;
     for (;;) {
-      const args: CborMap = {};
-      if (pageSize !== undefined) args.limit = pageSize;
-      if (cursor !== undefined) args.cursor = cursor;
-      const r: CallResult = await this.call("storage.list", target, args, rest);
-      const p = r.payload as { items: { path: string; size: number; generation: number }[]; cursor?: string };
+      const r = await this.op(storageList, target, { limit: pageSize, cursor }, rest);
+      const p = r.payload;
       yield* p.items;
       if (r.status !== "PARTIAL" || p.cursor === undefined) return;
       cursor = p.cursor;
@@ -112,38 +148,26 @@ export class StorageApi {
 
 /** token.* */
 export class TokensApi {
-  constructor(private readonly call: Call) {}
-  async mint(
-    persona: string,
-    spec: {
-      rights: { ops: string[]; targets: string[] }[];
-      ttlMs: number;
-      maxLifetimeMs?: number;
-      limits?: Record<string, number>;
-      workspaces?: string[];
-      domains?: string[];
-    },
-    opts?: CallOptions,
-  ): Promise<{ token: Uint8Array; id: string; exp: number }> {
-    return (await this.call("token.mint", `persona://${persona}`, spec as unknown as CborMap, opts)).payload as never;
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
+  async mint(persona: string, spec: ArgsOf<typeof tokenMint>, opts?: CallOptions): Promise<ResultOf<typeof tokenMint>> {
+    return (await this.op(tokenMint, `persona://${persona}`, spec, opts)).payload;
   }
   async revoke(id: string, opts?: CallOptions): Promise<void> {
-    await this.call("token.revoke", `token://${id}`, {}, opts);
+    await this.op(tokenRevoke, `token://${id}`, {}, opts);
   }
-  async inspect(id: string, token: Uint8Array, opts?: CallOptions): Promise<CborValue | undefined> {
-    return (await this.call("token.inspect", `token://${id}`, { token }, opts)).payload;
+  async inspect(id: string, token: Uint8Array, opts?: CallOptions): Promise<ResultOf<typeof tokenInspect>> {
+    return (await this.op(tokenInspect, `token://${id}`, { token }, opts)).payload;
   }
   /** Every token the caller may see (optionally only `persona`'s), following PARTIAL pages and their cursors. */
   async *list(opts: CallOptions & { persona?: string; pageSize?: number } = {}): AsyncIterable<TokenEntry> {
     const { persona, pageSize, ...rest } = opts;
     let cursor: string | undefined;
     for (;;) {
-      const args: CborMap = {};
-      if (persona !== undefined) args.persona = persona;
-      if (pageSize !== undefined) args.limit = pageSize;
-      if (cursor !== undefined) args.cursor = cursor;
-      const r: CallResult = await this.call("token.list", "kernel://", args, rest);
-      const p = r.payload as unknown as { tokens: TokenEntry[]; cursor?: string };
+      const r = await this.op(tokenList, "kernel://", { persona, limit: pageSize, cursor }, rest);
+      const p = r.payload;
       yield* p.tokens;
       if (r.status !== "PARTIAL" || p.cursor === undefined) return;
       cursor = p.cursor;
@@ -152,69 +176,62 @@ export class TokensApi {
 }
 
 /** One row of token.list. */
-export interface TokenEntry {
-  id: string;
-  sub: string;
-  chain: string[];
-  exp: number;
-  mintedBy: string;
-  createdAt: number;
-  revokedAt?: number;
-}
+export type TokenEntry = ResultOf<typeof tokenList>["tokens"][number];
 
 /** event.* — `subscribe` returns an async iterable that survives reconnects. */
 export class EventsApi {
+  private readonly op: OpCall;
   constructor(
-    private readonly call: Call,
+    call: Call,
     private readonly subscribeFn: (pattern: string, opts?: CallOptions & { bufferSize?: number }) => Promise<Subscription>,
-  ) {}
+  ) {
+    this.op = opCall(call);
+  }
   subscribe(pattern: string, opts?: CallOptions & { bufferSize?: number }): Promise<Subscription> {
     return this.subscribeFn(pattern, opts);
   }
-  async emit(topic: string, data?: CborValue, opts?: CallOptions): Promise<{ subscribers: number }> {
-    return (await this.call("event.emit", topic, data === undefined ? {} : { data }, opts)).payload as never;
+  async emit(topic: string, data?: CborValue, opts?: CallOptions): Promise<ResultOf<typeof eventEmit>> {
+    return (await this.op(eventEmit, topic, { data }, opts)).payload;
   }
 }
 
 /** A DEFERRED answer: the op to follow. */
-export interface Deferred {
-  op: string;
-  id: string;
-}
+export type Deferred = ResultOf<typeof computeSubmit>;
 
 /** compute.* — submit answers DEFERRED; follow it with `client.ops`. */
 export class ComputeApi {
-  constructor(private readonly call: Call) {}
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
   /** Runs an allowed command (no shell) as a DEFERRED op. */
   async command(executable: string, args: string[] = [], opts: CallOptions & { timeoutMs?: number } = {}): Promise<Deferred> {
     const { timeoutMs, ...rest } = opts;
-    const a: CborMap = { args };
-    if (timeoutMs !== undefined) a.timeoutMs = timeoutMs;
-    return (await this.call("compute.submit", `op://command/${executable}`, a, rest)).payload as unknown as Deferred;
+    return (await this.op(computeSubmit, `op://command/${executable}`, { args, timeoutMs }, rest)).payload;
   }
   /** Runs an embedder-registered task function as a DEFERRED op. */
   async task(name: string, input: CborValue = null, opts: CallOptions & { timeoutMs?: number } = {}): Promise<Deferred> {
     const { timeoutMs, ...rest } = opts;
-    const a: CborMap = { args: input };
-    if (timeoutMs !== undefined) a.timeoutMs = timeoutMs;
-    return (await this.call("compute.submit", `op://task/${name}`, a, rest)).payload as unknown as Deferred;
+    return (await this.op(computeSubmit, `op://task/${name}`, { args: input, timeoutMs }, rest)).payload;
   }
 }
 
 /** op.* — follow-up on DEFERRED ops (no implicit continuation: the persona asks). */
 export class OpsApi {
-  constructor(private readonly call: Call) {}
-  async status(op: string | Deferred, opts?: CallOptions): Promise<CborMap> {
-    return (await this.call("op.status", typeof op === "string" ? op : op.op, {}, opts)).payload as CborMap;
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
+  async status(op: string | Deferred, opts?: CallOptions): Promise<ResultOf<typeof opStatusOp>> {
+    return (await this.op(opStatusOp, typeof op === "string" ? op : op.op, {}, opts)).payload;
   }
   /** The op's result if finished (FAILURE throws the op's error), or undefined while it runs. */
   async result(op: string | Deferred, opts?: CallOptions): Promise<CborValue | undefined> {
-    const r = await this.call("op.result", typeof op === "string" ? op : op.op, {}, opts);
-    return r.status === "DEFERRED" ? undefined : (r.payload as CborMap).result;
+    const r = await this.op(opResult, typeof op === "string" ? op : op.op, {}, opts);
+    return r.status === "DEFERRED" ? undefined : r.payload.result;
   }
   async cancel(op: string | Deferred, opts?: CallOptions): Promise<boolean> {
-    return ((await this.call("op.cancel", typeof op === "string" ? op : op.op, {}, opts)).payload as { cancelled: boolean })
-      .cancelled;
+    return (await this.op(opCancel, typeof op === "string" ? op : op.op, {}, opts)).payload.cancelled;
   }
   /**
    * Follows a DEFERRED op to its result, asking op.result with growing pauses (25 ms → 1 s).
@@ -228,8 +245,8 @@ export class OpsApi {
         await this.cancel(uri).catch(() => {});
         throw opts.signal.reason ?? new Error("aborted");
       }
-      const r = await this.call("op.result", uri, {});
-      if (r.status !== "DEFERRED") return (r.payload as CborMap).result;
+      const r = await this.op(opResult, uri, {});
+      if (r.status !== "DEFERRED") return r.payload.result;
       await new Promise<void>((resolve) => {
         const t = setTimeout(resolve, pause);
         opts.signal?.addEventListener(
@@ -248,63 +265,52 @@ export class OpsApi {
 
 /** resource.* — reservations against the token's limits, and usage. */
 export class ResourcesApi {
-  constructor(private readonly call: Call) {}
-  async alloc(
-    persona: string,
-    resource: string,
-    amount: number,
-    opts?: CallOptions,
-  ): Promise<{ allocation: string; resource: string; amount: number }> {
-    return (await this.call("resource.alloc", `persona://${persona}`, { resource, amount }, opts)).payload as never;
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
+  async alloc(persona: string, resource: string, amount: number, opts?: CallOptions): Promise<ResultOf<typeof resourceAlloc>> {
+    return (await this.op(resourceAlloc, `persona://${persona}`, { resource, amount }, opts)).payload;
   }
   async free(persona: string, allocation: string, opts?: CallOptions): Promise<void> {
-    await this.call("resource.free", `persona://${persona}`, { allocation }, opts);
+    await this.op(resourceFree, `persona://${persona}`, { allocation }, opts);
   }
-  async query(target: string, opts?: CallOptions): Promise<CborMap> {
-    return (await this.call("resource.query", target, {}, opts)).payload as CborMap;
+  async query(target: string, opts?: CallOptions): Promise<ResultOf<typeof resourceQuery>> {
+    return (await this.op(resourceQuery, target, {}, opts)).payload;
   }
 }
 
 /** agent.* — agents are processes the kernel starts; each connects back as its own persona. */
 export class AgentsApi {
-  constructor(private readonly call: Call) {}
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
   /** Starts agent://<executable>/<instance> with a token of `rights` (within the caller's grant). */
   async spawn(
     executable: string,
     instance: string,
-    spec: {
-      args?: string[];
-      rights: { ops: string[]; targets: string[] }[];
-      lifetimeMs: number;
-      limits?: Record<string, number>;
-    },
+    spec: ArgsOf<typeof agentSpawn>,
     opts?: CallOptions,
-  ): Promise<CborMap> {
-    return (await this.call("agent.spawn", `agent://${executable}/${instance}`, spec as unknown as CborMap, opts))
-      .payload as CborMap;
+  ): Promise<ResultOf<typeof agentSpawn>> {
+    return (await this.op(agentSpawn, `agent://${executable}/${instance}`, spec, opts)).payload;
   }
   async kill(agent: string, opts?: CallOptions): Promise<void> {
-    await this.call("agent.kill", agent, {}, opts);
+    await this.op(agentKill, agent, {}, opts);
   }
-  async status(agent: string, opts?: CallOptions): Promise<CborMap> {
-    return (await this.call("agent.status", agent, {}, opts)).payload as CborMap;
+  async status(agent: string, opts?: CallOptions): Promise<ResultOf<typeof agentStatus>> {
+    return (await this.op(agentStatus, agent, {}, opts)).payload;
   }
-  async logs(agent: string, opts?: CallOptions): Promise<{ stdout: Uint8Array; stderr: Uint8Array }> {
-    return (await this.call("agent.logs", agent, {}, opts)).payload as never;
+  async logs(agent: string, opts?: CallOptions): Promise<ResultOf<typeof agentLogs>> {
+    return (await this.op(agentLogs, agent, {}, opts)).payload;
   }
-  async list(opts?: CallOptions): Promise<CborMap[]> {
-    return ((await this.call("agent.list", "kernel://", {}, opts)).payload as { agents: CborMap[] }).agents;
+  async list(opts?: CallOptions): Promise<ResultOf<typeof agentList>["agents"]> {
+    return (await this.op(agentList, "kernel://", {}, opts)).payload.agents;
   }
 }
 
-/** One entry of the persona registry. */
-export interface PersonaEntry {
-  persona: string;
-  /** Raw Ed25519 public key (32 bytes). */
-  publicKey: Uint8Array;
-  /** Registration time, ms since the epoch. */
-  created: number;
-}
+/** One entry of the persona registry: its id, raw Ed25519 public key, and registration time. */
+export type PersonaEntry = ResultOf<typeof personaRegister>;
 
 /**
  * persona.* — the persona registry through the kernel (capability-checked and audited).
@@ -312,22 +318,23 @@ export interface PersonaEntry {
  * manage alice's sub-personas.
  */
 export class PersonasApi {
-  constructor(private readonly call: Call) {}
+  private readonly op: OpCall;
+  constructor(call: Call) {
+    this.op = opCall(call);
+  }
   /** Registers `persona` with its raw Ed25519 public key; it can attest at once. */
   async register(persona: string, publicKey: Uint8Array, opts?: CallOptions): Promise<PersonaEntry> {
-    return (await this.call("persona.register", `persona://${persona}`, { publicKey }, opts)).payload as unknown as PersonaEntry;
+    return (await this.op(personaRegister, `persona://${persona}`, { publicKey }, opts)).payload;
   }
   /**
    * Removes `persona`: its open sessions end at once (AUTH/PERSONA_REMOVED) and the tokens
    * issued to it are revoked.
    */
-  async remove(persona: string, opts?: CallOptions): Promise<{ removed: string; sessionsEnded: number; tokensRevoked: number }> {
-    return (await this.call("persona.remove", `persona://${persona}`, {}, opts)).payload as never;
+  async remove(persona: string, opts?: CallOptions): Promise<ResultOf<typeof personaRemove>> {
+    return (await this.op(personaRemove, `persona://${persona}`, {}, opts)).payload;
   }
   /** `persona` and its registered sub-personas. */
   async list(persona: string, opts?: CallOptions): Promise<PersonaEntry[]> {
-    return (
-      (await this.call("persona.list", `persona://${persona}`, {}, opts)).payload as unknown as { personas: PersonaEntry[] }
-    ).personas;
+    return (await this.op(personaList, `persona://${persona}`, {}, opts)).payload.personas;
   }
 }

@@ -1,8 +1,14 @@
 import { createHash } from "node:crypto";
-import type { CborMap } from "@kpip/protocol";
-import type { CallOptions, CallResult } from "./options.js";
-
-type Call = (op: string, target: string, args?: CborMap, opts?: CallOptions) => Promise<CallResult>;
+import {
+  type ResultOf,
+  storageRead,
+  storageUploadAbort,
+  storageUploadBegin,
+  storageUploadChunk,
+  storageUploadCommit,
+} from "@kpip/protocol";
+import type { OpCall } from "./op-call.js";
+import type { CallOptions } from "./options.js";
 
 /** Room a chunk's request leaves for its envelope, intent and arguments inside one frame. */
 const ENVELOPE_SLACK = 64 * 1024;
@@ -57,19 +63,18 @@ async function* rechunk(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>
  * failure aborts the upload (best effort) and is thrown.
  */
 export async function putLarge(
-  call: Call,
+  op: OpCall,
   maxBody: number,
   target: string,
   source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   opts: PutLargeOptions = {},
-): Promise<{ generation: number; size: number; sha256: Uint8Array }> {
+): Promise<ResultOf<typeof storageUploadCommit>> {
   const { size: declared, chunkBytes, window = 2, ifGeneration, ...callOpts } = opts;
   const size = source instanceof Uint8Array ? source.length : declared;
   if (size === undefined) throw new TypeError("putLarge: give the size of an iterable source (opts.size)");
   if (declared !== undefined && declared !== size) throw new TypeError(`putLarge: size ${declared} but the buffer holds ${size}`);
   const n = chunkSize(chunkBytes, maxBody);
-  const begun = await call("storage.upload.begin", target, { size }, callOpts);
-  const upload = (begun.payload as { upload: string }).upload;
+  const { upload } = (await op(storageUploadBegin, target, { size }, callOpts)).payload;
   const hash = createHash("sha256");
   const inFlight = new Set<Promise<void>>();
   let failure: unknown;
@@ -80,7 +85,7 @@ export async function putLarge(
       if (failure !== undefined) break;
       if (offset + piece.length > size) throw new RangeError(`putLarge: the source holds more than the declared ${size} bytes`);
       hash.update(piece);
-      const p: Promise<void> = call("storage.upload.chunk", target, { upload, offset, data: piece }, callOpts).then(
+      const p: Promise<void> = op(storageUploadChunk, target, { upload, offset, data: piece }, callOpts).then(
         () => {
           inFlight.delete(p);
         },
@@ -96,13 +101,11 @@ export async function putLarge(
     await Promise.all(inFlight);
     if (failure !== undefined) throw failure;
     if (offset !== size) throw new RangeError(`putLarge: the source held ${offset} bytes, not the declared ${size}`);
-    const args: CborMap = { upload, sha256: hash.digest(), size };
-    if (ifGeneration !== undefined) args.ifGeneration = ifGeneration;
-    const r = await call("storage.upload.commit", target, args, callOpts);
-    return r.payload as { generation: number; size: number; sha256: Uint8Array };
+    const args = { upload, sha256: hash.digest(), size, ifGeneration };
+    return (await op(storageUploadCommit, target, args, callOpts)).payload;
   } catch (e) {
     await Promise.allSettled(inFlight);
-    await call("storage.upload.abort", target, { upload }, callOpts).catch(() => {});
+    await op(storageUploadAbort, target, { upload }, callOpts).catch(() => {});
     throw e;
   }
 }
@@ -112,7 +115,7 @@ export async function putLarge(
  * two ranges fails the next read (SEMANTIC, generation conflict) rather than mixing versions.
  */
 export async function* readStream(
-  call: Call,
+  op: OpCall,
   maxBody: number,
   target: string,
   opts: ReadLargeOptions = {},
@@ -122,13 +125,7 @@ export async function* readStream(
   let offset = 0;
   let generation: number | undefined;
   for (;;) {
-    const args: CborMap = { offset, length: n };
-    if (generation !== undefined) args.ifGeneration = generation;
-    const r = (await call("storage.read", target, args, callOpts)).payload as {
-      data: Uint8Array;
-      generation: number;
-      size: number;
-    };
+    const r = (await op(storageRead, target, { offset, length: n, ifGeneration: generation }, callOpts)).payload;
     generation = r.generation;
     if (r.data.length > 0) yield r.data;
     offset += r.data.length;

@@ -1,5 +1,6 @@
-import { decodeToken, effectiveGrant, type Token } from "@kpip/protocol";
+import { decodeToken, effectiveGrant, type Token, tokenBind, tokenRefresh } from "@kpip/protocol";
 import { TokenRefreshError } from "./errors.js";
+import { opCall } from "./op-call.js";
 import type { CallFn } from "./options.js";
 
 interface HeldToken {
@@ -87,13 +88,14 @@ export class TokenRefresher {
   /** Refreshes one held token now: token.refresh, then binds the fresh token on this session. */
   private async refresh(h: HeldToken): Promise<void> {
     try {
-      const r = await this.call("token.refresh", `token://${h.token.claims.id}`, { token: h.bytes }, { caps: [h.bytes] });
-      const fresh = (r.payload as { token: Uint8Array }).token;
+      const op = opCall(this.call);
+      const r = await op(tokenRefresh, `token://${h.token.claims.id}`, { token: h.bytes }, { caps: [h.bytes] });
+      const fresh = r.payload.token;
       const token = decodeToken(fresh);
-      const b = await this.call("token.bind", `token://${token.claims.id}`, { token: fresh }, { caps: [fresh] });
+      const b = await op(tokenBind, `token://${token.claims.id}`, { token: fresh }, { caps: [fresh] });
       h.bytes = fresh;
       h.token = token;
-      h.handle = (b.payload as { handle: number }).handle;
+      h.handle = b.payload.handle;
       this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
       this.schedule(h);
     } catch (e) {

@@ -1,11 +1,7 @@
-import type { CborMap, CborValue } from "@kpip/protocol";
+import type { CborMap, CborValue, FieldSpec } from "@kpip/protocol";
 
-/** One argument of an op, as `system.describe` declares it. */
-export interface ArgDecl {
-  type: "bytes" | "text" | "uint" | "bool" | "map" | "array" | "any";
-  required: boolean;
-  description: string;
-}
+/** One argument of an op, as `system.describe` declares it (a field of the op catalogue). */
+export type ArgDecl = FieldSpec;
 
 /** One op of the kernel's table (`system.describe`). */
 export interface OpDecl {
@@ -15,6 +11,8 @@ export interface OpDecl {
   idempotent: boolean;
   effects: boolean;
   args: Record<string, ArgDecl>;
+  /** The payload's fields (the kernel's built-in ops declare them). */
+  result?: Record<string, ArgDecl>;
 }
 
 /** Bad input from the host: answered with an MCP error; the kernel is never asked. */
@@ -54,10 +52,27 @@ function argSchema(a: ArgDecl): Record<string, unknown> {
       return { type: "integer", minimum: 0, description: a.description };
     case "bool":
       return { type: "boolean", description: a.description };
-    case "map":
-      return { type: "object", description: `${a.description} (integers only, no fractions; ${BYTES_HINT})` };
+    case "map": {
+      const m: Record<string, unknown> = {
+        type: "object",
+        description: `${a.description} (integers only, no fractions; ${BYTES_HINT})`,
+      };
+      // What is inside, when the op declares it: a record's fields, or every value's type.
+      if (a.fields) {
+        m.properties = Object.fromEntries(Object.entries(a.fields).map(([k, f]) => [k, argSchema(f)]));
+        m.required = Object.entries(a.fields)
+          .filter(([, f]) => f.required)
+          .map(([k]) => k);
+      }
+      if (a.values) m.additionalProperties = argSchema(a.values);
+      return m;
+    }
     case "array":
-      return { type: "array", description: `${a.description} (integers only, no fractions; ${BYTES_HINT})` };
+      return {
+        type: "array",
+        description: `${a.description} (integers only, no fractions; ${BYTES_HINT})`,
+        ...(a.items ? { items: argSchema(a.items) } : {}),
+      };
     default:
       return { description: `${a.description} (text, integer, boolean, array, object, or ${BYTES_HINT})` };
   }

@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { attenuate, mintToken, type Right, tokenToString } from "@kpip/protocol";
+import { attenuate, mintToken, type Right, tokenMint, tokenToString } from "@kpip/protocol";
 import { GrantView } from "../src/grant.js";
-import { InputError, type OpDecl, parseToolArgs } from "../src/schema.js";
+import { InputError, inputSchema, type OpDecl, parseToolArgs } from "../src/schema.js";
 
 const op = (name: string, targets: string[], args: OpDecl["args"] = {}): OpDecl => ({
   op: name,
@@ -103,5 +103,25 @@ describe("tool arguments are checked against the op's declaration before anythin
     bad({ target: "obj://ws1/a" }, /args\.data is required/);
     bad("just text", /must be an object/);
     bad({ target: 7, args: { data: "x" } }, /target is required/);
+  });
+});
+
+describe("input schemas follow the op catalogue's fields into arrays and records", () => {
+  it("token.mint: rights are records with required op and target lists; limits are integers by name", () => {
+    const decl: OpDecl = { ...tokenMint, targets: [...tokenMint.targets] };
+    const schema = inputSchema(decl, ["persona://alice/**"]) as {
+      properties: { args: { properties: Record<string, Record<string, unknown>>; required: string[] } };
+    };
+    const args = schema.properties.args;
+    assert.deepEqual(args.required, ["rights", "ttlMs"]);
+    const rights = args.properties.rights as { type: string; items: { properties: Record<string, unknown>; required: string[] } };
+    assert.equal(rights.type, "array");
+    assert.deepEqual(rights.items.required, ["ops", "targets"]);
+    assert.deepEqual((rights.items.properties.ops as { items: unknown }).items, { type: "string", description: "an op pattern" });
+    assert.deepEqual((args.properties.limits as { additionalProperties: unknown }).additionalProperties, {
+      type: "integer",
+      minimum: 0,
+      description: "the limit",
+    });
   });
 });

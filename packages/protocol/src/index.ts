@@ -21,6 +21,7 @@ export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/codec.js";
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
+export * from "./ops/index.js";
 export { sha256 } from "./sha256.js";
 export {
   decodeShmDescriptor,

@@ -1,6 +1,6 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, isOp, isTarget, KpipError } from "@kpip/protocol";
+import { type CborMap, isOp, isTarget, KpipError, systemDescribe } from "@kpip/protocol";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { didYouMean } from "../suggest.js";
@@ -90,7 +90,7 @@ export const callCommand: Command = {
 /** " — did you mean …" from the kernel's own op table (the command groups are plural, the ops singular). */
 async function suggestOp(client: KernelClient, op: string): Promise<string> {
   try {
-    const d = (await client.call("system.describe", "kernel://")).payload as { ops: { op: string }[] };
+    const d = (await client.op(systemDescribe, "kernel://", {})).payload;
     return didYouMean(
       op,
       d.ops.map((o) => o.op),

@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import type { CborMap } from "@kpip/protocol";
+import { systemStatus } from "@kpip/protocol";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { EXIT, reportError, toJson } from "../util.js";
@@ -17,16 +17,7 @@ export const statusCommand: Command = {
     let client: KernelClient | undefined;
     try {
       client = await connectFromFlags(v);
-      const s = (await client.call("system.status", "kernel://")).payload as CborMap & {
-        sessions: { id: string; persona: string; transport: string; ageMs: number; inFlight: number; state: string }[];
-        metrics?: string;
-        transports: { kind: string; address: string }[];
-        ops: { running: number; queued: number };
-        agents: { running: number };
-        sandbox?: { mode: string; usable: boolean; reason?: string };
-        audit: { head: number; checkpoint?: { seq: number; time: number }; anchors?: string };
-        events: { subscriptions: number; dropped: number };
-      };
+      const s = (await client.op(systemStatus, "kernel://", {})).payload;
       if (v.json) {
         process.stdout.write(`${JSON.stringify(toJson(s))}\n`);
         return EXIT.OK;
@@ -40,7 +31,7 @@ export const statusCommand: Command = {
             `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}${x.id === mine ? "  (this command)" : ""}`,
         ),
       ];
-      const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs as number)})`;
+      const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs)})`;
       if (s.view === "persona") {
         // Not the operator: the kernel shows this persona only its own sessions.
         process.stdout.write(`${[head, `persona    ${s.persona} (own view)`, ...sessions].join("\n")}\n`);
@@ -49,14 +40,14 @@ export const statusCommand: Command = {
       const lines = [
         head,
         `home       ${s.home}`,
-        ...s.transports.map((t) => `listening  ${t.kind} ${t.address}`),
-        `ops        ${s.ops.running} running, ${s.ops.queued} queued`,
-        `agents     ${s.agents.running} running`,
+        ...(s.transports ?? []).map((t) => `listening  ${t.kind} ${t.address}`),
+        `ops        ${s.ops?.running} running, ${s.ops?.queued} queued`,
+        `agents     ${s.agents?.running} running`,
         `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? "bubblewrap" : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
-        `audit      head ${s.audit.head}${s.audit.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
-        ...(s.audit.anchors ? [`anchors    ${s.audit.anchors}`] : []),
+        `audit      head ${s.audit?.head}${s.audit?.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
+        ...(s.audit?.anchors ? [`anchors    ${s.audit.anchors}`] : []),
         ...(s.metrics ? [`metrics    ${s.metrics}`] : []),
-        `events     ${s.events.subscriptions} subscriptions, ${s.events.dropped} dropped`,
+        `events     ${s.events?.subscriptions} subscriptions, ${s.events?.dropped} dropped`,
         ...sessions,
       ];
       process.stdout.write(`${lines.join("\n")}\n`);

@@ -2,14 +2,19 @@ import { existsSync } from "node:fs";
 import type { KernelClient, TokenEntry } from "@kpip/client";
 import { RootKeys } from "@kpip/kernel";
 import {
+  type ArgsOf,
   attenuate,
   type Caveat,
   type CborMap,
   type decodeToken,
   derivedTokenId,
   isWorkspaceId,
+  type ResultOf,
   type Right,
+  systemDescribe,
   tokenFromString,
+  tokenInspect,
+  tokenMint,
   tokenToString,
 } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
@@ -72,15 +77,15 @@ export const tokenCommand: Command = {
         const allows = (v.allow as string[] | undefined) ?? [];
         if (!allows.length) throw new UsageError("token mint needs at least one --allow OPS:TARGETS");
         if (v.ttl === undefined) throw new UsageError("token mint needs --ttl");
-        const args: CborMap = {
-          rights: allows.map(parseAllow) as unknown as CborMap[],
+        const args: ArgsOf<typeof tokenMint> = {
+          rights: allows.map(parseAllow),
           ttlMs: parseDuration(v.ttl as string, "--ttl"),
         };
         const limits = parseLimits(v.limit as string[] | undefined);
         if (limits) args.limits = limits;
         if (v["max-lifetime"] !== undefined) {
           args.maxLifetimeMs = parseDuration(v["max-lifetime"] as string, "--max-lifetime");
-          if ((args.maxLifetimeMs as number) < (args.ttlMs as number))
+          if (args.maxLifetimeMs < args.ttlMs)
             throw new UsageError(
               `--max-lifetime (${v["max-lifetime"]}) is shorter than --ttl (${v.ttl}): refresh could never extend it`,
             );
@@ -90,9 +95,8 @@ export const tokenCommand: Command = {
         // Refused before minting: a token nobody can read back would be minted for nothing.
         if (typeof v.out === "string" && existsSync(v.out)) throw new UsageError(`${v.out} exists; --out writes a new file`);
         return withClient(v, json, async (c) => {
-          await refuseUnknownOps(c, args.rights as unknown as Right[]);
-          const r = await c.call("token.mint", `persona://${persona}`, args);
-          const p = r.payload as { token: Uint8Array; id: string; exp: number };
+          await refuseUnknownOps(c, args.rights);
+          const p = (await c.op(tokenMint, `persona://${persona}`, args)).payload;
           const text = Buffer.from(p.token).toString("base64url");
           if (typeof v.out === "string") {
             writeTokenFile(v.out, text);
@@ -151,9 +155,9 @@ export const tokenCommand: Command = {
           throw new UsageError(`not a token: ${(e as Error).message}`);
         }
         return withClient(v, json, async (c) => {
-          const r = await c.call("token.inspect", `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
+          const r = await c.op(tokenInspect, `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
-          else process.stdout.write(describeInspection(r.payload as unknown as Inspection));
+          else process.stdout.write(describeInspection(r.payload));
         });
       }
       case "revoke": {
@@ -211,7 +215,7 @@ async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Prom
   if (literal.length === 0) return;
   let known: string[];
   try {
-    known = ((await c.call("system.describe", "kernel://")).payload as { ops: { op: string }[] }).ops.map((o) => o.op);
+    known = (await c.op(systemDescribe, "kernel://", {})).payload.ops.map((o) => o.op);
   } catch {
     return; // a token without system.describe: the kernel itself is the judge
   }
@@ -219,26 +223,7 @@ async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Prom
     if (!known.includes(o)) throw new UsageError(`--allow names an op the kernel does not have: ${o}${didYouMean(o, known)}`);
 }
 
-interface Inspection {
-  id: string;
-  status: string;
-  problem?: string;
-  caveats: unknown[];
-  claims: { kid?: string; sub: string };
-  effective: {
-    subject: string;
-    rights: Right[];
-    pairFilters?: Right[][];
-    opFilters: string[][];
-    targetFilters: string[][];
-    limits: Record<string, number>;
-    exp: number;
-    maxExp: number;
-    workspaces?: string[];
-    domains?: string[];
-    usable: boolean;
-  };
-}
+type Inspection = ResultOf<typeof tokenInspect>;
 
 /** `token inspect` for people: one verdict first, then what the token allows after its caveats. */
 function describeInspection(i: Inspection): string {

@@ -1,7 +1,17 @@
-import { type CborMap, type CborValue, decodeCanonical, grantAllows } from "@kpip/protocol";
+import {
+  type CborMap,
+  computeSubmit,
+  decodeCanonical,
+  grantAllows,
+  opCancel,
+  opList,
+  opResult,
+  opStatusOp,
+} from "@kpip/protocol";
 import type { ComputeEngine } from "../compute/engine.js";
 import { MAX_LIST_PAGE } from "../limits.js";
 import type { OpRecord, OpStore } from "../store/types.js";
+import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** The right a grant needs for a sandboxed process to reach the network (default: no network). */
@@ -46,18 +56,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
   return {
     name: "compute",
     ops: [
-      {
-        op: "compute.submit",
-        description:
-          "Start a long-running op and answer DEFERRED with its op:// id. Target op://command/<executable> runs an allowed command (args.args: text array, no shell) in the process sandbox; op://task/<name> runs an embedder's task function in a worker.",
-        targets: ["op"],
-        args: {
-          args: { type: "any", description: "command arguments (array of text) or the task's input" },
-          network: { type: "bool", description: "let the command reach the network (needs sandbox.network on the target)" },
-          timeoutMs: { type: "uint", description: "stop the op after this long (the intent deadline, if earlier, wins)" },
-        },
-        idempotent: false,
-        effects: true,
+      implement(computeSubmit, {
         // Only a command reaches the network (a task runs in a worker).
         owns: (ctx) => (ctx.target.segments[0] === "command" ? networkRight(ctx) : true),
         handler: (ctx): OpResult => {
@@ -66,13 +65,13 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           if ((kind !== "command" && kind !== "task") || rest.length !== 1 || name === "*" || name === "**") {
             throw new OpError("SEMANTIC", "compute.submit takes op://command/<executable> or op://task/<name>");
           }
-          const args = (ctx.args.args ?? (kind === "command" ? [] : null)) as CborValue;
+          const args = ctx.args.args ?? (kind === "command" ? [] : null);
           if (kind === "command" && (!Array.isArray(args) || !args.every((a) => typeof a === "string"))) {
             throw new OpError("SEMANTIC", "a command's args must be an array of text strings");
           }
           if (kind === "task" && !engine.hasTask(name)) throw new OpError("SEMANTIC", `no task ${name} is registered`);
           const network = kind === "command" && networkGranted(ctx);
-          const timeout = ctx.args.timeoutMs as number | undefined;
+          const timeout = ctx.args.timeoutMs;
           const deadlines = [ctx.deadline, timeout === undefined ? undefined : Date.now() + timeout].filter(
             (d): d is number => d !== undefined,
           );
@@ -87,23 +86,11 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           );
           return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
         },
-      },
-      {
-        op: "op.status",
-        description: "Where a DEFERRED op stands: queued, running, succeeded, failed, cancelled.",
-        targets: ["op"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(opStatusOp, {
         handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin)) }),
-      },
-      {
-        op: "op.result",
-        description: "A finished op's result: SUCCESS with it, FAILURE with the op's error class, or DEFERRED while it runs.",
-        targets: ["op"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(opResult, {
         handler: (ctx): OpResult => {
           const op = ownOp(store, ctx, admin);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
@@ -116,39 +103,24 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           const cls = (op.errorClass ?? "INTERNAL") as OpError["errorClass"];
           throw new OpError(cls, `op ${op.state}: ${op.message ?? "no detail"}`);
         },
-      },
-      {
-        op: "op.cancel",
-        description: "Cancel a queued or running op.",
-        targets: ["op"],
-        args: {},
-        idempotent: true,
-        effects: true,
+      }),
+      implement(opCancel, {
         handler: (ctx) => {
           const op = ownOp(store, ctx, admin);
           const cancelled = engine.cancel(op.id);
           return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
         },
-      },
-      {
-        op: "op.list",
-        description: "The caller's recent ops, newest first (every persona's, with its persona, for the admin).",
-        targets: ["kernel"],
-        args: { limit: { type: "uint", description: "most ops (default 100)" } },
-        idempotent: true,
-        effects: false,
+      }),
+      implement(opList, {
         handler: (ctx) => {
           const all = ctx.persona === admin;
-          const ops = store.listOps(
-            all ? undefined : ctx.persona,
-            Math.min((ctx.args.limit as number | undefined) ?? 100, MAX_LIST_PAGE),
-          );
+          const ops = store.listOps(all ? undefined : ctx.persona, Math.min(ctx.args.limit ?? 100, MAX_LIST_PAGE));
           return {
             status: "SUCCESS",
             payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },
           };
         },
-      },
+      }),
     ],
   };
 }

@@ -1,6 +1,7 @@
-import { isPersonaId, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
+import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
+import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What the persona family needs from the kernel beyond the store. */
@@ -75,13 +76,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
   return {
     name: "persona",
     ops: [
-      {
-        op: "persona.register",
-        description: "Register persona://<id> with its Ed25519 public key (32 bytes); it may attest at once.",
-        targets: ["persona"],
-        args: { publicKey: { type: "bytes", required: true, description: "the persona's raw Ed25519 public key" } },
-        idempotent: false,
-        effects: true,
+      implement(personaRegister, {
         owns: (ctx) => {
           const id = personaTarget(ctx);
           return (
@@ -91,7 +86,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         },
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
-          const key = ctx.args.publicKey as Uint8Array;
+          const key = ctx.args.publicKey;
           try {
             publicKeyFromRaw(key);
           } catch (e) {
@@ -105,15 +100,8 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
           });
         },
-      },
-      {
-        op: "persona.remove",
-        description:
-          "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked.",
-        targets: ["persona"],
-        args: {},
-        idempotent: false,
-        effects: true,
+      }),
+      implement(personaRemove, {
         owns: (ctx) => removalRefusal(personaTarget(ctx), host.admin, ctx.persona) ?? true,
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
@@ -138,18 +126,12 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             };
           });
         },
-      },
-      {
-        op: "persona.list",
-        description: "persona://<id> and its registered sub-personas, with their public keys.",
-        targets: ["persona"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(personaList, {
         handler: (ctx): OpResult => {
           return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
         },
-      },
+      }),
     ],
   };
 }

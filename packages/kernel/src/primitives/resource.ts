@@ -1,5 +1,7 @@
+import { resourceAlloc, resourceFree, resourceQuery } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { personaScope, workspaceScope } from "../resources/ledger.js";
+import { implement } from "./implement.js";
 import { OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** resource.alloc / free / query against the ledger. */
@@ -7,19 +9,10 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
   return {
     name: "resource",
     ops: [
-      {
-        op: "resource.alloc",
-        description: "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it.",
-        targets: ["persona"],
-        args: {
-          resource: { type: "text", required: true, description: "resource name, e.g. memory" },
-          amount: { type: "uint", required: true, description: "how much" },
-        },
-        idempotent: false,
-        effects: true,
+      implement(resourceAlloc, {
         owns: (ctx) => ctx.target.segments.join("/") === ctx.persona || "a persona allocates for itself only",
         handler: (ctx) => {
-          const resource = ctx.args.resource as string;
+          const resource = ctx.args.resource;
           if (!/^[a-z][a-z0-9_.]{0,63}$/.test(resource) || resource === "storage.bytes") {
             throw new OpError(
               "SEMANTIC",
@@ -27,32 +20,20 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
             );
           }
           return ctx.atomically((): OpResult => {
-            const a = ledger.alloc(ctx.persona, resource, ctx.args.amount as number, ctx.grant);
+            const a = ledger.alloc(ctx.persona, resource, ctx.args.amount, ctx.grant);
             return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };
           });
         },
-      },
-      {
-        op: "resource.free",
-        description: "Free an allocation made by this persona.",
-        targets: ["persona"],
-        args: { allocation: { type: "text", required: true, description: "the id resource.alloc returned" } },
-        idempotent: false,
-        effects: true,
+      }),
+      implement(resourceFree, {
         handler: (ctx) => {
           return ctx.atomically((): OpResult => {
-            const a = ledger.free(ctx.persona, ctx.args.allocation as string);
+            const a = ledger.free(ctx.persona, ctx.args.allocation);
             return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
           });
         },
-      },
-      {
-        op: "resource.query",
-        description: "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>.",
-        targets: ["persona", "obj"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(resourceQuery, {
         handler: (ctx): OpResult => {
           if (ctx.target.scheme === "obj") {
             const ws = ctx.target.segments[0] as string;
@@ -76,7 +57,7 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
             },
           };
         },
-      },
+      }),
     ],
   };
 }

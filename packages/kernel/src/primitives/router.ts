@@ -1,4 +1,4 @@
-import type { CborMap, CborValue } from "@kpip/protocol";
+import { type CborMap, type CborValue, checkShape, type FieldSpec, type Shape } from "@kpip/protocol";
 import { OpError, type PrimitiveDeclaration, type PrimitiveFamily } from "./types.js";
 
 /** The op table, built from primitive declarations. */
@@ -32,48 +32,38 @@ export class Router {
         targets: d.targets,
         idempotent: d.idempotent,
         effects: d.effects,
-        args: Object.fromEntries(
-          Object.entries(d.args).map(([k, a]) => [
-            k,
-            { type: a.type, required: a.required ?? false, description: a.description },
-          ]),
-        ),
+        args: describeShape(d.args),
+        ...(d.result ? { result: describeShape(d.result) } : {}),
       })),
     };
   }
 }
 
-/** Checks args against the declaration; unknown or ill-typed args are SEMANTIC. */
+/**
+ * Checks args against the declaration's fields (`checkShape`, the op catalogue's own check);
+ * unknown, missing or ill-typed args are SEMANTIC.
+ */
 export function checkArgs(d: PrimitiveDeclaration, args: CborMap): void {
-  for (const k of Object.keys(args)) {
-    // Own properties only: `constructor` or `toString` is no argument of any op.
-    if (!Object.hasOwn(d.args, k)) throw new OpError("SEMANTIC", `${d.op} takes no argument ${JSON.stringify(k)}`);
-  }
-  for (const [k, spec] of Object.entries(d.args)) {
-    const v = args[k];
-    if (v === undefined || v === null) {
-      if (spec.required) throw new OpError("SEMANTIC", `${d.op} needs argument ${JSON.stringify(k)} (${spec.description})`);
-      continue;
-    }
-    if (!matches(spec.type, v)) throw new OpError("SEMANTIC", `argument ${JSON.stringify(k)} of ${d.op} must be ${spec.type}`);
-  }
+  const p = checkShape(d.args, args, { mode: "args" });
+  if (!p) return;
+  const name = JSON.stringify(p.path);
+  if (p.kind === "unknown") throw new OpError("SEMANTIC", `${d.op} takes no argument ${name}`);
+  if (p.kind === "missing") throw new OpError("SEMANTIC", `${d.op} needs argument ${name} (${p.spec.description})`);
+  throw new OpError("SEMANTIC", `argument ${name} of ${d.op} must be ${typeName(p.spec)}`);
 }
 
-function matches(type: string, v: CborValue): boolean {
-  switch (type) {
-    case "bytes":
-      return v instanceof Uint8Array;
-    case "text":
-      return typeof v === "string";
-    case "uint":
-      return typeof v === "number" && v >= 0;
-    case "bool":
-      return typeof v === "boolean";
-    case "array":
-      return Array.isArray(v);
-    case "map":
-      return typeof v === "object" && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
-    default:
-      return true;
-  }
+function typeName(f: FieldSpec): string {
+  return f.items ? `${f.type} of ${typeName(f.items)}` : f.values ? `${f.type} of ${typeName(f.values)}` : f.type;
 }
+
+/** A field as `system.describe` sends it: `required` always present, nested fields alike. */
+function describeField(f: FieldSpec): CborMap {
+  const out: CborMap = { type: f.type, required: f.required ?? false, description: f.description };
+  if (f.nullable) out.nullable = true;
+  if (f.items) out.items = describeField(f.items);
+  if (f.values) out.values = describeField(f.values);
+  if (f.fields) out.fields = describeShape(f.fields);
+  return out;
+}
+
+const describeShape = (s: Shape): CborMap => Object.fromEntries(Object.entries(s).map(([k, f]) => [k, describeField(f)]));

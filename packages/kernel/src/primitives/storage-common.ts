@@ -37,11 +37,6 @@ export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { wor
   return { workspace: workspace as string, path: rest.join("/") };
 }
 
-export function generationArg(ctx: OpContext): number | undefined {
-  const g = ctx.args.ifGeneration;
-  return g === undefined || g === null ? undefined : (g as number);
-}
-
 /**
  * Commits an object's new body (inline, or a pinned body already in the file store) with its
  * owner's usage and the request's dedupe record (`ctx.atomically`, PROTOCOL §11 rule 9) in one
@@ -50,7 +45,7 @@ export function generationArg(ctx: OpContext): number | undefined {
  * has committed.
  */
 export function commitObject(
-  ctx: OpContext,
+  ctx: OpContext<{ ifGeneration?: number }>,
   d: Pick<StorageDeps, "store" | "blobs" | "ledger" | "watch">,
   workspace: string,
   path: string,
@@ -67,7 +62,7 @@ export function commitObject(
     const result = ctx.atomically(
       (): OpResult =>
         store.transaction(() => {
-          const w = store.writeObject(workspace, path, body, generationArg(ctx), Date.now(), ctx.persona);
+          const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
           if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
           ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
           previous = w.previous?.hash;

@@ -1,3 +1,5 @@
+import { storageUploadAbort, storageUploadBegin, storageUploadChunk, storageUploadCommit } from "@kpip/protocol";
+import { implement } from "./implement.js";
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import type { Upload } from "./storage-uploads.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
@@ -10,21 +12,11 @@ import { OpError, type PrimitiveDeclaration } from "./types.js";
  */
 export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDeclaration[] {
   const { uploads, blobs } = d;
-  const uploadArg = { type: "text" as const, required: true, description: "the id storage.upload.begin answered" };
   return [
-    {
-      op: "storage.upload.begin",
-      description: "Begin a chunked upload of an object of `size` bytes; answers the upload id. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        size: { type: "uint", required: true, description: "the whole object's size in bytes" },
-      },
-      idempotent: false,
-      effects: true,
+    implement(storageUploadBegin, {
       handler: (ctx) => {
         const { workspace, path } = objectAddress(ctx);
-        const size = ctx.args.size as number;
+        const size = ctx.args.size;
         if (size > limits.maxObjectBytes)
           throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
         // Quotas are charged at the commit; an upload that could never commit is refused now, and
@@ -41,45 +33,21 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const u = uploads.begin(ctx.persona, ctx.targetUri, size);
         return { status: "SUCCESS", payload: { upload: u.id, size } };
       },
-    },
-    {
-      op: "storage.upload.chunk",
-      description: "Append `data` at `offset` (in order, no gaps or overlap) to an upload. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        upload: uploadArg,
-        offset: { type: "uint", required: true, description: "where the chunk goes: the bytes received so far" },
-        data: { type: "bytes", required: true, description: "the chunk" },
-      },
-      idempotent: false,
-      effects: true,
+    }),
+    implement(storageUploadChunk, {
       handler: async (ctx) => {
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-        const offset = ctx.args.offset as number;
-        const data = ctx.args.data as Uint8Array;
+        const offset = ctx.args.offset;
+        const data = ctx.args.data;
         await uploads.chunk(u, offset, data);
         return { status: "SUCCESS", payload: { received: offset + data.length } };
       },
-    },
-    {
-      op: "storage.upload.commit",
-      description:
-        "Make the upload the object, if its bytes have this SHA-256 and size (ifGeneration: compare-and-set). Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: {
-        upload: uploadArg,
-        sha256: { type: "bytes", required: true, description: "the whole object's SHA-256 (32 bytes)" },
-        size: { type: "uint", required: true, description: "the whole object's size" },
-        ifGeneration: { type: "uint", description: "compare-and-set: the generation the object must have now" },
-      },
-      idempotent: false,
-      effects: true,
+    }),
+    implement(storageUploadCommit, {
       handler: async (ctx) => {
         const { workspace, path } = objectAddress(ctx);
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
-        const want = ctx.args.sha256 as Uint8Array;
+        const want = ctx.args.sha256;
         if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
         if (u.installed && !u.installed.equals(want)) {
           throw new OpError(
@@ -87,7 +55,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
             `the uploaded bytes have SHA-256 ${u.installed.toString("hex")}, not ${Buffer.from(want).toString("hex")}`,
           );
         }
-        const size = ctx.args.size as number;
+        const size = ctx.args.size;
         if (size !== u.size || u.received !== u.size) {
           throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
         }
@@ -95,7 +63,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         // object no longer fits — is checked before the upload is consumed, so a refused commit
         // leaves the upload for the client to retry or abort.
         const existing = d.store.statObject(workspace, path);
-        const ifGeneration = ctx.args.ifGeneration as number | undefined;
+        const ifGeneration = ctx.args.ifGeneration;
         if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
           throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
         d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
@@ -115,20 +83,13 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         }
         return result;
       },
-    },
-    {
-      op: "storage.upload.abort",
-      description: "Discard an upload and its partial bytes. Authorized as storage.write.",
-      targets: ["obj"],
-      authorizeAs: "storage.write",
-      args: { upload: uploadArg },
-      idempotent: false,
-      effects: true,
+    }),
+    implement(storageUploadAbort, {
       handler: (ctx) => {
         uploads.drop(uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri));
         return { status: "SUCCESS", payload: { aborted: true } };
       },
-    },
+    }),
   ];
 }
 

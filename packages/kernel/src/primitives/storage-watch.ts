@@ -1,5 +1,6 @@
-import type { Grant } from "@kpip/protocol";
+import { type Grant, storageUnwatch, storageWatch } from "@kpip/protocol";
 import type { EventBus, EventSink } from "../events/bus.js";
+import { implement } from "./implement.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
 
 /**
@@ -33,15 +34,7 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
     return s;
   };
   return [
-    {
-      op: "storage.watch",
-      description:
-        "Receive EVENT frames {uri, generation, kind: write|delete} when objects matching obj://<workspace>/<path or pattern> change, until unwatched or the session ends. Authorized as storage.read on every object the pattern can match.",
-      targets: ["obj"],
-      authorizeAs: "storage.read",
-      args: {},
-      idempotent: false,
-      effects: false,
+    implement(storageWatch, {
       handler: (ctx) => {
         // The pattern is what was authorized, exactly: a bare workspace is no object (watch obj://<ws>/** for all of it).
         if (ctx.target.segments.length < 2)
@@ -55,24 +48,17 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
         const subscription = d.bus.subscribe(sink(ctx.session), pattern, guard);
         return { status: "SUCCESS", payload: { subscription, pattern }, audit: { subscription } };
       },
-    },
-    {
-      op: "storage.unwatch",
-      description: "End a watch of this session (target: the pattern it watches). Authorized as storage.read.",
-      targets: ["obj"],
-      authorizeAs: "storage.read",
-      args: { subscription: { type: "uint", required: true, description: "the id storage.watch returned" } },
-      idempotent: true,
-      effects: false,
+    }),
+    implement(storageUnwatch, {
       handler: (ctx) => {
-        const id = ctx.args.subscription as number;
+        const id = ctx.args.subscription;
         const s = sink(ctx.session);
         const p = d.bus.patternOf(s, id);
         if (p !== ctx.targetUri || !d.bus.unsubscribe(s, id))
           throw new OpError("SEMANTIC", `no watch ${id} of ${ctx.targetUri} on this session`);
         return { status: "SUCCESS", payload: { unwatched: id } };
       },
-    },
+    }),
   ];
 }
 

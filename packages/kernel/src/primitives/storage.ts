@@ -1,7 +1,9 @@
 import type { CborValue } from "@kpip/protocol";
+import { storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
 import type { ObjectBody } from "../store/types.js";
-import { commitObject, generationArg, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
+import { implement } from "./implement.js";
+import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
 import { storageChanged, watchOps } from "./storage-watch.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -15,27 +17,13 @@ function dataArg(ctx: OpContext): Uint8Array {
   throw new OpError("SEMANTIC", "storage.write needs argument data (bytes or text)");
 }
 
-function uintArg(ctx: OpContext, name: string): number | undefined {
-  const v = ctx.args[name];
-  return v === undefined || v === null ? undefined : (v as number);
-}
-
 /** storage.write/read/stat/list/delete, the chunked upload and watches on obj://<workspace>/<path>. */
 export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveFamily {
   const { store, blobs, ledger } = d;
   return {
     name: "storage",
     ops: [
-      {
-        op: "storage.write",
-        description: "Write an object. ifGeneration: 0 = only if absent, n = only if at generation n.",
-        targets: ["obj"],
-        args: {
-          data: { type: "any", required: true, description: "the object's bytes (or UTF-8 text)" },
-          ifGeneration: { type: "uint", description: "compare-and-set: the generation the object must have now" },
-        },
-        idempotent: false,
-        effects: true,
+      implement(storageWrite, {
         handler: async (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const data = dataArg(ctx);
@@ -48,29 +36,18 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
             data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);
         },
-      },
-      {
-        op: "storage.read",
-        description:
-          "Read an object's bytes and generation; offset/length read a range (objects larger than one frame are read in ranges).",
-        targets: ["obj"],
-        args: {
-          offset: { type: "uint", description: "first byte of the range (default 0)" },
-          length: { type: "uint", description: "bytes to read from offset (default: to the end; clipped to the end)" },
-          ifGeneration: { type: "uint", description: "only if the object is at this generation (ranges of one version)" },
-        },
-        idempotent: true,
-        effects: false,
+      }),
+      implement(storageRead, {
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const o = store.readObject(workspace, path);
           if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
-          const want = uintArg(ctx, "ifGeneration");
+          const want = ctx.args.ifGeneration;
           if (want !== undefined && want !== o.generation)
             throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${o.generation}`);
-          const offset = uintArg(ctx, "offset") ?? 0;
+          const offset = ctx.args.offset ?? 0;
           if (offset > o.size) throw new OpError("SEMANTIC", `offset ${offset} is beyond the object's ${o.size} bytes`);
-          const length = Math.min(uintArg(ctx, "length") ?? o.size - offset, o.size - offset);
+          const length = Math.min(ctx.args.length ?? o.size - offset, o.size - offset);
           // What fits one answer on this session (its negotiated maxBody, less the envelope).
           const fits = Math.min(limits.maxReadBytes, answerRoom(ctx.maxBody));
           // SEMANTIC, not RESOURCE: the same read fails the same way however often it is retried.
@@ -87,36 +64,21 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
             : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
           return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
         },
-      },
-      {
-        op: "storage.stat",
-        description: "An object's size, generation and last update time.",
-        targets: ["obj"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(storageStat, {
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const o = store.statObject(workspace, path);
           if (!o) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
           return { status: "SUCCESS", payload: { generation: o.generation, size: o.size, updatedAt: o.updatedAt } };
         },
-      },
-      {
-        op: "storage.list",
-        description: "List objects under obj://<workspace>[/<prefix>] in path order; PARTIAL with a cursor when more remain.",
-        targets: ["obj"],
-        args: {
-          cursor: { type: "text", description: "the cursor of the previous page" },
-          limit: { type: "uint", description: `entries per page (default 100, at most ${limits.maxListPage})` },
-        },
-        idempotent: true,
-        effects: false,
+      }),
+      implement(storageList, {
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx, true);
           const prefix = path === "" ? "" : `${path}/`;
-          const limit = Math.min(Math.max((ctx.args.limit as number | undefined) ?? 100, 1), limits.maxListPage);
-          const cursor = ctx.args.cursor as string | undefined;
+          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), limits.maxListPage);
+          const cursor = ctx.args.cursor;
           if (cursor !== undefined && !cursor.startsWith(prefix))
             throw new OpError("SEMANTIC", "cursor does not belong to this listing");
           const rows = store.listObjects(workspace, prefix, cursor, limit + 1);
@@ -128,14 +90,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           if (more) payload.cursor = page[page.length - 1]?.path as string;
           return { status: more ? "PARTIAL" : "SUCCESS", payload };
         },
-      },
-      {
-        op: "storage.delete",
-        description: "Delete an object, optionally only if at generation ifGeneration.",
-        targets: ["obj"],
-        args: { ifGeneration: { type: "uint", description: "compare-and-set: the generation the object must have now" } },
-        idempotent: false,
-        effects: true,
+      }),
+      implement(storageDelete, {
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           // The row, its owner's usage and the request's dedupe record change in one transaction.
@@ -143,7 +99,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const result = ctx.atomically(
             (): OpResult =>
               store.transaction(() => {
-                const x = store.deleteObject(workspace, path, generationArg(ctx));
+                const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
                 if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
                 if (x.previous) ledger.releaseStorage(workspace, x.previous);
@@ -160,7 +116,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           storageChanged(d.watch.bus, workspace, path, (result.payload as { generation: number }).generation, "delete");
           return result;
         },
-      },
+      }),
       ...uploadOps(d, limits),
       ...watchOps(d.watch),
     ],

@@ -1,4 +1,13 @@
-import { type CborMap, PROTOCOL_VERSION, SUPPORTED_VERSIONS } from "@kpip/protocol";
+import {
+  type CborMap,
+  PROTOCOL_VERSION,
+  SUPPORTED_VERSIONS,
+  systemDescribe,
+  systemHealth,
+  systemInfo,
+  systemStatus,
+} from "@kpip/protocol";
+import { implement } from "./implement.js";
 import type { Router } from "./router.js";
 import type { PrimitiveFamily } from "./types.js";
 
@@ -23,22 +32,10 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
   return {
     name: "system",
     ops: [
-      {
-        op: "system.health",
-        description: "Is the kernel serving? Returns status and uptime.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      implement(systemHealth, {
         handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
-      },
-      {
-        op: "system.info",
-        description: "Kernel id, version, protocol versions, start time, session count and the process sandbox.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(systemInfo, {
         handler: () => ({
           status: "SUCCESS",
           payload: {
@@ -51,26 +48,13 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
             sandbox: info.sandbox(),
           },
         }),
-      },
-      {
-        op: "system.status",
-        description:
-          "The admin's (operator) view: version, uptime, home, transports, every session, deferred ops, agents, audit head and last checkpoint, event drops; any other persona: version, uptime and its own sessions only.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(systemStatus, {
         handler: (ctx) => ({ status: "SUCCESS", payload: info.status(ctx.persona) }),
-      },
-      {
-        op: "system.describe",
-        description: "The op table: every op with its targets, arguments, idempotency and effects.",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
+      }),
+      implement(systemDescribe, {
         handler: () => ({ status: "SUCCESS", payload: router.describe() }),
-      },
+      }),
     ],
   };
 }

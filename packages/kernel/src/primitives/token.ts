@@ -8,17 +8,23 @@ import {
   type Grant,
   isPersonaId,
   isWorkspaceId,
-  type Limits,
   personaWithin,
   type Right,
   type Token,
   TokenError,
+  tokenBind,
+  tokenInspect,
+  tokenList,
+  tokenMint,
+  tokenRefresh,
+  tokenRevoke,
 } from "@kpip/protocol";
 import { tokenDetail } from "../audit/detail.js";
 import { type CapEnforcer, tokenRef } from "../auth/enforcer.js";
 import type { TokenService } from "../auth/tokens.js";
 import { MAX_LIST_PAGE } from "../limits.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
+import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function tokenArg(ctx: OpContext): Token {
@@ -43,15 +49,10 @@ function checkTarget(ctx: OpContext, t: Token): void {
   if (t.claims.id !== id && derivedTokenId(t) !== id) throw new OpError("SEMANTIC", "the token does not match the target id");
 }
 
-function rightsArg(v: CborValue | undefined): Right[] {
-  if (!Array.isArray(v) || v.length === 0) throw new OpError("SEMANTIC", "rights must be a non-empty array of {ops, targets}");
-  return v.map((r) => {
-    const m = r as CborMap;
-    if (!m || typeof m !== "object" || !Array.isArray(m.ops) || !Array.isArray(m.targets)) {
-      throw new OpError("SEMANTIC", "each right needs ops and targets arrays");
-    }
-    return { ops: m.ops as string[], targets: m.targets as string[] };
-  });
+/** The rights to mint (their shape is checked with the op's arguments): at least one, extra keys dropped. */
+function rightsArg(v: readonly Right[]): Right[] {
+  if (v.length === 0) throw new OpError("SEMANTIC", "rights must be a non-empty array of {ops, targets}");
+  return v.map((r) => ({ ops: r.ops, targets: r.targets }));
 }
 
 /**
@@ -122,31 +123,18 @@ export function tokenFamily(
   return {
     name: "token",
     ops: [
-      {
-        op: "token.mint",
-        description: "Derive a token for persona://<sub> within the authorizing token's grant (never wider).",
-        targets: ["persona"],
-        args: {
-          rights: { type: "array", required: true, description: "[{ops: [op patterns], targets: [target patterns]}]" },
-          limits: { type: "map", description: "limit name → unsigned integer" },
-          ttlMs: { type: "uint", required: true, description: "lifetime from now, in ms" },
-          maxLifetimeMs: { type: "uint", description: "how far refresh may extend it, from now, in ms (default: ttl)" },
-          workspaces: { type: "array", description: "workspaces it may act in" },
-          domains: { type: "array", description: "security domains it may act in" },
-        },
-        idempotent: false,
-        effects: true,
+      implement(tokenMint, {
         handler: (ctx) => {
           const sub = ctx.target.segments.join("/");
           if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");
-          const limits = (ctx.args.limits ?? undefined) as Limits | undefined;
+          const limits = ctx.args.limits;
           if (limits && !Object.values(limits).every((v) => typeof v === "number"))
             throw new OpError("SEMANTIC", "limits must be integers");
-          const workspaces = ctx.args.workspaces as string[] | undefined;
+          const workspaces = ctx.args.workspaces;
           if (workspaces && !workspaces.every((w) => typeof w === "string" && isWorkspaceId(w))) {
             throw new OpError("SEMANTIC", "workspaces must be workspace ids");
           }
-          const ttlMs = ctx.args.ttlMs as number;
+          const ttlMs = ctx.args.ttlMs;
           if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
           try {
             // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
@@ -156,9 +144,9 @@ export function tokenFamily(
                 rights: rightsArg(ctx.args.rights),
                 ttlMs,
                 ...(limits ? { limits } : {}),
-                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs as number } : {}),
+                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
                 ...(workspaces ? { workspaces } : {}),
-                ...(ctx.args.domains ? { domains: ctx.args.domains as string[] } : {}),
+                ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
               });
               return {
                 status: "SUCCESS",
@@ -171,14 +159,8 @@ export function tokenFamily(
             throw e;
           }
         },
-      },
-      {
-        op: "token.refresh",
-        description: "A fresh copy of a token with a later expiry, never past its maximum lifetime.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token to refresh" } },
-        idempotent: false,
-        effects: true,
+      }),
+      implement(tokenRefresh, {
         impliedBy: itself,
         owns: (ctx) => {
           const t = tokenArg(ctx);
@@ -205,14 +187,8 @@ export function tokenFamily(
             };
           });
         },
-      },
-      {
-        op: "token.revoke",
-        description: "Revoke a token and every token derived from it, persistently and at once.",
-        targets: ["token"],
-        args: {},
-        idempotent: true,
-        effects: true,
+      }),
+      implement(tokenRevoke, {
         // A holder may also revoke what was minted from its token.
         impliedBy: (g, target) =>
           itself(g, target) ||
@@ -236,14 +212,8 @@ export function tokenFamily(
           onRevoke(id);
           return result;
         },
-      },
-      {
-        op: "token.inspect",
-        description: "Claims, caveats, effective grant and status of a token.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token" } },
-        idempotent: true,
-        effects: false,
+      }),
+      implement(tokenInspect, {
         impliedBy: itself,
         owns: ownsArg,
         handler: (ctx) => {
@@ -253,45 +223,28 @@ export function tokenFamily(
           if (!v.ok) d.problem = v.message;
           return { status: "SUCCESS", payload: d };
         },
-      },
-      {
-        op: "token.bind",
-        description: "Bind a token to this session; later requests name the returned handle.",
-        targets: ["token"],
-        args: { token: { type: "bytes", required: true, description: "the token" } },
-        idempotent: false,
-        effects: false,
+      }),
+      implement(tokenBind, {
         impliedBy: itself,
         handler: (ctx) => {
           if (!ctx.handles) throw new OpError("INTERNAL", "this session cannot hold handles");
           const t = tokenArg(ctx);
           checkTarget(ctx, t);
-          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token as Uint8Array, ctx.session);
+          const r = enforcer.bind(ctx.handles, ctx.persona, ctx.args.token, ctx.session);
           if ("code" in r) throw new OpError("CAPABILITY", r.message);
           return { status: "SUCCESS", payload: { handle: r.handle }, audit: { handle: r.handle, token: r.id } };
         },
-      },
-      {
-        op: "token.list",
-        description:
-          "Tokens the kernel minted, optionally for one persona (args.persona): the caller's own and its sub-personas' (all, for the admin); PARTIAL with a cursor when more remain.",
-        targets: ["kernel"],
-        args: {
-          persona: { type: "text", description: "only tokens for this persona" },
-          cursor: { type: "text", description: "the cursor of the previous page" },
-          limit: { type: "uint", description: `tokens per page (default 100, at most ${MAX_LIST_PAGE})` },
-        },
-        idempotent: true,
-        effects: false,
+      }),
+      implement(tokenList, {
         owns: (ctx) => {
           const only = ctx.args.persona as string | undefined;
           if (only === undefined || ctx.persona === admin || personaWithin(only, ctx.persona)) return true;
           return `the tokens of ${only} belong to another persona`;
         },
         handler: (ctx) => {
-          const only = ctx.args.persona as string | undefined;
-          const limit = Math.min(Math.max((ctx.args.limit as number | undefined) ?? 100, 1), MAX_LIST_PAGE);
-          const cursor = ctx.args.cursor as string | undefined;
+          const only = ctx.args.persona;
+          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
+          const cursor = ctx.args.cursor;
           if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
             throw new OpError("SEMANTIC", "cursor is not a token list cursor");
           // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
@@ -313,7 +266,7 @@ export function tokenFamily(
           if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
           return { status: more ? "PARTIAL" : "SUCCESS", payload };
         },
-      },
+      }),
     ],
   };
 }

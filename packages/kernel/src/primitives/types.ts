@@ -1,16 +1,15 @@
-import type { CborMap, CborValue, ErrorClass, Grant, ParsedTarget, TargetScheme } from "@kpip/protocol";
+import type { CborMap, CborValue, ErrorClass, FieldSpec, Grant, ParsedTarget, Shape, TargetScheme } from "@kpip/protocol";
 import type { DetailValue } from "../audit/detail.js";
 import type { HandleTable } from "../session/handles.js";
 
-/** The shape of one argument a primitive accepts. */
-export interface ArgSpec {
-  type: "bytes" | "text" | "uint" | "bool" | "map" | "array" | "any";
-  required?: boolean;
-  description: string;
-}
+/** The shape of one argument a primitive accepts (a field of the op catalogue, `@kpip/protocol`). */
+export type ArgSpec = FieldSpec;
 
-/** What a handler sees of the request; everything in it has been validated and authorized. */
-export interface OpContext {
+/**
+ * What a handler sees of the request; everything in it has been validated and authorized.
+ * `A` is the arguments' type: a built-in op's, inferred from its definition (see implement.ts).
+ */
+export interface OpContext<A = CborMap> {
   op: string;
   persona: string;
   session: string;
@@ -19,7 +18,7 @@ export interface OpContext {
   /** The target URI as sent, and parsed. */
   targetUri: string;
   target: ParsedTarget;
-  args: CborMap;
+  args: A;
   /** Absolute Unix ms after which the work is abandoned, if the intent set one. */
   deadline: number | undefined;
   /** Fires when the session ends or the deadline passes. */
@@ -68,6 +67,8 @@ export interface PrimitiveDeclaration {
   /** Target schemes the op accepts. */
   targets: TargetScheme[];
   args: Record<string, ArgSpec>;
+  /** The payload's fields, when declared (every built-in op's): `system.describe` sends them. */
+  result?: Shape;
   /** Running it twice has the effect of running it once. */
   idempotent: boolean;
   /** It changes state: its intent record is committed before it runs. */

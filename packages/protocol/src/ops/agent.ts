@@ -1,0 +1,99 @@
+import { defineOp, type FieldSpec } from "./define.js";
+import { limitsField, rightsField } from "./token.js";
+
+/* agent.* — processes the kernel starts; each connects back as its own persona. */
+
+const uint = (description: string) => ({ type: "uint", description }) as const;
+const text = (description: string) => ({ type: "text", required: true, description }) as const;
+
+/** An agent as agent.spawn, agent.status and agent.list describe it. */
+const agentRecord = {
+  agent: text("agent://<executable>/<instance>"),
+  persona: text("the persona it acts as"),
+  spawner: text("the persona that spawned it"),
+  command: text("the executable"),
+  args: { type: "array", required: true, items: { type: "text", description: "an argument" }, description: "its arguments" },
+  state: text("running, exited, killed or lost"),
+  startedAt: { ...uint("when it started, ms since the epoch"), required: true },
+  deadline: { ...uint("when it is killed"), required: true },
+  token: text("the id of its token"),
+  pid: uint("its process id, once started"),
+  exitCode: uint("its exit code, once exited"),
+  signal: { type: "text", description: "the signal that ended it" },
+  endedAt: uint("when it ended"),
+} as const;
+
+const spawner = { type: "text", description: "the admin only: another persona's agent" } as const satisfies FieldSpec;
+
+export const agentSpawn = defineOp({
+  op: "agent.spawn",
+  description:
+    "Start agent://<executable>/<instance> (an id of the spawner's own): a process (no shell) in the process sandbox, acting as persona <spawner>/agent.<instance> with a token of the requested rights (within the spawner's).",
+  targets: ["agent"],
+  args: {
+    args: { type: "array", items: { type: "text", description: "an argument" }, description: "arguments (text)" },
+    rights: { ...rightsField, description: "[{ops, targets}] for the agent's token" },
+    lifetimeMs: { type: "uint", required: true, description: "the agent is killed after this long" },
+    limits: { ...limitsField, description: "limits for the agent's token (default: the spawner's)" },
+    network: { type: "bool", description: "let the agent reach the network (needs sandbox.network on the target)" },
+  },
+  result: agentRecord,
+  idempotent: false,
+  effects: true,
+});
+
+export const agentKill = defineOp({
+  op: "agent.kill",
+  description: "Kill a running agent (its whole process group).",
+  targets: ["agent"],
+  args: { spawner },
+  result: {
+    agent: text("agent://<executable>/<instance>"),
+    killed: { type: "bool", required: true, description: "whether it was running" },
+  },
+  idempotent: true,
+  effects: true,
+});
+
+export const agentStatus = defineOp({
+  op: "agent.status",
+  description: "An agent's state, pid, exit code and signal.",
+  targets: ["agent"],
+  args: { spawner },
+  result: agentRecord,
+  idempotent: true,
+  effects: false,
+});
+
+export const agentLogs = defineOp({
+  op: "agent.logs",
+  description: "An agent's captured stdout and stderr (bounded).",
+  targets: ["agent"],
+  args: { spawner },
+  result: {
+    ...agentRecord,
+    stdout: { type: "bytes", required: true, description: "captured standard output (its last bytes)" },
+    stderr: { type: "bytes", required: true, description: "captured standard error (its last bytes)" },
+  },
+  idempotent: true,
+  effects: false,
+});
+
+export const agentList = defineOp({
+  op: "agent.list",
+  description: "The agents this persona spawned (all, for the admin).",
+  targets: ["kernel"],
+  args: {},
+  result: {
+    agents: {
+      type: "array",
+      required: true,
+      description: "agents",
+      items: { type: "map", description: "an agent", fields: agentRecord },
+    },
+  },
+  idempotent: true,
+  effects: false,
+});
+
+export const agentOps = [agentSpawn, agentKill, agentStatus, agentLogs, agentList] as const;

@@ -1,0 +1,93 @@
+import { defineOp, type FieldSpec } from "./define.js";
+
+/* compute.submit (DEFERRED) and the follow-up ops on op://<id> (PROTOCOL §9.4). */
+
+const opUri = { type: "text", required: true, description: "op://<id>" } as const satisfies FieldSpec;
+
+/** Where a DEFERRED op stands (op.status, op.result, op.list). */
+const opStatus = {
+  op: opUri,
+  kind: { type: "text", required: true, description: "command or task" },
+  name: { type: "text", required: true, description: "the executable or task name" },
+  state: { type: "text", required: true, description: "queued, running, succeeded, failed or cancelled" },
+  createdAt: { type: "uint", required: true, description: "when it was submitted, ms since the epoch" },
+  startedAt: { type: "uint", description: "when it started" },
+  finishedAt: { type: "uint", description: "when it finished" },
+  deadline: { type: "uint", description: "when it is stopped" },
+  errorClass: { type: "text", description: "a failed or cancelled op's error class (§10.1)" },
+  message: { type: "text", description: "a failed or cancelled op's message" },
+} as const;
+
+export const computeSubmit = defineOp({
+  op: "compute.submit",
+  description:
+    "Start a long-running op and answer DEFERRED with its op:// id. Target op://command/<executable> runs an allowed command (args.args: text array, no shell) in the process sandbox; op://task/<name> runs an embedder's task function in a worker.",
+  targets: ["op"],
+  args: {
+    args: { type: "any", description: "command arguments (array of text) or the task's input" },
+    network: { type: "bool", description: "let the command reach the network (needs sandbox.network on the target)" },
+    timeoutMs: { type: "uint", description: "stop the op after this long (the intent deadline, if earlier, wins)" },
+  },
+  result: { op: opUri, id: { type: "text", required: true, description: "the op's id" } },
+  answers: { DEFERRED: "always: the payload names the op to follow with op.status / op.result (§9.4)" },
+  idempotent: false,
+  effects: true,
+});
+
+export const opStatusOp = defineOp({
+  op: "op.status",
+  description: "Where a DEFERRED op stands: queued, running, succeeded, failed, cancelled.",
+  targets: ["op"],
+  args: {},
+  result: opStatus,
+  idempotent: true,
+  effects: false,
+});
+
+export const opResult = defineOp({
+  op: "op.result",
+  description: "A finished op's result: SUCCESS with it, FAILURE with the op's error class, or DEFERRED while it runs.",
+  targets: ["op"],
+  args: {},
+  result: { ...opStatus, result: { type: "any", nullable: true, description: "SUCCESS: what the op produced" } },
+  answers: { DEFERRED: "the op is queued or running: the payload is its status, without `result`" },
+  idempotent: true,
+  effects: false,
+});
+
+export const opCancel = defineOp({
+  op: "op.cancel",
+  description: "Cancel a queued or running op.",
+  targets: ["op"],
+  args: {},
+  result: {
+    op: opUri,
+    cancelled: { type: "bool", required: true, description: "whether this call stopped it" },
+    state: { type: "text", required: true, description: "its state now" },
+  },
+  idempotent: true,
+  effects: true,
+});
+
+export const opList = defineOp({
+  op: "op.list",
+  description: "The caller's recent ops, newest first (every persona's, with its persona, for the admin).",
+  targets: ["kernel"],
+  args: { limit: { type: "uint", description: "most ops (default 100, at most 1000)" } },
+  result: {
+    ops: {
+      type: "array",
+      required: true,
+      description: "ops, newest first",
+      items: {
+        type: "map",
+        description: "an op's status",
+        fields: { ...opStatus, persona: { type: "text", description: "the admin's listing: whose op" } },
+      },
+    },
+  },
+  idempotent: true,
+  effects: false,
+});
+
+export const computeOps = [computeSubmit, opStatusOp, opResult, opCancel, opList] as const;

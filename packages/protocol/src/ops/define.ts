@@ -1,0 +1,100 @@
+import type { CborMap, CborValue } from "../cbor/value.js";
+import type { TargetScheme } from "../intent/grammar.js";
+
+/*
+ * The op catalogue's vocabulary: an op's arguments and its payload are maps of named fields,
+ * each a small spec that is data (the kernel checks arguments with it, the docs and the spec's
+ * appendix are rendered from it, `system.describe` sends it) and a type (TypeScript infers the
+ * arguments a handler reads and the payload a client gets from the same literal).
+ */
+
+/** A field's CBOR type: `uint` is an unsigned integer, `map` a text-keyed map, `any` any value. */
+export type FieldType = "bytes" | "text" | "uint" | "bool" | "map" | "array" | "any";
+
+/** One argument or payload field. */
+export interface FieldSpec {
+  type: FieldType;
+  /** Absent (or null, for an argument) unless this is set. */
+  required?: boolean;
+  /** The value may be null (a payload field that is present but empty). */
+  nullable?: boolean;
+  description: string;
+  /** `array`: the type of every element. */
+  items?: FieldSpec;
+  /** `map`: the fields it has (a record). */
+  fields?: Shape;
+  /** `map`: the type of every value (a dictionary keyed by name). */
+  values?: FieldSpec;
+}
+
+/** A map described field by field: an op's arguments, or its payload. */
+export type Shape = { readonly [name: string]: FieldSpec };
+
+/** What one op looks like on the wire. The kernel binds a handler to it; a client calls it. */
+export interface OpDefinition<A extends Shape = Shape, R extends Shape = Shape> {
+  readonly op: string;
+  readonly description: string;
+  /** Target schemes the op accepts. */
+  readonly targets: readonly TargetScheme[];
+  readonly args: A;
+  /** The payload of its SUCCESS (and, where the op says so, PARTIAL or DEFERRED) answer. */
+  readonly result: R;
+  /** Statuses other than SUCCESS the op answers with, and what their payload is. */
+  readonly answers?: { readonly PARTIAL?: string; readonly DEFERRED?: string };
+  /** Running it twice has the effect of running it once. */
+  readonly idempotent: boolean;
+  /** It changes state: its intent record is committed before it runs. */
+  readonly effects: boolean;
+  /** The op a capability must grant for this one (default: the op itself). */
+  readonly authorizeAs?: string;
+}
+
+/**
+ * Declares an op. The literal's types are kept (`const`), so {@link ArgsOf} and {@link ResultOf}
+ * read the argument and payload types off the same object the kernel checks against.
+ */
+export function defineOp<const A extends Shape, const R extends Shape>(d: OpDefinition<A, R>): OpDefinition<A, R> {
+  return d;
+}
+
+type Scalar<T extends FieldType> = T extends "bytes"
+  ? Uint8Array
+  : T extends "text"
+    ? string
+    : T extends "uint"
+      ? number
+      : T extends "bool"
+        ? boolean
+        : T extends "array"
+          ? CborValue[]
+          : T extends "map"
+            ? CborMap
+            : CborValue;
+
+/** The TypeScript type of a value a field spec admits. */
+export type ValueOf<F extends FieldSpec> = (
+  F extends { type: "array"; items: infer I extends FieldSpec }
+    ? ValueOf<I>[]
+    : F extends { type: "map"; fields: infer S extends Shape }
+      ? ShapeOf<S>
+      : F extends { type: "map"; values: infer V extends FieldSpec }
+        ? { [name: string]: ValueOf<V> }
+        : Scalar<F["type"]>
+) extends infer T
+  ? F extends { nullable: true }
+    ? T | null
+    : T
+  : never;
+
+type RequiredKeys<S extends Shape> = { [K in keyof S]: S[K] extends { required: true } ? K : never }[keyof S];
+type Flatten<T> = { [K in keyof T]: T[K] };
+
+/** The TypeScript type of a map a shape describes: required fields present, the others optional. */
+export type ShapeOf<S extends Shape> = Flatten<
+  { -readonly [K in RequiredKeys<S>]: ValueOf<S[K]> } & { -readonly [K in Exclude<keyof S, RequiredKeys<S>>]?: ValueOf<S[K]> }
+>;
+
+/** The arguments of an op, as a handler reads them and a client sends them. */
+export type ArgsOf<D extends OpDefinition> = D extends OpDefinition<infer A, Shape> ? ShapeOf<A> : never;
+/** The payload of an op's answer. */
+export type ResultOf<D extends OpDefinition> = D extends OpDefinition<Shape, infer R> ? ShapeOf<R> : never;

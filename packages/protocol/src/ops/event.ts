@@ -1,0 +1,42 @@
+import { defineOp } from "./define.js";
+
+/* event.* on topic:// names and patterns. */
+
+export const eventEmit = defineOp({
+  op: "event.emit",
+  description: "Publish an event on topic://<name> to every matching subscription.",
+  targets: ["topic"],
+  args: { data: { type: "any", description: "the event's payload" } },
+  result: { subscribers: { type: "uint", required: true, description: "subscriptions it was delivered to" } },
+  idempotent: false,
+  effects: true,
+});
+
+export const eventSubscribe = defineOp({
+  op: "event.subscribe",
+  description:
+    "Receive EVENT frames for topics matching topic://<pattern> (* one segment, ** any depth) until unsubscribed or the session ends.",
+  targets: ["topic"],
+  args: {},
+  result: {
+    subscription: {
+      type: "uint",
+      required: true,
+      description: "the subscription's id: the EVENT frames' `stream` and `subscription`",
+    },
+  },
+  idempotent: false,
+  effects: false,
+});
+
+export const eventUnsubscribe = defineOp({
+  op: "event.unsubscribe",
+  description: "End a subscription of this session.",
+  targets: ["topic"],
+  args: { subscription: { type: "uint", required: true, description: "the id event.subscribe returned" } },
+  result: { unsubscribed: { type: "uint", required: true, description: "the subscription ended" } },
+  idempotent: true,
+  effects: false,
+});
+
+export const eventOps = [eventEmit, eventSubscribe, eventUnsubscribe] as const;

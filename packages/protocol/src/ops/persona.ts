@@ -1,0 +1,59 @@
+import { defineOp } from "./define.js";
+
+/* persona.* — the persona registry through the one audited door. */
+
+const personaRecord = {
+  persona: { type: "text", required: true, description: "the persona id" },
+  publicKey: { type: "bytes", required: true, description: "its raw Ed25519 public key (32 bytes)" },
+  created: { type: "uint", required: true, description: "registration time, ms since the epoch" },
+} as const;
+
+export const personaRegister = defineOp({
+  op: "persona.register",
+  description: "Register persona://<id> with its Ed25519 public key (32 bytes); it may attest at once.",
+  targets: ["persona"],
+  args: { publicKey: { type: "bytes", required: true, description: "the persona's raw Ed25519 public key" } },
+  result: personaRecord,
+  idempotent: false,
+  effects: true,
+});
+
+export const personaRemove = defineOp({
+  op: "persona.remove",
+  description:
+    "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked.",
+  targets: ["persona"],
+  args: {},
+  result: {
+    removed: { type: "text", required: true, description: "the persona removed" },
+    alsoRemoved: {
+      type: "array",
+      required: true,
+      items: { type: "text", description: "a persona id" },
+      description: "its sub-personas, removed with it",
+    },
+    sessionsEnded: { type: "uint", required: true, description: "open sessions ended" },
+    tokensRevoked: { type: "uint", required: true, description: "tokens revoked" },
+  },
+  idempotent: false,
+  effects: true,
+});
+
+export const personaList = defineOp({
+  op: "persona.list",
+  description: "persona://<id> and its registered sub-personas, with their public keys.",
+  targets: ["persona"],
+  args: {},
+  result: {
+    personas: {
+      type: "array",
+      required: true,
+      description: "the registered personas at or under the target",
+      items: { type: "map", description: "a persona", fields: personaRecord },
+    },
+  },
+  idempotent: true,
+  effects: false,
+});
+
+export const personaOps = [personaRegister, personaRemove, personaList] as const;

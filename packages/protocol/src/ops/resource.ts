@@ -1,0 +1,56 @@
+import { defineOp, type FieldSpec } from "./define.js";
+import { limitsField } from "./token.js";
+
+/* resource.* — reservations against a token's limits, and usage. */
+
+const amounts = (description: string) => ({ ...limitsField, description }) as const satisfies FieldSpec;
+
+export const resourceAlloc = defineOp({
+  op: "resource.alloc",
+  description: "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it.",
+  targets: ["persona"],
+  args: {
+    resource: { type: "text", required: true, description: "resource name, e.g. memory" },
+    amount: { type: "uint", required: true, description: "how much" },
+  },
+  result: {
+    allocation: { type: "text", required: true, description: "the allocation's id" },
+    resource: { type: "text", required: true, description: "the resource" },
+    amount: { type: "uint", required: true, description: "how much" },
+  },
+  idempotent: false,
+  effects: true,
+});
+
+export const resourceFree = defineOp({
+  op: "resource.free",
+  description: "Free an allocation made by this persona.",
+  targets: ["persona"],
+  args: { allocation: { type: "text", required: true, description: "the id resource.alloc returned" } },
+  result: {
+    freed: { type: "text", required: true, description: "the allocation freed" },
+    resource: { type: "text", required: true, description: "its resource" },
+    amount: { type: "uint", required: true, description: "its amount" },
+  },
+  idempotent: false,
+  effects: true,
+});
+
+export const resourceQuery = defineOp({
+  op: "resource.query",
+  description: "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>.",
+  targets: ["persona", "obj"],
+  args: {},
+  result: {
+    persona: { type: "text", description: "persona://: the persona" },
+    workspace: { type: "text", description: "obj://: the workspace" },
+    usage: { ...amounts("usage by resource name"), required: true },
+    limits: amounts("persona://: the authorizing token's limits"),
+    inFlight: { type: "uint", description: "persona://: its requests in flight" },
+    quotas: amounts("obj://: the workspace's quotas"),
+  },
+  idempotent: true,
+  effects: false,
+});
+
+export const resourceOps = [resourceAlloc, resourceFree, resourceQuery] as const;
