@@ -64,7 +64,9 @@ try {
       const v = await verifyAuditFile(db);
       const secs = Number(process.hrtime.bigint() - t) / 1e9;
       if (!v.ok) throw new Error(`${root}: verify failed: ${v.firstBad?.reason}`);
-      process.stdout.write(`${JSON.stringify({ root, records: v.records, secs: Math.round(secs * 1000) / 1000, rps: Math.round(v.records / secs) })}\n`);
+      process.stdout.write(
+        `${JSON.stringify({ root, records: v.records, secs: Math.round(secs * 1000) / 1000, rps: Math.round(v.records / secs) })}\n`,
+      );
     }
   }
 } finally {
