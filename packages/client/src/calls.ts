@@ -75,18 +75,18 @@ export class CallTable {
     if (opts.execution !== undefined && opts.execution.length > 128) {
       return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
     }
-    const full: Intent = { ...intent };
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
-    if (deadline !== undefined) full.constraints = { ...full.constraints, deadline };
+    const full: Intent = deadline === undefined ? intent : { ...intent, constraints: { ...intent.constraints, deadline } };
     // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
     const bytes = encodeIntent(full);
     const id = this.nextId++;
-    const context: RequestContext = { persona: this.host.persona };
+    // Fields added in canonical key order (domain, persona, execution, workspace, traceparent): nothing to sort.
+    const persona = this.host.persona;
+    const context: RequestContext = opts.domain ? { domain: opts.domain, persona } : { persona };
+    if (opts.execution) context.execution = opts.execution;
     const ws = opts.workspace ?? this.o.workspace;
     if (ws) context.workspace = ws;
     if (opts.traceparent) context.traceparent = opts.traceparent;
-    if (opts.execution) context.execution = opts.execution;
-    if (opts.domain) context.domain = opts.domain;
     return new Promise<Response>((resolve, reject) => {
       const p: PendingCall = {
         id,
@@ -203,13 +203,14 @@ export class CallTable {
     const { pieces, bodySize } = framePieces(
       {
         type: "REQUEST",
+        // Keys in canonical order (by length, then bytewise): the encoder has nothing to sort.
         body: {
-          version: link.version,
-          persona: this.host.persona,
           id: p.id,
+          caps: p.caps ?? this.host.handles(),
           intent: p.intent,
           context: p.context,
-          caps: p.caps ?? this.host.handles(),
+          persona: this.host.persona,
+          version: link.version,
         },
       },
       p.stream,

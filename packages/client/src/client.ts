@@ -183,7 +183,8 @@ export class KernelClient extends EventEmitter {
 
   /** Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. */
   async call(op: string, target: string, args: CborMap = {}, opts: CallOptions = {}): Promise<CallResult> {
-    const r = await this.request({ op, target, args }, opts);
+    // Keys in canonical order (op, args, target): the encoder then has nothing to sort.
+    const r = await this.request({ op, args, target }, opts);
     if (r.status === "FAILURE") {
       throw new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", { requestId: r.id });
     }

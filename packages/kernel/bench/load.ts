@@ -1,11 +1,12 @@
 /**
- * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--max-rss-mb M] [--json]`
+ * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR]`
  *
  * Load: N concurrent sessions (default 1,000) spread over P personas, each running a mix of
  * operations with think time for S seconds (default 60) against a kernel in its own process.
  * Every operation is one the persona is granted, so any error is unexpected and fails the run
  * (exit 1), as does a kernel RSS over the bound or a kernel that dies. Reports throughput,
- * latency percentiles per op and overall, and the kernel's RSS over the run.
+ * latency percentiles per op and overall, and the kernel's RSS over the run. `--kernel-cpu-prof`
+ * writes the kernel's V8 CPU profile into DIR when it stops (to find what stalls the tail).
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -30,12 +31,14 @@ const PERSONAS = Math.min(int("personas", 10), SESSIONS);
 const MAX_RSS_MB = int("max-rss-mb", 600);
 const JSON_OUT = argv.includes("--json");
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+const profAt = argv.indexOf("--kernel-cpu-prof");
+const PROF = profAt >= 0 ? [`--cpu-prof`, `--cpu-prof-dir=${argv[profAt + 1]}`] : [];
 
 const home = mkdtempSync(join(tmpdir(), "kpip-load-"));
 const socket = join(home, "kernel.sock");
 const kernel: ChildProcess = spawn(
   process.execPath,
-  [MAIN, "kernel", "--home", home, "--log-level", "silent", "--max-sessions", String(SESSIONS + 16)],
+  [...PROF, MAIN, "kernel", "--home", home, "--log-level", "silent", "--max-sessions", String(SESSIONS + 16)],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
 let kernelExit: string | undefined;

@@ -51,7 +51,7 @@ export class Kernel {
   private services: KernelServices | undefined;
   private inspector: KernelInspector | undefined;
   private listeners: { uds?: UdsListener; grpc?: GrpcListener } = {};
-  private timer: NodeJS.Timeout | undefined;
+  private housekeeping: { stop(): void } | undefined;
   private state: "new" | "starting" | "running" | "stopping" | "stopped" = "new";
   private pendingFamilies: PrimitiveFamily[] = [];
   private pendingTasks: [string, TaskRegistration][] = [];
@@ -157,7 +157,7 @@ export class Kernel {
       const { grpc } = await openListeners(c, (conn) => this.accept(conn), s.host.peerLog, this.log, this.listeners);
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);
-      this.timer = startHousekeeping(s, c, this.log);
+      this.housekeeping = startHousekeeping(s, c, this.log);
       this.state = "running";
       s.sessions.open(s.host);
       this.log.info({ kernel: s.kernelId, socket: c.socket, grpc: grpc?.address, home: c.home }, "kernel listening");
@@ -210,7 +210,7 @@ export class Kernel {
     if (this.state !== "running" || !s) return;
     this.state = "stopping";
     s.sessions.close();
-    clearInterval(this.timer);
+    this.housekeeping?.stop();
     await this.listeners.uds?.close();
     // gRPC stops taking new streams now and finishes once the sessions below have ended theirs.
     const grpcClosed = this.listeners.grpc?.close(this.config.drainTimeoutMs + GRPC_CLOSE_GRACE_MS);

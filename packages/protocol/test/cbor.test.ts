@@ -15,6 +15,21 @@ const code = (h: string) => {
 };
 
 describe("canonical CBOR encoding (RFC 8949 §4.2.1)", () => {
+  it("map keys are the same bytes whether written fresh or from the encoder's key cache, in any insertion order", () => {
+    const keys = ["id", "é", "caps", "z".repeat(23), "y".repeat(24), "intent", "context", "persona", "version", "日本"];
+    const expected = Buffer.concat(
+      [...keys]
+        .map((k) => Buffer.from(k, "utf8"))
+        .sort((a, b) => a.length - b.length || Buffer.compare(a, b))
+        .map((k) => Buffer.concat([Buffer.from(k.length < 24 ? [0x60 | k.length] : [0x78, k.length]), k, Buffer.from([0x01])])),
+    );
+    const withHead = Buffer.concat([Buffer.from([0xa0 | keys.length]), expected]).toString("hex");
+    for (let round = 0; round < 3; round++) {
+      const order = round === 1 ? [...keys].reverse() : keys;
+      assert.equal(encodeCanonical(Object.fromEntries(order.map((k) => [k, 1]))).toString("hex"), withHead, `round ${round}`);
+    }
+  });
+
   it("writes integers in the shortest head", () => {
     const cases: [number | bigint, string][] = [
       [0, "00"],

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import {
   CodecError,
+  coalesce,
   encodeMessage,
   FrameFlag,
   FrameReader,
@@ -77,6 +78,17 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
     turn.run();
     assert.deepEqual(flushed, ["goodbye"]);
     assert.equal(b.pending, 0);
+  });
+
+  it("coalesce joins a turn of small frames into one buffer and leaves a large turn's chunks as they are", () => {
+    const one = [Buffer.from("x")];
+    assert.equal(coalesce(one, 1), one);
+    const small = [Buffer.from("ab"), new Uint8Array([99]), Buffer.from("de")];
+    const joined = coalesce(small, 5);
+    assert.equal(joined.length, 1);
+    assert.equal(Buffer.from(joined[0] as Uint8Array).toString(), "abcde");
+    const big = [Buffer.alloc(40 * 1024, 1), Buffer.alloc(40 * 1024, 2)];
+    assert.equal(coalesce(big, 80 * 1024), big, "large bodies are not copied");
   });
 
   it("joinChunks copies only when there is more than one chunk", () => {

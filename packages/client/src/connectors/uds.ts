@@ -1,5 +1,5 @@
 import net from "node:net";
-import { TurnBatcher } from "@kpip/protocol";
+import { coalesce, TurnBatcher } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -87,10 +87,15 @@ class SocketChannel implements Channel {
   ) {
     sock.on("error", () => {});
     this.out = new TurnBatcher(
-      (chunks) => {
+      (chunks, bytes) => {
         if (sock.destroyed) return;
+        const out = coalesce(chunks, bytes);
+        if (out.length === 1) {
+          sock.write(out[0] as Uint8Array);
+          return;
+        }
         sock.cork();
-        for (const c of chunks) sock.write(c);
+        for (const c of out) sock.write(c);
         sock.uncork();
       },
       (fn) => process.nextTick(fn),

@@ -12,11 +12,10 @@
  * measurement (`ratio` = value / the baseline's value); otherwise a table with the ratios and
  * the targets of issue #8, and a progress line on stderr while it runs.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { type ConnectOptions, GrpcConnector, KernelClient, loadIdentity } from "@kpip/client";
 import { encodeIntent, encodeMessage } from "@kpip/protocol";
@@ -25,11 +24,12 @@ import { verifyAuditFile } from "../../src/audit/verify-parallel.js";
 import { openGenerator } from "./generator.js";
 import { largeObjects } from "./large-objects.js";
 import { type Call, cpuPerUnit, latency, RawConn, throughput } from "./measure.js";
+import { children, here, rssMb, startServer, stopServer } from "./processes.js";
+import { Report } from "./report.js";
 
 const argv = process.argv.slice(2);
 const QUICK = argv.includes("--quick");
 const JSON_OUT = argv.includes("--json");
-const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
 const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.cjs");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
@@ -39,60 +39,9 @@ const P = QUICK
 /** Idle-session counts measured (the names kpip.idle<N>.rss_mb are the same under --quick). */
 const IDLE = [1000, 10_000];
 
-// ---- output ------------------------------------------------------------------------------
-
-interface Measurement {
-  name: string;
-  unit: string;
-  value: number;
-  baseline?: string;
-  ratio?: number;
-}
-const results = new Map<string, Measurement>();
-function put(name: string, unit: string, value: number, baseline?: string): void {
-  const m: Measurement = { name, unit, value: Math.round(value * 1000) / 1000 };
-  const b = baseline ? results.get(baseline) : undefined;
-  if (baseline && b && b.value > 0) {
-    m.baseline = baseline;
-    m.ratio = Math.round((value / b.value) * 1000) / 1000;
-  }
-  results.set(name, m);
-  if (JSON_OUT) process.stdout.write(`${JSON.stringify(m)}\n`);
-}
-let step = 0;
-const STEPS = 16;
-function progress(what: string): void {
-  step++;
-  if (!JSON_OUT) process.stderr.write(`\r\x1b[K[${step}/${STEPS}] ${what}…`);
-}
-
-// ---- processes ---------------------------------------------------------------------------
-
-const children: ChildProcess[] = [];
-async function startServer(script: string, args: string[]): Promise<{ proc: ChildProcess; info: Record<string, unknown> }> {
-  const proc = spawn(process.execPath, [here(script), ...args], { stdio: ["ignore", "pipe", "inherit"] });
-  children.push(proc);
-  const info = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    let out = "";
-    proc.stdout?.on("data", (d) => {
-      out += d;
-      const nl = out.indexOf("\n");
-      if (nl >= 0) resolve(JSON.parse(out.slice(0, nl)) as Record<string, unknown>);
-    });
-    proc.once("exit", (c) => reject(new Error(`${script} exited with ${c}`)));
-  });
-  return { proc, info };
-}
-async function stopServer(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null) return;
-  const exited = new Promise((r) => proc.once("exit", r));
-  proc.kill("SIGTERM");
-  await exited;
-}
-const rssMb = (pid: number): number => {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) / 1024 : 0;
-};
+const report = new Report(JSON_OUT, 16);
+const put = report.put.bind(report);
+const progress = report.progress.bind(report);
 
 // ---- the run -----------------------------------------------------------------------------
 
@@ -374,84 +323,4 @@ try {
   rmSync(dir, { recursive: true, force: true });
 }
 
-// ---- the table ---------------------------------------------------------------------------
-
-/** Issue #8's targets, as checks on this run's figures. */
-const v = (n: string) => results.get(n)?.value;
-const r = (n: string) => results.get(n)?.ratio;
-const auditKey = [...results.keys()].find((k) => /^kpip\.audit\d+[km]\.p50_us$/.test(k));
-const TARGETS: [string, boolean | undefined][] = [
-  ["kpip.uds p50 ≤ 1.5× raw", r("kpip.uds.p50_us") === undefined ? undefined : (r("kpip.uds.p50_us") as number) <= 1.5],
-  ["kpip.uds p99 ≤ 2× raw", r("kpip.uds.p99_us") === undefined ? undefined : (r("kpip.uds.p99_us") as number) <= 2],
-  [
-    "kpip.uds 256 in flight ≥ 150,000 req/s",
-    v("kpip.uds.rps_256") === undefined ? undefined : (v("kpip.uds.rps_256") as number) >= 150_000,
-  ],
-  [
-    "kpip.uds 256 in flight ≥ 30× grpc",
-    r("kpip.uds.rps_256") === undefined ? undefined : (r("kpip.uds.rps_256") as number) >= 30,
-  ],
-  [
-    "kpip.grpc ≥ 1.5× grpc baseline",
-    r("kpip.grpc.rps_256") === undefined ? undefined : (r("kpip.grpc.rps_256") as number) >= 1.5,
-  ],
-  ["64 MiB shm ≥ 2× inline", r("kpip.bulk64m.shm_gbps") === undefined ? undefined : (r("kpip.bulk64m.shm_gbps") as number) >= 2],
-  ["64 MiB shm ≥ 4 GB/s", v("kpip.bulk64m.shm_gbps") === undefined ? undefined : (v("kpip.bulk64m.shm_gbps") as number) >= 4],
-  [
-    "64 MiB storage.write inline ≥ 1 GB/s",
-    v("kpip.store64m.uds_gbps") === undefined ? undefined : (v("kpip.store64m.uds_gbps") as number) >= 1,
-  ],
-  [
-    "64 MiB storage.write via shm ≥ 2 GB/s",
-    v("kpip.store64m.shm_gbps") === undefined ? undefined : (v("kpip.store64m.shm_gbps") as number) >= 2,
-  ],
-  ["1 GiB object ≥ 1 GB/s", v("kpip.bulk1g.gbps") === undefined ? undefined : (v("kpip.bulk1g.gbps") as number) >= 1],
-  [
-    "1 GiB object: kernel RSS ≤ 200 MB",
-    v("kpip.bulk1g.rss_mb") === undefined ? undefined : (v("kpip.bulk1g.rss_mb") as number) <= 200,
-  ],
-  ["setup p50 ≤ 2 ms", v("kpip.setup.p50_ms") === undefined ? undefined : (v("kpip.setup.p50_ms") as number) <= 2],
-  ["kpip call ≤ 1.5× node start-up", r("kpip.cli.call_ms") === undefined ? undefined : (r("kpip.cli.call_ms") as number) <= 1.5],
-  [
-    "1,000 idle sessions ≤ 200 MB",
-    v("kpip.idle1000.rss_mb") === undefined ? undefined : (v("kpip.idle1000.rss_mb") as number) <= 200,
-  ],
-  [
-    "10,000 idle sessions ≤ 400 MB (#22)",
-    v("kpip.idle10000.rss_mb") === undefined ? undefined : (v("kpip.idle10000.rss_mb") as number) <= 400,
-  ],
-  [
-    "generator, 256 in flight ≥ 100,000 req/s with full audit (#22)",
-    v("kpip.uds.gen.rps_256") === undefined ? undefined : (v("kpip.uds.gen.rps_256") as number) >= 100_000,
-  ],
-  [
-    "kernel CPU ≤ 10 µs per audited request (#22)",
-    v("kpip.kernel.cpu_us_per_req") === undefined ? undefined : (v("kpip.kernel.cpu_us_per_req") as number) <= 10,
-  ],
-  [
-    "client CPU ≤ 8 µs per request (#22)",
-    v("kpip.client.cpu_us_per_req") === undefined ? undefined : (v("kpip.client.cpu_us_per_req") as number) <= 8,
-  ],
-  [
-    "audit verify ≥ 300,000 records/s",
-    v("kpip.audit.verify_rps") === undefined ? undefined : (v("kpip.audit.verify_rps") as number) >= 300_000,
-  ],
-  [
-    `p50 at ${auditKey?.slice(10, -7) ?? "?"} records within 10%`,
-    auditKey && r(auditKey) !== undefined ? (r(auditKey) as number) <= 1.1 : undefined,
-  ],
-];
-
-if (!JSON_OUT) {
-  process.stderr.write("\r\x1b[K");
-  const fmt = (x: number) => (x >= 1000 ? Math.round(x).toLocaleString("en-US") : String(Math.round(x * 100) / 100));
-  console.log(`kpip bench${QUICK ? " --quick" : ""} — ${new Date().toISOString()}\n`);
-  console.log(`${"measurement".padEnd(30)} ${"value".padStart(14)}  unit       ${"× baseline".padStart(10)}  baseline`);
-  for (const m of results.values()) {
-    console.log(
-      `${m.name.padEnd(30)} ${fmt(m.value).padStart(14)}  ${m.unit.padEnd(10)} ${(m.ratio === undefined ? "" : `${m.ratio}×`).padStart(10)}  ${m.baseline ?? ""}`,
-    );
-  }
-  console.log("\ntargets (issues #8, #17, #22):");
-  for (const [what, ok] of TARGETS) console.log(`  ${ok === undefined ? "n/a " : ok ? "met " : "MISS"}  ${what}`);
-}
+report.print(QUICK);

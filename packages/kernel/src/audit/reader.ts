@@ -4,6 +4,8 @@ import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { toCheckpoint } from "../store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
+import type { RangeVerifier } from "./verify.js";
+import { RawRecordScan } from "./verify-raw.js";
 
 /** Why a home could not be read: no database there, not a kpip database, or a damaged one. */
 export class HomeReadError extends Error {
@@ -18,7 +20,8 @@ export class HomeReadError extends Error {
 
 /** What the audit tools read: the verify interface plus the raw connection for their own queries. */
 export interface AuditReader
-  extends Pick<AuditStore, "scanAudit" | "countAudit" | "checkpoints" | "firstAuditSeq" | "auditHashAt"> {
+  extends Pick<AuditStore, "scanAudit" | "countAudit" | "checkpoints" | "firstAuditSeq" | "auditHashAt">,
+    RangeVerifier {
   readonly db: Database.Database;
   /** The file the connection reads: the home's database (live kernel) or a private copy of it. */
   readonly path: string;
@@ -134,6 +137,9 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   const scan = db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
   const scanned = rowsToRecords(scan);
   const hasCps = (db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
+  // verify's scan hashes rows straight from SQLite (verify-raw.ts); a row it does not take is read as scanAudit reads it.
+  let raw: RawRecordScan | undefined;
+  const scanOne = (seq: number) => scanned(scan.all(seq, 1) as unknown[][])[0];
   return {
     db,
     path: file,
@@ -144,6 +150,10 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
       return r && toRecord(r);
     },
     scanAudit: (from, batch) => scanned(scan.all(from, batch) as unknown[][]),
+    verifyRecords: (from, to, cpSeqs, onProgress) => {
+      raw ??= new RawRecordScan(db, columns, scanOne);
+      return raw.verify(from, to, cpSeqs, 1000, onProgress);
+    },
     countAudit: () => (db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
     firstAuditSeq: () => (db.prepare("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined,
     auditHashAt: (seq) => (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined)?.hash,

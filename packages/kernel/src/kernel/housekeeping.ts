@@ -1,15 +1,17 @@
 import type { KernelConfig } from "../config.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
+import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
 
 /**
- * One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry,
+ * One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry (a slice a tick),
  * changes made without the kernel, due checkpoints. Pruning (dedupe, ops, tokens, audit
  * retention) on the first tick, then every PRUNE_INTERVAL_MS.
  */
-export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logger): NodeJS.Timeout {
+export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logger): { stop(): void } {
   let lastPrune = 0;
+  const dedupePruner = new DedupePruner(s.store);
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
   const timer = setInterval(() => {
     const now = Date.now();
@@ -19,16 +21,23 @@ export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logge
     s.applyOfflineChanges();
     s.pipeline.flushSuppressed();
     s.audit.checkpointIfDue(now);
+    // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall).
+    if (lastPrune === 0) s.store.pruneDedupe(now);
+    else dedupePruner.run(now);
     if (now - lastPrune > PRUNE_INTERVAL_MS) {
       lastPrune = now;
-      s.store.pruneDedupe(now);
       s.store.pruneOps(now);
       s.tokens.pruneExpired(now - c.tokenRetentionMs);
       pruneAudit(s, c, log);
     }
   }, tickMs);
   timer.unref();
-  return timer;
+  return {
+    stop: () => {
+      clearInterval(timer);
+      dedupePruner.stop();
+    },
+  };
 }
 
 /** Retention (auditRetainRecords): one chunk of the oldest records, pruned behind a signed checkpoint. */

@@ -170,7 +170,8 @@ export interface AuditStore {
   putDedupe(row: DedupeRow): void;
   /** Runs `fn` in one transaction (nested: a savepoint). */
   transaction<T>(fn: () => T): T;
-  pruneDedupe(now: number): number;
+  /** Deletes dedupe records expired before `now`; with `max`, only among the `max` oldest (a bounded slice). */
+  pruneDedupe(now: number, max?: number): number;
   lastAudit(): AuditRow | undefined;
   /** Rows in seq order, `batch` at a time (for verification of long logs). */
   scanAudit(fromSeq: number, batch: number): AuditRow[];

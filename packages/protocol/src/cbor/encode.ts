@@ -173,16 +173,42 @@ export class CanonicalWriter {
     if (proto !== Object.prototype && proto !== null) {
       throw new CborError("UNSUPPORTED_TYPE", `cannot encode an instance of ${proto?.constructor?.name ?? "unknown"}`);
     }
-    const keys = Object.keys(obj).filter((k) => obj[k] !== undefined);
+    let keys = Object.keys(obj);
+    let defined = 0;
+    for (let i = 0; i < keys.length; i++) if (obj[keys[i] as string] !== undefined) defined++;
+    if (defined !== keys.length) keys = keys.filter((k) => obj[k] !== undefined);
     // Objects built in canonical order (the hot paths build them so) need no sort.
     if (keys.length > 1 && !isSorted(keys)) keys.sort(compareKeys);
     this.head(5, keys.length);
-    for (const k of keys) {
-      this.writeText(k);
+    for (let i = 0; i < keys.length; i++) {
+      const k = keys[i] as string;
+      this.writeKey(k);
       this.write(obj[k] as CborValue, depth + 1);
     }
   }
+
+  /** A map key: the few short names protocol messages use are encoded once and copied after. */
+  private writeKey(k: string): void {
+    let enc = KEY_CACHE.get(k);
+    if (enc === undefined) {
+      if (k.length > 23 || KEY_CACHE.size >= KEY_CACHE_MAX || !isAscii(k)) {
+        this.writeText(k);
+        return;
+      }
+      enc = Buffer.allocUnsafe(1 + k.length);
+      enc[0] = 0x60 | k.length;
+      enc.write(k, 1, "latin1");
+      KEY_CACHE.set(k, enc);
+    }
+    this.ensure(enc.length);
+    this.buf.set(enc, this.pos);
+    this.pos += enc.length;
+  }
 }
+
+/** Encoded short ASCII map keys (bounded: keys are mostly the protocol's own field names). */
+const KEY_CACHE = new Map<string, Buffer>();
+const KEY_CACHE_MAX = 1024;
 
 function isSorted(keys: string[]): boolean {
   for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1] as string, keys[i] as string) > 0) return false;

@@ -26,7 +26,8 @@ export class TurnBatcher {
   private stopped = false;
 
   constructor(
-    private readonly flush: (chunks: Uint8Array[]) => void,
+    /** The turn's chunks and their total size. */
+    private readonly flush: (chunks: Uint8Array[], bytes: number) => void,
     private readonly schedule: (fn: () => void) => void,
   ) {}
 
@@ -49,9 +50,10 @@ export class TurnBatcher {
     this.scheduled = false;
     if (this.chunks.length === 0 || this.stopped) return;
     const chunks = this.chunks;
+    const bytes = this.bytes;
     this.chunks = [];
     this.bytes = 0;
-    this.flush(chunks);
+    this.flush(chunks, bytes);
   }
 
   /** Drops what is queued; later writes are ignored (the stream is gone). */
@@ -67,4 +69,17 @@ export function joinChunks(chunks: Uint8Array[]): Buffer {
   const one = chunks[0] as Uint8Array;
   if (chunks.length > 1) return Buffer.concat(chunks);
   return Buffer.isBuffer(one) ? one : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
+}
+
+/** Turns whose frames add up to at most this many bytes are written as one joined buffer. */
+export const JOIN_MAX = 64 * 1024;
+
+/**
+ * A turn's chunks for a socket write: one buffer when they are small together (one copy of a
+ * few frames costs less than a corked vectored write, where a Node stream keeps a request per
+ * chunk), else the chunks as they are (large bodies are not copied).
+ */
+export function coalesce(chunks: Uint8Array[], bytes: number): Uint8Array[] {
+  if (chunks.length < 2 || bytes > JOIN_MAX) return chunks;
+  return [Buffer.concat(chunks, bytes)];
 }

@@ -94,8 +94,13 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         d.expires,
       );
     }
-    pruneDedupe(now: number): number {
-      return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
+    pruneDedupe(now: number, max?: number): number {
+      if (max === undefined) return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
+      // Rows are appended in expiry order: the oldest by rowid, not a scan of the table.
+      return this.prep("DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND expires < ?").run(
+        max,
+        now,
+      ).changes;
     }
     lastAudit(): AuditRow | undefined {
       const r = this.#last.get() as Row | undefined;

@@ -1,0 +1,92 @@
+/**
+ * `node packages/kernel/dist/bench/ab/client-cpu.js <other checkout, built> [--seconds S] [--rounds N]`:
+ * the `@kpip/client` CPU per request of this checkout against another's, measured at the same
+ * time against one kernel (this checkout's bench kernel): two client processes, one per
+ * checkout, each keeping 128 `bench.noop` calls in flight. Run side by side, both see the same
+ * kernel and the same machine load, so their CPU per request compares even on a busy machine
+ * (apart, the figure moves with how many answers arrive per socket read). One JSON line each.
+ */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const args = process.argv.slice(2);
+const self = fileURLToPath(import.meta.url);
+const opt = (name: string, dflt: number) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? Number(args[at + 1]) : dflt;
+};
+
+if (args[0] === "--child") {
+  // One client: args root, socket, home, seconds.
+  const [, root, socket, home, secs] = args as [string, string, string, string, string];
+  const { KernelClient, loadIdentity } = (await import(
+    pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
+  )) as typeof import("@kpip/client");
+  const c = await KernelClient.connect({
+    socket,
+    identity: loadIdentity(join(home, "admin.identity")),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+    reconnect: false,
+    shm: false,
+  });
+  for (let i = 0; i < 2000; i++) await c.call("bench.noop", "kernel://");
+  let done = 0;
+  let stop = false;
+  const cpu0 = process.cpuUsage();
+  const worker = async () => {
+    while (!stop) {
+      await c.call("bench.noop", "kernel://");
+      done++;
+    }
+  };
+  const all = Array.from({ length: 128 }, worker);
+  await new Promise((r) => setTimeout(r, Number(secs) * 1000));
+  stop = true;
+  await Promise.all(all);
+  const cpu = process.cpuUsage(cpu0);
+  await c.close();
+  process.stdout.write(
+    `${JSON.stringify({ root, requests: done, client_cpu_us_per_req: Math.round(((cpu.user + cpu.system) / done) * 10) / 10, system_us_per_req: Math.round((cpu.system / done) * 10) / 10 })}\n`,
+  );
+  process.exit(0);
+}
+
+const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+if (!other) {
+  process.stderr.write("usage: client-cpu.js <other kpip checkout, built> [--seconds S] [--rounds N]\n");
+  process.exit(2);
+}
+const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
+const seconds = opt("--seconds", 4);
+const rounds = opt("--rounds", 2);
+const home = mkdtempSync(join(tmpdir(), "kpip-ab-client-"));
+const kernel = spawn(process.execPath, [join(here, "packages/kernel/dist/bench/side-by-side/kernel-server.js"), "--home", home], {
+  stdio: ["ignore", "pipe", "inherit"],
+});
+try {
+  const info = await new Promise<{ socket: string }>((ok, fail) => {
+    kernel.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string }));
+    kernel.once("exit", (c) => fail(new Error(`bench kernel exited ${c}`)));
+  });
+  const run = (root: string) =>
+    new Promise<string>((ok, fail) => {
+      const p = spawn(process.execPath, [self, "--child", root, info.socket, home, String(seconds)], {
+        stdio: ["ignore", "pipe", "inherit"],
+      });
+      let out = "";
+      p.stdout.on("data", (d) => {
+        out += d;
+      });
+      p.once("exit", (c) => (c === 0 ? ok(out) : fail(new Error(`client of ${root} exited ${c}`))));
+    });
+  for (let r = 0; r < rounds; r++) {
+    for (const line of await Promise.all([run(resolve(other)), run(here)])) process.stdout.write(line);
+  }
+} finally {
+  kernel.kill("SIGTERM");
+  await new Promise((r) => (kernel.exitCode === null ? kernel.once("exit", r) : r(undefined)));
+  rmSync(home, { recursive: true, force: true });
+}

@@ -1,0 +1,74 @@
+/**
+ * `node packages/kernel/dist/bench/ab/verify.js <other checkout, built> [--records N] [--rounds N]`:
+ * `audit verify` (as `kpip audit verify` runs it, ranges on worker threads) of this checkout
+ * against another on the same database file, alternating. The file is filled with records shaped
+ * like a `bench.noop` request's (intent, intent hash, caps, detail, duration). One JSON line per run.
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { encodeIntent, intentHash } from "@kpip/protocol";
+import { AuditLog } from "../../src/audit/log.js";
+import { SqliteStore } from "../../src/store/sqlite.js";
+
+const args = process.argv.slice(2);
+const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+const opt = (name: string, dflt: number) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? Number(args[at + 1]) : dflt;
+};
+const records = opt("--records", 300_000);
+const rounds = opt("--rounds", 2);
+if (!other) {
+  process.stderr.write("usage: verify.js <other kpip checkout, built> [--records N] [--rounds N]\n");
+  process.exit(2);
+}
+const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
+
+const dir = mkdtempSync(join(tmpdir(), "kpip-ab-verify-"));
+try {
+  const db = join(dir, "kernel.db");
+  const store = new SqliteStore(db);
+  const log = new AuditLog(store, "k-ab", generateKeyPairSync("ed25519").privateKey, { batchMax: 512, checkpointEvery: 10_000 });
+  const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
+  const hash = intentHash(intent);
+  let last: Promise<void> = Promise.resolve();
+  for (let i = 1; i <= records; i++) {
+    last = log.append({
+      session: "sess-0123456789abcdef",
+      persona: "admin",
+      phase: "complete",
+      requestId: i,
+      op: "bench.noop",
+      target: "kernel://",
+      intentHash: hash,
+      intent,
+      caps: "bench.noop@kernel://",
+      status: "SUCCESS",
+      durationUs: 40 + (i % 50),
+      detail: '{"n":1}',
+    });
+    if (i % 5000 === 0) await last;
+  }
+  await last;
+  log.close();
+  store.close();
+  for (let r = 0; r < rounds; r++) {
+    for (const root of [resolve(other), here]) {
+      const { verifyAuditFile } = (await import(
+        pathToFileURL(join(root, "packages/kernel/dist/src/audit/verify-parallel.js")).href
+      )) as typeof import("../../src/audit/verify-parallel.js");
+      const t = process.hrtime.bigint();
+      const v = await verifyAuditFile(db);
+      const secs = Number(process.hrtime.bigint() - t) / 1e9;
+      if (!v.ok) throw new Error(`${root}: verify failed: ${v.firstBad?.reason}`);
+      process.stdout.write(
+        `${JSON.stringify({ root, records: v.records, secs: Math.round(secs * 1000) / 1000, rps: Math.round(v.records / secs) })}\n`,
+      );
+    }
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
