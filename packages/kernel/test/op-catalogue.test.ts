@@ -174,11 +174,17 @@ describe("the op catalogue against a real kernel", () => {
       ["storage.write", "obj://ws/x", { data: "x", ifGeneration: "0" }, "ifGeneration"],
       ["storage.write", "obj://ws/x", { data: "x", constructor: 1 }, "constructor"],
     ];
-    const before = (await c.call("token.list", "kernel://", { limit: 1000 })).payload;
+    // The ids of the tokens minted so far (an agent killed earlier may still be having its token revoked).
+    const minted = async () => {
+      const ids: string[] = [];
+      for await (const t of c.tokens.list()) ids.push(t.id);
+      return ids.sort();
+    };
+    const before = await minted();
     for (const [op, target, args, path] of bad) {
       await assert.rejects(c.call(op, target, args), klass("SEMANTIC", JSON.stringify(path)), `${op} ${path}`);
     }
-    assert.deepEqual((await c.call("token.list", "kernel://", { limit: 1000 })).payload, before, "nothing was minted");
+    assert.deepEqual(await minted(), before, "nothing was minted");
     await assert.rejects(c.storage.stat("obj://ws/x"), klass("SEMANTIC", "no object"));
     assert.equal((await c.system.health()).status, "ok");
   });
