@@ -68,6 +68,11 @@ export type DedupeVerdict =
   /** A retry of a read-only op: running it again is the answer. */
   | { kind: "rerun" };
 
+// The verdicts without data are constants: no object per request.
+const NEW: DedupeVerdict = Object.freeze({ kind: "new" });
+const CONFLICT: DedupeVerdict = Object.freeze({ kind: "conflict" });
+const RERUN: DedupeVerdict = Object.freeze({ kind: "rerun" });
+
 /**
  * Remembers requests by (persona, client instance id, request id) for the dedupe window, so a
  * retried request is answered from the record instead of running twice. Memory holds only the
@@ -97,17 +102,17 @@ export class DedupeCache {
   check(key: string, tag: string, now: number, effects: boolean): DedupeVerdict {
     const e = this.entries.get(key);
     if (e !== undefined && e.expires >= now) {
-      if (e.tag !== tag) return { kind: "conflict" };
+      if (e.tag !== tag) return CONFLICT;
       if (e.pending) return { kind: "answer", response: e.pending };
-      if (!effects) return { kind: "rerun" };
+      if (!effects) return RERUN;
     } else if (e !== undefined) {
       this.entries.delete(key);
     }
-    if (!effects) return { kind: "new" };
+    if (!effects) return NEW;
     // Ops with effects: the durable record (it also survives a kernel restart).
     const row = this.store?.lookupDedupe(key, now);
-    if (!row) return { kind: "new" };
-    if (Buffer.from(row.hash).toString("base64") !== tag) return { kind: "conflict" };
+    if (!row) return NEW;
+    if (Buffer.from(row.hash).toString("base64") !== tag) return CONFLICT;
     return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
   }
 
@@ -134,7 +139,13 @@ export class DedupeCache {
 
   /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
   settled(key: string, tag: string, now: number): void {
-    this.put(key, { tag, expires: now + this.windowMs });
+    // Kept in place (a delete and a set per request left the Map deleted slots to rehash): the
+    // entry sits where `running` put it, a request's duration early for `sweep`, which only frees memory.
+    const e = this.entries.get(key);
+    if (e !== undefined && e.tag === tag) {
+      e.pending = undefined;
+      e.expires = now + this.windowMs;
+    } else this.put(key, { tag, expires: now + this.windowMs });
   }
 
   private put(key: string, e: Entry): void {

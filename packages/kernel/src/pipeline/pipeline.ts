@@ -18,7 +18,7 @@ import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { Admission } from "./admission.js";
-import { AnswerBudget } from "./answer-budget.js";
+import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
 import {
   answer,
   elapsedUs,
@@ -200,8 +200,7 @@ export class Pipeline {
       });
     }
     if (prior.kind === "answer") return this.replay(ctx, await prior.response);
-    const lease = this.answers.lease(s.id);
-    const pending = this.run(ctx, lease.hold).finally(lease.release);
+    const pending = this.run(ctx, this.answers.lease(s.id));
     dedupe.running(key, tag, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
@@ -226,81 +225,84 @@ export class Pipeline {
   }
 
   /** Steps 7–12 of an authorized, new request (its ctx has decl, decision, key and dhash). */
-  private async run(ctx: RequestCtx, holdAnswerBytes: (bytes: number) => void): Promise<Response> {
-    const { session: s, trace } = ctx;
-    const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-    const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
-    const { audit, dedupe } = this.deps;
-    const caps = decision.capIds.join(",");
-    // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
-    let release: () => void;
+  private async run(ctx: RequestCtx, lease: AnswerLease): Promise<Response> {
+    // The lease is given back however the request ends (in the body: a `.finally` was one more promise a request).
     try {
-      release = this.deps.ledger.admit(s.persona, decision.grant, decision.rateKey);
-    } catch (e) {
-      return this.refuse(ctx, toRefusal(e, this.deps.log, ctx));
-    }
+      const { session: s, trace } = ctx;
+      const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
+      const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
+      const { audit, dedupe } = this.deps;
+      const caps = decision.capIds.join(",");
+      // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
+      let release: () => void;
+      try {
+        release = this.deps.ledger.admit(s.persona, decision.grant, decision.rateKey);
+      } catch (e) {
+        return this.refuse(ctx, toRefusal(e, this.deps.log, ctx));
+      }
 
-    // 8. an op that changes state has its intent recorded, and committed, before it runs.
-    const effects = decl.effects;
-    if (effects) await stage(trace, "kpip.audit.intent", () => audit.append(requestEntry(ctx, "intent", { caps })));
+      // 8. an op that changes state has its intent recorded, and committed, before it runs.
+      const effects = decl.effects;
+      if (effects) await stage(trace, "kpip.audit.intent", () => audit.append(requestEntry(ctx, "intent", { caps })));
 
-    // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
-    let result: OpResult | undefined;
-    let refusal: Refusal | undefined;
-    let recorded = false;
-    try {
-      const atomically = <T extends OpResult>(effect: () => T): T => {
+      // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
+      let result: OpResult | undefined;
+      let refusal: Refusal | undefined;
+      let recorded = false;
+      try {
         // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-        if (ctx.dhash === undefined) return effect();
-        const v = dedupe.commitWith(ctx.key as string, ctx.dhash, effect, (r) => answer(ctx, r));
-        recorded = dedupe.durable;
-        return v;
-      };
-      result = await stage(trace, "kpip.execute", () => this.execute(ctx, atomically, holdAnswerBytes));
-    } catch (e) {
-      refusal = toRefusal(e, this.deps.log, ctx);
-    } finally {
-      release();
-    }
+        const atomically =
+          ctx.dhash === undefined
+            ? runNow
+            : <T extends OpResult>(effect: () => T): T => {
+                const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => answer(ctx, r));
+                recorded = dedupe.durable;
+                return v;
+              };
+        result = await stage(trace, "kpip.execute", () => this.execute(ctx, atomically, lease));
+      } catch (e) {
+        refusal = toRefusal(e, this.deps.log, ctx);
+      } finally {
+        release();
+      }
 
-    // 11. audit the outcome, then answer. The response of an op with effects is stored with
-    // its outcome record, so a retry after a kernel restart gets it instead of a second run.
-    const response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
-    // An answer recorded with its effect stays the record: the effect happened, whatever follows.
-    const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
-    // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
-    // effects an "outcome" record that refers to its intent record by request id and hash.
-    const outcome = audit.append(
-      requestEntry(ctx, effects ? "outcome" : "complete", {
-        intent: effects ? null : ctx.req.intent,
-        caps,
-        status: response.status,
-        errorClass: refusal?.errorClass ?? null,
-        message: refusal?.message ?? null,
-        durationUs: elapsedUs(ctx),
-        detail: statusDetail(response.status, result?.audit),
-      }),
-      keep
-        ? {
-            key: ctx.key as string,
-            hash: ctx.dhash as Buffer,
-            response: encodeCanonical(response as unknown as CborMap),
-            expires: Date.now() + dedupe.windowMs,
-          }
-        : undefined,
-    );
-    // Chained synchronously: the head is this record (a revocation notes where it is on the record).
-    result?.recorded?.(audit.headSeq);
-    await stage(trace, "kpip.audit.outcome", () => outcome);
-    return response;
+      // 11. audit the outcome, then answer. The response of an op with effects is stored with
+      // its outcome record, so a retry after a kernel restart gets it instead of a second run.
+      const response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
+      // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+      const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+      // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
+      // effects an "outcome" record that refers to its intent record by request id and hash.
+      const outcome = audit.append(
+        requestEntry(ctx, effects ? "outcome" : "complete", {
+          intent: effects ? null : ctx.req.intent,
+          caps,
+          status: response.status,
+          errorClass: refusal?.errorClass ?? null,
+          message: refusal?.message ?? null,
+          durationUs: elapsedUs(ctx),
+          detail: statusDetail(response.status, result?.audit),
+        }),
+        keep
+          ? {
+              key: ctx.key as string,
+              hash: ctx.dhash as Buffer,
+              response: encodeCanonical(response as unknown as CborMap),
+              expires: Date.now() + dedupe.windowMs,
+            }
+          : undefined,
+      );
+      // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+      result?.recorded?.(audit.headSeq);
+      await stage(trace, "kpip.audit.outcome", () => outcome);
+      return response;
+    } finally {
+      lease.release();
+    }
   }
 
   /** Target, arguments, ownership and deadline, then the handler: a handler never checks rights. */
-  private async execute(
-    ctx: RequestCtx,
-    atomically: OpContext["atomically"],
-    holdAnswerBytes: OpContext["holdAnswerBytes"],
-  ): Promise<OpResult> {
+  private async execute(ctx: RequestCtx, atomically: OpContext["atomically"], lease: AnswerLease): Promise<OpResult> {
     const { session: s, req } = ctx;
     const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
@@ -328,13 +330,15 @@ export class Pipeline {
       handles: s.handles,
       atomically,
       maxBody: s.maxBody,
-      holdAnswerBytes,
+      holdAnswerBytes: (bytes) => lease.hold(bytes),
     };
     checkOwnership(decl, op);
     if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
     return await decl.handler(op);
   }
 }
+
+const runNow = <T>(effect: () => T): T => effect();
 
 function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
   if (req.version !== s.version) {
