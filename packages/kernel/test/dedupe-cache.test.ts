@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import type { Response } from "@kpip/protocol";
 import { DedupeCache } from "../src/pipeline/dedupe.js";
 
-const h = (s: string) => createHash("sha256").update(s).digest();
+const h = (s: string) => createHash("sha256").update(s).digest("base64");
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
 
 describe("dedupe cache (unit)", () => {
@@ -31,7 +31,7 @@ describe("dedupe cache (unit)", () => {
   });
 
   it("answers a settled op with effects from the store, and refuses another intent under its key", () => {
-    const row = { key: "s", hash: h("w"), response: Buffer.from([0xa0]), expires: 10_000 };
+    const row = { key: "s", hash: Buffer.from(h("w"), "base64"), response: Buffer.from([0xa0]), expires: 10_000 };
     const store = { lookupDedupe: (k: string) => (k === "s" ? row : undefined) };
     const c = new DedupeCache(60_000, store as never);
     c.settled("s", h("w"), 0);

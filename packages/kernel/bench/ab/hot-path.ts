@@ -3,7 +3,8 @@
  * this checkout against another (built) checkout of kpip on the same machine, alternating, each
  * with its own bench kernel (side-by-side/kernel-server.js) and its own `@kpip/client`. Prints one
  * JSON line per run: p50/p99 of 5,000 sequential `bench.noop` calls, requests per second over 3 s
- * at 256 in flight, and the client's CPU per request. For A/B figures in BENCHMARKS.md.
+ * at 256 in flight, and the client's and the kernel's CPU per request (the kernel's from
+ * /proc/<pid>/stat, over the sequential calls and over the 256-in-flight window). For A/B figures in BENCHMARKS.md.
  */
 import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -19,6 +20,12 @@ if (!other || !Number.isSafeInteger(rounds) || rounds < 1) {
   process.stderr.write("usage: npm run bench:ab -- <other kpip checkout, built> [--rounds N]\n");
   process.exit(2);
 }
+/** The kernel process's user + system CPU so far, in µs (Linux clock ticks of 10 ms). */
+function kernelCpuUs(pid: number): number {
+  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+}
+
 const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
 
 async function measure(root: string): Promise<Record<string, number | string>> {
@@ -29,8 +36,8 @@ async function measure(root: string): Promise<Record<string, number | string>> {
   const server = join(root, "packages/kernel/dist/bench/side-by-side/kernel-server.js");
   const p = spawn(process.execPath, [server, "--home", home], { stdio: ["ignore", "pipe", "inherit"] });
   try {
-    const info = await new Promise<{ socket: string }>((ok, fail) => {
-      p.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string }));
+    const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {
+      p.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string; pid: number }));
       p.once("exit", (c) => fail(new Error(`${server} exited ${c}`)));
     });
     const c = await KernelClient.connect({
@@ -43,11 +50,13 @@ async function measure(root: string): Promise<Record<string, number | string>> {
     const call = () => c.call("bench.noop", "kernel://");
     for (let i = 0; i < 2000; i++) await call();
     const lat: number[] = [];
+    const k0 = kernelCpuUs(info.pid);
     for (let i = 0; i < 5000; i++) {
       const t = process.hrtime.bigint();
       await call();
       lat.push(Number(process.hrtime.bigint() - t) / 1000);
     }
+    const k1 = kernelCpuUs(info.pid);
     lat.sort((a, b) => a - b);
     let done = 0;
     let stop = false;
@@ -65,6 +74,7 @@ async function measure(root: string): Promise<Record<string, number | string>> {
     await Promise.all(all);
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const cpu = process.cpuUsage(cpu0);
+    const k2 = kernelCpuUs(info.pid);
     await c.close();
     return {
       root,
@@ -72,6 +82,8 @@ async function measure(root: string): Promise<Record<string, number | string>> {
       p99_us: Math.round(lat[Math.floor(lat.length * 0.99)] as number),
       rps_256: Math.round(done / secs),
       client_cpu_us_per_req: Math.round(((cpu.user + cpu.system) / done) * 10) / 10,
+      kernel_cpu_us_per_req_1: Math.round(((k1 - k0) / lat.length) * 10) / 10,
+      kernel_cpu_us_per_req_256: Math.round(((k2 - k1) / done) * 10) / 10,
     };
   } finally {
     p.kill("SIGTERM");

@@ -223,19 +223,31 @@ export class AuditLog {
   }
 
   /**
-   * Retention: prunes the oldest records through the newest signed checkpoint that leaves at
-   * least `retain` records (one chunk of at most `chunk` records per call, so the event loop is
-   * never held long). That checkpoint stays and becomes the pruned log's start, so the chain
-   * still verifies from a signature. Returns the records removed.
+   * Retention, one slice: prunes at most `slice` of the oldest records, and only below the newest
+   * signed checkpoint that leaves at least `retain` records (the checkpoint the pass prunes
+   * through). A slice that ends there prunes through that checkpoint; one that ends short of it
+   * prunes through a retention checkpoint signed now for its last record, stored in the slice's
+   * transaction, so the log after every slice starts right after a signed checkpoint. Signing a
+   * hash read back from the store vouches for nothing new: the chain from it to the pass's
+   * checkpoint, which the kernel signed when it computed that hash, pins it. Returns the records removed.
    */
-  prune(retain: number, chunk = 50_000): number {
-    if (retain <= 0) return 0;
+  pruneSlice(retain: number, slice: number): number {
+    if (retain <= 0 || slice <= 0 || this.closed) return 0;
     const first = this.store.firstAuditSeq();
     if (first === undefined) return 0;
-    const limit = Math.min(this.seq - retain, first - 1 + Math.max(chunk, this.opts.checkpointEvery));
-    let base: AuditCheckpoint | undefined;
-    for (const c of this.store.checkpoints()) if (c.seq >= first && c.seq <= limit) base = c;
-    return base ? this.store.pruneAudit(base.seq) : 0;
+    let through: AuditCheckpoint | undefined;
+    for (const c of this.store.checkpoints()) if (c.seq >= first && c.seq <= this.seq - retain) through = c;
+    if (!through) return 0;
+    const end = first - 1 + slice;
+    if (end >= through.seq) return this.store.pruneAudit(through.seq);
+    const hash = this.store.auditHashAt(end);
+    if (!hash) return 0;
+    const c = { kernel: this.kernelId, seq: end, hash, time: Date.now() };
+    return this.store.pruneAudit(end, {
+      ...c,
+      publicKey: this.publicKey,
+      signature: signBytes(this.signingKey, checkpointMessage(c)),
+    });
   }
 
   /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */

@@ -1,3 +1,4 @@
+import { AuditRetention } from "../audit/retention.js";
 import type { KernelConfig } from "../config.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
@@ -7,11 +8,12 @@ import type { KernelServices } from "./compose.js";
 /**
  * One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry (a slice a tick),
  * changes made without the kernel, due checkpoints. Pruning (dedupe, ops, tokens, audit
- * retention) on the first tick, then every PRUNE_INTERVAL_MS.
+ * retention, the last a slice a turn) on the first tick, then every PRUNE_INTERVAL_MS.
  */
 export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logger): { stop(): void } {
   let lastPrune = 0;
   const dedupePruner = new DedupePruner(s.store);
+  const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
   const timer = setInterval(() => {
     const now = Date.now();
@@ -28,7 +30,7 @@ export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logge
       lastPrune = now;
       s.store.pruneOps(now);
       s.tokens.pruneExpired(now - c.tokenRetentionMs);
-      pruneAudit(s, c, log);
+      retention.run();
     }
   }, tickMs);
   timer.unref();
@@ -36,16 +38,7 @@ export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logge
     stop: () => {
       clearInterval(timer);
       dedupePruner.stop();
+      retention.stop();
     },
   };
-}
-
-/** Retention (auditRetainRecords): one chunk of the oldest records, pruned behind a signed checkpoint. */
-function pruneAudit(s: KernelServices, c: KernelConfig, log: Logger): void {
-  try {
-    const n = s.audit.prune(c.auditRetainRecords);
-    if (n) log.info({ records: n }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
-  } catch (e) {
-    log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
-  }
 }

@@ -4,6 +4,7 @@ import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom
 /** The kernel's Prometheus series. Cheap to update; served only when --metrics-listen is set. */
 export class KernelMetrics {
   readonly registry = new Registry();
+  private processSeries = false;
   readonly requests = new Counter({
     name: "kpip_requests_total",
     help: "Requests answered, by op, status and error class",
@@ -120,7 +121,6 @@ export class KernelMetrics {
         this.set(gauges.walBackground() ? 1 : 0);
       },
     });
-    collectDefaultMetrics({ register: this.registry, prefix: "kpip_process_" });
   }
 
   /** Serves /metrics on host:port; resolves with the bound address. */
@@ -130,6 +130,10 @@ export class KernelMetrics {
     const port = Number(hostPort.slice(i + 1));
     if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
       throw new Error(`metrics address ${hostPort} must be host:port`);
+    // The process series only when served: collecting them runs a 10 ms event-loop-delay timer
+    // and a GC observer in the kernel, which nobody reads when /metrics is off.
+    if (!this.processSeries) collectDefaultMetrics({ register: this.registry, prefix: "kpip_process_" });
+    this.processSeries = true;
     this.server = createServer((req, res) => {
       if (req.url !== "/metrics") {
         res.writeHead(404).end();

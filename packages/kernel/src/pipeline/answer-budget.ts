@@ -34,29 +34,49 @@ export class AnswerBudget {
   }
 
   /** A lease for one request: `hold` adds to it, `release` gives all of it back (once). */
-  lease(session: string): { hold(bytes: number): void; release(): void } {
-    let mine = 0;
-    return {
-      hold: (bytes: number) => {
-        if (bytes <= 0) return;
-        const s = this.bySession.get(session) ?? 0;
-        // One answer alone is always allowed (the op's own limits bound it): a session is never starved.
-        if (s > 0 && s + bytes > this.perSession)
-          throw new OpError("RESOURCE", `this session's answers in preparation hold ${s} bytes; retry once they are sent`);
-        if (this.total > 0 && this.total + bytes > this.kernel)
-          throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
-        this.bySession.set(session, s + bytes);
-        this.total += bytes;
-        mine += bytes;
-      },
-      release: () => {
-        if (mine === 0) return;
-        const s = (this.bySession.get(session) ?? 0) - mine;
-        if (s > 0) this.bySession.set(session, s);
-        else this.bySession.delete(session);
-        this.total -= mine;
-        mine = 0;
-      },
-    };
+  lease(session: string): AnswerLease {
+    return new AnswerLease(this, session);
+  }
+
+  /** @internal {@link AnswerLease.hold}: throws RESOURCE past a budget, else takes the bytes. */
+  take(session: string, bytes: number): void {
+    const s = this.bySession.get(session) ?? 0;
+    // One answer alone is always allowed (the op's own limits bound it): a session is never starved.
+    if (s > 0 && s + bytes > this.perSession)
+      throw new OpError("RESOURCE", `this session's answers in preparation hold ${s} bytes; retry once they are sent`);
+    if (this.total > 0 && this.total + bytes > this.kernel)
+      throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
+    this.bySession.set(session, s + bytes);
+    this.total += bytes;
+  }
+
+  /** @internal {@link AnswerLease.release}. */
+  give(session: string, bytes: number): void {
+    const s = (this.bySession.get(session) ?? 0) - bytes;
+    if (s > 0) this.bySession.set(session, s);
+    else this.bySession.delete(session);
+    this.total -= bytes;
+  }
+}
+
+/** One request's share of the budget (an object with methods: no closures per request). */
+export class AnswerLease {
+  private mine = 0;
+
+  constructor(
+    private readonly budget: AnswerBudget,
+    private readonly session: string,
+  ) {}
+
+  hold(bytes: number): void {
+    if (bytes <= 0) return;
+    this.budget.take(this.session, bytes);
+    this.mine += bytes;
+  }
+
+  release(): void {
+    if (this.mine === 0) return;
+    this.budget.give(this.session, this.mine);
+    this.mine = 0;
   }
 }

@@ -2,15 +2,16 @@ import { createHash } from "node:crypto";
 import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 
-/** The authority a grant carries, without its validity period (a refreshed token carries the same). */
-const authorityDigests = new WeakMap<Grant, Buffer>();
-function authorityOf(g: Grant): Buffer {
+/** The authority a grant carries, without its validity period (a refreshed token carries the same), and its base64. */
+const authorityDigests = new WeakMap<Grant, { digest: Buffer; tag: string }>();
+function authorityOf(g: Grant): { digest: Buffer; tag: string } {
   let d = authorityDigests.get(g);
   if (!d) {
     const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = g;
-    d = createHash("sha256")
+    const digest = createHash("sha256")
       .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
       .digest();
+    d = { digest, tag: digest.toString("base64") };
     authorityDigests.set(g, d);
   }
   return d;
@@ -25,14 +26,33 @@ function authorityOf(g: Grant): Buffer {
  */
 export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capIds: string[] }): Buffer {
   const h = createHash("sha256").update(intentHash);
-  if (authority.grant) h.update(authorityOf(authority.grant));
+  if (authority.grant) h.update(authorityOf(authority.grant).digest);
   else h.update(JSON.stringify([...authority.capIds].sort()));
   return h.digest();
 }
 
+/**
+ * What the dedupe cache remembers a request by (the same binding as {@link dedupeHash}): for an
+ * op with effects that hash, base64, as its durable record stores it; for a read-only op, which
+ * keeps no durable record (§11 rule 4), the intent hash and the authority side by side, with no
+ * SHA-256 of its own per request. The two forms never equal each other (a `~` is no base64).
+ */
+export function dedupeTag(
+  intentHash: Buffer,
+  authority: { grant?: Grant; capIds: string[] },
+  effects: boolean,
+): { tag: string; hash?: Buffer } {
+  if (effects) {
+    const hash = dedupeHash(intentHash, authority);
+    return { tag: hash.toString("base64"), hash };
+  }
+  const a = authority.grant ? authorityOf(authority.grant).tag : JSON.stringify([...authority.capIds].sort());
+  return { tag: `${intentHash.toString("base64")}~${a}` };
+}
+
 interface Entry {
-  /** SHA-256 of the intent bytes, base64 (a string: far smaller than a Buffer per entry). */
-  hash: string;
+  /** The request's {@link dedupeTag} (a string: far smaller than a Buffer per entry). */
+  tag: string;
   expires: number;
   /** The promise of the response while the first attempt runs; dropped once it settles. */
   pending?: Promise<Response>;
@@ -47,6 +67,11 @@ export type DedupeVerdict =
   | { kind: "answer"; response: Response | Promise<Response> }
   /** A retry of a read-only op: running it again is the answer. */
   | { kind: "rerun" };
+
+// The verdicts without data are constants: no object per request.
+const NEW: DedupeVerdict = Object.freeze({ kind: "new" });
+const CONFLICT: DedupeVerdict = Object.freeze({ kind: "conflict" });
+const RERUN: DedupeVerdict = Object.freeze({ kind: "rerun" });
 
 /**
  * Remembers requests by (persona, client instance id, request id) for the dedupe window, so a
@@ -73,22 +98,21 @@ export class DedupeCache {
     return this.entries.size;
   }
 
-  /** Classifies a request; `effects`: the op changes state, so its answer is in the store. */
-  check(key: string, hash: Buffer, now: number, effects: boolean): DedupeVerdict {
-    const h = hash.toString("base64");
+  /** Classifies a request by its {@link dedupeTag}; `effects`: the op changes state, so its answer is in the store. */
+  check(key: string, tag: string, now: number, effects: boolean): DedupeVerdict {
     const e = this.entries.get(key);
     if (e !== undefined && e.expires >= now) {
-      if (e.hash !== h) return { kind: "conflict" };
+      if (e.tag !== tag) return CONFLICT;
       if (e.pending) return { kind: "answer", response: e.pending };
-      if (!effects) return { kind: "rerun" };
+      if (!effects) return RERUN;
     } else if (e !== undefined) {
       this.entries.delete(key);
     }
-    if (!effects) return { kind: "new" };
+    if (!effects) return NEW;
     // Ops with effects: the durable record (it also survives a kernel restart).
     const row = this.store?.lookupDedupe(key, now);
-    if (!row) return { kind: "new" };
-    if (Buffer.from(row.hash).toString("base64") !== h) return { kind: "conflict" };
+    if (!row) return NEW;
+    if (Buffer.from(row.hash).toString("base64") !== tag) return CONFLICT;
     return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
   }
 
@@ -109,13 +133,19 @@ export class DedupeCache {
   }
 
   /** The first attempt is running: a duplicate arriving now waits for the same answer. */
-  running(key: string, hash: Buffer, pending: Promise<Response>, now: number): void {
-    this.put(key, { hash: hash.toString("base64"), expires: now + this.windowMs, pending });
+  running(key: string, tag: string, pending: Promise<Response>, now: number): void {
+    this.put(key, { tag, expires: now + this.windowMs, pending });
   }
 
   /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
-  settled(key: string, hash: Buffer, now: number): void {
-    this.put(key, { hash: hash.toString("base64"), expires: now + this.windowMs });
+  settled(key: string, tag: string, now: number): void {
+    // Kept in place (a delete and a set per request left the Map deleted slots to rehash): the
+    // entry sits where `running` put it, a request's duration early for `sweep`, which only frees memory.
+    const e = this.entries.get(key);
+    if (e !== undefined && e.tag === tag) {
+      e.pending = undefined;
+      e.expires = now + this.windowMs;
+    } else this.put(key, { tag, expires: now + this.windowMs });
   }
 
   private put(key: string, e: Entry): void {

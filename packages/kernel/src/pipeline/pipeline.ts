@@ -18,19 +18,20 @@ import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { Admission } from "./admission.js";
-import { AnswerBudget } from "./answer-budget.js";
+import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
 import {
   answer,
   elapsedUs,
   failure,
-  intentColumns,
   type Refusal,
   type RequestCtx,
+  recordIntentColumns,
   requestCtx,
+  requestEntry,
   type SessionView,
   toRefusal,
 } from "./context.js";
-import { type DedupeCache, dedupeHash } from "./dedupe.js";
+import { type DedupeCache, dedupeTag } from "./dedupe.js";
 import { checkOwnership } from "./ownership.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
@@ -78,16 +79,15 @@ export class Pipeline {
    */
   async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
     const { refusals, audit } = this.deps;
-    const entry: AuditEntry = {
-      ...ctx.rec,
-      phase: "refused",
+    const intent = ctx.rec.intent;
+    const entry: AuditEntry = requestEntry(ctx, "refused", {
+      intent: intent && intent.length > (refusals?.intentMaxBytes ?? 1024) ? null : intent,
+      caps: ctx.decision?.capIds.join(","),
       status: "FAILURE",
       errorClass: r.errorClass,
       message: r.audited ?? r.message,
       durationUs: elapsedUs(ctx),
-    };
-    if (ctx.decision) entry.caps = ctx.decision.capIds.join(",");
-    if (entry.intent && entry.intent.length > (refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
+    });
     const s = ctx.session;
     if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.append(entry);
     else if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
@@ -139,21 +139,24 @@ export class Pipeline {
     // 2. version and identity: a request may only speak for the attested persona.
     const early = this.admission.request(s) ?? checkEnvelope(s, req);
     if (early) {
-      Object.assign(ctx.rec, intentColumns(req.intent));
+      recordIntentColumns(ctx.rec, req.intent);
       return this.refuse(ctx, early);
     }
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
     const hash = intentHash(req.intent);
+    const rec = ctx.rec;
     ctx.hash = hash;
+    rec.intent = req.intent;
+    rec.intentHash = hash;
     try {
       ctx.intent = decodeIntent(req.intent);
     } catch (e) {
-      Object.assign(ctx.rec, { intent: req.intent, intentHash: hash });
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
     }
     const intent = ctx.intent;
-    Object.assign(ctx.rec, { op: intent.op, target: intent.target, intentHash: hash, intent: req.intent });
+    rec.op = intent.op;
+    rec.target = intent.target;
     // 4. an op the kernel does not have is SEMANTIC whatever the token (PROTOCOL §10.1): the class
     // must not depend on whether a grant happens to cover the name. Op names are public (system.describe).
     const decl = this.deps.router.get(intent.op);
@@ -184,12 +187,12 @@ export class Pipeline {
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it,
     // and remembered under the authority that allowed it: another capability never gets its answer.
     const key = `${s.persona}:${s.instance}:${req.id}`;
-    const dhash = dedupeHash(hash, decision);
+    const { tag, hash: dhash } = dedupeTag(hash, decision, decl.effects);
     ctx.key = key;
     ctx.dhash = dhash;
     const dedupe = this.deps.dedupe;
     const now = Date.now();
-    const prior = dedupe.check(key, dhash, now, decl.effects);
+    const prior = dedupe.check(key, tag, now, decl.effects);
     if (prior.kind === "conflict") {
       return this.refuse(ctx, {
         errorClass: "SEMANTIC",
@@ -197,107 +200,109 @@ export class Pipeline {
       });
     }
     if (prior.kind === "answer") return this.replay(ctx, await prior.response);
-    const lease = this.answers.lease(s.id);
-    const pending = this.run(ctx, lease.hold).finally(lease.release);
-    dedupe.running(key, dhash, pending, now);
+    const pending = this.run(ctx, this.answers.lease(s.id));
+    dedupe.running(key, tag, pending, now);
     const response = await pending;
     // A transient failure is not an answer to keep: the client's retry must run again.
     if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) dedupe.forget(key);
-    else dedupe.settled(key, dhash, Date.now());
+    else dedupe.settled(key, tag, Date.now());
     return response;
   }
 
   /** A retry answered from the record: nothing runs again, but the retry itself is on the record. */
   private async replay(ctx: RequestCtx, response: Response): Promise<Response> {
-    await this.deps.audit.append({
-      ...ctx.rec,
-      intent: null,
-      phase: "replay",
-      caps: ctx.decision?.capIds.join(","),
-      status: response.status,
-      errorClass: response.error ?? null,
-      message: "answered from the record of the first attempt",
-      durationUs: elapsedUs(ctx),
-    });
+    await this.deps.audit.append(
+      requestEntry(ctx, "replay", {
+        intent: null,
+        caps: ctx.decision?.capIds.join(","),
+        status: response.status,
+        errorClass: response.error ?? null,
+        message: "answered from the record of the first attempt",
+        durationUs: elapsedUs(ctx),
+      }),
+    );
     return response;
   }
 
   /** Steps 7–12 of an authorized, new request (its ctx has decl, decision, key and dhash). */
-  private async run(ctx: RequestCtx, holdAnswerBytes: (bytes: number) => void): Promise<Response> {
-    const { session: s, trace } = ctx;
-    const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-    const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
-    const { audit, dedupe } = this.deps;
-    const caps = decision.capIds.join(",");
-    // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
-    let release: () => void;
+  private async run(ctx: RequestCtx, lease: AnswerLease): Promise<Response> {
+    // The lease is given back however the request ends (in the body: a `.finally` was one more promise a request).
     try {
-      release = this.deps.ledger.admit(s.persona, decision.grant, decision.rateKey);
-    } catch (e) {
-      return this.refuse(ctx, toRefusal(e, this.deps.log, ctx));
-    }
+      const { session: s, trace } = ctx;
+      const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
+      const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
+      const { audit, dedupe } = this.deps;
+      const caps = decision.capIds.join(",");
+      // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
+      let release: () => void;
+      try {
+        release = this.deps.ledger.admit(s.persona, decision.grant, decision.rateKey);
+      } catch (e) {
+        return this.refuse(ctx, toRefusal(e, this.deps.log, ctx));
+      }
 
-    // 8. an op that changes state has its intent recorded, and committed, before it runs.
-    const effects = decl.effects;
-    if (effects) await stage(trace, "kpip.audit.intent", () => audit.append({ ...ctx.rec, phase: "intent", caps }));
+      // 8. an op that changes state has its intent recorded, and committed, before it runs.
+      const effects = decl.effects;
+      if (effects) await stage(trace, "kpip.audit.intent", () => audit.append(requestEntry(ctx, "intent", { caps })));
 
-    // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
-    let result: OpResult | undefined;
-    let refusal: Refusal | undefined;
-    let recorded = false;
-    try {
-      const atomically = <T extends OpResult>(effect: () => T): T => {
-        const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => answer(ctx, r));
-        recorded = dedupe.durable;
-        return v;
-      };
-      result = await stage(trace, "kpip.execute", () => this.execute(ctx, atomically, holdAnswerBytes));
-    } catch (e) {
-      refusal = toRefusal(e, this.deps.log, ctx);
+      // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
+      let result: OpResult | undefined;
+      let refusal: Refusal | undefined;
+      let recorded = false;
+      try {
+        // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
+        const atomically =
+          ctx.dhash === undefined
+            ? runNow
+            : <T extends OpResult>(effect: () => T): T => {
+                const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => answer(ctx, r));
+                recorded = dedupe.durable;
+                return v;
+              };
+        result = await stage(trace, "kpip.execute", () => this.execute(ctx, atomically, lease));
+      } catch (e) {
+        refusal = toRefusal(e, this.deps.log, ctx);
+      } finally {
+        release();
+      }
+
+      // 11. audit the outcome, then answer. The response of an op with effects is stored with
+      // its outcome record, so a retry after a kernel restart gets it instead of a second run.
+      const response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
+      // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+      const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+      // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
+      // effects an "outcome" record that refers to its intent record by request id and hash.
+      const outcome = audit.append(
+        requestEntry(ctx, effects ? "outcome" : "complete", {
+          intent: effects ? null : ctx.req.intent,
+          caps,
+          status: response.status,
+          errorClass: refusal?.errorClass ?? null,
+          message: refusal?.message ?? null,
+          durationUs: elapsedUs(ctx),
+          detail: statusDetail(response.status, result?.audit),
+        }),
+        keep
+          ? {
+              key: ctx.key as string,
+              hash: ctx.dhash as Buffer,
+              response: encodeCanonical(response as unknown as CborMap),
+              expires: Date.now() + dedupe.windowMs,
+            }
+          : undefined,
+      );
+      // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+      result?.recorded?.(audit.headSeq);
+      await stage(trace, "kpip.audit.outcome", () => outcome);
+      return response;
     } finally {
-      release();
+      lease.release();
     }
-
-    // 11. audit the outcome, then answer. The response of an op with effects is stored with
-    // its outcome record, so a retry after a kernel restart gets it instead of a second run.
-    const response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
-    // An answer recorded with its effect stays the record: the effect happened, whatever follows.
-    const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
-    // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
-    // effects an "outcome" record that refers to its intent record by request id and hash.
-    const outcome = audit.append(
-      {
-        ...ctx.rec,
-        intent: effects ? null : ctx.req.intent,
-        phase: effects ? "outcome" : "complete",
-        caps,
-        status: response.status,
-        errorClass: refusal?.errorClass ?? null,
-        message: refusal?.message ?? null,
-        durationUs: elapsedUs(ctx),
-        detail: statusDetail(response.status, result?.audit),
-      },
-      keep
-        ? {
-            key: ctx.key as string,
-            hash: ctx.dhash as Buffer,
-            response: encodeCanonical(response as unknown as CborMap),
-            expires: Date.now() + dedupe.windowMs,
-          }
-        : undefined,
-    );
-    // Chained synchronously: the head is this record (a revocation notes where it is on the record).
-    result?.recorded?.(audit.headSeq);
-    await stage(trace, "kpip.audit.outcome", () => outcome);
-    return response;
   }
 
   /** Target, arguments, ownership and deadline, then the handler: a handler never checks rights. */
-  private async execute(
-    ctx: RequestCtx,
-    atomically: OpContext["atomically"],
-    holdAnswerBytes: OpContext["holdAnswerBytes"],
-  ): Promise<OpResult> {
+  private async execute(ctx: RequestCtx, atomically: OpContext["atomically"], lease: AnswerLease): Promise<OpResult> {
     const { session: s, req } = ctx;
     const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
@@ -325,13 +330,15 @@ export class Pipeline {
       handles: s.handles,
       atomically,
       maxBody: s.maxBody,
-      holdAnswerBytes,
+      holdAnswerBytes: (bytes) => lease.hold(bytes),
     };
     checkOwnership(decl, op);
     if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
     return await decl.handler(op);
   }
 }
+
+const runNow = <T>(effect: () => T): T => effect();
 
 function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
   if (req.version !== s.version) {

@@ -14,7 +14,8 @@ export interface RequestTrace {
 export function startRequestSpan(traceparent: string | undefined, attributes: Record<string, string | number>): RequestTrace {
   const parent = traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : context.active();
   const span = tracer.startSpan("kpip.request", { attributes }, parent);
-  return { span, ctx: trace.setSpan(parent, span) };
+  // A context for child spans only when they are recorded (without an SDK: a context copy per request saved).
+  return { span, ctx: span.isRecording() ? trace.setSpan(parent, span) : parent };
 }
 
 /**
@@ -40,6 +41,7 @@ async function traced<T>(t: RequestTrace, name: string, f: () => T | Promise<T>)
 }
 
 export function endRequestSpan(t: RequestTrace, op: string, status: string, errorClass: string | undefined): void {
+  if (!t.span.isRecording()) return t.span.end();
   t.span.setAttributes({ "kpip.op": op, "kpip.status": status, ...(errorClass ? { "kpip.error_class": errorClass } : {}) });
   if (status === "FAILURE") t.span.setStatus({ code: SpanStatusCode.ERROR, message: errorClass ?? "FAILURE" });
   t.span.end();

@@ -243,22 +243,28 @@ export class Session implements SessionView, EventSink {
    */
   private onRequest(req: Request, stream: number): void {
     this.inFlight++;
-    this.host.pipeline
-      .handle(this, req)
-      .then(
-        (resp) => this.respond(stream, resp),
-        (e: Error) => {
-          this.host.log.error({ err: e, session: this.id }, "request failed in the pipeline");
-          this.respond(stream, {
-            version: this.version,
-            id: req.id,
-            status: "FAILURE",
-            error: "INTERNAL",
-            message: "kernel error",
-          });
-        },
-      )
-      .finally(() => this.settled());
+    // One reaction per request (a `.finally` after it was a second promise on every request).
+    this.host.pipeline.handle(this, req).then(
+      (resp) => this.answered(stream, resp),
+      (e: Error) => {
+        this.host.log.error({ err: e, session: this.id }, "request failed in the pipeline");
+        this.answered(stream, {
+          version: this.version,
+          id: req.id,
+          status: "FAILURE",
+          error: "INTERNAL",
+          message: "kernel error",
+        });
+      },
+    );
+  }
+
+  private answered(stream: number, resp: Response): void {
+    try {
+      this.respond(stream, resp);
+    } finally {
+      this.settled();
+    }
   }
 
   /** A request answered (or its answer dropped): one fewer in flight. */

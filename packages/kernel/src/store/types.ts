@@ -160,9 +160,10 @@ export interface AuditStore {
   firstAuditSeq(): number | undefined;
   /**
    * Retention: removes records 1..`throughSeq` and the checkpoints below it, in one transaction.
-   * `throughSeq` must be a checkpoint's: it stays, and anchors the pruned log.
+   * `throughSeq` must be a checkpoint's — one already stored, or `base`, stored in the same
+   * transaction: it stays, and anchors the pruned log.
    */
-  pruneAudit(throughSeq: number): number;
+  pruneAudit(throughSeq: number, base?: AuditCheckpoint): number;
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;

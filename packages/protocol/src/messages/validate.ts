@@ -61,10 +61,12 @@ const capRef: Check = (v, p) => {
 type Shape = Record<string, [Check, boolean]>;
 
 function shapeOf(fields: Shape): Check {
+  // Listed once: an entries array per message was garbage on every frame.
+  const entries = Object.entries(fields);
   return (v, p) => {
     map(v, p);
     const o = v as Record<string, unknown>;
-    for (const [name, [check, required]] of Object.entries(fields)) {
+    for (const [name, [check, required]] of entries) {
       const x = o[name];
       if (x === undefined) {
         if (required) throw new MessageError("MISSING_FIELD", `${p}.${name} is required`);

@@ -39,23 +39,28 @@ export function hasFieldType(type: FieldType, v: CborValue): boolean {
   }
 }
 
-function checkValue(spec: FieldSpec, v: CborValue, path: string, c: ShapeCheck): ShapeProblem | undefined {
+/** A field's path, `at` being its parent's path prefix: `rights[0]`, `rights[0].ops`. Built only for a problem. */
+const pathOf = (at: string, key: string | number): string => (typeof key === "number" ? `${at}[${key}]` : `${at}${key}`);
+
+function checkValue(spec: FieldSpec, v: CborValue, at: string, key: string | number, c: ShapeCheck): ShapeProblem | undefined {
   if (v === null && spec.nullable) return undefined;
-  if (!hasFieldType(spec.type, v)) return { kind: "type", path, spec };
+  if (!hasFieldType(spec.type, v)) return { kind: "type", path: pathOf(at, key), spec };
   if (spec.items && Array.isArray(v)) {
+    const path = pathOf(at, key);
     for (let i = 0; i < v.length; i++) {
-      const p = checkValue(spec.items, v[i] as CborValue, `${path}[${i}]`, c);
+      const p = checkValue(spec.items, v[i] as CborValue, path, i, c);
       if (p) return p;
     }
   }
-  if (isMap(v)) {
+  if ((spec.fields || spec.values) && isMap(v)) {
+    const path = `${pathOf(at, key)}.`;
     if (spec.fields) {
-      const p = checkFields(spec.fields, v, `${path}.`, c, c.mode === "payload");
+      const p = checkFields(spec.fields, v, path, c, c.mode === "payload");
       if (p) return p;
     }
     if (spec.values) {
-      for (const [k, x] of Object.entries(v)) {
-        const p = checkValue(spec.values, x, `${path}.${k}`, c);
+      for (const k of Object.keys(v)) {
+        const p = checkValue(spec.values, v[k] as CborValue, path, k, c);
         if (p) return p;
       }
     }
@@ -63,19 +68,21 @@ function checkValue(spec: FieldSpec, v: CborValue, path: string, c: ShapeCheck):
   return undefined;
 }
 
+// On every request's arguments: no array of entries and no path string per field (built for a problem only).
 function checkFields(shape: Shape, m: CborMap, prefix: string, c: ShapeCheck, closed: boolean): ShapeProblem | undefined {
   if (closed) {
     // Own properties only: `constructor` or `toString` is no field of any shape.
     for (const k of Object.keys(m)) if (!Object.hasOwn(shape, k)) return { kind: "unknown", path: `${prefix}${k}` };
   }
-  for (const [k, spec] of Object.entries(shape)) {
+  for (const k in shape) {
+    const spec = shape[k] as FieldSpec;
     const v = m[k];
     const absent = v === undefined || (v === null && c.mode === "args");
     if (absent) {
       if (spec.required) return { kind: "missing", path: `${prefix}${k}`, spec };
       continue;
     }
-    const p = checkValue(spec, v, `${prefix}${k}`, c);
+    const p = checkValue(spec, v as CborValue, prefix, k, c);
     if (p) return p;
   }
   return undefined;

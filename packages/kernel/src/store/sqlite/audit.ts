@@ -75,8 +75,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     firstAuditSeq(): number | undefined {
       return (this.prep("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined;
     }
-    pruneAudit(throughSeq: number): number {
+    pruneAudit(throughSeq: number, base?: AuditCheckpoint): number {
       return this.db.transaction(() => {
+        if (base) this.addCheckpoint(base);
         const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
         this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
         return n;

@@ -1,0 +1,51 @@
+import type { Logger } from "../log.js";
+import type { AuditLog } from "./log.js";
+
+/**
+ * Audit retention (`auditRetainRecords`) in slices, yielding to requests between them, like the
+ * dedupe pruner: the pass deleted up to 50,000 records in one statement once a minute on the
+ * request thread, a stall every request in flight waited out. Each slice is one transaction
+ * ending at a signed checkpoint ({@link AuditLog.pruneSlice}), so the log verifies after any of
+ * them, and a kernel killed mid-pass simply leaves the rest to the next one.
+ */
+export class AuditRetention {
+  private running = false;
+  private stopped = false;
+  /** Records removed so far (logs, tests). */
+  removed = 0;
+
+  constructor(
+    private readonly audit: Pick<AuditLog, "pruneSlice">,
+    private readonly retain: number,
+    private readonly log: Pick<Logger, "info" | "error">,
+    private readonly slice = 1024,
+  ) {}
+
+  /** Starts a pass that prunes everything retention allows, a slice a turn, unless one is under way. */
+  run(): void {
+    if (this.running || this.stopped || this.retain <= 0) return;
+    this.running = true;
+    let pass = 0;
+    const step = () => {
+      let n = 0;
+      try {
+        if (!this.stopped) n = this.audit.pruneSlice(this.retain, this.slice);
+      } catch (e) {
+        this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+      }
+      pass += n;
+      this.removed += n;
+      if (n > 0 && !this.stopped) {
+        setImmediate(step);
+        return;
+      }
+      this.running = false;
+      if (pass) this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+    };
+    step();
+  }
+
+  stop(): void {
+    this.stopped = true;
+  }
+}
