@@ -317,6 +317,8 @@ const validIntents = [
   ["system-health", { op: "system.health", target: "kernel://", args: {} }],
   ["with-deadline", { op: "storage.read", target: "obj://ws1/a", args: {}, constraints: { deadline: 1795490000000 } }],
   ["subscribe-pattern", { op: "event.subscribe", target: "topic://chat/*/**", args: {} }],
+  // §7.3 rule 4: only the first segment of a persona:// target must be a name; the op checks the rest.
+  ["persona-target-later-segment-any-seg", { op: "persona.remove", target: "persona://alice/Helper~1", args: {} }],
   ["unicode-keys-sorted-by-bytes", { op: "llm.generate", target: "kernel://", args: { z: 1, é: 2, abc: 3, 日本: 4 } }],
   [
     "nested-and-big-integers",
