@@ -275,6 +275,15 @@ describe("gRPC transport with TLS", () => {
     }
   });
 
+  it("the client splits its output too: two pipelined writes of nearly maxBody each both succeed over gRPC", async () => {
+    const c = await overGrpc();
+    // Together they are over 16 + maxBody + the kernel's slack; one coalesced message ended the session.
+    const results = await Promise.all(["w1", "w2"].map((p) => c.storage.write(`obj://g/${p}`, Buffer.alloc(900 * 1024, 1))));
+    assert.equal(results.length, 2);
+    assert.equal((await c.storage.stat("obj://g/w2")).size, 900 * 1024);
+    await c.close();
+  });
+
   it("stopping the kernel drains and ends gRPC sessions; the client sees the close", async () => {
     const t2 = await startKernel({ grpcListen: "127.0.0.1:0", ...TLS });
     const c = await KernelClient.connect({

@@ -4,7 +4,7 @@ import { readFileSync } from "node:fs";
 import type { Socket } from "node:net";
 import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { joinChunks, TurnBatcher } from "@kpip/protocol";
+import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
 import type { Connection } from "../session/connection.js";
 
@@ -185,10 +185,7 @@ export class GrpcStreamConnection implements Connection {
       (chunks) => {
         // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
         // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
-        const chunk = joinChunks(chunks);
-        for (let at = 0; at < chunk.length; at += this.maxMessage) {
-          call.write(chunk.length <= this.maxMessage ? chunk : chunk.subarray(at, at + this.maxMessage));
-        }
+        writeMessages(chunks, this.maxMessage, (m) => call.write(m));
       },
       (fn) => process.nextTick(fn),
     );
