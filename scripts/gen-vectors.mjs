@@ -229,6 +229,13 @@ const invalidFrames = [
   ["proto-map-key", frameWithBody(8, `a1${body("__proto__")}07`), "PROTOCOL", "BAD_KEY"],
   ["reserved-additional-info", frameWithBody(8, "a1637365711c"), "PROTOCOL", "MALFORMED"],
   ["lone-break", frameWithBody(8, "a163736571ff"), "PROTOCOL", "MALFORMED"],
+  // §5.5: a map key is read as a key (simple value, break, tag: BAD_KEY); a map's count is checked
+  // against the bytes left before its first key, so a map cut inside a float key is TRUNCATED.
+  ["simple-map-key", frameWithBody(8, "a1f507"), "PROTOCOL", "BAD_KEY"],
+  ["break-map-key", frameWithBody(8, "a1ff07"), "PROTOCOL", "BAD_KEY"],
+  ["tag-map-key", frameWithBody(8, "a1c10007"), "PROTOCOL", "BAD_KEY"],
+  ["truncated-float-map-key", frameWithBody(8, "a1f9"), "PROTOCOL", "TRUNCATED"],
+  ["truncated-float-value", frameWithBody(8, "a163736571f9"), "PROTOCOL", "UNSUPPORTED_TYPE"],
   // {"seq": [100 000 zeros]}: a map, a key, an array and its elements are 100 003 items.
   ["too-many-items", frameWithBody(8, `a1637365719a000186a0${"00".repeat(100_000)}`), "PROTOCOL", "TOO_MANY_ITEMS"],
   ["nesting-bomb", frameWithBody(11, "81".repeat(33) + "00"), "PROTOCOL", "TOO_DEEP"],
@@ -248,6 +255,34 @@ const invalidFrames = [
     "BAD_FIELD",
   ],
   ["unknown-status", frameWithBody(6, body({ version: 1, id: 1, status: "MAYBE" })), "PROTOCOL", "BAD_FIELD"],
+  [
+    "failure-without-message",
+    frameWithBody(6, body({ version: 1, id: 1, status: "FAILURE", error: "PERMISSION" })),
+    "PROTOCOL",
+    "MISSING_FIELD",
+  ],
+  [
+    "welcome-65-refused",
+    frameWithBody(
+      4,
+      body({
+        persona: "alice",
+        handles: [0],
+        refused: Array.from({ length: 65 }, (_, index) => ({ index, code: "EXPIRED", message: "" })),
+      }),
+    ),
+    "PROTOCOL",
+    "BAD_FIELD",
+  ],
+  [
+    "welcome-refused-message-too-long",
+    frameWithBody(
+      4,
+      body({ persona: "alice", handles: [0], refused: [{ index: 0, code: "EXPIRED", message: "x".repeat(1025) }] }),
+    ),
+    "PROTOCOL",
+    "BAD_FIELD",
+  ],
   [
     "request-bad-persona-id",
     frameWithBody(
@@ -282,6 +317,8 @@ const validIntents = [
   ["system-health", { op: "system.health", target: "kernel://", args: {} }],
   ["with-deadline", { op: "storage.read", target: "obj://ws1/a", args: {}, constraints: { deadline: 1795490000000 } }],
   ["subscribe-pattern", { op: "event.subscribe", target: "topic://chat/*/**", args: {} }],
+  // §7.3 rule 4: only the first segment of a persona:// target must be a name; the op checks the rest.
+  ["persona-target-later-segment-any-seg", { op: "persona.remove", target: "persona://alice/Helper~1", args: {} }],
   ["unicode-keys-sorted-by-bytes", { op: "llm.generate", target: "kernel://", args: { z: 1, é: 2, abc: 3, 日本: 4 } }],
   [
     "nested-and-big-integers",
@@ -311,6 +348,9 @@ const invalidIntents = [
   ["target-empty-segment", ib({ op: "storage.read", target: "obj://ws1//x", args: {} }), "BAD_TARGET"],
   ["target-unknown-scheme", ib({ op: "storage.read", target: "file:///etc/passwd", args: {} }), "BAD_TARGET"],
   ["args-not-a-map", ib({ op: "storage.read", target: "obj://ws1/a", args: [1] }), "BAD_ARGS"],
+  ["missing-op", ib({ target: "obj://ws1/a", args: {} }), "BAD_OP"],
+  ["missing-target", ib({ op: "storage.read", args: {} }), "BAD_TARGET"],
+  ["missing-args", ib({ op: "storage.read", target: "obj://ws1/a" }), "BAD_ARGS"],
   [
     "bad-deadline",
     ib({ op: "storage.read", target: "obj://ws1/a", args: {}, constraints: { deadline: "soon" } }),
@@ -419,6 +459,18 @@ const halfPair = encodeCanonical({ t: "rights", v: [["storage.read"]] });
 const withHalfPair = { ...t, caveatBytes: [...t.caveatBytes, halfPair], sig: chainSignature(t.sig, halfPair) };
 const unknownClaimBytes = encodeCanonical({ ...claims, color: "red" });
 const unknownClaim = { claimsBytes: unknownClaimBytes, caveatBytes: [], sig: rootSignature(rootKey, unknownClaimBytes) };
+// Claims outside §13.1's bounds, correctly signed: the verifier refuses them as MALFORMED.
+const signedClaims = (c) => {
+  const claimsBytes = encodeCanonical(c);
+  return hex(encodeToken({ claimsBytes, caveatBytes: [], sig: rootSignature(rootKey, claimsBytes) }));
+};
+const { chain: _chain, ...claimsWithoutChain } = claims;
+const badClaims = [
+  ["claims-id-uppercase-hex", { ...claims, id: claims.id.toUpperCase() }],
+  ["claims-missing-chain", claimsWithoutChain],
+  ["claims-limit-over-2^53", { ...claims, limits: { "storage.bytes": 2n ** 53n } }],
+  ["claims-exp-after-maxExp", { ...claims, exp: claims.maxExp + 1 }],
+].map(([name, c]) => ({ name, hex: signedClaims(c), error: { class: "CAPABILITY", code: "MALFORMED" } }));
 out("tokens.json", {
   description:
     'KPIP v1 capability token vectors (§13.1). Valid: with root key `rootKey` (hex) under kid `k1`, `chain[0]` = HMAC-SHA256(rootKey, "kpip-token-v1\\0" || claimsHex) and chain[i] = HMAC-SHA256(chain[i-1], caveatsHex[i-1]); the token\'s signature is the last chain value; `hex` is the wire form [1, claims, [caveats], sig] and `base64url` its text form. Invalid: decoding (`MALFORMED`, `UNKNOWN_CAVEAT`, `UNKNOWN_CLAIM`, `UNSUPPORTED_VERSION`) or verifying against rootKey under kid `k1` (`UNKNOWN_KEY` for any other kid, `BAD_SIGNATURE`) must fail with class CAPABILITY and the stated code.',
@@ -445,6 +497,7 @@ out("tokens.json", {
       hex: `84${hex(encodeCanonical(2))}${hex(full).slice(4)}`,
       error: { class: "CAPABILITY", code: "UNSUPPORTED_VERSION" },
     },
+    ...badClaims,
   ],
 });
 // ---- attestation (§8.4, Appendix A) ------------------------------------------------------
@@ -502,5 +555,5 @@ out("attestation.json", {
 });
 
 console.log(
-  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+11 tokens, 1+1 attestation`,
+  `spec/vectors: ${validMessages.length}+${invalidFrames.length} frames, ${validIntents.length}+${invalidIntents.length} intents, ${tokenVectors.length}+${11 + badClaims.length} tokens, 1+1 attestation`,
 );

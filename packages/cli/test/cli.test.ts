@@ -226,7 +226,7 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.match(r.stderr, /^kpip: request of \d+ bytes exceeds the kernel's limit of 16777216 bytes per message/);
   });
 
-  it("registers public keys in three formats and removes personas", async () => {
+  it("registers public keys in the four formats of PROTOCOL Appendix D and removes personas", async () => {
     const { generateKeyPairSync } = await import("node:crypto");
     const idFile = JSON.parse(
       kpip(["persona", "create", "bob", "--json", "--out", join(home, "bob.identity"), ...h]).out,
@@ -238,8 +238,15 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(kpip(["persona", "add", "bob2", "--public-key", idFile, ...h]).code, 0);
     assert.equal(kpip(["persona", "add", "carl", "--public-key", pem, ...h]).code, 0);
     assert.equal(kpip(["persona", "add", "dora", "--public-key", raw, ...h]).code, 0);
+    // PROTOCOL Appendix D's fourth form: a JSON object with only publicKey.
+    const onlyPublic = join(home, "k.json");
+    writeFileSync(onlyPublic, JSON.stringify({ publicKey: Buffer.alloc(32, 11).toString("base64url") }));
+    assert.equal(kpip(["persona", "add", "erin", "--public-key", onlyPublic, ...h]).code, 0);
+    writeFileSync(raw, Buffer.alloc(31, 9).toString("base64url"));
+    assert.equal(kpip(["persona", "add", "fay", "--public-key", raw, ...h]).code, 2, "31 bytes: a usage error");
     const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
-    for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora"]) assert.ok(list.includes(p), p);
+    for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora", "erin"]) assert.ok(list.includes(p), p);
+    assert.ok(!list.includes("fay"));
     assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 0);
     assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 1);
     const audited = kpip(["audit", "query", "--op", "persona.remove", "--json", ...h])

@@ -208,6 +208,7 @@ export class Link {
     this.heartbeatMs = c.heartbeatMs;
     this.reader.setMaxBody(c.limits.maxBody);
     this.maxBody = c.limits.maxBody;
+    this.channel.limitMessages?.(HEADER_SIZE + c.limits.maxBody);
     this.session = c.session;
     this.kernel = c.kernel;
     this.features = c.features;

@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import nodeTls from "node:tls";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { KernelClient, KernelUnavailableError } from "@kpip/client";
@@ -17,7 +19,9 @@ import {
   type Message,
   signBytes,
 } from "@kpip/protocol";
+import { pino } from "pino";
 import { ConfigError, Kernel } from "../src/index.js";
+import { serverCredentials } from "../src/transport/grpc.js";
 import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
@@ -25,8 +29,8 @@ const pem = (f: string) => readFileSync(tls(f));
 const TLS = { grpcTlsCert: tls("server.pem"), grpcTlsKey: tls("server.key") };
 
 /** A raw gRPC stream to the kernel: sends any bytes, collects the frames that come back. */
-function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.pem"))) {
-  const client = new grpc.Client(address, creds, { "grpc.max_send_message_length": 200 * 1024 * 1024 });
+function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.pem")), options: grpc.ChannelOptions = {}) {
+  const client = new grpc.Client(address, creds, { "grpc.max_send_message_length": 200 * 1024 * 1024, ...options });
   const call = client.makeBidiStreamRequest(
     "/kpip.v1.Kernel/Session",
     (b: Buffer) => b,
@@ -118,8 +122,13 @@ describe("gRPC transport with TLS", () => {
     assert.equal((await c.system.health()).status, "ok");
     await c.storage.write("obj://g/a", "over grpc");
     assert.equal(Buffer.from((await c.storage.read("obj://g/a")).data).toString(), "over grpc");
-    const open = t.k.inspect.queryAudit({ op: "session.open", limit: 50 });
-    assert.ok(open.some((r) => r.message === "grpc"));
+    const open = t.k.inspect.queryAudit({ op: "session.open", limit: 50 }).find((r) => r.message === "grpc");
+    // Where the session came from is structured detail, not free text (PROTOCOL §3.6).
+    const origin = JSON.parse(open?.detail ?? "{}");
+    assert.equal(origin.transport, "grpc");
+    assert.equal(origin.tls, true);
+    assert.match(origin.peer, /^127\.0\.0\.1:\d+$/);
+    assert.equal(origin.clientCert, undefined, "no client certificate without mTLS");
     const status = (await c.call("system.status", "kernel://")).payload as { transports: { kind: string }[] };
     assert.deepEqual(
       status.transports.map((x) => x.kind),
@@ -164,6 +173,15 @@ describe("gRPC transport with TLS", () => {
     const e = s.frames.find((m) => m.type === "ERROR") as Extract<Message, { type: "ERROR" }>;
     assert.deepEqual([e.body.class, e.body.code], ["PROTOCOL", "BAD_MAGIC"]);
     await until(() => s.state.ended, 3000, "stream closed");
+    // The failed handshake's record says where it came from, as an open record does.
+    const failed = await until(
+      () => t.k.inspect.queryAudit({ op: "session.handshake", limit: 50 }).find((r) => /BAD_MAGIC/.test(r.message ?? "")),
+      5000,
+      "the failed handshake's record",
+    );
+    const origin = JSON.parse(failed.detail ?? "{}");
+    assert.deepEqual([origin.transport, origin.tls, origin.code], ["grpc", true, "BAD_MAGIC"]);
+    assert.match(origin.peer, /^127\.0\.0\.1:\d+$/);
     s.close();
     const c = await overGrpc();
     assert.equal((await c.system.health()).status, "ok");
@@ -176,6 +194,25 @@ describe("gRPC transport with TLS", () => {
     await until(() => s.state.ended, 5000, "stream refused");
     assert.equal(s.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
     s.close();
+    const c = await overGrpc();
+    assert.equal((await c.system.health()).status, "ok");
+    await c.close();
+  });
+
+  it("compressed messages (gzip): the limit applies to the decompressed size; a small message inflating past it is refused", async () => {
+    const gzip = { "grpc.default_compression_algorithm": 2 };
+    // A garbage frame, gzip-compressed: decompressed and read as KPIP, like any message.
+    const s = rawStream(address, undefined, gzip);
+    s.call.write(Buffer.from("GET / HTTP/1.1\r\n\r\n"));
+    await until(() => s.frames.find((m) => m.type === "ERROR"), 5000, "ERROR frame");
+    s.close();
+    // 3 MiB of zeros compress to a few KiB, but decompress past the kernel's 1 MiB + slack.
+    const bomb = rawStream(address, undefined, gzip);
+    bomb.call.write(Buffer.alloc(3 * 1024 * 1024));
+    await until(() => bomb.state.ended, 5000, "stream refused");
+    assert.equal(bomb.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
+    assert.equal(bomb.frames.length, 0, "nothing of it reached KPIP");
+    bomb.close();
     const c = await overGrpc();
     assert.equal((await c.system.health()).status, "ok");
     await c.close();
@@ -223,6 +260,30 @@ describe("gRPC transport with TLS", () => {
     s.close();
   });
 
+  it("a peer silent for 3 heartbeats: the kernel ends its call with status UNAVAILABLE, never leaves it open", async () => {
+    const t2 = await startKernel({ grpcListen: "127.0.0.1:0", ...TLS, heartbeatMs: 300 });
+    try {
+      const s = await rawSession(t2.k.grpcAddress as string, adminIdentity(t2.k), Buffer.from(t2.adminToken, "base64url"));
+      // It never answers the kernel's PINGs nor sends anything.
+      await until(() => s.state.ended, 20_000, "the kernel to end the call");
+      assert.equal(s.state.error?.code, grpc.status.UNAVAILABLE);
+      await until(() => t2.k.sessionCount === 0, 10_000, "the session to end");
+      s.close();
+    } finally {
+      await t2.stop();
+      removeHome(t2.home);
+    }
+  });
+
+  it("the client splits its output too: two pipelined writes of nearly maxBody each both succeed over gRPC", async () => {
+    const c = await overGrpc();
+    // Together they are over 16 + maxBody + the kernel's slack; one coalesced message ended the session.
+    const results = await Promise.all(["w1", "w2"].map((p) => c.storage.write(`obj://g/${p}`, Buffer.alloc(900 * 1024, 1))));
+    assert.equal(results.length, 2);
+    assert.equal((await c.storage.stat("obj://g/w2")).size, 900 * 1024);
+    await c.close();
+  });
+
   it("stopping the kernel drains and ends gRPC sessions; the client sees the close", async () => {
     const t2 = await startKernel({ grpcListen: "127.0.0.1:0", ...TLS });
     const c = await KernelClient.connect({
@@ -262,6 +323,53 @@ describe("gRPC transport with mTLS", () => {
     const c = await connect({ cert: pem("client.pem"), key: pem("client.key") });
     assert.equal((await c.system.health()).status, "ok");
     await c.close();
+  });
+
+  it("records the client certificate's SHA-256 on session.open (not an identity: the persona attests)", async () => {
+    const c = await connect({ cert: pem("client.pem"), key: pem("client.key") });
+    await c.close();
+    const expected = new X509Certificate(pem("client.pem")).fingerprint256.replaceAll(":", "").toLowerCase();
+    const open = t.k.inspect.queryAudit({ op: "session.open", limit: 50 }).map((r) => JSON.parse(r.detail ?? "{}"));
+    assert.ok(
+      open.some((d) => d.transport === "grpc" && d.tls === true && d.clientCert === expected),
+      JSON.stringify(open),
+    );
+  });
+
+  it("a refused TLS handshake leaves a log line naming the peer, rate-limited per address", async () => {
+    const lines: { msg: string; peer?: string; reason?: string }[] = [];
+    const logger = pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) });
+    const t2 = await startKernel({
+      grpcListen: "127.0.0.1:0",
+      ...TLS,
+      grpcTlsClientCa: tls("ca.pem"),
+      logger,
+      peerLogLines: 2,
+      peerLogWindowMs: 600_000,
+    });
+    try {
+      const connect2 = (extra: Record<string, unknown>) =>
+        KernelClient.connect({
+          grpc: { address: t2.k.grpcAddress as string, ca: pem("ca.pem"), connectTimeoutMs: 1500, ...extra },
+          identity: adminIdentity(t2.k),
+          tokens: [t2.adminToken],
+          reconnect: false,
+        });
+      const refused = () => lines.filter((l) => l.msg === "TLS handshake refused");
+      await assert.rejects(connect2({}), KernelUnavailableError);
+      const line = await until(() => refused()[0], 10_000, "the refusal's log line");
+      assert.equal(line.peer, "grpc:127.0.0.1");
+      assert.ok(line.reason, "says why");
+      // More refusals from the same address than the window allows: counted, not logged (peerLogLines 2).
+      for (let i = 0; i < 3; i++) await assert.rejects(connect2({}), KernelUnavailableError);
+      assert.ok(refused().length <= 2, `${refused().length} lines`);
+      const c = await connect2({ cert: pem("client.pem"), key: pem("client.key") });
+      assert.equal((await c.system.health()).status, "ok", "the kernel keeps serving");
+      await c.close();
+    } finally {
+      await t2.stop();
+      removeHome(t2.home);
+    }
   });
 });
 
@@ -304,6 +412,20 @@ describe("gRPC configuration", () => {
       await again.start();
       await again.stop();
       removeHome(t.home);
+    }
+  });
+});
+
+describe("gRPC TLS floor", () => {
+  it("refuses to serve TLS when Node would accept a version below 1.2 (node --tls-min-v1.0)", () => {
+    const files = { cert: tls("server.pem"), key: tls("server.key") };
+    assert.equal(serverCredentials("127.0.0.1:0", files).secure, true);
+    const was = nodeTls.DEFAULT_MIN_VERSION;
+    try {
+      nodeTls.DEFAULT_MIN_VERSION = "TLSv1.1";
+      assert.throws(() => serverCredentials("127.0.0.1:0", files), ConfigError);
+    } finally {
+      nodeTls.DEFAULT_MIN_VERSION = was;
     }
   });
 });

@@ -36,7 +36,7 @@ describe("the persona registry through the kernel: persona.register / remove / l
     );
   });
 
-  it("refuses a second registration, a key that is not 32 bytes and a target that is not a persona id", async () => {
+  it("refuses a second registration, a key that is not 32 bytes and a target that is not a persona id (in any segment)", async () => {
     const again = await suite.admin
       .call("persona.register", "persona://carol", { publicKey: generateIdentity("carol").publicKey })
       .catch((e) => e);
@@ -48,6 +48,11 @@ describe("the persona registry through the kernel: persona.register / remove / l
     // Refused by the intent grammar before it leaves the client (the kernel checks the same grammar).
     const bad = await suite.admin.call("persona.register", "persona://Dan", { publicKey: Buffer.alloc(32, 1) }).catch((e) => e);
     assert.ok(bad instanceof Error && bad.name === "IntentError", String(bad));
+    // PROTOCOL §7.3 rule 4: the grammar checks only the first segment; the op checks the rest (SEMANTIC).
+    const later = await suite.admin
+      .call("persona.register", "persona://dan/Helper~1", { publicKey: Buffer.alloc(32, 1) })
+      .catch((e) => e);
+    assert.ok(later instanceof KpipError && later.errorClass === "SEMANTIC", String(later));
     assert.equal(suite.t.k.inspect.getPersona("dan"), undefined);
   });
 

@@ -139,4 +139,22 @@ describe("GOODBYE and the requests after it (PROTOCOL §8.6)", () => {
     assert.equal(rec.op, "storage.write");
     assert.equal(s.t.k.inspect.statObject("gb", "late"), undefined, "not executed");
   });
+
+  it("a second GOODBYE on a closing session is ignored (PROTOCOL §8.6, §15.1): no ERROR, one GOODBYE back, then close", async () => {
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    await p.handshake(adminIdentity(s.t.k), [Buffer.from(s.t.adminToken, "base64url")]);
+    const intent = encodeIntent({ op: "system.health", target: "kernel://", args: {} });
+    const bye = encodeMessage({ type: "GOODBYE", body: {} });
+    p.send(Buffer.concat([bye, bye, requestFrame(4, intent)]));
+    await p.next("GOODBYE", 10_000);
+    await until(() => p.closed, 10_000, "closed after GOODBYE");
+    // next() took the kernel's GOODBYE; what is left is the late REQUEST's answer, and no ERROR.
+    assert.deepEqual(
+      p.frames.map((f) => f.msg.type),
+      ["RESPONSE"],
+      "the late REQUEST answered, one GOODBYE, no ERROR",
+    );
+    const r = await p.response(4);
+    assert.deepEqual([r.status, r.error], ["FAILURE", "PROTOCOL"]);
+  });
 });

@@ -1,5 +1,5 @@
 import type * as grpc from "@grpc/grpc-js";
-import { joinChunks, TurnBatcher } from "@kpip/protocol";
+import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -89,10 +89,13 @@ class GrpcChannel implements Channel {
   private readonly out: TurnBatcher;
   private closed = false;
   private readonly closeCbs: ((err?: Error) => void)[] = [];
+  /** Until CHALLENGE only a HELLO goes out; then one frame at the session's maxBody (PROTOCOL §3.6). */
+  private maxMessage = Number.POSITIVE_INFINITY;
 
   constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
     this.out = new TurnBatcher(
-      (chunks) => call.write(joinChunks(chunks)),
+      // Two pipelined writes near maxBody in one message went over the kernel's limit and ended the session.
+      (chunks) => writeMessages(chunks, this.maxMessage, (m) => call.write(m)),
       (fn) => process.nextTick(fn),
     );
     let error: Error | undefined;
@@ -112,6 +115,10 @@ class GrpcChannel implements Channel {
 
   write(data: Uint8Array): void {
     if (!this.closed) this.out.write(data);
+  }
+
+  limitMessages(bytes: number): void {
+    this.maxMessage = Math.min(this.maxMessage, bytes);
   }
 
   end(): void {

@@ -1,4 +1,5 @@
 import { type CborMap, type ErrorClass, encodeCanonical } from "@kpip/protocol";
+import type { ConnectionOrigin } from "../session/connection.js";
 import { detailJson } from "./detail.js";
 import type { AuditEntry, AuditLog } from "./log.js";
 
@@ -15,14 +16,17 @@ export class SessionRecords {
   constructor(
     private readonly audit: AuditLog,
     private readonly session: string,
+    /** Transport, peer address and TLS client certificate: structured on the open and handshake records. */
+    private readonly origin: ConnectionOrigin,
   ) {}
 
   /**
-   * WELCOME sent: the transport, every token presented (bound ones by handle, refused ones by what
+   * WELCOME sent: where the session comes from (transport, peer, client certificate), every token presented (bound ones by handle, refused ones by what
    * they claim to be, with their class), and the ATTEST measurements — recorded, not interpreted
    * (PROTOCOL §6.5): the canonical bytes of the map as sent.
    */
-  opened(persona: string, transport: string, tokens: AttestedToken[], measurements: CborMap | undefined): void {
+  opened(persona: string, tokens: AttestedToken[], measurements: CborMap | undefined): void {
+    const transport = this.origin.transport;
     const caps: string[] = [];
     const handles: number[] = [];
     const refused: { index: number; code: string; token: string | null; message: string }[] = [];
@@ -50,7 +54,7 @@ export class SessionRecords {
             .join("; ")}${refused.length > 4 ? "; …" : ""}`
         : transport,
       detail: detailJson({
-        transport,
+        ...this.origin,
         handles,
         ...(refused.length ? { refused: refused.map(({ index, code, token }) => ({ index, code, token })) } : {}),
       }),
@@ -66,6 +70,8 @@ export class SessionRecords {
       status: "FAILURE",
       errorClass: cls,
       message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
+      // A failed handshake says where it came from, as the open record does.
+      ...(open ? {} : { detail: detailJson({ ...this.origin, code }) }),
     });
   }
 

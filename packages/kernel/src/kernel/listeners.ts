@@ -38,6 +38,10 @@ export async function openListeners(
     accept,
   );
   opened.grpc = grpc;
+  grpc.onError = (e) => log.warn({ err: e }, "gRPC listener");
+  // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
+  grpc.onTlsRefused = (peer, reason) =>
+    peerLog.write(`grpc:${peer}`, "warn", { transport: "grpc", reason }, "TLS handshake refused");
   await grpc.start();
   if (!grpc.secure) log.warn({ address: grpc.address }, "gRPC without TLS (loopback only)");
   return { uds, grpc };

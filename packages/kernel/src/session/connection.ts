@@ -20,6 +20,29 @@ export interface Connection extends ByteChannel {
   onEnd?(cb: () => void): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
+  /** gRPC: whether the stream is carried over TLS. */
+  readonly tls?: boolean;
+  /** gRPC with mTLS: the SHA-256 of the client certificate's DER bytes, lowercase hex (recorded, never an identity). */
+  readonly clientCert?: string;
+}
+
+/** Where a session comes from, as its audit records state it (PROTOCOL §3.6, docs/audit.md). */
+export interface ConnectionOrigin {
+  transport: string;
+  /** The peer's "address:port" on transports that know one (gRPC); absent on the Unix socket. */
+  peer?: string;
+  tls?: boolean;
+  clientCert?: string;
+}
+
+export function originOf(conn: Connection): ConnectionOrigin {
+  const knowsPeer = conn.transport !== "uds" && conn.transport !== "memory";
+  return {
+    transport: conn.transport,
+    ...(knowsPeer ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
+    ...(conn.tls !== undefined ? { tls: conn.tls } : {}),
+    ...(conn.clientCert !== undefined ? { clientCert: conn.clientCert } : {}),
+  };
 }
 
 /** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */

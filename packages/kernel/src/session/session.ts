@@ -20,7 +20,7 @@ import {
 import { SessionRecords } from "../audit/session-records.js";
 import type { EventSink } from "../events/bus.js";
 import type { SessionView } from "../pipeline/pipeline.js";
-import { addressOf, type Connection } from "./connection.js";
+import { addressOf, type Connection, originOf } from "./connection.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
 import { HANDSHAKE_MAX_BODY, type SessionHostOf } from "./host.js";
@@ -74,7 +74,7 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerAddress = addressOf(conn);
-    this.records = new SessionRecords(host.audit, this.id);
+    this.records = new SessionRecords(host.audit, this.id, originOf(conn));
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
     conn.onData((chunk) => this.onData(chunk));
@@ -233,7 +233,7 @@ export class Session implements SessionView, EventSink {
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
     this.send(welcomeMessage(persona, bound, this.maxBody));
-    this.records.opened(persona, this.conn.transport, bound, measurements);
+    this.records.opened(persona, bound, measurements);
   }
 
   /**

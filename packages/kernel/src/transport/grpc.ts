@@ -1,6 +1,10 @@
+import { createHash } from "node:crypto";
+import type { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
+import type { Socket } from "node:net";
+import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
-import { joinChunks, TurnBatcher } from "@kpip/protocol";
+import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
 import type { Connection } from "../session/connection.js";
 
@@ -51,6 +55,11 @@ export function serverCredentials(address: string, tls: GrpcTlsFiles): { creds: 
     return { creds: grpc.ServerCredentials.createInsecure(), secure: false };
   }
   if (!tls.cert || !tls.key) throw new ConfigError("grpcTlsCert and grpcTlsKey go together");
+  // grpc-js takes Node's TLS floor; PROTOCOL §3.6 requires 1.2 at least (node --tls-min-v1.0 would lower it).
+  const floor = nodeTls.DEFAULT_MIN_VERSION;
+  if (floor === "TLSv1" || floor === "TLSv1.1") {
+    throw new ConfigError(`gRPC needs TLS 1.2 at least; this node allows ${floor} (drop --tls-min-v1.x)`);
+  }
   const read = (what: string, path: string) => {
     try {
       return readFileSync(path);
@@ -73,6 +82,8 @@ export class GrpcListener {
   private server: grpc.Server | undefined;
   /** Errors after start (logged by the kernel, never fatal). */
   onError: ((e: Error) => void) | undefined;
+  /** A TLS handshake refused before any stream (no or untrusted client certificate, not TLS at all): the peer's IP and why. */
+  onTlsRefused: ((peer: string, reason: string) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
@@ -93,7 +104,8 @@ export class GrpcListener {
       "grpc.keepalive_permit_without_calls": 1,
     });
     server.addService(KPIP_GRPC_SERVICE, {
-      Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) => this.accept(new GrpcStreamConnection(call, this.maxMessage)),
+      Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
+        this.accept(new GrpcStreamConnection(call, this.maxMessage, this.secure)),
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.listen, creds, (err, p) => (err ? reject(err) : resolve(p))),
@@ -104,6 +116,29 @@ export class GrpcListener {
     this.address = `${host}:${port}`;
     this.secure = secure;
     this.server = server;
+    if (secure) this.watchTlsRefusals(server);
+  }
+
+  /**
+   * A handshake refused by TLS never reaches a stream, so the kernel would not know it happened
+   * (PROTOCOL §3.6: it leaves a rate-limited log line). grpc-js keeps its HTTP/2 servers private;
+   * this reaches in, and says so once when it cannot (a test fails if a grpc-js update breaks it).
+   */
+  private watchTlsRefusals(server: grpc.Server): void {
+    const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
+    if (!(servers instanceof Map) || servers.size === 0) {
+      this.onError?.(new Error("refused TLS handshakes cannot be observed with this grpc-js version"));
+      return;
+    }
+    // The address is read when the connection arrives: by the time TLS fails the socket is gone.
+    const addresses = new WeakMap<object, string>();
+    for (const h2 of servers.keys() as Iterable<EventEmitter>) {
+      h2.prependListener("connection", (raw: Socket) => addresses.set(raw, raw.remoteAddress ?? "unknown"));
+      h2.on("tlsClientError", (err: Error, socket: TLSSocket & { _parent?: object }) => {
+        const peer = socket.remoteAddress ?? (socket._parent && addresses.get(socket._parent)) ?? "unknown";
+        this.onTlsRefused?.(peer, err.message);
+      });
+    }
   }
 
   /** Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. */
@@ -129,6 +164,7 @@ export class GrpcListener {
 export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
   readonly peer: string;
+  readonly clientCert: string | undefined;
   private readonly out: TurnBatcher;
   private ended = false;
   private closed = false;
@@ -139,16 +175,17 @@ export class GrpcStreamConnection implements Connection {
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
     /** Largest message sent; coalesced writes are split to stay within it (PROTOCOL §3.6). */
     private maxMessage: number,
+    readonly tls = false,
   ) {
     this.peer = call.getPeer();
+    // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
+    const raw = call.getAuthContext().sslPeerCertificate?.raw;
+    this.clientCert = raw ? createHash("sha256").update(raw).digest("hex") : undefined;
     this.out = new TurnBatcher(
       (chunks) => {
         // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
         // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
-        const chunk = joinChunks(chunks);
-        for (let at = 0; at < chunk.length; at += this.maxMessage) {
-          call.write(chunk.length <= this.maxMessage ? chunk : chunk.subarray(at, at + this.maxMessage));
-        }
+        writeMessages(chunks, this.maxMessage, (m) => call.write(m));
       },
       (fn) => process.nextTick(fn),
     );
@@ -198,9 +235,12 @@ export class GrpcStreamConnection implements Connection {
 
   destroy(): void {
     if (this.closed) return;
-    this.out.stop();
-    this.call.destroy();
     this.closed = true;
+    this.out.stop();
+    // After end() the status (OK) is already on its way. A call abandoned without GOODBYE or a fatal
+    // ERROR (a silent peer, a kill) still ends with a status, UNAVAILABLE, never left open (PROTOCOL §3.6).
+    if (this.ended) this.call.destroy();
+    else this.call.emit("error", { code: grpc.status.UNAVAILABLE, details: "the kernel closed the session" });
     for (const cb of this.closeCbs) cb();
   }
 

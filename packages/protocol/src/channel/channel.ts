@@ -12,6 +12,8 @@ export interface ByteChannel {
   destroy(): void;
   onData(cb: (chunk: Uint8Array) => void): void;
   onClose(cb: (err?: Error) => void): void;
+  /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
+  limitMessages?(bytes: number): void;
 }
 
 /**
@@ -69,6 +71,16 @@ export function joinChunks(chunks: Uint8Array[]): Buffer {
   const one = chunks[0] as Uint8Array;
   if (chunks.length > 1) return Buffer.concat(chunks);
   return Buffer.isBuffer(one) ? one : Buffer.from(one.buffer, one.byteOffset, one.byteLength);
+}
+
+/**
+ * A turn's chunks as transport messages of at most `max` bytes each (gRPC, PROTOCOL §3.6: no
+ * message over 16 + maxBody; boundaries carry no meaning, so a frame may be cut anywhere).
+ */
+export function writeMessages(chunks: Uint8Array[], max: number, write: (message: Buffer) => void): void {
+  const all = joinChunks(chunks);
+  if (all.length <= max) return write(all);
+  for (let at = 0; at < all.length; at += max) write(all.subarray(at, at + max));
 }
 
 /** Turns whose frames add up to at most this many bytes are written as one joined buffer. */
