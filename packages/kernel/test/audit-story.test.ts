@@ -7,6 +7,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
@@ -31,14 +32,7 @@ async function childKernel(home: string): Promise<ChildProcess> {
   const k = spawn(process.execPath, [KPIP, "kernel", "--home", home, "--log-level", "silent"], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  await new Promise<void>((resolve, reject) => {
-    let out = "";
-    k.stdout?.on("data", (d) => {
-      out += d;
-      if (out.includes("is running")) resolve();
-    });
-    k.once("exit", (code, signal) => reject(new Error(`kpip kernel exited early (${signal ?? code}): ${out}`)));
-  });
+  await outputIncludes(k, "is running");
   const c = await KernelClient.connect({
     socket: join(home, "kernel.sock"),
     identity: join(home, "admin.identity"),
