@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { adminIdentity, removeHome, startKernel } from "./harness.js";
+import { removeHome, startKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -40,8 +40,7 @@ describe("the budget of answers in preparation", () => {
     try {
       const admin = await t.admin();
       await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+      const p = await RawPeer.admin(t);
       // 24 reads of 1 MiB in one write: all decoded and run before the first is answered
       const frames = Array.from({ length: 24 }, (_, i) =>
         requestFrame(100 + i, { op: "storage.read", target: "obj://big/blob", args: {} }),

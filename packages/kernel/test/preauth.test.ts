@@ -39,8 +39,7 @@ describe("bounded before authentication", () => {
       const peers: RawPeer[] = [];
       for (let i = 0; i < 20; i++) peers.push(await RawPeer.connect(t.k.socketPath));
       for (let i = 0; i < 20; i++) {
-        const p = await RawPeer.connect(t.k.socketPath);
-        await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+        const p = await RawPeer.admin(t);
         peers.push(p);
       }
       assert.equal(t.k.sessionCount, 40);
@@ -74,8 +73,7 @@ describe("bounded before authentication", () => {
         await until(() => p.closed, 5000, `closed after ${m.type}`);
       }
       // After WELCOME non-fatal ERRORs are allowed, but each peer's lines are bounded.
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+      const p = await RawPeer.admin(t);
       const flood = Buffer.concat(Array.from({ length: 2000 }, () => encodeMessage(errorFrame(false))));
       p.send(flood);
       p.request(1, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });

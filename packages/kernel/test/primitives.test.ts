@@ -134,10 +134,8 @@ describe("events", () => {
 
   it("keeps the kernel's memory bounded for a peer that stops reading", async () => {
     const t = await startKernel();
-    const { adminIdentity } = await import("./harness.js");
     const { RawPeer } = await import("./wire.js");
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.request(1, { op: "event.subscribe", target: "topic://flood/**", args: {} }, { persona: "admin" });
     await p.response(1);
     p.sock.pause();

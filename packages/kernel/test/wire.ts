@@ -18,8 +18,9 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
-import type { Kernel } from "../src/index.js";
+import type { Kernel, KernelOptions } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
+import { adminIdentity, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 export interface RequestOptions {
   /** The request's persona (default admin). */
@@ -155,6 +156,13 @@ export class RawPeer {
     return attestSignature(identity, this.helloBytes as Buffer, challengeBytes);
   }
 
+  /** A peer past the handshake as `t`'s admin, holding the admin token. */
+  static async admin(t: TestKernel): Promise<RawPeer> {
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    return p;
+  }
+
   /** Full handshake; resolves with the WELCOME. */
   async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
     const { bytes } = await this.hello(identity);
@@ -180,6 +188,20 @@ export class RawPeer {
   close(): void {
     this.sock.destroy();
   }
+}
+
+/** A kernel started with `opts` and an admin {@link RawPeer} on it: a raw-socket suite's `before`. */
+export async function rawPeerKernel(opts: KernelOptions = {}): Promise<{ t: TestKernel; p: RawPeer }> {
+  const t = await startKernel(opts);
+  return { t, p: await RawPeer.admin(t) };
+}
+
+/** The peer closed, the kernel stopped and its home removed: a raw-socket suite's `after`. */
+export async function stopRawPeerKernel(t: TestKernel | undefined, p: RawPeer | undefined): Promise<void> {
+  p?.close();
+  if (!t) return;
+  await t.stop();
+  removeHome(t.home);
 }
 
 /** Every audit record so far (queryAudit's default limit is 100). */
