@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { removeHome, startKernel } from "./harness.js";
+import { withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -36,8 +36,7 @@ describe("the budget of answers in preparation", () => {
 
   it("pipelined reads of a large object: past the session's budget they are refused RESOURCE before reading; the rest answered whole; retries succeed", async () => {
     // maxWriteBuffer 4 MiB: a session's answers in preparation may hold half of it
-    const t = await startKernel({ maxWriteBuffer: 4 * MiB });
-    try {
+    await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {
       const admin = await t.admin();
       await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
       const p = await RawPeer.admin(t);
@@ -61,9 +60,6 @@ describe("the budget of answers in preparation", () => {
       assert.equal((await p.response(200)).status, "SUCCESS");
       assert.equal(p.closed, false);
       p.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -13,7 +13,7 @@ import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
@@ -157,8 +157,7 @@ describe("records that tell the story", () => {
   });
 
   it("every response has an outcome summary: status, and the generation, handle or allocation it created; never payload bytes", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const c = await t.admin();
       await c.storage.write("obj://ws1/a", Buffer.from("secret payload"));
       await c.storage.write("obj://ws1/a", Buffer.from("again"));
@@ -185,10 +184,7 @@ describe("records that tell the story", () => {
       const a = await c.resources.alloc("admin", "gpu", 1);
       const alloc = records(t, "resource.alloc").find((r) => r.phase === "outcome");
       assert.deepEqual(alloc?.d, { allocation: a.allocation, status: "SUCCESS" });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an existing home gains the detail column: its old records still verify beside new ones with a detail", () => {
@@ -232,8 +228,7 @@ describe("records that tell the story", () => {
   it("an agent's life is on the record: spawned (pid, command), exited (code, signal), its token revoked by the kernel, its persona removed", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const c = await t.admin();
       const a = await c.agents.spawn("sleep", "w1", { args: ["300"], rights: [], lifetimeMs: 60_000 });
       await c.agents.kill("agent://sleep/w1");
@@ -258,9 +253,6 @@ describe("records that tell the story", () => {
       );
       const out = records(t, "agent.spawn").find((r) => r.phase === "outcome");
       assert.equal(out?.d.agent, spawned?.d.agent);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { decodeIntent } from "@kpip/protocol";
 import { BlobStore } from "../src/store/blobs.js";
-import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const _MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -150,8 +150,7 @@ describe("large objects: the file store and the chunked upload", () => {
 
 describe("chunked upload: capabilities and bounds", () => {
   it("authorizes every upload op as storage.write on the target, and ids are no use to another persona", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, maxUploadsPerPersona: 2 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, maxUploadsPerPersona: 2 }, async (t) => {
       const w = await t.persona("writer", [{ ops: ["storage.write", "storage.read"], targets: ["obj://w/**"] }]);
       const r = await t.persona("reader", [{ ops: ["storage.read"], targets: ["obj://w/**"] }]);
       const o = await t.persona("other", [{ ops: ["storage.write"], targets: ["obj://w/**"] }]);
@@ -195,15 +194,11 @@ describe("chunked upload: capabilities and bounds", () => {
       const cq = await t.connect(q.identity, [q.token]);
       await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
       await cq.call("storage.upload.begin", "obj://w/q", { size: 1000 });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("counts the bytes uploads in progress declare: against the persona's quota and the kernel's maxUploadBytes", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 }, async (t) => {
       const q = await t.persona("quota", [{ ops: ["storage.write"], targets: ["obj://u/**"] }], {
         limits: { "storage.bytes": 100_000 },
       });
@@ -216,15 +211,11 @@ describe("chunked upload: capabilities and bounds", () => {
       const admin = await t.admin();
       await assert.rejects(admin.call("storage.upload.begin", "obj://u/d", { size: 60_000 }), klass("RESOURCE", "declare"));
       await admin.call("storage.upload.begin", "obj://u/e", { size: 50_000 });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a commit refused by its compare-and-set keeps the upload: it can be committed right, or aborted", async () => {
-    const t = await startKernel(SMALL_FRAMES);
-    try {
+    await withKernel(SMALL_FRAMES, async (t) => {
       const c = await t.admin();
       await c.storage.write("obj://u/cas", "v1");
       const data = Buffer.from("the new body");
@@ -244,10 +235,7 @@ describe("chunked upload: capabilities and bounds", () => {
       });
       assert.equal((done.payload as { generation: number }).generation, 2);
       assert.equal(Buffer.from((await c.storage.read("obj://u/cas")).data).toString(), "the new body");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a commit that loses its compare-and-set to a write racing its sync keeps the upload and its body", async () => {
@@ -298,21 +286,16 @@ describe("chunked upload: capabilities and bounds", () => {
   });
 
   it("cuts chunks and ranges to fit the smallest frame the protocol allows", async () => {
-    const t = await startKernel({ maxBodyBytes: 8192 });
-    try {
+    await withKernel({ maxBodyBytes: 8192 }, async (t) => {
       const c = await t.admin();
       const data = pattern(50_000, 41);
       await c.storage.putLarge("obj://tiny/x", data);
       assert.ok((await c.storage.getLarge("obj://tiny/x")).equals(data));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("expires an idle upload and removes its partial file", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 }, async (t) => {
       const c = await t.admin();
       const { upload } = (await c.call("storage.upload.begin", "obj://e/x", { size: 10 })).payload as { upload: string };
       await c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 0, data: Buffer.from("12345") });
@@ -322,9 +305,6 @@ describe("chunked upload: capabilities and bounds", () => {
         c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 5, data: Buffer.from("67890") }),
         klass("SEMANTIC", "no upload"),
       );
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
