@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -7,7 +8,7 @@ import { KernelClient } from "@kpip/client";
 import { generateIdentity, type Right, serializeIdentity } from "@kpip/protocol";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { type CallToolResult, McpError } from "@modelcontextprotocol/sdk/types.js";
 
 /** The kpip command (the MCP package never imports the kernel: it runs as a process). */
 export const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -113,3 +114,14 @@ export function text(r: CallToolResult): string {
 }
 
 export { until } from "@kpip/protocol/testing";
+
+/** The McpError `p` rejects with; fails when it resolves or rejects with anything else. */
+export async function mcpError(p: Promise<unknown>): Promise<McpError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof McpError, `expected an McpError, got ${e}`);
+    return e;
+  }
+  assert.fail("it succeeded");
+}
