@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -18,7 +17,7 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { ConfigError, Kernel } from "../src/index.js";
-import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const pem = (f: string) => readFileSync(tls(f));
@@ -309,12 +308,11 @@ describe("gRPC configuration", () => {
 });
 
 describe("examples/grpc-persona.ts", () => {
-  it("runs: falls back to gRPC, and negotiates shm over the socket", () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/grpc-persona.js", import.meta.url));
-    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 60_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /connected over: grpc features: \[\]/);
-    assert.match(r.stdout, /read back: over gRPC/);
-    assert.match(r.stdout, /over the socket: uds features: \[ 'shm' \] shm frames: \{ sent: 1/);
+  it("runs: falls back to gRPC, and negotiates shm over the socket", async () => {
+    const r = await runExample("grpc-persona");
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /connected over: grpc features: \[\]/);
+    assert.match(r.out, /read back: over gRPC/);
+    assert.match(r.out, /over the socket: uds features: \[ 'shm' \] shm frames: \{ sent: 1/);
   });
 });

@@ -115,9 +115,9 @@ export async function startKernel(
   return t;
 }
 
-/** Runs `f` on a fresh kernel started with `opts`; stops it and removes its home afterwards, pass or fail. */
-export async function withKernel<T>(opts: KernelOptions, f: (t: TestKernel) => Promise<T>): Promise<T> {
-  const t = await startKernel(opts);
+/** Runs `f` on a kernel started with `opts` (on `home`, else a fresh one); stops it and removes its home afterwards, pass or fail. */
+export async function withKernel<T>(opts: KernelOptions, f: (t: TestKernel) => Promise<T>, home?: string): Promise<T> {
+  const t = await startKernel(opts, home);
   try {
     return await f(t);
   } finally {
@@ -184,13 +184,18 @@ export async function spawnReady(args: string[], ready: string, ms = 30_000): Pr
   return child;
 }
 
+/** Runs examples/<name>.ts (built) to its end, without blocking the event loop. */
+export function runExample(name: string, killAfterMs = 60_000): Promise<ProcessRun> {
+  return runProcess(process.execPath, [join(REPO_ROOT, "examples", "dist", `${name}.js`)], { killAfterMs });
+}
+
 export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }
 
 export { klass, until } from "@kpip/protocol/testing";
 
-import { outputIncludes } from "@kpip/protocol/testing";
+import { outputIncludes, type ProcessRun, runProcess } from "@kpip/protocol/testing";
 
 export function adminIdentity(k: Kernel): Identity {
   return loadIdentity(k.adminIdentity);

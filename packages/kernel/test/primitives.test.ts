@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
-import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, runExample, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -349,16 +349,8 @@ describe("embedder primitives", () => {
   });
 
   it("the embedder example runs", async () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/custom-primitive.js", import.meta.url));
-    const out = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const p = spawn(process.execPath, [ex], { stdio: ["ignore", "pipe", "inherit"] });
-      let s = "";
-      p.stdout.on("data", (d) => {
-        s += d;
-      });
-      p.once("exit", (code) => resolve({ code, out: s }));
-    });
-    assert.equal(out.code, 0);
+    const out = await runExample("custom-primitive");
+    assert.equal(out.code, 0, out.err);
     assert.match(out.out, /text\.reverse: \{ reversed: 'anosrep' \}/);
     assert.match(out.out, /outside its grant: PERMISSION/);
   });

@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawn } from "node:child_process";
 import { existsSync, lstatSync, readFileSync, symlinkSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import Database from "better-sqlite3";
-import { klass, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, runExample, startKernel, withKernel } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -14,7 +14,7 @@ import { bodies, MiB, pattern, SMALL_FRAMES, sha, tmpFiles } from "./storage-fil
 
 describe("the file store across restarts", () => {
   it("after kill -9 mid-upload: no object, no partial file, no unnamed body", async () => {
-    let t = await startKernel(SMALL_FRAMES);
+    const t = await startKernel(SMALL_FRAMES);
     await t.stop();
     const child = spawn(
       process.execPath,
@@ -51,21 +51,21 @@ describe("the file store across restarts", () => {
     const { mkdirSync, writeFileSync } = await import("node:fs");
     mkdirSync(join(t.home, "objects", "sha256", hex.slice(0, 2)), { recursive: true, mode: 0o700 });
     writeFileSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2)), stray, { mode: 0o600 });
-    t = await startKernel(SMALL_FRAMES, t.home);
-    try {
-      const c = await t.admin();
-      await assert.rejects(c.storage.stat("obj://kill/x"), klass("SEMANTIC"), "the interrupted upload made no object");
-      assert.deepEqual(tmpFiles(t.home), [], "the partial file was removed at start");
-      assert.deepEqual(bodies(t.home), [sha(pattern(200_000, 19)).toString("hex")], "only the named body is left");
-      assert.ok((await c.storage.getLarge("obj://kill/named")).equals(pattern(200_000, 19)));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    await withKernel(
+      SMALL_FRAMES,
+      async (t) => {
+        const c = await t.admin();
+        await assert.rejects(c.storage.stat("obj://kill/x"), klass("SEMANTIC"), "the interrupted upload made no object");
+        assert.deepEqual(tmpFiles(t.home), [], "the partial file was removed at start");
+        assert.deepEqual(bodies(t.home), [sha(pattern(200_000, 19)).toString("hex")], "only the named body is left");
+        assert.ok((await c.storage.getLarge("obj://kill/named")).equals(pattern(200_000, 19)));
+      },
+      t.home,
+    );
   });
 
   it("reads inline bodies of a home made before the file store (no hash column), and migrates it", async () => {
-    let t = await startKernel();
+    const t = await startKernel();
     await t.stop();
     const db = new Database(join(t.home, "kernel.db"));
     db.exec("DROP INDEX objects_hash; ALTER TABLE objects DROP COLUMN hash");
@@ -74,21 +74,21 @@ describe("the file store across restarts", () => {
       "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner) VALUES ('ws', 'legacy', ?, 3, ?, 0, 'admin')",
     ).run(old, old.length);
     db.close();
-    t = await startKernel({}, t.home);
-    try {
-      const c = await t.admin();
-      const r = await c.storage.read("obj://ws/legacy");
-      assert.ok(Buffer.from(r.data).equals(old));
-      assert.equal(r.generation, 3);
-      assert.ok(Buffer.from((await c.storage.readRange("obj://ws/legacy", 10, 5)).data).equals(old.subarray(10, 15)));
-      // Its next write moves it to the file store.
-      await c.storage.write("obj://ws/legacy", old, { ifGeneration: 3 });
-      const hex = sha(old).toString("hex");
-      assert.ok(existsSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2))));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    await withKernel(
+      {},
+      async (t) => {
+        const c = await t.admin();
+        const r = await c.storage.read("obj://ws/legacy");
+        assert.ok(Buffer.from(r.data).equals(old));
+        assert.equal(r.generation, 3);
+        assert.ok(Buffer.from((await c.storage.readRange("obj://ws/legacy", 10, 5)).data).equals(old.subarray(10, 15)));
+        // Its next write moves it to the file store.
+        await c.storage.write("obj://ws/legacy", old, { ifGeneration: 3 });
+        const hex = sha(old).toString("hex");
+        assert.ok(existsSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2))));
+      },
+      t.home,
+    );
   });
 
   it("refuses to start on a file store holding a link (UnsafeHomeError)", async () => {
@@ -105,10 +105,9 @@ describe("the file store across restarts", () => {
 });
 
 describe("examples/large-object.ts", () => {
-  it("streams a 20 MiB object up and back and finds the same SHA-256", () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/large-object.js", import.meta.url));
-    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 120_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /read 20971520 bytes back in ranges; same SHA-256: true/);
+  it("streams a 20 MiB object up and back and finds the same SHA-256", async () => {
+    const r = await runExample("large-object", 120_000);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /read 20971520 bytes back in ranges; same SHA-256: true/);
   });
 });
