@@ -13,7 +13,7 @@ import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
@@ -162,7 +162,7 @@ describe("records that tell the story", () => {
       await c.storage.write("obj://ws1/a", Buffer.from("secret payload"));
       await c.storage.write("obj://ws1/a", Buffer.from("again"));
       await c.storage.read("obj://ws1/a");
-      await assert.rejects(c.storage.read("obj://ws1/none"));
+      await assert.rejects(c.storage.read("obj://ws1/none"), klass("SEMANTIC"));
       const writes = records(t, "storage.write").filter((r) => r.phase === "outcome");
       assert.deepEqual(
         writes.map((r) => r.d),

@@ -35,7 +35,7 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
     );
     const results = new Map<number, Awaited<ReturnType<RawPeer["response"]>>>();
     for (const id of ids) results.set(id, await p.response(id));
-    await new Promise((r) => setTimeout(r, 100));
+    await p.barrier(1100);
     assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "no id is answered twice");
     const refused = ids.filter((id) => results.get(id)?.status === "FAILURE");
     const done = ids.filter((id) => results.get(id)?.status === "SUCCESS");
@@ -344,7 +344,8 @@ describe("dedupe of retried requests", () => {
     }
     for (const id of pIds) assert.equal((await p.response(id)).status, "SUCCESS");
     for (const id of qIds) assert.equal((await q.response(id)).status, "SUCCESS");
-    await new Promise((r) => setTimeout(r, 100));
+    await p.barrier(3101);
+    await q.barrier(3102);
     const stray = (x: RawPeer) => x.frames.filter((f) => f.msg.type === "RESPONSE").map((f) => f.stream);
     assert.deepEqual(stray(p), []);
     assert.deepEqual(stray(q), []);

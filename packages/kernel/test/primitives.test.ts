@@ -48,7 +48,7 @@ describe("compute: DEFERRED ops", { skip: sandboxSkip }, () => {
   it("cancels, and emits completion events", async () => {
     const sub = await c.events.subscribe("topic://kernel/personas/admin/ops/**");
     const d = await c.compute.command("sleep", ["5"]);
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await c.ops.status(d)).state === "running", 30_000, "the command running");
     assert.equal(await c.ops.cancel(d), true);
     await assert.rejects(c.ops.wait(d), klass("SEMANTIC"));
     for await (const e of sub) {

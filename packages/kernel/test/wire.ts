@@ -185,6 +185,15 @@ export class RawPeer {
     return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
   }
 
+  /**
+   * A system.health round trip on stream `id`: every answer the kernel wrote before it is in
+   * `frames` once this resolves (one connection's frames arrive in order).
+   */
+  async barrier(id: number): Promise<void> {
+    this.send(requestFrame(id, { op: "system.health", target: "kernel://", args: {} }, { version: this.version }));
+    await this.response(id);
+  }
+
   close(): void {
     this.sock.destroy();
   }
