@@ -1,23 +1,9 @@
-import type { KernelClient } from "@kpip/client";
 import { opList, opResult } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
-import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { CONNECT_OPTIONS, withClient } from "../connect.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, printTable, render, reportError, toJson, UsageError } from "../util.js";
+import { EXIT, printTable, render, toJson, UsageError } from "../util.js";
 import { parseAllow, parseDuration } from "./grant-args.js";
-
-async function withClient(v: Values, f: (c: KernelClient) => Promise<void>): Promise<number> {
-  let client: KernelClient | undefined;
-  try {
-    client = await connectFromFlags(v);
-    await f(client);
-    return EXIT.OK;
-  } catch (e) {
-    return reportError(e, v.json === true);
-  } finally {
-    await client?.close().catch(() => {});
-  }
-}
 
 const print = (v: Values, payload: unknown): void => {
   process.stdout.write(v.json ? `${JSON.stringify(toJson(payload))}\n` : `${render(payload)}\n`);
