@@ -28,6 +28,7 @@ import {
   type Message,
   signBytes,
 } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 
@@ -75,14 +76,7 @@ let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
 });
-await new Promise<void>((resolve, reject) => {
-  let out = "";
-  kernel.stdout?.on("data", (d) => {
-    out += d;
-    if (out.includes("is running")) resolve();
-  });
-  kernel.once("exit", () => reject(new Error(kernelExit)));
-});
+await outputIncludes(kernel, "is running");
 
 const cli = (...a: string[]) => {
   const r = spawnSync(process.execPath, [MAIN, ...a, "--home", home, "--json"], { encoding: "utf8" });

@@ -14,6 +14,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient as KC, type KernelClient, loadIdentity } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
 
 const argv = process.argv.slice(2);
 const int = (name: string, dflt: number) => {
@@ -45,14 +46,7 @@ let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
 });
-await new Promise<void>((resolve, reject) => {
-  let out = "";
-  kernel.stdout?.on("data", (d) => {
-    out += d;
-    if (out.includes("is running")) resolve();
-  });
-  kernel.once("exit", () => reject(new Error(kernelExit)));
-});
+await outputIncludes(kernel, "is running");
 const rssMb = (): number => {
   try {
     const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${kernel.pid}/status`, "utf8"));

@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, type Right, serializeIdentity } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { type CallToolResult, McpError } from "@modelcontextprotocol/sdk/types.js";
@@ -37,14 +38,7 @@ export class KernelHome {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = k;
-    await new Promise<void>((resolve, reject) => {
-      let out = "";
-      k.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-      k.once("exit", (code, sig) => reject(new Error(`kpip kernel exited before it was running (${sig ?? code})`)));
-    });
+    await outputIncludes(k, "is running");
   }
 
   async kill(): Promise<void> {

@@ -102,3 +102,18 @@ export function findPython(): { path?: string; why: string; required: boolean } 
     required,
   };
 }
+
+/** Structural form for comparisons: prototypes and stray buffer properties do not matter, contents and key sets do. */
+export function structural(v: unknown): unknown {
+  if (v instanceof Uint8Array) return `bytes:${Buffer.from(v).toString("hex")}`;
+  if (typeof v === "bigint") return `bigint:${v}`;
+  if (Array.isArray(v)) return v.map(structural);
+  if (v !== null && typeof v === "object") {
+    return Object.fromEntries(
+      Object.keys(v)
+        .sort()
+        .map((k) => [k, structural((v as Record<string, unknown>)[k])]),
+    );
+  }
+  return v;
+}
