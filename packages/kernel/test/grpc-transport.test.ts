@@ -18,6 +18,7 @@ import {
 } from "@kpip/protocol";
 import { ConfigError, Kernel } from "../src/index.js";
 import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
+import { helloFrame } from "./wire.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const pem = (f: string) => readFileSync(tls(f));
@@ -52,16 +53,7 @@ function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.p
 /** A raw gRPC stream through the handshake as `identity` with `token` bound as handle 1. */
 async function rawSession(address: string, identity: Identity, token: Uint8Array) {
   const s = rawStream(address);
-  const hello = encodeMessage({
-    type: "HELLO",
-    body: {
-      versions: [1],
-      persona: identity.persona,
-      publicKey: identity.publicKey,
-      instance: Buffer.alloc(16, 3),
-      features: [],
-    },
-  });
+  const hello = helloFrame(identity.persona, identity.publicKey, Buffer.alloc(16, 3));
   s.call.write(hello);
   const challenge = await until(() => s.frames.find((m) => m.type === "CHALLENGE"), 10_000, "CHALLENGE");
   const transcript = attestationTranscript(

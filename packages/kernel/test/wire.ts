@@ -55,6 +55,17 @@ export function requestFrame(id: number, intent: Intent | Uint8Array, opts: Requ
   );
 }
 
+/** A HELLO frame (no features), `extra` fields added to its body. */
+export function helloFrame(
+  persona: string,
+  publicKey: Uint8Array,
+  instance: Uint8Array = Buffer.alloc(16, 7),
+  versions = [1],
+  extra: { maxBody?: number } = {},
+): Buffer {
+  return encodeMessage({ type: "HELLO", body: { versions, persona, publicKey, instance, features: [], ...extra } });
+}
+
 /**
  * Sends a HELLO naming `persona` with `publicKey` (any key, registered or not) and waits for
  * the CHALLENGE. Returns it, and the HELLO and CHALLENGE body bytes the transcript is built from.
@@ -65,9 +76,9 @@ export async function helloAs(
   publicKey: Uint8Array,
   instance: Uint8Array = Buffer.alloc(16, 7),
   versions = [1],
+  extra: { maxBody?: number } = {},
 ): Promise<{ session: string; helloBytes: Buffer; challengeBytes: Buffer; challenge: Extract<Message, { type: "CHALLENGE" }> }> {
-  const hello: Message = { type: "HELLO", body: { versions, persona, publicKey, instance, features: [] } };
-  const f = encodeMessage(hello);
+  const f = helloFrame(persona, publicKey, instance, versions, extra);
   p.send(f);
   const challenge = await p.next("CHALLENGE");
   return {
