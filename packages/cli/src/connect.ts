@@ -2,7 +2,7 @@ import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } f
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
 import type { OptionSpec, Values } from "./command.js";
-import { defaultSocket, resolveHome, UsageError } from "./util.js";
+import { defaultSocket, EXIT, reportError, resolveHome, UsageError } from "./util.js";
 
 /** The options every command that talks to a kernel shares. */
 export const CONNECT_OPTIONS: Record<string, OptionSpec> = {
@@ -111,4 +111,18 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
     process.stderr.write(`kpip: warning: token ${r.index + 1} was not bound: ${r.code}: ${r.message}\n`);
   }
   return client;
+}
+
+/** Runs `f` on a client connected from the flags, closed afterwards; an error is reported (as JSON with --json) and becomes the exit code. */
+export async function withClient(v: Values, f: (c: KernelClient) => Promise<unknown>): Promise<number> {
+  let client: KernelClient | undefined;
+  try {
+    client = await connectFromFlags(v);
+    await f(client);
+    return EXIT.OK;
+  } catch (e) {
+    return reportError(e, v.json === true);
+  } finally {
+    await client?.close().catch(() => {});
+  }
 }

@@ -27,7 +27,8 @@ export function defaultSocket(home: string): string {
 }
 
 /** CBOR values as JSON: byte strings become {"$bytes": base64}, big integers {"$int": "…"}. */
-export function toJson(v: CborValue | undefined): unknown {
+/** A payload (any CBOR value, a typed op result included) as JSON. */
+export function toJson(v: unknown): unknown {
   if (v === undefined) return null;
   if (v instanceof Uint8Array) return { $bytes: Buffer.from(v).toString("base64") };
   if (typeof v === "bigint") return { $int: v.toString() };
@@ -51,7 +52,7 @@ export function fromJson(v: unknown, path = "args"): CborValue {
 }
 
 /** Human rendering of a payload: text-looking bytes as text, others as a hex preview. */
-export function render(v: CborValue | undefined, indent = ""): string {
+export function render(v: unknown, indent = ""): string {
   if (v === undefined || v === null) return "null";
   if (v instanceof Uint8Array) {
     const s = Buffer.from(v).toString("utf8");
@@ -63,9 +64,9 @@ export function render(v: CborValue | undefined, indent = ""): string {
     return v.map((x) => `\n${indent}- ${render(x, `${indent}  `)}`).join("");
   }
   if (typeof v === "object") {
-    const keys = Object.keys(v);
-    if (keys.length === 0) return "{}";
-    return keys.map((k) => `\n${indent}${k}: ${render(v[k], `${indent}  `)}`).join("");
+    const entries = Object.entries(v);
+    if (entries.length === 0) return "{}";
+    return entries.map(([k, x]) => `\n${indent}${k}: ${render(x, `${indent}  `)}`).join("");
   }
   return String(v);
 }

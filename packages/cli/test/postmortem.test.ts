@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
 import { generateIdentity, parseIdentity } from "@kpip/protocol";
+import { klass } from "@kpip/protocol/testing";
 import { hashTree } from "./evidence.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
@@ -100,7 +101,7 @@ async function stageIncident(home: string): Promise<Truth> {
     assert.equal(await asAlice.ops.cancel(spin), true);
     // Mallory presents alice's token inline: refused.
     const asMallory = await connect(k, mallory, [m.token]);
-    await assert.rejects(asMallory.call("storage.read", "obj://proj/data/blob", {}, { caps: [a.token] }));
+    await assert.rejects(asMallory.call("storage.read", "obj://proj/data/blob", {}, { caps: [a.token] }), klass("CAPABILITY"));
     // The admin revokes alice's token: the worker's, minted from it, ends with it.
     await admin.tokens.revoke(a.id);
     await closeAll();

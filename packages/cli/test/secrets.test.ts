@@ -5,6 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { outputIncludes } from "@kpip/protocol/testing";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const kpip = (args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}) => {
@@ -21,13 +22,7 @@ describe("secrets on the command line and the home, with the CLI as a real proce
   let kernel: ChildProcess;
   before(async () => {
     kernel = spawn(process.execPath, [MAIN, "kernel", ...h, "--log-level", "silent"], { stdio: ["ignore", "pipe", "inherit"] });
-    await new Promise<void>((resolve) => {
-      let out = "";
-      kernel.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-    });
+    await outputIncludes(kernel, "is running");
   });
   after(async () => {
     const exited = new Promise((r) => kernel.once("exit", r));

@@ -19,7 +19,7 @@ import {
   TokensApi,
 } from "./families.js";
 import { Link } from "./link.js";
-import { type OpCall, opCall } from "./op-call.js";
+import { type OpCall, type OpRequest, opCall, opRequest } from "./op-call.js";
 import {
   type CallOptions,
   type CallResult,
@@ -72,6 +72,8 @@ export class KernelClient extends EventEmitter {
   readonly personas = new PersonasApi(this.call.bind(this));
   /** Any op of the catalogue (`@kpip/protocol`), typed by its definition: `client.op(storageStat, "obj://ws/a", {})`. */
   readonly op: OpCall = opCall(this.call.bind(this));
+  /** {@link request} typed by the op catalogue: `client.opRequest(storageList, target, args)`; FAILURE is a value. */
+  readonly opRequest: OpRequest = opRequest(this.request.bind(this));
   private link: Link | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private readonly calls: CallTable;

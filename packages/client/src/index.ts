@@ -19,6 +19,6 @@ export {
   TokensApi,
 } from "./families.js";
 export { loadIdentity } from "./identity.js";
-export { type OpAnswer, type OpCall, opCall } from "./op-call.js";
+export { type OpAnswer, type OpCall, type OpRequest, type OpResponse, opCall, opRequest } from "./op-call.js";
 export type { CallFn, CallOptions, CallResult, ClientState, ConnectOptions } from "./options.js";
 export type { PutLargeOptions, ReadLargeOptions } from "./storage-large.js";

@@ -1,4 +1,4 @@
-import type { ArgsOf, CborMap, OpDefinition, ResultOf } from "@kpip/protocol";
+import type { ArgsOf, CborMap, Intent, OpDefinition, Response, ResultOf, Status } from "@kpip/protocol";
 import type { CallFn, CallOptions, CallResult } from "./options.js";
 
 /** A non-failure answer to a catalogue op, its payload typed by the op's definition. */
@@ -26,4 +26,27 @@ export function opCall(call: CallFn): OpCall {
     // The wire's one untyped step: the payload of this op is its definition's result.
     return r as OpAnswer<D>;
   };
+}
+
+/**
+ * An answer to a catalogue op with FAILURE as a value (as `request` gives it): SUCCESS and
+ * PARTIAL carry the definition's payload; DEFERRED carries the op's handle, FAILURE none.
+ */
+export type OpResponse<D extends OpDefinition> =
+  | (Omit<Response, "status" | "payload"> & { status: "SUCCESS" | "PARTIAL"; payload: ResultOf<D> })
+  | (Omit<Response, "status"> & { status: Exclude<Status, "SUCCESS" | "PARTIAL"> });
+
+/** A request typed by an op's definition, FAILURE answered as a value: `opRequest(storageList, target, args)`. */
+export type OpRequest = <D extends OpDefinition>(
+  def: D,
+  target: string,
+  args: ArgsOf<D>,
+  opts?: CallOptions,
+) => Promise<OpResponse<D>>;
+
+/** Types `request` by the op catalogue, as {@link opCall} types `call`. */
+export function opRequest(request: (intent: Intent, opts?: CallOptions) => Promise<Response>): OpRequest {
+  return async <D extends OpDefinition>(def: D, target: string, args: ArgsOf<D>, opts?: CallOptions) =>
+    // The wire's one untyped step, as in opCall.
+    (await request({ op: def.op, args: args as CborMap, target }, opts)) as OpResponse<D>;
 }

@@ -1,4 +1,5 @@
-import type { KEvent } from "@kpip/protocol";
+import { eventSubscribe, eventUnsubscribe, type KEvent, storageUnwatch, storageWatch } from "@kpip/protocol";
+import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
 import { Subscription } from "./subscription.js";
 
@@ -10,12 +11,19 @@ export interface ResubscribeEvents {
 
 /** How a kind of subscription is made and ended: event topics, or storage watches. */
 interface SubscribeOps {
-  subscribe: string;
-  unsubscribe: string;
+  /** Makes one on `pattern`; resolves with the kernel's id for it. */
+  subscribe(op: OpCall, pattern: string, opts?: CallOptions): Promise<number>;
+  unsubscribe(op: OpCall, pattern: string, id: number): Promise<unknown>;
 }
 
-const EVENTS: SubscribeOps = { subscribe: "event.subscribe", unsubscribe: "event.unsubscribe" };
-const WATCHES: SubscribeOps = { subscribe: "storage.watch", unsubscribe: "storage.unwatch" };
+const EVENTS: SubscribeOps = {
+  subscribe: async (op, pattern, opts) => (await op(eventSubscribe, pattern, {}, opts)).payload.subscription,
+  unsubscribe: (op, pattern, id) => op(eventUnsubscribe, pattern, { subscription: id }),
+};
+const WATCHES: SubscribeOps = {
+  subscribe: async (op, pattern, opts) => (await op(storageWatch, pattern, {}, opts)).payload.subscription,
+  unsubscribe: (op, pattern, id) => op(storageUnwatch, pattern, { subscription: id }),
+};
 
 /**
  * A client's event subscriptions and storage watches: EVENT frames go to the one the kernel's
@@ -26,13 +34,16 @@ const WATCHES: SubscribeOps = { subscribe: "storage.watch", unsubscribe: "storag
  */
 export class Subscriptions {
   private readonly subs = new Map<Subscription, SubscribeOps>();
+  private readonly op: OpCall;
 
   constructor(
-    private readonly call: CallFn,
+    call: CallFn,
     /** Whether an unsubscribe can reach the kernel now. */
     private readonly ready: () => boolean,
     private readonly events: ResubscribeEvents,
-  ) {}
+  ) {
+    this.op = opCall(call);
+  }
 
   /** Subscribes to topic:// names matching `pattern`; see {@link KernelClient.subscribe}. */
   subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
@@ -48,10 +59,9 @@ export class Subscriptions {
     const { bufferSize, ...callOpts } = opts;
     const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
       this.subs.delete(s);
-      if (this.ready()) await this.call(ops.unsubscribe, s.pattern, { subscription: s.remoteId }).catch(() => {});
+      if (this.ready()) await ops.unsubscribe(this.op, s.pattern, s.remoteId).catch(() => {});
     });
-    const r = await this.call(ops.subscribe, pattern, {}, callOpts);
-    sub.remoteId = (r.payload as { subscription: number }).subscription;
+    sub.remoteId = await ops.subscribe(this.op, pattern, callOpts);
     this.subs.set(sub, ops);
     return sub;
   }
@@ -76,8 +86,7 @@ export class Subscriptions {
 
   private async again(sub: Subscription, ops: SubscribeOps): Promise<void> {
     try {
-      const r = await this.call(ops.subscribe, sub.pattern);
-      sub.remoteId = (r.payload as { subscription: number }).subscription;
+      sub.remoteId = await ops.subscribe(this.op, sub.pattern);
       this.events.resubscribed(sub.pattern);
     } catch (e) {
       this.events.resubscribeFailed({ pattern: sub.pattern, error: e });

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import { after } from "node:test";
 import { fileURLToPath } from "node:url";
 import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Request, type Response } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { type ConnectOptions, type Connector, KernelClient, UdsConnector } from "../src/index.js";
 
 /** The kernel package's process entry: the client tests need a kernel, not the CLI. */
@@ -34,14 +35,7 @@ export class KernelProcess {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = child;
-    await new Promise<void>((resolve, reject) => {
-      let out = "";
-      child.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-      child.once("exit", (c) => reject(new Error(`kernel exited with ${c}`)));
-    });
+    await outputIncludes(child, "is running");
   }
   signal(sig: NodeJS.Signals): void {
     this.child?.kill(sig);

@@ -1,73 +1,31 @@
 /**
  * The Python persona client (python/, package `kpip`) against real kernels: its unittest
  * suite (every spec vector, the client against a scripted kernel, the live tests), and a
- * kernel SIGKILLed and restarted under its load. Python ≥ 3.11 with `cryptography` is found
- * as $KPIP_PYTHON, else the first of python3 and /usr/bin/python3 that imports it; without
+ * kernel SIGKILLed and restarted under its load. The Python is `findPython()`'s; without
  * one these tests say so (and fail under CI=true or KPIP_REQUIRE_PYTHON=1).
  */
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { findPython, type ProcessRun, runProcess } from "@kpip/protocol/testing";
 import { KernelProcess } from "./harness.js";
 
 const PYTHON_DIR = fileURLToPath(new URL("../../../../python", import.meta.url));
 
-function findPython(): { python?: string; why: string } {
-  const candidates = process.env.KPIP_PYTHON ? [process.env.KPIP_PYTHON] : ["python3", "/usr/bin/python3"];
-  const tried: string[] = [];
-  for (const py of candidates) {
-    const r = spawnSync(py, ["-c", "import sys, cryptography; assert sys.version_info >= (3, 11), sys.version"], {
-      encoding: "utf8",
-    });
-    if (r.status === 0) return { python: py, why: "" };
-    tried.push(`${py}: ${r.error ? r.error.message : (r.stderr.trim().split("\n").pop() ?? `exit ${r.status}`)}`);
-  }
-  return { why: `no Python >= 3.11 with cryptography (tried ${tried.join("; ")}); install python3 python3-cryptography` };
-}
-
-const { python, why } = findPython();
-const required = process.env.CI === "true" || process.env.KPIP_REQUIRE_PYTHON === "1";
-
-interface Run {
-  code: number | null;
-  out: string;
-  err: string;
-}
+const { path: python, why, required } = findPython();
 
 /** Runs `python -m unittest <args>` in python/ without blocking the event loop; `onLine` sees stdout lines. */
-function unittest(args: string[], env: Record<string, string>, onLine: (line: string) => void = () => {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(python as string, ["-m", "unittest", ...args], {
-      cwd: PYTHON_DIR,
-      env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1", ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    let err = "";
-    let partial = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-      const lines = (partial + d).split("\n");
-      partial = lines.pop() ?? "";
-      lines.forEach(onLine);
-    });
-    child.stderr.on("data", (d) => {
-      err += d;
-    });
-    // A hung client fails this test instead of hanging the run (and is never left behind).
-    const timer = setTimeout(() => child.kill("SIGKILL"), 300_000);
-    child.once("error", reject);
-    child.once("exit", (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code: signal ? -1 : code, out, err: signal ? `${err}\n[killed after 300 s: ${signal}]` : err });
-    });
+function unittest(args: string[], env: Record<string, string>, onLine?: (line: string) => void): Promise<ProcessRun> {
+  return runProcess(python as string, ["-m", "unittest", ...args], {
+    cwd: PYTHON_DIR,
+    env: { ...process.env, PYTHONDONTWRITEBYTECODE: "1", ...env },
+    onLine,
   });
 }
 
 /** "Ran N tests" from unittest's report; asserts it passed with no test skipped. */
-function assertPassed(r: Run): number {
+function assertPassed(r: ProcessRun): number {
   const ran = /Ran (\d+) tests?/.exec(r.err);
   assert.equal(r.code, 0, `python unittest failed:\n${r.err}\n${r.out}`);
   assert.ok(ran, `no unittest report:\n${r.err}`);

@@ -1,7 +1,14 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
-import { KpipError, TokenRefreshError } from "../src/index.js";
+import { type KernelClient, KpipError, TokenRefreshError } from "../src/index.js";
 import { KernelProcess, until } from "./harness.js";
+
+/** An admin token of 1.5 s (refreshable for a minute) and a client holding it that refreshes 0.7 s before expiry. */
+async function shortLived(k: KernelProcess, admin: KernelClient) {
+  const m = await admin.tokens.mint("admin", { rights: [{ ops: ["**"], targets: ["**"] }], ttlMs: 1500, maxLifetimeMs: 60_000 });
+  const c = await k.connect({ tokens: [m.token], refreshMarginMs: 700 });
+  return { m, c };
+}
 
 describe("token holding and refresh", () => {
   const k = new KernelProcess();
@@ -12,12 +19,7 @@ describe("token holding and refresh", () => {
   it("refreshes a held token before it expires and keeps working past the original expiry", async () => {
     await k.start();
     const admin = await k.connect();
-    const m = await admin.tokens.mint("admin", {
-      rights: [{ ops: ["**"], targets: ["**"] }],
-      ttlMs: 1500,
-      maxLifetimeMs: 60_000,
-    });
-    const c = await k.connect({ tokens: [m.token], refreshMarginMs: 700 });
+    const { m, c } = await shortLived(k, admin);
     const refreshed = new Promise((r) => c.once("tokenRefreshed", r));
     await refreshed;
     await until(() => Date.now() > m.exp + 100, 5000, "original expiry");
@@ -28,12 +30,7 @@ describe("token holding and refresh", () => {
 
   it("surfaces a failed refresh as an event and on the next call", async () => {
     const admin = await k.connect();
-    const m = await admin.tokens.mint("admin", {
-      rights: [{ ops: ["**"], targets: ["**"] }],
-      ttlMs: 1500,
-      maxLifetimeMs: 60_000,
-    });
-    const c = await k.connect({ tokens: [m.token], refreshMarginMs: 700 });
+    const { m, c } = await shortLived(k, admin);
     await admin.tokens.revoke(m.id);
     const failed = await new Promise<Error>((r) => c.once("tokenRefreshFailed", r));
     assert.ok(failed instanceof TokenRefreshError);

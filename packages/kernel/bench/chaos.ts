@@ -21,6 +21,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 
@@ -61,14 +62,7 @@ async function startKernel(): Promise<void> {
     stdio: ["ignore", "pipe", "inherit"],
   });
   kernel = k;
-  await new Promise<void>((resolve, reject) => {
-    let out = "";
-    k.stdout?.on("data", (d) => {
-      out += d;
-      if (out.includes("is running")) resolve();
-    });
-    k.once("exit", (c) => reject(new Error(`kernel exited with ${c} while starting`)));
-  });
+  await outputIncludes(k, "is running");
 }
 
 const connect = () =>

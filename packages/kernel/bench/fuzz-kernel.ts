@@ -28,8 +28,10 @@ import {
   type Message,
   signBytes,
 } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import { rssMb } from "./proc.js";
 
 type Rand = () => number;
 // The decoder fuzzer's mutation engine (a dev tool outside this package's sources).
@@ -75,14 +77,7 @@ let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
 });
-await new Promise<void>((resolve, reject) => {
-  let out = "";
-  kernel.stdout?.on("data", (d) => {
-    out += d;
-    if (out.includes("is running")) resolve();
-  });
-  kernel.once("exit", () => reject(new Error(kernelExit)));
-});
+await outputIncludes(kernel, "is running");
 
 const cli = (...a: string[]) => {
   const r = spawnSync(process.execPath, [MAIN, ...a, "--home", home, "--json"], { encoding: "utf8" });
@@ -160,14 +155,7 @@ const fail = (why: string) => {
   if (failures.length < 20) failures.push(why);
 };
 
-const rssMb = (): number => {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${kernel.pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : 0;
-  } catch {
-    return 0;
-  }
-};
+const kernelRssMb = (): number => rssMb(kernel.pid);
 
 // ---- hostile connections -----------------------------------------------------------------
 
@@ -300,9 +288,9 @@ async function legit(): Promise<void> {
 // ---- run ---------------------------------------------------------------------------------
 
 const started = Date.now();
-stats.startRssMb = rssMb();
+stats.startRssMb = kernelRssMb();
 const sampler = setInterval(() => {
-  const r = rssMb();
+  const r = kernelRssMb();
   stats.maxRssMb = Math.max(stats.maxRssMb, r);
   if (r > MAX_RSS_MB) fail(`kernel RSS ${r.toFixed(0)} MB over the bound ${MAX_RSS_MB} MB`);
   if (!JSON_OUT) {

@@ -9,6 +9,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
 
 const args = process.argv.slice(2);
 const N = Number(args[args.indexOf("--requests") + 1] || 20000) || 20000;
@@ -19,14 +20,7 @@ const home = mkdtempSync(join(tmpdir(), "kpip-bench-"));
 const kernel = spawn(process.execPath, [main, "kernel", "--home", home, "--log-level", "silent"], {
   stdio: ["ignore", "pipe", "inherit"],
 });
-await new Promise<void>((resolve, reject) => {
-  let out = "";
-  kernel.stdout.on("data", (d) => {
-    out += d;
-    if (out.includes("is running")) resolve();
-  });
-  kernel.once("exit", (c) => reject(new Error(`kernel exited with ${c}`)));
-});
+await outputIncludes(kernel, "is running");
 
 const results: { name: string; unit: string; value: number }[] = [];
 try {

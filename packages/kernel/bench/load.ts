@@ -14,6 +14,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient as KC, type KernelClient, loadIdentity } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
+import { rssMb } from "./proc.js";
 
 const argv = process.argv.slice(2);
 const int = (name: string, dflt: number) => {
@@ -45,22 +47,8 @@ let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
 });
-await new Promise<void>((resolve, reject) => {
-  let out = "";
-  kernel.stdout?.on("data", (d) => {
-    out += d;
-    if (out.includes("is running")) resolve();
-  });
-  kernel.once("exit", () => reject(new Error(kernelExit)));
-});
-const rssMb = (): number => {
-  try {
-    const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${kernel.pid}/status`, "utf8"));
-    return m ? Number(m[1]) / 1024 : 0;
-  } catch {
-    return 0;
-  }
-};
+await outputIncludes(kernel, "is running");
+const kernelRssMb = (): number => rssMb(kernel.pid);
 
 const admin = await KC.connect({
   socket,
@@ -163,10 +151,10 @@ async function session(n: number): Promise<void> {
 }
 
 const started = Date.now();
-const rssStart = rssMb();
+const rssStart = kernelRssMb();
 let rssMax = rssStart;
 const sampler = setInterval(() => {
-  const r = rssMb();
+  const r = kernelRssMb();
   rssMax = Math.max(rssMax, r);
   if (!JSON_OUT) {
     const secs = (Date.now() - started) / 1000;
@@ -182,7 +170,7 @@ for (let n = 0; n < SESSIONS; n++) {
   if (n % 50 === 49) await sleep(20);
 }
 await sleep(Math.max(0, SECONDS * 1000 - (Date.now() - started)));
-const rssAtEnd = rssMb();
+const rssAtEnd = kernelRssMb();
 running = false;
 await Promise.all(sessions);
 clearInterval(sampler);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { adminIdentity, removeHome, startKernel } from "./harness.js";
+import { withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -36,12 +36,10 @@ describe("the budget of answers in preparation", () => {
 
   it("pipelined reads of a large object: past the session's budget they are refused RESOURCE before reading; the rest answered whole; retries succeed", async () => {
     // maxWriteBuffer 4 MiB: a session's answers in preparation may hold half of it
-    const t = await startKernel({ maxWriteBuffer: 4 * MiB });
-    try {
+    await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {
       const admin = await t.admin();
       await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+      const p = await RawPeer.admin(t);
       // 24 reads of 1 MiB in one write: all decoded and run before the first is answered
       const frames = Array.from({ length: 24 }, (_, i) =>
         requestFrame(100 + i, { op: "storage.read", target: "obj://big/blob", args: {} }),
@@ -62,9 +60,6 @@ describe("the budget of answers in preparation", () => {
       assert.equal((await p.response(200)).status, "SUCCESS");
       assert.equal(p.closed, false);
       p.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

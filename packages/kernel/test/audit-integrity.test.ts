@@ -10,7 +10,7 @@ import { generateIdentity } from "@kpip/protocol";
 import { recordHash } from "../src/audit/record.js";
 import { AuditChainError, HOME_FILES, Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
-import { addPersonaKey, removeHome, startKernel, until } from "./harness.js";
+import { addPersonaKey, removeHome, startKernel, until, withKernel } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const kpip = (...args: string[]) => spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
@@ -88,8 +88,7 @@ describe("audit integrity without the key, and audit growth", () => {
   });
 
   it("a checkpoint is signed within auditCheckpointIntervalMs of a record, however few records arrive", async () => {
-    const t = await startKernel({ auditCheckpointEvery: 10_000, auditCheckpointIntervalMs: 100 });
-    try {
+    await withKernel({ auditCheckpointEvery: 10_000, auditCheckpointIntervalMs: 100 }, async (t) => {
       const admin = await t.admin();
       for (let round = 0; round < 2; round++) {
         await admin.system.health();
@@ -97,15 +96,11 @@ describe("audit integrity without the key, and audit growth", () => {
         await until(() => (t.k.inspect.checkpoints().at(-1)?.seq ?? 0) >= head, 10_000, "a checkpoint over the head");
       }
       assert.ok(verifyAudit(t.k.inspect, { maxUnsigned: 10_000 }).ok);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("refusals keep no bulk bytes, are recorded within a rate and aggregated beyond it, and a flood ends the session", async () => {
-    const t = await startKernel({ auditRefusalRate: 2, auditRefusalPersonaRate: 2, auditRefusalFloodMax: 150 });
-    try {
+    await withKernel({ auditRefusalRate: 2, auditRefusalPersonaRate: 2, auditRefusalFloodMax: 150 }, async (t) => {
       const identity = generateIdentity("nocap");
       addPersonaKey(t, "nocap", identity.publicKey);
       const c = await t.connect(identity, []);
@@ -145,10 +140,7 @@ describe("audit integrity without the key, and audit growth", () => {
       );
       const admin = await t.admin();
       assert.equal((await admin.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("retention prunes only behind a signed checkpoint; verify and the next kernel accept the pruned log", async () => {

@@ -7,12 +7,13 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { outputIncludes } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const fixture = (name: string) => fileURLToPath(new URL(`../../test/fixtures/${name}`, import.meta.url));
@@ -31,14 +32,7 @@ async function childKernel(home: string): Promise<ChildProcess> {
   const k = spawn(process.execPath, [KPIP, "kernel", "--home", home, "--log-level", "silent"], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  await new Promise<void>((resolve, reject) => {
-    let out = "";
-    k.stdout?.on("data", (d) => {
-      out += d;
-      if (out.includes("is running")) resolve();
-    });
-    k.once("exit", (code, signal) => reject(new Error(`kpip kernel exited early (${signal ?? code}): ${out}`)));
-  });
+  await outputIncludes(k, "is running");
   const c = await KernelClient.connect({
     socket: join(home, "kernel.sock"),
     identity: join(home, "admin.identity"),
@@ -163,13 +157,12 @@ describe("records that tell the story", () => {
   });
 
   it("every response has an outcome summary: status, and the generation, handle or allocation it created; never payload bytes", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const c = await t.admin();
       await c.storage.write("obj://ws1/a", Buffer.from("secret payload"));
       await c.storage.write("obj://ws1/a", Buffer.from("again"));
       await c.storage.read("obj://ws1/a");
-      await assert.rejects(c.storage.read("obj://ws1/none"));
+      await assert.rejects(c.storage.read("obj://ws1/none"), klass("SEMANTIC"));
       const writes = records(t, "storage.write").filter((r) => r.phase === "outcome");
       assert.deepEqual(
         writes.map((r) => r.d),
@@ -191,10 +184,7 @@ describe("records that tell the story", () => {
       const a = await c.resources.alloc("admin", "gpu", 1);
       const alloc = records(t, "resource.alloc").find((r) => r.phase === "outcome");
       assert.deepEqual(alloc?.d, { allocation: a.allocation, status: "SUCCESS" });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an existing home gains the detail column: its old records still verify beside new ones with a detail", () => {
@@ -238,8 +228,7 @@ describe("records that tell the story", () => {
   it("an agent's life is on the record: spawned (pid, command), exited (code, signal), its token revoked by the kernel, its persona removed", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const c = await t.admin();
       const a = await c.agents.spawn("sleep", "w1", { args: ["300"], rights: [], lifetimeMs: 60_000 });
       await c.agents.kill("agent://sleep/w1");
@@ -264,9 +253,6 @@ describe("records that tell the story", () => {
       );
       const out = records(t, "agent.spawn").find((r) => r.phase === "outcome");
       assert.equal(out?.d.agent, spawned?.d.agent);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
 import { checkpointMessage, recordHash } from "../src/audit/record.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
-import { adminIdentity, removeHome, startKernel } from "./harness.js";
+import { removeHome, startKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
@@ -18,8 +18,7 @@ async function history(): Promise<string> {
   for (let i = 0; i < 6; i++) await c.storage.write(`obj://ws1/h/${i}`, `v${i}`);
   await c.storage.read("obj://ws1/h/1");
   await c.call("nope.op", "kernel://").catch(() => {});
-  const p = await RawPeer.connect(t.k.socketPath);
-  await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+  const p = await RawPeer.admin(t);
   p.send(requestFrame(900, { op: "system.health", target: "kernel://", args: {} }, { persona: "mallory" }));
   await p.response(900);
   p.send(requestFrame(901, { op: "system.health", target: "kernel://", args: {} }, { caps: [] }));

@@ -1,14 +1,13 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { encodeIntent, intentHash } from "@kpip/protocol";
-import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { verifyAuditFile } from "../src/audit/verify-parallel.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import { fillAuditFile, tamperedCopy } from "./audit-fill.js";
 import { removeHome } from "./harness.js";
 
 const N = 60_000;
@@ -19,39 +18,27 @@ describe("parallel audit verify (worker threads) gives the single pass's answer"
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "kpip-verify-"));
     good = join(dir, "good.db");
-    const store = new SqliteStore(good);
-    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 512, checkpointEvery: 7_000 });
     const intent = encodeIntent({ op: "storage.write", target: "obj://ws/k", args: { data: "v" } });
-    let last: Promise<void> = Promise.resolve();
-    for (let i = 1; i <= N; i++) {
-      last = log.append({
+    const hash = intentHash(intent);
+    await fillAuditFile(
+      good,
+      N,
+      (i) => ({
         session: "s",
         persona: "p",
         phase: "complete",
         requestId: i,
         op: "storage.write",
         target: "obj://ws/k",
-        intentHash: intentHash(intent),
+        intentHash: hash,
         intent,
         status: "SUCCESS",
-      });
-      if (i % 5000 === 0) await last;
-    }
-    await last;
-    log.close();
-    store.close();
+      }),
+      { batchMax: 512, checkpointEvery: 7_000 },
+    );
   });
   after(() => removeHome(dir));
 
-  /** A copy of the good log with `sql` applied. */
-  const tampered = (name: string, sql: string) => {
-    const p = join(dir, `${name}.db`);
-    copyFileSync(good, p);
-    const s = new SqliteStore(p);
-    s.db.exec(sql);
-    s.close();
-    return p;
-  };
   const both = async (path: string) => {
     const s = new SqliteStore(path);
     const single = verifyAudit(s);
@@ -82,7 +69,7 @@ describe("parallel audit verify (worker threads) gives the single pass's answer"
     ],
   ] as const) {
     it(`${name}: the same first bad record`, async () => {
-      const { single, parallel } = await both(tampered(name.replace(/\W+/g, "-"), sql));
+      const { single, parallel } = await both(tamperedCopy(good, dir, name, sql));
       assert.equal(single.ok, false);
       assert.deepEqual(parallel, single);
     });

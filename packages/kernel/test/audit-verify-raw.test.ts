@@ -1,17 +1,16 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { encodeIntent, intentHash } from "@kpip/protocol";
-import Database from "better-sqlite3";
-import { AuditLog } from "../src/audit/log.js";
+import type { AuditEntry } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
 import { recordHashGeneric } from "../src/audit/record.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { RawRecordScan } from "../src/audit/verify-raw.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import { fillAuditFile, tamperedCopy } from "./audit-fill.js";
 import { removeHome } from "./harness.js";
 
 /** Texts and integers at every CBOR head size, non-ASCII text, empty and large blobs, absent fields. */
@@ -35,12 +34,10 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "kpip-verify-raw-"));
     good = join(dir, "good.db");
-    const store = new SqliteStore(good);
-    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 64, checkpointEvery: 50 });
-    for (let i = 0; i < N; i++) {
+    const row = (i: number): AuditEntry => {
       const t = (k: number) => TEXTS[(i + k) % TEXTS.length] as string;
       const intent = encodeIntent({ op: "storage.write", target: "obj://ws/k", args: { data: t(1).slice(0, 300) } });
-      await log.append({
+      return {
         session: t(0) || "s",
         persona: "p",
         phase: i % 3 === 0 ? "intent" : "complete",
@@ -59,10 +56,9 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
         domain: i % 11 === 0 ? null : t(6),
         measurements: i % 12 === 0 ? Buffer.from([0xa1, 0x61, 0x6b, 0x01]) : null,
         detail: i % 13 === 0 ? null : `{"n":${i},"t":${JSON.stringify(t(7).slice(0, 40))}}`,
-      });
-    }
-    log.close();
-    store.close();
+      };
+    };
+    await fillAuditFile(good, N, (i) => row(i - 1), { batchMax: 64, checkpointEvery: 50 });
   });
   after(() => removeHome(dir));
 
@@ -99,16 +95,6 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
     assert.ok(full.checkpoints >= 2);
   });
 
-  /** A copy of the good log with `sql` applied. */
-  const tampered = (name: string, sql: string) => {
-    const p = join(dir, `${name.replace(/\W+/g, "-")}.db`);
-    copyFileSync(good, p);
-    const db = new Database(p);
-    db.exec(sql);
-    db.close();
-    return p;
-  };
-
   // [what, sql, seq found bad, whether the record path answers the same: on some wrong types it
   // throws (a CborError, or a TypeError writing a blob as text) where the raw scan names the record]
   const cases: [string, string, number, boolean][] = [
@@ -133,7 +119,7 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
   ];
   for (const [what, sql, seq, same] of cases) {
     it(`${what}: found at its record`, () => {
-      const p = tampered(what, sql);
+      const p = tamperedCopy(good, dir, what, sql);
       const { full } = rawVerify(p);
       assert.equal(full.ok, false);
       assert.equal(full.firstBad?.seq, seq, full.firstBad?.reason);
@@ -143,11 +129,8 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
 
   it("an intact record outside the kernel's types (a negative integer, hashed by the generic encoder) takes the record path and verifies", async () => {
     const p = join(dir, "fraction.db");
-    const store = new SqliteStore(p);
-    const log = new AuditLog(store, "kv", generateKeyPairSync("ed25519").privateKey, { batchMax: 8, checkpointEvery: 50 });
-    for (let i = 0; i < 5; i++) await log.append({ session: "s", persona: "p", phase: "complete", requestId: i === 2 ? -3 : i });
-    log.close();
-    store.close();
+    const entry = (i: number): AuditEntry => ({ session: "s", persona: "p", phase: "complete", requestId: i === 3 ? -3 : i - 1 });
+    await fillAuditFile(p, 5, entry, { batchMax: 8, checkpointEvery: 50 });
     const { range, slow, full } = rawVerify(p);
     assert.equal(range.firstBad, undefined);
     assert.equal(slow, 1);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { adminIdentity, klass, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, klass, removeHome, startKernel, until, withKernel } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -52,8 +52,7 @@ describe("bounded after authentication: events", () => {
   });
 
   it("subscriptions are bounded per session and per persona (RESOURCE); an emit reaches only the matching ones", async () => {
-    const t = await startKernel({ maxSubscriptionsPerSession: 30, maxSubscriptionsPerPersona: 50 });
-    try {
+    await withKernel({ maxSubscriptionsPerSession: 30, maxSubscriptionsPerPersona: 50 }, async (t) => {
       const p = await t.persona("subs", [{ ops: ["event.*"], targets: ["topic://subs/**"] }]);
       const a = await t.connect(p.identity, [p.token], { maxAttempts: 1 });
       const b = await t.connect(p.identity, [p.token], { maxAttempts: 1 });
@@ -72,9 +71,6 @@ describe("bounded after authentication: events", () => {
       assert.equal(e.subscribers, 1);
       const none = await b.events.emit("topic://subs/nobody");
       assert.equal(none.subscribers, 0);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { promisify } from "node:util";
 import { attenuate, decodeToken, encodeToken, type Right } from "@kpip/protocol";
-import { klass, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, startKernel, withKernel } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -17,8 +17,7 @@ const wide = (n: number): Right => ({
 
 describe("bounded after authentication: tokens", () => {
   it("token.mint and agent.spawn with 1,500 × 1,500 patterns: SEMANTIC from the size checks, before any escalation check", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const p = await t.persona("mint", [
         { ops: ["token.mint", "agent.spawn", "system.health"], targets: ["persona://mint/**", "agent://**", "kernel://"] },
       ]);
@@ -34,15 +33,11 @@ describe("bounded after authentication: tokens", () => {
       const ok = await c.tokens.mint("mint/sub", { rights: [{ ops: ["system.health"], targets: ["kernel://"] }], ttlMs: 60_000 });
       assert.equal(ok.id.length, 32);
       assert.equal((await c.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a token over maxTokenBytes is refused at ATTEST, token.bind and inline; inline tokens per request and bound bytes per session are bounded", async () => {
-    const t = await startKernel({ maxTokenBytes: 2048 });
-    try {
+    await withKernel({ maxTokenBytes: 2048 }, async (t) => {
       const p = await t.persona("big", [{ ops: ["system.health", "token.bind"], targets: ["kernel://", "token://**"] }]);
       // Attenuated offline: 64 caveats of 64 long patterns would be ~300 KB; 4 of them are already too big.
       let big = decodeToken(p.token);
@@ -86,10 +81,7 @@ describe("bounded after authentication: tokens", () => {
       assert.ok(klass("CAPABILITY", "at most 32768 bytes of tokens")(refused), String(refused));
       assert.ok(bound <= 32768 && bound > 20_000, `${bound} bytes bound`);
       assert.equal((await c.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("token.refresh stops at maxLiveTokens (RESOURCE), expired tokens are pruned, and token.list pages", async () => {
@@ -158,8 +150,7 @@ describe("bounded after authentication: tokens", () => {
   });
 
   it("a refreshed token shares its family's rate bucket", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const p = await t.persona("rated", [{ ops: ["system.health"], targets: ["kernel://"] }], { limits: { rate: 5 } });
       const c = await t.connect(p.identity, [p.token], { maxAttempts: 1 });
       const id = decodeToken(p.token).claims.id;
@@ -175,9 +166,6 @@ describe("bounded after authentication: tokens", () => {
       const admitted = burst.filter((x) => x.status === "fulfilled").length;
       assert.ok(admitted >= 1 && admitted < 20, `${admitted} of 40 admitted`);
       assert.ok(burst.some((x) => x.status === "rejected" && klass("RESOURCE", "rate")(x.reason)));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

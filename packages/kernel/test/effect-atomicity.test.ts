@@ -4,7 +4,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
-import { decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
+import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
@@ -82,115 +82,116 @@ async function prepared<T>(home: string, setup: (t: TestKernel) => Promise<T>): 
   }
 }
 
-describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)", () => {
-  it("persona.register killed between effect and answer: the retry gets the recorded SUCCESS, not 'already registered'", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    try {
-      const key = generateIdentity("carol").publicKey;
-      const intent = encodeIntent({ op: "persona.register", target: "persona://carol", args: { publicKey: key } });
-      const { t, retry, response } = await crashThenRetry(home, "persona.register", "persona://carol", intent);
-      assert.equal(response.status, "SUCCESS", response.message);
-      assert.deepEqual(Buffer.from(t.k.inspect.getPersona("carol")?.publicKey ?? []), Buffer.from(key));
-      const phases = t.k.inspect
-        .queryAudit({ op: "persona.register", limit: 100 })
-        .filter((x) => x.target === "persona://carol")
-        .map((x) => x.phase);
-      assert.deepEqual(phases, ["intent", "replay"]);
-      retry.close();
-      await t.stop();
-    } finally {
-      removeHome(home);
-    }
-  });
+interface CrashCase<P> {
+  op: string;
+  /** Readies the home on a kernel that is stopped again before the crash run. */
+  setup?: (t: TestKernel) => Promise<P>;
+  target: (p: P) => string;
+  args: (p: P) => CborMap;
+  /** What the effect left, asserted on the restarted kernel (and its retrying peer). */
+  check: (r: Awaited<ReturnType<typeof crashThenRetry>> & { p: P; target: string }) => Promise<void> | void;
+}
 
-  it("token.refresh killed between effect and answer: the retry gets the recorded copy; one copy was made, not two", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+/**
+ * `op` sent to a kernel that dies after the effect, then retried on a restarted one: the retry
+ * is SUCCESS, answered from the record (audit: intent, then replay; no second execution), the
+ * log verifies, and `check` holds.
+ */
+async function crashCase<P>(c: CrashCase<P>): Promise<void> {
+  const home = mkdtempSync(join(tmpdir(), "kpip-"));
+  try {
+    const p = await prepared(home, c.setup ?? (async () => undefined as P));
+    const target = c.target(p);
+    const r = await crashThenRetry(home, c.op, target, encodeIntent({ op: c.op, target, args: c.args(p) }));
     try {
-      const raw = Buffer.from(await prepared(home, async (t) => t.adminToken), "base64url");
-      const id = decodeToken(raw).claims.id;
-      const intent = encodeIntent({ op: "token.refresh", target: `token://${id}`, args: { token: raw } });
-      const { t, retry, response } = await crashThenRetry(home, "token.refresh", `token://${id}`, intent);
-      assert.equal(response.status, "SUCCESS", response.message);
-      const copies = t.k.inspect.tokensDerivedFrom(id);
+      assert.equal(r.response.status, "SUCCESS", r.response.message);
       assert.deepEqual(
-        copies.map((c) => c.id),
-        [(response.payload as { id: string }).id],
-        "exactly one refreshed copy, the one answered",
-      );
-      assert.deepEqual(phases(t, "token.refresh", `token://${id}`), ["intent", "replay"]);
-      retry.close();
-      await t.stop();
-    } finally {
-      removeHome(home);
-    }
-  });
-
-  it("token.revoke killed between effect and answer: the retry gets the recorded first answer, not 'already revoked'", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    try {
-      const id = await prepared(
-        home,
-        async (t) => (await t.persona("erin", [{ ops: ["system.health"], targets: ["kernel://"] }])).id,
-      );
-      const intent = encodeIntent({ op: "token.revoke", target: `token://${id}`, args: {} });
-      const { t, retry, response } = await crashThenRetry(home, "token.revoke", `token://${id}`, intent);
-      assert.equal(response.status, "SUCCESS", response.message);
-      assert.deepEqual(response.payload, { id, revoked: true, already: false });
-      assert.notEqual(t.k.inspect.getToken(id)?.revokedAt ?? null, null, "the revocation is stored");
-      assert.deepEqual(phases(t, "token.revoke", `token://${id}`), ["intent", "replay"]);
-      retry.close();
-      await t.stop();
-    } finally {
-      removeHome(home);
-    }
-  });
-
-  it("persona.remove killed between effect and answer: the retry gets the recorded SUCCESS, not 'not registered'", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    try {
-      const tokenId = await prepared(
-        home,
-        async (t) => (await t.persona("dave", [{ ops: ["system.health"], targets: ["kernel://"] }])).id,
-      );
-      const intent = encodeIntent({ op: "persona.remove", target: "persona://dave", args: {} });
-      const { t, retry, response } = await crashThenRetry(home, "persona.remove", "persona://dave", intent);
-      assert.equal(response.status, "SUCCESS", response.message);
-      assert.deepEqual(response.payload, { removed: "dave", alsoRemoved: [], sessionsEnded: 0, tokensRevoked: 1 });
-      assert.equal(t.k.inspect.getPersona("dave"), undefined);
-      assert.notEqual(t.k.inspect.getToken(tokenId)?.revokedAt ?? null, null, "its token's revocation committed with it");
-      assert.deepEqual(phases(t, "persona.remove", "persona://dave"), ["intent", "replay"]);
-      retry.close();
-      await t.stop();
-    } finally {
-      removeHome(home);
-    }
-  });
-
-  it("a write whose kernel was SIGKILLed between effect and answer is answered from the record on retry, its generation advanced once", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    try {
-      const target = "obj://crash/once";
-      const intent = encodeIntent({ op: "storage.write", target, args: { data: "exactly once" } });
-      const { t, retry, identity, response } = await crashThenRetry(home, "storage.write", target, intent);
-      assert.equal(response.status, "SUCCESS");
-      assert.deepEqual(response.payload, { generation: 1, size: 12 });
-      retry.request(8, encodeIntent({ op: "storage.stat", target, args: {} }), { persona: identity.persona });
-      const stat = await retry.response(8, 10_000);
-      assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
-      const rows = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((x) => x.target === target);
-      assert.deepEqual(
-        rows.map((x) => x.phase),
+        phases(r.t, c.op, target),
         ["intent", "replay"],
         "the first attempt's intent, then the retry answered from the record; no second execution",
       );
-      retry.close();
-      await t.stop();
-      const s = new SqliteStore(join(home, "kernel.db"));
-      const v = verifyAudit(s);
-      s.close();
-      assert.ok(v.ok, v.firstBad?.reason);
+      await c.check({ ...r, p, target });
     } finally {
-      removeHome(home);
+      r.retry.close();
+      await r.t.stop();
     }
+    const s = new SqliteStore(join(home, "kernel.db"));
+    const v = verifyAudit(s);
+    s.close();
+    assert.ok(v.ok, v.firstBad?.reason);
+  } finally {
+    removeHome(home);
+  }
+}
+
+const healthRights = [{ ops: ["system.health"], targets: ["kernel://"] }];
+
+describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)", () => {
+  it("persona.register killed between effect and answer: the retry gets the recorded SUCCESS, not 'already registered'", async () => {
+    const key = generateIdentity("carol").publicKey;
+    await crashCase({
+      op: "persona.register",
+      target: () => "persona://carol",
+      args: () => ({ publicKey: key }),
+      check: ({ t }) => assert.deepEqual(Buffer.from(t.k.inspect.getPersona("carol")?.publicKey ?? []), Buffer.from(key)),
+    });
+  });
+
+  it("token.refresh killed between effect and answer: the retry gets the recorded copy; one copy was made, not two", async () => {
+    await crashCase({
+      op: "token.refresh",
+      setup: async (t) => Buffer.from(t.adminToken, "base64url"),
+      target: (raw) => `token://${decodeToken(raw).claims.id}`,
+      args: (raw) => ({ token: raw }),
+      check: ({ t, p: raw, response }) => {
+        const copies = t.k.inspect.tokensDerivedFrom(decodeToken(raw).claims.id);
+        assert.deepEqual(
+          copies.map((c) => c.id),
+          [(response.payload as { id: string }).id],
+          "exactly one refreshed copy, the one answered",
+        );
+      },
+    });
+  });
+
+  it("token.revoke killed between effect and answer: the retry gets the recorded first answer, not 'already revoked'", async () => {
+    await crashCase({
+      op: "token.revoke",
+      setup: async (t) => (await t.persona("erin", healthRights)).id,
+      target: (id) => `token://${id}`,
+      args: () => ({}),
+      check: ({ t, p: id, response }) => {
+        assert.deepEqual(response.payload, { id, revoked: true, already: false });
+        assert.notEqual(t.k.inspect.getToken(id)?.revokedAt ?? null, null, "the revocation is stored");
+      },
+    });
+  });
+
+  it("persona.remove killed between effect and answer: the retry gets the recorded SUCCESS, not 'not registered'", async () => {
+    await crashCase({
+      op: "persona.remove",
+      setup: async (t) => (await t.persona("dave", healthRights)).id,
+      target: () => "persona://dave",
+      args: () => ({}),
+      check: ({ t, p: tokenId, response }) => {
+        assert.deepEqual(response.payload, { removed: "dave", alsoRemoved: [], sessionsEnded: 0, tokensRevoked: 1 });
+        assert.equal(t.k.inspect.getPersona("dave"), undefined);
+        assert.notEqual(t.k.inspect.getToken(tokenId)?.revokedAt ?? null, null, "its token's revocation committed with it");
+      },
+    });
+  });
+
+  it("a write whose kernel was SIGKILLed between effect and answer is answered from the record on retry, its generation advanced once", async () => {
+    await crashCase({
+      op: "storage.write",
+      target: () => "obj://crash/once",
+      args: () => ({ data: "exactly once" }),
+      check: async ({ retry, identity, response, target }) => {
+        assert.deepEqual(response.payload, { generation: 1, size: 12 });
+        retry.request(8, encodeIntent({ op: "storage.stat", target, args: {} }), { persona: identity.persona });
+        const stat = await retry.response(8, 10_000);
+        assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
+      },
+    });
   });
 });

@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
@@ -22,7 +21,8 @@ import {
 import { pino } from "pino";
 import { ConfigError, Kernel } from "../src/index.js";
 import { serverCredentials } from "../src/transport/grpc.js";
-import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
+import { helloFrame } from "./wire.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const pem = (f: string) => readFileSync(tls(f));
@@ -57,16 +57,7 @@ function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.p
 /** A raw gRPC stream through the handshake as `identity` with `token` bound as handle 1. */
 async function rawSession(address: string, identity: Identity, token: Uint8Array) {
   const s = rawStream(address);
-  const hello = encodeMessage({
-    type: "HELLO",
-    body: {
-      versions: [1],
-      persona: identity.persona,
-      publicKey: identity.publicKey,
-      instance: Buffer.alloc(16, 3),
-      features: [],
-    },
-  });
+  const hello = helloFrame(identity.persona, identity.publicKey, Buffer.alloc(16, 3));
   s.call.write(hello);
   const challenge = await until(() => s.frames.find((m) => m.type === "CHALLENGE"), 10_000, "CHALLENGE");
   const transcript = attestationTranscript(
@@ -431,12 +422,11 @@ describe("gRPC TLS floor", () => {
 });
 
 describe("examples/grpc-persona.ts", () => {
-  it("runs: falls back to gRPC, and negotiates shm over the socket", () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/grpc-persona.js", import.meta.url));
-    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 60_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /connected over: grpc features: \[\]/);
-    assert.match(r.stdout, /read back: over gRPC/);
-    assert.match(r.stdout, /over the socket: uds features: \[ 'shm' \] shm frames: \{ sent: 1/);
+  it("runs: falls back to gRPC, and negotiates shm over the socket", async () => {
+    const r = await runExample("grpc-persona");
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /connected over: grpc features: \[\]/);
+    assert.match(r.out, /read back: over gRPC/);
+    assert.match(r.out, /over the socket: uds features: \[ 'shm' \] shm frames: \{ sent: 1/);
   });
 });

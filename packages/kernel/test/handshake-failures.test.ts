@@ -203,8 +203,7 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
   });
 
   it("a HELLO after WELCOME: the session is closed (PROTOCOL/UNEXPECTED_MESSAGE)", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.sendMessage({
       type: "HELLO",
       body: {

@@ -72,21 +72,6 @@ describe("handshake and attestation", () => {
     await stillServing();
   });
 
-  it("refuses unsupported versions with PROTOCOL/UNSUPPORTED_VERSION", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    p.sendMessage({
-      type: "HELLO",
-      body: {
-        versions: [99],
-        persona: "admin",
-        publicKey: adminIdentity(t.k).publicKey,
-        instance: Buffer.alloc(16),
-        features: [],
-      },
-    });
-    await expectFatal(p, "PROTOCOL", "UNSUPPORTED_VERSION");
-  });
-
   it("refuses frames before the handshake and out-of-order messages", async () => {
     for (const m of [
       encodeFrame(

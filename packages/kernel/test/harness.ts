@@ -115,6 +115,17 @@ export async function startKernel(
   return t;
 }
 
+/** Runs `f` on a kernel started with `opts` (on `home`, else a fresh one); stops it and removes its home afterwards, pass or fail. */
+export async function withKernel<T>(opts: KernelOptions, f: (t: TestKernel) => Promise<T>, home?: string): Promise<T> {
+  const t = await startKernel(opts, home);
+  try {
+    return await f(t);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
 /**
  * A kernel for one describe block, with an admin client: started before its tests, stopped
  * and its home removed after. Read `k.t` and `k.admin` inside the tests.
@@ -158,24 +169,24 @@ export const KERNEL_ENTRY = fileURLToPath(new URL("../src/serve.js", import.meta
  */
 export async function spawnReady(args: string[], ready: string, ms = 30_000): Promise<ChildProcess> {
   const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
-  let out = "";
   let timer: NodeJS.Timeout | undefined;
+  const silent = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => {
+      child.kill("SIGKILL");
+      reject(new Error(`child not ready after ${ms} ms`));
+    }, ms);
+  });
   try {
-    await new Promise<void>((resolve, reject) => {
-      child.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes(ready)) resolve();
-      });
-      child.once("exit", (code, signal) => reject(new Error(`child exited early (${signal ?? code}): ${out}`)));
-      timer = setTimeout(() => {
-        child.kill("SIGKILL");
-        reject(new Error(`child not ready after ${ms} ms: ${out}`));
-      }, ms);
-    });
+    await Promise.race([outputIncludes(child, ready), silent]);
   } finally {
     clearTimeout(timer);
   }
   return child;
+}
+
+/** Runs examples/<name>.ts (built) to its end, without blocking the event loop. */
+export function runExample(name: string, killAfterMs = 60_000): Promise<ProcessRun> {
+  return runProcess(process.execPath, [join(REPO_ROOT, "examples", "dist", `${name}.js`)], { killAfterMs });
 }
 
 export function removeHome(home: string): void {
@@ -183,6 +194,8 @@ export function removeHome(home: string): void {
 }
 
 export { klass, until } from "@kpip/protocol/testing";
+
+import { outputIncludes, type ProcessRun, runProcess } from "@kpip/protocol/testing";
 
 export function adminIdentity(k: Kernel): Identity {
   return loadIdentity(k.adminIdentity);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
 import { encodeFrameParts, MessageType } from "@kpip/protocol";
-import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { removeHome, startKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 describe("hostile input over the wire", () => {
@@ -14,8 +14,7 @@ describe("hostile input over the wire", () => {
       Buffer.from("c11a00000000", "hex"), // a tagged value (epoch date)
     ];
     for (const body of bodies) {
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+      const p = await RawPeer.admin(t);
       const [h, b] = encodeFrameParts({ type: MessageType.REQUEST, stream: 1 }, body);
       p.send(Buffer.concat([h, b]));
       const e = await p.next("ERROR");
@@ -23,8 +22,7 @@ describe("hostile input over the wire", () => {
       await until(() => p.closed);
     }
     // inside an otherwise valid REQUEST, a nesting bomb or a tag in the intent is SEMANTIC for that request only
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     let id = 10;
     for (const intent of [
       Buffer.from(`${"81".repeat(40)}00`, "hex"),
@@ -73,8 +71,7 @@ describe("hostile input over the wire", () => {
 
   it("drops a peer that never reads its responses instead of buffering without bound", async () => {
     const t = await startKernel({ maxWriteBuffer: 256 * 1024, maxInFlight: 100_000 });
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     const c = await t.admin();
     p.sock.pause();
     // The op table is kilobytes per answer and not held back by the budget of answers in

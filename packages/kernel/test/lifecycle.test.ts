@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
-import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { removeHome, startKernel, until } from "./harness.js";
 import { seenNothing, slowFamily } from "./slow-family.js";
 import { RawPeer } from "./wire.js";
 
@@ -37,8 +37,7 @@ describe("session lifecycle and limits", () => {
 
   it("detects a dead peer that stops answering heartbeats", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.sock.pause(); // reads nothing, answers no PING
     await until(() => t.k.sessionCount === 0, 3000, "dead peer closed");
     p.close();
@@ -49,8 +48,7 @@ describe("session lifecycle and limits", () => {
   it("tells in-flight handlers to stop when their session ends", async () => {
     const seen = seenNothing();
     const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.request(1, { op: "slow.until_abort", target: "kernel://", args: {} }, { persona: "admin" });
     await until(() => seen.started === 1, 10_000, "the handler started");
     p.close();

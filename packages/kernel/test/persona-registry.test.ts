@@ -1,13 +1,11 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import { KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
-import { kernelForSuite, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+import { kernelForSuite, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
 
 const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
 
@@ -277,18 +275,17 @@ describe("registry changes made without the kernel are audited, once", () => {
 });
 
 describe("examples/sub-personas.ts", () => {
-  it("runs: a persona registers a worker, the worker acts within its token, removal ends its session", () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/sub-personas.js", import.meta.url));
-    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 60_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /alice's personas: \[ 'alice\/worker-1' \]/);
-    assert.match(r.stdout, /worker reading \(not granted\): PERMISSION/);
+  it("runs: a persona registers a worker, the worker acts within its token, removal ends its session", async () => {
+    const r = await runExample("sub-personas");
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /alice's personas: \[ 'alice\/worker-1' \]/);
+    assert.match(r.out, /worker reading \(not granted\): PERMISSION/);
     assert.match(
-      r.stdout,
+      r.out,
       /removed: \{\s+removed: 'alice\/worker-1',\s+alsoRemoved: \[\],\s+sessionsEnded: 1,\s+tokensRevoked: 1\s+\}/,
     );
-    assert.match(r.stdout, /worker session ended: AUTH PERSONA_REMOVED/);
-    assert.match(r.stdout, /alice registering bob: PERMISSION/);
+    assert.match(r.out, /worker session ended: AUTH PERSONA_REMOVED/);
+    assert.match(r.out, /alice registering bob: PERMISSION/);
   });
 });
 

@@ -4,7 +4,16 @@ import { after, before, describe, it } from "node:test";
 import { type CborMap, encodeCanonical, encodeIntent } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
 import { addPersonaKey, adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
+import {
+  allAudit,
+  attestSignature,
+  auditRecord,
+  helloAs,
+  RawPeer,
+  rawPeerKernel,
+  requestFrame,
+  stopRawPeerKernel,
+} from "./wire.js";
 
 const sha256 = (b: Uint8Array) => createHash("sha256").update(b).digest();
 const health = { op: "system.health", target: "kernel://", args: {} };
@@ -13,15 +22,9 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
   let t: TestKernel;
   let p: RawPeer;
   before(async () => {
-    t = await startKernel({ maxInFlight: 2 });
-    p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    ({ t, p } = await rawPeerKernel({ maxInFlight: 2 }));
   });
-  after(async () => {
-    p.close();
-    await t.stop();
-    removeHome(t.home);
-  });
+  after(() => stopRawPeerKernel(t, p));
 
   it("ten storage.write REQUESTs in one write: some RESOURCE, the rest SUCCESS, every id answered once", async () => {
     const ids = Array.from({ length: 10 }, (_, i) => 1000 + i);
@@ -32,7 +35,7 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
     );
     const results = new Map<number, Awaited<ReturnType<RawPeer["response"]>>>();
     for (const id of ids) results.set(id, await p.response(id));
-    await new Promise((r) => setTimeout(r, 100));
+    await p.barrier(1100);
     assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "no id is answered twice");
     const refused = ids.filter((id) => results.get(id)?.status === "FAILURE");
     const done = ids.filter((id) => results.get(id)?.status === "SUCCESS");
@@ -275,8 +278,7 @@ describe("dedupe of retried requests", () => {
   });
 
   it("a duplicate arriving while the first attempt still runs: one execution, two identical answers", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     const before = runs.n;
     const f = requestFrame(1, { op: "counter.bump", target: "kernel://", args: {} });
     p.send(Buffer.concat([f, f]));
@@ -290,8 +292,7 @@ describe("dedupe of retried requests", () => {
 
   it("a retry after a kernel restart, from the same client instance, gets the recorded answer", async () => {
     const intent = encodeIntent({ op: "storage.write", target: "obj://ws1/restart-dedupe", args: { data: "once" } });
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.send(requestFrame(77, intent));
     const first = await p.response(77);
     assert.equal(first.status, "SUCCESS");
@@ -333,10 +334,8 @@ describe("dedupe of retried requests", () => {
   });
 
   it("responses go only to the session that owns them (two sessions, interleaved)", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
-    const q = await RawPeer.connect(t.k.socketPath);
-    await q.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
+    const q = await RawPeer.admin(t);
     const pIds = [3001, 3003, 3005];
     const qIds = [3002, 3004, 3006];
     for (let i = 0; i < 3; i++) {
@@ -345,7 +344,8 @@ describe("dedupe of retried requests", () => {
     }
     for (const id of pIds) assert.equal((await p.response(id)).status, "SUCCESS");
     for (const id of qIds) assert.equal((await q.response(id)).status, "SUCCESS");
-    await new Promise((r) => setTimeout(r, 100));
+    await p.barrier(3101);
+    await q.barrier(3102);
     const stray = (x: RawPeer) => x.frames.filter((f) => f.msg.type === "RESPONSE").map((f) => f.stream);
     assert.deepEqual(stray(p), []);
     assert.deepEqual(stray(q), []);

@@ -6,7 +6,7 @@ import { KernelClient, RequestTooLargeError } from "@kpip/client";
 import { encodeMessage, HEADER_SIZE, type Message, MessageType, writeHeader } from "@kpip/protocol";
 import { pino } from "pino";
 import type { KernelMetrics } from "../src/metrics/metrics.js";
-import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, until, withKernel } from "./harness.js";
 import { allAudit, RawPeer } from "./wire.js";
 
 const errorFrame = (fatal: boolean): Message => ({
@@ -33,14 +33,12 @@ function recordingLogger() {
 
 describe("bounded before authentication", () => {
   it("a peer's fatal ERROR closes its connection, before HELLO and after WELCOME: the kernel's descriptor is gone", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const before = fds();
       const peers: RawPeer[] = [];
       for (let i = 0; i < 20; i++) peers.push(await RawPeer.connect(t.k.socketPath));
       for (let i = 0; i < 20; i++) {
-        const p = await RawPeer.connect(t.k.socketPath);
-        await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+        const p = await RawPeer.admin(t);
         peers.push(p);
       }
       assert.equal(t.k.sessionCount, 40);
@@ -51,16 +49,12 @@ describe("bounded before authentication", () => {
       await until(() => fds() <= before, 5000, "the kernel's 40 descriptors released");
       const c = await t.admin();
       assert.equal((await c.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("anything before HELLO other than HELLO is a fatal PROTOCOL error; a peer's log lines are bounded, then one 'suppressed' line", async () => {
     const { logger, lines } = recordingLogger();
-    const t = await startKernel({ logger, peerLogLines: 5, peerLogWindowMs: 1000 });
-    try {
+    await withKernel({ logger, peerLogLines: 5, peerLogWindowMs: 1000 }, async (t) => {
       // Before HELLO: a non-fatal ERROR, a PONG, an ATTEST are each fatal UNEXPECTED_MESSAGE.
       for (const m of [
         errorFrame(false),
@@ -74,8 +68,7 @@ describe("bounded before authentication", () => {
         await until(() => p.closed, 5000, `closed after ${m.type}`);
       }
       // After WELCOME non-fatal ERRORs are allowed, but each peer's lines are bounded.
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+      const p = await RawPeer.admin(t);
       const flood = Buffer.concat(Array.from({ length: 2000 }, () => encodeMessage(errorFrame(false))));
       p.send(flood);
       p.request(1, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });
@@ -87,15 +80,11 @@ describe("bounded before authentication", () => {
       assert.ok(summaries().length >= 1);
       assert.ok(fromAdmin().length <= 5 * (summaries().length + 1), `${fromAdmin().length} lines written`);
       p.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("before WELCOME a frame may not be larger than a handshake needs: a 1 MiB HELLO is fatal TOO_LARGE before it is buffered", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const hello = await RawPeer.connect(t.k.socketPath);
       const header = Buffer.alloc(HEADER_SIZE);
       writeHeader(header, 0, { type: MessageType.HELLO, flags: 0, stream: 0, length: 1 << 20 });
@@ -114,15 +103,11 @@ describe("bounded before authentication", () => {
       const c = await t.admin();
       await c.storage.write("obj://ws1/two-mib", Buffer.alloc(2 << 20, 1));
       assert.equal((await c.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("half-open connections never take session slots; over the budget the oldest are shed, never a session", async () => {
-    const t = await startKernel({ maxSessions: 4, adminReserve: 1, preauthPerTransport: 8 });
-    try {
+    await withKernel({ maxSessions: 4, adminReserve: 1, preauthPerTransport: 8 }, async (t) => {
       const p = await t.persona("worker", [{ ops: ["system.health"], targets: ["kernel://"] }]);
       const w1 = await t.connect(p.identity, [p.token]);
       // 40 local connections that send half a frame and stay silent.
@@ -149,15 +134,11 @@ describe("bounded before authentication", () => {
       const admin = await t.admin();
       assert.equal((await admin.system.health()).status, "ok");
       for (const r of idle) r.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("connections that sent HELLO are shed after those that sent nothing, whatever their age", async () => {
-    const t = await startKernel({ preauthPerTransport: 4 });
-    try {
+    await withKernel({ preauthPerTransport: 4 }, async (t) => {
       const started: RawPeer[] = [];
       const challenges: Buffer[] = [];
       for (let i = 0; i < 2; i++) {
@@ -174,10 +155,7 @@ describe("bounded before authentication", () => {
       a.sendMessage({ type: "ATTEST", body: { signature: a.sign(adminIdentity(t.k), challenges[0] as Buffer), tokens: [] } });
       await a.next("WELCOME");
       for (const r of [...started, ...silent]) r.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("while a local process keeps opening silent connections, nine legitimate connect-and-call rounds all succeed", async () => {
@@ -249,8 +227,7 @@ describe("bounded before authentication", () => {
 
 describe("oversized requests against a real kernel", () => {
   it("storage.write over maxBody: RequestTooLargeError naming the limit, nothing sent or audited, the session kept", async () => {
-    const t = await startKernel({ maxBodyBytes: 1 << 20, maxObjectBytes: 900 * 1024 });
-    try {
+    await withKernel({ maxBodyBytes: 1 << 20, maxObjectBytes: 900 * 1024 }, async (t) => {
       const c = await t.admin();
       const err = await c.storage.write("obj://ws1/big", Buffer.alloc(2 << 20, 7)).catch((e) => e);
       assert.ok(err instanceof RequestTooLargeError, String(err));
@@ -258,9 +235,6 @@ describe("oversized requests against a real kernel", () => {
       assert.equal(c.connections, 1, "no reconnect");
       assert.equal((await c.system.health()).status, "ok");
       assert.ok(!allAudit(t.k).some((r) => r.op === "storage.write"), "the kernel never saw it");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
-import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, runExample, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -48,7 +48,7 @@ describe("compute: DEFERRED ops", { skip: sandboxSkip }, () => {
   it("cancels, and emits completion events", async () => {
     const sub = await c.events.subscribe("topic://kernel/personas/admin/ops/**");
     const d = await c.compute.command("sleep", ["5"]);
-    await new Promise((r) => setTimeout(r, 50));
+    await until(async () => (await c.ops.status(d)).state === "running", 30_000, "the command running");
     assert.equal(await c.ops.cancel(d), true);
     await assert.rejects(c.ops.wait(d), klass("SEMANTIC"));
     for await (const e of sub) {
@@ -134,10 +134,8 @@ describe("events", () => {
 
   it("keeps the kernel's memory bounded for a peer that stops reading", async () => {
     const t = await startKernel();
-    const { adminIdentity } = await import("./harness.js");
     const { RawPeer } = await import("./wire.js");
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     p.request(1, { op: "event.subscribe", target: "topic://flood/**", args: {} }, { persona: "admin" });
     await p.response(1);
     p.sock.pause();
@@ -351,16 +349,8 @@ describe("embedder primitives", () => {
   });
 
   it("the embedder example runs", async () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/custom-primitive.js", import.meta.url));
-    const out = await new Promise<{ code: number | null; out: string }>((resolve) => {
-      const p = spawn(process.execPath, [ex], { stdio: ["ignore", "pipe", "inherit"] });
-      let s = "";
-      p.stdout.on("data", (d) => {
-        s += d;
-      });
-      p.once("exit", (code) => resolve({ code, out: s }));
-    });
-    assert.equal(out.code, 0);
+    const out = await runExample("custom-primitive");
+    assert.equal(out.code, 0, out.err);
     assert.match(out.out, /text\.reverse: \{ reversed: 'anosrep' \}/);
     assert.match(out.out, /outside its grant: PERMISSION/);
   });

@@ -2,22 +2,16 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { encodeCanonical, encodeIntent } from "@kpip/protocol";
-import { adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
-import { RawPeer } from "./wire.js";
+import { klass, type TestKernel, until } from "./harness.js";
+import { RawPeer, rawPeerKernel, stopRawPeerKernel } from "./wire.js";
 
 describe("the request pipeline", () => {
   let t: TestKernel;
   let p: RawPeer;
   before(async () => {
-    t = await startKernel({ maxInFlight: 4 });
-    p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    ({ t, p } = await rawPeerKernel({ maxInFlight: 4 }));
   });
-  after(async () => {
-    p.close();
-    await t.stop();
-    removeHome(t.home);
-  });
+  after(() => stopRawPeerKernel(t, p));
 
   it("answers system.health, system.info and system.describe", async () => {
     const c = await t.admin();
@@ -115,16 +109,14 @@ describe("the request pipeline", () => {
     const intent = encodeIntent({ op: "storage.write", target: "obj://ws1/replay", args: { data: "x" } });
     p.request(30, intent, { persona: "admin" });
     const first = await p.response(30);
-    const q = await RawPeer.connect(t.k.socketPath);
-    await q.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const q = await RawPeer.admin(t);
     q.request(30, intent, { persona: "admin" });
     assert.deepEqual(await q.response(30), first);
     q.close();
   });
 
   it("sends responses only to the session that asked", async () => {
-    const q = await RawPeer.connect(t.k.socketPath);
-    await q.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const q = await RawPeer.admin(t);
     for (let i = 0; i < 5; i++) {
       p.request(100 + i, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });
       q.request(200 + i, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });

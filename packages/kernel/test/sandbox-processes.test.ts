@@ -18,6 +18,7 @@ import {
   sandboxSkip,
   startKernel,
   until,
+  withKernel,
 } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -62,17 +63,13 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
   });
 
   it("the kernel-wide process bound holds for every persona, the admin included", async () => {
-    const t = await startKernel({ maxProcesses: 1 });
-    try {
+    await withKernel({ maxProcesses: 1 }, async (t) => {
       const c = await t.admin();
       const d = await c.compute.command("sleep", ["300"]);
       const e = await c.compute.command("sleep", ["300"]).catch((x) => x);
       assert.ok(klass("RESOURCE")(e) && /already runs 1 processes/.test(e.message), String(e));
       await c.ops.cancel(d);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an agent never touches a registered persona: its own namespace, audited, and persona.register refuses it", async () => {
@@ -171,8 +168,7 @@ describe("without a usable sandbox", () => {
   });
 
   it("--sandbox none runs them unconfined, and says so: log, audit, system.info, status", async () => {
-    const t = await startKernel({ sandbox: "none" });
-    try {
+    await withKernel({ sandbox: "none" }, async (t) => {
       const c = await t.admin();
       const info = (await c.call("system.info", "kernel://")).payload as { sandbox: { mode: string; usable: boolean } };
       assert.deepEqual([info.sandbox.mode, info.sandbox.usable], ["none", true]);
@@ -184,10 +180,7 @@ describe("without a usable sandbox", () => {
       );
       const r = (await c.ops.wait(await c.compute.command("echo", ["hi"]))) as { stdout: Uint8Array };
       assert.equal(Buffer.from(r.stdout).toString(), "hi\n");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 

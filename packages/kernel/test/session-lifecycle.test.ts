@@ -182,9 +182,7 @@ describe("session lifecycle over real sockets", () => {
     const p = await RawPeer.connect(t.k.socketPath);
     await p.handshake(adminIdentity(t.k), token(t));
     p.send(requestFrame(41, { op: "slow.until_abort", target: "kernel://", args: {} }));
-    await until(
-      () => t.k.status().sessions !== undefined && (t.k.status().sessions as { inFlight: number }[])[0]?.inFlight === 1,
-    );
+    await until(() => seen.started === 1, 30_000, "the handler started");
     p.sock.destroy();
     await until(() => seen.aborted === 1, 3000, "the handler saw the abort");
     const row = await auditRecord(t.k, (r) => r.requestId === 41 && r.op === "slow.until_abort");

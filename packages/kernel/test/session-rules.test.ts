@@ -1,32 +1,19 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { encodeIntent, encodeMessage, HEADER_SIZE, type Identity, MIN_MAX_BODY } from "@kpip/protocol";
+import { encodeIntent, encodeMessage, type Identity, MIN_MAX_BODY } from "@kpip/protocol";
 import { ConfigError, resolveConfig } from "../src/index.js";
 import { adminIdentity, kernelForSuite, until } from "./harness.js";
-import { attestSignature, auditRecord, RawPeer, requestFrame } from "./wire.js";
+import { attestSignature, auditRecord, helloAs, helloFrame, RawPeer, requestFrame } from "./wire.js";
 
 /** A raw admin session that asked for `maxBody` in HELLO; returns the peer and the CHALLENGE's limits. */
 async function peerWithMaxBody(socket: string, identity: Identity, token: Buffer, maxBody: number) {
   const p = await RawPeer.connect(socket);
-  const hello = encodeMessage({
-    type: "HELLO",
-    body: {
-      versions: [1],
-      persona: identity.persona,
-      publicKey: identity.publicKey,
-      instance: Buffer.alloc(16, 9),
-      features: [],
-      maxBody,
-    },
+  const h = await helloAs(p, identity.persona, identity.publicKey, Buffer.alloc(16, 9), [1], { maxBody });
+  const challenge = h.challenge;
+  p.sendMessage({
+    type: "ATTEST",
+    body: { signature: attestSignature(identity, h.helloBytes, h.challengeBytes), tokens: [token] },
   });
-  p.send(hello);
-  const challenge = await p.next("CHALLENGE");
-  const sig = attestSignature(
-    identity,
-    Buffer.from(hello.subarray(HEADER_SIZE)),
-    Buffer.from(encodeMessage(challenge).subarray(HEADER_SIZE)),
-  );
-  p.sendMessage({ type: "ATTEST", body: { signature: sig, tokens: [token] } });
   await p.next("WELCOME");
   return { p, limits: challenge.body.limits };
 }
@@ -38,17 +25,7 @@ describe("the negotiated maxBody (PROTOCOL §4.5, §8.3)", () => {
   it("a HELLO asking for a maxBody below the minimum is refused: fatal PROTOCOL BAD_FIELD, audited", async () => {
     const id = adminIdentity(s.t.k);
     const p = await RawPeer.connect(s.t.k.socketPath);
-    p.sendMessage({
-      type: "HELLO",
-      body: {
-        versions: [1],
-        persona: id.persona,
-        publicKey: id.publicKey,
-        instance: Buffer.alloc(16, 1),
-        features: [],
-        maxBody: 512,
-      },
-    });
+    p.send(helloFrame(id.persona, id.publicKey, Buffer.alloc(16, 1), [1], { maxBody: 512 }));
     const e = await p.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "BAD_FIELD", true]);
     assert.match(e.body.message, new RegExp(`minimum of ${MIN_MAX_BODY}`));

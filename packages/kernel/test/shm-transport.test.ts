@@ -237,8 +237,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     const { p } = await shmPeer();
     p.send(descriptorFrame({ off: "x", len: 1, seg: "y", seq: 1, crc: 0 }));
     await expectProtocol(p, "SHM_BAD_DESCRIPTOR");
-    const q = await RawPeer.connect(t.k.socketPath);
-    await q.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const q = await RawPeer.admin(t);
     q.send(descriptorFrame({ off: SHM_CONTROL_BYTES, len: 1, seg: "/x", seq: 1, crc: 0 }));
     await expectProtocol(q, "SHM_NOT_NEGOTIATED");
   });

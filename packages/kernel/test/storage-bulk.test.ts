@@ -1,39 +1,16 @@
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
-import { createHash } from "node:crypto";
-import { existsSync, lstatSync, readdirSync, readFileSync, statSync, symlinkSync } from "node:fs";
+import { existsSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KernelClient } from "@kpip/client";
+import type { KernelClient } from "@kpip/client";
 import { decodeIntent } from "@kpip/protocol";
-import Database from "better-sqlite3";
 import { BlobStore } from "../src/store/blobs.js";
-import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
-const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
-const MiB = 1024 * 1024;
-/** Frames of 1 MiB keep the suite fast; an object of 17 MiB is still larger than the default 16 MiB frame. */
-const SMALL_FRAMES = { maxBodyBytes: MiB, maxObjectBytes: 64 * MiB };
+const _MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
-/** Deterministic bytes that differ at every offset (a misplaced chunk shows). */
-function pattern(size: number, seed = 1): Buffer {
-  const b = Buffer.allocUnsafe(size + 4);
-  let x = seed;
-  for (let i = 0; i < size; i += 4) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    b.writeUInt32LE(x, i);
-  }
-  return b.subarray(0, size);
-}
-const sha = (b: Uint8Array) => createHash("sha256").update(b).digest();
-/** Partial files (bodies being freed, `gone-*`, are not partial: they leave off the event loop). */
-const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp")).filter((n) => !n.startsWith("gone-"));
-/** Every body file in the store, by hex hash. */
-function bodies(home: string): string[] {
-  const top = join(home, "objects", "sha256");
-  return readdirSync(top).flatMap((a) => readdirSync(join(top, a)).map((b) => a + b));
-}
+import { bodies, MiB, pattern, SMALL_FRAMES, sha, tmpFiles } from "./storage-files.js";
 
 describe("large objects: the file store and the chunked upload", () => {
   let t: TestKernel;
@@ -173,8 +150,7 @@ describe("large objects: the file store and the chunked upload", () => {
 
 describe("chunked upload: capabilities and bounds", () => {
   it("authorizes every upload op as storage.write on the target, and ids are no use to another persona", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, maxUploadsPerPersona: 2 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, maxUploadsPerPersona: 2 }, async (t) => {
       const w = await t.persona("writer", [{ ops: ["storage.write", "storage.read"], targets: ["obj://w/**"] }]);
       const r = await t.persona("reader", [{ ops: ["storage.read"], targets: ["obj://w/**"] }]);
       const o = await t.persona("other", [{ ops: ["storage.write"], targets: ["obj://w/**"] }]);
@@ -218,15 +194,11 @@ describe("chunked upload: capabilities and bounds", () => {
       const cq = await t.connect(q.identity, [q.token]);
       await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
       await cq.call("storage.upload.begin", "obj://w/q", { size: 1000 });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("counts the bytes uploads in progress declare: against the persona's quota and the kernel's maxUploadBytes", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 }, async (t) => {
       const q = await t.persona("quota", [{ ops: ["storage.write"], targets: ["obj://u/**"] }], {
         limits: { "storage.bytes": 100_000 },
       });
@@ -239,15 +211,11 @@ describe("chunked upload: capabilities and bounds", () => {
       const admin = await t.admin();
       await assert.rejects(admin.call("storage.upload.begin", "obj://u/d", { size: 60_000 }), klass("RESOURCE", "declare"));
       await admin.call("storage.upload.begin", "obj://u/e", { size: 50_000 });
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a commit refused by its compare-and-set keeps the upload: it can be committed right, or aborted", async () => {
-    const t = await startKernel(SMALL_FRAMES);
-    try {
+    await withKernel(SMALL_FRAMES, async (t) => {
       const c = await t.admin();
       await c.storage.write("obj://u/cas", "v1");
       const data = Buffer.from("the new body");
@@ -267,10 +235,7 @@ describe("chunked upload: capabilities and bounds", () => {
       });
       assert.equal((done.payload as { generation: number }).generation, 2);
       assert.equal(Buffer.from((await c.storage.read("obj://u/cas")).data).toString(), "the new body");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a commit that loses its compare-and-set to a write racing its sync keeps the upload and its body", async () => {
@@ -321,21 +286,16 @@ describe("chunked upload: capabilities and bounds", () => {
   });
 
   it("cuts chunks and ranges to fit the smallest frame the protocol allows", async () => {
-    const t = await startKernel({ maxBodyBytes: 8192 });
-    try {
+    await withKernel({ maxBodyBytes: 8192 }, async (t) => {
       const c = await t.admin();
       const data = pattern(50_000, 41);
       await c.storage.putLarge("obj://tiny/x", data);
       assert.ok((await c.storage.getLarge("obj://tiny/x")).equals(data));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("expires an idle upload and removes its partial file", async () => {
-    const t = await startKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 });
-    try {
+    await withKernel({ ...SMALL_FRAMES, uploadIdleMs: 300 }, async (t) => {
       const c = await t.admin();
       const { upload } = (await c.call("storage.upload.begin", "obj://e/x", { size: 10 })).payload as { upload: string };
       await c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 0, data: Buffer.from("12345") });
@@ -345,110 +305,6 @@ describe("chunked upload: capabilities and bounds", () => {
         c.call("storage.upload.chunk", "obj://e/x", { upload, offset: 5, data: Buffer.from("67890") }),
         klass("SEMANTIC", "no upload"),
       );
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
-});
-
-describe("the file store across restarts", () => {
-  it("after kill -9 mid-upload: no object, no partial file, no unnamed body", async () => {
-    let t = await startKernel(SMALL_FRAMES);
-    await t.stop();
-    const child = spawn(
-      process.execPath,
-      [MAIN, "kernel", "--home", t.home, "--log-level", "silent", "--max-body-bytes", String(MiB)],
-      {
-        stdio: ["ignore", "pipe", "inherit"],
-      },
-    );
-    try {
-      await new Promise<void>((r) => child.stdout.on("data", (d) => String(d).includes("is running") && r()));
-      const k = await KernelClient.connect({
-        socket: join(t.home, "kernel.sock"),
-        identity: join(t.home, "admin.identity"),
-        tokens: [readFileSync(join(t.home, "admin.token"), "utf8")],
-        reconnect: false,
-      });
-      const chunk = pattern(500_000, 17);
-      const { upload } = (await k.call("storage.upload.begin", "obj://kill/x", { size: 4 * chunk.length })).payload as {
-        upload: string;
-      };
-      await k.call("storage.upload.chunk", "obj://kill/x", { upload, offset: 0, data: chunk });
-      // A body written but never named (as a write killed between its file and its row would leave it).
-      await k.storage.write("obj://kill/named", pattern(200_000, 19));
-      assert.equal(tmpFiles(t.home).length, 1, "the partial file exists while the upload is open");
-      child.kill("SIGKILL");
-      await new Promise((r) => child.once("exit", r));
-      await k.close().catch(() => {});
-    } finally {
-      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
-    }
-    // Plant an unnamed body, as a crash between a body's rename and its row's commit leaves one.
-    const stray = pattern(10, 23);
-    const hex = sha(stray).toString("hex");
-    const { mkdirSync, writeFileSync } = await import("node:fs");
-    mkdirSync(join(t.home, "objects", "sha256", hex.slice(0, 2)), { recursive: true, mode: 0o700 });
-    writeFileSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2)), stray, { mode: 0o600 });
-    t = await startKernel(SMALL_FRAMES, t.home);
-    try {
-      const c = await t.admin();
-      await assert.rejects(c.storage.stat("obj://kill/x"), klass("SEMANTIC"), "the interrupted upload made no object");
-      assert.deepEqual(tmpFiles(t.home), [], "the partial file was removed at start");
-      assert.deepEqual(bodies(t.home), [sha(pattern(200_000, 19)).toString("hex")], "only the named body is left");
-      assert.ok((await c.storage.getLarge("obj://kill/named")).equals(pattern(200_000, 19)));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
-
-  it("reads inline bodies of a home made before the file store (no hash column), and migrates it", async () => {
-    let t = await startKernel();
-    await t.stop();
-    const db = new Database(join(t.home, "kernel.db"));
-    db.exec("DROP INDEX objects_hash; ALTER TABLE objects DROP COLUMN hash");
-    const old = pattern(1_000_000, 29);
-    db.prepare(
-      "INSERT INTO objects (workspace, path, data, generation, size, updated_at, owner) VALUES ('ws', 'legacy', ?, 3, ?, 0, 'admin')",
-    ).run(old, old.length);
-    db.close();
-    t = await startKernel({}, t.home);
-    try {
-      const c = await t.admin();
-      const r = await c.storage.read("obj://ws/legacy");
-      assert.ok(Buffer.from(r.data).equals(old));
-      assert.equal(r.generation, 3);
-      assert.ok(Buffer.from((await c.storage.readRange("obj://ws/legacy", 10, 5)).data).equals(old.subarray(10, 15)));
-      // Its next write moves it to the file store.
-      await c.storage.write("obj://ws/legacy", old, { ifGeneration: 3 });
-      const hex = sha(old).toString("hex");
-      assert.ok(existsSync(join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2))));
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
-
-  it("refuses to start on a file store holding a link (UnsafeHomeError)", async () => {
-    const t = await startKernel();
-    await t.stop();
-    symlinkSync("/etc/passwd", join(t.home, "objects", "sha256", "ab"));
-    try {
-      await assert.rejects(startKernel({}, t.home), (e: unknown) => (e as Error).name === "UnsafeHomeError");
-      assert.ok(lstatSync(join(t.home, "objects", "sha256", "ab")).isSymbolicLink());
-    } finally {
-      removeHome(t.home);
-    }
-  });
-});
-
-describe("examples/large-object.ts", () => {
-  it("streams a 20 MiB object up and back and finds the same SHA-256", () => {
-    const ex = fileURLToPath(new URL("../../../../examples/dist/large-object.js", import.meta.url));
-    const r = spawnSync(process.execPath, [ex], { encoding: "utf8", timeout: 120_000 });
-    assert.equal(r.status, 0, r.stderr);
-    assert.match(r.stdout, /read 20971520 bytes back in ranges; same SHA-256: true/);
+    });
   });
 });

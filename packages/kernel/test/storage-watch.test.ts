@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import type { KEvent } from "@kpip/protocol";
-import { kernelForSuite, klass, removeHome, startKernel, until } from "./harness.js";
+import { kernelForSuite, klass, until, withKernel } from "./harness.js";
 
 type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
 
@@ -144,8 +144,7 @@ describe("storage.watch: change notices for whoever may read the objects", () =>
 describe("storage.watch: a watch lives as long as its capability", () => {
   it("ends a watch whose capability expired, with a last event saying why", async () => {
     let skew = 0;
-    const t = await startKernel({ clock: () => Date.now() + skew });
-    try {
+    await withKernel({ clock: () => Date.now() + skew }, async (t) => {
       const p = await t.persona("w-expiring", [{ ops: ["storage.read"], targets: ["obj://ws/**"] }], { ttlMs: 60_000 });
       const c = await t.connect(p.identity, [p.token], { refreshMarginMs: 0 });
       const r = await c.call("storage.watch", "obj://ws/**");
@@ -162,17 +161,13 @@ describe("storage.watch: a watch lives as long as its capability", () => {
       assert.equal(last.ended, `the capability ${p.id} that authorized this subscription expired`);
       assert.equal(last.data, undefined, "the last event tells no change");
       assert.equal(seen.length, 2, "no notice of the second write");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("storage.watch: bounds", () => {
   it("counts watches against the subscription bounds (RESOURCE); unwatching frees a slot", async () => {
-    const t = await startKernel({ maxSubscriptionsPerSession: 3 });
-    try {
+    await withKernel({ maxSubscriptionsPerSession: 3 }, async (t) => {
       const p = await t.persona("w-many", [{ ops: ["storage.read", "event.subscribe"], targets: ["obj://ws/**", "topic://t"] }]);
       const c = await t.connect(p.identity, [p.token]);
       await c.call("event.subscribe", "topic://t");
@@ -181,9 +176,6 @@ describe("storage.watch: bounds", () => {
       await assert.rejects(c.watch("obj://ws/c"), klass("RESOURCE", "maxSubscriptionsPerSession"));
       await first.unsubscribe();
       await c.watch("obj://ws/c");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

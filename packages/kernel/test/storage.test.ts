@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { encodeCanonical } from "@kpip/protocol";
-import { adminIdentity, klass, removeHome, startKernel, type TestKernel } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 describe("storage primitives", () => {
@@ -60,8 +60,7 @@ describe("storage primitives", () => {
   });
 
   it("refuses traversal and encoded variants on the wire with SEMANTIC", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    const p = await RawPeer.admin(t);
     const targets = [
       "obj://ws1/../ws2/x",
       "obj://ws1/a/./b",

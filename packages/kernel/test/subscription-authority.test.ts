@@ -1,14 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { KEvent } from "@kpip/protocol";
-import { removeHome, startKernel, until } from "./harness.js";
+import { until, withKernel } from "./harness.js";
 
 const RIGHTS = [{ ops: ["event.subscribe"], targets: ["topic://auth/**"] }];
 
 describe("an event subscription lives as long as the capability that authorized it", () => {
   it("ends at the revocation: a last EVENT says why, and nothing emitted afterwards reaches the subscriber", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const admin = await t.admin();
       const p = await t.persona("listener", RIGHTS);
       const c = await t.connect(p.identity, [p.token]);
@@ -33,16 +32,12 @@ describe("an event subscription lives as long as the capability that authorized 
       assert.equal(last.data, undefined);
       assert.equal((await admin.events.emit("topic://auth/a", 2)).subscribers, 0, "no subscriber left");
       assert.equal(t.k.events.subscriptionCount(), 0);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("ends when the capability expires, at its next event, which it is not told", async () => {
     let skew = 0;
-    const t = await startKernel({ clock: () => Date.now() + skew });
-    try {
+    await withKernel({ clock: () => Date.now() + skew }, async (t) => {
       const admin = await t.admin();
       const p = await t.persona("expiring-listener", RIGHTS, { ttlMs: 60_000 });
       const c = await t.connect(p.identity, [p.token], { refreshMarginMs: 0 });
@@ -60,15 +55,11 @@ describe("an event subscription lives as long as the capability that authorized 
         ["before", undefined],
         "the event after the expiry was not delivered",
       );
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an emitter cannot end another's subscription by what it emits", async () => {
-    const t = await startKernel();
-    try {
+    await withKernel({}, async (t) => {
       const admin = await t.admin();
       const p = await t.persona("steady-listener", RIGHTS);
       const c = await t.connect(p.identity, [p.token]);
@@ -79,9 +70,6 @@ describe("an event subscription lives as long as the capability that authorized 
       assert.deepEqual((await it.next()).value?.data, { kind: "ended", reason: "forged" });
       assert.equal((await it.next()).value?.data, "still here");
       assert.equal(t.k.events.subscriptionCount(), 1);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
-import { statSync } from "node:fs";
+import { mkdtempSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import type { Worker } from "node:worker_threads";
-import { HOME_FILES } from "../src/index.js";
-import { kernelForSuite, type TestKernel, until } from "./harness.js";
+import { HOME_FILES, SqliteStore } from "../src/index.js";
+import { createLogger } from "../src/log.js";
+import { WalCheckpointer } from "../src/store/checkpointer.js";
+import { kernelForSuite, removeHome, type TestKernel, until } from "./harness.js";
 
 const autoCheckpoint = (t: TestKernel) => t.k.inspect.walAutoCheckpoint();
 
@@ -52,11 +54,24 @@ describe("WAL checkpoints run off the request path", () => {
     // loaded CI run saw 49 MiB), so the bound is what proves it restarted, not a timing.
     assert.ok(largest < 64 * 1024 * 1024, `largest WAL seen: ${(largest / 1048576).toFixed(1)} MiB`);
   });
+});
 
-  it("falls back to checkpointing on commit if the worker dies", async () => {
-    const worker = (suite.t.k as unknown as { services: { checkpointer: { worker: Worker } } }).services.checkpointer.worker;
-    await worker.terminate();
-    await until(() => autoCheckpoint(suite.t) === 1000, 5000, "checkpoint on commit restored");
-    assert.equal((await suite.admin.call("system.health", "kernel://")).status, "SUCCESS");
+describe("the WAL checkpointer's fallback", () => {
+  it("checkpoints on commit again if the worker dies, and the store keeps committing", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    try {
+      const dying = new URL("data:text/javascript,process.exit(3)");
+      const cp = new WalCheckpointer(store, path, createLogger("silent"), { workerModule: dying });
+      await until(() => !cp.background, 10_000, "the fallback");
+      assert.equal(store.db.pragma("wal_autocheckpoint", { simple: true }), 1000);
+      store.setMeta("after-fallback", "1");
+      assert.equal(store.getMeta("after-fallback"), "1");
+      await cp.stop();
+    } finally {
+      store.close();
+      removeHome(home);
+    }
   });
 });

@@ -18,8 +18,9 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
-import type { Kernel } from "../src/index.js";
+import type { Kernel, KernelOptions } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
+import { adminIdentity, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 export interface RequestOptions {
   /** The request's persona (default admin). */
@@ -54,6 +55,17 @@ export function requestFrame(id: number, intent: Intent | Uint8Array, opts: Requ
   );
 }
 
+/** A HELLO frame (no features), `extra` fields added to its body. */
+export function helloFrame(
+  persona: string,
+  publicKey: Uint8Array,
+  instance: Uint8Array = Buffer.alloc(16, 7),
+  versions = [1],
+  extra: { maxBody?: number } = {},
+): Buffer {
+  return encodeMessage({ type: "HELLO", body: { versions, persona, publicKey, instance, features: [], ...extra } });
+}
+
 /**
  * Sends a HELLO naming `persona` with `publicKey` (any key, registered or not) and waits for
  * the CHALLENGE. Returns it, and the HELLO and CHALLENGE body bytes the transcript is built from.
@@ -64,9 +76,9 @@ export async function helloAs(
   publicKey: Uint8Array,
   instance: Uint8Array = Buffer.alloc(16, 7),
   versions = [1],
+  extra: { maxBody?: number } = {},
 ): Promise<{ session: string; helloBytes: Buffer; challengeBytes: Buffer; challenge: Extract<Message, { type: "CHALLENGE" }> }> {
-  const hello: Message = { type: "HELLO", body: { versions, persona, publicKey, instance, features: [] } };
-  const f = encodeMessage(hello);
+  const f = helloFrame(persona, publicKey, instance, versions, extra);
   p.send(f);
   const challenge = await p.next("CHALLENGE");
   return {
@@ -155,6 +167,13 @@ export class RawPeer {
     return attestSignature(identity, this.helloBytes as Buffer, challengeBytes);
   }
 
+  /** A peer past the handshake as `t`'s admin, holding the admin token. */
+  static async admin(t: TestKernel): Promise<RawPeer> {
+    const p = await RawPeer.connect(t.k.socketPath);
+    await p.handshake(adminIdentity(t.k), [Buffer.from(t.adminToken, "base64url")]);
+    return p;
+  }
+
   /** Full handshake; resolves with the WELCOME. */
   async handshake(identity: Identity, tokens: Uint8Array[] = []): Promise<Extract<Message, { type: "WELCOME" }>> {
     const { bytes } = await this.hello(identity);
@@ -177,9 +196,32 @@ export class RawPeer {
     return f.msg.body as { status: string; error?: string; message?: string; payload?: unknown; id: number };
   }
 
+  /**
+   * A system.health round trip on stream `id`: every answer the kernel wrote before it is in
+   * `frames` once this resolves (one connection's frames arrive in order).
+   */
+  async barrier(id: number): Promise<void> {
+    this.send(requestFrame(id, { op: "system.health", target: "kernel://", args: {} }, { version: this.version }));
+    await this.response(id);
+  }
+
   close(): void {
     this.sock.destroy();
   }
+}
+
+/** A kernel started with `opts` and an admin {@link RawPeer} on it: a raw-socket suite's `before`. */
+export async function rawPeerKernel(opts: KernelOptions = {}): Promise<{ t: TestKernel; p: RawPeer }> {
+  const t = await startKernel(opts);
+  return { t, p: await RawPeer.admin(t) };
+}
+
+/** The peer closed, the kernel stopped and its home removed: a raw-socket suite's `after`. */
+export async function stopRawPeerKernel(t: TestKernel | undefined, p: RawPeer | undefined): Promise<void> {
+  p?.close();
+  if (!t) return;
+  await t.stop();
+  removeHome(t.home);
 }
 
 /** Every audit record so far (queryAudit's default limit is 100). */

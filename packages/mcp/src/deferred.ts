@@ -1,5 +1,5 @@
-import type { KernelClient } from "@kpip/client";
-import type { Response } from "@kpip/protocol";
+import type { KernelClient, OpResponse } from "@kpip/client";
+import { opCancel, opResult, opStatusOp, type Response } from "@kpip/protocol";
 import type { CallToolResult, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
 import type { GrantView } from "./grant.js";
 import { answerToResult, failureResult, localFailure, successResult } from "./results.js";
@@ -54,7 +54,7 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
   let cancelled = false;
   const onAbort = () => {
     cancelled = true;
-    void client.request({ op: "op.cancel", target: opUri, args: {} }, opts).catch(() => {});
+    void client.opRequest(opCancel, opUri, {}, opts).catch(() => {});
     wake();
   };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
@@ -86,19 +86,19 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
     let lastAt = 0;
     for (;;) {
       if (cancelled) return failureResult("CANCELLED", `${opUri} was cancelled at the host's request`);
-      let s: Response;
+      let s: OpResponse<typeof opStatusOp>;
       try {
-        s = await client.request({ op: "op.status", target: opUri, args: {} }, opts);
+        s = await client.opRequest(opStatusOp, opUri, {}, opts);
       } catch (e) {
         return localFailure(e);
       }
-      if (s.status === "FAILURE") {
+      if (s.status !== "SUCCESS") {
         // The token does not let the gateway follow the op: hand over the DEFERRED answer as it is.
         const r = successResult("DEFERRED", deferred.payload, opUri, deferred.id);
-        r.content.push({ type: "text", text: `cannot follow ${opUri}: op.status answered ${s.error}: ${s.message}` });
+        r.content.push({ type: "text", text: `cannot follow ${opUri}: op.status answered ${s.error ?? s.status}: ${s.message}` });
         return r;
       }
-      const state = String((s.payload as { state?: unknown }).state);
+      const state = s.payload.state;
       if (TERMINAL.has(state)) break;
       if (state !== last || Date.now() - lastAt >= 1000) {
         await progress(`${opUri} ${state} (${((Date.now() - started) / 1000).toFixed(1)} s)`);
@@ -115,7 +115,7 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
       delay = Math.min(delay * 2, sub ? 5 * g.pollMaxMs : g.pollMaxMs);
     }
     try {
-      return answerToResult(await client.request({ op: "op.result", target: opUri, args: {} }, opts), opUri);
+      return answerToResult(await client.opRequest(opResult, opUri, {}, opts), opUri);
     } catch (e) {
       return localFailure(e);
     }

@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, KpipError, type Response } from "@kpip/protocol";
+import { type CborMap, KpipError, type Response, systemDescribe } from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -105,8 +105,9 @@ export class McpGateway {
         "the gateway's token must allow system.describe on kernel:// (it reads the op table to build the tools)",
       );
     }
-    const r = await this.client.call("system.describe", "kernel://");
-    const table = (r.payload as unknown as { ops: OpDecl[] }).ops;
+    const { ops } = (await this.client.op(systemDescribe, "kernel://", {})).payload;
+    // The catalogue types a field declaration as any map (it is recursive); the kernel sends FieldSpecs.
+    const table = ops as unknown as OpDecl[];
     const tools = new Map<string, ToolEntry>();
     for (const { decl, targets } of grants.allowedOps(table)) {
       if (NOT_TOOLS.has(decl.op)) continue;

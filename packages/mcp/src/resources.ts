@@ -1,5 +1,5 @@
-import type { KernelClient } from "@kpip/client";
-import type { Response } from "@kpip/protocol";
+import type { KernelClient, OpResponse } from "@kpip/client";
+import { type ArgsOf, type OpDefinition, storageList, storageRead } from "@kpip/protocol";
 import {
   ErrorCode,
   type ListResourcesResult,
@@ -29,15 +29,15 @@ function decodeCursor(s: string, prefixes: number): Position {
 }
 
 /** A kernel answer the host must see as an MCP error (resources have no isError form). */
-async function ask(
+async function ask<D extends OpDefinition>(
   client: KernelClient,
   execution: string,
-  op: string,
+  def: D,
   target: string,
-  args: Record<string, string | number> = {},
-): Promise<Response> {
+  args: ArgsOf<D>,
+): Promise<OpResponse<D>> {
   try {
-    return await client.request({ op, target, args }, { execution });
+    return await client.opRequest(def, target, args, { execution });
   } catch (e) {
     throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${(e as Error).message}`);
   }
@@ -57,19 +57,14 @@ export async function listResources(
   const pos: Position = cursor === undefined ? { i: 0 } : decodeCursor(cursor, prefixes.length);
   for (; pos.i < prefixes.length; pos.i++, pos.c = undefined) {
     const prefix = prefixes[pos.i] as string;
-    const r = await ask(
-      client,
-      execution,
-      "storage.list",
-      prefix,
-      pos.c === undefined ? { limit: PAGE } : { limit: PAGE, cursor: pos.c },
-    );
+    const r = await ask(client, execution, storageList, prefix, { limit: PAGE, cursor: pos.c });
     if (r.status === "FAILURE") {
       if (r.error === "PERMISSION") continue;
       throw new McpError(ErrorCode.InternalError, `storage.list ${prefix}: ${r.error}: ${r.message}`);
     }
     const ws = prefix.slice("obj://".length).split("/")[0];
-    const p = r.payload as { items: { path: string; size: number; generation: number }[]; cursor?: string };
+    if (r.status !== "SUCCESS" && r.status !== "PARTIAL") continue;
+    const p = r.payload;
     const resources: Resource[] = p.items.map((it) => ({
       uri: `obj://${ws}/${it.path}`,
       name: it.path,
@@ -88,9 +83,10 @@ export async function listResources(
 /** resources/read: one storage.read, checked and audited by the kernel like a tool call. */
 export async function readResource(client: KernelClient, execution: string, uri: string): Promise<ReadResourceResult> {
   if (!uri.startsWith("obj://")) throw new McpError(ErrorCode.InvalidParams, `only obj:// resources can be read, not ${uri}`);
-  const r = await ask(client, execution, "storage.read", uri);
+  const r = await ask(client, execution, storageRead, uri, {});
   if (r.status === "FAILURE") throw new McpError(ErrorCode.InvalidParams, `${r.error}: ${r.message}`);
-  const p = r.payload as { data: Uint8Array; generation: number };
+  if (r.status !== "SUCCESS") throw new McpError(ErrorCode.InternalError, `storage.read answered ${r.status}`);
+  const p = r.payload;
   const text = asText(p.data);
   const meta = { "kpip/generation": p.generation };
   return {

@@ -1,3 +1,4 @@
+import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -5,9 +6,10 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, type Right, serializeIdentity } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { type CallToolResult, McpError } from "@modelcontextprotocol/sdk/types.js";
 
 /** The kpip command (the MCP package never imports the kernel: it runs as a process). */
 export const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -36,14 +38,7 @@ export class KernelHome {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = k;
-    await new Promise<void>((resolve, reject) => {
-      let out = "";
-      k.stdout?.on("data", (d) => {
-        out += d;
-        if (out.includes("is running")) resolve();
-      });
-      k.once("exit", (code, sig) => reject(new Error(`kpip kernel exited before it was running (${sig ?? code})`)));
-    });
+    await outputIncludes(k, "is running");
   }
 
   async kill(): Promise<void> {
@@ -113,3 +108,14 @@ export function text(r: CallToolResult): string {
 }
 
 export { until } from "@kpip/protocol/testing";
+
+/** The McpError `p` rejects with; fails when it resolves or rejects with anything else. */
+export async function mcpError(p: Promise<unknown>): Promise<McpError> {
+  try {
+    await p;
+  } catch (e) {
+    assert.ok(e instanceof McpError, `expected an McpError, got ${e}`);
+    return e;
+  }
+  assert.fail("it succeeded");
+}

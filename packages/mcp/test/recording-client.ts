@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
-import type { CallOptions } from "@kpip/client";
+import { type CallOptions, type CallResult, opCall, opRequest } from "@kpip/client";
 import { type Intent, mintToken, type Response, tokenToString } from "@kpip/protocol";
 
 /**
@@ -38,6 +38,8 @@ export class RecordingClient extends EventEmitter {
       },
     };
   }
+  readonly op = opCall(() => this.call() as Promise<CallResult>);
+  readonly opRequest = opRequest((intent, opts) => this.request(intent, opts ?? {}));
   async request(intent: Intent, opts: CallOptions): Promise<Response> {
     this.sent.push({ intent, opts });
     return { version: 1, id: this.sent.length, status: "SUCCESS", payload: { status: "ok" } };

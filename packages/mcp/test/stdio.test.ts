@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { type CallToolResult, ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
-import { HOST, KernelHome, kpip, MAIN, stdioHost, text, until } from "./harness.js";
+import { type CallToolResult, ErrorCode } from "@modelcontextprotocol/sdk/types.js";
+import { HOST, KernelHome, kpip, MAIN, mcpError, stdioHost, text, until } from "./harness.js";
 
 /** The narrow token of the walkthrough: storage in ws1, the op table, commands and their follow-up. */
 const RIGHTS = [
@@ -27,16 +27,6 @@ const EXPECTED_TOOLS = [
 
 const call = (c: Client, name: string, args: unknown, opts: Parameters<Client["callTool"]>[2] = {}) =>
   c.callTool({ name, arguments: args as Record<string, unknown> }, undefined, opts) as Promise<CallToolResult>;
-
-async function mcpError(p: Promise<unknown>): Promise<McpError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof McpError, `expected an McpError, got ${e}`);
-    return e;
-  }
-  assert.fail("the call succeeded");
-}
 
 describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
   const k = new KernelHome();

@@ -4,8 +4,8 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
-import { ErrorCode, McpError, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
-import { KernelHome, stdioHost, until } from "./harness.js";
+import { ErrorCode, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
+import { KernelHome, mcpError, stdioHost, until } from "./harness.js";
 
 type Files = { identityFile: string; tokenFile: string };
 
@@ -17,16 +17,6 @@ function updates(host: Client): { uri: string; generation: unknown; kind: unknow
     got.push({ uri: n.params.uri, generation: m["kpip/generation"], kind: m["kpip/kind"] });
   });
   return got;
-}
-
-async function mcpError(p: Promise<unknown>): Promise<McpError> {
-  try {
-    await p;
-  } catch (e) {
-    assert.ok(e instanceof McpError, `expected an McpError, got ${e}`);
-    return e;
-  }
-  assert.fail("the request succeeded");
 }
 
 const READER = (ws: string) => [

@@ -8,7 +8,15 @@ export { decodeCanonical } from "./cbor/decode.js";
 export { CanonicalWriter, compareKeys, encodeCanonical } from "./cbor/encode.js";
 export { type ValidationInfo, validateCanonical } from "./cbor/validate.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
-export { type ByteChannel, coalesce, joinChunks, TurnBatcher, writeMessages } from "./channel/channel.js";
+export {
+  type ByteChannel,
+  type CorkableStream,
+  coalesce,
+  joinChunks,
+  socketTurnBatcher,
+  TurnBatcher,
+  writeMessages,
+} from "./channel/channel.js";
 export { FrameReader, framePieces, PIECE_REF_MIN, writeMessage, writePieces } from "./channel/frames.js";
 export * from "./constants.js";
 export * from "./errors.js";

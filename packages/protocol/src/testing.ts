@@ -1,7 +1,8 @@
 /**
- * `@kpip/protocol/testing`: the waits and predicates every package's tests share (one
- * definition, re-exported by each test harness). Not used by any runtime code.
+ * `@kpip/protocol/testing`: the waits, predicates and child-process runs every package's tests
+ * share (one definition, re-exported by each test harness). Not used by any runtime code.
  */
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { KpipError } from "./errors.js";
 
 /** Polls until `f` returns a truthy value (or throws after `ms`: generous, since it ends as soon as `f` holds and machines get busy). */
@@ -22,3 +23,97 @@ export const klass =
     e instanceof KpipError &&
     e.errorClass === cls &&
     (text === undefined || (typeof text === "string" ? e.message.includes(text) : text.test(e.message)));
+
+/** Resolves once `child`'s stdout has carried `text`; rejects if the child exits first. */
+export function outputIncludes(child: ChildProcess, text: string): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    let out = "";
+    const onData = (d: Buffer | string) => {
+      out += d;
+      if (!out.includes(text)) return;
+      child.stdout?.off("data", onData);
+      resolve();
+    };
+    child.stdout?.on("data", onData);
+    child.once("exit", (code, signal) => reject(new Error(`exited before it said "${text}" (${signal ?? code}): ${out}`)));
+  });
+}
+
+export interface ProcessRun {
+  /** The exit code; -1 when it was killed. */
+  code: number | null;
+  out: string;
+  err: string;
+}
+
+/**
+ * Runs a command to its end without blocking the event loop, collecting its output; `onLine`
+ * sees stdout's lines as they come. A hung child is SIGKILLed after `killAfterMs` (and says so
+ * in `err`), so it fails its test instead of hanging the run, and is never left behind.
+ */
+export function runProcess(
+  cmd: string,
+  args: string[],
+  opts: { cwd?: string; env?: NodeJS.ProcessEnv; killAfterMs?: number; onLine?: (line: string) => void } = {},
+): Promise<ProcessRun> {
+  const killAfterMs = opts.killAfterMs ?? 300_000;
+  return new Promise((resolve, reject) => {
+    const child = spawn(cmd, args, { cwd: opts.cwd, env: opts.env ?? process.env, stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    let partial = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+      if (!opts.onLine) return;
+      const lines = (partial + d).split("\n");
+      partial = lines.pop() ?? "";
+      lines.forEach(opts.onLine);
+    });
+    child.stderr.on("data", (d) => {
+      err += d;
+    });
+    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
+    child.once("error", reject);
+    child.once("exit", (code, signal) => {
+      clearTimeout(timer);
+      resolve({ code: signal ? -1 : code, out, err: signal ? `${err}\n[killed after ${killAfterMs / 1000} s: ${signal}]` : err });
+    });
+  });
+}
+
+/**
+ * The Python the Python client's tests run: ≥ 3.11 with `cryptography`, $KPIP_PYTHON, else the
+ * first of python3 and /usr/bin/python3 that imports it. Without one those tests say `why`;
+ * `required` (CI=true or KPIP_REQUIRE_PYTHON=1) makes that a failure.
+ */
+export function findPython(): { path?: string; why: string; required: boolean } {
+  const required = process.env.CI === "true" || process.env.KPIP_REQUIRE_PYTHON === "1";
+  const candidates = process.env.KPIP_PYTHON ? [process.env.KPIP_PYTHON] : ["python3", "/usr/bin/python3"];
+  const tried: string[] = [];
+  for (const py of candidates) {
+    const r = spawnSync(py, ["-c", "import sys, cryptography; assert sys.version_info >= (3, 11), sys.version"], {
+      encoding: "utf8",
+    });
+    if (r.status === 0) return { path: py, why: "", required };
+    tried.push(`${py}: ${r.error ? r.error.message : (r.stderr.trim().split("\n").pop() ?? `exit ${r.status}`)}`);
+  }
+  return {
+    why: `no Python >= 3.11 with cryptography (tried ${tried.join("; ")}); install python3 python3-cryptography`,
+    required,
+  };
+}
+
+/** Structural form for comparisons: prototypes and stray buffer properties do not matter, contents and key sets do. */
+export function structural(v: unknown): unknown {
+  if (v instanceof Uint8Array) return `bytes:${Buffer.from(v).toString("hex")}`;
+  if (typeof v === "bigint") return `bigint:${v}`;
+  if (Array.isArray(v)) return v.map(structural);
+  if (v !== null && typeof v === "object") {
+    return Object.fromEntries(
+      Object.keys(v)
+        .sort()
+        .map((k) => [k, structural((v as Record<string, unknown>)[k])]),
+    );
+  }
+  return v;
+}

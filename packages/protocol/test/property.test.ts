@@ -13,6 +13,7 @@ import {
   type Message,
   validateCanonical,
 } from "../src/index.js";
+import { structural } from "../src/testing.js";
 
 const bytes = (max = 40) => fc.uint8Array({ maxLength: max }).map((b) => Buffer.from(b));
 const uint = fc.nat({ max: Number.MAX_SAFE_INTEGER });
@@ -119,20 +120,7 @@ const message: fc.Arbitrary<Message> = fc.oneof(
     .map((body) => ({ type: "ERROR" as const, body })),
 );
 
-/** Structural form for comparisons: prototypes and stray buffer properties do not matter, contents do. */
-function norm(v: unknown): unknown {
-  if (v instanceof Uint8Array) return `bytes:${Buffer.from(v).toString("hex")}`;
-  if (typeof v === "bigint") return `bigint:${v}`;
-  if (Array.isArray(v)) return v.map(norm);
-  if (v !== null && typeof v === "object") {
-    return Object.fromEntries(
-      Object.keys(v)
-        .sort()
-        .map((k) => [k, norm((v as Record<string, unknown>)[k])]),
-    );
-  }
-  return v;
-}
+const norm = structural;
 const same = (a: unknown, b: unknown) => assert.deepEqual(norm(a), norm(b));
 
 const onlyCodecErrors = (f: () => unknown) => {

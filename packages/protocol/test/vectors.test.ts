@@ -21,6 +21,7 @@ import {
   TokenError,
   verifyBytes,
 } from "../src/index.js";
+import { structural } from "../src/testing.js";
 
 const PKCS8_ED25519 = Buffer.from("302e020100300506032b657004220420", "hex");
 
@@ -41,19 +42,7 @@ function fromJ(v: unknown): CborValue {
   }
   return v as CborValue;
 }
-function norm(v: unknown): unknown {
-  if (v instanceof Uint8Array) return `bytes:${Buffer.from(v).toString("hex")}`;
-  if (typeof v === "bigint") return `int:${v}`;
-  if (Array.isArray(v)) return v.map(norm);
-  if (v !== null && typeof v === "object") {
-    return Object.fromEntries(
-      Object.keys(v)
-        .sort()
-        .map((k) => [k, norm((v as Record<string, unknown>)[k])]),
-    );
-  }
-  return v;
-}
+const norm = structural;
 
 function decodeFrames(hex: string): Message[] {
   const d = new FrameDecoder();

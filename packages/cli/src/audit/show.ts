@@ -2,7 +2,7 @@ import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel"
 import { type CborValue, decodeIntent, type Intent } from "@kpip/protocol";
 import { UsageError } from "../util.js";
 import { capTokenIds, traceId } from "./filters.js";
-import { iso } from "./timeline.js";
+import { iso, parseDetail, requestFields } from "./timeline.js";
 
 /** A record, the one paired with it (an intent's outcome, an outcome's intent) and its decoded intent. */
 export interface Shown {
@@ -83,27 +83,12 @@ export function bodyAt(intent: Intent, path: string): Uint8Array {
 
 function recordJson(r: AuditRecord | undefined): Record<string, unknown> | null {
   if (!r) return null;
-  let detail: unknown = null;
-  if (r.detail) {
-    try {
-      detail = JSON.parse(r.detail);
-    } catch {
-      detail = { $text: r.detail };
-    }
-  }
   return {
     seq: r.seq,
     time: iso(r.time),
     phase: r.phase,
     kernel: r.kernel,
-    persona: r.persona,
-    session: r.session,
-    requestId: r.requestId,
-    op: r.op,
-    target: r.target,
-    status: r.status,
-    errorClass: r.errorClass,
-    message: r.message,
+    ...requestFields(r),
     durationUs: r.durationUs,
     tokens: capTokenIds(r.caps),
     caps: r.caps,
@@ -113,7 +98,7 @@ function recordJson(r: AuditRecord | undefined): Record<string, unknown> | null 
     domain: r.domain,
     intentHash: r.intentHash ? Buffer.from(r.intentHash).toString("hex") : null,
     hash: Buffer.from(r.hash).toString("hex"),
-    detail,
+    detail: parseDetail(r.detail),
   };
 }
 

@@ -62,14 +62,7 @@ function fromRecord(r: AuditRecord): TimelineRow {
     start,
     end: single ? r.time : null,
     kernel: r.kernel,
-    persona: r.persona,
-    session: r.session,
-    requestId: r.requestId,
-    op: r.op,
-    target: r.target,
-    status: r.status,
-    errorClass: r.errorClass,
-    message: r.message,
+    ...requestFields(r),
     tokens: capTokenIds(r.caps),
     traceparent: r.traceparent,
     execution: r.execution,
@@ -147,38 +140,41 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
   return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null };
 }
 
+type RequestFields = "persona" | "session" | "requestId" | "op" | "target" | "status" | "errorClass" | "message";
+
+/** Who asked what and how it ended: the fields a record, its JSON and a timeline row share, in their order. */
+export function requestFields(r: Pick<AuditRecord, RequestFields>): Pick<AuditRecord, RequestFields> {
+  const { persona, session, requestId, op, target, status, errorClass, message } = r;
+  return { persona, session, requestId, op, target, status, errorClass, message };
+}
+
+/** A record's detail column as JSON; text that is not JSON as {$text}. */
+export function parseDetail(d: string | null | undefined): unknown {
+  if (d === null || d === undefined || d === "") return null;
+  try {
+    return JSON.parse(d);
+  } catch {
+    return { $text: d };
+  }
+}
+
 export const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
 
 export function rowJson(r: TimelineRow): Record<string, unknown> {
-  let detail: unknown = null;
-  if (r.detail !== null) {
-    try {
-      detail = JSON.parse(r.detail);
-    } catch {
-      detail = { $text: r.detail };
-    }
-  }
   return {
     seq: r.seq,
     outcomeSeq: r.outcomeSeq,
     phase: r.phase,
     start: iso(r.start),
     end: iso(r.end),
-    persona: r.persona,
-    session: r.session,
-    requestId: r.requestId,
-    op: r.op,
-    target: r.target,
-    status: r.status,
-    errorClass: r.errorClass,
-    message: r.message,
+    ...requestFields(r),
     tokens: r.tokens,
     traceparent: r.traceparent,
     traceId: traceId(r.traceparent),
     execution: r.execution,
     domain: r.domain,
     kernel: r.kernel,
-    detail,
+    detail: parseDetail(r.detail),
   };
 }
 

@@ -1,26 +1,12 @@
-import type { KernelClient } from "@kpip/client";
-import type { CborMap } from "@kpip/protocol";
+import { opList, opResult } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
-import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { CONNECT_OPTIONS, withClient } from "../connect.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, printTable, render, reportError, toJson, UsageError } from "../util.js";
+import { EXIT, printTable, render, toJson, UsageError } from "../util.js";
 import { parseAllow, parseDuration } from "./grant-args.js";
 
-async function withClient(v: Values, f: (c: KernelClient) => Promise<void>): Promise<number> {
-  let client: KernelClient | undefined;
-  try {
-    client = await connectFromFlags(v);
-    await f(client);
-    return EXIT.OK;
-  } catch (e) {
-    return reportError(e, v.json === true);
-  } finally {
-    await client?.close().catch(() => {});
-  }
-}
-
 const print = (v: Values, payload: unknown): void => {
-  process.stdout.write(v.json ? `${JSON.stringify(toJson(payload as CborMap))}\n` : `${render(payload as CborMap)}\n`);
+  process.stdout.write(v.json ? `${JSON.stringify(toJson(payload))}\n` : `${render(payload)}\n`);
 };
 
 function agentUri(s: string | undefined): string {
@@ -75,7 +61,7 @@ export const agentsCommand: Command = {
       case "logs":
         return withClient(v, async (c) => {
           const l = await c.agents.logs(agentUri(target));
-          if (v.json) process.stdout.write(`${JSON.stringify(toJson(l as unknown as CborMap))}\n`);
+          if (v.json) process.stdout.write(`${JSON.stringify(toJson(l))}\n`);
           else
             process.stdout.write(
               `${Buffer.from(l.stdout).toString()}${l.stderr.length ? `--- stderr ---\n${Buffer.from(l.stderr).toString()}` : ""}`,
@@ -102,8 +88,7 @@ export const opsCommand: Command = {
     switch (sub) {
       case "list":
         return withClient(v, async (c) => {
-          const r = await c.call("op.list", "kernel://");
-          const ops = (r.payload as { ops: CborMap[] }).ops;
+          const { ops } = (await c.op(opList, "kernel://", {})).payload;
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(ops))}\n`);
           else
             printTable(
@@ -116,7 +101,7 @@ export const opsCommand: Command = {
       case "result": {
         let code: number = EXIT.OK;
         const done = await withClient(v, async (c) => {
-          const r = await c.call("op.result", op());
+          const r = await c.op(opResult, op(), {});
           print(v, r.payload);
           if (r.status === "DEFERRED") {
             if (!v.json) process.stderr.write(`kpip ops: ${op()} is still running: no result yet (kpip ops status ${op()})\n`);
@@ -161,7 +146,7 @@ export const eventsCommand: Command = {
       for await (const e of sub) {
         // the time it arrived, in UTC: events carry no kernel timestamp of their own
         const time = new Date().toISOString();
-        if (v.json) process.stdout.write(`${JSON.stringify({ time, ...(toJson(e as unknown as CborMap) as object) })}\n`);
+        if (v.json) process.stdout.write(`${JSON.stringify({ time, ...(toJson(e) as object) })}\n`);
         else
           process.stdout.write(
             `${time} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}\n`,

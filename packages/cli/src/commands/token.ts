@@ -18,9 +18,9 @@ import {
   tokenToString,
 } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
-import { CONNECT_OPTIONS, connectFromFlags, readTokenArg, writeTokenFile } from "../connect.js";
+import { CONNECT_OPTIONS, readTokenArg, withClient, writeTokenFile } from "../connect.js";
 import { didYouMean, subcommandError } from "../suggest.js";
-import { EXIT, printTable, reportError, resolveHome, toJson, UsageError } from "../util.js";
+import { EXIT, printTable, resolveHome, toJson, UsageError } from "../util.js";
 import { parseAllow, parseDuration, parseLimits } from "./grant-args.js";
 
 function workspaces(v: Values): string[] | undefined {
@@ -28,19 +28,6 @@ function workspaces(v: Values): string[] | undefined {
   if (!w?.length) return undefined;
   for (const x of w) if (!isWorkspaceId(x)) throw new UsageError(`invalid workspace ${JSON.stringify(x)}`);
   return w;
-}
-
-async function withClient<T>(v: Values, json: boolean, f: (c: KernelClient) => Promise<T>): Promise<number> {
-  let client: KernelClient | undefined;
-  try {
-    client = await connectFromFlags(v);
-    await f(client);
-    return EXIT.OK;
-  } catch (e) {
-    return reportError(e, json);
-  } finally {
-    await client?.close().catch(() => {});
-  }
 }
 
 export const tokenCommand: Command = {
@@ -94,7 +81,7 @@ export const tokenCommand: Command = {
         if (ws) args.workspaces = ws;
         // Refused before minting: a token nobody can read back would be minted for nothing.
         if (typeof v.out === "string" && existsSync(v.out)) throw new UsageError(`${v.out} exists; --out writes a new file`);
-        return withClient(v, json, async (c) => {
+        return withClient(v, async (c) => {
           await refuseUnknownOps(c, args.rights);
           const p = (await c.op(tokenMint, `persona://${persona}`, args)).payload;
           const text = Buffer.from(p.token).toString("base64url");
@@ -154,7 +141,7 @@ export const tokenCommand: Command = {
         } catch (e) {
           throw new UsageError(`not a token: ${(e as Error).message}`);
         }
-        return withClient(v, json, async (c) => {
+        return withClient(v, async (c) => {
           const r = await c.op(tokenInspect, `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
           else process.stdout.write(describeInspection(r.payload));
@@ -163,14 +150,14 @@ export const tokenCommand: Command = {
       case "revoke": {
         if (!arg || !/^[0-9a-f]{32}$/.test(arg))
           throw new UsageError("token revoke needs a token id (32 hex characters; see token list)");
-        return withClient(v, json, async (c) => {
+        return withClient(v, async (c) => {
           await c.call("token.revoke", `token://${arg}`);
           out({ revoked: arg }, `revoked ${arg} and every token derived from it`);
         });
       }
       case "list": {
         if (arg) throw new UsageError("token list takes no argument (use --persona to filter)");
-        return withClient(v, json, async (c) => {
+        return withClient(v, async (c) => {
           // Paged: the kernel answers PARTIAL pages; the whole list is never one message.
           const rows: TokenEntry[] = [];
           for await (const t of c.tokens.list(v.persona ? { persona: v.persona as string } : {})) rows.push(t);

@@ -1,5 +1,5 @@
 import net from "node:net";
-import { coalesce, TurnBatcher } from "@kpip/protocol";
+import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -86,20 +86,7 @@ class SocketChannel implements Channel {
     readonly transport: string,
   ) {
     sock.on("error", () => {});
-    this.out = new TurnBatcher(
-      (chunks, bytes) => {
-        if (sock.destroyed) return;
-        const out = coalesce(chunks, bytes);
-        if (out.length === 1) {
-          sock.write(out[0] as Uint8Array);
-          return;
-        }
-        sock.cork();
-        for (const c of out) sock.write(c);
-        sock.uncork();
-      },
-      (fn) => process.nextTick(fn),
-    );
+    this.out = socketTurnBatcher(sock);
   }
   write(data: Uint8Array): void {
     if (!this.sock.destroyed) this.out.write(data);

@@ -4,14 +4,13 @@
  * against another on the same database file, alternating. The file is filled with records shaped
  * like a `bench.noop` request's (intent, intent hash, caps, detail, duration). One JSON line per run.
  */
-import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { encodeIntent, intentHash } from "@kpip/protocol";
-import { AuditLog } from "../../src/audit/log.js";
-import { SqliteStore } from "../../src/store/sqlite.js";
+import type { AuditEntry } from "../../src/audit/log.js";
+import { fillAuditFile } from "../../test/audit-fill.js";
 
 const args = process.argv.slice(2);
 const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
@@ -30,31 +29,23 @@ const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)))
 const dir = mkdtempSync(join(tmpdir(), "kpip-ab-verify-"));
 try {
   const db = join(dir, "kernel.db");
-  const store = new SqliteStore(db);
-  const log = new AuditLog(store, "k-ab", generateKeyPairSync("ed25519").privateKey, { batchMax: 512, checkpointEvery: 10_000 });
   const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
   const hash = intentHash(intent);
-  let last: Promise<void> = Promise.resolve();
-  for (let i = 1; i <= records; i++) {
-    last = log.append({
-      session: "sess-0123456789abcdef",
-      persona: "admin",
-      phase: "complete",
-      requestId: i,
-      op: "bench.noop",
-      target: "kernel://",
-      intentHash: hash,
-      intent,
-      caps: "bench.noop@kernel://",
-      status: "SUCCESS",
-      durationUs: 40 + (i % 50),
-      detail: '{"n":1}',
-    });
-    if (i % 5000 === 0) await last;
-  }
-  await last;
-  log.close();
-  store.close();
+  const record = (i: number): AuditEntry => ({
+    session: "sess-0123456789abcdef",
+    persona: "admin",
+    phase: "complete",
+    requestId: i,
+    op: "bench.noop",
+    target: "kernel://",
+    intentHash: hash,
+    intent,
+    caps: "bench.noop@kernel://",
+    status: "SUCCESS",
+    durationUs: 40 + (i % 50),
+    detail: '{"n":1}',
+  });
+  await fillAuditFile(db, records, record, { batchMax: 512, checkpointEvery: 10_000 }, "k-ab");
   for (let r = 0; r < rounds; r++) {
     for (const root of [resolve(other), here]) {
       const { verifyAuditFile } = (await import(

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, type Limits, type Right } from "@kpip/protocol";
+import { rssMb } from "../proc.js";
 import type { AttackContext } from "./attack.js";
 
 const MAIN = fileURLToPath(new URL("../../../../cli/dist/src/main.js", import.meta.url));
@@ -53,12 +54,7 @@ export class KernelProcess {
 
   /** Resident set size in bytes (Linux), 0 once gone. */
   rss(): number {
-    try {
-      const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${this.pid}/status`, "utf8"));
-      return m ? Number(m[1]) * 1024 : 0;
-    } catch {
-      return 0;
-    }
+    return rssMb(this.pid) * 1024 * 1024;
   }
 
   /** Bytes of the home's database and its WAL. */

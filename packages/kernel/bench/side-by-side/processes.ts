@@ -1,6 +1,5 @@
 /** The bench's server processes: each started from a script beside this one, and all killed at the end. */
 import { type ChildProcess, spawn } from "node:child_process";
-import { readFileSync } from "node:fs";
 import { fileURLToPath } from "node:url";
 
 export const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
@@ -35,8 +34,4 @@ export async function stopServer(proc: ChildProcess): Promise<void> {
   await exited;
 }
 
-/** A process's resident set, in MB. */
-export const rssMb = (pid: number): number => {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync(`/proc/${pid}/status`, "utf8"));
-  return m ? Number(m[1]) / 1024 : 0;
-};
+export { rssMb } from "../proc.js";

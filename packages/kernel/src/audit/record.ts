@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { type CborMap, encodeCanonical, sha256 } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow } from "../store/types.js";
+import { CborWriter, textKey } from "./cbor-writer.js";
 
 /** The previous-hash of the first record. */
 export const GENESIS_HASH = new Uint8Array(32);
@@ -68,7 +69,7 @@ const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["traceparent", "text"],
   ["measurements", "bytes"],
 ];
-const KEY_BYTES = FIELDS.map(([k]) => Buffer.concat([Buffer.from([0x60 | k.length]), Buffer.from(k, "latin1")]));
+const KEY_BYTES = FIELDS.map(([k]) => textKey(k));
 
 /**
  * The same bytes as {@link recordHashGeneric}, written straight into one reused buffer with
@@ -76,10 +77,7 @@ const KEY_BYTES = FIELDS.map(([k]) => Buffer.concat([Buffer.from([0x60 | k.lengt
  * `audit verify`. A field that is not what the schema says (a non-integer number) takes the
  * generic path, so the two never disagree.
  */
-class RecordHasher {
-  private buf = Buffer.allocUnsafe(4096);
-  private pos = 0;
-
+class RecordHasher extends CborWriter {
   hash(r: Omit<AuditRow, "hash">): Buffer {
     let count = 0;
     for (const [k, kind] of FIELDS) {
@@ -117,37 +115,6 @@ class RecordHasher {
       }
     }
     return sha256(this.buf.subarray(0, this.pos));
-  }
-
-  private ensure(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
-  }
-
-  private head(major: number, n: number): void {
-    this.ensure(9);
-    const m = major << 5;
-    const b = this.buf;
-    if (n < 24) b[this.pos++] = m | n;
-    else if (n < 0x100) {
-      b[this.pos++] = m | 24;
-      b[this.pos++] = n;
-    } else if (n < 0x10000) {
-      b[this.pos++] = m | 25;
-      b.writeUInt16BE(n, this.pos);
-      this.pos += 2;
-    } else if (n < 0x100000000) {
-      b[this.pos++] = m | 26;
-      b.writeUInt32BE(n, this.pos);
-      this.pos += 4;
-    } else {
-      b[this.pos++] = m | 27;
-      b.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
-      b.writeUInt32BE(n >>> 0, this.pos + 4);
-      this.pos += 8;
-    }
   }
 }
 

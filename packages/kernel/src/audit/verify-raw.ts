@@ -1,6 +1,7 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import type { AuditRow } from "../store/types.js";
+import { CborWriter, textKey } from "./cbor-writer.js";
 import { recordHash } from "./record.js";
 import type { RangeResult } from "./verify.js";
 
@@ -53,12 +54,10 @@ const sha256Hex: (data: Uint8Array) => string = oneShot
   : (data) => crypto.createHash("sha256").update(data).digest("hex").toUpperCase();
 
 /** Hashes rows of one audit table; `columns` are the table's (older homes lack the newer ones). */
-export class RawRecordScan {
+export class RawRecordScan extends CborWriter {
   private readonly scan: Database.Statement;
   private readonly keys: Buffer[];
   private readonly kinds: number[];
-  private buf = Buffer.allocUnsafe(4096);
-  private pos = 0;
   /** Rows hashed through the record path (outside the kernel's types), for tests. */
   slowRows = 0;
 
@@ -68,8 +67,9 @@ export class RawRecordScan {
     /** The record as a slow-path scan reads it (for rows the fast path does not take). */
     private readonly record: (seq: number) => AuditRow | undefined,
   ) {
+    super();
     const present = FIELDS.filter(([, c]) => columns.has(c));
-    this.keys = present.map(([k]) => Buffer.concat([Buffer.from([0x60 | k.length]), Buffer.from(k, "latin1")]));
+    this.keys = present.map(([k]) => textKey(k));
     this.kinds = present.map(([, , kind]) => KIND_CODE[kind]);
     const cols = present.map(([, c, kind]) => (kind === "bytes" ? hexOf(c) : c));
     // Columns 0..2: seq, prev_hash, hash; then the fields in canonical order.
@@ -204,36 +204,5 @@ export class RawRecordScan {
     this.pos = at;
     this.head(3, n);
     this.pos = at + headLen + n;
-  }
-
-  private ensure(n: number): void {
-    if (this.pos + n <= this.buf.length) return;
-    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
-    this.buf.copy(next, 0, 0, this.pos);
-    this.buf = next;
-  }
-
-  private head(major: number, n: number): void {
-    this.ensure(9);
-    const m = major << 5;
-    const b = this.buf;
-    if (n < 24) b[this.pos++] = m | n;
-    else if (n < 0x100) {
-      b[this.pos++] = m | 24;
-      b[this.pos++] = n;
-    } else if (n < 0x10000) {
-      b[this.pos++] = m | 25;
-      b.writeUInt16BE(n, this.pos);
-      this.pos += 2;
-    } else if (n < 0x100000000) {
-      b[this.pos++] = m | 26;
-      b.writeUInt32BE(n, this.pos);
-      this.pos += 4;
-    } else {
-      b[this.pos++] = m | 27;
-      b.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
-      b.writeUInt32BE(n >>> 0, this.pos + 4);
-      this.pos += 8;
-    }
   }
 }

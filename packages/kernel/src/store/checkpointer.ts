@@ -31,11 +31,18 @@ export class WalCheckpointer {
     private readonly store: SqliteStore,
     path: string,
     private readonly log: Logger,
-    opts: { intervalMs?: number; topUpFrames?: number; walLimitBytes?: number } = {},
+    opts: {
+      intervalMs?: number;
+      topUpFrames?: number;
+      walLimitBytes?: number;
+      /** The worker's module (a test gives one that fails, to see the fallback). */
+      workerModule?: URL;
+    } = {},
   ) {
     const intervalMs = opts.intervalMs ?? 250;
     const topUpFrames = opts.topUpFrames ?? 4000;
-    this.worker = new Worker(new URL("./checkpoint-worker.js", import.meta.url), { workerData: { path, intervalMs } });
+    const module = opts.workerModule ?? new URL("./checkpoint-worker.js", import.meta.url);
+    this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
     this.worker.on("message", (m: { error?: string; log?: number }) => {
       if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, linkSync, lstatSync, mkdirSync, statSync, unlinkSync } from "node:fs";
 import net from "node:net";
 import { dirname, join } from "node:path";
-import { coalesce, TurnBatcher } from "@kpip/protocol";
+import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
 import type { Connection } from "../session/connection.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
@@ -131,20 +131,7 @@ export class SocketConnection implements Connection {
     sock.on("error", () => {
       // reported through close
     });
-    this.out = new TurnBatcher(
-      (chunks, bytes) => {
-        if (sock.destroyed) return;
-        const out = coalesce(chunks, bytes);
-        if (out.length === 1) {
-          sock.write(out[0] as Uint8Array);
-          return;
-        }
-        sock.cork();
-        for (const c of out) sock.write(c);
-        sock.uncork();
-      },
-      (fn) => process.nextTick(fn),
-    );
+    this.out = socketTurnBatcher(sock);
   }
 
   get buffered(): number {

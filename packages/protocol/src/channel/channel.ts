@@ -95,3 +95,29 @@ export function coalesce(chunks: Uint8Array[], bytes: number): Uint8Array[] {
   if (chunks.length < 2 || bytes > JOIN_MAX) return chunks;
   return [Buffer.concat(chunks, bytes)];
 }
+
+/** What a socket's writer needs of a Node stream (structural: the protocol imports no sockets). */
+export interface CorkableStream {
+  readonly destroyed: boolean;
+  write(data: Uint8Array): unknown;
+  cork(): void;
+  uncork(): void;
+}
+
+/** The turn batcher of a socket, either side's: each turn's frames coalesced, then written corked. */
+export function socketTurnBatcher(sock: CorkableStream): TurnBatcher {
+  return new TurnBatcher(
+    (chunks, bytes) => {
+      if (sock.destroyed) return;
+      const out = coalesce(chunks, bytes);
+      if (out.length === 1) {
+        sock.write(out[0] as Uint8Array);
+        return;
+      }
+      sock.cork();
+      for (const c of out) sock.write(c);
+      sock.uncork();
+    },
+    (fn) => process.nextTick(fn),
+  );
+}

@@ -1,5 +1,5 @@
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
-import type { Row, Statement, StoreBase, WithRows } from "./base.js";
+import { type Row, rowReader, type Statement, type StoreBase, type WithRows } from "./base.js";
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
@@ -158,42 +158,38 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
   };
 }
 
-function toAudit(r: Row): AuditRow {
-  return {
-    seq: r.seq as number,
-    time: r.time as number,
-    kernel: r.kernel as string,
-    session: r.session as string,
-    persona: r.persona as string,
-    phase: r.phase as AuditRow["phase"],
-    requestId: r.request_id as number | null,
-    op: r.op as string | null,
-    target: r.target as string | null,
-    intentHash: r.intent_hash as Uint8Array | null,
-    intent: r.intent as Uint8Array | null,
-    caps: r.caps as string | null,
-    status: r.status as string | null,
-    errorClass: r.error_class as string | null,
-    message: r.message as string | null,
-    durationUs: r.duration_us as number | null,
-    traceparent: r.traceparent as string | null,
-    execution: (r.execution as string | null) ?? null,
-    domain: (r.domain as string | null) ?? null,
-    measurements: (r.measurements as Uint8Array | null) ?? null,
-    detail: (r.detail as string | null) ?? null,
-    prevHash: r.prev_hash as Uint8Array,
-    hash: r.hash as Uint8Array,
-  };
-}
+const toAudit = rowReader<AuditRow>({
+  seq: true,
+  time: true,
+  kernel: true,
+  session: true,
+  persona: true,
+  phase: true,
+  requestId: true,
+  op: true,
+  target: true,
+  intentHash: true,
+  intent: true,
+  caps: true,
+  status: true,
+  errorClass: true,
+  message: true,
+  durationUs: true,
+  traceparent: true,
+  execution: true,
+  domain: true,
+  measurements: true,
+  detail: true,
+  prevHash: true,
+  hash: true,
+});
 
 /** A signed checkpoint as stored (also read by the audit reader, on a copy of a home's database). */
-export function toCheckpoint(r: Row): AuditCheckpoint {
-  return {
-    seq: r.seq as number,
-    hash: r.hash as Uint8Array,
-    time: r.time as number,
-    kernel: r.kernel as string,
-    publicKey: r.public_key as Uint8Array,
-    signature: r.signature as Uint8Array,
-  };
-}
+export const toCheckpoint = rowReader<AuditCheckpoint>({
+  seq: true,
+  hash: true,
+  time: true,
+  kernel: true,
+  publicKey: true,
+  signature: true,
+});

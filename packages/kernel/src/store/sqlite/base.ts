@@ -10,6 +10,20 @@ export type Transaction<F extends (...args: never[]) => unknown> = Database.Tran
 export type Row = Record<string, unknown>;
 
 /**
+ * A reader of records from rows whose columns are the record's fields in snake_case
+ * (`requestId` ← `request_id`); a column an older home lacks reads as null. `fields` names
+ * every field of `T` (the type checks that none is missing), so a table's mapping is one list.
+ */
+export function rowReader<T>(fields: { [K in keyof T]-?: true }): (r: Row) => T {
+  const cols = Object.keys(fields).map((f) => [f, f.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] as const);
+  return (r) => {
+    const o: Row = {};
+    for (const [f, c] of cols) o[f] = r[c] ?? null;
+    return o as T;
+  };
+}
+
+/**
  * What each table module extends (store/sqlite.ts stacks them into SqliteStore). TypeScript
  * requires a mixin's base constructor to take `any[]`.
  */

@@ -1,5 +1,5 @@
 import type { AgentRecord, AgentStore, OpRecord, OpStore } from "../types.js";
-import type { Row, StoreBase, WithRows } from "./base.js";
+import { type Row, rowReader, type StoreBase, type WithRows } from "./base.js";
 
 /** The fields of an agent record an update may set, and their columns. */
 const AGENT_UPDATES: Readonly<Record<string, string>> = {
@@ -86,42 +86,42 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
   };
 }
 
-function toAgent(r: Row): AgentRecord {
-  return {
-    id: r.id as string,
-    persona: r.persona as string,
-    spawner: r.spawner as string,
-    command: r.command as string,
-    args: JSON.parse(r.args as string) as string[],
-    pid: (r.pid as number | null) ?? null,
-    state: r.state as AgentRecord["state"],
-    exitCode: (r.exit_code as number | null) ?? null,
-    signal: (r.signal as string | null) ?? null,
-    startedAt: r.started_at as number,
-    endedAt: (r.ended_at as number | null) ?? null,
-    deadline: r.deadline as number,
-    stdout: (r.stdout as Uint8Array | null) ?? null,
-    stderr: (r.stderr as Uint8Array | null) ?? null,
-    tokenId: r.token_id as string,
-    cwd: r.cwd as string,
-  };
-}
+const agentRow = rowReader<AgentRecord>({
+  id: true,
+  persona: true,
+  spawner: true,
+  command: true,
+  args: true,
+  pid: true,
+  state: true,
+  exitCode: true,
+  signal: true,
+  startedAt: true,
+  endedAt: true,
+  deadline: true,
+  stdout: true,
+  stderr: true,
+  tokenId: true,
+  cwd: true,
+});
+const toAgent = (r: Row): AgentRecord => {
+  const a = agentRow(r);
+  return { ...a, args: JSON.parse(a.args as unknown as string) as string[] };
+};
 
-function toOp(r: Row): OpRecord {
-  return {
-    id: r.id as string,
-    persona: r.persona as string,
-    session: r.session as string,
-    kind: r.kind as OpRecord["kind"],
-    name: r.name as string,
-    state: r.state as OpRecord["state"],
-    result: (r.result as Uint8Array | null) ?? null,
-    errorClass: (r.error_class as string | null) ?? null,
-    message: (r.message as string | null) ?? null,
-    createdAt: r.created_at as number,
-    startedAt: (r.started_at as number | null) ?? null,
-    finishedAt: (r.finished_at as number | null) ?? null,
-    deadline: (r.deadline as number | null) ?? null,
-    expiresAt: r.expires_at as number,
-  };
-}
+const toOp = rowReader<OpRecord>({
+  id: true,
+  persona: true,
+  session: true,
+  kind: true,
+  name: true,
+  state: true,
+  result: true,
+  errorClass: true,
+  message: true,
+  createdAt: true,
+  startedAt: true,
+  finishedAt: true,
+  deadline: true,
+  expiresAt: true,
+});

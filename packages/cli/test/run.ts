@@ -1,0 +1,21 @@
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { fileURLToPath } from "node:url";
+import { outputIncludes } from "@kpip/protocol/testing";
+
+/** The installed command: the bundled entry, which hands every command it does not bundle to dist/src/main.js. */
+export const MAIN = fileURLToPath(new URL("../bundle/kpip.cjs", import.meta.url));
+
+/** Runs `kpip <args>` (the installed command) to its end. */
+export const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
+  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } });
+  return { code: r.status, out: r.stdout, err: r.stderr };
+};
+
+/** `kpip kernel` in a child process on `home`; resolves once it says it is running, rejects if it exits first. */
+export async function runKernel(home: string, ...extra: string[]): Promise<ChildProcess> {
+  const k = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "silent", ...extra], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await outputIncludes(k, "is running");
+  return k;
+}

@@ -1,0 +1,45 @@
+/**
+ * A growable buffer that writes CBOR heads: the one writer under both record hashers
+ * (record.ts's, over decoded rows, and verify-raw.ts's, over SQLite's raw columns).
+ */
+export class CborWriter {
+  protected buf = Buffer.allocUnsafe(4096);
+  protected pos = 0;
+
+  protected ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
+    this.buf.copy(next, 0, 0, this.pos);
+    this.buf = next;
+  }
+
+  /** A major type's head with argument `n` (a non-negative safe integer). */
+  protected head(major: number, n: number): void {
+    this.ensure(9);
+    const m = major << 5;
+    const b = this.buf;
+    if (n < 24) b[this.pos++] = m | n;
+    else if (n < 0x100) {
+      b[this.pos++] = m | 24;
+      b[this.pos++] = n;
+    } else if (n < 0x10000) {
+      b[this.pos++] = m | 25;
+      b.writeUInt16BE(n, this.pos);
+      this.pos += 2;
+    } else if (n < 0x100000000) {
+      b[this.pos++] = m | 26;
+      b.writeUInt32BE(n, this.pos);
+      this.pos += 4;
+    } else {
+      b[this.pos++] = m | 27;
+      b.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
+      b.writeUInt32BE(n >>> 0, this.pos + 4);
+      this.pos += 8;
+    }
+  }
+}
+
+/** A short ASCII map key (under 24 bytes) as its CBOR text string. */
+export function textKey(k: string): Buffer {
+  return Buffer.concat([Buffer.from([0x60 | k.length]), Buffer.from(k, "latin1")]);
+}
