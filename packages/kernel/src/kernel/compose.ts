@@ -277,6 +277,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     audit.onCommit = (n, seconds) => {
       metrics.auditBatch.observe(n);
       metrics.auditCommitSeconds.observe(seconds);
+      // The WAL stays bounded however late the checkpoint worker runs on a busy machine.
+      home.checkpointer.committed();
     };
     const refusals = new RefusalLimiter({
       sessionRate: c.auditRefusalRate,

@@ -1,3 +1,4 @@
+import { statSync } from "node:fs";
 import { Worker } from "node:worker_threads";
 import type { Logger } from "../log.js";
 import type { SqliteStore } from "./sqlite.js";
@@ -17,10 +18,15 @@ import type { SqliteStore } from "./sqlite.js";
  * than `topUpFrames` frames, the kernel runs one PASSIVE checkpoint on its own connection
  * (no commit can interleave with it there, and the worker has already copied nearly all of
  * it), so the next commit starts the WAL over; `journal_size_limit` then trims the file.
+ * The worker's reports come on a timer, and a busy machine can starve it: so the kernel also
+ * looks at the WAL's size after each of its commits ({@link committed}) and tops up past
+ * `walHardLimitBytes`, whatever the worker managed. The WAL is bounded by that plus one commit.
  */
 export class WalCheckpointer {
   private readonly worker: Worker;
   private stopped = false;
+  private readonly walPath: string;
+  private readonly hardLimit: number;
 
   /** Whether checkpoints still run on the worker thread (false after a fallback or stop). */
   get background(): boolean {
@@ -35,6 +41,8 @@ export class WalCheckpointer {
       intervalMs?: number;
       topUpFrames?: number;
       walLimitBytes?: number;
+      /** WAL bytes past which the kernel's own commit tops up, however late the worker is. */
+      walHardLimitBytes?: number;
       /** The worker's module (a test gives one that fails, to see the fallback). */
       workerModule?: URL;
     } = {},
@@ -42,6 +50,8 @@ export class WalCheckpointer {
     const intervalMs = opts.intervalMs ?? 250;
     const topUpFrames = opts.topUpFrames ?? 4000;
     const module = opts.workerModule ?? new URL("./checkpoint-worker.js", import.meta.url);
+    this.walPath = `${path}-wal`;
+    this.hardLimit = opts.walHardLimitBytes ?? 48 * 1024 * 1024;
     this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
     this.worker.on("message", (m: { error?: string; log?: number }) => {
@@ -54,6 +64,13 @@ export class WalCheckpointer {
     });
     store.setAutoCheckpoint(0);
     store.setWalLimit(opts.walLimitBytes ?? 32 * 1024 * 1024);
+  }
+
+  /** After a commit of the kernel's: a WAL past the hard limit is topped up now (one stat a commit). */
+  committed(): void {
+    if (this.stopped) return;
+    const size = statSync(this.walPath, { throwIfNoEntry: false })?.size ?? 0;
+    if (size > this.hardLimit) this.topUp();
   }
 
   /** Called after each top-up checkpoint (metrics). */
