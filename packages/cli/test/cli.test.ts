@@ -263,6 +263,16 @@ describe("registry changes while no kernel runs", () => {
     const created = JSON.parse(kpip(["persona", "create", "frank", "--json", ...h]).out);
     assert.equal(created.via, "offline");
     assert.equal(statSync(created.identity).mode & 0o777, 0o600);
+    // A token for frank, minted by a kernel, then the kernel stops again: the offline removal ends it.
+    const minting = await runKernel(home);
+    let tokenId: string;
+    try {
+      const m = kpip(["token", "mint", "--persona", "frank", "--allow", "system.*:kernel://", "--ttl", "1h", "--json", ...h]);
+      assert.equal(m.code, 0, m.err);
+      tokenId = JSON.parse(m.out).id;
+    } finally {
+      await stop(minting);
+    }
     const removed = kpip(["persona", "remove", "frank", ...h]);
     assert.equal(removed.code, 0, removed.err);
     assert.match(removed.out, /offline \(audited when the kernel next runs\)/);
@@ -286,6 +296,8 @@ describe("registry changes while no kernel runs", () => {
         q("persona.remove").map((r) => r.phase),
         ["offline"],
       );
+      // What the removal ended is on the record, as for a removal the kernel makes.
+      assert.match(q("persona.remove")[0].message, new RegExp(`personas frank; tokens ended: ${tokenId}`));
     } finally {
       await stop(k);
     }

@@ -39,6 +39,7 @@ export {
 export { SandboxUnavailableError } from "./sandbox/sandbox.js";
 export { UnsafeHomeError } from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
+export type { JournalEntry } from "./store/sqlite/registry.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";
 export { answers as kernelAnswers, SocketPathError } from "./transport/uds.js";

@@ -7,6 +7,7 @@ import {
   ConfigError,
   HOME_FILES,
   isAgentPersona,
+  type JournalEntry,
   type KernelConfig,
   kernelAnswers,
   removalRefusal,
@@ -57,7 +58,7 @@ function readPublicKey(file: string): Uint8Array {
 const json = { type: "boolean" as const, description: "print JSON" };
 
 type Outcome = { ok: true } | { ok: false; message: string };
-type Journal = (op: string, target: string, message: string) => Parameters<SqliteStore["withJournal"]>[0];
+type Journal = (op: string, target: string, message: string) => JournalEntry;
 
 /** Who made an offline change, for its audit record. */
 function actor(): string {
@@ -245,8 +246,16 @@ export const personaCommand: Command = {
             const refusal = removalRefusal(pid, cfg.adminPersona);
             if (refusal) return { ok: false, message: refusal };
             if (!store.getPersona(pid)) return { ok: false, message: `${pid} is not registered` };
-            store.withJournal(journal("persona.remove", `persona://${pid}`, "removed with kpip persona remove"), () =>
-              removePersonaTree(store, pid, (t) => store.revokeToken(t, "kpip persona remove", Date.now())),
+            // The record names every persona removed and every token the removal ended, as the
+            // kernel's own removal does (a responder reads what ended from the audit log alone).
+            const ended: string[] = [];
+            store.withJournal(
+              (r) => journal("persona.remove", `persona://${pid}`, removalMessage(r.removed, ended)),
+              () =>
+                removePersonaTree(store, pid, (t) => {
+                  store.revokeToken(t, "kpip persona remove", Date.now());
+                  ended.push(t);
+                }),
             );
             return { ok: true };
           },
@@ -278,4 +287,11 @@ export const personaCommand: Command = {
 /** Where `persona create` writes a persona's identity file by default. */
 function identityPath(home: string, persona: string): string {
   return join(home, "personas", `${persona.replaceAll("/", "__")}.identity`);
+}
+
+/** The offline removal's journal message: the personas removed and the tokens it ended (ids, at most 200 listed). */
+function removalMessage(personas: string[], tokens: string[]): string {
+  const listed = tokens.slice(0, 200).join(", ");
+  const more = tokens.length > 200 ? ` and ${tokens.length - 200} more` : "";
+  return `removed with kpip persona remove: personas ${personas.join(", ")}; tokens ended: ${listed || "none"}${more}`;
 }

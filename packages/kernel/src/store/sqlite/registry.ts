@@ -1,9 +1,12 @@
 import type { OfflineEntry, PersonaRecord, PersonaStore } from "../types.js";
 import type { Row, Statement, StoreBase, WithRows } from "./base.js";
 
+/** What the offline journal records of a change (its id and time are the store's). */
+export type JournalEntry = Omit<OfflineEntry, "id" | "time">;
+
 /** Administrative changes made on the home database without the kernel, journalled for the audit chain. */
 export interface JournalStore {
-  withJournal<T>(entry: Omit<OfflineEntry, "id" | "time">, change: () => T): T;
+  withJournal<T>(entry: JournalEntry | ((result: T) => JournalEntry), change: () => T): T;
   offlineJournal(limit?: number): OfflineEntry[];
 }
 
@@ -32,12 +35,14 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     /**
      * Runs an administrative change made without the kernel (the CLI on the home database) and
      * journals it in the same transaction; the kernel moves the journal into the audit chain.
-     * A change that returns `false` changed nothing and is not journalled.
+     * A change that returns `false` changed nothing and is not journalled. The entry may be made
+     * from the change's result (what it ended, say), in the same transaction.
      */
-    withJournal<T>(entry: Omit<OfflineEntry, "id" | "time">, change: () => T): T {
+    withJournal<T>(entry: JournalEntry | ((result: T) => JournalEntry), change: () => T): T {
       return this.db.transaction(() => {
         const r = change();
         if (r === false) return r;
+        if (typeof entry === "function") entry = entry(r);
         this.prep("INSERT INTO offline_journal (time, actor, op, target, message) VALUES (?, ?, ?, ?, ?)").run(
           Date.now(),
           entry.actor,
