@@ -157,7 +157,7 @@ export class Kernel {
       const { grpc } = await openListeners(c, (conn) => this.accept(conn), s.host.peerLog, this.log, this.listeners);
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);
-      this.housekeeping = startHousekeeping(s, c, this.log);
+      this.housekeeping = startHousekeeping(s, c, this.log, this.events);
       this.state = "running";
       s.sessions.open(s.host);
       this.log.info({ kernel: s.kernelId, socket: c.socket, grpc: grpc?.address, home: c.home }, "kernel listening");

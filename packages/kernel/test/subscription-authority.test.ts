@@ -58,6 +58,22 @@ describe("an event subscription lives as long as the capability that authorized 
     });
   });
 
+  it("ends when the capability expires even if no event comes: the kernel's next tick ends it and frees its slot", async () => {
+    let skew = 0;
+    await withKernel({ clock: () => Date.now() + skew }, async (t) => {
+      const p = await t.persona("quiet-listener", RIGHTS, { ttlMs: 60_000 });
+      const c = await t.connect(p.identity, [p.token], { refreshMarginMs: 0 });
+      const seen: KEvent[] = [];
+      c.on("event", (e: KEvent) => seen.push(e));
+      await c.subscribe("topic://auth/quiet");
+      assert.equal(t.k.events.subscriptionCount(), 1);
+      skew = 120_000;
+      const last = await until(() => seen.find((e) => e.ended !== undefined), 30_000, "the subscription's last event");
+      assert.equal(last.ended, `the capability ${p.id} that authorized this subscription expired`);
+      assert.equal(t.k.events.subscriptionCount(), 0, "its slot is free");
+    });
+  });
+
   it("an emitter cannot end another's subscription by what it emits", async () => {
     await withKernel({}, async (t) => {
       const admin = await t.admin();

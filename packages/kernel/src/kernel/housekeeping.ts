@@ -1,5 +1,6 @@
 import { AuditRetention } from "../audit/retention.js";
 import type { KernelConfig } from "../config.js";
+import type { EventBus } from "../events/bus.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
@@ -10,7 +11,12 @@ import type { KernelServices } from "./compose.js";
  * changes made without the kernel, due checkpoints. Pruning (dedupe, ops, tokens, audit
  * retention, the last a slice a turn) on the first tick, then every PRUNE_INTERVAL_MS.
  */
-export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logger): { stop(): void } {
+export function startHousekeeping(
+  s: KernelServices,
+  c: KernelConfig,
+  log: Logger,
+  events: Pick<EventBus, "endLapsed">,
+): { stop(): void } {
   let lastPrune = 0;
   const dedupePruner = new DedupePruner(s.store);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
@@ -18,6 +24,8 @@ export function startHousekeeping(s: KernelServices, c: KernelConfig, log: Logge
   const timer = setInterval(() => {
     const now = Date.now();
     s.sessions.tick(now);
+    // Subscriptions and watches whose capability expired end now, not only at their next event.
+    events.endLapsed();
     s.host.peerLog.sweep(now);
     s.dedupe.sweep(now);
     s.applyOfflineChanges();
