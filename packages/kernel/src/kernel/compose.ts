@@ -8,6 +8,7 @@ import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
 import type { CapEnforcer } from "../auth/enforcer.js";
 import { RootKeys } from "../auth/keys.js";
+import { capabilityLapsed } from "../auth/lapsed.js";
 import type { TokenService } from "../auth/tokens.js";
 import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
 import type { KernelConfig } from "../config.js";
@@ -28,7 +29,6 @@ import { resourceFamily } from "../primitives/resource.js";
 import type { Router } from "../primitives/router.js";
 import { storageFamily } from "../primitives/storage.js";
 import { UploadTable } from "../primitives/storage-uploads.js";
-import { watchLapsed } from "../primitives/storage-watch.js";
 import { systemFamily } from "../primitives/system.js";
 import { tokenFamily } from "../primitives/token.js";
 import type { PrimitiveFamily } from "../primitives/types.js";
@@ -122,8 +122,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     events.operator = c.adminPersona;
     // Subscriptions live as long as the capabilities that authorized them (the token service is built below).
     let tokensRef: TokenService | undefined;
-    const lapsed = (g: Grant) => watchLapsed(tokensRef, g, now());
-    events.lapsed = lapsed;
+    events.lapsed = (g: Grant) => capabilityLapsed(tokensRef, g, now());
     sandbox = openSandbox(c, log, input.bwrapPath);
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
@@ -180,7 +179,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     router.register(
       storageFamily(
-        { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id), lapsed } },
+        { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
         {
           maxObjectBytes: c.maxObjectBytes,
           maxListPage: MAX_LIST_PAGE,

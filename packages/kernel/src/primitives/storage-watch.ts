@@ -1,4 +1,4 @@
-import { type Grant, storageUnwatch, storageWatch } from "@kpip/protocol";
+import { storageUnwatch, storageWatch } from "@kpip/protocol";
 import type { EventBus, EventSink } from "../events/bus.js";
 import { implement } from "./implement.js";
 import { OpError, type PrimitiveDeclaration } from "./types.js";
@@ -13,8 +13,6 @@ import { OpError, type PrimitiveDeclaration } from "./types.js";
 export interface WatchDeps {
   bus: EventBus;
   sinkOf(session: string): EventSink | undefined;
-  /** Why the capability that authorized a watch no longer holds (revoked, expired), or undefined. */
-  lapsed(grant: Grant): string | undefined;
 }
 
 /** What a change notice says: the object, its generation after the change, and what happened. */
@@ -43,9 +41,8 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
         if (ctx.target.segments.slice(0, -1).includes("**"))
           throw new OpError("SEMANTIC", "'**' may only be the last segment of a watch pattern");
         const pattern = ctx.targetUri;
-        const grant = ctx.grant;
-        const guard = grant ? () => d.lapsed(grant) : undefined;
-        const subscription = d.bus.subscribe(sink(ctx.session), pattern, guard);
+        // It lives as long as the capability that authorized it, as every subscription does.
+        const subscription = d.bus.subscribe(sink(ctx.session), pattern, d.bus.guardFor(ctx.grant));
         return { status: "SUCCESS", payload: { subscription, pattern }, audit: { subscription } };
       },
     }),
@@ -60,15 +57,4 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
       },
     }),
   ];
-}
-
-/** A watch's (or an event subscription's) authority lapses with the capability that authorized it: revoked, or past its expiry. */
-export function watchLapsed(
-  revocations: { isRevoked(g: Grant): boolean } | undefined,
-  g: Grant,
-  now = Date.now(),
-): string | undefined {
-  if (revocations?.isRevoked(g)) return `the capability ${g.id} that authorized this subscription was revoked`;
-  if (now >= g.exp) return `the capability ${g.id} that authorized this subscription expired`;
-  return undefined;
 }
