@@ -97,13 +97,48 @@ describe("the WAL's hard bound", () => {
       let largest = 0;
       for (let i = 0; i < 80; i++) {
         store.setMeta(`k${i % 4}`, `${i}${value}`);
-        cp.committed();
+        cp.committed(value.length);
         largest = Math.max(largest, statSync(wal).size);
       }
       // 20 MB went through it: without the bound the WAL would hold all of it.
       assert.ok(largest < 2 * limit, `largest WAL seen: ${(largest / 1048576).toFixed(1)} MiB`);
       assert.ok(cp.background, "the worker is still the one that normally checkpoints");
       await cp.stop();
+    } finally {
+      store.close();
+      removeHome(home);
+    }
+  });
+
+  it("looks at the WAL's size once per statEveryBytes of estimated commits, not after every commit", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    try {
+      const silent = new URL(
+        `data:text/javascript,${encodeURIComponent('import { parentPort } from "node:worker_threads"; parentPort.on("message", () => process.exit(0));')}`,
+      );
+      const cp = new WalCheckpointer(store, path, createLogger("silent"), {
+        workerModule: silent,
+        walHardLimitBytes: 64 * 1024,
+        statEveryBytes: 1024 * 1024,
+      });
+      let topUps = 0;
+      cp.onTopUp = () => topUps++;
+      const value = "x".repeat(128 * 1024);
+      // Each commit claims 100 KiB: the 11th and the 22nd pass 1 MiB since the last look.
+      const seen: number[] = [];
+      try {
+        for (let i = 1; i <= 22; i++) {
+          store.setMeta(`k${i % 4}`, `${i}${value}`);
+          const before = topUps;
+          cp.committed(100 * 1024);
+          if (topUps > before) seen.push(i);
+        }
+      } finally {
+        await cp.stop();
+      }
+      assert.deepEqual(seen, [11, 22], "a top-up at each look past the limit, and none between");
     } finally {
       store.close();
       removeHome(home);

@@ -59,8 +59,13 @@ export class AuditLog {
   /** Sizes of recent batches, for metrics. */
   committedBatches = 0;
   committedRecords = 0;
-  /** Called after each commit with its size and duration (metrics). */
-  onCommit: ((records: number, seconds: number) => void) | undefined;
+  /**
+   * Called after each commit with its records, its duration and an upper estimate of the bytes it
+   * added to the WAL (metrics, and the WAL bound: see WalCheckpointer.committed).
+   */
+  onCommit: ((records: number, seconds: number, walBytes: number) => void) | undefined;
+  /** The WAL-bytes estimate of the records pending (a page per record, and the intent's bytes twice). */
+  private pendingBytes = 0;
 
   constructor(
     private readonly store: AuditStore,
@@ -118,6 +123,7 @@ export class AuditLog {
     row.hash = recordHash(row);
     this.head = row.hash;
     this.pending.push(row);
+    this.pendingBytes += 4096 + 2 * (row.intent?.length ?? 0);
     if (row.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.pendingCheckpoints.push(this.sign());
     if (this.batchPromise === undefined) {
       this.batchPromise = new Promise<void>((resolve, reject) => {
@@ -142,6 +148,8 @@ export class AuditLog {
     const journalUpTo = this.pendingJournalUpTo;
     const waiters = this.waiters;
     const checkpoints = this.pendingCheckpoints;
+    const walBytes = this.pendingBytes + 8192;
+    this.pendingBytes = 0;
     this.pendingCheckpoints = [];
     this.pending = [];
     this.pendingDedupe = [];
@@ -153,7 +161,7 @@ export class AuditLog {
       this.store.appendAudit(rows, dedupe, journalUpTo, checkpoints);
       this.committedBatches++;
       this.committedRecords += rows.length;
-      this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9);
+      this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9, walBytes);
     } catch (e) {
       // The chain in memory ran ahead of the store: fall back to what is durable.
       this.reload();

@@ -273,11 +273,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     metricsRef = metrics;
     home.checkpointer.onTopUp = () => metrics.walTopUps.inc();
-    audit.onCommit = (n, seconds) => {
+    audit.onCommit = (n, seconds, walBytes) => {
       metrics.auditBatch.observe(n);
       metrics.auditCommitSeconds.observe(seconds);
       // The WAL stays bounded however late the checkpoint worker runs on a busy machine.
-      home.checkpointer.committed();
+      home.checkpointer.committed(walBytes);
     };
     const refusals = new RefusalLimiter({
       sessionRate: c.auditRefusalRate,

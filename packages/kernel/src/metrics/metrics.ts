@@ -1,23 +1,13 @@
 import { createServer, type Server } from "node:http";
 import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { RequestSeries } from "./request-series.js";
 
 /** The kernel's Prometheus series. Cheap to update; served only when --metrics-listen is set. */
 export class KernelMetrics {
   readonly registry = new Registry();
   private processSeries = false;
-  readonly requests = new Counter({
-    name: "kpip_requests_total",
-    help: "Requests answered, by op, status and error class",
-    labelNames: ["op", "status", "error_class"] as const,
-    registers: [this.registry],
-  });
-  readonly latency = new Histogram({
-    name: "kpip_request_duration_seconds",
-    help: "Time from a request's arrival to its response, by op",
-    labelNames: ["op"] as const,
-    buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3],
-    registers: [this.registry],
-  });
+  /** Every answered request: its count by op and outcome, and its latency by op. */
+  readonly requests = new RequestSeries(this.registry, [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]);
   readonly auditBatch = new Histogram({
     name: "kpip_audit_batch_records",
     help: "Audit records per commit",

@@ -125,11 +125,7 @@ export class Pipeline {
     const ctx = requestCtx(s, req, started, t);
     const r = await this.process(ctx);
     endRequestSpan(t, ctx.op, r.status, r.error);
-    const metrics = this.deps.metrics;
-    if (metrics) {
-      metrics.requests.inc({ op: ctx.op, status: r.status, error_class: r.error ?? "" });
-      metrics.latency.observe({ op: ctx.op }, Number(process.hrtime.bigint() - started) / 1e9);
-    }
+    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - started) / 1e9);
     return r;
   }
 
