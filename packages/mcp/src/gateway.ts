@@ -14,6 +14,7 @@ import {
   UnsubscribeRequestSchema,
 } from "@modelcontextprotocol/sdk/types.js";
 import { followDeferred, type ToolCallContext } from "./deferred.js";
+import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
@@ -106,8 +107,7 @@ export class McpGateway {
       );
     }
     const { ops } = (await this.client.op(systemDescribe, "kernel://", {})).payload;
-    // The catalogue types a field declaration as any map (it is recursive); the kernel sends FieldSpecs.
-    const table = ops as unknown as OpDecl[];
+    const table = opTable(ops);
     const tools = new Map<string, ToolEntry>();
     for (const { decl, targets } of grants.allowedOps(table)) {
       if (NOT_TOOLS.has(decl.op)) continue;

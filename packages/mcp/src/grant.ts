@@ -43,10 +43,14 @@ export class GrantView {
     return this.live().some((g) => grantAllows(g, op, target));
   }
 
-  /** The ops of the kernel's table these tokens allow somewhere, with their target patterns. */
+  /**
+   * The ops of the kernel's table these tokens allow somewhere, with their target patterns. An op
+   * is allowed by the name the kernel authorizes it as (`authorizeAs`: storage.upload.* by
+   * storage.write), exactly as the kernel decides.
+   */
   allowedOps(table: OpDecl[]): { decl: OpDecl; targets: string[] }[] {
     return table
-      .map((decl) => ({ decl, targets: this.targetsFor(decl.op, decl.targets) }))
+      .map((decl) => ({ decl, targets: this.targetsFor(decl.authorizeAs ?? decl.op, decl.targets) }))
       .filter((x) => x.targets.length > 0)
       .sort((a, b) => (a.decl.op < b.decl.op ? -1 : 1));
   }

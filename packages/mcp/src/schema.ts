@@ -13,6 +13,8 @@ export interface OpDecl {
   args: Record<string, ArgDecl>;
   /** The payload's fields (the kernel's built-in ops declare them). */
   result?: Record<string, ArgDecl>;
+  /** The op a grant must name to allow this one, when not its own name (the kernel authorizes by it). */
+  authorizeAs?: string;
 }
 
 /** Bad input from the host: answered with an MCP error; the kernel is never asked. */

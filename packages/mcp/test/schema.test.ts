@@ -1,7 +1,8 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { attenuate, mintToken, type Right, tokenMint, tokenToString } from "@kpip/protocol";
+import { attenuate, KpipError, mintToken, type Right, tokenMint, tokenToString } from "@kpip/protocol";
+import { opTable } from "../src/describe.js";
 import { GrantView } from "../src/grant.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs } from "../src/schema.js";
 
@@ -123,5 +124,43 @@ describe("input schemas follow the op catalogue's fields into arrays and records
       minimum: 0,
       description: "the limit",
     });
+  });
+});
+
+describe("the op table from system.describe", () => {
+  const op = {
+    op: "storage.upload.begin",
+    description: "d",
+    targets: ["obj"],
+    idempotent: false,
+    effects: true,
+    args: {
+      size: { type: "uint", required: true, description: "s" },
+      meta: { type: "map", required: false, description: "m", values: { type: "text", required: false, description: "v" } },
+    },
+    authorizeAs: "storage.write",
+  };
+
+  it("reads each field declaration into a FieldSpec, with authorizeAs", () => {
+    const [d] = opTable([op]);
+    assert.equal(d?.authorizeAs, "storage.write");
+    assert.deepEqual(d?.args.meta?.values, { type: "text", required: false, description: "v" });
+  });
+
+  it("refuses a malformed table with PROTOCOL instead of building tools from guesses", () => {
+    for (const bad of [
+      "not a map",
+      { ...op, targets: "obj" },
+      { ...op, args: { size: { type: "float", description: "s" } } },
+      { ...op, args: { size: { type: "uint" } } },
+      { ...op, args: { size: { type: "array", description: "a", items: 3 } } },
+      { ...op, op: 7 },
+    ]) {
+      assert.throws(
+        () => opTable([bad as never]),
+        (e: unknown) => e instanceof KpipError && e.errorClass === "PROTOCOL",
+        JSON.stringify(bad),
+      );
+    }
   });
 });

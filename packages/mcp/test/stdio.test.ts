@@ -21,6 +21,11 @@ const EXPECTED_TOOLS = [
   "op_status",
   "storage_list",
   "storage_read",
+  // Allowed by storage.write: the kernel authorizes an upload as the write it becomes.
+  "storage_upload_abort",
+  "storage_upload_begin",
+  "storage_upload_chunk",
+  "storage_upload_commit",
   "storage_write",
   "system_describe",
 ];

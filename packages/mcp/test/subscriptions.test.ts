@@ -142,6 +142,26 @@ describe("MCP resource subscriptions backed by kernel storage watches", () => {
     }
   });
 
+  it("lists an op by the name the kernel authorizes it as: upload tools follow storage.write, not their own names", async () => {
+    const erin = await stdioHost(
+      k,
+      await k.persona("erin", [
+        { ops: ["system.describe"], targets: ["kernel://"] },
+        // Names the upload ops but not storage.write: the kernel refuses every upload of this token.
+        { ops: ["storage.upload.*", "storage.read"], targets: ["obj://ws3/**"] },
+      ]),
+    );
+    try {
+      const names = (await erin.listTools()).tools.map((t) => t.name);
+      assert.ok(names.includes("storage_read"), names.join(", "));
+      assert.ok(!names.some((n) => n.startsWith("storage_upload")), names.join(", "));
+      const e = await mcpError(erin.callTool({ name: "storage_upload_begin", arguments: { target: "obj://ws3/x", args: {} } }));
+      assert.equal(e.code, ErrorCode.InvalidParams, "an unlisted tool is not called");
+    } finally {
+      await erin.close();
+    }
+  });
+
   it("keeps subscriptions across a kernel restart", async () => {
     const got = updates(alice);
     await alice.subscribeResource({ uri: "obj://ws1/restart" });

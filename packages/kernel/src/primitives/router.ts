@@ -34,6 +34,7 @@ export class Router {
         effects: d.effects,
         args: describeShape(d.args),
         ...(d.result ? { result: describeShape(d.result) } : {}),
+        ...(d.authorizeAs ? { authorizeAs: d.authorizeAs } : {}),
       })),
     };
   }

@@ -162,6 +162,10 @@ export const systemDescribe = defineOp({
           effects: { type: "bool", required: true, description: "it changes state" },
           args: { type: "map", required: true, values: fieldDecl, description: "its arguments by name" },
           result: { type: "map", values: fieldDecl, description: "its payload's fields (built-in ops)" },
+          authorizeAs: {
+            type: "text",
+            description: "the op a grant must name to allow it, when not its own name (storage.upload.* → storage.write)",
+          },
         },
       },
     },
