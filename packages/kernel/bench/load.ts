@@ -6,7 +6,8 @@
  * Every operation is one the persona is granted, so any error is unexpected and fails the run
  * (exit 1), as does a kernel RSS over the bound or a kernel that dies. Reports throughput,
  * latency percentiles per op and overall, and the kernel's RSS over the run. `--kernel-cpu-prof`
- * writes the kernel's V8 CPU profile into DIR when it stops (to find what stalls the tail).
+ * writes the kernel's V8 CPU profile into DIR when it stops (to find what stalls the tail). A run
+ * of ten minutes or more is the soak: its RSS at the end of each minute says whether it keeps growing.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
@@ -153,9 +154,12 @@ async function session(n: number): Promise<void> {
 const started = Date.now();
 const rssStart = kernelRssMb();
 let rssMax = rssStart;
+/** The kernel's RSS at the end of each full minute: a soak's answer to "does it keep growing?". */
+const rssByMinute: number[] = [];
 const sampler = setInterval(() => {
   const r = kernelRssMb();
   rssMax = Math.max(rssMax, r);
+  if (Math.floor((Date.now() - started) / 60_000) > rssByMinute.length) rssByMinute.push(Math.round(r));
   if (!JSON_OUT) {
     const secs = (Date.now() - started) / 1000;
     process.stderr.write(
@@ -217,6 +221,7 @@ const summary = {
   rssStartMb: Math.round(rssStart),
   rssMaxMb: Math.round(rssMax),
   rssEndOfLoadMb: Math.round(rssAtEnd),
+  rssByMinuteMb: rssByMinute,
   perOp,
   failures,
 };
@@ -224,7 +229,8 @@ if (JSON_OUT) console.log(JSON.stringify(summary));
 else {
   console.log(
     `load: ${SESSIONS} sessions (${PERSONAS} personas) for ${summary.seconds}s: ${summary.ops} ops, ${summary.opsPerSecond} ops/s, ` +
-      `p50 ${summary.p50_us} µs, p99 ${summary.p99_us} µs, p99.9 ${summary.p999_us} µs; kernel rss ${summary.rssStartMb}→${summary.rssMaxMb} MB`,
+      `p50 ${summary.p50_us} µs, p99 ${summary.p99_us} µs, p99.9 ${summary.p999_us} µs; kernel rss ${summary.rssStartMb}→${summary.rssMaxMb} MB` +
+      (rssByMinute.length ? `; by minute ${rssByMinute.join(", ")} MB` : ""),
   );
   for (const [op, s] of Object.entries(perOp)) {
     console.log(
