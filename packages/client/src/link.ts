@@ -123,6 +123,12 @@ export class Link {
     writePieces(this.channel, pieces, this.reader.shm);
   }
 
+  /** Sends one whole frame (through shared memory when it takes it). */
+  sendFrame(frame: Uint8Array): void {
+    const shm = this.reader.shm;
+    this.channel.write(shm ? shm.wrap(frame) : frame);
+  }
+
   send(msg: Message): void {
     writeMessage(this.channel, msg);
   }

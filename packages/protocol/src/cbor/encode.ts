@@ -38,6 +38,33 @@ export class CanonicalWriter {
     return Buffer.concat(this.finishParts());
   }
 
+  /** Bytes written so far (headroom and referenced pieces included). */
+  get length(): number {
+    let n = this.pos - this.segStart;
+    for (const d of this.done) n += d.length;
+    return n;
+  }
+
+  /**
+   * Starts again at the beginning of the same buffer, so one writer serves call after call
+   * without allocating; views of what it wrote before are overwritten from here on.
+   */
+  reset(headroom = 0): void {
+    this.pos = headroom;
+    this.segStart = 0;
+    this.done.length = 0;
+  }
+
+  /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
+  copyTo(out: Uint8Array, at: number): number {
+    let n = 0;
+    for (const d of this.done) {
+      out.set(d, at + n);
+      n += d.length;
+    }
+    return n + this.buf.copy(out, at + n, this.segStart, this.pos);
+  }
+
   /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
   finishParts(): Uint8Array[] {
     const tail = this.buf.subarray(this.segStart, this.pos);

@@ -1,0 +1,180 @@
+import {
+  CanonicalWriter,
+  type CapabilityRef,
+  CborError,
+  type CborValue,
+  encodeCanonical,
+  HEADER_SIZE,
+  type Intent,
+  IntentError,
+  MessageType,
+  PIECE_REF_MIN,
+  type RequestContext,
+  validateIntent,
+  writeHeader,
+} from "@kpip/protocol";
+
+/** A REQUEST frame built in one buffer, and where the intent's bytes sit in it. */
+export interface RequestFrame {
+  frame: Buffer;
+  intentAt: number;
+  intentEnd: number;
+}
+
+/**
+ * The client's REQUEST encoder: the intent is encoded into a reused scratch writer, and the
+ * frame is assembled in one exact-size buffer around it from parts that do not change from
+ * call to call (the encoded caps of the bound handles, and the context, persona and version
+ * tail of a session), so a call allocates one buffer where the generic path allocated two
+ * writers, their buffers, the message objects and a piece list. The bytes are exactly what
+ * `framePieces({ type: "REQUEST", body })` makes with the intent from `encodeIntent` (pinned by
+ * request-frame.test.ts); resends go through that generic path.
+ */
+export class RequestEncoder {
+  private w = new CanonicalWriter(512);
+  private capsFor: readonly CapabilityRef[] | undefined;
+  private capsBytes: Buffer = EMPTY;
+  private tailVersion = -1;
+  private tailBytes: Buffer = EMPTY;
+
+  constructor(
+    private readonly persona: string,
+    /** The context of a call that names no context fields of its own. */
+    private readonly defaultContext: RequestContext,
+  ) {}
+
+  /**
+   * Validates and encodes an intent into the scratch writer; returns its length. The bytes
+   * stay valid until the next call of this method (take them with {@link frame},
+   * {@link copyIntent} or {@link takeIntent}). Throws {@link IntentError}, as encodeIntent does.
+   */
+  encodeIntent(intent: Intent): number {
+    validateIntent(intent);
+    const w = this.w;
+    w.reset();
+    try {
+      w.write(intent as unknown as CborValue);
+    } catch (e) {
+      if (e instanceof CborError) throw new IntentError(e.code, e.message);
+      throw e;
+    }
+    return w.length;
+  }
+
+  /** The encoded intent is large: it is handed over as it is and the scratch writer replaced (no copy). */
+  takeIntent(): Buffer {
+    const bytes = this.w.finish();
+    this.w = new CanonicalWriter(512);
+    return bytes;
+  }
+
+  /** A copy of the encoded intent (for a call that waits for a session before its first frame). */
+  copyIntent(): Buffer {
+    return Buffer.from(this.w.finish());
+  }
+
+  /**
+   * The REQUEST frame for the encoded intent, or undefined when the intent is large enough to
+   * be referenced into a vectored write instead of copied (then use {@link takeIntent}).
+   * `context` undefined: the default context.
+   */
+  frame(
+    id: number,
+    stream: number,
+    caps: readonly CapabilityRef[],
+    context: RequestContext | undefined,
+    version: number,
+  ): RequestFrame | undefined {
+    const intentLen = this.w.length;
+    if (intentLen >= PIECE_REF_MIN) return undefined;
+    const capsBytes = this.caps(caps);
+    const tail = context === undefined ? this.tail(version) : this.encodeTail(context, version);
+    const size =
+      HEADER_SIZE +
+      1 +
+      KEY_ID.length +
+      headSize(id) +
+      KEY_CAPS.length +
+      capsBytes.length +
+      KEY_INTENT.length +
+      headSize(intentLen) +
+      intentLen +
+      tail.length;
+    const out = Buffer.allocUnsafe(size);
+    writeHeader(out, 0, { type: MessageType.REQUEST, flags: 0, stream, length: size - HEADER_SIZE });
+    let at = HEADER_SIZE;
+    // Keys in canonical order (by length, then bytewise): id, caps, intent, context, persona, version.
+    out[at++] = 0xa6;
+    at += KEY_ID.copy(out, at);
+    at = writeHead(out, at, 0, id);
+    at += KEY_CAPS.copy(out, at);
+    at += capsBytes.copy(out, at);
+    at += KEY_INTENT.copy(out, at);
+    at = writeHead(out, at, 2, intentLen);
+    const intentAt = at;
+    at += this.w.copyTo(out, at);
+    tail.copy(out, at);
+    return { frame: out, intentAt, intentEnd: intentAt + intentLen };
+  }
+
+  /** The encoded caps: the bound handles' encoding is kept while the same array is passed. */
+  private caps(caps: readonly CapabilityRef[]): Buffer {
+    if (caps !== this.capsFor) {
+      this.capsBytes = encodeCanonical(caps as CborValue);
+      this.capsFor = caps;
+    }
+    return this.capsBytes;
+  }
+
+  private tail(version: number): Buffer {
+    if (version !== this.tailVersion) {
+      this.tailBytes = this.encodeTail(this.defaultContext, version);
+      this.tailVersion = version;
+    }
+    return this.tailBytes;
+  }
+
+  /** `context`, `persona` and `version`: the body's last three entries. */
+  private encodeTail(context: RequestContext, version: number): Buffer {
+    const enc = encodeCanonical({ context, persona: this.persona, version } as unknown as CborValue);
+    return enc.subarray(1); // without the map head of these three: the frame has its own
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+const KEY_ID = encodeCanonical("id");
+const KEY_CAPS = encodeCanonical("caps");
+const KEY_INTENT = encodeCanonical("intent");
+
+/** Bytes of a CBOR head for argument `n` (a safe integer), as the canonical writer makes it. */
+function headSize(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
+}
+
+/** Writes a canonical CBOR head at `at`; returns the position after it. */
+function writeHead(out: Buffer, at: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[at] = m | n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    out[at] = m | 24;
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    out[at] = m | 25;
+    out.writeUInt16BE(n, at + 1);
+    return at + 3;
+  }
+  if (n < 0x100000000) {
+    out[at] = m | 26;
+    out.writeUInt32BE(n, at + 1);
+    return at + 5;
+  }
+  out[at] = m | 27;
+  out.writeUInt32BE(Math.floor(n / 0x100000000), at + 1);
+  out.writeUInt32BE(n >>> 0, at + 5);
+  return at + 9;
+}
