@@ -1,5 +1,4 @@
 import {
-  type CapabilityRef,
   framePieces,
   HEADER_SIZE,
   type Intent,
