@@ -1,4 +1,5 @@
 import {
+  type CborMap,
   framePieces,
   HEADER_SIZE,
   type Intent,
@@ -15,7 +16,7 @@ import { CancelledError, KernelUnavailableError, RequestTooLargeError, TimeoutEr
 import type { Link } from "./link.js";
 import type { CallOptions, CallResult, ResolvedOptions } from "./options.js";
 import { PendingCall } from "./pending-call.js";
-import { RequestEncoder } from "./request-frame.js";
+import { RequestEncoder, type RequestFrame } from "./request-frame.js";
 
 /** What the call table needs from the client around it. */
 export interface CallHost {
@@ -73,38 +74,59 @@ export class CallTable {
   }
 
   /**
-   * Starts a call; `waiting`: no session is ready, so a call without a deadline waits at most
-   * unavailableTimeoutMs. `result`: the promise gives `call`'s {@link CallResult} and rejects
-   * with a {@link KpipError} on FAILURE; otherwise it gives the response, FAILURE included.
+   * Starts `call(op, target, args)`: the promise gives its {@link CallResult} and rejects with a
+   * {@link KpipError} on FAILURE. `waiting`: no session is ready, so a call without a deadline
+   * waits at most unavailableTimeoutMs.
    */
-  start(intent: Intent, opts: CallOptions, waiting: boolean, result: true): Promise<CallResult>;
-  start(intent: Intent, opts: CallOptions, waiting: boolean, result: false): Promise<Response>;
-  start(intent: Intent, opts: CallOptions, waiting: boolean, result: boolean): Promise<CallResult | Response> {
-    if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
-    if (opts.execution !== undefined && opts.execution.length > 128) {
-      return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
-    }
+  call(op: string, target: string, args: CborMap, opts: CallOptions, waiting: boolean): Promise<CallResult> {
+    const refused = refusedBeforeEncoding(opts);
+    if (refused) return refused;
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
-    const full: Intent = deadline === undefined ? intent : { ...intent, constraints: { ...intent.constraints, deadline } };
-    const enc = this.encoder;
-    const link = this.host.readyLink();
-    let frame: ReturnType<RequestEncoder["frame"]>;
     let intentLength: number;
-    // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
     try {
-      intentLength = enc.encodeIntent(full);
+      intentLength = this.encoder.encodeCall(op, target, args, deadline);
     } catch (e) {
       return Promise.reject(e);
     }
+    return this.begin(intentLength, opts, deadline, waiting, true) as Promise<CallResult>;
+  }
+
+  /** Starts a request whose promise gives the response, FAILURE included (see {@link call}). */
+  request(intent: Intent, opts: CallOptions, waiting: boolean): Promise<Response> {
+    const refused = refusedBeforeEncoding(opts);
+    if (refused) return refused;
+    const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
+    const full: Intent = deadline === undefined ? intent : { ...intent, constraints: { ...intent.constraints, deadline } };
+    let intentLength: number;
+    try {
+      intentLength = this.encoder.encodeIntent(full);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.begin(intentLength, opts, deadline, waiting, false) as Promise<Response>;
+  }
+
+  /** The intent is encoded (in the encoder's scratch writer): the call gets its id, record and first frame. */
+  private begin(
+    intentLength: number,
+    opts: CallOptions,
+    deadline: number | undefined,
+    waiting: boolean,
+    result: boolean,
+  ): Promise<Settled> {
+    const enc = this.encoder;
+    const link = this.host.readyLink();
     const id = this.nextId;
     const stream = id % 0x100000000;
     const context = contextOf(opts, this.host.persona, this.o.workspace);
+    let frame: RequestFrame | undefined;
     try {
       // The first frame is built now, around the intent, when a session is ready for it.
       frame = link ? enc.frame(id, stream, opts.caps ?? this.host.handles(), context, link.version) : undefined;
     } catch (e) {
       return Promise.reject(e);
     }
+    // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
     this.nextId++;
     const promise = new Promise<Settled>(capture);
     const p = new PendingCall(id, stream, context, opts.caps, deadline, result, capturedResolve, capturedReject);
@@ -257,6 +279,15 @@ export class CallTable {
       for (const w of waiters) w();
     }
   }
+}
+
+/** A call refused before anything is encoded: aborted already, or a context field too long. */
+function refusedBeforeEncoding(opts: CallOptions): Promise<never> | undefined {
+  if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
+  if (opts.execution !== undefined && opts.execution.length > 128) {
+    return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+  }
+  return undefined;
 }
 
 /** The call's own context, or undefined when it names none of its fields (the default context then). */

@@ -32,6 +32,10 @@ import type { Subscription } from "./subscription.js";
 import { Subscriptions } from "./subscriptions.js";
 import { TokenRefresher } from "./token-refresher.js";
 
+/** The defaults of `call`, shared (never written to). */
+const NO_ARGS: CborMap = Object.freeze({});
+const NO_OPTIONS: CallOptions = Object.freeze({});
+
 /**
  * The persona runtime's connection to a kernel: handshake and attestation, heartbeats,
  * reconnect with backoff, retries, token refresh, deadlines and cancellation.
@@ -184,16 +188,14 @@ export class KernelClient extends EventEmitter {
   // ---- calls -----------------------------------------------------------------------
 
   /** Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. */
-  call(op: string, target: string, args: CborMap = {}, opts: CallOptions = {}): Promise<CallResult> {
-    // Keys in canonical order (op, args, target): the encoder then has nothing to sort.
-    const intent = { op, args, target };
+  call(op: string, target: string, args: CborMap = NO_ARGS, opts: CallOptions = NO_OPTIONS): Promise<CallResult> {
     // One promise from here to the answer: the call table settles it with the result or the KpipError.
-    return this.refused() ?? this.calls.start(intent, opts, this.state !== "ready", true);
+    return this.refused() ?? this.calls.call(op, target, args, opts, this.state !== "ready");
   }
 
   /** Sends an intent and returns the raw response, FAILURE included (after retries). */
-  request(intent: Intent, opts: CallOptions = {}): Promise<Response> {
-    return this.refused() ?? this.calls.start(intent, opts, this.state !== "ready", false);
+  request(intent: Intent, opts: CallOptions = NO_OPTIONS): Promise<Response> {
+    return this.refused() ?? this.calls.request(intent, opts, this.state !== "ready");
   }
 
   /** Why a call cannot start now (a rejected promise), or undefined. */

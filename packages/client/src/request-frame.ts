@@ -2,6 +2,7 @@ import {
   CanonicalWriter,
   type CapabilityRef,
   CborError,
+  type CborMap,
   type CborValue,
   encodeCanonical,
   HEADER_SIZE,
@@ -11,6 +12,7 @@ import {
   PIECE_REF_MIN,
   type RequestContext,
   validateIntent,
+  validateIntentFields,
   writeHeader,
 } from "@kpip/protocol";
 
@@ -54,6 +56,36 @@ export class RequestEncoder {
     w.reset();
     try {
       w.write(intent as unknown as CborValue);
+    } catch (e) {
+      if (e instanceof CborError) throw new IntentError(e.code, e.message);
+      throw e;
+    }
+    return w.length;
+  }
+
+  /**
+   * As {@link encodeIntent} for the intent `{ op, args, target }` with the deadline, if any, as
+   * its one constraint (what `call` sends), written field by field without building it.
+   */
+  encodeCall(op: string, target: string, args: CborMap, deadline: number | undefined): number {
+    validateIntentFields(op, target, args, deadline === undefined ? undefined : { deadline });
+    const w = this.w;
+    w.reset();
+    try {
+      // Keys in canonical order: op, args, target, constraints.
+      w.head(5, deadline === undefined ? 3 : 4);
+      w.write("op");
+      w.write(op);
+      w.write("args");
+      w.write(args, 1);
+      w.write("target");
+      w.write(target);
+      if (deadline !== undefined) {
+        w.write("constraints");
+        w.head(5, 1);
+        w.write("deadline");
+        w.write(deadline);
+      }
     } catch (e) {
       if (e instanceof CborError) throw new IntentError(e.code, e.message);
       throw e;
@@ -105,15 +137,15 @@ export class RequestEncoder {
     let at = HEADER_SIZE;
     // Keys in canonical order (by length, then bytewise): id, caps, intent, context, persona, version.
     out[at++] = 0xa6;
-    at += KEY_ID.copy(out, at);
+    at = put(out, at, KEY_ID);
     at = writeHead(out, at, 0, id);
-    at += KEY_CAPS.copy(out, at);
-    at += capsBytes.copy(out, at);
-    at += KEY_INTENT.copy(out, at);
+    at = put(out, at, KEY_CAPS);
+    at = put(out, at, capsBytes);
+    at = put(out, at, KEY_INTENT);
     at = writeHead(out, at, 2, intentLen);
     const intentAt = at;
     at += this.w.copyTo(out, at);
-    tail.copy(out, at);
+    put(out, at, tail);
     return { frame: out, intentAt, intentEnd: intentAt + intentLen };
   }
 
@@ -145,6 +177,17 @@ const EMPTY = Buffer.alloc(0);
 const KEY_ID = encodeCanonical("id");
 const KEY_CAPS = encodeCanonical("caps");
 const KEY_INTENT = encodeCanonical("intent");
+
+/** Copies `src` into `out` at `at`; returns the position after it. Short copies byte by byte (no call into Buffer.copy). */
+function put(out: Buffer, at: number, src: Uint8Array): number {
+  const n = src.length;
+  if (n > 64) {
+    out.set(src, at);
+    return at + n;
+  }
+  for (let i = 0; i < n; i++) out[at + i] = src[i] as number;
+  return at + n;
+}
 
 /** Bytes of a CBOR head for argument `n` (a safe integer), as the canonical writer makes it. */
 function headSize(n: number): number {

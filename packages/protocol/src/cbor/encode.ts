@@ -62,7 +62,13 @@ export class CanonicalWriter {
       out.set(d, at + n);
       n += d.length;
     }
-    return n + this.buf.copy(out, at + n, this.segStart, this.pos);
+    const buf = this.buf;
+    const end = this.pos;
+    let to = at + n;
+    if (end - this.segStart > 64) return n + buf.copy(out, to, this.segStart, end);
+    // A short tail byte by byte: Buffer.copy of part of a buffer allocates a view for it.
+    for (let i = this.segStart; i < end; i++) out[to++] = buf[i] as number;
+    return to - at;
   }
 
   /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
@@ -80,7 +86,8 @@ export class CanonicalWriter {
     this.buf = next;
   }
 
-  private head(major: number, n: number): void {
+  /** A head: major type and argument (a length, a count or an unsigned integer), shortest form. */
+  head(major: number, n: number): void {
     const m = major << 5;
     if (n < 24) {
       this.ensure(1);
