@@ -28,6 +28,11 @@ export class DeadlineQueue<T extends Expiring> {
     return this.heap.length;
   }
 
+  /** A timer is set (only while something is queued). */
+  get armed(): boolean {
+    return this.timer !== undefined;
+  }
+
   /** Queues `entry` to expire `ms` from now (moving it if it was queued already). */
   add(entry: T, ms: number): void {
     if (entry.heapIndex >= 0) this.remove(entry);

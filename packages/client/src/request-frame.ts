@@ -149,13 +149,18 @@ export class RequestEncoder {
     return { frame: out, intentAt, intentEnd: intentAt + intentLen };
   }
 
-  /** The encoded caps: the bound handles' encoding is kept while the same array is passed. */
+  /**
+   * The encoded caps. The bound handles' encoding is kept while the same array comes back: a
+   * frozen array of numbers, which cannot change; any other is encoded every time.
+   */
   private caps(caps: readonly CapabilityRef[]): Buffer {
-    if (caps !== this.capsFor) {
-      this.capsBytes = encodeCanonical(caps as CborValue);
+    if (caps === this.capsFor) return this.capsBytes;
+    const bytes = encodeCanonical(caps as CborValue);
+    if (Object.isFrozen(caps) && caps.every((c) => typeof c === "number")) {
       this.capsFor = caps;
+      this.capsBytes = bytes;
     }
-    return this.capsBytes;
+    return bytes;
   }
 
   private tail(version: number): Buffer {
