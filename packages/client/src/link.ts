@@ -2,7 +2,9 @@ import {
   attestationTranscript,
   type ByteChannel,
   type CborMap,
+  type CodecError,
   encodeMessage,
+  type Frame,
   FrameReader,
   HEADER_SIZE,
   type Identity,
@@ -162,15 +164,17 @@ export class Link {
   private onData(chunk: Uint8Array): void {
     if (this.phase === "dead") return;
     this.lastSeen = Date.now();
-    this.reader.push(
-      chunk,
-      (m, f) => {
-        this.onMessage(m, f.stream, f.body);
-        return this.phase !== "dead";
-      },
-      (e, stage) => this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e })),
-    );
+    this.reader.push(chunk, this.onFrame, this.onMalformed);
   }
+
+  // Bound once, not per chunk: at one call in flight every answer is a chunk of its own.
+  private readonly onFrame = (m: Message, f: Frame): boolean => {
+    this.onMessage(m, f.stream, f.body);
+    return this.phase !== "dead";
+  };
+
+  private readonly onMalformed = (e: CodecError, stage: "frame" | "message"): void =>
+    this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e }));
 
   private onMessage(m: Message, stream: number, body: Uint8Array): void {
     switch (m.type) {
