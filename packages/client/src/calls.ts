@@ -1,62 +1,66 @@
 import {
-  type CapabilityRef,
-  encodeIntent,
+  type CborMap,
   framePieces,
+  HEADER_SIZE,
   type Intent,
+  KpipError,
   MessageError,
+  PIECE_REF_MIN,
   RETRYABLE_CLASSES,
   type RequestContext,
   type Response,
 } from "@kpip/protocol";
 import { backoffDelay } from "./backoff.js";
+import { DeadlineQueue } from "./deadlines.js";
 import { CancelledError, KernelUnavailableError, RequestTooLargeError, TimeoutError } from "./errors.js";
 import type { Link } from "./link.js";
-import type { CallOptions, ResolvedOptions } from "./options.js";
-
-interface PendingCall {
-  id: number;
-  stream: number;
-  intent: Uint8Array;
-  context: RequestContext;
-  caps: CapabilityRef[] | undefined;
-  deadline: number | undefined;
-  attempts: number;
-  authRetried: boolean;
-  /** Sent on the current link. */
-  sent: boolean;
-  /** The REQUEST body's size when last sent (to tell which request a TOO_LARGE refusal was about). */
-  size: number;
-  resolve: (r: Response) => void;
-  reject: (e: Error) => void;
-  timer?: NodeJS.Timeout;
-}
+import type { CallOptions, CallResult, ResolvedOptions } from "./options.js";
+import { PendingCall } from "./pending-call.js";
+import { RequestEncoder, type RequestFrame } from "./request-frame.js";
 
 /** What the call table needs from the client around it. */
 export interface CallHost {
   readonly persona: string;
   /** The link requests go out on, when one is ready. */
   readyLink(): Link | undefined;
-  /** Capability handles bound on the current session (a call's default caps). */
-  handles(): number[];
+  /** Capability handles bound on the current session (a call's default caps); the same array until they change. */
+  handles(): readonly number[];
   /** An AUTH failure: attest again on a fresh connection; unsent calls go out after it. */
   reattest(): void;
+}
+
+// The promise's resolving functions, captured without a closure per call (see start).
+type Settled = CallResult | Response;
+let capturedResolve: (v: Settled) => void = () => {};
+let capturedReject: (e: Error) => void = () => {};
+function capture(resolve: (v: Settled) => void, reject: (e: Error) => void): void {
+  capturedResolve = resolve;
+  capturedReject = reject;
 }
 
 /**
  * Calls in flight, by stream: each is encoded once, so a retry (RESOURCE, INTERNAL, within the
  * deadline) or a resend after a reconnect carries the same bytes and request id, which lets
  * the kernel answer it from its dedupe record. Deadlines, aborts and the wait for a kernel
- * that is away end a call locally.
+ * that is away end a call locally. A call is one promise from `call` to its answer, a record
+ * without closures, and at most one entry in a shared deadline queue (one timer for all).
  */
 export class CallTable {
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();
   private drainWaiters: (() => void)[] = [];
+  private readonly encoder: RequestEncoder;
+  private readonly defaultContext: RequestContext;
+  private readonly expiries = new DeadlineQueue<PendingCall>((p) => this.expired(p));
 
   constructor(
     private readonly o: ResolvedOptions,
     private readonly host: CallHost,
-  ) {}
+  ) {
+    const persona = host.persona;
+    this.defaultContext = o.workspace ? { persona, workspace: o.workspace } : { persona };
+    this.encoder = new RequestEncoder(persona, this.defaultContext);
+  }
 
   /** Calls waiting for an answer (sent or queued). */
   get size(): number {
@@ -69,62 +73,76 @@ export class CallTable {
     return new Promise((r) => this.drainWaiters.push(r));
   }
 
-  /** Starts a call; `waiting`: no session is ready, so a call without a deadline waits at most unavailableTimeoutMs. */
-  start(intent: Intent, opts: CallOptions, waiting: boolean): Promise<Response> {
-    if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
-    if (opts.execution !== undefined && opts.execution.length > 128) {
-      return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+  /**
+   * Starts `call(op, target, args)`: the promise gives its {@link CallResult} and rejects with a
+   * {@link KpipError} on FAILURE. `waiting`: no session is ready, so a call without a deadline
+   * waits at most unavailableTimeoutMs.
+   */
+  call(op: string, target: string, args: CborMap, opts: CallOptions, waiting: boolean): Promise<CallResult> {
+    const refused = refusedBeforeEncoding(opts);
+    if (refused) return refused;
+    const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
+    let intentLength: number;
+    try {
+      intentLength = this.encoder.encodeCall(op, target, args, deadline);
+    } catch (e) {
+      return Promise.reject(e);
     }
+    return this.begin(intentLength, opts, deadline, waiting, true) as Promise<CallResult>;
+  }
+
+  /** Starts a request whose promise gives the response, FAILURE included (see {@link call}). */
+  request(intent: Intent, opts: CallOptions, waiting: boolean): Promise<Response> {
+    const refused = refusedBeforeEncoding(opts);
+    if (refused) return refused;
     const deadline = opts.deadlineMs !== undefined ? Date.now() + opts.deadlineMs : undefined;
     const full: Intent = deadline === undefined ? intent : { ...intent, constraints: { ...intent.constraints, deadline } };
+    let intentLength: number;
+    try {
+      intentLength = this.encoder.encodeIntent(full);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.begin(intentLength, opts, deadline, waiting, false) as Promise<Response>;
+  }
+
+  /** The intent is encoded (in the encoder's scratch writer): the call gets its id, record and first frame. */
+  private begin(
+    intentLength: number,
+    opts: CallOptions,
+    deadline: number | undefined,
+    waiting: boolean,
+    result: boolean,
+  ): Promise<Settled> {
+    const enc = this.encoder;
+    const link = this.host.readyLink();
+    const id = this.nextId;
+    const stream = id % 0x100000000;
+    const context = contextOf(opts, this.host.persona, this.o.workspace);
+    let frame: RequestFrame | undefined;
+    try {
+      // The first frame is built now, around the intent, when a session is ready for it.
+      frame = link ? enc.frame(id, stream, opts.caps ?? this.host.handles(), context, link.version) : undefined;
+    } catch (e) {
+      return Promise.reject(e);
+    }
     // Encoded once: a retry or a resend after reconnect carries the very same bytes and id.
-    const bytes = encodeIntent(full);
-    const id = this.nextId++;
-    // Fields added in canonical key order (domain, persona, execution, workspace, traceparent): nothing to sort.
-    const persona = this.host.persona;
-    const context: RequestContext = opts.domain ? { domain: opts.domain, persona } : { persona };
-    if (opts.execution) context.execution = opts.execution;
-    const ws = opts.workspace ?? this.o.workspace;
-    if (ws) context.workspace = ws;
-    if (opts.traceparent) context.traceparent = opts.traceparent;
-    return new Promise<Response>((resolve, reject) => {
-      const p: PendingCall = {
-        id,
-        stream: id % 0x100000000,
-        intent: bytes,
-        context,
-        caps: opts.caps,
-        deadline,
-        attempts: 1,
-        authRetried: false,
-        sent: false,
-        size: 0,
-        resolve,
-        reject,
-      };
-      if (deadline !== undefined) {
-        const ms = opts.deadlineMs;
-        p.timer = setTimeout(
-          () => this.settle(p, undefined, new TimeoutError(`no answer within ${ms} ms`)),
-          deadline - Date.now(),
-        );
-      } else if (waiting) this.waitForKernel(p);
-      const signal = opts.signal;
-      if (signal) {
-        const onAbort = () => this.settle(p, undefined, new CancelledError("call aborted"));
-        signal.addEventListener("abort", onAbort, { once: true });
-        p.resolve = (r) => {
-          signal.removeEventListener("abort", onAbort);
-          resolve(r);
-        };
-        p.reject = (e) => {
-          signal.removeEventListener("abort", onAbort);
-          reject(e);
-        };
-      }
-      this.pending.set(p.stream, p);
-      this.send(p);
-    });
+    this.nextId++;
+    const promise = new Promise<Settled>(capture);
+    const p = new PendingCall(id, stream, context, opts.caps, deadline, result, capturedResolve, capturedReject);
+    if (frame) p.setFrame(frame);
+    else p.setIntent(intentLength >= PIECE_REF_MIN ? enc.takeIntent() : enc.copyIntent());
+    if (deadline !== undefined) {
+      p.expiry = "deadline";
+      p.deadlineMs = opts.deadlineMs as number;
+      this.expiries.add(p, deadline - Date.now());
+    } else if (waiting) this.waitForKernel(p);
+    const signal = opts.signal;
+    if (signal) p.listen(signal, () => this.settle(p, undefined, new CancelledError("call aborted")));
+    this.pending.set(stream, p);
+    if (link && frame) this.sendFrame(p, link, frame.frame);
+    else this.send(p);
+    return promise;
   }
 
   /** An answer from the kernel: a retryable failure is sent again; AUTH re-attests once. */
@@ -156,10 +174,7 @@ export class CallTable {
   flush(): void {
     for (const p of this.pending.values()) {
       if (p.sent) continue;
-      if (p.deadline === undefined && p.timer) {
-        clearTimeout(p.timer);
-        p.timer = undefined;
-      }
+      if (p.expiry === "unavailable") this.stopWaiting(p);
       this.send(p);
     }
   }
@@ -168,7 +183,7 @@ export class CallTable {
   linkLost(): void {
     for (const p of this.pending.values()) {
       p.sent = false;
-      if (p.deadline === undefined && !p.timer) this.waitForKernel(p);
+      if (p.expiry === "none") this.waitForKernel(p);
     }
   }
 
@@ -191,10 +206,25 @@ export class CallTable {
   }
 
   private waitForKernel(p: PendingCall): void {
-    const ms = this.o.unavailableTimeoutMs;
-    p.timer = setTimeout(() => this.settle(p, undefined, new KernelUnavailableError(`kernel unavailable for ${ms} ms`)), ms);
+    p.expiry = "unavailable";
+    this.expiries.add(p, this.o.unavailableTimeoutMs);
   }
 
+  private stopWaiting(p: PendingCall): void {
+    p.expiry = "none";
+    this.expiries.remove(p);
+  }
+
+  /** A call's local expiry came: its deadline, or the longest it may wait for a kernel. */
+  private expired(p: PendingCall): void {
+    if (p.expiry === "deadline") this.settle(p, undefined, new TimeoutError(`no answer within ${p.deadlineMs} ms`));
+    else {
+      const ms = this.o.unavailableTimeoutMs;
+      this.settle(p, undefined, new KernelUnavailableError(`kernel unavailable for ${ms} ms`));
+    }
+  }
+
+  /** Sends (again) with the frame built afresh around the call's intent bytes. */
   private send(p: PendingCall): void {
     const link = this.host.readyLink();
     if (!this.pending.has(p.stream) || p.sent || !link) return;
@@ -206,34 +236,68 @@ export class CallTable {
         // Keys in canonical order (by length, then bytewise): the encoder has nothing to sort.
         body: {
           id: p.id,
-          caps: p.caps ?? this.host.handles(),
+          caps: p.caps ?? (this.host.handles() as number[]),
           intent: p.intent,
-          context: p.context,
+          context: p.context ?? this.defaultContext,
           persona: this.host.persona,
           version: link.version,
         },
       },
       p.stream,
     );
+    if (this.fitsOn(p, link, bodySize)) link.sendPieces(pieces);
+  }
+
+  private sendFrame(p: PendingCall, link: Link, frame: Buffer): void {
+    if (this.fitsOn(p, link, frame.length - HEADER_SIZE)) link.sendFrame(frame);
+  }
+
+  /** Marks the call sent if its body fits the session's limit; else it fails here, never sent. */
+  private fitsOn(p: PendingCall, link: Link, bodySize: number): boolean {
     p.size = bodySize;
     if (bodySize > link.maxBody) {
       // The kernel would end the session over it (fatal TOO_LARGE): refused here, never sent.
       this.settle(p, undefined, new RequestTooLargeError(bodySize, link.maxBody));
-      return;
+      return false;
     }
     p.sent = true;
-    link.sendPieces(pieces);
+    return true;
   }
 
   private settle(p: PendingCall, r: Response | undefined, err?: Error): void {
     if (!this.pending.delete(p.stream)) return;
-    clearTimeout(p.timer);
-    if (r) p.resolve(r);
-    else p.reject(err as Error);
+    if (p.heapIndex >= 0) this.expiries.remove(p);
+    p.unlisten();
+    if (r === undefined) p.reject(err as Error);
+    else if (!p.result) p.resolve(r);
+    else if (r.status === "FAILURE") {
+      p.reject(new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", { requestId: r.id }));
+    } else p.resolve({ status: r.status, payload: r.payload });
     if (this.pending.size === 0) {
       const waiters = this.drainWaiters;
       this.drainWaiters = [];
       for (const w of waiters) w();
     }
   }
+}
+
+/** A call refused before anything is encoded: aborted already, or a context field too long. */
+function refusedBeforeEncoding(opts: CallOptions): Promise<never> | undefined {
+  if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
+  if (opts.execution !== undefined && opts.execution.length > 128) {
+    return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+  }
+  return undefined;
+}
+
+/** The call's own context, or undefined when it names none of its fields (the default context then). */
+function contextOf(opts: CallOptions, persona: string, workspace: string | undefined): RequestContext | undefined {
+  if (!opts.domain && !opts.execution && opts.workspace === undefined && !opts.traceparent) return undefined;
+  // Fields added in canonical key order (domain, persona, execution, workspace, traceparent): nothing to sort.
+  const context: RequestContext = opts.domain ? { domain: opts.domain, persona } : { persona };
+  if (opts.execution) context.execution = opts.execution;
+  const ws = opts.workspace ?? workspace;
+  if (ws) context.workspace = ws;
+  if (opts.traceparent) context.traceparent = opts.traceparent;
+  return context;
 }

@@ -32,6 +32,10 @@ import type { Subscription } from "./subscription.js";
 import { Subscriptions } from "./subscriptions.js";
 import { TokenRefresher } from "./token-refresher.js";
 
+/** The defaults of `call`, shared (never written to). */
+const NO_ARGS: CborMap = Object.freeze({});
+const NO_OPTIONS: CallOptions = Object.freeze({});
+
 /**
  * The persona runtime's connection to a kernel: handshake and attestation, heartbeats,
  * reconnect with backoff, retries, token refresh, deadlines and cancellation.
@@ -164,7 +168,7 @@ export class KernelClient extends EventEmitter {
 
   /** Handles of the held tokens on the current session (0 = not bound). */
   get handles(): number[] {
-    return this.held.handles;
+    return [...this.held.handles];
   }
 
   /** The tokens currently held (refreshed copies replace the originals), as base64url text. */
@@ -184,17 +188,18 @@ export class KernelClient extends EventEmitter {
   // ---- calls -----------------------------------------------------------------------
 
   /** Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. */
-  async call(op: string, target: string, args: CborMap = {}, opts: CallOptions = {}): Promise<CallResult> {
-    // Keys in canonical order (op, args, target): the encoder then has nothing to sort.
-    const r = await this.request({ op, args, target }, opts);
-    if (r.status === "FAILURE") {
-      throw new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", { requestId: r.id });
-    }
-    return { status: r.status, payload: r.payload };
+  call(op: string, target: string, args: CborMap = NO_ARGS, opts: CallOptions = NO_OPTIONS): Promise<CallResult> {
+    // One promise from here to the answer: the call table settles it with the result or the KpipError.
+    return this.refused() ?? this.calls.call(op, target, args, opts, this.state !== "ready");
   }
 
   /** Sends an intent and returns the raw response, FAILURE included (after retries). */
-  request(intent: Intent, opts: CallOptions = {}): Promise<Response> {
+  request(intent: Intent, opts: CallOptions = NO_OPTIONS): Promise<Response> {
+    return this.refused() ?? this.calls.request(intent, opts, this.state !== "ready");
+  }
+
+  /** Why a call cannot start now (a rejected promise), or undefined. */
+  private refused(): Promise<never> | undefined {
     if (this.state === "closed" || this.state === "closing") {
       return Promise.reject(new KernelUnavailableError(`client is ${this.state}`));
     }
@@ -203,7 +208,7 @@ export class KernelClient extends EventEmitter {
     if (this.state !== "ready" && this.o.failFast) {
       return Promise.reject(new KernelUnavailableError(`kernel unavailable (client is ${this.state})`));
     }
-    return this.calls.start(intent, opts, this.state !== "ready");
+    return undefined;
   }
 
   /**

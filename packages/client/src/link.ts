@@ -2,7 +2,9 @@ import {
   attestationTranscript,
   type ByteChannel,
   type CborMap,
+  type CodecError,
   encodeMessage,
+  type Frame,
   FrameReader,
   HEADER_SIZE,
   type Identity,
@@ -123,6 +125,12 @@ export class Link {
     writePieces(this.channel, pieces, this.reader.shm);
   }
 
+  /** Sends one whole frame (through shared memory when it takes it). */
+  sendFrame(frame: Uint8Array): void {
+    const shm = this.reader.shm;
+    this.channel.write(shm ? shm.wrap(frame) : frame);
+  }
+
   send(msg: Message): void {
     writeMessage(this.channel, msg);
   }
@@ -156,15 +164,17 @@ export class Link {
   private onData(chunk: Uint8Array): void {
     if (this.phase === "dead") return;
     this.lastSeen = Date.now();
-    this.reader.push(
-      chunk,
-      (m, f) => {
-        this.onMessage(m, f.stream, f.body);
-        return this.phase !== "dead";
-      },
-      (e, stage) => this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e })),
-    );
+    this.reader.push(chunk, this.onFrame, this.onMalformed);
   }
+
+  // Bound once, not per chunk: at one call in flight every answer is a chunk of its own.
+  private readonly onFrame = (m: Message, f: Frame): boolean => {
+    this.onMessage(m, f.stream, f.body);
+    return this.phase !== "dead";
+  };
+
+  private readonly onMalformed = (e: CodecError, stage: "frame" | "message"): void =>
+    this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e }));
 
   private onMessage(m: Message, stream: number, body: Uint8Array): void {
     switch (m.type) {

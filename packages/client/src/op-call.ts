@@ -21,11 +21,9 @@ export type OpCall = <D extends OpDefinition>(
  * op-catalogue test holds every built-in op's answers to it). Fields left undefined are not sent.
  */
 export function opCall(call: CallFn): OpCall {
-  return async <D extends OpDefinition>(def: D, target: string, args: ArgsOf<D>, opts?: CallOptions) => {
-    const r = await call(def.op, target, args as CborMap, opts);
-    // The wire's one untyped step: the payload of this op is its definition's result.
-    return r as OpAnswer<D>;
-  };
+  // No promise of its own: the call's. The wire's one untyped step: the payload of this op is its definition's result.
+  return <D extends OpDefinition>(def: D, target: string, args: ArgsOf<D>, opts?: CallOptions) =>
+    call(def.op, target, args as CborMap, opts) as Promise<OpAnswer<D>>;
 }
 
 /**
@@ -46,7 +44,7 @@ export type OpRequest = <D extends OpDefinition>(
 
 /** Types `request` by the op catalogue, as {@link opCall} types `call`. */
 export function opRequest(request: (intent: Intent, opts?: CallOptions) => Promise<Response>): OpRequest {
-  return async <D extends OpDefinition>(def: D, target: string, args: ArgsOf<D>, opts?: CallOptions) =>
+  return <D extends OpDefinition>(def: D, target: string, args: ArgsOf<D>, opts?: CallOptions) =>
     // The wire's one untyped step, as in opCall.
-    (await request({ op: def.op, args: args as CborMap, target }, opts)) as OpResponse<D>;
+    request({ op: def.op, args: args as CborMap, target }, opts) as Promise<OpResponse<D>>;
 }

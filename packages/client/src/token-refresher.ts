@@ -26,6 +26,8 @@ export class TokenRefresher {
   private readonly held: HeldToken[];
   private failure: Error | undefined;
   private stopped = false;
+  /** The bound handles, built again only when one changes (every call reads them). */
+  private handleList: readonly number[] | undefined;
 
   constructor(
     tokens: { bytes: Uint8Array; token: Token }[],
@@ -42,8 +44,11 @@ export class TokenRefresher {
   }
 
   /** Handles of the bound tokens (unbound ones left out). */
-  get handles(): number[] {
-    return this.held.map((h) => h.handle).filter((h) => h > 0);
+  get handles(): readonly number[] {
+    if (this.handleList === undefined) {
+      this.handleList = Object.freeze(this.held.map((h) => h.handle).filter((h) => h > 0));
+    }
+    return this.handleList;
   }
 
   /** The tokens currently held, as base64url text. */
@@ -56,6 +61,7 @@ export class TokenRefresher {
     this.held.forEach((h, i) => {
       h.handle = handles[i] ?? 0;
     });
+    this.handleList = undefined;
   }
 
   /** The last refresh failure, once: the next call fails with it. */
@@ -96,6 +102,7 @@ export class TokenRefresher {
       h.bytes = fresh;
       h.token = token;
       h.handle = b.payload.handle;
+      this.handleList = undefined;
       this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
       this.schedule(h);
     } catch (e) {

@@ -1,8 +1,8 @@
 /**
- * `node packages/kernel/dist/bench/ab/client-cpu.js <other checkout, built> [--seconds S] [--rounds N]`:
+ * `node packages/kernel/dist/bench/ab/client-cpu.js <other checkout, built> [--seconds S] [--rounds N] [--inflight K]`:
  * the `@kpip/client` CPU per request of this checkout against another's, measured at the same
  * time against one kernel (this checkout's bench kernel): two client processes, one per
- * checkout, each keeping 128 `bench.noop` calls in flight. Run side by side, both see the same
+ * checkout, each keeping K (default 128) `bench.noop` calls in flight. Run side by side, both see the same
  * kernel and the same machine load, so their CPU per request compares even on a busy machine
  * (apart, the figure moves with how many answers arrive per socket read). One JSON line each.
  */
@@ -20,8 +20,8 @@ const opt = (name: string, dflt: number) => {
 };
 
 if (args[0] === "--child") {
-  // One client: args root, socket, home, seconds.
-  const [, root, socket, home, secs] = args as [string, string, string, string, string];
+  // One client: args root, socket, home, seconds, calls in flight.
+  const [, root, socket, home, secs, inflight] = args as [string, string, string, string, string, string];
   const { KernelClient, loadIdentity } = (await import(
     pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
   )) as typeof import("@kpip/client");
@@ -42,26 +42,27 @@ if (args[0] === "--child") {
       done++;
     }
   };
-  const all = Array.from({ length: 128 }, worker);
+  const all = Array.from({ length: Number(inflight) }, worker);
   await new Promise((r) => setTimeout(r, Number(secs) * 1000));
   stop = true;
   await Promise.all(all);
   const cpu = process.cpuUsage(cpu0);
   await c.close();
   process.stdout.write(
-    `${JSON.stringify({ root, requests: done, client_cpu_us_per_req: Math.round(((cpu.user + cpu.system) / done) * 10) / 10, system_us_per_req: Math.round((cpu.system / done) * 10) / 10 })}\n`,
+    `${JSON.stringify({ root, inflight: Number(inflight), requests: done, client_cpu_us_per_req: Math.round(((cpu.user + cpu.system) / done) * 10) / 10, system_us_per_req: Math.round((cpu.system / done) * 10) / 10 })}\n`,
   );
   process.exit(0);
 }
 
 const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
 if (!other) {
-  process.stderr.write("usage: client-cpu.js <other kpip checkout, built> [--seconds S] [--rounds N]\n");
+  process.stderr.write("usage: client-cpu.js <other kpip checkout, built> [--seconds S] [--rounds N] [--inflight K]\n");
   process.exit(2);
 }
 const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
 const seconds = opt("--seconds", 4);
 const rounds = opt("--rounds", 2);
+const inflight = opt("--inflight", 128);
 const home = mkdtempSync(join(tmpdir(), "kpip-ab-client-"));
 const kernel = spawn(process.execPath, [join(here, "packages/kernel/dist/bench/side-by-side/kernel-server.js"), "--home", home], {
   stdio: ["ignore", "pipe", "inherit"],
@@ -73,7 +74,7 @@ try {
   });
   const run = (root: string) =>
     new Promise<string>((ok, fail) => {
-      const p = spawn(process.execPath, [self, "--child", root, info.socket, home, String(seconds)], {
+      const p = spawn(process.execPath, [self, "--child", root, info.socket, home, String(seconds), String(inflight)], {
         stdio: ["ignore", "pipe", "inherit"],
       });
       let out = "";

@@ -38,6 +38,39 @@ export class CanonicalWriter {
     return Buffer.concat(this.finishParts());
   }
 
+  /** Bytes written so far (headroom and referenced pieces included). */
+  get length(): number {
+    let n = this.pos - this.segStart;
+    for (const d of this.done) n += d.length;
+    return n;
+  }
+
+  /**
+   * Starts again at the beginning of the same buffer, so one writer serves call after call
+   * without allocating; views of what it wrote before are overwritten from here on.
+   */
+  reset(headroom = 0): void {
+    this.pos = headroom;
+    this.segStart = 0;
+    this.done.length = 0;
+  }
+
+  /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
+  copyTo(out: Uint8Array, at: number): number {
+    let n = 0;
+    for (const d of this.done) {
+      out.set(d, at + n);
+      n += d.length;
+    }
+    const buf = this.buf;
+    const end = this.pos;
+    let to = at + n;
+    if (end - this.segStart > 64) return n + buf.copy(out, to, this.segStart, end);
+    // A short tail byte by byte: Buffer.copy of part of a buffer allocates a view for it.
+    for (let i = this.segStart; i < end; i++) out[to++] = buf[i] as number;
+    return to - at;
+  }
+
   /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
   finishParts(): Uint8Array[] {
     const tail = this.buf.subarray(this.segStart, this.pos);
@@ -53,7 +86,8 @@ export class CanonicalWriter {
     this.buf = next;
   }
 
-  private head(major: number, n: number): void {
+  /** A head: major type and argument (a length, a count or an unsigned integer), shortest form. */
+  head(major: number, n: number): void {
     const m = major << 5;
     if (n < 24) {
       this.ensure(1);
@@ -153,8 +187,31 @@ export class CanonicalWriter {
   }
 
   private writeText(s: string): void {
+    const n = s.length;
+    if (n <= SHORT_TEXT) {
+      // Short ASCII text (keys, ops, targets, names) byte by byte: cheaper than a call into
+      // Buffer.write. Any other character: back to the start and the general path below.
+      const start = this.pos;
+      this.head(3, n);
+      this.ensure(n);
+      const buf = this.buf;
+      let at = this.pos;
+      for (let i = 0; i < n; i++) {
+        const c = s.charCodeAt(i);
+        if (c > 0x7f) {
+          at = -1;
+          break;
+        }
+        buf[at++] = c;
+      }
+      if (at >= 0) {
+        this.pos = at;
+        return;
+      }
+      this.pos = start;
+    }
     // At most 3 bytes per UTF-16 code unit; write the head for the real length afterwards.
-    const max = s.length * 3;
+    const max = n * 3;
     if (max < 24 || isAscii(s)) {
       const len = max < 24 ? Buffer.byteLength(s) : s.length;
       this.head(3, len);
@@ -182,33 +239,14 @@ export class CanonicalWriter {
     this.head(5, keys.length);
     for (let i = 0; i < keys.length; i++) {
       const k = keys[i] as string;
-      this.writeKey(k);
+      this.writeText(k);
       this.write(obj[k] as CborValue, depth + 1);
     }
   }
-
-  /** A map key: the few short names protocol messages use are encoded once and copied after. */
-  private writeKey(k: string): void {
-    let enc = KEY_CACHE.get(k);
-    if (enc === undefined) {
-      if (k.length > 23 || KEY_CACHE.size >= KEY_CACHE_MAX || !isAscii(k)) {
-        this.writeText(k);
-        return;
-      }
-      enc = Buffer.allocUnsafe(1 + k.length);
-      enc[0] = 0x60 | k.length;
-      enc.write(k, 1, "latin1");
-      KEY_CACHE.set(k, enc);
-    }
-    this.ensure(enc.length);
-    this.buf.set(enc, this.pos);
-    this.pos += enc.length;
-  }
 }
 
-/** Encoded short ASCII map keys (bounded: keys are mostly the protocol's own field names). */
-const KEY_CACHE = new Map<string, Buffer>();
-const KEY_CACHE_MAX = 1024;
+/** Text up to this many UTF-16 units is tried as ASCII, written byte by byte. */
+const SHORT_TEXT = 48;
 
 function isSorted(keys: string[]): boolean {
   for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1] as string, keys[i] as string) > 0) return false;

@@ -35,17 +35,28 @@ export function validateIntent(v: unknown): asserts v is Intent {
   for (const k of Object.keys(o)) {
     if (!INTENT_KEYS.has(k)) throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
   }
-  if (typeof o.op !== "string" || !isOp(o.op)) {
-    throw new IntentError("BAD_OP", `op must be a dotted lowercase name like "storage.write" (got ${JSON.stringify(o.op)})`);
+  validateIntentFields(o.op, o.target, o.args, o.constraints);
+}
+
+/**
+ * The checks of {@link validateIntent} after its map and key checks, in the same order with
+ * the same errors: for an intent a caller builds from known fields (the client's `call`).
+ */
+export function validateIntentFields(op: unknown, target: unknown, args: unknown, constraints: unknown): void {
+  if (typeof op !== "string" || !(GOOD_OPS.has(op) || remember(GOOD_OPS, op, isOp(op)))) {
+    throw new IntentError("BAD_OP", `op must be a dotted lowercase name like "storage.write" (got ${JSON.stringify(op)})`);
   }
-  if (typeof o.target !== "string") throw new IntentError("BAD_TARGET", "target must be a text string");
-  const parsed = parseTarget(o.target);
-  if (typeof parsed === "string") throw new IntentError("BAD_TARGET", parsed);
-  if (o.args === null || typeof o.args !== "object" || Array.isArray(o.args) || o.args instanceof Uint8Array) {
+  if (typeof target !== "string") throw new IntentError("BAD_TARGET", "target must be a text string");
+  if (!GOOD_TARGETS.has(target)) {
+    const parsed = parseTarget(target);
+    if (typeof parsed === "string") throw new IntentError("BAD_TARGET", parsed);
+    remember(GOOD_TARGETS, target, true);
+  }
+  if (args === null || typeof args !== "object" || Array.isArray(args) || args instanceof Uint8Array) {
     throw new IntentError("BAD_ARGS", "args must be a map");
   }
-  if (o.constraints !== undefined) {
-    const c = o.constraints;
+  if (constraints !== undefined) {
+    const c = constraints;
     if (c === null || typeof c !== "object" || Array.isArray(c) || c instanceof Uint8Array) {
       throw new IntentError("BAD_CONSTRAINTS", "constraints must be a map");
     }
@@ -56,6 +67,22 @@ export function validateIntent(v: unknown): asserts v is Intent {
       }
     }
   }
+}
+
+/**
+ * Ops and targets already found to follow the grammar (a pure function of the text), so a
+ * persona calling the same few ops on the same targets parses each once. Bounded: once full,
+ * new texts are checked every time.
+ */
+const GOOD_OPS = new Set<string>();
+const GOOD_TARGETS = new Set<string>();
+const GOOD_MAX = 4096;
+/** Longer texts are not remembered (the sets stay under a megabyte whatever a peer sends). */
+const GOOD_TEXT_MAX = 128;
+
+function remember(set: Set<string>, text: string, good: boolean): boolean {
+  if (good && set.size < GOOD_MAX && text.length <= GOOD_TEXT_MAX) set.add(text);
+  return good;
 }
 
 /** Validates and encodes an intent into its canonical bytes. */

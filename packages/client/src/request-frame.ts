@@ -1,0 +1,228 @@
+import {
+  CanonicalWriter,
+  type CapabilityRef,
+  CborError,
+  type CborMap,
+  type CborValue,
+  encodeCanonical,
+  HEADER_SIZE,
+  type Intent,
+  IntentError,
+  MessageType,
+  PIECE_REF_MIN,
+  type RequestContext,
+  validateIntent,
+  validateIntentFields,
+  writeHeader,
+} from "@kpip/protocol";
+
+/** A REQUEST frame built in one buffer, and where the intent's bytes sit in it. */
+export interface RequestFrame {
+  frame: Buffer;
+  intentAt: number;
+  intentEnd: number;
+}
+
+/**
+ * The client's REQUEST encoder: the intent is encoded into a reused scratch writer, and the
+ * frame is assembled in one exact-size buffer around it from parts that do not change from
+ * call to call (the encoded caps of the bound handles, and the context, persona and version
+ * tail of a session), so a call allocates one buffer where the generic path allocated two
+ * writers, their buffers, the message objects and a piece list. The bytes are exactly what
+ * `framePieces({ type: "REQUEST", body })` makes with the intent from `encodeIntent` (pinned by
+ * request-frame.test.ts); resends go through that generic path.
+ */
+export class RequestEncoder {
+  private w = new CanonicalWriter(512);
+  private capsFor: readonly CapabilityRef[] | undefined;
+  private capsBytes: Buffer = EMPTY;
+  private tailVersion = -1;
+  private tailBytes: Buffer = EMPTY;
+
+  constructor(
+    private readonly persona: string,
+    /** The context of a call that names no context fields of its own. */
+    private readonly defaultContext: RequestContext,
+  ) {}
+
+  /**
+   * Validates and encodes an intent into the scratch writer; returns its length. The bytes
+   * stay valid until the next call of this method (take them with {@link frame},
+   * {@link copyIntent} or {@link takeIntent}). Throws {@link IntentError}, as encodeIntent does.
+   */
+  encodeIntent(intent: Intent): number {
+    validateIntent(intent);
+    const w = this.w;
+    w.reset();
+    try {
+      w.write(intent as unknown as CborValue);
+    } catch (e) {
+      if (e instanceof CborError) throw new IntentError(e.code, e.message);
+      throw e;
+    }
+    return w.length;
+  }
+
+  /**
+   * As {@link encodeIntent} for the intent `{ op, args, target }` with the deadline, if any, as
+   * its one constraint (what `call` sends), written field by field without building it.
+   */
+  encodeCall(op: string, target: string, args: CborMap, deadline: number | undefined): number {
+    validateIntentFields(op, target, args, deadline === undefined ? undefined : { deadline });
+    const w = this.w;
+    w.reset();
+    try {
+      // Keys in canonical order: op, args, target, constraints.
+      w.head(5, deadline === undefined ? 3 : 4);
+      w.write("op");
+      w.write(op);
+      w.write("args");
+      w.write(args, 1);
+      w.write("target");
+      w.write(target);
+      if (deadline !== undefined) {
+        w.write("constraints");
+        w.head(5, 1);
+        w.write("deadline");
+        w.write(deadline);
+      }
+    } catch (e) {
+      if (e instanceof CborError) throw new IntentError(e.code, e.message);
+      throw e;
+    }
+    return w.length;
+  }
+
+  /** The encoded intent is large: it is handed over as it is and the scratch writer replaced (no copy). */
+  takeIntent(): Buffer {
+    const bytes = this.w.finish();
+    this.w = new CanonicalWriter(512);
+    return bytes;
+  }
+
+  /** A copy of the encoded intent (for a call that waits for a session before its first frame). */
+  copyIntent(): Buffer {
+    return Buffer.from(this.w.finish());
+  }
+
+  /**
+   * The REQUEST frame for the encoded intent, or undefined when the intent is large enough to
+   * be referenced into a vectored write instead of copied (then use {@link takeIntent}).
+   * `context` undefined: the default context.
+   */
+  frame(
+    id: number,
+    stream: number,
+    caps: readonly CapabilityRef[],
+    context: RequestContext | undefined,
+    version: number,
+  ): RequestFrame | undefined {
+    const intentLen = this.w.length;
+    if (intentLen >= PIECE_REF_MIN) return undefined;
+    const capsBytes = this.caps(caps);
+    const tail = context === undefined ? this.tail(version) : this.encodeTail(context, version);
+    const size =
+      HEADER_SIZE +
+      1 +
+      KEY_ID.length +
+      headSize(id) +
+      KEY_CAPS.length +
+      capsBytes.length +
+      KEY_INTENT.length +
+      headSize(intentLen) +
+      intentLen +
+      tail.length;
+    const out = Buffer.allocUnsafe(size);
+    writeHeader(out, 0, { type: MessageType.REQUEST, flags: 0, stream, length: size - HEADER_SIZE });
+    let at = HEADER_SIZE;
+    // Keys in canonical order (by length, then bytewise): id, caps, intent, context, persona, version.
+    out[at++] = 0xa6;
+    at = put(out, at, KEY_ID);
+    at = writeHead(out, at, 0, id);
+    at = put(out, at, KEY_CAPS);
+    at = put(out, at, capsBytes);
+    at = put(out, at, KEY_INTENT);
+    at = writeHead(out, at, 2, intentLen);
+    const intentAt = at;
+    at += this.w.copyTo(out, at);
+    put(out, at, tail);
+    return { frame: out, intentAt, intentEnd: intentAt + intentLen };
+  }
+
+  /**
+   * The encoded caps. The bound handles' encoding is kept while the same array comes back: a
+   * frozen array of numbers, which cannot change; any other is encoded every time.
+   */
+  private caps(caps: readonly CapabilityRef[]): Buffer {
+    if (caps === this.capsFor) return this.capsBytes;
+    const bytes = encodeCanonical(caps as CborValue);
+    if (Object.isFrozen(caps) && caps.every((c) => typeof c === "number")) {
+      this.capsFor = caps;
+      this.capsBytes = bytes;
+    }
+    return bytes;
+  }
+
+  private tail(version: number): Buffer {
+    if (version !== this.tailVersion) {
+      this.tailBytes = this.encodeTail(this.defaultContext, version);
+      this.tailVersion = version;
+    }
+    return this.tailBytes;
+  }
+
+  /** `context`, `persona` and `version`: the body's last three entries. */
+  private encodeTail(context: RequestContext, version: number): Buffer {
+    const enc = encodeCanonical({ context, persona: this.persona, version } as unknown as CborValue);
+    return enc.subarray(1); // without the map head of these three: the frame has its own
+  }
+}
+
+const EMPTY = Buffer.alloc(0);
+const KEY_ID = encodeCanonical("id");
+const KEY_CAPS = encodeCanonical("caps");
+const KEY_INTENT = encodeCanonical("intent");
+
+/** Copies `src` into `out` at `at`; returns the position after it. Short copies byte by byte (no call into Buffer.copy). */
+function put(out: Buffer, at: number, src: Uint8Array): number {
+  const n = src.length;
+  if (n > 64) {
+    out.set(src, at);
+    return at + n;
+  }
+  for (let i = 0; i < n; i++) out[at + i] = src[i] as number;
+  return at + n;
+}
+
+/** Bytes of a CBOR head for argument `n` (a safe integer), as the canonical writer makes it. */
+function headSize(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
+}
+
+/** Writes a canonical CBOR head at `at`; returns the position after it. */
+function writeHead(out: Buffer, at: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[at] = m | n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    out[at] = m | 24;
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    out[at] = m | 25;
+    out.writeUInt16BE(n, at + 1);
+    return at + 3;
+  }
+  if (n < 0x100000000) {
+    out[at] = m | 26;
+    out.writeUInt32BE(n, at + 1);
+    return at + 5;
+  }
+  out[at] = m | 27;
+  out.writeUInt32BE(Math.floor(n / 0x100000000), at + 1);
+  out.writeUInt32BE(n >>> 0, at + 5);
+  return at + 9;
+}
