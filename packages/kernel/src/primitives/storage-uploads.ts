@@ -1,7 +1,7 @@
 import { createHash, type Hash, randomBytes } from "node:crypto";
-import { closeSync, fdatasync, write } from "node:fs";
+import { closeSync, fdatasync } from "node:fs";
 import type { BlobStore } from "../store/blobs.js";
-import { unlinkQuiet } from "../store/blobs.js";
+import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
 
 export interface UploadLimits {
@@ -43,19 +43,6 @@ export interface Upload {
    * then lost its compare-and-set or quota: a retried commit names it without the bytes again.
    */
   installed: Buffer | undefined;
-}
-
-/** Writes all of `data` at `position`, off the event loop. */
-function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (off: number) =>
-      write(fd, data, off, data.length - off, position + off, (err, n) => {
-        if (err) reject(err);
-        else if (off + n < data.length) step(off + n);
-        else resolve();
-      });
-    step(0);
-  });
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
