@@ -141,8 +141,8 @@ export class UploadTable {
 
   /**
    * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
-   * The chunk is hashed and its place taken now (so the next chunk may follow at once), and
-   * written to the file off the event loop; the promise settles when its bytes are in the file,
+   * The chunk's place is taken and its write to the file begun (off the event loop) now, and it
+   * is hashed meanwhile, so the next chunk may follow at once; the promise settles when its bytes are in the file,
    * and only then is the chunk acknowledged. The kernel keeps no chunk after its write.
    */
   chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
@@ -155,14 +155,15 @@ export class UploadTable {
       );
     if (offset + data.length > u.size)
       throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
-    u.hash.update(data);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
+    // The write starts first: libuv's thread copies the chunk into the file while this one hashes it.
     const p = writeAt(u.fd, data, offset).catch((e: Error) => {
       u.failed ??= e;
       throw e;
     });
     this.track(u, p);
+    u.hash.update(data);
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
     // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
     if (u.received - u.flushed >= FLUSH_EVERY) {
