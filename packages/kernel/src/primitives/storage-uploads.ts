@@ -142,8 +142,9 @@ export class UploadTable {
   /**
    * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
    * The chunk's place is taken and its write to the file begun (off the event loop) now, and it
-   * is hashed meanwhile, so the next chunk may follow at once; the promise settles when its bytes are in the file,
-   * and only then is the chunk acknowledged. The kernel keeps no chunk after its write.
+   * is hashed meanwhile, so the next chunk may follow at once; the promise settles when its
+   * bytes are in the file, and only then is the chunk acknowledged. The kernel keeps no chunk
+   * after its write.
    */
   chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
