@@ -32,6 +32,12 @@ const REQUIRED = [
   "kpip.store64m.shm_gbps",
   "kpip.bulk1g.gbps",
   "kpip.bulk1g.rss_mb",
+  // issue #22: the floors of bulk data on this machine, the baselines of the figures above.
+  "floor.uds_gbps",
+  "floor.sha256_gbps",
+  "floor.durable_gbps",
+  "floor.store64m_gbps",
+  "floor.bulk1g_gbps",
 ];
 
 describe("kpip bench --quick --json (the output contract)", () => {

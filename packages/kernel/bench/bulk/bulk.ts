@@ -1,5 +1,5 @@
 /**
- * `npm run bench:bulk [-- --writes N] [--mib M] [--repo PATH]`: the large-object path alone, for
+ * `npm run bench:bulk [-- --writes N] [--mib M] [--repo PATH] [--floors 0] [--prof DIR]`: the large-object path alone, for
  * A/B runs on a busy machine (the full `npm run bench` measures the same things among many).
  *
  *   - `storage.write` of 64 MiB, inline and through shared memory, N times each (default 3,
@@ -7,6 +7,11 @@
  *   - one object of M MiB (default 1024) through the chunked upload, 8 MiB chunks, into a
  *     fresh kernel: GB/s, the kernel's RSS before and at its peak, CPU per GiB on both sides.
  *
+ *   - first the floors of this machine (floors.ts: SHA-256, memcpy, a plain Unix-socket transfer,
+ *     a durable file write…), so each kpip figure is printed with its ratio to what the machine
+ *     allows; `--floors 0` skips them.
+ *
+ * `--prof DIR` writes the kernels' CPU profiles there (run the client itself with --cpu-prof).
  * `--repo` points at another built checkout (e.g. a worktree of main) whose kernel and client
  * are measured instead; a checkout without the chunked upload skips that part.
  */
@@ -15,6 +20,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bulk1gFloor, FLOOR_BYTES, floorFigures, measureFloors } from "./floors.js";
 
 const argv = process.argv.slice(2);
 const opt = (name: string, dflt: string) => {
@@ -43,7 +49,9 @@ async function withKernel(
   f: (k: { pid: number; connect: (shm?: boolean) => Promise<import("@kpip/client").KernelClient> }) => Promise<void>,
 ) {
   const home = mkdtempSync(join(tmpdir(), "kpip-bulk-"));
-  const child = spawn(process.execPath, [fileURLToPath(new URL("kernel.js", import.meta.url)), repo, home], {
+  const prof = opt("prof", "");
+  const args = [...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []), fileURLToPath(new URL("kernel.js", import.meta.url))];
+  const child = spawn(process.execPath, [...args, repo, home], {
     stdio: ["ignore", "pipe", "inherit"],
   });
   try {
@@ -73,10 +81,35 @@ async function withKernel(
 }
 
 console.log(`bench:bulk — ${repo} — ${new Date().toISOString()}`);
+/** Seconds per 64 MiB of each floor (none with --floors 0). */
+const floors = opt("floors", "1") === "0" ? {} : await measureFloors(tmpdir());
+for (const [name, gbps] of floorFigures(floors)) console.log(`${name.padEnd(28)} ${gbps.toFixed(3)} GB/s`);
+if (floors.sha256 !== undefined) console.log(`${"floor.bulk1g_gbps".padEnd(28)} ${bulk1gFloor(floors).toFixed(3)} GB/s`);
+/** " = 0.41× floor.x" for a figure in GB/s beside the floor it is bounded by. */
+const vs = (gbps: number, ...names: string[]) =>
+  names
+    .filter((n) => floors[n] !== undefined)
+    .map((n) => ` = ${(gbps / (FLOOR_BYTES / (floors[n] as number) / 1e9)).toFixed(2)}× floor.${n}`)
+    .join("");
 await withKernel(async ({ pid, connect }) => {
   const data = Buffer.alloc(64 * 1024 * 1024, 0x3c);
   for (const shm of [false, true]) {
     const c = await connect(shm);
+    {
+      // bench.sink first: the same 64 MiB through the transport and the pipeline, stored nowhere.
+      const times: number[] = [];
+      const k0 = cpuSeconds(pid);
+      for (let i = 0; i <= writes; i++) {
+        const t = process.hrtime.bigint();
+        await c.call("bench.sink", "kernel://", { data });
+        if (i > 0) times.push(Number(process.hrtime.bigint() - t) / 1e9);
+      }
+      const kcpu = ((cpuSeconds(pid) - k0) / (writes + 1)) * 1000;
+      const mean = (data.length * times.length) / times.reduce((a, b) => a + b, 0) / 1e9;
+      console.log(
+        `bench.sink 64 MiB ${shm ? "shm   " : "inline"}: mean ${mean.toFixed(3)} GB/s${vs(mean, "uds")}; kernel CPU ${kcpu.toFixed(0)} ms per call`,
+      );
+    }
     const times: number[] = [];
     const k0 = cpuSeconds(pid);
     for (let i = 0; i <= writes; i++) {
@@ -92,20 +125,21 @@ await withKernel(async ({ pid, connect }) => {
     const best = data.length / Math.min(...times) / 1e9;
     const how = shm ? (c.features.includes("shm") ? "shm   " : "shm (unavailable: inline)") : "inline";
     console.log(
-      `storage.write 64 MiB ${how}: mean ${mean.toFixed(3)} GB/s, best ${best.toFixed(3)} GB/s (n=${times.length}); kernel CPU ${kcpu.toFixed(0)} ms per write`,
+      `storage.write 64 MiB ${how}: mean ${mean.toFixed(3)} GB/s${vs(mean, "store64m", "durable")}, best ${best.toFixed(3)} GB/s (n=${times.length}); kernel CPU ${kcpu.toFixed(0)} ms per write`,
     );
     await c.close();
   }
 });
 await withKernel(async ({ pid, connect }) => {
-  const c = await connect();
+  const c = await connect(opt("bulk-shm", "") === "" ? undefined : opt("bulk-shm", "") === "1");
   const storage = c.storage as { putLarge?: (t: string, s: Iterable<Uint8Array>, o: object) => Promise<unknown> };
   if (bulk === 0 || typeof storage.putLarge !== "function") {
     console.log("chunked upload: not in this checkout (or --mib 0)");
     await c.close();
     return;
   }
-  const piece = Buffer.alloc(8 * 1024 * 1024, 0x5d);
+  const piece = Buffer.alloc(Number(opt("chunk-mib", "8")) * 1024 * 1024, 0x5d);
+  const window = opt("window", "") === "" ? {} : { window: Number(opt("window", "")) };
   const before = rssMb(pid);
   let peak = before;
   const sampler = setInterval(() => {
@@ -119,13 +153,13 @@ await withKernel(async ({ pid, connect }) => {
     (function* () {
       for (let off = 0; off < bulk; off += piece.length) yield piece;
     })(),
-    { size: bulk, chunkBytes: piece.length },
+    { size: bulk, chunkBytes: piece.length, ...window },
   );
   const secs = Number(process.hrtime.bigint() - t) / 1e9;
   clearInterval(sampler);
   const perGiB = 2 ** 30 / bulk;
   console.log(
-    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s, client ${(clientCpu(c0) * perGiB).toFixed(2)} s`,
+    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s, client ${(clientCpu(c0) * perGiB).toFixed(2)} s`,
   );
   await c.close();
 });

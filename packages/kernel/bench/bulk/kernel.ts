@@ -12,6 +12,22 @@ const k = new Kernel({
   // A checkout from before the chunked upload limits one object to a frame by default.
   maxObjectBytes: 2 * 1024 * 1024 * 1024,
 });
+// bench.sink: a 64 MiB request through the whole kernel path to a handler that stores nothing
+// (the transfer and the pipeline without the file store), as in `npm run bench`.
+k.register({
+  name: "bench",
+  ops: [
+    {
+      op: "bench.sink",
+      description: "Takes a payload and answers its length.",
+      targets: ["kernel"],
+      args: { data: { type: "bytes", required: true, description: "the payload" } },
+      idempotent: true,
+      effects: false,
+      handler: (ctx) => ({ status: "SUCCESS", payload: { length: (ctx.args.data as Uint8Array).length } }),
+    },
+  ],
+});
 await k.start();
 process.stdout.write(`${JSON.stringify({ socket: k.socketPath, pid: process.pid })}\n`);
 process.on("SIGTERM", async () => {

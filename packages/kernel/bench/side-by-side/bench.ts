@@ -21,6 +21,7 @@ import { type ConnectOptions, GrpcConnector, KernelClient, loadIdentity } from "
 import { encodeIntent, encodeMessage } from "@kpip/protocol";
 import hdr from "hdr-histogram-js";
 import { verifyAuditFile } from "../../src/audit/verify-parallel.js";
+import { bulk1gFloor, floorFigures, measureFloors } from "../bulk/floors.js";
 import { openGenerator } from "./generator.js";
 import { largeObjects } from "./large-objects.js";
 import { type Call, cpuPerUnit, latency, RawConn, throughput } from "./measure.js";
@@ -249,6 +250,13 @@ try {
     await stopServer(iks.proc);
   }
 
+  // The floors of bulk data on this machine (bench/bulk/floors.ts), the baselines of the bulk
+  // figures below as the raw echo is of latency: a Unix-socket transfer, SHA-256, a durable write.
+  progress("bulk floors: what the machine allows for 64 MiB");
+  const floors = await measureFloors(dir, QUICK ? 3 : 5);
+  for (const [name, gbps] of floorFigures(floors)) put(name, "GB/s", gbps);
+  put("floor.bulk1g_gbps", "GB/s", bulk1gFloor(floors));
+
   progress("bulk transfers");
   for (const [label, size, n] of [
     ["bulk1m", 1024 * 1024, P.bulk1m],
@@ -269,7 +277,12 @@ try {
         await c.call("bench.sink", "kernel://", { data });
       }
       const secs = Number(process.hrtime.bigint() - t) / 1e9;
-      put(`kpip.${label}.${mode}_gbps`, "GB/s", (size * n) / secs / 1e9, mode === "shm" ? `kpip.${label}.uds_gbps` : undefined);
+      put(
+        `kpip.${label}.${mode}_gbps`,
+        "GB/s",
+        (size * n) / secs / 1e9,
+        mode === "shm" ? `kpip.${label}.uds_gbps` : "floor.uds_gbps",
+      );
       await c.close();
     }
   }

@@ -38,8 +38,9 @@ export async function largeObjects(r: LargeObjectsRun): Promise<number> {
       await c.storage.write(`obj://bench/w64-${mode}`, data);
       if (i > 0) secs += Number(process.hrtime.bigint() - t) / 1e9;
     }
-    const baseline = mode === "shm" ? "kpip.store64m.uds_gbps" : undefined;
-    r.put(`kpip.store64m.${mode}_gbps`, "GB/s", (data.length * r.writes) / secs / 1e9, baseline);
+    // Against what the machine allows a storage.write (floors.ts: the transfer, one SHA-256 and
+    // the durable write the kernel's policy requires, one after the other).
+    r.put(`kpip.store64m.${mode}_gbps`, "GB/s", (data.length * r.writes) / secs / 1e9, "floor.store64m_gbps");
     await c.close();
   }
   const k = await r.startKernel(r.home);
@@ -70,7 +71,7 @@ export async function largeObjects(r: LargeObjectsRun): Promise<number> {
       clearInterval(sampler);
     }
     const secs = Number(process.hrtime.bigint() - t) / 1e9;
-    r.put("kpip.bulk1g.gbps", "GB/s", total / secs / 1e9);
+    r.put("kpip.bulk1g.gbps", "GB/s", total / secs / 1e9, "floor.bulk1g_gbps");
     r.put("kpip.bulk1g.rss_mb", "MB", Math.max(peak, r.rssMb(k.pid)));
     await c.close();
   } finally {

@@ -1,7 +1,7 @@
 import { createHash, type Hash, randomBytes } from "node:crypto";
-import { closeSync, fdatasync, write } from "node:fs";
+import { closeSync, fdatasync } from "node:fs";
 import type { BlobStore } from "../store/blobs.js";
-import { unlinkQuiet } from "../store/blobs.js";
+import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
 
 export interface UploadLimits {
@@ -43,19 +43,6 @@ export interface Upload {
    * then lost its compare-and-set or quota: a retried commit names it without the bytes again.
    */
   installed: Buffer | undefined;
-}
-
-/** Writes all of `data` at `position`, off the event loop. */
-function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const step = (off: number) =>
-      write(fd, data, off, data.length - off, position + off, (err, n) => {
-        if (err) reject(err);
-        else if (off + n < data.length) step(off + n);
-        else resolve();
-      });
-    step(0);
-  });
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
@@ -154,9 +141,10 @@ export class UploadTable {
 
   /**
    * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
-   * The chunk is hashed and its place taken now (so the next chunk may follow at once), and
-   * written to the file off the event loop; the promise settles when its bytes are in the file,
-   * and only then is the chunk acknowledged. The kernel keeps no chunk after its write.
+   * The chunk's place is taken and its write to the file begun (off the event loop) now, and it
+   * is hashed meanwhile, so the next chunk may follow at once; the promise settles when its
+   * bytes are in the file, and only then is the chunk acknowledged. The kernel keeps no chunk
+   * after its write.
    */
   chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
@@ -168,14 +156,15 @@ export class UploadTable {
       );
     if (offset + data.length > u.size)
       throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
-    u.hash.update(data);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
+    // The write starts first: libuv's thread copies the chunk into the file while this one hashes it.
     const p = writeAt(u.fd, data, offset).catch((e: Error) => {
       u.failed ??= e;
       throw e;
     });
     this.track(u, p);
+    u.hash.update(data);
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
     // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
     if (u.received - u.flushed >= FLUSH_EVERY) {

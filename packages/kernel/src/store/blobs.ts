@@ -13,7 +13,7 @@ import {
   renameSync,
   unlink,
   unlinkSync,
-  writeSync,
+  write,
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -23,9 +23,35 @@ const fsyncAsync = promisify(fsync);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
 
+/** Writes all of `data` to `fd` at `position`, off the event loop (libuv's threads). */
+export function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const step = (off: number) =>
+      write(fd, data, off, data.length - off, position + off, (err, n) => {
+        if (err) reject(err);
+        else if (off + n < data.length) step(off + n);
+        else resolve();
+      });
+    step(0);
+  });
+}
+
 /** SHA-256 of `data`, the address of a body in the store. */
 export function sha256(data: Uint8Array): Buffer {
   return createHash("sha256").update(data).digest();
+}
+
+/** Bytes hashed between two turns of the event loop by {@link sha256InSlices} (a few ms each). */
+export const HASH_SLICE = 4 * 1024 * 1024;
+
+/** {@link sha256} of a large body, a slice per turn of the event loop: I/O callbacks run between slices. */
+export async function sha256InSlices(data: Uint8Array): Promise<Buffer> {
+  const h = createHash("sha256");
+  for (let off = 0; off < data.length; off += HASH_SLICE) {
+    if (off > 0) await new Promise((r) => setImmediate(r));
+    h.update(data.subarray(off, off + HASH_SLICE));
+  }
+  return h.digest();
 }
 
 /**
@@ -86,19 +112,25 @@ export class BlobStore {
    * Stores `data` (hashed here, once) and returns its hash, pinned: the caller commits the row
    * naming it, then calls {@link unpin}.
    *
+   * The bytes go to a temp file and are synced on libuv's threads while this thread hashes them
+   * in slices, yielding between slices: the sync starts as soon as the write is done, the passes
+   * over the body overlap instead of following each other, and other sessions are served
+   * meanwhile. Only when the bytes are synced is the file renamed to its address.
+   *
    * The bytes are written and synced even when their body is there already: skipping the work
    * would let a write's latency tell a persona that someone else stored exactly those bytes (a
    * confirm-a-file probe). The deduplication of the space is kept; only the I/O is not saved.
    */
   async put(data: Uint8Array): Promise<Buffer> {
-    const hash = sha256(data);
+    const t = this.createTemp("put");
+    const stored = writeAt(t.fd, data, 0).then(() => this.syncFile(t.fd));
+    // Awaited below; a failure while this thread hashes is not an unhandled rejection meanwhile.
+    stored.catch(() => {});
+    const hash = await sha256InSlices(data);
     this.pin(hash);
     try {
-      const t = this.createTemp("put");
       try {
-        let off = 0;
-        while (off < data.length) off += writeSync(t.fd, data, off, data.length - off);
-        await this.syncFile(t.fd);
+        await stored;
       } catch (e) {
         closeSync(t.fd);
         unlinkQuiet(t.path);

@@ -1,0 +1,102 @@
+import assert from "node:assert/strict";
+import { closeSync, constants, existsSync, fstatSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import fc from "fast-check";
+import { BlobStore, HASH_SLICE, sha256, sha256InSlices } from "../src/store/blobs.js";
+
+/* BlobStore.put writes and syncs a body on libuv's threads while it hashes it in slices (issue #22). */
+
+const withRoot = async (f: (root: string) => Promise<void>) => {
+  const root = mkdtempSync(join(tmpdir(), "kpip-blobput-"));
+  try {
+    await f(root);
+  } finally {
+    rmSync(root, { recursive: true, force: true });
+  }
+};
+
+describe("the file store's put: hash and write overlap, nothing else changes", () => {
+  it("hashes in slices exactly as in one pass, at every size around the slice boundaries", async () => {
+    const sizes = fc.oneof(
+      fc.integer({ min: 0, max: 3 * HASH_SLICE + 7 }),
+      fc.constantFrom(0, 1, HASH_SLICE - 1, HASH_SLICE, HASH_SLICE + 1, 2 * HASH_SLICE),
+    );
+    await fc.assert(
+      fc.asyncProperty(sizes, fc.integer({ min: 0, max: 255 }), async (n, seed) => {
+        const data = Buffer.alloc(n);
+        for (let i = 0; i < n; i += 4093) data[i] = (seed + i) & 0xff;
+        assert.deepEqual(await sha256InSlices(data), sha256(data));
+      }),
+      { numRuns: 16 },
+    );
+  });
+
+  it("lets the event loop run between slices (other sessions are served while a large body is hashed)", async () => {
+    let turns = 0;
+    let spinning = true;
+    const spin = () => {
+      if (!spinning) return;
+      turns++;
+      setImmediate(spin);
+    };
+    setImmediate(spin);
+    // No I/O here: every turn the spinner gets is one the hashing gave back.
+    await sha256InSlices(Buffer.alloc(3 * HASH_SLICE + 1, 1));
+    spinning = false;
+    assert.ok(turns >= 3, `the event loop ran between the slices (${turns} turns)`);
+  });
+
+  it("stores a large body at its SHA-256, written and synced whole before it is named", async () => {
+    await withRoot(async (root) => {
+      const order: string[] = [];
+      class Watched extends BlobStore {
+        override async syncFile(fd: number): Promise<void> {
+          order.push(`sync ${fstatSync(fd).size}`);
+          await super.syncFile(fd);
+        }
+        override async install(tempPath: string, hash: Uint8Array): Promise<void> {
+          order.push("install");
+          await super.install(tempPath, hash);
+        }
+      }
+      const blobs = new Watched(join(root, "objects"), { sync: true });
+      const body = Buffer.alloc(3 * HASH_SLICE + 5, 0x42);
+      body.write("first", 0);
+      body.write("last", body.length - 4);
+      const hash = await blobs.put(body);
+      assert.deepEqual(hash, sha256(body));
+      assert.deepEqual(order, [`sync ${body.length}`, "install"], "every byte written and synced, then renamed");
+      assert.ok(readFileSync(blobs.pathOf(hash)).equals(body));
+      assert.deepEqual(readdirSync(join(root, "objects", "tmp")), [], "no temp file left");
+      blobs.unpin(hash);
+      assert.equal(blobs.collect(hash, 0), true, "unpinned once: freed when nothing names it");
+    });
+  });
+
+  it("a write that fails leaves no temp file, no body and no pin", async () => {
+    await withRoot(async (root) => {
+      let temp = "";
+      class ReadOnlyTemp extends BlobStore {
+        override createTemp(prefix: string): { fd: number; path: string } {
+          const t = super.createTemp(prefix);
+          temp = t.path;
+          closeSync(t.fd);
+          // The same file, open for reading only: the write fails (EBADF) as a full disk would.
+          return { fd: openSync(t.path, constants.O_RDONLY), path: t.path };
+        }
+      }
+      const blobs = new ReadOnlyTemp(join(root, "objects"), { sync: true });
+      const body = Buffer.alloc(2 * HASH_SLICE + 1, 9);
+      await assert.rejects(blobs.put(body), (e: NodeJS.ErrnoException) => e.code === "EBADF");
+      assert.ok(temp !== "" && !existsSync(temp), "the temp file is removed");
+      const hash = sha256(body);
+      assert.ok(!blobs.has(hash), "no body at the address");
+      // Not pinned: a body of these bytes stored later is freed as soon as nothing names it.
+      const ok = new BlobStore(join(root, "objects"), { sync: false });
+      ok.unpin(await ok.put(body));
+      assert.equal(blobs.collect(hash, 0), true, "the failed put left no pin behind");
+    });
+  });
+});
