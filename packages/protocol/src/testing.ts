@@ -117,3 +117,5 @@ export function structural(v: unknown): unknown {
   }
   return v;
 }
+
+export { decodeCanonicalReference } from "./cbor/reference.js";
