@@ -117,5 +117,3 @@ export function structural(v: unknown): unknown {
   }
   return v;
 }
-
-export { decodeCanonicalReference } from "./cbor/reference.js";

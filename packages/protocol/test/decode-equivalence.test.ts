@@ -2,7 +2,6 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import fc from "fast-check";
 import { mutate, prng } from "../fuzz/engine.js";
-import { decodeCanonicalReference } from "../src/cbor/reference.js";
 import {
   CborError,
   type CborValue,
@@ -24,6 +23,7 @@ import {
   validateMessage,
 } from "../src/index.js";
 import { MUTATIONS, mutateCbor } from "./cbor-mutations.js";
+import { decodeCanonicalReference } from "./reference.js";
 
 /**
  * The single-pass decoder (cbor/decode.ts) against the two-pass path it replaced

@@ -6,8 +6,8 @@ import type { CborMap, CborValue } from "./value.js";
  * Decodes one KPIP canonical CBOR item in a single pass: every rule of `validate.ts` is checked
  * at the byte where that validator checks it, in the same order with the same error, while the
  * value is built. So it accepts exactly what validateCanonical accepts and fails with the same
- * {@link CborError} (code and message); the property tests hold it to `reference.ts`, the
- * two-pass validator + cbor-x it replaces.
+ * {@link CborError} (code and message); the property tests hold it to test/reference.ts,
+ * the two-pass validator + cbor-x it replaces.
  *
  * Nothing is allocated for a declared length before its bytes are present: strings are read
  * after their length was checked against the input, byte strings are views of it, arrays and
@@ -224,7 +224,11 @@ const SHORT = 32;
 /**
  * Recently seen short ASCII strings, by a hash of their bytes: map keys and enum-like values
  * (status, op, persona) repeat in every frame, so most are found here instead of allocated.
- * A hit is compared byte for byte, so a collision only costs a miss.
+ * A hit is compared byte for byte, so a collision only costs a miss. The cache is shared by all
+ * sessions: a string is returned only for the very bytes that made it, and a hit saves tens of
+ * nanoseconds, far below one request's jitter, so it tells no session what another sent.
+ * (Measured: without it a REQUEST body decodes ~2× slower, and longer strings built by `+=`
+ * were cons strings that the intent grammar's regexes then had to flatten.)
  */
 const cache: string[] = new Array(1024).fill("");
 

@@ -1,13 +1,13 @@
 import { Decoder } from "cbor-x";
-import { DEFAULT_LIMITS, type DecodeLimits } from "../constants.js";
-import { CborError } from "../errors.js";
-import { validateCanonical } from "./validate.js";
-import type { CborValue } from "./value.js";
+import { validateCanonical } from "../src/cbor/validate.js";
+import type { CborValue } from "../src/cbor/value.js";
+import { DEFAULT_LIMITS, type DecodeLimits } from "../src/constants.js";
+import { CborError } from "../src/errors.js";
 
 /**
- * The two-pass decoder that `decode.ts` replaced, kept as its reference for tests and the codec
- * bench (`@kpip/protocol/testing`): validate.ts proves the bytes canonical and bounded, then
- * cbor-x decodes them. Not used by runtime code.
+ * The two-pass decoder that src/cbor/decode.ts replaced, kept as its reference for the tests
+ * and the codec bench: validate.ts proves the bytes canonical and bounded, then cbor-x decodes
+ * them. Only tests and benches load cbor-x.
  */
 const decoder = new Decoder({
   useRecords: false,
