@@ -12,9 +12,6 @@ async function main(): Promise<void> {
   const fast =
     name !== undefined && Object.hasOwn(FAST_COMMANDS, name) ? FAST_COMMANDS[name as keyof typeof FAST_COMMANDS] : undefined;
   if (fast) {
-    // cbor-x probes for its native decoder (node-gyp-build, detect-libc, dlopen) when it loads; for a
-    // few small frames the JavaScript decoder is as fast, and the probe was ~10 % of a call.
-    process.env.CBOR_NATIVE_ACCELERATION_DISABLED ??= "true";
     const [{ runCommand }, { exitWith }] = await Promise.all([import("./command.js"), import("./exit.js")]);
     exitWith(fast.load().then((c) => runCommand(c, rest)));
   } else {

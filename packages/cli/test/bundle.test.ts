@@ -9,14 +9,14 @@ import { FAST_COMMANDS } from "../src/commands/fast.js";
 
 const BUNDLE = fileURLToPath(new URL("../bundle/", import.meta.url));
 /**
- * What the bundle may load from outside itself: Node's modules, grpc-js (only when a client
- * dials gRPC) and cbor-x's optional native decoder (which the bundled commands turn off). The
- * kernel's packages (better-sqlite3, pino) must never be among them.
+ * What the bundle may load from outside itself: Node's modules and grpc-js (only when a client
+ * dials gRPC). The kernel's packages (better-sqlite3, pino) must never be among them, nor
+ * cbor-x's native decoder (the protocol decodes CBOR itself).
  */
-const EXTERNAL = new Set(["@grpc/grpc-js", "cbor-extract"]);
+const EXTERNAL = new Set(["@grpc/grpc-js"]);
 
 describe("the bundled kpip entry (dist/bundle)", () => {
-  it("is one CommonJS file loading nothing but Node's modules, grpc-js (only to dial gRPC) and cbor-x's optional native decoder", () => {
+  it("is one CommonJS file loading nothing but Node's modules and grpc-js (only to dial gRPC)", () => {
     const files = readdirSync(BUNDLE).filter((f) => f.endsWith(".js") || f.endsWith(".cjs"));
     assert.ok(files.includes("kpip.cjs"), "run `npm run build`: the bundle is missing");
     const found = new Set<string>();

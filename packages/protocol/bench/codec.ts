@@ -1,7 +1,8 @@
 /**
  * `npm run bench:codec [-- --json]`: ns per operation for a typical request — a REQUEST with
  * a 256-byte storage.write intent — and its RESPONSE, with cbor-x's own (non-canonical)
- * encode/decode of the same body as a reference. Median of 5 runs of ~0.5 s each.
+ * encode/decode of the same body as a reference, and the two-pass decode the single pass
+ * replaced (test/reference.ts). Median of 5 runs of ~0.5 s each.
  */
 import { decode as cborxDecode, encode as cborxEncode } from "cbor-x";
 import {
@@ -12,7 +13,10 @@ import {
   FrameDecoder,
   intentHash,
   type Message,
+  messageTypeName,
+  validateMessage,
 } from "../src/index.js";
+import { decodeCanonicalReference } from "../test/reference.js";
 
 const json = process.argv.includes("--json");
 const intentValue = { op: "storage.write", target: "obj://ws1/notes/today.txt", args: { data: new Uint8Array(256).fill(42) } };
@@ -60,6 +64,16 @@ measure("codec.request_decode", () => {
 measure("codec.response_encode", () => encodeMessage(response, 12345));
 measure("codec.response_decode", () => {
   for (const f of new FrameDecoder().push(responseFrame)) decodeMessage(f);
+});
+const twoPass = (f: { type: number; body: Uint8Array }) => {
+  const type = messageTypeName(f.type) as Message["type"];
+  validateMessage(type, decodeCanonicalReference(f.body));
+};
+measure("reference.request_decode (two passes)", () => {
+  for (const f of new FrameDecoder().push(requestFrame)) twoPass(f);
+});
+measure("reference.response_decode (two passes)", () => {
+  for (const f of new FrameDecoder().push(responseFrame)) twoPass(f);
 });
 measure("cborx.request_body_encode (reference)", () => cborxEncode(plainBody));
 measure("cborx.request_body_decode (reference)", () => cborxDecode(cborxBytes));

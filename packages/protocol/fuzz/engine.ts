@@ -6,9 +6,12 @@
  * straight into decodeCanonical / decodeIntent.
  *
  * The oracle: every call returns or throws a CodecError. Anything else (TypeError,
- * RangeError, stack overflow), an input that takes over 100 ms, or a decoded message that
- * does not re-encode to the same body bytes is a finding.
+ * RangeError, stack overflow), an input that takes over 100 ms, a decoded message that
+ * does not re-encode to the same body bytes, or a decodeCanonical verdict other than the
+ * two-pass reference's (test/reference.ts: same value, or the same error code and message)
+ * is a finding.
  */
+import { inspect, isDeepStrictEqual } from "node:util";
 import {
   CodecError,
   decodeCanonical,
@@ -20,9 +23,10 @@ import {
   HEADER_SIZE,
   type Message,
 } from "../src/index.js";
+import { decodeCanonicalReference } from "../test/reference.js";
 
 export interface Finding {
-  kind: "exception" | "slow" | "roundtrip";
+  kind: "exception" | "slow" | "roundtrip" | "differential";
   signature: string;
   message: string;
   input: Uint8Array;
@@ -196,16 +200,34 @@ export function decodeAll(input: Uint8Array, r: () => number): void {
   } catch (e) {
     if (!(e instanceof CodecError)) throw e;
   }
-  for (const f of [decodeCanonical, decodeIntent]) {
-    try {
-      f(input);
-    } catch (e) {
-      if (!(e instanceof CodecError)) throw e;
-    }
+  try {
+    decodeIntent(input);
+  } catch (e) {
+    if (!(e instanceof CodecError)) throw e;
+  }
+  const fast = verdict(() => decodeCanonical(input));
+  if (
+    !isDeepStrictEqual(
+      fast,
+      verdict(() => decodeCanonicalReference(input)),
+    )
+  ) {
+    throw new DifferentialError(`decodeCanonical and the two-pass reference disagree: ${inspect(fast).slice(0, 200)}`);
+  }
+}
+
+/** A decoder's result or its error's code and message (anything but a CodecError is thrown on). */
+function verdict(f: () => unknown): unknown {
+  try {
+    return { value: f() };
+  } catch (e) {
+    if (!(e instanceof CodecError)) throw e;
+    return { error: e.constructor.name, code: e.code, message: e.message };
   }
 }
 
 class RoundTripError extends Error {}
+class DifferentialError extends Error {}
 
 /** CPU time (ms) above which one decode of one small input is a finding. */
 const SLOW_MS = 100;
@@ -231,7 +253,7 @@ export function fuzz(opts: FuzzOptions): { iterations: number; findings: Finding
         target(input, r);
       } catch (e) {
         const err = e as Error;
-        const kind = e instanceof RoundTripError ? "roundtrip" : "exception";
+        const kind = e instanceof RoundTripError ? "roundtrip" : e instanceof DifferentialError ? "differential" : "exception";
         const signature = `${kind}:${err.name}:${(err.stack ?? "").split("\n")[1]?.trim() ?? err.message}`;
         if (!findings.has(signature)) findings.set(signature, { kind, signature, message: err.message, input });
       }

@@ -1,15 +1,18 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import {
   decodeIntent,
   encodeCanonical,
   encodeIntent,
   IntentError,
   intentHash,
+  isName,
   isOp,
   isPersonaId,
   isWorkspaceId,
+  NAME_RE,
   parseTarget,
 } from "../src/index.js";
 
@@ -51,6 +54,30 @@ describe("identifier grammar", () => {
       assert.ok(!isPersonaId(p), p);
     }
     assert.ok(isWorkspaceId("ws1") && !isWorkspaceId("ws/1") && !isWorkspaceId("WS"));
+  });
+
+  it("scans names and persona ids exactly as the grammar's regex and split define them", () => {
+    // the definitions the scanners replaced
+    const nameDef = (s: string) => NAME_RE.test(s) && !s.includes("..");
+    const personaDef = (id: string) => {
+      if (id.length === 0 || id.length > 255) return false;
+      const parts = id.split("/");
+      return parts.length <= 8 && parts.every(nameDef);
+    };
+    const chars = fc.constantFrom(..."az09_.-/A \n\u00e9".split(""));
+    const id = fc.oneof(
+      fc.string({ unit: chars, maxLength: 80 }),
+      fc.array(fc.string({ unit: chars, minLength: 0, maxLength: 66 }), { maxLength: 10 }).map((p) => p.join("/")),
+      fc.string({ unit: fc.constantFrom(..."a0_.-/".split("")), maxLength: 70 }),
+      fc.string({ maxLength: 20 }),
+    );
+    fc.assert(
+      fc.property(id, (s) => {
+        assert.equal(isName(s), nameDef(s), JSON.stringify(s));
+        assert.equal(isPersonaId(s), personaDef(s), JSON.stringify(s));
+      }),
+      { numRuns: 5000 },
+    );
   });
 
   it("parses targets and refuses every traversal and encoding trick", () => {

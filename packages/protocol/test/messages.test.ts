@@ -68,6 +68,39 @@ describe("messages", () => {
     for (const m of all) assert.deepEqual(roundTrip(m), m, m.type);
   });
 
+  it("names the exact path of a bad or missing field, however deep", () => {
+    const req = {
+      version: 1,
+      persona: "alice",
+      id: 1,
+      intent: Buffer.from([0xa0]),
+      context: { persona: "alice" },
+      caps: [1],
+    };
+    const limits = { maxBody: 4096, maxInFlight: 1, dedupeWindowMs: 1 };
+    const challenge = { version: 1, session: "s", nonce: Buffer.alloc(32), kernel: "k", heartbeatMs: 1, limits, features: [] };
+    const cases: [keyof typeof MessageType, unknown, string][] = [
+      ["PING", {}, "ping.seq is required"],
+      ["PING", [], "ping must be a map"],
+      ["REQUEST", { ...req, caps: [1, "x"] }, "request.caps[1] must be a handle (unsigned integer) or a token (byte string)"],
+      ["REQUEST", { ...req, caps: [Buffer.alloc(0)] }, "request.caps[0] must be a byte string of 1..8192 bytes"],
+      ["REQUEST", { ...req, context: { persona: "alice", workspace: "W" } }, "request.context.workspace must be a workspace id"],
+      ["REQUEST", { ...req, context: {} }, "request.context.persona is required"],
+      ["REQUEST", { ...req, context: 1 }, "request.context must be a map"],
+      ["CHALLENGE", { ...challenge, limits: { ...limits, maxBody: -1 } }, "challenge.limits.maxBody must be an unsigned integer"],
+      ["WELCOME", { persona: "a", handles: [], refused: [{ index: 0, code: "c" }] }, "welcome.refused[0].message is required"],
+      ["WELCOME", { persona: "a", handles: [0, "1"] }, "welcome.handles[1] must be an unsigned integer"],
+      ["HELLO", { versions: 1 }, "hello.versions must be an array of at most 16 items"],
+    ];
+    for (const [type, body, message] of cases) {
+      assert.throws(
+        () => decodeMessage(frameOf(type, body)),
+        (e: unknown) => e instanceof MessageError && e.message === message,
+        message,
+      );
+    }
+  });
+
   it("checks required fields and types, and ignores unknown fields", () => {
     assert.throws(() => decodeMessage(frameOf("PING", {})), bad("MISSING_FIELD"));
     assert.throws(() => decodeMessage(frameOf("PING", { seq: "1" })), bad("BAD_FIELD"));

@@ -9,7 +9,7 @@ const MAX_ENCODE_DEPTH = 32;
  * Writes KPIP canonical CBOR (RFC 8949 §4.2.1 deterministic encoding): shortest heads,
  * definite lengths, map keys sorted by their encoded bytes. Hand-written because cbor-x
  * cannot emit this form (it keeps map keys in insertion order and writes integers of
- * 2^32 and above as float64); cbor-x is used for decoding.
+ * 2^32 and above as float64); decode.ts is its counterpart.
  */
 export class CanonicalWriter {
   private buf: Buffer;

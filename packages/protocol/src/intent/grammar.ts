@@ -34,13 +34,43 @@ export function isOp(op: string): boolean {
 }
 
 export function isName(s: string): boolean {
-  return NAME_RE.test(s) && !s.includes("..");
+  return isNameAt(s, 0, s.length);
+}
+
+/**
+ * NAME_RE without "..", over s[start, end): a scanner, not a regex and a split, because every
+ * frame's persona ids pass here (pinned to the regex by a property test).
+ */
+function isNameAt(s: string, start: number, end: number): boolean {
+  const n = end - start;
+  if (n === 0 || n > 64) return false;
+  let c = s.charCodeAt(start);
+  if (!((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39))) return false;
+  let dot = false;
+  for (let i = start + 1; i < end; i++) {
+    c = s.charCodeAt(i);
+    if (c === 0x2e) {
+      if (dot) return false; // ".."
+      dot = true;
+      continue;
+    }
+    dot = false;
+    if (!((c >= 0x61 && c <= 0x7a) || (c >= 0x30 && c <= 0x39) || c === 0x5f || c === 0x2d)) return false;
+  }
+  return true;
 }
 
 export function isPersonaId(id: string): boolean {
   if (id.length === 0 || id.length > MAX_PERSONA_BYTES) return false;
-  const parts = id.split("/");
-  return parts.length <= MAX_PERSONA_DEPTH && parts.every(isName);
+  let start = 0;
+  for (let parts = 1; parts <= MAX_PERSONA_DEPTH; parts++) {
+    const slash = id.indexOf("/", start);
+    const end = slash < 0 ? id.length : slash;
+    if (!isNameAt(id, start, end)) return false;
+    if (slash < 0) return true;
+    start = slash + 1;
+  }
+  return false;
 }
 
 export function isWorkspaceId(id: string): boolean {

@@ -2,77 +2,91 @@ import { isErrorClass, isStatus, MessageError } from "../errors.js";
 import { isPersonaId, isWorkspaceId } from "../intent/grammar.js";
 import type { Message } from "./types.js";
 
-/** A field check: throws MessageError naming the field path. */
-type Check = (v: unknown, path: string) => void;
+/**
+ * A field check: throws MessageError naming the field path. The path is passed in two parts,
+ * the enclosing path and the field name or index, and joined only when a check fails: a string
+ * built per field of every frame was most of this check's cost.
+ */
+type Check = (v: unknown, at: string, key: string | number) => void;
 
-const fail = (path: string, what: string): never => {
-  throw new MessageError("BAD_FIELD", `${path} must be ${what}`);
+const pathOf = (at: string, key: string | number): string =>
+  key === "" ? at : typeof key === "number" ? `${at}[${key}]` : `${at}.${key}`;
+
+const fail = (at: string, key: string | number, what: string): never => {
+  throw new MessageError("BAD_FIELD", `${pathOf(at, key)} must be ${what}`);
 };
 
-const uint: Check = (v, p) => {
-  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) fail(p, "an unsigned integer");
+const uint: Check = (v, at, k) => {
+  if (typeof v !== "number" || !Number.isSafeInteger(v) || v < 0) fail(at, k, "an unsigned integer");
 };
 const text =
   (max = 4096): Check =>
-  (v, p) => {
-    if (typeof v !== "string" || v.length > max) fail(p, `a text string of at most ${max} characters`);
+  (v, at, k) => {
+    if (typeof v !== "string" || v.length > max) fail(at, k, `a text string of at most ${max} characters`);
   };
 const bytes =
   (min = 0, max = Number.MAX_SAFE_INTEGER): Check =>
-  (v, p) => {
+  (v, at, k) => {
     if (!(v instanceof Uint8Array) || v.length < min || v.length > max) {
-      fail(p, min === max ? `a byte string of ${min} bytes` : `a byte string of ${min}..${max} bytes`);
+      fail(at, k, min === max ? `a byte string of ${min} bytes` : `a byte string of ${min}..${max} bytes`);
     }
   };
-const bool: Check = (v, p) => {
-  if (typeof v !== "boolean") fail(p, "a boolean");
+const bool: Check = (v, at, k) => {
+  if (typeof v !== "boolean") fail(at, k, "a boolean");
 };
-const map: Check = (v, p) => {
-  if (v === null || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) fail(p, "a map");
+const map: Check = (v, at, k) => {
+  if (v === null || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) fail(at, k, "a map");
 };
 const any: Check = () => {};
-const arrayOf =
-  (item: Check, max: number): Check =>
-  (v, p) => {
-    if (!Array.isArray(v) || v.length > max) fail(p, `an array of at most ${max} items`);
-    (v as unknown[]).forEach((x, i) => {
-      item(x, `${p}[${i}]`);
-    });
+const arrayOf = (item: Check, max: number): Check => {
+  return (v, at, k) => {
+    if (!Array.isArray(v) || v.length > max) fail(at, k, `an array of at most ${max} items`);
+    const a = v as unknown[];
+    if (a.length === 0) return;
+    const p = pathOf(at, k);
+    for (let i = 0; i < a.length; i++) item(a[i], p, i);
   };
-const persona: Check = (v, p) => {
-  if (typeof v !== "string" || !isPersonaId(v)) fail(p, "a persona id (e.g. alice or alice/worker-1)");
 };
-const workspace: Check = (v, p) => {
-  if (typeof v !== "string" || !isWorkspaceId(v)) fail(p, "a workspace id");
+const persona: Check = (v, at, k) => {
+  if (typeof v !== "string" || !isPersonaId(v)) fail(at, k, "a persona id (e.g. alice or alice/worker-1)");
 };
-const status: Check = (v, p) => {
-  if (!isStatus(v)) fail(p, "one of SUCCESS, FAILURE, PARTIAL, DEFERRED");
+const workspace: Check = (v, at, k) => {
+  if (typeof v !== "string" || !isWorkspaceId(v)) fail(at, k, "a workspace id");
 };
-const errorClass: Check = (v, p) => {
-  if (!isErrorClass(v)) fail(p, "an error class");
+const status: Check = (v, at, k) => {
+  if (!isStatus(v)) fail(at, k, "one of SUCCESS, FAILURE, PARTIAL, DEFERRED");
 };
-const capRef: Check = (v, p) => {
-  if (typeof v === "number") uint(v, p);
-  else if (v instanceof Uint8Array) bytes(1, 8192)(v, p);
-  else fail(p, "a handle (unsigned integer) or a token (byte string)");
+const errorClass: Check = (v, at, k) => {
+  if (!isErrorClass(v)) fail(at, k, "an error class");
+};
+const capToken = bytes(1, 8192);
+const capRef: Check = (v, at, k) => {
+  if (typeof v === "number") uint(v, at, k);
+  else if (v instanceof Uint8Array) capToken(v, at, k);
+  else fail(at, k, "a handle (unsigned integer) or a token (byte string)");
 };
 
 /** field name → [check, required]. Unknown fields are ignored (forward compatibility). */
 type Shape = Record<string, [Check, boolean]>;
 
 function shapeOf(fields: Shape): Check {
-  // Listed once: an entries array per message was garbage on every frame.
-  const entries = Object.entries(fields);
-  return (v, p) => {
-    map(v, p);
+  // Listed once, as parallel arrays: nothing is allocated per frame.
+  const names = Object.keys(fields);
+  const checks = names.map((n) => (fields[n] as [Check, boolean])[0]);
+  const required = names.map((n) => (fields[n] as [Check, boolean])[1]);
+  return (v, at, k) => {
+    map(v, at, k);
     const o = v as Record<string, unknown>;
-    for (const [name, [check, required]] of entries) {
+    // Built once per map, and only for a map with fields to name.
+    const p = pathOf(at, k);
+    for (let i = 0; i < names.length; i++) {
+      const name = names[i] as string;
       const x = o[name];
       if (x === undefined) {
-        if (required) throw new MessageError("MISSING_FIELD", `${p}.${name} is required`);
+        if (required[i]) throw new MessageError("MISSING_FIELD", `${p}.${name} is required`);
         continue;
       }
-      check(x, `${p}.${name}`);
+      (checks[i] as Check)(x, p, name);
     }
   };
 }
@@ -151,12 +165,14 @@ const SHAPES: Record<Message["type"], Check> = {
   }),
 };
 
+const LOWER = Object.fromEntries(Object.keys(SHAPES).map((t) => [t, t.toLowerCase()])) as Record<Message["type"], string>;
+
 /**
  * Checks a decoded body against its message type's shape. Throws {@link MessageError}
  * (PROTOCOL). Fields a version does not know are ignored; required fields must be present.
  */
 export function validateMessage(type: Message["type"], body: unknown): void {
-  SHAPES[type](body, type.toLowerCase());
+  SHAPES[type](body, LOWER[type], "");
   if (type === "RESPONSE") {
     const r = body as { status: string; error?: string; message?: string };
     const failed = r.status === "FAILURE";
