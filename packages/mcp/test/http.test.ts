@@ -100,6 +100,11 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
       "op_result",
       "op_status",
       "storage_read",
+      // storage.write allows the upload ops too: the kernel authorizes an upload as the write it becomes.
+      "storage_upload_abort",
+      "storage_upload_begin",
+      "storage_upload_chunk",
+      "storage_upload_commit",
       "storage_write",
       "system_describe",
     ]);
