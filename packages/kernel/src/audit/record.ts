@@ -12,11 +12,25 @@ export const GENESIS_HASH = new Uint8Array(32);
  * order of records, changes every hash after it.
  */
 export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
-  return RECORD_HASHER.hash(r);
+  return sha256(RECORD_ENCODER.encode(r));
+}
+
+/**
+ * The exact bytes a record's hash covers: prevHash || canonical CBOR of its fields. The store
+ * keeps these bytes as the record (one blob), so `audit verify` hashes what is stored and every
+ * reader shows what it decodes from them (record-decode.ts).
+ */
+export function recordBytes(r: Omit<AuditRow, "hash">): Buffer {
+  return Buffer.from(RECORD_ENCODER.encode(r));
 }
 
 /** The generic definition: the canonical CBOR map of the non-null fields (tests pin the fast path to it). */
 export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
+  return createHash("sha256").update(recordBytesGeneric(r)).digest();
+}
+
+/** {@link recordBytes} by the generic encoder. */
+export function recordBytesGeneric(r: Omit<AuditRow, "hash">): Buffer {
   // Fields are added in canonical key order (shorter keys first, then bytewise), so the
   // encoder does not have to sort them.
   const fields: CborMap = {};
@@ -41,12 +55,13 @@ export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   if (r.intentHash !== null) fields.intentHash = r.intentHash;
   if (r.traceparent !== null) fields.traceparent = r.traceparent;
   if (r.measurements != null) fields.measurements = r.measurements;
-  return createHash("sha256").update(r.prevHash).update(encodeCanonical(fields)).digest();
+  return Buffer.concat([r.prevHash, encodeCanonical(fields)]);
 }
 
-type Field = keyof Omit<AuditRow, "hash" | "prevHash">;
+export type RecordField = keyof Omit<AuditRow, "hash" | "prevHash">;
+type Field = RecordField;
 /** Record fields in canonical key order, with their kind on the wire. */
-const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
+export const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["op", "text"],
   ["seq", "uint"],
   ["caps", "text"],
@@ -77,13 +92,14 @@ const KEY_BYTES = FIELDS.map(([k]) => textKey(k));
  * `audit verify`. A field that is not what the schema says (a non-integer number) takes the
  * generic path, so the two never disagree.
  */
-class RecordHasher extends CborWriter {
-  hash(r: Omit<AuditRow, "hash">): Buffer {
+class RecordEncoder extends CborWriter {
+  /** The record's bytes in the reused buffer (valid until the next call). */
+  encode(r: Omit<AuditRow, "hash">): Buffer {
     let count = 0;
     for (const [k, kind] of FIELDS) {
       const v = r[k];
       if (v === null || v === undefined) continue;
-      if (kind === "uint" && !(Number.isSafeInteger(v) && (v as number) >= 0)) return recordHashGeneric(r);
+      if (kind === "uint" && !(Number.isSafeInteger(v) && (v as number) >= 0)) return recordBytesGeneric(r);
       count++;
     }
     this.pos = 0;
@@ -114,11 +130,11 @@ class RecordHasher extends CborWriter {
         this.pos += b.length;
       }
     }
-    return sha256(this.buf.subarray(0, this.pos));
+    return this.buf.subarray(0, this.pos);
   }
 }
 
-const RECORD_HASHER = new RecordHasher();
+const RECORD_ENCODER = new RecordEncoder();
 
 const CHECKPOINT_CONTEXT = Buffer.from("kpip-audit-checkpoint-v1\0", "latin1");
 

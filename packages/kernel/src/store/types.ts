@@ -99,6 +99,8 @@ export interface AuditRow {
   detail?: string | null;
   prevHash: Uint8Array;
   hash: Uint8Array;
+  /** The exact bytes `hash` covers (recordBytes), when already encoded: the store keeps these. */
+  record?: Uint8Array;
 }
 
 /**

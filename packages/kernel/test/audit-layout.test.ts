@@ -1,16 +1,17 @@
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { copyFileSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { isDeepStrictEqual } from "node:util";
 import { encodeIntent, intentHash } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import type { AuditEntry } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
-import { recordHashGeneric } from "../src/audit/record.js";
+import { recordBytesGeneric, recordHashGeneric } from "../src/audit/record.js";
 import { verifyAudit } from "../src/audit/verify.js";
-import { RawRecordScan } from "../src/audit/verify-raw.js";
 import { SqliteStore } from "../src/store/sqlite.js";
-import { fillAuditFile, tamperedCopy } from "./audit-fill.js";
+import { fillAuditFile, tamperedCopy, toColumnLayout } from "./audit-fill.js";
 import { removeHome } from "./harness.js";
 
 /** Texts and integers at every CBOR head size, non-ASCII text, empty and large blobs, absent fields. */
@@ -28,9 +29,10 @@ const TEXTS = [
 const UINTS = [0, 23, 24, 255, 256, 65_535, 65_536, 2 ** 32 - 1, 2 ** 32, Number.MAX_SAFE_INTEGER];
 const N = 120;
 
-describe("audit verify's raw scan (rows hashed straight from SQLite) is as strict as the record path", () => {
+describe("the record layout: a record's stored bytes are its generic encoding, and a home of the column layout moves to it with every tamper still found", () => {
   let dir: string;
   let good: string;
+  let old: string;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "kpip-verify-raw-"));
     good = join(dir, "good.db");
@@ -59,16 +61,17 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
       };
     };
     await fillAuditFile(good, N, (i) => row(i - 1), { batchMax: 64, checkpointEvery: 50 });
+    old = join(dir, "old.db");
+    copyFileSync(good, old);
+    toColumnLayout(old);
   });
   after(() => removeHome(dir));
 
-  /** The raw scan of a file, and how many rows it sent down the record path. */
-  const rawVerify = (path: string) => {
-    const reader = openAuditReader(path, { direct: true });
+  /** verify as `kpip audit verify` reads a file (a private copy, moved to the record layout when old), and as a kernel's store does. */
+  const readerVerify = (path: string) => {
+    const reader = openAuditReader(path);
     try {
-      const scan = new RawRecordScan(reader.db, reader.columns, (seq) => reader.scanAudit(seq, 1)[0]);
-      const cps = new Set(reader.checkpoints().map((c) => c.seq));
-      return { range: scan.verify(1, Number.POSITIVE_INFINITY, cps, 7), slow: scan.slowRows, full: verifyAudit(reader) };
+      return verifyAudit(reader);
     } finally {
       reader.close();
     }
@@ -82,21 +85,51 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
     }
   };
 
-  it("every record the kernel writes is hashed on the fast path, to the generic definition's hash", () => {
+  it("every record the kernel writes is stored as the generic definition's bytes, and hashes to its hash", () => {
     const reader = openAuditReader(good, { direct: true });
-    for (const r of reader.scanAudit(1, N)) assert.deepEqual(recordHashGeneric(r), Buffer.from(r.hash));
+    const stored = reader.db.prepare("SELECT seq, record FROM audit ORDER BY seq").raw(true).all() as [number, Buffer][];
+    const rows = reader.scanAudit(1, N);
+    assert.equal(rows.length, N);
+    for (const r of rows) {
+      assert.deepEqual(recordBytesGeneric(r), stored[r.seq - 1]?.[1]);
+      assert.deepEqual(recordHashGeneric(r), Buffer.from(r.hash));
+    }
+    const full = verifyAudit(reader);
     reader.close();
-    const { range, slow, full } = rawVerify(good);
-    assert.equal(range.firstBad, undefined);
-    assert.equal(range.lastSeq, N);
-    assert.equal(slow, 0);
     assert.equal(full.ok, true);
-    assert.deepEqual(full, recordPath(good));
+    assert.equal(full.records, N);
     assert.ok(full.checkpoints >= 2);
+    assert.deepEqual(full, recordPath(good));
   });
 
-  // [what, sql, seq found bad, whether the record path answers the same: on some wrong types it
-  // throws (a CborError, or a TypeError writing a blob as text) where the raw scan names the record]
+  it("a home of the column layout verifies, is read the same, and is moved once by the kernel's store", () => {
+    const before = openAuditReader(good, { direct: true });
+    const want = before.scanAudit(1, N);
+    before.close();
+    const copy = tamperedCopy(old, dir, "intact old", "SELECT 1");
+    assert.equal(readerVerify(copy).ok, true);
+    // The reader moved its private copy, not the file.
+    const plain = new Database(copy, { readonly: true });
+    assert.ok((plain.pragma("table_info(audit)") as { name: string }[]).some((c) => c.name === "persona"));
+    plain.close();
+    const s = new SqliteStore(copy);
+    try {
+      const got = s.scanAudit(1, N);
+      assert.equal(got.length, want.length);
+      for (let i = 0; i < got.length; i++) assert.ok(isDeepStrictEqual(got[i], want[i]), `record ${i + 1} reads differently`);
+      assert.equal(verifyAudit(s).ok, true);
+      const cols = (s.db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name);
+      assert.deepEqual(cols, ["seq", "hash", "record"]);
+      assert.equal(
+        (s.db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE name = 'audit_persona'").get() as { n: number }).n,
+        0,
+      );
+    } finally {
+      s.close();
+    }
+  });
+
+  // [what, sql on the old columns, seq found bad, (unused)]
   const cases: [string, string, number, boolean][] = [
     ["a text field changed", "UPDATE audit SET message = 'forged' WHERE seq = 40", 40, true],
     [
@@ -117,24 +150,28 @@ describe("audit verify's raw scan (rows hashed straight from SQLite) is as stric
     ["an integer beyond 2^53", "UPDATE audit SET request_id = 9007199254740993 WHERE seq = 53", 53, false],
     ["a text field holding an integer", "UPDATE audit SET persona = 7 WHERE seq = 54", 54, false],
   ];
-  for (const [what, sql, seq, same] of cases) {
-    it(`${what}: found at its record`, () => {
-      const p = tamperedCopy(good, dir, what, sql);
-      const { full } = rawVerify(p);
-      assert.equal(full.ok, false);
-      assert.equal(full.firstBad?.seq, seq, full.firstBad?.reason);
-      if (same) assert.deepEqual(full, recordPath(p));
-    });
-  }
+  it("every tamper of a home of the column layout is found at its record after the move", () => {
+    for (const [what, sql, seq] of cases) {
+      const p = tamperedCopy(old, dir, what, sql);
+      const full = readerVerify(p);
+      assert.equal(full.ok, false, what);
+      assert.equal(full.firstBad?.seq, seq, `${what}: ${full.firstBad?.reason}`);
+      assert.deepEqual(full, recordPath(p), what);
+    }
+  });
 
-  it("an intact record outside the kernel's types (a negative integer, hashed by the generic encoder) takes the record path and verifies", async () => {
-    const p = join(dir, "fraction.db");
+  it("an intact record outside the kernel's types (a negative integer, written by the generic encoder) verifies and reads back", async () => {
+    const p = join(dir, "negative.db");
     const entry = (i: number): AuditEntry => ({ session: "s", persona: "p", phase: "complete", requestId: i === 3 ? -3 : i - 1 });
     await fillAuditFile(p, 5, entry, { batchMax: 8, checkpointEvery: 50 });
-    const { range, slow, full } = rawVerify(p);
-    assert.equal(range.firstBad, undefined);
-    assert.equal(slow, 1);
-    assert.equal(full.ok, true);
-    assert.deepEqual(full, recordPath(p));
+    assert.equal(readerVerify(p).ok, true);
+    const s = new SqliteStore(p);
+    try {
+      assert.equal(s.scanAudit(3, 1)[0]?.requestId, -3);
+    } finally {
+      s.close();
+    }
+    toColumnLayout(p);
+    assert.equal(readerVerify(p).ok, true);
   });
 });
