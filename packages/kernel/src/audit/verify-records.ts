@@ -1,7 +1,14 @@
-import { sha256 } from "@kpip/protocol";
+import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-decode.js";
 import type { RangeResult } from "./verify.js";
+
+type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
+const oneShot = (crypto as unknown as { hash?: OneShot }).hash;
+/** SHA-256 as lowercase hex: Node's one-shot hash where it has one (20.12+), else a Hash object. */
+const sha256Hex: (data: Uint8Array) => string = oneShot
+  ? (data) => oneShot("sha256", data, "hex")
+  : (data) => crypto.createHash("sha256").update(data).digest("hex");
 
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
 
@@ -16,7 +23,13 @@ export class RecordScan {
   private readonly scan: Database.Statement;
 
   constructor(db: Database.Database) {
-    this.scan = db.prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
+    // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
+    // that is not a blob reads as NULL, never as the hex of some other value's bytes.
+    this.scan = db
+      .prepare(
+        "SELECT seq, CASE WHEN typeof(hash) = 'blob' THEN lower(hex(hash)) END, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+      )
+      .raw(true);
   }
 
   /**
@@ -26,11 +39,15 @@ export class RecordScan {
   verify(from: number, to: number, cpSeqs: Set<number>, batch = 1000, onProgress?: (done: number) => void): RangeResult {
     const out: RangeResult = { from, lastSeq: from - 1, lastHash: null, firstPrev: null, checkpointHashes: [] };
     let expected = from;
-    let prev: Buffer | undefined;
+    let prev: string | undefined;
     let sinceProgress = 0;
+    const done = () => {
+      if (prev !== undefined) out.lastHash = Buffer.from(prev, "hex");
+      return out;
+    };
     const bad = (seq: number, reason: string) => {
       out.firstBad = { seq, reason };
-      return out;
+      return done();
     };
     while (expected <= to) {
       const rows = this.scan.all(expected, Math.min(batch, to - expected + 1)) as unknown[][];
@@ -40,18 +57,17 @@ export class RecordScan {
         if (seq !== expected) return bad(expected, `record ${expected} is missing (next is ${seq})`);
         const hash = r[1];
         const rec = r[2];
-        // A hash or record that is not a blob (another SQL type) is not the kernel's row.
+        // A record that is not a blob (another SQL type) is not the kernel's row.
         const record = Buffer.isBuffer(rec) ? rec : Buffer.alloc(0);
         if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));
-        else if (record.length < PREV_HASH_BYTES || record.compare(prev, 0, PREV_HASH_BYTES, 0, PREV_HASH_BYTES) !== 0)
+        else if (record.length < PREV_HASH_BYTES || record.toString("hex", 0, PREV_HASH_BYTES) !== prev)
           return bad(seq, LINK_BROKEN);
-        if (!Buffer.isBuffer(hash) || !Buffer.isBuffer(rec) || !sha256(record).equals(hash))
+        if (typeof hash !== "string" || !Buffer.isBuffer(rec) || sha256Hex(record) !== hash)
           return bad(seq, "record content does not match its hash");
         if (recordSeq(record) !== seq) return bad(seq, `record ${seq} holds the bytes of another record (a row renumbered)`);
-        if (cpSeqs.has(seq)) out.checkpointHashes.push([seq, hash]);
+        if (cpSeqs.has(seq)) out.checkpointHashes.push([seq, Buffer.from(hash, "hex")]);
         prev = hash;
         out.lastSeq = seq;
-        out.lastHash = hash;
         expected++;
       }
       sinceProgress += rows.length;
@@ -61,6 +77,6 @@ export class RecordScan {
       }
     }
     onProgress?.(expected - from);
-    return out;
+    return done();
   }
 }
