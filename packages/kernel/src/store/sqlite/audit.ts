@@ -29,8 +29,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
       const putCheckpoint = this.#addCheckpoint;
       return this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
-        const s = this.#append;
         // The record's bytes as the log hashed them (encoded again only for a row built elsewhere).
+        const s = this.#append;
         for (const r of rows) s.run(r.seq, r.hash, r.record ?? recordBytes(r));
         for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
         if (journalUpTo > 0) dropJournal.run(journalUpTo);
