@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
-import { copyFileSync, mkdtempSync } from "node:fs";
+import { createPrivateKey, createPublicKey } from "node:crypto";
+import { copyFileSync, mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { isDeepStrictEqual } from "node:util";
-import { encodeIntent, intentHash } from "@kpip/protocol";
+import { encodeIntent, intentHash, rawPublicKey } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import type { AuditEntry } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
@@ -12,7 +13,7 @@ import { recordBytesGeneric, recordHashGeneric } from "../src/audit/record.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { fillAuditFile, tamperedCopy, toColumnLayout } from "./audit-fill.js";
-import { removeHome } from "./harness.js";
+import { removeHome, startKernel } from "./harness.js";
 
 /** Texts and integers at every CBOR head size, non-ASCII text, empty and large blobs, absent fields. */
 const TEXTS = [
@@ -173,5 +174,42 @@ describe("the record layout: a record's stored bytes are its generic encoding, a
     }
     toColumnLayout(p);
     assert.equal(readerVerify(p).ok, true);
+  });
+
+  it("a kernel started on a home of the column layout moves it, checks the chain it inherits, and appends to it: the whole log verifies with the kernel key", async () => {
+    const t = await startKernel({ auditCheckpointEvery: 10 });
+    try {
+      const c = await t.admin();
+      for (let i = 0; i < 12; i++) await c.storage.write(`obj://ws1/old/${i}`, `v${i}`);
+    } finally {
+      await t.stop();
+    }
+    const db = join(t.home, "kernel.db");
+    try {
+      toColumnLayout(db);
+      const plain = new Database(db, { readonly: true });
+      const before = (plain.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number }).s;
+      const persona = (plain.prepare("SELECT persona FROM audit WHERE seq = 2").get() as { persona: string }).persona;
+      plain.close();
+      const again = await startKernel({ auditCheckpointEvery: 10 }, t.home);
+      try {
+        await (await again.admin()).storage.read("obj://ws1/old/3");
+      } finally {
+        await again.stop();
+      }
+      const key = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(join(t.home, "kernel.key")))));
+      const reader = openAuditReader(db);
+      try {
+        const v = verifyAudit(reader, { trustedKey: key, maxUnsigned: 10 });
+        assert.equal(v.ok, true, v.firstBad?.reason);
+        assert.ok(v.records > before + 2, "the new kernel's records follow the moved ones");
+        assert.equal(reader.record(2)?.persona, persona, "a moved record reads as it did");
+        assert.ok(reader.scanAudit(before + 1, 100).some((r) => r.op === "storage.read"));
+      } finally {
+        reader.close();
+      }
+    } finally {
+      removeHome(t.home);
+    }
   });
 });
