@@ -1,6 +1,6 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
-import { PREV_HASH_BYTES, recordSeq } from "./record-decode.js";
+import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
 import type { RangeResult } from "./verify.js";
 
 type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
