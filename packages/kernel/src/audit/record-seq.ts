@@ -29,7 +29,7 @@ export function recordSeq(b: Uint8Array): number | undefined {
 }
 
 /** A CBOR head of major type `major` at `p`: its argument and where what follows starts. */
-function uintAt(b: Uint8Array, p: number, major: number): { value: number; next: number } | undefined {
+export function uintAt(b: Uint8Array, p: number, major: number): { value: number; next: number } | undefined {
   const ib = b[p];
   if (ib === undefined || ib >> 5 !== major) return undefined;
   const ai = ib & 31;
