@@ -19,7 +19,7 @@ import { KernelClient } from "@kpip/client";
 import { Kernel, recordBytes } from "@kpip/kernel";
 import { parseIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import { globMatcher, parseSeqRange, parseTime } from "../src/audit/filters.js";
+import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
 import { hashTree } from "./evidence.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
@@ -53,6 +53,42 @@ describe("audit tool arguments", () => {
     assert.ok(target("obj://proj/a/b") && !target("obj://projx/a"));
     const one = globMatcher("obj://proj/*", "/", true);
     assert.ok(one("obj://proj/a") && !one("obj://proj/a/b"));
+  });
+
+  it("query's --persona/--op test (records are decoded, not filtered in SQL) answers as the SQL filter it replaces", () => {
+    // The filter it replaces: exact, or GLOB with ** as *, and P/** also P itself.
+    const db = new Database(":memory:");
+    const sql = (pattern: string, v: string): boolean => {
+      if (!pattern.includes("*")) return v === pattern;
+      const glob = pattern.replace(/\*\*/g, "*");
+      const hit = (db.prepare("SELECT ? GLOB ? AS m").get(v, glob) as { m: number }).m === 1;
+      return hit || (pattern.endsWith("/**") && v === pattern.slice(0, -3));
+    };
+    const patterns = ["alice", "alice/**", "storage.*", "*.mint", "a?c*", "x*y", "[ab]*", "é/*", "a.b*"];
+    const values = [
+      "alice",
+      "alice/w",
+      "alice/a/b",
+      "alicex",
+      "storage.read",
+      "storage",
+      "token.mint",
+      "abc",
+      "aXcd",
+      "xy",
+      "x/y",
+      "bz",
+      "é/1",
+      "a.bc",
+      "aXbc",
+      "",
+    ];
+    for (const p of patterns) {
+      const t = patternTest(p);
+      for (const v of values) assert.equal(t(v), sql(p, v), `${p} on ${JSON.stringify(v)}`);
+      assert.equal(t(null), false);
+    }
+    db.close();
   });
 });
 

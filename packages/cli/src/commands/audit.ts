@@ -16,7 +16,7 @@ import {
   verifyAuditReader,
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
-import { globMatcher, parsePositive, parseSeqRange, parseTime, traceId } from "../audit/filters.js";
+import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
 import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
@@ -291,21 +291,6 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
   } finally {
     reader.close();
   }
-}
-
-/** A --persona or --op value as a test: exact, or a glob (`*` any run, `?` one character, `[…]` a set); P/** also matches P itself. */
-function patternTest(pattern: string): (v: string | null) => boolean {
-  if (!pattern.includes("*")) return (v) => v === pattern;
-  const glob = pattern.replace(/\*\*/g, "*");
-  const re = new RegExp(
-    `^${glob
-      .replace(/[.+^${}()|\\]/g, "\\$&")
-      .replace(/\*/g, "[\\s\\S]*")
-      .replace(/\?/g, "[\\s\\S]")}$`,
-    "u",
-  );
-  const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;
-  return (v) => v !== null && (re.test(v) || v === bare);
 }
 
 function query(home: string, v: Values, json: boolean): number {
