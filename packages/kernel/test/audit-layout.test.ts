@@ -109,6 +109,8 @@ describe("the record layout: a record's stored bytes are its generic encoding, a
     before.close();
     const copy = tamperedCopy(old, dir, "intact old", "SELECT 1");
     assert.equal(readerVerify(copy).ok, true);
+    // Read in place (as beside a running kernel of the old version), it cannot be moved: refused, unchanged.
+    assert.throws(() => openAuditReader(copy, { direct: true }), { name: "HomeReadError", message: /older kpip/ });
     // The reader moved its private copy, not the file.
     const plain = new Database(copy, { readonly: true });
     assert.ok((plain.pragma("table_info(audit)") as { name: string }[]).some((c) => c.name === "persona"));

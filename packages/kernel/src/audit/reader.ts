@@ -29,12 +29,12 @@ export interface AuditReader
   readonly path: string;
   /** True when reading a private copy (no kernel was running on the home). */
   readonly snapshot: boolean;
-  /** Record `seq` with every column the table has, or undefined. */
+  /** Record `seq`, decoded from its stored bytes, or undefined. */
   record(seq: number): AuditRecord | undefined;
   close(): void;
 }
 
-/** An audit row as read: every column of the table (newer ones such as `detail` when the home has them). */
+/** An audit record as read: its fields decoded from its stored bytes. */
 export type AuditRecord = AuditRow & { detail?: string | null };
 
 /**
@@ -96,34 +96,30 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   const cleanup = () => {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   };
-  let db: Database.Database;
+  let opened: Database.Database | undefined;
   try {
     // The private copy is opened read-write so SQLite can recover its -wal (and a home of an
     // older kpip have its audit table moved to the record layout there); nothing else is written.
-    db = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
-    const cols = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
-    if (!cols.has("seq") || !cols.has("hash")) {
-      db.close();
-      cleanup();
+    opened = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
+    const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+    if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
-    }
-    if (hasColumnLayout(db)) {
-      if (tmp === undefined) {
-        db.close();
-        cleanup();
+    if (hasColumnLayout(opened)) {
+      if (tmp === undefined)
         throw new HomeReadError(
-          `${path} has the audit table of an older kpip, and its kernel is running: stop it (a newer kernel moves the table on start) or read a copy`,
+          `${path} has the audit table of an older kpip and is read in place (its kernel is running): stop that kernel (a newer kernel moves the table when it starts) or read a copy`,
           "corrupt",
         );
-      }
-      migrateAuditLayout(db);
+      migrateAuditLayout(opened);
     }
-    if (!live) db.pragma("query_only = ON");
+    if (!live) opened.pragma("query_only = ON");
   } catch (e) {
-    if (e instanceof HomeReadError) throw e;
+    opened?.close();
     cleanup();
+    if (e instanceof HomeReadError) throw e;
     throw new HomeReadError(`${path} is not a readable SQLite database: ${(e as Error).message}`, "corrupt");
   }
+  const db = opened;
   const one = db.prepare("SELECT seq, hash, record FROM audit WHERE seq = ?").raw(true);
   // verify and scanAudit read rows as arrays, not objects keyed by column name.
   const scan = db.prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
