@@ -16,10 +16,10 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
-import { Kernel } from "@kpip/kernel";
+import { Kernel, recordBytes } from "@kpip/kernel";
 import { parseIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import { globMatcher, parseSeqRange, parseTime } from "../src/audit/filters.js";
+import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
 import { hashTree } from "./evidence.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
@@ -53,6 +53,42 @@ describe("audit tool arguments", () => {
     assert.ok(target("obj://proj/a/b") && !target("obj://projx/a"));
     const one = globMatcher("obj://proj/*", "/", true);
     assert.ok(one("obj://proj/a") && !one("obj://proj/a/b"));
+  });
+
+  it("query's --persona/--op test (records are decoded, not filtered in SQL) answers as the SQL filter it replaces", () => {
+    // The filter it replaces: exact, or GLOB with ** as *, and P/** also P itself.
+    const db = new Database(":memory:");
+    const sql = (pattern: string, v: string): boolean => {
+      if (!pattern.includes("*")) return v === pattern;
+      const glob = pattern.replace(/\*\*/g, "*");
+      const hit = (db.prepare("SELECT ? GLOB ? AS m").get(v, glob) as { m: number }).m === 1;
+      return hit || (pattern.endsWith("/**") && v === pattern.slice(0, -3));
+    };
+    const patterns = ["alice", "alice/**", "storage.*", "*.mint", "a?c*", "x*y", "[ab]*", "é/*", "a.b*"];
+    const values = [
+      "alice",
+      "alice/w",
+      "alice/a/b",
+      "alicex",
+      "storage.read",
+      "storage",
+      "token.mint",
+      "abc",
+      "aXcd",
+      "xy",
+      "x/y",
+      "bz",
+      "é/1",
+      "a.bc",
+      "aXbc",
+      "",
+    ];
+    for (const p of patterns) {
+      const t = patternTest(p);
+      for (const v of values) assert.equal(t(v), sql(p, v), `${p} on ${JSON.stringify(v)}`);
+      assert.equal(t(null), false);
+    }
+    db.close();
   });
 });
 
@@ -169,32 +205,32 @@ describe("audit tools on a home", () => {
   });
 
   it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", () => {
-    // A copy of the home with the column (added, on a kernel without it) and records of the
-    // shapes the kernel writes in it.
+    // A copy of the home with records of the shapes the kernel writes in it (their bytes as
+    // the kernel encodes them; the hashes are not the chain's: verify is not the point here).
     const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
     try {
       copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
       const db = new Database(join(dir, "kernel.db"));
-      const cols = (db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name);
-      if (!cols.includes("detail")) db.exec("ALTER TABLE audit ADD COLUMN detail TEXT");
       const root = (db.prepare("SELECT id FROM tokens WHERE minted_by = 'kernel'").get() as { id: string }).id;
       const derived = "d".repeat(32);
       const now = Date.now();
       let seq = head;
+      const fields = ["requestId", "op", "target", "intentHash", "intent", "caps", "status", "errorClass", "message"];
       const add = (r: Record<string, unknown>) => {
         const row = {
+          ...Object.fromEntries(
+            [...fields, "durationUs", "traceparent", "execution", "domain", "measurements", "detail"].map((f) => [f, null]),
+          ),
           seq: ++seq,
           time: now + seq,
           kernel: "k-1",
           session: "kernel",
           persona: "-",
           phase: "kernel",
-          prev_hash: Buffer.alloc(32),
-          hash: Buffer.alloc(32, seq),
+          prevHash: Buffer.alloc(32),
           ...r,
-        };
-        const cols = Object.keys(row);
-        db.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`).run(...Object.values(row));
+        } as unknown as Parameters<typeof recordBytes>[0];
+        db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(seq, Buffer.alloc(32, seq), recordBytes(row));
         return seq;
       };
       add({
@@ -231,8 +267,8 @@ describe("audit tools on a home", () => {
         target: `token://${root}`,
         persona: "admin",
         session: "s-2",
-        request_id: 9,
-        intent_hash: ih,
+        requestId: 9,
+        intentHash: ih,
         caps: `h1:${root}`,
       };
       const intentSeq = add({ ...common, phase: "intent" });

@@ -239,7 +239,10 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(kpip(["audit", "verify", ...h]).code, 0);
     assert.equal(JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).ok, true);
     const db = new Database(join(home, "kernel.db"));
-    db.prepare("UPDATE audit SET target = 'x' WHERE seq = 3").run();
+    // One byte of what record 3 says (its fields are its bytes after the 32 of the previous hash).
+    const rec = (db.prepare("SELECT record FROM audit WHERE seq = 3").get() as { record: Buffer }).record;
+    rec.writeUInt8((rec.at(-1) as number) ^ 1, rec.length - 1);
+    db.prepare("UPDATE audit SET record = ? WHERE seq = 3").run(rec);
     db.close();
     const v = kpip(["audit", "verify", ...h]);
     assert.equal(v.code, 1);

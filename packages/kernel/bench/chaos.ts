@@ -24,6 +24,7 @@ import { KernelClient } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import type { AuditRow } from "../src/store/types.js";
 
 const argv = process.argv.slice(2);
 const int = (name: string, dflt: number) => {
@@ -158,12 +159,19 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
     // One scan of this cycle's write records (the audit table has no index on target).
     const outcomes = new Map<string, number>();
     const intents = new Set<string>();
-    const rows = store.db
-      .prepare("SELECT target, phase, status FROM audit WHERE op = 'storage.write' AND target LIKE ?")
-      .all(`obj://chaos/c${cycle}/%`) as { target: string; phase: string; status: string | null }[];
+    // The fields are in the records' bytes: every record is read back.
+    const prefix = `obj://chaos/c${cycle}/`;
+    const rows: AuditRow[] = [];
+    for (let from = 1; ; ) {
+      const batch = store.scanAudit(from, 10_000);
+      if (batch.length === 0) break;
+      for (const r of batch) if (r.op === "storage.write" && r.target?.startsWith(prefix)) rows.push(r);
+      from = (batch.at(-1) as AuditRow).seq + 1;
+    }
     for (const r of rows) {
-      if (r.phase === "intent") intents.add(r.target);
-      if (r.phase === "outcome" && r.status === "SUCCESS") outcomes.set(r.target, (outcomes.get(r.target) ?? 0) + 1);
+      const target = r.target as string;
+      if (r.phase === "intent") intents.add(target);
+      if (r.phase === "outcome" && r.status === "SUCCESS") outcomes.set(target, (outcomes.get(target) ?? 0) + 1);
     }
     // 2. every acknowledged request has its outcome in the log, once.
     for (const key of facts.acked.keys()) {

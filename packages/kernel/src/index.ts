@@ -5,6 +5,7 @@ export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, ver
 export { AuditChainError, checkInheritedChain } from "./audit/inherit.js";
 export { AuditLog } from "./audit/log.js";
 export { type AuditReader, type AuditRecord, HomeReadError, openAuditReader, toRecord as toAuditRecord } from "./audit/reader.js";
+export { recordBytes, recordHash } from "./audit/record.js";
 export { unsignedRun, type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile, verifyAuditReader } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";

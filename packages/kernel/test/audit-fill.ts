@@ -1,9 +1,13 @@
 import { generateKeyPairSync } from "node:crypto";
 import { copyFileSync } from "node:fs";
 import { join } from "node:path";
+import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { type AuditEntry, AuditLog } from "../src/audit/log.js";
+import { recordBytes } from "../src/audit/record.js";
+import { decodeRecordStrict, recordSeq } from "../src/audit/record-decode.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import type { AuditRow } from "../src/store/types.js";
 
 /**
  * A fresh audit file at `path` holding `n` records, `record(i)` for i = 1..n, appended the way a
@@ -31,15 +35,104 @@ export async function fillAuditFile(
   }
 }
 
-/** A copy of the audit file `source` in `dir`, named after `name`, with `sql` applied. */
-export function tamperedCopy(source: string, dir: string, name: string, sql: string): string {
+/** A copy of the audit file `source` in `dir`, named after `name`, with `sql` applied (or `sql(db)` run). */
+export function tamperedCopy(source: string, dir: string, name: string, sql: string | ((db: Database.Database) => void)): string {
   const p = join(dir, `${name.replace(/\W+/g, "-")}.db`);
   copyFileSync(source, p);
   const db = new Database(p);
   try {
-    db.exec(sql);
+    if (typeof sql === "string") db.exec(sql);
+    else sql(db);
   } finally {
     db.close();
   }
   return p;
+}
+
+/** The audit table of kpip before the record layout: a column per field, and the persona index. */
+export const COLUMN_LAYOUT_DDL = `CREATE TABLE audit (
+  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
+  persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
+  intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
+  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
+  execution TEXT, domain TEXT, measurements BLOB, detail TEXT);
+CREATE INDEX audit_persona ON audit (persona, seq);`;
+
+const COLUMNS = [
+  "seq",
+  "time",
+  "kernel",
+  "session",
+  "persona",
+  "phase",
+  "request_id",
+  "op",
+  "target",
+  "intent_hash",
+  "intent",
+  "caps",
+  "status",
+  "error_class",
+  "message",
+  "duration_us",
+  "traceparent",
+  "prev_hash",
+  "hash",
+  "execution",
+  "domain",
+  "measurements",
+  "detail",
+];
+
+/**
+ * Rewrites the audit table of the database file at `path` in the column layout (as a kpip before
+ * the record layout left it), each record's fields in its columns: a home made by the old schema.
+ */
+export function toColumnLayout(path: string): void {
+  const store = new SqliteStore(path);
+  const rows = store.scanAudit(1, Number.MAX_SAFE_INTEGER);
+  const first = store.firstAuditSeq();
+  store.close();
+  const db = new Database(path);
+  try {
+    db.transaction(() => {
+      db.exec(`DROP TABLE audit; ${COLUMN_LAYOUT_DDL}`);
+      const ins = db.prepare(`INSERT INTO audit (${COLUMNS.join(", ")}) VALUES (${COLUMNS.map(() => "?").join(", ")})`);
+      for (const r of rows) {
+        const o = r as unknown as Record<string, unknown>;
+        ins.run(...COLUMNS.map((c) => o[c.replace(/_([a-z])/g, (_, x: string) => x.toUpperCase())] ?? null));
+      }
+    })();
+    if (first !== undefined && rows[0]?.seq !== first) throw new Error("toColumnLayout: records were not read from the first");
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * Tampering with a record of the record layout as an attacker with the file would: its fields
+ * decoded from the stored bytes, changed by `change`, and written back as the record's bytes
+ * (same previous hash; the stored hash is left as it is unless `rehash`, which also returns it).
+ */
+export function rewriteRecord(db: Database.Database, seq: number, change: (r: AuditRow) => void, rehash = false): Buffer {
+  const row = db.prepare("SELECT hash, record FROM audit WHERE seq = ?").get(seq) as { hash: Buffer; record: Buffer };
+  // Decoded as the record it is (a row moved to another seq carries its own).
+  const r = decodeRecordStrict(recordSeq(row.record) ?? seq, row.hash, row.record);
+  change(r);
+  const bytes = recordBytes(r);
+  const hash = rehash ? sha256(bytes) : row.hash;
+  db.prepare("UPDATE audit SET record = ?, hash = ? WHERE seq = ?").run(bytes, hash, seq);
+  return hash;
+}
+
+/** Rewrites the chain from `fromSeq` on so every link and hash is consistent again (an attacker without the kernel key). */
+export function rechain(db: Database.Database, fromSeq: number): void {
+  const seqs = (db.prepare("SELECT seq FROM audit WHERE seq >= ? ORDER BY seq").raw(true).all(fromSeq) as [number][]).map(
+    ([s]) => s,
+  );
+  let prev = (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(fromSeq - 1) as { hash: Buffer } | undefined)?.hash;
+  for (const s of seqs) {
+    const p = prev ?? Buffer.alloc(32);
+    prev = rewriteRecord(db, s, (r) => (r.prevHash = p), true);
+  }
 }

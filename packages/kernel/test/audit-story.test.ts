@@ -13,6 +13,7 @@ import { AuditLog } from "../src/audit/log.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
+import { rewriteRecord } from "./audit-fill.js";
 import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const KPIP = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -217,7 +218,7 @@ describe("records that tell the story", () => {
       );
       assert.equal(verifyAudit(store).ok, true);
       // The detail is in the hash: changing it breaks the chain at that record.
-      store.db.prepare("UPDATE audit SET detail = ? WHERE seq = 4").run('{"reason":"other"}');
+      rewriteRecord(store.db, 4, (r) => (r.detail = '{"reason":"other"}'));
       assert.equal(verifyAudit(store).firstBad?.seq, 4);
       store.close();
     } finally {

@@ -4,8 +4,9 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
-import { checkpointMessage, recordHash } from "../src/audit/record.js";
+import { checkpointMessage } from "../src/audit/record.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
+import { rechain as rechainDb, rewriteRecord } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
@@ -29,19 +30,7 @@ async function history(): Promise<string> {
 }
 
 const open = (home: string) => new SqliteStore(join(home, "kernel.db"));
-
-/** Rewrites the chain from `fromSeq` on so every link and hash is consistent again (an attacker without the kernel key). */
-function rechain(s: SqliteStore, fromSeq: number): void {
-  const rows = s.scanAudit(1, 100_000);
-  let prev = rows.find((r) => r.seq === fromSeq - 1)?.hash as Uint8Array;
-  const upd = s.db.prepare("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?");
-  for (const r of rows.filter((x) => x.seq >= fromSeq)) {
-    const { hash: _h, ...rest } = r;
-    const h = recordHash({ ...rest, prevHash: prev });
-    upd.run(Buffer.from(prev), h, r.seq);
-    prev = h;
-  }
-}
+const rechain = (s: SqliteStore, fromSeq: number) => rechainDb(s.db, fromSeq);
 
 describe("audit log: per-request records and tamper evidence", () => {
   it("each request has the right records: refused → one 'refused'; with effects → 'intent' then 'outcome'", async () => {
@@ -80,18 +69,18 @@ describe("audit log: per-request records and tamper evidence", () => {
   });
 
   const cases: [string, (s: SqliteStore) => void, number | undefined, RegExp][] = [
-    ["a modified message (seq 3)", (s) => s.db.prepare("UPDATE audit SET message = 'x' WHERE seq = 3").run(), 3, /content/],
-    ["a modified status", (s) => s.db.prepare("UPDATE audit SET status = 'FORGED' WHERE seq = 4").run(), 4, /content/],
+    ["a modified message (seq 3)", (s) => rewriteRecord(s.db, 3, (r) => (r.message = "x")), 3, /content/],
+    ["a modified status", (s) => rewriteRecord(s.db, 4, (r) => (r.status = "FORGED")), 4, /content/],
     ["a deleted middle record", (s) => s.db.prepare("DELETE FROM audit WHERE seq = 5").run(), 5, /missing/],
     [
       "a forged record inserted in the middle",
       (s) => {
         s.db.prepare("UPDATE audit SET seq = seq + 100000 WHERE seq >= 6").run();
-        s.db
-          .prepare(
-            "INSERT INTO audit SELECT 6, time, kernel, session, persona, phase, request_id, 'storage.delete', target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, hash, prev_hash, execution, domain, measurements, detail FROM audit WHERE seq = 5",
-          )
-          .run();
+        s.db.prepare("INSERT INTO audit SELECT 6, hash, record FROM audit WHERE seq = 5").run();
+        rewriteRecord(s.db, 6, (r) => {
+          r.seq = 6;
+          r.op = "storage.delete";
+        });
         s.db.prepare("UPDATE audit SET seq = seq - 100000 + 1 WHERE seq > 100000").run();
       },
       6,
@@ -119,7 +108,7 @@ describe("audit log: per-request records and tamper evidence", () => {
     [
       "a modified record with the whole chain after it recomputed",
       (s) => {
-        s.db.prepare("UPDATE audit SET message = 'nothing happened' WHERE seq = 3").run();
+        rewriteRecord(s.db, 3, (r) => (r.message = "nothing happened"));
         rechain(s, 3);
       },
       undefined,
@@ -155,7 +144,7 @@ describe("audit log: per-request records and tamper evidence", () => {
     const s = open(home);
     const kernelKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(join(home, "kernel.key")))));
     assert.ok(verifyAudit(s, { trustedKey: kernelKey }).ok, "the real kernel key verifies the untouched log");
-    s.db.prepare("UPDATE audit SET message = 'nothing happened' WHERE seq = 3").run();
+    rewriteRecord(s.db, 3, (r) => (r.message = "nothing happened"));
     rechain(s, 3);
     const attacker = generateKeyPairSync("ed25519").privateKey;
     const attackerPub = rawPublicKey(createPublicKey(attacker));

@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { rawPublicKey } from "@kpip/protocol";
 import { SqliteStore, verifyAudit } from "../src/index.js";
+import { rewriteRecord } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
 /** A kernel home with some history: writes (intent + outcome), reads (complete), refusals. */
@@ -50,17 +51,13 @@ describe("the audit log", () => {
   });
 
   const tamper: [string, (s: SqliteStore) => void, number, RegExp][] = [
-    ["a modified field", (s) => s.db.prepare("UPDATE audit SET target = 'obj://ws1/evil' WHERE seq = 5").run(), 5, /content/],
+    ["a modified field", (s) => rewriteRecord(s.db, 5, (r) => (r.target = "obj://ws1/evil")), 5, /content/],
     ["a deleted record", (s) => s.db.prepare("DELETE FROM audit WHERE seq = 6").run(), 6, /missing/],
     [
       "an inserted record",
       (s) => {
         s.db.prepare("UPDATE audit SET seq = seq + 1000 WHERE seq >= 7").run();
-        s.db
-          .prepare(
-            "INSERT INTO audit SELECT 7, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail FROM audit WHERE seq = 6",
-          )
-          .run();
+        s.db.prepare("INSERT INTO audit SELECT 7, hash, record FROM audit WHERE seq = 6").run();
         s.db.prepare("UPDATE audit SET seq = seq - 1000 + 1 WHERE seq >= 1007").run();
       },
       7,

@@ -71,3 +71,18 @@ export function capTokenIds(caps: string | null): string[] {
     .map((c) => c.slice(c.indexOf(":") + 1))
     .filter(Boolean);
 }
+
+/** A --persona or --op value as a test: exact, or a glob (`*` any run, `?` one character, `[…]` a set); P/** also matches P itself. */
+export function patternTest(pattern: string): (v: string | null) => boolean {
+  if (!pattern.includes("*")) return (v) => v === pattern;
+  const glob = pattern.replace(/\*\*/g, "*");
+  const re = new RegExp(
+    `^${glob
+      .replace(/[.+^${}()|\\]/g, "\\$&")
+      .replace(/\*/g, "[\\s\\S]*")
+      .replace(/\?/g, "[\\s\\S]")}$`,
+    "u",
+  );
+  const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;
+  return (v) => v !== null && (re.test(v) || v === bare);
+}

@@ -15,14 +15,30 @@ export interface Shown {
   intentBytes: Uint8Array | undefined;
 }
 
+/** The nearest record of `phase` after (outcome) or before (intent) `r` with its kernel, session, request id and intent hash. */
 function pair(reader: AuditReader, r: AuditRecord, phase: "intent" | "outcome"): AuditRecord | undefined {
   const after = phase === "outcome";
-  const row = reader.db
-    .prepare(
-      `SELECT * FROM audit WHERE kernel = ? AND session = ? AND request_id IS ? AND intent_hash IS ? AND phase = ? AND seq ${after ? ">" : "<"} ? ORDER BY seq ${after ? "ASC" : "DESC"} LIMIT 1`,
-    )
-    .get(r.kernel, r.session, r.requestId, r.intentHash, phase, r.seq) as Record<string, unknown> | undefined;
-  return row && toAuditRecord(row);
+  // The fields are in the records' bytes only: read outward from `r`, a batch at a time.
+  const next = reader.db.prepare(
+    `SELECT * FROM audit WHERE seq ${after ? ">" : "<"} ? ORDER BY seq ${after ? "ASC" : "DESC"} LIMIT 500`,
+  );
+  const same = (a: Uint8Array | null, b: Uint8Array | null) => (a === null || b === null ? a === b : Buffer.from(a).equals(b));
+  for (let from = r.seq; ; ) {
+    const rows = next.all(from) as Record<string, unknown>[];
+    if (rows.length === 0) return undefined;
+    for (const raw of rows) {
+      const c = toAuditRecord(raw);
+      if (
+        c.phase === phase &&
+        c.kernel === r.kernel &&
+        c.session === r.session &&
+        c.requestId === r.requestId &&
+        same(c.intentHash, r.intentHash)
+      )
+        return c;
+    }
+    from = (rows.at(-1) as { seq: number }).seq;
+  }
 }
 
 export function show(reader: AuditReader, seq: number): Shown | undefined {

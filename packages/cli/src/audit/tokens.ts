@@ -117,9 +117,11 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   // The records about tokens: the detail when the home has it, else the requests themselves.
   const mints: MintRequest[] = [];
   const intents = new Map<string, AuditRecord>();
-  const recs = reader.db.prepare("SELECT * FROM audit WHERE op LIKE 'token.%' ORDER BY seq").iterate() as Iterable<Row>;
+  // The fields are in the records' bytes only: every record is decoded, those about tokens kept.
+  const recs = reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Row>;
   for (const raw of recs) {
     const r = toAuditRecord(raw);
+    if (!r.op?.toLowerCase().startsWith("token.")) continue;
     const d = parseDetail(r);
     const t = d?.token as Record<string, unknown> | undefined;
     if (t && typeof t.id === "string") {

@@ -24,9 +24,9 @@ export function report(
   keySource: VerifyReport["keySource"],
   anchorsGiven: boolean,
 ): VerifyReport {
-  const last = reader.db.prepare("SELECT seq, hash, time FROM audit ORDER BY seq DESC LIMIT 1").get() as
-    | { seq: number; hash: Uint8Array; time: number }
-    | undefined;
+  // Times are in the records' bytes: the head and the first unsigned record are decoded.
+  const headSeq = (reader.db.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number | null }).s;
+  const last = headSeq === null ? undefined : reader.record(headSeq);
   const cps: AuditCheckpoint[] = reader.checkpoints();
   const lastCp = cps.at(-1);
   const head = last
@@ -35,9 +35,8 @@ export function report(
   let unsignedTail: VerifyReport["unsignedTail"] = null;
   if (last && (!lastCp || lastCp.seq < last.seq)) {
     const from = (lastCp?.seq ?? (reader.firstAuditSeq() ?? 1) - 1) + 1;
-    const first = reader.db.prepare("SELECT time FROM audit WHERE seq >= ? ORDER BY seq LIMIT 1").get(from) as
-      | { time: number }
-      | undefined;
+    const firstSeq = (reader.db.prepare("SELECT min(seq) AS s FROM audit WHERE seq >= ?").get(from) as { s: number | null }).s;
+    const first = firstSeq === null ? undefined : reader.record(firstSeq);
     unsignedTail = { from, to: last.seq, records: last.seq - from + 1, since: first ? new Date(first.time).toISOString() : null };
   }
   const warnings: string[] = [];

@@ -16,7 +16,7 @@ import {
   verifyAuditReader,
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
-import { globMatcher, parsePositive, parseSeqRange, parseTime, traceId } from "../audit/filters.js";
+import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
 import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
@@ -293,49 +293,40 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
   }
 }
 
-/** A --persona or --op value as SQL: exact, or a GLOB (P/** also matches P itself). */
-function sqlMatch(col: string, pattern: string, where: string[], args: unknown[]): void {
-  if (!pattern.includes("*")) {
-    where.push(`${col} = ?`);
-    args.push(pattern);
-    return;
-  }
-  const glob = pattern.replace(/\*\*/g, "*");
-  if (pattern.endsWith("/**")) {
-    where.push(`(${col} GLOB ? OR ${col} = ?)`);
-    args.push(glob, pattern.slice(0, -3));
-  } else {
-    where.push(`${col} GLOB ?`);
-    args.push(glob);
-  }
-}
-
 function query(home: string, v: Values, json: boolean): number {
-  const where: string[] = [];
-  const args: unknown[] = [];
-  if (v.persona !== undefined) sqlMatch("persona", v.persona as string, where, args);
-  if (v.op !== undefined) sqlMatch("op", v.op as string, where, args);
+  const tests: ((r: AuditRecord) => boolean)[] = [];
+  if (v.persona !== undefined) {
+    const t = patternTest(v.persona as string);
+    tests.push((r) => t(r.persona));
+  }
+  if (v.op !== undefined) {
+    const t = patternTest(v.op as string);
+    tests.push((r) => t(r.op));
+  }
   if (v.status !== undefined) {
     const s = (v.status as string).toUpperCase();
     if (!["SUCCESS", "FAILURE", "PARTIAL", "DEFERRED"].includes(s))
       throw new UsageError("--status must be SUCCESS, FAILURE, PARTIAL or DEFERRED");
-    where.push("status = ?");
-    args.push(s);
+    tests.push((r) => r.status === s);
   }
   if (v.since !== undefined) {
-    where.push("time >= ?");
-    args.push(parseTime(v.since as string, "--since"));
+    const since = parseTime(v.since as string, "--since");
+    tests.push((r) => r.time >= since);
   }
   const limit = v.limit === undefined ? 100 : parsePositive(v.limit as string, "--limit");
   const reader = openHome(home);
   try {
-    const w = where.length ? `WHERE ${where.join(" AND ")}` : "";
-    const total = (reader.db.prepare(`SELECT count(*) AS n FROM audit ${w}`).get(...args) as { n: number }).n;
-    const rows = (
-      reader.db.prepare(`SELECT * FROM audit ${w} ORDER BY seq DESC LIMIT ?`).all(...args, limit) as Record<string, unknown>[]
-    )
-      .map(toAuditRecord)
-      .reverse();
+    // The fields are in the records' bytes only: every record is decoded and tested, the newest `limit` kept.
+    let total = 0;
+    let kept: AuditRecord[] = [];
+    for (const raw of reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Record<string, unknown>>) {
+      const r = toAuditRecord(raw);
+      if (!tests.every((t) => t(r))) continue;
+      total++;
+      kept.push(r);
+      if (kept.length >= 2 * limit) kept = kept.slice(-limit);
+    }
+    const rows = kept.slice(-limit);
     if (json) for (const r of rows) process.stdout.write(`${JSON.stringify(recordJson(r))}\n`);
     else {
       process.stdout.write(`${HEADER}\n`);

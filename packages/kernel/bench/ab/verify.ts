@@ -1,8 +1,9 @@
 /**
  * `node packages/kernel/dist/bench/ab/verify.js <other checkout, built> [--records N] [--rounds N]`:
  * `audit verify` (as `kpip audit verify` runs it, ranges on worker threads) of this checkout
- * against another on the same database file, alternating. The file is filled with records shaped
- * like a `bench.noop` request's (intent, intent hash, caps, detail, duration). One JSON line per run.
+ * against another, alternating, each on a database file its own code filled (the two may store
+ * records differently) with the same records, shaped like a `bench.noop` request's (intent,
+ * intent hash, caps, detail, duration). One JSON line per run.
  */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
@@ -10,7 +11,6 @@ import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
 import { encodeIntent, intentHash } from "@kpip/protocol";
 import type { AuditEntry } from "../../src/audit/log.js";
-import { fillAuditFile } from "../../test/audit-fill.js";
 
 const args = process.argv.slice(2);
 const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
@@ -28,7 +28,6 @@ const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)))
 
 const dir = mkdtempSync(join(tmpdir(), "kpip-ab-verify-"));
 try {
-  const db = join(dir, "kernel.db");
   const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
   const hash = intentHash(intent);
   const record = (i: number): AuditEntry => ({
@@ -45,18 +44,31 @@ try {
     durationUs: 40 + (i % 50),
     detail: '{"n":1}',
   });
-  await fillAuditFile(db, records, record, { batchMax: 512, checkpointEvery: 10_000 }, "k-ab");
+  const roots = [resolve(other), here];
+  const dbs = new Map<string, string>();
+  for (const [i, root] of roots.entries()) {
+    const { fillAuditFile } = (await import(
+      pathToFileURL(join(root, "packages/kernel/dist/test/audit-fill.js")).href
+    )) as typeof import("../../test/audit-fill.js");
+    const db = join(dir, `kernel-${i}.db`);
+    await fillAuditFile(db, records, record, { batchMax: 512, checkpointEvery: 10_000 }, "k-ab");
+    dbs.set(root, db);
+  }
   for (let r = 0; r < rounds; r++) {
-    for (const root of [resolve(other), here]) {
+    for (const root of roots) {
       const { verifyAuditFile } = (await import(
         pathToFileURL(join(root, "packages/kernel/dist/src/audit/verify-parallel.js")).href
       )) as typeof import("../../src/audit/verify-parallel.js");
       const t = process.hrtime.bigint();
-      const v = await verifyAuditFile(db);
+      const cpu = process.cpuUsage();
+      const v = await verifyAuditFile(dbs.get(root) as string);
       const secs = Number(process.hrtime.bigint() - t) / 1e9;
+      const used = process.cpuUsage(cpu);
       if (!v.ok) throw new Error(`${root}: verify failed: ${v.firstBad?.reason}`);
+      // CPU of the whole process (main thread and the workers): steadier than wall time on a shared machine.
+      const cpuSecs = (used.user + used.system) / 1e6;
       process.stdout.write(
-        `${JSON.stringify({ root, records: v.records, secs: Math.round(secs * 1000) / 1000, rps: Math.round(v.records / secs) })}\n`,
+        `${JSON.stringify({ root, records: v.records, secs: Math.round(secs * 1000) / 1000, rps: Math.round(v.records / secs), rpsCpu: Math.round(v.records / cpuSecs) })}\n`,
       );
     }
   }

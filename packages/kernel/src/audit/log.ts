@@ -1,8 +1,8 @@
 import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
-import { rawPublicKey, signBytes } from "@kpip/protocol";
+import { rawPublicKey, sha256, signBytes } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
-import { checkpointMessage, GENESIS_HASH, recordHash } from "./record.js";
+import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
 
 /** A placeholder until a record's hash is computed (never stored). */
 const PENDING_HASH = new Uint8Array(0);
@@ -120,7 +120,10 @@ export class AuditLog {
       prevHash: this.head,
       hash: PENDING_HASH,
     };
-    row.hash = recordHash(row);
+    // Encoded once: the store keeps these bytes, the hash covers exactly them.
+    const bytes = recordBytes(row);
+    row.record = bytes;
+    row.hash = sha256(bytes);
     this.head = row.hash;
     this.pending.push(row);
     this.pendingBytes += 4096 + 2 * (row.intent?.length ?? 0);

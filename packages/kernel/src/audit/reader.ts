@@ -3,9 +3,11 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { toCheckpoint } from "../store/sqlite/audit.js";
+import { hasColumnLayout, migrateAuditLayout } from "../store/sqlite/audit-layout.js";
 import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
+import { decodeRecord } from "./record-decode.js";
 import type { RangeVerifier } from "./verify.js";
-import { RawRecordScan } from "./verify-raw.js";
+import { RecordScan } from "./verify-records.js";
 
 /** Why a home could not be read: no database there, not a kpip database, or a damaged one. */
 export class HomeReadError extends Error {
@@ -27,43 +29,21 @@ export interface AuditReader
   readonly path: string;
   /** True when reading a private copy (no kernel was running on the home). */
   readonly snapshot: boolean;
-  /** Columns of the audit table (older homes lack the newer ones). */
-  readonly columns: ReadonlySet<string>;
-  /** Record `seq` with every column the table has, or undefined. */
+  /** Record `seq`, decoded from its stored bytes, or undefined. */
   record(seq: number): AuditRecord | undefined;
   close(): void;
 }
 
-/** An audit row as read: every column of the table (newer ones such as `detail` when the home has them). */
+/** An audit record as read: its fields decoded from its stored bytes. */
 export type AuditRecord = AuditRow & { detail?: string | null };
 
-/** snake_case column name → the AuditRow field (a handful of names: computed once each). */
-const camelNames = new Map<string, string>();
-const camel = (c: string): string => {
-  let f = camelNames.get(c);
-  if (f === undefined) {
-    f = c.replace(/_([a-z])/g, (_, x: string) => x.toUpperCase());
-    camelNames.set(c, f);
-  }
-  return f;
-};
-
+/**
+ * An audit table row (`SELECT * FROM audit`) as its record: the fields decoded from the
+ * record's bytes, the only place they are (a row that does not decode reads as a placeholder
+ * saying so; verify reports it).
+ */
 export function toRecord(r: Record<string, unknown>): AuditRecord {
-  const out: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(r)) out[camel(k)] = v;
-  for (const k of ["execution", "domain", "measurements"]) out[k] ??= null;
-  return out as unknown as AuditRecord;
-}
-
-/** Rows read as arrays (`raw`) into records, the column-to-field names resolved once per statement. */
-function rowsToRecords(stmt: Database.Statement): (rows: unknown[][]) => AuditRecord[] {
-  const fields = stmt.columns().map((c) => camel(c.name));
-  return (rows) =>
-    rows.map((a) => {
-      const out: Record<string, unknown> = { execution: null, domain: null, measurements: null };
-      for (let i = 0; i < fields.length; i++) out[fields[i] as string] = a[i] ?? null;
-      return out as unknown as AuditRecord;
-    });
+  return decodeRecord(r.seq as number, r.hash as Uint8Array, r.record as Uint8Array);
 }
 
 /**
@@ -116,43 +96,48 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   const cleanup = () => {
     if (tmp) rmSync(tmp, { recursive: true, force: true });
   };
-  let db: Database.Database;
-  let columns: Set<string>;
+  let opened: Database.Database | undefined;
   try {
-    // The private copy is opened read-write so SQLite can recover its -wal; nothing is written to it.
-    db = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
-    if (!live) db.pragma("query_only = ON");
-    columns = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+    // The private copy is opened read-write so SQLite can recover its -wal (and a home of an
+    // older kpip have its audit table moved to the record layout there); nothing else is written.
+    opened = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
+    const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+    if (!cols.has("seq") || !cols.has("hash"))
+      throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
+    if (hasColumnLayout(opened)) {
+      if (tmp === undefined)
+        throw new HomeReadError(
+          `${path} has the audit table of an older kpip and is read in place (its kernel is running): stop that kernel (a newer kernel moves the table when it starts) or read a copy`,
+          "corrupt",
+        );
+      migrateAuditLayout(opened);
+    }
+    if (!live) opened.pragma("query_only = ON");
   } catch (e) {
+    opened?.close();
     cleanup();
+    if (e instanceof HomeReadError) throw e;
     throw new HomeReadError(`${path} is not a readable SQLite database: ${(e as Error).message}`, "corrupt");
   }
-  if (!columns.has("seq") || !columns.has("hash")) {
-    db.close();
-    cleanup();
-    throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
-  }
-  const one = db.prepare("SELECT * FROM audit WHERE seq = ?");
-  // verify reads every record through this: arrays, not objects keyed by column name.
-  const scan = db.prepare("SELECT * FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
-  const scanned = rowsToRecords(scan);
+  const db = opened;
+  const one = db.prepare("SELECT seq, hash, record FROM audit WHERE seq = ?").raw(true);
+  // verify and scanAudit read rows as arrays, not objects keyed by column name.
+  const scan = db.prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
+  const fromRow = (r: unknown[]) => decodeRecord(r[0] as number, r[1] as Uint8Array, r[2] as Uint8Array);
   const hasCps = (db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
-  // verify's scan hashes rows straight from SQLite (verify-raw.ts); a row it does not take is read as scanAudit reads it.
-  let raw: RawRecordScan | undefined;
-  const scanOne = (seq: number) => scanned(scan.all(seq, 1) as unknown[][])[0];
+  let records: RecordScan | undefined;
   return {
     db,
     path: file,
     snapshot: tmp !== undefined,
-    columns,
     record: (seq) => {
-      const r = one.get(seq) as Record<string, unknown> | undefined;
-      return r && toRecord(r);
+      const r = one.get(seq) as unknown[] | undefined;
+      return r && fromRow(r);
     },
-    scanAudit: (from, batch) => scanned(scan.all(from, batch) as unknown[][]),
+    scanAudit: (from, batch) => (scan.all(from, batch) as unknown[][]).map(fromRow),
     verifyRecords: (from, to, cpSeqs, onProgress) => {
-      raw ??= new RawRecordScan(db, columns, scanOne);
-      return raw.verify(from, to, cpSeqs, 1000, onProgress);
+      records ??= new RecordScan(db);
+      return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
     countAudit: () => (db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
     firstAuditSeq: () => (db.prepare("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined,

@@ -12,11 +12,25 @@ export const GENESIS_HASH = new Uint8Array(32);
  * order of records, changes every hash after it.
  */
 export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
-  return RECORD_HASHER.hash(r);
+  return sha256(RECORD_ENCODER.encode(r));
+}
+
+/**
+ * The exact bytes a record's hash covers: prevHash || canonical CBOR of its fields. The store
+ * keeps these bytes as the record (one blob), so `audit verify` hashes what is stored and every
+ * reader shows what it decodes from them (record-decode.ts).
+ */
+export function recordBytes(r: Omit<AuditRow, "hash">): Buffer {
+  return Buffer.from(RECORD_ENCODER.encode(r));
 }
 
 /** The generic definition: the canonical CBOR map of the non-null fields (tests pin the fast path to it). */
 export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
+  return createHash("sha256").update(recordBytesGeneric(r)).digest();
+}
+
+/** {@link recordBytes} by the generic encoder. */
+export function recordBytesGeneric(r: Omit<AuditRow, "hash">): Buffer {
   // Fields are added in canonical key order (shorter keys first, then bytewise), so the
   // encoder does not have to sort them.
   const fields: CborMap = {};
@@ -41,12 +55,13 @@ export function recordHashGeneric(r: Omit<AuditRow, "hash">): Buffer {
   if (r.intentHash !== null) fields.intentHash = r.intentHash;
   if (r.traceparent !== null) fields.traceparent = r.traceparent;
   if (r.measurements != null) fields.measurements = r.measurements;
-  return createHash("sha256").update(r.prevHash).update(encodeCanonical(fields)).digest();
+  return Buffer.concat([r.prevHash, encodeCanonical(fields)]);
 }
 
-type Field = keyof Omit<AuditRow, "hash" | "prevHash">;
+export type RecordField = keyof Omit<AuditRow, "hash" | "prevHash">;
+type Field = RecordField;
 /** Record fields in canonical key order, with their kind on the wire. */
-const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
+export const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["op", "text"],
   ["seq", "uint"],
   ["caps", "text"],
@@ -69,7 +84,6 @@ const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
   ["traceparent", "text"],
   ["measurements", "bytes"],
 ];
-const KEY_BYTES = FIELDS.map(([k]) => textKey(k));
 
 /**
  * The same bytes as {@link recordHashGeneric}, written straight into one reused buffer with
@@ -77,48 +91,139 @@ const KEY_BYTES = FIELDS.map(([k]) => textKey(k));
  * `audit verify`. A field that is not what the schema says (a non-integer number) takes the
  * generic path, so the two never disagree.
  */
-class RecordHasher extends CborWriter {
-  hash(r: Omit<AuditRow, "hash">): Buffer {
-    let count = 0;
-    for (const [k, kind] of FIELDS) {
-      const v = r[k];
-      if (v === null || v === undefined) continue;
-      if (kind === "uint" && !(Number.isSafeInteger(v) && (v as number) >= 0)) return recordHashGeneric(r);
-      count++;
-    }
+class RecordEncoder extends CborWriter {
+  /**
+   * The record's bytes in the reused buffer (valid until the next call). Field by field in
+   * canonical key order, each by name (a loop over field names made every read a keyed lookup).
+   */
+  encode(r: Omit<AuditRow, "hash">): Buffer {
+    if (!isUint(r.seq) || !isUint(r.time) || !(r.requestId == null || isUint(r.requestId))) return recordBytesGeneric(r);
+    if (!(r.durationUs == null || isUint(r.durationUs))) return recordBytesGeneric(r);
+    const count =
+      (r.op != null ? 1 : 0) +
+      (r.seq != null ? 1 : 0) +
+      (r.caps != null ? 1 : 0) +
+      (r.time != null ? 1 : 0) +
+      (r.phase != null ? 1 : 0) +
+      (r.detail != null ? 1 : 0) +
+      (r.domain != null ? 1 : 0) +
+      (r.intent != null ? 1 : 0) +
+      (r.kernel != null ? 1 : 0) +
+      (r.status != null ? 1 : 0) +
+      (r.target != null ? 1 : 0) +
+      (r.message != null ? 1 : 0) +
+      (r.persona != null ? 1 : 0) +
+      (r.session != null ? 1 : 0) +
+      (r.execution != null ? 1 : 0) +
+      (r.requestId != null ? 1 : 0) +
+      (r.durationUs != null ? 1 : 0) +
+      (r.errorClass != null ? 1 : 0) +
+      (r.intentHash != null ? 1 : 0) +
+      (r.traceparent != null ? 1 : 0) +
+      (r.measurements != null ? 1 : 0);
     this.pos = 0;
     this.ensure(64);
     this.buf.set(r.prevHash, 0);
     this.pos = r.prevHash.length;
     this.head(5, count);
-    for (let i = 0; i < FIELDS.length; i++) {
-      const [k, kind] = FIELDS[i] as [Field, string];
-      const v = r[k];
-      if (v === null || v === undefined) continue;
-      const key = KEY_BYTES[i] as Buffer;
-      this.ensure(key.length);
-      this.buf.set(key, this.pos);
-      this.pos += key.length;
-      if (kind === "uint") this.head(0, v as number);
-      else if (kind === "text") {
-        const s = v as string;
-        const len = Buffer.byteLength(s, "utf8");
-        this.head(3, len);
-        this.ensure(len);
-        this.pos += this.buf.write(s, this.pos, "utf8");
-      } else {
-        const b = v as Uint8Array;
-        this.head(2, b.length);
-        this.ensure(b.length);
-        this.buf.set(b, this.pos);
-        this.pos += b.length;
+    this.textField(K.op, r.op);
+    this.uintField(K.seq, r.seq);
+    this.textField(K.caps, r.caps);
+    this.uintField(K.time, r.time);
+    this.textField(K.phase, r.phase);
+    this.textField(K.detail, r.detail);
+    this.textField(K.domain, r.domain);
+    this.bytesField(K.intent, r.intent);
+    this.textField(K.kernel, r.kernel);
+    this.textField(K.status, r.status);
+    this.textField(K.target, r.target);
+    this.textField(K.message, r.message);
+    this.textField(K.persona, r.persona);
+    this.textField(K.session, r.session);
+    this.textField(K.execution, r.execution);
+    this.uintField(K.requestId, r.requestId);
+    this.uintField(K.durationUs, r.durationUs);
+    this.textField(K.errorClass, r.errorClass);
+    this.bytesField(K.intentHash, r.intentHash);
+    this.textField(K.traceparent, r.traceparent);
+    this.bytesField(K.measurements, r.measurements);
+    return this.buf.subarray(0, this.pos);
+  }
+
+  private key(key: Buffer): void {
+    this.ensure(key.length);
+    this.buf.set(key, this.pos);
+    this.pos += key.length;
+  }
+
+  private textField(key: Buffer, v: string | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
+    this.text(v);
+  }
+
+  private uintField(key: Buffer, v: number | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
+    this.head(0, v);
+  }
+
+  private bytesField(key: Buffer, v: Uint8Array | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
+    this.head(2, v.length);
+    this.ensure(v.length);
+    this.buf.set(v, this.pos);
+    this.pos += v.length;
+  }
+
+  /**
+   * A text string. Most of a record's texts are short ASCII (ids, op names, targets): written
+   * byte by byte here, no call into Buffer's UTF-8 writer; anything else is written as UTF-8
+   * after a one-byte head, moved up when its head is longer.
+   */
+  private text(s: string): void {
+    const n = s.length;
+    this.ensure(n * 3 + 9);
+    const b = this.buf;
+    const at = this.pos;
+    if (n < 0x100) {
+      const h = n < 24 ? 1 : 2;
+      let i = 0;
+      for (; i < n; i++) {
+        const c = s.charCodeAt(i);
+        if (c >= 0x80) break;
+        b[at + h + i] = c;
+      }
+      if (i === n) {
+        if (h === 1) b[at] = 0x60 | n;
+        else {
+          b[at] = 0x78;
+          b[at + 1] = n;
+        }
+        this.pos = at + h + n;
+        return;
       }
     }
-    return sha256(this.buf.subarray(0, this.pos));
+    const len = b.write(s, at + 1, "utf8");
+    if (len < 24) {
+      b[at] = 0x60 | len;
+      this.pos = at + 1 + len;
+      return;
+    }
+    const headLen = len < 0x100 ? 2 : len < 0x10000 ? 3 : len < 0x100000000 ? 5 : 9;
+    b.copyWithin(at + headLen, at + 1, at + 1 + len);
+    // No reallocation in head(): the room for the longest head was ensured above.
+    this.pos = at;
+    this.head(3, len);
+    this.pos = at + headLen + len;
   }
 }
 
-const RECORD_HASHER = new RecordHasher();
+const isUint = (v: unknown): boolean => Number.isSafeInteger(v) && (v as number) >= 0;
+/** Each field's key, CBOR-encoded once. */
+const K = Object.fromEntries(FIELDS.map(([k]) => [k, textKey(k)])) as Record<Field, Buffer>;
+const RECORD_ENCODER = new RecordEncoder();
 
 const CHECKPOINT_CONTEXT = Buffer.from("kpip-audit-checkpoint-v1\0", "latin1");
 

@@ -1,16 +1,17 @@
 /** One range of a parallel `audit verify` (see verify-parallel.ts), on its own thread and connection. */
 import { parentPort, workerData } from "node:worker_threads";
-import { openAuditReader } from "./reader.js";
-import { verifyRange } from "./verify.js";
+import Database from "better-sqlite3";
+import { RecordScan } from "./verify-records.js";
 
 const job = workerData as { path: string; from: number; to: number; cpSeqs: number[] };
-// The main thread opened (or copied) the database; its file is read as it is.
-const store = openAuditReader(job.path, { direct: true });
+// The main thread opened (or copied) the database and checked it is a kernel home; its file is
+// read as it is. Only SQLite and the record scan are loaded: a worker starts in a few ms.
+const db = new Database(job.path, { readonly: true, fileMustExist: true, timeout: 5000 });
 try {
-  const result = verifyRange(store, job.from, job.to, new Set(job.cpSeqs), 10_000, (done) =>
+  const result = new RecordScan(db).verify(job.from, job.to, new Set(job.cpSeqs), 1000, (done) =>
     parentPort?.postMessage({ progress: done }),
   );
   parentPort?.postMessage({ result });
 } finally {
-  store.close();
+  db.close();
 }

@@ -93,12 +93,14 @@ export interface AuditRow {
   /** session.open: the ATTEST measurements, canonical CBOR of the map as sent. */
   measurements: Uint8Array | null;
   /**
-   * What the record is about beyond its columns, as compact JSON (an object, keys sorted): a
+   * What the record is about beyond its other fields, as compact JSON (an object, keys sorted): a
    * minted token, an op's state change, the ids a response created (docs/audit.md).
    */
   detail?: string | null;
   prevHash: Uint8Array;
   hash: Uint8Array;
+  /** The exact bytes `hash` covers (recordBytes), when already encoded: the store keeps these. */
+  record?: Uint8Array;
 }
 
 /**

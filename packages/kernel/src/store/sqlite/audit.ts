@@ -1,20 +1,20 @@
+import { recordBytes } from "../../audit/record.js";
+import { decodeRecord } from "../../audit/record-decode.js";
+import type { RangeResult } from "../../audit/verify.js";
+import { RecordScan } from "../../audit/verify-records.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { type Row, rowReader, type Statement, type StoreBase, type WithRows } from "./base.js";
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal"> {
-    readonly #append: Statement = this.db.prepare(
-      "INSERT INTO audit (seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail) " +
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    );
-    readonly #last: Statement = this.db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT 1");
-    // Raw rows (arrays): scanning is most of `audit verify`, and arrays come out of SQLite
-    // almost twice as fast as objects.
+    readonly #append: Statement = this.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)");
+    readonly #last: Statement = this.db.prepare("SELECT seq, hash, record FROM audit ORDER BY seq DESC LIMIT 1").raw(true);
     readonly #scan: Statement = this.db
-      .prepare(
-        "SELECT seq, time, kernel, session, persona, phase, request_id, op, target, intent_hash, intent, caps, status, error_class, message, duration_us, traceparent, prev_hash, hash, execution, domain, measurements, detail FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
-      )
+      .prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
+      .raw(true);
+    readonly #scanDown: Statement = this.db
+      .prepare("SELECT seq, hash, record FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?")
       .raw(true);
     readonly #count: Statement = this.db.prepare("SELECT count(*) AS n FROM audit");
     readonly #addCheckpoint: Statement = this.db.prepare(
@@ -29,35 +29,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
       const putCheckpoint = this.#addCheckpoint;
       return this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
+        // The record's bytes as the log hashed them (encoded again only for a row built elsewhere).
         const s = this.#append;
-        // Positional parameters: binding by name costs a property lookup per column per row.
-        for (const r of rows) {
-          s.run(
-            r.seq,
-            r.time,
-            r.kernel,
-            r.session,
-            r.persona,
-            r.phase,
-            r.requestId,
-            r.op,
-            r.target,
-            r.intentHash,
-            r.intent,
-            r.caps,
-            r.status,
-            r.errorClass,
-            r.message,
-            r.durationUs,
-            r.traceparent,
-            r.prevHash,
-            r.hash,
-            r.execution,
-            r.domain,
-            r.measurements,
-            r.detail ?? null,
-          );
-        }
+        for (const r of rows) s.run(r.seq, r.hash, r.record ?? recordBytes(r));
         for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
         if (journalUpTo > 0) dropJournal.run(journalUpTo);
         for (const c of cps)
@@ -104,50 +78,41 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       ).changes;
     }
     lastAudit(): AuditRow | undefined {
-      const r = this.#last.get() as Row | undefined;
-      return r && toAudit(r);
+      const r = this.#last.get() as unknown[] | undefined;
+      return r && fromRow(r);
     }
     scanAudit(fromSeq: number, batch: number): AuditRow[] {
-      return (this.#scan.all(fromSeq, batch) as unknown[][]).map((a) => ({
-        seq: a[0] as number,
-        time: a[1] as number,
-        kernel: a[2] as string,
-        session: a[3] as string,
-        persona: a[4] as string,
-        phase: a[5] as AuditRow["phase"],
-        requestId: a[6] as number | null,
-        op: a[7] as string | null,
-        target: a[8] as string | null,
-        intentHash: a[9] as Uint8Array | null,
-        intent: a[10] as Uint8Array | null,
-        caps: a[11] as string | null,
-        status: a[12] as string | null,
-        errorClass: a[13] as string | null,
-        message: a[14] as string | null,
-        durationUs: a[15] as number | null,
-        traceparent: a[16] as string | null,
-        prevHash: a[17] as Uint8Array,
-        hash: a[18] as Uint8Array,
-        execution: a[19] as string | null,
-        domain: a[20] as string | null,
-        measurements: a[21] as Uint8Array | null,
-        detail: (a[22] as string | null) ?? null,
-      }));
+      return (this.#scan.all(fromSeq, batch) as unknown[][]).map(fromRow);
     }
+    /** `audit verify`'s check of a range (verify-records.ts): the kernel's inherited-chain check and tools take it. */
+    verifyRecords(from: number, to: number, cpSeqs: Set<number>, onProgress?: (done: number) => void): RangeResult {
+      this.#verifier ??= new RecordScan(this.db);
+      return this.#verifier.verify(from, to, cpSeqs, 1000, onProgress);
+    }
+    #verifier: RecordScan | undefined;
     countAudit(): number {
       return (this.#count.get() as Row).n as number;
     }
+    /** Newest first through the records (decoded: the fields are only in the record's bytes), oldest first out. */
     queryAudit(q: AuditQuery): AuditRow[] {
-      const where: string[] = [];
-      const args: unknown[] = [];
-      if (q.persona !== undefined) where.push("persona = ?") && args.push(q.persona);
-      if (q.op !== undefined) where.push("op = ?") && args.push(q.op);
-      if (q.status !== undefined) where.push("status = ?") && args.push(q.status);
-      if (q.since !== undefined) where.push("time >= ?") && args.push(q.since);
-      if (q.afterSeq !== undefined) where.push("seq > ?") && args.push(q.afterSeq);
-      const sql = `SELECT * FROM audit ${where.length ? `WHERE ${where.join(" AND ")}` : ""} ORDER BY seq DESC LIMIT ?`;
-      args.push(q.limit ?? 100);
-      return (this.prep(sql).all(...args) as Row[]).map(toAudit).reverse();
+      const limit = q.limit ?? 100;
+      const out: AuditRow[] = [];
+      let below = Number.MAX_SAFE_INTEGER;
+      while (out.length < limit) {
+        const rows = this.#scanDown.all(below, q.afterSeq ?? Number.MIN_SAFE_INTEGER, 1000) as unknown[][];
+        if (rows.length === 0) break;
+        for (const raw of rows) {
+          const r = fromRow(raw);
+          if (q.persona !== undefined && r.persona !== q.persona) continue;
+          if (q.op !== undefined && r.op !== q.op) continue;
+          if (q.status !== undefined && r.status !== q.status) continue;
+          if (q.since !== undefined && r.time < q.since) continue;
+          out.push(r);
+          if (out.length === limit) break;
+        }
+        below = (rows.at(-1) as unknown[])[0] as number;
+      }
+      return out.reverse();
     }
     addCheckpoint(c: AuditCheckpoint): void {
       this.#addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
@@ -158,31 +123,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
   };
 }
 
-const toAudit = rowReader<AuditRow>({
-  seq: true,
-  time: true,
-  kernel: true,
-  session: true,
-  persona: true,
-  phase: true,
-  requestId: true,
-  op: true,
-  target: true,
-  intentHash: true,
-  intent: true,
-  caps: true,
-  status: true,
-  errorClass: true,
-  message: true,
-  durationUs: true,
-  traceparent: true,
-  execution: true,
-  domain: true,
-  measurements: true,
-  detail: true,
-  prevHash: true,
-  hash: true,
-});
+/** A row (seq, hash, record) as its record, decoded from the bytes. */
+const fromRow = (r: unknown[]): AuditRow => decodeRecord(r[0] as number, r[1] as Uint8Array, r[2] as Uint8Array);
 
 /** A signed checkpoint as stored (also read by the audit reader, on a copy of a home's database). */
 export const toCheckpoint = rowReader<AuditCheckpoint>({

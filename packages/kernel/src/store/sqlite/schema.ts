@@ -1,5 +1,6 @@
 import Database from "better-sqlite3";
 import { createIfAbsent } from "../../secure-files.js";
+import { AUDIT_TABLE, migrateAuditLayout } from "./audit-layout.js";
 
 /**
  * Every pragma the kernel's connection runs with, in one place. NORMAL in WAL mode survives a
@@ -16,13 +17,7 @@ CREATE TABLE IF NOT EXISTS objects (
   size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', hash BLOB, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS audit (
-  seq INTEGER PRIMARY KEY, time INTEGER NOT NULL, kernel TEXT NOT NULL, session TEXT NOT NULL,
-  persona TEXT NOT NULL, phase TEXT NOT NULL, request_id INTEGER, op TEXT, target TEXT,
-  intent_hash BLOB, intent BLOB, caps TEXT, status TEXT, error_class TEXT, message TEXT,
-  duration_us INTEGER, traceparent TEXT, prev_hash BLOB NOT NULL, hash BLOB NOT NULL,
-  execution TEXT, domain TEXT, measurements BLOB, detail TEXT);
-CREATE INDEX IF NOT EXISTS audit_persona ON audit (persona, seq);
+${AUDIT_TABLE};
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
   minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
@@ -58,21 +53,9 @@ export function openDatabase(path: string): Database.Database {
   db.exec(SCHEMA);
   migrateTokens(db);
   migrateObjects(db);
-  migrateAudit(db);
+  // The audit table moved from a column per field to the record's bytes (audit-layout.ts).
+  migrateAuditLayout(db);
   return db;
-}
-
-/** Columns added to audit after the first release: a database made before them gets them (NULL in old rows, hashed as absent). */
-function migrateAudit(db: Database.Database): void {
-  const have = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
-  for (const [col, type] of [
-    ["execution", "TEXT"],
-    ["domain", "TEXT"],
-    ["measurements", "BLOB"],
-    ["detail", "TEXT"],
-  ]) {
-    if (!have.has(col as string)) db.exec(`ALTER TABLE audit ADD COLUMN ${col} ${type}`);
-  }
 }
 
 /**

@@ -1,0 +1,80 @@
+/**
+ * `node packages/kernel/dist/bench/ab/audit-append.js <other checkout, built> [--records N] [--rounds N]`:
+ * the kernel's audit append path alone — chaining a record (encoding, SHA-256) and committing it
+ * to SQLite in batches of 256, as at 256 requests in flight — of this checkout against another,
+ * alternating, each on a fresh database file. Records are shaped like a `bench.noop` request's.
+ * One JSON line per run with the CPU per record (process.cpuUsage: steadier than wall time on a
+ * shared machine).
+ */
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import { encodeIntent, intentHash } from "@kpip/protocol";
+import type { AuditEntry } from "../../src/audit/log.js";
+
+const args = process.argv.slice(2);
+const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
+const opt = (name: string, dflt: number) => {
+  const at = args.indexOf(name);
+  return at >= 0 ? Number(args[at + 1]) : dflt;
+};
+const records = opt("--records", 100_000);
+const rounds = opt("--rounds", 3);
+if (!other) {
+  process.stderr.write("usage: audit-append.js <other kpip checkout, built> [--records N] [--rounds N]\n");
+  process.exit(2);
+}
+const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
+const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
+const hash = intentHash(intent);
+const entry = (i: number): AuditEntry => ({
+  session: "sess-0123456789abcdef",
+  persona: "admin",
+  phase: "complete",
+  requestId: i,
+  op: "bench.noop",
+  target: "kernel://",
+  intentHash: hash,
+  intent,
+  caps: "bench.noop@kernel://",
+  status: "SUCCESS",
+  durationUs: 40 + (i % 50),
+  traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+  detail: '{"status":"SUCCESS"}',
+});
+const key = generateKeyPairSync("ed25519").privateKey;
+const dir = mkdtempSync(join(tmpdir(), "kpip-ab-append-"));
+try {
+  for (let r = 0; r < rounds; r++) {
+    for (const root of [resolve(other), here]) {
+      const dist = join(root, "packages/kernel/dist/src");
+      const { AuditLog } = (await import(
+        pathToFileURL(join(dist, "audit/log.js")).href
+      )) as typeof import("../../src/audit/log.js");
+      const { SqliteStore } = (await import(
+        pathToFileURL(join(dist, "store/sqlite.js")).href
+      )) as typeof import("../../src/store/sqlite.js");
+      const path = join(dir, `r${r}-${root === here ? "here" : "other"}.db`);
+      const store = new SqliteStore(path);
+      const log = new AuditLog(store, "k-ab", key, { batchMax: 256, checkpointEvery: 10_000 });
+      const cpu = process.cpuUsage();
+      const t = process.hrtime.bigint();
+      for (let i = 1; i <= records; i += 256) {
+        let last: Promise<void> = Promise.resolve();
+        for (let j = i; j < i + 256 && j <= records; j++) last = log.append(entry(j));
+        await last;
+      }
+      const used = process.cpuUsage(cpu);
+      const secs = Number(process.hrtime.bigint() - t) / 1e9;
+      log.close();
+      store.close();
+      process.stdout.write(
+        `${JSON.stringify({ root, records, cpu_us_per_record: Math.round(((used.user + used.system) / records) * 100) / 100, wall_s: Math.round(secs * 1000) / 1000 })}\n`,
+      );
+    }
+  }
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
