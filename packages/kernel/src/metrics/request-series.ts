@@ -32,6 +32,9 @@ export class RequestSeries {
     registry: Registry,
     private readonly buckets: readonly number[],
   ) {
+    // The registry reads a metric through get() and reset() only; its declared parameter is
+    // prom-client's whole Metric class (labels(), remove(), …), which a custom series does not
+    // have: hence the two `as never`.
     registry.registerMetric(
       this.metric("kpip_requests_total", "Requests answered, by op, status and error class", "counter", () =>
         this.counterValues(),
