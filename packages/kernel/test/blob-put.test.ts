@@ -4,7 +4,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import fc from "fast-check";
-import { BlobStore, HASH_SLICE, sha256, sha256InSlices } from "../src/store/blobs.js";
+import { HASH_SLICE, sha256InSlices } from "../src/sliced-hash.js";
+import { BlobStore, sha256 } from "../src/store/blobs.js";
 
 /* BlobStore.put writes and syncs a body on libuv's threads while it hashes it in slices (issue #22). */
 

@@ -4,7 +4,15 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { type CapabilityRef, encodeIntent, encodeToken, type Intent, type Request, type Response } from "@kpip/protocol";
+import {
+  type CapabilityRef,
+  encodeIntent,
+  encodeToken,
+  type Intent,
+  intentHash,
+  type Request,
+  type Response,
+} from "@kpip/protocol";
 import { AuditLog } from "../src/audit/log.js";
 import { RefusalLimiter } from "../src/audit/refusals.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "../src/auth/authorizer.js";
@@ -19,6 +27,7 @@ import { tokenFamily } from "../src/primitives/token.js";
 import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
 import { ResourceLedger } from "../src/resources/ledger.js";
 import { HandleTable } from "../src/session/handles.js";
+import { HASH_SLICE } from "../src/sliced-hash.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 import { until } from "./harness.js";
@@ -318,6 +327,44 @@ describe("the pipeline on its own (unit)", () => {
       u.pipeline.flushSuppressed();
       const agg = await until(() => u.records().find((r) => r.op === "audit.suppressed"), 10_000, "the aggregate record");
       assert.match(agg.message ?? "", new RegExp(`^${12 - written} refusals`));
+    } finally {
+      u.close();
+    }
+  });
+
+  it("hashes a large intent a slice per turn: other sessions are served meanwhile, and its session's later requests keep their order", async () => {
+    const order: string[] = [];
+    const op = (name: string, args: PrimitiveFamily["ops"][number]["args"]): PrimitiveFamily["ops"][number] => ({
+      op: name,
+      description: name,
+      targets: ["kernel"],
+      args,
+      idempotent: true,
+      effects: false,
+      handler: (ctx) => {
+        order.push(`${name}:${ctx.requestId}`);
+        return { status: "SUCCESS" };
+      },
+    });
+    const u = unit({
+      families: [
+        { name: "b", ops: [op("b.big", { data: { type: "bytes", required: true, description: "a body" } }), op("b.small", {})] },
+      ],
+    });
+    try {
+      const big = request({ op: "b.big", target: "kernel://", args: { data: new Uint8Array(2 * HASH_SLICE + 1) } });
+      const mine = request({ op: "b.small", target: "kernel://", args: {} });
+      const theirs = request({ op: "b.small", target: "kernel://", args: {} });
+      const otherSession = { ...u.session, id: "s-2", instance: "01", inFlight: 1 };
+      const answers = await Promise.all([u.send(big), u.send(mine), u.pipeline.handle(otherSession, theirs)]);
+      assert.deepEqual(
+        answers.map((a) => a.status),
+        ["SUCCESS", "SUCCESS", "SUCCESS"],
+      );
+      // Hashed at once, the big intent held everyone: its handler ran first. Now the other
+      // session's request runs while it is hashed, and this session's next request waits for it.
+      assert.deepEqual(order, [`b.small:${theirs.id}`, `b.big:${big.id}`, `b.small:${mine.id}`]);
+      assert.deepEqual(onlyRecord(u, big.id).intentHash, intentHash(big.intent), "the record has the whole intent's hash");
     } finally {
       u.close();
     }

@@ -17,6 +17,7 @@ import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
+import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
 import {
@@ -65,6 +66,8 @@ export interface PipelineDeps {
 export class Pipeline {
   readonly admission: Admission;
   private readonly answers: AnswerBudget;
+  /** Sessions with a large intent being hashed: the settling of their latest request's hash. */
+  private readonly hashing = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: PipelineDeps) {
     this.admission = deps.admission;
@@ -129,6 +132,29 @@ export class Pipeline {
     return r;
   }
 
+  /**
+   * The intent's SHA-256. A large one is hashed a slice per event-loop turn, so other sessions'
+   * requests run meanwhile instead of waiting out the whole body (a 16 MiB intent is ~10 ms of
+   * hashing here). Requests of one session still reach the stages after this in the order they
+   * arrived (an upload's chunks must, PROTOCOL §9): a request that arrives while an earlier one of
+   * its session is being hashed waits for it.
+   */
+  private hashInOrder(session: string, intent: Uint8Array): Buffer | Promise<Buffer> {
+    const before = this.hashing.size === 0 ? undefined : this.hashing.get(session);
+    if (before === undefined && intent.length <= HASH_SLICE) return intentHash(intent);
+    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : intentHash(intent));
+    const p = before === undefined ? sha256InSlices(intent) : before.then(hash);
+    const gate = p.then(
+      () => {},
+      () => {},
+    );
+    this.hashing.set(session, gate);
+    void gate.then(() => {
+      if (this.hashing.get(session) === gate) this.hashing.delete(session);
+    });
+    return p;
+  }
+
   private async process(ctx: RequestCtx): Promise<Response> {
     const { session: s, req } = ctx;
     // 1. admission: the session takes this request (in flight, not closing).
@@ -140,7 +166,8 @@ export class Pipeline {
     }
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
-    const hash = intentHash(req.intent);
+    const h = this.hashInOrder(s.id, req.intent);
+    const hash = h instanceof Promise ? await h : h;
     const rec = ctx.rec;
     ctx.hash = hash;
     rec.intent = req.intent;

@@ -18,6 +18,7 @@ import {
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
 import { UnsafeHomeError } from "../secure-files.js";
+import { sha256InSlices } from "../sliced-hash.js";
 
 const fsyncAsync = promisify(fsync);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
@@ -39,19 +40,6 @@ export function writeAt(fd: number, data: Uint8Array, position: number): Promise
 /** SHA-256 of `data`, the address of a body in the store. */
 export function sha256(data: Uint8Array): Buffer {
   return createHash("sha256").update(data).digest();
-}
-
-/** Bytes hashed between two turns of the event loop by {@link sha256InSlices} (a few ms each). */
-export const HASH_SLICE = 4 * 1024 * 1024;
-
-/** {@link sha256} of a large body, a slice per turn of the event loop: I/O callbacks run between slices. */
-export async function sha256InSlices(data: Uint8Array): Promise<Buffer> {
-  const h = createHash("sha256");
-  for (let off = 0; off < data.length; off += HASH_SLICE) {
-    if (off > 0) await new Promise((r) => setImmediate(r));
-    h.update(data.subarray(off, off + HASH_SLICE));
-  }
-  return h.digest();
 }
 
 /**
