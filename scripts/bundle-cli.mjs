@@ -45,7 +45,7 @@ if (!upToDate()) {
     logLevel: "warning",
     // Native addons and what loads only on a path the bundled commands rarely take stay as
     // packages, resolved from node_modules at run time.
-    external: ["better-sqlite3", "cbor-extract", "shm-typed-array", "@grpc/grpc-js", "pino"],
+    external: ["better-sqlite3", "shm-typed-array", "@grpc/grpc-js", "pino"],
     define: { "import.meta.url": "__kpip_import_meta_url" },
     banner: {
       js: '"use strict";\nconst __kpip_import_meta_url = require("node:url").pathToFileURL(__filename).href;',
