@@ -23,8 +23,17 @@ describe("live fuzzing and load, short runs", () => {
   it("load: concurrent sessions over several personas with mixed ops and no unexpected error", () => {
     const r = run("load.js", ["--sessions", "60", "--seconds", "4", "--personas", "3"]);
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
-    const s = JSON.parse(r.stdout) as { ops: number; failures: string[]; perOp: Record<string, { count: number }> };
+    const s = JSON.parse(r.stdout) as {
+      ops: number;
+      failures: string[];
+      perOp: Record<string, { count: number }>;
+      rssByMinuteMb: number[];
+      generatorLoopDelayMs: { p50: number; p99: number; p999: number; max: number };
+    };
     assert.deepEqual(s.failures, []);
+    assert.ok(Array.isArray(s.rssByMinuteMb), "the soak's RSS by minute (empty for a run under a minute)");
+    const d = s.generatorLoopDelayMs;
+    assert.ok(d.p50 > 0 && d.p50 <= d.p99 && d.p99 <= d.p999 && d.p999 <= d.max, JSON.stringify(d));
     assert.equal(s.perOp.connect?.count, 60);
     assert.ok(s.ops > 100, `only ${s.ops} ops`);
   });
