@@ -77,15 +77,16 @@ describe("the WAL checkpointer's fallback", () => {
 });
 
 describe("the WAL's hard bound", () => {
+  /** A worker that runs but never checkpoints nor reports (as one starved by a busy machine). */
+  const silent = new URL(
+    `data:text/javascript,${encodeURIComponent('import { parentPort } from "node:worker_threads"; parentPort.on("message", () => process.exit(0));')}`,
+  );
+
   it("holds with a checkpoint worker that never reports: the kernel's own commits top the WAL up past the limit", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
     const path = join(home, "kernel.db");
     const store = new SqliteStore(path);
     try {
-      // A worker that runs but never checkpoints nor reports (as one starved by a busy machine).
-      const silent = new URL(
-        `data:text/javascript,${encodeURIComponent('import { parentPort } from "node:worker_threads"; parentPort.on("message", () => process.exit(0));')}`,
-      );
       const limit = 2 * 1024 * 1024;
       const cp = new WalCheckpointer(store, path, createLogger("silent"), {
         workerModule: silent,
@@ -115,9 +116,6 @@ describe("the WAL's hard bound", () => {
     const path = join(home, "kernel.db");
     const store = new SqliteStore(path);
     try {
-      const silent = new URL(
-        `data:text/javascript,${encodeURIComponent('import { parentPort } from "node:worker_threads"; parentPort.on("message", () => process.exit(0));')}`,
-      );
       const cp = new WalCheckpointer(store, path, createLogger("silent"), {
         workerModule: silent,
         walHardLimitBytes: 64 * 1024,

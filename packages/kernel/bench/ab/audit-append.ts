@@ -10,40 +10,10 @@ import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { encodeIntent, intentHash } from "@kpip/protocol";
-import type { AuditEntry } from "../../src/audit/log.js";
+import { pathToFileURL } from "node:url";
+import { abArgs, noopEntry } from "./common.js";
 
-const args = process.argv.slice(2);
-const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
-const opt = (name: string, dflt: number) => {
-  const at = args.indexOf(name);
-  return at >= 0 ? Number(args[at + 1]) : dflt;
-};
-const records = opt("--records", 100_000);
-const rounds = opt("--rounds", 3);
-if (!other) {
-  process.stderr.write("usage: audit-append.js <other kpip checkout, built> [--records N] [--rounds N]\n");
-  process.exit(2);
-}
-const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
-const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
-const hash = intentHash(intent);
-const entry = (i: number): AuditEntry => ({
-  session: "sess-0123456789abcdef",
-  persona: "admin",
-  phase: "complete",
-  requestId: i,
-  op: "bench.noop",
-  target: "kernel://",
-  intentHash: hash,
-  intent,
-  caps: "bench.noop@kernel://",
-  status: "SUCCESS",
-  durationUs: 40 + (i % 50),
-  traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
-  detail: '{"status":"SUCCESS"}',
-});
+const { other, here, records, rounds } = abArgs("audit-append.js", { records: 100_000, rounds: 3 });
 const key = generateKeyPairSync("ed25519").privateKey;
 const dir = mkdtempSync(join(tmpdir(), "kpip-ab-append-"));
 try {
@@ -63,7 +33,7 @@ try {
       const t = process.hrtime.bigint();
       for (let i = 1; i <= records; i += 256) {
         let last: Promise<void> = Promise.resolve();
-        for (let j = i; j < i + 256 && j <= records; j++) last = log.append(entry(j));
+        for (let j = i; j < i + 256 && j <= records; j++) last = log.append(noopEntry(j));
         await last;
       }
       const used = process.cpuUsage(cpu);

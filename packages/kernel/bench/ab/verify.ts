@@ -8,42 +8,13 @@
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
-import { encodeIntent, intentHash } from "@kpip/protocol";
-import type { AuditEntry } from "../../src/audit/log.js";
+import { pathToFileURL } from "node:url";
+import { abArgs, noopEntry } from "./common.js";
 
-const args = process.argv.slice(2);
-const other = args.find((a, i) => !a.startsWith("--") && !args[i - 1]?.startsWith("--"));
-const opt = (name: string, dflt: number) => {
-  const at = args.indexOf(name);
-  return at >= 0 ? Number(args[at + 1]) : dflt;
-};
-const records = opt("--records", 300_000);
-const rounds = opt("--rounds", 2);
-if (!other) {
-  process.stderr.write("usage: verify.js <other kpip checkout, built> [--records N] [--rounds N]\n");
-  process.exit(2);
-}
-const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
+const { other, here, records, rounds } = abArgs("verify.js", { records: 300_000, rounds: 2 });
 
 const dir = mkdtempSync(join(tmpdir(), "kpip-ab-verify-"));
 try {
-  const intent = encodeIntent({ op: "bench.noop", target: "kernel://", args: {} });
-  const hash = intentHash(intent);
-  const record = (i: number): AuditEntry => ({
-    session: "sess-0123456789abcdef",
-    persona: "admin",
-    phase: "complete",
-    requestId: i,
-    op: "bench.noop",
-    target: "kernel://",
-    intentHash: hash,
-    intent,
-    caps: "bench.noop@kernel://",
-    status: "SUCCESS",
-    durationUs: 40 + (i % 50),
-    detail: '{"n":1}',
-  });
   const roots = [resolve(other), here];
   const dbs = new Map<string, string>();
   for (const [i, root] of roots.entries()) {
@@ -51,7 +22,7 @@ try {
       pathToFileURL(join(root, "packages/kernel/dist/test/audit-fill.js")).href
     )) as typeof import("../../test/audit-fill.js");
     const db = join(dir, `kernel-${i}.db`);
-    await fillAuditFile(db, records, record, { batchMax: 512, checkpointEvery: 10_000 }, "k-ab");
+    await fillAuditFile(db, records, noopEntry, { batchMax: 512, checkpointEvery: 10_000 }, "k-ab");
     dbs.set(root, db);
   }
   for (let r = 0; r < rounds; r++) {
