@@ -58,7 +58,8 @@ const intent = encodeIntent({
   args: { data: new Uint8Array(40).fill(7), n: 5 },
 });
 const key = new Uint8Array(32).fill(1);
-const SEED_MESSAGES: Message[] = [
+/** One valid message of every type: the fuzzer's seeds, and the equivalence test's. */
+export const SEED_MESSAGES: Message[] = [
   {
     type: "HELLO",
     body: { versions: [1], persona: "alice", publicKey: key, instance: new Uint8Array(16), features: ["shm"], client: "fuzz/1" },
