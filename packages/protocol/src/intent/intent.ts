@@ -35,22 +35,32 @@ export function validateIntent(v: unknown): asserts v is Intent {
   for (const k of Object.keys(o)) {
     if (!INTENT_KEYS.has(k)) throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
   }
-  validateIntentFields(o.op, o.target, o.args, o.constraints);
+  checkFields(o.op, o.target, o.args, o.constraints, false);
 }
 
 /**
  * The checks of {@link validateIntent} after its map and key checks, in the same order with
- * the same errors: for an intent a caller builds from known fields (the client's `call`).
+ * the same errors: for an intent a caller builds from known fields (the client's `call`), which
+ * remembers the ops and targets it has already checked.
  */
 export function validateIntentFields(op: unknown, target: unknown, args: unknown, constraints: unknown): void {
-  if (typeof op !== "string" || !(GOOD_OPS.has(op) || remember(GOOD_OPS, op, isOp(op)))) {
+  checkFields(op, target, args, constraints, true);
+}
+
+/**
+ * `memo`: consult and fill the remembered ops and targets. Only a client's own calls do: in a
+ * kernel the sets would be shared by every persona (one could fill them for all, and a hit would
+ * tell of another's targets), and the kernel parses the target again anyway.
+ */
+function checkFields(op: unknown, target: unknown, args: unknown, constraints: unknown, memo: boolean): void {
+  if (typeof op !== "string" || !((memo && GOOD_OPS.has(op)) || remember(GOOD_OPS, op, isOp(op), memo))) {
     throw new IntentError("BAD_OP", `op must be a dotted lowercase name like "storage.write" (got ${JSON.stringify(op)})`);
   }
   if (typeof target !== "string") throw new IntentError("BAD_TARGET", "target must be a text string");
-  if (!GOOD_TARGETS.has(target)) {
+  if (!(memo && GOOD_TARGETS.has(target))) {
     const parsed = parseTarget(target);
     if (typeof parsed === "string") throw new IntentError("BAD_TARGET", parsed);
-    remember(GOOD_TARGETS, target, true);
+    remember(GOOD_TARGETS, target, true, memo);
   }
   if (args === null || typeof args !== "object" || Array.isArray(args) || args instanceof Uint8Array) {
     throw new IntentError("BAD_ARGS", "args must be a map");
@@ -70,9 +80,9 @@ export function validateIntentFields(op: unknown, target: unknown, args: unknown
 }
 
 /**
- * Ops and targets already found to follow the grammar (a pure function of the text), so a
- * persona calling the same few ops on the same targets parses each once. Bounded: once full,
- * new texts are checked every time.
+ * Ops and targets the client's calls already found to follow the grammar (a pure function of the
+ * text), so a persona calling the same few ops on the same targets parses each once. Bounded:
+ * once full, new texts are checked every time. Never filled by what a peer sends.
  */
 const GOOD_OPS = new Set<string>();
 const GOOD_TARGETS = new Set<string>();
@@ -80,8 +90,8 @@ const GOOD_MAX = 4096;
 /** Longer texts are not remembered (the sets stay under a megabyte whatever a peer sends). */
 const GOOD_TEXT_MAX = 128;
 
-function remember(set: Set<string>, text: string, good: boolean): boolean {
-  if (good && set.size < GOOD_MAX && text.length <= GOOD_TEXT_MAX) set.add(text);
+function remember(set: Set<string>, text: string, good: boolean, memo: boolean): boolean {
+  if (memo && good && set.size < GOOD_MAX && text.length <= GOOD_TEXT_MAX) set.add(text);
   return good;
 }
 
