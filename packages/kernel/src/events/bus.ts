@@ -108,7 +108,7 @@ export class EventBus {
   /**
    * A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. With a
    * `guard`, each matching emit first asks it whether the subscription may still receive: a
-   * reason (text) ends the subscription instead, with a last EVENT `{ kind: "ended", reason }`.
+   * reason (text) ends the subscription instead, with a last EVENT whose `ended` field is that reason.
    */
   subscribe(sink: EventSink, pattern: string, guard?: () => string | undefined): number {
     const L = this.limits;

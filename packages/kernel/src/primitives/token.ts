@@ -199,8 +199,10 @@ export function tokenFamily(
           // After the ownership check, so only those who could own any token learn that an id is unknown.
           if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
           // Recorded with the request's dedupe record: a retry after a crash gets this answer, not "already".
+          let changed = false;
           const result = ctx.atomically((): OpResult => {
             const r = tokens.revoke(id, ctx.persona);
+            changed = r.changed;
             return {
               status: "SUCCESS",
               payload: { id, revoked: true, already: !r.changed },
@@ -209,7 +211,10 @@ export function tokenFamily(
               ...(r.changed ? { recorded: (seq: number) => tokens.noteRevokeRecord(id, seq) } : {}),
             };
           });
-          onRevoke(id);
+          // Only a revocation that changed something ends sessions' handles and subscriptions: the
+          // fan-out visits every session and subscription, and revoking an already revoked token
+          // again (idempotent, allowed to its holder) must not make a persona able to run it at will.
+          if (changed) onRevoke(id);
           return result;
         },
       }),
