@@ -369,6 +369,29 @@ describe("the pipeline on its own (unit)", () => {
       u.close();
     }
   });
+
+  it("hashes a large intent refused at admission a slice per turn too: other sessions are served meanwhile", async () => {
+    const u = unit();
+    try {
+      const big = request({ op: "t.read", target: "kernel://", args: { n: 1 } });
+      big.intent = Buffer.concat([big.intent, Buffer.alloc(2 * HASH_SLICE + 1)]); // refused before decoding anyway
+      u.session.closing = true; // after GOODBYE: refused by admission, before step 3
+      const theirs = request(read({ n: 2 }));
+      const otherSession = { ...u.session, id: "s-2", instance: "01", inFlight: 1, closing: false };
+      const [refused, served] = await Promise.all([u.send(big), u.pipeline.handle(otherSession, theirs)]);
+      assert.equal(refused.error, "PROTOCOL");
+      assert.equal(served.status, "SUCCESS");
+      const seqOf = (id: number) => onlyRecord(u, id).seq;
+      assert.ok(seqOf(theirs.id) < seqOf(big.id), "the other session's request was recorded while the refused one was hashed");
+      assert.deepEqual(
+        onlyRecord(u, big.id).intentHash,
+        intentHash(big.intent),
+        "the refusal's record has the whole intent's hash",
+      );
+    } finally {
+      u.close();
+    }
+  });
 });
 
 describe("PERMISSION in one place, with the capability enforcer (unit)", () => {

@@ -4,6 +4,7 @@ import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
+import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { RequestTrace } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -147,11 +148,23 @@ export function requestCtx(session: SessionView, req: Request, started: bigint, 
 
 /**
  * The audit columns of intent bytes not decoded by the pipeline (a refusal before step 4): always
- * the bytes and their SHA-256 (what was sent is what is recorded), and the op and target when they decode.
+ * the bytes and their SHA-256 (what was sent is what is recorded), and the op and target when they
+ * decode. A large intent is hashed a slice per turn, as step 3 does: a refusal (a persona past its
+ * in-flight limit sending maximum bodies) must not hold every session while it is hashed.
  */
-export function recordIntentColumns(rec: RequestRecord, bytes: Uint8Array): void {
+export function recordIntentColumns(rec: RequestRecord, bytes: Uint8Array): void | Promise<void> {
   rec.intent = bytes;
+  if (bytes.length > HASH_SLICE) {
+    return sha256InSlices(bytes).then((h) => {
+      rec.intentHash = h;
+      intentNames(rec, bytes);
+    });
+  }
   rec.intentHash = intentHash(bytes);
+  intentNames(rec, bytes);
+}
+
+function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
   try {
     const i = decodeIntent(bytes);
     rec.op = i.op;

@@ -161,7 +161,8 @@ export class Pipeline {
     // 2. version and identity: a request may only speak for the attested persona.
     const early = this.admission.request(s) ?? checkEnvelope(s, req);
     if (early) {
-      recordIntentColumns(ctx.rec, req.intent);
+      const columns = recordIntentColumns(ctx.rec, req.intent);
+      if (columns) await columns;
       return this.refuse(ctx, early);
     }
 
