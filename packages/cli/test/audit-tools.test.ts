@@ -64,7 +64,7 @@ describe("audit tool arguments", () => {
       const hit = (db.prepare("SELECT ? GLOB ? AS m").get(v, glob) as { m: number }).m === 1;
       return hit || (pattern.endsWith("/**") && v === pattern.slice(0, -3));
     };
-    const patterns = ["alice", "alice/**", "storage.*", "*.mint", "a?c*", "x*y", "[ab]*", "é/*", "a.b*"];
+    const patterns = ["alice", "alice/**", "storage.*", "*.mint", "a?c*", "x*y", "[ab]*", "é/*", "a.b*", "a*[b"];
     const values = [
       "alice",
       "alice/w",

@@ -76,13 +76,19 @@ export function capTokenIds(caps: string | null): string[] {
 export function patternTest(pattern: string): (v: string | null) => boolean {
   if (!pattern.includes("*")) return (v) => v === pattern;
   const glob = pattern.replace(/\*\*/g, "*");
-  const re = new RegExp(
-    `^${glob
-      .replace(/[.+^${}()|\\]/g, "\\$&")
-      .replace(/\*/g, "[\\s\\S]*")
-      .replace(/\?/g, "[\\s\\S]")}$`,
-    "u",
-  );
+  let re: RegExp;
+  try {
+    re = new RegExp(
+      `^${glob
+        .replace(/[.+^${}()|\\]/g, "\\$&")
+        .replace(/\*/g, "[\\s\\S]*")
+        .replace(/\?/g, "[\\s\\S]")}$`,
+      "u",
+    );
+  } catch {
+    // An unclosed `[` (a set GLOB never completes): SQLite's GLOB matches nothing, and so does this.
+    return () => false;
+  }
   const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;
   return (v) => v !== null && (re.test(v) || v === bare);
 }
