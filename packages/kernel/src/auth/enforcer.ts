@@ -128,12 +128,30 @@ export class CapEnforcer implements Authorizer {
     this.verified.clear();
   }
 
+  /**
+   * Why a capability that authorized something lasting (a subscription, a watch) no longer holds
+   * — revoked (itself or an ancestor) or past its expiry — or undefined while it holds: the first
+   * two of the live checks every use of a handle makes ({@link unusable}).
+   */
+  lapsed(g: Grant): string | undefined {
+    const why = this.revokedOrExpired(g, this.clock());
+    if (why === undefined) return undefined;
+    return `the capability ${g.id} that authorized this subscription ${why === "REVOKED" ? "was revoked" : "expired"}`;
+  }
+
+  private revokedOrExpired(g: Grant, now: number): "REVOKED" | "EXPIRED" | undefined {
+    if (this.revoked.covers(g)) return "REVOKED";
+    if (now >= g.exp) return "EXPIRED";
+    return undefined;
+  }
+
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
   private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
     const ref = tokenRef(g);
-    if (this.revoked.covers(g)) return { code: "REVOKED", message: this.revoked.message(g) };
     const now = this.clock();
-    if (now >= g.exp) return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
+    const why = this.revokedOrExpired(g, now);
+    if (why === "REVOKED") return { code: "REVOKED", message: this.revoked.message(g) };
+    if (why === "EXPIRED") return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
     if (now < g.nbf)
       return { code: "NOT_YET_VALID", message: `token ${ref} is not valid before ${new Date(g.nbf).toISOString()}` };
     if (!g.usable || !personaWithin(persona, g.subject)) {

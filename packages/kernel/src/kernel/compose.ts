@@ -8,7 +8,6 @@ import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
 import type { CapEnforcer } from "../auth/enforcer.js";
 import { RootKeys } from "../auth/keys.js";
-import { capabilityLapsed } from "../auth/lapsed.js";
 import type { TokenService } from "../auth/tokens.js";
 import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
 import type { KernelConfig } from "../config.js";
@@ -120,9 +119,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const startedAt = Date.now();
     const now = input.clock ?? Date.now;
     events.operator = c.adminPersona;
-    // Subscriptions live as long as the capabilities that authorized them (the token service is built below).
-    let tokensRef: TokenService | undefined;
-    events.lapsed = (g: Grant) => capabilityLapsed(tokensRef, g, now());
+    // Subscriptions live as long as the capabilities that authorized them (the enforcer is built below).
+    let enforcerRef: CapEnforcer | undefined;
+    events.lapsed = (g: Grant) => enforcerRef?.lapsed(g);
     sandbox = openSandbox(c, log, input.bwrapPath);
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
@@ -195,7 +194,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       maxLiveTokens: c.maxLiveTokens,
       exempt: ["kernel", c.adminPersona],
     });
-    tokensRef = tokens;
+    enforcerRef = enforcer;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
