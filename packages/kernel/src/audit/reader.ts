@@ -40,7 +40,7 @@ export type AuditRecord = AuditRow & { detail?: string | null };
 /**
  * An audit table row (`SELECT * FROM audit`) as its record: the fields decoded from the
  * record's bytes, the only place they are (a row that does not decode reads as a placeholder
- * saying so; verify reports it).
+ * saying so).
  */
 export function toRecord(r: Record<string, unknown>): AuditRecord {
   return decodeRecord(r.seq as number, r.hash as Uint8Array, r.record as Uint8Array);

@@ -13,7 +13,11 @@ export { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
  */
 
 const KIND = new Map<string, "text" | "uint" | "bytes">(FIELDS.map(([k, kind]) => [k, kind]));
-const REQUIRED: RecordField[] = ["seq", "time", "kernel", "session", "persona", "phase"];
+const REQUIRED = ["seq", "time", "kernel", "session", "persona", "phase"] as const satisfies readonly RecordField[];
+/** Every field a record may leave out, absent (null): where a decoded record starts. */
+const ABSENT = Object.fromEntries(
+  FIELDS.filter(([k]) => !(REQUIRED as readonly string[]).includes(k)).map(([k]) => [k, null]),
+) as { readonly [K in Exclude<RecordField, (typeof REQUIRED)[number]>]: null };
 
 /** Thrown for stored bytes that are not a record. */
 export class RecordDecodeError extends Error {
@@ -33,23 +37,7 @@ export function decodeRecordStrict(seq: number, hash: Uint8Array, bytes: Uint8Ar
   }
   if (typeof map !== "object" || map === null || Array.isArray(map) || map instanceof Uint8Array)
     throw new RecordDecodeError("not a map");
-  const out: Record<string, unknown> = {
-    requestId: null,
-    op: null,
-    target: null,
-    intentHash: null,
-    intent: null,
-    caps: null,
-    status: null,
-    errorClass: null,
-    message: null,
-    durationUs: null,
-    traceparent: null,
-    execution: null,
-    domain: null,
-    measurements: null,
-    detail: null,
-  };
+  const out: Record<string, unknown> = { ...ABSENT };
   for (const [k, v] of Object.entries(map)) {
     const kind = KIND.get(k);
     if (kind === undefined) throw new RecordDecodeError(`unknown field ${JSON.stringify(k)}`);
@@ -71,7 +59,7 @@ export function decodeRecordStrict(seq: number, hash: Uint8Array, bytes: Uint8Ar
 
 /**
  * The record for showing: {@link decodeRecordStrict}, or for bytes that are not a record a
- * placeholder (phase `kernel`, persona `?`) whose message says why — such a record fails verify.
+ * placeholder (phase `kernel`, persona `?`) whose message says why.
  */
 export function decodeRecord(seq: number, hash: Uint8Array, bytes: Uint8Array): AuditRow {
   try {
@@ -79,27 +67,14 @@ export function decodeRecord(seq: number, hash: Uint8Array, bytes: Uint8Array): 
   } catch (e) {
     if (!(e instanceof RecordDecodeError)) throw e;
     return {
+      ...ABSENT,
       seq,
       time: 0,
       kernel: "?",
       session: "?",
       persona: "?",
       phase: "kernel",
-      requestId: null,
-      op: null,
-      target: null,
-      intentHash: null,
-      intent: null,
-      caps: null,
-      status: null,
-      errorClass: null,
-      message: `the stored record does not decode (${e.message}); kpip audit verify reports it`,
-      durationUs: null,
-      traceparent: null,
-      execution: null,
-      domain: null,
-      measurements: null,
-      detail: null,
+      message: `the stored record does not decode (${e.message}): it is not a record the kernel wrote`,
       prevHash: bytes instanceof Uint8Array ? bytes.subarray(0, Math.min(PREV_HASH_BYTES, bytes.length)) : new Uint8Array(0),
       hash,
     };

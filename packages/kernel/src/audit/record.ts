@@ -58,7 +58,7 @@ export function recordBytesGeneric(r: Omit<AuditRow, "hash">): Buffer {
   return Buffer.concat([r.prevHash, encodeCanonical(fields)]);
 }
 
-export type RecordField = keyof Omit<AuditRow, "hash" | "prevHash">;
+export type RecordField = keyof Omit<AuditRow, "hash" | "prevHash" | "record">;
 type Field = RecordField;
 /** Record fields in canonical key order, with their kind on the wire. */
 export const FIELDS: [Field, "text" | "uint" | "bytes"][] = [
