@@ -77,7 +77,7 @@ function shapeOf(fields: Shape): Check {
   return (v, at, k) => {
     map(v, at, k);
     const o = v as Record<string, unknown>;
-    // Built once per map, and only for a map with fields to name.
+    // Once per map: free for a message's body (key ""), one short concatenation for a nested map.
     const p = pathOf(at, k);
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
