@@ -1,14 +1,13 @@
-import { recordBytes } from "../../audit/record.js";
 import { decodeRecord } from "../../audit/record-decode.js";
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
+import { auditAppender } from "./audit-append.js";
 import { type Row, rowReader, type Statement, type StoreBase, type WithRows } from "./base.js";
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal"> {
-    readonly #append: Statement = this.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)");
     readonly #last: Statement = this.db.prepare("SELECT seq, hash, record FROM audit ORDER BY seq DESC LIMIT 1").raw(true);
     readonly #scan: Statement = this.db
       .prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
@@ -21,23 +20,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
     );
     readonly #checkpoints: Statement = this.db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq");
-    readonly #appendTx = this.#appendTransaction();
-
     /** One commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
-    #appendTransaction() {
-      const putDedupe = this.db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
-      const dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
-      const putCheckpoint = this.#addCheckpoint;
-      return this.db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
-        // The record's bytes as the log hashed them (encoded again only for a row built elsewhere).
-        const s = this.#append;
-        for (const r of rows) s.run(r.seq, r.hash, r.record ?? recordBytes(r));
-        for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
-        if (journalUpTo > 0) dropJournal.run(journalUpTo);
-        for (const c of cps)
-          putCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
-      });
-    }
+    readonly #appendTx = auditAppender(this.db);
 
     auditHashAt(seq: number): Uint8Array | undefined {
       const r = this.prep("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined;
