@@ -56,6 +56,30 @@ describe("WAL checkpoints run off the request path", () => {
   });
 });
 
+describe("the checkpoint worker syncs the database pages it copied", () => {
+  it("after a round that copied frames, and not after rounds that copied none", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    const cp = new WalCheckpointer(store, path, createLogger("silent"), { intervalMs: 20 });
+    try {
+      for (let i = 0; i < 50; i++) store.setMeta(`k${i}`, "x".repeat(3000));
+      await until(() => cp.databaseSyncs > 0, 30_000, "a round that copied the commits and synced the database");
+      // Nothing committed since: the next rounds copy nothing, and sync nothing.
+      const syncs = cp.databaseSyncs;
+      const rounds = cp.rounds;
+      await until(() => cp.rounds >= rounds + 3, 30_000, "three more rounds");
+      assert.equal(cp.databaseSyncs, syncs);
+      store.setMeta("later", "y".repeat(3000));
+      await until(() => cp.databaseSyncs > syncs, 30_000, "a sync after the next commit was copied");
+    } finally {
+      await cp.stop();
+      store.close();
+      removeHome(home);
+    }
+  });
+});
+
 describe("the WAL checkpointer's fallback", () => {
   it("checkpoints on commit again if the worker dies, and the store keeps committing", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));

@@ -30,6 +30,9 @@ export class WalCheckpointer {
   private readonly statEvery: number;
   /** Estimated WAL bytes committed since the WAL's size was last looked at. */
   private unseen = 0;
+  /** Rounds the worker reported, and those after which it synced the database file (pages it copied; see checkpoint-worker.ts). */
+  rounds = 0;
+  databaseSyncs = 0;
 
   /** Whether checkpoints still run on the worker thread (false after a fallback or stop). */
   get background(): boolean {
@@ -60,7 +63,9 @@ export class WalCheckpointer {
     this.statEvery = opts.statEveryBytes ?? 1024 * 1024;
     this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
-    this.worker.on("message", (m: { error?: string; log?: number }) => {
+    this.worker.on("message", (m: { error?: string; log?: number; synced?: boolean }) => {
+      if (m.synced) this.databaseSyncs++;
+      if (!m.error) this.rounds++;
       if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");
       else if (!this.stopped && (m.log ?? 0) > topUpFrames) this.topUp();
     });
