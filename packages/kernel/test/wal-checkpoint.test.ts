@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, statSync } from "node:fs";
+import { mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -72,6 +72,33 @@ describe("the checkpoint worker syncs the database pages it copied", () => {
       assert.equal(cp.databaseSyncs, syncs);
       store.setMeta("later", "y".repeat(3000));
       await until(() => cp.databaseSyncs > syncs, 30_000, "a sync after the next commit was copied");
+    } finally {
+      await cp.stop();
+      store.close();
+      removeHome(home);
+    }
+  });
+
+  it("keeps the shared lock this process holds on the database file (any close of the file would drop it)", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    const cp = new WalCheckpointer(store, path, createLogger("silent"), { intervalMs: 20 });
+    // This process's POSIX locks on the database file, as the OS lists them.
+    const ino = statSync(path).ino;
+    const held = () =>
+      readFileSync("/proc/locks", "utf8")
+        .split("\n")
+        .filter((l) => l.includes(` ${process.pid} `) && l.includes(`:${ino} `)).length;
+    try {
+      assert.ok(held() > 0, "the store's connection holds a lock on the database file");
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 20; i++) store.setMeta(`k${i}`, `${round}${"x".repeat(3000)}`);
+        const syncs = cp.databaseSyncs;
+        await until(() => cp.databaseSyncs > syncs, 30_000, "a round that synced the database");
+      }
+      store.setMeta("after", "1");
+      assert.ok(held() > 0, "the lock survived the worker's syncs");
     } finally {
       await cp.stop();
       store.close();

@@ -1,4 +1,4 @@
-import { closeSync, fdatasyncSync, openSync } from "node:fs";
+import { fdatasyncSync, readdirSync, readlinkSync, realpathSync } from "node:fs";
 import { parentPort, workerData } from "node:worker_threads";
 import Database from "better-sqlite3";
 
@@ -18,14 +18,44 @@ import Database from "better-sqlite3";
 const { path, intervalMs } = workerData as { path: string; intervalMs: number };
 const db = new Database(path);
 db.pragma("busy_timeout = 5000");
-let lastCheckpointed = 0;
-const syncDatabase = () => {
-  const fd = openSync(path, "r");
+/** SQLite's count of commits by other connections, at the last round: the kernel's commits since then. */
+let lastDataVersion = -1;
+const target = realpathSync(path);
+const linksToDatabase = (fd: number) => {
   try {
-    fdatasyncSync(fd);
-  } finally {
-    closeSync(fd);
+    return readlinkSync(`/proc/self/fd/${fd}`) === target;
+  } catch {
+    return false;
   }
+};
+let borrowed: number | undefined;
+/**
+ * A descriptor this process already has on the database file (a connection's, SQLite's own),
+ * checked before each use. The worker must not open and close one of its own: POSIX locks
+ * belong to the process and the file, and closing any descriptor of the file drops them all —
+ * the shared lock every connection here holds on it included ("How To Corrupt An SQLite
+ * Database File" §2.2). None found (no /proc): no sync, the top-up syncs as before.
+ */
+const databaseFd = (): number | undefined => {
+  if (borrowed !== undefined && linksToDatabase(borrowed)) return borrowed;
+  borrowed = undefined;
+  try {
+    for (const e of readdirSync("/proc/self/fd")) {
+      if (linksToDatabase(Number(e))) {
+        borrowed = Number(e);
+        break;
+      }
+    }
+  } catch {
+    // no /proc: nothing to borrow
+  }
+  return borrowed;
+};
+const syncDatabase = (): boolean => {
+  const fd = databaseFd();
+  if (fd === undefined) return false;
+  fdatasyncSync(fd);
+  return true;
 };
 type Result = { busy: number; log: number; checkpointed: number };
 /** Frames left uncopied after a round below which the worker stops for this interval. */
@@ -34,15 +64,18 @@ const run = () => {
   try {
     // PASSIVE never waits for the writer: it copies what it can and leaves the rest for the next round.
     const passive = () => (db.pragma("wal_checkpoint(PASSIVE)") as Result[])[0];
+    const dataVersion = db.pragma("data_version", { simple: true }) as number;
     let r = passive();
     // Under load commits land while a round copies; a few more rounds, each shorter, copy what
     // landed meanwhile, so a top-up on the kernel's thread finds little left to copy.
     for (let i = 0; i < 3 && r && r.log - r.checkpointed > LEFT_FRAMES; i++) r = passive();
     if (!r) return;
-    const copied = r.checkpointed > 0 && r.checkpointed !== lastCheckpointed;
-    lastCheckpointed = r.checkpointed;
-    if (copied) syncDatabase();
-    parentPort?.postMessage({ log: r.log, checkpointed: r.checkpointed, synced: copied });
+    // Frames were copied when the kernel committed since the last round (checkpointed counts
+    // frames of the current WAL, which can repeat across a restart of it).
+    const copied = r.checkpointed > 0 && dataVersion !== lastDataVersion;
+    lastDataVersion = dataVersion;
+    const synced = copied && syncDatabase();
+    parentPort?.postMessage({ log: r.log, checkpointed: r.checkpointed, synced });
   } catch (e) {
     parentPort?.postMessage({ error: (e as Error).message });
   }
