@@ -10,10 +10,11 @@ import Database from "better-sqlite3";
  * A PASSIVE checkpoint that cannot copy every frame (under load, commits land while it copies)
  * leaves the pages it wrote to the database file unsynced: SQLite syncs the database only
  * when a checkpoint completes, which is then the kernel's top-up, on the kernel's thread. So
- * after each round that copied frames the worker syncs the database file itself, and the
- * top-up's sync flushes only the pages the top-up wrote (at 256 requests in flight that sync
- * took 26–28 ms on the kernel's thread before, a few ms after: docs/architecture.md). An extra
- * sync of pages SQLite already wrote changes nothing about what a crash can lose.
+ * after each round that copied the kernel's new commits the worker syncs the database file
+ * itself, and the top-up's sync flushes only the pages the top-up wrote (at 256 requests in
+ * flight that sync took 26–28 ms on the kernel's thread before, a few ms after:
+ * docs/architecture.md). An extra sync of pages SQLite already wrote changes nothing about
+ * what a crash can lose.
  */
 const { path, intervalMs } = workerData as { path: string; intervalMs: number };
 const db = new Database(path);
