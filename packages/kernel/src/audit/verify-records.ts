@@ -1,6 +1,7 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, oversizeReason } from "./record-size.js";
 import type { RangeResult } from "./verify.js";
 
 type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
@@ -21,15 +22,22 @@ const LINK_BROKEN = "previous-hash link is broken (a record before it was change
  */
 export class RecordScan {
   private readonly scan: Database.Statement;
+  private readonly one: Database.Statement;
 
   constructor(db: Database.Database) {
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
-    // that is not a blob reads as NULL, never as the hex of some other value's bytes.
+    // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
+    // The record's size comes first, its bytes only up to BATCH_RECORD_BYTES (see audit-read.ts):
+    // a larger record is read alone, one over MAX_RECORD_BYTES never.
     this.scan = db
       .prepare(
-        "SELECT seq, CASE WHEN typeof(hash) = 'blob' THEN lower(hex(hash)) END, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+        `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
+          CASE WHEN typeof(record) = 'blob' THEN length(record) ELSE -1 END,
+          CASE WHEN typeof(record) = 'blob' AND length(record) <= ${BATCH_RECORD_BYTES} THEN record END
+        FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
       .raw(true);
+    this.one = db.prepare("SELECT record FROM audit WHERE seq = ?").pluck(true);
   }
 
   /**
@@ -56,7 +64,9 @@ export class RecordScan {
         const seq = r[0];
         if (seq !== expected) return bad(expected, `record ${expected} is missing (next is ${seq})`);
         const hash = r[1];
-        const rec = r[2];
+        const size = r[2] as number;
+        if (size > MAX_RECORD_BYTES) return bad(seq, oversizeReason(size));
+        const rec = size > BATCH_RECORD_BYTES ? this.one.get(seq) : r[3];
         // A record that is not a blob (another SQL type) is not the kernel's row.
         const record = Buffer.isBuffer(rec) ? rec : Buffer.alloc(0);
         if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));

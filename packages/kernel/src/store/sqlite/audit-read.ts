@@ -1,0 +1,140 @@
+import type Database from "better-sqlite3";
+import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES } from "../../audit/record-size.js";
+import type { AuditCheckpoint, AuditRow } from "../types.js";
+import { rowReader } from "./base.js";
+
+/** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
+const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END";
+
+/**
+ * Every read of the audit table goes through here: the kernel's store, the audit reader of the
+ * CLI and the tools. A row is read as (seq, hash, the record's size, the record's bytes); SQLite
+ * tells the size without reading the bytes, so a record over BATCH_RECORD_BYTES comes back
+ * without them and is read alone when its turn comes, and one over MAX_RECORD_BYTES is never
+ * read (its record is a placeholder saying so). A batch of rows holds at most
+ * rows × BATCH_RECORD_BYTES of records.
+ */
+export const ROW_COLUMNS = `seq, ${HASH},
+  CASE WHEN typeof(record) = 'blob' THEN length(record) ELSE -1 END,
+  CASE WHEN typeof(record) = 'blob' AND length(record) <= ${BATCH_RECORD_BYTES} THEN record END`;
+
+/** Rows read at a time by the scans. */
+const BATCH_ROWS = 1000;
+
+export class AuditReads {
+  readonly #one: Database.Statement;
+  readonly #bytes: Database.Statement;
+  readonly #up: Database.Statement;
+  readonly #down: Database.Statement;
+  readonly #count: Database.Statement;
+  readonly #first: Database.Statement;
+  readonly #head: Database.Statement;
+  readonly #hashAt: Database.Statement;
+  #checkpoints: Database.Statement | null | undefined;
+  readonly #db: Database.Database;
+
+  constructor(db: Database.Database) {
+    this.#db = db;
+    this.#count = db.prepare("SELECT count(*) FROM audit").pluck(true);
+    this.#first = db.prepare("SELECT min(seq) FROM audit").pluck(true);
+    this.#head = db.prepare("SELECT max(seq) FROM audit").pluck(true);
+    this.#hashAt = db.prepare(`SELECT ${HASH} FROM audit WHERE seq = ?`).pluck(true);
+    this.#one = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq = ?`).raw(true);
+    // A record past the batch size, alone; over the bound, not at all.
+    this.#bytes = db
+      .prepare(`SELECT record FROM audit WHERE seq = ? AND typeof(record) = 'blob' AND length(record) <= ${MAX_RECORD_BYTES}`)
+      .pluck(true);
+    this.#up = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
+    this.#down = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
+  }
+
+  /** A row (seq, hash, size, bytes or null) as its record, decoded from its bytes (read now if they were left out). */
+  decode(r: unknown[]): AuditRow {
+    const seq = r[0] as number;
+    const hash = r[1] as Uint8Array;
+    const size = r[2] as number;
+    let bytes = r[3] as Uint8Array | null;
+    if (bytes === null && size > BATCH_RECORD_BYTES) {
+      if (size > MAX_RECORD_BYTES) return oversizeRecord(seq, hash, size);
+      bytes = (this.#bytes.get(seq) as Uint8Array | undefined) ?? null;
+    }
+    return decodeRecord(seq, hash, bytes as Uint8Array);
+  }
+
+  /** Record `seq`, or undefined. */
+  record(seq: number): AuditRow | undefined {
+    const r = this.#one.get(seq) as unknown[] | undefined;
+    return r && this.decode(r);
+  }
+
+  /** The newest record, or undefined for an empty log. */
+  last(): AuditRow | undefined {
+    return this.down(Number.MAX_SAFE_INTEGER, Number.MIN_SAFE_INTEGER, 1)[0];
+  }
+
+  /** Up to `limit` records from `from` up (to `to`), oldest first. */
+  up(from: number, limit: number, to = Number.MAX_SAFE_INTEGER): AuditRow[] {
+    return (this.#up.all(from, to, limit) as unknown[][]).map((r) => this.decode(r));
+  }
+
+  /** Up to `limit` records below `below` and above `above`, newest first. */
+  down(below: number, above: number, limit: number): AuditRow[] {
+    return (this.#down.all(below, above, limit) as unknown[][]).map((r) => this.decode(r));
+  }
+
+  /**
+   * Records one at a time, oldest first from `from` (or newest first below `from` with `newest`),
+   * read a batch of rows at a time and decoded as they are taken: memory holds one batch.
+   */
+  *records(opts: { from?: number; newest?: boolean } = {}): Generator<AuditRow> {
+    const newest = opts.newest === true;
+    let at = opts.from ?? (newest ? Number.MAX_SAFE_INTEGER : Number.MIN_SAFE_INTEGER);
+    for (;;) {
+      const rows = (
+        newest ? this.#down.all(at, Number.MIN_SAFE_INTEGER, BATCH_ROWS) : this.#up.all(at, Number.MAX_SAFE_INTEGER, BATCH_ROWS)
+      ) as unknown[][];
+      for (const r of rows) yield this.decode(r);
+      if (rows.length < BATCH_ROWS) return;
+      const lastSeq = (rows.at(-1) as unknown[])[0] as number;
+      at = newest ? lastSeq : lastSeq + 1;
+    }
+  }
+
+  count(): number {
+    return this.#count.get() as number;
+  }
+
+  /** The lowest sequence number (records below it were pruned), or undefined when the log is empty. */
+  first(): number | undefined {
+    return (this.#first.get() as number | null) ?? undefined;
+  }
+
+  /** The highest sequence number, or undefined when the log is empty. */
+  head(): number | undefined {
+    return (this.#head.get() as number | null) ?? undefined;
+  }
+
+  hashAt(seq: number): Uint8Array | undefined {
+    return this.#hashAt.get(seq) as Uint8Array | undefined;
+  }
+
+  /** The signed checkpoints, oldest first (none in a database without their table). */
+  checkpoints(): AuditCheckpoint[] {
+    if (this.#checkpoints === undefined) {
+      const has = (this.#db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
+      this.#checkpoints = has ? this.#db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq") : null;
+    }
+    return this.#checkpoints === null ? [] : (this.#checkpoints.all() as Record<string, unknown>[]).map(toCheckpoint);
+  }
+}
+
+/** A signed checkpoint as stored. */
+export const toCheckpoint = rowReader<AuditCheckpoint>({
+  seq: true,
+  hash: true,
+  time: true,
+  kernel: true,
+  publicKey: true,
+  signature: true,
+});
