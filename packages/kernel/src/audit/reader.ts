@@ -2,7 +2,7 @@ import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { hasColumnLayout, migrateAuditLayout } from "../store/sqlite/audit-layout.js";
+import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
 import type { AuditRow, AuditStore } from "../store/types.js";
 import type { RangeVerifier } from "./verify.js";
@@ -28,6 +28,8 @@ export interface AuditReader
   readonly path: string;
   /** True when reading a private copy (no kernel was running on the home). */
   readonly snapshot: boolean;
+  /** True for a home of an older kpip (a column per field), read in place as records. */
+  readonly columnLayout: boolean;
   /** Record `seq`, decoded from its stored bytes, or undefined. */
   record(seq: number): AuditRecord | undefined;
   /**
@@ -95,20 +97,11 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   };
   let opened: Database.Database | undefined;
   try {
-    // The private copy is opened read-write so SQLite can recover its -wal (and a home of an
-    // older kpip have its audit table moved to the record layout there); nothing else is written.
+    // The private copy is opened read-write so SQLite can recover its -wal; nothing is written.
     opened = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
     const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
     if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
-    if (hasColumnLayout(opened)) {
-      if (tmp === undefined)
-        throw new HomeReadError(
-          `${path} has the audit table of an older kpip and is read in place (its kernel is running): stop that kernel (a newer kernel moves the table when it starts) or read a copy`,
-          "corrupt",
-        );
-      migrateAuditLayout(opened);
-    }
     if (!live) opened.pragma("query_only = ON");
   } catch (e) {
     opened?.close();
@@ -117,18 +110,22 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
     throw new HomeReadError(`${path} is not a readable SQLite database: ${(e as Error).message}`, "corrupt");
   }
   const db = opened;
-  const reads = new AuditReads(db);
+  // A home of an older kpip (a column per field) is read as it is, each row encoded as the
+  // record its hash covers: nothing is moved (a kernel moves it when it starts).
+  const source = hasColumnLayout(db) ? columnRecordSource(db) : undefined;
+  const reads = new AuditReads(db, source);
   let records: RecordScan | undefined;
   return {
     db,
     path: file,
     snapshot: tmp !== undefined,
+    columnLayout: source !== undefined,
     record: (seq) => reads.record(seq),
     records: (o) => reads.records(o),
     headSeq: () => reads.head(),
     scanAudit: (from, batch) => reads.up(from, batch),
     verifyRecords: (from, to, cpSeqs, onProgress) => {
-      records ??= new RecordScan(db);
+      records ??= new RecordScan(db, source);
       return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
     countAudit: () => reads.count(),

@@ -11,6 +11,12 @@ const sha256Hex: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot("sha256", data, "hex")
   : (data) => crypto.createHash("sha256").update(data).digest("hex");
 
+/** The record layout's bytes and size (audit-layout.ts's STORED_RECORD; not imported: the workers load only this file's imports). */
+const STORED = {
+  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
+  size: "coalesce(octet_length(record), 0)",
+};
+
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
 
 /**
@@ -24,7 +30,8 @@ export class RecordScan {
   private readonly scan: Database.Statement;
   private readonly one: Database.Statement;
 
-  constructor(db: Database.Database) {
+  /** `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or an old home's columns encoded). */
+  constructor(db: Database.Database, src: { bytes: string; size: string } = STORED) {
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
     // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
     // The record's size comes first, its bytes only up to BATCH_RECORD_BYTES (see audit-read.ts):
@@ -32,12 +39,11 @@ export class RecordScan {
     this.scan = db
       .prepare(
         `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
-          CASE WHEN typeof(record) = 'blob' THEN length(record) ELSE -1 END,
-          CASE WHEN typeof(record) = 'blob' AND length(record) <= ${BATCH_RECORD_BYTES} THEN record END
+          ${src.size}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.bytes} END
         FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
       .raw(true);
-    this.one = db.prepare("SELECT record FROM audit WHERE seq = ?").pluck(true);
+    this.one = db.prepare(`SELECT ${src.bytes} FROM audit WHERE seq = ?`).pluck(true);
   }
 
   /**

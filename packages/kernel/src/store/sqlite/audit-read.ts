@@ -2,6 +2,7 @@ import type Database from "better-sqlite3";
 import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
 import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import type { AuditCheckpoint, AuditRow } from "../types.js";
+import { type RecordSource, STORED_RECORD } from "./audit-layout.js";
 import { rowReader } from "./base.js";
 
 /** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
@@ -15,9 +16,9 @@ const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash E
  * read (its record is a placeholder saying so). A batch of rows holds at most
  * rows × BATCH_RECORD_BYTES of records.
  */
-export const ROW_COLUMNS = `seq, ${HASH},
-  CASE WHEN typeof(record) = 'blob' THEN length(record) ELSE -1 END,
-  CASE WHEN typeof(record) = 'blob' AND length(record) <= ${BATCH_RECORD_BYTES} THEN record END`;
+function rowColumns(src: RecordSource): string {
+  return `seq, ${HASH}, ${src.size}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.bytes} END`;
+}
 
 /** Rows read at a time by the scans. */
 const BATCH_ROWS = 1000;
@@ -34,19 +35,19 @@ export class AuditReads {
   #checkpoints: Database.Statement | null | undefined;
   readonly #db: Database.Database;
 
-  constructor(db: Database.Database) {
+  /** `src`: how a row's record is read (the stored bytes; a home of the column layout reads its columns encoded). */
+  constructor(db: Database.Database, src: RecordSource = STORED_RECORD) {
     this.#db = db;
+    const cols = rowColumns(src);
     this.#count = db.prepare("SELECT count(*) FROM audit").pluck(true);
     this.#first = db.prepare("SELECT min(seq) FROM audit").pluck(true);
     this.#head = db.prepare("SELECT max(seq) FROM audit").pluck(true);
     this.#hashAt = db.prepare(`SELECT ${HASH} FROM audit WHERE seq = ?`).pluck(true);
-    this.#one = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq = ?`).raw(true);
+    this.#one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`).raw(true);
     // A record past the batch size, alone; over the bound, not at all.
-    this.#bytes = db
-      .prepare(`SELECT record FROM audit WHERE seq = ? AND typeof(record) = 'blob' AND length(record) <= ${MAX_RECORD_BYTES}`)
-      .pluck(true);
-    this.#up = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
-    this.#down = db.prepare(`SELECT ${ROW_COLUMNS} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
+    this.#bytes = db.prepare(`SELECT ${src.bytes} FROM audit WHERE seq = ? AND ${src.size} <= ${MAX_RECORD_BYTES}`).pluck(true);
+    this.#up = db.prepare(`SELECT ${cols} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
+    this.#down = db.prepare(`SELECT ${cols} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
   }
 
   /** A row (seq, hash, size, bytes or null) as its record, decoded from its bytes (read now if they were left out). */
