@@ -28,6 +28,7 @@ export class AuditReads {
   readonly #bytes: Database.Statement;
   readonly #up: Database.Statement;
   readonly #down: Database.Statement;
+  readonly #after: Database.Statement;
   readonly #count: Database.Statement;
   readonly #first: Database.Statement;
   readonly #head: Database.Statement;
@@ -47,6 +48,7 @@ export class AuditReads {
     // A record past the batch size, alone; over the bound, not at all.
     this.#bytes = db.prepare(`SELECT ${src.bytes} FROM audit WHERE seq = ? AND ${src.size} <= ${MAX_RECORD_BYTES}`).pluck(true);
     this.#up = db.prepare(`SELECT ${cols} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
+    this.#after = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
     this.#down = db.prepare(`SELECT ${cols} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
   }
 
@@ -71,11 +73,11 @@ export class AuditReads {
 
   /** The newest record, or undefined for an empty log. */
   last(): AuditRow | undefined {
-    return this.down(Number.MAX_SAFE_INTEGER, Number.MIN_SAFE_INTEGER, 1)[0];
+    return this.down(Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 1)[0];
   }
 
   /** Up to `limit` records from `from` up (to `to`), oldest first. */
-  up(from: number, limit: number, to = Number.MAX_SAFE_INTEGER): AuditRow[] {
+  up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
     return (this.#up.all(from, to, limit) as unknown[][]).map((r) => this.decode(r));
   }
 
@@ -90,15 +92,23 @@ export class AuditReads {
    */
   *records(opts: { from?: number; newest?: boolean } = {}): Generator<AuditRow> {
     const newest = opts.newest === true;
-    let at = opts.from ?? (newest ? Number.MAX_SAFE_INTEGER : Number.MIN_SAFE_INTEGER);
+    let rows = (
+      newest
+        ? this.#down.all(opts.from ?? Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, BATCH_ROWS)
+        : this.#up.all(opts.from ?? Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, BATCH_ROWS)
+    ) as unknown[][];
+    let prev = newest ? Number.POSITIVE_INFINITY : Number.NEGATIVE_INFINITY;
     for (;;) {
-      const rows = (
-        newest ? this.#down.all(at, Number.MIN_SAFE_INTEGER, BATCH_ROWS) : this.#up.all(at, Number.MAX_SAFE_INTEGER, BATCH_ROWS)
-      ) as unknown[][];
       for (const r of rows) yield this.decode(r);
       if (rows.length < BATCH_ROWS) return;
-      const lastSeq = (rows.at(-1) as unknown[])[0] as number;
-      at = newest ? lastSeq : lastSeq + 1;
+      // Strictly past the last row. A tampered seq past 2^53 reads as a nearby double, which may
+      // not move on: then the scan ends there (verify reports such rows).
+      const last = (rows.at(-1) as unknown[])[0] as number;
+      if (newest ? !(last < prev) : !(last > prev)) return;
+      prev = last;
+      rows = (
+        newest ? this.#down.all(last, Number.NEGATIVE_INFINITY, BATCH_ROWS) : this.#after.all(last, BATCH_ROWS)
+      ) as unknown[][];
     }
   }
 

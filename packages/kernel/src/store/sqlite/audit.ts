@@ -88,9 +88,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     queryAudit(q: AuditQuery): AuditRow[] {
       const limit = q.limit ?? 100;
       const out: AuditRow[] = [];
-      let below = Number.MAX_SAFE_INTEGER;
+      let below = Number.POSITIVE_INFINITY;
       while (out.length < limit) {
-        const rows = this.#reads.down(below, q.afterSeq ?? Number.MIN_SAFE_INTEGER, 1000);
+        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, 1000);
         if (rows.length === 0) break;
         for (const r of rows) {
           if (q.persona !== undefined && r.persona !== q.persona) continue;
