@@ -11,10 +11,11 @@ const sha256Hex: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot("sha256", data, "hex")
   : (data) => crypto.createHash("sha256").update(data).digest("hex");
 
-/** The record layout's bytes and size (audit-layout.ts's STORED_RECORD; not imported: the workers load only this file's imports). */
+/** The record layout (audit-layout.ts's STORED_RECORD; not imported: the workers load only this file's imports). */
 const STORED = {
   bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
-  size: "coalesce(octet_length(record), 0)",
+  size: "octet_length(record)",
+  batchBytes: "record",
 };
 
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
@@ -31,19 +32,21 @@ export class RecordScan {
   private readonly one: Database.Statement;
 
   /** `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or an old home's columns encoded). */
-  constructor(db: Database.Database, src: { bytes: string; size: string } = STORED) {
+  constructor(db: Database.Database, src: { bytes: string; size: string; batchBytes?: string } = STORED) {
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
     // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
-    // The record's size comes first, its bytes only up to BATCH_RECORD_BYTES (see audit-read.ts):
-    // a larger record is read alone, one over MAX_RECORD_BYTES never.
+    // The record's bytes only up to BATCH_RECORD_BYTES (SQLite tells the size without reading
+    // them); a larger record (NULL here) is read alone, one over MAX_RECORD_BYTES never.
     this.scan = db
       .prepare(
         `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
-          ${src.size}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.bytes} END
+          CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END
         FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
       .raw(true);
-    this.one = db.prepare(`SELECT ${src.bytes} FROM audit WHERE seq = ?`).pluck(true);
+    this.one = db
+      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
+      .raw(true);
   }
 
   /**
@@ -70,9 +73,13 @@ export class RecordScan {
         const seq = r[0];
         if (seq !== expected) return bad(expected, `record ${expected} is missing (next is ${seq})`);
         const hash = r[1];
-        const size = r[2] as number;
-        if (size > MAX_RECORD_BYTES) return bad(seq, oversizeReason(size));
-        const rec = size > BATCH_RECORD_BYTES ? this.one.get(seq) : r[3];
+        let rec = r[2];
+        if (rec === null) {
+          // Past the batch size (or NULL): alone, if within the bound.
+          const [size, bytes] = this.one.get(seq) as [number | null, unknown];
+          if (size !== null && size > MAX_RECORD_BYTES) return bad(seq, oversizeReason(size));
+          rec = bytes;
+        }
         // A record that is not a blob (another SQL type) is not the kernel's row.
         const record = Buffer.isBuffer(rec) ? rec : Buffer.alloc(0);
         if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));

@@ -58,15 +58,21 @@ export function columnRowBytes(row: Record<string, unknown>): Buffer {
 export interface RecordSource {
   /** The record's bytes. */
   bytes: string;
-  /** Its size in bytes, read without reading the bytes. */
+  /** Its size in bytes, read without reading the bytes (NULL for a NULL record). */
   size: string;
+  /**
+   * The bytes where the size is known to be small (a batch of rows): cheaper than `bytes`, and
+   * any value it gives that is not a blob the readers take as no bytes.
+   */
+  batchBytes?: string;
 }
 
 /** The record layout: the stored bytes. */
 export const STORED_RECORD: RecordSource = {
   // A value of another type (tampering) reads as no bytes, never as a large text.
   bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
-  size: "coalesce(octet_length(record), 0)",
+  size: "octet_length(record)",
+  batchBytes: "record",
 };
 
 /** The SQL function that encodes a column-layout row (registered by {@link columnRecordSource}). */

@@ -10,14 +10,13 @@ const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash E
 
 /**
  * Every read of the audit table goes through here: the kernel's store, the audit reader of the
- * CLI and the tools. A row is read as (seq, hash, the record's size, the record's bytes); SQLite
- * tells the size without reading the bytes, so a record over BATCH_RECORD_BYTES comes back
- * without them and is read alone when its turn comes, and one over MAX_RECORD_BYTES is never
- * read (its record is a placeholder saying so). A batch of rows holds at most
- * rows × BATCH_RECORD_BYTES of records.
+ * CLI and the tools. A row is read as (seq, hash, the record's bytes) with the bytes only when
+ * SQLite says (without reading them) they are at most BATCH_RECORD_BYTES: a larger record is
+ * read alone when its turn comes, and one over MAX_RECORD_BYTES never (its record is a
+ * placeholder saying so). A batch of rows holds at most rows × BATCH_RECORD_BYTES of records.
  */
 function rowColumns(src: RecordSource): string {
-  return `seq, ${HASH}, ${src.size}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.bytes} END`;
+  return `seq, ${HASH}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END`;
 }
 
 /** Rows read at a time by the scans. */
@@ -46,21 +45,23 @@ export class AuditReads {
     this.#hashAt = db.prepare(`SELECT ${HASH} FROM audit WHERE seq = ?`).pluck(true);
     this.#one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`).raw(true);
     // A record past the batch size, alone; over the bound, not at all.
-    this.#bytes = db.prepare(`SELECT ${src.bytes} FROM audit WHERE seq = ? AND ${src.size} <= ${MAX_RECORD_BYTES}`).pluck(true);
+    this.#bytes = db
+      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
+      .raw(true);
     this.#up = db.prepare(`SELECT ${cols} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
     this.#after = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
     this.#down = db.prepare(`SELECT ${cols} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
   }
 
-  /** A row (seq, hash, size, bytes or null) as its record, decoded from its bytes (read now if they were left out). */
+  /** A row (seq, hash, bytes or null) as its record, decoded from its bytes (read now if they were left out). */
   decode(r: unknown[]): AuditRow {
     const seq = r[0] as number;
     const hash = r[1] as Uint8Array;
-    const size = r[2] as number;
-    let bytes = r[3] as Uint8Array | null;
-    if (bytes === null && size > BATCH_RECORD_BYTES) {
-      if (size > MAX_RECORD_BYTES) return oversizeRecord(seq, hash, size);
-      bytes = (this.#bytes.get(seq) as Uint8Array | undefined) ?? null;
+    let bytes = r[2];
+    if (bytes === null) {
+      const [size, alone] = (this.#bytes.get(seq) as [number | null, unknown] | undefined) ?? [null, null];
+      if (size !== null && size > MAX_RECORD_BYTES) return oversizeRecord(seq, hash, size);
+      bytes = alone;
     }
     return decodeRecord(seq, hash, bytes as Uint8Array);
   }
