@@ -6,7 +6,6 @@
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
 export { decodeCanonical } from "./cbor/decode.js";
 export { CanonicalWriter, compareKeys, encodeCanonical, headSize, writeHead } from "./cbor/encode.js";
-export { type ValidationInfo, validateCanonical } from "./cbor/validate.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
   type ByteChannel,
