@@ -7,7 +7,7 @@
  * the rest are the kernel's own, a few KiB at most. So a record is under
  * intent + frame + {@link RECORD_OVERHEAD_BYTES}, and the config refuses settings whose sum
  * could pass {@link MAX_RECORD_BYTES} (checkValues). A stored record larger than it was not
- * written by a kernel: readers do not read it (SQL `length(record)` is checked first), verify
+ * written by a kernel: readers do not read it (SQLite gives its size without reading it), verify
  * reports it, and a kernel refuses to start on such a tail.
  */
 
