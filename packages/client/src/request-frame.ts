@@ -6,6 +6,7 @@ import {
   type CborValue,
   encodeCanonical,
   HEADER_SIZE,
+  headSize,
   type Intent,
   IntentError,
   MessageType,
@@ -13,6 +14,7 @@ import {
   type RequestContext,
   validateIntent,
   validateIntentFields,
+  writeHead,
   writeHeader,
 } from "@kpip/protocol";
 
@@ -192,37 +194,4 @@ function put(out: Buffer, at: number, src: Uint8Array): number {
   }
   for (let i = 0; i < n; i++) out[at + i] = src[i] as number;
   return at + n;
-}
-
-/** Bytes of a CBOR head for argument `n` (a safe integer), as the canonical writer makes it. */
-function headSize(n: number): number {
-  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
-}
-
-/** Writes a canonical CBOR head at `at`; returns the position after it. */
-function writeHead(out: Buffer, at: number, major: number, n: number): number {
-  const m = major << 5;
-  if (n < 24) {
-    out[at] = m | n;
-    return at + 1;
-  }
-  if (n < 0x100) {
-    out[at] = m | 24;
-    out[at + 1] = n;
-    return at + 2;
-  }
-  if (n < 0x10000) {
-    out[at] = m | 25;
-    out.writeUInt16BE(n, at + 1);
-    return at + 3;
-  }
-  if (n < 0x100000000) {
-    out[at] = m | 26;
-    out.writeUInt32BE(n, at + 1);
-    return at + 5;
-  }
-  out[at] = m | 27;
-  out.writeUInt32BE(Math.floor(n / 0x100000000), at + 1);
-  out.writeUInt32BE(n >>> 0, at + 5);
-  return at + 9;
 }

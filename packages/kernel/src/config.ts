@@ -2,6 +2,7 @@ import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_MAX_BODY } from "@kpip/protocol";
+import { largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -378,6 +379,11 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(", ")} (got ${JSON.stringify(c.logLevel)})`);
   if (c.maxBodyBytes < MIN_MAX_BODY)
     throw new ConfigError(`maxBodyBytes must be at least ${MIN_MAX_BODY} (PROTOCOL §8.3; got ${c.maxBodyBytes})`);
+  // Readers refuse a stored record over MAX_RECORD_BYTES as tampering: the kernel must never write one.
+  if (largestRecordBytes(c) > MAX_RECORD_BYTES)
+    throw new ConfigError(
+      `maxBodyBytes ${c.maxBodyBytes} with audit intents kept up to ${Math.max(c.auditIntentMaxBytes, c.auditRefusalIntentMaxBytes)} bytes could make an audit record of ${largestRecordBytes(c)} bytes, more than the ${MAX_RECORD_BYTES} readers accept: lower them`,
+    );
   for (const key of ["metricsListen", "grpcListen"] as const) {
     const v = c[key];
     if (v === "") continue;

@@ -4,7 +4,7 @@ export { isAgentPersona } from "./agents/namespace.js";
 export { AnchorFileError, type AnchorResult, type AuditAnchor, parseAnchors, verifyAnchors } from "./audit/anchors.js";
 export { AuditChainError, checkInheritedChain } from "./audit/inherit.js";
 export { AuditLog } from "./audit/log.js";
-export { type AuditReader, type AuditRecord, HomeReadError, openAuditReader, toRecord as toAuditRecord } from "./audit/reader.js";
+export { type AuditReader, type AuditRecord, HomeReadError, openAuditReader } from "./audit/reader.js";
 export { recordBytes, recordHash } from "./audit/record.js";
 export { unsignedRun, type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile, verifyAuditReader } from "./audit/verify-parallel.js";

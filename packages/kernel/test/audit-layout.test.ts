@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { copyFileSync, mkdtempSync, readFileSync } from "node:fs";
+import { copyFileSync, mkdtempSync, readFileSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { isDeepStrictEqual } from "node:util";
 import { encodeIntent, intentHash, rawPublicKey } from "@kpip/protocol";
 import Database from "better-sqlite3";
@@ -11,8 +13,9 @@ import type { AuditEntry } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
 import { recordBytesGeneric, recordHashGeneric } from "../src/audit/record.js";
 import { verifyAudit } from "../src/audit/verify.js";
+import { migrateAuditLayout } from "../src/store/sqlite/audit-layout.js";
 import { SqliteStore } from "../src/store/sqlite.js";
-import { fillAuditFile, tamperedCopy, toColumnLayout } from "./audit-fill.js";
+import { COLUMN_LAYOUT_DDL, fillAuditFile, tamperedCopy, toColumnLayout } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
 /** Texts and integers at every CBOR head size, non-ASCII text, empty and large blobs, absent fields. */
@@ -109,9 +112,19 @@ describe("the record layout: a record's stored bytes are its generic encoding, a
     before.close();
     const copy = tamperedCopy(old, dir, "intact old", "SELECT 1");
     assert.equal(readerVerify(copy).ok, true);
-    // Read in place (as beside a running kernel of the old version), it cannot be moved: refused, unchanged.
-    assert.throws(() => openAuditReader(copy, { direct: true }), { name: "HomeReadError", message: /older kpip/ });
-    // The reader moved its private copy, not the file.
+    // Read in place (as beside a running kernel of the old version): the same records, nothing moved.
+    const inPlace = openAuditReader(copy, { direct: true });
+    try {
+      assert.equal(inPlace.columnLayout, true);
+      const read = [...inPlace.records()];
+      assert.equal(read.length, want.length);
+      for (let i = 0; i < read.length; i++)
+        assert.ok(isDeepStrictEqual(read[i], want[i]), `record ${i + 1} reads differently in place`);
+      assert.equal(verifyAudit(inPlace).ok, true);
+    } finally {
+      inPlace.close();
+    }
+    // Neither reader moved the file.
     const plain = new Database(copy, { readonly: true });
     assert.ok((plain.pragma("table_info(audit)") as { name: string }[]).some((c) => c.name === "persona"));
     plain.close();
@@ -212,6 +225,76 @@ describe("the record layout: a record's stored bytes are its generic encoding, a
       }
     } finally {
       removeHome(t.home);
+    }
+  });
+  it("the move is committed in batches: killed mid-way it leaves the old layout (read and verified the same), and the next open finishes it", () => {
+    const before = openAuditReader(good, { direct: true });
+    const want = [...before.records()];
+    before.close();
+    const copy = tamperedCopy(old, dir, "killed move", "PRAGMA journal_mode = WAL");
+    const mover = new URL("../src/store/sqlite/audit-layout.js", import.meta.url).href;
+    const child = spawnSync(
+      process.execPath,
+      [
+        "--input-type=module",
+        "-e",
+        `import Database from "better-sqlite3";
+         import { migrateAuditLayout } from ${JSON.stringify(mover)};
+         const db = new Database(${JSON.stringify(copy)});
+         migrateAuditLayout(db, 10, (moved) => { if (moved >= 40) process.kill(process.pid, "SIGKILL"); });`,
+      ],
+      { cwd: fileURLToPath(new URL("..", import.meta.url)), encoding: "utf8" },
+    );
+    assert.equal(child.signal, "SIGKILL", child.stderr);
+    const plain = new Database(copy, { readonly: true });
+    try {
+      assert.ok(
+        (plain.pragma("table_info(audit)") as { name: string }[]).some((c) => c.name === "persona"),
+        "still the old layout",
+      );
+      assert.equal(
+        (plain.prepare("SELECT count(*) FROM audit_new").pluck().get() as number) >= 40,
+        true,
+        "batches were committed",
+      );
+    } finally {
+      plain.close();
+    }
+    const reader = openAuditReader(copy);
+    try {
+      assert.equal(reader.columnLayout, true);
+      assert.ok(isDeepStrictEqual([...reader.records()], want), "the old layout reads as before");
+      assert.equal(verifyAudit(reader).ok, true);
+    } finally {
+      reader.close();
+    }
+    const s = new SqliteStore(copy);
+    try {
+      assert.ok(isDeepStrictEqual(s.scanAudit(1, N), want), "the next open moved every record");
+      assert.equal(verifyAudit(s).ok, true);
+      assert.equal(s.db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'audit_new'").pluck().get() as number, 0);
+    } finally {
+      s.close();
+    }
+  });
+
+  it("the move's WAL stays about one batch, not the table's size", () => {
+    const p = join(dir, "large-old.db");
+    const db = new Database(p);
+    try {
+      db.pragma("journal_mode = WAL");
+      db.exec(COLUMN_LAYOUT_DDL);
+      const put = db.prepare(
+        "INSERT INTO audit (seq, time, kernel, session, persona, phase, intent, prev_hash, hash) VALUES (?, 1, 'k', 's', 'p', 'intent', zeroblob(1048576), zeroblob(32), zeroblob(32))",
+      );
+      for (let i = 1; i <= 64; i++) put.run(i);
+      db.pragma("wal_checkpoint(TRUNCATE)");
+      assert.equal(migrateAuditLayout(db), 64);
+      const wal = statSync(`${p}-wal`).size;
+      assert.ok(wal < 40 * 1024 * 1024, `the WAL grew to ${wal} bytes moving 64 MiB`);
+      assert.equal(db.prepare("SELECT count(*) FROM audit WHERE length(record) > 1048576").pluck().get(), 64);
+    } finally {
+      db.close();
     }
   });
 });

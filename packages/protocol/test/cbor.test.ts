@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import { CborError, decodeCanonical, encodeCanonical } from "../src/index.js";
 
 const hex = (v: Parameters<typeof encodeCanonical>[0]) => encodeCanonical(v).toString("hex");
@@ -141,6 +142,44 @@ describe("canonical CBOR decoding", () => {
     assert.throws(
       () => decodeCanonical(many),
       (e: unknown) => e instanceof CborError && e.code === "TOO_MANY_ITEMS",
+    );
+  });
+});
+
+describe("text strings: the encoder's paths against their definition", () => {
+  /** The definition: the shortest head for the UTF-8 length, then the UTF-8 bytes. */
+  const textDef = (s: string): Buffer => {
+    const b = Buffer.from(s, "utf8");
+    const n = b.length;
+    const head =
+      n < 24
+        ? Buffer.from([0x60 | n])
+        : n < 0x100
+          ? Buffer.from([0x78, n])
+          : n < 0x10000
+            ? Buffer.from([0x79, n >> 8, n & 0xff])
+            : Buffer.from([0x7a, n >>> 24, (n >> 16) & 0xff, (n >> 8) & 0xff, n & 0xff]);
+    return Buffer.concat([head, b]);
+  };
+
+  it("ASCII, non-ASCII and lone surrogates at every head boundary, alone and after other items", () => {
+    const units = ["a", "é", "日", "🙂", "\ud800", "\u0000"];
+    for (const u of units)
+      for (const len of [1, 7, 8, 12, 23, 24, 48, 49, 85, 86, 127, 128, 255, 256, 4096, 4097, 21_845, 21_846, 65_535, 65_536])
+        for (const mix of [u, `a${u}`]) {
+          const s = mix.repeat(Math.ceil(len / mix.length)).slice(0, len);
+          assert.deepEqual(encodeCanonical(s), textDef(s), `${JSON.stringify(u)} × ${len}`);
+          // After other bytes in the writer (not at position 0), inside an array.
+          assert.deepEqual(encodeCanonical([1, s]), Buffer.concat([Buffer.from([0x82, 0x01]), textDef(s)]));
+        }
+  });
+
+  it("any generated string encodes to its definition", () => {
+    fc.assert(
+      fc.property(fc.string({ unit: "binary", maxLength: 6000 }), (s) => {
+        assert.deepEqual(encodeCanonical({ k: s }), Buffer.concat([Buffer.from([0xa1, 0x61, 0x6b]), textDef(s)]));
+      }),
+      { numRuns: 500 },
     );
   });
 });

@@ -11,9 +11,9 @@ import {
   encodeMessage,
   FrameDecoder,
   type Message,
-  validateCanonical,
 } from "../src/index.js";
 import { structural } from "../src/testing.js";
+import { validateCanonical } from "./canonical-validate.js";
 
 const bytes = (max = 40) => fc.uint8Array({ maxLength: max }).map((b) => Buffer.from(b));
 const uint = fc.nat({ max: Number.MAX_SAFE_INTEGER });

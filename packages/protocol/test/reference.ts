@@ -1,8 +1,8 @@
 import { Decoder } from "cbor-x";
-import { validateCanonical } from "../src/cbor/validate.js";
 import type { CborValue } from "../src/cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits } from "../src/constants.js";
 import { CborError } from "../src/errors.js";
+import { validateCanonical } from "./canonical-validate.js";
 
 /**
  * The two-pass decoder that src/cbor/decode.ts replaced, kept as its reference for the tests

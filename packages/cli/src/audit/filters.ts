@@ -1,4 +1,5 @@
 import { UsageError } from "../util.js";
+import { sqliteGlob } from "./glob.js";
 
 /** Parses a time: an ISO time, or an age like 30s, 10m, 2h, 1d before now. `flag` names it in errors. */
 export function parseTime(s: string, flag: string, now = Date.now()): number {
@@ -72,23 +73,14 @@ export function capTokenIds(caps: string | null): string[] {
     .filter(Boolean);
 }
 
-/** A --persona or --op value as a test: exact, or a glob (`*` any run, `?` one character, `[…]` a set); P/** also matches P itself. */
+/**
+ * A --persona or --op value as a test: exact, or a glob with SQLite's GLOB semantics (`*` any
+ * run, `?` one character, `[…]` a set; see glob.ts) and `**` as `*`; P/** also matches P itself.
+ * The filter these commands ran in SQL before the fields moved into the records' bytes.
+ */
 export function patternTest(pattern: string): (v: string | null) => boolean {
   if (!pattern.includes("*")) return (v) => v === pattern;
-  const glob = pattern.replace(/\*\*/g, "*");
-  let re: RegExp;
-  try {
-    re = new RegExp(
-      `^${glob
-        .replace(/[.+^${}()|\\]/g, "\\$&")
-        .replace(/\*/g, "[\\s\\S]*")
-        .replace(/\?/g, "[\\s\\S]")}$`,
-      "u",
-    );
-  } catch {
-    // An unclosed `[` (a set GLOB never completes): SQLite's GLOB matches nothing, and so does this.
-    return () => false;
-  }
+  const glob = sqliteGlob(pattern.replace(/\*\*/g, "*"));
   const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;
-  return (v) => v !== null && (re.test(v) || v === bare);
+  return (v) => v !== null && (glob(v) || v === bare);
 }

@@ -1,4 +1,4 @@
-import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { type CborValue, decodeIntent, type Intent } from "@kpip/protocol";
 import { UsageError } from "../util.js";
 import { capTokenIds, traceId } from "./filters.js";
@@ -18,27 +18,19 @@ export interface Shown {
 /** The nearest record of `phase` after (outcome) or before (intent) `r` with its kernel, session, request id and intent hash. */
 function pair(reader: AuditReader, r: AuditRecord, phase: "intent" | "outcome"): AuditRecord | undefined {
   const after = phase === "outcome";
-  // The fields are in the records' bytes only: read outward from `r`, a batch at a time.
-  const next = reader.db.prepare(
-    `SELECT * FROM audit WHERE seq ${after ? ">" : "<"} ? ORDER BY seq ${after ? "ASC" : "DESC"} LIMIT 500`,
-  );
+  // The fields are in the records' bytes only: read outward from `r`.
   const same = (a: Uint8Array | null, b: Uint8Array | null) => (a === null || b === null ? a === b : Buffer.from(a).equals(b));
-  for (let from = r.seq; ; ) {
-    const rows = next.all(from) as Record<string, unknown>[];
-    if (rows.length === 0) return undefined;
-    for (const raw of rows) {
-      const c = toAuditRecord(raw);
-      if (
-        c.phase === phase &&
-        c.kernel === r.kernel &&
-        c.session === r.session &&
-        c.requestId === r.requestId &&
-        same(c.intentHash, r.intentHash)
-      )
-        return c;
-    }
-    from = (rows.at(-1) as { seq: number }).seq;
+  for (const c of reader.records(after ? { from: r.seq + 1 } : { from: r.seq, newest: true })) {
+    if (
+      c.phase === phase &&
+      c.kernel === r.kernel &&
+      c.session === r.session &&
+      c.requestId === r.requestId &&
+      same(c.intentHash, r.intentHash)
+    )
+      return c;
   }
+  return undefined;
 }
 
 export function show(reader: AuditReader, seq: number): Shown | undefined {

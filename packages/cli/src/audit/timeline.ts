@@ -1,4 +1,4 @@
-import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { capTokenIds, traceId } from "./filters.js";
 
 /** One request (or one act of the kernel) on the timeline: an intent and its outcome are one row. */
@@ -103,10 +103,8 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
   const pending = new Map<string, TimelineRow | null>();
   let more = 0;
   // From the start, whatever the range: an outcome in it pairs with an intent that may be before it.
-  const it = reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Record<string, unknown>>;
   let waiting = 0;
-  for (const raw of it) {
-    const r = toAuditRecord(raw);
+  for (const r of reader.records()) {
     // Past the --seq range, only outcomes of rows already shown are still wanted.
     if (f.seq && r.seq > f.seq.to && waiting === 0) break;
     if (r.phase === "outcome") {

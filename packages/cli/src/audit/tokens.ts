@@ -1,4 +1,4 @@
-import { type AuditReader, type AuditRecord, toAuditRecord } from "@kpip/kernel";
+import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { type CborValue, decodeIntent } from "@kpip/protocol";
 import { valueJson } from "./show.js";
 import { iso } from "./timeline.js";
@@ -118,9 +118,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   const mints: MintRequest[] = [];
   const intents = new Map<string, AuditRecord>();
   // The fields are in the records' bytes only: every record is decoded, those about tokens kept.
-  const recs = reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Row>;
-  for (const raw of recs) {
-    const r = toAuditRecord(raw);
+  for (const r of reader.records()) {
     if (!r.op?.toLowerCase().startsWith("token.")) continue;
     const d = parseDetail(r);
     const t = d?.token as Record<string, unknown> | undefined;

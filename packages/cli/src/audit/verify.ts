@@ -25,8 +25,8 @@ export function report(
   anchorsGiven: boolean,
 ): VerifyReport {
   // Times are in the records' bytes: the head and the first unsigned record are decoded.
-  const headSeq = (reader.db.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number | null }).s;
-  const last = headSeq === null ? undefined : reader.record(headSeq);
+  const headSeq = reader.headSeq();
+  const last = headSeq === undefined ? undefined : reader.record(headSeq);
   const cps: AuditCheckpoint[] = reader.checkpoints();
   const lastCp = cps.at(-1);
   const head = last
@@ -35,8 +35,7 @@ export function report(
   let unsignedTail: VerifyReport["unsignedTail"] = null;
   if (last && (!lastCp || lastCp.seq < last.seq)) {
     const from = (lastCp?.seq ?? (reader.firstAuditSeq() ?? 1) - 1) + 1;
-    const firstSeq = (reader.db.prepare("SELECT min(seq) AS s FROM audit WHERE seq >= ?").get(from) as { s: number | null }).s;
-    const first = firstSeq === null ? undefined : reader.record(firstSeq);
+    const first = reader.scanAudit(from, 1)[0];
     unsignedTail = { from, to: last.seq, records: last.seq - from + 1, since: first ? new Date(first.time).toISOString() : null };
   }
   const warnings: string[] = [];

@@ -11,7 +11,6 @@ import {
   openAuditReader,
   parseAnchors,
   resolveConfig,
-  toAuditRecord,
   verifyAnchors,
   verifyAuditReader,
 } from "@kpip/kernel";
@@ -256,14 +255,15 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
     for (const r of rows) process.stdout.write(`${json ? JSON.stringify(recordJson(r)) : recordLine(r)}\n`);
     last = rows.at(-1)?.seq ?? last;
   };
-  const newer = () =>
-    (reader.db.prepare("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT 1000").all(last) as Record<string, unknown>[]).map(
-      toAuditRecord,
-    );
+  const newer = () => reader.scanAudit(last + 1, 1000);
   try {
     if (!json) process.stdout.write(`${HEADER}\n`);
-    const rows = reader.db.prepare("SELECT * FROM audit ORDER BY seq DESC LIMIT ?").all(n) as Record<string, unknown>[];
-    print(rows.map(toAuditRecord).reverse());
+    const rows: AuditRecord[] = [];
+    for (const r of reader.records({ newest: true })) {
+      rows.push(r);
+      if (rows.length === n) break;
+    }
+    print(rows.reverse());
     if (!v.follow) return EXIT.OK;
     // A private copy does not grow: read a new one when the home's database or its -wal changes.
     const db = join(home, HOME_FILES.database);
@@ -319,8 +319,7 @@ function query(home: string, v: Values, json: boolean): number {
     // The fields are in the records' bytes only: every record is decoded and tested, the newest `limit` kept.
     let total = 0;
     let kept: AuditRecord[] = [];
-    for (const raw of reader.db.prepare("SELECT * FROM audit ORDER BY seq").iterate() as Iterable<Record<string, unknown>>) {
-      const r = toAuditRecord(raw);
+    for (const r of reader.records()) {
       if (!tests.every((t) => t(r))) continue;
       total++;
       kept.push(r);
@@ -386,7 +385,7 @@ function showCmd(home: string, arg: string, v: Values, json: boolean): number {
     const s = show(reader, seq);
     if (!s) {
       const first = reader.firstAuditSeq();
-      const head = (reader.db.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number | null }).s;
+      const head = reader.headSeq();
       throw new UsageError(`no record ${seq} in this log (it holds ${first === undefined ? "none" : `${first}..${head}`})`);
     }
     if (v.raw !== undefined) {

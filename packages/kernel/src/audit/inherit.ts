@@ -47,6 +47,11 @@ export function checkInheritedChain(
   const gap = unsignedRun(from.seq, last.seq, [], maxUnsigned);
   if (gap) fail(gap.seq, gap.reason);
   // The tail: each record recomputes and links to the one before, from the checkpoint's hash.
+  // A head the checkpoint names is checked too (its size: the kernel reads it to go on).
+  if (last.seq === from.seq) {
+    const head = verifyRange(store, last.seq, last.seq, new Set());
+    if (head.firstBad) fail(head.firstBad.seq, head.firstBad.reason);
+  }
   const r = verifyRange(store, from.seq + 1, last.seq, new Set());
   if (r.firstBad) fail(r.firstBad.seq, r.firstBad.reason);
   if (r.firstPrev && !Buffer.from(r.firstPrev).equals(Buffer.from(from.hash)))

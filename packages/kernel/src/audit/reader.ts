@@ -2,10 +2,9 @@ import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { toCheckpoint } from "../store/sqlite/audit.js";
-import { hasColumnLayout, migrateAuditLayout } from "../store/sqlite/audit-layout.js";
-import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
-import { decodeRecord } from "./record-decode.js";
+import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
+import { AuditReads } from "../store/sqlite/audit-read.js";
+import type { AuditRow, AuditStore } from "../store/types.js";
 import type { RangeVerifier } from "./verify.js";
 import { RecordScan } from "./verify-records.js";
 
@@ -20,7 +19,7 @@ export class HomeReadError extends Error {
   }
 }
 
-/** What the audit tools read: the verify interface plus the raw connection for their own queries. */
+/** What the audit tools read: the verify interface, the record scans, and the raw connection for other tables. */
 export interface AuditReader
   extends Pick<AuditStore, "scanAudit" | "countAudit" | "checkpoints" | "firstAuditSeq" | "auditHashAt">,
     RangeVerifier {
@@ -29,22 +28,22 @@ export interface AuditReader
   readonly path: string;
   /** True when reading a private copy (no kernel was running on the home). */
   readonly snapshot: boolean;
+  /** True for a home of an older kpip (a column per field), read in place as records. */
+  readonly columnLayout: boolean;
   /** Record `seq`, decoded from its stored bytes, or undefined. */
   record(seq: number): AuditRecord | undefined;
+  /**
+   * Records one at a time, oldest first from `from` (newest first below it with `newest`), a
+   * batch of rows read at a time: the one scan every audit command walks the log with.
+   */
+  records(opts?: { from?: number; newest?: boolean }): Iterable<AuditRecord>;
+  /** The highest sequence number, or undefined for an empty log. */
+  headSeq(): number | undefined;
   close(): void;
 }
 
 /** An audit record as read: its fields decoded from its stored bytes. */
 export type AuditRecord = AuditRow & { detail?: string | null };
-
-/**
- * An audit table row (`SELECT * FROM audit`) as its record: the fields decoded from the
- * record's bytes, the only place they are (a row that does not decode reads as a placeholder
- * saying so).
- */
-export function toRecord(r: Record<string, unknown>): AuditRecord {
-  return decodeRecord(r.seq as number, r.hash as Uint8Array, r.record as Uint8Array);
-}
 
 /**
  * Whether a kernel holds the home now (its exclusive lock on kernel.lock, see acquireHome):
@@ -98,20 +97,11 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   };
   let opened: Database.Database | undefined;
   try {
-    // The private copy is opened read-write so SQLite can recover its -wal (and a home of an
-    // older kpip have its audit table moved to the record layout there); nothing else is written.
+    // The private copy is opened read-write so SQLite can recover its -wal; nothing is written.
     opened = new Database(file, { readonly: live || opts.direct === true, fileMustExist: true, timeout: 5000 });
     const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
     if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
-    if (hasColumnLayout(opened)) {
-      if (tmp === undefined)
-        throw new HomeReadError(
-          `${path} has the audit table of an older kpip and is read in place (its kernel is running): stop that kernel (a newer kernel moves the table when it starts) or read a copy`,
-          "corrupt",
-        );
-      migrateAuditLayout(opened);
-    }
     if (!live) opened.pragma("query_only = ON");
   } catch (e) {
     opened?.close();
@@ -120,32 +110,28 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
     throw new HomeReadError(`${path} is not a readable SQLite database: ${(e as Error).message}`, "corrupt");
   }
   const db = opened;
-  const one = db.prepare("SELECT seq, hash, record FROM audit WHERE seq = ?").raw(true);
-  // verify and scanAudit read rows as arrays, not objects keyed by column name.
-  const scan = db.prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?").raw(true);
-  const fromRow = (r: unknown[]) => decodeRecord(r[0] as number, r[1] as Uint8Array, r[2] as Uint8Array);
-  const hasCps = (db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
+  // A home of an older kpip (a column per field) is read as it is, each row encoded as the
+  // record its hash covers: nothing is moved (a kernel moves it when it starts).
+  const source = hasColumnLayout(db) ? columnRecordSource(db) : undefined;
+  const reads = new AuditReads(db, source);
   let records: RecordScan | undefined;
   return {
     db,
     path: file,
     snapshot: tmp !== undefined,
-    record: (seq) => {
-      const r = one.get(seq) as unknown[] | undefined;
-      return r && fromRow(r);
-    },
-    scanAudit: (from, batch) => (scan.all(from, batch) as unknown[][]).map(fromRow),
+    columnLayout: source !== undefined,
+    record: (seq) => reads.record(seq),
+    records: (o) => reads.records(o),
+    headSeq: () => reads.head(),
+    scanAudit: (from, batch) => reads.up(from, batch),
     verifyRecords: (from, to, cpSeqs, onProgress) => {
-      records ??= new RecordScan(db);
+      records ??= new RecordScan(db, source);
       return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
-    countAudit: () => (db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
-    firstAuditSeq: () => (db.prepare("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined,
-    auditHashAt: (seq) => (db.prepare("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined)?.hash,
-    checkpoints: (): AuditCheckpoint[] =>
-      hasCps
-        ? (db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq").all() as Record<string, unknown>[]).map(toCheckpoint)
-        : [],
+    countAudit: () => reads.count(),
+    firstAuditSeq: () => reads.first(),
+    auditHashAt: (seq) => reads.hashAt(seq),
+    checkpoints: () => reads.checkpoints(),
     close: () => {
       if (db.open) db.close();
       cleanup();

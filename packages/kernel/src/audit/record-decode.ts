@@ -2,6 +2,7 @@ import { decodeCanonical } from "@kpip/protocol";
 import type { AuditRow } from "../store/types.js";
 import { FIELDS, type RecordField, recordBytes } from "./record.js";
 import { PREV_HASH_BYTES, uintAt } from "./record-seq.js";
+import { oversizeReason } from "./record-size.js";
 
 export { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
 
@@ -66,19 +67,24 @@ export function decodeRecord(seq: number, hash: Uint8Array, bytes: Uint8Array): 
     return decodeRecordStrict(seq, hash, bytes);
   } catch (e) {
     if (!(e instanceof RecordDecodeError)) throw e;
-    return {
-      ...ABSENT,
+    const prevHash = bytes instanceof Uint8Array ? bytes.subarray(0, Math.min(PREV_HASH_BYTES, bytes.length)) : new Uint8Array(0);
+    return placeholder(
       seq,
-      time: 0,
-      kernel: "?",
-      session: "?",
-      persona: "?",
-      phase: "kernel",
-      message: `the stored record does not decode (${e.message}): it is not a record the kernel wrote`,
-      prevHash: bytes instanceof Uint8Array ? bytes.subarray(0, Math.min(PREV_HASH_BYTES, bytes.length)) : new Uint8Array(0),
       hash,
-    };
+      prevHash,
+      `the stored record does not decode (${e.message}): it is not a record the kernel wrote`,
+    );
   }
+}
+
+/** The record shown for stored bytes over MAX_RECORD_BYTES, which are not read (`size` bytes). */
+export function oversizeRecord(seq: number, hash: Uint8Array, size: number): AuditRow {
+  return placeholder(seq, hash, new Uint8Array(0), oversizeReason(size));
+}
+
+/** A record that is not one the kernel wrote: phase `kernel`, persona `?`, the reason as its message. */
+function placeholder(seq: number, hash: Uint8Array, prevHash: Uint8Array, message: string): AuditRow {
+  return { ...ABSENT, seq, time: 0, kernel: "?", session: "?", persona: "?", phase: "kernel", message, prevHash, hash };
 }
 
 /**

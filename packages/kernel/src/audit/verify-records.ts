@@ -1,6 +1,7 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, oversizeReason } from "./record-size.js";
 import type { RangeResult } from "./verify.js";
 
 type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
@@ -9,6 +10,13 @@ const oneShot = (crypto as unknown as { hash?: OneShot }).hash;
 const sha256Hex: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot("sha256", data, "hex")
   : (data) => crypto.createHash("sha256").update(data).digest("hex");
+
+/** The record layout (audit-layout.ts's STORED_RECORD; not imported: the workers load only this file's imports). */
+const STORED = {
+  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
+  size: "octet_length(record)",
+  batchBytes: "record",
+};
 
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
 
@@ -21,14 +29,23 @@ const LINK_BROKEN = "previous-hash link is broken (a record before it was change
  */
 export class RecordScan {
   private readonly scan: Database.Statement;
+  private readonly one: Database.Statement;
 
-  constructor(db: Database.Database) {
+  /** `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or an old home's columns encoded). */
+  constructor(db: Database.Database, src: { bytes: string; size: string; batchBytes?: string } = STORED) {
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
-    // that is not a blob reads as NULL, never as the hex of some other value's bytes.
+    // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
+    // The record's bytes only up to BATCH_RECORD_BYTES (SQLite tells the size without reading
+    // them); a larger record (NULL here) is read alone, one over MAX_RECORD_BYTES never.
     this.scan = db
       .prepare(
-        "SELECT seq, CASE WHEN typeof(hash) = 'blob' THEN lower(hex(hash)) END, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?",
+        `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
+          CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END
+        FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
+      .raw(true);
+    this.one = db
+      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
       .raw(true);
   }
 
@@ -56,7 +73,13 @@ export class RecordScan {
         const seq = r[0];
         if (seq !== expected) return bad(expected, `record ${expected} is missing (next is ${seq})`);
         const hash = r[1];
-        const rec = r[2];
+        let rec = r[2];
+        if (rec === null) {
+          // Past the batch size (or NULL): alone, if within the bound.
+          const [size, bytes] = this.one.get(seq) as [number | null, unknown];
+          if (size !== null && size > MAX_RECORD_BYTES) return bad(seq, oversizeReason(size));
+          rec = bytes;
+        }
         // A record that is not a blob (another SQL type) is not the kernel's row.
         const record = Buffer.isBuffer(rec) ? rec : Buffer.alloc(0);
         if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));

@@ -3,7 +3,7 @@ import { CborError } from "../errors.js";
 import type { CborMap, CborValue } from "./value.js";
 
 /**
- * Decodes one KPIP canonical CBOR item in a single pass: every rule of `validate.ts` is checked
+ * Decodes one KPIP canonical CBOR item in a single pass: every rule of the two-pass validator it replaced (test/canonical-validate.ts) is checked
  * at the byte where that validator checks it, in the same order with the same error, while the
  * value is built. So it accepts exactly what validateCanonical accepts and fails with the same
  * {@link CborError} (code and message); the property tests hold it to test/reference.ts,

@@ -12,72 +12,44 @@ const MAX_ENCODE_DEPTH = 32;
  * 2^32 and above as float64); decode.ts is its counterpart.
  */
 export class CanonicalWriter {
-  private buf: Buffer;
-  private pos: number;
-  /** Finished pieces when byte strings were referenced rather than copied (see `refMin`). */
-  private readonly done: Uint8Array[] = [];
-  private segStart = 0;
+  protected buf: Buffer;
+  protected pos: number;
 
-  /**
-   * `headroom` bytes are left free at the start, e.g. for a frame header. Byte strings of
-   * `refMin` bytes or more are referenced, not copied: {@link finishParts} then returns the
-   * encoding as pieces for a vectored write (the caller must not change those bytes meanwhile).
-   */
-  constructor(
-    initialSize = 256,
-    headroom = 0,
-    private readonly refMin = Number.POSITIVE_INFINITY,
-  ) {
+  /** `headroom` bytes are left free at the start, e.g. for a frame header. */
+  constructor(initialSize = 256, headroom = 0) {
     this.buf = Buffer.allocUnsafe(Math.max(initialSize, headroom + 16));
     this.pos = headroom;
   }
 
-  /** The bytes written so far, including any headroom (a view, not a copy, unless pieces were referenced). */
+  /** The bytes written so far, including any headroom (a view, not a copy). */
   finish(): Buffer {
-    if (this.done.length === 0) return this.buf.subarray(0, this.pos);
-    return Buffer.concat(this.finishParts());
+    return this.buf.subarray(0, this.pos);
   }
 
-  /** Bytes written so far (headroom and referenced pieces included). */
+  /** Bytes written so far (headroom included). */
   get length(): number {
-    let n = this.pos - this.segStart;
-    for (const d of this.done) n += d.length;
-    return n;
+    return this.pos;
   }
 
   /**
    * Starts again at the beginning of the same buffer, so one writer serves call after call
    * without allocating; views of what it wrote before are overwritten from here on.
    */
-  reset(headroom = 0): void {
-    this.pos = headroom;
-    this.segStart = 0;
-    this.done.length = 0;
+  reset(): void {
+    this.pos = 0;
   }
 
   /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
   copyTo(out: Uint8Array, at: number): number {
-    let n = 0;
-    for (const d of this.done) {
-      out.set(d, at + n);
-      n += d.length;
-    }
-    const buf = this.buf;
     const end = this.pos;
-    let to = at + n;
-    if (end - this.segStart > 64) return n + buf.copy(out, to, this.segStart, end);
-    // A short tail byte by byte: Buffer.copy of part of a buffer allocates a view for it.
-    for (let i = this.segStart; i < end; i++) out[to++] = buf[i] as number;
-    return to - at;
+    if (end > 64) return this.buf.copy(out, at, 0, end);
+    // A short run byte by byte: Buffer.copy of part of a buffer allocates a view for it.
+    const buf = this.buf;
+    for (let i = 0; i < end; i++) out[at + i] = buf[i] as number;
+    return end;
   }
 
-  /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
-  finishParts(): Uint8Array[] {
-    const tail = this.buf.subarray(this.segStart, this.pos);
-    return tail.length > 0 ? [...this.done, tail] : [...this.done];
-  }
-
-  private ensure(n: number): void {
+  protected ensure(n: number): void {
     if (this.pos + n <= this.buf.length) return;
     let size = this.buf.length * 2;
     while (size < this.pos + n) size *= 2;
@@ -88,31 +60,8 @@ export class CanonicalWriter {
 
   /** A head: major type and argument (a length, a count or an unsigned integer), shortest form. */
   head(major: number, n: number): void {
-    const m = major << 5;
-    if (n < 24) {
-      this.ensure(1);
-      this.buf[this.pos++] = m | n;
-    } else if (n < 0x100) {
-      this.ensure(2);
-      this.buf[this.pos++] = m | 24;
-      this.buf[this.pos++] = n;
-    } else if (n < 0x10000) {
-      this.ensure(3);
-      this.buf[this.pos++] = m | 25;
-      this.buf.writeUInt16BE(n, this.pos);
-      this.pos += 2;
-    } else if (n < 0x100000000) {
-      this.ensure(5);
-      this.buf[this.pos++] = m | 26;
-      this.buf.writeUInt32BE(n, this.pos);
-      this.pos += 4;
-    } else {
-      this.ensure(9);
-      this.buf[this.pos++] = m | 27;
-      this.buf.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
-      this.buf.writeUInt32BE(n >>> 0, this.pos + 4);
-      this.pos += 8;
-    }
+    this.ensure(9);
+    this.pos = writeHead(this.buf, this.pos, major, n);
   }
 
   private headBig(major: number, n: bigint): void {
@@ -160,15 +109,7 @@ export class CanonicalWriter {
           return;
         }
         if (v instanceof Uint8Array) {
-          this.head(2, v.length);
-          if (v.length >= this.refMin) {
-            this.done.push(this.buf.subarray(this.segStart, this.pos), v);
-            this.segStart = this.pos;
-            return;
-          }
-          this.ensure(v.length);
-          this.buf.set(v, this.pos);
-          this.pos += v.length;
+          this.bytes(v);
           return;
         }
         if (depth >= MAX_ENCODE_DEPTH) {
@@ -184,6 +125,14 @@ export class CanonicalWriter {
       default:
         throw new CborError("UNSUPPORTED_TYPE", `cannot encode a value of type ${typeof v}`);
     }
+  }
+
+  /** A byte string: copied into the buffer (PieceWriter references large ones instead). */
+  protected bytes(v: Uint8Array): void {
+    this.head(2, v.length);
+    this.ensure(v.length);
+    this.buf.set(v, this.pos);
+    this.pos += v.length;
   }
 
   private writeText(s: string): void {
@@ -210,19 +159,23 @@ export class CanonicalWriter {
       }
       this.pos = start;
     }
-    // At most 3 bytes per UTF-16 code unit; write the head for the real length afterwards.
-    const max = n * 3;
-    if (max < 24 || isAscii(s)) {
-      const len = max < 24 ? Buffer.byteLength(s) : s.length;
+    if (n > ONE_PASS_TEXT) {
+      // Long text: its UTF-8 length first (native), so the buffer grows to what it needs, not 3×.
+      const len = Buffer.byteLength(s);
       this.head(3, len);
       this.ensure(len);
       this.pos += this.buf.write(s, this.pos, "utf8");
       return;
     }
-    const len = Buffer.byteLength(s);
-    this.head(3, len);
-    this.ensure(len);
-    this.pos += this.buf.write(s, this.pos, "utf8");
+    // One pass: UTF-8 written after room for the shortest head it can have (n bytes), moved up
+    // when its real length needs a longer one; at most 3 bytes per UTF-16 code unit.
+    this.ensure(9 + n * 3);
+    const lo = headSize(n);
+    const at = this.pos;
+    const len = this.buf.write(s, at + lo, "utf8");
+    const h = headSize(len);
+    if (h !== lo) this.buf.copyWithin(at + h, at + lo, at + lo + len);
+    this.pos = writeHead(this.buf, at, 3, len) + len;
   }
 
   private writeMap(obj: Record<string, CborValue>, depth: number): void {
@@ -245,8 +198,81 @@ export class CanonicalWriter {
   }
 }
 
+/**
+ * A writer whose byte strings of `refMin` bytes or more are referenced, not copied: the
+ * encoding comes back as pieces from {@link finishParts} for a vectored write (the caller must
+ * not change those bytes meanwhile). Only finishParts gives the whole encoding.
+ */
+export class PieceWriter extends CanonicalWriter {
+  /** Finished pieces: the buffer up to a referenced byte string, and the string. */
+  private readonly done: Uint8Array[] = [];
+  private segStart = 0;
+
+  constructor(
+    initialSize: number,
+    headroom: number,
+    private readonly refMin: number,
+  ) {
+    super(initialSize, headroom);
+  }
+
+  protected override bytes(v: Uint8Array): void {
+    if (v.length < this.refMin) {
+      super.bytes(v);
+      return;
+    }
+    this.head(2, v.length);
+    this.done.push(this.buf.subarray(this.segStart, this.pos), v);
+    this.segStart = this.pos;
+  }
+
+  /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
+  finishParts(): Uint8Array[] {
+    const tail = this.buf.subarray(this.segStart, this.pos);
+    return tail.length > 0 ? [...this.done, tail] : [...this.done];
+  }
+}
+
 /** Text up to this many UTF-16 units is tried as ASCII, written byte by byte. */
 const SHORT_TEXT = 48;
+/** Text up to this many UTF-16 units is encoded in one pass into room for 3 bytes per unit. */
+const ONE_PASS_TEXT = 4096;
+
+/** Bytes of the canonical head for argument `n` (a non-negative safe integer). */
+export function headSize(n: number): number {
+  return n < 24 ? 1 : n < 0x100 ? 2 : n < 0x10000 ? 3 : n < 0x100000000 ? 5 : 9;
+}
+
+/**
+ * Writes the canonical (shortest) head of major type `major` with argument `n` (a non-negative
+ * safe integer) into `out` at `at`, which has room for it; returns the position after it.
+ */
+export function writeHead(out: Buffer, at: number, major: number, n: number): number {
+  const m = major << 5;
+  if (n < 24) {
+    out[at] = m | n;
+    return at + 1;
+  }
+  if (n < 0x100) {
+    out[at] = m | 24;
+    out[at + 1] = n;
+    return at + 2;
+  }
+  if (n < 0x10000) {
+    out[at] = m | 25;
+    out.writeUInt16BE(n, at + 1);
+    return at + 3;
+  }
+  if (n < 0x100000000) {
+    out[at] = m | 26;
+    out.writeUInt32BE(n, at + 1);
+    return at + 5;
+  }
+  out[at] = m | 27;
+  out.writeUInt32BE(Math.floor(n / 0x100000000), at + 1);
+  out.writeUInt32BE(n >>> 0, at + 5);
+  return at + 9;
+}
 
 function isSorted(keys: string[]): boolean {
   for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1] as string, keys[i] as string) > 0) return false;

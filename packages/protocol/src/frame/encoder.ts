@@ -1,4 +1,4 @@
-import { CanonicalWriter } from "../cbor/encode.js";
+import { CanonicalWriter, PieceWriter } from "../cbor/encode.js";
 import type { CborValue } from "../cbor/value.js";
 import { HEADER_SIZE } from "../constants.js";
 import { writeHeader } from "./header.js";
@@ -37,7 +37,7 @@ export function encodeFrameParts(opts: FrameOptions, body: Uint8Array): [Buffer,
  * write or a copy straight into shared memory.
  */
 export function encodeFramePieces(opts: FrameOptions, body: CborValue, refMin: number): Uint8Array[] {
-  const w = new CanonicalWriter(256, HEADER_SIZE, refMin);
+  const w = new PieceWriter(256, HEADER_SIZE, refMin);
   w.write(body);
   const parts = w.finishParts();
   const total = parts.reduce((n, p) => n + p.length, 0);

@@ -1,5 +1,6 @@
 import type Database from "better-sqlite3";
 import { FIELDS, recordBytes } from "../../audit/record.js";
+import { MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import type { AuditRow } from "../types.js";
 
 /**
@@ -53,28 +54,99 @@ export function columnRowBytes(row: Record<string, unknown>): Buffer {
   }
 }
 
+/** How a reader gets a row's record bytes and their size, in SQL over the table `audit`. */
+export interface RecordSource {
+  /** The record's bytes. */
+  bytes: string;
+  /** Its size in bytes, read without reading the bytes (NULL for a NULL record). */
+  size: string;
+  /**
+   * The bytes where the size is known to be small (a batch of rows): cheaper than `bytes`, and
+   * any value it gives that is not a blob the readers take as no bytes.
+   */
+  batchBytes?: string;
+}
+
+/** The record layout: the stored bytes. */
+export const STORED_RECORD: RecordSource = {
+  // A value of another type (tampering) reads as no bytes, never as a large text.
+  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
+  size: "octet_length(record)",
+  batchBytes: "record",
+};
+
+/** The SQL function that encodes a column-layout row (registered by {@link columnRecordSource}). */
+const FN = "kpip_column_record";
+
 /**
- * Moves a column-layout audit table to the record layout in one transaction: each row's record
- * bytes are re-encoded from its columns (the bytes its hash covers), its stored hash kept as it
- * is, so a record changed before the move still fails verify after it. Returns the rows moved.
+ * The column layout read as the record layout, without moving it: each row's record bytes are
+ * {@link columnRowBytes} of its columns, computed by an SQL function registered on `db` (a
+ * column an older home lacks reads as null), and its size is the sum of its columns' sizes
+ * (SQLite reads no bytes for it), so the readers' size bound applies before anything is encoded.
  */
-export function migrateAuditLayout(db: Database.Database, batch = 2000): number {
+export function columnRecordSource(db: Database.Database): RecordSource {
+  const have = new Set((db.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
+  const cols = COLUMN.map(([, c]) => (have.has(c) ? c : "NULL"));
+  db.function(FN, { deterministic: true, varargs: true }, (...vals: unknown[]) => {
+    const row: Record<string, unknown> = {};
+    COLUMN.forEach(([, c], i) => {
+      row[c] = vals[i];
+    });
+    return columnRowBytes(row);
+  });
+  return {
+    bytes: `${FN}(${cols.join(", ")})`,
+    size: cols
+      .filter((c) => c !== "NULL")
+      .map((c) => `coalesce(octet_length(${c}), 0)`)
+      .join(" + "),
+  };
+}
+
+/** Most bytes of columns moved in one transaction (the WAL holds about that much before a checkpoint). */
+const MOVE_BATCH_BYTES = 16 * 1024 * 1024;
+
+/**
+ * Moves a column-layout audit table to the record layout: each row's record bytes are
+ * re-encoded from its columns (the bytes its hash covers), its stored hash kept as it is, so a
+ * record changed before the move still fails verify after it. The rows are copied into a new
+ * table by `INSERT … SELECT` in transactions of at most `batch` rows and about
+ * MOVE_BATCH_BYTES (memory holds one row; the WAL one batch, checkpointed as it goes), then
+ * one transaction drops the old table and renames the new one: a crash before it leaves the old
+ * layout (and a partial new table, rebuilt on the next open), after it the new one. A row whose
+ * columns pass MAX_RECORD_BYTES is not encoded: it becomes an empty record, which verify reports.
+ * Returns the rows moved. `onBatch` (tests) runs after each committed batch.
+ */
+export function migrateAuditLayout(db: Database.Database, batch = 2000, onBatch?: (moved: number) => void): number {
   if (!hasColumnLayout(db)) return 0;
-  return db.transaction(() => {
-    db.exec("DROP TABLE IF EXISTS audit_new");
-    db.exec(AUDIT_TABLE.replace("audit (", "audit_new ("));
-    const read = db.prepare("SELECT * FROM audit WHERE seq > ? ORDER BY seq LIMIT ?");
-    const put = db.prepare("INSERT INTO audit_new (seq, hash, record) VALUES (?, ?, ?)");
-    let after = Number.MIN_SAFE_INTEGER;
-    let moved = 0;
-    for (;;) {
-      const rows = read.all(after, batch) as Record<string, unknown>[];
-      if (rows.length === 0) break;
-      for (const row of rows) put.run(row.seq, row.hash, columnRowBytes(row));
-      moved += rows.length;
-      after = (rows.at(-1) as { seq: number }).seq;
+  const src = columnRecordSource(db);
+  db.exec("DROP TABLE IF EXISTS audit_new");
+  db.exec(AUDIT_TABLE.replace("audit (", "audit_new ("));
+  const sizes = db.prepare(`SELECT seq, ${src.size} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
+  const move = db.prepare(
+    `INSERT INTO audit_new (seq, hash, record) SELECT seq, hash, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} ELSE x'' END FROM audit WHERE seq > ? AND seq <= ? ORDER BY seq`,
+  );
+  let after = Number.MIN_SAFE_INTEGER;
+  let moved = 0;
+  for (;;) {
+    const rows = sizes.all(after, batch) as [number, number][];
+    if (rows.length === 0) break;
+    // The batch ends where its columns pass MOVE_BATCH_BYTES (at least one row).
+    let to = (rows[0] as [number, number])[0];
+    let bytes = 0;
+    for (const [seq, size] of rows) {
+      if (bytes > 0 && bytes + size > MOVE_BATCH_BYTES) break;
+      bytes += size;
+      to = seq;
     }
+    moved += db.transaction(() => move.run(after, to).changes)();
+    after = to;
+    onBatch?.(moved);
+  }
+  db.transaction(() => {
+    // Rows appended since the last batch (none: the mover holds the database), then the switch.
+    move.run(after, Number.MAX_SAFE_INTEGER);
     db.exec("DROP INDEX IF EXISTS audit_persona; DROP TABLE audit; ALTER TABLE audit_new RENAME TO audit");
-    return moved;
   })();
+  return moved;
 }

@@ -1,37 +1,29 @@
-import { decodeRecord } from "../../audit/record-decode.js";
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
-import { type Row, rowReader, type Statement, type StoreBase, type WithRows } from "./base.js";
+import { AuditReads } from "./audit-read.js";
+import type { Row, Statement, StoreBase, WithRows } from "./base.js";
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal"> {
-    readonly #last: Statement = this.db.prepare("SELECT seq, hash, record FROM audit ORDER BY seq DESC LIMIT 1").raw(true);
-    readonly #scan: Statement = this.db
-      .prepare("SELECT seq, hash, record FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?")
-      .raw(true);
-    readonly #scanDown: Statement = this.db
-      .prepare("SELECT seq, hash, record FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?")
-      .raw(true);
-    readonly #count: Statement = this.db.prepare("SELECT count(*) AS n FROM audit");
+    /** Every read of the table (audit-read.ts, shared with the audit reader). */
+    readonly #reads = new AuditReads(this.db);
     readonly #addCheckpoint: Statement = this.db.prepare(
       "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
     );
-    readonly #checkpoints: Statement = this.db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq");
     /** One commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
     readonly #appendTx = auditAppender(this.db);
 
     auditHashAt(seq: number): Uint8Array | undefined {
-      const r = this.prep("SELECT hash FROM audit WHERE seq = ?").get(seq) as { hash: Uint8Array } | undefined;
-      return r?.hash;
+      return this.#reads.hashAt(seq);
     }
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
       this.#appendTx(rows, dedupe, journalUpTo, checkpoints);
     }
     firstAuditSeq(): number | undefined {
-      return (this.prep("SELECT min(seq) AS s FROM audit").get() as { s: number | null }).s ?? undefined;
+      return this.#reads.first();
     }
     pruneAudit(throughSeq: number, base?: AuditCheckpoint): number {
       return this.db.transaction(() => {
@@ -62,11 +54,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       ).changes;
     }
     lastAudit(): AuditRow | undefined {
-      const r = this.#last.get() as unknown[] | undefined;
-      return r && fromRow(r);
+      return this.#reads.last();
     }
     scanAudit(fromSeq: number, batch: number): AuditRow[] {
-      return (this.#scan.all(fromSeq, batch) as unknown[][]).map(fromRow);
+      return this.#reads.up(fromSeq, batch);
     }
     /** `audit verify`'s check of a range (verify-records.ts): the kernel's inherited-chain check and tools take it. */
     verifyRecords(from: number, to: number, cpSeqs: Set<number>, onProgress?: (done: number) => void): RangeResult {
@@ -75,18 +66,17 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     }
     #verifier: RecordScan | undefined;
     countAudit(): number {
-      return (this.#count.get() as Row).n as number;
+      return this.#reads.count();
     }
     /** Newest first through the records (decoded: the fields are only in the record's bytes), oldest first out. */
     queryAudit(q: AuditQuery): AuditRow[] {
       const limit = q.limit ?? 100;
       const out: AuditRow[] = [];
-      let below = Number.MAX_SAFE_INTEGER;
+      let below = Number.POSITIVE_INFINITY;
       while (out.length < limit) {
-        const rows = this.#scanDown.all(below, q.afterSeq ?? Number.MIN_SAFE_INTEGER, 1000) as unknown[][];
+        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, 1000);
         if (rows.length === 0) break;
-        for (const raw of rows) {
-          const r = fromRow(raw);
+        for (const r of rows) {
           if (q.persona !== undefined && r.persona !== q.persona) continue;
           if (q.op !== undefined && r.op !== q.op) continue;
           if (q.status !== undefined && r.status !== q.status) continue;
@@ -94,7 +84,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
           out.push(r);
           if (out.length === limit) break;
         }
-        below = (rows.at(-1) as unknown[])[0] as number;
+        below = (rows.at(-1) as AuditRow).seq;
       }
       return out.reverse();
     }
@@ -102,20 +92,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
     }
     checkpoints(): AuditCheckpoint[] {
-      return (this.#checkpoints.all() as Row[]).map(toCheckpoint);
+      return this.#reads.checkpoints();
     }
   };
 }
-
-/** A row (seq, hash, record) as its record, decoded from the bytes. */
-const fromRow = (r: unknown[]): AuditRow => decodeRecord(r[0] as number, r[1] as Uint8Array, r[2] as Uint8Array);
-
-/** A signed checkpoint as stored (also read by the audit reader, on a copy of a home's database). */
-export const toCheckpoint = rowReader<AuditCheckpoint>({
-  seq: true,
-  hash: true,
-  time: true,
-  kernel: true,
-  publicKey: true,
-  signature: true,
-});

@@ -1,5 +1,5 @@
-import { DEFAULT_LIMITS, type DecodeLimits } from "../constants.js";
-import { CborError } from "../errors.js";
+import { DEFAULT_LIMITS, type DecodeLimits } from "../src/constants.js";
+import { CborError } from "../src/errors.js";
 
 /** What a validation pass learned about the bytes, used to finish decoding. */
 export interface ValidationInfo {

@@ -1,0 +1,152 @@
+import type Database from "better-sqlite3";
+import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES } from "../../audit/record-size.js";
+import type { AuditCheckpoint, AuditRow } from "../types.js";
+import { type RecordSource, STORED_RECORD } from "./audit-layout.js";
+import { rowReader } from "./base.js";
+
+/** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
+const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END";
+
+/**
+ * Every read of the audit table goes through here: the kernel's store, the audit reader of the
+ * CLI and the tools. A row is read as (seq, hash, the record's bytes) with the bytes only when
+ * SQLite says (without reading them) they are at most BATCH_RECORD_BYTES: a larger record is
+ * read alone when its turn comes, and one over MAX_RECORD_BYTES never (its record is a
+ * placeholder saying so). A batch of rows holds at most rows × BATCH_RECORD_BYTES of records.
+ */
+function rowColumns(src: RecordSource): string {
+  return `seq, ${HASH}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END`;
+}
+
+/** Rows read at a time by the scans. */
+const BATCH_ROWS = 1000;
+
+export class AuditReads {
+  readonly #one: Database.Statement;
+  readonly #bytes: Database.Statement;
+  readonly #up: Database.Statement;
+  readonly #down: Database.Statement;
+  readonly #after: Database.Statement;
+  readonly #count: Database.Statement;
+  readonly #first: Database.Statement;
+  readonly #head: Database.Statement;
+  readonly #hashAt: Database.Statement;
+  #checkpoints: Database.Statement | null | undefined;
+  readonly #db: Database.Database;
+
+  /** `src`: how a row's record is read (the stored bytes; a home of the column layout reads its columns encoded). */
+  constructor(db: Database.Database, src: RecordSource = STORED_RECORD) {
+    this.#db = db;
+    const cols = rowColumns(src);
+    this.#count = db.prepare("SELECT count(*) FROM audit").pluck(true);
+    this.#first = db.prepare("SELECT min(seq) FROM audit").pluck(true);
+    this.#head = db.prepare("SELECT max(seq) FROM audit").pluck(true);
+    this.#hashAt = db.prepare(`SELECT ${HASH} FROM audit WHERE seq = ?`).pluck(true);
+    this.#one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`).raw(true);
+    // A record past the batch size, alone; over the bound, not at all.
+    this.#bytes = db
+      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
+      .raw(true);
+    this.#up = db.prepare(`SELECT ${cols} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
+    this.#after = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
+    this.#down = db.prepare(`SELECT ${cols} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
+  }
+
+  /** A row (seq, hash, bytes or null) as its record, decoded from its bytes (read now if they were left out). */
+  decode(r: unknown[]): AuditRow {
+    const seq = r[0] as number;
+    const hash = r[1] as Uint8Array;
+    let bytes = r[2];
+    if (bytes === null) {
+      const [size, alone] = (this.#bytes.get(seq) as [number | null, unknown] | undefined) ?? [null, null];
+      if (size !== null && size > MAX_RECORD_BYTES) return oversizeRecord(seq, hash, size);
+      bytes = alone;
+    }
+    return decodeRecord(seq, hash, bytes as Uint8Array);
+  }
+
+  /** Record `seq`, or undefined. */
+  record(seq: number): AuditRow | undefined {
+    const r = this.#one.get(seq) as unknown[] | undefined;
+    return r && this.decode(r);
+  }
+
+  /** The newest record, or undefined for an empty log. */
+  last(): AuditRow | undefined {
+    return this.down(Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 1)[0];
+  }
+
+  /** Up to `limit` records from `from` up (to `to`), oldest first. */
+  up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
+    return (this.#up.all(from, to, limit) as unknown[][]).map((r) => this.decode(r));
+  }
+
+  /** Up to `limit` records below `below` and above `above`, newest first. */
+  down(below: number, above: number, limit: number): AuditRow[] {
+    return (this.#down.all(below, above, limit) as unknown[][]).map((r) => this.decode(r));
+  }
+
+  /**
+   * Records one at a time, oldest first from `from` (or newest first below `from` with `newest`),
+   * read a batch of rows at a time and decoded as they are taken: memory holds one batch.
+   */
+  *records(opts: { from?: number; newest?: boolean } = {}): Generator<AuditRow> {
+    const newest = opts.newest === true;
+    let rows = (
+      newest
+        ? this.#down.all(opts.from ?? Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, BATCH_ROWS)
+        : this.#up.all(opts.from ?? Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, BATCH_ROWS)
+    ) as unknown[][];
+    let prev = newest ? Number.POSITIVE_INFINITY : Number.NEGATIVE_INFINITY;
+    for (;;) {
+      for (const r of rows) yield this.decode(r);
+      if (rows.length < BATCH_ROWS) return;
+      // Strictly past the last row. A tampered seq past 2^53 reads as a nearby double, which may
+      // not move on: then the scan ends there (verify reports such rows).
+      const last = (rows.at(-1) as unknown[])[0] as number;
+      if (newest ? !(last < prev) : !(last > prev)) return;
+      prev = last;
+      rows = (
+        newest ? this.#down.all(last, Number.NEGATIVE_INFINITY, BATCH_ROWS) : this.#after.all(last, BATCH_ROWS)
+      ) as unknown[][];
+    }
+  }
+
+  count(): number {
+    return this.#count.get() as number;
+  }
+
+  /** The lowest sequence number (records below it were pruned), or undefined when the log is empty. */
+  first(): number | undefined {
+    return (this.#first.get() as number | null) ?? undefined;
+  }
+
+  /** The highest sequence number, or undefined when the log is empty. */
+  head(): number | undefined {
+    return (this.#head.get() as number | null) ?? undefined;
+  }
+
+  hashAt(seq: number): Uint8Array | undefined {
+    return this.#hashAt.get(seq) as Uint8Array | undefined;
+  }
+
+  /** The signed checkpoints, oldest first (none in a database without their table). */
+  checkpoints(): AuditCheckpoint[] {
+    if (this.#checkpoints === undefined) {
+      const has = (this.#db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
+      this.#checkpoints = has ? this.#db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq") : null;
+    }
+    return this.#checkpoints === null ? [] : (this.#checkpoints.all() as Record<string, unknown>[]).map(toCheckpoint);
+  }
+}
+
+/** A signed checkpoint as stored. */
+export const toCheckpoint = rowReader<AuditCheckpoint>({
+  seq: true,
+  hash: true,
+  time: true,
+  kernel: true,
+  publicKey: true,
+  signature: true,
+});
