@@ -114,7 +114,20 @@ export class BlobStore {
     const stored = writeAt(t.fd, data, 0).then(() => this.syncFile(t.fd));
     // Awaited below; a failure while this thread hashes is not an unhandled rejection meanwhile.
     stored.catch(() => {});
-    const hash = await sha256InSlices(data);
+    let hash: Buffer;
+    try {
+      hash = await this.hashBody(data);
+    } catch (e) {
+      // Nothing will name the temp file: it goes now, not at the next start. Its descriptor is
+      // closed only once the write is done with it (a number closed early could be reused by
+      // another file, which the pending write would then write into).
+      unlinkQuiet(t.path);
+      void stored.then(
+        () => closeSync(t.fd),
+        () => closeSync(t.fd),
+      );
+      throw e;
+    }
     this.pin(hash);
     try {
       try {
@@ -131,6 +144,11 @@ export class BlobStore {
       throw e;
     }
     return hash;
+  }
+
+  /** The body's address: its SHA-256, a slice per turn of the event loop. */
+  protected hashBody(data: Uint8Array): Promise<Buffer> {
+    return sha256InSlices(data);
   }
 
   /**
