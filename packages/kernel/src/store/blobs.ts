@@ -22,6 +22,8 @@ import { sha256InSlices } from "../sliced-hash.js";
 
 const fsyncAsync = promisify(fsync);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** The same, open for reading too (an upload's partial file is read back to be hashed). */
+const CREATE_NEW_RW = (CREATE_NEW & ~constants.O_WRONLY) | constants.O_RDWR;
 const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
 
 /** Writes all of `data` to `fd` at `position`, off the event loop (libuv's threads). */
@@ -85,10 +87,10 @@ export class BlobStore {
     return join(this.root, "sha256", hex.slice(0, 2), hex.slice(2));
   }
 
-  /** A new temp file (0600, created exclusively): its descriptor, open for writing, and path. */
-  createTemp(prefix: string): { fd: number; path: string } {
+  /** A new temp file (0600, created exclusively): its descriptor, open for writing (and reading: `read`), and path. */
+  createTemp(prefix: string, read = false): { fd: number; path: string } {
     const path = join(this.tmpDir, `${prefix}-${randomBytes(12).toString("hex")}`);
-    return { fd: openSync(path, CREATE_NEW, 0o600), path };
+    return { fd: openSync(path, read ? CREATE_NEW_RW : CREATE_NEW, 0o600), path };
   }
 
   /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
