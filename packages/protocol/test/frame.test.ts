@@ -60,7 +60,10 @@ describe("FrameDecoder", () => {
         const half = ping(1).length + Math.ceil((HEADER_SIZE + n) / 2);
         const at = [half];
         let sum = 0;
-        for (const c of cuts) at.push((sum += c));
+        for (const c of cuts) {
+          sum += c;
+          at.push(sum);
+        }
         at.sort((x, y) => x - y);
         const d = new FrameDecoder(2 * 1024 * 1024);
         const frames = [];
