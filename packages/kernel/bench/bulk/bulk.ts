@@ -163,9 +163,11 @@ await withKernel(async ({ pid, connect }) => {
   );
   const secs = Number(process.hrtime.bigint() - t) / 1e9;
   clearInterval(sampler);
+  // How many chunks went through shared memory (the rest inline: the segment still held the previous one).
+  const viaShm = (c as { shmFrames?: { sent: number } }).shmFrames?.sent;
   const perGiB = 2 ** 30 / bulk;
   console.log(
-    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s (main thread ${((cpuSeconds(pid, true) - m0) * perGiB).toFixed(2)} s), client ${(clientCpu(c0) * perGiB).toFixed(2)} s`,
+    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s (main thread ${((cpuSeconds(pid, true) - m0) * perGiB).toFixed(2)} s), client ${(clientCpu(c0) * perGiB).toFixed(2)} s${viaShm === undefined ? "" : `; ${viaShm} of ${Math.ceil(bulk / piece.length)} chunks via shm`}`,
   );
   await c.close();
 });
