@@ -92,6 +92,8 @@ export class UploadHasher {
     const seq = ++this.seq;
     return new Promise<Reply>((resolve, reject) => {
       this.waiting.set(seq, { resolve, reject });
+      // Kept alive while something waits on it (its reply, or its exit if it dies), unref'd when idle.
+      if (this.waiting.size === 1) w.ref();
       w.postMessage({ ...m, seq });
     });
   }
@@ -110,6 +112,7 @@ export class UploadHasher {
       const p = this.waiting.get(r.seq);
       if (!p) return;
       this.waiting.delete(r.seq);
+      if (this.waiting.size === 0) w.unref();
       if (r.error !== undefined) p.reject(new Error(r.error));
       else p.resolve(r);
     });
