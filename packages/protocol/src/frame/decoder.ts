@@ -23,10 +23,8 @@ export class FrameDecoder {
   private acc: Buffer = EMPTY;
   private accLen = 0;
   private header: FrameHeader | undefined;
-  /** The chunks of a large frame being received, until half of it is here (see append). */
+  /** The chunks of a large frame being received (see append). */
   private parts: Uint8Array[] | undefined;
-  /** A large frame's buffer, from when half of it is here: the rest is copied in as it arrives. */
-  private whole: Buffer | undefined;
   private failed: FrameError | undefined;
 
   constructor(private maxBody: number = DEFAULT_LIMITS.maxBodyBytes) {}
@@ -57,7 +55,6 @@ export class FrameDecoder {
       this.acc = EMPTY;
       this.accLen = 0;
       this.parts = undefined;
-      this.whole = undefined;
       throw this.failed;
     }
     return out;
@@ -85,12 +82,11 @@ export class FrameDecoder {
       }
       if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
         // Hand the buffer over as the body: it is never written again.
-        const whole = this.whole ?? (this.parts ? Buffer.concat(this.parts, this.accLen) : this.acc);
+        const whole = this.parts ? Buffer.concat(this.parts, this.accLen) : this.acc;
         out.push(frameOf(this.header, whole.subarray(HEADER_SIZE, this.accLen)));
         this.acc = EMPTY;
         this.accLen = 0;
         this.parts = undefined;
-        this.whole = undefined;
         this.header = undefined;
       }
     }
@@ -112,31 +108,14 @@ export class FrameDecoder {
 
   private append(src: Uint8Array, pos: number, n: number): void {
     if (this.header !== undefined && this.header.length > LARGE_FRAME) {
-      // A large frame is kept as the chunks it arrives in until half of it is here, then given
-      // its one buffer, into which the rest is copied as it arrives: each byte is copied once,
-      // most of them while the peer is still sending (not all at once when the last one comes),
-      // and the memory held stays within twice the bytes received.
-      if (this.whole !== undefined) {
-        this.whole.set(src.subarray(pos, pos + n), this.accLen);
-        this.accLen += n;
-        return;
-      }
+      // A large frame is kept as the chunks it arrives in and joined once when complete: one
+      // copy instead of a growing buffer's many, and never more memory than bytes received.
       if (this.parts === undefined) {
         this.parts = this.accLen > 0 ? [this.acc.subarray(0, this.accLen)] : [];
         this.acc = EMPTY;
       }
       this.parts.push(src.subarray(pos, pos + n));
       this.accLen += n;
-      const frameSize = HEADER_SIZE + this.header.length;
-      if (this.accLen * 2 >= frameSize && this.accLen < frameSize) {
-        this.whole = Buffer.allocUnsafe(frameSize);
-        let at = 0;
-        for (const p of this.parts) {
-          this.whole.set(p, at);
-          at += p.length;
-        }
-        this.parts = undefined;
-      }
       return;
     }
     const need = this.accLen + n;
