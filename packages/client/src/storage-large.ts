@@ -84,7 +84,8 @@ export async function putLarge(
     for await (const piece of pieces) {
       if (failure !== undefined) break;
       if (offset + piece.length > size) throw new RangeError(`putLarge: the source holds more than the declared ${size} bytes`);
-      hash.update(piece);
+      // Sent first, hashed after: the call copies the chunk into its request before it returns
+      // (so these are the bytes sent), and the kernel works on the chunk while this thread hashes it.
       const p: Promise<void> = op(storageUploadChunk, target, { upload, offset, data: piece }, callOpts).then(
         () => {
           inFlight.delete(p);
@@ -95,6 +96,7 @@ export async function putLarge(
         },
       );
       inFlight.add(p);
+      hash.update(piece);
       offset += piece.length;
       while (inFlight.size >= Math.max(1, window)) await Promise.race(inFlight);
     }

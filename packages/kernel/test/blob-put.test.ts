@@ -100,4 +100,36 @@ describe("the file store's put: hash and write overlap, nothing else changes", (
       assert.equal(blobs.collect(hash, 0), true, "the failed put left no pin behind");
     });
   });
+
+  it("a hash that fails removes the temp file at once, not at the next start, and pins nothing", async () => {
+    await withRoot(async (root) => {
+      const temps: string[] = [];
+      class FailingHash extends BlobStore {
+        override createTemp(prefix: string): { fd: number; path: string } {
+          const t = super.createTemp(prefix);
+          temps.push(t.path);
+          return t;
+        }
+        protected override async hashBody(data: Uint8Array): Promise<Buffer> {
+          // Fails after the write began, as a hash that throws mid-body would.
+          await new Promise((r) => setImmediate(r));
+          if (data.length > 0) throw new RangeError("hash failed");
+          return super.hashBody(data);
+        }
+      }
+      const dir = join(root, "objects");
+      const blobs = new FailingHash(dir, { sync: true });
+      const body = Buffer.alloc(HASH_SLICE + 3, 7);
+      await assert.rejects(blobs.put(body), (e: Error) => e instanceof RangeError && e.message === "hash failed");
+      assert.equal(temps.length, 1);
+      assert.ok(!existsSync(temps[0] as string), "the temp file is gone when put rejects");
+      assert.deepEqual(readdirSync(join(dir, "tmp")), [], "nothing is left in the temp directory");
+      assert.ok(!blobs.has(sha256(body)), "no body at the address");
+      // The store still works, and the failed put left no pin: the body is freed once nothing names it.
+      const ok = new BlobStore(dir, { sync: false });
+      const hash = await ok.put(body);
+      ok.unpin(hash);
+      assert.equal(blobs.collect(hash, 0), true, "the failed put left no pin behind");
+    });
+  });
 });

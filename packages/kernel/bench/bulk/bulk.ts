@@ -34,8 +34,11 @@ const { KernelClient, loadIdentity } = (await import(
   `${repo}/packages/client/dist/src/index.js`
 )) as typeof import("@kpip/client");
 
-const cpuSeconds = (pid: number) => {
-  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] as string).split(" ");
+/** CPU seconds of a process, all its threads (or of its main thread alone: `main`). */
+const cpuSeconds = (pid: number, main = false) => {
+  const f = (readFileSync(main ? `/proc/${pid}/task/${pid}/stat` : `/proc/${pid}/stat`, "utf8").split(") ")[1] as string).split(
+    " ",
+  );
   return (Number(f[11]) + Number(f[12])) / 100;
 };
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
@@ -112,6 +115,7 @@ await withKernel(async ({ pid, connect }) => {
     }
     const times: number[] = [];
     const k0 = cpuSeconds(pid);
+    const m0 = cpuSeconds(pid, true);
     for (let i = 0; i <= writes; i++) {
       // New bytes every time: a content-addressed store would skip a repeated body.
       data.writeUInt32BE(i, 0);
@@ -121,11 +125,12 @@ await withKernel(async ({ pid, connect }) => {
       if (i > 0) times.push(Number(process.hrtime.bigint() - t) / 1e9);
     }
     const kcpu = ((cpuSeconds(pid) - k0) / (writes + 1)) * 1000;
+    const kmain = ((cpuSeconds(pid, true) - m0) / (writes + 1)) * 1000;
     const mean = (data.length * times.length) / times.reduce((a, b) => a + b, 0) / 1e9;
     const best = data.length / Math.min(...times) / 1e9;
     const how = shm ? (c.features.includes("shm") ? "shm   " : "shm (unavailable: inline)") : "inline";
     console.log(
-      `storage.write 64 MiB ${how}: mean ${mean.toFixed(3)} GB/s${vs(mean, "store64m", "durable")}, best ${best.toFixed(3)} GB/s (n=${times.length}); kernel CPU ${kcpu.toFixed(0)} ms per write`,
+      `storage.write 64 MiB ${how}: mean ${mean.toFixed(3)} GB/s${vs(mean, "store64m", "durable")}, best ${best.toFixed(3)} GB/s (n=${times.length}); kernel CPU ${kcpu.toFixed(0)} ms per write (main thread ${kmain.toFixed(0)})`,
     );
     await c.close();
   }
@@ -146,6 +151,7 @@ await withKernel(async ({ pid, connect }) => {
     peak = Math.max(peak, rssMb(pid));
   }, 50);
   const k0 = cpuSeconds(pid);
+  const m0 = cpuSeconds(pid, true);
   const c0 = process.cpuUsage();
   const t = process.hrtime.bigint();
   await storage.putLarge(
@@ -157,9 +163,11 @@ await withKernel(async ({ pid, connect }) => {
   );
   const secs = Number(process.hrtime.bigint() - t) / 1e9;
   clearInterval(sampler);
+  // How many chunks went through shared memory (the rest inline: the segment still held the previous one).
+  const viaShm = (c as { shmFrames?: { sent: number } }).shmFrames?.sent;
   const perGiB = 2 ** 30 / bulk;
   console.log(
-    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s, client ${(clientCpu(c0) * perGiB).toFixed(2)} s`,
+    `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s (main thread ${((cpuSeconds(pid, true) - m0) * perGiB).toFixed(2)} s), client ${(clientCpu(c0) * perGiB).toFixed(2)} s${viaShm === undefined ? "" : `; ${viaShm} of ${Math.ceil(bulk / piece.length)} chunks via shm`}`,
   );
   await c.close();
 });

@@ -106,7 +106,13 @@ async function installUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promi
     uploads.drop(u);
     throw new OpError("RESOURCE", `the upload's bytes could not be stored: ${(e as Error).message}`);
   }
-  const hash = u.hash.copy().digest();
+  let hash: Buffer;
+  try {
+    hash = await uploads.digest(u);
+  } catch (e) {
+    uploads.drop(u);
+    throw new OpError("RESOURCE", `the upload's bytes could not be hashed: ${(e as Error).message}`);
+  }
   if (!hash.equals(want)) {
     uploads.drop(u);
     throw new OpError(

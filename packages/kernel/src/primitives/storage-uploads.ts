@@ -1,8 +1,9 @@
-import { createHash, type Hash, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
+import { UploadHasher } from "./upload-hasher.js";
 
 export interface UploadLimits {
   /** Uploads in progress one persona may have. */
@@ -23,8 +24,11 @@ export interface Upload {
   target: string;
   size: number;
   received: number;
-  /** The SHA-256 of the bytes so far: each byte is hashed once, as it arrives. */
-  hash: Hash;
+  /**
+   * The object's SHA-256 in progress: each chunk is read back and hashed off the kernel's thread
+   * once it is written, in order (see {@link UploadHasher}); this settles after the last range given.
+   */
+  hashed: Promise<void>;
   fd: number;
   path: string;
   expires: number;
@@ -63,6 +67,7 @@ export class UploadTable {
     /** Committed rows naming a body: a dropped upload's installed body is freed when none does. */
     private readonly bodyRefs: (hash: Uint8Array) => number,
     private readonly clock: () => number = Date.now,
+    private readonly hasher: UploadHasher = new UploadHasher(),
   ) {
     this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
     this.timer.unref();
@@ -102,14 +107,14 @@ export class UploadTable {
     if (mine >= this.limits.perPersona)
       throw new OpError("RESOURCE", `${persona} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`);
     const id = `u-${randomBytes(16).toString("hex")}`;
-    const t = this.blobs.createTemp("upload");
+    const t = this.blobs.createTemp("upload", true);
     const u: Upload = {
       id,
       persona,
       target,
       size,
       received: 0,
-      hash: createHash("sha256"),
+      hashed: Promise.resolve(),
       fd: t.fd,
       path: t.path,
       expires: this.clock() + this.limits.idleMs,
@@ -141,10 +146,10 @@ export class UploadTable {
 
   /**
    * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
-   * The chunk's place is taken and its write to the file begun (off the event loop) now, and it
-   * is hashed meanwhile, so the next chunk may follow at once; the promise settles when its
-   * bytes are in the file, and only then is the chunk acknowledged. The kernel keeps no chunk
-   * after its write.
+   * The chunk's place is taken and its write to the file begun (off the event loop) now, so the
+   * next chunk may follow at once; the promise settles when its bytes are in the file, and only
+   * then is the chunk acknowledged. The kernel keeps no chunk after its write; the hash worker
+   * reads it back from the file, after the chunks before it.
    */
   chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
@@ -158,13 +163,20 @@ export class UploadTable {
       throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
-    // The write starts first: libuv's thread copies the chunk into the file while this one hashes it.
     const p = writeAt(u.fd, data, offset).catch((e: Error) => {
       u.failed ??= e;
       throw e;
     });
     this.track(u, p);
-    u.hash.update(data);
+    const length = data.length;
+    u.hashed = u.hashed
+      .then(() => p)
+      // Not once the upload failed or was dropped (its descriptor is about to be given back).
+      .then(() => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length)))
+      .catch((e: Error) => {
+        u.failed ??= e;
+      });
+    this.track(u, u.hashed);
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
     // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
     if (u.received - u.flushed >= FLUSH_EVERY) {
@@ -194,9 +206,20 @@ export class UploadTable {
     u.busy.add(q);
   }
 
+  /**
+   * The SHA-256 of the upload's bytes, all of them written and hashed (after {@link settled});
+   * a hash that could not be made fails it.
+   */
+  async digest(u: Upload): Promise<Buffer> {
+    await u.hashed;
+    if (u.failed) throw u.failed;
+    return this.hasher.digest(u.id);
+  }
+
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
   take(u: Upload): void {
     this.byId.delete(u.id);
+    this.hasher.forget(u.id);
     this.closeFile(u);
   }
 
@@ -250,5 +273,6 @@ export class UploadTable {
   close(): void {
     clearInterval(this.timer);
     for (const u of [...this.byId.values()]) if (!u.committing) this.drop(u);
+    this.hasher.close();
   }
 }

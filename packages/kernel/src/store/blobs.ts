@@ -22,6 +22,8 @@ import { sha256InSlices } from "../sliced-hash.js";
 
 const fsyncAsync = promisify(fsync);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
+/** The same, open for reading too (an upload's partial file is read back to be hashed). */
+const CREATE_NEW_RW = (CREATE_NEW & ~constants.O_WRONLY) | constants.O_RDWR;
 const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
 
 /** Writes all of `data` to `fd` at `position`, off the event loop (libuv's threads). */
@@ -85,10 +87,10 @@ export class BlobStore {
     return join(this.root, "sha256", hex.slice(0, 2), hex.slice(2));
   }
 
-  /** A new temp file (0600, created exclusively): its descriptor, open for writing, and path. */
-  createTemp(prefix: string): { fd: number; path: string } {
+  /** A new temp file (0600, created exclusively): its descriptor, open for writing (and reading: `read`), and path. */
+  createTemp(prefix: string, read = false): { fd: number; path: string } {
     const path = join(this.tmpDir, `${prefix}-${randomBytes(12).toString("hex")}`);
-    return { fd: openSync(path, CREATE_NEW, 0o600), path };
+    return { fd: openSync(path, read ? CREATE_NEW_RW : CREATE_NEW, 0o600), path };
   }
 
   /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
@@ -114,7 +116,20 @@ export class BlobStore {
     const stored = writeAt(t.fd, data, 0).then(() => this.syncFile(t.fd));
     // Awaited below; a failure while this thread hashes is not an unhandled rejection meanwhile.
     stored.catch(() => {});
-    const hash = await sha256InSlices(data);
+    let hash: Buffer;
+    try {
+      hash = await this.hashBody(data);
+    } catch (e) {
+      // Nothing will name the temp file: it goes now, not at the next start. Its descriptor is
+      // closed only once the write is done with it (a number closed early could be reused by
+      // another file, which the pending write would then write into).
+      unlinkQuiet(t.path);
+      void stored.then(
+        () => closeSync(t.fd),
+        () => closeSync(t.fd),
+      );
+      throw e;
+    }
     this.pin(hash);
     try {
       try {
@@ -131,6 +146,11 @@ export class BlobStore {
       throw e;
     }
     return hash;
+  }
+
+  /** The body's address: its SHA-256, a slice per turn of the event loop. */
+  protected hashBody(data: Uint8Array): Promise<Buffer> {
+    return sha256InSlices(data);
   }
 
   /**
