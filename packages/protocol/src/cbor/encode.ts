@@ -235,7 +235,7 @@ export class CanonicalWriter {
     for (let i = 0; i < keys.length; i++) if (obj[keys[i] as string] !== undefined) defined++;
     if (defined !== keys.length) keys = keys.filter((k) => obj[k] !== undefined);
     // Objects built in canonical order (the hot paths build them so) need no sort.
-    if (keys.length > 1 && !isSorted(keys)) keys.sort(compareKeys);
+    if (keys.length > 1 && !isSorted(keys)) sortKeys(keys);
     this.head(5, keys.length);
     for (let i = 0; i < keys.length; i++) {
       const k = keys[i] as string;
@@ -247,6 +247,27 @@ export class CanonicalWriter {
 
 /** Text up to this many UTF-16 units is tried as ASCII, written byte by byte. */
 const SHORT_TEXT = 48;
+
+/**
+ * `keys.sort(compareKeys)`, in place: an insertion sort for the few keys of a protocol map, where
+ * Array.prototype.sort copies into a work array every call (a tenth of the kernel's allocation
+ * under load, each response and record encoded).
+ */
+export function sortKeys(keys: string[]): void {
+  if (keys.length > 16) {
+    keys.sort(compareKeys);
+    return;
+  }
+  for (let i = 1; i < keys.length; i++) {
+    const k = keys[i] as string;
+    let j = i - 1;
+    while (j >= 0 && compareKeys(keys[j] as string, k) > 0) {
+      keys[j + 1] = keys[j] as string;
+      j--;
+    }
+    keys[j + 1] = k;
+  }
+}
 
 function isSorted(keys: string[]): boolean {
   for (let i = 1; i < keys.length; i++) if (compareKeys(keys[i - 1] as string, keys[i] as string) > 0) return false;
