@@ -161,7 +161,10 @@ await new Promise<void>((r) => {
 const rssAtEnd = kernelRssMb();
 const seriesEnd = kernelExit ? undefined : await scrape(metricsUrl);
 stopGenerators();
-const done = await Promise.all(results);
+// A generator that died is a failure of the run, reported with the others (the kernel still stops).
+const settled = await Promise.allSettled(results);
+const generatorErrors = settled.flatMap((r) => (r.status === "rejected" ? [`${(r.reason as Error).message}`] : []));
+const done = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
 clearInterval(sampler);
 if (!JSON_OUT) process.stderr.write("\n");
 const secs = (Date.now() - started) / 1000;
@@ -196,6 +199,7 @@ await admin.close().catch(() => {});
 const diedEarly = kernelExit !== undefined;
 const failures: string[] = [];
 if (kernelExit) failures.push(kernelExit);
+failures.push(...generatorErrors);
 for (const [k, v] of errors) failures.push(`${v}× ${k}`);
 if (rssMax > MAX_RSS_MB) failures.push(`kernel RSS ${rssMax.toFixed(0)} MB over the bound ${MAX_RSS_MB} MB`);
 if ((perOp.connect?.count ?? 0) !== SESSIONS)
@@ -208,7 +212,7 @@ if (!kernelExit) {
 const series = seriesEnd && kernelSeries(seriesStart, seriesEnd);
 const audited = diedEarly ? undefined : auditDurations(home, auditFrom, "load");
 rmSync(home, { recursive: true, force: true });
-const worst = (i: number) => +(Math.max(...done.map((r) => r.loopDelayNs[i] as number)) / 1e6).toFixed(2);
+const worst = (i: number) => +(Math.max(0, ...done.map((r) => r.loopDelayNs[i] as number)) / 1e6).toFixed(2);
 
 const summary = {
   sessions: SESSIONS,
