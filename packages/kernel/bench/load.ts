@@ -1,22 +1,28 @@
 /**
- * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR]`
+ * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--generators G] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR] [--kernel-trace-gc]`
  *
  * Load: N concurrent sessions (default 1,000) spread over P personas, each running a mix of
  * operations with think time for S seconds (default 60) against a kernel in its own process.
+ * The sessions run on G generators (child processes, default one per 50 sessions, at most 4), so
+ * no one event loop carries them all; the generators' loop delay is reported (the worst
+ * generator's), beside what the kernel itself saw of each request (its request-duration series
+ * and its audit records' durationUs), its GC pauses and its own loop delay.
  * Every operation is one the persona is granted, so any error is unexpected and fails the run
  * (exit 1), as does a kernel RSS over the bound or a kernel that dies. Reports throughput,
  * latency percentiles per op and overall, and the kernel's RSS over the run. `--kernel-cpu-prof`
- * writes the kernel's V8 CPU profile into DIR when it stops (to find what stalls the tail). A run
+ * writes the kernel's V8 CPU profile into DIR when it stops, `--kernel-trace-gc` prints its GC
+ * events to stderr (to find what stalls the tail). A run
  * of ten minutes or more is the soak: its RSS at the end of each minute says whether it keeps growing.
  */
-import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { type ChildProcess, fork, spawn, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { monitorEventLoopDelay } from "node:perf_hooks";
 import { fileURLToPath } from "node:url";
-import { KernelClient as KC, type KernelClient, loadIdentity } from "@kpip/client";
+import { KernelClient as KC } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
+import { auditDurations, freePort, kernelSeries, scrape } from "./load-kernel.js";
+import type { GeneratorInput, GeneratorMessage } from "./load-worker.js";
 import { rssMb } from "./proc.js";
 
 const argv = process.argv.slice(2);
@@ -32,17 +38,34 @@ const int = (name: string, dflt: number) => {
 const SESSIONS = int("sessions", 1000);
 const SECONDS = int("seconds", 60);
 const PERSONAS = Math.min(int("personas", 10), SESSIONS);
+const GENERATORS = Math.min(int("generators", Math.min(4, Math.ceil(SESSIONS / 50))), SESSIONS);
 const MAX_RSS_MB = int("max-rss-mb", 600);
 const JSON_OUT = argv.includes("--json");
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 const profAt = argv.indexOf("--kernel-cpu-prof");
 const PROF = profAt >= 0 ? [`--cpu-prof`, `--cpu-prof-dir=${argv[profAt + 1]}`] : [];
+if (argv.includes("--kernel-trace-gc")) PROF.push("--trace-gc");
 
 const home = mkdtempSync(join(tmpdir(), "kpip-load-"));
 const socket = join(home, "kernel.sock");
+// The kernel serves its Prometheus series on loopback: its own view of each request's latency.
+const metricsAt = `127.0.0.1:${await freePort()}`;
+const metricsUrl = `http://${metricsAt}/metrics`;
 const kernel: ChildProcess = spawn(
   process.execPath,
-  [...PROF, MAIN, "kernel", "--home", home, "--log-level", "silent", "--max-sessions", String(SESSIONS + 16)],
+  [
+    ...PROF,
+    MAIN,
+    "kernel",
+    "--home",
+    home,
+    "--log-level",
+    "silent",
+    "--max-sessions",
+    String(SESSIONS + 16),
+    "--metrics-listen",
+    metricsAt,
+  ],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
 let kernelExit: string | undefined;
@@ -50,6 +73,9 @@ kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
 });
 await outputIncludes(kernel, "is running");
+// Read on, so a kernel that prints (--trace-gc does, to stdout) never blocks on a full pipe.
+if (argv.includes("--kernel-trace-gc")) kernel.stdout?.pipe(process.stderr);
+else kernel.stdout?.resume();
 const kernelRssMb = (): number => rssMb(kernel.pid);
 
 const admin = await KC.connect({
@@ -58,12 +84,11 @@ const admin = await KC.connect({
   tokens: [readFileSync(join(home, "admin.token"), "utf8")],
   reconnect: false,
 });
-const personas: { id: string; identity: ReturnType<typeof loadIdentity>; token: Uint8Array }[] = [];
+const personas: GeneratorInput["personas"] = [];
 for (let p = 0; p < PERSONAS; p++) {
   const id = `load${p}`;
   const r = spawnSync(process.execPath, [MAIN, "persona", "create", id, "--home", home, "--json"], { encoding: "utf8" });
   if (r.status !== 0) throw new Error(r.stderr);
-  const identity = loadIdentity((JSON.parse(r.stdout) as { identity: string }).identity);
   const { token } = await admin.tokens.mint(id, {
     rights: [
       { ops: ["storage.*"], targets: [`obj://${id}/**`, `obj://${id}`] },
@@ -73,90 +98,44 @@ for (let p = 0; p < PERSONAS; p++) {
     ],
     ttlMs: 6 * 3_600_000,
   });
-  personas.push({ id, identity, token });
+  personas.push({ id, identityPath: (JSON.parse(r.stdout) as { identity: string }).identity, token });
 }
-
-const lat = new Map<string, number[]>();
-const errors = new Map<string, number>();
-let done = 0;
-let running = true;
-const record = (op: string, us: number) => {
-  const a = lat.get(op) ?? [];
-  if (a.length === 0) lat.set(op, a);
-  a.push(us);
-  done++;
-};
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** One session's life: connect, then a mixed workload with think time until the run ends. */
-async function session(n: number): Promise<void> {
-  const p = personas[n % personas.length] as (typeof personas)[number];
-  let c: KernelClient;
-  const t0 = process.hrtime.bigint();
-  try {
-    c = await KC.connect({ socket, identity: p.identity, tokens: [p.token], reconnect: false });
-  } catch (e) {
-    // The message, not only the class: "why" is what a failed load run is read for.
-    const key = `connect: ${(e as Error).name}: ${(e as Error).message.replace(/\d+/g, "N")}`;
-    errors.set(key, (errors.get(key) ?? 0) + 1);
-    return;
-  }
-  record("connect", Number(process.hrtime.bigint() - t0) / 1000);
-  const sub = n % 10 === 0 ? await c.events.subscribe(`topic://${p.id}/**`) : undefined;
-  const drain = sub
-    ? (async () => {
-        for await (const _ of sub) if (!running) break;
-      })()
-    : undefined;
-  let i = 0;
-  const written = new Set<number>();
-  while (running && !kernelExit) {
-    const key = `obj://${p.id}/s${n}/k${i % 20}`;
-    const r = Math.random();
-    const op =
-      r < 0.3
-        ? "storage.write"
-        : r < 0.6
-          ? "storage.read"
-          : r < 0.75
-            ? "event.emit"
-            : r < 0.85
-              ? "storage.list"
-              : r < 0.95
-                ? "system.health"
-                : "resource.query";
-    const t = process.hrtime.bigint();
-    try {
-      if (op === "storage.write") {
-        await c.storage.write(key, Buffer.from(`v${i}-${n}`));
-        written.add(i % 20);
-      } else if (op === "storage.read") {
-        // Only keys this session wrote: a missing object would be a real error.
-        const k = [...written][Math.floor(Math.random() * written.size)];
-        if (k === undefined) await c.system.health();
-        else await c.storage.read(`obj://${p.id}/s${n}/k${k}`);
-      } else if (op === "event.emit") await c.events.emit(`topic://${p.id}/e${n % 7}`, { n, i });
-      else if (op === "storage.list") await c.call("storage.list", `obj://${p.id}/s${n}`, { limit: 10 });
-      else if (op === "system.health") await c.system.health();
-      else await c.call("resource.query", `persona://${p.id}`);
-      record(op, Number(process.hrtime.bigint() - t) / 1000);
-    } catch (e) {
-      // Grouped by op, class and message shape (numbers elided) so a systematic error is one line.
-      const k = `${op}: ${(e as { errorClass?: string }).errorClass ?? (e as Error).name}: ${(e as Error).message.replace(/\d+/g, "N")}`;
-      errors.set(k, (errors.get(k) ?? 0) + 1);
-    }
-    i++;
-    await sleep(50 + Math.random() * 400);
-  }
-  await c.close().catch(() => {});
-  await drain?.catch(() => {});
-}
+// From here on, the records and series are the load's (the setup's are before).
+const status = (await admin.call("system.status", "kernel://")).payload as { audit: { head: number } };
+const auditFrom = status.audit.head + 1;
+const seriesStart = await scrape(metricsUrl);
 
 const started = Date.now();
-// The generator's own event-loop delay: 200 sessions share this one loop, so a late timer or
-// callback here shows in every latency measured. Reported beside them, to tell whose tail it is.
-const loopDelay = monitorEventLoopDelay({ resolution: 1 });
-loopDelay.enable();
+// The generators: child processes, each with its share of the sessions on its own event loop.
+const workerFile = fileURLToPath(new URL("./load-worker.js", import.meta.url));
+const generators: ChildProcess[] = [];
+const doneBy: number[] = [];
+const results: Promise<Extract<GeneratorMessage, { kind: "result" }>>[] = [];
+for (let g = 0; g < GENERATORS; g++) {
+  const input: GeneratorInput = {
+    socket,
+    sessions: Array.from({ length: SESSIONS }, (_, n) => n).filter((n) => n % GENERATORS === g),
+    personas,
+  };
+  const w = fork(workerFile, [], { serialization: "advanced", stdio: ["ignore", "inherit", "inherit", "ipc"] });
+  w.send(input);
+  generators.push(w);
+  doneBy.push(0);
+  results.push(
+    new Promise((resolve, reject) => {
+      w.on("message", (m: GeneratorMessage) => {
+        if (m.kind === "progress") doneBy[g] = m.done;
+        else resolve(m);
+      });
+      w.once("error", reject);
+      w.once("exit", (code, signal) => reject(new Error(`generator ${g} exited (${code ?? signal}) before its result`)));
+    }),
+  );
+}
+const stopGenerators = () => {
+  for (const w of generators) if (w.connected) w.send("stop");
+};
+kernel.once("exit", stopGenerators);
 const rssStart = kernelRssMb();
 let rssMax = rssStart;
 /** The kernel's RSS at the end of each full minute: a soak's answer to "does it keep growing?". */
@@ -168,25 +147,39 @@ const sampler = setInterval(() => {
   if (!JSON_OUT) {
     const secs = (Date.now() - started) / 1000;
     process.stderr.write(
-      `\rload: ${secs.toFixed(0)}/${SECONDS}s, ${done} ops, ${[...errors.values()].reduce((a, b) => a + b, 0)} errors, kernel rss ${r.toFixed(0)} MB   `,
+      `\rload: ${secs.toFixed(0)}/${SECONDS}s, ${doneBy.reduce((a, b) => a + b, 0)} ops, kernel rss ${r.toFixed(0)} MB   `,
     );
   }
 }, 1000);
-// Open sessions in waves so the connect storm itself is part of the load, not a thundering herd.
-const sessions: Promise<void>[] = [];
-for (let n = 0; n < SESSIONS; n++) {
-  sessions.push(session(n));
-  if (n % 50 === 49) await sleep(20);
-}
-await sleep(Math.max(0, SECONDS * 1000 - (Date.now() - started)));
+await new Promise<void>((r) => {
+  const t = setTimeout(r, SECONDS * 1000);
+  kernel.once("exit", () => {
+    clearTimeout(t);
+    r();
+  });
+});
 const rssAtEnd = kernelRssMb();
-running = false;
-await Promise.all(sessions);
+const seriesEnd = kernelExit ? undefined : await scrape(metricsUrl);
+stopGenerators();
+// A generator that died is a failure of the run, reported with the others (the kernel still stops).
+const settled = await Promise.allSettled(results);
+const generatorErrors = settled.flatMap((r) => (r.status === "rejected" ? [`${(r.reason as Error).message}`] : []));
+const done = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
 clearInterval(sampler);
-loopDelay.disable();
 if (!JSON_OUT) process.stderr.write("\n");
 const secs = (Date.now() - started) / 1000;
 
+// Every generator's latencies, merged: the percentiles below are over all of them, exactly.
+const lat = new Map<string, number[]>();
+const errors = new Map<string, number>();
+for (const r of done) {
+  for (const [op, a] of Object.entries(r.lat)) {
+    const to = lat.get(op) ?? [];
+    lat.set(op, to);
+    for (const x of a) to.push(x);
+  }
+  for (const [k, v] of r.errors) errors.set(k, (errors.get(k) ?? 0) + v);
+}
 const pct = (a: number[], p: number) => a[Math.min(a.length - 1, Math.floor(p * a.length))] ?? 0;
 const all: number[] = [];
 const perOp: Record<string, { count: number; p50_us: number; p99_us: number; p999_us: number }> = {};
@@ -203,8 +196,10 @@ for (const [op, a] of lat) {
 }
 all.sort((x, y) => x - y);
 await admin.close().catch(() => {});
+const diedEarly = kernelExit !== undefined;
 const failures: string[] = [];
 if (kernelExit) failures.push(kernelExit);
+failures.push(...generatorErrors);
 for (const [k, v] of errors) failures.push(`${v}× ${k}`);
 if (rssMax > MAX_RSS_MB) failures.push(`kernel RSS ${rssMax.toFixed(0)} MB over the bound ${MAX_RSS_MB} MB`);
 if ((perOp.connect?.count ?? 0) !== SESSIONS)
@@ -214,7 +209,10 @@ if (!kernelExit) {
   const code = await new Promise<number | null>((r) => kernel.once("exit", (c) => r(c)));
   if (code !== 0) failures.push(`kernel exited ${code} on SIGTERM`);
 }
+const series = seriesEnd && kernelSeries(seriesStart, seriesEnd);
+const audited = diedEarly ? undefined : auditDurations(home, auditFrom, "load");
 rmSync(home, { recursive: true, force: true });
+const worst = (i: number) => +(Math.max(0, ...done.map((r) => r.loopDelayNs[i] as number)) / 1e6).toFixed(2);
 
 const summary = {
   sessions: SESSIONS,
@@ -230,11 +228,13 @@ const summary = {
   rssEndOfLoadMb: Math.round(rssAtEnd),
   rssByMinuteMb: rssByMinute,
   generatorLoopDelayMs: {
-    p50: +(loopDelay.percentile(50) / 1e6).toFixed(2),
-    p99: +(loopDelay.percentile(99) / 1e6).toFixed(2),
-    p999: +(loopDelay.percentile(99.9) / 1e6).toFixed(2),
-    max: +(loopDelay.max / 1e6).toFixed(2),
+    p50: worst(0),
+    p99: worst(1),
+    p999: worst(2),
+    max: worst(3),
   },
+  generators: GENERATORS,
+  kernel: { ...series, audit: audited },
   perOp,
   failures,
 };
@@ -244,8 +244,25 @@ else {
     `load: ${SESSIONS} sessions (${PERSONAS} personas) for ${summary.seconds}s: ${summary.ops} ops, ${summary.opsPerSecond} ops/s, ` +
       `p50 ${summary.p50_us} µs, p99 ${summary.p99_us} µs, p99.9 ${summary.p999_us} µs; kernel rss ${summary.rssStartMb}→${summary.rssMaxMb} MB` +
       (rssByMinute.length ? `; by minute ${rssByMinute.join(", ")} MB` : "") +
-      `\n  the generator's own event-loop delay: p50 ${summary.generatorLoopDelayMs.p50} ms, p99 ${summary.generatorLoopDelayMs.p99} ms, p99.9 ${summary.generatorLoopDelayMs.p999} ms, max ${summary.generatorLoopDelayMs.max} ms`,
+      `\n  the generators' own event-loop delay (${GENERATORS} generators, the worst's): p50 ${summary.generatorLoopDelayMs.p50} ms, p99 ${summary.generatorLoopDelayMs.p99} ms, p99.9 ${summary.generatorLoopDelayMs.p999} ms, max ${summary.generatorLoopDelayMs.max} ms`,
   );
+  const k = series;
+  if (k)
+    console.log(
+      `  the kernel's own view: arrival to response p50 ${k.p50_us} µs, p99 ${k.p99_us} µs, p99.9 ${k.p999_us} µs (bucket estimates; ` +
+        `${(k.over3msShare * 100).toFixed(2)} % over 3 ms, ${(k.over10msShare * 100).toFixed(3)} % over 10 ms); ` +
+        `loop delay p50 ${k.loopDelayMs.p50} ms, p99 ${k.loopDelayMs.p99} ms, max ${k.loopDelayMs.max} ms\n` +
+        `  the kernel's GC: ${Object.entries(k.gc)
+          .map(([kind, g]) => `${kind} ${g.count}× ${g.totalMs} ms (${g.over10ms} over 10 ms)`)
+          .join(
+            ", ",
+          )}; audit commits ${k.auditCommits.count}, ${k.auditCommits.over3ms} over 3 ms, ${k.auditCommits.over10ms} over 10 ms`,
+    );
+  const a = audited;
+  if (a)
+    console.log(
+      `  the audit records' durationUs (arrival to record, before the commit; exact, ${a.records} records): p50 ${a.p50_us} µs, p99 ${a.p99_us} µs, p99.9 ${a.p999_us} µs, max ${a.max_us} µs`,
+    );
   for (const [op, s] of Object.entries(perOp)) {
     console.log(
       `  ${op.padEnd(15)} ${String(s.count).padStart(8)}  p50 ${s.p50_us} µs  p99 ${s.p99_us} µs  p99.9 ${s.p999_us} µs`,

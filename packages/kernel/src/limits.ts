@@ -39,5 +39,11 @@ export const PRUNE_INTERVAL_MS = 60_000;
 /** The housekeeping timer's shortest period (it runs at half the shorter of heartbeat and handshake timeout). */
 export const MIN_TICK_MS = 50;
 
+/**
+ * Sessions the housekeeping tick visits per turn of the event loop (a PING write each, a few µs):
+ * a request waits behind one slice of the heartbeat sweep, not all of it.
+ */
+export const TICK_SLICE_SESSIONS = 64;
+
 /** How long gRPC may take to finish its streams beyond the drain timeout, at stop. */
 export const GRPC_CLOSE_GRACE_MS = 1000;

@@ -29,6 +29,8 @@ describe("live fuzzing and load, short runs", () => {
       perOp: Record<string, { count: number }>;
       rssByMinuteMb: number[];
       generatorLoopDelayMs: { p50: number; p99: number; p999: number; max: number };
+      generators: number;
+      kernel: { requests: number; p50_us: number; p99_us: number; audit: { records: number; p50_us: number } };
     };
     assert.deepEqual(s.failures, []);
     assert.ok(Array.isArray(s.rssByMinuteMb), "the soak's RSS by minute (empty for a run under a minute)");
@@ -36,5 +38,15 @@ describe("live fuzzing and load, short runs", () => {
     assert.ok(d.p50 > 0 && d.p50 <= d.p99 && d.p99 <= d.p999 && d.p999 <= d.max, JSON.stringify(d));
     assert.equal(s.perOp.connect?.count, 60);
     assert.ok(s.ops > 100, `only ${s.ops} ops`);
+    // Spread over processes, merged exactly: every op measured is in the per-op counts.
+    assert.equal(s.generators, 2);
+    const counted = Object.entries(s.perOp).reduce((n, [op, o]) => n + (op === "connect" ? 0 : o.count), 0);
+    assert.equal(counted, s.ops);
+    // The kernel's side: it answered and recorded at least every op the generators measured
+    // (more: the subscriptions are requests too), with its own latency beside theirs.
+    assert.ok(s.kernel.requests >= s.ops, JSON.stringify(s.kernel));
+    assert.ok(s.kernel.audit.records >= s.ops, JSON.stringify(s.kernel.audit));
+    assert.ok(s.kernel.p50_us > 0 && s.kernel.p50_us <= s.kernel.p99_us, JSON.stringify(s.kernel));
+    assert.ok(s.kernel.audit.p50_us > 0, JSON.stringify(s.kernel.audit));
   });
 });

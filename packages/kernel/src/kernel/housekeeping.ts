@@ -7,7 +7,8 @@ import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
 
 /**
- * One timer for every session: heartbeats, dead peers, handshake timeouts, dedupe expiry (a slice a tick),
+ * One timer for every session: heartbeats, dead peers, handshake timeouts (a slice of sessions a
+ * turn), dedupe expiry (a slice a tick),
  * changes made without the kernel, due checkpoints. Pruning (dedupe, ops, tokens, audit
  * retention, the last a slice a turn) on the first tick, then every PRUNE_INTERVAL_MS.
  */
@@ -45,6 +46,7 @@ export function startHousekeeping(
   return {
     stop: () => {
       clearInterval(timer);
+      s.sessions.stopTicks();
       dedupePruner.stop();
       retention.stop();
     },

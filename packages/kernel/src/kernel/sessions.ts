@@ -1,7 +1,9 @@
+import { TICK_SLICE_SESSIONS } from "../limits.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
+import { SliceSweep } from "./slices.js";
 
 /** What the registry tells its owner of: a connection shed from the pre-authentication budget. */
 export interface SessionEvents {
@@ -20,6 +22,8 @@ export class SessionRegistry implements SessionCounts {
   private readonly preauth: PreauthBudget<Session>;
   private attested = 0;
   private host: SessionHost | undefined;
+  /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
+  private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
 
   constructor(
     preauth: PreauthLimits,
@@ -89,7 +93,12 @@ export class SessionRegistry implements SessionCounts {
 
   /** Heartbeats, dead peers and handshake timeouts of every session. */
   tick(now: number): void {
-    for (const s of this.sessions) s.tick(now);
+    this.sweep.run(this.sessions, (s) => s.tick(now));
+  }
+
+  /** No more heartbeat sweeps (the kernel is stopping). */
+  stopTicks(): void {
+    this.sweep.stop();
   }
 
   sessionCount(): number {

@@ -188,7 +188,7 @@ export class CanonicalWriter {
     for (let i = 0; i < keys.length; i++) if (obj[keys[i] as string] !== undefined) defined++;
     if (defined !== keys.length) keys = keys.filter((k) => obj[k] !== undefined);
     // Objects built in canonical order (the hot paths build them so) need no sort.
-    if (keys.length > 1 && !isSorted(keys)) keys.sort(compareKeys);
+    if (keys.length > 1 && !isSorted(keys)) sortKeys(keys);
     this.head(5, keys.length);
     for (let i = 0; i < keys.length; i++) {
       const k = keys[i] as string;
@@ -272,6 +272,27 @@ export function writeHead(out: Buffer, at: number, major: number, n: number): nu
   out.writeUInt32BE(Math.floor(n / 0x100000000), at + 1);
   out.writeUInt32BE(n >>> 0, at + 5);
   return at + 9;
+}
+
+/**
+ * `keys.sort(compareKeys)`, in place: an insertion sort for the few keys of a protocol map, where
+ * Array.prototype.sort copies into a work array every call (a tenth of the kernel's allocation
+ * under load, each response and record encoded).
+ */
+export function sortKeys(keys: string[]): void {
+  if (keys.length > 16) {
+    keys.sort(compareKeys);
+    return;
+  }
+  for (let i = 1; i < keys.length; i++) {
+    const k = keys[i] as string;
+    let j = i - 1;
+    while (j >= 0 && compareKeys(keys[j] as string, k) > 0) {
+      keys[j + 1] = keys[j] as string;
+      j--;
+    }
+    keys[j + 1] = k;
+  }
 }
 
 function isSorted(keys: string[]): boolean {
