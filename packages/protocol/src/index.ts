@@ -30,7 +30,7 @@ export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/co
 export type * from "./messages/types.js";
 export { validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";
-export { sha256 } from "./sha256.js";
+export { sha256, sha256Latin1 } from "./sha256.js";
 export {
   decodeShmDescriptor,
   SHM_CONTROL_BYTES,
