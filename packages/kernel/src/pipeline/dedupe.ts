@@ -34,11 +34,14 @@ export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capId
 /**
  * What the dedupe cache remembers a request by (the same binding as {@link dedupeHash}): for an
  * op with effects that hash, base64, as its durable record stores it; for a read-only op, which
- * keeps no durable record (§11 rule 4), the intent hash and the authority side by side, with no
- * SHA-256 of its own per request. The two forms never equal each other (a `~` is no base64).
+ * keeps no durable record (§11 rule 4), the intent hash (latin1: its 32 bytes as 32 chars, as
+ * the pipeline has it, no base64 per request) and the authority side by side, with no SHA-256 of
+ * its own per request. The two forms never equal each other (a `~` is no base64), and a read-only
+ * tag's hash is always 32 chars, so its `~` is always the 33rd.
  */
 export function dedupeTag(
   intentHash: Buffer,
+  intentHashLatin1: string,
   authority: { grant?: Grant; capIds: string[] },
   effects: boolean,
 ): { tag: string; hash?: Buffer } {
@@ -47,7 +50,7 @@ export function dedupeTag(
     return { tag: hash.toString("base64"), hash };
   }
   const a = authority.grant ? authorityOf(authority.grant).tag : JSON.stringify([...authority.capIds].sort());
-  return { tag: `${intentHash.toString("base64")}~${a}` };
+  return { tag: `${intentHashLatin1}~${a}` };
 }
 
 interface Entry {
