@@ -9,7 +9,7 @@ import {
   sha256Latin1,
 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
-import type { AuditEntry, AuditLog } from "../audit/log.js";
+import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
@@ -83,7 +83,7 @@ export class Pipeline {
   async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
     const { refusals, audit } = this.deps;
     const intent = ctx.rec.intent;
-    const entry: AuditEntry = requestEntry(ctx, "refused", {
+    const entry = requestEntry(ctx, "refused", {
       intent: intent && intent.length > (refusals?.intentMaxBytes ?? 1024) ? null : intent,
       caps: ctx.decision?.capIds.join(","),
       status: "FAILURE",
@@ -92,7 +92,7 @@ export class Pipeline {
       durationUs: elapsedUs(ctx),
     });
     const s = ctx.session;
-    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.append(entry);
+    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.appendRow(entry);
     else if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
     return failure(ctx, r);
   }
@@ -259,7 +259,7 @@ export class Pipeline {
   /** A retry answered from the record: nothing runs again, but the retry itself is on the record. */
   private async replay(ctx: RequestCtx, recorded: Response | Promise<Response>): Promise<Response> {
     const response = await recorded;
-    await this.deps.audit.append(
+    await this.deps.audit.appendRow(
       requestEntry(ctx, "replay", {
         intent: null,
         caps: ctx.decision?.capIds.join(","),
@@ -299,7 +299,7 @@ export class Pipeline {
         // 8. an op that changes state has its intent recorded, and committed, before it runs.
         const effects = decl.effects;
         if (effects) {
-          const intentRecord = () => audit.append(requestEntry(ctx, "intent", { caps }));
+          const intentRecord = () => audit.appendRow(requestEntry(ctx, "intent", { caps }));
           try {
             await (trace.recording ? stage(trace, "kpip.audit.intent", intentRecord) : intentRecord());
           } catch (e) {
@@ -337,7 +337,7 @@ export class Pipeline {
         const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
         // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
         // effects an "outcome" record that refers to its intent record by request id and hash.
-        const outcome = audit.append(
+        const outcome = audit.appendRow(
           requestEntry(ctx, effects ? "outcome" : "complete", {
             intent: effects ? null : ctx.req.intent,
             caps,
