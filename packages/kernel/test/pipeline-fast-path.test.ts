@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import type { CapabilityRef, Intent, Request, Response } from "@kpip/protocol";
+import { type CapabilityRef, encodeCanonical, encodedBody, type Intent, type Request, type Response } from "@kpip/protocol";
 import fc from "fast-check";
 import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
 import type { AuditRow } from "../src/store/types.js";
@@ -186,6 +186,32 @@ describe("the pipeline's synchronous path (property)", () => {
           "intent records in arrival order",
         );
       }
+    } finally {
+      u.close();
+    }
+  });
+});
+
+describe("an effect's answer, encoded once", () => {
+  it("goes out as the bytes of its dedupe record (atomic or not), which are its canonical encoding", async () => {
+    const ran: string[] = [];
+    const u = unit({ families: [extra(ran)] });
+    try {
+      const put = request({ op: "p.put", target: "kernel://", args: { n: 7 } });
+      const write = request({ op: "t.write", target: "persona://alice", args: {} });
+      const readOnly = request({ op: "t.read", target: "kernel://", args: {} });
+      for (const req of [put, write]) {
+        const resp = await u.send(req);
+        assert.equal(resp.status, "SUCCESS");
+        const row = u.store.lookupDedupe(`alice:00:${req.id}`, Date.now());
+        assert.ok(row, "the answer is recorded");
+        assert.deepEqual(encodedBody(resp), Buffer.from(row.response), "sent as the recorded bytes");
+        assert.deepEqual(Buffer.from(row.response), encodeCanonical(resp as never), "which are the answer's encoding");
+        // A duplicate gets the same answer, from the first attempt's record.
+        const again = await u.send(req);
+        assert.deepEqual(again, resp);
+      }
+      assert.equal(encodedBody(await u.send(readOnly)), undefined, "a read-only answer is encoded once anyway, on the wire");
     } finally {
       u.close();
     }

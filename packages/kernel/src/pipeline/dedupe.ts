@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response } from "@kpip/protocol";
+import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response, withEncodedBody } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 
 /** The authority a grant carries, without its validity period (a refreshed token carries the same), and its base64. */
@@ -123,13 +123,17 @@ export class DedupeCache {
    * Runs an op's effect in one store transaction together with the durable dedupe record of the
    * answer it returns (PROTOCOL §11 rule 9): a kernel killed after the effect committed has the
    * record too, so the client's retry is answered from it instead of running the effect twice.
+   * The answer `answer` builds is marked with the bytes recorded: sent, it is not encoded again.
    */
   commitWith<T>(key: string, hash: Buffer, effect: () => T, answer: (v: T) => Response): T {
     const s = this.store;
     if (!s) return effect();
     return s.transaction(() => {
       const v = effect();
-      const response = encodeCanonical(answer(v) as unknown as CborMap);
+      // Encoded once: the record keeps these bytes, and the answer goes out as them (withEncodedBody).
+      const r = answer(v);
+      const response = encodeCanonical(r as unknown as CborMap);
+      withEncodedBody(r, response);
       s.putDedupe({ key, hash, response, expires: Date.now() + this.windowMs });
       return v;
     });

@@ -7,6 +7,7 @@ import {
   type Request,
   type Response,
   sha256Latin1,
+  withEncodedBody,
 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
@@ -311,13 +312,20 @@ export class Pipeline {
         // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
         let result: OpResult | undefined;
         let recorded = false;
+        // The answer recorded with an atomic effect, already encoded: sent as it is when the handler returns that result.
+        let atomicResult: OpResult | undefined;
+        let atomicAnswer: Response | undefined;
         try {
           // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
           const atomically =
             ctx.dhash === undefined
               ? runNow
               : <T extends OpResult>(effect: () => T): T => {
-                  const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => answer(ctx, r));
+                  const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
+                    atomicResult = r;
+                    atomicAnswer = answer(ctx, r);
+                    return atomicAnswer;
+                  });
                   recorded = dedupe.durable;
                   return v;
                 };
@@ -332,7 +340,9 @@ export class Pipeline {
 
         // 11. audit the outcome, then answer. The response of an op with effects is stored with
         // its outcome record, so a retry after a kernel restart gets it instead of a second run.
-        response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
+        if (refusal) response = failure(ctx, refusal);
+        else if (recorded && atomicAnswer !== undefined && result === atomicResult) response = atomicAnswer;
+        else response = answer(ctx, result as OpResult);
         // An answer recorded with its effect stays the record: the effect happened, whatever follows.
         const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
         // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
@@ -351,7 +361,8 @@ export class Pipeline {
             ? {
                 key: ctx.key as string,
                 hash: ctx.dhash as Buffer,
-                response: encodeCanonical(response as unknown as CborMap),
+                // Encoded once: recorded, and sent as these bytes.
+                response: encodedResponse(response),
                 expires: Date.now() + dedupe.windowMs,
               }
             : undefined,
@@ -412,6 +423,13 @@ export class Pipeline {
 /** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */
 function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
   return typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
+}
+
+/** The response's canonical bytes, with which it is marked (withEncodedBody) so the session sends them as they are. */
+function encodedResponse(response: Response): Uint8Array {
+  const bytes = encodeCanonical(response as unknown as CborMap);
+  withEncodedBody(response, bytes);
+  return bytes;
 }
 
 const latin1 = (b: Buffer): string => b.toString("latin1");
