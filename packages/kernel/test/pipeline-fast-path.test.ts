@@ -147,6 +147,12 @@ describe("the pipeline's synchronous path (property)", () => {
           assert.deepEqual([...a.records].sort(byId), [...b.records].sort(byId));
           // The kit's own handlers count into its `ran`: both lists together are the order they ran in.
           assert.deepEqual([...a.ran, ...sync.ran], [...b.ran, ...awaited.ran]);
+          // Every answer is counted once, whichever way its request ended.
+          const outcomes = (o: Outcome) => o.answers.map((r) => `${r.status} ${r.error ?? ""}`).sort();
+          const counted = (u: Unit) => u.counted.map((c) => c.slice(c.indexOf(" ") + 1)).sort();
+          assert.deepEqual(counted(sync), outcomes(a));
+          assert.deepEqual(counted(awaited), outcomes(b));
+          assert.deepEqual(sync.counted.sort(), awaited.counted.sort());
         } finally {
           sync.close();
           awaited.close();

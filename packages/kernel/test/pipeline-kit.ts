@@ -5,6 +5,7 @@ import { AuditLog } from "../src/audit/log.js";
 import { RefusalLimiter } from "../src/audit/refusals.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "../src/auth/authorizer.js";
 import { createLogger } from "../src/log.js";
+import type { KernelMetrics } from "../src/metrics/metrics.js";
 import { Admission } from "../src/pipeline/admission.js";
 import { DedupeCache } from "../src/pipeline/dedupe.js";
 import { Pipeline, type SessionView } from "../src/pipeline/pipeline.js";
@@ -80,6 +81,8 @@ export function testFamily(ran: string[]): PrimitiveFamily {
 
 export interface Unit {
   pipeline: Pipeline;
+  /** The answers the pipeline counted in its metrics ("op status class"), in the order it counted them. */
+  counted: string[];
   store: SqliteStore;
   ran: string[];
   session: SessionView & { inFlight: number; closing: boolean };
@@ -106,7 +109,12 @@ export function unit(opts: UnitOptions = {}): Unit {
   const late = opts.asyncStages === true;
   for (const f of [testFamily(ran), ...(opts.families ?? [])]) router.register(late ? asPromises(f) : f);
   const rate = opts.refusalRate ?? 1000;
+  const counted: string[] = [];
   const pipeline = new Pipeline({
+    // The one metric the pipeline updates: each answer counted once, by op, status and class.
+    metrics: {
+      requests: { answered: (op: string, status: string, error?: string) => counted.push(`${op} ${status} ${error ?? ""}`) },
+    } as unknown as KernelMetrics,
     router,
     authorizer: late ? promisingAuthorizer(opts.authorizer ?? handleAuthorizer) : (opts.authorizer ?? handleAuthorizer),
     audit,
@@ -131,6 +139,7 @@ export function unit(opts: UnitOptions = {}): Unit {
     pipeline,
     store,
     ran,
+    counted,
     session,
     async send(req) {
       session.inFlight++;

@@ -81,7 +81,7 @@ export class Pipeline {
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
    */
-  async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+  private async refuse(ctx: RequestCtx, r: Refusal, last = true): Promise<Response> {
     const { refusals, audit } = this.deps;
     const intent = ctx.rec.intent;
     const entry = requestEntry(ctx, "refused", {
@@ -95,7 +95,8 @@ export class Pipeline {
     const s = ctx.session;
     if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.appendRow(entry);
     else if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
-    return failure(ctx, r);
+    const response = failure(ctx, r);
+    return last ? this.answered(ctx, response) : response;
   }
 
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
@@ -119,17 +120,29 @@ export class Pipeline {
     this.deps.refusals?.forget(id);
   }
 
-  async handle(s: SessionView, req: Request): Promise<Response> {
+  /**
+   * A request, to its answer. Not an async function: its stages run synchronously up to their
+   * first real wait, and the last of them ({@link answered}) ends its span and counts it, so an
+   * answer costs no promise and microtask turn of its own here.
+   */
+  handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
     const t = startRequestSpan(req.context.traceparent, {
       "kpip.persona": s.persona,
       "kpip.session": s.id,
       "kpip.request_id": req.id,
     });
-    const ctx = requestCtx(s, req, started, t);
-    const r = await this.process(ctx);
-    endRequestSpan(t, ctx.op, r.status, r.error);
-    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - started) / 1e9);
+    try {
+      return this.process(requestCtx(s, req, started, t));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The request's answer is final (every way a request ends passes here once): its span ends, its metrics count it. */
+  private answered(ctx: RequestCtx, r: Response): Response {
+    endRequestSpan(ctx.trace, ctx.op, r.status, r.error);
+    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - ctx.started) / 1e9);
     return r;
   }
 
@@ -270,7 +283,7 @@ export class Pipeline {
         durationUs: elapsedUs(ctx),
       }),
     );
-    return response;
+    return this.answered(ctx, response);
   }
 
   /**
@@ -295,7 +308,7 @@ export class Pipeline {
       } catch (e) {
         refusal = toRefusal(e, this.deps.log, ctx);
       }
-      if (release === undefined) response = await this.refuse(ctx, refusal as Refusal);
+      if (release === undefined) response = await this.refuse(ctx, refusal as Refusal, false);
       else {
         // 8. an op that changes state has its intent recorded, and committed, before it runs.
         const effects = decl.effects;
@@ -377,7 +390,7 @@ export class Pipeline {
     // A transient failure is not an answer to keep: the client's retry must run again.
     if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) dedupe.forget(ctx.key as string);
     else dedupe.settled(ctx.key as string, tag, Date.now());
-    return response;
+    return this.answered(ctx, response);
   }
 
   /**
