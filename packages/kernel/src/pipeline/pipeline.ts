@@ -33,7 +33,7 @@ import {
   type SessionView,
   toRefusal,
 } from "./context.js";
-import { type DedupeCache, dedupeTag } from "./dedupe.js";
+import { type DedupeCache, type DedupeTag, dedupeTag } from "./dedupe.js";
 import { checkOwnership } from "./ownership.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
@@ -251,9 +251,9 @@ export class Pipeline {
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it,
     // and remembered under the authority that allowed it: another capability never gets its answer.
     const key = `${s.persona}:${s.instance}:${req.id}`;
-    const { tag, hash: dhash } = dedupeTag(ctx.hash as Buffer, hashLatin1, decision, decl.effects);
+    const tag = dedupeTag(ctx.hash as Buffer, hashLatin1, decision, decl.effects);
     ctx.key = key;
-    ctx.dhash = dhash;
+    ctx.dhash = tag.hash;
     const dedupe = this.deps.dedupe;
     const now = Date.now();
     const prior = dedupe.check(key, tag, now, decl.effects);
@@ -291,7 +291,7 @@ export class Pipeline {
    * what dedupe keeps of its answer (`tag`: what the request is remembered by). One async
    * function whose only waits are the audit commits (and a handler that returns a promise).
    */
-  private async run(ctx: RequestCtx, lease: AnswerLease, tag: string): Promise<Response> {
+  private async run(ctx: RequestCtx, lease: AnswerLease, tag: DedupeTag): Promise<Response> {
     const { audit, dedupe } = this.deps;
     let response: Response;
     // The lease is given back however the request ends (in the body: a `.finally` was one more promise a request).
