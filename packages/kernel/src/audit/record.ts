@@ -99,71 +99,82 @@ class RecordEncoder extends CborWriter {
   encode(r: Omit<AuditRow, "hash">): Buffer {
     if (!isUint(r.seq) || !isUint(r.time) || !(r.requestId == null || isUint(r.requestId))) return recordBytesGeneric(r);
     if (!(r.durationUs == null || isUint(r.durationUs))) return recordBytesGeneric(r);
+    const count =
+      (r.op != null ? 1 : 0) +
+      (r.seq != null ? 1 : 0) +
+      (r.caps != null ? 1 : 0) +
+      (r.time != null ? 1 : 0) +
+      (r.phase != null ? 1 : 0) +
+      (r.detail != null ? 1 : 0) +
+      (r.domain != null ? 1 : 0) +
+      (r.intent != null ? 1 : 0) +
+      (r.kernel != null ? 1 : 0) +
+      (r.status != null ? 1 : 0) +
+      (r.target != null ? 1 : 0) +
+      (r.message != null ? 1 : 0) +
+      (r.persona != null ? 1 : 0) +
+      (r.session != null ? 1 : 0) +
+      (r.execution != null ? 1 : 0) +
+      (r.requestId != null ? 1 : 0) +
+      (r.durationUs != null ? 1 : 0) +
+      (r.errorClass != null ? 1 : 0) +
+      (r.intentHash != null ? 1 : 0) +
+      (r.traceparent != null ? 1 : 0) +
+      (r.measurements != null ? 1 : 0);
     this.pos = 0;
     this.ensure(64);
-    this.raw(r.prevHash);
-    // The map's head is one byte (at most 21 fields < 24): written once the fields are counted.
-    const at = this.pos++;
-    const n =
-      this.textField(K.op, r.op) +
-      this.uintField(K.seq, r.seq) +
-      this.textField(K.caps, r.caps) +
-      this.uintField(K.time, r.time) +
-      this.textField(K.phase, r.phase) +
-      this.textField(K.detail, r.detail) +
-      this.textField(K.domain, r.domain) +
-      this.bytesField(K.intent, r.intent) +
-      this.textField(K.kernel, r.kernel) +
-      this.textField(K.status, r.status) +
-      this.textField(K.target, r.target) +
-      this.textField(K.message, r.message) +
-      this.textField(K.persona, r.persona) +
-      this.textField(K.session, r.session) +
-      this.textField(K.execution, r.execution) +
-      this.uintField(K.requestId, r.requestId) +
-      this.uintField(K.durationUs, r.durationUs) +
-      this.textField(K.errorClass, r.errorClass) +
-      this.bytesField(K.intentHash, r.intentHash) +
-      this.textField(K.traceparent, r.traceparent) +
-      this.bytesField(K.measurements, r.measurements);
-    this.buf[at] = 0xa0 | n;
+    this.buf.set(r.prevHash, 0);
+    this.pos = r.prevHash.length;
+    this.head(5, count);
+    this.textField(K.op, r.op);
+    this.uintField(K.seq, r.seq);
+    this.textField(K.caps, r.caps);
+    this.uintField(K.time, r.time);
+    this.textField(K.phase, r.phase);
+    this.textField(K.detail, r.detail);
+    this.textField(K.domain, r.domain);
+    this.bytesField(K.intent, r.intent);
+    this.textField(K.kernel, r.kernel);
+    this.textField(K.status, r.status);
+    this.textField(K.target, r.target);
+    this.textField(K.message, r.message);
+    this.textField(K.persona, r.persona);
+    this.textField(K.session, r.session);
+    this.textField(K.execution, r.execution);
+    this.uintField(K.requestId, r.requestId);
+    this.uintField(K.durationUs, r.durationUs);
+    this.textField(K.errorClass, r.errorClass);
+    this.bytesField(K.intentHash, r.intentHash);
+    this.textField(K.traceparent, r.traceparent);
+    this.bytesField(K.measurements, r.measurements);
     return this.buf.subarray(0, this.pos);
   }
 
-  /**
-   * Bytes copied as they are. Short ones (keys, hashes, small intents) byte by byte: a
-   * TypedArray `set` costs more than the copy below ~64 bytes, and a record has a dozen keys.
-   */
-  private raw(v: Uint8Array): void {
-    const n = v.length;
-    this.ensure(n);
-    const b = this.buf;
-    const at = this.pos;
-    if (n > 64) b.set(v, at);
-    else for (let i = 0; i < n; i++) b[at + i] = v[i] as number;
-    this.pos = at + n;
+  private key(key: Buffer): void {
+    this.ensure(key.length);
+    this.buf.set(key, this.pos);
+    this.pos += key.length;
   }
 
-  private textField(key: Uint8Array, v: string | null | undefined): number {
-    if (v == null) return 0;
-    this.raw(key);
+  private textField(key: Buffer, v: string | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
     this.text(v);
-    return 1;
   }
 
-  private uintField(key: Uint8Array, v: number | null | undefined): number {
-    if (v == null) return 0;
-    this.raw(key);
+  private uintField(key: Buffer, v: number | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
     this.head(0, v);
-    return 1;
   }
 
-  private bytesField(key: Uint8Array, v: Uint8Array | null | undefined): number {
-    if (v == null) return 0;
-    this.raw(key);
+  private bytesField(key: Buffer, v: Uint8Array | null | undefined): void {
+    if (v == null) return;
+    this.key(key);
     this.head(2, v.length);
-    this.raw(v);
-    return 1;
+    this.ensure(v.length);
+    this.buf.set(v, this.pos);
+    this.pos += v.length;
   }
 
   /**

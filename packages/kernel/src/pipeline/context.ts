@@ -1,4 +1,15 @@
-import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
+import {
+  type CborMap,
+  decodeIntent,
+  type ErrorClass,
+  encodeCanonical,
+  type Intent,
+  IntentError,
+  intentHash,
+  type Request,
+  type Response,
+  withEncodedBody,
+} from "@kpip/protocol";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
@@ -204,4 +215,33 @@ export function failure(ctx: RequestCtx, r: Refusal): Response {
 
 export function elapsedUs(ctx: RequestCtx): number {
   return Number((process.hrtime.bigint() - ctx.started) / 1000n);
+}
+
+/** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */
+export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
+  return typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
+}
+
+/** The response's canonical bytes, with which it is marked (withEncodedBody) so the session sends them as they are. */
+export function encodedResponse(response: Response): Uint8Array {
+  const bytes = encodeCanonical(response as unknown as CborMap);
+  withEncodedBody(response, bytes);
+  return bytes;
+}
+
+/** Step 2: the request speaks the session's version, for the session's attested persona. */
+export function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
+  if (req.version !== s.version) {
+    return {
+      errorClass: "PROTOCOL",
+      message: `request version ${req.version} differs from the session's version ${s.version}`,
+    };
+  }
+  if (req.persona !== s.persona || req.context.persona !== s.persona) {
+    return {
+      errorClass: "AUTH",
+      message: `this session is attested as ${s.persona}; it cannot act as ${req.persona !== s.persona ? req.persona : req.context.persona}`,
+    };
+  }
+  return undefined;
 }

@@ -1,13 +1,11 @@
 import {
   type CborMap,
   decodeIntent,
-  encodeCanonical,
   parseTarget,
   RETRYABLE_CLASSES,
   type Request,
   type Response,
   sha256Latin1,
-  withEncodedBody,
 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
@@ -23,8 +21,11 @@ import type { Admission } from "./admission.js";
 import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
 import {
   answer,
+  checkEnvelope,
   elapsedUs,
+  encodedResponse,
   failure,
+  isThenable,
   type Refusal,
   type RequestCtx,
   recordIntentColumns,
@@ -433,34 +434,6 @@ export class Pipeline {
   }
 }
 
-/** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */
-function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
-  return typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
-}
-
-/** The response's canonical bytes, with which it is marked (withEncodedBody) so the session sends them as they are. */
-function encodedResponse(response: Response): Uint8Array {
-  const bytes = encodeCanonical(response as unknown as CborMap);
-  withEncodedBody(response, bytes);
-  return bytes;
-}
-
 const latin1 = (b: Buffer): string => b.toString("latin1");
 
 const runNow = <T>(effect: () => T): T => effect();
-
-function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
-  if (req.version !== s.version) {
-    return {
-      errorClass: "PROTOCOL",
-      message: `request version ${req.version} differs from the session's version ${s.version}`,
-    };
-  }
-  if (req.persona !== s.persona || req.context.persona !== s.persona) {
-    return {
-      errorClass: "AUTH",
-      message: `this session is attested as ${s.persona}; it cannot act as ${req.persona !== s.persona ? req.persona : req.context.persona}`,
-    };
-  }
-  return undefined;
-}
