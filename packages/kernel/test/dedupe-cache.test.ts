@@ -2,9 +2,9 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import type { Response } from "@kpip/protocol";
-import { DedupeCache } from "../src/pipeline/dedupe.js";
+import { DedupeCache, type DedupeTag, dedupeTag } from "../src/pipeline/dedupe.js";
 
-const h = (s: string) => createHash("sha256").update(s).digest("base64");
+const h = (s: string): DedupeTag => ({ tag: createHash("sha256").update(s).digest("base64"), authority: "" });
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
 
 describe("dedupe cache (unit)", () => {
@@ -30,8 +30,29 @@ describe("dedupe cache (unit)", () => {
     assert.equal(c.check("b", h("r"), 60_001, false).kind, "new", "expired");
   });
 
+  it("a read-only tag is the intent hash and the authority side by side: either differing is a conflict, never the effect form", () => {
+    const intent = createHash("sha256").update("read").digest();
+    const wide = { capIds: ["h1:wide"] };
+    const narrow = { capIds: ["h2:narrow"] };
+    const mine = dedupeTag(intent, intent.toString("latin1"), wide, false);
+    assert.deepEqual(mine, { tag: intent.toString("latin1"), authority: JSON.stringify(["h1:wide"]) });
+    const c = new DedupeCache(60_000);
+    c.settled("r", mine, 0);
+    assert.equal(
+      c.check("r", dedupeTag(intent, intent.toString("latin1"), { capIds: ["h1:wide"] }, false), 1, false).kind,
+      "rerun",
+    );
+    assert.equal(c.check("r", dedupeTag(intent, intent.toString("latin1"), narrow, false), 1, false).kind, "conflict");
+    const other = createHash("sha256").update("other").digest();
+    assert.equal(c.check("r", dedupeTag(other, other.toString("latin1"), wide, false), 1, false).kind, "conflict");
+    // The same intent as an op with effects (its hash bound to the same authority) is another request.
+    const effect = dedupeTag(intent, intent.toString("latin1"), wide, true);
+    assert.equal(effect.authority, "");
+    assert.equal(c.check("r", effect, 1, true).kind, "conflict");
+  });
+
   it("answers a settled op with effects from the store, and refuses another intent under its key", () => {
-    const row = { key: "s", hash: Buffer.from(h("w"), "base64"), response: Buffer.from([0xa0]), expires: 10_000 };
+    const row = { key: "s", hash: Buffer.from(h("w").tag, "base64"), response: Buffer.from([0xa0]), expires: 10_000 };
     const store = { lookupDedupe: (k: string) => (k === "s" ? row : undefined) };
     const c = new DedupeCache(60_000, store as never);
     c.settled("s", h("w"), 0);

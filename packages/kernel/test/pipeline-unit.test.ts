@@ -1,184 +1,19 @@
 import assert from "node:assert/strict";
-import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import {
-  type CapabilityRef,
-  encodeIntent,
-  encodeToken,
-  type Intent,
-  intentHash,
-  type Request,
-  type Response,
-} from "@kpip/protocol";
-import { AuditLog } from "../src/audit/log.js";
-import { RefusalLimiter } from "../src/audit/refusals.js";
-import type { AuthorizationRequest, Authorizer, Decision } from "../src/auth/authorizer.js";
+import { encodeIntent, encodeToken, intentHash, type Request, type Response } from "@kpip/protocol";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
-import { createLogger } from "../src/log.js";
 import { Admission } from "../src/pipeline/admission.js";
-import { DedupeCache } from "../src/pipeline/dedupe.js";
-import { Pipeline, type SessionView } from "../src/pipeline/pipeline.js";
-import { Router } from "../src/primitives/router.js";
 import { tokenFamily } from "../src/primitives/token.js";
-import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
-import { ResourceLedger } from "../src/resources/ledger.js";
-import { HandleTable } from "../src/session/handles.js";
+import type { PrimitiveFamily } from "../src/primitives/types.js";
 import { HASH_SLICE } from "../src/sliced-hash.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 import { until } from "./harness.js";
-
-// The pipeline on its own (docs/architecture.md "One request, one path"): built over an
-// in-memory store and audit log, no kernel process, no socket. Requests go in as the session
-// would hand them over; what comes out is the answer and the records.
-
-/** Handles a test authorizer treats as: 1 allows, 2 a valid capability without the right; anything else is no capability. */
-const ALLOW = 1;
-const DENY = 2;
-
-/** An Authorizer of its own: the decision side is pluggable, and these tests need no tokens. */
-const handleAuthorizer: Authorizer = {
-  authorize(r: AuthorizationRequest): Decision {
-    if (r.caps.includes(ALLOW)) return { allowed: true, capIds: ["h1:allow"] };
-    if (r.caps.includes(DENY))
-      return { allowed: false, errorClass: "PERMISSION", message: "handle 2 does not grant it", capIds: ["h2:deny"] };
-    return { allowed: false, errorClass: "CAPABILITY", message: "no usable capability", capIds: [] };
-  },
-};
-
-/** Ops to drive the stages: what each handler saw is counted, so a refusal can be shown to have stopped before it. */
-function testFamily(ran: string[]): PrimitiveFamily {
-  return {
-    name: "t",
-    ops: [
-      {
-        op: "t.read",
-        description: "a read-only op",
-        targets: ["kernel", "obj"],
-        args: { n: { type: "uint", description: "a number" } },
-        idempotent: true,
-        effects: false,
-        handler: (ctx) => {
-          ran.push(`read:${ctx.requestId}`);
-          return { status: "SUCCESS", payload: { n: (ctx.args.n as number | undefined) ?? 0 } };
-        },
-      },
-      {
-        op: "t.write",
-        description: "an op with effects whose target belongs to the persona its path names",
-        targets: ["persona"],
-        args: {},
-        idempotent: false,
-        effects: true,
-        owns: (ctx) => ctx.target.segments[0] === ctx.persona || `persona://${ctx.target.segments[0]} is not the caller's`,
-        handler: (ctx) => {
-          ran.push(`write:${ctx.requestId}`);
-          return { status: "SUCCESS" };
-        },
-      },
-      {
-        op: "t.fail",
-        description: "a handler that throws its own class",
-        targets: ["kernel"],
-        args: {},
-        idempotent: true,
-        effects: false,
-        handler: () => {
-          throw new OpError("RESOURCE", "the op's own failure");
-        },
-      },
-    ],
-  };
-}
-
-interface Unit {
-  pipeline: Pipeline;
-  store: SqliteStore;
-  ran: string[];
-  session: SessionView & { inFlight: number; closing: boolean };
-  /** Runs one request on the session (counted in flight while it runs, as the session does). */
-  send(req: Request): Promise<Response>;
-  records(): AuditRow[];
-  close(): void;
-}
-
-function unit(
-  opts: { authorizer?: Authorizer; maxInFlight?: number; refusalRate?: number; families?: PrimitiveFamily[] } = {},
-): Unit {
-  const store = new SqliteStore(":memory:");
-  const audit = new AuditLog(store, "k-unit", generateKeyPairSync("ed25519").privateKey);
-  const router = new Router();
-  const ran: string[] = [];
-  router.register(testFamily(ran));
-  for (const f of opts.families ?? []) router.register(f);
-  const rate = opts.refusalRate ?? 1000;
-  const pipeline = new Pipeline({
-    router,
-    authorizer: opts.authorizer ?? handleAuthorizer,
-    audit,
-    dedupe: new DedupeCache(60_000, store),
-    ledger: new ResourceLedger(store, { workspaceStorageBytes: 0 }),
-    log: createLogger("silent", false),
-    admission: new Admission({ maxInFlight: opts.maxInFlight ?? 8, maxSessions: 4, adminReserve: 1, adminPersona: "admin" }),
-    refusals: new RefusalLimiter({ sessionRate: rate, personaRate: rate, floodMax: 0, intentMaxBytes: 1024 }),
-  });
-  const session = {
-    id: "s-1",
-    persona: "alice",
-    version: 1,
-    instance: "00",
-    signal: new AbortController().signal,
-    handles: new HandleTable(),
-    maxBody: 1 << 20,
-    inFlight: 0,
-    closing: false,
-  };
-  return {
-    pipeline,
-    store,
-    ran,
-    session,
-    async send(req) {
-      session.inFlight++;
-      try {
-        return await pipeline.handle(session, req);
-      } finally {
-        session.inFlight--;
-      }
-    },
-    records: () => store.queryAudit({ limit: 10_000 }),
-    close() {
-      audit.close();
-      store.close();
-    },
-  };
-}
-
-let nextId = 1;
-function request(intent: Intent | Uint8Array, caps: CapabilityRef[] = [ALLOW], over: Partial<Request> = {}): Request {
-  return {
-    version: 1,
-    persona: "alice",
-    id: nextId++,
-    intent: intent instanceof Uint8Array ? intent : encodeIntent(intent),
-    context: { persona: "alice" },
-    caps,
-    ...over,
-  };
-}
-
-const read = (args: Record<string, number> = {}): Intent => ({ op: "t.read", target: "kernel://", args });
-
-/** The one record of a request. */
-function onlyRecord(u: Unit, id: number): AuditRow {
-  const rows = u.records().filter((r) => r.requestId === id);
-  assert.equal(rows.length, 1, `one record for request ${id}, got ${rows.map((r) => r.phase).join(",")}`);
-  return rows[0] as AuditRow;
-}
+import { ALLOW, DENY, onlyRecord, read, request, unit } from "./pipeline-kit.js";
 
 describe("the pipeline on its own (unit)", () => {
   it("refuses in stage order: admission, version, identity, intent, op, capability, permission, ownership", async () => {

@@ -14,6 +14,8 @@ import {
   isWorkspaceId,
   NAME_RE,
   parseTarget,
+  sha256,
+  sha256Latin1,
 } from "../src/index.js";
 
 const semantic = (code: string) => (e: unknown) => e instanceof IntentError && e.errorClass === "SEMANTIC" && e.code === code;
@@ -117,6 +119,22 @@ describe("intents", () => {
     assert.deepEqual(a, b);
     assert.deepEqual(intentHash(a), createHash("sha256").update(a).digest());
     assert.deepEqual(decodeIntent(a), { ...good, args: { data: Buffer.from([1]) } });
+  });
+
+  it("sha256 and sha256Latin1 are SHA-256 (createHash) for any bytes, views at an offset included", () => {
+    fc.assert(
+      fc.property(fc.uint8Array({ maxLength: 2000 }), fc.nat(16), (bytes, skip) => {
+        const view = bytes.subarray(Math.min(skip, bytes.length));
+        const want = createHash("sha256").update(view).digest();
+        const got = sha256(view);
+        assert.ok(Buffer.isBuffer(got));
+        assert.equal(got.length, 32);
+        assert.deepEqual(got, want);
+        assert.deepEqual(intentHash(view), want);
+        assert.equal(sha256Latin1(view), want.toString("latin1"));
+      }),
+      { numRuns: 500 },
+    );
   });
 
   it("refuses malformed intents with SEMANTIC and the rule broken", () => {

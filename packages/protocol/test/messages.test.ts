@@ -1,13 +1,16 @@
 import assert from "node:assert/strict";
 import { createHash, generateKeyPairSync, sign, verify } from "node:crypto";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import {
   attestationTranscript,
   decodeMessage,
   encodeCanonical,
+  encodedBody,
   encodeFrame,
   encodeIntent,
   encodeMessage,
+  encodeMessagePieces,
   FrameDecoder,
   generateIdentity,
   HEADER_SIZE,
@@ -17,6 +20,7 @@ import {
   negotiateVersion,
   parseIdentity,
   serializeIdentity,
+  withEncodedBody,
 } from "../src/index.js";
 
 const roundTrip = (m: Message) => {
@@ -174,6 +178,33 @@ describe("messages", () => {
     assert.throws(() => parseIdentity(JSON.stringify(doc)), /does not match/);
     assert.throws(() => parseIdentity("nope"), /not JSON/);
     assert.throws(() => parseIdentity(JSON.stringify({ kpip: "identity/v1", persona: "x", privateKey: "AA" })), /32-byte/);
+  });
+
+  it("a response marked with its encoding frames as those bytes, the same frame as encoding it; copies carry no mark", () => {
+    fc.assert(
+      fc.property(
+        fc.record({
+          id: fc.nat(),
+          status: fc.constantFrom("SUCCESS", "FAILURE", "PARTIAL"),
+          payload: fc.dictionary(fc.string({ maxLength: 8 }), fc.oneof(fc.nat(), fc.string(), fc.uint8Array({ maxLength: 70 }))),
+        }),
+        fc.nat(1000),
+        (r, stream) => {
+          const body = { version: 1, ...r };
+          const msg: Message = { type: "RESPONSE", body };
+          const plain = Buffer.concat(encodeMessagePieces(msg, stream, 16));
+          const bytes = encodeCanonical(body as never);
+          assert.equal(withEncodedBody(body, bytes), body);
+          assert.deepEqual(encodedBody(body), bytes);
+          assert.deepEqual(Buffer.concat(encodeMessagePieces(msg, stream, 16)), plain);
+          assert.deepEqual(encodeMessage(msg, stream), plain);
+          // Invisible to encoders and copies: a changed copy is encoded afresh.
+          assert.deepEqual(encodeCanonical(body as never), bytes);
+          assert.equal(encodedBody({ ...body, status: "FAILURE" }), undefined);
+        },
+      ),
+      { numRuns: 200 },
+    );
   });
 
   it("puts the stream id in the header and the body after it", () => {

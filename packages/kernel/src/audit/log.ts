@@ -92,34 +92,50 @@ export class AuditLog {
 
   /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
   append(entry: AuditEntry, dedupe?: DedupeRow): Promise<void> {
+    // One object per record: the hash is filled in once computed (no copy of 19 fields).
+    return this.appendRow(
+      {
+        seq: 0,
+        time: 0,
+        kernel: this.kernelId,
+        session: entry.session,
+        persona: entry.persona,
+        phase: entry.phase,
+        requestId: entry.requestId ?? null,
+        op: entry.op ?? null,
+        target: entry.target ?? null,
+        intentHash: entry.intentHash ?? null,
+        intent: entry.intent ?? null,
+        caps: entry.caps ?? null,
+        status: entry.status ?? null,
+        errorClass: entry.errorClass ?? null,
+        message: entry.message ?? null,
+        durationUs: entry.durationUs ?? null,
+        traceparent: entry.traceparent ?? null,
+        execution: entry.execution ?? null,
+        domain: entry.domain ?? null,
+        measurements: entry.measurements ?? null,
+        detail: entry.detail ?? null,
+        prevHash: PENDING_HASH,
+        hash: PENDING_HASH,
+      },
+      dedupe,
+    );
+  }
+
+  /**
+   * {@link append} of a record built whole by its caller (a request's, pipeline/context.ts): the
+   * log takes the object as its own and fills in seq, time, kernel and the chain, so a request's
+   * record is one object, not an entry copied into a row.
+   */
+  appendRow(row: AuditRow, dedupe?: DedupeRow): Promise<void> {
     if (this.closed) return Promise.reject(new AuditClosedError("audit log is closed (kernel stopped)"));
     if (dedupe) this.pendingDedupe.push(dedupe);
-    // One object per record: the hash is filled in once computed (no copy of 19 fields).
-    const row: AuditRow = {
-      seq: ++this.seq,
-      time: Date.now(),
-      kernel: this.kernelId,
-      session: entry.session,
-      persona: entry.persona,
-      phase: entry.phase,
-      requestId: entry.requestId ?? null,
-      op: entry.op ?? null,
-      target: entry.target ?? null,
-      intentHash: entry.intentHash ?? null,
-      intent: entry.intent && entry.intent.length <= (this.opts.intentMaxBytes ?? 65_536) ? entry.intent : null,
-      caps: entry.caps ?? null,
-      status: entry.status ?? null,
-      errorClass: entry.errorClass ?? null,
-      message: entry.message ?? null,
-      durationUs: entry.durationUs ?? null,
-      traceparent: entry.traceparent ?? null,
-      execution: entry.execution ?? null,
-      domain: entry.domain ?? null,
-      measurements: entry.measurements ?? null,
-      detail: entry.detail ?? null,
-      prevHash: this.head,
-      hash: PENDING_HASH,
-    };
+    row.seq = ++this.seq;
+    row.time = Date.now();
+    row.kernel = this.kernelId;
+    if (row.intent !== null && row.intent.length > (this.opts.intentMaxBytes ?? 65_536)) row.intent = null;
+    row.prevHash = this.head;
     // Encoded once: the store keeps these bytes, the hash covers exactly them.
     const bytes = recordBytes(row);
     row.record = bytes;

@@ -1,10 +1,21 @@
-import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
-import type { AuditEntry } from "../audit/log.js";
+import {
+  type CborMap,
+  decodeIntent,
+  type ErrorClass,
+  encodeCanonical,
+  type Intent,
+  IntentError,
+  intentHash,
+  type Request,
+  type Response,
+  withEncodedBody,
+} from "@kpip/protocol";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
+import type { AuditRow } from "../store/types.js";
 import type { RequestTrace } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -68,13 +79,17 @@ export interface RecordOutcome {
 }
 
 /**
- * One audit record of a request: its columns and `o`, written as one object literal. A spread of
- * the columns (`{ ...ctx.rec, phase }`) went through V8's generic property copy on every record,
- * ~8 % of the kernel's CPU at 256 requests in flight.
+ * One audit record of a request: its columns and `o`, written as one object literal of the
+ * whole row, which the log takes as its own ({@link AuditLog.appendRow}: it fills in seq, time,
+ * kernel and the chain). A spread of the columns (`{ ...ctx.rec, phase }`) went through V8's
+ * generic property copy on every record, ~8 % of the kernel's CPU at 256 requests in flight.
  */
-export function requestEntry(ctx: RequestCtx, phase: AuditEntry["phase"], o: RecordOutcome): AuditEntry {
+export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: RecordOutcome): AuditRow {
   const r = ctx.rec;
   return {
+    seq: 0,
+    time: 0,
+    kernel: "",
     session: r.session,
     persona: r.persona,
     phase,
@@ -91,9 +106,15 @@ export function requestEntry(ctx: RequestCtx, phase: AuditEntry["phase"], o: Rec
     traceparent: r.traceparent,
     execution: r.execution,
     domain: r.domain,
+    measurements: null,
     detail: o.detail ?? null,
+    prevHash: NO_HASH,
+    hash: NO_HASH,
   };
 }
+
+/** The chain's columns of a record not yet appended. */
+const NO_HASH = new Uint8Array(0);
 
 /**
  * One request as it travels the stages: what is known of it so far. Each stage fills in what it
@@ -194,4 +215,33 @@ export function failure(ctx: RequestCtx, r: Refusal): Response {
 
 export function elapsedUs(ctx: RequestCtx): number {
   return Number((process.hrtime.bigint() - ctx.started) / 1000n);
+}
+
+/** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */
+export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
+  return typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
+}
+
+/** The response's canonical bytes, with which it is marked (withEncodedBody) so the session sends them as they are. */
+export function encodedResponse(response: Response): Uint8Array {
+  const bytes = encodeCanonical(response as unknown as CborMap);
+  withEncodedBody(response, bytes);
+  return bytes;
+}
+
+/** Step 2: the request speaks the session's version, for the session's attested persona. */
+export function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
+  if (req.version !== s.version) {
+    return {
+      errorClass: "PROTOCOL",
+      message: `request version ${req.version} differs from the session's version ${s.version}`,
+    };
+  }
+  if (req.persona !== s.persona || req.context.persona !== s.persona) {
+    return {
+      errorClass: "AUTH",
+      message: `this session is attested as ${s.persona}; it cannot act as ${req.persona !== s.persona ? req.persona : req.context.persona}`,
+    };
+  }
+  return undefined;
 }

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response } from "@kpip/protocol";
+import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response, withEncodedBody } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 
 /** The authority a grant carries, without its validity period (a refreshed token carries the same), and its base64. */
@@ -33,26 +33,38 @@ export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capId
 
 /**
  * What the dedupe cache remembers a request by (the same binding as {@link dedupeHash}): for an
- * op with effects that hash, base64, as its durable record stores it; for a read-only op, which
- * keeps no durable record (§11 rule 4), the intent hash and the authority side by side, with no
- * SHA-256 of its own per request. The two forms never equal each other (a `~` is no base64).
+ * op with effects that hash, base64, as its durable record stores it, and no separate authority
+ * (the hash binds it); for a read-only op, which keeps no durable record (§11 rule 4), the intent
+ * hash (latin1: its 32 bytes as 32 chars, as the pipeline has it) and the authority's tag, kept
+ * side by side: no SHA-256 of its own per request, and no string built per request to hold
+ * both (a 100,000-entry cache keeps every one). The two forms never equal each other: only an
+ * op with effects has an empty authority.
  */
+export interface DedupeTag {
+  tag: string;
+  authority: string;
+  /** The dedupe hash of an op with effects (its durable record's). */
+  hash?: Buffer;
+}
+
 export function dedupeTag(
   intentHash: Buffer,
+  intentHashLatin1: string,
   authority: { grant?: Grant; capIds: string[] },
   effects: boolean,
-): { tag: string; hash?: Buffer } {
+): DedupeTag {
   if (effects) {
     const hash = dedupeHash(intentHash, authority);
-    return { tag: hash.toString("base64"), hash };
+    return { tag: hash.toString("base64"), authority: "", hash };
   }
   const a = authority.grant ? authorityOf(authority.grant).tag : JSON.stringify([...authority.capIds].sort());
-  return { tag: `${intentHash.toString("base64")}~${a}` };
+  return { tag: intentHashLatin1, authority: a };
 }
 
 interface Entry {
-  /** The request's {@link dedupeTag} (a string: far smaller than a Buffer per entry). */
+  /** The request's {@link dedupeTag} (strings: far smaller than a Buffer per entry). */
   tag: string;
+  authority: string;
   expires: number;
   /** The promise of the response while the first attempt runs; dropped once it settles. */
   pending?: Promise<Response>;
@@ -99,10 +111,10 @@ export class DedupeCache {
   }
 
   /** Classifies a request by its {@link dedupeTag}; `effects`: the op changes state, so its answer is in the store. */
-  check(key: string, tag: string, now: number, effects: boolean): DedupeVerdict {
+  check(key: string, t: DedupeTag, now: number, effects: boolean): DedupeVerdict {
     const e = this.entries.get(key);
     if (e !== undefined && e.expires >= now) {
-      if (e.tag !== tag) return CONFLICT;
+      if (e.tag !== t.tag || e.authority !== t.authority) return CONFLICT;
       if (e.pending) return { kind: "answer", response: e.pending };
       if (!effects) return RERUN;
     } else if (e !== undefined) {
@@ -112,7 +124,7 @@ export class DedupeCache {
     // Ops with effects: the durable record (it also survives a kernel restart).
     const row = this.store?.lookupDedupe(key, now);
     if (!row) return NEW;
-    if (Buffer.from(row.hash).toString("base64") !== tag) return CONFLICT;
+    if (t.authority !== "" || Buffer.from(row.hash).toString("base64") !== t.tag) return CONFLICT;
     return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
   }
 
@@ -120,32 +132,36 @@ export class DedupeCache {
    * Runs an op's effect in one store transaction together with the durable dedupe record of the
    * answer it returns (PROTOCOL §11 rule 9): a kernel killed after the effect committed has the
    * record too, so the client's retry is answered from it instead of running the effect twice.
+   * The answer `answer` builds is marked with the bytes recorded: sent, it is not encoded again.
    */
   commitWith<T>(key: string, hash: Buffer, effect: () => T, answer: (v: T) => Response): T {
     const s = this.store;
     if (!s) return effect();
     return s.transaction(() => {
       const v = effect();
-      const response = encodeCanonical(answer(v) as unknown as CborMap);
+      // Encoded once: the record keeps these bytes, and the answer goes out as them (withEncodedBody).
+      const r = answer(v);
+      const response = encodeCanonical(r as unknown as CborMap);
+      withEncodedBody(r, response);
       s.putDedupe({ key, hash, response, expires: Date.now() + this.windowMs });
       return v;
     });
   }
 
   /** The first attempt is running: a duplicate arriving now waits for the same answer. */
-  running(key: string, tag: string, pending: Promise<Response>, now: number): void {
-    this.put(key, { tag, expires: now + this.windowMs, pending });
+  running(key: string, t: DedupeTag, pending: Promise<Response>, now: number): void {
+    this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs, pending });
   }
 
   /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
-  settled(key: string, tag: string, now: number): void {
+  settled(key: string, t: DedupeTag, now: number): void {
     // Kept in place (a delete and a set per request left the Map deleted slots to rehash): the
     // entry sits where `running` put it, a request's duration early for `sweep`, which only frees memory.
     const e = this.entries.get(key);
-    if (e !== undefined && e.tag === tag) {
+    if (e !== undefined && e.tag === t.tag && e.authority === t.authority) {
       e.pending = undefined;
       e.expires = now + this.windowMs;
-    } else this.put(key, { tag, expires: now + this.windowMs });
+    } else this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs });
   }
 
   private put(key: string, e: Entry): void {

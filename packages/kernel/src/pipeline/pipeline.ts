@@ -1,17 +1,16 @@
 import {
   type CborMap,
   decodeIntent,
-  encodeCanonical,
-  intentHash,
   parseTarget,
   RETRYABLE_CLASSES,
   type Request,
   type Response,
+  sha256Latin1,
 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
-import type { AuditEntry, AuditLog } from "../audit/log.js";
+import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
-import type { Authorizer } from "../auth/authorizer.js";
+import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import { checkArgs, type Router } from "../primitives/router.js";
@@ -22,8 +21,11 @@ import type { Admission } from "./admission.js";
 import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
 import {
   answer,
+  checkEnvelope,
   elapsedUs,
+  encodedResponse,
   failure,
+  isThenable,
   type Refusal,
   type RequestCtx,
   recordIntentColumns,
@@ -32,7 +34,7 @@ import {
   type SessionView,
   toRefusal,
 } from "./context.js";
-import { type DedupeCache, dedupeTag } from "./dedupe.js";
+import { type DedupeCache, type DedupeTag, dedupeTag } from "./dedupe.js";
 import { checkOwnership } from "./ownership.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
@@ -80,10 +82,10 @@ export class Pipeline {
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
    */
-  async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+  private async refuse(ctx: RequestCtx, r: Refusal, last = true): Promise<Response> {
     const { refusals, audit } = this.deps;
     const intent = ctx.rec.intent;
-    const entry: AuditEntry = requestEntry(ctx, "refused", {
+    const entry = requestEntry(ctx, "refused", {
       intent: intent && intent.length > (refusals?.intentMaxBytes ?? 1024) ? null : intent,
       caps: ctx.decision?.capIds.join(","),
       status: "FAILURE",
@@ -92,9 +94,10 @@ export class Pipeline {
       durationUs: elapsedUs(ctx),
     });
     const s = ctx.session;
-    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.append(entry);
+    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.appendRow(entry);
     else if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
-    return failure(ctx, r);
+    const response = failure(ctx, r);
+    return last ? this.answered(ctx, response) : response;
   }
 
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
@@ -118,32 +121,44 @@ export class Pipeline {
     this.deps.refusals?.forget(id);
   }
 
-  async handle(s: SessionView, req: Request): Promise<Response> {
+  /**
+   * A request, to its answer. Not an async function: its stages run synchronously up to their
+   * first real wait, and the last of them ({@link answered}) ends its span and counts it, so an
+   * answer costs no promise and microtask turn of its own here.
+   */
+  handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
     const t = startRequestSpan(req.context.traceparent, {
       "kpip.persona": s.persona,
       "kpip.session": s.id,
       "kpip.request_id": req.id,
     });
-    const ctx = requestCtx(s, req, started, t);
-    const r = await this.process(ctx);
-    endRequestSpan(t, ctx.op, r.status, r.error);
-    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - started) / 1e9);
+    try {
+      return this.process(requestCtx(s, req, started, t));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
+
+  /** The request's answer is final (every way a request ends passes here once): its span ends, its metrics count it. */
+  private answered(ctx: RequestCtx, r: Response): Response {
+    endRequestSpan(ctx.trace, ctx.op, r.status, r.error);
+    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - ctx.started) / 1e9);
     return r;
   }
 
   /**
-   * The intent's SHA-256. A large one is hashed a slice per event-loop turn, so other sessions'
-   * requests run meanwhile instead of waiting out the whole body (a 16 MiB intent is ~10 ms of
-   * hashing here). Requests of one session still reach the stages after this in the order they
-   * arrived (an upload's chunks must, PROTOCOL §9): a request that arrives while an earlier one of
-   * its session is being hashed waits for it.
+   * The intent's SHA-256 (latin1: a char per byte). A large one is hashed a slice per event-loop
+   * turn, so other sessions' requests run meanwhile instead of waiting out the whole body (a
+   * 16 MiB intent is ~10 ms of hashing here). Requests of one session still reach the stages
+   * after this in the order they arrived (an upload's chunks must, PROTOCOL §9): a request that
+   * arrives while an earlier one of its session is being hashed waits for it.
    */
-  private hashInOrder(session: string, intent: Uint8Array): Buffer | Promise<Buffer> {
+  private hashInOrder(session: string, intent: Uint8Array): string | Promise<string> {
     const before = this.hashing.size === 0 ? undefined : this.hashing.get(session);
-    if (before === undefined && intent.length <= HASH_SLICE) return intentHash(intent);
-    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : intentHash(intent));
-    const p = before === undefined ? sha256InSlices(intent) : before.then(hash);
+    if (before === undefined && intent.length <= HASH_SLICE) return sha256Latin1(intent);
+    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent).then(latin1) : sha256Latin1(intent));
+    const p = before === undefined ? sha256InSlices(intent).then(latin1) : before.then(hash);
     const gate = p.then(
       () => {},
       () => {},
@@ -155,20 +170,34 @@ export class Pipeline {
     return p;
   }
 
-  private async process(ctx: RequestCtx): Promise<Response> {
+  /**
+   * Steps 1–6. Synchronous up to the first stage that truly waits (a sliced hash, an
+   * authorizer or handler that returns a promise, an audit commit): a microtask turn per stage
+   * was a promise and a reaction for every request that waits on nothing until its record commits.
+   */
+  private process(ctx: RequestCtx): Promise<Response> {
     const { session: s, req } = ctx;
     // 1. admission: the session takes this request (in flight, not closing).
     // 2. version and identity: a request may only speak for the attested persona.
     const early = this.admission.request(s) ?? checkEnvelope(s, req);
-    if (early) {
-      const columns = recordIntentColumns(ctx.rec, req.intent);
-      if (columns) await columns;
-      return this.refuse(ctx, early);
-    }
+    if (early) return this.refuseUndecoded(ctx, early);
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
     const h = this.hashInOrder(s.id, req.intent);
-    const hash = h instanceof Promise ? await h : h;
+    return typeof h === "string" ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
+  }
+
+  /** A refusal before step 3: the record's intent columns from bytes the pipeline did not decode. */
+  private async refuseUndecoded(ctx: RequestCtx, r: Refusal): Promise<Response> {
+    const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
+    if (columns) await columns;
+    return this.refuse(ctx, r);
+  }
+
+  /** Steps 3 (the hash known) to 5. */
+  private decode(ctx: RequestCtx, hashLatin1: string): Promise<Response> {
+    const req = ctx.req;
+    const hash = Buffer.from(hashLatin1, "latin1");
     const rec = ctx.rec;
     ctx.hash = hash;
     rec.intent = req.intent;
@@ -190,30 +219,42 @@ export class Pipeline {
 
     // 5. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
     // run learns nothing from the record — not an answer, not even that its ids were used.
-    const decision = await stage(ctx.trace, "kpip.authorize", () =>
-      this.deps.authorizer.authorize({
-        persona: s.persona,
-        session: s.id,
-        intent,
-        context: req.context,
-        caps: req.caps,
-        handles: s.handles,
-        declaration: decl,
-      }),
-    );
+    const decision = ctx.trace.recording ? stage(ctx.trace, "kpip.authorize", () => this.authorize(ctx)) : this.authorize(ctx);
+    return isThenable(decision)
+      ? Promise.resolve(decision).then((d) => this.admit(ctx, d, hashLatin1))
+      : this.admit(ctx, decision, hashLatin1);
+  }
+
+  private authorize(ctx: RequestCtx): Decision {
+    const { session: s, req } = ctx;
+    return this.deps.authorizer.authorize({
+      persona: s.persona,
+      session: s.id,
+      intent: ctx.intent as NonNullable<RequestCtx["intent"]>,
+      context: req.context,
+      caps: req.caps,
+      handles: s.handles,
+      declaration: ctx.decl,
+    });
+  }
+
+  /** Step 6 (the decision known), then the run. */
+  private admit(ctx: RequestCtx, decision: Decision, hashLatin1: string): Promise<Response> {
+    const { session: s, req } = ctx;
     if (!decision.allowed) {
       ctx.rec.caps = decision.capIds.join(",");
       return this.refuse(ctx, decision);
     }
     ctx.decision = decision;
+    const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
 
     // 6. dedupe: a retry gets the recorded answer; the same ids with another intent get nothing of it.
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it,
     // and remembered under the authority that allowed it: another capability never gets its answer.
     const key = `${s.persona}:${s.instance}:${req.id}`;
-    const { tag, hash: dhash } = dedupeTag(hash, decision, decl.effects);
+    const tag = dedupeTag(ctx.hash as Buffer, hashLatin1, decision, decl.effects);
     ctx.key = key;
-    ctx.dhash = dhash;
+    ctx.dhash = tag.hash;
     const dedupe = this.deps.dedupe;
     const now = Date.now();
     const prior = dedupe.check(key, tag, now, decl.effects);
@@ -223,19 +264,17 @@ export class Pipeline {
         message: `request id ${req.id} was already used for a different intent or under another capability: use a new id`,
       });
     }
-    if (prior.kind === "answer") return this.replay(ctx, await prior.response);
-    const pending = this.run(ctx, this.answers.lease(s.id));
+    if (prior.kind === "answer") return this.replay(ctx, prior.response);
+    const pending = this.run(ctx, this.answers.lease(s.id), tag);
+    // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
     dedupe.running(key, tag, pending, now);
-    const response = await pending;
-    // A transient failure is not an answer to keep: the client's retry must run again.
-    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) dedupe.forget(key);
-    else dedupe.settled(key, tag, Date.now());
-    return response;
+    return pending;
   }
 
   /** A retry answered from the record: nothing runs again, but the retry itself is on the record. */
-  private async replay(ctx: RequestCtx, response: Response): Promise<Response> {
-    await this.deps.audit.append(
+  private async replay(ctx: RequestCtx, recorded: Response | Promise<Response>): Promise<Response> {
+    const response = await recorded;
+    await this.deps.audit.appendRow(
       requestEntry(ctx, "replay", {
         intent: null,
         caps: ctx.decision?.capIds.join(","),
@@ -245,88 +284,121 @@ export class Pipeline {
         durationUs: elapsedUs(ctx),
       }),
     );
-    return response;
+    return this.answered(ctx, response);
   }
 
-  /** Steps 7–12 of an authorized, new request (its ctx has decl, decision, key and dhash). */
-  private async run(ctx: RequestCtx, lease: AnswerLease): Promise<Response> {
+  /**
+   * Steps 7–12 of an authorized, new request (its ctx has decl, decision, key and dhash), then
+   * what dedupe keeps of its answer (`tag`: what the request is remembered by). One async
+   * function whose only waits are the audit commits (and a handler that returns a promise).
+   */
+  private async run(ctx: RequestCtx, lease: AnswerLease, tag: DedupeTag): Promise<Response> {
+    const { audit, dedupe } = this.deps;
+    let response: Response;
     // The lease is given back however the request ends (in the body: a `.finally` was one more promise a request).
     try {
-      const { session: s, trace } = ctx;
+      const trace = ctx.trace;
       const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
       const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
-      const { audit, dedupe } = this.deps;
       const caps = decision.capIds.join(",");
       // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
-      let release: () => void;
-      try {
-        release = this.deps.ledger.admit(s.persona, decision.grant, decision.rateKey);
-      } catch (e) {
-        return this.refuse(ctx, toRefusal(e, this.deps.log, ctx));
-      }
-
-      // 8. an op that changes state has its intent recorded, and committed, before it runs.
-      const effects = decl.effects;
-      if (effects) await stage(trace, "kpip.audit.intent", () => audit.append(requestEntry(ctx, "intent", { caps })));
-
-      // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
-      let result: OpResult | undefined;
+      let release: (() => void) | undefined;
       let refusal: Refusal | undefined;
-      let recorded = false;
       try {
-        // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-        const atomically =
-          ctx.dhash === undefined
-            ? runNow
-            : <T extends OpResult>(effect: () => T): T => {
-                const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => answer(ctx, r));
-                recorded = dedupe.durable;
-                return v;
-              };
-        result = await stage(trace, "kpip.execute", () => this.execute(ctx, atomically, lease));
+        release = this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
       } catch (e) {
         refusal = toRefusal(e, this.deps.log, ctx);
-      } finally {
-        release();
       }
+      if (release === undefined) response = await this.refuse(ctx, refusal as Refusal, false);
+      else {
+        // 8. an op that changes state has its intent recorded, and committed, before it runs.
+        const effects = decl.effects;
+        if (effects) {
+          const intentRecord = () => audit.appendRow(requestEntry(ctx, "intent", { caps }));
+          try {
+            await (trace.recording ? stage(trace, "kpip.audit.intent", intentRecord) : intentRecord());
+          } catch (e) {
+            release();
+            throw e;
+          }
+        }
 
-      // 11. audit the outcome, then answer. The response of an op with effects is stored with
-      // its outcome record, so a retry after a kernel restart gets it instead of a second run.
-      const response = refusal ? failure(ctx, refusal) : answer(ctx, result as OpResult);
-      // An answer recorded with its effect stays the record: the effect happened, whatever follows.
-      const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
-      // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
-      // effects an "outcome" record that refers to its intent record by request id and hash.
-      const outcome = audit.append(
-        requestEntry(ctx, effects ? "outcome" : "complete", {
-          intent: effects ? null : ctx.req.intent,
-          caps,
-          status: response.status,
-          errorClass: refusal?.errorClass ?? null,
-          message: refusal?.message ?? null,
-          durationUs: elapsedUs(ctx),
-          detail: statusDetail(response.status, result?.audit),
-        }),
-        keep
-          ? {
-              key: ctx.key as string,
-              hash: ctx.dhash as Buffer,
-              response: encodeCanonical(response as unknown as CborMap),
-              expires: Date.now() + dedupe.windowMs,
-            }
-          : undefined,
-      );
-      // Chained synchronously: the head is this record (a revocation notes where it is on the record).
-      result?.recorded?.(audit.headSeq);
-      await stage(trace, "kpip.audit.outcome", () => outcome);
-      return response;
+        // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
+        let result: OpResult | undefined;
+        let recorded = false;
+        // The answer recorded with an atomic effect, already encoded: sent as it is when the handler returns that result.
+        let atomicResult: OpResult | undefined;
+        let atomicAnswer: Response | undefined;
+        try {
+          // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
+          const atomically =
+            ctx.dhash === undefined
+              ? runNow
+              : <T extends OpResult>(effect: () => T): T => {
+                  const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
+                    atomicResult = r;
+                    atomicAnswer = answer(ctx, r);
+                    return atomicAnswer;
+                  });
+                  recorded = dedupe.durable;
+                  return v;
+                };
+          const execute = () => this.execute(ctx, atomically, lease);
+          const r = trace.recording ? stage(trace, "kpip.execute", execute) : execute();
+          result = isThenable(r) ? await r : r;
+        } catch (e) {
+          refusal = toRefusal(e, this.deps.log, ctx);
+        } finally {
+          release();
+        }
+
+        // 11. audit the outcome, then answer. The response of an op with effects is stored with
+        // its outcome record, so a retry after a kernel restart gets it instead of a second run.
+        if (refusal) response = failure(ctx, refusal);
+        else if (recorded && atomicAnswer !== undefined && result === atomicResult) response = atomicAnswer;
+        else response = answer(ctx, result as OpResult);
+        // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+        const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+        // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
+        // effects an "outcome" record that refers to its intent record by request id and hash.
+        const outcome = audit.appendRow(
+          requestEntry(ctx, effects ? "outcome" : "complete", {
+            intent: effects ? null : ctx.req.intent,
+            caps,
+            status: response.status,
+            errorClass: refusal?.errorClass ?? null,
+            message: refusal?.message ?? null,
+            durationUs: elapsedUs(ctx),
+            detail: statusDetail(response.status, result?.audit),
+          }),
+          keep
+            ? {
+                key: ctx.key as string,
+                hash: ctx.dhash as Buffer,
+                // Encoded once: recorded, and sent as these bytes.
+                response: encodedResponse(response),
+                expires: Date.now() + dedupe.windowMs,
+              }
+            : undefined,
+        );
+        // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+        result?.recorded?.(audit.headSeq);
+        await (trace.recording ? stage(trace, "kpip.audit.outcome", () => outcome) : outcome);
+      }
     } finally {
       lease.release();
     }
+    // A transient failure is not an answer to keep: the client's retry must run again.
+    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) dedupe.forget(ctx.key as string);
+    else dedupe.settled(ctx.key as string, tag, Date.now());
+    return this.answered(ctx, response);
   }
 
-  /** Target, arguments, ownership and deadline, then the handler: a handler never checks rights. */
-  private async execute(ctx: RequestCtx, atomically: OpContext["atomically"], lease: AnswerLease): Promise<OpResult> {
+  /**
+   * Target, arguments, ownership and deadline, then the handler: a handler never checks rights.
+   * Synchronous: a refusal here throws, and a synchronous handler's result is returned as it is.
+   */
+  private execute(ctx: RequestCtx, atomically: OpContext["atomically"], lease: AnswerLease): OpResult | Promise<OpResult> {
     const { session: s, req } = ctx;
     const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
@@ -358,24 +430,10 @@ export class Pipeline {
     };
     checkOwnership(decl, op);
     if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
-    return await decl.handler(op);
+    return decl.handler(op);
   }
 }
+
+const latin1 = (b: Buffer): string => b.toString("latin1");
 
 const runNow = <T>(effect: () => T): T => effect();
-
-function checkEnvelope(s: SessionView, req: Request): Refusal | undefined {
-  if (req.version !== s.version) {
-    return {
-      errorClass: "PROTOCOL",
-      message: `request version ${req.version} differs from the session's version ${s.version}`,
-    };
-  }
-  if (req.persona !== s.persona || req.context.persona !== s.persona) {
-    return {
-      errorClass: "AUTH",
-      message: `this session is attested as ${s.persona}; it cannot act as ${req.persona !== s.persona ? req.persona : req.context.persona}`,
-    };
-  }
-  return undefined;
-}

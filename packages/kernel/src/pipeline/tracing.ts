@@ -9,13 +9,16 @@ const tracer = trace.getTracer("kpip-kernel", KERNEL_VERSION);
 export interface RequestTrace {
   span: Span;
   ctx: Context;
+  /** The span records (an SDK sampled it): only then do stages get spans of their own. */
+  recording: boolean;
 }
 
 export function startRequestSpan(traceparent: string | undefined, attributes: Record<string, string | number>): RequestTrace {
   const parent = traceparent ? propagation.extract(ROOT_CONTEXT, { traceparent }) : context.active();
   const span = tracer.startSpan("kpip.request", { attributes }, parent);
+  const recording = span.isRecording();
   // A context for child spans only when they are recorded (without an SDK: a context copy per request saved).
-  return { span, ctx: span.isRecording() ? trace.setSpan(parent, span) : parent };
+  return { span, ctx: recording ? trace.setSpan(parent, span) : parent, recording };
 }
 
 /**

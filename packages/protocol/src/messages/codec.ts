@@ -3,17 +3,25 @@ import type { CborValue } from "../cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits, MessageType, messageTypeName } from "../constants.js";
 import { CborError, MessageError } from "../errors.js";
 import type { Frame } from "../frame/decoder.js";
-import { encodeFrame, encodeFramePieces } from "../frame/encoder.js";
+import { encodeFrame, encodeFrameParts, encodeFramePieces } from "../frame/encoder.js";
+import { encodedBody } from "./encoded-body.js";
 import type { Message } from "./types.js";
 import { validateMessage } from "./validate.js";
 
 /** Encodes a message as one frame buffer (header + canonical CBOR body). */
 export function encodeMessage(msg: Message, stream = 0, flags = 0): Buffer {
+  const pre = encodedBody(msg.body);
+  if (pre !== undefined) return Buffer.concat(encodeFrameParts({ type: MessageType[msg.type], stream, flags }, pre));
   return encodeFrame({ type: MessageType[msg.type], stream, flags }, msg.body as unknown as CborValue);
 }
 
-/** The message as frame pieces, byte strings of `refMin` bytes or more referenced, not copied. */
+/**
+ * The message as frame pieces, byte strings of `refMin` bytes or more referenced, not copied; a
+ * body marked with its encoding ({@link withEncodedBody}) is framed as those bytes, not encoded again.
+ */
 export function encodeMessagePieces(msg: Message, stream: number, refMin: number): Uint8Array[] {
+  const pre = encodedBody(msg.body);
+  if (pre !== undefined) return encodeFrameParts({ type: MessageType[msg.type], stream }, pre);
   return encodeFramePieces({ type: MessageType[msg.type], stream }, msg.body as unknown as CborValue, refMin);
 }
 
