@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { type CapabilityRef, encodeCanonical, encodedBody, type Intent, type Request, type Response } from "@kpip/protocol";
 import fc from "fast-check";
+import type { Authorizer, Decision } from "../src/auth/authorizer.js";
 import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
 import type { AuditRow } from "../src/store/types.js";
-import { ALLOW, DENY, request, type Unit, unit } from "./pipeline-kit.js";
+import { ALLOW, DENY, handleAuthorizer, read, request, type Unit, unit } from "./pipeline-kit.js";
 
 // The pipeline runs a request synchronously up to its first real wait (an audit commit, a sliced
 // hash, a handler or authorizer that returns a promise). Pinned here to the definition it replaced,
@@ -192,6 +193,61 @@ describe("the pipeline's synchronous path (property)", () => {
           "intent records in arrival order",
         );
       }
+    } finally {
+      u.close();
+    }
+  });
+});
+
+describe("the session's order and a failed first attempt", () => {
+  it("a request whose decision comes as a promise is not overtaken by a later one of its session whose decision is at hand", async () => {
+    // An embedder's authorizer may answer some requests later than others (a remote policy, a cache miss).
+    const later: Authorizer = {
+      authorize: (r) => {
+        const d = handleAuthorizer.authorize(r);
+        return ((r.intent.args as { n?: number }).n === 1 ? Promise.resolve(d) : d) as Decision;
+      },
+    };
+    const u = unit({ authorizer: later, maxInFlight: 16 });
+    try {
+      const reqs = [1, 2, 3, 1, 4].map((n) => request(read({ n })));
+      const answers = await Promise.all(reqs.map((r) => u.send(r)));
+      assert.ok(answers.every((a) => a.status === "SUCCESS"));
+      assert.deepEqual(
+        u.ran,
+        reqs.map((r) => `read:${r.id}`),
+        "handlers in arrival order",
+      );
+    } finally {
+      u.close();
+    }
+  });
+
+  it("a first attempt whose intent record did not commit leaves its ids free: the retry runs, once, on the record", async () => {
+    const u = unit();
+    try {
+      const append = u.audit.appendRow.bind(u.audit);
+      let failNext = true;
+      u.audit.appendRow = (row, d) => {
+        if (row.phase === "intent" && failNext) {
+          failNext = false;
+          return Promise.reject(new Error("audit commit failed"));
+        }
+        return append(row, d);
+      };
+      const req = request({ op: "t.write", target: "persona://alice/x", args: {} });
+      await assert.rejects(u.send(req), /audit commit failed/);
+      assert.deepEqual(u.ran, [], "nothing ran without its intent record");
+      const retry = await u.send(req);
+      assert.equal(retry.status, "SUCCESS");
+      assert.deepEqual(u.ran, [`write:${req.id}`], "the retry ran, once");
+      assert.deepEqual(
+        u
+          .records()
+          .filter((r) => r.requestId === req.id)
+          .map((r) => r.phase),
+        ["intent", "outcome"],
+      );
     } finally {
       u.close();
     }

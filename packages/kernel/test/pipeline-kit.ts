@@ -84,6 +84,7 @@ export interface Unit {
   /** The answers the pipeline counted in its metrics ("op status class"), in the order it counted them. */
   counted: string[];
   store: SqliteStore;
+  audit: AuditLog;
   ran: string[];
   session: SessionView & { inFlight: number; closing: boolean };
   /** Runs one request on the session (counted in flight while it runs, as the session does). */
@@ -138,6 +139,7 @@ export function unit(opts: UnitOptions = {}): Unit {
   return {
     pipeline,
     store,
+    audit,
     ran,
     counted,
     session,

@@ -179,6 +179,11 @@ export class DedupeCache {
     }
   }
 
+  /** Forgets the attempt `pending` if it is still the one remembered (it threw: no answer to give a retry). */
+  abandoned(key: string, pending: Promise<Response>): void {
+    if (this.entries.get(key)?.pending === pending) this.entries.delete(key);
+  }
+
   /** Forgets a request whose failure was transient, so its retry runs again. */
   forget(key: string): void {
     this.entries.delete(key);

@@ -68,8 +68,12 @@ export interface PipelineDeps {
 export class Pipeline {
   readonly admission: Admission;
   private readonly answers: AnswerBudget;
-  /** Sessions with a large intent being hashed: the settling of their latest request's hash. */
-  private readonly hashing = new Map<string, Promise<void>>();
+  /**
+   * Sessions whose latest request still waits before step 6 (a sliced hash, an authorizer's
+   * promise): the settling of that wait. A later request of the session waits for it, so a
+   * session's requests reach dedupe and their handlers in the order they arrived.
+   */
+  private readonly waiting = new Map<string, Promise<void>>();
 
   constructor(private readonly deps: PipelineDeps) {
     this.admission = deps.admission;
@@ -128,12 +132,13 @@ export class Pipeline {
    */
   handle(s: SessionView, req: Request): Promise<Response> {
     const started = process.hrtime.bigint();
-    const t = startRequestSpan(req.context.traceparent, {
-      "kpip.persona": s.persona,
-      "kpip.session": s.id,
-      "kpip.request_id": req.id,
-    });
+    // An embedder's tracer that throws becomes this request's rejection (an INTERNAL answer), not the session's end.
     try {
+      const t = startRequestSpan(req.context.traceparent, {
+        "kpip.persona": s.persona,
+        "kpip.session": s.id,
+        "kpip.request_id": req.id,
+      });
       return this.process(requestCtx(s, req, started, t));
     } catch (e) {
       return Promise.reject(e);
@@ -155,19 +160,27 @@ export class Pipeline {
    * arrives while an earlier one of its session is being hashed waits for it.
    */
   private hashInOrder(session: string, intent: Uint8Array): string | Promise<string> {
-    const before = this.hashing.size === 0 ? undefined : this.hashing.get(session);
+    const before = this.waiting.size === 0 ? undefined : this.waiting.get(session);
     if (before === undefined && intent.length <= HASH_SLICE) return sha256Latin1(intent);
     const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent).then(latin1) : sha256Latin1(intent));
     const p = before === undefined ? sha256InSlices(intent).then(latin1) : before.then(hash);
+    this.holdSession(session, p);
+    return p;
+  }
+
+  /**
+   * The session's later requests wait until `p` settles, and its own reactions registered before
+   * this call (the request's next stage) run first: they are earlier in `p`'s reaction list.
+   */
+  private holdSession(session: string, p: Promise<unknown>): void {
     const gate = p.then(
       () => {},
       () => {},
     );
-    this.hashing.set(session, gate);
+    this.waiting.set(session, gate);
     void gate.then(() => {
-      if (this.hashing.get(session) === gate) this.hashing.delete(session);
+      if (this.waiting.get(session) === gate) this.waiting.delete(session);
     });
-    return p;
   }
 
   /**
@@ -220,9 +233,13 @@ export class Pipeline {
     // 5. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
     // run learns nothing from the record — not an answer, not even that its ids were used.
     const decision = ctx.trace.recording ? stage(ctx.trace, "kpip.authorize", () => this.authorize(ctx)) : this.authorize(ctx);
-    return isThenable(decision)
-      ? Promise.resolve(decision).then((d) => this.admit(ctx, d, hashLatin1))
-      : this.admit(ctx, decision, hashLatin1);
+    if (!isThenable(decision)) return this.admit(ctx, decision, hashLatin1);
+    // A decision that comes later: the session's later requests wait for it (after this one's
+    // step 6), or a later request with a decision at hand would overtake this one.
+    const later = Promise.resolve(decision);
+    const admitted = later.then((d) => this.admit(ctx, d, hashLatin1));
+    this.holdSession(ctx.session.id, later);
+    return admitted;
   }
 
   private authorize(ctx: RequestCtx): Decision {
@@ -268,6 +285,8 @@ export class Pipeline {
     const pending = this.run(ctx, this.answers.lease(s.id), tag);
     // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
     dedupe.running(key, tag, pending, now);
+    // A run that throws (a record that did not commit) is no answer: a retry with these ids runs again.
+    pending.catch(() => dedupe.abandoned(key, pending));
     return pending;
   }
 
