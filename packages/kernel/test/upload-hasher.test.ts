@@ -49,7 +49,7 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
             await withFile(data, async (fd) => {
               const key = `u-${seed}-${n}`;
               await Promise.all(rangesOf(n, cuts).map(([off, len]) => hasher.range(key, fd, off, len)));
-              assert.deepEqual(await hasher.digest(key), sha256(data));
+              assert.deepEqual(await hasher.digest(key, n), sha256(data));
             });
           },
         ),
@@ -85,7 +85,34 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
         await assert.rejects(hasher.range("a", fd, 0, 1000), /exited with 3/);
         await hasher.range("b", fd, 0, 100_000);
         await hasher.range("b", fd, 100_000, 200_000);
-        assert.deepEqual(await hasher.digest("b"), sha256(data));
+        assert.deepEqual(await hasher.digest("b", data.length), sha256(data));
+      });
+    } finally {
+      hasher.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a worker that dies after hashing an upload's ranges takes their hash with it: the digest is refused, never the hash of no bytes", async () => {
+    // Acknowledges ranges (as if hashed) and dies on the first `forget`: the upload's ranges were
+    // all answered before it died, so nothing waiting on it is rejected.
+    const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
+    const module = join(dir, "hashes-then-dies.mjs");
+    writeFileSync(
+      module,
+      'import { parentPort } from "node:worker_threads";\n' +
+        'parentPort.on("message", (m) => { if (m.kind === "forget") process.exit(3); parentPort.postMessage({ seq: m.seq }); });\n',
+    );
+    const hasher = new UploadHasher(new URL(`file://${module}`));
+    try {
+      const data = Buffer.alloc(1000, 9);
+      await withFile(data, async (fd) => {
+        await hasher.range("a", fd, 0, 600);
+        await hasher.range("a", fd, 600, 400);
+        hasher.forget("other");
+        // Sent after the forget: the worker is gone before it reads this, and its exit fails it.
+        await assert.rejects(hasher.range("z", fd, 0, 1), /exited with 3/);
+        await assert.rejects(hasher.digest("a", data.length), /covers 0 bytes, not its 1000/);
       });
     } finally {
       hasher.close();
@@ -98,7 +125,7 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
     await withFile(Buffer.alloc(10, 1), async (fd) => {
       await hasher.range("a", fd, 0, 10);
       hasher.close();
-      await assert.rejects(hasher.digest("a"), /stopping/);
+      await assert.rejects(hasher.digest("a", 10), /stopping/);
     });
   });
 });

@@ -213,7 +213,7 @@ export class UploadTable {
   async digest(u: Upload): Promise<Buffer> {
     await u.hashed;
     if (u.failed) throw u.failed;
-    return this.hasher.digest(u.id);
+    return this.hasher.digest(u.id, u.received);
   }
 
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */

@@ -6,7 +6,7 @@ const hashes = new RangeHashes();
 parentPort?.on("message", (m: { kind: string; seq: number; key: string; fd: number; offset: number; length: number }) => {
   try {
     if (m.kind === "forget") hashes.forget(m.key);
-    else if (m.kind === "digest") parentPort?.postMessage({ seq: m.seq, digest: hashes.digest(m.key) });
+    else if (m.kind === "digest") parentPort?.postMessage({ seq: m.seq, digest: hashes.digest(m.key, m.length) });
     else {
       hashes.range(m.key, m.fd, m.offset, m.length);
       parentPort?.postMessage({ seq: m.seq });

@@ -29,10 +29,16 @@ export class RangeHashes {
     s.next = offset + length;
   }
 
-  /** The SHA-256 of every range of `key` so far (an upload of no range: of no bytes); `key` is forgotten. */
-  digest(key: string): Buffer {
+  /**
+   * The SHA-256 of `key`'s ranges, which must cover exactly [0, length) (an upload of no bytes:
+   * the hash of none); `key` is forgotten. A hash that lost ranges (a worker that died after
+   * hashing them) is refused, never given as the hash of what is left.
+   */
+  digest(key: string, length: number): Buffer {
     const s = this.byKey.get(key);
     this.byKey.delete(key);
+    const hashed = s?.next ?? 0;
+    if (hashed !== length) throw new Error(`the hash of ${key} covers ${hashed} bytes, not its ${length}`);
     return (s?.hash ?? createHash("sha256")).digest();
   }
 
@@ -64,9 +70,9 @@ export class UploadHasher {
     await this.ask({ kind: "range", key, fd, offset, length });
   }
 
-  /** The SHA-256 of `key`'s ranges, once every range it was given resolved. */
-  async digest(key: string): Promise<Buffer> {
-    const r = await this.ask({ kind: "digest", key });
+  /** The SHA-256 of `key`'s ranges, once every range it was given resolved; they must cover [0, length). */
+  async digest(key: string, length: number): Promise<Buffer> {
+    const r = await this.ask({ kind: "digest", key, length });
     return Buffer.from(r.digest as Uint8Array);
   }
 
@@ -99,7 +105,7 @@ export class UploadHasher {
   }
 
   private runInline(h: RangeHashes, m: { kind: string; key: string; fd?: number; offset?: number; length?: number }): Reply {
-    if (m.kind === "digest") return { seq: 0, digest: h.digest(m.key) };
+    if (m.kind === "digest") return { seq: 0, digest: h.digest(m.key, m.length as number) };
     h.range(m.key, m.fd as number, m.offset as number, m.length as number);
     return { seq: 0 };
   }
