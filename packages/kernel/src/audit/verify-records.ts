@@ -76,7 +76,10 @@ export class RecordScan {
         let rec = r[2];
         if (rec === null) {
           // Past the batch size (or NULL): alone, if within the bound.
-          const [size, bytes] = this.one.get(seq) as [number | null, unknown];
+          const alone = this.one.get(seq) as [number | null, unknown] | undefined;
+          // Gone since the batch was read (retention pruned it on a live home): reported, not a crash.
+          if (alone === undefined) return bad(seq, `record ${seq} is missing (removed while it was read)`);
+          const [size, bytes] = alone;
           if (size !== null && size > MAX_RECORD_BYTES) return bad(seq, oversizeReason(size));
           rec = bytes;
         }

@@ -139,6 +139,9 @@ export function migrateAuditLayout(db: Database.Database, batch = 2000, onBatch?
       bytes += size;
       to = seq;
     }
+    // Seqs past 2^53 read back as the same number (only a tampered table has them): the batch
+    // could not move past them, so the move stops instead of looping.
+    if (to <= after) throw new Error(`the audit table's seq ${to} cannot be read exactly (a tampered seq past 2^53): not moved`);
     moved += db.transaction(() => move.run(after, to).changes)();
     after = to;
     onBatch?.(moved);
