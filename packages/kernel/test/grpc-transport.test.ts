@@ -160,10 +160,10 @@ describe("gRPC transport with TLS", () => {
   it("garbage on a stream: fatal PROTOCOL/BAD_MAGIC, stream closed, others served", async () => {
     const s = rawStream(address);
     s.call.write(Buffer.from("GET / HTTP/1.1\r\n\r\n"));
-    await until(() => s.frames.find((m) => m.type === "ERROR"), 3000, "ERROR frame");
+    await until(() => s.frames.find((m) => m.type === "ERROR"), 30_000, "ERROR frame");
     const e = s.frames.find((m) => m.type === "ERROR") as Extract<Message, { type: "ERROR" }>;
     assert.deepEqual([e.body.class, e.body.code], ["PROTOCOL", "BAD_MAGIC"]);
-    await until(() => s.state.ended, 3000, "stream closed");
+    await until(() => s.state.ended, 30_000, "stream closed");
     // The failed handshake's record says where it came from, as an open record does.
     const failed = await until(
       () => t.k.inspect.queryAudit({ op: "session.handshake", limit: 50 }).find((r) => /BAD_MAGIC/.test(r.message ?? "")),
@@ -182,7 +182,7 @@ describe("gRPC transport with TLS", () => {
   it("a message over the size limit is refused by gRPC itself; the kernel keeps serving", async () => {
     const s = rawStream(address);
     s.call.write(Buffer.alloc(3 * 1024 * 1024));
-    await until(() => s.state.ended, 5000, "stream refused");
+    await until(() => s.state.ended, 30_000, "stream refused");
     assert.equal(s.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
     s.close();
     const c = await overGrpc();
@@ -195,12 +195,12 @@ describe("gRPC transport with TLS", () => {
     // A garbage frame, gzip-compressed: decompressed and read as KPIP, like any message.
     const s = rawStream(address, undefined, gzip);
     s.call.write(Buffer.from("GET / HTTP/1.1\r\n\r\n"));
-    await until(() => s.frames.find((m) => m.type === "ERROR"), 5000, "ERROR frame");
+    await until(() => s.frames.find((m) => m.type === "ERROR"), 30_000, "ERROR frame");
     s.close();
     // 3 MiB of zeros compress to a few KiB, but decompress past the kernel's 1 MiB + slack.
     const bomb = rawStream(address, undefined, gzip);
     bomb.call.write(Buffer.alloc(3 * 1024 * 1024));
-    await until(() => bomb.state.ended, 5000, "stream refused");
+    await until(() => bomb.state.ended, 30_000, "stream refused");
     assert.equal(bomb.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
     assert.equal(bomb.frames.length, 0, "nothing of it reached KPIP");
     bomb.close();
@@ -217,7 +217,7 @@ describe("gRPC transport with TLS", () => {
     });
     hello.writeUInt32BE(2 * 1024 * 1024, 12);
     s.call.write(hello.subarray(0, 16));
-    await until(() => s.frames.find((m) => m.type === "ERROR"), 3000, "ERROR frame");
+    await until(() => s.frames.find((m) => m.type === "ERROR"), 30_000, "ERROR frame");
     const e = s.frames.find((m) => m.type === "ERROR") as Extract<Message, { type: "ERROR" }>;
     assert.deepEqual([e.body.class, e.body.code], ["PROTOCOL", "TOO_LARGE"]);
     s.close();
@@ -285,7 +285,7 @@ describe("gRPC transport with TLS", () => {
     });
     assert.equal((await c.system.health()).status, "ok");
     await t2.stop();
-    await until(() => c.state === "closed", 5000, "client closed");
+    await until(() => c.state === "closed", 30_000, "client closed");
     await assert.rejects(c.system.health(), KernelUnavailableError);
     removeHome(t2.home);
   });

@@ -38,7 +38,7 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
   const expectFatal = async (p: RawPeer, cls: string, code: string) => {
     const e = await p.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], [cls, code, true]);
-    await until(() => p.closed, 3000, "the kernel closes the socket");
+    await until(() => p.closed, 30_000, "the kernel closes the socket");
     return e.body;
   };
 

@@ -30,30 +30,36 @@ describe("session lifecycle and limits", () => {
     const p = c.system.health();
     await c.close();
     assert.equal((await p).status, "ok");
-    await until(() => t.k.sessionCount === 0, 3000, "session gone");
+    await until(() => t.k.sessionCount === 0, 30_000, "session gone");
     await t.stop();
     removeHome(t.home);
   });
 
   it("detects a dead peer that stops answering heartbeats", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
-    const p = await RawPeer.admin(t);
-    p.sock.pause(); // reads nothing, answers no PING
-    await until(() => t.k.sessionCount === 0, 3000, "dead peer closed");
-    p.close();
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const p = await RawPeer.admin(t);
+      p.sock.pause(); // reads nothing, answers no PING
+      await until(() => t.k.sessionCount === 0, 30_000, "dead peer closed");
+      p.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("tells in-flight handlers to stop when their session ends", async () => {
     const seen = seenNothing();
     const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
-    const p = await RawPeer.admin(t);
-    p.request(1, { op: "slow.until_abort", target: "kernel://", args: {} }, { persona: "admin" });
-    await until(() => seen.started === 1, 10_000, "the handler started");
-    p.close();
-    await until(() => seen.aborted === 1, 10_000, "abort");
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const p = await RawPeer.admin(t);
+      p.request(1, { op: "slow.until_abort", target: "kernel://", args: {} }, { persona: "admin" });
+      await until(() => seen.started === 1, 10_000, "the handler started");
+      p.close();
+      await until(() => seen.aborted === 1, 10_000, "abort");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 });

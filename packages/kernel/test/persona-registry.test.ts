@@ -206,7 +206,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     other.close();
     const err = await closed;
     assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
-    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 30_000, "journal drained");
     const removal = t.k.inspect.queryAudit({ op: "persona.remove", limit: 5 });
     assert.equal(removal.length, 1);
     assert.equal(removal[0]?.phase, "offline");
@@ -219,7 +219,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     s1.withJournal({ actor: "test", op: "persona.register", target: "persona://erin", message: "registered" }, () =>
       s1.addPersona("erin", erin.publicKey),
     );
-    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 30_000, "journal drained");
     const erinToken = (
       await admin.tokens.mint("erin", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 })
     ).token;
@@ -235,7 +235,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     const why = await oldClosed;
     assert.ok(why instanceof KpipError && why.code === "PERSONA_REMOVED", String(why));
     const fresh = await t.connect(erin2, []);
-    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 30_000, "journal drained");
     assert.equal(fresh.state, "ready", "the session attested with the new key is kept");
 
     // A second kernel on this home while the first serves writes nothing before it is refused.
@@ -245,7 +245,7 @@ describe("registry changes made without the kernel are audited, once", () => {
     );
     s2.close();
     await assert.rejects(startKernel({}, home), (e: unknown) => e instanceof Error && e.name === "HomeInUseError");
-    await until(() => t.k.inspect.offlineJournal().length === 0, 5000, "journal drained");
+    await until(() => t.k.inspect.offlineJournal().length === 0, 30_000, "journal drained");
     assert.equal(
       t.k.inspect.queryAudit({ op: "persona.register", limit: 50 }).filter((x) => x.target === "persona://fay").length,
       1,

@@ -44,9 +44,9 @@ describe("bounded before authentication", () => {
       assert.equal(t.k.sessionCount, 40);
       for (const p of peers) p.sendMessage(errorFrame(true));
       // The kernel closes its end; each peer sees the close without closing its own side first.
-      await until(() => peers.every((p) => p.closed), 5000, "every connection closed by the kernel");
-      await until(() => t.k.sessionCount === 0, 5000, "no sessions left");
-      await until(() => fds() <= before, 5000, "the kernel's 40 descriptors released");
+      await until(() => peers.every((p) => p.closed), 30_000, "every connection closed by the kernel");
+      await until(() => t.k.sessionCount === 0, 30_000, "no sessions left");
+      await until(() => fds() <= before, 30_000, "the kernel's 40 descriptors released");
       const c = await t.admin();
       assert.equal((await c.system.health()).status, "ok");
     });
@@ -91,7 +91,7 @@ describe("bounded before authentication", () => {
       hello.send(header);
       const e = await hello.next("ERROR");
       assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "TOO_LARGE", true]);
-      await until(() => hello.closed, 5000, "closed");
+      await until(() => hello.closed, 30_000, "closed");
       // After HELLO an ATTEST may carry its tokens (up to 1 MiB), not a session's maxBody.
       const attest = await RawPeer.connect(t.k.socketPath);
       await attest.hello(adminIdentity(t.k));
@@ -117,7 +117,7 @@ describe("bounded before authentication", () => {
         r.send("0101");
         idle.push(r);
       }
-      await until(() => idle.filter((r) => r.closed).length === 32, 5000, "32 of the 40 shed");
+      await until(() => idle.filter((r) => r.closed).length === 32, 30_000, "32 of the 40 shed");
       for (const r of idle.slice(0, 32)) {
         const e = await r.next("ERROR");
         assert.deepEqual([e.body.class, e.body.code], ["RESOURCE", "HANDSHAKE_SHED"]);
@@ -148,7 +148,7 @@ describe("bounded before authentication", () => {
       }
       const silent: RawPeer[] = [];
       for (let i = 0; i < 10; i++) silent.push(await RawPeer.connect(t.k.socketPath));
-      await until(() => silent.filter((r) => r.closed).length === 8, 5000, "8 silent connections shed");
+      await until(() => silent.filter((r) => r.closed).length === 8, 30_000, "8 silent connections shed");
       assert.ok(!started.some((r) => r.closed), "the handshakes under way were kept");
       // ... and can still finish theirs.
       const a = started[0] as RawPeer;

@@ -149,7 +149,7 @@ describe("events", () => {
     assert.ok(t.k.events.dropped > 0, "events beyond the queue bound were dropped, not kept");
     assert.ok(grown < 150 * 1024 * 1024, `rss grew by ${Math.round(grown / 1e6)} MB for 80 MB of events`);
     p.close();
-    await until(() => t.k.events.subscriptionCount() === 0, 3000, "subscriptions end with the session");
+    await until(() => t.k.events.subscriptionCount() === 0, 30_000, "subscriptions end with the session");
     await t.stop();
     removeHome(t.home);
   });
@@ -292,7 +292,7 @@ describe("agents", { skip: sandboxSkip }, () => {
   it("kills a runaway agent at its lifetime, and leaves no process behind at kernel stop", async () => {
     const admin = await t.admin();
     await admin.agents.spawn("sleep", "runaway", { args: ["30"], rights: [], lifetimeMs: 300 });
-    await until(async () => (await admin.agents.status("agent://sleep/runaway")).state === "killed", 5000, "killed");
+    await until(async () => (await admin.agents.status("agent://sleep/runaway")).state === "killed", 30_000, "killed");
     const st = await admin.agents.status("agent://sleep/runaway");
     assert.equal(st.signal, "SIGKILL");
     const orphan = await admin.agents.spawn("sleep", "orphan", { args: ["30"], rights: [], lifetimeMs: 60_000 });

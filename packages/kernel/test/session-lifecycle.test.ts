@@ -24,7 +24,7 @@ describe("session lifecycle over real sockets", () => {
     for (const r of results) assert.deepEqual([r.status, r.payload], ["SUCCESS", { aborted: false }]);
     assert.equal(seen.finished, 5);
     await goodbye;
-    await until(() => states.includes("closed"), 3000, "client closed");
+    await until(() => states.includes("closed"), 30_000, "client closed");
     assert.ok(!existsSync(t.k.socketPath));
     removeHome(t.home);
   });
@@ -36,7 +36,7 @@ describe("session lifecycle over real sockets", () => {
     await halfway.hello(adminIdentity(t.k));
     await until(() => t.k.sessionCount === 2);
     await t.k.stop();
-    await until(() => silent.closed && halfway.closed, 3000, "handshaking peers closed");
+    await until(() => silent.closed && halfway.closed, 30_000, "handshaking peers closed");
     removeHome(t.home);
   });
 
@@ -72,7 +72,7 @@ describe("session lifecycle over real sockets", () => {
     assert.deepEqual([late.status, late.error], ["FAILURE", "PROTOCOL"]);
     assert.deepEqual((await p.response(1)).payload, { aborted: false });
     await p.next("GOODBYE");
-    await until(() => p.closed, 3000, "closed after GOODBYE");
+    await until(() => p.closed, 30_000, "closed after GOODBYE");
     await until(() => t.k.sessionCount === 0);
     await t.stop();
     removeHome(t.home);
@@ -81,21 +81,24 @@ describe("session lifecycle over real sockets", () => {
   it("client close says GOODBYE after its in-flight call is answered; the kernel drops the session", async () => {
     const seen = seenNothing();
     const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
-    const c = await t.admin();
-    const call = c.call("slow.wait", "kernel://");
-    await until(() => seen.started === 1, 30_000, "the call running");
-    await c.close();
-    assert.deepEqual((await call).payload, { aborted: false });
-    await until(() => t.k.sessionCount === 0, 3000, "session gone");
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const c = await t.admin();
+      const call = c.call("slow.wait", "kernel://");
+      await until(() => seen.started === 1, 30_000, "the call running");
+      await c.close();
+      assert.deepEqual((await call).payload, { aborted: false });
+      await until(() => t.k.sessionCount === 0, 30_000, "session gone");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("dead peer: reads the PINGs but never answers nor sends: the kernel closes it", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
     const p = await RawPeer.connect(t.k.socketPath);
     await p.handshake(adminIdentity(t.k), token(t));
-    await until(() => p.closed, 5000, "the kernel closes a silent peer");
+    await until(() => p.closed, 30_000, "the kernel closes a silent peer");
     assert.ok(
       p.frames.some((f) => f.msg.type === "PING"),
       "the kernel pinged before giving up",
@@ -111,83 +114,98 @@ describe("session lifecycle over real sockets", () => {
 
   it("slowloris after the handshake: half a REQUEST frame then silence; closed as a dead peer, others served", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), token(t));
-    const frame = requestFrame(1, { op: "system.health", target: "kernel://", args: {} });
-    p.send(frame.subarray(0, frame.length - 5));
-    // At heartbeatMs 100 a loaded machine can delay even a live client's PONG past three
-    // intervals: this one reconnects if so, and must still be served.
-    const other = await t.admin({ reconnect: true });
-    await until(() => p.closed, 5000, "the kernel closes the stalled peer");
-    assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "the half request was never executed");
-    assert.equal((await other.system.health()).status, "ok");
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(adminIdentity(t.k), token(t));
+      const frame = requestFrame(1, { op: "system.health", target: "kernel://", args: {} });
+      p.send(frame.subarray(0, frame.length - 5));
+      // At heartbeatMs 100 a loaded machine can delay even a live client's PONG past three
+      // intervals: this one reconnects if so, and must still be served.
+      const other = await t.admin({ reconnect: true });
+      await until(() => p.closed, 30_000, "the kernel closes the stalled peer");
+      assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "the half request was never executed");
+      assert.equal((await other.system.health()).status, "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("a live peer that answers PINGs stays connected well past three heartbeats", async () => {
     const t = await startKernel({ heartbeatMs: 100 });
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), token(t));
-    // Answer each PING as it arrives, and count them: ten answered PINGs are ten heartbeats
-    // survived, however slowly this machine runs them.
-    let answered = 0;
-    p.sock.on("data", () => {
-      for (let i = p.frames.length - 1; i >= 0; i--) {
-        const f = p.frames[i];
-        if (f?.msg.type === "PING") {
-          p.frames.splice(i, 1);
-          p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
-          answered++;
+    try {
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(adminIdentity(t.k), token(t));
+      // Answer each PING as it arrives, and count them: ten answered PINGs are ten heartbeats
+      // survived, however slowly this machine runs them.
+      let answered = 0;
+      p.sock.on("data", () => {
+        for (let i = p.frames.length - 1; i >= 0; i--) {
+          const f = p.frames[i];
+          if (f?.msg.type === "PING") {
+            p.frames.splice(i, 1);
+            p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
+            answered++;
+          }
         }
-      }
-    });
-    await until(() => answered >= 10 || p.closed, 60_000, "ten heartbeats");
-    assert.ok(!p.closed, "an answering peer is not dead");
-    p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));
-    assert.equal((await p.response(1)).status, "SUCCESS");
-    p.close();
-    await t.stop();
-    removeHome(t.home);
+      });
+      await until(() => answered >= 10 || p.closed, 60_000, "ten heartbeats");
+      assert.ok(!p.closed, "an answering peer is not dead");
+      p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));
+      assert.equal((await p.response(1)).status, "SUCCESS");
+      p.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("maxSessions 2: a third attested session gets RESOURCE/TOO_MANY_SESSIONS, audited; a freed slot is usable again", async () => {
     const t = await startKernel({ maxSessions: 2, adminReserve: 0 });
-    const a = await RawPeer.connect(t.k.socketPath);
-    const b = await RawPeer.connect(t.k.socketPath);
-    await a.handshake(adminIdentity(t.k), token(t));
-    await b.handshake(adminIdentity(t.k), token(t));
-    const c = await RawPeer.connect(t.k.socketPath);
-    const { bytes } = await c.hello(adminIdentity(t.k));
-    c.sendMessage({ type: "ATTEST", body: { signature: c.sign(adminIdentity(t.k), bytes), tokens: token(t) } });
-    const e = await c.next("ERROR");
-    assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["RESOURCE", "TOO_MANY_SESSIONS", true]);
-    // Refused, and on the record like every failed handshake.
-    const rec = await auditRecord(t.k, (r) => r.op === "session.handshake" && (r.message ?? "").startsWith("TOO_MANY_SESSIONS:"));
-    assert.deepEqual([rec.phase, rec.status, rec.errorClass, rec.persona], ["session", "FAILURE", "RESOURCE", "admin"]);
-    await until(() => c.closed, 3000, "refused connection closed");
-    a.close();
-    await until(() => t.k.sessionCount === 1, 3000, "slot freed");
-    const d = await RawPeer.connect(t.k.socketPath);
-    const w = await d.handshake(adminIdentity(t.k), token(t));
-    assert.equal(w.body.persona, "admin");
-    for (const x of [b, d]) x.close();
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const a = await RawPeer.connect(t.k.socketPath);
+      const b = await RawPeer.connect(t.k.socketPath);
+      await a.handshake(adminIdentity(t.k), token(t));
+      await b.handshake(adminIdentity(t.k), token(t));
+      const c = await RawPeer.connect(t.k.socketPath);
+      const { bytes } = await c.hello(adminIdentity(t.k));
+      c.sendMessage({ type: "ATTEST", body: { signature: c.sign(adminIdentity(t.k), bytes), tokens: token(t) } });
+      const e = await c.next("ERROR");
+      assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["RESOURCE", "TOO_MANY_SESSIONS", true]);
+      // Refused, and on the record like every failed handshake.
+      const rec = await auditRecord(
+        t.k,
+        (r) => r.op === "session.handshake" && (r.message ?? "").startsWith("TOO_MANY_SESSIONS:"),
+      );
+      assert.deepEqual([rec.phase, rec.status, rec.errorClass, rec.persona], ["session", "FAILURE", "RESOURCE", "admin"]);
+      await until(() => c.closed, 30_000, "refused connection closed");
+      a.close();
+      await until(() => t.k.sessionCount === 1, 30_000, "slot freed");
+      const d = await RawPeer.connect(t.k.socketPath);
+      const w = await d.handshake(adminIdentity(t.k), token(t));
+      assert.equal(w.body.persona, "admin");
+      for (const x of [b, d]) x.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("a session that ends aborts its in-flight handler, whose outcome is still audited", async () => {
     const seen = seenNothing();
     const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
-    const p = await RawPeer.connect(t.k.socketPath);
-    await p.handshake(adminIdentity(t.k), token(t));
-    p.send(requestFrame(41, { op: "slow.until_abort", target: "kernel://", args: {} }));
-    await until(() => seen.started === 1, 30_000, "the handler started");
-    p.sock.destroy();
-    await until(() => seen.aborted === 1, 3000, "the handler saw the abort");
-    const row = await auditRecord(t.k, (r) => r.requestId === 41 && r.op === "slow.until_abort");
-    assert.ok(["complete", "outcome"].includes(row.phase));
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(adminIdentity(t.k), token(t));
+      p.send(requestFrame(41, { op: "slow.until_abort", target: "kernel://", args: {} }));
+      await until(() => seen.started === 1, 30_000, "the handler started");
+      p.sock.destroy();
+      await until(() => seen.aborted === 1, 30_000, "the handler saw the abort");
+      const row = await auditRecord(t.k, (r) => r.requestId === 41 && r.op === "slow.until_abort");
+      assert.ok(["complete", "outcome"].includes(row.phase));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 });

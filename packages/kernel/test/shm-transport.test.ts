@@ -71,7 +71,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     assert.equal(names.length, 2, names.join());
     for (const n of names) assert.equal(statSync(`/dev/shm/${n}`).mode & 0o777, 0o600, n);
     await c.close();
-    await until(() => segments(t.k.kernelId).length === 0, 3000, "segments removed");
+    await until(() => segments(t.k.kernelId).length === 0, 30_000, "segments removed");
   });
 
   /** A raw peer that negotiates shm and creates its own segment, as a client would. */
@@ -125,7 +125,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   const expectProtocol = async (p: RawPeer, code: string) => {
     const e = await p.next("ERROR");
     assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", code, true]);
-    await until(() => p.closed, 3000, "session closed");
+    await until(() => p.closed, 30_000, "session closed");
     const c = await t.admin();
     assert.equal((await c.system.health()).status, "ok", "the kernel keeps serving others");
     await c.close();
@@ -178,15 +178,15 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
       );
     // Ids unused by the earlier raw peers (same instance id: the kernel would answer from its dedupe record).
     read(901);
-    await until(() => existsSync(`/dev/shm${kName}`), 3000, "the kernel's segment");
+    await until(() => existsSync(`/dev/shm${kName}`), 30_000, "the kernel's segment");
     // Consume the first body (control word = 1), then cut the segment down to the control word.
     const seg = native?.open(kName) as ShmSegment;
-    await until(() => seg.read(SHM_CONTROL_BYTES, 1).length === 1, 3000, "the first body written");
+    await until(() => seg.read(SHM_CONTROL_BYTES, 1).length === 1, 30_000, "the first body written");
     seg.write(Buffer.from([1, 0, 0, 0]), 0);
     truncateSync(`/dev/shm${kName}`, 8 + 4); // the size header and the control word
     read(902);
     // Written with pwrite, the second body grows the file again instead of faulting a mapping.
-    await until(() => statSync(`/dev/shm${kName}`).size > SHM_CONTROL_BYTES + 300_000, 3000, "second body written");
+    await until(() => statSync(`/dev/shm${kName}`).size > SHM_CONTROL_BYTES + 300_000, 30_000, "second body written");
     native?.detach(kName);
     const d = await t.admin();
     assert.equal((await d.system.health()).status, "ok", "the kernel lives and serves");
