@@ -143,9 +143,15 @@ export async function generate(
 // As a child process (load.ts forks it with advanced serialization): its input is the first
 // message, the second says stop.
 const send = process.send?.bind(process);
+let finished = false;
 if (send) {
+  // The run that forked it is gone (it failed, or was killed): so is this generator.
+  process.once("disconnect", () => {
+    if (!finished) process.exit(1);
+  });
   const input = await new Promise<GeneratorInput>((r) => process.once("message", (m) => r(m as GeneratorInput)));
   const stop = new Promise<void>((r) => process.once("message", () => r()));
   const result = await generate(input, stop, (done) => send({ kind: "progress", done } satisfies GeneratorMessage));
+  finished = true;
   send(result, undefined, undefined, () => process.disconnect());
 }

@@ -68,6 +68,13 @@ const kernel: ChildProcess = spawn(
   ],
   { stdio: ["ignore", "pipe", "inherit"] },
 );
+const generators: ChildProcess[] = [];
+// However the run ends (a throw in the setup included), the kernel, the generators and the home go with it.
+process.once("exit", () => {
+  for (const w of generators) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
+  if (kernel.exitCode === null && kernel.signalCode === null) kernel.kill("SIGKILL");
+  rmSync(home, { recursive: true, force: true });
+});
 let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
   kernelExit = `kernel exited (code ${code}, signal ${signal})`;
@@ -108,7 +115,6 @@ const seriesStart = await scrape(metricsUrl);
 const started = Date.now();
 // The generators: child processes, each with its share of the sessions on its own event loop.
 const workerFile = fileURLToPath(new URL("./load-worker.js", import.meta.url));
-const generators: ChildProcess[] = [];
 const doneBy: number[] = [];
 const results: Promise<Extract<GeneratorMessage, { kind: "result" }>>[] = [];
 for (let g = 0; g < GENERATORS; g++) {
@@ -161,8 +167,13 @@ await new Promise<void>((r) => {
 const rssAtEnd = kernelRssMb();
 const seriesEnd = kernelExit ? undefined : await scrape(metricsUrl);
 stopGenerators();
-// A generator that died is a failure of the run, reported with the others (the kernel still stops).
+// A generator that died is a failure of the run, reported with the others (the kernel still stops);
+// one that hangs after "stop" is killed, which fails its result instead of hanging the run.
+const hung = setTimeout(() => {
+  for (const w of generators) w.kill("SIGKILL");
+}, 60_000);
 const settled = await Promise.allSettled(results);
+clearTimeout(hung);
 const generatorErrors = settled.flatMap((r) => (r.status === "rejected" ? [`${(r.reason as Error).message}`] : []));
 const done = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
 clearInterval(sampler);
