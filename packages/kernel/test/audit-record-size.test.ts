@@ -20,13 +20,14 @@ const kpip = (...args: string[]) => spawnSync(process.execPath, [MAIN, ...args],
  * placeholder by readers, and refused by a kernel, without the record being read into memory.
  */
 describe("the size bound on a stored audit record", () => {
-  let home: string;
+  let home: string | undefined;
   let db: string;
   let head: number;
   let large: number;
   before(async () => {
     // One record over BATCH_RECORD_BYTES (a kept intent of 40 KiB): read alone, not in a batch.
     const t = await startKernel({ auditCheckpointEvery: 1000 });
+    home = t.home;
     try {
       const c = await t.admin();
       await c.storage.write("obj://ws1/small", "v");
@@ -35,15 +36,16 @@ describe("the size bound on a stored audit record", () => {
     } finally {
       await t.stop();
     }
-    home = t.home;
-    db = join(home, HOME_FILES.database);
+    db = join(t.home, HOME_FILES.database);
     const s = new SqliteStore(db);
     const rows = s.scanAudit(1, 10_000);
     s.close();
     head = (rows.at(-1) as { seq: number }).seq;
     large = (rows.find((r) => (r.intent?.length ?? 0) > BATCH_RECORD_BYTES) as { seq: number }).seq;
   });
-  after(() => removeHome(home));
+  after(() => {
+    if (home) removeHome(home);
+  });
 
   it("a record past the batch size is read alone: it decodes and verifies like any other", async () => {
     const r = openAuditReader(db);
@@ -90,10 +92,10 @@ describe("the size bound on a stored audit record", () => {
     }
     assert.ok(process.memoryUsage().arrayBuffers - heap < MAX_RECORD_BYTES / 4, "the record was never allocated");
 
-    const cli = kpip("audit", "verify", "--home", home, "--json");
+    const cli = kpip("audit", "verify", "--home", home as string, "--json");
     assert.equal(cli.status, 1, cli.stderr);
     assert.equal(JSON.parse(cli.stdout).firstBad.seq, head);
-    const shown = kpip("audit", "show", String(head), "--home", home, "--json");
+    const shown = kpip("audit", "show", String(head), "--home", home as string, "--json");
     assert.equal(shown.status, 0, shown.stderr);
     assert.match(JSON.parse(shown.stdout).record.message, /it was not read/);
 
