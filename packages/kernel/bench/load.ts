@@ -165,7 +165,6 @@ await new Promise<void>((r) => {
   });
 });
 const rssAtEnd = kernelRssMb();
-const seriesEnd = kernelExit ? undefined : await scrape(metricsUrl);
 stopGenerators();
 // A generator that died is a failure of the run, reported with the others (the kernel still stops);
 // one that hangs after "stop" is killed, which fails its result instead of hanging the run.
@@ -174,6 +173,9 @@ const hung = setTimeout(() => {
 }, 60_000);
 const settled = await Promise.allSettled(results);
 clearTimeout(hung);
+// Read once the generators are done: every op they measured has been answered, so the kernel's
+// count covers them (read before, the ops answered after the read were the generators' only).
+const seriesEnd = kernelExit ? undefined : await scrape(metricsUrl);
 const generatorErrors = settled.flatMap((r) => (r.status === "rejected" ? [`${(r.reason as Error).message}`] : []));
 const done = settled.flatMap((r) => (r.status === "fulfilled" ? [r.value] : []));
 clearInterval(sampler);
