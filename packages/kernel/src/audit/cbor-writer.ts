@@ -1,3 +1,5 @@
+import { writeHead } from "@kpip/protocol";
+
 /**
  * A growable buffer that writes CBOR heads: the one writer under both record hashers
  * (record.ts's, over decoded rows, and verify-raw.ts's, over SQLite's raw columns).
@@ -20,29 +22,10 @@ export class CborWriter {
     this.buf = next;
   }
 
-  /** A major type's head with argument `n` (a non-negative safe integer). */
+  /** A major type's head with argument `n` (a non-negative safe integer): the protocol's canonical head. */
   protected head(major: number, n: number): void {
     this.ensure(9);
-    const m = major << 5;
-    const b = this.buf;
-    if (n < 24) b[this.pos++] = m | n;
-    else if (n < 0x100) {
-      b[this.pos++] = m | 24;
-      b[this.pos++] = n;
-    } else if (n < 0x10000) {
-      b[this.pos++] = m | 25;
-      b.writeUInt16BE(n, this.pos);
-      this.pos += 2;
-    } else if (n < 0x100000000) {
-      b[this.pos++] = m | 26;
-      b.writeUInt32BE(n, this.pos);
-      this.pos += 4;
-    } else {
-      b[this.pos++] = m | 27;
-      b.writeUInt32BE(Math.floor(n / 0x100000000), this.pos);
-      b.writeUInt32BE(n >>> 0, this.pos + 4);
-      this.pos += 8;
-    }
+    this.pos = writeHead(this.buf, this.pos, major, n);
   }
 }
 
