@@ -117,7 +117,7 @@ describe("the size bound on a stored audit record", () => {
   it("the record encoder gives back its buffer after an unusually large record", () => {
     class Probe extends CborWriter {
       write(n: number): void {
-        this.pos = 0;
+        this.restart();
         this.ensure(n);
         this.pos = n;
       }

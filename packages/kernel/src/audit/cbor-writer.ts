@@ -1,22 +1,21 @@
 import { writeHead } from "@kpip/protocol";
 
-/**
- * A growable buffer that writes CBOR heads: the one writer under both record hashers
- * (record.ts's, over decoded rows, and verify-raw.ts's, over SQLite's raw columns).
- */
 /** The largest buffer kept between values (a record with a large intent grows it past this once). */
 const KEEP_BYTES = 1024 * 1024;
 
+/** A growable buffer that writes CBOR heads: the writer under the audit record encoder (record.ts). */
 export class CborWriter {
   protected buf = Buffer.allocUnsafe(4096);
   protected pos = 0;
 
+  /** Starts a new value; the buffer an unusually large one grew is let go, not kept for ever. */
+  protected restart(): void {
+    this.pos = 0;
+    if (this.buf.length > KEEP_BYTES) this.buf = Buffer.allocUnsafe(4096);
+  }
+
   protected ensure(n: number): void {
-    if (this.pos + n <= this.buf.length) {
-      // Starting anew after an unusually large value: its buffer is let go, not kept for ever.
-      if (this.pos === 0 && this.buf.length > KEEP_BYTES) this.buf = Buffer.allocUnsafe(Math.max(4096, n));
-      return;
-    }
+    if (this.pos + n <= this.buf.length) return;
     const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.pos + n));
     this.buf.copy(next, 0, 0, this.pos);
     this.buf = next;

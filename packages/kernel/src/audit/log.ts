@@ -5,7 +5,7 @@ import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } f
 import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
 
 /** A placeholder until a record's hash is computed (never stored). */
-const PENDING_HASH = new Uint8Array(0);
+export const PENDING_HASH = new Uint8Array(0);
 
 /** What a caller supplies for one audit record; the log fills in seq, time, kernel and the chain. */
 export type AuditEntry = Pick<AuditRow, "session" | "persona" | "phase"> &

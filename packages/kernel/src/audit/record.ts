@@ -121,7 +121,7 @@ class RecordEncoder extends CborWriter {
       (r.intentHash != null ? 1 : 0) +
       (r.traceparent != null ? 1 : 0) +
       (r.measurements != null ? 1 : 0);
-    this.pos = 0;
+    this.restart();
     this.ensure(64);
     this.buf.set(r.prevHash, 0);
     this.pos = r.prevHash.length;

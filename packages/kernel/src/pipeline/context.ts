@@ -10,6 +10,7 @@ import {
   type Response,
   withEncodedBody,
 } from "@kpip/protocol";
+import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
@@ -108,13 +109,10 @@ export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: Recor
     domain: r.domain,
     measurements: null,
     detail: o.detail ?? null,
-    prevHash: NO_HASH,
-    hash: NO_HASH,
+    prevHash: PENDING_HASH,
+    hash: PENDING_HASH,
   };
 }
-
-/** The chain's columns of a record not yet appended. */
-const NO_HASH = new Uint8Array(0);
 
 /**
  * One request as it travels the stages: what is known of it so far. Each stage fills in what it
