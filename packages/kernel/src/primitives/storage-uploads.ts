@@ -29,6 +29,9 @@ export interface Upload {
    * once it is written, in order (see {@link UploadHasher}); this settles after the last range given.
    */
   hashed: Promise<void>;
+  /** Bytes and chunks written but not hashed yet (the ack of a chunk waits while these are over the bound). */
+  unhashedBytes: number;
+  unhashedChunks: number;
   fd: number;
   path: string;
   expires: number;
@@ -51,6 +54,13 @@ export interface Upload {
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
 const FLUSH_EVERY = 32 * 1024 * 1024;
+/**
+ * How far an upload's hashing may fall behind its writes before a chunk's acknowledgement waits
+ * for it: one hash worker serves every upload, so an upload sent faster than it is hashed (or in
+ * many tiny chunks) would otherwise queue ranges without bound and delay everyone's commits.
+ */
+const UNHASHED_BYTES = FLUSH_EVERY;
+const UNHASHED_CHUNKS = 64;
 
 /**
  * Uploads in progress (in memory: an upload does not outlive the kernel; its partial file lives
@@ -115,6 +125,8 @@ export class UploadTable {
       size,
       received: 0,
       hashed: Promise.resolve(),
+      unhashedBytes: 0,
+      unhashedChunks: 0,
       fd: t.fd,
       path: t.path,
       expires: this.clock() + this.limits.idleMs,
@@ -169,12 +181,18 @@ export class UploadTable {
     });
     this.track(u, p);
     const length = data.length;
+    u.unhashedBytes += length;
+    u.unhashedChunks++;
     u.hashed = u.hashed
       .then(() => p)
       // Not once the upload failed or was dropped (its descriptor is about to be given back).
       .then(() => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length)))
       .catch((e: Error) => {
         u.failed ??= e;
+      })
+      .then(() => {
+        u.unhashedBytes -= length;
+        u.unhashedChunks--;
       });
     this.track(u, u.hashed);
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
@@ -189,6 +207,8 @@ export class UploadTable {
         ),
       );
     }
+    // Hashing behind by more than the bound: this chunk is acknowledged once it caught up (u.hashed never rejects).
+    if (u.unhashedBytes > UNHASHED_BYTES || u.unhashedChunks > UNHASHED_CHUNKS) return Promise.all([p, u.hashed]).then(() => {});
     return p;
   }
 
