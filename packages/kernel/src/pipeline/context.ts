@@ -1,15 +1,4 @@
-import {
-  type CborMap,
-  decodeIntent,
-  type ErrorClass,
-  encodeCanonical,
-  type Intent,
-  IntentError,
-  intentHash,
-  type Request,
-  type Response,
-  withEncodedBody,
-} from "@kpip/protocol";
+import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
@@ -218,13 +207,6 @@ export function elapsedUs(ctx: RequestCtx): number {
 /** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */
 export function isThenable<T>(v: T | PromiseLike<T>): v is PromiseLike<T> {
   return typeof v === "object" && v !== null && typeof (v as { then?: unknown }).then === "function";
-}
-
-/** The response's canonical bytes, with which it is marked (withEncodedBody) so the session sends them as they are. */
-export function encodedResponse(response: Response): Uint8Array {
-  const bytes = encodeCanonical(response as unknown as CborMap);
-  withEncodedBody(response, bytes);
-  return bytes;
 }
 
 /** Step 2: the request speaks the session's version, for the session's attested persona. */

@@ -125,7 +125,9 @@ export class DedupeCache {
     const row = this.store?.lookupDedupe(key, now);
     if (!row) return NEW;
     if (t.authority !== "" || Buffer.from(row.hash).toString("base64") !== t.tag) return CONFLICT;
-    return { kind: "answer", response: decodeCanonical(row.response) as unknown as Response };
+    // Sent as the recorded bytes, not encoded again from their decoding.
+    const response = withEncodedBody(decodeCanonical(row.response) as unknown as Response, row.response);
+    return { kind: "answer", response };
   }
 
   /**
@@ -140,10 +142,7 @@ export class DedupeCache {
     return s.transaction(() => {
       const v = effect();
       // Encoded once: the record keeps these bytes, and the answer goes out as them (withEncodedBody).
-      const r = answer(v);
-      const response = encodeCanonical(r as unknown as CborMap);
-      withEncodedBody(r, response);
-      s.putDedupe({ key, hash, response, expires: Date.now() + this.windowMs });
+      s.putDedupe({ key, hash, response: encodedResponse(answer(v)), expires: Date.now() + this.windowMs });
       return v;
     });
   }
@@ -196,4 +195,14 @@ export class DedupeCache {
       this.entries.delete(k);
     }
   }
+}
+
+/**
+ * The response's canonical bytes, with which it is marked (withEncodedBody): the dedupe record
+ * keeps these bytes and the session sends them as they are, encoded once.
+ */
+export function encodedResponse(response: Response): Uint8Array {
+  const bytes = encodeCanonical(response as unknown as CborMap);
+  withEncodedBody(response, bytes);
+  return bytes;
 }

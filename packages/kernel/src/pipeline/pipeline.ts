@@ -23,7 +23,6 @@ import {
   answer,
   checkEnvelope,
   elapsedUs,
-  encodedResponse,
   failure,
   isThenable,
   type Refusal,
@@ -34,7 +33,7 @@ import {
   type SessionView,
   toRefusal,
 } from "./context.js";
-import { type DedupeCache, type DedupeTag, dedupeTag } from "./dedupe.js";
+import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
 import { checkOwnership } from "./ownership.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
