@@ -11,7 +11,7 @@ import type { Statement } from "./base.js";
 export const ROWS_PER_INSERT = 64;
 
 /** Appends one commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
-export type AuditAppend = (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
+type AuditAppend = (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
 
 /**
  * The audit chain's commit on `db`. Rows go in with one multi-row INSERT per
@@ -19,9 +19,14 @@ export type AuditAppend = (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: n
  * common one: a request's intent and outcome at one in flight) runs that statement alone:
  * SQLite makes a lone statement its own transaction, as atomic and as durable as
  * BEGIN…COMMIT around it, without the two extra statement steps; anything larger is one
- * explicit transaction as before.
+ * explicit transaction as before. Its dedupe and checkpoint statements serve the store's single
+ * writes of those rows too.
  */
-export function auditAppender(db: Database.Database): AuditAppend {
+export function auditAppender(db: Database.Database): {
+  append: AuditAppend;
+  putDedupe: (d: DedupeRow) => void;
+  addCheckpoint: (c: AuditCheckpoint) => void;
+} {
   /** The INSERT of n rows and its parameter array at index n, made when first needed (at most ROWS_PER_INSERT). */
   const inserts: { st: Statement; p: unknown[] }[] = [];
   const insertOf = (n: number) => {
@@ -54,23 +59,26 @@ export function auditAppender(db: Database.Database): AuditAppend {
     for (; rows.length - i >= ROWS_PER_INSERT; i += ROWS_PER_INSERT) insert(rows, i, ROWS_PER_INSERT);
     if (i < rows.length) insert(rows, i, rows.length - i);
   };
-  const putDedupe = db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
+  const dedupeRow = db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
   const dropJournal = db.prepare("DELETE FROM offline_journal WHERE id <= ?");
-  const putCheckpoint = db.prepare(
+  const checkpointRow = db.prepare(
     "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
   );
+  // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
+  const putDedupe = (d: DedupeRow) => dedupeRow.run(d.key, d.hash, d.response, d.expires);
+  const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
   const transaction = db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
     insertAll(rows);
-    for (const d of dedupe) putDedupe.run(d.key, Buffer.from(d.hash), Buffer.from(d.response), d.expires);
+    for (const d of dedupe) putDedupe(d);
     if (journalUpTo > 0) dropJournal.run(journalUpTo);
-    for (const c of cps)
-      putCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
+    for (const c of cps) addCheckpoint(c);
   });
-  return (rows, dedupe, journalUpTo, cps) => {
+  const append: AuditAppend = (rows, dedupe, journalUpTo, cps) => {
     if (rows.length <= ROWS_PER_INSERT && dedupe.length === 0 && journalUpTo <= 0 && cps.length === 0) {
       if (rows.length > 0) insert(rows, 0, rows.length);
       return;
     }
     transaction(rows, dedupe, journalUpTo, cps);
   };
+  return { append, putDedupe, addCheckpoint };
 }

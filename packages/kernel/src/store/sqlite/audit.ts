@@ -3,24 +3,21 @@ import { RecordScan } from "../../audit/verify-records.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
-import type { Row, Statement, StoreBase, WithRows } from "./base.js";
+import type { Row, StoreBase, WithRows } from "./base.js";
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal"> {
     /** Every read of the table (audit-read.ts, shared with the audit reader). */
     readonly #reads = new AuditReads(this.db);
-    readonly #addCheckpoint: Statement = this.db.prepare(
-      "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
-    );
-    /** One commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
-    readonly #appendTx = auditAppender(this.db);
+    /** Every write: a commit of audit rows with what they carry, and single dedupe and checkpoint rows. */
+    readonly #writes = auditAppender(this.db);
 
     auditHashAt(seq: number): Uint8Array | undefined {
       return this.#reads.hashAt(seq);
     }
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
-      this.#appendTx(rows, dedupe, journalUpTo, checkpoints);
+      this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
     }
     firstAuditSeq(): number | undefined {
       return this.#reads.first();
@@ -38,12 +35,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
     }
     putDedupe(d: DedupeRow): void {
-      this.prep("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)").run(
-        d.key,
-        Buffer.from(d.hash),
-        Buffer.from(d.response),
-        d.expires,
-      );
+      this.#writes.putDedupe(d);
     }
     pruneDedupe(now: number, max?: number): number {
       if (max === undefined) return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
@@ -89,7 +81,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return out.reverse();
     }
     addCheckpoint(c: AuditCheckpoint): void {
-      this.#addCheckpoint.run(c.seq, Buffer.from(c.hash), c.time, c.kernel, Buffer.from(c.publicKey), Buffer.from(c.signature));
+      this.#writes.addCheckpoint(c);
     }
     checkpoints(): AuditCheckpoint[] {
       return this.#reads.checkpoints();
