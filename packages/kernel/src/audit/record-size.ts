@@ -15,7 +15,7 @@
 export const MAX_RECORD_BYTES = 256 * 1024 * 1024;
 
 /** What a record holds besides the intent and one frame's detail (ids, op, target, message, …). */
-export const RECORD_OVERHEAD_BYTES = 1024 * 1024;
+const RECORD_OVERHEAD_BYTES = 1024 * 1024;
 
 /**
  * Records up to this size are read in a batch of rows; a larger one alone, when its turn comes,

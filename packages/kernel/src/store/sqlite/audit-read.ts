@@ -142,7 +142,7 @@ export class AuditReads {
 }
 
 /** A signed checkpoint as stored. */
-export const toCheckpoint = rowReader<AuditCheckpoint>({
+const toCheckpoint = rowReader<AuditCheckpoint>({
   seq: true,
   hash: true,
   time: true,
