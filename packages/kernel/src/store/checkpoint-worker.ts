@@ -37,9 +37,15 @@ let borrowed: number | undefined;
  * the shared lock every connection here holds on it included ("How To Corrupt An SQLite
  * Database File" §2.2). None found (no /proc): no sync, the top-up syncs as before.
  */
+/** Rounds left before a scan that found nothing is tried again (a scan reads a link per open descriptor: every session's socket). */
+let skipScans = 0;
 const databaseFd = (): number | undefined => {
   if (borrowed !== undefined && linksToDatabase(borrowed)) return borrowed;
   borrowed = undefined;
+  if (skipScans > 0) {
+    skipScans--;
+    return undefined;
+  }
   try {
     for (const e of readdirSync("/proc/self/fd")) {
       if (linksToDatabase(Number(e))) {
@@ -50,6 +56,7 @@ const databaseFd = (): number | undefined => {
   } catch {
     // no /proc: nothing to borrow
   }
+  if (borrowed === undefined) skipScans = 100;
   return borrowed;
 };
 const syncDatabase = (): boolean => {
