@@ -40,3 +40,27 @@ export function largestRecordBytes(c: {
 export function oversizeReason(bytes: number): string {
   return `the stored record is ${bytes} bytes, more than the ${MAX_RECORD_BYTES} any kernel writes: it was not read`;
 }
+
+/** How a reader gets a row's record bytes and their size, in SQL over the table `audit`. */
+export interface RecordSource {
+  /** The record's bytes. */
+  bytes: string;
+  /** Its size in bytes, read without reading the bytes (NULL for a NULL record). */
+  size: string;
+  /**
+   * The bytes where the size is known to be small (a batch of rows): cheaper than `bytes`, and
+   * any value it gives that is not a blob the readers take as no bytes.
+   */
+  batchBytes?: string;
+}
+
+/**
+ * The record layout: the stored bytes (here, in a file with no imports, because the verify
+ * workers load only verify-records.ts and what it imports).
+ */
+export const STORED_RECORD: RecordSource = {
+  // A value of another type (tampering) reads as no bytes, never as a large text.
+  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
+  size: "octet_length(record)",
+  batchBytes: "record",
+};

@@ -1,7 +1,7 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
-import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, oversizeReason } from "./record-size.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, oversizeReason, type RecordSource, STORED_RECORD } from "./record-size.js";
 import type { RangeResult } from "./verify.js";
 
 type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
@@ -10,13 +10,6 @@ const oneShot = (crypto as unknown as { hash?: OneShot }).hash;
 const sha256Hex: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot("sha256", data, "hex")
   : (data) => crypto.createHash("sha256").update(data).digest("hex");
-
-/** The record layout (audit-layout.ts's STORED_RECORD; not imported: the workers load only this file's imports). */
-const STORED = {
-  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
-  size: "octet_length(record)",
-  batchBytes: "record",
-};
 
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
 
@@ -32,7 +25,7 @@ export class RecordScan {
   private readonly one: Database.Statement;
 
   /** `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or an old home's columns encoded). */
-  constructor(db: Database.Database, src: { bytes: string; size: string; batchBytes?: string } = STORED) {
+  constructor(db: Database.Database, src: RecordSource = STORED_RECORD) {
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
     // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
     // The record's bytes only up to BATCH_RECORD_BYTES (SQLite tells the size without reading

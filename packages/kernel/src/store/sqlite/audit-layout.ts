@@ -1,6 +1,6 @@
 import type Database from "better-sqlite3";
 import { FIELDS, recordBytes } from "../../audit/record.js";
-import { MAX_RECORD_BYTES } from "../../audit/record-size.js";
+import { MAX_RECORD_BYTES, type RecordSource } from "../../audit/record-size.js";
 import type { AuditRow } from "../types.js";
 
 /**
@@ -53,27 +53,6 @@ export function columnRowBytes(row: Record<string, unknown>): Buffer {
     return Buffer.alloc(0);
   }
 }
-
-/** How a reader gets a row's record bytes and their size, in SQL over the table `audit`. */
-export interface RecordSource {
-  /** The record's bytes. */
-  bytes: string;
-  /** Its size in bytes, read without reading the bytes (NULL for a NULL record). */
-  size: string;
-  /**
-   * The bytes where the size is known to be small (a batch of rows): cheaper than `bytes`, and
-   * any value it gives that is not a blob the readers take as no bytes.
-   */
-  batchBytes?: string;
-}
-
-/** The record layout: the stored bytes. */
-export const STORED_RECORD: RecordSource = {
-  // A value of another type (tampering) reads as no bytes, never as a large text.
-  bytes: "CASE WHEN typeof(record) = 'blob' THEN record ELSE x'' END",
-  size: "octet_length(record)",
-  batchBytes: "record",
-};
 
 /** The SQL function that encodes a column-layout row (registered by {@link columnRecordSource}). */
 const FN = "kpip_column_record";

@@ -1,8 +1,7 @@
 import type Database from "better-sqlite3";
 import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
-import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES } from "../../audit/record-size.js";
+import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, type RecordSource, STORED_RECORD } from "../../audit/record-size.js";
 import type { AuditCheckpoint, AuditRow } from "../types.js";
-import { type RecordSource, STORED_RECORD } from "./audit-layout.js";
 import { rowReader } from "./base.js";
 
 /** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
