@@ -9,6 +9,8 @@
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { openAuditReader } from "../src/audit/reader.js";
+import { HOME_FILES } from "../src/home.js";
+import { pct } from "./proc.js";
 
 /** A loopback port free now, for the kernel's --metrics-listen. */
 export async function freePort(): Promise<number> {
@@ -114,22 +116,16 @@ export function kernelSeries(start: Scrape, end: Scrape) {
 
 /** The exact `durationUs` percentiles of the load personas' request records from `fromSeq` on, read after the kernel stopped. */
 export function auditDurations(home: string, fromSeq: number, personaPrefix: string) {
-  const reader = openAuditReader(join(home, "kernel.db"));
+  const reader = openAuditReader(join(home, HOME_FILES.database));
   const d: number[] = [];
   try {
-    for (let seq = fromSeq; ; ) {
-      const rows = reader.scanAudit(seq, 5000);
-      if (rows.length === 0) break;
-      for (const r of rows) {
-        if ((r.phase === "complete" || r.phase === "outcome") && r.durationUs !== null && r.persona.startsWith(personaPrefix))
-          d.push(r.durationUs);
-      }
-      seq = (rows.at(-1)?.seq as number) + 1;
+    for (const r of reader.records({ from: fromSeq })) {
+      if ((r.phase === "complete" || r.phase === "outcome") && r.durationUs !== null && r.persona.startsWith(personaPrefix))
+        d.push(r.durationUs);
     }
   } finally {
     reader.close();
   }
   d.sort((a, b) => a - b);
-  const pct = (p: number) => d[Math.min(d.length - 1, Math.floor(p * d.length))] ?? 0;
-  return { records: d.length, p50_us: pct(0.5), p99_us: pct(0.99), p999_us: pct(0.999), max_us: d.at(-1) ?? 0 };
+  return { records: d.length, p50_us: pct(d, 0.5), p99_us: pct(d, 0.99), p999_us: pct(d, 0.999), max_us: d.at(-1) ?? 0 };
 }

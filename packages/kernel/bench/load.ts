@@ -23,7 +23,7 @@ import { KernelClient as KC } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { auditDurations, freePort, kernelSeries, scrape } from "./load-kernel.js";
 import type { GeneratorInput, GeneratorMessage } from "./load-worker.js";
-import { rssMb } from "./proc.js";
+import { pct, rssMb } from "./proc.js";
 
 const argv = process.argv.slice(2);
 const int = (name: string, dflt: number) => {
@@ -193,7 +193,6 @@ for (const r of done) {
   }
   for (const [k, v] of r.errors) errors.set(k, (errors.get(k) ?? 0) + v);
 }
-const pct = (a: number[], p: number) => a[Math.min(a.length - 1, Math.floor(p * a.length))] ?? 0;
 const all: number[] = [];
 const perOp: Record<string, { count: number; p50_us: number; p99_us: number; p999_us: number }> = {};
 for (const [op, a] of lat) {

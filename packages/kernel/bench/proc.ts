@@ -9,3 +9,8 @@ export function rssMb(pid: number | undefined): number {
     return 0;
   }
 }
+
+/** The p-th quantile (0..1) of `sorted` (ascending), nearest rank below; 0 for none. */
+export function pct(sorted: readonly number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+}
