@@ -26,7 +26,7 @@ export function startRequestSpan(traceparent: string | undefined, attributes: Re
  * stage runs bare: no span, and no extra promise on every request's path.
  */
 export function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): T | Promise<T> {
-  if (t?.span.isRecording()) return traced(t, name, f);
+  if (t?.recording) return traced(t, name, f);
   return f();
 }
 
@@ -44,7 +44,7 @@ async function traced<T>(t: RequestTrace, name: string, f: () => T | Promise<T>)
 }
 
 export function endRequestSpan(t: RequestTrace, op: string, status: string, errorClass: string | undefined): void {
-  if (!t.span.isRecording()) return t.span.end();
+  if (!t.recording) return t.span.end();
   t.span.setAttributes({ "kpip.op": op, "kpip.status": status, ...(errorClass ? { "kpip.error_class": errorClass } : {}) });
   if (status === "FAILURE") t.span.setStatus({ code: SpanStatusCode.ERROR, message: errorClass ?? "FAILURE" });
   t.span.end();
