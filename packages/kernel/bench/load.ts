@@ -268,7 +268,7 @@ else {
           .map(([kind, g]) => `${kind} ${g.count}× ${g.totalMs} ms (${g.over10ms} over 10 ms)`)
           .join(
             ", ",
-          )}; audit commits ${k.auditCommits.count}, ${k.auditCommits.over3ms} over 3 ms, ${k.auditCommits.over10ms} over 10 ms`,
+          )}; audit commits ${k.auditCommits.count}, ${k.auditCommits.over3ms} over 3 ms, ${k.auditCommits.over10ms} over 10 ms; WAL top-ups on the kernel's thread ${k.walTopUps.count}× ${k.walTopUps.totalMs} ms`,
     );
   const a = audited;
   if (a)

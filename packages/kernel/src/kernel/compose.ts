@@ -271,7 +271,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       walBackground: () => home.checkpointer.background,
     });
     metricsRef = metrics;
-    home.checkpointer.onTopUp = () => metrics.walTopUps.inc();
+    home.checkpointer.onTopUp = (seconds) => {
+      metrics.walTopUps.inc();
+      metrics.walTopUpSeconds.inc(seconds);
+    };
     audit.onCommit = (n, seconds, walBytes) => {
       metrics.auditBatch.observe(n);
       metrics.auditCommitSeconds.observe(seconds);

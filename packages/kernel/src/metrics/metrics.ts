@@ -25,6 +25,11 @@ export class KernelMetrics {
     help: "Checkpoints the kernel ran itself because the WAL kept growing under load",
     registers: [this.registry],
   });
+  readonly walTopUpSeconds = new Counter({
+    name: "kpip_wal_topup_seconds_total",
+    help: "Time the kernel's thread spent in those checkpoints (every request waited it out)",
+    registers: [this.registry],
+  });
   readonly auditAnchorFailures = new Counter({
     name: "kpip_audit_anchor_failures_total",
     help: "Signed checkpoints that could not be appended to the audit anchor file",

@@ -56,10 +56,13 @@ export class WalCheckpointer {
     } = {},
   ) {
     const intervalMs = opts.intervalMs ?? 250;
-    const topUpFrames = opts.topUpFrames ?? 4000;
+    // 16,000 frames (~64 MiB): each top-up holds the kernel's thread for about as long whatever the
+    // WAL's size (the worker has copied all but the last round's frames), so a larger WAL means as
+    // many fewer stalls: 29 → 6 a minute under `npm run load` (BENCHMARKS.md, round seven).
+    const topUpFrames = opts.topUpFrames ?? 16_000;
     const module = opts.workerModule ?? new URL("./checkpoint-worker.js", import.meta.url);
     this.walPath = `${path}-wal`;
-    this.hardLimit = opts.walHardLimitBytes ?? 48 * 1024 * 1024;
+    this.hardLimit = opts.walHardLimitBytes ?? 96 * 1024 * 1024;
     this.statEvery = opts.statEveryBytes ?? 1024 * 1024;
     this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
@@ -74,7 +77,8 @@ export class WalCheckpointer {
       if (!this.stopped) this.fallBack(new Error(`checkpoint worker exited with ${code}`));
     });
     store.setAutoCheckpoint(0);
-    store.setWalLimit(opts.walLimitBytes ?? 32 * 1024 * 1024);
+    // Above the top-up's size: the WAL starts over in place instead of being cut and grown again each cycle.
+    store.setWalLimit(opts.walLimitBytes ?? 80 * 1024 * 1024);
   }
 
   /**
@@ -92,13 +96,14 @@ export class WalCheckpointer {
     if (size > this.hardLimit) this.topUp();
   }
 
-  /** Called after each top-up checkpoint (metrics). */
-  onTopUp: (() => void) | undefined;
+  /** Called after each top-up checkpoint, with the seconds it held the kernel's thread (metrics). */
+  onTopUp: ((seconds: number) => void) | undefined;
 
   private topUp(): void {
     try {
+      const t = process.hrtime.bigint();
       this.store.checkpointNow();
-      this.onTopUp?.();
+      this.onTopUp?.(Number(process.hrtime.bigint() - t) / 1e9);
     } catch (e) {
       this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
     }
