@@ -107,7 +107,9 @@ export function kernelSeries(start: Scrape, end: Scrape) {
     // PASSIVE checkpoints the kernel ran on its own thread because the WAL outgrew the worker's (store/checkpointer.ts).
     walTopUps: {
       count: (end.get("kpip_wal_topups_total") ?? 0) - (start.get("kpip_wal_topups_total") ?? 0),
-      totalMs: Math.round(((end.get("kpip_wal_topup_seconds_total") ?? 0) - (start.get("kpip_wal_topup_seconds_total") ?? 0)) * 1000),
+      totalMs: Math.round(
+        ((end.get("kpip_wal_topup_seconds_total") ?? 0) - (start.get("kpip_wal_topup_seconds_total") ?? 0)) * 1000,
+      ),
     },
     gc,
     // prom-client resets its loop-delay histogram at each scrape, so these cover the run (sampled every 10 ms).
