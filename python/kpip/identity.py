@@ -57,7 +57,14 @@ class Identity:
         return json.dumps(doc, indent=2) + "\n"
 
     def save(self, path: str) -> None:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        """Writes the identity to a new file, 0600: never over an existing file (it would keep its
+        mode, perhaps readable by others) nor through a symbolic link (the key would land where
+        the link points), as the kpip CLI writes secrets."""
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as e:
+            raise IdentityError(f"cannot create identity file {path}: {e.strerror}") from None
         with os.fdopen(fd, "w") as f:
             f.write(self.to_json())
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import stat
+import tempfile
 import unittest
 
 from kpip import cbor
@@ -70,6 +73,31 @@ class IdentityFile(unittest.TestCase):
         for bad in ("nope", "{}", '{"kpip": "identity/v1", "persona": "Alice", "privateKey": ""}'):
             with self.subTest(bad), self.assertRaises(IdentityError):
                 Identity.parse(bad)
+
+    def test_save_writes_a_new_0600_file_never_over_a_file_or_through_a_link(self) -> None:
+        ident = Identity.generate("alice")
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "alice.identity")
+            ident.save(path)
+            self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o600)
+            with open(path) as f:
+                self.assertEqual(Identity.parse(f.read()), ident)
+            # An existing file (here 0644) is not written over: it would keep its mode.
+            other = os.path.join(d, "existing")
+            with open(other, "w") as f:
+                f.write("old")
+            os.chmod(other, 0o644)
+            with self.assertRaises(IdentityError):
+                ident.save(other)
+            with open(other) as f:
+                self.assertEqual(f.read(), "old")
+            # A link is not followed: the key never lands where it points.
+            target = os.path.join(d, "target")
+            link = os.path.join(d, "link.identity")
+            os.symlink(target, link)
+            with self.assertRaises(IdentityError):
+                ident.save(link)
+            self.assertFalse(os.path.exists(target))
 
 
 if __name__ == "__main__":
