@@ -17,6 +17,8 @@ from .shm import SHM_FEATURE, ShmChannel, ShmError, segment_name, unavailable
 
 SUPPORTED_VERSIONS = (1,)
 CLIENT_NAME = "kpip-python/0.1.0"
+# The least maxBody a session may have (§8.3): every control message and FAILURE fits in it.
+MIN_MAX_BODY = 4096
 
 
 @dataclass
@@ -126,7 +128,12 @@ class Link:
             raise ProtocolViolation(f"kernel chose version {c['version']}, which this client did not offer")
         if any(f != SHM_FEATURE or not offer_shm for f in c["features"]):
             raise ProtocolViolation(f"kernel enabled features {c['features']} this client did not offer")
-        self.decoder.max_body = c["limits"]["maxBody"]
+        granted = c["limits"]["maxBody"]
+        # §8.3: the kernel answers min(its own maximum, HELLO.maxBody), at least MIN_MAX_BODY. A larger
+        # one would have this client buffer (and, with shm, reserve) more than it agreed to.
+        if granted < MIN_MAX_BODY or (max_body is not None and granted > max_body):
+            raise ProtocolViolation(f"kernel set maxBody {granted}, outside {MIN_MAX_BODY}..{max_body if max_body is not None else 'its own maximum'}")
+        self.decoder.max_body = granted
         if SHM_FEATURE in c["features"]:
             assert shm_threshold is not None
             own, peer = (segment_name(c["kernel"], c["session"], side) for side in ("p", "k"))

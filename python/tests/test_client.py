@@ -128,6 +128,18 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             with self.assertRaises(kpip.ProtocolViolation):
                 await c.call("system.health", "kernel://", timeout=30)
 
+    async def test_a_max_body_above_the_offer_or_below_the_minimum_is_a_protocol_violation(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+
+        # Offered 64 KiB, granted 1 GiB: the client would buffer (and with shm reserve) 16,000 times what it agreed to.
+        for granted, offered in ((1 << 30, 65536), (1000, None)):
+            with self.subTest(granted=granted, offered=offered):
+                async with FakeKernel(handler) as k:
+                    k.max_body = granted
+                    with self.assertRaises(kpip.ProtocolViolation):
+                        await self.connect(k, reconnect=False, max_body=offered)
+
     async def test_no_kernel_is_kernel_unavailable(self) -> None:
         with self.assertRaises(kpip.KernelUnavailable):
             await kpip.Client.connect("/nonexistent/kpip.sock", self.ident)

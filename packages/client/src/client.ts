@@ -251,6 +251,7 @@ export class KernelClient extends EventEmitter {
         tokens: () => this.held.bytes,
         measurements: this.o.measurements,
         shm: this.o.shm,
+        maxBody: this.o.maxBody,
       },
       {
         attesting: (l) => {

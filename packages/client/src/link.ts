@@ -11,6 +11,7 @@ import {
   type KEvent,
   KpipError,
   type Message,
+  MIN_MAX_BODY,
   type Response,
   SHM_DEFAULT_THRESHOLD,
   SHM_FEATURE,
@@ -40,6 +41,8 @@ export interface LinkSetup {
   tokens: () => Uint8Array[];
   measurements: CborMap | undefined;
   shm: false | { threshold?: number };
+  /** The largest body this client accepts (HELLO.maxBody), or undefined: the kernel's maximum. */
+  maxBody?: number;
 }
 
 /** What the link reports to the client that owns it. */
@@ -107,6 +110,7 @@ export class Link {
         instance: setup.instance,
         features: shm?.native ? [SHM_FEATURE] : [],
         client: "kpip-client/0.1.0",
+        ...(setup.maxBody !== undefined ? { maxBody: setup.maxBody } : {}),
       },
     });
     this.helloBytes = Buffer.from(hello.subarray(HEADER_SIZE));
@@ -214,6 +218,11 @@ export class Link {
   private onChallenge(c: Extract<Message, { type: "CHALLENGE" }>["body"], body: Uint8Array): void {
     if (this.phase !== "handshaking") return this.violation("unexpected CHALLENGE");
     if (!SUPPORTED_VERSIONS.includes(c.version)) return this.violation(`kernel chose unsupported version ${c.version}`);
+    // §8.3: min(the kernel's maximum, HELLO.maxBody), never below MIN_MAX_BODY. A larger one would have
+    // this client buffer (and with shm reserve) more than it agreed to.
+    const granted = c.limits.maxBody;
+    if (granted < MIN_MAX_BODY || (this.setup.maxBody !== undefined && granted > this.setup.maxBody))
+      return this.violation(`kernel set maxBody ${granted}, outside ${MIN_MAX_BODY}..${this.setup.maxBody ?? "its own maximum"}`);
     this.version = c.version;
     this.heartbeatMs = c.heartbeatMs;
     this.reader.setMaxBody(c.limits.maxBody);

@@ -4,6 +4,7 @@ import {
   type CborValue,
   decodeToken,
   type Identity,
+  MIN_MAX_BODY,
   type Status,
   type Token,
 } from "@kpip/protocol";
@@ -29,6 +30,12 @@ export interface ConnectOptions {
    * module is available): `false` to never offer it, or the body size above which it is used.
    */
   shm?: boolean | { threshold?: number };
+  /**
+   * The largest frame body this client accepts (HELLO.maxBody, at least 4096): the session's limit
+   * is the smaller of it and the kernel's, and a kernel that answers more is a protocol violation.
+   * Default: the kernel's maximum.
+   */
+  maxBody?: number;
   /** The persona's identity, or the path of its identity file. */
   identity: Identity | string;
   /** Tokens to hold and bind at every attestation: wire bytes, or the base64url text `kpip token mint` prints. */
@@ -89,6 +96,7 @@ export interface ResolvedOptions {
   readonly measurements: CborMap | undefined;
   /** Shared memory: false, or the body size above which it is used (undefined: the protocol's default). */
   readonly shm: false | { threshold?: number };
+  readonly maxBody: number | undefined;
   readonly connectTimeoutMs: number;
   readonly waitForKernel: boolean;
   readonly reconnect: boolean;
@@ -124,6 +132,7 @@ export function resolveOptions(opts: ConnectOptions): ResolvedOptions {
     workspace: opts.workspace,
     measurements: opts.measurements,
     shm: shm === false ? false : shm === true ? {} : shm,
+    maxBody: checkMaxBody(opts.maxBody),
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,
     waitForKernel: opts.waitForKernel ?? false,
     reconnect: opts.reconnect ?? true,
@@ -135,4 +144,12 @@ export function resolveOptions(opts: ConnectOptions): ResolvedOptions {
     retryBackoff: opts.retryBackoff ?? DEFAULT_RETRY_BACKOFF,
     refreshMarginMs: opts.refreshMarginMs ?? 60_000,
   };
+}
+
+/** HELLO.maxBody as the protocol allows it (§8.3: an integer, at least MIN_MAX_BODY, within the frame's 32-bit length). */
+function checkMaxBody(v: number | undefined): number | undefined {
+  if (v === undefined) return undefined;
+  if (!Number.isInteger(v) || v < MIN_MAX_BODY || v > 0xffff_ffff)
+    throw new TypeError(`maxBody must be an integer from ${MIN_MAX_BODY} to ${0xffff_ffff}, got ${v}`);
+  return v;
 }

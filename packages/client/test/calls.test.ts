@@ -1,7 +1,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { decodeIntent, MessageError } from "@kpip/protocol";
-import { CancelledError, type KernelClient, KpipError, LocalError, RequestTooLargeError, TimeoutError } from "../src/index.js";
+import {
+  CancelledError,
+  type KernelClient,
+  KpipError,
+  LocalError,
+  ProtocolViolationError,
+  RequestTooLargeError,
+  TimeoutError,
+} from "../src/index.js";
 import { FakeKernel, klass, until } from "./harness.js";
 
 const fail = (cls: string) => () => ({ status: "FAILURE" as const, error: cls as "INTERNAL", message: `${cls} failure` });
@@ -146,6 +154,32 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.equal(fake.requests.length, 0, "nothing was sent");
     assert.equal(c.connections, connections, "the session was not touched");
     assert.deepEqual((await c.call("x.y", "kernel://")).payload, { ok: true });
+  });
+
+  it("offers maxBody in HELLO; a kernel that grants more than offered, or less than 4096, is a protocol violation", async () => {
+    const other = new FakeKernel();
+    await other.listen();
+    try {
+      // Granted 1 GiB against an offer of 64 KiB: the client would buffer (and with shm reserve) what it never agreed to.
+      other.maxBody = 1 << 30;
+      const e1 = await other.connect({ maxBody: 65536, reconnect: false }).catch((x) => x);
+      assert.ok(e1 instanceof ProtocolViolationError, String(e1));
+      assert.match(e1.message, /maxBody 1073741824, outside 4096\.\.65536/);
+      assert.equal(other.helloMaxBodies.at(-1), 65536);
+      other.maxBody = 1000;
+      const e2 = await other.connect({ reconnect: false }).catch((x) => x);
+      assert.ok(e2 instanceof ProtocolViolationError, String(e2));
+      assert.equal(other.helloMaxBodies.at(-1), undefined, "no offer unless asked");
+      // Within the offer: the session's limit is what the kernel granted.
+      other.maxBody = 32768;
+      const ok3 = await other.connect({ maxBody: 65536, reconnect: false });
+      const err = await ok3.storage.write("obj://ws1/big", Buffer.alloc(40_000, 1)).catch((x) => x);
+      assert.ok(err instanceof RequestTooLargeError && err.limit === 32768, String(err));
+      await ok3.close();
+      for (const bad of [4095, 1.5, 2 ** 32]) await assert.rejects(other.connect({ maxBody: bad }), TypeError);
+    } finally {
+      other.close();
+    }
   });
 
   it("a request the kernel refused as too large fails with RequestTooLargeError and is never resent", async () => {

@@ -112,6 +112,10 @@ export class FakeKernel {
   readonly dir = mkdtempSync(join(tmpdir(), "kpip-fake-"));
   readonly path = join(this.dir, "fake.sock");
   hellos: Buffer[] = [];
+  /** Each HELLO's maxBody (undefined: none offered). */
+  helloMaxBodies: (number | undefined)[] = [];
+  /** The maxBody CHALLENGE sets (a real kernel's is min(its own, HELLO.maxBody); a faulty one may not be). */
+  maxBody = 1 << 20;
   /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
   shed = 0;
   requests: Request[] = [];
@@ -125,6 +129,7 @@ export class FakeKernel {
           const m = decodeMessage(f);
           if (m.type === "HELLO") {
             this.hellos.push(Buffer.from(m.body.instance));
+            this.helloMaxBodies.push(m.body.maxBody);
             if (this.shed > 0) {
               this.shed--;
               const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
@@ -140,7 +145,7 @@ export class FakeKernel {
                   nonce: Buffer.alloc(32),
                   kernel: "fake",
                   heartbeatMs: 1000,
-                  limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+                  limits: { maxBody: this.maxBody, maxInFlight: 64, dedupeWindowMs: 1000 },
                   features: [],
                 },
               }),
