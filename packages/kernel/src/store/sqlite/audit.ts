@@ -45,6 +45,23 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         now,
       ).changes;
     }
+    dedupeEnd(): number {
+      return ((this.prep("SELECT max(rowid) AS n FROM dedupe").get() as Row).n as number | null) ?? 0;
+    }
+    pruneDedupeRange(now: number, after: number, through: number, max: number): { deleted: number; last: number } {
+      const last = (
+        this.prep(
+          "SELECT max(rowid) AS n FROM (SELECT rowid FROM dedupe WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?)",
+        ).get(after, through, max) as Row
+      ).n as number | null;
+      if (last === null) return { deleted: 0, last: through };
+      const deleted = this.prep("DELETE FROM dedupe WHERE rowid > ? AND rowid <= ? AND expires < ?").run(
+        after,
+        last,
+        now,
+      ).changes;
+      return { deleted, last };
+    }
     lastAudit(): AuditRow | undefined {
       return this.#reads.last();
     }
