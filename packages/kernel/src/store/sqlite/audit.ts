@@ -83,7 +83,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const out: AuditRow[] = [];
       let below = Number.POSITIVE_INFINITY;
       while (out.length < limit) {
-        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, 1000);
+        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, this.#reads.rows);
         if (rows.length === 0) break;
         for (const r of rows) {
           if (q.persona !== undefined && r.persona !== q.persona) continue;
