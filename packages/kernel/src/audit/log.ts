@@ -141,6 +141,7 @@ export class AuditLog {
     const bytes = recordBytes(row);
     row.record = bytes;
     row.hash = sha256(bytes);
+    // A view of Buffer's pool (protocol/sha256.ts): the head pins one 8 KiB slab until the next record, no more.
     this.head = row.hash;
     this.pending.push(row);
     this.pendingBytes += 4096 + 2 * (row.intent?.length ?? 0);
