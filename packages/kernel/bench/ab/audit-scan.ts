@@ -46,7 +46,8 @@ try {
       const secs = Number(process.hrtime.bigint() - t) / 1e9;
       const used = process.cpuUsage(cpu);
       reader.close();
-      if (n !== records || (intentBytes > 0 && bytes !== records * intentBytes)) throw new Error(`${root}: read ${n} records, ${bytes} intent bytes`);
+      if (n !== records || (intentBytes > 0 && bytes !== records * intentBytes))
+        throw new Error(`${root}: read ${n} records, ${bytes} intent bytes`);
       const cpuSecs = (used.user + used.system) / 1e6;
       process.stdout.write(
         `${JSON.stringify({ root, records: n, intentBytes, secs: Math.round(secs * 1000) / 1000, cpuSecs: Math.round(cpuSecs * 1000) / 1000, rpsCpu: Math.round(n / cpuSecs) })}\n`,
