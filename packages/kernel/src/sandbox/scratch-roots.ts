@@ -36,13 +36,14 @@ function takeLock(path: string, waitMs: number, create: boolean): Database.Datab
  * (then makes it again).
  */
 export function lockScratchRoot(root: string): Database.Database {
-  for (;;) {
+  for (let attempt = 1; ; attempt++) {
     mkdirSync(root, { recursive: true, mode: 0o711 });
     const lock = join(root, LOCK);
     const db = takeLock(lock, 10_000, true);
     // Taken after a remover let go: the root it locked is gone, this one is unlinked.
     if (existsSync(lock)) return db;
     db.close();
+    if (attempt === 5) throw new Error(`the scratch root ${root} keeps being removed`);
   }
 }
 
