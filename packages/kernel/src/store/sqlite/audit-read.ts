@@ -3,6 +3,7 @@ import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
 import { type BatchShape, batchShape, MAX_RECORD_BYTES, type RecordSource, STORED_RECORD } from "../../audit/record-size.js";
 import type { AuditCheckpoint, AuditRow } from "../types.js";
 import { rowReader } from "./base.js";
+import { boundedColumns } from "./cells.js";
 
 /** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
 const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END";
@@ -137,11 +138,21 @@ export class AuditReads {
   checkpoints(): AuditCheckpoint[] {
     if (this.#checkpoints === undefined) {
       const has = (this.#db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
-      this.#checkpoints = has ? this.#db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq") : null;
+      // A value past its size is tampering: no bytes (the checkpoint then fails to verify), never read.
+      const cols = boundedColumns(this.#db, "audit_checkpoints", CHECKPOINT_CELLS);
+      this.#checkpoints = has ? this.#db.prepare(`SELECT ${cols} FROM audit_checkpoints ORDER BY seq`) : null;
     }
     return this.#checkpoints === null ? [] : (this.#checkpoints.all() as Record<string, unknown>[]).map(toCheckpoint);
   }
 }
+
+/** The sizes of a checkpoint's values (a hash and a key of 32 bytes, a signature of 64, a kernel id). */
+const CHECKPOINT_CELLS: Record<string, [number, string]> = {
+  hash: [64, "x''"],
+  public_key: [64, "x''"],
+  signature: [128, "x''"],
+  kernel: [256, "''"],
+};
 
 /** A signed checkpoint as stored. */
 const toCheckpoint = rowReader<AuditCheckpoint>({

@@ -1,5 +1,9 @@
 import type { TokenRecord, TokenStore } from "../types.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
+import { boundedCell } from "./cells.js";
+
+/** The longest revocation id read (token ids are 32 hex). */
+const ID_BYTES = 256;
 
 /** Minted tokens (their chains and expiry) and revocations. */
 export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
@@ -44,14 +48,18 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
         // A revocation must outlive every token that names the revoked id in its chain: one pass
         // over the remaining chains, not a scan of them per revocation.
         const named = new Set<string>();
-        for (const r of this.prep("SELECT chain FROM tokens").iterate() as Iterable<{ chain: string }>) {
-          for (const id of JSON.parse(r.chain) as string[]) named.add(id);
+        // A chain past the cell bound (tampering) is not read: then no revocation is dropped this time.
+        let unread = false;
+        for (const r of this.prep(`SELECT ${boundedCell("chain")} FROM tokens`).iterate() as Iterable<{ chain: string | null }>) {
+          if (r.chain === null) unread = true;
+          else for (const id of JSON.parse(r.chain) as string[]) named.add(id);
         }
+        if (unread) return n;
         const gone = this.prep(
-          "SELECT id FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)",
-        ).all(before) as { id: string }[];
+          `SELECT ${boundedCell("id", ID_BYTES)} FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)`,
+        ).all(before) as { id: string | null }[];
         const drop = this.prep("DELETE FROM revocations WHERE id = ?");
-        for (const { id } of gone) if (!named.has(id)) drop.run(id);
+        for (const { id } of gone) if (id !== null && !named.has(id)) drop.run(id);
         return n;
       })();
     }
@@ -61,16 +69,19 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       );
     }
     revokedTokenIds(): string[] {
-      return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+      // An id past the bound is no token's (ids are 32 hex): left out, never read.
+      return (this.prep(`SELECT ${boundedCell("id", ID_BYTES)} FROM revocations`).all() as Row[])
+        .map((r) => r.id as string | null)
+        .filter((id): id is string => id !== null);
     }
     noteRevocationSeq(id: string, seq: number): void {
       this.prep("UPDATE revocations SET audit_seq = ? WHERE id = ?").run(seq, id);
     }
     revocationSeqs(): [string, number][] {
-      return (this.prep("SELECT id, audit_seq FROM revocations WHERE audit_seq IS NOT NULL").all() as Row[]).map((r) => [
-        r.id as string,
-        r.audit_seq as number,
-      ]);
+      const rows = this.prep(
+        `SELECT ${boundedCell("id", ID_BYTES)}, audit_seq FROM revocations WHERE audit_seq IS NOT NULL`,
+      ).all() as Row[];
+      return rows.filter((r) => r.id !== null).map((r) => [r.id as string, r.audit_seq as number]);
     }
   };
 }
