@@ -24,6 +24,11 @@ describe("checkpoints, tokens and revocations: a size bound on reading (the know
       for (let i = 0; i < 6; i++) await c.call("system.health", "kernel://");
       await t.stop();
 
+      const before = new SqliteStore(join(home, HOME_FILES.database));
+      const goneChain = before.getToken(gone.id)?.chain;
+      assert.ok(goneChain && goneChain.length > 0, "a minted token's chain names its parent");
+      before.close();
+
       const huge = MAX_CELL_BYTES * 64;
       const w = new Database(join(home, HOME_FILES.database));
       w.prepare("UPDATE audit_checkpoints SET signature = zeroblob(?) WHERE seq = (SELECT max(seq) FROM audit_checkpoints)").run(
@@ -37,6 +42,16 @@ describe("checkpoints, tokens and revocations: a size bound on reading (the know
       try {
         assert.equal(s.checkpoints().at(-1)?.signature.length, 0, "the signature past the bound reads as no bytes");
         assert.deepEqual(s.revokedTokenIds(), [gone.id], "the tampered revocation is no token's: left out");
+        // A token read while the kernel serves: the chain past the bound is unknown, the rest as stored.
+        assert.deepEqual(s.getToken(keep.id)?.chain, []);
+        assert.equal(s.getToken(keep.id)?.sub, "admin");
+        assert.deepEqual(s.getToken(gone.id)?.chain, goneChain);
+        assert.deepEqual(s.listTokens().find((x) => x.id === keep.id)?.chain, []);
+        assert.deepEqual(
+          s.tokensDerivedFrom(goneChain.at(-1) as string).map((x) => x.id),
+          [gone.id],
+          "a chain past the bound is not searched",
+        );
         s.pruneTokens(Date.now());
         assert.equal(
           (s.db.prepare("SELECT count(*) AS n FROM revocations").get() as { n: number }).n,

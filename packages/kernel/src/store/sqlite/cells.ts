@@ -9,9 +9,9 @@ import type Database from "better-sqlite3";
  */
 export const MAX_CELL_BYTES = 1024 * 1024;
 
-/** `col` in a SELECT list: its value when at most `max` bytes, else `otherwise` (SQL). */
-export function boundedCell(col: string, max = MAX_CELL_BYTES, otherwise = "NULL"): string {
-  return `CASE WHEN octet_length(${col}) <= ${max} THEN ${col} ELSE ${otherwise} END AS ${col}`;
+/** `col` in a SELECT list (named `as`): its value (NULL too) when at most `max` bytes, else `otherwise` (SQL). */
+export function boundedCell(col: string, max = MAX_CELL_BYTES, otherwise = "NULL", as = col): string {
+  return `CASE WHEN octet_length(${col}) > ${max} THEN ${otherwise} ELSE ${col} END AS ${as}`;
 }
 
 /**

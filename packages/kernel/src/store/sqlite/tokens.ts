@@ -1,9 +1,22 @@
 import type { TokenRecord, TokenStore } from "../types.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
-import { boundedCell } from "./cells.js";
+import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
 
-/** The longest revocation id read (token ids are 32 hex). */
+/** The longest id or name read from these tables (token ids are 32 hex, persona names at most 255 bytes). */
 const ID_BYTES = 256;
+
+/** A token row with its revocation, each value bounded (cells.ts): names past 256 bytes read as "?", a chain past MAX_CELL_BYTES as none. */
+const TOKEN = [
+  boundedCell("t.id", ID_BYTES, "'?'", "id"),
+  boundedCell("t.kid", ID_BYTES, "'?'", "kid"),
+  boundedCell("t.sub", ID_BYTES, "'?'", "sub"),
+  boundedCell("t.chain", MAX_CELL_BYTES, "NULL", "chain"),
+  "t.exp",
+  boundedCell("t.minted_by", ID_BYTES, "'?'", "minted_by"),
+  "t.created_at",
+  boundedCell("t.family", ID_BYTES, "'?'", "family"),
+  "v.revoked_at",
+].join(", ");
 
 /** Minted tokens (their chains and expiry) and revocations. */
 export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
@@ -14,14 +27,13 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ).run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt, r.family);
     }
     getToken(id: string): TokenRecord | undefined {
-      const r = this.prep("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?").get(
-        id,
-      ) as Row | undefined;
+      const r = this.prep(`SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?`).get(id) as
+        | Row
+        | undefined;
       return r && toToken(r);
     }
     listTokens(sub?: string, after = 0, limit = -1): TokenRecord[] {
-      const sql =
-        "SELECT t.rowid AS seq, t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?";
+      const sql = `SELECT t.rowid AS seq, ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?`;
       const rows = (
         sub === undefined
           ? this.prep(`${sql} ORDER BY t.rowid LIMIT ?`).all(after, limit)
@@ -32,7 +44,7 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
     tokensDerivedFrom(id: string): TokenRecord[] {
       // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
       const rows = this.prep(
-        "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.chain LIKE ? ORDER BY t.rowid",
+        `SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE octet_length(t.chain) <= ${MAX_CELL_BYTES} AND t.chain LIKE ? ORDER BY t.rowid`,
       ).all(`%"${id.replace(/[^0-9a-f]/g, "")}"%`) as Row[];
       return rows.map(toToken);
     }
@@ -91,7 +103,9 @@ function toToken(r: Row): TokenRecord {
     id: r.id as string,
     kid: r.kid as string,
     sub: r.sub as string,
-    chain: JSON.parse(r.chain as string) as string[],
+    // A chain past the bound (tampering) was not read: unknown, as if none (authorization never
+    // takes a chain from here: a presented token carries its own).
+    chain: typeof r.chain === "string" ? (JSON.parse(r.chain) as string[]) : [],
     exp: r.exp as number,
     mintedBy: r.minted_by as string,
     createdAt: r.created_at as number,
