@@ -40,7 +40,12 @@ export class DedupePruner {
    * back). It was one whole-table DELETE, a stall at start as long as the table is big.
    */
   sweep(now: number): void {
-    const through = this.store.dedupeEnd();
+    let through: number;
+    try {
+      through = this.store.dedupeEnd();
+    } catch {
+      return; // the store is closing or busy: the ticks after this one prune the oldest rows
+    }
     let after = 0;
     this.loop.run(() => {
       try {
