@@ -2,7 +2,7 @@ import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_MAX_BODY } from "@kpip/protocol";
-import { largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
+import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -68,7 +68,7 @@ const DECLARED = {
   /** Largest intent whose bytes an audit record keeps; larger intents keep their hash only. */
   auditIntentMaxBytes: {
     type: "int",
-    default: 65_536,
+    default: DEFAULT_INTENT_MAX_BYTES,
     description: "largest intent whose bytes the audit record keeps (larger: the hash only)",
   },
   /** A file outside the home to which every signed audit checkpoint is appended too ("" = off). */

@@ -40,6 +40,7 @@ export {
 export { SandboxUnavailableError } from "./sandbox/sandbox.js";
 export { UnsafeHomeError } from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
+export { boundedColumns, MAX_CELL_BYTES } from "./store/sqlite/cells.js";
 export type { JournalEntry } from "./store/sqlite/registry.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";

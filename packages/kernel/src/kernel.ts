@@ -27,6 +27,8 @@ export interface KernelOptions extends Partial<KernelConfig> {
   logger?: Logger;
   /** The bubblewrap program to use (default: found on PATH); tests point it at a broken one. */
   bwrapPath?: string;
+  /** The upload hash worker's module (default: the kernel's own); tests give one that crashes. */
+  uploadHashWorker?: URL;
   /**
    * Where `KPIP_<NAME>` settings are read from. Default: nowhere — an embedded kernel (and every
    * test) takes only what it is given here and in the home's config file; `kpip kernel` passes
@@ -57,7 +59,7 @@ export class Kernel {
   private pendingTasks: [string, TaskRegistration][] = [];
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, bwrapPath: _b, env, configFile, ...flags } = options;
+    const { authorizer: _a, logger: _l, bwrapPath: _b, uploadHashWorker: _u, env, configFile, ...flags } = options;
     this.config = resolveConfig({
       flags: flags as Partial<Record<keyof KernelConfig, unknown>>,
       env: env ?? {},
@@ -150,6 +152,7 @@ export class Kernel {
         authorizer: this.options.authorizer,
         clock: this.options.clock,
         bwrapPath: this.options.bwrapPath,
+        uploadHashWorker: this.options.uploadHashWorker,
       });
       this.services = s;
       this.pendingFamilies = [];

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
 import { CborWriter } from "../src/audit/cbor-writer.js";
 import { openAuditReader } from "../src/audit/reader.js";
-import { BATCH_RECORD_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "../src/audit/record-size.js";
+import { batchShape, largestRecordBytes, MAX_RECORD_BYTES } from "../src/audit/record-size.js";
 import { verifyAuditFile } from "../src/audit/verify-parallel.js";
 import { AuditChainError, ConfigError, HOME_FILES, Kernel, resolveConfig, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, startKernel } from "./harness.js";
@@ -25,13 +25,13 @@ describe("the size bound on a stored audit record", () => {
   let head: number;
   let large: number;
   before(async () => {
-    // One record over BATCH_RECORD_BYTES (a kept intent of 40 KiB): read alone, not in a batch.
-    const t = await startKernel({ auditCheckpointEvery: 1000 });
+    // One record over the default batch's record size (a kept intent of 100 KiB): read alone, not in a batch.
+    const t = await startKernel({ auditCheckpointEvery: 1000, auditIntentMaxBytes: 160 * 1024 });
     home = t.home;
     try {
       const c = await t.admin();
       await c.storage.write("obj://ws1/small", "v");
-      await c.storage.write("obj://ws1/large", Buffer.alloc(40 * 1024, 7));
+      await c.storage.write("obj://ws1/large", Buffer.alloc(100 * 1024, 7));
       for (let i = 0; i < 3; i++) await c.storage.write(`obj://ws1/t/${i}`, `v${i}`);
     } finally {
       await t.stop();
@@ -41,7 +41,7 @@ describe("the size bound on a stored audit record", () => {
     const rows = s.scanAudit(1, 10_000);
     s.close();
     head = (rows.at(-1) as { seq: number }).seq;
-    large = (rows.find((r) => (r.intent?.length ?? 0) > BATCH_RECORD_BYTES) as { seq: number }).seq;
+    large = (rows.find((r) => (r.intent?.length ?? 0) > batchShape().recordBytes) as { seq: number }).seq;
   });
   after(() => {
     if (home) removeHome(home);
@@ -50,9 +50,9 @@ describe("the size bound on a stored audit record", () => {
   it("a record past the batch size is read alone: it decodes and verifies like any other", async () => {
     const r = openAuditReader(db);
     try {
-      assert.ok((r.record(large)?.intent?.length ?? 0) > 40 * 1024, "the large record's intent is read");
+      assert.ok((r.record(large)?.intent?.length ?? 0) > 100 * 1024, "the large record's intent is read");
       const seen = [...r.records()].find((x) => x.seq === large);
-      assert.ok((seen?.intent?.length ?? 0) > 40 * 1024, "the scan reads the large record's intent");
+      assert.ok((seen?.intent?.length ?? 0) > 100 * 1024, "the scan reads the large record's intent");
       assert.equal(seen?.persona, "admin");
     } finally {
       r.close();

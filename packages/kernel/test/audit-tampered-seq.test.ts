@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
+import { batchShape } from "../src/audit/record-size.js";
 import { RecordScan } from "../src/audit/verify-records.js";
 import { migrateAuditLayout } from "../src/store/sqlite/audit-layout.js";
 
@@ -31,8 +32,8 @@ describe("audit tables that change or lie under their readers", () => {
     const db = new Database(":memory:");
     try {
       db.exec("CREATE TABLE audit (seq INTEGER PRIMARY KEY, hash BLOB NOT NULL, record BLOB NOT NULL)");
-      // Over the batch's 16 KiB: read alone, after the batch.
-      db.prepare("INSERT INTO audit VALUES (1, randomblob(32), zeroblob(20000))").run();
+      // Over the batch's record size: read alone, after the batch.
+      db.prepare("INSERT INTO audit VALUES (1, randomblob(32), zeroblob(?))").run(batchShape().recordBytes + 1);
       const scan = new RecordScan(db);
       const st = (scan as unknown as { scan: { all: (...a: unknown[]) => unknown } }).scan;
       const all = st.all.bind(st);

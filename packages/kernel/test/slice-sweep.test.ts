@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SliceSweep } from "../src/kernel/slices.js";
+import { SliceLoop } from "../src/slice-loop.js";
 import { until } from "./harness.js";
 
 /** Turns of the event loop: a counter a setImmediate chain advances until stopped. */
@@ -73,5 +74,46 @@ describe("the heartbeat sweep visits sessions a slice per turn", () => {
       sweep.run([9], () => assert.fail("visited after stop")),
       false,
     );
+  });
+});
+
+describe("the slice loop the sweeps, the dedupe pruner and audit retention share", () => {
+  it("runs a slice now and one a turn while it asks for more; one pass at a time; done after the last slice or a stop", async () => {
+    const loop = new SliceLoop();
+    const t = turns();
+    const slices: number[] = [];
+    let done = 0;
+    try {
+      assert.ok(
+        loop.run(
+          () => slices.push(t.n) < 5,
+          () => done++,
+        ),
+      );
+      assert.deepEqual(slices.length, 1, "the first slice at once");
+      assert.equal(
+        loop.run(() => assert.fail("a second pass while one runs")),
+        false,
+      );
+      await until(() => !loop.busy, 30_000, "the pass ended");
+      assert.equal(slices.length, 5);
+      assert.equal(new Set(slices).size, 5, "one slice a turn");
+      assert.equal(done, 1);
+      assert.ok(
+        loop.run(
+          () => true,
+          () => done++,
+        ),
+      );
+      loop.stop();
+      await until(() => !loop.busy, 30_000, "the stopped pass ended");
+      assert.equal(done, 2, "done after a stop too");
+      assert.equal(
+        loop.run(() => assert.fail("a slice after stop")),
+        false,
+      );
+    } finally {
+      t.stop();
+    }
   });
 });

@@ -1,21 +1,32 @@
 import assert from "node:assert/strict";
-import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from "node:fs";
+import { closeSync, mkdtempSync, openSync, rmSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { pathToFileURL } from "node:url";
 import fc from "fast-check";
+import { pino } from "pino";
 import { UploadHasher } from "../src/primitives/upload-hasher.js";
 import { sha256 } from "../src/store/blobs.js";
+import { crashingWorker } from "./crashing-hash-worker.js";
+import { withKernel } from "./harness.js";
+import { MiB, pattern } from "./storage-files.js";
+
+/** A logger whose lines the test reads. */
+function captured() {
+  const lines: Record<string, unknown>[] = [];
+  return { logger: pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) }), lines };
+}
 
 /* The object's SHA-256 of a chunked upload is made off the kernel's thread, from the partial file (issue #22). */
 
-const withFile = async (data: Buffer, f: (fd: number) => Promise<void>) => {
+const withFile = async (data: Buffer, f: (fd: number, path: string) => Promise<void>) => {
   const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-"));
   const path = join(dir, "partial");
   writeFileSync(path, data);
   const fd = openSync(path, "r");
   try {
-    await f(fd);
+    await f(fd, path);
   } finally {
     closeSync(fd);
     rmSync(dir, { recursive: true, force: true });
@@ -73,47 +84,96 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
     }
   });
 
-  it("a worker that fails fails the uploads it was hashing; later ones are hashed on the kernel's thread, correctly", async () => {
-    // A module that exits at once stands for a worker that dies.
+  it("a worker that dies mid-upload is restarted: the upload's hash is made again from its file, and the next upload uses the new worker", async () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
-    const module = join(dir, "dies.mjs");
-    writeFileSync(module, "process.exit(3);\n");
-    const hasher = new UploadHasher(new URL(`file://${module}`));
+    const w = crashingWorker(dir, 'm.kind === "range" && m.offset > 0');
+    const { logger, lines } = captured();
+    const hasher = new UploadHasher({ module: w.module, log: logger });
     try {
-      const data = Buffer.alloc(300_000, 7);
+      const data = pattern(3 * 1024 * 1024 + 17, 5);
       await withFile(data, async (fd) => {
-        await assert.rejects(hasher.range("a", fd, 0, 1000), /exited with 3/);
-        await hasher.range("b", fd, 0, 100_000);
-        await hasher.range("b", fd, 100_000, 200_000);
-        assert.deepEqual(await hasher.digest("b", data.length), sha256(data));
+        await hasher.range("a", fd, 0, 1024 * 1024);
+        w.arm();
+        // In flight together when the worker dies on the second: none is lost, none hashed twice.
+        await Promise.all([
+          hasher.range("a", fd, 1024 * 1024, 1024 * 1024),
+          hasher.range("a", fd, 2 * 1024 * 1024, 1024 * 1024 + 17),
+        ]);
+        assert.deepEqual(await hasher.digest("a", data.length), sha256(data));
+        await hasher.range("b", fd, 0, 1000);
+        assert.deepEqual(await hasher.digest("b", 1000), sha256(data.subarray(0, 1000)));
       });
+      assert.equal(w.armed(), false, "the worker died");
+      assert.equal(hasher.started, 2, "one restart");
+      const threads = new Map(w.trace().map(([thread, kind, key, offset]) => [`${kind} ${key} ${offset}`, thread]));
+      const trace = w.trace();
+      assert.deepEqual(trace[0]?.slice(1), ["range", "a", "0"]);
+      assert.notEqual(threads.get("range b 0"), trace[0]?.[0], "the next upload is hashed by the new worker");
+      // The new worker hashed a's first range again (from the file), then the two in flight.
+      assert.deepEqual(
+        trace.filter(([t]) => t === threads.get("range b 0")).map(([, kind, key, offset]) => `${kind} ${key} ${offset}`),
+        ["range a 0", "range a 1048576", "range a 2097152", "digest a ", "range b 0", "digest b "],
+      );
+      assert.equal(threads.get("range b 0"), threads.get("digest a "), "and so is the end of the one in flight");
+      const died = lines.filter((l) => l.level === 40);
+      assert.equal(died.length, 1);
+      assert.match(String(died[0]?.msg), /hash worker died/);
+      assert.match(String((died[0]?.err as { message?: string })?.message), /exited with 7/);
     } finally {
       hasher.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });
 
-  it("a worker that dies after hashing an upload's ranges takes their hash with it: the digest is refused, never the hash of no bytes", async () => {
-    // Acknowledges ranges (as if hashed) and dies on the first `forget`: the upload's ranges were
-    // all answered before it died, so nothing waiting on it is rejected.
+  it("a worker that keeps dying is restarted a bounded number of times, then hashing stays on the kernel's thread (logged), correctly", async () => {
+    // A module that exits at once stands for a worker that cannot run.
     const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
-    const module = join(dir, "hashes-then-dies.mjs");
-    writeFileSync(
-      module,
-      'import { parentPort } from "node:worker_threads";\n' +
-        'parentPort.on("message", (m) => { if (m.kind === "forget") process.exit(3); parentPort.postMessage({ seq: m.seq }); });\n',
-    );
-    const hasher = new UploadHasher(new URL(`file://${module}`));
+    const module = join(dir, "dies.mjs");
+    writeFileSync(module, "process.exit(3);\n");
+    const { logger, lines } = captured();
+    const hasher = new UploadHasher({ module: pathToFileURL(module), log: logger, restarts: { max: 3, backoffMs: 1 } });
+    try {
+      const data = Buffer.alloc(300_000, 7);
+      await withFile(data, async (fd) => {
+        await hasher.range("a", fd, 0, 1000);
+        await hasher.range("b", fd, 0, 100_000);
+        await hasher.range("b", fd, 100_000, 200_000);
+        assert.deepEqual(await hasher.digest("b", data.length), sha256(data));
+        assert.deepEqual(await hasher.digest("a", 1000), sha256(data.subarray(0, 1000)));
+      });
+      assert.equal(hasher.started, 3, "started three times, never again");
+      assert.deepEqual(
+        lines.map((l) => l.level),
+        [40, 40, 50],
+      );
+      assert.match(String(lines[2]?.msg), /on the kernel's thread from now on/);
+    } finally {
+      hasher.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a worker that dies after it answered an upload's ranges: the digest covers exactly the bytes, hashed again from the file, or is refused, never the hash of fewer bytes", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
+    // Dies on a `forget`: every range of the upload was answered before, nothing waits on it.
+    const w = crashingWorker(dir, 'm.kind === "forget"');
+    const hasher = new UploadHasher({ module: w.module, restarts: { backoffMs: 1 } });
     try {
       const data = Buffer.alloc(1000, 9);
-      await withFile(data, async (fd) => {
+      await withFile(data, async (fd, path) => {
         await hasher.range("a", fd, 0, 600);
         await hasher.range("a", fd, 600, 400);
+        w.arm();
         hasher.forget("other");
-        // Sent after the forget: the worker is gone before it reads this, and its exit fails it.
-        await assert.rejects(hasher.range("z", fd, 0, 1), /exited with 3/);
-        await assert.rejects(hasher.digest("a", data.length), /covers 0 bytes, not its 1000/);
+        assert.deepEqual(await hasher.digest("a", data.length), sha256(data));
+        // The file lost bytes the dead worker had hashed: the new one cannot cover them again.
+        await hasher.range("c", fd, 0, 1000);
+        truncateSync(path, 500);
+        w.arm();
+        hasher.forget("other");
+        await assert.rejects(hasher.digest("c", data.length), /covers 0 bytes, not its 1000/);
       });
+      assert.equal(hasher.started, 3);
     } finally {
       hasher.close();
       rmSync(dir, { recursive: true, force: true });
@@ -127,5 +187,37 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
       hasher.close();
       await assert.rejects(hasher.digest("a", 10), /stopping/);
     });
+  });
+});
+
+describe("the upload hash worker of a running kernel", () => {
+  it("dies in the middle of an upload: the upload commits with its right hash, the death is logged, and a later upload uses a new worker", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
+    const w = crashingWorker(dir, 'm.kind === "range" && m.offset > 0');
+    const { logger, lines } = captured();
+    try {
+      await withKernel({ uploadHashWorker: w.module, logger }, async (t) => {
+        const c = await t.admin();
+        const data = pattern(2 * MiB + 3, 11);
+        w.arm();
+        const r = await c.storage.putLarge("obj://up/a", data, { chunkBytes: 256 * 1024 });
+        assert.deepEqual(Buffer.from(r.sha256), sha256(data), "committed under the SHA-256 of exactly its bytes");
+        assert.ok((await c.storage.getLarge("obj://up/a")).equals(data));
+        assert.equal(w.armed(), false, "the worker died during the upload");
+        const more = pattern(700_000, 12);
+        await c.storage.putLarge("obj://up/b", more, { chunkBytes: 256 * 1024 });
+        assert.ok((await c.storage.getLarge("obj://up/b")).equals(more));
+      });
+      const trace = w.trace();
+      const [first, upload] = [trace[0]?.[0], trace[0]?.[2]];
+      const later = trace.filter(([, kind, key]) => kind === "range" && key !== upload);
+      assert.ok(later.length >= 3, "the later upload's chunks went to a worker");
+      for (const [thread] of later) assert.notEqual(thread, first, "not the worker that died");
+      const died = lines.filter((l) => /hash worker died/.test(String(l.msg)));
+      assert.equal(died.length, 1, "the death is logged once");
+      assert.equal(died[0]?.level, 40);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

@@ -14,5 +14,13 @@ export const sha256Latin1: (data: Uint8Array) => string = oneShot
   ? (data) => oneShot("sha256", data, "latin1")
   : (data) => crypto.createHash("sha256").update(data).digest().toString("latin1");
 
-/** SHA-256 of `data`, with the fastest API this Node has. */
+/**
+ * SHA-256 of `data`, with the fastest API this Node has. The result is a view of Buffer's shared
+ * 8 KiB pool slab: a hash kept for long keeps its slab alive, so a cache of many such hashes
+ * would hold 8 KiB each; copy one out (`Buffer.from(new Uint8Array(h))`) or keep the latin1
+ * string where it is kept long. Today none is: the kernel keeps intent and record hashes only
+ * while their record is pending, except the audit chain's head (one hash, replaced by the next
+ * record); the dedupe cache keeps latin1 strings, tokens and bodies hash with Hash objects
+ * (unpooled digests), the upload's digest and an installed body's address live as long as their upload.
+ */
 export const sha256 = (data: Uint8Array): Buffer => Buffer.from(sha256Latin1(data), "latin1");

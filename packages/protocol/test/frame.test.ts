@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { PieceWriter } from "../src/cbor/encode.js";
 import {
+  encodeCanonical,
   encodeFrame,
   encodeFrameParts,
   encodeFramePieces,
@@ -54,6 +56,18 @@ describe("FrameDecoder", () => {
     assert.ok(Buffer.concat(pieces).equals(encodeFrame({ type: MessageType.PING, stream: 5 }, body)));
     const small = encodeFramePieces({ type: MessageType.PING }, { n: 1 }, 65_536);
     assert.equal(small.length, 1);
+  });
+
+  it("a piece writer hands its encoding out only as pieces (its buffer alone is not the encoding)", () => {
+    const w = new PieceWriter(64, 0, 16);
+    w.write({ data: Buffer.alloc(100, 1), n: 2 });
+    assert.ok(Buffer.concat(w.finishParts()).equals(encodeCanonical({ data: Buffer.alloc(100, 1), n: 2 })));
+    // @ts-expect-error what its buffer holds is not the whole encoding (the byte string is referenced)
+    assert.equal(w.finish, undefined);
+    // @ts-expect-error nor its length
+    assert.equal(w.length, undefined);
+    // @ts-expect-error nor a copy of it
+    assert.equal(w.copyTo, undefined);
   });
 
   it("decodes frames from 1-byte chunks", () => {

@@ -1,4 +1,4 @@
-import type { AuditReader, AuditRecord } from "@kpip/kernel";
+import { type AuditReader, type AuditRecord, boundedColumns } from "@kpip/kernel";
 import { type CborValue, decodeIntent } from "@kpip/protocol";
 import { valueJson } from "./show.js";
 import { iso } from "./timeline.js";
@@ -96,9 +96,13 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     return n;
   };
   if (tables.has("tokens")) {
-    for (const r of reader.db.prepare("SELECT * FROM tokens ORDER BY rowid").all() as Row[]) {
-      const n = node(r.id as string);
-      const chain = JSON.parse(r.chain as string) as string[];
+    // Each value bounded (a tampered one past MAX_CELL_BYTES reads as null, never into memory).
+    for (const r of reader.db
+      .prepare(`SELECT ${boundedColumns(reader.db, "tokens")} FROM tokens ORDER BY rowid`)
+      .all() as Row[]) {
+      if (typeof r.id !== "string") continue;
+      const n = node(r.id);
+      const chain = typeof r.chain === "string" ? (JSON.parse(r.chain) as string[]) : [];
       n.parent = chain.at(-1) ?? null;
       n.sub = r.sub as string;
       n.mintedBy = r.minted_by as string;
@@ -110,8 +114,12 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     }
   }
   if (tables.has("revocations")) {
-    for (const r of reader.db.prepare("SELECT * FROM revocations ORDER BY revoked_at").all() as Row[]) {
-      node(r.id as string).revoked = { by: r.revoked_by as string, at: r.revoked_at as number, record: null, ended: [] };
+    const rows = reader.db
+      .prepare(`SELECT ${boundedColumns(reader.db, "revocations")} FROM revocations ORDER BY revoked_at`)
+      .all();
+    for (const r of rows as Row[]) {
+      if (typeof r.id !== "string") continue;
+      node(r.id).revoked = { by: r.revoked_by as string, at: r.revoked_at as number, record: null, ended: [] };
     }
   }
   // The records about tokens: the detail when the home has it, else the requests themselves.

@@ -33,7 +33,16 @@ function openHome(home: string): AuditReader {
     throw new UsageError(`no kernel home at ${home} (no such directory) — pass --home`);
   const path = join(home, HOME_FILES.database);
   if (!existsSync(path)) throw new UsageError(`${home} is not a kernel home (no ${HOME_FILES.database}) — pass --home`);
-  return openAuditReader(path);
+  return openAuditReader(path, { intentMaxBytes: keptIntentBytes(home) });
+}
+
+/** The home's auditIntentMaxBytes (the scans' batches are sized for its records), or the default without a readable config. */
+function keptIntentBytes(home: string): number | undefined {
+  try {
+    return resolveConfig({ flags: { home } }).auditIntentMaxBytes;
+  } catch {
+    return undefined;
+  }
 }
 
 function recordJson(r: AuditRecord): Record<string, unknown> {

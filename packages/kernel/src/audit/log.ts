@@ -3,6 +3,7 @@ import { createPublicKey } from "node:crypto";
 import { rawPublicKey, sha256, signBytes } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
+import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
 
 /** A placeholder until a record's hash is computed (never stored). */
 export const PENDING_HASH = new Uint8Array(0);
@@ -134,12 +135,13 @@ export class AuditLog {
     row.seq = ++this.seq;
     row.time = Date.now();
     row.kernel = this.kernelId;
-    if (row.intent !== null && row.intent.length > (this.opts.intentMaxBytes ?? 65_536)) row.intent = null;
+    if (row.intent !== null && row.intent.length > (this.opts.intentMaxBytes ?? DEFAULT_INTENT_MAX_BYTES)) row.intent = null;
     row.prevHash = this.head;
     // Encoded once: the store keeps these bytes, the hash covers exactly them.
     const bytes = recordBytes(row);
     row.record = bytes;
     row.hash = sha256(bytes);
+    // A view of Buffer's pool (protocol/sha256.ts): the head pins one 8 KiB slab until the next record, no more.
     this.head = row.hash;
     this.pending.push(row);
     this.pendingBytes += 4096 + 2 * (row.intent?.length ?? 0);

@@ -5,6 +5,7 @@ import Database from "better-sqlite3";
 import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
 import type { AuditRow, AuditStore } from "../store/types.js";
+import { batchShape } from "./record-size.js";
 import type { RangeVerifier } from "./verify.js";
 import { RecordScan } from "./verify-records.js";
 
@@ -70,9 +71,10 @@ function kernelHolds(home: string): boolean {
  * mark the -shm), so a home no kernel holds is read from a private copy of the database and its
  * -wal (committed frames in the -wal are recovered there, as a kernel would); a running
  * kernel's home is read through a read-only connection beside the kernel's own. `direct` opens
- * `path` as it is (a copy already made, e.g. by a parallel verify's workers).
+ * `path` as it is (a copy already made, e.g. by a parallel verify's workers). `intentMaxBytes`:
+ * the home's auditIntentMaxBytes, which sizes the scans' batches (record-size.ts).
  */
-export function openAuditReader(path: string, opts: { direct?: boolean } = {}): AuditReader {
+export function openAuditReader(path: string, opts: { direct?: boolean; intentMaxBytes?: number } = {}): AuditReader {
   if (!existsSync(path) || !statSync(path).isFile()) {
     throw new HomeReadError(`no kpip database at ${path} (is this a kernel home? pass --home)`, "not-a-home");
   }
@@ -113,7 +115,8 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
   // A home of an older kpip (a column per field) is read as it is, each row encoded as the
   // record its hash covers: nothing is moved (a kernel moves it when it starts).
   const source = hasColumnLayout(db) ? columnRecordSource(db) : undefined;
-  const reads = new AuditReads(db, source);
+  const shape = batchShape(opts.intentMaxBytes);
+  const reads = new AuditReads(db, source, shape);
   let records: RecordScan | undefined;
   return {
     db,
@@ -125,7 +128,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean } = {}): 
     headSeq: () => reads.head(),
     scanAudit: (from, batch) => reads.up(from, batch),
     verifyRecords: (from, to, cpSeqs, onProgress) => {
-      records ??= new RecordScan(db, source);
+      records ??= new RecordScan(db, source, shape);
       return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
     countAudit: () => reads.count(),

@@ -17,11 +17,34 @@ export const MAX_RECORD_BYTES = 256 * 1024 * 1024;
 /** What a record holds besides the intent and one frame's detail (ids, op, target, message, …). */
 const RECORD_OVERHEAD_BYTES = 1024 * 1024;
 
+/** auditIntentMaxBytes by default (config.ts): records keep intents up to this many bytes. */
+export const DEFAULT_INTENT_MAX_BYTES = 65_536;
+
+/** What a record keeping an intent holds besides it: ids, op, target (up to 2 KiB), caps, message. */
+const KEPT_RECORD_SLACK = 8 * 1024;
+
+/** The record bytes one batch of rows may hold (1,000 rows of 16 KiB, the bound before it was chosen from the config). */
+export const BATCH_BYTES = 16 * 1024 * 1024;
+
+/** Rows one batch reads at most. */
+const BATCH_MAX_ROWS = 1000;
+
+/** How the scans read records in batches: records up to `recordBytes` in batches of `rows`; larger ones alone. */
+export interface BatchShape {
+  recordBytes: number;
+  rows: number;
+}
+
 /**
- * Records up to this size are read in a batch of rows; a larger one alone, when its turn comes,
- * so a batch holds at most rows × this many record bytes.
+ * The batches for a home whose records keep intents up to `intentMaxBytes` (its
+ * auditIntentMaxBytes): such a record comes in its batch, not in a second read of its own (with
+ * a bound below the kept intents, every record between the two cost one); the rows of a batch
+ * are as many as fit in {@link BATCH_BYTES}, so rows × recordBytes never passes it.
  */
-export const BATCH_RECORD_BYTES = 16 * 1024;
+export function batchShape(intentMaxBytes = DEFAULT_INTENT_MAX_BYTES): BatchShape {
+  const recordBytes = Math.min(BATCH_BYTES, Math.max(0, intentMaxBytes) + KEPT_RECORD_SLACK);
+  return { recordBytes, rows: Math.max(1, Math.min(BATCH_MAX_ROWS, Math.floor(BATCH_BYTES / recordBytes))) };
+}
 
 /**
  * The largest record a kernel with these settings can write: the kept intent (either kind of

@@ -1,4 +1,5 @@
 import type { Logger } from "../log.js";
+import { SliceLoop } from "../slice-loop.js";
 import type { AuditLog } from "./log.js";
 
 /**
@@ -9,8 +10,7 @@ import type { AuditLog } from "./log.js";
  * them, and a kernel killed mid-pass simply leaves the rest to the next one.
  */
 export class AuditRetention {
-  private running = false;
-  private stopped = false;
+  private readonly loop = new SliceLoop();
   /** Records removed so far (logs, tests). */
   removed = 0;
 
@@ -23,29 +23,27 @@ export class AuditRetention {
 
   /** Starts a pass that prunes everything retention allows, a slice a turn, unless one is under way. */
   run(): void {
-    if (this.running || this.stopped || this.retain <= 0) return;
-    this.running = true;
+    if (this.retain <= 0) return;
     let pass = 0;
-    const step = () => {
-      let n = 0;
-      try {
-        if (!this.stopped) n = this.audit.pruneSlice(this.retain, this.slice);
-      } catch (e) {
-        this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
-      }
-      pass += n;
-      this.removed += n;
-      if (n > 0 && !this.stopped) {
-        setImmediate(step);
-        return;
-      }
-      this.running = false;
-      if (pass) this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
-    };
-    step();
+    this.loop.run(
+      () => {
+        let n = 0;
+        try {
+          n = this.audit.pruneSlice(this.retain, this.slice);
+        } catch (e) {
+          this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+        }
+        pass += n;
+        this.removed += n;
+        return n > 0;
+      },
+      () => {
+        if (pass) this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+      },
+    );
   }
 
   stop(): void {
-    this.stopped = true;
+    this.loop.stop();
   }
 }

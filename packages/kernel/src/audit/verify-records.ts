@@ -1,7 +1,14 @@
 import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
-import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, oversizeReason, type RecordSource, STORED_RECORD } from "./record-size.js";
+import {
+  type BatchShape,
+  batchShape,
+  MAX_RECORD_BYTES,
+  oversizeReason,
+  type RecordSource,
+  STORED_RECORD,
+} from "./record-size.js";
 import type { RangeResult } from "./verify.js";
 
 type OneShot = (algorithm: string, data: Uint8Array, encoding: "hex") => string;
@@ -23,17 +30,22 @@ const LINK_BROKEN = "previous-hash link is broken (a record before it was change
 export class RecordScan {
   private readonly scan: Database.Statement;
   private readonly one: Database.Statement;
+  private readonly rows: number;
 
-  /** `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or an old home's columns encoded). */
-  constructor(db: Database.Database, src: RecordSource = STORED_RECORD) {
+  /**
+   * `src`: the record's bytes and size in SQL (store/sqlite/audit-layout.ts: the stored bytes, or
+   * an old home's columns encoded); `shape`: the batches (record-size.ts).
+   */
+  constructor(db: Database.Database, src: RecordSource = STORED_RECORD, shape: BatchShape = batchShape()) {
+    this.rows = shape.rows;
     // The hash as lowercase hex text (a string costs far less than a Buffer per row); a hash
     // that is not a hash-sized blob reads as NULL, never as the hex of some other value's bytes.
-    // The record's bytes only up to BATCH_RECORD_BYTES (SQLite tells the size without reading
+    // The record's bytes only up to the batch's record size (SQLite tells the size without reading
     // them); a larger record (NULL here) is read alone, one over MAX_RECORD_BYTES never.
     this.scan = db
       .prepare(
         `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
-          CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END
+          CASE WHEN ${src.size} <= ${shape.recordBytes} THEN ${src.batchBytes ?? src.bytes} END
         FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
       .raw(true);
@@ -44,7 +56,7 @@ export class RecordScan {
 
   /**
    * Checks records `from`..`to` as {@link verifyRange} does (contiguous, linked within the
-   * range, each hash recomputed), reading `batch` rows at a time.
+   * range, each hash recomputed), reading `batch` rows at a time (at most the shape's rows).
    */
   verify(from: number, to: number, cpSeqs: Set<number>, batch = 1000, onProgress?: (done: number) => void): RangeResult {
     const out: RangeResult = { from, lastSeq: from - 1, lastHash: null, firstPrev: null, checkpointHashes: [] };
@@ -60,7 +72,7 @@ export class RecordScan {
       return done();
     };
     while (expected <= to) {
-      const rows = this.scan.all(expected, Math.min(batch, to - expected + 1)) as unknown[][];
+      const rows = this.scan.all(expected, Math.min(batch, this.rows, to - expected + 1)) as unknown[][];
       if (rows.length === 0) break;
       for (const r of rows) {
         const seq = r[0];

@@ -31,6 +31,7 @@ import { UploadTable } from "../primitives/storage-uploads.js";
 import { systemFamily } from "../primitives/system.js";
 import { tokenFamily } from "../primitives/token.js";
 import type { PrimitiveFamily } from "../primitives/types.js";
+import { UploadHasher } from "../primitives/upload-hasher.js";
 import { ResourceLedger } from "../resources/ledger.js";
 import { ProcessTable } from "../sandbox/processes.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
@@ -61,6 +62,7 @@ export interface CompositionInput {
   readonly authorizer?: Authorizer | undefined;
   readonly clock?: (() => number) | undefined;
   readonly bwrapPath?: string | undefined;
+  readonly uploadHashWorker?: URL | undefined;
 }
 
 /** Every service of a started kernel, built and wired by {@link compose}. */
@@ -175,6 +177,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       blobs,
       { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, totalBytes: c.maxUploadBytes, idleMs: c.uploadIdleMs },
       (h) => store.countBodyRefs(h),
+      Date.now,
+      new UploadHasher({ module: input.uploadHashWorker, log }),
     );
     router.register(
       storageFamily(

@@ -32,8 +32,9 @@ export function startHousekeeping(
     s.applyOfflineChanges();
     s.pipeline.flushSuppressed();
     s.audit.checkpointIfDue(now);
-    // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall).
-    if (lastPrune === 0) s.store.pruneDedupe(now);
+    // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall);
+    // the first pass after a start walks the whole table (what expired while the kernel was down).
+    if (lastPrune === 0) dedupePruner.sweep(now);
     else dedupePruner.run(now);
     if (now - lastPrune > PRUNE_INTERVAL_MS) {
       lastPrune = now;

@@ -1,3 +1,5 @@
+import { SliceLoop } from "../slice-loop.js";
+
 /**
  * Visits a snapshot of `items` a slice per turn of the event loop, so a periodic sweep over every
  * session costs the requests waiting behind it one slice, not the whole sweep: the housekeeping
@@ -7,8 +9,7 @@
  * throws ends its sweep and the error goes up, as from the loop it replaces.
  */
 export class SliceSweep<T> {
-  private running = false;
-  private stopped = false;
+  private readonly loop = new SliceLoop();
 
   constructor(
     private readonly slice: number,
@@ -17,36 +18,26 @@ export class SliceSweep<T> {
 
   /** Starts visiting `items` (a snapshot is taken now); false if a sweep is still under way. */
   run(items: Iterable<T>, visit: (item: T) => void): boolean {
-    if (this.running || this.stopped) return false;
+    if (this.loop.busy || this.loop.stopped) return false;
     const all = [...items];
     let i = 0;
-    this.running = true;
-    const step = () => {
+    return this.loop.run(() => {
       const end = Math.min(all.length, i + this.slice);
-      try {
-        for (; i < end && !this.stopped; i++) {
-          const item = all[i] as T;
-          if (this.present(item)) visit(item);
-        }
-      } catch (e) {
-        // As the loop over every session did: the error goes up, this sweep ends, the next tick sweeps again.
-        this.running = false;
-        throw e;
+      for (; i < end && !this.loop.stopped; i++) {
+        const item = all[i] as T;
+        if (this.present(item)) visit(item);
       }
-      if (i < all.length && !this.stopped) setImmediate(step);
-      else this.running = false;
-    };
-    step();
-    return true;
+      return i < all.length;
+    });
   }
 
   /** Whether a sweep is under way. */
   get busy(): boolean {
-    return this.running;
+    return this.loop.busy;
   }
 
   /** No more visits, from this sweep or another. */
   stop(): void {
-    this.stopped = true;
+    this.loop.stop();
   }
 }

@@ -13,8 +13,10 @@ import {
   rmSync,
 } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
+import type Database from "better-sqlite3";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
+import { lockScratchRoot, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
 
 /** How the kernel runs the processes it starts: in bubblewrap, or (explicitly) without a sandbox. */
 export type SandboxMode = "bwrap" | "none";
@@ -44,6 +46,12 @@ export interface SandboxConfig {
   limits: SandboxLimits;
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
+  /**
+   * The kernel named the root (not an operator's directory) and its processes die with it
+   * (bubblewrap): it holds the root's lock while the root is its own, so that a kernel starting
+   * later can tell the root of one that died (scratch-roots.ts).
+   */
+  lockRoot?: boolean;
 }
 
 /** One process to start in a sandbox. */
@@ -122,6 +130,8 @@ export class Sandbox {
    * so a later scan would find nothing new, and costs a read per open descriptor.
    */
   private readonly leaked = leakedDescriptors(3);
+  /** The scratch root's lock, while the root is this kernel's ({@link SandboxConfig.lockRoot}). */
+  private rootLock: Database.Database | undefined;
 
   constructor(readonly config: SandboxConfig) {
     if (config.mode === "none") return;
@@ -176,6 +186,7 @@ export class Sandbox {
       launch.cleanup();
       // The root is made again by the first real launch: a kernel that never starts a process
       // (or dies without stopping) leaves nothing behind.
+      this.unlockRoot();
       try {
         rmdirSync(this.config.scratchRoot);
       } catch {
@@ -210,11 +221,23 @@ export class Sandbox {
   close(ownRoot: boolean): void {
     this.sweep();
     if (ownRoot) rmSync(this.config.scratchRoot, { recursive: true, force: true });
+    this.rootLock?.close();
+    this.rootLock = undefined;
+  }
+
+  private unlockRoot(): void {
+    if (this.rootLock) unlockScratchRoot(this.config.scratchRoot, this.rootLock);
+    this.rootLock = undefined;
   }
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
     const root = this.config.scratchRoot;
+    if (this.config.lockRoot && !(this.rootLock && scratchRootLocked(root))) {
+      // Locked before any scratch directory is made in it (again, if the root was removed meanwhile).
+      this.rootLock?.close();
+      this.rootLock = lockScratchRoot(root);
+    }
     mkdirSync(root, { recursive: true, mode: 0o711 });
     const st = lstatSync(root);
     if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid))

@@ -5,6 +5,7 @@ import type { CborMap } from "@kpip/protocol";
 import { ConfigError, type KernelConfig } from "../config.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
+import { removeStaleRoots } from "./scratch-roots.js";
 
 /**
  * The kernel's process sandbox from its configuration, probed once with a real trial run.
@@ -13,6 +14,7 @@ import { Sandbox } from "./sandbox.js";
  */
 export function openSandbox(c: KernelConfig, log: Logger, program?: string): Sandbox {
   const uid = process.getuid?.() ?? 0;
+  const named = !c.sandboxScratch;
   const scratchRoot =
     c.sandboxScratch ||
     join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
@@ -31,9 +33,15 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string): San
       fileBytes: c.sandboxFileBytes,
     },
     ...(program ? { program } : {}),
+    lockRoot: named && c.sandbox === "bwrap",
   });
   // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
   sandbox.sweep();
+  // Roots of other homes' kernels that died without stopping (only those provably dead: scratch-roots.ts).
+  if (named) {
+    const stale = removeStaleRoots(tmpdir(), uid, scratchRoot);
+    if (stale) log.info({ roots: stale }, "removed the scratch roots of kernels that ended without stopping");
+  }
   if (sandbox.mode === "none")
     log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
   else if (sandbox.unavailable)

@@ -175,6 +175,14 @@ export interface AuditStore {
   transaction<T>(fn: () => T): T;
   /** Deletes dedupe records expired before `now`; with `max`, only among the `max` oldest (a bounded slice). */
   pruneDedupe(now: number, max?: number): number;
+  /** The newest dedupe record's rowid (0: none): where a pass over the whole table ends. */
+  dedupeEnd(): number;
+  /**
+   * One slice of a pass over the dedupe table in rowid order: deletes the records expired before
+   * `now` among the `max` after rowid `after`, up to `through`; `last` is the last rowid looked
+   * at (`through` once no row is left before it).
+   */
+  pruneDedupeRange(now: number, after: number, through: number, max: number): { deleted: number; last: number };
   lastAudit(): AuditRow | undefined;
   /** Rows in seq order, `batch` at a time (for verification of long logs). */
   scanAudit(fromSeq: number, batch: number): AuditRow[];

@@ -9,9 +9,10 @@ const MAX_ENCODE_DEPTH = 32;
  * Writes KPIP canonical CBOR (RFC 8949 §4.2.1 deterministic encoding): shortest heads,
  * definite lengths, map keys sorted by their encoded bytes. Hand-written because cbor-x
  * cannot emit this form (it keeps map keys in insertion order and writes integers of
- * 2^32 and above as float64); decode.ts is its counterpart.
+ * 2^32 and above as float64); decode.ts is its counterpart. The encoding only: how the bytes
+ * are handed out is the subclass's ({@link CanonicalWriter}: one buffer; {@link PieceWriter}: pieces).
  */
-export class CanonicalWriter {
+export abstract class CborEncoder {
   protected buf: Buffer;
   protected pos: number;
 
@@ -19,34 +20,6 @@ export class CanonicalWriter {
   constructor(initialSize = 256, headroom = 0) {
     this.buf = Buffer.allocUnsafe(Math.max(initialSize, headroom + 16));
     this.pos = headroom;
-  }
-
-  /** The bytes written so far, including any headroom (a view, not a copy). */
-  finish(): Buffer {
-    return this.buf.subarray(0, this.pos);
-  }
-
-  /** Bytes written so far (headroom included). */
-  get length(): number {
-    return this.pos;
-  }
-
-  /**
-   * Starts again at the beginning of the same buffer, so one writer serves call after call
-   * without allocating; views of what it wrote before are overwritten from here on.
-   */
-  reset(): void {
-    this.pos = 0;
-  }
-
-  /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
-  copyTo(out: Uint8Array, at: number): number {
-    const end = this.pos;
-    if (end > 64) return this.buf.copy(out, at, 0, end);
-    // A short run byte by byte: Buffer.copy of part of a buffer allocates a view for it.
-    const buf = this.buf;
-    for (let i = 0; i < end; i++) out[at + i] = buf[i] as number;
-    return end;
   }
 
   protected ensure(n: number): void {
@@ -198,12 +171,44 @@ export class CanonicalWriter {
   }
 }
 
+/** The canonical encoding in one buffer (see {@link CborEncoder}). */
+export class CanonicalWriter extends CborEncoder {
+  /** The bytes written so far, including any headroom (a view, not a copy). */
+  finish(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+
+  /** Bytes written so far (headroom included). */
+  get length(): number {
+    return this.pos;
+  }
+
+  /**
+   * Starts again at the beginning of the same buffer, so one writer serves call after call
+   * without allocating; views of what it wrote before are overwritten from here on.
+   */
+  reset(): void {
+    this.pos = 0;
+  }
+
+  /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
+  copyTo(out: Uint8Array, at: number): number {
+    const end = this.pos;
+    if (end > 64) return this.buf.copy(out, at, 0, end);
+    // A short run byte by byte: Buffer.copy of part of a buffer allocates a view for it.
+    const buf = this.buf;
+    for (let i = 0; i < end; i++) out[at + i] = buf[i] as number;
+    return end;
+  }
+}
+
 /**
  * A writer whose byte strings of `refMin` bytes or more are referenced, not copied: the
  * encoding comes back as pieces from {@link finishParts} for a vectored write (the caller must
- * not change those bytes meanwhile). Only finishParts gives the whole encoding.
+ * not change those bytes meanwhile). It has no `finish`, `length`, `copyTo` or `reset`: its own
+ * buffer is not the whole encoding.
  */
-export class PieceWriter extends CanonicalWriter {
+export class PieceWriter extends CborEncoder {
   /** Finished pieces: the buffer up to a referenced byte string, and the string. */
   private readonly done: Uint8Array[] = [];
   private segStart = 0;

@@ -1,8 +1,9 @@
 import type Database from "better-sqlite3";
 import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
-import { BATCH_RECORD_BYTES, MAX_RECORD_BYTES, type RecordSource, STORED_RECORD } from "../../audit/record-size.js";
+import { type BatchShape, batchShape, MAX_RECORD_BYTES, type RecordSource, STORED_RECORD } from "../../audit/record-size.js";
 import type { AuditCheckpoint, AuditRow } from "../types.js";
 import { rowReader } from "./base.js";
+import { boundedColumns } from "./cells.js";
 
 /** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
 const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END";
@@ -10,16 +11,13 @@ const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash E
 /**
  * Every read of the audit table goes through here: the kernel's store, the audit reader of the
  * CLI and the tools. A row is read as (seq, hash, the record's bytes) with the bytes only when
- * SQLite says (without reading them) they are at most BATCH_RECORD_BYTES: a larger record is
- * read alone when its turn comes, and one over MAX_RECORD_BYTES never (its record is a
- * placeholder saying so). A batch of rows holds at most rows × BATCH_RECORD_BYTES of records.
+ * SQLite says (without reading them) they are at most the batch's record size (batchShape): a
+ * larger record is read alone when its turn comes, and one over MAX_RECORD_BYTES never (its
+ * record is a placeholder saying so). A batch of rows holds at most rows × that size of records.
  */
-function rowColumns(src: RecordSource): string {
-  return `seq, ${HASH}, CASE WHEN ${src.size} <= ${BATCH_RECORD_BYTES} THEN ${src.batchBytes ?? src.bytes} END`;
+function rowColumns(src: RecordSource, recordBytes: number): string {
+  return `seq, ${HASH}, CASE WHEN ${src.size} <= ${recordBytes} THEN ${src.batchBytes ?? src.bytes} END`;
 }
-
-/** Rows read at a time by the scans. */
-const BATCH_ROWS = 1000;
 
 export class AuditReads {
   readonly #one: Database.Statement;
@@ -33,11 +31,17 @@ export class AuditReads {
   readonly #hashAt: Database.Statement;
   #checkpoints: Database.Statement | null | undefined;
   readonly #db: Database.Database;
+  /** Rows a scan reads at a time (within BATCH_BYTES of records). */
+  readonly rows: number;
 
-  /** `src`: how a row's record is read (the stored bytes; a home of the column layout reads its columns encoded). */
-  constructor(db: Database.Database, src: RecordSource = STORED_RECORD) {
+  /**
+   * `src`: how a row's record is read (the stored bytes; a home of the column layout reads its
+   * columns encoded); `shape`: the batches, from the home's kept intent size.
+   */
+  constructor(db: Database.Database, src: RecordSource = STORED_RECORD, shape: BatchShape = batchShape()) {
     this.#db = db;
-    const cols = rowColumns(src);
+    this.rows = shape.rows;
+    const cols = rowColumns(src, shape.recordBytes);
     this.#count = db.prepare("SELECT count(*) FROM audit").pluck(true);
     this.#first = db.prepare("SELECT min(seq) FROM audit").pluck(true);
     this.#head = db.prepare("SELECT max(seq) FROM audit").pluck(true);
@@ -94,20 +98,20 @@ export class AuditReads {
     const newest = opts.newest === true;
     let rows = (
       newest
-        ? this.#down.all(opts.from ?? Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, BATCH_ROWS)
-        : this.#up.all(opts.from ?? Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, BATCH_ROWS)
+        ? this.#down.all(opts.from ?? Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, this.rows)
+        : this.#up.all(opts.from ?? Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, this.rows)
     ) as unknown[][];
     let prev = newest ? Number.POSITIVE_INFINITY : Number.NEGATIVE_INFINITY;
     for (;;) {
       for (const r of rows) yield this.decode(r);
-      if (rows.length < BATCH_ROWS) return;
+      if (rows.length < this.rows) return;
       // Strictly past the last row. A tampered seq past 2^53 reads as a nearby double, which may
       // not move on: then the scan ends there (verify reports such rows).
       const last = (rows.at(-1) as unknown[])[0] as number;
       if (newest ? !(last < prev) : !(last > prev)) return;
       prev = last;
       rows = (
-        newest ? this.#down.all(last, Number.NEGATIVE_INFINITY, BATCH_ROWS) : this.#after.all(last, BATCH_ROWS)
+        newest ? this.#down.all(last, Number.NEGATIVE_INFINITY, this.rows) : this.#after.all(last, this.rows)
       ) as unknown[][];
     }
   }
@@ -134,11 +138,21 @@ export class AuditReads {
   checkpoints(): AuditCheckpoint[] {
     if (this.#checkpoints === undefined) {
       const has = (this.#db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
-      this.#checkpoints = has ? this.#db.prepare("SELECT * FROM audit_checkpoints ORDER BY seq") : null;
+      // A value past its size is tampering: no bytes (the checkpoint then fails to verify), never read.
+      const cols = boundedColumns(this.#db, "audit_checkpoints", CHECKPOINT_CELLS);
+      this.#checkpoints = has ? this.#db.prepare(`SELECT ${cols} FROM audit_checkpoints ORDER BY seq`) : null;
     }
     return this.#checkpoints === null ? [] : (this.#checkpoints.all() as Record<string, unknown>[]).map(toCheckpoint);
   }
 }
+
+/** The sizes of a checkpoint's values (a hash and a key of 32 bytes, a signature of 64, a kernel id). */
+const CHECKPOINT_CELLS: Record<string, [number, string]> = {
+  hash: [64, "x''"],
+  public_key: [64, "x''"],
+  signature: [128, "x''"],
+  kernel: [256, "''"],
+};
 
 /** A signed checkpoint as stored. */
 const toCheckpoint = rowReader<AuditCheckpoint>({

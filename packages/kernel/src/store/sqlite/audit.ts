@@ -45,6 +45,23 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         now,
       ).changes;
     }
+    dedupeEnd(): number {
+      return ((this.prep("SELECT max(rowid) AS n FROM dedupe").get() as Row).n as number | null) ?? 0;
+    }
+    pruneDedupeRange(now: number, after: number, through: number, max: number): { deleted: number; last: number } {
+      const last = (
+        this.prep(
+          "SELECT max(rowid) AS n FROM (SELECT rowid FROM dedupe WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?)",
+        ).get(after, through, max) as Row
+      ).n as number | null;
+      if (last === null) return { deleted: 0, last: through };
+      const deleted = this.prep("DELETE FROM dedupe WHERE rowid > ? AND rowid <= ? AND expires < ?").run(
+        after,
+        last,
+        now,
+      ).changes;
+      return { deleted, last };
+    }
     lastAudit(): AuditRow | undefined {
       return this.#reads.last();
     }
@@ -66,7 +83,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const out: AuditRow[] = [];
       let below = Number.POSITIVE_INFINITY;
       while (out.length < limit) {
-        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, 1000);
+        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, this.#reads.rows);
         if (rows.length === 0) break;
         for (const r of rows) {
           if (q.persona !== undefined && r.persona !== q.persona) continue;

@@ -1,5 +1,22 @@
 import type { TokenRecord, TokenStore } from "../types.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
+import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
+
+/** The longest id or name read from these tables (token ids are 32 hex, persona names at most 255 bytes). */
+const ID_BYTES = 256;
+
+/** A token row with its revocation, each value bounded (cells.ts): names past 256 bytes read as "?", a chain past MAX_CELL_BYTES as none. */
+const TOKEN = [
+  boundedCell("t.id", ID_BYTES, "'?'", "id"),
+  boundedCell("t.kid", ID_BYTES, "'?'", "kid"),
+  boundedCell("t.sub", ID_BYTES, "'?'", "sub"),
+  boundedCell("t.chain", MAX_CELL_BYTES, "NULL", "chain"),
+  "t.exp",
+  boundedCell("t.minted_by", ID_BYTES, "'?'", "minted_by"),
+  "t.created_at",
+  boundedCell("t.family", ID_BYTES, "'?'", "family"),
+  "v.revoked_at",
+].join(", ");
 
 /** Minted tokens (their chains and expiry) and revocations. */
 export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
@@ -10,14 +27,13 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ).run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt, r.family);
     }
     getToken(id: string): TokenRecord | undefined {
-      const r = this.prep("SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?").get(
-        id,
-      ) as Row | undefined;
+      const r = this.prep(`SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?`).get(id) as
+        | Row
+        | undefined;
       return r && toToken(r);
     }
     listTokens(sub?: string, after = 0, limit = -1): TokenRecord[] {
-      const sql =
-        "SELECT t.rowid AS seq, t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?";
+      const sql = `SELECT t.rowid AS seq, ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid > ?`;
       const rows = (
         sub === undefined
           ? this.prep(`${sql} ORDER BY t.rowid LIMIT ?`).all(after, limit)
@@ -28,7 +44,7 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
     tokensDerivedFrom(id: string): TokenRecord[] {
       // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
       const rows = this.prep(
-        "SELECT t.*, v.revoked_at FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.chain LIKE ? ORDER BY t.rowid",
+        `SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE octet_length(t.chain) <= ${MAX_CELL_BYTES} AND t.chain LIKE ? ORDER BY t.rowid`,
       ).all(`%"${id.replace(/[^0-9a-f]/g, "")}"%`) as Row[];
       return rows.map(toToken);
     }
@@ -44,14 +60,18 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
         // A revocation must outlive every token that names the revoked id in its chain: one pass
         // over the remaining chains, not a scan of them per revocation.
         const named = new Set<string>();
-        for (const r of this.prep("SELECT chain FROM tokens").iterate() as Iterable<{ chain: string }>) {
-          for (const id of JSON.parse(r.chain) as string[]) named.add(id);
+        // A chain past the cell bound (tampering) is not read: then no revocation is dropped this time.
+        let unread = false;
+        for (const r of this.prep(`SELECT ${boundedCell("chain")} FROM tokens`).iterate() as Iterable<{ chain: string | null }>) {
+          if (r.chain === null) unread = true;
+          else for (const id of JSON.parse(r.chain) as string[]) named.add(id);
         }
+        if (unread) return n;
         const gone = this.prep(
-          "SELECT id FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)",
-        ).all(before) as { id: string }[];
+          `SELECT ${boundedCell("id", ID_BYTES)} FROM revocations WHERE revoked_at < ? AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.id = revocations.id)`,
+        ).all(before) as { id: string | null }[];
         const drop = this.prep("DELETE FROM revocations WHERE id = ?");
-        for (const { id } of gone) if (!named.has(id)) drop.run(id);
+        for (const { id } of gone) if (id !== null && !named.has(id)) drop.run(id);
         return n;
       })();
     }
@@ -61,16 +81,19 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       );
     }
     revokedTokenIds(): string[] {
-      return (this.prep("SELECT id FROM revocations").all() as Row[]).map((r) => r.id as string);
+      // An id past the bound is no token's (ids are 32 hex): left out, never read.
+      return (this.prep(`SELECT ${boundedCell("id", ID_BYTES)} FROM revocations`).all() as Row[])
+        .map((r) => r.id as string | null)
+        .filter((id): id is string => id !== null);
     }
     noteRevocationSeq(id: string, seq: number): void {
       this.prep("UPDATE revocations SET audit_seq = ? WHERE id = ?").run(seq, id);
     }
     revocationSeqs(): [string, number][] {
-      return (this.prep("SELECT id, audit_seq FROM revocations WHERE audit_seq IS NOT NULL").all() as Row[]).map((r) => [
-        r.id as string,
-        r.audit_seq as number,
-      ]);
+      const rows = this.prep(
+        `SELECT ${boundedCell("id", ID_BYTES)}, audit_seq FROM revocations WHERE audit_seq IS NOT NULL`,
+      ).all() as Row[];
+      return rows.filter((r) => r.id !== null).map((r) => [r.id as string, r.audit_seq as number]);
     }
   };
 }
@@ -80,7 +103,9 @@ function toToken(r: Row): TokenRecord {
     id: r.id as string,
     kid: r.kid as string,
     sub: r.sub as string,
-    chain: JSON.parse(r.chain as string) as string[],
+    // A chain past the bound (tampering) was not read: unknown, as if none (authorization never
+    // takes a chain from here: a presented token carries its own).
+    chain: typeof r.chain === "string" ? (JSON.parse(r.chain) as string[]) : [],
     exp: r.exp as number,
     mintedBy: r.minted_by as string,
     createdAt: r.created_at as number,

@@ -1,0 +1,68 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient } from "@kpip/client";
+import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel } from "./harness.js";
+
+const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+
+/** The scratch root a kernel on `home` names (sandbox/setup.ts). */
+const rootOf = (home: string) =>
+  join(
+    tmpdir(),
+    `kpip-scratch-${process.getuid?.() ?? 0}-${createHash("sha256").update(resolve(home)).digest("hex").slice(0, 12)}`,
+  );
+const scratchDirs = (root: string) => (existsSync(root) ? readdirSync(root).filter((n) => /^[0-9a-f]{24}$/.test(n)) : []);
+const sleeper = (c: KernelClient, name: string) =>
+  c.agents.spawn("sleep", name, { args: ["600"], rights: [], lifetimeMs: 600_000 });
+
+describe("the scratch roots of kernels that ended without stopping", { skip: sandboxSkip }, () => {
+  it("a SIGKILLed kernel's root is removed by the next kernel to start, never a live kernel's; the killed kernel restarts", async () => {
+    const homeA = mkdtempSync(join(tmpdir(), "kpip-"));
+    const kernels: TestKernel[] = [];
+    const child = await spawnReady([MAIN, "kernel", "--home", homeA, "--log-level", "silent"], "is running");
+    try {
+      const a = await KernelClient.connect({
+        socket: join(homeA, "kernel.sock"),
+        identity: join(homeA, "admin.identity"),
+        tokens: [readFileSync(join(homeA, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+      await sleeper(a, "a1");
+      assert.equal(scratchDirs(rootOf(homeA)).length, 1, "the running agent's scratch directory");
+      // A live kernel with a process of its own: its root must survive every start below.
+      const live = await startKernel();
+      kernels.push(live);
+      await sleeper(await live.admin(), "c1");
+      const liveDirs = scratchDirs(rootOf(live.home));
+      assert.equal(liveDirs.length, 1);
+
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGKILL");
+      await exited;
+      a.close().catch(() => {});
+      assert.equal(scratchDirs(rootOf(homeA)).length, 1, "left behind by the kill");
+
+      // Another home's kernel starts: the dead kernel's root goes, the live one's stays.
+      kernels.push(await startKernel());
+      assert.equal(existsSync(rootOf(homeA)), false, "the killed kernel's root is removed");
+      assert.deepEqual(scratchDirs(rootOf(live.home)), liveDirs, "the live kernel's root and its process's directory stay");
+
+      // The killed kernel's home starts again and runs processes as before.
+      const again = await startKernel({}, homeA);
+      kernels.push(again);
+      await sleeper(await again.admin(), "a2");
+      assert.equal(scratchDirs(rootOf(homeA)).length, 1);
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      for (const k of kernels) await k.stop().catch(() => {});
+      for (const k of kernels) removeHome(k.home);
+      removeHome(homeA);
+    }
+    for (const k of kernels) assert.equal(existsSync(rootOf(k.home)), false, "a kernel that stops removes its root");
+  });
+});
