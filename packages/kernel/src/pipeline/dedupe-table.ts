@@ -52,7 +52,7 @@ export function keyedHash(): KeyHash {
  */
 class Interner {
   private readonly ids = new Map<string, number>();
-  private readonly names: string[] = [];
+  private readonly names: (string | undefined)[] = [];
   private readonly refs: number[] = [];
   private readonly free: number[] = [];
 
@@ -60,15 +60,33 @@ class Interner {
     return this.ids.size;
   }
 
+  // The last string looked up (one session's requests come in runs): no Map lookup for it.
+  private lastName = "";
+  private lastId = -1;
+
   /** The id of `s`, or -1: nothing refers to it. */
   idOf(s: string): number {
-    return this.ids.get(s) ?? -1;
+    if (s === this.lastName && this.names[this.lastId] === s) return this.lastId;
+    const id = this.ids.get(s);
+    if (id === undefined) return -1;
+    this.lastName = s;
+    this.lastId = id;
+    return id;
+  }
+
+  /** Whether `id` stands for `s` now. */
+  is(id: number, s: string): boolean {
+    return this.names[id] === s;
+  }
+
+  addRef(id: number): void {
+    this.refs[id] = (this.refs[id] as number) + 1;
   }
 
   /** The id of `s`, with one more reference to it. */
   acquire(s: string): number {
-    let id = this.ids.get(s);
-    if (id === undefined) {
+    let id = this.idOf(s);
+    if (id === -1) {
       id = this.free.pop() ?? this.names.length;
       this.ids.set(s, id);
       this.names[id] = s;
@@ -83,7 +101,7 @@ class Interner {
     this.refs[id] = n;
     if (n === 0) {
       this.ids.delete(this.names[id] as string);
-      this.names[id] = "";
+      this.names[id] = undefined;
       this.free.push(id);
     }
   }
@@ -94,51 +112,68 @@ const NONE = -1;
 const NO_ID = -1;
 const TWO_32 = 2 ** 32;
 
+// A record is 72 bytes in one buffer (its fields side by side: a lookup touches one or two cache
+// lines, not one per array): expiry and request id as float64, five int32, then the tag's bytes.
+const STRIDE = 72;
+const F64 = STRIDE / 8;
+const I32 = STRIDE / 4;
+const EXPIRES = 0; // float64 slots
+const ID = 1;
+const HASH = 4; // int32 slots
+const CLIENT = 5;
+const AUTH = 6;
+const NEXT = 7;
+const PREV = 8;
+const TAG = 36; // byte offset
+
 /**
- * The dedupe cache's memory: a record per remembered request in typed arrays, not a Map entry,
- * an object and strings per request. Why: 100,000 remembered requests as JS objects were most of
- * the kernel's old generation, marked by every major GC, and the Map churned and rehashed; here
- * they are a few megabytes of array buffers the collector does not look into.
+ * The dedupe cache's memory: a record per remembered request in one typed array, not a Map
+ * entry, an object and strings per request. Why: 100,000 remembered requests as JS objects were
+ * most of the kernel's old generation, marked by every major GC, and the Map churned and
+ * rehashed; here they are ~7 MB of array buffer the collector does not look into.
  *
  * - A key `persona:instance:id` is a client (the part before the last colon, interned to a
- *   small integer) and a request id (a number); any other key string is a client of its own
- *   with no id. The record keeps both, so a lookup compares the whole key, never a fingerprint:
- *   two keys sharing a slot of the index are only slower, never confused.
+ *   small integer while it has records) and a request id (a number); any other key string is a
+ *   client of its own with no id. The record keeps both, so a lookup compares the whole key,
+ *   never a fingerprint: two keys sharing a slot of the index are only slower, never confused.
  * - The index is open addressing with linear probing over an Int32Array (record + 1 per slot,
  *   at most ~40 % full), deletion by backward shift (no tombstones). Its hash is keyed
  *   ({@link keyedHash}, a random key per table), so ids chosen by a peer land in slots it
  *   cannot predict (hash flooding would otherwise make every lookup walk one long run).
- * - A record's tag is its 32 bytes in one slab and its authority interned; the records form a
- *   doubly linked list in insertion order, so eviction of the oldest and the expiry sweep take
- *   records from its head, O(records removed).
+ * - A record's tag is its 32 bytes and its authority interned; the records form a doubly
+ *   linked list in insertion order, so eviction of the oldest and the expiry sweep take records
+ *   from its head, O(records removed).
  * - A promise is kept only while the first attempt runs, in a small Map by record.
  */
 export class DedupeTable<P> {
   readonly capacity: number;
   private readonly mask: number;
   private readonly slots: Int32Array;
-  private readonly hashes: Int32Array;
-  private readonly clients: Int32Array;
-  private readonly ids: Float64Array;
-  private readonly auths: Int32Array;
-  private readonly expiry: Float64Array;
-  private readonly next: Int32Array;
-  private readonly prev: Int32Array;
-  private readonly tags: Uint8Array;
+  private readonly f64: Float64Array;
+  private readonly i32: Int32Array;
+  private readonly u8: Uint8Array;
   private readonly pendings = new Map<number, P>();
   private readonly clientNames = new Interner();
   private readonly authorities = new Interner();
   private head = NONE;
   private tail = NONE;
   private count = 0;
-  /** Records handed out so far; past them, `free` (linked by `next`) holds the removed ones. */
+  /** Records handed out so far; past them, `free` (linked by NEXT) holds the removed ones. */
   private used = 0;
   private free = NONE;
-  // The key last parsed by `find` (no object per lookup).
+  /** Bumped by every change to the index: a `find` of the same key string before the next one stands. */
+  private version = 0;
+  // The key last looked up by `find`, and what it found (no object per lookup).
+  private kKey = "";
+  private kVersion = -1;
+  private kFound = NONE;
   private kClient = NONE;
   private kPrefix = "";
   private kId = NO_ID;
   private kHash = 0;
+  // Recent clients by slot (a miss only costs the Map lookup; a peer's chosen instance ids can only cause misses).
+  private readonly prefixes: string[] = new Array<string>(PREFIX_SLOTS).fill("");
+  private readonly prefixIds = new Int32Array(PREFIX_SLOTS).fill(NONE);
 
   /**
    * `maxEntries`: the bound (one record more exists for a moment, before the eviction);
@@ -154,15 +189,10 @@ export class DedupeTable<P> {
     while (size < this.capacity * 2.5) size *= 2;
     this.mask = size - 1;
     this.slots = new Int32Array(size);
-    const n = this.capacity;
-    this.hashes = new Int32Array(n);
-    this.clients = new Int32Array(n);
-    this.ids = new Float64Array(n);
-    this.auths = new Int32Array(n);
-    this.expiry = new Float64Array(n);
-    this.next = new Int32Array(n);
-    this.prev = new Int32Array(n);
-    this.tags = new Uint8Array(n * TAG_BYTES);
+    const buffer = new ArrayBuffer(this.capacity * STRIDE);
+    this.f64 = new Float64Array(buffer);
+    this.i32 = new Int32Array(buffer);
+    this.u8 = new Uint8Array(buffer);
   }
 
   get size(): number {
@@ -176,33 +206,39 @@ export class DedupeTable<P> {
 
   /** The record of `key`, or -1. */
   find(key: string): number {
-    this.parse(key);
-    const client = this.clientNames.idOf(this.kPrefix);
+    // The same key again with nothing changed (the pipeline's check, then running): the same answer.
+    if (key === this.kKey && this.kVersion === this.version) return this.kFound;
+    this.kKey = key;
+    this.kVersion = this.version;
+    this.kFound = NONE;
+    const client = this.parse(key);
     this.kClient = client;
     if (client === NONE) return NONE;
     const id = this.kId;
     const h = this.hash(client, id >>> 0, Math.floor(id / TWO_32) | 0);
     this.kHash = h;
-    const slots = this.slots;
-    const mask = this.mask;
+    const { slots, mask, i32, f64 } = this;
     for (let i = h & mask; ; i = (i + 1) & mask) {
       const r = slots[i]! - 1;
       if (r === NONE) return NONE;
-      if (this.hashes[r] === h && this.clients[r] === client && this.ids[r] === id) return r;
+      if (i32[r * I32 + HASH] === h && i32[r * I32 + CLIENT] === client && f64[r * F64 + ID] === id) {
+        this.kFound = r;
+        return r;
+      }
     }
   }
 
   /** Whether record `r` was remembered by these tag bytes under this authority. */
   sameTag(r: number, bytes: Uint8Array, authority: string): boolean {
-    if (this.auths[r] !== this.authorities.idOf(authority) || bytes.length !== TAG_BYTES) return false;
-    const tags = this.tags;
-    const o = r * TAG_BYTES;
-    for (let i = 0; i < TAG_BYTES; i++) if (tags[o + i] !== bytes[i]) return false;
+    if (bytes.length !== TAG_BYTES || !this.authorities.is(this.i32[r * I32 + AUTH]!, authority)) return false;
+    const u8 = this.u8;
+    const o = r * STRIDE + TAG;
+    for (let i = 0; i < TAG_BYTES; i++) if (u8[o + i] !== bytes[i]) return false;
     return true;
   }
 
   expires(r: number): number {
-    return this.expiry[r]!;
+    return this.f64[r * F64 + EXPIRES]!;
   }
 
   pending(r: number): P | undefined {
@@ -212,7 +248,7 @@ export class DedupeTable<P> {
   /** Record `r` has its answer: no promise, and a new expiry (its place in the order stays). */
   settle(r: number, expires: number): void {
     if (this.pendings.size !== 0) this.pendings.delete(r);
-    this.expiry[r] = expires;
+    this.f64[r * F64 + EXPIRES] = expires;
   }
 
   /**
@@ -222,37 +258,44 @@ export class DedupeTable<P> {
   put(key: string, bytes: Uint8Array, authority: string, expires: number, pending: P | undefined): void {
     if (bytes.length !== TAG_BYTES) throw new RangeError(`a dedupe tag is ${TAG_BYTES} bytes, not ${bytes.length}`);
     const old = this.find(key);
-    // References taken before the old record goes: its client and authority must not be freed in between.
-    const known = this.kClient !== NONE;
-    const client = this.clientNames.acquire(this.kPrefix);
-    const auth = this.authorities.acquire(authority);
+    // References taken before the old record goes: its client and authority must stay interned.
+    let client = this.kClient;
+    let h = this.kHash;
     const id = this.kId;
-    const h = known ? this.kHash : this.hash(client, id >>> 0, Math.floor(id / TWO_32) | 0);
+    if (client === NONE) {
+      client = this.clientNames.acquire(this.kPrefix);
+      this.kClient = client;
+      if (id !== NO_ID) this.cachePrefix(this.kPrefix, client);
+      h = this.hash(client, id >>> 0, Math.floor(id / TWO_32) | 0);
+    } else this.clientNames.addRef(client);
+    const auth = this.authorities.acquire(authority);
     if (old !== NONE) this.remove(old);
-    let r: number;
-    if (this.free !== NONE) {
-      r = this.free;
-      this.free = this.next[r]!;
-    } else r = this.used++;
-    this.clients[r] = client;
-    this.ids[r] = id;
-    this.hashes[r] = h;
-    this.auths[r] = auth;
-    this.expiry[r] = expires;
-    this.tags.set(bytes, r * TAG_BYTES);
+    let r = this.free;
+    if (r !== NONE) this.free = this.i32[r * I32 + NEXT]!;
+    else r = this.used++;
+    const { i32, f64 } = this;
+    const o = r * I32;
+    f64[r * F64 + EXPIRES] = expires;
+    f64[r * F64 + ID] = id;
+    i32[o + HASH] = h;
+    i32[o + CLIENT] = client;
+    i32[o + AUTH] = auth;
+    const u8 = this.u8;
+    const t = r * STRIDE + TAG;
+    for (let i = 0; i < TAG_BYTES; i++) u8[t + i] = bytes[i]!;
     if (pending !== undefined) this.pendings.set(r, pending);
     // Newest at the tail.
-    this.prev[r] = this.tail;
-    this.next[r] = NONE;
+    i32[o + PREV] = this.tail;
+    i32[o + NEXT] = NONE;
     if (this.tail === NONE) this.head = r;
-    else this.next[this.tail] = r;
+    else i32[this.tail * I32 + NEXT] = r;
     this.tail = r;
     this.count++;
-    const slots = this.slots;
-    const mask = this.mask;
+    const { slots, mask } = this;
     let i = h & mask;
     while (slots[i] !== 0) i = (i + 1) & mask;
     slots[i] = r + 1;
+    this.version++;
     if (this.count > this.maxEntries) this.evictOldest(this.evictBatch);
   }
 
@@ -263,17 +306,18 @@ export class DedupeTable<P> {
 
   /** Removes records from the oldest while they expired before `now` (stops at the first that did not). */
   sweep(now: number): void {
-    while (this.head !== NONE && this.expiry[this.head]! < now) this.remove(this.head);
+    while (this.head !== NONE && this.f64[this.head * F64 + EXPIRES]! < now) this.remove(this.head);
   }
 
   remove(r: number): void {
+    this.version++;
+    const { slots, mask, i32 } = this;
+    const o = r * I32;
     // Out of the index: find its slot, then shift the run behind it back (no tombstones).
-    const slots = this.slots;
-    const mask = this.mask;
-    let i = this.hashes[r]! & mask;
+    let i = i32[o + HASH]! & mask;
     while (slots[i] !== r + 1) i = (i + 1) & mask;
     for (let j = (i + 1) & mask; slots[j] !== 0; j = (j + 1) & mask) {
-      const home = this.hashes[slots[j]! - 1]! & mask;
+      const home = i32[(slots[j]! - 1) * I32 + HASH]! & mask;
       // The entry at j may move to i unless its home slot lies cyclically in (i, j].
       if (i <= j ? home <= i || home > j : home <= i && home > j) {
         slots[i] = slots[j]!;
@@ -282,16 +326,16 @@ export class DedupeTable<P> {
     }
     slots[i] = 0;
     // Out of the order.
-    const p = this.prev[r]!;
-    const n = this.next[r]!;
+    const p = i32[o + PREV]!;
+    const n = i32[o + NEXT]!;
     if (p === NONE) this.head = n;
-    else this.next[p] = n;
+    else i32[p * I32 + NEXT] = n;
     if (n === NONE) this.tail = p;
-    else this.prev[n] = p;
-    this.clientNames.release(this.clients[r]!);
-    this.authorities.release(this.auths[r]!);
+    else i32[n * I32 + PREV] = p;
+    this.clientNames.release(i32[o + CLIENT]!);
+    this.authorities.release(i32[o + AUTH]!);
     if (this.pendings.size !== 0) this.pendings.delete(r);
-    this.next[r] = this.free;
+    i32[o + NEXT] = this.free;
     this.free = r;
     this.count--;
   }
@@ -308,26 +352,60 @@ export class DedupeTable<P> {
     return Math.min(longest, this.count);
   }
 
-  /** Splits a key into client and request id (see the class comment), into the parse fields. */
-  private parse(key: string): void {
-    const colon = key.lastIndexOf(":");
-    const digits = key.length - colon - 1;
-    // A safe integer in canonical decimal: 1–16 digits, no leading zero; else the key is its own client.
-    if (colon >= 0 && digits >= 1 && digits <= 16 && (digits === 1 || key.charCodeAt(colon + 1) !== 48)) {
-      let v = 0;
-      let j = colon + 1;
-      for (; j < key.length; j++) {
-        const d = key.charCodeAt(j) - 48;
-        if (d < 0 || d > 9) break;
-        v = v * 10 + d;
+  /**
+   * Splits a key into client and request id (see the class comment): the request id into
+   * `kId`, the client part into `kPrefix`; returns the client's id, or -1 if it has no record.
+   * No `lastIndexOf` (a runtime call, ~10× a scan of the digits from the end) and, for a client
+   * in the small cache, no Map lookup (hashing the new substring was most of a lookup).
+   */
+  private parse(key: string): number {
+    // A safe integer in canonical decimal after the last colon: 1–16 digits, no leading zero.
+    let j = key.length - 1;
+    let v = 0;
+    let scale = 1;
+    for (; j >= 0; j--) {
+      const d = key.charCodeAt(j) - 48;
+      if (d < 0 || d > 9) break;
+      v += d * scale;
+      scale *= 10;
+    }
+    const digits = key.length - 1 - j;
+    if (
+      j >= 0 &&
+      key.charCodeAt(j) === 58 &&
+      digits >= 1 &&
+      digits <= 16 &&
+      (digits === 1 || key.charCodeAt(j + 1) !== 48) &&
+      v <= Number.MAX_SAFE_INTEGER
+    ) {
+      this.kId = v;
+      // (A slice compared with `===` is ~4× faster here than `startsWith` with a string not known when compiled.)
+      const prefix = key.slice(0, j);
+      const slot = prefixSlot(key, j);
+      const cached = this.prefixes[slot] as string;
+      const cachedId = this.prefixIds[slot] as number;
+      if (cachedId !== NONE && prefix === cached && this.clientNames.is(cachedId, cached)) {
+        this.kPrefix = cached;
+        return cachedId;
       }
-      if (j === key.length && v <= Number.MAX_SAFE_INTEGER) {
-        this.kPrefix = key.slice(0, colon);
-        this.kId = v;
-        return;
-      }
+      this.kPrefix = prefix;
+      const id = this.clientNames.idOf(prefix);
+      if (id !== NONE) this.cachePrefix(prefix, id);
+      return id;
     }
     this.kPrefix = key;
     this.kId = NO_ID;
+    return this.clientNames.idOf(key);
+  }
+
+  private cachePrefix(prefix: string, id: number): void {
+    const slot = prefixSlot(prefix, prefix.length);
+    this.prefixes[slot] = prefix;
+    this.prefixIds[slot] = id;
   }
 }
+
+const PREFIX_SLOTS = 64;
+/** A client's slot in the prefix cache: from the two chars before the colon (an instance id's hex digits). */
+const prefixSlot = (s: string, colon: number): number =>
+  ((s.charCodeAt(colon - 1) | 0) ^ ((s.charCodeAt(colon - 2) | 0) << 3)) & (PREFIX_SLOTS - 1);
