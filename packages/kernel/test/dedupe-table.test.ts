@@ -270,3 +270,60 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
     assert.equal(c.interned, 0);
   });
 });
+
+describe("dedupe table under ids a peer chooses (security)", () => {
+  const tagOf = (s: string): DedupeTag => ({ bytes: createHash("sha256").update(s).digest(), authority: "grant-a" });
+  const INSTANCE = "00112233445566778899aabbccddeeff";
+
+  it("ids chosen to share a slot under a plain hash spread under the keyed one: no long runs, exact verdicts", () => {
+    const c = new DedupeCache(60_000);
+    // Multiples of the index size (and of every smaller power of two): one slot each under `id mod size`.
+    for (let k = 0; k < 100_000; k++) c.settled(`mallory:${INSTANCE}:${k * 2 ** 20}`, tagOf(`m${k}`), 0);
+    assert.equal(c.size, 100_000);
+    // A uniform hash at this load leaves runs of a few dozen; one shared slot would be one run of 100,000.
+    const longest = c.longestRun();
+    assert.ok(longest < 200, `longest run ${longest}`);
+    for (const k of [0, 1, 77_777, 99_999]) {
+      assert.equal(c.check(`mallory:${INSTANCE}:${k * 2 ** 20}`, tagOf(`m${k}`), 1, false).kind, "rerun");
+      assert.equal(c.check(`mallory:${INSTANCE}:${k * 2 ** 20}`, tagOf("other"), 1, false).kind, "conflict");
+      assert.equal(c.check(`mallory:${INSTANCE}:${k * 2 ** 20 + 1}`, tagOf(`m${k}`), 1, false).kind, "new");
+    }
+  });
+
+  it("keys that share a slot are never confused: another persona's or instance's same id gets nothing of the first, within the bound", async () => {
+    // Every key in one slot: the worst a hash could do.
+    const c = new DedupeCache(60_000, undefined, 1_000, () => 0);
+    const first = Promise.resolve(answer(1));
+    c.running(`alice:${INSTANCE}:7`, tagOf("alice's"), first, 0);
+    for (let id = 0; id < 3_000; id++) c.settled(`mallory:${INSTANCE}:${id === 7 ? 8 : id}`, tagOf(`m${id}`), 0);
+    assert.ok(c.size <= 1_000, `size ${c.size}`);
+    // Alice's running request was evicted with the oldest: a retry runs again, it is not handed anyone's answer.
+    assert.equal(c.check(`alice:${INSTANCE}:7`, tagOf("alice's"), 1, false).kind, "new");
+    c.running(`alice:${INSTANCE}:7`, tagOf("alice's"), first, 1);
+    for (const key of [
+      `mallory:${INSTANCE}:7`,
+      "mallory:00112233445566778899aabbccddeefe:7",
+      `alice:${INSTANCE}:07`,
+      `alice:${INSTANCE}:70`,
+    ]) {
+      const v = c.check(key, tagOf("alice's"), 1, true);
+      assert.equal(v.kind, "new", key);
+    }
+    const mine = c.check(`alice:${INSTANCE}:7`, tagOf("alice's"), 1, true);
+    assert.equal(mine.kind, "answer");
+    assert.equal((mine as { response: unknown }).response, first);
+  });
+
+  it("client instances and grants used once are not kept: what the table interns goes with its last request", () => {
+    const c = new DedupeCache(60_000, undefined, 500);
+    for (let i = 0; i < 5_000; i++) {
+      const instance = createHash("sha256").update(`i${i}`).digest("hex").slice(0, 32);
+      c.settled(`mallory:${instance}:1`, { bytes: tagOf(`${i}`).bytes, authority: `grant-${i}` }, 0);
+    }
+    assert.ok(c.size <= 500);
+    assert.ok(c.interned <= 2 * c.size, `interned ${c.interned} for ${c.size} requests`);
+    c.sweep(60_001);
+    assert.equal(c.size, 0);
+    assert.equal(c.interned, 0);
+  });
+});
