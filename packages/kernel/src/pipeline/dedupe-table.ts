@@ -125,6 +125,7 @@ const AUTH = 6;
 const NEXT = 7;
 const PREV = 8;
 const TAG = 36; // byte offset
+const PENDING = 17; // int32: the running attempt's slot in `pendings`, or -1
 
 /**
  * The dedupe cache's memory: a record per remembered request in one typed array, not a Map
@@ -143,7 +144,8 @@ const TAG = 36; // byte offset
  * - A record's tag is its 32 bytes and its authority interned; the records form a doubly
  *   linked list in insertion order, so eviction of the oldest and the expiry sweep take records
  *   from its head, O(records removed).
- * - A promise is kept only while the first attempt runs, in a small Map by record.
+ * - A promise is kept only while the first attempt runs, in a small array of slots (as many
+ *   as ever ran at once) that its record points to.
  */
 export class DedupeTable<P> {
   readonly capacity: number;
@@ -152,7 +154,9 @@ export class DedupeTable<P> {
   private readonly f64: Float64Array;
   private readonly i32: Int32Array;
   private readonly u8: Uint8Array;
-  private readonly pendings = new Map<number, P>();
+  /** The running attempts' promises (as many slots as ever ran at once), and the free slots. */
+  private readonly pendings: (P | undefined)[] = [];
+  private readonly pendingFree: number[] = [];
   private readonly clientNames = new Interner();
   private readonly authorities = new Interner();
   private head = NONE;
@@ -207,7 +211,12 @@ export class DedupeTable<P> {
   /** The record of `key`, or -1. */
   find(key: string): number {
     // The same key again with nothing changed (the pipeline's check, then running): the same answer.
-    if (key === this.kKey && this.kVersion === this.version) return this.kFound;
+    // (Last chars first: two keys of one client differ there, and `===` would compare from the start.)
+    const last = this.kKey;
+    const n = key.length;
+    if (this.kVersion === this.version && n === last.length && key.charCodeAt(n - 1) === last.charCodeAt(n - 1) && key === last) {
+      return this.kFound;
+    }
     this.kKey = key;
     this.kVersion = this.version;
     this.kFound = NONE;
@@ -242,12 +251,13 @@ export class DedupeTable<P> {
   }
 
   pending(r: number): P | undefined {
-    return this.pendings.size === 0 ? undefined : this.pendings.get(r);
+    const slot = this.i32[r * I32 + PENDING]!;
+    return slot === NONE ? undefined : this.pendings[slot];
   }
 
   /** Record `r` has its answer: no promise, and a new expiry (its place in the order stays). */
   settle(r: number, expires: number): void {
-    if (this.pendings.size !== 0) this.pendings.delete(r);
+    this.dropPending(r);
     this.f64[r * F64 + EXPIRES] = expires;
   }
 
@@ -283,7 +293,11 @@ export class DedupeTable<P> {
     const u8 = this.u8;
     const t = r * STRIDE + TAG;
     for (let i = 0; i < TAG_BYTES; i++) u8[t + i] = bytes[i]!;
-    if (pending !== undefined) this.pendings.set(r, pending);
+    if (pending !== undefined) {
+      const slot = this.pendingFree.pop() ?? this.pendings.length;
+      this.pendings[slot] = pending;
+      i32[o + PENDING] = slot;
+    } else i32[o + PENDING] = NONE;
     // Newest at the tail.
     i32[o + PREV] = this.tail;
     i32[o + NEXT] = NONE;
@@ -334,10 +348,19 @@ export class DedupeTable<P> {
     else i32[n * I32 + PREV] = p;
     this.clientNames.release(i32[o + CLIENT]!);
     this.authorities.release(i32[o + AUTH]!);
-    if (this.pendings.size !== 0) this.pendings.delete(r);
+    this.dropPending(r);
     i32[o + NEXT] = this.free;
     this.free = r;
     this.count--;
+  }
+
+  private dropPending(r: number): void {
+    const o = r * I32 + PENDING;
+    const slot = this.i32[o]!;
+    if (slot === NONE) return;
+    this.pendings[slot] = undefined;
+    this.pendingFree.push(slot);
+    this.i32[o] = NONE;
   }
 
   /** The longest run of occupied index slots: what one lookup may walk at worst (for tests). */
