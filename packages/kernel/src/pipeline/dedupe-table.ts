@@ -131,7 +131,7 @@ const PENDING = 17; // int32: the running attempt's slot in `pendings`, or -1
  * The dedupe cache's memory: a record per remembered request in one typed array, not a Map
  * entry, an object and strings per request. Why: 100,000 remembered requests as JS objects were
  * most of the kernel's old generation, marked by every major GC, and the Map churned and
- * rehashed; here they are ~7 MB of array buffer the collector does not look into.
+ * rehashed; here they are ~8 MB of array buffers (records and index) the collector does not look into.
  *
  * - A key `persona:instance:id` is a client (the part before the last colon, interned to a
  *   small integer while it has records) and a request id (a number); any other key string is a
