@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import type { Response } from "@kpip/protocol";
 import { DedupeCache, type DedupeTag, dedupeTag } from "../src/pipeline/dedupe.js";
 
-const h = (s: string): DedupeTag => ({ tag: createHash("sha256").update(s).digest("base64"), authority: "" });
+const h = (s: string): DedupeTag => ({ bytes: createHash("sha256").update(s).digest(), authority: "" });
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
 
 describe("dedupe cache (unit)", () => {
@@ -34,25 +34,22 @@ describe("dedupe cache (unit)", () => {
     const intent = createHash("sha256").update("read").digest();
     const wide = { capIds: ["h1:wide"] };
     const narrow = { capIds: ["h2:narrow"] };
-    const mine = dedupeTag(intent, intent.toString("latin1"), wide, false);
-    assert.deepEqual(mine, { tag: intent.toString("latin1"), authority: JSON.stringify(["h1:wide"]) });
+    const mine = dedupeTag(intent, wide, false);
+    assert.deepEqual(mine, { bytes: intent, authority: JSON.stringify(["h1:wide"]) });
     const c = new DedupeCache(60_000);
     c.settled("r", mine, 0);
-    assert.equal(
-      c.check("r", dedupeTag(intent, intent.toString("latin1"), { capIds: ["h1:wide"] }, false), 1, false).kind,
-      "rerun",
-    );
-    assert.equal(c.check("r", dedupeTag(intent, intent.toString("latin1"), narrow, false), 1, false).kind, "conflict");
+    assert.equal(c.check("r", dedupeTag(intent, { capIds: ["h1:wide"] }, false), 1, false).kind, "rerun");
+    assert.equal(c.check("r", dedupeTag(intent, narrow, false), 1, false).kind, "conflict");
     const other = createHash("sha256").update("other").digest();
-    assert.equal(c.check("r", dedupeTag(other, other.toString("latin1"), wide, false), 1, false).kind, "conflict");
+    assert.equal(c.check("r", dedupeTag(other, wide, false), 1, false).kind, "conflict");
     // The same intent as an op with effects (its hash bound to the same authority) is another request.
-    const effect = dedupeTag(intent, intent.toString("latin1"), wide, true);
+    const effect = dedupeTag(intent, wide, true);
     assert.equal(effect.authority, "");
     assert.equal(c.check("r", effect, 1, true).kind, "conflict");
   });
 
   it("answers a settled op with effects from the store, and refuses another intent under its key", () => {
-    const row = { key: "s", hash: Buffer.from(h("w").tag, "base64"), response: Buffer.from([0xa0]), expires: 10_000 };
+    const row = { key: "s", hash: Buffer.from(h("w").bytes), response: Buffer.from([0xa0]), expires: 10_000 };
     const store = { lookupDedupe: (k: string) => (k === "s" ? row : undefined) };
     const c = new DedupeCache(60_000, store as never);
     c.settled("s", h("w"), 0);

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response, withEncodedBody } from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
+import { DedupeTable, type KeyHash } from "./dedupe-table.js";
 
 /** The authority a grant carries, without its validity period (a refreshed token carries the same), and its base64. */
 const authorityDigests = new WeakMap<Grant, { digest: Buffer; tag: string }>();
@@ -33,41 +34,27 @@ export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capId
 
 /**
  * What the dedupe cache remembers a request by (the same binding as {@link dedupeHash}): for an
- * op with effects that hash, base64, as its durable record stores it, and no separate authority
- * (the hash binds it); for a read-only op, which keeps no durable record (§11 rule 4), the intent
- * hash (latin1: its 32 bytes as 32 chars, as the pipeline has it) and the authority's tag, kept
- * side by side: no SHA-256 of its own per request, and no string built per request to hold
- * both (a 100,000-entry cache keeps every one). The two forms never equal each other: only an
- * op with effects has an empty authority.
+ * op with effects that hash, as its durable record stores it, and no separate authority (the
+ * hash binds it); for a read-only op, which keeps no durable record (§11 rule 4), the intent
+ * hash and the authority's tag, kept side by side: no SHA-256 of its own per request. The two
+ * forms never equal each other: only an op with effects has an empty authority.
  */
 export interface DedupeTag {
-  tag: string;
+  /** The 32 bytes remembered: the dedupe hash (an op with effects) or the intent hash (read-only). */
+  bytes: Uint8Array;
+  /** A read-only op's authority tag (the grant's digest, base64, or its capability ids); "" for an op with effects. */
   authority: string;
   /** The dedupe hash of an op with effects (its durable record's). */
   hash?: Buffer;
 }
 
-export function dedupeTag(
-  intentHash: Buffer,
-  intentHashLatin1: string,
-  authority: { grant?: Grant; capIds: string[] },
-  effects: boolean,
-): DedupeTag {
+export function dedupeTag(intentHash: Buffer, authority: { grant?: Grant; capIds: string[] }, effects: boolean): DedupeTag {
   if (effects) {
     const hash = dedupeHash(intentHash, authority);
-    return { tag: hash.toString("base64"), authority: "", hash };
+    return { bytes: hash, authority: "", hash };
   }
   const a = authority.grant ? authorityOf(authority.grant).tag : JSON.stringify([...authority.capIds].sort());
-  return { tag: intentHashLatin1, authority: a };
-}
-
-interface Entry {
-  /** The request's {@link dedupeTag} (strings: far smaller than a Buffer per entry). */
-  tag: string;
-  authority: string;
-  expires: number;
-  /** The promise of the response while the first attempt runs; dropped once it settles. */
-  pending?: Promise<Response>;
+  return { bytes: intentHash, authority: a };
 }
 
 /** What an arriving request is, given earlier attempts with the same key. */
@@ -88,18 +75,29 @@ const RERUN: DedupeVerdict = Object.freeze({ kind: "rerun" });
 /**
  * Remembers requests by (persona, client instance id, request id) for the dedupe window, so a
  * retried request is answered from the record instead of running twice. Memory holds only the
- * intent hash per request (and the promise while it runs): the responses of ops with effects
- * live in the store, committed with their outcome records, and read-only ops simply run again.
- * Bounded: past `maxEntries` the oldest entries go first.
+ * tag per request (and the promise while it runs): the responses of ops with effects live in
+ * the store, committed with their outcome records, and read-only ops simply run again.
+ * Bounded: past `maxEntries` the oldest tenth goes at once.
+ *
+ * The memory is a {@link DedupeTable}: typed arrays rather than a Map entry, an object and
+ * strings per request (100,000 of those were most of the old generation every major GC marked).
+ * Its lookups compare whole keys, so two keys that share a slot are never confused (a wrong
+ * "answer" would hand one persona's answer to another request), and its index hash is keyed
+ * per process, so a peer choosing request ids cannot make lookups slow. The behaviour is the
+ * Map's it replaced, pinned by a model-based test against that class (`dedupe-table.test.ts`).
  */
 export class DedupeCache {
-  private readonly entries = new Map<string, Entry>();
+  private readonly table: DedupeTable<Promise<Response>>;
 
   constructor(
     readonly windowMs: number,
     private readonly store?: Pick<AuditStore, "lookupDedupe" | "putDedupe" | "transaction">,
-    private readonly maxEntries = 100_000,
-  ) {}
+    maxEntries = 100_000,
+    /** The table's index hash: a test's weak one forces collisions. */
+    hash?: KeyHash,
+  ) {
+    this.table = new DedupeTable(maxEntries, Math.max(1, Math.floor(maxEntries / 10)), hash);
+  }
 
   /** Whether answers are kept in a store (and `commitWith` records them). */
   get durable(): boolean {
@@ -107,24 +105,36 @@ export class DedupeCache {
   }
 
   get size(): number {
-    return this.entries.size;
+    return this.table.size;
+  }
+
+  /** Interned clients and authorities held: none once every request is forgotten (tests). */
+  get interned(): number {
+    return this.table.interned;
+  }
+
+  /** The longest run a lookup may walk in the table's index (tests). */
+  longestRun(): number {
+    return this.table.longestRun();
   }
 
   /** Classifies a request by its {@link dedupeTag}; `effects`: the op changes state, so its answer is in the store. */
   check(key: string, t: DedupeTag, now: number, effects: boolean): DedupeVerdict {
-    const e = this.entries.get(key);
-    if (e !== undefined && e.expires >= now) {
-      if (e.tag !== t.tag || e.authority !== t.authority) return CONFLICT;
-      if (e.pending) return { kind: "answer", response: e.pending };
+    const table = this.table;
+    const r = table.find(key);
+    if (r !== -1 && table.expires(r) >= now) {
+      if (!table.sameTag(r, t.bytes, t.authority)) return CONFLICT;
+      const pending = table.pending(r);
+      if (pending) return { kind: "answer", response: pending };
       if (!effects) return RERUN;
-    } else if (e !== undefined) {
-      this.entries.delete(key);
+    } else if (r !== -1) {
+      table.remove(r);
     }
     if (!effects) return NEW;
     // Ops with effects: the durable record (it also survives a kernel restart).
     const row = this.store?.lookupDedupe(key, now);
     if (!row) return NEW;
-    if (t.authority !== "" || Buffer.from(row.hash).toString("base64") !== t.tag) return CONFLICT;
+    if (t.authority !== "" || !sameBytes(row.hash, t.bytes)) return CONFLICT;
     // Sent as the recorded bytes, not encoded again from their decoding.
     const response = withEncodedBody(decodeCanonical(row.response) as unknown as Response, row.response);
     return { kind: "answer", response };
@@ -149,52 +159,41 @@ export class DedupeCache {
 
   /** The first attempt is running: a duplicate arriving now waits for the same answer. */
   running(key: string, t: DedupeTag, pending: Promise<Response>, now: number): void {
-    this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs, pending });
+    this.table.put(key, t.bytes, t.authority, now + this.windowMs, pending);
   }
 
-  /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
+  /** The attempt settled: keep only its tag (its response, if any is kept, is in the store). */
   settled(key: string, t: DedupeTag, now: number): void {
-    // Kept in place (a delete and a set per request left the Map deleted slots to rehash): the
-    // entry sits where `running` put it, a request's duration early for `sweep`, which only frees memory.
-    const e = this.entries.get(key);
-    if (e !== undefined && e.tag === t.tag && e.authority === t.authority) {
-      e.pending = undefined;
-      e.expires = now + this.windowMs;
-    } else this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs });
-  }
-
-  private put(key: string, e: Entry): void {
-    this.entries.delete(key);
-    this.entries.set(key, e);
-    if (this.entries.size > this.maxEntries) {
-      // Evict the oldest tenth at once: a Map keeps deleted slots at its front until it
-      // rehashes, so evicting one entry per insert walked ever more of them (25 µs a request
-      // once full, halving throughput); a batch walks them once and lets the Map compact.
-      let n = Math.max(1, Math.floor(this.maxEntries / 10));
-      for (const k of this.entries.keys()) {
-        this.entries.delete(k);
-        if (--n === 0) break;
-      }
-    }
+    // Kept in place: the record stays where `running` put it, a request's duration early for
+    // `sweep`, which only frees memory.
+    const table = this.table;
+    const r = table.find(key);
+    if (r !== -1 && table.sameTag(r, t.bytes, t.authority)) table.settle(r, now + this.windowMs);
+    else table.put(key, t.bytes, t.authority, now + this.windowMs, undefined);
   }
 
   /** Forgets the attempt `pending` if it is still the one remembered (it threw: no answer to give a retry). */
   abandoned(key: string, pending: Promise<Response>): void {
-    if (this.entries.get(key)?.pending === pending) this.entries.delete(key);
+    const r = this.table.find(key);
+    if (r !== -1 && this.table.pending(r) === pending) this.table.remove(r);
   }
 
   /** Forgets a request whose failure was transient, so its retry runs again. */
   forget(key: string): void {
-    this.entries.delete(key);
+    const r = this.table.find(key);
+    if (r !== -1) this.table.remove(r);
   }
 
-  /** Drops expired entries (Map order is insertion order, so expiry order). */
+  /** Drops expired entries, oldest first, up to the first that has not expired (insertion order). */
   sweep(now: number): void {
-    for (const [k, e] of this.entries) {
-      if (e.expires >= now) break;
-      this.entries.delete(k);
-    }
+    this.table.sweep(now);
   }
+}
+
+function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
 }
 
 /**

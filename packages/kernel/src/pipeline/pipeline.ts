@@ -232,11 +232,11 @@ export class Pipeline {
     // 5. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
     // run learns nothing from the record — not an answer, not even that its ids were used.
     const decision = ctx.trace.recording ? stage(ctx.trace, "kpip.authorize", () => this.authorize(ctx)) : this.authorize(ctx);
-    if (!isThenable(decision)) return this.admit(ctx, decision, hashLatin1);
+    if (!isThenable(decision)) return this.admit(ctx, decision);
     // A decision that comes later: the session's later requests wait for it (after this one's
     // step 6), or a later request with a decision at hand would overtake this one.
     const later = Promise.resolve(decision);
-    const admitted = later.then((d) => this.admit(ctx, d, hashLatin1));
+    const admitted = later.then((d) => this.admit(ctx, d));
     this.holdSession(ctx.session.id, later);
     return admitted;
   }
@@ -255,7 +255,7 @@ export class Pipeline {
   }
 
   /** Step 6 (the decision known), then the run. */
-  private admit(ctx: RequestCtx, decision: Decision, hashLatin1: string): Promise<Response> {
+  private admit(ctx: RequestCtx, decision: Decision): Promise<Response> {
     const { session: s, req } = ctx;
     if (!decision.allowed) {
       ctx.rec.caps = decision.capIds.join(",");
@@ -268,7 +268,7 @@ export class Pipeline {
     // Keyed by the attested persona too: another persona replaying the same ids gets nothing of it,
     // and remembered under the authority that allowed it: another capability never gets its answer.
     const key = `${s.persona}:${s.instance}:${req.id}`;
-    const tag = dedupeTag(ctx.hash as Buffer, hashLatin1, decision, decl.effects);
+    const tag = dedupeTag(ctx.hash as Buffer, decision, decl.effects);
     ctx.key = key;
     ctx.dhash = tag.hash;
     const dedupe = this.deps.dedupe;
