@@ -6,6 +6,7 @@ import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives
 import type { HandleTable } from "../session/handles.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { AuditRow } from "../store/types.js";
+import type { AnswerLease } from "./answer-budget.js";
 import type { RequestTrace } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -128,6 +129,26 @@ export interface RequestCtx {
   /** Dedupe key (persona, client instance, request id) and, for an op with effects, hash (the intent bound to its authority). */
   key?: string;
   dhash?: Buffer;
+  /** The request's share of the answers budget, taken when its handler first holds answer bytes. */
+  lease?: AnswerLease;
+  /** What an effect made `atomically` recorded with its dedupe record (an op with effects only). */
+  atomic?: AtomicAnswer;
+  /**
+   * The run dedupe remembers while it goes on (set once registered), or {@link FAILED_EARLY}: the
+   * run failed before it was registered, so its registration is to be dropped at once.
+   */
+  pending?: Promise<Response> | typeof FAILED_EARLY;
+}
+
+/** {@link RequestCtx.pending} of a run that failed before dedupe registered it. */
+export const FAILED_EARLY = 0;
+
+/** The answer recorded with an atomic effect, encoded: sent as it is when the handler returns that result. */
+export interface AtomicAnswer {
+  /** The effect and its dedupe record committed (in a durable store). */
+  recorded: boolean;
+  result: OpResult | undefined;
+  answer: Response | undefined;
 }
 
 /** A context for a request that has arrived: only its claimed context is known. */
@@ -138,6 +159,16 @@ export function requestCtx(session: SessionView, req: Request, started: bigint, 
     started,
     trace,
     op: "-",
+    // Every field from the start: one shape, and no property store grown as the stages fill them in.
+    intent: undefined,
+    hash: undefined,
+    decl: undefined,
+    decision: undefined,
+    key: undefined,
+    dhash: undefined,
+    lease: undefined,
+    atomic: undefined,
+    pending: undefined,
     rec: {
       session: session.id,
       persona: session.persona,
