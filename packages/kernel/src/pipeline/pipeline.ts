@@ -271,7 +271,8 @@ export class Pipeline {
   private admit(ctx: RequestCtx, decision: Decision, hashLatin1: string): Promise<Response> {
     const { session: s, req } = ctx;
     // Every record of the request names the capabilities the authorizer named, refused or not.
-    ctx.rec.caps = decision.capIds.join(",");
+    const ids = decision.capIds;
+    ctx.rec.caps = ids.length === 1 ? (ids[0] as string) : ids.join(",");
     if (!decision.allowed) return this.refuse(ctx, decision);
     ctx.decision = decision;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
@@ -325,13 +326,12 @@ export class Pipeline {
    */
   private run(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
     const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
-    let release: () => void;
     try {
-      release = this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
+      this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
     } catch (e) {
       return this.refuseLimited(ctx, tag, e);
     }
-    return this.runAdmitted(ctx, tag, release);
+    return this.runAdmitted(ctx, tag);
   }
 
   /** A request over its grant's limits: refused on the record, and settled with dedupe as any run. */
@@ -349,11 +349,11 @@ export class Pipeline {
   }
 
   /**
-   * Steps 8–11 of a request within its limits (`release` gives its slot back), then what dedupe
+   * Steps 8–11 of a request within its limits (it leaves them once executed), then what dedupe
    * keeps of its answer. The request's one async function: its only waits are the audit commits
    * (and a handler that returns a promise).
    */
-  private async runAdmitted(ctx: RequestCtx, tag: DedupeTag, release: () => void): Promise<Response> {
+  private async runAdmitted(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
     const trace = ctx.trace;
     const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
     let response: Response;
@@ -371,7 +371,7 @@ export class Pipeline {
           refusal = toRefusal(e, this.deps.log, ctx);
         }
       } finally {
-        release();
+        this.deps.ledger.leave(ctx.session.persona);
       }
       // 11. audit the outcome, then answer.
       response = outcomeAnswer(ctx, result, refusal);
