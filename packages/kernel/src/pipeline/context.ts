@@ -57,25 +57,15 @@ export interface RequestRecord {
   caps: string | null;
 }
 
-/** What one record of a request adds to its {@link RequestRecord} columns. */
-export interface RecordOutcome {
-  /** The intent bytes kept in this record (default: the request's, once known; null: not kept). */
-  intent?: Uint8Array | null;
-  caps?: string;
-  status?: string;
-  errorClass?: string | null;
-  message?: string | null;
-  durationUs?: number;
-  detail?: string;
-}
-
 /**
- * One audit record of a request: its columns and `o`, written as one object literal of the
- * whole row, which the log takes as its own ({@link AuditLog.appendRow}: it fills in seq, time,
- * kernel and the chain). A spread of the columns (`{ ...ctx.rec, phase }`) went through V8's
- * generic property copy on every record, ~8 % of the kernel's CPU at 256 requests in flight.
+ * One audit record of a request: its columns, and its outcome columns null (the intent: the
+ * request's, once known), which the caller fills in. Written as one object literal of the whole
+ * row, which the log takes as its own ({@link AuditLog.appendRow}: it fills in seq, time, kernel
+ * and the chain); no outcome object per record. A spread of the columns (`{ ...ctx.rec, phase }`)
+ * went through V8's generic property copy on every record, ~8 % of the kernel's CPU at 256
+ * requests in flight.
  */
-export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: RecordOutcome): AuditRow {
+export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"]): AuditRow {
   const r = ctx.rec;
   return {
     seq: 0,
@@ -88,17 +78,17 @@ export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: Recor
     op: r.op,
     target: r.target,
     intentHash: r.intentHash,
-    intent: o.intent === undefined ? r.intent : o.intent,
-    caps: o.caps ?? r.caps,
-    status: o.status ?? null,
-    errorClass: o.errorClass ?? null,
-    message: o.message ?? null,
-    durationUs: o.durationUs ?? null,
+    intent: r.intent,
+    caps: r.caps,
+    status: null,
+    errorClass: null,
+    message: null,
+    durationUs: null,
     traceparent: r.traceparent,
     execution: r.execution,
     domain: r.domain,
     measurements: null,
-    detail: o.detail ?? null,
+    detail: null,
     prevHash: PENDING_HASH,
     hash: PENDING_HASH,
   };
@@ -113,8 +103,8 @@ export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: Recor
 export interface RequestCtx {
   readonly session: SessionView;
   readonly req: Request;
-  /** process.hrtime at arrival: each record's duration and the latency metric count from here. */
-  readonly started: bigint;
+  /** performance.now() at arrival (ms): each record's duration and the latency metric count from here (a number: no BigInts per request). */
+  readonly started: number;
   readonly trace: RequestTrace;
   /** The request's audit columns (PROTOCOL §6.7): the claimed context first, then op, target and hash once decoded. */
   readonly rec: RequestRecord;
@@ -152,7 +142,7 @@ export interface AtomicAnswer {
 }
 
 /** A context for a request that has arrived: only its claimed context is known. */
-export function requestCtx(session: SessionView, req: Request, started: bigint, trace: RequestTrace): RequestCtx {
+export function requestCtx(session: SessionView, req: Request, started: number, trace: RequestTrace): RequestCtx {
   return {
     session,
     req,
@@ -232,7 +222,7 @@ export function failure(ctx: RequestCtx, r: Refusal): Response {
 }
 
 export function elapsedUs(ctx: RequestCtx): number {
-  return Number((process.hrtime.bigint() - ctx.started) / 1000n);
+  return Math.trunc((performance.now() - ctx.started) * 1000);
 }
 
 /** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */

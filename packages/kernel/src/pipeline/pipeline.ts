@@ -27,7 +27,6 @@ import {
   FAILED_EARLY,
   failure,
   isThenable,
-  type RecordOutcome,
   type Refusal,
   type RequestCtx,
   recordIntentColumns,
@@ -98,13 +97,12 @@ export class Pipeline {
   private recordRefusal(ctx: RequestCtx, r: Refusal): Promise<void> | undefined {
     const { refusals, audit } = this.deps;
     const intent = ctx.rec.intent;
-    const entry = requestEntry(ctx, "refused", {
-      intent: intent && intent.length > (refusals?.intentMaxBytes ?? 1024) ? null : intent,
-      status: "FAILURE",
-      errorClass: r.errorClass,
-      message: r.audited ?? r.message,
-      durationUs: elapsedUs(ctx),
-    });
+    const entry = requestEntry(ctx, "refused");
+    if (intent && intent.length > (refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
+    entry.status = "FAILURE";
+    entry.errorClass = r.errorClass;
+    entry.message = r.audited ?? r.message;
+    entry.durationUs = elapsedUs(ctx);
     const s = ctx.session;
     if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) return audit.appendRow(entry);
     if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
@@ -138,7 +136,7 @@ export class Pipeline {
    * answer costs no promise and microtask turn of its own here.
    */
   handle(s: SessionView, req: Request): Promise<Response> {
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     // An embedder's tracer that throws becomes this request's rejection (an INTERNAL answer), not the session's end.
     try {
       const t = startRequestSpan(req.context.traceparent, {
@@ -155,7 +153,7 @@ export class Pipeline {
   /** The request's answer is final (every way a request ends passes here once): its span ends, its metrics count it. */
   private answered(ctx: RequestCtx, r: Response): Response {
     endRequestSpan(ctx.trace, ctx.op, r.status, r.error);
-    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - ctx.started) / 1e9);
+    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, (performance.now() - ctx.started) / 1000);
     return r;
   }
 
@@ -264,8 +262,7 @@ export class Pipeline {
     });
   };
 
-  private readonly recordIntent = (ctx: RequestCtx): Promise<void> =>
-    this.deps.audit.appendRow(requestEntry(ctx, "intent", INTENT));
+  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 
   /** Step 6 (the decision known), then the run. */
   private admit(ctx: RequestCtx, decision: Decision, hashLatin1: string): Promise<Response> {
@@ -307,15 +304,13 @@ export class Pipeline {
   /** A retry answered from the record: nothing runs again, but the retry itself is on the record. */
   private async replay(ctx: RequestCtx, recorded: Response | Promise<Response>): Promise<Response> {
     const response = await recorded;
-    await this.deps.audit.appendRow(
-      requestEntry(ctx, "replay", {
-        intent: null,
-        status: response.status,
-        errorClass: response.error ?? null,
-        message: "answered from the record of the first attempt",
-        durationUs: elapsedUs(ctx),
-      }),
-    );
+    const entry = requestEntry(ctx, "replay");
+    entry.intent = null;
+    entry.status = response.status;
+    entry.errorClass = response.error ?? null;
+    entry.message = "answered from the record of the first attempt";
+    entry.durationUs = elapsedUs(ctx);
+    await this.deps.audit.appendRow(entry);
     return this.answered(ctx, response);
   }
 
@@ -403,15 +398,15 @@ export class Pipeline {
     const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
     // An answer recorded with its effect stays the record: the effect happened, whatever follows.
     const keep = effects && ctx.atomic?.recorded !== true && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    const entry = requestEntry(ctx, effects ? "outcome" : "complete");
+    if (effects) entry.intent = null;
+    entry.status = response.status;
+    entry.errorClass = refusal?.errorClass ?? null;
+    entry.message = refusal?.message ?? null;
+    entry.durationUs = elapsedUs(ctx);
+    entry.detail = statusDetail(response.status, result?.audit);
     return audit.appendRow(
-      requestEntry(ctx, effects ? "outcome" : "complete", {
-        intent: effects ? null : ctx.req.intent,
-        status: response.status,
-        errorClass: refusal?.errorClass ?? null,
-        message: refusal?.message ?? null,
-        durationUs: elapsedUs(ctx),
-        detail: statusDetail(response.status, result?.audit),
-      }),
+      entry,
       keep
         ? {
             key: ctx.key as string,
@@ -508,9 +503,6 @@ function outcomeAnswer(ctx: RequestCtx, result: OpResult | undefined, refusal: R
   if (a?.recorded && a.answer !== undefined && result === a.result) return a.answer;
   return answer(ctx, result as OpResult);
 }
-
-/** The intent record adds nothing to the request's columns. */
-const INTENT: RecordOutcome = Object.freeze({});
 
 const passOn = <T>(x: T): T => x;
 
