@@ -1,27 +1,17 @@
-import {
-  type CborMap,
-  decodeIntent,
-  parseTarget,
-  RETRYABLE_CLASSES,
-  type Request,
-  type Response,
-  sha256Latin1,
-} from "@kpip/protocol";
+import { decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256Latin1 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
-import { checkArgs, type Router } from "../primitives/router.js";
-import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
+import type { Router } from "../primitives/router.js";
+import type { OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
 import {
-  type AtomicAnswer,
-  answer,
   checkEnvelope,
   elapsedUs,
   FAILED_EARLY,
@@ -36,7 +26,7 @@ import {
   toRefusal,
 } from "./context.js";
 import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
-import { checkOwnership } from "./ownership.js";
+import { execute, outcomeAnswer } from "./execute.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
 export type { Refusal, RequestCtx, SessionView } from "./context.js";
@@ -262,6 +252,8 @@ export class Pipeline {
     });
   };
 
+  private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> => execute(ctx, this.deps.dedupe, this.answers);
+
   private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 
   /** Step 6 (the decision known), then the run. */
@@ -434,78 +426,8 @@ export class Pipeline {
     if (p === undefined) ctx.pending = FAILED_EARLY;
     else if (p !== FAILED_EARLY) this.deps.dedupe.abandoned(ctx.key as string, p);
   }
-
-  /**
-   * Target, arguments, ownership and deadline, then the handler: a handler never checks rights.
-   * Synchronous: a refusal here throws, and a synchronous handler's result is returned as it is.
-   */
-  private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> => {
-    const { session: s, req } = ctx;
-    const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
-    const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-    const target = parseTarget(intent.target);
-    if (typeof target === "string") throw new OpError("SEMANTIC", target);
-    if (!decl.targets.includes(target.scheme)) {
-      throw new OpError("SEMANTIC", `${intent.op} takes a ${decl.targets.map((t) => `${t}://`).join(" or ")} target`);
-    }
-    checkArgs(decl, intent.args);
-    const deadline = intent.constraints?.deadline;
-    const signal =
-      deadline === undefined ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(Math.max(0, deadline - Date.now()))]);
-    const op: OpContext = {
-      op: intent.op,
-      persona: s.persona,
-      session: s.id,
-      requestId: req.id,
-      workspace: req.context.workspace,
-      targetUri: intent.target,
-      target,
-      args: intent.args as CborMap,
-      deadline,
-      signal,
-      grant: ctx.decision?.grant,
-      handles: s.handles,
-      // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-      atomically: ctx.dhash === undefined ? runNow : this.atomicallyFor(ctx),
-      maxBody: s.maxBody,
-      // The lease is taken only by a handler that holds answer bytes (most never do).
-      holdAnswerBytes: (bytes) => {
-        ctx.lease ??= this.answers.lease(s.id);
-        ctx.lease.hold(bytes);
-      },
-    };
-    checkOwnership(decl, op);
-    if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
-    return decl.handler(op);
-  };
-
-  /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
-  private atomicallyFor(ctx: RequestCtx): OpContext["atomically"] {
-    const dedupe = this.deps.dedupe;
-    const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
-    ctx.atomic = a;
-    return <T extends OpResult>(effect: () => T): T => {
-      const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
-        a.result = r;
-        a.answer = answer(ctx, r);
-        return a.answer;
-      });
-      a.recorded = dedupe.durable;
-      return v;
-    };
-  }
-}
-
-/** A finished run's answer: its refusal, the answer recorded with its atomic effect, or its result's. */
-function outcomeAnswer(ctx: RequestCtx, result: OpResult | undefined, refusal: Refusal | undefined): Response {
-  if (refusal) return failure(ctx, refusal);
-  const a = ctx.atomic;
-  if (a?.recorded && a.answer !== undefined && result === a.result) return a.answer;
-  return answer(ctx, result as OpResult);
 }
 
 const passOn = <T>(x: T): T => x;
 
 const latin1 = (b: Buffer): string => b.toString("latin1");
-
-const runNow = <T>(effect: () => T): T => effect();
