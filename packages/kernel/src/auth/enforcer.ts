@@ -204,7 +204,7 @@ export class CapEnforcer implements Authorizer {
     for (const ref of req.caps) {
       let grant: Grant;
       let inline: Token | undefined;
-      let decisions: Map<string, boolean> | undefined;
+      let decisions: BoundCapability["decisions"] | undefined;
       let bound: BoundCapability | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
@@ -235,13 +235,27 @@ export class CapEnforcer implements Authorizer {
       }
       anyValid = true;
       let ok: boolean | undefined;
-      if (decisions) {
-        const key = `${req.intent.op}\0${req.intent.target}\0${req.context.workspace ?? ""}\0${req.context.domain ?? ""}`;
-        ok = decisions.get(key);
+      if (decisions && bound) {
+        // By op, then by target (with the workspace and domain when the request names either): no
+        // key string built for a request that names neither, the usual one.
+        const { workspace: ws, domain } = req.context;
+        const scope =
+          ws === undefined && domain === undefined ? req.intent.target : `${req.intent.target}\0${ws ?? ""}\0${domain ?? ""}`;
+        let byScope = decisions.get(req.intent.op);
+        ok = byScope?.get(scope);
         if (ok === undefined) {
           ok = this.allows(grant, req);
-          if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
-          decisions.set(key, ok);
+          if (bound.decided >= DECISIONS_PER_HANDLE) {
+            decisions.clear();
+            bound.decided = 0;
+            byScope = undefined;
+          }
+          if (byScope === undefined) {
+            byScope = new Map();
+            decisions.set(req.intent.op, byScope);
+          }
+          byScope.set(scope, ok);
+          bound.decided++;
         }
       } else ok = this.allows(grant, req);
       // The op's own implied rule is asked every time, never kept: its answer may depend on the store.
