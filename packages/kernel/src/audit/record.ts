@@ -21,7 +21,7 @@ export function recordHash(r: Omit<AuditRow, "hash">): Buffer {
  * reader shows what it decodes from them (record-decode.ts).
  */
 export function recordBytes(r: Omit<AuditRow, "hash">): Buffer {
-  return RECORD_ENCODER.bytes(r);
+  return Buffer.from(RECORD_ENCODER.encode(r));
 }
 
 /** The generic definition: the canonical CBOR map of the non-null fields (tests pin the fast path to it). */
@@ -97,21 +97,8 @@ class RecordEncoder extends CborWriter {
    * canonical key order, each by name (a loop over field names made every read a keyed lookup).
    */
   encode(r: Omit<AuditRow, "hash">): Buffer {
-    return this.write(r) ? this.buf.subarray(0, this.pos) : recordBytesGeneric(r);
-  }
-
-  /** The record's bytes, copied out of the reused buffer: one Buffer, not a view of it and then a copy of the view. */
-  bytes(r: Omit<AuditRow, "hash">): Buffer {
-    if (!this.write(r)) return recordBytesGeneric(r);
-    const out = Buffer.allocUnsafe(this.pos);
-    this.buf.copy(out, 0, 0, this.pos);
-    return out;
-  }
-
-  /** Writes the record into the reused buffer; false when a field is one only the generic encoder takes. */
-  private write(r: Omit<AuditRow, "hash">): boolean {
-    if (!isUint(r.seq) || !isUint(r.time) || !(r.requestId == null || isUint(r.requestId))) return false;
-    if (!(r.durationUs == null || isUint(r.durationUs))) return false;
+    if (!isUint(r.seq) || !isUint(r.time) || !(r.requestId == null || isUint(r.requestId))) return recordBytesGeneric(r);
+    if (!(r.durationUs == null || isUint(r.durationUs))) return recordBytesGeneric(r);
     const count =
       (r.op != null ? 1 : 0) +
       (r.seq != null ? 1 : 0) +
@@ -160,7 +147,7 @@ class RecordEncoder extends CborWriter {
     this.bytesField(K.intentHash, r.intentHash);
     this.textField(K.traceparent, r.traceparent);
     this.bytesField(K.measurements, r.measurements);
-    return true;
+    return this.buf.subarray(0, this.pos);
   }
 
   private key(key: Buffer): void {
