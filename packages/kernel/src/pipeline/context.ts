@@ -1,4 +1,13 @@
-import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
+import {
+  decodeIntent,
+  type ErrorClass,
+  type Intent,
+  IntentError,
+  intentHash,
+  type ParsedTarget,
+  type Request,
+  type Response,
+} from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
@@ -111,6 +120,8 @@ export interface RequestCtx {
   /** The op for metric labels: "-" before the intent decodes, "unknown" for an op the kernel does not have. */
   op: string;
   intent?: Intent;
+  /** The intent's target as its grammar check parsed it (step 9 uses it: parsed once). */
+  target?: ParsedTarget;
   /** The intent's SHA-256 over the bytes as sent. */
   hash?: Buffer;
   decl?: PrimitiveDeclaration;
@@ -151,6 +162,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     op: "-",
     // Every field from the start: one shape, and no property store grown as the stages fill them in.
     intent: undefined,
+    target: undefined,
     hash: undefined,
     decl: undefined,
     decision: undefined,

@@ -18,7 +18,8 @@ export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBud
   const { session: s, req } = ctx;
   const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
   const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-  const target = parseTarget(intent.target);
+  // Parsed when the intent's grammar was checked (step 3); parsed here only if it was not.
+  const target = ctx.target ?? parseTarget(intent.target);
   if (typeof target === "string") throw new OpError("SEMANTIC", target);
   if (!decl.targets.includes(target.scheme)) {
     throw new OpError("SEMANTIC", `${intent.op} takes a ${decl.targets.map((t) => `${t}://`).join(" or ")} target`);

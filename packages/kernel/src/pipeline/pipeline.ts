@@ -1,4 +1,4 @@
-import { decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256Latin1 } from "@kpip/protocol";
+import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256Latin1 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
@@ -211,7 +211,7 @@ export class Pipeline {
     rec.intent = req.intent;
     rec.intentHash = hash;
     try {
-      ctx.intent = decodeIntent(req.intent);
+      ctx.intent = decodeIntent(req.intent, DEFAULT_LIMITS, ctx);
     } catch (e) {
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
     }
