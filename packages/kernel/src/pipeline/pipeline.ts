@@ -211,6 +211,7 @@ export class Pipeline {
     rec.intent = req.intent;
     rec.intentHash = hash;
     try {
+      // The target its grammar check parses goes to ctx.target, for step 9.
       ctx.intent = decodeIntent(req.intent, DEFAULT_LIMITS, ctx);
     } catch (e) {
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
@@ -428,6 +429,7 @@ export class Pipeline {
   }
 }
 
+/** The outcome's stage: its commit, already under way, is what the span times. */
 const passOn = <T>(x: T): T => x;
 
 const latin1 = (b: Buffer): string => b.toString("latin1");
