@@ -252,6 +252,44 @@ describe("the session's order and a failed first attempt", () => {
       u.close();
     }
   });
+  // A run may fail before its first wait (a record whose append throws at once), before the
+  // pipeline has registered it with dedupe: it must still leave its ids free, never a failed
+  // attempt that a retry would be "answered" from.
+  for (const [what, phase, intent] of [
+    ["a read whose one record", "complete", read({ n: 5 })],
+    ["an effect whose intent record", "intent", { op: "t.write", target: "persona://alice/y", args: {} }],
+  ] as const) {
+    it(`${what} fails to append before any wait leaves its ids free: the retry runs, on the record`, async () => {
+      const u = unit();
+      try {
+        const append = u.audit.appendRow.bind(u.audit);
+        let failNext = true;
+        u.audit.appendRow = (row, d) => {
+          if (row.phase === phase && failNext) {
+            failNext = false;
+            throw new Error("audit append failed at once");
+          }
+          return append(row, d);
+        };
+        const req = request(intent);
+        await assert.rejects(u.send(req), /audit append failed at once/);
+        const retry = await u.send(req);
+        assert.equal(retry.status, "SUCCESS");
+        const phases = u
+          .records()
+          .filter((r) => r.requestId === req.id)
+          .map((r) => r.phase);
+        assert.deepEqual(phases, phase === "intent" ? ["intent", "outcome"] : ["complete"]);
+        assert.equal(u.ran.length, phase === "intent" ? 1 : 2, "the retry ran again");
+        // And a third attempt is dedupe's ordinary case: a replay of the effect, a read run again.
+        const third = await u.send(req);
+        assert.equal(third.status, "SUCCESS");
+        assert.equal(u.ran.length, phase === "intent" ? 1 : 3);
+      } finally {
+        u.close();
+      }
+    });
+  }
 });
 
 describe("an effect's answer, encoded once", () => {

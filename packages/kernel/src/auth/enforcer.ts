@@ -12,7 +12,7 @@ import {
   type TokenError,
 } from "@kpip/protocol";
 import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
-import type { HandleTable } from "../session/handles.js";
+import type { BoundCapability, HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
 import type { RootKeys } from "./keys.js";
@@ -188,7 +188,9 @@ export class CapEnforcer implements Authorizer {
         capIds: [],
       };
     }
-    if (req.caps.filter((c) => typeof c !== "number").length > MAX_INLINE_TOKENS) {
+    let inlineTokens = 0;
+    for (const c of req.caps) if (typeof c !== "number") inlineTokens++;
+    if (inlineTokens > MAX_INLINE_TOKENS) {
       return {
         allowed: false,
         errorClass: "CAPABILITY",
@@ -202,7 +204,8 @@ export class CapEnforcer implements Authorizer {
     for (const ref of req.caps) {
       let grant: Grant;
       let inline: Token | undefined;
-      let decisions: Map<string, boolean> | undefined;
+      let decisions: BoundCapability["decisions"] | undefined;
+      let bound: BoundCapability | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
         if (!b) {
@@ -211,13 +214,13 @@ export class CapEnforcer implements Authorizer {
         }
         const why = this.unusable(b.grant, req.persona);
         if (why) {
-          capIds.push(`h${ref}:${tokenRef(b.grant)}`);
+          capIds.push(handleLabel(b));
           firstProblem ??= why.message;
           continue;
         }
         grant = b.grant;
         decisions = b.decisions;
-        capIds.push(`h${ref}:${tokenRef(grant)}`);
+        bound = b;
       } else {
         const v = this.verify(ref, req.persona);
         if (!v.ok) {
@@ -232,17 +235,43 @@ export class CapEnforcer implements Authorizer {
       }
       anyValid = true;
       let ok: boolean | undefined;
-      if (decisions) {
-        const key = `${req.intent.op}\0${req.intent.target}\0${req.context.workspace ?? ""}\0${req.context.domain ?? ""}`;
-        ok = decisions.get(key);
+      if (decisions && bound) {
+        // By op, then by target (with the workspace and domain when the request names either): no
+        // key string built for a request that names neither, the usual one.
+        const { workspace: ws, domain } = req.context;
+        const scope =
+          ws === undefined && domain === undefined ? req.intent.target : `${req.intent.target}\0${ws ?? ""}\0${domain ?? ""}`;
+        let byScope = decisions.get(req.intent.op);
+        ok = byScope?.get(scope);
         if (ok === undefined) {
           ok = this.allows(grant, req);
-          if (decisions.size >= DECISIONS_PER_HANDLE) decisions.clear();
-          decisions.set(key, ok);
+          if (bound.decided >= DECISIONS_PER_HANDLE) {
+            decisions.clear();
+            bound.decided = 0;
+            byScope = undefined;
+          }
+          if (byScope === undefined) {
+            byScope = new Map();
+            decisions.set(req.intent.op, byScope);
+          }
+          byScope.set(scope, ok);
+          bound.decided++;
         }
       } else ok = this.allows(grant, req);
       // The op's own implied rule is asked every time, never kept: its answer may depend on the store.
       if (!ok) ok = this.implied(grant, req);
+      // A handle's label goes in after its decision: a handle that allows on its own (the usual
+      // request) gets the decision it always gets, made once per binding, with no array built.
+      if (ok && bound !== undefined && capIds.length === 0) {
+        bound.allows ??= Object.freeze({
+          allowed: true,
+          capIds: Object.freeze([handleLabel(bound)]) as string[],
+          grant,
+          rateKey: this.familyOf(grant),
+        });
+        return bound.allows;
+      }
+      if (bound !== undefined) capIds.push(handleLabel(bound));
       if (ok) {
         if (inline) this.noteDerived(inline, grant, req.persona, req.session);
         return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
@@ -296,4 +325,10 @@ export class CapEnforcer implements Authorizer {
   isRevoked(g: Grant): boolean {
     return this.revoked.covers(g);
   }
+}
+
+/** How records name a bound handle: its number and its token (made once per binding). */
+function handleLabel(b: BoundCapability): string {
+  b.label ??= `h${b.handle}:${tokenRef(b.grant)}`;
+  return b.label;
 }

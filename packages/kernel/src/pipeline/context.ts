@@ -1,4 +1,13 @@
-import { decodeIntent, type ErrorClass, type Intent, IntentError, intentHash, type Request, type Response } from "@kpip/protocol";
+import {
+  decodeIntent,
+  type ErrorClass,
+  type Intent,
+  IntentError,
+  intentHash,
+  type ParsedTarget,
+  type Request,
+  type Response,
+} from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
@@ -6,6 +15,7 @@ import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives
 import type { HandleTable } from "../session/handles.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { AuditRow } from "../store/types.js";
+import type { AnswerLease } from "./answer-budget.js";
 import type { RequestTrace } from "./tracing.js";
 
 /** What the pipeline needs to know about the session a request arrived on. */
@@ -56,25 +66,15 @@ export interface RequestRecord {
   caps: string | null;
 }
 
-/** What one record of a request adds to its {@link RequestRecord} columns. */
-export interface RecordOutcome {
-  /** The intent bytes kept in this record (default: the request's, once known; null: not kept). */
-  intent?: Uint8Array | null;
-  caps?: string;
-  status?: string;
-  errorClass?: string | null;
-  message?: string | null;
-  durationUs?: number;
-  detail?: string;
-}
-
 /**
- * One audit record of a request: its columns and `o`, written as one object literal of the
- * whole row, which the log takes as its own ({@link AuditLog.appendRow}: it fills in seq, time,
- * kernel and the chain). A spread of the columns (`{ ...ctx.rec, phase }`) went through V8's
- * generic property copy on every record, ~8 % of the kernel's CPU at 256 requests in flight.
+ * One audit record of a request: its columns, and its outcome columns null (the intent: the
+ * request's, once known), which the caller fills in. Written as one object literal of the whole
+ * row, which the log takes as its own ({@link AuditLog.appendRow}: it fills in seq, time, kernel
+ * and the chain); no outcome object per record. A spread of the columns (`{ ...ctx.rec, phase }`)
+ * went through V8's generic property copy on every record, ~8 % of the kernel's CPU at 256
+ * requests in flight.
  */
-export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: RecordOutcome): AuditRow {
+export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"]): AuditRow {
   const r = ctx.rec;
   return {
     seq: 0,
@@ -87,17 +87,17 @@ export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: Recor
     op: r.op,
     target: r.target,
     intentHash: r.intentHash,
-    intent: o.intent === undefined ? r.intent : o.intent,
-    caps: o.caps ?? r.caps,
-    status: o.status ?? null,
-    errorClass: o.errorClass ?? null,
-    message: o.message ?? null,
-    durationUs: o.durationUs ?? null,
+    intent: r.intent,
+    caps: r.caps,
+    status: null,
+    errorClass: null,
+    message: null,
+    durationUs: null,
     traceparent: r.traceparent,
     execution: r.execution,
     domain: r.domain,
     measurements: null,
-    detail: o.detail ?? null,
+    detail: null,
     prevHash: PENDING_HASH,
     hash: PENDING_HASH,
   };
@@ -112,14 +112,16 @@ export function requestEntry(ctx: RequestCtx, phase: AuditRow["phase"], o: Recor
 export interface RequestCtx {
   readonly session: SessionView;
   readonly req: Request;
-  /** process.hrtime at arrival: each record's duration and the latency metric count from here. */
-  readonly started: bigint;
+  /** performance.now() at arrival (ms): each record's duration and the latency metric count from here (a number: no BigInts per request). */
+  readonly started: number;
   readonly trace: RequestTrace;
   /** The request's audit columns (PROTOCOL §6.7): the claimed context first, then op, target and hash once decoded. */
   readonly rec: RequestRecord;
   /** The op for metric labels: "-" before the intent decodes, "unknown" for an op the kernel does not have. */
   op: string;
   intent?: Intent;
+  /** The intent's target as its grammar check parsed it (step 9 uses it: parsed once). */
+  target?: ParsedTarget;
   /** The intent's SHA-256 over the bytes as sent. */
   hash?: Buffer;
   decl?: PrimitiveDeclaration;
@@ -128,16 +130,47 @@ export interface RequestCtx {
   /** Dedupe key (persona, client instance, request id) and, for an op with effects, hash (the intent bound to its authority). */
   key?: string;
   dhash?: Buffer;
+  /** The request's share of the answers budget, taken when its handler first holds answer bytes. */
+  lease?: AnswerLease;
+  /** What an effect made `atomically` recorded with its dedupe record (an op with effects only). */
+  atomic?: AtomicAnswer;
+  /**
+   * The run dedupe remembers while it goes on (set once registered), or {@link FAILED_EARLY}: the
+   * run failed before it was registered, so its registration is to be dropped at once.
+   */
+  pending?: Promise<Response> | typeof FAILED_EARLY;
+}
+
+/** {@link RequestCtx.pending} of a run that failed before dedupe registered it. */
+export const FAILED_EARLY = 0;
+
+/** The answer recorded with an atomic effect, encoded: sent as it is when the handler returns that result. */
+export interface AtomicAnswer {
+  /** The effect and its dedupe record committed (in a durable store). */
+  recorded: boolean;
+  result: OpResult | undefined;
+  answer: Response | undefined;
 }
 
 /** A context for a request that has arrived: only its claimed context is known. */
-export function requestCtx(session: SessionView, req: Request, started: bigint, trace: RequestTrace): RequestCtx {
+export function requestCtx(session: SessionView, req: Request, started: number, trace: RequestTrace): RequestCtx {
   return {
     session,
     req,
     started,
     trace,
     op: "-",
+    // Every field from the start: one shape, and no property store grown as the stages fill them in.
+    intent: undefined,
+    target: undefined,
+    hash: undefined,
+    decl: undefined,
+    decision: undefined,
+    key: undefined,
+    dhash: undefined,
+    lease: undefined,
+    atomic: undefined,
+    pending: undefined,
     rec: {
       session: session.id,
       persona: session.persona,
@@ -201,7 +234,7 @@ export function failure(ctx: RequestCtx, r: Refusal): Response {
 }
 
 export function elapsedUs(ctx: RequestCtx): number {
-  return Number((process.hrtime.bigint() - ctx.started) / 1000n);
+  return Math.trunc((performance.now() - ctx.started) * 1000);
 }
 
 /** A promise, or any thenable a handler or an embedder's authorizer may return (what `await` would adopt). */

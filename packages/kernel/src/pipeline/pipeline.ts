@@ -1,28 +1,20 @@
-import {
-  type CborMap,
-  decodeIntent,
-  parseTarget,
-  RETRYABLE_CLASSES,
-  type Request,
-  type Response,
-  sha256Latin1,
-} from "@kpip/protocol";
+import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256Latin1 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
-import { checkArgs, type Router } from "../primitives/router.js";
-import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
+import type { Router } from "../primitives/router.js";
+import type { OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
-import { AnswerBudget, type AnswerLease } from "./answer-budget.js";
+import { AnswerBudget } from "./answer-budget.js";
 import {
-  answer,
   checkEnvelope,
   elapsedUs,
+  FAILED_EARLY,
   failure,
   isThenable,
   type Refusal,
@@ -34,7 +26,7 @@ import {
   toRefusal,
 } from "./context.js";
 import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
-import { checkOwnership } from "./ownership.js";
+import { execute, outcomeAnswer } from "./execute.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
 export type { Refusal, RequestCtx, SessionView } from "./context.js";
@@ -85,22 +77,26 @@ export class Pipeline {
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
    */
-  private async refuse(ctx: RequestCtx, r: Refusal, last = true): Promise<Response> {
+  private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+    const written = this.recordRefusal(ctx, r);
+    if (written) await written;
+    return this.answered(ctx, failure(ctx, r));
+  }
+
+  /** {@link refuse}'s record: the commit to wait for, or nothing when the refusal rate suppressed it. */
+  private recordRefusal(ctx: RequestCtx, r: Refusal): Promise<void> | undefined {
     const { refusals, audit } = this.deps;
     const intent = ctx.rec.intent;
-    const entry = requestEntry(ctx, "refused", {
-      intent: intent && intent.length > (refusals?.intentMaxBytes ?? 1024) ? null : intent,
-      caps: ctx.decision?.capIds.join(","),
-      status: "FAILURE",
-      errorClass: r.errorClass,
-      message: r.audited ?? r.message,
-      durationUs: elapsedUs(ctx),
-    });
+    const entry = requestEntry(ctx, "refused");
+    if (intent && intent.length > (refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
+    entry.status = "FAILURE";
+    entry.errorClass = r.errorClass;
+    entry.message = r.audited ?? r.message;
+    entry.durationUs = elapsedUs(ctx);
     const s = ctx.session;
-    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) await audit.appendRow(entry);
-    else if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
-    const response = failure(ctx, r);
-    return last ? this.answered(ctx, response) : response;
+    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) return audit.appendRow(entry);
+    if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
+    return undefined;
   }
 
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
@@ -130,7 +126,7 @@ export class Pipeline {
    * answer costs no promise and microtask turn of its own here.
    */
   handle(s: SessionView, req: Request): Promise<Response> {
-    const started = process.hrtime.bigint();
+    const started = performance.now();
     // An embedder's tracer that throws becomes this request's rejection (an INTERNAL answer), not the session's end.
     try {
       const t = startRequestSpan(req.context.traceparent, {
@@ -147,7 +143,7 @@ export class Pipeline {
   /** The request's answer is final (every way a request ends passes here once): its span ends, its metrics count it. */
   private answered(ctx: RequestCtx, r: Response): Response {
     endRequestSpan(ctx.trace, ctx.op, r.status, r.error);
-    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, Number(process.hrtime.bigint() - ctx.started) / 1e9);
+    this.deps.metrics?.requests.answered(ctx.op, r.status, r.error, (performance.now() - ctx.started) / 1000);
     return r;
   }
 
@@ -215,7 +211,8 @@ export class Pipeline {
     rec.intent = req.intent;
     rec.intentHash = hash;
     try {
-      ctx.intent = decodeIntent(req.intent);
+      // The target its grammar check parses goes to ctx.target, for step 9.
+      ctx.intent = decodeIntent(req.intent, DEFAULT_LIMITS, ctx);
     } catch (e) {
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
     }
@@ -231,7 +228,7 @@ export class Pipeline {
 
     // 5. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
     // run learns nothing from the record — not an answer, not even that its ids were used.
-    const decision = ctx.trace.recording ? stage(ctx.trace, "kpip.authorize", () => this.authorize(ctx)) : this.authorize(ctx);
+    const decision = stage(ctx.trace, "kpip.authorize", this.authorize, ctx);
     if (!isThenable(decision)) return this.admit(ctx, decision);
     // A decision that comes later: the session's later requests wait for it (after this one's
     // step 6), or a later request with a decision at hand would overtake this one.
@@ -241,7 +238,9 @@ export class Pipeline {
     return admitted;
   }
 
-  private authorize(ctx: RequestCtx): Decision {
+  // The stages run through `stage`: functions made once per pipeline, given the request's ctx.
+
+  private readonly authorize = (ctx: RequestCtx): Decision => {
     const { session: s, req } = ctx;
     return this.deps.authorizer.authorize({
       persona: s.persona,
@@ -252,15 +251,19 @@ export class Pipeline {
       handles: s.handles,
       declaration: ctx.decl,
     });
-  }
+  };
+
+  private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> => execute(ctx, this.deps.dedupe, this.answers);
+
+  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 
   /** Step 6 (the decision known), then the run. */
   private admit(ctx: RequestCtx, decision: Decision): Promise<Response> {
     const { session: s, req } = ctx;
-    if (!decision.allowed) {
-      ctx.rec.caps = decision.capIds.join(",");
-      return this.refuse(ctx, decision);
-    }
+    // Every record of the request names the capabilities the authorizer named, refused or not.
+    const ids = decision.capIds;
+    ctx.rec.caps = ids.length === 1 ? (ids[0] as string) : ids.join(",");
+    if (!decision.allowed) return this.refuse(ctx, decision);
     ctx.decision = decision;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
 
@@ -281,177 +284,152 @@ export class Pipeline {
       });
     }
     if (prior.kind === "answer") return this.replay(ctx, prior.response);
-    const pending = this.run(ctx, this.answers.lease(s.id), tag);
+    const pending = this.run(ctx, tag);
     // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
     dedupe.running(key, tag, pending, now);
-    // A run that throws (a record that did not commit) is no answer: a retry with these ids runs again.
-    pending.catch(() => dedupe.abandoned(key, pending));
+    // A run that fails (a record that did not commit) is no answer: a retry with these ids runs
+    // again. The run forgets itself ({@link abandon}); one that failed before this point left a mark.
+    if (ctx.pending === FAILED_EARLY) dedupe.abandoned(key, pending);
+    else ctx.pending = pending;
     return pending;
   }
 
   /** A retry answered from the record: nothing runs again, but the retry itself is on the record. */
   private async replay(ctx: RequestCtx, recorded: Response | Promise<Response>): Promise<Response> {
     const response = await recorded;
-    await this.deps.audit.appendRow(
-      requestEntry(ctx, "replay", {
-        intent: null,
-        caps: ctx.decision?.capIds.join(","),
-        status: response.status,
-        errorClass: response.error ?? null,
-        message: "answered from the record of the first attempt",
-        durationUs: elapsedUs(ctx),
-      }),
-    );
+    const entry = requestEntry(ctx, "replay");
+    entry.intent = null;
+    entry.status = response.status;
+    entry.errorClass = response.error ?? null;
+    entry.message = "answered from the record of the first attempt";
+    entry.durationUs = elapsedUs(ctx);
+    await this.deps.audit.appendRow(entry);
     return this.answered(ctx, response);
   }
 
   /**
-   * Steps 7–12 of an authorized, new request (its ctx has decl, decision, key and dhash), then
-   * what dedupe keeps of its answer (`tag`: what the request is remembered by). One async
-   * function whose only waits are the audit commits (and a handler that returns a promise).
+   * Step 7, limits on requests themselves (concurrent, rate) from the authorizing grant, then the
+   * rest of an authorized, new request (its ctx has decl, decision, key and dhash). `tag`: what
+   * dedupe remembers the request by.
    */
-  private async run(ctx: RequestCtx, lease: AnswerLease, tag: DedupeTag): Promise<Response> {
-    const { audit, dedupe } = this.deps;
-    let response: Response;
-    // The lease is given back however the request ends (in the body: a `.finally` was one more promise a request).
+  private run(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
+    const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
     try {
-      const trace = ctx.trace;
-      const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-      const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
-      const caps = decision.capIds.join(",");
-      // 7. limits on requests themselves (concurrent, rate) from the authorizing grant.
-      let release: (() => void) | undefined;
+      this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
+    } catch (e) {
+      return this.refuseLimited(ctx, tag, e);
+    }
+    return this.runAdmitted(ctx, tag);
+  }
+
+  /** A request over its grant's limits: refused on the record, and settled with dedupe as any run. */
+  private async refuseLimited(ctx: RequestCtx, tag: DedupeTag, e: unknown): Promise<Response> {
+    let r: Refusal;
+    try {
+      r = toRefusal(e, this.deps.log, ctx);
+      const written = this.recordRefusal(ctx, r);
+      if (written) await written;
+    } catch (err) {
+      this.abandon(ctx);
+      throw err;
+    }
+    return this.settle(ctx, tag, failure(ctx, r));
+  }
+
+  /**
+   * Steps 8–11 of a request within its limits (it leaves them once executed), then what dedupe
+   * keeps of its answer. The request's one async function: its only waits are the audit commits
+   * (and a handler that returns a promise).
+   */
+  private async runAdmitted(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
+    const trace = ctx.trace;
+    const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
+    let response: Response;
+    try {
+      let result: OpResult | undefined;
       let refusal: Refusal | undefined;
       try {
-        release = this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
-      } catch (e) {
-        refusal = toRefusal(e, this.deps.log, ctx);
-      }
-      if (release === undefined) response = await this.refuse(ctx, refusal as Refusal, false);
-      else {
         // 8. an op that changes state has its intent recorded, and committed, before it runs.
-        const effects = decl.effects;
-        if (effects) {
-          const intentRecord = () => audit.appendRow(requestEntry(ctx, "intent", { caps }));
-          try {
-            await (trace.recording ? stage(trace, "kpip.audit.intent", intentRecord) : intentRecord());
-          } catch (e) {
-            release();
-            throw e;
-          }
-        }
-
+        if (effects) await stage(trace, "kpip.audit.intent", this.recordIntent, ctx);
         // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
-        let result: OpResult | undefined;
-        let recorded = false;
-        // The answer recorded with an atomic effect, already encoded: sent as it is when the handler returns that result.
-        let atomicResult: OpResult | undefined;
-        let atomicAnswer: Response | undefined;
         try {
-          // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-          const atomically =
-            ctx.dhash === undefined
-              ? runNow
-              : <T extends OpResult>(effect: () => T): T => {
-                  const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
-                    atomicResult = r;
-                    atomicAnswer = answer(ctx, r);
-                    return atomicAnswer;
-                  });
-                  recorded = dedupe.durable;
-                  return v;
-                };
-          const execute = () => this.execute(ctx, atomically, lease);
-          const r = trace.recording ? stage(trace, "kpip.execute", execute) : execute();
+          const r = stage(trace, "kpip.execute", this.execute, ctx);
           result = isThenable(r) ? await r : r;
         } catch (e) {
           refusal = toRefusal(e, this.deps.log, ctx);
-        } finally {
-          release();
         }
-
-        // 11. audit the outcome, then answer. The response of an op with effects is stored with
-        // its outcome record, so a retry after a kernel restart gets it instead of a second run.
-        if (refusal) response = failure(ctx, refusal);
-        else if (recorded && atomicAnswer !== undefined && result === atomicResult) response = atomicAnswer;
-        else response = answer(ctx, result as OpResult);
-        // An answer recorded with its effect stays the record: the effect happened, whatever follows.
-        const keep = effects && !recorded && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
-        // A read-only op leaves one "complete" record (intent and outcome, one commit); an op with
-        // effects an "outcome" record that refers to its intent record by request id and hash.
-        const outcome = audit.appendRow(
-          requestEntry(ctx, effects ? "outcome" : "complete", {
-            intent: effects ? null : ctx.req.intent,
-            caps,
-            status: response.status,
-            errorClass: refusal?.errorClass ?? null,
-            message: refusal?.message ?? null,
-            durationUs: elapsedUs(ctx),
-            detail: statusDetail(response.status, result?.audit),
-          }),
-          keep
-            ? {
-                key: ctx.key as string,
-                hash: ctx.dhash as Buffer,
-                // Encoded once: recorded, and sent as these bytes.
-                response: encodedResponse(response),
-                expires: Date.now() + dedupe.windowMs,
-              }
-            : undefined,
-        );
-        // Chained synchronously: the head is this record (a revocation notes where it is on the record).
-        result?.recorded?.(audit.headSeq);
-        await (trace.recording ? stage(trace, "kpip.audit.outcome", () => outcome) : outcome);
+      } finally {
+        this.deps.ledger.leave(ctx.session.persona);
       }
+      // 11. audit the outcome, then answer.
+      response = outcomeAnswer(ctx, result, refusal);
+      const outcome = this.recordOutcome(ctx, response, result, refusal);
+      // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+      result?.recorded?.(this.deps.audit.headSeq);
+      await stage(trace, "kpip.audit.outcome", passOn, outcome);
+    } catch (e) {
+      this.abandon(ctx);
+      throw e;
     } finally {
-      lease.release();
+      ctx.lease?.release();
     }
-    // A transient failure is not an answer to keep: the client's retry must run again.
-    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) dedupe.forget(ctx.key as string);
-    else dedupe.settled(ctx.key as string, tag, Date.now());
-    return this.answered(ctx, response);
+    return this.settle(ctx, tag, response);
   }
 
   /**
-   * Target, arguments, ownership and deadline, then the handler: a handler never checks rights.
-   * Synchronous: a refusal here throws, and a synchronous handler's result is returned as it is.
+   * The outcome's record. A read-only op leaves one "complete" record (intent and outcome, one
+   * commit); an op with effects an "outcome" record that refers to its intent record by request id
+   * and hash, stored with its answer, so a retry after a kernel restart gets it instead of a second run.
    */
-  private execute(ctx: RequestCtx, atomically: OpContext["atomically"], lease: AnswerLease): OpResult | Promise<OpResult> {
-    const { session: s, req } = ctx;
-    const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
-    const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
-    const target = parseTarget(intent.target);
-    if (typeof target === "string") throw new OpError("SEMANTIC", target);
-    if (!decl.targets.includes(target.scheme)) {
-      throw new OpError("SEMANTIC", `${intent.op} takes a ${decl.targets.map((t) => `${t}://`).join(" or ")} target`);
-    }
-    checkArgs(decl, intent.args);
-    const deadline = intent.constraints?.deadline;
-    const signal =
-      deadline === undefined ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(Math.max(0, deadline - Date.now()))]);
-    const op: OpContext = {
-      op: intent.op,
-      persona: s.persona,
-      session: s.id,
-      requestId: req.id,
-      workspace: req.context.workspace,
-      targetUri: intent.target,
-      target,
-      args: intent.args as CborMap,
-      deadline,
-      signal,
-      grant: ctx.decision?.grant,
-      handles: s.handles,
-      atomically,
-      maxBody: s.maxBody,
-      holdAnswerBytes: (bytes) => lease.hold(bytes),
-    };
-    checkOwnership(decl, op);
-    if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
-    return decl.handler(op);
+  private recordOutcome(
+    ctx: RequestCtx,
+    response: Response,
+    result: OpResult | undefined,
+    refusal: Refusal | undefined,
+  ): Promise<void> {
+    const { audit, dedupe } = this.deps;
+    const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
+    // An answer recorded with its effect stays the record: the effect happened, whatever follows.
+    const keep = effects && ctx.atomic?.recorded !== true && !(refusal && RETRYABLE_CLASSES.has(refusal.errorClass));
+    const entry = requestEntry(ctx, effects ? "outcome" : "complete");
+    if (effects) entry.intent = null;
+    entry.status = response.status;
+    entry.errorClass = refusal?.errorClass ?? null;
+    entry.message = refusal?.message ?? null;
+    entry.durationUs = elapsedUs(ctx);
+    entry.detail = statusDetail(response.status, result?.audit);
+    return audit.appendRow(
+      entry,
+      keep
+        ? {
+            key: ctx.key as string,
+            hash: ctx.dhash as Buffer,
+            // Encoded once: recorded, and sent as these bytes.
+            response: encodedResponse(response),
+            expires: Date.now() + dedupe.windowMs,
+          }
+        : undefined,
+    );
+  }
+
+  /** A run's answer, final: what dedupe keeps of it, then the answer. */
+  private settle(ctx: RequestCtx, tag: DedupeTag, response: Response): Response {
+    // A transient failure is not an answer to keep: the client's retry must run again.
+    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.deps.dedupe.forget(ctx.key as string);
+    else this.deps.dedupe.settled(ctx.key as string, tag, Date.now());
+    return this.answered(ctx, response);
+  }
+
+  /** A run failed (a record did not commit): it is no answer, so dedupe forgets it and a retry runs again. */
+  private abandon(ctx: RequestCtx): void {
+    const p = ctx.pending;
+    // Not registered yet (failed before its first wait): admit drops the registration it makes next.
+    if (p === undefined) ctx.pending = FAILED_EARLY;
+    else if (p !== FAILED_EARLY) this.deps.dedupe.abandoned(ctx.key as string, p);
   }
 }
 
-const latin1 = (b: Buffer): string => b.toString("latin1");
+/** The outcome's stage: its commit, already under way, is what the span times. */
+const passOn = <T>(x: T): T => x;
 
-const runNow = <T>(effect: () => T): T => effect();
+const latin1 = (b: Buffer): string => b.toString("latin1");

@@ -22,18 +22,18 @@ export function startRequestSpan(traceparent: string | undefined, attributes: Re
 }
 
 /**
- * Runs one pipeline stage inside its own child span. Without a recording tracer (no SDK) the
- * stage runs bare: no span, and no extra promise on every request's path.
+ * Runs one pipeline stage, `f(arg)`, inside its own child span. Without a recording tracer (no
+ * SDK) the stage runs bare: no span, no extra promise, and no closure, since the stage's function
+ * and its argument come apart (callers pass a function made once, not one per request).
  */
-export function stage<T>(t: RequestTrace | undefined, name: string, f: () => T | Promise<T>): T | Promise<T> {
-  if (t?.recording) return traced(t, name, f);
-  return f();
+export function stage<A, T>(t: RequestTrace, name: string, f: (arg: A) => T, arg: A): T | Promise<Awaited<T>> {
+  return t.recording ? traced(t, name, f, arg) : f(arg);
 }
 
-async function traced<T>(t: RequestTrace, name: string, f: () => T | Promise<T>): Promise<T> {
+async function traced<A, T>(t: RequestTrace, name: string, f: (arg: A) => T, arg: A): Promise<Awaited<T>> {
   const span = tracer.startSpan(name, undefined, t.ctx);
   try {
-    return await f();
+    return await f(arg);
   } catch (e) {
     span.recordException(e as Error);
     span.setStatus({ code: SpanStatusCode.ERROR });

@@ -124,18 +124,26 @@ export class ResourceLedger {
     return () => {
       if (released) return;
       released = true;
-      const m = (this.inFlight.get(persona) ?? 1) - 1;
-      if (m <= 0) this.inFlight.delete(persona);
-      else this.inFlight.set(persona, m);
+      this.leave(persona);
     };
+  }
+
+  /** One thing in flight for `persona` ended (a request {@link admit}ted, or through {@link hold}'s release). */
+  leave(persona: string): void {
+    const m = (this.inFlight.get(persona) ?? 1) - 1;
+    // A persona's count stays at 0 while few personas are counted: deleting and adding it again
+    // around every request churned the Map, rehashing its table every few requests.
+    if (m <= 0 && this.inFlight.size > IDLE_COUNTS_KEPT) this.inFlight.delete(persona);
+    else this.inFlight.set(persona, Math.max(0, m));
   }
 
   /**
    * Admits one request under the grant's `concurrent` (requests in flight for the persona)
    * and `rate` (requests per second for the token's family: a refreshed copy shares the bucket
-   * of the token it came from, `rateKey`) limits; returns the release function.
+   * of the token it came from, `rateKey`) limits. The request then counts as in flight until
+   * {@link leave} (no release closure per request).
    */
-  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): () => void {
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
     const concurrent = grant?.limits.concurrent;
     const n = this.inFlight.get(persona) ?? 0;
     if (concurrent !== undefined && n >= concurrent) {
@@ -155,6 +163,9 @@ export class ResourceLedger {
       this.buckets.set(rateKey, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
-    return this.hold(persona);
+    this.inFlight.set(persona, n + 1);
   }
 }
+
+/** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */
+const IDLE_COUNTS_KEPT = 1024;

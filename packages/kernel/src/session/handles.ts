@@ -8,8 +8,17 @@ export interface BoundCapability {
   handle: number;
   token: Token;
   grant: Grant;
-  /** Pattern-match results by (op, target, workspace, domain): the grant never changes, so they can be kept. */
-  decisions: Map<string, boolean>;
+  /**
+   * Pattern-match results by op, then by target, workspace and domain (the enforcer's key): the
+   * grant never changes, so they can be kept.
+   */
+  decisions: Map<string, Map<string, boolean>>;
+  /** How many results `decisions` holds (bounded by the enforcer). */
+  decided: number;
+  /** How records name it (`h<handle>:<token id>`), once asked. */
+  label: string | undefined;
+  /** The decision of a request this handle alone allows, once made: the same every time, so made once. */
+  allows: { readonly allowed: true; readonly capIds: string[]; readonly grant: Grant; readonly rateKey: string } | undefined;
 }
 
 /** A session's handles. Handles are session-local: another session's numbers mean nothing here. */
@@ -21,7 +30,7 @@ export class HandleTable {
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
-    this.map.set(handle, { handle, token, grant, decisions: new Map() });
+    this.map.set(handle, { handle, token, grant, decisions: new Map(), decided: 0, label: undefined, allows: undefined });
     return handle;
   }
   get(handle: number): BoundCapability | undefined {

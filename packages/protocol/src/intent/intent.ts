@@ -4,7 +4,7 @@ import type { CborMap, CborValue } from "../cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits } from "../constants.js";
 import { CborError, IntentError } from "../errors.js";
 import { sha256 } from "../sha256.js";
-import { isOp, parseTarget } from "./grammar.js";
+import { isOp, type ParsedTarget, parseTarget } from "./grammar.js";
 
 /** Constraints the kernel enforces on an intent; unknown keys are rejected. */
 export interface IntentConstraints {
@@ -27,7 +27,7 @@ const INTENT_KEYS = new Set(["op", "target", "args", "constraints"]);
 const CONSTRAINT_KEYS = new Set(["deadline"]);
 
 /** Checks an intent value against the grammar; throws {@link IntentError} (SEMANTIC). */
-export function validateIntent(v: unknown): asserts v is Intent {
+export function validateIntent(v: unknown, parsed?: { target?: ParsedTarget }): asserts v is Intent {
   if (v === null || typeof v !== "object" || Array.isArray(v) || v instanceof Uint8Array) {
     throw new IntentError("NOT_A_MAP", "an intent must be a map");
   }
@@ -35,7 +35,7 @@ export function validateIntent(v: unknown): asserts v is Intent {
   for (const k of Object.keys(o)) {
     if (!INTENT_KEYS.has(k)) throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
   }
-  checkFields(o.op, o.target, o.args, o.constraints, false);
+  checkFields(o.op, o.target, o.args, o.constraints, false, parsed);
 }
 
 /**
@@ -52,14 +52,22 @@ export function validateIntentFields(op: unknown, target: unknown, args: unknown
  * kernel the sets would be shared by every persona (one could fill them for all, and a hit would
  * tell of another's targets), and the kernel parses the target again anyway.
  */
-function checkFields(op: unknown, target: unknown, args: unknown, constraints: unknown, memo: boolean): void {
+function checkFields(
+  op: unknown,
+  target: unknown,
+  args: unknown,
+  constraints: unknown,
+  memo: boolean,
+  parsed?: { target?: ParsedTarget },
+): void {
   if (typeof op !== "string" || !((memo && GOOD_OPS.has(op)) || remember(GOOD_OPS, op, isOp(op), memo))) {
     throw new IntentError("BAD_OP", `op must be a dotted lowercase name like "storage.write" (got ${JSON.stringify(op)})`);
   }
   if (typeof target !== "string") throw new IntentError("BAD_TARGET", "target must be a text string");
   if (!(memo && GOOD_TARGETS.has(target))) {
-    const parsed = parseTarget(target);
-    if (typeof parsed === "string") throw new IntentError("BAD_TARGET", parsed);
+    const t = parseTarget(target);
+    if (typeof t === "string") throw new IntentError("BAD_TARGET", t);
+    if (parsed) parsed.target = t;
     remember(GOOD_TARGETS, target, true, memo);
   }
   if (args === null || typeof args !== "object" || Array.isArray(args) || args instanceof Uint8Array) {
@@ -109,8 +117,14 @@ export function encodeIntent(intent: Intent): Buffer {
 /**
  * Decodes intent bytes received on the wire. Non-canonical bytes are rejected, never
  * re-encoded: the hash must be of exactly what the persona sent. Throws {@link IntentError}.
+ * `parsed.target` receives the target as the grammar check parsed it (a kernel that needs it
+ * parses it once).
  */
-export function decodeIntent(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): Intent {
+export function decodeIntent(
+  bytes: Uint8Array,
+  limits: DecodeLimits = DEFAULT_LIMITS,
+  parsed?: { target?: ParsedTarget },
+): Intent {
   let v: CborValue;
   try {
     v = decodeCanonical(bytes, limits);
@@ -118,7 +132,7 @@ export function decodeIntent(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_L
     if (e instanceof CborError) throw new IntentError(e.code, `intent is not canonical CBOR: ${e.message}`);
     throw e;
   }
-  validateIntent(v);
+  validateIntent(v, parsed);
   return v;
 }
 

@@ -1,0 +1,81 @@
+import type { CborMap, Response } from "@kpip/protocol";
+import { parseTarget } from "@kpip/protocol";
+import { checkArgs } from "../primitives/router.js";
+import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
+import type { AnswerBudget } from "./answer-budget.js";
+import { type AtomicAnswer, answer, failure, type Refusal, type RequestCtx } from "./context.js";
+import type { DedupeCache } from "./dedupe.js";
+import { checkOwnership } from "./ownership.js";
+
+// Steps 9–10 of the pipeline (pipeline.ts): the request's checks that need its decoded target,
+// then its handler, and the answer of what ran.
+
+/**
+ * Target, arguments, ownership and deadline, then the handler: a handler never checks rights.
+ * Synchronous: a refusal here throws, and a synchronous handler's result is returned as it is.
+ */
+export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBudget): OpResult | Promise<OpResult> {
+  const { session: s, req } = ctx;
+  const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
+  const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
+  // Parsed when the intent's grammar was checked (step 3); parsed here only if it was not.
+  const target = ctx.target ?? parseTarget(intent.target);
+  if (typeof target === "string") throw new OpError("SEMANTIC", target);
+  if (!decl.targets.includes(target.scheme)) {
+    throw new OpError("SEMANTIC", `${intent.op} takes a ${decl.targets.map((t) => `${t}://`).join(" or ")} target`);
+  }
+  checkArgs(decl, intent.args);
+  const deadline = intent.constraints?.deadline;
+  const signal =
+    deadline === undefined ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(Math.max(0, deadline - Date.now()))]);
+  const op: OpContext = {
+    op: intent.op,
+    persona: s.persona,
+    session: s.id,
+    requestId: req.id,
+    workspace: req.context.workspace,
+    targetUri: intent.target,
+    target,
+    args: intent.args as CborMap,
+    deadline,
+    signal,
+    grant: ctx.decision?.grant,
+    handles: s.handles,
+    // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
+    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe),
+    maxBody: s.maxBody,
+    // The lease is taken only by a handler that holds answer bytes (most never do).
+    holdAnswerBytes: (bytes) => {
+      ctx.lease ??= answers.lease(s.id);
+      ctx.lease.hold(bytes);
+    },
+  };
+  checkOwnership(decl, op);
+  if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
+  return decl.handler(op);
+}
+
+/** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
+function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache): OpContext["atomically"] {
+  const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
+  ctx.atomic = a;
+  return <T extends OpResult>(effect: () => T): T => {
+    const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
+      a.result = r;
+      a.answer = answer(ctx, r);
+      return a.answer;
+    });
+    a.recorded = dedupe.durable;
+    return v;
+  };
+}
+
+/** A finished run's answer: its refusal, the answer recorded with its atomic effect, or its result's. */
+export function outcomeAnswer(ctx: RequestCtx, result: OpResult | undefined, refusal: Refusal | undefined): Response {
+  if (refusal) return failure(ctx, refusal);
+  const a = ctx.atomic;
+  if (a?.recorded && a.answer !== undefined && result === a.result) return a.answer;
+  return answer(ctx, result as OpResult);
+}
+
+const runNow = <T>(effect: () => T): T => effect();
