@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,6 +31,19 @@ def _text(n: int) -> Check:
         # Counted in characters: never stricter than the spec's UTF-8 bytes (§6.2).
         if not isinstance(v, str) or len(v) > n:
             _fail(p, f"a text string of at most {n} characters")
+
+    return check
+
+
+# Control characters (C0, DEL, C1) and bidirectional formatting characters (§6.2 `label(N)`): in text
+# an operator later reads (the audit record, a terminal) they could forge lines or hide text.
+UNPRINTABLE = re.compile("[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def _label(n: int) -> Check:
+    def check(v: Any, p: str) -> None:
+        if not isinstance(v, str) or len(v) > n or UNPRINTABLE.search(v):
+            _fail(p, f"a text string of at most {n} characters, none of them a control or bidirectional formatting character")
 
     return check
 
@@ -114,7 +128,7 @@ SHAPES: dict[str, Check] = {
             "publicKey": (_bytes(32, 32), True),
             "instance": (_bytes(16, 16), True),
             "features": (_array(_text(64), 32), True),
-            "client": (_text(256), False),
+            "client": (_label(256), False),
             "maxBody": (_uint, False),
         }
     ),
@@ -160,9 +174,9 @@ SHAPES: dict[str, Check] = {
                     {
                         "persona": (_persona, True),
                         "workspace": (_workspace, False),
-                        "execution": (_text(128), False),
-                        "domain": (_text(128), False),
-                        "traceparent": (_text(128), False),
+                        "execution": (_label(128), False),
+                        "domain": (_label(128), False),
+                        "traceparent": (_label(128), False),
                     }
                 ),
                 True,

@@ -8,8 +8,9 @@ import tempfile
 import unittest
 
 from kpip import cbor
-from kpip.errors import CborError, IdentityError
+from kpip.errors import CborError, IdentityError, MessageError
 from kpip.identity import Identity
+from kpip.messages import validate
 
 
 class Decode(unittest.TestCase):
@@ -64,6 +65,18 @@ class Encode(unittest.TestCase):
 
     def test_bool_is_not_an_integer(self) -> None:
         self.assertEqual(cbor.encode([True, False, None, 1]).hex(), "84f5f4f601")
+
+
+class ContextLabels(unittest.TestCase):
+    def test_control_and_bidi_characters_are_refused_in_context_text_and_hello_client(self) -> None:
+        def request(**ctx: str) -> dict[str, object]:
+            return {"version": 1, "persona": "alice", "id": 1, "intent": b"\xa0", "context": {"persona": "alice", **ctx}, "caps": [1]}
+
+        for text in ("run\nstatus SUCCESS", "\x1b[8m", "a\u202eb", "a\x85b", "a\x7fb"):
+            for field in ("execution", "domain", "traceparent"):
+                with self.subTest(field=field, text=text), self.assertRaises(MessageError):
+                    validate("REQUEST", request(**{field: text}))
+        validate("REQUEST", request(execution="run-42 実行", domain="lab"))
 
 
 class IdentityFile(unittest.TestCase):

@@ -92,6 +92,45 @@ describe("audit tool arguments", () => {
   });
 });
 
+describe("audit views print what a peer chose, never raw control characters", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-audit-ctl-"));
+  after(() => rmSync(home, { recursive: true, force: true }));
+
+  it("query, timeline and show escape C1 and bidirectional formatting characters a refused argument name carried into the record", async () => {
+    const k = new Kernel({ home, logLevel: "silent" });
+    await k.start();
+    try {
+      const c = await KernelClient.connect({
+        socket: k.socketPath,
+        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
+        tokens: [readFileSync(k.adminToken, "utf8").trim()],
+        reconnect: false,
+      });
+      // An argument name is the peer's text; the refusal quotes it (JSON escapes C0, not these).
+      const name = "evil\u202etxt\u009b31m\u0085forged";
+      await assert.rejects(c.call("storage.write", "obj://ws/x", { data: new Uint8Array(1), [name]: 1 }));
+      await c.close();
+    } finally {
+      await k.stop();
+    }
+    const unprintable = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+    const q = kpip(["audit", "query", "--home", home, "--op", "storage.write"]);
+    assert.equal(q.code, 0, q.err);
+    assert.match(q.out, /evil\\u\{202e\}txt\\u\{9b\}31m\\u\{85\}forged/, q.out);
+    const seq = Number(/^\s*(\d+) .*evil/m.exec(q.out)?.[1]);
+    for (const out of [
+      q.out,
+      kpip(["audit", "show", String(seq), "--home", home]).out,
+      kpip(["audit", "timeline", "--home", home]).out,
+    ]) {
+      assert.ok(!unprintable.test(out), `raw control character in: ${JSON.stringify(out)}`);
+    }
+    // --json keeps the record's text exactly (escaped by JSON where JSON escapes).
+    const j = kpip(["audit", "query", "--home", home, "--op", "storage.write", "--json"]);
+    assert.ok(j.out.includes("evil\u202etxt\u009b31m\u0085forged"));
+  });
+});
+
 describe("audit tools on a home", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-audit-tools-"));
   const h = ["--home", home];

@@ -4,7 +4,8 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
-import { addPersonaKey, kernelForSuite } from "./harness.js";
+import { addPersonaKey, kernelForSuite, until } from "./harness.js";
+import { allAudit, RawPeer, requestFrame } from "./wire.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -46,5 +47,23 @@ describe("the audit record keeps the context a decision was made in", () => {
     assert.deepEqual([refused?.domain, refused?.execution, refused?.errorClass], ["prod", "run-43", "PERMISSION"]);
     const v = spawnSync(process.execPath, [MAIN, "audit", "verify", "--home", s.t.home], { encoding: "utf8" });
     assert.equal(v.status, 0, `the chain with the new fields verifies: ${v.stdout}${v.stderr}`);
+  });
+
+  it("refuses a context whose domain, execution or traceparent holds a control character: fatal BAD_FIELD, the text never reaches the record", async () => {
+    const before = allAudit(s.t.k).length;
+    const p = await RawPeer.admin(s.t);
+    // A terminal escape and a forged line, as a persona might hope an operator reads them in `kpip audit show`.
+    p.send(
+      requestFrame(1, { op: "system.health", target: "kernel://", args: {} }, { domain: "lab\u001b[2J\nstatus       SUCCESS" }),
+    );
+    const e = await p.next("ERROR", 30_000);
+    assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "BAD_FIELD", true]);
+    assert.match(e.body.message, /request\.context\.domain must be .*control/);
+    await until(() => p.closed, 10_000, "the session closed");
+    const added = allAudit(s.t.k).slice(before);
+    assert.ok(added.length > 0, "the refused session is on the record");
+    assert.ok(!added.some((r) => JSON.stringify(r).includes("\\u001b")), "no record carries the escape");
+    // The kernel serves everyone else.
+    assert.equal((await s.admin.call("system.health", "kernel://")).status, "SUCCESS");
   });
 });

@@ -105,6 +105,55 @@ describe("messages", () => {
     }
   });
 
+  it("refuses control and bidirectional formatting characters in the context's text and HELLO.client (label), and nowhere accepts fewer", () => {
+    const req = (context: Record<string, string>) => ({
+      version: 1,
+      persona: "alice",
+      id: 1,
+      intent: Buffer.from([0xa0]),
+      context: { persona: "alice", ...context },
+      caps: [1],
+    });
+    const hello = (client: string) => ({
+      versions: [1],
+      persona: "alice",
+      publicKey: Buffer.alloc(32),
+      instance: Buffer.alloc(16),
+      features: [],
+      client,
+    });
+    // A newline forging a line of the record, a terminal escape, a right-to-left override, NEL (C1), DEL.
+    for (const text of [
+      "run-1\nstatus       SUCCESS",
+      "\u001b[8mhidden",
+      "evil\u202etxt.exe",
+      "a\u0085b",
+      "a\u007fb",
+      "\u0000",
+    ]) {
+      for (const field of ["execution", "domain", "traceparent"]) {
+        assert.throws(
+          () => decodeMessage(frameOf("REQUEST", req({ [field]: text }))),
+          (e: unknown) =>
+            e instanceof MessageError && e.code === "BAD_FIELD" && e.message.startsWith(`request.context.${field} must be`),
+          `${field} ${JSON.stringify(text)}`,
+        );
+      }
+      assert.throws(() => decodeMessage(frameOf("HELLO", hello(text))), bad("BAD_FIELD"));
+    }
+    // Printable text of any script, and the W3C traceparent, still pass.
+    const good = {
+      execution: "run-42 ünïcødé 実行 🚀",
+      domain: "lab",
+      traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    };
+    assert.deepEqual((decodeMessage(frameOf("REQUEST", req(good))).body as { context: unknown }).context, {
+      persona: "alice",
+      ...good,
+    });
+    decodeMessage(frameOf("HELLO", hello("kpip-client/0.1.0 (node 20)")));
+  });
+
   it("checks required fields and types, and ignores unknown fields", () => {
     assert.throws(() => decodeMessage(frameOf("PING", {})), bad("MISSING_FIELD"));
     assert.throws(() => decodeMessage(frameOf("PING", { seq: "1" })), bad("BAD_FIELD"));

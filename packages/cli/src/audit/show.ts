@@ -2,6 +2,7 @@ import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { type CborValue, decodeIntent, type Intent } from "@kpip/protocol";
 import { UsageError } from "../util.js";
 import { capTokenIds, traceId } from "./filters.js";
+import { printable } from "./printable.js";
 import { iso, parseDetail, requestFields } from "./timeline.js";
 
 /** A record, the one paired with it (an intent's outcome, an outcome's intent) and its decoded intent. */
@@ -131,7 +132,7 @@ export function shownJson(s: Shown): Record<string, unknown> {
 /** A value for people: text as JSON strings, bytes as text or hex (long hex cut at 256 bytes: --raw has all). */
 function render(v: unknown, indent: string): string {
   if (v === null || v === undefined) return "null";
-  if (typeof v === "object" && v !== null && "$text" in v) return JSON.stringify((v as { $text: string }).$text);
+  if (typeof v === "object" && v !== null && "$text" in v) return printable(JSON.stringify((v as { $text: string }).$text));
   if (typeof v === "object" && v !== null && "$hex" in v) {
     const h = (v as { $hex: string }).$hex;
     return `<${h.length / 2} bytes hex ${h.length > 512 ? `${h.slice(0, 512)}… (--raw for all)` : h}>`;
@@ -140,10 +141,10 @@ function render(v: unknown, indent: string): string {
   if (typeof v === "object") {
     const keys = Object.keys(v);
     return keys.length
-      ? keys.map((k) => `\n${indent}${k}: ${render((v as Record<string, unknown>)[k], `${indent}  `)}`).join("")
+      ? keys.map((k) => `\n${indent}${printable(k)}: ${render((v as Record<string, unknown>)[k], `${indent}  `)}`).join("")
       : "{}";
   }
-  return JSON.stringify(v);
+  return printable(JSON.stringify(v));
 }
 
 function recordLines(title: string, r: Record<string, unknown> | null): string[] {
@@ -169,7 +170,7 @@ function recordLines(title: string, r: Record<string, unknown> | null): string[]
     if (r[k] !== null && r[k] !== undefined) out.push(`  ${k.padEnd(12)} ${r[k]}`);
   }
   if (r.detail !== null) out.push(`  ${"detail".padEnd(12)} ${JSON.stringify(r.detail)}`);
-  return out;
+  return out.map(printable);
 }
 
 export function shownText(s: Shown): string {

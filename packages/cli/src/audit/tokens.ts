@@ -1,5 +1,6 @@
 import { type AuditReader, type AuditRecord, boundedColumns } from "@kpip/kernel";
 import { type CborValue, decodeIntent } from "@kpip/protocol";
+import { printable } from "./printable.js";
 import { valueJson } from "./show.js";
 import { iso } from "./timeline.js";
 
@@ -283,7 +284,7 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
     }
     if (n.endedBy) lines.push(`${sub}ended by the revocation of ${n.endedBy}`);
   }
-  return lines.length ? `${lines.join("\n")}\n` : "no tokens\n";
+  return lines.length ? `${lines.map(printable).join("\n")}\n` : "no tokens\n";
 }
 
 /** Graphviz: one box per token, an edge from parent to child; revoked red, ended by a cascade orange. */

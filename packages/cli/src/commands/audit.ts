@@ -16,6 +16,7 @@ import {
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
+import { printable } from "../audit/printable.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
 import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
@@ -83,7 +84,9 @@ function measurementsJson(m: Uint8Array | null): unknown {
 function recordLine(r: AuditRecord): string {
   const t = new Date(r.time).toISOString();
   const outcome = r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "";
-  return `${String(r.seq).padStart(7)} ${t} ${r.persona.padEnd(14)} ${r.phase.padEnd(8)} ${(r.op ?? "").padEnd(16)} ${(r.target ?? "").padEnd(28)} ${outcome.padEnd(18)} ${r.message ?? ""}`;
+  return printable(
+    `${String(r.seq).padStart(7)} ${t} ${r.persona.padEnd(14)} ${r.phase.padEnd(8)} ${(r.op ?? "").padEnd(16)} ${(r.target ?? "").padEnd(28)} ${outcome.padEnd(18)} ${r.message ?? ""}`,
+  );
 }
 
 const HEADER = `${"seq".padStart(7)} ${"time (UTC)".padEnd(24)} ${"persona".padEnd(14)} ${"phase".padEnd(8)} ${"op".padEnd(16)} ${"target".padEnd(28)} ${"outcome".padEnd(18)} message`;
@@ -378,7 +381,11 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
   try {
     const page = timeline(reader, f, after, limit);
     if (json) for (const r of page.rows) process.stdout.write(`${JSON.stringify(rowJson(r))}\n`);
-    else printTable(TIMELINE_HEADER, page.rows.map(rowCells));
+    else
+      printTable(
+        TIMELINE_HEADER,
+        page.rows.map((r) => rowCells(r).map(printable)),
+      );
     pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
     return EXIT.OK;
   } finally {

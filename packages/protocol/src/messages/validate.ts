@@ -24,6 +24,19 @@ const text =
   (v, at, k) => {
     if (typeof v !== "string" || v.length > max) fail(at, k, `a text string of at most ${max} characters`);
   };
+/**
+ * Control characters (C0, DEL, C1) and the bidirectional formatting characters: in a text a
+ * peer chooses and an operator later reads (the audit record, logs, a terminal), they could
+ * forge lines, hide text or send escape sequences to the terminal (PROTOCOL §6, `label(N)`).
+ */
+// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
+export const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+const label =
+  (max: number): Check =>
+  (v, at, k) => {
+    if (typeof v !== "string" || v.length > max || UNPRINTABLE.test(v))
+      fail(at, k, `a text string of at most ${max} characters, none of them a control or bidirectional formatting character`);
+  };
 const bytes =
   (min = 0, max = Number.MAX_SAFE_INTEGER): Check =>
   (v, at, k) => {
@@ -98,7 +111,7 @@ const SHAPES: Record<Message["type"], Check> = {
     publicKey: [bytes(32, 32), true],
     instance: [bytes(16, 16), true],
     features: [arrayOf(text(64), 32), true],
-    client: [text(256), false],
+    client: [label(256), false],
     maxBody: [uint, false],
   }),
   CHALLENGE: shapeOf({
@@ -129,9 +142,9 @@ const SHAPES: Record<Message["type"], Check> = {
       shapeOf({
         persona: [persona, true],
         workspace: [workspace, false],
-        execution: [text(128), false],
-        domain: [text(128), false],
-        traceparent: [text(128), false],
+        execution: [label(128), false],
+        domain: [label(128), false],
+        traceparent: [label(128), false],
       }),
       true,
     ],
