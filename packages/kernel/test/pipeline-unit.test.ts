@@ -3,7 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { encodeIntent, encodeToken, intentHash, type Request, type Response } from "@kpip/protocol";
+import { encodeIntent, encodeToken, type Grant, intentHash, type Request, type Response } from "@kpip/protocol";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
 import { Admission } from "../src/pipeline/admission.js";
@@ -143,6 +143,64 @@ describe("the pipeline on its own (unit)", () => {
       assert.deepEqual([f.error, f.message], ["RESOURCE", "the op's own failure"]);
       const rec = onlyRecord(u, f.id);
       assert.deepEqual([rec.phase, rec.errorClass], ["complete", "RESOURCE"]);
+    } finally {
+      u.close();
+    }
+  });
+
+  it("a request refused by its grant's limits, its refusal record suppressed, is not remembered: its retry runs once the slot is free", async () => {
+    // One request in flight at a time for the grant; one refusal record, then counted only.
+    const grant = {
+      id: "tok-1",
+      chain: [],
+      subject: "alice",
+      rights: [],
+      pairFilters: [],
+      opFilters: [],
+      targetFilters: [],
+      limits: { concurrent: 1 },
+      nbf: 0,
+      exp: 2e12,
+      maxExp: 2e12,
+      usable: true,
+    } as unknown as Grant;
+    const authorizer = { authorize: () => ({ allowed: true as const, capIds: ["tok-1"], grant, rateKey: "tok-1" }) };
+    let open: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    const held: PrimitiveFamily = {
+      name: "g",
+      ops: [
+        {
+          op: "g.hold",
+          description: "holds the grant's one slot until the test opens the gate",
+          targets: ["kernel"],
+          args: {},
+          idempotent: true,
+          effects: false,
+          handler: async () => {
+            await gate;
+            return { status: "SUCCESS" };
+          },
+        },
+      ],
+    };
+    const u = unit({ authorizer, refusalRate: 0.2, families: [held] });
+    try {
+      const holding = u.send(request({ op: "g.hold", target: "kernel://", args: {} }));
+      const b = request(read({ n: 2 }));
+      const c = request(read({ n: 3 }));
+      assert.equal((await u.send(b)).error, "RESOURCE", "over the concurrent limit (its record written)");
+      assert.equal((await u.send(c)).error, "RESOURCE", "over the concurrent limit (its record suppressed)");
+      open();
+      assert.equal((await holding).status, "SUCCESS");
+      // RESOURCE is transient: the same ids run again rather than replaying the refusal from dedupe.
+      for (const retry of [c, b]) {
+        const r = await u.send({ ...retry });
+        assert.equal(r.status, "SUCCESS", `retry of ${retry.id}: ${r.error} ${r.message}`);
+      }
+      assert.ok(!u.records().some((r) => r.phase === "replay"), "nothing answered from a record");
     } finally {
       u.close();
     }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -64,5 +64,29 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       removeHome(homeA);
     }
     for (const k of kernels) assert.equal(existsSync(rootOf(k.home)), false, "a kernel that stops removes its root");
+  });
+
+  it("a home run without the sandbox after a killed bubblewrap run disowns the free lock it left: no other kernel takes its live root for stale", async () => {
+    const homeB = mkdtempSync(join(tmpdir(), "kpip-"));
+    const root = rootOf(homeB);
+    // What a bubblewrap kernel of homeB SIGKILLed leaves: its root and the lock file, now free.
+    mkdirSync(root, { recursive: true, mode: 0o711 });
+    writeFileSync(join(root, ".lock"), "");
+    const kernels: TestKernel[] = [];
+    try {
+      const b = await startKernel({ sandbox: "none" }, homeB);
+      kernels.push(b);
+      await sleeper(await b.admin(), "b1");
+      const dirs = scratchDirs(root);
+      assert.equal(dirs.length, 1, "the unconfined process's scratch directory");
+      assert.equal(existsSync(join(root, ".lock")), false, "the free lock is gone");
+      // Another kernel starts and sweeps stale roots: homeB's, in use, stays.
+      kernels.push(await startKernel());
+      assert.deepEqual(scratchDirs(root), dirs, "the live kernel's root and its process's directory stay");
+    } finally {
+      for (const k of kernels) await k.stop().catch(() => {});
+      for (const k of kernels) removeHome(k.home);
+      rmSync(root, { recursive: true, force: true });
+    }
   });
 });

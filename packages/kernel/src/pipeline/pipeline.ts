@@ -327,8 +327,10 @@ export class Pipeline {
     let r: Refusal;
     try {
       r = toRefusal(e, this.deps.log, ctx);
-      const written = this.recordRefusal(ctx, r);
-      if (written) await written;
+      // Awaited even when the record was suppressed (undefined): the run must not settle before
+      // admit() has registered it, or its forget() finds nothing and the settled run stays
+      // remembered, answering every retry with this refusal for the dedupe window.
+      await this.recordRefusal(ctx, r);
     } catch (err) {
       this.abandon(ctx);
       throw err;

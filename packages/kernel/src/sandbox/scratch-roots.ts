@@ -59,6 +59,16 @@ export function unlockScratchRoot(root: string, db: Database.Database): void {
 }
 
 /**
+ * For a kernel that names its root but does not lock it (no sandbox: its processes may outlive
+ * it): removes a lock file an earlier bubblewrap run of the same home left, before anything runs
+ * there. Left in place, that free lock would mark this live kernel's root as stale to every other
+ * kernel starting.
+ */
+export function disownScratchRoot(root: string): void {
+  rmSync(join(root, LOCK), { force: true });
+}
+
+/**
  * Removes the kernel-named scratch roots of `uid` in `parent` whose lock is free (their kernel
  * died), but `own` (this kernel's, swept by the sandbox); returns how many.
  */

@@ -5,7 +5,7 @@ import type { CborMap } from "@kpip/protocol";
 import { ConfigError, type KernelConfig } from "../config.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
-import { removeStaleRoots } from "./scratch-roots.js";
+import { disownScratchRoot, removeStaleRoots } from "./scratch-roots.js";
 
 /**
  * The kernel's process sandbox from its configuration, probed once with a real trial run.
@@ -35,6 +35,8 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string): San
     ...(program ? { program } : {}),
     lockRoot: named && c.sandbox === "bwrap",
   });
+  // A root this kernel will not lock must carry no lock file at all, or another kernel would take it for stale.
+  if (named && c.sandbox !== "bwrap") disownScratchRoot(scratchRoot);
   // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
   sandbox.sweep();
   // Roots of other homes' kernels that died without stopping (only those provably dead: scratch-roots.ts).
