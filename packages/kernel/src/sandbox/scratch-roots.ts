@@ -87,14 +87,21 @@ export function removeStaleRoots(parent: string, uid: number, own: string): numb
     if (resolve(root) === resolve(own)) continue;
     const lock = join(root, LOCK);
     let db: Database.Database;
+    let ino: number;
     try {
       // Ours: a directory and a lock file of this uid, no links.
       const d = lstatSync(root);
       const f = lstatSync(lock);
       if (!d.isDirectory() || d.uid !== uid || !f.isFile() || f.uid !== uid) continue;
+      ino = f.ino;
       db = takeLock(lock, 0, false);
     } catch {
       // No lock file, or its kernel holds it: not provably stale.
+      continue;
+    }
+    // The lock taken must be the file looked at: a kernel re-making its root meanwhile made a new one.
+    if (lstatSync(lock, { throwIfNoEntry: false })?.ino !== ino) {
+      db.close();
       continue;
     }
     try {
