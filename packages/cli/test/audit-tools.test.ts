@@ -92,27 +92,37 @@ describe("audit tool arguments", () => {
   });
 });
 
+/** Starts a kernel on `home`, runs `f` as its admin, and stops it. */
+async function asAdmin(home: string, f: (c: KernelClient) => Promise<void>): Promise<void> {
+  const k = new Kernel({ home, logLevel: "silent" });
+  await k.start();
+  try {
+    const c = await KernelClient.connect({
+      socket: k.socketPath,
+      identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
+      tokens: [readFileSync(k.adminToken, "utf8").trim()],
+      reconnect: false,
+    });
+    try {
+      await f(c);
+    } finally {
+      await c.close();
+    }
+  } finally {
+    await k.stop();
+  }
+}
+
 describe("audit views print what a peer chose, never raw control characters", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-audit-ctl-"));
   after(() => rmSync(home, { recursive: true, force: true }));
 
   it("query, timeline and show escape C1 and bidirectional formatting characters a refused argument name carried into the record", async () => {
-    const k = new Kernel({ home, logLevel: "silent" });
-    await k.start();
-    try {
-      const c = await KernelClient.connect({
-        socket: k.socketPath,
-        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-        tokens: [readFileSync(k.adminToken, "utf8").trim()],
-        reconnect: false,
-      });
+    await asAdmin(home, async (c) => {
       // An argument name is the peer's text; the refusal quotes it (JSON escapes C0, not these).
       const name = "evil\u202etxt\u009b31m\u0085forged";
       await assert.rejects(c.call("storage.write", "obj://ws/x", { data: new Uint8Array(1), [name]: 1 }));
-      await c.close();
-    } finally {
-      await k.stop();
-    }
+    });
     const unprintable = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
     const q = kpip(["audit", "query", "--home", home, "--op", "storage.write"]);
     assert.equal(q.code, 0, q.err);
@@ -137,20 +147,9 @@ describe("audit tools on a home", () => {
   let head = 0;
 
   before(async () => {
-    const k = new Kernel({ home, logLevel: "silent" });
-    await k.start();
-    try {
-      const c = await KernelClient.connect({
-        socket: k.socketPath,
-        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-        tokens: [readFileSync(k.adminToken, "utf8").trim()],
-        reconnect: false,
-      });
+    await asAdmin(home, async (c) => {
       for (let i = 0; i < 5; i++) await c.storage.write(`obj://ws/${i}`, new TextEncoder().encode(`v${i}`));
-      await c.close();
-    } finally {
-      await k.stop();
-    }
+    });
     head = JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).head.seq;
   });
   after(() => rmSync(home, { recursive: true, force: true }));

@@ -9,14 +9,21 @@ import { DedupePruner } from "../src/store/dedupe-pruner.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { removeHome, startKernel, until } from "./harness.js";
 
+const now = 1_000_000;
+
+/** A store in a temp dir and a writer of dedupe rows by number and expiry. */
+function prunerStore() {
+  const dir = mkdtempSync(join(tmpdir(), "kpip-dedupe-prune-"));
+  const store = new SqliteStore(join(dir, "kernel.db"));
+  const put = (i: number, expires: number) =>
+    store.putDedupe({ key: `s:${i}`, hash: new Uint8Array(32), response: new Uint8Array([i & 0xff]), expires });
+  return { dir, store, put };
+}
+
 describe("expired dedupe records are deleted in slices, off the whole-table scan", () => {
   it("a slice deletes only expired rows among the oldest; the pruner runs slices until nothing expired is left", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-dedupe-prune-"));
-    const store = new SqliteStore(join(dir, "kernel.db"));
+    const { dir, store, put } = prunerStore();
     try {
-      const now = 1_000_000;
-      const put = (i: number, expires: number) =>
-        store.putDedupe({ key: `s:${i}`, hash: new Uint8Array(32), response: new Uint8Array([i & 0xff]), expires });
       // Appended in expiry order, as the pipeline writes them: 1,000 expired, then 300 live.
       store.transaction(() => {
         for (let i = 0; i < 1000; i++) put(i, now - 1000 + i);
@@ -42,12 +49,8 @@ describe("expired dedupe records are deleted in slices, off the whole-table scan
   });
 
   it("the first pass after a start walks the whole table a slice a turn, whatever order the rows are in", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-dedupe-prune-"));
-    const store = new SqliteStore(join(dir, "kernel.db"));
+    const { dir, store, put } = prunerStore();
     try {
-      const now = 1_000_000;
-      const put = (i: number, expires: number) =>
-        store.putDedupe({ key: `s:${i}`, hash: new Uint8Array(32), response: new Uint8Array([i & 0xff]), expires });
       // Out of expiry order (a longer window in the last run): live rows first, expired ones after.
       store.transaction(() => {
         for (let i = 0; i < 50; i++) put(i, now + 60_000);
