@@ -138,6 +138,11 @@ export class McpGateway {
     for (const s of this.servers) void s.sendToolListChanged().catch(() => {});
   }
 
+  /** MCP servers open now, one per host session (for tests and logs). */
+  get serverCount(): number {
+    return this.servers.size;
+  }
+
   /** The tool names offered now (for tests and logs). */
   get toolNames(): string[] {
     return [...this.tools.keys()];

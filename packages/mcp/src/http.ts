@@ -125,6 +125,12 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const body = await readJson(req, 4 * gateway.maxArgsBytes);
     if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
+    // The transport refuses these too, but only after a server exists: refused here, nothing is made.
+    const accept = req.headers.accept ?? "";
+    if (!accept.includes("application/json") || !accept.includes("text/event-stream"))
+      return refuse(res, 406, "Not Acceptable: Accept must list application/json and text/event-stream");
+    if (!isJson(req.headers["content-type"]))
+      return refuse(res, 415, "Unsupported Media Type: Content-Type must be application/json");
     if (sessions.size + opening >= maxSessions) {
       const retry = String(Math.max(1, Math.ceil(Math.min(idleMs, 60_000) / 1000)));
       return refuse(res, 503, `${maxSessions} MCP sessions are open: end one (DELETE) or wait`, { "retry-after": retry });
@@ -143,11 +149,15 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       lastSeen.delete(t.sessionId);
     };
     opening++;
+    const mcp = gateway.createServer();
     try {
-      await gateway.createServer().connect(t);
+      await mcp.connect(t);
       await t.handleRequest(req, res, body);
     } finally {
       opening--;
+      // Refused before the session began (a header check of the SDK's own): nothing else
+      // would ever close this server and transport.
+      if (t.sessionId === undefined) await mcp.close().catch(() => {});
     }
   };
 
@@ -173,6 +183,11 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** The media type is application/json (parameters such as charset allowed), as the SDK checks it. */
+function isJson(ct: string | undefined): boolean {
+  return (ct ?? "").split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
 /** The body as JSON, or undefined when it is larger than `max` bytes; bad JSON is null (refused as not an initialize). */
