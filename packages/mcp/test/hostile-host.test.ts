@@ -1,15 +1,17 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
-import { gatewayOn, HOST, KernelHome } from "./harness.js";
+import { gatewayOn, HOST, KernelHome, until } from "./harness.js";
 
 const BEARER = "a-secret-of-enough-length";
 const RIGHTS = [
   { ops: ["system.describe"], targets: ["kernel://"] },
   { ops: ["storage.read", "storage.write", "storage.list"], targets: ["obj://ws1/**"] },
 ];
+const JSON_SSE = { "content-type": "application/json", accept: "application/json, text/event-stream" };
 const INIT = JSON.stringify({
   jsonrpc: "2.0",
   id: 1,
@@ -17,16 +19,39 @@ const INIT = JSON.stringify({
   params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "hostile", version: "1" } },
 });
 
-async function connect(http: HttpGateway): Promise<Client> {
+/** An honest host (the SDK's client); `end` ends its session (DELETE), as close alone does not. */
+async function connect(http: HttpGateway): Promise<Client & { end(): Promise<void> }> {
+  const t = new StreamableHTTPClientTransport(new URL(http.url), {
+    requestInit: { headers: { Authorization: `Bearer ${BEARER}` } },
+  });
   const c = new Client(HOST);
-  await c.connect(
-    new StreamableHTTPClientTransport(new URL(http.url), { requestInit: { headers: { Authorization: `Bearer ${BEARER}` } } }),
-  );
-  return c;
+  await c.connect(t);
+  return Object.assign(c, {
+    end: async () => {
+      await t.terminateSession();
+      await c.close();
+    },
+  });
+}
+
+/** A host session sent by hand (fetch), so that requests can race its end. */
+async function rawSession(http: HttpGateway) {
+  const h0 = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+  const r = await fetch(http.url, { method: "POST", headers: h0, body: INIT });
+  await r.text();
+  const h = { ...h0, "mcp-session-id": r.headers.get("mcp-session-id") ?? "", "mcp-protocol-version": "2025-06-18" };
+  const post = (m: unknown) => fetch(http.url, { method: "POST", headers: h, body: JSON.stringify(m) }).then((x) => x.text());
+  await post({ jsonrpc: "2.0", method: "notifications/initialized" });
+  let id = 1;
+  return {
+    send: (method: string, params: unknown) => post({ jsonrpc: "2.0", id: id++, method, params }),
+    end: () => fetch(http.url, { method: "DELETE", headers: h }).then((x) => x.status),
+  };
 }
 
 describe("the HTTP gateway under a hostile host holding the secret", () => {
-  const k = new KernelHome();
+  // A small bound: a leaked watch shows as the next honest subscription refused.
+  const k = new KernelHome({ maxSubscriptionsPerSession: 8 });
   let gw: Awaited<ReturnType<typeof gatewayOn>>;
   before(async () => {
     await k.start();
@@ -79,6 +104,70 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       assert.ok((await a.listTools()).tools.length > 0);
       await a.close();
       await b.close();
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("leaves no kernel watch behind when the session ends or unsubscribes while its subscription is being made", async () => {
+    const w = gw.gateway.watches;
+    const [a, b] = InMemoryTransport.createLinkedPair();
+    const server = gw.gateway.createServer();
+    await server.connect(a);
+    try {
+      // The session ends while the kernel watch is being made.
+      const p1 = w.subscribe(server, "obj://ws1/race/1", "test#1");
+      const p2 = w.subscribe(server, "obj://ws1/race/2", "test#2");
+      await w.dropServer(server);
+      await Promise.all([p1, p2]);
+      assert.deepEqual(w.uris, []);
+      await w.subscribe(server, "obj://ws1/race/3", "test#3");
+      assert.deepEqual(w.uris, [], "an ended session subscribes to nothing");
+      // Within a live session: unsubscribe answered before the subscribe it follows.
+      const other = gw.gateway.createServer();
+      const p3 = w.subscribe(other, "obj://ws1/race/4", "test#4");
+      await w.unsubscribe(other, "obj://ws1/race/4");
+      await p3;
+      assert.deepEqual(w.uris, []);
+      // Two sessions, one cancelled: the other keeps its watch.
+      const p4 = w.subscribe(other, "obj://ws1/race/5", "test#5");
+      const p5 = w.subscribe(server, "obj://ws1/race/5", "test#6");
+      await w.dropServer(server);
+      await Promise.all([p4, p5]);
+      assert.deepEqual(w.uris, ["obj://ws1/race/5"]);
+      await w.dropServer(other);
+      assert.deepEqual(w.uris, []);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it("keeps subscriptions for honest hosts after many hostile sessions raced subscribe against their end", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      for (let round = 0; round < 12; round++) {
+        const s = await rawSession(http);
+        const sent = Array.from({ length: 6 }, (_, i) =>
+          s.send("resources/subscribe", { uri: `obj://ws1/hostile/${round}/${i}` }).catch(() => ""),
+        );
+        // Ends at once (the subscriptions are still being made) or after some were answered.
+        if (round % 2) await sent[0];
+        assert.equal(await s.end(), 200);
+        await Promise.all(sent);
+      }
+      // A subscribe and an unsubscribe sent together by one session.
+      const s = await rawSession(http);
+      await Promise.all([
+        s.send("resources/subscribe", { uri: "obj://ws1/together" }),
+        s.send("resources/unsubscribe", { uri: "obj://ws1/together" }),
+      ]);
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "every hostile watch released");
+      await s.end();
+      const honest = await connect(http);
+      for (let i = 0; i < 8; i++) await honest.subscribeResource({ uri: `obj://ws1/honest/${i}` });
+      assert.equal(gw.gateway.watches.uris.length, 8);
+      await honest.end();
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "the honest host's watches released");
     } finally {
       await http.close();
     }
