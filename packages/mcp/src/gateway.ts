@@ -38,10 +38,13 @@ interface ToolEntry {
 }
 
 /**
- * Ops offered another way: a watch's notices go to the gateway's session, so as a tool it would
- * only hold a subscription slot; hosts use resources/subscribe, which is backed by them.
+ * Ops not offered as tools: their notices (a storage watch's, a topic subscription's EVENTs)
+ * go to the gateway's own kernel session, where no host reads them, and each holds one of
+ * that session's subscription slots past the host session that took it (a host could take
+ * them all, then every host's resources/subscribe fails). Hosts use resources/subscribe,
+ * which is backed by storage watches the gateway ends with the host's session.
  */
-const NOT_TOOLS = new Set(["storage.watch", "storage.unwatch"]);
+const NOT_TOOLS = new Set(["storage.watch", "storage.unwatch", "event.subscribe", "event.unsubscribe"]);
 
 /** The MCP tool name of an op: dots become underscores (hosts often refuse dots); a clash gets dashes. */
 function toolName(op: string, taken: Set<string>): string {

@@ -2,14 +2,16 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
+import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
-import { gatewayOn, HOST, KernelHome, until } from "./harness.js";
+import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
 
 const BEARER = "a-secret-of-enough-length";
 const RIGHTS = [
   { ops: ["system.describe"], targets: ["kernel://"] },
   { ops: ["storage.read", "storage.write", "storage.list"], targets: ["obj://ws1/**"] },
+  { ops: ["event.*"], targets: ["topic://**"] },
 ];
 const JSON_SSE = { "content-type": "application/json", accept: "application/json, text/event-stream" };
 const INIT = JSON.stringify({
@@ -168,6 +170,27 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       assert.equal(gw.gateway.watches.uris.length, 8);
       await honest.end();
       await until(() => gw.gateway.watches.uris.length === 0, 30_000, "the honest host's watches released");
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("offers no event subscription as a tool: its slots would outlive the host session, its events reach no host", async () => {
+    const names = gw.gateway.toolNames;
+    assert.ok(names.includes("event_emit"), names.join(", "));
+    assert.ok(!names.includes("event_subscribe") && !names.includes("event_unsubscribe"), names.join(", "));
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const listed = (await host.listTools()).tools.map((t) => t.name);
+      assert.ok(!listed.some((n) => /^event.(un)?subscribe$/.test(n)), listed.join(", "));
+      const e = await mcpError(host.callTool({ name: "event_subscribe", arguments: { target: "topic://t/1" } }));
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      assert.ok(!k.audit("hank").some((r) => r.op === "event.subscribe"), "the kernel is never asked");
+      // Every slot of the gateway's session is still there for resources/subscribe.
+      for (let i = 0; i < 8; i++) await host.subscribeResource({ uri: `obj://ws1/slot/${i}` });
+      await host.end();
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "the host's watches released");
     } finally {
       await http.close();
     }
