@@ -16,6 +16,7 @@ import {
 import { followDeferred, type ToolCallContext } from "./deferred.js";
 import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
+import { DEFAULT_MAX_CALLS_PER_SESSION, DEFAULT_MAX_UNREAD_BYTES_PER_SESSION, HostBudget, type HostLoad } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
@@ -29,6 +30,13 @@ export interface GatewayOptions {
   maxArgsBytes?: number;
   /** Longest wait between op.status polls while following a DEFERRED op (default 1 s). */
   pollMaxMs?: number;
+  /** Most calls one host session may have in flight (default 16); more are refused with HOST_BUSY. */
+  maxCallsPerSession?: number;
+  /**
+   * Most bytes of answers one host session may leave unread (default 64 MiB; counted over
+   * HTTP, where an answer waits for the host to read it); past it calls are refused with HOST_BUSY.
+   */
+  maxUnreadBytesPerSession?: number;
 }
 
 interface ToolEntry {
@@ -45,6 +53,12 @@ interface ToolEntry {
  * which is backed by storage watches the gateway ends with the host's session.
  */
 const NOT_TOOLS = new Set(["storage.watch", "storage.unwatch", "event.subscribe", "event.unsubscribe"]);
+
+function positive(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name} must be a positive integer, not ${v}`);
+  return v;
+}
 
 /** The MCP tool name of an op: dots become underscores (hosts often refuse dots); a clash gets dashes. */
 function toolName(op: string, taken: Set<string>): string {
@@ -72,10 +86,13 @@ export class McpGateway {
   private tools = new Map<string, ToolEntry>();
   private readonly servers = new Set<Server>();
   private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly budgets = new WeakMap<Server, HostBudget>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
   readonly pollMaxMs: number;
+  readonly maxCallsPerSession: number;
+  readonly maxUnreadBytesPerSession: number;
 
   private constructor(
     readonly client: KernelClient,
@@ -83,6 +100,12 @@ export class McpGateway {
   ) {
     this.maxArgsBytes = opts.maxArgsBytes ?? 1024 * 1024;
     this.pollMaxMs = opts.pollMaxMs ?? 1000;
+    this.maxCallsPerSession = positive("maxCallsPerSession", opts.maxCallsPerSession, DEFAULT_MAX_CALLS_PER_SESSION);
+    this.maxUnreadBytesPerSession = positive(
+      "maxUnreadBytesPerSession",
+      opts.maxUnreadBytesPerSession,
+      DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+    );
     this.watches = new ResourceWatches(client);
   }
 
@@ -146,6 +169,16 @@ export class McpGateway {
     return this.servers.size;
   }
 
+  /** Each open host session's calls in flight and unread answer bytes (for tests and logs). */
+  hostLoads(): HostLoad[] {
+    return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
+  }
+
+  /** The bounds of the host session `server` serves (its transport reports deliveries to it). */
+  budgetOf(server: Server): HostBudget {
+    return this.budgets.get(server) as HostBudget;
+  }
+
   /** The tool names offered now (for tests and logs). */
   get toolNames(): string[] {
     return [...this.tools.keys()];
@@ -164,6 +197,9 @@ export class McpGateway {
       },
     );
     this.servers.add(server);
+    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession);
+    this.budgets.set(server, budget);
+    const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
     server.onclose = () => {
       this.servers.delete(server);
       void this.watches.dropServer(server);
@@ -186,19 +222,21 @@ export class McpGateway {
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
-      return this.track(this.callTool(req.params.name, req.params.arguments, ctx));
+      return run(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx));
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
-      this.track(listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor)),
+      run(extra.requestId, () =>
+        listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
+      ),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-      this.track(readResource(this.client, execution(extra.requestId), req.params.uri)),
+      run(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
     );
     server.setRequestHandler(SubscribeRequestSchema, (req, extra) =>
-      this.track(this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
+      run(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
     );
-    server.setRequestHandler(UnsubscribeRequestSchema, (req) =>
-      this.track(this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
+    server.setRequestHandler(UnsubscribeRequestSchema, (req, extra) =>
+      run(extra.requestId, () => this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
     );
     return server;
   }

@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { type Socket, connect as tcp } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
-import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
 
@@ -36,6 +41,15 @@ async function connect(http: HttpGateway): Promise<Client & { end(): Promise<voi
   });
 }
 
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+/** Memory the gateway's answers can take, after a full collection. */
+function held(): number {
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.external;
+}
+
 /** A host session sent by hand (fetch), so that requests can race its end. */
 async function rawSession(http: HttpGateway) {
   const h0 = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
@@ -46,6 +60,7 @@ async function rawSession(http: HttpGateway) {
   await post({ jsonrpc: "2.0", method: "notifications/initialized" });
   let id = 1;
   return {
+    sid: h["mcp-session-id"],
     send: (method: string, params: unknown) => post({ jsonrpc: "2.0", id: id++, method, params }),
     end: () => fetch(http.url, { method: "DELETE", headers: h }).then((x) => x.status),
   };
@@ -55,9 +70,11 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
   // A small bound: a leaked watch shows as the next honest subscription refused.
   const k = new KernelHome({ maxSubscriptionsPerSession: 8 });
   let gw: Awaited<ReturnType<typeof gatewayOn>>;
+  let files: { identityFile: string; tokenFile: string };
   before(async () => {
     await k.start();
-    gw = await gatewayOn(k, await k.persona("hank", RIGHTS));
+    files = await k.persona("hank", RIGHTS);
+    gw = await gatewayOn(k, files);
   });
   after(async () => {
     await gw?.close();
@@ -194,5 +211,87 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     } finally {
       await http.close();
     }
+  });
+
+  it("refuses a host's calls past its bounds while it leaves large answers unread; others are served, memory stays bounded", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const MAX_UNREAD = 8 * 1024 * 1024;
+    await gw.client.storage.putLarge("obj://ws1/big", [randomBytes(SIZE)], { size: SIZE });
+    const small = await gatewayOn(k, files, { maxCallsPerSession: 4, maxUnreadBytesPerSession: MAX_UNREAD });
+    const http = await serveHttp(small.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      // An honest host reads it once first: buffers that grow to a large answer and stay are not
+      // what is measured.
+      const honest = await connect(http);
+      const blob = (await honest.readResource({ uri: "obj://ws1/big" })).contents.map((c) => ("blob" in c ? c.blob : ""));
+      assert.equal(Buffer.from(blob[0] ?? "", "base64").length, SIZE);
+      blob.length = 0;
+      const hostile = await rawSession(http);
+      const load = () => small.gateway.hostLoads()[1] as ReturnType<typeof small.gateway.hostLoads>[0];
+      const before = held();
+      const { port } = new URL(http.url);
+      const N = 16;
+      for (let i = 0; i < N; i++) {
+        // A connection that is never read: the answer waits in the gateway for the host.
+        const body = JSON.stringify({ jsonrpc: "2.0", id: 100 + i, method: "resources/read", params: { uri: "obj://ws1/big" } });
+        const sock = tcp(Number(port), "127.0.0.1");
+        sock.pause();
+        socks.push(sock);
+        sock.write(
+          `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${hostile.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+        await until(() => load().served + load().refused === i + 1 && load().calls === 0, 60_000, `read ${i} handled`);
+      }
+      const answer = Math.ceil(SIZE / 3) * 4;
+      assert.ok(load().refused > 0, JSON.stringify(load()));
+      assert.ok(load().unreadBytes <= MAX_UNREAD + answer, JSON.stringify(load()));
+      const grown = held() - before;
+      assert.ok(grown < 4 * (MAX_UNREAD + answer), `the gateway holds ${grown} bytes more`);
+      // The hostile session is told why, and that it may retry; another host is served.
+      const busy = await hostile.send("resources/read", { uri: "obj://ws1/big" });
+      assert.match(busy, new RegExp(`"code":${HOST_BUSY}.*not yet read`));
+      const again = (await honest.readResource({ uri: "obj://ws1/big" })).contents.map((c) => ("blob" in c ? c.blob : ""));
+      assert.equal(Buffer.from(again[0] ?? "", "base64").length, SIZE);
+      again.length = 0;
+      // The host closes those connections: their answers are dropped, and it may read again.
+      for (const s of socks) s.destroy();
+      await until(() => load().unreadBytes === 0, 30_000, "the unread answers dropped");
+      assert.match(await hostile.send("resources/read", { uri: "obj://ws1/big" }), /"blob":/);
+      await hostile.end();
+      await honest.end();
+      await until(() => held() - before < MAX_UNREAD / 2, 30_000, "the memory of the dropped answers released");
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await small.close();
+    }
+  });
+});
+
+describe("a host session's budget", () => {
+  it("refuses a call past maxCalls in flight, retryably, and takes calls again as they end", async () => {
+    const b = new HostBudget(2, 1024);
+    const ends: (() => void)[] = [];
+    const start = (id: number) => b.run(id, () => new Promise<void>((r) => ends.push(r)));
+    const pending = [start(1)];
+    const reused = await mcpError(b.run(1, async () => {}));
+    assert.equal(reused.code, ErrorCode.InvalidRequest, "an id in use is refused");
+    pending.push(start(2));
+    const e = await mcpError(b.run(3, async () => {}));
+    assert.equal(e.code, HOST_BUSY);
+    assert.match(e.message, /2 calls in flight .*limit is 2/);
+    assert.deepEqual(e.data, { retryable: true });
+    for (const end of ends) end();
+    await Promise.all(pending);
+    await b.run(3, async () => {});
+    assert.deepEqual(b.load, { calls: 0, unreadBytes: 0, served: 3, refused: 1 });
+    // Over HTTP an answer counts until its response ends.
+    b.tracksDelivery = true;
+    await b.run(4, async () => "x".repeat(2000));
+    const refusedAfter = await mcpError(b.run(5, async () => {}));
+    assert.match(refusedAfter.message, /bytes of answers not yet read/);
+    assert.equal(b.delivered(4), false);
+    assert.equal(b.load.unreadBytes, 0);
   });
 });
