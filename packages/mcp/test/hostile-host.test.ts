@@ -267,6 +267,39 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await small.close();
     }
   });
+
+  it("refuses Object.prototype member names as arguments with InvalidParams; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const target = "obj://ws1/proto-probe";
+      for (const name of ["constructor", "toString", "hasOwnProperty", "__proto__", "valueOf"]) {
+        const args = JSON.parse(`{${JSON.stringify(name)}: 1}`);
+        const e = await mcpError(host.callTool({ name: "storage_read", arguments: { target, args } }));
+        assert.equal(e.code, ErrorCode.InvalidParams, `${name}: ${e.message}`);
+        assert.match(e.message, new RegExp(`storage\\.read takes no argument "${name}"`));
+      }
+      // A required argument hidden behind __proto__ is still missing.
+      const hidden = JSON.parse('{"__proto__": {"data": "x"}}');
+      const e = await mcpError(host.callTool({ name: "storage_write", arguments: { target, args: hidden } }));
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      const missing = await mcpError(host.callTool({ name: "storage_write", arguments: { target, args: {} } }));
+      assert.match(missing.message, /args\.data is required/);
+      // Nor is a target found on the prototype.
+      const noTarget = await mcpError(
+        host.callTool({ name: "storage_read", arguments: JSON.parse('{"__proto__": {"target": "obj://ws1/x"}}') }),
+      );
+      assert.equal(noTarget.code, ErrorCode.InvalidParams);
+      assert.deepEqual(
+        k.audit("hank").filter((r) => r.target === target),
+        [],
+        "no request reached the kernel",
+      );
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
 });
 
 describe("a host session's budget", () => {
