@@ -87,6 +87,7 @@ export class McpGateway {
   private readonly servers = new Set<Server>();
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly budgets = new WeakMap<Server, HostBudget>();
+  private readonly inputEnds = new WeakMap<Server, AbortController>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
@@ -179,6 +180,14 @@ export class McpGateway {
     return this.budgets.get(server) as HostBudget;
   }
 
+  /**
+   * The host of `server` closed its input (stdio): the calls it sent are still answered, but
+   * the ops still running for it are cancelled (op.cancel), not followed to their end.
+   */
+  endInput(server: Server): void {
+    this.inputEnds.get(server)?.abort();
+  }
+
   /** The tool names offered now (for tests and logs). */
   get toolNames(): string[] {
     return [...this.tools.keys()];
@@ -199,6 +208,8 @@ export class McpGateway {
     this.servers.add(server);
     const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession);
     this.budgets.set(server, budget);
+    const inputEnded = new AbortController();
+    this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
     server.onclose = () => {
       this.servers.delete(server);
@@ -219,6 +230,7 @@ export class McpGateway {
       const ctx: ToolCallContext = {
         execution: execution(extra.requestId),
         signal: extra.signal,
+        inputEnded: inputEnded.signal,
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
