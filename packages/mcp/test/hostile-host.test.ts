@@ -17,6 +17,7 @@ const RIGHTS = [
   { ops: ["system.describe"], targets: ["kernel://"] },
   { ops: ["storage.read", "storage.write", "storage.list"], targets: ["obj://ws1/**"] },
   { ops: ["event.*"], targets: ["topic://**"] },
+  { ops: ["compute.submit", "op.status", "op.result", "op.cancel"], targets: ["op://**"] },
 ];
 const JSON_SSE = { "content-type": "application/json", accept: "application/json, text/event-stream" };
 const INIT = JSON.stringify({
@@ -265,6 +266,36 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       for (const s of socks) s.destroy();
       await http.close();
       await small.close();
+    }
+  });
+
+  it("cancels a call whose connection the host closes while it runs, and frees its place", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const before = gw.gateway.hostLoads().length;
+    const sock = { s: undefined as Socket | undefined };
+    try {
+      const host = await rawSession(http);
+      const load = () => gw.gateway.hostLoads()[before] as ReturnType<typeof gw.gateway.hostLoads>[0];
+      const body = JSON.stringify({
+        jsonrpc: "2.0",
+        id: 7,
+        method: "tools/call",
+        params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+      });
+      const { port } = new URL(http.url);
+      sock.s = tcp(Number(port), "127.0.0.1");
+      sock.s.write(
+        `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${host.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await until(() => k.audit("hank").some((r) => r.op === "op.status"), 60_000, "the op to be followed");
+      assert.equal(load().calls, 1);
+      sock.s.destroy();
+      await until(() => load().calls === 0, 60_000, "the call to end");
+      await until(() => k.audit("hank").some((r) => r.op === "op.cancel" && r.status === "SUCCESS"), 60_000, "op.cancel");
+      await host.end();
+    } finally {
+      sock.s?.destroy();
+      await http.close();
     }
   });
 
