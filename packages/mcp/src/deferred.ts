@@ -10,6 +10,11 @@ export interface ToolCallContext {
   execution: string;
   /** Aborted when the host cancels the call (notifications/cancelled). */
   signal: AbortSignal;
+  /**
+   * Aborted when the host closed its input (stdio): calls still being answered are, but an op
+   * still running is cancelled rather than followed for a host that has gone.
+   */
+  inputEnded?: AbortSignal;
   /** Present when the host asked for progress notifications. */
   progressToken: string | number | undefined;
   notify(n: ServerNotification): Promise<void>;
@@ -53,15 +58,17 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
   let wake: () => void = () => {};
   let cancelled = false;
   const onAbort = () => {
+    if (cancelled) return;
     cancelled = true;
     void client.opRequest(opCancel, opUri, {}, opts).catch(() => {});
     wake();
   };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
+  ctx.inputEnded?.addEventListener("abort", onAbort, { once: true });
   let sub: Subscription | undefined;
   try {
     await progress(`${opUri} deferred`);
-    if (ctx.signal.aborted) onAbort();
+    if (ctx.signal.aborted || ctx.inputEnded?.aborted) onAbort();
     // The kernel's events about a persona's ops are on its own prefix (PROTOCOL §9.6).
     const topic = `topic://kernel/personas/${client.persona}/ops/${opUri.slice("op://".length)}`;
     // Only when it may also unsubscribe: a subscription it could not end would outlive the call.
@@ -85,7 +92,10 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
     let last = "";
     let lastAt = 0;
     for (;;) {
-      if (cancelled) return failureResult("CANCELLED", `${opUri} was cancelled at the host's request`);
+      if (cancelled) {
+        const why = ctx.signal.aborted ? "at the host's request" : "as the host closed its input";
+        return failureResult("CANCELLED", `${opUri} was cancelled ${why}`);
+      }
       let s: OpResponse<typeof opStatusOp>;
       try {
         s = await client.opRequest(opStatusOp, opUri, {}, opts);
@@ -121,6 +131,7 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
     }
   } finally {
     ctx.signal.removeEventListener("abort", onAbort);
+    ctx.inputEnded?.removeEventListener("abort", onAbort);
     await sub?.unsubscribe().catch(() => {});
   }
 }

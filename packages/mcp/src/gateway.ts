@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, KpipError, type Response, systemDescribe } from "@kpip/protocol";
+import { type CborMap, KpipError, type Response, systemDescribe, UNPRINTABLE } from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -16,6 +16,7 @@ import {
 import { followDeferred, type ToolCallContext } from "./deferred.js";
 import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
+import { DEFAULT_MAX_CALLS_PER_SESSION, DEFAULT_MAX_UNREAD_BYTES_PER_SESSION, HostBudget, type HostLoad } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
@@ -29,6 +30,13 @@ export interface GatewayOptions {
   maxArgsBytes?: number;
   /** Longest wait between op.status polls while following a DEFERRED op (default 1 s). */
   pollMaxMs?: number;
+  /** Most calls one host session may have in flight (default 16); more are refused with HOST_BUSY. */
+  maxCallsPerSession?: number;
+  /**
+   * Most bytes of answers one host session may leave unread (default 64 MiB; counted over
+   * HTTP, where an answer waits for the host to read it); past it calls are refused with HOST_BUSY.
+   */
+  maxUnreadBytesPerSession?: number;
 }
 
 interface ToolEntry {
@@ -38,10 +46,27 @@ interface ToolEntry {
 }
 
 /**
- * Ops offered another way: a watch's notices go to the gateway's session, so as a tool it would
- * only hold a subscription slot; hosts use resources/subscribe, which is backed by them.
+ * Ops not offered as tools: their notices (a storage watch's, a topic subscription's EVENTs)
+ * go to the gateway's own kernel session, where no host reads them, and each holds one of
+ * that session's subscription slots past the host session that took it (a host could take
+ * them all, then every host's resources/subscribe fails). Hosts use resources/subscribe,
+ * which is backed by storage watches the gateway ends with the host's session.
  */
-const NOT_TOOLS = new Set(["storage.watch", "storage.unwatch"]);
+const NOT_TOOLS = new Set([
+  "storage.watch",
+  "storage.unwatch",
+  "event.subscribe",
+  "event.unsubscribe",
+  // A token bound to the gateway's session would add its authority to every host's calls (they
+  // share the session and present all its handles): the gateway acts with its own tokens only.
+  "token.bind",
+]);
+
+function positive(name: string, v: number | undefined, dflt: number): number {
+  if (v === undefined) return dflt;
+  if (!Number.isSafeInteger(v) || v < 1) throw new RangeError(`${name} must be a positive integer, not ${v}`);
+  return v;
+}
 
 /** The MCP tool name of an op: dots become underscores (hosts often refuse dots); a clash gets dashes. */
 function toolName(op: string, taken: Set<string>): string {
@@ -49,8 +74,14 @@ function toolName(op: string, taken: Set<string>): string {
   return taken.has(n) ? op.replaceAll(".", "-") : n;
 }
 
-/** At most 128 UTF-8 bytes (the protocol's limit for context.execution). */
-function clip(s: string): string {
+const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
+
+/**
+ * At most 128 UTF-8 bytes, no control or bidirectional formatting character (context.execution is
+ * a `label(128)`): a host names itself, and a name the protocol refuses must not fail its calls.
+ */
+function clip(text: string): string {
+  const s = text.replace(EVERY_UNPRINTABLE, "?");
   // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
   if (s.length <= 42) return s;
   let b = Buffer.from(s, "utf8");
@@ -69,10 +100,14 @@ export class McpGateway {
   private tools = new Map<string, ToolEntry>();
   private readonly servers = new Set<Server>();
   private readonly inFlight = new Set<Promise<unknown>>();
+  private readonly budgets = new WeakMap<Server, HostBudget>();
+  private readonly inputEnds = new WeakMap<Server, AbortController>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
   readonly pollMaxMs: number;
+  readonly maxCallsPerSession: number;
+  readonly maxUnreadBytesPerSession: number;
 
   private constructor(
     readonly client: KernelClient,
@@ -80,6 +115,12 @@ export class McpGateway {
   ) {
     this.maxArgsBytes = opts.maxArgsBytes ?? 1024 * 1024;
     this.pollMaxMs = opts.pollMaxMs ?? 1000;
+    this.maxCallsPerSession = positive("maxCallsPerSession", opts.maxCallsPerSession, DEFAULT_MAX_CALLS_PER_SESSION);
+    this.maxUnreadBytesPerSession = positive(
+      "maxUnreadBytesPerSession",
+      opts.maxUnreadBytesPerSession,
+      DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+    );
     this.watches = new ResourceWatches(client);
   }
 
@@ -138,6 +179,29 @@ export class McpGateway {
     for (const s of this.servers) void s.sendToolListChanged().catch(() => {});
   }
 
+  /** MCP servers open now, one per host session (for tests and logs). */
+  get serverCount(): number {
+    return this.servers.size;
+  }
+
+  /** Each open host session's calls in flight and unread answer bytes (for tests and logs). */
+  hostLoads(): HostLoad[] {
+    return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
+  }
+
+  /** The bounds of the host session `server` serves (its transport reports deliveries to it). */
+  budgetOf(server: Server): HostBudget {
+    return this.budgets.get(server) as HostBudget;
+  }
+
+  /**
+   * The host of `server` closed its input (stdio): the calls it sent are still answered, but
+   * the ops still running for it are cancelled (op.cancel), not followed to their end.
+   */
+  endInput(server: Server): void {
+    this.inputEnds.get(server)?.abort();
+  }
+
   /** The tool names offered now (for tests and logs). */
   get toolNames(): string[] {
     return [...this.tools.keys()];
@@ -156,6 +220,11 @@ export class McpGateway {
       },
     );
     this.servers.add(server);
+    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession);
+    this.budgets.set(server, budget);
+    const inputEnded = new AbortController();
+    this.inputEnds.set(server, inputEnded);
+    const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
     server.onclose = () => {
       this.servers.delete(server);
       void this.watches.dropServer(server);
@@ -175,22 +244,25 @@ export class McpGateway {
       const ctx: ToolCallContext = {
         execution: execution(extra.requestId),
         signal: extra.signal,
+        inputEnded: inputEnded.signal,
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
-      return this.track(this.callTool(req.params.name, req.params.arguments, ctx));
+      return run(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx));
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
-      this.track(listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor)),
+      run(extra.requestId, () =>
+        listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
+      ),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-      this.track(readResource(this.client, execution(extra.requestId), req.params.uri)),
+      run(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
     );
     server.setRequestHandler(SubscribeRequestSchema, (req, extra) =>
-      this.track(this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
+      run(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
     );
-    server.setRequestHandler(UnsubscribeRequestSchema, (req) =>
-      this.track(this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
+    server.setRequestHandler(UnsubscribeRequestSchema, (req, extra) =>
+      run(extra.requestId, () => this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
     );
     return server;
   }

@@ -4,6 +4,7 @@ import type { AddressInfo } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
+import type { HostBudget } from "./host-budget.js";
 
 /** Default bound on host sessions open at once (HttpOptions.maxSessions). */
 export const DEFAULT_MAX_SESSIONS = 64;
@@ -91,6 +92,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const secret = digest(o.bearer);
   const sessions = new Map<string, StreamableHTTPServerTransport>();
   const lastSeen = new Map<string, number>();
+  const budgets = new WeakMap<StreamableHTTPServerTransport, HostBudget>();
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
   const idleMs = o.idleMs ?? 30 * 60_000;
@@ -119,12 +121,34 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       const t = sessions.get(sid);
       if (!t) return refuse(res, 404, "unknown or ended MCP session");
       lastSeen.set(sid, Date.now());
-      return t.handleRequest(req, res);
+      if (req.method !== "POST") return t.handleRequest(req, res);
+      // Read here so the calls it carries are known: their answers count against the session's
+      // bounds until this response ends, and a call whose connection closes is cancelled.
+      const body = await readJson(req, 4 * gateway.maxArgsBytes);
+      if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
+      const budget = budgets.get(t);
+      const ids = requestIds(body);
+      if (budget && ids.length > 0) {
+        res.once("close", () => {
+          for (const id of ids) {
+            if (!budget.delivered(id)) continue;
+            const cancel = { requestId: id, reason: "the host closed the connection of this call" };
+            t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: cancel });
+          }
+        });
+      }
+      return t.handleRequest(req, res, body);
     }
     if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
     const body = await readJson(req, 4 * gateway.maxArgsBytes);
     if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
+    // The transport refuses these too, but only after a server exists: refused here, nothing is made.
+    const accept = req.headers.accept ?? "";
+    if (!accept.includes("application/json") || !accept.includes("text/event-stream"))
+      return refuse(res, 406, "Not Acceptable: Accept must list application/json and text/event-stream");
+    if (!isJson(req.headers["content-type"]))
+      return refuse(res, 415, "Unsupported Media Type: Content-Type must be application/json");
     if (sessions.size + opening >= maxSessions) {
       const retry = String(Math.max(1, Math.ceil(Math.min(idleMs, 60_000) / 1000)));
       return refuse(res, 503, `${maxSessions} MCP sessions are open: end one (DELETE) or wait`, { "retry-after": retry });
@@ -143,11 +167,18 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       lastSeen.delete(t.sessionId);
     };
     opening++;
+    const mcp = gateway.createServer();
+    const budget = gateway.budgetOf(mcp);
+    budget.tracksDelivery = true;
+    budgets.set(t, budget);
     try {
-      await gateway.createServer().connect(t);
+      await mcp.connect(t);
       await t.handleRequest(req, res, body);
     } finally {
       opening--;
+      // Refused before the session began (a header check of the SDK's own): nothing else
+      // would ever close this server and transport.
+      if (t.sessionId === undefined) await mcp.close().catch(() => {});
     }
   };
 
@@ -173,6 +204,21 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       await new Promise<void>((r) => server.close(() => r()));
     },
   };
+}
+
+/** The ids of the JSON-RPC requests (not notifications or responses) in a body, one message or a batch. */
+function requestIds(body: unknown): (string | number)[] {
+  const ids: (string | number)[] = [];
+  for (const m of Array.isArray(body) ? body : [body]) {
+    const o = m as { method?: unknown; id?: unknown } | null;
+    if (o && typeof o.method === "string" && (typeof o.id === "string" || typeof o.id === "number")) ids.push(o.id);
+  }
+  return ids;
+}
+
+/** The media type is application/json (parameters such as charset allowed), as the SDK checks it. */
+function isJson(ct: string | undefined): boolean {
+  return (ct ?? "").split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
 /** The body as JSON, or undefined when it is larger than `max` bytes; bad JSON is null (refused as not an initialize). */

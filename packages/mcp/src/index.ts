@@ -6,6 +6,12 @@
 
 export { GATEWAY_NAME, GATEWAY_VERSION, type GatewayOptions, McpGateway } from "./gateway.js";
 export { GrantView } from "./grant.js";
+export {
+  DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  HOST_BUSY,
+  type HostLoad,
+} from "./host-budget.js";
 export { checkHttpOptions, GatewayConfigError, type HttpGateway, type HttpOptions, serveHttp } from "./http.js";
 export { BYTES_MARKER, InputError, inputSchema, type OpDecl, parseToolArgs } from "./schema.js";
 export { serveStdio } from "./stdio.js";

@@ -91,7 +91,7 @@ function kernelOnly(d: OpDecl): boolean {
  * so a model knows where it may act before it is refused.
  */
 export function inputSchema(d: OpDecl, allowed: string[]): Record<string, unknown> {
-  const shapes = d.targets.map((s) => SCHEME_SHAPES[s] ?? `${s}://…`).join(" or ");
+  const shapes = d.targets.map((s) => own(SCHEME_SHAPES, s) ?? `${s}://…`).join(" or ");
   const target: Record<string, unknown> = {
     type: "string",
     description: `The target URI: ${shapes}. This token allows: ${allowed.join(", ")}`,
@@ -118,6 +118,11 @@ export function toolDescription(d: OpDecl): string {
   const effects = d.effects ? "Changes state" : "Read-only";
   const idem = d.idempotent ? "idempotent" : "not idempotent";
   return `${d.description} (KPIP op ${d.op}; ${effects}, ${idem}. Every call is capability-checked and audited by the kernel.)`;
+}
+
+/** `o[k]` when `o` has it as its own property: never an Object.prototype member. */
+function own<T>(o: Record<string, T>, k: string): T | undefined {
+  return Object.hasOwn(o, k) ? o[k] : undefined;
 }
 
 const isPlainObject = (v: unknown): v is Record<string, unknown> =>
@@ -183,23 +188,24 @@ export function parseToolArgs(d: OpDecl, input: unknown): { target: string; args
   for (const k of Object.keys(a)) {
     if (k !== "target" && k !== "args") throw new InputError(`unknown argument ${JSON.stringify(k)}: give {target, args}`);
   }
-  const target = a.target ?? (kernelOnly(d) ? "kernel://" : undefined);
+  const target = own(a, "target") ?? (kernelOnly(d) ? "kernel://" : undefined);
   if (typeof target !== "string")
-    throw new InputError(`target is required: a URI like ${SCHEME_SHAPES[d.targets[0] ?? ""] ?? ""}`);
+    throw new InputError(`target is required: a URI like ${own(SCHEME_SHAPES, d.targets[0] ?? "") ?? ""}`);
   const scheme = target.slice(0, Math.max(0, target.indexOf("://")));
   if (!d.targets.includes(scheme)) {
     throw new InputError(`${d.op} takes targets of scheme ${d.targets.map((s) => `${s}://`).join(", ")}, not ${target}`);
   }
-  const raw = a.args ?? {};
+  const raw = own(a, "args") ?? {};
   if (!isPlainObject(raw)) throw new InputError("args must be an object");
   const args: CborMap = {};
   for (const [k, v] of Object.entries(raw)) {
-    const decl = d.args[k];
+    // Own names only: "constructor", "toString", "__proto__" … are no op's arguments.
+    const decl = own(d.args, k);
     if (!decl) throw new InputError(`${d.op} takes no argument ${JSON.stringify(k)}`);
-    args[k] = checkArg(k, decl, v);
+    Object.defineProperty(args, k, { value: checkArg(k, decl, v), enumerable: true, writable: true, configurable: true });
   }
   for (const [k, decl] of Object.entries(d.args)) {
-    if (decl.required && !(k in args)) throw new InputError(`args.${k} is required: ${decl.description}`);
+    if (decl.required && !Object.hasOwn(args, k)) throw new InputError(`args.${k} is required: ${decl.description}`);
   }
   return { target, args };
 }

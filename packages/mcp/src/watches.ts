@@ -11,6 +11,12 @@ interface Sending {
   again: Meta | undefined;
 }
 
+/** A subscription being made: the session may unsubscribe or end before the kernel watch exists. */
+interface Ticket {
+  uri: string;
+  cancelled: boolean;
+}
+
 /** One object some MCP sessions subscribed to: one kernel watch, however many sessions. */
 interface Entry {
   watch: Watch;
@@ -32,28 +38,61 @@ interface Entry {
 export class ResourceWatches {
   private readonly byUri = new Map<string, Entry>();
   private readonly opening = new Map<string, Promise<Entry>>();
+  /** Subscriptions being made, per session: cancelled by unsubscribe or the session's end. */
+  private readonly pending = new Map<Server, Set<Ticket>>();
+  /** Sessions that ended: a subscription they still send is not made. */
+  private readonly ended = new WeakSet<Server>();
 
   constructor(private readonly client: KernelClient) {}
 
   async subscribe(server: Server, uri: string, execution: string): Promise<void> {
     if (!uri.startsWith("obj://") || uri.includes("*"))
       throw new McpError(ErrorCode.InvalidParams, `only an object's obj:// URI can be subscribed to, not ${uri}`);
-    const entry = this.byUri.get(uri) ?? (await this.open(uri, execution));
-    entry.servers.add(server);
+    if (this.ended.has(server)) return;
+    // The kernel watch is made while the session may end or unsubscribe: they cancel the
+    // ticket, and a watch nobody holds once it is made is released, never left to the kernel.
+    const ticket: Ticket = { uri, cancelled: false };
+    let mine = this.pending.get(server);
+    if (!mine) {
+      mine = new Set();
+      this.pending.set(server, mine);
+    }
+    mine.add(ticket);
+    try {
+      for (;;) {
+        const entry = this.byUri.get(uri) ?? (await this.open(uri, execution));
+        if (ticket.cancelled) return await this.release(uri, entry);
+        // Released meanwhile (another session's subscription was cancelled): watch again.
+        if (this.byUri.get(uri) !== entry) continue;
+        entry.servers.add(server);
+        return;
+      }
+    } finally {
+      mine.delete(ticket);
+      if (mine.size === 0 && this.pending.get(server) === mine) this.pending.delete(server);
+    }
   }
 
   async unsubscribe(server: Server, uri: string): Promise<void> {
+    for (const t of this.pending.get(server) ?? []) if (t.uri === uri) t.cancelled = true;
     const entry = this.byUri.get(uri);
     if (!entry?.servers.delete(server)) return;
     entry.sending.delete(server);
-    if (entry.servers.size > 0) return;
-    this.byUri.delete(uri);
-    await entry.watch.unsubscribe().catch(() => {});
+    await this.release(uri, entry);
   }
 
-  /** An MCP session ended: its subscriptions go, and the watches nobody else needs. */
+  /** An MCP session ended: its subscriptions go (also those still being made), and the watches nobody else needs. */
   async dropServer(server: Server): Promise<void> {
+    this.ended.add(server);
+    for (const t of this.pending.get(server) ?? []) t.cancelled = true;
     await Promise.all([...this.byUri.keys()].map((uri) => this.unsubscribe(server, uri)));
+  }
+
+  /** The kernel watch of an object no session holds any more is ended. */
+  private async release(uri: string, entry: Entry): Promise<void> {
+    if (entry.servers.size > 0 || this.byUri.get(uri) !== entry) return;
+    this.byUri.delete(uri);
+    await entry.watch.unsubscribe().catch(() => {});
   }
 
   /** The objects watched now (for tests and logs). */

@@ -10,6 +10,7 @@ import { outputIncludes } from "@kpip/protocol/testing";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { type CallToolResult, McpError } from "@modelcontextprotocol/sdk/types.js";
+import { type GatewayOptions, McpGateway } from "../src/gateway.js";
 
 /** The kpip command (the MCP package never imports the kernel: it runs as a process). */
 export const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -118,4 +119,30 @@ export async function mcpError(p: Promise<unknown>): Promise<McpError> {
     return e;
   }
   assert.fail("it succeeded");
+}
+
+/** A gateway in this process (its counts and memory can be read) acting as the persona of `files`. */
+export async function gatewayOn(
+  k: KernelHome,
+  files: { identityFile: string; tokenFile: string },
+  opts: GatewayOptions = {},
+): Promise<{ gateway: McpGateway; client: KernelClient; close(): Promise<void> }> {
+  const client = await KernelClient.connect({
+    socket: join(k.home, "kernel.sock"),
+    identity: files.identityFile,
+    tokens: [readFileSync(files.tokenFile, "utf8")],
+    reconnect: false,
+  });
+  const gateway = await McpGateway.open(client, opts).catch(async (e) => {
+    await client.close();
+    throw e;
+  });
+  return {
+    gateway,
+    client,
+    close: async () => {
+      await gateway.close();
+      await client.close();
+    },
+  };
 }

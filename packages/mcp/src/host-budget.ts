@@ -1,0 +1,122 @@
+import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
+
+/** Default bound on one host session's calls in flight (GatewayOptions.maxCallsPerSession). */
+export const DEFAULT_MAX_CALLS_PER_SESSION = 16;
+/** Default bound on one host session's answers prepared but not yet delivered, in bytes. */
+export const DEFAULT_MAX_UNREAD_BYTES_PER_SESSION = 64 * 1024 * 1024;
+
+/**
+ * The MCP error of a call refused because its host session is at a bound: retryable once the
+ * host has read its answers (JSON-RPC leaves -32000..-32099 to servers; -32029 echoes HTTP 429).
+ */
+export const HOST_BUSY = -32029;
+
+type RequestId = string | number;
+
+/** What one host session holds now (for tests and logs). */
+export interface HostLoad {
+  /** Calls whose handler is still running. */
+  calls: number;
+  /** Bytes of answers handed to the transport and not yet delivered to the host. */
+  unreadBytes: number;
+  /** Calls run so far, and calls refused at a bound. */
+  served: number;
+  refused: number;
+}
+
+/**
+ * One host session's share of the gateway: a host that sends calls without reading the
+ * answers (each a resources/read of a large object, say) must not hold gateway memory without
+ * bound, since every other host shares the process. Past either bound a call is refused with
+ * HOST_BUSY before it runs.
+ *
+ * Over stdio an answer counts as delivered once written; over HTTP the transport says when
+ * the answer's response has ended (read by the host, or its connection closed).
+ */
+export class HostBudget {
+  private calls = 0;
+  private unread = 0;
+  private served = 0;
+  private refused = 0;
+  /** Calls running now. */
+  private readonly running = new Set<RequestId>();
+  /** Calls whose connection closed while they ran: their answer will never be delivered. */
+  private readonly abandoned = new Set<RequestId>();
+  /** Bytes of each answer not yet delivered. */
+  private readonly held = new Map<RequestId, number>();
+  /** Set by a transport that reports delivery (HTTP); otherwise an answer is delivered when sent. */
+  tracksDelivery = false;
+
+  constructor(
+    private readonly maxCalls: number,
+    private readonly maxUnreadBytes: number,
+  ) {}
+
+  get load(): HostLoad {
+    return { calls: this.calls, unreadBytes: this.unread, served: this.served, refused: this.refused };
+  }
+
+  /** Runs a call within the bounds; its answer's size stays counted until it is delivered. */
+  async run<T>(id: RequestId, call: () => Promise<T>): Promise<T> {
+    if (this.calls >= this.maxCalls) {
+      this.refused++;
+      throw new McpError(
+        HOST_BUSY,
+        `this host session has ${this.calls} calls in flight (the gateway's limit is ${this.maxCalls}): retry when an answer has come`,
+        { retryable: true },
+      );
+    }
+    if (this.unread >= this.maxUnreadBytes) {
+      this.refused++;
+      throw new McpError(
+        HOST_BUSY,
+        `this host session has ${this.unread} bytes of answers not yet read (the gateway's limit is ${this.maxUnreadBytes}): read them, then retry`,
+        { retryable: true },
+      );
+    }
+    // An id still in use would merge two answers' accounting (and the SDK routes answers by id).
+    if (this.running.has(id) || this.held.has(id))
+      throw new McpError(ErrorCode.InvalidRequest, `request id ${JSON.stringify(id)} is still in use in this session`);
+    this.calls++;
+    this.served++;
+    this.running.add(id);
+    try {
+      const answer = await call();
+      if (this.tracksDelivery && !this.abandoned.has(id)) {
+        const bytes = jsonSize(answer);
+        this.held.set(id, (this.held.get(id) ?? 0) + bytes);
+        this.unread += bytes;
+      }
+      return answer;
+    } finally {
+      this.calls--;
+      this.running.delete(id);
+      this.abandoned.delete(id);
+    }
+  }
+
+  /**
+   * The response that carried call `id` has ended (read, or its connection closed). True when
+   * the call is still running: its answer can never be delivered, so the caller cancels it.
+   */
+  delivered(id: RequestId): boolean {
+    const bytes = this.held.get(id);
+    if (bytes !== undefined) {
+      this.held.delete(id);
+      this.unread -= bytes;
+    }
+    if (!this.running.has(id)) return false;
+    this.abandoned.add(id);
+    return true;
+  }
+}
+
+/** About the JSON size of an answer, without writing it out: string lengths plus a little per value. */
+export function jsonSize(v: unknown): number {
+  if (typeof v === "string") return v.length + 2;
+  if (v === null || typeof v !== "object") return 8;
+  let n = 2;
+  if (Array.isArray(v)) for (const x of v) n += jsonSize(x) + 1;
+  else for (const [k, x] of Object.entries(v)) n += k.length + 4 + jsonSize(x);
+  return n;
+}

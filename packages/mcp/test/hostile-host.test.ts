@@ -1,0 +1,391 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { type Socket, connect as tcp } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
+import { Client } from "@modelcontextprotocol/sdk/client/index.js";
+import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
+import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
+import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
+import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
+import { type HttpGateway, serveHttp } from "../src/http.js";
+import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
+
+const BEARER = "a-secret-of-enough-length";
+const RIGHTS = [
+  { ops: ["system.describe"], targets: ["kernel://"] },
+  { ops: ["storage.read", "storage.write", "storage.list"], targets: ["obj://ws1/**"] },
+  { ops: ["event.*"], targets: ["topic://**"] },
+  { ops: ["compute.submit", "op.status", "op.result", "op.cancel"], targets: ["op://**"] },
+];
+const JSON_SSE = { "content-type": "application/json", accept: "application/json, text/event-stream" };
+const INIT = JSON.stringify({
+  jsonrpc: "2.0",
+  id: 1,
+  method: "initialize",
+  params: { protocolVersion: "2025-06-18", capabilities: {}, clientInfo: { name: "hostile", version: "1" } },
+});
+
+/** An honest host (the SDK's client); `end` ends its session (DELETE), as close alone does not. */
+async function connect(http: HttpGateway, info = HOST): Promise<Client & { end(): Promise<void> }> {
+  const t = new StreamableHTTPClientTransport(new URL(http.url), {
+    requestInit: { headers: { Authorization: `Bearer ${BEARER}` } },
+  });
+  const c = new Client(info);
+  await c.connect(t);
+  return Object.assign(c, {
+    end: async () => {
+      await t.terminateSession();
+      await c.close();
+    },
+  });
+}
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+/** Memory the gateway's answers can take, after a full collection. */
+function held(): number {
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.external;
+}
+
+/** A host session sent by hand (fetch), so that requests can race its end. */
+async function rawSession(http: HttpGateway) {
+  const h0 = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+  const r = await fetch(http.url, { method: "POST", headers: h0, body: INIT });
+  await r.text();
+  const h = { ...h0, "mcp-session-id": r.headers.get("mcp-session-id") ?? "", "mcp-protocol-version": "2025-06-18" };
+  const post = (m: unknown) => fetch(http.url, { method: "POST", headers: h, body: JSON.stringify(m) }).then((x) => x.text());
+  await post({ jsonrpc: "2.0", method: "notifications/initialized" });
+  let id = 1;
+  return {
+    sid: h["mcp-session-id"],
+    send: (method: string, params: unknown) => post({ jsonrpc: "2.0", id: id++, method, params }),
+    end: () => fetch(http.url, { method: "DELETE", headers: h }).then((x) => x.status),
+  };
+}
+
+describe("the HTTP gateway under a hostile host holding the secret", () => {
+  // A small bound: a leaked watch shows as the next honest subscription refused.
+  const k = new KernelHome({ maxSubscriptionsPerSession: 8 });
+  let gw: Awaited<ReturnType<typeof gatewayOn>>;
+  let files: { identityFile: string; tokenFile: string };
+  before(async () => {
+    await k.start();
+    files = await k.persona("hank", RIGHTS);
+    gw = await gatewayOn(k, files);
+  });
+  after(async () => {
+    await gw?.close();
+    await k.dispose();
+  });
+
+  it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
+    try {
+      const codes: Record<number, number> = {};
+      for (let i = 0; i < 200; i++) {
+        const r = await fetch(http.url, {
+          method: "POST",
+          body: INIT,
+          headers: {
+            authorization: `Bearer ${BEARER}`,
+            "content-type": i % 2 ? "text/plain" : "application/json",
+            accept: i % 2 ? "application/json, text/event-stream" : "application/json",
+          },
+        });
+        codes[r.status] = (codes[r.status] ?? 0) + 1;
+        await r.arrayBuffer();
+      }
+      assert.deepEqual(codes, { 406: 100, 415: 100 });
+      assert.equal(gw.gateway.serverCount, 0);
+      assert.equal(http.sessions(), 0);
+      // Joined duplicate headers: the gateway's check passes it, the SDK refuses it after the
+      // server exists; that server is closed too.
+      const dup = await fetch(http.url, {
+        method: "POST",
+        body: INIT,
+        headers: {
+          authorization: `Bearer ${BEARER}`,
+          "content-type": "application/json;charset=utf-8, text/plain",
+          accept: "application/json, text/event-stream",
+        },
+      });
+      await dup.arrayBuffer();
+      assert.equal(dup.status, 415);
+      assert.equal(gw.gateway.serverCount, 0);
+      assert.equal(http.sessions(), 0);
+      // Honest hosts still get both slots.
+      const a = await connect(http);
+      const b = await connect(http);
+      assert.equal(gw.gateway.serverCount, 2);
+      assert.ok((await a.listTools()).tools.length > 0);
+      await a.close();
+      await b.close();
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("leaves no kernel watch behind when the session ends or unsubscribes while its subscription is being made", async () => {
+    const w = gw.gateway.watches;
+    const [a, b] = InMemoryTransport.createLinkedPair();
+    const server = gw.gateway.createServer();
+    await server.connect(a);
+    try {
+      // The session ends while the kernel watch is being made.
+      const p1 = w.subscribe(server, "obj://ws1/race/1", "test#1");
+      const p2 = w.subscribe(server, "obj://ws1/race/2", "test#2");
+      await w.dropServer(server);
+      await Promise.all([p1, p2]);
+      assert.deepEqual(w.uris, []);
+      await w.subscribe(server, "obj://ws1/race/3", "test#3");
+      assert.deepEqual(w.uris, [], "an ended session subscribes to nothing");
+      // Within a live session: unsubscribe answered before the subscribe it follows.
+      const other = gw.gateway.createServer();
+      const p3 = w.subscribe(other, "obj://ws1/race/4", "test#4");
+      await w.unsubscribe(other, "obj://ws1/race/4");
+      await p3;
+      assert.deepEqual(w.uris, []);
+      // Two sessions, one cancelled: the other keeps its watch.
+      const p4 = w.subscribe(other, "obj://ws1/race/5", "test#5");
+      const p5 = w.subscribe(server, "obj://ws1/race/5", "test#6");
+      await w.dropServer(server);
+      await Promise.all([p4, p5]);
+      assert.deepEqual(w.uris, ["obj://ws1/race/5"]);
+      await w.dropServer(other);
+      assert.deepEqual(w.uris, []);
+    } finally {
+      await b.close();
+    }
+  });
+
+  it("keeps subscriptions for honest hosts after many hostile sessions raced subscribe against their end", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      for (let round = 0; round < 12; round++) {
+        const s = await rawSession(http);
+        const sent = Array.from({ length: 6 }, (_, i) =>
+          s.send("resources/subscribe", { uri: `obj://ws1/hostile/${round}/${i}` }).catch(() => ""),
+        );
+        // Ends at once (the subscriptions are still being made) or after some were answered.
+        if (round % 2) await sent[0];
+        assert.equal(await s.end(), 200);
+        await Promise.all(sent);
+      }
+      // A subscribe and an unsubscribe sent together by one session.
+      const s = await rawSession(http);
+      await Promise.all([
+        s.send("resources/subscribe", { uri: "obj://ws1/together" }),
+        s.send("resources/unsubscribe", { uri: "obj://ws1/together" }),
+      ]);
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "every hostile watch released");
+      await s.end();
+      const honest = await connect(http);
+      for (let i = 0; i < 8; i++) await honest.subscribeResource({ uri: `obj://ws1/honest/${i}` });
+      assert.equal(gw.gateway.watches.uris.length, 8);
+      await honest.end();
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "the honest host's watches released");
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("offers no event subscription as a tool: its slots would outlive the host session, its events reach no host", async () => {
+    const names = gw.gateway.toolNames;
+    assert.ok(names.includes("event_emit"), names.join(", "));
+    assert.ok(!names.includes("event_subscribe") && !names.includes("event_unsubscribe"), names.join(", "));
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const listed = (await host.listTools()).tools.map((t) => t.name);
+      assert.ok(!listed.some((n) => /^event.(un)?subscribe$/.test(n)), listed.join(", "));
+      const e = await mcpError(host.callTool({ name: "event_subscribe", arguments: { target: "topic://t/1" } }));
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      assert.ok(!k.audit("hank").some((r) => r.op === "event.subscribe"), "the kernel is never asked");
+      // Every slot of the gateway's session is still there for resources/subscribe.
+      for (let i = 0; i < 8; i++) await host.subscribeResource({ uri: `obj://ws1/slot/${i}` });
+      await host.end();
+      await until(() => gw.gateway.watches.uris.length === 0, 30_000, "the host's watches released");
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("a host whose name holds control characters is served; the record names it with them replaced, never raw", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http, { name: "evil\nstatus       SUCCESS\u001b[8m", version: "1\u202e" });
+      const r = await host.callTool({ name: "storage_write", arguments: { target: "obj://ws1/named", args: { data: "x" } } });
+      assert.ok(!r.isError, JSON.stringify(r));
+      await host.end();
+      const rec = k.audit("hank").find((x) => x.op === "storage.write" && x.target === "obj://ws1/named");
+      assert.ok(rec, "the write is on the record");
+      assert.match(String(rec.execution), /^mcp:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("offers no token.bind tool: a token one host binds would add its authority to the session every host shares", async () => {
+    const tina = await k.persona("tina", [
+      { ops: ["system.describe"], targets: ["kernel://"] },
+      { ops: ["token.bind", "token.inspect", "token.list"], targets: ["token://**", "persona://tina"] },
+    ]);
+    const g = await gatewayOn(k, tina);
+    try {
+      const names = g.gateway.toolNames;
+      assert.ok(names.includes("token_inspect"), names.join(", "));
+      assert.ok(!names.includes("token_bind"), names.join(", "));
+    } finally {
+      await g.close();
+    }
+  });
+
+  it("refuses a host's calls past its bounds while it leaves large answers unread; others are served, memory stays bounded", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const MAX_UNREAD = 8 * 1024 * 1024;
+    await gw.client.storage.putLarge("obj://ws1/big", [randomBytes(SIZE)], { size: SIZE });
+    const small = await gatewayOn(k, files, { maxCallsPerSession: 4, maxUnreadBytesPerSession: MAX_UNREAD });
+    const http = await serveHttp(small.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      // An honest host reads it once first: buffers that grow to a large answer and stay are not
+      // what is measured.
+      const honest = await connect(http);
+      const blob = (await honest.readResource({ uri: "obj://ws1/big" })).contents.map((c) => ("blob" in c ? c.blob : ""));
+      assert.equal(Buffer.from(blob[0] ?? "", "base64").length, SIZE);
+      blob.length = 0;
+      const hostile = await rawSession(http);
+      const load = () => small.gateway.hostLoads()[1] as ReturnType<typeof small.gateway.hostLoads>[0];
+      const before = held();
+      const { port } = new URL(http.url);
+      const N = 16;
+      for (let i = 0; i < N; i++) {
+        // A connection that is never read: the answer waits in the gateway for the host.
+        const body = JSON.stringify({ jsonrpc: "2.0", id: 100 + i, method: "resources/read", params: { uri: "obj://ws1/big" } });
+        const sock = tcp(Number(port), "127.0.0.1");
+        sock.pause();
+        socks.push(sock);
+        sock.write(
+          `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${hostile.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+        await until(() => load().served + load().refused === i + 1 && load().calls === 0, 60_000, `read ${i} handled`);
+      }
+      const answer = Math.ceil(SIZE / 3) * 4;
+      assert.ok(load().refused > 0, JSON.stringify(load()));
+      assert.ok(load().unreadBytes <= MAX_UNREAD + answer, JSON.stringify(load()));
+      const grown = held() - before;
+      assert.ok(grown < 4 * (MAX_UNREAD + answer), `the gateway holds ${grown} bytes more`);
+      // The hostile session is told why, and that it may retry; another host is served.
+      const busy = await hostile.send("resources/read", { uri: "obj://ws1/big" });
+      assert.match(busy, new RegExp(`"code":${HOST_BUSY}.*not yet read`));
+      const again = (await honest.readResource({ uri: "obj://ws1/big" })).contents.map((c) => ("blob" in c ? c.blob : ""));
+      assert.equal(Buffer.from(again[0] ?? "", "base64").length, SIZE);
+      again.length = 0;
+      // The host closes those connections: their answers are dropped, and it may read again.
+      for (const s of socks) s.destroy();
+      await until(() => load().unreadBytes === 0, 30_000, "the unread answers dropped");
+      assert.match(await hostile.send("resources/read", { uri: "obj://ws1/big" }), /"blob":/);
+      await hostile.end();
+      await honest.end();
+      await until(() => held() - before < MAX_UNREAD / 2, 30_000, "the memory of the dropped answers released");
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await small.close();
+    }
+  });
+
+  it("cancels a call whose connection the host closes while it runs, and frees its place", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const before = gw.gateway.hostLoads().length;
+    const sock = { s: undefined as Socket | undefined };
+    try {
+      const host = await rawSession(http);
+      const load = () => gw.gateway.hostLoads()[before] as ReturnType<typeof gw.gateway.hostLoads>[0];
+      const body = JSON.stringify({
+        jsonrpc: "2.0",
+        id: 7,
+        method: "tools/call",
+        params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+      });
+      const { port } = new URL(http.url);
+      sock.s = tcp(Number(port), "127.0.0.1");
+      sock.s.write(
+        `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${host.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+      await until(() => k.audit("hank").some((r) => r.op === "op.status"), 60_000, "the op to be followed");
+      assert.equal(load().calls, 1);
+      sock.s.destroy();
+      await until(() => load().calls === 0, 60_000, "the call to end");
+      await until(() => k.audit("hank").some((r) => r.op === "op.cancel" && r.status === "SUCCESS"), 60_000, "op.cancel");
+      await host.end();
+    } finally {
+      sock.s?.destroy();
+      await http.close();
+    }
+  });
+
+  it("refuses Object.prototype member names as arguments with InvalidParams; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const target = "obj://ws1/proto-probe";
+      for (const name of ["constructor", "toString", "hasOwnProperty", "__proto__", "valueOf"]) {
+        const args = JSON.parse(`{${JSON.stringify(name)}: 1}`);
+        const e = await mcpError(host.callTool({ name: "storage_read", arguments: { target, args } }));
+        assert.equal(e.code, ErrorCode.InvalidParams, `${name}: ${e.message}`);
+        assert.match(e.message, new RegExp(`storage\\.read takes no argument "${name}"`));
+      }
+      // A required argument hidden behind __proto__ is still missing.
+      const hidden = JSON.parse('{"__proto__": {"data": "x"}}');
+      const e = await mcpError(host.callTool({ name: "storage_write", arguments: { target, args: hidden } }));
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      const missing = await mcpError(host.callTool({ name: "storage_write", arguments: { target, args: {} } }));
+      assert.match(missing.message, /args\.data is required/);
+      // Nor is a target found on the prototype.
+      const noTarget = await mcpError(
+        host.callTool({ name: "storage_read", arguments: JSON.parse('{"__proto__": {"target": "obj://ws1/x"}}') }),
+      );
+      assert.equal(noTarget.code, ErrorCode.InvalidParams);
+      assert.deepEqual(
+        k.audit("hank").filter((r) => r.target === target),
+        [],
+        "no request reached the kernel",
+      );
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+});
+
+describe("a host session's budget", () => {
+  it("refuses a call past maxCalls in flight, retryably, and takes calls again as they end", async () => {
+    const b = new HostBudget(2, 1024);
+    const ends: (() => void)[] = [];
+    const start = (id: number) => b.run(id, () => new Promise<void>((r) => ends.push(r)));
+    const pending = [start(1)];
+    const reused = await mcpError(b.run(1, async () => {}));
+    assert.equal(reused.code, ErrorCode.InvalidRequest, "an id in use is refused");
+    pending.push(start(2));
+    const e = await mcpError(b.run(3, async () => {}));
+    assert.equal(e.code, HOST_BUSY);
+    assert.match(e.message, /2 calls in flight .*limit is 2/);
+    assert.deepEqual(e.data, { retryable: true });
+    for (const end of ends) end();
+    await Promise.all(pending);
+    await b.run(3, async () => {});
+    assert.deepEqual(b.load, { calls: 0, unreadBytes: 0, served: 3, refused: 1 });
+    // Over HTTP an answer counts until its response ends.
+    b.tracksDelivery = true;
+    await b.run(4, async () => "x".repeat(2000));
+    const refusedAfter = await mcpError(b.run(5, async () => {}));
+    assert.match(refusedAfter.message, /bytes of answers not yet read/);
+    assert.equal(b.delivered(4), false);
+    assert.equal(b.load.unreadBytes, 0);
+  });
+});
