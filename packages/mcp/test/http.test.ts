@@ -186,6 +186,13 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
       assert.equal(bad.code, 2, `--max-sessions ${n}`);
       assert.match(bad.err, /--max-sessions must be a positive integer/);
     }
+    for (const flag of ["--max-calls", "--max-unread-bytes"]) {
+      for (const n of ["0", "-1", "many", "2.5"]) {
+        const bad = kpip(["mcp", ...home, `${flag}=${n}`]);
+        assert.equal(bad.code, 2, `${flag} ${n}`);
+        assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+      }
+    }
     const stdio = kpip(["mcp", ...home, "--max-sessions", "4"]);
     assert.equal(stdio.code, 2);
     assert.match(stdio.err, /--max-sessions goes with --http/);

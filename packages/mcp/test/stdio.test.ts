@@ -3,6 +3,7 @@ import { spawn, spawnSync } from "node:child_process";
 import { after, before, describe, it } from "node:test";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { type CallToolResult, ErrorCode } from "@modelcontextprotocol/sdk/types.js";
+import { HOST_BUSY } from "../src/host-budget.js";
 import { HOST, KernelHome, kpip, MAIN, mcpError, stdioHost, text, until } from "./harness.js";
 
 /** The narrow token of the walkthrough: storage in ws1, the op table, commands and their follow-up. */
@@ -142,6 +143,37 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     assert.equal(out.status, "SUCCESS");
     assert.equal(out.payload.state, "succeeded");
     assert.equal(Buffer.from(out.payload.result.stdout.$bytes, "base64").toString(), "computed\n");
+  });
+
+  it("kpip mcp --max-calls bounds the calls one host has running: one more is refused, retryable, until one ends", async () => {
+    const one = await stdioHost(k, files, ["--max-calls", "1"]);
+    try {
+      const ac = new AbortController();
+      let running = false;
+      const long = call(
+        one,
+        "compute_submit",
+        { target: "op://command/sleep", args: { args: ["120"] } },
+        {
+          signal: ac.signal,
+          onprogress: () => {
+            running = true;
+          },
+        },
+      );
+      long.catch(() => {});
+      await until(() => running, 60_000, "the long call running");
+      const e = await mcpError(call(one, "system_describe", { target: "kernel://" }));
+      assert.equal(e.code, HOST_BUSY, e.message);
+      ac.abort();
+      const servedAgain = async () => {
+        const r = await call(one, "system_describe", { target: "kernel://" }).catch(() => undefined);
+        return r !== undefined && !r.isError;
+      };
+      await until(servedAgain, 60_000, "served again once the long call ended");
+    } finally {
+      await one.close().catch(() => {});
+    }
   });
 
   it("turns the host's cancellation into op.cancel", async () => {

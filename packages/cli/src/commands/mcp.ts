@@ -18,7 +18,7 @@ export const mcpCommand: Command = {
   name: "mcp",
   summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
   usage:
-    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] (stdout carries MCP over stdio)",
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] (stdout carries MCP over stdio)",
   example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
   options: {
     ...CONNECT_OPTIONS,
@@ -32,6 +32,14 @@ export const mcpCommand: Command = {
       type: "string",
       description: "with --http: most host sessions open at once; more initializations get 503 (default 64)",
     },
+    "max-calls": {
+      type: "string",
+      description: "most tool calls one host session has running at once; more get a retryable -32029 (default 16)",
+    },
+    "max-unread-bytes": {
+      type: "string",
+      description: "most answer bytes one host session may leave undelivered; past it calls get -32029 (default 67108864)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -41,6 +49,14 @@ export const mcpCommand: Command = {
       if (!Number.isSafeInteger(maxArgsBytes) || maxArgsBytes < 1024)
         throw new UsageError("--max-args-bytes must be an integer ≥ 1024");
     }
+    const positive = (flag: string): number | undefined => {
+      if (v[flag] === undefined) return undefined;
+      const n = Number(v[flag]);
+      if (!Number.isSafeInteger(n) || n < 1) throw new UsageError(`--${flag} must be a positive integer`);
+      return n;
+    };
+    const maxCallsPerSession = positive("max-calls");
+    const maxUnreadBytesPerSession = positive("max-unread-bytes");
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
     let maxSessions: number | undefined;
     if (v["max-sessions"] !== undefined) {
@@ -71,7 +87,11 @@ export const mcpCommand: Command = {
         if (s === "reconnecting") say("kernel connection lost; reconnecting (tool calls fail fast meanwhile)");
         else if (s === "ready" && kc.connections > 1) say("kernel connection restored");
       });
-      const gateway = await McpGateway.open(client, maxArgsBytes === undefined ? {} : { maxArgsBytes });
+      const gateway = await McpGateway.open(client, {
+        ...(maxArgsBytes === undefined ? {} : { maxArgsBytes }),
+        ...(maxCallsPerSession === undefined ? {} : { maxCallsPerSession }),
+        ...(maxUnreadBytesPerSession === undefined ? {} : { maxUnreadBytesPerSession }),
+      });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
         const http = await serveHttp(gateway, { ...listen, bearer, ...(maxSessions === undefined ? {} : { maxSessions }) });
