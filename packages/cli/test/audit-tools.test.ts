@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
   copyFileSync,
@@ -112,6 +112,62 @@ async function asAdmin(home: string, f: (c: KernelClient) => Promise<void>): Pro
     await k.stop();
   }
 }
+
+describe("kpip audit tail -f", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-audit-tail-"));
+  after(() => rmSync(home, { recursive: true, force: true }));
+
+  it("prints every record appended while it follows, once and in order, however many land between two looks", async () => {
+    const k = new Kernel({ home, logLevel: "silent" });
+    await k.start();
+    const child = spawn(process.execPath, [MAIN, "audit", "tail", "-f", "-n", "1", "--json", "--home", home], {
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    const seqs = () =>
+      out
+        .split("\n")
+        .filter(Boolean)
+        .map((l) => (JSON.parse(l) as { seq: number }).seq);
+    try {
+      // It prints the newest record first: from then on it follows.
+      for (let i = 0; i < 600 && seqs().length === 0; i++) await new Promise((r) => setTimeout(r, 50));
+      const first = seqs()[0] as number;
+      assert.ok(first > 0, "tail printed the newest record");
+      const c = await KernelClient.connect({
+        socket: k.socketPath,
+        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
+        tokens: [readFileSync(k.adminToken, "utf8").trim()],
+        reconnect: false,
+      });
+      // Thousands of records between two of its looks (it looks every 250 ms), at 64 in flight.
+      let left = 3000;
+      await Promise.all(
+        Array.from({ length: 64 }, async () => {
+          while (left-- > 0) await c.call("system.health", "kernel://");
+        }),
+      );
+      await c.close();
+      const head = (JSON.parse(kpip(["audit", "verify", "--json", "--home", home]).out) as { head: { seq: number } }).head.seq;
+      assert.ok(head >= first + 3000, `head ${head}`);
+      for (let i = 0; i < 1200 && (seqs().at(-1) ?? 0) < head; i++) await new Promise((r) => setTimeout(r, 50));
+      const got = seqs();
+      assert.ok((got.at(-1) ?? 0) >= head, `it caught up with the head (${got.at(-1)} < ${head})`);
+      assert.deepEqual(
+        got,
+        Array.from({ length: got.length }, (_, i) => first + i),
+        "every record once, in order",
+      );
+    } finally {
+      child.kill("SIGINT");
+      await new Promise((r) => child.once("exit", r));
+      await k.stop();
+    }
+  });
+});
 
 describe("audit views print what a peer chose, never raw control characters", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-audit-ctl-"));

@@ -267,7 +267,14 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
     for (const r of rows) process.stdout.write(`${json ? JSON.stringify(recordJson(r)) : recordLine(r)}\n`);
     last = rows.at(-1)?.seq ?? last;
   };
-  const newer = () => reader.scanAudit(last + 1, 1000);
+  /** Everything newer than the last printed, a batch at a time (a busy kernel adds thousands between two looks). */
+  const printNewer = () => {
+    for (;;) {
+      const rows = reader.scanAudit(last + 1, 1000);
+      if (rows.length === 0) return;
+      print(rows);
+    }
+  };
   try {
     if (!json) process.stdout.write(`${HEADER}\n`);
     const rows: AuditRecord[] = [];
@@ -290,7 +297,7 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
           reader.close();
           reader = openHome(home);
         }
-        print(newer());
+        printNewer();
       }, 250);
       const stop = () => {
         clearInterval(t);

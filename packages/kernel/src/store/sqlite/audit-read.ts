@@ -82,7 +82,8 @@ export class AuditReads {
 
   /** Up to `limit` records from `from` up (to `to`), oldest first. */
   up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
-    return (this.#up.all(from, to, limit) as unknown[][]).map((r) => this.decode(r));
+    // At most a batch's rows whatever the caller asks (kpip audit tail -f asks 1,000): one batch's memory.
+    return (this.#up.all(from, to, Math.min(limit, this.rows)) as unknown[][]).map((r) => this.decode(r));
   }
 
   /** Up to `limit` records below `below` and above `above`, newest first. */
