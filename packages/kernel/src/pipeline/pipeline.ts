@@ -1,4 +1,4 @@
-import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256Latin1 } from "@kpip/protocol";
+import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
@@ -148,17 +148,17 @@ export class Pipeline {
   }
 
   /**
-   * The intent's SHA-256 (latin1: a char per byte). A large one is hashed a slice per event-loop
+   * The intent's SHA-256. A large one is hashed a slice per event-loop
    * turn, so other sessions' requests run meanwhile instead of waiting out the whole body (a
    * 16 MiB intent is ~10 ms of hashing here). Requests of one session still reach the stages
    * after this in the order they arrived (an upload's chunks must, PROTOCOL §9): a request that
    * arrives while an earlier one of its session is being hashed waits for it.
    */
-  private hashInOrder(session: string, intent: Uint8Array): string | Promise<string> {
+  private hashInOrder(session: string, intent: Uint8Array): Buffer | Promise<Buffer> {
     const before = this.waiting.size === 0 ? undefined : this.waiting.get(session);
-    if (before === undefined && intent.length <= HASH_SLICE) return sha256Latin1(intent);
-    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent).then(latin1) : sha256Latin1(intent));
-    const p = before === undefined ? sha256InSlices(intent).then(latin1) : before.then(hash);
+    if (before === undefined && intent.length <= HASH_SLICE) return sha256(intent);
+    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : sha256(intent));
+    const p = before === undefined ? sha256InSlices(intent) : before.then(hash);
     this.holdSession(session, p);
     return p;
   }
@@ -192,7 +192,7 @@ export class Pipeline {
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
     const h = this.hashInOrder(s.id, req.intent);
-    return typeof h === "string" ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
+    return Buffer.isBuffer(h) ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
   }
 
   /** A refusal before step 3: the record's intent columns from bytes the pipeline did not decode. */
@@ -203,9 +203,8 @@ export class Pipeline {
   }
 
   /** Steps 3 (the hash known) to 5. */
-  private decode(ctx: RequestCtx, hashLatin1: string): Promise<Response> {
+  private decode(ctx: RequestCtx, hash: Buffer): Promise<Response> {
     const req = ctx.req;
-    const hash = Buffer.from(hashLatin1, "latin1");
     const rec = ctx.rec;
     ctx.hash = hash;
     rec.intent = req.intent;
@@ -433,5 +432,3 @@ export class Pipeline {
 
 /** The outcome's stage: its commit, already under way, is what the span times. */
 const passOn = <T>(x: T): T => x;
-
-const latin1 = (b: Buffer): string => b.toString("latin1");
