@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, KpipError, type Response, systemDescribe, UNPRINTABLE } from "@kpip/protocol";
+import { type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -74,14 +74,12 @@ function toolName(op: string, taken: Set<string>): string {
   return taken.has(n) ? op.replaceAll(".", "-") : n;
 }
 
-const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
-
 /**
  * At most 128 UTF-8 bytes, no control or bidirectional formatting character (context.execution is
  * a `label(128)`): a host names itself, and a name the protocol refuses must not fail its calls.
  */
 function clip(text: string): string {
-  const s = text.replace(EVERY_UNPRINTABLE, "?");
+  const s = replaceUnprintable(text, () => "?");
   // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
   if (s.length <= 42) return s;
   let b = Buffer.from(s, "utf8");

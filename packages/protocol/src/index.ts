@@ -28,7 +28,7 @@ export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/codec.js";
 export { encodedBody, withEncodedBody } from "./messages/encoded-body.js";
 export type * from "./messages/types.js";
-export { UNPRINTABLE, validateMessage } from "./messages/validate.js";
+export { replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";
 export { sha256, sha256Latin1 } from "./sha256.js";
 export {

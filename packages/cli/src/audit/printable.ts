@@ -1,6 +1,4 @@
-import { UNPRINTABLE } from "@kpip/protocol";
-
-const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
+import { replaceUnprintable } from "@kpip/protocol";
 
 /**
  * Text from the record as an operator's terminal should show it: a control character (C0, DEL,
@@ -9,5 +7,5 @@ const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
  * newline could forge a line of the view, an escape sequence could hide text or drive the terminal.
  */
 export function printable(text: string): string {
-  return text.replace(EVERY_UNPRINTABLE, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
+  return replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }

@@ -29,8 +29,13 @@ const text =
  * peer chooses and an operator later reads (the audit record, logs, a terminal), they could
  * forge lines, hide text or send escape sequences to the terminal (PROTOCOL §6, `label(N)`).
  */
-// biome-ignore lint/suspicious/noControlCharactersInRegex: matching them is the point
 export const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
+
+/** `text` with each {@link UNPRINTABLE} character replaced by `by(it)`: how views and labels make a peer's text safe to show. */
+export function replaceUnprintable(text: string, by: (c: string) => string): string {
+  return text.replace(EVERY_UNPRINTABLE, by);
+}
 const label =
   (max: number): Check =>
   (v, at, k) => {
