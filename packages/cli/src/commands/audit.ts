@@ -267,9 +267,14 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
     for (const r of rows) process.stdout.write(`${json ? JSON.stringify(recordJson(r)) : recordLine(r)}\n`);
     last = rows.at(-1)?.seq ?? last;
   };
-  /** Everything newer than the last printed, a batch at a time (a busy kernel adds thousands between two looks). */
+  /**
+   * Everything newer than the last printed up to the head seen now, a batch at a time (a busy
+   * kernel adds thousands between two looks). Up to that head only: against a kernel appending
+   * faster than this prints, one look must still end, or Ctrl-C would never be handled.
+   */
   const printNewer = () => {
-    for (;;) {
+    const head = reader.headSeq() ?? last;
+    while (last < head) {
       const rows = reader.scanAudit(last + 1, 1000);
       if (rows.length === 0) return;
       print(rows);
