@@ -20,7 +20,7 @@ export const sha256Latin1: (data: Uint8Array) => string = oneShot
  * would hold 8 KiB each; copy one out (`Buffer.from(new Uint8Array(h))`) or keep the latin1
  * string where it is kept long. Today none is: the kernel keeps intent and record hashes only
  * while their record is pending, except the audit chain's head (one hash, replaced by the next
- * record); the dedupe cache keeps latin1 strings, tokens and bodies hash with Hash objects
+ * record); the dedupe cache copies its 32 bytes into its own table, tokens and bodies hash with Hash objects
  * (unpooled digests), the upload's digest and an installed body's address live as long as their upload.
  */
 export const sha256 = (data: Uint8Array): Buffer => Buffer.from(sha256Latin1(data), "latin1");

@@ -204,7 +204,6 @@ export class CapEnforcer implements Authorizer {
     for (const ref of req.caps) {
       let grant: Grant;
       let inline: Token | undefined;
-      let decisions: BoundCapability["decisions"] | undefined;
       let bound: BoundCapability | undefined;
       if (typeof ref === "number") {
         const b = req.handles?.get(ref);
@@ -219,7 +218,6 @@ export class CapEnforcer implements Authorizer {
           continue;
         }
         grant = b.grant;
-        decisions = b.decisions;
         bound = b;
       } else {
         const v = this.verify(ref, req.persona);
@@ -235,7 +233,8 @@ export class CapEnforcer implements Authorizer {
       }
       anyValid = true;
       let ok: boolean | undefined;
-      if (decisions && bound) {
+      if (bound) {
+        const decisions = bound.decisions;
         // By op, then by target (with the workspace and domain when the request names either): no
         // key string built for a request that names neither, the usual one.
         const { workspace: ws, domain } = req.context;

@@ -1,7 +1,7 @@
 import { randomFillSync } from "node:crypto";
 
 /** The bytes a request is remembered by: a SHA-256 (an intent hash, or an op with effects' dedupe hash). */
-export const TAG_BYTES = 32;
+const TAG_BYTES = 32;
 
 /** A 32-bit hash of a key's three words: (client id, request id's low and high 32 bits). */
 export type KeyHash = (client: number, lo: number, hi: number) => number;
@@ -13,7 +13,7 @@ const rotl = (x: number, b: number): number => (x << b) | (x >>> (32 - b));
  * the network) of three 32-bit words under a 64-bit key: a keyed function, so the peer choosing
  * request ids, not knowing the key, cannot choose ids that share a slot. ~20 ns here.
  */
-export function halfSipHash13(k0: number, k1: number, a: number, b: number, c: number): number {
+function halfSipHash13(k0: number, k1: number, a: number, b: number, c: number): number {
   let v0 = k0 | 0;
   let v1 = k1 | 0;
   let v2 = (0x6c796765 ^ k0) | 0;
@@ -39,7 +39,7 @@ export function halfSipHash13(k0: number, k1: number, a: number, b: number, c: n
 }
 
 /** {@link halfSipHash13} under a random key of this process. */
-export function keyedHash(): KeyHash {
+function keyedHash(): KeyHash {
   const k = randomFillSync(new Uint32Array(2));
   const k0 = k[0] as number;
   const k1 = k[1] as number;

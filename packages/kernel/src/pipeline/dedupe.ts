@@ -134,7 +134,7 @@ export class DedupeCache {
     // Ops with effects: the durable record (it also survives a kernel restart).
     const row = this.store?.lookupDedupe(key, now);
     if (!row) return NEW;
-    if (t.authority !== "" || !sameBytes(row.hash, t.bytes)) return CONFLICT;
+    if (t.authority !== "" || Buffer.compare(row.hash, t.bytes) !== 0) return CONFLICT;
     // Sent as the recorded bytes, not encoded again from their decoding.
     const response = withEncodedBody(decodeCanonical(row.response) as unknown as Response, row.response);
     return { kind: "answer", response };
@@ -188,12 +188,6 @@ export class DedupeCache {
   sweep(now: number): void {
     this.table.sweep(now);
   }
-}
-
-function sameBytes(a: Uint8Array, b: Uint8Array): boolean {
-  if (a.length !== b.length) return false;
-  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
-  return true;
 }
 
 /**

@@ -158,6 +158,7 @@ export class Pipeline {
     const before = this.waiting.size === 0 ? undefined : this.waiting.get(session);
     if (before === undefined && intent.length <= HASH_SLICE) return sha256(intent);
     const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : sha256(intent));
+    // Without an earlier request waiting, only a large intent gets here.
     const p = before === undefined ? sha256InSlices(intent) : before.then(hash);
     this.holdSession(session, p);
     return p;

@@ -30,6 +30,8 @@ const linksToDatabase = (fd: number) => {
   }
 };
 let borrowed: number | undefined;
+/** Rounds left before a scan that found nothing is tried again (a scan reads a link per open descriptor: every session's socket). */
+let skipScans = 0;
 /**
  * A descriptor this process already has on the database file (a connection's, SQLite's own),
  * checked before each use. The worker must not open and close one of its own: POSIX locks
@@ -37,8 +39,6 @@ let borrowed: number | undefined;
  * the shared lock every connection here holds on it included ("How To Corrupt An SQLite
  * Database File" §2.2). None found (no /proc): no sync, the top-up syncs as before.
  */
-/** Rounds left before a scan that found nothing is tried again (a scan reads a link per open descriptor: every session's socket). */
-let skipScans = 0;
 const databaseFd = (): number | undefined => {
   if (borrowed !== undefined && linksToDatabase(borrowed)) return borrowed;
   borrowed = undefined;

@@ -138,10 +138,10 @@ export class AuditReads {
   /** The signed checkpoints, oldest first (none in a database without their table). */
   checkpoints(): AuditCheckpoint[] {
     if (this.#checkpoints === undefined) {
-      const has = (this.#db.pragma("table_info(audit_checkpoints)") as unknown[]).length > 0;
       // A value past its size is tampering: no bytes (the checkpoint then fails to verify), never read.
+      // No columns: no such table (a home older than checkpoints).
       const cols = boundedColumns(this.#db, "audit_checkpoints", CHECKPOINT_CELLS);
-      this.#checkpoints = has ? this.#db.prepare(`SELECT ${cols} FROM audit_checkpoints ORDER BY seq`) : null;
+      this.#checkpoints = cols !== "" ? this.#db.prepare(`SELECT ${cols} FROM audit_checkpoints ORDER BY seq`) : null;
     }
     return this.#checkpoints === null ? [] : (this.#checkpoints.all() as Record<string, unknown>[]).map(toCheckpoint);
   }
