@@ -92,7 +92,16 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const secret = digest(o.bearer);
   const sessions = new Map<string, StreamableHTTPServerTransport>();
   const lastSeen = new Map<string, number>();
-  const budgets = new WeakMap<StreamableHTTPServerTransport, HostBudget>();
+  /**
+   * Per host session: its budget, and the response that carried each call still in use. Only
+   * the end of that response delivers (or abandons) the call: a second POST naming an id still in
+   * use is refused, and its connection closing must not release the first call's answer bytes
+   * or cancel it (that would let a host step past its unread bound).
+   */
+  const hosts = new WeakMap<
+    StreamableHTTPServerTransport,
+    { budget: HostBudget; carriers: Map<string | number, ServerResponse> }
+  >();
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
   const idleMs = o.idleMs ?? 30 * 60_000;
@@ -126,12 +135,15 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       // bounds until this response ends, and a call whose connection closes is cancelled.
       const body = await readJson(req, 4 * gateway.maxArgsBytes);
       if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
-      const budget = budgets.get(t);
-      const ids = requestIds(body);
-      if (budget && ids.length > 0) {
+      const host = hosts.get(t);
+      const ids = host ? requestIds(body).filter((id) => !host.carriers.has(id)) : [];
+      if (host && ids.length > 0) {
+        for (const id of ids) host.carriers.set(id, res);
         res.once("close", () => {
           for (const id of ids) {
-            if (!budget.delivered(id)) continue;
+            if (host.carriers.get(id) !== res) continue;
+            host.carriers.delete(id);
+            if (!host.budget.delivered(id)) continue;
             const cancel = { requestId: id, reason: "the host closed the connection of this call" };
             t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: cancel });
           }
@@ -170,7 +182,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const mcp = gateway.createServer();
     const budget = gateway.budgetOf(mcp);
     budget.tracksDelivery = true;
-    budgets.set(t, budget);
+    hosts.set(t, { budget, carriers: new Map() });
     try {
       await mcp.connect(t);
       await t.handleRequest(req, res, body);

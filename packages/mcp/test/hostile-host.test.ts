@@ -299,6 +299,49 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("a second POST naming a call still in use is refused, and closing it neither releases that call's unread answer nor cancels it", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    await gw.client.storage.putLarge("obj://ws1/dup", [randomBytes(SIZE)], { size: SIZE });
+    const g = await gatewayOn(k, files, { maxUnreadBytesPerSession: 64 * 1024 * 1024 });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const hostile = await rawSession(http);
+      const load = () => g.gateway.hostLoads()[0] as ReturnType<typeof g.gateway.hostLoads>[0];
+      const { port } = new URL(http.url);
+      const post = (body: string, read: boolean) => {
+        const sock = tcp(Number(port), "127.0.0.1");
+        if (!read) sock.pause();
+        socks.push(sock);
+        sock.write(
+          `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${hostile.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        );
+        return sock;
+      };
+      const read = JSON.stringify({ jsonrpc: "2.0", id: 500, method: "resources/read", params: { uri: "obj://ws1/dup" } });
+      // Call 500's answer waits, unread, on a connection the host never reads.
+      post(read, false);
+      await until(() => load().served >= 1 && load().calls === 0 && load().unreadBytes > 0, 60_000, "the answer held");
+      const unread = load().unreadBytes;
+      // The same id again on another connection: refused as still in use; then that connection closes.
+      const dup = post(read, true);
+      let said = "";
+      dup.on("data", (d) => {
+        said += d;
+      });
+      await until(() => /still in use/.test(said), 60_000, "the duplicate refused");
+      dup.destroy();
+      // A round trip after that close: the host's session is still served.
+      assert.match(await hostile.send("tools/list", {}), /"tools"/);
+      assert.equal(load().unreadBytes, unread, "the first call's answer still counts until its own connection ends");
+      await hostile.end();
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("cancels a call whose connection the host closes while it runs, and frees its place", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     const before = gw.gateway.hostLoads().length;
