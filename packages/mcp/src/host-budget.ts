@@ -112,7 +112,7 @@ export class HostBudget {
 }
 
 /** About the JSON size of an answer, without writing it out: string lengths plus a little per value. */
-export function jsonSize(v: unknown): number {
+function jsonSize(v: unknown): number {
   if (typeof v === "string") return v.length + 2;
   if (v === null || typeof v !== "object") return 8;
   let n = 2;

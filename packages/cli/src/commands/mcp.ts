@@ -38,7 +38,8 @@ export const mcpCommand: Command = {
     },
     "max-unread-bytes": {
       type: "string",
-      description: "most answer bytes one host session may leave undelivered; past it calls get -32029 (default 67108864)",
+      description:
+        "with --http: most answer bytes one host session may leave unread; past it calls get -32029 (default 67108864)",
     },
   },
   async run(v, pos) {
@@ -61,9 +62,7 @@ export const mcpCommand: Command = {
     let maxSessions: number | undefined;
     if (v["max-sessions"] !== undefined) {
       if (listen === undefined) throw new UsageError("--max-sessions goes with --http");
-      maxSessions = Number(v["max-sessions"]);
-      if (!Number.isSafeInteger(maxSessions) || maxSessions < 1)
-        throw new UsageError("--max-sessions must be a positive integer");
+      maxSessions = positive("max-sessions");
     }
     let bearer: string | undefined;
     if (listen) {

@@ -1,5 +1,5 @@
 import { createHash } from "node:crypto";
-import { type CborMap, encodeCanonical, sha256 } from "@kpip/protocol";
+import { type CborMap, encodeCanonical, headSize, sha256 } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditRow } from "../store/types.js";
 import { CborWriter, textKey } from "./cbor-writer.js";
 
@@ -211,7 +211,7 @@ class RecordEncoder extends CborWriter {
       this.pos = at + 1 + len;
       return;
     }
-    const headLen = len < 0x100 ? 2 : len < 0x10000 ? 3 : len < 0x100000000 ? 5 : 9;
+    const headLen = headSize(len);
     b.copyWithin(at + headLen, at + 1, at + 1 + len);
     // No reallocation in head(): the room for the longest head was ensured above.
     this.pos = at;

@@ -39,10 +39,16 @@ export function lockScratchRoot(root: string): Database.Database {
   for (let attempt = 1; ; attempt++) {
     mkdirSync(root, { recursive: true, mode: 0o711 });
     const lock = join(root, LOCK);
-    const db = takeLock(lock, 10_000, true);
+    let db: Database.Database | undefined;
+    try {
+      db = takeLock(lock, 10_000, true);
+    } catch (e) {
+      // A remover took the root away between the file's creation and its opening: make it again.
+      if ((e as { code?: string }).code !== "SQLITE_CANTOPEN") throw e;
+    }
     // Taken after a remover let go: the root it locked is gone, this one is unlinked.
-    if (existsSync(lock)) return db;
-    db.close();
+    if (db && existsSync(lock)) return db;
+    db?.close();
     if (attempt === 5) throw new Error(`the scratch root ${root} keeps being removed`);
   }
 }
