@@ -5,7 +5,7 @@
 
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
 export { decodeCanonical } from "./cbor/decode.js";
-export { CanonicalWriter, compareKeys, encodeCanonical, headSize, writeHead } from "./cbor/encode.js";
+export { CanonicalWriter, compareKeys, encodeCanonical, headSize, sortKeys, writeHead } from "./cbor/encode.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
   type ByteChannel,

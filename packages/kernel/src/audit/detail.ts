@@ -1,4 +1,4 @@
-import { effectiveGrant, type Grant, type Token } from "@kpip/protocol";
+import { effectiveGrant, type Grant, sortKeys, type Token } from "@kpip/protocol";
 
 /**
  * The audit record's `detail` column: compact JSON of one object, keys sorted at every level,
@@ -31,18 +31,12 @@ function sorted(v: DetailValue | undefined): DetailValue | undefined {
  */
 export function sortedKeys(v: object): string[] {
   const keys = Object.keys(v);
-  if (keys.length > 32) return keys.sort();
-  for (let i = 1; i < keys.length; i++) {
-    const k = keys[i] as string;
-    let j = i - 1;
-    while (j >= 0 && (keys[j] as string) > k) {
-      keys[j + 1] = keys[j] as string;
-      j--;
-    }
-    keys[j + 1] = k;
-  }
+  sortKeys(keys, utf16Order);
   return keys;
 }
+
+/** Array.prototype.sort's default order (keys are distinct: never equal). */
+const utf16Order = (a: string, b: string): number => (a > b ? 1 : -1);
 
 /** Outcome summaries that hold only the status: built once, not per request. */
 const STATUS_ONLY: Record<string, string> = {};

@@ -284,15 +284,15 @@ export function writeHead(out: Buffer, at: number, major: number, n: number): nu
  * Array.prototype.sort copies into a work array every call (a tenth of the kernel's allocation
  * under load, each response and record encoded).
  */
-export function sortKeys(keys: string[]): void {
+export function sortKeys(keys: string[], compare: (a: string, b: string) => number = compareKeys): void {
   if (keys.length > 16) {
-    keys.sort(compareKeys);
+    keys.sort(compare);
     return;
   }
   for (let i = 1; i < keys.length; i++) {
     const k = keys[i] as string;
     let j = i - 1;
-    while (j >= 0 && compareKeys(keys[j] as string, k) > 0) {
+    while (j >= 0 && compare(keys[j] as string, k) > 0) {
       keys[j + 1] = keys[j] as string;
       j--;
     }
