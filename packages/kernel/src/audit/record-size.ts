@@ -87,3 +87,18 @@ export const STORED_RECORD: RecordSource = {
   size: "octet_length(record)",
   batchBytes: "record",
 };
+
+/** The hash column only when it is a hash-sized blob (tampering: never a large value); else `otherwise`. */
+export function boundedHashSql(value = "hash", otherwise = "NULL"): string {
+  return `CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN ${value} ELSE ${otherwise} END`;
+}
+
+/** A row's record bytes in a batch: only when SQLite says (without reading them) they are at most `recordBytes`. */
+export function batchRecordSql(src: RecordSource, recordBytes: number): string {
+  return `CASE WHEN ${src.size} <= ${recordBytes} THEN ${src.batchBytes ?? src.bytes} END`;
+}
+
+/** One record read alone: its size, and its bytes unless over {@link MAX_RECORD_BYTES} (never read then). */
+export function aloneRecordSql(src: RecordSource): string {
+  return `SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`;
+}

@@ -2,8 +2,11 @@ import * as crypto from "node:crypto";
 import type Database from "better-sqlite3";
 import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
 import {
+  aloneRecordSql,
   type BatchShape,
+  batchRecordSql,
   batchShape,
+  boundedHashSql,
   MAX_RECORD_BYTES,
   oversizeReason,
   type RecordSource,
@@ -44,14 +47,11 @@ export class RecordScan {
     // them); a larger record (NULL here) is read alone, one over MAX_RECORD_BYTES never.
     this.scan = db
       .prepare(
-        `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN lower(hex(hash)) END,
-          CASE WHEN ${src.size} <= ${shape.recordBytes} THEN ${src.batchBytes ?? src.bytes} END
+        `SELECT seq, ${boundedHashSql("lower(hex(hash))")}, ${batchRecordSql(src, shape.recordBytes)}
         FROM audit WHERE seq >= ? ORDER BY seq LIMIT ?`,
       )
       .raw(true);
-    this.one = db
-      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
-      .raw(true);
+    this.one = db.prepare(aloneRecordSql(src)).raw(true);
   }
 
   /**

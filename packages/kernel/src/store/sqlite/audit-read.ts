@@ -1,12 +1,21 @@
 import type Database from "better-sqlite3";
 import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
-import { type BatchShape, batchShape, MAX_RECORD_BYTES, type RecordSource, STORED_RECORD } from "../../audit/record-size.js";
+import {
+  aloneRecordSql,
+  type BatchShape,
+  batchRecordSql,
+  batchShape,
+  boundedHashSql,
+  MAX_RECORD_BYTES,
+  type RecordSource,
+  STORED_RECORD,
+} from "../../audit/record-size.js";
 import type { AuditCheckpoint, AuditRow } from "../types.js";
 import { rowReader } from "./base.js";
 import { boundedColumns } from "./cells.js";
 
 /** A row's hash, or no bytes for one that is not a hash-sized blob (tampering: never a large value). */
-const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END";
+const HASH = boundedHashSql("hash", "x''");
 
 /**
  * Every read of the audit table goes through here: the kernel's store, the audit reader of the
@@ -16,7 +25,7 @@ const HASH = "CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash E
  * record is a placeholder saying so). A batch of rows holds at most rows × that size of records.
  */
 function rowColumns(src: RecordSource, recordBytes: number): string {
-  return `seq, ${HASH}, CASE WHEN ${src.size} <= ${recordBytes} THEN ${src.batchBytes ?? src.bytes} END`;
+  return `seq, ${HASH}, ${batchRecordSql(src, recordBytes)}`;
 }
 
 export class AuditReads {
@@ -48,9 +57,7 @@ export class AuditReads {
     this.#hashAt = db.prepare(`SELECT ${HASH} FROM audit WHERE seq = ?`).pluck(true);
     this.#one = db.prepare(`SELECT ${cols} FROM audit WHERE seq = ?`).raw(true);
     // A record past the batch size, alone; over the bound, not at all.
-    this.#bytes = db
-      .prepare(`SELECT ${src.size}, CASE WHEN ${src.size} <= ${MAX_RECORD_BYTES} THEN ${src.bytes} END FROM audit WHERE seq = ?`)
-      .raw(true);
+    this.#bytes = db.prepare(aloneRecordSql(src)).raw(true);
     this.#up = db.prepare(`SELECT ${cols} FROM audit WHERE seq >= ? AND seq <= ? ORDER BY seq LIMIT ?`).raw(true);
     this.#after = db.prepare(`SELECT ${cols} FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`).raw(true);
     this.#down = db.prepare(`SELECT ${cols} FROM audit WHERE seq < ? AND seq > ? ORDER BY seq DESC LIMIT ?`).raw(true);
