@@ -139,6 +139,8 @@ export interface RequestCtx {
    * run failed before it was registered, so its registration is to be dropped at once.
    */
   pending?: Promise<Response> | typeof FAILED_EARLY;
+  /** The dedupe record that remembers the run (-1 before it is registered): settling it needs no second lookup. */
+  dslot: number;
 }
 
 /** {@link RequestCtx.pending} of a run that failed before dedupe registered it. */
@@ -171,6 +173,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     lease: undefined,
     atomic: undefined,
     pending: undefined,
+    dslot: -1,
     rec: {
       session: session.id,
       persona: session.persona,

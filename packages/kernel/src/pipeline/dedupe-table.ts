@@ -137,8 +137,8 @@ const PENDING = 17; // int32: the running attempt's slot in `pendings`, or -1
  *   small integer while it has records) and a request id (a number); any other key string is a
  *   client of its own with no id. The record keeps both, so a lookup compares the whole key,
  *   never a fingerprint: two keys sharing a slot of the index are only slower, never confused.
- * - The index is open addressing with linear probing over an Int32Array (record + 1 per slot,
- *   at most ~40 % full), deletion by backward shift (no tombstones). Its hash is keyed
+ * - The index is open addressing with linear probing over an Int32Array (record + 1 and its
+ *   hash per slot, at most ~40 % full; a probe compares hashes before it reads a record), deletion by backward shift (no tombstones). Its hash is keyed
  *   ({@link keyedHash}, a random key per table), so ids chosen by a peer land in slots it
  *   cannot predict (hash flooding would otherwise make every lookup walk one long run).
  * - A record's tag is its 32 bytes and its authority interned; the records form a doubly
@@ -192,7 +192,8 @@ export class DedupeTable<P> {
     let size = 8;
     while (size < this.capacity * 2.5) size *= 2;
     this.mask = size - 1;
-    this.slots = new Int32Array(size);
+    // Pairs: record + 1, then its hash (a probe past another key never touches its record).
+    this.slots = new Int32Array(size * 2);
     const buffer = new ArrayBuffer(this.capacity * STRIDE);
     this.f64 = new Float64Array(buffer);
     this.i32 = new Int32Array(buffer);
@@ -228,9 +229,9 @@ export class DedupeTable<P> {
     this.kHash = h;
     const { slots, mask, i32, f64 } = this;
     for (let i = h & mask; ; i = (i + 1) & mask) {
-      const r = slots[i]! - 1;
+      const r = slots[2 * i]! - 1;
       if (r === NONE) return NONE;
-      if (i32[r * I32 + HASH] === h && i32[r * I32 + CLIENT] === client && f64[r * F64 + ID] === id) {
+      if (slots[2 * i + 1] === h && i32[r * I32 + CLIENT] === client && f64[r * F64 + ID] === id) {
         this.kFound = r;
         return r;
       }
@@ -263,9 +264,10 @@ export class DedupeTable<P> {
 
   /**
    * Remembers `key` as the newest record (replacing its record, if any); past `maxEntries` the
-   * oldest `evictBatch` records go at once. The tag's bytes are copied.
+   * oldest `evictBatch` records go at once. The tag's bytes are copied. Answers the record
+   * (for {@link pending} checks later; records are reused once removed).
    */
-  put(key: string, bytes: Uint8Array, authority: string, expires: number, pending: P | undefined): void {
+  put(key: string, bytes: Uint8Array, authority: string, expires: number, pending: P | undefined): number {
     if (bytes.length !== TAG_BYTES) throw new RangeError(`a dedupe tag is ${TAG_BYTES} bytes, not ${bytes.length}`);
     const old = this.find(key);
     // References taken before the old record goes: its client and authority must stay interned.
@@ -307,10 +309,13 @@ export class DedupeTable<P> {
     this.count++;
     const { slots, mask } = this;
     let i = h & mask;
-    while (slots[i] !== 0) i = (i + 1) & mask;
-    slots[i] = r + 1;
+    while (slots[2 * i] !== 0) i = (i + 1) & mask;
+    slots[2 * i] = r + 1;
+    slots[2 * i + 1] = h;
     this.version++;
     if (this.count > this.maxEntries) this.evictOldest(this.evictBatch);
+    // Its record (the oldest go first, so it is still this key's unless the table holds one record).
+    return r;
   }
 
   /** Removes the oldest `n` records (fewer if there are fewer). */
@@ -329,16 +334,17 @@ export class DedupeTable<P> {
     const o = r * I32;
     // Out of the index: find its slot, then shift the run behind it back (no tombstones).
     let i = i32[o + HASH]! & mask;
-    while (slots[i] !== r + 1) i = (i + 1) & mask;
-    for (let j = (i + 1) & mask; slots[j] !== 0; j = (j + 1) & mask) {
-      const home = i32[(slots[j]! - 1) * I32 + HASH]! & mask;
+    while (slots[2 * i] !== r + 1) i = (i + 1) & mask;
+    for (let j = (i + 1) & mask; slots[2 * j] !== 0; j = (j + 1) & mask) {
+      const home = slots[2 * j + 1]! & mask;
       // The entry at j may move to i unless its home slot lies cyclically in (i, j].
       if (i <= j ? home <= i || home > j : home <= i && home > j) {
-        slots[i] = slots[j]!;
+        slots[2 * i] = slots[2 * j]!;
+        slots[2 * i + 1] = slots[2 * j + 1]!;
         i = j;
       }
     }
-    slots[i] = 0;
+    slots[2 * i] = 0;
     // Out of the order.
     const p = i32[o + PREV]!;
     const n = i32[o + NEXT]!;
@@ -368,8 +374,8 @@ export class DedupeTable<P> {
     let longest = 0;
     let run = 0;
     // Twice around, so a run that wraps past the end is counted whole.
-    for (let k = 0; k < this.slots.length * 2; k++) {
-      if (this.slots[k & this.mask] === 0) run = 0;
+    for (let k = 0; k <= this.mask * 2 + 1; k++) {
+      if (this.slots[2 * (k & this.mask)] === 0) run = 0;
       else if (++run > longest) longest = run;
     }
     return Math.min(longest, this.count);

@@ -157,16 +157,28 @@ export class DedupeCache {
     });
   }
 
-  /** The first attempt is running: a duplicate arriving now waits for the same answer. */
-  running(key: string, t: DedupeTag, pending: Promise<Response>, now: number): void {
-    this.table.put(key, t.bytes, t.authority, now + this.windowMs, pending);
+  /**
+   * The first attempt is running: a duplicate arriving now waits for the same answer. Answers
+   * the record that remembers it, for {@link settled}.
+   */
+  running(key: string, t: DedupeTag, pending: Promise<Response>, now: number): number {
+    return this.table.put(key, t.bytes, t.authority, now + this.windowMs, pending);
   }
 
-  /** The attempt settled: keep only its tag (its response, if any is kept, is in the store). */
-  settled(key: string, t: DedupeTag, now: number): void {
+  /**
+   * The attempt settled: keep only its tag (its response, if any is kept, is in the store).
+   * `record` and `pending`: what {@link running} answered and was given; while that record still
+   * holds this attempt's promise (no other request's: promises are never shared) it is this key's
+   * record, found without a second lookup.
+   */
+  settled(key: string, t: DedupeTag, now: number, record = -1, pending?: Promise<Response>): void {
     // Kept in place: the record stays where `running` put it, a request's duration early for
     // `sweep`, which only frees memory.
     const table = this.table;
+    if (record !== -1 && pending !== undefined && table.pending(record) === pending) {
+      table.settle(record, now + this.windowMs);
+      return;
+    }
     const r = table.find(key);
     if (r !== -1 && table.sameTag(r, t.bytes, t.authority)) table.settle(r, now + this.windowMs);
     else table.put(key, t.bytes, t.authority, now + this.windowMs, undefined);

@@ -286,7 +286,7 @@ export class Pipeline {
     if (prior.kind === "answer") return this.replay(ctx, prior.response);
     const pending = this.run(ctx, tag);
     // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
-    dedupe.running(key, tag, pending, now);
+    ctx.dslot = dedupe.running(key, tag, pending, now);
     // A run that fails (a record that did not commit) is no answer: a retry with these ids runs
     // again. The run forgets itself ({@link abandon}); one that failed before this point left a mark.
     if (ctx.pending === FAILED_EARLY) dedupe.abandoned(key, pending);
@@ -418,7 +418,10 @@ export class Pipeline {
   private settle(ctx: RequestCtx, tag: DedupeTag, response: Response): Response {
     // A transient failure is not an answer to keep: the client's retry must run again.
     if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.deps.dedupe.forget(ctx.key as string);
-    else this.deps.dedupe.settled(ctx.key as string, tag, Date.now());
+    else {
+      const p = ctx.pending;
+      this.deps.dedupe.settled(ctx.key as string, tag, Date.now(), ctx.dslot, p === FAILED_EARLY ? undefined : p);
+    }
     return this.answered(ctx, response);
   }
 
