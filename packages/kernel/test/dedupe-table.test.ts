@@ -163,6 +163,8 @@ type Step =
   | { op: "check"; key: number; tag: number; auth: number; effects: boolean }
   | { op: "running"; key: number; tag: number; auth: number }
   | { op: "settled"; key: number; tag: number; auth: number }
+  /** The run `running` last registered under the key settles, naming the record it was given (as the pipeline does). */
+  | { op: "settledRun"; key: number }
   | { op: "abandoned"; key: number; promise: number }
   | { op: "forget"; key: number }
   | { op: "sweep" }
@@ -175,6 +177,7 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   { arbitrary: fc.record({ op: fc.constant("check" as const), key, tag, auth, effects: fc.boolean() }), weight: 4 },
   { arbitrary: fc.record({ op: fc.constant("running" as const), key, tag, auth }), weight: 4 },
   { arbitrary: fc.record({ op: fc.constant("settled" as const), key, tag, auth }), weight: 4 },
+  { arbitrary: fc.record({ op: fc.constant("settledRun" as const), key }), weight: 3 },
   { arbitrary: fc.record({ op: fc.constant("abandoned" as const), key, promise: fc.nat(8) }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant("forget" as const), key }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant("sweep" as const) }), weight: 1 },
@@ -201,6 +204,8 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
           const mine = new DedupeCache(WINDOW_MS, store as never, maxEntries, HASHES[hashName]);
           const model = new MapDedupeCache(WINDOW_MS, store, maxEntries);
           const promises: Promise<Response>[] = [];
+          // Per key, the last run registered: its tag, promise and the record running() answered.
+          const runs = new Map<number, { t: DedupeTag; p: Promise<Response>; record: number }>();
           let now = 1_000;
           for (const [i, s] of steps.entries()) {
             const at = `step ${i} ${JSON.stringify(s)} (${hashName}, bound ${maxEntries})`;
@@ -211,6 +216,17 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
             } else if (s.op === "forget") {
               mine.forget(KEYS[s.key] as string);
               model.forget(KEYS[s.key] as string);
+            } else if (s.op === "settledRun") {
+              const run = runs.get(s.key);
+              if (run) {
+                // Its record may have been evicted, forgotten or reused since: then it is looked up.
+                mine.settled(KEYS[s.key] as string, run.t, now, run.record, run.p);
+                model.settled(
+                  KEYS[s.key] as string,
+                  { tag: Buffer.from(run.t.bytes).toString("base64"), authority: run.t.authority },
+                  now,
+                );
+              }
             } else if (s.op === "abandoned") {
               const p = promises[s.promise] ?? Promise.resolve(answer(-1));
               mine.abandoned(KEYS[s.key] as string, p);
@@ -228,7 +244,7 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
               } else {
                 const p = Promise.resolve(answer(promises.length));
                 promises.push(p);
-                mine.running(k, t, p, now);
+                runs.set(s.key, { t, p, record: mine.running(k, t, p, now) });
                 model.running(k, ref, p, now);
               }
             }
