@@ -100,6 +100,68 @@ export abstract class CborEncoder {
     }
   }
 
+  /**
+   * A RESPONSE body (PROTOCOL §8.5) field by field in canonical key order, the bytes {@link write}
+   * gives, without its key listing and sorting (every request's answer takes this path). Answers
+   * false, having written nothing, for a value that is not exactly that shape (a field of another
+   * name, a number that is not a safe non-negative integer, a non-string text): the generic path
+   * then encodes or refuses it.
+   */
+  writeResponse(v: object): boolean {
+    if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+    const r = v as { version?: unknown; id?: unknown; status?: unknown; error?: unknown; message?: unknown; payload?: unknown };
+    let count = 0;
+    // for…in: no array of keys (a plain object's enumerable keys are its own).
+    for (const k in r) {
+      switch (k) {
+        case "version":
+        case "id":
+        case "status":
+        case "error":
+        case "message":
+        case "payload":
+          if (r[k] !== undefined) count++;
+          break;
+        default:
+          return false;
+      }
+    }
+    const { version, id, status, error, message, payload } = r;
+    if (!isUint(version) || !isUint(id) || typeof status !== "string") return false;
+    if ((error !== undefined && typeof error !== "string") || (message !== undefined && typeof message !== "string"))
+      return false;
+    // Canonical order (length, then bytes): id, error, status, message, payload, version.
+    this.head(5, count);
+    this.writeKey(KEY_ID);
+    this.head(0, id);
+    if (error !== undefined) {
+      this.writeKey(KEY_ERROR);
+      this.writeText(error);
+    }
+    this.writeKey(KEY_STATUS);
+    this.writeText(status);
+    if (message !== undefined) {
+      this.writeKey(KEY_MESSAGE);
+      this.writeText(message);
+    }
+    if (payload !== undefined) {
+      this.writeKey(KEY_PAYLOAD);
+      this.write(payload as CborValue, 1);
+    }
+    this.writeKey(KEY_VERSION);
+    this.head(0, version);
+    return true;
+  }
+
+  private writeKey(k: Uint8Array): void {
+    this.ensure(k.length);
+    // Byte by byte: TypedArray.set costs more than the copy for eight bytes.
+    const buf = this.buf;
+    let at = this.pos;
+    for (let i = 0; i < k.length; i++) buf[at++] = k[i] as number;
+    this.pos = at;
+  }
+
   /** A byte string: copied into the buffer (PieceWriter references large ones instead). */
   protected bytes(v: Uint8Array): void {
     this.head(2, v.length);
@@ -234,9 +296,21 @@ export class PieceWriter extends CborEncoder {
   /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */
   finishParts(): Uint8Array[] {
     const tail = this.buf.subarray(this.segStart, this.pos);
+    // Most frames reference nothing: one piece, no copy of the list.
+    if (this.done.length === 0) return [tail];
     return tail.length > 0 ? [...this.done, tail] : [...this.done];
   }
 }
+
+const isUint = (n: unknown): n is number => typeof n === "number" && Number.isSafeInteger(n) && n >= 0;
+/** A short ASCII key as its CBOR text string. */
+const textKey = (k: string): Uint8Array => Uint8Array.from([0x60 | k.length, ...Buffer.from(k, "latin1")]);
+const KEY_ID = textKey("id");
+const KEY_ERROR = textKey("error");
+const KEY_STATUS = textKey("status");
+const KEY_MESSAGE = textKey("message");
+const KEY_PAYLOAD = textKey("payload");
+const KEY_VERSION = textKey("version");
 
 /** Text up to this many UTF-16 units is tried as ASCII, written byte by byte. */
 const SHORT_TEXT = 48;

@@ -34,13 +34,15 @@ export function encodeFrameParts(opts: FrameOptions, body: Uint8Array): [Buffer,
 /**
  * Like {@link encodeFrame}, but byte strings of `refMin` bytes or more are referenced, not
  * copied: the frame comes back as pieces (header and body start in the first) for a vectored
- * write or a copy straight into shared memory.
+ * write or a copy straight into shared memory. `response`: the body is a RESPONSE's, tried on
+ * the encoder's fast path for that shape first (the same bytes).
  */
-export function encodeFramePieces(opts: FrameOptions, body: CborValue, refMin: number): Uint8Array[] {
+export function encodeFramePieces(opts: FrameOptions, body: CborValue, refMin: number, response = false): Uint8Array[] {
   const w = new PieceWriter(256, HEADER_SIZE, refMin);
-  w.write(body);
+  if (!(response && typeof body === "object" && body !== null && w.writeResponse(body))) w.write(body);
   const parts = w.finishParts();
-  const total = parts.reduce((n, p) => n + p.length, 0);
+  let total = 0;
+  for (let i = 0; i < parts.length; i++) total += (parts[i] as Uint8Array).length;
   writeHeader(parts[0] as Uint8Array, 0, {
     type: opts.type,
     flags: opts.flags ?? 0,

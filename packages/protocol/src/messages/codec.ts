@@ -22,7 +22,12 @@ export function encodeMessage(msg: Message, stream = 0, flags = 0): Buffer {
 export function encodeMessagePieces(msg: Message, stream: number, refMin: number): Uint8Array[] {
   const pre = encodedBody(msg.body);
   if (pre !== undefined) return encodeFrameParts({ type: MessageType[msg.type], stream }, pre);
-  return encodeFramePieces({ type: MessageType[msg.type], stream }, msg.body as unknown as CborValue, refMin);
+  return encodeFramePieces(
+    { type: MessageType[msg.type], stream },
+    msg.body as unknown as CborValue,
+    refMin,
+    msg.type === "RESPONSE",
+  );
 }
 
 /**
