@@ -107,6 +107,18 @@ const DECLARED = {
     zeroAllowed: true,
     description: "refusals over the rate after which a session is ended (RESOURCE/REFUSAL_FLOOD; 0 = never)",
   },
+  /** Failed-handshake records per second per transport (bursts 5×); beyond it, one aggregate record per tick. */
+  auditHandshakeRate: {
+    type: "int",
+    default: 20,
+    description: "failed-handshake records per second per transport (bursts 5×); beyond: aggregated",
+  },
+  /** Failed-handshake records per second per peer address on gRPC (bursts 5×). */
+  auditHandshakePeerRate: {
+    type: "int",
+    default: 5,
+    description: "failed-handshake records per second per gRPC peer address (bursts 5×); beyond: aggregated",
+  },
   /** Largest intent whose bytes a refusal record keeps (larger ones: hash, op and target only). */
   auditRefusalIntentMaxBytes: {
     type: "int",

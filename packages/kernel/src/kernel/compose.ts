@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import type { CborMap, Grant } from "@kpip/protocol";
 import { AgentManager } from "../agents/manager.js";
+import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
 import type { AuditLog } from "../audit/log.js";
 import { RefusalLimiter } from "../audit/refusals.js";
@@ -319,6 +320,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       personaKeys: new PersonaKeys(store),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
+      handshakeRecords: new HandshakeRecordLimiter({
+        transportRate: c.auditHandshakeRate,
+        peerRate: c.auditHandshakePeerRate,
+      }),
       peerLog: new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
       admitSession: (s, persona) => sessions.admit(s, persona),
       sessionClosed: (s) => sessions.closed(s),
