@@ -32,6 +32,12 @@ const DECLARED = {
     default: 1024,
     description: "most attested sessions (connections still handshaking are not counted)",
   },
+  /** Attested sessions of one persona with its sub-personas and agents (the admin is not bound by it). */
+  maxSessionsPerPersona: {
+    type: "int",
+    default: 64,
+    description: "most attested sessions of one persona with its sub-personas and agents (the admin exempt)",
+  },
   maxInFlight: { type: "int", default: 1024, description: "most requests in flight per session" },
   maxBodyBytes: { type: "int", default: 16 * 1024 * 1024, description: "largest frame body accepted, in bytes" },
   heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },

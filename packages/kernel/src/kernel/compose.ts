@@ -145,7 +145,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
-      (persona, attested) => admission.session(persona, attested)?.message,
+      (persona, attested, tree) => admission.session(persona, attested, tree)?.message,
       {
         shed: () => metricsRef?.handshakesShed.inc(),
         ended: (s) => {
