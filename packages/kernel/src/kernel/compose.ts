@@ -273,6 +273,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       eventDrops: () => events.dropped,
       agents: () => agents.runningCount,
       usage: () => store.allUsage(),
+      usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
     });
     metricsRef = metrics;
