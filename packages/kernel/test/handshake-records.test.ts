@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
+import * as grpc from "@grpc/grpc-js";
 import { generateIdentity } from "@kpip/protocol";
 import { HandshakeRecordLimiter } from "../src/audit/handshake-limit.js";
 import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
@@ -14,6 +15,21 @@ function garbage(path: string): Promise<void> {
     s.on("data", () => {});
     s.on("error", () => resolve());
     s.on("close", () => resolve());
+  });
+}
+
+/** One plaintext gRPC stream that sends 16 garbage bytes and waits for the kernel to end it. */
+function grpcGarbage(client: grpc.Client): Promise<void> {
+  return new Promise((resolve) => {
+    const call = client.makeBidiStreamRequest(
+      "/kpip.v1.Kernel/Session",
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+    );
+    call.on("data", () => {});
+    call.on("error", () => resolve());
+    call.on("end", () => resolve());
+    call.write(Buffer.alloc(16, 0x41));
   });
 }
 
@@ -100,6 +116,38 @@ describe("failed handshakes' audit records are bounded (an unauthenticated peer 
       // The admin's own records stay the admin's: nothing a stranger did is filed under it.
       assert.ok(!allAudit(t.k).some((r) => r.persona === "admin" && r.op === "session.handshake"));
     } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("garbage gRPC streams from one address: records within auditHandshakePeerRate, the rest counted with the address (none unrecorded)", async () => {
+    // The transport's rate is high: what bounds this peer is its own (1/s, burst 5).
+    const t = await startKernel({ grpcListen: "127.0.0.1:0", auditHandshakeRate: 1000, auditHandshakePeerRate: 1 });
+    const client = new grpc.Client(t.k.grpcAddress as string, grpc.credentials.createInsecure());
+    try {
+      const N = 120;
+      for (let i = 0; i < N; i += 10) await Promise.all(Array.from({ length: 10 }, () => grpcGarbage(client)));
+      const { single, agg } = await until(
+        () => {
+          const rows = allAudit(t.k);
+          const single = rows.filter((r) => r.op === "session.handshake" && (r.message ?? "").startsWith("BAD_MAGIC:"));
+          const agg = rows.filter((r) => r.op === "audit.suppressed" && r.phase === "session");
+          const counted = agg.reduce((n, r) => n + (JSON.parse(r.detail ?? "{}").count as number), 0);
+          return single.length + counted === N ? { single, agg } : undefined;
+        },
+        30_000,
+        "every failed handshake recorded or counted",
+      );
+      assert.ok(single.length < N / 4, `${single.length} single records for ${N} garbage streams`);
+      for (const r of agg) {
+        const d = JSON.parse(r.detail ?? "{}");
+        assert.equal(d.transport, "grpc");
+        assert.deepEqual(Object.keys(d.peers), ["127.0.0.1"]);
+        assert.equal(d.peers["127.0.0.1"], d.count);
+      }
+    } finally {
+      client.close();
       await t.stop();
       removeHome(t.home);
     }
