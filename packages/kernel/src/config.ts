@@ -32,6 +32,12 @@ const DECLARED = {
     default: 1024,
     description: "most attested sessions (connections still handshaking are not counted)",
   },
+  /** Attested sessions of one persona with its sub-personas and agents (the admin is not bound by it). */
+  maxSessionsPerPersona: {
+    type: "int",
+    default: 64,
+    description: "most attested sessions of one persona with its sub-personas and agents (the admin exempt)",
+  },
   maxInFlight: { type: "int", default: 1024, description: "most requests in flight per session" },
   maxBodyBytes: { type: "int", default: 16 * 1024 * 1024, description: "largest frame body accepted, in bytes" },
   heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },
@@ -107,6 +113,18 @@ const DECLARED = {
     zeroAllowed: true,
     description: "refusals over the rate after which a session is ended (RESOURCE/REFUSAL_FLOOD; 0 = never)",
   },
+  /** Failed-handshake records per second per transport (bursts 5×); beyond it, one aggregate record per tick. */
+  auditHandshakeRate: {
+    type: "int",
+    default: 20,
+    description: "failed-handshake records per second per transport (bursts 5×); beyond: aggregated",
+  },
+  /** Failed-handshake records per second per peer address on gRPC (bursts 5×). */
+  auditHandshakePeerRate: {
+    type: "int",
+    default: 5,
+    description: "failed-handshake records per second per gRPC peer address (bursts 5×); beyond: aggregated",
+  },
   /** Largest intent whose bytes a refusal record keeps (larger ones: hash, op and target only). */
   auditRefusalIntentMaxBytes: {
     type: "int",
@@ -139,7 +157,22 @@ const DECLARED = {
   metricsListen: {
     type: "string",
     default: "",
-    description: "serve Prometheus metrics on host:port (e.g. 127.0.0.1:9464); off by default",
+    description:
+      "serve Prometheus metrics on host:port (e.g. 127.0.0.1:9464; loopback only unless metricsAllowRemote); off by default",
+  },
+  /** 1: metricsListen may be a non-loopback address (the endpoint has no TLS and no authentication). */
+  metricsAllowRemote: {
+    type: "int",
+    default: 0,
+    zeroAllowed: true,
+    description: "1 = let metricsListen be a non-loopback address (no TLS, no authentication: anyone who reaches it reads it)",
+  },
+  /** 1: label usage series by persona and workspace id; 0: summed per kind (no ids). */
+  metricsPersonaLabels: {
+    type: "int",
+    default: 0,
+    zeroAllowed: true,
+    description: "1 = label usage metrics by persona and workspace id (0: summed per kind, no ids)",
   },
   /** Frame bodies above this many bytes travel through shared memory on local sessions (0 = never). */
   shmThreshold: {
@@ -371,6 +404,9 @@ export function resolveConfig(
   return out as unknown as KernelConfig;
 }
 
+/** Loopback listen hosts, as PROTOCOL §3.6 defines them for plaintext gRPC. */
+const LOOPBACK_HOSTS = new Set(["127.0.0.1", "[::1]", "localhost"]);
+
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
 /** Values whose type is right but whose content is not: refused before the kernel touches its home. */
@@ -384,12 +420,20 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(
       `maxBodyBytes ${c.maxBodyBytes} with audit intents kept up to ${Math.max(c.auditIntentMaxBytes, c.auditRefusalIntentMaxBytes)} bytes could make an audit record of ${largestRecordBytes(c)} bytes, more than the ${MAX_RECORD_BYTES} readers accept: lower them`,
     );
+  for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
+    if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);
+  }
   for (const key of ["metricsListen", "grpcListen"] as const) {
     const v = c[key];
     if (v === "") continue;
     const m = /^(\[[0-9a-fA-F:.]+\]|[^\s:[\]]+):(\d{1,5})$/.exec(v);
     if (!m || Number(m[2]) > 65_535)
       throw new ConfigError(`${key} must be host:port, e.g. 127.0.0.1:9464 or [::1]:9464 (got ${JSON.stringify(v)})`);
+    // The metrics endpoint has no TLS and no authentication: loopback unless the operator says otherwise.
+    if (key === "metricsListen" && !LOOPBACK_HOSTS.has(m[1] as string) && c.metricsAllowRemote !== 1)
+      throw new ConfigError(
+        `metricsListen ${v} is not a loopback address (127.0.0.1, [::1], localhost): the endpoint has no TLS and no authentication; set metricsAllowRemote 1 to serve it there anyway`,
+      );
   }
 }
 

@@ -84,7 +84,9 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     const e = await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
     assert.equal(e.message, "attestation failed");
     const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
-    assert.equal(row.persona, "admin");
+    // What HELLO claimed is not who the peer is: the record says so.
+    assert.equal(row.persona, "-");
+    assert.equal(JSON.parse(row.detail ?? "{}").claimedPersona, "admin");
     assert.match(row.message ?? "", /signature does not verify/);
     await stillServing();
   });
@@ -117,7 +119,8 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     const e = await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
     assert.equal(e.message, "attestation failed", "no oracle for which personas exist");
     const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
-    assert.equal(row.persona, "stranger");
+    assert.equal(row.persona, "-");
+    assert.equal(JSON.parse(row.detail ?? "{}").claimedPersona, "stranger");
     assert.match(row.message ?? "", /not registered/);
     await stillServing();
   });
@@ -163,7 +166,8 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     assert.match(e.message, /99/);
     assert.ok(!p.frames.some((f) => f.msg.type === "CHALLENGE"), "no CHALLENGE for an unsupported version");
     const row = await expectAudited(seen, "PROTOCOL", "UNSUPPORTED_VERSION");
-    assert.equal(row.persona, "admin");
+    assert.equal(row.persona, "-");
+    assert.equal(JSON.parse(row.detail ?? "{}").claimedPersona, "admin");
     await stillServing();
   });
 
@@ -263,7 +267,8 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     const h = await helloAs(p, "admin", adminIdentity(short.k).publicKey);
     await expectFatal(p, "PROTOCOL", "HANDSHAKE_TIMEOUT");
     const row = await expectAudited(seen, "PROTOCOL", "HANDSHAKE_TIMEOUT", h.session, short);
-    assert.equal(row.persona, "admin");
+    assert.equal(row.persona, "-");
+    assert.match(row.message ?? "", /persona "admin" claimed, not verified/);
     await stillServing(short);
   });
 

@@ -1,6 +1,10 @@
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
-import { removeHome, startKernel, until } from "./harness.js";
+import { ConfigError, Kernel } from "../src/index.js";
+import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 describe("metrics", () => {
   it("serves Prometheus series over HTTP when --metrics-listen is set", async () => {
@@ -26,8 +30,8 @@ describe("metrics", () => {
       "kpip_audit_batch_records_count",
       "kpip_audit_commit_seconds_count",
       "kpip_event_queue_drops_total 0",
-      'kpip_quota_usage{scope="workspace:ws1",resource="storage.bytes"} 1',
-      'kpip_quota_usage{scope="persona:admin",resource="storage.bytes"} 1',
+      'kpip_quota_usage{scope="workspace",resource="storage.bytes"} 1',
+      'kpip_quota_usage{scope="persona",resource="storage.bytes"} 1',
       "kpip_wal_background_checkpoints 1",
       "kpip_wal_topups_total 0",
       "kpip_wal_topup_seconds_total 0",
@@ -60,5 +64,71 @@ describe("metrics", () => {
     assert.equal(t.k.metricsAddress, "");
     await t.stop();
     removeHome(t.home);
+  });
+
+  it("/metrics names no persona or workspace by default (usage summed per kind); ids only with metricsPersonaLabels 1", async () => {
+    const usage = async (o: { metricsPersonaLabels?: number }) => {
+      const t = await startKernel({ metricsListen: "127.0.0.1:0", ...o });
+      try {
+        const bob = await t.persona("bob-secret-project", [{ ops: ["storage.write"], targets: ["obj://bobws/**"] }]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        await b.storage.write("obj://bobws/plans", "x".repeat(100));
+        await (await t.admin()).storage.write("obj://adminws/a", "y".repeat(20));
+        const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+        return text.split("\n").filter((l) => l.startsWith("kpip_quota_usage{"));
+      } finally {
+        await t.stop();
+        removeHome(t.home);
+      }
+    };
+    const plain = await usage({});
+    assert.ok(plain.includes('kpip_quota_usage{scope="persona",resource="storage.bytes"} 120'), plain.join("\n"));
+    assert.ok(plain.includes('kpip_quota_usage{scope="workspace",resource="storage.bytes"} 120'), plain.join("\n"));
+    assert.ok(!plain.some((l) => /bob|admin|ws/.test(l)), `no ids: ${plain.join("\n")}`);
+    const labelled = await usage({ metricsPersonaLabels: 1 });
+    assert.ok(labelled.includes('kpip_quota_usage{scope="persona:bob-secret-project",resource="storage.bytes"} 100'));
+    assert.ok(labelled.includes('kpip_quota_usage{scope="workspace:bobws",resource="storage.bytes"} 100'));
+  });
+
+  it("metricsListen off loopback is a ConfigError (no TLS, no authentication) unless metricsAllowRemote 1", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      for (const metricsListen of ["0.0.0.0:9464", "[::]:9464", "127.0.0.2:9464", "example.org:9464"]) {
+        assert.throws(() => new Kernel({ home, metricsListen }), ConfigError, metricsListen);
+      }
+      for (const metricsListen of ["127.0.0.1:0", "[::1]:0", "localhost:0"]) new Kernel({ home, metricsListen });
+      new Kernel({ home, metricsListen: "0.0.0.0:9464", metricsAllowRemote: 1 });
+      assert.throws(() => new Kernel({ home, metricsAllowRemote: 2 }), ConfigError);
+      assert.throws(() => new Kernel({ home, metricsPersonaLabels: 2 }), ConfigError);
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a sandboxed command granted sandbox.network reaches the loopback /metrics, and reads no other persona's id there", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel({ metricsListen: "127.0.0.1:0" });
+    try {
+      const bob = await t.persona("bob-secret-project", [{ ops: ["storage.write"], targets: ["obj://bobws/**"] }]);
+      await (await t.connect(bob.identity, [bob.token])).storage.write("obj://bobws/plans", "x".repeat(123));
+      const alice = await t.persona("alice", [
+        { ops: ["compute.submit", "sandbox.network"], targets: ["op://command/node"] },
+        { ops: ["op.*"], targets: ["op://**"] },
+      ]);
+      const a = await t.connect(alice.identity, [alice.token]);
+      const [host, port] = [t.k.metricsAddress?.split(":")[0], t.k.metricsAddress?.split(":")[1]];
+      const get = `require("http").get({host:"${host}",port:${port},path:"/metrics"},r=>{let b="";r.on("data",d=>b+=d).on("end",()=>console.log(b))}).on("error",e=>console.log("ERR",e.code))`;
+      const d = await a.call("compute.submit", "op://command/node", { args: ["-e", get], network: true });
+      const r = (await a.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
+      const out = Buffer.from(r.stdout).toString();
+      // The sandbox shares the host's network when granted: loopback listeners are reachable (documented) ...
+      assert.match(out, /kpip_quota_usage\{scope="persona",resource="storage.bytes"\} 123/);
+      // ... so the series carry no persona or workspace id.
+      assert.ok(!out.includes("bob-secret-project") && !out.includes("bobws"));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 });

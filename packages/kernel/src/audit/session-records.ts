@@ -62,16 +62,40 @@ export class SessionRecords {
     });
   }
 
-  /** A fatal ERROR: `session.error` on an open session, `session.handshake` before WELCOME (the cause in `detail` only). */
-  failed(persona: string, open: boolean, cls: ErrorClass, code: string, message: string, detail?: string): void {
+  /** A fatal ERROR on an open session: `session.error` (the cause in `detail` only). */
+  failed(persona: string, cls: ErrorClass, code: string, message: string, detail?: string): void {
     this.fire({
       persona,
-      op: open ? "session.error" : "session.handshake",
+      op: "session.error",
       status: "FAILURE",
       errorClass: cls,
       message: detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`,
-      // A failed handshake says where it came from, as the open record does.
-      ...(open ? {} : { detail: detailJson({ ...this.origin, code }) }),
+    });
+  }
+
+  /**
+   * A handshake that failed before WELCOME: `session.handshake`, saying where it came from as the
+   * open record does. Its persona is the attested one only when `verified` (TOO_MANY_SESSIONS);
+   * otherwise the record's persona is "-" and what HELLO claimed is `detail.claimedPersona` and in
+   * the message, marked unverified: anyone can claim any persona before attesting.
+   */
+  handshakeFailed(
+    persona: string | undefined,
+    verified: boolean,
+    cls: ErrorClass,
+    code: string,
+    message: string,
+    detail?: string,
+  ): void {
+    const claimed = !verified && persona ? persona : undefined;
+    const text = detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`;
+    this.fire({
+      persona: verified && persona ? persona : "-",
+      op: "session.handshake",
+      status: "FAILURE",
+      errorClass: cls,
+      message: claimed === undefined ? text : `${text} (persona ${JSON.stringify(claimed)} claimed, not verified)`,
+      detail: detailJson({ ...this.origin, code, claimedPersona: claimed }),
     });
   }
 

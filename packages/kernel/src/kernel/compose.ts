@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import type { CborMap, Grant } from "@kpip/protocol";
 import { AgentManager } from "../agents/manager.js";
+import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
 import type { AuditLog } from "../audit/log.js";
 import { RefusalLimiter } from "../audit/refusals.js";
@@ -144,7 +145,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
-      (persona, attested) => admission.session(persona, attested)?.message,
+      (persona, attested, tree) => admission.session(persona, attested, tree)?.message,
       {
         shed: () => metricsRef?.handshakesShed.inc(),
         ended: (s) => {
@@ -272,6 +273,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       eventDrops: () => events.dropped,
       agents: () => agents.runningCount,
       usage: () => store.allUsage(),
+      usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
     });
     metricsRef = metrics;
@@ -319,6 +321,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       personaKeys: new PersonaKeys(store),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
+      handshakeRecords: new HandshakeRecordLimiter({
+        transportRate: c.auditHandshakeRate,
+        peerRate: c.auditHandshakePeerRate,
+      }),
       peerLog: new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
       admitSession: (s, persona) => sessions.admit(s, persona),
       sessionClosed: (s) => sessions.closed(s),

@@ -1,3 +1,5 @@
+import { detailJson } from "../audit/detail.js";
+import { suppressedHandshakesMessage } from "../audit/handshake-limit.js";
 import { AuditRetention } from "../audit/retention.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
@@ -31,6 +33,7 @@ export function startHousekeeping(
     s.dedupe.sweep(now);
     s.applyOfflineChanges();
     s.pipeline.flushSuppressed();
+    flushSuppressedHandshakes(s);
     s.audit.checkpointIfDue(now);
     // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall);
     // the first pass after a start walks the whole table (what expired while the kernel was down).
@@ -52,4 +55,29 @@ export function startHousekeeping(
       retention.stop();
     },
   };
+}
+
+/** One `audit.suppressed` record (phase `session`) per transport for the failed handshakes over the record rate since the last tick. */
+function flushSuppressedHandshakes(s: KernelServices): void {
+  for (const x of s.host.handshakeRecords.take()) {
+    s.audit
+      .append({
+        session: "-",
+        persona: "-",
+        phase: "session",
+        op: "audit.suppressed",
+        status: "FAILURE",
+        message: suppressedHandshakesMessage(x),
+        detail: detailJson({
+          of: "session.handshake",
+          transport: x.transport,
+          count: x.count,
+          codes: x.codes,
+          peers: x.peers,
+          otherPeers: x.otherPeers,
+          since: new Date(x.since).toISOString(),
+        }),
+      })
+      .catch(() => {});
+  }
 }

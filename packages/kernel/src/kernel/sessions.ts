@@ -1,4 +1,5 @@
 import { TICK_SLICE_SESSIONS } from "../limits.js";
+import { sessionTree } from "../pipeline/admission.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
@@ -21,14 +22,16 @@ export class SessionRegistry implements SessionCounts {
   private readonly byId = new Map<string, Session>();
   private readonly preauth: PreauthBudget<Session>;
   private attested = 0;
+  /** Attested sessions per persona tree (its top-level id): the per-persona bound's count. */
+  private readonly trees = new Map<string, number>();
   private host: SessionHost | undefined;
   /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
   private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
 
   constructor(
     preauth: PreauthLimits,
-    /** The admission decision (the pipeline's admission stage): a refusal's message, given the attested sessions. */
-    private readonly decide: (persona: string, attested: number) => string | undefined,
+    /** The admission decision (the pipeline's admission stage): a refusal's message, given the attested sessions, all and the persona tree's. */
+    private readonly decide: (persona: string, attested: number, tree: number) => string | undefined,
     private readonly on: SessionEvents = {},
   ) {
     this.preauth = new PreauthBudget(preauth);
@@ -65,10 +68,12 @@ export class SessionRegistry implements SessionCounts {
 
   /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
   admit(s: Session, persona: string): string | undefined {
-    const refused = this.decide(persona, this.attested);
+    const tree = sessionTree(persona);
+    const refused = this.decide(persona, this.attested, this.trees.get(tree) ?? 0);
     if (refused !== undefined) return refused;
     this.preauth.release(s);
     this.attested++;
+    this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);
     return undefined;
   }
 
@@ -76,7 +81,13 @@ export class SessionRegistry implements SessionCounts {
   closed(s: Session): void {
     if (!this.sessions.has(s)) return;
     this.preauth.release(s);
-    if (s.persona) this.attested--;
+    if (s.persona) {
+      this.attested--;
+      const tree = sessionTree(s.persona);
+      const n = (this.trees.get(tree) ?? 1) - 1;
+      if (n > 0) this.trees.set(tree, n);
+      else this.trees.delete(tree);
+    }
     this.sessions.delete(s);
     this.byId.delete(s.id);
     this.on.ended?.(s);

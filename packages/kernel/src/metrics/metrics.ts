@@ -49,6 +49,11 @@ export class KernelMetrics {
     eventDrops: () => number;
     agents: () => number;
     usage: () => { scope: string; resource: string; amount: number }[];
+    /**
+     * Whether usage is labelled by persona and workspace id (`persona:<id>`): off, only the kind
+     * (`persona`, `workspace`) with the amounts summed — whoever reads /metrics reads the labels.
+     */
+    usageIds?: boolean;
     /** Whether WAL checkpoints still run on the worker thread (false once they fell back to commits). */
     walBackground: () => boolean;
   }) {
@@ -92,12 +97,28 @@ export class KernelMetrics {
     });
     new Gauge({
       name: "kpip_quota_usage",
-      help: "Resource usage by scope (persona:<id> or workspace:<id>) and resource",
+      help: gauges.usageIds
+        ? "Resource usage by scope (persona:<id> or workspace:<id>) and resource"
+        : "Resource usage by kind of scope (persona or workspace, summed over them) and resource",
       labelNames: ["scope", "resource"] as const,
       registers,
       collect() {
         this.reset();
-        for (const u of gauges.usage()) this.set({ scope: u.scope, resource: u.resource }, u.amount);
+        if (gauges.usageIds) {
+          for (const u of gauges.usage()) this.set({ scope: u.scope, resource: u.resource }, u.amount);
+          return;
+        }
+        // No persona or workspace ids in the labels by default: the sum per kind and resource.
+        const sums = new Map<string, { scope: string; resource: string; amount: number }>();
+        for (const u of gauges.usage()) {
+          const i = u.scope.indexOf(":");
+          const scope = i < 0 ? u.scope : u.scope.slice(0, i);
+          const key = `${scope}\n${u.resource}`;
+          const x = sums.get(key);
+          if (x) x.amount += u.amount;
+          else sums.set(key, { scope, resource: u.resource, amount: u.amount });
+        }
+        for (const x of sums.values()) this.set({ scope: x.scope, resource: x.resource }, x.amount);
       },
     });
     new Gauge({
@@ -121,7 +142,8 @@ export class KernelMetrics {
   /** Serves /metrics on host:port; resolves with the bound address. */
   async listen(hostPort: string): Promise<string> {
     const i = hostPort.lastIndexOf(":");
-    const host = hostPort.slice(0, i) || "127.0.0.1";
+    // "[::1]:9464": the brackets are the address syntax, not part of the host.
+    const host = hostPort.slice(0, i).replace(/^\[(.*)\]$/, "$1") || "127.0.0.1";
     const port = Number(hostPort.slice(i + 1));
     if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
       throw new Error(`metrics address ${hostPort} must be host:port`);

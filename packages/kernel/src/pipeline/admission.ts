@@ -9,7 +9,19 @@ export interface AdmissionLimits {
   /** The last sessions of `maxSessions` only the admin persona may take. */
   adminReserve: number;
   adminPersona: string;
+  /**
+   * Attested sessions of one persona together with its sub-personas and agents (the tree under
+   * its top-level id: `alice`, `alice/worker-1`, `alice/agent.w1`); the admin persona is not
+   * bound by it. Absent: no such bound.
+   */
+  maxSessionsPerPersona?: number;
 }
+
+/** The persona tree a session counts under for `maxSessionsPerPersona`: its top-level id. */
+export const sessionTree = (persona: string): string => {
+  const i = persona.indexOf("/");
+  return i < 0 ? persona : persona.slice(0, i);
+};
 
 /** What admission sees of a session's requests. */
 export interface InFlightView {
@@ -41,12 +53,20 @@ export class Admission {
   }
 
   /**
-   * A persona attested while `attested` sessions are open: may it have one more? maxSessions
-   * bounds attested sessions, the last `adminReserve` of them the admin's alone. A refusal is
-   * the fatal RESOURCE/TOO_MANY_SESSIONS of the handshake (audited as `session.handshake`).
+   * A persona attested while `attested` sessions are open, `tree` of them its tree's (see
+   * {@link sessionTree}): may it have one more? maxSessions bounds attested sessions, the last
+   * `adminReserve` of them the admin's alone; maxSessionsPerPersona bounds one tree's, so one
+   * persona cannot take every slot but the admin's. A refusal is the fatal
+   * RESOURCE/TOO_MANY_SESSIONS of the handshake (audited as `session.handshake`).
    */
-  session(persona: string, attested: number): Refusal | undefined {
-    const { maxSessions, adminReserve, adminPersona } = this.limits;
+  session(persona: string, attested: number, tree = 0): Refusal | undefined {
+    const { maxSessions, adminReserve, adminPersona, maxSessionsPerPersona } = this.limits;
+    if (persona !== adminPersona && maxSessionsPerPersona !== undefined && tree >= maxSessionsPerPersona) {
+      return {
+        errorClass: "RESOURCE",
+        message: `persona ${sessionTree(persona)} and its sub-personas already have ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+      };
+    }
     // At most maxSessions - 1 reserved: some persona other than the admin can always get in.
     const reserve = Math.min(adminReserve, maxSessions - 1);
     const limit = persona === adminPersona ? maxSessions : maxSessions - reserve;

@@ -1,4 +1,5 @@
 import type { ShmNative } from "@kpip/protocol";
+import type { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import type { AuditLog } from "../audit/log.js";
 import type { AttestedToken } from "../audit/session-records.js";
 import type { Logger } from "../log.js";
@@ -38,6 +39,8 @@ export interface SessionHostOf<S> {
   /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
   bindToken(table: HandleTable, persona: string, token: Uint8Array, session: string): AttestedToken;
   readonly log: Logger;
+  /** Failed handshakes' records go through here: a bounded rate per transport and peer address, the rest counted. */
+  readonly handshakeRecords: HandshakeRecordLimiter;
   /** Log lines a peer causes go through here: a bounded number per peer and window. */
   readonly peerLog: PeerLogLimiter;
   /**

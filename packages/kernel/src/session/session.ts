@@ -224,7 +224,8 @@ export class Session implements SessionView, EventSink {
       return;
     }
     const full = this.host.admitSession(this, persona);
-    if (full !== undefined) return this.fail("RESOURCE", "TOO_MANY_SESSIONS", full, persona);
+    // The persona attested: this record names it as verified, unlike every other failed handshake's.
+    if (full !== undefined) return this.fail("RESOURCE", "TOO_MANY_SESSIONS", full, persona, { verified: true });
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
@@ -318,18 +319,26 @@ export class Session implements SessionView, EventSink {
     this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona);
   }
 
-  /** Sends a fatal ERROR, audits it (with `detail`, the record's only; unless `audited` is false), and closes. */
+  /**
+   * Sends a fatal ERROR, audits it (with `detail`, the record's only; unless `audited` is false),
+   * and closes. Before WELCOME `persona` is only what HELLO claimed unless `verified` (it
+   * attested), and the record is written within the handshake record rate (else counted).
+   */
   private fail(
     cls: ErrorClass,
     code: string,
     message: string,
     persona?: string,
-    o: { detail?: string; audited?: boolean } = {},
+    o: { detail?: string; audited?: boolean; verified?: boolean } = {},
   ): void {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
     const open = this.state === "ready" || this.state === "closing";
-    if (o.audited !== false) this.records.failed(persona ?? "-", open, cls, code, message, o.detail);
+    if (o.audited !== false) {
+      if (open) this.records.failed(persona ?? "-", cls, code, message, o.detail);
+      else if (this.host.handshakeRecords.admit(this.conn.transport, this.peerAddress, code))
+        this.records.handshakeFailed(persona, o.verified === true, cls, code, message, o.detail);
+    }
     this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
     this.shm?.close();

@@ -1,0 +1,117 @@
+/** How fast failed handshakes are written to the audit log (kernel settings). */
+export interface HandshakeRecordLimits {
+  /** `session.handshake` records per second per transport; bursts up to 5× this. */
+  transportRate: number;
+  /** Records per second per peer address (transports that know one: gRPC); bursts up to 5× this. */
+  peerRate: number;
+}
+
+/** Failed handshakes of one transport not written one by one, for one aggregate record. */
+export interface SuppressedHandshakes {
+  transport: string;
+  count: number;
+  /** Count by error code (a handful of codes exist: bounded). */
+  codes: Record<string, number>;
+  /** Count by peer address, the first {@link MAX_NAMED} addresses only (gRPC; none on the Unix socket). */
+  peers: Record<string, number>;
+  /** Distinct peer addresses not named in `peers`, and their count. */
+  otherPeers: number;
+  since: number;
+}
+
+/** Peer addresses an aggregate names one by one; the rest are counted together. */
+const MAX_NAMED = 16;
+/** Peer addresses with a bucket of their own at once. */
+const MAX_PEERS = 10_000;
+
+interface Bucket {
+  tokens: number;
+  at: number;
+}
+
+/**
+ * A failed handshake costs an unauthenticated peer a connection and a few bytes, the kernel a
+ * durable record: without a rate, garbage on the socket grows the chain as fast as the peer can
+ * connect. Within the rate (per transport, and per peer address where the transport knows one)
+ * every failure gets its record; beyond it the failure is counted, and the counts are written as
+ * one aggregate record per transport at the next tick (`audit.suppressed`, phase `session`) —
+ * never silence. Aggregates per transport, not per peer: a peer with many addresses still costs
+ * one record per tick.
+ */
+export class HandshakeRecordLimiter {
+  private readonly transports = new Map<string, Bucket>();
+  private readonly peers = new Map<string, Bucket>();
+  private readonly pending = new Map<string, SuppressedHandshakes & { seen: Set<string> }>();
+
+  constructor(
+    private readonly limits: HandshakeRecordLimits,
+    private readonly clock: () => number = Date.now,
+  ) {}
+
+  /** True: write this failure's record. False: it was counted for the transport's aggregate record. */
+  admit(transport: string, peer: string, code: string): boolean {
+    const now = this.clock();
+    const t = this.refill(this.transports, transport, this.limits.transportRate, now);
+    const p = peer === "" ? undefined : this.peerBucket(`${transport} ${peer}`, now);
+    if (t.tokens >= 1 && (!p || p.tokens >= 1)) {
+      t.tokens--;
+      if (p) p.tokens--;
+      return true;
+    }
+    let agg = this.pending.get(transport);
+    if (!agg) {
+      agg = { transport, count: 0, codes: {}, peers: {}, otherPeers: 0, since: now, seen: new Set() };
+      this.pending.set(transport, agg);
+    }
+    agg.count++;
+    agg.codes[code] = (Object.hasOwn(agg.codes, code) ? (agg.codes[code] as number) : 0) + 1;
+    if (peer !== "") {
+      if (Object.hasOwn(agg.peers, peer)) agg.peers[peer] = (agg.peers[peer] as number) + 1;
+      else if (agg.seen.size < MAX_NAMED) {
+        agg.seen.add(peer);
+        agg.peers[peer] = 1;
+      } else agg.otherPeers++;
+    }
+    return false;
+  }
+
+  /** The counts to write now (one per transport), forgotten once taken; idle peers' buckets go too (the kernel's tick). */
+  take(): SuppressedHandshakes[] {
+    const out = [...this.pending.values()].map(({ seen: _, ...s }) => s);
+    this.pending.clear();
+    const now = this.clock();
+    // A bucket idle for a full refill is full again: dropping it changes nothing.
+    for (const [k, v] of this.peers) if (now - v.at >= 5000) this.peers.delete(k);
+    return out;
+  }
+
+  /**
+   * A peer's bucket; past MAX_PEERS tracked addresses a new one has none (the transport's rate
+   * still bounds it): many addresses cannot make this table, or its sweep, large.
+   */
+  private peerBucket(key: string, now: number): Bucket | undefined {
+    if (!this.peers.has(key) && this.peers.size >= MAX_PEERS) return undefined;
+    return this.refill(this.peers, key, this.limits.peerRate, now);
+  }
+
+  private refill(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
+    const burst = rate * 5;
+    let b = map.get(key);
+    if (!b) {
+      b = { tokens: burst, at: now };
+      map.set(key, b);
+      return b;
+    }
+    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
+    b.at = now;
+    return b;
+  }
+}
+
+/** The aggregate record's message. */
+export function suppressedHandshakesMessage(s: SuppressedHandshakes): string {
+  const codes = Object.entries(s.codes)
+    .map(([k, v]) => `${k} ${v}`)
+    .join(", ");
+  return `${s.count} failed handshakes on ${s.transport} over the audit handshake rate, recorded as this one record (${codes}) since ${new Date(s.since).toISOString()}`;
+}
