@@ -106,7 +106,11 @@ export function removeStaleRoots(parent: string, uid: number, own: string, now =
       const d = lstatSync(root);
       if (!d.isDirectory() || d.uid !== uid) continue;
       if (existsSync(join(root, ROOT_LOCK))) {
-        if (removeLocked(root, ROOT_LOCK, uid, () => rmSync(root, { recursive: true, force: true }))) removed++;
+        const whole = () => {
+          rmSync(root, { recursive: true, force: true });
+          return true;
+        };
+        if (removeLocked(root, ROOT_LOCK, uid, whole)) removed++;
       } else if (existsSync(join(root, ROOT_LIVE))) {
         if (removeLocked(root, ROOT_LIVE, uid, () => removeIfOnly(root, ROOT_LIVE))) removed++;
       } else if (now - d.mtimeMs > LOCKLESS_AGE_MS) {
@@ -125,7 +129,7 @@ export function removeStaleRoots(parent: string, uid: number, own: string, now =
  * Takes the root's lock `file` (never waiting: held means its kernel runs) and, holding it,
  * removes the root with `remove`; false when the lock is held or not the file looked at.
  */
-function removeLocked(root: string, file: RootLockFile, uid: number, remove: () => boolean | void): boolean {
+function removeLocked(root: string, file: RootLockFile, uid: number, remove: () => boolean): boolean {
   const lock = join(root, file);
   const f = lstatSync(lock);
   if (!f.isFile() || f.uid !== uid) return false;
@@ -133,7 +137,7 @@ function removeLocked(root: string, file: RootLockFile, uid: number, remove: () 
   try {
     // The lock taken must be the file looked at: a kernel re-making its root meanwhile made a new one.
     if (lstatSync(lock, { throwIfNoEntry: false })?.ino !== f.ino) return false;
-    return remove() !== false;
+    return remove();
   } finally {
     db.close();
   }
