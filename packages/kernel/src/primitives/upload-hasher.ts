@@ -19,7 +19,7 @@ const RESTARTS: HasherRestarts = { max: 5, windowMs: 60_000, backoffMs: 100, max
  * Bytes of one upload hashed per turn of the rotation (and per turn of the event loop once
  * hashing is on the kernel's thread): what another persona's commit may wait behind each of its own.
  */
-export const HASH_TURN = 1024 * 1024;
+const HASH_TURN = 1024 * 1024;
 /** Turns with the worker at once: one hashed while the next is on its way, so it does not idle for the round trip. */
 const IN_FLIGHT = 2;
 
