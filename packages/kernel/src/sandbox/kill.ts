@@ -69,8 +69,12 @@ export const PIPE_GRACE_MS = 1_000;
  */
 export function closePipesAfterExit(child: ChildProcess, graceMs = PIPE_GRACE_MS): void {
   child.once("exit", () => {
+    // Closed from the check phase: what the pipes hold is read in the poll phase before it, even
+    // when the loop was held for longer than the grace.
     const t = setTimeout(() => {
-      for (const s of child.stdio) s?.destroy();
+      setImmediate(() => {
+        for (const s of child.stdio) s?.destroy();
+      });
     }, graceMs);
     t.unref();
     child.once("close", () => clearTimeout(t));
