@@ -55,16 +55,33 @@ describe("audit tool arguments", () => {
     assert.ok(one("obj://proj/a") && !one("obj://proj/a/b"));
   });
 
-  it("query's --persona/--op test (records are decoded, not filtered in SQL) answers as the SQL filter it replaces", () => {
-    // The filter it replaces: exact, or GLOB with ** as *, and P/** also P itself.
+  it("query's --persona/--op test (records are decoded, not filtered in SQL) answers as SQLite's GLOB whenever the pattern has a wildcard (* ? [), as the name otherwise", () => {
+    // The filter it replaces: exact, or GLOB with ** as *, and P/** also P itself; GLOB as soon
+    // as the pattern has a character GLOB gives a meaning (`?` and `[` too, not only `*`).
     const db = new Database(":memory:");
     const sql = (pattern: string, v: string): boolean => {
-      if (!pattern.includes("*")) return v === pattern;
+      if (!/[*?[]/.test(pattern)) return v === pattern;
       const glob = pattern.replace(/\*\*/g, "*");
       const hit = (db.prepare("SELECT ? GLOB ? AS m").get(v, glob) as { m: number }).m === 1;
       return hit || (pattern.endsWith("/**") && v === pattern.slice(0, -3));
     };
-    const patterns = ["alice", "alice/**", "storage.*", "*.mint", "a?c*", "x*y", "[ab]*", "é/*", "a.b*", "a*[b"];
+    const patterns = [
+      "alice",
+      "alice/**",
+      "storage.*",
+      "*.mint",
+      "a?c*",
+      "x*y",
+      "[ab]*",
+      "é/*",
+      "a.b*",
+      "a*[b",
+      "a?c",
+      "[ab]z",
+      "alic?",
+      "x[/]y",
+      "[ab",
+    ];
     const values = [
       "alice",
       "alice/w",

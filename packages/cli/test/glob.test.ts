@@ -59,7 +59,7 @@ describe("kpip audit query's glob: SQLite's GLOB", () => {
     withSqlite((glob) => {
       for (const [p, v] of cases) {
         assert.equal(sqliteGlob(p)(v), glob(p, v), `${JSON.stringify(v)} GLOB ${JSON.stringify(p)}`);
-        // patternTest: ** as *, exact without a *; with a * it is the GLOB.
+        // patternTest: ** as *; with any of * ? [ it is the GLOB (every case here has one).
         assert.equal(patternTest(p)(v), glob(p, v), `--persona ${JSON.stringify(p)} on ${JSON.stringify(v)}`);
       }
     });

@@ -1,4 +1,4 @@
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { pathToFileURL } from "node:url";
 
@@ -7,10 +7,15 @@ const HASHES = new URL("../src/primitives/upload-range-hashes.js", import.meta.u
 /**
  * An upload hash worker that works like the kernel's, but dies (exit 7) on the first message
  * for which `dies` (a JavaScript expression over the message `m`) holds while the test has armed
- * it: the arming is used up by the death. Every worker notes the messages it is given, with its
+ * it: the arming is used up by the death (unless `keep`: then every worker dies so until the test
+ * disarms it). Every worker notes the messages it is given, with its
  * thread id, in `<dir>/trace` (which worker hashed what).
  */
-export function crashingWorker(dir: string, dies: string): { module: URL; arm(): void; armed(): boolean; trace(): string[][] } {
+export function crashingWorker(
+  dir: string,
+  dies: string,
+  keep = false,
+): { module: URL; arm(): void; disarm(): void; armed(): boolean; trace(): string[][] } {
   const armed = join(dir, "armed");
   const trace = join(dir, "trace");
   const module = join(dir, "crashing-hash-worker.mjs");
@@ -23,7 +28,7 @@ const hashes = new RangeHashes();
 parentPort.on("message", (m) => {
   appendFileSync(${JSON.stringify(trace)}, \`\${threadId} \${m.kind} \${m.key} \${m.offset ?? ""}\\n\`);
   if ((${dies}) && existsSync(${JSON.stringify(armed)})) {
-    rmSync(${JSON.stringify(armed)});
+    ${keep ? "" : `rmSync(${JSON.stringify(armed)});`}
     process.exit(7);
   }
   const r = hashes.answer(m);
@@ -34,6 +39,7 @@ parentPort.on("message", (m) => {
   return {
     module: pathToFileURL(module),
     arm: () => writeFileSync(armed, ""),
+    disarm: () => rmSync(armed, { force: true }),
     armed: () => existsSync(armed),
     trace: () =>
       existsSync(trace)

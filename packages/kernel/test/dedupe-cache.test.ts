@@ -1,13 +1,42 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
-import type { Response } from "@kpip/protocol";
-import { DedupeCache, type DedupeTag, dedupeTag } from "../src/pipeline/dedupe.js";
+import type { Grant, Response } from "@kpip/protocol";
+import { DedupeCache, type DedupeTag, dedupeHash, dedupeTag } from "../src/pipeline/dedupe.js";
 
 const h = (s: string): DedupeTag => ({ bytes: createHash("sha256").update(s).digest(), authority: "" });
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
 
 describe("dedupe cache (unit)", () => {
+  it("the dedupe hash is the SHA-256 of the intent hash then the authority (the grant's digest, or the sorted capability ids as JSON), as a Hash object made it", () => {
+    const grant = {
+      subject: "alice",
+      rights: ["storage.read"],
+      opFilters: [],
+      targetFilters: ["obj://ws/**"],
+      limits: { rate: 5 },
+      workspaces: ["ws"],
+    } as unknown as Grant;
+    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = grant;
+    const digest = createHash("sha256")
+      .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
+      .digest();
+    for (let i = 0; i < 3; i++) {
+      const intent = createHash("sha256").update(`intent ${i}`).digest();
+      const byGrant = createHash("sha256").update(intent).update(digest).digest();
+      assert.deepEqual(dedupeHash(intent, { grant, capIds: ["h1:x"] }), byGrant);
+      const byIds = createHash("sha256")
+        .update(intent)
+        .update(JSON.stringify(["h1:b", "inline:é"]))
+        .digest();
+      assert.deepEqual(dedupeHash(intent, { capIds: ["inline:é", "h1:b"] }), byIds);
+      // Kept apart: a later hash does not change an earlier one (the reused input buffer).
+      const first = dedupeHash(intent, { grant, capIds: [] });
+      dedupeHash(createHash("sha256").update("other").digest(), { grant, capIds: [] });
+      assert.deepEqual(first, byGrant);
+    }
+  });
+
   it("stays within its bound, keeps the newest, evicts the oldest", () => {
     const c = new DedupeCache(60_000, undefined, 100);
     for (let i = 0; i < 1000; i++) c.settled(`k${i}`, h(`i${i}`), 0);

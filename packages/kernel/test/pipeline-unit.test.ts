@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -221,6 +222,41 @@ describe("the pipeline on its own (unit)", () => {
       const agg = await until(() => u.records().find((r) => r.op === "audit.suppressed"), 10_000, "the aggregate record");
       assert.match(agg.message ?? "", new RegExp(`^${12 - written} refusals`));
     } finally {
+      u.close();
+    }
+  });
+
+  it("an early refusal over the refusal rate is counted without its intent hashed: only the refusals that get a record hash theirs", async () => {
+    const u = unit({ refusalRate: 1 });
+    // Every SHA-256 fed through a Hash object (the sliced hash of a large intent), in bytes.
+    const proto = Object.getPrototypeOf(createHash("sha256")) as { update: (...a: unknown[]) => unknown };
+    const update = proto.update;
+    let hashed = 0;
+    proto.update = function (this: unknown, data: unknown, ...rest: unknown[]) {
+      if (data instanceof Uint8Array && data.length >= 1024 * 1024) hashed += data.length;
+      return update.call(this, data, ...rest);
+    };
+    try {
+      // Refused at step 2 (another persona's name), a large intent each: 12 over a burst of 5.
+      const big = new Uint8Array(HASH_SLICE + 1024 * 1024).fill(7);
+      const sent: Request[] = [];
+      for (let i = 0; i < 12; i++) sent.push(request(big, [], { persona: "bob" }));
+      const answers: Response[] = [];
+      for (const r of sent) answers.push(await u.send(r));
+      proto.update = update;
+      assert.ok(
+        answers.every((a) => a.error === "AUTH"),
+        "every refusal is answered",
+      );
+      const written = u.records().filter((r) => r.phase === "refused" && sent.some((q) => q.id === r.requestId));
+      assert.ok(written.length >= 1 && written.length < 12, `some written one by one (${written.length}), the rest counted`);
+      for (const r of written) assert.deepEqual(Buffer.from(r.intentHash as Uint8Array), Buffer.from(intentHash(big)));
+      assert.equal(hashed, written.length * big.length, "only the intents of the written refusals were hashed");
+      u.pipeline.flushSuppressed();
+      const agg = await until(() => u.records().find((r) => r.op === "audit.suppressed"), 10_000, "the aggregate record");
+      assert.match(agg.message ?? "", new RegExp(`^${12 - written.length} refusals`), "and every other one counted");
+    } finally {
+      proto.update = update;
       u.close();
     }
   });

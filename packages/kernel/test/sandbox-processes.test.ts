@@ -2,9 +2,10 @@
 // visible to the admin, never touching the registry of real personas, refused without a sandbox.
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { closeSync, mkdtempSync, openSync, readFileSync } from "node:fs";
+import { createHash } from "node:crypto";
+import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
@@ -181,6 +182,57 @@ describe("without a usable sandbox", () => {
       const r = (await c.ops.wait(await c.compute.command("echo", ["hi"]))) as { stdout: Uint8Array };
       assert.equal(Buffer.from(r.stdout).toString(), "hi\n");
     });
+  });
+});
+
+describe("without the sandbox, a process that escapes its group", () => {
+  it("holding its pipes keeps neither the command's op nor the agent running once they exited: both end, and their scratch directories go", async () => {
+    const alive = (pid: number) => {
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    const escaped: number[] = [];
+    try {
+      await withKernel({ sandbox: "none" }, async (t) => {
+        const c = await t.admin();
+        // The shell exits at once; its setsid child keeps stdout and stderr (the kill at a deadline cannot find it).
+        const r = (await c.ops.wait(
+          await c.compute.command("sh", ["-c", "setsid sleep 600 & echo $!"], { timeoutMs: 600_000 }),
+        )) as { stdout: Uint8Array; exitCode: number };
+        const pid = Number(Buffer.from(r.stdout).toString().trim());
+        escaped.push(pid);
+        assert.equal(r.exitCode, 0);
+        assert.ok(alive(pid), "the op ended while the escaped process still runs");
+        const a = await c.agents.spawn("sh", "esc", {
+          args: ["-c", "setsid sleep 600 & echo $!"],
+          rights: [],
+          lifetimeMs: 600_000,
+        });
+        await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 30_000, "the agent ends");
+        const apid = Number(
+          Buffer.from((await c.agents.logs(a.agent as string)).stdout)
+            .toString()
+            .trim(),
+        );
+        escaped.push(apid);
+        assert.ok(alive(apid), "the agent ended while its escaped process still runs");
+        const root = join(
+          tmpdir(),
+          `kpip-scratch-${process.getuid?.() ?? 0}-${createHash("sha256").update(resolve(t.home)).digest("hex").slice(0, 12)}`,
+        );
+        assert.deepEqual(
+          readdirSync(root).filter((n) => /^[0-9a-f]{24}$/.test(n)),
+          [],
+          "their scratch directories are removed, not left until the kernel stops",
+        );
+      });
+    } finally {
+      for (const pid of escaped) if (pid > 0) process.kill(pid, "SIGKILL");
+    }
   });
 });
 

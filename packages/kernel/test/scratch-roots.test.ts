@@ -1,11 +1,12 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { removeStaleRoots } from "../src/sandbox/scratch-roots.js";
 import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -87,6 +88,87 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       for (const k of kernels) await k.stop().catch(() => {});
       for (const k of kernels) removeHome(k.home);
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it("a kernel without the sandbox holds its root's .live while it runs: killed, its root is removed by the next kernel to start once nothing else is in it, never while a process's directory is", async () => {
+    const homeN = mkdtempSync(join(tmpdir(), "kpip-"));
+    const root = rootOf(homeN);
+    const kernels: TestKernel[] = [];
+    const connect = () =>
+      KernelClient.connect({
+        socket: join(homeN, "kernel.sock"),
+        identity: join(homeN, "admin.identity"),
+        tokens: [readFileSync(join(homeN, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+    let child = await spawnReady([MAIN, "kernel", "--home", homeN, "--sandbox", "none", "--log-level", "silent"], "is running");
+    let orphan: number | undefined;
+    const kill = async () => {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGKILL");
+      await exited;
+    };
+    try {
+      let n = await connect();
+      const s1 = await sleeper(n, "n1");
+      orphan = s1.pid;
+      assert.ok(existsSync(join(root, ".live")), "the live kernel's lock file");
+      assert.equal(existsSync(join(root, ".lock")), false);
+      const dirs = scratchDirs(root);
+      assert.equal(dirs.length, 1);
+      // Alive: another kernel starting leaves its root.
+      kernels.push(await startKernel());
+      assert.deepEqual(scratchDirs(root), dirs, "a live kernel's root stays");
+      // Killed: its unconfined agent lives on in its directory, which stays.
+      await kill();
+      n.close().catch(() => {});
+      kernels.push(await startKernel());
+      assert.deepEqual(scratchDirs(root), dirs, "a directory a process may still use is never removed");
+      assert.ok(existsSync(join(root, ".live")));
+      process.kill(orphan as number, "SIGKILL");
+      orphan = undefined;
+
+      // The same home again (its start sweeps what the killed run left), a command run and ended, then killed.
+      child = await spawnReady([MAIN, "kernel", "--home", homeN, "--sandbox", "none", "--log-level", "silent"], "is running");
+      n = await connect();
+      await n.ops.wait(await n.compute.command("true"));
+      assert.deepEqual(
+        readdirSync(root).filter((f) => !f.startsWith(".live")),
+        [],
+        "only the lock file (and perhaps its journal) is left in the root",
+      );
+      await kill();
+      n.close().catch(() => {});
+      kernels.push(await startKernel());
+      assert.equal(existsSync(root), false, "the killed kernel's root, with nothing in it, is removed");
+    } finally {
+      if (orphan) process.kill(orphan, "SIGKILL");
+      if (child.exitCode === null) child.kill("SIGKILL");
+      for (const k of kernels) await k.stop().catch(() => {});
+      for (const k of kernels) removeHome(k.home);
+      removeHome(homeN);
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it("a root without any lock file (an older kpip's) is removed only when empty and untouched for a day", () => {
+    const parent = mkdtempSync(join(tmpdir(), "kpip-roots-"));
+    const uid = process.getuid?.() ?? 0;
+    const name = (i: number) => join(parent, `kpip-scratch-${uid}-${String(i).padStart(12, "0")}`);
+    try {
+      const old = Date.now() / 1000 - 2 * 86_400;
+      mkdirSync(name(1));
+      utimesSync(name(1), old, old);
+      mkdirSync(name(2));
+      mkdirSync(join(name(3), "0123456789abcdef01234567"), { recursive: true });
+      utimesSync(name(3), old, old);
+      assert.equal(removeStaleRoots(parent, uid, join(parent, "own")), 1);
+      assert.equal(existsSync(name(1)), false, "empty and a day old: removed");
+      assert.ok(existsSync(name(2)), "empty but just made (a kernel may be about to lock it): stays");
+      assert.ok(existsSync(join(name(3), "0123456789abcdef01234567")), "not empty: stays, with what is in it");
+    } finally {
+      rmSync(parent, { recursive: true, force: true });
     }
   });
 });

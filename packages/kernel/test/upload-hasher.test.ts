@@ -7,6 +7,7 @@ import { pathToFileURL } from "node:url";
 import fc from "fast-check";
 import { pino } from "pino";
 import { UploadHasher } from "../src/primitives/upload-hasher.js";
+import { RangeHashes } from "../src/primitives/upload-range-hashes.js";
 import { sha256 } from "../src/store/blobs.js";
 import { crashingWorker } from "./crashing-hash-worker.js";
 import { withKernel } from "./harness.js";
@@ -84,6 +85,36 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
     }
   });
 
+  it("shares the worker by persona, then by upload, a MiB a turn: another persona's small upload is digested before any of one persona's many large uploads is hashed", async () => {
+    const hasher = new UploadHasher();
+    const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-"));
+    const path = join(dir, "partial");
+    writeFileSync(path, "");
+    truncateSync(path, 8 * MiB);
+    const fd = openSync(path, "r");
+    try {
+      const order: string[] = [];
+      const note = (what: string) => () => void order.push(what);
+      // mallory has four uploads of 8 MiB waiting (32 MiB ahead of anyone in a first-come queue);
+      // alice a large one of her own, then a small one, and its digest.
+      const mine = [1, 2, 3, 4].map((i) => hasher.range(`m${i}`, fd, 0, 8 * MiB, "mallory").then(note(`m${i}`)));
+      const large = hasher.range("a-large", fd, 0, 8 * MiB, "alice").then(note("a-large"));
+      const small = hasher.range("a-small", fd, 0, 64 * 1024, "alice").then(note("a-small"));
+      const digest = hasher.digest("a-small", 64 * 1024);
+      assert.deepEqual(await digest, sha256(Buffer.alloc(64 * 1024)));
+      await small;
+      assert.deepEqual(order, ["a-small"], "none of the large ranges was hashed through before the small upload's digest");
+      await Promise.all([...mine, large]);
+      assert.deepEqual(order.slice(0, 1), ["a-small"]);
+      for (const key of ["m1", "m2", "m3", "m4", "a-large"])
+        assert.deepEqual(await hasher.digest(key, 8 * MiB), sha256(Buffer.alloc(8 * MiB)));
+    } finally {
+      closeSync(fd);
+      hasher.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("a worker that dies mid-upload is restarted: the upload's hash is made again from its file, and the next upload uses the new worker", async () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
     const w = crashingWorker(dir, 'm.kind === "range" && m.offset > 0');
@@ -109,10 +140,10 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
       const trace = w.trace();
       assert.deepEqual(trace[0]?.slice(1), ["range", "a", "0"]);
       assert.notEqual(threads.get("range b 0"), trace[0]?.[0], "the next upload is hashed by the new worker");
-      // The new worker hashed a's first range again (from the file), then the two in flight.
+      // The new worker hashed a's first range again (from the file), then the two in flight, a MiB a turn.
       assert.deepEqual(
         trace.filter(([t]) => t === threads.get("range b 0")).map(([, kind, key, offset]) => `${kind} ${key} ${offset}`),
-        ["range a 0", "range a 1048576", "range a 2097152", "digest a ", "range b 0", "digest b "],
+        ["range a 0", "range a 1048576", "range a 2097152", "range a 3145728", "digest a ", "range b 0", "digest b "],
       );
       assert.equal(threads.get("range b 0"), threads.get("digest a "), "and so is the end of the one in flight");
       const died = lines.filter((l) => l.level === 40);
@@ -171,7 +202,7 @@ describe("the upload hasher: the SHA-256 of the partial file, range by range, of
         truncateSync(path, 500);
         w.arm();
         hasher.forget("other");
-        await assert.rejects(hasher.digest("c", data.length), /covers 0 bytes, not its 1000/);
+        await assert.rejects(hasher.digest("c", data.length), /the partial file of c ends at 500, before 1000/);
       });
       assert.equal(hasher.started, 3);
     } finally {
@@ -217,6 +248,58 @@ describe("the upload hash worker of a running kernel", () => {
       assert.equal(died.length, 1, "the death is logged once");
       assert.equal(died[0]?.level, 40);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the upload hash worker of a running kernel, given up", () => {
+  it("keeps dying while a 64 MiB upload waits for its digest: the replay on the kernel's thread goes a MiB a turn, and another session's request is answered while it is under way", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-uphash-mod-"));
+    // Once armed, every worker dies on its first message: the fifth death leaves hashing to the kernel's thread.
+    const w = crashingWorker(dir, "true", true);
+    let fellBack: () => void = () => {};
+    const givenUp = new Promise<void>((resolve) => {
+      fellBack = resolve;
+    });
+    const logger = pino({ level: "info" }, { write: (s: string) => /keeps dying/.test(String(JSON.parse(s).msg)) && fellBack() });
+    // What the kernel's thread hashes (a worker has its own copy of the module): counted as each range begins.
+    const range = RangeHashes.prototype.range;
+    let inline = 0;
+    RangeHashes.prototype.range = function (this: RangeHashes, key: string, fd: number, offset: number, length: number) {
+      inline += length;
+      range.call(this, key, fd, offset, length);
+    };
+    try {
+      await withKernel({ uploadHashWorker: w.module, logger }, async (t) => {
+        const c = await t.admin();
+        const other = await t.admin();
+        const size = 64 * MiB;
+        const data = pattern(size, 21);
+        const target = "obj://up/big";
+        const { upload } = (await c.call("storage.upload.begin", target, { size })).payload as { upload: string };
+        for (let offset = 0; offset < size; offset += 4 * MiB)
+          await c.call("storage.upload.chunk", target, { upload, offset, data: data.subarray(offset, offset + 4 * MiB) });
+        w.arm();
+        let committed = false;
+        const commit = c.call("storage.upload.commit", target, { upload, sha256: sha256(data), size }).finally(() => {
+          committed = true;
+        });
+        await givenUp;
+        await other.call("system.health", "kernel://");
+        const during = inline;
+        assert.ok(
+          during < size,
+          `answered while the replay was under way (${during} of ${size} bytes hashed on the kernel's thread)`,
+        );
+        assert.equal(committed, false);
+        const r = (await commit).payload as { sha256: Uint8Array };
+        assert.deepEqual(Buffer.from(r.sha256), sha256(data), "committed under the SHA-256 of exactly its bytes");
+        assert.equal(inline, size, "every byte hashed once on the kernel's thread");
+        assert.ok((await c.storage.getLarge(target)).equals(data));
+      });
+    } finally {
+      RangeHashes.prototype.range = range;
       rmSync(dir, { recursive: true, force: true });
     }
   });

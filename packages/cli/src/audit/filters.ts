@@ -74,12 +74,14 @@ export function capTokenIds(caps: string | null): string[] {
 }
 
 /**
- * A --persona or --op value as a test: exact, or a glob with SQLite's GLOB semantics (`*` any
- * run, `?` one character, `[…]` a set; see glob.ts) and `**` as `*`; P/** also matches P itself.
- * The filter these commands ran in SQL before the fields moved into the records' bytes.
+ * A --persona or --op value as a test: exact, or (with any of `*`, `?`, `[`) a glob with SQLite's
+ * GLOB semantics (`*` any run, `?` one character, `[…]` a set; see glob.ts) and `**` as `*`;
+ * P/** also matches P itself. The filter these commands ran in SQL before the fields moved into
+ * the records' bytes, except that a `?` or `[` without a `*` was taken as an exact name (no
+ * persona id or op name holds either).
  */
 export function patternTest(pattern: string): (v: string | null) => boolean {
-  if (!pattern.includes("*")) return (v) => v === pattern;
+  if (!/[*?[]/.test(pattern)) return (v) => v === pattern;
   const glob = sqliteGlob(pattern.replace(/\*\*/g, "*"));
   const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;
   return (v) => v !== null && (glob(v) || v === bare);

@@ -129,8 +129,14 @@ export const auditCommand: Command = {
     },
     n: { type: "string", short: "n", description: "tail: how many records (default 20)" },
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
-    persona: { type: "string", description: "query, timeline: only this persona (P/** : and its sub-personas)" },
-    op: { type: "string", description: "query, timeline: only this op (storage.* : a family)" },
+    persona: {
+      type: "string",
+      description: "query, timeline: only this persona (P/** : and its sub-personas; query: a SQLite GLOB, ? and […] too)",
+    },
+    op: {
+      type: "string",
+      description: "query, timeline: only this op (storage.* : a family; query: a SQLite GLOB, ? and […] too)",
+    },
     status: { type: "string", description: "query: only this status (SUCCESS, FAILURE, PARTIAL, DEFERRED)" },
     since: {
       type: "string",

@@ -16,7 +16,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { killSandbox } from "../sandbox/kill.js";
+import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
@@ -192,6 +192,7 @@ export class AgentManager {
         extra: ["pipe", "pipe"],
       });
       child = spawn(launch.file, launch.args, launch.options);
+      closePipesAfterExit(child);
     } catch (e) {
       launch?.cleanup();
       this.forget(persona, `${uri} did not start`);

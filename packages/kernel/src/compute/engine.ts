@@ -6,7 +6,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { killSandbox } from "../sandbox/kill.js";
+import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
@@ -244,6 +244,7 @@ export class ComputeEngine {
         extra: [],
       });
       child = spawn(launch.file, launch.args, launch.options);
+      closePipesAfterExit(child);
     } catch (e) {
       launch?.cleanup();
       this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${(e as Error).message}`);

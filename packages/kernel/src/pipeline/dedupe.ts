@@ -1,5 +1,13 @@
 import { createHash } from "node:crypto";
-import { type CborMap, decodeCanonical, encodeCanonical, type Grant, type Response, withEncodedBody } from "@kpip/protocol";
+import {
+  type CborMap,
+  decodeCanonical,
+  encodeCanonical,
+  type Grant,
+  type Response,
+  sha256,
+  withEncodedBody,
+} from "@kpip/protocol";
 import type { AuditStore } from "../store/types.js";
 import { DedupeTable, type KeyHash } from "./dedupe-table.js";
 
@@ -18,6 +26,9 @@ function authorityOf(g: Grant): { digest: Buffer; tag: string } {
   return d;
 }
 
+/** {@link dedupeHash}'s input under a grant, reused (the hash is synchronous). */
+const PAIR = Buffer.alloc(64);
+
 /**
  * The hash a request is remembered by: its intent's hash bound to the authority that allowed it
  * (the grant's rights, filters, limits and scopes; the capability ids when an embedder's
@@ -26,10 +37,14 @@ function authorityOf(g: Grant): { digest: Buffer; tag: string } {
  * same request and never receives the recorded answer; a refreshed token's retry still is.
  */
 export function dedupeHash(intentHash: Buffer, authority: { grant?: Grant; capIds: string[] }): Buffer {
-  const h = createHash("sha256").update(intentHash);
-  if (authority.grant) h.update(authorityOf(authority.grant).digest);
-  else h.update(JSON.stringify([...authority.capIds].sort()));
-  return h.digest();
+  if (authority.grant && intentHash.length === 32) {
+    // The 64 bytes hashed, in one reused buffer: the protocol's one-shot hash, no Hash object per request.
+    PAIR.set(intentHash, 0);
+    PAIR.set(authorityOf(authority.grant).digest, 32);
+    return sha256(PAIR);
+  }
+  const a = authority.grant ? authorityOf(authority.grant).digest : Buffer.from(JSON.stringify([...authority.capIds].sort()));
+  return sha256(Buffer.concat([intentHash, a]));
 }
 
 /**

@@ -77,26 +77,33 @@ export class Pipeline {
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
    */
-  private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    const written = this.recordRefusal(ctx, r);
-    if (written) await written;
+  private async refuse(ctx: RequestCtx, r: Refusal, admitted = this.admitRefusal(ctx, r)): Promise<Response> {
+    if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
   }
 
-  /** {@link refuse}'s record: the commit to wait for, or nothing when the refusal rate suppressed it. */
-  private recordRefusal(ctx: RequestCtx, r: Refusal): Promise<void> | undefined {
-    const { refusals, audit } = this.deps;
+  /**
+   * Whether the refusal rate lets this refusal have its own record; if not, it is counted for
+   * the aggregate record, and a session flooding past the bound is ended.
+   */
+  private admitRefusal(ctx: RequestCtx, r: Refusal): boolean {
+    const refusals = this.deps.refusals;
+    const s = ctx.session;
+    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) return true;
+    if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
+    return false;
+  }
+
+  /** {@link refuse}'s record, within the refusal rate: the commit to wait for. */
+  private recordRefusal(ctx: RequestCtx, r: Refusal): Promise<void> {
     const intent = ctx.rec.intent;
     const entry = requestEntry(ctx, "refused");
-    if (intent && intent.length > (refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
+    if (intent && intent.length > (this.deps.refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
     entry.status = "FAILURE";
     entry.errorClass = r.errorClass;
     entry.message = r.audited ?? r.message;
     entry.durationUs = elapsedUs(ctx);
-    const s = ctx.session;
-    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) return audit.appendRow(entry);
-    if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
-    return undefined;
+    return this.deps.audit.appendRow(entry);
   }
 
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
@@ -196,11 +203,18 @@ export class Pipeline {
     return Buffer.isBuffer(h) ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
   }
 
-  /** A refusal before step 3: the record's intent columns from bytes the pipeline did not decode. */
+  /**
+   * A refusal before step 3: the record's intent columns from bytes the pipeline did not decode,
+   * only when the refusal rate lets it have a record. One over the rate is counted and answered
+   * without hashing or decoding its intent (up to a frame's bytes) for a record never written.
+   */
   private async refuseUndecoded(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
-    if (columns) await columns;
-    return this.refuse(ctx, r);
+    const admitted = this.admitRefusal(ctx, r);
+    if (admitted) {
+      const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
+      if (columns) await columns;
+    }
+    return this.refuse(ctx, r, admitted);
   }
 
   /** Steps 3 (the hash known) to 5. */
@@ -330,7 +344,7 @@ export class Pipeline {
       // Awaited even when the record was suppressed (undefined): the run must not settle before
       // admit() has registered it, or its forget() finds nothing and the settled run stays
       // remembered, answering every retry with this refusal for the dedupe window.
-      await this.recordRefusal(ctx, r);
+      await (this.admitRefusal(ctx, r) ? this.recordRefusal(ctx, r) : undefined);
     } catch (err) {
       this.abandon(ctx);
       throw err;

@@ -56,8 +56,8 @@ export interface Upload {
 const FLUSH_EVERY = 32 * 1024 * 1024;
 /**
  * How far an upload's hashing may fall behind its writes before a chunk's acknowledgement waits
- * for it: one hash worker serves every upload, so an upload sent faster than it is hashed (or in
- * many tiny chunks) would otherwise queue ranges without bound and delay everyone's commits.
+ * for it: one hash worker serves every upload (fairly, by persona then upload), so an upload sent
+ * faster than it is hashed (or in many tiny chunks) would otherwise queue ranges without bound.
  */
 const UNHASHED_BYTES = FLUSH_EVERY;
 const UNHASHED_CHUNKS = 64;
@@ -186,7 +186,7 @@ export class UploadTable {
     u.hashed = u.hashed
       .then(() => p)
       // Not once the upload failed or was dropped (its descriptor is about to be given back).
-      .then(() => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length)))
+      .then(() => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length, u.persona)))
       .catch((e: Error) => {
         u.failed ??= e;
       })

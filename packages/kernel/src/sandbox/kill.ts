@@ -1,3 +1,4 @@
+import type { ChildProcess } from "node:child_process";
 import { readdirSync, readFileSync } from "node:fs";
 
 /** The pids of `pid`'s descendants, children first (Linux /proc; none elsewhere or once gone). */
@@ -53,4 +54,29 @@ export function killSandbox(pid: number | undefined): void {
       // already gone
     }
   }
+}
+
+/** How long a started process's pipes are still read once it has exited (what it wrote last). */
+export const PIPE_GRACE_MS = 1_000;
+
+/**
+ * Once `child` has exited, its pipes are read for at most `graceMs` more, then closed (the
+ * child's `close` follows). Without the sandbox a process that escaped the child's group
+ * (`setsid`) and kept a pipe would otherwise keep its op or agent running past its end (its
+ * deadline too: the kill cannot find it), its slots held and its scratch directory in place
+ * until the kernel stops. Under bubblewrap every process dies with the sandbox, so its pipes
+ * close with it and this never fires.
+ */
+export function closePipesAfterExit(child: ChildProcess, graceMs = PIPE_GRACE_MS): void {
+  child.once("exit", () => {
+    // Closed from the check phase: what the pipes hold is read in the poll phase before it, even
+    // when the loop was held for longer than the grace.
+    const t = setTimeout(() => {
+      setImmediate(() => {
+        for (const s of child.stdio) s?.destroy();
+      });
+    }, graceMs);
+    t.unref();
+    child.once("close", () => clearTimeout(t));
+  });
 }

@@ -16,7 +16,7 @@ import { delimiter, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
-import { lockScratchRoot, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
+import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
 
 /** How the kernel runs the processes it starts: in bubblewrap, or (explicitly) without a sandbox. */
 export type SandboxMode = "bwrap" | "none";
@@ -47,11 +47,12 @@ export interface SandboxConfig {
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
   /**
-   * The kernel named the root (not an operator's directory) and its processes die with it
-   * (bubblewrap): it holds the root's lock while the root is its own, so that a kernel starting
-   * later can tell the root of one that died (scratch-roots.ts).
+   * The kernel named the root (not an operator's directory): the lock file it holds there while
+   * the root is its own, so that a kernel starting later can tell the root of one that died
+   * (scratch-roots.ts): `.lock` when its processes die with it (bubblewrap), `.live` when they
+   * may outlive it (no sandbox).
    */
-  lockRoot?: boolean;
+  lockRoot?: RootLockFile | undefined;
 }
 
 /** One process to start in a sandbox. */
@@ -226,17 +227,18 @@ export class Sandbox {
   }
 
   private unlockRoot(): void {
-    if (this.rootLock) unlockScratchRoot(this.config.scratchRoot, this.rootLock);
+    if (this.rootLock) unlockScratchRoot(this.config.scratchRoot, this.rootLock, this.config.lockRoot);
     this.rootLock = undefined;
   }
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
     const root = this.config.scratchRoot;
-    if (this.config.lockRoot && !(this.rootLock && scratchRootLocked(root))) {
+    const lockFile = this.config.lockRoot;
+    if (lockFile && !(this.rootLock && scratchRootLocked(root, lockFile))) {
       // Locked before any scratch directory is made in it (again, if the root was removed meanwhile).
       this.rootLock?.close();
-      this.rootLock = lockScratchRoot(root);
+      this.rootLock = lockScratchRoot(root, lockFile);
     }
     mkdirSync(root, { recursive: true, mode: 0o711 });
     const st = lstatSync(root);

@@ -1,17 +1,26 @@
-import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, rmSync } from "node:fs";
+import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
 
 /**
  * Scratch roots the kernel names (`<tmpdir>/kpip-scratch-<uid>-<home hash>`) outlive a kernel
- * killed without stopping whose home never starts again. A root of a bubblewrap kernel holds
- * `<root>/.lock`, an exclusive SQLite lock (fcntl, like the home's kernel.lock) its kernel holds
- * while it runs and before it makes any scratch directory there; its processes die with it
- * (bubblewrap's --die-with-parent). So a root whose lock is free is provably nobody's: another
- * kernel starting removes it while holding that lock itself. A root without a lock (a kernel
- * without the sandbox, whose processes may outlive it, or an older kpip) is never removed.
+ * killed without stopping whose home never starts again. A kernel holds an exclusive SQLite
+ * lock (fcntl, like the home's kernel.lock) on a file in its root while it runs and before it
+ * makes any scratch directory there:
+ * - `.lock`, a bubblewrap kernel's: its processes die with it (--die-with-parent), so a root
+ *   whose `.lock` is free is provably nobody's, and another kernel starting removes it whole
+ *   while holding that lock itself;
+ * - `.live`, a kernel's without the sandbox: its processes may outlive it, so a root whose
+ *   `.live` is free is removed only when it holds nothing else (no process's directory);
+ * A root with neither (an older kpip's) is removed only when empty and untouched for a day: no
+ * bytes can go with it, and a kernel still using it makes it again at its next launch.
  */
-const LOCK = ".lock";
+export const ROOT_LOCK = ".lock";
+export const ROOT_LIVE = ".live";
+/** The lock file a kernel holds in the root it named. */
+export type RootLockFile = typeof ROOT_LOCK | typeof ROOT_LIVE;
+/** How long an empty root without a lock file is left alone (one being made this moment, or an idle older kernel's). */
+const LOCKLESS_AGE_MS = 24 * 3600_000;
 
 /** An exclusive lock on `path`, held until the connection closes; throws SQLITE_BUSY when another holds it (after `waitMs`). */
 function takeLock(path: string, waitMs: number, create: boolean): Database.Database {
@@ -35,16 +44,17 @@ function takeLock(path: string, waitMs: number, create: boolean): Database.Datab
  * long as the root is its own. Waits out another kernel removing the root as stale this moment
  * (then makes it again).
  */
-export function lockScratchRoot(root: string): Database.Database {
+export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): Database.Database {
   for (let attempt = 1; ; attempt++) {
     mkdirSync(root, { recursive: true, mode: 0o711 });
-    const lock = join(root, LOCK);
+    const lock = join(root, file);
     let db: Database.Database | undefined;
     try {
       db = takeLock(lock, 10_000, true);
     } catch (e) {
-      // A remover took the root away between the file's creation and its opening: make it again.
-      if ((e as { code?: string }).code !== "SQLITE_CANTOPEN") throw e;
+      // A remover took the root away before the file's creation or before its opening: make it again.
+      const code = (e as { code?: string }).code;
+      if (code !== "SQLITE_CANTOPEN" && code !== "ENOENT") throw e;
     }
     // Taken after a remover let go: the root it locked is gone, this one is unlinked.
     if (db && existsSync(lock)) return db;
@@ -54,31 +64,31 @@ export function lockScratchRoot(root: string): Database.Database {
 }
 
 /** Whether the root's lock file is still there (the root was not removed under the kernel). */
-export function scratchRootLocked(root: string): boolean {
-  return existsSync(join(root, LOCK));
+export function scratchRootLocked(root: string, file: RootLockFile = ROOT_LOCK): boolean {
+  return existsSync(join(root, file));
 }
 
 /** Gives up the root's lock, its file first (so no remover finds it free meanwhile). */
-export function unlockScratchRoot(root: string, db: Database.Database): void {
-  rmSync(join(root, LOCK), { force: true });
+export function unlockScratchRoot(root: string, db: Database.Database, file: RootLockFile = ROOT_LOCK): void {
+  rmSync(join(root, file), { force: true });
   db.close();
 }
 
 /**
- * For a kernel that names its root but does not lock it (no sandbox: its processes may outlive
- * it): removes a lock file an earlier bubblewrap run of the same home left, before anything runs
- * there. Left in place, that free lock would mark this live kernel's root as stale to every other
- * kernel starting.
+ * For a kernel that names its root and runs without the sandbox (its processes may outlive it,
+ * so it holds `.live`, not `.lock`): removes the `.lock` an earlier bubblewrap run of the same
+ * home left, before anything runs there. Left in place, that free lock would mark this live
+ * kernel's root as stale to every other kernel starting.
  */
 export function disownScratchRoot(root: string): void {
-  rmSync(join(root, LOCK), { force: true });
+  rmSync(join(root, ROOT_LOCK), { force: true });
 }
 
 /**
- * Removes the kernel-named scratch roots of `uid` in `parent` whose lock is free (their kernel
- * died), but `own` (this kernel's, swept by the sandbox); returns how many.
+ * Removes the kernel-named scratch roots of `uid` in `parent` whose kernel provably ended (see
+ * above), but `own` (this kernel's, swept by the sandbox); returns how many.
  */
-export function removeStaleRoots(parent: string, uid: number, own: string): number {
+export function removeStaleRoots(parent: string, uid: number, own: string, now = Date.now()): number {
   const named = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}$`);
   let names: string[];
   try {
@@ -91,33 +101,58 @@ export function removeStaleRoots(parent: string, uid: number, own: string): numb
     if (!named.test(name)) continue;
     const root = join(parent, name);
     if (resolve(root) === resolve(own)) continue;
-    const lock = join(root, LOCK);
-    let db: Database.Database;
-    let ino: number;
     try {
-      // Ours: a directory and a lock file of this uid, no links.
+      // Ours: a directory of this uid, no link.
       const d = lstatSync(root);
-      const f = lstatSync(lock);
-      if (!d.isDirectory() || d.uid !== uid || !f.isFile() || f.uid !== uid) continue;
-      ino = f.ino;
-      db = takeLock(lock, 0, false);
+      if (!d.isDirectory() || d.uid !== uid) continue;
+      if (existsSync(join(root, ROOT_LOCK))) {
+        const whole = () => {
+          rmSync(root, { recursive: true, force: true });
+          return true;
+        };
+        if (removeLocked(root, ROOT_LOCK, uid, whole)) removed++;
+      } else if (existsSync(join(root, ROOT_LIVE))) {
+        if (removeLocked(root, ROOT_LIVE, uid, () => removeIfOnly(root, ROOT_LIVE))) removed++;
+      } else if (now - d.mtimeMs > LOCKLESS_AGE_MS) {
+        // Only when empty (rmdir refuses anything else): nothing of anyone's goes with it.
+        rmdirSync(root);
+        removed++;
+      }
     } catch {
-      // No lock file, or its kernel holds it: not provably stale.
-      continue;
-    }
-    // The lock taken must be the file looked at: a kernel re-making its root meanwhile made a new one.
-    if (lstatSync(lock, { throwIfNoEntry: false })?.ino !== ino) {
-      db.close();
-      continue;
-    }
-    try {
-      rmSync(root, { recursive: true, force: true });
-      removed++;
-    } catch {
-      // Left for the next start.
-    } finally {
-      db.close();
+      // Not provably stale (its kernel holds the lock, something is in it) or gone meanwhile: left for the next start.
     }
   }
   return removed;
+}
+
+/**
+ * Takes the root's lock `file` (never waiting: held means its kernel runs) and, holding it,
+ * removes the root with `remove`; false when the lock is held or not the file looked at.
+ */
+function removeLocked(root: string, file: RootLockFile, uid: number, remove: () => boolean): boolean {
+  const lock = join(root, file);
+  const f = lstatSync(lock);
+  if (!f.isFile() || f.uid !== uid) return false;
+  const db = takeLock(lock, 0, false);
+  try {
+    // The lock taken must be the file looked at: a kernel re-making its root meanwhile made a new one.
+    if (lstatSync(lock, { throwIfNoEntry: false })?.ino !== f.ino) return false;
+    return remove();
+  } finally {
+    db.close();
+  }
+}
+
+/**
+ * A root whose kernel ran without the sandbox: removed only if nothing but its free lock file
+ * is in it (a directory left there may be used by a process that outlived its kernel).
+ */
+function removeIfOnly(root: string, file: RootLockFile): boolean {
+  // SQLite may leave a journal beside a lock file first written by a kernel killed while it held it.
+  const lockFiles = [file, `${file}-journal`];
+  if (readdirSync(root).some((n) => !lockFiles.includes(n))) return false;
+  for (const f of lockFiles) rmSync(join(root, f), { force: true });
+  // Refused if a kernel put something there since: it is then that kernel's.
+  rmdirSync(root);
+  return true;
 }

@@ -5,7 +5,7 @@ import type { CborMap } from "@kpip/protocol";
 import { ConfigError, type KernelConfig } from "../config.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
-import { disownScratchRoot, removeStaleRoots } from "./scratch-roots.js";
+import { disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scratch-roots.js";
 
 /**
  * The kernel's process sandbox from its configuration, probed once with a real trial run.
@@ -33,9 +33,9 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string): San
       fileBytes: c.sandboxFileBytes,
     },
     ...(program ? { program } : {}),
-    lockRoot: named && c.sandbox === "bwrap",
+    lockRoot: named ? (c.sandbox === "bwrap" ? ROOT_LOCK : ROOT_LIVE) : undefined,
   });
-  // A root this kernel will not lock must carry no lock file at all, or another kernel would take it for stale.
+  // A root whose processes may outlive its kernel must carry no free `.lock`, or another kernel would remove it whole.
   if (named && c.sandbox !== "bwrap") disownScratchRoot(scratchRoot);
   // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
   sandbox.sweep();
