@@ -16,7 +16,16 @@ import {
 import { followDeferred, type ToolCallContext } from "./deferred.js";
 import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
-import { DEFAULT_MAX_CALLS_PER_SESSION, DEFAULT_MAX_UNREAD_BYTES_PER_SESSION, HostBudget, type HostLoad } from "./host-budget.js";
+import {
+  DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_TOTAL_CALLS,
+  DEFAULT_MAX_TOTAL_UNREAD_BYTES,
+  DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  GatewayBudget,
+  type GatewayLoad,
+  HostBudget,
+  type HostLoad,
+} from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
@@ -37,6 +46,14 @@ export interface GatewayOptions {
    * HTTP, where an answer waits for the host to read it); past it calls are refused with HOST_BUSY.
    */
   maxUnreadBytesPerSession?: number;
+  /** Most calls in flight across all host sessions (default 256); more are refused with HOST_BUSY. */
+  maxTotalCalls?: number;
+  /**
+   * Most bytes of answers all host sessions together may leave unread (default 256 MiB): the
+   * per-session bound times the session count is more than a small machine has. Past it calls
+   * are refused with HOST_BUSY.
+   */
+  maxTotalUnreadBytes?: number;
 }
 
 interface ToolEntry {
@@ -106,6 +123,8 @@ export class McpGateway {
   readonly pollMaxMs: number;
   readonly maxCallsPerSession: number;
   readonly maxUnreadBytesPerSession: number;
+  /** The bounds across all host sessions. */
+  private readonly total: GatewayBudget;
 
   private constructor(
     readonly client: KernelClient,
@@ -118,6 +137,10 @@ export class McpGateway {
       "maxUnreadBytesPerSession",
       opts.maxUnreadBytesPerSession,
       DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+    );
+    this.total = new GatewayBudget(
+      positive("maxTotalCalls", opts.maxTotalCalls, DEFAULT_MAX_TOTAL_CALLS),
+      positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
     this.watches = new ResourceWatches(client);
   }
@@ -187,6 +210,11 @@ export class McpGateway {
     return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
   }
 
+  /** Calls in flight and unread answer bytes across all host sessions (for tests and logs). */
+  totalLoad(): GatewayLoad {
+    return this.total.load;
+  }
+
   /** The bounds of the host session `server` serves (its transport reports deliveries to it). */
   budgetOf(server: Server): HostBudget {
     return this.budgets.get(server) as HostBudget;
@@ -218,13 +246,14 @@ export class McpGateway {
       },
     );
     this.servers.add(server);
-    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession);
+    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession, this.total);
     this.budgets.set(server, budget);
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
     server.onclose = () => {
       this.servers.delete(server);
+      budget.close();
       void this.watches.dropServer(server);
     };
     server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));

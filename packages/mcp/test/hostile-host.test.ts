@@ -67,6 +67,17 @@ async function rawSession(http: HttpGateway) {
   };
 }
 
+/** One POST of `body` in session `sid` on its own connection; `read: false` never reads the answer. */
+function rawPost(http: HttpGateway, sid: string, body: string, read: boolean): Socket {
+  const { port } = new URL(http.url);
+  const sock = tcp(Number(port), "127.0.0.1");
+  if (!read) sock.pause();
+  sock.write(
+    `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+  return sock;
+}
+
 describe("the HTTP gateway under a hostile host holding the secret", () => {
   // A small bound: a leaked watch shows as the next honest subscription refused.
   const k = new KernelHome({ maxSubscriptionsPerSession: 8 });
@@ -296,6 +307,61 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       for (const s of socks) s.destroy();
       await http.close();
       await small.close();
+    }
+  });
+
+  it("bounds unread answers and calls in flight across all host sessions; delivery, a closed connection and the session's end release them", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const answer = Math.ceil(SIZE / 3) * 4;
+    await gw.client.storage.putLarge("obj://ws1/total", [randomBytes(SIZE)], { size: SIZE });
+    // Every session alone is far within its own bounds; together they are not.
+    const g = await gatewayOn(k, files, { maxTotalUnreadBytes: answer + answer / 2, maxTotalCalls: 2 });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const [a, b, c] = [await rawSession(http), await rawSession(http), await rawSession(http)];
+      const read = (id: number) =>
+        JSON.stringify({ jsonrpc: "2.0", id, method: "resources/read", params: { uri: "obj://ws1/total" } });
+      const total = () => g.gateway.totalLoad();
+      // Two sessions each leave one answer unread: the gateway holds two answers.
+      socks.push(rawPost(http, a.sid, read(100), false));
+      await until(() => total().unreadBytes >= answer && total().calls === 0, 60_000, "a's answer held");
+      socks.push(rawPost(http, b.sid, read(100), false));
+      await until(() => total().unreadBytes >= 2 * answer && total().calls === 0, 60_000, "b's answer held");
+      // A third session, with nothing unread of its own, is refused, retryably.
+      const busy = await c.send("resources/read", { uri: "obj://ws1/total" });
+      assert.match(busy, new RegExp(`"code":${HOST_BUSY}.*the gateway holds \\d+ bytes of answers its hosts have not yet read`));
+      assert.match(busy, /"retryable":true/);
+      assert.equal(total().refused, 1);
+      // Session a ends (DELETE) with its connection still open and unread: its answer no longer counts.
+      assert.equal(await a.end(), 200);
+      await until(() => total().unreadBytes < 2 * answer, 30_000, "a's answer released at its session's end");
+      assert.match(await c.send("resources/read", { uri: "obj://ws1/total" }), /"blob":/);
+      // b's connection closes: its answer is dropped.
+      socks.pop()?.destroy();
+      await until(() => total().unreadBytes === 0, 30_000, "b's answer released when its connection closed");
+      // Calls in flight: two long calls from two sessions fill the gateway; a third session waits.
+      const sleep = (id: number) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id,
+          method: "tools/call",
+          params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+        });
+      socks.push(rawPost(http, b.sid, sleep(200), true), rawPost(http, c.sid, sleep(200), true));
+      await until(() => total().calls === 2, 60_000, "two calls running");
+      const d = await rawSession(http);
+      const full = await d.send("tools/call", { name: "storage_list", arguments: { target: "obj://ws1/" } });
+      assert.match(full, new RegExp(`"code":${HOST_BUSY}.*the gateway has 2 calls in flight across its host sessions`));
+      for (const s of socks.splice(0)) s.destroy();
+      await until(() => total().calls === 0, 60_000, "the abandoned calls ended");
+      assert.doesNotMatch(await d.send("tools/call", { name: "storage_list", arguments: { target: "obj://ws1/" } }), /-32029/);
+      for (const s of [b, c, d]) await s.end();
+      assert.deepEqual({ ...total(), refused: 0 }, { calls: 0, unreadBytes: 0, refused: 0 });
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await g.close();
     }
   });
 

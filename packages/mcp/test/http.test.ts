@@ -186,7 +186,7 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
       assert.equal(bad.code, 2, `--max-sessions ${n}`);
       assert.match(bad.err, /--max-sessions must be a positive integer/);
     }
-    for (const flag of ["--max-calls", "--max-unread-bytes"]) {
+    for (const flag of ["--max-calls", "--max-unread-bytes", "--max-total-calls", "--max-total-unread-bytes"]) {
       for (const n of ["0", "-1", "many", "2.5"]) {
         const bad = kpip(["mcp", ...home, `${flag}=${n}`]);
         assert.equal(bad.code, 2, `${flag} ${n}`);

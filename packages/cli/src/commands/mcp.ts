@@ -18,7 +18,7 @@ export const mcpCommand: Command = {
   name: "mcp",
   summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
   usage:
-    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] (stdout carries MCP over stdio)",
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] (stdout carries MCP over stdio)",
   example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
   options: {
     ...CONNECT_OPTIONS,
@@ -41,6 +41,15 @@ export const mcpCommand: Command = {
       description:
         "with --http: most answer bytes one host session may leave unread; past it calls get -32029 (default 67108864)",
     },
+    "max-total-calls": {
+      type: "string",
+      description: "most tool calls running at once across all host sessions; more get a retryable -32029 (default 256)",
+    },
+    "max-total-unread-bytes": {
+      type: "string",
+      description:
+        "with --http: most answer bytes all host sessions together may leave unread; past it calls get -32029 (default 268435456)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -58,6 +67,8 @@ export const mcpCommand: Command = {
     };
     const maxCallsPerSession = positive("max-calls");
     const maxUnreadBytesPerSession = positive("max-unread-bytes");
+    const maxTotalCalls = positive("max-total-calls");
+    const maxTotalUnreadBytes = positive("max-total-unread-bytes");
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
     let maxSessions: number | undefined;
     if (v["max-sessions"] !== undefined) {
@@ -90,6 +101,8 @@ export const mcpCommand: Command = {
         ...(maxArgsBytes === undefined ? {} : { maxArgsBytes }),
         ...(maxCallsPerSession === undefined ? {} : { maxCallsPerSession }),
         ...(maxUnreadBytesPerSession === undefined ? {} : { maxUnreadBytesPerSession }),
+        ...(maxTotalCalls === undefined ? {} : { maxTotalCalls }),
+        ...(maxTotalUnreadBytes === undefined ? {} : { maxTotalUnreadBytes }),
       });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
