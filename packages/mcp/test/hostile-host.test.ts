@@ -365,6 +365,67 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("bounds request bodies: one over its size by Content-Length (413), one not arriving in time (408), past the total being read (503)", async () => {
+    const g = await gatewayOn(k, files, { maxArgsBytes: 64 * 1024 });
+    // One body may be 256 KiB; all bodies being read together 384 KiB.
+    const http = await serveHttp(g.gateway, {
+      host: "127.0.0.1",
+      port: 0,
+      bearer: BEARER,
+      maxTotalBodyBytes: 384 * 1024,
+      bodyTimeoutMs: 1000,
+    });
+    const socks: Socket[] = [];
+    /** A POST whose headers declare `length` bytes of body, of which `sent` are sent; resolves with what came back. */
+    const partial = (sid: string, length: number, sent: number) => {
+      const { port } = new URL(http.url);
+      const sock = tcp(Number(port), "127.0.0.1");
+      socks.push(sock);
+      let said = "";
+      sock.on("data", (d) => {
+        said += d;
+      });
+      sock.on("error", () => {});
+      sock.write(
+        `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${length}\r\n\r\n`,
+      );
+      sock.write(" ".repeat(sent));
+      return { sock, said: () => said, ended: new Promise<string>((r) => sock.on("close", () => r(said))) };
+    };
+    try {
+      const s = await rawSession(http);
+      // Declared larger than a body may be: refused before a byte of it is read.
+      const big = partial(s.sid, 100 * 1024 * 1024, 0);
+      await until(() => /^HTTP\/1\.1 413/.test(big.said()), 20_000, "413 for a declared 100 MiB body");
+      assert.match(big.said(), /over 262144 bytes/);
+      assert.match(await big.ended, /connection: close/i);
+      // A body that never finishes: 408 once its time is up, its bytes released.
+      const slow = partial(s.sid, 1000, 10);
+      await until(() => /^HTTP\/1\.1 408/.test(slow.said()), 20_000, "408 for a body that never finishes");
+      assert.match(slow.said(), /did not arrive in full within 1000 ms/);
+      await slow.ended;
+      assert.equal(http.bodyBytes(), 0);
+      // Two hosts' bodies in the making hold 300 KiB; a third body past 384 KiB in total is 503.
+      const a = partial(s.sid, 200 * 1024, 150 * 1024);
+      const b = partial((await rawSession(http)).sid, 200 * 1024, 150 * 1024);
+      await until(() => http.bodyBytes() === 300 * 1024, 20_000, "300 KiB being read");
+      const c = partial(s.sid, 200 * 1024, 100 * 1024);
+      await until(() => /^HTTP\/1\.1 503/.test(c.said()), 20_000, "503 past the total");
+      assert.match(c.said(), /retry-after: 1/i);
+      assert.match(c.said(), /request bodies \(its limit is 393216\)/);
+      // The others end (closed, or timed out): their bytes are released and POSTs are read again.
+      a.sock.destroy();
+      await b.ended;
+      await until(() => http.bodyBytes() === 0, 20_000, "every body released");
+      assert.match(await s.send("tools/list", {}), /"tools"/);
+      await s.end();
+    } finally {
+      for (const x of socks) x.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("a second POST naming a call still in use is refused, and closing it neither releases that call's unread answer nor cancels it", async () => {
     const SIZE = 4 * 1024 * 1024;
     await gw.client.storage.putLarge("obj://ws1/dup", [randomBytes(SIZE)], { size: SIZE });
