@@ -2,7 +2,7 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
-import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import { ErrorCode, isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
 import type { HostBudget } from "./host-budget.js";
 
@@ -163,12 +163,17 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       if (host && ids.length > 0) {
         for (const id of ids) host.carriers.set(id, res);
         res.once("close", () => {
+          const reason = "the host closed the connection of this call";
           for (const id of ids) {
             if (host.carriers.get(id) !== res) continue;
             host.carriers.delete(id);
             if (!host.budget.delivered(id)) continue;
-            const cancel = { requestId: id, reason: "the host closed the connection of this call" };
-            t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: cancel });
+            t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason } });
+            // The SDK keeps the answers a response carried (and its ids' routes) until every call
+            // on it is answered, and a cancelled call never is: answered here, into the closed
+            // stream, so the SDK lets go of them now, not when the session ends (case 217).
+            const answer = { jsonrpc: "2.0" as const, id, error: { code: ErrorCode.ConnectionClosed, message: reason } };
+            void t.send(answer).catch(() => {});
           }
         });
       }

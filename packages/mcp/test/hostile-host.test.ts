@@ -426,6 +426,48 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("keeps no answer of a batch whose connection closed while another of its calls ran, before the session ends", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const answer = Math.ceil(SIZE / 3) * 4;
+    await gw.client.storage.putLarge("obj://ws1/batch", [randomBytes(SIZE)], { size: SIZE });
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const host = await rawSession(http);
+      const load = () => gw.gateway.hostLoads().at(-1) as ReturnType<typeof gw.gateway.hostLoads>[0];
+      // A large answer, then a call that runs on: the SDK answers the batch's response only
+      // once both are answered, and keeps the first answer meanwhile.
+      const round = async (i: number) => {
+        const batch = JSON.stringify([
+          { jsonrpc: "2.0", id: 700 + i, method: "resources/read", params: { uri: "obj://ws1/batch" } },
+          {
+            jsonrpc: "2.0",
+            id: 800 + i,
+            method: "tools/call",
+            params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+          },
+        ]);
+        const sock = rawPost(http, host.sid, batch, true);
+        socks.push(sock);
+        sock.on("data", () => {});
+        await until(() => load().unreadBytes > 0 && load().calls === 1, 60_000, `round ${i}: the read answered`);
+        sock.destroy();
+        await until(() => load().calls === 0 && load().unreadBytes === 0, 60_000, `round ${i}: the call cancelled`);
+      };
+      await round(0);
+      const before = held();
+      for (let i = 1; i <= 6; i++) await round(i);
+      // Six answers of ~5.6 MB each were kept until the session's end: the budget had released them.
+      const grown = held() - before;
+      assert.ok(grown < 2 * answer, `the gateway holds ${grown} bytes more after six closed batches`);
+      assert.match(await host.send("tools/list", {}), /"tools"/);
+      await host.end();
+    } finally {
+      for (const x of socks) x.destroy();
+      await http.close();
+    }
+  });
+
   it("a second POST naming a call still in use is refused, and closing it neither releases that call's unread answer nor cancels it", async () => {
     const SIZE = 4 * 1024 * 1024;
     await gw.client.storage.putLarge("obj://ws1/dup", [randomBytes(SIZE)], { size: SIZE });
