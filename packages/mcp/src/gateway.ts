@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
+import { BUILTIN_FAMILIES, type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -63,21 +63,26 @@ interface ToolEntry {
 }
 
 /**
- * Ops not offered as tools: their notices (a storage watch's, a topic subscription's EVENTs)
- * go to the gateway's own kernel session, where no host reads them, and each holds one of
- * that session's subscription slots past the host session that took it (a host could take
- * them all, then every host's resources/subscribe fails). Hosts use resources/subscribe,
- * which is backed by storage watches the gateway ends with the host's session.
+ * The built-in ops that leave state on the caller's session (the catalogue's `sessionState`),
+ * by name: a kernel whose table does not say so (an older build) still gets none as a tool.
  */
-const NOT_TOOLS = new Set([
-  "storage.watch",
-  "storage.unwatch",
-  "event.subscribe",
-  "event.unsubscribe",
-  // A token bound to the gateway's session would add its authority to every host's calls (they
-  // share the session and present all its handles): the gateway acts with its own tokens only.
-  "token.bind",
-]);
+const CATALOGUE_SESSION_STATE: ReadonlySet<string> = new Set(
+  BUILTIN_FAMILIES.flatMap((f) => f.ops.filter((d) => d.sessionState !== undefined).map((d) => d.op)),
+);
+
+/**
+ * Ops never offered as tools: those that leave state on the caller's session. Every host shares
+ * the gateway's one kernel session, so a subscription or watch one host took would hold that
+ * session's slots past the host's session (a host could take them all, then every host's
+ * resources/subscribe fails) and send its EVENTs where no host reads them; a bound token would
+ * add its authority to every host's calls; an unsubscribe could end another host's watch.
+ * Hosts use resources/subscribe, backed by storage watches the gateway ends with the host's
+ * session. Declared per op in the catalogue (and sent by `system.describe`), not listed here,
+ * so a new such op cannot become a tool unnoticed.
+ */
+export function heldOnSession(decl: OpDecl): boolean {
+  return decl.sessionState !== undefined || CATALOGUE_SESSION_STATE.has(decl.op);
+}
 
 function positive(name: string, v: number | undefined, dflt: number): number {
   if (v === undefined) return dflt;
@@ -172,7 +177,7 @@ export class McpGateway {
     const table = opTable(ops);
     const tools = new Map<string, ToolEntry>();
     for (const { decl, targets } of grants.allowedOps(table)) {
-      if (NOT_TOOLS.has(decl.op)) continue;
+      if (heldOnSession(decl)) continue;
       const name = toolName(decl.op, new Set(tools.keys()));
       tools.set(name, {
         name,

@@ -4,13 +4,16 @@ import { type Socket, connect as tcp } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import type { KernelClient } from "@kpip/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
+import { McpGateway } from "../src/gateway.js";
 import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
+import { RecordingClient } from "./recording-client.js";
 
 const BEARER = "a-secret-of-enough-length";
 const RIGHTS = [
@@ -208,6 +211,9 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     const names = gw.gateway.toolNames;
     assert.ok(names.includes("event_emit"), names.join(", "));
     assert.ok(!names.includes("event_subscribe") && !names.includes("event_unsubscribe"), names.join(", "));
+    // Nor a storage watch, which its storage.read grant would allow: hosts use resources/subscribe.
+    assert.ok(names.includes("storage_read"), names.join(", "));
+    assert.ok(!names.includes("storage_watch") && !names.includes("storage_unwatch"), names.join(", "));
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
       const host = await connect(http);
@@ -571,6 +577,37 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await host.end();
     } finally {
       await http.close();
+    }
+  });
+});
+
+describe("the gateway's tools", () => {
+  it("offers no op that holds session state: as the kernel's table declares it, or the catalogue for a kernel that does not say", async () => {
+    const op = { targets: ["kernel"], args: {}, idempotent: false, effects: false };
+    const rc = new RecordingClient({
+      rights: [{ ops: ["x.*", "token.bind"], targets: ["kernel://", "token://**"] }],
+      table: [
+        // An embedder's op this gateway has never heard of, declared by the kernel.
+        { op: "x.hold", description: "holds a lease on the session", sessionState: "a lease on the session", ...op },
+        { op: "x.plain", description: "holds nothing", ...op },
+        // An older kernel's table: no sessionState sent; the catalogue says so.
+        { op: "token.bind", description: "bind", ...op, targets: ["token"] },
+      ],
+    });
+    const gateway = await McpGateway.open(rc as unknown as KernelClient);
+    try {
+      assert.deepEqual(gateway.toolNames.sort(), ["system_describe", "system_health", "x_plain"]);
+      const e = await mcpError(
+        gateway.callTool(
+          "x_hold",
+          { target: "kernel://" },
+          { execution: "t", signal: new AbortController().signal, progressToken: undefined, notify: async () => {} },
+        ),
+      );
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      assert.equal(rc.sent.length, 0, "the kernel is never asked");
+    } finally {
+      await gateway.close();
     }
   });
 });
