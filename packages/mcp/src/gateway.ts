@@ -29,7 +29,7 @@ import {
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
-import { ResourceWatches } from "./watches.js";
+import { type NoticeOutlet, ResourceWatches } from "./watches.js";
 
 export const GATEWAY_NAME = "kpip-mcp";
 export const GATEWAY_VERSION = "0.1.0";
@@ -122,6 +122,7 @@ export class McpGateway {
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly budgets = new WeakMap<Server, HostBudget>();
   private readonly inputEnds = new WeakMap<Server, AbortController>();
+  private readonly outlets = new WeakMap<Server, NoticeOutlet>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
@@ -147,7 +148,7 @@ export class McpGateway {
       positive("maxTotalCalls", opts.maxTotalCalls, DEFAULT_MAX_TOTAL_CALLS),
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
-    this.watches = new ResourceWatches(client);
+    this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
   }
 
   /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */
@@ -223,6 +224,11 @@ export class McpGateway {
   /** The bounds of the host session `server` serves (its transport reports deliveries to it). */
   budgetOf(server: Server): HostBudget {
     return this.budgets.get(server) as HostBudget;
+  }
+
+  /** Where the notices of `server`'s host session go out, when its transport can back up (HTTP's GET stream). */
+  setNoticeOutlet(server: Server, outlet: NoticeOutlet): void {
+    this.outlets.set(server, outlet);
   }
 
   /**

@@ -5,6 +5,7 @@ import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/
 import { ErrorCode, isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
 import type { HostBudget } from "./host-budget.js";
+import type { NoticeOutlet } from "./watches.js";
 
 /** Default bound on host sessions open at once (HttpOptions.maxSessions). */
 export const DEFAULT_MAX_SESSIONS = 64;
@@ -48,6 +49,49 @@ export interface HttpGateway {
   /** Request body bytes being read now, all POSTs together (for tests and logs). */
   bodyBytes(): number;
   close(): Promise<void>;
+}
+
+/**
+ * A host session's GET stream, where its notices outside any call go. The SDK queues what it is
+ * given and writes it as the host reads: while the host does not read, notices are held back
+ * (coalesced by the watches) instead of queued there without bound.
+ */
+class GetStream implements NoticeOutlet {
+  /** The GET responses open now: the SDK's one stream, and any it is refusing (a second GET gets 409). */
+  private readonly open = new Set<ServerResponse>();
+  private waiting: { promise: Promise<void>; wake: () => void } | undefined;
+
+  attach(res: ServerResponse): void {
+    this.open.add(res);
+    res.on("drain", () => this.wake());
+    res.once("close", () => {
+      this.open.delete(res);
+      this.wake();
+    });
+  }
+
+  blocked(): boolean {
+    for (const res of this.open) if (res.writableNeedDrain) return true;
+    return false;
+  }
+
+  ready(): Promise<void> {
+    if (!this.waiting) {
+      let wake = () => {};
+      const promise = new Promise<void>((r) => {
+        wake = r;
+      });
+      this.waiting = { promise, wake };
+    }
+    return this.waiting.promise;
+  }
+
+  /** The host reads again, or the stream or the session ended. */
+  wake(): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.wake();
+  }
 }
 
 /** Refused configuration of the HTTP gateway (a non-loopback address, a weak secret). */
@@ -118,7 +162,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
    */
   const hosts = new WeakMap<
     StreamableHTTPServerTransport,
-    { budget: HostBudget; carriers: Map<string | number, ServerResponse> }
+    { budget: HostBudget; carriers: Map<string | number, ServerResponse>; notices: GetStream }
   >();
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
@@ -152,6 +196,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       const t = sessions.get(sid);
       if (!t) return refuse(res, 404, "unknown or ended MCP session");
       lastSeen.set(sid, Date.now());
+      if (req.method === "GET") hosts.get(t)?.notices.attach(res);
       if (req.method !== "POST") return t.handleRequest(req, res);
       // Read here so the calls it carries are known: their answers count against the session's
       // bounds until this response ends, and a call whose connection closes is cancelled.
@@ -202,7 +247,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
         lastSeen.set(id, Date.now());
       },
     });
+    const notices = new GetStream();
     t.onclose = () => {
+      notices.wake();
       if (!t.sessionId) return;
       sessions.delete(t.sessionId);
       lastSeen.delete(t.sessionId);
@@ -211,7 +258,8 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const mcp = gateway.createServer();
     const budget = gateway.budgetOf(mcp);
     budget.tracksDelivery = true;
-    hosts.set(t, { budget, carriers: new Map() });
+    hosts.set(t, { budget, carriers: new Map(), notices });
+    gateway.setNoticeOutlet(mcp, notices);
     try {
       await mcp.connect(t);
       await t.handleRequest(req, res, body);
