@@ -1,5 +1,5 @@
 import type { KernelClient } from "@kpip/client";
-import { type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
+import { BUILTIN_FAMILIES, type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -16,11 +16,20 @@ import {
 import { followDeferred, type ToolCallContext } from "./deferred.js";
 import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
-import { DEFAULT_MAX_CALLS_PER_SESSION, DEFAULT_MAX_UNREAD_BYTES_PER_SESSION, HostBudget, type HostLoad } from "./host-budget.js";
+import {
+  DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_TOTAL_CALLS,
+  DEFAULT_MAX_TOTAL_UNREAD_BYTES,
+  DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  GatewayBudget,
+  type GatewayLoad,
+  HostBudget,
+  type HostLoad,
+} from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
-import { ResourceWatches } from "./watches.js";
+import { type NoticeOutlet, ResourceWatches } from "./watches.js";
 
 export const GATEWAY_NAME = "kpip-mcp";
 export const GATEWAY_VERSION = "0.1.0";
@@ -37,6 +46,14 @@ export interface GatewayOptions {
    * HTTP, where an answer waits for the host to read it); past it calls are refused with HOST_BUSY.
    */
   maxUnreadBytesPerSession?: number;
+  /** Most calls in flight across all host sessions (default 256); more are refused with HOST_BUSY. */
+  maxTotalCalls?: number;
+  /**
+   * Most bytes of answers all host sessions together may leave unread (default 256 MiB): the
+   * per-session bound times the session count is more than a small machine has. Past it calls
+   * are refused with HOST_BUSY.
+   */
+  maxTotalUnreadBytes?: number;
 }
 
 interface ToolEntry {
@@ -46,21 +63,26 @@ interface ToolEntry {
 }
 
 /**
- * Ops not offered as tools: their notices (a storage watch's, a topic subscription's EVENTs)
- * go to the gateway's own kernel session, where no host reads them, and each holds one of
- * that session's subscription slots past the host session that took it (a host could take
- * them all, then every host's resources/subscribe fails). Hosts use resources/subscribe,
- * which is backed by storage watches the gateway ends with the host's session.
+ * The built-in ops that leave state on the caller's session (the catalogue's `sessionState`),
+ * by name: a kernel whose table does not say so (an older build) still gets none as a tool.
  */
-const NOT_TOOLS = new Set([
-  "storage.watch",
-  "storage.unwatch",
-  "event.subscribe",
-  "event.unsubscribe",
-  // A token bound to the gateway's session would add its authority to every host's calls (they
-  // share the session and present all its handles): the gateway acts with its own tokens only.
-  "token.bind",
-]);
+const CATALOGUE_SESSION_STATE: ReadonlySet<string> = new Set(
+  BUILTIN_FAMILIES.flatMap((f) => f.ops.filter((d) => d.sessionState !== undefined).map((d) => d.op)),
+);
+
+/**
+ * Ops never offered as tools: those that leave state on the caller's session. Every host shares
+ * the gateway's one kernel session, so a subscription or watch one host took would hold that
+ * session's slots past the host's session (a host could take them all, then every host's
+ * resources/subscribe fails) and send its EVENTs where no host reads them; a bound token would
+ * add its authority to every host's calls; an unsubscribe could end another host's watch.
+ * Hosts use resources/subscribe, backed by storage watches the gateway ends with the host's
+ * session. Declared per op in the catalogue (and sent by `system.describe`), not listed here,
+ * so a new such op cannot become a tool unnoticed.
+ */
+export function heldOnSession(decl: OpDecl): boolean {
+  return decl.sessionState !== undefined || CATALOGUE_SESSION_STATE.has(decl.op);
+}
 
 function positive(name: string, v: number | undefined, dflt: number): number {
   if (v === undefined) return dflt;
@@ -100,12 +122,15 @@ export class McpGateway {
   private readonly inFlight = new Set<Promise<unknown>>();
   private readonly budgets = new WeakMap<Server, HostBudget>();
   private readonly inputEnds = new WeakMap<Server, AbortController>();
+  private readonly outlets = new WeakMap<Server, NoticeOutlet>();
   /** resources/subscribe: kernel storage watches shared by the MCP sessions. */
   readonly watches: ResourceWatches;
   readonly maxArgsBytes: number;
   readonly pollMaxMs: number;
   readonly maxCallsPerSession: number;
   readonly maxUnreadBytesPerSession: number;
+  /** The bounds across all host sessions. */
+  private readonly total: GatewayBudget;
 
   private constructor(
     readonly client: KernelClient,
@@ -119,7 +144,11 @@ export class McpGateway {
       opts.maxUnreadBytesPerSession,
       DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
     );
-    this.watches = new ResourceWatches(client);
+    this.total = new GatewayBudget(
+      positive("maxTotalCalls", opts.maxTotalCalls, DEFAULT_MAX_TOTAL_CALLS),
+      positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
+    );
+    this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
   }
 
   /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */
@@ -149,7 +178,7 @@ export class McpGateway {
     const table = opTable(ops);
     const tools = new Map<string, ToolEntry>();
     for (const { decl, targets } of grants.allowedOps(table)) {
-      if (NOT_TOOLS.has(decl.op)) continue;
+      if (heldOnSession(decl)) continue;
       const name = toolName(decl.op, new Set(tools.keys()));
       tools.set(name, {
         name,
@@ -187,9 +216,19 @@ export class McpGateway {
     return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
   }
 
+  /** Calls in flight and unread answer bytes across all host sessions (for tests and logs). */
+  totalLoad(): GatewayLoad {
+    return this.total.load;
+  }
+
   /** The bounds of the host session `server` serves (its transport reports deliveries to it). */
   budgetOf(server: Server): HostBudget {
     return this.budgets.get(server) as HostBudget;
+  }
+
+  /** Where the notices of `server`'s host session go out, when its transport can back up (HTTP's GET stream). */
+  setNoticeOutlet(server: Server, outlet: NoticeOutlet): void {
+    this.outlets.set(server, outlet);
   }
 
   /**
@@ -218,13 +257,14 @@ export class McpGateway {
       },
     );
     this.servers.add(server);
-    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession);
+    const budget = new HostBudget(this.maxCallsPerSession, this.maxUnreadBytesPerSession, this.total);
     this.budgets.set(server, budget);
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
     server.onclose = () => {
       this.servers.delete(server);
+      budget.close();
       void this.watches.dropServer(server);
     };
     server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));

@@ -4,6 +4,10 @@ import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 export const DEFAULT_MAX_CALLS_PER_SESSION = 16;
 /** Default bound on one host session's answers prepared but not yet delivered, in bytes. */
 export const DEFAULT_MAX_UNREAD_BYTES_PER_SESSION = 64 * 1024 * 1024;
+/** Default bound on calls in flight across all host sessions (GatewayOptions.maxTotalCalls). */
+export const DEFAULT_MAX_TOTAL_CALLS = 256;
+/** Default bound on undelivered answer bytes across all host sessions (GatewayOptions.maxTotalUnreadBytes). */
+export const DEFAULT_MAX_TOTAL_UNREAD_BYTES = 256 * 1024 * 1024;
 
 /**
  * The MCP error of a call refused because its host session is at a bound: retryable once the
@@ -22,6 +26,55 @@ export interface HostLoad {
   /** Calls run so far, and calls refused at a bound. */
   served: number;
   refused: number;
+}
+
+/** What all host sessions hold together now (for tests and logs). */
+export interface GatewayLoad {
+  calls: number;
+  unreadBytes: number;
+  /** Calls refused because the gateway as a whole was at a bound. */
+  refused: number;
+}
+
+/**
+ * The gateway's total across its host sessions: the per-session bounds times the session
+ * count is far more than a small machine has (64 × 64 MiB), and every host holding the secret
+ * may open sessions. Each HostBudget counts into this one as well as its own.
+ */
+export class GatewayBudget {
+  calls = 0;
+  unread = 0;
+  refused = 0;
+
+  constructor(
+    readonly maxCalls: number,
+    readonly maxUnreadBytes: number,
+  ) {}
+
+  get load(): GatewayLoad {
+    return { calls: this.calls, unreadBytes: this.unread, refused: this.refused };
+  }
+
+  /** The HOST_BUSY error for a call the whole gateway cannot take now, or undefined. */
+  refusal(): McpError | undefined {
+    if (this.calls >= this.maxCalls) {
+      this.refused++;
+      return new McpError(
+        HOST_BUSY,
+        `the gateway has ${this.calls} calls in flight across its host sessions (its limit is ${this.maxCalls}): retry when some have ended`,
+        { retryable: true },
+      );
+    }
+    if (this.unread >= this.maxUnreadBytes) {
+      this.refused++;
+      return new McpError(
+        HOST_BUSY,
+        `the gateway holds ${this.unread} bytes of answers its hosts have not yet read (its limit is ${this.maxUnreadBytes}): retry later`,
+        { retryable: true },
+      );
+    }
+    return undefined;
+  }
 }
 
 /**
@@ -46,10 +99,14 @@ export class HostBudget {
   private readonly held = new Map<RequestId, number>();
   /** Set by a transport that reports delivery (HTTP); otherwise an answer is delivered when sent. */
   tracksDelivery = false;
+  /** The session has ended: nothing it holds or will be answered counts any more. */
+  private closed = false;
 
   constructor(
     private readonly maxCalls: number,
     private readonly maxUnreadBytes: number,
+    /** The gateway's total, counted into as well (a budget alone has its own only). */
+    private readonly total: GatewayBudget = new GatewayBudget(Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER),
   ) {}
 
   get load(): HostLoad {
@@ -74,22 +131,30 @@ export class HostBudget {
         { retryable: true },
       );
     }
+    const full = this.total.refusal();
+    if (full) {
+      this.refused++;
+      throw full;
+    }
     // An id still in use would merge two answers' accounting (and the SDK routes answers by id).
     if (this.running.has(id) || this.held.has(id))
       throw new McpError(ErrorCode.InvalidRequest, `request id ${JSON.stringify(id)} is still in use in this session`);
     this.calls++;
+    this.total.calls++;
     this.served++;
     this.running.add(id);
     try {
       const answer = await call();
-      if (this.tracksDelivery && !this.abandoned.has(id)) {
+      if (this.tracksDelivery && !this.abandoned.has(id) && !this.closed) {
         const bytes = jsonSize(answer);
         this.held.set(id, (this.held.get(id) ?? 0) + bytes);
         this.unread += bytes;
+        this.total.unread += bytes;
       }
       return answer;
     } finally {
       this.calls--;
+      this.total.calls--;
       this.running.delete(id);
       this.abandoned.delete(id);
     }
@@ -104,10 +169,22 @@ export class HostBudget {
     if (bytes !== undefined) {
       this.held.delete(id);
       this.unread -= bytes;
+      this.total.unread -= bytes;
     }
     if (!this.running.has(id)) return false;
     this.abandoned.add(id);
     return true;
+  }
+
+  /**
+   * The session has ended: its undelivered answers are released from the gateway's total (the
+   * transport drops them), and calls still running will add nothing when they end.
+   */
+  close(): void {
+    this.closed = true;
+    this.total.unread -= this.unread;
+    this.unread = 0;
+    this.held.clear();
   }
 }
 

@@ -2,12 +2,17 @@ import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
 import type { AddressInfo } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
-import { isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import { ErrorCode, isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
 import type { HostBudget } from "./host-budget.js";
+import type { NoticeOutlet } from "./watches.js";
 
 /** Default bound on host sessions open at once (HttpOptions.maxSessions). */
 export const DEFAULT_MAX_SESSIONS = 64;
+/** Default bound on request body bytes being read at once, all requests together (HttpOptions.maxTotalBodyBytes). */
+export const DEFAULT_MAX_TOTAL_BODY_BYTES = 64 * 1024 * 1024;
+/** Default time a request body has to arrive in full (HttpOptions.bodyTimeoutMs). */
+export const DEFAULT_BODY_TIMEOUT_MS = 30_000;
 
 /** Addresses the HTTP gateway may listen on: loopback only (it has no TLS). */
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
@@ -26,13 +31,67 @@ export interface HttpOptions {
    * bound; beyond this an initialize gets 503 with Retry-After until a session ends or idles out.
    */
   maxSessions?: number;
+  /**
+   * Most request body bytes being read at once, all POSTs together (default 64 MiB). One body
+   * may be 4 × the gateway's maxArgsBytes; a host opening many connections, each sending most of
+   * a body and never finishing it, must not grow the gateway without bound: past this a POST
+   * gets 503 with Retry-After.
+   */
+  maxTotalBodyBytes?: number;
+  /** A request body must arrive in full within this time (default 30 s), else 408: a body sent a byte at a time holds its bytes and its connection. */
+  bodyTimeoutMs?: number;
 }
 
 export interface HttpGateway {
   url: string;
   /** Host sessions open now. */
   sessions(): number;
+  /** Request body bytes being read now, all POSTs together (for tests and logs). */
+  bodyBytes(): number;
   close(): Promise<void>;
+}
+
+/**
+ * A host session's GET stream, where its notices outside any call go. The SDK queues what it is
+ * given and writes it as the host reads: while the host does not read, notices are held back
+ * (coalesced by the watches) instead of queued there without bound.
+ */
+class GetStream implements NoticeOutlet {
+  /** The GET responses open now: the SDK's one stream, and any it is refusing (a second GET gets 409). */
+  private readonly open = new Set<ServerResponse>();
+  private waiting: { promise: Promise<void>; wake: () => void } | undefined;
+
+  attach(res: ServerResponse): void {
+    this.open.add(res);
+    res.on("drain", () => this.wake());
+    res.once("close", () => {
+      this.open.delete(res);
+      this.wake();
+    });
+  }
+
+  blocked(): boolean {
+    for (const res of this.open) if (res.writableNeedDrain) return true;
+    return false;
+  }
+
+  ready(): Promise<void> {
+    if (!this.waiting) {
+      let wake = () => {};
+      const promise = new Promise<void>((r) => {
+        wake = r;
+      });
+      this.waiting = { promise, wake };
+    }
+    return this.waiting.promise;
+  }
+
+  /** The host reads again, or the stream or the session ended. */
+  wake(): void {
+    const w = this.waiting;
+    this.waiting = undefined;
+    w?.wake();
+  }
 }
 
 /** Refused configuration of the HTTP gateway (a non-loopback address, a weak secret). */
@@ -78,8 +137,11 @@ export function checkHttpOptions(o: HttpOptions): void {
     );
   }
   if (o.bearer.length < 16) throw new GatewayConfigError("the bearer secret must be at least 16 characters");
-  if (o.maxSessions !== undefined && !(Number.isSafeInteger(o.maxSessions) && o.maxSessions >= 1))
-    throw new GatewayConfigError(`maxSessions must be a positive integer, not ${o.maxSessions}`);
+  for (const k of ["maxSessions", "maxTotalBodyBytes", "bodyTimeoutMs"] as const) {
+    const v = o[k];
+    if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1))
+      throw new GatewayConfigError(`${k} must be a positive integer, not ${v}`);
+  }
 }
 
 /**
@@ -100,7 +162,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
    */
   const hosts = new WeakMap<
     StreamableHTTPServerTransport,
-    { budget: HostBudget; carriers: Map<string | number, ServerResponse> }
+    { budget: HostBudget; carriers: Map<string | number, ServerResponse>; notices: GetStream }
   >();
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
@@ -108,6 +170,10 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const maxSessions = o.maxSessions ?? DEFAULT_MAX_SESSIONS;
   /** Initializations under way: counted against maxSessions before their session id exists. */
   let opening = 0;
+  const maxBody = 4 * gateway.maxArgsBytes;
+  const bodies = { reading: 0, max: o.maxTotalBodyBytes ?? DEFAULT_MAX_TOTAL_BODY_BYTES };
+  const bodyTimeoutMs = o.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
+  const readBody = (req: IncomingMessage) => readJson(req, maxBody, bodies, bodyTimeoutMs);
   const sweep = setInterval(
     () => {
       const now = Date.now();
@@ -130,30 +196,38 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       const t = sessions.get(sid);
       if (!t) return refuse(res, 404, "unknown or ended MCP session");
       lastSeen.set(sid, Date.now());
+      if (req.method === "GET") hosts.get(t)?.notices.attach(res);
       if (req.method !== "POST") return t.handleRequest(req, res);
       // Read here so the calls it carries are known: their answers count against the session's
       // bounds until this response ends, and a call whose connection closes is cancelled.
-      const body = await readJson(req, 4 * gateway.maxArgsBytes);
-      if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
+      const read = await readBody(req);
+      if (!read.ok) return refuseBody(res, read);
+      const body = read.json;
       const host = hosts.get(t);
       const ids = host ? requestIds(body).filter((id) => !host.carriers.has(id)) : [];
       if (host && ids.length > 0) {
         for (const id of ids) host.carriers.set(id, res);
         res.once("close", () => {
+          const reason = "the host closed the connection of this call";
           for (const id of ids) {
             if (host.carriers.get(id) !== res) continue;
             host.carriers.delete(id);
             if (!host.budget.delivered(id)) continue;
-            const cancel = { requestId: id, reason: "the host closed the connection of this call" };
-            t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: cancel });
+            t.onmessage?.({ jsonrpc: "2.0", method: "notifications/cancelled", params: { requestId: id, reason } });
+            // The SDK keeps the answers a response carried (and its ids' routes) until every call
+            // on it is answered, and a cancelled call never is: answered here, into the closed
+            // stream, so the SDK lets go of them now, not when the session ends (case 217).
+            const answer = { jsonrpc: "2.0" as const, id, error: { code: ErrorCode.ConnectionClosed, message: reason } };
+            void t.send(answer).catch(() => {});
           }
         });
       }
       return t.handleRequest(req, res, body);
     }
     if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
-    const body = await readJson(req, 4 * gateway.maxArgsBytes);
-    if (body === undefined) return refuse(res, 413, `request body over ${4 * gateway.maxArgsBytes} bytes`);
+    const read = await readBody(req);
+    if (!read.ok) return refuseBody(res, read);
+    const body = read.json;
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
     // The transport refuses these too, but only after a server exists: refused here, nothing is made.
     const accept = req.headers.accept ?? "";
@@ -173,7 +247,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
         lastSeen.set(id, Date.now());
       },
     });
+    const notices = new GetStream();
     t.onclose = () => {
+      notices.wake();
       if (!t.sessionId) return;
       sessions.delete(t.sessionId);
       lastSeen.delete(t.sessionId);
@@ -182,7 +258,8 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const mcp = gateway.createServer();
     const budget = gateway.budgetOf(mcp);
     budget.tracksDelivery = true;
-    hosts.set(t, { budget, carriers: new Map() });
+    hosts.set(t, { budget, carriers: new Map(), notices });
+    gateway.setNoticeOutlet(mcp, notices);
     try {
       await mcp.connect(t);
       await t.handleRequest(req, res, body);
@@ -194,7 +271,11 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     }
   };
 
-  const server: HttpServer = createServer((req, res) => {
+  // The backstop for bodies the gateway never reads (refused for their secret, Host or path):
+  // Node cuts off a request not received in full within this (its default is 5 minutes).
+  const requestTimeout = 2 * bodyTimeoutMs;
+  const serverOptions = { requestTimeout, headersTimeout: Math.min(60_000, requestTimeout) };
+  const server: HttpServer = createServer(serverOptions, (req, res) => {
     handle(req, res).catch((e) => {
       if (!res.headersSent) refuse(res, 500, (e as Error).message);
       else res.destroy();
@@ -209,6 +290,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   return {
     url: `http://${hostPart}:${port}/mcp`,
     sessions: () => sessions.size,
+    bodyBytes: () => bodies.reading,
     close: async () => {
       clearInterval(sweep);
       await Promise.all([...sessions.values()].map((t) => t.close().catch(() => {})));
@@ -233,18 +315,66 @@ function isJson(ct: string | undefined): boolean {
   return (ct ?? "").split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
-/** The body as JSON, or undefined when it is larger than `max` bytes; bad JSON is null (refused as not an initialize). */
-async function readJson(req: IncomingMessage, max: number): Promise<unknown> {
-  const chunks: Buffer[] = [];
-  let size = 0;
-  for await (const c of req) {
-    size += (c as Buffer).length;
-    if (size > max) return undefined;
-    chunks.push(c as Buffer);
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString("utf8"));
-  } catch {
-    return null;
-  }
+type BodyRead = { ok: true; json: unknown } | { ok: false; status: 400 | 408 | 413 | 503; message: string };
+
+/** A body refused before it was read in full: the rest is never read, so the connection ends with the answer. */
+function refuseBody(res: ServerResponse, r: BodyRead & { ok: false }): void {
+  if (res.destroyed) return;
+  const headers: Record<string, string> = { connection: "close" };
+  if (r.status === 503) headers["retry-after"] = "1";
+  refuse(res, r.status, r.message, headers);
+}
+
+/**
+ * The body as JSON (bad JSON is null: refused as not an initialize, or by the transport). Its
+ * bytes count in `pool` while they are read: a body over `max` (by its Content-Length, before
+ * anything is read, or as it arrives) is 413; one that would take `pool` past its bound is 503;
+ * one not received in full within `timeoutMs` is 408.
+ */
+function readJson(
+  req: IncomingMessage,
+  max: number,
+  pool: { reading: number; max: number },
+  timeoutMs: number,
+): Promise<BodyRead> {
+  const declared = Number(req.headers["content-length"]);
+  if (declared > max)
+    return Promise.resolve({ ok: false, status: 413, message: `request body of ${declared} bytes is over ${max} bytes` });
+  return new Promise((resolve) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    const finish = (r: BodyRead) => {
+      clearTimeout(timer);
+      req.off("data", onData).off("end", onEnd).off("error", onGone).off("close", onGone);
+      pool.reading -= size;
+      // Not read further: a refused body's bytes stay with the sender (the connection closes).
+      if (!r.ok) req.pause();
+      resolve(r);
+    };
+    const onData = (c: Buffer) => {
+      if (size + c.length > max) return finish({ ok: false, status: 413, message: `request body over ${max} bytes` });
+      if (pool.reading + c.length > pool.max)
+        return finish({
+          ok: false,
+          status: 503,
+          message: `the gateway is reading ${pool.reading} bytes of request bodies (its limit is ${pool.max}): retry`,
+        });
+      size += c.length;
+      pool.reading += c.length;
+      chunks.push(c);
+    };
+    const onEnd = () => {
+      let json: unknown = null;
+      try {
+        json = JSON.parse(Buffer.concat(chunks, size).toString("utf8"));
+      } catch {}
+      finish({ ok: true, json });
+    };
+    const onGone = () => finish({ ok: false, status: 400, message: "the request body was cut off" });
+    const timer = setTimeout(
+      () => finish({ ok: false, status: 408, message: `the request body did not arrive in full within ${timeoutMs} ms` }),
+      timeoutMs,
+    );
+    req.on("data", onData).on("end", onEnd).on("error", onGone).on("close", onGone);
+  });
 }

@@ -8,7 +8,10 @@ export { GATEWAY_NAME, GATEWAY_VERSION, type GatewayOptions, McpGateway } from "
 export { GrantView } from "./grant.js";
 export {
   DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_TOTAL_CALLS,
+  DEFAULT_MAX_TOTAL_UNREAD_BYTES,
   DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  type GatewayLoad,
   HOST_BUSY,
   type HostLoad,
 } from "./host-budget.js";

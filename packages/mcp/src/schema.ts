@@ -15,6 +15,8 @@ export interface OpDecl {
   result?: Record<string, ArgDecl>;
   /** The op a grant must name to allow this one, when not its own name (the kernel authorizes by it). */
   authorizeAs?: string;
+  /** What it leaves on the caller's session past its answer, when it does: never a tool (see gateway.ts). */
+  sessionState?: string;
 }
 
 /** Bad input from the host: answered with an MCP error; the kernel is never asked. */

@@ -5,6 +5,18 @@ import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 
 type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
 
+/**
+ * Where a host session's notifications outside any call go out (over HTTP, its GET stream).
+ * The transport queues whatever it is given without bound, so a notice is held back while the
+ * host is not reading.
+ */
+export interface NoticeOutlet {
+  /** True while the host is not reading: a notice sent now would only queue in the gateway. */
+  blocked(): boolean;
+  /** Resolves when the host reads again, or its stream or session has ended. */
+  ready(): Promise<void>;
+}
+
 type Meta = Record<string, unknown>;
 
 interface Sending {
@@ -33,7 +45,8 @@ interface Entry {
  *
  * A host that reads slowly costs bounded memory: per session and object at most one
  * notification is being written and one more is owed (changes in between are one update: a
- * host re-reads the resource anyway).
+ * host re-reads the resource anyway), and none is written while the host's stream is backed
+ * up (a host that never reads it would otherwise have every change queued for it).
  */
 export class ResourceWatches {
   private readonly byUri = new Map<string, Entry>();
@@ -43,7 +56,11 @@ export class ResourceWatches {
   /** Sessions that ended: a subscription they still send is not made. */
   private readonly ended = new WeakSet<Server>();
 
-  constructor(private readonly client: KernelClient) {}
+  constructor(
+    private readonly client: KernelClient,
+    /** The outlet of a session's notices, when its transport has one that can back up (HTTP). */
+    private readonly outletOf: (server: Server) => NoticeOutlet | undefined = () => undefined,
+  ) {}
 
   async subscribe(server: Server, uri: string, execution: string): Promise<void> {
     if (!uri.startsWith("obj://") || uri.includes("*"))
@@ -146,19 +163,21 @@ export class ResourceWatches {
       busy.again = meta;
       return;
     }
-    const state: Sending = { again: undefined };
+    const state: Sending = { again: meta };
     entry.sending.set(server, state);
-    const send = (m: Meta): void => {
-      server
-        .sendResourceUpdated({ uri, _meta: m })
-        .catch(() => {})
-        .then(() => {
-          const next = state.again;
-          state.again = undefined;
-          if (next && entry.servers.has(server)) send(next);
-          else if (entry.sending.get(server) === state) entry.sending.delete(server);
-        });
-    };
-    send(meta);
+    void this.send(entry, server, uri, state);
+  }
+
+  /** Sends the session's latest change of `uri`, and again while changes come meanwhile; waits while the host does not read. */
+  private async send(entry: Entry, server: Server, uri: string, state: Sending): Promise<void> {
+    for (;;) {
+      const outlet = this.outletOf(server);
+      if (outlet?.blocked()) await outlet.ready();
+      const m = state.again;
+      state.again = undefined;
+      if (!m || !entry.servers.has(server)) break;
+      await server.sendResourceUpdated({ uri, _meta: m }).catch(() => {});
+    }
+    if (entry.sending.get(server) === state) entry.sending.delete(server);
   }
 }

@@ -1,16 +1,21 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { type Socket, connect as tcp } from "node:net";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
+import { KernelClient } from "@kpip/client";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
+import { McpGateway } from "../src/gateway.js";
 import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
+import { RecordingClient } from "./recording-client.js";
 
 const BEARER = "a-secret-of-enough-length";
 const RIGHTS = [
@@ -65,6 +70,17 @@ async function rawSession(http: HttpGateway) {
     send: (method: string, params: unknown) => post({ jsonrpc: "2.0", id: id++, method, params }),
     end: () => fetch(http.url, { method: "DELETE", headers: h }).then((x) => x.status),
   };
+}
+
+/** One POST of `body` in session `sid` on its own connection; `read: false` never reads the answer. */
+function rawPost(http: HttpGateway, sid: string, body: string, read: boolean): Socket {
+  const { port } = new URL(http.url);
+  const sock = tcp(Number(port), "127.0.0.1");
+  if (!read) sock.pause();
+  sock.write(
+    `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+  );
+  return sock;
 }
 
 describe("the HTTP gateway under a hostile host holding the secret", () => {
@@ -197,6 +213,9 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     const names = gw.gateway.toolNames;
     assert.ok(names.includes("event_emit"), names.join(", "));
     assert.ok(!names.includes("event_subscribe") && !names.includes("event_unsubscribe"), names.join(", "));
+    // Nor a storage watch, which its storage.read grant would allow: hosts use resources/subscribe.
+    assert.ok(names.includes("storage_read"), names.join(", "));
+    assert.ok(!names.includes("storage_watch") && !names.includes("storage_unwatch"), names.join(", "));
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
       const host = await connect(http);
@@ -299,6 +318,221 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("bounds unread answers and calls in flight across all host sessions; delivery, a closed connection and the session's end release them", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const answer = Math.ceil(SIZE / 3) * 4;
+    await gw.client.storage.putLarge("obj://ws1/total", [randomBytes(SIZE)], { size: SIZE });
+    // Every session alone is far within its own bounds; together they are not.
+    const g = await gatewayOn(k, files, { maxTotalUnreadBytes: answer + answer / 2, maxTotalCalls: 2 });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const [a, b, c] = [await rawSession(http), await rawSession(http), await rawSession(http)];
+      const read = (id: number) =>
+        JSON.stringify({ jsonrpc: "2.0", id, method: "resources/read", params: { uri: "obj://ws1/total" } });
+      const total = () => g.gateway.totalLoad();
+      // Two sessions each leave one answer unread: the gateway holds two answers.
+      socks.push(rawPost(http, a.sid, read(100), false));
+      await until(() => total().unreadBytes >= answer && total().calls === 0, 60_000, "a's answer held");
+      socks.push(rawPost(http, b.sid, read(100), false));
+      await until(() => total().unreadBytes >= 2 * answer && total().calls === 0, 60_000, "b's answer held");
+      // A third session, with nothing unread of its own, is refused, retryably.
+      const busy = await c.send("resources/read", { uri: "obj://ws1/total" });
+      assert.match(busy, new RegExp(`"code":${HOST_BUSY}.*the gateway holds \\d+ bytes of answers its hosts have not yet read`));
+      assert.match(busy, /"retryable":true/);
+      assert.equal(total().refused, 1);
+      // Session a ends (DELETE) with its connection still open and unread: its answer no longer counts.
+      assert.equal(await a.end(), 200);
+      await until(() => total().unreadBytes < 2 * answer, 30_000, "a's answer released at its session's end");
+      assert.match(await c.send("resources/read", { uri: "obj://ws1/total" }), /"blob":/);
+      // b's connection closes: its answer is dropped.
+      socks.pop()?.destroy();
+      await until(() => total().unreadBytes === 0, 30_000, "b's answer released when its connection closed");
+      // Calls in flight: two long calls from two sessions fill the gateway; a third session waits.
+      const sleep = (id: number) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id,
+          method: "tools/call",
+          params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+        });
+      socks.push(rawPost(http, b.sid, sleep(200), true), rawPost(http, c.sid, sleep(200), true));
+      await until(() => total().calls === 2, 60_000, "two calls running");
+      const d = await rawSession(http);
+      const full = await d.send("tools/call", { name: "storage_list", arguments: { target: "obj://ws1/" } });
+      assert.match(full, new RegExp(`"code":${HOST_BUSY}.*the gateway has 2 calls in flight across its host sessions`));
+      for (const s of socks.splice(0)) s.destroy();
+      await until(() => total().calls === 0, 60_000, "the abandoned calls ended");
+      assert.doesNotMatch(await d.send("tools/call", { name: "storage_list", arguments: { target: "obj://ws1/" } }), /-32029/);
+      for (const s of [b, c, d]) await s.end();
+      assert.deepEqual({ ...total(), refused: 0 }, { calls: 0, unreadBytes: 0, refused: 0 });
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
+  it("bounds request bodies: one over its size by Content-Length (413), one not arriving in time (408), past the total being read (503)", async () => {
+    const g = await gatewayOn(k, files, { maxArgsBytes: 64 * 1024 });
+    // One body may be 256 KiB; all bodies being read together 384 KiB.
+    const http = await serveHttp(g.gateway, {
+      host: "127.0.0.1",
+      port: 0,
+      bearer: BEARER,
+      maxTotalBodyBytes: 384 * 1024,
+      bodyTimeoutMs: 1000,
+    });
+    const socks: Socket[] = [];
+    /** A POST whose headers declare `length` bytes of body, of which `sent` are sent; resolves with what came back. */
+    const partial = (sid: string, length: number, sent: number) => {
+      const { port } = new URL(http.url);
+      const sock = tcp(Number(port), "127.0.0.1");
+      socks.push(sock);
+      let said = "";
+      sock.on("data", (d) => {
+        said += d;
+      });
+      sock.on("error", () => {});
+      sock.write(
+        `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${length}\r\n\r\n`,
+      );
+      sock.write(" ".repeat(sent));
+      return { sock, said: () => said, ended: new Promise<string>((r) => sock.on("close", () => r(said))) };
+    };
+    try {
+      const s = await rawSession(http);
+      // Declared larger than a body may be: refused before a byte of it is read.
+      const big = partial(s.sid, 100 * 1024 * 1024, 0);
+      await until(() => /^HTTP\/1\.1 413/.test(big.said()), 20_000, "413 for a declared 100 MiB body");
+      assert.match(big.said(), /over 262144 bytes/);
+      assert.match(await big.ended, /connection: close/i);
+      // A body that never finishes: 408 once its time is up, its bytes released.
+      const slow = partial(s.sid, 1000, 10);
+      await until(() => /^HTTP\/1\.1 408/.test(slow.said()), 20_000, "408 for a body that never finishes");
+      assert.match(slow.said(), /did not arrive in full within 1000 ms/);
+      await slow.ended;
+      assert.equal(http.bodyBytes(), 0);
+      // Two hosts' bodies in the making hold 300 KiB; a third body past 384 KiB in total is 503.
+      const a = partial(s.sid, 200 * 1024, 150 * 1024);
+      const b = partial((await rawSession(http)).sid, 200 * 1024, 150 * 1024);
+      await until(() => http.bodyBytes() === 300 * 1024, 20_000, "300 KiB being read");
+      const c = partial(s.sid, 200 * 1024, 100 * 1024);
+      await until(() => /^HTTP\/1\.1 503/.test(c.said()), 20_000, "503 past the total");
+      assert.match(c.said(), /retry-after: 1/i);
+      assert.match(c.said(), /request bodies \(its limit is 393216\)/);
+      // The others end (closed, or timed out): their bytes are released and POSTs are read again.
+      a.sock.destroy();
+      await b.ended;
+      await until(() => http.bodyBytes() === 0, 20_000, "every body released");
+      assert.match(await s.send("tools/list", {}), /"tools"/);
+      await s.end();
+    } finally {
+      for (const x of socks) x.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
+  it("keeps no answer of a batch whose connection closed while another of its calls ran, before the session ends", async () => {
+    const SIZE = 4 * 1024 * 1024;
+    const answer = Math.ceil(SIZE / 3) * 4;
+    await gw.client.storage.putLarge("obj://ws1/batch", [randomBytes(SIZE)], { size: SIZE });
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const host = await rawSession(http);
+      const load = () => gw.gateway.hostLoads().at(-1) as ReturnType<typeof gw.gateway.hostLoads>[0];
+      // A large answer, then a call that runs on: the SDK answers the batch's response only
+      // once both are answered, and keeps the first answer meanwhile.
+      const round = async (i: number) => {
+        const batch = JSON.stringify([
+          { jsonrpc: "2.0", id: 700 + i, method: "resources/read", params: { uri: "obj://ws1/batch" } },
+          {
+            jsonrpc: "2.0",
+            id: 800 + i,
+            method: "tools/call",
+            params: { name: "compute_submit", arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } } },
+          },
+        ]);
+        const sock = rawPost(http, host.sid, batch, true);
+        socks.push(sock);
+        sock.on("data", () => {});
+        await until(() => load().unreadBytes > 0 && load().calls === 1, 60_000, `round ${i}: the read answered`);
+        sock.destroy();
+        await until(() => load().calls === 0 && load().unreadBytes === 0, 60_000, `round ${i}: the call cancelled`);
+      };
+      await round(0);
+      const before = held();
+      for (let i = 1; i <= 6; i++) await round(i);
+      // Six answers of ~5.6 MB each were kept until the session's end: the budget had released them.
+      await until(() => held() - before < 2 * answer, 30_000, "no answer of the closed batches held");
+      assert.match(await host.send("tools/list", {}), /"tools"/);
+      await host.end();
+    } finally {
+      for (const x of socks) x.destroy();
+      await http.close();
+    }
+  });
+
+  it("queues no notice for a host that does not read its GET stream; it gets the latest change when it reads again", async () => {
+    // Long names make large notices: each change of the object is ~2 KB for every session.
+    const uri = `obj://ws1/${"n".repeat(1900)}`;
+    await gw.client.storage.write(uri, "0");
+    // A gateway of its own: 80,000 notices' worth of kernel events are not the other tests' load.
+    const g = await gatewayOn(k, files);
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const { port } = new URL(http.url);
+      const hosts = [];
+      for (let i = 0; i < 4; i++) {
+        const h = await rawSession(http);
+        assert.match(await h.send("resources/subscribe", { uri }), /"result":\{\}/);
+        // The GET stream, never read.
+        const sock = tcp(Number(port), "127.0.0.1");
+        sock.pause();
+        socks.push(sock);
+        sock.write(
+          `GET /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nAccept: text/event-stream\r\nMcp-Session-Id: ${h.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\n\r\n`,
+        );
+        hosts.push(h);
+      }
+      // Another persona writes (the admin: its records are not hank's).
+      const writer = await KernelClient.connect({
+        socket: join(k.home, "kernel.sock"),
+        identity: join(k.home, "admin.identity"),
+        tokens: [readFileSync(join(k.home, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+      await writer.storage.write(uri, "1");
+      const before = held();
+      let last = 0;
+      for (let i = 0; i < 20_000; i += 50) {
+        const ws = await Promise.all(Array.from({ length: 50 }, (_, j) => writer.storage.write(uri, String(i + j))));
+        last = Math.max(last, ...ws.map((w) => w.generation));
+      }
+      await writer.close();
+      // Every change was a notice for each of the four sessions (~10 MB each, past what their
+      // sockets hold): they were queued in the gateway until the host read or its session ended.
+      await until(() => held() - before < 8 * 1024 * 1024, 30_000, "nothing queued for the hosts that do not read");
+      // A host that reads again is told of the latest change.
+      const reader = socks[0] as Socket;
+      let said = "";
+      reader.on("data", (d) => {
+        said = (said + d).slice(-100_000);
+      });
+      reader.resume();
+      await until(() => said.includes(`"kpip/generation":${last}`), 60_000, "the latest change told");
+      for (const h of hosts) await h.end();
+      await until(() => g.gateway.watches.uris.length === 0, 30_000, "the watches released");
+    } finally {
+      for (const x of socks) x.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("a second POST naming a call still in use is refused, and closing it neither releases that call's unread answer nor cancels it", async () => {
     const SIZE = 4 * 1024 * 1024;
     await gw.client.storage.putLarge("obj://ws1/dup", [randomBytes(SIZE)], { size: SIZE });
@@ -360,11 +594,14 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       sock.s.write(
         `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${host.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       );
-      await until(() => k.audit("hank").some((r) => r.op === "op.status"), 60_000, "the op to be followed");
+      // Counted from now: other tests of this persona followed and cancelled ops too.
+      const count = (op: string) => k.audit("hank").filter((r) => r.op === op && r.status === "SUCCESS").length;
+      const [statuses, cancels] = [count("op.status"), count("op.cancel")];
+      await until(() => count("op.status") > statuses, 60_000, "the op to be followed");
       assert.equal(load().calls, 1);
       sock.s.destroy();
       await until(() => load().calls === 0, 60_000, "the call to end");
-      await until(() => k.audit("hank").some((r) => r.op === "op.cancel" && r.status === "SUCCESS"), 60_000, "op.cancel");
+      await until(() => count("op.cancel") > cancels, 60_000, "op.cancel");
       await host.end();
     } finally {
       sock.s?.destroy();
@@ -402,6 +639,37 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await host.end();
     } finally {
       await http.close();
+    }
+  });
+});
+
+describe("the gateway's tools", () => {
+  it("offers no op that holds session state: as the kernel's table declares it, or the catalogue for a kernel that does not say", async () => {
+    const op = { targets: ["kernel"], args: {}, idempotent: false, effects: false };
+    const rc = new RecordingClient({
+      rights: [{ ops: ["x.*", "token.bind"], targets: ["kernel://", "token://**"] }],
+      table: [
+        // An embedder's op this gateway has never heard of, declared by the kernel.
+        { op: "x.hold", description: "holds a lease on the session", sessionState: "a lease on the session", ...op },
+        { op: "x.plain", description: "holds nothing", ...op },
+        // An older kernel's table: no sessionState sent; the catalogue says so.
+        { op: "token.bind", description: "bind", ...op, targets: ["token"] },
+      ],
+    });
+    const gateway = await McpGateway.open(rc as unknown as KernelClient);
+    try {
+      assert.deepEqual(gateway.toolNames.sort(), ["system_describe", "system_health", "x_plain"]);
+      const e = await mcpError(
+        gateway.callTool(
+          "x_hold",
+          { target: "kernel://" },
+          { execution: "t", signal: new AbortController().signal, progressToken: undefined, notify: async () => {} },
+        ),
+      );
+      assert.equal(e.code, ErrorCode.InvalidParams);
+      assert.equal(rc.sent.length, 0, "the kernel is never asked");
+    } finally {
+      await gateway.close();
     }
   });
 });

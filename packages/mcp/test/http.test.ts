@@ -181,20 +181,22 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     const none = kpip(["mcp", ...home, "--http", "127.0.0.1:0"]);
     assert.equal(none.code, 2);
     assert.match(none.err, /needs a bearer secret/);
-    for (const n of ["0", "-3", "many", "1.5"]) {
-      const bad = kpip(["mcp", ...home, "--http", "127.0.0.1:0", ...bearer, `--max-sessions=${n}`]);
-      assert.equal(bad.code, 2, `--max-sessions ${n}`);
-      assert.match(bad.err, /--max-sessions must be a positive integer/);
+    for (const flag of ["--max-sessions", "--max-total-body-bytes", "--body-timeout-ms"]) {
+      for (const n of ["0", "-3", "many", "1.5"]) {
+        const bad = kpip(["mcp", ...home, "--http", "127.0.0.1:0", ...bearer, `${flag}=${n}`]);
+        assert.equal(bad.code, 2, `${flag} ${n}`);
+        assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+      }
+      const stdio = kpip(["mcp", ...home, flag, "4"]);
+      assert.equal(stdio.code, 2);
+      assert.match(stdio.err, new RegExp(`${flag} goes with --http`));
     }
-    for (const flag of ["--max-calls", "--max-unread-bytes"]) {
+    for (const flag of ["--max-calls", "--max-unread-bytes", "--max-total-calls", "--max-total-unread-bytes"]) {
       for (const n of ["0", "-1", "many", "2.5"]) {
         const bad = kpip(["mcp", ...home, `${flag}=${n}`]);
         assert.equal(bad.code, 2, `${flag} ${n}`);
         assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
       }
     }
-    const stdio = kpip(["mcp", ...home, "--max-sessions", "4"]);
-    assert.equal(stdio.code, 2);
-    assert.match(stdio.err, /--max-sessions goes with --http/);
   });
 });

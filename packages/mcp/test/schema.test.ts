@@ -145,6 +145,8 @@ describe("the op table from system.describe", () => {
     const [d] = opTable([op]);
     assert.equal(d?.authorizeAs, "storage.write");
     assert.deepEqual(d?.args.meta?.values, { type: "text", required: false, description: "v" });
+    assert.equal(d?.sessionState, undefined);
+    assert.equal(opTable([{ ...op, sessionState: "a lease" }])[0]?.sessionState, "a lease");
   });
 
   it("refuses a malformed table with PROTOCOL instead of building tools from guesses", () => {
@@ -155,6 +157,7 @@ describe("the op table from system.describe", () => {
       { ...op, args: { size: { type: "uint" } } },
       { ...op, args: { size: { type: "array", description: "a", items: 3 } } },
       { ...op, op: 7 },
+      { ...op, sessionState: true },
     ]) {
       assert.throws(
         () => opTable([bad as never]),

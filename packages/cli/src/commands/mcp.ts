@@ -18,7 +18,7 @@ export const mcpCommand: Command = {
   name: "mcp",
   summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
   usage:
-    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] (stdout carries MCP over stdio)",
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] (stdout carries MCP over stdio)",
   example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
   options: {
     ...CONNECT_OPTIONS,
@@ -41,6 +41,23 @@ export const mcpCommand: Command = {
       description:
         "with --http: most answer bytes one host session may leave unread; past it calls get -32029 (default 67108864)",
     },
+    "max-total-calls": {
+      type: "string",
+      description: "most tool calls running at once across all host sessions; more get a retryable -32029 (default 256)",
+    },
+    "max-total-unread-bytes": {
+      type: "string",
+      description:
+        "with --http: most answer bytes all host sessions together may leave unread; past it calls get -32029 (default 268435456)",
+    },
+    "max-total-body-bytes": {
+      type: "string",
+      description: "with --http: most request body bytes being read at once, all POSTs together; past it 503 (default 67108864)",
+    },
+    "body-timeout-ms": {
+      type: "string",
+      description: "with --http: a request body must arrive in full within this time, else 408 (default 30000)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -58,12 +75,14 @@ export const mcpCommand: Command = {
     };
     const maxCallsPerSession = positive("max-calls");
     const maxUnreadBytesPerSession = positive("max-unread-bytes");
+    const maxTotalCalls = positive("max-total-calls");
+    const maxTotalUnreadBytes = positive("max-total-unread-bytes");
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
-    let maxSessions: number | undefined;
-    if (v["max-sessions"] !== undefined) {
-      if (listen === undefined) throw new UsageError("--max-sessions goes with --http");
-      maxSessions = positive("max-sessions");
-    }
+    for (const flag of ["max-sessions", "max-total-body-bytes", "body-timeout-ms"])
+      if (v[flag] !== undefined && listen === undefined) throw new UsageError(`--${flag} goes with --http`);
+    const maxSessions = positive("max-sessions");
+    const maxTotalBodyBytes = positive("max-total-body-bytes");
+    const bodyTimeoutMs = positive("body-timeout-ms");
     let bearer: string | undefined;
     if (listen) {
       const b = (v.bearer as string | undefined) ?? process.env.KPIP_MCP_BEARER;
@@ -90,10 +109,18 @@ export const mcpCommand: Command = {
         ...(maxArgsBytes === undefined ? {} : { maxArgsBytes }),
         ...(maxCallsPerSession === undefined ? {} : { maxCallsPerSession }),
         ...(maxUnreadBytesPerSession === undefined ? {} : { maxUnreadBytesPerSession }),
+        ...(maxTotalCalls === undefined ? {} : { maxTotalCalls }),
+        ...(maxTotalUnreadBytes === undefined ? {} : { maxTotalUnreadBytes }),
       });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
-        const http = await serveHttp(gateway, { ...listen, bearer, ...(maxSessions === undefined ? {} : { maxSessions }) });
+        const http = await serveHttp(gateway, {
+          ...listen,
+          bearer,
+          ...(maxSessions === undefined ? {} : { maxSessions }),
+          ...(maxTotalBodyBytes === undefined ? {} : { maxTotalBodyBytes }),
+          ...(bodyTimeoutMs === undefined ? {} : { bodyTimeoutMs }),
+        });
         say(`serving MCP on ${http.url} as ${what}`);
         await new Promise<void>((resolve) => {
           process.once("SIGINT", resolve);

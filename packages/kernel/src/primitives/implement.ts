@@ -25,6 +25,7 @@ export function implement<D extends OpDefinition>(def: D, impl: Implementation<D
     idempotent: def.idempotent,
     effects: def.effects,
     ...(def.authorizeAs === undefined ? {} : { authorizeAs: def.authorizeAs }),
+    ...(def.sessionState === undefined ? {} : { sessionState: def.sessionState }),
     ...kernelOnly,
     handler: (ctx) => {
       // An argument sent as null is absent (PROTOCOL Appendix C): the handler sees it so.

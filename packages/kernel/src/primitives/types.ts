@@ -78,6 +78,8 @@ export interface PrimitiveDeclaration {
    * are authorized as that act (the chunked upload's ops as `storage.write` on the same target).
    */
   authorizeAs?: string;
+  /** What the op leaves on the caller's session past its answer, when it does (OpDefinition.sessionState): `system.describe` sends it. */
+  sessionState?: string;
   /**
    * A capability of this op also allows it on `target` when this says so, whatever its patterns:
    * a token over itself (token://<its id>). Asked by the capability enforcer, after a grant's

@@ -47,6 +47,16 @@ export interface OpDefinition<A extends Shape = Shape, R extends Shape = Shape> 
   readonly effects: boolean;
   /** The op a capability must grant for this one (default: the op itself). */
   readonly authorizeAs?: string;
+  /**
+   * What the op leaves on (or takes from) the caller's session past its answer — a
+   * subscription and its slot, a watch, a bound token — said in a few words. Such an op acts
+   * for the session, not for one request: a gateway that carries several hosts over one
+   * session (`kpip mcp`) never offers it to them, since what one host leaves there would act
+   * for every other host (a bound token's authority), take from them (the session's
+   * subscription slots), or outlive its own session (EVENTs no host reads). Every op whose
+   * handler holds session state must say so here: the gateway builds its tools from this.
+   */
+  readonly sessionState?: string;
 }
 
 /**

@@ -17,6 +17,7 @@ export const eventSubscribe = defineOp({
   description:
     "Receive EVENT frames for topics matching topic://<pattern> (* one segment, ** any depth) until unsubscribed or the session ends.",
   targets: ["topic"],
+  sessionState: "a subscription, holding one of the session's subscription slots; its EVENTs go to the session",
   args: {},
   result: {
     subscription: {
@@ -33,6 +34,7 @@ export const eventUnsubscribe = defineOp({
   op: "event.unsubscribe",
   description: "End a subscription of this session.",
   targets: ["topic"],
+  sessionState: "ends a subscription of the session, whoever on it made it",
   args: { subscription: { type: "uint", required: true, description: "the id event.subscribe returned" } },
   result: { unsubscribed: { type: "uint", required: true, description: "the subscription ended" } },
   idempotent: true,

@@ -155,6 +155,7 @@ export const storageWatch = defineOp({
     "Receive EVENT frames {uri, generation, kind: write|delete} when objects matching obj://<workspace>/<path or pattern> change, until unwatched, the session ends or the capability that authorized it lapses (PROTOCOL §9.8). Authorized as storage.read on every object the pattern can match.",
   targets: ["obj"],
   authorizeAs: "storage.read",
+  sessionState: "a watch, holding one of the session's subscription slots; its EVENTs go to the session",
   args: {},
   result: {
     subscription: { type: "uint", required: true, description: "the EVENT frames' stream and subscription" },
@@ -169,6 +170,7 @@ export const storageUnwatch = defineOp({
   description: "End a watch of this session (target: the pattern it watches). Authorized as storage.read.",
   targets: ["obj"],
   authorizeAs: "storage.read",
+  sessionState: "ends a watch of the session, whoever on it made it",
   args: { subscription: { type: "uint", required: true, description: "the id storage.watch returned" } },
   result: { unwatched: { type: "uint", required: true, description: "the watch ended" } },
   idempotent: true,

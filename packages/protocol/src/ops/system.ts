@@ -166,6 +166,11 @@ export const systemDescribe = defineOp({
             type: "text",
             description: "the op a grant must name to allow it, when not its own name (storage.upload.* → storage.write)",
           },
+          sessionState: {
+            type: "text",
+            description:
+              "what it leaves on the caller's session past its answer (a subscription, a watch, a bound token), when it does",
+          },
         },
       },
     },

@@ -122,6 +122,7 @@ export const tokenBind = defineOp({
   op: "token.bind",
   description: "Bind a token to this session; later requests name the returned handle.",
   targets: ["token"],
+  sessionState: "a handle: the token's authority, for every later request of the session",
   args: { token: tokenArg },
   result: { handle: { type: "uint", required: true, description: "usable in `caps` on this session only" } },
   idempotent: false,
