@@ -39,7 +39,7 @@ const reads = (...extra: string[]) => [SANDBOX_READ_PATHS, ...extra].join(":");
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 
 describe("what a sandbox sees through symbolic links and bind mounts", { skip: sandboxSkip }, () => {
-  it("a read path that is a symbolic link to the home's parent shows an empty cover, not the home", () =>
+  it("a read path that is a symbolic link to the home's parent shows an empty cover, not the home; re-linked after start, it still shows the directory checked at start", () =>
     inBase(async (base) => {
       // As a shell's logical $PWD (…/link) names a physical directory (…/real) that holds the home.
       mkdirSync(join(base, "real"), { mode: 0o755 });
@@ -56,12 +56,17 @@ describe("what a sandbox sees through symbolic links and bind mounts", { skip: s
           assert.match(await sh(c, `cat ${join(base, "link", "home", "admin.token")} 2>&1`), /No such file/);
           // The read path's other content is there.
           assert.match(await sh(c, `ls ${join(base, "link")} 2>&1`), /home\npeek/);
+          // Re-linked to a directory above the home: bound from the real path found at start, not followed.
+          rmSync(join(base, "link"));
+          symlinkSync(base, join(base, "link"));
+          assert.equal(await sh(c, `ls ${join(base, "link")} 2>&1`), "home\npeek\n");
+          assert.equal(await sh(c, `ls -a ${join(base, "link", "home")} 2>&1`), EMPTY);
         },
         home,
       );
     }));
 
-  it("a home named through a symbolic link and with a trailing slash is covered where a read path shows it", () =>
+  it("a home named through a symbolic link, with .. and a trailing slash, is covered where a read path shows it", () =>
     inBase(async (base) => {
       mkdirSync(join(base, "real"), { mode: 0o755 });
       symlinkSync(join(base, "real"), join(base, "link"));
@@ -71,7 +76,7 @@ describe("what a sandbox sees through symbolic links and bind mounts", { skip: s
           const c = await t.admin();
           assert.equal(await sh(c, `ls -a ${join(base, "real", "home")} 2>&1`), EMPTY);
         },
-        `${join(base, "link", "home")}/`,
+        `${join(base, "link")}/sub/../home/`,
       );
     }));
 

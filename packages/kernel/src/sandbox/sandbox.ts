@@ -9,6 +9,7 @@ import {
   mkdirSync,
   readdirSync,
   readlinkSync,
+  realpathSync,
   rmdirSync,
   rmSync,
 } from "node:fs";
@@ -302,8 +303,19 @@ export class Sandbox {
     }
     // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
     a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
-    // From the real path found at start: a symbolic link changed later does not move what is bound.
-    for (const b of this.view.binds) a.push("--ro-bind-try", b.source, b.dest);
+    // From the real path found at start, where it still is that: a read path made or re-linked
+    // since (say, into the home) is refused, not followed to a place no cover was planned for.
+    for (const b of this.view.binds) {
+      let now: string;
+      try {
+        now = realpathSync(b.source);
+      } catch {
+        continue; // not there: nothing to show (as --ro-bind-try)
+      }
+      if (now !== b.source)
+        throw new Error(`sandbox read path ${b.dest} has changed since the kernel started (a symbolic link): restart the kernel`);
+      a.push("--ro-bind-try", b.source, b.dest);
+    }
     // Each place a bound path shows a hidden one: an empty tmpfs over a directory, /dev/null over
     // a file. After every bind, so that none is mounted over a cover. Not there (yet): nothing to show.
     for (const c of this.view.covers) {
