@@ -152,7 +152,7 @@ describe("what a sandbox sees through symbolic links and bind mounts", { skip: s
 });
 
 describe("read paths that would show a hidden path whole", () => {
-  it("a read path that is the home through a symbolic link, or lies inside it, is refused at start", () =>
+  it("a read path that is the home through a symbolic link, lies inside it, or is / or /proc, is refused at start", () =>
     inBase(async (base) => {
       const home = join(base, "home");
       symlinkSync(home, join(base, "to-home"));
@@ -161,6 +161,15 @@ describe("read paths that would show a hidden path whole", () => {
         await assert.rejects(k.start(), (e: Error) => {
           assert.ok(e instanceof ConfigError, `${rp}: ${e.name} ${e.message}`);
           assert.match(e.message, /sandbox read path .* shows the kernel home/);
+          return true;
+        });
+      }
+      symlinkSync("/", join(base, "to-root"));
+      for (const rp of [join(base, "to-root"), "/proc/self/root", "/proc"]) {
+        const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: reads(rp) });
+        await assert.rejects(k.start(), (e: Error) => {
+          assert.ok(e instanceof ConfigError, `${rp}: ${e.name} ${e.message}`);
+          assert.match(e.message, /would show the host's \/proc/);
           return true;
         });
       }

@@ -98,6 +98,10 @@ export function sandboxView(
   }
   // Parents before children: a read path inside another is mounted on top of it, not under it.
   const binds = readPaths.map((p) => ({ source: realPath(p), dest: resolve(p) })).sort((a, b) => a.dest.length - b.dest.length);
+  for (const b of binds)
+    if (b.source === "/" || within(b.source, "/proc"))
+      // Bound over the sandbox's own /proc (and /dev, /tmp): the kernel's processes, and through them the host.
+      throw new ConfigError(`sandbox read path ${b.dest} is ${b.source}: it would show the host's /proc to every sandbox`);
   const bound = [...system, ...binds];
   // Every place a bound path shows a host directory: its root, and each mount point inside it.
   const points = bound.flatMap((b) => [
