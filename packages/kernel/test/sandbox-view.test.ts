@@ -46,6 +46,8 @@ describe("what a sandbox sees through symbolic links and bind mounts", { skip: s
       symlinkSync(join(base, "real"), join(base, "link"));
       // A symbolic link inside the read path that points into the home by its linked name.
       symlinkSync(join(base, "link", "home"), join(base, "real", "peek"));
+      // And one by its real name, which no sandbox binds: nothing there.
+      symlinkSync(join(base, "real", "home"), join(base, "real", "peek-real"));
       const home = join(base, "real", "home");
       await withKernel(
         { sandboxReadPaths: reads(join(base, "link")) },
@@ -53,13 +55,14 @@ describe("what a sandbox sees through symbolic links and bind mounts", { skip: s
           const c = await t.admin();
           assert.equal(await sh(c, `ls -a ${join(base, "link", "home")} 2>&1`), EMPTY);
           assert.equal(await sh(c, `ls -a ${join(base, "link", "peek")}/ 2>&1`), EMPTY);
+          assert.match(await sh(c, `ls -a ${join(base, "link", "peek-real")}/ 2>&1`), /No such file/);
           assert.match(await sh(c, `cat ${join(base, "link", "home", "admin.token")} 2>&1`), /No such file/);
           // The read path's other content is there.
-          assert.match(await sh(c, `ls ${join(base, "link")} 2>&1`), /home\npeek/);
+          assert.match(await sh(c, `ls ${join(base, "link")} 2>&1`), /home\npeek\npeek-real/);
           // Re-linked to a directory above the home: bound from the real path found at start, not followed.
           rmSync(join(base, "link"));
           symlinkSync(base, join(base, "link"));
-          assert.equal(await sh(c, `ls ${join(base, "link")} 2>&1`), "home\npeek\n");
+          assert.equal(await sh(c, `ls ${join(base, "link")} 2>&1`), "home\npeek\npeek-real\n");
           assert.equal(await sh(c, `ls -a ${join(base, "link", "home")} 2>&1`), EMPTY);
         },
         home,
