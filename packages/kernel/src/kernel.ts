@@ -153,6 +153,7 @@ export class Kernel {
         clock: this.options.clock,
         bwrapPath: this.options.bwrapPath,
         uploadHashWorker: this.options.uploadHashWorker,
+        configFile: this.options.configFile,
       });
       this.services = s;
       this.pendingFamilies = [];

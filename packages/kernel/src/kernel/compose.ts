@@ -64,6 +64,8 @@ export interface CompositionInput {
   readonly clock?: (() => number) | undefined;
   readonly bwrapPath?: string | undefined;
   readonly uploadHashWorker?: URL | undefined;
+  /** The config file named at start (not the home's own): hidden from sandboxes like the home. */
+  readonly configFile?: string | undefined;
 }
 
 /** Every service of a started kernel, built and wired by {@link compose}. */
@@ -125,7 +127,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // Subscriptions live as long as the capabilities that authorized them (the enforcer is built below).
     let enforcerRef: CapEnforcer | undefined;
     events.lapsed = (g: Grant) => enforcerRef?.lapsed(g);
-    sandbox = openSandbox(c, log, input.bwrapPath);
+    sandbox = openSandbox(c, log, input.bwrapPath, input.configFile);
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
     const records = new KernelRecords(audit);

@@ -9,6 +9,7 @@ import {
   mkdirSync,
   readdirSync,
   readlinkSync,
+  realpathSync,
   rmdirSync,
   rmSync,
 } from "node:fs";
@@ -17,6 +18,7 @@ import type Database from "better-sqlite3";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
+import { type HiddenPath, type SandboxView, sandboxView, within } from "./view.js";
 
 /** How the kernel runs the processes it starts: in bubblewrap, or (explicitly) without a sandbox. */
 export type SandboxMode = "bwrap" | "none";
@@ -41,8 +43,8 @@ export interface SandboxConfig {
   scratchRoot: string;
   /** The unprivileged uid/gid bubblewrap runs as when the kernel runs as root. */
   uid: number;
-  /** Paths no sandbox may see even when a read path contains them (home, socket directory, scratch root). */
-  hidden: string[];
+  /** Paths no sandbox may see even when a read path shows them (home, scratch root, socket, keys: view.ts). */
+  hidden: HiddenPath[];
   limits: SandboxLimits;
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
@@ -94,7 +96,6 @@ const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx
 export const SANDBOX_SCRATCH = "/scratch";
 
 const SCRATCH_NAME = /^[0-9a-f]{24}$/;
-const within = (p: string, dir: string) => p === dir || p.startsWith(dir.endsWith("/") ? dir : `${dir}/`);
 
 function findProgram(name: string, path: string): string | undefined {
   for (const d of path.split(delimiter)) {
@@ -133,9 +134,13 @@ export class Sandbox {
   private readonly leaked = leakedDescriptors(3);
   /** The scratch root's lock, while the root is this kernel's ({@link SandboxConfig.lockRoot}). */
   private rootLock: Database.Database | undefined;
+  /** What is bound and where hidden paths are covered, by real path (view.ts). */
+  private readonly view: SandboxView = { binds: [], covers: [] };
 
+  /** Throws a ConfigError when a read path would show a hidden path that no cover can hide. */
   constructor(readonly config: SandboxConfig) {
     if (config.mode === "none") return;
+    this.view = sandboxView(SYSTEM_DIRS, config.readPaths, config.hidden);
     const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
     this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
@@ -300,11 +305,31 @@ export class Sandbox {
     }
     // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
     a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
-    const reads = this.config.readPaths.map((p) => resolve(p));
-    for (const p of reads) a.push("--ro-bind-try", p, p);
-    // What a read path would otherwise reveal is covered with an empty tmpfs.
-    for (const h of this.config.hidden.map((p) => resolve(p))) {
-      if ([...SYSTEM_DIRS, ...reads].some((r) => within(h, r))) a.push("--tmpfs", h);
+    // From the real path found at start, where it still is that: a read path made or re-linked
+    // since (say, into the home) is refused, not followed to a place no cover was planned for.
+    for (const b of this.view.binds) {
+      let now: string;
+      try {
+        now = realpathSync(b.source);
+      } catch {
+        continue; // not there: nothing to show (as --ro-bind-try)
+      }
+      if (now !== b.source)
+        throw new Error(`sandbox read path ${b.dest} has changed since the kernel started (a symbolic link): restart the kernel`);
+      a.push("--ro-bind-try", b.source, b.dest);
+    }
+    // Each place a bound path shows a hidden one: an empty tmpfs over a directory, /dev/null over
+    // a file. After every bind, so that none is mounted over a cover. Not there (yet): nothing to show.
+    for (const c of this.view.covers) {
+      let s: ReturnType<typeof lstatSync>;
+      try {
+        s = lstatSync(c.real);
+      } catch {
+        continue;
+      }
+      if (s.isDirectory()) a.push("--tmpfs", c.dest);
+      // A read-only bind is nodev (opening the node would fail); writes to /dev/null go nowhere.
+      else a.push("--dev-bind", "/dev/null", c.dest);
     }
     a.push("--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--");
     const l = spec.limits;

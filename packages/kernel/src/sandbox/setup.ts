@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
-import { dirname, join, resolve } from "node:path";
+import { join, resolve } from "node:path";
 import type { CborMap } from "@kpip/protocol";
 import { ConfigError, type KernelConfig } from "../config.js";
 import type { Logger } from "../log.js";
@@ -12,7 +12,7 @@ import { disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scr
  * Unusable: the kernel still starts, but agent.spawn and command compute are refused (fail
  * closed) with an error naming the fix. `--sandbox none` is said loudly.
  */
-export function openSandbox(c: KernelConfig, log: Logger, program?: string): Sandbox {
+export function openSandbox(c: KernelConfig, log: Logger, program?: string, configFile?: string): Sandbox {
   const uid = process.getuid?.() ?? 0;
   const named = !c.sandboxScratch;
   const scratchRoot =
@@ -25,7 +25,15 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string): San
     readPaths: c.sandboxReadPaths.split(":").filter(Boolean),
     scratchRoot,
     uid: c.sandboxUid,
-    hidden: [c.home, dirname(c.socket), scratchRoot, ...(c.auditAnchorFile ? [dirname(resolve(c.auditAnchorFile))] : [])],
+    // Every path the configuration names that holds a secret or the kernel's door, by real path (view.ts).
+    hidden: [
+      { path: c.home, what: "kernel home", tree: true },
+      { path: scratchRoot, what: "scratch root", tree: true },
+      { path: c.socket, what: "socket", tree: false },
+      ...(c.auditAnchorFile ? [{ path: c.auditAnchorFile, what: "audit anchor file", tree: false }] : []),
+      ...(c.grpcTlsKey ? [{ path: c.grpcTlsKey, what: "gRPC TLS key", tree: false }] : []),
+      ...(configFile ? [{ path: configFile, what: "config file", tree: false }] : []),
+    ],
     limits: {
       processes: c.sandboxProcesses,
       memoryBytes: c.sandboxMemoryBytes,
