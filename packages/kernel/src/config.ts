@@ -135,6 +135,18 @@ const DECLARED = {
   maxRuntimeMs: { type: "int", default: 3_600_000, description: "longest an op or agent may run without its own deadline" },
   /** Most agents running at once. */
   maxAgents: { type: "int", default: 64, description: "most agents running at once" },
+  /** How long an ended agent's record and captured output are kept (then pruned, a slice at a time). */
+  agentRetentionMs: {
+    type: "int",
+    default: 3_600_000,
+    description: "how long ended agents and their output are kept",
+  },
+  /** Most personas one persona and its sub-personas may register through persona.register (the admin is exempt). */
+  maxRegisteredPersonas: {
+    type: "int",
+    default: 1000,
+    description: "most personas one persona and its sub-personas may register (the admin is exempt)",
+  },
   /** host:port for the Prometheus endpoint (/metrics); empty = off. */
   metricsListen: {
     type: "string",

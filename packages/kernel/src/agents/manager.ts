@@ -20,7 +20,7 @@ import { killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
-import type { AgentRecord, AgentStore, PersonaStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
 
@@ -86,8 +86,8 @@ export class AgentManager {
 
   /** After a crash: agents recorded running are killed if their process group survives, and marked lost. */
   recover(): void {
-    for (const a of this.store.listAgents()) {
-      if (a.state !== "running") continue;
+    // Only the running agents' ids and pids: never every agent's row and output.
+    for (const a of this.store.runningAgents()) {
       if (a.pid) {
         try {
           process.kill(-a.pid, "SIGKILL");
@@ -348,8 +348,14 @@ export class AgentManager {
     return a;
   }
 
-  list(spawner?: string): AgentRecord[] {
-    return this.store.listAgents(spawner);
+  /** A page of agents (of `spawner`), oldest first, after listing position `after`: metadata, never output. */
+  list(spawner: string | undefined, after: number, limit: number): AgentSummary[] {
+    return this.store.listAgents(spawner, after, limit);
+  }
+
+  /** Forgets up to `limit` agents that ended before `before`, with their output (housekeeping, a slice at a time). */
+  prune(before: number, limit: number): number {
+    return this.store.pruneAgents(before, limit);
   }
 
   /** Kernel stop: every agent's process group is killed and waited for. */

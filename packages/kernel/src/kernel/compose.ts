@@ -260,6 +260,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         admin: c.adminPersona,
         revokeToken: (id, by) => tokens.revoke(id, by),
         registryChanged: () => expelUnregistered(expulsion),
+        maxRegistered: c.maxRegisteredPersonas,
       }),
     );
     router.register(eventFamily(events, (id) => sessions.get(id)));
