@@ -101,6 +101,38 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
       removeHome(t.home);
     }
   });
+  it("a spawner keeps at most maxEndedAgentsPerPersona ended agents, the newest; the others' are not touched", async () => {
+    const t = await startKernel({ maxEndedAgentsPerPersona: 2 });
+    try {
+      const rights = [
+        { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ];
+      const a = await t.persona("many", rights);
+      const b = await t.persona("few", rights);
+      const ca = await t.connect(a.identity, [a.token]);
+      const cb = await t.connect(b.identity, [b.token]);
+      const run = async (c: typeof ca, name: string) => {
+        await c.agents.spawn("sh", name, noisy);
+        await until(async () => (await c.agents.status(`agent://sh/${name}`)).state !== "running" || undefined);
+      };
+      await run(cb, "b0");
+      for (const i of [0, 1, 2, 3]) await run(ca, `a${i}`);
+      assert.deepEqual(
+        (await ca.agents.list()).map((x) => x.agent),
+        ["agent://sh/a2", "agent://sh/a3"],
+      );
+      assert.equal(t.k.inspect.getAgent("many/sh/a0"), undefined);
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agent_output WHERE id LIKE 'many/%'"), 2);
+      assert.deepEqual(
+        (await cb.agents.list()).map((x) => x.agent),
+        ["agent://sh/b0"],
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
 
 describe("bounded after authentication: the persona registry", () => {

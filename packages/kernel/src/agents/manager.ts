@@ -29,6 +29,8 @@ export interface AgentOptions {
   maxRuntimeMs: number;
   /** Most agents running at once, kernel-wide. */
   maxAgents: number;
+  /** Ended agents kept per spawner: at an agent's end, its spawner's older ones beyond this are forgotten. */
+  maxEndedAgentsPerPersona: number;
   sandbox: Sandbox;
   processes: ProcessTable;
   /** Takes the kernel end of an agent's inherited connection as a session. */
@@ -294,6 +296,12 @@ export class AgentManager {
       this.forget(rec.persona, `${agentUri(id)} ended`);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
+    }
+    try {
+      // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner keeps a bounded number.
+      this.store.trimEndedAgents(rec.spawner, this.opts.maxEndedAgentsPerPersona);
+    } catch (e) {
+      this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
     }
     emitKernelEvent(this.events, "agents", rec.persona, id, {
       agent: agentUri(id),

@@ -236,6 +236,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxAgents: c.maxAgents,
+        maxEndedAgentsPerPersona: c.maxEndedAgentsPerPersona,
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),

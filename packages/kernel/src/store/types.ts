@@ -335,4 +335,6 @@ export interface AgentStore {
   updateAgent(id: string, f: Partial<AgentRecord>): void;
   /** Forgets up to `limit` agents that ended before `before`, with their output; returns how many. */
   pruneAgents(before: number, limit: number): number;
+  /** Forgets `spawner`'s ended agents beyond its newest `keep`, with their output; returns how many. */
+  trimEndedAgents(spawner: string, keep: number): number;
 }

@@ -79,15 +79,25 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       });
     }
     pruneAgents(before: number, limit: number): number {
+      return this.forgetAgents(
+        this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[],
+      );
+    }
+    trimEndedAgents(spawner: string, keep: number): number {
+      return this.forgetAgents(
+        this.prep(
+          "SELECT id FROM agents WHERE spawner = ? AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+        ).all(spawner, keep) as Row[],
+      );
+    }
+    /** Deletes the agents of `rows` (their ids) with their output, in one transaction. */
+    forgetAgents(rows: Row[]): number {
       return this.transaction(() => {
-        const ids = (
-          this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[]
-        ).map((r) => r.id as string);
-        for (const id of ids) {
+        for (const { id } of rows) {
           this.prep("DELETE FROM agent_output WHERE id = ?").run(id);
           this.prep("DELETE FROM agents WHERE id = ?").run(id);
         }
-        return ids.length;
+        return rows.length;
       });
     }
 
