@@ -117,6 +117,8 @@ function migratePersonas(db: Database.Database): void {
   const cols = db.prepare("PRAGMA table_info(personas)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "registered_by")) db.exec("ALTER TABLE personas ADD COLUMN registered_by TEXT");
   db.exec("CREATE INDEX IF NOT EXISTS personas_registered_by ON personas (registered_by) WHERE registered_by IS NOT NULL");
+  // Removing a persona tree revokes each removed persona's tokens: found by sub, not a table scan per persona.
+  db.exec("CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub)");
 }
 
 /** Token rows gained a family column (rate buckets shared by refreshed copies) and a minter index. */
