@@ -304,8 +304,17 @@ export class AgentsApi {
   async logs(agent: string, opts?: CallOptions): Promise<ResultOf<typeof agentLogs>> {
     return (await this.op(agentLogs, agent, {}, opts)).payload;
   }
-  async list(opts?: CallOptions): Promise<ResultOf<typeof agentList>["agents"]> {
-    return (await this.op(agentList, "kernel://", {}, opts)).payload.agents;
+  /** Every agent the caller may see, following PARTIAL pages and their cursors. */
+  async list(opts: CallOptions & { pageSize?: number } = {}): Promise<ResultOf<typeof agentList>["agents"]> {
+    const { pageSize, ...rest } = opts;
+    const all: ResultOf<typeof agentList>["agents"] = [];
+    let cursor: string | undefined;
+    for (;;) {
+      const r = await this.op(agentList, "kernel://", { limit: pageSize, cursor }, rest);
+      all.push(...r.payload.agents);
+      if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return all;
+      cursor = r.payload.cursor;
+    }
   }
 }
 

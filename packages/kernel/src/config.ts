@@ -153,6 +153,24 @@ const DECLARED = {
   maxRuntimeMs: { type: "int", default: 3_600_000, description: "longest an op or agent may run without its own deadline" },
   /** Most agents running at once. */
   maxAgents: { type: "int", default: 64, description: "most agents running at once" },
+  /** How long an ended agent's record and captured output are kept (then pruned, a slice at a time). */
+  agentRetentionMs: {
+    type: "int",
+    default: 3_600_000,
+    description: "how long ended agents and their output are kept",
+  },
+  /** Ended agents kept per spawner (the oldest are forgotten first), whatever their age: each may hold 2 × maxOutputBytes. */
+  maxEndedAgentsPerPersona: {
+    type: "int",
+    default: 100,
+    description: "ended agents (and their output) kept per spawner; older ones are forgotten",
+  },
+  /** Most personas one persona and its sub-personas may register through persona.register (the admin is exempt). */
+  maxRegisteredPersonas: {
+    type: "int",
+    default: 1000,
+    description: "most personas one persona and its sub-personas may register (the admin is exempt)",
+  },
   /** host:port for the Prometheus endpoint (/metrics); empty = off. */
   metricsListen: {
     type: "string",

@@ -20,7 +20,7 @@ import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
-import type { AgentRecord, AgentStore, PersonaStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
 
@@ -29,6 +29,8 @@ export interface AgentOptions {
   maxRuntimeMs: number;
   /** Most agents running at once, kernel-wide. */
   maxAgents: number;
+  /** Ended agents kept per spawner: at an agent's end, its spawner's older ones beyond this are forgotten. */
+  maxEndedAgentsPerPersona: number;
   sandbox: Sandbox;
   processes: ProcessTable;
   /** Takes the kernel end of an agent's inherited connection as a session. */
@@ -86,8 +88,8 @@ export class AgentManager {
 
   /** After a crash: agents recorded running are killed if their process group survives, and marked lost. */
   recover(): void {
-    for (const a of this.store.listAgents()) {
-      if (a.state !== "running") continue;
+    // Only the running agents' ids and pids: never every agent's row and output.
+    for (const a of this.store.runningAgents()) {
       if (a.pid) {
         try {
           process.kill(-a.pid, "SIGKILL");
@@ -296,6 +298,12 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
     }
+    try {
+      // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner keeps a bounded number.
+      this.store.trimEndedAgents(rec.spawner, this.opts.maxEndedAgentsPerPersona);
+    } catch (e) {
+      this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
+    }
     emitKernelEvent(this.events, "agents", rec.persona, id, {
       agent: agentUri(id),
       state,
@@ -349,8 +357,14 @@ export class AgentManager {
     return a;
   }
 
-  list(spawner?: string): AgentRecord[] {
-    return this.store.listAgents(spawner);
+  /** A page of agents (of `spawner`), oldest first, after listing position `after`: metadata, never output. */
+  list(spawner: string | undefined, after: number, limit: number): AgentSummary[] {
+    return this.store.listAgents(spawner, after, limit);
+  }
+
+  /** Forgets up to `limit` agents that ended before `before`, with their output (housekeeping, a slice at a time). */
+  prune(before: number, limit: number): number {
+    return this.store.pruneAgents(before, limit);
   }
 
   /** Kernel stop: every agent's process group is killed and waited for. */

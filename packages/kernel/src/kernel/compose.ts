@@ -239,6 +239,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxAgents: c.maxAgents,
+        maxEndedAgentsPerPersona: c.maxEndedAgentsPerPersona,
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),
@@ -263,6 +264,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         admin: c.adminPersona,
         revokeToken: (id, by) => tokens.revoke(id, by),
         registryChanged: () => expelUnregistered(expulsion),
+        maxRegistered: c.maxRegisteredPersonas,
       }),
     );
     router.register(eventFamily(events, (id) => sessions.get(id)));

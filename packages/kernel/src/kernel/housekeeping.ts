@@ -5,8 +5,12 @@ import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
+import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
+
+/** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
+const PRUNE_SLICE = 8;
 
 /**
  * One timer for every session: heartbeats, dead peers, handshake timeouts (a slice of sessions a
@@ -23,6 +27,8 @@ export function startHousekeeping(
   let lastPrune = 0;
   const dedupePruner = new DedupePruner(s.store);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
+  const agentPruner = new SliceLoop();
+  const opPruner = new SliceLoop();
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
   const timer = setInterval(() => {
     const now = Date.now();
@@ -39,9 +45,25 @@ export function startHousekeeping(
     // the first pass after a start walks the whole table (what expired while the kernel was down).
     if (lastPrune === 0) dedupePruner.sweep(now);
     else dedupePruner.run(now);
+    // Ended agents past their retention, with their output (up to 2 × maxOutputBytes each): a few a
+    // turn, every tick, so a persona that spawns many short agents never leaves a large DELETE behind.
+    agentPruner.run(() => {
+      try {
+        return s.agents.prune(now - c.agentRetentionMs, PRUNE_SLICE) >= PRUNE_SLICE;
+      } catch {
+        return false; // the store is closing or busy: the next tick starts again
+      }
+    });
     if (now - lastPrune > PRUNE_INTERVAL_MS) {
       lastPrune = now;
-      s.store.pruneOps(now);
+      // Finished ops past their TTL, with their results (up to 2 × maxOutputBytes each), a slice a turn.
+      opPruner.run(() => {
+        try {
+          return s.store.pruneOps(now, PRUNE_SLICE) >= PRUNE_SLICE;
+        } catch {
+          return false;
+        }
+      });
       s.tokens.pruneExpired(now - c.tokenRetentionMs);
       retention.run();
     }
@@ -52,6 +74,8 @@ export function startHousekeeping(
       clearInterval(timer);
       s.sessions.stopTicks();
       dedupePruner.stop();
+      agentPruner.stop();
+      opPruner.stop();
       retention.stop();
     },
   };

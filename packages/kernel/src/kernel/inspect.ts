@@ -13,7 +13,9 @@ const READS = [
   "getPersona",
   "listPersonas",
   "getAgent",
+  "listAgents",
   "getOp",
+  "listOps",
   "statObject",
   "getToken",
   "tokensDerivedFrom",
@@ -29,8 +31,8 @@ export type KernelInspector = Pick<
   "queryAudit" | "lastAudit" | "firstAuditSeq" | "countAudit" | "scanAudit" | "checkpoints" | "offlineJournal"
 > &
   Pick<PersonaStore, "getPersona" | "listPersonas"> &
-  Pick<AgentStore, "getAgent"> &
-  Pick<OpStore, "getOp"> &
+  Pick<AgentStore, "getAgent" | "listAgents"> &
+  Pick<OpStore, "getOp" | "listOps"> &
   Pick<TokenStore, "getToken" | "tokensDerivedFrom"> &
   Pick<ObjectStore, "statObject"> & {
     /** WAL pages after which the kernel's own commits checkpoint (0: the background worker does it). */

@@ -2,6 +2,7 @@ import type { CborMap } from "@kpip/protocol";
 import { agentKill, agentList, agentLogs, agentSpawn, agentStatus } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
 import { agentKey, agentUri } from "../agents/namespace.js";
+import { MAX_LIST_PAGE } from "../limits.js";
 import type { AgentRecord } from "../store/types.js";
 import { networkGranted, networkRight } from "./compute.js";
 import { implement } from "./implement.js";
@@ -15,7 +16,7 @@ function agentId(ctx: OpContext): [string, string] {
   return segs as [string, string];
 }
 
-function describe(a: AgentRecord, withOutput = false): CborMap {
+function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecord>, withOutput = false): CborMap {
   const p: CborMap = {
     agent: agentUri(a.id),
     persona: a.persona,
@@ -92,10 +93,23 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx), true) }),
       }),
       implement(agentList, {
-        handler: (ctx) => ({
-          status: "SUCCESS",
-          payload: { agents: agents.list(ctx.persona === admin ? undefined : ctx.persona).map((a) => describe(a)) },
-        }),
+        handler: (ctx): OpResult => {
+          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
+          const cursor = ctx.args.cursor;
+          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
+            throw new OpError("SEMANTIC", "cursor is not an agent list cursor");
+          // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.
+          const rows = agents.list(
+            ctx.persona === admin ? undefined : ctx.persona,
+            cursor === undefined ? 0 : Number(cursor),
+            limit + 1,
+          );
+          const more = rows.length > limit;
+          const page = more ? rows.slice(0, limit) : rows;
+          const payload: CborMap = { agents: page.map((a) => describe(a)) };
+          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
+          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+        },
       }),
     ],
   };

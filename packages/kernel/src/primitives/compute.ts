@@ -10,7 +10,7 @@ import {
 } from "@kpip/protocol";
 import type { ComputeEngine } from "../compute/engine.js";
 import { MAX_LIST_PAGE } from "../limits.js";
-import type { OpRecord, OpStore } from "../store/types.js";
+import type { OpRecord, OpStore, OpSummary } from "../store/types.js";
 import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
@@ -41,7 +41,7 @@ export function networkRight(ctx: OpContext): true | string {
   return `network access needs a grant of ${NETWORK_RIGHT} on ${ctx.targetUri}`;
 }
 
-function statusPayload(op: OpRecord): CborMap {
+function statusPayload(op: OpSummary): CborMap {
   const p: CborMap = { op: `op://${op.id}`, kind: op.kind, name: op.name, state: op.state, createdAt: op.createdAt };
   if (op.startedAt !== null) p.startedAt = op.startedAt;
   if (op.finishedAt !== null) p.finishedAt = op.finishedAt;

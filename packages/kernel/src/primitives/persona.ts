@@ -15,10 +15,15 @@ export interface PersonaFamilyHost {
    * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
    */
   registryChanged(): number;
+  /** Most personas one top-level persona's tree may register (maxRegisteredPersonas; the admin is exempt). */
+  maxRegistered: number;
 }
 
-/** The registered personas at or under `id`. */
-const personasUnder = (store: PersonaStore, id: string) => store.listPersonas().filter((p) => personaWithin(p.id, id));
+/** The registered personas at or under `id` (a range of the registry, not the whole of it). */
+const personasUnder = (store: PersonaStore, id: string) => store.personasUnder(id);
+
+/** The top-level persona of `id`: what it and every persona under it register counts against one bound. */
+const treeRoot = (id: string) => id.split("/")[0] as string;
 
 /**
  * Why `id` may not be removed, if it may not: the admin persona (or a persona above it), and —
@@ -95,7 +100,16 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           // Registered with the request's dedupe record: a retry after a crash is not "already registered".
           return ctx.atomically((): OpResult => {
             if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
-            store.addPersona(id, key);
+            // Counted over the caller's whole tree: sub-personas (and agents) it delegated to
+            // register against the same bound, so delegation does not multiply it.
+            const root = treeRoot(ctx.persona);
+            if (ctx.persona !== host.admin && store.countRegisteredWithin(root) >= host.maxRegistered) {
+              throw new OpError(
+                "RESOURCE",
+                `${root} and the personas under it have registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
+              );
+            }
+            store.addPersona(id, key, ctx.persona);
             const rec = store.getPersona(id);
             return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
           });

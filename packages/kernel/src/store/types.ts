@@ -12,9 +12,14 @@ export interface PersonaRecord {
 
 export interface PersonaStore {
   getPersona(id: string): PersonaRecord | undefined;
-  addPersona(id: string, publicKey: Uint8Array): void;
+  /** Adds a persona; `registeredBy`: the persona whose persona.register added it (none: the kernel or an operator). */
+  addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void;
   removePersona(id: string): boolean;
   listPersonas(): PersonaRecord[];
+  /** `id` and the personas under it (`id/…`), in id order. */
+  personasUnder(id: string): PersonaRecord[];
+  /** How many registered personas were added by persona.register of `id` or a persona under it. */
+  countRegisteredWithin(id: string): number;
 }
 
 export interface StoredObject {
@@ -274,15 +279,20 @@ export interface OpRecord {
   expiresAt: number;
 }
 
+/** What a listing of ops shows: everything but the result. */
+export type OpSummary = Omit<OpRecord, "result">;
+
 export interface OpStore {
   insertOp(r: OpRecord): void;
   getOp(id: string): OpRecord | undefined;
   updateOp(id: string, fields: Partial<OpRecord>): void;
-  listOps(persona?: string, limit?: number): OpRecord[];
+  /** The newest ops' metadata, never their results (op.result reads one op's, through getOp). */
+  listOps(persona?: string, limit?: number): OpSummary[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
   /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
-  pruneOps(now: number): number;
+  /** Forgets up to `limit` (default: all) finished ops that expired before `now`, with their results; returns how many. */
+  pruneOps(now: number, limit?: number): number;
 }
 
 export type AgentState = "running" | "exited" | "killed" | "lost";
@@ -308,9 +318,23 @@ export interface AgentRecord {
   cwd: string;
 }
 
+/** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
+export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
+
+/** What recovery after a crash needs of an agent recorded running. */
+export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId">;
+
 export interface AgentStore {
   putAgent(r: AgentRecord): void;
+  /** One agent with its output (agent.logs). */
   getAgent(id: string): AgentRecord | undefined;
-  listAgents(spawner?: string): AgentRecord[];
+  /** Agents (of `spawner`) after listing position `after`, oldest first, at most `limit`; never their output. */
+  listAgents(spawner?: string, after?: number, limit?: number): AgentSummary[];
+  /** The agents recorded running (recovery after a crash). */
+  runningAgents(): RunningAgent[];
   updateAgent(id: string, f: Partial<AgentRecord>): void;
+  /** Forgets up to `limit` agents that ended before `before`, with their output; returns how many. */
+  pruneAgents(before: number, limit: number): number;
+  /** Forgets `spawner`'s ended agents beyond its newest `keep`, with their output; returns how many. */
+  trimEndedAgents(spawner: string, keep: number): number;
 }

@@ -81,17 +81,23 @@ export const agentLogs = defineOp({
 
 export const agentList = defineOp({
   op: "agent.list",
-  description: "The agents this persona spawned (all, for the admin).",
+  description:
+    "The agents this persona spawned (all, for the admin), oldest first, without their output (agent.logs reads one agent's); PARTIAL with a cursor when more remain. Ended agents are kept for the kernel's agent retention, then forgotten.",
   targets: ["kernel"],
-  args: {},
+  args: {
+    cursor: { type: "text", description: "the cursor of the previous page" },
+    limit: { type: "uint", description: "agents per page (default 100, at most 1000)" },
+  },
   result: {
     agents: {
       type: "array",
       required: true,
-      description: "agents",
+      description: "agents, oldest first",
       items: { type: "map", description: "an agent", fields: agentRecord },
     },
+    cursor: { type: "text", description: "PARTIAL: pass it to get the next page" },
   },
+  answers: { PARTIAL: "more agents remain: the payload's `cursor` asks for the next page" },
   idempotent: true,
   effects: false,
 });

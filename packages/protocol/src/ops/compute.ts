@@ -71,7 +71,8 @@ export const opCancel = defineOp({
 
 export const opList = defineOp({
   op: "op.list",
-  description: "The caller's recent ops, newest first (every persona's, with its persona, for the admin).",
+  description:
+    "The caller's recent ops, newest first (every persona's, with its persona, for the admin), without their results (op.result reads one op's).",
   targets: ["kernel"],
   args: { limit: { type: "uint", description: "most ops (default 100, at most 1000)" } },
   result: {

@@ -14,7 +14,16 @@ export interface JournalStore {
 export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaStore & JournalStore> {
   return class RegistryRows extends Base implements PersonaStore, JournalStore {
     readonly #get: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas WHERE id = ?");
-    readonly #add: Statement = this.db.prepare("INSERT INTO personas (id, public_key, created_at) VALUES (?, ?, ?)");
+    readonly #add: Statement = this.db.prepare(
+      "INSERT INTO personas (id, public_key, created_at, registered_by) VALUES (?, ?, ?, ?)",
+    );
+    // A subtree is a range of ids: "a/" ≤ id < "a0" ('0' follows '/') holds exactly the ids under a.
+    readonly #under: Statement = this.db.prepare(
+      "SELECT id, public_key, created_at FROM personas WHERE id = ? OR (id >= ? AND id < ?) ORDER BY id",
+    );
+    readonly #countWithin: Statement = this.db.prepare(
+      "SELECT count(*) AS n FROM personas WHERE registered_by = ? OR (registered_by >= ? AND registered_by < ?)",
+    );
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
 
@@ -22,8 +31,14 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       const r = this.#get.get(id) as Row | undefined;
       return r && toPersona(r);
     }
-    addPersona(id: string, publicKey: Uint8Array): void {
-      this.#add.run(id, Buffer.from(publicKey), Date.now());
+    addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void {
+      this.#add.run(id, Buffer.from(publicKey), Date.now(), registeredBy ?? null);
+    }
+    personasUnder(id: string): PersonaRecord[] {
+      return (this.#under.all(id, `${id}/`, `${id}0`) as Row[]).map(toPersona);
+    }
+    countRegisteredWithin(id: string): number {
+      return (this.#countWithin.get(id, `${id}/`, `${id}0`) as { n: number }).n;
     }
     removePersona(id: string): boolean {
       return this.#remove.run(id).changes > 0;

@@ -1,4 +1,4 @@
-import type { AgentRecord, AgentStore, OpRecord, OpStore } from "../types.js";
+import type { AgentRecord, AgentStore, AgentSummary, OpRecord, OpStore, OpSummary, RunningAgent } from "../types.js";
 import { type Row, rowReader, type StoreBase, type WithRows } from "./base.js";
 
 /** The fields of an agent record an update may set, and their columns. */
@@ -8,14 +8,22 @@ const AGENT_UPDATES: Readonly<Record<string, string>> = {
   exitCode: "exit_code",
   signal: "signal",
   endedAt: "ended_at",
-  stdout: "stdout",
-  stderr: "stderr",
 };
+
+/** An agent's output, kept in agent_output (schema.ts: a listing must not read it). */
+const OUTPUT_UPDATES: Readonly<Record<string, string>> = { stdout: "stdout", stderr: "stderr" };
+
+/** An agent row's columns but its output (the legacy stdout/stderr columns of agents stay empty). */
+const AGENT_META =
+  "id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, token_id, cwd";
+
+/** An op row's columns but its result. */
+const OP_META =
+  "id, persona, session, kind, name, state, error_class, message, created_at, started_at, finished_at, deadline, expires_at";
 
 /** The fields of an op record an update may set, and their columns. */
 const OP_UPDATES: Readonly<Record<string, string>> = {
   state: "state",
-  result: "result",
   errorClass: "error_class",
   message: "message",
   startedAt: "started_at",
@@ -27,48 +35,103 @@ const OP_UPDATES: Readonly<Record<string, string>> = {
 export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore & OpStore> {
   return class WorkRows extends Base implements AgentStore, OpStore {
     putAgent(r: AgentRecord): void {
-      this.prep(
-        "INSERT OR REPLACE INTO agents (id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, stdout, stderr, token_id, cwd) " +
-          "VALUES (@id, @persona, @spawner, @command, @args, @pid, @state, @exitCode, @signal, @startedAt, @endedAt, @deadline, @stdout, @stderr, @tokenId, @cwd)",
-      ).run({ ...r, args: JSON.stringify(r.args) });
+      this.transaction(() => {
+        this.prep(
+          "INSERT OR REPLACE INTO agents (id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, token_id, cwd) " +
+            "VALUES (@id, @persona, @spawner, @command, @args, @pid, @state, @exitCode, @signal, @startedAt, @endedAt, @deadline, @tokenId, @cwd)",
+        ).run({ ...r, args: JSON.stringify(r.args) });
+        // A new agent under a reused id starts with no output of its predecessor's.
+        this.prep("DELETE FROM agent_output WHERE id = ?").run(r.id);
+        if (r.stdout !== null || r.stderr !== null) putOutput(this, r.id, { stdout: r.stdout, stderr: r.stderr });
+      });
     }
     getAgent(id: string): AgentRecord | undefined {
-      const r = this.prep("SELECT * FROM agents WHERE id = ?").get(id) as Row | undefined;
+      const r = this.prep(
+        `SELECT ${AGENT_META.replace(/(\w+)/g, "a.$1")}, o.stdout, o.stderr FROM agents a LEFT JOIN agent_output o ON o.id = a.id WHERE a.id = ?`,
+      ).get(id) as Row | undefined;
       return r && toAgent(r);
     }
-    listAgents(spawner?: string): AgentRecord[] {
+    listAgents(spawner?: string, after = 0, limit = -1): AgentSummary[] {
+      const sql = `SELECT rowid AS seq, ${AGENT_META} FROM agents WHERE rowid > ?`;
       const rows = (
         spawner === undefined
-          ? this.prep("SELECT * FROM agents ORDER BY started_at").all()
-          : this.prep("SELECT * FROM agents WHERE spawner = ? ORDER BY started_at").all(spawner)
+          ? this.prep(`${sql} ORDER BY rowid LIMIT ?`).all(after, limit)
+          : this.prep(`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`).all(after, spawner, limit)
       ) as Row[];
-      return rows.map(toAgent);
+      return rows.map((r) => ({ ...toAgentMeta(r), seq: r.seq as number }));
+    }
+    runningAgents(): RunningAgent[] {
+      return (this.prep("SELECT id, persona, spawner, pid, token_id FROM agents WHERE state = 'running'").all() as Row[]).map(
+        (r) => ({
+          id: r.id as string,
+          persona: r.persona as string,
+          spawner: r.spawner as string,
+          pid: (r.pid as number | null) ?? null,
+          tokenId: r.token_id as string,
+        }),
+      );
     }
     updateAgent(id: string, f: Partial<AgentRecord>): void {
-      this.updateColumns("agents", AGENT_UPDATES, id, f);
+      this.transaction(() => {
+        this.updateColumns("agents", AGENT_UPDATES, id, f);
+        const out = Object.fromEntries(Object.entries(f).filter(([k]) => Object.hasOwn(OUTPUT_UPDATES, k)));
+        if (Object.keys(out).length) putOutput(this, id, out);
+      });
+    }
+    pruneAgents(before: number, limit: number): number {
+      return this.forgetAgents(
+        this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[],
+      );
+    }
+    trimEndedAgents(spawner: string, keep: number): number {
+      return this.forgetAgents(
+        this.prep(
+          "SELECT id FROM agents WHERE spawner = ? AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+        ).all(spawner, keep) as Row[],
+      );
+    }
+    /** Deletes the agents of `rows` (their ids) with their output, in one transaction. */
+    forgetAgents(rows: Row[]): number {
+      return this.transaction(() => {
+        for (const { id } of rows) {
+          this.prep("DELETE FROM agent_output WHERE id = ?").run(id);
+          this.prep("DELETE FROM agents WHERE id = ?").run(id);
+        }
+        return rows.length;
+      });
     }
 
     // deferred ops
     insertOp(r: OpRecord): void {
-      this.prep(
-        "INSERT INTO ops (id, persona, session, kind, name, state, result, error_class, message, created_at, started_at, finished_at, deadline, expires_at) " +
-          "VALUES (@id, @persona, @session, @kind, @name, @state, @result, @errorClass, @message, @createdAt, @startedAt, @finishedAt, @deadline, @expiresAt)",
-      ).run(r);
+      this.transaction(() => {
+        this.prep(
+          "INSERT INTO ops (id, persona, session, kind, name, state, error_class, message, created_at, started_at, finished_at, deadline, expires_at) " +
+            "VALUES (@id, @persona, @session, @kind, @name, @state, @errorClass, @message, @createdAt, @startedAt, @finishedAt, @deadline, @expiresAt)",
+        ).run(r);
+        if (r.result !== null) this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(r.id, r.result);
+      });
     }
     getOp(id: string): OpRecord | undefined {
-      const r = this.prep("SELECT * FROM ops WHERE id = ?").get(id) as Row | undefined;
+      const r = this.prep(
+        `SELECT ${OP_META.replace(/(\w+)/g, "o.$1")}, x.result FROM ops o LEFT JOIN op_results x ON x.id = o.id WHERE o.id = ?`,
+      ).get(id) as Row | undefined;
       return r && toOp(r);
     }
     updateOp(id: string, f: Partial<OpRecord>): void {
-      this.updateColumns("ops", OP_UPDATES, id, f);
+      this.transaction(() => {
+        this.updateColumns("ops", OP_UPDATES, id, f);
+        if (f.result === undefined) return;
+        if (f.result === null) this.prep("DELETE FROM op_results WHERE id = ?").run(id);
+        else this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(id, f.result);
+      });
     }
-    listOps(persona?: string, limit = 100): OpRecord[] {
+    listOps(persona?: string, limit = 100): OpSummary[] {
       const rows = (
         persona === undefined
-          ? this.prep("SELECT * FROM ops ORDER BY created_at DESC LIMIT ?").all(limit)
-          : this.prep("SELECT * FROM ops WHERE persona = ? ORDER BY created_at DESC LIMIT ?").all(persona, limit)
+          ? this.prep(`SELECT ${OP_META} FROM ops ORDER BY created_at DESC LIMIT ?`).all(limit)
+          : this.prep(`SELECT ${OP_META} FROM ops WHERE persona = ? ORDER BY created_at DESC LIMIT ?`).all(persona, limit)
       ) as Row[];
-      return rows.map(toOp);
+      return rows.map(toOpSummary);
     }
     failInterruptedOps(message: string, now: number): { id: string; state: OpRecord["state"] }[] {
       const ids = (this.prep("SELECT id, state FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => ({
@@ -80,10 +143,38 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       ).run(message, now);
       return ids;
     }
-    pruneOps(now: number): number {
-      return this.prep("DELETE FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running')").run(now).changes;
+    pruneOps(now: number, limit = -1): number {
+      return this.transaction(() => {
+        const ids = (
+          this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
+            now,
+            limit,
+          ) as Row[]
+        ).map((r) => r.id as string);
+        for (const id of ids) {
+          this.prep("DELETE FROM op_results WHERE id = ?").run(id);
+          this.prep("DELETE FROM ops WHERE id = ?").run(id);
+        }
+        return ids.length;
+      });
     }
   };
+}
+
+/** Sets the given output streams of agent `id` (a row is made if it has none). */
+function putOutput(
+  store: Pick<StoreBase["prototype"], "prep">,
+  id: string,
+  f: Partial<Pick<AgentRecord, "stdout" | "stderr">>,
+): void {
+  const keys = Object.keys(f).filter((k) => Object.hasOwn(OUTPUT_UPDATES, k));
+  const cols = keys.map((k) => OUTPUT_UPDATES[k] as string);
+  store
+    .prep(
+      `INSERT INTO agent_output (id, ${cols.join(", ")}) VALUES (@id, ${keys.map((k) => `@${k}`).join(", ")}) ` +
+        `ON CONFLICT (id) DO UPDATE SET ${cols.map((c) => `${c} = excluded.${c}`).join(", ")}`,
+    )
+    .run({ id, ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])) });
 }
 
 const agentRow = rowReader<AgentRecord>({
@@ -108,6 +199,26 @@ const toAgent = (r: Row): AgentRecord => {
   const a = agentRow(r);
   return { ...a, args: JSON.parse(a.args as unknown as string) as string[] };
 };
+const agentMetaRow = rowReader<Omit<AgentRecord, "stdout" | "stderr">>({
+  id: true,
+  persona: true,
+  spawner: true,
+  command: true,
+  args: true,
+  pid: true,
+  state: true,
+  exitCode: true,
+  signal: true,
+  startedAt: true,
+  endedAt: true,
+  deadline: true,
+  tokenId: true,
+  cwd: true,
+});
+const toAgentMeta = (r: Row): Omit<AgentRecord, "stdout" | "stderr"> => {
+  const a = agentMetaRow(r);
+  return { ...a, args: JSON.parse(a.args as unknown as string) as string[] };
+};
 
 const toOp = rowReader<OpRecord>({
   id: true,
@@ -117,6 +228,22 @@ const toOp = rowReader<OpRecord>({
   name: true,
   state: true,
   result: true,
+  errorClass: true,
+  message: true,
+  createdAt: true,
+  startedAt: true,
+  finishedAt: true,
+  deadline: true,
+  expiresAt: true,
+});
+
+const toOpSummary = rowReader<OpSummary>({
+  id: true,
+  persona: true,
+  session: true,
+  kind: true,
+  name: true,
+  state: true,
   errorClass: true,
   message: true,
   createdAt: true,

@@ -1,0 +1,228 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { KpipError } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
+import { HOME_FILES } from "../src/index.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+
+/** Rows of the kernel's home database, read beside the running kernel (read-only). */
+function countRows(home: string, sql: string, ...args: unknown[]): number {
+  const db = new Database(join(home, HOME_FILES.database), { readonly: true });
+  try {
+    return (db.prepare(sql).get(...args) as { n: number }).n;
+  } finally {
+    db.close();
+  }
+}
+
+const OUTPUT = 64 * 1024;
+/** An agent that writes OUTPUT bytes to stdout and to stderr, then exits. */
+const noisy = { args: ["-c", `head -c ${OUTPUT} /dev/zero; head -c ${OUTPUT} /dev/zero >&2`], rights: [], lifetimeMs: 30_000 };
+
+describe("bounded after authentication: agent and op rows", { skip: sandboxSkip }, () => {
+  it("agent.list pages its answer (PARTIAL, cursor) and no listing of agents or ops reads their output", async () => {
+    const t = await startKernel({}, undefined, (k) =>
+      k.registerTask("big", { module: `data:text/javascript,export default () => "x".repeat(${OUTPUT})` }),
+    );
+    try {
+      const p = await t.persona("lister", [
+        { ops: ["agent.spawn", "agent.status", "agent.logs"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list", "op.list"], targets: ["kernel://"] },
+        { ops: ["compute.submit"], targets: ["op://task/big"] },
+        { ops: ["op.result"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      for (const i of [0, 1, 2]) await c.agents.spawn("sh", `n${i}`, noisy);
+      for (const i of [0, 1, 2])
+        await until(async () => (await c.agents.status(`agent://sh/n${i}`)).state !== "running" || undefined);
+      // The output is kept, for agent.logs, one agent at a time.
+      assert.equal((await c.agents.logs("agent://sh/n1")).stdout.length, OUTPUT);
+      // Listings carry metadata only: no row of the store's listing has the output.
+      const rows = t.k.inspect.listAgents("lister");
+      assert.equal(rows.length, 3);
+      for (const r of rows) assert.ok(!("stdout" in r) && !("stderr" in r), `listAgents returned output: ${Object.keys(r)}`);
+      // A page at a time, oldest first; the cursor asks for the next.
+      const first = await c.call("agent.list", "kernel://", { limit: 2 });
+      const p1 = first.payload as { agents: { agent: string }[]; cursor?: string };
+      assert.equal(first.status, "PARTIAL");
+      assert.deepEqual(
+        p1.agents.map((a) => a.agent),
+        ["agent://sh/n0", "agent://sh/n1"],
+      );
+      assert.equal(typeof p1.cursor, "string");
+      const second = await c.call("agent.list", "kernel://", { limit: 2, cursor: p1.cursor as string });
+      const p2 = second.payload as { agents: { agent: string }[]; cursor?: string };
+      assert.equal(second.status, "SUCCESS");
+      assert.deepEqual(
+        p2.agents.map((a) => a.agent),
+        ["agent://sh/n2"],
+      );
+      assert.equal(p2.cursor, undefined);
+      await assert.rejects(c.call("agent.list", "kernel://", { cursor: "n0" }), klass("SEMANTIC", "cursor"));
+      // The client follows the pages.
+      assert.equal((await c.agents.list({ pageSize: 1 })).length, 3);
+      // Ops: the listing has no result; op.result still returns it.
+      const op = await c.compute.task("big");
+      assert.equal(((await c.ops.wait(op)) as string).length, OUTPUT);
+      const ops = t.k.inspect.listOps("lister", 10);
+      assert.equal(ops.length, 1);
+      assert.ok(!("result" in (ops[0] as object)), "listOps returned the result");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("ended agents past agentRetentionMs are forgotten with their output; running ones are kept", async () => {
+    const t = await startKernel({ agentRetentionMs: 1 });
+    try {
+      const p = await t.persona("spawner", [
+        { ops: ["agent.spawn", "agent.status", "agent.kill"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      await c.agents.spawn("sh", "brief", noisy);
+      await c.agents.spawn("sh", "long", { args: ["-c", "exec sleep 300"], rights: [], lifetimeMs: 60_000 });
+      // Housekeeping forgets the ended one, row and output, within a few ticks.
+      await until(() => (t.k.inspect.getAgent("spawner/sh/brief") === undefined ? true : undefined), 15_000);
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agent_output WHERE id = ?", "spawner/sh/brief"), 0);
+      assert.equal(t.k.inspect.getAgent("spawner/sh/long")?.state, "running");
+      assert.deepEqual(
+        (await c.agents.list()).map((a) => a.agent),
+        ["agent://sh/long"],
+      );
+      await c.agents.kill("agent://sh/long");
+      await until(() => (t.k.inspect.getAgent("spawner/sh/long") === undefined ? true : undefined), 15_000);
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agents"), 0);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("a spawner keeps at most maxEndedAgentsPerPersona ended agents, the newest; the others' are not touched", async () => {
+    const t = await startKernel({ maxEndedAgentsPerPersona: 2 });
+    try {
+      const rights = [
+        { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ];
+      const a = await t.persona("many", rights);
+      const b = await t.persona("few", rights);
+      const ca = await t.connect(a.identity, [a.token]);
+      const cb = await t.connect(b.identity, [b.token]);
+      const run = async (c: typeof ca, name: string) => {
+        await c.agents.spawn("sh", name, noisy);
+        await until(async () => (await c.agents.status(`agent://sh/${name}`)).state !== "running" || undefined);
+      };
+      await run(cb, "b0");
+      for (const i of [0, 1, 2, 3]) await run(ca, `a${i}`);
+      assert.deepEqual(
+        (await ca.agents.list()).map((x) => x.agent),
+        ["agent://sh/a2", "agent://sh/a3"],
+      );
+      assert.equal(t.k.inspect.getAgent("many/sh/a0"), undefined);
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agent_output WHERE id LIKE 'many/%'"), 2);
+      assert.deepEqual(
+        (await cb.agents.list()).map((x) => x.agent),
+        ["agent://sh/b0"],
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("bounded after authentication: the persona registry", () => {
+  it("persona.register stops at maxRegisteredPersonas for a persona's whole tree (RESOURCE, audited); removal reads only the subtree", async () => {
+    const t = await startKernel({ maxRegisteredPersonas: 3 });
+    try {
+      const admin = await t.admin();
+      const a = await t.persona("alice", [
+        { ops: ["persona.register", "persona.remove", "token.mint"], targets: ["persona://alice/**"] },
+      ]);
+      const alice = await t.connect(a.identity, [a.token]);
+      const helper = generateIdentity("alice/p0");
+      for (const i of [0, 1, 2]) {
+        const key = i === 0 ? helper.publicKey : generateIdentity(`alice/p${i}`).publicKey;
+        await alice.call("persona.register", `persona://alice/p${i}`, { publicKey: key });
+      }
+      const refused = await alice
+        .call("persona.register", "persona://alice/p3", { publicKey: generateIdentity("alice/p3").publicKey })
+        .catch((e) => e);
+      assert.ok(refused instanceof KpipError && refused.errorClass === "RESOURCE", String(refused));
+      assert.match(refused.message, /maxRegisteredPersonas/);
+      assert.equal(t.k.inspect.getPersona("alice/p3"), undefined);
+      const rec = t.k.inspect
+        .queryAudit({ op: "persona.register", limit: 100 })
+        .find((r) => r.target === "persona://alice/p3" && r.phase === "outcome");
+      assert.equal(rec?.status, "FAILURE");
+      // A sub-persona alice delegated to registers against the same bound: delegation does not multiply it.
+      const m = await alice.tokens.mint("alice/p0", {
+        rights: [{ ops: ["persona.register"], targets: ["persona://alice/p0/**"] }],
+        ttlMs: 60_000,
+      });
+      const p0 = await t.connect(helper, [m.token]);
+      await assert.rejects(
+        p0.call("persona.register", "persona://alice/p0/q", { publicKey: generateIdentity("alice/p0/q").publicKey }),
+        klass("RESOURCE"),
+      );
+      // The admin is exempt.
+      await admin.call("persona.register", "persona://alice/byadmin", { publicKey: generateIdentity("x").publicKey });
+      // Ids beside alice's subtree in the registry's order ("alice-b" < "alice/…" < "alice0") are not in it.
+      for (const id of ["alice-b", "alice0"])
+        await admin.call("persona.register", `persona://${id}`, { publicKey: generateIdentity(id).publicKey });
+      // A removal makes room again.
+      await alice.call("persona.remove", "persona://alice/p2");
+      await alice.call("persona.register", "persona://alice/p3", { publicKey: generateIdentity("alice/p3").publicKey });
+      const r = await admin.call("persona.remove", "persona://alice");
+      assert.deepEqual([...((r.payload as { alsoRemoved: string[] }).alsoRemoved ?? [])].sort(), [
+        "alice/byadmin",
+        "alice/p0",
+        "alice/p1",
+        "alice/p3",
+      ]);
+      assert.ok(t.k.inspect.getPersona("alice-b") && t.k.inspect.getPersona("alice0"));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("agent and op rows of an older home", () => {
+  it("outputs and results move out of the listed rows at start; an agent left running is recovered as lost", async () => {
+    const t1 = await startKernel();
+    const home = t1.home;
+    await t1.stop();
+    const out = Buffer.alloc(1000, 0x61);
+    const db = new Database(join(home, HOME_FILES.database));
+    const now = Date.now();
+    const agent = db.prepare(
+      "INSERT INTO agents (id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, stdout, stderr, token_id, cwd) " +
+        "VALUES (?, ?, 'old', 'sh', '[]', NULL, ?, ?, NULL, ?, ?, ?, ?, ?, ?, '/nonexistent')",
+    );
+    agent.run("old/sh/done", "old/agent.done", "exited", 0, now, now, now + 60_000, out, out, "a".repeat(32));
+    agent.run("old/sh/alive", "old/agent.alive", "running", null, now, null, now + 60_000, null, null, "b".repeat(32));
+    db.prepare(
+      "INSERT INTO ops (id, persona, session, kind, name, state, result, created_at, finished_at, expires_at) " +
+        "VALUES (?, 'old', 's', 'task', 'x', 'succeeded', ?, ?, ?, ?)",
+    ).run("c".repeat(32), out, now, now, now + 3_600_000);
+    db.close();
+    const t = await startKernel({}, home);
+    try {
+      assert.deepEqual(Buffer.from(t.k.inspect.getAgent("old/sh/done")?.stdout ?? []), out);
+      assert.deepEqual(Buffer.from(t.k.inspect.getAgent("old/sh/done")?.stderr ?? []), out);
+      assert.equal(t.k.inspect.getAgent("old/sh/alive")?.state, "lost");
+      assert.deepEqual(Buffer.from(t.k.inspect.getOp("c".repeat(32))?.result ?? []), out);
+      const legacy =
+        "SELECT (SELECT count(*) FROM agents WHERE stdout IS NOT NULL OR stderr IS NOT NULL) + (SELECT count(*) FROM ops WHERE result IS NOT NULL) AS n";
+      assert.equal(countRows(home, legacy), 0);
+    } finally {
+      await t.stop();
+      removeHome(home);
+    }
+  });
+});
