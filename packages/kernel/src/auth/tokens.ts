@@ -75,7 +75,9 @@ export class TokenService {
       exp,
       mintedBy,
       createdAt: now,
-      family: claims.id,
+      // A child of a rate-limited token stays in its parent's family: the bucket is shared along
+      // the chain, so minting children multiplies no rate. Without a parent rate, a new family.
+      family: parent?.limits.rate !== undefined ? (this.store.getToken(parent.id)?.family ?? parent.id) : claims.id,
     });
     return token;
   }
