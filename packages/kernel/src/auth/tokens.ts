@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
+import { childBounds } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -53,6 +54,8 @@ export class TokenService {
       maxExp = Math.min(maxExp, parent.maxExp);
     }
     const { kid, key } = this.keys.current();
+    // What the chain's tokens hold over the personas spec.sub lies under: they bound it too.
+    const bounds = parent ? childBounds(spec.sub, parent, this.store.getToken(parent.id)?.bounds ?? []) : [];
     const claims = {
       id: randomBytes(16).toString("hex"),
       kid,
@@ -78,6 +81,7 @@ export class TokenService {
       // A child of a rate-limited token stays in its parent's family: the bucket is shared along
       // the chain, so minting children multiplies no rate. Without a parent rate, a new family.
       family: parent?.limits.rate !== undefined ? (this.store.getToken(parent.id)?.family ?? parent.id) : claims.id,
+      bounds,
     });
     return token;
   }
@@ -123,6 +127,7 @@ export class TokenService {
     };
     let fresh = mintToken(key, claims);
     for (const cv of token.caveats) fresh = attenuate(fresh, cv);
+    const old = this.store.getToken(c.id);
     this.store.recordToken({
       id: claims.id,
       kid,
@@ -132,7 +137,9 @@ export class TokenService {
       mintedBy: by,
       createdAt: now,
       // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
-      family: this.store.getToken(c.id)?.family ?? c.id,
+      family: old?.family ?? c.id,
+      // ...and is held to the same limits of the tokens it came from.
+      ...(old?.bounds ? { bounds: old.bounds } : {}),
     });
     return fresh;
   }

@@ -207,8 +207,19 @@ export interface TokenRecord {
   revokedAt: number | null;
   /** The id of the token this one's refreshes started from (itself for a minted token): its rate bucket. */
   family: string;
+  /**
+   * The limits the tokens it was minted from hold over the personas its subject lies under (or
+   * is): they bound its requests too, each over that persona's tree (resources/lineage.ts).
+   */
+  bounds?: TokenBound[];
   /** Listing position (paging cursor), when read by listTokens. */
   seq?: number;
+}
+
+/** A limit an ancestor token holds over `persona`'s tree. */
+export interface TokenBound {
+  persona: string;
+  limits: Record<string, number>;
 }
 
 export interface TokenStore {
