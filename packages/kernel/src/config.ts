@@ -178,11 +178,11 @@ const DECLARED = {
     default: 8192,
     description: "largest token accepted (ATTEST, token.bind, inline) or minted, in bytes",
   },
-  /** Most unexpired tokens (revoked ones included) one persona may have minted or refreshed (the admin is exempt). */
+  /** Most unexpired tokens (revoked ones included) one persona tree may have minted or refreshed (the admin is exempt). */
   maxLiveTokens: {
     type: "int",
     default: 1000,
-    description: "most unexpired tokens, revoked ones included, one persona may have minted or refreshed (admin exempt)",
+    description: "most unexpired tokens, revoked ones included, one persona tree may have minted or refreshed (admin exempt)",
   },
   /** How long an expired token's row is kept (token list shows it) before it is pruned. */
   tokenRetentionMs: {

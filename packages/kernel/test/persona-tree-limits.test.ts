@@ -259,15 +259,18 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
     });
   });
 
-  it("an agent's subscriptions, uploads and pending ops count against its spawner's per-persona bounds", {
+  it("an agent's subscriptions, uploads, pending ops and minted tokens count against its spawner's per-persona bounds", {
     skip: sandboxSkip,
   }, async () => {
-    await withKernel({ maxSubscriptionsPerPersona: 2, maxUploadsPerPersona: 1, maxPendingOpsPerPersona: 2 }, async (t) => {
+    const bounds = { maxSubscriptionsPerPersona: 2, maxUploadsPerPersona: 1, maxPendingOpsPerPersona: 2, maxLiveTokens: 4 };
+    await withKernel(bounds, async (t) => {
+      const topics: Right = { ops: ["event.subscribe"], targets: ["topic://team/**"] };
       const rights: Right[] = [
         spawnNode,
         sleeps,
-        { ops: ["event.subscribe"], targets: ["topic://team/**"] },
+        topics,
         { ops: ["storage.write"], targets: ["obj://ws1/**"] },
+        { ops: ["token.mint"], targets: ["persona://alice", "persona://alice/**"] },
       ];
       const a = await t.persona("alice", rights);
       const c = await t.connect(a.identity, [a.token]);
@@ -275,14 +278,24 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
       await c.subscribe("topic://team/b");
       await c.call("storage.upload.begin", "obj://ws1/big", { size: 10 });
       await c.call("compute.submit", "op://command/sleep", { args: ["300"] });
+      for (let i = 0; i < 2; i++) await c.tokens.mint("alice", { rights: [topics], ttlMs: 600_000 });
+      // The agent's own token is alice's third: one more mint fits under 4, by alice or her agent.
+      const mint = { call: "token.mint", target: "persona://alice/agent.w", args: { rights: [topics], ttlMs: 60_000 } };
       const w = await runAgent(
         t,
         c,
         "w",
-        [{ subscribe: "topic://team/c" }, { upload: "obj://ws1/other", size: 10 }, { submit: true }, { submit: true }],
+        [
+          { subscribe: "topic://team/c" },
+          { upload: "obj://ws1/other", size: 10 },
+          { submit: true },
+          { submit: true },
+          mint,
+          mint,
+        ],
         rights.slice(1),
       );
-      assert.deepEqual(w.results, ["RESOURCE", "RESOURCE", "ok", "RESOURCE"]);
+      assert.deepEqual(w.results, ["RESOURCE", "RESOURCE", "ok", "RESOURCE", "ok", "RESOURCE"]);
     });
   });
 

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds } from "../resources/lineage.js";
+import { childBounds, rootPersona } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -86,9 +86,15 @@ export class TokenService {
     return token;
   }
 
-  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
-  private checkLiveTokens(mintedBy: string, now: number): void {
-    if (this.limits.exempt.includes(mintedBy)) return;
+  /**
+   * The live-token bound: a persona cannot grow the token table without end (RESOURCE). It counts
+   * the persona's whole tree (its agents and sub-personas mint on its budget), except under an
+   * exempt persona (the admin's agents each have their own).
+   */
+  private checkLiveTokens(by: string, now: number): void {
+    if (this.limits.exempt.includes(by)) return;
+    const root = rootPersona(by);
+    const mintedBy = this.limits.exempt.includes(root) ? by : root;
     let e = this.live.get(mintedBy);
     // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
     // in between only keeps the count high). Revoked tokens count until they expire, so a
@@ -104,7 +110,7 @@ export class TokenService {
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${mintedBy} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+        `${mintedBy === by ? by : `${mintedBy} (with the personas under it)`} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
       );
     // Counted now: the caller records the token next.
     e.n++;

@@ -227,9 +227,12 @@ export interface TokenStore {
   getToken(id: string): TokenRecord | undefined;
   /** Tokens in minting order after position `after`, at most `limit` (-1: all). */
   listTokens(sub?: string, after?: number, limit?: number): TokenRecord[];
-  /** Token rows `mintedBy` minted or refreshed that the store still keeps (revoked and expired ones included). */
+  /**
+   * Token rows `mintedBy` or any persona under it (its agents, its sub-personas) minted or
+   * refreshed that the store still keeps (revoked and expired ones included).
+   */
   countTokensBy(mintedBy: string): number;
-  /** Removes the rows `mintedBy` minted or refreshed that expired before `before`; returns how many. */
+  /** Removes the rows `mintedBy` or any persona under it minted or refreshed that expired before `before`; returns how many. */
   pruneTokensBy(mintedBy: string, before: number): number;
   /** Removes tokens that expired before `before` (and revocations no remaining token needs); returns how many. */
   pruneTokens(before: number): number;

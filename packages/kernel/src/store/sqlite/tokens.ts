@@ -60,10 +60,22 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       return rows.map(toToken);
     }
     countTokensBy(mintedBy: string): number {
-      return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
+      // The persona and every id under it ("p/" ≤ id < "p0", '0' following '/'): one index range.
+      return (
+        this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ? OR (minted_by >= ? AND minted_by < ?)").get(
+          mintedBy,
+          `${mintedBy}/`,
+          `${mintedBy}0`,
+        ) as { n: number }
+      ).n;
     }
     pruneTokensBy(mintedBy: string, before: number): number {
-      return this.prep("DELETE FROM tokens WHERE minted_by = ? AND exp < ?").run(mintedBy, before).changes;
+      return this.prep("DELETE FROM tokens WHERE (minted_by = ? OR (minted_by >= ? AND minted_by < ?)) AND exp < ?").run(
+        mintedBy,
+        `${mintedBy}/`,
+        `${mintedBy}0`,
+        before,
+      ).changes;
     }
     pruneTokens(before: number): number {
       return this.db.transaction(() => {
