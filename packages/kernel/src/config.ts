@@ -55,7 +55,11 @@ const DECLARED = {
     zeroAllowed: true,
     description: "object bodies below this size stay in the database; larger ones go to the file store (0 = every body a file)",
   },
-  maxUploadsPerPersona: { type: "int", default: 4, description: "chunked uploads in progress per persona" },
+  maxUploadsPerPersona: {
+    type: "int",
+    default: 4,
+    description: "chunked uploads in progress per persona tree (its agents and sub-personas included)",
+  },
   maxUploads: { type: "int", default: 64, description: "chunked uploads in progress in the kernel" },
   maxUploadBytes: {
     type: "int",
@@ -105,7 +109,7 @@ const DECLARED = {
     description: "refusal records per second per session (bursts 5×); beyond: aggregated",
   },
   /** Refusal records per second one persona may cause over all its sessions (bursts 5×). */
-  auditRefusalPersonaRate: { type: "int", default: 100, description: "refusal records per second per persona (bursts 5×)" },
+  auditRefusalPersonaRate: { type: "int", default: 100, description: "refusal records per second per persona tree (bursts 5×)" },
   /** Refusals over the rate after which the session is ended with RESOURCE/REFUSAL_FLOOD (0 = never). */
   auditRefusalFloodMax: {
     type: "int",
@@ -143,7 +147,11 @@ const DECLARED = {
   },
   /** Worker threads for embedder task functions. */
   computeWorkers: { type: "int", default: 2, description: "worker threads for task functions" },
-  maxPendingOpsPerPersona: { type: "int", default: 64, description: "DEFERRED ops queued or running per persona" },
+  maxPendingOpsPerPersona: {
+    type: "int",
+    default: 64,
+    description: "DEFERRED ops queued or running per persona tree (its agents and sub-personas included)",
+  },
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
@@ -221,11 +229,11 @@ const DECLARED = {
     default: 8192,
     description: "largest token accepted (ATTEST, token.bind, inline) or minted, in bytes",
   },
-  /** Most unexpired tokens (revoked ones included) one persona may have minted or refreshed (the admin is exempt). */
+  /** Most unexpired tokens (revoked ones included) one persona tree may have minted or refreshed (the admin is exempt). */
   maxLiveTokens: {
     type: "int",
     default: 1000,
-    description: "most unexpired tokens, revoked ones included, one persona may have minted or refreshed (admin exempt)",
+    description: "most unexpired tokens, revoked ones included, one persona tree may have minted or refreshed (admin exempt)",
   },
   /** How long an expired token's row is kept (token list shows it) before it is pruned. */
   tokenRetentionMs: {
@@ -238,7 +246,7 @@ const DECLARED = {
   maxSubscriptionsPerPersona: {
     type: "int",
     default: 1024,
-    description: "most event subscriptions per persona, over its sessions",
+    description: "most event subscriptions per persona tree (its agents and sub-personas included), over its sessions",
   },
   maxSubscriptions: { type: "int", default: 65_536, description: "most event subscriptions in the kernel" },
   /** Event bytes queued for slow subscribers: per subscription, per session, in the kernel. */
@@ -331,7 +339,11 @@ const DECLARED = {
   /** Most processes (agents and commands) running at once, kernel-wide. */
   maxProcesses: { type: "int", default: 256, description: "most agents and commands running at once" },
   /** Most processes (agents and commands) one persona may have running at once. */
-  maxProcessesPerPersona: { type: "int", default: 32, description: "most agents and commands one persona runs at once" },
+  maxProcessesPerPersona: {
+    type: "int",
+    default: 32,
+    description: "most agents and commands one persona tree (its agents and sub-personas included) runs at once",
+  },
 } as const satisfies Record<string, Declared>;
 
 type Declarations = typeof DECLARED;

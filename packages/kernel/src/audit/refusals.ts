@@ -1,8 +1,10 @@
+import { rootPersona } from "../resources/lineage.js";
+
 /** How fast refusals are written to the audit log, per session and per persona. */
 export interface RefusalLimits {
   /** Refusal records per second one session may cause; bursts up to 5× this. */
   sessionRate: number;
-  /** Refusal records per second one persona may cause over all its sessions; bursts up to 5× this. */
+  /** Refusal records per second one persona (with every persona under it) may cause over all its sessions; bursts up to 5× this. */
   personaRate: number;
   /** Refusals suppressed on one session after which the session is ended (0 = never). */
   floodMax: number;
@@ -51,7 +53,8 @@ export class RefusalLimiter {
   admit(session: string, persona: string, errorClass: string): boolean {
     const now = this.clock();
     const s = this.refill(this.sessions, session, this.limits.sessionRate, now);
-    const p = this.refill(this.personas, persona, this.limits.personaRate, now);
+    // A persona's rate covers its whole tree: its agents and sub-personas refuse on its budget.
+    const p = this.refill(this.personas, rootPersona(persona), this.limits.personaRate, now);
     if (s.tokens >= 1 && p.tokens >= 1) {
       s.tokens--;
       p.tokens--;

@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
+import { childBounds, rootPersona } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -53,6 +54,8 @@ export class TokenService {
       maxExp = Math.min(maxExp, parent.maxExp);
     }
     const { kid, key } = this.keys.current();
+    // What the chain's tokens hold over the personas spec.sub lies under: they bound it too.
+    const bounds = parent ? childBounds(spec.sub, parent, this.store.getToken(parent.id)?.bounds ?? []) : [];
     const claims = {
       id: randomBytes(16).toString("hex"),
       kid,
@@ -75,14 +78,23 @@ export class TokenService {
       exp,
       mintedBy,
       createdAt: now,
-      family: claims.id,
+      // A child of a rate-limited token stays in its parent's family: the bucket is shared along
+      // the chain, so minting children multiplies no rate. Without a parent rate, a new family.
+      family: parent?.limits.rate !== undefined ? (this.store.getToken(parent.id)?.family ?? parent.id) : claims.id,
+      bounds,
     });
     return token;
   }
 
-  /** The live-token bound: a persona cannot grow the token table without end (RESOURCE). */
-  private checkLiveTokens(mintedBy: string, now: number): void {
-    if (this.limits.exempt.includes(mintedBy)) return;
+  /**
+   * The live-token bound: a persona cannot grow the token table without end (RESOURCE). It counts
+   * the persona's whole tree (its agents and sub-personas mint on its budget), except under an
+   * exempt persona (the admin's agents each have their own).
+   */
+  private checkLiveTokens(by: string, now: number): void {
+    if (this.limits.exempt.includes(by)) return;
+    const root = rootPersona(by);
+    const mintedBy = this.limits.exempt.includes(root) ? by : root;
     let e = this.live.get(mintedBy);
     // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
     // in between only keeps the count high). Revoked tokens count until they expire, so a
@@ -98,7 +110,7 @@ export class TokenService {
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${mintedBy} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+        `${mintedBy === by ? by : `${mintedBy} (with the personas under it)`} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
       );
     // Counted now: the caller records the token next.
     e.n++;
@@ -121,6 +133,7 @@ export class TokenService {
     };
     let fresh = mintToken(key, claims);
     for (const cv of token.caveats) fresh = attenuate(fresh, cv);
+    const old = this.store.getToken(c.id);
     this.store.recordToken({
       id: claims.id,
       kid,
@@ -130,7 +143,9 @@ export class TokenService {
       mintedBy: by,
       createdAt: now,
       // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
-      family: this.store.getToken(c.id)?.family ?? c.id,
+      family: old?.family ?? c.id,
+      // ...and is held to the same limits of the tokens it came from.
+      ...(old?.bounds ? { bounds: old.bounds } : {}),
     });
     return fresh;
   }

@@ -6,6 +6,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import { inTree, rootPersona } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
@@ -158,13 +159,15 @@ export class ComputeEngine {
     const total = this.queue.length + this.running.size;
     if (total >= this.opts.maxPending)
       throw new OpError("RESOURCE", `the kernel already has ${total} ops queued or running (at most ${this.opts.maxPending})`);
+    // Counted over the persona's whole tree: its agents and sub-personas queue no ops of their own.
+    const root = rootPersona(persona);
     let mine = 0;
-    for (const j of this.queue) if (j.op.persona === persona) mine++;
-    for (const r of this.running.values()) if (r.op.persona === persona) mine++;
+    for (const j of this.queue) if (inTree(j.op.persona, root)) mine++;
+    for (const r of this.running.values()) if (inTree(r.op.persona, root)) mine++;
     if (mine >= this.opts.maxPendingPerPersona)
       throw new OpError(
         "RESOURCE",
-        `${persona} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
       );
   }
 

@@ -1,6 +1,7 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
+import { rootPersona } from "../resources/lineage.js";
 import { TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
@@ -115,9 +116,14 @@ export class EventBus {
     const mine = this.bySink.get(sink.id)?.size ?? 0;
     if (mine >= L.perSession)
       throw new OpError("RESOURCE", `this session already has ${mine} subscriptions (maxSubscriptionsPerSession)`);
-    const persona = this.byPersona.get(sink.persona) ?? 0;
+    // Counted over the persona's whole tree: its agents and sub-personas hold no subscriptions of their own.
+    const tree = rootPersona(sink.persona);
+    const persona = this.byPersona.get(tree) ?? 0;
     if (persona >= L.perPersona)
-      throw new OpError("RESOURCE", `${sink.persona} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`);
+      throw new OpError(
+        "RESOURCE",
+        `${tree === sink.persona ? tree : `${tree} (with the personas under it)`} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
+      );
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
     const id = this.nextId++;
@@ -131,7 +137,7 @@ export class EventBus {
       this.bySink.set(sink.id, set);
     }
     set.add(id);
-    this.byPersona.set(sink.persona, persona + 1);
+    this.byPersona.set(tree, persona + 1);
     return id;
   }
 
@@ -227,9 +233,10 @@ export class EventBus {
     this.subs.delete(s.id);
     this.index.remove(s);
     while (s.queue.length) this.take(s);
-    const n = (this.byPersona.get(s.sink.persona) ?? 1) - 1;
-    if (n <= 0) this.byPersona.delete(s.sink.persona);
-    else this.byPersona.set(s.sink.persona, n);
+    const tree = rootPersona(s.sink.persona);
+    const n = (this.byPersona.get(tree) ?? 1) - 1;
+    if (n <= 0) this.byPersona.delete(tree);
+    else this.byPersona.set(tree, n);
   }
 
   /** Queues an event within the byte bounds, dropping this subscription's oldest first. */

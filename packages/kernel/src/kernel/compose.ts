@@ -34,6 +34,7 @@ import { tokenFamily } from "../primitives/token.js";
 import type { PrimitiveFamily } from "../primitives/types.js";
 import { UploadHasher } from "../primitives/upload-hasher.js";
 import { ResourceLedger } from "../resources/ledger.js";
+import { GrantBounds } from "../resources/lineage.js";
 import { ProcessTable } from "../sandbox/processes.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { openSandbox, sandboxInfo, sandboxSummary } from "../sandbox/setup.js";
@@ -143,7 +144,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     // Committed before start() returns, like everything else the start puts on the record.
     audit.flush();
-    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona });
+    // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas').
+    const bounds = new GrantBounds(store);
+    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds);
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
@@ -171,7 +174,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         router,
       ),
     );
-    const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, input.clock);
+    const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, input.clock, bounds);
     // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
     const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
     const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
@@ -291,12 +294,15 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       // The WAL stays bounded however late the checkpoint worker runs on a busy machine.
       home.checkpointer.committed(walBytes);
     };
-    const refusals = new RefusalLimiter({
-      sessionRate: c.auditRefusalRate,
-      personaRate: c.auditRefusalPersonaRate,
-      floodMax: c.auditRefusalFloodMax,
-      intentMaxBytes: c.auditRefusalIntentMaxBytes,
-    });
+    const refusals = new RefusalLimiter(
+      {
+        sessionRate: c.auditRefusalRate,
+        personaRate: c.auditRefusalPersonaRate,
+        floodMax: c.auditRefusalFloodMax,
+        intentMaxBytes: c.auditRefusalIntentMaxBytes,
+      },
+      input.clock,
+    );
     const pipeline = new Pipeline({
       ledger,
       router,

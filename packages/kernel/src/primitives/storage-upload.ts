@@ -28,7 +28,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           d.store.statObject(workspace, path),
           size,
           ctx.grant,
-          uploads.pendingFor(ctx.persona, workspace),
+          uploads.pendingFor(workspace),
         );
         const u = uploads.begin(ctx.persona, ctx.targetUri, size);
         return { status: "SUCCESS", payload: { upload: u.id, size } };
@@ -66,7 +66,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const ifGeneration = ctx.args.ifGeneration;
         if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
           throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(ctx.persona, workspace, u));
+        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(workspace, u));
         u.committing = true;
         const hash = u.installed ?? (await installUpload(d, u, want));
         // A write that raced the sync above can still refuse the commit: the upload keeps the

@@ -1,12 +1,13 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
+import { inTree, rootPersona } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
 import { UploadHasher } from "./upload-hasher.js";
 
 export interface UploadLimits {
-  /** Uploads in progress one persona may have. */
+  /** Uploads in progress one persona may have (with every persona under it). */
   perPersona: number;
   /** Uploads in progress in the kernel. */
   total: number;
@@ -94,11 +95,14 @@ export class UploadTable {
     return n;
   }
 
-  /** What a persona's and a workspace's uploads in progress have declared (but `except`): counted as used by quotas. */
-  pendingFor(persona: string, workspace: string, except?: Upload): { persona: number; workspace: number } {
+  /**
+   * What a workspace's uploads in progress, and those of any persona's tree, have declared (but
+   * `except`): counted as used by quotas.
+   */
+  pendingFor(workspace: string, except?: Upload): { persona: (scope: string) => number; workspace: number } {
     const inWorkspace = `obj://${workspace}/`;
     return {
-      persona: this.pendingBytes((u) => u !== except && u.persona === persona),
+      persona: (scope) => this.pendingBytes((u) => u !== except && inTree(u.persona, scope)),
       workspace: this.pendingBytes((u) => u !== except && u.target.startsWith(inWorkspace)),
     };
   }
@@ -112,10 +116,15 @@ export class UploadTable {
         "RESOURCE",
         `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${this.limits.totalBytes}`,
       );
+    // Counted over the persona's whole tree: its agents and sub-personas get no uploads of their own.
+    const root = rootPersona(persona);
     let mine = 0;
-    for (const u of this.byId.values()) if (u.persona === persona) mine++;
+    for (const u of this.byId.values()) if (inTree(u.persona, root)) mine++;
     if (mine >= this.limits.perPersona)
-      throw new OpError("RESOURCE", `${persona} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`);
+      throw new OpError(
+        "RESOURCE",
+        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+      );
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);
     const u: Upload = {

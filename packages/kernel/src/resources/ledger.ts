@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
+import { GrantBounds, grantScope, inTree, personaLineage } from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -25,9 +26,15 @@ export class ResourceLedger {
     private readonly store: LedgerStore,
     private readonly quotas: Quotas,
     private readonly clock: () => number = Date.now,
+    /** The limits the tokens a grant was minted from hold over it. */
+    private readonly bounds: GrantBounds = new GrantBounds(),
   ) {}
 
-  /** Moves an object's bytes to `persona` (its new owner) and checks the limits; call inside the write's transaction. */
+  /**
+   * Moves an object's bytes to `persona` (its new owner) and checks the limits; call inside the
+   * write's transaction. The bytes are charged to the owner and to every persona it lies under
+   * ({@link personaLineage}): an agent's bytes count against its spawner's `storage.bytes` too.
+   */
   chargeStorage(
     persona: string,
     workspace: string,
@@ -36,19 +43,16 @@ export class ResourceLedger {
     grant: Grant | undefined,
   ): void {
     this.checkStorage(persona, workspace, previous, newSize, grant);
-    const oldSize = previous?.size ?? 0;
-    const wsDelta = newSize - oldSize;
-    const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
-    if (previous && previous.owner !== persona && previous.owner !== "") {
-      this.store.adjustUsage(personaScope(previous.owner), "storage.bytes", -oldSize);
-    }
-    this.store.adjustUsage(personaScope(persona), "storage.bytes", personaDelta);
-    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", wsDelta);
+    for (const [scope, delta] of storageDeltas(persona, previous, newSize))
+      if (delta !== 0) this.store.adjustUsage(personaScope(scope), "storage.bytes", delta);
+    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", newSize - (previous?.size ?? 0));
   }
 
   /**
    * Whether writing `newSize` bytes over `previous` would stay within the limits, changing
    * nothing: an upload is refused at its start rather than after its bytes filled the disk.
+   * The grant's `storage.bytes` bounds its subject's tree; the limits of the tokens it was
+   * minted from ({@link GrantBounds}) bound theirs.
    */
   checkStorage(
     persona: string,
@@ -56,18 +60,24 @@ export class ResourceLedger {
     previous: { size: number; owner: string } | undefined,
     newSize: number,
     grant: Grant | undefined,
-    /** Bytes already promised and not yet charged (uploads in progress): counted as used. */
-    pending: { persona: number; workspace: number } = { persona: 0, workspace: 0 },
+    /** Bytes already promised and not yet charged (uploads in progress, by a persona's tree): counted as used. */
+    pending: { persona: (scope: string) => number; workspace: number } = { persona: () => 0, workspace: 0 },
   ): void {
-    const oldSize = previous?.size ?? 0;
-    const personaDelta = previous && previous.owner === persona ? newSize - oldSize : newSize;
-    const limit = grant?.limits["storage.bytes"];
-    if (limit !== undefined && personaDelta > 0) {
-      const used = this.store.usage(personaScope(persona), "storage.bytes") + pending.persona;
-      if (used + personaDelta > limit)
-        throw new OpError("RESOURCE", `storage.bytes exceeded for ${persona}: ${used} used + ${personaDelta} > limit ${limit}`);
+    const limits = this.limitsOver(persona, grant, "storage.bytes");
+    if (limits.length > 0) {
+      const deltas = storageDeltas(persona, previous, newSize);
+      for (const [scope, limit] of limits) {
+        const delta = deltas.get(scope) ?? 0;
+        if (delta <= 0) continue;
+        const used = this.store.usage(personaScope(scope), "storage.bytes") + pending.persona(scope);
+        if (used + delta > limit)
+          throw new OpError(
+            "RESOURCE",
+            `storage.bytes exceeded for ${scope === persona ? persona : `${scope} (over ${persona})`}: ${used} used + ${delta} > limit ${limit}`,
+          );
+      }
     }
-    const wsDelta = newSize - oldSize;
+    const wsDelta = newSize - (previous?.size ?? 0);
     if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
       const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
@@ -78,22 +88,39 @@ export class ResourceLedger {
     }
   }
 
-  /** An object was deleted: its bytes leave its owner's and its workspace's usage. */
+  /** An object was deleted: its bytes leave its owner's (and the owner's ancestors') and its workspace's usage. */
   releaseStorage(workspace: string, previous: { size: number; owner: string }): void {
-    if (previous.owner !== "") this.store.adjustUsage(personaScope(previous.owner), "storage.bytes", -previous.size);
+    if (previous.owner !== "")
+      for (const scope of personaLineage(previous.owner))
+        this.store.adjustUsage(personaScope(scope), "storage.bytes", -previous.size);
     this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", -previous.size);
   }
 
-  /** Reserves `amount` of a named resource for `persona`, within the grant's limit for it. */
+  /**
+   * The limits on `resource` that bind a request of `persona` under `grant`, as [persona whose
+   * tree's usage counts, limit]: the grant's own over its subject's tree, each ancestor token's
+   * over its persona's tree.
+   */
+  private limitsOver(persona: string, grant: Grant | undefined, resource: string): [string, number][] {
+    const out: [string, number][] = [];
+    if (grant && Object.hasOwn(grant.limits, resource)) out.push([grantScope(persona, grant), grant.limits[resource] as number]);
+    for (const b of this.bounds.of(grant))
+      if (inTree(persona, b.persona) && Object.hasOwn(b.limits, resource)) out.push([b.persona, b.limits[resource] as number]);
+    return out;
+  }
+
+  /** Reserves `amount` of a named resource for `persona` (and its ancestors), within every limit on it. */
   alloc(persona: string, resource: string, amount: number, grant: Grant | undefined): Allocation {
-    const limit = grant && Object.hasOwn(grant.limits, resource) ? grant.limits[resource] : undefined;
-    const used = this.store.usage(personaScope(persona), resource);
-    if (limit !== undefined && used + amount > limit) {
-      throw new OpError("RESOURCE", `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`);
+    for (const [scope, limit] of this.limitsOver(persona, grant, resource)) {
+      const used = this.store.usage(personaScope(scope), resource);
+      if (used + amount > limit) {
+        const who = scope === persona ? persona : `${scope} (over ${persona})`;
+        throw new OpError("RESOURCE", `${resource} exceeded for ${who}: ${used} used + ${amount} > limit ${limit}`);
+      }
     }
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
-    this.store.adjustUsage(personaScope(persona), resource, amount);
+    for (const scope of personaLineage(persona)) this.store.adjustUsage(personaScope(scope), resource, amount);
     return a;
   }
 
@@ -102,7 +129,7 @@ export class ResourceLedger {
     const a = this.store.getAllocation(id);
     if (!a || a.persona !== persona) throw new OpError("SEMANTIC", `no allocation ${id} of ${persona}`);
     this.store.removeAllocation(id);
-    this.store.adjustUsage(personaScope(persona), a.resource, -a.amount);
+    for (const scope of personaLineage(persona)) this.store.adjustUsage(personaScope(scope), a.resource, -a.amount);
     return a;
   }
 
@@ -119,7 +146,7 @@ export class ResourceLedger {
    * the slot of the request that started it and holds it for its whole life. Returns the release.
    */
   hold(persona: string): () => void {
-    this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
+    this.enter(persona);
     let released = false;
     return () => {
       if (released) return;
@@ -128,8 +155,20 @@ export class ResourceLedger {
     };
   }
 
-  /** One thing in flight for `persona` ended (a request {@link admit}ted, or through {@link hold}'s release). */
+  /** One more thing in flight for `persona` and every persona it lies under. */
+  private enter(persona: string): void {
+    this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
+    if (persona.includes("/"))
+      for (const s of personaLineage(persona).slice(1)) this.inFlight.set(s, (this.inFlight.get(s) ?? 0) + 1);
+  }
+
+  /** One thing in flight for `persona` (and so for every persona it lies under) ended: a request {@link admit}ted, or through {@link hold}'s release. */
   leave(persona: string): void {
+    if (persona.includes("/")) for (const s of personaLineage(persona)) this.leaveOne(s);
+    else this.leaveOne(persona);
+  }
+
+  private leaveOne(persona: string): void {
     const m = (this.inFlight.get(persona) ?? 1) - 1;
     // A persona's count stays at 0 while few personas are counted: deleting and adding it again
     // around every request churned the Map, rehashing its table every few requests.
@@ -138,16 +177,28 @@ export class ResourceLedger {
   }
 
   /**
-   * Admits one request under the grant's `concurrent` (requests in flight for the persona)
-   * and `rate` (requests per second for the token's family: a refreshed copy shares the bucket
-   * of the token it came from, `rateKey`) limits. The request then counts as in flight until
-   * {@link leave} (no release closure per request).
+   * Admits one request under the grant's `concurrent` (requests in flight in its subject's tree;
+   * the tokens it was minted from bound theirs) and `rate` (requests per second for
+   * the token's family: a refreshed or minted copy shares the bucket of the token it came from,
+   * `rateKey`) limits. The request then counts as in flight until {@link leave} (no release
+   * closure per request).
    */
   admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
     const concurrent = grant?.limits.concurrent;
-    const n = this.inFlight.get(persona) ?? 0;
-    if (concurrent !== undefined && n >= concurrent) {
-      throw new OpError("RESOURCE", `concurrent exceeded for ${persona}: ${n} requests in flight, limit ${concurrent}`);
+    if (concurrent !== undefined) {
+      const scope = grantScope(persona, grant);
+      const n = this.inFlight.get(scope) ?? 0;
+      if (n >= concurrent)
+        throw new OpError("RESOURCE", `concurrent exceeded for ${scope}: ${n} requests in flight, limit ${concurrent}`);
+    }
+    for (const b of this.bounds.of(grant)) {
+      const limit = b.limits.concurrent;
+      const m = this.inFlight.get(b.persona) ?? 0;
+      if (limit !== undefined && m >= limit && inTree(persona, b.persona))
+        throw new OpError(
+          "RESOURCE",
+          `concurrent exceeded for ${b.persona} (over ${persona}): ${m} requests in flight, limit ${limit}`,
+        );
     }
     const rate = grant?.limits.rate;
     if (rate !== undefined && grant && rateKey !== undefined) {
@@ -163,9 +214,25 @@ export class ResourceLedger {
       this.buckets.set(rateKey, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
-    this.inFlight.set(persona, n + 1);
+    this.enter(persona);
   }
 }
 
 /** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */
 const IDLE_COUNTS_KEPT = 1024;
+
+/**
+ * What writing `newSize` bytes as `persona` over `previous` changes, per persona scope: the new
+ * owner's lineage gains the new size, the previous owner's loses the old.
+ */
+function storageDeltas(
+  persona: string,
+  previous: { size: number; owner: string } | undefined,
+  newSize: number,
+): Map<string, number> {
+  const d = new Map<string, number>();
+  if (previous && previous.owner !== "")
+    for (const s of personaLineage(previous.owner)) d.set(s, (d.get(s) ?? 0) - previous.size);
+  for (const s of personaLineage(persona)) d.set(s, (d.get(s) ?? 0) + newSize);
+  return d;
+}

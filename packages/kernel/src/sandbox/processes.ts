@@ -1,5 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
+import { GrantBounds, grantScope, inTree, rootPersona } from "../resources/lineage.js";
 
 /** One process tree the kernel started and has not yet seen end. */
 export interface ProcessEntry {
@@ -20,12 +21,17 @@ export interface ProcessBounds {
 
 /**
  * Every process the kernel starts, agents and commands alike, counted for its whole life
- * against the kernel-wide bound, the persona's bound and the starting grant's `agents` limit.
+ * against the kernel-wide bound, the persona tree's bound and the starting grant's (and its
+ * ancestor tokens') `agents` limit.
  */
 export class ProcessTable {
   private readonly live = new Map<string, ProcessEntry>();
 
-  constructor(private readonly bounds: ProcessBounds) {}
+  constructor(
+    private readonly bounds: ProcessBounds,
+    /** The limits the tokens a grant was minted from hold over it. */
+    private readonly grantBounds: GrantBounds = new GrantBounds(),
+  ) {}
 
   private key(kind: ProcessEntry["kind"], id: string): string {
     return `${kind}:${id}`;
@@ -35,22 +41,46 @@ export class ProcessTable {
     return this.live.size;
   }
 
+  /** Processes started by `persona` or by any persona under it (its agents, its sub-personas). */
   countFor(persona: string): number {
     let n = 0;
-    for (const e of this.live.values()) if (e.persona === persona) n++;
+    for (const e of this.live.values()) if (inTree(e.persona, persona)) n++;
     return n;
   }
 
-  /** Throws RESOURCE when one more process for `persona` under `grant` would exceed a bound. */
+  /**
+   * Throws RESOURCE when one more process for `persona` under `grant` would exceed a bound. The
+   * per-persona bound counts the whole tree `persona` lies in (an agent's processes are its
+   * spawner's); the grant's `agents` limit counts its subject's tree, and the `agents` limits of
+   * the tokens it was minted from count theirs (an agent's spawner's included).
+   */
   admit(persona: string, grant: Grant | undefined): void {
     if (this.live.size >= this.bounds.max)
       throw new OpError("RESOURCE", `the kernel already runs ${this.bounds.max} processes (agents and commands)`);
-    const mine = this.countFor(persona);
-    if (mine >= this.bounds.perPersona)
-      throw new OpError("RESOURCE", `${persona} already runs ${mine} processes (agents and commands), the most a persona may`);
+    const root = rootPersona(persona);
+    const tree = this.countFor(root);
+    if (tree >= this.bounds.perPersona)
+      throw new OpError(
+        "RESOURCE",
+        `${root === persona ? persona : `${root} (with the personas under it)`} already runs ${tree} processes (agents and commands), the most a persona may`,
+      );
     const limit = grant?.limits.agents;
-    if (limit !== undefined && mine >= limit)
-      throw new OpError("RESOURCE", `agents exceeded for ${persona}: ${mine} agents and commands running, limit ${limit}`);
+    if (limit !== undefined) {
+      const scope = grantScope(persona, grant);
+      const mine = this.countFor(scope);
+      if (mine >= limit)
+        throw new OpError("RESOURCE", `agents exceeded for ${scope}: ${mine} agents and commands running, limit ${limit}`);
+    }
+    for (const b of this.grantBounds.of(grant)) {
+      const up = b.limits.agents;
+      if (up === undefined || !inTree(persona, b.persona)) continue;
+      const theirs = this.countFor(b.persona);
+      if (theirs >= up)
+        throw new OpError(
+          "RESOURCE",
+          `agents exceeded for ${b.persona} (over ${persona}): ${theirs} agents and commands running, limit ${up}`,
+        );
+    }
   }
 
   add(e: ProcessEntry): void {

@@ -212,8 +212,19 @@ export interface TokenRecord {
   revokedAt: number | null;
   /** The id of the token this one's refreshes started from (itself for a minted token): its rate bucket. */
   family: string;
+  /**
+   * The limits the tokens it was minted from hold over the personas its subject lies under (or
+   * is): they bound its requests too, each over that persona's tree (resources/lineage.ts).
+   */
+  bounds?: TokenBound[];
   /** Listing position (paging cursor), when read by listTokens. */
   seq?: number;
+}
+
+/** A limit an ancestor token holds over `persona`'s tree. */
+export interface TokenBound {
+  persona: string;
+  limits: Record<string, number>;
 }
 
 export interface TokenStore {
@@ -221,9 +232,12 @@ export interface TokenStore {
   getToken(id: string): TokenRecord | undefined;
   /** Tokens in minting order after position `after`, at most `limit` (-1: all). */
   listTokens(sub?: string, after?: number, limit?: number): TokenRecord[];
-  /** Token rows `mintedBy` minted or refreshed that the store still keeps (revoked and expired ones included). */
+  /**
+   * Token rows `mintedBy` or any persona under it (its agents, its sub-personas) minted or
+   * refreshed that the store still keeps (revoked and expired ones included).
+   */
   countTokensBy(mintedBy: string): number;
-  /** Removes the rows `mintedBy` minted or refreshed that expired before `before`; returns how many. */
+  /** Removes the rows `mintedBy` or any persona under it minted or refreshed that expired before `before`; returns how many. */
   pruneTokensBy(mintedBy: string, before: number): number;
   /** Removes tokens that expired before `before` (and revocations no remaining token needs); returns how many. */
   pruneTokens(before: number): number;

@@ -53,7 +53,7 @@ export function openDatabase(path: string): Database.Database {
   const db = new Database(path);
   for (const p of PRAGMAS) db.pragma(p);
   db.exec(SCHEMA);
-  migrateTokens(db);
+  if (migrateTokens(db)) recountPersonaUsage(db);
   migrateObjects(db);
   // The audit table moved from a column per field to the record's bytes (audit-layout.ts).
   migrateAuditLayout(db);
@@ -121,12 +121,54 @@ function migratePersonas(db: Database.Database): void {
   db.exec("CREATE INDEX IF NOT EXISTS tokens_sub ON tokens (sub)");
 }
 
-/** Token rows gained a family column (rate buckets shared by refreshed copies) and a minter index. */
-function migrateTokens(db: Database.Database): void {
+/**
+ * Token rows gained a family column (rate buckets shared by refreshed copies), a minter index,
+ * and the limits their ancestors hold over their subject's tree (`bounds`, JSON).
+ */
+function migrateTokens(db: Database.Database): boolean {
   const cols = db.prepare("PRAGMA table_info(tokens)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
+  const bounds = !cols.some((c) => c.name === "bounds");
+  if (bounds) db.exec("ALTER TABLE tokens ADD COLUMN bounds TEXT");
   // Where each revocation is on the audit record, so a refusal it causes can point there after a restart.
   const rcols = db.prepare("PRAGMA table_info(revocations)").all() as { name: string }[];
   if (!rcols.some((c) => c.name === "audit_seq")) db.exec("ALTER TABLE revocations ADD COLUMN audit_seq INTEGER");
   db.exec("CREATE INDEX IF NOT EXISTS tokens_minted_by ON tokens (minted_by, exp)");
+  return bounds;
+}
+
+/**
+ * Persona usage became a tree's (resources/lineage.ts): what an agent or a sub-persona stores or
+ * holds is charged to every persona it lies under too. Recounted once, when the tokens gain
+ * their `bounds`, from the objects and allocations themselves: an older home's counters held each
+ * persona's own usage only, and releasing it from the ancestors would have freed their room.
+ */
+function recountPersonaUsage(db: Database.Database): void {
+  const sums = new Map<string, Map<string, number>>();
+  const charge = (persona: string, resource: string, n: number) => {
+    for (let p = persona; ; ) {
+      const m = sums.get(p) ?? new Map<string, number>();
+      m.set(resource, (m.get(resource) ?? 0) + n);
+      sums.set(p, m);
+      const i = p.lastIndexOf("/");
+      if (i <= 0) break;
+      p = p.slice(0, i);
+    }
+  };
+  for (const r of db.prepare("SELECT owner, sum(size) AS n FROM objects WHERE owner <> '' GROUP BY owner").all() as {
+    owner: string;
+    n: number;
+  }[])
+    charge(r.owner, "storage.bytes", r.n);
+  for (const r of db.prepare("SELECT persona, resource, sum(amount) AS n FROM allocations GROUP BY persona, resource").all() as {
+    persona: string;
+    resource: string;
+    n: number;
+  }[])
+    charge(r.persona, r.resource, r.n);
+  const put = db.prepare("INSERT INTO usage (scope, resource, amount) VALUES (?, ?, ?)");
+  db.transaction(() => {
+    db.exec("DELETE FROM usage WHERE scope LIKE 'persona:%'");
+    for (const [p, m] of sums) for (const [resource, n] of m) put.run(`persona:${p}`, resource, n);
+  })();
 }

@@ -1,4 +1,4 @@
-import type { TokenRecord, TokenStore } from "../types.js";
+import type { TokenBound, TokenRecord, TokenStore } from "../types.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
 
@@ -15,6 +15,7 @@ const TOKEN = [
   boundedCell("t.minted_by", ID_BYTES, "'?'", "minted_by"),
   "t.created_at",
   boundedCell("t.family", ID_BYTES, "'?'", "family"),
+  boundedCell("t.bounds", MAX_CELL_BYTES, "NULL", "bounds"),
   "v.revoked_at",
 ].join(", ");
 
@@ -23,8 +24,18 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
   return class TokenRows extends Base implements TokenStore {
     recordToken(r: Omit<TokenRecord, "revokedAt">): void {
       this.prep(
-        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-      ).run(r.id, r.kid, r.sub, JSON.stringify(r.chain), r.exp, r.mintedBy, r.createdAt, r.family);
+        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+      ).run(
+        r.id,
+        r.kid,
+        r.sub,
+        JSON.stringify(r.chain),
+        r.exp,
+        r.mintedBy,
+        r.createdAt,
+        r.family,
+        r.bounds?.length ? JSON.stringify(r.bounds) : null,
+      );
     }
     getToken(id: string): TokenRecord | undefined {
       const r = this.prep(`SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?`).get(id) as
@@ -49,10 +60,22 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       return rows.map(toToken);
     }
     countTokensBy(mintedBy: string): number {
-      return (this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ?").get(mintedBy) as { n: number }).n;
+      // The persona and every id under it ("p/" ≤ id < "p0", '0' following '/'): one index range.
+      return (
+        this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ? OR (minted_by >= ? AND minted_by < ?)").get(
+          mintedBy,
+          `${mintedBy}/`,
+          `${mintedBy}0`,
+        ) as { n: number }
+      ).n;
     }
     pruneTokensBy(mintedBy: string, before: number): number {
-      return this.prep("DELETE FROM tokens WHERE minted_by = ? AND exp < ?").run(mintedBy, before).changes;
+      return this.prep("DELETE FROM tokens WHERE (minted_by = ? OR (minted_by >= ? AND minted_by < ?)) AND exp < ?").run(
+        mintedBy,
+        `${mintedBy}/`,
+        `${mintedBy}0`,
+        before,
+      ).changes;
     }
     pruneTokens(before: number): number {
       return this.db.transaction(() => {
@@ -111,6 +134,8 @@ function toToken(r: Row): TokenRecord {
     createdAt: r.created_at as number,
     revokedAt: (r.revoked_at as number | null) ?? null,
     family: (r.family as string | null) ?? (r.id as string),
+    // Rows of an older kernel have none (and a value past the bound, tampering, reads as none).
+    ...(typeof r.bounds === "string" ? { bounds: JSON.parse(r.bounds) as TokenBound[] } : {}),
     ...(r.seq !== undefined ? { seq: r.seq as number } : {}),
   };
 }
