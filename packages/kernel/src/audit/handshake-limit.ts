@@ -1,3 +1,5 @@
+import { type Bucket, RateBuckets } from "./rate-buckets.js";
+
 /** How fast failed handshakes are written to the audit log (kernel settings). */
 export interface HandshakeRecordLimits {
   /** `session.handshake` records per second per transport; bursts up to 5× this. */
@@ -24,11 +26,6 @@ const MAX_NAMED = 16;
 /** Peer addresses with a bucket of their own at once. */
 const MAX_PEERS = 10_000;
 
-interface Bucket {
-  tokens: number;
-  at: number;
-}
-
 /**
  * A failed handshake costs an unauthenticated peer a connection and a few bytes, the kernel a
  * durable record: without a rate, garbage on the socket grows the chain as fast as the peer can
@@ -39,19 +36,22 @@ interface Bucket {
  * one record per tick.
  */
 export class HandshakeRecordLimiter {
-  private readonly transports = new Map<string, Bucket>();
-  private readonly peers = new Map<string, Bucket>();
+  private readonly transports: RateBuckets;
+  private readonly peers: RateBuckets;
   private readonly pending = new Map<string, SuppressedHandshakes & { seen: Set<string> }>();
 
   constructor(
     private readonly limits: HandshakeRecordLimits,
     private readonly clock: () => number = Date.now,
-  ) {}
+  ) {
+    this.transports = new RateBuckets(() => this.limits.transportRate);
+    this.peers = new RateBuckets(() => this.limits.peerRate);
+  }
 
   /** True: write this failure's record. False: it was counted for the transport's aggregate record. */
   admit(transport: string, peer: string, code: string): boolean {
     const now = this.clock();
-    const t = this.refill(this.transports, transport, this.limits.transportRate, now);
+    const t = this.transports.take(transport, now);
     const p = peer === "" ? undefined : this.peerBucket(`${transport} ${peer}`, now);
     if (t.tokens >= 1 && (!p || p.tokens >= 1)) {
       t.tokens--;
@@ -80,8 +80,7 @@ export class HandshakeRecordLimiter {
     const out = [...this.pending.values()].map(({ seen: _, ...s }) => s);
     this.pending.clear();
     const now = this.clock();
-    // A bucket idle for a full refill is full again: dropping it changes nothing.
-    for (const [k, v] of this.peers) if (now - v.at >= 5000) this.peers.delete(k);
+    this.peers.sweep(now);
     return out;
   }
 
@@ -91,20 +90,7 @@ export class HandshakeRecordLimiter {
    */
   private peerBucket(key: string, now: number): Bucket | undefined {
     if (!this.peers.has(key) && this.peers.size >= MAX_PEERS) return undefined;
-    return this.refill(this.peers, key, this.limits.peerRate, now);
-  }
-
-  private refill(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
-    const burst = rate * 5;
-    let b = map.get(key);
-    if (!b) {
-      b = { tokens: burst, at: now };
-      map.set(key, b);
-      return b;
-    }
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
-    return b;
+    return this.peers.take(key, now);
   }
 }
 

@@ -1,4 +1,5 @@
 import { rootPersona } from "../resources/lineage.js";
+import { type Bucket, RateBuckets } from "./rate-buckets.js";
 
 /** How fast refusals are written to the audit log, per session and per persona. */
 export interface RefusalLimits {
@@ -22,11 +23,6 @@ export interface Suppressed {
   since: number;
 }
 
-interface Bucket {
-  tokens: number;
-  at: number;
-}
-
 /**
  * Refusals cost the refused nothing and the kernel a durable record each: without a rate, a
  * persona with no capability at all can fill the disk. Within the rate every refusal gets its
@@ -35,8 +31,8 @@ interface Bucket {
  * flooding past `floodMax` suppressed refusals is ended.
  */
 export class RefusalLimiter {
-  private readonly sessions = new Map<string, Bucket>();
-  private readonly personas = new Map<string, Bucket>();
+  private readonly sessions: RateBuckets;
+  private readonly personas: RateBuckets;
   private readonly pending = new Map<string, Suppressed>();
   private readonly totals = new Map<string, number>();
 
@@ -47,14 +43,17 @@ export class RefusalLimiter {
   constructor(
     private readonly limits: RefusalLimits,
     private readonly clock: () => number = Date.now,
-  ) {}
+  ) {
+    this.sessions = new RateBuckets(() => this.limits.sessionRate);
+    this.personas = new RateBuckets(() => this.limits.personaRate);
+  }
 
   /** True: write this refusal's record. False: it was counted for the aggregate record. */
   admit(session: string, persona: string, errorClass: string): boolean {
     const now = this.clock();
-    const s = this.refill(this.sessions, session, this.limits.sessionRate, now);
+    const s = this.bucket(this.sessions, session, now);
     // A persona's rate covers its whole tree: its agents and sub-personas refuse on its budget.
-    const p = this.refill(this.personas, rootPersona(persona), this.limits.personaRate, now);
+    const p = this.bucket(this.personas, rootPersona(persona), now);
     if (s.tokens >= 1 && p.tokens >= 1) {
       s.tokens--;
       p.tokens--;
@@ -89,19 +88,10 @@ export class RefusalLimiter {
     this.totals.delete(session);
   }
 
-  private refill(map: Map<string, Bucket>, key: string, rate: number, now: number): Bucket {
-    const burst = rate * 5;
-    let b = map.get(key);
-    if (!b) {
-      b = { tokens: burst, at: now };
-      map.set(key, b);
-      // Idle buckets are full again: drop them rather than keep one per persona ever seen.
-      if (map.size > 10_000) for (const [k, v] of map) if (now - v.at > (burst / rate) * 1000) map.delete(k);
-      return b;
-    }
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
-    return b;
+  /** A key's bucket; idle buckets are swept once the table is large, rather than kept one per persona ever seen. */
+  private bucket(buckets: RateBuckets, key: string, now: number): Bucket {
+    if (!buckets.has(key) && buckets.size >= 10_000) buckets.sweep(now);
+    return buckets.take(key, now);
   }
 }
 
