@@ -177,29 +177,9 @@ function putOutput(
     .run({ id, ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])) });
 }
 
-const agentRow = rowReader<AgentRecord>({
-  id: true,
-  persona: true,
-  spawner: true,
-  command: true,
-  args: true,
-  pid: true,
-  state: true,
-  exitCode: true,
-  signal: true,
-  startedAt: true,
-  endedAt: true,
-  deadline: true,
-  stdout: true,
-  stderr: true,
-  tokenId: true,
-  cwd: true,
-});
-const toAgent = (r: Row): AgentRecord => {
-  const a = agentRow(r);
-  return { ...a, args: JSON.parse(a.args as unknown as string) as string[] };
-};
-const agentMetaRow = rowReader<Omit<AgentRecord, "stdout" | "stderr">>({
+/** An agent's columns without its output (listings read these only). */
+type AgentMeta = Omit<AgentRecord, "stdout" | "stderr">;
+const AGENT_META_FIELDS: { [K in keyof AgentMeta]-?: true } = {
   id: true,
   persona: true,
   spawner: true,
@@ -214,11 +194,13 @@ const agentMetaRow = rowReader<Omit<AgentRecord, "stdout" | "stderr">>({
   deadline: true,
   tokenId: true,
   cwd: true,
-});
-const toAgentMeta = (r: Row): Omit<AgentRecord, "stdout" | "stderr"> => {
-  const a = agentMetaRow(r);
-  return { ...a, args: JSON.parse(a.args as unknown as string) as string[] };
 };
+const agentRow = rowReader<AgentRecord>({ ...AGENT_META_FIELDS, stdout: true, stderr: true });
+const agentMetaRow = rowReader<AgentMeta>(AGENT_META_FIELDS);
+/** The row's args column parsed. */
+const withArgs = <T extends { args: string[] }>(a: T): T => ({ ...a, args: JSON.parse(a.args as unknown as string) as string[] });
+const toAgent = (r: Row): AgentRecord => withArgs(agentRow(r));
+const toAgentMeta = (r: Row): AgentMeta => withArgs(agentMetaRow(r));
 
 const toOp = rowReader<OpRecord>({
   id: true,
