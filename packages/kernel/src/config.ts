@@ -167,11 +167,11 @@ const DECLARED = {
     default: 3_600_000,
     description: "how long ended agents and their output are kept",
   },
-  /** Ended agents kept per spawner (the oldest are forgotten first), whatever their age: each may hold 2 × maxOutputBytes. */
+  /** Ended agents kept per spawner's persona tree (the oldest are forgotten first), whatever their age: each may hold 2 × maxOutputBytes. */
   maxEndedAgentsPerPersona: {
     type: "int",
     default: 100,
-    description: "ended agents (and their output) kept per spawner; older ones are forgotten",
+    description: "ended agents (and their output) kept per spawner's persona tree; older ones are forgotten",
   },
   /** Most personas one persona and its sub-personas may register through persona.register (the admin is exempt). */
   maxRegisteredPersonas: {

@@ -135,6 +135,33 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
   });
 });
 
+describe("bounded after authentication: ended agents over a persona's tree", { skip: sandboxSkip }, () => {
+  it("sub-personas a persona registers share its maxEndedAgentsPerPersona: their ended agents count against its tree", async () => {
+    const t = await startKernel({ maxEndedAgentsPerPersona: 2 });
+    try {
+      const rights = [
+        { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ];
+      const subs = await Promise.all(["tree/s0", "tree/s1", "tree/s2"].map((id) => t.persona(id, rights)));
+      for (const [i, p] of subs.entries()) {
+        const c = await t.connect(p.identity, [p.token]);
+        for (const j of [0, 1]) {
+          const name = `x${i}${j}`;
+          await c.agents.spawn("sh", name, noisy);
+          await until(async () => (await c.agents.status(`agent://sh/${name}`)).state !== "running" || undefined);
+        }
+      }
+      // Six ended agents were spawned in tree's subtree, two per sub-persona: the tree keeps two.
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agents WHERE spawner LIKE 'tree/%'"), 2);
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM agent_output WHERE id LIKE 'tree/%'"), 2);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("bounded after authentication: the persona registry", () => {
   it("persona.register stops at maxRegisteredPersonas for a persona's whole tree (RESOURCE, audited); removal reads only the subtree", async () => {
     const t = await startKernel({ maxRegisteredPersonas: 3 });

@@ -16,6 +16,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import { rootPersona } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
@@ -299,8 +300,9 @@ export class AgentManager {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
     }
     try {
-      // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner keeps a bounded number.
-      this.store.trimEndedAgents(rec.spawner, this.opts.maxEndedAgentsPerPersona);
+      // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
+      // keeps a bounded number (per spawner, sub-personas it registers would each keep as many).
+      this.store.trimEndedAgents(rootPersona(rec.spawner), this.opts.maxEndedAgentsPerPersona);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
     }

@@ -349,6 +349,6 @@ export interface AgentStore {
   updateAgent(id: string, f: Partial<AgentRecord>): void;
   /** Forgets up to `limit` agents that ended before `before`, with their output; returns how many. */
   pruneAgents(before: number, limit: number): number;
-  /** Forgets `spawner`'s ended agents beyond its newest `keep`, with their output; returns how many. */
-  trimEndedAgents(spawner: string, keep: number): number;
+  /** Forgets the ended agents spawned by `root` or any persona under it beyond their newest `keep`, with their output; returns how many. */
+  trimEndedAgents(root: string, keep: number): number;
 }

@@ -83,11 +83,12 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[],
       );
     }
-    trimEndedAgents(spawner: string, keep: number): number {
+    trimEndedAgents(root: string, keep: number): number {
+      // The tree as id ranges: '0' follows '/', so [root/, root0) is exactly the ids under root.
       return this.forgetAgents(
         this.prep(
-          "SELECT id FROM agents WHERE spawner = ? AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
-        ).all(spawner, keep) as Row[],
+          "SELECT id FROM agents WHERE (spawner = ? OR (spawner >= ? AND spawner < ?)) AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
+        ).all(root, `${root}/`, `${root}0`, keep) as Row[],
       );
     }
     /** Deletes the agents of `rows` (their ids) with their output, in one transaction. */
