@@ -38,7 +38,7 @@ const MAX_PEERS = 10_000;
 export class HandshakeRecordLimiter {
   private readonly transports: RateBuckets;
   private readonly peers: RateBuckets;
-  private readonly pending = new Map<string, SuppressedHandshakes & { seen: Set<string> }>();
+  private readonly pending = new Map<string, SuppressedHandshakes & { named: number }>();
 
   constructor(
     private readonly limits: HandshakeRecordLimits,
@@ -60,15 +60,15 @@ export class HandshakeRecordLimiter {
     }
     let agg = this.pending.get(transport);
     if (!agg) {
-      agg = { transport, count: 0, codes: {}, peers: {}, otherPeers: 0, since: now, seen: new Set() };
+      agg = { transport, count: 0, codes: {}, peers: {}, otherPeers: 0, since: now, named: 0 };
       this.pending.set(transport, agg);
     }
     agg.count++;
     agg.codes[code] = (Object.hasOwn(agg.codes, code) ? (agg.codes[code] as number) : 0) + 1;
     if (peer !== "") {
       if (Object.hasOwn(agg.peers, peer)) agg.peers[peer] = (agg.peers[peer] as number) + 1;
-      else if (agg.seen.size < MAX_NAMED) {
-        agg.seen.add(peer);
+      else if (agg.named < MAX_NAMED) {
+        agg.named++;
         agg.peers[peer] = 1;
       } else agg.otherPeers++;
     }
@@ -77,7 +77,7 @@ export class HandshakeRecordLimiter {
 
   /** The counts to write now (one per transport), forgotten once taken; idle peers' buckets go too (the kernel's tick). */
   take(): SuppressedHandshakes[] {
-    const out = [...this.pending.values()].map(({ seen: _, ...s }) => s);
+    const out = [...this.pending.values()].map(({ named: _, ...s }) => s);
     this.pending.clear();
     const now = this.clock();
     this.peers.sweep(now);

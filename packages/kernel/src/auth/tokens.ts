@@ -54,8 +54,10 @@ export class TokenService {
       maxExp = Math.min(maxExp, parent.maxExp);
     }
     const { kid, key } = this.keys.current();
+    // The parent's row, read once: its bounds and its rate family.
+    const parentRow = parent ? this.store.getToken(parent.id) : undefined;
     // What the chain's tokens hold over the personas spec.sub lies under: they bound it too.
-    const bounds = parent ? childBounds(spec.sub, parent, this.store.getToken(parent.id)?.bounds ?? []) : [];
+    const bounds = parent ? childBounds(spec.sub, parent, parentRow?.bounds ?? []) : [];
     const claims = {
       id: randomBytes(16).toString("hex"),
       kid,
@@ -80,7 +82,7 @@ export class TokenService {
       createdAt: now,
       // A child of a rate-limited token stays in its parent's family: the bucket is shared along
       // the chain, so minting children multiplies no rate. Without a parent rate, a new family.
-      family: parent?.limits.rate !== undefined ? (this.store.getToken(parent.id)?.family ?? parent.id) : claims.id,
+      family: parent?.limits.rate !== undefined ? (parentRow?.family ?? parent.id) : claims.id,
       bounds,
     });
     return token;

@@ -1,5 +1,5 @@
 import { TICK_SLICE_SESSIONS } from "../limits.js";
-import { sessionTree } from "../pipeline/admission.js";
+import { rootPersona } from "../resources/lineage.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
@@ -68,7 +68,7 @@ export class SessionRegistry implements SessionCounts {
 
   /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
   admit(s: Session, persona: string): string | undefined {
-    const tree = sessionTree(persona);
+    const tree = rootPersona(persona);
     const refused = this.decide(persona, this.attested, this.trees.get(tree) ?? 0);
     if (refused !== undefined) return refused;
     this.preauth.release(s);
@@ -83,7 +83,7 @@ export class SessionRegistry implements SessionCounts {
     this.preauth.release(s);
     if (s.persona) {
       this.attested--;
-      const tree = sessionTree(s.persona);
+      const tree = rootPersona(s.persona);
       const n = (this.trees.get(tree) ?? 1) - 1;
       if (n > 0) this.trees.set(tree, n);
       else this.trees.delete(tree);

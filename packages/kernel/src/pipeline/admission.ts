@@ -1,3 +1,4 @@
+import { rootPersona } from "../resources/lineage.js";
 import type { Refusal } from "./context.js";
 
 /** The bounds admission applies (kernel settings). */
@@ -16,12 +17,6 @@ export interface AdmissionLimits {
    */
   maxSessionsPerPersona?: number;
 }
-
-/** The persona tree a session counts under for `maxSessionsPerPersona`: its top-level id. */
-export const sessionTree = (persona: string): string => {
-  const i = persona.indexOf("/");
-  return i < 0 ? persona : persona.slice(0, i);
-};
 
 /** What admission sees of a session's requests. */
 export interface InFlightView {
@@ -54,7 +49,7 @@ export class Admission {
 
   /**
    * A persona attested while `attested` sessions are open, `tree` of them its tree's (see
-   * {@link sessionTree}): may it have one more? maxSessions bounds attested sessions, the last
+   * {@link rootPersona}): may it have one more? maxSessions bounds attested sessions, the last
    * `adminReserve` of them the admin's alone; maxSessionsPerPersona bounds one tree's, so one
    * persona cannot take every slot but the admin's. A refusal is the fatal
    * RESOURCE/TOO_MANY_SESSIONS of the handshake (audited as `session.handshake`).
@@ -64,7 +59,7 @@ export class Admission {
     if (persona !== adminPersona && maxSessionsPerPersona !== undefined && tree >= maxSessionsPerPersona) {
       return {
         errorClass: "RESOURCE",
-        message: `persona ${sessionTree(persona)} and its sub-personas already have ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+        message: `persona ${rootPersona(persona)} and its sub-personas already have ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
       };
     }
     // At most maxSessions - 1 reserved: some persona other than the admin can always get in.

@@ -1,5 +1,6 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
+import { rootPersona } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -21,9 +22,6 @@ export interface PersonaFamilyHost {
 
 /** The registered personas at or under `id` (a range of the registry, not the whole of it). */
 const personasUnder = (store: PersonaStore, id: string) => store.personasUnder(id);
-
-/** The top-level persona of `id`: what it and every persona under it register counts against one bound. */
-const treeRoot = (id: string) => id.split("/")[0] as string;
 
 /**
  * Why `id` may not be removed, if it may not: the admin persona (or a persona above it), and —
@@ -102,7 +100,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
             // Counted over the caller's whole tree: sub-personas (and agents) it delegated to
             // register against the same bound, so delegation does not multiply it.
-            const root = treeRoot(ctx.persona);
+            const root = rootPersona(ctx.persona);
             if (ctx.persona !== host.admin && store.countRegisteredWithin(root) >= host.maxRegistered) {
               throw new OpError(
                 "RESOURCE",
