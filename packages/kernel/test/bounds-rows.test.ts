@@ -237,6 +237,8 @@ describe("agent and op rows of an older home", () => {
       "INSERT INTO ops (id, persona, session, kind, name, state, result, created_at, finished_at, expires_at) " +
         "VALUES (?, 'old', 's', 'task', 'x', 'succeeded', ?, ?, ?, ?)",
     ).run("c".repeat(32), out, now, now, now + 3_600_000);
+    // An older kernel left no note that its outputs moved.
+    db.prepare("DELETE FROM meta WHERE key IN ('agent_output_moved', 'op_results_moved')").run();
     db.close();
     const t = await startKernel({}, home);
     try {

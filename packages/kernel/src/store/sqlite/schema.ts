@@ -71,17 +71,27 @@ export function openDatabase(path: string): Database.Database {
  * ended ones.
  */
 function migrateAgents(db: Database.Database): void {
-  db.transaction(() => {
-    if (db.prepare("SELECT 1 FROM agents WHERE stdout IS NOT NULL OR stderr IS NOT NULL LIMIT 1").get()) {
-      db.exec(
-        "INSERT OR REPLACE INTO agent_output (id, stdout, stderr) SELECT id, stdout, stderr FROM agents WHERE stdout IS NOT NULL OR stderr IS NOT NULL",
-      );
-      db.exec("UPDATE agents SET stdout = NULL, stderr = NULL WHERE stdout IS NOT NULL OR stderr IS NOT NULL");
-    }
-  })();
+  moveOnce(db, "agent_output_moved", () => {
+    db.exec(
+      "INSERT OR REPLACE INTO agent_output (id, stdout, stderr) SELECT id, stdout, stderr FROM agents WHERE stdout IS NOT NULL OR stderr IS NOT NULL",
+    );
+    db.exec("UPDATE agents SET stdout = NULL, stderr = NULL WHERE stdout IS NOT NULL OR stderr IS NOT NULL");
+  });
   db.exec("CREATE INDEX IF NOT EXISTS agents_spawner ON agents (spawner)");
   db.exec("CREATE INDEX IF NOT EXISTS agents_state ON agents (state)");
   db.exec("CREATE INDEX IF NOT EXISTS agents_ended ON agents (ended_at) WHERE ended_at IS NOT NULL");
+}
+
+/**
+ * Runs a one-time move of rows in one transaction and notes it in `meta` under `key`, so later
+ * starts look the note up instead of scanning the table for rows left to move.
+ */
+function moveOnce(db: Database.Database, key: string, move: () => void): void {
+  if (db.prepare("SELECT 1 FROM meta WHERE key = ?").get(key)) return;
+  db.transaction(() => {
+    move();
+    db.prepare("INSERT INTO meta (key, value) VALUES (?, '1')").run(key);
+  })();
 }
 
 /**
@@ -100,12 +110,10 @@ function migrateObjects(db: Database.Database): void {
  * list their status columns, 0.1 ms without). Results of an older home move once.
  */
 function migrateOps(db: Database.Database): void {
-  db.transaction(() => {
-    if (db.prepare("SELECT 1 FROM ops WHERE result IS NOT NULL LIMIT 1").get()) {
-      db.exec("INSERT OR REPLACE INTO op_results (id, result) SELECT id, result FROM ops WHERE result IS NOT NULL");
-      db.exec("UPDATE ops SET result = NULL WHERE result IS NOT NULL");
-    }
-  })();
+  moveOnce(db, "op_results_moved", () => {
+    db.exec("INSERT OR REPLACE INTO op_results (id, result) SELECT id, result FROM ops WHERE result IS NOT NULL");
+    db.exec("UPDATE ops SET result = NULL WHERE result IS NOT NULL");
+  });
   db.exec("CREATE INDEX IF NOT EXISTS ops_expires ON ops (expires_at)");
 }
 
