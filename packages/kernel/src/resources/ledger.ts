@@ -158,14 +158,17 @@ export class ResourceLedger {
   /** One more thing in flight for `persona` and every persona it lies under. */
   private enter(persona: string): void {
     this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
-    if (persona.includes("/"))
-      for (const s of personaLineage(persona).slice(1)) this.inFlight.set(s, (this.inFlight.get(s) ?? 0) + 1);
+    // The personas it lies under (personaLineage's walk, without building its array per request).
+    for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) {
+      const s = persona.slice(0, i);
+      this.inFlight.set(s, (this.inFlight.get(s) ?? 0) + 1);
+    }
   }
 
   /** One thing in flight for `persona` (and so for every persona it lies under) ended: a request {@link admit}ted, or through {@link hold}'s release. */
   leave(persona: string): void {
-    if (persona.includes("/")) for (const s of personaLineage(persona)) this.leaveOne(s);
-    else this.leaveOne(persona);
+    this.leaveOne(persona);
+    for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) this.leaveOne(persona.slice(0, i));
   }
 
   private leaveOne(persona: string): void {
