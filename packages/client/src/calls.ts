@@ -228,6 +228,12 @@ export class CallTable {
   private send(p: PendingCall): void {
     const link = this.host.readyLink();
     if (!this.pending.has(p.stream) || p.sent || !link) return;
+    if (p.intentPieces !== undefined) {
+      const caps = p.caps ?? this.host.handles();
+      const { pieces, bodySize } = this.encoder.framePieces(p.id, p.stream, caps, p.context, link.version, p.intentPieces);
+      if (this.fitsOn(p, link, bodySize)) link.sendPieces(pieces);
+      return;
+    }
     // Large intents (bulk payloads) are referenced, not copied again, into the frame: the pieces
     // go to the socket as one vectored write, or straight into the shared-memory segment.
     const { pieces, bodySize } = framePieces(

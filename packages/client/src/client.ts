@@ -187,7 +187,11 @@ export class KernelClient extends EventEmitter {
 
   // ---- calls -----------------------------------------------------------------------
 
-  /** Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. */
+  /**
+   * Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. Byte strings of
+   * 64 KiB or more in `args` are sent from the caller's own memory, not copied: do not change
+   * them until the promise settles.
+   */
   call(op: string, target: string, args: CborMap = NO_ARGS, opts: CallOptions = NO_OPTIONS): Promise<CallResult> {
     // One promise from here to the answer: the call table settles it with the result or the KpipError.
     return this.refused() ?? this.calls.call(op, target, args, opts, this.state !== "ready");

@@ -73,7 +73,11 @@ export class StorageApi {
   ) {
     this.op = opCall(call);
   }
-  /** Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n. */
+  /**
+   * Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n.
+   * Bytes of 64 KiB or more are sent from `data` itself, not a copy: do not change them until the
+   * promise settles (a retry or a resend after a reconnect sends them again).
+   */
   async write(
     target: string,
     data: Uint8Array | string,

@@ -27,6 +27,8 @@ export class PendingCall implements Expiring {
   private intentAt = 0;
   private intentEnd = 0;
   private intentBytes: Uint8Array | undefined = undefined;
+  /** A large intent, as the pieces it was encoded in (its bulk byte strings the caller's own, not copied). */
+  intentPieces: Uint8Array[] | undefined = undefined;
   private signal: AbortSignal | undefined = undefined;
   private onAbort: (() => void) | undefined = undefined;
 
@@ -58,8 +60,9 @@ export class PendingCall implements Expiring {
     this.intentEnd = f.intentEnd;
   }
 
-  setIntent(bytes: Uint8Array): void {
-    this.intentBytes = bytes;
+  setIntent(bytes: Uint8Array | Uint8Array[]): void {
+    if (Array.isArray(bytes)) this.intentPieces = bytes;
+    else this.intentBytes = bytes;
   }
 
   /** Aborting `signal` runs `onAbort` (until the call settles). */

@@ -1,5 +1,4 @@
 import {
-  CanonicalWriter,
   type CapabilityRef,
   CborError,
   type CborMap,
@@ -11,6 +10,7 @@ import {
   IntentError,
   MessageType,
   PIECE_REF_MIN,
+  PieceWriter,
   type RequestContext,
   validateIntent,
   validateIntentFields,
@@ -35,7 +35,8 @@ export interface RequestFrame {
  * request-frame.test.ts); resends go through that generic path.
  */
 export class RequestEncoder {
-  private w = new CanonicalWriter(512);
+  /** Byte strings of PIECE_REF_MIN bytes or more are referenced, not copied: a bulk payload is never copied into its intent. */
+  private w = newWriter();
   private capsFor: readonly CapabilityRef[] | undefined;
   private capsBytes: Buffer = EMPTY;
   private tailVersion = -1;
@@ -95,16 +96,20 @@ export class RequestEncoder {
     return w.length;
   }
 
-  /** The encoded intent is large: it is handed over as it is and the scratch writer replaced (no copy). */
-  takeIntent(): Buffer {
-    const bytes = this.w.finish();
-    this.w = new CanonicalWriter(512);
-    return bytes;
+  /**
+   * The encoded intent is large: it is handed over as pieces (views of the scratch writer's
+   * buffer and the referenced byte strings, which the caller must not change until the call
+   * settles) and the scratch writer replaced, so nothing is copied.
+   */
+  takeIntent(): Uint8Array[] {
+    const pieces = this.w.finishParts();
+    this.w = newWriter();
+    return pieces;
   }
 
   /** A copy of the encoded intent (for a call that waits for a session before its first frame). */
   copyIntent(): Buffer {
-    return Buffer.from(this.w.finish());
+    return Buffer.concat(this.w.finishParts());
   }
 
   /**
@@ -146,9 +151,50 @@ export class RequestEncoder {
     at = put(out, at, KEY_INTENT);
     at = writeHead(out, at, 2, intentLen);
     const intentAt = at;
-    at += this.w.copyTo(out, at);
+    // Below PIECE_REF_MIN bytes nothing was referenced: the intent is one piece.
+    at = put(out, at, this.w.finishParts()[0] as Uint8Array);
     put(out, at, tail);
     return { frame: out, intentAt, intentEnd: intentAt + intentLen };
+  }
+
+  /**
+   * A REQUEST frame around an intent taken as pieces ({@link takeIntent}), as pieces for a
+   * vectored write: the same bytes {@link frame} would build, with the intent's referenced byte
+   * strings not copied. `context` undefined: the default context.
+   */
+  framePieces(
+    id: number,
+    stream: number,
+    caps: readonly CapabilityRef[],
+    context: RequestContext | undefined,
+    version: number,
+    intent: readonly Uint8Array[],
+  ): { pieces: Uint8Array[]; bodySize: number } {
+    let intentLen = 0;
+    for (const p of intent) intentLen += p.length;
+    const capsBytes = this.caps(caps);
+    const tail = context === undefined ? this.tail(version) : this.encodeTail(context, version);
+    const headSizeBytes =
+      HEADER_SIZE +
+      1 +
+      KEY_ID.length +
+      headSize(id) +
+      KEY_CAPS.length +
+      capsBytes.length +
+      KEY_INTENT.length +
+      headSize(intentLen);
+    const bodySize = headSizeBytes - HEADER_SIZE + intentLen + tail.length;
+    const head = Buffer.allocUnsafe(headSizeBytes);
+    writeHeader(head, 0, { type: MessageType.REQUEST, flags: 0, stream, length: bodySize });
+    let at = HEADER_SIZE;
+    head[at++] = 0xa6;
+    at = put(head, at, KEY_ID);
+    at = writeHead(head, at, 0, id);
+    at = put(head, at, KEY_CAPS);
+    at = put(head, at, capsBytes);
+    at = put(head, at, KEY_INTENT);
+    writeHead(head, at, 2, intentLen);
+    return { pieces: [head, ...intent, tail], bodySize };
   }
 
   /**
@@ -181,6 +227,7 @@ export class RequestEncoder {
 }
 
 const EMPTY = Buffer.alloc(0);
+const newWriter = () => new PieceWriter(512, 0, PIECE_REF_MIN);
 const KEY_ID = encodeCanonical("id");
 const KEY_CAPS = encodeCanonical("caps");
 const KEY_INTENT = encodeCanonical("intent");

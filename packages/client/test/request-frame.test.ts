@@ -7,6 +7,7 @@ import {
   type CborValue,
   encodeIntent,
   framePieces,
+  HEADER_SIZE,
   type Intent,
   PIECE_REF_MIN,
   type RequestContext,
@@ -177,15 +178,26 @@ describe("RequestEncoder: the client's REQUEST frames, byte for byte the generic
     assert.deepEqual(first?.frame, copy);
   });
 
-  it("a large intent is not copied into a frame: it is handed over whole, and the next encoding leaves it alone", () => {
+  it("a large intent is not copied: its bulk bytes are referenced in its pieces, the next encoding leaves them alone, and its frame's pieces are the generic frame's bytes", () => {
     const enc = new RequestEncoder(PERSONA, DEFAULT_CONTEXT);
     const data = Buffer.alloc(PIECE_REF_MIN, 7);
     const intent: Intent = { op: "storage.write", args: { data }, target: "obj://ws1/big" };
-    enc.encodeIntent(intent);
+    assert.equal(enc.encodeIntent(intent), encodeIntent(intent).length);
     assert.equal(enc.frame(1, 1, [], undefined, 1), undefined);
     const taken = enc.takeIntent();
+    assert.ok(taken.includes(data), "the caller's bytes are a piece, not copied");
     enc.encodeCall("x.y", "kernel://", { data: Buffer.alloc(100, 9) }, undefined);
-    assert.deepEqual(taken, encodeIntent(intent));
+    assert.deepEqual(Buffer.concat(taken), encodeIntent(intent));
+    for (const [ctx, caps] of [
+      [undefined, [1, 2]],
+      [{ persona: PERSONA, domain: "d" }, [3]],
+    ] as const) {
+      const { pieces, bodySize } = enc.framePieces(70_000, 70_000, caps, ctx, 1, taken);
+      const want = reference(intent, 70_000, [...caps], ctx, 1);
+      assert.deepEqual(Buffer.concat(pieces), want.frame);
+      assert.equal(bodySize, want.frame.length - HEADER_SIZE);
+      assert.ok(pieces.includes(data));
+    }
   });
 
   it("caps are encoded afresh unless the array is frozen handles: a caller's array changed between calls is sent as it is now", () => {

@@ -73,6 +73,13 @@ const DECLARED = {
     default: 64 * 1024 * 1024,
     description: "bytes queued to a non-reading peer before it is dropped",
   },
+  /** Memory large request bodies are received into and reused from (session/body-pool.ts). */
+  bodyPoolBytes: {
+    type: "int",
+    default: 128 * 1024 * 1024,
+    zeroAllowed: true,
+    description: "memory kept to receive large request bodies into again, in bytes (0 = fresh memory for each)",
+  },
   auditBatchMax: { type: "int", default: 512, description: "most audit records per commit" },
   auditCheckpointEvery: { type: "int", default: 10_000, description: "records between signed audit checkpoints" },
   /** Largest intent whose bytes an audit record keeps; larger intents keep their hash only. */

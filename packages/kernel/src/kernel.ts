@@ -124,6 +124,11 @@ export class Kernel {
     this.inspector ??= inspector(this.started.store);
     return this.inspector;
   }
+  /** Large request bodies' memory: slabs made, bodies received into a kept slab, bytes kept now. */
+  get bodyPool(): { made: number; reused: number; keptBytes: number } {
+    const p = this.services?.host.bodies;
+    return { made: p?.made ?? 0, reused: p?.reused ?? 0, keptBytes: p?.keptBytes ?? 0 };
+  }
   /** Prometheus series (always counted; served when metricsListen is set). */
   get metrics(): KernelMetrics | undefined {
     return this.services?.metrics;

@@ -5,7 +5,7 @@
 
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
 export { decodeCanonical } from "./cbor/decode.js";
-export { CanonicalWriter, compareKeys, encodeCanonical, headSize, sortKeys, writeHead } from "./cbor/encode.js";
+export { CanonicalWriter, compareKeys, encodeCanonical, headSize, PieceWriter, sortKeys, writeHead } from "./cbor/encode.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
   type ByteChannel,
@@ -19,7 +19,7 @@ export {
 export { FrameReader, framePieces, PIECE_REF_MIN, writeMessage, writePieces } from "./channel/frames.js";
 export * from "./constants.js";
 export * from "./errors.js";
-export { type Frame, FrameDecoder } from "./frame/decoder.js";
+export { type BodyAllocator, type Frame, FrameDecoder } from "./frame/decoder.js";
 export { encodeFrame, encodeFrameParts, encodeFramePieces, type FrameOptions } from "./frame/encoder.js";
 export { type FrameHeader, readHeader, writeHeader } from "./frame/header.js";
 export * from "./identity.js";

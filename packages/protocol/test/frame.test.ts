@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import fc from "fast-check";
 import { PieceWriter } from "../src/cbor/encode.js";
 import {
   encodeCanonical,
@@ -58,16 +59,21 @@ describe("FrameDecoder", () => {
     assert.equal(small.length, 1);
   });
 
-  it("a piece writer hands its encoding out only as pieces (its buffer alone is not the encoding)", () => {
+  it("a piece writer hands its encoding out only as pieces (its buffer alone is not the encoding), knows its length and starts again after reset", () => {
     const w = new PieceWriter(64, 0, 16);
     w.write({ data: Buffer.alloc(100, 1), n: 2 });
     assert.ok(Buffer.concat(w.finishParts()).equals(encodeCanonical({ data: Buffer.alloc(100, 1), n: 2 })));
     // @ts-expect-error what its buffer holds is not the whole encoding (the byte string is referenced)
     assert.equal(w.finish, undefined);
-    // @ts-expect-error nor its length
-    assert.equal(w.length, undefined);
     // @ts-expect-error nor a copy of it
     assert.equal(w.copyTo, undefined);
+    // Its length is the whole encoding's, the referenced string included.
+    assert.equal(w.length, encodeCanonical({ data: Buffer.alloc(100, 1), n: 2 }).length);
+    // After reset it starts again: nothing of the first encoding is left in its pieces.
+    w.reset();
+    w.write({ n: 3 });
+    assert.deepEqual(Buffer.concat(w.finishParts()), encodeCanonical({ n: 3 }));
+    assert.equal(w.length, encodeCanonical({ n: 3 }).length);
   });
 
   it("decodes frames from 1-byte chunks", () => {
@@ -144,5 +150,71 @@ describe("FrameDecoder", () => {
       () => d.end(),
       (e: unknown) => e instanceof FrameError && e.code === "TRUNCATED",
     );
+  });
+});
+
+describe("FrameDecoder with an allocator for large frames", () => {
+  const frames = (sizes: number[]) =>
+    Buffer.concat(
+      sizes.map((n, i) => {
+        const body = Buffer.alloc(n, (i * 37 + 11) & 0xff);
+        const h = Buffer.alloc(HEADER_SIZE);
+        writeHeader(h, 0, { type: MessageType.PING, flags: 0, stream: i, length: n });
+        return Buffer.concat([h, body]);
+      }),
+    );
+
+  it("gives the same frames as without one, in any chunking; the allocator is asked once per large frame, for its exact size", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.oneof(fc.integer({ min: 0, max: 300 }), fc.integer({ min: 1_100_000, max: 1_400_000 })), {
+          minLength: 1,
+          maxLength: 5,
+        }),
+        fc.array(fc.integer({ min: 1, max: 200_000 }), { minLength: 1, maxLength: 20 }),
+        (sizes, cuts) => {
+          const bytes = frames(sizes);
+          const asked: number[] = [];
+          const plain = new FrameDecoder(2_000_000);
+          const pooled = new FrameDecoder(2_000_000, (n) => {
+            asked.push(n);
+            return Buffer.alloc(n + 10).subarray(0, n);
+          });
+          const got: { plain: string[]; pooled: string[] } = { plain: [], pooled: [] };
+          let at = 0;
+          let k = 0;
+          while (at < bytes.length) {
+            const n = Math.min(cuts[k++ % cuts.length] as number, bytes.length - at);
+            const chunk = bytes.subarray(at, at + n);
+            for (const f of plain.push(chunk)) got.plain.push(`${f.stream}:${Buffer.from(f.body).toString("base64")}`);
+            for (const f of pooled.push(chunk)) got.pooled.push(`${f.stream}:${Buffer.from(f.body).toString("base64")}`);
+            at += n;
+          }
+          assert.deepEqual(got.pooled, got.plain);
+          assert.equal(got.plain.length, sizes.length);
+          assert.deepEqual(
+            asked,
+            sizes.filter((n) => n > 256 * 1024).map((n) => n + HEADER_SIZE),
+          );
+        },
+      ),
+      { numRuns: 40 },
+    );
+  });
+
+  it("a peer that declares a large body and sends little gets nothing from the allocator", () => {
+    let asked = 0;
+    const d = new FrameDecoder(64 * 1024 * 1024, (n) => {
+      asked++;
+      return Buffer.alloc(n);
+    });
+    const h = Buffer.alloc(HEADER_SIZE);
+    writeHeader(h, 0, { type: MessageType.PING, flags: 0, stream: 1, length: 60 * 1024 * 1024 });
+    d.push(h);
+    for (let i = 0; i < 15; i++) d.push(Buffer.alloc(64 * 1024));
+    assert.equal(asked, 0, "under 1 MiB received: the body is held as what arrived");
+    d.push(Buffer.alloc(64 * 1024));
+    assert.equal(asked, 1);
+    assert.equal(d.pending, HEADER_SIZE + 16 * 64 * 1024);
   });
 });

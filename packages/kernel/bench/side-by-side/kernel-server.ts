@@ -31,6 +31,8 @@ const bench: PrimitiveFamily = {
       args: { data: { type: "bytes", required: true, description: "the payload" } },
       idempotent: true,
       effects: false,
+      // Reads only the length: the kernel may reuse a large body's memory once it answered.
+      releasesArgs: true,
       handler: (ctx) => ({ status: "SUCCESS", payload: { length: (ctx.args.data as Uint8Array).length } }),
     },
     {

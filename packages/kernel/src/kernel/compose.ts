@@ -38,6 +38,7 @@ import { GrantBounds } from "../resources/lineage.js";
 import { ProcessTable } from "../sandbox/processes.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { openSandbox, sandboxInfo, sandboxSummary } from "../sandbox/setup.js";
+import { BodyPool } from "../session/body-pool.js";
 import { PeerLogLimiter } from "../session/log-limit.js";
 import { PersonaKeys } from "../session/persona-keys.js";
 import type { SessionHost } from "../session/session.js";
@@ -303,6 +304,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       input.clock,
     );
+    const bodies = new BodyPool(c.bodyPoolBytes);
     const pipeline = new Pipeline({
       ledger,
       router,
@@ -314,6 +316,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       refusals,
       answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
       admission,
+      bodies,
     });
     pipelineRef = pipeline;
     const host: SessionHost = {
@@ -340,6 +343,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       sessionClosed: (s) => sessions.closed(s),
       sessionDrained: (s) => events.drained(s.id),
       shm: sharedMemory(c, kernelId, log),
+      bodies,
     };
     const status = (persona: string) =>
       kernelStatus(

@@ -8,6 +8,7 @@ import type { KernelMetrics } from "../metrics/metrics.js";
 import type { Router } from "../primitives/router.js";
 import type { OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
+import type { BodyPool } from "../session/body-pool.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
@@ -46,6 +47,8 @@ export interface PipelineDeps {
   refusals?: RefusalLimiter;
   /** Answers in preparation (default: what suits the default 64 MiB write buffer). */
   answers?: AnswerBudget;
+  /** Large bodies' memory, given back once an op that `releasesArgs` has run (none: nothing is given back). */
+  bodies?: BodyPool;
 }
 
 /**
@@ -388,6 +391,8 @@ export class Pipeline {
       throw e;
     } finally {
       ctx.lease?.release();
+      // The handler has settled and both records are encoded (each a copy): the body is done with.
+      if ((ctx.decl as NonNullable<RequestCtx["decl"]>).releasesArgs) this.deps.bodies?.giveBack(ctx.req.intent);
     }
     return this.settle(ctx, tag, response);
   }

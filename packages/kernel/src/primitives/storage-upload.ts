@@ -35,6 +35,8 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
       },
     }),
     implement(storageUploadChunk, {
+      // The chunk's write to the partial file is done when the handler settles (the hash reads the file).
+      releasesArgs: true,
       handler: async (ctx) => {
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
         const offset = ctx.args.offset;

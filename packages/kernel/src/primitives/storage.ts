@@ -24,6 +24,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
     name: "storage",
     ops: [
       implement(storageWrite, {
+        // The body is written, synced and hashed before the handler settles; small ones are copied into the database.
+        releasesArgs: true,
         handler: async (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const data = dataArg(ctx);

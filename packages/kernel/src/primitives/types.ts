@@ -87,6 +87,14 @@ export interface PrimitiveDeclaration {
    */
   impliedBy?(grant: Grant, target: string): boolean;
   /**
+   * The handler keeps no reference to its arguments' bytes once its promise settles, and every
+   * read and write of them (a file write under way included) is done by then. The kernel may
+   * then reuse a large request body's memory for the next one (session/body-pool.ts). Leave it
+   * unset unless that holds on every path, failures included: a body still in use when its
+   * memory is reused would carry another request's bytes.
+   */
+  releasesArgs?: boolean;
+  /**
    * The op's ownership rule, evaluated by the pipeline after authorization and the argument
    * check, before the handler (pipeline/ownership.ts): `true` when the caller may act on this
    * target, else why not (answered PERMISSION). Whose token, whose persona, a right beyond the

@@ -4,6 +4,7 @@ import type { AuditLog } from "../audit/log.js";
 import type { AttestedToken } from "../audit/session-records.js";
 import type { Logger } from "../log.js";
 import type { Pipeline } from "../pipeline/pipeline.js";
+import type { BodyPool } from "./body-pool.js";
 import type { HandleTable } from "./handles.js";
 import type { PeerLogLimiter } from "./log-limit.js";
 import type { PersonaKeys } from "./persona-keys.js";
@@ -53,4 +54,6 @@ export interface SessionHostOf<S> {
   sessionDrained(s: S): void;
   /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
   readonly shm?: { native: ShmNative; threshold: number };
+  /** Where an attested session's large bodies are received (none: fresh memory). */
+  readonly bodies?: BodyPool;
 }

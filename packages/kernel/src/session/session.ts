@@ -76,7 +76,7 @@ export class Session implements SessionView, EventSink {
     this.peerAddress = addressOf(conn);
     this.records = new SessionRecords(host.audit, this.id, originOf(conn));
     this.maxBody = host.limits.maxBodyBytes;
-    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes));
+    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory);
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -115,6 +115,12 @@ export class Session implements SessionView, EventSink {
   write(frame: Uint8Array): void {
     if (this.state !== "closed") this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
   }
+
+  /** A large body's memory: the pool's once attested (a peer still handshaking gets fresh memory, as it never gives any back). */
+  private readonly bodyMemory = (n: number): Buffer =>
+    this.state === "ready" || this.state === "closing"
+      ? (this.host.bodies?.take(n) ?? Buffer.allocUnsafe(n))
+      : Buffer.allocUnsafe(n);
 
   private onData(chunk: Uint8Array): void {
     try {
@@ -202,6 +208,7 @@ export class Session implements SessionView, EventSink {
         peerName: shmSegmentName(this.host.kernelId, this.id, "p"),
         maxBody,
         threshold: shm.threshold,
+        alloc: this.bodyMemory,
       });
     }
     const frame = challengeFrame(

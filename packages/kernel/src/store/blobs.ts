@@ -124,7 +124,8 @@ export class BlobStore {
       // closed only once the write is done with it (a number closed early could be reused by
       // another file, which the pending write would then write into).
       unlinkQuiet(t.path);
-      void stored.then(
+      // Waited for: the caller may reuse the body's memory once this settles (releasesArgs).
+      await stored.then(
         () => closeSync(t.fd),
         () => closeSync(t.fd),
       );

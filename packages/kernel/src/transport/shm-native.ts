@@ -49,8 +49,8 @@ const FILE_HEADER = 8;
 /** The segment behind an open descriptor: every access a copy, short past the file's end. */
 function fdSegment(fd: number): ShmSegment {
   return {
-    read(off, len) {
-      const out = Buffer.allocUnsafe(len);
+    read(off, len, into) {
+      const out = into ?? Buffer.allocUnsafe(len);
       let got = 0;
       while (got < len) {
         const n = readSync(fd, out, got, len - got, FILE_HEADER + off + got);

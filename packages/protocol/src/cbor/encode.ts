@@ -267,13 +267,15 @@ export class CanonicalWriter extends CborEncoder {
 /**
  * A writer whose byte strings of `refMin` bytes or more are referenced, not copied: the
  * encoding comes back as pieces from {@link finishParts} for a vectored write (the caller must
- * not change those bytes meanwhile). It has no `finish`, `length`, `copyTo` or `reset`: its own
- * buffer is not the whole encoding.
+ * not change those bytes meanwhile). It has no `finish` or `copyTo`: its own buffer is not the
+ * whole encoding.
  */
 export class PieceWriter extends CborEncoder {
   /** Finished pieces: the buffer up to a referenced byte string, and the string. */
   private readonly done: Uint8Array[] = [];
   private segStart = 0;
+  /** Bytes of the referenced strings. */
+  private referenced = 0;
 
   constructor(
     initialSize: number,
@@ -291,6 +293,20 @@ export class PieceWriter extends CborEncoder {
     this.head(2, v.length);
     this.done.push(this.buf.subarray(this.segStart, this.pos), v);
     this.segStart = this.pos;
+    this.referenced += v.length;
+  }
+
+  /** Bytes of the encoding so far (headroom and referenced strings included). */
+  get length(): number {
+    return this.pos + this.referenced;
+  }
+
+  /** Starts again at the beginning of the same buffer (views of earlier pieces are overwritten from here on). */
+  reset(): void {
+    this.pos = 0;
+    this.segStart = 0;
+    this.referenced = 0;
+    this.done.length = 0;
   }
 
   /** The encoding as pieces in order: views of the writer's buffer and the referenced byte strings. */

@@ -1,6 +1,6 @@
 import { HEADER_SIZE } from "../constants.js";
 import { CodecError } from "../errors.js";
-import { type Frame, FrameDecoder } from "../frame/decoder.js";
+import { type BodyAllocator, type Frame, FrameDecoder } from "../frame/decoder.js";
 import { decodeMessage, encodeMessagePieces } from "../messages/codec.js";
 import type { Message } from "../messages/types.js";
 import type { ShmPeer } from "../shm/peer.js";
@@ -18,8 +18,9 @@ export class FrameReader {
   /** The session's shared-memory channel, once "shm" was negotiated. */
   shm: ShmPeer | undefined;
 
-  constructor(maxBody?: number) {
-    this.decoder = new FrameDecoder(maxBody);
+  /** `alloc`: where large frames are joined (see {@link BodyAllocator}); the shm channel takes its own. */
+  constructor(maxBody?: number, alloc?: BodyAllocator) {
+    this.decoder = new FrameDecoder(maxBody, alloc);
   }
 
   /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */

@@ -8,6 +8,12 @@ export interface Frame extends FrameHeader {
 }
 
 /**
+ * Gives the buffer a large body is assembled in: exactly `n` bytes, e.g. a view of memory kept
+ * for reuse (fresh memory costs a page fault per 4 KiB on first touch, far more than the copy).
+ */
+export type BodyAllocator = (n: number) => Buffer;
+
+/**
  * Streaming frame decoder: feed it bytes in any chunking, get whole frames back.
  *
  * The declared body length is checked against `maxBody` as soon as the header is complete,
@@ -27,7 +33,11 @@ export class FrameDecoder {
   private parts: Uint8Array[] | undefined;
   private failed: FrameError | undefined;
 
-  constructor(private maxBody: number = DEFAULT_LIMITS.maxBodyBytes) {}
+  constructor(
+    private maxBody: number = DEFAULT_LIMITS.maxBodyBytes,
+    /** Where a large frame is joined (by default fresh memory). */
+    private readonly alloc?: BodyAllocator,
+  ) {}
 
   /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */
   setMaxBody(n: number): void {
@@ -82,7 +92,7 @@ export class FrameDecoder {
       }
       if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
         // Hand the buffer over as the body: it is never written again.
-        const whole = this.parts ? Buffer.concat(this.parts, this.accLen) : this.acc;
+        const whole = this.parts ? join(this.parts, this.accLen, this.alloc) : this.acc;
         out.push(frameOf(this.header, whole.subarray(HEADER_SIZE, this.accLen)));
         this.acc = EMPTY;
         this.accLen = 0;
@@ -107,6 +117,29 @@ export class FrameDecoder {
   }
 
   private append(src: Uint8Array, pos: number, n: number): void {
+    const h = this.header;
+    if (h !== undefined && this.alloc !== undefined && h.length > LARGE_FRAME && this.accLen + n >= ALLOC_AFTER) {
+      // A large frame with an allocator goes straight into the buffer it is handed over in, as
+      // it arrives: the chunks it came in are let go at once, so their memory serves the next
+      // ones (64 MiB of chunks kept until the frame was whole grew the heap anew each time).
+      // Only once ALLOC_AFTER bytes came: a peer that declares a large body and sends little
+      // holds what it sent, not the body's size.
+      if (this.acc.length < HEADER_SIZE + h.length) {
+        const into = this.alloc(HEADER_SIZE + h.length);
+        if (this.parts) {
+          let at = 0;
+          for (const p of this.parts) {
+            into.set(p, at);
+            at += p.length;
+          }
+          this.parts = undefined;
+        } else if (this.accLen > 0) this.acc.copy(into, 0, 0, this.accLen);
+        this.acc = into;
+      }
+      this.acc.set(src.subarray(pos, pos + n), this.accLen);
+      this.accLen += n;
+      return;
+    }
     if (this.header !== undefined && this.header.length > LARGE_FRAME) {
       // A large frame is kept as the chunks it arrives in and joined once when complete: one
       // copy instead of a growing buffer's many, and never more memory than bytes received.
@@ -136,6 +169,20 @@ function frameOf(h: FrameHeader, body: Uint8Array): Frame {
   return { type: h.type, flags: h.flags, stream: h.stream, length: h.length, body };
 }
 
+/** The chunks of a large frame in one buffer: `alloc`'s, or fresh memory. */
+function join(parts: Uint8Array[], n: number, alloc: BodyAllocator | undefined): Buffer {
+  if (alloc === undefined) return Buffer.concat(parts, n);
+  const out = alloc(n);
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
+  return out;
+}
+
 const EMPTY = Buffer.alloc(0);
 /** Bodies above this are assembled from their chunks in one copy. */
 const LARGE_FRAME = 256 * 1024;
+/** Bytes of a large frame received before its whole buffer is taken from the allocator. */
+const ALLOC_AFTER = 1024 * 1024;

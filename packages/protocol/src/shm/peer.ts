@@ -4,7 +4,7 @@ import { decodeCanonical } from "../cbor/decode.js";
 import { encodeCanonical } from "../cbor/encode.js";
 import { FrameFlag, HEADER_SIZE } from "../constants.js";
 import { CodecError, ErrorClass } from "../errors.js";
-import type { Frame } from "../frame/decoder.js";
+import type { BodyAllocator, Frame } from "../frame/decoder.js";
 import { readHeader, writeHeader } from "../frame/header.js";
 
 type Crc32 = (data: Uint8Array, value?: number) => number;
@@ -30,8 +30,11 @@ export const SHM_DEFAULT_THRESHOLD = 64 * 1024;
  * file descriptor, never through a mapping).
  */
 export interface ShmSegment {
-  /** A copy of up to `len` bytes at `off`: fewer (possibly none) where the segment ends now. */
-  read(off: number, len: number): Buffer;
+  /**
+   * A copy of up to `len` bytes at `off`: fewer (possibly none) where the segment ends now.
+   * `into` (at least `len` bytes), if given, is where the copy goes: the result is a view of it.
+   */
+  read(off: number, len: number, into?: Buffer): Buffer;
   /** Copies `data` into the segment at `off`. */
   write(data: Uint8Array, off: number): void;
 }
@@ -126,7 +129,14 @@ export class ShmPeer {
 
   constructor(
     private readonly native: ShmNative,
-    private readonly o: { ownName: string; peerName: string; maxBody: number; threshold: number },
+    private readonly o: {
+      ownName: string;
+      peerName: string;
+      maxBody: number;
+      threshold: number;
+      /** Where a body read out of the peer's segment goes (by default fresh memory). */
+      alloc?: BodyAllocator;
+    },
   ) {}
 
   /** The frame to write: the frame itself, or a descriptor frame once its body is in the segment. */
@@ -193,7 +203,7 @@ export class ShmPeer {
     }
     // Copy first, then check: the sender cannot change what was checked. A segment that is
     // shorter than the descriptor says (never sized so, or shrunk since) gives a short copy.
-    const body = seg.read(d.off, d.len);
+    const body = seg.read(d.off, d.len, this.o.alloc?.(d.len));
     if (body.length !== d.len) throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
     if (crc32(body) !== d.crc) throw new ShmError("SHM_BAD_CHECKSUM", "the shared-memory body does not match its CRC-32");
     this.peerSeq = d.seq;

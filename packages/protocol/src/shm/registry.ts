@@ -27,7 +27,12 @@ const table = (): Map<string, Mapping> => {
 /** A segment reached through a mapping: copies in and out, short past the mapping's end. */
 export function mappedSegment(buf: Buffer): ShmSegment {
   return {
-    read: (off, len) => Buffer.from(buf.subarray(Math.min(off, buf.length), Math.min(off + len, buf.length))),
+    read: (off, len, into) => {
+      const src = buf.subarray(Math.min(off, buf.length), Math.min(off + len, buf.length));
+      if (into === undefined) return Buffer.from(src);
+      into.set(src, 0);
+      return into.subarray(0, src.length);
+    },
     write: (data, off) => buf.set(data, off),
   };
 }
