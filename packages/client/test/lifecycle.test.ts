@@ -49,6 +49,30 @@ describe("client lifecycle against a kernel process", () => {
     await c.close();
   });
 
+  it("a client whose own event loop stalled (a busy machine) reads what the kernel sent before it judges the kernel silent", async () => {
+    const k = kernel(["--heartbeat-ms", "500"]);
+    await k.start();
+    const c = await k.connect();
+    try {
+      await c.system.health();
+      const seen: ClientState[] = [];
+      c.on("state", (s: ClientState) => seen.push(s));
+      // The kernel PINGs and answers meanwhile; its bytes wait in the socket while this process
+      // is stalled for more than two intervals. The heartbeat timer runs before they are read.
+      const until = Date.now() + 1200;
+      while (Date.now() < until) {
+        // a stalled event loop
+      }
+      await new Promise((r) => setTimeout(r, 300));
+      assert.deepEqual(seen, [], "the link was never given up");
+      assert.equal(c.state, "ready");
+      assert.equal(c.connections, 1);
+      assert.equal((await c.system.health()).status, "ok");
+    } finally {
+      await c.close();
+    }
+  });
+
   it("detects a frozen kernel (SIGSTOP) by its silence, not by one missed beat, and recovers after SIGCONT", async () => {
     const k = kernel(["--heartbeat-ms", "500"]);
     await k.start();

@@ -85,6 +85,15 @@ if (argv.includes("--kernel-trace-gc")) kernel.stdout?.pipe(process.stderr);
 else kernel.stdout?.resume();
 const kernelRssMb = (): number => rssMb(kernel.pid);
 
+// The personas first, with the CLI (spawnSync blocks this process): a client connected meanwhile
+// would answer no heartbeat, and on a busy machine the kernel closed it as a dead peer.
+const created: { id: string; identityPath: string }[] = [];
+for (let p = 0; p < PERSONAS; p++) {
+  const id = `load${p}`;
+  const r = spawnSync(process.execPath, [MAIN, "persona", "create", id, "--home", home, "--json"], { encoding: "utf8" });
+  if (r.status !== 0) throw new Error(r.stderr);
+  created.push({ id, identityPath: (JSON.parse(r.stdout) as { identity: string }).identity });
+}
 const admin = await KC.connect({
   socket,
   identity: join(home, "admin.identity"),
@@ -92,10 +101,7 @@ const admin = await KC.connect({
   reconnect: false,
 });
 const personas: GeneratorInput["personas"] = [];
-for (let p = 0; p < PERSONAS; p++) {
-  const id = `load${p}`;
-  const r = spawnSync(process.execPath, [MAIN, "persona", "create", id, "--home", home, "--json"], { encoding: "utf8" });
-  if (r.status !== 0) throw new Error(r.stderr);
+for (const { id, identityPath } of created) {
   const { token } = await admin.tokens.mint(id, {
     rights: [
       { ops: ["storage.*"], targets: [`obj://${id}/**`, `obj://${id}`] },
@@ -105,7 +111,7 @@ for (let p = 0; p < PERSONAS; p++) {
     ],
     ttlMs: 6 * 3_600_000,
   });
-  personas.push({ id, identityPath: (JSON.parse(r.stdout) as { identity: string }).identity, token });
+  personas.push({ id, identityPath, token });
 }
 // From here on, the records and series are the load's (the setup's are before).
 const status = (await admin.call("system.status", "kernel://")).payload as { audit: { head: number } };

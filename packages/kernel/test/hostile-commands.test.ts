@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 
 const bench = (f: string) => fileURLToPath(new URL(`../bench/${f}`, import.meta.url));
 const run = (f: string, args: string[]) =>
-  spawnSync(process.execPath, [bench(f), ...args, "--json"], { encoding: "utf8", timeout: 90_000 });
+  spawnSync(process.execPath, [bench(f), ...args, "--json"], { encoding: "utf8", timeout: 240_000 });
 
 // Short versions of the long hostile-input and load runs (the full ones are npm run fuzz:kernel / load).
 describe("live fuzzing and load, short runs", () => {
