@@ -128,28 +128,9 @@ export class RequestEncoder {
     if (intentLen >= PIECE_REF_MIN) return undefined;
     const capsBytes = this.caps(caps);
     const tail = context === undefined ? this.tail(version) : this.encodeTail(context, version);
-    const size =
-      HEADER_SIZE +
-      1 +
-      KEY_ID.length +
-      headSize(id) +
-      KEY_CAPS.length +
-      capsBytes.length +
-      KEY_INTENT.length +
-      headSize(intentLen) +
-      intentLen +
-      tail.length;
-    const out = Buffer.allocUnsafe(size);
-    writeHeader(out, 0, { type: MessageType.REQUEST, flags: 0, stream, length: size - HEADER_SIZE });
-    let at = HEADER_SIZE;
-    // Keys in canonical order (by length, then bytewise): id, caps, intent, context, persona, version.
-    out[at++] = 0xa6;
-    at = put(out, at, KEY_ID);
-    at = writeHead(out, at, 0, id);
-    at = put(out, at, KEY_CAPS);
-    at = put(out, at, capsBytes);
-    at = put(out, at, KEY_INTENT);
-    at = writeHead(out, at, 2, intentLen);
+    const headLen = prefixSize(id, capsBytes, intentLen);
+    const out = Buffer.allocUnsafe(headLen + intentLen + tail.length);
+    let at = writePrefix(out, stream, id, capsBytes, intentLen, headLen + intentLen + tail.length);
     const intentAt = at;
     // Below PIECE_REF_MIN bytes nothing was referenced: the intent is one piece.
     at = put(out, at, this.w.finishParts()[0] as Uint8Array);
@@ -174,26 +155,9 @@ export class RequestEncoder {
     for (const p of intent) intentLen += p.length;
     const capsBytes = this.caps(caps);
     const tail = context === undefined ? this.tail(version) : this.encodeTail(context, version);
-    const headSizeBytes =
-      HEADER_SIZE +
-      1 +
-      KEY_ID.length +
-      headSize(id) +
-      KEY_CAPS.length +
-      capsBytes.length +
-      KEY_INTENT.length +
-      headSize(intentLen);
-    const bodySize = headSizeBytes - HEADER_SIZE + intentLen + tail.length;
-    const head = Buffer.allocUnsafe(headSizeBytes);
-    writeHeader(head, 0, { type: MessageType.REQUEST, flags: 0, stream, length: bodySize });
-    let at = HEADER_SIZE;
-    head[at++] = 0xa6;
-    at = put(head, at, KEY_ID);
-    at = writeHead(head, at, 0, id);
-    at = put(head, at, KEY_CAPS);
-    at = put(head, at, capsBytes);
-    at = put(head, at, KEY_INTENT);
-    writeHead(head, at, 2, intentLen);
+    const head = Buffer.allocUnsafe(prefixSize(id, capsBytes, intentLen));
+    const bodySize = head.length - HEADER_SIZE + intentLen + tail.length;
+    writePrefix(head, stream, id, capsBytes, intentLen, HEADER_SIZE + bodySize);
     return { pieces: [head, ...intent, tail], bodySize };
   }
 
@@ -231,6 +195,27 @@ const newWriter = () => new PieceWriter(512, 0, PIECE_REF_MIN);
 const KEY_ID = encodeCanonical("id");
 const KEY_CAPS = encodeCanonical("caps");
 const KEY_INTENT = encodeCanonical("intent");
+
+/** Bytes of a REQUEST frame up to its intent's bytes: the header, the map head, id, caps and the intent's key and head. */
+function prefixSize(id: number, capsBytes: Uint8Array, intentLen: number): number {
+  return (
+    HEADER_SIZE + 1 + KEY_ID.length + headSize(id) + KEY_CAPS.length + capsBytes.length + KEY_INTENT.length + headSize(intentLen)
+  );
+}
+
+/** Writes that prefix of a frame of `size` bytes into `out`; returns where the intent's bytes go. */
+function writePrefix(out: Buffer, stream: number, id: number, capsBytes: Uint8Array, intentLen: number, size: number): number {
+  writeHeader(out, 0, { type: MessageType.REQUEST, flags: 0, stream, length: size - HEADER_SIZE });
+  let at = HEADER_SIZE;
+  // Keys in canonical order (by length, then bytewise): id, caps, intent, context, persona, version.
+  out[at++] = 0xa6;
+  at = put(out, at, KEY_ID);
+  at = writeHead(out, at, 0, id);
+  at = put(out, at, KEY_CAPS);
+  at = put(out, at, capsBytes);
+  at = put(out, at, KEY_INTENT);
+  return writeHead(out, at, 2, intentLen);
+}
 
 /** Copies `src` into `out` at `at`; returns the position after it. Short copies byte by byte (no call into Buffer.copy). */
 function put(out: Buffer, at: number, src: Uint8Array): number {
