@@ -132,8 +132,8 @@ export class RequestEncoder {
     const out = Buffer.allocUnsafe(headLen + intentLen + tail.length);
     let at = writePrefix(out, stream, id, capsBytes, intentLen, headLen + intentLen + tail.length);
     const intentAt = at;
-    // Below PIECE_REF_MIN bytes nothing was referenced: the intent is one piece.
-    at = put(out, at, this.w.finishParts()[0] as Uint8Array);
+    // Below PIECE_REF_MIN bytes nothing was referenced: the writer's buffer is the intent.
+    at += this.w.copyWholeTo(out, at);
     put(out, at, tail);
     return { frame: out, intentAt, intentEnd: intentAt + intentLen };
   }

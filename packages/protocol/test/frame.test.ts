@@ -67,12 +67,16 @@ describe("FrameDecoder", () => {
     assert.equal(w.finish, undefined);
     // @ts-expect-error nor a copy of it
     assert.equal(w.copyTo, undefined);
+    assert.throws(() => w.copyWholeTo(Buffer.alloc(200), 0), /references byte strings/);
     // Its length is the whole encoding's, the referenced string included.
     assert.equal(w.length, encodeCanonical({ data: Buffer.alloc(100, 1), n: 2 }).length);
     // After reset it starts again: nothing of the first encoding is left in its pieces.
     w.reset();
     w.write({ n: 3 });
     assert.deepEqual(Buffer.concat(w.finishParts()), encodeCanonical({ n: 3 }));
+    const whole = Buffer.alloc(6);
+    assert.equal(w.copyWholeTo(whole, 1), 4);
+    assert.deepEqual(whole.subarray(1, 5), encodeCanonical({ n: 3 }));
     assert.equal(w.length, encodeCanonical({ n: 3 }).length);
   });
 

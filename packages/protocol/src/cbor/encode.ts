@@ -31,6 +31,16 @@ export abstract class CborEncoder {
     this.buf = next;
   }
 
+  /** Copies the buffer's bytes written so far into `out` at `at`; returns the bytes copied. */
+  protected copyBufferTo(out: Uint8Array, at: number): number {
+    const end = this.pos;
+    if (end > 64) return this.buf.copy(out, at, 0, end);
+    // A short run byte by byte: Buffer.copy of part of a buffer allocates a view for it.
+    const buf = this.buf;
+    for (let i = 0; i < end; i++) out[at + i] = buf[i] as number;
+    return end;
+  }
+
   /** A head: major type and argument (a length, a count or an unsigned integer), shortest form. */
   head(major: number, n: number): void {
     this.ensure(9);
@@ -255,12 +265,7 @@ export class CanonicalWriter extends CborEncoder {
 
   /** Copies what was written into `out` at `at` (no intermediate buffer); returns the bytes copied. */
   copyTo(out: Uint8Array, at: number): number {
-    const end = this.pos;
-    if (end > 64) return this.buf.copy(out, at, 0, end);
-    // A short run byte by byte: Buffer.copy of part of a buffer allocates a view for it.
-    const buf = this.buf;
-    for (let i = 0; i < end; i++) out[at + i] = buf[i] as number;
-    return end;
+    return this.copyBufferTo(out, at);
   }
 }
 
@@ -268,7 +273,7 @@ export class CanonicalWriter extends CborEncoder {
  * A writer whose byte strings of `refMin` bytes or more are referenced, not copied: the
  * encoding comes back as pieces from {@link finishParts} for a vectored write (the caller must
  * not change those bytes meanwhile). It has no `finish` or `copyTo`: its own buffer is not the
- * whole encoding.
+ * whole encoding (`copyWholeTo` copies it only when nothing was referenced).
  */
 export class PieceWriter extends CborEncoder {
   /** Finished pieces: the buffer up to a referenced byte string, and the string. */
@@ -299,6 +304,15 @@ export class PieceWriter extends CborEncoder {
   /** Bytes of the encoding so far (headroom and referenced strings included). */
   get length(): number {
     return this.pos + this.referenced;
+  }
+
+  /**
+   * Copies the encoding into `out` at `at` when no byte string was referenced (then its buffer is
+   * the whole encoding); returns the bytes copied. Throws otherwise: use {@link finishParts}.
+   */
+  copyWholeTo(out: Uint8Array, at: number): number {
+    if (this.done.length > 0) throw new Error("this encoding references byte strings: take it with finishParts");
+    return this.copyBufferTo(out, at);
   }
 
   /** Starts again at the beginning of the same buffer (views of earlier pieces are overwritten from here on). */
