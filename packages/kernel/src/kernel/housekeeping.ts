@@ -1,6 +1,5 @@
-import { detailJson } from "../audit/detail.js";
-import { suppressedHandshakesMessage } from "../audit/handshake-limit.js";
 import { AuditRetention } from "../audit/retention.js";
+import { suppressedHandshakesRecord } from "../audit/suppressed-records.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
@@ -81,27 +80,7 @@ export function startHousekeeping(
   };
 }
 
-/** One `audit.suppressed` record (phase `session`) per transport for the failed handshakes over the record rate since the last tick. */
+/** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */
 function flushSuppressedHandshakes(s: KernelServices): void {
-  for (const x of s.host.handshakeRecords.take()) {
-    s.audit
-      .append({
-        session: "-",
-        persona: "-",
-        phase: "session",
-        op: "audit.suppressed",
-        status: "FAILURE",
-        message: suppressedHandshakesMessage(x),
-        detail: detailJson({
-          of: "session.handshake",
-          transport: x.transport,
-          count: x.count,
-          codes: x.codes,
-          peers: x.peers,
-          otherPeers: x.otherPeers,
-          since: new Date(x.since).toISOString(),
-        }),
-      })
-      .catch(() => {});
-  }
+  for (const x of s.host.handshakeRecords.take()) s.audit.append(suppressedHandshakesRecord(x)).catch(() => {});
 }

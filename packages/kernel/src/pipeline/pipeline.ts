@@ -1,7 +1,8 @@
 import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
-import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
+import type { RefusalLimiter } from "../audit/refusals.js";
+import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
@@ -109,16 +110,7 @@ export class Pipeline {
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
   flushSuppressed(): void {
     for (const x of this.deps.refusals?.take() ?? []) {
-      this.deps.audit
-        .append({
-          session: x.session,
-          persona: x.persona,
-          phase: "refused",
-          op: "audit.suppressed",
-          status: "FAILURE",
-          message: suppressedMessage(x),
-        })
-        .catch(() => {});
+      this.deps.audit.append(suppressedRefusalsRecord(x)).catch(() => {});
     }
   }
 
