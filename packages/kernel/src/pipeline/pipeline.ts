@@ -54,8 +54,9 @@ export interface PipelineDeps {
  * admit → validate version and identity → decode the intent → find its declaration → resolve
  * capabilities and authorize → dedupe → limits → audit the intent → check target, args and
  * ownership → execute → audit the outcome → respond. Every request leaves audit records, each
- * written from its {@link RequestCtx}; every refusal goes through {@link refuse}; nothing is
- * answered before its records are committed.
+ * written from its {@link RequestCtx}; every refusal is counted against the refusal rate
+ * ({@link admitRefusal}) and recorded within it ({@link recordRefusal}), most through
+ * {@link refuse}; nothing is answered before its records are committed.
  */
 export class Pipeline {
   readonly admission: Admission;
@@ -77,8 +78,10 @@ export class Pipeline {
    * hash, op and target, its bytes only when small (refusals cost the refused nothing, so they
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
+   * Counting it ({@link admitRefusal}) may end a flooding session.
    */
-  private async refuse(ctx: RequestCtx, r: Refusal, admitted = this.admitRefusal(ctx, r)): Promise<Response> {
+  private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+    const admitted = this.admitRefusal(ctx, r);
     if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
   }
@@ -201,12 +204,12 @@ export class Pipeline {
    * without hashing or decoding its intent (up to a frame's bytes) for a record never written.
    */
   private async refuseUndecoded(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    const admitted = this.admitRefusal(ctx, r);
-    if (admitted) {
+    if (this.admitRefusal(ctx, r)) {
       const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
       if (columns) await columns;
+      await this.recordRefusal(ctx, r);
     }
-    return this.refuse(ctx, r, admitted);
+    return this.answered(ctx, failure(ctx, r));
   }
 
   /** Steps 3 (the hash known) to 5. */
