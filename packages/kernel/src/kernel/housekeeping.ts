@@ -7,6 +7,7 @@ import type { Logger } from "../log.js";
 import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
+import { PrunerFailures } from "./pruner-failures.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -24,7 +25,9 @@ export function startHousekeeping(
   events: Pick<EventBus, "endLapsed">,
 ): { stop(): void } {
   let lastPrune = 0;
+  const failures = new PrunerFailures(log, s.metrics.prunerFailures);
   const dedupePruner = new DedupePruner(s.store);
+  dedupePruner.onError = (e) => failures.failed("dedupe", e);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
   const agentPruner = new SliceLoop();
   const opPruner = new SliceLoop();
@@ -49,7 +52,8 @@ export function startHousekeeping(
     agentPruner.run(() => {
       try {
         return s.agents.prune(now - c.agentRetentionMs, PRUNE_SLICE) >= PRUNE_SLICE;
-      } catch {
+      } catch (e) {
+        failures.failed("agents", e);
         return false; // the store is closing or busy: the next tick starts again
       }
     });
@@ -59,11 +63,17 @@ export function startHousekeeping(
       opPruner.run(() => {
         try {
           return s.store.pruneOps(now, PRUNE_SLICE) >= PRUNE_SLICE;
-        } catch {
+        } catch (e) {
+          failures.failed("ops", e);
           return false;
         }
       });
-      s.tokens.pruneExpired(now - c.tokenRetentionMs);
+      try {
+        s.tokens.pruneExpired(now - c.tokenRetentionMs);
+      } catch (e) {
+        // Uncaught, its throw left the timer: an uncaught exception, the kernel gone.
+        failures.failed("tokens", e);
+      }
       retention.run();
     }
   }, tickMs);
