@@ -6,7 +6,7 @@ import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
-import type { Connection } from "../session/connection.js";
+import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseTimeout } from "../session/connection.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -170,12 +170,15 @@ export class GrpcStreamConnection implements Connection {
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
+  private readonly cutCbs: ((e: PeerCloseTimeout) => void)[] = [];
 
   constructor(
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
     /** Largest message sent; coalesced writes are split to stay within it (PROTOCOL §3.6). */
     private maxMessage: number,
     readonly tls = false,
+    /** How long the call may take to finish after {@link end} (a peer that does not read holds it). */
+    private readonly closeGraceMs = PEER_CLOSE_GRACE_MS,
   ) {
     this.peer = call.getPeer();
     // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
@@ -229,8 +232,17 @@ export class GrpcStreamConnection implements Connection {
     this.ended = true;
     this.out.flushNow();
     if (!this.closed) this.call.end();
-    // A peer that never closes its side must not keep the stream (and the kernel) alive.
-    setTimeout(() => this.destroy(), 1000).unref();
+    // A peer that never closes its side (or never reads the end) must not keep the stream (and the kernel) alive.
+    setTimeout(() => {
+      if (this.closed) return; // finished in time
+      this.destroy();
+      const e = new PeerCloseTimeout(this.transport, this.closeGraceMs);
+      for (const cb of this.cutCbs) cb(e);
+    }, this.closeGraceMs).unref();
+  }
+
+  onCut(cb: (e: PeerCloseTimeout) => void): void {
+    this.cutCbs.push(cb);
   }
 
   destroy(): void {
