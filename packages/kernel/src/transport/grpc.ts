@@ -94,14 +94,24 @@ export class GrpcListener {
     /** Largest message accepted or sent: one whole frame (header + the negotiated maximum body) and slack. */
     private readonly maxMessage: number,
     private readonly accept: (c: Connection) => void,
+    /**
+     * An HTTP/2 connection with no stream open for this long is closed (GOAWAY; 0 = never):
+     * grpc-js keeps one for ever, so idle connections were an unbounded number of the kernel's
+     * descriptors any peer that completes TLS could hold. The kernel passes handshakeTimeoutMs.
+     */
+    private readonly idleConnectionMs = 0,
   ) {}
 
   async start(): Promise<void> {
     const { creds, secure } = serverCredentials(this.listen, this.tls);
+    // No HTTP/2 keepalive (grpc-js's server default: off): a session's liveness is KPIP's
+    // heartbeat (PROTOCOL §8.5), which ends the stream of a silent peer, and a connection left
+    // without a stream is closed after idleConnectionMs. (keepalive_permit_without_calls, set here
+    // before, is a client option grpc-js's server never read.)
     const server = new grpc.Server({
       "grpc.max_receive_message_length": this.maxMessage,
       "grpc.max_send_message_length": this.maxMessage,
-      "grpc.keepalive_permit_without_calls": 1,
+      ...(this.idleConnectionMs > 0 ? { "grpc.max_connection_idle_ms": this.idleConnectionMs } : {}),
     });
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>

@@ -1,0 +1,45 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import http2 from "node:http2";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient } from "@kpip/client";
+import { adminIdentity, until, withKernel } from "./harness.js";
+
+const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
+const TLS = { grpcTlsCert: tls("server.pem"), grpcTlsKey: tls("server.key") };
+
+describe("gRPC connections without a stream are not held for ever", () => {
+  it("HTTP/2 connections that open no stream are closed after handshakeTimeoutMs; a session's connection stays while its stream is open", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", ...TLS, handshakeTimeoutMs: 1000 }, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const ca = readFileSync(tls("ca.pem"));
+      // A session opened first, idle (no request) while the bare connections time out.
+      const c = await KernelClient.connect({
+        grpc: { address, ca },
+        identity: adminIdentity(t.k),
+        tokens: [t.adminToken],
+        reconnect: false,
+      });
+      const conns: http2.ClientHttp2Session[] = [];
+      let closed = 0;
+      for (let i = 0; i < 20; i++) {
+        // TLS completes, HTTP/2 is set up, and then nothing: no stream, ever.
+        const h = http2.connect(`https://${address}`, { ca, checkServerIdentity: () => undefined });
+        h.on("error", () => {});
+        h.on("close", () => closed++);
+        await new Promise((r) => h.once("connect", r));
+        conns.push(h);
+      }
+      try {
+        await until(() => closed === 20, 30_000, "the kernel to close the 20 connections without a stream");
+        // The session's stream kept its connection: it still answers, on the same session.
+        assert.equal((await c.system.health()).status, "ok");
+        assert.equal(t.k.sessionCount, 1);
+      } finally {
+        for (const h of conns) h.destroy();
+        await c.close();
+      }
+    });
+  });
+});
