@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
+import net from "node:net";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
@@ -10,7 +11,7 @@ const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`,
 const TLS = { grpcTlsCert: tls("server.pem"), grpcTlsKey: tls("server.key") };
 
 describe("gRPC connections without a stream are not held for ever", () => {
-  it("HTTP/2 connections that open no stream are closed after handshakeTimeoutMs; a session's connection stays while its stream is open", async () => {
+  it("HTTP/2 connections that open no stream, and TCP connections that never finish TLS, are closed after handshakeTimeoutMs; a session's connection stays while its stream is open", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", ...TLS, handshakeTimeoutMs: 1000 }, async (t) => {
       const address = t.k.grpcAddress as string;
       const ca = readFileSync(tls("ca.pem"));
@@ -31,13 +32,27 @@ describe("gRPC connections without a stream are not held for ever", () => {
         await new Promise((r) => h.once("connect", r));
         conns.push(h);
       }
+      // And connections that never finish TLS: nothing sent, or a few bytes of a handshake.
+      const raws: net.Socket[] = [];
+      let rawClosed = 0;
+      for (let i = 0; i < 10; i++) {
+        const [host, port] = [address.slice(0, address.lastIndexOf(":")), Number(address.slice(address.lastIndexOf(":") + 1))];
+        const r = net.connect({ host, port });
+        r.on("error", () => {});
+        r.on("close", () => rawClosed++);
+        await new Promise((ok) => r.once("connect", ok));
+        if (i % 2) r.write(Buffer.from([0x16, 0x03, 0x01, 0x02, 0x00])); // a TLS record header, then nothing
+        raws.push(r);
+      }
       try {
         await until(() => closed === 20, 30_000, "the kernel to close the 20 connections without a stream");
+        await until(() => rawClosed === 10, 30_000, "the kernel to close the 10 connections that never finished TLS");
         // The session's stream kept its connection: it still answers, on the same session.
         assert.equal((await c.system.health()).status, "ok");
         assert.equal(t.k.sessionCount, 1);
       } finally {
         for (const h of conns) h.destroy();
+        for (const r of raws) r.destroy();
         await c.close();
       }
     });

@@ -142,8 +142,20 @@ export class GrpcListener {
     }
     // The address is read when the connection arrives: by the time TLS fails the socket is gone.
     const addresses = new WeakMap<object, string>();
+    // Node gives a TLS handshake 120 s; a connection that has not finished it gets idleConnectionMs,
+    // as one without a stream does after it (the idle limit starts only once HTTP/2 is set up).
+    const unfinished = new WeakMap<object, NodeJS.Timeout>();
     for (const h2 of servers.keys() as Iterable<EventEmitter>) {
-      h2.prependListener("connection", (raw: Socket) => addresses.set(raw, raw.remoteAddress ?? "unknown"));
+      h2.prependListener("connection", (raw: Socket) => {
+        addresses.set(raw, raw.remoteAddress ?? "unknown");
+        if (this.idleConnectionMs <= 0) return;
+        const timer = setTimeout(() => raw.destroy(), this.idleConnectionMs).unref();
+        unfinished.set(raw, timer);
+        raw.once("close", () => clearTimeout(timer));
+      });
+      h2.on("secureConnection", (socket: TLSSocket & { _parent?: object }) => {
+        if (socket._parent) clearTimeout(unfinished.get(socket._parent));
+      });
       h2.on("tlsClientError", (err: Error, socket: TLSSocket & { _parent?: object }) => {
         const peer = socket.remoteAddress ?? (socket._parent && addresses.get(socket._parent)) ?? "unknown";
         this.onTlsRefused?.(peer, err.message);
