@@ -5,6 +5,7 @@ import net from "node:net";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { pino } from "pino";
 import { adminIdentity, until, withKernel } from "./harness.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
@@ -12,7 +13,9 @@ const TLS = { grpcTlsCert: tls("server.pem"), grpcTlsKey: tls("server.key") };
 
 describe("gRPC connections without a stream are not held for ever", () => {
   it("HTTP/2 connections that open no stream, and TCP connections that never finish TLS, are closed after handshakeTimeoutMs; a session's connection stays while its stream is open", async () => {
-    await withKernel({ grpcListen: "127.0.0.1:0", ...TLS, handshakeTimeoutMs: 1000 }, async (t) => {
+    const lines: { msg: string }[] = [];
+    const logger = pino({ level: "info" }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    await withKernel({ grpcListen: "127.0.0.1:0", ...TLS, handshakeTimeoutMs: 1000, logger }, async (t) => {
       const address = t.k.grpcAddress as string;
       const ca = readFileSync(tls("ca.pem"));
       // A session opened first, idle (no request) while the bare connections time out.
@@ -50,6 +53,11 @@ describe("gRPC connections without a stream are not held for ever", () => {
         // The session's stream kept its connection: it still answers, on the same session.
         assert.equal((await c.system.health()).status, "ok");
         assert.equal(t.k.sessionCount, 1);
+        // The TLS timers found each finished handshake's socket (none gave up, none cut a session).
+        assert.deepEqual(
+          lines.filter((l) => l.msg === "gRPC listener"),
+          [],
+        );
       } finally {
         for (const h of conns) h.destroy();
         for (const r of raws) r.destroy();

@@ -144,17 +144,31 @@ export class GrpcListener {
     const addresses = new WeakMap<object, string>();
     // Node gives a TLS handshake 120 s; a connection that has not finished it gets idleConnectionMs,
     // as one without a stream does after it (the idle limit starts only once HTTP/2 is set up).
-    const unfinished = new WeakMap<object, NodeJS.Timeout>();
+    const unfinished = new Map<object, NodeJS.Timeout>();
+    let timed = this.idleConnectionMs > 0;
     for (const h2 of servers.keys() as Iterable<EventEmitter>) {
       h2.prependListener("connection", (raw: Socket) => {
         addresses.set(raw, raw.remoteAddress ?? "unknown");
-        if (this.idleConnectionMs <= 0) return;
+        if (!timed) return;
         const timer = setTimeout(() => raw.destroy(), this.idleConnectionMs).unref();
         unfinished.set(raw, timer);
-        raw.once("close", () => clearTimeout(timer));
+        raw.once("close", () => {
+          clearTimeout(timer);
+          unfinished.delete(raw);
+        });
       });
       h2.on("secureConnection", (socket: TLSSocket & { _parent?: object }) => {
-        if (socket._parent) clearTimeout(unfinished.get(socket._parent));
+        const timer = socket._parent && unfinished.get(socket._parent);
+        if (timer) {
+          clearTimeout(timer);
+          if (socket._parent) unfinished.delete(socket._parent);
+        } else if (timed) {
+          // Not the socket that connected (another Node): never cut a finished handshake; say so once.
+          timed = false;
+          for (const t of unfinished.values()) clearTimeout(t);
+          unfinished.clear();
+          this.onError?.(new Error("connections that do not finish TLS cannot be timed out with this Node version"));
+        }
       });
       h2.on("tlsClientError", (err: Error, socket: TLSSocket & { _parent?: object }) => {
         const peer = socket.remoteAddress ?? (socket._parent && addresses.get(socket._parent)) ?? "unknown";
