@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { pino } from "pino";
+import { AuditLog } from "../src/audit/log.js";
 import { PrunerFailures } from "../src/kernel/pruner-failures.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { until, withKernel } from "./harness.js";
@@ -17,7 +18,7 @@ function recordingLogger() {
 const locked = () => new Error("database is locked");
 
 describe("a pruner that fails is logged and counted, and the kernel keeps serving", () => {
-  it("every housekeeping pruner throwing (a locked store): a warn line per pruner with its name and error, counted by pruner; system.health answers", async () => {
+  it("every housekeeping pruner throwing (a locked store): a warn line per pruner with its name and error, counted by pruner (audit retention too); system.health answers", async () => {
     const proto = SqliteStore.prototype as unknown as Record<string, unknown>;
     const names = ["pruneAgents", "pruneOps", "dedupeEnd", "pruneDedupe", "pruneTokens"] as const;
     const saved = names.map((n) => [n, Object.getOwnPropertyDescriptor(proto, n)] as const);
@@ -33,9 +34,14 @@ describe("a pruner that fails is logged and counted, and the kernel keeps servin
       if (++tokenCalls === 1) return realPruneTokens.call(this, before);
       throw locked();
     };
+    // Audit retention logs its own failures (at error); they are counted with the pruners'.
+    const realPruneSlice = Object.getOwnPropertyDescriptor(AuditLog.prototype, "pruneSlice") as PropertyDescriptor;
+    AuditLog.prototype.pruneSlice = () => {
+      throw locked();
+    };
     const { logger, lines } = recordingLogger();
     try {
-      await withKernel({ logger, heartbeatMs: 200 }, async (t) => {
+      await withKernel({ logger, heartbeatMs: 200, auditRetainRecords: 10 }, async (t) => {
         const warned = (p: string) => lines.filter((l) => l.level === 40 && l.pruner === p);
         const counts = async () => {
           const m = await (t.k.metrics?.prunerFailures.get() ?? Promise.resolve({ values: [] }));
@@ -50,13 +56,20 @@ describe("a pruner that fails is logged and counted, and the kernel keeps servin
           assert.equal(w[0]?.err?.message, "database is locked", `${p}: the error is on the line`);
         }
         const c = await counts();
-        for (const p of ["ops", "dedupe", "tokens"]) assert.ok((c[p] ?? 0) >= 1, `${p} counted`);
+        for (const p of ["ops", "dedupe", "tokens", "audit"]) assert.ok((c[p] ?? 0) >= 1, `${p} counted`);
+        assert.ok(
+          lines.some(
+            (l) => l.level === 50 && l.err?.message === "database is locked" && /could not prune the audit log/.test(l.msg),
+          ),
+          "retention's own line",
+        );
         // The kernel kept serving through the failures.
         const admin = await t.admin();
         assert.equal((await admin.system.health()).status, "ok");
         assert.equal((await admin.system.health()).status, "ok", "and again, after more ticks");
       });
     } finally {
+      Object.defineProperty(AuditLog.prototype, "pruneSlice", realPruneSlice);
       for (const [n, d] of saved) {
         if (d) Object.defineProperty(proto, n, d);
         else delete proto[n];

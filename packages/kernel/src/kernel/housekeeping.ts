@@ -29,6 +29,8 @@ export function startHousekeeping(
   const dedupePruner = new DedupePruner(s.store);
   dedupePruner.onError = (e) => failures.failed("dedupe", e);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
+  // Retention logs its own failures (at error: the log keeps growing); they are counted with the pruners'.
+  retention.onError = () => s.metrics.prunerFailures.inc({ pruner: "audit" });
   const agentPruner = new SliceLoop();
   const opPruner = new SliceLoop();
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);

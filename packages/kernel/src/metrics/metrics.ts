@@ -42,7 +42,7 @@ export class KernelMetrics {
   });
   readonly prunerFailures = new Counter({
     name: "kpip_pruner_failures_total",
-    help: "Housekeeping pruner passes that failed (the store busy or closing) and were left to the next tick, by pruner",
+    help: "Housekeeping pruner passes that failed (the store busy or closing) and were left to the next tick, by pruner (agents, ops, dedupe, tokens, audit)",
     labelNames: ["pruner"] as const,
     registers: [this.registry],
   });
