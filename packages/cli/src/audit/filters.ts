@@ -1,5 +1,5 @@
 import { UsageError } from "../util.js";
-import { sqliteGlob } from "./glob.js";
+import { pathGlob, sqliteGlob } from "./glob.js";
 
 /** Parses a time: an ISO time, or an age like 30s, 10m, 2h, 1d before now. `flag` names it in errors. */
 export function parseTime(s: string, flag: string, now = Date.now()): number {
@@ -35,26 +35,32 @@ export function parseSeqRange(s: string): { from: number; to: number } {
 }
 
 /**
- * A glob over names separated by `sep`: `*` is any run within one segment, `**` any run across
- * segments, and a trailing `/**` (or `.**`) also matches the bare prefix (`alice/**` is alice
- * and every sub-persona of hers). Without a wildcard the pattern is a prefix when `prefix` is set,
- * else an exact name.
+ * Longest --persona/--op/--target pattern (characters): twice the longest target (2,048 bytes);
+ * no persona id (255), op (128) or target is longer, so a longer pattern is a mistake, and each
+ * record's test costs up to pattern × value length.
  */
-export function globMatcher(pattern: string, sep: "/" | ".", prefix = false): (s: string) => boolean {
-  if (!pattern.includes("*")) return prefix ? (s) => s.startsWith(pattern) : (s) => s === pattern;
-  const esc = (x: string) => x.replace(/[.+?^${}()|[\]\\/]/g, "\\$&");
-  const seg = sep === "/" ? "[^/]*" : "[^.]*";
-  let re = "";
-  for (let i = 0; i < pattern.length; i++) {
-    if (pattern.startsWith("**", i)) {
-      re += ".*";
-      i++;
-    } else if (pattern[i] === "*") re += seg;
-    else re += esc(pattern[i] as string);
-  }
-  const rx = new RegExp(`^${re}$`);
-  const bare = pattern.endsWith(`${sep}**`) ? globMatcher(pattern.slice(0, -3), sep) : undefined;
-  return (s) => rx.test(s) || (bare?.(s) ?? false);
+export const MAX_PATTERN = 4096;
+
+function bounded(pattern: string, flag: string): void {
+  if (pattern.length > MAX_PATTERN)
+    throw new UsageError(`${flag} is a pattern of at most ${MAX_PATTERN} characters (got ${pattern.length})`);
+}
+
+/**
+ * `kpip audit timeline`'s --persona, --op and --target: a path glob over names whose segments
+ * `sep` separates (see pathGlob in glob.ts): `*` any run within one segment, `**` any run across
+ * segments, `?` one character and `[…]` one character of a set (never `sep`), and a trailing
+ * `/**` (or `.**`) also matches the bare prefix (`alice/**` is alice and every sub-persona of
+ * hers). Every other character, regular-expression ones included, is itself. Without any of
+ * `*`, `?`, `[` the pattern is a prefix when `prefix` is set, else an exact name. `flag` names
+ * it in a UsageError (a pattern over MAX_PATTERN characters).
+ */
+export function globMatcher(pattern: string, sep: "/" | ".", prefix = false, flag = "the pattern"): (s: string) => boolean {
+  bounded(pattern, flag);
+  if (!/[*?[]/.test(pattern)) return prefix ? (s) => s.startsWith(pattern) : (s) => s === pattern;
+  const glob = pathGlob(pattern, sep);
+  const bare = pattern.endsWith(`${sep}**`) ? pathGlob(pattern.slice(0, -3), sep) : undefined;
+  return (s) => glob(s) || (bare?.(s) ?? false);
 }
 
 /** The trace id of a W3C traceparent (00-<trace id>-<span id>-<flags>), or the value itself. */
@@ -78,9 +84,10 @@ export function capTokenIds(caps: string | null): string[] {
  * GLOB semantics (`*` any run, `?` one character, `[…]` a set; see glob.ts) and `**` as `*`;
  * P/** also matches P itself. The filter these commands ran in SQL before the fields moved into
  * the records' bytes, except that a `?` or `[` without a `*` was taken as an exact name (no
- * persona id or op name holds either).
+ * persona id or op name holds either). `flag` names it in a UsageError (over MAX_PATTERN characters).
  */
-export function patternTest(pattern: string): (v: string | null) => boolean {
+export function patternTest(pattern: string, flag = "the pattern"): (v: string | null) => boolean {
+  bounded(pattern, flag);
   if (!/[*?[]/.test(pattern)) return (v) => v === pattern;
   const glob = sqliteGlob(pattern.replace(/\*\*/g, "*"));
   const bare = pattern.endsWith("/**") ? pattern.slice(0, -3) : undefined;

@@ -131,11 +131,13 @@ export const auditCommand: Command = {
     follow: { type: "boolean", short: "f", description: "tail: keep printing new records" },
     persona: {
       type: "string",
-      description: "query, timeline: only this persona (P/** : and its sub-personas; query: a SQLite GLOB, ? and […] too)",
+      description:
+        "query, timeline: only this persona, or those a pattern matches (P/** : P and its sub-personas); timeline: a path glob as --target's; query: a SQLite GLOB (* any run, ? one character, […] a set)",
     },
     op: {
       type: "string",
-      description: "query, timeline: only this op (storage.* : a family; query: a SQLite GLOB, ? and […] too)",
+      description:
+        "query, timeline: only this op, or those a pattern matches (storage.* : a family); timeline: a path glob as --target's with '.' between segments; query: a SQLite GLOB",
     },
     status: { type: "string", description: "query: only this status (SUCCESS, FAILURE, PARTIAL, DEFERRED)" },
     since: {
@@ -151,7 +153,11 @@ export const auditCommand: Command = {
       description:
         "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix)",
     },
-    target: { type: "string", description: "timeline: only targets with this prefix, or matching a glob (obj://proj/**)" },
+    target: {
+      type: "string",
+      description:
+        "timeline: only targets with this prefix, or matching a path glob (obj://proj/**): * any run within one segment, ** any run across, ? one character, […] one of a set (only ** matches '/'); every other character is itself; at most 4096 characters",
+    },
     seq: { type: "string", description: "timeline: only rows whose first record is in A..B (A.., ..B, N)" },
     after: { type: "string", description: "timeline: the next page: rows after this seq (stderr says which)" },
     raw: { type: "string", description: "show: write the intent's bytes (or --body's) to this file (- for stdout)" },
@@ -326,11 +332,11 @@ async function tail(home: string, v: Values, json: boolean): Promise<number> {
 function query(home: string, v: Values, json: boolean): number {
   const tests: ((r: AuditRecord) => boolean)[] = [];
   if (v.persona !== undefined) {
-    const t = patternTest(v.persona as string);
+    const t = patternTest(v.persona as string, "--persona");
     tests.push((r) => t(r.persona));
   }
   if (v.op !== undefined) {
-    const t = patternTest(v.op as string);
+    const t = patternTest(v.op as string, "--op");
     tests.push((r) => t(r.op));
   }
   if (v.status !== undefined) {
@@ -383,9 +389,9 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
   if (v.trace !== undefined) f.trace = (traceId(v.trace as string) as string).toLowerCase();
   if (v.session !== undefined) f.session = v.session as string;
   if (v.token !== undefined) f.token = v.token as string;
-  if (v.target !== undefined) f.target = globMatcher(v.target as string, "/", true);
-  if (v.persona !== undefined) f.persona = globMatcher(v.persona as string, "/");
-  if (v.op !== undefined) f.op = globMatcher(v.op as string, ".");
+  if (v.target !== undefined) f.target = globMatcher(v.target as string, "/", true, "--target");
+  if (v.persona !== undefined) f.persona = globMatcher(v.persona as string, "/", false, "--persona");
+  if (v.op !== undefined) f.op = globMatcher(v.op as string, ".", false, "--op");
   if (v.since !== undefined) f.since = parseTime(v.since as string, "--since");
   if (v.until !== undefined) f.until = parseTime(v.until as string, "--until");
   if (f.since !== undefined && f.until !== undefined && f.until < f.since) throw new UsageError("--until is before --since");

@@ -13,6 +13,8 @@ export class AuditRetention {
   private readonly loop = new SliceLoop();
   /** Records removed so far (logs, tests). */
   removed = 0;
+  /** Called when a slice throws, after its log line (the kernel counts it). */
+  onError: ((e: unknown) => void) | undefined;
 
   constructor(
     private readonly audit: Pick<AuditLog, "pruneSlice">,
@@ -32,6 +34,7 @@ export class AuditRetention {
           n = this.audit.pruneSlice(this.retain, this.slice);
         } catch (e) {
           this.log.error({ err: e }, "could not prune the audit log; retrying on the next pass");
+          this.onError?.(e);
         }
         pass += n;
         this.removed += n;

@@ -1,6 +1,5 @@
-import { detailJson } from "../audit/detail.js";
-import { suppressedHandshakesMessage } from "../audit/handshake-limit.js";
 import { AuditRetention } from "../audit/retention.js";
+import { suppressedHandshakesRecord } from "../audit/suppressed-records.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
 import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
@@ -8,6 +7,7 @@ import type { Logger } from "../log.js";
 import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
+import { PrunerFailures } from "./pruner-failures.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -25,8 +25,12 @@ export function startHousekeeping(
   events: Pick<EventBus, "endLapsed">,
 ): { stop(): void } {
   let lastPrune = 0;
+  const failures = new PrunerFailures(log, s.metrics.prunerFailures);
   const dedupePruner = new DedupePruner(s.store);
+  dedupePruner.onError = (e) => failures.failed("dedupe", e);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
+  // Retention logs its own failures (at error: the log keeps growing); they are counted with the pruners'.
+  retention.onError = () => s.metrics.prunerFailures.inc({ pruner: "audit" });
   const agentPruner = new SliceLoop();
   const opPruner = new SliceLoop();
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);
@@ -50,7 +54,8 @@ export function startHousekeeping(
     agentPruner.run(() => {
       try {
         return s.agents.prune(now - c.agentRetentionMs, PRUNE_SLICE) >= PRUNE_SLICE;
-      } catch {
+      } catch (e) {
+        failures.failed("agents", e);
         return false; // the store is closing or busy: the next tick starts again
       }
     });
@@ -60,11 +65,17 @@ export function startHousekeeping(
       opPruner.run(() => {
         try {
           return s.store.pruneOps(now, PRUNE_SLICE) >= PRUNE_SLICE;
-        } catch {
+        } catch (e) {
+          failures.failed("ops", e);
           return false;
         }
       });
-      s.tokens.pruneExpired(now - c.tokenRetentionMs);
+      try {
+        s.tokens.pruneExpired(now - c.tokenRetentionMs);
+      } catch (e) {
+        // Uncaught, its throw left the timer: an uncaught exception, the kernel gone.
+        failures.failed("tokens", e);
+      }
       retention.run();
     }
   }, tickMs);
@@ -81,27 +92,7 @@ export function startHousekeeping(
   };
 }
 
-/** One `audit.suppressed` record (phase `session`) per transport for the failed handshakes over the record rate since the last tick. */
+/** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */
 function flushSuppressedHandshakes(s: KernelServices): void {
-  for (const x of s.host.handshakeRecords.take()) {
-    s.audit
-      .append({
-        session: "-",
-        persona: "-",
-        phase: "session",
-        op: "audit.suppressed",
-        status: "FAILURE",
-        message: suppressedHandshakesMessage(x),
-        detail: detailJson({
-          of: "session.handshake",
-          transport: x.transport,
-          count: x.count,
-          codes: x.codes,
-          peers: x.peers,
-          otherPeers: x.otherPeers,
-          since: new Date(x.since).toISOString(),
-        }),
-      })
-      .catch(() => {});
-  }
+  for (const x of s.host.handshakeRecords.take()) s.audit.append(suppressedHandshakesRecord(x)).catch(() => {});
 }

@@ -36,6 +36,8 @@ export async function openListeners(
     { cert: c.grpcTlsCert || undefined, key: c.grpcTlsKey || undefined, clientCa: c.grpcTlsClientCa || undefined },
     HEADER_SIZE + c.maxBodyBytes + GRPC_COALESCE_SLACK,
     accept,
+    // A connection without a stream is held no longer than a handshake may take.
+    c.handshakeTimeoutMs,
   );
   opened.grpc = grpc;
   grpc.onError = (e) => log.warn({ err: e }, "gRPC listener");

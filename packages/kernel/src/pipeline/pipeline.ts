@@ -1,7 +1,8 @@
 import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
-import { type RefusalLimiter, suppressedMessage } from "../audit/refusals.js";
+import type { RefusalLimiter } from "../audit/refusals.js";
+import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
@@ -56,8 +57,9 @@ export interface PipelineDeps {
  * admit → validate version and identity → decode the intent → find its declaration → resolve
  * capabilities and authorize → dedupe → limits → audit the intent → check target, args and
  * ownership → execute → audit the outcome → respond. Every request leaves audit records, each
- * written from its {@link RequestCtx}; every refusal goes through {@link refuse}; nothing is
- * answered before its records are committed.
+ * written from its {@link RequestCtx}; every refusal is counted against the refusal rate
+ * ({@link admitRefusal}) and recorded within it ({@link recordRefusal}), most through
+ * {@link refuse}; nothing is answered before its records are committed.
  */
 export class Pipeline {
   readonly admission: Admission;
@@ -79,8 +81,10 @@ export class Pipeline {
    * hash, op and target, its bytes only when small (refusals cost the refused nothing, so they
    * must not cost the disk much: no bulk bytes), and is written within the refusal rate only;
    * beyond it the refusal is counted into one aggregate record (see {@link flushSuppressed}).
+   * Counting it ({@link admitRefusal}) may end a flooding session.
    */
-  private async refuse(ctx: RequestCtx, r: Refusal, admitted = this.admitRefusal(ctx, r)): Promise<Response> {
+  private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+    const admitted = this.admitRefusal(ctx, r);
     if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
   }
@@ -112,16 +116,7 @@ export class Pipeline {
   /** Writes one aggregate record per session for the refusals over the rate since the last call (the kernel's tick). */
   flushSuppressed(): void {
     for (const x of this.deps.refusals?.take() ?? []) {
-      this.deps.audit
-        .append({
-          session: x.session,
-          persona: x.persona,
-          phase: "refused",
-          op: "audit.suppressed",
-          status: "FAILURE",
-          message: suppressedMessage(x),
-        })
-        .catch(() => {});
+      this.deps.audit.append(suppressedRefusalsRecord(x)).catch(() => {});
     }
   }
 
@@ -212,12 +207,12 @@ export class Pipeline {
    * without hashing or decoding its intent (up to a frame's bytes) for a record never written.
    */
   private async refuseUndecoded(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    const admitted = this.admitRefusal(ctx, r);
-    if (admitted) {
+    if (this.admitRefusal(ctx, r)) {
       const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
       if (columns) await columns;
+      await this.recordRefusal(ctx, r);
     }
-    return this.refuse(ctx, r, admitted);
+    return this.answered(ctx, failure(ctx, r));
   }
 
   /** Steps 3 (the hash known) to 5. */

@@ -1,6 +1,25 @@
 import type { ByteChannel } from "@kpip/protocol";
 
 /**
+ * How long a peer has to close its side once the kernel ended the connection (a fatal ERROR,
+ * GOODBYE, a stop): past it the kernel cuts the connection (PROTOCOL §10: one second). A peer
+ * that never closes its side must not keep a descriptor or a gRPC stream (and the kernel's
+ * stop) alive.
+ */
+export const PEER_CLOSE_GRACE_MS = 1000;
+
+/** The kernel ended a connection and the peer kept its side open past the grace: the connection was cut. */
+export class PeerCloseTimeout extends Error {
+  override name = "PeerCloseTimeout";
+  constructor(
+    readonly transport: string,
+    readonly graceMs: number,
+  ) {
+    super(`the peer kept its side of the ${transport} connection open ${graceMs} ms after the kernel ended it: cut`);
+  }
+}
+
+/**
  * A transport-neutral byte stream carrying KPIP frames, as the kernel sees it: the protocol's
  * {@link ByteChannel} (the client's channels are the same interface) plus what the kernel needs
  * for flow control. Every transport (Unix socket, gRPC, in-memory) adapts to this, so
@@ -18,6 +37,12 @@ export interface Connection extends ByteChannel {
    * ends as after GOODBYE. Transports without half-close report a plain close instead.
    */
   onEnd?(cb: () => void): void;
+  /**
+   * The kernel ended the connection and the peer did not close its side within
+   * {@link PEER_CLOSE_GRACE_MS}: the transport cut it (the session logs why). Transports that
+   * cannot be held open by a peer (in-memory) never report it.
+   */
+  onCut?(cb: (e: PeerCloseTimeout) => void): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
   /** gRPC: whether the stream is carried over TLS. */

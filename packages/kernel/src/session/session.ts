@@ -81,6 +81,8 @@ export class Session implements SessionView, EventSink {
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
     conn.onEnd?.(() => this.peerEnded());
+    // Cut after the session ended: a line of the peer's (rate-limited), not a record (the session's end already is one).
+    conn.onCut?.((e) => this.logPeer("info", { err: e.name, graceMs: e.graceMs }, e.message));
   }
 
   /** The peer half-closed (gRPC): a ready session ends as after GOODBYE; a handshake simply ends. */

@@ -13,6 +13,8 @@ export class DedupePruner {
   private readonly loop = new SliceLoop();
   /** Rows deleted so far (metrics, tests). */
   deleted = 0;
+  /** Called when a slice throws (the kernel logs and counts it); the pass ends, the next tick starts again. */
+  onError: ((e: unknown) => void) | undefined;
 
   constructor(
     private readonly store: Pick<AuditStore, "pruneDedupe" | "dedupeEnd" | "pruneDedupeRange">,
@@ -25,8 +27,8 @@ export class DedupePruner {
       let n = 0;
       try {
         n = this.store.pruneDedupe(now, this.slice);
-      } catch {
-        // The store is closing or busy: the next tick starts again.
+      } catch (e) {
+        this.onError?.(e); // the store is closing or busy: the next tick starts again
       }
       this.deleted += n;
       return n >= this.slice;
@@ -43,7 +45,8 @@ export class DedupePruner {
     let through: number;
     try {
       through = this.store.dedupeEnd();
-    } catch {
+    } catch (e) {
+      this.onError?.(e);
       return; // the store is closing or busy: the ticks after this one prune the oldest rows
     }
     let after = 0;
@@ -52,7 +55,8 @@ export class DedupePruner {
         const r = this.store.pruneDedupeRange(now, after, through, this.slice);
         this.deleted += r.deleted;
         after = r.last;
-      } catch {
+      } catch (e) {
+        this.onError?.(e);
         return false;
       }
       return after < through;

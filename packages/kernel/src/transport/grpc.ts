@@ -6,7 +6,7 @@ import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
-import type { Connection } from "../session/connection.js";
+import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseTimeout } from "../session/connection.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -94,14 +94,24 @@ export class GrpcListener {
     /** Largest message accepted or sent: one whole frame (header + the negotiated maximum body) and slack. */
     private readonly maxMessage: number,
     private readonly accept: (c: Connection) => void,
+    /**
+     * An HTTP/2 connection with no stream open for this long is closed (GOAWAY; 0 = never):
+     * grpc-js keeps one for ever, so idle connections were an unbounded number of the kernel's
+     * descriptors any peer that completes TLS could hold. The kernel passes handshakeTimeoutMs.
+     */
+    private readonly idleConnectionMs = 0,
   ) {}
 
   async start(): Promise<void> {
     const { creds, secure } = serverCredentials(this.listen, this.tls);
+    // No HTTP/2 keepalive (grpc-js's server default: off): a session's liveness is KPIP's
+    // heartbeat (PROTOCOL §8.5), which ends the stream of a silent peer, and a connection left
+    // without a stream is closed after idleConnectionMs. (keepalive_permit_without_calls, set here
+    // before, is a client option grpc-js's server never read.)
     const server = new grpc.Server({
       "grpc.max_receive_message_length": this.maxMessage,
       "grpc.max_send_message_length": this.maxMessage,
-      "grpc.keepalive_permit_without_calls": 1,
+      ...(this.idleConnectionMs > 0 ? { "grpc.max_connection_idle_ms": this.idleConnectionMs } : {}),
     });
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
@@ -132,8 +142,34 @@ export class GrpcListener {
     }
     // The address is read when the connection arrives: by the time TLS fails the socket is gone.
     const addresses = new WeakMap<object, string>();
+    // Node gives a TLS handshake 120 s; a connection that has not finished it gets idleConnectionMs,
+    // as one without a stream does after it (the idle limit starts only once HTTP/2 is set up).
+    const unfinished = new Map<object, NodeJS.Timeout>();
+    let timed = this.idleConnectionMs > 0;
     for (const h2 of servers.keys() as Iterable<EventEmitter>) {
-      h2.prependListener("connection", (raw: Socket) => addresses.set(raw, raw.remoteAddress ?? "unknown"));
+      h2.prependListener("connection", (raw: Socket) => {
+        addresses.set(raw, raw.remoteAddress ?? "unknown");
+        if (!timed) return;
+        const timer = setTimeout(() => raw.destroy(), this.idleConnectionMs).unref();
+        unfinished.set(raw, timer);
+        raw.once("close", () => {
+          clearTimeout(timer);
+          unfinished.delete(raw);
+        });
+      });
+      h2.on("secureConnection", (socket: TLSSocket & { _parent?: object }) => {
+        const timer = socket._parent && unfinished.get(socket._parent);
+        if (timer) {
+          clearTimeout(timer);
+          if (socket._parent) unfinished.delete(socket._parent);
+        } else if (timed) {
+          // Not the socket that connected (another Node): never cut a finished handshake; say so once.
+          timed = false;
+          for (const t of unfinished.values()) clearTimeout(t);
+          unfinished.clear();
+          this.onError?.(new Error("connections that do not finish TLS cannot be timed out with this Node version"));
+        }
+      });
       h2.on("tlsClientError", (err: Error, socket: TLSSocket & { _parent?: object }) => {
         const peer = socket.remoteAddress ?? (socket._parent && addresses.get(socket._parent)) ?? "unknown";
         this.onTlsRefused?.(peer, err.message);
@@ -170,12 +206,15 @@ export class GrpcStreamConnection implements Connection {
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
+  private readonly cutCbs: ((e: PeerCloseTimeout) => void)[] = [];
 
   constructor(
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
     /** Largest message sent; coalesced writes are split to stay within it (PROTOCOL §3.6). */
     private maxMessage: number,
     readonly tls = false,
+    /** How long the call may take to finish after {@link end} (a peer that does not read holds it). */
+    private readonly closeGraceMs = PEER_CLOSE_GRACE_MS,
   ) {
     this.peer = call.getPeer();
     // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
@@ -229,8 +268,17 @@ export class GrpcStreamConnection implements Connection {
     this.ended = true;
     this.out.flushNow();
     if (!this.closed) this.call.end();
-    // A peer that never closes its side must not keep the stream (and the kernel) alive.
-    setTimeout(() => this.destroy(), 1000).unref();
+    // A peer that never closes its side (or never reads the end) must not keep the stream (and the kernel) alive.
+    setTimeout(() => {
+      if (this.closed) return; // finished in time
+      this.destroy();
+      const e = new PeerCloseTimeout(this.transport, this.closeGraceMs);
+      for (const cb of this.cutCbs) cb(e);
+    }, this.closeGraceMs).unref();
+  }
+
+  onCut(cb: (e: PeerCloseTimeout) => void): void {
+    this.cutCbs.push(cb);
   }
 
   destroy(): void {
