@@ -144,8 +144,10 @@ describe("kpip audit tail -f", () => {
     child.stdout.on("data", (d) => {
       out += d;
     });
+    // Whole lines only: a read can end in the middle of one.
     const seqs = () =>
       out
+        .slice(0, out.lastIndexOf("\n") + 1)
         .split("\n")
         .filter(Boolean)
         .map((l) => (JSON.parse(l) as { seq: number }).seq);

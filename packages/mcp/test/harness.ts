@@ -24,6 +24,23 @@ export function kpip(args: string[]): { code: number | null; out: string; err: s
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
+/** {@link kpip} without blocking this process while the CLI runs. */
+export function kpipAsync(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+    let out = "";
+    let err = "";
+    child.stdout.setEncoding("utf8").on("data", (d: string) => {
+      out += d;
+    });
+    child.stderr.setEncoding("utf8").on("data", (d: string) => {
+      err += d;
+    });
+    child.once("error", reject);
+    child.once("close", (code) => resolve({ code, out, err }));
+  });
+}
+
 /** A kernel in its own process on a temp home; it can be killed and started again on the same home. */
 export class KernelHome {
   readonly home = mkdtempSync(join(tmpdir(), "kpip-mcp-"));
@@ -73,10 +90,15 @@ export class KernelHome {
   }
 
   /** `kpip audit query --persona P --json`: one object per record. */
-  audit(
+  /**
+   * The persona's audit records, read by the CLI in a child process. Not spawnSync: the gateway
+   * under test often runs in this process, and a test polling the record would stop it for as
+   * long as each read takes (seconds on a busy machine), long enough to time the test out.
+   */
+  async audit(
     persona: string,
-  ): { op: string | null; target: string | null; phase: string; status: string | null; execution?: string }[] {
-    const r = kpip(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
+  ): Promise<{ op: string | null; target: string | null; phase: string; status: string | null; execution?: string }[]> {
+    const r = await kpipAsync(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
     if (r.code !== 0) throw new Error(`kpip audit query failed: ${r.err}`);
     return r.out
       .split("\n")

@@ -223,7 +223,7 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       assert.ok(!listed.some((n) => /^event.(un)?subscribe$/.test(n)), listed.join(", "));
       const e = await mcpError(host.callTool({ name: "event_subscribe", arguments: { target: "topic://t/1" } }));
       assert.equal(e.code, ErrorCode.InvalidParams);
-      assert.ok(!k.audit("hank").some((r) => r.op === "event.subscribe"), "the kernel is never asked");
+      assert.ok(!(await k.audit("hank")).some((r) => r.op === "event.subscribe"), "the kernel is never asked");
       // Every slot of the gateway's session is still there for resources/subscribe.
       for (let i = 0; i < 8; i++) await host.subscribeResource({ uri: `obj://ws1/slot/${i}` });
       await host.end();
@@ -240,7 +240,7 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       const r = await host.callTool({ name: "storage_write", arguments: { target: "obj://ws1/named", args: { data: "x" } } });
       assert.ok(!r.isError, JSON.stringify(r));
       await host.end();
-      const rec = k.audit("hank").find((x) => x.op === "storage.write" && x.target === "obj://ws1/named");
+      const rec = (await k.audit("hank")).find((x) => x.op === "storage.write" && x.target === "obj://ws1/named");
       assert.ok(rec, "the write is on the record");
       assert.match(String(rec.execution), /^mcp:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
     } finally {
@@ -595,13 +595,13 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
         `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${host.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
       );
       // Counted from now: other tests of this persona followed and cancelled ops too.
-      const count = (op: string) => k.audit("hank").filter((r) => r.op === op && r.status === "SUCCESS").length;
-      const [statuses, cancels] = [count("op.status"), count("op.cancel")];
-      await until(() => count("op.status") > statuses, 60_000, "the op to be followed");
+      const count = async (op: string) => (await k.audit("hank")).filter((r) => r.op === op && r.status === "SUCCESS").length;
+      const [statuses, cancels] = [await count("op.status"), await count("op.cancel")];
+      await until(async () => (await count("op.status")) > statuses, 60_000, "the op to be followed");
       assert.equal(load().calls, 1);
       sock.s.destroy();
       await until(() => load().calls === 0, 60_000, "the call to end");
-      await until(() => count("op.cancel") > cancels, 60_000, "op.cancel");
+      await until(async () => (await count("op.cancel")) > cancels, 60_000, "op.cancel");
       await host.end();
     } finally {
       sock.s?.destroy();
@@ -632,7 +632,7 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       );
       assert.equal(noTarget.code, ErrorCode.InvalidParams);
       assert.deepEqual(
-        k.audit("hank").filter((r) => r.target === target),
+        (await k.audit("hank")).filter((r) => r.target === target),
         [],
         "no request reached the kernel",
       );

@@ -129,7 +129,9 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     })) as CallToolResult;
     assert.equal(denied.isError, true);
     assert.match(text(denied), /^FAILURE PERMISSION/);
-    assert.ok(k.audit("carol").some((x) => x.op === "storage.write" && x.target === "obj://ws9/x" && x.status === "FAILURE"));
+    assert.ok(
+      (await k.audit("carol")).some((x) => x.op === "storage.write" && x.target === "obj://ws9/x" && x.status === "FAILURE"),
+    );
   });
 
   it("shares one kernel watch between host sessions subscribed to one object; each gets the update", async () => {
@@ -147,17 +149,23 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     await a.callTool({ name: "storage_write", arguments: { target: "obj://ws1/shared", args: { data: "1" } } });
     await until(() => got.length >= 2, 30_000, "both hosts' updates");
     assert.deepEqual(got.sort(), ["a obj://ws1/shared", "b obj://ws1/shared"]);
-    const watches = () =>
-      k.audit("carol").filter((x) => x.target === "obj://ws1/shared" && x.op?.startsWith("storage.") && x.op.endsWith("watch"));
+    const watches = async () =>
+      (await k.audit("carol")).filter(
+        (x) => x.target === "obj://ws1/shared" && x.op?.startsWith("storage.") && x.op.endsWith("watch"),
+      );
     assert.deepEqual(
-      watches().map((x) => `${x.op} ${x.status}`),
+      (await watches()).map((x) => `${x.op} ${x.status}`),
       ["storage.watch SUCCESS"],
       "one kernel watch for two host sessions",
     );
     // The last session to leave ends the watch.
     await a.unsubscribeResource({ uri: "obj://ws1/shared" });
     await b.unsubscribeResource({ uri: "obj://ws1/shared" });
-    await until(() => watches().some((x) => x.op === "storage.unwatch" && x.status === "SUCCESS"), 30_000, "storage.unwatch");
+    await until(
+      async () => (await watches()).some((x) => x.op === "storage.unwatch" && x.status === "SUCCESS"),
+      30_000,
+      "storage.unwatch",
+    );
   });
 
   it("refuses a host without the bearer secret, with a wrong one, or through a foreign Host or Origin", async () => {
@@ -167,7 +175,7 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     assert.equal(await raw(gw.url, { ...auth, host: `evil.example:${port}` }), 403, "DNS rebinding: foreign Host");
     assert.equal(await raw(gw.url, { ...auth, origin: "https://evil.example" }), 403, "a web page's Origin");
     assert.equal(await raw(gw.url, { origin: `http://127.0.0.1:${port}` }), 401, "same origin, still no secret");
-    assert.equal(k.audit("carol").filter((x) => x.op === "storage.read").length, 1, "nothing more reached the kernel");
+    assert.equal((await k.audit("carol")).filter((x) => x.op === "storage.read").length, 1, "nothing more reached the kernel");
   });
 
   it("listens on loopback only and will not start without a secret", () => {

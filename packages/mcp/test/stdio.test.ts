@@ -110,7 +110,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
   });
 
   it("refuses bad input from the host with an MCP error, and the kernel is never asked", async () => {
-    const before = k.audit("alice").length;
+    const before = (await k.audit("alice")).length;
     const unknown = await mcpError(call(host, "token_mint", { target: "persona://alice" }));
     assert.equal(unknown.code, ErrorCode.InvalidParams);
     assert.match(unknown.message, /unknown tool "token_mint"/);
@@ -125,7 +125,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     const big = await mcpError(call(host, "storage_write", { target: "obj://ws1/big", args: { data: "x".repeat(8000) } }));
     assert.equal(big.code, ErrorCode.InvalidParams);
     assert.match(big.message, /exceed the gateway's limit of 4096 bytes/);
-    assert.equal(k.audit("alice").length, before, "no request reached the kernel");
+    assert.equal((await k.audit("alice")).length, before, "no request reached the kernel");
   });
 
   it("reports a DEFERRED command's progress, then its result", async () => {
@@ -194,7 +194,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     await assert.rejects(pending, (e: unknown) => e instanceof Error && /abort|cancel/i.test(`${e.name} ${e.message}`));
     assert.ok(op, "progress named the op");
     await until(
-      () => k.audit("alice").some((a) => a.op === "op.cancel" && a.target === op && a.status === "SUCCESS"),
+      async () => (await k.audit("alice")).some((a) => a.op === "op.cancel" && a.target === op && a.status === "SUCCESS"),
       60_000,
       "op.cancel",
     );
@@ -207,7 +207,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
   });
 
   it("records every call in the audit log with the host's name (context.execution)", async () => {
-    const rows = k.audit("alice");
+    const rows = await k.audit("alice");
     for (const [op, target] of [
       ["storage.write", "obj://ws1/notes/a"],
       ["storage.read", "obj://ws1/notes/a"],
@@ -323,7 +323,7 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
         answer.result.content[0].text,
         /^FAILURE CANCELLED: op:\/\/[0-9a-f]+ was cancelled as the host closed its input/,
       );
-      assert.ok(k.audit("alice").some((r) => r.op === "op.cancel" && r.status === "SUCCESS"));
+      assert.ok((await k.audit("alice")).some((r) => r.op === "op.cancel" && r.status === "SUCCESS"));
     } finally {
       if (gw.exitCode === null) gw.kill("SIGKILL");
       await exited;
