@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds, rootPersona } from "../resources/lineage.js";
+import { childBounds, rootPersona, treeName } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -112,7 +112,7 @@ export class TokenService {
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${mintedBy === by ? by : `${mintedBy} (with the personas under it)`} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+        `${treeName(mintedBy, by)} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
       );
     // Counted now: the caller records the token next.
     e.n++;

@@ -6,7 +6,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { inTree, rootPersona } from "../resources/lineage.js";
+import { inTree, rootPersona, treeName } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
@@ -167,7 +167,7 @@ export class ComputeEngine {
     if (mine >= this.opts.maxPendingPerPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+        `${treeName(root, persona)} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
       );
   }
 

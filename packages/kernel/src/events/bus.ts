@@ -1,7 +1,7 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
-import { rootPersona } from "../resources/lineage.js";
+import { rootPersona, treeName } from "../resources/lineage.js";
 import { TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
@@ -122,7 +122,7 @@ export class EventBus {
     if (persona >= L.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${tree === sink.persona ? tree : `${tree} (with the personas under it)`} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
+        `${treeName(tree, sink.persona)} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
       );
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);

@@ -144,7 +144,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     // Committed before start() returns, like everything else the start puts on the record.
     audit.flush();
-    // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas').
+    // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
+    // read with the grant's rate family by the enforcer: one read of its token row per grant.
     const bounds = new GrantBounds(store);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds);
     const admission = new Admission(c);
@@ -199,11 +200,17 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
     );
     router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-    const { enforcer, tokens } = capabilities(new RootKeys(c.home, input.clock), store, input.clock, {
-      maxTokenBytes: c.maxTokenBytes,
-      maxLiveTokens: c.maxLiveTokens,
-      exempt: ["kernel", c.adminPersona],
-    });
+    const { enforcer, tokens } = capabilities(
+      new RootKeys(c.home, input.clock),
+      store,
+      input.clock,
+      {
+        maxTokenBytes: c.maxTokenBytes,
+        maxLiveTokens: c.maxLiveTokens,
+        exempt: ["kernel", c.adminPersona],
+      },
+      bounds,
+    );
     enforcerRef = enforcer;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);

@@ -1,4 +1,4 @@
-import { rootPersona } from "../resources/lineage.js";
+import { rootPersona, treeName } from "../resources/lineage.js";
 import type { Refusal } from "./context.js";
 
 /** The bounds admission applies (kernel settings). */
@@ -59,7 +59,7 @@ export class Admission {
     if (persona !== adminPersona && maxSessionsPerPersona !== undefined && tree >= maxSessionsPerPersona) {
       return {
         errorClass: "RESOURCE",
-        message: `persona ${rootPersona(persona)} and its sub-personas already have ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+        message: `${treeName(rootPersona(persona), persona)} already has ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
       };
     }
     // At most maxSessions - 1 reserved: some persona other than the admin can always get in.

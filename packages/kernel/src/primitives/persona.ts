@@ -1,6 +1,6 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
-import { rootPersona } from "../resources/lineage.js";
+import { rootPersona, treeName } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -104,7 +104,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             if (ctx.persona !== host.admin && store.countRegisteredWithin(root) >= host.maxRegistered) {
               throw new OpError(
                 "RESOURCE",
-                `${root} and the personas under it have registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
+                `${treeName(root, ctx.persona)} has registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
               );
             }
             store.addPersona(id, key, ctx.persona);

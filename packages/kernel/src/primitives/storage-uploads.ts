@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
-import { inTree, rootPersona } from "../resources/lineage.js";
+import { inTree, rootPersona, treeName } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -123,7 +123,7 @@ export class UploadTable {
     if (mine >= this.limits.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+        `${treeName(root, persona)} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
       );
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);

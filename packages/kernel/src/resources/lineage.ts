@@ -41,25 +41,40 @@ export function childBounds(sub: string, parent: Grant, parentBounds: readonly B
   return [...merged].map(([persona, limits]) => ({ persona, limits }));
 }
 
+/** What a grant's token row adds to it, read once per grant: the bounds it was minted under, and its rate family. */
+interface GrantRow {
+  bounds: readonly Bound[];
+  family: string;
+}
+
 /**
  * The bounds a request under a grant is held to, from the grant's token row (read once per
- * grant): besides the grant's own limits (over its subject's tree), every limit a token it was
- * minted from holds — an agent's token and a token minted for a sub-persona cannot use what the
- * parent already used.
+ * grant, shared with the enforcer's rate family): besides the grant's own limits (over its
+ * subject's tree), every limit a token it was minted from holds — an agent's token and a token
+ * minted for a sub-persona cannot use what the parent already used.
  */
 export class GrantBounds {
-  private readonly cache = new WeakMap<Grant, readonly Bound[]>();
+  private readonly cache = new WeakMap<Grant, GrantRow>();
 
   constructor(private readonly store?: Pick<TokenStore, "getToken">) {}
 
-  of(grant: Grant | undefined): readonly Bound[] {
-    if (!grant || !this.store) return NONE;
-    let b = this.cache.get(grant);
-    if (b === undefined) {
-      b = this.store.getToken(grant.id)?.bounds ?? NONE;
-      this.cache.set(grant, b);
+  private row(grant: Grant): GrantRow {
+    let r = this.cache.get(grant);
+    if (r === undefined) {
+      const t = this.store?.getToken(grant.id);
+      r = { bounds: t?.bounds ?? NONE, family: t?.family ?? grant.id };
+      this.cache.set(grant, r);
     }
-    return b;
+    return r;
+  }
+
+  of(grant: Grant | undefined): readonly Bound[] {
+    return grant && this.store ? this.row(grant).bounds : NONE;
+  }
+
+  /** The grant's rate-limit key: its token family (a refreshed or minted copy shares the bucket). */
+  family(grant: Grant): string {
+    return this.row(grant).family;
   }
 }
 
@@ -71,4 +86,56 @@ export function grantScope(persona: string, grant: Grant | undefined): string {
   return grant && inTree(persona, grant.subject) ? grant.subject : persona;
 }
 
+/** A limit that binds a request: [the persona whose tree's usage counts, the limit]. */
+export type LimitOver = readonly [scope: string, limit: number];
+
+/**
+ * The limits on `resource` that bind a request of `persona` under `grant` (minted under
+ * `bounds`): the grant's own over its subject's tree, each ancestor token's over its persona's
+ * tree when `persona` lies in it.
+ */
+export function limitsOver(
+  persona: string,
+  grant: Grant | undefined,
+  bounds: readonly Bound[],
+  resource: string,
+): readonly LimitOver[] {
+  // No closure or array for a request nothing limits: every request asks.
+  let out: LimitOver[] | undefined;
+  if (grant && Object.hasOwn(grant.limits, resource)) out = [[grantScope(persona, grant), grant.limits[resource] as number]];
+  for (const b of bounds) {
+    if (!Object.hasOwn(b.limits, resource) || !inTree(persona, b.persona)) continue;
+    const l: LimitOver = [b.persona, b.limits[resource] as number];
+    if (out) out.push(l);
+    else out = [l];
+  }
+  return out ?? NO_LIMITS;
+}
+
+/**
+ * The first limit on `resource` (a count: requests in flight, processes running) that one more
+ * for `persona` would pass, `count(scope)` being what `scope`'s tree has now; undefined when
+ * every one has room. One check for the ledger's `concurrent` and the process table's `agents`.
+ */
+export function countAtLimit(
+  persona: string,
+  grant: Grant | undefined,
+  bounds: readonly Bound[],
+  resource: string,
+  count: (scope: string) => number,
+): { scope: string; n: number; limit: number } | undefined {
+  for (const [scope, limit] of limitsOver(persona, grant, bounds, resource)) {
+    const n = count(scope);
+    if (n >= limit) return { scope, n, limit };
+  }
+  return undefined;
+}
+
+/** How a limit's refusal names the tree it counted: `scope`, and the requester when it lies under it. */
+export const overName = (scope: string, persona: string) => (scope === persona ? persona : `${scope} (over ${persona})`);
+
+/** How a kernel-wide per-tree bound's refusal names the tree: the requester, or its root with the personas under it. */
+export const treeName = (root: string, persona: string) => (root === persona ? persona : `${root} (with the personas under it)`);
+
 const NONE: readonly Bound[] = Object.freeze([]);
+const NO_LIMITS: readonly LimitOver[] = Object.freeze([]);

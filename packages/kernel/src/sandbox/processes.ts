@@ -1,6 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { GrantBounds, grantScope, inTree, rootPersona } from "../resources/lineage.js";
+import { countAtLimit, GrantBounds, inTree, overName, rootPersona, treeName } from "../resources/lineage.js";
 
 /** One process tree the kernel started and has not yet seen end. */
 export interface ProcessEntry {
@@ -62,25 +62,14 @@ export class ProcessTable {
     if (tree >= this.bounds.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already runs ${tree} processes (agents and commands), the most a persona may`,
+        `${treeName(root, persona)} already runs ${tree} processes (agents and commands), the most a persona may`,
       );
-    const limit = grant?.limits.agents;
-    if (limit !== undefined) {
-      const scope = grantScope(persona, grant);
-      const mine = this.countFor(scope);
-      if (mine >= limit)
-        throw new OpError("RESOURCE", `agents exceeded for ${scope}: ${mine} agents and commands running, limit ${limit}`);
-    }
-    for (const b of this.grantBounds.of(grant)) {
-      const up = b.limits.agents;
-      if (up === undefined || !inTree(persona, b.persona)) continue;
-      const theirs = this.countFor(b.persona);
-      if (theirs >= up)
-        throw new OpError(
-          "RESOURCE",
-          `agents exceeded for ${b.persona} (over ${persona}): ${theirs} agents and commands running, limit ${up}`,
-        );
-    }
+    const over = countAtLimit(persona, grant, this.grantBounds.of(grant), "agents", (scope) => this.countFor(scope));
+    if (over)
+      throw new OpError(
+        "RESOURCE",
+        `agents exceeded for ${overName(over.scope, persona)}: ${over.n} agents and commands running, limit ${over.limit}`,
+      );
   }
 
   add(e: ProcessEntry): void {
