@@ -1,4 +1,5 @@
 import type { Grant } from "@kpip/protocol";
+import { isAgentPersona } from "../agents/namespace.js";
 import type { TokenBound, TokenStore } from "../store/types.js";
 
 /**
@@ -11,11 +12,74 @@ export function personaLineage(persona: string): string[] {
   return out;
 }
 
-/** The top of `persona`'s tree: what the kernel-wide per-persona bounds count. */
-export function rootPersona(persona: string): string {
+/** The first segment of `persona`'s id: the tree of a persona no configured persona lies over. */
+export function firstSegment(persona: string): string {
   const i = persona.indexOf("/");
   return i < 0 ? persona : persona.slice(0, i);
 }
+
+/** Where a persona's registration comes from: its registrar, null for the kernel or an operator, undefined when not registered. */
+export type RegistrarOf = (id: string) => string | null | undefined;
+
+/** Roots remembered at most: past this the cache starts again (each is one indexed read per level to find). */
+const ROOTS_KEPT = 10_000;
+
+/**
+ * The top of each persona's tree, which the kernel-wide per-persona bounds count (processes,
+ * sessions, subscriptions, uploads, ops, live tokens, refusal records, registrations, ended
+ * agents): the shortest prefix of its id (itself included) that a persona the operator
+ * configured — registered by the kernel, an operator, or the admin's tree — and not an agent.
+ * So personas the admin registered side by side (`team/alice`, `team/bob`, no `team`) are two
+ * trees, while the sub-personas a persona registers (persona.register keeps them inside the
+ * registrar's tree) and its agents (`<spawner>/agent.<name>`) are its tree. Every member of a
+ * tree lies under its root by id, so a tree is an id range. A persona under no configured
+ * prefix (not registered; an older home's sub-persona registered outside its tree) falls back
+ * to the first segment of its id.
+ *
+ * Found from the registry once per persona and cached (no read on the request path); any change
+ * of the registry ({@link changed}) clears the cache.
+ */
+export class PersonaRoots {
+  private readonly cache = new Map<string, string>();
+
+  constructor(
+    private readonly registrarOf: RegistrarOf,
+    private readonly admin: string,
+  ) {}
+
+  of(persona: string): string {
+    let r = this.cache.get(persona);
+    if (r === undefined) {
+      r = this.find(persona);
+      if (this.cache.size >= ROOTS_KEPT) this.cache.clear();
+      this.cache.set(persona, r);
+    }
+    return r;
+  }
+
+  /** The registry changed (a persona added or removed, through the kernel or offline): roots are found again. */
+  changed(): void {
+    this.cache.clear();
+  }
+
+  private find(persona: string): string {
+    for (let i = persona.indexOf("/"); ; i = persona.indexOf("/", i + 1)) {
+      const p = i < 0 ? persona : persona.slice(0, i);
+      // An agent (or anything under one) is never the top of a tree: it lies under its spawner.
+      if (isAgentPersona(p)) break;
+      const by = this.registrarOf(p);
+      if (by === null || (by !== undefined && inTree(by, this.admin))) return p;
+      if (i < 0) break;
+    }
+    return firstSegment(persona);
+  }
+}
+
+/** What a bound asks of the roots: the top of a persona's tree. */
+export type TreeRoots = Pick<PersonaRoots, "of">;
+
+/** Roots by the first segment of the id only: for a component used without a registry (unit tests). */
+export const FIRST_SEGMENT: TreeRoots = { of: firstSegment };
 
 /** Whether `persona` is `root` or lies under it. */
 export const inTree = (persona: string, root: string) =>

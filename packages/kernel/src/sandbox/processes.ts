@@ -1,6 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { countAtLimit, GrantBounds, inTree, overName, rootPersona, treeName } from "../resources/lineage.js";
+import { countAtLimit, FIRST_SEGMENT, GrantBounds, inTree, overName, type TreeRoots, treeName } from "../resources/lineage.js";
 
 /** One process tree the kernel started and has not yet seen end. */
 export interface ProcessEntry {
@@ -31,6 +31,8 @@ export class ProcessTable {
     private readonly bounds: ProcessBounds,
     /** The limits the tokens a grant was minted from hold over it. */
     private readonly grantBounds: GrantBounds = new GrantBounds(),
+    /** The top of each persona's tree (the per-persona bound's count). */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
   private key(kind: ProcessEntry["kind"], id: string): string {
@@ -57,7 +59,7 @@ export class ProcessTable {
   admit(persona: string, grant: Grant | undefined): void {
     if (this.live.size >= this.bounds.max)
       throw new OpError("RESOURCE", `the kernel already runs ${this.bounds.max} processes (agents and commands)`);
-    const root = rootPersona(persona);
+    const root = this.roots.of(persona);
     const tree = this.countFor(root);
     if (tree >= this.bounds.perPersona)
       throw new OpError(
