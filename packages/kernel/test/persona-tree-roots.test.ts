@@ -71,6 +71,24 @@ describe("persona trees found from the registry", () => {
     });
   });
 
+  it("token.mint for a persona outside the minting token's subject's tree is PERMISSION; inside it, and by the admin, minted", async () => {
+    await withKernel({}, async (t) => {
+      const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };
+      const a = await t.persona("alice", [ws1, { ops: ["token.mint"], targets: ["persona://**"] }], {
+        limits: { "storage.bytes": 1000 },
+      });
+      await t.persona("bob", [HEALTH]);
+      const c = await t.connect(a.identity, [a.token]);
+      const spec = { rights: [ws1], ttlMs: 60_000, limits: { "storage.bytes": 1000 } };
+      // Bob's tree is not alice's: her 1000 bytes would not bound what bob does with it.
+      assert.equal(await outcome(c.tokens.mint("bob", spec)), "PERMISSION");
+      assert.equal(await outcome(c.tokens.mint("alice/helper", spec)), "ok");
+      assert.equal(await outcome(c.tokens.mint("alice", spec)), "ok");
+      const admin = await t.admin();
+      assert.equal(await outcome(admin.tokens.mint("bob", spec)), "ok");
+    });
+  });
+
   it("the trees follow the registry: once the admin registers team above team/alice and team/bob they are one tree, and sessions opened before are released where they were counted", async () => {
     await withKernel({ maxSessionsPerPersona: 2 }, async (t) => {
       const a = await t.persona("team/alice", [HEALTH]);
