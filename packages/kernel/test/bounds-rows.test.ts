@@ -143,7 +143,19 @@ describe("bounded after authentication: ended agents over a persona's tree", { s
         { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
         { ops: ["agent.list"], targets: ["kernel://"] },
       ];
-      const subs = await Promise.all(["tree/s0", "tree/s1", "tree/s2"].map((id) => t.persona(id, rights)));
+      // tree registers its sub-personas itself (personas the admin registered side by side under a
+      // common prefix would be trees of their own) and mints each a token.
+      const tree = await t.persona("tree", [
+        ...rights,
+        { ops: ["persona.register", "token.mint"], targets: ["persona://tree/**"] },
+      ]);
+      const tc = await t.connect(tree.identity, [tree.token]);
+      const subs: { identity: ReturnType<typeof generateIdentity>; token: Uint8Array }[] = [];
+      for (const id of ["tree/s0", "tree/s1", "tree/s2"]) {
+        const identity = generateIdentity(id);
+        await tc.personas.register(id, identity.publicKey);
+        subs.push({ identity, token: (await tc.tokens.mint(id, { rights, ttlMs: 600_000 })).token });
+      }
       for (const [i, p] of subs.entries()) {
         const c = await t.connect(p.identity, [p.token]);
         for (const j of [0, 1]) {

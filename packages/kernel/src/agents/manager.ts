@@ -16,7 +16,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
@@ -32,6 +32,8 @@ export interface AgentOptions {
   maxAgents: number;
   /** Ended agents kept per spawner: at an agent's end, its spawner's older ones beyond this are forgotten. */
   maxEndedAgentsPerPersona: number;
+  /** The top of each persona's tree (maxEndedAgentsPerPersona counts it); by first segment when absent. */
+  roots?: TreeRoots;
   sandbox: Sandbox;
   processes: ProcessTable;
   /** Takes the kernel end of an agent's inherited connection as a session. */
@@ -302,7 +304,7 @@ export class AgentManager {
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
       // keeps a bounded number (per spawner, sub-personas it registers would each keep as many).
-      this.store.trimEndedAgents(rootPersona(rec.spawner), this.opts.maxEndedAgentsPerPersona);
+      this.store.trimEndedAgents((this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner), this.opts.maxEndedAgentsPerPersona);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
     }

@@ -1,4 +1,4 @@
-import { rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { type Bucket, RateBuckets } from "./rate-buckets.js";
 
 /** How fast refusals are written to the audit log, per session and per persona. */
@@ -43,6 +43,8 @@ export class RefusalLimiter {
   constructor(
     private readonly limits: RefusalLimits,
     private readonly clock: () => number = Date.now,
+    /** The top of each persona's tree (the persona rate counts it). */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {
     this.sessions = new RateBuckets(() => this.limits.sessionRate);
     this.personas = new RateBuckets(() => this.limits.personaRate);
@@ -53,7 +55,7 @@ export class RefusalLimiter {
     const now = this.clock();
     const s = this.bucket(this.sessions, session, now);
     // A persona's rate covers its whole tree: its agents and sub-personas refuse on its budget.
-    const p = this.bucket(this.personas, rootPersona(persona), now);
+    const p = this.bucket(this.personas, this.roots.of(persona), now);
     if (s.tokens >= 1 && p.tokens >= 1) {
       s.tokens--;
       p.tokens--;

@@ -1,3 +1,4 @@
+import { GrantBounds } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import { CapEnforcer, DEFAULT_ENFORCER_LIMITS, type EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -17,11 +18,13 @@ export function capabilities(
   store: TokenStore,
   clock: () => number = Date.now,
   limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
+  /** Each grant's token row, read once: shared with the ledger and the process table. */
+  grantBounds: GrantBounds = new GrantBounds(store),
 ): Capabilities {
   // Shared: a revocation by the token service takes effect at once for every decision.
   const revoked = new Revocations(store);
   return {
-    enforcer: new CapEnforcer(keys, store, revoked, clock, limits),
+    enforcer: new CapEnforcer(keys, store, revoked, clock, limits, grantBounds),
     tokens: new TokenService(keys, store, revoked, clock, limits),
   };
 }

@@ -12,6 +12,7 @@ import {
   type TokenError,
 } from "@kpip/protocol";
 import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
+import { GrantBounds } from "../resources/lineage.js";
 import type { BoundCapability, HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
@@ -59,16 +60,17 @@ export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
   /** Rate-limit family of a grant: the id of the token its refreshes started from. */
-  private readonly families = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
 
   constructor(
     private readonly keys: RootKeys,
-    private readonly store: TokenStore,
+    store: TokenStore,
     private readonly revoked: Revocations,
     private readonly clock: () => number = Date.now,
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
+    /** Each grant's token row (its rate family and bounds), read once and shared with the ledger. */
+    readonly grantBounds: GrantBounds = new GrantBounds(store),
   ) {}
 
   /** Verifies a token for use by `persona` now. */
@@ -267,13 +269,14 @@ export class CapEnforcer implements Authorizer {
           capIds: Object.freeze([handleLabel(bound)]) as string[],
           grant,
           rateKey: this.familyOf(grant),
+          bounds: this.grantBounds.of(grant),
         });
         return bound.allows;
       }
       if (bound !== undefined) capIds.push(handleLabel(bound));
       if (ok) {
         if (inline) this.noteDerived(inline, grant, req.persona, req.session);
-        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
+        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant), bounds: this.grantBounds.of(grant) };
       }
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
@@ -313,12 +316,7 @@ export class CapEnforcer implements Authorizer {
 
   /** The rate-limit key of a grant: its refresh family, so a refreshed copy shares the bucket. */
   familyOf(g: Grant): string {
-    let f = this.families.get(g);
-    if (f === undefined) {
-      f = this.store.getToken(g.id)?.family ?? g.id;
-      this.families.set(g, f);
-    }
-    return f;
+    return this.grantBounds.family(g);
   }
 
   isRevoked(g: Grant): boolean {

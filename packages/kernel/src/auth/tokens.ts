@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds, rootPersona } from "../resources/lineage.js";
+import { childBounds, FIRST_SEGMENT, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -16,6 +16,8 @@ import type { Revocations } from "./revocations.js";
 export class TokenService {
   /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
   private readonly live = new Map<string, { n: number; at: number }>();
+  /** The top of each persona's tree (the live-token bound counts it): the kernel sets the registry's. */
+  roots: TreeRoots = FIRST_SEGMENT;
 
   constructor(
     private readonly keys: RootKeys,
@@ -95,7 +97,7 @@ export class TokenService {
    */
   private checkLiveTokens(by: string, now: number): void {
     if (this.limits.exempt.includes(by)) return;
-    const root = rootPersona(by);
+    const root = this.roots.of(by);
     const mintedBy = this.limits.exempt.includes(root) ? by : root;
     let e = this.live.get(mintedBy);
     // Counting is a scan of the minter's rows: at most once a second (what is revoked or expires
@@ -112,7 +114,7 @@ export class TokenService {
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${mintedBy === by ? by : `${mintedBy} (with the personas under it)`} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+        `${treeName(mintedBy, by)} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
       );
     // Counted now: the caller records the token next.
     e.n++;

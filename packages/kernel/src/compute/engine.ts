@@ -6,7 +6,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { inTree, rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
@@ -32,6 +32,8 @@ export interface ComputeOptions {
   /** Ops queued or running per persona, and in the kernel: each waits in memory and in the store. */
   maxPendingPerPersona: number;
   maxPending: number;
+  /** The top of each persona's tree (maxPendingPerPersona counts it); by first segment when absent. */
+  roots?: TreeRoots;
 }
 
 /** What runs a command: the sandbox, the process table, and the persona's in-flight count. */
@@ -160,14 +162,14 @@ export class ComputeEngine {
     if (total >= this.opts.maxPending)
       throw new OpError("RESOURCE", `the kernel already has ${total} ops queued or running (at most ${this.opts.maxPending})`);
     // Counted over the persona's whole tree: its agents and sub-personas queue no ops of their own.
-    const root = rootPersona(persona);
+    const root = (this.opts.roots ?? FIRST_SEGMENT).of(persona);
     let mine = 0;
     for (const j of this.queue) if (inTree(j.op.persona, root)) mine++;
     for (const r of this.running.values()) if (inTree(r.op.persona, root)) mine++;
     if (mine >= this.opts.maxPendingPerPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+        `${treeName(root, persona)} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
       );
   }
 

@@ -1,7 +1,7 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
-import { rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, type TreeRoots, treeName } from "../resources/lineage.js";
 import { TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
@@ -33,6 +33,8 @@ interface Subscription {
   dropped: number;
   /** Checked before each delivery: a reason (its authority lapsed) ends the subscription. */
   guard?: () => string | undefined;
+  /** The persona tree it was counted in (released there, whatever the registry became since). */
+  tree: string;
 }
 
 export interface EventBusLimits {
@@ -95,6 +97,8 @@ export class EventBus {
   delivered = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
+  /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): the kernel sets the registry's. */
+  roots: TreeRoots = FIRST_SEGMENT;
   /** Why a capability no longer authorizes anything (revoked, expired), or undefined: set by the kernel. */
   lapsed: ((g: Grant) => string | undefined) | undefined;
 
@@ -117,17 +121,17 @@ export class EventBus {
     if (mine >= L.perSession)
       throw new OpError("RESOURCE", `this session already has ${mine} subscriptions (maxSubscriptionsPerSession)`);
     // Counted over the persona's whole tree: its agents and sub-personas hold no subscriptions of their own.
-    const tree = rootPersona(sink.persona);
+    const tree = this.roots.of(sink.persona);
     const persona = this.byPersona.get(tree) ?? 0;
     if (persona >= L.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${tree === sink.persona ? tree : `${tree} (with the personas under it)`} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
+        `${treeName(tree, sink.persona)} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
       );
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
     const id = this.nextId++;
-    const s: Subscription = { id, sink, pattern, seq: 0, queue: [], bytes: 0, dropped: 0 };
+    const s: Subscription = { id, sink, pattern, seq: 0, queue: [], bytes: 0, dropped: 0, tree };
     if (guard) s.guard = guard;
     this.subs.set(id, s);
     this.index.add(s);
@@ -233,7 +237,7 @@ export class EventBus {
     this.subs.delete(s.id);
     this.index.remove(s);
     while (s.queue.length) this.take(s);
-    const tree = rootPersona(s.sink.persona);
+    const tree = s.tree;
     const n = (this.byPersona.get(tree) ?? 1) - 1;
     if (n <= 0) this.byPersona.delete(tree);
     else this.byPersona.set(tree, n);

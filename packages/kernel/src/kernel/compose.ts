@@ -34,7 +34,7 @@ import { tokenFamily } from "../primitives/token.js";
 import type { PrimitiveFamily } from "../primitives/types.js";
 import { UploadHasher } from "../primitives/upload-hasher.js";
 import { ResourceLedger } from "../resources/ledger.js";
-import { GrantBounds } from "../resources/lineage.js";
+import { GrantBounds, PersonaRoots } from "../resources/lineage.js";
 import { ProcessTable } from "../sandbox/processes.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
 import { openSandbox, sandboxInfo, sandboxSummary } from "../sandbox/setup.js";
@@ -145,13 +145,18 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     // Committed before start() returns, like everything else the start puts on the record.
     audit.flush();
-    // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas').
+    // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
+    // read with the grant's rate family by the enforcer: one read of its token row per grant.
     const bounds = new GrantBounds(store);
-    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds);
+    // The top of each persona's tree, for every kernel-wide per-persona bound: from the registry
+    // (who registered whom), cached per persona; registry changes clear it.
+    const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
+    events.roots = roots;
+    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
-      (persona, attested, tree) => admission.session(persona, attested, tree)?.message,
+      (persona, attested, tree, root) => admission.session(persona, attested, tree, root)?.message,
       {
         shed: () => metricsRef?.handshakesShed.inc(),
         ended: (s) => {
@@ -159,6 +164,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           pipelineRef?.sessionEnded(s.id);
         },
       },
+      roots,
     );
     const addresses: Addresses = { grpc: undefined, metrics: "" };
     router.register(
@@ -182,7 +188,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     if (swept) log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
     uploads = new UploadTable(
       blobs,
-      { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, totalBytes: c.maxUploadBytes, idleMs: c.uploadIdleMs },
+      { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, totalBytes: c.maxUploadBytes, idleMs: c.uploadIdleMs, roots },
       (h) => store.countBodyRefs(h),
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
@@ -200,12 +206,19 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
     );
     router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
-    const { enforcer, tokens } = capabilities(new RootKeys(c.home, input.clock), store, input.clock, {
-      maxTokenBytes: c.maxTokenBytes,
-      maxLiveTokens: c.maxLiveTokens,
-      exempt: ["kernel", c.adminPersona],
-    });
+    const { enforcer, tokens } = capabilities(
+      new RootKeys(c.home, input.clock),
+      store,
+      input.clock,
+      {
+        maxTokenBytes: c.maxTokenBytes,
+        maxLiveTokens: c.maxLiveTokens,
+        exempt: ["kernel", c.adminPersona],
+      },
+      bounds,
+    );
     enforcerRef = enforcer;
+    tokens.roots = roots;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
@@ -221,6 +234,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxRuntimeMs: c.maxRuntimeMs,
         maxPendingPerPersona: c.maxPendingOpsPerPersona,
         maxPending: c.maxPendingOps,
+        roots,
       },
       log,
       {
@@ -244,6 +258,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxRuntimeMs: c.maxRuntimeMs,
         maxAgents: c.maxAgents,
         maxEndedAgentsPerPersona: c.maxEndedAgentsPerPersona,
+        roots,
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),
@@ -269,6 +284,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         revokeToken: (id, by) => tokens.revoke(id, by),
         registryChanged: () => expelUnregistered(expulsion),
         maxRegistered: c.maxRegisteredPersonas,
+        roots,
       }),
     );
     router.register(eventFamily(events, (id) => sessions.get(id)));
@@ -303,6 +319,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         intentMaxBytes: c.auditRefusalIntentMaxBytes,
       },
       input.clock,
+      roots,
     );
     const bodies = new BodyPool(c.bodyPoolBytes);
     const pipeline = new Pipeline({
@@ -386,7 +403,15 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       addresses,
       status,
       applyOfflineChanges: () =>
-        applyOfflineChanges({ ...expulsion, audit, reloadRevocations: () => tokens.reloadRevocations() }),
+        applyOfflineChanges({
+          ...expulsion,
+          audit,
+          // The registry may have changed too: roots are found again.
+          reloadRevocations: () => {
+            tokens.reloadRevocations();
+            roots.changed();
+          },
+        }),
       runDetail,
       closeStorage,
     };

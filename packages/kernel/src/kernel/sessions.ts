@@ -1,5 +1,5 @@
 import { TICK_SLICE_SESSIONS } from "../limits.js";
-import { rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
@@ -22,8 +22,10 @@ export class SessionRegistry implements SessionCounts {
   private readonly byId = new Map<string, Session>();
   private readonly preauth: PreauthBudget<Session>;
   private attested = 0;
-  /** Attested sessions per persona tree (its top-level id): the per-persona bound's count. */
+  /** Attested sessions per persona tree (by its root): the per-persona bound's count. */
   private readonly trees = new Map<string, number>();
+  /** The tree each attested session was counted in: released there, whatever the registry became since. */
+  private readonly treeOf = new Map<Session, string>();
   private host: SessionHost | undefined;
   /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
   private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
@@ -31,8 +33,10 @@ export class SessionRegistry implements SessionCounts {
   constructor(
     preauth: PreauthLimits,
     /** The admission decision (the pipeline's admission stage): a refusal's message, given the attested sessions, all and the persona tree's. */
-    private readonly decide: (persona: string, attested: number, tree: number) => string | undefined,
+    private readonly decide: (persona: string, attested: number, tree: number, root: string) => string | undefined,
     private readonly on: SessionEvents = {},
+    /** The top of each persona's tree. */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {
     this.preauth = new PreauthBudget(preauth);
   }
@@ -68,12 +72,13 @@ export class SessionRegistry implements SessionCounts {
 
   /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
   admit(s: Session, persona: string): string | undefined {
-    const tree = rootPersona(persona);
-    const refused = this.decide(persona, this.attested, this.trees.get(tree) ?? 0);
+    const tree = this.roots.of(persona);
+    const refused = this.decide(persona, this.attested, this.trees.get(tree) ?? 0, tree);
     if (refused !== undefined) return refused;
     this.preauth.release(s);
     this.attested++;
     this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);
+    this.treeOf.set(s, tree);
     return undefined;
   }
 
@@ -81,9 +86,10 @@ export class SessionRegistry implements SessionCounts {
   closed(s: Session): void {
     if (!this.sessions.has(s)) return;
     this.preauth.release(s);
-    if (s.persona) {
+    const tree = this.treeOf.get(s);
+    if (tree !== undefined) {
       this.attested--;
-      const tree = rootPersona(s.persona);
+      this.treeOf.delete(s);
       const n = (this.trees.get(tree) ?? 1) - 1;
       if (n > 0) this.trees.set(tree, n);
       else this.trees.delete(tree);

@@ -1,4 +1,4 @@
-import { rootPersona } from "../resources/lineage.js";
+import { treeName } from "../resources/lineage.js";
 import type { Refusal } from "./context.js";
 
 /** The bounds admission applies (kernel settings). */
@@ -48,18 +48,18 @@ export class Admission {
   }
 
   /**
-   * A persona attested while `attested` sessions are open, `tree` of them its tree's (see
-   * {@link rootPersona}): may it have one more? maxSessions bounds attested sessions, the last
+   * A persona attested while `attested` sessions are open, `tree` of them its tree's (the tree
+   * under `root`, resources/lineage.ts's PersonaRoots): may it have one more? maxSessions bounds attested sessions, the last
    * `adminReserve` of them the admin's alone; maxSessionsPerPersona bounds one tree's, so one
    * persona cannot take every slot but the admin's. A refusal is the fatal
    * RESOURCE/TOO_MANY_SESSIONS of the handshake (audited as `session.handshake`).
    */
-  session(persona: string, attested: number, tree = 0): Refusal | undefined {
+  session(persona: string, attested: number, tree = 0, root = persona): Refusal | undefined {
     const { maxSessions, adminReserve, adminPersona, maxSessionsPerPersona } = this.limits;
     if (persona !== adminPersona && maxSessionsPerPersona !== undefined && tree >= maxSessionsPerPersona) {
       return {
         errorClass: "RESOURCE",
-        message: `persona ${rootPersona(persona)} and its sub-personas already have ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+        message: `${treeName(root, persona)} already has ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
       };
     }
     // At most maxSessions - 1 reserved: some persona other than the admin can always get in.

@@ -1,6 +1,6 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
-import { rootPersona } from "../resources/lineage.js";
+import { inTree, type PersonaRoots, treeName } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -16,8 +16,10 @@ export interface PersonaFamilyHost {
    * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
    */
   registryChanged(): number;
-  /** Most personas one top-level persona's tree may register (maxRegisteredPersonas; the admin is exempt). */
+  /** Most personas one persona tree may register (maxRegisteredPersonas; the admin is exempt). */
   maxRegistered: number;
+  /** The top of each persona's tree; told when the registry changes. */
+  roots: Pick<PersonaRoots, "of" | "changed">;
 }
 
 /** The registered personas at or under `id` (a range of the registry, not the whole of it). */
@@ -82,9 +84,16 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
       implement(personaRegister, {
         owns: (ctx) => {
           const id = personaTarget(ctx);
+          if (isAgentPersona(id))
+            return `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`;
+          // A persona registers inside its own tree only, so every tree is the id range under its
+          // root and a registered persona never starts a tree with bounds of its own (the admin's
+          // tree, the operator's, registers anywhere).
+          if (inTree(ctx.persona, host.admin)) return true;
+          const root = host.roots.of(ctx.persona);
           return (
-            !isAgentPersona(id) ||
-            `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`
+            (id !== root && inTree(id, root)) ||
+            `${ctx.persona} registers personas under ${root} only (its tree): ${id} would start a tree of its own`
           );
         },
         handler: (ctx): OpResult => {
@@ -100,14 +109,15 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);
             // Counted over the caller's whole tree: sub-personas (and agents) it delegated to
             // register against the same bound, so delegation does not multiply it.
-            const root = rootPersona(ctx.persona);
+            const root = host.roots.of(ctx.persona);
             if (ctx.persona !== host.admin && store.countRegisteredWithin(root) >= host.maxRegistered) {
               throw new OpError(
                 "RESOURCE",
-                `${root} and the personas under it have registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
+                `${treeName(root, ctx.persona)} has registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
               );
             }
             store.addPersona(id, key, ctx.persona);
+            host.roots.changed();
             const rec = store.getPersona(id);
             return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
           });
@@ -125,6 +135,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             const r = removePersonaTree(store, id, (t) => {
               ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
             });
+            host.roots.changed();
             const sessionsEnded = host.registryChanged();
             return {
               status: "SUCCESS",

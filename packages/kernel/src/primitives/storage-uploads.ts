@@ -1,6 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
-import { inTree, rootPersona } from "../resources/lineage.js";
+import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -15,6 +15,8 @@ export interface UploadLimits {
   totalBytes: number;
   /** An upload with no chunk or commit for this long is discarded with its partial file. */
   idleMs: number;
+  /** The top of each persona's tree (perPersona counts it); by first segment when absent. */
+  roots?: TreeRoots;
 }
 
 /** One chunked upload in progress: the object it will become, and its partial body so far. */
@@ -117,13 +119,13 @@ export class UploadTable {
         `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${this.limits.totalBytes}`,
       );
     // Counted over the persona's whole tree: its agents and sub-personas get no uploads of their own.
-    const root = rootPersona(persona);
+    const root = (this.limits.roots ?? FIRST_SEGMENT).of(persona);
     let mine = 0;
     for (const u of this.byId.values()) if (inTree(u.persona, root)) mine++;
     if (mine >= this.limits.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+        `${treeName(root, persona)} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
       );
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);

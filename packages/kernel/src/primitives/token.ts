@@ -124,6 +124,14 @@ export function tokenFamily(
     name: "token",
     ops: [
       implement(tokenMint, {
+        // Only inside the minting token's subject's tree: the limits that token (and those it came
+        // from) holds bound the new one there, and nowhere else (PROTOCOL §13). The admin mints for anyone.
+        owns: (ctx) => {
+          const sub = ctx.target.segments.join("/");
+          const g = ctx.grant;
+          if (ctx.persona === admin || !g || personaWithin(sub, g.subject)) return true;
+          return `token.mint for ${sub}: outside the tree of ${g.subject}, the minting token's subject (only the admin mints for another persona's tree)`;
+        },
         handler: (ctx) => {
           const sub = ctx.target.segments.join("/");
           if (!isPersonaId(sub)) throw new OpError("SEMANTIC", "token.mint needs persona://<persona id>");

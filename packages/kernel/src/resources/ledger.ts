@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
-import { GrantBounds, grantScope, inTree, personaLineage } from "./lineage.js";
+import { type Bound, countAtLimit, GrantBounds, limitsOver, overName, personaLineage } from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -63,7 +63,7 @@ export class ResourceLedger {
     /** Bytes already promised and not yet charged (uploads in progress, by a persona's tree): counted as used. */
     pending: { persona: (scope: string) => number; workspace: number } = { persona: () => 0, workspace: 0 },
   ): void {
-    const limits = this.limitsOver(persona, grant, "storage.bytes");
+    const limits = limitsOver(persona, grant, this.bounds.of(grant), "storage.bytes");
     if (limits.length > 0) {
       const deltas = storageDeltas(persona, previous, newSize);
       for (const [scope, limit] of limits) {
@@ -73,7 +73,7 @@ export class ResourceLedger {
         if (used + delta > limit)
           throw new OpError(
             "RESOURCE",
-            `storage.bytes exceeded for ${scope === persona ? persona : `${scope} (over ${persona})`}: ${used} used + ${delta} > limit ${limit}`,
+            `storage.bytes exceeded for ${overName(scope, persona)}: ${used} used + ${delta} > limit ${limit}`,
           );
       }
     }
@@ -96,27 +96,15 @@ export class ResourceLedger {
     this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", -previous.size);
   }
 
-  /**
-   * The limits on `resource` that bind a request of `persona` under `grant`, as [persona whose
-   * tree's usage counts, limit]: the grant's own over its subject's tree, each ancestor token's
-   * over its persona's tree.
-   */
-  private limitsOver(persona: string, grant: Grant | undefined, resource: string): [string, number][] {
-    const out: [string, number][] = [];
-    if (grant && Object.hasOwn(grant.limits, resource)) out.push([grantScope(persona, grant), grant.limits[resource] as number]);
-    for (const b of this.bounds.of(grant))
-      if (inTree(persona, b.persona) && Object.hasOwn(b.limits, resource)) out.push([b.persona, b.limits[resource] as number]);
-    return out;
-  }
-
   /** Reserves `amount` of a named resource for `persona` (and its ancestors), within every limit on it. */
   alloc(persona: string, resource: string, amount: number, grant: Grant | undefined): Allocation {
-    for (const [scope, limit] of this.limitsOver(persona, grant, resource)) {
+    for (const [scope, limit] of limitsOver(persona, grant, this.bounds.of(grant), resource)) {
       const used = this.store.usage(personaScope(scope), resource);
-      if (used + amount > limit) {
-        const who = scope === persona ? persona : `${scope} (over ${persona})`;
-        throw new OpError("RESOURCE", `${resource} exceeded for ${who}: ${used} used + ${amount} > limit ${limit}`);
-      }
+      if (used + amount > limit)
+        throw new OpError(
+          "RESOURCE",
+          `${resource} exceeded for ${overName(scope, persona)}: ${used} used + ${amount} > limit ${limit}`,
+        );
     }
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
@@ -137,9 +125,8 @@ export class ResourceLedger {
     return this.store.usageOf(scope);
   }
 
-  inFlightOf(persona: string): number {
-    return this.inFlight.get(persona) ?? 0;
-  }
+  /** Requests in flight of `persona`'s tree (bound: passed as a counter on every request). */
+  readonly inFlightOf = (persona: string): number => this.inFlight.get(persona) ?? 0;
 
   /**
    * Counts one more thing in flight for `persona` without a check: a compute command takes over
@@ -183,26 +170,17 @@ export class ResourceLedger {
    * Admits one request under the grant's `concurrent` (requests in flight in its subject's tree;
    * the tokens it was minted from bound theirs) and `rate` (requests per second for
    * the token's family: a refreshed or minted copy shares the bucket of the token it came from,
-   * `rateKey`) limits. The request then counts as in flight until {@link leave} (no release
+   * `rateKey`) limits; `bounds` are the grant's (the enforcer passes what it read with the
+   * family). The request then counts as in flight until {@link leave} (no release
    * closure per request).
    */
-  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
-    const concurrent = grant?.limits.concurrent;
-    if (concurrent !== undefined) {
-      const scope = grantScope(persona, grant);
-      const n = this.inFlight.get(scope) ?? 0;
-      if (n >= concurrent)
-        throw new OpError("RESOURCE", `concurrent exceeded for ${scope}: ${n} requests in flight, limit ${concurrent}`);
-    }
-    for (const b of this.bounds.of(grant)) {
-      const limit = b.limits.concurrent;
-      const m = this.inFlight.get(b.persona) ?? 0;
-      if (limit !== undefined && m >= limit && inTree(persona, b.persona))
-        throw new OpError(
-          "RESOURCE",
-          `concurrent exceeded for ${b.persona} (over ${persona}): ${m} requests in flight, limit ${limit}`,
-        );
-    }
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id, bounds: readonly Bound[] = this.bounds.of(grant)): void {
+    const over = countAtLimit(persona, grant, bounds, "concurrent", this.inFlightOf);
+    if (over)
+      throw new OpError(
+        "RESOURCE",
+        `concurrent exceeded for ${overName(over.scope, persona)}: ${over.n} requests in flight, limit ${over.limit}`,
+      );
     const rate = grant?.limits.rate;
     if (rate !== undefined && grant && rateKey !== undefined) {
       const now = this.clock();

@@ -1,4 +1,5 @@
 import type { Grant } from "@kpip/protocol";
+import { isAgentPersona } from "../agents/namespace.js";
 import type { TokenBound, TokenStore } from "../store/types.js";
 
 /**
@@ -11,11 +12,74 @@ export function personaLineage(persona: string): string[] {
   return out;
 }
 
-/** The top of `persona`'s tree: what the kernel-wide per-persona bounds count. */
-export function rootPersona(persona: string): string {
+/** The first segment of `persona`'s id: the tree of a persona no configured persona lies over. */
+export function firstSegment(persona: string): string {
   const i = persona.indexOf("/");
   return i < 0 ? persona : persona.slice(0, i);
 }
+
+/** Where a persona's registration comes from: its registrar, null for the kernel or an operator, undefined when not registered. */
+export type RegistrarOf = (id: string) => string | null | undefined;
+
+/** Roots remembered at most: past this the cache starts again (each is one indexed read per level to find). */
+const ROOTS_KEPT = 10_000;
+
+/**
+ * The top of each persona's tree, which the kernel-wide per-persona bounds count (processes,
+ * sessions, subscriptions, uploads, ops, live tokens, refusal records, registrations, ended
+ * agents): the shortest prefix of its id (itself included) that a persona the operator
+ * configured — registered by the kernel, an operator, or the admin's tree — and not an agent.
+ * So personas the admin registered side by side (`team/alice`, `team/bob`, no `team`) are two
+ * trees, while the sub-personas a persona registers (persona.register keeps them inside the
+ * registrar's tree) and its agents (`<spawner>/agent.<name>`) are its tree. Every member of a
+ * tree lies under its root by id, so a tree is an id range. A persona under no configured
+ * prefix (not registered; an older home's sub-persona registered outside its tree) falls back
+ * to the first segment of its id.
+ *
+ * Found from the registry once per persona and cached (no read on the request path); any change
+ * of the registry ({@link changed}) clears the cache.
+ */
+export class PersonaRoots {
+  private readonly cache = new Map<string, string>();
+
+  constructor(
+    private readonly registrarOf: RegistrarOf,
+    private readonly admin: string,
+  ) {}
+
+  of(persona: string): string {
+    let r = this.cache.get(persona);
+    if (r === undefined) {
+      r = this.find(persona);
+      if (this.cache.size >= ROOTS_KEPT) this.cache.clear();
+      this.cache.set(persona, r);
+    }
+    return r;
+  }
+
+  /** The registry changed (a persona added or removed, through the kernel or offline): roots are found again. */
+  changed(): void {
+    this.cache.clear();
+  }
+
+  private find(persona: string): string {
+    for (let i = persona.indexOf("/"); ; i = persona.indexOf("/", i + 1)) {
+      const p = i < 0 ? persona : persona.slice(0, i);
+      // An agent (or anything under one) is never the top of a tree: it lies under its spawner.
+      if (isAgentPersona(p)) break;
+      const by = this.registrarOf(p);
+      if (by === null || (by !== undefined && inTree(by, this.admin))) return p;
+      if (i < 0) break;
+    }
+    return firstSegment(persona);
+  }
+}
+
+/** What a bound asks of the roots: the top of a persona's tree. */
+export type TreeRoots = Pick<PersonaRoots, "of">;
+
+/** Roots by the first segment of the id only: for a component used without a registry (unit tests). */
+export const FIRST_SEGMENT: TreeRoots = { of: firstSegment };
 
 /** Whether `persona` is `root` or lies under it. */
 export const inTree = (persona: string, root: string) =>
@@ -41,25 +105,40 @@ export function childBounds(sub: string, parent: Grant, parentBounds: readonly B
   return [...merged].map(([persona, limits]) => ({ persona, limits }));
 }
 
+/** What a grant's token row adds to it, read once per grant: the bounds it was minted under, and its rate family. */
+interface GrantRow {
+  bounds: readonly Bound[];
+  family: string;
+}
+
 /**
  * The bounds a request under a grant is held to, from the grant's token row (read once per
- * grant): besides the grant's own limits (over its subject's tree), every limit a token it was
- * minted from holds — an agent's token and a token minted for a sub-persona cannot use what the
- * parent already used.
+ * grant, shared with the enforcer's rate family): besides the grant's own limits (over its
+ * subject's tree), every limit a token it was minted from holds — an agent's token and a token
+ * minted for a sub-persona cannot use what the parent already used.
  */
 export class GrantBounds {
-  private readonly cache = new WeakMap<Grant, readonly Bound[]>();
+  private readonly cache = new WeakMap<Grant, GrantRow>();
 
   constructor(private readonly store?: Pick<TokenStore, "getToken">) {}
 
-  of(grant: Grant | undefined): readonly Bound[] {
-    if (!grant || !this.store) return NONE;
-    let b = this.cache.get(grant);
-    if (b === undefined) {
-      b = this.store.getToken(grant.id)?.bounds ?? NONE;
-      this.cache.set(grant, b);
+  private row(grant: Grant): GrantRow {
+    let r = this.cache.get(grant);
+    if (r === undefined) {
+      const t = this.store?.getToken(grant.id);
+      r = { bounds: t?.bounds ?? NONE, family: t?.family ?? grant.id };
+      this.cache.set(grant, r);
     }
-    return b;
+    return r;
+  }
+
+  of(grant: Grant | undefined): readonly Bound[] {
+    return grant && this.store ? this.row(grant).bounds : NONE;
+  }
+
+  /** The grant's rate-limit key: its token family (a refreshed or minted copy shares the bucket). */
+  family(grant: Grant): string {
+    return this.row(grant).family;
   }
 }
 
@@ -71,4 +150,56 @@ export function grantScope(persona: string, grant: Grant | undefined): string {
   return grant && inTree(persona, grant.subject) ? grant.subject : persona;
 }
 
+/** A limit that binds a request: [the persona whose tree's usage counts, the limit]. */
+export type LimitOver = readonly [scope: string, limit: number];
+
+/**
+ * The limits on `resource` that bind a request of `persona` under `grant` (minted under
+ * `bounds`): the grant's own over its subject's tree, each ancestor token's over its persona's
+ * tree when `persona` lies in it.
+ */
+export function limitsOver(
+  persona: string,
+  grant: Grant | undefined,
+  bounds: readonly Bound[],
+  resource: string,
+): readonly LimitOver[] {
+  // No closure or array for a request nothing limits: every request asks.
+  let out: LimitOver[] | undefined;
+  if (grant && Object.hasOwn(grant.limits, resource)) out = [[grantScope(persona, grant), grant.limits[resource] as number]];
+  for (const b of bounds) {
+    if (!Object.hasOwn(b.limits, resource) || !inTree(persona, b.persona)) continue;
+    const l: LimitOver = [b.persona, b.limits[resource] as number];
+    if (out) out.push(l);
+    else out = [l];
+  }
+  return out ?? NO_LIMITS;
+}
+
+/**
+ * The first limit on `resource` (a count: requests in flight, processes running) that one more
+ * for `persona` would pass, `count(scope)` being what `scope`'s tree has now; undefined when
+ * every one has room. One check for the ledger's `concurrent` and the process table's `agents`.
+ */
+export function countAtLimit(
+  persona: string,
+  grant: Grant | undefined,
+  bounds: readonly Bound[],
+  resource: string,
+  count: (scope: string) => number,
+): { scope: string; n: number; limit: number } | undefined {
+  for (const [scope, limit] of limitsOver(persona, grant, bounds, resource)) {
+    const n = count(scope);
+    if (n >= limit) return { scope, n, limit };
+  }
+  return undefined;
+}
+
+/** How a limit's refusal names the tree it counted: `scope`, and the requester when it lies under it. */
+export const overName = (scope: string, persona: string) => (scope === persona ? persona : `${scope} (over ${persona})`);
+
+/** How a kernel-wide per-tree bound's refusal names the tree: the requester, or its root with the personas under it. */
+export const treeName = (root: string, persona: string) => (root === persona ? persona : `${root} (with the personas under it)`);
+
 const NONE: readonly Bound[] = Object.freeze([]);
+const NO_LIMITS: readonly LimitOver[] = Object.freeze([]);

@@ -1,6 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { GrantBounds, grantScope, inTree, rootPersona } from "../resources/lineage.js";
+import { countAtLimit, FIRST_SEGMENT, GrantBounds, inTree, overName, type TreeRoots, treeName } from "../resources/lineage.js";
 
 /** One process tree the kernel started and has not yet seen end. */
 export interface ProcessEntry {
@@ -31,6 +31,8 @@ export class ProcessTable {
     private readonly bounds: ProcessBounds,
     /** The limits the tokens a grant was minted from hold over it. */
     private readonly grantBounds: GrantBounds = new GrantBounds(),
+    /** The top of each persona's tree (the per-persona bound's count). */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
   private key(kind: ProcessEntry["kind"], id: string): string {
@@ -57,30 +59,19 @@ export class ProcessTable {
   admit(persona: string, grant: Grant | undefined): void {
     if (this.live.size >= this.bounds.max)
       throw new OpError("RESOURCE", `the kernel already runs ${this.bounds.max} processes (agents and commands)`);
-    const root = rootPersona(persona);
+    const root = this.roots.of(persona);
     const tree = this.countFor(root);
     if (tree >= this.bounds.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${root === persona ? persona : `${root} (with the personas under it)`} already runs ${tree} processes (agents and commands), the most a persona may`,
+        `${treeName(root, persona)} already runs ${tree} processes (agents and commands), the most a persona may`,
       );
-    const limit = grant?.limits.agents;
-    if (limit !== undefined) {
-      const scope = grantScope(persona, grant);
-      const mine = this.countFor(scope);
-      if (mine >= limit)
-        throw new OpError("RESOURCE", `agents exceeded for ${scope}: ${mine} agents and commands running, limit ${limit}`);
-    }
-    for (const b of this.grantBounds.of(grant)) {
-      const up = b.limits.agents;
-      if (up === undefined || !inTree(persona, b.persona)) continue;
-      const theirs = this.countFor(b.persona);
-      if (theirs >= up)
-        throw new OpError(
-          "RESOURCE",
-          `agents exceeded for ${b.persona} (over ${persona}): ${theirs} agents and commands running, limit ${up}`,
-        );
-    }
+    const over = countAtLimit(persona, grant, this.grantBounds.of(grant), "agents", (scope) => this.countFor(scope));
+    if (over)
+      throw new OpError(
+        "RESOURCE",
+        `agents exceeded for ${overName(over.scope, persona)}: ${over.n} agents and commands running, limit ${over.limit}`,
+      );
   }
 
   add(e: ProcessEntry): void {

@@ -1,4 +1,5 @@
 import type { Grant, Token } from "@kpip/protocol";
+import type { TokenBound } from "../store/types.js";
 
 // A session's bound tokens: session state, filled by the enforcer's bind (auth/enforcer.ts) and
 // read by its authorize and by the op context (primitives/types.ts).
@@ -18,7 +19,15 @@ export interface BoundCapability {
   /** How records name it (`h<handle>:<token id>`), once asked. */
   label: string | undefined;
   /** The decision of a request this handle alone allows, once made: the same every time, so made once. */
-  allows: { readonly allowed: true; readonly capIds: string[]; readonly grant: Grant; readonly rateKey: string } | undefined;
+  allows:
+    | {
+        readonly allowed: true;
+        readonly capIds: string[];
+        readonly grant: Grant;
+        readonly rateKey: string;
+        readonly bounds: readonly TokenBound[];
+      }
+    | undefined;
 }
 
 /** A session's handles. Handles are session-local: another session's numbers mean nothing here. */

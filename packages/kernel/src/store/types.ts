@@ -18,6 +18,12 @@ export interface PersonaStore {
   listPersonas(): PersonaRecord[];
   /** `id` and the personas under it (`id/…`), in id order. */
   personasUnder(id: string): PersonaRecord[];
+  /**
+   * Who registered `id`: the persona whose persona.register added it, null when the kernel or an
+   * operator did (the admin persona, `kpip persona add`, an agent's key), undefined when `id` is
+   * not registered.
+   */
+  registrarOf(id: string): string | null | undefined;
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
 }

@@ -36,7 +36,8 @@ const issued = {
 
 export const tokenMint = defineOp({
   op: "token.mint",
-  description: "Derive a token for persona://<sub> within the authorizing token's grant (never wider).",
+  description:
+    "Derive a token for persona://<sub> within the authorizing token's grant (never wider); <sub> is that token's subject or a persona under it (PERMISSION otherwise; the admin mints for anyone).",
   targets: ["persona"],
   args: {
     rights: rightsField,

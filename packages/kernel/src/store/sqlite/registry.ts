@@ -24,6 +24,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     readonly #countWithin: Statement = this.db.prepare(
       "SELECT count(*) AS n FROM personas WHERE registered_by = ? OR (registered_by >= ? AND registered_by < ?)",
     );
+    readonly #registrar: Statement = this.db.prepare("SELECT registered_by FROM personas WHERE id = ?");
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
 
@@ -36,6 +37,10 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     }
     personasUnder(id: string): PersonaRecord[] {
       return (this.#under.all(id, `${id}/`, `${id}0`) as Row[]).map(toPersona);
+    }
+    registrarOf(id: string): string | null | undefined {
+      const r = this.#registrar.get(id) as { registered_by: string | null } | undefined;
+      return r?.registered_by;
     }
     countRegisteredWithin(id: string): number {
       return (this.#countWithin.get(id, `${id}/`, `${id}0`) as { n: number }).n;

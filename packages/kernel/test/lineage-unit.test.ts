@@ -1,0 +1,73 @@
+// The top of a persona's tree, from who registered whom (resources/lineage.ts), without a kernel.
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { type Bound, countAtLimit, limitsOver, PersonaRoots } from "../src/resources/lineage.js";
+
+describe("PersonaRoots", () => {
+  const registry = new Map<string, string | null>([
+    ["admin", null],
+    ["alice", null],
+    ["alice/helper", "alice"],
+    ["team/alice", "admin"],
+    ["team/bob", null],
+    ["team/alice/helper", "team/alice"],
+    ["orphan/x", "alice"],
+    ["carol", "admin/agent.a1"],
+  ]);
+  let reads = 0;
+  const roots = new PersonaRoots((id) => {
+    reads++;
+    return registry.get(id);
+  }, "admin");
+
+  it("is the shortest prefix the operator or the admin's tree registered; agents and sub-personas lie under it", () => {
+    assert.equal(roots.of("alice"), "alice");
+    assert.equal(roots.of("alice/helper"), "alice");
+    assert.equal(roots.of("alice/agent.w1"), "alice");
+    assert.equal(roots.of("team/alice"), "team/alice");
+    assert.equal(roots.of("team/bob"), "team/bob");
+    assert.equal(roots.of("team/alice/helper"), "team/alice");
+    assert.equal(roots.of("team/alice/agent.w1"), "team/alice");
+    assert.equal(roots.of("carol"), "carol", "registered by the admin's agent: configured");
+    // Under no configured prefix (an older home's, or not registered): the first segment.
+    assert.equal(roots.of("orphan/x"), "orphan");
+    assert.equal(roots.of("orphan/x/agent.w1"), "orphan");
+    assert.equal(roots.of("nobody/here"), "nobody");
+  });
+
+  it("is read once per persona until the registry changes", () => {
+    roots.of("team/alice/helper");
+    const before = reads;
+    for (let i = 0; i < 10; i++) roots.of("team/alice/helper");
+    assert.equal(reads, before);
+    registry.set("team", null);
+    assert.equal(roots.of("team/alice/helper"), "team/alice", "cached until told");
+    roots.changed();
+    assert.equal(roots.of("team/alice/helper"), "team");
+    assert.ok(reads > before);
+  });
+});
+
+describe("limitsOver / countAtLimit", () => {
+  const grant = { subject: "alice", limits: { concurrent: 2 } } as unknown as Parameters<typeof limitsOver>[1];
+  const bounds: Bound[] = [
+    { persona: "alice", limits: { concurrent: 1, agents: 3 } },
+    { persona: "bob", limits: { concurrent: 0 } },
+  ];
+
+  it("the grant's limit over its subject's tree, then each bound over a tree the requester lies in", () => {
+    assert.deepEqual(limitsOver("alice/agent.w1", grant, bounds, "concurrent"), [
+      ["alice", 2],
+      ["alice", 1],
+    ]);
+    assert.deepEqual(limitsOver("alice", undefined, bounds, "agents"), [["alice", 3]]);
+    assert.equal(limitsOver("alice", undefined, [], "concurrent").length, 0);
+  });
+
+  it("names the first limit one more would pass", () => {
+    const counts = new Map([["alice", 1]]);
+    const n = (s: string) => counts.get(s) ?? 0;
+    assert.deepEqual(countAtLimit("alice/agent.w1", grant, bounds, "concurrent", n), { scope: "alice", n: 1, limit: 1 });
+    assert.equal(countAtLimit("alice/agent.w1", grant, [], "concurrent", n), undefined);
+  });
+});
