@@ -79,27 +79,21 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       });
     }
     pruneAgents(before: number, limit: number): number {
-      return this.forgetAgents(
+      return forget(
+        this,
+        AGENT_TABLES,
         this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[],
       );
     }
     trimEndedAgents(root: string, keep: number): number {
       // The tree as id ranges: '0' follows '/', so [root/, root0) is exactly the ids under root.
-      return this.forgetAgents(
+      return forget(
+        this,
+        AGENT_TABLES,
         this.prep(
           "SELECT id FROM agents WHERE (spawner = ? OR (spawner >= ? AND spawner < ?)) AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
         ).all(root, `${root}/`, `${root}0`, keep) as Row[],
       );
-    }
-    /** Deletes the agents of `rows` (their ids) with their output, in one transaction. */
-    forgetAgents(rows: Row[]): number {
-      return this.transaction(() => {
-        for (const { id } of rows) {
-          this.prep("DELETE FROM agent_output WHERE id = ?").run(id);
-          this.prep("DELETE FROM agents WHERE id = ?").run(id);
-        }
-        return rows.length;
-      });
     }
 
     // deferred ops
@@ -145,21 +139,28 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       return ids;
     }
     pruneOps(now: number, limit = -1): number {
-      return this.transaction(() => {
-        const ids = (
-          this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
-            now,
-            limit,
-          ) as Row[]
-        ).map((r) => r.id as string);
-        for (const id of ids) {
-          this.prep("DELETE FROM op_results WHERE id = ?").run(id);
-          this.prep("DELETE FROM ops WHERE id = ?").run(id);
-        }
-        return ids.length;
-      });
+      return forget(
+        this,
+        OP_TABLES,
+        this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
+          now,
+          limit,
+        ) as Row[],
+      );
     }
   };
+}
+
+/** An agent's tables and an op's: the bulky part's table first (its output, its result), then the row's. */
+const AGENT_TABLES = ["agent_output", "agents"] as const;
+const OP_TABLES = ["op_results", "ops"] as const;
+
+/** Deletes the records `rows` names (their ids) from each of `tables`, in one transaction; returns how many. */
+function forget(store: Pick<StoreBase["prototype"], "prep" | "transaction">, tables: readonly string[], rows: Row[]): number {
+  return store.transaction(() => {
+    for (const { id } of rows) for (const t of tables) store.prep(`DELETE FROM ${t} WHERE id = ?`).run(id);
+    return rows.length;
+  });
 }
 
 /** Sets the given output streams of agent `id` (a row is made if it has none). */
