@@ -155,6 +155,12 @@ const DECLARED = {
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
+  /** Finished ops kept per persona tree (the oldest are forgotten first), whatever their age: each result may hold 2 × maxOutputBytes. */
+  maxFinishedOpsPerPersona: {
+    type: "int",
+    default: 100,
+    description: "finished ops (and their results) kept per persona tree; older ones are forgotten",
+  },
   /** Output captured per stream of a command or agent, in bytes. */
   maxOutputBytes: { type: "int", default: 1024 * 1024, description: "output captured per stream of a command or agent" },
   /** Longest an op may run without a deadline of its own. */

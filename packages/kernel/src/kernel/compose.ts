@@ -216,6 +216,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       {
         workers: c.computeWorkers,
         resultTtlMs: c.opResultTtlMs,
+        maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxPendingPerPersona: c.maxPendingOpsPerPersona,

@@ -307,6 +307,8 @@ export interface OpStore {
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
   /** Forgets up to `limit` (default: all) finished ops that expired before `now`, with their results; returns how many. */
   pruneOps(now: number, limit?: number): number;
+  /** Forgets the finished ops of `root`'s persona tree (their results too) but the newest `keep`; returns how many. */
+  trimFinishedOps(root: string, keep: number): number;
 }
 
 export type AgentState = "running" | "exited" | "killed" | "lost";

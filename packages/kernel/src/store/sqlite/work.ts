@@ -86,14 +86,7 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       );
     }
     trimEndedAgents(root: string, keep: number): number {
-      // The tree as id ranges: '0' follows '/', so [root/, root0) is exactly the ids under root.
-      return forget(
-        this,
-        AGENT_TABLES,
-        this.prep(
-          "SELECT id FROM agents WHERE (spawner = ? OR (spawner >= ? AND spawner < ?)) AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
-        ).all(root, `${root}/`, `${root}0`, keep) as Row[],
-      );
+      return trimTree(this, AGENT_TABLES, "spawner", "ended_at IS NOT NULL AND state != 'running'", "ended_at", root, keep);
     }
 
     // deferred ops
@@ -138,6 +131,9 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       ).run(message, now);
       return ids;
     }
+    trimFinishedOps(root: string, keep: number): number {
+      return trimTree(this, OP_TABLES, "persona", "state NOT IN ('queued', 'running')", "finished_at", root, keep);
+    }
     pruneOps(now: number, limit = -1): number {
       return forget(
         this,
@@ -161,6 +157,26 @@ function forget(store: Pick<StoreBase["prototype"], "prep" | "transaction">, tab
     for (const { id } of rows) for (const t of tables) store.prep(`DELETE FROM ${t} WHERE id = ?`).run(id);
     return rows.length;
   });
+}
+
+/**
+ * Forgets all but the newest `keep` finished records (`finished`, newest by `newest`) whose
+ * `column` names `root` or a persona under it. The tree as id ranges: '0' follows '/', so
+ * [root/, root0) is exactly the ids under root (an index on `column` finds them, no scan).
+ */
+function trimTree(
+  store: Pick<StoreBase["prototype"], "prep" | "transaction">,
+  tables: readonly [string, string],
+  column: string,
+  finished: string,
+  newest: string,
+  root: string,
+  keep: number,
+): number {
+  const sql =
+    `SELECT id FROM ${tables[1]} WHERE (${column} = ? OR (${column} >= ? AND ${column} < ?)) AND ${finished} ` +
+    `ORDER BY ${newest} DESC, rowid DESC LIMIT -1 OFFSET ?`;
+  return forget(store, tables, store.prep(sql).all(root, `${root}/`, `${root}0`, keep) as Row[]);
 }
 
 /** Sets the given output streams of agent `id` (a row is made if it has none). */
