@@ -127,7 +127,7 @@ const DECLARED = {
   auditHandshakePeerRate: {
     type: "int",
     default: 5,
-    description: "failed-handshake records per second per gRPC peer address (bursts 5×); beyond: aggregated",
+    description: "failed-handshake records per second per gRPC peer address, IPv6 by its /64 (bursts 5×); beyond: aggregated",
   },
   /** Largest intent whose bytes a refusal record keeps (larger ones: hash, op and target only). */
   auditRefusalIntentMaxBytes: {
@@ -281,7 +281,7 @@ const DECLARED = {
   preauthPerPeer: {
     type: "int",
     default: 32,
-    description: "half-open connections per peer address on gRPC; beyond it that peer's oldest is shed",
+    description: "half-open connections per peer address on gRPC, IPv6 by its /64; beyond it that peer's oldest is shed",
   },
   /** Of `maxSessions`, how many only the admin persona may take. */
   adminReserve: {
