@@ -155,6 +155,12 @@ const DECLARED = {
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
+  /** Allocations (resource.alloc) one persona tree may hold at once, whatever the resource: each is a row. */
+  maxAllocationsPerPersona: {
+    type: "int",
+    default: 1000,
+    description: "resource allocations held at once per persona tree (resource.alloc beyond: RESOURCE)",
+  },
   /** Finished ops kept per persona tree (the oldest are forgotten first), whatever their age: each result may hold 2 × maxOutputBytes. */
   maxFinishedOpsPerPersona: {
     type: "int",

@@ -219,6 +219,52 @@ describe("bounded after authentication: the persona registry", () => {
   });
 });
 
+describe("bounded after authentication: resource allocations", () => {
+  it("resource.alloc stops at maxAllocationsPerPersona for a persona's whole tree, limit or none (RESOURCE, audited); a name freed leaves no usage row", async () => {
+    const t = await startKernel({ maxAllocationsPerPersona: 3 });
+    try {
+      const rights = (id: string) => [{ ops: ["resource.*"], targets: [`persona://${id}`] }];
+      const connect = async (id: string) => {
+        const p = await t.persona(id, rights(id));
+        return t.connect(p.identity, [p.token]);
+      };
+      const top = await connect("hoard");
+      const sub = await connect("hoard/s1");
+      // No limit names these resources: only the row bound holds. A sub-persona's count against its tree.
+      const held = [await top.resources.alloc("hoard", "r0", 1), await sub.resources.alloc("hoard/s1", "r1", 1)];
+      held.push(await sub.resources.alloc("hoard/s1", "r2", 1));
+      for (const [c, id] of [
+        [top, "hoard"],
+        [sub, "hoard/s1"],
+      ] as const) {
+        const refused = await c.resources.alloc(id, "r3", 1).catch((e) => e);
+        assert.ok(refused instanceof KpipError && refused.errorClass === "RESOURCE", String(refused));
+        assert.match(refused.message, /maxAllocationsPerPersona/);
+      }
+      const rec = t.k.inspect
+        .queryAudit({ op: "resource.alloc", limit: 100 })
+        .find((r) => r.persona === "hoard" && r.phase === "outcome" && r.status === "FAILURE");
+      assert.ok(rec, "the refusal is on the record");
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM allocations WHERE persona LIKE 'hoard%'"), 3);
+      // Another tree is not touched; a free makes room.
+      const other = await connect("other");
+      await other.resources.alloc("other", "r0", 1);
+      await top.resources.free("hoard", (held[0] as { allocation: string }).allocation);
+      // Allocating and freeing names without end leaves no rows behind (the usage of a name in use stays).
+      for (let i = 0; i < 20; i++) {
+        const a = await top.resources.alloc("hoard", `n${i}`, 5);
+        await top.resources.free("hoard", a.allocation);
+      }
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM usage WHERE resource LIKE 'n%'"), 0);
+      assert.deepEqual((await sub.resources.query("persona://hoard/s1")).usage, { r1: 1, r2: 1 });
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM usage WHERE resource = 'r0'"), 1, "other's r0 only");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("agent and op rows of an older home", () => {
   it("outputs and results move out of the listed rows at start; an agent left running is recovered as lost", async () => {
     const t1 = await startKernel();

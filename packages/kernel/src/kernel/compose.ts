@@ -198,7 +198,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         },
       ),
     );
-    router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
+    router.register(
+      resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }, { store, max: c.maxAllocationsPerPersona }),
+    );
     const { enforcer, tokens } = capabilities(new RootKeys(c.home, input.clock), store, input.clock, {
       maxTokenBytes: c.maxTokenBytes,
       maxLiveTokens: c.maxLiveTokens,

@@ -261,6 +261,10 @@ export interface LedgerStore {
   addAllocation(a: Allocation): void;
   getAllocation(id: string): Allocation | undefined;
   removeAllocation(id: string): boolean;
+  /** Allocations held by `root` and the personas under it (an id range, not a scan). */
+  countAllocationsWithin(root: string): number;
+  /** Forgets `scope`'s usage row of `resource` if nothing of it is in use (a name allocated once leaves no row). */
+  dropIdleUsage(scope: string, resource: string): void;
 }
 
 export interface Allocation {
