@@ -265,6 +265,76 @@ describe("bounded after authentication: resource allocations", () => {
   });
 });
 
+describe("bounded after authentication: op.list and persona.list are paged", () => {
+  it("op.list and persona.list page their answers (PARTIAL, cursor); the client follows the pages; a foreign cursor is SEMANTIC", async () => {
+    const t = await startKernel({}, undefined, (k) =>
+      k.registerTask("sq", { module: "data:text/javascript,export default (x) => x * x" }),
+    );
+    try {
+      const admin = await t.admin();
+      const p = await t.persona("pager", [
+        { ops: ["compute.submit"], targets: ["op://task/sq"] },
+        { ops: ["op.result"], targets: ["op://**"] },
+        { ops: ["op.list"], targets: ["kernel://"] },
+        { ops: ["persona.list"], targets: ["persona://pager/**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const ops: string[] = [];
+      for (const x of [1, 2, 3, 4, 5]) {
+        const d = await c.compute.task("sq", x);
+        await c.ops.wait(d);
+        ops.push(d.op);
+      }
+      const newest = [...ops].reverse();
+      // op.list: newest first, a page at a time.
+      const first = await c.call("op.list", "kernel://", { limit: 2 });
+      const p1 = first.payload as { ops: { op: string }[]; cursor?: string };
+      assert.equal(first.status, "PARTIAL");
+      assert.deepEqual(
+        p1.ops.map((o) => o.op),
+        newest.slice(0, 2),
+      );
+      const second = await c.call("op.list", "kernel://", { limit: 3, cursor: p1.cursor as string });
+      assert.equal(second.status, "SUCCESS");
+      assert.deepEqual(
+        (second.payload as { ops: { op: string }[] }).ops.map((o) => o.op),
+        newest.slice(2),
+      );
+      assert.deepEqual(
+        (await c.ops.list({ pageSize: 2 })).map((o) => o.op),
+        newest,
+      );
+      await assert.rejects(c.call("op.list", "kernel://", { cursor: "not-a-cursor" }), klass("SEMANTIC"));
+      // persona.list: the subtree in id order, a page at a time.
+      const ids = ["pager/a", "pager/b", "pager/b/x", "pager/c", "pager/d"];
+      for (const id of ids) await admin.personas.register(id, generateIdentity(id).publicKey);
+      await admin.personas.register("pagerx", generateIdentity("pagerx").publicKey);
+      const q1 = await c.call("persona.list", "persona://pager", { limit: 4 });
+      const l1 = q1.payload as { personas: { persona: string }[]; cursor?: string };
+      assert.equal(q1.status, "PARTIAL");
+      assert.deepEqual(
+        l1.personas.map((x) => x.persona),
+        ["pager", ...ids.slice(0, 3)],
+      );
+      const q2 = await c.call("persona.list", "persona://pager", { limit: 4, cursor: l1.cursor as string });
+      assert.equal(q2.status, "SUCCESS");
+      assert.deepEqual(
+        (q2.payload as { personas: { persona: string }[] }).personas.map((x) => x.persona),
+        ids.slice(3),
+      );
+      assert.deepEqual(
+        (await c.personas.list("pager", { pageSize: 2 })).map((x) => x.persona),
+        ["pager", ...ids],
+      );
+      // A cursor from outside the listed subtree is not this listing's.
+      await assert.rejects(c.call("persona.list", "persona://pager", { cursor: "pagerx" }), klass("SEMANTIC"));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("agent and op rows of an older home", () => {
   it("outputs and results move out of the listed rows at start; an agent left running is recovered as lost", async () => {
     const t1 = await startKernel();

@@ -16,8 +16,8 @@ export interface PersonaStore {
   addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void;
   removePersona(id: string): boolean;
   listPersonas(): PersonaRecord[];
-  /** `id` and the personas under it (`id/…`), in id order. */
-  personasUnder(id: string): PersonaRecord[];
+  /** `id` and the personas under it (`id/…`), in id order; those after id `after`, at most `limit` (-1: all). */
+  personasUnder(id: string, after?: string, limit?: number): PersonaRecord[];
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
 }
@@ -304,8 +304,8 @@ export interface OpStore {
   insertOp(r: OpRecord): void;
   getOp(id: string): OpRecord | undefined;
   updateOp(id: string, fields: Partial<OpRecord>): void;
-  /** The newest ops' metadata, never their results (op.result reads one op's, through getOp). */
-  listOps(persona?: string, limit?: number): OpSummary[];
+  /** The newest ops' metadata (inserted before `seq` `before`), never their results (op.result reads one op's, through getOp). */
+  listOps(persona?: string, limit?: number, before?: number): (OpSummary & { seq: number })[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
   /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];

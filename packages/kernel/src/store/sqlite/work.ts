@@ -113,13 +113,15 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         else this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(id, f.result);
       });
     }
-    listOps(persona?: string, limit = 100): OpSummary[] {
+    listOps(persona?: string, limit = 100, before = Number.MAX_SAFE_INTEGER): (OpSummary & { seq: number })[] {
+      // Newest first by insertion (rowid): a cursor is the last row's, and the next page lies below it.
+      const sql = `SELECT rowid AS seq, ${OP_META} FROM ops WHERE rowid < ?`;
       const rows = (
         persona === undefined
-          ? this.prep(`SELECT ${OP_META} FROM ops ORDER BY created_at DESC LIMIT ?`).all(limit)
-          : this.prep(`SELECT ${OP_META} FROM ops WHERE persona = ? ORDER BY created_at DESC LIMIT ?`).all(persona, limit)
+          ? this.prep(`${sql} ORDER BY rowid DESC LIMIT ?`).all(before, limit)
+          : this.prep(`${sql} AND persona = ? ORDER BY rowid DESC LIMIT ?`).all(before, persona, limit)
       ) as Row[];
-      return rows.map(toOpSummary);
+      return rows.map((r) => ({ ...toOpSummary(r), seq: r.seq as number }));
     }
     failInterruptedOps(message: string, now: number): { id: string; state: OpRecord["state"] }[] {
       const ids = (this.prep("SELECT id, state FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => ({
