@@ -268,7 +268,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     router.register(
       personaFamily(store, {
         admin: c.adminPersona,
-        revokeToken: (id, by) => tokens.revoke(id, by),
+        revokeTokens: (ids, by) => tokens.revokeAll(ids, by),
         registryChanged: () => expelUnregistered(expulsion),
         maxRegistered: c.maxRegisteredPersonas,
       }),

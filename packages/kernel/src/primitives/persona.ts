@@ -10,8 +10,8 @@ import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./
 export interface PersonaFamilyHost {
   /** The kernel's admin persona: never removed through the kernel (it would lock the operator out). */
   admin: string;
-  /** Revokes a token id for every handle at once (the enforcer's revocation, not just the store's). */
-  revokeToken(id: string, by: string): { ended: string[] } | undefined;
+  /** Revokes token ids for every handle at once (the enforcer's revocation, not just the store's); returns every token ended. */
+  revokeTokens(ids: string[], by: string): { ended: string[] };
   /**
    * The registry changed: ends every open session whose persona is no longer registered with
    * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
@@ -42,20 +42,17 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
 export function removePersonaTree(
   store: PersonaStore & TokenStore,
   id: string,
-  revoke: (tokenId: string) => void,
+  revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number } {
   const removed = personasUnder(store, id).map((p) => p.id);
-  let tokensRevoked = 0;
+  const tokens: string[] = [];
   for (const p of removed) {
     store.removePersona(p);
-    for (const t of store.listTokens(p)) {
-      if (t.revokedAt === null) {
-        revoke(t.id);
-        tokensRevoked++;
-      }
-    }
+    for (const t of store.listTokens(p)) if (t.revokedAt === null) tokens.push(t.id);
   }
-  return { removed, tokensRevoked };
+  // All at once: what each revocation ends is found in one pass, not one per token.
+  revoke(tokens);
+  return { removed, tokensRevoked: tokens.length };
 }
 
 function personaTarget(ctx: OpContext): string {
@@ -123,8 +120,8 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           // Removed with the request's dedupe record: a retry after a crash is not "not registered".
           // Sessions and agents it ends stay ended if that commit fails: the safe side.
           return ctx.atomically((): OpResult => {
-            const r = removePersonaTree(store, id, (t) => {
-              ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+            const r = removePersonaTree(store, id, (tokens) => {
+              ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
             });
             const sessionsEnded = host.registryChanged();
             return {

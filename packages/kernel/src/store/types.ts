@@ -249,6 +249,8 @@ export interface TokenStore {
   revocationSeqs(): [string, number][];
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
+  /** {@link tokensDerivedFrom} of each of `ids` (those with none are absent), read in one pass. */
+  tokensDerivedFromAny(ids: readonly string[]): Map<string, TokenRecord[]>;
 }
 
 /** Usage by scope ("persona:<id>" or "workspace:<id>") and resource name (e.g. "storage.bytes"). */
