@@ -9,6 +9,7 @@ import {
   computeSubmit,
   eventEmit,
   opCancel,
+  opList,
   opResult,
   opStatusOp,
   personaList,
@@ -237,6 +238,14 @@ export class OpsApi {
   async cancel(op: string | Deferred, opts?: CallOptions): Promise<boolean> {
     return (await this.op(opCancel, typeof op === "string" ? op : op.op, {}, opts)).payload.cancelled;
   }
+  /** The caller's ops (every persona's, for the admin), newest first, following PARTIAL pages and their cursors. */
+  async list(opts: CallOptions & { pageSize?: number } = {}): Promise<ResultOf<typeof opList>["ops"]> {
+    const { pageSize, ...rest } = opts;
+    return allPages(
+      (cursor) => this.op(opList, "kernel://", { limit: pageSize, cursor }, rest),
+      (p) => p.ops,
+    );
+  }
   /**
    * Follows a DEFERRED op to its result, asking op.result with growing pauses (25 ms → 1 s).
    * Aborting `signal` sends op.cancel and rejects with the abort reason.
@@ -311,14 +320,10 @@ export class AgentsApi {
   /** Every agent the caller may see, following PARTIAL pages and their cursors. */
   async list(opts: CallOptions & { pageSize?: number } = {}): Promise<ResultOf<typeof agentList>["agents"]> {
     const { pageSize, ...rest } = opts;
-    const all: ResultOf<typeof agentList>["agents"] = [];
-    let cursor: string | undefined;
-    for (;;) {
-      const r = await this.op(agentList, "kernel://", { limit: pageSize, cursor }, rest);
-      all.push(...r.payload.agents);
-      if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return all;
-      cursor = r.payload.cursor;
-    }
+    return allPages(
+      (cursor) => this.op(agentList, "kernel://", { limit: pageSize, cursor }, rest),
+      (p) => p.agents,
+    );
   }
 }
 
@@ -346,8 +351,27 @@ export class PersonasApi {
   async remove(persona: string, opts?: CallOptions): Promise<ResultOf<typeof personaRemove>> {
     return (await this.op(personaRemove, `persona://${persona}`, {}, opts)).payload;
   }
-  /** `persona` and its registered sub-personas. */
-  async list(persona: string, opts?: CallOptions): Promise<PersonaEntry[]> {
-    return (await this.op(personaList, `persona://${persona}`, {}, opts)).payload.personas;
+  /** `persona` and its registered sub-personas, in id order, following PARTIAL pages and their cursors. */
+  async list(persona: string, opts: CallOptions & { pageSize?: number } = {}): Promise<PersonaEntry[]> {
+    const { pageSize, ...rest } = opts;
+    return allPages(
+      (cursor) => this.op(personaList, `persona://${persona}`, { limit: pageSize, cursor }, rest),
+      (p) => p.personas,
+    );
+  }
+}
+
+/** Every row of a paged listing (PROTOCOL §9.3): asks for the next page with the cursor of each PARTIAL one. */
+async function allPages<P extends { cursor?: string }, R>(
+  page: (cursor: string | undefined) => Promise<{ status: string; payload: P }>,
+  rows: (payload: P) => R[],
+): Promise<R[]> {
+  const all: R[] = [];
+  let cursor: string | undefined;
+  for (;;) {
+    const r = await page(cursor);
+    all.push(...rows(r.payload));
+    if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return all;
+    cursor = r.payload.cursor;
   }
 }

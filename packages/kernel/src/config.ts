@@ -134,7 +134,7 @@ const DECLARED = {
   auditHandshakePeerRate: {
     type: "int",
     default: 5,
-    description: "failed-handshake records per second per gRPC peer address (bursts 5×); beyond: aggregated",
+    description: "failed-handshake records per second per gRPC peer address, IPv6 by its /64 (bursts 5×); beyond: aggregated",
   },
   /** Largest intent whose bytes a refusal record keeps (larger ones: hash, op and target only). */
   auditRefusalIntentMaxBytes: {
@@ -162,6 +162,18 @@ const DECLARED = {
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
+  /** Allocations (resource.alloc) one persona tree may hold at once, whatever the resource: each is a row. */
+  maxAllocationsPerPersona: {
+    type: "int",
+    default: 1000,
+    description: "resource allocations held at once per persona tree (resource.alloc beyond: RESOURCE)",
+  },
+  /** Finished ops kept per persona tree (the oldest are forgotten first), whatever their age: each result may hold 2 × maxOutputBytes. */
+  maxFinishedOpsPerPersona: {
+    type: "int",
+    default: 100,
+    description: "finished ops (and their results) kept per persona tree; older ones are forgotten",
+  },
   /** Output captured per stream of a command or agent, in bytes. */
   maxOutputBytes: { type: "int", default: 1024 * 1024, description: "output captured per stream of a command or agent" },
   /** Longest an op may run without a deadline of its own. */
@@ -282,7 +294,7 @@ const DECLARED = {
   preauthPerPeer: {
     type: "int",
     default: 32,
-    description: "half-open connections per peer address on gRPC; beyond it that peer's oldest is shed",
+    description: "half-open connections per peer address on gRPC, IPv6 by its /64; beyond it that peer's oldest is shed",
   },
   /** Of `maxSessions`, how many only the admin persona may take. */
   adminReserve: {

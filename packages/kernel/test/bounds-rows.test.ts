@@ -231,6 +231,122 @@ describe("bounded after authentication: the persona registry", () => {
   });
 });
 
+describe("bounded after authentication: resource allocations", () => {
+  it("resource.alloc stops at maxAllocationsPerPersona for a persona's whole tree, limit or none (RESOURCE, audited); a name freed leaves no usage row", async () => {
+    const t = await startKernel({ maxAllocationsPerPersona: 3 });
+    try {
+      const rights = (id: string) => [{ ops: ["resource.*"], targets: [`persona://${id}`] }];
+      const connect = async (id: string) => {
+        const p = await t.persona(id, rights(id));
+        return t.connect(p.identity, [p.token]);
+      };
+      const top = await connect("hoard");
+      const sub = await connect("hoard/s1");
+      // No limit names these resources: only the row bound holds. A sub-persona's count against its tree.
+      const held = [await top.resources.alloc("hoard", "r0", 1), await sub.resources.alloc("hoard/s1", "r1", 1)];
+      held.push(await sub.resources.alloc("hoard/s1", "r2", 1));
+      for (const [c, id] of [
+        [top, "hoard"],
+        [sub, "hoard/s1"],
+      ] as const) {
+        const refused = await c.resources.alloc(id, "r3", 1).catch((e) => e);
+        assert.ok(refused instanceof KpipError && refused.errorClass === "RESOURCE", String(refused));
+        assert.match(refused.message, /maxAllocationsPerPersona/);
+      }
+      const rec = t.k.inspect
+        .queryAudit({ op: "resource.alloc", limit: 100 })
+        .find((r) => r.persona === "hoard" && r.phase === "outcome" && r.status === "FAILURE");
+      assert.ok(rec, "the refusal is on the record");
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM allocations WHERE persona LIKE 'hoard%'"), 3);
+      // Another tree is not touched; a free makes room.
+      const other = await connect("other");
+      await other.resources.alloc("other", "r0", 1);
+      await top.resources.free("hoard", (held[0] as { allocation: string }).allocation);
+      // Allocating and freeing names without end leaves no rows behind (the usage of a name in use stays).
+      for (let i = 0; i < 20; i++) {
+        const a = await top.resources.alloc("hoard", `n${i}`, 5);
+        await top.resources.free("hoard", a.allocation);
+      }
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM usage WHERE resource LIKE 'n%'"), 0);
+      assert.deepEqual((await sub.resources.query("persona://hoard/s1")).usage, { r1: 1, r2: 1 });
+      assert.equal(countRows(t.home, "SELECT count(*) AS n FROM usage WHERE resource = 'r0'"), 1, "other's r0 only");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("bounded after authentication: op.list and persona.list are paged", () => {
+  it("op.list and persona.list page their answers (PARTIAL, cursor); the client follows the pages; a foreign cursor is SEMANTIC", async () => {
+    const t = await startKernel({}, undefined, (k) =>
+      k.registerTask("sq", { module: "data:text/javascript,export default (x) => x * x" }),
+    );
+    try {
+      const admin = await t.admin();
+      const p = await t.persona("pager", [
+        { ops: ["compute.submit"], targets: ["op://task/sq"] },
+        { ops: ["op.result"], targets: ["op://**"] },
+        { ops: ["op.list"], targets: ["kernel://"] },
+        { ops: ["persona.list"], targets: ["persona://pager/**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const ops: string[] = [];
+      for (const x of [1, 2, 3, 4, 5]) {
+        const d = await c.compute.task("sq", x);
+        await c.ops.wait(d);
+        ops.push(d.op);
+      }
+      const newest = [...ops].reverse();
+      // op.list: newest first, a page at a time.
+      const first = await c.call("op.list", "kernel://", { limit: 2 });
+      const p1 = first.payload as { ops: { op: string }[]; cursor?: string };
+      assert.equal(first.status, "PARTIAL");
+      assert.deepEqual(
+        p1.ops.map((o) => o.op),
+        newest.slice(0, 2),
+      );
+      const second = await c.call("op.list", "kernel://", { limit: 3, cursor: p1.cursor as string });
+      assert.equal(second.status, "SUCCESS");
+      assert.deepEqual(
+        (second.payload as { ops: { op: string }[] }).ops.map((o) => o.op),
+        newest.slice(2),
+      );
+      assert.deepEqual(
+        (await c.ops.list({ pageSize: 2 })).map((o) => o.op),
+        newest,
+      );
+      await assert.rejects(c.call("op.list", "kernel://", { cursor: "not-a-cursor" }), klass("SEMANTIC"));
+      // persona.list: the subtree in id order, a page at a time.
+      const ids = ["pager/a", "pager/b", "pager/b/x", "pager/c", "pager/d"];
+      for (const id of ids) await admin.personas.register(id, generateIdentity(id).publicKey);
+      await admin.personas.register("pagerx", generateIdentity("pagerx").publicKey);
+      const q1 = await c.call("persona.list", "persona://pager", { limit: 4 });
+      const l1 = q1.payload as { personas: { persona: string }[]; cursor?: string };
+      assert.equal(q1.status, "PARTIAL");
+      assert.deepEqual(
+        l1.personas.map((x) => x.persona),
+        ["pager", ...ids.slice(0, 3)],
+      );
+      const q2 = await c.call("persona.list", "persona://pager", { limit: 4, cursor: l1.cursor as string });
+      assert.equal(q2.status, "SUCCESS");
+      assert.deepEqual(
+        (q2.payload as { personas: { persona: string }[] }).personas.map((x) => x.persona),
+        ids.slice(3),
+      );
+      assert.deepEqual(
+        (await c.personas.list("pager", { pageSize: 2 })).map((x) => x.persona),
+        ["pager", ...ids],
+      );
+      // A cursor from outside the listed subtree is not this listing's.
+      await assert.rejects(c.call("persona.list", "persona://pager", { cursor: "pagerx" }), klass("SEMANTIC"));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("agent and op rows of an older home", () => {
   it("outputs and results move out of the listed rows at start; an agent left running is recovered as lost", async () => {
     const t1 = await startKernel();

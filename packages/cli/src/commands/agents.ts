@@ -1,4 +1,4 @@
-import { opList, opResult } from "@kpip/protocol";
+import { opResult } from "@kpip/protocol";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, withClient } from "../connect.js";
 import { subcommandError } from "../suggest.js";
@@ -88,7 +88,8 @@ export const opsCommand: Command = {
     switch (sub) {
       case "list":
         return withClient(v, async (c) => {
-          const { ops } = (await c.op(opList, "kernel://", {})).payload;
+          // Paged: the kernel answers PARTIAL pages; the client follows them.
+          const ops = await c.ops.list();
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(ops))}\n`);
           else
             printTable(

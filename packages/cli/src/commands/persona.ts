@@ -252,9 +252,9 @@ export const personaCommand: Command = {
             store.withJournal(
               (r) => journal("persona.remove", `persona://${pid}`, removalMessage(r.removed, ended)),
               () =>
-                removePersonaTree(store, pid, (t) => {
-                  store.revokeToken(t, "kpip persona remove", Date.now());
-                  ended.push(t);
+                removePersonaTree(store, pid, (tokens) => {
+                  for (const t of tokens) store.revokeToken(t, "kpip persona remove", Date.now());
+                  ended.push(...tokens);
                 }),
             );
             return { ok: true };

@@ -4,7 +4,7 @@ import { type Bucket, RateBuckets } from "./rate-buckets.js";
 export interface HandshakeRecordLimits {
   /** `session.handshake` records per second per transport; bursts up to 5× this. */
   transportRate: number;
-  /** Records per second per peer address (transports that know one: gRPC); bursts up to 5× this. */
+  /** Records per second per peer key (transports that know one: gRPC; an IPv6 address by its /64); bursts up to 5× this. */
   peerRate: number;
 }
 
@@ -14,7 +14,7 @@ export interface SuppressedHandshakes {
   count: number;
   /** Count by error code (a handful of codes exist: bounded). */
   codes: Record<string, number>;
-  /** Count by peer address, the first {@link MAX_NAMED} addresses only (gRPC; none on the Unix socket). */
+  /** Count by peer key (session/peer-key.ts), the first {@link MAX_NAMED} only (gRPC; none on the Unix socket). */
   peers: Record<string, number>;
   /** Distinct peer addresses not named in `peers`, and their count. */
   otherPeers: number;
@@ -23,7 +23,7 @@ export interface SuppressedHandshakes {
 
 /** Peer addresses an aggregate names one by one; the rest are counted together. */
 const MAX_NAMED = 16;
-/** Peer addresses with a bucket of their own at once. */
+/** Peer keys with a bucket of their own at once (an IPv6 /64 is one key: rotating addresses in it does not fill this). */
 const MAX_PEERS = 10_000;
 
 /**

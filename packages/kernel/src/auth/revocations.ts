@@ -1,5 +1,5 @@
 import type { Grant } from "@kpip/protocol";
-import type { TokenStore } from "../store/types.js";
+import type { TokenRecord, TokenStore } from "../store/types.js";
 
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
 export const tokenRef = (g: Grant): string => g.derived ?? g.id;
@@ -64,13 +64,71 @@ export class Revocations {
    * descending from it that was still usable — what the audit record of the revocation lists.
    */
   revoke(id: string, by: string, now: number): { changed: boolean; ended: string[] } {
+    return this.revokeWith(
+      id,
+      by,
+      now,
+      () => this.store.tokensDerivedFrom(id),
+      () => this.seenUnder(id),
+    );
+  }
+
+  /**
+   * Revokes each of `ids` in turn, as {@link revoke} one by one would (`ended`: every token
+   * ended, each once, in the same order), finding the tokens descending from them in one pass
+   * over the store and one over the derived tokens seen, not one of each per id: a persona
+   * tree's removal revokes a token per persona.
+   */
+  revokeAll(ids: readonly string[], by: string, now: number): { changed: number; ended: string[] } {
+    if (ids.length === 1) {
+      const r = this.revoke(ids[0] as string, by, now);
+      return { changed: r.changed ? 1 : 0, ended: r.ended };
+    }
+    const derived = this.store.tokensDerivedFromAny(ids);
+    const wanted = new Set(ids);
+    const seen = new Map<string, [string, string[]][]>();
+    for (const [d, up] of this.derived)
+      for (const a of new Set(up)) {
+        if (!wanted.has(a)) continue;
+        const list = seen.get(a) ?? [];
+        seen.set(a, list);
+        list.push([d, up]);
+      }
+    let changed = 0;
+    const ended: string[] = [];
+    for (const id of ids) {
+      const r = this.revokeWith(
+        id,
+        by,
+        now,
+        () => derived.get(id) ?? [],
+        () => seen.get(id) ?? [],
+      );
+      if (r.changed) changed++;
+      ended.push(...r.ended);
+    }
+    return { changed, ended };
+  }
+
+  /** The derived tokens seen this run that descend from `id`, with the ids each descends from. */
+  private seenUnder(id: string): [string, string[]][] {
+    return [...this.derived].filter(([, up]) => up.includes(id));
+  }
+
+  private revokeWith(
+    id: string,
+    by: string,
+    now: number,
+    derived: () => TokenRecord[],
+    seen: () => [string, string[]][],
+  ): { changed: boolean; ended: string[] } {
     const live = (ids: string[]) => !ids.some((x) => this.ids.has(x));
     const ended: string[] = [];
     if (!this.ids.has(id)) {
       const own = this.store.getToken(id);
       if (!own || live(own.chain)) ended.push(id);
-      for (const t of this.store.tokensDerivedFrom(id)) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
-      for (const [d, up] of this.derived) if (up.includes(id) && live(up)) ended.push(d);
+      for (const t of derived()) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
+      for (const [d, up] of seen()) if (live(up)) ended.push(d);
     }
     this.ids.add(id);
     return { changed: this.store.revokeToken(id, by, now), ended };

@@ -25,6 +25,8 @@ export interface ComputeOptions {
   workers: number;
   /** How long finished ops and their results are kept. */
   resultTtlMs: number;
+  /** Finished ops (and results) kept per persona tree within that time, the newest; older ones are forgotten. */
+  maxFinishedPerPersona: number;
   /** Output captured per stream of a command, in bytes. */
   maxOutputBytes: number;
   /** Longest an op may run when neither its intent nor its args set a deadline. */
@@ -388,6 +390,13 @@ export class ComputeEngine {
       this.store.updateOp(op.id, f);
     } catch (e) {
       this.log.error({ err: e, op: op.id }, "cannot record op outcome");
+    }
+    try {
+      // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
+      // whole tree keeps a bounded number, as for ended agents, however fast it submits.
+      this.store.trimFinishedOps((this.opts.roots ?? FIRST_SEGMENT).of(op.persona), this.opts.maxFinishedPerPersona);
+    } catch (e) {
+      this.log.error({ err: e, op: op.id }, "cannot forget older finished ops");
     }
     this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from);
     this.emitDone(op);

@@ -205,7 +205,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         },
       ),
     );
-    router.register(resourceFamily(ledger, { workspaceStorageBytes: c.workspaceStorageBytes }));
+    router.register(
+      resourceFamily(
+        ledger,
+        { workspaceStorageBytes: c.workspaceStorageBytes },
+        { store, max: c.maxAllocationsPerPersona, roots },
+      ),
+    );
     const { enforcer, tokens } = capabilities(
       new RootKeys(c.home, input.clock),
       store,
@@ -230,6 +236,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       {
         workers: c.computeWorkers,
         resultTtlMs: c.opResultTtlMs,
+        maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxPendingPerPersona: c.maxPendingOpsPerPersona,
@@ -281,7 +288,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     router.register(
       personaFamily(store, {
         admin: c.adminPersona,
-        revokeToken: (id, by) => tokens.revoke(id, by),
+        revokeTokens: (ids, by) => tokens.revokeAll(ids, by),
         registryChanged: () => expelUnregistered(expulsion),
         maxRegistered: c.maxRegisteredPersonas,
         roots,

@@ -4,6 +4,7 @@ import { GRPC_COALESCE_SLACK } from "../limits.js";
 import type { Logger } from "../log.js";
 import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
+import { peerKey } from "../session/peer-key.js";
 import { GrpcListener } from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
 
@@ -43,7 +44,7 @@ export async function openListeners(
   grpc.onError = (e) => log.warn({ err: e }, "gRPC listener");
   // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
   grpc.onTlsRefused = (peer, reason) =>
-    peerLog.write(`grpc:${peer}`, "warn", { transport: "grpc", reason }, "TLS handshake refused");
+    peerLog.write(`grpc:${peerKey(peer)}`, "warn", { transport: "grpc", address: peer, reason }, "TLS handshake refused");
   await grpc.start();
   if (!grpc.secure) log.warn({ address: grpc.address }, "gRPC without TLS (loopback only)");
   return { uds, grpc };

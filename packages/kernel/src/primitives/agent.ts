@@ -2,10 +2,10 @@ import type { CborMap } from "@kpip/protocol";
 import { agentKill, agentList, agentLogs, agentSpawn, agentStatus } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
 import { agentKey, agentUri } from "../agents/namespace.js";
-import { MAX_LIST_PAGE } from "../limits.js";
 import type { AgentRecord } from "../store/types.js";
 import { networkGranted, networkRight } from "./compute.js";
 import { implement } from "./implement.js";
+import { pageAnswer, pageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function agentId(ctx: OpContext): [string, string] {
@@ -94,21 +94,20 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
       }),
       implement(agentList, {
         handler: (ctx): OpResult => {
-          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
-          const cursor = ctx.args.cursor;
-          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
-            throw new OpError("SEMANTIC", "cursor is not an agent list cursor");
+          const page = pageRequest(ctx.args, "an agent list");
           // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.
           const rows = agents.list(
             ctx.persona === admin ? undefined : ctx.persona,
-            cursor === undefined ? 0 : Number(cursor),
-            limit + 1,
+            page.cursor === undefined ? 0 : Number(page.cursor),
+            page.limit + 1,
           );
-          const more = rows.length > limit;
-          const page = more ? rows.slice(0, limit) : rows;
-          const payload: CborMap = { agents: page.map((a) => describe(a)) };
-          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
-          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+          return pageAnswer(
+            rows,
+            page,
+            "agents",
+            (a) => describe(a),
+            (a) => String(a.seq),
+          );
         },
       }),
     ],

@@ -9,9 +9,9 @@ import {
   opStatusOp,
 } from "@kpip/protocol";
 import type { ComputeEngine } from "../compute/engine.js";
-import { MAX_LIST_PAGE } from "../limits.js";
 import type { OpRecord, OpStore, OpSummary } from "../store/types.js";
 import { implement } from "./implement.js";
+import { pageAnswer, pageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** The right a grant needs for a sandboxed process to reach the network (default: no network). */
@@ -112,13 +112,16 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
         },
       }),
       implement(opList, {
-        handler: (ctx) => {
+        handler: (ctx): OpResult => {
           const all = ctx.persona === admin;
-          const ops = store.listOps(all ? undefined : ctx.persona, Math.min(ctx.args.limit ?? 100, MAX_LIST_PAGE));
-          return {
-            status: "SUCCESS",
-            payload: { ops: ops.map((op) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op))) },
-          };
+          const page = pageRequest(ctx.args, "an op list");
+          const ops = store.listOps(
+            all ? undefined : ctx.persona,
+            page.limit + 1,
+            page.cursor === undefined ? undefined : Number(page.cursor),
+          );
+          const describe = (op: OpSummary) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op));
+          return pageAnswer(ops, page, "ops", describe, (op) => String(op.seq));
         },
       }),
     ],

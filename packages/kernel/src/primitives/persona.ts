@@ -3,14 +3,15 @@ import { isAgentPersona } from "../agents/namespace.js";
 import { inTree, type PersonaRoots, treeName } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
+import { pageAnswer, pageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What the persona family needs from the kernel beyond the store. */
 export interface PersonaFamilyHost {
   /** The kernel's admin persona: never removed through the kernel (it would lock the operator out). */
   admin: string;
-  /** Revokes a token id for every handle at once (the enforcer's revocation, not just the store's). */
-  revokeToken(id: string, by: string): { ended: string[] } | undefined;
+  /** Revokes token ids for every handle at once (the enforcer's revocation, not just the store's); returns every token ended. */
+  revokeTokens(ids: string[], by: string): { ended: string[] };
   /**
    * The registry changed: ends every open session whose persona is no longer registered with
    * the key it attested with, and tells sessions holding revoked handles. Returns sessions ended.
@@ -43,20 +44,17 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
 export function removePersonaTree(
   store: PersonaStore & TokenStore,
   id: string,
-  revoke: (tokenId: string) => void,
+  revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number } {
   const removed = personasUnder(store, id).map((p) => p.id);
-  let tokensRevoked = 0;
+  const tokens: string[] = [];
   for (const p of removed) {
     store.removePersona(p);
-    for (const t of store.listTokens(p)) {
-      if (t.revokedAt === null) {
-        revoke(t.id);
-        tokensRevoked++;
-      }
-    }
+    for (const t of store.listTokens(p)) if (t.revokedAt === null) tokens.push(t.id);
   }
-  return { removed, tokensRevoked };
+  // All at once: what each revocation ends is found in one pass, not one per token.
+  revoke(tokens);
+  return { removed, tokensRevoked: tokens.length };
 }
 
 function personaTarget(ctx: OpContext): string {
@@ -132,8 +130,8 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           // Removed with the request's dedupe record: a retry after a crash is not "not registered".
           // Sessions and agents it ends stay ended if that commit fails: the safe side.
           return ctx.atomically((): OpResult => {
-            const r = removePersonaTree(store, id, (t) => {
-              ended.push(...(host.revokeToken(t, ctx.persona)?.ended ?? []));
+            const r = removePersonaTree(store, id, (tokens) => {
+              ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
             });
             host.roots.changed();
             const sessionsEnded = host.registryChanged();
@@ -152,7 +150,13 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
       }),
       implement(personaList, {
         handler: (ctx): OpResult => {
-          return { status: "SUCCESS", payload: { personas: personasUnder(store, personaTarget(ctx)).map(personaRecord) } };
+          const id = personaTarget(ctx);
+          // The cursor is the last id shown: the next page is the ids after it in the subtree's range.
+          const page = pageRequest(ctx.args, "a persona list", /^.{1,255}$/s);
+          if (page.cursor !== undefined && !personaWithin(page.cursor, id))
+            throw new OpError("SEMANTIC", "cursor is not a persona list cursor of this persona");
+          const rows = store.personasUnder(id, page.cursor ?? "", page.limit + 1);
+          return pageAnswer(rows, page, "personas", personaRecord, (p) => p.id);
         },
       }),
     ],

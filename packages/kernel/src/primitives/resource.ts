@@ -1,11 +1,26 @@
 import { resourceAlloc, resourceFree, resourceQuery } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { personaScope, workspaceScope } from "../resources/ledger.js";
+import { personaLineage, type TreeRoots, treeName } from "../resources/lineage.js";
+import type { LedgerStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
+/** What bounds the allocations' rows: the store that holds them, and how many one persona tree may hold. */
+export interface AllocationRows {
+  store: Pick<LedgerStore, "countAllocationsWithin" | "dropIdleUsage">;
+  /** The top of a persona's tree (the registry's, kernel/compose.ts). */
+  roots: TreeRoots;
+  /** maxAllocationsPerPersona. */
+  max: number;
+}
+
 /** resource.alloc / free / query against the ledger. */
-export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorageBytes: number }): PrimitiveFamily {
+export function resourceFamily(
+  ledger: ResourceLedger,
+  quotas: { workspaceStorageBytes: number },
+  rows: AllocationRows,
+): PrimitiveFamily {
   return {
     name: "resource",
     ops: [
@@ -20,6 +35,14 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
             );
           }
           return ctx.atomically((): OpResult => {
+            // Each allocation is a row, whether or not any limit names its resource: a persona's
+            // whole tree holds a bounded number (its sub-personas and agents do not multiply it).
+            const root = rows.roots.of(ctx.persona);
+            if (rows.store.countAllocationsWithin(root) >= rows.max)
+              throw new OpError(
+                "RESOURCE",
+                `${treeName(root, ctx.persona)} holds ${rows.max} allocations (maxAllocationsPerPersona); free one first`,
+              );
             const a = ledger.alloc(ctx.persona, resource, ctx.args.amount, ctx.grant);
             return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };
           });
@@ -29,6 +52,8 @@ export function resourceFamily(ledger: ResourceLedger, quotas: { workspaceStorag
         handler: (ctx) => {
           return ctx.atomically((): OpResult => {
             const a = ledger.free(ctx.persona, ctx.args.allocation);
+            // A name no longer in use leaves no usage rows: names are the caller's, without end.
+            for (const scope of personaLineage(ctx.persona)) rows.store.dropIdleUsage(personaScope(scope), a.resource);
             return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
           });
         },

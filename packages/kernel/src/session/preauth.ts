@@ -1,8 +1,8 @@
 /** A connection that has not finished its handshake, as the budget sees it. */
 export interface HalfOpen {
   readonly transport: string;
-  /** Who is connecting, as far as the transport can tell: an IP address, or "" when it cannot. */
-  readonly peerAddress: string;
+  /** Who is connecting, as far as the transport can tell: its address as peerKey (session/peer-key.ts) counts it (an IPv6 /64), or "" when it cannot. */
+  readonly peerKey: string;
   /** "hello" until a HELLO arrived; then "attest" (further along: shed last). */
   readonly state: string;
 }
@@ -10,7 +10,7 @@ export interface HalfOpen {
 export interface PreauthLimits {
   /** Most half-open connections per transport. */
   perTransport: number;
-  /** Most half-open connections per peer address (transports that know one: TCP/gRPC). */
+  /** Most half-open connections per peer address (transports that know one: TCP/gRPC; IPv6 by its /64). */
   perPeer: number;
 }
 
@@ -24,7 +24,7 @@ export interface PreauthLimits {
  * the handshake timeout. Authenticated sessions are never shed here.
  */
 export class PreauthBudget<T extends HalfOpen> {
-  /** transport → peer address → its half-open connections, oldest first (Set keeps insertion order). */
+  /** transport → peer key → its half-open connections, oldest first (Set keeps insertion order). */
   private readonly table = new Map<string, Map<string, Set<T>>>();
   private readonly perTransport = new Map<string, number>();
   private total = 0;
@@ -36,8 +36,8 @@ export class PreauthBudget<T extends HalfOpen> {
     const shed: T[] = [];
     const peers = this.table.get(c.transport) ?? new Map<string, Set<T>>();
     this.table.set(c.transport, peers);
-    const own = peers.get(c.peerAddress);
-    if (c.peerAddress !== "" && own && own.size >= this.limits.perPeer) {
+    const own = peers.get(c.peerKey);
+    if (c.peerKey !== "" && own && own.size >= this.limits.perPeer) {
       shed.push(this.shedOldest(own));
     }
     if ((this.perTransport.get(c.transport) ?? 0) >= this.limits.perTransport) {
@@ -45,8 +45,8 @@ export class PreauthBudget<T extends HalfOpen> {
       for (const set of peers.values()) if (!largest || set.size > largest.size) largest = set;
       if (largest && largest.size > 0) shed.push(this.shedOldest(largest));
     }
-    const set = peers.get(c.peerAddress) ?? new Set<T>();
-    peers.set(c.peerAddress, set);
+    const set = peers.get(c.peerKey) ?? new Set<T>();
+    peers.set(c.peerKey, set);
     set.add(c);
     this.perTransport.set(c.transport, (this.perTransport.get(c.transport) ?? 0) + 1);
     this.total++;
@@ -56,9 +56,9 @@ export class PreauthBudget<T extends HalfOpen> {
   /** `c` is no longer half-open (it attested, or it closed); a no-op if it was not counted. */
   release(c: T): void {
     const peers = this.table.get(c.transport);
-    const set = peers?.get(c.peerAddress);
+    const set = peers?.get(c.peerKey);
     if (!peers || !set?.delete(c)) return;
-    if (set.size === 0) peers.delete(c.peerAddress);
+    if (set.size === 0) peers.delete(c.peerKey);
     this.perTransport.set(c.transport, (this.perTransport.get(c.transport) ?? 1) - 1);
     this.total--;
   }

@@ -24,6 +24,7 @@ import { addressOf, type Connection, originOf } from "./connection.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
 import { HANDSHAKE_MAX_BODY, type SessionHostOf } from "./host.js";
+import { peerKey } from "./peer-key.js";
 
 /** What a session needs from the kernel that owns it. */
 export type SessionHost = SessionHostOf<Session>;
@@ -66,14 +67,17 @@ export class Session implements SessionView, EventSink {
   get shm(): ShmPeer | undefined {
     return this.reader.shm;
   }
-  /** The peer's address as far as the transport knows it ("" on the Unix socket): the pre-auth budget's key. */
-  readonly peerAddress: string;
+  /**
+   * The peer's address as far as the transport knows it ("" on the Unix socket), as the
+   * pre-auth bounds count it ({@link peerKey}: an IPv6 address by its /64).
+   */
+  readonly peerKey: string;
 
   constructor(
     readonly conn: Connection,
     private readonly host: SessionHost,
   ) {
-    this.peerAddress = addressOf(conn);
+    this.peerKey = peerKey(addressOf(conn));
     this.records = new SessionRecords(host.audit, this.id, originOf(conn));
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory);
@@ -345,7 +349,7 @@ export class Session implements SessionView, EventSink {
     const open = this.state === "ready" || this.state === "closing";
     if (o.audited !== false) {
       if (open) this.records.failed(persona ?? "-", cls, code, message, o.detail);
-      else if (this.host.handshakeRecords.admit(this.conn.transport, this.peerAddress, code))
+      else if (this.host.handshakeRecords.admit(this.conn.transport, this.peerKey, code))
         this.records.handshakeFailed(persona, o.verified === true, cls, code, message, o.detail);
     }
     this.logPeer("info", { code, class: cls }, "session closed on error");
@@ -420,7 +424,7 @@ export class Session implements SessionView, EventSink {
 
   /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
   private logPeer(level: "info" | "warn" | "error", obj: Record<string, unknown>, msg: string): void {
-    const key = this.persona || `${this.conn.transport}:${this.peerAddress || "local"}`;
+    const key = this.persona || `${this.conn.transport}:${this.peerKey || "local"}`;
     this.host.peerLog.write(key, level, { ...obj, session: this.id }, msg);
   }
 

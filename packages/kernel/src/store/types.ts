@@ -16,8 +16,8 @@ export interface PersonaStore {
   addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void;
   removePersona(id: string): boolean;
   listPersonas(): PersonaRecord[];
-  /** `id` and the personas under it (`id/…`), in id order. */
-  personasUnder(id: string): PersonaRecord[];
+  /** `id` and the personas under it (`id/…`), in id order; those after id `after`, at most `limit` (-1: all). */
+  personasUnder(id: string, after?: string, limit?: number): PersonaRecord[];
   /**
    * Who registered `id`: the persona whose persona.register added it, null when the kernel or an
    * operator did (the admin persona, `kpip persona add`, an agent's key), undefined when `id` is
@@ -255,6 +255,8 @@ export interface TokenStore {
   revocationSeqs(): [string, number][];
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
+  /** {@link tokensDerivedFrom} of each of `ids` (those with none are absent), read in one pass. */
+  tokensDerivedFromAny(ids: readonly string[]): Map<string, TokenRecord[]>;
 }
 
 /** Usage by scope ("persona:<id>" or "workspace:<id>") and resource name (e.g. "storage.bytes"). */
@@ -267,6 +269,10 @@ export interface LedgerStore {
   addAllocation(a: Allocation): void;
   getAllocation(id: string): Allocation | undefined;
   removeAllocation(id: string): boolean;
+  /** Allocations held by `root` and the personas under it (an id range, not a scan). */
+  countAllocationsWithin(root: string): number;
+  /** Forgets `scope`'s usage row of `resource` if nothing of it is in use (a name allocated once leaves no row). */
+  dropIdleUsage(scope: string, resource: string): void;
 }
 
 export interface Allocation {
@@ -306,13 +312,15 @@ export interface OpStore {
   insertOp(r: OpRecord): void;
   getOp(id: string): OpRecord | undefined;
   updateOp(id: string, fields: Partial<OpRecord>): void;
-  /** The newest ops' metadata, never their results (op.result reads one op's, through getOp). */
-  listOps(persona?: string, limit?: number): OpSummary[];
+  /** The newest ops' metadata (inserted before `seq` `before`), never their results (op.result reads one op's, through getOp). */
+  listOps(persona?: string, limit?: number, before?: number): (OpSummary & { seq: number })[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
   /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
   /** Forgets up to `limit` (default: all) finished ops that expired before `now`, with their results; returns how many. */
   pruneOps(now: number, limit?: number): number;
+  /** Forgets the finished ops of `root`'s persona tree (their results too) but the newest `keep`; returns how many. */
+  trimFinishedOps(root: string, keep: number): number;
 }
 
 export type AgentState = "running" | "exited" | "killed" | "lost";

@@ -72,9 +72,12 @@ export const opCancel = defineOp({
 export const opList = defineOp({
   op: "op.list",
   description:
-    "The caller's recent ops, newest first (every persona's, with its persona, for the admin), without their results (op.result reads one op's).",
+    "The caller's recent ops, newest first (every persona's, with its persona, for the admin), without their results (op.result reads one op's); PARTIAL with a cursor when more remain. Finished ops are kept for the kernel's result retention, a persona tree's newest only, then forgotten.",
   targets: ["kernel"],
-  args: { limit: { type: "uint", description: "most ops (default 100, at most 1000)" } },
+  args: {
+    cursor: { type: "text", description: "the cursor of the previous page" },
+    limit: { type: "uint", description: "ops per page (default 100, at most 1000)" },
+  },
   result: {
     ops: {
       type: "array",
@@ -86,7 +89,9 @@ export const opList = defineOp({
         fields: { ...opStatus, persona: { type: "text", description: "the admin's listing: whose op" } },
       },
     },
+    cursor: { type: "text", description: "PARTIAL: pass it to get the next page" },
   },
+  answers: { PARTIAL: "more ops remain: the payload's `cursor` asks for the next page" },
   idempotent: true,
   effects: false,
 });

@@ -42,17 +42,23 @@ export const personaRemove = defineOp({
 
 export const personaList = defineOp({
   op: "persona.list",
-  description: "persona://<id> and its registered sub-personas, with their public keys.",
+  description:
+    "persona://<id> and its registered sub-personas, with their public keys, in id order; PARTIAL with a cursor when more remain.",
   targets: ["persona"],
-  args: {},
+  args: {
+    cursor: { type: "text", description: "the cursor of the previous page" },
+    limit: { type: "uint", description: "personas per page (default 100, at most 1000)" },
+  },
   result: {
     personas: {
       type: "array",
       required: true,
-      description: "the registered personas at or under the target",
+      description: "the registered personas at or under the target, in id order",
       items: { type: "map", description: "a persona", fields: personaRecord },
     },
+    cursor: { type: "text", description: "PARTIAL: pass it to get the next page" },
   },
+  answers: { PARTIAL: "more personas remain: the payload's `cursor` asks for the next page" },
   idempotent: true,
   effects: false,
 });

@@ -7,7 +7,8 @@ const amounts = (description: string) => ({ ...limitsField, description }) as co
 
 export const resourceAlloc = defineOp({
   op: "resource.alloc",
-  description: "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it.",
+  description:
+    "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it. RESOURCE when the caller's top-level persona and the personas under it hold as many allocations as the kernel allows, whatever their resources.",
   targets: ["persona"],
   args: {
     resource: { type: "text", required: true, description: "resource name, e.g. memory" },
@@ -44,7 +45,10 @@ export const resourceQuery = defineOp({
   result: {
     persona: { type: "text", description: "persona://: the persona" },
     workspace: { type: "text", description: "obj://: the workspace" },
-    usage: { ...amounts("usage by resource name"), required: true },
+    usage: {
+      ...amounts("usage by resource name (a named resource only while some of it is allocated)"),
+      required: true,
+    },
     limits: amounts("persona://: the authorizing token's limits"),
     inFlight: { type: "uint", description: "persona://: its requests in flight" },
     quotas: amounts("obj://: the workspace's quotas"),

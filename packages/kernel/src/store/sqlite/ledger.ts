@@ -52,5 +52,18 @@ export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStor
     removeAllocation(id: string): boolean {
       return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
     }
+    countAllocationsWithin(root: string): number {
+      // '0' follows '/': [root/, root0) is exactly the ids under root.
+      return (
+        this.prep("SELECT count(*) AS n FROM allocations WHERE persona = ? OR (persona >= ? AND persona < ?)").get(
+          root,
+          `${root}/`,
+          `${root}0`,
+        ) as Row
+      ).n as number;
+    }
+    dropIdleUsage(scope: string, resource: string): void {
+      this.prep("DELETE FROM usage WHERE scope = ? AND resource = ? AND amount <= 0").run(scope, resource);
+    }
   };
 }

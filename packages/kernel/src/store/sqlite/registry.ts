@@ -19,7 +19,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     );
     // A subtree is a range of ids: "a/" ≤ id < "a0" ('0' follows '/') holds exactly the ids under a.
     readonly #under: Statement = this.db.prepare(
-      "SELECT id, public_key, created_at FROM personas WHERE id = ? OR (id >= ? AND id < ?) ORDER BY id",
+      "SELECT id, public_key, created_at FROM personas WHERE (id = ? OR (id >= ? AND id < ?)) AND id > ? ORDER BY id LIMIT ?",
     );
     readonly #countWithin: Statement = this.db.prepare(
       "SELECT count(*) AS n FROM personas WHERE registered_by = ? OR (registered_by >= ? AND registered_by < ?)",
@@ -35,8 +35,8 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void {
       this.#add.run(id, Buffer.from(publicKey), Date.now(), registeredBy ?? null);
     }
-    personasUnder(id: string): PersonaRecord[] {
-      return (this.#under.all(id, `${id}/`, `${id}0`) as Row[]).map(toPersona);
+    personasUnder(id: string, after = "", limit = -1): PersonaRecord[] {
+      return (this.#under.all(id, `${id}/`, `${id}0`, after, limit) as Row[]).map(toPersona);
     }
     registrarOf(id: string): string | null | undefined {
       const r = this.#registrar.get(id) as { registered_by: string | null } | undefined;

@@ -59,6 +59,24 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ).all(`%"${id.replace(/[^0-9a-f]/g, "")}"%`) as Row[];
       return rows.map(toToken);
     }
+    tokensDerivedFromAny(ids: readonly string[]): Map<string, TokenRecord[]> {
+      // One pass over the table for all of `ids` (a persona tree's removal revokes many at once),
+      // each chain's elements compared whole, as tokensDerivedFrom's quoted match does.
+      const rows = this.prep(
+        `SELECT j.value AS ancestor, ${TOKEN} FROM tokens t ` +
+          `JOIN json_each(CASE WHEN octet_length(t.chain) <= ${MAX_CELL_BYTES} AND json_valid(t.chain) THEN t.chain ELSE '[]' END) j ` +
+          "LEFT JOIN revocations v ON v.id = t.id WHERE j.value IN (SELECT value FROM json_each(?)) ORDER BY t.rowid",
+      ).all(JSON.stringify(ids)) as Row[];
+      const out = new Map<string, TokenRecord[]>();
+      for (const r of rows) {
+        const list = out.get(r.ancestor as string) ?? [];
+        out.set(r.ancestor as string, list);
+        const t = toToken(r);
+        // A chain naming an ancestor twice is one token derived from it.
+        if (list[list.length - 1]?.id !== t.id) list.push(t);
+      }
+      return out;
+    }
     countTokensBy(mintedBy: string): number {
       // The persona and every id under it ("p/" ≤ id < "p0", '0' following '/'): one index range.
       return (

@@ -79,27 +79,14 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       });
     }
     pruneAgents(before: number, limit: number): number {
-      return this.forgetAgents(
+      return forget(
+        this,
+        AGENT_TABLES,
         this.prep("SELECT id FROM agents WHERE ended_at < ? AND state != 'running' LIMIT ?").all(before, limit) as Row[],
       );
     }
     trimEndedAgents(root: string, keep: number): number {
-      // The tree as id ranges: '0' follows '/', so [root/, root0) is exactly the ids under root.
-      return this.forgetAgents(
-        this.prep(
-          "SELECT id FROM agents WHERE (spawner = ? OR (spawner >= ? AND spawner < ?)) AND ended_at IS NOT NULL AND state != 'running' ORDER BY ended_at DESC, rowid DESC LIMIT -1 OFFSET ?",
-        ).all(root, `${root}/`, `${root}0`, keep) as Row[],
-      );
-    }
-    /** Deletes the agents of `rows` (their ids) with their output, in one transaction. */
-    forgetAgents(rows: Row[]): number {
-      return this.transaction(() => {
-        for (const { id } of rows) {
-          this.prep("DELETE FROM agent_output WHERE id = ?").run(id);
-          this.prep("DELETE FROM agents WHERE id = ?").run(id);
-        }
-        return rows.length;
-      });
+      return trimTree(this, AGENT_TABLES, "spawner", "ended_at IS NOT NULL AND state != 'running'", "ended_at", root, keep);
     }
 
     // deferred ops
@@ -126,13 +113,15 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         else this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(id, f.result);
       });
     }
-    listOps(persona?: string, limit = 100): OpSummary[] {
+    listOps(persona?: string, limit = 100, before = Number.MAX_SAFE_INTEGER): (OpSummary & { seq: number })[] {
+      // Newest first by insertion (rowid): a cursor is the last row's, and the next page lies below it.
+      const sql = `SELECT rowid AS seq, ${OP_META} FROM ops WHERE rowid < ?`;
       const rows = (
         persona === undefined
-          ? this.prep(`SELECT ${OP_META} FROM ops ORDER BY created_at DESC LIMIT ?`).all(limit)
-          : this.prep(`SELECT ${OP_META} FROM ops WHERE persona = ? ORDER BY created_at DESC LIMIT ?`).all(persona, limit)
+          ? this.prep(`${sql} ORDER BY rowid DESC LIMIT ?`).all(before, limit)
+          : this.prep(`${sql} AND persona = ? ORDER BY rowid DESC LIMIT ?`).all(before, persona, limit)
       ) as Row[];
-      return rows.map(toOpSummary);
+      return rows.map((r) => ({ ...toOpSummary(r), seq: r.seq as number }));
     }
     failInterruptedOps(message: string, now: number): { id: string; state: OpRecord["state"] }[] {
       const ids = (this.prep("SELECT id, state FROM ops WHERE state IN ('queued', 'running')").all() as Row[]).map((r) => ({
@@ -144,22 +133,52 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       ).run(message, now);
       return ids;
     }
+    trimFinishedOps(root: string, keep: number): number {
+      return trimTree(this, OP_TABLES, "persona", "state NOT IN ('queued', 'running')", "finished_at", root, keep);
+    }
     pruneOps(now: number, limit = -1): number {
-      return this.transaction(() => {
-        const ids = (
-          this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
-            now,
-            limit,
-          ) as Row[]
-        ).map((r) => r.id as string);
-        for (const id of ids) {
-          this.prep("DELETE FROM op_results WHERE id = ?").run(id);
-          this.prep("DELETE FROM ops WHERE id = ?").run(id);
-        }
-        return ids.length;
-      });
+      return forget(
+        this,
+        OP_TABLES,
+        this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
+          now,
+          limit,
+        ) as Row[],
+      );
     }
   };
+}
+
+/** An agent's tables and an op's: the bulky part's table first (its output, its result), then the row's. */
+const AGENT_TABLES = ["agent_output", "agents"] as const;
+const OP_TABLES = ["op_results", "ops"] as const;
+
+/** Deletes the records `rows` names (their ids) from each of `tables`, in one transaction; returns how many. */
+function forget(store: Pick<StoreBase["prototype"], "prep" | "transaction">, tables: readonly string[], rows: Row[]): number {
+  return store.transaction(() => {
+    for (const { id } of rows) for (const t of tables) store.prep(`DELETE FROM ${t} WHERE id = ?`).run(id);
+    return rows.length;
+  });
+}
+
+/**
+ * Forgets all but the newest `keep` finished records (`finished`, newest by `newest`) whose
+ * `column` names `root` or a persona under it. The tree as id ranges: '0' follows '/', so
+ * [root/, root0) is exactly the ids under root (an index on `column` finds them, no scan).
+ */
+function trimTree(
+  store: Pick<StoreBase["prototype"], "prep" | "transaction">,
+  tables: readonly [string, string],
+  column: string,
+  finished: string,
+  newest: string,
+  root: string,
+  keep: number,
+): number {
+  const sql =
+    `SELECT id FROM ${tables[1]} WHERE (${column} = ? OR (${column} >= ? AND ${column} < ?)) AND ${finished} ` +
+    `ORDER BY ${newest} DESC, rowid DESC LIMIT -1 OFFSET ?`;
+  return forget(store, tables, store.prep(sql).all(root, `${root}/`, `${root}0`, keep) as Row[]);
 }
 
 /** Sets the given output streams of agent `id` (a row is made if it has none). */

@@ -1,0 +1,43 @@
+import { isIPv4, isIPv6 } from "node:net";
+
+/**
+ * The key the pre-authentication bounds count a peer address under (half-open connections,
+ * failed handshakes' records, log lines): an IPv6 address by its /64 — one host is commonly
+ * given a whole /64, so counting each /128 apart let one peer rotate through addresses, each
+ * with a fresh allowance, until the per-peer table was full and only the shared transport
+ * bound was left — and an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack
+ * listener reports for an IPv4 peer) as its IPv4 address, so a peer is one key whichever
+ * listener it reached. Anything else (an IPv4 address, "" when the transport knows none) is
+ * its own key.
+ */
+export function peerKey(address: string): string {
+  // A link-local address's zone ("%eth0") names the kernel's interface, not the peer.
+  const bare = address.includes("%") ? address.slice(0, address.indexOf("%")) : address;
+  if (!isIPv6(bare)) return address;
+  const h = hextets(bare);
+  if (h.slice(0, 5).every((x) => x === 0) && h[5] === 0xffff) {
+    const [a, b] = [h[6] as number, h[7] as number];
+    return `${a >> 8}.${a & 0xff}.${b >> 8}.${b & 0xff}`;
+  }
+  // RFC 5952's short form: the prefix's trailing zero groups join the "::" of the zero host half.
+  const prefix = h.slice(0, 4);
+  while (prefix.length > 0 && prefix[prefix.length - 1] === 0) prefix.pop();
+  return `${prefix.map((x) => x.toString(16)).join(":")}::/64`;
+}
+
+/** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail as two groups). */
+function hextets(address: string): number[] {
+  let text = address.toLowerCase();
+  const lastColon = text.lastIndexOf(":");
+  const tail = text.slice(lastColon + 1);
+  if (isIPv4(tail)) {
+    const [a, b, c, d] = tail.split(".").map(Number) as [number, number, number, number];
+    text = `${text.slice(0, lastColon + 1)}${((a << 8) | b).toString(16)}:${((c << 8) | d).toString(16)}`;
+  }
+  const [head, rest] = text.split("::") as [string, string | undefined];
+  const groups = (s: string) => (s === "" ? [] : s.split(":").map((g) => Number.parseInt(g, 16)));
+  if (rest === undefined) return groups(head);
+  const left = groups(head);
+  const right = groups(rest);
+  return [...left, ...Array<number>(8 - left.length - right.length).fill(0), ...right];
+}
