@@ -63,7 +63,9 @@ describe("bounded after authentication: finished ops over a persona's tree", () 
       const other = await connect("other");
       const kept = await other.compute.task("square", 9);
       assert.equal(await other.ops.wait(kept), 81);
-      // Sub-personas of one tree share its bound: three each, six finished in all.
+      // Sub-personas of one tree share its bound: three each, six finished in all. The tree is
+      // `tree`'s, registered above them (personas only side by side would be trees of their own).
+      await t.persona("tree", rights);
       const done: { c: KernelClient; op: string }[] = [];
       for (const id of ["tree/s0", "tree/s1"]) {
         const c = await connect(id);
