@@ -19,7 +19,8 @@ export function pageRequest(args: { limit?: number; cursor?: string }, what: str
 /**
  * The answer for `rows`, read with one more than the page's `limit` (whether more remain is
  * known without a count): SUCCESS with them all, or PARTIAL with `limit` of them and the
- * cursor of the last (`cursorOf`), which asks for the next page.
+ * cursor of the last (`cursorOf`), which asks for the next page. `visible`, when given, hides
+ * rows of the page from the answer (the page may then hold fewer; the cursor still follows it).
  */
 export function pageAnswer<T>(
   rows: T[],
@@ -27,10 +28,11 @@ export function pageAnswer<T>(
   field: string,
   describe: (row: T) => CborMap,
   cursorOf: (row: T) => string,
+  visible?: (row: T) => boolean,
 ): OpResult {
   const more = rows.length > page.limit;
   const shown = more ? rows.slice(0, page.limit) : rows;
-  const payload: CborMap = { [field]: shown.map(describe) };
+  const payload: CborMap = { [field]: (visible ? shown.filter(visible) : shown).map(describe) };
   const last = shown[shown.length - 1];
   if (more && last !== undefined) payload.cursor = cursorOf(last);
   return { status: more ? "PARTIAL" : "SUCCESS", payload };

@@ -22,9 +22,9 @@ import {
 import { tokenDetail } from "../audit/detail.js";
 import { type CapEnforcer, tokenRef } from "../auth/enforcer.js";
 import type { TokenService } from "../auth/tokens.js";
-import { MAX_LIST_PAGE } from "../limits.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
+import { pageAnswer, pageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function tokenArg(ctx: OpContext): Token {
@@ -256,17 +256,14 @@ export function tokenFamily(
         },
         handler: (ctx) => {
           const only = ctx.args.persona;
-          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), MAX_LIST_PAGE);
-          const cursor = ctx.args.cursor;
-          if (cursor !== undefined && !/^\d{1,15}$/.test(cursor))
-            throw new OpError("SEMANTIC", "cursor is not a token list cursor");
+          const page = pageRequest(ctx.args, "a token list");
           // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
-          const rows = store.listTokens(only, cursor === undefined ? 0 : Number(cursor), limit + 1);
-          const more = rows.length > limit;
-          const page = more ? rows.slice(0, limit) : rows;
-          const visible = page.filter((r) => ownsToken(store, admin, ctx.persona, r, r.sub));
-          const payload: CborMap = {
-            tokens: visible.map((r) => ({
+          const rows = store.listTokens(only, page.cursor === undefined ? 0 : Number(page.cursor), page.limit + 1);
+          return pageAnswer(
+            rows,
+            page,
+            "tokens",
+            (r) => ({
               id: r.id,
               sub: r.sub,
               chain: r.chain,
@@ -274,10 +271,10 @@ export function tokenFamily(
               mintedBy: r.mintedBy,
               createdAt: r.createdAt,
               ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
-            })),
-          };
-          if (more) payload.cursor = String(page[page.length - 1]?.seq ?? 0);
-          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+            }),
+            (r) => String(r.seq),
+            (r) => ownsToken(store, admin, ctx.persona, r, r.sub),
+          );
         },
       }),
     ],
