@@ -11,6 +11,7 @@ import {
   linkSync,
   mkdirSync,
   mkdtempSync,
+  readFileSync,
   rmSync,
   symlinkSync,
   unlinkSync,
@@ -21,6 +22,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
+import { RootKeys } from "../src/auth/keys.js";
 import { ConfigError, Kernel } from "../src/index.js";
 import { removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, withKernel } from "./harness.js";
 
@@ -337,5 +339,19 @@ describe("what a sandbox sees after start: mounts made since, bind mounts from t
         await t.stop().catch(() => {});
         removeHome(t.home);
       }
+    }));
+
+  it("a secret file with another name is not replaced: the other name would keep the old keys with one link", () =>
+    inBase(async (base) => {
+      const home = join(base, "home");
+      mkdirSync(home, { mode: 0o700 });
+      RootKeys.load(home);
+      const before = readFileSync(RootKeys.path(home), "utf8");
+      linkSync(RootKeys.path(home), join(base, "copy"));
+      assert.throws(() => RootKeys.rotate(home), /token-keys\.json has 2 hard links/);
+      assert.equal(readFileSync(RootKeys.path(home), "utf8"), before);
+      unlinkSync(join(base, "copy"));
+      RootKeys.rotate(home);
+      assert.notEqual(readFileSync(RootKeys.path(home), "utf8"), before);
     }));
 });
