@@ -91,9 +91,21 @@ export function ensurePrivateFile(path: string): void {
 
 /**
  * Replaces `path` atomically: a fresh temp file beside it (created exclusively, never through a
- * link; a stale one from a crash is removed first), synced, then renamed over it.
+ * link; a stale one from a crash is removed first), synced, then renamed over it. Refused when
+ * the file has another name (a hard link): the rename would leave the old content there, with
+ * one link, where no link count shows it any more.
  */
 export function replaceAtomically(path: string, data: string): void {
+  let links = 1;
+  try {
+    links = lstatSync(path).nlink;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
+  if (links > 1)
+    throw new UnsafeHomeError(
+      `${path} has ${links} hard links: replacing it would leave its old content under the other names; remove them (find / -xdev -samefile ${path}) and keep one`,
+    );
   const tmp = `${path}.tmp`;
   try {
     unlinkSync(tmp);

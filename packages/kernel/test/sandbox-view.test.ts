@@ -5,14 +5,26 @@
 // the 0700 home: "Permission denied" when uncovered) or not (the home's names are listed).
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  copyFileSync,
+  linkSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
+import { RootKeys } from "../src/auth/keys.js";
 import { ConfigError, Kernel } from "../src/index.js";
-import { SANDBOX_READ_PATHS, sandboxSkip, withKernel } from "./harness.js";
+import { removeHome, SANDBOX_READ_PATHS, sandboxSkip, startKernel, withKernel } from "./harness.js";
 
 /** Runs `sh -c script` as a compute command; the script always exits 0 and says what happened. */
 async function sh(c: KernelClient, script: string): Promise<string> {
@@ -34,6 +46,17 @@ async function inBase<T>(f: (base: string) => Promise<T>): Promise<T> {
     rmSync(base, { recursive: true, force: true });
   }
 }
+
+/** Bind-mounts `from` at `to` (root only); returns the unmount, which never throws (for finally blocks). */
+function bindMount(from: string, to: string): () => void {
+  const m = spawnSync("mount", ["--bind", from, to], { encoding: "utf8" });
+  assert.equal(m.status, 0, `mount --bind ${from} ${to}: ${m.stderr}`);
+  return () => {
+    spawnSync("umount", ["-l", to]);
+  };
+}
+
+const asRoot = { skip: process.getuid?.() === 0 ? false : "NOT RUN: needs root to make a bind mount" };
 
 const reads = (...extra: string[]) => [SANDBOX_READ_PATHS, ...extra].join(":");
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
@@ -176,5 +199,159 @@ describe("read paths that would show a hidden path whole", () => {
           return true;
         });
       }
+    }));
+});
+
+describe("what a sandbox sees after start: mounts made since, bind mounts from the home, hard links", {
+  skip: sandboxSkip,
+}, () => {
+  it("a bind mount of the home's parent made under a read path after the kernel started shows an empty cover", asRoot, () =>
+    inBase(async (base) => {
+      const real = join(base, "real");
+      const data = join(base, "data");
+      mkdirSync(real, { mode: 0o755 });
+      mkdirSync(join(data, "alias"), { recursive: true, mode: 0o755 });
+      chmodSync(data, 0o755);
+      const home = join(real, "home");
+      await withKernel(
+        { sandboxReadPaths: reads(data) },
+        async (t) => {
+          const c = await t.admin();
+          assert.equal(await sh(c, `ls -a ${join(data, "alias")} 2>&1`), EMPTY);
+          const unmount = bindMount(real, join(data, "alias"));
+          try {
+            assert.equal(await sh(c, `ls -a ${join(data, "alias", "home")} 2>&1`), EMPTY);
+            assert.match(await sh(c, `ls ${join(data, "alias")} 2>&1`), /^home$/m);
+          } finally {
+            unmount();
+          }
+          // Unmounted: the view is computed again, and launches go on.
+          assert.equal(await sh(c, `ls -a ${join(data, "alias")} 2>&1`), EMPTY);
+        },
+        home,
+      );
+    }),
+  );
+
+  it(
+    "a bind mount of a directory inside the home under a read path is covered whole, made before or after start; a read path that becomes one refuses launches",
+    asRoot,
+    () =>
+      inBase(async (base) => {
+        const home = join(base, "home");
+        const inner = join(home, "inner");
+        mkdirSync(inner, { recursive: true, mode: 0o755 });
+        chmodSync(home, 0o700);
+        writeFileSync(join(inner, "secret"), "s3cret\n", { mode: 0o644 });
+        const data = join(base, "data");
+        for (const d of ["x", "y"]) mkdirSync(join(data, d), { recursive: true, mode: 0o755 });
+        chmodSync(data, 0o755);
+        const unmounts = [bindMount(inner, join(data, "x"))];
+        try {
+          // A read path that is itself a bind mount of a directory inside the home is refused at start.
+          const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: reads(join(data, "x")) });
+          await assert.rejects(k.start(), (e: Error) => {
+            assert.ok(e instanceof ConfigError, `${e.name} ${e.message}`);
+            assert.match(e.message, /sandbox read path .* shows the kernel home/);
+            return true;
+          });
+          await withKernel(
+            { sandboxReadPaths: reads(data) },
+            async (t) => {
+              // The start made the home's entries 0700: open it again, as a careless operator might.
+              chmodSync(inner, 0o755);
+              const c = await t.admin();
+              assert.equal(await sh(c, `ls -a ${join(data, "x")} 2>&1`), EMPTY);
+              assert.doesNotMatch(await sh(c, `cat ${join(data, "x", "secret")} 2>&1`), /s3cret/);
+              // Made after start: the home itself, and a directory inside it.
+              unmounts.push(bindMount(home, join(data, "y")));
+              assert.equal(await sh(c, `ls -a ${join(data, "y")} 2>&1`), EMPTY);
+              mkdirSync(join(base, "other"), { mode: 0o755 });
+              unmounts.push(bindMount(inner, join(base, "other")));
+              // The read path itself now shows the home's inside: no cover can hide it without hiding the read path.
+              unmounts.push(bindMount(join(base, "other"), data));
+              await assert.rejects(
+                sh(c, `cat ${join(data, "secret")}`),
+                /the mounts changed since the kernel started: sandbox read path .* shows the kernel home/,
+              );
+              unmounts.pop()?.();
+              assert.equal(await sh(c, `ls -a ${join(data, "x")} 2>&1`), EMPTY);
+            },
+            home,
+          );
+        } finally {
+          for (const u of unmounts.reverse()) u();
+        }
+      }),
+  );
+
+  it("a hard link to a secret file refuses every launch while it is there, and the start", () =>
+    inBase(async (base) => {
+      const data = join(base, "data");
+      const etc = join(base, "etc");
+      const conf = join(base, "conf");
+      for (const d of [data, etc, conf]) mkdirSync(d, { mode: 0o755 });
+      copyFileSync(tls("server.pem"), join(etc, "server.pem"));
+      copyFileSync(tls("server.key"), join(etc, "server.key"));
+      chmodSync(join(etc, "server.key"), 0o600);
+      writeFileSync(join(conf, "kernel.json"), "{}\n", { mode: 0o600 });
+      const opts = {
+        sandboxReadPaths: reads(data),
+        configFile: join(conf, "kernel.json"),
+        grpcListen: "127.0.0.1:0",
+        grpcTlsCert: join(etc, "server.pem"),
+        grpcTlsKey: join(etc, "server.key"),
+      };
+      const t = await startKernel(opts);
+      try {
+        const c = await t.admin();
+        assert.equal(await sh(c, "echo ok"), "ok\n");
+        const secrets: [string, string][] = [
+          [join(t.home, "admin.token"), "admin token"],
+          [join(t.home, "kernel.key"), "kernel key"],
+          [join(t.home, "token-keys.json"), "token root key file"],
+          [join(t.home, "kernel.db"), "kernel database"],
+          [join(etc, "server.key"), "gRPC TLS key"],
+          [join(conf, "kernel.json"), "config file"],
+        ];
+        for (const [file, what] of secrets) {
+          linkSync(file, join(data, "copy"));
+          try {
+            await assert.rejects(sh(c, `cat ${join(data, "copy")}`), (e: Error) => {
+              assert.ok(e.message.includes(`the ${what} ${file} has 2 hard links`), `${what}: ${e.message}`);
+              return true;
+            });
+          } finally {
+            unlinkSync(join(data, "copy"));
+          }
+        }
+        assert.equal(await sh(c, "echo ok"), "ok\n");
+        linkSync(join(t.home, "kernel.key"), join(data, "copy"));
+        await t.stop();
+        // With the link still there, the kernel does not start on that home.
+        const k = new Kernel({ home: t.home, logLevel: "silent", ...opts });
+        await assert.rejects(k.start(), (e: Error) => {
+          assert.ok(e instanceof ConfigError, `${e.name} ${e.message}`);
+          assert.match(e.message, /the kernel key .* has 2 hard links/);
+          return true;
+        });
+      } finally {
+        await t.stop().catch(() => {});
+        removeHome(t.home);
+      }
+    }));
+
+  it("a secret file with another name is not replaced: the other name would keep the old keys with one link", () =>
+    inBase(async (base) => {
+      const home = join(base, "home");
+      mkdirSync(home, { mode: 0o700 });
+      RootKeys.load(home);
+      const before = readFileSync(RootKeys.path(home), "utf8");
+      linkSync(RootKeys.path(home), join(base, "copy"));
+      assert.throws(() => RootKeys.rotate(home), /token-keys\.json has 2 hard links/);
+      assert.equal(readFileSync(RootKeys.path(home), "utf8"), before);
+      unlinkSync(join(base, "copy"));
+      RootKeys.rotate(home);
+      assert.notEqual(readFileSync(RootKeys.path(home), "utf8"), before);
     }));
 });

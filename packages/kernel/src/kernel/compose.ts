@@ -37,7 +37,8 @@ import { ResourceLedger } from "../resources/ledger.js";
 import { GrantBounds, PersonaRoots } from "../resources/lineage.js";
 import { ProcessTable } from "../sandbox/processes.js";
 import type { Sandbox } from "../sandbox/sandbox.js";
-import { openSandbox, sandboxInfo, sandboxSummary } from "../sandbox/setup.js";
+import { openSandbox, sandboxInfo, sandboxSecrets, sandboxSummary } from "../sandbox/setup.js";
+import { singleLinks } from "../sandbox/view.js";
 import { BodyPool } from "../session/body-pool.js";
 import { PeerLogLimiter } from "../session/log-limit.js";
 import { PersonaKeys } from "../session/persona-keys.js";
@@ -112,6 +113,8 @@ export interface KernelServices {
 export async function compose(input: CompositionInput): Promise<KernelServices> {
   const { config: c, log, events, router } = input;
   let metricsRef: KernelMetrics | undefined;
+  // Before the kernel opens (and writes to) its database and keys: a secret with another name is refused (view.ts).
+  if (c.sandbox === "bwrap") singleLinks(sandboxSecrets(c, input.configFile));
   const home = await openHome(c, log, { anchorFailed: () => metricsRef?.auditAnchorFailures.inc() });
   const { store, audit, kernelId } = home;
   let sandbox: Sandbox | undefined;

@@ -15,10 +15,21 @@ import {
 } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
+import { ConfigError } from "../config.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
-import { type HiddenPath, type SandboxView, sandboxView, within } from "./view.js";
+import {
+  type HiddenPath,
+  parseMounts,
+  readMountInfo,
+  type SandboxView,
+  type SecretFile,
+  sandboxCovers,
+  sandboxView,
+  singleLinks,
+  within,
+} from "./view.js";
 
 /** How the kernel runs the processes it starts: in bubblewrap, or (explicitly) without a sandbox. */
 export type SandboxMode = "bwrap" | "none";
@@ -45,6 +56,8 @@ export interface SandboxConfig {
   uid: number;
   /** Paths no sandbox may see even when a read path shows them (home, scratch root, socket, keys: view.ts). */
   hidden: HiddenPath[];
+  /** Files that must have no other name (hard link) than their own: the home's keys and database, the TLS key, the config. */
+  secrets?: SecretFile[];
   limits: SandboxLimits;
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
@@ -88,6 +101,14 @@ export class SandboxUnavailableError extends OpError {
       `no process sandbox: ${reason}. Install bubblewrap (e.g. \`apt-get install bubblewrap\`) and allow unprivileged user namespaces, or start the kernel with --sandbox none to run processes unconfined`,
     );
   }
+}
+
+/**
+ * What the sandbox would show has changed since the kernel started (the mount table, a read
+ * path re-linked) so that no cover can hide the kernel's secrets: no process is started.
+ */
+export class SandboxViewError extends Error {
+  override name = "SandboxViewError";
 }
 
 /** System directories bound read-only into every sandbox (those that exist here). */
@@ -135,12 +156,21 @@ export class Sandbox {
   /** The scratch root's lock, while the root is this kernel's ({@link SandboxConfig.lockRoot}). */
   private rootLock: Database.Database | undefined;
   /** What is bound and where hidden paths are covered, by real path (view.ts). */
-  private readonly view: SandboxView = { binds: [], covers: [] };
+  private view: SandboxView = { system: [], binds: [], covers: [] };
+  /** The mount table the view was computed for (launch() computes the covers again when it differs). */
+  private mountInfo = "";
+  /** Why the current mount table shows a hidden path no cover can hide (launches are refused), if it does. */
+  private refusal: string | undefined;
 
-  /** Throws a ConfigError when a read path would show a hidden path that no cover can hide. */
+  /**
+   * Throws a ConfigError when a read path would show a hidden path that no cover can hide, or a
+   * secret file has another name (a hard link).
+   */
   constructor(readonly config: SandboxConfig) {
     if (config.mode === "none") return;
-    this.view = sandboxView(SYSTEM_DIRS, config.readPaths, config.hidden);
+    this.mountInfo = readMountInfo();
+    this.view = sandboxView(SYSTEM_DIRS, config.readPaths, config.hidden, parseMounts(this.mountInfo));
+    singleLinks(config.secrets ?? []);
     const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
     this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
@@ -236,8 +266,38 @@ export class Sandbox {
     this.rootLock = undefined;
   }
 
+  /**
+   * Before each launch, what may have changed since start without the kernel: a mount under a
+   * read path (the covers are computed again, as a start would, when the mount table's text
+   * differs from the last one seen: one read of /proc/self/mountinfo and a string comparison
+   * when nothing changed), and a secret file's link count (one stat each).
+   */
+  private recheck(): void {
+    const now = readMountInfo();
+    if (now !== this.mountInfo) {
+      this.mountInfo = now;
+      try {
+        this.view = {
+          ...this.view,
+          covers: sandboxCovers(this.view.system, this.view.binds, this.config.hidden, parseMounts(now)),
+        };
+        this.refusal = undefined;
+      } catch (e) {
+        if (!(e instanceof ConfigError)) throw e;
+        // Kept until the table changes again: every launch till then is refused without recomputing.
+        this.refusal = e.message;
+      }
+    }
+    if (this.refusal)
+      throw new SandboxViewError(
+        `the mounts changed since the kernel started: ${this.refusal}; no process is started until it is unmounted`,
+      );
+    singleLinks(this.config.secrets ?? []);
+  }
+
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
+    if (this.config.mode === "bwrap") this.recheck();
     const root = this.config.scratchRoot;
     const lockFile = this.config.lockRoot;
     if (lockFile && !(this.rootLock && scratchRootLocked(root, lockFile))) {
@@ -315,7 +375,9 @@ export class Sandbox {
         continue; // not there: nothing to show (as --ro-bind-try)
       }
       if (now !== b.source)
-        throw new Error(`sandbox read path ${b.dest} has changed since the kernel started (a symbolic link): restart the kernel`);
+        throw new SandboxViewError(
+          `sandbox read path ${b.dest} has changed since the kernel started (a symbolic link): restart the kernel`,
+        );
       a.push("--ro-bind-try", b.source, b.dest);
     }
     // Each place a bound path shows a hidden one: an empty tmpfs over a directory, /dev/null over
@@ -323,7 +385,7 @@ export class Sandbox {
     for (const c of this.view.covers) {
       let s: ReturnType<typeof lstatSync>;
       try {
-        s = lstatSync(c.real);
+        s = lstatSync(c.host);
       } catch {
         continue;
       }

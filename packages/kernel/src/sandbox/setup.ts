@@ -2,10 +2,32 @@ import { createHash } from "node:crypto";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import type { CborMap } from "@kpip/protocol";
+import { ROOT_KEYS_FILE } from "../auth/keys.js";
 import { ConfigError, type KernelConfig } from "../config.js";
+import { HOME_FILES } from "../home.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
 import { disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scratch-roots.js";
+import type { SecretFile } from "./view.js";
+
+/**
+ * The files whose content no sandbox may see and which must therefore have no other name (a
+ * hard link under a read path shows the same file, which no cover of a path hides): the
+ * home's keys, tokens and database, the gRPC TLS key, the config file.
+ */
+export function sandboxSecrets(c: KernelConfig, configFile?: string): SecretFile[] {
+  const home = (name: string, what: string) => ({ path: join(c.home, name), what });
+  return [
+    home(HOME_FILES.kernelKey, "kernel key"),
+    home(ROOT_KEYS_FILE, "token root key file"),
+    home(HOME_FILES.adminIdentity, "admin identity"),
+    home(HOME_FILES.adminToken, "admin token"),
+    home(HOME_FILES.database, "kernel database"),
+    home(`${HOME_FILES.database}-wal`, "kernel database's WAL"),
+    ...(c.grpcTlsKey ? [{ path: c.grpcTlsKey, what: "gRPC TLS key" }] : []),
+    ...(configFile ? [{ path: configFile, what: "config file" }] : []),
+  ];
+}
 
 /**
  * The kernel's process sandbox from its configuration, probed once with a real trial run.
@@ -34,6 +56,7 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string, conf
       ...(c.grpcTlsKey ? [{ path: c.grpcTlsKey, what: "gRPC TLS key", tree: false }] : []),
       ...(configFile ? [{ path: configFile, what: "config file", tree: false }] : []),
     ],
+    secrets: sandboxSecrets(c, configFile),
     limits: {
       processes: c.sandboxProcesses,
       memoryBytes: c.sandboxMemoryBytes,
