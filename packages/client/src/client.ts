@@ -190,7 +190,8 @@ export class KernelClient extends EventEmitter {
   /**
    * Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. Byte strings of
    * 64 KiB or more in `args` are sent from the caller's own memory, not copied: do not change
-   * them until the promise settles.
+   * them until the promise settles. A call that settles before its answer (an abort, a local
+   * deadline) may still have them queued on the socket: pass a copy if they change right after.
    */
   call(op: string, target: string, args: CborMap = NO_ARGS, opts: CallOptions = NO_OPTIONS): Promise<CallResult> {
     // One promise from here to the answer: the call table settles it with the result or the KpipError.

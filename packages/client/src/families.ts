@@ -77,7 +77,9 @@ export class StorageApi {
   /**
    * Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n.
    * Bytes of 64 KiB or more are sent from `data` itself, not a copy: do not change them until the
-   * promise settles (a retry or a resend after a reconnect sends them again).
+   * promise settles (a retry or a resend after a reconnect sends them again). A call that settles
+   * before its answer (an abort, a local deadline) may still have them queued on the socket: copy
+   * them first (`Buffer.from(data)`) if they will change right after such a call.
    */
   async write(
     target: string,
@@ -105,7 +107,9 @@ export class StorageApi {
    * Writes an object of any size through the chunked upload: `source` is a buffer or an
    * (async) iterable of byte arrays (then `opts.size` is required). The client hashes the bytes
    * as it sends them; the commit names that SHA-256 and the kernel refuses it unless the bytes
-   * it received match. Memory: about `window` chunks on each side.
+   * it received match. Memory: about `window` chunks on each side. The bytes are sent from the
+   * source's own buffers, not copied: an iterable must yield a buffer it does not change or
+   * reuse afterwards (as streams do), and a buffer source must not change until this settles.
    *
    * @example
    * await client.storage.putLarge("obj://ws/video.bin", createReadStream(file), { size: statSync(file).size });

@@ -84,8 +84,8 @@ export async function putLarge(
     for await (const piece of pieces) {
       if (failure !== undefined) break;
       if (offset + piece.length > size) throw new RangeError(`putLarge: the source holds more than the declared ${size} bytes`);
-      // Sent first, hashed after: the call copies the chunk into its request before it returns
-      // (so these are the bytes sent), and the kernel works on the chunk while this thread hashes it.
+      // Sent first, hashed after: the kernel works on the chunk while this thread hashes it. The
+      // chunk is sent from its own memory (not copied): the source must not change it meanwhile.
       const p: Promise<void> = op(storageUploadChunk, target, { upload, offset, data: piece }, callOpts).then(
         () => {
           inFlight.delete(p);

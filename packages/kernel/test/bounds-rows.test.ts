@@ -232,6 +232,35 @@ describe("bounded after authentication: the persona registry", () => {
 });
 
 describe("bounded after authentication: resource allocations", () => {
+  it("a tree's owner frees the allocations of a persona under it that is gone (its slots and usage come back); another tree cannot", async () => {
+    const t = await startKernel({ maxAllocationsPerPersona: 2 });
+    try {
+      const rights = (id: string) => [{ ops: ["resource.*"], targets: [`persona://${id}`] }];
+      const connect = async (id: string) => {
+        const p = await t.persona(id, rights(id));
+        return t.connect(p.identity, [p.token]);
+      };
+      const top = await connect("lock");
+      const sub = await connect("lock/s1");
+      const held = [await sub.resources.alloc("lock/s1", "r", 2), await sub.resources.alloc("lock/s1", "r", 3)];
+      await sub.close();
+      const admin = await t.admin();
+      await admin.personas.remove("lock/s1");
+      // The tree is at its bound with the slots of a persona that no longer exists.
+      const full = await top.resources.alloc("lock", "r", 1).catch((e) => e);
+      assert.ok(full instanceof KpipError && full.errorClass === "RESOURCE", String(full));
+      const other = await connect("other");
+      const foreign = await other.resources.free("other", held[0]?.allocation as string).catch((e) => e);
+      assert.ok(foreign instanceof KpipError && foreign.errorClass === "SEMANTIC", String(foreign));
+      for (const a of held) await top.resources.free("lock", a.allocation);
+      assert.deepEqual((await top.resources.query("persona://lock")).usage, {}, "uncharged where it was charged");
+      await top.resources.alloc("lock", "r", 1);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("resource.alloc stops at maxAllocationsPerPersona for a persona's whole tree, limit or none (RESOURCE, audited); a name freed leaves no usage row", async () => {
     const t = await startKernel({ maxAllocationsPerPersona: 3 });
     try {

@@ -72,4 +72,24 @@ describe("the enforcer's kept decisions (property)", () => {
       store.close();
     }
   });
+
+  it("a token verified from inside a large request body keeps none of that body alive in the verified cache", () => {
+    const store = new SqliteStore(":memory:");
+    try {
+      const { enforcer, tokens } = capabilities(new RootKeys(home), store);
+      const bytes = encodeToken(
+        tokens.mint(undefined, "admin", { sub: "alice", rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }),
+      );
+      // As an inline token arrives: a view of a frame body of 4 MiB.
+      const body = Buffer.alloc(4 * 1024 * 1024);
+      body.set(bytes, 1000);
+      const v = enforcer.verify(body.subarray(1000, 1000 + bytes.length), "alice");
+      assert.ok(v.ok, JSON.stringify(v));
+      for (const b of [v.token.claimsBytes, v.token.sig, ...v.token.caveatBytes]) {
+        assert.ok(b.buffer.byteLength < 64 * 1024, `a token field keeps ${b.buffer.byteLength} bytes alive`);
+      }
+    } finally {
+      store.close();
+    }
+  });
 });

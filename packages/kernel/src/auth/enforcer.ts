@@ -95,7 +95,10 @@ export class CapEnforcer implements Authorizer {
     }
     let token: Token;
     try {
-      token = bytesOrToken instanceof Uint8Array ? decodeToken(bytesOrToken) : bytesOrToken;
+      // Decoded from its own copy: the token's byte strings are views of what they were decoded
+      // from, and a token sent inline is a view of its request's whole body (up to maxBody), which
+      // the verified cache would otherwise keep alive for as long as it keeps the token.
+      token = bytesOrToken instanceof Uint8Array ? decodeToken(Buffer.from(bytesOrToken)) : bytesOrToken;
     } catch (e) {
       return { ok: false, code: (e as TokenError).code ?? "MALFORMED", message: (e as Error).message };
     }

@@ -387,9 +387,18 @@ export class Pipeline {
     } finally {
       ctx.lease?.release();
       // The handler has settled and both records are encoded (each a copy): the body is done with.
-      if ((ctx.decl as NonNullable<RequestCtx["decl"]>).releasesArgs) this.deps.bodies?.giveBack(ctx.req.intent);
+      if ((ctx.decl as NonNullable<RequestCtx["decl"]>).releasesArgs) this.giveBack(ctx);
     }
     return this.settle(ctx, tag, response);
+  }
+
+  /** The body's memory back to the pool; a failure there costs the memory, never the answer. */
+  private giveBack(ctx: RequestCtx): void {
+    try {
+      this.deps.bodies?.giveBack(ctx.req.intent);
+    } catch (e) {
+      this.deps.log.warn({ err: e, op: ctx.op }, "a request body's memory could not be given back to the pool");
+    }
   }
 
   /**

@@ -53,7 +53,7 @@ export function resourceFamily(
           return ctx.atomically((): OpResult => {
             const a = ledger.free(ctx.persona, ctx.args.allocation);
             // A name no longer in use leaves no usage rows: names are the caller's, without end.
-            for (const scope of personaLineage(ctx.persona)) rows.store.dropIdleUsage(personaScope(scope), a.resource);
+            for (const scope of personaLineage(a.persona)) rows.store.dropIdleUsage(personaScope(scope), a.resource);
             return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
           });
         },

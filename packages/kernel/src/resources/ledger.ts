@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
-import { type Bound, countAtLimit, GrantBounds, limitsOver, overName, personaLineage } from "./lineage.js";
+import { type Bound, countAtLimit, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -112,12 +112,17 @@ export class ResourceLedger {
     return a;
   }
 
-  /** Frees an allocation of `persona`'s; another persona's allocation is reported as absent. */
+  /**
+   * Frees an allocation of `persona`'s or of a persona under it (an agent that ended, a
+   * sub-persona removed: their allocations count in the tree's bound until freed, so the tree's
+   * owner must be able to free them). Anyone else's is reported as absent.
+   */
   free(persona: string, id: string): Allocation {
     const a = this.store.getAllocation(id);
-    if (!a || a.persona !== persona) throw new OpError("SEMANTIC", `no allocation ${id} of ${persona}`);
+    if (!a || !inTree(a.persona, persona)) throw new OpError("SEMANTIC", `no allocation ${id} of ${persona}`);
     this.store.removeAllocation(id);
-    for (const scope of personaLineage(persona)) this.store.adjustUsage(personaScope(scope), a.resource, -a.amount);
+    // Uncharged where it was charged: the allocating persona and those above it.
+    for (const scope of personaLineage(a.persona)) this.store.adjustUsage(personaScope(scope), a.resource, -a.amount);
     return a;
   }
 

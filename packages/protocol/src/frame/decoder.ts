@@ -118,22 +118,22 @@ export class FrameDecoder {
 
   private append(src: Uint8Array, pos: number, n: number): void {
     const h = this.header;
-    if (h !== undefined && this.alloc !== undefined && h.length > LARGE_FRAME && this.accLen + n >= ALLOC_AFTER) {
+    if (
+      h !== undefined &&
+      this.alloc !== undefined &&
+      h.length > LARGE_FRAME &&
+      this.accLen + n >= Math.max(ALLOC_AFTER, h.length / 2)
+    ) {
       // A large frame with an allocator goes straight into the buffer it is handed over in, as
       // it arrives: the chunks it came in are let go at once, so their memory serves the next
       // ones (64 MiB of chunks kept until the frame was whole grew the heap anew each time).
-      // Only once ALLOC_AFTER bytes came: a peer that declares a large body and sends little
-      // holds what it sent, not the body's size.
+      // Only once half the body (and ALLOC_AFTER bytes) came: a peer that declares a large body
+      // and sends little holds what it sent, never more than twice that.
       if (this.acc.length < HEADER_SIZE + h.length) {
         const into = this.alloc(HEADER_SIZE + h.length);
-        if (this.parts) {
-          let at = 0;
-          for (const p of this.parts) {
-            into.set(p, at);
-            at += p.length;
-          }
-          this.parts = undefined;
-        } else if (this.accLen > 0) this.acc.copy(into, 0, 0, this.accLen);
+        if (this.parts) copyParts(this.parts, into);
+        else if (this.accLen > 0) this.acc.copy(into, 0, 0, this.accLen);
+        this.parts = undefined;
         this.acc = into;
       }
       this.acc.set(src.subarray(pos, pos + n), this.accLen);
@@ -173,12 +173,17 @@ function frameOf(h: FrameHeader, body: Uint8Array): Frame {
 function join(parts: Uint8Array[], n: number, alloc: BodyAllocator | undefined): Buffer {
   if (alloc === undefined) return Buffer.concat(parts, n);
   const out = alloc(n);
+  copyParts(parts, out);
+  return out;
+}
+
+/** Copies `parts`, in order, to the start of `out`. */
+function copyParts(parts: Uint8Array[], out: Uint8Array): void {
   let at = 0;
   for (const p of parts) {
     out.set(p, at);
     at += p.length;
   }
-  return out;
 }
 
 const EMPTY = Buffer.alloc(0);

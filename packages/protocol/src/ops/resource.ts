@@ -25,7 +25,7 @@ export const resourceAlloc = defineOp({
 
 export const resourceFree = defineOp({
   op: "resource.free",
-  description: "Free an allocation made by this persona.",
+  description: "Free an allocation made by this persona or a persona under it (an agent's, a sub-persona's).",
   targets: ["persona"],
   args: { allocation: { type: "text", required: true, description: "the id resource.alloc returned" } },
   result: {
