@@ -5,7 +5,7 @@ import * as grpc from "@grpc/grpc-js";
 import { generateIdentity } from "@kpip/protocol";
 import { HandshakeRecordLimiter } from "../src/audit/handshake-limit.js";
 import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
-import { allAudit, attestSignature, auditRecord, helloAs, RawPeer } from "./wire.js";
+import { allAudit, attestSignature, auditRecord, grpcGarbage, helloAs, RawPeer } from "./wire.js";
 
 /** One connection that sends 16 garbage bytes and waits for the kernel to close it. */
 function garbage(path: string): Promise<void> {
@@ -15,21 +15,6 @@ function garbage(path: string): Promise<void> {
     s.on("data", () => {});
     s.on("error", () => resolve());
     s.on("close", () => resolve());
-  });
-}
-
-/** One plaintext gRPC stream that sends 16 garbage bytes and waits for the kernel to end it. */
-function grpcGarbage(client: grpc.Client): Promise<void> {
-  return new Promise((resolve) => {
-    const call = client.makeBidiStreamRequest(
-      "/kpip.v1.Kernel/Session",
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-    );
-    call.on("data", () => {});
-    call.on("error", () => resolve());
-    call.on("end", () => resolve());
-    call.write(Buffer.alloc(16, 0x41));
   });
 }
 

@@ -8,7 +8,7 @@ import fc from "fast-check";
 import { HandshakeRecordLimiter } from "../src/audit/handshake-limit.js";
 import { peerKey } from "../src/session/peer-key.js";
 import { removeHome, startKernel, until } from "./harness.js";
-import { allAudit } from "./wire.js";
+import { allAudit, grpcGarbage } from "./wire.js";
 
 const group = fc.integer({ min: 0, max: 0xffff });
 const groups = (n: number) => fc.array(group, { minLength: n, maxLength: n });
@@ -45,21 +45,6 @@ function handshakeAggregates(t: Awaited<ReturnType<typeof startKernel>>, n: numb
     30_000,
     "every failed handshake recorded or counted",
   );
-}
-
-/** One plaintext gRPC stream that sends 16 garbage bytes and waits for the kernel to end it. */
-function grpcGarbage(client: grpc.Client): Promise<void> {
-  return new Promise((resolve) => {
-    const call = client.makeBidiStreamRequest(
-      "/kpip.v1.Kernel/Session",
-      (b: Buffer) => b,
-      (b: Buffer) => b,
-    );
-    call.on("data", () => {});
-    call.on("error", () => resolve());
-    call.on("end", () => resolve());
-    call.write(Buffer.alloc(16, 0x41));
-  });
 }
 
 describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as its IPv4 address", () => {

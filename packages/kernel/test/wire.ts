@@ -5,6 +5,7 @@
  * (the bench imports it).
  */
 import net from "node:net";
+import type * as grpc from "@grpc/grpc-js";
 import {
   attestationTranscript,
   decodeMessage,
@@ -235,3 +236,18 @@ export function auditRecord(k: Kernel, pred: (r: AuditRow) => boolean, what = "a
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** One plaintext gRPC stream that sends 16 garbage bytes and waits for the kernel to end it. */
+export function grpcGarbage(client: grpc.Client): Promise<void> {
+  return new Promise((resolve) => {
+    const call = client.makeBidiStreamRequest(
+      "/kpip.v1.Kernel/Session",
+      (b: Buffer) => b,
+      (b: Buffer) => b,
+    );
+    call.on("data", () => {});
+    call.on("error", () => resolve());
+    call.on("end", () => resolve());
+    call.write(Buffer.alloc(16, 0x41));
+  });
+}
