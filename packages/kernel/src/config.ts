@@ -41,7 +41,12 @@ const DECLARED = {
   maxInFlight: { type: "int", default: 1024, description: "most requests in flight per session" },
   maxBodyBytes: { type: "int", default: 16 * 1024 * 1024, description: "largest frame body accepted, in bytes" },
   heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },
-  handshakeTimeoutMs: { type: "int", default: 5_000, description: "time allowed from connect to WELCOME" },
+  handshakeTimeoutMs: {
+    type: "int",
+    default: 5_000,
+    description:
+      "time allowed from connect to WELCOME; on gRPC also to finish TLS, and the longest an HTTP/2 connection may stay with no stream open",
+  },
   dedupeWindowMs: { type: "int", default: 300_000, description: "how long a response is kept to answer a retried request" },
   maxObjectBytes: {
     type: "int",
