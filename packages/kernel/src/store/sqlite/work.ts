@@ -222,24 +222,8 @@ const withArgs = <T extends { args: string[] }>(a: T): T => ({ ...a, args: JSON.
 const toAgent = (r: Row): AgentRecord => withArgs(agentRow(r));
 const toAgentMeta = (r: Row): AgentMeta => withArgs(agentMetaRow(r));
 
-const toOp = rowReader<OpRecord>({
-  id: true,
-  persona: true,
-  session: true,
-  kind: true,
-  name: true,
-  state: true,
-  result: true,
-  errorClass: true,
-  message: true,
-  createdAt: true,
-  startedAt: true,
-  finishedAt: true,
-  deadline: true,
-  expiresAt: true,
-});
-
-const toOpSummary = rowReader<OpSummary>({
+/** An op's columns without its result (listings read these only). */
+const OP_SUMMARY_FIELDS: { [K in keyof OpSummary]-?: true } = {
   id: true,
   persona: true,
   session: true,
@@ -253,4 +237,6 @@ const toOpSummary = rowReader<OpSummary>({
   finishedAt: true,
   deadline: true,
   expiresAt: true,
-});
+};
+const toOp = rowReader<OpRecord>({ ...OP_SUMMARY_FIELDS, result: true });
+const toOpSummary = rowReader<OpSummary>(OP_SUMMARY_FIELDS);
