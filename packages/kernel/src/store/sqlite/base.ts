@@ -10,6 +10,15 @@ export type Transaction<F extends (...args: never[]) => unknown> = Database.Tran
 export type Row = Record<string, unknown>;
 
 /**
+ * `column` names `root` or an id under it, as SQL over one index range: '0' follows '/' in
+ * byte order, so [root/, root0) is exactly the ids under root. Binds {@link treeArgs}(root).
+ */
+export const inTreeSql = (column: string): string => `(${column} = ? OR (${column} >= ? AND ${column} < ?))`;
+
+/** The three values {@link inTreeSql} binds for `root`. */
+export const treeArgs = (root: string): [string, string, string] => [root, `${root}/`, `${root}0`];
+
+/**
  * A reader of records from rows whose columns are the record's fields in snake_case
  * (`requestId` ← `request_id`); a column an older home lacks reads as null. `fields` names
  * every field of `T` (the type checks that none is missing), so a table's mapping is one list.

@@ -1,5 +1,5 @@
 import type { Allocation, LedgerStore } from "../types.js";
-import type { Row, StoreBase, WithRows } from "./base.js";
+import { inTreeSql, type Row, type StoreBase, treeArgs, type WithRows } from "./base.js";
 
 /** The resource ledger: usage per scope and resource, and allocations held by personas. */
 export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStore> {
@@ -53,14 +53,8 @@ export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStor
       return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
     }
     countAllocationsWithin(root: string): number {
-      // '0' follows '/': [root/, root0) is exactly the ids under root.
-      return (
-        this.prep("SELECT count(*) AS n FROM allocations WHERE persona = ? OR (persona >= ? AND persona < ?)").get(
-          root,
-          `${root}/`,
-          `${root}0`,
-        ) as Row
-      ).n as number;
+      return (this.prep(`SELECT count(*) AS n FROM allocations WHERE ${inTreeSql("persona")}`).get(...treeArgs(root)) as Row)
+        .n as number;
     }
     dropIdleUsage(scope: string, resource: string): void {
       this.prep("DELETE FROM usage WHERE scope = ? AND resource = ? AND amount <= 0").run(scope, resource);

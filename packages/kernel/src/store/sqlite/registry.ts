@@ -1,5 +1,5 @@
 import type { OfflineEntry, PersonaRecord, PersonaStore } from "../types.js";
-import type { Row, Statement, StoreBase, WithRows } from "./base.js";
+import { inTreeSql, type Row, type Statement, type StoreBase, treeArgs, type WithRows } from "./base.js";
 
 /** What the offline journal records of a change (its id and time are the store's). */
 export type JournalEntry = Omit<OfflineEntry, "id" | "time">;
@@ -17,13 +17,10 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     readonly #add: Statement = this.db.prepare(
       "INSERT INTO personas (id, public_key, created_at, registered_by) VALUES (?, ?, ?, ?)",
     );
-    // A subtree is a range of ids: "a/" ≤ id < "a0" ('0' follows '/') holds exactly the ids under a.
     readonly #under: Statement = this.db.prepare(
-      "SELECT id, public_key, created_at FROM personas WHERE (id = ? OR (id >= ? AND id < ?)) AND id > ? ORDER BY id LIMIT ?",
+      `SELECT id, public_key, created_at FROM personas WHERE ${inTreeSql("id")} AND id > ? ORDER BY id LIMIT ?`,
     );
-    readonly #countWithin: Statement = this.db.prepare(
-      "SELECT count(*) AS n FROM personas WHERE registered_by = ? OR (registered_by >= ? AND registered_by < ?)",
-    );
+    readonly #countWithin: Statement = this.db.prepare(`SELECT count(*) AS n FROM personas WHERE ${inTreeSql("registered_by")}`);
     readonly #registrar: Statement = this.db.prepare("SELECT registered_by FROM personas WHERE id = ?");
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
@@ -36,14 +33,14 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       this.#add.run(id, Buffer.from(publicKey), Date.now(), registeredBy ?? null);
     }
     personasUnder(id: string, after = "", limit = -1): PersonaRecord[] {
-      return (this.#under.all(id, `${id}/`, `${id}0`, after, limit) as Row[]).map(toPersona);
+      return (this.#under.all(...treeArgs(id), after, limit) as Row[]).map(toPersona);
     }
     registrarOf(id: string): string | null | undefined {
       const r = this.#registrar.get(id) as { registered_by: string | null } | undefined;
       return r?.registered_by;
     }
     countRegisteredWithin(id: string): number {
-      return (this.#countWithin.get(id, `${id}/`, `${id}0`) as { n: number }).n;
+      return (this.#countWithin.get(...treeArgs(id)) as { n: number }).n;
     }
     removePersona(id: string): boolean {
       return this.#remove.run(id).changes > 0;

@@ -1,5 +1,5 @@
 import type { TokenBound, TokenRecord, TokenStore } from "../types.js";
-import type { Row, StoreBase, WithRows } from "./base.js";
+import { inTreeSql, type Row, type StoreBase, treeArgs, type WithRows } from "./base.js";
 import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
 
 /** The longest id or name read from these tables (token ids are 32 hex, persona names at most 255 bytes). */
@@ -78,22 +78,14 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       return out;
     }
     countTokensBy(mintedBy: string): number {
-      // The persona and every id under it ("p/" ≤ id < "p0", '0' following '/'): one index range.
+      // The persona and every id under it: one index range.
       return (
-        this.prep("SELECT count(*) AS n FROM tokens WHERE minted_by = ? OR (minted_by >= ? AND minted_by < ?)").get(
-          mintedBy,
-          `${mintedBy}/`,
-          `${mintedBy}0`,
-        ) as { n: number }
+        this.prep(`SELECT count(*) AS n FROM tokens WHERE ${inTreeSql("minted_by")}`).get(...treeArgs(mintedBy)) as { n: number }
       ).n;
     }
     pruneTokensBy(mintedBy: string, before: number): number {
-      return this.prep("DELETE FROM tokens WHERE (minted_by = ? OR (minted_by >= ? AND minted_by < ?)) AND exp < ?").run(
-        mintedBy,
-        `${mintedBy}/`,
-        `${mintedBy}0`,
-        before,
-      ).changes;
+      return this.prep(`DELETE FROM tokens WHERE ${inTreeSql("minted_by")} AND exp < ?`).run(...treeArgs(mintedBy), before)
+        .changes;
     }
     pruneTokens(before: number): number {
       return this.db.transaction(() => {

@@ -1,5 +1,5 @@
 import type { AgentRecord, AgentStore, AgentSummary, OpRecord, OpStore, OpSummary, RunningAgent } from "../types.js";
-import { type Row, rowReader, type StoreBase, type WithRows } from "./base.js";
+import { inTreeSql, type Row, rowReader, type StoreBase, treeArgs, type WithRows } from "./base.js";
 
 /** The fields of an agent record an update may set, and their columns. */
 const AGENT_UPDATES: Readonly<Record<string, string>> = {
@@ -163,8 +163,7 @@ function forget(store: Pick<StoreBase["prototype"], "prep" | "transaction">, tab
 
 /**
  * Forgets all but the newest `keep` finished records (`finished`, newest by `newest`) whose
- * `column` names `root` or a persona under it. The tree as id ranges: '0' follows '/', so
- * [root/, root0) is exactly the ids under root (an index on `column` finds them, no scan).
+ * `column` names `root` or a persona under it ({@link inTreeSql}: an index on `column` finds them, no scan).
  */
 function trimTree(
   store: Pick<StoreBase["prototype"], "prep" | "transaction">,
@@ -176,9 +175,9 @@ function trimTree(
   keep: number,
 ): number {
   const sql =
-    `SELECT id FROM ${tables[1]} WHERE (${column} = ? OR (${column} >= ? AND ${column} < ?)) AND ${finished} ` +
+    `SELECT id FROM ${tables[1]} WHERE ${inTreeSql(column)} AND ${finished} ` +
     `ORDER BY ${newest} DESC, rowid DESC LIMIT -1 OFFSET ?`;
-  return forget(store, tables, store.prep(sql).all(root, `${root}/`, `${root}0`, keep) as Row[]);
+  return forget(store, tables, store.prep(sql).all(...treeArgs(root), keep) as Row[]);
 }
 
 /** Sets the given output streams of agent `id` (a row is made if it has none). */
