@@ -21,7 +21,6 @@ export class SessionRegistry implements SessionCounts {
   private readonly sessions = new Set<Session>();
   private readonly byId = new Map<string, Session>();
   private readonly preauth: PreauthBudget<Session>;
-  private attested = 0;
   /** Attested sessions per persona tree (by its root): the per-persona bound's count. */
   private readonly trees = new Map<string, number>();
   /** The tree each attested session was counted in: released there, whatever the registry became since. */
@@ -73,10 +72,9 @@ export class SessionRegistry implements SessionCounts {
   /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
   admit(s: Session, persona: string): string | undefined {
     const tree = this.roots.of(persona);
-    const refused = this.decide(persona, this.attested, this.trees.get(tree) ?? 0, tree);
+    const refused = this.decide(persona, this.treeOf.size, this.trees.get(tree) ?? 0, tree);
     if (refused !== undefined) return refused;
     this.preauth.release(s);
-    this.attested++;
     this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);
     this.treeOf.set(s, tree);
     return undefined;
@@ -88,7 +86,6 @@ export class SessionRegistry implements SessionCounts {
     this.preauth.release(s);
     const tree = this.treeOf.get(s);
     if (tree !== undefined) {
-      this.attested--;
       this.treeOf.delete(s);
       const n = (this.trees.get(tree) ?? 1) - 1;
       if (n > 0) this.trees.set(tree, n);
@@ -122,7 +119,7 @@ export class SessionRegistry implements SessionCounts {
     return this.sessions.size;
   }
   attestedCount(): number {
-    return this.attested;
+    return this.treeOf.size;
   }
   handshakingCount(): number {
     return this.preauth.count;

@@ -21,12 +21,11 @@ export interface Bind {
 }
 
 /**
- * Where a sandbox would see a hidden path (`dest`), that path on the host (`real`), and the
- * host path the sandbox sees there (`host`: what the cover is made as, a directory or a file).
+ * Where a sandbox would see a hidden path (`dest`), and the host path the sandbox sees there
+ * (`host`: what the cover is made as, a directory or a file).
  */
 export interface Cover {
   dest: string;
-  real: string;
   host: string;
 }
 
@@ -229,19 +228,19 @@ export function sandboxCovers(
     const where = loc(target);
     for (const p of points) {
       if (within(target, p.source)) {
-        covers.push({ dest: join(p.dest, target.slice(p.source.length)), real: target, host: target });
+        covers.push({ dest: join(p.dest, target.slice(p.source.length)), host: target });
         continue;
       }
       const at = loc(p.source);
       if (where && at && where.dev === at.dev) {
         if (within(where.path, at.path)) {
           const rest = where.path.slice(at.path.length);
-          covers.push({ dest: join(p.dest, rest), real: target, host: join(p.source, rest) });
+          covers.push({ dest: join(p.dest, rest), host: join(p.source, rest) });
           continue;
         }
         // A mount below a bound path that shows the hidden path's inside (a read path that does was refused above): hidden whole.
         if (!p.root && within(at.path, where.path)) {
-          covers.push({ dest: p.dest, real: target, host: p.source });
+          covers.push({ dest: p.dest, host: p.source });
           continue;
         }
       }
@@ -250,7 +249,7 @@ export function sandboxCovers(
       const a = ancestors.find((x) => id(x) === pid);
       if (a !== undefined) {
         const rest = target.slice(a.length);
-        covers.push({ dest: join(p.dest, rest), real: target, host: join(p.source, rest) });
+        covers.push({ dest: join(p.dest, rest), host: join(p.source, rest) });
       }
     }
   }
