@@ -96,7 +96,12 @@ export class ComputeEngine {
     private readonly opts: ComputeOptions,
     private readonly log: Logger,
     private readonly host: CommandHost,
-  ) {}
+  ) {
+    this.roots = opts.roots ?? FIRST_SEGMENT;
+  }
+
+  /** The top of a persona's tree (the registry's; by first segment when none was given). */
+  private readonly roots: TreeRoots;
 
   registerTask(name: string, reg: TaskRegistration): void {
     if (!/^[a-z][a-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid task name ${JSON.stringify(name)}`);
@@ -164,7 +169,7 @@ export class ComputeEngine {
     if (total >= this.opts.maxPending)
       throw new OpError("RESOURCE", `the kernel already has ${total} ops queued or running (at most ${this.opts.maxPending})`);
     // Counted over the persona's whole tree: its agents and sub-personas queue no ops of their own.
-    const root = (this.opts.roots ?? FIRST_SEGMENT).of(persona);
+    const root = this.roots.of(persona);
     let mine = 0;
     for (const j of this.queue) if (inTree(j.op.persona, root)) mine++;
     for (const r of this.running.values()) if (inTree(r.op.persona, root)) mine++;
@@ -394,7 +399,7 @@ export class ComputeEngine {
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.
-      this.store.trimFinishedOps((this.opts.roots ?? FIRST_SEGMENT).of(op.persona), this.opts.maxFinishedPerPersona);
+      this.store.trimFinishedOps(this.roots.of(op.persona), this.opts.maxFinishedPerPersona);
     } catch (e) {
       this.log.error({ err: e, op: op.id }, "cannot forget older finished ops");
     }
