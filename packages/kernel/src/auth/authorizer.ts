@@ -1,7 +1,6 @@
 import type { CapabilityRef, ErrorClass, Grant, Intent, RequestContext } from "@kpip/protocol";
 import type { PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
-import type { TokenBound } from "../store/types.js";
 
 /** What the authorizer is asked about one request. */
 export interface AuthorizationRequest {
@@ -23,8 +22,6 @@ export type Decision =
       grant?: Grant;
       /** Key of the grant's rate bucket (its token family; default the grant's id). */
       rateKey?: string;
-      /** The limits the tokens the grant was minted from hold (read with its family; the ledger's otherwise). */
-      bounds?: readonly TokenBound[];
     }
   | { allowed: false; errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">; message: string; capIds: string[] };
 

@@ -272,14 +272,13 @@ export class CapEnforcer implements Authorizer {
           capIds: Object.freeze([handleLabel(bound)]) as string[],
           grant,
           rateKey: this.familyOf(grant),
-          bounds: this.grantBounds.of(grant),
         });
         return bound.allows;
       }
       if (bound !== undefined) capIds.push(handleLabel(bound));
       if (ok) {
         if (inline) this.noteDerived(inline, grant, req.persona, req.session);
-        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant), bounds: this.grantBounds.of(grant) };
+        return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
       }
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };

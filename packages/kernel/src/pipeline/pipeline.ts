@@ -327,7 +327,7 @@ export class Pipeline {
   private run(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
     const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
     try {
-      this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey, decision.bounds);
+      this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
     } catch (e) {
       return this.refuseLimited(ctx, tag, e);
     }

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
-import { type Bound, countAtLimit, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
+import { countAtLimit, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -179,8 +179,8 @@ export class ResourceLedger {
    * family). The request then counts as in flight until {@link leave} (no release
    * closure per request).
    */
-  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id, bounds: readonly Bound[] = this.bounds.of(grant)): void {
-    const over = countAtLimit(persona, grant, bounds, "concurrent", this.inFlightOf);
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
+    const over = countAtLimit(persona, grant, this.bounds.of(grant), "concurrent", this.inFlightOf);
     if (over)
       throw new OpError(
         "RESOURCE",

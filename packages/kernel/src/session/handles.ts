@@ -1,5 +1,4 @@
 import type { Grant, Token } from "@kpip/protocol";
-import type { TokenBound } from "../store/types.js";
 
 // A session's bound tokens: session state, filled by the enforcer's bind (auth/enforcer.ts) and
 // read by its authorize and by the op context (primitives/types.ts).
@@ -25,7 +24,6 @@ export interface BoundCapability {
         readonly capIds: string[];
         readonly grant: Grant;
         readonly rateKey: string;
-        readonly bounds: readonly TokenBound[];
       }
     | undefined;
 }
