@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
-import { countAtLimit, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
+import { countAtLimit, forEachInLineage, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -149,34 +149,31 @@ export class ResourceLedger {
 
   /** One more thing in flight for `persona` and every persona it lies under. */
   private enter(persona: string): void {
-    this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
-    // The personas it lies under (personaLineage's walk, without building its array per request).
-    for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) {
-      const s = persona.slice(0, i);
-      this.inFlight.set(s, (this.inFlight.get(s) ?? 0) + 1);
-    }
+    forEachInLineage(persona, this.enterOne);
   }
+
+  private readonly enterOne = (persona: string): void => {
+    this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
+  };
 
   /** One thing in flight for `persona` (and so for every persona it lies under) ended: a request {@link admit}ted, or through {@link hold}'s release. */
   leave(persona: string): void {
-    this.leaveOne(persona);
-    for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) this.leaveOne(persona.slice(0, i));
+    forEachInLineage(persona, this.leaveOne);
   }
 
-  private leaveOne(persona: string): void {
+  private readonly leaveOne = (persona: string): void => {
     const m = (this.inFlight.get(persona) ?? 1) - 1;
     // A persona's count stays at 0 while few personas are counted: deleting and adding it again
     // around every request churned the Map, rehashing its table every few requests.
     if (m <= 0 && this.inFlight.size > IDLE_COUNTS_KEPT) this.inFlight.delete(persona);
     else this.inFlight.set(persona, Math.max(0, m));
-  }
+  };
 
   /**
    * Admits one request under the grant's `concurrent` (requests in flight in its subject's tree;
    * the tokens it was minted from bound theirs) and `rate` (requests per second for
    * the token's family: a refreshed or minted copy shares the bucket of the token it came from,
-   * `rateKey`) limits; `bounds` are the grant's (the enforcer passes what it read with the
-   * family). The request then counts as in flight until {@link leave} (no release
+   * `rateKey`) limits. The request then counts as in flight until {@link leave} (no release
    * closure per request).
    */
   admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {

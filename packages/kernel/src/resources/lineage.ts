@@ -7,9 +7,15 @@ import type { TokenBound, TokenStore } from "../store/types.js";
  * `alice/helper` are alice's), nearest first: usage charged to a persona is charged to each.
  */
 export function personaLineage(persona: string): string[] {
-  const out = [persona];
-  for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) out.push(persona.slice(0, i));
+  const out: string[] = [];
+  forEachInLineage(persona, (p) => out.push(p));
   return out;
+}
+
+/** Calls `f` with each of {@link personaLineage}'s ids, nearest first, without building the array (the ledger's per-request walk). */
+export function forEachInLineage(persona: string, f: (p: string) => void): void {
+  f(persona);
+  for (let i = persona.lastIndexOf("/"); i > 0; i = persona.lastIndexOf("/", i - 1)) f(persona.slice(0, i));
 }
 
 /** The first segment of `persona`'s id: the tree of a persona no configured persona lies over. */
