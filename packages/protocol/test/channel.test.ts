@@ -46,7 +46,10 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
   it("hands a turn's writes to flush once, in order, and counts them as pending until then", () => {
     const turn = manualTurn();
     const flushed: Uint8Array[][] = [];
-    const b = new TurnBatcher((c) => flushed.push(c), turn.schedule);
+    const b = new TurnBatcher((c) => {
+      flushed.push(c);
+      return false;
+    }, turn.schedule);
     b.write(Buffer.from("ab"));
     b.write(Buffer.from("cde"));
     assert.equal(turn.queued(), 1, "one flush scheduled for the turn, not one per write");
@@ -66,7 +69,10 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
   it("flushNow sends at once (before an end); stop drops what is queued and ignores later writes", () => {
     const turn = manualTurn();
     const flushed: string[] = [];
-    const b = new TurnBatcher((c) => flushed.push(Buffer.concat(c).toString()), turn.schedule);
+    const b = new TurnBatcher((c) => {
+      flushed.push(Buffer.concat(c).toString());
+      return false;
+    }, turn.schedule);
     b.write(Buffer.from("goodbye"));
     b.flushNow();
     assert.deepEqual(flushed, ["goodbye"]);
@@ -78,6 +84,84 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
     turn.run();
     assert.deepEqual(flushed, ["goodbye"]);
     assert.equal(b.pending, 0);
+  });
+
+  it("with copyBelow, copies small writes at once, keeps large ones by reference, in order", () => {
+    const turn = manualTurn();
+    const flushed: Uint8Array[][] = [];
+    const b = new TurnBatcher(
+      (c) => {
+        flushed.push(c);
+        return false;
+      },
+      turn.schedule,
+      8,
+    );
+    const small = Buffer.from("abc");
+    const large = Buffer.from("0123456789");
+    b.write(small);
+    small.fill(0x7a); // the caller reuses its bytes at once
+    b.write(large);
+    b.write(Buffer.from("de"));
+    b.write(Buffer.from("f"));
+    assert.equal(b.pending, 16);
+    turn.run();
+    const [chunks] = flushed as [Uint8Array[]];
+    assert.deepEqual(
+      chunks.map((c) => Buffer.from(c).toString()),
+      ["abc", "0123456789", "def"],
+      "small writes before and after the large one are joined around it, in order",
+    );
+    assert.equal(chunks[1], large, "a write at copyBelow or above is not copied");
+  });
+
+  it("with copyBelow, writes into the same buffer next turn only when flush says the transport let go of it", () => {
+    const turn = manualTurn();
+    const flushed: Uint8Array[] = [];
+    let release = false;
+    const b = new TurnBatcher(
+      (c) => {
+        flushed.push(c[0] as Uint8Array);
+        return release;
+      },
+      turn.schedule,
+      8,
+    );
+    b.write(Buffer.from("one"));
+    turn.run();
+    b.write(Buffer.from("two"));
+    turn.run();
+    assert.equal(Buffer.from(flushed[0] as Uint8Array).toString(), "one", "kept by the transport: not written over");
+    assert.notEqual((flushed[0] as Uint8Array).buffer, (flushed[1] as Uint8Array).buffer);
+    release = true;
+    b.write(Buffer.from("three"));
+    turn.run();
+    b.write(Buffer.from("four"));
+    turn.run();
+    assert.equal((flushed[2] as Uint8Array).buffer, (flushed[3] as Uint8Array).buffer, "released: the same buffer again");
+    assert.equal(Buffer.from(flushed[3] as Uint8Array).toString(), "four");
+  });
+
+  it("with copyBelow, a turn of small writes past the buffer's size continues in a new buffer, nothing lost", () => {
+    const turn = manualTurn();
+    const flushed: Uint8Array[][] = [];
+    const b = new TurnBatcher(
+      (c) => {
+        flushed.push(c);
+        return false;
+      },
+      turn.schedule,
+      16 * 1024,
+    );
+    const parts: Buffer[] = [];
+    for (let i = 0; i < 2000; i++) {
+      const p = Buffer.alloc(100 + (i % 50), i % 251);
+      parts.push(Buffer.from(p));
+      b.write(p);
+      p.fill(0);
+    }
+    turn.run();
+    assert.deepEqual(Buffer.concat(flushed[0] as Uint8Array[]), Buffer.concat(parts));
   });
 
   it("coalesce joins a turn of small frames into one buffer and leaves a large turn's chunks as they are", () => {
@@ -172,5 +256,35 @@ describe("FrameReader and the send path", () => {
     const r = read(new FrameReader(), Buffer.concat(written));
     assert.equal(r.errors.length, 0);
     assert.deepEqual(r.got[0]?.body, msg.body);
+  });
+
+  it("framePieces into the shared writer: each frame right once copied, a frame too big to be copied keeps its own buffer", () => {
+    const copyBelow = 1024;
+    const copied: Buffer[] = [];
+    const answer = (id: number, message: string): Message => ({
+      type: "RESPONSE",
+      body: { version: 1, id, status: "FAILURE", error: "SEMANTIC", message },
+    });
+    const small1 = framePieces(answer(1, "first"), 1, copyBelow);
+    copied.push(Buffer.concat(small1.pieces)); // what a copying channel does before the next frame
+    const small1b = framePieces(answer(9, "second"), 1, copyBelow);
+    assert.equal(small1b.pieces[0]?.buffer, small1.pieces[0]?.buffer, "small frames reuse one buffer");
+    copied.push(Buffer.concat(small1b.pieces));
+    const big = framePieces(answer(2, "x".repeat(5000)), 2, copyBelow);
+    const small2 = framePieces(answer(3, "third"), 3, copyBelow);
+    copied.push(Buffer.concat(big.pieces), Buffer.concat(small2.pieces));
+    const bytes = Buffer.concat(copied);
+    const r = read(new FrameReader(), bytes);
+    assert.equal(r.errors.length, 0);
+    assert.deepEqual(
+      r.got.map((m) => (m.body as { id: number }).id),
+      [1, 9, 2, 3],
+    );
+    assert.equal(
+      (r.got[2]?.body as { message?: string } | undefined)?.message,
+      "x".repeat(5000),
+      "the big frame was not written over by the next",
+    );
+    assert.ok(big.pieces[0]?.buffer !== small2.pieces[0]?.buffer, "the big frame's buffer left the shared writer");
   });
 });

@@ -95,7 +95,10 @@ class GrpcChannel implements Channel {
   constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
     this.out = new TurnBatcher(
       // Two pipelined writes near maxBody in one message went over the kernel's limit and ended the session.
-      (chunks) => writeMessages(chunks, this.maxMessage, (m) => call.write(m)),
+      (chunks) => {
+        writeMessages(chunks, this.maxMessage, (m) => call.write(m));
+        return false;
+      },
       (fn) => process.nextTick(fn),
     );
     let error: Error | undefined;

@@ -289,7 +289,8 @@ export class Session implements SessionView, EventSink {
 
   private respond(stream: number, resp: Response): void {
     if (this.state === "closed") return;
-    const { pieces, bodySize } = framePieces({ type: "RESPONSE", body: resp }, stream);
+    // Into the shared writer when the connection copies what it is given (the socket's): no allocation per answer.
+    const { pieces, bodySize } = framePieces({ type: "RESPONSE", body: resp }, stream, this.conn.copiesWritesBelow);
     if (bodySize > this.maxBody) return this.respondTooLarge(stream, resp, bodySize);
     writePieces(this.conn, pieces, this.shm);
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {

@@ -225,6 +225,7 @@ export class GrpcStreamConnection implements Connection {
         // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
         // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
         writeMessages(chunks, this.maxMessage, (m) => call.write(m));
+        return false;
       },
       (fn) => process.nextTick(fn),
     );

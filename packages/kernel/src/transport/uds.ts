@@ -142,6 +142,10 @@ export class SocketConnection implements Connection {
     return this.out.pending + this.sock.writableLength;
   }
 
+  get copiesWritesBelow(): number {
+    return this.out.copyBelow;
+  }
+
   write(data: Uint8Array): void {
     if (!this.sock.destroyed) this.out.write(data);
   }

@@ -306,6 +306,11 @@ export class PieceWriter extends CborEncoder {
     return this.pos + this.referenced;
   }
 
+  /** Bytes in the writer's own buffer (headroom included): the encoding without its referenced strings. */
+  get ownLength(): number {
+    return this.pos;
+  }
+
   /**
    * Copies the encoding into `out` at `at` when no byte string was referenced (then its buffer is
    * the whole encoding); returns the bytes copied. Throws otherwise: use {@link finishParts}.
@@ -315,9 +320,12 @@ export class PieceWriter extends CborEncoder {
     return this.copyBufferTo(out, at);
   }
 
-  /** Starts again at the beginning of the same buffer (views of earlier pieces are overwritten from here on). */
-  reset(): void {
-    this.pos = 0;
+  /**
+   * Starts again at the beginning of the same buffer, `headroom` bytes left free (views of earlier
+   * pieces are overwritten from here on).
+   */
+  reset(headroom = 0): void {
+    this.pos = headroom;
     this.segStart = 0;
     this.referenced = 0;
     this.done.length = 0;

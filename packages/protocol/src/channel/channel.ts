@@ -14,23 +14,41 @@ export interface ByteChannel {
   onClose(cb: (err?: Error) => void): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
+  /**
+   * Writes shorter than this are copied before `write` returns, so the caller may reuse their
+   * bytes at once (a socket's {@link TurnBatcher}); absent or 0: every write is kept by reference.
+   */
+  readonly copiesWritesBelow?: number;
 }
 
 /**
  * Gathers the writes of one event-loop turn and hands them to `flush` together: one syscall
  * for a socket (corked), one message for a gRPC stream. The transport supplies the scheduler
  * (`process.nextTick`), so this module keeps no timers of its own.
+ *
+ * With `copyBelow` > 0, a write shorter than that is copied into a buffer of the batcher's own
+ * before `write` returns (the caller may reuse its bytes at once: the kernel encodes every
+ * answer into one shared buffer), and the turn's small writes go out as one piece of it. When
+ * `flush` reports that the transport took the bytes before returning (a socket write that
+ * completed at once), that buffer is written into again next turn: no allocation per answer or
+ * per turn. Otherwise the transport keeps it and the next turn starts a new one.
  */
 export class TurnBatcher {
   private chunks: Uint8Array[] = [];
   private bytes = 0;
   private scheduled = false;
   private stopped = false;
+  /** The copy buffer, where its open segment (not yet in `chunks`) starts, and its end. */
+  private buf: Buffer | undefined;
+  private start = 0;
+  private pos = 0;
 
   constructor(
-    /** The turn's chunks and their total size. */
-    private readonly flush: (chunks: Uint8Array[], bytes: number) => void,
+    /** The turn's chunks and their total size; returns true when the transport no longer needs them. */
+    private readonly flush: (chunks: Uint8Array[], bytes: number) => boolean,
     private readonly schedule: (fn: () => void) => void,
+    /** Writes shorter than this are copied at once (0: every write is kept by reference until the flush). */
+    readonly copyBelow = 0,
   ) {}
 
   /** Bytes queued this turn and not yet handed to `flush`. */
@@ -40,22 +58,53 @@ export class TurnBatcher {
 
   write(data: Uint8Array): void {
     if (this.stopped) return;
-    this.chunks.push(data);
+    if (data.length < this.copyBelow) this.copyIn(data);
+    else {
+      this.closeSegment();
+      this.chunks.push(data);
+    }
     this.bytes += data.length;
     if (this.scheduled) return;
     this.scheduled = true;
     this.schedule(() => this.flushNow());
   }
 
+  private copyIn(data: Uint8Array): void {
+    let buf = this.buf;
+    if (buf === undefined || this.pos + data.length > buf.length) {
+      this.closeSegment();
+      // Owned, not a slice of Buffer's shared pool: it may be kept across turns.
+      const size = Math.min(COPY_BUFFER_MAX, Math.max(COPY_BUFFER_MIN, (buf?.length ?? 0) * 2));
+      buf = Buffer.allocUnsafeSlow(Math.max(size, data.length));
+      this.buf = buf;
+      this.start = 0;
+      this.pos = 0;
+    }
+    buf.set(data, this.pos);
+    this.pos += data.length;
+  }
+
+  /** Ends the copy buffer's open segment as a chunk (before a chunk kept by reference, and at the flush). */
+  private closeSegment(): void {
+    if (this.pos === this.start || this.buf === undefined) return;
+    this.chunks.push(this.buf.subarray(this.start, this.pos));
+    this.start = this.pos;
+  }
+
   /** Hands what is queued to `flush` now (e.g. before ending the stream). */
   flushNow(): void {
     this.scheduled = false;
+    this.closeSegment();
     if (this.chunks.length === 0 || this.stopped) return;
     const chunks = this.chunks;
     const bytes = this.bytes;
     this.chunks = [];
     this.bytes = 0;
-    this.flush(chunks, bytes);
+    const released = this.flush(chunks, bytes);
+    // The copy buffer is written into again only when nothing refers to its bytes any more.
+    if (!released) this.buf = undefined;
+    this.start = 0;
+    this.pos = 0;
   }
 
   /** Drops what is queued; later writes are ignored (the stream is gone). */
@@ -63,8 +112,18 @@ export class TurnBatcher {
     this.stopped = true;
     this.chunks = [];
     this.bytes = 0;
+    this.buf = undefined;
   }
 }
+
+/**
+ * A socket batcher copies writes under this size (a frame without a large byte string; answers
+ * are ~100 bytes) into its own buffer, which starts at {@link COPY_BUFFER_MIN} and grows to
+ * {@link COPY_BUFFER_MAX} (a turn's small writes beyond it continue in a new buffer).
+ */
+export const COPY_BELOW = 16 * 1024;
+const COPY_BUFFER_MIN = 4 * 1024;
+const COPY_BUFFER_MAX = 64 * 1024;
 
 /** The chunks as one buffer, copying only when there is more than one. */
 export function joinChunks(chunks: Uint8Array[]): Buffer {
@@ -99,6 +158,8 @@ export function coalesce(chunks: Uint8Array[], bytes: number): Uint8Array[] {
 /** What a socket's writer needs of a Node stream (structural: the protocol imports no sockets). */
 export interface CorkableStream {
   readonly destroyed: boolean;
+  /** Bytes the stream still holds to write. */
+  readonly writableLength: number;
   write(data: Uint8Array): unknown;
   cork(): void;
   uncork(): void;
@@ -108,16 +169,18 @@ export interface CorkableStream {
 export function socketTurnBatcher(sock: CorkableStream): TurnBatcher {
   return new TurnBatcher(
     (chunks, bytes) => {
-      if (sock.destroyed) return;
+      if (sock.destroyed) return true;
       const out = coalesce(chunks, bytes);
-      if (out.length === 1) {
-        sock.write(out[0] as Uint8Array);
-        return;
+      if (out.length === 1) sock.write(out[0] as Uint8Array);
+      else {
+        sock.cork();
+        for (const c of out) sock.write(c);
+        sock.uncork();
       }
-      sock.cork();
-      for (const c of out) sock.write(c);
-      sock.uncork();
+      // Nothing left queued: the socket wrote every byte before returning, and keeps none.
+      return sock.writableLength === 0;
     },
     (fn) => process.nextTick(fn),
+    COPY_BELOW,
   );
 }

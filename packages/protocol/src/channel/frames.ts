@@ -1,3 +1,4 @@
+import { PieceWriter } from "../cbor/encode.js";
 import { HEADER_SIZE } from "../constants.js";
 import { CodecError } from "../errors.js";
 import { type BodyAllocator, type Frame, FrameDecoder } from "../frame/decoder.js";
@@ -8,6 +9,8 @@ import type { ByteChannel } from "./channel.js";
 
 /** Byte strings at least this long are referenced into a frame's pieces, not copied. */
 export const PIECE_REF_MIN = 64 * 1024;
+/** The shared writer's first buffer: room for any answer without a large payload. */
+const SHARED_WRITER_BYTES = 4096;
 
 /**
  * The receiving half of a session, the same on both sides: bytes in any chunking become
@@ -65,9 +68,23 @@ export class FrameReader {
   }
 }
 
-/** A message as frame pieces (large byte strings referenced, not copied) and its body size. */
-export function framePieces(msg: Message, stream = 0): { pieces: Uint8Array[]; bodySize: number } {
-  const pieces = encodeMessagePieces(msg, stream, PIECE_REF_MIN);
+/** The writer shared by every {@link framePieces} call given `copiedBelow` (one thread encodes at a time). */
+let shared: PieceWriter | undefined;
+
+/**
+ * A message as frame pieces (large byte strings referenced, not copied) and its body size.
+ *
+ * With `copiedBelow` (the channel's {@link ByteChannel.copiesWritesBelow}), the frame is encoded
+ * into one writer shared by all such calls, with no allocation of its own: its pieces are valid
+ * only until the next such call, so they must be written at once to a channel that copies
+ * writes under that size. A frame whose own bytes reach `copiedBelow` would not be copied: it
+ * keeps the writer's buffer, and the next call starts a new one.
+ */
+export function framePieces(msg: Message, stream = 0, copiedBelow = 0): { pieces: Uint8Array[]; bodySize: number } {
+  let into: PieceWriter | undefined;
+  if (copiedBelow > 0) into = shared ??= new PieceWriter(SHARED_WRITER_BYTES, HEADER_SIZE, PIECE_REF_MIN);
+  const pieces = encodeMessagePieces(msg, stream, PIECE_REF_MIN, into);
+  if (into !== undefined && into.ownLength >= copiedBelow) shared = undefined;
   let bodySize = -HEADER_SIZE;
   for (const p of pieces) bodySize += p.length;
   return { pieces, bodySize };

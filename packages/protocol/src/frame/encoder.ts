@@ -37,8 +37,16 @@ export function encodeFrameParts(opts: FrameOptions, body: Uint8Array): [Buffer,
  * write or a copy straight into shared memory. `response`: the body is a RESPONSE's, tried on
  * the encoder's fast path for that shape first (the same bytes).
  */
-export function encodeFramePieces(opts: FrameOptions, body: CborValue, refMin: number, response = false): Uint8Array[] {
-  const w = new PieceWriter(256, HEADER_SIZE, refMin);
+export function encodeFramePieces(
+  opts: FrameOptions,
+  body: CborValue,
+  refMin: number,
+  response = false,
+  /** A writer to encode into (reset here), e.g. one reused from frame to frame; else a new one. */
+  into?: PieceWriter,
+): Uint8Array[] {
+  const w = into ?? new PieceWriter(256, HEADER_SIZE, refMin);
+  if (into) w.reset(HEADER_SIZE);
   if (!(response && typeof body === "object" && body !== null && w.writeResponse(body))) w.write(body);
   const parts = w.finishParts();
   let total = 0;

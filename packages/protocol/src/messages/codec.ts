@@ -1,4 +1,5 @@
 import { decodeCanonical } from "../cbor/decode.js";
+import type { PieceWriter } from "../cbor/encode.js";
 import type { CborValue } from "../cbor/value.js";
 import { DEFAULT_LIMITS, type DecodeLimits, MessageType, messageTypeName } from "../constants.js";
 import { CborError, MessageError } from "../errors.js";
@@ -19,7 +20,7 @@ export function encodeMessage(msg: Message, stream = 0, flags = 0): Buffer {
  * The message as frame pieces, byte strings of `refMin` bytes or more referenced, not copied; a
  * body marked with its encoding ({@link withEncodedBody}) is framed as those bytes, not encoded again.
  */
-export function encodeMessagePieces(msg: Message, stream: number, refMin: number): Uint8Array[] {
+export function encodeMessagePieces(msg: Message, stream: number, refMin: number, into?: PieceWriter): Uint8Array[] {
   const pre = encodedBody(msg.body);
   if (pre !== undefined) return encodeFrameParts({ type: MessageType[msg.type], stream }, pre);
   return encodeFramePieces(
@@ -27,6 +28,7 @@ export function encodeMessagePieces(msg: Message, stream: number, refMin: number
     msg.body as unknown as CborValue,
     refMin,
     msg.type === "RESPONSE",
+    into,
   );
 }
 
