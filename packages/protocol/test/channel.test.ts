@@ -132,13 +132,17 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
     b.write(Buffer.from("two"));
     turn.run();
     assert.equal(Buffer.from(flushed[0] as Uint8Array).toString(), "one", "kept by the transport: not written over");
-    assert.notEqual((flushed[0] as Uint8Array).buffer, (flushed[1] as Uint8Array).buffer);
+    const at = (u: Uint8Array | undefined) => [u?.buffer, u?.byteOffset];
+    assert.notDeepEqual(at(flushed[0]), at(flushed[1]));
     release = true;
     b.write(Buffer.from("three"));
     turn.run();
     b.write(Buffer.from("four"));
     turn.run();
-    assert.equal((flushed[2] as Uint8Array).buffer, (flushed[3] as Uint8Array).buffer, "released: the same buffer again");
+    assert.ok(
+      flushed[2]?.buffer === flushed[3]?.buffer && flushed[2]?.byteOffset === flushed[3]?.byteOffset,
+      "released: the same buffer again",
+    );
     assert.equal(Buffer.from(flushed[3] as Uint8Array).toString(), "four");
   });
 
@@ -162,6 +166,33 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
     }
     turn.run();
     assert.deepEqual(Buffer.concat(flushed[0] as Uint8Array[]), Buffer.concat(parts));
+  });
+
+  it("with copyBelow, a buffer grown for a burst is not kept once the turns are small again", () => {
+    const turn = manualTurn();
+    const flushed: Uint8Array[][] = [];
+    const b = new TurnBatcher(
+      (c) => {
+        flushed.push(c);
+        return true;
+      },
+      turn.schedule,
+      16 * 1024,
+    );
+    for (let i = 0; i < 2000; i++) b.write(Buffer.alloc(100, 1));
+    turn.run();
+    const big = flushed[0]?.at(-1)?.buffer;
+    assert.ok(big !== undefined && big.byteLength >= 64 * 1024, "the burst grew the buffer");
+    b.write(Buffer.from("a"));
+    turn.run();
+    assert.equal(flushed[1]?.[0]?.buffer, big, "right after the burst, the grown buffer is written into again");
+    b.write(Buffer.from("b"));
+    turn.run();
+    assert.notEqual(flushed[2]?.[0]?.buffer, big, "after a small turn it is let go");
+    assert.deepEqual(
+      flushed.slice(1).map((c) => Buffer.concat(c).toString()),
+      ["a", "b"],
+    );
   });
 
   it("coalesce joins a turn of small frames into one buffer and leaves a large turn's chunks as they are", () => {

@@ -73,9 +73,9 @@ export class TurnBatcher {
     let buf = this.buf;
     if (buf === undefined || this.pos + data.length > buf.length) {
       this.closeSegment();
-      // Owned, not a slice of Buffer's shared pool: it may be kept across turns.
+      // The first from Buffer's shared pool (an idle connection keeps only that), larger ones owned.
       const size = Math.min(COPY_BUFFER_MAX, Math.max(COPY_BUFFER_MIN, (buf?.length ?? 0) * 2));
-      buf = Buffer.allocUnsafeSlow(Math.max(size, data.length));
+      buf = Buffer.allocUnsafe(Math.max(size, data.length));
       this.buf = buf;
       this.start = 0;
       this.pos = 0;
@@ -101,8 +101,10 @@ export class TurnBatcher {
     this.chunks = [];
     this.bytes = 0;
     const released = this.flush(chunks, bytes);
-    // The copy buffer is written into again only when nothing refers to its bytes any more.
-    if (!released) this.buf = undefined;
+    // The copy buffer is written into again only when nothing refers to its bytes any more, and
+    // not kept at a size the turns no longer need (a connection gone quiet after a burst).
+    const buf = this.buf;
+    if (!released || (buf !== undefined && buf.length > COPY_BUFFER_MIN && bytes * 8 < buf.length)) this.buf = undefined;
     this.start = 0;
     this.pos = 0;
   }
@@ -118,11 +120,12 @@ export class TurnBatcher {
 
 /**
  * A socket batcher copies writes under this size (a frame without a large byte string; answers
- * are ~100 bytes) into its own buffer, which starts at {@link COPY_BUFFER_MIN} and grows to
- * {@link COPY_BUFFER_MAX} (a turn's small writes beyond it continue in a new buffer).
+ * are ~100 bytes) into its own buffer, which starts at {@link COPY_BUFFER_MIN} (what each of
+ * 10,000 idle sessions keeps) and grows to {@link COPY_BUFFER_MAX} (a turn's small writes beyond
+ * it continue in a new buffer).
  */
 export const COPY_BELOW = 16 * 1024;
-const COPY_BUFFER_MIN = 4 * 1024;
+const COPY_BUFFER_MIN = 1024;
 const COPY_BUFFER_MAX = 64 * 1024;
 
 /** The chunks as one buffer, copying only when there is more than one. */
