@@ -14,7 +14,7 @@ import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
 import { ensureAdminToken } from "../home.js";
-import { answerRoom, MAX_LIST_PAGE } from "../limits.js";
+import { answerRoom } from "../limits.js";
 import type { Logger } from "../log.js";
 import { KernelMetrics } from "../metrics/metrics.js";
 import { Admission } from "../pipeline/admission.js";
@@ -201,7 +201,6 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
         {
           maxObjectBytes: c.maxObjectBytes,
-          maxListPage: MAX_LIST_PAGE,
           inlineBytes: c.objectInlineBytes,
           // A read's answer is one frame: its bytes plus the envelope.
           maxReadBytes: answerRoom(c.maxBodyBytes),

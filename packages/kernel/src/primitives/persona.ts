@@ -3,7 +3,7 @@ import { isAgentPersona } from "../agents/namespace.js";
 import { inTree, type PersonaRoots, treeName } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
-import { pageAnswer, pageRequest } from "./paging.js";
+import { pageAnswer, textPageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What the persona family needs from the kernel beyond the store. */
@@ -152,7 +152,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
           // The cursor is the last id shown: the next page is the ids after it in the subtree's range.
-          const page = pageRequest(ctx.args, "a persona list", /^.{1,255}$/s);
+          const page = textPageRequest(ctx.args, "a persona list", /^.{1,255}$/s);
           if (page.cursor !== undefined && !personaWithin(page.cursor, id))
             throw new OpError("SEMANTIC", "cursor is not a persona list cursor of this persona");
           const rows = store.personasUnder(id, page.cursor ?? "", page.limit + 1);
