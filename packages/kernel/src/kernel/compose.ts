@@ -154,6 +154,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // The top of each persona's tree, for every kernel-wide per-persona bound: from the registry
     // (who registered whom), cached per persona; registry changes clear it.
     const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
+    store.onRegistryChange((id) => roots.changed(id));
     events.roots = roots;
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
@@ -415,11 +416,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         applyOfflineChanges({
           ...expulsion,
           audit,
-          // The registry may have changed too: roots are found again.
-          reloadRevocations: () => {
-            tokens.reloadRevocations();
-            roots.changed();
-          },
+          reloadRevocations: () => tokens.reloadRevocations(),
         }),
       runDetail,
       closeStorage,
