@@ -155,7 +155,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // (who registered whom), cached per persona; registry changes clear it.
     const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
     store.onRegistryChange((id) => roots.changed(id));
-    events.roots = roots;
+    events.useRoots(roots);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
@@ -225,9 +225,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         exempt: ["kernel", c.adminPersona],
       },
       bounds,
+      roots,
     );
     enforcerRef = enforcer;
-    tokens.roots = roots;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
