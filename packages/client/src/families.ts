@@ -144,14 +144,10 @@ export class StorageApi {
     opts: CallOptions & { pageSize?: number } = {},
   ): AsyncIterable<ResultOf<typeof storageList>["items"][number]> {
     const { pageSize, ...rest } = opts;
-    let cursor: string | undefined;
-    for (;;) {
-      const r = await this.op(storageList, target, { limit: pageSize, cursor }, rest);
-      const p = r.payload;
-      yield* p.items;
-      if (r.status !== "PARTIAL" || p.cursor === undefined) return;
-      cursor = p.cursor;
-    }
+    yield* pages(
+      (cursor) => this.op(storageList, target, { limit: pageSize, cursor }, rest),
+      (p) => p.items,
+    );
   }
 }
 
@@ -173,14 +169,10 @@ export class TokensApi {
   /** Every token the caller may see (optionally only `persona`'s), following PARTIAL pages and their cursors. */
   async *list(opts: CallOptions & { persona?: string; pageSize?: number } = {}): AsyncIterable<TokenEntry> {
     const { persona, pageSize, ...rest } = opts;
-    let cursor: string | undefined;
-    for (;;) {
-      const r = await this.op(tokenList, "kernel://", { persona, limit: pageSize, cursor }, rest);
-      const p = r.payload;
-      yield* p.tokens;
-      if (r.status !== "PARTIAL" || p.cursor === undefined) return;
-      cursor = p.cursor;
-    }
+    yield* pages(
+      (cursor) => this.op(tokenList, "kernel://", { persona, limit: pageSize, cursor }, rest),
+      (p) => p.tokens,
+    );
   }
 }
 
@@ -365,17 +357,26 @@ export class PersonasApi {
   }
 }
 
-/** Every row of a paged listing (PROTOCOL §9.3): asks for the next page with the cursor of each PARTIAL one. */
+/** Every row of a paged listing (PROTOCOL §9.3), page by page: asks for the next page with the cursor of each PARTIAL one. */
+async function* pages<P extends { cursor?: string }, R>(
+  page: (cursor: string | undefined) => Promise<{ status: string; payload: P }>,
+  rows: (payload: P) => R[],
+): AsyncGenerator<R, void, undefined> {
+  let cursor: string | undefined;
+  for (;;) {
+    const r = await page(cursor);
+    yield* rows(r.payload);
+    if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return;
+    cursor = r.payload.cursor;
+  }
+}
+
+/** Every row of a paged listing, gathered into one array. */
 async function allPages<P extends { cursor?: string }, R>(
   page: (cursor: string | undefined) => Promise<{ status: string; payload: P }>,
   rows: (payload: P) => R[],
 ): Promise<R[]> {
   const all: R[] = [];
-  let cursor: string | undefined;
-  for (;;) {
-    const r = await page(cursor);
-    all.push(...rows(r.payload));
-    if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return all;
-    cursor = r.payload.cursor;
-  }
+  for await (const row of pages(page, rows)) all.push(row);
+  return all;
 }

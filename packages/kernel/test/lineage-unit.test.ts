@@ -1,7 +1,12 @@
 // The top of a persona's tree, from who registered whom (resources/lineage.ts), without a kernel.
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { type Bound, countAtLimit, limitsOver, PersonaRoots } from "../src/resources/lineage.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+import { removeHome } from "./harness.js";
 
 describe("PersonaRoots", () => {
   const registry = new Map<string, string | null>([
@@ -45,6 +50,44 @@ describe("PersonaRoots", () => {
     roots.changed();
     assert.equal(roots.of("team/alice/helper"), "team");
     assert.ok(reads > before);
+  });
+});
+
+describe("PersonaRoots hooked to the registry's changes", () => {
+  it("finds roots again after each add or removal of a persona, and after changes made elsewhere; an agent's key keeps the cache", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-roots-hook-"));
+    const store = new SqliteStore(join(dir, "kernel.db"));
+    try {
+      let reads = 0;
+      const roots = new PersonaRoots((id) => {
+        reads++;
+        return store.registrarOf(id);
+      }, "admin");
+      store.onRegistryChange((id) => roots.changed(id));
+      const key = new Uint8Array(32);
+      store.addPersona("team/alice", key);
+      assert.equal(roots.of("team/alice/helper"), "team/alice");
+      store.addPersona("team", key);
+      assert.equal(roots.of("team/alice/helper"), "team", "no hand call: the add cleared the cache");
+      // An agent's key (the agent manager's add and removal) moves no root: the cache stays.
+      const before = reads;
+      store.addPersona("team/agent.w1", key);
+      store.removePersona("team/agent.w1");
+      assert.equal(roots.of("team/alice/helper"), "team");
+      assert.equal(reads, before);
+      assert.equal(store.removePersona("team"), true);
+      assert.equal(roots.of("team/alice/helper"), "team/alice", "the removal cleared it");
+      // Another process on the same database: this store is told, and tells the roots.
+      const other = new SqliteStore(join(dir, "kernel.db"));
+      other.addPersona("team", key);
+      other.close();
+      assert.equal(roots.of("team/alice/helper"), "team/alice", "cached until told");
+      store.registryChangedElsewhere();
+      assert.equal(roots.of("team/alice/helper"), "team");
+    } finally {
+      store.close();
+      removeHome(dir);
+    }
   });
 });
 

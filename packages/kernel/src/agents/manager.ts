@@ -362,7 +362,7 @@ export class AgentManager {
   }
 
   /** A page of agents (of `spawner`), oldest first, after listing position `after`: metadata, never output. */
-  list(spawner: string | undefined, after: number, limit: number): AgentSummary[] {
+  list(spawner: string | undefined, after: number | undefined, limit: number): AgentSummary[] {
     return this.store.listAgents(spawner, after, limit);
   }
 

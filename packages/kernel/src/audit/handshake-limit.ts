@@ -1,4 +1,4 @@
-import { type Bucket, RateBuckets } from "./rate-buckets.js";
+import { RateBuckets } from "./rate-buckets.js";
 
 /** How fast failed handshakes are written to the audit log (kernel settings). */
 export interface HandshakeRecordLimits {
@@ -23,8 +23,6 @@ export interface SuppressedHandshakes {
 
 /** Peer addresses an aggregate names one by one; the rest are counted together. */
 const MAX_NAMED = 16;
-/** Peer keys with a bucket of their own at once (an IPv6 /64 is one key: rotating addresses in it does not fill this). */
-const MAX_PEERS = 10_000;
 
 /**
  * A failed handshake costs an unauthenticated peer a connection and a few bytes, the kernel a
@@ -52,7 +50,10 @@ export class HandshakeRecordLimiter {
   admit(transport: string, peer: string, code: string): boolean {
     const now = this.clock();
     const t = this.transports.take(transport, now);
-    const p = peer === "" ? undefined : this.peerBucket(`${transport} ${peer}`, now);
+    // Past the table's cap a new peer key has no bucket (the transport's rate still bounds it): many
+    // addresses cannot make this table, or its sweep, large. An IPv6 /64 is one key: rotating
+    // addresses in it does not fill the table.
+    const p = peer === "" ? undefined : this.peers.takeIfRoom(`${transport} ${peer}`, now);
     if (t.tokens >= 1 && (!p || p.tokens >= 1)) {
       t.tokens--;
       if (p) p.tokens--;
@@ -82,15 +83,6 @@ export class HandshakeRecordLimiter {
     const now = this.clock();
     this.peers.sweep(now);
     return out;
-  }
-
-  /**
-   * A peer's bucket; past MAX_PEERS tracked addresses a new one has none (the transport's rate
-   * still bounds it): many addresses cannot make this table, or its sweep, large.
-   */
-  private peerBucket(key: string, now: number): Bucket | undefined {
-    if (!this.peers.has(key) && this.peers.size >= MAX_PEERS) return undefined;
-    return this.peers.take(key, now);
   }
 }
 

@@ -7,26 +7,41 @@ export interface Bucket {
 /** Bursts are this many seconds of the rate. */
 const BURST_SECONDS = 5;
 
+/** Buckets a table holds before a new key is sweep-checked ({@link RateBuckets.take}) or refused ({@link RateBuckets.takeIfRoom}). */
+const MAX_BUCKETS = 10_000;
+
 /**
  * Token buckets by key, one rate for all: the audit's record limiters (refusals, failed
  * handshakes). A bucket idle for a full burst is full again, so dropping it changes nothing:
- * {@link sweep} keeps the table to the keys active lately.
+ * {@link sweep} keeps the table to the keys active lately. Past MAX_BUCKETS buckets a new key is
+ * either taken after a sweep ({@link take}) or given none ({@link takeIfRoom}).
  */
 export class RateBuckets {
   private readonly buckets = new Map<string, Bucket>();
 
   constructor(private readonly rate: () => number) {}
 
-  get size(): number {
-    return this.buckets.size;
-  }
-
-  has(key: string): boolean {
-    return this.buckets.has(key);
-  }
-
-  /** The bucket of `key`, filled for the time since it was last used (a new one is full). */
+  /**
+   * The bucket of `key`, filled for the time since it was last used (a new one is full). A new
+   * key when the table is full first sweeps the idle buckets (for keys the kernel vouches for:
+   * sessions, persona trees), rather than the table keeping one per key ever seen.
+   */
   take(key: string, now: number): Bucket {
+    if (this.buckets.size >= MAX_BUCKETS && !this.buckets.has(key)) this.sweep(now);
+    return this.fill(key, now);
+  }
+
+  /**
+   * As {@link take}, but a new key when the table is full gets no bucket (undefined) and sweeps
+   * nothing: keys a peer picks (its addresses) cannot make the table, or a sweep per call, large.
+   * The owner sweeps on its own tick.
+   */
+  takeIfRoom(key: string, now: number): Bucket | undefined {
+    if (this.buckets.size >= MAX_BUCKETS && !this.buckets.has(key)) return undefined;
+    return this.fill(key, now);
+  }
+
+  private fill(key: string, now: number): Bucket {
     const rate = this.rate();
     const burst = rate * BURST_SECONDS;
     let b = this.buckets.get(key);

@@ -1,5 +1,5 @@
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
-import { type Bucket, RateBuckets } from "./rate-buckets.js";
+import { RateBuckets } from "./rate-buckets.js";
 
 /** How fast refusals are written to the audit log, per session and per persona. */
 export interface RefusalLimits {
@@ -53,9 +53,9 @@ export class RefusalLimiter {
   /** True: write this refusal's record. False: it was counted for the aggregate record. */
   admit(session: string, persona: string, errorClass: string): boolean {
     const now = this.clock();
-    const s = this.bucket(this.sessions, session, now);
+    const s = this.sessions.take(session, now);
     // A persona's rate covers its whole tree: its agents and sub-personas refuse on its budget.
-    const p = this.bucket(this.personas, this.roots.of(persona), now);
+    const p = this.personas.take(this.roots.of(persona), now);
     if (s.tokens >= 1 && p.tokens >= 1) {
       s.tokens--;
       p.tokens--;
@@ -88,12 +88,6 @@ export class RefusalLimiter {
   forget(session: string): void {
     this.sessions.delete(session);
     this.totals.delete(session);
-  }
-
-  /** A key's bucket; idle buckets are swept once the table is large, rather than kept one per persona ever seen. */
-  private bucket(buckets: RateBuckets, key: string, now: number): Bucket {
-    if (!buckets.has(key) && buckets.size >= 10_000) buckets.sweep(now);
-    return buckets.take(key, now);
   }
 }
 

@@ -1,4 +1,4 @@
-import { GrantBounds } from "../resources/lineage.js";
+import { FIRST_SEGMENT, GrantBounds, type TreeRoots } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import { CapEnforcer, DEFAULT_ENFORCER_LIMITS, type EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -20,11 +20,13 @@ export function capabilities(
   limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
   /** Each grant's token row, read once: shared with the ledger and the process table. */
   grantBounds: GrantBounds = new GrantBounds(store),
+  /** The top of each persona's tree, for the token service's live-token bound: the kernel passes the registry's. */
+  roots: TreeRoots = FIRST_SEGMENT,
 ): Capabilities {
   // Shared: a revocation by the token service takes effect at once for every decision.
   const revoked = new Revocations(store);
   return {
     enforcer: new CapEnforcer(keys, store, revoked, clock, limits, grantBounds),
-    tokens: new TokenService(keys, store, revoked, clock, limits),
+    tokens: new TokenService(keys, store, revoked, clock, limits, roots),
   };
 }

@@ -16,8 +16,6 @@ import type { Revocations } from "./revocations.js";
 export class TokenService {
   /** Live tokens per minter, counted in the store at most once a second and kept up by each mint. */
   private readonly live = new Map<string, { n: number; at: number }>();
-  /** The top of each persona's tree (the live-token bound counts it): the kernel sets the registry's. */
-  roots: TreeRoots = FIRST_SEGMENT;
 
   constructor(
     private readonly keys: RootKeys,
@@ -25,6 +23,8 @@ export class TokenService {
     private readonly revoked: Revocations,
     private readonly clock: () => number,
     readonly limits: EnforcerLimits,
+    /** The top of each persona's tree (the live-token bound counts it): the kernel passes the registry's. */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */

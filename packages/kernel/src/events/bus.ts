@@ -1,7 +1,7 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
 import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
-import { FIRST_SEGMENT, type TreeRoots, treeName } from "../resources/lineage.js";
+import { type TreeRoots, treeName } from "../resources/lineage.js";
 import { TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
@@ -63,6 +63,13 @@ export const DEFAULT_EVENT_LIMITS: EventBusLimits = {
 /** What one queued event is counted as: its payload's encoded size, its topic, and the frame around them. */
 const ENTRY_OVERHEAD = 64;
 
+/** The bus's roots before the kernel gave it the registry's: a use is a wiring fault, never a silent other grouping. */
+const NO_ROOTS: TreeRoots = {
+  of: () => {
+    throw new Error("the event bus has no persona roots: the kernel gives it the registry's (useRoots) when it opens the store");
+  },
+};
+
 /** An upper bound of a value's canonical CBOR size, without encoding it (an 8 MiB payload is not copied to be measured). */
 export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
   if (v === null || v === undefined || typeof v === "boolean") return 1;
@@ -97,8 +104,8 @@ export class EventBus {
   delivered = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
-  /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): the kernel sets the registry's. */
-  roots: TreeRoots = FIRST_SEGMENT;
+  /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): {@link useRoots}. */
+  private roots: TreeRoots = NO_ROOTS;
   /** Why a capability no longer authorizes anything (revoked, expired), or undefined: set by the kernel. */
   lapsed: ((g: Grant) => string | undefined) | undefined;
 
@@ -109,6 +116,14 @@ export class EventBus {
   }
 
   constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
+
+  /**
+   * The roots subscriptions are counted by: the registry's, which the kernel has once its store is
+   * open (the bus is built before). Until then a subscription is refused, never counted by another grouping.
+   */
+  useRoots(roots: TreeRoots): void {
+    this.roots = roots;
+  }
 
   /**
    * A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. With a

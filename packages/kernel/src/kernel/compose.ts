@@ -14,7 +14,7 @@ import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
 import { ensureAdminToken } from "../home.js";
-import { answerRoom, MAX_LIST_PAGE } from "../limits.js";
+import { answerRoom } from "../limits.js";
 import type { Logger } from "../log.js";
 import { KernelMetrics } from "../metrics/metrics.js";
 import { Admission } from "../pipeline/admission.js";
@@ -154,7 +154,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // The top of each persona's tree, for every kernel-wide per-persona bound: from the registry
     // (who registered whom), cached per persona; registry changes clear it.
     const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
-    events.roots = roots;
+    store.onRegistryChange((id) => roots.changed(id));
+    events.useRoots(roots);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
     const sessions = new SessionRegistry(
@@ -201,7 +202,6 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
         {
           maxObjectBytes: c.maxObjectBytes,
-          maxListPage: MAX_LIST_PAGE,
           inlineBytes: c.objectInlineBytes,
           // A read's answer is one frame: its bytes plus the envelope.
           maxReadBytes: answerRoom(c.maxBodyBytes),
@@ -225,9 +225,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         exempt: ["kernel", c.adminPersona],
       },
       bounds,
+      roots,
     );
     enforcerRef = enforcer;
-    tokens.roots = roots;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
@@ -416,11 +416,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         applyOfflineChanges({
           ...expulsion,
           audit,
-          // The registry may have changed too: roots are found again.
-          reloadRevocations: () => {
-            tokens.reloadRevocations();
-            roots.changed();
-          },
+          reloadRevocations: () => tokens.reloadRevocations(),
         }),
       runDetail,
       closeStorage,

@@ -50,6 +50,8 @@ export function applyOfflineChanges(x: ExpulsionScope & { readonly audit: AuditL
     const entries = x.audit.recordOfflineJournal();
     if (entries.length === 0) return;
     x.reloadRevocations();
+    // The registry may have changed too: what hooks its changes (the persona roots) hears it.
+    x.registry.registryChangedElsewhere();
     expelUnregistered(x);
   } catch (e) {
     x.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");

@@ -96,11 +96,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         handler: (ctx): OpResult => {
           const page = pageRequest(ctx.args, "an agent list");
           // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.
-          const rows = agents.list(
-            ctx.persona === admin ? undefined : ctx.persona,
-            page.cursor === undefined ? 0 : Number(page.cursor),
-            page.limit + 1,
-          );
+          const rows = agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1);
           return pageAnswer(
             rows,
             page,

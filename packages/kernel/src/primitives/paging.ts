@@ -9,10 +9,29 @@ export interface PageRequest {
   cursor: string | undefined;
 }
 
-/** The page a listing's `limit` and `cursor` arguments ask for; a cursor not of this listing's form is SEMANTIC. */
-export function pageRequest(args: { limit?: number; cursor?: string }, what: string, form: RegExp = /^\d{1,15}$/): PageRequest {
+/** The page of a listing whose cursor is the listing position (sequence number) of the last row shown. */
+export interface SeqPageRequest extends PageRequest {
+  /** The cursor as that position; undefined for the first page. */
+  after: number | undefined;
+}
+
+/** A listing position as a cursor: up to 15 digits (below 2^53, so exact as a number). */
+const SEQ_CURSOR = /^\d{1,15}$/;
+
+/** The page of a listing by position (agents, ops, tokens); a cursor that is not a position is SEMANTIC. */
+export function pageRequest(args: { limit?: number; cursor?: string }, what: string): SeqPageRequest {
+  const page = textPageRequest(args, what, SEQ_CURSOR);
+  return { ...page, after: page.cursor === undefined ? undefined : Number(page.cursor) };
+}
+
+/**
+ * The page of a listing whose cursor is text (a persona id, an object path); a cursor not of
+ * the listing's `form` is SEMANTIC. Without a form any text is taken: the listing checks it.
+ */
+export function textPageRequest(args: { limit?: number; cursor?: string }, what: string, form?: RegExp): PageRequest {
   const cursor = args.cursor;
-  if (cursor !== undefined && !form.test(cursor)) throw new OpError("SEMANTIC", `cursor is not ${what} cursor`);
+  if (cursor !== undefined && form !== undefined && !form.test(cursor))
+    throw new OpError("SEMANTIC", `cursor is not ${what} cursor`);
   return { limit: Math.min(Math.max(args.limit ?? 100, 1), MAX_LIST_PAGE), cursor };
 }
 

@@ -1,9 +1,9 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
-import { inTree, type PersonaRoots, treeName } from "../resources/lineage.js";
+import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
-import { pageAnswer, pageRequest } from "./paging.js";
+import { pageAnswer, textPageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What the persona family needs from the kernel beyond the store. */
@@ -20,7 +20,7 @@ export interface PersonaFamilyHost {
   /** Most personas one persona tree may register (maxRegisteredPersonas; the admin is exempt). */
   maxRegistered: number;
   /** The top of each persona's tree; told when the registry changes. */
-  roots: Pick<PersonaRoots, "of" | "changed">;
+  roots: TreeRoots;
 }
 
 /** The registered personas at or under `id` (a range of the registry, not the whole of it). */
@@ -115,7 +115,6 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
               );
             }
             store.addPersona(id, key, ctx.persona);
-            host.roots.changed();
             const rec = store.getPersona(id);
             return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
           });
@@ -133,7 +132,6 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             const r = removePersonaTree(store, id, (tokens) => {
               ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
             });
-            host.roots.changed();
             const sessionsEnded = host.registryChanged();
             return {
               status: "SUCCESS",
@@ -152,7 +150,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
           // The cursor is the last id shown: the next page is the ids after it in the subtree's range.
-          const page = pageRequest(ctx.args, "a persona list", /^.{1,255}$/s);
+          const page = textPageRequest(ctx.args, "a persona list", /^.{1,255}$/s);
           if (page.cursor !== undefined && !personaWithin(page.cursor, id))
             throw new OpError("SEMANTIC", "cursor is not a persona list cursor of this persona");
           const rows = store.personasUnder(id, page.cursor ?? "", page.limit + 1);

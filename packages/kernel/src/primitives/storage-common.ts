@@ -11,8 +11,6 @@ import { type OpContext, OpError, type OpResult } from "./types.js";
 export interface StorageLimits {
   /** Largest object, in bytes, however it is written. */
   maxObjectBytes: number;
-  /** Most entries one storage.list page returns. */
-  maxListPage: number;
   /** Bodies smaller than this stay inline in the database; larger ones go to the file store. */
   inlineBytes: number;
   /** Largest body one storage.read answers (it must fit one frame); larger objects are read in ranges. */

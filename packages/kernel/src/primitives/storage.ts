@@ -1,8 +1,8 @@
-import type { CborValue } from "@kpip/protocol";
 import { storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
 import type { ObjectBody } from "../store/types.js";
 import { implement } from "./implement.js";
+import { pageAnswer, textPageRequest } from "./paging.js";
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import { uploadOps } from "./storage-upload.js";
 import { storageChanged, watchOps } from "./storage-watch.js";
@@ -79,18 +79,18 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx, true);
           const prefix = path === "" ? "" : `${path}/`;
-          const limit = Math.min(Math.max(ctx.args.limit ?? 100, 1), limits.maxListPage);
-          const cursor = ctx.args.cursor;
-          if (cursor !== undefined && !cursor.startsWith(prefix))
+          // The cursor is the last path shown: the next page is the paths after it under the prefix.
+          const page = textPageRequest(ctx.args, "a storage list");
+          if (page.cursor !== undefined && !page.cursor.startsWith(prefix))
             throw new OpError("SEMANTIC", "cursor does not belong to this listing");
-          const rows = store.listObjects(workspace, prefix, cursor, limit + 1);
-          const more = rows.length > limit;
-          const page = more ? rows.slice(0, limit) : rows;
-          const payload: Record<string, CborValue> = {
-            items: page.map((o) => ({ path: o.path, size: o.size, generation: o.generation })),
-          };
-          if (more) payload.cursor = page[page.length - 1]?.path as string;
-          return { status: more ? "PARTIAL" : "SUCCESS", payload };
+          const rows = store.listObjects(workspace, prefix, page.cursor, page.limit + 1);
+          return pageAnswer(
+            rows,
+            page,
+            "items",
+            (o) => ({ path: o.path, size: o.size, generation: o.generation }),
+            (o) => o.path,
+          );
         },
       }),
       implement(storageDelete, {

@@ -258,7 +258,7 @@ export function tokenFamily(
           const only = ctx.args.persona;
           const page = pageRequest(ctx.args, "a token list");
           // A page is `limit` rows of the table; only the caller's are shown, so a page may hold fewer.
-          const rows = store.listTokens(only, page.cursor === undefined ? 0 : Number(page.cursor), page.limit + 1);
+          const rows = store.listTokens(only, page.after, page.limit + 1);
           return pageAnswer(
             rows,
             page,

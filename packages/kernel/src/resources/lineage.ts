@@ -43,7 +43,7 @@ const ROOTS_KEPT = 10_000;
  * to the first segment of its id.
  *
  * Found from the registry once per persona and cached (no read on the request path); any change
- * of the registry ({@link changed}) clears the cache.
+ * of the registry ({@link changed}: the kernel hooks it to the store's onRegistryChange) clears the cache.
  */
 export class PersonaRoots {
   private readonly cache = new Map<string, string>();
@@ -63,8 +63,13 @@ export class PersonaRoots {
     return r;
   }
 
-  /** The registry changed (a persona added or removed, through the kernel or offline): roots are found again. */
-  changed(): void {
+  /**
+   * The registry changed (persona `id` added or removed; undefined: anything, made offline): roots
+   * are found again. An agent persona's key moves no root ({@link find} stops at an agent segment),
+   * so agents coming and going keep the cache.
+   */
+  changed(id?: string): void {
+    if (id !== undefined && isAgentPersona(id)) return;
     this.cache.clear();
   }
 

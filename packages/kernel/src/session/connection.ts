@@ -20,6 +20,34 @@ export class PeerCloseTimeout extends Error {
 }
 
 /**
+ * A transport's cut of a connection whose peer keeps its side open after the kernel ended it:
+ * {@link arm} at the end, and past the grace the connection is cut and {@link Connection.onCut}'s
+ * callbacks hear why.
+ */
+export class PeerCloseCut {
+  private readonly cbs: ((e: PeerCloseTimeout) => void)[] = [];
+
+  constructor(
+    private readonly transport: string,
+    private readonly graceMs = PEER_CLOSE_GRACE_MS,
+  ) {}
+
+  /** Past the grace, unless `closed()` by then, runs `cut` and tells the callbacks. The timer holds no process open. */
+  arm(closed: () => boolean, cut: () => void): void {
+    setTimeout(() => {
+      if (closed()) return; // closed in time
+      cut();
+      const e = new PeerCloseTimeout(this.transport, this.graceMs);
+      for (const cb of this.cbs) cb(e);
+    }, this.graceMs).unref();
+  }
+
+  onCut(cb: (e: PeerCloseTimeout) => void): void {
+    this.cbs.push(cb);
+  }
+}
+
+/**
  * A transport-neutral byte stream carrying KPIP frames, as the kernel sees it: the protocol's
  * {@link ByteChannel} (the client's channels are the same interface) plus what the kernel needs
  * for flow control. Every transport (Unix socket, gRPC, in-memory) adapts to this, so

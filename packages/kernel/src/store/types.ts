@@ -26,6 +26,13 @@ export interface PersonaStore {
   registrarOf(id: string): string | null | undefined;
   /** How many registered personas were added by persona.register of `id` or a persona under it. */
   countRegisteredWithin(id: string): number;
+  /**
+   * Calls `cb` on each change of the registry: with the persona's id after this store added or
+   * removed it, with undefined when told of changes made without it ({@link registryChangedElsewhere}).
+   */
+  onRegistryChange(cb: (id: string | undefined) => void): void;
+  /** The registry may have changed without this store (another process on the home database): tells each {@link onRegistryChange} callback. */
+  registryChangedElsewhere(): void;
 }
 
 export interface StoredObject {

@@ -6,7 +6,7 @@ import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
-import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseTimeout } from "../session/connection.js";
+import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -206,7 +206,7 @@ export class GrpcStreamConnection implements Connection {
   private closed = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
-  private readonly cutCbs: ((e: PeerCloseTimeout) => void)[] = [];
+  private readonly cut: PeerCloseCut;
 
   constructor(
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
@@ -214,9 +214,10 @@ export class GrpcStreamConnection implements Connection {
     private maxMessage: number,
     readonly tls = false,
     /** How long the call may take to finish after {@link end} (a peer that does not read holds it). */
-    private readonly closeGraceMs = PEER_CLOSE_GRACE_MS,
+    closeGraceMs = PEER_CLOSE_GRACE_MS,
   ) {
     this.peer = call.getPeer();
+    this.cut = new PeerCloseCut(this.transport, closeGraceMs);
     // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
     const raw = call.getAuthContext().sslPeerCertificate?.raw;
     this.clientCert = raw ? createHash("sha256").update(raw).digest("hex") : undefined;
@@ -270,16 +271,14 @@ export class GrpcStreamConnection implements Connection {
     this.out.flushNow();
     if (!this.closed) this.call.end();
     // A peer that never closes its side (or never reads the end) must not keep the stream (and the kernel) alive.
-    setTimeout(() => {
-      if (this.closed) return; // finished in time
-      this.destroy();
-      const e = new PeerCloseTimeout(this.transport, this.closeGraceMs);
-      for (const cb of this.cutCbs) cb(e);
-    }, this.closeGraceMs).unref();
+    this.cut.arm(
+      () => this.closed,
+      () => this.destroy(),
+    );
   }
 
   onCut(cb: (e: PeerCloseTimeout) => void): void {
-    this.cutCbs.push(cb);
+    this.cut.onCut(cb);
   }
 
   destroy(): void {

@@ -3,7 +3,7 @@ import { chmodSync, linkSync, lstatSync, mkdirSync, statSync, unlinkSync } from 
 import net from "node:net";
 import { dirname, join } from "node:path";
 import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
-import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseTimeout } from "../session/connection.js";
+import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
 export class SocketPathError extends Error {
@@ -122,16 +122,16 @@ export class UdsListener {
 export class SocketConnection implements Connection {
   readonly peer: string;
   private readonly out: TurnBatcher;
-
-  private readonly cutCbs: ((e: PeerCloseTimeout) => void)[] = [];
+  private readonly cut: PeerCloseCut;
 
   constructor(
     private readonly sock: net.Socket,
     readonly transport: string,
     /** How long the peer has to close its side after {@link end}. */
-    private readonly closeGraceMs = PEER_CLOSE_GRACE_MS,
+    closeGraceMs = PEER_CLOSE_GRACE_MS,
   ) {
     this.peer = sock.remoteAddress ?? "local";
+    this.cut = new PeerCloseCut(transport, closeGraceMs);
     sock.on("error", () => {
       // reported through close
     });
@@ -154,16 +154,14 @@ export class SocketConnection implements Connection {
     this.out.flushNow();
     this.sock.end();
     // A peer that never closes its side must not keep the connection (and the kernel) alive.
-    setTimeout(() => {
-      if (this.sock.destroyed) return; // closed in time
-      this.sock.destroy();
-      const e = new PeerCloseTimeout(this.transport, this.closeGraceMs);
-      for (const cb of this.cutCbs) cb(e);
-    }, this.closeGraceMs).unref();
+    this.cut.arm(
+      () => this.sock.destroyed,
+      () => this.sock.destroy(),
+    );
   }
 
   onCut(cb: (e: PeerCloseTimeout) => void): void {
-    this.cutCbs.push(cb);
+    this.cut.onCut(cb);
   }
 
   destroy(): void {

@@ -18,13 +18,29 @@ export const inTreeSql = (column: string): string => `(${column} = ? OR (${colum
 /** The three values {@link inTreeSql} binds for `root`. */
 export const treeArgs = (root: string): [string, string, string] => [root, `${root}/`, `${root}0`];
 
+/** A record field's column: the field in snake_case (`requestId` → `request_id`). */
+export const columnOf = (field: string): string => field.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
+
+/** `fields` (field → column, {@link columnOf}), for the fields an update may set. */
+export const columnMap = (fields: readonly string[]): Readonly<Record<string, string>> =>
+  Object.fromEntries(fields.map((f) => [f, columnOf(f)]));
+
+/**
+ * The fields of `f` that `columns` names (field → column), with their values as a statement's
+ * named parameters (an undefined value binds null).
+ */
+export function pickColumns(columns: Readonly<Record<string, string>>, f: object): { fields: string[]; values: Row } {
+  const fields = Object.keys(f).filter((k) => Object.hasOwn(columns, k));
+  return { fields, values: Object.fromEntries(fields.map((k) => [k, (f as Row)[k] ?? null])) };
+}
+
 /**
  * A reader of records from rows whose columns are the record's fields in snake_case
- * (`requestId` ← `request_id`); a column an older home lacks reads as null. `fields` names
+ * ({@link columnOf}); a column an older home lacks reads as null. `fields` names
  * every field of `T` (the type checks that none is missing), so a table's mapping is one list.
  */
 export function rowReader<T>(fields: { [K in keyof T]-?: true }): (r: Row) => T {
-  const cols = Object.keys(fields).map((f) => [f, f.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`)] as const);
+  const cols = Object.keys(fields).map((f) => [f, columnOf(f)] as const);
   return (r) => {
     const o: Row = {};
     for (const [f, c] of cols) o[f] = r[c] ?? null;
@@ -115,10 +131,10 @@ export class SqliteBase {
 
   /** Sets the fields of `f` that `columns` names (field → column) on row `id` of `table`; none: nothing runs. */
   updateColumns(table: string, columns: Readonly<Record<string, string>>, id: string, f: object): void {
-    const keys = Object.keys(f).filter((k) => Object.hasOwn(columns, k));
-    if (!keys.length) return;
-    const sql = `UPDATE ${table} SET ${keys.map((k) => `${columns[k]} = @${k}`).join(", ")} WHERE id = @id`;
-    this.prep(sql).run({ ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])), id });
+    const { fields, values } = pickColumns(columns, f);
+    if (!fields.length) return;
+    const sql = `UPDATE ${table} SET ${fields.map((k) => `${columns[k]} = @${k}`).join(", ")} WHERE id = @id`;
+    this.prep(sql).run({ ...values, id });
   }
 
   /**

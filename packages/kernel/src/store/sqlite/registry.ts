@@ -24,6 +24,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     readonly #registrar: Statement = this.db.prepare("SELECT registered_by FROM personas WHERE id = ?");
     readonly #remove: Statement = this.db.prepare("DELETE FROM personas WHERE id = ?");
     readonly #list: Statement = this.db.prepare("SELECT id, public_key, created_at FROM personas ORDER BY id");
+    readonly #changed: ((id: string | undefined) => void)[] = [];
 
     getPersona(id: string): PersonaRecord | undefined {
       const r = this.#get.get(id) as Row | undefined;
@@ -31,6 +32,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
     }
     addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void {
       this.#add.run(id, Buffer.from(publicKey), Date.now(), registeredBy ?? null);
+      for (const cb of this.#changed) cb(id);
     }
     personasUnder(id: string, after = "", limit = -1): PersonaRecord[] {
       return (this.#under.all(...treeArgs(id), after, limit) as Row[]).map(toPersona);
@@ -43,7 +45,15 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       return (this.#countWithin.get(...treeArgs(id)) as { n: number }).n;
     }
     removePersona(id: string): boolean {
-      return this.#remove.run(id).changes > 0;
+      const removed = this.#remove.run(id).changes > 0;
+      if (removed) for (const cb of this.#changed) cb(id);
+      return removed;
+    }
+    onRegistryChange(cb: (id: string | undefined) => void): void {
+      this.#changed.push(cb);
+    }
+    registryChangedElsewhere(): void {
+      for (const cb of this.#changed) cb(undefined);
     }
     listPersonas(): PersonaRecord[] {
       return (this.#list.all() as Row[]).map(toPersona);

@@ -1,54 +1,103 @@
 import type { AgentRecord, AgentStore, AgentSummary, OpRecord, OpStore, OpSummary, RunningAgent } from "../types.js";
-import { inTreeSql, type Row, rowReader, type StoreBase, treeArgs, type WithRows } from "./base.js";
+import {
+  columnMap,
+  columnOf,
+  inTreeSql,
+  pickColumns,
+  type Row,
+  rowReader,
+  type StoreBase,
+  treeArgs,
+  type WithRows,
+} from "./base.js";
+
+/** An agent's columns without its output (listings read these only). */
+type AgentMeta = Omit<AgentRecord, "stdout" | "stderr">;
+const AGENT_META_FIELDS: { [K in keyof AgentMeta]-?: true } = {
+  id: true,
+  persona: true,
+  spawner: true,
+  command: true,
+  args: true,
+  pid: true,
+  state: true,
+  exitCode: true,
+  signal: true,
+  startedAt: true,
+  endedAt: true,
+  deadline: true,
+  tokenId: true,
+  cwd: true,
+};
+
+/** An op's columns without its result (listings read these only). */
+const OP_SUMMARY_FIELDS: { [K in keyof OpSummary]-?: true } = {
+  id: true,
+  persona: true,
+  session: true,
+  kind: true,
+  name: true,
+  state: true,
+  errorClass: true,
+  message: true,
+  createdAt: true,
+  startedAt: true,
+  finishedAt: true,
+  deadline: true,
+  expiresAt: true,
+};
 
 /** The fields of an agent record an update may set, and their columns. */
-const AGENT_UPDATES: Readonly<Record<string, string>> = {
-  pid: "pid",
-  state: "state",
-  exitCode: "exit_code",
-  signal: "signal",
-  endedAt: "ended_at",
-};
+const AGENT_UPDATES = columnMap(["pid", "state", "exitCode", "signal", "endedAt"] satisfies (keyof AgentRecord)[]);
 
 /** An agent's output, kept in agent_output (schema.ts: a listing must not read it). */
-const OUTPUT_UPDATES: Readonly<Record<string, string>> = { stdout: "stdout", stderr: "stderr" };
-
-/** An agent row's columns but its output (the legacy stdout/stderr columns of agents stay empty). */
-const AGENT_META =
-  "id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, token_id, cwd";
-
-/** An op row's columns but its result. */
-const OP_META =
-  "id, persona, session, kind, name, state, error_class, message, created_at, started_at, finished_at, deadline, expires_at";
+const OUTPUT_UPDATES = columnMap(["stdout", "stderr"] satisfies (keyof AgentRecord)[]);
 
 /** The fields of an op record an update may set, and their columns. */
-const OP_UPDATES: Readonly<Record<string, string>> = {
-  state: "state",
-  errorClass: "error_class",
-  message: "message",
-  startedAt: "started_at",
-  finishedAt: "finished_at",
-  expiresAt: "expires_at",
-};
+const OP_UPDATES = columnMap([
+  "state",
+  "errorClass",
+  "message",
+  "startedAt",
+  "finishedAt",
+  "expiresAt",
+] satisfies (keyof OpRecord)[]);
+
+/** A record's columns as SQL (`prefix`: a join's table alias), and its fields as named parameters. */
+const columnsSql = (fields: object, prefix = ""): string =>
+  Object.keys(fields)
+    .map((f) => `${prefix}${columnOf(f)}`)
+    .join(", ");
+const paramsSql = (fields: object): string =>
+  Object.keys(fields)
+    .map((f) => `@${f}`)
+    .join(", ");
+
+/** An agent row's columns but its output (the legacy stdout/stderr columns of agents stay empty). */
+const AGENT_META = columnsSql(AGENT_META_FIELDS);
+const PUT_AGENT = `INSERT OR REPLACE INTO agents (${AGENT_META}) VALUES (${paramsSql(AGENT_META_FIELDS)})`;
+const GET_AGENT =
+  `SELECT ${columnsSql(AGENT_META_FIELDS, "a.")}, o.stdout, o.stderr ` +
+  "FROM agents a LEFT JOIN agent_output o ON o.id = a.id WHERE a.id = ?";
+
+/** An op row's columns but its result. */
+const OP_META = columnsSql(OP_SUMMARY_FIELDS);
+const INSERT_OP = `INSERT INTO ops (${OP_META}) VALUES (${paramsSql(OP_SUMMARY_FIELDS)})`;
+const GET_OP = `SELECT ${columnsSql(OP_SUMMARY_FIELDS, "o.")}, x.result FROM ops o LEFT JOIN op_results x ON x.id = o.id WHERE o.id = ?`;
 
 /** Work the kernel runs for personas: agents, and deferred ops (compute.submit and friends). */
 export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore & OpStore> {
   return class WorkRows extends Base implements AgentStore, OpStore {
     putAgent(r: AgentRecord): void {
       this.transaction(() => {
-        this.prep(
-          "INSERT OR REPLACE INTO agents (id, persona, spawner, command, args, pid, state, exit_code, signal, started_at, ended_at, deadline, token_id, cwd) " +
-            "VALUES (@id, @persona, @spawner, @command, @args, @pid, @state, @exitCode, @signal, @startedAt, @endedAt, @deadline, @tokenId, @cwd)",
-        ).run({ ...r, args: JSON.stringify(r.args) });
+        this.prep(PUT_AGENT).run({ ...r, args: JSON.stringify(r.args) });
         // A new agent under a reused id starts with no output of its predecessor's.
         this.prep("DELETE FROM agent_output WHERE id = ?").run(r.id);
         if (r.stdout !== null || r.stderr !== null) putOutput(this, r.id, { stdout: r.stdout, stderr: r.stderr });
       });
     }
     getAgent(id: string): AgentRecord | undefined {
-      const r = this.prep(
-        `SELECT ${AGENT_META.replace(/(\w+)/g, "a.$1")}, o.stdout, o.stderr FROM agents a LEFT JOIN agent_output o ON o.id = a.id WHERE a.id = ?`,
-      ).get(id) as Row | undefined;
+      const r = this.prep(GET_AGENT).get(id) as Row | undefined;
       return r && toAgent(r);
     }
     listAgents(spawner?: string, after = 0, limit = -1): AgentSummary[] {
@@ -74,8 +123,7 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
     updateAgent(id: string, f: Partial<AgentRecord>): void {
       this.transaction(() => {
         this.updateColumns("agents", AGENT_UPDATES, id, f);
-        const out = Object.fromEntries(Object.entries(f).filter(([k]) => Object.hasOwn(OUTPUT_UPDATES, k)));
-        if (Object.keys(out).length) putOutput(this, id, out);
+        putOutput(this, id, f);
       });
     }
     pruneAgents(before: number, limit: number): number {
@@ -92,17 +140,12 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
     // deferred ops
     insertOp(r: OpRecord): void {
       this.transaction(() => {
-        this.prep(
-          "INSERT INTO ops (id, persona, session, kind, name, state, error_class, message, created_at, started_at, finished_at, deadline, expires_at) " +
-            "VALUES (@id, @persona, @session, @kind, @name, @state, @errorClass, @message, @createdAt, @startedAt, @finishedAt, @deadline, @expiresAt)",
-        ).run(r);
+        this.prep(INSERT_OP).run(r);
         if (r.result !== null) this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(r.id, r.result);
       });
     }
     getOp(id: string): OpRecord | undefined {
-      const r = this.prep(
-        `SELECT ${OP_META.replace(/(\w+)/g, "o.$1")}, x.result FROM ops o LEFT JOIN op_results x ON x.id = o.id WHERE o.id = ?`,
-      ).get(id) as Row | undefined;
+      const r = this.prep(GET_OP).get(id) as Row | undefined;
       return r && toOp(r);
     }
     updateOp(id: string, f: Partial<OpRecord>): void {
@@ -180,40 +223,19 @@ function trimTree(
   return forget(store, tables, store.prep(sql).all(...treeArgs(root), keep) as Row[]);
 }
 
-/** Sets the given output streams of agent `id` (a row is made if it has none). */
-function putOutput(
-  store: Pick<StoreBase["prototype"], "prep">,
-  id: string,
-  f: Partial<Pick<AgentRecord, "stdout" | "stderr">>,
-): void {
-  const keys = Object.keys(f).filter((k) => Object.hasOwn(OUTPUT_UPDATES, k));
-  const cols = keys.map((k) => OUTPUT_UPDATES[k] as string);
+/** Sets the output streams `f` gives (stdout, stderr) of agent `id` (a row is made if it has none); none: nothing runs. */
+function putOutput(store: Pick<StoreBase["prototype"], "prep">, id: string, f: Partial<AgentRecord>): void {
+  const { fields, values } = pickColumns(OUTPUT_UPDATES, f);
+  if (!fields.length) return;
+  const cols = fields.map((k) => OUTPUT_UPDATES[k] as string);
   store
     .prep(
-      `INSERT INTO agent_output (id, ${cols.join(", ")}) VALUES (@id, ${keys.map((k) => `@${k}`).join(", ")}) ` +
+      `INSERT INTO agent_output (id, ${cols.join(", ")}) VALUES (@id, ${fields.map((k) => `@${k}`).join(", ")}) ` +
         `ON CONFLICT (id) DO UPDATE SET ${cols.map((c) => `${c} = excluded.${c}`).join(", ")}`,
     )
-    .run({ id, ...Object.fromEntries(keys.map((k) => [k, (f as Record<string, unknown>)[k] ?? null])) });
+    .run({ id, ...values });
 }
 
-/** An agent's columns without its output (listings read these only). */
-type AgentMeta = Omit<AgentRecord, "stdout" | "stderr">;
-const AGENT_META_FIELDS: { [K in keyof AgentMeta]-?: true } = {
-  id: true,
-  persona: true,
-  spawner: true,
-  command: true,
-  args: true,
-  pid: true,
-  state: true,
-  exitCode: true,
-  signal: true,
-  startedAt: true,
-  endedAt: true,
-  deadline: true,
-  tokenId: true,
-  cwd: true,
-};
 const agentRow = rowReader<AgentRecord>({ ...AGENT_META_FIELDS, stdout: true, stderr: true });
 const agentMetaRow = rowReader<AgentMeta>(AGENT_META_FIELDS);
 /** The row's args column parsed. */
@@ -221,21 +243,5 @@ const withArgs = <T extends { args: string[] }>(a: T): T => ({ ...a, args: JSON.
 const toAgent = (r: Row): AgentRecord => withArgs(agentRow(r));
 const toAgentMeta = (r: Row): AgentMeta => withArgs(agentMetaRow(r));
 
-/** An op's columns without its result (listings read these only). */
-const OP_SUMMARY_FIELDS: { [K in keyof OpSummary]-?: true } = {
-  id: true,
-  persona: true,
-  session: true,
-  kind: true,
-  name: true,
-  state: true,
-  errorClass: true,
-  message: true,
-  createdAt: true,
-  startedAt: true,
-  finishedAt: true,
-  deadline: true,
-  expiresAt: true,
-};
 const toOp = rowReader<OpRecord>({ ...OP_SUMMARY_FIELDS, result: true });
 const toOpSummary = rowReader<OpSummary>(OP_SUMMARY_FIELDS);
