@@ -45,7 +45,7 @@ const DECLARED = {
     type: "int",
     default: 5_000,
     description:
-      "time allowed from connect to WELCOME; on gRPC also to finish TLS, and the longest an HTTP/2 connection may stay with no stream open",
+      "time allowed from connect to WELCOME; it also bounds gRPC connections: one that has not finished TLS, or has no stream open, for this long is closed",
   },
   dedupeWindowMs: { type: "int", default: 300_000, description: "how long a response is kept to answer a retried request" },
   maxObjectBytes: {
