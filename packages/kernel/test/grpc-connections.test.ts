@@ -199,41 +199,57 @@ function callHeaders(authority: string): Buffer {
   ]);
 }
 
+const RST_STREAM = 3;
+const GOAWAY = 7;
+
+/** A raw HTTP/2 connection to the kernel: what it writes, and the frames it received ([type, stream, error code]). */
+async function rawH2(address: string) {
+  const raw = net.connect({ host: "127.0.0.1", port: portOf(address) });
+  raw.on("error", () => {});
+  await new Promise((r) => raw.once("connect", r));
+  const got: [number, number, number][] = [];
+  let buf = Buffer.alloc(0);
+  raw.on("data", (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      const type = buf[3] as number;
+      const payload = buf.subarray(9, 9 + len);
+      // RST_STREAM: the code; GOAWAY: the last stream id then the code.
+      const code = type === RST_STREAM ? payload.readUInt32BE(0) : type === GOAWAY ? payload.readUInt32BE(4) : 0;
+      got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
+      buf = buf.subarray(9 + len);
+    }
+  });
+  // The preface and our (empty) SETTINGS.
+  raw.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, Buffer.alloc(0))]));
+  return { raw, got };
+}
+
 describe("gRPC streams bounded per HTTP/2 connection", () => {
-  it("a connection opening more streams than maxSessions + preauthPerTransport has the next one refused (REFUSED_STREAM); the kernel serves others", async () => {
+  it("a connection opening more streams than maxSessions + preauthPerTransport has the next one refused (REFUSED_STREAM; once it acknowledged the bound, GOAWAY); the kernel serves others", async () => {
     await withKernel(
       { grpcListen: "127.0.0.1:0", maxSessions: 3, adminReserve: 1, preauthPerTransport: 4, handshakeTimeoutMs: 60_000 },
       async (t) => {
         const address = t.k.grpcAddress as string;
-        const raw = net.connect({ host: "127.0.0.1", port: portOf(address) });
-        raw.on("error", () => {});
-        await new Promise((r) => raw.once("connect", r));
-        // Frames the kernel sends, read as they come: [type, stream, error code].
-        const got: [number, number, number][] = [];
-        let buf = Buffer.alloc(0);
-        raw.on("data", (d: Buffer) => {
-          buf = Buffer.concat([buf, d]);
-          while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-            const len = buf.readUIntBE(0, 3);
-            const type = buf[3] as number;
-            const payload = buf.subarray(9, 9 + len);
-            // RST_STREAM: the code; GOAWAY: the last stream id then the code.
-            const code = type === 3 ? payload.readUInt32BE(0) : type === 7 ? payload.readUInt32BE(4) : 0;
-            got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
-            buf = buf.subarray(9 + len);
-          }
-        });
         const cap = 3 + 4;
-        // The preface, our (empty) SETTINGS, then cap + 1 streams at once, each its headers and nothing more (no HELLO).
+        // cap + 1 streams at once, each its headers and nothing more (no HELLO).
         const streams = Array.from({ length: cap + 1 }, (_, i) => frame(1, 0x4, 2 * i + 1, callHeaders(address)));
-        raw.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, Buffer.alloc(0)), ...streams]));
-        const RST_STREAM = 3;
-        const GOAWAY = 7;
-        await until(() => got.some(([type]) => type === RST_STREAM || type === GOAWAY), 30_000, "a stream refused");
-        const refused = got.filter(([type]) => type === RST_STREAM || type === GOAWAY);
+        const refusals = (got: [number, number, number][]) => got.filter(([type]) => type === RST_STREAM || type === GOAWAY);
+        // Before the peer acknowledged the kernel's SETTINGS: the stream past the bound alone is refused.
+        const early = await rawH2(address);
+        early.raw.write(Buffer.concat(streams));
+        await until(() => refusals(early.got).length > 0, 30_000, "a stream refused");
         // The first refusal is the stream past the bound, with REFUSED_STREAM (0x7); none before it.
-        assert.deepEqual(refused[0], [RST_STREAM, 2 * cap + 1, 0x7]);
-        raw.destroy();
+        assert.deepEqual(refusals(early.got)[0], [RST_STREAM, 2 * cap + 1, 0x7]);
+        early.raw.destroy();
+        // After it acknowledged them, going past the bound is the peer's protocol error: its connection ends (GOAWAY).
+        const late = await rawH2(address);
+        await until(() => late.got.some(([type]) => type === 4), 30_000, "the kernel's SETTINGS");
+        late.raw.write(Buffer.concat([frame(4, 0x1, 0, Buffer.alloc(0)), ...streams]));
+        await until(() => late.got.some(([type]) => type === GOAWAY), 30_000, "GOAWAY");
+        late.raw.destroy();
+        // Neither took the kernel down, nor its other clients.
         const c = await t.admin();
         assert.equal((await c.system.health()).status, "ok");
       },

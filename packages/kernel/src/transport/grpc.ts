@@ -109,7 +109,8 @@ export class GrpcListener {
     /**
      * Bounds no peer can raise: open TCP connections per peer key and in all (refused past them
      * as they arrive), and streams per HTTP/2 connection (advertised in SETTINGS; nghttp2 refuses
-     * a stream past it). Unset: unbounded, grpc-js's default.
+     * a stream past it, or ends the connection once the peer acknowledged them). Unset: unbounded,
+     * grpc-js's default.
      */
     private readonly bounds: { connections?: ConnectionLimits; streamsPerConnection?: number } = {},
   ) {
