@@ -45,7 +45,7 @@ const DECLARED = {
     type: "int",
     default: 5_000,
     description:
-      "time allowed from connect to WELCOME; on gRPC also to finish TLS, and the longest an HTTP/2 connection may stay with no stream open",
+      "time allowed from connect to WELCOME; it also bounds gRPC connections: one that has not finished TLS, or has no stream open, for this long is closed",
   },
   dedupeWindowMs: { type: "int", default: 300_000, description: "how long a response is kept to answer a retried request" },
   maxObjectBytes: {
@@ -245,6 +245,23 @@ const DECLARED = {
     type: "string",
     default: "",
     description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)",
+  },
+  /**
+   * Open TCP connections to the gRPC listener in all; past it a new one is closed as it arrives.
+   * A client carries its sessions as streams of one connection, so this is about one per client
+   * process: far above what sessions need, and below the descriptors the kernel needs besides.
+   */
+  grpcMaxConnections: {
+    type: "int",
+    default: 1024,
+    description: "most open TCP connections to the gRPC listener; past it a new one is closed as it arrives",
+  },
+  /** Open TCP connections to the gRPC listener from one peer address (an IPv6 address by its /64). */
+  grpcMaxConnectionsPerPeer: {
+    type: "int",
+    default: 64,
+    description:
+      "most open TCP connections to the gRPC listener from one peer address, IPv6 by its /64 (clients behind one NAT address or on loopback share it)",
   },
   // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
   /** Largest token accepted at ATTEST, token.bind and inline, or minted, in bytes. */

@@ -119,6 +119,10 @@ export class Kernel {
   get handshakingCount(): number {
     return this.services?.sessions.handshakingCount() ?? 0;
   }
+  /** Open TCP connections to the gRPC listener now (0 without one). */
+  get grpcConnectionCount(): number {
+    return this.listeners.grpc?.connectionCount ?? 0;
+  }
   /** The kernel's records, read-only (audit chain, registry, agents, ops, object metadata). */
   get inspect(): KernelInspector {
     this.inspector ??= inspector(this.started.store);
@@ -163,7 +167,14 @@ export class Kernel {
       this.services = s;
       this.pendingFamilies = [];
       this.pendingTasks = [];
-      const { grpc } = await openListeners(c, (conn) => this.accept(conn), s.host.peerLog, this.log, this.listeners);
+      const { grpc } = await openListeners(
+        c,
+        (conn) => this.accept(conn),
+        s.host.peerLog,
+        this.log,
+        this.listeners,
+        (bound) => s.metrics.grpcConnectionsRefused.inc({ bound }),
+      );
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);
       this.housekeeping = startHousekeeping(s, c, this.log, this.events);

@@ -5,6 +5,7 @@ import type { Logger } from "../log.js";
 import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { peerKey } from "../session/peer-key.js";
+import type { ConnectionRefusal } from "../transport/connection-caps.js";
 import { GrpcListener } from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
 
@@ -24,6 +25,8 @@ export async function openListeners(
   peerLog: PeerLogLimiter,
   log: Logger,
   opened: { uds?: UdsListener; grpc?: GrpcListener },
+  /** A gRPC connection refused at a connection bound (the kernel counts it in its metrics). */
+  connectionRefused: (bound: ConnectionRefusal) => void = () => {},
 ): Promise<Listeners> {
   const uds = new UdsListener(c.socket, accept);
   opened.uds = uds;
@@ -39,12 +42,30 @@ export async function openListeners(
     accept,
     // A connection without a stream is held no longer than a handshake may take.
     c.handshakeTimeoutMs,
+    {
+      connections: { perPeer: c.grpcMaxConnectionsPerPeer, total: c.grpcMaxConnections },
+      // More streams than this on one connection are refused or shed by the kernel anyway (every
+      // session and every half-open handshake it will hold at once), so no client needs more.
+      streamsPerConnection: c.maxSessions + c.preauthPerTransport,
+    },
   );
   opened.grpc = grpc;
   grpc.onError = (e) => log.warn({ err: e }, "gRPC listener");
   // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
   grpc.onTlsRefused = (peer, reason) =>
     peerLog.write(`grpc:${peerKey(peer)}`, "warn", { transport: "grpc", address: peer, reason }, "TLS handshake refused");
+  // Keyed by address too; over the total every refusal shares one key, so a crowd of addresses logs no more than one peer.
+  grpc.onConnectionRefused = (peer, bound) => {
+    connectionRefused(bound);
+    peerLog.write(
+      bound === "peer" ? `grpc:${peerKey(peer)}` : "grpc:connections",
+      "warn",
+      { transport: "grpc", address: peer, bound },
+      bound === "peer"
+        ? "gRPC connection refused: grpcMaxConnectionsPerPeer reached"
+        : "gRPC connection refused: grpcMaxConnections reached",
+    );
+  };
   await grpc.start();
   if (!grpc.secure) log.warn({ address: grpc.address }, "gRPC without TLS (loopback only)");
   return { uds, grpc };

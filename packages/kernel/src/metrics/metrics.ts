@@ -40,6 +40,12 @@ export class KernelMetrics {
     help: "Half-open connections shed by the pre-authentication budget to make room for newer ones",
     registers: [this.registry],
   });
+  readonly grpcConnectionsRefused = new Counter({
+    name: "kpip_grpc_connections_refused_total",
+    help: "TCP connections to the gRPC listener closed as they arrived, by the bound they met (peer: grpcMaxConnectionsPerPeer, total: grpcMaxConnections)",
+    labelNames: ["bound"] as const,
+    registers: [this.registry],
+  });
   readonly prunerFailures = new Counter({
     name: "kpip_pruner_failures_total",
     help: "Housekeeping pruner passes that failed (the store busy or closing) and were left to the next tick, by pruner (agents, ops, dedupe, tokens, audit)",

@@ -7,6 +7,8 @@ import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { ConfigError } from "../config.js";
 import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
+import { peerKey } from "../session/peer-key.js";
+import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -84,9 +86,13 @@ export class GrpcListener {
   onError: ((e: Error) => void) | undefined;
   /** A TLS handshake refused before any stream (no or untrusted client certificate, not TLS at all): the peer's IP and why. */
   onTlsRefused: ((peer: string, reason: string) => void) | undefined;
+  /** A TCP connection closed as it arrived, over its peer's bound or the listener's total: the peer's IP and which. */
+  onConnectionRefused: ((peer: string, bound: ConnectionRefusal) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
+  /** Open TCP connections per peer key and in all, when they are bounded. */
+  private readonly caps: ConnectionCaps | undefined;
 
   constructor(
     private readonly listen: string,
@@ -100,7 +106,21 @@ export class GrpcListener {
      * descriptors any peer that completes TLS could hold. The kernel passes handshakeTimeoutMs.
      */
     private readonly idleConnectionMs = 0,
-  ) {}
+    /**
+     * Bounds no peer can raise: open TCP connections per peer key and in all (refused past them
+     * as they arrive), and streams per HTTP/2 connection (advertised in SETTINGS; nghttp2 refuses
+     * a stream past it, or ends the connection once the peer acknowledged them). Unset: unbounded,
+     * grpc-js's default.
+     */
+    private readonly bounds: { connections?: ConnectionLimits; streamsPerConnection?: number } = {},
+  ) {
+    this.caps = bounds.connections && new ConnectionCaps(bounds.connections);
+  }
+
+  /** Open TCP connections now (counted only when connections are bounded). */
+  get connectionCount(): number {
+    return this.caps?.count ?? 0;
+  }
 
   async start(): Promise<void> {
     const { creds, secure } = serverCredentials(this.listen, this.tls);
@@ -112,6 +132,7 @@ export class GrpcListener {
       "grpc.max_receive_message_length": this.maxMessage,
       "grpc.max_send_message_length": this.maxMessage,
       ...(this.idleConnectionMs > 0 ? { "grpc.max_connection_idle_ms": this.idleConnectionMs } : {}),
+      ...(this.bounds.streamsPerConnection ? { "grpc.max_concurrent_streams": this.bounds.streamsPerConnection } : {}),
     });
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
@@ -126,7 +147,47 @@ export class GrpcListener {
     this.address = `${host}:${port}`;
     this.secure = secure;
     this.server = server;
-    if (secure) this.watchTlsRefusals(server);
+    const h2s = this.http2Servers(server);
+    if (secure) this.watchTlsRefusals(h2s);
+    // After the TLS watch: a connection refused here never gets a TLS timer, nor a TLS handshake.
+    this.capConnections(h2s);
+  }
+
+  /** grpc-js's HTTP/2 servers (one per bound address); it keeps them private, so this reaches in. */
+  private http2Servers(server: grpc.Server): EventEmitter[] {
+    const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
+    return servers instanceof Map ? [...(servers.keys() as Iterable<EventEmitter>)] : [];
+  }
+
+  /**
+   * Bounds the TCP connections the listener holds, per peer key and in all, where they arrive:
+   * a connection over a bound is destroyed before TLS or HTTP/2 sees it. Before this any peer
+   * could open connections faster than handshakeTimeoutMs closed them, one kernel descriptor
+   * each. The HTTP/2 server's own connection handlers (TLS, HTTP/2) run only for an admitted one.
+   */
+  private capConnections(h2s: EventEmitter[]): void {
+    const caps = this.caps;
+    if (!caps) return;
+    if (h2s.length === 0) {
+      this.onError?.(new Error("gRPC connections cannot be bounded with this grpc-js version"));
+      return;
+    }
+    for (const h2 of h2s) {
+      const handlers = h2.listeners("connection") as ((raw: Socket) => void)[];
+      h2.removeAllListeners("connection");
+      h2.on("connection", (raw: Socket) => {
+        const address = raw.remoteAddress ?? "";
+        const key = peerKey(address);
+        const refused = caps.admit(key);
+        if (refused) {
+          raw.destroy();
+          this.onConnectionRefused?.(address || "unknown", refused);
+          return;
+        }
+        raw.once("close", () => caps.release(key));
+        for (const handle of handlers) handle.call(h2, raw);
+      });
+    }
   }
 
   /**
@@ -134,9 +195,8 @@ export class GrpcListener {
    * (PROTOCOL §3.6: it leaves a rate-limited log line). grpc-js keeps its HTTP/2 servers private;
    * this reaches in, and says so once when it cannot (a test fails if a grpc-js update breaks it).
    */
-  private watchTlsRefusals(server: grpc.Server): void {
-    const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
-    if (!(servers instanceof Map) || servers.size === 0) {
+  private watchTlsRefusals(servers: EventEmitter[]): void {
+    if (servers.length === 0) {
       this.onError?.(new Error("refused TLS handshakes cannot be observed with this grpc-js version"));
       return;
     }
@@ -146,7 +206,7 @@ export class GrpcListener {
     // as one without a stream does after it (the idle limit starts only once HTTP/2 is set up).
     const unfinished = new Map<object, NodeJS.Timeout>();
     let timed = this.idleConnectionMs > 0;
-    for (const h2 of servers.keys() as Iterable<EventEmitter>) {
+    for (const h2 of servers) {
       h2.prependListener("connection", (raw: Socket) => {
         addresses.set(raw, raw.remoteAddress ?? "unknown");
         if (!timed) return;

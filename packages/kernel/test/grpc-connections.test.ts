@@ -1,0 +1,283 @@
+import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
+import http2 from "node:http2";
+import net from "node:net";
+import { describe, it } from "node:test";
+import tls from "node:tls";
+import { fileURLToPath } from "node:url";
+import { KernelClient } from "@kpip/client";
+import { pino } from "pino";
+import { peerKey } from "../src/session/peer-key.js";
+import { ConnectionCaps } from "../src/transport/connection-caps.js";
+import type { TestKernel } from "./harness.js";
+import { adminIdentity, until, withKernel } from "./harness.js";
+
+const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
+const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.key") };
+const ca = readFileSync(fixture("ca.pem"));
+
+function recordingLogger() {
+  const lines: { msg: string; address?: string; bound?: string }[] = [];
+  const logger = pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) });
+  return { logger, lines };
+}
+
+const portOf = (address: string) => Number(address.slice(address.lastIndexOf(":") + 1));
+
+/** The refusals counted in kpip_grpc_connections_refused_total, by bound. */
+async function refusals(t: TestKernel): Promise<Record<string, number>> {
+  const m = await t.k.metrics?.grpcConnectionsRefused.get();
+  return Object.fromEntries((m?.values ?? []).map((v) => [v.labels.bound as string, v.value]));
+}
+
+/**
+ * A plaintext HTTP/2 connection from `from` (an address of 127/8: each is another peer to the
+ * kernel): "admitted" once the kernel's SETTINGS arrive, "refused" if it closes before them.
+ */
+async function h2From(address: string, from: string): Promise<{ state: "admitted" | "refused"; h: http2.ClientHttp2Session }> {
+  const h = http2.connect(`http://${address}`, {
+    createConnection: () => net.connect({ host: "127.0.0.1", port: portOf(address), localAddress: from }),
+  });
+  h.on("error", () => {});
+  const state = await new Promise<"admitted" | "refused">((resolve) => {
+    h.once("remoteSettings", () => resolve("admitted"));
+    h.once("close", () => resolve("refused"));
+  });
+  return { state, h };
+}
+
+/** A TLS connection from `from`: "admitted" once the handshake is done, "refused" if it closes first. */
+async function tlsFrom(address: string, from: string): Promise<{ state: "admitted" | "refused"; s: tls.TLSSocket }> {
+  const s = tls.connect({
+    socket: net.connect({ host: "127.0.0.1", port: portOf(address), localAddress: from }),
+    ca,
+    ALPNProtocols: ["h2"],
+    checkServerIdentity: () => undefined,
+  });
+  s.on("error", () => {});
+  const state = await new Promise<"admitted" | "refused">((resolve) => {
+    s.once("secureConnect", () => resolve("admitted"));
+    s.once("close", () => resolve("refused"));
+  });
+  return { state, s };
+}
+
+describe("gRPC connections bounded in number, per peer address and in all", () => {
+  it("one address opening more connections than grpcMaxConnectionsPerPeer has the excess closed as it arrives, counted and logged; a client from another address still completes a call; a closed connection frees its slot", async () => {
+    const { logger, lines } = recordingLogger();
+    const opts = {
+      grpcListen: "127.0.0.1:0",
+      grpcMaxConnectionsPerPeer: 4,
+      grpcMaxConnections: 64,
+      // Nothing here is closed for idling: only the bound closes connections.
+      handshakeTimeoutMs: 60_000,
+      logger,
+    };
+    await withKernel(opts, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const held: http2.ClientHttp2Session[] = [];
+      try {
+        const states: string[] = [];
+        for (let i = 0; i < 10; i++) {
+          const { state, h } = await h2From(address, "127.0.0.2");
+          states.push(state);
+          held.push(h);
+        }
+        assert.deepEqual(states, [...Array(4).fill("admitted"), ...Array(6).fill("refused")]);
+        assert.deepEqual(await refusals(t), { peer: 6 });
+        const refusedLines = lines.filter((l) => l.msg === "gRPC connection refused: grpcMaxConnectionsPerPeer reached");
+        assert.equal(refusedLines.length, 6);
+        assert.ok(refusedLines.every((l) => l.address === "127.0.0.2" && l.bound === "peer"));
+        // Another address is another peer: a client connects and calls.
+        const c = await KernelClient.connect({
+          grpc: { address, insecure: true },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        try {
+          assert.equal((await c.system.health()).status, "ok");
+          assert.equal(t.k.grpcConnectionCount, 5);
+          // The flooding address closes its connections: the kernel sees them go, and lets it in again.
+          for (const h of held) h.destroy();
+          await until(() => t.k.grpcConnectionCount === 1, 30_000, "the kernel to release the flooding address's 4 connections");
+          const again = await h2From(address, "127.0.0.2");
+          held.push(again.h);
+          assert.equal(again.state, "admitted");
+          assert.equal((await c.system.health()).status, "ok");
+        } finally {
+          await c.close();
+        }
+      } finally {
+        for (const h of held) h.destroy();
+      }
+    });
+  });
+
+  it("over grpcMaxConnections a connection from any address is closed before TLS, counted apart; a client gets in once one closes", async () => {
+    const { logger, lines } = recordingLogger();
+    const opts = {
+      grpcListen: "127.0.0.1:0",
+      ...TLS,
+      grpcMaxConnectionsPerPeer: 3,
+      grpcMaxConnections: 5,
+      handshakeTimeoutMs: 60_000,
+      logger,
+    };
+    await withKernel(opts, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const held: tls.TLSSocket[] = [];
+      const open = async (from: string, n: number) => {
+        const states: string[] = [];
+        for (let i = 0; i < n; i++) {
+          const { state, s } = await tlsFrom(address, from);
+          states.push(state);
+          held.push(s);
+        }
+        return states;
+      };
+      try {
+        assert.deepEqual(await open("127.0.0.2", 4), ["admitted", "admitted", "admitted", "refused"]);
+        assert.deepEqual(await open("127.0.0.3", 4), ["admitted", "admitted", "refused", "refused"]);
+        // An address holding nothing is refused too: the listener is full.
+        assert.deepEqual(await open("127.0.0.4", 2), ["refused", "refused"]);
+        assert.equal(t.k.grpcConnectionCount, 5);
+        assert.deepEqual(await refusals(t), { peer: 1, total: 4 });
+        // Refused before TLS began: no TLS refusal is logged for them; the total's lines share one key.
+        assert.deepEqual(
+          lines.filter((l) => l.msg === "TLS handshake refused"),
+          [],
+        );
+        const totalLines = lines.filter((l) => l.msg === "gRPC connection refused: grpcMaxConnections reached");
+        assert.equal(totalLines.length, 4);
+        // One connection closes; a client connects and calls.
+        held[0]?.destroy();
+        await until(() => t.k.grpcConnectionCount === 4, 30_000, "the kernel to release the closed connection");
+        const c = await KernelClient.connect({
+          grpc: { address, ca },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        try {
+          assert.equal((await c.system.health()).status, "ok");
+          assert.equal(t.k.grpcConnectionCount, 5);
+        } finally {
+          await c.close();
+        }
+      } finally {
+        for (const s of held) s.destroy();
+      }
+    });
+  });
+});
+
+/** One HTTP/2 frame (RFC 9113 §4.1). */
+const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, payload]);
+};
+
+/** A gRPC call's request headers in HPACK, literals never indexed (the same bytes for every stream). */
+function callHeaders(authority: string): Buffer {
+  const str = (s: string) => Buffer.concat([Buffer.from([s.length]), Buffer.from(s)]);
+  return Buffer.concat([
+    Buffer.from([0x83, 0x86]), // :method POST, :scheme http (static table)
+    Buffer.from([0x04]), // :path, name from the static table
+    str("/kpip.v1.Kernel/Session"),
+    Buffer.from([0x01]), // :authority
+    str(authority),
+    Buffer.from([0x0f, 0x10]), // content-type (static index 31)
+    str("application/grpc"),
+    Buffer.from([0x00]),
+    str("te"),
+    str("trailers"),
+  ]);
+}
+
+const RST_STREAM = 3;
+const GOAWAY = 7;
+
+/** A raw HTTP/2 connection to the kernel: what it writes, and the frames it received ([type, stream, error code]). */
+async function rawH2(address: string) {
+  const raw = net.connect({ host: "127.0.0.1", port: portOf(address) });
+  raw.on("error", () => {});
+  await new Promise((r) => raw.once("connect", r));
+  const got: [number, number, number][] = [];
+  let buf = Buffer.alloc(0);
+  raw.on("data", (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      const type = buf[3] as number;
+      const payload = buf.subarray(9, 9 + len);
+      // RST_STREAM: the code; GOAWAY: the last stream id then the code.
+      const code = type === RST_STREAM ? payload.readUInt32BE(0) : type === GOAWAY ? payload.readUInt32BE(4) : 0;
+      got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
+      buf = buf.subarray(9 + len);
+    }
+  });
+  // The preface and our (empty) SETTINGS.
+  raw.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, Buffer.alloc(0))]));
+  return { raw, got };
+}
+
+describe("gRPC streams bounded per HTTP/2 connection", () => {
+  it("a connection opening more streams than maxSessions + preauthPerTransport has the next one refused (REFUSED_STREAM; once it acknowledged the bound, GOAWAY); the kernel serves others", async () => {
+    await withKernel(
+      { grpcListen: "127.0.0.1:0", maxSessions: 3, adminReserve: 1, preauthPerTransport: 4, handshakeTimeoutMs: 60_000 },
+      async (t) => {
+        const address = t.k.grpcAddress as string;
+        const cap = 3 + 4;
+        // cap + 1 streams at once, each its headers and nothing more (no HELLO).
+        const streams = Array.from({ length: cap + 1 }, (_, i) => frame(1, 0x4, 2 * i + 1, callHeaders(address)));
+        const refusals = (got: [number, number, number][]) => got.filter(([type]) => type === RST_STREAM || type === GOAWAY);
+        // Before the peer acknowledged the kernel's SETTINGS: the stream past the bound alone is refused.
+        const early = await rawH2(address);
+        early.raw.write(Buffer.concat(streams));
+        await until(() => refusals(early.got).length > 0, 30_000, "a stream refused");
+        // The first refusal is the stream past the bound, with REFUSED_STREAM (0x7); none before it.
+        assert.deepEqual(refusals(early.got)[0], [RST_STREAM, 2 * cap + 1, 0x7]);
+        early.raw.destroy();
+        // After it acknowledged them, going past the bound is the peer's protocol error: its connection ends (GOAWAY).
+        const late = await rawH2(address);
+        await until(() => late.got.some(([type]) => type === 4), 30_000, "the kernel's SETTINGS");
+        late.raw.write(Buffer.concat([frame(4, 0x1, 0, Buffer.alloc(0)), ...streams]));
+        await until(() => late.got.some(([type]) => type === GOAWAY), 30_000, "GOAWAY");
+        late.raw.destroy();
+        // Neither took the kernel down, nor its other clients.
+        const c = await t.admin();
+        assert.equal((await c.system.health()).status, "ok");
+      },
+    );
+  });
+});
+
+describe("ConnectionCaps", () => {
+  it("counts by peer key (an IPv6 /64 as one peer, a mapped IPv4 address as the IPv4 one), refuses past either bound, and frees on release", () => {
+    const caps = new ConnectionCaps({ perPeer: 2, total: 5 });
+    const admit = (a: string) => caps.admit(peerKey(a));
+    assert.equal(admit("2001:db8:1:2::1"), undefined);
+    assert.equal(admit("2001:db8:1:2:ffff::9"), undefined);
+    assert.equal(admit("2001:db8:1:2::7"), "peer", "another address of the same /64");
+    assert.equal(admit("10.0.0.1"), undefined);
+    assert.equal(admit("::ffff:10.0.0.1"), undefined);
+    assert.equal(admit("10.0.0.1"), "peer", "the mapped address counted as the IPv4 one");
+    // A peer the transport could not name counts only in the total.
+    assert.equal(caps.admit(""), undefined);
+    assert.equal(caps.count, 5);
+    assert.equal(admit("192.0.2.1"), "total");
+    assert.equal(caps.count, 5);
+    caps.release(peerKey("2001:db8:1:2::1"));
+    assert.equal(caps.of("2001:db8:1:2::/64"), 1);
+    assert.equal(admit("2001:db8:1:2::abcd"), undefined);
+    caps.release("");
+    caps.release(peerKey("10.0.0.1"));
+    assert.equal(admit("192.0.2.1"), undefined);
+    assert.equal(caps.count, 4);
+  });
+});
