@@ -13,6 +13,7 @@ import { Router } from "../src/primitives/router.js";
 import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
 import { ResourceLedger } from "../src/resources/ledger.js";
 import { HandleTable } from "../src/session/handles.js";
+import type { PeerLogLimiter } from "../src/session/log-limit.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 
@@ -95,6 +96,8 @@ export interface Unit {
 
 export interface UnitOptions {
   authorizer?: Authorizer;
+  /** Where INTERNAL failures are logged (default: the silent logger). */
+  peerLog?: PeerLogLimiter;
   maxInFlight?: number;
   refusalRate?: number;
   families?: PrimitiveFamily[];
@@ -124,6 +127,7 @@ export function unit(opts: UnitOptions = {}): Unit {
     log: createLogger("silent", false),
     admission: new Admission({ maxInFlight: opts.maxInFlight ?? 8, maxSessions: 4, adminReserve: 1, adminPersona: "admin" }),
     refusals: new RefusalLimiter({ sessionRate: rate, personaRate: rate, floodMax: 0, intentMaxBytes: 1024 }),
+    ...(opts.peerLog ? { peerLog: opts.peerLog } : {}),
   });
   const session = {
     id: "s-1",

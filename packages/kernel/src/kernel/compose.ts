@@ -332,6 +332,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       roots,
     );
     const bodies = new BodyPool(c.bodyPoolBytes);
+    const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     const pipeline = new Pipeline({
       ledger,
       router,
@@ -344,6 +345,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
       admission,
       bodies,
+      peerLog,
     });
     pipelineRef = pipeline;
     const host: SessionHost = {
@@ -365,7 +367,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         transportRate: c.auditHandshakeRate,
         peerRate: c.auditHandshakePeerRate,
       }),
-      peerLog: new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs }),
+      peerLog,
       admitSession: (s, persona) => sessions.admit(s, persona),
       sessionClosed: (s) => sessions.closed(s),
       sessionDrained: (s) => events.drained(s.id),

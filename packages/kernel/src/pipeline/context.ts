@@ -7,12 +7,14 @@ import {
   type ParsedTarget,
   type Request,
   type Response,
+  TokenError,
 } from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
+import type { PeerLogLimiter } from "../session/log-limit.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { AuditRow } from "../store/types.js";
 import type { AnswerLease } from "./answer-budget.js";
@@ -218,11 +220,19 @@ function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
   }
 }
 
-/** The refusal a handler's throw becomes: its own class, or INTERNAL (logged) for a bug. */
-export function toRefusal(e: unknown, log: Logger, ctx: RequestCtx): Refusal {
+/**
+ * The refusal a handler's throw becomes: its own class, or INTERNAL (logged) for a bug. A token
+ * the request would make that the token format refuses (a chain past its depth, a token past its
+ * size) is the request's fault wherever it is made (token.mint, token.refresh, agent.spawn): SEMANTIC.
+ * An INTERNAL failure is logged within the persona's log budget when there is one: a persona
+ * that can make an op fail must not be able to fill the kernel's log with stacks.
+ */
+export function toRefusal(e: unknown, log: Logger, ctx: RequestCtx, peerLog?: PeerLogLimiter): Refusal {
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
-  if (e instanceof IntentError) return { errorClass: "SEMANTIC", message: e.message };
-  log.error({ err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined }, "primitive failed");
+  if (e instanceof IntentError || e instanceof TokenError) return { errorClass: "SEMANTIC", message: e.message };
+  const line = { err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined };
+  if (peerLog) peerLog.write(ctx.session.persona, "error", line, "primitive failed");
+  else log.error(line, "primitive failed");
   return { errorClass: "INTERNAL", message: `${ctx.op} failed inside the kernel` };
 }
 

@@ -10,6 +10,7 @@ import type { Router } from "../primitives/router.js";
 import type { OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { BodyPool } from "../session/body-pool.js";
+import type { PeerLogLimiter } from "../session/log-limit.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
@@ -50,6 +51,8 @@ export interface PipelineDeps {
   answers?: AnswerBudget;
   /** Large bodies' memory, given back once an op that `releasesArgs` has run (none: nothing is given back). */
   bodies?: BodyPool;
+  /** Where an op's INTERNAL failure is logged, within its persona's budget (none: the kernel's log, unbounded). */
+  peerLog?: PeerLogLimiter;
 }
 
 /**
@@ -338,7 +341,7 @@ export class Pipeline {
   private async refuseLimited(ctx: RequestCtx, tag: DedupeTag, e: unknown): Promise<Response> {
     let r: Refusal;
     try {
-      r = toRefusal(e, this.deps.log, ctx);
+      r = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
       // Awaited even when the record was suppressed (undefined): the run must not settle before
       // admit() has registered it, or its forget() finds nothing and the settled run stays
       // remembered, answering every retry with this refusal for the dedupe window.
@@ -370,7 +373,7 @@ export class Pipeline {
           const r = stage(trace, "kpip.execute", this.execute, ctx);
           result = isThenable(r) ? await r : r;
         } catch (e) {
-          refusal = toRefusal(e, this.deps.log, ctx);
+          refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
         }
       } finally {
         this.deps.ledger.leave(ctx.session.persona);

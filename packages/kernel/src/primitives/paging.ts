@@ -38,8 +38,8 @@ export function textPageRequest(args: { limit?: number; cursor?: string }, what:
 /**
  * The answer for `rows`, read with one more than the page's `limit` (whether more remain is
  * known without a count): SUCCESS with them all, or PARTIAL with `limit` of them and the
- * cursor of the last (`cursorOf`), which asks for the next page. `visible`, when given, hides
- * rows of the page from the answer (the page may then hold fewer; the cursor still follows it).
+ * cursor of the last (`cursorOf`), which asks for the next page. The rows are the caller's to
+ * see: a page filtered after it was read would count, and show in its cursor, rows of others.
  */
 export function pageAnswer<T>(
   rows: T[],
@@ -47,11 +47,10 @@ export function pageAnswer<T>(
   field: string,
   describe: (row: T) => CborMap,
   cursorOf: (row: T) => string,
-  visible?: (row: T) => boolean,
 ): OpResult {
   const more = rows.length > page.limit;
   const shown = more ? rows.slice(0, page.limit) : rows;
-  const payload: CborMap = { [field]: (visible ? shown.filter(visible) : shown).map(describe) };
+  const payload: CborMap = { [field]: shown.map(describe) };
   const last = shown[shown.length - 1];
   if (more && last !== undefined) payload.cursor = cursorOf(last);
   return { status: more ? "PARTIAL" : "SUCCESS", payload };

@@ -246,6 +246,13 @@ export interface TokenStore {
   /** Tokens in minting order after position `after`, at most `limit` (-1: all). */
   listTokens(sub?: string, after?: number, limit?: number): TokenRecord[];
   /**
+   * {@link listTokens} of the tokens `tree` (a persona and every id under it) sees: those whose
+   * subject, minter, or an ancestor's subject is in it. Reads only those rows.
+   */
+  listTokensSeenBy(tree: string, sub: string | undefined, after: number, limit: number): TokenRecord[];
+  /** Whether `tree` sees token `id` (as {@link listTokensSeenBy} would list it). */
+  tokenSeenBy(id: string, tree: string): boolean;
+  /**
    * Token rows `mintedBy` or any persona under it (its agents, its sub-personas) minted or
    * refreshed that the store still keeps (revoked and expired ones included).
    */

@@ -61,7 +61,34 @@ export function openDatabase(path: string): Database.Database {
   migrateAgents(db);
   migrateOps(db);
   migratePersonas(db);
+  migrateTokenViewers(db);
   return db;
+}
+
+/**
+ * Who sees each token (token.list, and the ownership of token ops): its subject, its minter and
+ * the subjects of the tokens up its chain, one row each, written with the token. token.list read
+ * a page of the whole table and looked up every chain id of each row the caller did not own
+ * (31 × 1,000 lookups for a page of another persona's deep chains: a second of the kernel's
+ * thread); a persona's tokens are now one index range over its tree. Filled once for an older home.
+ */
+function migrateTokenViewers(db: Database.Database): void {
+  db.exec(
+    "CREATE TABLE IF NOT EXISTS token_viewers (viewer TEXT NOT NULL, token_seq INTEGER NOT NULL, PRIMARY KEY (viewer, token_seq)) WITHOUT ROWID",
+  );
+  db.exec("CREATE INDEX IF NOT EXISTS token_viewers_token ON token_viewers (token_seq)");
+  // A token's rows go with it, however it is deleted (pruning, an operator's tool).
+  db.exec(
+    "CREATE TRIGGER IF NOT EXISTS tokens_viewers_gone AFTER DELETE ON tokens BEGIN DELETE FROM token_viewers WHERE token_seq = old.rowid; END",
+  );
+  moveOnce(db, "token_viewers_filled", () => {
+    db.exec("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT sub, rowid FROM tokens");
+    db.exec("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT minted_by, rowid FROM tokens");
+    db.exec(
+      "INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT up.sub, t.rowid FROM tokens t " +
+        "JOIN json_each(CASE WHEN json_valid(t.chain) THEN t.chain ELSE '[]' END) j JOIN tokens up ON up.id = j.value",
+    );
+  });
 }
 
 /**

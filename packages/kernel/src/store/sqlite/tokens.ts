@@ -23,18 +23,46 @@ const TOKEN = [
 export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
   return class TokenRows extends Base implements TokenStore {
     recordToken(r: Omit<TokenRecord, "revokedAt">): void {
-      this.prep(
-        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-      ).run(
-        r.id,
-        r.kid,
-        r.sub,
-        JSON.stringify(r.chain),
-        r.exp,
-        r.mintedBy,
-        r.createdAt,
-        r.family,
-        r.bounds?.length ? JSON.stringify(r.bounds) : null,
+      const chain = JSON.stringify(r.chain);
+      this.db.transaction(() => {
+        const seq = this.prep(
+          "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ).run(
+          r.id,
+          r.kid,
+          r.sub,
+          chain,
+          r.exp,
+          r.mintedBy,
+          r.createdAt,
+          r.family,
+          r.bounds?.length ? JSON.stringify(r.bounds) : null,
+        ).lastInsertRowid;
+        // Who sees it: its subject, its minter, and the subjects of the tokens up its chain.
+        const viewer = this.prep("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) VALUES (?, ?)");
+        viewer.run(r.sub, seq);
+        viewer.run(r.mintedBy, seq);
+        this.prep(
+          "INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT up.sub, ? FROM tokens up WHERE up.id IN (SELECT value FROM json_each(?))",
+        ).run(seq, chain);
+      })();
+    }
+    listTokensSeenBy(tree: string, sub: string | undefined, after: number, limit: number): TokenRecord[] {
+      // The tree's rows first (one index range), then those tokens: the table's other rows are never read.
+      const seen = `SELECT DISTINCT token_seq FROM token_viewers WHERE ${inTreeSql("viewer")} AND token_seq > ?`;
+      const sql = `SELECT t.rowid AS seq, ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.rowid IN (${seen})`;
+      const rows = (
+        sub === undefined
+          ? this.prep(`${sql} ORDER BY t.rowid LIMIT ?`).all(...treeArgs(tree), after, limit)
+          : this.prep(`${sql} AND t.sub = ? ORDER BY t.rowid LIMIT ?`).all(...treeArgs(tree), after, sub, limit)
+      ) as Row[];
+      return rows.map(toToken);
+    }
+    tokenSeenBy(id: string, tree: string): boolean {
+      return (
+        this.prep(
+          `SELECT 1 FROM tokens t JOIN token_viewers w ON w.token_seq = t.rowid WHERE t.id = ? AND ${inTreeSql("w.viewer")} LIMIT 1`,
+        ).get(id, ...treeArgs(tree)) !== undefined
       );
     }
     getToken(id: string): TokenRecord | undefined {
