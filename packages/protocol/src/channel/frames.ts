@@ -21,8 +21,15 @@ export class FrameReader {
   /** The session's shared-memory channel, once "shm" was negotiated. */
   shm: ShmPeer | undefined;
 
-  /** `alloc`: where large frames are joined (see {@link BodyAllocator}); the shm channel takes its own. */
-  constructor(maxBody?: number, alloc?: BodyAllocator) {
+  /**
+   * `alloc`: where large frames are joined (see {@link BodyAllocator}); the shm channel takes its own.
+   * `release`: takes back a body that did not decode (no message holds it; memory not `alloc`'s is ignored).
+   */
+  constructor(
+    maxBody?: number,
+    alloc?: BodyAllocator,
+    private readonly release?: (body: Uint8Array) => void,
+  ) {
     this.decoder = new FrameDecoder(maxBody, alloc);
   }
 
@@ -50,7 +57,7 @@ export class FrameReader {
       return;
     }
     for (const raw of frames) {
-      let f: Frame;
+      let f: Frame | undefined;
       let m: Message;
       try {
         // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
@@ -59,6 +66,8 @@ export class FrameReader {
         f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw) : raw;
         m = decodeMessage(f);
       } catch (e) {
+        // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
+        this.release?.((f ?? raw).body);
         if (!(e instanceof CodecError)) throw e;
         onError(e, "message");
         return;
