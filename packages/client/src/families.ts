@@ -77,9 +77,9 @@ export class StorageApi {
   /**
    * Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n.
    * Bytes of 64 KiB or more are sent from `data` itself, not a copy: do not change them until the
-   * promise settles (a retry or a resend after a reconnect sends them again). A call that settles
-   * before its answer (an abort, a local deadline) may still have them queued on the socket: copy
-   * them first (`Buffer.from(data)`) if they will change right after such a call.
+   * promise settles (a retry or a resend after a reconnect sends them again). After it settled
+   * they may change: a write aborted or past its local deadline rejects only once the socket has
+   * let go of them (see {@link KernelClient.call}), so the kernel gets the original bytes or none.
    */
   async write(
     target: string,
@@ -110,6 +110,8 @@ export class StorageApi {
    * it received match. Memory: about `window` chunks on each side. The bytes are sent from the
    * source's own buffers, not copied: an iterable must yield a buffer it does not change or
    * reuse afterwards (as streams do), and a buffer source must not change until this settles.
+   * It settles (an abort or a deadline included) only after every chunk's call has, each once
+   * the socket has let go of its bytes: from then on the source may change.
    *
    * @example
    * await client.storage.putLarge("obj://ws/video.bin", createReadStream(file), { size: statSync(file).size });

@@ -102,11 +102,21 @@ export function framePieces(msg: Message, stream = 0, copiedBelow = 0): { pieces
 /**
  * Writes a frame given as pieces: copied once into the shared-memory segment when `shm` takes
  * it, else the pieces themselves (the channel sends the writes of one turn together).
+ * `written`, if given, runs once the channel holds none of the pieces any more (at once when
+ * the segment took a copy; see {@link ByteChannel.afterWrites}).
  */
-export function writePieces(channel: Pick<ByteChannel, "write">, pieces: Uint8Array[], shm?: ShmPeer): void {
+export function writePieces(
+  channel: Pick<ByteChannel, "write" | "afterWrites">,
+  pieces: Uint8Array[],
+  shm?: ShmPeer,
+  written?: () => void,
+): void {
   const viaShm = shm?.wrapPieces(pieces);
   if (viaShm) channel.write(viaShm);
   else for (const p of pieces) channel.write(p);
+  if (written === undefined) return;
+  if (viaShm || !channel.afterWrites) written();
+  else channel.afterWrites(written);
 }
 
 /** Encodes and writes one message (see {@link writePieces}). */
