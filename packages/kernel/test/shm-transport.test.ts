@@ -200,7 +200,7 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     await expectProtocol(p, "SHM_OUT_OF_BOUNDS");
   });
 
-  it("hostile descriptors (past the segment's end, shrunk segment, bad CRC-32) take no slab from the body pool; others are served", async () => {
+  it("hostile descriptors (past the segment's end, bad CRC-32) and an undecodable large frame take no slab from the body pool; others are served", async () => {
     // Two slabs of 2 MiB kept: two writes at once, each received into a slab, both given back.
     const c = await t.admin();
     const big = Buffer.alloc(1536 * 1024, 7);
@@ -218,12 +218,24 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
         own.write(Buffer.alloc(len, 1), SHM_CONTROL_BYTES);
         return descriptorFrame({ off: SHM_CONTROL_BYTES, len, seg: ownName, seq: 1, crc: 12345 });
       },
+      // Inline, not through the segment: a large frame joined into a slab that does not decode.
+      () => {
+        const f = Buffer.alloc(HEADER_SIZE + len, 0xff);
+        writeHeader(f, 0, { type: MessageType.REQUEST, flags: 0, stream: 1, length: len });
+        return f;
+      },
     ];
+    const codes = ["SHM_OUT_OF_BOUNDS", "SHM_OUT_OF_BOUNDS", "SHM_BAD_CHECKSUM", undefined];
     for (let round = 0; round < 3; round++) {
       for (const [i, frame] of hostile.entries()) {
         const { p, own, ownName } = await shmPeer();
         p.send(frame(own, ownName));
-        await expectProtocol(p, i === 2 ? "SHM_BAD_CHECKSUM" : "SHM_OUT_OF_BOUNDS");
+        const code = codes[i];
+        if (code) await expectProtocol(p, code);
+        else {
+          assert.equal((await p.next("ERROR")).body.class, "PROTOCOL");
+          await until(() => p.closed, 30_000, "session closed");
+        }
         assert.equal(t.k.bodyPool.keptBytes, kept, `round ${round}, descriptor ${i}: the pool keeps its slabs`);
       }
     }
