@@ -231,7 +231,11 @@ export class CallTable {
     if (p.intentPieces !== undefined) {
       const caps = p.caps ?? this.host.handles();
       const { pieces, bodySize } = this.encoder.framePieces(p.id, p.stream, caps, p.context, link.version, p.intentPieces);
-      if (this.fitsOn(p, link, bodySize)) link.sendPieces(pieces);
+      if (!this.fitsOn(p, link, bodySize)) return;
+      // The pieces are the caller's own bytes: until the connection has let go of them, a call
+      // ended locally (abort, deadline) does not reject, so the caller cannot change them too soon.
+      p.unwritten++;
+      link.sendPieces(pieces, () => this.written(p));
       return;
     }
     // Large intents (bulk payloads) are referenced, not copied again, into the frame: the pieces
@@ -270,11 +274,22 @@ export class CallTable {
     return true;
   }
 
+  /** One send of a call's pieces has left the connection: a local end held back until then rejects now. */
+  private written(p: PendingCall): void {
+    if (--p.unwritten > 0 || p.held === undefined) return;
+    const err = p.held;
+    p.held = undefined;
+    p.reject(err);
+  }
+
   private settle(p: PendingCall, r: Response | undefined, err?: Error): void {
     if (!this.pending.delete(p.stream)) return;
     if (p.heapIndex >= 0) this.expiries.remove(p);
     p.unlisten();
-    if (r === undefined) p.reject(err as Error);
+    // Ended locally with the caller's bytes still queued: the rejection waits for them to leave
+    // (an answer needs no wait: the kernel read the whole request before it).
+    if (r === undefined && p.unwritten > 0) p.held = err as Error;
+    else if (r === undefined) p.reject(err as Error);
     else if (!p.result) p.resolve(r);
     else if (r.status === "FAILURE") {
       p.reject(new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", { requestId: r.id }));

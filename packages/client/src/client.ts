@@ -190,8 +190,12 @@ export class KernelClient extends EventEmitter {
   /**
    * Sends one intent and waits for its answer. FAILURE throws {@link KpipError}. Byte strings of
    * 64 KiB or more in `args` are sent from the caller's own memory, not copied: do not change
-   * them until the promise settles. A call that settles before its answer (an abort, a local
-   * deadline) may still have them queued on the socket: pass a copy if they change right after.
+   * them until the promise settles. Once it has settled they are the caller's again: a call
+   * ended before its answer (an abort, a local deadline, the wait for a kernel) rejects only
+   * after the connection has let go of them (handed them to the OS, or closed), so while the
+   * socket is backed up that rejection waits for it to drain or for the connection to be
+   * dropped (a silent kernel: the heartbeat). A custom connector's channel without
+   * `afterWrites` is taken to let go at once.
    */
   call(op: string, target: string, args: CborMap = NO_ARGS, opts: CallOptions = NO_OPTIONS): Promise<CallResult> {
     // One promise from here to the answer: the call table settles it with the result or the KpipError.

@@ -33,7 +33,7 @@ import {
   tokenMint,
   tokenRevoke,
 } from "@kpip/protocol";
-import { type OpCall, opCall } from "./op-call.js";
+import { type OpAnswer, type OpCall, opCall } from "./op-call.js";
 import type { CallFn as Call, CallOptions } from "./options.js";
 import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
 import type { Subscription } from "./subscription.js";
@@ -77,9 +77,9 @@ export class StorageApi {
   /**
    * Writes bytes (or UTF-8 text). `ifGeneration`: 0 = only if absent, n = only if at generation n.
    * Bytes of 64 KiB or more are sent from `data` itself, not a copy: do not change them until the
-   * promise settles (a retry or a resend after a reconnect sends them again). A call that settles
-   * before its answer (an abort, a local deadline) may still have them queued on the socket: copy
-   * them first (`Buffer.from(data)`) if they will change right after such a call.
+   * promise settles (a retry or a resend after a reconnect sends them again). After it settled
+   * they may change: a write aborted or past its local deadline rejects only once the socket has
+   * let go of them (see {@link KernelClient.call}), so the kernel gets the original bytes or none.
    */
   async write(
     target: string,
@@ -110,6 +110,8 @@ export class StorageApi {
    * it received match. Memory: about `window` chunks on each side. The bytes are sent from the
    * source's own buffers, not copied: an iterable must yield a buffer it does not change or
    * reuse afterwards (as streams do), and a buffer source must not change until this settles.
+   * It settles (an abort or a deadline included) only after every chunk's call has, each once
+   * the socket has let go of its bytes: from then on the source may change.
    *
    * @example
    * await client.storage.putLarge("obj://ws/video.bin", createReadStream(file), { size: statSync(file).size });
@@ -243,34 +245,49 @@ export class OpsApi {
     );
   }
   /**
-   * Follows a DEFERRED op to its result, asking op.result with growing pauses (25 ms → 1 s).
-   * Aborting `signal` sends op.cancel and rejects with the abort reason.
+   * Follows a DEFERRED op to its result, asking op.result with growing pauses (25 ms up to
+   * `pollMaxMs`: 1 s by default, at most 10 s). The kernel keeps a finished op's result that no
+   * op.result has handed out yet for its grace (`opResultGraceMs`, 60 s by default), however many
+   * other ops the persona's tree finishes meanwhile, so a poller this frequent always finds it.
+   * Aborting `signal` (also during a poll) sends op.cancel and rejects with the abort reason.
    */
   async wait(op: string | Deferred, opts: { signal?: AbortSignal; pollMaxMs?: number } = {}): Promise<CborValue | undefined> {
     const uri = typeof op === "string" ? op : op.op;
+    const signal = opts.signal;
+    const most = Math.min(opts.pollMaxMs ?? 1000, MAX_POLL_MS);
     let pause = 25;
     for (;;) {
-      if (opts.signal?.aborted) {
+      if (signal?.aborted) {
         await this.cancel(uri).catch(() => {});
-        throw opts.signal.reason ?? new Error("aborted");
+        throw signal.reason ?? new Error("aborted");
       }
-      const r = await this.op(opResult, uri, {});
+      let r: OpAnswer<typeof opResult>;
+      try {
+        r = await this.op(opResult, uri, {}, signal ? { signal } : undefined);
+      } catch (e) {
+        if (signal?.aborted) continue; // cancelled above, then the abort's reason
+        throw e;
+      }
       if (r.status !== "DEFERRED") return r.payload.result;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, pause);
-        opts.signal?.addEventListener(
-          "abort",
-          () => {
-            clearTimeout(t);
-            resolve();
-          },
-          { once: true },
-        );
+        const done = () => {
+          clearTimeout(t);
+          signal?.removeEventListener("abort", done);
+          resolve();
+        };
+        const t = setTimeout(done, pause);
+        signal?.addEventListener("abort", done, { once: true });
       });
-      pause = Math.min(pause * 2, opts.pollMaxMs ?? 1000);
+      pause = Math.min(pause * 2, most);
     }
   }
 }
+
+/**
+ * The longest pause between two polls of ops.wait: well inside the kernel's grace for an unread
+ * result (opResultGraceMs, 60 s by default), so a result is never forgotten before it is read.
+ */
+const MAX_POLL_MS = 10_000;
 
 /** resource.* — reservations against the token's limits, and usage. */
 export class ResourcesApi {

@@ -126,9 +126,12 @@ export class Link {
     return this.reader.shm;
   }
 
-  /** Sends a frame given as pieces (through shared memory when it takes it). */
-  sendPieces(pieces: Uint8Array[]): void {
-    writePieces(this.channel, pieces, this.reader.shm);
+  /**
+   * Sends a frame given as pieces (through shared memory when it takes it); `written` runs once
+   * the connection holds none of them any more (see {@link writePieces}).
+   */
+  sendPieces(pieces: Uint8Array[], written?: () => void): void {
+    writePieces(this.channel, pieces, this.reader.shm, written);
   }
 
   /** Sends one whole frame (through shared memory when it takes it). */

@@ -29,6 +29,10 @@ export class PendingCall implements Expiring {
   private intentBytes: Uint8Array | undefined = undefined;
   /** A large intent, as the pieces it was encoded in (its bulk byte strings the caller's own, not copied). */
   intentPieces: Uint8Array[] | undefined = undefined;
+  /** Sends of `intentPieces` a connection may still hold (queued, not yet handed to the OS). */
+  unwritten = 0;
+  /** A local end (abort, deadline, ...) that came while `unwritten`: the promise rejects with it once the pieces left. */
+  held: Error | undefined = undefined;
   private signal: AbortSignal | undefined = undefined;
   private onAbort: (() => void) | undefined = undefined;
 

@@ -173,11 +173,23 @@ const DECLARED = {
     default: 1000,
     description: "resource allocations held at once per persona tree (resource.alloc beyond: RESOURCE)",
   },
-  /** Finished ops kept per persona tree (the oldest are forgotten first), whatever their age: each result may hold 2 × maxOutputBytes. */
+  /**
+   * Finished ops kept per persona tree, whatever their age: each result may hold 2 × maxOutputBytes.
+   * Beyond it the oldest read or older than opResultGraceMs are forgotten; unread results within
+   * their grace and the tree's ops queued or running together stay below it (compute.submit
+   * beyond: RESOURCE), so at least maxPendingOpsPerPersona.
+   */
   maxFinishedOpsPerPersona: {
     type: "int",
     default: 100,
-    description: "finished ops (and their results) kept per persona tree; older ones are forgotten",
+    description:
+      "finished ops (and their results) kept per persona tree (at least maxPendingOpsPerPersona); beyond, the oldest read ones are forgotten",
+  },
+  /** How long a finished op's result that op.result has not handed out yet is kept against maxFinishedOpsPerPersona's trim. */
+  opResultGraceMs: {
+    type: "int",
+    default: 60_000,
+    description: "how long an unread op result is kept whatever the tree's other ops (its poller's window to read it)",
   },
   /** Output captured per stream of a command or agent, in bytes. */
   maxOutputBytes: { type: "int", default: 1024 * 1024, description: "output captured per stream of a command or agent" },
@@ -490,6 +502,11 @@ function checkValues(c: KernelConfig): void {
   if (largestRecordBytes(c) > MAX_RECORD_BYTES)
     throw new ConfigError(
       `maxBodyBytes ${c.maxBodyBytes} with audit intents kept up to ${Math.max(c.auditIntentMaxBytes, c.auditRefusalIntentMaxBytes)} bytes could make an audit record of ${largestRecordBytes(c)} bytes, more than the ${MAX_RECORD_BYTES} readers accept: lower them`,
+    );
+  // A tree's unread results and pending ops share maxFinishedOpsPerPersona: below the pending bound it could never be reached.
+  if (c.maxFinishedOpsPerPersona < c.maxPendingOpsPerPersona)
+    throw new ConfigError(
+      `maxFinishedOpsPerPersona ${c.maxFinishedOpsPerPersona} must be at least maxPendingOpsPerPersona ${c.maxPendingOpsPerPersona}: each op queued or running may finish with a result its persona has yet to read`,
     );
   for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
     if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);

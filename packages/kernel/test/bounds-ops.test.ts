@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { KernelClient } from "@kpip/client";
+import { type CallFn, type KernelClient, OpsApi } from "@kpip/client";
 import Database from "better-sqlite3";
-import { HOME_FILES } from "../src/index.js";
+import { ConfigError, HOME_FILES, resolveConfig } from "../src/index.js";
 import { klass, removeHome, startKernel } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
@@ -48,7 +49,7 @@ describe("bounded after authentication: DEFERRED ops", () => {
 
 describe("bounded after authentication: finished ops over a persona's tree", () => {
   it("a persona tree keeps at most maxFinishedOpsPerPersona finished ops with their results, the newest; other trees' are not touched", async () => {
-    const t = await startKernel({ computeWorkers: 1, maxFinishedOpsPerPersona: 2 }, undefined, (k) =>
+    const t = await startKernel({ computeWorkers: 1, maxFinishedOpsPerPersona: 2, maxPendingOpsPerPersona: 2 }, undefined, (k) =>
       k.registerTask("square", { module: TASKS, export: "square" }),
     );
     try {
@@ -106,5 +107,79 @@ describe("bounded after authentication: finished ops over a persona's tree", () 
       await t.stop();
       removeHome(t.home);
     }
+  });
+});
+
+describe("finished ops: a result its poller has yet to read is never trimmed", () => {
+  const rights = [
+    { ops: ["compute.submit"], targets: ["op://task/square", "op://task/gate"] },
+    { ops: ["op.result", "op.status"], targets: ["op://**"] },
+  ];
+  /** Polls op.status (which hands out no result) until the op has finished. */
+  const finished = async (c: KernelClient, op: string) => {
+    while (["queued", "running"].includes((await c.ops.status(op)).state)) await new Promise((r) => setTimeout(r, 5));
+  };
+
+  it("ops.wait gets its result though the tree finishes many more ops between two of its polls; an unread flood is refused (RESOURCE), never trimmed", async () => {
+    const t = await startKernel(
+      { computeWorkers: 2, maxFinishedOpsPerPersona: 6, maxPendingOpsPerPersona: 3 },
+      undefined,
+      (k) => {
+        k.registerTask("square", { module: TASKS, export: "square" });
+        k.registerTask("gate", { module: TASKS, export: "gate" });
+      },
+    );
+    try {
+      await t.persona("tree", rights);
+      const pa = await t.persona("tree/waiter", rights);
+      const ps = await t.persona("tree/busy", rights);
+      const a = await t.connect(pa.identity, [pa.token]);
+      const s = await t.connect(ps.identity, [ps.token]);
+      const gateFile = join(t.home, "gate-open");
+      const awaited = await a.compute.task("gate", gateFile);
+      // Between the waiter's first poll (DEFERRED) and its next, the op finishes and its tree
+      // finishes 4 × maxFinishedOpsPerPersona more ops, each read by its own waiter.
+      let flooded = false;
+      const call: CallFn = async (op, target, args, opts) => {
+        const r = await a.call(op, target, args, opts);
+        if (op === "op.result" && r.status === "DEFERRED" && !flooded) {
+          flooded = true;
+          writeFileSync(gateFile, "");
+          await finished(a, awaited.op);
+          for (let i = 0; i < 24; i++) assert.equal(await s.ops.wait(await s.compute.task("square", i)), i * i);
+        }
+        return r;
+      };
+      assert.equal(await new OpsApi(call).wait(awaited), "opened", "the awaited result survived the trim");
+      assert.ok(flooded);
+      const tree = () => t.k.inspect.listOps(undefined, 1000).filter((r) => r.persona.startsWith("tree/"));
+      assert.ok(tree().length <= 6, `the tree keeps at most 6 finished ops: ${tree().length}`);
+      // A flood of results nobody reads: each holds its place, so beyond the bound the submit is refused.
+      const unread: string[] = [];
+      for (let i = 0; i < 6; i++) {
+        const d = await s.compute.task("square", i);
+        await finished(s, d.op);
+        unread.push(d.op);
+      }
+      await assert.rejects(s.compute.task("square", 7), klass("RESOURCE", "6 op results not yet read"));
+      await assert.rejects(a.compute.task("square", 7), klass("RESOURCE"), "the whole tree shares the bound");
+      assert.equal(tree().length, 6);
+      for (const [i, op] of unread.entries()) assert.equal(await s.ops.result(op), i * i, "every unread result kept");
+      // Read, they give their places back.
+      assert.equal(await s.ops.wait(await s.compute.task("square", 8)), 64);
+      assert.ok(tree().length <= 6);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("maxFinishedOpsPerPersona below maxPendingOpsPerPersona is a ConfigError", () => {
+    assert.throws(
+      () =>
+        resolveConfig({ flags: { home: "/nonexistent-kpip-home", maxFinishedOpsPerPersona: 10, maxPendingOpsPerPersona: 64 } }),
+      (e: unknown) =>
+        e instanceof ConfigError && /maxFinishedOpsPerPersona 10 must be at least maxPendingOpsPerPersona 64/.test(e.message),
+    );
   });
 });

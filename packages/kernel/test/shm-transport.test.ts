@@ -200,6 +200,54 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     await expectProtocol(p, "SHM_OUT_OF_BOUNDS");
   });
 
+  it("hostile descriptors (past the segment's end, bad CRC-32) and an undecodable large frame take no slab from the body pool; others are served", async () => {
+    // Two slabs of 2 MiB kept: two writes at once, each received into a slab, both given back.
+    const c = await t.admin();
+    const big = Buffer.alloc(1536 * 1024, 7);
+    await Promise.all([c.storage.write("obj://shm/pool-a", big), c.storage.write("obj://shm/pool-b", big)]);
+    const kept = t.k.bodyPool.keptBytes;
+    assert.ok(kept >= 2 * 2 * 1024 * 1024, `slabs kept: ${kept}`);
+    const len = 1536 * 1024;
+    const hostile: ((own: ShmSegment, ownName: string) => Buffer)[] = [
+      // The region lies past the segment's end.
+      (_own, ownName) => descriptorFrame({ off: 1 << 30, len, seg: ownName, seq: 1, crc: 0 }),
+      // The region's start is in the segment, its end is not.
+      (_own, ownName) => descriptorFrame({ off: SHM_CONTROL_BYTES + 23 * 1024 * 1024, len, seg: ownName, seq: 1, crc: 0 }),
+      // In bounds, but the bytes do not match the CRC-32: read into a slab, which must come back.
+      (own, ownName) => {
+        own.write(Buffer.alloc(len, 1), SHM_CONTROL_BYTES);
+        return descriptorFrame({ off: SHM_CONTROL_BYTES, len, seg: ownName, seq: 1, crc: 12345 });
+      },
+      // Inline, not through the segment: a large frame joined into a slab that does not decode.
+      () => {
+        const f = Buffer.alloc(HEADER_SIZE + len, 0xff);
+        writeHeader(f, 0, { type: MessageType.REQUEST, flags: 0, stream: 1, length: len });
+        return f;
+      },
+    ];
+    const codes = ["SHM_OUT_OF_BOUNDS", "SHM_OUT_OF_BOUNDS", "SHM_BAD_CHECKSUM", undefined];
+    for (let round = 0; round < 3; round++) {
+      for (const [i, frame] of hostile.entries()) {
+        const { p, own, ownName } = await shmPeer();
+        p.send(frame(own, ownName));
+        const code = codes[i];
+        if (code) await expectProtocol(p, code);
+        else {
+          assert.equal((await p.next("ERROR")).body.class, "PROTOCOL");
+          await until(() => p.closed, 30_000, "session closed");
+        }
+        assert.equal(t.k.bodyPool.keptBytes, kept, `round ${round}, descriptor ${i}: the pool keeps its slabs`);
+      }
+    }
+    // An honest large write is still received into a kept slab (reused, none made).
+    const before = t.k.bodyPool;
+    await c.storage.write("obj://shm/pool-c", big);
+    assert.equal(t.k.bodyPool.made, before.made, "no new slab needed");
+    assert.equal(t.k.bodyPool.reused, before.reused + 1);
+    assert.equal(t.k.bodyPool.keptBytes, kept);
+    await c.close();
+  });
+
   it("a descriptor reaching into the control bytes: PROTOCOL/SHM_OUT_OF_BOUNDS", async () => {
     const { p, ownName } = await shmPeer();
     p.send(descriptorFrame({ off: 0, len: 100, seg: ownName, seq: 1, crc: 0 }));

@@ -10,6 +10,7 @@ import {
   HEADER_SIZE,
   joinChunks,
   type Message,
+  socketTurnBatcher,
   TurnBatcher,
   writeMessage,
 } from "../src/index.js";
@@ -193,6 +194,66 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
       flushed.slice(1).map((c) => Buffer.concat(c).toString()),
       ["a", "b"],
     );
+  });
+
+  it("afterWrites: at once when nothing is queued; else once flush's done runs (or the batcher stops); no done for a turn nobody waits on", () => {
+    const turn = manualTurn();
+    const dones: ((() => void) | undefined)[] = [];
+    const b = new TurnBatcher((_c, _n, done) => {
+      dones.push(done);
+      return false;
+    }, turn.schedule);
+    const ran: string[] = [];
+    b.afterWrites(() => ran.push("idle"));
+    assert.deepEqual(ran, ["idle"], "nothing queued: at once");
+    b.write(Buffer.alloc(100_000));
+    b.afterWrites(() => ran.push("a"));
+    b.afterWrites(() => ran.push("b"));
+    assert.deepEqual(ran, ["idle"], "queued: not before the flush");
+    turn.run();
+    assert.equal(dones.length, 1);
+    assert.deepEqual(ran, ["idle"], "handed to the transport, not yet let go of");
+    dones[0]?.();
+    assert.deepEqual(ran, ["idle", "a", "b"]);
+    b.write(Buffer.alloc(10));
+    turn.run();
+    assert.equal(dones[1], undefined, "a turn nobody waits on gets no done (the fast path)");
+    b.write(Buffer.alloc(100_000));
+    b.afterWrites(() => ran.push("dropped"));
+    b.stop();
+    assert.deepEqual(ran, ["idle", "a", "b", "dropped"], "dropped with the stream: let go of");
+  });
+
+  it("socketTurnBatcher: a waited-on turn's done is the callback of its last socket write; a destroyed socket lets go at once", async () => {
+    const writes: { n: number; cb?: (err?: Error | null) => void }[] = [];
+    const sock = {
+      destroyed: false,
+      writableLength: 1,
+      write: (d: Uint8Array, cb?: (err?: Error | null) => void) => writes.push({ n: d.length, ...(cb ? { cb } : {}) }),
+      cork: () => {},
+      uncork: () => {},
+    };
+    const b = socketTurnBatcher(sock);
+    const ran: string[] = [];
+    b.write(Buffer.alloc(100_000));
+    b.write(Buffer.alloc(200_000));
+    b.afterWrites(() => ran.push("turn"));
+    await new Promise((r) => process.nextTick(r));
+    assert.deepEqual(
+      writes.map((w) => [w.n, w.cb !== undefined]),
+      [
+        [100_000, false],
+        [200_000, true],
+      ],
+    );
+    assert.equal(ran.length, 0, "not before the socket's callback");
+    writes[1]?.cb?.();
+    assert.deepEqual(ran, ["turn"]);
+    sock.destroyed = true;
+    b.write(Buffer.alloc(100_000));
+    b.afterWrites(() => ran.push("gone"));
+    await new Promise((r) => process.nextTick(r));
+    assert.deepEqual(ran, ["turn", "gone"]);
   });
 
   it("coalesce joins a turn of small frames into one buffer and leaves a large turn's chunks as they are", () => {

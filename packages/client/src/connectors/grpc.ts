@@ -95,8 +95,11 @@ class GrpcChannel implements Channel {
   constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
     this.out = new TurnBatcher(
       // Two pipelined writes near maxBody in one message went over the kernel's limit and ended the session.
-      (chunks) => {
-        writeMessages(chunks, this.maxMessage, (m) => call.write(m));
+      (chunks, _bytes, done) => {
+        // Several chunks are joined into a copy (joinChunks); one is copied here only when a writer waits on it.
+        const own = done && chunks.length === 1 ? [Buffer.from(chunks[0] as Uint8Array)] : chunks;
+        writeMessages(own, this.maxMessage, (m) => call.write(m));
+        done?.();
         return false;
       },
       (fn) => process.nextTick(fn),
@@ -118,6 +121,10 @@ class GrpcChannel implements Channel {
 
   write(data: Uint8Array): void {
     if (!this.closed) this.out.write(data);
+  }
+
+  afterWrites(cb: () => void): void {
+    this.out.afterWrites(cb);
   }
 
   limitMessages(bytes: number): void {

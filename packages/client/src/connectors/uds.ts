@@ -91,6 +91,9 @@ class SocketChannel implements Channel {
   write(data: Uint8Array): void {
     if (!this.sock.destroyed) this.out.write(data);
   }
+  afterWrites(cb: () => void): void {
+    this.out.afterWrites(cb);
+  }
   end(): void {
     this.out.flushNow();
     this.sock.end();

@@ -25,8 +25,15 @@ export interface ComputeOptions {
   workers: number;
   /** How long finished ops and their results are kept. */
   resultTtlMs: number;
-  /** Finished ops (and results) kept per persona tree within that time, the newest; older ones are forgotten. */
+  /**
+   * Finished ops (and results) kept per persona tree within that time. Beyond it the oldest read
+   * (or past their grace) are forgotten; a tree's unread results within their grace and its
+   * pending ops together stay below it (a submit beyond is refused), so no trim takes a result
+   * its poller has yet to read.
+   */
   maxFinishedPerPersona: number;
+  /** How long an unread result keeps its place against the trim: the window its poller has to read it. */
+  resultGraceMs: number;
   /** Output captured per stream of a command, in bytes. */
   maxOutputBytes: number;
   /** Longest an op may run when neither its intent nor its args set a deadline. */
@@ -177,6 +184,15 @@ export class ComputeEngine {
       throw new OpError(
         "RESOURCE",
         `${treeName(root, persona)} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+      );
+    // Each op may finish with a result its poller has yet to read, which no trim takes within its
+    // grace: such results and the ops that may yet make one stay below the tree's bound.
+    const max = this.opts.maxFinishedPerPersona;
+    const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs);
+    if (mine + unread >= max)
+      throw new OpError(
+        "RESOURCE",
+        `${treeName(root, persona)} has ${unread} op results not yet read (op.result) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
       );
   }
 
@@ -399,7 +415,11 @@ export class ComputeEngine {
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.
-      this.store.trimFinishedOps(this.roots.of(op.persona), this.opts.maxFinishedPerPersona);
+      this.store.trimFinishedOps(
+        this.roots.of(op.persona),
+        this.opts.maxFinishedPerPersona,
+        Date.now() - this.opts.resultGraceMs,
+      );
     } catch (e) {
       this.log.error({ err: e, op: op.id }, "cannot forget older finished ops");
     }

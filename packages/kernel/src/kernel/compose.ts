@@ -240,6 +240,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         workers: c.computeWorkers,
         resultTtlMs: c.opResultTtlMs,
         maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
+        resultGraceMs: c.opResultGraceMs,
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxPendingPerPersona: c.maxPendingOpsPerPersona,

@@ -94,6 +94,8 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
         handler: (ctx): OpResult => {
           const op = ownOp(store, ctx, admin);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
+          // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
+          store.claimOp(op.id, Date.now());
           if (op.state === "succeeded") {
             return {
               status: "SUCCESS",

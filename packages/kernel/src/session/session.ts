@@ -80,7 +80,7 @@ export class Session implements SessionView, EventSink {
     this.peerKey = peerKey(addressOf(conn));
     this.records = new SessionRecords(host.audit, this.id, originOf(conn));
     this.maxBody = host.limits.maxBodyBytes;
-    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory);
+    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -127,6 +127,9 @@ export class Session implements SessionView, EventSink {
     this.state === "ready" || this.state === "closing"
       ? (this.host.bodies?.take(n) ?? Buffer.allocUnsafe(n))
       : Buffer.allocUnsafe(n);
+
+  /** A body that failed its checks before any op saw it: its slab goes back to the pool. */
+  private readonly bodyBack = (body: Uint8Array): void => this.host.bodies?.giveBack(body);
 
   private onData(chunk: Uint8Array): void {
     try {
@@ -215,6 +218,7 @@ export class Session implements SessionView, EventSink {
         maxBody,
         threshold: shm.threshold,
         alloc: this.bodyMemory,
+        release: this.bodyBack,
       });
     }
     const frame = challengeFrame(

@@ -333,8 +333,16 @@ export interface OpStore {
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
   /** Forgets up to `limit` (default: all) finished ops that expired before `now`, with their results; returns how many. */
   pruneOps(now: number, limit?: number): number;
-  /** Forgets the finished ops of `root`'s persona tree (their results too) but the newest `keep`; returns how many. */
-  trimFinishedOps(root: string, keep: number): number;
+  /**
+   * Forgets the finished ops of `root`'s persona tree (their results too) but `keep`; returns how
+   * many. Kept first: results not yet handed out ({@link claimOp}) that finished at or after
+   * `unreadSince`, then the newest.
+   */
+  trimFinishedOps(root: string, keep: number, unreadSince: number): number;
+  /** op.result handed out op `id`'s outcome (its first time at `at`): it no longer holds its place against a trim. */
+  claimOp(id: string, at: number): void;
+  /** Finished ops of `root`'s tree whose outcome no op.result handed out yet, finished at or after `since`. */
+  countUnreadOps(root: string, since: number): number;
 }
 
 export type AgentState = "running" | "exited" | "killed" | "lost";

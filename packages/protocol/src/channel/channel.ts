@@ -19,6 +19,12 @@ export interface ByteChannel {
    * bytes at once (a socket's {@link TurnBatcher}); absent or 0: every write is kept by reference.
    */
   readonly copiesWritesBelow?: number;
+  /**
+   * Runs `cb` once the channel no longer holds any byte written so far: handed to the OS or the
+   * transport, copied, or dropped with the stream (at once when nothing is queued). Without it,
+   * a writer must assume the channel may hold its buffers until the stream ends.
+   */
+  afterWrites?(cb: () => void): void;
 }
 
 /**
@@ -42,10 +48,16 @@ export class TurnBatcher {
   private buf: Buffer | undefined;
   private start = 0;
   private pos = 0;
+  /** What waits for this turn's chunks to leave (see {@link afterWrites}); none on the fast path. */
+  private waiters: (() => void)[] | undefined;
 
   constructor(
-    /** The turn's chunks and their total size; returns true when the transport no longer needs them. */
-    private readonly flush: (chunks: Uint8Array[], bytes: number) => boolean,
+    /**
+     * The turn's chunks and their total size; returns true when the transport no longer needs
+     * them. `done`, when given, must run once the transport holds none of them (written, copied,
+     * or dropped).
+     */
+    private readonly flush: (chunks: Uint8Array[], bytes: number, done: (() => void) | undefined) => boolean,
     private readonly schedule: (fn: () => void) => void,
     /** Writes shorter than this are copied at once (0: every write is kept by reference until the flush). */
     readonly copyBelow = 0,
@@ -54,6 +66,13 @@ export class TurnBatcher {
   /** Bytes queued this turn and not yet handed to `flush`. */
   get pending(): number {
     return this.bytes;
+  }
+
+  /** Runs `cb` once this turn's chunks have left (at once if none is queued: earlier turns are the flush's). */
+  afterWrites(cb: () => void): void {
+    if (this.bytes === 0) return cb();
+    if (this.waiters) this.waiters.push(cb);
+    else this.waiters = [cb];
   }
 
   write(data: Uint8Array): void {
@@ -98,9 +117,11 @@ export class TurnBatcher {
     if (this.chunks.length === 0 || this.stopped) return;
     const chunks = this.chunks;
     const bytes = this.bytes;
+    const waiters = this.waiters;
     this.chunks = [];
     this.bytes = 0;
-    const released = this.flush(chunks, bytes);
+    this.waiters = undefined;
+    const released = this.flush(chunks, bytes, waiters && (() => runAll(waiters)));
     // The copy buffer is written into again only when nothing refers to its bytes any more, and
     // not kept at a size the turns no longer need (a connection gone quiet after a burst).
     const buf = this.buf;
@@ -115,7 +136,14 @@ export class TurnBatcher {
     this.chunks = [];
     this.bytes = 0;
     this.buf = undefined;
+    const waiters = this.waiters;
+    this.waiters = undefined;
+    if (waiters) runAll(waiters);
   }
+}
+
+function runAll(fns: (() => void)[]): void {
+  for (const f of fns) f();
 }
 
 /**
@@ -163,7 +191,8 @@ export interface CorkableStream {
   readonly destroyed: boolean;
   /** Bytes the stream still holds to write. */
   readonly writableLength: number;
-  write(data: Uint8Array): unknown;
+  /** `cb` runs once the chunk was handed to the OS, or with an error once it never will be (Node's contract). */
+  write(data: Uint8Array, cb?: (err?: Error | null) => void): unknown;
   cork(): void;
   uncork(): void;
 }
@@ -171,13 +200,17 @@ export interface CorkableStream {
 /** The turn batcher of a socket, either side's: each turn's frames coalesced, then written corked. */
 export function socketTurnBatcher(sock: CorkableStream): TurnBatcher {
   return new TurnBatcher(
-    (chunks, bytes) => {
-      if (sock.destroyed) return true;
+    (chunks, bytes, done) => {
+      if (sock.destroyed) {
+        done?.();
+        return true;
+      }
       const out = coalesce(chunks, bytes);
-      if (out.length === 1) sock.write(out[0] as Uint8Array);
+      if (out.length === 1) sock.write(out[0] as Uint8Array, done);
       else {
         sock.cork();
-        for (const c of out) sock.write(c);
+        // A stream's write callbacks run in order: the last chunk's says every chunk has left.
+        for (let i = 0; i < out.length; i++) sock.write(out[i] as Uint8Array, i === out.length - 1 ? done : undefined);
         sock.uncork();
       }
       // Nothing left queued: the socket wrote every byte before returning, and keeps none.

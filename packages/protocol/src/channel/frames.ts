@@ -21,8 +21,15 @@ export class FrameReader {
   /** The session's shared-memory channel, once "shm" was negotiated. */
   shm: ShmPeer | undefined;
 
-  /** `alloc`: where large frames are joined (see {@link BodyAllocator}); the shm channel takes its own. */
-  constructor(maxBody?: number, alloc?: BodyAllocator) {
+  /**
+   * `alloc`: where large frames are joined (see {@link BodyAllocator}); the shm channel takes its own.
+   * `release`: takes back a body that did not decode (no message holds it; memory not `alloc`'s is ignored).
+   */
+  constructor(
+    maxBody?: number,
+    alloc?: BodyAllocator,
+    private readonly release?: (body: Uint8Array) => void,
+  ) {
     this.decoder = new FrameDecoder(maxBody, alloc);
   }
 
@@ -50,7 +57,7 @@ export class FrameReader {
       return;
     }
     for (const raw of frames) {
-      let f: Frame;
+      let f: Frame | undefined;
       let m: Message;
       try {
         // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
@@ -59,6 +66,8 @@ export class FrameReader {
         f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw) : raw;
         m = decodeMessage(f);
       } catch (e) {
+        // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
+        this.release?.((f ?? raw).body);
         if (!(e instanceof CodecError)) throw e;
         onError(e, "message");
         return;
@@ -93,11 +102,21 @@ export function framePieces(msg: Message, stream = 0, copiedBelow = 0): { pieces
 /**
  * Writes a frame given as pieces: copied once into the shared-memory segment when `shm` takes
  * it, else the pieces themselves (the channel sends the writes of one turn together).
+ * `written`, if given, runs once the channel holds none of the pieces any more (at once when
+ * the segment took a copy; see {@link ByteChannel.afterWrites}).
  */
-export function writePieces(channel: Pick<ByteChannel, "write">, pieces: Uint8Array[], shm?: ShmPeer): void {
+export function writePieces(
+  channel: Pick<ByteChannel, "write" | "afterWrites">,
+  pieces: Uint8Array[],
+  shm?: ShmPeer,
+  written?: () => void,
+): void {
   const viaShm = shm?.wrapPieces(pieces);
   if (viaShm) channel.write(viaShm);
   else for (const p of pieces) channel.write(p);
+  if (written === undefined) return;
+  if (viaShm || !channel.afterWrites) written();
+  else channel.afterWrites(written);
 }
 
 /** Encodes and writes one message (see {@link writePieces}). */

@@ -46,7 +46,8 @@ export const opStatusOp = defineOp({
 
 export const opResult = defineOp({
   op: "op.result",
-  description: "A finished op's result: SUCCESS with it, FAILURE with the op's error class, or DEFERRED while it runs.",
+  description:
+    "A finished op's result: SUCCESS with it, FAILURE with the op's error class, or DEFERRED while it runs. Until an op.result has handed it out, a result keeps its place among its tree's finished ops for the result grace (§9.4).",
   targets: ["op"],
   args: {},
   result: { ...opStatus, result: { type: "any", nullable: true, description: "SUCCESS: what the op produced" } },
@@ -72,7 +73,7 @@ export const opCancel = defineOp({
 export const opList = defineOp({
   op: "op.list",
   description:
-    "The caller's recent ops, newest first (every persona's, with its persona, for the admin), without their results (op.result reads one op's); PARTIAL with a cursor when more remain. Finished ops are kept for the kernel's result retention, a persona tree's newest only, then forgotten.",
+    "The caller's recent ops, newest first (every persona's, with its persona, for the admin), without their results (op.result reads one op's); PARTIAL with a cursor when more remain. Finished ops are kept for the kernel's result retention, a persona tree's newest and unread only, then forgotten.",
   targets: ["kernel"],
   args: {
     cursor: { type: "text", description: "the cursor of the previous page" },

@@ -104,6 +104,9 @@ export function decodeShmDescriptor(body: Uint8Array): ShmDescriptor {
   return d as unknown as ShmDescriptor;
 }
 
+const outOfBounds = () => new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
+const badChecksum = () => new ShmError("SHM_BAD_CHECKSUM", "the shared-memory body does not match its CRC-32");
+
 /**
  * One side of a session's shared-memory channel. Each side writes large bodies into its own
  * segment (created on its first large body — mappings count against V8's external memory, so
@@ -136,6 +139,8 @@ export class ShmPeer {
       threshold: number;
       /** Where a body read out of the peer's segment goes (by default fresh memory). */
       alloc?: BodyAllocator;
+      /** Takes back memory `alloc` gave for a body that failed its checks (nothing else holds it). */
+      release?: (body: Uint8Array) => void;
     },
   ) {}
 
@@ -201,11 +206,18 @@ export class ShmPeer {
     if (d.seq !== (this.peerSeq + 1) >>> 0) {
       throw new ShmError("SHM_BAD_SEQUENCE", `descriptor sequence ${d.seq} does not follow ${this.peerSeq}`);
     }
-    // Copy first, then check: the sender cannot change what was checked. A segment that is
-    // shorter than the descriptor says (never sized so, or shrunk since) gives a short copy.
-    const body = seg.read(d.off, d.len, this.o.alloc?.(d.len));
-    if (body.length !== d.len) throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points outside its segment");
-    if (crc32(body) !== d.crc) throw new ShmError("SHM_BAD_CHECKSUM", "the shared-memory body does not match its CRC-32");
+    // The region's last byte first: a descriptor past the segment's end takes no memory from
+    // `alloc` (the kernel's body pool: a hostile peer must not drain it with bad descriptors).
+    if (d.len > 0 && seg.read(d.off + d.len - 1, 1).length !== 1) throw outOfBounds();
+    // Copy first, then check: the sender cannot change what was checked. A segment shrunk since
+    // the probe gives a short copy; memory taken for a body that fails a check goes back.
+    const into = this.o.alloc?.(d.len);
+    const body = seg.read(d.off, d.len, into);
+    const bad = body.length !== d.len ? outOfBounds() : crc32(body) !== d.crc ? badChecksum() : undefined;
+    if (bad) {
+      if (into) this.o.release?.(into);
+      throw bad;
+    }
     this.peerSeq = d.seq;
     const word = Buffer.allocUnsafe(4);
     word.writeUInt32LE(d.seq, 0);

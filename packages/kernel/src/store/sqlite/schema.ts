@@ -27,7 +27,7 @@ CREATE TABLE IF NOT EXISTS dedupe (key TEXT PRIMARY KEY, hash BLOB NOT NULL, res
 CREATE TABLE IF NOT EXISTS ops (
   id TEXT PRIMARY KEY, persona TEXT NOT NULL, session TEXT NOT NULL, kind TEXT NOT NULL, name TEXT NOT NULL,
   state TEXT NOT NULL, result BLOB, error_class TEXT, message TEXT, created_at INTEGER NOT NULL,
-  started_at INTEGER, finished_at INTEGER, deadline INTEGER, expires_at INTEGER NOT NULL);
+  started_at INTEGER, finished_at INTEGER, deadline INTEGER, expires_at INTEGER NOT NULL, claimed_at INTEGER);
 CREATE INDEX IF NOT EXISTS ops_persona ON ops (persona, created_at);
 CREATE TABLE IF NOT EXISTS agents (
   id TEXT PRIMARY KEY, persona TEXT NOT NULL, spawner TEXT NOT NULL, command TEXT NOT NULL, args TEXT NOT NULL,
@@ -143,6 +143,9 @@ function migrateOps(db: Database.Database): void {
     db.exec("UPDATE ops SET result = NULL WHERE result IS NOT NULL");
   });
   db.exec("CREATE INDEX IF NOT EXISTS ops_expires ON ops (expires_at)");
+  // When op.result first handed an op's outcome out: until then a trim keeps it, within its grace.
+  const cols = db.prepare("PRAGMA table_info(ops)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "claimed_at")) db.exec("ALTER TABLE ops ADD COLUMN claimed_at INTEGER");
 }
 
 /**

@@ -176,8 +176,19 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       ).run(message, now);
       return ids;
     }
-    trimFinishedOps(root: string, keep: number): number {
-      return trimTree(this, OP_TABLES, "persona", "state NOT IN ('queued', 'running')", "finished_at", root, keep);
+    trimFinishedOps(root: string, keep: number, unreadSince: number): number {
+      // Unread results within their grace first (a poller is still to read them), then the newest.
+      const sql =
+        `SELECT id FROM ops WHERE ${inTreeSql("persona")} AND ${FINISHED} ` +
+        "ORDER BY (claimed_at IS NULL AND finished_at >= ?) DESC, finished_at DESC, rowid DESC LIMIT -1 OFFSET ?";
+      return forget(this, OP_TABLES, this.prep(sql).all(...treeArgs(root), unreadSince, keep) as Row[]);
+    }
+    claimOp(id: string, at: number): void {
+      this.prep("UPDATE ops SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL").run(at, id);
+    }
+    countUnreadOps(root: string, since: number): number {
+      const sql = `SELECT count(*) AS n FROM ops WHERE ${inTreeSql("persona")} AND ${FINISHED} AND claimed_at IS NULL AND finished_at >= ?`;
+      return (this.prep(sql).get(...treeArgs(root), since) as Row).n as number;
     }
     pruneOps(now: number, limit = -1): number {
       return forget(
@@ -191,6 +202,9 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
     }
   };
 }
+
+/** An op row that has finished (its outcome recorded). */
+const FINISHED = "state NOT IN ('queued', 'running')";
 
 /** An agent's tables and an op's: the bulky part's table first (its output, its result), then the row's. */
 const AGENT_TABLES = ["agent_output", "agents"] as const;
