@@ -194,7 +194,11 @@ const DECLARED = {
   /** Output captured per stream of a command or agent, in bytes. */
   maxOutputBytes: { type: "int", default: 1024 * 1024, description: "output captured per stream of a command or agent" },
   /** Longest an op may run without a deadline of its own. */
-  maxRuntimeMs: { type: "int", default: 3_600_000, description: "longest an op or agent may run without its own deadline" },
+  maxRuntimeMs: {
+    type: "int",
+    default: 3_600_000,
+    description: "longest an op or agent may run (a later deadline, timeoutMs or lifetimeMs is cut to it; at most 2^31 - 1)",
+  },
   /** Most agents running at once. */
   maxAgents: { type: "int", default: 64, description: "most agents running at once" },
   /** How long an ended agent's record and captured output are kept (then pruned, a slice at a time). */
@@ -508,6 +512,9 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(
       `maxFinishedOpsPerPersona ${c.maxFinishedOpsPerPersona} must be at least maxPendingOpsPerPersona ${c.maxPendingOpsPerPersona}: each op queued or running may finish with a result its persona has yet to read`,
     );
+  // One Node timer ends an op or an agent: past 2^31 - 1 ms it fires at once (Node's TimeoutOverflowWarning).
+  if (c.maxRuntimeMs > 2 ** 31 - 1)
+    throw new ConfigError(`maxRuntimeMs must be at most ${2 ** 31 - 1} (about 24.8 days; got ${c.maxRuntimeMs})`);
   for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
     if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);
   }

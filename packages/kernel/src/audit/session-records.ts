@@ -105,7 +105,13 @@ export class SessionRecords {
   }
 
   /** An answer larger than the session's maxBody, replaced by FAILURE RESOURCE (PROTOCOL §4.5): RESPONSE_TOO_LARGE. */
-  answerWithheld(persona: string, requestId: number, message: string, status: string): Promise<void> {
+  answerWithheld(
+    persona: string,
+    requestId: number,
+    message: string,
+    status: string,
+    why: { code: string; errorClass: ErrorClass } = { code: "RESPONSE_TOO_LARGE", errorClass: "RESOURCE" },
+  ): Promise<void> {
     return this.audit.append({
       session: this.session,
       persona,
@@ -113,8 +119,8 @@ export class SessionRecords {
       op: "session.response",
       requestId,
       status: "FAILURE",
-      errorClass: "RESOURCE",
-      message: `RESPONSE_TOO_LARGE: ${message} (it was ${status})`,
+      errorClass: why.errorClass,
+      message: `${why.code}: ${message} (it was ${status})`,
     });
   }
 

@@ -12,6 +12,9 @@ import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
+/** The longest wait one Node timer takes (2^31 - 1 ms, ~24.8 days); longer ones fire at once. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** An embedder's task function: an export of an ES module, run in a worker thread. */
 export interface TaskRegistration {
   /** Module URL or absolute path. */
@@ -105,10 +108,13 @@ export class ComputeEngine {
     private readonly host: CommandHost,
   ) {
     this.roots = opts.roots ?? FIRST_SEGMENT;
+    this.runtimeCap = Math.min(opts.maxRuntimeMs, MAX_TIMER_MS);
   }
 
   /** The top of a persona's tree (the registry's; by first segment when none was given). */
   private readonly roots: TreeRoots;
+  /** The longest an op runs: maxRuntimeMs, within what one Node timer can wait. */
+  private readonly runtimeCap: number;
 
   registerTask(name: string, reg: TaskRegistration): void {
     if (!/^[a-z][a-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid task name ${JSON.stringify(name)}`);
@@ -160,7 +166,9 @@ export class ComputeEngine {
       createdAt: now,
       startedAt: null,
       finishedAt: null,
-      deadline: deadline ?? now + this.opts.maxRuntimeMs,
+      // Never later than maxRuntimeMs (as an agent's lifetime): a timeoutMs near 2^53 made a
+      // deadline no peer could decode, and one past 2^31 ms overflowed the timer (killed at once).
+      deadline: Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.runtimeCap),
       expiresAt: now + this.opts.resultTtlMs,
     };
     this.store.insertOp(op);

@@ -106,6 +106,13 @@ export class ResourceLedger {
           `${resource} exceeded for ${overName(scope, persona)}: ${used} used + ${amount} > limit ${limit}`,
         );
     }
+    // Usage is a sum a query answers with: never past what every peer decodes (2^53 - 1), whatever
+    // the limits say (a resource no token limits had no bound at all).
+    for (const scope of personaLineage(persona)) {
+      const used = this.store.usage(personaScope(scope), resource);
+      if (used + amount > Number.MAX_SAFE_INTEGER)
+        throw new OpError("RESOURCE", `${resource} for ${overName(scope, persona)}: ${used} used + ${amount} is past 2^53 - 1`);
+    }
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
     for (const scope of personaLineage(persona)) this.store.adjustUsage(personaScope(scope), resource, amount);

@@ -291,11 +291,25 @@ export class Session implements SessionView, EventSink {
     this.maybeFinishClosing();
   }
 
-  private respond(stream: number, resp: Response): void {
+  private respond(stream: number, resp: Response, substitute = false): void {
     if (this.state === "closed") return;
-    // Into the shared writer when the connection copies what it is given (the socket's): no allocation per answer.
-    const { pieces, bodySize } = framePieces({ type: "RESPONSE", body: resp }, stream, this.conn.copiesWritesBelow);
-    if (bodySize > this.maxBody) return this.respondTooLarge(stream, resp, bodySize);
+    let framed: { pieces: Uint8Array[]; bodySize: number };
+    try {
+      // Into the shared writer when the connection copies what it is given (the socket's): no allocation per answer.
+      framed = framePieces({ type: "RESPONSE", body: resp }, stream, this.conn.copiesWritesBelow);
+    } catch (e) {
+      // An answer no peer could decode (a number past 2^53 a handler let through): that request
+      // fails, never the kernel, whose uncaught throw here ended the process.
+      this.logPeer("error", { err: e, requestId: resp.id }, "an answer could not be encoded");
+      if (substitute) return; // never a loop: a substitute that cannot be encoded is dropped
+      const message = `the answer could not be encoded (${(e as Error).message}); the request ran, its answer was not sent`;
+      return this.withhold(stream, resp, message, { code: "RESPONSE_UNENCODABLE", errorClass: "INTERNAL" });
+    }
+    const { pieces, bodySize } = framed;
+    if (bodySize > this.maxBody) {
+      const message = `the response of ${bodySize} bytes does not fit this session's maxBody of ${this.maxBody} bytes; the request ran, its answer was not sent`;
+      return this.withhold(stream, resp, message, { code: "RESPONSE_TOO_LARGE", errorClass: "RESOURCE" });
+    }
     writePieces(this.conn, pieces, this.shm);
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
       this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read its responses; session dropped", this.persona);
@@ -303,20 +317,19 @@ export class Session implements SessionView, EventSink {
   }
 
   /**
-   * A response whose body exceeds the session's maxBody is never sent (PROTOCOL §4.5): the
-   * request is answered FAILURE RESOURCE instead, after a record saying so. The op has run;
-   * an op with effects keeps its real answer in the dedupe record, for a retry on a session
-   * that takes it.
+   * A response that cannot be sent — its body exceeds the session's maxBody (PROTOCOL §4.5,
+   * RESOURCE), or it cannot be encoded (INTERNAL) — is answered FAILURE of that class instead,
+   * after a record saying so. The op has run; an op with effects keeps its real answer in the
+   * dedupe record, for a retry on a session that takes it.
    */
-  private respondTooLarge(stream: number, resp: Response, size: number): void {
-    const message = `the response of ${size} bytes does not fit this session's maxBody of ${this.maxBody} bytes; the request ran, its answer was not sent`;
-    const substitute: Response = { version: this.version, id: resp.id, status: "FAILURE", error: "RESOURCE", message };
+  private withhold(stream: number, resp: Response, message: string, why: { code: string; errorClass: ErrorClass }): void {
+    const substitute: Response = { version: this.version, id: resp.id, status: "FAILURE", error: why.errorClass, message };
     this.inFlight++;
     this.records
-      .answerWithheld(this.persona, resp.id, message, resp.status)
+      .answerWithheld(this.persona, resp.id, message, resp.status, why)
       .then(
-        () => this.respond(stream, substitute),
-        () => this.respond(stream, { ...substitute, error: "INTERNAL", message: "kernel error (audit unavailable)" }),
+        () => this.respond(stream, substitute, true),
+        () => this.respond(stream, { ...substitute, error: "INTERNAL", message: "kernel error (audit unavailable)" }, true),
       )
       .finally(() => this.settled());
   }
