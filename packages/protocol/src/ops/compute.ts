@@ -26,7 +26,11 @@ export const computeSubmit = defineOp({
   args: {
     args: { type: "any", description: "command arguments (array of text) or the task's input" },
     network: { type: "bool", description: "let the command reach the network (needs sandbox.network on the target)" },
-    timeoutMs: { type: "uint", description: "stop the op after this long (the intent deadline, if earlier, wins)" },
+    timeoutMs: {
+      type: "uint",
+      description:
+        "stop the op after this long (the intent deadline, if earlier, wins; never later than the kernel's maxRuntimeMs)",
+    },
   },
   result: { op: opUri, id: { type: "text", required: true, description: "the op's id" } },
   answers: { DEFERRED: "always: the payload names the op to follow with op.status / op.result (§9.4)" },
