@@ -56,3 +56,13 @@ export const GRPC_CLOSE_GRACE_MS = 1000;
  * 8-level persona id); 32 leaves room for deep object paths.
  */
 export const MAX_PATTERN_SEGMENTS = 32;
+
+/**
+ * Most single-segment `*` wildcards a subscription pattern may have. An emit's walk visits, at
+ * each depth d, at most the index nodes whose path is its topic with up to this many segments
+ * replaced by `*`: Σ C(d, k) for k ≤ 4, so ≤ ~280,000 steps over 32 segments however many
+ * subscriptions the kernel holds (without it, 65,536 subscriptions × 33). Every agent lifecycle
+ * topic of single-level personas (`topic://kernel/agents/<P>/<executable>/<instance>`) takes 3;
+ * wider sets of topics are matched with `**`.
+ */
+export const MAX_PATTERN_STARS = 4;

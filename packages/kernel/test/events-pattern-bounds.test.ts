@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { MAX_PATTERN_SEGMENTS } from "../src/limits.js";
+import { MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../src/limits.js";
 import { kernelForSuite, klass, until } from "./harness.js";
 
 /** `prefix` followed by `/a` until it has `n` segments after scheme://. */
@@ -9,10 +9,10 @@ function deep(prefix: string, n: number, last = ""): string {
   return prefix + "/a".repeat(n - have - (last ? 1 : 0)) + (last ? `/${last}` : "");
 }
 
-describe("subscription patterns are bounded in segments", () => {
+describe("subscription patterns are bounded in segments and wildcards", () => {
   const s = kernelForSuite();
 
-  it("event.subscribe and storage.watch refuse a pattern of more than 32 segments (SEMANTIC); the kernel keeps serving", async () => {
+  it("event.subscribe and storage.watch refuse a pattern of more than 32 segments or 4 '*' (SEMANTIC); the kernel keeps serving", async () => {
     assert.equal(MAX_PATTERN_SEGMENTS, 32);
     const p = await s.t.persona("deep-subscriber", [
       { ops: ["event.subscribe", "event.emit"], targets: ["topic://deep/**"] },
@@ -31,6 +31,10 @@ describe("subscription patterns are bounded in segments", () => {
     await assert.rejects(c.call("event.subscribe", `${branching}/zz`), tooDeep);
     await assert.rejects(c.call("event.subscribe", deep("topic://deep/*", 33)), tooDeep);
     await assert.rejects(c.call("event.subscribe", deep("topic://deep", 33, "**")), tooDeep);
+    // More than 4 '*' (each may double what an emit walks at a depth): refused, '**' suggested.
+    assert.equal(MAX_PATTERN_STARS, 4);
+    await assert.rejects(c.call("event.subscribe", "topic://deep/*/*/*/*/*"), klass("SEMANTIC", "at most 4 '*' segments"));
+    await assert.rejects(c.call("storage.watch", "obj://ws1/*/*/*/*/*/x"), klass("SEMANTIC", "at most 4 '*' segments"));
     let obj = "obj://ws1/0";
     while (obj.length + 2 <= 2040) obj += "/a";
     await assert.rejects(c.call("storage.watch", obj), tooDeep);
@@ -41,13 +45,13 @@ describe("subscription patterns are bounded in segments", () => {
     assert.equal((await c.events.emit("topic://deep/x")).subscribers, 0);
   });
 
-  it("a legitimate deep pattern (32 segments, with wildcards) still subscribes and receives", async () => {
+  it("a legitimate deep pattern (32 segments, 4 '*') still subscribes and receives", async () => {
     const p = await s.t.persona("deep-ok", [
       { ops: ["event.subscribe", "event.emit"], targets: ["topic://deep/**"] },
       { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
     ]);
     const c = await s.t.connect(p.identity, [p.token], { maxAttempts: 1 });
-    const pattern = deep("topic://deep/*/b", MAX_PATTERN_SEGMENTS, "*");
+    const pattern = deep("topic://deep/*/b/*/*", MAX_PATTERN_SEGMENTS, "*");
     const sub = await c.subscribe(pattern);
     const topic = pattern.replaceAll("*", "q");
     assert.equal((await c.events.emit(topic, { n: 1 })).subscribers, 1);

@@ -43,13 +43,24 @@ export function patternSegments(uri: string): number {
   return n;
 }
 
+/** How many segments after `scheme://` are the single-segment wildcard `*`. */
+export function patternStars(uri: string): number {
+  const i = uri.indexOf("://");
+  const rest = i < 0 ? uri : uri.slice(i + 3);
+  let n = 0;
+  for (const seg of rest.split("/")) if (seg === "*") n++;
+  return n;
+}
+
 /**
  * Subscription patterns in a segment trie: an emit visits the trie nodes its topic can reach and
  * the subscriptions that match. A pattern of n segments is at most n nodes, each reached by an
- * emit at most once, so an emit costs at most the segments of the patterns it reaches — the bus
- * bounds a pattern's segments (MAX_PATTERN_SEGMENTS), which bounds both a subscription's nodes
- * and the walk, whatever the topic's depth. Each candidate is confirmed with {@link matchTarget},
- * so matching means exactly what it means in a grant.
+ * emit at most once, so an emit costs at most the segments of the patterns it reaches, and the
+ * nodes it reaches at depth d are at most the ways to put up to k `*` among d segments. The bus
+ * bounds a pattern's segments (MAX_PATTERN_SEGMENTS) and its `*` (MAX_PATTERN_STARS), which
+ * bounds a subscription's nodes and the walk, whatever the topic's depth or the subscriptions'
+ * number. Each candidate is confirmed with {@link matchTarget}, so matching means exactly what
+ * it means in a grant.
  */
 export class TopicIndex<T extends { pattern: string }> {
   private readonly root = new Node<T>();
