@@ -47,3 +47,22 @@ export const TICK_SLICE_SESSIONS = 64;
 
 /** How long gRPC may take to finish its streams beyond the drain timeout, at stop. */
 export const GRPC_CLOSE_GRACE_MS = 1000;
+
+/**
+ * Most `/`-segments a subscription pattern (`event.subscribe`, `storage.watch`) may have after
+ * `scheme://`. Each segment is a node of the subscription index and a step an emit may take, so
+ * this bounds both what one subscription holds and what an emit walks, whatever the pattern's
+ * bytes. The deepest names the protocol itself makes are kernel topics (12 segments with an
+ * 8-level persona id); 32 leaves room for deep object paths.
+ */
+export const MAX_PATTERN_SEGMENTS = 32;
+
+/**
+ * Most single-segment `*` wildcards a subscription pattern may have. An emit's walk visits, at
+ * each depth d, at most the index nodes whose path is its topic with up to this many segments
+ * replaced by `*`: Σ C(d, k) for k ≤ 4, so ≤ ~280,000 steps over 32 segments however many
+ * subscriptions the kernel holds (without it, 65,536 subscriptions × 33). Every agent lifecycle
+ * topic of single-level personas (`topic://kernel/agents/<P>/<executable>/<instance>`) takes 3;
+ * wider sets of topics are matched with `**`.
+ */
+export const MAX_PATTERN_STARS = 4;

@@ -1,8 +1,8 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
-import { EVENT_HIGH_WATER_BYTES } from "../limits.js";
+import { EVENT_HIGH_WATER_BYTES, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { type TreeRoots, treeName } from "../resources/lineage.js";
-import { TopicIndex } from "./topic-index.js";
+import { patternSegments, patternStars, TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */
 export interface EventSink {
@@ -129,9 +129,25 @@ export class EventBus {
    * A new subscription; RESOURCE past the per-session, per-persona or kernel-wide count. With a
    * `guard`, each matching emit first asks it whether the subscription may still receive: a
    * reason (text) ends the subscription instead, with a last EVENT whose `ended` field is that reason.
+   * SEMANTIC for a pattern of more than MAX_PATTERN_SEGMENTS segments or MAX_PATTERN_STARS `*`
+   * segments: checked here, so every op that subscribes has the bounds.
    */
   subscribe(sink: EventSink, pattern: string, guard?: () => string | undefined): number {
     const L = this.limits;
+    // A segment is an index node and a step of every emit that reaches it: the bound keeps both small.
+    const segs = patternSegments(pattern);
+    if (segs > MAX_PATTERN_SEGMENTS)
+      throw new OpError(
+        "SEMANTIC",
+        `a subscription pattern has at most ${MAX_PATTERN_SEGMENTS} segments after scheme://; this one has ${segs}`,
+      );
+    // Each `*` may double the index nodes an emit reaches at a depth: a few, so the walk is bounded whatever the count.
+    const stars = patternStars(pattern);
+    if (stars > MAX_PATTERN_STARS)
+      throw new OpError(
+        "SEMANTIC",
+        `a subscription pattern has at most ${MAX_PATTERN_STARS} '*' segments; this one has ${stars} (use '**' for any depth)`,
+      );
     const mine = this.bySink.get(sink.id)?.size ?? 0;
     if (mine >= L.perSession)
       throw new OpError("RESOURCE", `this session already has ${mine} subscriptions (maxSubscriptionsPerSession)`);

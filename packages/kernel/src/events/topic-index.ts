@@ -1,15 +1,29 @@
 import { matchTarget } from "@kpip/protocol";
 
-interface Node<T> {
-  lit: Map<string, Node<T>> | undefined;
-  star: Node<T> | undefined;
+/**
+ * One trie node, every field allocated only when used: a pattern's node chain is most of what a
+ * subscription costs, so a node that only leads on holds one child and nothing else.
+ */
+class Node<T> {
+  /** The sole literal child, kept outside a Map until a second one comes (most nodes have one). */
+  key: string | undefined = undefined;
+  kid: Node<T> | undefined = undefined;
+  /** Literal children once there are two or more (then `key`/`kid` are unused). */
+  lit: Map<string, Node<T>> | undefined = undefined;
+  star: Node<T> | undefined = undefined;
   /** Subscriptions whose pattern ends here. */
-  end: Set<T>;
+  end: Set<T> | undefined = undefined;
   /** Subscriptions whose pattern ends here with `**`. */
-  rest: Set<T>;
-}
+  rest: Set<T> | undefined = undefined;
 
-const node = <T>(): Node<T> => ({ lit: undefined, star: undefined, end: new Set(), rest: new Set() });
+  literal(seg: string): Node<T> | undefined {
+    return this.lit ? this.lit.get(seg) : this.key === seg ? this.kid : undefined;
+  }
+
+  empty(): boolean {
+    return !this.end?.size && !this.rest?.size && !this.star && !this.kid && !this.lit?.size;
+  }
+}
 
 /** topic://a/b → ["topic:", "a", "b"]. */
 function segments(uri: string): string[] | undefined {
@@ -19,14 +33,41 @@ function segments(uri: string): string[] | undefined {
   return rest === "" ? [`${uri.slice(0, i)}:`] : [`${uri.slice(0, i)}:`, ...rest.split("/")];
 }
 
+/** How many `/`-segments follow `scheme://` (0 for an empty rest). */
+export function patternSegments(uri: string): number {
+  const i = uri.indexOf("://");
+  const rest = i < 0 ? uri : uri.slice(i + 3);
+  if (rest === "") return 0;
+  let n = 1;
+  for (let j = rest.indexOf("/"); j >= 0; j = rest.indexOf("/", j + 1)) n++;
+  return n;
+}
+
+/** How many segments after `scheme://` are the single-segment wildcard `*`. */
+export function patternStars(uri: string): number {
+  const i = uri.indexOf("://");
+  const rest = i < 0 ? uri : uri.slice(i + 3);
+  let n = 0;
+  for (const seg of rest.split("/")) if (seg === "*") n++;
+  return n;
+}
+
 /**
- * Subscription patterns in a segment trie: an emit visits the trie nodes its topic can reach
- * (its depth times the wildcard branches that apply) and the subscriptions that match, never
- * the others. Each candidate is confirmed with {@link matchTarget}, so matching means exactly
- * what it means in a grant.
+ * Subscription patterns in a segment trie: an emit visits the trie nodes its topic can reach and
+ * the subscriptions that match. A pattern of n segments is at most n nodes, each reached by an
+ * emit at most once, so an emit costs at most the segments of the patterns it reaches, and the
+ * nodes it reaches at depth d are at most the ways to put up to k `*` among d segments. The bus
+ * bounds a pattern's segments (MAX_PATTERN_SEGMENTS) and its `*` (MAX_PATTERN_STARS), which
+ * bounds a subscription's nodes and the walk, whatever the topic's depth or the subscriptions'
+ * number. Each candidate is confirmed with {@link matchTarget}, so matching means exactly what
+ * it means in a grant.
  */
 export class TopicIndex<T extends { pattern: string }> {
-  private readonly root = node<T>();
+  private readonly root = new Node<T>();
+  /** Trie nodes held (the root aside): what the patterns cost beyond their own text. */
+  nodes = 0;
+  /** Trie nodes the last {@link match} visited: what that emit's walk cost. */
+  steps = 0;
 
   add(sub: T): void {
     const segs = segments(sub.pattern);
@@ -35,12 +76,16 @@ export class TopicIndex<T extends { pattern: string }> {
     for (let i = 0; i < segs.length; i++) {
       const seg = segs[i] as string;
       if (seg === "**") {
-        // `**` means something only last; elsewhere the pattern matches no topic.
-        if (i === segs.length - 1) n.rest.add(sub);
+        // `**` means something only last; elsewhere the pattern matches no topic (and costs no node).
+        if (i === segs.length - 1) {
+          n.rest ??= new Set();
+          n.rest.add(sub);
+        }
         return;
       }
-      n = this.child(n, seg, true) as Node<T>;
+      n = this.child(n, seg);
     }
+    n.end ??= new Set();
     n.end.add(sub);
   }
 
@@ -49,24 +94,27 @@ export class TopicIndex<T extends { pattern: string }> {
     if (!segs) return;
     const path: [Node<T>, string][] = [];
     let n: Node<T> | undefined = this.root;
+    let ended = false;
     for (const seg of segs) {
       if (seg === "**") {
-        n.rest.delete(sub);
+        n.rest?.delete(sub);
+        ended = true;
         break;
       }
-      const next: Node<T> | undefined = this.child(n, seg, false);
+      const next: Node<T> | undefined = seg === "*" ? n.star : n.literal(seg);
       if (!next) return;
       path.push([n, seg]);
       n = next;
     }
-    n.end.delete(sub);
+    if (!ended) n.end?.delete(sub);
+    if (n.end?.size === 0) n.end = undefined;
+    if (n.rest?.size === 0) n.rest = undefined;
     // Prune nodes left empty, so an index that held many patterns shrinks with them.
     for (let i = path.length - 1; i >= 0; i--) {
       const [parent, seg] = path[i] as [Node<T>, string];
-      const c = this.child(parent, seg, false) as Node<T>;
-      if (c.end.size || c.rest.size || c.star || c.lit?.size) break;
-      if (seg === "*") parent.star = undefined;
-      else parent.lit?.delete(seg);
+      const c = (seg === "*" ? parent.star : parent.literal(seg)) as Node<T>;
+      if (!c.empty()) break;
+      this.unlink(parent, seg);
     }
   }
 
@@ -76,35 +124,59 @@ export class TopicIndex<T extends { pattern: string }> {
     const out: T[] = [];
     if (!segs) return out;
     let cur: Node<T>[] = [this.root];
+    let steps = 1;
     for (const seg of segs) {
       const next: Node<T>[] = [];
       for (const n of cur) {
-        for (const s of n.rest) out.push(s);
+        if (n.rest) for (const s of n.rest) out.push(s);
         if (n.star) next.push(n.star);
-        const l = n.lit?.get(seg);
+        const l = n.literal(seg);
         if (l) next.push(l);
       }
       cur = next;
+      steps += next.length;
+      // No pattern is deeper than its segments: a deep topic stops here, past the deepest pattern it reaches.
       if (cur.length === 0) break;
     }
     for (const n of cur) {
-      for (const s of n.rest) out.push(s);
-      for (const s of n.end) out.push(s);
+      if (n.rest) for (const s of n.rest) out.push(s);
+      if (n.end) for (const s of n.end) out.push(s);
     }
+    this.steps = steps;
     return out.filter((s) => matchTarget(s.pattern, topic));
   }
 
-  private child(n: Node<T>, seg: string, create: boolean): Node<T> | undefined {
+  /** The child of `n` for `seg`, made if missing. */
+  private child(n: Node<T>, seg: string): Node<T> {
     if (seg === "*") {
-      if (!n.star && create) n.star = node();
+      if (!n.star) {
+        n.star = new Node<T>();
+        this.nodes++;
+      }
       return n.star;
     }
-    let c = n.lit?.get(seg);
-    if (!c && create) {
-      n.lit ??= new Map();
-      c = node();
-      n.lit.set(seg, c);
+    const c = n.literal(seg);
+    if (c) return c;
+    const made = new Node<T>();
+    this.nodes++;
+    if (n.lit) n.lit.set(seg, made);
+    else if (n.kid === undefined) [n.key, n.kid] = [seg, made];
+    else {
+      n.lit = new Map([
+        [n.key as string, n.kid],
+        [seg, made],
+      ]);
+      [n.key, n.kid] = [undefined, undefined];
     }
-    return c;
+    return made;
+  }
+
+  private unlink(parent: Node<T>, seg: string): void {
+    this.nodes--;
+    if (seg === "*") parent.star = undefined;
+    else if (parent.lit) {
+      parent.lit.delete(seg);
+      if (parent.lit.size === 0) parent.lit = undefined;
+    } else if (parent.key === seg) [parent.key, parent.kid] = [undefined, undefined];
   }
 }

@@ -15,7 +15,7 @@ export const eventEmit = defineOp({
 export const eventSubscribe = defineOp({
   op: "event.subscribe",
   description:
-    "Receive EVENT frames for topics matching topic://<pattern> (* one segment, ** any depth) until unsubscribed or the session ends.",
+    "Receive EVENT frames for topics matching topic://<pattern> (* one segment, ** any depth; at most 32 segments and 4 *, PROTOCOL §9.6) until unsubscribed or the session ends.",
   targets: ["topic"],
   sessionState: "a subscription, holding one of the session's subscription slots; its EVENTs go to the session",
   args: {},

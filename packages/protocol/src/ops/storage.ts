@@ -152,7 +152,7 @@ export const storageUploadAbort = defineOp({
 export const storageWatch = defineOp({
   op: "storage.watch",
   description:
-    "Receive EVENT frames {uri, generation, kind: write|delete} when objects matching obj://<workspace>/<path or pattern> change, until unwatched, the session ends or the capability that authorized it lapses (PROTOCOL §9.8). Authorized as storage.read on every object the pattern can match.",
+    "Receive EVENT frames {uri, generation, kind: write|delete} when objects matching obj://<workspace>/<path or pattern> change (a pattern of at most 32 segments and 4 *), until unwatched, the session ends or the capability that authorized it lapses (PROTOCOL §9.8). Authorized as storage.read on every object the pattern can match.",
   targets: ["obj"],
   authorizeAs: "storage.read",
   sessionState: "a watch, holding one of the session's subscription slots; its EVENTs go to the session",
