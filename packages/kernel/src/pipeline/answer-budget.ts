@@ -38,13 +38,16 @@ export class AnswerBudget {
     return new AnswerLease(this, session);
   }
 
-  /** @internal {@link AnswerLease.hold}: throws RESOURCE past a budget, else takes the bytes. */
-  take(session: string, bytes: number): void {
+  /**
+   * @internal {@link AnswerLease.hold}: throws RESOURCE past a budget, else takes the bytes.
+   * `always`: taken whatever the budget (an answer that must go out is still counted).
+   */
+  take(session: string, bytes: number, always = false): void {
     const s = this.bySession.get(session) ?? 0;
     // One answer alone is always allowed (the op's own limits bound it): a session is never starved.
-    if (s > 0 && s + bytes > this.perSession)
+    if (!always && s > 0 && s + bytes > this.perSession)
       throw new OpError("RESOURCE", `this session's answers in preparation hold ${s} bytes; retry once they are sent`);
-    if (this.total > 0 && this.total + bytes > this.kernel)
+    if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
     this.bySession.set(session, s + bytes);
     this.total += bytes;
@@ -68,9 +71,22 @@ export class AnswerLease {
     private readonly session: string,
   ) {}
 
+  /** Bytes this request holds. */
+  get bytes(): number {
+    return this.mine;
+  }
+
+  /** Takes `bytes` more, or throws RESOURCE past the session's or the kernel's budget. */
   hold(bytes: number): void {
     if (bytes <= 0) return;
     this.budget.take(this.session, bytes);
+    this.mine += bytes;
+  }
+
+  /** Takes `bytes` more whatever the budget: an answer that cannot be refused any more is still counted. */
+  count(bytes: number): void {
+    if (bytes <= 0) return;
+    this.budget.take(this.session, bytes, true);
     this.mine += bytes;
   }
 

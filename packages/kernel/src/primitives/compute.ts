@@ -95,6 +95,8 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           const op = ownOp(store, ctx, admin);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           if (op.state === "succeeded") {
+            // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
+            if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
             return {
               status: "SUCCESS",
               payload: { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null },
