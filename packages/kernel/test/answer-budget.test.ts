@@ -35,6 +35,25 @@ describe("the budget of answers in preparation", () => {
     assert.equal(b.held, 0);
   });
 
+  it("counts bytes queued to the peer, gives back an over-estimate, and counts an answer that cannot be refused", () => {
+    const b = new AnswerBudget(10, 100);
+    const peer = { buffered: 6 };
+    const a = b.lease("a", peer);
+    assert.throws(() => a.hold(5), refusedResource, "6 queued + 5 is over the session's 10, even with nothing held");
+    assert.throws(() => b.checkRoom("a", 10), refusedResource, "a session whose queue fills its budget runs no read");
+    a.hold(4);
+    a.giveBack(3);
+    assert.equal(a.bytes, 1);
+    assert.equal(b.held, 1);
+    a.count(50); // an op with effects: counted past the budget, never refused
+    assert.equal(b.held, 51);
+    peer.buffered = 0;
+    assert.throws(() => b.lease("a").hold(1), refusedResource, "the counted bytes fill the session's budget");
+    a.release();
+    assert.equal(b.held, 0);
+    b.checkRoom("a", 0);
+  });
+
   it("pipelined reads of a large object: past the session's budget they are refused RESOURCE before reading; the rest answered whole; retries succeed", async () => {
     // maxWriteBuffer 4 MiB: a session's answers in preparation may hold half of it
     await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {

@@ -46,12 +46,14 @@ export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBud
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
-      ctx.lease ??= answers.lease(s.id);
+      ctx.lease ??= answers.lease(s.id, s);
       ctx.lease.hold(bytes);
     },
   };
   checkOwnership(decl, op);
   if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
+  // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
+  if (!decl.effects) answers.checkRoom(s.id, s.buffered ?? 0);
   return decl.handler(op);
 }
 
@@ -64,14 +66,16 @@ const SMALL_ANSWER = 4096;
  * every op, so a listing page, an op's result or an embedder's op cannot be piled up by a
  * pipelined burst whatever its handler does. A read-only op past the budget is refused RESOURCE
  * (its answer is dropped; the retry reruns it); an op with effects has made them, so its answer
- * is only counted, never refused.
+ * is only counted, never refused. A handler that held more than its answer takes gets the rest back.
  */
 export function holdResult(ctx: RequestCtx, result: OpResult, answers: AnswerBudget): void {
   if (result.payload === undefined) return;
   const held = ctx.lease?.bytes ?? 0;
   const more = payloadBytes(result.payload) - held;
+  // A handler that held an upper estimate (a listing's page) keeps what the answer takes.
+  if (more <= -SMALL_ANSWER) return ctx.lease?.giveBack(-more);
   if (more < SMALL_ANSWER) return;
-  ctx.lease ??= answers.lease(ctx.session.id);
+  ctx.lease ??= answers.lease(ctx.session.id, ctx.session);
   if ((ctx.decl as NonNullable<RequestCtx["decl"]>).effects) ctx.lease.count(more);
   else ctx.lease.hold(more);
 }
