@@ -71,6 +71,12 @@ const DECLARED = {
     default: 16 * 1024 * 1024 * 1024,
     description: "bytes all chunked uploads in progress may declare, in the kernel (the disk they may fill)",
   },
+  maxUploadBytesPerPersona: {
+    type: "int",
+    default: 4 * 1024 * 1024 * 1024,
+    description:
+      "bytes the chunked uploads in progress of one persona tree (its agents and sub-personas included) may declare: its share of maxUploadBytes",
+  },
   /** An upload with no chunk for this long is discarded with its partial file. */
   uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },
   maxWriteBuffer: {

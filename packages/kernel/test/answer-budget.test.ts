@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import type { Intent } from "@kpip/protocol";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
-import { withKernel } from "./harness.js";
+import { sandboxSkip, until, withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const MiB = 1024 * 1024;
@@ -34,6 +35,25 @@ describe("the budget of answers in preparation", () => {
     assert.equal(b.held, 0);
   });
 
+  it("counts bytes queued to the peer, gives back an over-estimate, and counts an answer that cannot be refused", () => {
+    const b = new AnswerBudget(10, 100);
+    const peer = { buffered: 6 };
+    const a = b.lease("a", peer);
+    assert.throws(() => a.hold(5), refusedResource, "6 queued + 5 is over the session's 10, even with nothing held");
+    assert.throws(() => b.checkRoom("a", 10), refusedResource, "a session whose queue fills its budget runs no read");
+    a.hold(4);
+    a.giveBack(3);
+    assert.equal(a.bytes, 1);
+    assert.equal(b.held, 1);
+    a.count(50); // an op with effects: counted past the budget, never refused
+    assert.equal(b.held, 51);
+    peer.buffered = 0;
+    assert.throws(() => b.lease("a").hold(1), refusedResource, "the counted bytes fill the session's budget");
+    a.release();
+    assert.equal(b.held, 0);
+    b.checkRoom("a", 0);
+  });
+
   it("pipelined reads of a large object: past the session's budget they are refused RESOURCE before reading; the rest answered whole; retries succeed", async () => {
     // maxWriteBuffer 4 MiB: a session's answers in preparation may hold half of it
     await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {
@@ -62,4 +82,66 @@ describe("the budget of answers in preparation", () => {
       p.close();
     });
   });
+
+  it("pipelined op.result on a large result: past the session's budget they are refused RESOURCE; the rest answered whole; another session is answered", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {
+      const admin = await t.admin();
+      const d = await admin.call("compute.submit", "op://command/sh", { args: ["-c", `head -c ${MiB} /dev/zero`] });
+      const op = (d.payload as { op: string }).op;
+      await admin.ops.wait(op);
+      const ok = await burst(t, { op: "op.result", target: op, args: {} });
+      for (const r of ok) assert.equal((r.payload as { result: { stdout: Uint8Array } }).result.stdout.length, MiB);
+      assert.equal((await admin.call("op.status", op)).status, "SUCCESS", "another session is answered");
+    });
+  });
+
+  it("pipelined agent.logs of a talkative agent: past the session's budget they are refused RESOURCE; the rest answered whole", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withKernel({ maxWriteBuffer: 4 * MiB }, async (t) => {
+      const admin = await t.admin();
+      await admin.agents.spawn("sh", "loud", { args: ["-c", `head -c ${MiB} /dev/zero`], rights: [], lifetimeMs: 30_000 });
+      await until(async () => (await admin.agents.status("agent://sh/loud")).state !== "running" || undefined);
+      const ok = await burst(t, { op: "agent.logs", target: "agent://sh/loud", args: {} });
+      for (const r of ok) assert.equal((r.payload as { stdout: Uint8Array }).stdout.length, MiB);
+    });
+  });
+
+  it("pipelined storage.list pages of long paths: the pages' bytes are held like reads, past the budget RESOURCE; the rest answered whole", async () => {
+    // 1 MiB of write buffer: half a MiB of answers in preparation per session, each page ~200 KB
+    await withKernel({ maxWriteBuffer: MiB }, async (t) => {
+      const admin = await t.admin();
+      const tail = "/p".repeat(500);
+      for (let i = 0; i < 200; i += 50)
+        await Promise.all(Array.from({ length: 50 }, (_, j) => admin.storage.write(`obj://ls/d${i + j}${tail}`, "x")));
+      const ok = await burst(t, { op: "storage.list", target: "obj://ls", args: { limit: 1000 } });
+      for (const r of ok) assert.equal((r.payload as { items: unknown[] }).items.length, 200);
+    });
+  });
 });
+
+/**
+ * 24 requests in one write (all run before the first is answered): some answered, the others
+ * refused RESOURCE by the budget of answers in preparation; a retry once they are out is served.
+ */
+async function burst(t: Parameters<typeof RawPeer.admin>[0], intent: Intent) {
+  const p = await RawPeer.admin(t);
+  const frames = Array.from({ length: 24 }, (_, i) => requestFrame(100 + i, intent));
+  p.send(Buffer.concat(frames));
+  const answers = await Promise.all(frames.map((_, i) => p.response(100 + i)));
+  const ok = answers.filter((r) => r.status === "SUCCESS");
+  const refused = answers.filter((r) => r.status !== "SUCCESS");
+  assert.ok(ok.length >= 1, "some are answered");
+  assert.ok(refused.length >= 1, "those past the budget are refused");
+  for (const r of refused) {
+    assert.equal(r.error, "RESOURCE");
+    assert.match(r.message ?? "", /answers in preparation/);
+  }
+  p.send(requestFrame(200, intent));
+  assert.equal((await p.response(200)).status, "SUCCESS");
+  assert.equal(p.closed, false);
+  p.close();
+  return ok;
+}

@@ -74,10 +74,11 @@ describe("hostile input over the wire", () => {
     const p = await RawPeer.admin(t);
     const c = await t.admin();
     p.sock.pause();
-    // The op table is kilobytes per answer and not held back by the budget of answers in
-    // preparation (storage.read is: its answers would be refused RESOURCE instead of queued).
-    for (let i = 0; i < 400; i++)
-      p.request(1000 + i, { op: "system.describe", target: "kernel://", args: {} }, { persona: "admin" });
+    // Small answers (below what the budget of answers in preparation counts): queued, not refused.
+    // A large one (system.describe's op table, a read) past the session's budget with its queue
+    // unread would be refused RESOURCE instead of queued.
+    for (let i = 0; i < 20_000; i++)
+      p.request(1000 + i, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });
     await until(() => t.k.sessionCount === 1, 10_000, "the non-reading session is dropped");
     assert.equal((await c.system.health()).status, "ok");
     p.close();

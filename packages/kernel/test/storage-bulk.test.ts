@@ -214,6 +214,24 @@ describe("chunked upload: capabilities and bounds", () => {
     });
   });
 
+  it("one persona tree cannot declare the kernel's whole maxUploadBytes: past maxUploadBytesPerPersona it is RESOURCE, and others still begin", async () => {
+    await withKernel({ ...SMALL_FRAMES, maxUploadBytes: 600_000, maxUploadBytesPerPersona: 400_000 }, async (t) => {
+      const rights = (ws: string) => [{ ops: ["storage.write"], targets: [`obj://${ws}/**`] }];
+      const m = await t.persona("mallory", rights("mws"));
+      const v = await t.persona("victim", rights("vws"));
+      const cm = await t.connect(m.identity, [m.token]);
+      const cv = await t.connect(v.identity, [v.token]);
+      // the attack: one upload declaring all the tree may, then more (without the share, all of maxUploadBytes)
+      await cm.call("storage.upload.begin", "obj://mws/big", { size: 400_000 });
+      await assert.rejects(cm.call("storage.upload.begin", "obj://mws/more", { size: 1 }), klass("RESOURCE", "share of 400000"));
+      await assert.rejects(cm.call("storage.upload.begin", "obj://mws/all", { size: 200_000 }), klass("RESOURCE", "share"));
+      // what is left of the kernel's bytes is another persona's to use
+      await cv.call("storage.upload.begin", "obj://vws/small", { size: 200_000 });
+      // the kernel-wide bound still holds over all trees
+      await assert.rejects(cv.call("storage.upload.begin", "obj://vws/more", { size: 1 }), klass("RESOURCE", "declare"));
+    });
+  });
+
   it("a commit refused by its compare-and-set keeps the upload: it can be committed right, or aborted", async () => {
     await withKernel(SMALL_FRAMES, async (t) => {
       const c = await t.admin();

@@ -192,7 +192,14 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     if (swept) log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
     uploads = new UploadTable(
       blobs,
-      { perPersona: c.maxUploadsPerPersona, total: c.maxUploads, totalBytes: c.maxUploadBytes, idleMs: c.uploadIdleMs, roots },
+      {
+        perPersona: c.maxUploadsPerPersona,
+        total: c.maxUploads,
+        totalBytes: c.maxUploadBytes,
+        bytesPerPersona: c.maxUploadBytesPerPersona,
+        idleMs: c.uploadIdleMs,
+        roots,
+      },
       (h) => store.countBodyRefs(h),
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),

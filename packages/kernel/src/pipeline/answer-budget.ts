@@ -33,21 +33,47 @@ export class AnswerBudget {
     return this.total;
   }
 
-  /** A lease for one request: `hold` adds to it, `release` gives all of it back (once). */
-  lease(session: string): AnswerLease {
-    return new AnswerLease(this, session);
+  /**
+   * A lease for one request: `hold` adds to it, `release` gives all of it back (once). `peer`:
+   * the session's connection, whose bytes queued but not yet read count against its budget.
+   */
+  lease(session: string, peer?: QueuedBytes): AnswerLease {
+    return new AnswerLease(this, session, peer);
   }
 
-  /** @internal {@link AnswerLease.hold}: throws RESOURCE past a budget, else takes the bytes. */
-  take(session: string, bytes: number): void {
+  /**
+   * @internal {@link AnswerLease.hold}: throws RESOURCE past a budget, else takes the bytes.
+   * `always`: taken whatever the budget (an answer that must go out is still counted).
+   */
+  take(session: string, bytes: number, always = false, queued = 0): void {
     const s = this.bySession.get(session) ?? 0;
     // One answer alone is always allowed (the op's own limits bound it): a session is never starved.
-    if (s > 0 && s + bytes > this.perSession)
-      throw new OpError("RESOURCE", `this session's answers in preparation hold ${s} bytes; retry once they are sent`);
-    if (this.total > 0 && this.total + bytes > this.kernel)
+    // Answers released to the connection but not yet read by the peer still count: a lease ends
+    // when its answer is queued, and a burst answered batch after batch would pile up there
+    // until the peer is dropped for not reading (SLOW_CONSUMER) instead of being refused.
+    if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession)
+      throw new OpError(
+        "RESOURCE",
+        `this session's answers in preparation hold ${s} bytes (${queued} more queued to the peer); retry once they are sent`,
+      );
+    if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
     this.bySession.set(session, s + bytes);
     this.total += bytes;
+  }
+
+  /**
+   * Throws RESOURCE when `session` already holds its whole budget (answers in preparation and
+   * queued to the peer): a read-only op is then refused before it builds an answer the budget
+   * would refuse anyway. Per session only: another session's burst never refuses this one's.
+   */
+  checkRoom(session: string, queued = 0): void {
+    const s = this.bySession.get(session) ?? 0;
+    if (s + queued >= this.perSession && (s > 0 || queued > 0))
+      throw new OpError(
+        "RESOURCE",
+        `this session's answers in preparation hold ${s} bytes (${queued} more queued to the peer); retry once they are sent`,
+      );
   }
 
   /** @internal {@link AnswerLease.release}. */
@@ -59,6 +85,11 @@ export class AnswerBudget {
   }
 }
 
+/** A session's connection: the bytes of answers queued to the peer and not yet read. */
+export interface QueuedBytes {
+  readonly buffered?: number;
+}
+
 /** One request's share of the budget (an object with methods: no closures per request). */
 export class AnswerLease {
   private mine = 0;
@@ -66,12 +97,34 @@ export class AnswerLease {
   constructor(
     private readonly budget: AnswerBudget,
     private readonly session: string,
+    private readonly peer?: QueuedBytes,
   ) {}
 
+  /** Bytes this request holds. */
+  get bytes(): number {
+    return this.mine;
+  }
+
+  /** Takes `bytes` more, or throws RESOURCE past the session's or the kernel's budget. */
   hold(bytes: number): void {
     if (bytes <= 0) return;
-    this.budget.take(this.session, bytes);
+    this.budget.take(this.session, bytes, false, this.peer?.buffered ?? 0);
     this.mine += bytes;
+  }
+
+  /** Takes `bytes` more whatever the budget: an answer that cannot be refused any more is still counted. */
+  count(bytes: number): void {
+    if (bytes <= 0) return;
+    this.budget.take(this.session, bytes, true);
+    this.mine += bytes;
+  }
+
+  /** Gives back `bytes` of what this request holds (it held an upper estimate of its answer). */
+  giveBack(bytes: number): void {
+    const n = Math.min(bytes, this.mine);
+    if (n <= 0) return;
+    this.budget.give(this.session, n);
+    this.mine -= n;
   }
 
   release(): void {

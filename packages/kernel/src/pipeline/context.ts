@@ -35,6 +35,8 @@ export interface SessionView {
   expel?(code: string, message: string, errorClass: ErrorClass): void;
   /** The negotiated maximum body of the session. */
   readonly maxBody: number;
+  /** Bytes queued to the peer and not yet read (the answer budget counts them); absent: none known. */
+  readonly buffered?: number;
   /** Requests of this session in flight, this one included (admission). */
   readonly inFlight: number;
   /** The session is closing (after GOODBYE): it takes no new request (admission). */

@@ -1,4 +1,4 @@
-import type { CborMap, Response } from "@kpip/protocol";
+import type { CborMap, CborValue, Response } from "@kpip/protocol";
 import { parseTarget } from "@kpip/protocol";
 import { checkArgs } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
@@ -46,13 +46,51 @@ export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBud
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
-      ctx.lease ??= answers.lease(s.id);
+      ctx.lease ??= answers.lease(s.id, s);
       ctx.lease.hold(bytes);
     },
   };
   checkOwnership(decl, op);
   if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
+  // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
+  if (!decl.effects) answers.checkRoom(s.id, s.buffered ?? 0);
   return decl.handler(op);
+}
+
+/** An answer smaller than this is not counted: maxInFlight of them are little, and most answers are. */
+const SMALL_ANSWER = 4096;
+
+/**
+ * Step 10's end: the bytes of the answer a handler built, held against the budget of answers in
+ * preparation (answer-budget.ts) beyond what the handler held itself before reading. Applied to
+ * every op, so a listing page, an op's result or an embedder's op cannot be piled up by a
+ * pipelined burst whatever its handler does. A read-only op past the budget is refused RESOURCE
+ * (its answer is dropped; the retry reruns it); an op with effects has made them, so its answer
+ * is only counted, never refused. A handler that held more than its answer takes gets the rest back.
+ */
+export function holdResult(ctx: RequestCtx, result: OpResult, answers: AnswerBudget): void {
+  if (result.payload === undefined) return;
+  const held = ctx.lease?.bytes ?? 0;
+  const more = payloadBytes(result.payload) - held;
+  // A handler that held an upper estimate (a listing's page) keeps what the answer takes.
+  if (more <= -SMALL_ANSWER) return ctx.lease?.giveBack(-more);
+  if (more < SMALL_ANSWER) return;
+  ctx.lease ??= answers.lease(ctx.session.id, ctx.session);
+  if ((ctx.decl as NonNullable<RequestCtx["decl"]>).effects) ctx.lease.count(more);
+  else ctx.lease.hold(more);
+}
+
+/** About the bytes a payload takes encoded (and in memory): a byte string's length, a text's, a few per item. */
+export function payloadBytes(v: CborValue): number {
+  if (v === null || typeof v !== "object") return typeof v === "string" ? v.length + 1 : 9;
+  if (v instanceof Uint8Array) return v.byteLength + 9;
+  let n = 9;
+  if (Array.isArray(v)) {
+    for (const x of v) n += payloadBytes(x);
+    return n;
+  }
+  for (const k in v) n += k.length + 1 + payloadBytes(v[k] as CborValue);
+  return n;
 }
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */

@@ -29,7 +29,7 @@ import {
   toRefusal,
 } from "./context.js";
 import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
-import { execute, outcomeAnswer } from "./execute.js";
+import { execute, holdResult, outcomeAnswer } from "./execute.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
 export type { Refusal, RequestCtx, SessionView } from "./context.js";
@@ -371,7 +371,10 @@ export class Pipeline {
         // 9–10. check and execute; an effect made `atomically` commits with its dedupe record.
         try {
           const r = stage(trace, "kpip.execute", this.execute, ctx);
-          result = isThenable(r) ? await r : r;
+          const v = isThenable(r) ? await r : r;
+          // Held until the request is answered: a burst of large answers cannot pile up in memory.
+          holdResult(ctx, v, this.answers);
+          result = v;
         } catch (e) {
           refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
         }

@@ -90,7 +90,12 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
         handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx)) }),
       }),
       implement(agentLogs, {
-        handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx), true) }),
+        handler: (ctx) => {
+          const a = visible(ctx);
+          // The output is counted before it is answered: a burst of agent.logs cannot pile it up.
+          ctx.holdAnswerBytes((a.stdout?.byteLength ?? 0) + (a.stderr?.byteLength ?? 0));
+          return { status: "SUCCESS", payload: describe(a, true) };
+        },
       }),
       implement(agentList, {
         handler: (ctx): OpResult => {

@@ -97,6 +97,8 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
           if (op.state === "succeeded") {
+            // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
+            if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
             return {
               status: "SUCCESS",
               payload: { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null },

@@ -13,6 +13,8 @@ export interface UploadLimits {
   total: number;
   /** Declared bytes of all uploads in progress in the kernel (the disk they may fill). */
   totalBytes: number;
+  /** Declared bytes of one persona tree's uploads in progress: no tree holds all of totalBytes. Unbounded when absent. */
+  bytesPerPersona?: number;
   /** An upload with no chunk or commit for this long is discarded with its partial file. */
   idleMs: number;
   /** The top of each persona's tree (perPersona counts it); by first segment when absent. */
@@ -121,11 +123,24 @@ export class UploadTable {
     // Counted over the persona's whole tree: its agents and sub-personas get no uploads of their own.
     const root = (this.limits.roots ?? FIRST_SEGMENT).of(persona);
     let mine = 0;
-    for (const u of this.byId.values()) if (inTree(u.persona, root)) mine++;
+    let mineBytes = 0;
+    for (const u of this.byId.values())
+      if (inTree(u.persona, root)) {
+        mine++;
+        mineBytes += u.size;
+      }
     if (mine >= this.limits.perPersona)
       throw new OpError(
         "RESOURCE",
         `${treeName(root, persona)} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+      );
+    // A share of the kernel's bytes per tree: one tree declaring (and trickling a byte to keep) all
+    // of totalBytes would refuse every other persona's upload.
+    const share = this.limits.bytesPerPersona;
+    if (share !== undefined && mineBytes + size > share)
+      throw new OpError(
+        "RESOURCE",
+        `the uploads in progress of ${treeName(root, persona)} declare ${mineBytes} bytes; ${size} more would pass its share of ${share}`,
       );
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);

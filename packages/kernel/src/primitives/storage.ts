@@ -1,4 +1,4 @@
-import { storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
+import { DEFAULT_LIMITS, storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
 import type { ObjectBody } from "../store/types.js";
 import { implement } from "./implement.js";
@@ -18,6 +18,9 @@ function dataArg(ctx: OpContext): Uint8Array {
 }
 
 /** storage.write/read/stat/list/delete, the chunked upload and watches on obj://<workspace>/<path>. */
+/** A listed object's fields besides its path, encoded (keys, size, generation), with room to spare. */
+const LIST_ITEM_BYTES = 64;
+
 export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveFamily {
   const { store, blobs, ledger } = d;
   return {
@@ -83,6 +86,10 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const page = textPageRequest(ctx.args, "a storage list");
           if (page.cursor !== undefined && !page.cursor.startsWith(prefix))
             throw new OpError("SEMANTIC", "cursor does not belong to this listing");
+          // The page's largest answer (every path as long as a target allows), counted before the
+          // rows are read: a burst past the budget is refused without building pages. The pipeline
+          // gives back what the page built does not take.
+          ctx.holdAnswerBytes(page.limit * (DEFAULT_LIMITS.maxTargetBytes + LIST_ITEM_BYTES));
           const rows = store.listObjects(workspace, prefix, page.cursor, page.limit + 1);
           return pageAnswer(
             rows,

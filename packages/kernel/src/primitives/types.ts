@@ -38,7 +38,9 @@ export interface OpContext<A = CborMap> {
   /**
    * Declares that the op is about to hold `bytes` of answer in memory (a body it reads), until
    * the request is answered. Throws OpError RESOURCE when the session's or the kernel's budget of
-   * answers in preparation is spent: call it before reading, not after.
+   * answers in preparation is spent: call it before reading, not after. The pipeline holds
+   * what the built answer takes beyond this anyway (pipeline/execute.ts holdResult); this only
+   * spares reading what would then be refused.
    */
   holdAnswerBytes(bytes: number): void;
 }
