@@ -38,7 +38,7 @@ const token = (id: string, sub: string, mintedBy: string, chain: string[] = []) 
 const hex = (n: number) => n.toString(16).padStart(32, "0");
 
 describe("token.list reads the caller's tokens only", () => {
-  it("pages hold only the caller's tokens, as many pages whatever other personas mint or refresh meanwhile (cases 295-296)", async () => {
+  it("pages hold only the caller's tokens, as many pages whatever other personas mint or refresh meanwhile", async () => {
     await withKernel({}, async (t) => {
       const alice = await t.persona("alice", [
         { ops: ["token.list", "token.mint"], targets: ["kernel://", "persona://alice/**"] },
@@ -118,7 +118,7 @@ describe("token.list reads the caller's tokens only", () => {
 });
 
 describe("tokens past the format's bounds, and INTERNAL failures in the log", () => {
-  it("token.refresh and agent.spawn from a token 31 deep are SEMANTIC, not INTERNAL; the kernel serves on (case 297)", async () => {
+  it("token.refresh and agent.spawn from a token 31 deep are SEMANTIC, not INTERNAL; the kernel serves on", async () => {
     await withKernel({}, async (t) => {
       const m = await t.persona("mallory", [{ ops: ["storage.read", "agent.spawn"], targets: ["obj://ws/x", "agent://**"] }]);
       const c = await t.connect(m.identity, []);
@@ -145,7 +145,7 @@ describe("tokens past the format's bounds, and INTERNAL failures in the log", ()
     });
   });
 
-  it("an op failing INTERNAL again and again logs within its persona's budget, then one suppressed line (case 298)", async () => {
+  it("an op failing INTERNAL again and again logs within its persona's budget, then one suppressed line", async () => {
     const lines: string[] = [];
     const log = createLogger("silent", false);
     const counting = new Proxy(log, {

@@ -5,7 +5,7 @@ import { klass, removeHome, startKernel, withKernel } from "./harness.js";
 const MAX = Number.MAX_SAFE_INTEGER;
 
 describe("numbers past 2^53 never reach an answer, and an answer that cannot be encoded never ends the kernel", () => {
-  it("resource.alloc past 2^53 - 1 in all is RESOURCE; resource.query still answers (case 299)", async () => {
+  it("resource.alloc past 2^53 - 1 in all is RESOURCE; resource.query still answers", async () => {
     await withKernel({}, async (t) => {
       const p = await t.persona("hoarder", [
         { ops: ["resource.alloc", "resource.query"], targets: ["persona://hoarder/**", "persona://hoarder"] },
@@ -23,7 +23,7 @@ describe("numbers past 2^53 never reach an answer, and an answer that cannot be 
     });
   });
 
-  it("compute.submit's timeoutMs (or a context deadline) is cut to maxRuntimeMs: op.status answers a deadline any peer decodes (case 300)", async () => {
+  it("compute.submit's timeoutMs (or a context deadline) is cut to maxRuntimeMs: op.status answers a deadline any peer decodes", async () => {
     await withKernel({ maxRuntimeMs: 60_000 }, async (t) => {
       const p = await t.persona("timer", [
         { ops: ["compute.submit", "op.status", "op.list"], targets: ["op://**", "kernel://"] },
@@ -45,7 +45,7 @@ describe("numbers past 2^53 never reach an answer, and an answer that cannot be 
     await assert.rejects(startKernel({ maxRuntimeMs: 2 ** 31 }), /maxRuntimeMs must be at most/);
   });
 
-  it("an answer a handler filled with a number past 2^53 is FAILURE INTERNAL, on the record, and the kernel serves on (case 301)", async () => {
+  it("an answer a handler filled with a number past 2^53 is FAILURE INTERNAL, on the record, and the kernel serves on", async () => {
     const t = await startKernel({}, undefined, (k) =>
       k.register({
         name: "bad",
