@@ -267,7 +267,11 @@ export class McpGateway {
       budget.close();
       void this.watches.dropServer(server);
     };
-    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));
+    // Within the bounds like any call: a tools/list answer is ~20 KB, and a host sending them
+    // in batches on connections it never reads would otherwise hold gateway memory unbounded.
+    server.setRequestHandler(ListToolsRequestSchema, (_req, extra) =>
+      run(extra.requestId, async () => ({ tools: [...this.tools.values()].map((t) => t.tool) })),
+    );
     // The host's name and version are fixed once it has initialized: built once, not per call.
     let prefix: string | undefined;
     const execution = (requestId: string | number) => {

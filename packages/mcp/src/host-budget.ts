@@ -161,6 +161,19 @@ export class HostBudget {
   }
 
   /**
+   * An answer to `id` handed to the transport (any: a refusal, a ping's, an SDK error) while
+   * the response that carries it is open: it counts until that response ends, like a call's.
+   * A call's answer is counted by {@link run} already; nothing else may be held unread uncounted.
+   */
+  hold(id: RequestId, answer: unknown): void {
+    if (!this.tracksDelivery || this.closed || this.held.has(id)) return;
+    const bytes = jsonSize(answer);
+    this.held.set(id, bytes);
+    this.unread += bytes;
+    this.total.unread += bytes;
+  }
+
+  /**
    * The response that carried call `id` has ended (read, or its connection closed). True when
    * the call is still running: its answer can never be delivered, so the caller cancels it.
    */

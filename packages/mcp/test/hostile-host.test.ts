@@ -475,6 +475,82 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("counts tools/list answers and refusals against a host's unread bounds, serves one request per connection and bounds batches; others are served", async () => {
+    const MAX_UNREAD = 256 * 1024;
+    const g = await gatewayOn(k, files, { maxUnreadBytesPerSession: MAX_UNREAD });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const honest = await connect(http);
+      const answer = JSON.stringify(await honest.listTools()).length + 200;
+      const hostile = await rawSession(http);
+      const load = () => g.gateway.hostLoads()[1] as ReturnType<typeof g.gateway.hostLoads>[0];
+      const { port } = new URL(http.url);
+      // Connections never read, each with requests pipelined: every POST a full batch of tools/list.
+      const CONNS = 24;
+      const PIPE = 8;
+      const BATCH = 32;
+      for (let c = 0; c < CONNS; c++) {
+        let wire = "";
+        for (let p = 0; p < PIPE; p++) {
+          const body = JSON.stringify(
+            Array.from({ length: BATCH }, (_, i) => ({ jsonrpc: "2.0", id: `c${c}p${p}L${i}`, method: "tools/list" })),
+          );
+          wire += `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${hostile.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+        }
+        const sock = tcp(Number(port), "127.0.0.1");
+        sock.pause();
+        sock.on("error", () => {});
+        sock.write(wire);
+        socks.push(sock);
+      }
+      // One request at a time on a connection: one behind another not yet answered is refused
+      // (503); the others are served once the answer before them was handed on. Each served
+      // batch's calls are each run or refused at the bounds.
+      let most = 0;
+      await until(
+        () => {
+          most = Math.max(most, g.gateway.totalLoad().unreadBytes);
+          const l = load();
+          return (l.served + l.refused) / BATCH + http.pipelinedRefused() === CONNS * PIPE && l.calls === 0;
+        },
+        60_000,
+        "every request refused as pipelined or its batch handled",
+      ).catch((e) => {
+        throw new Error(`${e.message}: ${JSON.stringify(load())}, ${http.pipelinedRefused()} pipelined refused`);
+      });
+      assert.ok(http.pipelinedRefused() > 0, "pipelined requests are refused");
+      assert.ok(load().refused > 0, `tools/list is refused past the bounds: ${JSON.stringify(load())}`);
+      // Past the bound only calls already in flight (16) and refusals (small) were added.
+      assert.ok(most <= MAX_UNREAD + 16 * answer + CONNS * BATCH * 300, `${most} bytes unread at most`);
+      assert.equal(g.gateway.totalLoad().unreadBytes, load().unreadBytes + (g.gateway.hostLoads()[0]?.unreadBytes ?? 0));
+      // A batch over maxBatch is refused whole; another host is served meanwhile.
+      const big = Array.from({ length: BATCH + 1 }, (_, i) => ({ jsonrpc: "2.0", id: `big${i}`, method: "ping" }));
+      const r = await fetch(http.url, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${BEARER}`,
+          ...JSON_SSE,
+          "mcp-session-id": hostile.sid,
+          "mcp-protocol-version": "2025-06-18",
+        },
+        body: JSON.stringify(big),
+      });
+      assert.equal(r.status, 400);
+      assert.match(await r.text(), /at most 32 messages/);
+      assert.ok((await honest.listTools()).tools.length > 0);
+      for (const s of socks.splice(0)) s.destroy();
+      await until(() => load().unreadBytes === 0, 30_000, "the unread answers dropped with their connections");
+      assert.match(await hostile.send("tools/list", {}), /"tools"/);
+      await hostile.end();
+      await honest.end();
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("queues no notice for a host that does not read its GET stream; it gets the latest change when it reads again", async () => {
     // Long names make large notices: each change of the object is ~2 KB for every session.
     const uri = `obj://ws1/${"n".repeat(1900)}`;
