@@ -21,10 +21,14 @@ import {
   DEFAULT_MAX_TOTAL_CALLS,
   DEFAULT_MAX_TOTAL_UNREAD_BYTES,
   DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  DEFAULT_REFUSALS_PER_SESSION,
+  DEFAULT_TOTAL_REFUSALS,
   GatewayBudget,
   type GatewayLoad,
   HostBudget,
   type HostLoad,
+  RefusalBucket,
+  RefusalRate,
 } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
@@ -54,6 +58,17 @@ export interface GatewayOptions {
    * are refused with HOST_BUSY.
    */
   maxTotalUnreadBytes?: number;
+  /**
+   * Kernel refusals a second one host session may draw (default 2, bursts 5×); past it its calls
+   * get HOST_BUSY before they reach the kernel. Every host shares the gateway's kernel session,
+   * which the kernel ends past its refusal flood bound.
+   */
+  maxRefusalsPerSession?: number;
+  /**
+   * Kernel refusals a second the host sessions refused within the last minute may draw together
+   * (default 10, bursts 5×: under the kernel's default refusal rate of 20 a second per session).
+   */
+  maxTotalRefusals?: number;
 }
 
 interface ToolEntry {
@@ -82,6 +97,11 @@ const CATALOGUE_SESSION_STATE: ReadonlySet<string> = new Set(
  */
 export function heldOnSession(decl: OpDecl): boolean {
   return decl.sessionState !== undefined || CATALOGUE_SESSION_STATE.has(decl.op);
+}
+
+/** A tool result that is the kernel's refusal (a FAILURE answer it sent, not the gateway's own). */
+function refusedCall(r: CallToolResult): boolean {
+  return r._meta?.["kpip/status"] === "FAILURE" && r._meta["kpip/requestId"] !== undefined;
 }
 
 function positive(name: string, v: number | undefined, dflt: number): number {
@@ -131,6 +151,10 @@ export class McpGateway {
   readonly maxUnreadBytesPerSession: number;
   /** The bounds across all host sessions. */
   private readonly total: GatewayBudget;
+  readonly maxRefusalsPerSession: number;
+  /** Kernel refusals drawn by host sessions refused lately, all together. */
+  private readonly refusals: RefusalBucket;
+  private readonly refusalRates = new WeakMap<Server, RefusalRate>();
 
   private constructor(
     readonly client: KernelClient,
@@ -148,6 +172,8 @@ export class McpGateway {
       positive("maxTotalCalls", opts.maxTotalCalls, DEFAULT_MAX_TOTAL_CALLS),
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
+    this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
+    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
     this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
   }
 
@@ -216,6 +242,11 @@ export class McpGateway {
     return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
   }
 
+  /** Calls each open host session had refused for drawing too many kernel refusals (for tests and logs). */
+  refusalThrottled(): number[] {
+    return [...this.servers].map((s) => this.refusalRates.get(s)?.refused ?? 0);
+  }
+
   /** Calls in flight and unread answer bytes across all host sessions (for tests and logs). */
   totalLoad(): GatewayLoad {
     return this.total.load;
@@ -262,6 +293,11 @@ export class McpGateway {
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
+    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals);
+    this.refusalRates.set(server, rate);
+    /** A call that reaches the kernel: within the host's refusal rate as well. */
+    const ask = <T>(id: string | number, call: () => Promise<T>, isRefusal: (answer: T) => boolean = () => false) =>
+      run(id, () => rate.run(call, isRefusal));
     server.onclose = () => {
       this.servers.delete(server);
       budget.close();
@@ -290,18 +326,18 @@ export class McpGateway {
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
-      return run(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx));
+      return ask(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx), refusedCall);
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
-      run(extra.requestId, () =>
+      ask(extra.requestId, () =>
         listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
       ),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-      run(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
+      ask(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
     );
     server.setRequestHandler(SubscribeRequestSchema, (req, extra) =>
-      run(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
+      ask(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
     );
     server.setRequestHandler(UnsubscribeRequestSchema, (req, extra) =>
       run(extra.requestId, () => this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),

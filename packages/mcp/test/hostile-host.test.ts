@@ -776,3 +776,59 @@ describe("a host session's budget", () => {
     assert.equal(b.load.unreadBytes, 0);
   });
 });
+
+describe("a host whose calls the kernel refuses", () => {
+  // A low flood bound: without the gateway's rate, the hostile host ends the shared session in a second.
+  const k = new KernelHome({ auditRefusalFloodMax: 200 });
+  let files: { identityFile: string; tokenFile: string };
+  before(async () => {
+    await k.start();
+    files = await k.persona("rita", RIGHTS);
+  });
+  after(async () => {
+    await k.dispose();
+  });
+
+  it("is throttled with HOST_BUSY at its refusal rate, before the kernel's flood bound ends the session every host shares; others are served", async () => {
+    const g = await gatewayOn(k, files);
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const victim = await connect(http);
+      const write = await victim.callTool({
+        name: "storage_write",
+        arguments: { target: "obj://ws1/v", args: { data: { $bytes: "aGk=" } } },
+      });
+      assert.ok(!write.isError, JSON.stringify(write));
+      const hostile = await Promise.all([0, 1, 2].map(() => rawSession(http)));
+      const answers = { busy: 0, refused: 0 };
+      // Three hostile sessions, four callers each, 600 calls the kernel refuses (another workspace).
+      await Promise.all(
+        hostile.flatMap((h) =>
+          [0, 1, 2, 3].map(async () => {
+            for (let i = 0; i < 50; i++) {
+              const a = await h.send("tools/call", { name: "storage_read", arguments: { target: "obj://other/secret" } });
+              if (a.includes(`"code":${HOST_BUSY}`)) answers.busy++;
+              else if (a.includes("FAILURE")) answers.refused++;
+              else assert.fail(a);
+            }
+          }),
+        ),
+      );
+      assert.equal(answers.busy + answers.refused, 600);
+      // Each host session may draw a burst of 10, the hostile ones together 50 and 10 a second.
+      assert.ok(answers.refused < 100, JSON.stringify(answers));
+      assert.ok(g.gateway.refusalThrottled().reduce((a, b) => a + b, 0) === answers.busy);
+      const busy = await hostile[0]?.send("tools/call", { name: "storage_read", arguments: { target: "obj://other/secret" } });
+      assert.match(busy ?? "", /refused this host session's calls more than 2 times a second: retry in \d+ s.*"retryable":true/);
+      // The kernel session every host shares is the same one, and the victim is served.
+      assert.equal(g.client.connections, 1);
+      const read = await victim.callTool({ name: "storage_read", arguments: { target: "obj://ws1/v" } });
+      assert.ok(!read.isError, JSON.stringify(read));
+      for (const h of hostile) await h.end();
+      await victim.end();
+    } finally {
+      await http.close();
+      await g.close();
+    }
+  });
+});
