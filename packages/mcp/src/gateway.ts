@@ -1,5 +1,15 @@
 import type { KernelClient } from "@kpip/client";
-import { BUILTIN_FAMILIES, type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
+import {
+  BUILTIN_FAMILIES,
+  CborError,
+  type CborMap,
+  DEFAULT_LIMITS,
+  IntentError,
+  KpipError,
+  type Response,
+  replaceUnprintable,
+  systemDescribe,
+} from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -102,6 +112,18 @@ export function heldOnSession(decl: OpDecl): boolean {
 /** A tool result that is the kernel's refusal (a FAILURE answer it sent, not the gateway's own). */
 function refusedCall(r: CallToolResult): boolean {
   return r._meta?.["kpip/status"] === "FAILURE" && r._meta["kpip/requestId"] !== undefined;
+}
+
+/** Whether arrays and objects in `v` nest deeper than `max` levels; iterative, so any depth is safe to ask. */
+function nestedDeeper(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  for (let top = stack.pop(); top; top = stack.pop()) {
+    const [x, depth] = top;
+    if (x === null || typeof x !== "object") continue;
+    if (depth >= max) return true;
+    for (const y of Array.isArray(x) ? x : Object.values(x)) stack.push([y, depth + 1]);
+  }
+  return false;
 }
 
 function positive(name: string, v: number | undefined, dflt: number): number {
@@ -365,6 +387,14 @@ export class McpGateway {
         ErrorCode.InvalidParams,
         `unknown tool ${JSON.stringify(name)}: tools/list names the ops this token allows`,
       );
+    // Measured without recursion first: nesting thousands deep would overflow the stack of the
+    // size check and the conversion below (-32603), and the kernel takes no body deeper anyway.
+    if (nestedDeeper(input, DEFAULT_LIMITS.maxDepth)) {
+      throw new McpError(
+        ErrorCode.InvalidParams,
+        `${name}: arguments nested deeper than ${DEFAULT_LIMITS.maxDepth} levels (the kernel's bound)`,
+      );
+    }
     const size = Buffer.byteLength(JSON.stringify(input ?? {}), "utf8");
     if (size > this.maxArgsBytes) {
       throw new McpError(
@@ -389,6 +419,10 @@ export class McpGateway {
         },
       );
     } catch (e) {
+      // The client checks the intent before it is sent (a target with "..", a value it cannot
+      // encode): the host's input, refused as such; the kernel never saw it.
+      if (e instanceof IntentError || e instanceof CborError)
+        throw new McpError(ErrorCode.InvalidParams, `${name}: ${e.message}`);
       return localFailure(e);
     }
     if (r.status === "DEFERRED") return followDeferred(this, r, ctx);

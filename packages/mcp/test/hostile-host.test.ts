@@ -685,6 +685,41 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses arguments nested thousands deep with InvalidParams, not a stack overflow; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await rawSession(http);
+      const headers = {
+        authorization: `Bearer ${BEARER}`,
+        ...JSON_SSE,
+        "mcp-session-id": host.sid,
+        "mcp-protocol-version": "2025-06-18",
+      };
+      const target = "obj://ws1/deep-probe";
+      for (const n of [33, 5000, 200_000]) {
+        const deep = "[".repeat(n) + "]".repeat(n);
+        const body = `{"jsonrpc":"2.0","id":${n},"method":"tools/call","params":{"name":"storage_write","arguments":{"target":"${target}","args":{"data":${deep}}}}}`;
+        const answer = await (await fetch(http.url, { method: "POST", headers, body })).text();
+        assert.match(
+          answer,
+          new RegExp(`"code":${ErrorCode.InvalidParams},"message":"[^"]*storage_write: arguments nested deeper than 32 levels`),
+        );
+      }
+      // A target the client refuses before sending is the host's input too.
+      const dots = await host.send("tools/call", { name: "storage_read", arguments: { target: "obj://ws1/../x" } });
+      assert.match(dots, new RegExp(`"code":${ErrorCode.InvalidParams},"message":"[^"]*path segment`));
+      assert.deepEqual(
+        (await k.audit("hank")).filter((r) => r.target === target),
+        [],
+        "no request reached the kernel",
+      );
+      assert.match(await host.send("tools/list", {}), /"tools"/);
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
   it("refuses Object.prototype member names as arguments with InvalidParams; the kernel is never asked", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
