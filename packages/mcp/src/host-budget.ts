@@ -244,6 +244,12 @@ export class RefusalBucket {
     return this.tokens - this.pending >= 1;
   }
 
+  /** No refusal drawn lately: the bucket has refilled. */
+  full(): boolean {
+    this.refill();
+    return this.tokens >= 5 * this.rate;
+  }
+
   /** Seconds until there is room again (for the host's retry). */
   wait(): number {
     this.refill();
@@ -277,6 +283,9 @@ export class RefusalRate {
     private readonly clock: () => number = Date.now,
   ) {
     this.own = new RefusalBucket(perSession, clock);
+    // Opened while hosts are being refused: shares the total from the start, so a host cannot
+    // step around it by opening new sessions.
+    if (!total.full()) this.lastRefused = clock();
   }
 
   private suspect(): boolean {

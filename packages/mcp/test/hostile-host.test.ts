@@ -12,7 +12,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
 import { McpGateway } from "../src/gateway.js";
-import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
+import { HOST_BUSY, HostBudget, RefusalBucket, RefusalRate } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
 import { RecordingClient } from "./recording-client.js";
@@ -782,6 +782,35 @@ describe("the gateway's tools", () => {
     } finally {
       await gateway.close();
     }
+  });
+});
+
+describe("a host session's refusal rate", () => {
+  it("holds a host past its own rate, hosts refused lately and those opened meanwhile past the total; a host not refused goes on", async () => {
+    let now = 0;
+    const clock = () => now;
+    const total = new RefusalBucket(1, clock); // bursts of 5
+    const refused = () => Promise.resolve("refused");
+    const honest = new RefusalRate(100, total, clock);
+    const a = new RefusalRate(1, total, clock);
+    for (let i = 0; i < 5; i++) await a.run(refused, () => true);
+    const own = await mcpError(a.run(refused, () => true));
+    assert.equal(own.code, HOST_BUSY);
+    assert.match(own.message, /refused this host session's calls more than 1 times a second: retry in \d+ s/);
+    const b = new RefusalRate(100, total, clock);
+    const shared = await mcpError(b.run(refused, () => true));
+    assert.match(shared.message, /refused the gateway's calls more than 1 times a second/);
+    assert.deepEqual(shared.data, { retryable: true });
+    assert.equal(
+      await honest.run(
+        () => Promise.resolve("ok"),
+        () => false,
+      ),
+      "ok",
+    );
+    now += 5_000;
+    assert.equal(await b.run(refused, () => true), "refused");
+    assert.equal(a.refused + b.refused, 2);
   });
 });
 
