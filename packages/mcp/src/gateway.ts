@@ -1,5 +1,15 @@
 import type { KernelClient } from "@kpip/client";
-import { BUILTIN_FAMILIES, type CborMap, KpipError, type Response, replaceUnprintable, systemDescribe } from "@kpip/protocol";
+import {
+  BUILTIN_FAMILIES,
+  CborError,
+  type CborMap,
+  DEFAULT_LIMITS,
+  IntentError,
+  KpipError,
+  type Response,
+  replaceUnprintable,
+  systemDescribe,
+} from "@kpip/protocol";
 import { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import {
   CallToolRequestSchema,
@@ -21,10 +31,14 @@ import {
   DEFAULT_MAX_TOTAL_CALLS,
   DEFAULT_MAX_TOTAL_UNREAD_BYTES,
   DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
+  DEFAULT_REFUSALS_PER_SESSION,
+  DEFAULT_TOTAL_REFUSALS,
   GatewayBudget,
   type GatewayLoad,
   HostBudget,
   type HostLoad,
+  RefusalBucket,
+  RefusalRate,
 } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
 import { answerToResult, localFailure } from "./results.js";
@@ -54,6 +68,17 @@ export interface GatewayOptions {
    * are refused with HOST_BUSY.
    */
   maxTotalUnreadBytes?: number;
+  /**
+   * Kernel refusals a second one host session may draw (default 2, bursts 5×); past it its calls
+   * get HOST_BUSY before they reach the kernel. Every host shares the gateway's kernel session,
+   * which the kernel ends past its refusal flood bound.
+   */
+  maxRefusalsPerSession?: number;
+  /**
+   * Kernel refusals a second the host sessions refused within the last minute may draw together
+   * (default 10, bursts 5×: under the kernel's default refusal rate of 20 a second per session).
+   */
+  maxTotalRefusals?: number;
 }
 
 interface ToolEntry {
@@ -82,6 +107,23 @@ const CATALOGUE_SESSION_STATE: ReadonlySet<string> = new Set(
  */
 export function heldOnSession(decl: OpDecl): boolean {
   return decl.sessionState !== undefined || CATALOGUE_SESSION_STATE.has(decl.op);
+}
+
+/** A tool result that is the kernel's refusal (a FAILURE answer it sent, not the gateway's own). */
+function refusedCall(r: CallToolResult): boolean {
+  return r._meta?.["kpip/status"] === "FAILURE" && r._meta["kpip/requestId"] !== undefined;
+}
+
+/** Whether arrays and objects in `v` nest deeper than `max` levels; iterative, so any depth is safe to ask. */
+function nestedDeeper(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  for (let top = stack.pop(); top; top = stack.pop()) {
+    const [x, depth] = top;
+    if (x === null || typeof x !== "object") continue;
+    if (depth >= max) return true;
+    for (const y of Array.isArray(x) ? x : Object.values(x)) stack.push([y, depth + 1]);
+  }
+  return false;
 }
 
 function positive(name: string, v: number | undefined, dflt: number): number {
@@ -131,6 +173,10 @@ export class McpGateway {
   readonly maxUnreadBytesPerSession: number;
   /** The bounds across all host sessions. */
   private readonly total: GatewayBudget;
+  readonly maxRefusalsPerSession: number;
+  /** Kernel refusals drawn by host sessions refused lately, all together. */
+  private readonly refusals: RefusalBucket;
+  private readonly refusalRates = new WeakMap<Server, RefusalRate>();
 
   private constructor(
     readonly client: KernelClient,
@@ -148,6 +194,8 @@ export class McpGateway {
       positive("maxTotalCalls", opts.maxTotalCalls, DEFAULT_MAX_TOTAL_CALLS),
       positive("maxTotalUnreadBytes", opts.maxTotalUnreadBytes, DEFAULT_MAX_TOTAL_UNREAD_BYTES),
     );
+    this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
+    this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
     this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
   }
 
@@ -216,6 +264,11 @@ export class McpGateway {
     return [...this.servers].map((s) => (this.budgets.get(s) as HostBudget).load);
   }
 
+  /** Calls each open host session had refused for drawing too many kernel refusals (for tests and logs). */
+  refusalThrottled(): number[] {
+    return [...this.servers].map((s) => this.refusalRates.get(s)?.refused ?? 0);
+  }
+
   /** Calls in flight and unread answer bytes across all host sessions (for tests and logs). */
   totalLoad(): GatewayLoad {
     return this.total.load;
@@ -262,12 +315,21 @@ export class McpGateway {
     const inputEnded = new AbortController();
     this.inputEnds.set(server, inputEnded);
     const run = <T>(id: string | number, call: () => Promise<T>): Promise<T> => this.track(budget.run(id, call));
+    const rate = new RefusalRate(this.maxRefusalsPerSession, this.refusals);
+    this.refusalRates.set(server, rate);
+    /** A call that reaches the kernel: within the host's refusal rate as well. */
+    const ask = <T>(id: string | number, call: () => Promise<T>, isRefusal: (answer: T) => boolean = () => false) =>
+      run(id, () => rate.run(call, isRefusal));
     server.onclose = () => {
       this.servers.delete(server);
       budget.close();
       void this.watches.dropServer(server);
     };
-    server.setRequestHandler(ListToolsRequestSchema, () => ({ tools: [...this.tools.values()].map((t) => t.tool) }));
+    // Within the bounds like any call: a tools/list answer is ~20 KB, and a host sending them
+    // in batches on connections it never reads would otherwise hold gateway memory unbounded.
+    server.setRequestHandler(ListToolsRequestSchema, (_req, extra) =>
+      run(extra.requestId, async () => ({ tools: [...this.tools.values()].map((t) => t.tool) })),
+    );
     // The host's name and version are fixed once it has initialized: built once, not per call.
     let prefix: string | undefined;
     const execution = (requestId: string | number) => {
@@ -286,18 +348,18 @@ export class McpGateway {
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
       };
-      return run(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx));
+      return ask(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx), refusedCall);
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
-      run(extra.requestId, () =>
+      ask(extra.requestId, () =>
         listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
       ),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>
-      run(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
+      ask(extra.requestId, () => readResource(this.client, execution(extra.requestId), req.params.uri)),
     );
     server.setRequestHandler(SubscribeRequestSchema, (req, extra) =>
-      run(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
+      ask(extra.requestId, () => this.watches.subscribe(server, req.params.uri, execution(extra.requestId)).then(() => ({}))),
     );
     server.setRequestHandler(UnsubscribeRequestSchema, (req, extra) =>
       run(extra.requestId, () => this.watches.unsubscribe(server, req.params.uri).then(() => ({}))),
@@ -325,6 +387,14 @@ export class McpGateway {
         ErrorCode.InvalidParams,
         `unknown tool ${JSON.stringify(name)}: tools/list names the ops this token allows`,
       );
+    // Measured without recursion first: nesting thousands deep would overflow the stack of the
+    // size check and the conversion below (-32603), and the kernel takes no body deeper anyway.
+    if (nestedDeeper(input, DEFAULT_LIMITS.maxDepth)) {
+      throw new McpError(
+        ErrorCode.InvalidParams,
+        `${name}: arguments nested deeper than ${DEFAULT_LIMITS.maxDepth} levels (the kernel's bound)`,
+      );
+    }
     const size = Buffer.byteLength(JSON.stringify(input ?? {}), "utf8");
     if (size > this.maxArgsBytes) {
       throw new McpError(
@@ -349,6 +419,10 @@ export class McpGateway {
         },
       );
     } catch (e) {
+      // The client checks the intent before it is sent (a target with "..", a value it cannot
+      // encode): the host's input, refused as such; the kernel never saw it.
+      if (e instanceof IntentError || e instanceof CborError)
+        throw new McpError(ErrorCode.InvalidParams, `${name}: ${e.message}`);
       return localFailure(e);
     }
     if (r.status === "DEFERRED") return followDeferred(this, r, ctx);

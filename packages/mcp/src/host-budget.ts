@@ -161,6 +161,19 @@ export class HostBudget {
   }
 
   /**
+   * An answer to `id` handed to the transport (any: a refusal, a ping's, an SDK error) while
+   * the response that carries it is open: it counts until that response ends, like a call's.
+   * A call's answer is counted by {@link run} already; nothing else may be held unread uncounted.
+   */
+  hold(id: RequestId, answer: unknown): void {
+    if (!this.tracksDelivery || this.closed || this.held.has(id)) return;
+    const bytes = jsonSize(answer);
+    this.held.set(id, bytes);
+    this.unread += bytes;
+    this.total.unread += bytes;
+  }
+
+  /**
    * The response that carried call `id` has ended (read, or its connection closed). True when
    * the call is still running: its answer can never be delivered, so the caller cancels it.
    */
@@ -196,4 +209,135 @@ function jsonSize(v: unknown): number {
   if (Array.isArray(v)) for (const x of v) n += jsonSize(x) + 1;
   else for (const [k, x] of Object.entries(v)) n += k.length + 4 + jsonSize(x);
   return n;
+}
+
+/** Default refusals per second one host session may draw from the kernel (bursts 5×). */
+export const DEFAULT_REFUSALS_PER_SESSION = 2;
+/** Default refusals per second all host sessions that were refused lately may draw together (bursts 5×). */
+export const DEFAULT_TOTAL_REFUSALS = 10;
+/** A host session refused by the kernel within this long shares the gateway's refusal rate. */
+const REFUSED_LATELY_MS = 60_000;
+
+/** A token bucket of refusals: `rate` a second, bursts of 5 × rate; calls in flight hold a place. */
+export class RefusalBucket {
+  private tokens: number;
+  private at: number;
+  pending = 0;
+
+  constructor(
+    readonly rate: number,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.tokens = 5 * rate;
+    this.at = clock();
+  }
+
+  private refill(): void {
+    const now = this.clock();
+    this.tokens = Math.min(5 * this.rate, this.tokens + ((now - this.at) / 1000) * this.rate);
+    this.at = now;
+  }
+
+  /** Room for one more call that may be refused: every call in flight might be. */
+  room(): boolean {
+    this.refill();
+    return this.tokens - this.pending >= 1;
+  }
+
+  /** No refusal drawn lately: the bucket has refilled. */
+  full(): boolean {
+    this.refill();
+    return this.tokens >= 5 * this.rate;
+  }
+
+  /** Seconds until there is room again (for the host's retry). */
+  wait(): number {
+    this.refill();
+    return Math.max(1, Math.ceil((this.pending + 1 - this.tokens) / this.rate));
+  }
+
+  /** One refusal drawn (a bucket not reserved against may go below 0, down to one burst). */
+  take(): void {
+    this.refill();
+    this.tokens = Math.max(-5 * this.rate, this.tokens - 1);
+  }
+}
+
+/**
+ * Refusals a host draws from the kernel. Every host shares the gateway's one kernel session,
+ * and the kernel ends a session past its refusal flood bound (`auditRefusalFloodMax`): one host
+ * sending refused calls as fast as it may would end every host's calls. Each host session may
+ * be refused `perSession` times a second (bursts 5×), its calls in flight counted as possible
+ * refusals; a host refused within the last minute also draws on the gateway's total, kept under
+ * the kernel's default refusal rate (20 a second). Past either, its calls get HOST_BUSY before
+ * they reach the kernel; a host that is not refused is never held back by others' refusals.
+ */
+export class RefusalRate {
+  private readonly own: RefusalBucket;
+  private lastRefused = Number.NEGATIVE_INFINITY;
+  refused = 0;
+
+  constructor(
+    perSession: number,
+    private readonly total: RefusalBucket,
+    private readonly clock: () => number = Date.now,
+  ) {
+    this.own = new RefusalBucket(perSession, clock);
+    // Opened while hosts are being refused: shares the total from the start, so a host cannot
+    // step around it by opening new sessions.
+    if (!total.full()) this.lastRefused = clock();
+  }
+
+  private suspect(): boolean {
+    return this.clock() - this.lastRefused < REFUSED_LATELY_MS;
+  }
+
+  /** Runs a call that reaches the kernel; `isRefusal` tells whether its answer was a refusal. */
+  async run<T>(call: () => Promise<T>, isRefusal: (answer: T) => boolean): Promise<T> {
+    if (!this.own.room()) {
+      this.refused++;
+      throw new McpError(
+        HOST_BUSY,
+        `the kernel refused this host session's calls more than ${this.own.rate} times a second: retry in ${this.own.wait()} s`,
+        { retryable: true },
+      );
+    }
+    const shared = this.suspect();
+    if (shared && !this.total.room()) {
+      this.refused++;
+      throw new McpError(
+        HOST_BUSY,
+        `the kernel refused the gateway's calls more than ${this.total.rate} times a second: retry in ${this.total.wait()} s`,
+        { retryable: true },
+      );
+    }
+    this.own.pending++;
+    if (shared) this.total.pending++;
+    let refusal = false;
+    try {
+      const answer = await call();
+      refusal = isRefusal(answer);
+      return answer;
+    } catch (e) {
+      if (refusedByKernel.has(e as object)) refusal = true;
+      throw e;
+    } finally {
+      this.own.pending--;
+      if (shared) this.total.pending--;
+      if (refusal) {
+        this.own.take();
+        this.total.take();
+        this.lastRefused = this.clock();
+      }
+    }
+  }
+}
+
+/** MCP errors that carry a kernel's refusal (a FAILURE answer), not the gateway's own checks. */
+const refusedByKernel = new WeakSet<object>();
+
+/** Marks `e` as a kernel's refusal: it draws on the host's refusal rate. */
+export function kernelRefusal<E extends object>(e: E): E {
+  refusedByKernel.add(e);
+  return e;
 }

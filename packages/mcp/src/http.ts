@@ -1,6 +1,6 @@
 import { createHash, randomUUID, timingSafeEqual } from "node:crypto";
 import { createServer, type Server as HttpServer, type IncomingMessage, type ServerResponse } from "node:http";
-import type { AddressInfo } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { ErrorCode, isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
 import type { McpGateway } from "./gateway.js";
@@ -13,6 +13,10 @@ export const DEFAULT_MAX_SESSIONS = 64;
 export const DEFAULT_MAX_TOTAL_BODY_BYTES = 64 * 1024 * 1024;
 /** Default time a request body has to arrive in full (HttpOptions.bodyTimeoutMs). */
 export const DEFAULT_BODY_TIMEOUT_MS = 30_000;
+/** Default bound on connections open at once (HttpOptions.maxConnections). */
+export const DEFAULT_MAX_CONNECTIONS = 256;
+/** Default bound on the messages of one JSON-RPC batch (HttpOptions.maxBatch). */
+export const DEFAULT_MAX_BATCH = 32;
 
 /** Addresses the HTTP gateway may listen on: loopback only (it has no TLS). */
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
@@ -40,6 +44,17 @@ export interface HttpOptions {
   maxTotalBodyBytes?: number;
   /** A request body must arrive in full within this time (default 30 s), else 408: a body sent a byte at a time holds its bytes and its connection. */
   bodyTimeoutMs?: number;
+  /**
+   * Most connections open at once (default 256); Node closes any past it at once. Each may
+   * carry one request at a time (a request pipelined behind another gets 503 and the connection
+   * closes), so what the gateway holds for answers not yet read is bounded by connections too.
+   */
+  maxConnections?: number;
+  /**
+   * Most messages in one JSON-RPC batch (default 32); a larger batch gets 400. A call refused
+   * at a bound still has an answer to hold: this bounds what one POST's refusals can hold.
+   */
+  maxBatch?: number;
 }
 
 export interface HttpGateway {
@@ -48,6 +63,8 @@ export interface HttpGateway {
   sessions(): number;
   /** Request body bytes being read now, all POSTs together (for tests and logs). */
   bodyBytes(): number;
+  /** Requests refused so far for arriving on a connection behind another not yet answered (for tests and logs). */
+  pipelinedRefused(): number;
   close(): Promise<void>;
 }
 
@@ -137,7 +154,7 @@ export function checkHttpOptions(o: HttpOptions): void {
     );
   }
   if (o.bearer.length < 16) throw new GatewayConfigError("the bearer secret must be at least 16 characters");
-  for (const k of ["maxSessions", "maxTotalBodyBytes", "bodyTimeoutMs"] as const) {
+  for (const k of ["maxSessions", "maxTotalBodyBytes", "bodyTimeoutMs", "maxConnections", "maxBatch"] as const) {
     const v = o[k];
     if (v !== undefined && !(Number.isSafeInteger(v) && v >= 1))
       throw new GatewayConfigError(`${k} must be a positive integer, not ${v}`);
@@ -174,6 +191,8 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const bodies = { reading: 0, max: o.maxTotalBodyBytes ?? DEFAULT_MAX_TOTAL_BODY_BYTES };
   const bodyTimeoutMs = o.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   const readBody = (req: IncomingMessage) => readJson(req, maxBody, bodies, bodyTimeoutMs);
+  const maxBatch = o.maxBatch ?? DEFAULT_MAX_BATCH;
+  const tooLarge = (body: unknown) => Array.isArray(body) && body.length > maxBatch;
   const sweep = setInterval(
     () => {
       const now = Date.now();
@@ -203,6 +222,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       const read = await readBody(req);
       if (!read.ok) return refuseBody(res, read);
       const body = read.json;
+      if (tooLarge(body)) return refuse(res, 400, `a batch may hold at most ${maxBatch} messages`);
       const host = hosts.get(t);
       const ids = host ? requestIds(body).filter((id) => !host.carriers.has(id)) : [];
       if (host && ids.length > 0) {
@@ -258,7 +278,17 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const mcp = gateway.createServer();
     const budget = gateway.budgetOf(mcp);
     budget.tracksDelivery = true;
-    hosts.set(t, { budget, carriers: new Map(), notices });
+    const carriers = new Map<string | number, ServerResponse>();
+    hosts.set(t, { budget, carriers, notices });
+    // Every answer handed to the transport counts against the session's bounds until its
+    // response ends: not only calls' answers (counted when they end) but refusals, pings and
+    // the SDK's own errors, which a host could otherwise pile up unread without bound.
+    const send = t.send.bind(t);
+    t.send = (message, options) => {
+      const id = "id" in message && ("result" in message || "error" in message) ? message.id : undefined;
+      if (id !== undefined && carriers.has(id)) budget.hold(id, message);
+      return send(message, options);
+    };
     gateway.setNoticeOutlet(mcp, notices);
     try {
       await mcp.connect(t);
@@ -275,12 +305,37 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   // Node cuts off a request not received in full within this (its default is 5 minutes).
   const requestTimeout = 2 * bodyTimeoutMs;
   const serverOptions = { requestTimeout, headersTimeout: Math.min(60_000, requestTimeout) };
+  /** Requests on each connection not yet answered: one at a time is served. */
+  const open = new WeakMap<Socket, number>();
+  let pipelined = 0;
   const server: HttpServer = createServer(serverOptions, (req, res) => {
+    const sock = req.socket;
+    const before = open.get(sock) ?? 0;
+    open.set(sock, before + 1);
+    let ended = false;
+    const end = () => {
+      if (ended) return;
+      ended = true;
+      open.set(sock, (open.get(sock) ?? 1) - 1);
+    };
+    res.once("finish", end).once("close", end);
+    // Node parses pipelined requests at once and keeps their answers in memory while the host
+    // does not read: a request behind another on its connection is refused, and the
+    // connection closes after it (its refusal is small, and Node stops reading once such
+    // answers wait).
+    if (before > 0) {
+      pipelined++;
+      return refuse(res, 503, "one request at a time on a connection: wait for the answer, or open another", {
+        connection: "close",
+        "retry-after": "1",
+      });
+    }
     handle(req, res).catch((e) => {
       if (!res.headersSent) refuse(res, 500, (e as Error).message);
       else res.destroy();
     });
   });
+  server.maxConnections = o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(o.port, o.host, () => resolve());
@@ -291,6 +346,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     url: `http://${hostPart}:${port}/mcp`,
     sessions: () => sessions.size,
     bodyBytes: () => bodies.reading,
+    pipelinedRefused: () => pipelined,
     close: async () => {
       clearInterval(sweep);
       await Promise.all([...sessions.values()].map((t) => t.close().catch(() => {})));

@@ -7,6 +7,7 @@ import {
   type ReadResourceResult,
   type Resource,
 } from "@modelcontextprotocol/sdk/types.js";
+import { kernelRefusal } from "./host-budget.js";
 import { asText } from "./schema.js";
 
 const PAGE = 100;
@@ -60,7 +61,7 @@ export async function listResources(
     const r = await ask(client, execution, storageList, prefix, { limit: PAGE, cursor: pos.c });
     if (r.status === "FAILURE") {
       if (r.error === "PERMISSION") continue;
-      throw new McpError(ErrorCode.InternalError, `storage.list ${prefix}: ${r.error}: ${r.message}`);
+      throw kernelRefusal(new McpError(ErrorCode.InternalError, `storage.list ${prefix}: ${r.error}: ${r.message}`));
     }
     const ws = prefix.slice("obj://".length).split("/")[0];
     if (r.status !== "SUCCESS" && r.status !== "PARTIAL") continue;
@@ -84,7 +85,7 @@ export async function listResources(
 export async function readResource(client: KernelClient, execution: string, uri: string): Promise<ReadResourceResult> {
   if (!uri.startsWith("obj://")) throw new McpError(ErrorCode.InvalidParams, `only obj:// resources can be read, not ${uri}`);
   const r = await ask(client, execution, storageRead, uri, {});
-  if (r.status === "FAILURE") throw new McpError(ErrorCode.InvalidParams, `${r.error}: ${r.message}`);
+  if (r.status === "FAILURE") throw kernelRefusal(new McpError(ErrorCode.InvalidParams, `${r.error}: ${r.message}`));
   if (r.status !== "SUCCESS") throw new McpError(ErrorCode.InternalError, `storage.read answered ${r.status}`);
   const p = r.payload;
   const text = asText(p.data);

@@ -2,6 +2,7 @@ import { type KernelClient, KernelUnavailableError } from "@kpip/client";
 import { KpipError } from "@kpip/protocol";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
+import { kernelRefusal } from "./host-budget.js";
 
 type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
 
@@ -131,7 +132,7 @@ export class ResourceWatches {
     try {
       watch = await this.client.watch(uri, { execution });
     } catch (e) {
-      if (e instanceof KpipError) throw new McpError(ErrorCode.InvalidParams, `${e.errorClass}: ${e.message}`);
+      if (e instanceof KpipError) throw kernelRefusal(new McpError(ErrorCode.InvalidParams, `${e.errorClass}: ${e.message}`));
       if (e instanceof KernelUnavailableError)
         throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${e.message}`);
       throw e;

@@ -12,7 +12,7 @@ import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/
 import { InMemoryTransport } from "@modelcontextprotocol/sdk/inMemory.js";
 import { ErrorCode } from "@modelcontextprotocol/sdk/types.js";
 import { McpGateway } from "../src/gateway.js";
-import { HOST_BUSY, HostBudget } from "../src/host-budget.js";
+import { HOST_BUSY, HostBudget, RefusalBucket, RefusalRate } from "../src/host-budget.js";
 import { type HttpGateway, serveHttp } from "../src/http.js";
 import { gatewayOn, HOST, KernelHome, mcpError, until } from "./harness.js";
 import { RecordingClient } from "./recording-client.js";
@@ -475,6 +475,82 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("counts tools/list answers and refusals against a host's unread bounds, serves one request per connection and bounds batches; others are served", async () => {
+    const MAX_UNREAD = 256 * 1024;
+    const g = await gatewayOn(k, files, { maxUnreadBytesPerSession: MAX_UNREAD });
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    const socks: Socket[] = [];
+    try {
+      const honest = await connect(http);
+      const answer = JSON.stringify(await honest.listTools()).length + 200;
+      const hostile = await rawSession(http);
+      const load = () => g.gateway.hostLoads()[1] as ReturnType<typeof g.gateway.hostLoads>[0];
+      const { port } = new URL(http.url);
+      // Connections never read, each with requests pipelined: every POST a full batch of tools/list.
+      const CONNS = 24;
+      const PIPE = 8;
+      const BATCH = 32;
+      for (let c = 0; c < CONNS; c++) {
+        let wire = "";
+        for (let p = 0; p < PIPE; p++) {
+          const body = JSON.stringify(
+            Array.from({ length: BATCH }, (_, i) => ({ jsonrpc: "2.0", id: `c${c}p${p}L${i}`, method: "tools/list" })),
+          );
+          wire += `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nMcp-Session-Id: ${hostile.sid}\r\nMcp-Protocol-Version: 2025-06-18\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`;
+        }
+        const sock = tcp(Number(port), "127.0.0.1");
+        sock.pause();
+        sock.on("error", () => {});
+        sock.write(wire);
+        socks.push(sock);
+      }
+      // One request at a time on a connection: one behind another not yet answered is refused
+      // (503); the others are served once the answer before them was handed on. Each served
+      // batch's calls are each run or refused at the bounds.
+      let most = 0;
+      await until(
+        () => {
+          most = Math.max(most, g.gateway.totalLoad().unreadBytes);
+          const l = load();
+          return (l.served + l.refused) / BATCH + http.pipelinedRefused() === CONNS * PIPE && l.calls === 0;
+        },
+        60_000,
+        "every request refused as pipelined or its batch handled",
+      ).catch((e) => {
+        throw new Error(`${e.message}: ${JSON.stringify(load())}, ${http.pipelinedRefused()} pipelined refused`);
+      });
+      assert.ok(http.pipelinedRefused() > 0, "pipelined requests are refused");
+      assert.ok(load().refused > 0, `tools/list is refused past the bounds: ${JSON.stringify(load())}`);
+      // Past the bound only calls already in flight (16) and refusals (small) were added.
+      assert.ok(most <= MAX_UNREAD + 16 * answer + CONNS * BATCH * 300, `${most} bytes unread at most`);
+      assert.equal(g.gateway.totalLoad().unreadBytes, load().unreadBytes + (g.gateway.hostLoads()[0]?.unreadBytes ?? 0));
+      // A batch over maxBatch is refused whole; another host is served meanwhile.
+      const big = Array.from({ length: BATCH + 1 }, (_, i) => ({ jsonrpc: "2.0", id: `big${i}`, method: "ping" }));
+      const r = await fetch(http.url, {
+        method: "POST",
+        headers: {
+          authorization: `Bearer ${BEARER}`,
+          ...JSON_SSE,
+          "mcp-session-id": hostile.sid,
+          "mcp-protocol-version": "2025-06-18",
+        },
+        body: JSON.stringify(big),
+      });
+      assert.equal(r.status, 400);
+      assert.match(await r.text(), /at most 32 messages/);
+      assert.ok((await honest.listTools()).tools.length > 0);
+      for (const s of socks.splice(0)) s.destroy();
+      await until(() => load().unreadBytes === 0, 30_000, "the unread answers dropped with their connections");
+      assert.match(await hostile.send("tools/list", {}), /"tools"/);
+      await hostile.end();
+      await honest.end();
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+      await g.close();
+    }
+  });
+
   it("queues no notice for a host that does not read its GET stream; it gets the latest change when it reads again", async () => {
     // Long names make large notices: each change of the object is ~2 KB for every session.
     const uri = `obj://ws1/${"n".repeat(1900)}`;
@@ -609,6 +685,41 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses arguments nested thousands deep with InvalidParams, not a stack overflow; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await rawSession(http);
+      const headers = {
+        authorization: `Bearer ${BEARER}`,
+        ...JSON_SSE,
+        "mcp-session-id": host.sid,
+        "mcp-protocol-version": "2025-06-18",
+      };
+      const target = "obj://ws1/deep-probe";
+      for (const n of [33, 5000, 200_000]) {
+        const deep = "[".repeat(n) + "]".repeat(n);
+        const body = `{"jsonrpc":"2.0","id":${n},"method":"tools/call","params":{"name":"storage_write","arguments":{"target":"${target}","args":{"data":${deep}}}}}`;
+        const answer = await (await fetch(http.url, { method: "POST", headers, body })).text();
+        assert.match(
+          answer,
+          new RegExp(`"code":${ErrorCode.InvalidParams},"message":"[^"]*storage_write: arguments nested deeper than 32 levels`),
+        );
+      }
+      // A target the client refuses before sending is the host's input too.
+      const dots = await host.send("tools/call", { name: "storage_read", arguments: { target: "obj://ws1/../x" } });
+      assert.match(dots, new RegExp(`"code":${ErrorCode.InvalidParams},"message":"[^"]*path segment`));
+      assert.deepEqual(
+        (await k.audit("hank")).filter((r) => r.target === target),
+        [],
+        "no request reached the kernel",
+      );
+      assert.match(await host.send("tools/list", {}), /"tools"/);
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
   it("refuses Object.prototype member names as arguments with InvalidParams; the kernel is never asked", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
@@ -674,6 +785,35 @@ describe("the gateway's tools", () => {
   });
 });
 
+describe("a host session's refusal rate", () => {
+  it("holds a host past its own rate, hosts refused lately and those opened meanwhile past the total; a host not refused goes on", async () => {
+    let now = 0;
+    const clock = () => now;
+    const total = new RefusalBucket(1, clock); // bursts of 5
+    const refused = () => Promise.resolve("refused");
+    const honest = new RefusalRate(100, total, clock);
+    const a = new RefusalRate(1, total, clock);
+    for (let i = 0; i < 5; i++) await a.run(refused, () => true);
+    const own = await mcpError(a.run(refused, () => true));
+    assert.equal(own.code, HOST_BUSY);
+    assert.match(own.message, /refused this host session's calls more than 1 times a second: retry in \d+ s/);
+    const b = new RefusalRate(100, total, clock);
+    const shared = await mcpError(b.run(refused, () => true));
+    assert.match(shared.message, /refused the gateway's calls more than 1 times a second/);
+    assert.deepEqual(shared.data, { retryable: true });
+    assert.equal(
+      await honest.run(
+        () => Promise.resolve("ok"),
+        () => false,
+      ),
+      "ok",
+    );
+    now += 5_000;
+    assert.equal(await b.run(refused, () => true), "refused");
+    assert.equal(a.refused + b.refused, 2);
+  });
+});
+
 describe("a host session's budget", () => {
   it("refuses a call past maxCalls in flight, retryably, and takes calls again as they end", async () => {
     const b = new HostBudget(2, 1024);
@@ -698,5 +838,61 @@ describe("a host session's budget", () => {
     assert.match(refusedAfter.message, /bytes of answers not yet read/);
     assert.equal(b.delivered(4), false);
     assert.equal(b.load.unreadBytes, 0);
+  });
+});
+
+describe("a host whose calls the kernel refuses", () => {
+  // A low flood bound: without the gateway's rate, the hostile host ends the shared session in a second.
+  const k = new KernelHome({ auditRefusalFloodMax: 200 });
+  let files: { identityFile: string; tokenFile: string };
+  before(async () => {
+    await k.start();
+    files = await k.persona("rita", RIGHTS);
+  });
+  after(async () => {
+    await k.dispose();
+  });
+
+  it("is throttled with HOST_BUSY at its refusal rate, before the kernel's flood bound ends the session every host shares; others are served", async () => {
+    const g = await gatewayOn(k, files);
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const victim = await connect(http);
+      const write = await victim.callTool({
+        name: "storage_write",
+        arguments: { target: "obj://ws1/v", args: { data: { $bytes: "aGk=" } } },
+      });
+      assert.ok(!write.isError, JSON.stringify(write));
+      const hostile = await Promise.all([0, 1, 2].map(() => rawSession(http)));
+      const answers = { busy: 0, refused: 0 };
+      // Three hostile sessions, four callers each, 600 calls the kernel refuses (another workspace).
+      await Promise.all(
+        hostile.flatMap((h) =>
+          [0, 1, 2, 3].map(async () => {
+            for (let i = 0; i < 50; i++) {
+              const a = await h.send("tools/call", { name: "storage_read", arguments: { target: "obj://other/secret" } });
+              if (a.includes(`"code":${HOST_BUSY}`)) answers.busy++;
+              else if (a.includes("FAILURE")) answers.refused++;
+              else assert.fail(a);
+            }
+          }),
+        ),
+      );
+      assert.equal(answers.busy + answers.refused, 600);
+      // Each host session may draw a burst of 10, the hostile ones together 50 and 10 a second.
+      assert.ok(answers.refused < 100, JSON.stringify(answers));
+      assert.ok(g.gateway.refusalThrottled().reduce((a, b) => a + b, 0) === answers.busy);
+      const busy = await hostile[0]?.send("tools/call", { name: "storage_read", arguments: { target: "obj://other/secret" } });
+      assert.match(busy ?? "", /refused this host session's calls more than 2 times a second: retry in \d+ s.*"retryable":true/);
+      // The kernel session every host shares is the same one, and the victim is served.
+      assert.equal(g.client.connections, 1);
+      const read = await victim.callTool({ name: "storage_read", arguments: { target: "obj://ws1/v" } });
+      assert.ok(!read.isError, JSON.stringify(read));
+      for (const h of hostile) await h.end();
+      await victim.end();
+    } finally {
+      await http.close();
+      await g.close();
+    }
   });
 });

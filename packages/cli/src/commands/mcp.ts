@@ -18,7 +18,7 @@ export const mcpCommand: Command = {
   name: "mcp",
   summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
   usage:
-    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] (stdout carries MCP over stdio)",
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] [--max-refusals N] [--max-total-refusals N] (stdout carries MCP over stdio)",
   example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
   options: {
     ...CONNECT_OPTIONS,
@@ -58,6 +58,24 @@ export const mcpCommand: Command = {
       type: "string",
       description: "with --http: a request body must arrive in full within this time, else 408 (default 30000)",
     },
+    "max-connections": {
+      type: "string",
+      description: "with --http: most connections open at once; more are closed (default 256)",
+    },
+    "max-batch": {
+      type: "string",
+      description: "with --http: most messages in one JSON-RPC batch; larger batches get 400 (default 32)",
+    },
+    "max-refusals": {
+      type: "string",
+      description:
+        "kernel refusals a second one host session may draw (bursts 5x); past it its calls get a retryable -32029 (default 2)",
+    },
+    "max-total-refusals": {
+      type: "string",
+      description:
+        "kernel refusals a second the host sessions refused lately may draw together (bursts 5x); keep it under the kernel's auditRefusalRate (default 10)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -77,12 +95,16 @@ export const mcpCommand: Command = {
     const maxUnreadBytesPerSession = positive("max-unread-bytes");
     const maxTotalCalls = positive("max-total-calls");
     const maxTotalUnreadBytes = positive("max-total-unread-bytes");
+    const maxRefusalsPerSession = positive("max-refusals");
+    const maxTotalRefusals = positive("max-total-refusals");
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
-    for (const flag of ["max-sessions", "max-total-body-bytes", "body-timeout-ms"])
+    for (const flag of ["max-sessions", "max-total-body-bytes", "body-timeout-ms", "max-connections", "max-batch"])
       if (v[flag] !== undefined && listen === undefined) throw new UsageError(`--${flag} goes with --http`);
     const maxSessions = positive("max-sessions");
     const maxTotalBodyBytes = positive("max-total-body-bytes");
     const bodyTimeoutMs = positive("body-timeout-ms");
+    const maxConnections = positive("max-connections");
+    const maxBatch = positive("max-batch");
     let bearer: string | undefined;
     if (listen) {
       const b = (v.bearer as string | undefined) ?? process.env.KPIP_MCP_BEARER;
@@ -111,6 +133,8 @@ export const mcpCommand: Command = {
         ...(maxUnreadBytesPerSession === undefined ? {} : { maxUnreadBytesPerSession }),
         ...(maxTotalCalls === undefined ? {} : { maxTotalCalls }),
         ...(maxTotalUnreadBytes === undefined ? {} : { maxTotalUnreadBytes }),
+        ...(maxRefusalsPerSession === undefined ? {} : { maxRefusalsPerSession }),
+        ...(maxTotalRefusals === undefined ? {} : { maxTotalRefusals }),
       });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
@@ -120,6 +144,8 @@ export const mcpCommand: Command = {
           ...(maxSessions === undefined ? {} : { maxSessions }),
           ...(maxTotalBodyBytes === undefined ? {} : { maxTotalBodyBytes }),
           ...(bodyTimeoutMs === undefined ? {} : { bodyTimeoutMs }),
+          ...(maxConnections === undefined ? {} : { maxConnections }),
+          ...(maxBatch === undefined ? {} : { maxBatch }),
         });
         say(`serving MCP on ${http.url} as ${what}`);
         await new Promise<void>((resolve) => {
