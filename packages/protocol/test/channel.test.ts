@@ -43,6 +43,21 @@ const read = (reader: FrameReader, bytes: Uint8Array) => {
   return { got, errors };
 };
 
+/** A batcher over a manual turn that records each flush's chunks, and says the transport let go of them when `released`. */
+function recording(copyBelow: number, released = false) {
+  const turn = manualTurn();
+  const flushed: Uint8Array[][] = [];
+  const b = new TurnBatcher(
+    (c) => {
+      flushed.push(c);
+      return released;
+    },
+    turn.schedule,
+    copyBelow,
+  );
+  return { turn, flushed, b };
+}
+
 describe("TurnBatcher: the writes of one turn go out together", () => {
   it("hands a turn's writes to flush once, in order, and counts them as pending until then", () => {
     const turn = manualTurn();
@@ -88,16 +103,7 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
   });
 
   it("with copyBelow, copies small writes at once, keeps large ones by reference, in order", () => {
-    const turn = manualTurn();
-    const flushed: Uint8Array[][] = [];
-    const b = new TurnBatcher(
-      (c) => {
-        flushed.push(c);
-        return false;
-      },
-      turn.schedule,
-      8,
-    );
+    const { turn, flushed, b } = recording(8);
     const small = Buffer.from("abc");
     const large = Buffer.from("0123456789");
     b.write(small);
@@ -148,16 +154,7 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
   });
 
   it("with copyBelow, a turn of small writes past the buffer's size continues in a new buffer, nothing lost", () => {
-    const turn = manualTurn();
-    const flushed: Uint8Array[][] = [];
-    const b = new TurnBatcher(
-      (c) => {
-        flushed.push(c);
-        return false;
-      },
-      turn.schedule,
-      16 * 1024,
-    );
+    const { turn, flushed, b } = recording(16 * 1024);
     const parts: Buffer[] = [];
     for (let i = 0; i < 2000; i++) {
       const p = Buffer.alloc(100 + (i % 50), i % 251);
@@ -170,16 +167,7 @@ describe("TurnBatcher: the writes of one turn go out together", () => {
   });
 
   it("with copyBelow, a buffer grown for a burst is not kept once the turns are small again", () => {
-    const turn = manualTurn();
-    const flushed: Uint8Array[][] = [];
-    const b = new TurnBatcher(
-      (c) => {
-        flushed.push(c);
-        return true;
-      },
-      turn.schedule,
-      16 * 1024,
-    );
+    const { turn, flushed, b } = recording(16 * 1024, true);
     for (let i = 0; i < 2000; i++) b.write(Buffer.alloc(100, 1));
     turn.run();
     const big = flushed[0]?.at(-1)?.buffer;
