@@ -12,9 +12,6 @@ import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
-/** The longest wait one Node timer takes (2^31 - 1 ms, ~24.8 days); longer ones fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
-
 /** An embedder's task function: an export of an ES module, run in a worker thread. */
 export interface TaskRegistration {
   /** Module URL or absolute path. */
@@ -39,7 +36,7 @@ export interface ComputeOptions {
   resultGraceMs: number;
   /** Output captured per stream of a command, in bytes. */
   maxOutputBytes: number;
-  /** Longest an op may run when neither its intent nor its args set a deadline. */
+  /** Longest an op may run: its default deadline, and the latest one its intent or args may set (at most 2^31 - 1, config.ts). */
   maxRuntimeMs: number;
   /** Ops queued or running per persona, and in the kernel: each waits in memory and in the store. */
   maxPendingPerPersona: number;
@@ -108,13 +105,10 @@ export class ComputeEngine {
     private readonly host: CommandHost,
   ) {
     this.roots = opts.roots ?? FIRST_SEGMENT;
-    this.runtimeCap = Math.min(opts.maxRuntimeMs, MAX_TIMER_MS);
   }
 
   /** The top of a persona's tree (the registry's; by first segment when none was given). */
   private readonly roots: TreeRoots;
-  /** The longest an op runs: maxRuntimeMs, within what one Node timer can wait. */
-  private readonly runtimeCap: number;
 
   registerTask(name: string, reg: TaskRegistration): void {
     if (!/^[a-z][a-z0-9_-]{0,63}$/.test(name)) throw new Error(`invalid task name ${JSON.stringify(name)}`);
@@ -166,9 +160,10 @@ export class ComputeEngine {
       createdAt: now,
       startedAt: null,
       finishedAt: null,
-      // Never later than maxRuntimeMs (as an agent's lifetime): a timeoutMs near 2^53 made a
-      // deadline no peer could decode, and one past 2^31 ms overflowed the timer (killed at once).
-      deadline: Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.runtimeCap),
+      // Never later than maxRuntimeMs (as an agent's lifetime; the config keeps it within one Node
+      // timer): a timeoutMs near 2^53 made a deadline no peer could decode, and one past 2^31 ms
+      // overflowed the timer (killed at once).
+      deadline: Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs),
       expiresAt: now + this.opts.resultTtlMs,
     };
     this.store.insertOp(op);

@@ -51,11 +51,7 @@ export class AnswerBudget {
     // Answers released to the connection but not yet read by the peer still count: a lease ends
     // when its answer is queued, and a burst answered batch after batch would pile up there
     // until the peer is dropped for not reading (SLOW_CONSUMER) instead of being refused.
-    if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession)
-      throw new OpError(
-        "RESOURCE",
-        `this session's answers in preparation hold ${s} bytes (${queued} more queued to the peer); retry once they are sent`,
-      );
+    if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession) throw sessionFull(s, queued);
     if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
     this.bySession.set(session, s + bytes);
@@ -69,11 +65,7 @@ export class AnswerBudget {
    */
   checkRoom(session: string, queued = 0): void {
     const s = this.bySession.get(session) ?? 0;
-    if (s + queued >= this.perSession && (s > 0 || queued > 0))
-      throw new OpError(
-        "RESOURCE",
-        `this session's answers in preparation hold ${s} bytes (${queued} more queued to the peer); retry once they are sent`,
-      );
+    if (s + queued >= this.perSession && (s > 0 || queued > 0)) throw sessionFull(s, queued);
   }
 
   /** @internal {@link AnswerLease.release}. */
@@ -83,6 +75,14 @@ export class AnswerBudget {
     else this.bySession.delete(session);
     this.total -= bytes;
   }
+}
+
+/** The refusal of a session whose answers in preparation (`held`) and queued to its peer fill its budget. */
+function sessionFull(held: number, queued: number): OpError {
+  return new OpError(
+    "RESOURCE",
+    `this session's answers in preparation hold ${held} bytes (${queued} more queued to the peer); retry once they are sent`,
+  );
 }
 
 /** A session's connection: the bytes of answers queued to the peer and not yet read. */
