@@ -106,16 +106,17 @@ export class ResourceLedger {
           `${resource} exceeded for ${overName(scope, persona)}: ${used} used + ${amount} > limit ${limit}`,
         );
     }
+    const lineage = personaLineage(persona);
     // Usage is a sum a query answers with: never past what every peer decodes (2^53 - 1), whatever
-    // the limits say (a resource no token limits had no bound at all).
-    for (const scope of personaLineage(persona)) {
-      const used = this.store.usage(personaScope(scope), resource);
-      if (used + amount > Number.MAX_SAFE_INTEGER)
-        throw new OpError("RESOURCE", `${resource} for ${overName(scope, persona)}: ${used} used + ${amount} is past 2^53 - 1`);
-    }
+    // the limits say (a resource no token limits had no bound at all). The lineage's top holds the
+    // largest sum (every persona under it is charged there too): one read covers them all.
+    const top = lineage[lineage.length - 1] as string;
+    const sum = this.store.usage(personaScope(top), resource);
+    if (sum + amount > Number.MAX_SAFE_INTEGER)
+      throw new OpError("RESOURCE", `${resource} for ${overName(top, persona)}: ${sum} used + ${amount} is past 2^53 - 1`);
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
-    for (const scope of personaLineage(persona)) this.store.adjustUsage(personaScope(scope), resource, amount);
+    for (const scope of lineage) this.store.adjustUsage(personaScope(scope), resource, amount);
     return a;
   }
 
