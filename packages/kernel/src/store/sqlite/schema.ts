@@ -66,6 +66,19 @@ export function openDatabase(path: string): Database.Database {
 }
 
 /**
+ * Who sees the tokens `where` selects (alias `t`, binding its parameters three times): their
+ * subject, their minter, and the subjects of the tokens up their chain, one token_viewers row
+ * each. Written with each token, and for every row of an older home once (schema.ts).
+ */
+export const insertViewers = (where: string): string =>
+  "INSERT OR IGNORE INTO token_viewers (viewer, token_seq) " +
+  `SELECT t.sub, t.rowid FROM tokens t WHERE ${where} ` +
+  `UNION SELECT t.minted_by, t.rowid FROM tokens t WHERE ${where} ` +
+  "UNION SELECT up.sub, t.rowid FROM tokens t " +
+  "JOIN json_each(CASE WHEN json_valid(t.chain) THEN t.chain ELSE '[]' END) j JOIN tokens up ON up.id = j.value " +
+  `WHERE ${where}`;
+
+/**
  * Who sees each token (token.list, and the ownership of token ops): its subject, its minter and
  * the subjects of the tokens up its chain, one row each, written with the token. token.list read
  * a page of the whole table and looked up every chain id of each row the caller did not own
@@ -81,14 +94,7 @@ function migrateTokenViewers(db: Database.Database): void {
   db.exec(
     "CREATE TRIGGER IF NOT EXISTS tokens_viewers_gone AFTER DELETE ON tokens BEGIN DELETE FROM token_viewers WHERE token_seq = old.rowid; END",
   );
-  moveOnce(db, "token_viewers_filled", () => {
-    db.exec("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT sub, rowid FROM tokens");
-    db.exec("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT minted_by, rowid FROM tokens");
-    db.exec(
-      "INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT up.sub, t.rowid FROM tokens t " +
-        "JOIN json_each(CASE WHEN json_valid(t.chain) THEN t.chain ELSE '[]' END) j JOIN tokens up ON up.id = j.value",
-    );
-  });
+  moveOnce(db, "token_viewers_filled", () => db.exec(insertViewers("1")));
 }
 
 /**

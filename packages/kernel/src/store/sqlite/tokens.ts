@@ -1,6 +1,7 @@
 import type { TokenBound, TokenRecord, TokenStore } from "../types.js";
 import { inTreeSql, type Row, type StoreBase, treeArgs, type WithRows } from "./base.js";
 import { boundedCell, MAX_CELL_BYTES } from "./cells.js";
+import { insertViewers } from "./schema.js";
 
 /** The longest id or name read from these tables (token ids are 32 hex, persona names at most 255 bytes). */
 const ID_BYTES = 256;
@@ -23,29 +24,22 @@ const TOKEN = [
 export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore> {
   return class TokenRows extends Base implements TokenStore {
     recordToken(r: Omit<TokenRecord, "revokedAt">): void {
-      const chain = JSON.stringify(r.chain);
-      this.db.transaction(() => {
+      this.transaction(() => {
         const seq = this.prep(
           "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ).run(
           r.id,
           r.kid,
           r.sub,
-          chain,
+          JSON.stringify(r.chain),
           r.exp,
           r.mintedBy,
           r.createdAt,
           r.family,
           r.bounds?.length ? JSON.stringify(r.bounds) : null,
         ).lastInsertRowid;
-        // Who sees it: its subject, its minter, and the subjects of the tokens up its chain.
-        const viewer = this.prep("INSERT OR IGNORE INTO token_viewers (viewer, token_seq) VALUES (?, ?)");
-        viewer.run(r.sub, seq);
-        viewer.run(r.mintedBy, seq);
-        this.prep(
-          "INSERT OR IGNORE INTO token_viewers (viewer, token_seq) SELECT up.sub, ? FROM tokens up WHERE up.id IN (SELECT value FROM json_each(?))",
-        ).run(seq, chain);
-      })();
+        this.prep(insertViewers("t.rowid = ?")).run(seq, seq, seq);
+      });
     }
     listTokensSeenBy(tree: string, sub: string | undefined, after: number, limit: number): TokenRecord[] {
       // The tree's rows first (one index range), then those tokens: the table's other rows are never read.
