@@ -11,7 +11,7 @@ import {
   personaWithin,
   type Right,
   type Token,
-  TokenError,
+  type TokenError,
   tokenBind,
   tokenInspect,
   tokenList,
@@ -142,28 +142,24 @@ export function tokenFamily(
           }
           const ttlMs = ctx.args.ttlMs;
           if (ttlMs <= 0) throw new OpError("SEMANTIC", "ttlMs must be positive");
-          try {
-            // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
-            return ctx.atomically((): OpResult => {
-              const t = tokens.mint(ctx.grant, ctx.persona, {
-                sub,
-                rights: rightsArg(ctx.args.rights),
-                ttlMs,
-                ...(limits ? { limits } : {}),
-                ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
-                ...(workspaces ? { workspaces } : {}),
-                ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
-              });
-              return {
-                status: "SUCCESS",
-                payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
-                audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
-              };
+          // A token the format refuses (TokenError) is SEMANTIC, as wherever a token is made (pipeline/context.ts).
+          // Recorded with the request's dedupe record: a retry after a crash gets this token, not a second one.
+          return ctx.atomically((): OpResult => {
+            const t = tokens.mint(ctx.grant, ctx.persona, {
+              sub,
+              rights: rightsArg(ctx.args.rights),
+              ttlMs,
+              ...(limits ? { limits } : {}),
+              ...(ctx.args.maxLifetimeMs !== undefined ? { maxLifetimeMs: ctx.args.maxLifetimeMs } : {}),
+              ...(workspaces ? { workspaces } : {}),
+              ...(ctx.args.domains ? { domains: ctx.args.domains } : {}),
             });
-          } catch (e) {
-            if (e instanceof TokenError) throw new OpError("SEMANTIC", e.message);
-            throw e;
-          }
+            return {
+              status: "SUCCESS",
+              payload: { token: encodeToken(t), id: t.claims.id, exp: t.claims.exp },
+              audit: { token: tokenDetail(t, undefined, ctx.grant ? tokenRef(ctx.grant) : undefined) },
+            };
+          });
         },
       }),
       implement(tokenRefresh, {
