@@ -33,22 +33,15 @@ function segments(uri: string): string[] | undefined {
   return rest === "" ? [`${uri.slice(0, i)}:`] : [`${uri.slice(0, i)}:`, ...rest.split("/")];
 }
 
-/** How many `/`-segments follow `scheme://` (0 for an empty rest). */
+/** How many `/`-segments follow `scheme://` (0 for an empty rest), as the index splits them. */
 export function patternSegments(uri: string): number {
-  const i = uri.indexOf("://");
-  const rest = i < 0 ? uri : uri.slice(i + 3);
-  if (rest === "") return 0;
-  let n = 1;
-  for (let j = rest.indexOf("/"); j >= 0; j = rest.indexOf("/", j + 1)) n++;
-  return n;
+  return (segments(uri)?.length ?? 1) - 1;
 }
 
 /** How many segments after `scheme://` are the single-segment wildcard `*`. */
 export function patternStars(uri: string): number {
-  const i = uri.indexOf("://");
-  const rest = i < 0 ? uri : uri.slice(i + 3);
   let n = 0;
-  for (const seg of rest.split("/")) if (seg === "*") n++;
+  for (const seg of segments(uri) ?? []) if (seg === "*") n++;
   return n;
 }
 
