@@ -238,10 +238,14 @@ export class RefusalBucket {
     this.at = now;
   }
 
-  /** Room for one more call that may be refused: every call in flight might be. */
-  room(): boolean {
+  /**
+   * Room for one more call that may be refused: with `reserve`, every call in flight might be
+   * (a host refused lately); without, only refusals drawn count (a host never refused keeps all
+   * its calls in flight: its bucket is full, and a burst of refusals takes it below 0 at once).
+   */
+  room(reserve = true): boolean {
     this.refill();
-    return this.tokens - this.pending >= 1;
+    return this.tokens - (reserve ? this.pending : 0) >= 1;
   }
 
   /** No refusal drawn lately: the bucket has refilled. */
@@ -267,8 +271,8 @@ export class RefusalBucket {
  * Refusals a host draws from the kernel. Every host shares the gateway's one kernel session,
  * and the kernel ends a session past its refusal flood bound (`auditRefusalFloodMax`): one host
  * sending refused calls as fast as it may would end every host's calls. Each host session may
- * be refused `perSession` times a second (bursts 5×), its calls in flight counted as possible
- * refusals; a host refused within the last minute also draws on the gateway's total, kept under
+ * be refused `perSession` times a second (bursts 5×); a host refused within the last minute has
+ * its calls in flight counted as possible refusals, and also draws on the gateway's total, kept under
  * the kernel's default refusal rate (20 a second). Past either, its calls get HOST_BUSY before
  * they reach the kernel; a host that is not refused is never held back by others' refusals.
  */
@@ -294,7 +298,10 @@ export class RefusalRate {
 
   /** Runs a call that reaches the kernel; `isRefusal` tells whether its answer was a refusal. */
   async run<T>(call: () => Promise<T>, isRefusal: (answer: T) => boolean): Promise<T> {
-    if (!this.own.room()) {
+    const shared = this.suspect();
+    // Calls in flight are reserved against only for a host refused lately: ten long deferred calls
+    // of a host the kernel never refused are not ten possible refusals.
+    if (!this.own.room(shared)) {
       this.refused++;
       throw new McpError(
         HOST_BUSY,
@@ -302,7 +309,6 @@ export class RefusalRate {
         { retryable: true },
       );
     }
-    const shared = this.suspect();
     if (shared && !this.total.room()) {
       this.refused++;
       throw new McpError(
