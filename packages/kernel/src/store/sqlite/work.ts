@@ -178,10 +178,10 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
     }
     trimFinishedOps(root: string, keep: number, unreadSince: number): number {
       // Unread results within their grace first (a poller is still to read them), then the newest.
-      const sql =
-        `SELECT id FROM ops WHERE ${inTreeSql("persona")} AND ${FINISHED} ` +
-        "ORDER BY (claimed_at IS NULL AND finished_at >= ?) DESC, finished_at DESC, rowid DESC LIMIT -1 OFFSET ?";
-      return forget(this, OP_TABLES, this.prep(sql).all(...treeArgs(root), unreadSince, keep) as Row[]);
+      return trimTree(this, OP_TABLES, "persona", FINISHED, "finished_at", root, keep, {
+        order: "(claimed_at IS NULL AND finished_at >= ?) DESC",
+        arg: unreadSince,
+      });
     }
     claimOp(id: string, at: number): void {
       this.prep("UPDATE ops SET claimed_at = ? WHERE id = ? AND claimed_at IS NULL").run(at, id);
@@ -194,10 +194,7 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       return forget(
         this,
         OP_TABLES,
-        this.prep("SELECT id FROM ops WHERE expires_at < ? AND state NOT IN ('queued', 'running') LIMIT ?").all(
-          now,
-          limit,
-        ) as Row[],
+        this.prep(`SELECT id FROM ops WHERE expires_at < ? AND ${FINISHED} LIMIT ?`).all(now, limit) as Row[],
       );
     }
   };
@@ -221,6 +218,7 @@ function forget(store: Pick<StoreBase["prototype"], "prep" | "transaction">, tab
 /**
  * Forgets all but the newest `keep` finished records (`finished`, newest by `newest`) whose
  * `column` names `root` or a persona under it ({@link inTreeSql}: an index on `column` finds them, no scan).
+ * `first`: an order term (with its one parameter) kept before the newest, e.g. results not yet read.
  */
 function trimTree(
   store: Pick<StoreBase["prototype"], "prep" | "transaction">,
@@ -230,11 +228,13 @@ function trimTree(
   newest: string,
   root: string,
   keep: number,
+  first?: { order: string; arg: unknown },
 ): number {
   const sql =
     `SELECT id FROM ${tables[1]} WHERE ${inTreeSql(column)} AND ${finished} ` +
-    `ORDER BY ${newest} DESC, rowid DESC LIMIT -1 OFFSET ?`;
-  return forget(store, tables, store.prep(sql).all(...treeArgs(root), keep) as Row[]);
+    `ORDER BY ${first ? `${first.order}, ` : ""}${newest} DESC, rowid DESC LIMIT -1 OFFSET ?`;
+  const args = first ? [...treeArgs(root), first.arg, keep] : [...treeArgs(root), keep];
+  return forget(store, tables, store.prep(sql).all(...args) as Row[]);
 }
 
 /** Sets the output streams `f` gives (stdout, stderr) of agent `id` (a row is made if it has none); none: nothing runs. */
