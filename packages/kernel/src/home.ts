@@ -5,11 +5,14 @@ import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protoc
 import Database from "better-sqlite3";
 import type { TokenService } from "./auth/tokens.js";
 import { createExclusive, ensurePrivateFile, secureHome, UnsafeHomeError, writePidFile } from "./secure-files.js";
+import { AUDIT_JOURNAL_FILE } from "./store/audit-journal.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
 /** File names inside the kernel home. */
 export const HOME_FILES = {
   database: "kernel.db",
+  /** The audit chain's commits before SQLite indexes them (store/audit-journal.ts). */
+  auditJournal: AUDIT_JOURNAL_FILE,
   kernelKey: "kernel.key",
   adminIdentity: "admin.identity",
   adminToken: "admin.token",

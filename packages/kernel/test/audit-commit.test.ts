@@ -8,10 +8,10 @@ import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { encodeIntent } from "@kpip/protocol";
 import fc from "fast-check";
-import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
+import { Kernel, openAuditReader, SqliteStore, verifyAudit } from "../src/index.js";
 import { ROWS_PER_INSERT } from "../src/store/sqlite/audit-append.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
-import { removeHome, spawnReady, until } from "./harness.js";
+import { removeHome, spawnReady, startKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
@@ -175,17 +175,37 @@ setInterval(() => {}, 1000);`;
       );
       await exited;
       assert.ok(answered.size >= killAt, `${answered.size} answers before the kill`);
-      const store = new SqliteStore(join(home, "kernel.db"));
-      try {
-        assert.equal(verifyAudit(store).ok, true);
-        // A read-only op's request is one "complete" record (intent and outcome in one), its status the answer's.
+      // A read-only op's request is one "complete" record (intent and outcome in one), its status the answer's.
+      const answeredIn = (records: Iterable<AuditRow>) => {
         const done = new Set<number>();
-        for (const r of store.queryAudit({ op: "system.health", limit: 100_000 }))
-          if (r.requestId !== null && (r.phase === "complete" || r.phase === "outcome") && r.status === "SUCCESS")
+        for (const r of records)
+          if (r.op === "system.health" && r.requestId !== null && r.phase === "complete" && r.status === "SUCCESS")
             done.add(r.requestId);
+        return done;
+      };
+      // The records of the last answers were in the audit journal only: the kernel answers once a
+      // batch is journalled and moves it into SQLite on a later turn (store/audit-journal.ts).
+      const sqlite = new SqliteStore(join(home, "kernel.db"));
+      const indexed = sqlite.lastAudit()?.seq ?? 0;
+      sqlite.close();
+      // The stopped home as the audit tools read it (its journal included), without changing it...
+      const reader = openAuditReader(join(home, "kernel.db"));
+      try {
+        assert.ok((reader.headSeq() ?? 0) > indexed, "the journal held records SQLite had not indexed");
+        assert.equal(verifyAudit(reader).ok, true);
+        const done = answeredIn(reader.records());
+        for (const id of answered) assert.ok(done.has(id), `request ${id} was answered but the audit reader lacks its record`);
+      } finally {
+        reader.close();
+      }
+      // ...and as the next kernel on the home has it (the journal indexed at start).
+      const t = await startKernel({}, home);
+      try {
+        assert.equal(verifyAudit(t.k.inspect).ok, true);
+        const done = answeredIn(t.k.inspect.queryAudit({ op: "system.health", limit: 100_000 }));
         for (const id of answered) assert.ok(done.has(id), `request ${id} was answered but its record is not in the store`);
       } finally {
-        store.close();
+        await t.stop();
       }
       return answered.size;
     } finally {

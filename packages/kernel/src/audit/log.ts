@@ -27,6 +27,8 @@ export interface AuditLogOptions {
    * payload is not copied into the log (default 64 KiB).
    */
   intentMaxBytes?: number;
+  /** A journalled batch SQLite could not index now (it stays in the journal and is retried). */
+  onIndexError?: (e: Error) => void;
   /** Called with each signed checkpoint once stored (audit anchors outside the home). */
   onCheckpoint?: (c: AuditCheckpoint) => void;
 }
@@ -85,10 +87,22 @@ export class AuditLog {
 
   private reload(): void {
     const last = this.store.lastAudit();
-    this.seq = last?.seq ?? 0;
-    this.head = last?.hash ?? GENESIS_HASH;
     const cps = this.store.checkpoints();
-    this.lastCheckpointSeq = cps.length ? (cps[cps.length - 1]?.seq ?? 0) : 0;
+    this.durable = {
+      seq: last?.seq ?? 0,
+      head: last?.hash ?? GENESIS_HASH,
+      checkpointSeq: cps.length ? (cps[cps.length - 1]?.seq ?? 0) : 0,
+    };
+    this.rewind();
+  }
+
+  /** The chain as last committed: where a failed commit takes the chain in memory back to. */
+  private durable: { seq: number; head: Uint8Array; checkpointSeq: number } = { seq: 0, head: GENESIS_HASH, checkpointSeq: 0 };
+
+  private rewind(): void {
+    this.seq = this.durable.seq;
+    this.head = this.durable.head;
+    this.lastCheckpointSeq = this.durable.checkpointSeq;
   }
 
   /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
@@ -183,15 +197,34 @@ export class AuditLog {
       this.committedBatches++;
       this.committedRecords += rows.length;
       this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9, walBytes);
+      const last = rows[rows.length - 1] as AuditRow;
+      const cp = checkpoints.at(-1);
+      this.durable = { seq: last.seq, head: last.hash, checkpointSeq: cp ? cp.seq : this.durable.checkpointSeq };
     } catch (e) {
-      // The chain in memory ran ahead of the store: fall back to what is durable.
-      this.reload();
+      // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
+      this.rewind();
       waiters?.reject(new Error(`audit commit failed: ${(e as Error).message}`));
       return;
     }
     waiters?.resolve();
     for (const cp of checkpoints) this.opts.onCheckpoint?.(cp);
+    // A journalled commit goes into SQLite on a later turn, after the answers it let go are written.
+    if (this.store.indexAudit && !this.indexScheduled) {
+      this.indexScheduled = true;
+      setImmediate(this.index);
+    }
   }
+
+  private indexScheduled = false;
+  private readonly index = (): void => {
+    this.indexScheduled = false;
+    try {
+      this.store.indexAudit?.();
+    } catch (e) {
+      // Kept in the journal and retried by the next commit or read; a backlog refuses commits.
+      this.opts.onIndexError?.(e as Error);
+    }
+  };
 
   /** Signs the head (the record just chained) and marks it the last checkpoint. */
   private sign(): AuditCheckpoint {
@@ -248,6 +281,7 @@ export class AuditLog {
     if (this.closed || this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
     const cp = this.sign();
     this.store.addCheckpoint(cp);
+    this.durable.checkpointSeq = cp.seq;
     this.opts.onCheckpoint?.(cp);
   }
 

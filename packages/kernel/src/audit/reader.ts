@@ -2,6 +2,8 @@ import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
+import { AUDIT_JOURNAL_FILE, AuditJournal, unindexedBatches } from "../store/audit-journal.js";
+import { auditAppender } from "../store/sqlite/audit-append.js";
 import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
 import type { AuditRow, AuditStore } from "../store/types.js";
@@ -65,6 +67,24 @@ function kernelHolds(home: string): boolean {
   }
 }
 
+/** Appends to `db` (a private copy) the journalled batches past its newest record; a damaged journal is a HomeReadError. */
+function indexJournal(db: Database.Database, journal: string): void {
+  if (hasColumnLayout(db)) return;
+  const reads = new AuditReads(db);
+  const last = reads.last();
+  let batches: ReturnType<typeof unindexedBatches>;
+  try {
+    batches = unindexedBatches(AuditJournal.read(journal), last && { seq: last.seq, hash: last.hash });
+  } catch (e) {
+    throw new HomeReadError(`${journal}: ${(e as Error).message}`, "corrupt");
+  }
+  if (batches.length === 0) return;
+  const { append } = auditAppender(db);
+  db.transaction(() => {
+    for (const b of batches) append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
+  })();
+}
+
 /**
  * Opens a home's database for reading without changing any file of the home. SQLite writes
  * even on a read-only open of a WAL database (it creates the -wal and -shm files, and readers
@@ -104,6 +124,8 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     const cols = new Set((opened.pragma("table_info(audit)") as { name: string }[]).map((c) => c.name));
     if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
+    // A copy of a stopped home: the batches its kernel journalled and did not index are read too.
+    if (tmp) indexJournal(opened, join(dirname(path), AUDIT_JOURNAL_FILE));
     if (!live) opened.pragma("query_only = ON");
   } catch (e) {
     opened?.close();

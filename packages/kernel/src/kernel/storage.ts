@@ -50,6 +50,9 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     const dbPath = join(c.home, HOME_FILES.database);
     const store = new SqliteStore(dbPath);
     closers.push(() => store.close());
+    // Under the home's lock, before anything reads the chain: what a killed kernel journalled is indexed first.
+    const recovered = store.useAuditJournal(join(c.home, HOME_FILES.auditJournal));
+    if (recovered) log.info({ records: recovered }, "indexed audit records journalled before the last kernel stopped");
     const checkpointer = new WalCheckpointer(store, dbPath, log);
     closers.push(() => checkpointer.stop());
     const id = kernelId(store);
@@ -64,6 +67,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       checkpointIntervalMs: c.auditCheckpointIntervalMs,
       intentMaxBytes: c.auditIntentMaxBytes,
       onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
+      onIndexError: (e) => log.error({ err: e.message }, "audit records journalled but not yet indexed: retrying"),
     });
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.

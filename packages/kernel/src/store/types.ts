@@ -174,8 +174,15 @@ export interface OfflineEntry {
  * journal entries they record, up to `journalUpTo`) in one transaction.
  */
 export interface AuditStore {
-  /** Records, dedupe rows, the offline journal entries they record and the checkpoints signed over them, in one transaction. */
+  /**
+   * Records, dedupe rows, the offline journal entries they record and the checkpoints signed over
+   * them, in one commit: durable when this returns. With an audit journal (store/audit-journal.ts)
+   * the commit is the journal's write, and SQLite gets the batch at {@link indexAudit}; every read
+   * of these tables indexes first, so no reader sees the lag.
+   */
   appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
+  /** Moves the journalled batches into SQLite (one transaction); throws, keeping them, when it cannot. */
+  indexAudit?(): void;
   /** The lowest sequence number in the log (records below it were pruned), or undefined when it is empty. */
   firstAuditSeq(): number | undefined;
   /**

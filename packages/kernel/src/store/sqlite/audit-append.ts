@@ -1,5 +1,6 @@
 import type Database from "better-sqlite3";
 import { recordBytes } from "../../audit/record.js";
+import type { JournalRecord } from "../audit-journal.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../types.js";
 import type { Statement } from "./base.js";
 
@@ -11,7 +12,12 @@ import type { Statement } from "./base.js";
 export const ROWS_PER_INSERT = 64;
 
 /** Appends one commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
-type AuditAppend = (rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => void;
+export type AuditAppend = (
+  rows: readonly (AuditRow | JournalRecord)[],
+  dedupe: readonly DedupeRow[],
+  journalUpTo: number,
+  cps: readonly AuditCheckpoint[],
+) => void;
 
 /**
  * The audit chain's commit on `db`. Rows go in with one multi-row INSERT per
@@ -38,14 +44,14 @@ export function auditAppender(db: Database.Database): {
     }
     return i;
   };
-  const insert = (rows: AuditRow[], from: number, n: number) => {
+  const insert = (rows: readonly (AuditRow | JournalRecord)[], from: number, n: number) => {
     const { st, p } = insertOf(n);
     for (let j = 0; j < n; j++) {
-      const r = rows[from + j] as AuditRow;
+      const r = rows[from + j] as AuditRow | JournalRecord;
       p[3 * j] = r.seq;
       p[3 * j + 1] = r.hash;
       // The record's bytes as the log hashed them (encoded again only for a row built elsewhere).
-      p[3 * j + 2] = r.record ?? recordBytes(r);
+      p[3 * j + 2] = r.record ?? recordBytes(r as AuditRow);
     }
     try {
       st.run(p);
@@ -54,7 +60,7 @@ export function auditAppender(db: Database.Database): {
       p.fill(null);
     }
   };
-  const insertAll = (rows: AuditRow[]) => {
+  const insertAll = (rows: readonly (AuditRow | JournalRecord)[]) => {
     let i = 0;
     for (; rows.length - i >= ROWS_PER_INSERT; i += ROWS_PER_INSERT) insert(rows, i, ROWS_PER_INSERT);
     if (i < rows.length) insert(rows, i, rows.length - i);
@@ -67,7 +73,7 @@ export function auditAppender(db: Database.Database): {
   // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
   const putDedupe = (d: DedupeRow) => dedupeRow.run(d.key, d.hash, d.response, d.expires);
   const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
-  const transaction = db.transaction((rows: AuditRow[], dedupe: DedupeRow[], journalUpTo: number, cps: AuditCheckpoint[]) => {
+  const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps]: Parameters<AuditAppend>) => {
     insertAll(rows);
     for (const d of dedupe) putDedupe(d);
     if (journalUpTo > 0) dropJournal.run(journalUpTo);

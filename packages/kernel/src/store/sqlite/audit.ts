@@ -1,28 +1,96 @@
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
+import { AuditJournal, type JournalBatch, unindexedBatches } from "../audit-journal.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 
+/** Journalled batches kept for SQLite at most; past this a commit indexes first (and fails if SQLite does). */
+const MAX_UNINDEXED = 64;
+
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
-export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal">> {
-  return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal"> {
+/** The audit journal's side of the store: the kernel opens it; tools beside a kernel never do. */
+export interface JournalledAudit {
+  useAuditJournal(path: string): number;
+  readonly auditUnindexed: number;
+}
+
+export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal"> & JournalledAudit> {
+  return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal">, JournalledAudit {
     /** Every read of the table (audit-read.ts, shared with the audit reader). */
     readonly #reads = new AuditReads(this.db);
     /** Every write: a commit of audit rows with what they carry, and single dedupe and checkpoint rows. */
     readonly #writes = auditAppender(this.db);
 
+    /** The audit journal, once the kernel opened it (useAuditJournal): commits go there first. */
+    #journal: AuditJournal | undefined;
+    /** Batches in the journal and not yet in SQLite, oldest first. */
+    #unindexed: JournalBatch[] = [];
+
+    /**
+     * Makes `path` this store's audit journal, for the one kernel that holds the home (never for
+     * a tool's connection beside it): first indexes the batches a killed kernel left there
+     * (throws AuditJournalError when the file is not a journal continuing this database's
+     * chain), then empties it. Returns the records indexed.
+     */
+    useAuditJournal(path: string): number {
+      if (this.#journal) throw new Error("the audit journal is already open");
+      const last = this.#reads.last();
+      const batches = unindexedBatches(AuditJournal.read(path), last && { seq: last.seq, hash: last.hash });
+      let records = 0;
+      for (const b of batches) {
+        this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
+        records += b.rows.length;
+      }
+      const journal = new AuditJournal(path);
+      journal.empty();
+      this.#journal = journal;
+      return records;
+    }
+    /** Batches journalled and not yet indexed (tests, metrics). */
+    get auditUnindexed(): number {
+      return this.#unindexed.length;
+    }
+    indexAudit(): void {
+      const q = this.#unindexed;
+      if (q.length === 0) return;
+      if (q.length === 1) {
+        const b = q[0] as JournalBatch;
+        this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
+      } else {
+        // One transaction for every batch waiting (several commits in one turn under load).
+        this.transaction(() => {
+          for (const b of q) this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
+        });
+      }
+      this.#unindexed = [];
+      this.#journal?.indexed();
+    }
+    /** Before any read or write of the tables the journal feeds: SQLite holds every committed batch. */
+    #settle(): void {
+      if (this.#unindexed.length > 0) this.indexAudit();
+    }
+
     auditHashAt(seq: number): Uint8Array | undefined {
+      this.#settle();
       return this.#reads.hashAt(seq);
     }
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
-      this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
+      const journal = this.#journal;
+      if (!journal) return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
+      // SQLite that keeps failing holds the records back: the journal's backlog stays bounded.
+      if (this.#unindexed.length >= MAX_UNINDEXED) this.indexAudit();
+      const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
+      journal.append(b);
+      this.#unindexed.push(b);
     }
     firstAuditSeq(): number | undefined {
+      this.#settle();
       return this.#reads.first();
     }
     pruneAudit(throughSeq: number, base?: AuditCheckpoint): number {
+      this.#settle();
       return this.db.transaction(() => {
         if (base) this.addCheckpoint(base);
         const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
@@ -31,13 +99,17 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       })();
     }
     lookupDedupe(key: string, now: number): DedupeRow | undefined {
+      this.#settle();
       const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
       return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
     }
     putDedupe(d: DedupeRow): void {
+      // Not inside a caller's transaction: a rollback there must not take journalled batches with it.
+      if (!this.db.inTransaction) this.#settle();
       this.#writes.putDedupe(d);
     }
     pruneDedupe(now: number, max?: number): number {
+      this.#settle();
       if (max === undefined) return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
       // Rows are appended in expiry order: the oldest by rowid, not a scan of the table.
       return this.prep("DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND expires < ?").run(
@@ -46,9 +118,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       ).changes;
     }
     dedupeEnd(): number {
+      this.#settle();
       return ((this.prep("SELECT max(rowid) AS n FROM dedupe").get() as Row).n as number | null) ?? 0;
     }
     pruneDedupeRange(now: number, after: number, through: number, max: number): { deleted: number; last: number } {
+      this.#settle();
       const last = (
         this.prep(
           "SELECT max(rowid) AS n FROM (SELECT rowid FROM dedupe WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?)",
@@ -63,22 +137,27 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return { deleted, last };
     }
     lastAudit(): AuditRow | undefined {
+      this.#settle();
       return this.#reads.last();
     }
     scanAudit(fromSeq: number, batch: number): AuditRow[] {
+      this.#settle();
       return this.#reads.up(fromSeq, batch);
     }
     /** `audit verify`'s check of a range (verify-records.ts): the kernel's inherited-chain check and tools take it. */
     verifyRecords(from: number, to: number, cpSeqs: Set<number>, onProgress?: (done: number) => void): RangeResult {
+      this.#settle();
       this.#verifier ??= new RecordScan(this.db);
       return this.#verifier.verify(from, to, cpSeqs, 1000, onProgress);
     }
     #verifier: RecordScan | undefined;
     countAudit(): number {
+      this.#settle();
       return this.#reads.count();
     }
     /** Newest first through the records (decoded: the fields are only in the record's bytes), oldest first out. */
     queryAudit(q: AuditQuery): AuditRow[] {
+      this.#settle();
       const limit = q.limit ?? 100;
       const out: AuditRow[] = [];
       let below = Number.POSITIVE_INFINITY;
@@ -98,10 +177,29 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return out.reverse();
     }
     addCheckpoint(c: AuditCheckpoint): void {
+      this.#settle();
       this.#writes.addCheckpoint(c);
     }
     checkpoints(): AuditCheckpoint[] {
+      this.#settle();
       return this.#reads.checkpoints();
+    }
+    override settleAudit(): void {
+      this.#settle();
+    }
+    /** Indexes what is journalled, empties the journal and closes it, then the database. */
+    override close(): void {
+      const journal = this.#journal;
+      if (journal && this.db.open) {
+        try {
+          this.indexAudit();
+          journal.empty();
+        } finally {
+          journal.close();
+          this.#journal = undefined;
+        }
+      }
+      super.close();
     }
   };
 }

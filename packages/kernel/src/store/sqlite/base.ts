@@ -116,6 +116,9 @@ export class SqliteBase {
     }
   }
 
+  /** Before a read of a table the audit journal feeds: AuditRows indexes what is journalled first. */
+  settleAudit(): void {}
+
   close(): void {
     if (this.db.open) this.db.close();
   }

@@ -81,6 +81,7 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       })();
     }
     offlineJournal(limit = -1): OfflineEntry[] {
+      this.settleAudit();
       return this.prep("SELECT id, time, actor, op, target, message FROM offline_journal ORDER BY id LIMIT ?").all(
         limit,
       ) as OfflineEntry[];

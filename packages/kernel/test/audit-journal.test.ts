@@ -1,0 +1,286 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { sha256 } from "@kpip/protocol";
+import Database from "better-sqlite3";
+import fc from "fast-check";
+import { AuditLog } from "../src/audit/log.js";
+import { GENESIS_HASH, recordBytes } from "../src/audit/record.js";
+import { openAuditReader, SqliteStore, verifyAudit } from "../src/index.js";
+import {
+  AuditJournal,
+  AuditJournalError,
+  decodeBatches,
+  encodeBatch,
+  type JournalBatch,
+  type JournalRecord,
+  unindexedBatches,
+} from "../src/store/audit-journal.js";
+import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
+import { removeHome } from "./harness.js";
+
+/** `n` records of a real chain from `seq` on, after `prev`: bytes as the log encodes them, hashes over them. */
+function chain(n: number, seq = 1, prev: Uint8Array = GENESIS_HASH): JournalRecord[] {
+  const out: JournalRecord[] = [];
+  for (let i = 0; i < n; i++) {
+    const row = {
+      seq: seq + i,
+      time: 1_700_000_000_000 + i,
+      kernel: "k",
+      session: "s",
+      persona: "p",
+      phase: "complete",
+      requestId: i,
+      op: "bench.noop",
+      target: "kernel://",
+      intentHash: null,
+      intent: null,
+      caps: null,
+      status: "SUCCESS",
+      errorClass: null,
+      message: null,
+      durationUs: 3,
+      traceparent: null,
+      execution: null,
+      domain: null,
+      measurements: null,
+      detail: null,
+      prevHash: prev,
+      hash: new Uint8Array(0),
+    } as AuditRow;
+    const record = recordBytes(row);
+    const hash = sha256(record);
+    out.push({ seq: row.seq, hash, record });
+    prev = hash;
+  }
+  return out;
+}
+
+const dedupeRow = (i: number): DedupeRow => ({
+  key: `persona/é${i}`,
+  hash: randomBytes(32),
+  response: randomBytes(5 + i),
+  expires: 1_700_000_000_000 + i,
+});
+const checkpointOf = (r: JournalRecord): AuditCheckpoint => ({
+  seq: r.seq,
+  hash: r.hash,
+  time: 1_700_000_000_000,
+  kernel: "kernel-ü",
+  publicKey: randomBytes(32),
+  signature: randomBytes(64),
+});
+
+/** Batches cut from one chain of `sizes` records each, with dedupe rows and checkpoints where asked. */
+function batches(sizes: number[], extras: boolean[] = []): JournalBatch[] {
+  const all = chain(sizes.reduce((a, b) => a + b, 0));
+  let at = 0;
+  return sizes.map((n, i) => {
+    const rows = all.slice(at, at + n);
+    at += n;
+    const more = extras[i] === true;
+    return {
+      rows,
+      dedupe: more ? [dedupeRow(i), dedupeRow(i + 1)] : [],
+      journalUpTo: more ? i + 1 : 0,
+      checkpoints: more ? [checkpointOf(rows.at(-1) as JournalRecord)] : [],
+    };
+  });
+}
+
+const bytesOf = (bs: JournalBatch[]) => Buffer.concat(bs.map((b) => encodeBatch(b).buf.subarray(0, encodeBatch(b).length)));
+const plain = (bs: JournalBatch[]) => JSON.parse(JSON.stringify(bs, (_k, v) => (v instanceof Uint8Array ? [...v] : v)));
+
+describe("the audit journal's batches", () => {
+  it("decode to exactly what was encoded, for any mix of records, dedupe rows, journal ids and checkpoints", () => {
+    fc.assert(
+      fc.property(
+        fc.array(fc.integer({ min: 1, max: 40 }), { minLength: 1, maxLength: 6 }),
+        fc.array(fc.boolean()),
+        (sizes, extras) => {
+          const bs = batches(sizes, extras);
+          assert.deepEqual(plain(decodeBatches(bytesOf(bs))), plain(bs));
+        },
+      ),
+      { numRuns: 60 },
+    );
+  });
+
+  it("a journal cut anywhere (a torn last write) decodes to the whole batches before the cut, never to a part of one", () => {
+    const bs = batches([3, 1, 7], [true, false, true]);
+    const data = bytesOf(bs);
+    const ends: number[] = [];
+    let at = 0;
+    for (const b of bs) ends.push((at += encodeBatch(b).length));
+    for (let cut = 0; cut <= data.length; cut++) {
+      const got = decodeBatches(data.subarray(0, cut));
+      assert.equal(got.length, ends.filter((e) => e <= cut).length, `cut at ${cut}`);
+    }
+  });
+
+  it("refuses bytes that are not batches, a damaged batch before the end, and a record that does not hash to its hash", () => {
+    const bs = batches([2, 2]);
+    const data = bytesOf(bs);
+    const first = encodeBatch(bs[0] as JournalBatch).length;
+    const damaged = (at: number) => {
+      const d = Buffer.from(data);
+      d[at] = (d[at] as number) ^ 0xff;
+      return d;
+    };
+    assert.throws(() => decodeBatches(damaged(0)), AuditJournalError); // the magic
+    assert.throws(() => decodeBatches(damaged(first - 1)), /damaged/); // the first batch's tail
+    assert.throws(() => decodeBatches(damaged(first - 10)), /does not hash|not a record/); // inside a record
+    assert.throws(() => decodeBatches(Buffer.concat([data, Buffer.from("garbage!")])), AuditJournalError);
+    // A body longer than its fields: head and tail agree, the fields do not fill it.
+    const b = Buffer.from(encodeBatch(bs[0] as JournalBatch).buf.subarray(0, first));
+    const padded = Buffer.concat([b.subarray(0, first - 4), Buffer.alloc(4), Buffer.alloc(4)]);
+    padded.writeUInt32LE(first - 12 + 4, 4);
+    padded.writeUInt32LE(((first - 12 + 4) ^ 0x4b504a31) >>> 0, padded.length - 4);
+    assert.throws(() => decodeBatches(padded), /past its fields/);
+  });
+
+  it("what is not yet indexed: batches past the database's head, checked to continue its chain", () => {
+    const bs = batches([3, 3, 3]);
+    const data = bytesOf(bs);
+    const rows = bs.flatMap((b) => b.rows);
+    const head = (seq: number) => ({ seq, hash: (rows[seq - 1] as JournalRecord).hash });
+    assert.equal(unindexedBatches(data, undefined).length, 3);
+    assert.deepEqual(
+      unindexedBatches(data, head(4)).flatMap((b) => b.rows.map((r) => r.seq)),
+      [5, 6, 7, 8, 9],
+    );
+    assert.deepEqual(unindexedBatches(data, head(9)), []);
+    // A database whose head is another chain's record 4: the journal does not continue it.
+    assert.throws(() => unindexedBatches(data, { seq: 4, hash: randomBytes(32) }), /does not continue the chain/);
+    // A database behind the journal's first record: records in between are missing.
+    assert.throws(() => unindexedBatches(bytesOf(bs.slice(1)), head(1)), /skips from record 1 to 4/);
+  });
+});
+
+describe("the audit journal in front of SQLite", () => {
+  it("a commit is in the journal at once and in SQLite after indexAudit; every read indexes first; close empties the journal", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const path = join(dir, "audit.journal");
+    const s = new SqliteStore(join(dir, "k.db"));
+    try {
+      assert.equal(s.useAuditJournal(path), 0);
+      const other = new Database(join(dir, "k.db"), { readonly: true });
+      const inSqlite = () => (other.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n;
+      const [b1, b2] = batches([2, 3], [false, true]) as [JournalBatch, JournalBatch];
+      s.appendAudit(b1.rows as AuditRow[]);
+      s.appendAudit(b2.rows as AuditRow[], [...b2.dedupe], 0, [...b2.checkpoints]);
+      assert.equal(inSqlite(), 0, "nothing in SQLite before the index");
+      assert.equal(s.auditUnindexed, 2);
+      assert.deepEqual(decodeBatches(readFileSync(path)).length, 2);
+      // A read through the store indexes what waits, in one transaction.
+      assert.equal(s.countAudit(), 5);
+      assert.equal(inSqlite(), 5);
+      assert.equal(s.auditUnindexed, 0);
+      assert.deepEqual(s.lookupDedupe((b2.dedupe[0] as DedupeRow).key, 0)?.response, (b2.dedupe[0] as DedupeRow).response);
+      other.close();
+      s.close();
+      assert.equal(statSync(path).size, 0, "a clean stop leaves an empty journal");
+    } finally {
+      removeHome(dir);
+    }
+  });
+
+  it("the next open indexes what a killed kernel journalled (and a stopped home's audit reader reads it without changing the home)", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const path = join(dir, "audit.journal");
+    try {
+      const bs = batches([4, 2, 3], [true, false, false]);
+      const rows = bs.flatMap((b) => b.rows);
+      const s = new SqliteStore(join(dir, "kernel.db"));
+      s.appendAudit(rows.slice(0, 4) as AuditRow[]); // the first batch reached SQLite before the kill
+      s.close();
+      writeFileSync(path, bytesOf(bs), { mode: 0o600 });
+      const before = readFileSync(path);
+      // The audit tools' reader: a private copy with the journal's unindexed batches in it.
+      const reader = openAuditReader(join(dir, "kernel.db"));
+      try {
+        assert.equal(reader.headSeq(), 9);
+        assert.deepEqual(readFileSync(path), before, "the reader changed the home's journal");
+      } finally {
+        reader.close();
+      }
+      const again = new SqliteStore(join(dir, "kernel.db"));
+      try {
+        assert.equal(again.useAuditJournal(path), 5);
+        assert.equal(again.countAudit(), 9);
+        assert.equal(statSync(path).size, 0);
+        assert.deepEqual(
+          again.scanAudit(1, 100).map((r) => Buffer.from(r.hash).toString("hex")),
+          rows.map((r) => Buffer.from(r.hash).toString("hex")),
+        );
+      } finally {
+        again.close();
+      }
+    } finally {
+      removeHome(dir);
+    }
+  });
+
+  it("a journal that does not continue the database's chain stops the open, and the reader, with the reason", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const path = join(dir, "audit.journal");
+    try {
+      const s = new SqliteStore(join(dir, "kernel.db"));
+      s.appendAudit(chain(2) as AuditRow[]);
+      s.close();
+      // Another chain's records 3–4.
+      writeFileSync(path, bytesOf([{ rows: chain(2, 3, randomBytes(32)), dedupe: [], journalUpTo: 0, checkpoints: [] }]));
+      const again = new SqliteStore(join(dir, "kernel.db"));
+      try {
+        assert.throws(() => again.useAuditJournal(path), /does not continue the chain/);
+        assert.equal(again.countAudit(), 2, "nothing of it was indexed");
+      } finally {
+        again.close();
+      }
+      assert.throws(() => openAuditReader(join(dir, "kernel.db")), /does not continue the chain/);
+    } finally {
+      removeHome(dir);
+    }
+  });
+
+  it("a journal write that fails answers nobody and rewinds the chain: the next commits continue the durable chain", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const s = new SqliteStore(join(dir, "kernel.db"));
+    const append = AuditJournal.prototype.append;
+    try {
+      s.useAuditJournal(join(dir, "audit.journal"));
+      const { privateKey } = await import("node:crypto").then((c) => c.generateKeyPairSync("ed25519"));
+      const log = new AuditLog(s, "k", privateKey, { batchMax: 8, checkpointEvery: 5 });
+      const rec = () => log.append({ session: "s", persona: "p", phase: "session" });
+      await Promise.all([rec(), rec(), rec()]);
+      AuditJournal.prototype.append = () => {
+        throw new Error("ENOSPC: no space left on device");
+      };
+      await assert.rejects(Promise.all([rec(), rec(), rec()]), /audit commit failed: ENOSPC/);
+      AuditJournal.prototype.append = append;
+      await Promise.all(Array.from({ length: 7 }, rec));
+      assert.equal(log.headSeq, 10);
+      assert.equal(s.countAudit(), 10);
+      const v = verifyAudit(s);
+      assert.equal(v.ok, true, JSON.stringify(v));
+      log.close();
+    } finally {
+      AuditJournal.prototype.append = append;
+      s.close();
+      removeHome(dir);
+    }
+  });
+
+  it("refuses a journal that is not a regular file", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    try {
+      assert.throws(() => new AuditJournal(dir), /EISDIR|not a regular file/);
+      assert.throws(() => AuditJournal.read(dir), /not a regular file/);
+    } finally {
+      removeHome(dir);
+    }
+  });
+});
