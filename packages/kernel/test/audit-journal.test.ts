@@ -114,7 +114,10 @@ describe("the audit journal's batches", () => {
     const data = bytesOf(bs);
     const ends: number[] = [];
     let at = 0;
-    for (const b of bs) ends.push((at += encodeBatch(b).length));
+    for (const b of bs) {
+      at += encodeBatch(b).length;
+      ends.push(at);
+    }
     for (let cut = 0; cut <= data.length; cut++) {
       const got = decodeBatches(data.subarray(0, cut));
       assert.equal(got.length, ends.filter((e) => e <= cut).length, `cut at ${cut}`);
