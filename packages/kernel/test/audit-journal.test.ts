@@ -277,6 +277,33 @@ describe("the audit journal in front of SQLite", () => {
     }
   });
 
+  it("SQLite that cannot index keeps the batches journalled, and past 8 waiting a commit fails instead of growing the backlog", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const path = join(dir, "audit.journal");
+    const s = new SqliteStore(join(dir, "k.db"));
+    try {
+      s.useAuditJournal(path);
+      const rows = chain(10);
+      // Record 1 already in the table: every index of the batches fails on its key.
+      s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(1, rows[0]?.hash, rows[0]?.record);
+      for (let i = 0; i < 8; i++) s.appendAudit([rows[i] as AuditRow]);
+      assert.throws(() => s.indexAudit?.(), /UNIQUE|PRIMARY KEY/);
+      assert.equal(s.auditUnindexed, 8, "kept for the next try");
+      const size = statSync(path).size;
+      assert.throws(() => s.appendAudit([rows[8] as AuditRow]), /UNIQUE|PRIMARY KEY/);
+      assert.equal(statSync(path).size, size, "the refused commit wrote nothing");
+      assert.equal(decodeBatches(readFileSync(path)).length, 8);
+      assert.throws(() => s.countAudit(), /UNIQUE|PRIMARY KEY/, "a read does not skip what is not indexed");
+      // Once SQLite can take them, the next read indexes all eight.
+      s.db.prepare("DELETE FROM audit WHERE seq = 1").run();
+      assert.equal(s.countAudit(), 8);
+      assert.equal(s.auditUnindexed, 0);
+    } finally {
+      s.close();
+      removeHome(dir);
+    }
+  });
+
   it("refuses a journal that is not a regular file", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
     try {

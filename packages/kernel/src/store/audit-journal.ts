@@ -252,8 +252,8 @@ export class AuditJournal {
     }
   }
 
-  /** Appends one batch in one write; throws (and leaves the file as it was) when it cannot. */
-  append(b: JournalBatch): void {
+  /** Appends one batch in one write and answers its bytes; throws (and leaves the file as it was) when it cannot. */
+  append(b: JournalBatch): number {
     const { buf, length } = encodeBatch(b, this.scratch);
     if (buf.length <= 1024 * 1024) this.scratch = buf;
     let done = 0;
@@ -264,6 +264,7 @@ export class AuditJournal {
       throw e;
     }
     this.size += length;
+    return length;
   }
 
   /** Everything appended is in SQLite now: the file is emptied once it has grown past its bound. */

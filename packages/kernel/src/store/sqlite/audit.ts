@@ -6,8 +6,12 @@ import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 
-/** Journalled batches kept for SQLite at most; past this a commit indexes first (and fails if SQLite does). */
-const MAX_UNINDEXED = 64;
+/**
+ * Journalled batches (and their bytes) kept in memory for SQLite at most; past either a commit
+ * indexes first, and fails if SQLite does. Under load a turn's batches are a few, indexed the next turn.
+ */
+const MAX_UNINDEXED_BATCHES = 8;
+const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 /** The audit journal's side of the store: the kernel opens it; tools beside a kernel never do. */
@@ -27,6 +31,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #journal: AuditJournal | undefined;
     /** Batches in the journal and not yet in SQLite, oldest first. */
     #unindexed: JournalBatch[] = [];
+    #unindexedBytes = 0;
 
     /**
      * Makes `path` this store's audit journal, for the one kernel that holds the home (never for
@@ -65,6 +70,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         });
       }
       this.#unindexed = [];
+      this.#unindexedBytes = 0;
       this.#journal?.indexed();
     }
     /** Before any read or write of the tables the journal feeds: SQLite holds every committed batch. */
@@ -79,10 +85,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
       const journal = this.#journal;
       if (!journal) return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
-      // SQLite that keeps failing holds the records back: the journal's backlog stays bounded.
-      if (this.#unindexed.length >= MAX_UNINDEXED) this.indexAudit();
+      // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
+      if (this.#unindexed.length >= MAX_UNINDEXED_BATCHES || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
       const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
-      journal.append(b);
+      this.#unindexedBytes += journal.append(b);
       this.#unindexed.push(b);
     }
     firstAuditSeq(): number | undefined {
