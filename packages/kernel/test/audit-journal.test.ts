@@ -19,6 +19,7 @@ import {
   type JournalRecord,
   unindexedBatches,
 } from "../src/store/audit-journal.js";
+import { MAX_UNINDEXED_ROWS } from "../src/store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
 import { removeHome } from "./harness.js";
 
@@ -176,7 +177,7 @@ describe("the audit journal in front of SQLite", () => {
       s.appendAudit(b1.rows as AuditRow[]);
       s.appendAudit(b2.rows as AuditRow[], [...b2.dedupe], 0, [...b2.checkpoints]);
       assert.equal(inSqlite(), 0, "nothing in SQLite before the index");
-      assert.equal(s.auditUnindexed, 2);
+      assert.equal(s.auditUnindexed, 5);
       assert.deepEqual(decodeBatches(readFileSync(path)).length, 2);
       // A read through the store indexes what waits, in one transaction.
       assert.equal(s.countAudit(), 5);
@@ -277,26 +278,27 @@ describe("the audit journal in front of SQLite", () => {
     }
   });
 
-  it("SQLite that cannot index keeps the batches journalled, and past 8 waiting a commit fails instead of growing the backlog", () => {
+  it("SQLite that cannot index keeps the batches journalled, and past MAX_UNINDEXED_ROWS waiting a commit fails instead of growing the backlog", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
     const path = join(dir, "audit.journal");
     const s = new SqliteStore(join(dir, "k.db"));
     try {
       s.useAuditJournal(path);
-      const rows = chain(10);
+      const rows = chain(MAX_UNINDEXED_ROWS + 2);
       // Record 1 already in the table: every index of the batches fails on its key.
       s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(1, rows[0]?.hash, rows[0]?.record);
-      for (let i = 0; i < 8; i++) s.appendAudit([rows[i] as AuditRow]);
+      s.appendAudit([rows[0] as AuditRow]);
+      s.appendAudit(rows.slice(1, MAX_UNINDEXED_ROWS) as AuditRow[]);
       assert.throws(() => s.indexAudit?.(), /UNIQUE|PRIMARY KEY/);
-      assert.equal(s.auditUnindexed, 8, "kept for the next try");
+      assert.equal(s.auditUnindexed, MAX_UNINDEXED_ROWS, "kept for the next try");
       const size = statSync(path).size;
-      assert.throws(() => s.appendAudit([rows[8] as AuditRow]), /UNIQUE|PRIMARY KEY/);
+      assert.throws(() => s.appendAudit([rows[MAX_UNINDEXED_ROWS] as AuditRow]), /UNIQUE|PRIMARY KEY/);
       assert.equal(statSync(path).size, size, "the refused commit wrote nothing");
-      assert.equal(decodeBatches(readFileSync(path)).length, 8);
+      assert.equal(decodeBatches(readFileSync(path)).length, 2);
       assert.throws(() => s.countAudit(), /UNIQUE|PRIMARY KEY/, "a read does not skip what is not indexed");
-      // Once SQLite can take them, the next read indexes all eight.
+      // Once SQLite can take them, the next read indexes them all.
       s.db.prepare("DELETE FROM audit WHERE seq = 1").run();
-      assert.equal(s.countAudit(), 8);
+      assert.equal(s.countAudit(), MAX_UNINDEXED_ROWS);
       assert.equal(s.auditUnindexed, 0);
     } finally {
       s.close();

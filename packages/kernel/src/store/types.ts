@@ -183,6 +183,8 @@ export interface AuditStore {
   appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
   /** Moves the journalled batches into SQLite (one transaction); throws, keeping them, when it cannot. */
   indexAudit?(): void;
+  /** Records journalled and not yet indexed (0 without a journal). */
+  readonly auditUnindexed?: number;
   /** The lowest sequence number in the log (records below it were pruned), or undefined when it is empty. */
   firstAuditSeq(): number | undefined;
   /**

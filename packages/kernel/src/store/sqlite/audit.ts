@@ -7,10 +7,10 @@ import { AuditReads } from "./audit-read.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 
 /**
- * Journalled batches (and their bytes) kept in memory for SQLite at most; past either a commit
- * indexes first, and fails if SQLite does. Under load a turn's batches are a few, indexed the next turn.
+ * Journalled records (and bytes) kept in memory for SQLite at most; past either a commit indexes
+ * first, and fails if SQLite does. The log indexes long before (AuditLog: 512 records or 10 ms).
  */
-const MAX_UNINDEXED_BATCHES = 8;
+export const MAX_UNINDEXED_ROWS = 16_384;
 const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
@@ -31,6 +31,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #journal: AuditJournal | undefined;
     /** Batches in the journal and not yet in SQLite, oldest first. */
     #unindexed: JournalBatch[] = [];
+    #unindexedRows = 0;
     #unindexedBytes = 0;
 
     /**
@@ -53,9 +54,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#journal = journal;
       return records;
     }
-    /** Batches journalled and not yet indexed (tests, metrics). */
+    /** Records journalled and not yet indexed. */
     get auditUnindexed(): number {
-      return this.#unindexed.length;
+      return this.#unindexedRows;
     }
     indexAudit(): void {
       const q = this.#unindexed;
@@ -64,12 +65,21 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         const b = q[0] as JournalBatch;
         this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
       } else {
-        // One transaction for every batch waiting (several commits in one turn under load).
-        this.transaction(() => {
-          for (const b of q) this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
-        });
+        // Every batch waiting, as one commit: its rows in the multi-row INSERTs, one transaction.
+        const rows: JournalBatch["rows"][number][] = [];
+        const dedupe: DedupeRow[] = [];
+        const checkpoints: AuditCheckpoint[] = [];
+        let journalUpTo = 0;
+        for (const b of q) {
+          for (const r of b.rows) rows.push(r);
+          for (const d of b.dedupe) dedupe.push(d);
+          for (const c of b.checkpoints) checkpoints.push(c);
+          if (b.journalUpTo > journalUpTo) journalUpTo = b.journalUpTo;
+        }
+        this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
       }
       this.#unindexed = [];
+      this.#unindexedRows = 0;
       this.#unindexedBytes = 0;
       this.#journal?.indexed();
     }
@@ -86,9 +96,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const journal = this.#journal;
       if (!journal) return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
       // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
-      if (this.#unindexed.length >= MAX_UNINDEXED_BATCHES || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
+      if (this.#unindexedRows >= MAX_UNINDEXED_ROWS || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
       const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
       this.#unindexedBytes += journal.append(b);
+      this.#unindexedRows += rows.length;
       this.#unindexed.push(b);
     }
     firstAuditSeq(): number | undefined {
