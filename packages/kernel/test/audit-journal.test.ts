@@ -1,15 +1,17 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import fc from "fast-check";
 import { AuditLog } from "../src/audit/log.js";
 import { GENESIS_HASH, recordBytes } from "../src/audit/record.js";
-import { openAuditReader, SqliteStore, verifyAudit } from "../src/index.js";
+import { HomeReadError, Kernel, openAuditReader, SqliteStore, verifyAudit } from "../src/index.js";
 import {
   AuditJournal,
   AuditJournalError,
@@ -21,7 +23,7 @@ import {
 } from "../src/store/audit-journal.js";
 import { MAX_UNINDEXED_ROWS } from "../src/store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
-import { removeHome } from "./harness.js";
+import { removeHome, spawnReady, startKernel } from "./harness.js";
 
 /** `n` records of a real chain from `seq` on, after `prev`: bytes as the log encodes them, hashes over them. */
 function chain(n: number, seq = 1, prev: Uint8Array = GENESIS_HASH): JournalRecord[] {
@@ -310,9 +312,107 @@ describe("the audit journal in front of SQLite", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
     try {
       assert.throws(() => new AuditJournal(dir), /EISDIR|not a regular file/);
-      assert.throws(() => AuditJournal.read(dir), /not a regular file/);
+      assert.throws(() => AuditJournal.read(dir), AuditJournalError);
+      // A FIFO: an open that waited for its other end would hold the kernel's thread for ever.
+      const fifo = join(dir, "audit.journal");
+      assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+      assert.throws(() => AuditJournal.read(fifo), AuditJournalError);
+      assert.throws(
+        () => new AuditJournal(fifo),
+        (e: Error) => e instanceof AuditJournalError || /ENXIO/.test(e.message),
+      );
+      const s = new SqliteStore(join(dir, "k.db"));
+      try {
+        assert.throws(() => s.useAuditJournal(fifo), AuditJournalError);
+      } finally {
+        s.close();
+      }
     } finally {
       removeHome(dir);
+    }
+  });
+});
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/**
+ * A home whose kernel was SIGKILLed with all of this run's records only in its journal (the
+ * child never indexes: its `indexAudit` does nothing), after `writes` answered storage.writes.
+ */
+async function homeKilledWithJournal(writes: number): Promise<string> {
+  const home = mkdtempSync(join(tmpdir(), "kpip-journal-kill-"));
+  // A first start on its own: the admin persona's creation is indexed before the child runs.
+  await (await startKernel({}, home)).stop();
+  const code = `const { Kernel, SqliteStore } = await import(process.argv[1]);
+SqliteStore.prototype.indexAudit = function () {};
+const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
+await k.start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+  const child = await spawnReady(["--input-type=module", "-e", code, kernelModule, home], "ready");
+  const exited = new Promise((r) => child.once("exit", r));
+  try {
+    const c = await KernelClient.connect({
+      socket: new Kernel({ home, logLevel: "silent" }).socketPath,
+      identity: loadIdentity(join(home, "admin.identity")),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+      reconnect: false,
+    });
+    for (let i = 0; i < writes; i++) await c.call("storage.write", `obj://ws/j${i}`, { data: Buffer.from(`v${i}`) });
+    child.kill("SIGKILL");
+    await exited;
+    await c.close().catch(() => {});
+  } finally {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await exited;
+  }
+  return home;
+}
+
+describe("a kernel home's audit journal, tampered with while no kernel ran", () => {
+  it("a record changed in the journal, or a batch cut out of it: the kernel does not start, the audit reader says why, the journal stays as it was", async () => {
+    const home = await homeKilledWithJournal(6);
+    const path = join(home, "audit.journal");
+    try {
+      const journal = readFileSync(path);
+      const batches = decodeBatches(journal);
+      assert.ok(batches.length >= 6, `${batches.length} batches journalled`);
+      const tampered: [string, Buffer, RegExp][] = [];
+      // One byte of the newest record's bytes (its target's last character), hash left as it was.
+      const changed = Buffer.from(journal);
+      changed[changed.length - 4 - 40] = (changed[changed.length - 4 - 40] as number) ^ 0x01;
+      tampered.push(["a changed record", changed, /does not hash to its hash|not a record/]);
+      // The third batch cut out: the records after it no longer follow on.
+      let at = 0;
+      const ends = batches.map((b) => {
+        at += encodeBatch(b).length;
+        return at;
+      });
+      const cut = Buffer.concat([journal.subarray(0, ends[1]), journal.subarray(ends[2])]);
+      tampered.push(["a batch cut out", cut, /skips from record/]);
+      for (const [what, bytes, reason] of tampered) {
+        writeFileSync(path, bytes);
+        await assert.rejects(new Kernel({ home, logLevel: "silent" }).start(), reason, what);
+        assert.throws(
+          () => openAuditReader(join(home, "kernel.db")),
+          (e: Error) => e instanceof HomeReadError && reason.test(e.message),
+          what,
+        );
+        assert.deepEqual(readFileSync(path), bytes, `${what}: the journal was changed`);
+      }
+      // The journal as the kernel left it: the next kernel indexes every answered write's records.
+      writeFileSync(path, journal);
+      const t = await startKernel({}, home);
+      try {
+        assert.equal(verifyAudit(t.k.inspect).ok, true);
+        const written = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.phase === "outcome");
+        assert.equal(written.length, 6);
+      } finally {
+        await t.stop();
+      }
+      assert.equal(statSync(path).size, 0);
+    } finally {
+      removeHome(home);
     }
   });
 });

@@ -211,9 +211,13 @@ export function unindexedBatches(data: Uint8Array, head: IndexHead | undefined):
   return out;
 }
 
-/** Opens `path` never through a link, and only as a regular file (a FIFO or device would block or never end). */
+/**
+ * Opens `path` never through a link, and only as a regular file: a FIFO or device would block or
+ * never end (O_NONBLOCK keeps the open of a FIFO from waiting for its other end; on a regular
+ * file it changes nothing).
+ */
 function openRegular(path: string, flags: number): number {
-  const fd = openSync(path, flags | constants.O_NOFOLLOW, 0o600);
+  const fd = openSync(path, flags | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
   if (!fstatSync(fd).isFile()) {
     closeSync(fd);
     throw new AuditJournalError(`${path} is not a regular file`);
