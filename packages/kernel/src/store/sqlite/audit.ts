@@ -32,6 +32,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     /** Batches in the journal and not yet in SQLite, oldest first. */
     #unindexed: JournalBatch[] = [];
     #unindexedRows = 0;
+    #unindexedDedupe = 0;
     #unindexedBytes = 0;
 
     /**
@@ -80,8 +81,16 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       }
       this.#unindexed = [];
       this.#unindexedRows = 0;
+      this.#unindexedDedupe = 0;
       this.#unindexedBytes = 0;
       this.#journal?.indexed();
+    }
+    /**
+     * Before a read or write of the dedupe table: only when a waiting batch carries dedupe rows (a
+     * new request with effects looks its key up there, and must not pay for an index of records).
+     */
+    #settleDedupe(): void {
+      if (this.#unindexedDedupe > 0) this.indexAudit();
     }
     /** Before any read or write of the tables the journal feeds: SQLite holds every committed batch. */
     #settle(): void {
@@ -100,6 +109,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
       this.#unindexedBytes += journal.append(b);
       this.#unindexedRows += rows.length;
+      this.#unindexedDedupe += dedupe.length;
       this.#unindexed.push(b);
     }
     firstAuditSeq(): number | undefined {
@@ -116,17 +126,17 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       })();
     }
     lookupDedupe(key: string, now: number): DedupeRow | undefined {
-      this.#settle();
+      this.#settleDedupe();
       const r = this.prep("SELECT * FROM dedupe WHERE key = ? AND expires >= ?").get(key, now) as Row | undefined;
       return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
     }
     putDedupe(d: DedupeRow): void {
       // Not inside a caller's transaction: a rollback there must not take journalled batches with it.
-      if (!this.db.inTransaction) this.#settle();
+      if (!this.db.inTransaction) this.#settleDedupe();
       this.#writes.putDedupe(d);
     }
     pruneDedupe(now: number, max?: number): number {
-      this.#settle();
+      this.#settleDedupe();
       if (max === undefined) return this.prep("DELETE FROM dedupe WHERE expires < ?").run(now).changes;
       // Rows are appended in expiry order: the oldest by rowid, not a scan of the table.
       return this.prep("DELETE FROM dedupe WHERE rowid IN (SELECT rowid FROM dedupe ORDER BY rowid LIMIT ?) AND expires < ?").run(
@@ -135,11 +145,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       ).changes;
     }
     dedupeEnd(): number {
-      this.#settle();
+      this.#settleDedupe();
       return ((this.prep("SELECT max(rowid) AS n FROM dedupe").get() as Row).n as number | null) ?? 0;
     }
     pruneDedupeRange(now: number, after: number, through: number, max: number): { deleted: number; last: number } {
-      this.#settle();
+      this.#settleDedupe();
       const last = (
         this.prep(
           "SELECT max(rowid) AS n FROM (SELECT rowid FROM dedupe WHERE rowid > ? AND rowid <= ? ORDER BY rowid LIMIT ?)",
