@@ -3,7 +3,8 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { ConfigError, Kernel } from "../src/index.js";
+import Database from "better-sqlite3";
+import { ConfigError, Kernel, verifyAudit } from "../src/index.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 describe("metrics", () => {
@@ -36,10 +37,37 @@ describe("metrics", () => {
       "kpip_wal_topups_total 0",
       "kpip_wal_topup_seconds_total 0",
       "kpip_audit_anchor_failures_total 0",
+      "kpip_audit_index_failures_total 0",
+      "# TYPE kpip_audit_unindexed_records gauge",
     ]) {
       assert.ok(text.includes(series), `missing ${series}`);
     }
     assert.equal((await fetch(`http://${t.k.metricsAddress}/nope`)).status, 404);
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("counts journalled audit batches SQLite could not index; the kernel keeps answering, and indexes them once it can", async () => {
+    const t = await startKernel({ metricsListen: "127.0.0.1:0" });
+    const c = await t.admin();
+    await c.system.health();
+    const series = async (name: string) => {
+      const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+      return Number(new RegExp(`^${name} (\\d+)`, "m").exec(text)?.[1] ?? Number.NaN);
+    };
+    // Another connection takes a sequence number the kernel is about to index: its index fails.
+    const other = new Database(join(t.home, "kernel.db"));
+    const next = (t.k.inspect.lastAudit()?.seq ?? 0) + 3;
+    other.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(next, Buffer.alloc(32), Buffer.alloc(40));
+    for (let i = 0; i < 5; i++) assert.equal((await c.system.health()).status, "ok");
+    await until(async () => (await series("kpip_audit_index_failures_total")) >= 1, 30_000, "an index failure counted");
+    assert.ok((await series("kpip_audit_unindexed_records")) >= 1);
+    assert.equal((await c.system.health()).status, "ok", "answered from the journal meanwhile");
+    other.prepare("DELETE FROM audit WHERE seq = ?").run(next);
+    other.close();
+    await c.system.health();
+    await until(async () => (await series("kpip_audit_unindexed_records")) === 0, 30_000, "the batches indexed");
+    assert.equal(verifyAudit(t.k.inspect).ok, true);
     await t.stop();
     removeHome(t.home);
   });

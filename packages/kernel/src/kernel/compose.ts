@@ -115,7 +115,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
   let metricsRef: KernelMetrics | undefined;
   // Before the kernel opens (and writes to) its database and keys: a secret with another name is refused (view.ts).
   if (c.sandbox === "bwrap") singleLinks(sandboxSecrets(c, input.configFile));
-  const home = await openHome(c, log, { anchorFailed: () => metricsRef?.auditAnchorFailures.inc() });
+  const home = await openHome(c, log, {
+    anchorFailed: () => metricsRef?.auditAnchorFailures.inc(),
+    indexFailed: () => metricsRef?.auditIndexFailures.inc(),
+  });
   const { store, audit, kernelId } = home;
   let sandbox: Sandbox | undefined;
   let uploads: UploadTable | undefined;
@@ -317,6 +320,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       usage: () => store.allUsage(),
       usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
+      auditUnindexed: () => store.auditUnindexed,
     });
     metricsRef = metrics;
     home.checkpointer.onTopUp = (seconds) => {

@@ -29,6 +29,8 @@ export interface HomeStorage {
 /** What storage reports to whoever counts (the metrics, created later). */
 export interface StorageEvents {
   anchorFailed(): void;
+  /** SQLite could not index journalled audit batches (kept, retried). */
+  indexFailed(): void;
 }
 
 /**
@@ -67,7 +69,10 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       checkpointIntervalMs: c.auditCheckpointIntervalMs,
       intentMaxBytes: c.auditIntentMaxBytes,
       onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
-      onIndexError: (e) => log.error({ err: e.message }, "audit records journalled but not yet indexed: retrying"),
+      onIndexError: (e) => {
+        on.indexFailed();
+        log.error({ err: e.message }, "audit records journalled but not yet indexed: retrying");
+      },
     });
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.

@@ -16,7 +16,7 @@ export class KernelMetrics {
   });
   readonly auditCommitSeconds = new Histogram({
     name: "kpip_audit_commit_seconds",
-    help: "Time to commit one audit batch (the lag a response waits for)",
+    help: "Time to commit one audit batch to the journal (the lag a response waits for)",
     buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
     registers: [this.registry],
   });
@@ -28,6 +28,11 @@ export class KernelMetrics {
   readonly walTopUpSeconds = new Counter({
     name: "kpip_wal_topup_seconds_total",
     help: "Time the kernel's thread spent in those checkpoints (every request waited it out)",
+    registers: [this.registry],
+  });
+  readonly auditIndexFailures = new Counter({
+    name: "kpip_audit_index_failures_total",
+    help: "Times SQLite could not index journalled audit batches (they stay in the journal and are retried)",
     registers: [this.registry],
   });
   readonly auditAnchorFailures = new Counter({
@@ -68,6 +73,8 @@ export class KernelMetrics {
     usageIds?: boolean;
     /** Whether WAL checkpoints still run on the worker thread (false once they fell back to commits). */
     walBackground: () => boolean;
+    /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
+    auditUnindexed?: () => number;
   }) {
     const registers = [this.registry];
     new Gauge({
@@ -147,6 +154,14 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.walBackground() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "kpip_audit_unindexed_records",
+      help: "Audit records committed to the journal and not yet indexed in SQLite (a few under load; growing means SQLite cannot take them)",
+      registers,
+      collect() {
+        this.set(gauges.auditUnindexed?.() ?? 0);
       },
     });
   }
