@@ -139,13 +139,19 @@ describe("the audit journal's batches", () => {
     assert.throws(() => decodeBatches(damaged(0)), AuditJournalError); // the magic
     assert.throws(() => decodeBatches(damaged(first - 1)), /damaged/); // the first batch's tail
     assert.throws(() => decodeBatches(damaged(first - 10)), /does not hash|not a record/); // inside a record
-    assert.throws(() => decodeBatches(Buffer.concat([data, Buffer.from("garbage!")])), AuditJournalError);
+    assert.throws(() => decodeBatches(Buffer.concat([data, Buffer.from("garbage, garbage")])), AuditJournalError);
     // A body longer than its fields: head and tail agree, the fields do not fill it.
     const b = Buffer.from(encodeBatch(bs[0] as JournalBatch).buf.subarray(0, first));
     const padded = Buffer.concat([b.subarray(0, first - 4), Buffer.alloc(4), Buffer.alloc(4)]);
-    padded.writeUInt32LE(first - 12 + 4, 4);
-    padded.writeUInt32LE(((first - 12 + 4) ^ 0x4b504a31) >>> 0, padded.length - 4);
+    const body = first - 16 + 4;
+    padded.writeUInt32LE(body, 4);
+    padded.writeUInt32LE(~body >>> 0, 8);
+    padded.writeUInt32LE((body ^ 0x4b504a31) >>> 0, padded.length - 4);
     assert.throws(() => decodeBatches(padded), /past its fields/);
+    // A length changed to run past the end of the file: damage, not a torn last write that drops what follows.
+    const longer = Buffer.from(data);
+    longer.writeUInt32LE(data.length * 2, 4);
+    assert.throws(() => decodeBatches(longer), /length does not match its check/);
   });
 
   it("what is not yet indexed: batches past the database's head, checked to continue its chain", () => {
@@ -308,6 +314,59 @@ describe("the audit journal in front of SQLite", () => {
       s.db.prepare("DELETE FROM audit WHERE seq = 1").run();
       assert.equal(s.countAudit(), MAX_UNINDEXED_ROWS);
       assert.equal(s.auditUnindexed, 0);
+    } finally {
+      s.close();
+      removeHome(dir);
+    }
+  });
+
+  it("a read inside a caller's transaction that rolls back never takes journalled batches with it", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const s = new SqliteStore(join(dir, "k.db"));
+    try {
+      s.useAuditJournal(join(dir, "audit.journal"));
+      const rows = chain(3);
+      s.appendAudit(rows.slice(0, 1) as AuditRow[]);
+      s.indexAudit?.();
+      s.appendAudit(rows.slice(1) as AuditRow[]);
+      assert.throws(() =>
+        s.transaction(() => {
+          assert.equal(s.countAudit(), 1, "inside it, SQLite as it is");
+          throw new Error("rolled back");
+        }),
+      );
+      assert.throws(() => s.transaction(() => s.indexAudit?.()), AuditJournalError);
+      assert.equal(s.auditUnindexed, 2);
+      assert.equal(s.countAudit(), 3);
+      assert.deepEqual(
+        s.scanAudit(1, 10).map((r) => r.seq),
+        [1, 2, 3],
+      );
+    } finally {
+      s.close();
+      removeHome(dir);
+    }
+  });
+
+  it("a commit whose after-commit hook throws (metrics, the WAL size check) stands: answered, and the chain goes on from it", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const s = new SqliteStore(join(dir, "kernel.db"));
+    try {
+      s.useAuditJournal(join(dir, "audit.journal"));
+      const { privateKey } = await import("node:crypto").then((c) => c.generateKeyPairSync("ed25519"));
+      const log = new AuditLog(s, "k", privateKey, { batchMax: 4, checkpointEvery: 1000 });
+      const rec = () => log.append({ session: "s", persona: "p", phase: "session" });
+      await rec();
+      log.onCommit = () => {
+        throw new Error("EIO: stat of the WAL failed");
+      };
+      await Promise.all([rec(), rec()]);
+      log.onCommit = undefined;
+      await Promise.all([rec(), rec()]);
+      assert.equal(log.headSeq, 5);
+      assert.equal(s.countAudit(), 5);
+      assert.equal(verifyAudit(s).ok, true);
+      log.close();
     } finally {
       s.close();
       removeHome(dir);

@@ -201,20 +201,25 @@ export class AuditLog {
     this.pendingJournalUpTo = 0;
     this.waiters = undefined;
     this.batchPromise = undefined;
+    const t = process.hrtime.bigint();
     try {
-      const t = process.hrtime.bigint();
       this.store.appendAudit(rows, dedupe, journalUpTo, checkpoints);
-      this.committedBatches++;
-      this.committedRecords += rows.length;
-      this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9, walBytes);
-      const last = rows[rows.length - 1] as AuditRow;
-      const cp = checkpoints.at(-1);
-      this.durable = { seq: last.seq, head: last.hash, checkpointSeq: cp ? cp.seq : this.durable.checkpointSeq };
     } catch (e) {
       // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
       this.rewind();
       waiters?.reject(new Error(`audit commit failed: ${(e as Error).message}`));
       return;
+    }
+    // Committed: only a throw of the commit itself may rewind the chain (it is in the journal now).
+    const last = rows[rows.length - 1] as AuditRow;
+    const cp = checkpoints.at(-1);
+    this.durable = { seq: last.seq, head: last.hash, checkpointSeq: cp ? cp.seq : this.durable.checkpointSeq };
+    this.committedBatches++;
+    this.committedRecords += rows.length;
+    try {
+      this.onCommit?.(rows.length, Number(process.hrtime.bigint() - t) / 1e9, walBytes);
+    } catch {
+      // Metrics and the WAL bound's size check: neither unmakes a commit.
     }
     waiters?.resolve();
     for (const cp of checkpoints) this.opts.onCheckpoint?.(cp);
@@ -303,7 +308,13 @@ export class AuditLog {
     if (this.pending.length) this.flush();
     if (this.closed || this.seq === 0 || this.seq === this.lastCheckpointSeq) return;
     const cp = this.sign();
-    this.store.addCheckpoint(cp);
+    try {
+      this.store.addCheckpoint(cp);
+    } catch (e) {
+      // Not stored: the next checkpoint by count comes when it would have without this one.
+      this.lastCheckpointSeq = this.durable.checkpointSeq;
+      throw e;
+    }
     this.durable.checkpointSeq = cp.seq;
     this.opts.onCheckpoint?.(cp);
   }
@@ -339,12 +350,15 @@ export class AuditLog {
   /** Flushes and writes a final checkpoint; later appends are refused, never written to a closed store. */
   close(): void {
     if (this.closed) return;
-    this.flush();
-    this.checkpoint();
-    this.closed = true;
-    // The store indexes what is left when it closes.
-    if (this.indexTimer !== undefined) clearTimeout(this.indexTimer);
-    if (this.indexSoon !== undefined) clearImmediate(this.indexSoon);
-    this.indexTimer = this.indexSoon = undefined;
+    try {
+      this.flush();
+      this.checkpoint();
+    } finally {
+      this.closed = true;
+      // The store indexes what is left when it closes (what it cannot stays in the journal).
+      if (this.indexTimer !== undefined) clearTimeout(this.indexTimer);
+      if (this.indexSoon !== undefined) clearImmediate(this.indexSoon);
+      this.indexTimer = this.indexSoon = undefined;
+    }
   }
 }

@@ -39,8 +39,11 @@ export class AuditJournalError extends Error {
 }
 
 const MAGIC = 0x4b504a31; // "KPJ1"
-/** magic, body length; after the body, the body length again xor the magic (a torn tail shows). */
-const HEAD = 8;
+/**
+ * magic, body length, its complement (a changed length is damage, never mistaken for a torn
+ * write); after the body, the body length again xor the magic (a torn tail shows).
+ */
+const HEAD = 12;
 const TAIL = 4;
 
 /** Bytes of a batch's body (what {@link encodeBatch} writes between the head and the tail). */
@@ -77,6 +80,7 @@ export function encodeBatch(b: JournalBatch, into?: Buffer): { buf: Buffer; leng
   };
   u32(MAGIC);
   u32(body);
+  u32(~body >>> 0);
   u32(b.rows.length);
   u32(b.dedupe.length);
   u32(b.checkpoints.length);
@@ -119,6 +123,9 @@ export function decodeBatches(data: Uint8Array): JournalBatch[] {
     const magic = buf.readUInt32LE(at);
     const body = buf.readUInt32LE(at + 4);
     if (magic !== MAGIC) throw new AuditJournalError(`not an audit journal batch at byte ${at}`);
+    if (buf.readUInt32LE(at + 8) !== ~body >>> 0)
+      throw new AuditJournalError(`the batch at byte ${at} is damaged (its length does not match its check)`);
+    // Only the last append can be cut short (a head whose length runs past the end of the file).
     const end = at + HEAD + body + TAIL;
     if (end > buf.length) break;
     if (buf.readUInt32LE(end - TAIL) !== (body ^ MAGIC) >>> 0) {
@@ -230,6 +237,8 @@ export class AuditJournal {
   private readonly fd: number;
   /** Bytes in the file: a failed write is cut back to here. */
   private size: number;
+  /** Set when a failed write's bytes could not be cut back: every later append is refused. */
+  private broken = false;
   /** Reused for batches up to 1 MiB (a batch at one in flight is a few hundred bytes). */
   private scratch: Buffer | undefined;
 
@@ -239,7 +248,7 @@ export class AuditJournal {
    */
   constructor(
     readonly path: string,
-    private readonly emptyAbove = 8 * 1024 * 1024,
+    private readonly emptyAbove = 64 * 1024 * 1024,
   ) {
     this.fd = openRegular(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT);
     this.size = fstatSync(this.fd).size;
@@ -260,20 +269,28 @@ export class AuditJournal {
   append(b: JournalBatch): number {
     const { buf, length } = encodeBatch(b, this.scratch);
     if (buf.length <= 1024 * 1024) this.scratch = buf;
+    if (this.broken) throw new AuditJournalError(`${this.path}: a torn write could not be cut back; the journal takes no more`);
     let done = 0;
     try {
       while (done < length) done += writeSync(this.fd, buf, done, length - done);
     } catch (e) {
-      if (done > 0) ftruncateSync(this.fd, this.size);
+      if (done > 0) {
+        try {
+          ftruncateSync(this.fd, this.size);
+        } catch {
+          // An append after the torn bytes would make the journal unreadable past them.
+          this.broken = true;
+        }
+      }
       throw e;
     }
     this.size += length;
     return length;
   }
 
-  /** Everything appended is in SQLite now: the file is emptied once it has grown past its bound. */
-  indexed(): void {
-    if (this.size >= this.emptyAbove) this.empty();
+  /** Whether the file has grown past its bound: emptied (by the store) once everything in it is indexed. */
+  get full(): boolean {
+    return this.size >= this.emptyAbove;
   }
 
   /** Empties the file (everything in it is indexed). */

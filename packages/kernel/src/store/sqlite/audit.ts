@@ -1,6 +1,6 @@
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
-import { AuditJournal, type JournalBatch, unindexedBatches } from "../audit-journal.js";
+import { AuditJournal, AuditJournalError, type JournalBatch, unindexedBatches } from "../audit-journal.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
@@ -8,7 +8,7 @@ import type { Row, StoreBase, WithRows } from "./base.js";
 
 /**
  * Journalled records (and bytes) kept in memory for SQLite at most; past either a commit indexes
- * first, and fails if SQLite does. The log indexes long before (AuditLog: 512 records or 10 ms).
+ * first, and fails if SQLite does. The log indexes long before (AuditLog: 64 records or 2 ms).
  */
 export const MAX_UNINDEXED_ROWS = 16_384;
 const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
@@ -51,7 +51,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         records += b.rows.length;
       }
       const journal = new AuditJournal(path);
-      journal.empty();
+      this.#emptyJournal(journal);
       this.#journal = journal;
       return records;
     }
@@ -62,6 +62,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     indexAudit(): void {
       const q = this.#unindexed;
       if (q.length === 0) return;
+      // Inside a caller's transaction this would be a savepoint its rollback could undo, after the
+      // queue (and maybe the journal) let the batches go.
+      if (this.db.inTransaction)
+        throw new AuditJournalError("journalled audit records cannot be indexed inside another transaction");
       if (q.length === 1) {
         const b = q[0] as JournalBatch;
         this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
@@ -83,18 +87,20 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#unindexedRows = 0;
       this.#unindexedDedupe = 0;
       this.#unindexedBytes = 0;
-      this.#journal?.indexed();
+      const journal = this.#journal;
+      if (journal?.full) this.#emptyJournal(journal);
     }
     /**
      * Before a read or write of the dedupe table: only when a waiting batch carries dedupe rows (a
      * new request with effects looks its key up there, and must not pay for an index of records).
      */
     #settleDedupe(): void {
-      if (this.#unindexedDedupe > 0) this.indexAudit();
+      if (this.#unindexedDedupe > 0 && !this.db.inTransaction) this.indexAudit();
     }
     /** Before any read or write of the tables the journal feeds: SQLite holds every committed batch. */
     #settle(): void {
-      if (this.#unindexed.length > 0) this.indexAudit();
+      // Inside a caller's transaction a read sees SQLite as it is (indexAudit would refuse).
+      if (this.#unindexed.length > 0 && !this.db.inTransaction) this.indexAudit();
     }
 
     auditHashAt(seq: number): Uint8Array | undefined {
@@ -220,13 +226,23 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (journal && this.db.open) {
         try {
           this.indexAudit();
-          journal.empty();
+          this.#emptyJournal(journal);
+        } catch {
+          // What SQLite could not take stays in the journal: the next start indexes it.
         } finally {
           journal.close();
           this.#journal = undefined;
         }
       }
       super.close();
+    }
+    /**
+     * Empties the journal once everything in it is indexed, after a sync of the WAL: an OS crash
+     * must not keep the emptied journal and lose the commits that held its records.
+     */
+    #emptyJournal(journal: AuditJournal): void {
+      this.syncWal();
+      journal.empty();
     }
   };
 }
