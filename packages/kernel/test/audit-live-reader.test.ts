@@ -1,9 +1,14 @@
 import assert from "node:assert/strict";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { AuditLog } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
 import { verifyAuditReader } from "../src/audit/verify-parallel.js";
-import { withKernel } from "./harness.js";
+import { SqliteStore, verifyAudit } from "../src/index.js";
+import { removeHome, until, withKernel } from "./harness.js";
 
 // Pins the SQLite locking mode: with locking_mode=EXCLUSIVE (6 fewer syscalls a commit) a
 // running kernel's database cannot be opened by anyone else — `kpip audit tail/query/verify`
@@ -21,10 +26,45 @@ describe("the read-only audit reader beside a running kernel", () => {
         const v = await verifyAuditReader(reader);
         assert.equal(v.ok, true, v.firstBad?.reason);
         for (let i = 0; i < 5; i++) await c.call("system.health", "kernel://");
-        assert.ok(reader.countAudit() >= before + 5, "the reader sees the commits made while it is open");
+        // SQLite indexes the journalled records within ~2 ms of their answers.
+        await until(() => reader.countAudit() >= before + 5, 10_000, "the reader to see the commits made while it is open");
       } finally {
         reader.close();
       }
     });
+  });
+
+  it("verifies a log another connection commits to in one snapshot: a commit between the count and the walk is no false failure", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-live-"));
+    const { privateKey } = generateKeyPairSync("ed25519");
+    const writer = new SqliteStore(join(dir, "kernel.db"));
+    const log = new AuditLog(writer, "k", privateKey, { batchMax: 8, checkpointEvery: 1000 });
+    const rec = () => log.append({ session: "s", persona: "p", phase: "session" });
+    const reader = new SqliteStore(join(dir, "kernel.db"));
+    try {
+      for (let i = 0; i < 5; i++) await rec();
+      // The writer (a live kernel) commits right after the verifier counted.
+      const count = reader.countAudit.bind(reader);
+      let committed = false;
+      reader.countAudit = () => {
+        const n = count();
+        if (!committed) {
+          committed = true;
+          void rec();
+          log.flush();
+        }
+        return n;
+      };
+      const v = verifyAudit(reader);
+      assert.ok(committed);
+      assert.equal(v.ok, true, v.firstBad?.reason);
+      assert.equal(v.records, 5, "the snapshot of the count");
+      assert.equal(verifyAudit(reader).records, 6);
+    } finally {
+      log.close();
+      reader.close();
+      writer.close();
+      removeHome(dir);
+    }
   });
 });

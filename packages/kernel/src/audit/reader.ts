@@ -33,6 +33,8 @@ export interface AuditReader
   readonly snapshot: boolean;
   /** True for a home of an older kpip (a column per field), read in place as records. */
   readonly columnLayout: boolean;
+  /** Runs `fn` in one read transaction: one snapshot of a live kernel's database (verify). */
+  transaction<T>(fn: () => T): T;
   /** Record `seq`, decoded from its stored bytes, or undefined. */
   record(seq: number): AuditRecord | undefined;
   /**
@@ -145,6 +147,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     path: file,
     snapshot: tmp !== undefined,
     columnLayout: source !== undefined,
+    transaction: (fn) => db.transaction(fn)(),
     record: (seq) => reads.record(seq),
     records: (o) => reads.records(o),
     headSeq: () => reads.head(),

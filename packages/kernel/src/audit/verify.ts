@@ -55,8 +55,23 @@ export function chainStart(first: number | undefined, cps: AuditCheckpoint[]): C
  * `trustedKey` (raw Ed25519) pins the kernel key checkpoints must be signed with.
  */
 export function verifyAudit(
-  store: Pick<AuditStore, "countAudit" | "checkpoints" | "firstAuditSeq" | "scanAudit"> & Partial<RangeVerifier>,
+  store: Pick<AuditStore, "countAudit" | "checkpoints" | "firstAuditSeq" | "scanAudit"> &
+    Partial<RangeVerifier> & { transaction?: <T>(fn: () => T) => T; settleAudit?: () => void },
   opts: VerifyOptions = {},
+): VerifyResult {
+  // One read snapshot where the store has transactions: a live kernel committing meanwhile (from
+  // another connection) would otherwise add records between the count and the walk. The kernel's
+  // own store indexes its journal first (inside a transaction it reads SQLite as it is).
+  if (typeof store.transaction === "function") {
+    store.settleAudit?.();
+    return store.transaction(() => verifyOnce(store, opts));
+  }
+  return verifyOnce(store, opts);
+}
+
+function verifyOnce(
+  store: Pick<AuditStore, "countAudit" | "checkpoints" | "firstAuditSeq" | "scanAudit"> & Partial<RangeVerifier>,
+  opts: VerifyOptions,
 ): VerifyResult {
   const total = store.countAudit();
   const cps = store.checkpoints();
