@@ -320,6 +320,39 @@ describe("the audit journal in front of SQLite", () => {
     }
   });
 
+  it("a store closed while SQLite cannot index leaves the batches in the journal, and the next open indexes them", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+    const path = join(dir, "audit.journal");
+    try {
+      const rows = chain(4);
+      const s = new SqliteStore(join(dir, "kernel.db"));
+      s.useAuditJournal(path);
+      s.appendAudit(rows.slice(0, 1) as AuditRow[]);
+      s.indexAudit?.();
+      // Record 3 already in the table: the index of 2–4 fails on its key.
+      s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(3, rows[2]?.hash, rows[2]?.record);
+      s.appendAudit(rows.slice(1) as AuditRow[]);
+      s.close();
+      assert.equal(decodeBatches(readFileSync(path)).length, 2, "the journal kept what SQLite could not take");
+      const fix = new Database(join(dir, "kernel.db"));
+      fix.prepare("DELETE FROM audit WHERE seq = 3").run();
+      fix.close();
+      const again = new SqliteStore(join(dir, "kernel.db"));
+      try {
+        assert.equal(again.useAuditJournal(path), 3);
+        assert.deepEqual(
+          again.scanAudit(1, 10).map((r) => r.seq),
+          [1, 2, 3, 4],
+        );
+        assert.equal(verifyAudit(again).ok, true);
+      } finally {
+        again.close();
+      }
+    } finally {
+      removeHome(dir);
+    }
+  });
+
   it("a read inside a caller's transaction that rolls back never takes journalled batches with it", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
     const s = new SqliteStore(join(dir, "k.db"));
