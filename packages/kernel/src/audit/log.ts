@@ -212,8 +212,8 @@ export class AuditLog {
     }
     // Committed: only a throw of the commit itself may rewind the chain (it is in the journal now).
     const last = rows[rows.length - 1] as AuditRow;
-    const cp = checkpoints.at(-1);
-    this.durable = { seq: last.seq, head: last.hash, checkpointSeq: cp ? cp.seq : this.durable.checkpointSeq };
+    const lastCheckpoint = checkpoints.at(-1);
+    this.durable = { seq: last.seq, head: last.hash, checkpointSeq: lastCheckpoint?.seq ?? this.durable.checkpointSeq };
     this.committedBatches++;
     this.committedRecords += rows.length;
     try {

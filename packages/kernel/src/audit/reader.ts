@@ -2,10 +2,11 @@ import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } fr
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
-import { AUDIT_JOURNAL_FILE, AuditJournal, unindexedBatches } from "../store/audit-journal.js";
+import { AUDIT_JOURNAL_FILE } from "../store/audit-journal.js";
 import { auditAppender } from "../store/sqlite/audit-append.js";
 import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
+import { indexJournalFile } from "../store/sqlite/journal-replay.js";
 import type { AuditRow, AuditStore } from "../store/types.js";
 import { batchShape } from "./record-size.js";
 import type { RangeVerifier } from "./verify.js";
@@ -69,22 +70,14 @@ function kernelHolds(home: string): boolean {
   }
 }
 
-/** Appends to `db` (a private copy) the journalled batches past its newest record; a damaged journal is a HomeReadError. */
+/** Adds to `db` (a private copy) the journalled batches past its newest record; a damaged journal is a HomeReadError. */
 function indexJournal(db: Database.Database, journal: string): void {
   if (hasColumnLayout(db)) return;
-  const reads = new AuditReads(db);
-  const last = reads.last();
-  let batches: ReturnType<typeof unindexedBatches>;
   try {
-    batches = unindexedBatches(AuditJournal.read(journal), last && { seq: last.seq, hash: last.hash });
+    indexJournalFile(db, journal, auditAppender(db).append, new AuditReads(db));
   } catch (e) {
     throw new HomeReadError(`${journal}: ${(e as Error).message}`, "corrupt");
   }
-  if (batches.length === 0) return;
-  const { append } = auditAppender(db);
-  db.transaction(() => {
-    for (const b of batches) append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
-  })();
 }
 
 /**

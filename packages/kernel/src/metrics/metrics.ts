@@ -74,7 +74,7 @@ export class KernelMetrics {
     /** Whether WAL checkpoints still run on the worker thread (false once they fell back to commits). */
     walBackground: () => boolean;
     /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
-    auditUnindexed?: () => number;
+    auditUnindexed: () => number;
   }) {
     const registers = [this.registry];
     new Gauge({
@@ -161,7 +161,7 @@ export class KernelMetrics {
       help: "Audit records committed to the journal and not yet indexed in SQLite (a few under load; growing means SQLite cannot take them)",
       registers,
       collect() {
-        this.set(gauges.auditUnindexed?.() ?? 0);
+        this.set(gauges.auditUnindexed());
       },
     });
   }

@@ -293,6 +293,11 @@ export class AuditJournal {
     return this.size >= this.emptyAbove;
   }
 
+  /** The file's bytes now. */
+  get bytes(): number {
+    return this.size;
+  }
+
   /** Empties the file (everything in it is indexed). */
   empty(): void {
     ftruncateSync(this.fd, 0);

@@ -1,10 +1,12 @@
+import { recordBytes } from "../../audit/record.js";
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
-import { AuditJournal, AuditJournalError, type JournalBatch, unindexedBatches } from "../audit-journal.js";
+import { AuditJournal, AuditJournalError, type JournalBatch } from "../audit-journal.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
+import { indexJournalFile } from "./journal-replay.js";
 
 /**
  * Journalled records (and bytes) kept in memory for SQLite at most; past either a commit indexes
@@ -13,13 +15,13 @@ import type { Row, StoreBase, WithRows } from "./base.js";
 export const MAX_UNINDEXED_ROWS = 16_384;
 const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
-/** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 /** The audit journal's side of the store: the kernel opens it; tools beside a kernel never do. */
 export interface JournalledAudit {
   useAuditJournal(path: string): number;
   readonly auditUnindexed: number;
 }
 
+/** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal"> & JournalledAudit> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal">, JournalledAudit {
     /** Every read of the table (audit-read.ts, shared with the audit reader). */
@@ -42,14 +44,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * chain), then empties it. Returns the records indexed.
      */
     useAuditJournal(path: string): number {
-      if (this.#journal) throw new Error("the audit journal is already open");
-      const last = this.#reads.last();
-      const batches = unindexedBatches(AuditJournal.read(path), last && { seq: last.seq, hash: last.hash });
-      let records = 0;
-      for (const b of batches) {
-        this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
-        records += b.rows.length;
-      }
+      if (this.#journal) throw new AuditJournalError("the audit journal is already open");
+      const records = indexJournalFile(this.db, path, this.#writes.append, this.#reads);
       const journal = new AuditJournal(path);
       this.#emptyJournal(journal);
       this.#journal = journal;
@@ -112,6 +108,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (!journal) return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
       // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
       if (this.#unindexedRows >= MAX_UNINDEXED_ROWS || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
+      // The log hands over rows with their hashed bytes; one built elsewhere is encoded here, once.
+      for (const r of rows) r.record ??= recordBytes(r);
       const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
       this.#unindexedBytes += journal.append(b);
       this.#unindexedRows += rows.length;
@@ -137,8 +135,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return r && { key, hash: r.hash as Uint8Array, response: r.response as Uint8Array, expires: r.expires as number };
     }
     putDedupe(d: DedupeRow): void {
-      // Not inside a caller's transaction: a rollback there must not take journalled batches with it.
-      if (!this.db.inTransaction) this.#settleDedupe();
+      this.#settleDedupe();
       this.#writes.putDedupe(d);
     }
     pruneDedupe(now: number, max?: number): number {
@@ -241,6 +238,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * must not keep the emptied journal and lose the commits that held its records.
      */
     #emptyJournal(journal: AuditJournal): void {
+      // Nothing to let go (a clean stop's journal at start, a stop with nothing since): no sync.
+      if (journal.bytes === 0) return;
       this.syncWal();
       journal.empty();
     }
