@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { randomBytes } from "node:crypto";
+import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -92,6 +92,26 @@ function batches(sizes: number[], extras: boolean[] = []): JournalBatch[] {
       checkpoints: more ? [checkpointOf(rows.at(-1) as JournalRecord)] : [],
     };
   });
+}
+
+/** A store in a fresh directory with its journal (`audit.journal` beside it) open; closed and removed after `fn`. */
+async function withJournalStore(fn: (s: SqliteStore, path: string) => void | Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
+  const path = join(dir, "audit.journal");
+  const s = new SqliteStore(join(dir, "kernel.db"));
+  try {
+    s.useAuditJournal(path);
+    await fn(s, path);
+  } finally {
+    s.close();
+    removeHome(dir);
+  }
+}
+
+/** An audit log on `s` (a fresh signing key) and a function appending one session record to it. */
+function logOn(s: SqliteStore, opts: { batchMax: number; checkpointEvery: number }) {
+  const log = new AuditLog(s, "k", generateKeyPairSync("ed25519").privateKey, opts);
+  return { log, rec: () => log.append({ session: "s", persona: "p", phase: "session" }) };
 }
 
 const bytesOf = (bs: JournalBatch[]) => Buffer.concat(bs.map((b) => encodeBatch(b).buf.subarray(0, encodeBatch(b).length)));
@@ -265,14 +285,9 @@ describe("the audit journal in front of SQLite", () => {
   });
 
   it("a journal write that fails answers nobody and rewinds the chain: the next commits continue the durable chain", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const s = new SqliteStore(join(dir, "kernel.db"));
     const append = AuditJournal.prototype.append;
-    try {
-      s.useAuditJournal(join(dir, "audit.journal"));
-      const { privateKey } = await import("node:crypto").then((c) => c.generateKeyPairSync("ed25519"));
-      const log = new AuditLog(s, "k", privateKey, { batchMax: 8, checkpointEvery: 5 });
-      const rec = () => log.append({ session: "s", persona: "p", phase: "session" });
+    await withJournalStore(async (s) => {
+      const { log, rec } = logOn(s, { batchMax: 8, checkpointEvery: 5 });
       await Promise.all([rec(), rec(), rec()]);
       AuditJournal.prototype.append = () => {
         throw new Error("ENOSPC: no space left on device");
@@ -285,19 +300,13 @@ describe("the audit journal in front of SQLite", () => {
       const v = verifyAudit(s);
       assert.equal(v.ok, true, JSON.stringify(v));
       log.close();
-    } finally {
+    }).finally(() => {
       AuditJournal.prototype.append = append;
-      s.close();
-      removeHome(dir);
-    }
+    });
   });
 
-  it("SQLite that cannot index keeps the batches journalled, and past MAX_UNINDEXED_ROWS waiting a commit fails instead of growing the backlog", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const path = join(dir, "audit.journal");
-    const s = new SqliteStore(join(dir, "k.db"));
-    try {
-      s.useAuditJournal(path);
+  it("SQLite that cannot index keeps the batches journalled, and past MAX_UNINDEXED_ROWS waiting a commit fails instead of growing the backlog", async () => {
+    await withJournalStore((s, path) => {
       const rows = chain(MAX_UNINDEXED_ROWS + 2);
       // Record 1 already in the table: every index of the batches fails on its key.
       s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(1, rows[0]?.hash, rows[0]?.record);
@@ -314,10 +323,7 @@ describe("the audit journal in front of SQLite", () => {
       s.db.prepare("DELETE FROM audit WHERE seq = 1").run();
       assert.equal(s.countAudit(), MAX_UNINDEXED_ROWS);
       assert.equal(s.auditUnindexed, 0);
-    } finally {
-      s.close();
-      removeHome(dir);
-    }
+    });
   });
 
   it("a store closed while SQLite cannot index leaves the batches in the journal, and the next open indexes them", () => {
@@ -353,11 +359,8 @@ describe("the audit journal in front of SQLite", () => {
     }
   });
 
-  it("a read inside a caller's transaction that rolls back never takes journalled batches with it", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const s = new SqliteStore(join(dir, "k.db"));
-    try {
-      s.useAuditJournal(join(dir, "audit.journal"));
+  it("a read inside a caller's transaction that rolls back never takes journalled batches with it", async () => {
+    await withJournalStore((s) => {
       const rows = chain(3);
       s.appendAudit(rows.slice(0, 1) as AuditRow[]);
       s.indexAudit?.();
@@ -375,20 +378,12 @@ describe("the audit journal in front of SQLite", () => {
         s.scanAudit(1, 10).map((r) => r.seq),
         [1, 2, 3],
       );
-    } finally {
-      s.close();
-      removeHome(dir);
-    }
+    });
   });
 
   it("a commit whose after-commit hook throws (metrics, the WAL size check) stands: answered, and the chain goes on from it", async () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const s = new SqliteStore(join(dir, "kernel.db"));
-    try {
-      s.useAuditJournal(join(dir, "audit.journal"));
-      const { privateKey } = await import("node:crypto").then((c) => c.generateKeyPairSync("ed25519"));
-      const log = new AuditLog(s, "k", privateKey, { batchMax: 4, checkpointEvery: 1000 });
-      const rec = () => log.append({ session: "s", persona: "p", phase: "session" });
+    await withJournalStore(async (s) => {
+      const { log, rec } = logOn(s, { batchMax: 4, checkpointEvery: 1000 });
       await rec();
       log.onCommit = () => {
         throw new Error("EIO: stat of the WAL failed");
@@ -400,10 +395,7 @@ describe("the audit journal in front of SQLite", () => {
       assert.equal(s.countAudit(), 5);
       assert.equal(verifyAudit(s).ok, true);
       log.close();
-    } finally {
-      s.close();
-      removeHome(dir);
-    }
+    });
   });
 
   it("refuses a journal that is not a regular file", () => {
