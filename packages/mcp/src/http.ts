@@ -3,6 +3,7 @@ import { createServer, type Server as HttpServer, type IncomingMessage, type Ser
 import type { AddressInfo, Socket } from "node:net";
 import { StreamableHTTPServerTransport } from "@modelcontextprotocol/sdk/server/streamableHttp.js";
 import { ErrorCode, isInitializeRequest } from "@modelcontextprotocol/sdk/types.js";
+import { ConnectionSlots } from "./connection-slots.js";
 import type { McpGateway } from "./gateway.js";
 import type { HostBudget } from "./host-budget.js";
 import type { NoticeOutlet } from "./watches.js";
@@ -45,7 +46,9 @@ export interface HttpOptions {
   /** A request body must arrive in full within this time (default 30 s), else 408: a body sent a byte at a time holds its bytes and its connection. */
   bodyTimeoutMs?: number;
   /**
-   * Most connections open at once (default 256); Node closes any past it at once. Each may
+   * Most connections open at once (default 256). Past it a new connection sheds the oldest one
+   * that has not yet carried the bearer secret, or is closed at once when every open one has
+   * (a peer without the secret cannot lock hosts out by holding idle connections). Each may
    * carry one request at a time (a request pipelined behind another gets 503 and the connection
    * closes), so what the gateway holds for answers not yet read is bounded by connections too.
    */
@@ -65,6 +68,8 @@ export interface HttpGateway {
   bodyBytes(): number;
   /** Requests refused so far for arriving on a connection behind another not yet answered (for tests and logs). */
   pipelinedRefused(): number;
+  /** Connections counted now, and so far those shed for newer ones and those refused with every slot trusted (for tests and logs). */
+  connections(): { open: number; shed: number; refused: number };
   close(): Promise<void>;
 }
 
@@ -192,6 +197,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
   const bodyTimeoutMs = o.bodyTimeoutMs ?? DEFAULT_BODY_TIMEOUT_MS;
   const readBody = (req: IncomingMessage) => readJson(req, maxBody, bodies, bodyTimeoutMs);
   const maxBatch = o.maxBatch ?? DEFAULT_MAX_BATCH;
+  const slots = new ConnectionSlots(o.maxConnections ?? DEFAULT_MAX_CONNECTIONS);
   const tooLarge = (body: unknown) => Array.isArray(body) && body.length > maxBatch;
   const sweep = setInterval(
     () => {
@@ -209,6 +215,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     if (!bearerMatches(req.headers.authorization, secret)) {
       return refuse(res, 401, "missing or wrong bearer secret", { "www-authenticate": 'Bearer realm="kpip-mcp"' });
     }
+    slots.trust(req.socket);
     if (new URL(req.url ?? "/", "http://x").pathname !== "/mcp") return refuse(res, 404, "the MCP endpoint is /mcp");
     const sid = req.headers["mcp-session-id"];
     if (typeof sid === "string") {
@@ -335,7 +342,8 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       else res.destroy();
     });
   });
-  server.maxConnections = o.maxConnections ?? DEFAULT_MAX_CONNECTIONS;
+  // Before Node's own handler: a connection closed here never gets a parser.
+  server.prependListener("connection", (sock: Socket) => slots.admit(sock));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);
     server.listen(o.port, o.host, () => resolve());
@@ -347,6 +355,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     sessions: () => sessions.size,
     bodyBytes: () => bodies.reading,
     pipelinedRefused: () => pipelined,
+    connections: () => ({ open: slots.count, shed: slots.shed, refused: slots.refused }),
     close: async () => {
       clearInterval(sweep);
       await Promise.all([...sessions.values()].map((t) => t.close().catch(() => {})));

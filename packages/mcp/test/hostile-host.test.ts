@@ -98,6 +98,61 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     await k.dispose();
   });
 
+  it("a peer without the secret cannot lock hosts out by holding connections: it sheds only its own, never a host's", async () => {
+    const MAX = 4;
+    // A long body timeout: connections that wait in the middle of a body stay open until the test ends them.
+    const http = await serveHttp(gw.gateway, {
+      host: "127.0.0.1",
+      port: 0,
+      bearer: BEARER,
+      maxConnections: MAX,
+      bodyTimeoutMs: 600_000,
+    });
+    const { port } = new URL(http.url);
+    const socks: Socket[] = [];
+    const open = (first?: string) => {
+      const s = tcp(Number(port), "127.0.0.1");
+      s.on("error", () => {});
+      const closed = new Promise<void>((r) => s.once("close", () => r()));
+      if (first) s.write(first);
+      socks.push(s);
+      return { s, closed };
+    };
+    try {
+      // Idle sockets without the secret fill every slot; an honest host still gets in, shedding the oldest.
+      const idle = Array.from({ length: MAX }, () => open());
+      await until(() => http.connections().open === MAX, 10_000, "the idle sockets are counted");
+      const host = await connect(http);
+      assert.ok((await host.listTools()).tools.length > 0);
+      await host.end();
+      assert.ok(http.connections().shed >= 1, JSON.stringify(http.connections()));
+      await Promise.race(idle.map((x) => x.closed));
+      for (const s of socks.splice(0)) s.destroy();
+      await until(() => http.connections().open === 0, 10_000, "every connection closed");
+
+      // Every slot held by a connection that showed the secret (each in the middle of its body):
+      // a new one without it is closed as it arrives, and none of theirs is shed.
+      const body = `POST /mcp HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\nAuthorization: Bearer ${BEARER}\r\nContent-Type: application/json\r\nContent-Length: 10\r\n\r\n{"a":`;
+      const trusted = Array.from({ length: MAX }, () => open(body));
+      await until(() => http.bodyBytes() === MAX * 5, 10_000, "the trusted connections are reading their bodies");
+      const before = http.connections();
+      const late = open();
+      const handled = () => http.connections().refused + http.connections().shed > before.refused + before.shed;
+      await until(handled, 10_000, "the late connection is counted");
+      assert.deepEqual(http.connections(), { open: MAX, shed: before.shed, refused: before.refused + 1 });
+      await late.closed;
+      // The trusted ones are served: each finishes its body and gets its answer (not an initialize: 400).
+      const answers = trusted.map(
+        ({ s }) => new Promise<string>((r) => s.once("data", (d: Buffer) => r(d.toString("latin1").split("\r\n")[0] as string))),
+      );
+      for (const { s } of trusted) s.write('"b"}\r\n');
+      assert.deepEqual(await Promise.all(answers), Array(MAX).fill("HTTP/1.1 400 Bad Request"));
+    } finally {
+      for (const s of socks) s.destroy();
+      await http.close();
+    }
+  });
+
   it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
     try {

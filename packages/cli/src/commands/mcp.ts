@@ -60,7 +60,8 @@ export const mcpCommand: Command = {
     },
     "max-connections": {
       type: "string",
-      description: "with --http: most connections open at once; more are closed (default 256)",
+      description:
+        "with --http: most connections open at once; past it a new one sheds the oldest that has not shown the bearer secret, or is closed (default 256)",
     },
     "max-batch": {
       type: "string",
