@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
-import { encodeFrameParts, MessageType } from "@kpip/protocol";
+import { encodeFrameParts, encodeMessage, MessageType } from "@kpip/protocol";
 import { removeHome, startKernel, until } from "./harness.js";
-import { RawPeer } from "./wire.js";
+import { auditRecord, RawPeer } from "./wire.js";
 
 describe("hostile input over the wire", () => {
   it("closes sessions that send nesting bombs, huge declared arrays or tagged values, and keeps serving", async () => {
@@ -81,6 +81,24 @@ describe("hostile input over the wire", () => {
       p.request(1000 + i, { op: "system.health", target: "kernel://", args: {} }, { persona: "admin" });
     await until(() => t.k.sessionCount === 1, 10_000, "the non-reading session is dropped");
     assert.equal((await c.system.health()).status, "ok");
+    p.close();
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("drops a peer that sends PINGs and never reads the PONGs (each PONG is queued like an answer)", async () => {
+    const t = await startKernel({ maxWriteBuffer: 64 * 1024 });
+    const p = await RawPeer.admin(t);
+    const c = await t.admin();
+    p.sock.pause();
+    // 200,000 PINGs: ~2.6 MB of PONGs queued if the kernel kept them all, 40 times its bound.
+    const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
+    const burst = Buffer.concat(Array.from({ length: 1000 }, () => ping));
+    for (let i = 0; i < 200 && !p.sock.destroyed; i++) await new Promise<void>((r) => p.sock.write(burst, () => r()));
+    await until(() => t.k.sessionCount === 1, 30_000, "the non-reading session is dropped");
+    assert.equal((await c.system.health()).status, "ok");
+    const rec = await auditRecord(t.k, (r) => r.op === "session.error" && r.errorClass === "RESOURCE", "the drop's record");
+    assert.match(rec.message ?? "", /^SLOW_CONSUMER/);
     p.close();
     await t.stop();
     removeHome(t.home);

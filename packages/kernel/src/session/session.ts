@@ -172,6 +172,8 @@ export class Session implements SessionView, EventSink {
       case "PING":
         if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
         this.send({ type: "PONG", body: { seq: msg.body.seq } });
+        // A PONG is queued like an answer: a peer that PINGs and never reads is dropped alike.
+        this.dropIfNotReading();
         return;
       case "PONG":
         // The kernel PINGs only ready sessions: a PONG before that is out of order too.
@@ -311,8 +313,13 @@ export class Session implements SessionView, EventSink {
       return this.withhold(stream, resp, message, { code: "RESPONSE_TOO_LARGE", errorClass: "RESOURCE" });
     }
     writePieces(this.conn, pieces, this.shm);
+    this.dropIfNotReading();
+  }
+
+  /** Past maxWriteBuffer queued to the peer, the session ends: what it does not read is not kept without bound. */
+  private dropIfNotReading(): void {
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
-      this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read its responses; session dropped", this.persona);
+      this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read what the kernel sends; session dropped", this.persona);
     }
   }
 
