@@ -3,7 +3,9 @@ import {
   type CborMap,
   type CborValue,
   decodeToken,
+  encodeCanonical,
   type Identity,
+  MAX_MEASUREMENTS_BYTES,
   MIN_MAX_BODY,
   type Status,
   type Token,
@@ -120,6 +122,15 @@ function chooseConnector(opts: ConnectOptions): Connector {
   return connector;
 }
 
+/** Measurements the kernel takes (at most MAX_MEASUREMENTS_BYTES encoded): refused here, not by ending the session. */
+function checkMeasurements(m: CborMap | undefined): CborMap | undefined {
+  if (m === undefined) return undefined;
+  const n = encodeCanonical(m).length;
+  if (n > MAX_MEASUREMENTS_BYTES)
+    throw new RangeError(`measurements are ${n} bytes as canonical CBOR; the kernel takes at most ${MAX_MEASUREMENTS_BYTES}`);
+  return m;
+}
+
 export function resolveOptions(opts: ConnectOptions): ResolvedOptions {
   const shm = opts.shm ?? true;
   return {
@@ -130,7 +141,7 @@ export function resolveOptions(opts: ConnectOptions): ResolvedOptions {
       return { bytes, token: decodeToken(bytes) };
     }),
     workspace: opts.workspace,
-    measurements: opts.measurements,
+    measurements: checkMeasurements(opts.measurements),
     shm: shm === false ? false : shm === true ? {} : shm,
     maxBody: checkMaxBody(opts.maxBody),
     connectTimeoutMs: opts.connectTimeoutMs ?? 10_000,

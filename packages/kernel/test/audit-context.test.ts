@@ -2,8 +2,8 @@ import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KpipError } from "@kpip/client";
-import { generateIdentity } from "@kpip/protocol";
+import { KernelClient, KpipError } from "@kpip/client";
+import { type CborMap, encodeCanonical, generateIdentity, MAX_MEASUREMENTS_BYTES } from "@kpip/protocol";
 import { addPersonaKey, kernelForSuite, until } from "./harness.js";
 import { allAudit, RawPeer, requestFrame } from "./wire.js";
 
@@ -47,6 +47,42 @@ describe("the audit record keeps the context a decision was made in", () => {
     assert.deepEqual([refused?.domain, refused?.execution, refused?.errorClass], ["prod", "run-43", "PERMISSION"]);
     const v = spawnSync(process.execPath, [MAIN, "audit", "verify", "--home", s.t.home], { encoding: "utf8" });
     assert.equal(v.status, 0, `the chain with the new fields verifies: ${v.stdout}${v.stderr}`);
+  });
+
+  it("refuses ATTEST measurements over MAX_MEASUREMENTS_BYTES before the signature: fatal TOO_LARGE, no session, nothing of them on the record", async () => {
+    const identity = generateIdentity("meas");
+    addPersonaKey(s.t, "meas", identity.publicKey);
+    const attest = async (measurements: CborMap) => {
+      const p = await RawPeer.connect(s.t.k.socketPath);
+      const { bytes } = await p.hello(identity);
+      p.sendMessage({ type: "ATTEST", body: { signature: p.sign(identity, bytes), tokens: [], measurements } });
+      return p;
+    };
+    const fits = { blob: new Uint8Array(MAX_MEASUREMENTS_BYTES - 16) };
+    assert.ok(encodeCanonical(fits).length <= MAX_MEASUREMENTS_BYTES);
+    const ok = await attest(fits);
+    await ok.next("WELCOME");
+    ok.close();
+    // A byte past the bound, and a map of ~1 MiB (under the ATTEST frame bound): no WELCOME.
+    for (const n of [MAX_MEASUREMENTS_BYTES, 1000 * 1024]) {
+      const big = { blob: new Uint8Array(n) };
+      const p = await attest(big);
+      const e = await p.next("ERROR", 30_000);
+      assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "TOO_LARGE", true]);
+      await until(() => p.closed);
+    }
+    const opened = allAudit(s.t.k).filter((r) => r.op === "session.open" && r.persona === "meas");
+    assert.equal(opened.length, 1, "only the session whose measurements fit opened");
+    assert.ok(allAudit(s.t.k).every((r) => (r.measurements?.length ?? 0) <= MAX_MEASUREMENTS_BYTES));
+    // The client refuses them before connecting, naming the bound.
+    await assert.rejects(
+      KernelClient.connect({
+        socket: s.t.k.socketPath,
+        identity,
+        measurements: { blob: new Uint8Array(MAX_MEASUREMENTS_BYTES) },
+      }),
+      (e) => e instanceof RangeError && /at most 4096/.test(e.message),
+    );
   });
 
   it("refuses a context whose domain, execution or traceparent holds a control character: fatal BAD_FIELD, the text never reaches the record", async () => {

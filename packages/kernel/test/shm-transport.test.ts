@@ -248,6 +248,32 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     await c.close();
   });
 
+  it("an ATTEST through the segment over the handshake's bound: PROTOCOL/SHM_TOO_LARGE, nothing copied out before WELCOME", async () => {
+    const p = await RawPeer.connect(t.k.socketPath);
+    const id = adminIdentity(t.k);
+    p.sendMessage({
+      type: "HELLO",
+      body: { versions: [1], persona: "admin", publicKey: id.publicKey, instance: Buffer.alloc(16, 4), features: ["shm"] },
+    });
+    const ch = await p.next("CHALLENGE");
+    assert.ok(ch.body.limits.maxBody > 2 * 1024 * 1024, "the session's maxBody is above the ATTEST bound");
+    const ownName = shmSegmentName(ch.body.kernel, ch.body.session, "p");
+    const own = native?.create(ownName, SHM_CONTROL_BYTES + ch.body.limits.maxBody) as ShmSegment;
+    rawSegments.push(ownName);
+    // Any peer could do this before authenticating: the kernel copied and checksummed the
+    // negotiated maxBody (16 MiB) for it before it looked at the signature.
+    const len = 2 * 1024 * 1024;
+    own.write(Buffer.alloc(len, 7), SHM_CONTROL_BYTES);
+    const body = encodeCanonical({ off: SHM_CONTROL_BYTES, len, seg: ownName, seq: 1, crc: 0 });
+    const f = Buffer.alloc(HEADER_SIZE + body.length);
+    writeHeader(f, 0, { type: MessageType.ATTEST, flags: FrameFlag.SHM, stream: 0, length: body.length });
+    f.set(body, HEADER_SIZE);
+    const pool = t.k.bodyPool.made;
+    p.send(f);
+    await expectProtocol(p, "SHM_TOO_LARGE");
+    assert.equal(t.k.bodyPool.made, pool, "no body memory taken for it");
+  });
+
   it("a descriptor reaching into the control bytes: PROTOCOL/SHM_OUT_OF_BOUNDS", async () => {
     const { p, ownName } = await shmPeer();
     p.send(descriptorFrame({ off: 0, len: 100, seg: ownName, seq: 1, crc: 0 }));

@@ -8,6 +8,12 @@ export const HEADER_SIZE = 16;
 export const SUPPORTED_VERSIONS: readonly number[] = [1];
 /** The protocol version this implementation prefers. */
 export const PROTOCOL_VERSION = 1;
+/**
+ * Largest ATTEST `measurements`, as canonical CBOR (PROTOCOL §6.5): a few hashes and names. They
+ * go whole into every session's audit record, so a larger map would let any persona, with no
+ * token, grow the log by a megabyte a connection.
+ */
+export const MAX_MEASUREMENTS_BYTES = 4096;
 
 /** Message types, the fourth byte of a frame header. */
 export const MessageType = {

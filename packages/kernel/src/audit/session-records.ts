@@ -1,4 +1,4 @@
-import { type CborMap, type ErrorClass, encodeCanonical } from "@kpip/protocol";
+import type { ErrorClass } from "@kpip/protocol";
 import type { ConnectionOrigin } from "../session/connection.js";
 import { detailJson } from "./detail.js";
 import type { AuditEntry, AuditLog } from "./log.js";
@@ -25,7 +25,7 @@ export class SessionRecords {
    * they claim to be, with their class), and the ATTEST measurements — recorded, not interpreted
    * (PROTOCOL §6.5): the canonical bytes of the map as sent.
    */
-  opened(persona: string, tokens: AttestedToken[], measurements: CborMap | undefined): void {
+  opened(persona: string, tokens: AttestedToken[], measurements: Uint8Array | undefined): void {
     const transport = this.origin.transport;
     const caps: string[] = [];
     const handles: number[] = [];
@@ -58,7 +58,7 @@ export class SessionRecords {
         handles,
         ...(refused.length ? { refused: refused.map(({ index, code, token }) => ({ index, code, token })) } : {}),
       }),
-      measurements: measurements === undefined ? null : encodeCanonical(measurements),
+      measurements: measurements ?? null,
     });
   }
 

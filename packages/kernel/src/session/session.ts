@@ -3,11 +3,13 @@ import {
   type CborMap,
   type CodecError,
   type ErrorClass,
+  encodeCanonical,
   type Frame,
   FrameReader,
   framePieces,
   HEADER_SIZE,
   type Hello,
+  MAX_MEASUREMENTS_BYTES,
   type Message,
   type Request,
   type Response,
@@ -236,6 +238,11 @@ export class Session implements SessionView, EventSink {
   private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
+    const measured = measurements === undefined ? undefined : encodeCanonical(measurements);
+    if (measured !== undefined && measured.length > MAX_MEASUREMENTS_BYTES) {
+      const message = `the ATTEST measurements are ${measured.length} bytes as canonical CBOR, at most ${MAX_MEASUREMENTS_BYTES}`;
+      return this.fail("PROTOCOL", "TOO_LARGE", message, persona);
+    }
     const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature);
     if (reason !== undefined) {
       // One message on the wire for every cause: the detail goes to the audit log only.
@@ -253,7 +260,7 @@ export class Session implements SessionView, EventSink {
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
     this.send(welcomeMessage(persona, bound, this.maxBody));
-    this.records.opened(persona, bound, measurements);
+    this.records.opened(persona, bound, measured);
   }
 
   /**

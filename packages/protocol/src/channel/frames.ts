@@ -18,6 +18,8 @@ const SHARED_WRITER_BYTES = 4096;
  */
 export class FrameReader {
   private readonly decoder: FrameDecoder;
+  /** The body limit now: inline frames and bodies through shared memory alike. */
+  private maxBody: number | undefined;
   /** The session's shared-memory channel, once "shm" was negotiated. */
   shm: ShmPeer | undefined;
 
@@ -31,11 +33,17 @@ export class FrameReader {
     private readonly release?: (body: Uint8Array) => void,
   ) {
     this.decoder = new FrameDecoder(maxBody, alloc);
+    this.maxBody = maxBody;
   }
 
-  /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */
+  /**
+   * Lowers or raises the body limit, e.g. after the handshake negotiated one. It bounds bodies
+   * through shared memory too: the kernel's ATTEST limit held inline only, and an ATTEST through
+   * the segment could make it copy and checksum the negotiated maximum before any signature.
+   */
   setMaxBody(n: number): void {
     this.decoder.setMaxBody(n);
+    this.maxBody = n;
   }
 
   /**
@@ -63,7 +71,7 @@ export class FrameReader {
         // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
         if (raw.flags !== 0 && !this.shm)
           throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
-        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw) : raw;
+        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.maxBody) : raw;
         m = decodeMessage(f);
       } catch (e) {
         // The body's memory goes back (a slab of the kernel's pool): the stream ends here.

@@ -189,8 +189,11 @@ export class ShmPeer {
     return out;
   }
 
-  /** The frame with its body taken out of the peer's segment; {@link ShmError} for a bad descriptor. */
-  unwrap(f: Frame): Frame {
+  /**
+   * The frame with its body taken out of the peer's segment; {@link ShmError} for a bad descriptor
+   * or a body over `limit` (default and at most the negotiated maxBody).
+   */
+  unwrap(f: Frame, limit = this.o.maxBody): Frame {
     if ((f.flags & FrameFlag.SHM) === 0) return f;
     const d = decodeShmDescriptor(f.body);
     if (d.seg !== this.o.peerName) {
@@ -201,7 +204,8 @@ export class ShmPeer {
       if (!this.peer) throw new ShmError("SHM_NO_SEGMENT", "the descriptor names a segment that does not exist");
     }
     const seg = this.peer;
-    if (d.len > this.o.maxBody) throw new ShmError("SHM_TOO_LARGE", `descriptor length ${d.len} exceeds the maximum body`);
+    const max = Math.min(limit, this.o.maxBody);
+    if (d.len > max) throw new ShmError("SHM_TOO_LARGE", `descriptor length ${d.len} exceeds the maximum body of ${max} bytes`);
     if (d.off < SHM_CONTROL_BYTES) throw new ShmError("SHM_OUT_OF_BOUNDS", "the descriptor points into the control bytes");
     if (d.seq !== (this.peerSeq + 1) >>> 0) {
       throw new ShmError("SHM_BAD_SEQUENCE", `descriptor sequence ${d.seq} does not follow ${this.peerSeq}`);
