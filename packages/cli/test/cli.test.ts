@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, 
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { until } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
 
@@ -185,6 +186,20 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const typo = kpip(["call", "events.emit", "topic://x", ...h]);
     assert.equal(typo.code, 1);
     assert.match(typo.err, /unknown op events\.emit.*did you mean "event\.emit"/);
+  });
+
+  it("agents logs shows an agent's control characters as escapes (its output cannot drive the terminal); --raw gives its bytes", async () => {
+    const printed = "\u001b]0;PWNED\u0007\u001b[31mred\tcol\n";
+    const script = "printf '\\033]0;PWNED\\007\\033[31mred\\tcol\\n'";
+    const spawned = kpip(["agents", "spawn", "sh/esc", "--lifetime", "60s", ...h, "--", "-c", script]);
+    assert.equal(spawned.code, 0, spawned.err);
+    await until(() => JSON.parse(kpip(["agents", "status", "agent://sh/esc", "--json", ...h]).out).state !== "running");
+    const shown = kpip(["agents", "logs", "agent://sh/esc", ...h]);
+    assert.equal(shown.code, 0, shown.err);
+    assert.equal(shown.out, "\\u{1b}]0;PWNED\\u{7}\\u{1b}[31mred\tcol\n");
+    const raw = spawnSync(process.execPath, [MAIN, "agents", "logs", "agent://sh/esc", "--raw", ...h]);
+    assert.equal(raw.status, 0, String(raw.stderr));
+    assert.equal(raw.stdout.toString(), printed);
   });
 
   it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {

@@ -9,3 +9,13 @@ import { replaceUnprintable } from "@kpip/protocol";
 export function printable(text: string): string {
   return replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }
+
+/**
+ * A program's output as an operator's terminal should show it: lines and tabs kept, every other
+ * control or bidirectional formatting character a visible `\u{…}` escape (an agent's output must
+ * not drive the terminal that reads it, e.g. retitle it, hide text or clear the screen).
+ */
+export function terminalText(bytes: Uint8Array): string {
+  const text = Buffer.from(bytes).toString();
+  return replaceUnprintable(text, (c) => (c === "\n" || c === "\t" ? c : `\\u{${(c.codePointAt(0) as number).toString(16)}}`));
+}

@@ -1,4 +1,5 @@
 import { opResult } from "@kpip/protocol";
+import { terminalText } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, withClient } from "../connect.js";
 import { subcommandError } from "../suggest.js";
@@ -25,6 +26,10 @@ export const agentsCommand: Command = {
     allow: { type: "string", multiple: true, description: "spawn: OPS:TARGETS for the agent's token; repeatable" },
     lifetime: { type: "string", description: "spawn: the agent is killed after this long (30s, 10m, 1h)" },
     json: { type: "boolean", description: "print JSON" },
+    raw: {
+      type: "boolean",
+      description: "logs: the agent's bytes as written, stdout then stderr (default: control characters shown as \\u{…})",
+    },
   },
   async run(v, pos) {
     const [sub, target, ...rest] = pos;
@@ -62,9 +67,12 @@ export const agentsCommand: Command = {
         return withClient(v, async (c) => {
           const l = await c.agents.logs(agentUri(target));
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(l))}\n`);
-          else
+          else if (v.raw) {
+            process.stdout.write(l.stdout);
+            if (l.stderr.length) process.stdout.write(l.stderr);
+          } else
             process.stdout.write(
-              `${Buffer.from(l.stdout).toString()}${l.stderr.length ? `--- stderr ---\n${Buffer.from(l.stderr).toString()}` : ""}`,
+              `${terminalText(l.stdout)}${l.stderr.length ? `--- stderr ---\n${terminalText(l.stderr)}` : ""}`,
             );
         });
       default:
