@@ -43,8 +43,9 @@ export const personaRemove = defineOp({
 export const personaList = defineOp({
   op: "persona.list",
   description:
-    "persona://<id> and its registered sub-personas, with their public keys, in id order; PARTIAL with a cursor when more remain.",
+    "persona://<id> and its registered sub-personas, with their public keys, in id order; PARTIAL with a cursor when more remain. Authorized on the subtree it lists: a grant must cover persona://<id>/**.",
   targets: ["persona"],
+  reach: "subtree",
   args: {
     cursor: { type: "text", description: "the cursor of the previous page" },
     limit: { type: "uint", description: "personas per page (default 100, at most 1000)" },
