@@ -3,7 +3,7 @@ import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
-import type { CborMap } from "@kpip/protocol";
+import { type CborMap, generateIdentity } from "@kpip/protocol";
 import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
@@ -383,5 +383,41 @@ describe("cross-persona matrix: narrower grants in the same workspace, and grant
       listed.personas.map((p) => p.persona),
       ["gina", "gina/sub", "gina/sub/deep"],
     );
+  });
+
+  it("persona.remove and resource.query on persona:// act only inside the caller's tree, whatever the grant: PERMISSION, audited, the other persona untouched", async () => {
+    const wide = [{ ops: ["persona.*", "resource.query"], targets: ["persona://**"] }];
+    const mallory = await t.persona("mallory", wide);
+    const bob = await t.persona("bob", [{ ops: ["system.health", "resource.*"], targets: ["kernel://", "persona://bob"] }]);
+    const m = await t.connect(mallory.identity, [mallory.token]);
+    const b = await t.connect(bob.identity, [bob.token]);
+    await b.call("resource.alloc", "persona://bob", { resource: "memory", amount: 4242 });
+
+    const removal = await attempt(m, "persona.remove", "persona://bob");
+    assert.match(removal, /^PERMISSION: mallory removes personas under mallory only/);
+    const query = await attempt(m, "resource.query", "persona://bob");
+    assert.match(query, /^PERMISSION: mallory queries personas under mallory only/);
+    assert.ok(!query.includes("4242"));
+    // Bob is untouched: registered, his session open, his token good.
+    assert.ok(t.k.inspect.getPersona("bob"));
+    assert.equal((await b.call("system.health", "kernel://")).status, "SUCCESS");
+    await until(() => refusals("mallory", "persona.remove", "persona://bob").length === 1 || undefined);
+    await until(() => refusals("mallory", "resource.query", "persona://bob").length === 1 || undefined);
+
+    // Inside her tree the same grant works: she registers, queries and removes her own helper.
+    const helper = generateIdentity("mallory/helper");
+    await m.call("persona.register", "persona://mallory/helper", { publicKey: helper.publicKey });
+    assert.equal(
+      ((await m.call("resource.query", "persona://mallory/helper")).payload as { persona: string }).persona,
+      "mallory/helper",
+    );
+    assert.equal(((await m.call("resource.query", "persona://mallory")).payload as { persona: string }).persona, "mallory");
+    const removed = (await m.call("persona.remove", "persona://mallory/helper")).payload as { removed: string };
+    assert.equal(removed.removed, "mallory/helper");
+    // The admin still removes and queries anyone.
+    const usage = (await admin.call("resource.query", "persona://bob")).payload as { usage: Record<string, number> };
+    assert.equal(usage.usage.memory, 4242);
+    await admin.call("persona.remove", "persona://bob");
+    assert.equal(t.k.inspect.getPersona("bob"), undefined);
   });
 });
