@@ -34,6 +34,7 @@ function opBlock(d, heading) {
     `idempotent: ${d.idempotent ? "yes" : "no"}`,
     `changes state: ${d.effects ? "yes" : "no"}`,
     ...(d.authorizeAs ? [`authorized as \`${d.authorizeAs}\``] : []),
+    ...(d.reach === "subtree" ? ["authorized on `<target>/**` (the subtree it reaches)"] : []),
     ...(d.sessionState ? [`session state: ${d.sessionState}`] : []),
   ];
   const lines = [`${heading} \`${d.op}\``, "", d.description, "", `- ${facts.join("; ")}`];

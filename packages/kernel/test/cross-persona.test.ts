@@ -3,8 +3,8 @@ import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
-import type { CborMap } from "@kpip/protocol";
-import { removeHome, sandboxSkip, startKernel, type TestKernel } from "./harness.js";
+import { type CborMap, generateIdentity } from "@kpip/protocol";
+import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 
@@ -247,5 +247,177 @@ describe("cross-persona matrix: every op against another persona's targets", () 
     const leaks = seen.filter((s) => s.includes(SECRET) || s.includes(Buffer.from(bobs.token).toString("latin1")));
     assert.deepEqual(leaks, []);
     await bob.call("agent.kill", bobs.agent);
+  });
+});
+
+/**
+ * The same matrix's other side: narrower grants in the SAME workspace (and the same persona
+ * tree), where the grant's patterns — not a foreign owner — are the boundary. An op that
+ * answers a whole subtree (a listing) is allowed only by a grant covering all of it; an op
+ * over another persona (removal, its usage) only inside the caller's tree, whatever the
+ * grant's patterns.
+ */
+describe("cross-persona matrix: narrower grants in the same workspace, and grants wider than the caller's tree", () => {
+  let t: TestKernel;
+  let admin: KernelClient;
+  /** Everything a refused party got back, to search for what lies outside its grant. */
+  const seen: string[] = [];
+  const OBJECTS = ["pub/a", "pub/x/hidden", "pub/x/deep/secret", "priv/s"];
+
+  before(async () => {
+    t = await startKernel();
+    admin = await t.admin();
+    for (const p of OBJECTS) await admin.call("storage.write", `obj://ws1/${p}`, { data: Buffer.from(`data of ${p}`) });
+  });
+
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  /** Runs one call; the error class, or "ALLOWED" with what came back (kept in `seen`). */
+  async function attempt(c: KernelClient, op: string, target: string, args: CborMap = {}): Promise<string> {
+    try {
+      const r = await c.call(op, target, args);
+      const s = JSON.stringify(r.payload, (_k, v) => (v instanceof Uint8Array ? Buffer.from(v).toString("latin1") : v));
+      seen.push(s);
+      return `ALLOWED ${s}`;
+    } catch (e) {
+      if (!(e instanceof KpipError)) throw e;
+      seen.push(e.message);
+      return `${e.errorClass}: ${e.message}`;
+    }
+  }
+
+  const paths = async (c: KernelClient, target: string) =>
+    ((await c.call("storage.list", target)).payload as { items: { path: string }[] }).items.map((i) => i.path);
+
+  /** The outcome records of `persona`'s refused `op` requests on `target`. */
+  const refusals = (persona: string, op: string, target: string) =>
+    t.k.inspect.queryAudit({ persona, op, limit: 100 }).filter((r) => r.target === target && r.errorClass === "PERMISSION");
+
+  it("storage.list is authorized on the whole subtree it lists: a grant over part of it is PERMISSION, audited, with nothing of the subtree answered", async () => {
+    const carol = await t.persona("carol", [
+      { ops: ["storage.read", "storage.list", "storage.stat", "storage.watch"], targets: ["obj://ws1/pub/*"] },
+    ]);
+    const c = await t.connect(carol.identity, [carol.token]);
+    // What the grant reaches (pub/a) is served; what lies deeper is not, by any op.
+    assert.match(await attempt(c, "storage.read", "obj://ws1/pub/a"), /^ALLOWED/);
+    assert.match(await attempt(c, "storage.watch", "obj://ws1/pub/*"), /^ALLOWED/);
+    assert.match(await attempt(c, "storage.read", "obj://ws1/pub/x/hidden"), /^PERMISSION/);
+    assert.match(await attempt(c, "storage.stat", "obj://ws1/pub/x/hidden"), /^PERMISSION/);
+    assert.match(await attempt(c, "storage.watch", "obj://ws1/pub/x/**"), /^PERMISSION/);
+    // From here on every answer is a listing's (refusals name only the target asked for).
+    const listed = seen.length;
+    for (const target of ["obj://ws1/pub/x", "obj://ws1/pub", "obj://ws1/pub/a", "obj://ws1"]) {
+      const r = await attempt(c, "storage.list", target);
+      const over = target === "obj://ws1" ? "obj://ws1/**" : `${target}/**`;
+      assert.ok(r.startsWith("PERMISSION") && r.includes(`a grant must cover ${over}`), `${target}: ${r}`);
+    }
+    // A grant of the exact prefix (or of the bare workspace) names the top only: the same answer.
+    const dave = await t.persona("dave", [{ ops: ["storage.list"], targets: ["obj://ws1/pub/x", "obj://ws1"] }]);
+    const d = await t.connect(dave.identity, [dave.token]);
+    assert.match(await attempt(d, "storage.list", "obj://ws1/pub/x"), /^PERMISSION/);
+    assert.match(await attempt(d, "storage.list", "obj://ws1"), /^PERMISSION/);
+    // The same with the workspace in the request's context, and through an inline token.
+    await assert.rejects(
+      d.call("storage.list", "obj://ws1/pub/x", {}, { workspace: "ws1" }),
+      (e) => e instanceof KpipError && e.errorClass === "PERMISSION",
+    );
+    await assert.rejects(
+      d.call("storage.list", "obj://ws1/pub/x", {}, { caps: [dave.token] }),
+      (e) => e instanceof KpipError && e.errorClass === "PERMISSION",
+    );
+
+    const leaks = seen.slice(listed).filter((s) => /hidden|deep|secret|priv/.test(s));
+    assert.deepEqual(leaks, [], "nothing outside the grant came back");
+    // Each refusal is on the record, under the caller, naming the target asked for.
+    await until(() => refusals("carol", "storage.list", "obj://ws1/pub/x").length === 1 || undefined);
+    const [rec] = refusals("carol", "storage.list", "obj://ws1/pub/x");
+    assert.equal(rec?.status, "FAILURE");
+    assert.match(rec?.message ?? "", /a grant must cover obj:\/\/ws1\/pub\/x\/\*\*/);
+    await until(() => refusals("dave", "storage.list", "obj://ws1/pub/x").length === 3 || undefined);
+    assert.equal(refusals("dave", "storage.list", "obj://ws1").length, 1);
+  });
+
+  it("a grant covering the subtree lists it: obj://ws1/** lists obj://ws1 and obj://ws1/pub/x; obj://ws1/pub/x/** only the latter", async () => {
+    const erin = await t.persona("erin", [{ ops: ["storage.list"], targets: ["obj://ws1/**"] }]);
+    const e = await t.connect(erin.identity, [erin.token]);
+    assert.deepEqual(await paths(e, "obj://ws1"), [...OBJECTS].sort());
+    assert.deepEqual(await paths(e, "obj://ws1/pub/x"), ["pub/x/deep/secret", "pub/x/hidden"]);
+    const frank = await t.persona("frank", [{ ops: ["storage.*"], targets: ["obj://ws1/pub/x/**"] }]);
+    const f = await t.connect(frank.identity, [frank.token]);
+    assert.deepEqual(await paths(f, "obj://ws1/pub/x"), ["pub/x/deep/secret", "pub/x/hidden"]);
+    assert.deepEqual(await paths(f, "obj://ws1/pub/x/deep"), ["pub/x/deep/secret"]);
+    assert.match(await attempt(f, "storage.list", "obj://ws1/pub"), /^PERMISSION/);
+    assert.match(await attempt(f, "storage.list", "obj://ws1"), /^PERMISSION/);
+    // A workspace caveat keeps applying: the same grant narrowed to another workspace lists nothing.
+    const g = await t.persona("gus", [{ ops: ["storage.list"], targets: ["obj://ws1/**"] }], { workspaces: ["ws2"] });
+    const gc = await t.connect(g.identity, [g.token]);
+    assert.match(await attempt(gc, "storage.list", "obj://ws1"), /^CAPABILITY|^PERMISSION/);
+  });
+
+  it("persona.list is authorized on the subtree it lists: persona://gina or persona://gina/* does not list gina's sub-personas", async () => {
+    const gina = await t.persona("gina", [{ ops: ["persona.list"], targets: ["persona://gina", "persona://gina/*"] }]);
+    await t.persona("gina/sub", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+    await t.persona("gina/sub/deep", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+    const g = await t.connect(gina.identity, [gina.token]);
+    const before = seen.length;
+    for (const target of ["persona://gina", "persona://gina/sub"]) {
+      const r = await attempt(g, "persona.list", target);
+      assert.ok(r.startsWith("PERMISSION") && r.includes(`a grant must cover ${target}/**`), `${target}: ${r}`);
+    }
+    assert.deepEqual(
+      seen.slice(before).filter((s) => s.includes("deep")),
+      [],
+    );
+    await until(() => refusals("gina", "persona.list", "persona://gina").length === 1 || undefined);
+    // A grant over the subtree lists it, the persona at its top included.
+    const wide = await admin.tokens.mint("gina", {
+      rights: [{ ops: ["persona.list"], targets: ["persona://gina/**"] }],
+      ttlMs: 600_000,
+    });
+    const w = await t.connect(gina.identity, [wide.token]);
+    const listed = (await w.call("persona.list", "persona://gina")).payload as { personas: { persona: string }[] };
+    assert.deepEqual(
+      listed.personas.map((p) => p.persona),
+      ["gina", "gina/sub", "gina/sub/deep"],
+    );
+  });
+
+  it("persona.remove and resource.query on persona:// act only inside the caller's tree, whatever the grant: PERMISSION, audited, the other persona untouched", async () => {
+    const wide = [{ ops: ["persona.*", "resource.query"], targets: ["persona://**"] }];
+    const mallory = await t.persona("mallory", wide);
+    const bob = await t.persona("bob", [{ ops: ["system.health", "resource.*"], targets: ["kernel://", "persona://bob"] }]);
+    const m = await t.connect(mallory.identity, [mallory.token]);
+    const b = await t.connect(bob.identity, [bob.token]);
+    await b.call("resource.alloc", "persona://bob", { resource: "memory", amount: 4242 });
+
+    const removal = await attempt(m, "persona.remove", "persona://bob");
+    assert.match(removal, /^PERMISSION: mallory removes personas under mallory only/);
+    const query = await attempt(m, "resource.query", "persona://bob");
+    assert.match(query, /^PERMISSION: mallory queries personas under mallory only/);
+    assert.ok(!query.includes("4242"));
+    // Bob is untouched: registered, his session open, his token good.
+    assert.ok(t.k.inspect.getPersona("bob"));
+    assert.equal((await b.call("system.health", "kernel://")).status, "SUCCESS");
+    await until(() => refusals("mallory", "persona.remove", "persona://bob").length === 1 || undefined);
+    await until(() => refusals("mallory", "resource.query", "persona://bob").length === 1 || undefined);
+
+    // Inside her tree the same grant works: she registers, queries and removes her own helper.
+    const helper = generateIdentity("mallory/helper");
+    await m.call("persona.register", "persona://mallory/helper", { publicKey: helper.publicKey });
+    assert.equal(
+      ((await m.call("resource.query", "persona://mallory/helper")).payload as { persona: string }).persona,
+      "mallory/helper",
+    );
+    assert.equal(((await m.call("resource.query", "persona://mallory")).payload as { persona: string }).persona, "mallory");
+    const removed = (await m.call("persona.remove", "persona://mallory/helper")).payload as { removed: string };
+    assert.equal(removed.removed, "mallory/helper");
+    // The admin still removes and queries anyone.
+    const usage = (await admin.call("resource.query", "persona://bob")).payload as { usage: Record<string, number> };
+    assert.equal(usage.usage.memory, 4242);
+    await admin.call("persona.remove", "persona://bob");
+    assert.equal(t.k.inspect.getPersona("bob"), undefined);
   });
 });

@@ -59,8 +59,8 @@ describe("the op catalogue against a real kernel", () => {
       assert.equal(d.args, def.args, `${d.op}: the kernel checks the catalogue's own argument fields`);
       assert.equal(d.result, def.result);
       assert.deepEqual(
-        [d.description, d.targets, d.idempotent, d.effects, d.authorizeAs, d.sessionState],
-        [def.description, [...def.targets], def.idempotent, def.effects, def.authorizeAs, def.sessionState],
+        [d.description, d.targets, d.idempotent, d.effects, d.authorizeAs, d.reach, d.sessionState],
+        [def.description, [...def.targets], def.idempotent, def.effects, def.authorizeAs, def.reach, def.sessionState],
       );
     }
     assert.deepEqual(

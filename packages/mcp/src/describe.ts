@@ -42,7 +42,7 @@ export function opTable(ops: readonly CborValue[]): OpDecl[] {
   return ops.map((o, i) => {
     const at = `ops[${i}]`;
     if (!isMap(o)) return bad(at, "is not a map");
-    const { op, description, targets, idempotent, effects, args, result, authorizeAs, sessionState } = o;
+    const { op, description, targets, idempotent, effects, args, result, authorizeAs, reach, sessionState } = o;
     if (typeof op !== "string" || typeof description !== "string") bad(at, "has no op or description");
     if (!Array.isArray(targets) || !targets.every((t) => typeof t === "string")) bad(`${at}.targets`, "is not a list of schemes");
     const d: OpDecl = {
@@ -55,6 +55,8 @@ export function opTable(ops: readonly CborValue[]): OpDecl[] {
     };
     if (result !== undefined) d.result = shape(result, `${at}.result`);
     if (typeof authorizeAs === "string") d.authorizeAs = authorizeAs;
+    // An unknown reach is read as the widest: a pre-check may then skip a call, never widen one.
+    if (reach !== undefined && reach !== null) d.reach = "subtree";
     if (sessionState !== undefined && sessionState !== null) {
       if (typeof sessionState !== "string") bad(`${at}.sessionState`, "is not text");
       d.sessionState = sessionState as string;

@@ -1,4 +1,4 @@
-import { decodeToken, effectiveGrant, type Grant, grantAllows, matchOp } from "@kpip/protocol";
+import { authorizationTarget, decodeToken, effectiveGrant, type Grant, grantAllows, matchOp, storageList } from "@kpip/protocol";
 import type { OpDecl } from "./schema.js";
 
 /**
@@ -38,9 +38,14 @@ export class GrantView {
     return [...out];
   }
 
-  /** Would one of the tokens allow `op` on this exact `target`? (To skip requests sure to be refused.) */
-  allows(op: string, target: string): boolean {
-    return this.live().some((g) => grantAllows(g, op, target));
+  /**
+   * Would one of the tokens allow `op` on this exact `target`? (To skip requests sure to be
+   * refused.) An op that reaches the subtree under its target (`reach`, from its declaration)
+   * needs a grant covering all of it, as the kernel decides.
+   */
+  allows(op: string, target: string, decl?: { reach?: "subtree" | undefined }): boolean {
+    const over = authorizationTarget(decl, target);
+    return this.live().some((g) => grantAllows(g, op, over));
   }
 
   /**
@@ -56,19 +61,20 @@ export class GrantView {
   }
 
   /**
-   * obj:// prefixes to list as MCP resources: each granted storage.list pattern cut at its
-   * first wildcard (obj://ws1/notes/** → obj://ws1/notes). Patterns without a workspace are
-   * skipped: listing needs one.
+   * obj:// prefixes to list as MCP resources: each granted storage.list pattern over a whole
+   * subtree, without its `/**` (obj://ws1/notes/** → obj://ws1/notes), when the tokens allow
+   * listing it. The kernel lists a prefix only for a grant covering everything under it, so a
+   * pattern with a `*` anywhere, or ending other than in `/**` (obj://ws1/notes/*), names no
+   * prefix it would list. Patterns without a workspace are skipped: listing needs one.
    */
   listPrefixes(): string[] {
     const out = new Set<string>();
     for (const p of this.targetsFor("storage.list", ["obj"])) {
-      if (!p.startsWith("obj://")) continue;
-      const segs = p.slice("obj://".length).split("/");
-      const cut = segs.findIndex((s) => s === "*" || s === "**");
-      const fixed = cut < 0 ? segs : segs.slice(0, cut);
-      if (fixed.length === 0 || fixed[0] === "") continue;
-      out.add(`obj://${fixed.join("/")}`);
+      if (!p.startsWith("obj://") || !p.endsWith("/**")) continue;
+      const prefix = p.slice(0, -"/**".length);
+      const segs = prefix.slice("obj://".length).split("/");
+      if (segs[0] === "" || segs.some((s) => s === "*" || s === "**")) continue;
+      if (this.allows(storageList.op, prefix, storageList)) out.add(prefix);
     }
     // A prefix inside another listed prefix would list its objects twice.
     return [...out].filter((p) => ![...out].some((q) => q !== p && p.startsWith(`${q}/`))).sort();

@@ -15,6 +15,8 @@ export interface OpDecl {
   result?: Record<string, ArgDecl>;
   /** The op a grant must name to allow this one, when not its own name (the kernel authorizes by it). */
   authorizeAs?: string;
+  /** `subtree`: it acts on everything under its target (a listing), allowed only by a grant covering `<target>/**`. */
+  reach?: "subtree";
   /** What it leaves on the caller's session past its answer, when it does: never a tool (see gateway.ts). */
   sessionState?: string;
 }

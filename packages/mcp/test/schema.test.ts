@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { attenuate, KpipError, mintToken, type Right, tokenMint, tokenToString } from "@kpip/protocol";
+import { attenuate, KpipError, mintToken, type Right, storageList, tokenMint, tokenToString } from "@kpip/protocol";
 import { opTable } from "../src/describe.js";
 import { GrantView } from "../src/grant.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs } from "../src/schema.js";
@@ -74,11 +74,26 @@ describe("which ops the gateway lists (it never lists more than the token allows
     assert.deepEqual(expired.allowedOps(TABLE), []);
   });
 
-  it("lists resources under the literal prefixes of the storage.list patterns", () => {
+  it("lists resources under the prefixes whose whole subtree a storage.list pattern covers, as the kernel authorizes a listing", () => {
     const g = new GrantView([
-      token([{ ops: ["storage.list"], targets: ["obj://ws1/**", "obj://ws1/notes/*", "obj://ws2/a/*/b", "obj://**"] }]),
+      token([
+        {
+          ops: ["storage.list"],
+          targets: ["obj://ws1/**", "obj://ws1/notes/*", "obj://ws2/a/*/b", "obj://ws3/*/**", "obj://ws4/pub/*", "obj://**"],
+        },
+      ]),
     ]);
-    assert.deepEqual(g.listPrefixes(), ["obj://ws1", "obj://ws2/a"]);
+    // obj://ws4/pub/* reaches only the objects one level down: listing obj://ws4/pub would answer deeper ones.
+    assert.deepEqual(g.listPrefixes(), ["obj://ws1"]);
+    const sub = new GrantView([token([{ ops: ["storage.list"], targets: ["obj://ws2/a/**", "obj://ws2/a/b/**"] }])]);
+    assert.deepEqual(sub.listPrefixes(), ["obj://ws2/a"]);
+    assert.equal(sub.allows("storage.list", "obj://ws2/a/b", storageList), true);
+    assert.equal(sub.allows("storage.list", "obj://ws2", storageList), false);
+    // A target caveat narrower than the rights leaves no subtree to list.
+    const narrowed = new GrantView([
+      token([{ ops: ["storage.list"], targets: ["obj://ws5/**"] }], [{ t: "targets", v: ["obj://ws5/pub/*"] }]),
+    ]);
+    assert.deepEqual(narrowed.listPrefixes(), []);
   });
 });
 
@@ -147,6 +162,8 @@ describe("the op table from system.describe", () => {
     assert.deepEqual(d?.args.meta?.values, { type: "text", required: false, description: "v" });
     assert.equal(d?.sessionState, undefined);
     assert.equal(opTable([{ ...op, sessionState: "a lease" }])[0]?.sessionState, "a lease");
+    assert.equal(d?.reach, undefined);
+    assert.equal(opTable([{ ...op, reach: "subtree" }])[0]?.reach, "subtree");
   });
 
   it("refuses a malformed table with PROTOCOL instead of building tools from guesses", () => {

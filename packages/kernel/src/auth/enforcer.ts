@@ -1,5 +1,6 @@
 import { timingSafeEqual } from "node:crypto";
 import {
+  authorizationTarget,
   compiledAllows,
   compileGrant,
   decodeToken,
@@ -282,18 +283,27 @@ export class CapEnforcer implements Authorizer {
       }
     }
     if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
+    const { op, target } = req.intent;
+    const over = authorizationTarget(req.declaration, target);
     return {
       allowed: false,
       errorClass: "PERMISSION",
-      message: `no capability of this request grants ${req.intent.op} on ${req.intent.target}`,
+      message:
+        over === target
+          ? `no capability of this request grants ${op} on ${target}`
+          : `no capability of this request grants ${op} on ${target}: it reaches everything under it, so a grant must cover ${over}`,
       capIds,
     };
   }
 
-  /** The grant's patterns allow the op (or the act it is a step of) on the target, within its scope. */
+  /**
+   * The grant's patterns allow the op (or the act it is a step of) on the target — on all of the
+   * subtree under it, for an op that reaches it (a listing: `reach`) — within its scope.
+   */
   private allows(g: Grant, req: AuthorizationRequest): boolean {
-    const op = req.declaration?.authorizeAs ?? req.intent.op;
-    return this.inScope(g, req) && compiledAllows(compileGrant(g), op, req.intent.target);
+    const d = req.declaration;
+    const op = d?.authorizeAs ?? req.intent.op;
+    return this.inScope(g, req) && compiledAllows(compileGrant(g), op, authorizationTarget(d, req.intent.target));
   }
 
   /** The op's declaration says the grant allows it anyway (a token over itself: `impliedBy`), within its scope. */

@@ -222,7 +222,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       resourceFamily(
         ledger,
         { workspaceStorageBytes: c.workspaceStorageBytes },
-        { store, max: c.maxAllocationsPerPersona, roots },
+        { store, max: c.maxAllocationsPerPersona, roots, admin: c.adminPersona },
       ),
     );
     const { enforcer, tokens } = capabilities(

@@ -25,6 +25,7 @@ export function implement<D extends OpDefinition>(def: D, impl: Implementation<D
     idempotent: def.idempotent,
     effects: def.effects,
     ...(def.authorizeAs === undefined ? {} : { authorizeAs: def.authorizeAs }),
+    ...(def.reach === undefined ? {} : { reach: def.reach }),
     ...(def.sessionState === undefined ? {} : { sessionState: def.sessionState }),
     ...kernelOnly,
     handler: (ctx) => {

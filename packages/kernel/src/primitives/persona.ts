@@ -121,7 +121,16 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
         },
       }),
       implement(personaRemove, {
-        owns: (ctx) => removalRefusal(personaTarget(ctx), host.admin, ctx.persona) ?? true,
+        owns: (ctx) => {
+          const id = personaTarget(ctx);
+          const refused = removalRefusal(id, host.admin, ctx.persona);
+          if (refused !== undefined) return refused;
+          // As registration: a persona removes inside its own tree only, whatever its grant's
+          // patterns (the admin's tree, the operator's, removes anywhere).
+          if (inTree(ctx.persona, host.admin)) return true;
+          const root = host.roots.of(ctx.persona);
+          return inTree(id, root) || `${ctx.persona} removes personas under ${root} only (its tree): ${id} is not in it`;
+        },
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
           if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);

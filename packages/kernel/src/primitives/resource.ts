@@ -1,7 +1,7 @@
 import { resourceAlloc, resourceFree, resourceQuery } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { personaScope, workspaceScope } from "../resources/ledger.js";
-import { personaLineage, type TreeRoots, treeName } from "../resources/lineage.js";
+import { inTree, personaLineage, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { LedgerStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -13,6 +13,8 @@ export interface AllocationRows {
   roots: TreeRoots;
   /** maxAllocationsPerPersona. */
   max: number;
+  /** The kernel's admin persona: its tree queries any persona's usage. */
+  admin: string;
 }
 
 /** resource.alloc / free / query against the ledger. */
@@ -59,6 +61,14 @@ export function resourceFamily(
         },
       }),
       implement(resourceQuery, {
+        // A persona's usage and requests in flight are its tree's business: a persona other than
+        // the admin's tree queries personas of its own tree only, as it registers and removes them.
+        owns: (ctx) => {
+          if (ctx.target.scheme !== "persona" || inTree(ctx.persona, rows.admin)) return true;
+          const p = ctx.target.segments.join("/");
+          const root = rows.roots.of(ctx.persona);
+          return inTree(p, root) || `${ctx.persona} queries personas under ${root} only (its tree): ${p} is not in it`;
+        },
         handler: (ctx): OpResult => {
           if (ctx.target.scheme === "obj") {
             const ws = ctx.target.segments[0] as string;

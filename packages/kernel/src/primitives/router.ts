@@ -35,6 +35,7 @@ export class Router {
         args: describeShape(d.args),
         ...(d.result ? { result: describeShape(d.result) } : {}),
         ...(d.authorizeAs ? { authorizeAs: d.authorizeAs } : {}),
+        ...(d.reach ? { reach: d.reach } : {}),
         ...(d.sessionState ? { sessionState: d.sessionState } : {}),
       })),
     };

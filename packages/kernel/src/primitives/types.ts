@@ -80,6 +80,11 @@ export interface PrimitiveDeclaration {
    * are authorized as that act (the chunked upload's ops as `storage.write` on the same target).
    */
   authorizeAs?: string;
+  /**
+   * `subtree`: the op acts on its target and everything under it (a listing), and is authorized
+   * on the pattern `<target>/**` (OpDefinition.reach): `system.describe` sends it.
+   */
+  reach?: "subtree";
   /** What the op leaves on the caller's session past its answer, when it does (OpDefinition.sessionState): `system.describe` sends it. */
   sessionState?: string;
   /**

@@ -48,6 +48,15 @@ export interface OpDefinition<A extends Shape = Shape, R extends Shape = Shape> 
   /** The op a capability must grant for this one (default: the op itself). */
   readonly authorizeAs?: string;
   /**
+   * What of its target the op acts on, when more than the target itself: `subtree`, the target
+   * and everything under it (a listing answers every object or persona below its target). Such
+   * an op is authorized on the pattern {@link authorizationTarget} makes of its target
+   * (`obj://ws/a` → `obj://ws/a/**`), which one grant pattern must cover (the subset test of
+   * PROTOCOL §13.1, as for a watch's pattern): a grant that reaches only part of the subtree
+   * does not allow the op on its top.
+   */
+  readonly reach?: "subtree";
+  /**
    * What the op leaves on (or takes from) the caller's session past its answer — a
    * subscription and its slot, a watch, a bound token — said in a few words. Such an op acts
    * for the session, not for one request: a gateway that carries several hosts over one
@@ -57,6 +66,17 @@ export interface OpDefinition<A extends Shape = Shape, R extends Shape = Shape> 
    * handler holds session state must say so here: the gateway builds its tools from this.
    */
   readonly sessionState?: string;
+}
+
+/**
+ * The target a grant must allow for `op` on `target`: the target itself, or for an op that
+ * reaches the subtree under it (`reach: "subtree"`) the pattern of that subtree —
+ * `obj://ws/a` → `obj://ws/a/**`, a bare `obj://ws` → `obj://ws/**`. The kernel's enforcer,
+ * its refusal's message and a client's pre-check all ask this, so they agree.
+ */
+export function authorizationTarget(op: { readonly reach?: "subtree" | undefined } | undefined, target: string): string {
+  if (op?.reach !== "subtree") return target;
+  return target.endsWith("/") ? `${target}**` : `${target}/**`;
 }
 
 /**

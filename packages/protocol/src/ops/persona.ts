@@ -22,7 +22,7 @@ export const personaRegister = defineOp({
 export const personaRemove = defineOp({
   op: "persona.remove",
   description:
-    "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked.",
+    "Remove persona://<id> and its sub-personas: their open sessions end at once (ERROR AUTH PERSONA_REMOVED), agents running as them are killed, and the tokens issued to them are revoked. A persona other than the admin removes only personas in its own persona tree, never itself or one above it (PERMISSION otherwise).",
   targets: ["persona"],
   args: {},
   result: {
@@ -43,8 +43,9 @@ export const personaRemove = defineOp({
 export const personaList = defineOp({
   op: "persona.list",
   description:
-    "persona://<id> and its registered sub-personas, with their public keys, in id order; PARTIAL with a cursor when more remain.",
+    "persona://<id> and its registered sub-personas, with their public keys, in id order; PARTIAL with a cursor when more remain. Authorized on the subtree it lists: a grant must cover persona://<id>/**.",
   targets: ["persona"],
+  reach: "subtree",
   args: {
     cursor: { type: "text", description: "the cursor of the previous page" },
     limit: { type: "uint", description: "personas per page (default 100, at most 1000)" },

@@ -39,7 +39,8 @@ export const resourceFree = defineOp({
 
 export const resourceQuery = defineOp({
   op: "resource.query",
-  description: "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>.",
+  description:
+    "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>. A persona other than the admin queries only personas in its own persona tree (PERMISSION otherwise).",
   targets: ["persona", "obj"],
   args: {},
   result: {

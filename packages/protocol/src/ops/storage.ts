@@ -58,8 +58,10 @@ export const storageStat = defineOp({
 
 export const storageList = defineOp({
   op: "storage.list",
-  description: "List objects under obj://<workspace>[/<prefix>] in path order; PARTIAL with a cursor when more remain.",
+  description:
+    "List objects under obj://<workspace>[/<prefix>] in path order; PARTIAL with a cursor when more remain. Authorized on the subtree it lists: a grant must cover obj://<workspace>[/<prefix>]/**.",
   targets: ["obj"],
+  reach: "subtree",
   args: {
     cursor: { type: "text", description: "the cursor of the previous page" },
     limit: { type: "uint", description: `entries per page (default 100, at most ${MAX_LIST_PAGE})` },

@@ -166,6 +166,11 @@ export const systemDescribe = defineOp({
             type: "text",
             description: "the op a grant must name to allow it, when not its own name (storage.upload.* → storage.write)",
           },
+          reach: {
+            type: "text",
+            description:
+              '"subtree" when it acts on everything under its target (a listing): a grant must cover <target>/** (storage.list, persona.list)',
+          },
           sessionState: {
             type: "text",
             description:
