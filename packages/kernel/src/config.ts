@@ -399,6 +399,16 @@ const DECLARED = {
     zeroAllowed: true,
     description: "largest file a sandboxed process writes (0 = no limit)",
   },
+  /**
+   * Size of each sandbox's /tmp and of its /dev/shm, in bytes (0 = the host's tmpfs default, half
+   * the RAM, each): memory file systems, which no RLIMIT counts.
+   */
+  sandboxTmpBytes: {
+    type: "int",
+    default: 64 * 1024 * 1024,
+    zeroAllowed: true,
+    description: "size of each sandbox's /tmp and of its /dev/shm, host memory (0 = half the RAM each)",
+  },
   /** Most processes (agents and commands) running at once, kernel-wide. */
   maxProcesses: { type: "int", default: 256, description: "most agents and commands running at once" },
   /** Most processes (agents and commands) one persona may have running at once. */

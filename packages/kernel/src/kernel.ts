@@ -186,7 +186,7 @@ export class Kernel {
       await this.listeners.uds?.close();
       await this.listeners.grpc?.close(0);
       // A failed compose closed what it opened; after it, what it built is closed here.
-      this.services?.sandbox.close(!c.sandboxScratch);
+      await this.services?.sandbox.close(!c.sandboxScratch);
       await this.services?.closeStorage();
       throw e;
     }
@@ -244,7 +244,7 @@ export class Kernel {
     await grpcClosed;
     await s.compute.stop();
     await s.agents.stop();
-    s.sandbox.close(!this.config.sandboxScratch);
+    await s.sandbox.close(!this.config.sandboxScratch);
     await s.metrics.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));

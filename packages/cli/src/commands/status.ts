@@ -43,7 +43,7 @@ export const statusCommand: Command = {
         ...(s.transports ?? []).map((t) => `listening  ${t.kind} ${t.address}`),
         `ops        ${s.ops?.running} running, ${s.ops?.queued} queued`,
         `agents     ${s.agents?.running} running`,
-        `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? "bubblewrap" : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
+        `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? `bubblewrap${s.sandbox.weakened ? ` (WEAKENED: ${s.sandbox.weakened})` : ""}` : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
         `audit      head ${s.audit?.head}${s.audit?.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
         ...(s.audit?.anchors ? [`anchors    ${s.audit.anchors}`] : []),
         ...(s.metrics ? [`metrics    ${s.metrics}`] : []),

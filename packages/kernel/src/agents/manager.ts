@@ -199,7 +199,7 @@ export class AgentManager {
       child = spawn(launch.file, launch.args, launch.options);
       closePipesAfterExit(child);
     } catch (e) {
-      launch?.cleanup();
+      void launch?.cleanup();
       this.forget(persona, `${uri} did not start`);
       this.revokeFor(token.claims.id, persona, `${uri} did not start`);
       throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${(e as Error).message}`);
@@ -270,7 +270,8 @@ export class AgentManager {
     this.live.delete(id);
     this.opts.processes.remove("agent", id);
     clearTimeout(live.timer);
-    live.launch.cleanup();
+    // In the background (never throws): the agent's end is recorded and its authority ends whatever it left there.
+    void live.launch.cleanup();
     const state = live.killedBy ? "killed" : "exited";
     const f: Partial<AgentRecord> = {
       state,

@@ -277,7 +277,7 @@ export class ComputeEngine {
       child = spawn(launch.file, launch.args, launch.options);
       closePipesAfterExit(child);
     } catch (e) {
-      launch?.cleanup();
+      void launch?.cleanup();
       this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${(e as Error).message}`);
       return;
     }
@@ -314,7 +314,8 @@ export class ComputeEngine {
       this.running.delete(op.id);
       processes.remove("command", op.id);
       release();
-      scratch.cleanup();
+      // In the background (never throws): whatever the command left there, the result is not held up.
+      void scratch.cleanup();
       const result = {
         exitCode: code,
         signal: signal ?? null,

@@ -436,7 +436,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       closeStorage,
     };
   } catch (e) {
-    sandbox?.close(!c.sandboxScratch);
+    await sandbox?.close(!c.sandboxScratch);
     await closeStorage();
     throw e;
   }

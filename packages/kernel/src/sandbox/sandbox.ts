@@ -11,13 +11,13 @@ import {
   readlinkSync,
   realpathSync,
   rmdirSync,
-  rmSync,
 } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
+import { removeTrees } from "./remove.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
 import {
   type HiddenPath,
@@ -46,6 +46,14 @@ export interface SandboxLimits {
   fileBytes: number;
 }
 
+/** What bubblewrap can do beyond its basics: each option the kernel uses only where it exists. */
+export interface BwrapFeatures {
+  /** `--size` (bubblewrap ≥ 0.5): a bound on each tmpfs. */
+  size: boolean;
+  /** `--disable-userns` (bubblewrap ≥ 0.8): no nested user namespace (with its own unbounded mounts). */
+  disableUserns: boolean;
+}
+
 export interface SandboxConfig {
   mode: SandboxMode;
   /** Extra read-only paths the programs need (an interpreter's install, a script's directory). */
@@ -59,6 +67,13 @@ export interface SandboxConfig {
   /** Files that must have no other name (hard link) than their own: the home's keys and database, the TLS key, the config. */
   secrets?: SecretFile[];
   limits: SandboxLimits;
+  /**
+   * Size of each of the sandbox's memory file systems, /tmp and /dev/shm, in bytes (tmpfs:
+   * host memory that no RLIMIT counts); 0 = the kernel's default for a tmpfs (half the RAM).
+   */
+  tmpBytes?: number;
+  /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
+  removalFailed?: (paths: string[], why: string) => void;
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
   /**
@@ -89,8 +104,12 @@ export interface Launch {
   args: string[];
   options: SpawnOptions;
   scratch: string;
-  /** Removes the scratch directory (its rule: it lives exactly as long as its process tree). */
-  cleanup(): void;
+  /**
+   * Removes the scratch directory (its rule: it lives exactly as long as its process tree), in
+   * a child process, off the event loop. Never throws, never rejects: a failure is told to
+   * {@link SandboxConfig.removalFailed} and the directory is left for the next start's sweep.
+   */
+  cleanup(): Promise<void>;
 }
 
 /** The process sandbox is not usable; nothing is started. */
@@ -117,6 +136,13 @@ const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx
 export const SANDBOX_SCRATCH = "/scratch";
 
 const SCRATCH_NAME = /^[0-9a-f]{24}$/;
+
+/** Which of the options in {@link BwrapFeatures} `bwrap --help` lists. */
+function bwrapFeatures(bwrap: string): BwrapFeatures {
+  const r = spawnSync(bwrap, ["--help"], { encoding: "utf8", timeout: 10_000 });
+  const help = `${r.stdout ?? ""}${r.stderr ?? ""}`;
+  return { size: /^\s*--size\b/m.test(help), disableUserns: /^\s*--disable-userns\b/m.test(help) };
+}
 
 function findProgram(name: string, path: string): string | undefined {
   for (const d of path.split(delimiter)) {
@@ -145,6 +171,14 @@ function findProgram(name: string, path: string): string | undefined {
 export class Sandbox {
   /** Why the sandbox cannot be used, when it cannot (mode "bwrap" only). */
   readonly unavailable: string | undefined;
+  /**
+   * What this bubblewrap cannot bound, said at start and by status (processes still run):
+   * empty when it has every option in {@link BwrapFeatures}.
+   */
+  readonly weakened: string[] = [];
+  private features: BwrapFeatures = { size: false, disableUserns: false };
+  /** Scratch removals under way: close() waits for them. */
+  private readonly removals = new Set<Promise<void>>();
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
@@ -174,6 +208,17 @@ export class Sandbox {
     const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
     this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
+    if (this.bwrap) {
+      this.features = bwrapFeatures(this.bwrap);
+      if (!this.features.size && config.tmpBytes)
+        this.weakened.push(
+          "bubblewrap lacks --size (needs 0.5 or later): the sandbox's /tmp and /dev/shm are not bounded by sandboxTmpBytes",
+        );
+      if (!this.features.disableUserns)
+        this.weakened.push(
+          "bubblewrap lacks --disable-userns (needs 0.8 or later): a sandboxed process can make nested user namespaces and mount unbounded tmpfs in them",
+        );
+    }
     this.unavailable = this.probe();
   }
 
@@ -219,7 +264,12 @@ export class Sandbox {
       }
       return undefined;
     } finally {
-      launch.cleanup();
+      // The trial run wrote nothing in it: an empty directory, removed at once.
+      try {
+        rmdirSync(launch.scratch);
+      } catch {
+        void launch.cleanup();
+      }
       // The root is made again by the first real launch: a kernel that never starts a process
       // (or dies without stopping) leaves nothing behind.
       this.unlockRoot();
@@ -237,26 +287,45 @@ export class Sandbox {
   }
 
   /**
-   * Removes scratch directories a crashed kernel left (none of their processes can still run:
-   * they died with it). Only entries named as this class names them; the root itself stays.
+   * Removes `paths` whole in the background (remove.ts: no depth or path-length limit, off the
+   * event loop); close() waits for it. Never throws; a failure is told to `removalFailed`.
    */
-  sweep(): void {
+  remove(paths: string[]): Promise<void> {
+    if (paths.length === 0) return Promise.resolve();
+    const p = removeTrees(paths)
+      .then((why) => {
+        if (why) this.config.removalFailed?.(paths, why);
+      })
+      .catch(() => {})
+      .finally(() => this.removals.delete(p));
+    this.removals.add(p);
+    return p;
+  }
+
+  /**
+   * Removes scratch directories a crashed kernel left (none of their processes can still run:
+   * they died with it), in the background: whatever they hold, the start neither waits nor
+   * fails. Only entries named as this class names them; the root itself stays.
+   */
+  sweep(): Promise<void> {
     let names: string[];
     try {
       names = readdirSync(this.config.scratchRoot);
     } catch {
-      return;
+      return Promise.resolve();
     }
-    for (const n of names) if (SCRATCH_NAME.test(n)) rmSync(join(this.config.scratchRoot, n), { recursive: true, force: true });
+    return this.remove(names.filter((n) => SCRATCH_NAME.test(n)).map((n) => join(this.config.scratchRoot, n)));
   }
 
   /**
    * At kernel stop, when no process of its is left: the scratch directories, and the scratch
-   * root itself when the kernel named it (never an operator's directory).
+   * root itself when the kernel named it (never an operator's directory). Waits for every
+   * removal under way (none blocks the event loop); never throws.
    */
-  close(ownRoot: boolean): void {
-    this.sweep();
-    if (ownRoot) rmSync(this.config.scratchRoot, { recursive: true, force: true });
+  async close(ownRoot: boolean): Promise<void> {
+    void this.sweep();
+    while (this.removals.size > 0) await Promise.all([...this.removals]);
+    if (ownRoot) await this.remove([this.config.scratchRoot]);
     this.rootLock?.close();
     this.rootLock = undefined;
   }
@@ -315,7 +384,7 @@ export class Sandbox {
     mkdirSync(scratch, { mode: 0o700 });
     const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
     if (runAs !== undefined) chownSync(scratch, runAs, runAs);
-    const cleanup = () => rmSync(scratch, { recursive: true, force: true });
+    const cleanup = () => this.remove([scratch]);
     const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.
@@ -363,8 +432,12 @@ export class Sandbox {
       if (s.isSymbolicLink()) a.push("--symlink", readlinkSync(d), d);
       else if (s.isDirectory()) a.push("--ro-bind", d, d);
     }
+    // Every writable file system in the sandbox but /scratch is memory (tmpfs), which no RLIMIT
+    // counts: /tmp and /dev/shm are sized; /dev, the root and the covers are read-only.
+    const sized = this.features.size && this.config.tmpBytes ? ["--size", String(this.config.tmpBytes)] : [];
+    a.push("--proc", "/proc", "--dev", "/dev", ...sized, "--tmpfs", "/dev/shm", "--remount-ro", "/dev");
     // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
-    a.push("--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp");
+    a.push(...sized, "--tmpfs", "/tmp");
     // From the real path found at start, where it still is that: a read path made or re-linked
     // since (say, into the home) is refused, not followed to a place no cover was planned for.
     for (const b of this.view.binds) {
@@ -382,6 +455,7 @@ export class Sandbox {
     }
     // Each place a bound path shows a hidden one: an empty tmpfs over a directory, /dev/null over
     // a file. After every bind, so that none is mounted over a cover. Not there (yet): nothing to show.
+    const readOnly: string[] = [];
     for (const c of this.view.covers) {
       let s: ReturnType<typeof lstatSync>;
       try {
@@ -389,11 +463,18 @@ export class Sandbox {
       } catch {
         continue;
       }
-      if (s.isDirectory()) a.push("--tmpfs", c.dest);
+      if (s.isDirectory()) {
+        a.push("--tmpfs", c.dest);
+        readOnly.push("--remount-ro", c.dest);
+      }
       // A read-only bind is nodev (opening the node would fail); writes to /dev/null go nowhere.
       else a.push("--dev-bind", "/dev/null", c.dest);
     }
-    a.push("--bind", scratch, SANDBOX_SCRATCH, "--chdir", SANDBOX_SCRATCH, "--");
+    // The covers and the root (bubblewrap's own tmpfs) read-only last: every mount point above
+    // is made in them first.
+    a.push("--bind", scratch, SANDBOX_SCRATCH, ...readOnly, "--remount-ro", "/", "--chdir", SANDBOX_SCRATCH);
+    if (this.features.disableUserns) a.push("--disable-userns");
+    a.push("--");
     const l = spec.limits;
     a.push(this.prlimit as string);
     if (l.processes) a.push(`--nproc=${l.processes}:${l.processes}`);

@@ -1,6 +1,19 @@
-import { closeSync, constants, existsSync, lstatSync, mkdirSync, openSync, readdirSync, rmdirSync, rmSync } from "node:fs";
+import { randomBytes } from "node:crypto";
+import {
+  closeSync,
+  constants,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  renameSync,
+  rmdirSync,
+  rmSync,
+} from "node:fs";
 import { join, resolve } from "node:path";
 import Database from "better-sqlite3";
+import { removeTrees } from "./remove.js";
 
 /**
  * Scratch roots the kernel names (`<tmpdir>/kpip-scratch-<uid>-<home hash>`) outlive a kernel
@@ -86,10 +99,20 @@ export function disownScratchRoot(root: string): void {
 
 /**
  * Removes the kernel-named scratch roots of `uid` in `parent` whose kernel provably ended (see
- * above), but `own` (this kernel's, swept by the sandbox); returns how many.
+ * above), but `own` (this kernel's, swept by the sandbox); returns how many. A stale bubblewrap
+ * root is renamed aside (`<name>.gone-<hex>`: its name is free at once) and handed to `remove`,
+ * which takes it away in the background (remove.ts: whatever depth or size its processes left);
+ * one left aside by an earlier start is handed over again.
  */
-export function removeStaleRoots(parent: string, uid: number, own: string, now = Date.now()): number {
+export function removeStaleRoots(
+  parent: string,
+  uid: number,
+  own: string,
+  remove: (paths: string[]) => unknown = removeTrees,
+  now = Date.now(),
+): number {
   const named = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}$`);
+  const gone = new RegExp(`^kpip-scratch-${uid}-[0-9a-f]{12}\\.gone-[0-9a-f]{16}$`);
   let names: string[];
   try {
     names = readdirSync(parent);
@@ -97,7 +120,13 @@ export function removeStaleRoots(parent: string, uid: number, own: string, now =
     return 0;
   }
   let removed = 0;
+  const aside: string[] = [];
   for (const name of names) {
+    if (gone.test(name)) {
+      const d = lstatSync(join(parent, name), { throwIfNoEntry: false });
+      if (d?.isDirectory() && d.uid === uid) aside.push(join(parent, name));
+      continue;
+    }
     if (!named.test(name)) continue;
     const root = join(parent, name);
     if (resolve(root) === resolve(own)) continue;
@@ -107,7 +136,10 @@ export function removeStaleRoots(parent: string, uid: number, own: string, now =
       if (!d.isDirectory() || d.uid !== uid) continue;
       if (existsSync(join(root, ROOT_LOCK))) {
         const whole = () => {
-          rmSync(root, { recursive: true, force: true });
+          // While the lock is held: the root's name and its lock file go with the rename.
+          const to = `${root}.gone-${randomBytes(8).toString("hex")}`;
+          renameSync(root, to);
+          aside.push(to);
           return true;
         };
         if (removeLocked(root, ROOT_LOCK, uid, whole)) removed++;
@@ -122,6 +154,7 @@ export function removeStaleRoots(parent: string, uid: number, own: string, now =
       // Not provably stale (its kernel holds the lock, something is in it) or gone meanwhile: left for the next start.
     }
   }
+  if (aside.length) remove(aside);
   return removed;
 }
 

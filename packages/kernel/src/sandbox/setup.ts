@@ -63,16 +63,20 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string, conf
       cpuSeconds: c.sandboxCpuSeconds,
       fileBytes: c.sandboxFileBytes,
     },
+    tmpBytes: c.sandboxTmpBytes,
+    removalFailed: (paths, why) =>
+      log.error({ paths, err: why }, "cannot remove scratch directories: left on disk, tried again at the next start"),
     ...(program ? { program } : {}),
     lockRoot: named ? (c.sandbox === "bwrap" ? ROOT_LOCK : ROOT_LIVE) : undefined,
   });
   // A root whose processes may outlive its kernel must carry no free `.lock`, or another kernel would remove it whole.
   if (named && c.sandbox !== "bwrap") disownScratchRoot(scratchRoot);
-  // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's.
-  sandbox.sweep();
+  // One kernel per home, and the scratch root is the home's: what is left there is a crashed run's
+  // (removed in the background: however deep or large, it neither delays nor stops the start).
+  void sandbox.sweep();
   // Roots of other homes' kernels that died without stopping (only those provably dead: scratch-roots.ts).
   if (named) {
-    const stale = removeStaleRoots(tmpdir(), uid, scratchRoot);
+    const stale = removeStaleRoots(tmpdir(), uid, scratchRoot, (paths) => sandbox.remove(paths));
     if (stale) log.info({ roots: stale }, "removed the scratch roots of kernels that ended without stopping");
   }
   if (sandbox.mode === "none")
@@ -80,6 +84,8 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string, conf
   else if (sandbox.unavailable)
     log.error({ reason: sandbox.unavailable }, "no process sandbox: agent.spawn and command compute are refused");
   else log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
+  for (const w of sandbox.mode === "bwrap" && !sandbox.unavailable ? sandbox.weakened : [])
+    log.warn({ reason: w }, "process sandbox weakened");
   return sandbox;
 }
 
@@ -95,5 +101,6 @@ export function sandboxInfo(s: Sandbox | undefined): CborMap {
     mode: s?.mode ?? "none",
     usable: s ? s.mode === "none" || !s.unavailable : false,
     ...(s?.unavailable ? { reason: s.unavailable } : {}),
+    ...(s?.mode === "bwrap" && !s.unavailable && s.weakened.length ? { weakened: s.weakened.join("; ") } : {}),
   };
 }

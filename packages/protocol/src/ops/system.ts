@@ -10,6 +10,7 @@ const sandbox = {
     mode: { type: "text", required: true, description: '"bwrap" or "none"' },
     usable: { type: "bool", required: true, description: "whether processes can be started" },
     reason: { type: "text", description: "why not, when not usable" },
+    weakened: { type: "text", description: "what this bubblewrap cannot bound, when usable but older than the kernel needs" },
   },
 } as const satisfies FieldSpec;
 
