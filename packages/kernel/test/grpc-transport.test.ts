@@ -87,6 +87,49 @@ async function rawSession(address: string, identity: Identity, token: Uint8Array
   return { ...s, maxBody, request };
 }
 
+describe("gRPC: a peer that does not read its answers", () => {
+  it("is held to maxWriteBuffer in bytes, as over the socket: its reads are refused RESOURCE, never queued without bound", async () => {
+    const OBJECT = 800 * 1024;
+    const t = await startKernel({
+      grpcListen: "127.0.0.1:0",
+      ...TLS,
+      maxBodyBytes: 1024 * 1024,
+      maxObjectBytes: 900 * 1024,
+      maxWriteBuffer: 4 * 1024 * 1024,
+    });
+    try {
+      const c = await t.admin();
+      await c.storage.write("obj://ws1/big", Buffer.alloc(OBJECT, 1));
+      const s = await rawSession(t.k.grpcAddress as string, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+      s.call.pause();
+      const outcomes = () =>
+        t.k.inspect
+          .queryAudit({ op: "storage.read", limit: 1000 })
+          .filter((r) => r.persona === "admin" && (r.phase === "outcome" || r.phase === "complete" || r.phase === "refused"));
+      // One read at a time, each sent once the last one's outcome is on the record: the answers
+      // in preparation never hold more than one, so only what is queued to the peer can refuse.
+      const READS = 40;
+      for (let i = 1; i <= READS; i++) {
+        s.call.write(s.request(i, "storage.read", "obj://ws1/big"));
+        await until(() => outcomes().length >= i || s.state.ended, 30_000, `read ${i}'s outcome`);
+        if (s.state.ended) break;
+      }
+      const served = outcomes().filter((r) => r.status === "SUCCESS").length;
+      // 40 × 800 KiB = 32 MiB would have been queued: at most the write buffer's worth is.
+      assert.ok(
+        served * OBJECT <= 4 * 1024 * 1024 + OBJECT,
+        `${served} reads of ${OBJECT} bytes queued to a peer that does not read`,
+      );
+      assert.equal((await c.system.health()).status, "ok", "others are served");
+      s.close();
+      await c.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("gRPC transport with TLS", () => {
   let t: TestKernel;
   let address: string;

@@ -285,7 +285,12 @@ export class GrpcStreamConnection implements Connection {
       (chunks) => {
         // Frames of one turn go out together, but never as a message over the limit: six 3 MiB
         // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
-        writeMessages(chunks, this.maxMessage, (m) => call.write(m));
+        writeMessages(chunks, this.maxMessage, (m) => {
+          this.queued += m.length;
+          call.write(m, () => {
+            this.queued -= m.length;
+          });
+        });
         return false;
       },
       (fn) => process.nextTick(fn),
@@ -308,8 +313,16 @@ export class GrpcStreamConnection implements Connection {
     });
   }
 
+  /**
+   * Bytes handed to gRPC and not yet taken by HTTP/2 (its write callback). The call's
+   * `writableLength` counts messages (grpc-js streams are in object mode): a peer that did not
+   * read looked like one message queued, was never dropped SLOW_CONSUMER, and the answer budget
+   * never saw its backlog — gigabytes queued to it.
+   */
+  private queued = 0;
+
   get buffered(): number {
-    return this.out.pending + this.call.writableLength;
+    return this.out.pending + this.queued;
   }
 
   write(data: Uint8Array): void {
