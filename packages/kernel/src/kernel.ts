@@ -115,6 +115,10 @@ export class Kernel {
   get sessionCount(): number {
     return this.services?.sessions.sessionCount() ?? 0;
   }
+  /** Frames being received by every session now: their bytes so far, and the memory held for them. */
+  get partialFrames(): { received: number; retained: number } {
+    return this.services?.sessions.partialFrames() ?? { received: 0, retained: 0 };
+  }
   /** Half-open connections now (pre-authentication budget). */
   get handshakingCount(): number {
     return this.services?.sessions.handshakingCount() ?? 0;

@@ -1,9 +1,23 @@
 import assert from "node:assert/strict";
 import net from "node:net";
 import { describe, it } from "node:test";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { encodeFrameParts, encodeMessage, MessageType } from "@kpip/protocol";
-import { removeHome, startKernel, until } from "./harness.js";
-import { auditRecord, RawPeer } from "./wire.js";
+import { removeHome, startKernel, until, withKernel } from "./harness.js";
+import { auditRecord, RawPeer, requestFrame } from "./wire.js";
+
+setFlagsFromString("--expose-gc");
+const gc = runInNewContext("gc") as () => void;
+/** The heap and ArrayBuffer memory in use after a full collection (the kernel runs in this process). */
+const liveBytes = () => {
+  gc();
+  gc();
+  const m = process.memoryUsage();
+  return m.heapUsed + m.arrayBuffers;
+};
+/** Resolves once the event loop went round (a write to the kernel's socket has been read by then, or is read next). */
+const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 describe("hostile input over the wire", () => {
   it("closes sessions that send nesting bombs, huge declared arrays or tagged values, and keeps serving", async () => {
@@ -102,5 +116,37 @@ describe("hostile input over the wire", () => {
     p.close();
     await t.stop();
     removeHome(t.home);
+  });
+
+  it("an attested session that trickles a large frame a byte per read holds about what it sent, not an object per read; the frame is served whole", async () => {
+    await withKernel({}, async (t) => {
+      const p = await RawPeer.admin(t);
+      const data = Buffer.alloc(2 * 1024 * 1024);
+      for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;
+      const frame = requestFrame(1, { op: "storage.write", target: "obj://ws1/trickled", args: { data } }, { persona: "admin" });
+      const TRICKLED = 100_000;
+      const before = liveBytes();
+      // One byte per read: each byte is sent only once the kernel has taken the one before.
+      for (let i = 0; i < TRICKLED; i++) {
+        p.send(frame.subarray(i, i + 1));
+        while (t.k.partialFrames.received !== i + 1) {
+          assert.ok(!p.closed, "the session stays open");
+          await turn();
+        }
+        if (i % 10_007 === 0 || i === TRICKLED - 1) {
+          const { received, retained } = t.k.partialFrames;
+          assert.ok(retained <= 3 * received + 64 * 1024, `${retained} bytes held for ${received} received`);
+        }
+      }
+      // Before the fix ~200 bytes of heap and buffers per byte (a chunk and a view per read): 20 MB here.
+      const grown = liveBytes() - before;
+      assert.ok(grown < 8 * 1024 * 1024, `the kernel's heap grew ${grown} bytes for ${TRICKLED} bytes trickled`);
+      p.send(frame.subarray(TRICKLED));
+      assert.equal((await p.response(1)).status, "SUCCESS");
+      assert.deepEqual(t.k.partialFrames, { received: 0, retained: 0 });
+      const c = await t.admin();
+      assert.ok(Buffer.from((await c.storage.read("obj://ws1/trickled")).data).equals(data), "the object is the bytes sent");
+      p.close();
+    });
   });
 });

@@ -125,6 +125,18 @@ export class SessionRegistry implements SessionCounts {
     return this.preauth.count;
   }
 
+  /** Frames being received by every session: their bytes so far, and the memory held for them. */
+  partialFrames(): { received: number; retained: number } {
+    let received = 0;
+    let retained = 0;
+    for (const s of this.sessions) {
+      const p = s.partialFrame;
+      received += p.received;
+      retained += p.retained;
+    }
+    return { received, retained };
+  }
+
   /** Open sessions per transport (the metrics' gauge). */
   byTransport(): Record<string, number> {
     const by: Record<string, number> = {};

@@ -119,6 +119,11 @@ export class Session implements SessionView, EventSink {
     return this.conn.buffered;
   }
 
+  /** The frame being received: its bytes so far, and the memory held for them. */
+  get partialFrame(): { received: number; retained: number } {
+    return this.reader.partial;
+  }
+
   /** EventSink: an EVENT frame for this session (dropped once it is closed). */
   write(frame: Uint8Array): void {
     if (this.state !== "closed") this.conn.write(this.shm ? this.shm.wrap(frame) : frame);

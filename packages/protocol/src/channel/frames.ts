@@ -46,6 +46,11 @@ export class FrameReader {
     this.maxBody = n;
   }
 
+  /** A partial frame: bytes received of it, and the memory held for them (see FrameDecoder.retainedBytes). */
+  get partial(): { received: number; retained: number } {
+    return { received: this.decoder.pending, retained: this.decoder.retainedBytes };
+  }
+
   /**
    * Decodes the chunk's complete messages and hands each to `onMessage`, in order, while it
    * returns true (false: the session ended, drop the rest). A malformed frame, shared-memory

@@ -19,6 +19,9 @@ export type BodyAllocator = (n: number) => Buffer;
  * The declared body length is checked against `maxBody` as soon as the header is complete,
  * before anything is allocated for the body; the body is then gathered from the chunks that
  * actually arrive, so a peer that declares a large body and sends nothing costs nothing.
+ * Whatever the chunking, the memory held for a partial frame stays within a small multiple of
+ * the bytes received ({@link FrameDecoder.retainedBytes}): a peer that trickles a large frame a
+ * byte per read holds what it sent, not an object per read.
  * A frame that lies entirely inside one chunk is returned as a view of that chunk (no copy).
  *
  * After a {@link FrameError} the decoder is poisoned: the stream has lost framing and every
@@ -29,8 +32,11 @@ export class FrameDecoder {
   private acc: Buffer = EMPTY;
   private accLen = 0;
   private header: FrameHeader | undefined;
-  /** The chunks of a large frame being received (see append). */
+  /** The pieces of a large frame being received, in order, before `stage` (see gather). */
   private parts: Uint8Array[] | undefined;
+  /** Where a large frame's small chunks are copied together: stage[0, stageLen), after `parts`. */
+  private stage: Buffer = EMPTY;
+  private stageLen = 0;
   private failed: FrameError | undefined;
 
   constructor(
@@ -49,6 +55,24 @@ export class FrameDecoder {
     return this.accLen;
   }
 
+  /**
+   * Memory held for the partial frame, in bytes: the buffers its pieces lie in (a piece kept as
+   * a view of a chunk keeps the whole chunk) and an estimate of each piece's own objects. At most
+   * a small multiple of {@link pending}, however the bytes were chunked (tests; the kernel's `partialFrames`).
+   */
+  get retainedBytes(): number {
+    if (this.parts === undefined) return this.acc.length;
+    let n = this.stage.length + (this.stage.length > 0 ? PIECE_COST : 0);
+    for (const p of this.parts) n += p.buffer.byteLength + PIECE_COST;
+    return n;
+  }
+
+  /** How many pieces the partial frame is held in (tests: bounded by bytes received, not by reads). */
+  get retainedPieces(): number {
+    if (this.parts === undefined) return this.acc.length > 0 ? 1 : 0;
+    return this.parts.length + (this.stage.length > 0 ? 1 : 0);
+  }
+
   /** True when a partial frame is buffered (used to detect truncation at end of stream). */
   get midFrame(): boolean {
     return this.accLen > 0;
@@ -65,6 +89,8 @@ export class FrameDecoder {
       this.acc = EMPTY;
       this.accLen = 0;
       this.parts = undefined;
+      this.stage = EMPTY;
+      this.stageLen = 0;
       throw this.failed;
     }
     return out;
@@ -92,7 +118,7 @@ export class FrameDecoder {
       }
       if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
         // Hand the buffer over as the body: it is never written again.
-        const whole = this.parts ? join(this.parts, this.accLen, this.alloc) : this.acc;
+        const whole = this.parts ? join(this.pieces(), this.accLen, this.alloc) : this.acc;
         out.push(frameOf(this.header, whole.subarray(HEADER_SIZE, this.accLen)));
         this.acc = EMPTY;
         this.accLen = 0;
@@ -131,7 +157,7 @@ export class FrameDecoder {
       // and sends little holds what it sent, never more than twice that.
       if (this.acc.length < HEADER_SIZE + h.length) {
         const into = this.alloc(HEADER_SIZE + h.length);
-        if (this.parts) copyParts(this.parts, into);
+        if (this.parts) copyParts(this.pieces(), into);
         else if (this.accLen > 0) this.acc.copy(into, 0, 0, this.accLen);
         this.parts = undefined;
         this.acc = into;
@@ -140,15 +166,8 @@ export class FrameDecoder {
       this.accLen += n;
       return;
     }
-    if (this.header !== undefined && this.header.length > LARGE_FRAME) {
-      // A large frame is kept as the chunks it arrives in and joined once when complete: one
-      // copy instead of a growing buffer's many, and never more memory than bytes received.
-      if (this.parts === undefined) {
-        this.parts = this.accLen > 0 ? [this.acc.subarray(0, this.accLen)] : [];
-        this.acc = EMPTY;
-      }
-      this.parts.push(src.subarray(pos, pos + n));
-      this.accLen += n;
+    if (h !== undefined && h.length > LARGE_FRAME) {
+      this.gather(h, src, pos, n);
       return;
     }
     const need = this.accLen + n;
@@ -161,6 +180,58 @@ export class FrameDecoder {
     }
     this.acc.set(src.subarray(pos, pos + n), this.accLen);
     this.accLen = need;
+  }
+
+  /**
+   * A large frame is kept as pieces and joined once when complete: one copy instead of a growing
+   * buffer's many, and memory in proportion to the bytes received. A chunk of KEEP_MIN bytes or
+   * more, that is at least half the memory it lies in, is kept as it came (bulk transfers: no
+   * copy). Smaller chunks are copied together into a stage, so a peer that trickles a frame a
+   * byte per read holds those bytes, not a chunk and a view per read (each ~160 bytes of
+   * objects: 1 M one-byte reads held 160 MB). A stage is as large as what came before it (from
+   * STAGE_MIN up to STAGE_MAX), so its unused end never exceeds what was received; it becomes a
+   * piece once full.
+   */
+  private gather(h: FrameHeader, src: Uint8Array, pos: number, n: number): void {
+    if (this.parts === undefined) {
+      // The bytes so far (the header, perhaps more) are the first stage.
+      this.parts = [];
+      this.stage = this.acc;
+      this.stageLen = this.accLen;
+      this.acc = EMPTY;
+    }
+    const end = pos + n;
+    let got = this.accLen;
+    this.accLen += n;
+    while (pos < end) {
+      if (this.stageLen === this.stage.length) {
+        if (this.stageLen > 0) this.parts.push(this.stage);
+        this.stage = EMPTY;
+        this.stageLen = 0;
+        const rest = end - pos;
+        if (rest >= KEEP_MIN && 2 * rest >= src.buffer.byteLength) {
+          this.parts.push(src.subarray(pos, end));
+          return;
+        }
+        // Memory of its own (a slice of Buffer's shared pool would keep the whole pool).
+        const left = HEADER_SIZE + h.length - got;
+        this.stage = Buffer.allocUnsafeSlow(Math.min(STAGE_MAX, left, Math.max(STAGE_MIN, got)));
+      }
+      const k = Math.min(this.stage.length - this.stageLen, end - pos);
+      this.stage.set(src.subarray(pos, pos + k), this.stageLen);
+      this.stageLen += k;
+      got += k;
+      pos += k;
+    }
+  }
+
+  /** The partial large frame's pieces, the stage's bytes last; the stage is given up. */
+  private pieces(): Uint8Array[] {
+    const parts = this.parts ?? [];
+    if (this.stageLen > 0) parts.push(this.stage.subarray(0, this.stageLen));
+    this.stage = EMPTY;
+    this.stageLen = 0;
+    return parts;
   }
 }
 
@@ -191,3 +262,10 @@ const EMPTY = Buffer.alloc(0);
 const LARGE_FRAME = 256 * 1024;
 /** Bytes of a large frame received before its whole buffer is taken from the allocator. */
 const ALLOC_AFTER = 1024 * 1024;
+/** A large frame's chunks this long (and at least half of their memory) are kept, not copied. */
+const KEEP_MIN = 4 * 1024;
+/** A large frame's first stage for small chunks, and the size stages grow to. */
+const STAGE_MIN = 1024;
+const STAGE_MAX = 64 * 1024;
+/** An estimate of the objects one held piece costs besides its bytes (a view, its buffer's record). */
+const PIECE_COST = 160;
