@@ -1,10 +1,8 @@
 import type { KernelClient } from "@kpip/client";
 import {
   BUILTIN_FAMILIES,
-  CborError,
   type CborMap,
   DEFAULT_LIMITS,
-  IntentError,
   KpipError,
   type Response,
   replaceUnprintable,
@@ -41,7 +39,7 @@ import {
   RefusalRate,
 } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
-import { answerToResult, localFailure } from "./results.js";
+import { answerToResult, inputRefusal, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
 import { type NoticeOutlet, ResourceWatches } from "./watches.js";
 
@@ -421,8 +419,8 @@ export class McpGateway {
     } catch (e) {
       // The client checks the intent before it is sent (a target with "..", a value it cannot
       // encode): the host's input, refused as such; the kernel never saw it.
-      if (e instanceof IntentError || e instanceof CborError)
-        throw new McpError(ErrorCode.InvalidParams, `${name}: ${e.message}`);
+      const refused = inputRefusal(e, name);
+      if (refused) throw refused;
       return localFailure(e);
     }
     if (r.status === "DEFERRED") return followDeferred(this, r, ctx);

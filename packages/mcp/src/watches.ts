@@ -3,6 +3,7 @@ import { KpipError } from "@kpip/protocol";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import { kernelRefusal } from "./host-budget.js";
+import { inputRefusal } from "./results.js";
 
 type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
 
@@ -135,7 +136,7 @@ export class ResourceWatches {
       if (e instanceof KpipError) throw kernelRefusal(new McpError(ErrorCode.InvalidParams, `${e.errorClass}: ${e.message}`));
       if (e instanceof KernelUnavailableError)
         throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${e.message}`);
-      throw e;
+      throw inputRefusal(e, "resources/subscribe") ?? e;
     }
     const entry: Entry = { watch, servers: new Set(), sending: new Map() };
     this.byUri.set(uri, entry);

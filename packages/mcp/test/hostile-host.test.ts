@@ -807,6 +807,27 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await http.close();
     }
   });
+
+  it("answers a resource URI the client refuses (.., a space, over 2048 bytes) with InvalidParams; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const asked = async () => (await k.audit("hank")).filter((r) => r.op === "storage.read" || r.op === "storage.watch").length;
+      const before = await asked();
+      for (const uri of ["obj://ws1/../ws2/x", "obj://ws1/a b", `obj://ws1/${"a/".repeat(1100)}x`]) {
+        const read = await mcpError(host.readResource({ uri }));
+        assert.equal(read.code, ErrorCode.InvalidParams, `read ${uri.slice(0, 30)}: ${read.message}`);
+        assert.doesNotMatch(read.message, /unavailable/);
+        const sub = await mcpError(host.subscribeResource({ uri }));
+        assert.equal(sub.code, ErrorCode.InvalidParams, `subscribe ${uri.slice(0, 30)}: ${sub.message}`);
+      }
+      assert.equal(await asked(), before, "no request reached the kernel");
+      assert.deepEqual(gw.gateway.watches.uris, []);
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
 });
 
 describe("the gateway's tools", () => {
