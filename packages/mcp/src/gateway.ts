@@ -136,18 +136,31 @@ function toolName(op: string, taken: Set<string>): string {
   return taken.has(n) ? op.replaceAll(".", "-") : n;
 }
 
-/**
- * At most 128 UTF-8 bytes, no control or bidirectional formatting character (context.execution is
- * a `label(128)`): a host names itself, and a name the protocol refuses must not fail its calls.
- */
-function clip(text: string): string {
+/** `text` in at most `max` UTF-8 bytes, never cut inside a character, control and bidirectional formatting characters as `?`. */
+function clip(text: string, max: number): string {
   const s = replaceUnprintable(text, () => "?");
-  // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
-  if (s.length <= 42) return s;
-  let b = Buffer.from(s, "utf8");
-  if (b.length <= 128) return s;
-  b = b.subarray(0, 128);
-  return new TextDecoder().decode(b).replace(/\uFFFD+$/, "");
+  // A string of at most max/3 UTF-16 units is at most max UTF-8 bytes: the usual case, no copy.
+  if (s.length <= max / 3) return s;
+  const b = Buffer.from(s, "utf8");
+  if (b.length <= max) return s;
+  return new TextDecoder().decode(b.subarray(0, max)).replace(/\uFFFD+$/, "");
+}
+
+/** Longest part of a request id kept in the execution label (JSON-RPC lets a host send any string). */
+const MAX_ID_BYTES = 40;
+
+/**
+ * What comes before the request id in a call's `context.execution` (a `label(128)`):
+ * `mcp[s<n>]:<name>/<version>#`. The tag `s<n>` is the gateway's own, one per host session, so
+ * the record tells host sessions apart whatever they call themselves; the name and version are
+ * what the host announced, clipped so that the tag and a request id of up to
+ * {@link MAX_ID_BYTES} always fit; control and bidirectional formatting characters become `?`
+ * (a host names itself, and a name the protocol refuses must not fail its calls).
+ */
+export function executionPrefix(tag: string, host: { name: string; version: string } | undefined): string {
+  const head = `mcp[${tag}]:`;
+  const who = host ? `${host.name}/${host.version}` : "unknown/?";
+  return `${head + clip(who, 128 - Buffer.byteLength(head) - 1 - MAX_ID_BYTES)}#`;
 }
 
 /**
@@ -175,6 +188,8 @@ export class McpGateway {
   /** Kernel refusals drawn by host sessions refused lately, all together. */
   private readonly refusals: RefusalBucket;
   private readonly refusalRates = new WeakMap<Server, RefusalRate>();
+  /** Host sessions created so far: each has its own tag in the execution label (`mcp[s<n>]:`). */
+  private sessionTags = 0;
 
   private constructor(
     readonly client: KernelClient,
@@ -329,14 +344,15 @@ export class McpGateway {
       run(extra.requestId, async () => ({ tools: [...this.tools.values()].map((t) => t.tool) })),
     );
     // The host's name and version are fixed once it has initialized: built once, not per call.
+    const tag = `s${++this.sessionTags}`;
     let prefix: string | undefined;
     const execution = (requestId: string | number) => {
       if (prefix === undefined) {
         const host = server.getClientVersion();
-        if (!host) return clip(`mcp:unknown/?#${String(requestId)}`);
-        prefix = `mcp:${host.name}/${host.version}#`;
+        if (!host) return executionPrefix(tag, undefined) + clip(String(requestId), MAX_ID_BYTES);
+        prefix = executionPrefix(tag, host);
       }
-      return clip(prefix + String(requestId));
+      return prefix + clip(String(requestId), MAX_ID_BYTES);
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
       const ctx: ToolCallContext = {

@@ -297,7 +297,39 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await host.end();
       const rec = (await k.audit("hank")).find((x) => x.op === "storage.write" && x.target === "obj://ws1/named");
       assert.ok(rec, "the write is on the record");
-      assert.match(String(rec.execution), /^mcp:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
+      assert.match(String(rec.execution), /^mcp\[s\d+\]:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("tells host sessions apart in the record whatever they call themselves; a long name is clipped, never the tag or the request id", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const write = (h: Client, target: string) =>
+        h.callTool({ name: "storage_write", arguments: { target, args: { data: "x" } } });
+      const honest = await connect(http, { name: "same-host", version: "1" });
+      const twin = await connect(http, { name: "same-host", version: "1" });
+      const long = await connect(http, { name: "x".repeat(140), version: "1" });
+      await write(honest, "obj://ws1/label/a");
+      await write(twin, "obj://ws1/label/b");
+      await write(long, "obj://ws1/label/c");
+      await write(long, "obj://ws1/label/d");
+      const rows = await k.audit("hank");
+      const label = (target: string) => String(rows.find((x) => x.op === "storage.write" && x.target === target)?.execution);
+      const [a, b, c, d] = ["a", "b", "c", "d"].map((x) => label(`obj://ws1/label/${x}`)) as [string, string, string, string];
+      const tag = (s: string) => /^mcp\[(s\d+)\]:/.exec(s)?.[1];
+      assert.match(a, /^mcp\[s\d+\]:same-host\/1#\d+$/);
+      assert.match(b, /^mcp\[s\d+\]:same-host\/1#\d+$/);
+      assert.notEqual(tag(a), tag(b), `two sessions calling themselves the same: ${a} / ${b}`);
+      // The long name is clipped; the tag and each call's request id are kept, within 128 bytes.
+      for (const s of [c, d]) {
+        assert.ok(Buffer.byteLength(s) <= 128, s);
+        assert.match(s, /^mcp\[s\d+\]:x+#\d+$/);
+      }
+      assert.equal(tag(c), tag(d));
+      assert.notEqual(c, d, "each call its own request id");
+      for (const h of [honest, twin, long]) await h.end();
     } finally {
       await http.close();
     }
