@@ -26,6 +26,7 @@ import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
 import {
   DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST,
   DEFAULT_MAX_TOTAL_CALLS,
   DEFAULT_MAX_TOTAL_UNREAD_BYTES,
   DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
@@ -77,6 +78,12 @@ export interface GatewayOptions {
    * (default 10, bursts 5×: under the kernel's default refusal rate of 20 a second per session).
    */
   maxTotalRefusals?: number;
+  /**
+   * Most kernel watches one host session may hold that no other host session holds (default 32:
+   * an eighth of the kernel's default 256 per session, which all hosts share); past it
+   * resources/subscribe gets HOST_BUSY before the kernel is asked.
+   */
+  maxSubscriptionsPerHost?: number;
 }
 
 interface ToolEntry {
@@ -209,7 +216,11 @@ export class McpGateway {
     );
     this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
     this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
-    this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
+    this.watches = new ResourceWatches(
+      client,
+      (s) => this.outlets.get(s),
+      positive("maxSubscriptionsPerHost", opts.maxSubscriptionsPerHost, DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST),
+    );
   }
 
   /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */

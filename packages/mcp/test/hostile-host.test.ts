@@ -264,6 +264,39 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("bounds the kernel watches one host session holds alone: past it HOST_BUSY before the kernel is asked; others subscribe, a shared watch takes no slot", async () => {
+    assert.equal(gw.gateway.watches.maxPerHost, 32, "the default: an eighth of the kernel's default 256");
+    const own = await gatewayOn(k, files, { maxSubscriptionsPerHost: 3 });
+    const http = await serveHttp(own.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const a = await connect(http);
+      const b = await connect(http);
+      await b.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      for (let i = 0; i < 3; i++) await a.subscribeResource({ uri: `obj://ws1/bound/a${i}` });
+      const e = await mcpError(a.subscribeResource({ uri: "obj://ws1/bound/a3" }));
+      assert.equal(e.code, HOST_BUSY);
+      assert.match(e.message, /holds 3 subscriptions no other host session shares \(the gateway's limit is 3\): unsubscribe/);
+      assert.deepEqual(e.data, { retryable: true });
+      const watched = (await k.audit("hank")).filter((r) => r.op === "storage.watch").map((r) => r.target);
+      assert.ok(watched.includes("obj://ws1/bound/a2") && !watched.includes("obj://ws1/bound/a3"), "the kernel is never asked");
+      // A watch another session holds takes no slot of the kernel session: joined; a repeat holds nothing more.
+      await a.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      await a.subscribeResource({ uri: "obj://ws1/bound/a0" });
+      // b holds nothing alone now: its own three go through (7 of the kernel session's 8 slots).
+      for (let i = 0; i < 3; i++) await b.subscribeResource({ uri: `obj://ws1/bound/b${i}` });
+      // Unsubscribing frees a place.
+      await a.unsubscribeResource({ uri: "obj://ws1/bound/a0" });
+      await a.subscribeResource({ uri: "obj://ws1/bound/a3" });
+      assert.equal(own.gateway.watches.uris.length, 7);
+      await a.end();
+      await b.end();
+      await until(() => own.gateway.watches.uris.length === 0, 30_000, "the hosts' watches released");
+    } finally {
+      await http.close();
+      await own.close();
+    }
+  });
+
   it("offers no event subscription as a tool: its slots would outlive the host session, its events reach no host", async () => {
     const names = gw.gateway.toolNames;
     assert.ok(names.includes("event_emit"), names.join(", "));
