@@ -1,10 +1,8 @@
 import type { KernelClient } from "@kpip/client";
 import {
   BUILTIN_FAMILIES,
-  CborError,
   type CborMap,
   DEFAULT_LIMITS,
-  IntentError,
   KpipError,
   type Response,
   replaceUnprintable,
@@ -28,6 +26,7 @@ import { opTable } from "./describe.js";
 import { GrantView } from "./grant.js";
 import {
   DEFAULT_MAX_CALLS_PER_SESSION,
+  DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST,
   DEFAULT_MAX_TOTAL_CALLS,
   DEFAULT_MAX_TOTAL_UNREAD_BYTES,
   DEFAULT_MAX_UNREAD_BYTES_PER_SESSION,
@@ -41,7 +40,7 @@ import {
   RefusalRate,
 } from "./host-budget.js";
 import { listResources, readResource } from "./resources.js";
-import { answerToResult, localFailure } from "./results.js";
+import { answerToResult, inputRefusal, localFailure } from "./results.js";
 import { InputError, inputSchema, type OpDecl, parseToolArgs, toolDescription } from "./schema.js";
 import { type NoticeOutlet, ResourceWatches } from "./watches.js";
 
@@ -79,6 +78,12 @@ export interface GatewayOptions {
    * (default 10, bursts 5×: under the kernel's default refusal rate of 20 a second per session).
    */
   maxTotalRefusals?: number;
+  /**
+   * Most kernel watches one host session may hold that no other host session holds (default 32:
+   * an eighth of the kernel's default 256 per session, which all hosts share); past it
+   * resources/subscribe gets HOST_BUSY before the kernel is asked.
+   */
+  maxSubscriptionsPerHost?: number;
 }
 
 interface ToolEntry {
@@ -138,18 +143,31 @@ function toolName(op: string, taken: Set<string>): string {
   return taken.has(n) ? op.replaceAll(".", "-") : n;
 }
 
-/**
- * At most 128 UTF-8 bytes, no control or bidirectional formatting character (context.execution is
- * a `label(128)`): a host names itself, and a name the protocol refuses must not fail its calls.
- */
-function clip(text: string): string {
+/** `text` in at most `max` UTF-8 bytes, never cut inside a character, control and bidirectional formatting characters as `?`. */
+function clip(text: string, max: number): string {
   const s = replaceUnprintable(text, () => "?");
-  // A string of at most 42 UTF-16 units is at most 126 UTF-8 bytes: the usual case, no copy.
-  if (s.length <= 42) return s;
-  let b = Buffer.from(s, "utf8");
-  if (b.length <= 128) return s;
-  b = b.subarray(0, 128);
-  return new TextDecoder().decode(b).replace(/\uFFFD+$/, "");
+  // A string of at most max/3 UTF-16 units is at most max UTF-8 bytes: the usual case, no copy.
+  if (s.length <= max / 3) return s;
+  const b = Buffer.from(s, "utf8");
+  if (b.length <= max) return s;
+  return new TextDecoder().decode(b.subarray(0, max)).replace(/\uFFFD+$/, "");
+}
+
+/** Longest part of a request id kept in the execution label (JSON-RPC lets a host send any string). */
+const MAX_ID_BYTES = 40;
+
+/**
+ * What comes before the request id in a call's `context.execution` (a `label(128)`):
+ * `mcp[s<n>]:<name>/<version>#`. The tag `s<n>` is the gateway's own, one per host session, so
+ * the record tells host sessions apart whatever they call themselves; the name and version are
+ * what the host announced, clipped so that the tag and a request id of up to
+ * {@link MAX_ID_BYTES} always fit; control and bidirectional formatting characters become `?`
+ * (a host names itself, and a name the protocol refuses must not fail its calls).
+ */
+export function executionPrefix(tag: string, host: { name: string; version: string } | undefined): string {
+  const head = `mcp[${tag}]:`;
+  const who = host ? `${host.name}/${host.version}` : "unknown/?";
+  return `${head + clip(who, 128 - Buffer.byteLength(head) - 1 - MAX_ID_BYTES)}#`;
 }
 
 /**
@@ -177,6 +195,8 @@ export class McpGateway {
   /** Kernel refusals drawn by host sessions refused lately, all together. */
   private readonly refusals: RefusalBucket;
   private readonly refusalRates = new WeakMap<Server, RefusalRate>();
+  /** Host sessions created so far: each has its own tag in the execution label (`mcp[s<n>]:`). */
+  private sessionTags = 0;
 
   private constructor(
     readonly client: KernelClient,
@@ -196,7 +216,11 @@ export class McpGateway {
     );
     this.maxRefusalsPerSession = positive("maxRefusalsPerSession", opts.maxRefusalsPerSession, DEFAULT_REFUSALS_PER_SESSION);
     this.refusals = new RefusalBucket(positive("maxTotalRefusals", opts.maxTotalRefusals, DEFAULT_TOTAL_REFUSALS));
-    this.watches = new ResourceWatches(client, (s) => this.outlets.get(s));
+    this.watches = new ResourceWatches(
+      client,
+      (s) => this.outlets.get(s),
+      positive("maxSubscriptionsPerHost", opts.maxSubscriptionsPerHost, DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST),
+    );
   }
 
   /** Reads the kernel's op table (the token must allow system.describe on kernel://) and builds the tools. */
@@ -331,14 +355,15 @@ export class McpGateway {
       run(extra.requestId, async () => ({ tools: [...this.tools.values()].map((t) => t.tool) })),
     );
     // The host's name and version are fixed once it has initialized: built once, not per call.
+    const tag = `s${++this.sessionTags}`;
     let prefix: string | undefined;
     const execution = (requestId: string | number) => {
       if (prefix === undefined) {
         const host = server.getClientVersion();
-        if (!host) return clip(`mcp:unknown/?#${String(requestId)}`);
-        prefix = `mcp:${host.name}/${host.version}#`;
+        if (!host) return executionPrefix(tag, undefined) + clip(String(requestId), MAX_ID_BYTES);
+        prefix = executionPrefix(tag, host);
       }
-      return clip(prefix + String(requestId));
+      return prefix + clip(String(requestId), MAX_ID_BYTES);
     };
     server.setRequestHandler(CallToolRequestSchema, (req, extra) => {
       const ctx: ToolCallContext = {
@@ -421,8 +446,8 @@ export class McpGateway {
     } catch (e) {
       // The client checks the intent before it is sent (a target with "..", a value it cannot
       // encode): the host's input, refused as such; the kernel never saw it.
-      if (e instanceof IntentError || e instanceof CborError)
-        throw new McpError(ErrorCode.InvalidParams, `${name}: ${e.message}`);
+      const refused = inputRefusal(e, name);
+      if (refused) throw refused;
       return localFailure(e);
     }
     if (r.status === "DEFERRED") return followDeferred(this, r, ctx);

@@ -10,6 +10,13 @@ export const DEFAULT_MAX_TOTAL_CALLS = 256;
 export const DEFAULT_MAX_TOTAL_UNREAD_BYTES = 256 * 1024 * 1024;
 
 /**
+ * Default bound on the kernel watches one host session alone holds (GatewayOptions.maxSubscriptionsPerHost):
+ * every host's resources/subscribe shares the gateway's one kernel session, whose default
+ * bound is 256 (`maxSubscriptionsPerSession`); one host session may take an eighth of it.
+ */
+export const DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST = 32;
+
+/**
  * The MCP error of a call refused because its host session is at a bound: retryable once the
  * host has read its answers (JSON-RPC leaves -32000..-32099 to servers; -32029 echoes HTTP 429).
  */

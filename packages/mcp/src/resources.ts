@@ -1,4 +1,4 @@
-import type { KernelClient, OpResponse } from "@kpip/client";
+import { type KernelClient, KernelUnavailableError, type OpResponse } from "@kpip/client";
 import { type ArgsOf, type OpDefinition, storageList, storageRead } from "@kpip/protocol";
 import {
   ErrorCode,
@@ -8,6 +8,7 @@ import {
   type Resource,
 } from "@modelcontextprotocol/sdk/types.js";
 import { kernelRefusal } from "./host-budget.js";
+import { inputRefusal } from "./results.js";
 import { asText } from "./schema.js";
 
 const PAGE = 100;
@@ -40,7 +41,14 @@ async function ask<D extends OpDefinition>(
   try {
     return await client.opRequest(def, target, args, { execution });
   } catch (e) {
-    throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${(e as Error).message}`);
+    // The client refuses some input before sending it: the host's, as for a tool call (case 299).
+    throw (
+      inputRefusal(e, def.op) ??
+      new McpError(
+        ErrorCode.InternalError,
+        e instanceof KernelUnavailableError ? `the kernel is unavailable: ${e.message}` : `${def.op}: ${(e as Error).message}`,
+      )
+    );
   }
 }
 

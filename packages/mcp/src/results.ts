@@ -1,6 +1,6 @@
 import { KernelUnavailableError, LocalError } from "@kpip/client";
-import type { CborValue, Response } from "@kpip/protocol";
-import type { CallToolResult } from "@modelcontextprotocol/sdk/types.js";
+import { CborError, type CborValue, IntentError, type Response } from "@kpip/protocol";
+import { type CallToolResult, ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
 import { asText, byteStrings, toJson } from "./schema.js";
 
 /** Byte strings larger than this are left out of the JSON text (they are in the embedded resource). */
@@ -53,4 +53,14 @@ export function localFailure(e: unknown): CallToolResult {
   }
   if (e instanceof LocalError) return failureResult(e.name.replace(/Error$/, "").toUpperCase(), e.message);
   throw e;
+}
+
+/**
+ * The client's refusal of the host's input before anything was sent (a target with "..", a
+ * space or over 2048 bytes, a value it cannot encode), as -32602 InvalidParams naming the
+ * problem; undefined for anything else. The kernel never saw such a request.
+ */
+export function inputRefusal(e: unknown, what: string): McpError | undefined {
+  if (e instanceof IntentError || e instanceof CborError) return new McpError(ErrorCode.InvalidParams, `${what}: ${e.message}`);
+  return undefined;
 }

@@ -2,7 +2,8 @@ import { type KernelClient, KernelUnavailableError } from "@kpip/client";
 import { KpipError } from "@kpip/protocol";
 import type { Server } from "@modelcontextprotocol/sdk/server/index.js";
 import { ErrorCode, McpError } from "@modelcontextprotocol/sdk/types.js";
-import { kernelRefusal } from "./host-budget.js";
+import { DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST, HOST_BUSY, kernelRefusal } from "./host-budget.js";
+import { inputRefusal } from "./results.js";
 
 type Watch = Awaited<ReturnType<KernelClient["watch"]>>;
 
@@ -48,6 +49,12 @@ interface Entry {
  * notification is being written and one more is owed (changes in between are one update: a
  * host re-reads the resource anyway), and none is written while the host's stream is backed
  * up (a host that never reads it would otherwise have every change queued for it).
+ *
+ * Every host shares the gateway's one kernel session and its bound on watches: a host session
+ * may hold at most `maxPerHost` watches no other host session holds (being made included), so
+ * one host cannot take every slot and leave the others none. Past it, a subscription that
+ * needs a new kernel watch is refused with HOST_BUSY before the kernel is asked; joining a
+ * watch another session holds takes no slot and is not refused.
  */
 export class ResourceWatches {
   private readonly byUri = new Map<string, Entry>();
@@ -61,12 +68,32 @@ export class ResourceWatches {
     private readonly client: KernelClient,
     /** The outlet of a session's notices, when its transport has one that can back up (HTTP). */
     private readonly outletOf: (server: Server) => NoticeOutlet | undefined = () => undefined,
+    /** Most kernel watches one session may hold alone (GatewayOptions.maxSubscriptionsPerHost). */
+    readonly maxPerHost: number = DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST,
   ) {}
+
+  /** The kernel watches `server` holds and no other session does, and those it is making. */
+  private heldAlone(server: Server): number {
+    let n = this.pending.get(server)?.size ?? 0;
+    for (const e of this.byUri.values()) if (e.servers.size === 1 && e.servers.has(server)) n++;
+    return n;
+  }
 
   async subscribe(server: Server, uri: string, execution: string): Promise<void> {
     if (!uri.startsWith("obj://") || uri.includes("*"))
       throw new McpError(ErrorCode.InvalidParams, `only an object's obj:// URI can be subscribed to, not ${uri}`);
     if (this.ended.has(server)) return;
+    // A subscription that joins a watch some session holds takes no slot of the kernel session.
+    const joins = (this.byUri.get(uri)?.servers.size ?? 0) > 0;
+    if (!joins) {
+      const n = this.heldAlone(server);
+      if (n >= this.maxPerHost)
+        throw new McpError(
+          HOST_BUSY,
+          `this host session holds ${n} subscriptions no other host session shares (the gateway's limit is ${this.maxPerHost}): unsubscribe from one, then retry`,
+          { retryable: true },
+        );
+    }
     // The kernel watch is made while the session may end or unsubscribe: they cancel the
     // ticket, and a watch nobody holds once it is made is released, never left to the kernel.
     const ticket: Ticket = { uri, cancelled: false };
@@ -135,7 +162,7 @@ export class ResourceWatches {
       if (e instanceof KpipError) throw kernelRefusal(new McpError(ErrorCode.InvalidParams, `${e.errorClass}: ${e.message}`));
       if (e instanceof KernelUnavailableError)
         throw new McpError(ErrorCode.InternalError, `the kernel is unavailable: ${e.message}`);
-      throw e;
+      throw inputRefusal(e, "resources/subscribe") ?? e;
     }
     const entry: Entry = { watch, servers: new Set(), sending: new Map() };
     this.byUri.set(uri, entry);

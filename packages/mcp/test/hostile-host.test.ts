@@ -264,6 +264,39 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("bounds the kernel watches one host session holds alone: past it HOST_BUSY before the kernel is asked; others subscribe, a shared watch takes no slot", async () => {
+    assert.equal(gw.gateway.watches.maxPerHost, 32, "the default: an eighth of the kernel's default 256");
+    const own = await gatewayOn(k, files, { maxSubscriptionsPerHost: 3 });
+    const http = await serveHttp(own.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const a = await connect(http);
+      const b = await connect(http);
+      await b.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      for (let i = 0; i < 3; i++) await a.subscribeResource({ uri: `obj://ws1/bound/a${i}` });
+      const e = await mcpError(a.subscribeResource({ uri: "obj://ws1/bound/a3" }));
+      assert.equal(e.code, HOST_BUSY);
+      assert.match(e.message, /holds 3 subscriptions no other host session shares \(the gateway's limit is 3\): unsubscribe/);
+      assert.deepEqual(e.data, { retryable: true });
+      const watched = (await k.audit("hank")).filter((r) => r.op === "storage.watch").map((r) => r.target);
+      assert.ok(watched.includes("obj://ws1/bound/a2") && !watched.includes("obj://ws1/bound/a3"), "the kernel is never asked");
+      // A watch another session holds takes no slot of the kernel session: joined; a repeat holds nothing more.
+      await a.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      await a.subscribeResource({ uri: "obj://ws1/bound/a0" });
+      // b holds nothing alone now: its own three go through (7 of the kernel session's 8 slots).
+      for (let i = 0; i < 3; i++) await b.subscribeResource({ uri: `obj://ws1/bound/b${i}` });
+      // Unsubscribing frees a place.
+      await a.unsubscribeResource({ uri: "obj://ws1/bound/a0" });
+      await a.subscribeResource({ uri: "obj://ws1/bound/a3" });
+      assert.equal(own.gateway.watches.uris.length, 7);
+      await a.end();
+      await b.end();
+      await until(() => own.gateway.watches.uris.length === 0, 30_000, "the hosts' watches released");
+    } finally {
+      await http.close();
+      await own.close();
+    }
+  });
+
   it("offers no event subscription as a tool: its slots would outlive the host session, its events reach no host", async () => {
     const names = gw.gateway.toolNames;
     assert.ok(names.includes("event_emit"), names.join(", "));
@@ -297,7 +330,39 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       await host.end();
       const rec = (await k.audit("hank")).find((x) => x.op === "storage.write" && x.target === "obj://ws1/named");
       assert.ok(rec, "the write is on the record");
-      assert.match(String(rec.execution), /^mcp:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
+      assert.match(String(rec.execution), /^mcp\[s\d+\]:evil\?status {7}SUCCESS\?\[8m\/1\?#/);
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("tells host sessions apart in the record whatever they call themselves; a long name is clipped, never the tag or the request id", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const write = (h: Client, target: string) =>
+        h.callTool({ name: "storage_write", arguments: { target, args: { data: "x" } } });
+      const honest = await connect(http, { name: "same-host", version: "1" });
+      const twin = await connect(http, { name: "same-host", version: "1" });
+      const long = await connect(http, { name: "x".repeat(140), version: "1" });
+      await write(honest, "obj://ws1/label/a");
+      await write(twin, "obj://ws1/label/b");
+      await write(long, "obj://ws1/label/c");
+      await write(long, "obj://ws1/label/d");
+      const rows = await k.audit("hank");
+      const label = (target: string) => String(rows.find((x) => x.op === "storage.write" && x.target === target)?.execution);
+      const [a, b, c, d] = ["a", "b", "c", "d"].map((x) => label(`obj://ws1/label/${x}`)) as [string, string, string, string];
+      const tag = (s: string) => /^mcp\[(s\d+)\]:/.exec(s)?.[1];
+      assert.match(a, /^mcp\[s\d+\]:same-host\/1#\d+$/);
+      assert.match(b, /^mcp\[s\d+\]:same-host\/1#\d+$/);
+      assert.notEqual(tag(a), tag(b), `two sessions calling themselves the same: ${a} / ${b}`);
+      // The long name is clipped; the tag and each call's request id are kept, within 128 bytes.
+      for (const s of [c, d]) {
+        assert.ok(Buffer.byteLength(s) <= 128, s);
+        assert.match(s, /^mcp\[s\d+\]:x+#\d+$/);
+      }
+      assert.equal(tag(c), tag(d));
+      assert.notEqual(c, d, "each call its own request id");
+      for (const h of [honest, twin, long]) await h.end();
     } finally {
       await http.close();
     }
@@ -802,6 +867,27 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
         [],
         "no request reached the kernel",
       );
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("answers a resource URI the client refuses (.., a space, over 2048 bytes) with InvalidParams; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const asked = async () => (await k.audit("hank")).filter((r) => r.op === "storage.read" || r.op === "storage.watch").length;
+      const before = await asked();
+      for (const uri of ["obj://ws1/../ws2/x", "obj://ws1/a b", `obj://ws1/${"a/".repeat(1100)}x`]) {
+        const read = await mcpError(host.readResource({ uri }));
+        assert.equal(read.code, ErrorCode.InvalidParams, `read ${uri.slice(0, 30)}: ${read.message}`);
+        assert.doesNotMatch(read.message, /unavailable/);
+        const sub = await mcpError(host.subscribeResource({ uri }));
+        assert.equal(sub.code, ErrorCode.InvalidParams, `subscribe ${uri.slice(0, 30)}: ${sub.message}`);
+      }
+      assert.equal(await asked(), before, "no request reached the kernel");
+      assert.deepEqual(gw.gateway.watches.uris, []);
       await host.end();
     } finally {
       await http.close();

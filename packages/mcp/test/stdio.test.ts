@@ -216,8 +216,8 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     ]) {
       const mine = rows.filter((r) => r.op === op && r.target === target);
       assert.ok(mine.length > 0, `${op} ${target} is in the audit`);
-      // The gateway sends context.execution = mcp:<host>/<version>#<MCP request id> on every tool call.
-      for (const r of mine) assert.match(String(r.execution), new RegExp(`^mcp:${HOST.name}/${HOST.version}#\\d+$`));
+      // The gateway sends context.execution = mcp[s<n>]:<host>/<version>#<MCP request id> on every tool call.
+      for (const r of mine) assert.match(String(r.execution), new RegExp(`^mcp\\[s1\\]:${HOST.name}/${HOST.version}#\\d+$`));
     }
   });
 

@@ -28,12 +28,14 @@ describe("MCP resource subscriptions backed by kernel storage watches", () => {
   const k = new KernelHome({ maxSubscriptionsPerSession: 4 });
   let alice: Client;
   let carol: Client;
+  let carolFiles: Files;
   let bobFiles: Files;
   before(async () => {
     await k.start();
     // alice and carol are MCP hosts reading their own workspaces; bob writes both.
     alice = await stdioHost(k, await k.persona("alice", READER("ws1")));
-    carol = await stdioHost(k, await k.persona("carol", READER("ws2")));
+    carolFiles = await k.persona("carol", READER("ws2"));
+    carol = await stdioHost(k, carolFiles);
     bobFiles = await k.persona("bob", [{ ops: ["storage.write", "storage.delete"], targets: ["obj://ws1/**", "obj://ws2/**"] }]);
   });
   after(async () => {
@@ -122,6 +124,23 @@ describe("MCP resource subscriptions backed by kernel storage watches", () => {
     await carol.unsubscribeResource({ uri: "obj://ws2/many/0" });
     await carol.subscribeResource({ uri: "obj://ws2/many/4" });
     for (let i = 1; i < 5; i++) await carol.unsubscribeResource({ uri: `obj://ws2/many/${i}` });
+  });
+
+  it("kpip mcp --max-subscriptions bounds the watches one host session holds: one more is HOST_BUSY before the kernel is asked", async () => {
+    const host = await stdioHost(k, carolFiles, ["--max-subscriptions", "2"]);
+    try {
+      await host.subscribeResource({ uri: "obj://ws2/own/0" });
+      await host.subscribeResource({ uri: "obj://ws2/own/1" });
+      const e = await mcpError(host.subscribeResource({ uri: "obj://ws2/own/2" }));
+      assert.equal(e.code, -32029);
+      assert.match(e.message, /holds 2 subscriptions no other host session shares \(the gateway's limit is 2\)/);
+      const watched = (await k.audit("carol")).filter((r) => r.op === "storage.watch").map((r) => r.target);
+      assert.ok(watched.includes("obj://ws2/own/1") && !watched.includes("obj://ws2/own/2"), watched.join(", "));
+      await host.unsubscribeResource({ uri: "obj://ws2/own/0" });
+      await host.subscribeResource({ uri: "obj://ws2/own/2" });
+    } finally {
+      await host.close();
+    }
   });
 
   it("offers watches as resources/subscribe, not as tools, even when the token grants storage.*", async () => {

@@ -18,7 +18,7 @@ export const mcpCommand: Command = {
   name: "mcp",
   summary: "serve MCP (stdio or loopback HTTP) as one persona: tools are the ops its token allows",
   usage:
-    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] [--max-refusals N] [--max-total-refusals N] (stdout carries MCP over stdio)",
+    "kpip mcp --identity F --token @FILE [--http 127.0.0.1:PORT --bearer @FILE] [--max-args-bytes N] [--max-calls N] [--max-unread-bytes N] [--max-total-calls N] [--max-total-unread-bytes N] [--max-refusals N] [--max-total-refusals N] [--max-subscriptions N] (stdout carries MCP over stdio)",
   example: "kpip mcp --identity ~/.kpip/alice.identity --token @alice.token",
   options: {
     ...CONNECT_OPTIONS,
@@ -77,6 +77,11 @@ export const mcpCommand: Command = {
       description:
         "kernel refusals a second the host sessions refused lately may draw together (bursts 5x); keep it under the kernel's auditRefusalRate (default 10)",
     },
+    "max-subscriptions": {
+      type: "string",
+      description:
+        "most kernel watches one host session may hold that no other holds (resources/subscribe; all hosts share the kernel session's maxSubscriptionsPerSession); past it -32029 (default 32)",
+    },
   },
   async run(v, pos) {
     if (pos.length) throw new UsageError(`unexpected arguments: ${pos.join(" ")}`);
@@ -98,6 +103,7 @@ export const mcpCommand: Command = {
     const maxTotalUnreadBytes = positive("max-total-unread-bytes");
     const maxRefusalsPerSession = positive("max-refusals");
     const maxTotalRefusals = positive("max-total-refusals");
+    const maxSubscriptionsPerHost = positive("max-subscriptions");
     const listen = v.http === undefined ? undefined : parseListen(v.http as string);
     for (const flag of ["max-sessions", "max-total-body-bytes", "body-timeout-ms", "max-connections", "max-batch"])
       if (v[flag] !== undefined && listen === undefined) throw new UsageError(`--${flag} goes with --http`);
@@ -136,6 +142,7 @@ export const mcpCommand: Command = {
         ...(maxTotalUnreadBytes === undefined ? {} : { maxTotalUnreadBytes }),
         ...(maxRefusalsPerSession === undefined ? {} : { maxRefusalsPerSession }),
         ...(maxTotalRefusals === undefined ? {} : { maxTotalRefusals }),
+        ...(maxSubscriptionsPerHost === undefined ? {} : { maxSubscriptionsPerHost }),
       });
       const what = `persona ${client.persona}, ${gateway.toolNames.length} tools`;
       if (listen && bearer !== undefined) {
