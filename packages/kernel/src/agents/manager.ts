@@ -62,7 +62,9 @@ interface Live {
   persona: string;
   out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
   timer: NodeJS.Timeout;
-  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed";
+  /** The agent's own token (its id and chain): a revocation covering it kills the agent. */
+  token: { id: string; chain: string[] };
+  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked";
 }
 
 /**
@@ -232,7 +234,14 @@ export class AgentManager {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    const live: Live = { child, launch, persona, out, timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime) };
+    const live: Live = {
+      child,
+      launch,
+      persona,
+      out,
+      timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
+      token: { id: token.claims.id, chain: token.claims.chain },
+    };
     live.timer.unref();
     this.live.set(id, live);
     this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") });
@@ -335,6 +344,23 @@ export class AgentManager {
     for (const [id, live] of this.live) {
       if (!live.killedBy && !this.store.getPersona(live.persona)) {
         this.killLive(id, "persona removed");
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * The revocation fan-out's part here: kills every running agent whose token `isRevoked` covers
+   * (its own, or one it was minted from: the spawner's token it was spawned under, and that
+   * token's ancestors and refresh family). Its token no longer reaches the kernel; its process
+   * ends too, on the record (`agent.exited`, killedBy "token revoked"). Returns how many.
+   */
+  killRevoked(isRevoked: (t: { id: string; chain: string[] }) => boolean): number {
+    let n = 0;
+    for (const [id, live] of this.live) {
+      if (!live.killedBy && isRevoked(live.token)) {
+        this.killLive(id, "token revoked");
         n++;
       }
     }

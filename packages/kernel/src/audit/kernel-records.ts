@@ -49,7 +49,8 @@ export class KernelRecords {
       target: `op://${op.id}`,
       persona: op.persona,
       session: op.session,
-      ...(op.message && (state === "failed" || state === "interrupted") ? { message: op.message } : {}),
+      // Why it ended, when not by itself: a cancelled op's message says who (the persona, or a revocation of its authority).
+      ...(op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? { message: op.message } : {}),
       detail: { op: op.id, state, from, ...(op.errorClass ? { errorClass: op.errorClass } : {}) },
     });
   }

@@ -23,8 +23,8 @@ export class Revocations {
     for (const [id, seq] of store.revocationSeqs()) this.remember(id, seq);
   }
 
-  /** Is the grant's token, or any token up its chain, revoked? */
-  covers(g: Grant): boolean {
+  /** Is the grant's token, or any token up its chain, revoked? (A token's id and chain are enough.) */
+  covers(g: Pick<Grant, "id" | "chain">): boolean {
     return this.ids.has(g.id) || g.chain.some((id) => this.ids.has(id));
   }
 
@@ -59,18 +59,33 @@ export class Revocations {
   }
 
   /**
-   * Revokes `id`. Returns whether it was newly revoked and every token the revocation ended:
-   * the id itself and each unexpired token (minted, refreshed, or derived and seen this run)
-   * descending from it that was still usable — what the audit record of the revocation lists.
+   * Revokes `id` and, with `family` (the default), its whole refresh family: the token its
+   * refreshes started from (the family's root), whose id every copy's chain names, so every copy
+   * and everything derived from any copy ends with it (PROTOCOL §13.1). Returns whether anything
+   * was newly revoked, every token the revocation ended — the id itself and each unexpired token
+   * (minted, refreshed, or derived and seen this run) descending from it or from the root that
+   * was still usable, what the audit record of the revocation lists — and the root when it was
+   * revoked with `id`.
    */
-  revoke(id: string, by: string, now: number): { changed: boolean; ended: string[] } {
-    return this.revokeWith(
+  revoke(id: string, by: string, now: number, family = true): { changed: boolean; ended: string[]; root?: string } {
+    const own = this.revokeWith(
       id,
       by,
       now,
       () => this.store.tokensDerivedFrom(id),
       () => this.seenUnder(id),
     );
+    const root = family ? this.store.getToken(id)?.copyOf : undefined;
+    if (root === undefined || root === id) return own;
+    // After `id`: what descends from it is already listed (and not usable any more), each once.
+    const rest = this.revokeWith(
+      root,
+      by,
+      now,
+      () => this.store.tokensDerivedFrom(root),
+      () => this.seenUnder(root),
+    );
+    return { changed: own.changed || rest.changed, ended: [...own.ended, ...rest.ended], ...(rest.changed ? { root } : {}) };
   }
 
   /**
@@ -80,8 +95,10 @@ export class Revocations {
    * tree's removal revokes a token per persona.
    */
   revokeAll(ids: readonly string[], by: string, now: number): { changed: number; ended: string[] } {
+    // No refresh family is widened here: every copy has its root's subject, so a persona's
+    // removal (revoking by subject) names every copy of its families already.
     if (ids.length === 1) {
-      const r = this.revoke(ids[0] as string, by, now);
+      const r = this.revoke(ids[0] as string, by, now, false);
       return { changed: r.changed ? 1 : 0, ended: r.ended };
     }
     const derived = this.store.tokensDerivedFromAny(ids);

@@ -148,6 +148,8 @@ export class TokenService {
       createdAt: now,
       // A refreshed copy stays in its family: it shares the rate bucket (and the ledger's key).
       family: old?.family ?? c.id,
+      // ...and in its refresh family: revoking any copy ends them all (Revocations.revoke).
+      copyOf: old?.copyOf ?? c.id,
       // ...and is held to the same limits of the tokens it came from.
       ...(old?.bounds ? { bounds: old.bounds } : {}),
     });
@@ -155,11 +157,13 @@ export class TokenService {
   }
 
   /**
-   * Revokes a token id (and so every token minted from it); effective at once for every handle.
-   * Returns whether it was newly revoked and every token it ended ({@link Revocations.revoke}).
+   * Revokes a token id (and so every token minted from it) and, with `family`, every refreshed
+   * copy of it and what was minted from them; effective at once for every handle. Returns
+   * whether it was newly revoked, every token it ended, and the family's root when it was
+   * revoked too ({@link Revocations.revoke}).
    */
-  revoke(id: string, by: string): { changed: boolean; ended: string[] } {
-    return this.revoked.revoke(id, by, this.clock());
+  revoke(id: string, by: string, family = true): { changed: boolean; ended: string[]; root?: string } {
+    return this.revoked.revoke(id, by, this.clock(), family);
   }
 
   /** Revokes each of `ids`, as {@link revoke} one by one would, in one pass over the store. */
@@ -184,7 +188,7 @@ export class TokenService {
     this.revoked.noteRecord(id, seq);
   }
 
-  isRevoked(g: Grant): boolean {
+  isRevoked(g: Pick<Grant, "id" | "chain">): boolean {
     return this.revoked.covers(g);
   }
 }

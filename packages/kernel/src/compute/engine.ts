@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
+import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
@@ -65,10 +66,15 @@ export interface CommandGrant {
   network: boolean;
 }
 
+/** Why the kernel stops an op before it ends: op.cancel, its deadline, or a revocation covering its authorizing grant. */
+type StopReason = "cancelled" | "deadline" | "revoked";
+
 interface Running {
   id: string;
   op: OpRecord;
-  cancel(reason: "cancelled" | "deadline"): void;
+  /** The grant that authorized the submit (a revocation covering it cancels the op). */
+  grant: Grant | undefined;
+  cancel(reason: StopReason): void;
   /** A command: settles when its whole process tree has ended. */
   closed?: Promise<void>;
 }
@@ -82,6 +88,10 @@ interface Job {
   op: OpRecord;
   args: CborValue;
   command?: CommandGrant;
+  /** The grant that authorized the submit: its expiry caps the deadline, its revocation cancels the op. */
+  grant: Grant | undefined;
+  /** The deadline is the grant's expiry (it came before every other bound). */
+  expiresWithGrant: boolean;
 }
 
 /**
@@ -139,6 +149,7 @@ export class ComputeEngine {
     args: CborValue,
     deadline: number | undefined,
     command?: CommandGrant,
+    grant?: Grant,
   ): OpRecord {
     this.admitPending(persona);
     if (kind === "command") {
@@ -147,6 +158,12 @@ export class ComputeEngine {
       this.host.processes.admit(persona, command?.grant);
     }
     const now = Date.now();
+    // Never later than maxRuntimeMs (as an agent's lifetime; the config keeps it within one Node
+    // timer): a timeoutMs near 2^53 made a deadline no peer could decode, and one past 2^31 ms
+    // overflowed the timer (killed at once). Nor later than the authorizing grant's expiry: the
+    // op ends with the authority that started it, as an agent's lifetime does (PROTOCOL C.5).
+    const bound = Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs);
+    const expiresWithGrant = grant !== undefined && grant.exp < bound;
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
       persona,
@@ -160,15 +177,12 @@ export class ComputeEngine {
       createdAt: now,
       startedAt: null,
       finishedAt: null,
-      // Never later than maxRuntimeMs (as an agent's lifetime; the config keeps it within one Node
-      // timer): a timeoutMs near 2^53 made a deadline no peer could decode, and one past 2^31 ms
-      // overflowed the timer (killed at once).
-      deadline: Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs),
+      deadline: expiresWithGrant ? grant.exp : bound,
       expiresAt: now + this.opts.resultTtlMs,
     };
     this.store.insertOp(op);
     this.host.recordState?.(op, "created", null);
-    this.queue.push({ op, args, ...(command ? { command } : {}) });
+    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
     this.pump();
     return op;
   }
@@ -215,6 +229,31 @@ export class ComputeEngine {
     return false;
   }
 
+  /**
+   * The revocation fan-out's part here: every op queued or running whose authorizing grant
+   * `isRevoked` covers is cancelled (a running command's sandbox killed, a task's worker
+   * replaced), its outcome CANCELLED with class CAPABILITY saying its authority was revoked.
+   * Returns how many.
+   */
+  cancelRevoked(isRevoked: (g: Grant) => boolean): number {
+    let n = 0;
+    for (let i = 0; i < this.queue.length; ) {
+      const job = this.queue[i] as Job;
+      if (job.grant && isRevoked(job.grant)) {
+        this.queue.splice(i, 1);
+        this.finish(job.op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
+        n++;
+      } else i++;
+    }
+    for (const r of [...this.running.values()]) {
+      if (r.grant && isRevoked(r.grant)) {
+        r.cancel("revoked");
+        n++;
+      }
+    }
+    return n;
+  }
+
   get runningCount(): number {
     return this.running.size;
   }
@@ -255,11 +294,12 @@ export class ComputeEngine {
     this.store.updateOp(op.id, { state: "running", startedAt: op.startedAt });
     this.host.recordState?.(op, "running", "created");
     const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
-    if (op.kind === "command") this.runCommand(op, job.args, remaining, job.command ?? { grant: undefined, network: false });
-    else this.runTask(op, job.args, remaining);
+    if (op.kind === "command") this.runCommand(job, remaining, job.command ?? { grant: undefined, network: false });
+    else this.runTask(job, remaining);
   }
 
-  private runCommand(op: OpRecord, args: CborValue, remainingMs: number, cg: CommandGrant): void {
+  private runCommand(job: Job, remainingMs: number, cg: CommandGrant): void {
+    const { op, args } = job;
     const argv = Array.isArray(args) ? (args as string[]) : [];
     const { sandbox, processes } = this.host;
     let launch: Launch | undefined;
@@ -296,14 +336,14 @@ export class ComputeEngine {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
-    let ended: "cancelled" | "deadline" | "removed" | undefined;
-    const kill = (why: "cancelled" | "deadline" | "removed") => {
+    let ended: StopReason | "removed" | undefined;
+    const kill = (why: StopReason | "removed") => {
       ended ??= why;
       killSandbox(child.pid);
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
-    this.running.set(op.id, { id: op.id, op, cancel: kill, closed });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed });
     processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
@@ -324,6 +364,9 @@ export class ComputeEngine {
         truncated: out.truncated,
       };
       if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
+      else if (ended === "revoked") this.finish(op, "cancelled", result, "CAPABILITY", revokedMessage(job.grant));
+      else if (ended === "deadline" && job.expiresWithGrant)
+        this.finish(op, "failed", result, "CAPABILITY", expiredMessage(job.grant, "the command was killed"));
       else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
       else if (ended === "removed")
         this.finish(op, "failed", result, "PERMISSION", "killed: the persona that started it was removed");
@@ -334,7 +377,8 @@ export class ComputeEngine {
     });
   }
 
-  private runTask(op: OpRecord, args: CborValue, remainingMs: number): void {
+  private runTask(job: Job, remainingMs: number): void {
+    const { op, args } = job;
     const w = this.freeWorker() as PooledWorker;
     const task = this.tasks.get(op.name);
     if (!task) {
@@ -370,15 +414,18 @@ export class ComputeEngine {
       replace();
       this.finish(op, "failed", null, "INTERNAL", `task worker crashed: ${e.message}`);
     };
-    const cancel = (why: "cancelled" | "deadline") => {
+    const cancel = (why: StopReason) => {
       if (settled) return;
       done();
       replace();
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
+      else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
+      else if (job.expiresWithGrant)
+        this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
-    this.running.set(op.id, { id: op.id, op, cancel });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
     w.worker.on("message", onMessage);
     w.worker.on("error", onError);
     w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });
@@ -452,4 +499,14 @@ export class ComputeEngine {
     await Promise.all(this.pool.map((w) => w.worker.terminate()));
     this.pool.length = 0;
   }
+}
+
+/** An op's outcome when a revocation covering its authorizing grant cancelled it. */
+function revokedMessage(g: Grant | undefined): string {
+  return `cancelled: the token that authorized it (${g ? tokenRef(g) : "?"}) was revoked`;
+}
+
+/** An op's outcome when it reached its deadline, its authorizing grant's expiry. */
+function expiredMessage(g: Grant | undefined, what: string): string {
+  return `deadline exceeded: the token that authorized it (${g ? tokenRef(g) : "?"}) expired; ${what}`;
 }

@@ -241,7 +241,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
-    const revoked = () => notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events);
+    // The fan-out reaches the agents and ops started under a revoked capability too (both made
+    // below; it runs only once the kernel serves).
+    const revoked = () => notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events, { agents, compute });
     router.register(tokenFamily(enforcer, tokens, store, revoked, c.adminPersona));
     const compute = new ComputeEngine(
       store,

@@ -2,13 +2,25 @@ import type { Grant } from "@kpip/protocol";
 import type { EventBus } from "../events/bus.js";
 import type { Session } from "../session/session.js";
 
+/** What runs under a capability: agents (by their own token) and DEFERRED ops (by the grant that submitted them). */
+export interface RevocationReach {
+  agents: { killRevoked(isRevoked: (t: Pick<Grant, "id" | "chain">) => boolean): number };
+  compute: { cancelRevoked(isRevoked: (g: Grant) => boolean): number };
+}
+
 /**
  * The revocation fan-out: after tokens are revoked (token.revoke, a persona's removal, the CLI
  * while no kernel answered), every session holding a handle on a revoked grant is told, on its
- * own notice channel (`topic://kernel/tokens/<id>/revoked`), and every subscription a revoked
- * capability authorized ends.
+ * own notice channel (`topic://kernel/tokens/<id>/revoked`), every subscription a revoked
+ * capability authorized ends, every running agent whose token is covered is killed, and every
+ * op queued or running under a covered grant is cancelled (PROTOCOL §13.1).
  */
-export function notifyRevoked(sessions: Iterable<Session>, isRevoked: (g: Grant) => boolean, events: EventBus): void {
+export function notifyRevoked(
+  sessions: Iterable<Session>,
+  isRevoked: (g: Pick<Grant, "id" | "chain">) => boolean,
+  events: EventBus,
+  reach?: RevocationReach,
+): void {
   // Subscriptions and watches the revoked capabilities authorized end now, each with a last EVENT saying why.
   events.endLapsed();
   for (const sess of sessions) {
@@ -18,4 +30,8 @@ export function notifyRevoked(sessions: Iterable<Session>, isRevoked: (g: Grant)
       }
     }
   }
+  // What was started under a revoked capability ends with it: an agent keeps no CPU, network or
+  // scratch past its authority, nor a command or task its run.
+  reach?.agents.killRevoked(isRevoked);
+  reach?.compute.cancelRevoked(isRevoked);
 }

@@ -83,6 +83,8 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
             args,
             deadlines.length ? Math.min(...deadlines) : undefined,
             kind === "command" ? { grant: ctx.grant, network } : undefined,
+            // The authorizing grant: its expiry caps the deadline, a revocation covering it cancels the op.
+            ctx.grant,
           );
           return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
         },

@@ -201,16 +201,29 @@ export function tokenFamily(
           // After the ownership check, so only those who could own any token learn that an id is unknown.
           if (!store.getToken(id)) throw new OpError("SEMANTIC", `no token ${id} was ever minted here`);
           // Recorded with the request's dedupe record: a retry after a crash gets this answer, not "already".
+          // Its refresh family ends with it (every copy, and what was minted from any): a copy is the
+          // same authority. Only when the caller owns the copy the family started from too: a
+          // delegate who refreshed the token attenuated for it ends its own copies alone, never its
+          // delegator's token.
+          const root = store.getToken(id)?.copyOf;
+          const family = root === undefined || root === id || owned(ctx, root, undefined) === true;
           let changed = false;
           const result = ctx.atomically((): OpResult => {
-            const r = tokens.revoke(id, ctx.persona);
+            const r = tokens.revoke(id, ctx.persona, family);
             changed = r.changed;
             return {
               status: "SUCCESS",
               payload: { id, revoked: true, already: !r.changed },
-              audit: { revoked: id, ended: r.ended },
+              audit: { revoked: id, ended: r.ended, ...(r.root ? { family: r.root } : {}) },
               // Refusals the revocation causes name this record.
-              ...(r.changed ? { recorded: (seq: number) => tokens.noteRevokeRecord(id, seq) } : {}),
+              ...(r.changed
+                ? {
+                    recorded: (seq: number) => {
+                      tokens.noteRevokeRecord(id, seq);
+                      if (r.root) tokens.noteRevokeRecord(r.root, seq);
+                    },
+                  }
+                : {}),
             };
           });
           // Only a revocation that changed something ends sessions' handles and subscriptions: the

@@ -235,6 +235,12 @@ export interface TokenRecord {
   /** The id of the token this one's refreshes started from (itself for a minted token): its rate bucket. */
   family: string;
   /**
+   * The token this one is a refreshed copy of, at the start of its refreshes (a minted token's
+   * own id): its **refresh family**, which a revocation of any copy ends whole (PROTOCOL §13.1).
+   * Rows of an older kernel have none (each is then a family of its own).
+   */
+  copyOf?: string;
+  /**
    * The limits the tokens it was minted from hold over the personas its subject lies under (or
    * is): they bound its requests too, each over that persona's tree (resources/lineage.ts).
    */

@@ -29,7 +29,7 @@ export const computeSubmit = defineOp({
     timeoutMs: {
       type: "uint",
       description:
-        "stop the op after this long (the intent deadline, if earlier, wins; never later than the kernel's maxRuntimeMs)",
+        "stop the op after this long (the intent deadline, if earlier, wins; never later than the kernel's maxRuntimeMs, nor the authorizing token's expiry)",
     },
   },
   result: { op: opUri, id: { type: "text", required: true, description: "the op's id" } },

@@ -64,7 +64,8 @@ export const tokenRefresh = defineOp({
 
 export const tokenRevoke = defineOp({
   op: "token.revoke",
-  description: "Revoke a token and every token derived from it, persistently and at once.",
+  description:
+    "Revoke a token, its refresh family (every copy refreshed from the token it was refreshed from) and every token derived from any of them, persistently and at once; the agents and ops running under them end (§13.1).",
   targets: ["token"],
   args: {},
   result: {

@@ -17,6 +17,7 @@ const TOKEN = [
   "t.created_at",
   boundedCell("t.family", ID_BYTES, "'?'", "family"),
   boundedCell("t.bounds", MAX_CELL_BYTES, "NULL", "bounds"),
+  boundedCell("t.copy_of", ID_BYTES, "NULL", "copy_of"),
   "v.revoked_at",
 ].join(", ");
 
@@ -26,7 +27,7 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
     recordToken(r: Omit<TokenRecord, "revokedAt">): void {
       this.transaction(() => {
         const seq = this.prep(
-          "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+          "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at, family, bounds, copy_of) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         ).run(
           r.id,
           r.kid,
@@ -37,6 +38,7 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
           r.createdAt,
           r.family,
           r.bounds?.length ? JSON.stringify(r.bounds) : null,
+          r.copyOf ?? r.id,
         ).lastInsertRowid;
         this.prep(insertViewers("t.rowid = ?")).run(seq, seq, seq);
       });
@@ -166,6 +168,8 @@ function toToken(r: Row): TokenRecord {
     createdAt: r.created_at as number,
     revokedAt: (r.revoked_at as number | null) ?? null,
     family: (r.family as string | null) ?? (r.id as string),
+    // Rows of an older kernel have none: a family of their own.
+    copyOf: (r.copy_of as string | null) ?? (r.id as string),
     // Rows of an older kernel have none (and a value past the bound, tampering, reads as none).
     ...(typeof r.bounds === "string" ? { bounds: JSON.parse(r.bounds) as TokenBound[] } : {}),
     ...(r.seq !== undefined ? { seq: r.seq as number } : {}),
