@@ -108,18 +108,19 @@ describe("gRPC: a peer that does not read its answers", () => {
           .filter((r) => r.persona === "admin" && (r.phase === "outcome" || r.phase === "complete" || r.phase === "refused"));
       // One read at a time, each sent once the last one's outcome is on the record: the answers
       // in preparation never hold more than one, so only what is queued to the peer can refuse.
+      // 40 × 800 KiB = 32 MiB: HTTP/2's window and the sockets' buffers take a few MiB of it
+      // (how much depends on the machine); past them the kernel holds the rest, and must stop.
       const READS = 40;
-      for (let i = 1; i <= READS; i++) {
-        s.call.write(s.request(i, "storage.read", "obj://ws1/big"));
-        await until(() => outcomes().length >= i || s.state.ended, 30_000, `read ${i}'s outcome`);
-        if (s.state.ended) break;
+      const stopped = () => s.state.ended || outcomes().some((r) => r.status === "FAILURE" && r.errorClass === "RESOURCE");
+      let sent = 0;
+      while (sent < READS && !stopped()) {
+        sent++;
+        s.call.write(s.request(sent, "storage.read", "obj://ws1/big"));
+        await until(() => outcomes().length >= sent || s.state.ended, 30_000, `read ${sent}'s outcome`);
       }
-      const served = outcomes().filter((r) => r.status === "SUCCESS").length;
-      // 40 × 800 KiB = 32 MiB would have been queued: at most the write buffer's worth is.
-      assert.ok(
-        served * OBJECT <= 4 * 1024 * 1024 + OBJECT,
-        `${served} reads of ${OBJECT} bytes queued to a peer that does not read`,
-      );
+      assert.ok(stopped(), `${sent} reads of ${OBJECT} bytes answered to a peer that does not read: none refused, session kept`);
+      const refusal = outcomes().find((r) => r.status === "FAILURE");
+      if (refusal) assert.match(refusal.message ?? "", /queued|budget/);
       assert.equal((await c.system.health()).status, "ok", "others are served");
       s.close();
       await c.close();
