@@ -56,6 +56,8 @@ export class GrpcConnector implements Connector {
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
+      // Identity only: the kernel refuses compressed messages (PROTOCOL §3.6), and grpc-js's default is none.
+      "grpc.default_compression_algorithm": g.compressionAlgorithms.identity,
     };
     if (o.serverName) options["grpc.ssl_target_name_override"] = o.serverName;
     this.client = new g.Client(o.address, creds, options);

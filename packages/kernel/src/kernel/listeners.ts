@@ -54,6 +54,13 @@ export async function openListeners(
   // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
   grpc.onTlsRefused = (peer, reason) =>
     peerLog.write(`grpc:${peerKey(peer)}`, "warn", { transport: "grpc", address: peer, reason }, "TLS handshake refused");
+  grpc.onCompressedRefused = (peer, encoding) =>
+    peerLog.write(
+      `grpc:${peerKey(peer)}`,
+      "warn",
+      { transport: "grpc", address: peer, encoding: encoding.slice(0, 64) },
+      "gRPC stream refused: compressed messages",
+    );
   // Keyed by address too; over the total every refusal shares one key, so a crowd of addresses logs no more than one peer.
   grpc.onConnectionRefused = (peer, bound) => {
     connectionRefused(bound);
