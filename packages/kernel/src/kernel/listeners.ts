@@ -1,6 +1,5 @@
-import { HEADER_SIZE } from "@kpip/protocol";
+import { GRPC_MAX_MESSAGE_BYTES } from "@kpip/protocol";
 import type { KernelConfig } from "../config.js";
-import { GRPC_COALESCE_SLACK } from "../limits.js";
 import type { Logger } from "../log.js";
 import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
@@ -34,11 +33,12 @@ export async function openListeners(
   uds.onError = (e) => peerLog.write("uds:listener", "error", { err: e }, "listener error");
   await uds.listen();
   if (!c.grpcListen) return { uds, grpc: undefined };
-  // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.
+  // A fixed message size, not one whole frame: grpc-js buffers a message whole, for any stream
+  // (one before HELLO too); larger frames span messages (PROTOCOL §3.6).
   const grpc = new GrpcListener(
     c.grpcListen,
     { cert: c.grpcTlsCert || undefined, key: c.grpcTlsKey || undefined, clientCa: c.grpcTlsClientCa || undefined },
-    HEADER_SIZE + c.maxBodyBytes + GRPC_COALESCE_SLACK,
+    GRPC_MAX_MESSAGE_BYTES,
     accept,
     // A connection without a stream is held no longer than a handshake may take.
     c.handshakeTimeoutMs,

@@ -100,7 +100,7 @@ export class GrpcListener {
   constructor(
     private readonly listen: string,
     private readonly tls: GrpcTlsFiles,
-    /** Largest message accepted or sent: one whole frame (header + the negotiated maximum body) and slack. */
+    /** Largest message accepted or sent (GRPC_MAX_MESSAGE_BYTES): larger frames span messages. */
     private readonly maxMessage: number,
     private readonly accept: (c: Connection) => void,
     /**
