@@ -17,9 +17,6 @@ export function answerRoom(maxBody: number): number {
   return maxBody - Math.min(ANSWER_ENVELOPE_BYTES, Math.floor(maxBody / 2));
 }
 
-/** What one gRPC message may hold beyond one whole frame: room for small frames coalesced with it. */
-export const GRPC_COALESCE_SLACK = 64 * 1024;
-
 /** Bytes queued on a subscriber's connection above which its events wait in its queue instead. */
 export const EVENT_HIGH_WATER_BYTES = 1 << 20;
 

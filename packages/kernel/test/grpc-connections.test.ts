@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync } from "node:fs";
 import http2 from "node:http2";
 import net from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import tls from "node:tls";
 import { fileURLToPath } from "node:url";
@@ -10,7 +13,7 @@ import { pino } from "pino";
 import { peerKey } from "../src/session/peer-key.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
-import { adminIdentity, until, withKernel } from "./harness.js";
+import { adminIdentity, removeHome, until, withKernel } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.key") };
@@ -63,7 +66,7 @@ async function tlsFrom(address: string, from: string): Promise<{ state: "admitte
 }
 
 describe("gRPC connections bounded in number, per peer address and in all", () => {
-  it("one address opening more connections than grpcMaxConnectionsPerPeer has the excess closed as it arrives, counted and logged; a client from another address still completes a call; a closed connection frees its slot", async () => {
+  it("loopback addresses are one peer: connections from 127.0.0.2–11 past grpcMaxConnectionsPerPeer are closed as they arrive, counted and logged; a closed connection frees its slot", async () => {
     const { logger, lines } = recordingLogger();
     const opts = {
       grpcListen: "127.0.0.1:0",
@@ -78,8 +81,9 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
       const held: http2.ClientHttp2Session[] = [];
       try {
         const states: string[] = [];
+        // A local peer can bind any 127.x.y.z: rotating through them gave it a fresh allowance each.
         for (let i = 0; i < 10; i++) {
-          const { state, h } = await h2From(address, "127.0.0.2");
+          const { state, h } = await h2From(address, `127.0.0.${2 + i}`);
           states.push(state);
           held.push(h);
         }
@@ -87,8 +91,10 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.deepEqual(await refusals(t), { peer: 6 });
         const refusedLines = lines.filter((l) => l.msg === "gRPC connection refused: grpcMaxConnectionsPerPeer reached");
         assert.equal(refusedLines.length, 6);
-        assert.ok(refusedLines.every((l) => l.address === "127.0.0.2" && l.bound === "peer"));
-        // Another address is another peer: a client connects and calls.
+        assert.ok(refusedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.bound === "peer"));
+        // The flooding peer closes its connections: the kernel sees them go, and a client (loopback too) gets in.
+        for (const h of held) h.destroy();
+        await until(() => t.k.grpcConnectionCount === 0, 30_000, "the kernel to release the flooding peer's 4 connections");
         const c = await KernelClient.connect({
           grpc: { address, insecure: true },
           identity: adminIdentity(t.k),
@@ -97,10 +103,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         });
         try {
           assert.equal((await c.system.health()).status, "ok");
-          assert.equal(t.k.grpcConnectionCount, 5);
-          // The flooding address closes its connections: the kernel sees them go, and lets it in again.
-          for (const h of held) h.destroy();
-          await until(() => t.k.grpcConnectionCount === 1, 30_000, "the kernel to release the flooding address's 4 connections");
+          assert.equal(t.k.grpcConnectionCount, 1);
           const again = await h2From(address, "127.0.0.2");
           held.push(again.h);
           assert.equal(again.state, "admitted");
@@ -119,7 +122,8 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
     const opts = {
       grpcListen: "127.0.0.1:0",
       ...TLS,
-      grpcMaxConnectionsPerPeer: 3,
+      // Every loopback address is one peer key: the per-peer bound is set above the total.
+      grpcMaxConnectionsPerPeer: 64,
       grpcMaxConnections: 5,
       handshakeTimeoutMs: 60_000,
       logger,
@@ -137,12 +141,12 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         return states;
       };
       try {
-        assert.deepEqual(await open("127.0.0.2", 4), ["admitted", "admitted", "admitted", "refused"]);
+        assert.deepEqual(await open("127.0.0.2", 3), ["admitted", "admitted", "admitted"]);
         assert.deepEqual(await open("127.0.0.3", 4), ["admitted", "admitted", "refused", "refused"]);
         // An address holding nothing is refused too: the listener is full.
         assert.deepEqual(await open("127.0.0.4", 2), ["refused", "refused"]);
         assert.equal(t.k.grpcConnectionCount, 5);
-        assert.deepEqual(await refusals(t), { peer: 1, total: 4 });
+        assert.deepEqual(await refusals(t), { total: 4 });
         // Refused before TLS began: no TLS refusal is logged for them; the total's lines share one key.
         assert.deepEqual(
           lines.filter((l) => l.msg === "TLS handshake refused"),
@@ -279,5 +283,54 @@ describe("ConnectionCaps", () => {
     caps.release(peerKey("10.0.0.1"));
     assert.equal(admit("192.0.2.1"), undefined);
     assert.equal(caps.count, 4);
+  });
+});
+
+describe("gRPC bounds against the open-file limit", () => {
+  const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+  /** `kpip kernel` with a soft and hard RLIMIT_NOFILE of 1024 (node raises its soft limit to the hard one). */
+  const under1024 = (home: string, args: string[]) => [
+    "-c",
+    `ulimit -n 1024 && exec "$0" "$@"`,
+    process.execPath,
+    MAIN,
+    "kernel",
+    "--home",
+    home,
+    "--grpc-listen",
+    "127.0.0.1:0",
+    ...args,
+  ];
+
+  it("a kernel whose gRPC bounds do not fit RLIMIT_NOFILE refuses to start, naming the numbers; one whose bounds fit starts", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-nofile-"));
+    try {
+      // The defaults: 1024 gRPC connections + 2 × 128 handshakes + 1024 sessions + agents > 1024 descriptors.
+      const r = spawnSync("sh", under1024(home, ["--log-level", "silent"]), { encoding: "utf8", timeout: 60_000 });
+      assert.equal(r.status, 2, r.stderr);
+      assert.match(r.stderr, /RLIMIT_NOFILE 1024/);
+      assert.match(r.stderr, /grpcMaxConnections 1024/);
+      assert.match(r.stderr, /ulimit -n \d+/);
+      // 64 + 2 × 128 + 256 + 4 × 64 + 128 = 960: it starts and listens.
+      const k = spawn("sh", under1024(home, ["--grpc-max-connections", "64", "--max-sessions", "256", "--log-level", "info"]), {
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let out = "";
+      k.stdout.on("data", (d: Buffer) => {
+        out += d.toString();
+      });
+      k.stderr.on("data", (d: Buffer) => {
+        out += d.toString();
+      });
+      try {
+        await until(() => /"grpc":"127\.0\.0\.1:\d+"/.test(out) || k.exitCode !== null, 30_000, "the kernel to listen");
+        assert.equal(k.exitCode, null, out);
+      } finally {
+        k.kill("SIGTERM");
+        await new Promise((r) => (k.exitCode !== null ? r(undefined) : k.once("exit", r)));
+      }
+    } finally {
+      removeHome(home);
+    }
   });
 });

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
+import http2 from "node:http2";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import nodeTls from "node:tls";
@@ -13,6 +14,7 @@ import {
   encodeIntent,
   encodeMessage,
   FrameDecoder,
+  GRPC_MAX_MESSAGE_BYTES,
   HEADER_SIZE,
   type Identity,
   type Message,
@@ -234,20 +236,17 @@ describe("gRPC transport with TLS", () => {
     await c.close();
   });
 
-  it("compressed messages (gzip): the limit applies to the decompressed size; a small message inflating past it is refused", async () => {
-    const gzip = { "grpc.default_compression_algorithm": 2 };
-    // A garbage frame, gzip-compressed: decompressed and read as KPIP, like any message.
-    const s = rawStream(address, undefined, gzip);
-    s.call.write(Buffer.from("GET / HTTP/1.1\r\n\r\n"));
-    await until(() => s.frames.find((m) => m.type === "ERROR"), 30_000, "ERROR frame");
-    s.close();
-    // 3 MiB of zeros compress to a few KiB, but decompress past the kernel's 1 MiB + slack.
-    const bomb = rawStream(address, undefined, gzip);
-    bomb.call.write(Buffer.alloc(3 * 1024 * 1024));
-    await until(() => bomb.state.ended, 30_000, "stream refused");
-    assert.equal(bomb.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
-    assert.equal(bomb.frames.length, 0, "nothing of it reached KPIP");
-    bomb.close();
+  it("compressed messages (gzip, deflate) are refused UNIMPLEMENTED before any is inflated; the kernel keeps serving", async () => {
+    for (const algorithm of [2, 1]) {
+      // 3 MiB of zeros compress to a few KiB: a decompression bomb, and a garbage frame once inflated.
+      const bomb = rawStream(address, undefined, { "grpc.default_compression_algorithm": algorithm });
+      bomb.call.write(Buffer.alloc(3 * 1024 * 1024));
+      await until(() => bomb.state.ended, 30_000, "stream refused");
+      assert.equal(bomb.state.error?.code, grpc.status.UNIMPLEMENTED, `algorithm ${algorithm}: ${bomb.state.error?.message}`);
+      assert.equal(bomb.state.error?.metadata.get("grpc-accept-encoding")[0], "identity");
+      assert.equal(bomb.frames.length, 0, "nothing of it reached KPIP");
+      bomb.close();
+    }
     const c = await overGrpc();
     assert.equal((await c.system.health()).status, "ok");
     await c.close();
@@ -290,7 +289,10 @@ describe("gRPC transport with TLS", () => {
     const responses = s.frames.filter((m) => m.type === "RESPONSE") as Extract<Message, { type: "RESPONSE" }>[];
     assert.equal(responses.length, 6);
     for (const r of responses) assert.equal((r.body.payload as { data: Uint8Array }).data.length, 900 * 1024);
-    assert.ok(Math.max(...s.sizes) <= HEADER_SIZE + s.maxBody, `largest message ${Math.max(...s.sizes)} bytes`);
+    assert.ok(
+      Math.max(...s.sizes) <= Math.min(HEADER_SIZE + s.maxBody, GRPC_MAX_MESSAGE_BYTES),
+      `largest message ${Math.max(...s.sizes)} bytes`,
+    );
     s.call.end();
     s.close();
   });
@@ -332,6 +334,71 @@ describe("gRPC transport with TLS", () => {
     await until(() => c.state === "closed", 30_000, "client closed");
     await assert.rejects(c.system.health(), KernelUnavailableError);
     removeHome(t2.home);
+  });
+});
+
+describe("gRPC messages are at most 1 MiB, whatever maxBody is", () => {
+  let t: TestKernel;
+  let address: string;
+  before(async () => {
+    t = await startKernel({ grpcListen: "127.0.0.1:0", ...TLS, maxBodyBytes: 8 * 1024 * 1024, maxObjectBytes: 6 * 1024 * 1024 });
+    address = t.k.grpcAddress as string;
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("a stream before HELLO declaring a 4 MiB message (under 16 + maxBody) is refused RESOURCE_EXHAUSTED at its prefix, not buffered", async () => {
+    // What grpc-js would have held, per stream, until the message was whole: 16 + maxBody + slack.
+    const session = http2.connect(`https://${address}`, { ca: pem("ca.pem") });
+    session.on("error", () => {});
+    try {
+      const stream = session.request({
+        ":method": "POST",
+        ":path": "/kpip.v1.Kernel/Session",
+        "content-type": "application/grpc",
+        te: "trailers",
+      });
+      let status: string | undefined;
+      const take = (h: http2.IncomingHttpHeaders) => {
+        status ??= h["grpc-status"] as string | undefined;
+      };
+      stream.on("response", take);
+      stream.on("trailers", take);
+      stream.on("error", () => {});
+      stream.on("data", () => {});
+      const prefix = Buffer.alloc(5);
+      prefix.writeUInt32BE(4 * 1024 * 1024, 1);
+      // The prefix and 64 KiB of the message; the rest never comes.
+      stream.write(Buffer.concat([prefix, Buffer.alloc(64 * 1024, 0x41)]));
+      await until(() => status, 10_000, "the kernel to refuse the message");
+      assert.equal(status, String(grpc.status.RESOURCE_EXHAUSTED));
+    } finally {
+      session.destroy();
+    }
+  });
+
+  it("frames larger than 1 MiB span messages both ways: a 5 MiB write and read succeed, no message over 1 MiB", async () => {
+    const c = await KernelClient.connect({
+      grpc: { address, ca: pem("ca.pem") },
+      identity: adminIdentity(t.k),
+      tokens: [t.adminToken],
+      reconnect: false,
+    });
+    const data = Buffer.alloc(5 * 1024 * 1024, 9);
+    await c.storage.write("obj://g/five", data);
+    assert.equal((await c.storage.stat("obj://g/five")).size, data.length);
+    await c.close();
+    const s = await rawSession(address, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+    s.call.write(s.request(1, "storage.read", "obj://g/five"));
+    await until(() => s.frames.find((m) => m.type === "RESPONSE") || s.state.ended, 30_000, "the response");
+    const r = s.frames.find((m) => m.type === "RESPONSE") as Extract<Message, { type: "RESPONSE" }>;
+    assert.ok(r, `no response: ${s.state.error?.message}`);
+    assert.equal((r.body.payload as { data: Uint8Array }).data.length, data.length);
+    assert.ok(Math.max(...s.sizes) <= GRPC_MAX_MESSAGE_BYTES, `largest message ${Math.max(...s.sizes)} bytes`);
+    s.call.end();
+    s.close();
   });
 });
 

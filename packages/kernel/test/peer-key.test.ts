@@ -74,7 +74,12 @@ describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as i
     );
     // A link-local zone names the kernel's interface, not the peer; no address at all stays none.
     assert.equal(peerKey("fe80::1%eth0"), peerKey("fe80::2"));
-    assert.equal(peerKey("::1"), "::/64");
+    // Every loopback address is one peer: any local user can bind any 127.x.y.z.
+    for (const a of ["::1", "127.0.0.1", "127.0.0.2", "127.5.6.7", "::ffff:127.0.0.9", "0:0:0:0:0:0:0:1"]) {
+      assert.equal(peerKey(a), "loopback", a);
+    }
+    assert.equal(peerKey("::2"), "::/64");
+    assert.equal(peerKey("128.0.0.1"), "128.0.0.1");
     assert.equal(peerKey("2001:db8:0:0:1::2"), "2001:db8::/64");
     assert.equal(peerKey(""), "");
   });
@@ -106,7 +111,7 @@ describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as i
       for (let i = 0; i < N; i += 10) await Promise.all(Array.from({ length: 10 }, () => grpcGarbage(client)));
       const agg = await handshakeAggregates(t, N);
       assert.ok(agg.length >= 1);
-      for (const d of agg) assert.deepEqual(Object.keys(d.peers), ["::/64"]);
+      for (const d of agg) assert.deepEqual(Object.keys(d.peers), ["loopback"]);
       // The session's own record still says where it came from, address and port.
       const one = allAudit(t.k).find((r) => r.op === "session.handshake");
       assert.match(JSON.parse(one?.detail ?? "{}").peer ?? "", /^\[?::1\]?:\d+$/);
@@ -117,7 +122,7 @@ describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as i
     }
   });
 
-  it("garbage gRPC streams from IPv4 to a dual-stack listener: the peer (::ffff:127.0.0.1) is counted as 127.0.0.1", {
+  it("garbage gRPC streams from IPv4 to a dual-stack listener: the peer (::ffff:127.0.0.1) is counted as loopback, like 127.0.0.1", {
     skip: noIPv6,
   }, async () => {
     const t = await startKernel({
@@ -134,7 +139,7 @@ describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as i
       for (let i = 0; i < N; i += 10) await Promise.all(Array.from({ length: 10 }, () => grpcGarbage(client)));
       const agg = await handshakeAggregates(t, N);
       assert.ok(agg.length >= 1);
-      for (const d of agg) assert.deepEqual(Object.keys(d.peers), ["127.0.0.1"]);
+      for (const d of agg) assert.deepEqual(Object.keys(d.peers), ["loopback"]);
     } finally {
       client.close();
       await t.stop();

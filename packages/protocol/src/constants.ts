@@ -69,6 +69,14 @@ export const DEFAULT_LIMITS = {
   maxTargetBytes: 2048,
 } as const;
 
+/**
+ * Largest gRPC message either side sends or accepts (PROTOCOL §3.6), whatever maxBody is: a
+ * frame larger than this travels as several messages. gRPC libraries buffer a message whole
+ * before handing it over, so the receive limit is what any stream — one that has not even sent
+ * HELLO — can make its peer hold: it was `16 + maxBody` (16 MiB by default) for every stream.
+ */
+export const GRPC_MAX_MESSAGE_BYTES = 1024 * 1024;
+
 export interface DecodeLimits {
   maxDepth: number;
   maxItems: number;

@@ -1,5 +1,5 @@
 import type * as grpc from "@grpc/grpc-js";
-import { TurnBatcher, writeMessages } from "@kpip/protocol";
+import { GRPC_MAX_MESSAGE_BYTES, TurnBatcher, writeMessages } from "@kpip/protocol";
 import { KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
@@ -16,7 +16,11 @@ export interface GrpcConnectorOptions {
   serverName?: string;
   /** Plaintext, for a kernel listening on loopback without TLS. */
   insecure?: boolean;
-  /** Largest gRPC message, in bytes (default 80 MiB: one whole frame at the kernel's maximum body). */
+  /**
+   * Largest gRPC message received, in bytes (default 80 MiB, for kernels that sent one whole frame
+   * per message). What the client sends is split at 1 MiB (GRPC_MAX_MESSAGE_BYTES, PROTOCOL §3.6),
+   * or at this when smaller.
+   */
   maxMessageBytes?: number;
   /** How long to wait for the stream to open (default 5000 ms). */
   connectTimeoutMs?: number;
@@ -56,6 +60,8 @@ export class GrpcConnector implements Connector {
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
+      // Identity only: the kernel refuses compressed messages (PROTOCOL §3.6), and grpc-js's default is none.
+      "grpc.default_compression_algorithm": g.compressionAlgorithms.identity,
     };
     if (o.serverName) options["grpc.ssl_target_name_override"] = o.serverName;
     this.client = new g.Client(o.address, creds, options);
@@ -73,7 +79,7 @@ export class GrpcConnector implements Connector {
       throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
     }
     const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
-    return new GrpcChannel(call);
+    return new GrpcChannel(call, Math.min(GRPC_MAX_MESSAGE_BYTES, this.opts.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES));
   }
 
   /** Closes the underlying HTTP/2 channel. */
@@ -89,10 +95,11 @@ class GrpcChannel implements Channel {
   private readonly out: TurnBatcher;
   private closed = false;
   private readonly closeCbs: ((err?: Error) => void)[] = [];
-  /** Until CHALLENGE only a HELLO goes out; then one frame at the session's maxBody (PROTOCOL §3.6). */
-  private maxMessage = Number.POSITIVE_INFINITY;
-
-  constructor(private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>) {
+  constructor(
+    private readonly call: grpc.ClientDuplexStream<Buffer, Buffer>,
+    /** Largest message sent: 1 MiB (PROTOCOL §3.6), or one frame at the session's maxBody when smaller. */
+    private maxMessage: number,
+  ) {
     this.out = new TurnBatcher(
       // Two pipelined writes near maxBody in one message went over the kernel's limit and ended the session.
       (chunks, _bytes, done) => {

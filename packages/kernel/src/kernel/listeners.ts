@@ -1,6 +1,5 @@
-import { HEADER_SIZE } from "@kpip/protocol";
+import { GRPC_MAX_MESSAGE_BYTES } from "@kpip/protocol";
 import type { KernelConfig } from "../config.js";
-import { GRPC_COALESCE_SLACK } from "../limits.js";
 import type { Logger } from "../log.js";
 import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
@@ -8,6 +7,7 @@ import { peerKey } from "../session/peer-key.js";
 import type { ConnectionRefusal } from "../transport/connection-caps.js";
 import { GrpcListener } from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
+import { checkDescriptorBudget } from "./fd-budget.js";
 
 /** The kernel's transports, listening. */
 export interface Listeners {
@@ -28,17 +28,20 @@ export async function openListeners(
   /** A gRPC connection refused at a connection bound (the kernel counts it in its metrics). */
   connectionRefused: (bound: ConnectionRefusal) => void = () => {},
 ): Promise<Listeners> {
+  // Before any listener: a kernel whose bounds do not fit its descriptors does not start.
+  checkDescriptorBudget(c);
   const uds = new UdsListener(c.socket, accept);
   opened.uds = uds;
   // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.
   uds.onError = (e) => peerLog.write("uds:listener", "error", { err: e }, "listener error");
   await uds.listen();
   if (!c.grpcListen) return { uds, grpc: undefined };
-  // One gRPC message holds at most one whole frame, plus slack for coalesced small ones.
+  // A fixed message size, not one whole frame: grpc-js buffers a message whole, for any stream
+  // (one before HELLO too); larger frames span messages (PROTOCOL §3.6).
   const grpc = new GrpcListener(
     c.grpcListen,
     { cert: c.grpcTlsCert || undefined, key: c.grpcTlsKey || undefined, clientCa: c.grpcTlsClientCa || undefined },
-    HEADER_SIZE + c.maxBodyBytes + GRPC_COALESCE_SLACK,
+    GRPC_MAX_MESSAGE_BYTES,
     accept,
     // A connection without a stream is held no longer than a handshake may take.
     c.handshakeTimeoutMs,
@@ -54,6 +57,13 @@ export async function openListeners(
   // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
   grpc.onTlsRefused = (peer, reason) =>
     peerLog.write(`grpc:${peerKey(peer)}`, "warn", { transport: "grpc", address: peer, reason }, "TLS handshake refused");
+  grpc.onCompressedRefused = (peer, encoding) =>
+    peerLog.write(
+      `grpc:${peerKey(peer)}`,
+      "warn",
+      { transport: "grpc", address: peer, encoding: encoding.slice(0, 64) },
+      "gRPC stream refused: compressed messages",
+    );
   // Keyed by address too; over the total every refusal shares one key, so a crowd of addresses logs no more than one peer.
   grpc.onConnectionRefused = (peer, bound) => {
     connectionRefused(bound);

@@ -1,5 +1,8 @@
 import { isIPv4, isIPv6 } from "node:net";
 
+/** The one peer key of every loopback address (127.0.0.0/8 and ::1). */
+export const LOOPBACK_PEER = "loopback";
+
 /**
  * The key the pre-authentication bounds count a peer address under (half-open connections,
  * failed handshakes' records, log lines): an IPv6 address by its /64 — one host is commonly
@@ -7,18 +10,22 @@ import { isIPv4, isIPv6 } from "node:net";
  * with a fresh allowance, until the per-peer table was full and only the shared transport
  * bound was left — and an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`, what a dual-stack
  * listener reports for an IPv4 peer) as its IPv4 address, so a peer is one key whichever
- * listener it reached. Anything else (an IPv4 address, "" when the transport knows none) is
- * its own key.
+ * listener it reached. Every loopback address (all of 127.0.0.0/8, ::1, mapped or not) is one
+ * key, {@link LOOPBACK_PEER}: any local user can bind any 127.x.y.z, so counting each apart gave
+ * one local peer a fresh allowance per address (17 addresses held ~1024 gRPC connections).
+ * Anything else (an IPv4 address, "" when the transport knows none) is its own key.
  */
 export function peerKey(address: string): string {
   // A link-local address's zone ("%eth0") names the kernel's interface, not the peer.
   const bare = address.includes("%") ? address.slice(0, address.indexOf("%")) : address;
-  if (!isIPv6(bare)) return address;
+  if (!isIPv6(bare)) return isIPv4(bare) && bare.startsWith("127.") ? LOOPBACK_PEER : address;
   const h = hextets(bare);
   if (h.slice(0, 5).every((x) => x === 0) && h[5] === 0xffff) {
     const [a, b] = [h[6] as number, h[7] as number];
+    if (a >> 8 === 127) return LOOPBACK_PEER;
     return `${a >> 8}.${a & 0xff}.${b >> 8}.${b & 0xff}`;
   }
+  if (h.slice(0, 7).every((x) => x === 0) && h[7] === 1) return LOOPBACK_PEER;
   // RFC 5952's short form: the prefix's trailing zero groups join the "::" of the zero host half.
   const prefix = h.slice(0, 4);
   while (prefix.length > 0 && prefix[prefix.length - 1] === 0) prefix.pop();

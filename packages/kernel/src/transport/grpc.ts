@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
+import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
@@ -88,6 +89,8 @@ export class GrpcListener {
   onTlsRefused: ((peer: string, reason: string) => void) | undefined;
   /** A TCP connection closed as it arrived, over its peer's bound or the listener's total: the peer's IP and which. */
   onConnectionRefused: ((peer: string, bound: ConnectionRefusal) => void) | undefined;
+  /** A stream refused for its compressed messages (`grpc-encoding`): the peer's IP and the encoding. */
+  onCompressedRefused: ((peer: string, encoding: string) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
@@ -97,7 +100,7 @@ export class GrpcListener {
   constructor(
     private readonly listen: string,
     private readonly tls: GrpcTlsFiles,
-    /** Largest message accepted or sent: one whole frame (header + the negotiated maximum body) and slack. */
+    /** Largest message accepted or sent (GRPC_MAX_MESSAGE_BYTES): larger frames span messages. */
     private readonly maxMessage: number,
     private readonly accept: (c: Connection) => void,
     /**
@@ -148,6 +151,7 @@ export class GrpcListener {
     this.secure = secure;
     this.server = server;
     const h2s = this.http2Servers(server);
+    this.refuseCompressed(h2s);
     if (secure) this.watchTlsRefusals(h2s);
     // After the TLS watch: a connection refused here never gets a TLS timer, nor a TLS handshake.
     this.capConnections(h2s);
@@ -157,6 +161,50 @@ export class GrpcListener {
   private http2Servers(server: grpc.Server): EventEmitter[] {
     const servers = (server as unknown as { http2Servers?: unknown }).http2Servers;
     return servers instanceof Map ? [...(servers.keys() as Iterable<EventEmitter>)] : [];
+  }
+
+  /**
+   * Refuses a stream whose messages are compressed (`grpc-encoding` other than identity) from
+   * its headers, before grpc-js sees it: grpc-js inflated every gzip or deflate message whole
+   * before KPIP read a byte, so an unauthenticated peer made the kernel inflate 16 KiB into
+   * 16 MiB of zeros per stream (a quarter of a second of CPU each; 64 streams, 2 GB). The
+   * stream gets the trailers-only status UNIMPLEMENTED with `grpc-accept-encoding: identity`
+   * (what gRPC prescribes for an encoding a server does not support), then RST_STREAM
+   * NO_ERROR, so it holds no stream slot (PROTOCOL §3.6).
+   */
+  private refuseCompressed(h2s: EventEmitter[]): void {
+    if (h2s.length === 0) {
+      this.onError?.(new Error("compressed gRPC messages cannot be refused with this grpc-js version"));
+      return;
+    }
+    for (const h2 of h2s) {
+      const handlers = h2.listeners("stream") as ((stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void)[];
+      h2.removeAllListeners("stream");
+      h2.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => {
+        const encoding = headers["grpc-encoding"];
+        if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
+          for (const handle of handlers) (handle as (...a: unknown[]) => void).call(h2, stream, headers, ...rest);
+          return;
+        }
+        stream.on("error", () => {});
+        try {
+          stream.respond(
+            {
+              [h2c.HTTP2_HEADER_STATUS]: 200,
+              [h2c.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc+proto",
+              "grpc-status": String(grpc.status.UNIMPLEMENTED),
+              "grpc-message": "compressed messages are not accepted: send grpc-encoding identity",
+              "grpc-accept-encoding": "identity",
+            },
+            { endStream: true },
+          );
+        } catch {
+          // The stream is already gone (the peer reset it): nothing to answer.
+        }
+        stream.close(h2c.NGHTTP2_NO_ERROR);
+        this.onCompressedRefused?.(stream.session?.socket?.remoteAddress ?? "unknown", String(encoding));
+      });
+    }
   }
 
   /**
