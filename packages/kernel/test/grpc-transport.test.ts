@@ -439,7 +439,7 @@ describe("gRPC transport with mTLS", () => {
   });
 
   it("a refused TLS handshake leaves a log line naming the peer, rate-limited per address", async () => {
-    const lines: { msg: string; peer?: string; reason?: string }[] = [];
+    const lines: { msg: string; peer?: string; address?: string; reason?: string }[] = [];
     const logger = pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) });
     const t2 = await startKernel({
       grpcListen: "127.0.0.1:0",
@@ -460,7 +460,8 @@ describe("gRPC transport with mTLS", () => {
       const refused = () => lines.filter((l) => l.msg === "TLS handshake refused");
       await assert.rejects(connect2({}), KernelUnavailableError);
       const line = await until(() => refused()[0], 10_000, "the refusal's log line");
-      assert.equal(line.peer, "grpc:127.0.0.1");
+      // Rate-limited per peer key (every loopback address is one), naming the address itself.
+      assert.deepEqual([line.peer, line.address], ["grpc:loopback", "127.0.0.1"]);
       assert.ok(line.reason, "says why");
       // More refusals from the same address than the window allows: counted, not logged (peerLogLines 2).
       for (let i = 0; i < 3; i++) await assert.rejects(connect2({}), KernelUnavailableError);
