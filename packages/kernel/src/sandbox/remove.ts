@@ -1,6 +1,6 @@
 import { spawn } from "node:child_process";
-import { accessSync, constants } from "node:fs";
-import { join } from "node:path";
+import { delimiter } from "node:path";
+import { findProgram } from "./find-program.js";
 
 /**
  * Removing what a sandboxed process left in its scratch directory: anything it could make.
@@ -15,18 +15,7 @@ import { join } from "node:path";
 
 const SYSTEM_BIN = ["/usr/bin", "/bin"];
 
-function systemProgram(name: string): string | undefined {
-  for (const d of SYSTEM_BIN) {
-    const p = join(d, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
-}
+const systemProgram = (name: string) => findProgram(name, SYSTEM_BIN.join(delimiter));
 
 const RM = systemProgram("rm");
 const CHMOD = systemProgram("chmod");

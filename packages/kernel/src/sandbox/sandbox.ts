@@ -1,22 +1,12 @@
 import { type SpawnOptions, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import {
-  accessSync,
-  chmodSync,
-  chownSync,
-  constants,
-  lstatSync,
-  mkdirSync,
-  readdirSync,
-  readlinkSync,
-  realpathSync,
-  rmdirSync,
-} from "node:fs";
+import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
+import { findProgram } from "./find-program.js";
 import { removeTrees } from "./remove.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
 import {
@@ -142,20 +132,6 @@ function bwrapFeatures(bwrap: string): BwrapFeatures {
   const r = spawnSync(bwrap, ["--help"], { encoding: "utf8", timeout: 10_000 });
   const help = `${r.stdout ?? ""}${r.stderr ?? ""}`;
   return { size: /^\s*--size\b/m.test(help), disableUserns: /^\s*--disable-userns\b/m.test(help) };
-}
-
-function findProgram(name: string, path: string): string | undefined {
-  for (const d of path.split(delimiter)) {
-    if (!d) continue;
-    const p = join(d, name);
-    try {
-      accessSync(p, constants.X_OK);
-      return p;
-    } catch {
-      // not here
-    }
-  }
-  return undefined;
 }
 
 /**
