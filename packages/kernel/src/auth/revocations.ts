@@ -68,23 +68,19 @@ export class Revocations {
    * revoked with `id`.
    */
   revoke(id: string, by: string, now: number, family = true): { changed: boolean; ended: string[]; root?: string } {
-    const own = this.revokeWith(
-      id,
-      by,
-      now,
-      () => this.store.tokensDerivedFrom(id),
-      () => this.seenUnder(id),
-    );
+    const revokeOne = (t: string) =>
+      this.revokeWith(
+        t,
+        by,
+        now,
+        () => this.store.tokensDerivedFrom(t),
+        () => this.seenUnder(t),
+      );
+    const own = revokeOne(id);
     const root = family ? this.store.getToken(id)?.copyOf : undefined;
     if (root === undefined || root === id) return own;
     // After `id`: what descends from it is already listed (and not usable any more), each once.
-    const rest = this.revokeWith(
-      root,
-      by,
-      now,
-      () => this.store.tokensDerivedFrom(root),
-      () => this.seenUnder(root),
-    );
+    const rest = revokeOne(root);
     return { changed: own.changed || rest.changed, ended: [...own.ended, ...rest.ended], ...(rest.changed ? { root } : {}) };
   }
 

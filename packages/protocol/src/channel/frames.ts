@@ -18,8 +18,6 @@ const SHARED_WRITER_BYTES = 4096;
  */
 export class FrameReader {
   private readonly decoder: FrameDecoder;
-  /** The body limit now: inline frames and bodies through shared memory alike. */
-  private maxBody: number | undefined;
   /** The session's shared-memory channel, once "shm" was negotiated. */
   shm: ShmPeer | undefined;
 
@@ -33,7 +31,6 @@ export class FrameReader {
     private readonly release?: (body: Uint8Array) => void,
   ) {
     this.decoder = new FrameDecoder(maxBody, alloc);
-    this.maxBody = maxBody;
   }
 
   /**
@@ -43,7 +40,6 @@ export class FrameReader {
    */
   setMaxBody(n: number): void {
     this.decoder.setMaxBody(n);
-    this.maxBody = n;
   }
 
   /** A partial frame: bytes received of it, and the memory held for them (see FrameDecoder.retainedBytes). */
@@ -76,7 +72,7 @@ export class FrameReader {
         // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
         if (raw.flags !== 0 && !this.shm)
           throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
-        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.maxBody) : raw;
+        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.decoder.bodyLimit) : raw;
         m = decodeMessage(f);
       } catch (e) {
         // The body's memory goes back (a slab of the kernel's pool): the stream ends here.

@@ -45,6 +45,11 @@ export class FrameDecoder {
     private readonly alloc?: BodyAllocator,
   ) {}
 
+  /** The body limit now. */
+  get bodyLimit(): number {
+    return this.maxBody;
+  }
+
   /** Lowers or raises the body limit, e.g. after the handshake negotiated one. */
   setMaxBody(n: number): void {
     this.maxBody = n;
