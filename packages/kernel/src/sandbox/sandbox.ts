@@ -102,6 +102,9 @@ export interface Launch {
   cleanup(): Promise<void>;
 }
 
+/** Most `rm` children removing scratch directories at once. */
+const MAX_REMOVERS = 2;
+
 /** The process sandbox is not usable; nothing is started. */
 export class SandboxUnavailableError extends OpError {
   constructor(reason: string) {
@@ -155,6 +158,8 @@ export class Sandbox {
   private features: BwrapFeatures = { size: false, disableUserns: false };
   /** Scratch removals under way: close() waits for them. */
   private readonly removals = new Set<Promise<void>>();
+  private removersActive = 0;
+  private readonly removersWaiting: (() => void)[] = [];
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
@@ -268,7 +273,7 @@ export class Sandbox {
    */
   remove(paths: string[]): Promise<void> {
     if (paths.length === 0) return Promise.resolve();
-    const p = removeTrees(paths)
+    const p = this.removerSlot(() => removeTrees(paths))
       .then((why) => {
         if (why) this.config.removalFailed?.(paths, why);
       })
@@ -276,6 +281,28 @@ export class Sandbox {
       .finally(() => this.removals.delete(p));
     this.removals.add(p);
     return p;
+  }
+
+  /**
+   * Runs `f` when fewer than {@link MAX_REMOVERS} removals run: processes that end in a burst,
+   * each leaving a large tree, get their `rm` children one after another, not all at once.
+   */
+  private removerSlot<T>(f: () => Promise<T>): Promise<T> {
+    const run = async () => {
+      try {
+        return await f();
+      } finally {
+        // The slot goes to the next waiting removal, or is freed.
+        const next = this.removersWaiting.shift();
+        if (next) next();
+        else this.removersActive--;
+      }
+    };
+    if (this.removersActive < MAX_REMOVERS) {
+      this.removersActive++;
+      return run();
+    }
+    return new Promise<void>((r) => this.removersWaiting.push(r)).then(run);
   }
 
   /**

@@ -176,9 +176,8 @@ function migrateTokens(db: Database.Database): boolean {
   if (!cols.some((c) => c.name === "family")) db.exec("ALTER TABLE tokens ADD COLUMN family TEXT");
   const bounds = !cols.some((c) => c.name === "bounds");
   if (bounds) db.exec("ALTER TABLE tokens ADD COLUMN bounds TEXT");
-  // The refresh family a token is a copy in (its first copy's id): a revocation of any copy ends it whole.
+  // The refresh family a token is a copy in (its first copy's id), read by id only: no index.
   if (!cols.some((c) => c.name === "copy_of")) db.exec("ALTER TABLE tokens ADD COLUMN copy_of TEXT");
-  db.exec("CREATE INDEX IF NOT EXISTS tokens_copy_of ON tokens (copy_of) WHERE copy_of IS NOT NULL");
   // Where each revocation is on the audit record, so a refusal it causes can point there after a restart.
   const rcols = db.prepare("PRAGMA table_info(revocations)").all() as { name: string }[];
   if (!rcols.some((c) => c.name === "audit_seq")) db.exec("ALTER TABLE revocations ADD COLUMN audit_seq INTEGER");
