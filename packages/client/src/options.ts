@@ -3,9 +3,8 @@ import {
   type CborMap,
   type CborValue,
   decodeToken,
-  encodeCanonical,
+  encodeMeasurements,
   type Identity,
-  MAX_MEASUREMENTS_BYTES,
   MIN_MAX_BODY,
   type Status,
   type Token,
@@ -124,10 +123,7 @@ function chooseConnector(opts: ConnectOptions): Connector {
 
 /** Measurements the kernel takes (at most MAX_MEASUREMENTS_BYTES encoded): refused here, not by ending the session. */
 function checkMeasurements(m: CborMap | undefined): CborMap | undefined {
-  if (m === undefined) return undefined;
-  const n = encodeCanonical(m).length;
-  if (n > MAX_MEASUREMENTS_BYTES)
-    throw new RangeError(`measurements are ${n} bytes as canonical CBOR; the kernel takes at most ${MAX_MEASUREMENTS_BYTES}`);
+  if (m !== undefined) encodeMeasurements(m);
   return m;
 }
 

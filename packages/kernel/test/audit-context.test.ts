@@ -49,7 +49,7 @@ describe("the audit record keeps the context a decision was made in", () => {
     assert.equal(v.status, 0, `the chain with the new fields verifies: ${v.stdout}${v.stderr}`);
   });
 
-  it("refuses ATTEST measurements over MAX_MEASUREMENTS_BYTES before the signature: fatal TOO_LARGE, no session, nothing of them on the record", async () => {
+  it("refuses ATTEST measurements over MAX_MEASUREMENTS_BYTES once the signature holds: fatal TOO_LARGE, no session, nothing of them on the record", async () => {
     const identity = generateIdentity("meas");
     addPersonaKey(s.t, "meas", identity.publicKey);
     const attest = async (measurements: CborMap) => {

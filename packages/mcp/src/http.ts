@@ -342,7 +342,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       else res.destroy();
     });
   });
-  // Before Node's own handler: a connection closed here never gets a parser.
+  // Before Node's own handler, which still runs for a connection destroyed here (its parser sees a closed socket).
   server.prependListener("connection", (sock: Socket) => slots.admit(sock));
   await new Promise<void>((resolve, reject) => {
     server.once("error", reject);

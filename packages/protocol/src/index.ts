@@ -27,6 +27,7 @@ export * from "./intent/grammar.js";
 export * from "./intent/intent.js";
 export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/codec.js";
 export { encodedBody, withEncodedBody } from "./messages/encoded-body.js";
+export { encodeMeasurements } from "./messages/measurements.js";
 export type * from "./messages/types.js";
 export { replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";

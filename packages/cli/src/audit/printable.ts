@@ -5,9 +5,10 @@ import { replaceUnprintable } from "@kpip/protocol";
  * C1) or a bidirectional formatting character becomes a visible `\u{…}` escape. The record holds
  * text persona runtimes chose (messages, targets, host names from older kernels); printed raw, a
  * newline could forge a line of the view, an escape sequence could hide text or drive the terminal.
+ * `keep`: characters shown as they are (none by default).
  */
-export function printable(text: string): string {
-  return replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
+export function printable(text: string, keep = ""): string {
+  return replaceUnprintable(text, (c) => (keep.includes(c) ? c : `\\u{${(c.codePointAt(0) as number).toString(16)}}`));
 }
 
 /**
@@ -16,6 +17,5 @@ export function printable(text: string): string {
  * not drive the terminal that reads it, e.g. retitle it, hide text or clear the screen).
  */
 export function terminalText(bytes: Uint8Array): string {
-  const text = Buffer.from(bytes).toString();
-  return replaceUnprintable(text, (c) => (c === "\n" || c === "\t" ? c : `\\u{${(c.codePointAt(0) as number).toString(16)}}`));
+  return printable(Buffer.from(bytes).toString(), "\n\t");
 }

@@ -170,7 +170,7 @@ function recordLines(title: string, r: Record<string, unknown> | null): string[]
     if (r[k] !== null && r[k] !== undefined) out.push(`  ${k.padEnd(12)} ${r[k]}`);
   }
   if (r.detail !== null) out.push(`  ${"detail".padEnd(12)} ${JSON.stringify(r.detail)}`);
-  return out.map(printable);
+  return out.map((t) => printable(t));
 }
 
 export function shownText(s: Shown): string {

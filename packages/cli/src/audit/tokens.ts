@@ -284,7 +284,7 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
     }
     if (n.endedBy) lines.push(`${sub}ended by the revocation of ${n.endedBy}`);
   }
-  return lines.length ? `${lines.map(printable).join("\n")}\n` : "no tokens\n";
+  return lines.length ? `${lines.map((t) => printable(t)).join("\n")}\n` : "no tokens\n";
 }
 
 /** Graphviz: one box per token, an edge from parent to child; revoked red, ended by a cascade orange. */

@@ -408,7 +408,7 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
     else
       printTable(
         TIMELINE_HEADER,
-        page.rows.map((r) => rowCells(r).map(printable)),
+        page.rows.map((r) => rowCells(r).map((t) => printable(t))),
       );
     pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
     return EXIT.OK;

@@ -3,13 +3,12 @@ import {
   type CborMap,
   type CodecError,
   type ErrorClass,
-  encodeCanonical,
+  encodeMeasurements,
   type Frame,
   FrameReader,
   framePieces,
   HEADER_SIZE,
   type Hello,
-  MAX_MEASUREMENTS_BYTES,
   type Message,
   type Request,
   type Response,
@@ -243,16 +242,18 @@ export class Session implements SessionView, EventSink {
   private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
-    const measured = measurements === undefined ? undefined : encodeCanonical(measurements);
-    if (measured !== undefined && measured.length > MAX_MEASUREMENTS_BYTES) {
-      const message = `the ATTEST measurements are ${measured.length} bytes as canonical CBOR, at most ${MAX_MEASUREMENTS_BYTES}`;
-      return this.fail("PROTOCOL", "TOO_LARGE", message, persona);
-    }
     const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature);
     if (reason !== undefined) {
       // One message on the wire for every cause: the detail goes to the audit log only.
       this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, { detail: reason });
       return;
+    }
+    // After the signature: a peer without a key never makes the kernel sort and encode its map.
+    let measured: Uint8Array | undefined;
+    try {
+      measured = measurements === undefined ? undefined : encodeMeasurements(measurements);
+    } catch (e) {
+      return this.fail("PROTOCOL", "TOO_LARGE", (e as Error).message, persona);
     }
     const full = this.host.admitSession(this, persona);
     // The persona attested: this record names it as verified, unlike every other failed handshake's.
