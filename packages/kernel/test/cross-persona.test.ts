@@ -420,4 +420,28 @@ describe("cross-persona matrix: narrower grants in the same workspace, and grant
     await admin.call("persona.remove", "persona://bob");
     assert.equal(t.k.inspect.getPersona("bob"), undefined);
   });
+
+  it("resource.query answers a workspace's usage only for its bare address: a grant over one object is SEMANTIC through that object's address, PERMISSION for the workspace", async () => {
+    const usage = (r: string) => /"storage\.bytes":(\d+)/.exec(r)?.[1];
+    const whole = (await admin.call("resource.query", "obj://ws1")).payload as { usage: Record<string, number> };
+    assert.ok((whole.usage["storage.bytes"] ?? 0) > 0);
+    const hal = await t.persona("hal", [
+      { ops: ["resource.query", "storage.read"], targets: ["obj://ws1/pub/a", "obj://ws1/pub/x/**"] },
+    ]);
+    const h = await t.connect(hal.identity, [hal.token]);
+    assert.match(await attempt(h, "storage.read", "obj://ws1/pub/a"), /^ALLOWED/);
+    const through = [
+      await attempt(h, "resource.query", "obj://ws1/pub/a"),
+      await attempt(h, "resource.query", "obj://ws1/pub/x/hidden"),
+    ];
+    for (const r of through) assert.match(r, /^SEMANTIC: resource\.query takes a workspace, obj:\/\/<ws>, not an object/);
+    assert.match(await attempt(h, "resource.query", "obj://ws1"), /^PERMISSION/);
+    for (const r of through) assert.equal(usage(r), undefined, "no usage figure came back");
+    // A grant that covers the workspace reads its usage, as before.
+    const ivy = await t.persona("ivy", [{ ops: ["resource.query"], targets: ["obj://ws1/**"] }]);
+    const i = await t.connect(ivy.identity, [ivy.token]);
+    const mine = (await i.call("resource.query", "obj://ws1")).payload as { workspace: string; usage: Record<string, number> };
+    assert.equal(mine.workspace, "ws1");
+    assert.equal(mine.usage["storage.bytes"], whole.usage["storage.bytes"]);
+  });
 });

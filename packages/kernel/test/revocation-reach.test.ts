@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { type CborValue, decodeToken, generateIdentity } from "@kpip/protocol";
+import type { PrimitiveFamily } from "../src/index.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
@@ -187,6 +188,107 @@ describe("a command ends with the token that authorized it", () => {
       assert.equal(s.state, "failed");
       assert.equal(s.errorClass, "CAPABILITY");
       assert.match(s.message ?? "", new RegExp(`the token that authorized it \\(${p.id}\\) expired`));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+/** gate.put: an op with effects whose handler awaits a gate the test opens, then commits its effect `atomically`. */
+function gateFamily() {
+  const g = { entered: 0, committed: 0, open: () => {} };
+  let opened = new Promise<void>((r) => {
+    g.open = r;
+  });
+  const family: PrimitiveFamily = {
+    name: "gate",
+    ops: [
+      {
+        op: "gate.put",
+        description: "waits for the test's gate, then commits an effect",
+        targets: ["kernel"],
+        args: {},
+        idempotent: false,
+        effects: true,
+        handler: async (ctx) => {
+          g.entered++;
+          await opened;
+          return ctx.atomically(() => {
+            g.committed++;
+            return { status: "SUCCESS", payload: { committed: true } };
+          });
+        },
+      },
+    ],
+  };
+  const reset = () => {
+    opened = new Promise<void>((r) => {
+      g.open = r;
+    });
+  };
+  return { g, family, reset };
+}
+
+describe("a revocation reaches a request between its authorization and its effect", () => {
+  it("an effect that awaited past a revocation or its token's expiry commits nothing: FAILURE CAPABILITY, on the record", async () => {
+    const { g, family, reset } = gateFamily();
+    const t = await startKernel({}, undefined, (k) => k.register(family));
+    try {
+      const admin = await t.admin();
+      const rights = [{ ops: ["gate.*"], targets: ["kernel://"] }];
+      // Unrevoked, the op commits: what the refusals below withhold is a real effect.
+      const ok = await t.persona("olga", rights);
+      const o = await t.connect(ok.identity, [ok.token]);
+      const done = o.call("gate.put", "kernel://");
+      await until(() => g.entered === 1 || undefined);
+      g.open();
+      assert.equal((await done).status, "SUCCESS");
+      assert.equal(g.committed, 1);
+
+      // Authorized, then revoked while the handler waits: nothing commits.
+      reset();
+      const dan = await t.persona("dan", rights);
+      const d = await t.connect(dan.identity, [dan.token]);
+      const revoked = d.call("gate.put", "kernel://").then(
+        () => "SUCCESS",
+        (e: unknown) => `${(e as { errorClass?: string }).errorClass}: ${(e as Error).message}`,
+      );
+      await until(() => g.entered === 2 || undefined);
+      await admin.call("token.revoke", `token://${idOf(dan.token)}`);
+      g.open();
+      assert.match(
+        await revoked,
+        /^CAPABILITY: the capability \S+ that authorized this request was revoked before its effect committed/,
+      );
+      assert.equal(g.committed, 1);
+      await until(
+        () =>
+          t.k.inspect.queryAudit({ persona: "dan", op: "gate.put", limit: 10 }).find((r) => r.phase === "outcome") ?? undefined,
+      );
+      const [outcome] = t.k.inspect
+        .queryAudit({ persona: "dan", op: "gate.put", limit: 10 })
+        .filter((r) => r.phase === "outcome");
+      assert.equal(outcome?.status, "FAILURE");
+      assert.equal(outcome?.errorClass, "CAPABILITY");
+
+      // Authorized, then expired while the handler waits: the same.
+      reset();
+      const eve = await t.persona("eve", rights, { ttlMs: 2_000 });
+      const exp = decodeToken(eve.token).claims.exp as number;
+      const e = await t.connect(eve.identity, [eve.token]);
+      const expired = e.call("gate.put", "kernel://").then(
+        () => "SUCCESS",
+        (err: unknown) => `${(err as { errorClass?: string }).errorClass}: ${(err as Error).message}`,
+      );
+      await until(() => g.entered === 3 || undefined);
+      await until(() => Date.now() > exp + 50 || undefined);
+      g.open();
+      assert.match(
+        await expired,
+        /^CAPABILITY: the capability \S+ that authorized this request expired before its effect committed/,
+      );
+      assert.equal(g.committed, 1);
     } finally {
       await t.stop();
       removeHome(t.home);

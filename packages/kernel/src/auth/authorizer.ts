@@ -31,4 +31,12 @@ export type Decision =
  */
 export interface Authorizer {
   authorize(req: AuthorizationRequest): Decision;
+  /**
+   * Why the grant a decision carried no longer holds (revoked, itself or an ancestor, or past its
+   * expiry), or undefined while it holds. Asked again right before an op's effect commits: an
+   * effect an await separated from its decision (a large body written to the file store, an
+   * upload's sync) must not land after a revocation answered in between. Optional: an
+   * authorizer without it is not asked. `what`: what the grant authorized, for the message.
+   */
+  lapsed?(grant: Grant, what?: string): string | undefined;
 }

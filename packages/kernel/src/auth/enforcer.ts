@@ -139,10 +139,10 @@ export class CapEnforcer implements Authorizer {
    * — revoked (itself or an ancestor) or past its expiry — or undefined while it holds: the first
    * two of the live checks every use of a handle makes ({@link unusable}).
    */
-  lapsed(g: Grant): string | undefined {
+  lapsed(g: Grant, what = "subscription"): string | undefined {
     const why = this.revokedOrExpired(g, this.clock());
     if (why === undefined) return undefined;
-    return `the capability ${g.id} that authorized this subscription ${why === "REVOKED" ? "was revoked" : "expired"}`;
+    return `the capability ${g.id} that authorized this ${what} ${why === "REVOKED" ? "was revoked" : "expired"}`;
   }
 
   private revokedOrExpired(g: Grant, now: number): "REVOKED" | "EXPIRED" | undefined {

@@ -1,5 +1,6 @@
 import type { CborMap, CborValue, Response } from "@kpip/protocol";
 import { parseTarget } from "@kpip/protocol";
+import type { Authorizer } from "../auth/authorizer.js";
 import { checkArgs } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { AnswerBudget } from "./answer-budget.js";
@@ -14,7 +15,12 @@ import { checkOwnership } from "./ownership.js";
  * Target, arguments, ownership and deadline, then the handler: a handler never checks rights.
  * Synchronous: a refusal here throws, and a synchronous handler's result is returned as it is.
  */
-export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBudget): OpResult | Promise<OpResult> {
+export function execute(
+  ctx: RequestCtx,
+  dedupe: DedupeCache,
+  answers: AnswerBudget,
+  authorizer: Authorizer,
+): OpResult | Promise<OpResult> {
   const { session: s, req } = ctx;
   const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
   const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
@@ -42,7 +48,7 @@ export function execute(ctx: RequestCtx, dedupe: DedupeCache, answers: AnswerBud
     grant: ctx.decision?.grant,
     handles: s.handles,
     // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe),
+    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, authorizer),
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
@@ -94,10 +100,16 @@ export function payloadBytes(v: CborValue): number {
 }
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
-function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache): OpContext["atomically"] {
+function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, authorizer: Authorizer): OpContext["atomically"] {
   const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
+    // The decision was taken when the request arrived; a handler that awaited since (a body
+    // written to the file store, an upload synced) must not commit past a revocation or expiry
+    // answered meanwhile (PROTOCOL §13).
+    const grant = ctx.decision?.grant;
+    const lapsed = grant && authorizer.lapsed?.(grant, "request");
+    if (lapsed) throw new OpError("CAPABILITY", `${lapsed} before its effect committed: nothing was changed`);
     const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
       a.result = r;
       a.answer = answer(ctx, r);

@@ -268,7 +268,8 @@ export class Pipeline {
     });
   };
 
-  private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> => execute(ctx, this.deps.dedupe, this.answers);
+  private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
+    execute(ctx, this.deps.dedupe, this.answers, this.deps.authorizer);
 
   private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 

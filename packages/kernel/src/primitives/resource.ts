@@ -71,6 +71,10 @@ export function resourceFamily(
         },
         handler: (ctx): OpResult => {
           if (ctx.target.scheme === "obj") {
+            // The answer is the whole workspace's: asked through an object's address, a grant over
+            // that object alone would show what every other persona keeps there.
+            if (ctx.target.segments.length !== 1)
+              throw new OpError("SEMANTIC", `resource.query takes a workspace, obj://<ws>, not an object: ${ctx.targetUri}`);
             const ws = ctx.target.segments[0] as string;
             return {
               status: "SUCCESS",

@@ -40,7 +40,7 @@ export const resourceFree = defineOp({
 export const resourceQuery = defineOp({
   op: "resource.query",
   description:
-    "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>. A persona other than the admin queries only personas in its own persona tree (PERMISSION otherwise).",
+    "Usage and limits of persona://<id> (with the authorizing token's limits) or of workspace obj://<ws>. A persona other than the admin queries only personas in its own persona tree (PERMISSION otherwise). A workspace is queried by its bare address, which a grant must cover (obj://<ws> or obj://<ws>/**): obj://<ws>/<path> is SEMANTIC, since the answer is the whole workspace's.",
   targets: ["persona", "obj"],
   args: {},
   result: {
