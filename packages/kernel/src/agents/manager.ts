@@ -24,6 +24,7 @@ import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
+import { processIdentity } from "./process-identity.js";
 
 export interface AgentOptions {
   maxOutputBytes: number;
@@ -91,16 +92,23 @@ export class AgentManager {
     return this.live.size;
   }
 
-  /** After a crash: agents recorded running are killed if their process group survives, and marked lost. */
+  /**
+   * After a crash: agents recorded running are marked lost, and their process group killed if
+   * its leader is still the process spawned (same boot, same start time). A bare pid is not
+   * enough: after a reboot, or once the agent died with the kernel (--die-with-parent), the pid
+   * may lead an unrelated process group, which a kernel running as root would have killed.
+   */
   recover(): void {
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
-      if (a.pid) {
+      if (a.pid && a.procId !== null && processIdentity(a.pid) === a.procId) {
         try {
           process.kill(-a.pid, "SIGKILL");
         } catch {
           // already gone
         }
+      } else if (a.pid && a.procId === null) {
+        this.log.warn({ agent: a.id, pid: a.pid }, "agent recorded without a process identity: its pid is not signalled");
       }
       this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
       this.opts.record({
@@ -223,6 +231,7 @@ export class AgentManager {
       stderr: null,
       tokenId: token.claims.id,
       cwd: launch.scratch,
+      procId: child.pid === undefined ? null : (processIdentity(child.pid) ?? null),
     };
     this.store.putAgent(rec);
     const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 } };

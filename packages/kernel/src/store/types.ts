@@ -381,13 +381,19 @@ export interface AgentRecord {
   stderr: Uint8Array | null;
   tokenId: string;
   cwd: string;
+  /**
+   * The process's identity beyond its pid ("<boot id> <start time>", agents/process-identity.ts),
+   * read at spawn; null when it could not be read, and for agents of an older home. Recovery after
+   * a crash signals only a process that still has it: a pid may name another process by then.
+   */
+  procId: string | null;
 }
 
 /** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
 export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
 
 /** What recovery after a crash needs of an agent recorded running. */
-export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId">;
+export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId" | "procId">;
 
 export interface AgentStore {
   putAgent(r: AgentRecord): void;

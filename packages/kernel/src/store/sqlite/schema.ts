@@ -32,7 +32,7 @@ CREATE INDEX IF NOT EXISTS ops_persona ON ops (persona, created_at);
 CREATE TABLE IF NOT EXISTS agents (
   id TEXT PRIMARY KEY, persona TEXT NOT NULL, spawner TEXT NOT NULL, command TEXT NOT NULL, args TEXT NOT NULL,
   pid INTEGER, state TEXT NOT NULL, exit_code INTEGER, signal TEXT, started_at INTEGER NOT NULL, ended_at INTEGER,
-  deadline INTEGER NOT NULL, stdout BLOB, stderr BLOB, token_id TEXT NOT NULL, cwd TEXT NOT NULL);
+  deadline INTEGER NOT NULL, stdout BLOB, stderr BLOB, token_id TEXT NOT NULL, cwd TEXT NOT NULL, proc_id TEXT);
 CREATE TABLE IF NOT EXISTS agent_output (id TEXT PRIMARY KEY, stdout BLOB, stderr BLOB);
 CREATE TABLE IF NOT EXISTS op_results (id TEXT PRIMARY KEY, result BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS offline_journal (
@@ -114,6 +114,9 @@ function migrateAgents(db: Database.Database): void {
   db.exec("CREATE INDEX IF NOT EXISTS agents_spawner ON agents (spawner)");
   db.exec("CREATE INDEX IF NOT EXISTS agents_state ON agents (state)");
   db.exec("CREATE INDEX IF NOT EXISTS agents_ended ON agents (ended_at) WHERE ended_at IS NOT NULL");
+  // The process's identity beyond its pid, for recovery after a crash (agents/process-identity.ts).
+  const cols = db.prepare("PRAGMA table_info(agents)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "proc_id")) db.exec("ALTER TABLE agents ADD COLUMN proc_id TEXT");
 }
 
 /**

@@ -28,6 +28,7 @@ const AGENT_META_FIELDS: { [K in keyof AgentMeta]-?: true } = {
   deadline: true,
   tokenId: true,
   cwd: true,
+  procId: true,
 };
 
 /** An op's columns without its result (listings read these only). */
@@ -110,15 +111,16 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       return rows.map((r) => ({ ...toAgentMeta(r), seq: r.seq as number }));
     }
     runningAgents(): RunningAgent[] {
-      return (this.prep("SELECT id, persona, spawner, pid, token_id FROM agents WHERE state = 'running'").all() as Row[]).map(
-        (r) => ({
-          id: r.id as string,
-          persona: r.persona as string,
-          spawner: r.spawner as string,
-          pid: (r.pid as number | null) ?? null,
-          tokenId: r.token_id as string,
-        }),
-      );
+      return (
+        this.prep("SELECT id, persona, spawner, pid, token_id, proc_id FROM agents WHERE state = 'running'").all() as Row[]
+      ).map((r) => ({
+        id: r.id as string,
+        persona: r.persona as string,
+        spawner: r.spawner as string,
+        pid: (r.pid as number | null) ?? null,
+        tokenId: r.token_id as string,
+        procId: (r.proc_id as string | null) ?? null,
+      }));
     }
     updateAgent(id: string, f: Partial<AgentRecord>): void {
       this.transaction(() => {

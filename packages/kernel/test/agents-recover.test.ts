@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import Database from "better-sqlite3";
+import { processIdentity } from "../src/agents/process-identity.js";
+import { removeHome, startKernel, until } from "./harness.js";
+
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
+
+/** A process leading its own process group, as a sandboxed agent's bubblewrap does. */
+function groupLeader(): ChildProcess {
+  const p = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });
+  p.unref();
+  return p;
+}
+
+describe("agents recorded running when the kernel died", () => {
+  it("are marked lost; only a process group whose leader is still the spawned process is killed, never one that merely has its pid", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    const reused = groupLeader();
+    const same = groupLeader();
+    const legacy = groupLeader();
+    try {
+      const pids = [reused.pid, same.pid, legacy.pid] as number[];
+      await until(() => pids.every((p) => processIdentity(p) !== undefined) || undefined);
+      const db = new Database(join(home, "kernel.db"));
+      const put = db.prepare(
+        "INSERT INTO agents (id, persona, spawner, command, args, pid, state, started_at, deadline, token_id, cwd, proc_id) " +
+          "VALUES (?, ?, 'admin', 'tool', '[]', ?, 'running', 1, 9999999999999, ?, '/tmp', ?)",
+      );
+      // The pid of an agent now leads another process (a reboot, or the agent died with its kernel).
+      const [bootId, start] = (processIdentity(reused.pid as number) as string).split(" ");
+      put.run("admin/tool/1", "admin/tool-1", reused.pid, "t1", `${bootId} ${Number(start) + 1}`);
+      // The agent's own process, still running.
+      put.run("admin/tool/2", "admin/tool-2", same.pid, "t2", processIdentity(same.pid as number));
+      // A row of an older home: no identity recorded.
+      put.run("admin/tool/3", "admin/tool-3", legacy.pid, "t3", null);
+      db.close();
+
+      const t = await startKernel({}, home);
+      try {
+        for (const id of ["admin/tool/1", "admin/tool/2", "admin/tool/3"]) assert.equal(t.k.inspect.getAgent(id)?.state, "lost");
+        await until(() => !alive(same.pid as number) || undefined);
+        assert.ok(alive(reused.pid as number), "a process that only has the agent's pid is not signalled");
+        assert.ok(alive(legacy.pid as number), "a pid recorded without an identity is not signalled");
+        const lost = t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 });
+        assert.equal(lost.length, 3);
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      for (const p of [reused, same, legacy]) if (p.pid && alive(p.pid)) process.kill(-p.pid, "SIGKILL");
+      removeHome(home);
+    }
+  });
+
+  it("processIdentity tells a live process from a gone one and reads the start time past a command name with spaces and parentheses", () => {
+    const own = processIdentity(process.pid);
+    assert.match(own ?? "", /^[0-9a-f-]{36} \d+$/);
+    assert.equal(processIdentity(process.pid), own, "stable for one process");
+    assert.equal(processIdentity(0), undefined);
+    assert.equal(processIdentity(2 ** 31), undefined);
+    const root = mkdtempSync(join(tmpdir(), "kpip-proc-"));
+    try {
+      mkdirSync(join(root, "42"));
+      // Fields 3.. after the command name; field 22 (start time) is 987654.
+      const rest = ["S", ...Array.from({ length: 18 }, (_, i) => String(i + 4)), "987654", "0"].join(" ");
+      writeFileSync(join(root, "42", "stat"), `42 (a) b (c) ${rest}\n`);
+      assert.match(processIdentity(42, root) ?? "", / 987654$/);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
