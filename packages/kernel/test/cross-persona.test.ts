@@ -4,7 +4,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallResult, type KernelClient, KpipError } from "@kpip/client";
 import { type CborMap, generateIdentity } from "@kpip/protocol";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
 
@@ -419,6 +419,47 @@ describe("cross-persona matrix: narrower grants in the same workspace, and grant
     assert.equal(usage.usage.memory, 4242);
     await admin.call("persona.remove", "persona://bob");
     assert.equal(t.k.inspect.getPersona("bob"), undefined);
+  });
+
+  it("listing cursors (token.list, op.list, agent.list) are opaque: they do not count what other personas created between a persona's rows, and one made up, altered or of another listing is SEMANTIC", async () => {
+    const mint = [
+      { ops: ["token.mint"], targets: ["persona://kim/**"] },
+      { ops: ["token.list", "op.list", "agent.list", "system.health"], targets: ["kernel://"] },
+    ];
+    const kim = await t.persona("kim", mint);
+    const k = await t.connect(kim.identity, [kim.token]);
+    const own = async () =>
+      (await k.tokens.mint("kim/a", { rights: [{ ops: ["system.health"], targets: ["kernel://"] }], ttlMs: 60_000 })).id;
+    const mine = [await own()];
+    // Other personas' activity between kim's tokens: 25 tokens of the admin's.
+    for (let i = 0; i < 25; i++)
+      await admin.tokens.mint("someone", { rights: [{ ops: ["system.health"], targets: ["kernel://"] }], ttlMs: 60_000 });
+    mine.push(await own(), await own());
+    const cursors: string[] = [];
+    const listed: string[] = [];
+    let cursor: string | undefined;
+    do {
+      const r = await k.call("token.list", "kernel://", { limit: 1, ...(cursor ? { cursor } : {}) });
+      const p = r.payload as { tokens: { id: string }[]; cursor?: string };
+      listed.push(...p.tokens.map((x) => x.id));
+      cursor = p.cursor;
+      if (cursor) cursors.push(cursor);
+    } while (cursor);
+    // Every token kim sees (her own and the three she minted), each once, in order.
+    assert.deepEqual(listed.slice(-3), mine);
+    assert.equal(new Set(listed).size, listed.length);
+    for (const c of cursors) assert.doesNotMatch(c, /^\d+$/, `a cursor is no row number: ${c}`);
+    assert.equal(new Set(cursors.map((c) => c.length)).size, 1, "every cursor has one length, whatever its position");
+    const [first] = cursors as [string];
+    const altered = `${first.slice(0, 5)}${first[5] === "A" ? "B" : "A"}${first.slice(6)}`;
+    for (const [op, c] of [
+      ["token.list", altered],
+      ["token.list", "12"],
+      ["op.list", first],
+      ["agent.list", first],
+    ] as const) {
+      await assert.rejects(k.call(op, "kernel://", { cursor: c }), klass("SEMANTIC", "cursor"), `${op} ${c}`);
+    }
   });
 
   it("resource.query answers a workspace's usage only for its bare address: a grant over one object is SEMANTIC through that object's address, PERMISSION for the workspace", async () => {

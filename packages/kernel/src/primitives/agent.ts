@@ -107,7 +107,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
             page,
             "agents",
             (a) => describe(a),
-            (a) => String(a.seq),
+            (a) => page.seal(a.seq),
           );
         },
       }),

@@ -123,7 +123,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
           const page = pageRequest(ctx.args, "an op list");
           const ops = store.listOps(all ? undefined : ctx.persona, page.limit + 1, page.after);
           const describe = (op: OpSummary) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op));
-          return pageAnswer(ops, page, "ops", describe, (op) => String(op.seq));
+          return pageAnswer(ops, page, "ops", describe, (op) => page.seal(op.seq));
         },
       }),
     ],

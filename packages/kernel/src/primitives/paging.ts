@@ -1,5 +1,6 @@
 import type { CborMap } from "@kpip/protocol";
 import { MAX_LIST_PAGE } from "../limits.js";
+import { openSeq, sealSeq } from "./seq-cursor.js";
 import { OpError, type OpResult } from "./types.js";
 
 /** A listing's page as its request asks for it (PROTOCOL §9.3): `limit` rows (default 100, 1…MAX_LIST_PAGE) after `cursor`. */
@@ -13,15 +14,21 @@ export interface PageRequest {
 export interface SeqPageRequest extends PageRequest {
   /** The cursor as that position; undefined for the first page. */
   after: number | undefined;
+  /** The cursor of a position of this listing, for the answer (opaque: seq-cursor.ts). */
+  seal: (seq: number) => string;
 }
 
-/** A listing position as a cursor: up to 15 digits (below 2^53, so exact as a number). */
-const SEQ_CURSOR = /^\d{1,15}$/;
-
-/** The page of a listing by position (agents, ops, tokens); a cursor that is not a position is SEMANTIC. */
+/**
+ * The page of a listing by position (agents, ops, tokens); a cursor that is not one this
+ * listing handed out in this kernel run is SEMANTIC. The answer's cursors come from `seal`.
+ */
 export function pageRequest(args: { limit?: number; cursor?: string }, what: string): SeqPageRequest {
-  const page = textPageRequest(args, what, SEQ_CURSOR);
-  return { ...page, after: page.cursor === undefined ? undefined : Number(page.cursor) };
+  const page = textPageRequest(args, what);
+  const seal = (seq: number) => sealSeq(seq, what);
+  if (page.cursor === undefined) return { ...page, after: undefined, seal };
+  const after = openSeq(page.cursor, what);
+  if (after === undefined) throw new OpError("SEMANTIC", `cursor is not ${what} cursor of this kernel run`);
+  return { ...page, after, seal };
 }
 
 /**

@@ -283,7 +283,7 @@ export function tokenFamily(
               createdAt: r.createdAt,
               ...(r.revokedAt !== null ? { revokedAt: r.revokedAt } : {}),
             }),
-            (r) => String(r.seq),
+            (r) => page.seal(r.seq ?? 0),
           );
         },
       }),
