@@ -1,6 +1,6 @@
-import { KpipError } from "@kpip/protocol";
+import { HANDSHAKE_RETRY_CODES, KpipError } from "@kpip/protocol";
 import { backoffDelay } from "./backoff.js";
-import { KernelUnavailableError } from "./errors.js";
+import { KernelUnavailableError, TimeoutError } from "./errors.js";
 import type { ResolvedOptions } from "./options.js";
 
 /** What the dialer asks of the client: one attempt, and whether to keep going. */
@@ -37,18 +37,26 @@ export class Dialer {
     private readonly host: DialHost,
   ) {}
 
-  /** The first connection; throws what the last attempt threw. */
+  /**
+   * The first connection; throws what the last attempt threw — or, when time ran out on an
+   * attempt after a refusal that was being retried, that refusal (the kernel's typed answer says
+   * more than a timeout of the few milliseconds left).
+   */
   async first(): Promise<void> {
     const until = Date.now() + this.o.connectTimeoutMs;
+    let refused: unknown;
     for (;;) {
       try {
         return await this.host.establish(Math.max(1, until - Date.now()));
       } catch (e) {
-        // A handshake the kernel shed to make room under a connection flood (PROTOCOL §8.8) is
-        // tried again within the connect timeout, like a kernel that is not up yet.
-        const shed = e instanceof KpipError && e.code === "HANDSHAKE_SHED";
+        // A handshake the kernel shed to make room under a connection flood, or refused because the
+        // persona's tree opened sessions too fast (PROTOCOL §8.8), is tried again within the
+        // connect timeout, like a kernel that is not up yet.
+        const shed = e instanceof KpipError && e.code !== undefined && HANDSHAKE_RETRY_CODES.has(e.code);
         const absent = this.o.waitForKernel && e instanceof KernelUnavailableError;
-        if (!(absent || shed) || Date.now() >= until) throw e;
+        if (Date.now() >= until) throw refused !== undefined && e instanceof TimeoutError ? refused : e;
+        if (!(absent || shed)) throw e;
+        refused = e;
         this.host.retrying(true);
         await pause(Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now()));
       }

@@ -204,4 +204,23 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });
     await d.close();
   });
+
+  it("a handshake refused SESSION_RATE_LIMITED is tried again within the connect timeout; past it connect throws that refusal", async () => {
+    const hellos = fake.hellos.length;
+    fake.shedCode = "SESSION_RATE_LIMITED";
+    try {
+      fake.shed = 2;
+      const d = await fake.connect();
+      assert.equal(fake.hellos.length, hellos + 3, "two refused, the third served");
+      await d.close();
+      // Refused until the connect timeout: the typed, retryable refusal, not a timeout of the last attempt.
+      fake.shed = 1_000_000;
+      const e = await fake.connect({ connectTimeoutMs: 200 }).catch((x: unknown) => x);
+      assert.ok(e instanceof KpipError, String(e));
+      assert.deepEqual([e.errorClass, e.code, e.retryable], ["RESOURCE", "SESSION_RATE_LIMITED", true]);
+    } finally {
+      fake.shed = 0;
+      fake.shedCode = "HANDSHAKE_SHED";
+    }
+  });
 });

@@ -116,8 +116,9 @@ export class FakeKernel {
   helloMaxBodies: (number | undefined)[] = [];
   /** The maxBody CHALLENGE sets (a real kernel's is min(its own, HELLO.maxBody); a faulty one may not be). */
   maxBody = 1 << 20;
-  /** HELLOs to answer with fatal RESOURCE/HANDSHAKE_SHED, as a kernel under a connection flood does. */
+  /** HELLOs to answer with fatal RESOURCE/`shedCode`, as a kernel under a connection flood does (or over a persona tree's session rate). */
   shed = 0;
+  shedCode = "HANDSHAKE_SHED";
   requests: Request[] = [];
   script: Step[] = [];
   constructor() {
@@ -132,7 +133,7 @@ export class FakeKernel {
             this.helloMaxBodies.push(m.body.maxBody);
             if (this.shed > 0) {
               this.shed--;
-              const body = { class: "RESOURCE" as const, code: "HANDSHAKE_SHED", message: "shed", fatal: true };
+              const body = { class: "RESOURCE" as const, code: this.shedCode, message: "shed", fatal: true };
               s.end(encodeMessage({ type: "ERROR", body }));
               continue;
             }

@@ -38,6 +38,18 @@ const DECLARED = {
     default: 64,
     description: "most attested sessions of one persona with its sub-personas and agents (the admin exempt)",
   },
+  /**
+   * Sessions one persona tree may open per second (bursts 5×); past it the attestation is refused
+   * with the retryable RESOURCE/SESSION_RATE_LIMITED: each open is a durable record (with up to
+   * 4 KiB of measurements). The admin exempt; 0 = no bound.
+   */
+  sessionOpenPersonaRate: {
+    type: "int",
+    default: 20,
+    zeroAllowed: true,
+    description:
+      "sessions one persona with its sub-personas and agents may open per second (bursts 5×); past it: retryable RESOURCE/SESSION_RATE_LIMITED (the admin exempt; 0 = no bound)",
+  },
   maxInFlight: { type: "int", default: 1024, description: "most requests in flight per session" },
   maxBodyBytes: { type: "int", default: 16 * 1024 * 1024, description: "largest frame body accepted, in bytes" },
   heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },

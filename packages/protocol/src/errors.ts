@@ -33,6 +33,13 @@ export const ERROR_CLASSES: readonly ErrorClass[] = Object.values(ErrorClass);
 /** Classes a client may retry with the same request id (the kernel dedupes). */
 export const RETRYABLE_CLASSES: ReadonlySet<ErrorClass> = new Set([ErrorClass.RESOURCE, ErrorClass.INTERNAL]);
 
+/**
+ * Fatal handshake ERROR codes (RESOURCE) a client SHOULD try again with backoff within its
+ * connect timeout (PROTOCOL §8.8): the handshake was shed under a connection flood, or the
+ * persona's tree opened sessions faster than the kernel's rate. Both pass in moments.
+ */
+export const HANDSHAKE_RETRY_CODES: ReadonlySet<string> = new Set(["HANDSHAKE_SHED", "SESSION_RATE_LIMITED"]);
+
 /** The error shape carried on the wire, in RESPONSE and ERROR bodies. */
 export interface WireError {
   class: ErrorClass;

@@ -5,7 +5,7 @@ export interface Bucket {
 }
 
 /** Bursts are this many seconds of the rate. */
-const BURST_SECONDS = 5;
+export const BURST_SECONDS = 5;
 
 /** Buckets a table holds before a new key is sweep-checked ({@link RateBuckets.take}) or refused ({@link RateBuckets.takeIfRoom}). */
 const MAX_BUCKETS = 10_000;

@@ -41,6 +41,7 @@ import { openSandbox, sandboxInfo, sandboxSecrets, sandboxSummary } from "../san
 import { singleLinks } from "../sandbox/view.js";
 import { BodyPool } from "../session/body-pool.js";
 import { PeerLogLimiter } from "../session/log-limit.js";
+import { SessionOpenRate } from "../session/open-rate.js";
 import { PersonaKeys } from "../session/persona-keys.js";
 import type { SessionHost } from "../session/session.js";
 import { BlobStore } from "../store/blobs.js";
@@ -161,9 +162,16 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     events.useRoots(roots);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
+    const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
-      (persona, attested, tree, root) => admission.session(persona, attested, tree, root)?.message,
+      (persona, attested, tree, root) => {
+        const full = admission.session(persona, attested, tree, root);
+        if (full !== undefined) return { code: "TOO_MANY_SESSIONS", message: full.message };
+        // Last: only a session that opens takes a token of its tree's rate.
+        const fast = opens.take(persona, root);
+        return fast === undefined ? undefined : { code: "SESSION_RATE_LIMITED", message: fast };
+      },
       {
         shed: () => metricsRef?.handshakesShed.inc(),
         ended: (s) => {

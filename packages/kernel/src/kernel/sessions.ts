@@ -2,6 +2,7 @@ import { TICK_SLICE_SESSIONS } from "../limits.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
+import type { SessionRefusal } from "../session/host.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
 import { SliceSweep } from "./slices.js";
@@ -31,8 +32,11 @@ export class SessionRegistry implements SessionCounts {
 
   constructor(
     preauth: PreauthLimits,
-    /** The admission decision (the pipeline's admission stage): a refusal's message, given the attested sessions, all and the persona tree's. */
-    private readonly decide: (persona: string, attested: number, tree: number, root: string) => string | undefined,
+    /**
+     * The admission decision (the pipeline's admission stage, then the tree's open rate): a
+     * refusal, given the attested sessions, all and the persona tree's. Undefined admits the session.
+     */
+    private readonly decide: (persona: string, attested: number, tree: number, root: string) => SessionRefusal | undefined,
     private readonly on: SessionEvents = {},
     /** The top of each persona's tree. */
     private readonly roots: TreeRoots = FIRST_SEGMENT,
@@ -69,8 +73,8 @@ export class SessionRegistry implements SessionCounts {
     }
   }
 
-  /** At attestation: may `persona` have a session? A refusal is the message of RESOURCE/TOO_MANY_SESSIONS. */
-  admit(s: Session, persona: string): string | undefined {
+  /** At attestation: may `persona` have a session? A refusal is a fatal RESOURCE error's code and message. */
+  admit(s: Session, persona: string): SessionRefusal | undefined {
     const tree = this.roots.of(persona);
     const refused = this.decide(persona, this.treeOf.size, this.trees.get(tree) ?? 0, tree);
     if (refused !== undefined) return refused;

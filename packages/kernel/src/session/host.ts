@@ -27,6 +27,12 @@ export interface SessionLimitsConfig {
  */
 export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
 
+/** Why an attested persona gets no session (PROTOCOL §8.8): the code of its fatal RESOURCE error, and the message. */
+export interface SessionRefusal {
+  code: "TOO_MANY_SESSIONS" | "SESSION_RATE_LIMITED";
+  message: string;
+}
+
 /**
  * What a session needs from the kernel that owns it; `S` is the session (session.ts names it
  * `SessionHost`, so this file need not import the session).
@@ -45,10 +51,10 @@ export interface SessionHostOf<S> {
   /** Log lines a peer causes go through here: a bounded number per peer and window. */
   readonly peerLog: PeerLogLimiter;
   /**
-   * A persona attested: may it have a session? A refusal (sessions full, the admin's reserve
-   * excepted) is the message of the RESOURCE/TOO_MANY_SESSIONS error.
+   * A persona attested: may it have a session? A refusal — sessions full (the admin's reserve
+   * excepted), or its tree opening them too fast — is a fatal RESOURCE error of the handshake.
    */
-  admitSession(s: S, persona: string): string | undefined;
+  admitSession(s: S, persona: string): SessionRefusal | undefined;
   sessionClosed(s: S): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: S): void;

@@ -255,9 +255,10 @@ export class Session implements SessionView, EventSink {
     } catch (e) {
       return this.fail("PROTOCOL", "TOO_LARGE", (e as Error).message, persona);
     }
-    const full = this.host.admitSession(this, persona);
-    // The persona attested: this record names it as verified, unlike every other failed handshake's.
-    if (full !== undefined) return this.fail("RESOURCE", "TOO_MANY_SESSIONS", full, persona, { verified: true });
+    const refused = this.host.admitSession(this, persona);
+    // The persona attested: this record names it as verified, unlike every other failed handshake's
+    // (written within the failed-handshake record rate, as theirs are).
+    if (refused !== undefined) return this.fail("RESOURCE", refused.code, refused.message, persona, { verified: true });
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.state = "ready";
