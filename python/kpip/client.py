@@ -9,6 +9,7 @@ from typing import Any
 
 from .calls import Backoff, CallTable, Held, Pending, Result
 from .errors import (
+    HANDSHAKE_RETRY_CODES,
     RETRYABLE,
     AuthError,
     Cancelled,
@@ -137,6 +138,12 @@ class Client:
                 break
             except KernelUnavailable:
                 if not self._o["wait"] or time.monotonic() >= end:
+                    self.state = "closed"
+                    raise
+            except KpipError as e:
+                # A kernel shedding half-open handshakes, or bounding how fast a persona tree opens
+                # sessions, asks for another try (§8.8): within the connect timeout, as the reconnect loop does.
+                if e.code not in HANDSHAKE_RETRY_CODES or time.monotonic() >= end:
                     self.state = "closed"
                     raise
             await asyncio.sleep(min(self._reconnect_backoff.delay(attempt), max(0.0, end - time.monotonic())))

@@ -13,6 +13,11 @@ ERROR_CLASSES = ("SEMANTIC", "PERMISSION", "RESOURCE", "CAPABILITY", "INTERNAL",
 RETRYABLE = frozenset({"RESOURCE", "INTERNAL"})
 
 
+#: Codes of a refused handshake that ask the persona to try again (§8.8): the kernel shed the
+#: half-open handshake, or the persona's tree opens sessions faster than the kernel allows.
+HANDSHAKE_RETRY_CODES = frozenset({"HANDSHAKE_SHED", "SESSION_RATE_LIMITED"})
+
+
 class KpipError(Exception):
     """An error with a KPIP error class (§10) and, when known, a code and request id."""
 

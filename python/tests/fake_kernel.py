@@ -61,7 +61,10 @@ class FakeKernel:
         features: list[str] | None = None,
         force_features: bool = False,
         on_shm: Callable[[Frame], Frame] | None = None,
+        refuse: list[str] | None = None,
     ):
+        # Handshakes answered with a fatal RESOURCE ERROR of these codes, one each, before any is welcomed.
+        self.refuse = list(refuse or [])
         # Enabled in CHALLENGE when the persona offers them (all of them with force_features).
         self.features = features or []
         self.force_features = force_features
@@ -127,6 +130,11 @@ class FakeKernel:
         except Exception:
             self.attested.append(False)
             c.send("ERROR", {"class": "AUTH", "code": "ATTESTATION_FAILED", "message": "no", "fatal": True})
+            writer.close()
+            return
+        if self.refuse:
+            code = self.refuse.pop(0)
+            c.send("ERROR", {"class": "RESOURCE", "code": code, "message": f"refused: {code}", "fatal": True})
             writer.close()
             return
         c.send("WELCOME", {"persona": hello.body["persona"], "handles": list(range(1, len(attest.body["tokens"]) + 1))})

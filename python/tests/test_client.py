@@ -44,6 +44,26 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(len({(m.body["id"], m.body["intent"], m.stream) for m in k.requests}), 1)
             await c.close()
 
+    async def test_a_handshake_refused_with_a_retry_code_is_tried_again_within_the_connect_timeout(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload={"ok": True})
+
+        async with FakeKernel(handler, refuse=["SESSION_RATE_LIMITED", "HANDSHAKE_SHED"]) as k:
+            c = await self.connect(k)
+            self.assertEqual(k.sessions, 3)
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, {"ok": True})
+            await c.close()
+        # Any other refusal is final at once; a retry code past the timeout is the kernel's refusal.
+        async with FakeKernel(handler, refuse=["TOO_MANY_SESSIONS"]) as k:
+            with self.assertRaises(kpip.ResourceExhausted) as e:
+                await self.connect(k)
+            self.assertEqual((e.exception.code, k.sessions), ("TOO_MANY_SESSIONS", 1))
+        async with FakeKernel(handler, refuse=["SESSION_RATE_LIMITED"] * 1000) as k:
+            with self.assertRaises(kpip.ResourceExhausted) as e:
+                await self.connect(k, connect_timeout=0.3)
+            self.assertEqual(e.exception.code, "SESSION_RATE_LIMITED")
+            self.assertGreater(k.sessions, 1)
+
     async def test_non_retryable_failures_are_not_retried(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, "FAILURE", error="PERMISSION", message="no")
