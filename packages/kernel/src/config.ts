@@ -281,14 +281,16 @@ const DECLARED = {
     description: "PEM CA: gRPC clients must present a certificate it signed (mTLS)",
   },
   /**
-   * Open TCP connections to the gRPC listener in all; past it a new one is closed as it arrives.
+   * Open TCP connections to the gRPC listener in all; at it a new one sheds the oldest connection
+   * carrying no attested session, or is closed as it arrives when every one carries one.
    * A client carries its sessions as streams of one connection, so this is about one per client
    * process: far above what sessions need, and below the descriptors the kernel needs besides.
    */
   grpcMaxConnections: {
     type: "int",
     default: 1024,
-    description: "most open TCP connections to the gRPC listener; past it a new one is closed as it arrives",
+    description:
+      "most open TCP connections to the gRPC listener; at it a new one sheds the oldest connection without an attested session, or is closed as it arrives when every one has one",
   },
   /** Open TCP connections to the gRPC listener from one peer address (an IPv6 address by its /64). */
   grpcMaxConnectionsPerPeer: {

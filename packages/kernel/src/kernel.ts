@@ -178,6 +178,7 @@ export class Kernel {
         this.log,
         this.listeners,
         (bound) => s.metrics.grpcConnectionsRefused.inc({ bound }),
+        () => s.metrics.grpcConnectionsShed.inc(),
       );
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);

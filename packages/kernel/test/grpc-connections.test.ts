@@ -20,7 +20,7 @@ const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.ke
 const ca = readFileSync(fixture("ca.pem"));
 
 function recordingLogger() {
-  const lines: { msg: string; address?: string; bound?: string }[] = [];
+  const lines: { msg: string; address?: string; bound?: string; peer?: string; shed?: string }[] = [];
   const logger = pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) });
   return { logger, lines };
 }
@@ -31,6 +31,12 @@ const portOf = (address: string) => Number(address.slice(address.lastIndexOf(":"
 async function refusals(t: TestKernel): Promise<Record<string, number>> {
   const m = await t.k.metrics?.grpcConnectionsRefused.get();
   return Object.fromEntries((m?.values ?? []).map((v) => [v.labels.bound as string, v.value]));
+}
+
+/** Connections without an attested session shed at grpcMaxConnections (kpip_grpc_connections_shed_total). */
+async function sheds(t: TestKernel): Promise<number> {
+  const m = await t.k.metrics?.grpcConnectionsShed.get();
+  return m?.values[0]?.value ?? 0;
 }
 
 /**
@@ -117,20 +123,97 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
     });
   });
 
-  it("over grpcMaxConnections a connection from any address is closed before TLS, counted apart; a client gets in once one closes", async () => {
+  it("at grpcMaxConnections a new connection sheds the oldest connection without an attested session, counted and logged: a client connects and is served while never-attesting connections fill the total; an attested one is never shed", async () => {
+    const { logger, lines } = recordingLogger();
+    const opts = {
+      grpcListen: "127.0.0.1:0",
+      // Every loopback address is one peer key: the per-peer bound is set above the total.
+      grpcMaxConnectionsPerPeer: 64,
+      grpcMaxConnections: 4,
+      // Nothing here is closed for idling: only the bound closes connections.
+      handshakeTimeoutMs: 60_000,
+      logger,
+    };
+    await withKernel(opts, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const held: http2.ClientHttp2Session[] = [];
+      const clients: KernelClient[] = [];
+      // grpc-js shares one connection among channels with the same options: another message size is another connection.
+      const client = async (maxMessageBytes: number) => {
+        const c = await KernelClient.connect({
+          grpc: { address, insecure: true, maxMessageBytes },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        clients.push(c);
+        return c;
+      };
+      const raw = async () => {
+        const { state, h } = await h2From(address, "127.0.0.2");
+        held.push(h);
+        return state;
+      };
+      try {
+        // The oldest connection carries an attested session; HTTP/2 connections that never open a stream fill the rest.
+        const first = await client(80 * 1024 * 1024);
+        assert.deepEqual([await raw(), await raw(), await raw()], ["admitted", "admitted", "admitted"]);
+        assert.equal(t.k.grpcConnectionCount, 4);
+        // A new client is let in: the oldest connection without an attested session goes, not the older attested one.
+        const second = await client(64 * 1024 * 1024);
+        assert.equal((await second.system.health()).status, "ok");
+        await until(() => held[0]?.closed, 30_000, "the oldest idle connection to be shed");
+        assert.deepEqual(
+          held.map((h) => h.closed),
+          [true, false, false],
+        );
+        assert.equal(t.k.grpcConnectionCount, 4);
+        // A connection that will never attest sheds the next idle one, never either client's.
+        assert.equal(await raw(), "admitted");
+        await until(() => held[1]?.closed, 30_000, "the next oldest idle connection to be shed");
+        assert.deepEqual(
+          held.map((h) => h.closed),
+          [true, true, false, false],
+        );
+        assert.equal((await first.system.health()).status, "ok");
+        assert.equal((await second.system.health()).status, "ok");
+        assert.equal(t.k.grpcConnectionCount, 4);
+        assert.equal(await sheds(t), 2);
+        assert.deepEqual(await refusals(t), {});
+        const shedLines = lines.filter((l) => String(l.msg).startsWith("gRPC connection shed: grpcMaxConnections reached"));
+        assert.equal(shedLines.length, 2);
+        assert.ok(shedLines.every((l) => l.peer === "grpc:connections" && l.shed === "127.0.0.2"));
+      } finally {
+        for (const c of clients) await c.close();
+        for (const h of held) h.destroy();
+      }
+    });
+  });
+
+  it("at grpcMaxConnections with every connection carrying an attested session, a new connection is closed before TLS, counted and logged; the attested sessions keep working, and one that ends frees its connection", async () => {
     const { logger, lines } = recordingLogger();
     const opts = {
       grpcListen: "127.0.0.1:0",
       ...TLS,
-      // Every loopback address is one peer key: the per-peer bound is set above the total.
       grpcMaxConnectionsPerPeer: 64,
-      grpcMaxConnections: 5,
+      grpcMaxConnections: 2,
       handshakeTimeoutMs: 60_000,
       logger,
     };
     await withKernel(opts, async (t) => {
       const address = t.k.grpcAddress as string;
       const held: tls.TLSSocket[] = [];
+      const clients: KernelClient[] = [];
+      const client = async (maxMessageBytes: number) => {
+        const c = await KernelClient.connect({
+          grpc: { address, ca, maxMessageBytes },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        clients.push(c);
+        return c;
+      };
       const open = async (from: string, n: number) => {
         const states: string[] = [];
         for (let i = 0; i < n; i++) {
@@ -141,35 +224,32 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         return states;
       };
       try {
-        assert.deepEqual(await open("127.0.0.2", 3), ["admitted", "admitted", "admitted"]);
-        assert.deepEqual(await open("127.0.0.3", 4), ["admitted", "admitted", "refused", "refused"]);
-        // An address holding nothing is refused too: the listener is full.
-        assert.deepEqual(await open("127.0.0.4", 2), ["refused", "refused"]);
-        assert.equal(t.k.grpcConnectionCount, 5);
-        assert.deepEqual(await refusals(t), { total: 4 });
+        const [a, b] = [await client(80 * 1024 * 1024), await client(64 * 1024 * 1024)];
+        assert.equal(t.k.grpcConnectionCount, 2);
+        // Any address: the listener is full of attested sessions.
+        assert.deepEqual(await open("127.0.0.3", 2), ["refused", "refused"]);
+        assert.deepEqual(await open("127.0.0.4", 1), ["refused"]);
+        assert.deepEqual(await refusals(t), { total: 3 });
+        assert.equal(await sheds(t), 0);
         // Refused before TLS began: no TLS refusal is logged for them; the total's lines share one key.
         assert.deepEqual(
           lines.filter((l) => l.msg === "TLS handshake refused"),
           [],
         );
         const totalLines = lines.filter((l) => l.msg === "gRPC connection refused: grpcMaxConnections reached");
-        assert.equal(totalLines.length, 4);
-        // One connection closes; a client connects and calls.
-        held[0]?.destroy();
-        await until(() => t.k.grpcConnectionCount === 4, 30_000, "the kernel to release the closed connection");
-        const c = await KernelClient.connect({
-          grpc: { address, ca },
-          identity: adminIdentity(t.k),
-          tokens: [t.adminToken],
-          reconnect: false,
-        });
-        try {
-          assert.equal((await c.system.health()).status, "ok");
-          assert.equal(t.k.grpcConnectionCount, 5);
-        } finally {
-          await c.close();
-        }
+        assert.equal(totalLines.length, 3);
+        assert.ok(totalLines.every((l) => l.peer === "grpc:connections"));
+        assert.equal((await a.system.health()).status, "ok");
+        assert.equal((await b.system.health()).status, "ok");
+        // One client leaves: its connection closes and a new one gets in; without a session, the next newcomer sheds it.
+        await a.close();
+        await until(() => t.k.grpcConnectionCount === 1, 30_000, "the kernel to release the closed connection");
+        assert.deepEqual(await open("127.0.0.3", 2), ["admitted", "admitted"]);
+        await until(() => held[3]?.closed, 30_000, "the idle TLS connection to be shed");
+        assert.equal(await sheds(t), 1);
+        assert.equal((await b.system.health()).status, "ok");
       } finally {
+        for (const c of clients) await c.close();
         for (const s of held) s.destroy();
       }
     });
@@ -262,9 +342,14 @@ describe("gRPC streams bounded per HTTP/2 connection", () => {
 });
 
 describe("ConnectionCaps", () => {
-  it("counts by peer key (an IPv6 /64 as one peer, a mapped IPv4 address as the IPv4 one), refuses past either bound, and frees on release", () => {
-    const caps = new ConnectionCaps({ perPeer: 2, total: 5 });
-    const admit = (a: string) => caps.admit(peerKey(a));
+  it("counts by peer key (an IPv6 /64 as one peer, a mapped IPv4 address as the IPv4 one), refuses past its peer's bound, and frees on release", () => {
+    const caps = new ConnectionCaps<{ a: string }>({ perPeer: 2, total: 5 });
+    const conns: { a: string }[] = [];
+    const admit = (a: string) => {
+      const c = { a };
+      conns.push(c);
+      return caps.admit(peerKey(a), c).refused;
+    };
     assert.equal(admit("2001:db8:1:2::1"), undefined);
     assert.equal(admit("2001:db8:1:2:ffff::9"), undefined);
     assert.equal(admit("2001:db8:1:2::7"), "peer", "another address of the same /64");
@@ -272,16 +357,52 @@ describe("ConnectionCaps", () => {
     assert.equal(admit("::ffff:10.0.0.1"), undefined);
     assert.equal(admit("10.0.0.1"), "peer", "the mapped address counted as the IPv4 one");
     // A peer the transport could not name counts only in the total.
-    assert.equal(caps.admit(""), undefined);
+    const unnamed = { a: "" };
+    assert.equal(caps.admit("", unnamed).refused, undefined);
     assert.equal(caps.count, 5);
-    assert.equal(admit("192.0.2.1"), "total");
-    assert.equal(caps.count, 5);
-    caps.release(peerKey("2001:db8:1:2::1"));
+    caps.release(conns[0] as { a: string });
+    caps.release(conns[0] as { a: string }); // twice: counted once
+    assert.equal(caps.count, 4);
     assert.equal(caps.of("2001:db8:1:2::/64"), 1);
     assert.equal(admit("2001:db8:1:2::abcd"), undefined);
-    caps.release("");
-    caps.release(peerKey("10.0.0.1"));
-    assert.equal(admit("192.0.2.1"), undefined);
+    caps.release(unnamed);
+    caps.release(conns[3] as { a: string });
+    assert.equal(caps.count, 3);
+    assert.equal(caps.of("10.0.0.1"), 1);
+  });
+
+  it("at the total sheds the oldest connection without an attested session, never one with; refuses only when every one has one; a peer over its own bound is refused, never sheds", () => {
+    const caps = new ConnectionCaps<string>({ perPeer: 3, total: 4 });
+    assert.deepEqual(caps.admit("a", "a1"), {});
+    assert.deepEqual(caps.admit("b", "b1"), {});
+    assert.deepEqual(caps.admit("b", "b2"), {});
+    assert.deepEqual(caps.admit("c", "c1"), {});
+    caps.attested("a1");
+    caps.attested("a1"); // two sessions on one connection
+    // The oldest is attested: the oldest without a session goes.
+    assert.deepEqual(caps.admit("d", "d1"), { shed: "b1" });
+    assert.equal(caps.of("b"), 1);
+    assert.equal(caps.count, 4);
+    caps.release("b1"); // its close comes after the shed: not counted twice
+    assert.equal(caps.count, 4);
+    assert.deepEqual(caps.admit("d", "d2"), { shed: "b2" });
+    // A peer at its own bound is refused even with connections to shed.
+    caps.admit("d", "d3"); // sheds c1
+    assert.deepEqual(caps.admit("d", "d4"), { refused: "peer" });
+    assert.equal(caps.count, 4);
+    for (const c of ["d1", "d2", "d3"]) caps.attested(c);
+    assert.deepEqual(caps.admit("e", "e1"), { refused: "total" });
+    // One of a1's two sessions ends: still attested. The other ends: it may be shed again.
+    caps.sessionEnded("a1");
+    assert.deepEqual(caps.admit("e", "e1"), { refused: "total" });
+    caps.sessionEnded("a1");
+    assert.deepEqual(caps.admit("e", "e1"), { shed: "a1" });
+    // An attestation or an end after the connection went changes nothing.
+    caps.attested("a1");
+    caps.sessionEnded("a1");
+    caps.sessionEnded("d1");
+    assert.deepEqual(caps.admit("f", "f1"), { shed: "e1" });
+    assert.deepEqual(caps.admit("f", "f2"), { shed: "d1" });
     assert.equal(caps.count, 4);
   });
 });

@@ -27,6 +27,8 @@ export async function openListeners(
   opened: { uds?: UdsListener; grpc?: GrpcListener },
   /** A gRPC connection refused at a connection bound (the kernel counts it in its metrics). */
   connectionRefused: (bound: ConnectionRefusal) => void = () => {},
+  /** A gRPC connection without an attested session shed at grpcMaxConnections for a new one (counted likewise). */
+  connectionShed: () => void = () => {},
 ): Promise<Listeners> {
   // Before any listener: a kernel whose bounds do not fit its descriptors does not start.
   checkDescriptorBudget(c);
@@ -74,6 +76,16 @@ export async function openListeners(
       bound === "peer"
         ? "gRPC connection refused: grpcMaxConnectionsPerPeer reached"
         : "gRPC connection refused: grpcMaxConnections reached",
+    );
+  };
+  // Under the total's one key too: a crowd of addresses shedding each other logs no more than one peer.
+  grpc.onConnectionShed = (peer, shed) => {
+    connectionShed();
+    peerLog.write(
+      "grpc:connections",
+      "warn",
+      { transport: "grpc", address: peer, shed },
+      "gRPC connection shed: grpcMaxConnections reached, the oldest connection without an attested session closed",
     );
   };
   await grpc.start();

@@ -51,6 +51,11 @@ export class KernelMetrics {
     labelNames: ["bound"] as const,
     registers: [this.registry],
   });
+  readonly grpcConnectionsShed = new Counter({
+    name: "kpip_grpc_connections_shed_total",
+    help: "Open TCP connections to the gRPC listener carrying no attested session, closed at grpcMaxConnections to let a new one in",
+    registers: [this.registry],
+  });
   readonly prunerFailures = new Counter({
     name: "kpip_pruner_failures_total",
     help: "Housekeeping pruner passes that failed (the store busy or closing) and were left to the next tick, by pruner (agents, ops, dedupe, tokens, audit)",

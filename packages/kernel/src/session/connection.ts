@@ -71,6 +71,11 @@ export interface Connection extends ByteChannel {
    * cannot be held open by a peer (in-memory) never report it.
    */
   onCut?(cb: (e: PeerCloseTimeout) => void): void;
+  /**
+   * The session on this connection attested (WELCOME sent). gRPC: its TCP connection is not shed
+   * for a newer one while the stream lasts (PROTOCOL §8.8).
+   */
+  attested?(): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
   /** gRPC: whether the stream is carried over TLS. */

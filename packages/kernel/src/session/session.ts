@@ -267,6 +267,7 @@ export class Session implements SessionView, EventSink {
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
     this.send(welcomeMessage(persona, bound, this.maxBody));
+    this.conn.attested?.();
     this.records.opened(persona, bound, measured);
   }
 

@@ -89,13 +89,17 @@ export class GrpcListener {
   onTlsRefused: ((peer: string, reason: string) => void) | undefined;
   /** A TCP connection closed as it arrived, over its peer's bound or the listener's total: the peer's IP and which. */
   onConnectionRefused: ((peer: string, bound: ConnectionRefusal) => void) | undefined;
+  /** At the total, an open connection without an attested session closed to let a new one in: the IPs of the new one and of the shed one. */
+  onConnectionShed: ((peer: string, shed: string) => void) | undefined;
   /** A stream refused for its compressed messages (`grpc-encoding`): the peer's IP and the encoding. */
   onCompressedRefused: ((peer: string, encoding: string) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
   /** Open TCP connections per peer key and in all, when they are bounded. */
-  private readonly caps: ConnectionCaps | undefined;
+  private readonly caps: ConnectionCaps<Socket> | undefined;
+  /** Counted connections by "address:port" (what a call's getPeer() says), so a stream finds the connection it is on. */
+  private readonly sockets = new Map<string, Socket>();
 
   constructor(
     private readonly listen: string,
@@ -110,14 +114,14 @@ export class GrpcListener {
      */
     private readonly idleConnectionMs = 0,
     /**
-     * Bounds no peer can raise: open TCP connections per peer key and in all (refused past them
-     * as they arrive), and streams per HTTP/2 connection (advertised in SETTINGS; nghttp2 refuses
+     * Bounds no peer can raise: open TCP connections per peer key and in all (past them a new
+     * one is refused as it arrives, or at the total sheds one without an attested session), and streams per HTTP/2 connection (advertised in SETTINGS; nghttp2 refuses
      * a stream past it, or ends the connection once the peer acknowledged them). Unset: unbounded,
      * grpc-js's default.
      */
     private readonly bounds: { connections?: ConnectionLimits; streamsPerConnection?: number } = {},
   ) {
-    this.caps = bounds.connections && new ConnectionCaps(bounds.connections);
+    this.caps = bounds.connections && new ConnectionCaps<Socket>(bounds.connections);
   }
 
   /** Open TCP connections now (counted only when connections are bounded). */
@@ -139,7 +143,7 @@ export class GrpcListener {
     });
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
-        this.accept(new GrpcStreamConnection(call, this.maxMessage, this.secure)),
+        this.accept(new GrpcStreamConnection(call, this.maxMessage, this.secure, PEER_CLOSE_GRACE_MS, this.carrierOf(call))),
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.listen, creds, (err, p) => (err ? reject(err) : resolve(p))),
@@ -209,9 +213,12 @@ export class GrpcListener {
 
   /**
    * Bounds the TCP connections the listener holds, per peer key and in all, where they arrive:
-   * a connection over a bound is destroyed before TLS or HTTP/2 sees it. Before this any peer
-   * could open connections faster than handshakeTimeoutMs closed them, one kernel descriptor
-   * each. The HTTP/2 server's own connection handlers (TLS, HTTP/2) run only for an admitted one.
+   * a connection over its peer's bound, or at a total whose every connection carries an attested
+   * session, is destroyed before TLS or HTTP/2 sees it; otherwise at the total the oldest
+   * connection without an attested session is destroyed to make room (connection-caps.ts).
+   * Before this any peer could open connections faster than handshakeTimeoutMs closed them, one
+   * kernel descriptor each. The HTTP/2 server's own connection handlers (TLS, HTTP/2) run only
+   * for an admitted one.
    */
   private capConnections(h2s: EventEmitter[]): void {
     const caps = this.caps;
@@ -226,16 +233,39 @@ export class GrpcListener {
       h2.on("connection", (raw: Socket) => {
         const address = raw.remoteAddress ?? "";
         const key = peerKey(address);
-        const refused = caps.admit(key);
+        const { refused, shed } = caps.admit(key, raw);
         if (refused) {
           raw.destroy();
           this.onConnectionRefused?.(address || "unknown", refused);
           return;
         }
-        raw.once("close", () => caps.release(key));
+        if (shed) {
+          const from = shed.remoteAddress ?? "unknown";
+          shed.destroy();
+          this.onConnectionShed?.(address || "unknown", from);
+        }
+        const tuple = `${address}:${raw.remotePort}`;
+        if (address) this.sockets.set(tuple, raw);
+        raw.once("close", () => {
+          caps.release(raw);
+          if (this.sockets.get(tuple) === raw) this.sockets.delete(tuple);
+        });
         for (const handle of handlers) handle.call(h2, raw);
       });
     }
+  }
+
+  /**
+   * What a stream tells the connection bound of the TCP connection carrying it: its session
+   * attested, or that attested session ended. Found by the call's peer ("address:port", one TCP
+   * connection; grpc-js exposes no other way from a call to its socket); none when connections
+   * are not bounded.
+   */
+  private carrierOf(call: grpc.ServerDuplexStream<Buffer, Buffer>): SessionCarrier | undefined {
+    const caps = this.caps;
+    const sock = caps && this.sockets.get(call.getPeer());
+    if (!caps || !sock) return undefined;
+    return { attested: () => caps.attested(sock), ended: () => caps.sessionEnded(sock) };
   }
 
   /**
@@ -304,6 +334,12 @@ export class GrpcListener {
   }
 }
 
+/** The TCP connection under a gRPC stream, told when the stream's session attests and when that session ends. */
+export interface SessionCarrier {
+  attested(): void;
+  ended(): void;
+}
+
 /** One gRPC stream as a Connection; the writes of one event-loop turn go out as one message. */
 export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
@@ -312,6 +348,8 @@ export class GrpcStreamConnection implements Connection {
   private readonly out: TurnBatcher;
   private ended = false;
   private closed = false;
+  /** This stream's session attested and the carrier was told (it is told once when the stream closes). */
+  private holdsAttested = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
   private readonly cut: PeerCloseCut;
@@ -323,6 +361,8 @@ export class GrpcStreamConnection implements Connection {
     readonly tls = false,
     /** How long the call may take to finish after {@link end} (a peer that does not read holds it). */
     closeGraceMs = PEER_CLOSE_GRACE_MS,
+    /** The connection bound's view of the TCP connection under this stream (none: not bounded). */
+    private readonly carrier?: SessionCarrier,
   ) {
     this.peer = call.getPeer();
     this.cut = new PeerCloseCut(this.transport, closeGraceMs);
@@ -347,6 +387,7 @@ export class GrpcStreamConnection implements Connection {
       if (this.closed) return;
       this.closed = true;
       this.out.stop();
+      this.letGo();
       for (const cb of this.closeCbs) cb();
     };
     call.on("error", closed);
@@ -410,7 +451,22 @@ export class GrpcStreamConnection implements Connection {
     // ERROR (a silent peer, a kill) still ends with a status, UNAVAILABLE, never left open (PROTOCOL §3.6).
     if (this.ended) this.call.destroy();
     else this.call.emit("error", { code: grpc.status.UNAVAILABLE, details: "the kernel closed the session" });
+    this.letGo();
     for (const cb of this.closeCbs) cb();
+  }
+
+  /** The session attested (WELCOME sent): the TCP connection under it is not shed while it lasts. */
+  attested(): void {
+    if (this.closed || this.holdsAttested) return;
+    this.holdsAttested = true;
+    this.carrier?.attested();
+  }
+
+  /** The stream closed: an attested session no longer keeps its connection. */
+  private letGo(): void {
+    if (!this.holdsAttested) return;
+    this.holdsAttested = false;
+    this.carrier?.ended();
   }
 
   onData(cb: (chunk: Uint8Array) => void): void {
