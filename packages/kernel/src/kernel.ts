@@ -5,6 +5,7 @@ import type { TaskRegistration } from "./compute/engine.js";
 import { type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { compose, type KernelServices } from "./kernel/compose.js";
+import { checkDescriptorBudget } from "./kernel/fd-budget.js";
 import { startHousekeeping } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
@@ -155,6 +156,9 @@ export class Kernel {
     this.state = "starting";
     const c = this.config;
     try {
+      // Before anything is opened (home, store, sandbox, listeners): a kernel whose bounds do
+      // not fit its descriptors is refused with nothing to close.
+      checkDescriptorBudget(c);
       const s = await compose({
         config: c,
         log: this.log,
