@@ -31,6 +31,12 @@ export interface KernelOptions extends Partial<KernelConfig> {
   /** The upload hash worker's module (default: the kernel's own); tests give one that crashes. */
   uploadHashWorker?: URL;
   /**
+   * Removes scratch directories (default: `rm -rf --one-file-system` in a child process,
+   * sandbox/remove.ts); resolves with why it could not, never rejects. Tests hold a removal
+   * open to see what waits for it.
+   */
+  scratchRemover?: (paths: string[]) => Promise<string | undefined>;
+  /**
    * Where `KPIP_<NAME>` settings are read from. Default: nowhere — an embedded kernel (and every
    * test) takes only what it is given here and in the home's config file; `kpip kernel` passes
    * `process.env`.
@@ -60,7 +66,16 @@ export class Kernel {
   private pendingTasks: [string, TaskRegistration][] = [];
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, bwrapPath: _b, uploadHashWorker: _u, env, configFile, ...flags } = options;
+    const {
+      authorizer: _a,
+      logger: _l,
+      bwrapPath: _b,
+      uploadHashWorker: _u,
+      scratchRemover: _r,
+      env,
+      configFile,
+      ...flags
+    } = options;
     this.config = resolveConfig({
       flags: flags as Partial<Record<keyof KernelConfig, unknown>>,
       env: env ?? {},
@@ -170,6 +185,7 @@ export class Kernel {
         clock: this.options.clock,
         bwrapPath: this.options.bwrapPath,
         uploadHashWorker: this.options.uploadHashWorker,
+        scratchRemover: this.options.scratchRemover,
         configFile: this.options.configFile,
       });
       this.services = s;
