@@ -217,8 +217,12 @@ const DECLARED = {
     default: 3_600_000,
     description: "longest an op or agent may run (a later deadline, timeoutMs or lifetimeMs is cut to it; at most 2^31 - 1)",
   },
-  /** Most agents running at once. */
-  maxAgents: { type: "int", default: 64, description: "most agents running at once" },
+  /** Most agents running at once (an ended one counts until its scratch directory is removed). */
+  maxAgents: {
+    type: "int",
+    default: 64,
+    description: "most agents running at once (an ended one counts until its scratch directory is removed)",
+  },
   /** How long an ended agent's record and captured output are kept (then pruned, a slice at a time). */
   agentRetentionMs: {
     type: "int",
@@ -423,8 +427,12 @@ const DECLARED = {
     zeroAllowed: true,
     description: "size of each sandbox's /tmp and of its /dev/shm, host memory (0 = half the RAM each)",
   },
-  /** Most processes (agents and commands) running at once, kernel-wide. */
-  maxProcesses: { type: "int", default: 256, description: "most agents and commands running at once" },
+  /** Most processes (agents and commands) running at once, kernel-wide (an ended one counts until its scratch directory is removed). */
+  maxProcesses: {
+    type: "int",
+    default: 256,
+    description: "most agents and commands running at once (an ended one counts until its scratch directory is removed)",
+  },
   /** Most processes (agents and commands) one persona may have running at once. */
   maxProcessesPerPersona: {
     type: "int",

@@ -5,6 +5,7 @@ import type { TaskRegistration } from "./compute/engine.js";
 import { type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { compose, type KernelServices } from "./kernel/compose.js";
+import { checkDescriptorBudget } from "./kernel/fd-budget.js";
 import { startHousekeeping } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
@@ -29,6 +30,12 @@ export interface KernelOptions extends Partial<KernelConfig> {
   bwrapPath?: string;
   /** The upload hash worker's module (default: the kernel's own); tests give one that crashes. */
   uploadHashWorker?: URL;
+  /**
+   * Removes scratch directories (default: `rm -rf --one-file-system` in a child process,
+   * sandbox/remove.ts); resolves with why it could not, never rejects. Tests hold a removal
+   * open to see what waits for it.
+   */
+  scratchRemover?: (paths: string[]) => Promise<string | undefined>;
   /**
    * Where `KPIP_<NAME>` settings are read from. Default: nowhere — an embedded kernel (and every
    * test) takes only what it is given here and in the home's config file; `kpip kernel` passes
@@ -59,7 +66,16 @@ export class Kernel {
   private pendingTasks: [string, TaskRegistration][] = [];
 
   constructor(private readonly options: KernelOptions = {}) {
-    const { authorizer: _a, logger: _l, bwrapPath: _b, uploadHashWorker: _u, env, configFile, ...flags } = options;
+    const {
+      authorizer: _a,
+      logger: _l,
+      bwrapPath: _b,
+      uploadHashWorker: _u,
+      scratchRemover: _r,
+      env,
+      configFile,
+      ...flags
+    } = options;
     this.config = resolveConfig({
       flags: flags as Partial<Record<keyof KernelConfig, unknown>>,
       env: env ?? {},
@@ -155,6 +171,9 @@ export class Kernel {
     this.state = "starting";
     const c = this.config;
     try {
+      // Before anything is opened (home, store, sandbox, listeners): a kernel whose bounds do
+      // not fit its descriptors is refused with nothing to close.
+      checkDescriptorBudget(c);
       const s = await compose({
         config: c,
         log: this.log,
@@ -166,6 +185,7 @@ export class Kernel {
         clock: this.options.clock,
         bwrapPath: this.options.bwrapPath,
         uploadHashWorker: this.options.uploadHashWorker,
+        scratchRemover: this.options.scratchRemover,
         configFile: this.options.configFile,
       });
       this.services = s;

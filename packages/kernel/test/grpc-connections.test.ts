@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync } from "node:fs";
 import http2 from "node:http2";
 import net from "node:net";
 import { tmpdir } from "node:os";
@@ -10,6 +10,14 @@ import tls from "node:tls";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { pino } from "pino";
+import { ConfigError, Kernel, resolveConfig } from "../src/index.js";
+import {
+  checkDescriptorBudget,
+  DESCRIPTOR_MARGIN,
+  DESCRIPTORS_PER_AGENT,
+  DESCRIPTORS_PER_COMMAND,
+  descriptorNeed,
+} from "../src/kernel/fd-budget.js";
 import { peerKey } from "../src/session/peer-key.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
@@ -426,16 +434,27 @@ describe("gRPC bounds against the open-file limit", () => {
   it("a kernel whose gRPC bounds do not fit RLIMIT_NOFILE refuses to start, naming the numbers; one whose bounds fit starts", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-nofile-"));
     try {
-      // The defaults: 1024 gRPC connections + 2 × 128 handshakes + 1024 sessions + agents > 1024 descriptors.
+      // The defaults: 1024 gRPC connections + 128 handshakes + 1024 sessions + processes > 1024 descriptors.
       const r = spawnSync("sh", under1024(home, ["--log-level", "silent"]), { encoding: "utf8", timeout: 60_000 });
       assert.equal(r.status, 2, r.stderr);
       assert.match(r.stderr, /RLIMIT_NOFILE 1024/);
       assert.match(r.stderr, /grpcMaxConnections 1024/);
       assert.match(r.stderr, /ulimit -n \d+/);
-      // 64 + 2 × 128 + 256 + 4 × 64 + 128 = 960: it starts and listens.
-      const k = spawn("sh", under1024(home, ["--grpc-max-connections", "64", "--max-sessions", "256", "--log-level", "info"]), {
-        stdio: ["ignore", "pipe", "pipe"],
-      });
+      // 64 + 128 + 256 + 4 × 64 agents + 2 × 0 commands + 128 = 832: it starts and listens.
+      const k = spawn(
+        "sh",
+        under1024(home, [
+          "--grpc-max-connections",
+          "64",
+          "--max-sessions",
+          "256",
+          "--max-processes",
+          "64",
+          "--log-level",
+          "info",
+        ]),
+        { stdio: ["ignore", "pipe", "pipe"] },
+      );
       let out = "";
       k.stdout.on("data", (d: Buffer) => {
         out += d.toString();
@@ -452,6 +471,56 @@ describe("gRPC bounds against the open-file limit", () => {
       }
     } finally {
       removeHome(home);
+    }
+  });
+
+  const config = (flags: Record<string, unknown>) =>
+    resolveConfig({ flags: { home: join(tmpdir(), "kpip-no-home"), grpcListen: "127.0.0.1:0", ...flags } });
+
+  it("counts each descriptor once: gRPC connections (a gRPC handshake is a stream on one), Unix-socket handshakes, sessions, and each process that can run at once by its kind", () => {
+    const c = config({ grpcMaxConnections: 100, preauthPerTransport: 10, maxSessions: 20, maxAgents: 3, maxProcesses: 8 });
+    const n = descriptorNeed(c);
+    assert.deepEqual(n, { grpc: 100, handshakes: 10, sessions: 20, agents: 3, commands: 5, total: n.total });
+    assert.equal(n.total, 100 + 10 + 20 + DESCRIPTORS_PER_AGENT * 3 + DESCRIPTORS_PER_COMMAND * 5 + DESCRIPTOR_MARGIN);
+    // maxAgents above maxProcesses: no more agents than processes, and no commands beside them.
+    const few = descriptorNeed(config({ maxAgents: 64, maxProcesses: 16 }));
+    assert.deepEqual([few.agents, few.commands], [16, 0]);
+    // The defaults: 64 agents and 192 commands (maxProcesses 256), not 64 agents alone.
+    const d = descriptorNeed(config({}));
+    assert.deepEqual([d.agents, d.commands], [64, 192]);
+    assert.equal(d.total, 1024 + 128 + d.sessions + 4 * 64 + 2 * 192 + DESCRIPTOR_MARGIN);
+  });
+
+  it("refuses exactly past the limit, naming each part and the gRPC bound that would fit; without gRPC it asks nothing", () => {
+    const c = config({ grpcMaxConnections: 100, preauthPerTransport: 10, maxSessions: 20, maxAgents: 3, maxProcesses: 8 });
+    const need = descriptorNeed(c).total;
+    checkDescriptorBudget(c, need);
+    assert.throws(
+      () => checkDescriptorBudget(c, need - 1),
+      (e: Error) =>
+        e instanceof ConfigError &&
+        e.message.includes(`RLIMIT_NOFILE ${need - 1}`) &&
+        e.message.includes("grpcMaxConnections 100 + preauthPerTransport 10 + maxSessions 20") &&
+        e.message.includes("4 × 3 agents") &&
+        e.message.includes("2 × 5 commands") &&
+        e.message.includes(`= ${need}`) &&
+        e.message.includes("set grpcMaxConnections to 99 or less"),
+    );
+    assert.throws(() => checkDescriptorBudget(c, 50), /lower grpcMaxConnections, maxSessions and maxProcesses/);
+    checkDescriptorBudget(config({ grpcListen: undefined }), 1);
+  });
+
+  it("a refused start opens nothing: no home, so no store, lock or socket in it", async () => {
+    const parent = mkdtempSync(join(tmpdir(), "kpip-nofile-"));
+    const home = join(parent, "home");
+    try {
+      // More connections than any RLIMIT_NOFILE can be (Linux caps it at nr_open, below 2^31).
+      const k = new Kernel({ home, grpcListen: "127.0.0.1:0", grpcMaxConnections: 2 ** 40, logLevel: "silent" });
+      await assert.rejects(k.start(), (e: Error) => e instanceof ConfigError && /RLIMIT_NOFILE/.test(e.message));
+      assert.equal(existsSync(home), false, "the home was not made");
+      await assert.rejects(k.start(), /cannot start from state stopped/);
+    } finally {
+      removeHome(parent);
     }
   });
 });

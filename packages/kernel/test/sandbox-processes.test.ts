@@ -10,6 +10,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, tokenFromString } from "@kpip/protocol";
+import { ProcessTable } from "../src/sandbox/processes.js";
 import {
   addPersonaKey,
   kernelForSuite,
@@ -48,6 +49,8 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     const cancelled = (await s.admin.call("op.cancel", first.op)).payload as { cancelled: boolean };
     assert.equal(cancelled.cancelled, true);
     await until(async () => (await state(c, first.op)) === "cancelled", 30_000, "first cancelled");
+    // Its place is held until its scratch directory is gone.
+    await until(() => s.t.k.status().processes === 0, 30_000, "first's place freed");
     const second = await c.compute.command("sleep", ["300"]);
     await until(async () => (await state(c, second.op)) === "running", 30_000, "second running");
     await s.admin.call("persona.remove", "persona://busy");
@@ -142,6 +145,42 @@ describe("process accounting and agent identities", { skip: sandboxSkip }, () =>
     } finally {
       peer.close();
     }
+  });
+});
+
+describe("the process table", () => {
+  it("a place is held until released, not only until its process ends: an ended process is never killed again, its id started again is another place, a second release frees nothing more", () => {
+    const table = new ProcessTable({ max: 2, perPersona: 2 });
+    const kills: string[] = [];
+    const entry = (name: string) => ({
+      kind: "agent" as const,
+      id: "alice/sh/a",
+      persona: "alice",
+      kill: () => kills.push(name),
+    });
+    const first = table.add(entry("first"));
+    first.ended();
+    assert.deepEqual([table.size, table.ending, table.countFor("alice")], [1, 1, 1]);
+    const again = table.add(entry("again"));
+    assert.deepEqual([table.size, table.ending], [2, 1]);
+    assert.throws(() => table.admit("bob", undefined), /already runs 2 processes/);
+    // Only the running one is killed: the ended one's pid may be another process's by now.
+    assert.equal(
+      table.killWhere(() => true, "gone"),
+      1,
+    );
+    assert.deepEqual(kills, ["again"]);
+    first.release();
+    first.release();
+    assert.deepEqual([table.size, table.ending, table.countFor("alice")], [1, 0, 1]);
+    table.admit("bob", undefined);
+    again.ended();
+    assert.equal(
+      table.killWhere(() => true, "gone"),
+      0,
+    );
+    again.release();
+    assert.equal(table.size, 0);
   });
 });
 

@@ -8,8 +8,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
+import { pino } from "pino";
+import { removeTrees } from "../src/sandbox/remove.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
-import { kernelForSuite, removeHome, sandboxSkip, until, withKernel } from "./harness.js";
+import { kernelForSuite, klass, removeHome, sandboxSkip, until, withKernel } from "./harness.js";
 
 /** A directory chain longer than PATH_MAX (4096): 2,100 levels of `d/`, as `mkdir -p` builds it. */
 const DEEP = "d/".repeat(2100);
@@ -73,6 +75,166 @@ describe("scratch directories, whatever their process left", () => {
     } finally {
       removeTree(scratch);
     }
+  });
+
+  it("one owner's removals take one remover at a time: another owner's, and the kernel's, start at once instead of waiting behind them", async () => {
+    const started: string[] = [];
+    const finish = new Map<string, () => void>();
+    const box = new Sandbox({
+      mode: "none",
+      readPaths: [],
+      scratchRoot: join(tmpdir(), `kpip-no-root-${process.pid}`),
+      uid: 65534,
+      hidden: [],
+      limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+      // Nothing is removed: each removal runs until the test lets it end.
+      remover: (paths) =>
+        new Promise((r) => {
+          started.push(paths[0] as string);
+          finish.set(paths[0] as string, () => r(undefined));
+        }),
+    });
+    const end = (p: string) => (finish.get(p) as () => void)();
+    const all = [
+      box.remove(["a1"], "alice"),
+      box.remove(["a2"], "alice"),
+      box.remove(["a3"], "alice"),
+      box.remove(["b1"], "bob"),
+      box.remove(["k1"]),
+    ];
+    await until(() => started.length === 2, 30_000, "two removals to start");
+    assert.deepEqual(started, ["a1", "b1"], "bob's removal does not wait behind alice's second");
+    end("b1");
+    await until(() => started.length === 3, 30_000, "the freed remover to be taken");
+    assert.deepEqual(started, ["a1", "b1", "k1"], "alice's next waits for her first, the kernel's goes first");
+    end("a1");
+    await until(() => started.length === 4, 30_000, "alice's second");
+    end("k1");
+    end("a2");
+    await until(() => started.length === 5, 30_000, "alice's third");
+    assert.deepEqual(started, ["a1", "b1", "k1", "a2", "a3"]);
+    end("a3");
+    await Promise.all(all);
+    await box.close(false);
+  });
+});
+
+/** The file a test's process leaves in its scratch directory to have that directory's removal held. */
+const MARK = "held-removal";
+/** A command line leaving a large tree (and {@link MARK}) in /scratch. */
+const LARGE = `touch ${MARK} && mkdir many && cd many && seq -f f%g 20000 | xargs touch && echo made`;
+
+/**
+ * A scratch remover (KernelOptions.scratchRemover) that holds the first removal of each tree
+ * holding {@link MARK} until the test releases it, then removes it as the kernel does, or
+ * fails (`outcome`); everything else it removes at once. `withHeld` releases what is still
+ * held when its test ends, pass or fail: the kernel's stop waits for every removal.
+ */
+function heldRemover(outcome: "remove" | "fail" = "remove") {
+  const held: { paths: string[]; release: () => void }[] = [];
+  const seen = new Set<string>();
+  const remover = async (paths: string[]): Promise<string | undefined> => {
+    const marked = paths.filter((p) => existsSync(join(p, MARK)) && !seen.has(p));
+    if (marked.length === 0) return removeTrees(paths);
+    for (const p of marked) seen.add(p);
+    await new Promise<void>((release) => held.push({ paths, release }));
+    return outcome === "fail" ? "injected failure" : removeTrees(paths);
+  };
+  const withHeld = async (f: () => Promise<void>) => {
+    try {
+      await f();
+    } finally {
+      for (const h of held) h.release();
+    }
+  };
+  return { remover, held, withHeld };
+}
+
+describe("a process's slot, held until its scratch directory is gone", { skip: sandboxSkip }, () => {
+  it("a command that left a large tree keeps its process slot until the tree's removal settles: others are refused till then, admitted after; stop waits for none", async () => {
+    const r = heldRemover();
+    await withKernel({ maxProcesses: 1, scratchRemover: r.remover }, (t) =>
+      r.withHeld(async () => {
+        const c = await t.admin();
+        // Its result comes while the removal is held: the op is not held up, only the slot.
+        assert.match(await sh(c, LARGE), /made/);
+        await until(() => r.held.length === 1, 30_000, "the tree's removal to begin");
+        const tree = r.held[0]?.paths[0] as string;
+        assert.equal(existsSync(join(tree, "many", "f20000")), true);
+        assert.equal(t.k.status().processes, 1, "the ended command still holds its slot");
+        await assert.rejects(c.compute.command("true"), klass("RESOURCE", "already runs 1 processes"));
+        await assert.rejects(
+          c.agents.spawn("true", "a", { args: [], rights: [], lifetimeMs: 60_000 }),
+          klass("RESOURCE", "already runs 1 processes"),
+        );
+        r.held[0]?.release();
+        await until(() => t.k.status().processes === 0, 30_000, "the slot to be freed");
+        assert.equal(existsSync(tree), false);
+        assert.match(await sh(c, "echo again"), /again/);
+        // Stopping while a removal is held: the stop waits for the removal, never for a slot.
+        assert.match(await sh(c, LARGE), /made/);
+        await until(() => r.held.length === 2, 30_000, "the second tree's removal to begin");
+        const stopped = t.k.stop();
+        r.held[1]?.release();
+        await stopped;
+        assert.equal(existsSync(r.held[1]?.paths[0] as string), false);
+      }),
+    );
+  });
+
+  it("an agent likewise, its maxAgents place too; its id started again meanwhile is another place, released apart", async () => {
+    const r = heldRemover();
+    await withKernel({ maxProcesses: 2, maxAgents: 2, scratchRemover: r.remover }, (t) =>
+      r.withHeld(async () => {
+        const c = await t.admin();
+        await c.agents.spawn("sh", "big", { args: ["-c", LARGE], rights: [], lifetimeMs: 60_000 });
+        await until(() => r.held.length === 1, 30_000, "the agent's tree's removal to begin");
+        assert.equal((await c.agents.status("agent://sh/big")).state, "exited");
+        assert.equal(t.k.status().processes, 1);
+        // The same id again: admitted (one place of two is free), and counted apart from the first.
+        await c.agents.spawn("sh", "big", { args: ["-c", "exec sleep 300"], rights: [], lifetimeMs: 60_000 });
+        assert.equal(t.k.status().processes, 2);
+        await assert.rejects(c.compute.command("true"), klass("RESOURCE", "already runs 2 processes"));
+        await assert.rejects(
+          c.agents.spawn("sh", "other", { args: ["-c", "true"], rights: [], lifetimeMs: 60_000 }),
+          klass("RESOURCE", "already runs 2 agents (1 ended"),
+        );
+        r.held[0]?.release();
+        await until(() => t.k.status().processes === 1, 30_000, "the first agent's places to be freed");
+        assert.equal(existsSync(r.held[0]?.paths[0] as string), false);
+        // The running one keeps its place: a command fits beside it, a second beside both does not.
+        const d = await c.compute.command("sleep", ["300"]);
+        await assert.rejects(c.compute.command("true"), klass("RESOURCE", "already runs 2 processes"));
+        await c.ops.cancel(d);
+        await c.agents.kill("agent://sh/big");
+        await until(() => t.k.status().processes === 0, 30_000, "every place to be freed");
+      }),
+    );
+  });
+
+  it("a removal that fails frees the slot all the same, and is logged; the directory is left for the next start", async () => {
+    const r = heldRemover("fail");
+    const lines: { msg: string; err?: string; paths?: string[] }[] = [];
+    const logger = pino({ level: "info" }, { write: (l: string) => lines.push(JSON.parse(l)) });
+    await withKernel({ maxProcesses: 1, scratchRemover: r.remover, logger }, (t) =>
+      r.withHeld(async () => {
+        const c = await t.admin();
+        assert.match(await sh(c, LARGE), /made/);
+        await until(() => r.held.length === 1, 30_000, "the tree's removal to begin");
+        assert.equal(t.k.status().processes, 1);
+        r.held[0]?.release();
+        await until(() => t.k.status().processes === 0, 30_000, "the slot to be freed");
+        const tree = r.held[0]?.paths[0] as string;
+        assert.ok(
+          lines.some(
+            (l) => /cannot remove scratch directories/.test(l.msg) && l.err === "injected failure" && l.paths?.[0] === tree,
+          ),
+          JSON.stringify(lines.filter((l) => /scratch/.test(l.msg))),
+        );
+        assert.equal(existsSync(tree), true);
+        assert.match(await sh(c, "echo again"), /again/);
+      }),
+    );
   });
 });
 

@@ -18,7 +18,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
-import type { ProcessTable } from "../sandbox/processes.js";
+import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
@@ -59,6 +59,8 @@ export interface SpawnRequest {
 interface Live {
   child: ChildProcess;
   launch: Launch;
+  /** Its place in the process table, held until its scratch directory is gone. */
+  slot: ProcessSlot;
   /** The persona the agent acts as. */
   persona: string;
   out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
@@ -79,6 +81,8 @@ interface Live {
  */
 export class AgentManager {
   private readonly live = new Map<string, Live>();
+  /** Agents that ended and whose scratch directory is still being removed: they keep their maxAgents place. */
+  private ending = 0;
 
   constructor(
     private readonly store: AgentStore & PersonaStore,
@@ -163,8 +167,11 @@ export class AgentManager {
     // in between (the spawner's removal is agent.spawn's ownership rule). Nothing new runs on its behalf.
     if (r.grant && this.tokens.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
     this.opts.sandbox.check();
-    if (this.live.size >= this.opts.maxAgents)
-      throw new OpError("RESOURCE", `the kernel already runs ${this.opts.maxAgents} agents`);
+    if (this.live.size + this.ending >= this.opts.maxAgents)
+      throw new OpError(
+        "RESOURCE",
+        `the kernel already runs ${this.opts.maxAgents} agents${this.ending ? ` (${this.ending} ended, their scratch directories still being removed)` : ""}`,
+      );
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
     const identity = generateIdentity(persona);
@@ -205,6 +212,7 @@ export class AgentManager {
         limits: this.opts.sandbox.limitsFor(r.grant?.limits),
         // fd 3: the handoff pipe; fd 4: the agent's connection to the kernel (a socket pair).
         extra: ["pipe", "pipe"],
+        owner: (this.opts.roots ?? FIRST_SEGMENT).of(r.spawner),
       });
       child = spawn(launch.file, launch.args, launch.options);
       closePipesAfterExit(child);
@@ -246,6 +254,7 @@ export class AgentManager {
     const live: Live = {
       child,
       launch,
+      slot: this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") }),
       persona,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
@@ -253,7 +262,6 @@ export class AgentManager {
     };
     live.timer.unref();
     this.live.set(id, live);
-    this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") });
     const conn = child.stdio[4] as Socket | null;
     if (conn) this.opts.accept(new SocketConnection(conn, "agent"));
     // The secrets go through the pipe on fd 3 and nowhere else.
@@ -286,10 +294,16 @@ export class AgentManager {
     const live = this.live.get(id);
     if (!live) return;
     this.live.delete(id);
-    this.opts.processes.remove("agent", id);
+    live.slot.ended();
     clearTimeout(live.timer);
-    // In the background (never throws): the agent's end is recorded and its authority ends whatever it left there.
-    void live.launch.cleanup();
+    // In the background (never rejects): the agent's end is recorded and its authority ends
+    // whatever it left there; its places (process table, maxAgents) are held until the directory
+    // is gone, done or failed. Its id may be used again meanwhile: the places are counted apart.
+    this.ending++;
+    void live.launch.cleanup().finally(() => {
+      this.ending--;
+      live.slot.release();
+    });
     const state = live.killedBy ? "killed" : "exited";
     const f: Partial<AgentRecord> = {
       state,

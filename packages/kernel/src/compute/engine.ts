@@ -313,6 +313,7 @@ export class ComputeEngine {
         network: cg.network,
         limits: sandbox.limitsFor(cg.grant?.limits),
         extra: [],
+        owner: this.roots.of(op.persona),
       });
       child = spawn(launch.file, launch.args, launch.options);
       closePipesAfterExit(child);
@@ -344,7 +345,7 @@ export class ComputeEngine {
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed });
-    processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
+    const slot = processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
       spawnError = e;
@@ -352,10 +353,11 @@ export class ComputeEngine {
     child.once("close", (code, signal) => {
       clearTimeout(timer);
       this.running.delete(op.id);
-      processes.remove("command", op.id);
+      slot.ended();
       release();
-      // In the background (never throws): whatever the command left there, the result is not held up.
-      void scratch.cleanup();
+      // In the background (never rejects): whatever the command left there, the result is not
+      // held up; its process slot is, until the directory is gone (ProcessSlot), done or failed.
+      void scratch.cleanup().finally(() => slot.release());
       const result = {
         exitCode: code,
         signal: signal ?? null,

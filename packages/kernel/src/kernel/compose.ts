@@ -68,6 +68,7 @@ export interface CompositionInput {
   readonly clock?: (() => number) | undefined;
   readonly bwrapPath?: string | undefined;
   readonly uploadHashWorker?: URL | undefined;
+  readonly scratchRemover?: ((paths: string[]) => Promise<string | undefined>) | undefined;
   /** The config file named at start (not the home's own): hidden from sandboxes like the home. */
   readonly configFile?: string | undefined;
 }
@@ -136,7 +137,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // Subscriptions live as long as the capabilities that authorized them (the enforcer is built below).
     let enforcerRef: CapEnforcer | undefined;
     events.lapsed = (g: Grant) => enforcerRef?.lapsed(g);
-    sandbox = openSandbox(c, log, input.bwrapPath, input.configFile);
+    sandbox = openSandbox(c, log, input.bwrapPath, input.configFile, input.scratchRemover);
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
     const records = new KernelRecords(audit);

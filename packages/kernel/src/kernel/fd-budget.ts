@@ -2,12 +2,57 @@ import { readFileSync } from "node:fs";
 import { ConfigError, type KernelConfig } from "../config.js";
 
 /**
- * Descriptors the kernel keeps besides its connections: the store and its WAL, the audit
- * journal, log and metrics sockets, the admin's own session, file-store temporaries (fixed
- * part), plus {@link DESCRIPTORS_PER_AGENT} for each running agent (its pipes and process).
+ * Descriptors the kernel keeps besides its connections and children: the store and its WAL,
+ * the audit journal, log and metrics sockets, the admin's own session, file-store temporaries,
+ * the scratch removers' pipes (fixed part).
  */
 export const DESCRIPTOR_MARGIN = 128;
+/** The kernel's end of a running agent's stdout, stderr, handoff pipe (fd 3) and connection (fd 4). */
 export const DESCRIPTORS_PER_AGENT = 4;
+/** The kernel's end of a running command's stdout and stderr. */
+export const DESCRIPTORS_PER_COMMAND = 2;
+
+/** What the kernel may hold open at once under its bounds, part by part (each bound counted once). */
+export interface DescriptorNeed {
+  grpc: number;
+  /** Half-open Unix-socket connections (gRPC's are streams on connections `grpc` counts). */
+  handshakes: number;
+  sessions: number;
+  /** Agents that may run at once: maxAgents, within maxProcesses. */
+  agents: number;
+  /** The rest of maxProcesses: commands. */
+  commands: number;
+  total: number;
+}
+
+/**
+ * The descriptors the kernel's bounds let it hold. Every TCP connection to the gRPC listener
+ * is one (grpcMaxConnections), whatever it carries: a half-open gRPC handshake is a stream on
+ * one of them, so only the Unix socket's half-open connections (preauthPerTransport) come on
+ * top; an agent's handshake is on its own socket pair, counted with the agent. Attested
+ * sessions (maxSessions) are counted whole, though a gRPC or agent session's descriptor is
+ * already counted above. Running children are bounded by maxProcesses, agents and commands
+ * together; of them at most maxAgents are agents.
+ */
+export function descriptorNeed(c: KernelConfig): DescriptorNeed {
+  const agents = Math.min(c.maxAgents, c.maxProcesses);
+  const commands = c.maxProcesses - agents;
+  const need = {
+    grpc: c.grpcMaxConnections,
+    handshakes: c.preauthPerTransport,
+    sessions: c.maxSessions,
+    agents,
+    commands,
+  };
+  const total =
+    need.grpc +
+    need.handshakes +
+    need.sessions +
+    DESCRIPTORS_PER_AGENT * agents +
+    DESCRIPTORS_PER_COMMAND * commands +
+    DESCRIPTOR_MARGIN;
+  return { ...need, total };
+}
 
 /** The soft RLIMIT_NOFILE of this process (Node has no API: /proc/self/limits); undefined when unknown or unlimited. */
 export function readNofileLimit(path = "/proc/self/limits"): number | undefined {
@@ -21,23 +66,25 @@ export function readNofileLimit(path = "/proc/self/limits"): number | undefined 
 }
 
 /**
- * With gRPC on, refuses to start (ConfigError) when the connections the kernel admits cannot
- * all have a descriptor: gRPC connections (grpcMaxConnections), half-open handshakes on both
- * transports, Unix-socket sessions (maxSessions), agents and a margin. Under `ulimit -n 1024` an
- * unauthenticated peer held ~1024 gRPC connections — every descriptor: the admin could not
- * connect and a session's storage.write failed EMFILE. Refusing, not lowering the bound quietly:
- * the operator sees the numbers and chooses (PROTOCOL §8.8).
+ * With gRPC on, refuses to start (ConfigError) when what the kernel admits cannot all have a
+ * descriptor ({@link descriptorNeed}). Under `ulimit -n 1024` an unauthenticated peer held
+ * ~1024 gRPC connections — every descriptor: the admin could not connect and a session's
+ * storage.write failed EMFILE. Refusing, not lowering the bound quietly: the operator sees the
+ * numbers and chooses (PROTOCOL §8.8). Kernel.start asks first, before it opens anything.
  */
 export function checkDescriptorBudget(c: KernelConfig, limit = readNofileLimit()): void {
   if (!c.grpcListen || limit === undefined) return;
-  const rest = 2 * c.preauthPerTransport + c.maxSessions + DESCRIPTORS_PER_AGENT * c.maxAgents + DESCRIPTOR_MARGIN;
-  const need = c.grpcMaxConnections + rest;
-  if (need <= limit) return;
-  const room = limit - rest;
+  const n = descriptorNeed(c);
+  if (n.total <= limit) return;
+  const room = limit - (n.total - n.grpc);
   throw new ConfigError(
     `the open-file limit (RLIMIT_NOFILE ${limit}) is below what the kernel may hold: ` +
-      `grpcMaxConnections ${c.grpcMaxConnections} + 2 × preauthPerTransport ${c.preauthPerTransport} + maxSessions ${c.maxSessions}` +
-      ` + ${DESCRIPTORS_PER_AGENT} × maxAgents ${c.maxAgents} + ${DESCRIPTOR_MARGIN} = ${need}: raise it (ulimit -n ${need} or more, ` +
-      `LimitNOFILE= under systemd)${room > 0 ? `, or set grpcMaxConnections to ${room} or less` : ", or lower grpcMaxConnections and maxSessions"}`,
+      `grpcMaxConnections ${n.grpc} + preauthPerTransport ${n.handshakes} + maxSessions ${n.sessions}` +
+      ` + ${DESCRIPTORS_PER_AGENT} × ${n.agents} agents (maxAgents ${c.maxAgents}, at most maxProcesses)` +
+      ` + ${DESCRIPTORS_PER_COMMAND} × ${n.commands} commands (the rest of maxProcesses ${c.maxProcesses})` +
+      ` + ${DESCRIPTOR_MARGIN} = ${n.total}: raise it (ulimit -n ${n.total} or more, LimitNOFILE= under systemd)` +
+      (room > 0
+        ? `, or set grpcMaxConnections to ${room} or less`
+        : ", or lower grpcMaxConnections, maxSessions and maxProcesses"),
   );
 }

@@ -7,7 +7,6 @@ import { peerKey } from "../session/peer-key.js";
 import type { ConnectionRefusal } from "../transport/connection-caps.js";
 import { GrpcListener } from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
-import { checkDescriptorBudget } from "./fd-budget.js";
 
 /** The kernel's transports, listening. */
 export interface Listeners {
@@ -30,8 +29,6 @@ export async function openListeners(
   /** A gRPC connection without an attested session shed at grpcMaxConnections for a new one (counted likewise). */
   connectionShed: () => void = () => {},
 ): Promise<Listeners> {
-  // Before any listener: a kernel whose bounds do not fit its descriptors does not start.
-  checkDescriptorBudget(c);
   const uds = new UdsListener(c.socket, accept);
   opened.uds = uds;
   // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.

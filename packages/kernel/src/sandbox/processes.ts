@@ -2,15 +2,29 @@ import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { countAtLimit, FIRST_SEGMENT, GrantBounds, inTree, overName, type TreeRoots, treeName } from "../resources/lineage.js";
 
-/** One process tree the kernel started and has not yet seen end. */
+/** One process tree the kernel started: counted from its start until its scratch directory is gone. */
 export interface ProcessEntry {
   kind: "agent" | "command";
   /** agent id or op id. */
   id: string;
   /** The persona that started it (the spawner / submitter). */
   persona: string;
-  /** Ends it (kills the sandbox); the entry leaves the table when the tree has ended. */
+  /** Ends it (kills the sandbox); asked only while the tree runs. */
   kill(why: string): void;
+}
+
+/**
+ * A process's place in the table, from {@link ProcessTable.add}. The place is held until the
+ * process's scratch directory has been removed, not only until the process ends: a process
+ * that leaves millions of files or gigabytes there and ends at once would otherwise free its
+ * place before the disk does, and a persona could queue removals (and fill the disk) without
+ * bound while every count said there was room.
+ */
+export interface ProcessSlot {
+  /** The process tree has ended: it still counts, but is never killed again (its pid may be another process's now). */
+  ended(): void;
+  /** Its scratch directory's removal settled, done or failed: the place is free. Only the first call counts. */
+  release(): void;
 }
 
 export interface ProcessBounds {
@@ -20,12 +34,13 @@ export interface ProcessBounds {
 }
 
 /**
- * Every process the kernel starts, agents and commands alike, counted for its whole life
- * against the kernel-wide bound, the persona tree's bound and the starting grant's (and its
- * ancestor tokens') `agents` limit.
+ * Every process the kernel starts, agents and commands alike, counted for its whole life and
+ * until its scratch directory is gone ({@link ProcessSlot}) against the kernel-wide bound, the
+ * persona tree's bound and the starting grant's (and its ancestor tokens') `agents` limit.
  */
 export class ProcessTable {
-  private readonly live = new Map<string, ProcessEntry>();
+  /** Each place held, by identity: an id used again (an agent's) while its last process's directory goes is another place. */
+  private readonly held = new Set<{ entry: ProcessEntry; running: boolean }>();
 
   constructor(
     private readonly bounds: ProcessBounds,
@@ -35,18 +50,22 @@ export class ProcessTable {
     private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
-  private key(kind: ProcessEntry["kind"], id: string): string {
-    return `${kind}:${id}`;
-  }
-
+  /** Places held: processes running and processes ended whose scratch directory is still being removed. */
   get size(): number {
-    return this.live.size;
+    return this.held.size;
   }
 
-  /** Processes started by `persona` or by any persona under it (its agents, its sub-personas). */
+  /** Of {@link size}, the processes that ended and wait for their scratch directory to go. */
+  get ending(): number {
+    let n = 0;
+    for (const h of this.held) if (!h.running) n++;
+    return n;
+  }
+
+  /** Places held by `persona` or by any persona under it (its agents, its sub-personas). */
   countFor(persona: string): number {
     let n = 0;
-    for (const e of this.live.values()) if (inTree(e.persona, persona)) n++;
+    for (const h of this.held) if (inTree(h.entry.persona, persona)) n++;
     return n;
   }
 
@@ -57,7 +76,7 @@ export class ProcessTable {
    * the tokens it was minted from count theirs (an agent's spawner's included).
    */
   admit(persona: string, grant: Grant | undefined): void {
-    if (this.live.size >= this.bounds.max)
+    if (this.held.size >= this.bounds.max)
       throw new OpError("RESOURCE", `the kernel already runs ${this.bounds.max} processes (agents and commands)`);
     const root = this.roots.of(persona);
     const tree = this.countFor(root);
@@ -74,20 +93,27 @@ export class ProcessTable {
       );
   }
 
-  add(e: ProcessEntry): void {
-    this.live.set(this.key(e.kind, e.id), e);
+  /** Counts a process that has just started (after {@link admit}); the slot says when it ended and when its place is free. */
+  add(e: ProcessEntry): ProcessSlot {
+    const h = { entry: e, running: true };
+    this.held.add(h);
+    return {
+      ended: () => {
+        h.running = false;
+      },
+      release: () => {
+        h.running = false;
+        this.held.delete(h);
+      },
+    };
   }
 
-  remove(kind: ProcessEntry["kind"], id: string): void {
-    this.live.delete(this.key(kind, id));
-  }
-
-  /** Kills every process started by a persona `gone` says is no longer registered. Returns how many. */
+  /** Kills every running process started by a persona `gone` says is no longer registered. Returns how many. */
   killWhere(gone: (persona: string) => boolean, why: string): number {
     let n = 0;
-    for (const e of [...this.live.values()]) {
-      if (gone(e.persona)) {
-        e.kill(why);
+    for (const h of [...this.held]) {
+      if (h.running && gone(h.entry.persona)) {
+        h.entry.kill(why);
         n++;
       }
     }

@@ -64,6 +64,11 @@ export interface SandboxConfig {
   tmpBytes?: number;
   /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
   removalFailed?: (paths: string[], why: string) => void;
+  /**
+   * Removes trees whole, as {@link removeTrees} (the default) does: resolves with why one could
+   * not be removed, never rejects. Tests hold a removal open to see what waits for it.
+   */
+  remover?: (paths: string[]) => Promise<string | undefined>;
   /** The bubblewrap program (default: found on PATH or in the system directories). */
   program?: string;
   /**
@@ -86,6 +91,11 @@ export interface SandboxSpec {
   limits: SandboxLimits;
   /** Descriptors beyond 0–2 the caller hands over (as node stdio entries). */
   extra: SpawnOptions["stdio"] & unknown[];
+  /**
+   * Whose the scratch directory is (the starting persona's tree): its removal waits only
+   * behind that owner's own, never behind another's ({@link Sandbox.remove}).
+   */
+  owner?: string;
 }
 
 /** What to hand node's spawn, and the scratch directory to remove when the process tree has ended. */
@@ -104,6 +114,8 @@ export interface Launch {
 
 /** Most `rm` children removing scratch directories at once. */
 const MAX_REMOVERS = 2;
+/** The owner of the removals the kernel makes itself (a crashed run's directories, stale roots, its root at stop). */
+const KERNEL_OWNER = "";
 
 /** The process sandbox is not usable; nothing is started. */
 export class SandboxUnavailableError extends OpError {
@@ -158,8 +170,10 @@ export class Sandbox {
   private features: BwrapFeatures = { size: false, disableUserns: false };
   /** Scratch removals under way: close() waits for them. */
   private readonly removals = new Set<Promise<void>>();
-  private removersActive = 0;
-  private readonly removersWaiting: (() => void)[] = [];
+  /** The owner of each removal running now: at most one each ({@link Sandbox.remove}). */
+  private readonly removing = new Set<string>();
+  /** Removals waiting for a remover, oldest first. */
+  private readonly removersWaiting: { owner: string; go: () => void }[] = [];
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
@@ -269,11 +283,20 @@ export class Sandbox {
 
   /**
    * Removes `paths` whole in the background (remove.ts: no depth or path-length limit, off the
-   * event loop); close() waits for it. Never throws; a failure is told to `removalFailed`.
+   * event loop); close() waits for it. Never throws, never rejects; a failure is told to
+   * `removalFailed`. `owner`: whose directories they are (see {@link removerSlot}).
    */
-  remove(paths: string[]): Promise<void> {
+  remove(paths: string[], owner = KERNEL_OWNER): Promise<void> {
     if (paths.length === 0) return Promise.resolve();
-    const p = this.removerSlot(() => removeTrees(paths))
+    const remover = this.config.remover ?? removeTrees;
+    const attempt = async () => {
+      try {
+        return await remover(paths);
+      } catch (e) {
+        return e instanceof Error ? e.message : String(e);
+      }
+    };
+    const p = this.removerSlot(owner, attempt)
       .then((why) => {
         if (why) this.config.removalFailed?.(paths, why);
       })
@@ -284,25 +307,41 @@ export class Sandbox {
   }
 
   /**
-   * Runs `f` when fewer than {@link MAX_REMOVERS} removals run: processes that end in a burst,
-   * each leaving a large tree, get their `rm` children one after another, not all at once.
+   * Runs `f` when fewer than {@link MAX_REMOVERS} removals run and none of `owner`'s does:
+   * processes that end in a burst, each leaving a large tree, get their `rm` children one after
+   * another, not all at once; and since a process's slot is held until its directory is gone,
+   * one persona's million-file trees take one remover at a time and never hold up another's
+   * removals (nor, so, its process slots). Waiting removals start oldest first among owners
+   * with none running.
    */
-  private removerSlot<T>(f: () => Promise<T>): Promise<T> {
+  private removerSlot<T>(owner: string, f: () => Promise<T>): Promise<T> {
     const run = async () => {
       try {
         return await f();
       } finally {
-        // The slot goes to the next waiting removal, or is freed.
-        const next = this.removersWaiting.shift();
-        if (next) next();
-        else this.removersActive--;
+        this.removing.delete(owner);
+        this.startWaiting();
       }
     };
-    if (this.removersActive < MAX_REMOVERS) {
-      this.removersActive++;
+    if (this.removing.size < MAX_REMOVERS && !this.removing.has(owner)) {
+      this.removing.add(owner);
       return run();
     }
-    return new Promise<void>((r) => this.removersWaiting.push(r)).then(run);
+    return new Promise<void>((go) => this.removersWaiting.push({ owner, go })).then(run);
+  }
+
+  /** Starts the oldest waiting removals whose owners have none running, while a remover is free. */
+  private startWaiting(): void {
+    for (let i = 0; i < this.removersWaiting.length && this.removing.size < MAX_REMOVERS; ) {
+      const w = this.removersWaiting[i] as { owner: string; go: () => void };
+      if (this.removing.has(w.owner)) {
+        i++;
+        continue;
+      }
+      this.removersWaiting.splice(i, 1);
+      this.removing.add(w.owner);
+      w.go();
+    }
   }
 
   /**
@@ -387,7 +426,8 @@ export class Sandbox {
     mkdirSync(scratch, { mode: 0o700 });
     const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
     if (runAs !== undefined) chownSync(scratch, runAs, runAs);
-    const cleanup = () => this.remove([scratch]);
+    const owner = spec.owner ?? KERNEL_OWNER;
+    const cleanup = () => this.remove([scratch], owner);
     const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.

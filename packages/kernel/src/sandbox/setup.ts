@@ -34,7 +34,13 @@ export function sandboxSecrets(c: KernelConfig, configFile?: string): SecretFile
  * Unusable: the kernel still starts, but agent.spawn and command compute are refused (fail
  * closed) with an error naming the fix. `--sandbox none` is said loudly.
  */
-export function openSandbox(c: KernelConfig, log: Logger, program?: string, configFile?: string): Sandbox {
+export function openSandbox(
+  c: KernelConfig,
+  log: Logger,
+  program?: string,
+  configFile?: string,
+  remover?: (paths: string[]) => Promise<string | undefined>,
+): Sandbox {
   const uid = process.getuid?.() ?? 0;
   const named = !c.sandboxScratch;
   const scratchRoot =
@@ -67,6 +73,7 @@ export function openSandbox(c: KernelConfig, log: Logger, program?: string, conf
     removalFailed: (paths, why) =>
       log.error({ paths, err: why }, "cannot remove scratch directories: left on disk, tried again at the next start"),
     ...(program ? { program } : {}),
+    ...(remover ? { remover } : {}),
     lockRoot: named ? (c.sandbox === "bwrap" ? ROOT_LOCK : ROOT_LIVE) : undefined,
   });
   // A root whose processes may outlive its kernel must carry no free `.lock`, or another kernel would remove it whole.
