@@ -1,6 +1,6 @@
 import { HANDSHAKE_RETRY_CODES, KpipError } from "@kpip/protocol";
 import { backoffDelay } from "./backoff.js";
-import { KernelUnavailableError, TimeoutError } from "./errors.js";
+import { HandshakeClosedError, KernelUnavailableError, TimeoutError } from "./errors.js";
 import type { ResolvedOptions } from "./options.js";
 
 /** What the dialer asks of the client: one attempt, and whether to keep going. */
@@ -52,10 +52,14 @@ export class Dialer {
         // A handshake the kernel shed to make room under a connection flood, or refused because the
         // persona's tree opened sessions too fast (PROTOCOL §8.8), is tried again within the
         // connect timeout, like a kernel that is not up yet.
-        const shed = e instanceof KpipError && e.code !== undefined && HANDSHAKE_RETRY_CODES.has(e.code);
+        const shed =
+          (e instanceof KpipError && e.code !== undefined && HANDSHAKE_RETRY_CODES.has(e.code)) ||
+          // A kernel that sheds a connection before it attested (gRPC at its connection bound) just closes it.
+          e instanceof HandshakeClosedError;
         const absent = this.o.waitForKernel && e instanceof KernelUnavailableError;
         if (Date.now() >= until) throw refused !== undefined && e instanceof TimeoutError ? refused : e;
-        if (!(absent || shed)) throw e;
+        // A connection that cannot be made again (an agent's inherited descriptor): the kernel's answer is final.
+        if (!(absent || shed) || this.o.connector.redials === false) throw e;
         refused = e;
         this.host.retrying(true);
         await pause(Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now()));

@@ -12,6 +12,15 @@ export class KernelUnavailableError extends LocalError {
   override name = "KernelUnavailableError";
 }
 
+/**
+ * The connection reached a kernel and closed before the session was established, without a
+ * refusal: a kernel shedding connections that have not attested (a gRPC listener at its
+ * connection bound, PROTOCOL §8.8) or stopping. The first connect tries again within its timeout.
+ */
+export class HandshakeClosedError extends KernelUnavailableError {
+  override name = "HandshakeClosedError";
+}
+
 /** The call's deadline passed before an answer arrived. */
 export class TimeoutError extends LocalError {
   override name = "TimeoutError";

@@ -23,7 +23,7 @@ import {
   writePieces,
 } from "@kpip/protocol";
 import { loadShmNative } from "./connectors/shm-native.js";
-import { KernelUnavailableError, ProtocolViolationError } from "./errors.js";
+import { HandshakeClosedError, KernelUnavailableError, ProtocolViolationError } from "./errors.js";
 
 let warnedNoShm = false;
 /** Said once per process: large bodies go inline because shared memory is unavailable. */
@@ -117,7 +117,13 @@ export class Link {
     });
     this.helloBytes = Buffer.from(hello.subarray(HEADER_SIZE));
     channel.onData((chunk) => this.onData(chunk));
-    channel.onClose(() => this.fail(new KernelUnavailableError("connection to the kernel closed")));
+    channel.onClose(() =>
+      this.fail(
+        this.phase === "ready"
+          ? new KernelUnavailableError("connection to the kernel closed")
+          : new HandshakeClosedError("connection to the kernel closed before the session was established"),
+      ),
+    );
     channel.write(hello);
   }
 

@@ -3,12 +3,15 @@ import { after, before, describe, it } from "node:test";
 import { decodeIntent, MessageError } from "@kpip/protocol";
 import {
   CancelledError,
+  type Connector,
+  HandshakeClosedError,
   type KernelClient,
   KpipError,
   LocalError,
   ProtocolViolationError,
   RequestTooLargeError,
   TimeoutError,
+  UdsConnector,
 } from "../src/index.js";
 import { FakeKernel, klass, until } from "./harness.js";
 
@@ -203,6 +206,39 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     reset(ok);
     assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });
     await d.close();
+  });
+
+  it("a connection closed before WELCOME without a word (a gRPC kernel shedding one that has not attested) is tried again within the connect timeout", async () => {
+    const hellos = fake.hellos.length;
+    fake.drop = 2;
+    const d = await fake.connect();
+    assert.equal(fake.hellos.length, hellos + 3, "two dropped, the third served");
+    reset(ok);
+    assert.deepEqual((await d.call("x.y", "kernel://")).payload, { ok: true });
+    await d.close();
+  });
+
+  it("through a connector that cannot dial again (an agent's inherited descriptor) a refused or dropped handshake is final, with the kernel's own error", async () => {
+    const once = (): Connector => {
+      const uds = new UdsConnector(fake.path);
+      return { transport: "agent", redials: false, address: "once", connect: (deadline) => uds.connect(deadline) };
+    };
+    const hellos = fake.hellos.length;
+    fake.shedCode = "SESSION_RATE_LIMITED";
+    try {
+      fake.shed = 1;
+      const e = await fake.connect({ connector: once() }).catch((x: unknown) => x);
+      assert.ok(e instanceof KpipError, String(e));
+      assert.equal(e.code, "SESSION_RATE_LIMITED");
+      fake.drop = 1;
+      const f = await fake.connect({ connector: once() }).catch((x: unknown) => x);
+      assert.ok(f instanceof HandshakeClosedError, String(f));
+      assert.equal(fake.hellos.length, hellos + 2, "one attempt each");
+    } finally {
+      fake.shed = 0;
+      fake.drop = 0;
+      fake.shedCode = "HANDSHAKE_SHED";
+    }
   });
 
   it("a handshake refused SESSION_RATE_LIMITED is tried again within the connect timeout; past it connect throws that refusal", async () => {

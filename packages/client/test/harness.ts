@@ -119,6 +119,8 @@ export class FakeKernel {
   /** HELLOs to answer with fatal RESOURCE/`shedCode`, as a kernel under a connection flood does (or over a persona tree's session rate). */
   shed = 0;
   shedCode = "HANDSHAKE_SHED";
+  /** HELLOs answered by closing the connection without a word, as a gRPC kernel sheds a connection that has not attested. */
+  drop = 0;
   requests: Request[] = [];
   script: Step[] = [];
   constructor() {
@@ -131,6 +133,11 @@ export class FakeKernel {
           if (m.type === "HELLO") {
             this.hellos.push(Buffer.from(m.body.instance));
             this.helloMaxBodies.push(m.body.maxBody);
+            if (this.drop > 0) {
+              this.drop--;
+              s.destroy();
+              break;
+            }
             if (this.shed > 0) {
               this.shed--;
               const body = { class: "RESOURCE" as const, code: this.shedCode, message: "shed", fatal: true };

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -62,6 +62,68 @@ describe("agents recorded running when the kernel died", () => {
       }
     } finally {
       for (const p of [reused, same, legacy]) if (p.pid && alive(p.pid)) process.kill(-p.pid, "SIGKILL");
+      removeHome(home);
+    }
+  });
+
+  it("an agent whose group leader is gone but whose group lives on (a child it left) has that group killed; in another boot, nothing", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    // A leader that starts a child in its group and exits at once, as an agent does when its kernel's connection drops.
+    // Each waits for its stdin to close, so that its identity is read while it runs.
+    const start = () =>
+      spawn("sh", ["-c", "sleep 600 >/dev/null 2>&1 </dev/null & read x"], {
+        detached: true,
+        stdio: ["pipe", "ignore", "ignore"],
+      });
+    const leader = start();
+    const other = start();
+    const lid = leader.pid as number;
+    const oid = other.pid as number;
+    const identity = processIdentity(lid) ?? "";
+    const otherIdentity = processIdentity(oid) ?? "";
+    leader.stdin?.end();
+    other.stdin?.end();
+    await until(() => (processIdentity(lid) === undefined && processIdentity(oid) === undefined) || undefined);
+    const members = (pgid: number) =>
+      readdirSync("/proc")
+        .filter((d) => /^\d+$/.test(d))
+        .filter((d) => {
+          try {
+            const st = readFileSync(`/proc/${d}/stat`, "utf8");
+            return Number(st.slice(st.lastIndexOf(")") + 2).split(" ")[2]) === pgid;
+          } catch {
+            return false;
+          }
+        });
+    try {
+      assert.ok(identity && otherIdentity);
+      await until(() => (members(lid).length === 1 && members(oid).length === 1) || undefined);
+      const db = new Database(join(home, "kernel.db"));
+      const put = db.prepare(
+        "INSERT INTO agents (id, persona, spawner, command, args, pid, state, started_at, deadline, token_id, cwd, proc_id) " +
+          "VALUES (?, ?, 'admin', 'tool', '[]', ?, 'running', 1, 9999999999999, ?, '/tmp', ?)",
+      );
+      put.run("admin/tool/4", "admin/tool-4", lid, "t4", identity);
+      // Recorded in another boot: its pid means nothing now.
+      put.run("admin/tool/5", "admin/tool-5", oid, "t5", `00000000-0000-0000-0000-000000000000 ${otherIdentity.split(" ")[1]}`);
+      db.close();
+      const t = await startKernel({}, home);
+      try {
+        await until(() => members(lid).length === 0 || undefined);
+        assert.equal(members(oid).length, 1, "a group recorded in another boot is not signalled");
+        assert.equal(t.k.inspect.getAgent("admin/tool/5")?.state, "lost");
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      for (const g of [lid, oid])
+        try {
+          process.kill(-g, "SIGKILL");
+        } catch {
+          // gone
+        }
       removeHome(home);
     }
   });

@@ -110,6 +110,51 @@ describe("the pipeline on its own (unit)", () => {
     assert.equal(small.session("alice", 0), undefined);
   });
 
+  it("a grant that lapses after the decision stops an op with effects before its handler runs (CAPABILITY, on the record); a read-only op still runs", async () => {
+    // A revocation landing while the request waits for its intent record: modelled by an
+    // authorizer whose grant lapses as soon as it has decided.
+    let revoked = false;
+    const grant: Grant = {
+      id: "t-1",
+      chain: [],
+      subject: "alice",
+      rights: [{ ops: ["**"], targets: ["**"] }],
+      pairFilters: [],
+      opFilters: [],
+      targetFilters: [],
+      limits: {},
+      nbf: 0,
+      exp: Date.now() + 60_000,
+      maxExp: Date.now() + 60_000,
+      workspaces: undefined,
+      domains: undefined,
+      usable: true,
+    };
+    const u = unit({
+      authorizer: {
+        authorize: () => {
+          queueMicrotask(() => {
+            revoked = true;
+          });
+          return { allowed: true, capIds: ["h1:t-1"], grant };
+        },
+        lapsed: (g, what) => (revoked && g === grant ? `the capability t-1 that authorized this ${what} was revoked` : undefined),
+      },
+    });
+    try {
+      const w = await u.send(request({ op: "t.write", target: "persona://alice", args: {} }));
+      assert.equal(w.status, "FAILURE");
+      assert.equal(w.error, "CAPABILITY");
+      assert.match(w.message ?? "", /^the capability t-1 that authorized this request was revoked before it ran/);
+      assert.deepEqual(u.ran, [], "the handler never ran");
+      const r = await u.send(request(read()));
+      assert.equal(r.status, "SUCCESS");
+      await until(() => u.records().some((x) => x.op === "t.write" && x.errorClass === "CAPABILITY") || undefined);
+    } finally {
+      u.close();
+    }
+  });
+
   it("ownership is decided before the handler: PERMISSION after the intent record, the handler never runs", async () => {
     const u = unit();
     try {

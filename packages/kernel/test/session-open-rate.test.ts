@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { type CborMap, type Identity, KpipError } from "@kpip/protocol";
+import { fileURLToPath } from "node:url";
+import { type CborMap, generateIdentity, type Identity, KpipError } from "@kpip/protocol";
 import { SessionOpenRate } from "../src/session/open-rate.js";
-import { adminIdentity, until, withKernel } from "./harness.js";
+import { adminIdentity, sandboxSkip, until, withKernel } from "./harness.js";
 import { allAudit, RawPeer } from "./wire.js";
 
+const AGENT = fileURLToPath(new URL("../../test/fixtures/agent.mjs", import.meta.url));
 const HEALTH = [{ ops: ["system.health"], targets: ["kernel://"] }];
 
 type Outcome = "open" | { class: string; code: string; message: string; fatal: boolean };
@@ -131,22 +133,67 @@ describe("sessions a persona tree opens are rate-bound (sessionOpenPersonaRate):
     });
   });
 
-  it("SessionOpenRate: a burst of 5× the rate per tree (sub-personas and agents counted in it), refilled by the rate; the admin and rate 0 unbound", () => {
+  it("SessionOpenRate: a burst of 5× the rate for a tree's members together, another for its root alone (members cannot lock the root out), the admin's registrations each their own; refilled by the rate; the admin and rate 0 unbound", () => {
     let now = 0;
     const roots = (p: string) => p.split("/")[0] as string;
     const r = new SessionOpenRate({ rate: 2, adminPersona: "admin" }, () => now);
     const take = (p: string) => r.take(p, roots(p));
-    for (let i = 0; i < 5; i++) assert.equal(take("mallory"), undefined);
+    // The members of mallory's tree share one bucket: 10 opens at 5 each are refused past 10.
     for (let i = 0; i < 5; i++) assert.equal(take("mallory/agent.w1"), undefined);
+    for (let i = 0; i < 5; i++) assert.equal(take("mallory/worker"), undefined);
     assert.match(take("mallory/worker") ?? "", /^mallory \(with the personas under it\) .* try again in 500 ms$/);
-    // Another tree has its own bucket; the admin none.
+    assert.notEqual(take("mallory/agent.w1"), undefined);
+    // ...which leaves the root its own.
+    for (let i = 0; i < 10; i++) assert.equal(take("mallory"), undefined);
+    assert.notEqual(take("mallory"), undefined);
+    // Another tree has its own buckets; the admin none; the admin's registrations one each.
     assert.equal(take("bob"), undefined);
     for (let i = 0; i < 100; i++) assert.equal(take("admin"), undefined);
+    for (let i = 0; i < 10; i++) assert.equal(take("admin/x/helper"), undefined);
+    assert.notEqual(take("admin/x/other"), undefined, "admin/x's members are spent");
+    assert.equal(take("admin/x"), undefined, "admin/x itself is not");
+    for (let i = 0; i < 10; i++) assert.equal(take("admin/y/helper"), undefined, "admin/y is another tree");
     // Half a second later one more (rate 2/s).
     now += 500;
     assert.equal(take("mallory"), undefined);
     assert.notEqual(take("mallory"), undefined);
     const off = new SessionOpenRate({ rate: 0, adminPersona: "admin" }, () => now);
     for (let i = 0; i < 100; i++) assert.equal(off.take("mallory", "mallory"), undefined);
+  });
+});
+
+describe("the session-open rate and what the kernel connects itself", () => {
+  it("an agent's inherited connection is not bound by its tree's open rate: spawned while the tree's members are refused, it connects and works", {
+    skip: sandboxSkip,
+  }, async () => {
+    // The clock stands still: the members' bucket, once spent, stays spent.
+    const now = Date.now();
+    await withKernel({ clock: () => now, sessionOpenPersonaRate: 1, auditHandshakeRate: 1000 }, async (t) => {
+      const rita = await t.persona("rita", [
+        { ops: ["persona.register", "token.mint"], targets: ["persona://rita/**"] },
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.write"], targets: ["obj://ws1/**"] },
+        ...HEALTH,
+      ]);
+      const c = await t.connect(rita.identity, [rita.token]);
+      const sub = generateIdentity("rita/sub");
+      await c.personas.register("rita/sub", sub.publicKey);
+      // rita/sub spends the tree's members' bucket (a burst of 5).
+      for (let i = 0; i < 5; i++) assert.equal(await openOnce(t.k.socketPath, sub), "open");
+      assert.notEqual(await openOnce(t.k.socketPath, sub), "open");
+      const a = await c.agents.spawn("node", "w1", {
+        args: [AGENT],
+        rights: [{ ops: ["storage.write"], targets: ["obj://ws1/**"] }],
+        lifetimeMs: 60_000,
+      });
+      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 30_000, "the agent ended");
+      const report = JSON.parse(Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString()) as Record<
+        string,
+        unknown
+      >;
+      assert.equal(report.write, "ok", JSON.stringify(report));
+      // The tree's root has a bucket of its own: its members did not spend it.
+      assert.equal(await openOnce(t.k.socketPath, rita.identity), "open");
+    });
   });
 });

@@ -6,6 +6,11 @@ export type Channel = ByteChannel;
 /** Opens channels to one kernel endpoint; the client retries through it on reconnect. */
 export interface Connector {
   readonly transport: string;
+  /**
+   * False when {@link connect} works once only (an agent's inherited descriptor): a handshake the
+   * kernel refused, or that closed, cannot be tried again, and its error is final. Default true.
+   */
+  readonly redials?: boolean;
   /** Human-readable endpoint, for errors. */
   readonly address: string;
   /**

@@ -62,6 +62,7 @@ export class UdsConnector implements Connector {
  */
 export class InheritedConnector implements Connector {
   readonly transport = "agent";
+  readonly redials = false;
   private used = false;
   constructor(readonly fd: number) {}
 

@@ -24,7 +24,7 @@ import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
-import { processIdentity } from "./process-identity.js";
+import { currentBootId, processIdentity } from "./process-identity.js";
 
 export interface AgentOptions {
   maxOutputBytes: number;
@@ -97,15 +97,17 @@ export class AgentManager {
   }
 
   /**
-   * After a crash: agents recorded running are marked lost, and their process group killed if
-   * its leader is still the process spawned (same boot, same start time). A bare pid is not
-   * enough: after a reboot, or once the agent died with the kernel (--die-with-parent), the pid
-   * may lead an unrelated process group, which a kernel running as root would have killed.
+   * After a crash: agents recorded running are marked lost, and their process group killed when
+   * it is still theirs: in this boot, with the pid either still the process spawned (same start
+   * time) or gone — then only what is left of the agent's group can carry that id, since Linux
+   * gives no new process a pid still used as a group's id. A bare pid is not enough: after a
+   * reboot, or once the whole group died with the kernel (--die-with-parent), the pid may lead
+   * an unrelated process group, which a kernel running as root would have killed.
    */
   recover(): void {
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
-      if (a.pid && a.procId !== null && processIdentity(a.pid) === a.procId) {
+      if (a.pid && a.procId !== null && ownGroup(a.pid, a.procId)) {
         try {
           process.kill(-a.pid, "SIGKILL");
         } catch {
@@ -433,4 +435,11 @@ export class AgentManager {
     );
     await Promise.all(waits);
   }
+}
+
+/** Whether process group `pid` is still the one spawned with identity `procId` (see AgentManager.recover). */
+function ownGroup(pid: number, procId: string): boolean {
+  const now = processIdentity(pid);
+  if (now !== undefined) return now === procId;
+  return procId.split(" ")[0] === currentBootId();
 }

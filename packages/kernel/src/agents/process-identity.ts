@@ -9,6 +9,9 @@ const bootId = (() => {
   }
 })();
 
+/** This boot's id, or undefined without /proc. */
+export const currentBootId = (): string | undefined => bootId;
+
 /**
  * What tells a process apart from a later one given the same pid: this boot's id and the
  * process's start time (clock ticks after boot, field 22 of /proc/<pid>/stat), as

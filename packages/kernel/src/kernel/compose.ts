@@ -166,9 +166,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
     const sessions = new SessionRegistry(
       { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
-      (persona, attested, tree, root) => {
+      (persona, attested, tree, root, transport) => {
         const full = admission.session(persona, attested, tree, root);
         if (full !== undefined) return { code: "TOO_MANY_SESSIONS", message: full.message };
+        // An agent's one connection is the kernel's, made at its spawn (bounded by the process
+        // table) and never made again: refused, the agent could not connect at all.
+        if (transport === "agent") return undefined;
         // Last: only a session that opens takes a token of its tree's rate.
         const fast = opens.take(persona, root);
         return fast === undefined ? undefined : { code: "SESSION_RATE_LIMITED", message: fast };

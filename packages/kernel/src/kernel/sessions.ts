@@ -36,7 +36,13 @@ export class SessionRegistry implements SessionCounts {
      * The admission decision (the pipeline's admission stage, then the tree's open rate): a
      * refusal, given the attested sessions, all and the persona tree's. Undefined admits the session.
      */
-    private readonly decide: (persona: string, attested: number, tree: number, root: string) => SessionRefusal | undefined,
+    private readonly decide: (
+      persona: string,
+      attested: number,
+      tree: number,
+      root: string,
+      transport: string,
+    ) => SessionRefusal | undefined,
     private readonly on: SessionEvents = {},
     /** The top of each persona's tree. */
     private readonly roots: TreeRoots = FIRST_SEGMENT,
@@ -76,7 +82,7 @@ export class SessionRegistry implements SessionCounts {
   /** At attestation: may `persona` have a session? A refusal is a fatal RESOURCE error's code and message. */
   admit(s: Session, persona: string): SessionRefusal | undefined {
     const tree = this.roots.of(persona);
-    const refused = this.decide(persona, this.treeOf.size, this.trees.get(tree) ?? 0, tree);
+    const refused = this.decide(persona, this.treeOf.size, this.trees.get(tree) ?? 0, tree, s.transport);
     if (refused !== undefined) return refused;
     this.preauth.release(s);
     this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);

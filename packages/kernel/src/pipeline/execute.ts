@@ -58,6 +58,14 @@ export function execute(
   };
   checkOwnership(decl, op);
   if (deadline !== undefined && deadline <= Date.now()) throw new OpError("RESOURCE", "deadline exceeded before execution");
+  // An op with effects waited for its intent record since the decision: a revocation (or the
+  // token's expiry) answered meanwhile must stop it here, before a handler that acts at once
+  // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
+  if (decl.effects) {
+    const grant = ctx.decision?.grant;
+    const lapsed = grant && authorizer.lapsed?.(grant, "request");
+    if (lapsed) throw new OpError("CAPABILITY", `${lapsed} before it ran: nothing was done`);
+  }
   // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
   if (!decl.effects) answers.checkRoom(s.id, s.buffered ?? 0);
   return decl.handler(op);

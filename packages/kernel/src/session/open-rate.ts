@@ -32,13 +32,29 @@ export class SessionOpenRate {
   take(persona: string, root: string): string | undefined {
     const rate = this.limits.rate;
     if (rate === 0 || persona === this.limits.adminPersona) return undefined;
-    // Roots are of registered personas (it attested): the table sweeps its idle buckets when full.
-    const b = this.trees.take(root, this.clock());
+    // Keys are of registered personas (it attested): the table sweeps its idle buckets when full.
+    const b = this.trees.take(this.bucketOf(persona, root), this.clock());
     if (b.tokens >= 1) {
       b.tokens--;
       return undefined;
     }
     const waitMs = Math.max(1, Math.ceil(((1 - b.tokens) / rate) * 1000));
     return `${treeName(root, persona)} opens sessions faster than sessionOpenPersonaRate ${rate}/s (bursts ${rate * BURST_SECONDS}); try again in ${waitMs} ms`;
+  }
+
+  /**
+   * The bucket a persona's opens take from. A tree's root has its own, which its sub-personas
+   * and agents cannot empty (they share the tree's): a compromised member must not lock the
+   * tree's owner out. The operator's personas under the admin (`admin/x`, registered by the
+   * admin) are trees of their own here, as their registrations are: one of them must not lock
+   * out the others. So a tree opens at most twice the rate: its root, and the rest of it.
+   */
+  private bucketOf(persona: string, root: string): string {
+    let tree = root;
+    if (root === this.limits.adminPersona) {
+      const next = persona.indexOf("/", root.length + 1);
+      tree = next < 0 ? persona : persona.slice(0, next);
+    }
+    return persona === tree ? `${tree}\u0000root` : tree;
   }
 }
