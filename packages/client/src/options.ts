@@ -43,7 +43,12 @@ export interface ConnectOptions {
   tokens?: (Uint8Array | string)[];
   /** Workspace put in every request's context unless a call names another. */
   workspace?: string;
-  /** Time allowed for the first connection (all attempts, when waiting for the kernel). Default 10 s. */
+  /**
+   * Time allowed for the first connection, all attempts: a handshake the kernel refused with a
+   * code that asks for another try (HANDSHAKE_SHED, SESSION_RATE_LIMITED) or closed before
+   * WELCOME without a word (HandshakeClosedError) is tried again within it, as is a kernel not
+   * up yet with `waitForKernel`. Default 10 s.
+   */
   connectTimeoutMs?: number;
   /** If no kernel answers at first, keep trying until connectTimeoutMs instead of failing at once. */
   waitForKernel?: boolean;
