@@ -38,13 +38,13 @@ export class AuditJournalError extends Error {
   override name = "AuditJournalError";
 }
 
-const MAGIC = 0x4b504a31; // "KPJ1"
+export const MAGIC = 0x4b504a31; // "KPJ1"
 /**
  * magic, body length, its complement (a changed length is damage, never mistaken for a torn
  * write); after the body, the body length again xor the magic (a torn tail shows).
  */
-const HEAD = 12;
-const TAIL = 4;
+export const HEAD = 12;
+export const TAIL = 4;
 
 /** Bytes of a batch's body (what {@link encodeBatch} writes between the head and the tail). */
 function bodyBytes(b: JournalBatch): number {
@@ -223,7 +223,7 @@ export function unindexedBatches(data: Uint8Array, head: IndexHead | undefined):
  * never end (O_NONBLOCK keeps the open of a FIFO from waiting for its other end; on a regular
  * file it changes nothing).
  */
-function openRegular(path: string, flags: number): number {
+export function openRegular(path: string, flags: number): number {
   const fd = openSync(path, flags | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
   if (!fstatSync(fd).isFile()) {
     closeSync(fd);
