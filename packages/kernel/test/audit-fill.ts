@@ -1,11 +1,13 @@
 import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, existsSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { type AuditEntry, AuditLog } from "../src/audit/log.js";
 import { recordBytes } from "../src/audit/record.js";
 import { decodeRecordStrict, recordSeq } from "../src/audit/record-decode.js";
+import { SegmentIndex } from "../src/audit/verify-segments.js";
+import { AUDIT_SEGMENT_DIR, type IndexSpan, listSegments, RETAINED_THROUGH_KEY, segmentName } from "../src/store/audit-segments.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 
@@ -135,4 +137,69 @@ export function rechain(db: Database.Database, fromSeq: number): void {
     const p = prev ?? Buffer.alloc(32);
     prev = rewriteRecord(db, s, (r) => (r.prevHash = p), true);
   }
+}
+
+/**
+ * Moves a stopped home's audit out of its segment files into the `audit` table (the layout
+ * before segments), bytes as they are, so a test can tamper with rows by SQL; {@link resegment}
+ * moves them back the way a kernel migrates an older home: the tampering ends up in the
+ * segments' bytes, where verify must find it. A home not in segments is left as it is.
+ */
+export function unsegment(dbPath: string): void {
+  const dir = join(dirname(dbPath), AUDIT_SEGMENT_DIR);
+  const db = new Database(dbPath);
+  try {
+    if (db.prepare("SELECT value FROM meta WHERE key = 'audit_segments'").pluck(true).get() !== "1") return;
+    const index = new SegmentIndex(db, dir);
+    const retained = index.retained();
+    const ins = db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)");
+    db.transaction(() => {
+      let spans = index.from(Number.MIN_SAFE_INTEGER);
+      while (spans.length > 0) {
+        for (const sp of spans) {
+          const read = index.read(sp);
+          if (read.damage) throw new Error(`unsegment: ${read.damage}`);
+          for (const r of read.rows) if (r.seq > retained) ins.run(r.seq, Buffer.from(r.hash), Buffer.from(r.record));
+        }
+        spans = index.after((spans.at(-1) as IndexSpan).first);
+      }
+      db.exec("DELETE FROM audit_batches");
+      db.prepare("DELETE FROM meta WHERE key IN (?, ?)").run("audit_segments", RETAINED_THROUGH_KEY);
+    })();
+    index.close();
+    for (const seg of listSegments(dir)) unlinkSync(join(dir, segmentName(seg)));
+  } finally {
+    db.close();
+  }
+}
+
+/** The `audit` table's rows moved (back) to segment files, as a kernel's start does (see {@link unsegment}). */
+export function resegment(dbPath: string): void {
+  const s = new SqliteStore(dbPath);
+  try {
+    s.useAuditSegments(join(dirname(dbPath), AUDIT_SEGMENT_DIR));
+  } finally {
+    s.close();
+  }
+}
+
+/**
+ * A stopped home's store after `tamper` ran on its audit as rows of the `audit` table
+ * (unsegment, tamper, resegment): open on the segments, for verify and the readers.
+ */
+export function tamperedStore(dbPath: string, tamper: (s: SqliteStore) => void): SqliteStore {
+  unsegment(dbPath);
+  const s = new SqliteStore(dbPath);
+  try {
+    tamper(s);
+  } finally {
+    s.close();
+  }
+  resegment(dbPath);
+  return new SqliteStore(dbPath);
+}
+
+/** Whether a home's audit is in segment files. */
+export function hasSegments(dbPath: string): boolean {
+  return existsSync(join(dirname(dbPath), AUDIT_SEGMENT_DIR));
 }
