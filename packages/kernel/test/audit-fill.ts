@@ -203,3 +203,19 @@ export function tamperedStore(dbPath: string, tamper: (s: SqliteStore) => void):
 export function hasSegments(dbPath: string): boolean {
   return existsSync(join(dirname(dbPath), AUDIT_SEGMENT_DIR));
 }
+
+/** Where record `seq`'s bytes are in its segment file (its length field is the 4 bytes before), and their length. */
+export function recordInSegment(dbPath: string, seq: number): { file: string; at: number; length: number } {
+  const dir = join(dirname(dbPath), AUDIT_SEGMENT_DIR);
+  const db = new Database(dbPath, { readonly: true });
+  try {
+    const index = new SegmentIndex(db, dir);
+    const span = index.from(seq, 1)[0];
+    const row = span && index.read(span).rows.find((r) => r.seq === seq);
+    index.close();
+    if (!span || !row) throw new Error(`record ${seq} is in no segment`);
+    return { file: join(dir, segmentName(span.segment)), at: span.offset + row.at, length: row.record.length };
+  } finally {
+    db.close();
+  }
+}

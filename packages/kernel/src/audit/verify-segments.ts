@@ -136,6 +136,8 @@ export class SegmentScan {
           if (r.seq < expected) continue;
           if (expected > to) break;
           if (r.seq !== expected) return bad(expected, `record ${expected} is missing (next is ${r.seq})`);
+          if (r.declared !== undefined)
+            return bad(r.seq, r.declared > MAX_RECORD_BYTES ? oversizeReason(r.declared) : `record ${r.seq} cannot be read: ${read.damage}`);
           const record = r.record;
           if (record.length > MAX_RECORD_BYTES) return bad(r.seq, oversizeReason(record.length));
           if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));

@@ -89,6 +89,13 @@ export interface SpanRow {
   seq: number;
   hash: Uint8Array;
   record: Buffer;
+  /** Where the record's bytes start in the span (its length field is the 4 bytes before). */
+  at: number;
+  /**
+   * Set when the record's length runs past its batch (tampering, or damage): the length it
+   * declares, never allocated; `record` is then empty, and the span ends there.
+   */
+  declared?: number;
 }
 
 /** A span's records as read: those before any damage, and the damage's reason. */
@@ -134,9 +141,13 @@ export function parseSpan(buf: Buffer, where: string): SpanRead {
       const hash = buf.subarray(p, p + hn);
       p += hn;
       const rn = u32();
+      if (rn < 0) return damaged("is shorter than its fields");
       // A length read from the framing, checked against the bytes there: never allocated.
-      if (rn < 0 || p + rn > stop) return damaged("is shorter than its fields (a record's length runs past it)");
-      rows.push({ seq, hash, record: buf.subarray(p, p + rn) });
+      if (p + rn > stop) {
+        rows.push({ seq, hash, record: buf.subarray(p, p), at: p, declared: rn });
+        return damaged(`is damaged (record ${seq}'s length, ${rn} bytes, runs past it)`);
+      }
+      rows.push({ seq, hash, record: buf.subarray(p, p + rn), at: p });
       p += rn;
     }
     at = end;

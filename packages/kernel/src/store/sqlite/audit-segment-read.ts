@@ -31,6 +31,11 @@ export class SegmentReads implements AuditReadApi {
   }
 
   #decode(r: SpanRow): AuditRow {
+    if (r.declared !== undefined) {
+      // Bytes that are not there (a forged length): a placeholder, nothing read.
+      if (r.declared > MAX_RECORD_BYTES) return oversizeRecord(r.seq, r.hash, r.declared);
+      return decodeRecord(r.seq, r.hash, new Uint8Array(0));
+    }
     if (r.record.length > MAX_RECORD_BYTES) return oversizeRecord(r.seq, r.hash, r.record.length);
     return decodeRecord(r.seq, r.hash, r.record);
   }
