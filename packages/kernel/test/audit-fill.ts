@@ -1,5 +1,5 @@
 import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync, existsSync, unlinkSync } from "node:fs";
+import { copyFileSync, cpSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
@@ -39,6 +39,26 @@ export async function fillAuditFile(
 
 /** A copy of the audit file `source` in `dir`, named after `name`, with `sql` applied (or `sql(db)` run). */
 export function tamperedCopy(source: string, dir: string, name: string, sql: string | ((db: Database.Database) => void)): string {
+  const segments = join(dirname(source), AUDIT_SEGMENT_DIR);
+  if (existsSync(segments)) {
+    // A home of segment files: the database and its segments copied to a directory of their own,
+    // tampered as rows, and moved back into segments (unsegment, resegment).
+    const home = join(dir, name.replace(/\W+/g, "-"));
+    mkdirSync(home, { recursive: true });
+    const p = join(home, "kernel.db");
+    copyFileSync(source, p);
+    cpSync(segments, join(home, AUDIT_SEGMENT_DIR), { recursive: true });
+    unsegment(p);
+    const db = new Database(p);
+    try {
+      if (typeof sql === "string") db.exec(sql);
+      else sql(db);
+    } finally {
+      db.close();
+    }
+    resegment(p);
+    return p;
+  }
   const p = join(dir, `${name.replace(/\W+/g, "-")}.db`);
   copyFileSync(source, p);
   const db = new Database(p);
