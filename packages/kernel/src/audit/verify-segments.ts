@@ -134,7 +134,8 @@ export class SegmentScan {
         const read = this.index.read(s);
         for (const r of read.rows) {
           if (r.seq < expected) continue;
-          if (expected > to) break;
+          // The index says where the log ends: bytes past a span's last record are not the log's.
+          if (expected > to || r.seq > s.last) break;
           if (r.seq !== expected) return bad(expected, `record ${expected} is missing (next is ${r.seq})`);
           if (r.declared !== undefined)
             return bad(r.seq, r.declared > MAX_RECORD_BYTES ? oversizeReason(r.declared) : `record ${r.seq} cannot be read: ${read.damage}`);

@@ -67,8 +67,8 @@ export class SegmentReads implements AuditReadApi {
       for (const s of spans) {
         if (s.first > to) return out;
         for (const r of this.index.read(s).rows) {
-          // Strictly increasing: rows out of order (tampering) are verify's to report.
-          if (r.seq < next || r.seq > to) continue;
+          // Strictly increasing, and only what the index names: rows out of order (tampering) are verify's to report.
+          if (r.seq < next || r.seq > to || r.seq > s.last) continue;
           out.push(r);
           next = r.seq + 1;
           if (out.length >= limit) return out;
@@ -95,7 +95,7 @@ export class SegmentReads implements AuditReadApi {
         const rows = this.index.read(s).rows;
         for (let i = rows.length - 1; i >= 0; i--) {
           const r = rows[i] as SpanRow;
-          if (r.seq >= top || r.seq <= floor) continue;
+          if (r.seq >= top || r.seq <= floor || r.seq > s.last) continue;
           out.push(this.#decode(r));
           top = r.seq;
           if (out.length >= limit) return out;
