@@ -7,7 +7,13 @@ import { type AuditEntry, AuditLog } from "../src/audit/log.js";
 import { recordBytes } from "../src/audit/record.js";
 import { decodeRecordStrict, recordSeq } from "../src/audit/record-decode.js";
 import { SegmentIndex } from "../src/audit/verify-segments.js";
-import { AUDIT_SEGMENT_DIR, type IndexSpan, listSegments, RETAINED_THROUGH_KEY, segmentName } from "../src/store/audit-segments.js";
+import {
+  AUDIT_SEGMENT_DIR,
+  type IndexSpan,
+  listSegments,
+  RETAINED_THROUGH_KEY,
+  segmentName,
+} from "../src/store/audit-segments.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 

@@ -111,7 +111,9 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
     throw new HomeReadError(`${reads.index.files.dir}: ${(e as Error).message}`, "corrupt");
   }
   if (tail.batches.length === 0) return;
-  const span = db.prepare("INSERT OR IGNORE INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)");
+  const span = db.prepare(
+    "INSERT OR IGNORE INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)",
+  );
   const cp = db.prepare(
     "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
   );

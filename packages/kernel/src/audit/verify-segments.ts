@@ -138,14 +138,18 @@ export class SegmentScan {
           if (expected > to || r.seq > s.last) break;
           if (r.seq !== expected) return bad(expected, `record ${expected} is missing (next is ${r.seq})`);
           if (r.declared !== undefined)
-            return bad(r.seq, r.declared > MAX_RECORD_BYTES ? oversizeReason(r.declared) : `record ${r.seq} cannot be read: ${read.damage}`);
+            return bad(
+              r.seq,
+              r.declared > MAX_RECORD_BYTES ? oversizeReason(r.declared) : `record ${r.seq} cannot be read: ${read.damage}`,
+            );
           const record = r.record;
           if (record.length > MAX_RECORD_BYTES) return bad(r.seq, oversizeReason(record.length));
           if (prev === undefined) out.firstPrev = Buffer.from(record.subarray(0, PREV_HASH_BYTES));
           else if (record.length < PREV_HASH_BYTES || prev.compare(record, 0, PREV_HASH_BYTES) !== 0)
             return bad(r.seq, LINK_BROKEN);
           const hash = sha256(record);
-          if (r.hash.length !== hash.length || hash.compare(r.hash) !== 0) return bad(r.seq, "record content does not match its hash");
+          if (r.hash.length !== hash.length || hash.compare(r.hash) !== 0)
+            return bad(r.seq, "record content does not match its hash");
           if (record.length <= PREV_HASH_BYTES || recordSeq(record) !== r.seq)
             return bad(r.seq, `record ${r.seq} holds the bytes of another record (a row renumbered)`);
           if (cpSeqs.has(r.seq)) out.checkpointHashes.push([r.seq, hash]);
@@ -157,7 +161,8 @@ export class SegmentScan {
             onProgress?.(expected - from);
           }
         }
-        if (read.damage && expected <= Math.min(to, s.last)) return bad(expected, `record ${expected} cannot be read: ${read.damage}`);
+        if (read.damage && expected <= Math.min(to, s.last))
+          return bad(expected, `record ${expected} cannot be read: ${read.damage}`);
         if (expected <= Math.min(to, s.last))
           return bad(expected, `record ${expected} is missing (its batch's bytes do not hold it)`);
       }

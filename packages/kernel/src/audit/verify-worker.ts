@@ -10,8 +10,12 @@ const job = workerData as { path: string; segments?: string; from: number; to: n
 const db = new Database(job.path, { readonly: true, fileMustExist: true, timeout: 5000 });
 try {
   const index = job.segments ? new SegmentIndex(db, job.segments) : undefined;
-  const result = (index ? new SegmentScan(index) : new RecordScan(db)).verify(job.from, job.to, new Set(job.cpSeqs), 1000, (done) =>
-    parentPort?.postMessage({ progress: done }),
+  const result = (index ? new SegmentScan(index) : new RecordScan(db)).verify(
+    job.from,
+    job.to,
+    new Set(job.cpSeqs),
+    1000,
+    (done) => parentPort?.postMessage({ progress: done }),
   );
   parentPort?.postMessage({ result });
   index?.close();

@@ -182,7 +182,8 @@ export class SegmentFiles {
     const name = segmentName(s.segment);
     if (!(s.length >= 0 && s.offset >= 0 && Number.isSafeInteger(s.offset) && Number.isSafeInteger(s.length)))
       return `${name}: the index names no bytes there`;
-    if (s.length > MAX_SPAN_BYTES) return `${name}: the index names ${s.length} bytes at once, more than any kernel writes: not read`;
+    if (s.length > MAX_SPAN_BYTES)
+      return `${name}: the index names ${s.length} bytes at once, more than any kernel writes: not read`;
     const fd = this.#fd(s.segment);
     if (fd === undefined) return `${name} is missing`;
     const size = fstatSync(fd).size;
@@ -378,7 +379,8 @@ export function tailBatches(
     }
     if (offset < st.size) {
       // A torn append: only the newest segment's last write can be one.
-      if (i !== from.length - 1) throw new AuditJournalError(`${segmentName(segment)} ends in a torn batch, and a segment follows it`);
+      if (i !== from.length - 1)
+        throw new AuditJournalError(`${segmentName(segment)} ends in a torn batch, and a segment follows it`);
       cut = { segment, size: offset };
     }
   }

@@ -43,7 +43,7 @@ const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
 /** The audit segments' side of the store: the kernel opens them; tools beside a kernel never do. */
 export interface JournalledAudit {
-  useAuditSegments(dir: string, legacyJournal?: string): SegmentsOpened;
+  useAuditSegments(dir: string, legacyJournal?: string, opts?: { rotateAbove?: number }): SegmentsOpened;
   /** An fdatasync of the open segment off the kernel's thread (the kernel's periodic sync). */
   syncAuditSegment(): Promise<void>;
   readonly auditUnindexed: number;
@@ -92,7 +92,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * the batches a killed kernel appended past the index (throws AuditJournalError when they
      * are not batches continuing the chain), cutting a torn last append.
      */
-    useAuditSegments(dir: string, legacyJournal?: string): SegmentsOpened {
+    useAuditSegments(dir: string, legacyJournal?: string, opts: { rotateAbove?: number } = {}): SegmentsOpened {
       if (this.#writer) throw new AuditJournalError("the audit segments are already open");
       let migrated = 0;
       if (this.getMeta(SEGMENTED_KEY) !== "1") {
@@ -107,7 +107,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const seg = this.#segments;
       const headSeq = seg.head();
       const hash = headSeq === undefined ? undefined : seg.hashAt(headSeq);
-      const { batches, cut } = tailBatches(dir, seg.index.last(), headSeq !== undefined && hash ? { seq: headSeq, hash } : undefined);
+      const { batches, cut } = tailBatches(
+        dir,
+        seg.index.last(),
+        headSeq !== undefined && hash ? { seq: headSeq, hash } : undefined,
+      );
       let recovered = 0;
       if (batches.length > 0) {
         this.#index(batches);
@@ -118,7 +122,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         truncateSync(join(dir, segmentName(cut.segment)), cut.size);
       }
       const next = (seg.head() ?? seg.index.retained()) + 1;
-      this.#writer = new SegmentWriter(dir, next);
+      this.#writer = new SegmentWriter(dir, next, opts.rotateAbove);
       return { recovered, migrated };
     }
 
