@@ -329,6 +329,79 @@ describe("the audit segments in front of the index", () => {
     }
   });
 
+  it("an index ahead of the newest segment (an OS crash before its sync) is cut back to the whole batches there; a segment cut short elsewhere stops the open", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    try {
+      const rows = chain(9);
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
+      s.appendAudit(rows.slice(0, 3) as AuditRow[]);
+      s.indexAudit?.();
+      const whole = statSync(onlySegment(dir)).size;
+      s.appendAudit(rows.slice(3, 5) as AuditRow[]);
+      s.indexAudit?.();
+      s.appendAudit(rows.slice(5) as AuditRow[]);
+      s.addCheckpoint({
+        seq: 9,
+        hash: (rows[8] as JournalRecord).hash,
+        time: 1,
+        kernel: "k",
+        publicKey: randomBytes(32),
+        signature: randomBytes(64),
+      });
+      s.close();
+      // The page cache lost everything after the first batch and a few bytes of the second.
+      truncateSync(onlySegment(dir), whole + 10);
+      const again = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.deepEqual(again.useAuditSegments(dir), { recovered: 0, migrated: 0, lost: 6 });
+        assert.equal(again.countAudit(), 3);
+        assert.equal(statSync(onlySegment(dir)).size, whole, "the torn bytes cut");
+        assert.deepEqual(again.checkpoints(), [], "no checkpoint names a record the log lost");
+        again.appendAudit(rows.slice(3) as AuditRow[]);
+        assert.equal(verifyAudit(again).ok, true);
+      } finally {
+        again.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+    // Bytes an older segment lacks: not a crash of the newest one's tail.
+    const home2 = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir2 = join(home2, "audit");
+    try {
+      const rows = chain(40);
+      const s = new SqliteStore(join(home2, "kernel.db"));
+      s.useAuditSegments(dir2, undefined, { rotateAbove: 2048 });
+      for (let i = 0; i < 40; i += 4) {
+        s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
+        s.indexAudit?.();
+      }
+      s.close();
+      const segs = readdirSync(dir2).sort();
+      assert.ok(segs.length >= 2);
+      truncateSync(join(dir2, segs[0] as string), 100);
+      const again = new SqliteStore(join(home2, "kernel.db"));
+      try {
+        assert.throws(() => again.useAuditSegments(dir2), /is cut short: the index names bytes/);
+      } finally {
+        again.close();
+      }
+      // The audit reader reads it as it is, and verify says where.
+      const reader = openAuditReader(join(home2, "kernel.db"));
+      try {
+        const v = verifyAudit(reader);
+        assert.equal(v.ok, false);
+        assert.match(v.firstBad?.reason ?? "", /cut short|cannot be read/);
+      } finally {
+        reader.close();
+      }
+    } finally {
+      removeHome(home2);
+    }
+  });
+
   it("a segment tail that does not continue the index's chain stops the open, and the reader, with the reason", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
     const dir = join(home, "audit");

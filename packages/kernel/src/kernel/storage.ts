@@ -62,6 +62,11 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     const opened = store.useAuditSegments(join(c.home, HOME_FILES.auditSegments), join(c.home, HOME_FILES.auditJournal));
     if (opened.migrated)
       log.info({ records: opened.migrated }, "moved the audit records out of the database into segment files (once)");
+    if (opened.lost)
+      log.warn(
+        { records: opened.lost },
+        "the newest audit segment ends before its index (an OS crash before its sync, or a cut): those records are gone from the index; the checkpoints and anchors bound the cut",
+      );
     if (opened.recovered)
       log.info({ records: opened.recovered }, "indexed audit records appended before the last kernel stopped");
     // An OS crash loses at most this long of the open segment's appends (a kernel kill loses none: the page cache keeps them).

@@ -12,6 +12,7 @@ import {
   type IndexSpan,
   listSegments,
   RETAINED_THROUGH_KEY,
+  SegmentCutError,
   SegmentWriter,
   segmentName,
   spansOf,
@@ -32,6 +33,8 @@ export const SEGMENTED_KEY = "audit_segments";
 export interface SegmentsOpened {
   recovered: number;
   migrated: number;
+  /** Records the index named past the newest segment's end (an OS crash before its sync): dropped from the index. */
+  lost?: number;
 }
 
 /**
@@ -105,6 +108,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (legacyJournal && existsSync(legacyJournal)) unlinkSync(legacyJournal);
       this.#segments ??= new SegmentReads(this.db, dir);
       const seg = this.#segments;
+      const lost = this.#dropLostTail(dir, seg);
+      this.#checkSegments(dir);
       const headSeq = seg.head();
       const hash = headSeq === undefined ? undefined : seg.hashAt(headSeq);
       const { batches, cut } = tailBatches(
@@ -123,7 +128,50 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       }
       const next = (seg.head() ?? seg.index.retained()) + 1;
       this.#writer = new SegmentWriter(dir, next, opts.rotateAbove);
-      return { recovered, migrated };
+      return lost > 0 ? { recovered, migrated, lost } : { recovered, migrated };
+    }
+
+    /**
+     * The index may be durable ahead of the newest segment: both are synced on their own
+     * schedules (synchronous=NORMAL's checkpoints, the segment's periodic fdatasync), so an OS
+     * crash can keep spans whose bytes the segment lost. Only then — spans of the newest segment
+     * naming bytes past its end — are they dropped from the index with their checkpoints (the
+     * records were lost with the page cache, as the WAL's last commits can be; the signed
+     * checkpoints and anchors bound such a cut, as they bound a WAL cut at its end); the whole
+     * batches still there are indexed again by the tail scan. Anything else a segment lacks stops
+     * the start (tailBatches).
+     */
+    /** Every segment the index names is there and holds the bytes it names (else the start stops: never a silent hole). */
+    #checkSegments(dir: string): void {
+      const ends = this.prep("SELECT segment, max(offset + length) AS end FROM audit_batches GROUP BY segment").all() as {
+        segment: number;
+        end: number;
+      }[];
+      for (const { segment, end } of ends) {
+        const path = join(dir, segmentName(segment));
+        const size = existsSync(path) ? statSync(path).size : -1;
+        if (size < 0) throw new SegmentCutError(`${segmentName(segment)}, named by the index, is missing`);
+        if (size < end)
+          throw new SegmentCutError(
+            `${segmentName(segment)} is cut short: the index names bytes through ${end}, it holds ${size}`,
+          );
+      }
+    }
+
+    #dropLostTail(dir: string, seg: SegmentReads): number {
+      const last = seg.index.last();
+      if (!last || listSegments(dir).at(-1) !== last.segment) return 0;
+      const path = join(dir, segmentName(last.segment));
+      const size = statSync(path).size;
+      if (last.offset + last.length <= size) return 0;
+      return this.db.transaction(() => {
+        const gone = this.prep(
+          "SELECT coalesce(sum(last_seq - first_seq + 1), 0) AS n FROM audit_batches WHERE segment = ? AND offset + length > ?",
+        ).get(last.segment, size) as { n: number };
+        this.prep("DELETE FROM audit_batches WHERE segment = ? AND offset + length > ?").run(last.segment, size);
+        this.prep("DELETE FROM audit_checkpoints WHERE seq > ?").run(seg.head() ?? seg.index.retained());
+        return gone.n;
+      })();
     }
 
     /**
