@@ -25,10 +25,15 @@ export async function fillAuditFile(
   path: string,
   n: number,
   record: (i: number) => AuditEntry,
-  options: { batchMax: number; checkpointEvery: number },
+  options: { batchMax: number; checkpointEvery: number; segments?: boolean },
   kernel = "kv",
 ): Promise<void> {
   const store = new SqliteStore(path);
+  // In segment files beside the database, as a kernel writes (else in its `audit` table, as before segments).
+  if (options.segments) {
+    mkdirSync(dirname(path), { recursive: true });
+    store.useAuditSegments(join(dirname(path), AUDIT_SEGMENT_DIR));
+  }
   const log = new AuditLog(store, kernel, generateKeyPairSync("ed25519").privateKey, options);
   try {
     let last: Promise<void> = Promise.resolve();
