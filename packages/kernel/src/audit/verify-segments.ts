@@ -5,7 +5,12 @@ import { PREV_HASH_BYTES, recordSeq } from "./record-seq.js";
 import { MAX_RECORD_BYTES, oversizeReason } from "./record-size.js";
 import type { RangeResult } from "./verify.js";
 
-const sha256 = (data: Uint8Array): Buffer => crypto.createHash("sha256").update(data).digest();
+type OneShot = (algorithm: string, data: Uint8Array, encoding: "buffer") => Buffer;
+const oneShot = (crypto as unknown as { hash?: OneShot }).hash;
+/** SHA-256: Node's one-shot hash where it has one (20.12+; no Hash object per record), else a Hash object. */
+const sha256: (data: Uint8Array) => Buffer = oneShot
+  ? (data) => oneShot("sha256", data, "buffer")
+  : (data) => crypto.createHash("sha256").update(data).digest();
 
 const LINK_BROKEN = "previous-hash link is broken (a record before it was changed, removed or reordered)";
 
