@@ -572,7 +572,7 @@ describe("the audit segments in front of the index", () => {
     }
   });
 
-  it("rotates to a new segment (named after its first record) past the size bound, reads across them, and retention drops whole segments", () => {
+  it("rotates to a new segment (named after its first record) past the size bound, reads across them, and retention drops whole segments one prune later", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
     const dir = join(home, "audit");
     const s = new SqliteStore(join(home, "kernel.db"));
@@ -602,6 +602,12 @@ describe("the audit segments in front of the index", () => {
         rows.slice(30).map((r) => r.seq),
       );
       assert.equal(s.auditHashAt(30), undefined);
+      assert.deepEqual(
+        readdirSync(dir).sort(),
+        segs,
+        "the files stay until the next prune (a live reader's snapshot may name them)",
+      );
+      assert.equal(s.pruneAudit(30), 0);
       const left = readdirSync(dir).sort();
       assert.ok(!left.includes(segmentName(1)), "the first segment is gone");
       assert.ok(left.length < segs.length && second <= 31);

@@ -313,6 +313,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
           return n;
         })();
       }
+      const previous = seg.index.retained();
       const n = this.db.transaction(() => {
         if (base) this.addCheckpoint(base);
         const before = seg.count();
@@ -321,8 +322,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
         return before - seg.count();
       })();
-      // After the commit: a crash before leaves files no span names (the next prune removes them).
-      dropSegmentsThrough(seg.index.files.dir, throughSeq);
+      // After the commit, and one prune late: the files wholly below the previous retained point.
+      // A reader beside the kernel whose snapshot still names them (a long `kpip audit verify`)
+      // has until the next prune to read them; a crash before leaves files no span names, which
+      // a later prune removes.
+      dropSegmentsThrough(seg.index.files.dir, Math.min(previous, throughSeq));
       return n;
     }
     lookupDedupe(key: string, now: number): DedupeRow | undefined {
