@@ -2,8 +2,8 @@ import { readFileSync } from "node:fs";
 import { ConfigError, type KernelConfig } from "../config.js";
 
 /**
- * Descriptors the kernel keeps besides its connections: the store and its WAL, the audit
- * journal, log and metrics sockets, the admin's own session, file-store temporaries (fixed
+ * Descriptors the kernel keeps besides its connections: the store and its WAL, the open audit
+ * segment and up to 4 read ones, log and metrics sockets, the admin's own session, file-store temporaries (fixed
  * part), plus {@link DESCRIPTORS_PER_AGENT} for each running agent (its pipes and process).
  */
 export const DESCRIPTOR_MARGIN = 128;

@@ -155,7 +155,10 @@ export function parseSpan(buf: Buffer, where: string): SpanRead {
   return { rows };
 }
 
-/** Reads spans of a home's segments: one descriptor per segment, kept until close. */
+/** Segment descriptors a reader keeps open at most. */
+const SEGMENT_FDS = 4;
+
+/** Reads spans of a home's segments: one descriptor per segment read, kept until close (at most SEGMENT_FDS). */
 export class SegmentFiles {
   readonly #fds = new Map<number, number>();
 
@@ -171,7 +174,8 @@ export class SegmentFiles {
         if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
         throw e;
       }
-      if (this.#fds.size >= 64) this.close();
+      // A few at most (a scan reads one segment after another): the kernel's descriptor margin is small (fd-budget.ts).
+      if (this.#fds.size >= SEGMENT_FDS) this.close();
       this.#fds.set(segment, fd);
     }
     return fd;
