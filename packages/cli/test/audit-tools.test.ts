@@ -16,7 +16,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
-import { Kernel, recordBytes } from "@kpip/kernel";
+import { type AuditRow, Kernel, recordBytes, SqliteStore } from "@kpip/kernel";
 import { parseIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
@@ -272,13 +272,17 @@ describe("audit tools on a home", () => {
   it("reads a read-only copy whose -wal holds records the database file does not, and changes no file", () => {
     // Records head-2..head are moved into the WAL: deleted and checkpointed into the database
     // file, then put back by a connection that stays open, so the -wal holds them unmerged.
+    // (The index of the segment files: the records' bytes are in the segments, their spans in SQLite.)
     const db = new Database(join(home, "kernel.db"));
     db.pragma("wal_autocheckpoint = 0");
-    const tail = db.prepare("SELECT * FROM audit WHERE seq > ? ORDER BY seq").all(head - 3) as Record<string, unknown>[];
-    db.prepare("DELETE FROM audit WHERE seq > ?").run(head - 3);
+    const tail = db.prepare("SELECT * FROM audit_batches WHERE last_seq > ? ORDER BY first_seq").all(head - 3) as Record<
+      string,
+      unknown
+    >[];
+    db.prepare("DELETE FROM audit_batches WHERE last_seq > ?").run(head - 3);
     db.pragma("wal_checkpoint(TRUNCATE)");
     const cols = Object.keys(tail[0] as object);
-    const ins = db.prepare(`INSERT INTO audit (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`);
+    const ins = db.prepare(`INSERT INTO audit_batches (${cols.join(",")}) VALUES (${cols.map(() => "?").join(",")})`);
     db.transaction(() => {
       for (const r of tail) ins.run(...cols.map((c) => r[c]));
     })();
@@ -288,14 +292,15 @@ describe("audit tools on a home", () => {
     const fileOnly = mkdtempSync(join(tmpdir(), "kpip-wal-fileonly-"));
     copyFileSync(join(evidence, "kernel.db"), join(fileOnly, "kernel.db"));
     const plain = new Database(join(fileOnly, "kernel.db"), { readonly: true });
-    assert.equal(
-      (plain.prepare("SELECT max(seq) AS s FROM audit").get() as { s: number }).s,
-      head - 3,
+    assert.ok(
+      (plain.prepare("SELECT max(last_seq) AS s FROM audit_batches").get() as { s: number }).s <= head - 3,
       "the file alone lacks them",
     );
     plain.close();
     rmSync(fileOnly, { recursive: true, force: true });
-    for (const f of readdirSync(evidence)) chmodSync(join(evidence, f), 0o400);
+    const segments = join(evidence, "audit");
+    for (const f of readdirSync(segments)) chmodSync(join(segments, f), 0o400);
+    for (const f of readdirSync(evidence)) chmodSync(join(evidence, f), f === "audit" ? 0o500 : 0o400);
     chmodSync(evidence, 0o500);
     try {
       const files = hashTree(evidence);
@@ -313,6 +318,7 @@ describe("audit tools on a home", () => {
       assert.deepEqual(hashTree(evidence), files, "no file of the home was created or changed");
     } finally {
       chmodSync(evidence, 0o700);
+      chmodSync(segments, 0o700);
       rmSync(join(evidence, ".."), { recursive: true, force: true });
     }
   });
@@ -323,7 +329,11 @@ describe("audit tools on a home", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
     try {
       copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
-      const db = new Database(join(dir, "kernel.db"));
+      cpSync(join(home, "audit"), join(dir, "audit"), { recursive: true });
+      // Appended as a kernel appends (its segment files), the records as given.
+      const store = new SqliteStore(join(dir, "kernel.db"));
+      store.useAuditSegments(join(dir, "audit"));
+      const db = store.db;
       const root = (db.prepare("SELECT id FROM tokens WHERE minted_by = 'kernel'").get() as { id: string }).id;
       const derived = "d".repeat(32);
       const now = Date.now();
@@ -343,7 +353,7 @@ describe("audit tools on a home", () => {
           prevHash: Buffer.alloc(32),
           ...r,
         } as unknown as Parameters<typeof recordBytes>[0];
-        db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(seq, Buffer.alloc(32, seq), recordBytes(row));
+        store.appendAudit([{ seq, hash: Buffer.alloc(32, seq), record: recordBytes(row) } as unknown as AuditRow]);
         return seq;
       };
       add({
@@ -391,7 +401,7 @@ describe("audit tools on a home", () => {
         status: "SUCCESS",
         detail: JSON.stringify({ ended: [root, derived], revoked: root, status: "SUCCESS" }),
       });
-      db.close();
+      store.close();
       const on = (args: string[]) => {
         const r = kpip([...args, "--home", dir, "--json"]);
         assert.equal(r.code, 0, r.err);

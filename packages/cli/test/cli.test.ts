@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawnSync } from "node:child_process";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -253,12 +253,17 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.ok(!existsSync(join(home, "kernel.sock")));
     assert.equal(kpip(["audit", "verify", ...h]).code, 0);
     assert.equal(JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).ok, true);
-    const db = new Database(join(home, "kernel.db"));
-    // One byte of what record 3 says (its fields are its bytes after the 32 of the previous hash).
-    const rec = (db.prepare("SELECT record FROM audit WHERE seq = 3").get() as { record: Buffer }).record;
-    rec.writeUInt8((rec.at(-1) as number) ^ 1, rec.length - 1);
-    db.prepare("UPDATE audit SET record = ? WHERE seq = 3").run(rec);
-    db.close();
+    // One byte of what record 3 says, in its segment file: its bytes follow its hash and their length.
+    const hash = Buffer.from(JSON.parse(kpip(["audit", "show", "3", "--json", ...h]).out).record.hash, "hex");
+    const segDir = join(home, "audit");
+    const seg = join(segDir, readdirSync(segDir).sort()[0] as string);
+    const bytes = readFileSync(seg);
+    const at = bytes.indexOf(hash);
+    assert.ok(at > 0, "record 3's hash is in the first segment");
+    const len = bytes.readUInt32LE(at + hash.length);
+    const last = at + hash.length + 4 + len - 1;
+    bytes.writeUInt8((bytes[last] as number) ^ 1, last);
+    writeFileSync(seg, bytes);
     const v = kpip(["audit", "verify", ...h]);
     assert.equal(v.code, 1);
     assert.match(v.out, /BROKEN at record 3/);
@@ -341,9 +346,20 @@ describe("registry changes while no kernel runs", () => {
     const n = JSON.parse(real.out).anchors;
     assert.ok(n >= 1, real.out);
     const db = new Database(join(home, "kernel.db"));
-    db.prepare("DELETE FROM audit WHERE seq > 2").run();
+    // The index of the segment files cut back to record 2 (what readers and verify go by).
+    db.prepare("DELETE FROM audit_batches WHERE first_seq > 2").run();
+    db.prepare("UPDATE audit_batches SET last_seq = 2 WHERE last_seq > 2").run();
     db.prepare("DELETE FROM audit_checkpoints WHERE seq > 2").run();
+    // …and the segment bytes past that span cut off, so no reader finds them past the index.
+    const end = db.prepare("SELECT segment, offset + length AS end FROM audit_batches ORDER BY first_seq DESC").get() as {
+      segment: number;
+      end: number;
+    };
     db.close();
+    for (const f of readdirSync(join(home, "audit"))) {
+      if (Number(f.slice(0, 16)) > end.segment) rmSync(join(home, "audit", f));
+      else if (Number(f.slice(0, 16)) === end.segment) truncateSync(join(home, "audit", f), end.end);
+    }
     assert.equal(kpip(["audit", "verify", ...h]).code, 0);
     const cut = kpip(["audit", "verify", "--anchors", anchorFile, ...h]);
     assert.equal(cut.code, 1);

@@ -6,6 +6,7 @@ import Database from "better-sqlite3";
 import type { TokenService } from "./auth/tokens.js";
 import { createExclusive, ensurePrivateFile, secureHome, UnsafeHomeError, writePidFile } from "./secure-files.js";
 import { AUDIT_JOURNAL_FILE } from "./store/audit-journal.js";
+import { AUDIT_SEGMENT_DIR } from "./store/audit-segments.js";
 import type { SqliteStore } from "./store/sqlite.js";
 
 /** File names inside the kernel home. */
@@ -13,6 +14,8 @@ export const HOME_FILES = {
   database: "kernel.db",
   /** The audit chain's commits before SQLite indexes them (store/audit-journal.ts). */
   auditJournal: AUDIT_JOURNAL_FILE,
+  /** The audit chain's segment files (store/audit-segments.ts). */
+  auditSegments: AUDIT_SEGMENT_DIR,
   kernelKey: "kernel.key",
   adminIdentity: "admin.identity",
   adminToken: "admin.token",

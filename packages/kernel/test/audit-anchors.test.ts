@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
-import { appendFileSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import { appendFileSync, cpSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -10,6 +10,7 @@ import { checkpointMessage } from "../src/audit/record.js";
 import { verifyAudit } from "../src/audit/verify.js";
 import { ConfigError } from "../src/config.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
+import { tamperedStore } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
 describe("audit anchors: signed checkpoints kept outside the home", () => {
@@ -55,11 +56,14 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
     const src = open();
     src.db.exec(`VACUUM INTO '${db}'`);
     src.close();
-    const store = new SqliteStore(db);
+    cpSync(join(home, HOME_FILES.auditSegments), join(copy, HOME_FILES.auditSegments), { recursive: true });
+    const cut = (anchors.at(-3)?.seq ?? 0) - 3;
+    // Cut as rows, then moved back into segment files: the copy's segments end at `cut`.
+    const store = tamperedStore(db, (t) => {
+      t.db.prepare("DELETE FROM audit WHERE seq > ?").run(cut);
+      t.db.prepare("DELETE FROM audit_checkpoints WHERE seq > ?").run(cut);
+    });
     try {
-      const cut = (anchors.at(-3)?.seq ?? 0) - 3;
-      store.db.prepare("DELETE FROM audit WHERE seq > ?").run(cut);
-      store.db.prepare("DELETE FROM audit_checkpoints WHERE seq > ?").run(cut);
       assert.equal(verifyAudit(store).ok, true, "on its own, a clean cut is indistinguishable from a shorter log");
       const r = verifyAnchors(store, anchors);
       assert.equal(r.ok, false);

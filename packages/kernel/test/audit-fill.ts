@@ -1,11 +1,19 @@
 import { generateKeyPairSync } from "node:crypto";
-import { copyFileSync } from "node:fs";
-import { join } from "node:path";
+import { copyFileSync, cpSync, existsSync, mkdirSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { type AuditEntry, AuditLog } from "../src/audit/log.js";
 import { recordBytes } from "../src/audit/record.js";
 import { decodeRecordStrict, recordSeq } from "../src/audit/record-decode.js";
+import { SegmentIndex } from "../src/audit/verify-segments.js";
+import {
+  AUDIT_SEGMENT_DIR,
+  type IndexSpan,
+  listSegments,
+  RETAINED_THROUGH_KEY,
+  segmentName,
+} from "../src/store/audit-segments.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 
@@ -17,10 +25,15 @@ export async function fillAuditFile(
   path: string,
   n: number,
   record: (i: number) => AuditEntry,
-  options: { batchMax: number; checkpointEvery: number },
+  options: { batchMax: number; checkpointEvery: number; segments?: boolean },
   kernel = "kv",
 ): Promise<void> {
   const store = new SqliteStore(path);
+  // In segment files beside the database, as a kernel writes (else in its `audit` table, as before segments).
+  if (options.segments) {
+    mkdirSync(dirname(path), { recursive: true });
+    store.useAuditSegments(join(dirname(path), AUDIT_SEGMENT_DIR));
+  }
   const log = new AuditLog(store, kernel, generateKeyPairSync("ed25519").privateKey, options);
   try {
     let last: Promise<void> = Promise.resolve();
@@ -37,6 +50,26 @@ export async function fillAuditFile(
 
 /** A copy of the audit file `source` in `dir`, named after `name`, with `sql` applied (or `sql(db)` run). */
 export function tamperedCopy(source: string, dir: string, name: string, sql: string | ((db: Database.Database) => void)): string {
+  const segments = join(dirname(source), AUDIT_SEGMENT_DIR);
+  if (existsSync(segments)) {
+    // A home of segment files: the database and its segments copied to a directory of their own,
+    // tampered as rows, and moved back into segments (unsegment, resegment).
+    const home = join(dir, name.replace(/\W+/g, "-"));
+    mkdirSync(home, { recursive: true });
+    const p = join(home, "kernel.db");
+    copyFileSync(source, p);
+    cpSync(segments, join(home, AUDIT_SEGMENT_DIR), { recursive: true });
+    unsegment(p);
+    const db = new Database(p);
+    try {
+      if (typeof sql === "string") db.exec(sql);
+      else sql(db);
+    } finally {
+      db.close();
+    }
+    resegment(p);
+    return p;
+  }
   const p = join(dir, `${name.replace(/\W+/g, "-")}.db`);
   copyFileSync(source, p);
   const db = new Database(p);
@@ -134,5 +167,86 @@ export function rechain(db: Database.Database, fromSeq: number): void {
   for (const s of seqs) {
     const p = prev ?? Buffer.alloc(32);
     prev = rewriteRecord(db, s, (r) => (r.prevHash = p), true);
+  }
+}
+
+/**
+ * Moves a stopped home's audit out of its segment files into the `audit` table (the layout
+ * before segments), bytes as they are, so a test can tamper with rows by SQL; {@link resegment}
+ * moves them back the way a kernel migrates an older home: the tampering ends up in the
+ * segments' bytes, where verify must find it. A home not in segments is left as it is.
+ */
+export function unsegment(dbPath: string): void {
+  const dir = join(dirname(dbPath), AUDIT_SEGMENT_DIR);
+  const db = new Database(dbPath);
+  try {
+    if (db.prepare("SELECT value FROM meta WHERE key = 'audit_segments'").pluck(true).get() !== "1") return;
+    const index = new SegmentIndex(db, dir);
+    const retained = index.retained();
+    const ins = db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)");
+    db.transaction(() => {
+      let spans = index.from(Number.MIN_SAFE_INTEGER);
+      while (spans.length > 0) {
+        for (const sp of spans) {
+          const read = index.read(sp);
+          if (read.damage) throw new Error(`unsegment: ${read.damage}`);
+          for (const r of read.rows) if (r.seq > retained) ins.run(r.seq, Buffer.from(r.hash), Buffer.from(r.record));
+        }
+        spans = index.after((spans.at(-1) as IndexSpan).first);
+      }
+      db.exec("DELETE FROM audit_batches");
+      db.prepare("DELETE FROM meta WHERE key IN (?, ?)").run("audit_segments", RETAINED_THROUGH_KEY);
+    })();
+    index.close();
+    for (const seg of listSegments(dir)) unlinkSync(join(dir, segmentName(seg)));
+  } finally {
+    db.close();
+  }
+}
+
+/** The `audit` table's rows moved (back) to segment files, as a kernel's start does (see {@link unsegment}). */
+export function resegment(dbPath: string): void {
+  const s = new SqliteStore(dbPath);
+  try {
+    s.useAuditSegments(join(dirname(dbPath), AUDIT_SEGMENT_DIR));
+  } finally {
+    s.close();
+  }
+}
+
+/**
+ * A stopped home's store after `tamper` ran on its audit as rows of the `audit` table
+ * (unsegment, tamper, resegment): open on the segments, for verify and the readers.
+ */
+export function tamperedStore(dbPath: string, tamper: (s: SqliteStore) => void): SqliteStore {
+  unsegment(dbPath);
+  const s = new SqliteStore(dbPath);
+  try {
+    tamper(s);
+  } finally {
+    s.close();
+  }
+  resegment(dbPath);
+  return new SqliteStore(dbPath);
+}
+
+/** Whether a home's audit is in segment files. */
+export function hasSegments(dbPath: string): boolean {
+  return existsSync(join(dirname(dbPath), AUDIT_SEGMENT_DIR));
+}
+
+/** Where record `seq`'s bytes are in its segment file (its length field is the 4 bytes before), and their length. */
+export function recordInSegment(dbPath: string, seq: number): { file: string; at: number; length: number } {
+  const dir = join(dirname(dbPath), AUDIT_SEGMENT_DIR);
+  const db = new Database(dbPath, { readonly: true });
+  try {
+    const index = new SegmentIndex(db, dir);
+    const span = index.from(seq, 1)[0];
+    const row = span && index.read(span).rows.find((r) => r.seq === seq);
+    index.close();
+    if (!span || !row) throw new Error(`record ${seq} is in no segment`);
+    return { file: join(dir, segmentName(span.segment)), at: span.offset + row.at, length: row.record.length };
+  } finally {
+    db.close();
   }
 }

@@ -10,6 +10,7 @@ import { generateIdentity } from "@kpip/protocol";
 import { recordHash } from "../src/audit/record.js";
 import { AuditChainError, HOME_FILES, Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
+import { resegment, unsegment } from "./audit-fill.js";
 import { addPersonaKey, removeHome, startKernel, until, withKernel } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -28,6 +29,8 @@ function homeWith(settings: Record<string, unknown>): string {
  * after them, and delete the checkpoints from the edit on (they would no longer match).
  */
 function rewriteWithoutKey(home: string, from: number, to: number): void {
+  // As rows of the `audit` table, then moved back into the segment files as a kernel's start would.
+  unsegment(join(home, HOME_FILES.database));
   const s = openDb(home);
   try {
     const rows = s.scanAudit(1, 1_000_000);
@@ -47,6 +50,7 @@ function rewriteWithoutKey(home: string, from: number, to: number): void {
   } finally {
     s.close();
   }
+  resegment(join(home, HOME_FILES.database));
 }
 
 describe("audit integrity without the key, and audit growth", () => {

@@ -1,16 +1,35 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import { mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import {
+  appendFileSync,
+  closeSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  truncateSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, it } from "node:test";
+import { after, before, describe, it } from "node:test";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import fc from "fast-check";
+import { pino } from "pino";
 import { AuditLog } from "../src/audit/log.js";
 import { GENESIS_HASH, recordBytes } from "../src/audit/record.js";
+import { MAX_RECORD_BYTES } from "../src/audit/record-size.js";
+import { verifyAuditFile } from "../src/audit/verify-parallel.js";
 import { HomeReadError, Kernel, openAuditReader, SqliteStore, verifyAudit } from "../src/index.js";
 import {
   AuditJournal,
@@ -21,8 +40,10 @@ import {
   type JournalRecord,
   unindexedBatches,
 } from "../src/store/audit-journal.js";
+import { parseSpan, SegmentWriter, segmentName } from "../src/store/audit-segments.js";
 import { MAX_UNINDEXED_ROWS } from "../src/store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
+import { unsegment } from "./audit-fill.js";
 import { removeHome, spawnReady, startKernel } from "./harness.js";
 
 /** `n` records of a real chain from `seq` on, after `prev`: bytes as the log encodes them, hashes over them. */
@@ -92,20 +113,6 @@ function batches(sizes: number[], extras: boolean[] = []): JournalBatch[] {
       checkpoints: more ? [checkpointOf(rows.at(-1) as JournalRecord)] : [],
     };
   });
-}
-
-/** A store in a fresh directory with its journal (`audit.journal` beside it) open; closed and removed after `fn`. */
-async function withJournalStore(fn: (s: SqliteStore, path: string) => void | Promise<void>): Promise<void> {
-  const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-  const path = join(dir, "audit.journal");
-  const s = new SqliteStore(join(dir, "kernel.db"));
-  try {
-    s.useAuditJournal(path);
-    await fn(s, path);
-  } finally {
-    s.close();
-    removeHome(dir);
-  }
 }
 
 /** An audit log on `s` (a fresh signing key) and a function appending one session record to it. */
@@ -192,108 +199,245 @@ describe("the audit journal's batches", () => {
   });
 });
 
-describe("the audit journal in front of SQLite", () => {
-  it("a commit is in the journal at once and in SQLite after indexAudit; every read indexes first; close empties the journal", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const path = join(dir, "audit.journal");
-    const s = new SqliteStore(join(dir, "k.db"));
+/** The records the index names (sum of its spans). */
+const indexed = (db: Database.Database) =>
+  (db.prepare("SELECT coalesce(sum(last_seq - first_seq + 1), 0) AS n FROM audit_batches").get() as { n: number }).n;
+
+/** A store in a fresh directory with its segments (`audit/` beside it) open; closed and removed after `fn`. */
+async function withSegmentStore(fn: (s: SqliteStore, dir: string) => void | Promise<void>): Promise<void> {
+  const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+  const dir = join(home, "audit");
+  const s = new SqliteStore(join(home, "kernel.db"));
+  try {
+    s.useAuditSegments(dir);
+    await fn(s, dir);
+  } finally {
+    s.close();
+    removeHome(home);
+  }
+}
+
+/** The one segment file of `dir`. */
+const onlySegment = (dir: string) => {
+  const segs = readdirSync(dir).filter((f) => f.endsWith(".seg"));
+  assert.equal(segs.length, 1, segs.join(","));
+  return join(dir, segs[0] as string);
+};
+
+describe("the audit segments in front of the index", () => {
+  it("a commit is in the segment at once and in the index after indexAudit; every read indexes first; close keeps the segment", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    const s = new SqliteStore(join(home, "k.db"));
     try {
-      assert.equal(s.useAuditJournal(path), 0);
-      const other = new Database(join(dir, "k.db"), { readonly: true });
-      const inSqlite = () => (other.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n;
+      assert.deepEqual(s.useAuditSegments(dir), { recovered: 0, migrated: 0 });
+      const other = new Database(join(home, "k.db"), { readonly: true });
+      const inIndex = () => indexed(other);
       const [b1, b2] = batches([2, 3], [false, true]) as [JournalBatch, JournalBatch];
       s.appendAudit(b1.rows as AuditRow[]);
       // A dedupe lookup (every new request with effects makes one) indexes nothing while no dedupe row waits.
       assert.equal(s.lookupDedupe((b2.dedupe[0] as DedupeRow).key, 0), undefined);
-      assert.equal(inSqlite(), 0);
+      assert.equal(inIndex(), 0);
       s.appendAudit(b2.rows as AuditRow[], [...b2.dedupe], 0, [...b2.checkpoints]);
-      assert.equal(inSqlite(), 0, "nothing in SQLite before the index");
+      assert.equal(inIndex(), 0, "nothing in the index before the index step");
       assert.equal(s.auditUnindexed, 5);
-      assert.deepEqual(decodeBatches(readFileSync(path)).length, 2);
+      assert.equal(decodeBatches(readFileSync(onlySegment(dir))).length, 2);
       // With one waiting it indexes first, so the answer recorded there is found.
       assert.deepEqual(s.lookupDedupe((b2.dedupe[0] as DedupeRow).key, 0)?.response, (b2.dedupe[0] as DedupeRow).response);
-      assert.equal(inSqlite(), 5);
+      assert.equal(inIndex(), 5);
       assert.equal(s.auditUnindexed, 0);
+      assert.equal(
+        (other.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n,
+        0,
+        "SQLite holds no record bytes",
+      );
       s.appendAudit(chain(1, 6, (b2.rows.at(-1) as JournalRecord).hash) as AuditRow[]);
       // Any read of the records indexes what waits.
       assert.equal(s.countAudit(), 6);
-      assert.equal(inSqlite(), 6);
+      assert.equal(inIndex(), 6);
       other.close();
       s.close();
-      assert.equal(statSync(path).size, 0, "a clean stop leaves an empty journal");
+      assert.equal(decodeBatches(readFileSync(onlySegment(dir))).length, 3, "a clean stop keeps the segment");
+      assert.equal(statSync(onlySegment(dir)).mode & 0o777, 0o600);
     } finally {
-      removeHome(dir);
+      removeHome(home);
     }
   });
 
-  it("the next open indexes what a killed kernel journalled (and a stopped home's audit reader reads it without changing the home)", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const path = join(dir, "audit.journal");
+  it("the next open indexes what a killed kernel appended past the index (and a stopped home's audit reader reads it without changing the home)", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
     try {
       const bs = batches([4, 2, 3], [true, false, false]);
       const rows = bs.flatMap((b) => b.rows);
-      const s = new SqliteStore(join(dir, "kernel.db"));
-      s.appendAudit(rows.slice(0, 4) as AuditRow[]); // the first batch reached SQLite before the kill
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
+      s.appendAudit(rows.slice(0, 4) as AuditRow[]); // the first batch reached the index before the kill
       s.close();
-      writeFileSync(path, bytesOf(bs), { mode: 0o600 });
-      const before = readFileSync(path);
-      // The audit tools' reader: a private copy with the journal's unindexed batches in it.
-      const reader = openAuditReader(join(dir, "kernel.db"));
+      // The next two appended and never indexed: a kernel killed after answering them.
+      appendFileSync(onlySegment(dir), bytesOf(bs.slice(1)));
+      const before = readFileSync(onlySegment(dir));
+      const reader = openAuditReader(join(home, "kernel.db"));
       try {
         assert.equal(reader.headSeq(), 9);
-        assert.deepEqual(readFileSync(path), before, "the reader changed the home's journal");
+        assert.equal(reader.countAudit(), 9);
+        assert.deepEqual(readFileSync(onlySegment(dir)), before, "the reader changed the home's segment");
       } finally {
         reader.close();
       }
-      const again = new SqliteStore(join(dir, "kernel.db"));
+      const again = new SqliteStore(join(home, "kernel.db"));
       try {
-        assert.equal(again.useAuditJournal(path), 5);
+        assert.deepEqual(again.useAuditSegments(dir), { recovered: 5, migrated: 0 });
         assert.equal(again.countAudit(), 9);
-        assert.equal(statSync(path).size, 0);
         assert.deepEqual(
           again.scanAudit(1, 100).map((r) => Buffer.from(r.hash).toString("hex")),
           rows.map((r) => Buffer.from(r.hash).toString("hex")),
         );
+        assert.equal(verifyAudit(again).ok, true);
       } finally {
         again.close();
       }
     } finally {
-      removeHome(dir);
+      removeHome(home);
     }
   });
 
-  it("a journal that does not continue the database's chain stops the open, and the reader, with the reason", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const path = join(dir, "audit.journal");
+  it("a torn last append (never answered) is cut at the next open, and the chain goes on after the whole batches", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
     try {
-      const s = new SqliteStore(join(dir, "kernel.db"));
+      const rows = chain(6);
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
+      s.appendAudit(rows.slice(0, 3) as AuditRow[]);
+      s.close();
+      const torn = bytesOf([{ rows: rows.slice(3), dedupe: [], journalUpTo: 0, checkpoints: [] }]);
+      const size = statSync(onlySegment(dir)).size;
+      appendFileSync(onlySegment(dir), torn.subarray(0, torn.length - 7));
+      const again = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.deepEqual(again.useAuditSegments(dir), { recovered: 0, migrated: 0 });
+        assert.equal(statSync(onlySegment(dir)).size, size, "the torn bytes were cut");
+        again.appendAudit(rows.slice(3) as AuditRow[]);
+        assert.equal(again.countAudit(), 6);
+        assert.equal(verifyAudit(again).ok, true);
+      } finally {
+        again.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("an index ahead of the newest segment (an OS crash before its sync) is cut back to the whole batches there; a segment cut short elsewhere stops the open", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    try {
+      const rows = chain(9);
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
+      s.appendAudit(rows.slice(0, 3) as AuditRow[]);
+      s.indexAudit?.();
+      const whole = statSync(onlySegment(dir)).size;
+      s.appendAudit(rows.slice(3, 5) as AuditRow[]);
+      s.indexAudit?.();
+      s.appendAudit(rows.slice(5) as AuditRow[]);
+      s.addCheckpoint({
+        seq: 9,
+        hash: (rows[8] as JournalRecord).hash,
+        time: 1,
+        kernel: "k",
+        publicKey: randomBytes(32),
+        signature: randomBytes(64),
+      });
+      s.close();
+      // The page cache lost everything after the first batch and a few bytes of the second.
+      truncateSync(onlySegment(dir), whole + 10);
+      const again = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.deepEqual(again.useAuditSegments(dir), { recovered: 0, migrated: 0, lost: 6 });
+        assert.equal(again.countAudit(), 3);
+        assert.equal(statSync(onlySegment(dir)).size, whole, "the torn bytes cut");
+        assert.deepEqual(again.checkpoints(), [], "no checkpoint names a record the log lost");
+        again.appendAudit(rows.slice(3) as AuditRow[]);
+        assert.equal(verifyAudit(again).ok, true);
+      } finally {
+        again.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+    // Bytes an older segment lacks: not a crash of the newest one's tail.
+    const home2 = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir2 = join(home2, "audit");
+    try {
+      const rows = chain(40);
+      const s = new SqliteStore(join(home2, "kernel.db"));
+      s.useAuditSegments(dir2, undefined, { rotateAbove: 2048 });
+      for (let i = 0; i < 40; i += 4) {
+        s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
+        s.indexAudit?.();
+      }
+      s.close();
+      const segs = readdirSync(dir2).sort();
+      assert.ok(segs.length >= 2);
+      truncateSync(join(dir2, segs[0] as string), 100);
+      const again = new SqliteStore(join(home2, "kernel.db"));
+      try {
+        assert.throws(() => again.useAuditSegments(dir2), /is cut short: the index names bytes/);
+      } finally {
+        again.close();
+      }
+      // The audit reader reads it as it is, and verify says where.
+      const reader = openAuditReader(join(home2, "kernel.db"));
+      try {
+        const v = verifyAudit(reader);
+        assert.equal(v.ok, false);
+        assert.match(v.firstBad?.reason ?? "", /cut short|cannot be read/);
+      } finally {
+        reader.close();
+      }
+    } finally {
+      removeHome(home2);
+    }
+  });
+
+  it("a segment tail that does not continue the index's chain stops the open, and the reader, with the reason", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    try {
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
       s.appendAudit(chain(2) as AuditRow[]);
       s.close();
       // Another chain's records 3–4.
-      writeFileSync(path, bytesOf([{ rows: chain(2, 3, randomBytes(32)), dedupe: [], journalUpTo: 0, checkpoints: [] }]));
-      const again = new SqliteStore(join(dir, "kernel.db"));
+      appendFileSync(
+        onlySegment(dir),
+        bytesOf([{ rows: chain(2, 3, randomBytes(32)), dedupe: [], journalUpTo: 0, checkpoints: [] }]),
+      );
+      const again = new SqliteStore(join(home, "kernel.db"));
       try {
-        assert.throws(() => again.useAuditJournal(path), /does not continue the chain/);
+        assert.throws(() => again.useAuditSegments(dir), /does not continue the chain/);
         assert.equal(again.countAudit(), 2, "nothing of it was indexed");
       } finally {
         again.close();
       }
-      assert.throws(() => openAuditReader(join(dir, "kernel.db")), /does not continue the chain/);
+      assert.throws(() => openAuditReader(join(home, "kernel.db")), /does not continue the chain/);
     } finally {
-      removeHome(dir);
+      removeHome(home);
     }
   });
 
-  it("a journal write that fails answers nobody and rewinds the chain: the next commits continue the durable chain", async () => {
-    const append = AuditJournal.prototype.append;
-    await withJournalStore(async (s) => {
+  it("a segment write that fails answers nobody and rewinds the chain: the next commits continue the durable chain", async () => {
+    const append = SegmentWriter.prototype.append;
+    await withSegmentStore(async (s) => {
       const { log, rec } = logOn(s, { batchMax: 8, checkpointEvery: 5 });
       await Promise.all([rec(), rec(), rec()]);
-      AuditJournal.prototype.append = () => {
+      SegmentWriter.prototype.append = () => {
         throw new Error("ENOSPC: no space left on device");
       };
       await assert.rejects(Promise.all([rec(), rec(), rec()]), /audit commit failed: ENOSPC/);
-      AuditJournal.prototype.append = append;
+      SegmentWriter.prototype.append = append;
       await Promise.all(Array.from({ length: 7 }, rec));
       assert.equal(log.headSeq, 10);
       assert.equal(s.countAudit(), 10);
@@ -301,51 +445,50 @@ describe("the audit journal in front of SQLite", () => {
       assert.equal(v.ok, true, JSON.stringify(v));
       log.close();
     }).finally(() => {
-      AuditJournal.prototype.append = append;
+      SegmentWriter.prototype.append = append;
     });
   });
 
-  it("SQLite that cannot index keeps the batches journalled, and past MAX_UNINDEXED_ROWS waiting a commit fails instead of growing the backlog", async () => {
-    await withJournalStore((s, path) => {
+  it("SQLite that cannot index keeps the batches in the segment, and past MAX_UNINDEXED_ROWS waiting a commit fails instead of growing the backlog", async () => {
+    await withSegmentStore((s, dir) => {
       const rows = chain(MAX_UNINDEXED_ROWS + 2);
-      // Record 1 already in the table: every index of the batches fails on its key.
-      s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(1, rows[0]?.hash, rows[0]?.record);
+      // Every index of a span fails while the trigger is there.
+      s.db.exec("CREATE TRIGGER block_index BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'index blocked'); END");
       s.appendAudit([rows[0] as AuditRow]);
       s.appendAudit(rows.slice(1, MAX_UNINDEXED_ROWS) as AuditRow[]);
-      assert.throws(() => s.indexAudit?.(), /UNIQUE|PRIMARY KEY/);
+      assert.throws(() => s.indexAudit?.(), /index blocked/);
       assert.equal(s.auditUnindexed, MAX_UNINDEXED_ROWS, "kept for the next try");
-      const size = statSync(path).size;
-      assert.throws(() => s.appendAudit([rows[MAX_UNINDEXED_ROWS] as AuditRow]), /UNIQUE|PRIMARY KEY/);
-      assert.equal(statSync(path).size, size, "the refused commit wrote nothing");
-      assert.equal(decodeBatches(readFileSync(path)).length, 2);
-      assert.throws(() => s.countAudit(), /UNIQUE|PRIMARY KEY/, "a read does not skip what is not indexed");
+      const size = statSync(onlySegment(dir)).size;
+      assert.throws(() => s.appendAudit([rows[MAX_UNINDEXED_ROWS] as AuditRow]), /index blocked/);
+      assert.equal(statSync(onlySegment(dir)).size, size, "the refused commit wrote nothing");
+      assert.equal(decodeBatches(readFileSync(onlySegment(dir))).length, 2);
+      assert.throws(() => s.countAudit(), /index blocked/, "a read does not skip what is not indexed");
       // Once SQLite can take them, the next read indexes them all.
-      s.db.prepare("DELETE FROM audit WHERE seq = 1").run();
+      s.db.exec("DROP TRIGGER block_index");
       assert.equal(s.countAudit(), MAX_UNINDEXED_ROWS);
       assert.equal(s.auditUnindexed, 0);
     });
   });
 
-  it("a store closed while SQLite cannot index leaves the batches in the journal, and the next open indexes them", () => {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
-    const path = join(dir, "audit.journal");
+  it("a store closed while SQLite cannot index leaves the batches past the index, and the next open indexes them", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
     try {
       const rows = chain(4);
-      const s = new SqliteStore(join(dir, "kernel.db"));
-      s.useAuditJournal(path);
+      const s = new SqliteStore(join(home, "kernel.db"));
+      s.useAuditSegments(dir);
       s.appendAudit(rows.slice(0, 1) as AuditRow[]);
       s.indexAudit?.();
-      // Record 3 already in the table: the index of 2–4 fails on its key.
-      s.db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)").run(3, rows[2]?.hash, rows[2]?.record);
+      s.db.exec("CREATE TRIGGER block_index BEFORE INSERT ON audit_batches BEGIN SELECT RAISE(ABORT, 'index blocked'); END");
       s.appendAudit(rows.slice(1) as AuditRow[]);
       s.close();
-      assert.equal(decodeBatches(readFileSync(path)).length, 2, "the journal kept what SQLite could not take");
-      const fix = new Database(join(dir, "kernel.db"));
-      fix.prepare("DELETE FROM audit WHERE seq = 3").run();
+      assert.equal(decodeBatches(readFileSync(onlySegment(dir))).length, 2, "the segment kept what SQLite could not take");
+      const fix = new Database(join(home, "kernel.db"));
+      fix.exec("DROP TRIGGER block_index");
       fix.close();
-      const again = new SqliteStore(join(dir, "kernel.db"));
+      const again = new SqliteStore(join(home, "kernel.db"));
       try {
-        assert.equal(again.useAuditJournal(path), 3);
+        assert.deepEqual(again.useAuditSegments(dir), { recovered: 3, migrated: 0 });
         assert.deepEqual(
           again.scanAudit(1, 10).map((r) => r.seq),
           [1, 2, 3, 4],
@@ -355,12 +498,12 @@ describe("the audit journal in front of SQLite", () => {
         again.close();
       }
     } finally {
-      removeHome(dir);
+      removeHome(home);
     }
   });
 
-  it("a read inside a caller's transaction that rolls back never takes journalled batches with it", async () => {
-    await withJournalStore((s) => {
+  it("a read inside a caller's transaction that rolls back never takes appended batches with it", async () => {
+    await withSegmentStore((s) => {
       const rows = chain(3);
       s.appendAudit(rows.slice(0, 1) as AuditRow[]);
       s.indexAudit?.();
@@ -382,7 +525,7 @@ describe("the audit journal in front of SQLite", () => {
   });
 
   it("a commit whose after-commit hook throws (metrics, the WAL size check) stands: answered, and the chain goes on from it", async () => {
-    await withJournalStore(async (s) => {
+    await withSegmentStore(async (s) => {
       const { log, rec } = logOn(s, { batchMax: 4, checkpointEvery: 1000 });
       await rec();
       log.onCommit = () => {
@@ -398,7 +541,7 @@ describe("the audit journal in front of SQLite", () => {
     });
   });
 
-  it("refuses a journal that is not a regular file", () => {
+  it("refuses a journal or segment that is not a regular file", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-journal-"));
     try {
       assert.throws(() => new AuditJournal(dir), /EISDIR|not a regular file/);
@@ -411,14 +554,76 @@ describe("the audit journal in front of SQLite", () => {
         () => new AuditJournal(fifo),
         (e: Error) => e instanceof AuditJournalError || /ENXIO/.test(e.message),
       );
+      // The same as a segment: the newest segment file a FIFO.
+      const segs = join(dir, "audit");
+      mkdirSync(segs);
+      assert.equal(spawnSync("mkfifo", [join(segs, segmentName(1))]).status, 0);
       const s = new SqliteStore(join(dir, "k.db"));
       try {
-        assert.throws(() => s.useAuditJournal(fifo), AuditJournalError);
+        assert.throws(
+          () => s.useAuditSegments(segs),
+          (e: Error) => e instanceof AuditJournalError || /ENXIO/.test(e.message),
+        );
       } finally {
         s.close();
       }
     } finally {
       removeHome(dir);
+    }
+  });
+
+  it("rotates to a new segment (named after its first record) past the size bound, reads across them, and retention drops whole segments one prune later", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    const s = new SqliteStore(join(home, "kernel.db"));
+    try {
+      s.useAuditSegments(dir, undefined, { rotateAbove: 2048 });
+      const rows = chain(40);
+      for (let i = 0; i < 40; i += 4) {
+        s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
+        s.indexAudit?.();
+      }
+      const segs = readdirSync(dir).sort();
+      assert.ok(segs.length >= 3, segs.join(","));
+      assert.equal(segs[0], segmentName(1));
+      assert.equal(s.countAudit(), 40);
+      assert.deepEqual(
+        s.scanAudit(1, 100).map((r) => r.seq),
+        rows.map((r) => r.seq),
+      );
+      assert.equal(verifyAudit(s).ok, true);
+      // Retention through record 30: every segment wholly below it goes, the rest of a span is hidden.
+      const second = Number((segs[1] as string).slice(0, 16));
+      assert.equal(s.pruneAudit(30), 30);
+      assert.equal(s.firstAuditSeq(), 31);
+      assert.equal(s.countAudit(), 10);
+      assert.deepEqual(
+        s.scanAudit(1, 100).map((r) => r.seq),
+        rows.slice(30).map((r) => r.seq),
+      );
+      assert.equal(s.auditHashAt(30), undefined);
+      assert.deepEqual(
+        readdirSync(dir).sort(),
+        segs,
+        "the files stay until the next prune (a live reader's snapshot may name them)",
+      );
+      assert.equal(s.pruneAudit(30), 0);
+      const left = readdirSync(dir).sort();
+      assert.ok(!left.includes(segmentName(1)), "the first segment is gone");
+      assert.ok(left.length < segs.length && second <= 31);
+      s.close();
+      // The next open goes on from the retained records.
+      const again = new SqliteStore(join(home, "kernel.db"));
+      try {
+        again.useAuditSegments(dir);
+        assert.equal(again.firstAuditSeq(), 31);
+        assert.equal(again.countAudit(), 10);
+      } finally {
+        again.close();
+      }
+    } finally {
+      s.close();
+      removeHome(home);
     }
   });
 });
@@ -459,26 +664,30 @@ setInterval(() => {}, 1000);`;
   return home;
 }
 
-describe("a kernel home's audit journal, tampered with while no kernel ran", () => {
-  it("a record changed in the journal, or a batch cut out of it: the kernel does not start, the audit reader says why, the journal stays as it was", async () => {
+describe("a kernel home's audit segments, tampered with while no kernel ran", () => {
+  it("a record changed past the index, or a batch cut out there: the kernel does not start, the audit reader says why, the segment stays as it was", async () => {
     const home = await homeKilledWithJournal(6);
-    const path = join(home, "audit.journal");
+    const dir = join(home, "audit");
+    const path = onlySegment(dir);
     try {
-      const journal = readFileSync(path);
-      const batches = decodeBatches(journal);
-      assert.ok(batches.length >= 6, `${batches.length} batches journalled`);
+      const segment = readFileSync(path);
+      const db = new Database(join(home, "kernel.db"), { readonly: true });
+      const end = (db.prepare("SELECT max(offset + length) AS e FROM audit_batches").get() as { e: number }).e;
+      db.close();
+      const tail = decodeBatches(segment.subarray(end));
+      assert.ok(tail.length >= 6, `${tail.length} batches past the index`);
       const tampered: [string, Buffer, RegExp][] = [];
       // One byte of the newest record's bytes (its target's last character), hash left as it was.
-      const changed = Buffer.from(journal);
+      const changed = Buffer.from(segment);
       changed[changed.length - 4 - 40] = (changed[changed.length - 4 - 40] as number) ^ 0x01;
       tampered.push(["a changed record", changed, /does not hash to its hash|not a record/]);
-      // The third batch cut out: the records after it no longer follow on.
-      let at = 0;
-      const ends = batches.map((b) => {
+      // The third batch past the index cut out: the records after it no longer follow on.
+      let at = end;
+      const ends = tail.map((b) => {
         at += encodeBatch(b).length;
         return at;
       });
-      const cut = Buffer.concat([journal.subarray(0, ends[1]), journal.subarray(ends[2])]);
+      const cut = Buffer.concat([segment.subarray(0, ends[1]), segment.subarray(ends[2])]);
       tampered.push(["a batch cut out", cut, /skips from record/]);
       for (const [what, bytes, reason] of tampered) {
         writeFileSync(path, bytes);
@@ -488,10 +697,10 @@ describe("a kernel home's audit journal, tampered with while no kernel ran", () 
           (e: Error) => e instanceof HomeReadError && reason.test(e.message),
           what,
         );
-        assert.deepEqual(readFileSync(path), bytes, `${what}: the journal was changed`);
+        assert.deepEqual(readFileSync(path), bytes, `${what}: the segment was changed`);
       }
-      // The journal as the kernel left it: the next kernel indexes every answered write's records.
-      writeFileSync(path, journal);
+      // The segment as the kernel left it: the next kernel indexes every answered write's records.
+      writeFileSync(path, segment);
       const t = await startKernel({}, home);
       try {
         assert.equal(verifyAudit(t.k.inspect).ok, true);
@@ -500,7 +709,188 @@ describe("a kernel home's audit journal, tampered with while no kernel ran", () 
       } finally {
         await t.stop();
       }
-      assert.equal(statSync(path).size, 0);
+    } finally {
+      removeHome(home);
+    }
+  });
+});
+
+/** Where record `seq`'s bytes are in a stopped home's segment (via the index), and the segment file. */
+function locate(
+  home: string,
+  seq: number,
+): { file: string; at: number; length: number; span: { offset: number; length: number } } {
+  const db = new Database(join(home, "kernel.db"), { readonly: true });
+  try {
+    const span = db
+      .prepare("SELECT segment, offset, length FROM audit_batches WHERE first_seq <= ? ORDER BY first_seq DESC LIMIT 1")
+      .get(seq) as { segment: number; offset: number; length: number };
+    const file = join(home, "audit", segmentName(span.segment));
+    const bytes = readFileSync(file).subarray(span.offset, span.offset + span.length);
+    const row = parseSpan(bytes, "test").rows.find((r) => r.seq === seq);
+    if (!row) throw new Error(`record ${seq} not in its span`);
+    return { file, at: span.offset + row.at, length: row.record.length, span };
+  } finally {
+    db.close();
+  }
+}
+
+describe("a stopped home's segment bytes tampered with: audit verify finds each", () => {
+  let source = "";
+  let head = 0;
+  before(async () => {
+    const t = await startKernel({ auditCheckpointEvery: 1000 });
+    const c = await t.admin();
+    for (let i = 0; i < 6; i++) await c.storage.write(`obj://ws/t${i}`, `v${i}`);
+    await t.stop();
+    source = t.home;
+    const s = new SqliteStore(join(source, "kernel.db"));
+    head = s.lastAudit()?.seq ?? 0;
+    s.close();
+  });
+  after(() => removeHome(source));
+
+  /** A copy of the home with `tamper` run on it; verify's result there (the store's and the CLI reader's agree). */
+  const verifyTampered = async (tamper: (home: string) => void) => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-tamper-"));
+    cpSync(source, home, { recursive: true });
+    try {
+      tamper(home);
+      const reader = openAuditReader(join(home, "kernel.db"));
+      let viaReader: ReturnType<typeof verifyAudit>;
+      try {
+        viaReader = verifyAudit(reader);
+      } finally {
+        reader.close();
+      }
+      const viaFile = await verifyAuditFile(join(home, "kernel.db"));
+      assert.deepEqual(viaFile, viaReader);
+      return viaReader;
+    } finally {
+      removeHome(home);
+    }
+  };
+
+  it("the untouched copy verifies", async () => {
+    const v = await verifyTampered(() => {});
+    assert.equal(v.ok, true, v.firstBad?.reason);
+    assert.equal(v.records, head);
+  });
+
+  it("a record's bytes changed in its segment (hash left as it was)", async () => {
+    const v = await verifyTampered((home) => {
+      const { file, at, length } = locate(home, 4);
+      const fd = openSync(file, "r+");
+      const b = Buffer.alloc(1);
+      readSync(fd, b, 0, 1, at + length - 1);
+      b[0] = (b[0] as number) ^ 1;
+      writeSync(fd, b, 0, 1, at + length - 1);
+      closeSync(fd);
+    });
+    assert.equal(v.ok, false);
+    assert.equal(v.firstBad?.seq, 4);
+    assert.match(v.firstBad?.reason ?? "", /content/);
+  });
+
+  it("a batch removed from the segment (its bytes cut out, the index left as it was)", async () => {
+    const v = await verifyTampered((home) => {
+      // The batch holding record 3: cut from the file at its framing.
+      const { file, at } = locate(home, 3);
+      const bytes = readFileSync(file);
+      let start = 0;
+      let end = 0;
+      for (let p = 0; p < bytes.length; ) {
+        const len = 12 + bytes.readUInt32LE(p + 4) + 4;
+        if (p <= at && at < p + len) {
+          start = p;
+          end = p + len;
+          break;
+        }
+        p += len;
+      }
+      writeFileSync(file, Buffer.concat([bytes.subarray(0, start), bytes.subarray(end)]));
+    });
+    assert.equal(v.ok, false);
+    assert.ok((v.firstBad?.seq ?? 0) <= 3, JSON.stringify(v.firstBad));
+    assert.match(v.firstBad?.reason ?? "", /missing|cannot be read|cut short|link/);
+  });
+
+  it("a record's length forged (longer than its batch, and past MAX_RECORD_BYTES)", async () => {
+    for (const forged of [1_000_000, MAX_RECORD_BYTES + 1]) {
+      const v = await verifyTampered((home) => {
+        const { file, at } = locate(home, 5);
+        const fd = openSync(file, "r+");
+        const b = Buffer.alloc(4);
+        b.writeUInt32LE(forged);
+        writeSync(fd, b, 0, 4, at - 4);
+        closeSync(fd);
+      });
+      assert.equal(v.ok, false);
+      assert.equal(v.firstBad?.seq, 5, v.firstBad?.reason);
+      assert.match(v.firstBad?.reason ?? "", forged > MAX_RECORD_BYTES ? /more than the .*not read/ : /cannot be read/);
+    }
+  });
+
+  it("a segment file truncated inside the indexed records, or removed", async () => {
+    const cut = await verifyTampered((home) => {
+      const { file, at } = locate(home, 4);
+      truncateSync(file, at + 3);
+    });
+    assert.equal(cut.ok, false);
+    assert.ok((cut.firstBad?.seq ?? 0) <= 4, JSON.stringify(cut.firstBad));
+    assert.match(cut.firstBad?.reason ?? "", /cut short|cannot be read|missing/);
+    const gone = await verifyTampered((home) => {
+      for (const f of readdirSync(join(home, "audit"))) rmSync(join(home, "audit", f));
+    });
+    assert.equal(gone.ok, false);
+    assert.match(gone.firstBad?.reason ?? "", /missing|cannot be read/);
+  });
+});
+
+describe("a home made before segment files", () => {
+  it("moves its audit table's rows (and what its journal held) into segments once, at the kernel's start; verify and the readers agree before and after", async () => {
+    // A home as kpip before segments left it: records in the audit table, unindexed batches in audit.journal.
+    const t = await startKernel({ auditCheckpointEvery: 5 });
+    const c = await t.admin();
+    for (let i = 0; i < 8; i++) await c.storage.write(`obj://ws/m${i}`, `v${i}`);
+    await t.stop();
+    const home = t.home;
+    try {
+      const dbPath = join(home, "kernel.db");
+      unsegment(dbPath);
+      // Its last two records only in the journal (a kernel killed before it indexed them).
+      const db = new Database(dbPath);
+      const last = db.prepare("SELECT seq, hash, record FROM audit ORDER BY seq DESC LIMIT 2").all() as JournalRecord[];
+      db.prepare("DELETE FROM audit WHERE seq >= ?").run((last[1] as JournalRecord).seq);
+      db.close();
+      writeFileSync(
+        join(home, "audit.journal"),
+        bytesOf([{ rows: last.reverse(), dedupe: [], journalUpTo: 0, checkpoints: [] }]),
+        { mode: 0o600 },
+      );
+      const old = openAuditReader(dbPath);
+      const before = { v: verifyAudit(old), rows: [...old.records()].map((r) => [r.seq, Buffer.from(r.hash).toString("hex")]) };
+      old.close();
+      assert.equal(before.v.ok, true, before.v.firstBad?.reason);
+      const lines: string[] = [];
+      const logger = pino({ level: "info" }, { write: (l: string) => lines.push(l) });
+      const t2 = await startKernel({ logger }, home);
+      await t2.stop();
+      assert.ok(!existsSync(join(home, "audit.journal")), "the journal is gone");
+      const after = openAuditReader(dbPath);
+      try {
+        const v = verifyAudit(after);
+        assert.equal(v.ok, true, v.firstBad?.reason);
+        const rows = [...after.records()].map((r) => [r.seq, Buffer.from(r.hash).toString("hex")]);
+        assert.deepEqual(rows.slice(0, before.rows.length), before.rows, "every record moved as it was");
+        assert.equal((after.db.prepare("SELECT count(*) AS n FROM audit").get() as { n: number }).n, 0);
+      } finally {
+        after.close();
+      }
+      assert.ok(
+        lines.some((l) => /moved the audit records out of the database into segment files/.test(l)),
+        lines.join("\n"),
+      );
     } finally {
       removeHome(home);
     }

@@ -1,14 +1,15 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { closeSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import Database from "better-sqlite3";
 import { CborWriter } from "../src/audit/cbor-writer.js";
 import { openAuditReader } from "../src/audit/reader.js";
 import { batchShape, largestRecordBytes, MAX_RECORD_BYTES } from "../src/audit/record-size.js";
 import { verifyAuditFile } from "../src/audit/verify-parallel.js";
 import { AuditChainError, ConfigError, HOME_FILES, Kernel, resolveConfig, SqliteStore, verifyAudit } from "../src/index.js";
+import { recordInSegment } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
@@ -62,11 +63,14 @@ describe("the size bound on a stored audit record", () => {
   });
 
   it("a record over MAX_RECORD_BYTES is reported by verify, shown as a placeholder, and refused by a kernel, never read", async () => {
-    // The head record (the one a starting kernel reads) replaced by a zero blob past the bound.
+    // The head record (the one a starting kernel reads) declared past the bound: its length field in the segment forged.
     const size = MAX_RECORD_BYTES + 1;
-    const w = new Database(db);
-    w.prepare("UPDATE audit SET record = zeroblob(?) WHERE seq = ?").run(size, head);
-    w.close();
+    const { file, at } = recordInSegment(db, head);
+    const fd = openSync(file, "r+");
+    const len = Buffer.alloc(4);
+    len.writeUInt32LE(size);
+    writeSync(fd, len, 0, 4, at - 4);
+    closeSync(fd);
     const heap = process.memoryUsage().arrayBuffers;
 
     const s = new SqliteStore(db);

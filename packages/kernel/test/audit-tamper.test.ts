@@ -6,7 +6,7 @@ import { describe, it } from "node:test";
 import { rawPublicKey, signBytes } from "@kpip/protocol";
 import { checkpointMessage } from "../src/audit/record.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
-import { rechain as rechainDb, rewriteRecord } from "./audit-fill.js";
+import { rechain as rechainDb, rewriteRecord, tamperedStore } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
@@ -127,9 +127,11 @@ describe("audit log: per-request records and tamper evidence", () => {
   for (const [name, tamper, seq, reason] of cases) {
     it(`detects ${name}`, async () => {
       const home = await history();
-      const s = open(home);
-      assert.ok(verifyAudit(s).ok, "clean before tampering");
-      tamper(s);
+      const clean = open(home);
+      assert.ok(verifyAudit(clean).ok, "clean before tampering");
+      clean.close();
+      // Tampered as rows, then moved back into segment files: verify reads the segments' bytes.
+      const s = tamperedStore(join(home, "kernel.db"), tamper);
       const v = verifyAudit(s);
       assert.equal(v.ok, false);
       if (seq !== undefined) assert.equal(v.firstBad?.seq, seq);
@@ -141,11 +143,14 @@ describe("audit log: per-request records and tamper evidence", () => {
 
   it("a rewritten chain with checkpoints re-signed by another key fails against the trusted kernel key", async () => {
     const home = await history();
-    const s = open(home);
+    const clean = open(home);
     const kernelKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(join(home, "kernel.key")))));
-    assert.ok(verifyAudit(s, { trustedKey: kernelKey }).ok, "the real kernel key verifies the untouched log");
-    rewriteRecord(s.db, 3, (r) => (r.message = "nothing happened"));
-    rechain(s, 3);
+    assert.ok(verifyAudit(clean, { trustedKey: kernelKey }).ok, "the real kernel key verifies the untouched log");
+    clean.close();
+    const s = tamperedStore(join(home, "kernel.db"), (t) => {
+      rewriteRecord(t.db, 3, (r) => (r.message = "nothing happened"));
+      rechain(t, 3);
+    });
     const attacker = generateKeyPairSync("ed25519").privateKey;
     const attackerPub = rawPublicKey(createPublicKey(attacker));
     const rows = s.scanAudit(1, 100_000);

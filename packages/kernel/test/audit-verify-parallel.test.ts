@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdirSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -18,7 +18,9 @@ describe("parallel audit verify (worker threads) gives the single pass's answer"
   let good: string;
   before(async () => {
     dir = mkdtempSync(join(tmpdir(), "kpip-verify-"));
-    good = join(dir, "good.db");
+    // A home of segment files (the kernel's layout): the workers read the segments through the index.
+    good = join(dir, "good", "kernel.db");
+    mkdirSync(join(dir, "good"));
     const intent = encodeIntent({ op: "storage.write", target: "obj://ws/k", args: { data: "v" } });
     const hash = intentHash(intent);
     await fillAuditFile(
@@ -35,7 +37,7 @@ describe("parallel audit verify (worker threads) gives the single pass's answer"
         intent,
         status: "SUCCESS",
       }),
-      { batchMax: 512, checkpointEvery: 7_000 },
+      { batchMax: 512, checkpointEvery: 7_000, segments: true },
     );
   });
   after(() => removeHome(dir));

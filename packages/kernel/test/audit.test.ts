@@ -4,7 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { rawPublicKey } from "@kpip/protocol";
 import { SqliteStore, verifyAudit } from "../src/index.js";
-import { rewriteRecord } from "./audit-fill.js";
+import { rewriteRecord, tamperedStore } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
 /** A kernel home with some history: writes (intent + outcome), reads (complete), refusals. */
@@ -86,8 +86,8 @@ describe("the audit log", () => {
   for (const [name, f, seq, re] of tamper) {
     it(`detects ${name} and names the first bad record`, async () => {
       const home = await history();
-      const s = open(home);
-      f(s);
+      // Tampered as rows, then moved back into segment files: verify reads the segments' bytes.
+      const s = tamperedStore(join(home, "kernel.db"), f);
       const r = verifyAudit(s);
       assert.equal(r.ok, false);
       if (seq > 0) assert.equal(r.firstBad?.seq, seq);

@@ -3,14 +3,17 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { AUDIT_JOURNAL_FILE } from "../store/audit-journal.js";
+import { AUDIT_SEGMENT_DIR, SegmentCutError, spansOf, tailBatches } from "../store/audit-segments.js";
 import { auditAppender } from "../store/sqlite/audit-append.js";
 import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
+import { type AuditReadApi, SegmentReads } from "../store/sqlite/audit-segment-read.js";
 import { indexJournalFile } from "../store/sqlite/journal-replay.js";
 import type { AuditRow, AuditStore } from "../store/types.js";
 import { batchShape } from "./record-size.js";
 import type { RangeVerifier } from "./verify.js";
 import { RecordScan } from "./verify-records.js";
+import { SegmentScan } from "./verify-segments.js";
 
 /** Why a home could not be read: no database there, not a kpip database, or a damaged one. */
 export class HomeReadError extends Error {
@@ -34,6 +37,8 @@ export interface AuditReader
   readonly snapshot: boolean;
   /** True for a home of an older kpip (a column per field), read in place as records. */
   readonly columnLayout: boolean;
+  /** The home's audit segments directory, when its audit is in segment files (verify's workers read it too). */
+  readonly segments: string | undefined;
   /** Runs `fn` in one read transaction: one snapshot of a live kernel's database (verify). */
   transaction<T>(fn: () => T): T;
   /** Record `seq`, decoded from its stored bytes, or undefined. */
@@ -80,6 +85,45 @@ function indexJournal(db: Database.Database, journal: string): void {
   }
 }
 
+/** Whether `db`'s audit is in segment files (store/sqlite/audit.ts, SEGMENTED_KEY). */
+function segmented(db: Database.Database): boolean {
+  try {
+    return db.prepare("SELECT value FROM meta WHERE key = 'audit_segments'").pluck(true).get() === "1";
+  } catch {
+    return false; // no meta table: not a home of this layout
+  }
+}
+
+/**
+ * Adds to `db` (a private copy) the spans of the batches a stopped kernel appended past its
+ * index, and their checkpoints. Batches that are not valid or do not continue the chain are a
+ * HomeReadError, as the kernel refuses to start on them; a segment shorter than its index says
+ * is read as it is (verify reports the records it lacks).
+ */
+function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
+  const head = reads.head();
+  const hash = head === undefined ? undefined : reads.hashAt(head);
+  let tail: ReturnType<typeof tailBatches>;
+  try {
+    tail = tailBatches(reads.index.files.dir, reads.index.last(), head !== undefined && hash ? { seq: head, hash } : undefined);
+  } catch (e) {
+    if (e instanceof SegmentCutError) return;
+    throw new HomeReadError(`${reads.index.files.dir}: ${(e as Error).message}`, "corrupt");
+  }
+  if (tail.batches.length === 0) return;
+  const span = db.prepare(
+    "INSERT OR IGNORE INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)",
+  );
+  const cp = db.prepare(
+    "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
+  );
+  db.transaction(() => {
+    for (const s of spansOf(tail.batches)) span.run(s.first, s.last, s.segment, s.offset, s.length);
+    for (const { batch } of tail.batches)
+      for (const c of batch.checkpoints) cp.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
+  })();
+}
+
 /**
  * Opens a home's database for reading without changing any file of the home. SQLite writes
  * even on a read-only open of a WAL database (it creates the -wal and -shm files, and readers
@@ -120,7 +164,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     if (!cols.has("seq") || !cols.has("hash"))
       throw new HomeReadError(`${path} is an SQLite database without a kpip audit table (not a kernel home)`, "corrupt");
     // A copy of a stopped home: the batches its kernel journalled and did not index are read too.
-    if (tmp) indexJournal(opened, join(dirname(path), AUDIT_JOURNAL_FILE));
+    if (tmp && !segmented(opened)) indexJournal(opened, join(dirname(path), AUDIT_JOURNAL_FILE));
     if (!live) opened.pragma("query_only = ON");
   } catch (e) {
     opened?.close();
@@ -131,22 +175,38 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
   const db = opened;
   // A home of an older kpip (a column per field) is read as it is, each row encoded as the
   // record its hash covers: nothing is moved (a kernel moves it when it starts).
-  const source = hasColumnLayout(db) ? columnRecordSource(db) : undefined;
+  const segDir = segmented(db) ? join(dirname(path), AUDIT_SEGMENT_DIR) : undefined;
+  const source = !segDir && hasColumnLayout(db) ? columnRecordSource(db) : undefined;
   const shape = batchShape(opts.intentMaxBytes);
-  const reads = new AuditReads(db, source, shape);
-  let records: RecordScan | undefined;
+  const segReads = segDir ? new SegmentReads(db, segDir, shape) : undefined;
+  if (segReads && tmp) {
+    // The copy is written only here, before it is made query-only again.
+    try {
+      db.pragma("query_only = OFF");
+      indexSegmentTail(db, segReads);
+      db.pragma("query_only = ON");
+    } catch (e) {
+      segReads.close();
+      db.close();
+      cleanup();
+      throw e;
+    }
+  }
+  const reads: AuditReadApi = segReads ?? new AuditReads(db, source, shape);
+  let records: RecordScan | SegmentScan | undefined;
   return {
     db,
     path: file,
     snapshot: tmp !== undefined,
     columnLayout: source !== undefined,
+    segments: segDir,
     transaction: (fn) => db.transaction(fn)(),
     record: (seq) => reads.record(seq),
     records: (o) => reads.records(o),
     headSeq: () => reads.head(),
     scanAudit: (from, batch) => reads.up(from, batch),
     verifyRecords: (from, to, cpSeqs, onProgress) => {
-      records ??= new RecordScan(db, source, shape);
+      records ??= segReads ? new SegmentScan(segReads.index) : new RecordScan(db, source, shape);
       return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
     countAudit: () => reads.count(),
@@ -154,6 +214,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     auditHashAt: (seq) => reads.hashAt(seq),
     checkpoints: () => reads.checkpoints(),
     close: () => {
+      segReads?.close();
       if (db.open) db.close();
       cleanup();
     },

@@ -42,7 +42,9 @@ export async function verifyAuditReader(
       // The last range runs to the end, so records past the counted total are found too.
       const to = i === n - 1 ? Number.POSITIVE_INFINITY : from + size - 1;
       return new Promise<RangeResult>((resolve, reject) => {
-        const w = new Worker(new URL("./verify-worker.js", import.meta.url), { workerData: { path, from, to, cpSeqs } });
+        const w = new Worker(new URL("./verify-worker.js", import.meta.url), {
+          workerData: { path, segments: store.segments, from, to, cpSeqs },
+        });
         w.on("message", (m: { progress?: number; result?: RangeResult }) => {
           if (m.result) resolve(m.result);
           else if (m.progress !== undefined) {

@@ -3,8 +3,8 @@ import { ConfigError, type KernelConfig } from "../config.js";
 
 /**
  * Descriptors the kernel keeps besides its connections and children: the store and its WAL,
- * the audit journal, log and metrics sockets, the admin's own session, file-store temporaries,
- * the scratch removers' pipes (fixed part).
+ * the open audit segment and up to 4 read ones, log and metrics sockets, the admin's own
+ * session, file-store temporaries, the scratch removers' pipes (fixed part).
  */
 export const DESCRIPTOR_MARGIN = 128;
 /** The kernel's end of a running agent's stdout, stderr, handoff pipe (fd 3) and connection (fd 4). */

@@ -12,6 +12,12 @@ import { SqliteStore } from "../store/sqlite.js";
 import type { AuditRow } from "../store/types.js";
 import { prepareSocketPath } from "../transport/uds.js";
 
+/**
+ * How often the open audit segment is fdatasync'd (off the kernel's thread): what an OS crash
+ * can lose of acknowledged records, as SQLite's WAL at synchronous=NORMAL could before.
+ */
+export const AUDIT_SEGMENT_SYNC_MS = 1000;
+
 /** The home, opened: its database, the WAL worker, the audit log (and its anchors). */
 export interface HomeStorage {
   readonly kernelId: string;
@@ -53,8 +59,20 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     const store = new SqliteStore(dbPath);
     closers.push(() => store.close());
     // Under the home's lock, before anything reads the chain: what a killed kernel journalled is indexed first.
-    const recovered = store.useAuditJournal(join(c.home, HOME_FILES.auditJournal));
-    if (recovered) log.info({ records: recovered }, "indexed audit records journalled before the last kernel stopped");
+    const opened = store.useAuditSegments(join(c.home, HOME_FILES.auditSegments), join(c.home, HOME_FILES.auditJournal));
+    if (opened.migrated)
+      log.info({ records: opened.migrated }, "moved the audit records out of the database into segment files (once)");
+    if (opened.lost)
+      log.warn(
+        { records: opened.lost },
+        "the newest audit segment ends before its index (an OS crash before its sync, or a cut): those records are gone from the index; the checkpoints and anchors bound the cut",
+      );
+    if (opened.recovered)
+      log.info({ records: opened.recovered }, "indexed audit records appended before the last kernel stopped");
+    // An OS crash loses at most this long of the open segment's appends (a kernel kill loses none: the page cache keeps them).
+    const segmentSync = setInterval(() => void store.syncAuditSegment(), AUDIT_SEGMENT_SYNC_MS);
+    segmentSync.unref();
+    closers.push(() => clearInterval(segmentSync));
     const checkpointer = new WalCheckpointer(store, dbPath, log);
     closers.push(() => checkpointer.stop());
     const id = kernelId(store);

@@ -4,14 +4,13 @@ import { PREV_HASH_BYTES, recordSeq } from "../audit/record-seq.js";
 import type { AuditCheckpoint, DedupeRow } from "./types.js";
 
 /**
- * The audit journal: the durable commit of the audit chain, one `write` a batch, in front of
- * SQLite. A request is answered once its records are in this file (the page cache keeps them
- * through a kernel kill, as SQLite's WAL at synchronous=NORMAL does); the same batch goes into
- * SQLite a turn later, after the answers are on their way, and SQLite stays the index every
- * reader reads. A kernel that was killed before indexing finds the batches at its next start
- * and indexes them before it reads anything (a stopped home's audit reader does the same on its
- * private copy). The file is emptied once everything in it is indexed and it has grown past a
- * bound. Docs: docs/architecture.md, "The audit journal".
+ * The audit batch format, and the audit journal of homes before segment files. A batch is one
+ * commit of the audit log: its records as the bytes their hashes cover and what commits with
+ * them, framed by a head and a tail that show a torn write. The kernel appends batches to its
+ * segment files (audit-segments.ts: the chain's only copy, SQLite indexing where each span is);
+ * a kpip before segments appended them to `audit.journal` in front of SQLite's `audit` table,
+ * which the first start of this kernel indexes into that table and then moves to segments
+ * (store/sqlite/audit.ts). Docs: docs/architecture.md, "The audit chain in segment files".
  */
 
 /** The journal's name in a kernel home (beside the database). */
@@ -38,13 +37,13 @@ export class AuditJournalError extends Error {
   override name = "AuditJournalError";
 }
 
-const MAGIC = 0x4b504a31; // "KPJ1"
+export const MAGIC = 0x4b504a31; // "KPJ1"
 /**
  * magic, body length, its complement (a changed length is damage, never mistaken for a torn
  * write); after the body, the body length again xor the magic (a torn tail shows).
  */
-const HEAD = 12;
-const TAIL = 4;
+export const HEAD = 12;
+export const TAIL = 4;
 
 /** Bytes of a batch's body (what {@link encodeBatch} writes between the head and the tail). */
 function bodyBytes(b: JournalBatch): number {
@@ -223,7 +222,7 @@ export function unindexedBatches(data: Uint8Array, head: IndexHead | undefined):
  * never end (O_NONBLOCK keeps the open of a FIFO from waiting for its other end; on a regular
  * file it changes nothing).
  */
-function openRegular(path: string, flags: number): number {
+export function openRegular(path: string, flags: number): number {
   const fd = openSync(path, flags | constants.O_NOFOLLOW | constants.O_NONBLOCK, 0o600);
   if (!fstatSync(fd).isFile()) {
     closeSync(fd);

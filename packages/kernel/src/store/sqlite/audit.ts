@@ -1,12 +1,41 @@
+import { existsSync, statSync, truncateSync, unlinkSync } from "node:fs";
+import { dirname, join } from "node:path";
 import { recordBytes } from "../../audit/record.js";
+import { MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
-import { AuditJournal, AuditJournalError, type JournalBatch } from "../audit-journal.js";
+import { SegmentScan } from "../../audit/verify-segments.js";
+import { AuditJournalError, type JournalBatch } from "../audit-journal.js";
+import {
+  AUDIT_SEGMENT_DIR,
+  dropSegmentsThrough,
+  type IndexSpan,
+  listSegments,
+  RETAINED_THROUGH_KEY,
+  SegmentCutError,
+  SegmentWriter,
+  segmentName,
+  spansOf,
+  type TailBatch,
+  tailBatches,
+} from "../audit-segments.js";
 import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
+import { type AuditReadApi, SegmentReads } from "./audit-segment-read.js";
 import type { Row, StoreBase, WithRows } from "./base.js";
 import { indexJournalFile } from "./journal-replay.js";
+
+/** meta key: this home's audit is in segment files (its `audit` table holds no records). */
+export const SEGMENTED_KEY = "audit_segments";
+
+/** What opening the segments did: records a killed kernel left past the index, records moved out of the table. */
+export interface SegmentsOpened {
+  recovered: number;
+  migrated: number;
+  /** Records the index named past the newest segment's end (an OS crash before its sync): dropped from the index. */
+  lost?: number;
+}
 
 /**
  * Journalled records (and bytes) kept in memory for SQLite at most; past either a commit indexes
@@ -15,43 +44,210 @@ import { indexJournalFile } from "./journal-replay.js";
 export const MAX_UNINDEXED_ROWS = 16_384;
 const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
-/** The audit journal's side of the store: the kernel opens it; tools beside a kernel never do. */
+/** The audit segments' side of the store: the kernel opens them; tools beside a kernel never do. */
 export interface JournalledAudit {
-  useAuditJournal(path: string): number;
+  useAuditSegments(dir: string, legacyJournal?: string, opts?: { rotateAbove?: number }): SegmentsOpened;
+  /** An fdatasync of the open segment off the kernel's thread (the kernel's periodic sync). */
+  syncAuditSegment(): Promise<void>;
   readonly auditUnindexed: number;
 }
+
+/** A batch in the open segment and not yet in the index. */
+interface Queued extends TailBatch {}
+
+/** Rows a migration writes per batch (one segment append, one span). */
+const MIGRATE_ROWS = 1000;
 
 /** The audit chain, its signed checkpoints, and the dedupe answers committed with it. */
 export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditStore, "offlineJournal"> & JournalledAudit> {
   return class AuditRows extends Base implements Omit<AuditStore, "offlineJournal">, JournalledAudit {
-    /** Every read of the table (audit-read.ts, shared with the audit reader). */
-    readonly #reads = new AuditReads(this.db);
-    /** Every write: a commit of audit rows with what they carry, and single dedupe and checkpoint rows. */
+    /** Reads of the table (a home not yet moved to segments; an in-memory store). */
+    readonly #table = new AuditReads(this.db);
+    /** Writes: the table's (as above), and the dedupe and checkpoint rows of every commit. */
     readonly #writes = auditAppender(this.db);
-
-    /** The audit journal, once the kernel opened it (useAuditJournal): commits go there first. */
-    #journal: AuditJournal | undefined;
-    /** Batches in the journal and not yet in SQLite, oldest first. */
-    #unindexed: JournalBatch[] = [];
+    /** Reads of the segments, once this home's audit is in them. */
+    #segments: SegmentReads | undefined = this.#detectSegments();
+    /** The open segment, once the kernel opened the segments (useAuditSegments). */
+    #writer: SegmentWriter | undefined;
+    /** Batches in the segment and not yet indexed, oldest first. */
+    #unindexed: Queued[] = [];
     #unindexedRows = 0;
     #unindexedDedupe = 0;
     #unindexedBytes = 0;
+    #insertSpan = this.db.prepare(
+      "INSERT INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)",
+    );
+    #dropJournal = this.db.prepare("DELETE FROM offline_journal WHERE id <= ?");
+
+    #detectSegments(): SegmentReads | undefined {
+      if (this.path === ":memory:" || this.getMeta(SEGMENTED_KEY) !== "1") return undefined;
+      return new SegmentReads(this.db, join(dirname(this.path), AUDIT_SEGMENT_DIR));
+    }
+
+    get #reads(): AuditReadApi {
+      return this.#segments ?? this.#table;
+    }
 
     /**
-     * Makes `path` this store's audit journal, for the one kernel that holds the home (never for
-     * a tool's connection beside it): first indexes the batches a killed kernel left there
-     * (throws AuditJournalError when the file is not a journal continuing this database's
-     * chain), then empties it. Returns the records indexed.
+     * Opens the audit segments in `dir` for the one kernel that holds the home (never for a
+     * tool's connection beside it): first moves the records of a home of an older kpip out of
+     * the `audit` table (after indexing what its journal at `legacyJournal` held), then indexes
+     * the batches a killed kernel appended past the index (throws AuditJournalError when they
+     * are not batches continuing the chain), cutting a torn last append.
      */
-    useAuditJournal(path: string): number {
-      if (this.#journal) throw new AuditJournalError("the audit journal is already open");
-      const records = indexJournalFile(this.db, path, this.#writes.append, this.#reads);
-      const journal = new AuditJournal(path);
-      this.#emptyJournal(journal);
-      this.#journal = journal;
-      return records;
+    useAuditSegments(dir: string, legacyJournal?: string, opts: { rotateAbove?: number } = {}): SegmentsOpened {
+      if (this.#writer) throw new AuditJournalError("the audit segments are already open");
+      let migrated = 0;
+      if (this.getMeta(SEGMENTED_KEY) !== "1") {
+        if (legacyJournal && existsSync(legacyJournal) && statSync(legacyJournal).size > 0)
+          indexJournalFile(this.db, legacyJournal, this.#writes.append, this.#table);
+        migrated = this.#migrate(dir);
+      } else if (legacyJournal && existsSync(legacyJournal) && statSync(legacyJournal).size > 0) {
+        throw new AuditJournalError(`${legacyJournal} holds batches, and this home's audit is in segments: not read`);
+      }
+      if (legacyJournal && existsSync(legacyJournal)) unlinkSync(legacyJournal);
+      this.#segments ??= new SegmentReads(this.db, dir);
+      const seg = this.#segments;
+      const lost = this.#dropLostTail(dir, seg);
+      this.#checkSegments(dir);
+      const headSeq = seg.head();
+      const hash = headSeq === undefined ? undefined : seg.hashAt(headSeq);
+      const { batches, cut } = tailBatches(
+        dir,
+        seg.index.last(),
+        headSeq !== undefined && hash ? { seq: headSeq, hash } : undefined,
+      );
+      let recovered = 0;
+      if (batches.length > 0) {
+        this.#index(batches);
+        for (const b of batches) recovered += b.batch.rows.length;
+      }
+      if (cut) {
+        // The torn append was never acknowledged: cut, so the next append follows whole batches.
+        truncateSync(join(dir, segmentName(cut.segment)), cut.size);
+      }
+      const next = (seg.head() ?? seg.index.retained()) + 1;
+      this.#writer = new SegmentWriter(dir, next, opts.rotateAbove);
+      return lost > 0 ? { recovered, migrated, lost } : { recovered, migrated };
     }
-    /** Records journalled and not yet indexed. */
+
+    /**
+     * The index may be durable ahead of the newest segment: both are synced on their own
+     * schedules (synchronous=NORMAL's checkpoints, the segment's periodic fdatasync), so an OS
+     * crash can keep spans whose bytes the segment lost. Only then — spans of the newest segment
+     * naming bytes past its end — are they dropped from the index with their checkpoints (the
+     * records were lost with the page cache, as the WAL's last commits can be; the signed
+     * checkpoints and anchors bound such a cut, as they bound a WAL cut at its end); the whole
+     * batches still there are indexed again by the tail scan. Anything else a segment lacks stops
+     * the start (tailBatches).
+     */
+    /** Every segment the index names is there and holds the bytes it names (else the start stops: never a silent hole). */
+    #checkSegments(dir: string): void {
+      const ends = this.prep("SELECT segment, max(offset + length) AS end FROM audit_batches GROUP BY segment").all() as {
+        segment: number;
+        end: number;
+      }[];
+      for (const { segment, end } of ends) {
+        const path = join(dir, segmentName(segment));
+        const size = existsSync(path) ? statSync(path).size : -1;
+        if (size < 0) throw new SegmentCutError(`${segmentName(segment)}, named by the index, is missing`);
+        if (size < end)
+          throw new SegmentCutError(
+            `${segmentName(segment)} is cut short: the index names bytes through ${end}, it holds ${size}`,
+          );
+      }
+    }
+
+    #dropLostTail(dir: string, seg: SegmentReads): number {
+      const last = seg.index.last();
+      if (!last || listSegments(dir).at(-1) !== last.segment) return 0;
+      const path = join(dir, segmentName(last.segment));
+      const size = statSync(path).size;
+      if (last.offset + last.length <= size) return 0;
+      return this.db.transaction(() => {
+        const gone = this.prep(
+          "SELECT coalesce(sum(last_seq - first_seq + 1), 0) AS n FROM audit_batches WHERE segment = ? AND offset + length > ?",
+        ).get(last.segment, size) as { n: number };
+        this.prep("DELETE FROM audit_batches WHERE segment = ? AND offset + length > ?").run(last.segment, size);
+        this.prep("DELETE FROM audit_checkpoints WHERE seq > ?").run(seg.head() ?? seg.index.retained());
+        return gone.n;
+      })();
+    }
+
+    /**
+     * Moves the `audit` table's rows to segments, byte for byte (a tampered row stays as it is,
+     * for verify to report), then in one transaction indexes them and empties the table: a crash
+     * before it leaves the table as it was (and segments the next try starts over).
+     */
+    #migrate(dir: string): number {
+      const first = this.#table.first();
+      if (first !== undefined) {
+        for (const s of listSegments(dir)) unlinkSync(join(dir, segmentName(s)));
+      }
+      const writer = new SegmentWriter(dir, first ?? 1);
+      const batches: TailBatch[] = [];
+      let moved = 0;
+      try {
+        const rows = this.db.prepare(
+          `SELECT seq, CASE WHEN typeof(hash) = 'blob' AND length(hash) <= 64 THEN hash ELSE x'' END AS hash,
+          CASE WHEN typeof(record) = 'blob' AND octet_length(record) <= ${MAX_RECORD_BYTES} THEN record ELSE x'' END AS record
+          FROM audit WHERE seq > ? ORDER BY seq LIMIT ?`,
+        );
+        let after = Number.MIN_SAFE_INTEGER;
+        for (;;) {
+          const got = rows.all(after, MIGRATE_ROWS) as { seq: number; hash: Uint8Array; record: Uint8Array }[];
+          if (got.length === 0) break;
+          const last = (got.at(-1) as { seq: number }).seq;
+          if (!(last > after)) throw new AuditJournalError(`the audit table's seq ${last} cannot be read exactly: not moved`);
+          const batch: JournalBatch = { rows: got, dedupe: [], journalUpTo: 0, checkpoints: [] };
+          batches.push({ batch, at: writer.append(batch) });
+          moved += got.length;
+          after = last;
+        }
+        writer.syncNow();
+      } finally {
+        writer.close();
+      }
+      this.db.transaction(() => {
+        for (const s of spansOf(batches)) this.#putSpan(s);
+        if (first !== undefined && first > 1) this.setMeta(RETAINED_THROUGH_KEY, String(first - 1));
+        this.setMeta(SEGMENTED_KEY, "1");
+        this.db.exec("DELETE FROM audit");
+      })();
+      return moved;
+    }
+
+    #putSpan(s: IndexSpan): void {
+      this.#insertSpan.run(s.first, s.last, s.segment, s.offset, s.length);
+    }
+
+    /** Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes, checkpoints; one commit. */
+    #index(q: readonly TailBatch[]): void {
+      const spans = spansOf(q);
+      let extra = false;
+      for (const { batch } of q) if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length) extra = true;
+      if (!extra && spans.length === 1) {
+        // The common commit: one span alone, its own transaction.
+        this.#putSpan(spans[0] as IndexSpan);
+        return;
+      }
+      this.transaction(() => {
+        for (const s of spans) this.#putSpan(s);
+        let journalUpTo = 0;
+        for (const { batch } of q) {
+          for (const d of batch.dedupe) this.#writes.putDedupe(d);
+          for (const c of batch.checkpoints) this.#writes.addCheckpoint(c);
+          if (batch.journalUpTo > journalUpTo) journalUpTo = batch.journalUpTo;
+        }
+        if (journalUpTo > 0) this.#dropJournal.run(journalUpTo);
+      });
+    }
+
+    async syncAuditSegment(): Promise<void> {
+      await this.#writer?.sync();
+    }
+
+    /** Records appended and not yet indexed. */
     get auditUnindexed(): number {
       return this.#unindexedRows;
     }
@@ -59,32 +255,14 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const q = this.#unindexed;
       if (q.length === 0) return;
       // Inside a caller's transaction this would be a savepoint its rollback could undo, after the
-      // queue (and maybe the journal) let the batches go.
+      // queue let the batches go.
       if (this.db.inTransaction)
-        throw new AuditJournalError("journalled audit records cannot be indexed inside another transaction");
-      if (q.length === 1) {
-        const b = q[0] as JournalBatch;
-        this.#writes.append(b.rows, b.dedupe, b.journalUpTo, b.checkpoints);
-      } else {
-        // Every batch waiting, as one commit: its rows in the multi-row INSERTs, one transaction.
-        const rows: JournalBatch["rows"][number][] = [];
-        const dedupe: DedupeRow[] = [];
-        const checkpoints: AuditCheckpoint[] = [];
-        let journalUpTo = 0;
-        for (const b of q) {
-          for (const r of b.rows) rows.push(r);
-          for (const d of b.dedupe) dedupe.push(d);
-          for (const c of b.checkpoints) checkpoints.push(c);
-          if (b.journalUpTo > journalUpTo) journalUpTo = b.journalUpTo;
-        }
-        this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
-      }
+        throw new AuditJournalError("audit records in a segment cannot be indexed inside another transaction");
+      this.#index(q);
       this.#unindexed = [];
       this.#unindexedRows = 0;
       this.#unindexedDedupe = 0;
       this.#unindexedBytes = 0;
-      const journal = this.#journal;
-      if (journal?.full) this.#emptyJournal(journal);
     }
     /**
      * Before a read or write of the dedupe table: only when a waiting batch carries dedupe rows (a
@@ -93,7 +271,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #settleDedupe(): void {
       if (this.#unindexedDedupe > 0 && !this.db.inTransaction) this.indexAudit();
     }
-    /** Before any read or write of the tables the journal feeds: SQLite holds every committed batch. */
+    /** Before any read of what the index step writes: the index holds every committed batch. */
     #settle(): void {
       // Inside a caller's transaction a read sees SQLite as it is (indexAudit would refuse).
       if (this.#unindexed.length > 0 && !this.db.inTransaction) this.indexAudit();
@@ -104,17 +282,21 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return this.#reads.hashAt(seq);
     }
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
-      const journal = this.#journal;
-      if (!journal) return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
+      const writer = this.#writer;
+      if (!writer) {
+        if (this.#segments) throw new AuditJournalError("this home's audit is in segments: only its kernel appends to it");
+        return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
+      }
       // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
       if (this.#unindexedRows >= MAX_UNINDEXED_ROWS || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
       // The log hands over rows with their hashed bytes; one built elsewhere is encoded here, once.
       for (const r of rows) r.record ??= recordBytes(r);
-      const b: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
-      this.#unindexedBytes += journal.append(b);
+      const batch: JournalBatch = { rows: rows as JournalBatch["rows"], dedupe, journalUpTo, checkpoints };
+      const at = writer.append(batch);
+      this.#unindexedBytes += at.length;
       this.#unindexedRows += rows.length;
       this.#unindexedDedupe += dedupe.length;
-      this.#unindexed.push(b);
+      this.#unindexed.push({ batch, at });
     }
     firstAuditSeq(): number | undefined {
       this.#settle();
@@ -122,12 +304,30 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     }
     pruneAudit(throughSeq: number, base?: AuditCheckpoint): number {
       this.#settle();
-      return this.db.transaction(() => {
+      const seg = this.#segments;
+      if (!seg) {
+        return this.db.transaction(() => {
+          if (base) this.addCheckpoint(base);
+          const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
+          this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
+          return n;
+        })();
+      }
+      const previous = seg.index.retained();
+      const n = this.db.transaction(() => {
         if (base) this.addCheckpoint(base);
-        const n = this.prep("DELETE FROM audit WHERE seq <= ?").run(throughSeq).changes;
+        const before = seg.count();
+        if (throughSeq > seg.index.retained()) this.setMeta(RETAINED_THROUGH_KEY, String(throughSeq));
+        this.prep("DELETE FROM audit_batches WHERE last_seq <= ?").run(throughSeq);
         this.prep("DELETE FROM audit_checkpoints WHERE seq < ?").run(throughSeq);
-        return n;
+        return before - seg.count();
       })();
+      // After the commit, and one prune late: the files wholly below the previous retained point.
+      // A reader beside the kernel whose snapshot still names them (a long `kpip audit verify`)
+      // has until the next prune to read them; a crash before leaves files no span names, which
+      // a later prune removes.
+      dropSegmentsThrough(seg.index.files.dir, Math.min(previous, throughSeq));
+      return n;
     }
     lookupDedupe(key: string, now: number): DedupeRow | undefined {
       this.#settleDedupe();
@@ -177,10 +377,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     /** `audit verify`'s check of a range (verify-records.ts): the kernel's inherited-chain check and tools take it. */
     verifyRecords(from: number, to: number, cpSeqs: Set<number>, onProgress?: (done: number) => void): RangeResult {
       this.#settle();
-      this.#verifier ??= new RecordScan(this.db);
+      this.#verifier ??= this.#segments ? new SegmentScan(this.#segments.index) : new RecordScan(this.db);
       return this.#verifier.verify(from, to, cpSeqs, 1000, onProgress);
     }
-    #verifier: RecordScan | undefined;
+    #verifier: RecordScan | SegmentScan | undefined;
     countAudit(): number {
       this.#settle();
       return this.#reads.count();
@@ -192,7 +392,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const out: AuditRow[] = [];
       let below = Number.POSITIVE_INFINITY;
       while (out.length < limit) {
-        const rows = this.#reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, this.#reads.rows);
+        const reads = this.#reads;
+        const rows = reads.down(below, q.afterSeq ?? Number.NEGATIVE_INFINITY, reads.rows);
         if (rows.length === 0) break;
         for (const r of rows) {
           if (q.persona !== undefined && r.persona !== q.persona) continue;
@@ -217,31 +418,21 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     override settleAudit(): void {
       this.#settle();
     }
-    /** Indexes what is journalled, empties the journal and closes it, then the database. */
+    /** Indexes what is appended, syncs and closes the segment, then the database. */
     override close(): void {
-      const journal = this.#journal;
-      if (journal && this.db.open) {
+      const writer = this.#writer;
+      if (writer && this.db.open) {
         try {
           this.indexAudit();
-          this.#emptyJournal(journal);
         } catch {
-          // What SQLite could not take stays in the journal: the next start indexes it.
+          // What SQLite could not take stays past the index: the next start indexes it.
         } finally {
-          journal.close();
-          this.#journal = undefined;
+          writer.close();
+          this.#writer = undefined;
         }
       }
+      this.#segments?.close();
       super.close();
-    }
-    /**
-     * Empties the journal once everything in it is indexed, after a sync of the WAL: an OS crash
-     * must not keep the emptied journal and lose the commits that held its records.
-     */
-    #emptyJournal(journal: AuditJournal): void {
-      // Nothing to let go (a clean stop's journal at start, a stop with nothing since): no sync.
-      if (journal.bytes === 0) return;
-      this.syncWal();
-      journal.empty();
     }
   };
 }

@@ -6,8 +6,9 @@ import type { AuditReads } from "./audit-read.js";
 /**
  * Adds to `db`, in one transaction, the batches of the audit journal at `path` past the
  * database's newest record, checked to continue its chain (throws AuditJournalError when they do
- * not); answers the records added. What the kernel does at start on its home, and the audit reader
- * on its private copy of a stopped home.
+ * not); answers the records added. For a home of a kpip before segment files: what the kernel
+ * does at its first start before moving the table to segments, and the audit reader on its
+ * private copy of such a home.
  */
 export function indexJournalFile(
   db: Database.Database,

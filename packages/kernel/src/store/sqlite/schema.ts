@@ -1,5 +1,6 @@
 import Database from "better-sqlite3";
 import { createIfAbsent } from "../../secure-files.js";
+import { AUDIT_BATCHES_TABLE } from "../audit-segments.js";
 import { AUDIT_TABLE, migrateAuditLayout } from "./audit-layout.js";
 
 /**
@@ -19,6 +20,7 @@ CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, a
 CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS allocations_persona ON allocations (persona);
 ${AUDIT_TABLE};
+${AUDIT_BATCHES_TABLE};
 CREATE TABLE IF NOT EXISTS tokens (
   id TEXT PRIMARY KEY, kid TEXT NOT NULL, sub TEXT NOT NULL, chain TEXT NOT NULL, exp INTEGER NOT NULL,
   minted_by TEXT NOT NULL, created_at INTEGER NOT NULL);
