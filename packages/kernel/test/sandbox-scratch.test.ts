@@ -117,6 +117,42 @@ describe("scratch directories, whatever their process left", () => {
     await Promise.all(all);
     await box.close(false);
   });
+  it("a freed remover goes to the owner served least recently: an owner with many removals queued takes turns, never goes again while another waits", async () => {
+    const started: string[] = [];
+    const finish = new Map<string, () => void>();
+    const box = new Sandbox({
+      mode: "none",
+      readPaths: [],
+      scratchRoot: join(tmpdir(), `kpip-no-root-${process.pid}`),
+      uid: 65534,
+      hidden: [],
+      limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+      remover: (paths) =>
+        new Promise((r) => {
+          started.push(paths[0] as string);
+          finish.set(paths[0] as string, () => r(undefined));
+        }),
+    });
+    const end = (p: string) => (finish.get(p) as () => void)();
+    // Carol's removal holds one remover throughout; alice queues five, bob one after them.
+    const all = [box.remove(["c1"], "carol"), ...[1, 2, 3, 4, 5].map((n) => box.remove([`a${n}`], "alice"))];
+    await until(() => started.length === 2, 30_000, "two removals to start");
+    all.push(box.remove(["b1"], "bob"));
+    end("a1");
+    await until(() => started.length === 3, 30_000, "the freed remover to be taken");
+    assert.deepEqual(started, ["c1", "a1", "b1"], "bob's goes before alice's second");
+    end("b1");
+    await until(() => started.length === 4, 30_000, "alice's second");
+    for (const n of [2, 3, 4]) {
+      end(`a${n}`);
+      await until(() => started.length === 3 + n, 30_000, `alice's removal ${n + 1}`);
+    }
+    assert.deepEqual(started, ["c1", "a1", "b1", "a2", "a3", "a4", "a5"]);
+    end("a5");
+    end("c1");
+    await Promise.all(all);
+    await box.close(false);
+  });
 });
 
 /** The file a test's process leaves in its scratch directory to have that directory's removal held. */

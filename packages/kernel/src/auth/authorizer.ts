@@ -35,8 +35,9 @@ export interface Authorizer {
    * Why the grant a decision carried no longer holds (revoked, itself or an ancestor, or past its
    * expiry), or undefined while it holds. Asked again right before an op's effect commits: an
    * effect an await separated from its decision (a large body written to the file store, an
-   * upload's sync) must not land after a revocation answered in between. Optional: an
-   * authorizer without it is not asked. `what`: what the grant authorized, for the message.
+   * upload's sync) must not land after a revocation answered in between. The kernel asks its own
+   * token enforcer, whatever authorizer decided; this is asked only by a pipeline built without
+   * one (the unit kit). `what`: what the grant authorized, for the message.
    */
   lapsed?(grant: Grant, what?: string): string | undefined;
 }

@@ -363,6 +363,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ledger,
       router,
       authorizer: input.authorizer ?? enforcer,
+      // Revocation and expiry are the token store's facts: re-checked by the enforcer whatever decided.
+      lapsed: (g, what) => enforcer.lapsed(g, what),
       audit,
       dedupe,
       log,

@@ -1,6 +1,5 @@
-import type { CborMap, CborValue, Response } from "@kpip/protocol";
+import type { CborMap, CborValue, Grant, Response } from "@kpip/protocol";
 import { parseTarget } from "@kpip/protocol";
-import type { Authorizer } from "../auth/authorizer.js";
 import { checkArgs } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { AnswerBudget } from "./answer-budget.js";
@@ -19,7 +18,7 @@ export function execute(
   ctx: RequestCtx,
   dedupe: DedupeCache,
   answers: AnswerBudget,
-  authorizer: Authorizer,
+  lapsed: Lapsed,
 ): OpResult | Promise<OpResult> {
   const { session: s, req } = ctx;
   const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
@@ -48,7 +47,7 @@ export function execute(
     grant: ctx.decision?.grant,
     handles: s.handles,
     // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, authorizer),
+    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, lapsed),
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
@@ -63,13 +62,20 @@ export function execute(
   // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
   if (decl.effects) {
     const grant = ctx.decision?.grant;
-    const lapsed = grant && authorizer.lapsed?.(grant, "request");
-    if (lapsed) throw new OpError("CAPABILITY", `${lapsed} before it ran: nothing was done`);
+    const why = grant && lapsed(grant, "request");
+    if (why) throw new OpError("CAPABILITY", `${why} before it ran: nothing was done`);
   }
   // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
   if (!decl.effects) answers.checkRoom(s.id, s.buffered ?? 0);
   return decl.handler(op);
 }
+
+/**
+ * Why the grant that authorized a request no longer holds (revoked, itself or an ancestor, or
+ * expired), or undefined: the token store's facts, asked again before an effect (the kernel's
+ * enforcer, whatever authorizer decided).
+ */
+export type Lapsed = (grant: Grant, what: string) => string | undefined;
 
 /** An answer smaller than this is not counted: maxInFlight of them are little, and most answers are. */
 const SMALL_ANSWER = 4096;
@@ -108,7 +114,7 @@ export function payloadBytes(v: CborValue): number {
 }
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
-function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, authorizer: Authorizer): OpContext["atomically"] {
+function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed): OpContext["atomically"] {
   const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
@@ -116,8 +122,8 @@ function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, authorizer: Authori
     // written to the file store, an upload synced) must not commit past a revocation or expiry
     // answered meanwhile (PROTOCOL §13).
     const grant = ctx.decision?.grant;
-    const lapsed = grant && authorizer.lapsed?.(grant, "request");
-    if (lapsed) throw new OpError("CAPABILITY", `${lapsed} before its effect committed: nothing was changed`);
+    const why = grant && lapsed(grant, "request");
+    if (why) throw new OpError("CAPABILITY", `${why} before its effect committed: nothing was changed`);
     const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
       a.result = r;
       a.answer = answer(ctx, r);

@@ -29,7 +29,7 @@ import {
   toRefusal,
 } from "./context.js";
 import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
-import { execute, holdResult, outcomeAnswer } from "./execute.js";
+import { execute, holdResult, type Lapsed, outcomeAnswer } from "./execute.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
 
 export type { Refusal, RequestCtx, SessionView } from "./context.js";
@@ -38,6 +38,12 @@ export type { Refusal, RequestCtx, SessionView } from "./context.js";
 export interface PipelineDeps {
   router: Router;
   authorizer: Authorizer;
+  /**
+   * Whether a decision's grant still holds, asked again before an op's effect (execute.ts). The
+   * kernel passes its enforcer's, so a custom authorizer cannot drop the re-check; default: the
+   * authorizer's own `lapsed`, if it has one.
+   */
+  lapsed?: Lapsed;
   audit: AuditLog;
   dedupe: DedupeCache;
   ledger: ResourceLedger;
@@ -268,8 +274,10 @@ export class Pipeline {
     });
   };
 
+  private readonly lapsed: Lapsed = (g, what) =>
+    (this.deps.lapsed ?? this.deps.authorizer.lapsed?.bind(this.deps.authorizer))?.(g, what);
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
-    execute(ctx, this.deps.dedupe, this.answers, this.deps.authorizer);
+    execute(ctx, this.deps.dedupe, this.answers, this.lapsed);
 
   private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 

@@ -174,6 +174,9 @@ export class Sandbox {
   private readonly removing = new Set<string>();
   /** Removals waiting for a remover, oldest first. */
   private readonly removersWaiting: { owner: string; go: () => void }[] = [];
+  /** When each owner with removals waiting or running last got a remover (a counter): the least recent goes first. */
+  private readonly lastServed = new Map<string, number>();
+  private served = 0;
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
@@ -311,8 +314,9 @@ export class Sandbox {
    * processes that end in a burst, each leaving a large tree, get their `rm` children one after
    * another, not all at once; and since a process's slot is held until its directory is gone,
    * one persona's million-file trees take one remover at a time and never hold up another's
-   * removals (nor, so, its process slots). Waiting removals start oldest first among owners
-   * with none running.
+   * removals (nor, so, its process slots). A freed remover goes to the waiting owner served
+   * least recently (never served first; oldest removal first within one owner), so an owner
+   * with many removals queued takes turns with the others instead of going again.
    */
   private removerSlot<T>(owner: string, f: () => Promise<T>): Promise<T> {
     const run = async () => {
@@ -320,26 +324,36 @@ export class Sandbox {
         return await f();
       } finally {
         this.removing.delete(owner);
+        if (!this.removersWaiting.some((w) => w.owner === owner)) this.lastServed.delete(owner);
         this.startWaiting();
       }
     };
     if (this.removing.size < MAX_REMOVERS && !this.removing.has(owner)) {
       this.removing.add(owner);
+      this.lastServed.set(owner, this.served++);
       return run();
     }
     return new Promise<void>((go) => this.removersWaiting.push({ owner, go })).then(run);
   }
 
-  /** Starts the oldest waiting removals whose owners have none running, while a remover is free. */
+  /** While a remover is free: starts the oldest waiting removal of the owner served least recently among those with none running. */
   private startWaiting(): void {
-    for (let i = 0; i < this.removersWaiting.length && this.removing.size < MAX_REMOVERS; ) {
-      const w = this.removersWaiting[i] as { owner: string; go: () => void };
-      if (this.removing.has(w.owner)) {
-        i++;
-        continue;
+    while (this.removing.size < MAX_REMOVERS) {
+      let pick = -1;
+      let when = Number.POSITIVE_INFINITY;
+      for (let i = 0; i < this.removersWaiting.length; i++) {
+        const o = (this.removersWaiting[i] as { owner: string }).owner;
+        if (this.removing.has(o)) continue;
+        const t = this.lastServed.get(o) ?? -1;
+        if (t < when) {
+          when = t;
+          pick = i;
+        }
       }
-      this.removersWaiting.splice(i, 1);
+      if (pick < 0) return;
+      const [w] = this.removersWaiting.splice(pick, 1) as [{ owner: string; go: () => void }];
       this.removing.add(w.owner);
+      this.lastServed.set(w.owner, this.served++);
       w.go();
     }
   }

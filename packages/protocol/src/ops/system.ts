@@ -101,7 +101,11 @@ export const systemStatus = defineOp({
     },
     agents: { type: "map", description: "operator view: agents", fields: { running: count("running") } },
     sandbox: { ...sandbox, required: false, description: "operator view: the process sandbox" },
-    processes: { type: "uint", description: "operator view: processes counted against the process bounds: running, or ended with their scratch directory still being removed" },
+    processes: {
+      type: "uint",
+      description:
+        "operator view: processes counted against the process bounds: running, or ended with their scratch directory still being removed",
+    },
     metrics: { type: "text", description: "operator view: the metrics URL, when served" },
     audit: {
       type: "map",
