@@ -132,6 +132,7 @@ class Client:
     async def _first_connect(self) -> None:
         end = time.monotonic() + self._o["connect_timeout"]
         attempt = 0
+        refused: KpipError | None = None
         while True:
             try:
                 await self._establish(max(0.1, end - time.monotonic()))
@@ -139,6 +140,9 @@ class Client:
             except KernelUnavailable:
                 if not self._o["wait"] or time.monotonic() >= end:
                     self.state = "closed"
+                    # Out of time after a refusal being retried: the kernel's typed answer says more.
+                    if refused is not None:
+                        raise refused from None
                     raise
             except KpipError as e:
                 # A kernel shedding half-open handshakes, or bounding how fast a persona tree opens
@@ -146,6 +150,7 @@ class Client:
                 if e.code not in HANDSHAKE_RETRY_CODES or time.monotonic() >= end:
                     self.state = "closed"
                     raise
+                refused = e
             await asyncio.sleep(min(self._reconnect_backoff.delay(attempt), max(0.0, end - time.monotonic())))
             attempt += 1
         for h in self._held:
