@@ -486,3 +486,32 @@ describe("cross-persona matrix: narrower grants in the same workspace, and grant
     assert.equal(mine.usage["storage.bytes"], whole.usage["storage.bytes"]);
   });
 });
+
+describe("listing cursors across a restart", () => {
+  it("a token.list cursor handed out before a kernel restart pages on after it, to the same rows", async () => {
+    let t = await startKernel();
+    const home = t.home;
+    try {
+      const admin = await t.admin();
+      const health = [{ ops: ["system.health"], targets: ["kernel://"] }];
+      for (let i = 0; i < 3; i++) await admin.tokens.mint(`p${i}`, { rights: health, ttlMs: 600_000 });
+      const page = async (c: KernelClient, cursor?: string) =>
+        (await c.call("token.list", "kernel://", { limit: 2, ...(cursor ? { cursor } : {}) })).payload as {
+          tokens: { id: string }[];
+          cursor?: string;
+        };
+      const first = await page(admin);
+      const rest = (await page(admin, first.cursor)).tokens.map((x) => x.id);
+      await t.stop();
+      t = await startKernel({}, home);
+      const again = await t.admin();
+      assert.deepEqual(
+        (await page(again, first.cursor)).tokens.map((x) => x.id),
+        rest,
+      );
+    } finally {
+      await t.stop();
+      removeHome(home);
+    }
+  });
+});

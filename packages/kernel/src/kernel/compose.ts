@@ -27,6 +27,7 @@ import { eventFamily } from "../primitives/event.js";
 import { personaFamily } from "../primitives/persona.js";
 import { resourceFamily } from "../primitives/resource.js";
 import type { Router } from "../primitives/router.js";
+import { SeqCursors } from "../primitives/seq-cursor.js";
 import { storageFamily } from "../primitives/storage.js";
 import { UploadTable } from "../primitives/storage-uploads.js";
 import { systemFamily } from "../primitives/system.js";
@@ -122,6 +123,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     indexFailed: () => metricsRef?.auditIndexFailures.inc(),
   });
   const { store, audit, kernelId } = home;
+  const cursors = new SeqCursors(home.cursorKey);
   let sandbox: Sandbox | undefined;
   let uploads: UploadTable | undefined;
   let pipelineRef: Pipeline | undefined;
@@ -256,7 +258,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // The fan-out reaches the agents and ops started under a revoked capability too (both made
     // below; it runs only once the kernel serves).
     const revoked = () => notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events, { agents, compute });
-    router.register(tokenFamily(enforcer, tokens, store, revoked, c.adminPersona));
+    router.register(tokenFamily(enforcer, tokens, store, revoked, c.adminPersona, cursors));
     const compute = new ComputeEngine(
       store,
       events,
@@ -283,7 +285,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const interrupted = compute.recover();
     if (interrupted.length)
       log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
-    router.register(computeFamily(compute, store, c.adminPersona));
+    router.register(computeFamily(compute, store, c.adminPersona, cursors));
     const agents = new AgentManager(
       store,
       tokens,
@@ -304,7 +306,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     agents.recover();
     // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
     audit.flush();
-    router.register(agentFamily(agents, c.adminPersona));
+    router.register(agentFamily(agents, c.adminPersona, cursors));
     const expulsion: ExpulsionScope = {
       registry: store,
       sessions: () => sessions.all(),

@@ -1,4 +1,4 @@
-import { createPublicKey } from "node:crypto";
+import { createHmac, createPublicKey } from "node:crypto";
 import { join, resolve } from "node:path";
 import { rawPublicKey } from "@kpip/protocol";
 import { AnchorFile } from "../audit/anchors.js";
@@ -21,6 +21,8 @@ export const AUDIT_SEGMENT_SYNC_MS = 1000;
 /** The home, opened: its database, the WAL worker, the audit log (and its anchors). */
 export interface HomeStorage {
   readonly kernelId: string;
+  /** The key of this home's listing cursors (primitives/seq-cursor.ts), derived from its signing key: cursors outlive a restart. */
+  readonly cursorKey: Buffer;
   readonly store: SqliteStore;
   readonly checkpointer: WalCheckpointer;
   readonly audit: AuditLog;
@@ -101,7 +103,11 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     if (journalled.length > offline)
       log.info({ admin: c.adminPersona, identity: adminIdentity }, "first start: created the admin persona");
     if (offline) log.info({ records: offline }, "administrative changes made without the kernel are now audited");
-    return { kernelId: id, store, checkpointer, audit, adminIdentity, lastRecord, close };
+    const cursorKey = createHmac("sha256", key.export({ format: "der", type: "pkcs8" }))
+      .update("kpip listing cursors v1")
+      .digest()
+      .subarray(0, 16);
+    return { kernelId: id, cursorKey, store, checkpointer, audit, adminIdentity, lastRecord, close };
   } catch (e) {
     await close();
     throw e;

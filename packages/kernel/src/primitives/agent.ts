@@ -6,6 +6,7 @@ import type { AgentRecord } from "../store/types.js";
 import { networkGranted, networkRight } from "./compute.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
+import { PROCESS_CURSORS, type SeqCursors } from "./seq-cursor.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function agentId(ctx: OpContext): [string, string] {
@@ -40,7 +41,7 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
 }
 
 /** agent.spawn / kill / status / logs / list. A persona sees the agents it spawned; the admin sees all. */
-export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamily {
+export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCursors = PROCESS_CURSORS): PrimitiveFamily {
   // Agent ids are scoped to their spawner: agent://x/y is the caller's own; the admin names another spawner's with args.spawner.
   const visible = (ctx: OpContext): AgentRecord => {
     const [executable, instance] = agentId(ctx);
@@ -99,7 +100,7 @@ export function agentFamily(agents: AgentManager, admin: string): PrimitiveFamil
       }),
       implement(agentList, {
         handler: (ctx): OpResult => {
-          const page = pageRequest(ctx.args, "an agent list");
+          const page = pageRequest(ctx.args, "an agent list", cursors);
           // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.
           const rows = agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1);
           return pageAnswer(

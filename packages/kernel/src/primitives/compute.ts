@@ -12,6 +12,7 @@ import type { ComputeEngine } from "../compute/engine.js";
 import type { OpRecord, OpStore, OpSummary } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
+import { PROCESS_CURSORS, type SeqCursors } from "./seq-cursor.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** The right a grant needs for a sandboxed process to reach the network (default: no network). */
@@ -52,7 +53,12 @@ function statusPayload(op: OpSummary): CborMap {
 }
 
 /** compute.submit (DEFERRED) and the follow-up ops op.status / op.result / op.cancel / op.list. */
-export function computeFamily(engine: ComputeEngine, store: OpStore, admin: string): PrimitiveFamily {
+export function computeFamily(
+  engine: ComputeEngine,
+  store: OpStore,
+  admin: string,
+  cursors: SeqCursors = PROCESS_CURSORS,
+): PrimitiveFamily {
   return {
     name: "compute",
     ops: [
@@ -120,7 +126,7 @@ export function computeFamily(engine: ComputeEngine, store: OpStore, admin: stri
       implement(opList, {
         handler: (ctx): OpResult => {
           const all = ctx.persona === admin;
-          const page = pageRequest(ctx.args, "an op list");
+          const page = pageRequest(ctx.args, "an op list", cursors);
           const ops = store.listOps(all ? undefined : ctx.persona, page.limit + 1, page.after);
           const describe = (op: OpSummary) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op));
           return pageAnswer(ops, page, "ops", describe, (op) => page.seal(op.seq));

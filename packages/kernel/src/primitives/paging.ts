@@ -1,6 +1,6 @@
 import type { CborMap } from "@kpip/protocol";
 import { MAX_LIST_PAGE } from "../limits.js";
-import { openSeq, sealSeq } from "./seq-cursor.js";
+import { PROCESS_CURSORS, type SeqCursors } from "./seq-cursor.js";
 import { OpError, type OpResult } from "./types.js";
 
 /** A listing's page as its request asks for it (PROTOCOL §9.3): `limit` rows (default 100, 1…MAX_LIST_PAGE) after `cursor`. */
@@ -20,14 +20,18 @@ export interface SeqPageRequest extends PageRequest {
 
 /**
  * The page of a listing by position (agents, ops, tokens); a cursor that is not one this
- * listing handed out in this kernel run is SEMANTIC. The answer's cursors come from `seal`.
+ * listing handed out under `cursors`' key is SEMANTIC. The answer's cursors come from `seal`.
  */
-export function pageRequest(args: { limit?: number; cursor?: string }, what: string): SeqPageRequest {
+export function pageRequest(
+  args: { limit?: number; cursor?: string },
+  what: string,
+  cursors: SeqCursors = PROCESS_CURSORS,
+): SeqPageRequest {
   const page = textPageRequest(args, what);
-  const seal = (seq: number) => sealSeq(seq, what);
+  const seal = (seq: number) => cursors.seal(seq, what);
   if (page.cursor === undefined) return { ...page, after: undefined, seal };
-  const after = openSeq(page.cursor, what);
-  if (after === undefined) throw new OpError("SEMANTIC", `cursor is not ${what} cursor of this kernel run`);
+  const after = cursors.open(page.cursor, what);
+  if (after === undefined) throw new OpError("SEMANTIC", `cursor is not ${what} cursor of this kernel`);
   return { ...page, after, seal };
 }
 

@@ -25,6 +25,7 @@ import type { TokenService } from "../auth/tokens.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
+import { PROCESS_CURSORS, type SeqCursors } from "./seq-cursor.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 function tokenArg(ctx: OpContext): Token {
@@ -101,6 +102,7 @@ export function tokenFamily(
   store: TokenStore,
   onRevoke: (id: string) => void = () => {},
   admin = "admin",
+  cursors: SeqCursors = PROCESS_CURSORS,
 ): PrimitiveFamily {
   // Ownership rules (the pipeline evaluates them before the handler: handlers check no rights).
   const owned = (ctx: OpContext, id: string, sub: string | undefined): true | string => {
@@ -263,7 +265,7 @@ export function tokenFamily(
         },
         handler: (ctx) => {
           const only = ctx.args.persona;
-          const page = pageRequest(ctx.args, "a token list");
+          const page = pageRequest(ctx.args, "a token list", cursors);
           // Only the rows the caller sees are read: a page is the caller's tokens, whatever other
           // personas hold or mint meanwhile (their rows neither cost the page nor show in it).
           const rows =
