@@ -6,16 +6,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
 import { processIdentity } from "../src/agents/process-identity.js";
-import { removeHome, startKernel, until } from "./harness.js";
+import { processAlive, removeHome, startKernel, until } from "./harness.js";
 
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
+const alive = processAlive;
 
 /** A process leading its own process group, as a sandboxed agent's bubblewrap does. */
 function groupLeader(): ChildProcess {

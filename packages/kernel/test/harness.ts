@@ -195,6 +195,16 @@ export function removeHome(home: string): void {
 
 export { klass, until } from "@kpip/protocol/testing";
 
+/** Whether a process with this pid exists (signal 0). */
+export function processAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 import { outputIncludes, type ProcessRun, runProcess } from "@kpip/protocol/testing";
 
 export function adminIdentity(k: Kernel): Identity {

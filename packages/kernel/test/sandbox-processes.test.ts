@@ -15,6 +15,7 @@ import {
   addPersonaKey,
   kernelForSuite,
   klass,
+  processAlive,
   removeHome,
   SANDBOX_READ_PATHS,
   sandboxSkip,
@@ -226,14 +227,7 @@ describe("without a usable sandbox", () => {
 
 describe("without the sandbox, a process that escapes its group", () => {
   it("holding its pipes keeps neither the command's op nor the agent running once they exited: both end, and their scratch directories go", async () => {
-    const alive = (pid: number) => {
-      try {
-        process.kill(pid, 0);
-        return true;
-      } catch {
-        return false;
-      }
-    };
+    const alive = processAlive;
     const escaped: number[] = [];
     try {
       await withKernel({ sandbox: "none" }, async (t) => {

@@ -78,23 +78,7 @@ describe("scratch directories, whatever their process left", () => {
   });
 
   it("one owner's removals take one remover at a time: another owner's, and the kernel's, start at once instead of waiting behind them", async () => {
-    const started: string[] = [];
-    const finish = new Map<string, () => void>();
-    const box = new Sandbox({
-      mode: "none",
-      readPaths: [],
-      scratchRoot: join(tmpdir(), `kpip-no-root-${process.pid}`),
-      uid: 65534,
-      hidden: [],
-      limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
-      // Nothing is removed: each removal runs until the test lets it end.
-      remover: (paths) =>
-        new Promise((r) => {
-          started.push(paths[0] as string);
-          finish.set(paths[0] as string, () => r(undefined));
-        }),
-    });
-    const end = (p: string) => (finish.get(p) as () => void)();
+    const { box, started, end } = heldRemovals();
     const all = [
       box.remove(["a1"], "alice"),
       box.remove(["a2"], "alice"),
@@ -118,22 +102,7 @@ describe("scratch directories, whatever their process left", () => {
     await box.close(false);
   });
   it("a freed remover goes to the owner served least recently: an owner with many removals queued takes turns, never goes again while another waits", async () => {
-    const started: string[] = [];
-    const finish = new Map<string, () => void>();
-    const box = new Sandbox({
-      mode: "none",
-      readPaths: [],
-      scratchRoot: join(tmpdir(), `kpip-no-root-${process.pid}`),
-      uid: 65534,
-      hidden: [],
-      limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
-      remover: (paths) =>
-        new Promise((r) => {
-          started.push(paths[0] as string);
-          finish.set(paths[0] as string, () => r(undefined));
-        }),
-    });
-    const end = (p: string) => (finish.get(p) as () => void)();
+    const { box, started, end } = heldRemovals();
     // Carol's removal holds one remover throughout; alice queues five, bob one after them.
     const all = [box.remove(["c1"], "carol"), ...[1, 2, 3, 4, 5].map((n) => box.remove([`a${n}`], "alice"))];
     await until(() => started.length === 2, 30_000, "two removals to start");
@@ -154,6 +123,29 @@ describe("scratch directories, whatever their process left", () => {
     await box.close(false);
   });
 });
+
+/**
+ * A sandbox without bubblewrap whose removals remove nothing: each runs until the test ends it
+ * (`end(path)`); `started` lists them in the order they got a remover.
+ */
+function heldRemovals() {
+  const started: string[] = [];
+  const finish = new Map<string, () => void>();
+  const box = new Sandbox({
+    mode: "none",
+    readPaths: [],
+    scratchRoot: join(tmpdir(), `kpip-no-root-${process.pid}`),
+    uid: 65534,
+    hidden: [],
+    limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+    remover: (paths) =>
+      new Promise((r) => {
+        started.push(paths[0] as string);
+        finish.set(paths[0] as string, () => r(undefined));
+      }),
+  });
+  return { box, started, end: (p: string) => (finish.get(p) as () => void)() };
+}
 
 /** The file a test's process leaves in its scratch directory to have that directory's removal held. */
 const MARK = "held-removal";
