@@ -10,6 +10,9 @@ import { processAlive, removeHome, startKernel, until } from "./harness.js";
 
 const alive = processAlive;
 
+/** This boot's id, as the kernel reads it. */
+const currentBoot = () => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
+
 /** A process leading its own process group, as a sandboxed agent's bubblewrap does. */
 function groupLeader(): ChildProcess {
   const p = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });
@@ -34,8 +37,8 @@ describe("agents recorded running when the kernel died", () => {
           "VALUES (?, ?, 'admin', 'tool', '[]', ?, 'running', 1, 9999999999999, ?, '/tmp', ?)",
       );
       // The pid of an agent now leads another process (a reboot, or the agent died with its kernel).
-      const [bootId, start] = (processIdentity(reused.pid as number) as string).split(" ");
-      put.run("admin/tool/1", "admin/tool-1", reused.pid, "t1", `${bootId} ${Number(start) + 1}`);
+      const [bootId, ns, start] = (processIdentity(reused.pid as number) as string).split(" ");
+      put.run("admin/tool/1", "admin/tool-1", reused.pid, "t1", `${bootId} ${ns} ${Number(start) + 1}`);
       // The agent's own process, still running.
       put.run("admin/tool/2", "admin/tool-2", same.pid, "t2", processIdentity(same.pid as number));
       // A row of an older home: no identity recorded.
@@ -59,7 +62,7 @@ describe("agents recorded running when the kernel died", () => {
     }
   });
 
-  it("an agent whose group leader is gone but whose group lives on (a child it left) has that group killed; in another boot, nothing", async () => {
+  it("an agent whose group leader is gone but whose group lives on (a child it left) has that group killed; in another boot or pid namespace, nothing", async () => {
     const first = await startKernel();
     const home = first.home;
     await first.stop();
@@ -99,14 +102,17 @@ describe("agents recorded running when the kernel died", () => {
           "VALUES (?, ?, 'admin', 'tool', '[]', ?, 'running', 1, 9999999999999, ?, '/tmp', ?)",
       );
       put.run("admin/tool/4", "admin/tool-4", lid, "t4", identity);
-      // Recorded in another boot: its pid means nothing now.
-      put.run("admin/tool/5", "admin/tool-5", oid, "t5", `00000000-0000-0000-0000-000000000000 ${otherIdentity.split(" ")[1]}`);
+      // Recorded in another boot, or in another pid namespace of this boot (a container
+      // restarted): its pid means nothing now.
+      const [, ns, start] = otherIdentity.split(" ");
+      put.run("admin/tool/5", "admin/tool-5", oid, "t5", `00000000-0000-0000-0000-000000000000 ${ns} ${start}`);
+      put.run("admin/tool/6", "admin/tool-6", oid, "t6", `${currentBoot()} 1 ${start}`);
       db.close();
       const t = await startKernel({}, home);
       try {
         await until(() => members(lid).length === 0 || undefined);
-        assert.equal(members(oid).length, 1, "a group recorded in another boot is not signalled");
-        assert.equal(t.k.inspect.getAgent("admin/tool/5")?.state, "lost");
+        assert.equal(members(oid).length, 1, "a group recorded in another boot or pid namespace is not signalled");
+        for (const id of ["admin/tool/5", "admin/tool/6"]) assert.equal(t.k.inspect.getAgent(id)?.state, "lost");
       } finally {
         await t.stop();
       }
@@ -123,7 +129,7 @@ describe("agents recorded running when the kernel died", () => {
 
   it("processIdentity tells a live process from a gone one and reads the start time past a command name with spaces and parentheses", () => {
     const own = processIdentity(process.pid);
-    assert.match(own ?? "", /^[0-9a-f-]{36} \d+$/);
+    assert.match(own ?? "", /^[0-9a-f-]{36} \d+ \d+$/);
     assert.equal(processIdentity(process.pid), own, "stable for one process");
     assert.equal(processIdentity(0), undefined);
     assert.equal(processIdentity(2 ** 31), undefined);

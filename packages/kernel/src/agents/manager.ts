@@ -24,7 +24,7 @@ import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
-import { currentBootId, processIdentity } from "./process-identity.js";
+import { pidScope, processIdentity } from "./process-identity.js";
 
 export interface AgentOptions {
   maxOutputBytes: number;
@@ -441,5 +441,7 @@ export class AgentManager {
 function ownGroup(pid: number, procId: string): boolean {
   const now = processIdentity(pid);
   if (now !== undefined) return now === procId;
-  return procId.split(" ")[0] === currentBootId();
+  // The leader is gone: the group is the agent's only where its pid still means it (same boot, same pid namespace).
+  const scope = pidScope();
+  return scope !== undefined && procId.slice(0, procId.lastIndexOf(" ")) === scope;
 }

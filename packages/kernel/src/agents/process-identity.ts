@@ -1,4 +1,4 @@
-import { readFileSync } from "node:fs";
+import { readFileSync, readlinkSync } from "node:fs";
 
 /** This boot's id (Linux): a pid names the same process only within one boot. */
 const bootId = (() => {
@@ -9,23 +9,38 @@ const bootId = (() => {
   }
 })();
 
-/** This boot's id, or undefined without /proc. */
-export const currentBootId = (): string | undefined => bootId;
+/**
+ * The pid namespace the kernel's pids are in: a container restarted under the same boot starts
+ * a new one, and the pids of the old one mean nothing in it.
+ */
+const pidNamespace = (() => {
+  try {
+    return /^pid:\[(\d+)\]$/.exec(readlinkSync("/proc/self/ns/pid"))?.[1];
+  } catch {
+    return undefined;
+  }
+})();
+
+/** Where pids mean what they meant at spawn: "<boot id> <pid namespace>", or undefined without /proc. */
+export const pidScope = (): string | undefined =>
+  bootId !== undefined && pidNamespace !== undefined ? `${bootId} ${pidNamespace}` : undefined;
 
 /**
- * What tells a process apart from a later one given the same pid: this boot's id and the
- * process's start time (clock ticks after boot, field 22 of /proc/<pid>/stat), as
- * "<boot id> <start time>". Undefined when the process is gone or there is no /proc: then
- * nothing can be said about a pid, and a kernel must not signal it on a guess.
+ * What tells a process apart from a later one given the same pid: where its pid means it
+ * ({@link pidScope}) and the process's start time (clock ticks after boot, field 22 of
+ * /proc/<pid>/stat), as "<boot id> <pid namespace> <start time>". Undefined when the process is
+ * gone or there is no /proc: then nothing can be said about a pid, and a kernel must not signal
+ * it on a guess.
  */
 export function processIdentity(pid: number, procRoot = "/proc"): string | undefined {
-  if (bootId === undefined || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
+  const scope = pidScope();
+  if (scope === undefined || !Number.isSafeInteger(pid) || pid <= 0) return undefined;
   try {
     const stat = readFileSync(`${procRoot}/${pid}/stat`, "utf8");
     // The command name (field 2) may hold spaces and parentheses: fields count from its last ")".
     const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
     const start = fields[19];
-    return start && /^\d+$/.test(start) ? `${bootId} ${start}` : undefined;
+    return start && /^\d+$/.test(start) ? `${scope} ${start}` : undefined;
   } catch {
     return undefined;
   }

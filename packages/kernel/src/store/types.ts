@@ -382,7 +382,7 @@ export interface AgentRecord {
   tokenId: string;
   cwd: string;
   /**
-   * The process's identity beyond its pid ("<boot id> <start time>", agents/process-identity.ts),
+   * The process's identity beyond its pid ("<boot id> <pid namespace> <start time>", agents/process-identity.ts),
    * read at spawn; null when it could not be read, and for agents of an older home. Recovery after
    * a crash signals only a process that still has it: a pid may name another process by then.
    */
