@@ -190,7 +190,10 @@ describe("a process's slot, held until its scratch directory is gone", { skip: s
         const tree = r.held[0]?.paths[0] as string;
         assert.equal(existsSync(join(tree, "many", "f20000")), true);
         assert.equal(t.k.status().processes, 1, "the ended command still holds its slot");
-        await assert.rejects(c.compute.command("true"), klass("RESOURCE", "already runs 1 processes"));
+        // The refusal says the place is an ended process's, freed once its directory is gone.
+        const pending =
+          "already runs 1 processes (agents and commands) (1 of them ended, their scratch directories being removed";
+        await assert.rejects(c.compute.command("true"), klass("RESOURCE", pending));
         await assert.rejects(
           c.agents.spawn("true", "a", { args: [], rights: [], lifetimeMs: 60_000 }),
           klass("RESOURCE", "already runs 1 processes"),

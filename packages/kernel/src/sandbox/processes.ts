@@ -70,6 +70,16 @@ export class ProcessTable {
   }
 
   /**
+   * What a refusal adds when places are held by processes that ended (their scratch directories
+   * are being removed): a place frees itself, and a retry shortly after succeeds.
+   */
+  private pending(within?: string): string {
+    let n = 0;
+    for (const h of this.held) if (!h.running && (within === undefined || inTree(h.entry.persona, within))) n++;
+    return n === 0 ? "" : ` (${n} of them ended, their scratch directories being removed: retry shortly)`;
+  }
+
+  /**
    * Throws RESOURCE when one more process for `persona` under `grant` would exceed a bound. The
    * per-persona bound counts the whole tree `persona` lies in (an agent's processes are its
    * spawner's); the grant's `agents` limit counts its subject's tree, and the `agents` limits of
@@ -77,19 +87,22 @@ export class ProcessTable {
    */
   admit(persona: string, grant: Grant | undefined): void {
     if (this.held.size >= this.bounds.max)
-      throw new OpError("RESOURCE", `the kernel already runs ${this.bounds.max} processes (agents and commands)`);
+      throw new OpError(
+        "RESOURCE",
+        `the kernel already runs ${this.bounds.max} processes (agents and commands)${this.pending()}`,
+      );
     const root = this.roots.of(persona);
     const tree = this.countFor(root);
     if (tree >= this.bounds.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} already runs ${tree} processes (agents and commands), the most a persona may`,
+        `${treeName(root, persona)} already runs ${tree} processes (agents and commands), the most a persona may${this.pending(root)}`,
       );
     const over = countAtLimit(persona, grant, this.grantBounds.of(grant), "agents", (scope) => this.countFor(scope));
     if (over)
       throw new OpError(
         "RESOURCE",
-        `agents exceeded for ${overName(over.scope, persona)}: ${over.n} agents and commands running, limit ${over.limit}`,
+        `agents exceeded for ${overName(over.scope, persona)}: ${over.n} agents and commands running, limit ${over.limit}${this.pending(over.scope)}`,
       );
   }
 
