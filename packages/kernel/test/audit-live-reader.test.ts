@@ -21,8 +21,15 @@ describe("the read-only audit reader beside a running kernel", () => {
       const reader = openAuditReader(join(t.home, "kernel.db"));
       try {
         assert.equal(reader.snapshot, false, "read beside the kernel, not from a private copy");
-        const before = reader.countAudit();
-        assert.ok(before >= 20);
+        // The index step runs a turn or ~2 ms after the answers: the reader sees them once it has.
+        const before = await until(
+          () => {
+            const n = reader.countAudit();
+            return n >= 20 ? n : undefined;
+          },
+          10_000,
+          "the reader to see the 20 answered calls",
+        );
         const v = await verifyAuditReader(reader);
         assert.equal(v.ok, true, v.firstBad?.reason);
         for (let i = 0; i < 5; i++) await c.call("system.health", "kernel://");
