@@ -400,6 +400,41 @@ describe("the audit segments in front of the index", () => {
     } finally {
       removeHome(home2);
     }
+    // The newest segment gone altogether (its directory entry lost with its bytes): cut back the same;
+    // an older one gone (a hole) still stops the open.
+    for (const which of ["newest", "older"] as const) {
+      const home3 = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+      const dir3 = join(home3, "audit");
+      try {
+        const rows = chain(40);
+        const s = new SqliteStore(join(home3, "kernel.db"));
+        s.useAuditSegments(dir3, undefined, { rotateAbove: 2048 });
+        for (let i = 0; i < 40; i += 4) {
+          s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
+          s.indexAudit?.();
+        }
+        s.close();
+        const segs = readdirSync(dir3).sort();
+        assert.ok(segs.length >= 3);
+        const gone = (which === "newest" ? segs.at(-1) : segs[1]) as string;
+        rmSync(join(dir3, gone));
+        const again = new SqliteStore(join(home3, "kernel.db"));
+        try {
+          if (which === "older") assert.throws(() => again.useAuditSegments(dir3), /is missing/);
+          else {
+            const first = Number(gone.slice(0, gone.indexOf(".")));
+            assert.deepEqual(again.useAuditSegments(dir3), { recovered: 0, migrated: 0, lost: 40 - first + 1 });
+            assert.equal(again.countAudit(), first - 1);
+            again.appendAudit(rows.slice(first - 1) as AuditRow[]);
+            assert.equal(verifyAudit(again).ok, true);
+          }
+        } finally {
+          again.close();
+        }
+      } finally {
+        removeHome(home3);
+      }
+    }
   });
 
   it("a segment tail that does not continue the index's chain stops the open, and the reader, with the reason", () => {

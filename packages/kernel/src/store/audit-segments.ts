@@ -5,9 +5,11 @@ import {
   fdatasync,
   fdatasyncSync,
   fstatSync,
+  fsyncSync,
   ftruncateSync,
   lstatSync,
   mkdirSync,
+  openSync,
   readdirSync,
   readSync,
   unlinkSync,
@@ -242,10 +244,15 @@ export class SegmentWriter {
   }
 
   #open(segment: number): void {
-    const fd = openRegular(join(this.dir, segmentName(segment)), constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT);
+    const path = join(this.dir, segmentName(segment));
+    const created = !existsSync(path);
+    const fd = openRegular(path, constants.O_WRONLY | constants.O_APPEND | constants.O_CREAT);
     this.#fd = fd;
     this.#segment = segment;
     this.#size = fstatSync(fd).size;
+    // A new segment's name is durable before its records are: an OS crash must not lose the file
+    // while keeping the index rows that name it (the start cuts back only the newest one's loss).
+    if (created) syncDirectory(this.dir);
   }
 
   /** Appends one batch in one write; answers where it is. Throws (leaving the file as it was) when it cannot. */
@@ -433,4 +440,14 @@ export function dropSegmentsThrough(dir: string, through: number): number {
 /** Whether a record's bytes carry its sequence number (a cheap check the readers leave to verify otherwise). */
 export function carriesSeq(r: SpanRow): boolean {
   return r.record.length > PREV_HASH_BYTES && recordSeq(r.record) === r.seq;
+}
+
+/** fsync of a directory: its entries (a file just created) survive an OS crash. */
+function syncDirectory(dir: string): void {
+  const fd = openSync(dir, constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
 }

@@ -160,9 +160,12 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
 
     #dropLostTail(dir: string, seg: SegmentReads): number {
       const last = seg.index.last();
-      if (!last || listSegments(dir).at(-1) !== last.segment) return 0;
-      const path = join(dir, segmentName(last.segment));
-      const size = statSync(path).size;
+      if (!last) return 0;
+      const newest = listSegments(dir).at(-1);
+      // The newest segment may be gone altogether (its directory entry was lost with its bytes):
+      // only when nothing newer is there — an older segment missing is a hole, never this.
+      if (newest !== undefined && newest > last.segment) return 0;
+      const size = newest === last.segment ? statSync(join(dir, segmentName(last.segment))).size : 0;
       if (last.offset + last.length <= size) return 0;
       return this.db.transaction(() => {
         const gone = this.prep(
