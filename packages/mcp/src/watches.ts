@@ -181,8 +181,13 @@ export class ResourceWatches {
     } catch {
       // The iteration cannot fail; if it ever did, the subscription simply ends.
     }
-    // Ended by the kernel (the authority lapsed and could not be renewed) or by the client closing.
-    if (this.byUri.get(uri) === entry) this.byUri.delete(uri);
+    // Ended by the kernel (the authority lapsed and could not be renewed) or by the client
+    // closing, not released here: the sessions still subscribed are told once (MCP has no notice
+    // for a subscription's end), so a host reads the resource again and learns why, instead of
+    // waiting for changes that will never be told.
+    if (this.byUri.get(uri) !== entry) return;
+    this.byUri.delete(uri);
+    for (const s of entry.servers) void s.sendResourceUpdated({ uri, _meta: { "kpip/ended": true } }).catch(() => {});
   }
 
   private notify(entry: Entry, server: Server, uri: string, meta: Meta): void {

@@ -3,6 +3,7 @@ import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
+import { decodeToken } from "@kpip/protocol";
 import type { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { ErrorCode, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
 import { KernelHome, mcpError, stdioHost, until } from "./harness.js";
@@ -197,5 +198,39 @@ describe("MCP resource subscriptions backed by kernel storage watches", () => {
       60_000,
       "an update after the restart",
     );
+  });
+  it("a watch the kernel ends (the host's token revoked) is told to the host once, with kpip/ended: it reads again and learns why", async () => {
+    const files = await k.persona("gail", READER("ws3"));
+    const gail = await stdioHost(k, files);
+    try {
+      const got: Record<string, unknown>[] = [];
+      gail.setNotificationHandler(ResourceUpdatedNotificationSchema, (n) => {
+        got.push({ uri: n.params.uri, ...((n.params._meta ?? {}) as Record<string, unknown>) });
+      });
+      await gail.subscribeResource({ uri: "obj://ws3/watched" });
+      const admin = await KernelClient.connect({
+        socket: join(k.home, "kernel.sock"),
+        identity: join(k.home, "admin.identity"),
+        tokens: [readFileSync(join(k.home, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+      try {
+        const id = decodeToken(Buffer.from(readFileSync(files.tokenFile, "utf8").trim(), "base64url")).claims.id;
+        await admin.call("token.revoke", `token://${id}`);
+        // The next change ends the watch (its authority is checked before each delivery).
+        await admin.storage.write("obj://ws3/watched", "after");
+      } finally {
+        await admin.close();
+      }
+      await until(() => got.some((g) => g["kpip/ended"] === true), 30_000, "the end of the watch told");
+      assert.deepEqual(
+        got.filter((g) => g["kpip/ended"] === true),
+        [{ uri: "obj://ws3/watched", "kpip/ended": true }],
+      );
+      const e = await mcpError(gail.readResource({ uri: "obj://ws3/watched" }));
+      assert.match(e.message, /revoked|CAPABILITY/);
+    } finally {
+      await gail.close().catch(() => {});
+    }
   });
 });
