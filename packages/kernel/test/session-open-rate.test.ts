@@ -111,26 +111,32 @@ describe("sessions a persona tree opens are rate-bound (sessionOpenPersonaRate):
   it("an honest client's first connect refused SESSION_RATE_LIMITED tries again with backoff and gets in once its tree's rate allows", async () => {
     // The kernel's clock stands still: no bucket refills until the test moves it.
     let now = Date.now();
-    await withKernel({ clock: () => now, sessionOpenPersonaRate: 1, auditHandshakeRate: 1000 }, async (t) => {
-      const m = await t.persona("mallory", HEALTH);
-      for (let i = 0; i < 5; i++) assert.equal(await openOnce(t.k.socketPath, m.identity), "open");
-      const refused = await openOnce(t.k.socketPath, m.identity);
-      assert.notEqual(refused, "open");
-      // The reference client with its default backoff: refused, and trying again.
-      let settled = false;
-      const connecting = t.connect(m.identity, [m.token], { connectTimeoutMs: 60_000 }).finally(() => {
-        settled = true;
-      });
-      await until(() => tally(t, "mallory").single.length >= 3, 30_000, "the client refused twice");
-      assert.equal(settled, false, "still trying");
-      now += 1000;
-      const c = await connecting;
-      assert.equal((await c.system.health()).status, "ok");
-      // A client given up on (timeout) reports the typed, retryable error.
-      const fail = await t.connect(m.identity, [m.token], { connectTimeoutMs: 300 }).catch((e: unknown) => e);
-      assert.ok(fail instanceof KpipError, String(fail));
-      assert.deepEqual([fail.errorClass, fail.code, fail.retryable], ["RESOURCE", "SESSION_RATE_LIMITED", true]);
-    });
+    await withKernel(
+      { clock: () => now, sessionOpenPersonaRate: 1, auditHandshakeRate: 1000, metricsListen: "127.0.0.1:0" },
+      async (t) => {
+        const m = await t.persona("mallory", HEALTH);
+        for (let i = 0; i < 5; i++) assert.equal(await openOnce(t.k.socketPath, m.identity), "open");
+        const refused = await openOnce(t.k.socketPath, m.identity);
+        assert.notEqual(refused, "open");
+        // Counted for the operator, whatever the record rate let through.
+        const metrics = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+        assert.match(metrics, /kpip_handshakes_failed_total\{transport="uds",code="SESSION_RATE_LIMITED"\} 1\b/);
+        // The reference client with its default backoff: refused, and trying again.
+        let settled = false;
+        const connecting = t.connect(m.identity, [m.token], { connectTimeoutMs: 60_000 }).finally(() => {
+          settled = true;
+        });
+        await until(() => tally(t, "mallory").single.length >= 3, 30_000, "the client refused twice");
+        assert.equal(settled, false, "still trying");
+        now += 1000;
+        const c = await connecting;
+        assert.equal((await c.system.health()).status, "ok");
+        // A client given up on (timeout) reports the typed, retryable error.
+        const fail = await t.connect(m.identity, [m.token], { connectTimeoutMs: 300 }).catch((e: unknown) => e);
+        assert.ok(fail instanceof KpipError, String(fail));
+        assert.deepEqual([fail.errorClass, fail.code, fail.retryable], ["RESOURCE", "SESSION_RATE_LIMITED", true]);
+      },
+    );
   });
 
   it("SessionOpenRate: a burst of 5× the rate for a tree's members together, another for its root alone (members cannot lock the root out), the admin's registrations each their own; refilled by the rate; the admin and rate 0 unbound", () => {

@@ -397,6 +397,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         transportRate: c.auditHandshakeRate,
         peerRate: c.auditHandshakePeerRate,
       }),
+      handshakeFailed: (transport, code) => metricsRef?.handshakesFailed.inc({ transport, code }),
       peerLog,
       admitSession: (s, persona) => sessions.admit(s, persona),
       sessionClosed: (s) => sessions.closed(s),

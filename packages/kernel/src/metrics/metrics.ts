@@ -40,6 +40,12 @@ export class KernelMetrics {
     help: "Signed checkpoints that could not be appended to the audit anchor file",
     registers: [this.registry],
   });
+  readonly handshakesFailed = new Counter({
+    name: "kpip_handshakes_failed_total",
+    help: "Handshakes that ended before WELCOME, by transport and error code (ATTESTATION_FAILED, HANDSHAKE_TIMEOUT, TOO_MANY_SESSIONS, SESSION_RATE_LIMITED, …), whether or not each got an audit record of its own",
+    labelNames: ["transport", "code"] as const,
+    registers: [this.registry],
+  });
   readonly handshakesShed = new Counter({
     name: "kpip_handshakes_shed_total",
     help: "Half-open connections shed by the pre-authentication budget to make room for newer ones",

@@ -48,6 +48,8 @@ export interface SessionHostOf<S> {
   readonly log: Logger;
   /** Failed handshakes' records go through here: a bounded rate per transport and peer address, the rest counted. */
   readonly handshakeRecords: HandshakeRecordLimiter;
+  /** Every failed handshake, by its code (the kernel's own: a bounded set), for the metrics. */
+  handshakeFailed?(transport: string, code: string): void;
   /** Log lines a peer causes go through here: a bounded number per peer and window. */
   readonly peerLog: PeerLogLimiter;
   /**

@@ -387,6 +387,7 @@ export class Session implements SessionView, EventSink {
     if (this.state === "closed") return;
     this.send({ type: "ERROR", body: { class: cls, code, message, fatal: true } });
     const open = this.state === "ready" || this.state === "closing";
+    if (!open) this.host.handshakeFailed?.(this.conn.transport, code);
     if (o.audited !== false) {
       if (open) this.records.failed(persona ?? "-", cls, code, message, o.detail);
       else if (this.host.handshakeRecords.admit(this.conn.transport, this.peerKey, code))
