@@ -14,6 +14,7 @@ import {
   RETAINED_THROUGH_KEY,
   segmentName,
 } from "../src/store/audit-segments.js";
+import { SEGMENTS_SENTINEL } from "../src/store/sqlite/audit.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
 
@@ -185,6 +186,8 @@ export function unsegment(dbPath: string): void {
     const retained = index.retained();
     const ins = db.prepare("INSERT INTO audit (seq, hash, record) VALUES (?, ?, ?)");
     db.transaction(() => {
+      // A home from before segments never had the sentinel row.
+      db.prepare("DELETE FROM audit WHERE seq = 0 AND record = ?").run(Buffer.from(SEGMENTS_SENTINEL, "utf8"));
       let spans = index.from(Number.MIN_SAFE_INTEGER);
       while (spans.length > 0) {
         for (const sp of spans) {

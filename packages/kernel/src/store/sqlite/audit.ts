@@ -29,6 +29,16 @@ import { indexJournalFile } from "./journal-replay.js";
 /** meta key: this home's audit is in segment files (its `audit` table holds no records). */
 export const SEGMENTED_KEY = "audit_segments";
 
+/**
+ * The one row a home's `audit` table keeps once its records are in segments (seq 0, a zero
+ * hash, a record that is this text): nothing of this version reads the table then (SEGMENTED_KEY),
+ * while a kpip from before the segments, started on the home, finds a record that does not
+ * verify and refuses to start ("does not verify at record 0") — without it, it found an empty
+ * table and began a chain of its own beside the segments' (tried on 887e7e6).
+ */
+export const SEGMENTS_SENTINEL =
+  "this home's audit chain is in the segment files under audit/ (kpip with audit segments): a kpip from before them must not append here";
+
 /** What opening the segments did: records a killed kernel left past the index, records moved out of the table. */
 export interface SegmentsOpened {
   recovered: number;
@@ -183,6 +193,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * before it leaves the table as it was (and segments the next try starts over).
      */
     #migrate(dir: string): number {
+      // A sentinel of an earlier move (the table's rows put back by a tool) is not a record.
+      this.db
+        .prepare("DELETE FROM audit WHERE seq = 0 AND hash = zeroblob(32) AND record = ?")
+        .run(Buffer.from(SEGMENTS_SENTINEL, "utf8"));
       const first = this.#table.first();
       if (first !== undefined) {
         for (const s of listSegments(dir)) unlinkSync(join(dir, segmentName(s)));
@@ -216,6 +230,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         if (first !== undefined && first > 1) this.setMeta(RETAINED_THROUGH_KEY, String(first - 1));
         this.setMeta(SEGMENTED_KEY, "1");
         this.db.exec("DELETE FROM audit");
+        this.db
+          .prepare("INSERT INTO audit (seq, hash, record) VALUES (0, zeroblob(32), ?)")
+          .run(Buffer.from(SEGMENTS_SENTINEL, "utf8"));
       })();
       return moved;
     }
