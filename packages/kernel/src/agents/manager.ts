@@ -24,7 +24,7 @@ import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri } from "./namespace.js";
-import { pidScope, processIdentity } from "./process-identity.js";
+import { processIdentity, stillOwnGroup } from "./process-identity.js";
 
 export interface AgentOptions {
   maxOutputBytes: number;
@@ -107,7 +107,7 @@ export class AgentManager {
   recover(): void {
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
-      if (a.pid && a.procId !== null && ownGroup(a.pid, a.procId)) {
+      if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId)) {
         try {
           process.kill(-a.pid, "SIGKILL");
         } catch {
@@ -435,13 +435,4 @@ export class AgentManager {
     );
     await Promise.all(waits);
   }
-}
-
-/** Whether process group `pid` is still the one spawned with identity `procId` (see AgentManager.recover). */
-function ownGroup(pid: number, procId: string): boolean {
-  const now = processIdentity(pid);
-  if (now !== undefined) return now === procId;
-  // The leader is gone: the group is the agent's only where its pid still means it (same boot, same pid namespace).
-  const scope = pidScope();
-  return scope !== undefined && procId.slice(0, procId.lastIndexOf(" ")) === scope;
 }

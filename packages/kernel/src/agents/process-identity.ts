@@ -45,3 +45,16 @@ export function processIdentity(pid: number, procRoot = "/proc"): string | undef
     return undefined;
   }
 }
+
+/**
+ * Whether process group `pid` is still the one whose leader was spawned with identity `procId`:
+ * the leader still has it, or the leader is gone and the pid still means what it meant (same
+ * boot, same pid namespace) — then only what is left of that group can carry its id, since
+ * Linux gives no new process a pid still used as a group's id.
+ */
+export function stillOwnGroup(pid: number, procId: string): boolean {
+  const now = processIdentity(pid);
+  if (now !== undefined) return now === procId;
+  const scope = pidScope();
+  return scope !== undefined && procId.slice(0, procId.lastIndexOf(" ")) === scope;
+}

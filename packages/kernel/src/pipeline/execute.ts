@@ -60,13 +60,9 @@ export function execute(
   // An op with effects waited for its intent record since the decision: a revocation (or the
   // token's expiry) answered meanwhile must stop it here, before a handler that acts at once
   // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
-  if (decl.effects) {
-    const grant = ctx.decision?.grant;
-    const why = grant && lapsed(grant, "request");
-    if (why) throw new OpError("CAPABILITY", `${why} before it ran: nothing was done`);
-  }
+  if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done");
   // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
-  if (!decl.effects) answers.checkRoom(s.id, s.buffered ?? 0);
+  else answers.checkRoom(s.id, s.buffered ?? 0);
   return decl.handler(op);
 }
 
@@ -113,6 +109,13 @@ export function payloadBytes(v: CborValue): number {
   return n;
 }
 
+/** CAPABILITY when the grant that authorized the request was revoked or expired since the decision (`when`: what that stopped). */
+function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
+  const grant = ctx.decision?.grant;
+  const why = grant && lapsed(grant, "request");
+  if (why) throw new OpError("CAPABILITY", `${why} ${when}`);
+}
+
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
 function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed): OpContext["atomically"] {
   const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
@@ -121,9 +124,7 @@ function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed): Op
     // The decision was taken when the request arrived; a handler that awaited since (a body
     // written to the file store, an upload synced) must not commit past a revocation or expiry
     // answered meanwhile (PROTOCOL §13).
-    const grant = ctx.decision?.grant;
-    const why = grant && lapsed(grant, "request");
-    if (why) throw new OpError("CAPABILITY", `${why} before its effect committed: nothing was changed`);
+    refuseIfLapsed(ctx, lapsed, "before its effect committed: nothing was changed");
     const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
       a.result = r;
       a.answer = answer(ctx, r);

@@ -73,6 +73,8 @@ export interface PipelineDeps {
 export class Pipeline {
   readonly admission: Admission;
   private readonly answers: AnswerBudget;
+  /** Whether a decision's grant still holds, asked before an op's effect (execute.ts). */
+  private readonly lapsed: Lapsed;
   /**
    * Sessions whose latest request still waits before step 6 (a sliced hash, an authorizer's
    * promise): the settling of that wait. A later request of the session waits for it, so a
@@ -83,6 +85,9 @@ export class Pipeline {
   constructor(private readonly deps: PipelineDeps) {
     this.admission = deps.admission;
     this.answers = deps.answers ?? AnswerBudget.forWriteBuffer(64 * 1024 * 1024);
+    // Resolved once: the kernel's enforcer, else the authorizer's own (a pipeline built without the kernel), else none.
+    const a = deps.authorizer;
+    this.lapsed = deps.lapsed ?? (a.lapsed ? (g, what) => a.lapsed?.(g, what) : () => undefined);
   }
 
   /**
@@ -274,8 +279,6 @@ export class Pipeline {
     });
   };
 
-  private readonly lapsed: Lapsed = (g, what) =>
-    (this.deps.lapsed ?? this.deps.authorizer.lapsed?.bind(this.deps.authorizer))?.(g, what);
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
     execute(ctx, this.deps.dedupe, this.answers, this.lapsed);
 
