@@ -61,18 +61,18 @@ export function tamperedCopy(source: string, dir: string, name: string, sql: str
     copyFileSync(source, p);
     cpSync(segments, join(home, AUDIT_SEGMENT_DIR), { recursive: true });
     unsegment(p);
-    const db = new Database(p);
-    try {
-      if (typeof sql === "string") db.exec(sql);
-      else sql(db);
-    } finally {
-      db.close();
-    }
+    applySql(p, sql);
     resegment(p);
     return p;
   }
   const p = join(dir, `${name.replace(/\W+/g, "-")}.db`);
   copyFileSync(source, p);
+  applySql(p, sql);
+  return p;
+}
+
+/** Runs `sql` (or `sql(db)`) on the database at `p`. */
+function applySql(p: string, sql: string | ((db: Database.Database) => void)): void {
   const db = new Database(p);
   try {
     if (typeof sql === "string") db.exec(sql);
@@ -80,7 +80,6 @@ export function tamperedCopy(source: string, dir: string, name: string, sql: str
   } finally {
     db.close();
   }
-  return p;
 }
 
 /** The audit table of kpip before the record layout: a column per field, and the persona index. */
