@@ -373,7 +373,7 @@ describe("the audit segments in front of the index", () => {
     try {
       const rows = chain(40);
       const s = new SqliteStore(join(home2, "kernel.db"));
-      s.useAuditSegments(dir2, undefined, { rotateAbove: 2048 });
+      s.useAuditSegments(dir2, undefined, { rotateAbove: 2048, presync: false });
       for (let i = 0; i < 40; i += 4) {
         s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
         s.indexAudit?.();
@@ -408,7 +408,7 @@ describe("the audit segments in front of the index", () => {
       try {
         const rows = chain(40);
         const s = new SqliteStore(join(home3, "kernel.db"));
-        s.useAuditSegments(dir3, undefined, { rotateAbove: 2048 });
+        s.useAuditSegments(dir3, undefined, { rotateAbove: 2048, presync: false });
         for (let i = 0; i < 40; i += 4) {
           s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
           s.indexAudit?.();
@@ -612,7 +612,7 @@ describe("the audit segments in front of the index", () => {
     const dir = join(home, "audit");
     const s = new SqliteStore(join(home, "kernel.db"));
     try {
-      s.useAuditSegments(dir, undefined, { rotateAbove: 2048 });
+      s.useAuditSegments(dir, undefined, { rotateAbove: 2048, presync: false });
       const rows = chain(40);
       for (let i = 0; i < 40; i += 4) {
         s.appendAudit(rows.slice(i, i + 4) as AuditRow[]);
@@ -658,6 +658,42 @@ describe("the audit segments in front of the index", () => {
       }
     } finally {
       s.close();
+      removeHome(home);
+    }
+  });
+});
+
+describe("a full segment's sync off the kernel's thread", () => {
+  const batch = (rows: JournalRecord[]): JournalBatch => ({ rows, dedupe: [], journalUpTo: 0, checkpoints: [] });
+
+  it("past the bound appends go on into the full segment until its background sync is done, then the next batch rotates; at twice the bound it rotates without waiting", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    const w = new SegmentWriter(dir, 1, { rotateAbove: 2048 });
+    try {
+      const rows = chain(200);
+      let i = 0;
+      const next = () => w.append(batch([rows[i++] as JournalRecord]));
+      for (let a = next(); a.offset + a.length < 2048; a = next());
+      // The bound is passed: the next batch starts the background sync and still lands in segment 1.
+      const first = next();
+      assert.equal(first.segment, 1);
+      assert.deepEqual(readdirSync(dir), [segmentName(1)]);
+      await w.presynced;
+      const rotated = next();
+      assert.equal(rotated.segment, i, "the batch after the sync starts a segment named after its record");
+      assert.equal(rotated.offset, 0);
+      assert.deepEqual(readdirSync(dir).sort(), [segmentName(1), segmentName(i)]);
+      // A sync that does not come back in time: at twice the bound the rotation syncs on the thread.
+      const second = i;
+      let at = next();
+      while (at.segment === second) at = next();
+      assert.ok(at.offset === 0 && at.segment === i);
+      const { size } = statSync(join(dir, segmentName(second)));
+      assert.ok(size >= 4096 && size < 4096 + 512, `rotated at ${size} bytes`);
+      assert.equal(parseSpan(readFileSync(join(dir, segmentName(1))), "1").rows.length, rotated.segment - 1);
+    } finally {
+      w.close();
       removeHome(home);
     }
   });

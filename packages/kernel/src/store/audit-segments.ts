@@ -217,6 +217,20 @@ export class SegmentFiles {
   }
 }
 
+/** How a SegmentWriter rotates. */
+export interface RotationOptions {
+  /** A segment past this many bytes is full: the next batch starts a new one. */
+  rotateAbove?: number;
+  /**
+   * Whether a full segment is synced off the kernel's thread before it is closed (default):
+   * past the bound an fdatasync starts in the background and appends go on into the full
+   * segment until it completes (at most to twice the bound); the rotation's own sync then
+   * flushes only the last milliseconds. Off, the rotation syncs the whole unsynced tail on the
+   * thread, as tests appending in synchronous loops expect (they never yield to the sync).
+   */
+  presync?: boolean;
+}
+
 /**
  * The open segment the kernel appends to: one `write` a batch, a new segment (named after its
  * first record) once the current one passes `rotateAbove`.
@@ -231,13 +245,26 @@ export class SegmentWriter {
   #dirty = false;
   /** The seq the next record takes (names a new segment). */
   #next: number;
+  readonly #rotateAbove: number;
+  readonly #presyncs: boolean;
+  /** The full segment's background sync: none started, running, or done (rotate at the next batch). */
+  #presync: "none" | "running" | "done" = "none";
+  #presyncDone: Promise<void> = Promise.resolve();
+  /**
+   * Background syncs in flight per descriptor: a descriptor is closed only when none is (closed
+   * under one, its number could be reused and the sync would land on another file).
+   */
+  readonly #inflight = new Map<number, number>();
+  readonly #closeWhenIdle = new Set<number>();
 
   constructor(
     readonly dir: string,
     next: number,
-    private readonly rotateAbove = 64 * 1024 * 1024,
+    opts: RotationOptions = {},
   ) {
     this.#next = next;
+    this.#rotateAbove = opts.rotateAbove ?? 64 * 1024 * 1024;
+    this.#presyncs = opts.presync ?? true;
     mkdirSync(dir, { recursive: true, mode: 0o700 });
     const last = listSegments(dir).at(-1);
     if (last !== undefined) this.#open(last);
@@ -250,6 +277,7 @@ export class SegmentWriter {
     this.#fd = fd;
     this.#segment = segment;
     this.#size = fstatSync(fd).size;
+    this.#presync = "none";
     // A new segment's name is durable before its records are: an OS crash must not lose the file
     // while keeping the index rows that name it (the start cuts back only the newest one's loss).
     if (created) syncDirectory(this.dir);
@@ -259,7 +287,8 @@ export class SegmentWriter {
   append(b: JournalBatch): SpanLocation {
     if (this.#broken) throw new AuditJournalError(`${this.dir}: a torn write could not be cut back; the audit takes no more`);
     const first = b.rows[0]?.seq;
-    if (this.#fd === undefined || (first !== undefined && this.#size >= this.rotateAbove)) this.#rotate(first ?? this.#next);
+    if (this.#fd === undefined) this.#rotate(first ?? this.#next);
+    else if (first !== undefined && this.#size >= this.#rotateAbove) this.#full(first);
     const fd = this.#fd as number;
     const { buf, length } = encodeBatch(b, this.#scratch);
     if (buf.length <= 1024 * 1024) this.#scratch = buf;
@@ -284,11 +313,52 @@ export class SegmentWriter {
     return at;
   }
 
+  /** The open segment is past its bound: rotate now, or once its background sync is done. */
+  #full(first: number): void {
+    if (!this.#presyncs || this.#presync === "done" || this.#size >= 2 * this.#rotateAbove) {
+      this.#rotate(first);
+      return;
+    }
+    if (this.#presync === "running") return;
+    this.#presync = "running";
+    const segment = this.#segment;
+    this.#presyncDone = new Promise((resolve) =>
+      this.#background(this.#fd as number, () => {
+        if (this.#segment === segment && this.#fd !== undefined) this.#presync = "done";
+        resolve();
+      }),
+    );
+  }
+
+  /** Settles when the full segment's background sync (if one was started) is done. */
+  get presynced(): Promise<void> {
+    return this.#presyncDone;
+  }
+
+  /** An fdatasync on the thread pool; `then` runs when it is done (whether it failed or not: the rotation syncs again). */
+  #background(fd: number, then: () => void): void {
+    this.#inflight.set(fd, (this.#inflight.get(fd) ?? 0) + 1);
+    fdatasync(fd, () => {
+      const left = (this.#inflight.get(fd) ?? 1) - 1;
+      if (left > 0) this.#inflight.set(fd, left);
+      else {
+        this.#inflight.delete(fd);
+        if (this.#closeWhenIdle.delete(fd)) closeSync(fd);
+      }
+      then();
+    });
+  }
+
+  #release(fd: number): void {
+    if (this.#inflight.has(fd)) this.#closeWhenIdle.add(fd);
+    else closeSync(fd);
+  }
+
   #rotate(first: number): void {
     if (this.#fd !== undefined) {
       // The full segment is durable before the next one starts: an OS crash loses only the newest one's tail.
       fdatasyncSync(this.#fd);
-      closeSync(this.#fd);
+      this.#release(this.#fd);
       this.#fd = undefined;
     }
     if (existsSync(join(this.dir, segmentName(first))))
@@ -301,7 +371,7 @@ export class SegmentWriter {
     const fd = this.#fd;
     if (fd === undefined || !this.#dirty) return Promise.resolve();
     this.#dirty = false;
-    return new Promise((resolve) => fdatasync(fd, () => resolve()));
+    return new Promise((resolve) => this.#background(fd, resolve));
   }
 
   /** An fdatasync now (a clean stop; before the legacy rows are dropped). */
@@ -315,7 +385,7 @@ export class SegmentWriter {
       try {
         fdatasyncSync(this.#fd);
       } finally {
-        closeSync(this.#fd);
+        this.#release(this.#fd);
         this.#fd = undefined;
       }
     }

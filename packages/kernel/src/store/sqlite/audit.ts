@@ -13,6 +13,7 @@ import {
   listSegments,
   RETAINED_THROUGH_KEY,
   SegmentCutError,
+  type RotationOptions,
   SegmentWriter,
   segmentName,
   spansOf,
@@ -56,7 +57,7 @@ const MAX_UNINDEXED_BYTES = 32 * 1024 * 1024;
 
 /** The audit segments' side of the store: the kernel opens them; tools beside a kernel never do. */
 export interface JournalledAudit {
-  useAuditSegments(dir: string, legacyJournal?: string, opts?: { rotateAbove?: number }): SegmentsOpened;
+  useAuditSegments(dir: string, legacyJournal?: string, opts?: RotationOptions): SegmentsOpened;
   /** An fdatasync of the open segment off the kernel's thread (the kernel's periodic sync). */
   syncAuditSegment(): Promise<void>;
   readonly auditUnindexed: number;
@@ -105,7 +106,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * the batches a killed kernel appended past the index (throws AuditJournalError when they
      * are not batches continuing the chain), cutting a torn last append.
      */
-    useAuditSegments(dir: string, legacyJournal?: string, opts: { rotateAbove?: number } = {}): SegmentsOpened {
+    useAuditSegments(dir: string, legacyJournal?: string, opts: RotationOptions = {}): SegmentsOpened {
       if (this.#writer) throw new AuditJournalError("the audit segments are already open");
       let migrated = 0;
       if (this.getMeta(SEGMENTED_KEY) !== "1") {
@@ -137,7 +138,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         truncateSync(join(dir, segmentName(cut.segment)), cut.size);
       }
       const next = (seg.head() ?? seg.index.retained()) + 1;
-      this.#writer = new SegmentWriter(dir, next, opts.rotateAbove);
+      this.#writer = new SegmentWriter(dir, next, opts);
       return lost > 0 ? { recovered, migrated, lost } : { recovered, migrated };
     }
 
@@ -201,7 +202,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (first !== undefined) {
         for (const s of listSegments(dir)) unlinkSync(join(dir, segmentName(s)));
       }
-      const writer = new SegmentWriter(dir, first ?? 1);
+      const writer = new SegmentWriter(dir, first ?? 1, { presync: false });
       const batches: TailBatch[] = [];
       let moved = 0;
       try {
