@@ -121,18 +121,30 @@ export function kernelSeries(start: Scrape, end: Scrape) {
   };
 }
 
-/** The exact `durationUs` percentiles of the load personas' request records from `fromSeq` on, read after the kernel stopped. */
+/**
+ * The exact `durationUs` percentiles of the load personas' request records from `fromSeq` on, read
+ * after the kernel stopped: over all of them and by op (which op's time in the kernel makes the tail).
+ */
 export function auditDurations(home: string, fromSeq: number, personaPrefix: string) {
   const reader = openAuditReader(join(home, HOME_FILES.database));
   const d: number[] = [];
+  const byOp = new Map<string, number[]>();
   try {
     for (const r of reader.records({ from: fromSeq })) {
-      if ((r.phase === "complete" || r.phase === "outcome") && r.durationUs !== null && r.persona.startsWith(personaPrefix))
+      if ((r.phase === "complete" || r.phase === "outcome") && r.durationUs !== null && r.persona.startsWith(personaPrefix)) {
         d.push(r.durationUs);
+        const op = r.op ?? "-";
+        const a = byOp.get(op) ?? [];
+        if (a.length === 0) byOp.set(op, a);
+        a.push(r.durationUs);
+      }
     }
   } finally {
     reader.close();
   }
-  d.sort((a, b) => a - b);
-  return { records: d.length, p50_us: pct(d, 0.5), p99_us: pct(d, 0.99), p999_us: pct(d, 0.999), max_us: d.at(-1) ?? 0 };
+  const stats = (a: number[]) => {
+    a.sort((x, y) => x - y);
+    return { records: a.length, p50_us: pct(a, 0.5), p99_us: pct(a, 0.99), p999_us: pct(a, 0.999), max_us: a.at(-1) ?? 0 };
+  };
+  return { ...stats(d), byOp: Object.fromEntries([...byOp].map(([op, a]) => [op, stats(a)])) };
 }

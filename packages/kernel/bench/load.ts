@@ -282,8 +282,11 @@ else {
       `  the audit records' durationUs (arrival to record, before the commit; exact, ${a.records} records): p50 ${a.p50_us} µs, p99 ${a.p99_us} µs, p99.9 ${a.p999_us} µs, max ${a.max_us} µs`,
     );
   for (const [op, s] of Object.entries(perOp)) {
+    // Beside each op's latency as measured by the generators, its records' (the kernel's own view).
+    const k = a?.byOp[op];
     console.log(
-      `  ${op.padEnd(15)} ${String(s.count).padStart(8)}  p50 ${s.p50_us} µs  p99 ${s.p99_us} µs  p99.9 ${s.p999_us} µs`,
+      `  ${op.padEnd(15)} ${String(s.count).padStart(8)}  p50 ${s.p50_us} µs  p99 ${s.p99_us} µs  p99.9 ${s.p999_us} µs` +
+        (k ? `   in the kernel: p50 ${k.p50_us} µs  p99 ${k.p99_us} µs  p99.9 ${k.p999_us} µs` : ""),
     );
   }
   for (const f of failures) console.log(`FAIL ${f}`);
