@@ -18,6 +18,8 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
+import nodeFs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -693,6 +695,38 @@ describe("a full segment's sync off the kernel's thread", () => {
       assert.ok(size >= 4096 && size < 4096 + 512, `rotated at ${size} bytes`);
       assert.equal(parseSpan(readFileSync(join(dir, segmentName(1))), "1").rows.length, rotated.segment - 1);
     } finally {
+      w.close();
+      removeHome(home);
+    }
+  });
+
+  it("a background sync that fails (a writeback error the disk reports once) fails every later append: the audit fails closed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    const w = new SegmentWriter(dir, 1, { rotateAbove: 1 << 20 });
+    // The default export is node:fs's mutable object; syncBuiltinESMExports carries a change to the named imports.
+    const mutable = nodeFs as unknown as { fdatasync: (fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => void };
+    const real = mutable.fdatasync;
+    try {
+      const rows = chain(4);
+      w.append(batch([rows[0] as JournalRecord]));
+      // The periodic sync meets EIO; a sync after it would succeed (the error is reported once).
+      mutable.fdatasync = (_fd, cb) => {
+        setImmediate(() => cb(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" })));
+      };
+      syncBuiltinESMExports();
+      await w.sync();
+      mutable.fdatasync = real;
+      syncBuiltinESMExports();
+      assert.throws(
+        () => w.append(batch([rows[1] as JournalRecord])),
+        (e: Error) => e instanceof AuditJournalError && /could not be synced \(EIO.*takes no more/.test(e.message),
+      );
+      assert.throws(() => w.append(batch([rows[1] as JournalRecord])), AuditJournalError);
+      assert.equal(parseSpan(readFileSync(join(dir, segmentName(1))), "1").rows.length, 1, "nothing appended after it");
+    } finally {
+      mutable.fdatasync = real;
+      syncBuiltinESMExports();
       w.close();
       removeHome(home);
     }

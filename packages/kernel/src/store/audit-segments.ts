@@ -240,6 +240,12 @@ export class SegmentWriter {
   #segment = 0;
   #size = 0;
   #broken = false;
+  /**
+   * A background sync that failed (EIO, ENOSPC): the kernel reports a writeback error to one
+   * fsync only, so a later sync of the same file may succeed while the pages it should have
+   * made durable are lost. The audit fails closed: no append is taken after it.
+   */
+  #syncFailed: { segment: number; error: Error } | undefined;
   #scratch: Buffer | undefined;
   /** Bytes written since the last sync (none: the sync has nothing to do). */
   #dirty = false;
@@ -286,6 +292,12 @@ export class SegmentWriter {
   /** Appends one batch in one write; answers where it is. Throws (leaving the file as it was) when it cannot. */
   append(b: JournalBatch): SpanLocation {
     if (this.#broken) throw new AuditJournalError(`${this.dir}: a torn write could not be cut back; the audit takes no more`);
+    if (this.#syncFailed) {
+      const { segment, error } = this.#syncFailed;
+      throw new AuditJournalError(
+        `${segmentName(segment)} could not be synced (${error.message}): its records may not be on the disk, and the audit takes no more; restart the kernel once the disk is mended`,
+      );
+    }
     const first = b.rows[0]?.seq;
     if (this.#fd === undefined) this.#rotate(first ?? this.#next);
     else if (first !== undefined && this.#size >= this.#rotateAbove) this.#full(first);
@@ -335,10 +347,15 @@ export class SegmentWriter {
     return this.#presyncDone;
   }
 
-  /** An fdatasync on the thread pool; `then` runs when it is done (whether it failed or not: the rotation syncs again). */
+  /**
+   * An fdatasync on the thread pool; `then` runs when it is done. A failure is kept
+   * ({@link #syncFailed}): every append after it throws.
+   */
   #background(fd: number, then: () => void): void {
+    const segment = this.#segment;
     this.#inflight.set(fd, (this.#inflight.get(fd) ?? 0) + 1);
-    fdatasync(fd, () => {
+    fdatasync(fd, (err) => {
+      if (err && !this.#syncFailed) this.#syncFailed = { segment, error: err };
       const left = (this.#inflight.get(fd) ?? 1) - 1;
       if (left > 0) this.#inflight.set(fd, left);
       else {
