@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import nodeFs, { mkdtempSync, rmSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -46,6 +47,37 @@ describe("an upload whose hashing falls behind", () => {
       assert.equal(u.unhashedChunks, 0);
     } finally {
       hasher.release();
+      table.close();
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("an upload whose background flush fails", () => {
+  it("fails: the disk reports a writeback error to one sync only, so the commit's own sync would pass while the bytes were lost", async () => {
+    const root = mkdtempSync(join(tmpdir(), "kpip-upflush-"));
+    const table = new UploadTable(
+      new BlobStore(join(root, "objects"), { sync: false }),
+      { perPersona: 4, total: 8, totalBytes: 1 << 30, idleMs: 60_000 },
+      () => 0,
+    );
+    // The default export is node:fs's mutable object; syncBuiltinESMExports carries a change to the named imports.
+    const mutable = nodeFs as unknown as { fdatasync: (fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => void };
+    const real = mutable.fdatasync;
+    try {
+      const size = 33 * 1024 * 1024;
+      const u = table.begin("alice", "obj://ws/x", size);
+      mutable.fdatasync = (_fd, cb) => {
+        setImmediate(() => cb(Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" })));
+      };
+      syncBuiltinESMExports();
+      // 32 MiB written: the upload's file is flushed in the background, and that flush fails.
+      await table.chunk(u, 0, Buffer.alloc(32 * 1024 * 1024, 1));
+      await assert.rejects(table.settled(u), /EIO/);
+      assert.throws(() => table.chunk(u, 32 * 1024 * 1024, Buffer.alloc(16, 1)), /failed: EIO/);
+    } finally {
+      mutable.fdatasync = real;
+      syncBuiltinESMExports();
       table.close();
       rmSync(root, { recursive: true, force: true });
     }

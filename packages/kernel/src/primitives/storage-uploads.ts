@@ -228,7 +228,15 @@ export class UploadTable {
       this.track(
         u,
         p.then(
-          () => new Promise<void>((resolve) => fdatasync(u.fd, () => resolve())),
+          // A writeback error is reported to one sync only: this one's fails the upload, or the
+          // commit's own sync would pass while these bytes were lost.
+          () =>
+            new Promise<void>((resolve) =>
+              fdatasync(u.fd, (e) => {
+                if (e) u.failed ??= e;
+                resolve();
+              }),
+            ),
           () => {},
         ),
       );
