@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync, randomBytes } from "node:crypto";
-import {
+import nodeFs, {
   appendFileSync,
   closeSync,
   cpSync,
@@ -18,7 +18,6 @@ import {
   writeFileSync,
   writeSync,
 } from "node:fs";
-import nodeFs from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";

@@ -82,11 +82,27 @@ const run = () => {
     // frames of the current WAL, which can repeat across a restart of it).
     const copied = r.checkpointed > 0 && dataVersion !== lastDataVersion;
     lastDataVersion = dataVersion;
-    const synced = copied && syncDatabase();
+    let synced = false;
+    try {
+      synced = copied && syncDatabase();
+    } catch (e) {
+      return syncFailed(e as Error);
+    }
     parentPort?.postMessage({ log: r.log, checkpointed: r.checkpointed, synced });
   } catch (e) {
+    // SQLite's own sync inside the checkpoint: as the worker's.
+    if ((e as { code?: string }).code === "SQLITE_IOERR_FSYNC") return syncFailed(e as Error);
     parentPort?.postMessage({ error: (e as Error).message });
   }
+};
+/**
+ * The database file could not be synced: Linux reports a writeback error to one sync only, so a
+ * later round's would pass while pages copied from the WAL are lost. No more rounds; the kernel
+ * stops taking changes and keeps the WAL (checkpointer.ts).
+ */
+const syncFailed = (e: Error) => {
+  clearInterval(timer);
+  parentPort?.postMessage({ syncError: e.message });
 };
 const timer = setInterval(run, intervalMs);
 parentPort?.on("message", (m: string) => {

@@ -53,6 +53,11 @@ export class WalCheckpointer {
       statEveryBytes?: number;
       /** The worker's module (a test gives one that fails, to see the fallback). */
       workerModule?: URL;
+      /**
+       * The database file could not be synced (the worker's sync, or SQLite's inside a top-up):
+       * checkpoints have stopped for good; the store is failed ({@link SqliteBase.failStorage}).
+       */
+      onSyncFailure?: (e: Error) => void;
     } = {},
   ) {
     const intervalMs = opts.intervalMs ?? 250;
@@ -66,7 +71,9 @@ export class WalCheckpointer {
     this.statEvery = opts.statEveryBytes ?? 1024 * 1024;
     this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
-    this.worker.on("message", (m: { error?: string; log?: number; synced?: boolean }) => {
+    this.onSyncFailure = opts.onSyncFailure;
+    this.worker.on("message", (m: { error?: string; syncError?: string; log?: number; synced?: boolean }) => {
+      if (m.syncError !== undefined) return this.syncFailed(new Error(m.syncError));
       if (m.synced) this.databaseSyncs++;
       if (!m.error) this.rounds++;
       if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");
@@ -105,8 +112,33 @@ export class WalCheckpointer {
       this.store.checkpointNow();
       this.onTopUp?.(Number(process.hrtime.bigint() - t) / 1e9);
     } catch (e) {
-      this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
+      if ((e as { code?: string }).code === "SQLITE_IOERR_FSYNC") this.syncFailed(e as Error);
+      else this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
     }
+  }
+
+  private readonly onSyncFailure: ((e: Error) => void) | undefined;
+  /** Why the database file could not be synced, once it could not. */
+  syncFailure: Error | undefined;
+
+  /**
+   * A sync of the database file failed: a retry could pass while the pages it should have made
+   * durable are lost, and a checkpoint that then completes lets SQLite start the WAL over — the
+   * only other copy of those pages. So no checkpoint runs again (none on commit either), the
+   * store takes no more changes and is not closed cleanly (its close would checkpoint): the WAL
+   * stays for SQLite's recovery at the next start, once the disk is mended.
+   */
+  private syncFailed(e: Error): void {
+    if (this.syncFailure) return;
+    this.syncFailure = e;
+    this.stopped = true;
+    this.store.failStorage(e);
+    void this.worker.terminate();
+    this.log.error(
+      { err: e.message },
+      "the database file could not be synced: the kernel takes no more changes and keeps the WAL; restart it once the disk is mended",
+    );
+    this.onSyncFailure?.(e);
   }
 
   private fallBack(e: Error): void {

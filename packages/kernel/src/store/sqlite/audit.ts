@@ -303,6 +303,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       return this.#reads.hashAt(seq);
     }
     appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
+      const failed = this.storageFailure;
+      if (failed)
+        throw new AuditJournalError(
+          `the database file could not be synced (${failed.message}): the kernel takes no more changes; restart it once the disk is mended`,
+        );
       const writer = this.#writer;
       if (!writer) {
         if (this.#segments) throw new AuditJournalError("this home's audit is in segments: only its kernel appends to it");

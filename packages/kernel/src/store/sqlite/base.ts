@@ -71,6 +71,23 @@ export class SqliteBase {
     this.db = openDatabase(path);
   }
 
+  #failed: Error | undefined;
+
+  /** Why the store takes no more changes ({@link failStorage}), if it does not. */
+  get storageFailure(): Error | undefined {
+    return this.#failed;
+  }
+
+  /**
+   * The database file could not be made durable (a failed sync: checkpointer.ts): no checkpoint
+   * runs again, the audit takes no more records (so no request is answered), and close() leaves
+   * the connection as it is, since SQLite's close would checkpoint and drop the WAL.
+   */
+  failStorage(e: Error): void {
+    this.#failed ??= e;
+    if (this.db.open) this.db.pragma("wal_autocheckpoint = 0");
+  }
+
   /** Statements prepared once and reused: preparing costs more than running. For the table modules. */
   prep(sql: string): Statement {
     let st = this.#prepared.get(sql);
@@ -83,7 +100,7 @@ export class SqliteBase {
 
   /** Pages in the WAL after which a commit checkpoints (0: never on commit; see WalCheckpointer). */
   setAutoCheckpoint(pages: number): void {
-    if (this.db.open) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
+    if (this.db.open && !this.#failed) this.db.pragma(`wal_autocheckpoint = ${Math.max(0, Math.floor(pages))}`);
   }
 
   /** Bytes the WAL file is trimmed to when SQLite starts it over. */
@@ -93,7 +110,7 @@ export class SqliteBase {
 
   /** One PASSIVE WAL checkpoint on this connection, between transactions. */
   checkpointNow(): void {
-    if (this.db.open) this.db.pragma("wal_checkpoint(PASSIVE)");
+    if (this.db.open && !this.#failed) this.db.pragma("wal_checkpoint(PASSIVE)");
   }
 
   /**
@@ -120,7 +137,7 @@ export class SqliteBase {
   settleAudit(): void {}
 
   close(): void {
-    if (this.db.open) this.db.close();
+    if (this.db.open && !this.#failed) this.db.close();
   }
 
   getMeta(key: string): string | undefined {

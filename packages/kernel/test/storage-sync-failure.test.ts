@@ -1,0 +1,108 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { KernelClient, loadIdentity } from "@kpip/client";
+import { Kernel, openAuditReader, verifyAudit } from "../src/index.js";
+import { removeHome, spawnReady, startKernel } from "./harness.js";
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/**
+ * Loaded before the kernel (and again in each worker thread): the checkpoint worker's sync of the
+ * database file fails as a disk's writeback error does, once it is asked to (the file `arm`).
+ */
+const PRELOAD = `import fs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
+import { isMainThread, workerData } from "node:worker_threads";
+if (!isMainThread && typeof workerData?.path === "string") {
+  const arm = workerData.path + ".fail-sync";
+  const real = fs.fdatasyncSync;
+  fs.fdatasyncSync = (fd) => {
+    if (fs.existsSync(arm)) throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO", errno: -5 });
+    return real(fd);
+  };
+  syncBuiltinESMExports();
+}
+`;
+
+describe("the database file cannot be synced (a disk's writeback error)", () => {
+  it("the kernel takes no more changes, keeps the WAL when it stops, and the next start has every acknowledged write", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-syncfail-"));
+    const preload = join(home, "..", `${home.split("/").at(-1)}-preload.mjs`);
+    writeFileSync(preload, PRELOAD);
+    try {
+      // The home made by a first start of its own.
+      await (await startKernel({}, home)).stop();
+      // A file, not -e: a worker inherits --input-type, which fails a worker started from a file.
+      const main = `${preload}.main.mjs`;
+      writeFileSync(
+        main,
+        `const { Kernel } = await import(process.argv[2]);
+const k = new Kernel({ home: process.argv[3], logLevel: "silent" });
+await k.start();
+process.on("SIGTERM", () => void k.stop().then(() => process.exit(0)));
+process.stdout.write("ready\\n");`,
+      );
+      const child = await spawnReady(["--import", preload, main, kernelModule, home], "ready");
+      const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+      const acknowledged: string[] = [];
+      let refusal: Error | undefined;
+      try {
+        const c = await KernelClient.connect({
+          socket: new Kernel({ home, logLevel: "silent" }).socketPath,
+          identity: loadIdentity(join(home, "admin.identity")),
+          tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+          reconnect: false,
+        });
+        for (let i = 0; i < 20; i++) {
+          await c.storage.write(`obj://ws/before${i}`, Buffer.from(`b${i}`));
+          acknowledged.push(`before${i}`);
+        }
+        writeFileSync(join(home, "kernel.db.fail-sync"), "");
+        // Writes go on until the worker's next round copies them and its sync fails; from then on none is taken.
+        for (let i = 0; i < 100_000 && !refusal; i++) {
+          try {
+            await c.storage.write(`obj://ws/after${i}`, Buffer.from(`a${i}`));
+            acknowledged.push(`after${i}`);
+          } catch (e) {
+            refusal = e as Error;
+          }
+        }
+        assert.ok(refusal, "a write is refused once the database file cannot be synced");
+        assert.equal((refusal as { errorClass?: string }).errorClass, "INTERNAL");
+        await assert.rejects(c.storage.write("obj://ws/later", Buffer.from("x")));
+        await c.close().catch(() => {});
+      } finally {
+        child.kill("SIGTERM");
+      }
+      assert.equal(await exited, 0, "a clean stop");
+      // The stop left the WAL as it was (a clean close would have checkpointed it into the file and dropped it).
+      const wal = join(home, "kernel.db-wal");
+      assert.ok(existsSync(wal) && statSync(wal).size > 0, "the WAL is kept");
+
+      // The disk mended: every acknowledged write is there, and the audit verifies.
+      const k = await startKernel({}, home);
+      try {
+        const admin = await k.admin();
+        for (const name of acknowledged) {
+          const r = await admin.storage.read(`obj://ws/${name}`);
+          assert.equal(Buffer.from(r.data).toString(), name.startsWith("before") ? `b${name.slice(6)}` : `a${name.slice(5)}`);
+        }
+      } finally {
+        await k.stop();
+      }
+      const reader = openAuditReader(join(home, "kernel.db"));
+      try {
+        assert.equal(verifyAudit(reader).ok, true);
+      } finally {
+        reader.close();
+      }
+    } finally {
+      removeHome(home);
+      removeHome(preload);
+      removeHome(`${preload}.main.mjs`);
+    }
+  });
+});
