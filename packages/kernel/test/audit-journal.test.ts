@@ -22,7 +22,6 @@ import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { KernelClient, loadIdentity } from "@kpip/client";
 import { sha256 } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import fc from "fast-check";
@@ -45,7 +44,7 @@ import { parseSpan, SegmentWriter, segmentName } from "../src/store/audit-segmen
 import { MAX_UNINDEXED_ROWS, SEGMENTS_SENTINEL } from "../src/store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
 import { unsegment } from "./audit-fill.js";
-import { removeHome, spawnReady, startKernel } from "./harness.js";
+import { connectAdminOf, removeHome, spawnReady, startKernel } from "./harness.js";
 
 /** `n` records of a real chain from `seq` on, after `prev`: bytes as the log encodes them, hashes over them. */
 function chain(n: number, seq = 1, prev: Uint8Array = GENESIS_HASH): JournalRecord[] {
@@ -751,12 +750,7 @@ setInterval(() => {}, 1000);`;
   const child = await spawnReady(["--input-type=module", "-e", code, kernelModule, home], "ready");
   const exited = new Promise((r) => child.once("exit", r));
   try {
-    const c = await KernelClient.connect({
-      socket: new Kernel({ home, logLevel: "silent" }).socketPath,
-      identity: loadIdentity(join(home, "admin.identity")),
-      tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
-      reconnect: false,
-    });
+    const c = await connectAdminOf(home);
     for (let i = 0; i < writes; i++) await c.call("storage.write", `obj://ws/j${i}`, { data: Buffer.from(`v${i}`) });
     child.kill("SIGKILL");
     await exited;

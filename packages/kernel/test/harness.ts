@@ -189,6 +189,16 @@ export function runExample(name: string, killAfterMs = 60_000): Promise<ProcessR
   return runProcess(process.execPath, [join(REPO_ROOT, "examples", "dist", `${name}.js`)], { killAfterMs });
 }
 
+/** The admin's client of a kernel another process runs on `home` (no reconnect). */
+export function connectAdminOf(home: string): Promise<KernelClient> {
+  return KernelClient.connect({
+    socket: new Kernel({ home, logLevel: "silent" }).socketPath,
+    identity: loadIdentity(join(home, "admin.identity")),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+    reconnect: false,
+  });
+}
+
 export function removeHome(home: string): void {
   rmSync(home, { recursive: true, force: true });
 }

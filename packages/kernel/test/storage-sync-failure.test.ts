@@ -1,11 +1,10 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { KernelClient, loadIdentity } from "@kpip/client";
-import { Kernel, openAuditReader, verifyAudit } from "../src/index.js";
-import { removeHome, spawnReady, startKernel } from "./harness.js";
+import { openAuditReader, verifyAudit } from "../src/index.js";
+import { connectAdminOf, removeHome, spawnReady, startKernel } from "./harness.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
 
@@ -50,12 +49,7 @@ process.stdout.write("ready\\n");`,
       const acknowledged: string[] = [];
       let refusal: Error | undefined;
       try {
-        const c = await KernelClient.connect({
-          socket: new Kernel({ home, logLevel: "silent" }).socketPath,
-          identity: loadIdentity(join(home, "admin.identity")),
-          tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
-          reconnect: false,
-        });
+        const c = await connectAdminOf(home);
         for (let i = 0; i < 20; i++) {
           await c.storage.write(`obj://ws/before${i}`, Buffer.from(`b${i}`));
           acknowledged.push(`before${i}`);
