@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, statSync } from "node:fs";
+import nodeFs, { existsSync, mkdtempSync, readFileSync, statSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -133,6 +134,43 @@ describe("the WAL checkpointer's fallback", () => {
       await cp.stop();
     } finally {
       store.close();
+      removeHome(home);
+    }
+  });
+});
+
+describe("the WAL's sync for the file store fails (a disk's writeback error)", () => {
+  it("fails the store: its audit takes no more records, the worker's checkpoints stop, and its close leaves the WAL", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    // The default export is node:fs's mutable object; syncBuiltinESMExports carries a change to the named imports.
+    const mutable = nodeFs as unknown as { fdatasyncSync: (fd: number) => void };
+    const real = mutable.fdatasyncSync;
+    let cp: WalCheckpointer | undefined;
+    try {
+      cp = new WalCheckpointer(store, path, createLogger("silent"), { intervalMs: 20 });
+      store.setMeta("before", "1");
+      mutable.fdatasyncSync = () => {
+        throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      };
+      syncBuiltinESMExports();
+      assert.throws(() => store.syncWal(), /EIO/);
+      mutable.fdatasyncSync = real;
+      syncBuiltinESMExports();
+      // A later sync would pass; the store stays failed.
+      assert.match(store.storageFailure?.message ?? "", /EIO/);
+      assert.throws(() => store.appendAudit([]), /could not be synced \(EIO/);
+      await until(() => cp?.syncFailure !== undefined, 10_000, "the checkpointer stops at its worker's next report");
+      assert.equal(cp.background, false);
+      assert.equal(store.db.pragma("wal_autocheckpoint", { simple: true }), 0, "no checkpoint on commit either");
+      store.close();
+      assert.ok(existsSync(`${path}-wal`) && statSync(`${path}-wal`).size > 0, "the WAL is kept");
+      assert.equal(store.db.open, true, "the connection is left open: its close would checkpoint and drop the WAL");
+    } finally {
+      mutable.fdatasyncSync = real;
+      syncBuiltinESMExports();
+      await cp?.stop();
       removeHome(home);
     }
   });

@@ -74,6 +74,9 @@ export class WalCheckpointer {
     this.onSyncFailure = opts.onSyncFailure;
     this.worker.on("message", (m: { error?: string; syncError?: string; log?: number; synced?: boolean }) => {
       if (m.syncError !== undefined) return this.syncFailed(new Error(m.syncError));
+      // The store failed elsewhere (the WAL's sync for the file store): no checkpoint either.
+      const failed = this.store.storageFailure;
+      if (failed) return this.syncFailed(failed);
       if (m.synced) this.databaseSyncs++;
       if (!m.error) this.rounds++;
       if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");

@@ -128,6 +128,10 @@ export class SqliteBase {
     }
     try {
       fdatasyncSync(fd);
+    } catch (e) {
+      // A writeback error is reported to one sync only: the next would pass with the WAL's pages lost.
+      this.failStorage(e as Error);
+      throw e;
     } finally {
       closeSync(fd);
     }
