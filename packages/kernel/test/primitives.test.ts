@@ -199,6 +199,29 @@ describe("resources and quotas", () => {
     removeHome(t.home);
   });
 
+  it("resource.free frees only allocations of its target's tree: a grant over a sub-persona (or another persona) frees nothing of the caller's", async () => {
+    const t = await startKernel();
+    try {
+      const al = await t.persona("al", [
+        { ops: ["resource.alloc"], targets: ["persona://al"] },
+        { ops: ["resource.free"], targets: ["persona://al/worker", "persona://bo"] },
+      ]);
+      const c = await t.connect(al.identity, [al.token]);
+      const mine = await c.resources.alloc("al", "memory", 5);
+      // Granted on persona://al/worker only: al's own allocation is not the worker's.
+      await assert.rejects(c.resources.free("al/worker", mine.allocation), klass("SEMANTIC"));
+      // Granted on another persona: never a way to free al's, or to put bo's name on the record.
+      await assert.rejects(c.resources.free("bo", mine.allocation), klass("PERMISSION"));
+      // Not granted on persona://al: refused, and the allocation is still held.
+      await assert.rejects(c.resources.free("al", mine.allocation), klass("PERMISSION"));
+      const admin = await t.admin();
+      assert.deepEqual((await admin.resources.query("persona://al")).usage, { memory: 5 });
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("limits requests in flight and request rate per token", async () => {
     const t = await startKernel({}, undefined, (k) =>
       k.register({

@@ -59,9 +59,32 @@ describe("storage: paging by hand, prefixes, CAS edges, client-side target check
     await assert.rejects(c.storage.delete("obj://ws1/cas2", { ifGeneration: 1 }), klass("SEMANTIC"));
     assert.equal((await c.storage.stat("obj://ws1/cas2")).generation, 2);
     assert.equal(Buffer.from((await c.storage.read("obj://ws1/cas2")).data).toString(), "b");
-    // after a delete the name starts again from generation 0
+    // after a delete the name is absent (ifGeneration 0 holds) and continues after its last generation
     await c.storage.delete("obj://ws1/cas2", { ifGeneration: 2 });
-    assert.equal((await c.storage.write("obj://ws1/cas2", "again", { ifGeneration: 0 })).generation, 1);
+    assert.equal((await c.storage.write("obj://ws1/cas2", "again", { ifGeneration: 0 })).generation, 3);
+  });
+
+  it("a generation never names two versions: ranged reads and a compare-and-set across a delete and a re-creation fail", async () => {
+    const [alice, bob] = [await t.admin(), await t.admin()];
+    const first = await alice.storage.write("obj://ws1/doc", "AAAAAAAA");
+    // alice reads the first half of the version she asked for ...
+    const head = await alice.storage.readRange("obj://ws1/doc", 0, 4);
+    assert.equal(head.generation, first.generation);
+    // ... bob deletes it and writes another in its place, once or as often as it takes ...
+    await bob.storage.delete("obj://ws1/doc");
+    const again = await bob.storage.write("obj://ws1/doc", "BBBBBBBB");
+    assert.ok(again.generation > first.generation, "the new version has a generation of its own");
+    // ... alice's second half at her generation is a conflict, never bob's bytes mixed into hers.
+    await assert.rejects(
+      alice.call("storage.read", "obj://ws1/doc", { offset: 4, length: 4, ifGeneration: head.generation }),
+      klass("SEMANTIC"),
+    );
+    // a write conditioned on the version alice saw does not replace bob's
+    await assert.rejects(alice.storage.write("obj://ws1/doc", "mine", { ifGeneration: first.generation }), klass("SEMANTIC"));
+    assert.equal(Buffer.from((await alice.storage.read("obj://ws1/doc")).data).toString(), "BBBBBBBB");
+    // and so on: each re-creation continues after the last
+    await bob.storage.delete("obj://ws1/doc");
+    assert.ok((await bob.storage.write("obj://ws1/doc", "C")).generation > again.generation);
   });
 
   it("an object exactly at maxObjectBytes is accepted; one byte more is RESOURCE and leaves the old value", async () => {

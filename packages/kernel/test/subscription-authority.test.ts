@@ -6,6 +6,27 @@ import { until, withKernel } from "./harness.js";
 const RIGHTS = [{ ops: ["event.subscribe"], targets: ["topic://auth/**"] }];
 
 describe("an event subscription lives as long as the capability that authorized it", () => {
+  it("event.unsubscribe ends only a subscription made on its target: a grant over one topic ends neither another token's subscription nor a watch", async () => {
+    await withKernel({}, async (t) => {
+      const admin = await t.admin();
+      // It may unsubscribe on topic://auth/mine only (a session's subscriptions may come from several tokens, or several MCP hosts).
+      const p = await t.persona("sharer", [
+        { ops: ["event.subscribe"], targets: ["topic://auth/**"] },
+        { ops: ["storage.read"], targets: ["obj://ws1/**"] },
+        { ops: ["event.unsubscribe"], targets: ["topic://auth/mine"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const sub = (await c.call("event.subscribe", "topic://auth/secret/**")).payload as { subscription: number };
+      const watch = (await c.call("storage.watch", "obj://ws1/**")).payload as { subscription: number };
+      for (const id of [sub.subscription, watch.subscription]) {
+        const r = await c.call("event.unsubscribe", "topic://auth/mine", { subscription: id }).catch((e) => e);
+        assert.equal((r as { errorClass?: string }).errorClass, "SEMANTIC", String(r));
+      }
+      assert.equal((await admin.events.emit("topic://auth/secret/x", 1)).subscribers, 1, "the subscription goes on");
+      assert.equal(t.k.events.subscriptionCount(), 2, "and so does the watch");
+    });
+  });
+
   it("ends at the revocation: a last EVENT says why, and nothing emitted afterwards reaches the subscriber", async () => {
     await withKernel({}, async (t) => {
       const admin = await t.admin();

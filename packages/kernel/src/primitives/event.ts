@@ -31,8 +31,12 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
       }),
       implement(eventUnsubscribe, {
         handler: (ctx) => {
-          const ok = bus.unsubscribe(sink(ctx.session), ctx.args.subscription);
-          if (!ok) throw new OpError("SEMANTIC", `no subscription ${ctx.args.subscription} on this session`);
+          // On the pattern it was made on, as storage.unwatch: the grant the target was authorized
+          // by covers that subscription, not any of the session's (another token's, a watch).
+          const s = sink(ctx.session);
+          const id = ctx.args.subscription;
+          if (bus.patternOf(s, id) !== ctx.targetUri || !bus.unsubscribe(s, id))
+            throw new OpError("SEMANTIC", `no subscription ${id} of ${ctx.targetUri} on this session`);
           return { status: "SUCCESS", payload: { unsubscribed: ctx.args.subscription } };
         },
       }),

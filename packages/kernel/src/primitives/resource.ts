@@ -51,9 +51,15 @@ export function resourceFamily(
         },
       }),
       implement(resourceFree, {
+        // The target says whose allocations may be freed (the grant covered it): the caller's own
+        // tree only, and then only an allocation of the target or a persona under it.
+        owns: (ctx) => {
+          const p = ctx.target.segments.join("/");
+          return inTree(p, ctx.persona) || `a persona frees allocations of its own tree only: ${p} is not under ${ctx.persona}`;
+        },
         handler: (ctx) => {
           return ctx.atomically((): OpResult => {
-            const a = ledger.free(ctx.persona, ctx.args.allocation);
+            const a = ledger.free(ctx.target.segments.join("/"), ctx.args.allocation);
             // A name no longer in use leaves no usage rows: names are the caller's, without end.
             for (const scope of personaLineage(a.persona)) rows.store.dropIdleUsage(personaScope(scope), a.resource);
             return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };

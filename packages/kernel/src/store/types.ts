@@ -67,7 +67,11 @@ export type CasResult = { ok: true; generation: number; previous?: PreviousObjec
 export interface ObjectStore {
   readObject(workspace: string, path: string): StoredObject | undefined;
   statObject(workspace: string, path: string): ObjectMeta | undefined;
-  /** `ifGeneration`: 0 = must not exist, n = must be at generation n, undefined = unconditional. */
+  /**
+   * `ifGeneration`: 0 = must not exist, n = must be at generation n, undefined = unconditional.
+   * A path's generations never repeat: written again after a delete, it continues after the
+   * generation it was deleted at.
+   */
   writeObject(
     workspace: string,
     path: string,

@@ -32,7 +32,8 @@ export const eventSubscribe = defineOp({
 
 export const eventUnsubscribe = defineOp({
   op: "event.unsubscribe",
-  description: "End a subscription of this session.",
+  description:
+    "End a subscription of this session, named with the pattern it was made on (SEMANTIC for another pattern's, as for an unknown id).",
   targets: ["topic"],
   sessionState: "ends a subscription of the session, whoever on it made it",
   args: { subscription: { type: "uint", required: true, description: "the id event.subscribe returned" } },

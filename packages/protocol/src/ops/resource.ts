@@ -25,7 +25,8 @@ export const resourceAlloc = defineOp({
 
 export const resourceFree = defineOp({
   op: "resource.free",
-  description: "Free an allocation made by this persona or a persona under it (an agent's, a sub-persona's).",
+  description:
+    "Free an allocation of persona://<id> or of a persona under it (an agent's, a sub-persona's); <id> is the caller or a persona under it (PERMISSION otherwise), and an allocation of any other persona is SEMANTIC as if absent.",
   targets: ["persona"],
   args: { allocation: { type: "text", required: true, description: "the id resource.alloc returned" } },
   result: {

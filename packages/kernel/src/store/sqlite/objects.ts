@@ -18,6 +18,15 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
     );
     readonly #bodyRefs: Statement = this.db.prepare("SELECT count(*) AS n FROM objects WHERE hash = ?");
     readonly #delete: Statement = this.db.prepare("DELETE FROM objects WHERE workspace = ? AND path = ?");
+    // The last generation of each deleted path: a path written again continues after it, so a
+    // generation never names two versions (an ifGeneration read or write across a delete and a
+    // re-creation would otherwise match bytes its caller never saw).
+    readonly #lastGen: Statement = this.db.prepare("SELECT generation FROM object_generations WHERE workspace = ? AND path = ?");
+    readonly #keepGen: Statement = this.db.prepare(
+      "INSERT INTO object_generations (workspace, path, generation) VALUES (?, ?, ?) " +
+        "ON CONFLICT (workspace, path) DO UPDATE SET generation = max(generation, excluded.generation)",
+    );
+    readonly #forgetGen: Statement = this.db.prepare("DELETE FROM object_generations WHERE workspace = ? AND path = ?");
     readonly #list: Statement = this.db.prepare(
       "SELECT workspace, path, generation, size, updated_at, owner FROM objects WHERE workspace = ? AND path >= ? AND path < ? AND path > ? ORDER BY path LIMIT ?",
     );
@@ -41,7 +50,16 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
       const prev = this.#gen.get(workspace, path) as Row | undefined;
       const current = (prev?.generation as number | undefined) ?? 0;
       if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
-      const generation = current + 1;
+      // Absent (ifGeneration 0 matches), but perhaps deleted before: after its last generation.
+      let last = current;
+      if (!prev) {
+        const gone = this.#lastGen.get(workspace, path) as Row | undefined;
+        if (gone) {
+          last = gone.generation as number;
+          this.#forgetGen.run(workspace, path);
+        }
+      }
+      const generation = last + 1;
       // A body in the file store leaves an empty inline column (the column predates the file store and is NOT NULL).
       if ("data" in body) {
         const bytes = Buffer.from(body.data.buffer, body.data.byteOffset, body.data.length);
@@ -58,6 +76,7 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
       const current = prev.generation as number;
       if (ifGeneration !== undefined && ifGeneration !== current) return { ok: false, current };
       this.#delete.run(workspace, path);
+      this.#keepGen.run(workspace, path, current);
       return { ok: true, generation: current, previous: toPrevious(prev) };
     }
     listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
