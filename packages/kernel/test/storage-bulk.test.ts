@@ -82,7 +82,7 @@ describe("large objects: the file store and the chunked upload", () => {
     assert.ok(!existsSync(partial), "an aborted upload leaves no partial file");
   });
 
-  it("refuses a commit whose SHA-256 or size is not the uploaded bytes' (SEMANTIC), discarding the upload", async () => {
+  it("refuses a commit whose size is not the declared one (SEMANTIC, the upload stays) or whose SHA-256 is not the uploaded bytes' (SEMANTIC, the upload is discarded)", async () => {
     const data = pattern(100_000, 9);
     const { upload } = (await c.call("storage.upload.begin", "obj://big/h", { size: data.length })).payload as { upload: string };
     await c.call("storage.upload.chunk", "obj://big/h", { upload, offset: 0, data });
@@ -256,7 +256,7 @@ describe("chunked upload: capabilities and bounds", () => {
     });
   });
 
-  it("a commit that loses its compare-and-set to a write racing its sync keeps the upload and its body", async () => {
+  it("a commit that loses its compare-and-set to a write racing its sync keeps the upload and its body (until a commit names other bytes)", async () => {
     const t = await startKernel(SMALL_FRAMES);
     const install = BlobStore.prototype.install;
     try {
@@ -296,6 +296,23 @@ describe("chunked upload: capabilities and bounds", () => {
       await c.call("storage.upload.abort", "obj://u/race", { upload: aborted });
       await until(() => bodies(t.home).length === 0, 30_000, "the aborted upload's body freed");
       await assert.rejects(commit(aborted, 5), klass("SEMANTIC", "no upload"));
+
+      // Kept with its body, then committed naming other bytes: discarded as at a first commit.
+      races = 1;
+      const mismatched = await begin();
+      await assert.rejects(commit(mismatched, 5), klass("SEMANTIC", "generation conflict"));
+      const other32 = sha(Buffer.from("other bytes"));
+      await assert.rejects(
+        c.call("storage.upload.commit", "obj://u/race", {
+          upload: mismatched,
+          sha256: other32,
+          size: data.length,
+          ifGeneration: 6,
+        }),
+        klass("SEMANTIC", "SHA-256"),
+      );
+      await until(() => bodies(t.home).length === 0, 30_000, "the discarded upload's body freed");
+      await assert.rejects(commit(mismatched, 6), klass("SEMANTIC", "no upload"));
     } finally {
       BlobStore.prototype.install = install;
       await t.stop();

@@ -52,12 +52,15 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const want = ctx.args.sha256;
         if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
         if (u.installed && !u.installed.equals(want)) {
+          // Other bytes than were uploaded: the upload ends, as at the first commit (PROTOCOL §9.7 rule 4).
+          uploads.drop(u);
           throw new OpError(
             "SEMANTIC",
             `the uploaded bytes have SHA-256 ${u.installed.toString("hex")}, not ${Buffer.from(want).toString("hex")}`,
           );
         }
         const size = ctx.args.size;
+        // Not yet every declared byte, or a size other than declared: refused, the upload stays (send the rest, or abort).
         if (size !== u.size || u.received !== u.size) {
           throw new OpError("SEMANTIC", `upload has ${u.received} of ${u.size} bytes; the commit says ${size}`);
         }
