@@ -199,6 +199,7 @@ export class Kernel {
         this.listeners,
         (bound) => s.metrics.grpcConnectionsRefused.inc({ bound }),
         () => s.metrics.grpcConnectionsShed.inc(),
+        (reason, count) => s.metrics.grpcStreamsRefused.inc({ reason }, count),
       );
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);

@@ -79,9 +79,9 @@ export interface GatewayOptions {
    */
   maxTotalRefusals?: number;
   /**
-   * Most kernel watches one host session may hold that no other host session holds (default 32:
-   * an eighth of the kernel's default 256 per session, which all hosts share); past it
-   * resources/subscribe gets HOST_BUSY before the kernel is asked.
+   * Most subscriptions one host session may hold, shared with another host session or not
+   * (default 32: an eighth of the kernel's default 256 per session, which all hosts share); past
+   * it resources/subscribe gets HOST_BUSY before the kernel is asked.
    */
   maxSubscriptionsPerHost?: number;
 }

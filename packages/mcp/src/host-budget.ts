@@ -10,7 +10,7 @@ export const DEFAULT_MAX_TOTAL_CALLS = 256;
 export const DEFAULT_MAX_TOTAL_UNREAD_BYTES = 256 * 1024 * 1024;
 
 /**
- * Default bound on the kernel watches one host session alone holds (GatewayOptions.maxSubscriptionsPerHost):
+ * Default bound on the subscriptions one host session holds (GatewayOptions.maxSubscriptionsPerHost):
  * every host's resources/subscribe shares the gateway's one kernel session, whose default
  * bound is 256 (`maxSubscriptionsPerSession`); one host session may take an eighth of it.
  */

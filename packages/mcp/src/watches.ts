@@ -51,10 +51,11 @@ interface Entry {
  * up (a host that never reads it would otherwise have every change queued for it).
  *
  * Every host shares the gateway's one kernel session and its bound on watches: a host session
- * may hold at most `maxPerHost` watches no other host session holds (being made included), so
- * one host cannot take every slot and leave the others none. Past it, a subscription that
- * needs a new kernel watch is refused with HOST_BUSY before the kernel is asked; joining a
- * watch another session holds takes no slot and is not refused.
+ * may hold at most `maxPerHost` subscriptions (being made included), so one host cannot take
+ * every slot and leave the others none. Past it a new subscription is refused with HOST_BUSY
+ * before the kernel is asked. Shared ones count too, though they take no slot of the kernel
+ * session: counting only the watches a session held alone let a second session join each of
+ * the first's watches, the first leave it, and the second hold any number alone, never counted.
  */
 export class ResourceWatches {
   private readonly byUri = new Map<string, Entry>();
@@ -68,14 +69,14 @@ export class ResourceWatches {
     private readonly client: KernelClient,
     /** The outlet of a session's notices, when its transport has one that can back up (HTTP). */
     private readonly outletOf: (server: Server) => NoticeOutlet | undefined = () => undefined,
-    /** Most kernel watches one session may hold alone (GatewayOptions.maxSubscriptionsPerHost). */
+    /** Most subscriptions one session may hold, shared or not (GatewayOptions.maxSubscriptionsPerHost). */
     readonly maxPerHost: number = DEFAULT_MAX_SUBSCRIPTIONS_PER_HOST,
   ) {}
 
-  /** The kernel watches `server` holds and no other session does, and those it is making. */
-  private heldAlone(server: Server): number {
+  /** The subscriptions `server` holds, shared or not, and those it is making. */
+  private held(server: Server): number {
     let n = this.pending.get(server)?.size ?? 0;
-    for (const e of this.byUri.values()) if (e.servers.size === 1 && e.servers.has(server)) n++;
+    for (const e of this.byUri.values()) if (e.servers.has(server)) n++;
     return n;
   }
 
@@ -83,14 +84,13 @@ export class ResourceWatches {
     if (!uri.startsWith("obj://") || uri.includes("*"))
       throw new McpError(ErrorCode.InvalidParams, `only an object's obj:// URI can be subscribed to, not ${uri}`);
     if (this.ended.has(server)) return;
-    // A subscription that joins a watch some session holds takes no slot of the kernel session.
-    const joins = (this.byUri.get(uri)?.servers.size ?? 0) > 0;
-    if (!joins) {
-      const n = this.heldAlone(server);
+    // A repeated subscription to what the session holds is no new one.
+    if (!this.byUri.get(uri)?.servers.has(server)) {
+      const n = this.held(server);
       if (n >= this.maxPerHost)
         throw new McpError(
           HOST_BUSY,
-          `this host session holds ${n} subscriptions no other host session shares (the gateway's limit is ${this.maxPerHost}): unsubscribe from one, then retry`,
+          `this host session holds ${n} subscriptions (the gateway's limit is ${this.maxPerHost}): unsubscribe from one, then retry`,
           { retryable: true },
         );
     }

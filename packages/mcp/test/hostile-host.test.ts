@@ -264,7 +264,7 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
-  it("bounds the kernel watches one host session holds alone: past it HOST_BUSY before the kernel is asked; others subscribe, a shared watch takes no slot", async () => {
+  it("bounds the subscriptions one host session holds: past it HOST_BUSY before the kernel is asked; others subscribe, a shared watch takes no slot of the kernel session", async () => {
     assert.equal(gw.gateway.watches.maxPerHost, 32, "the default: an eighth of the kernel's default 256");
     const own = await gatewayOn(k, files, { maxSubscriptionsPerHost: 3 });
     const http = await serveHttp(own.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
@@ -275,21 +275,62 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
       for (let i = 0; i < 3; i++) await a.subscribeResource({ uri: `obj://ws1/bound/a${i}` });
       const e = await mcpError(a.subscribeResource({ uri: "obj://ws1/bound/a3" }));
       assert.equal(e.code, HOST_BUSY);
-      assert.match(e.message, /holds 3 subscriptions no other host session shares \(the gateway's limit is 3\): unsubscribe/);
+      assert.match(e.message, /holds 3 subscriptions \(the gateway's limit is 3\): unsubscribe/);
       assert.deepEqual(e.data, { retryable: true });
       const watched = (await k.audit("hank")).filter((r) => r.op === "storage.watch").map((r) => r.target);
       assert.ok(watched.includes("obj://ws1/bound/a2") && !watched.includes("obj://ws1/bound/a3"), "the kernel is never asked");
-      // A watch another session holds takes no slot of the kernel session: joined; a repeat holds nothing more.
-      await a.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      // Joining a watch another session holds is a subscription too (case 352); a repeat is none.
+      assert.equal((await mcpError(a.subscribeResource({ uri: "obj://ws1/bound/shared" }))).code, HOST_BUSY);
       await a.subscribeResource({ uri: "obj://ws1/bound/a0" });
-      // b holds nothing alone now: its own three go through (7 of the kernel session's 8 slots).
-      for (let i = 0; i < 3; i++) await b.subscribeResource({ uri: `obj://ws1/bound/b${i}` });
-      // Unsubscribing frees a place.
+      // Unsubscribing frees a place; the joined watch takes no slot of the kernel session.
       await a.unsubscribeResource({ uri: "obj://ws1/bound/a0" });
-      await a.subscribeResource({ uri: "obj://ws1/bound/a3" });
-      assert.equal(own.gateway.watches.uris.length, 7);
+      await a.subscribeResource({ uri: "obj://ws1/bound/shared" });
+      for (let i = 0; i < 2; i++) await b.subscribeResource({ uri: `obj://ws1/bound/b${i}` });
+      assert.equal((await mcpError(b.subscribeResource({ uri: "obj://ws1/bound/b2" }))).code, HOST_BUSY);
+      // shared, a1, a2, b0, b1: 5 of the kernel session's 8 slots for 6 subscriptions.
+      assert.equal(own.gateway.watches.uris.length, 5);
       await a.end();
       await b.end();
+      await until(() => own.gateway.watches.uris.length === 0, 30_000, "the hosts' watches released");
+    } finally {
+      await http.close();
+      await own.close();
+    }
+  });
+
+  it("a host cannot step past its subscription bound by having a second session join its watches and then leaving them: every subscription a session holds counts, shared or not", async () => {
+    const own = await gatewayOn(k, files, { maxSubscriptionsPerHost: 3 });
+    const http = await serveHttp(own.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const a = await connect(http);
+      const b = await connect(http);
+      // b joins each watch a makes, then a leaves it: b would hold it alone without ever being counted.
+      let held = 0;
+      for (let i = 0; i < 6; i++) {
+        const uri = `obj://ws1/relay/${i}`;
+        const made = await mcpError(a.subscribeResource({ uri })).catch(() => undefined);
+        if (made) break;
+        const joined = await mcpError(b.subscribeResource({ uri })).catch(() => undefined);
+        await a.unsubscribeResource({ uri });
+        if (joined) {
+          assert.equal(joined.code, HOST_BUSY);
+          break;
+        }
+        held++;
+      }
+      // b holds no more than its bound, shared or alone: the kernel session's other slots stay for other hosts.
+      assert.equal(held, 3);
+      assert.ok(own.gateway.watches.uris.length <= 3, own.gateway.watches.uris.join(", "));
+      const e = await mcpError(b.subscribeResource({ uri: "obj://ws1/relay/next" }));
+      assert.equal(e.code, HOST_BUSY);
+      assert.match(e.message, /holds 3 subscriptions \(the gateway's limit is 3\): unsubscribe/);
+      // A repeated subscription to what it holds is no new one.
+      await b.subscribeResource({ uri: "obj://ws1/relay/0" });
+      const c = await connect(http);
+      for (let i = 0; i < 3; i++) await c.subscribeResource({ uri: `obj://ws1/relay/c${i}` });
+      await a.end();
+      await b.end();
+      await c.end();
       await until(() => own.gateway.watches.uris.length === 0, 30_000, "the hosts' watches released");
     } finally {
       await http.close();

@@ -80,7 +80,7 @@ export const mcpCommand: Command = {
     "max-subscriptions": {
       type: "string",
       description:
-        "most kernel watches one host session may hold that no other holds (resources/subscribe; all hosts share the kernel session's maxSubscriptionsPerSession); past it -32029 (default 32)",
+        "most subscriptions one host session may hold, shared with other host sessions or not (resources/subscribe; all hosts share the kernel session's maxSubscriptionsPerSession); past it -32029 (default 32)",
     },
   },
   async run(v, pos) {

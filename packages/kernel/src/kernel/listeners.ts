@@ -5,7 +5,7 @@ import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { peerKey } from "../session/peer-key.js";
 import type { ConnectionRefusal } from "../transport/connection-caps.js";
-import { GrpcListener } from "../transport/grpc.js";
+import { GRPC_MAX_HEADER_FIELDS, GRPC_MAX_HEADER_LIST_BYTES, GrpcListener, type StreamRefusal } from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
 
 /** The kernel's transports, listening. */
@@ -28,6 +28,8 @@ export async function openListeners(
   connectionRefused: (bound: ConnectionRefusal) => void = () => {},
   /** A gRPC connection without an attested session shed at grpcMaxConnections for a new one (counted likewise). */
   connectionShed: () => void = () => {},
+  /** A gRPC stream refused before the kernel saw it (counted likewise). */
+  streamRefused: (reason: StreamRefusal, count: number) => void = () => {},
 ): Promise<Listeners> {
   const uds = new UdsListener(c.socket, accept);
   opened.uds = uds;
@@ -49,6 +51,7 @@ export async function openListeners(
       // More streams than this on one connection are refused or shed by the kernel anyway (every
       // session and every half-open handshake it will hold at once), so no client needs more.
       streamsPerConnection: c.maxSessions + c.preauthPerTransport,
+      streamPeerRate: c.grpcStreamPeerRate,
     },
   );
   opened.grpc = grpc;
@@ -56,23 +59,40 @@ export async function openListeners(
   // Before any stream, so keyed by address like a handshake's lines: a peer cannot make it log without bound.
   grpc.onTlsRefused = (peer, reason) =>
     peerLog.write(`grpc:${peerKey(peer)}`, "warn", { transport: "grpc", address: peer, reason }, "TLS handshake refused");
-  grpc.onCompressedRefused = (peer, encoding) =>
+  grpc.onStreamRefused = (peer, reason, closed, count) => {
+    streamRefused(reason, count);
+    peerLog.write(
+      `grpc:${peerKey(peer)}`,
+      "warn",
+      { transport: "grpc", address: peer, reason, connectionClosed: closed, streams: count },
+      reason === "rate"
+        ? "gRPC stream refused: grpcStreamPeerRate reached"
+        : reason === "malformed"
+          ? `gRPC streams refused by HTTP/2 (malformed, or more than ${GRPC_MAX_HEADER_FIELDS} header fields), connection closed`
+          : `gRPC stream refused: header list over ${GRPC_MAX_HEADER_LIST_BYTES} bytes, connection closed`,
+    );
+  };
+  grpc.onCompressedRefused = (peer, encoding) => {
+    streamRefused("compressed", 1);
     peerLog.write(
       `grpc:${peerKey(peer)}`,
       "warn",
       { transport: "grpc", address: peer, encoding: encoding.slice(0, 64) },
       "gRPC stream refused: compressed messages",
     );
+  };
   // Keyed by address too; over the total every refusal shares one key, so a crowd of addresses logs no more than one peer.
   grpc.onConnectionRefused = (peer, bound) => {
     connectionRefused(bound);
     peerLog.write(
-      bound === "peer" ? `grpc:${peerKey(peer)}` : "grpc:connections",
+      bound === "total" ? "grpc:connections" : `grpc:${peerKey(peer)}`,
       "warn",
       { transport: "grpc", address: peer, bound },
       bound === "peer"
         ? "gRPC connection refused: grpcMaxConnectionsPerPeer reached"
-        : "gRPC connection refused: grpcMaxConnections reached",
+        : bound === "rate"
+          ? "gRPC connection refused: grpcStreamPeerRate reached"
+          : "gRPC connection refused: grpcMaxConnections reached",
     );
   };
   // Under the total's one key too: a crowd of addresses shedding each other logs no more than one peer.

@@ -53,8 +53,14 @@ export class KernelMetrics {
   });
   readonly grpcConnectionsRefused = new Counter({
     name: "kpip_grpc_connections_refused_total",
-    help: "TCP connections to the gRPC listener closed as they arrived, by the bound they met (peer: grpcMaxConnectionsPerPeer, total: grpcMaxConnections)",
+    help: "TCP connections to the gRPC listener closed as they arrived, by the bound they met (peer: grpcMaxConnectionsPerPeer, total: grpcMaxConnections, rate: the peer past grpcStreamPeerRate)",
     labelNames: ["bound"] as const,
+    registers: [this.registry],
+  });
+  readonly grpcStreamsRefused = new Counter({
+    name: "kpip_grpc_streams_refused_total",
+    help: "gRPC streams refused before the kernel saw them, by reason (rate: grpcStreamPeerRate; headers: a header list over 8 KiB, its connection closed; malformed: refused by HTTP/2 itself (malformed headers, more than 32 fields), counted when their connection is closed; compressed: grpc-encoding other than identity)",
+    labelNames: ["reason"] as const,
     registers: [this.registry],
   });
   readonly grpcConnectionsShed = new Counter({

@@ -1,5 +1,8 @@
-/** Which bound a refused connection met: its peer's own, or the listener's total. */
-export type ConnectionRefusal = "peer" | "total";
+/**
+ * Which bound a refused connection met: its peer's own, the listener's total, or (the gRPC
+ * listener's own check, never {@link ConnectionCaps.admit}'s) its peer's new-stream rate.
+ */
+export type ConnectionRefusal = "peer" | "total" | "rate";
 
 export interface ConnectionLimits {
   /** Most open connections per peer key (session/peer-key.ts: an IPv6 address by its /64). */
@@ -89,6 +92,11 @@ export class ConnectionCaps<C = object> {
     const n = (this.perPeer.get(key) ?? 1) - 1;
     if (n > 0) this.perPeer.set(key, n);
     else this.perPeer.delete(key);
+  }
+
+  /** `conn` carries an attested session now. */
+  carriesSession(conn: C): boolean {
+    return this.attestedOn.has(conn);
   }
 
   /** Open connections now. */

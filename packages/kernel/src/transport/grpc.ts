@@ -1,11 +1,12 @@
 import { createHash } from "node:crypto";
 import type { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
-import { constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
+import { type Http2Session, constants as h2c, type IncomingHttpHeaders, type ServerHttp2Stream } from "node:http2";
 import type { Socket } from "node:net";
 import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
+import { BURST_SECONDS, type Bucket, RateBuckets } from "../audit/rate-buckets.js";
 import { ConfigError } from "../config.js";
 import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
 import { peerKey } from "../session/peer-key.js";
@@ -36,6 +37,32 @@ export interface GrpcTlsFiles {
   key?: string;
   clientCa?: string;
 }
+
+/**
+ * Largest request header list a stream may carry, counted as HTTP/2 counts it (each field's name
+ * and value plus 32), the metadata bound gRPC implementations commonly use. Advertised in SETTINGS
+ * (MAX_HEADER_LIST_SIZE); a stream over it closes its connection (GOAWAY ENHANCE_YOUR_CALM) before
+ * grpc-js or the kernel sees it, since Node applies the setting only once the peer acknowledged it.
+ */
+export const GRPC_MAX_HEADER_LIST_BYTES = 8192;
+/**
+ * Header fields a stream may carry; Node refuses a stream past it (RST_STREAM ENHANCE_YOUR_CALM)
+ * before any field becomes a string. A KPIP call sends about ten.
+ */
+export const GRPC_MAX_HEADER_FIELDS = 32;
+/** Streams refused for the peer's stream rate on a connection carrying no attested session before it is closed. */
+export const GRPC_REFUSED_STREAMS_PER_CONNECTION = 8;
+
+/** How often the streams HTTP/2 refused on its own (malformed, too many header fields) are looked for. */
+export const GRPC_NODE_REFUSALS_CHECK_MS = 250;
+
+/**
+ * Why a stream was refused before the kernel saw it (kpip_grpc_streams_refused_total{reason}):
+ * over the peer's rate, a header list over GRPC_MAX_HEADER_LIST_BYTES, refused by HTTP/2 itself
+ * (malformed headers, more than GRPC_MAX_HEADER_FIELDS fields; counted when the kernel finds
+ * them), compressed.
+ */
+export type StreamRefusal = "rate" | "headers" | "malformed" | "compressed";
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "[::1]", "localhost"]);
 
@@ -93,6 +120,11 @@ export class GrpcListener {
   onConnectionShed: ((peer: string, shed: string) => void) | undefined;
   /** A stream refused for its compressed messages (`grpc-encoding`): the peer's IP and the encoding. */
   onCompressedRefused: ((peer: string, encoding: string) => void) | undefined;
+  /**
+   * A stream refused before the kernel saw it: over the peer's stream rate, or a header list over
+   * GRPC_MAX_HEADER_LIST_BYTES; `closed` when its connection was closed with it.
+   */
+  onStreamRefused: ((peer: string, reason: StreamRefusal, closed: boolean, count: number) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
@@ -100,6 +132,14 @@ export class GrpcListener {
   private readonly caps: ConnectionCaps<Socket> | undefined;
   /** Counted connections by "address:port" (what a call's getPeer() says), so a stream finds the connection it is on. */
   private readonly sockets = new Map<string, Socket>();
+  /** New streams per peer key (grpcStreamPeerRate); undefined when not bounded. */
+  private readonly streamBuckets: RateBuckets | undefined;
+  private sweepTimer: NodeJS.Timeout | undefined;
+  private nodeRefusalsTimer: NodeJS.Timeout | undefined;
+  /** Open HTTP/2 connections, with the streams of each that reached the screen (the rest Node refused itself). */
+  private readonly screened = new Map<Http2Session, number>();
+  /** Streams refused for the rate, per HTTP/2 connection. */
+  private readonly refusedOn = new WeakMap<Http2Session, number>();
 
   constructor(
     private readonly listen: string,
@@ -119,9 +159,11 @@ export class GrpcListener {
      * a stream past it, or ends the connection once the peer acknowledged them). Unset: unbounded,
      * grpc-js's default.
      */
-    private readonly bounds: { connections?: ConnectionLimits; streamsPerConnection?: number } = {},
+    private readonly bounds: { connections?: ConnectionLimits; streamsPerConnection?: number; streamPeerRate?: number } = {},
   ) {
     this.caps = bounds.connections && new ConnectionCaps<Socket>(bounds.connections);
+    const rate = bounds.streamPeerRate ?? 0;
+    this.streamBuckets = rate > 0 ? new RateBuckets(() => rate) : undefined;
   }
 
   /** Open TCP connections now (counted only when connections are bounded). */
@@ -141,6 +183,7 @@ export class GrpcListener {
       ...(this.idleConnectionMs > 0 ? { "grpc.max_connection_idle_ms": this.idleConnectionMs } : {}),
       ...(this.bounds.streamsPerConnection ? { "grpc.max_concurrent_streams": this.bounds.streamsPerConnection } : {}),
     });
+    this.limitHeaders(server);
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
         this.accept(new GrpcStreamConnection(call, this.maxMessage, this.secure, PEER_CLOSE_GRACE_MS, this.carrierOf(call))),
@@ -155,7 +198,12 @@ export class GrpcListener {
     this.secure = secure;
     this.server = server;
     const h2s = this.http2Servers(server);
-    this.refuseCompressed(h2s);
+    this.screenStreams(h2s);
+    this.watchNodeRefusals(h2s);
+    if (this.streamBuckets) {
+      const buckets = this.streamBuckets;
+      this.sweepTimer = setInterval(() => buckets.sweep(Date.now()), BURST_SECONDS * 1000).unref();
+    }
     if (secure) this.watchTlsRefusals(h2s);
     // After the TLS watch: a connection refused here never gets a TLS timer, nor a TLS handshake.
     this.capConnections(h2s);
@@ -168,47 +216,184 @@ export class GrpcListener {
   }
 
   /**
-   * Refuses a stream whose messages are compressed (`grpc-encoding` other than identity) from
-   * its headers, before grpc-js sees it: grpc-js inflated every gzip or deflate message whole
-   * before KPIP read a byte, so an unauthenticated peer made the kernel inflate 16 KiB into
-   * 16 MiB of zeros per stream (a quarter of a second of CPU each; 64 streams, 2 GB). The
-   * stream gets the trailers-only status UNIMPLEMENTED with `grpc-accept-encoding: identity`
-   * (what gRPC prescribes for an encoding a server does not support), then RST_STREAM
-   * NO_ERROR, so it holds no stream slot (PROTOCOL §3.6).
+   * Bounds the header list of every stream, in the options grpc-js gives Node's HTTP/2 server
+   * (it exposes no setting for them): an HPACK table entry of 4 KiB named 120 times in a
+   * ~130-byte HEADERS frame became ~480 KiB of strings per stream; 800 such streams (80 KiB
+   * sent) stalled every client for seconds and took the kernel from 130 to 700 MB.
    */
-  private refuseCompressed(h2s: EventEmitter[]): void {
+  private limitHeaders(server: grpc.Server): void {
+    const common = (server as unknown as { commonServerOptions?: { maxHeaderListPairs?: number; settings?: object } })
+      .commonServerOptions;
+    if (!common) {
+      this.onError?.(new Error("gRPC request headers cannot be bounded in Node with this grpc-js version"));
+      return;
+    }
+    common.maxHeaderListPairs = GRPC_MAX_HEADER_FIELDS;
+    common.settings = { ...common.settings, maxHeaderListSize: GRPC_MAX_HEADER_LIST_BYTES };
+  }
+
+  /**
+   * Looks at each stream's headers before grpc-js does, in this order:
+   * - a header list over GRPC_MAX_HEADER_LIST_BYTES closes the connection (GOAWAY
+   *   ENHANCE_YOUR_CALM): a peer that never acknowledges the kernel's SETTINGS is not held to
+   *   them by Node, and closing stops the rest of what it sent from being decoded;
+   * - past the peer's stream rate (grpcStreamPeerRate) the stream is refused, RST_STREAM
+   *   REFUSED_STREAM, and after GRPC_REFUSED_STREAMS_PER_CONNECTION such refusals a connection
+   *   carrying no attested session is closed (ENHANCE_YOUR_CALM);
+   * - compressed messages (`grpc-encoding` other than identity) are refused: grpc-js inflated
+   *   every gzip or deflate message whole before KPIP read a byte, so an unauthenticated peer made
+   *   the kernel inflate 16 KiB into 16 MiB of zeros per stream (a quarter of a second of CPU
+   *   each; 64 streams, 2 GB). The stream gets the trailers-only status UNIMPLEMENTED with
+   *   `grpc-accept-encoding: identity` (what gRPC prescribes for an encoding a server does not
+   *   support), then RST_STREAM NO_ERROR, so it holds no stream slot (PROTOCOL §3.6).
+   */
+  private screenStreams(h2s: EventEmitter[]): void {
     if (h2s.length === 0) {
-      this.onError?.(new Error("compressed gRPC messages cannot be refused with this grpc-js version"));
+      this.onError?.(new Error("gRPC streams cannot be screened (compression, header size, rate) with this grpc-js version"));
       return;
     }
     for (const h2 of h2s) {
       const handlers = h2.listeners("stream") as ((stream: ServerHttp2Stream, headers: IncomingHttpHeaders) => void)[];
       h2.removeAllListeners("stream");
-      h2.on("stream", (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => {
-        const encoding = headers["grpc-encoding"];
-        if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
-          for (const handle of handlers) (handle as (...a: unknown[]) => void).call(h2, stream, headers, ...rest);
-          return;
-        }
-        stream.on("error", () => {});
-        try {
-          stream.respond(
+      h2.on(
+        "stream",
+        (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, rawHeaders: unknown, ...rest: unknown[]) => {
+          const session = stream.session;
+          if (session) this.screened.set(session, (this.screened.get(session) ?? 0) + 1);
+          const address = session?.socket?.remoteAddress ?? "";
+          const peer = address || "unknown";
+          if (headerListBytes(rawHeaders, headers) > GRPC_MAX_HEADER_LIST_BYTES) {
+            stream.on("error", () => {});
+            if (session) closeCalm(session);
+            this.onStreamRefused?.(peer, "headers", true, 1);
+            return;
+          }
+          if (!this.takeStream(address)) {
+            // A trailers-only status, then RST_STREAM NO_ERROR: closing with an error code made Node
+            // build (and format the stack of) an Error per stream, most of a refusal's cost.
+            this.answerOnly(stream, grpc.status.RESOURCE_EXHAUSTED, "too many new streams from this address: try again later");
+            const refused = session ? (this.refusedOn.get(session) ?? 0) + 1 : 0;
+            let closed = false;
+            if (session) {
+              this.refusedOn.set(session, refused);
+              if (refused > GRPC_REFUSED_STREAMS_PER_CONNECTION && !this.carriesSession(session)) {
+                closeCalm(session);
+                closed = true;
+              }
+            }
+            this.onStreamRefused?.(peer, "rate", closed, 1);
+            return;
+          }
+          const encoding = headers["grpc-encoding"];
+          if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
+            for (const handle of handlers)
+              (handle as (...a: unknown[]) => void).call(h2, stream, headers, flags, rawHeaders, ...rest);
+            return;
+          }
+          this.answerOnly(
+            stream,
+            grpc.status.UNIMPLEMENTED,
+            "compressed messages are not accepted: send grpc-encoding identity",
             {
-              [h2c.HTTP2_HEADER_STATUS]: 200,
-              [h2c.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc+proto",
-              "grpc-status": String(grpc.status.UNIMPLEMENTED),
-              "grpc-message": "compressed messages are not accepted: send grpc-encoding identity",
               "grpc-accept-encoding": "identity",
             },
-            { endStream: true },
           );
-        } catch {
-          // The stream is already gone (the peer reset it): nothing to answer.
-        }
-        stream.close(h2c.NGHTTP2_NO_ERROR);
-        this.onCompressedRefused?.(stream.session?.socket?.remoteAddress ?? "unknown", String(encoding));
+          this.onCompressedRefused?.(peer, String(encoding));
+        },
+      );
+    }
+  }
+
+  /** Ends a stream grpc-js never sees with a trailers-only gRPC status, then RST_STREAM NO_ERROR (it holds no stream slot). */
+  private answerOnly(stream: ServerHttp2Stream, status: grpc.status, message: string, extra: Record<string, string> = {}): void {
+    stream.on("error", () => {});
+    try {
+      stream.respond(
+        {
+          [h2c.HTTP2_HEADER_STATUS]: 200,
+          [h2c.HTTP2_HEADER_CONTENT_TYPE]: "application/grpc+proto",
+          "grpc-status": String(status),
+          "grpc-message": message,
+          ...extra,
+        },
+        { endStream: true },
+      );
+    } catch {
+      // The stream is already gone (the peer reset it): nothing to answer.
+    }
+    stream.close(h2c.NGHTTP2_NO_ERROR);
+  }
+
+  /**
+   * Node and nghttp2 refuse some streams themselves and never tell JavaScript: more than
+   * GRPC_MAX_HEADER_FIELDS fields, a header list over GRPC_MAX_HEADER_LIST_BYTES once the peer
+   * acknowledged the SETTINGS (RST_STREAM ENHANCE_YOUR_CALM), malformed headers such as a
+   * repeated pseudo-header (RST_STREAM PROTOCOL_ERROR). 36-field HEADERS in a loop, ~35,000
+   * streams a second on one connection, kept the kernel at 0.7 core and its clients at a third
+   * of their calls, past any rate. HTTP/2 tells how far the peer's stream ids went
+   * (`lastProcStreamID`); streams past those the screen saw were refused by Node. Every
+   * GRPC_NODE_REFUSALS_CHECK_MS, a connection with more than GRPC_REFUSED_STREAMS_PER_CONNECTION
+   * of them is closed (GOAWAY ENHANCE_YOUR_CALM; no working client sends such streams), and they are
+   * charged to its peer's stream rate (down to a burst below empty), so that its new connections
+   * are closed as they arrive until the rate has made up for them.
+   */
+  private watchNodeRefusals(h2s: EventEmitter[]): void {
+    for (const h2 of h2s) {
+      h2.on("session", (session: Http2Session) => {
+        if (!this.screened.has(session)) this.screened.set(session, 0);
+        session.once("close", () => this.screened.delete(session));
       });
     }
+    this.nodeRefusalsTimer = setInterval(() => {
+      for (const [session, seen] of this.screened) {
+        if (session.destroyed) continue;
+        // Client stream ids are odd and rise: the last one processed says how many were opened.
+        const last = session.state.lastProcStreamID ?? 0;
+        const unseen = Math.ceil(last / 2) - seen;
+        if (unseen <= GRPC_REFUSED_STREAMS_PER_CONNECTION) continue;
+        const address = session.socket?.remoteAddress ?? "";
+        this.chargeStreams(address, unseen);
+        closeCalm(session);
+        this.onStreamRefused?.(address || "unknown", "malformed", true, unseen);
+      }
+    }, GRPC_NODE_REFUSALS_CHECK_MS).unref();
+  }
+
+  /** Takes `n` streams from the peer's bucket, down to a burst below empty at most. */
+  private chargeStreams(address: string, n: number): void {
+    const b = this.streamBucket(address);
+    const rate = this.bounds.streamPeerRate ?? 0;
+    if (b) b.tokens = Math.max(-rate * BURST_SECONDS, b.tokens - n);
+  }
+
+  /** The peer's bucket of new streams, filled to now (a peer past the table's room shares one); undefined when not bounded. */
+  private streamBucket(address: string): Bucket | undefined {
+    const buckets = this.streamBuckets;
+    if (!buckets) return undefined;
+    const now = Date.now();
+    return buckets.takeIfRoom(peerKey(address), now) ?? buckets.take("(other peers)", now);
+  }
+
+  /** Takes one new stream from the peer's bucket; true if there was one. */
+  private takeStream(address: string): boolean {
+    const b = this.streamBucket(address);
+    if (!b) return true;
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  /** The peer may open a stream now (takes nothing). */
+  private streamsLeft(address: string): boolean {
+    const b = this.streamBucket(address);
+    return !b || b.tokens >= 1;
+  }
+
+  /** The TCP connection under `session` carries an attested session (so it is never closed for its refused streams). */
+  private carriesSession(session: Http2Session): boolean {
+    const socket = session.socket;
+    const raw = socket && this.sockets.get(`${socket.remoteAddress}:${socket.remotePort}`);
+    return raw !== undefined && this.caps?.carriesSession(raw) === true;
   }
 
   /**
@@ -233,6 +418,12 @@ export class GrpcListener {
       h2.on("connection", (raw: Socket) => {
         const address = raw.remoteAddress ?? "";
         const key = peerKey(address);
+        // A peer past its stream rate could open no stream on it: closed before TLS or HTTP/2 work.
+        if (!this.streamsLeft(address)) {
+          raw.destroy();
+          this.onConnectionRefused?.(address || "unknown", "rate");
+          return;
+        }
         const { refused, shed } = caps.admit(key, raw);
         if (refused) {
           raw.destroy();
@@ -317,6 +508,8 @@ export class GrpcListener {
 
   /** Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. */
   async close(graceMs = 1000): Promise<void> {
+    clearInterval(this.sweepTimer);
+    clearInterval(this.nodeRefusalsTimer);
     const server = this.server;
     this.server = undefined;
     if (!server) return;
@@ -332,6 +525,30 @@ export class GrpcListener {
       });
     });
   }
+}
+
+/**
+ * Closes an HTTP/2 connection with GOAWAY ENHANCE_YOUR_CALM. Node takes a number as destroy's
+ * first argument for the code (its typings do not say so); destroy(undefined, code) sent NO_ERROR.
+ */
+function closeCalm(session: Http2Session): void {
+  (session.destroy as unknown as (code: number) => void).call(session, h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+}
+
+/**
+ * A header list's size as HTTP/2 counts it (SETTINGS_MAX_HEADER_LIST_SIZE: name, value and 32 per
+ * field), from the raw fields Node passes with a stream (from the combined object otherwise).
+ */
+export function headerListBytes(raw: unknown, headers: IncomingHttpHeaders): number {
+  let n = 0;
+  if (Array.isArray(raw)) {
+    for (let i = 0; i + 1 < raw.length; i += 2) n += String(raw[i]).length + String(raw[i + 1]).length + 32;
+    return n;
+  }
+  for (const [k, v] of Object.entries(headers)) {
+    for (const one of Array.isArray(v) ? v : [v]) n += k.length + String(one).length + 32;
+  }
+  return n;
 }
 
 /** The TCP connection under a gRPC stream, told when the stream's session attests and when that session ends. */
