@@ -96,6 +96,23 @@ const DECLARED = {
     default: 64 * 1024 * 1024,
     description: "bytes queued to a non-reading peer before it is dropped",
   },
+  /**
+   * Answers queued, unread, to the sessions of one persona with its sub-personas and agents:
+   * past it, read-only ops that would add an answer are refused RESOURCE (retryable) until the
+   * peers read. Per session alone, 64 sessions each holding half their write buffer unread held
+   * gigabytes.
+   */
+  maxQueuedBytesPerPersona: {
+    type: "int",
+    default: 128 * 1024 * 1024,
+    description: "bytes of answers queued unread to one persona tree's sessions before its reads are refused (retryable)",
+  },
+  /** The same over every session of the kernel. */
+  maxQueuedBytes: {
+    type: "int",
+    default: 512 * 1024 * 1024,
+    description: "bytes of answers queued unread to all peers before reads are refused (retryable)",
+  },
   /** Memory large request bodies are received into and reused from (session/body-pool.ts). */
   bodyPoolBytes: {
     type: "int",

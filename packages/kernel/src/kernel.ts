@@ -132,6 +132,11 @@ export class Kernel {
     return this.services?.sessions.sessionCount() ?? 0;
   }
   /** Frames being received by every session now: their bytes so far, and the memory held for them. */
+  /** Bytes of answers queued to peers that have not read them (sessions with 64 KiB or more queued). */
+  get queuedUnreadBytes(): number {
+    return this.services?.sessions.queued.kernel() ?? 0;
+  }
+
   get partialFrames(): { received: number; retained: number } {
     return this.services?.sessions.partialFrames() ?? { received: 0, retained: 0 };
   }

@@ -35,6 +35,29 @@ describe("the budget of answers in preparation", () => {
     assert.equal(b.held, 0);
   });
 
+  it("counts answers queued unread across the tree and the kernel (the registry's totals): past either bound RESOURCE, nothing queued never refused", () => {
+    const b = new AnswerBudget(1000, 1000);
+    const queued = { tree: 0, kernel: 0 };
+    b.queued = { totals: { tree: () => queued.tree, kernel: () => queued.kernel }, perTree: 50, kernel: 80 };
+    const l = b.lease("a");
+    l.hold(500); // nothing queued anywhere: one answer is never refused
+    l.release();
+    queued.tree = 40;
+    queued.kernel = 40;
+    assert.throws(() => b.lease("a").hold(11), /persona tree's sessions hold 40 bytes \(at most 50/);
+    b.lease("a").hold(10);
+    queued.tree = 0;
+    queued.kernel = 75;
+    assert.throws(
+      () => b.lease("b").hold(1),
+      /the kernel's answers queued to peers that have not read them hold 75 bytes \(at most 80\)/,
+    );
+    const c = b.lease("c");
+    assert.throws(() => c.hold(100));
+    c.count(100); // an answer that cannot be refused any more is counted whatever is queued
+    assert.equal(b.held, 110);
+  });
+
   it("counts bytes queued to the peer, gives back an over-estimate, and counts an answer that cannot be refused", () => {
     const b = new AnswerBudget(10, 100);
     const peer = { buffered: 6 };
@@ -145,3 +168,60 @@ async function burst(t: Parameters<typeof RawPeer.admin>[0], intent: Intent) {
   p.close();
   return ok;
 }
+
+describe("answers queued unread across a persona tree's sessions", () => {
+  it("past maxQueuedBytesPerPersona the tree's reads are refused RESOURCE, on any of its sessions; another persona reads; once the peers read, the tree reads again", async () => {
+    await withKernel({ maxWriteBuffer: 8 * MiB, maxQueuedBytesPerPersona: 6 * MiB }, async (t) => {
+      const admin = await t.admin();
+      await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
+      const greedy = await t.persona("greedy", [{ ops: ["storage.read"], targets: ["obj://big/**"] }]);
+      const peer = async () => {
+        const p = await RawPeer.connect(t.k.socketPath);
+        await p.handshake(greedy.identity, [greedy.token]);
+        return p;
+      };
+      const read = (id: number) =>
+        requestFrame(id, { op: "storage.read", target: "obj://big/blob", args: {} }, { persona: "greedy" });
+      // Eight sessions that never read, each asking for three answers of 1 MiB (within its own budget of 4 MiB).
+      const stalled: RawPeer[] = [];
+      for (let i = 0; i < 8; i++) {
+        const p = await peer();
+        p.sock.pause();
+        p.send(Buffer.concat([read(1), read(2), read(3)]));
+        stalled.push(p);
+      }
+      // A session of the same persona that reads: refused once the tree's queued answers reach the bound.
+      const probe = await peer();
+      let id = 10;
+      const refusal = await until(
+        async () => {
+          probe.send(read(++id));
+          const r = await probe.response(id);
+          return r.status === "FAILURE" ? r : undefined;
+        },
+        30_000,
+        "a read refused for the tree's queued answers",
+      );
+      assert.equal(refusal.error, "RESOURCE");
+      assert.match(refusal.message ?? "", /queued unread to this persona tree's sessions hold \d+ bytes \(at most 6291456/);
+      // Held: the stalled sessions' queued answers stay near the bound, not 8 × 3 MiB.
+      const queued = t.k.queuedUnreadBytes;
+      assert.ok(queued > 0 && queued <= 6 * MiB + 2 * MiB, `${queued} bytes queued to greedy's sessions`);
+      // Another tree is not refused.
+      assert.equal((await admin.storage.read("obj://big/blob")).data.length, MiB);
+      // The peers read what was queued: the tree reads again.
+      for (const p of stalled) p.sock.resume();
+      const served = await until(
+        async () => {
+          probe.send(read(++id));
+          const r = await probe.response(id);
+          return r.status === "SUCCESS" ? r : undefined;
+        },
+        30_000,
+        "a read served once the queued answers were read",
+      );
+      assert.equal((served.payload as { data: Uint8Array }).data.length, MiB);
+      for (const p of [...stalled, probe]) p.close();
+    });
+  });
+});

@@ -361,6 +361,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     const bodies = new BodyPool(c.bodyPoolBytes);
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
+    const answers = AnswerBudget.forWriteBuffer(c.maxWriteBuffer);
+    answers.queued = { totals: sessions.queued, perTree: c.maxQueuedBytesPerPersona, kernel: c.maxQueuedBytes };
     const pipeline = new Pipeline({
       ledger,
       router,
@@ -372,7 +374,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       log,
       metrics,
       refusals,
-      answers: AnswerBudget.forWriteBuffer(c.maxWriteBuffer),
+      answers,
       admission,
       bodies,
       peerLog,
@@ -401,7 +403,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       peerLog,
       admitSession: (s, persona) => sessions.admit(s, persona),
       sessionClosed: (s) => sessions.closed(s),
-      sessionDrained: (s) => events.drained(s.id),
+      sessionDrained: (s) => {
+        sessions.queuedTo(s);
+        events.drained(s.id);
+      },
+      sessionQueued: (s) => sessions.queuedTo(s),
       shm: sharedMemory(c, kernelId, log),
       bodies,
     };

@@ -1,4 +1,5 @@
 import { TICK_SLICE_SESSIONS } from "../limits.js";
+import type { QueuedTotals } from "../pipeline/answer-budget.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
@@ -6,6 +7,9 @@ import type { SessionRefusal } from "../session/host.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
 import { SliceSweep } from "./slices.js";
+
+/** Bytes queued unread to one peer from which its session counts in the tree's and the kernel's queued answers. */
+export const HEAVY_QUEUED_BYTES = 64 * 1024;
 
 /** What the registry tells its owner of: a connection shed from the pre-authentication budget. */
 export interface SessionEvents {
@@ -27,6 +31,12 @@ export class SessionRegistry implements SessionCounts {
   /** The tree each attested session was counted in: released there, whatever the registry became since. */
   private readonly treeOf = new Map<Session, string>();
   private host: SessionHost | undefined;
+  /**
+   * Sessions with at least {@link HEAVY_QUEUED_BYTES} queued to a peer that has not read them:
+   * what the answer budget sums over a tree and the kernel (those below it are bounded by
+   * maxSessions × that many bytes, and are not looked at).
+   */
+  private readonly heavy = new Set<Session>();
   /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
   private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
 
@@ -90,8 +100,34 @@ export class SessionRegistry implements SessionCounts {
     return undefined;
   }
 
+  /** After a send to `s`'s peer, and when its connection drained: is much queued to it, unread? */
+  queuedTo(s: Session): void {
+    if (s.buffered >= HEAVY_QUEUED_BYTES) {
+      if (this.sessions.has(s)) this.heavy.add(s);
+    } else if (this.heavy.size > 0) this.heavy.delete(s);
+  }
+
+  /** What is queued unread to peers, as the answer budget asks for it. */
+  readonly queued: QueuedTotals = {
+    kernel: () => {
+      let n = 0;
+      for (const s of this.heavy) n += s.buffered;
+      return n;
+    },
+    tree: (session) => {
+      if (this.heavy.size === 0) return 0;
+      const s = this.byId.get(session);
+      const tree = s && this.treeOf.get(s);
+      if (tree === undefined) return 0;
+      let n = 0;
+      for (const h of this.heavy) if (this.treeOf.get(h) === tree) n += h.buffered;
+      return n;
+    },
+  };
+
   /** A session closed: it is forgotten (a no-op for one already forgotten). */
   closed(s: Session): void {
+    this.heavy.delete(s);
     if (!this.sessions.has(s)) return;
     this.preauth.release(s);
     const tree = this.treeOf.get(s);

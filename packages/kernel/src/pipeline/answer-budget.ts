@@ -11,6 +11,12 @@ import { OpError } from "../primitives/types.js";
 export class AnswerBudget {
   private readonly bySession = new Map<string, number>();
   private total = 0;
+  /**
+   * Answers already queued to peers that have not read them, across a persona tree's sessions
+   * and the kernel (the session registry's count), with their bounds. Per session alone, a
+   * persona with 64 sessions each holding half its write buffer unread held gigabytes.
+   */
+  queued: { totals: QueuedTotals; perTree: number; kernel: number } | undefined;
 
   constructor(
     /** Most bytes one session's answers in preparation may hold (the kernel's write buffer per peer). */
@@ -54,6 +60,7 @@ export class AnswerBudget {
     if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession) throw sessionFull(s, queued);
     if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
+    if (!always && this.queued) this.checkQueued(session, s + bytes);
     this.bySession.set(session, s + bytes);
     this.total += bytes;
   }
@@ -66,6 +73,26 @@ export class AnswerBudget {
   checkRoom(session: string, queued = 0): void {
     const s = this.bySession.get(session) ?? 0;
     if (s + queued >= this.perSession && (s > 0 || queued > 0)) throw sessionFull(s, queued);
+  }
+
+  /**
+   * Answers queued unread to the tree's sessions (and in the kernel), with what `session` would
+   * hold: past either bound, RESOURCE. Nothing queued: never refused (one answer alone is allowed).
+   */
+  private checkQueued(session: string, holding: number): void {
+    const q = this.queued as NonNullable<AnswerBudget["queued"]>;
+    const kernel = q.totals.kernel();
+    if (kernel > 0 && kernel + this.total + holding > q.kernel)
+      throw new OpError(
+        "RESOURCE",
+        `the kernel's answers queued to peers that have not read them hold ${kernel} bytes (at most ${q.kernel}); retry once they are read`,
+      );
+    const tree = q.totals.tree(session);
+    if (tree > 0 && tree + holding > q.perTree)
+      throw new OpError(
+        "RESOURCE",
+        `answers queued unread to this persona tree's sessions hold ${tree} bytes (at most ${q.perTree}, maxQueuedBytesPerPersona); read them, then retry`,
+      );
   }
 
   /** @internal {@link AnswerLease.release}. */
@@ -83,6 +110,12 @@ function sessionFull(held: number, queued: number): OpError {
     "RESOURCE",
     `this session's answers in preparation hold ${held} bytes (${queued} more queued to the peer); retry once they are sent`,
   );
+}
+
+/** Bytes queued to peers and not yet read: over a session's persona tree, and over the kernel. */
+export interface QueuedTotals {
+  tree(session: string): number;
+  kernel(): number;
 }
 
 /** A session's connection: the bytes of answers queued to the peer and not yet read. */

@@ -333,6 +333,7 @@ export class Session implements SessionView, EventSink {
 
   /** Past maxWriteBuffer queued to the peer, the session ends: what it does not read is not kept without bound. */
   private dropIfNotReading(): void {
+    this.host.sessionQueued?.(this);
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
       this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read what the kernel sends; session dropped", this.persona);
     }
