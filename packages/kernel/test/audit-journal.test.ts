@@ -698,6 +698,33 @@ describe("a full segment's sync off the kernel's thread", () => {
     }
   });
 
+  it("a rotation whose sync fails (on the kernel's thread) fails every later append too: the next rotation's sync would pass", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const dir = join(home, "audit");
+    const w = new SegmentWriter(dir, 1, { rotateAbove: 1024, presync: false });
+    const mutable = nodeFs as unknown as { fdatasyncSync: (fd: number) => void };
+    const real = mutable.fdatasyncSync;
+    try {
+      const rows = chain(40);
+      let i = 0;
+      for (let a = w.append(batch([rows[i++] as JournalRecord])); a.offset + a.length < 1024; a = w.append(batch([rows[i++] as JournalRecord])));
+      mutable.fdatasyncSync = () => {
+        throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+      };
+      syncBuiltinESMExports();
+      assert.throws(() => w.append(batch([rows[i] as JournalRecord])), /EIO/);
+      mutable.fdatasyncSync = real;
+      syncBuiltinESMExports();
+      assert.throws(() => w.append(batch([rows[i] as JournalRecord])), /could not be synced \(EIO.*takes no more/);
+      assert.deepEqual(readdirSync(dir), [segmentName(1)], "no new segment after the full one's failed sync");
+    } finally {
+      mutable.fdatasyncSync = real;
+      syncBuiltinESMExports();
+      w.close();
+      removeHome(home);
+    }
+  });
+
   it("a background sync that fails (a writeback error the disk reports once) fails every later append: the audit fails closed", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
     const dir = join(home, "audit");

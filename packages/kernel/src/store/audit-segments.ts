@@ -371,10 +371,20 @@ export class SegmentWriter {
     else closeSync(fd);
   }
 
+  /** An fdatasync on this thread; a failure is kept as a background one's is ({@link #syncFailed}). */
+  #syncHere(fd: number): void {
+    try {
+      fdatasyncSync(fd);
+    } catch (e) {
+      this.#syncFailed ??= { segment: this.#segment, error: e as Error };
+      throw e;
+    }
+  }
+
   #rotate(first: number): void {
     if (this.#fd !== undefined) {
       // The full segment is durable before the next one starts: an OS crash loses only the newest one's tail.
-      fdatasyncSync(this.#fd);
+      this.#syncHere(this.#fd);
       this.#release(this.#fd);
       this.#fd = undefined;
     }
@@ -393,14 +403,14 @@ export class SegmentWriter {
 
   /** An fdatasync now (a clean stop; before the legacy rows are dropped). */
   syncNow(): void {
-    if (this.#fd !== undefined) fdatasyncSync(this.#fd);
+    if (this.#fd !== undefined) this.#syncHere(this.#fd);
     this.#dirty = false;
   }
 
   close(): void {
     if (this.#fd !== undefined) {
       try {
-        fdatasyncSync(this.#fd);
+        this.#syncHere(this.#fd);
       } finally {
         this.#release(this.#fd);
         this.#fd = undefined;
