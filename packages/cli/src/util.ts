@@ -11,6 +11,8 @@ export const EXIT = {
   USAGE: 2,
   /** No kernel could be reached. */
   UNAVAILABLE: 3,
+  /** `kpip kernel` stopped after its storage failed (a failed sync): the process ends at once, keeping the WAL. */
+  STORAGE_FAILED: 4,
 } as const;
 
 /** A command-line mistake: printed with the command's usage hint, exit code 2. */

@@ -132,15 +132,25 @@ export class Kernel {
     return this.services?.sessions.sessionCount() ?? 0;
   }
   /** Frames being received by every session now: their bytes so far, and the memory held for them. */
+  get partialFrames(): { received: number; retained: number } {
+    return this.services?.sessions.partialFrames() ?? { received: 0, retained: 0 };
+  }
+  /** Half-open connections now (pre-authentication budget). */
   /** Bytes of answers queued to peers that have not read them (sessions with 64 KiB or more queued). */
   get queuedUnreadBytes(): number {
     return this.services?.sessions.queued.kernel() ?? 0;
   }
 
-  get partialFrames(): { received: number; retained: number } {
-    return this.services?.sessions.partialFrames() ?? { received: 0, retained: 0 };
+  /**
+   * Why the kernel's storage failed, if it did: a sync of the database or the audit that failed
+   * (a disk error). The kernel then refuses every request; after stop(), end the process with
+   * `process.exit()`: a natural exit lets the SQLite addon close the database, whose close
+   * would checkpoint and drop the WAL that still holds what the failed sync may have lost.
+   */
+  get storageFailure(): Error | undefined {
+    return this.services?.store.storageFailure;
   }
-  /** Half-open connections now (pre-authentication budget). */
+
   get handshakingCount(): number {
     return this.services?.sessions.handshakingCount() ?? 0;
   }

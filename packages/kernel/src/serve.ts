@@ -23,7 +23,8 @@ await kernel.start();
 process.stdout.write(`kpip kernel ${kernel.kernelId} is running on ${kernel.socketPath}\n`);
 const stop = (signal: NodeJS.Signals) => {
   kernel.stop(signal).then(
-    () => process.exit(0),
+    // process.exit, not a natural exit: after a storage failure SQLite's close must not run (kernel.storageFailure).
+    () => process.exit(kernel.storageFailure ? 4 : 0),
     () => process.exit(1),
   );
 };

@@ -707,7 +707,11 @@ describe("a full segment's sync off the kernel's thread", () => {
     try {
       const rows = chain(40);
       let i = 0;
-      for (let a = w.append(batch([rows[i++] as JournalRecord])); a.offset + a.length < 1024; a = w.append(batch([rows[i++] as JournalRecord])));
+      for (
+        let a = w.append(batch([rows[i++] as JournalRecord]));
+        a.offset + a.length < 1024;
+        a = w.append(batch([rows[i++] as JournalRecord]))
+      );
       mutable.fdatasyncSync = () => {
         throw Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
       };

@@ -3,10 +3,11 @@ import { existsSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import { openAuditReader, verifyAudit } from "../src/index.js";
 import { connectAdminOf, removeHome, spawnReady, startKernel } from "./harness.js";
 
-const kernelModule = new URL("../src/index.js", import.meta.url).href;
+const CLI = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
 /**
  * Loaded before the kernel (and again in each worker thread): the checkpoint worker's sync of the
@@ -27,24 +28,15 @@ if (!isMainThread && typeof workerData?.path === "string") {
 `;
 
 describe("the database file cannot be synced (a disk's writeback error)", () => {
-  it("the kernel takes no more changes, keeps the WAL when it stops, and the next start has every acknowledged write", async () => {
+  it("the kernel takes no more changes, keeps the WAL when `kpip kernel` stops (exit 4), and the next start has every acknowledged write", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-syncfail-"));
     const preload = join(home, "..", `${home.split("/").at(-1)}-preload.mjs`);
     writeFileSync(preload, PRELOAD);
     try {
       // The home made by a first start of its own.
       await (await startKernel({}, home)).stop();
-      // A file, not -e: a worker inherits --input-type, which fails a worker started from a file.
-      const main = `${preload}.main.mjs`;
-      writeFileSync(
-        main,
-        `const { Kernel } = await import(process.argv[2]);
-const k = new Kernel({ home: process.argv[3], logLevel: "silent" });
-await k.start();
-process.on("SIGTERM", () => void k.stop().then(() => process.exit(0)));
-process.stdout.write("ready\\n");`,
-      );
-      const child = await spawnReady(["--import", preload, main, kernelModule, home], "ready");
+      // The operator's command, as it runs: its exit after the stop is part of what keeps the WAL.
+      const child = await spawnReady(["--import", preload, CLI, "kernel", "--home", home, "--log-level", "silent"], "is running");
       const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
       const acknowledged: string[] = [];
       let refusal: Error | undefined;
@@ -71,7 +63,7 @@ process.stdout.write("ready\\n");`,
       } finally {
         child.kill("SIGTERM");
       }
-      assert.equal(await exited, 0, "a clean stop");
+      assert.equal(await exited, 4, "kpip kernel exits 4 (its storage failed) at once after the stop");
       // The stop left the WAL as it was (a clean close would have checkpointed it into the file and dropped it).
       const wal = join(home, "kernel.db-wal");
       assert.ok(existsSync(wal) && statSync(wal).size > 0, "the WAL is kept");
@@ -96,7 +88,6 @@ process.stdout.write("ready\\n");`,
     } finally {
       removeHome(home);
       removeHome(preload);
-      removeHome(`${preload}.main.mjs`);
     }
   });
 });

@@ -80,6 +80,14 @@ export const kernelCommand: Command = {
       process.once("SIGINT", stop);
       process.once("SIGTERM", stop);
     });
+    const failed = kernel.storageFailure;
+    if (failed) {
+      process.stderr.write(
+        `kernel stopped after its storage failed (${failed.message}): the WAL is kept for the next start; restart once the disk is mended\n`,
+      );
+      // At once: a natural exit lets the SQLite addon close the database, whose close would checkpoint and drop the WAL.
+      process.exit(EXIT.STORAGE_FAILED);
+    }
     process.stdout.write("kernel stopped\n");
     return EXIT.OK;
   },

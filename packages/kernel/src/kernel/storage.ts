@@ -49,7 +49,10 @@ export interface StorageEvents {
  */
 export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents): Promise<HomeStorage> {
   ensureHome(c.home);
-  const closers: (() => unknown)[] = [acquireHome(c.home)];
+  const releaseHome = acquireHome(c.home);
+  let database: SqliteStore | undefined;
+  // A failed store keeps the home: another kernel of this process would share SQLite's live WAL index.
+  const closers: (() => unknown)[] = [() => database?.storageFailure === undefined && releaseHome()];
   const close = async () => {
     for (const f of closers.reverse()) await f();
     closers.length = 0;
@@ -59,6 +62,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     const key = loadKernelKey(c.home);
     const dbPath = join(c.home, HOME_FILES.database);
     const store = new SqliteStore(dbPath);
+    database = store;
     closers.push(() => store.close());
     // Under the home's lock, before anything reads the chain: what a killed kernel journalled is indexed first.
     const opened = store.useAuditSegments(join(c.home, HOME_FILES.auditSegments), join(c.home, HOME_FILES.auditJournal));

@@ -62,6 +62,9 @@ export type StoreBase = new (...args: any[]) => SqliteBase;
 // biome-ignore lint/suspicious/noExplicitAny: the mixin constructor signature TypeScript requires
 export type WithRows<B extends StoreBase, T> = B & (new (...args: any[]) => T);
 
+/** Stores whose storage failed: held for the life of the process ({@link SqliteBase.failStorage}). */
+const FAILED_STORES = new Set<SqliteBase>();
+
 /** The connection and what every table shares: the statement cache, WAL control, meta, transactions. */
 export class SqliteBase {
   readonly db: Database.Database;
@@ -85,6 +88,8 @@ export class SqliteBase {
    */
   failStorage(e: Error): void {
     this.#failed ??= e;
+    // Never collected: the addon closes a collected connection, and that close checkpoints.
+    FAILED_STORES.add(this);
     if (this.db.open) this.db.pragma("wal_autocheckpoint = 0");
   }
 
