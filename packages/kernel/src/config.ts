@@ -105,13 +105,14 @@ const DECLARED = {
   maxQueuedBytesPerPersona: {
     type: "int",
     default: 128 * 1024 * 1024,
-    description: "bytes of answers queued unread to one persona tree's sessions before its reads are refused (retryable)",
+    description:
+      "bytes of answers queued unread to one persona tree's sessions before its reads are refused (retryable); past it + maxWriteBuffer its sessions are dropped SLOW_CONSUMER",
   },
   /** The same over every session of the kernel. */
   maxQueuedBytes: {
     type: "int",
     default: 512 * 1024 * 1024,
-    description: "bytes of answers queued unread to all peers before reads are refused (retryable)",
+    description: "bytes of answers queued unread to all peers before reads of trees with answers queued are refused (retryable)",
   },
   /** Memory large request bodies are received into and reused from (session/body-pool.ts). */
   bodyPoolBytes: {

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Intent } from "@kpip/protocol";
+import { encodeMessage } from "@kpip/protocol";
 import { AnswerBudget } from "../src/pipeline/answer-budget.js";
 import { OpError } from "../src/primitives/types.js";
 import { sandboxSkip, until, withKernel } from "./harness.js";
@@ -46,16 +47,20 @@ describe("the budget of answers in preparation", () => {
     queued.kernel = 40;
     assert.throws(() => b.lease("a").hold(11), /persona tree's sessions hold 40 bytes \(at most 50/);
     b.lease("a").hold(10);
-    queued.tree = 0;
+    // Past the kernel's bound: a tree with answers queued is refused, one with none is not.
+    queued.tree = 5;
     queued.kernel = 75;
     assert.throws(
       () => b.lease("b").hold(1),
-      /the kernel's answers queued to peers that have not read them hold 75 bytes \(at most 80\)/,
+      /the kernel's answers queued to peers that have not read them hold 75 bytes \(at most 80\), 5 of them/,
     );
+    queued.tree = 0;
+    b.lease("b").hold(1);
     const c = b.lease("c");
+    queued.tree = 5;
     assert.throws(() => c.hold(100));
     c.count(100); // an answer that cannot be refused any more is counted whatever is queued
-    assert.equal(b.held, 110);
+    assert.equal(b.held, 111);
   });
 
   it("counts bytes queued to the peer, gives back an over-estimate, and counts an answer that cannot be refused", () => {
@@ -222,6 +227,40 @@ describe("answers queued unread across a persona tree's sessions", () => {
       );
       assert.equal((served.payload as { data: Uint8Array }).data.length, MiB);
       for (const p of [...stalled, probe]) p.close();
+    });
+  });
+});
+
+describe("bytes queued unread that no read refusal bounds (PONGs)", () => {
+  it("a persona's sessions that PING and never read are dropped once their tree holds more than maxQueuedBytesPerPersona + maxWriteBuffer; another tree reads meanwhile", async () => {
+    await withKernel({ maxWriteBuffer: 8 * MiB, maxQueuedBytesPerPersona: 6 * MiB, maxQueuedBytes: 16 * MiB }, async (t) => {
+      const admin = await t.admin();
+      await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
+      const pinger = await t.persona("pinger", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const stalled: RawPeer[] = [];
+      for (let i = 0; i < 4; i++) {
+        const p = await RawPeer.connect(t.k.socketPath);
+        await p.handshake(pinger.identity, [pinger.token]);
+        p.sock.pause();
+        stalled.push(p);
+      }
+      const pings = Buffer.concat(Array.from({ length: 5000 }, (_, i) => encodeMessage({ type: "PING", body: { seq: i } })));
+      let most = 0;
+      // Round-robin, so the four grow alike: each stays under its own 8 MiB while the tree passes 14 MiB.
+      await until(
+        () => {
+          most = Math.max(most, t.k.queuedUnreadBytes);
+          if (stalled.some((p) => p.closed)) return true;
+          for (const p of stalled) p.send(pings);
+          return false;
+        },
+        120_000,
+        "a session of the tree dropped",
+      );
+      assert.ok(most <= 14 * MiB + 2 * MiB, `the tree's unread bytes reached ${most}, past its hard bound`);
+      // Another tree, with nothing queued, is never refused by the kernel's bound.
+      assert.equal((await admin.storage.read("obj://big/blob")).data.length, MiB);
+      for (const p of stalled) p.close();
     });
   });
 });

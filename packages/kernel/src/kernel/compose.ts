@@ -363,6 +363,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     const answers = AnswerBudget.forWriteBuffer(c.maxWriteBuffer);
     answers.queued = { totals: sessions.queued, perTree: c.maxQueuedBytesPerPersona, kernel: c.maxQueuedBytes };
+    sessions.treeQueuedHardBytes = c.maxQueuedBytesPerPersona + c.maxWriteBuffer;
     const pipeline = new Pipeline({
       ledger,
       router,

@@ -100,11 +100,24 @@ export class SessionRegistry implements SessionCounts {
     return undefined;
   }
 
-  /** After a send to `s`'s peer, and when its connection drained: is much queued to it, unread? */
-  queuedTo(s: Session): void {
+  /**
+   * Most bytes queued unread to one persona tree's sessions before the one sent to is dropped
+   * (SLOW_CONSUMER): what no read refusal bounds (PONGs, small answers, events) stops here.
+   */
+  treeQueuedHardBytes = Number.POSITIVE_INFINITY;
+
+  /**
+   * After a send to `s`'s peer, and when its connection drained: is much queued to it, unread?
+   * True when `s` is one of them and its tree's sessions hold more than {@link treeQueuedHardBytes}.
+   */
+  queuedTo(s: Session): boolean {
     if (s.buffered >= HEAVY_QUEUED_BYTES) {
-      if (this.sessions.has(s)) this.heavy.add(s);
-    } else if (this.heavy.size > 0) this.heavy.delete(s);
+      if (!this.sessions.has(s)) return false;
+      this.heavy.add(s);
+      return this.queued.tree(s.id) > this.treeQueuedHardBytes;
+    }
+    if (this.heavy.size > 0) this.heavy.delete(s);
+    return false;
   }
 
   /** What is queued unread to peers, as the answer budget asks for it. */

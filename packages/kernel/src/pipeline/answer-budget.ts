@@ -60,7 +60,7 @@ export class AnswerBudget {
     if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession) throw sessionFull(s, queued);
     if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
-    if (!always && this.queued) this.checkQueued(session, s + bytes);
+    if (!always && this.queued) this.checkQueued(session, s, bytes);
     this.bySession.set(session, s + bytes);
     this.total += bytes;
   }
@@ -76,22 +76,25 @@ export class AnswerBudget {
   }
 
   /**
-   * Answers queued unread to the tree's sessions (and in the kernel), with what `session` would
-   * hold: past either bound, RESOURCE. Nothing queued: never refused (one answer alone is allowed).
+   * Answers queued unread to the tree's sessions, and in the kernel: a tree with none is never
+   * refused (another tree's unread answers must not stop one that reads its own); past its own
+   * bound, or past the kernel's while it has some queued, RESOURCE. `held`: the session's bytes
+   * in preparation (already in the kernel's total).
    */
-  private checkQueued(session: string, holding: number): void {
+  private checkQueued(session: string, held: number, bytes: number): void {
     const q = this.queued as NonNullable<AnswerBudget["queued"]>;
-    const kernel = q.totals.kernel();
-    if (kernel > 0 && kernel + this.total + holding > q.kernel)
-      throw new OpError(
-        "RESOURCE",
-        `the kernel's answers queued to peers that have not read them hold ${kernel} bytes (at most ${q.kernel}); retry once they are read`,
-      );
     const tree = q.totals.tree(session);
-    if (tree > 0 && tree + holding > q.perTree)
+    if (tree === 0) return;
+    if (tree + held + bytes > q.perTree)
       throw new OpError(
         "RESOURCE",
         `answers queued unread to this persona tree's sessions hold ${tree} bytes (at most ${q.perTree}, maxQueuedBytesPerPersona); read them, then retry`,
+      );
+    const kernel = q.totals.kernel();
+    if (kernel + this.total + bytes > q.kernel)
+      throw new OpError(
+        "RESOURCE",
+        `the kernel's answers queued to peers that have not read them hold ${kernel} bytes (at most ${q.kernel}), ${tree} of them this persona tree's; read them, then retry`,
       );
   }
 

@@ -60,8 +60,11 @@ export interface SessionHostOf<S> {
   sessionClosed(s: S): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: S): void;
-  /** Bytes were queued to the session's peer (a send): the kernel counts what is queued unread. */
-  sessionQueued?(s: S): void;
+  /**
+   * Bytes were queued to the session's peer (a send): the kernel counts what is queued unread.
+   * True: the session's persona tree holds more unread than it may, and this session is dropped.
+   */
+  sessionQueued?(s: S): boolean;
   /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
   readonly shm?: { native: ShmNative; threshold: number };
   /** Where an attested session's large bodies are received (none: fresh memory). */

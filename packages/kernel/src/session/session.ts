@@ -333,9 +333,16 @@ export class Session implements SessionView, EventSink {
 
   /** Past maxWriteBuffer queued to the peer, the session ends: what it does not read is not kept without bound. */
   private dropIfNotReading(): void {
-    this.host.sessionQueued?.(this);
+    const treeOver = this.host.sessionQueued?.(this) === true;
     if (this.conn.buffered > this.host.limits.maxWriteBuffer) {
       this.fail("RESOURCE", "SLOW_CONSUMER", "the peer does not read what the kernel sends; session dropped", this.persona);
+    } else if (treeOver) {
+      this.fail(
+        "RESOURCE",
+        "SLOW_CONSUMER",
+        "this persona's sessions do not read what the kernel sends (their unread bytes passed maxQueuedBytesPerPersona + maxWriteBuffer); session dropped",
+        this.persona,
+      );
     }
   }
 
