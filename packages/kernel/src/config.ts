@@ -323,7 +323,7 @@ const DECLARED = {
   },
   /**
    * New gRPC streams (each a handshake) one peer address may open per second (bursts 5×), on all
-   * its connections: past it a stream is refused (RST_STREAM REFUSED_STREAM) before grpc-js or
+   * its connections: past it a stream is refused (RESOURCE_EXHAUSTED, then RST_STREAM NO_ERROR) before grpc-js or
    * the kernel sees it. Each stream cost the kernel ~150 µs of CPU (a call, a session, a timer)
    * whatever the peer did with it: HEADERS then RST_STREAM in a loop (CVE-2023-44487), reconnecting
    * at each GOAWAY, took a 2-core kernel to a full core and its clients from 43 to 3 calls a second.
@@ -333,7 +333,7 @@ const DECLARED = {
     default: 100,
     zeroAllowed: true,
     description:
-      "new gRPC streams (handshakes) per second per peer address, IPv6 by its /64 (bursts 5×); past it a stream is refused REFUSED_STREAM before the kernel sees it (0 = no bound)",
+      "new gRPC streams (handshakes) per second per peer address, IPv6 by its /64 (bursts 5×); past it a stream is refused RESOURCE_EXHAUSTED before the kernel sees it (0 = no bound)",
   },
   // Bounds on what an authenticated peer can grow (docs/security.md, "Bounds: the resource model").
   /** Largest token accepted at ATTEST, token.bind and inline, or minted, in bytes. */

@@ -188,6 +188,23 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
     });
   });
 
+  it("a header list over the bound is charged to the peer's stream rate: with a rate of 1 a second, the bomber's next connection is closed as it arrives", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const bomb = await rawH2(address, false);
+      await until(() => bomb.settings.size > 0, 30_000, "the kernel's SETTINGS");
+      const refs = Array.from({ length: 19 }, () => hpackInt(62, 7, 0x80));
+      bomb.raw.write(headerFrames(1, callBlock([literal("x-big", "a".repeat(4000), 0x40), ...refs])));
+      await until(() => bomb.closed(), 30_000, "the kernel to close the connection");
+      // The burst (5) is spent and more: the next connection gets no SETTINGS, only a close.
+      const next = await rawH2(address, true);
+      await until(() => next.closed() || next.settings.size > 0, 30_000, "SETTINGS or a close");
+      assert.equal(next.closed(), true, "closed as it arrives");
+      assert.ok(((await refusedConnections(t)).rate ?? 0) >= 1);
+      next.raw.destroy();
+    });
+  });
+
   it("HEADERS then RST_STREAM in a loop (CVE-2023-44487): past grpcStreamPeerRate streams are refused before the kernel sees them, a connection with too many refused and no session is closed, and a peer over the rate has new connections closed as they arrive; a session opened before keeps working", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
       const address = t.k.grpcAddress as string;

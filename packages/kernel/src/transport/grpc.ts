@@ -235,10 +235,11 @@ export class GrpcListener {
   /**
    * Looks at each stream's headers before grpc-js does, in this order:
    * - a header list over GRPC_MAX_HEADER_LIST_BYTES closes the connection (GOAWAY
-   *   ENHANCE_YOUR_CALM): a peer that never acknowledges the kernel's SETTINGS is not held to
+   *   ENHANCE_YOUR_CALM) and is charged to the peer's stream rate as a connection's worth of
+   *   refused streams: a peer that never acknowledges the kernel's SETTINGS is not held to
    *   them by Node, and closing stops the rest of what it sent from being decoded;
-   * - past the peer's stream rate (grpcStreamPeerRate) the stream is refused, RST_STREAM
-   *   REFUSED_STREAM, and after GRPC_REFUSED_STREAMS_PER_CONNECTION such refusals a connection
+   * - past the peer's stream rate (grpcStreamPeerRate) the stream is refused (a trailers-only
+   *   RESOURCE_EXHAUSTED, then RST_STREAM NO_ERROR), and after GRPC_REFUSED_STREAMS_PER_CONNECTION such refusals a connection
    *   carrying no attested session is closed (ENHANCE_YOUR_CALM);
    * - compressed messages (`grpc-encoding` other than identity) are refused: grpc-js inflated
    *   every gzip or deflate message whole before KPIP read a byte, so an unauthenticated peer made
@@ -265,6 +266,8 @@ export class GrpcListener {
           if (headerListBytes(rawHeaders, headers) > GRPC_MAX_HEADER_LIST_BYTES) {
             stream.on("error", () => {});
             if (session) closeCalm(session);
+            // Charged as a connection's worth of refused streams: a connect-and-bomb loop is held to the rate.
+            this.chargeStreams(address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1);
             this.onStreamRefused?.(peer, "headers", true, 1);
             return;
           }
