@@ -128,16 +128,21 @@ async function refusedConnections(t: TestKernel): Promise<Record<string, number>
   return Object.fromEntries((m?.values ?? []).map((v) => [v.labels.bound as string, v.value]));
 }
 
+/** The admin's client over gRPC at `address` (no reconnect). */
+function grpcAdmin(t: TestKernel, address: string): Promise<KernelClient> {
+  return KernelClient.connect({
+    grpc: { address, insecure: true },
+    identity: adminIdentity(t.k),
+    tokens: [t.adminToken],
+    reconnect: false,
+  });
+}
+
 describe("the gRPC listener under HTTP/2 abuse", () => {
   it("an HPACK bomb (one 4 KiB table entry named 20 times, SETTINGS never acknowledged) closes its connection before the kernel sees the stream; more than 32 header fields is refused by Node; others served", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
       const address = t.k.grpcAddress as string;
-      const c = await KernelClient.connect({
-        grpc: { address, insecure: true },
-        identity: adminIdentity(t.k),
-        tokens: [t.adminToken],
-        reconnect: false,
-      });
+      const c = await grpcAdmin(t, address);
       try {
         // ~150 bytes on the wire: the entry once, then 19 one-byte references to it (index 62), ~80 KiB decoded.
         const big = "a".repeat(4000);
@@ -209,12 +214,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
     await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
       const address = t.k.grpcAddress as string;
       // One stream of the burst of 5 (a second of the rate, 5×): a session opened before the flood.
-      const c = await KernelClient.connect({
-        grpc: { address, insecure: true },
-        identity: adminIdentity(t.k),
-        tokens: [t.adminToken],
-        reconnect: false,
-      });
+      const c = await grpcAdmin(t, address);
       try {
         const flood = await rawH2(address, true);
         await until(() => flood.settings.size > 0, 30_000, "the kernel's SETTINGS");
@@ -277,12 +277,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
   it("streams HTTP/2 refuses on its own (more than 32 header fields) in a loop: the kernel finds them, closes the connection and charges them to the peer's stream rate; a session opened before keeps working", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
       const address = t.k.grpcAddress as string;
-      const c = await KernelClient.connect({
-        grpc: { address, insecure: true },
-        identity: adminIdentity(t.k),
-        tokens: [t.adminToken],
-        reconnect: false,
-      });
+      const c = await grpcAdmin(t, address);
       try {
         const flood = await rawH2(address, true);
         await until(() => flood.settings.size > 0, 30_000, "the kernel's SETTINGS");

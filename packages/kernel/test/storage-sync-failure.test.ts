@@ -1,11 +1,24 @@
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, statSync, writeFileSync } from "node:fs";
+import { type AddressInfo, createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { openAuditReader, verifyAudit } from "../src/index.js";
 import { connectAdminOf, removeHome, spawnReady, startKernel } from "./harness.js";
+
+/** A loopback port nothing listens on now. */
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 
 const CLI = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -36,7 +49,13 @@ describe("the database file cannot be synced (a disk's writeback error)", () => 
       // The home made by a first start of its own.
       await (await startKernel({}, home)).stop();
       // The operator's command, as it runs: its exit after the stop is part of what keeps the WAL.
-      const child = await spawnReady(["--import", preload, CLI, "kernel", "--home", home, "--log-level", "silent"], "is running");
+      const metrics = `127.0.0.1:${await freePort()}`;
+      const child = await spawnReady(
+        ["--import", preload, CLI, "kernel", "--home", home, "--log-level", "silent", "--metrics-listen", metrics],
+        "is running",
+      );
+      const gauge = async () => /^kpip_storage_failed (\d)$/m.exec(await (await fetch(`http://${metrics}/metrics`)).text())?.[1];
+      assert.equal(await gauge(), "0");
       const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
       const acknowledged: string[] = [];
       let refusal: Error | undefined;
@@ -59,6 +78,7 @@ describe("the database file cannot be synced (a disk's writeback error)", () => 
         assert.ok(refusal, "a write is refused once the database file cannot be synced");
         assert.equal((refusal as { errorClass?: string }).errorClass, "INTERNAL");
         await assert.rejects(c.storage.write("obj://ws/later", Buffer.from("x")));
+        assert.equal(await gauge(), "1", "/metrics shows the failure (system.health cannot: it is audited too)");
         await c.close().catch(() => {});
       } finally {
         child.kill("SIGTERM");

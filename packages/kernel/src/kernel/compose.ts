@@ -336,6 +336,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       usage: () => store.allUsage(),
       usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
+      storageFailed: () => home.store.storageFailure !== undefined || home.store.auditSyncFailed,
       auditUnindexed: () => store.auditUnindexed,
     });
     metricsRef = metrics;

@@ -90,6 +90,8 @@ export class KernelMetrics {
     usageIds?: boolean;
     /** Whether WAL checkpoints still run on the worker thread (false once they fell back to commits). */
     walBackground: () => boolean;
+    /** Whether a sync of the database or the audit failed: the kernel then refuses every request. */
+    storageFailed?: () => boolean;
     /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
     auditUnindexed: () => number;
   }) {
@@ -163,6 +165,14 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.agents());
+      },
+    });
+    new Gauge({
+      name: "kpip_storage_failed",
+      help: "1 once a sync of the database or the audit failed (a disk error): every request is refused until a restart",
+      registers,
+      collect() {
+        this.set(gauges.storageFailed?.() ? 1 : 0);
       },
     });
     new Gauge({

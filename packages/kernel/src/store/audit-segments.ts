@@ -342,6 +342,11 @@ export class SegmentWriter {
     );
   }
 
+  /** Whether a sync of a segment failed: no append is taken any more ({@link #syncFailed}). */
+  get syncFailed(): boolean {
+    return this.#syncFailed !== undefined;
+  }
+
   /** Settles when the full segment's background sync (if one was started) is done. */
   get presynced(): Promise<void> {
     return this.#presyncDone;

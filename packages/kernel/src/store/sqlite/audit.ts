@@ -61,6 +61,8 @@ export interface JournalledAudit {
   /** An fdatasync of the open segment off the kernel's thread (the kernel's periodic sync). */
   syncAuditSegment(): Promise<void>;
   readonly auditUnindexed: number;
+  /** Whether a sync of an audit segment failed: the audit takes no more records. */
+  readonly auditSyncFailed: boolean;
 }
 
 /** A batch in the open segment and not yet in the index. */
@@ -262,6 +264,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         }
         if (journalUpTo > 0) this.#dropJournal.run(journalUpTo);
       });
+    }
+
+    /** Whether a sync of an audit segment failed: the audit takes no more records. */
+    get auditSyncFailed(): boolean {
+      return this.#writer?.syncFailed ?? false;
     }
 
     async syncAuditSegment(): Promise<void> {
