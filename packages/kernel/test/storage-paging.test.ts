@@ -1,7 +1,12 @@
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { IntentError } from "@kpip/protocol";
+import { SqliteStore } from "../src/index.js";
+import { DELETED_PATHS_KEPT } from "../src/store/sqlite/objects.js";
 import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 describe("storage: paging by hand, prefixes, CAS edges, client-side target checks", () => {
@@ -110,6 +115,41 @@ describe("storage: paging by hand, prefixes, CAS edges, client-side target check
         (e: unknown) => e instanceof IntentError && e.errorClass === "SEMANTIC",
         target,
       );
+    }
+  });
+});
+
+describe("remembered generations of deleted paths are bounded per workspace", () => {
+  it("past DELETED_PATHS_KEPT deleted paths a workspace folds them into its floor: rows stay bounded, and no path's generation ever names two versions", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-gens-"));
+    const s = new SqliteStore(join(home, "kernel.db"));
+    try {
+      const body = { data: Buffer.from("x") };
+      const write = (ws: string, path: string) => {
+        const r = s.writeObject(ws, path, body, undefined, 0, "p");
+        assert.ok(r.ok);
+        return r.generation as number;
+      };
+      // A path written three times, then deleted: written again, it continues after 3.
+      for (let i = 0; i < 3; i++) write("ws", "kept");
+      s.deleteObject("ws", "kept", undefined);
+      assert.equal(write("ws", "kept"), 4);
+      s.deleteObject("ws", "kept", undefined);
+      // Unique paths created and deleted, one more than the rows kept: the rows are folded into the floor.
+      for (let i = 0; i <= DELETED_PATHS_KEPT; i++) {
+        write("ws", `u${i}`);
+        s.deleteObject("ws", `u${i}`, undefined);
+      }
+      const rows = (s.db.prepare("SELECT count(*) AS n FROM object_generations").get() as { n: number }).n;
+      assert.ok(rows <= DELETED_PATHS_KEPT, `${rows} rows kept`);
+      // Past the fold: the path deleted at 4 and any new path of the workspace start above every deleted generation.
+      assert.ok(write("ws", "kept") > 4);
+      assert.ok(write("ws", "never-seen") > 1);
+      // Another workspace is untouched: its new paths start at 1.
+      assert.equal(write("other", "a"), 1);
+    } finally {
+      s.close();
+      removeHome(home);
     }
   });
 });
