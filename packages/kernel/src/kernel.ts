@@ -135,7 +135,6 @@ export class Kernel {
   get partialFrames(): { received: number; retained: number } {
     return this.services?.sessions.partialFrames() ?? { received: 0, retained: 0 };
   }
-  /** Half-open connections now (pre-authentication budget). */
   /** Bytes of answers queued to peers that have not read them (sessions with 64 KiB or more queued). */
   get queuedUnreadBytes(): number {
     return this.services?.sessions.queued.kernel() ?? 0;
@@ -151,6 +150,7 @@ export class Kernel {
     return this.services?.store.storageFailure;
   }
 
+  /** Half-open connections now (pre-authentication budget). */
   get handshakingCount(): number {
     return this.services?.sessions.handshakingCount() ?? 0;
   }
