@@ -6,7 +6,8 @@ import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import fc from "fast-check";
 import { HandshakeRecordLimiter } from "../src/audit/handshake-limit.js";
-import { peerKey } from "../src/session/peer-key.js";
+import { RateBuckets } from "../src/audit/rate-buckets.js";
+import { overflowKey, peerKey } from "../src/session/peer-key.js";
 import { removeHome, startKernel, until } from "./harness.js";
 import { allAudit, grpcGarbage } from "./wire.js";
 
@@ -84,6 +85,20 @@ describe("peer keys: an IPv6 peer is counted by its /64, an IPv4-mapped one as i
     assert.equal(peerKey("128.0.0.1"), "128.0.0.1");
     assert.equal(peerKey("2001:db8:0:0:1::2"), "2001:db8::/64");
     assert.equal(peerKey(""), "");
+  });
+
+  it("overflowKey: past a table's room, an IPv4 peer shares its /24's bucket and an IPv6 peer its /48's, not everyone's; RateBuckets.peek makes no bucket", () => {
+    assert.equal(overflowKey("203.0.113.7"), "203.0.113.0/24");
+    assert.equal(overflowKey("::ffff:203.0.113.7"), "203.0.113.0/24");
+    assert.equal(overflowKey("2001:db8:1:2:3:4:5:6"), "2001:db8:1::/48");
+    assert.equal(overflowKey("2001:db8:1:ffff::9"), "2001:db8:1::/48");
+    assert.notEqual(overflowKey("2001:db8:2::1"), overflowKey("2001:db8:1::1"));
+    assert.equal(overflowKey("127.0.0.1"), peerKey("127.0.0.1"));
+    const b = new RateBuckets(() => 1);
+    assert.equal(b.peek("x", 0), undefined);
+    assert.equal(b.full, false);
+    b.take("x", 0).tokens -= 5;
+    assert.equal(b.peek("x", 0)?.tokens, 0);
   });
 
   it("HandshakeRecordLimiter under peer keys: 20,000 rotating addresses of one /64 get one peer's burst and one named key, and leave the table room", () => {

@@ -41,6 +41,16 @@ export class RateBuckets {
     return this.fill(key, now);
   }
 
+  /** Whether a new key would find no room ({@link takeIfRoom}). */
+  get full(): boolean {
+    return this.buckets.size >= MAX_BUCKETS;
+  }
+
+  /** The bucket of `key` if it has one, filled to now; never makes one. */
+  peek(key: string, now: number): Bucket | undefined {
+    return this.buckets.has(key) ? this.fill(key, now) : undefined;
+  }
+
   private fill(key: string, now: number): Bucket {
     const rate = this.rate();
     const burst = rate * BURST_SECONDS;

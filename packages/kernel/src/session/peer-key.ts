@@ -32,6 +32,23 @@ export function peerKey(address: string): string {
   return `${prefix.map((x) => x.toString(16)).join(":")}::/64`;
 }
 
+/**
+ * A coarser key for a peer whose own key found no room in a table of keys peers pick (they
+ * rotated through many addresses): an IPv4 address by its /24, an IPv6 one by its /48. Peers
+ * elsewhere then do not share the overflow with whoever filled the table.
+ */
+export function overflowKey(address: string): string {
+  const key = peerKey(address);
+  if (key === LOOPBACK_PEER) return key;
+  if (isIPv4(key)) return `${key.slice(0, key.lastIndexOf("."))}.0/24`;
+  const bare = address.includes("%") ? address.slice(0, address.indexOf("%")) : address;
+  if (!isIPv6(bare)) return "(other peers)";
+  return `${hextets(bare)
+    .slice(0, 3)
+    .map((x) => x.toString(16))
+    .join(":")}::/48`;
+}
+
 /** The eight 16-bit groups of a valid IPv6 address (`::` expanded, a dotted IPv4 tail as two groups). */
 function hextets(address: string): number[] {
   let text = address.toLowerCase();

@@ -9,7 +9,7 @@ import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { BURST_SECONDS, type Bucket, RateBuckets } from "../audit/rate-buckets.js";
 import { ConfigError } from "../config.js";
 import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
-import { peerKey } from "../session/peer-key.js";
+import { overflowKey, peerKey } from "../session/peer-key.js";
 import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
@@ -374,7 +374,12 @@ export class GrpcListener {
     const buckets = this.streamBuckets;
     if (!buckets) return undefined;
     const now = Date.now();
-    return buckets.takeIfRoom(peerKey(address), now) ?? buckets.take("(other peers)", now);
+    // Past the table's room a peer shares its /24 or /48's bucket, and only past that everyone's.
+    return (
+      buckets.takeIfRoom(peerKey(address), now) ??
+      buckets.takeIfRoom(overflowKey(address), now) ??
+      buckets.take("(other peers)", now)
+    );
   }
 
   /** Takes one new stream from the peer's bucket; true if there was one. */
@@ -386,9 +391,15 @@ export class GrpcListener {
     return true;
   }
 
-  /** The peer may open a stream now (takes nothing). */
+  /**
+   * The peer may open a stream now: takes nothing, and makes no bucket (a connection that opens
+   * no stream must not fill the table, or its overflow, for peers that do).
+   */
   private streamsLeft(address: string): boolean {
-    const b = this.streamBucket(address);
+    const buckets = this.streamBuckets;
+    if (!buckets) return true;
+    const now = Date.now();
+    const b = buckets.peek(peerKey(address), now) ?? (buckets.full ? buckets.peek(overflowKey(address), now) : undefined);
     return !b || b.tokens >= 1;
   }
 
