@@ -163,15 +163,23 @@ try {
   {
     // The kernel's ceiling without @kpip/client's cost: pre-encoded requests, answers only counted.
     const gen = await openGenerator(socket, identity, Buffer.from((tokens[0] as string).trim(), "base64url"), "bench.noop");
-    let sent = 0;
-    const run = await cpuPerUnit(ks.info.pid as number, async () => {
-      const r = await gen.run(256, P.seconds);
-      put("kpip.uds.gen.rps_256", "req/s", r.rps, "raw.uds.rps_256");
-      sent = r.sent;
-      return r.sent;
-    });
-    requests += sent;
-    put("kpip.kernel.cpu_us_per_req", "us", run.usPerUnit, "raw.server.cpu_us_per_req");
+    // Three windows, each figure their median: this VM has phases ~30 % slower that one window
+    // can fall in whole (BENCHMARKS.md, round fourteen); a median is not the best of three.
+    const rps: number[] = [];
+    const us: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const run = await cpuPerUnit(ks.info.pid as number, async () => {
+        const r = await gen.run(256, P.seconds);
+        rps.push(r.rps);
+        requests += r.sent;
+        return r.sent;
+      });
+      us.push(run.usPerUnit);
+    }
+    const median = (a: number[]) => [...a].sort((x, y) => x - y)[1] as number;
+    put("kpip.uds.gen.rps_256", "req/s", median(rps), "raw.uds.rps_256");
+    put("kpip.kernel.cpu_us_per_req", "us", median(us), "raw.server.cpu_us_per_req");
+    progress(`  light generator windows: ${rps.map((x) => Math.round(x)).join(" / ")} req/s, ${us.map((x) => x.toFixed(2)).join(" / ")} µs`);
     gen.close();
   }
 
