@@ -37,6 +37,8 @@ export class SessionRegistry implements SessionCounts {
    * maxSessions × that many bytes, and are not looked at).
    */
   private readonly heavy = new Set<Session>();
+  /** The same by persona tree: a tree's sum walks its own sessions (at most maxSessionsPerPersona), not every heavy one. */
+  private readonly heavyByTree = new Map<string, Set<Session>>();
   /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
   private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
 
@@ -114,10 +116,26 @@ export class SessionRegistry implements SessionCounts {
     if (s.buffered >= HEAVY_QUEUED_BYTES) {
       if (!this.sessions.has(s)) return false;
       this.heavy.add(s);
+      const tree = this.treeOf.get(s);
+      if (tree === undefined) return false;
+      let mates = this.heavyByTree.get(tree);
+      if (!mates) {
+        mates = new Set();
+        this.heavyByTree.set(tree, mates);
+      }
+      mates.add(s);
       return this.queued.tree(s.id) > this.treeQueuedHardBytes;
     }
-    if (this.heavy.size > 0) this.heavy.delete(s);
+    if (this.heavy.size > 0) this.light(s);
     return false;
+  }
+
+  /** `s` no longer counts among the heavy sessions. */
+  private light(s: Session): void {
+    if (!this.heavy.delete(s)) return;
+    const tree = this.treeOf.get(s);
+    const mates = tree === undefined ? undefined : this.heavyByTree.get(tree);
+    if (mates?.delete(s) && mates.size === 0) this.heavyByTree.delete(tree as string);
   }
 
   /** What is queued unread to peers, as the answer budget asks for it. */
@@ -131,16 +149,17 @@ export class SessionRegistry implements SessionCounts {
       if (this.heavy.size === 0) return 0;
       const s = this.byId.get(session);
       const tree = s && this.treeOf.get(s);
-      if (tree === undefined) return 0;
+      const mates = tree === undefined ? undefined : this.heavyByTree.get(tree);
+      if (!mates) return 0;
       let n = 0;
-      for (const h of this.heavy) if (this.treeOf.get(h) === tree) n += h.buffered;
+      for (const h of mates) n += h.buffered;
       return n;
     },
   };
 
   /** A session closed: it is forgotten (a no-op for one already forgotten). */
   closed(s: Session): void {
-    this.heavy.delete(s);
+    this.light(s);
     if (!this.sessions.has(s)) return;
     this.preauth.release(s);
     const tree = this.treeOf.get(s);
