@@ -179,7 +179,9 @@ try {
     const median = (a: number[]) => [...a].sort((x, y) => x - y)[1] as number;
     put("kpip.uds.gen.rps_256", "req/s", median(rps), "raw.uds.rps_256");
     put("kpip.kernel.cpu_us_per_req", "us", median(us), "raw.server.cpu_us_per_req");
-    progress(`  light generator windows: ${rps.map((x) => Math.round(x)).join(" / ")} req/s, ${us.map((x) => x.toFixed(2)).join(" / ")} µs`);
+    progress(
+      `  light generator windows: ${rps.map((x) => Math.round(x)).join(" / ")} req/s, ${us.map((x) => x.toFixed(2)).join(" / ")} µs`,
+    );
     gen.close();
   }
 
