@@ -295,3 +295,39 @@ describe("a revocation reaches a request between its authorization and its effec
     }
   });
 });
+
+describe("a revocation reaches the uploads begun under the token", () => {
+  it("an upload begun under a revoked token is dropped at once: its slot and declared bytes are free again, not held until it expires idle", async () => {
+    const t = await startKernel({ maxUploadsPerPersona: 1 });
+    try {
+      const admin = await t.admin();
+      const rights = [{ ops: ["storage.*"], targets: ["obj://ws/**"] }];
+      const first = await t.persona("uploader", rights);
+      const c1 = await t.connect(first.identity, [first.token]);
+      const begin = (c: KernelClient) => c.call("storage.upload.begin", "obj://ws/big", { size: 1_000_000 });
+      await begin(c1);
+      await assert.rejects(begin(c1), klass("RESOURCE", "uploads in progress"), "the tree's one upload slot is taken");
+      await admin.tokens.revoke(first.id);
+      // A new token for the same persona: the slot the revoked upload held is free (it would have
+      // stayed taken for uploadIdleMs, ten minutes by default).
+      const second = await admin.tokens.mint("uploader", { rights, ttlMs: 3_600_000 });
+      const c2 = await t.connect(first.identity, [second.token]);
+      await until(
+        async () => {
+          try {
+            await begin(c2);
+            return true;
+          } catch (e) {
+            if ((e as { errorClass?: string }).errorClass !== "RESOURCE") throw e;
+            return false;
+          }
+        },
+        30_000,
+        "an upload begun once the revoked one was dropped",
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

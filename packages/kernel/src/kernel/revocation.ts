@@ -6,14 +6,17 @@ import type { Session } from "../session/session.js";
 export interface RevocationReach {
   agents: { killRevoked(isRevoked: (t: Pick<Grant, "id" | "chain">) => boolean): number };
   compute: { cancelRevoked(isRevoked: (g: Grant) => boolean): number };
+  /** Uploads in progress, by the grant that began each (none: no file store). */
+  uploads?: { dropRevoked(isRevoked: (g: Grant) => boolean): number };
 }
 
 /**
  * The revocation fan-out: after tokens are revoked (token.revoke, a persona's removal, the CLI
  * while no kernel answered), every session holding a handle on a revoked grant is told, on its
  * own notice channel (`topic://kernel/tokens/<id>/revoked`), every subscription a revoked
- * capability authorized ends, every running agent whose token is covered is killed, and every
- * op queued or running under a covered grant is cancelled (PROTOCOL §13.1).
+ * capability authorized ends, every running agent whose token is covered is killed, every
+ * op queued or running under a covered grant is cancelled, and every upload begun under one is
+ * dropped (PROTOCOL §13.1).
  */
 export function notifyRevoked(
   sessions: Iterable<Session>,
@@ -34,4 +37,5 @@ export function notifyRevoked(
   // scratch past its authority, nor a command or task its run.
   reach?.agents.killRevoked(isRevoked);
   reach?.compute.cancelRevoked(isRevoked);
+  reach?.uploads?.dropRevoked(isRevoked);
 }

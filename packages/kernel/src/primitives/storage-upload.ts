@@ -30,7 +30,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           ctx.grant,
           uploads.pendingFor(workspace),
         );
-        const u = uploads.begin(ctx.persona, ctx.targetUri, size);
+        const u = uploads.begin(ctx.persona, ctx.targetUri, size, ctx.grant);
         return { status: "SUCCESS", payload: { upload: u.id, size } };
       },
     }),

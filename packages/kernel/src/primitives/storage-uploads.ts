@@ -1,5 +1,6 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
+import type { Grant } from "@kpip/protocol";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
@@ -25,6 +26,8 @@ export interface UploadLimits {
 export interface Upload {
   id: string;
   persona: string;
+  /** The grant that allowed its begin: revoked (or covered by a revocation), the upload is dropped. */
+  grant: Grant | undefined;
   /** The target it was begun on: every chunk and the commit must name the same one. */
   target: string;
   size: number;
@@ -111,7 +114,7 @@ export class UploadTable {
     };
   }
 
-  begin(persona: string, target: string, size: number): Upload {
+  begin(persona: string, target: string, size: number, grant?: Grant): Upload {
     if (this.byId.size >= this.limits.total)
       throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
     const pending = this.pendingBytes();
@@ -147,6 +150,7 @@ export class UploadTable {
     const u: Upload = {
       id,
       persona,
+      grant,
       target,
       size,
       received: 0,
@@ -306,6 +310,22 @@ export class UploadTable {
     u.installed = installed;
     u.committing = false;
     u.expires = this.clock() + this.limits.idleMs;
+  }
+
+  /**
+   * Drops every upload begun under a grant now revoked (token.revoke, a persona's removal): its
+   * chunks and commit would be refused anyway, and its slot and declared bytes would otherwise
+   * stay taken until it expired idle. One being committed finishes (its commit re-checks).
+   */
+  dropRevoked(isRevoked: (g: Grant) => boolean): number {
+    let n = 0;
+    for (const u of [...this.byId.values()]) {
+      if (!u.committing && u.grant && isRevoked(u.grant)) {
+        this.drop(u);
+        n++;
+      }
+    }
+    return n;
   }
 
   /** Discards every idle upload past its expiry. */
