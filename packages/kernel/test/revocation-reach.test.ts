@@ -7,6 +7,7 @@ import type { PrimitiveFamily } from "../src/index.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
 
 /** The audit records of `op` (outcomes of requests and the kernel's own acts), oldest first, their detail parsed. */
 const records = (t: TestKernel, op: string) =>
@@ -325,6 +326,44 @@ describe("a revocation reaches the uploads begun under the token", () => {
         30_000,
         "an upload begun once the revoked one was dropped",
       );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("an agent's end reaches what it started", () => {
+  it("a command an agent submitted under its own token is cancelled when the agent ends (its token is revoked then)", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      const rights = [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["compute.submit", "op.*"], targets: ["op://**"] },
+      ];
+      const fay = await t.persona("fay", rights);
+      const c = await t.connect(fay.identity, [fay.token]);
+      const a = await c.agents.spawn("node", "s1", {
+        args: [SUBMITTING_AGENT],
+        rights: [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }],
+        lifetimeMs: 60_000,
+      });
+      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 30_000, "the agent ended");
+      const out = Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString();
+      const { op } = JSON.parse(out) as { op: string };
+      const s = await until(
+        async () => {
+          const x = await opStatus(admin, op);
+          return x.state === "queued" || x.state === "running" ? undefined : x;
+        },
+        30_000,
+        "the agent's command ended with it",
+      );
+      assert.equal(s.state, "cancelled");
+      assert.equal(s.errorClass, "CAPABILITY");
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -41,6 +41,12 @@ export interface AgentOptions {
   accept(conn: Connection): void;
   /** Puts an act of the kernel on the audit record (agent lifecycle, identities, revocations); returns its seq. */
   record(act: KernelAct): number;
+  /**
+   * After the kernel revoked an agent's token (its end, a failed start, a lost agent): the
+   * revocation fan-out, so what the agent started under it (commands, tasks, agents, uploads,
+   * subscriptions) ends too.
+   */
+  onRevoked?(): void;
 }
 
 export interface SpawnRequest {
@@ -153,6 +159,7 @@ export class AgentManager {
       detail: { revoked: tokenId, ended: r.ended, reason },
     });
     if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
+    this.opts.onRevoked?.();
   }
 
   spawn(r: SpawnRequest): AgentRecord {

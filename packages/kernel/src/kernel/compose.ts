@@ -300,6 +300,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         processes,
         accept: (conn) => sessions.accept(conn),
         record: (act) => records.record(act),
+        // What the agent started under its token ends with it (revocation.ts).
+        onRevoked: () => revoked(),
       },
       log,
     );
