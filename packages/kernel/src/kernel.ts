@@ -141,8 +141,10 @@ export class Kernel {
   }
 
   /**
-   * Why the kernel's storage failed, if it did: a sync of the database or the audit that failed
-   * (a disk error). The kernel then refuses every request; after stop(), end the process with
+   * Why the kernel's database failed, if it did: a sync of the database file or its WAL that
+   * failed (a disk error; an audit segment's failed sync shows on `/metrics` as
+   * `kpip_storage_failed` and refuses requests too, but puts no WAL at stake). The kernel then
+   * refuses every request; after stop(), end the process with
    * `process.exit()`: a natural exit lets the SQLite addon close the database, whose close
    * would checkpoint and drop the WAL that still holds what the failed sync may have lost.
    */

@@ -124,7 +124,7 @@ export class SessionRegistry implements SessionCounts {
         this.heavyByTree.set(tree, mates);
       }
       mates.add(s);
-      return this.queued.tree(s.id) > this.treeQueuedHardBytes;
+      return queuedOf(mates) > this.treeQueuedHardBytes;
     }
     if (this.heavy.size > 0) this.light(s);
     return false;
@@ -140,20 +140,13 @@ export class SessionRegistry implements SessionCounts {
 
   /** What is queued unread to peers, as the answer budget asks for it. */
   readonly queued: QueuedTotals = {
-    kernel: () => {
-      let n = 0;
-      for (const s of this.heavy) n += s.buffered;
-      return n;
-    },
+    kernel: () => queuedOf(this.heavy),
     tree: (session) => {
       if (this.heavy.size === 0) return 0;
       const s = this.byId.get(session);
       const tree = s && this.treeOf.get(s);
       const mates = tree === undefined ? undefined : this.heavyByTree.get(tree);
-      if (!mates) return 0;
-      let n = 0;
-      for (const h of mates) n += h.buffered;
-      return n;
+      return mates ? queuedOf(mates) : 0;
     },
   };
 
@@ -228,4 +221,11 @@ export class SessionRegistry implements SessionCounts {
     for (const s of this.sessions) n += s.inFlight;
     return n;
   }
+}
+
+/** Bytes queued unread to these sessions' peers now. */
+function queuedOf(sessions: Iterable<Session>): number {
+  let n = 0;
+  for (const s of sessions) n += s.buffered;
+  return n;
 }

@@ -53,11 +53,6 @@ export class WalCheckpointer {
       statEveryBytes?: number;
       /** The worker's module (a test gives one that fails, to see the fallback). */
       workerModule?: URL;
-      /**
-       * The database file could not be synced (the worker's sync, or SQLite's inside a top-up):
-       * checkpoints have stopped for good; the store is failed ({@link SqliteBase.failStorage}).
-       */
-      onSyncFailure?: (e: Error) => void;
     } = {},
   ) {
     const intervalMs = opts.intervalMs ?? 250;
@@ -71,7 +66,6 @@ export class WalCheckpointer {
     this.statEvery = opts.statEveryBytes ?? 1024 * 1024;
     this.worker = new Worker(module, { workerData: { path, intervalMs } });
     this.worker.unref();
-    this.onSyncFailure = opts.onSyncFailure;
     this.worker.on("message", (m: { error?: string; syncError?: string; log?: number; synced?: boolean }) => {
       if (m.syncError !== undefined) return this.syncFailed(new Error(m.syncError));
       // The store failed elsewhere (the WAL's sync for the file store): no checkpoint either.
@@ -120,7 +114,6 @@ export class WalCheckpointer {
     }
   }
 
-  private readonly onSyncFailure: ((e: Error) => void) | undefined;
   /** Why the database file could not be synced, once it could not. */
   syncFailure: Error | undefined;
 
@@ -141,7 +134,6 @@ export class WalCheckpointer {
       { err: e.message },
       "the database file could not be synced: the kernel takes no more changes and keeps the WAL; restart it once the disk is mended",
     );
-    this.onSyncFailure?.(e);
   }
 
   private fallBack(e: Error): void {

@@ -1,10 +1,10 @@
 import type { CasResult, ObjectBody, ObjectMeta, ObjectStore, PreviousObject, StoredObject } from "../types.js";
 import type { Row, Statement, StoreBase, WithRows } from "./base.js";
 
-/** Storage objects: inline bodies, or the hash of a body in the file store. */
 /** Deleted paths whose last generation a workspace keeps one row each for, before they are folded into its floor. */
 export const DELETED_PATHS_KEPT = 1024;
 
+/** Storage objects: inline bodies, or the hash of a body in the file store. */
 export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStore> {
   return class ObjectRows extends Base implements ObjectStore {
     readonly #read: Statement = this.db.prepare("SELECT * FROM objects WHERE workspace = ? AND path = ?");
@@ -34,13 +34,13 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
     // generation they held: a path absent without a row starts after the floor. So a persona
     // deleting unique paths grows no table (one row per workspace past the bound), and new paths
     // start at 1 until a workspace has had that many deletes.
-    readonly #floor: Statement = this.db.prepare("SELECT floor, kept FROM workspace_generations WHERE workspace = ?");
-    readonly #setFloor: Statement = this.db.prepare(
-      "INSERT INTO workspace_generations (workspace, floor, kept) VALUES (?, ?, ?) " +
-        "ON CONFLICT (workspace) DO UPDATE SET floor = excluded.floor, kept = excluded.kept",
+    readonly #floor: Statement = this.db.prepare("SELECT floor FROM generation_floors WHERE workspace = ?");
+    readonly #raiseFloor: Statement = this.db.prepare(
+      "INSERT INTO generation_floors (workspace, floor) VALUES (?, ?) " +
+        "ON CONFLICT (workspace) DO UPDATE SET floor = max(floor, excluded.floor)",
     );
-    readonly #foldGens: Statement = this.db.prepare(
-      "SELECT coalesce(max(generation), 0) AS top FROM object_generations WHERE workspace = ?",
+    readonly #keptGens: Statement = this.db.prepare(
+      "SELECT count(*) AS n, coalesce(max(generation), 0) AS top FROM object_generations WHERE workspace = ?",
     );
     readonly #dropGens: Statement = this.db.prepare("DELETE FROM object_generations WHERE workspace = ?");
     readonly #list: Statement = this.db.prepare(
@@ -71,12 +71,10 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
       let last = current;
       if (!prev) {
         const gone = this.#lastGen.get(workspace, path) as Row | undefined;
-        const ws = this.#floor.get(workspace) as Row | undefined;
         if (gone) {
           last = gone.generation as number;
           this.#forgetGen.run(workspace, path);
-          if (ws) this.#setFloor.run(workspace, ws.floor, Math.max(0, (ws.kept as number) - 1));
-        } else if (ws) last = ws.floor as number;
+        } else last = ((this.#floor.get(workspace) as Row | undefined)?.floor as number | undefined) ?? 0;
       }
       const generation = last + 1;
       // A body in the file store leaves an empty inline column (the column predates the file store and is NOT NULL).
@@ -100,18 +98,12 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
     }
     /** Remembers a deleted path's last generation; past DELETED_PATHS_KEPT rows in its workspace, folds them into its floor. */
     #keepDeleted(workspace: string, path: string, generation: number): void {
-      const had = this.#lastGen.get(workspace, path) !== undefined;
       this.#keepGen.run(workspace, path, generation);
-      const ws = this.#floor.get(workspace) as Row | undefined;
-      const floor = (ws?.floor as number | undefined) ?? 0;
-      const kept = ((ws?.kept as number | undefined) ?? 0) + (had ? 0 : 1);
-      if (kept <= DELETED_PATHS_KEPT) {
-        this.#setFloor.run(workspace, floor, kept);
-        return;
-      }
-      const top = (this.#foldGens.get(workspace) as Row).top as number;
+      // Counted, not kept in a column: at most DELETED_PATHS_KEPT + 1 rows, by the primary key.
+      const kept = this.#keptGens.get(workspace) as Row;
+      if ((kept.n as number) <= DELETED_PATHS_KEPT) return;
       this.#dropGens.run(workspace);
-      this.#setFloor.run(workspace, Math.max(floor, top), 0);
+      this.#raiseFloor.run(workspace, kept.top);
     }
     listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[] {
       // [prefix, prefix + U+FFFF) covers every path starting with prefix in SQLite's binary collation.

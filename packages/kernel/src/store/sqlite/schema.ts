@@ -18,8 +18,7 @@ CREATE TABLE IF NOT EXISTS objects (
   size INTEGER NOT NULL, updated_at INTEGER NOT NULL, owner TEXT NOT NULL DEFAULT '', hash BLOB, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS object_generations (
   workspace TEXT NOT NULL, path TEXT NOT NULL, generation INTEGER NOT NULL, PRIMARY KEY (workspace, path)) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS workspace_generations (
-  workspace TEXT PRIMARY KEY, floor INTEGER NOT NULL, kept INTEGER NOT NULL) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS generation_floors (workspace TEXT PRIMARY KEY, floor INTEGER NOT NULL) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage (scope TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, PRIMARY KEY (scope, resource)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS allocations (id TEXT PRIMARY KEY, persona TEXT NOT NULL, resource TEXT NOT NULL, amount INTEGER NOT NULL, created_at INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS allocations_persona ON allocations (persona);
