@@ -22,6 +22,7 @@ import { peerKey } from "../src/session/peer-key.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
 import { adminIdentity, removeHome, until, withKernel } from "./harness.js";
+import { H2_PREFACE, h2Frame } from "./wire.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.key") };
@@ -264,15 +265,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
   });
 });
 
-/** One HTTP/2 frame (RFC 9113 §4.1). */
-const frame = (type: number, flags: number, stream: number, payload: Buffer) => {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-};
+const frame = h2Frame;
 
 /** A gRPC call's request headers in HPACK, literals never indexed (the same bytes for every stream). */
 function callHeaders(authority: string): Buffer {
@@ -314,7 +307,7 @@ async function rawH2(address: string) {
     }
   });
   // The preface and our (empty) SETTINGS.
-  raw.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(4, 0, 0, Buffer.alloc(0))]));
+  raw.write(Buffer.concat([H2_PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
   return { raw, got };
 }
 

@@ -9,6 +9,7 @@ import {
 } from "../src/transport/grpc.js";
 import type { TestKernel } from "./harness.js";
 import { adminIdentity, until, withKernel } from "./harness.js";
+import { H2_PREFACE, h2Frame } from "./wire.js";
 
 // Attacks on the gRPC listener below gRPC: raw HTTP/2 frames from an unauthenticated peer.
 
@@ -19,14 +20,7 @@ const GOAWAY = 7;
 const CONTINUATION = 9;
 const ENHANCE_YOUR_CALM = 0xb;
 
-function frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
-  const h = Buffer.alloc(9);
-  h.writeUIntBE(payload.length, 0, 3);
-  h[3] = type;
-  h[4] = flags;
-  h.writeUInt32BE(stream, 5);
-  return Buffer.concat([h, payload]);
-}
+const frame = h2Frame;
 
 /** An HPACK integer with an n-bit prefix (RFC 7541 §5.1). */
 function hpackInt(n: number, bits: number, first: number): Buffer {
@@ -114,7 +108,7 @@ async function rawH2(address: string, ack: boolean): Promise<Raw> {
       buf = buf.subarray(9 + len);
     }
   });
-  raw.write(Buffer.concat([Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"), frame(SETTINGS, 0, 0, Buffer.alloc(0))]));
+  raw.write(Buffer.concat([H2_PREFACE, frame(SETTINGS, 0, 0, Buffer.alloc(0))]));
   return { raw, got, settings, closed: () => closed };
 }
 

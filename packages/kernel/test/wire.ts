@@ -251,3 +251,16 @@ export function grpcGarbage(client: grpc.Client): Promise<void> {
     call.write(Buffer.alloc(16, 0x41));
   });
 }
+
+/** The client connection preface of HTTP/2 (RFC 9113 §3.4), for raw peers of the gRPC listener. */
+export const H2_PREFACE = Buffer.from("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+
+/** One HTTP/2 frame (RFC 9113 §4.1). */
+export function h2Frame(type: number, flags: number, stream: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(9);
+  h.writeUIntBE(payload.length, 0, 3);
+  h[3] = type;
+  h[4] = flags;
+  h.writeUInt32BE(stream, 5);
+  return Buffer.concat([h, payload]);
+}
