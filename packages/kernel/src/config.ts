@@ -108,6 +108,23 @@ const DECLARED = {
     description:
       "bytes of answers queued unread to one persona tree's sessions before its reads are refused (retryable); past it + maxWriteBuffer its sessions are dropped SLOW_CONSUMER",
   },
+  /**
+   * Bytes of /dev/shm the kernel's own shared-memory segments of one persona tree's sessions may
+   * hold: a segment keeps the pages of the largest body it carried until its session ends; past
+   * the bound a large answer goes inline instead.
+   */
+  maxShmBytesPerPersona: {
+    type: "int",
+    default: 64 * 1024 * 1024,
+    description:
+      "bytes of /dev/shm the kernel's shared-memory segments of one persona tree's sessions may hold (past it large answers go inline)",
+  },
+  /** The same over every session of the kernel. */
+  maxShmBytes: {
+    type: "int",
+    default: 256 * 1024 * 1024,
+    description: "bytes of /dev/shm the kernel's shared-memory segments may hold in all (past it large answers go inline)",
+  },
   /** The same over every session of the kernel. */
   maxQueuedBytes: {
     type: "int",

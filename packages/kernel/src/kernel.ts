@@ -140,6 +140,11 @@ export class Kernel {
     return this.services?.sessions.queued.kernel() ?? 0;
   }
 
+  /** Bytes of /dev/shm the kernel's shared-memory segments hold now (bounded by maxShmBytes). */
+  get sharedMemoryBytes(): number {
+    return this.services?.shmBudget.bytes ?? 0;
+  }
+
   /**
    * Why the kernel's database failed, if it did: a sync of the database file or its WAL that
    * failed (a disk error; an audit segment's failed sync shows on `/metrics` as

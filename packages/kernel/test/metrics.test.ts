@@ -35,6 +35,7 @@ describe("metrics", () => {
       'kpip_quota_usage{scope="persona",resource="storage.bytes"} 1',
       "kpip_wal_background_checkpoints 1",
       "kpip_storage_failed 0",
+      "kpip_shm_bytes 0",
       "kpip_wal_topups_total 0",
       "kpip_wal_topup_seconds_total 0",
       "kpip_audit_anchor_failures_total 0",

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, readdirSync, statSync, truncateSync } from "node:fs";
+import { closeSync, existsSync, fstatSync, openSync, readdirSync, statSync, truncateSync } from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -413,5 +413,67 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     child.kill("SIGTERM");
     await exited;
     assert.equal(out.split("shared memory unavailable").length - 1, 1, out);
+  });
+});
+
+describe("the memory the kernel's segments hold is bounded (maxShmBytesPerPersona, maxShmBytes)", () => {
+  const KIB = 1024;
+  let t: TestKernel;
+  before(async () => {
+    assert.ok(native, `the native shm module must build here: ${loadShmNative().reason}`);
+    // Room for one 600 KiB answer per tree and two in all.
+    t = await startKernel({ maxShmBytesPerPersona: 1024 * KIB, maxShmBytes: 1536 * KIB });
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  const body = Buffer.alloc(600 * KIB, 7);
+  /** Reads the 600 KiB object: true if its answer came through the kernel's segment. */
+  async function readThroughShm(c: KernelClient): Promise<boolean> {
+    const before = c.shmFrames.received;
+    const back = (await c.storage.read("obj://held/big")).data;
+    assert.ok(Buffer.from(back).equals(body), "the answer is intact, whichever way it came");
+    return c.shmFrames.received === before + 1;
+  }
+
+  it("past a tree's or the kernel's bound a large answer goes inline; a segment's bytes come back when it is removed, emptied", async () => {
+    const admin = await t.admin({ shm: false });
+    await admin.storage.write("obj://held/big", body);
+    const rights = [{ ops: ["storage.read"], targets: ["obj://held/**"] }];
+    const one = await t.persona("holder-one", rights);
+    const two = await t.persona("holder-two", rights);
+    const three = await t.persona("holder-three", rights);
+
+    const a1 = await t.connect(one.identity, [one.token]);
+    assert.equal(await readThroughShm(a1), true, "the first answer of a tree goes through the segment");
+    const held = t.k.sharedMemoryBytes;
+    assert.ok(held >= body.length && held < body.length + 4 * KIB, `the segment holds its body (${held})`);
+    assert.equal(await readThroughShm(a1), true, "the same segment carries the next one: nothing more held");
+    assert.equal(t.k.sharedMemoryBytes, held);
+
+    const a2 = await t.connect(one.identity, [one.token]);
+    assert.equal(await readThroughShm(a2), false, "a second session of the tree would hold 1.2 MiB: inline");
+    assert.equal(t.k.sharedMemoryBytes, held);
+
+    const b1 = await t.connect(two.identity, [two.token]);
+    assert.equal(await readThroughShm(b1), true, "another tree has its own room");
+    const c1 = await t.connect(three.identity, [three.token]);
+    assert.equal(await readThroughShm(c1), false, "a third tree's empty room, but the kernel's is full: inline");
+    assert.equal(t.k.sharedMemoryBytes, 2 * held);
+
+    // A peer that keeps the kernel's segment open past its session cannot keep its pages.
+    const name = shmSegmentName(t.k.kernelId, a1.sessionId, "k").replace(/^\//, "");
+    const kept = openSync(`/dev/shm/${name}`, "r");
+    try {
+      assert.ok(fstatSync(kept).size > body.length);
+      await a1.close();
+      await until(() => t.k.sharedMemoryBytes === held, 30_000, "the closed session's segment given back");
+      assert.equal(fstatSync(kept).size, 0, "the segment was emptied before it was removed");
+    } finally {
+      closeSync(kept);
+    }
+    assert.equal(await readThroughShm(a2), true, "the tree's room is back: its other session's answer goes through its segment");
   });
 });

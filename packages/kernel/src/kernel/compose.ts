@@ -45,6 +45,7 @@ import { PeerLogLimiter } from "../session/log-limit.js";
 import { SessionOpenRate } from "../session/open-rate.js";
 import { PersonaKeys } from "../session/persona-keys.js";
 import type { SessionHost } from "../session/session.js";
+import { ShmBudget } from "../session/shm-budget.js";
 import { BlobStore } from "../store/blobs.js";
 import type { WalCheckpointer } from "../store/checkpointer.js";
 import type { SqliteStore } from "../store/sqlite.js";
@@ -95,6 +96,8 @@ export interface KernelServices {
   readonly metrics: KernelMetrics;
   readonly pipeline: Pipeline;
   readonly sessions: SessionRegistry;
+  /** The memory the kernel's shared-memory segments hold, per persona tree and in all. */
+  readonly shmBudget: ShmBudget;
   /** What every session is served by (the registry serves it once the kernel runs). */
   readonly host: SessionHost;
   /** Filled in as the listeners come up. */
@@ -329,6 +332,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     router.register(eventFamily(events, (id) => sessions.get(id)));
     for (const f of input.families) router.register(f);
     const dedupe = new DedupeCache(c.dedupeWindowMs, store);
+    const shmBudget = new ShmBudget({ total: c.maxShmBytes, perTree: c.maxShmBytesPerPersona });
     const metrics = new KernelMetrics({
       sessions: () => sessions.byTransport(),
       inFlight: () => sessions.inFlight(),
@@ -340,6 +344,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       walBackground: () => home.checkpointer.background,
       storageFailed: () => home.store.storageFailure !== undefined || home.store.auditSyncFailed,
       auditUnindexed: () => store.auditUnindexed,
+      shmBytes: () => shmBudget.bytes,
     });
     metricsRef = metrics;
     home.checkpointer.onTopUp = (seconds) => {
@@ -412,7 +417,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         events.drained(s.id);
       },
       sessionQueued: (s) => sessions.queuedTo(s),
-      shm: sharedMemory(c, kernelId, log),
+      shm: sharedMemory(c, kernelId, log, sessions, shmBudget),
       bodies,
     };
     const status = (persona: string) =>
@@ -452,6 +457,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       metrics,
       pipeline,
       sessions,
+      shmBudget,
       host,
       addresses,
       status,
@@ -472,7 +478,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
 }
 
 /** Shared memory for bulk bodies: swept of a crashed run's segments; said once when unavailable. */
-function sharedMemory(c: KernelConfig, kernelId: string, log: Logger): SessionHost["shm"] {
+function sharedMemory(
+  c: KernelConfig,
+  kernelId: string,
+  log: Logger,
+  sessions: SessionRegistry,
+  budget: ShmBudget,
+): SessionHost["shm"] {
   if (c.shmThreshold === 0) return undefined;
   const { native, reason } = loadShmNative();
   if (!native) {
@@ -481,5 +493,13 @@ function sharedMemory(c: KernelConfig, kernelId: string, log: Logger): SessionHo
   }
   const swept = sweepShmSegments(kernelId);
   if (swept > 0) log.info({ swept }, "removed shared-memory segments left by an earlier run");
-  return { native, threshold: c.shmThreshold };
+  return {
+    native,
+    threshold: c.shmThreshold,
+    grow: (s, bytes) => {
+      const tree = sessions.treeOfSession(s);
+      return tree !== undefined && budget.take(s, tree, bytes);
+    },
+    freed: (s) => budget.release(s),
+  };
 }

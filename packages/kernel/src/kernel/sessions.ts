@@ -102,6 +102,11 @@ export class SessionRegistry implements SessionCounts {
     return undefined;
   }
 
+  /** The persona tree an attested session counts in (undefined before it attested or after it closed). */
+  treeOfSession(s: Session): string | undefined {
+    return this.treeOf.get(s);
+  }
+
   /**
    * Most bytes queued unread to one persona tree's sessions before the one sent to is dropped
    * (SLOW_CONSUMER): what no read refusal bounds (PONGs, small answers, events) stops here.

@@ -92,6 +92,8 @@ export class KernelMetrics {
     walBackground: () => boolean;
     /** Whether a sync of the database or the audit failed: the kernel then refuses every request. */
     storageFailed?: () => boolean;
+    /** Bytes the kernel's shared-memory segments hold (pages in /dev/shm). */
+    shmBytes?: () => number;
     /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
     auditUnindexed: () => number;
   }) {
@@ -173,6 +175,14 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.storageFailed?.() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "kpip_shm_bytes",
+      help: "Bytes of /dev/shm the kernel's shared-memory segments hold (bounded by maxShmBytes; past it large answers go inline)",
+      registers,
+      collect() {
+        this.set(gauges.shmBytes?.() ?? 0);
       },
     });
     new Gauge({

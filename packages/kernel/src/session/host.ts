@@ -66,7 +66,14 @@ export interface SessionHostOf<S> {
    */
   sessionQueued?(s: S): boolean;
   /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
-  readonly shm?: { native: ShmNative; threshold: number };
+  readonly shm?: {
+    native: ShmNative;
+    threshold: number;
+    /** May the session's own segment grow by `bytes` (the memory it holds)? False: the body goes inline. */
+    grow?(s: S, bytes: number): boolean;
+    /** The session's own segment was removed: what it held is free. */
+    freed?(s: S): void;
+  };
   /** Where an attested session's large bodies are received (none: fresh memory). */
   readonly bodies?: BodyPool;
 }

@@ -227,6 +227,8 @@ export class Session implements SessionView, EventSink {
         threshold: shm.threshold,
         alloc: this.bodyMemory,
         release: this.bodyBack,
+        grow: shm.grow && ((bytes) => shm.grow?.(this, bytes) ?? true),
+        freed: shm.freed && (() => shm.freed?.(this)),
       });
     }
     const frame = challengeFrame(

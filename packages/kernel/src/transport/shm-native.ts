@@ -120,6 +120,16 @@ export function fileShm(dir: string): ShmNative {
     },
     detach: close,
     destroy(name) {
+      // Emptied before it is removed: a peer still mapping it (its session is over) must not keep
+      // its pages, the kernel's memory, after the kernel let the bytes go.
+      const fd = fds.get(name);
+      if (fd !== undefined) {
+        try {
+          ftruncateSync(fd, 0);
+        } catch {
+          // removed below all the same
+        }
+      }
       close(name);
       try {
         unlinkSync(path(name));

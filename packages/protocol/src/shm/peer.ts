@@ -51,7 +51,7 @@ export interface ShmNative {
   open(name: string): ShmSegment | null;
   /** Unmaps a segment this process mapped (the segment itself stays). */
   detach(name: string): void;
-  /** Unmaps and removes a segment. */
+  /** Unmaps and removes a segment (the kernel also empties its own, so that no peer mapping it keeps its pages). */
   destroy(name: string): void;
 }
 
@@ -141,8 +141,18 @@ export class ShmPeer {
       alloc?: BodyAllocator;
       /** Takes back memory `alloc` gave for a body that failed its checks (nothing else holds it). */
       release?: (body: Uint8Array) => void;
+      /**
+       * Asked before a body takes this side's segment past the bytes it has held so far (a
+       * segment's pages stay in memory until it is removed): false sends the body inline.
+       */
+      grow?: (bytes: number) => boolean;
+      /** This side's segment was removed: the bytes it held (every `grow` it was given) are free. */
+      freed?: () => void;
     },
   ) {}
+
+  /** Bytes of this side's segment written so far (its pages in memory): the largest body it carried. */
+  private held = 0;
 
   /** The frame to write: the frame itself, or a descriptor frame once its body is in the segment. */
   wrap(frame: Uint8Array): Uint8Array {
@@ -168,6 +178,10 @@ export class ShmPeer {
     try {
       // The receiver has not consumed the previous body yet: this one goes inline.
       if (control(seg) !== this.seq) return undefined;
+      if (len > this.held) {
+        if (this.o.grow && !this.o.grow(len - this.held)) return undefined;
+        this.held = len;
+      }
       let at = SHM_CONTROL_BYTES;
       for (let i = 0; i < pieces.length; i++) {
         const p = i === 0 ? first.subarray(HEADER_SIZE) : (pieces[i] as Uint8Array);
@@ -238,8 +252,12 @@ export class ShmPeer {
     const own = this.own;
     if (own) {
       const name = this.o.ownName;
-      if (control(own) === this.seq) this.native.destroy(name);
-      else setTimeout(() => this.native.destroy(name), graceMs).unref();
+      const destroy = () => {
+        this.native.destroy(name);
+        this.o.freed?.();
+      };
+      if (control(own) === this.seq) destroy();
+      else setTimeout(destroy, graceMs).unref();
     }
     if (this.peer) this.native.detach(this.o.peerName);
     this.own = undefined;

@@ -1,0 +1,54 @@
+/** The bounds of {@link ShmBudget}: bytes in all, and per persona tree. */
+export interface ShmBudgetLimits {
+  total: number;
+  perTree: number;
+}
+
+/**
+ * The memory the kernel's own shared-memory segments hold. A segment keeps the pages of the
+ * largest body it carried until its session ends (it lives in /dev/shm, the host's RAM), so
+ * without a bound one persona reading a 16 MiB object once on each of its sessions held
+ * 16 MiB of host memory per session. Past either bound a body goes inline instead (bounded
+ * like every answer queued to a peer); a segment's bytes come back when it is removed.
+ */
+export class ShmBudget {
+  private used = 0;
+  private readonly byTree = new Map<string, number>();
+  /** What each segment holds, and in which tree: given back there whatever the registry says since. */
+  private readonly held = new Map<object, { tree: string; bytes: number }>();
+
+  constructor(private readonly limits: ShmBudgetLimits) {}
+
+  /** Bytes the kernel's segments hold now. */
+  get bytes(): number {
+    return this.used;
+  }
+
+  /** Bytes the segments of `tree`'s sessions hold now. */
+  treeBytes(tree: string): number {
+    return this.byTree.get(tree) ?? 0;
+  }
+
+  /** `owner`'s segment (a session of `tree`) grows by `n` bytes, if both bounds have room. */
+  take(owner: object, tree: string, n: number): boolean {
+    const entry = this.held.get(owner);
+    const inTree = this.byTree.get(entry?.tree ?? tree) ?? 0;
+    if (this.used + n > this.limits.total || inTree + n > this.limits.perTree) return false;
+    this.used += n;
+    if (entry) entry.bytes += n;
+    else this.held.set(owner, { tree, bytes: n });
+    this.byTree.set(entry?.tree ?? tree, inTree + n);
+    return true;
+  }
+
+  /** `owner`'s segment was removed: its bytes are free (a no-op for one holding none). */
+  release(owner: object): void {
+    const entry = this.held.get(owner);
+    if (!entry) return;
+    this.held.delete(owner);
+    this.used -= entry.bytes;
+    const left = (this.byTree.get(entry.tree) ?? 0) - entry.bytes;
+    if (left > 0) this.byTree.set(entry.tree, left);
+    else this.byTree.delete(entry.tree);
+  }
+}
