@@ -25,7 +25,7 @@ const lines = [
   "| 1 | the kernel answered FAILURE, or a check (audit verify) failed |",
   "| 2 | usage error: bad arguments, unreadable files, unsafe socket path |",
   "| 3 | no kernel reachable |",
-  "| 4 | `kpip kernel` stopped after its storage failed (a disk error): the WAL is kept; restart once the disk is mended |",
+  "| 4 | `kpip kernel` stopped after its storage failed (a sync of the database, its WAL or an audit segment: a disk error): the WAL is kept; restart once the disk is mended, then run `kpip audit verify` |",
   "",
   "## Commands",
   "",

@@ -11,7 +11,7 @@ export const EXIT = {
   USAGE: 2,
   /** No kernel could be reached. */
   UNAVAILABLE: 3,
-  /** `kpip kernel` stopped after its storage failed (a failed sync): the process ends at once, keeping the WAL. */
+  /** `kpip kernel` stopped after its storage failed (a failed sync of the database or an audit segment): the process ends at once, keeping the WAL. */
   STORAGE_FAILED: 4,
 } as const;
 

@@ -146,15 +146,17 @@ export class Kernel {
   }
 
   /**
-   * Why the kernel's database failed, if it did: a sync of the database file or its WAL that
-   * failed (a disk error; an audit segment's failed sync shows on `/metrics` as
-   * `kpip_storage_failed` and refuses requests too, but puts no WAL at stake). The kernel then
-   * refuses every request; after stop(), end the process with
-   * `process.exit()`: a natural exit lets the SQLite addon close the database, whose close
-   * would checkpoint and drop the WAL that still holds what the failed sync may have lost.
+   * Why the kernel's storage failed, if it did: a sync of the database file, its WAL or an audit
+   * segment that failed (a disk error; `/metrics` shows it as `kpip_storage_failed`). The kernel
+   * then refuses every request; after stop(), end the process with a non-zero
+   * `process.exit()`: after the database's failure a natural exit lets the SQLite addon close
+   * the database, whose close would checkpoint and drop the WAL that still holds what the
+   * failed sync may have lost; after a segment's, the operator must still learn that records
+   * may be missing from the disk.
    */
   get storageFailure(): Error | undefined {
-    return this.services?.store.storageFailure;
+    const store = this.services?.store;
+    return store?.storageFailure ?? store?.auditSyncFailure;
   }
 
   /** Half-open connections now (pre-authentication budget). */

@@ -111,3 +111,81 @@ describe("the database file cannot be synced (a disk's writeback error)", () => 
     }
   });
 });
+
+/** Loaded before the kernel: the periodic fdatasync of an audit segment fails, once it is asked to (the file `audit.fail-sync` in the home). */
+const SEGMENT_PRELOAD = `import fs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
+const real = fs.fdatasync;
+fs.fdatasync = (fd, cb) => {
+  let path = "";
+  try {
+    path = fs.readlinkSync("/proc/self/fd/" + fd);
+  } catch {}
+  const home = path.replace(/\\/audit\\/[^/]*$/, "");
+  if (home !== path && fs.existsSync(home + "/audit.fail-sync")) {
+    return process.nextTick(cb, Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO", errno: -5 }));
+  }
+  return real(fd, cb);
+};
+syncBuiltinESMExports();
+`;
+
+describe("an audit segment cannot be synced (a disk's writeback error)", () => {
+  it("the kernel answers nothing more, `kpip kernel` exits 4 after the stop, and the next start has every acknowledged write", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-segfail-"));
+    const preload = join(home, "..", `${home.split("/").at(-1)}-preload.mjs`);
+    writeFileSync(preload, SEGMENT_PRELOAD);
+    try {
+      await (await startKernel({}, home)).stop();
+      const child = await spawnReady(["--import", preload, CLI, "kernel", "--home", home, "--log-level", "silent"], "is running");
+      const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+      const acknowledged: number[] = [];
+      let refusal: Error | undefined;
+      try {
+        const c = await connectAdminOf(home);
+        await c.storage.write("obj://ws/seg0", Buffer.from("v0"));
+        acknowledged.push(0);
+        writeFileSync(join(home, "audit.fail-sync"), "");
+        // Writes go on until the next periodic sync fails; from then on none is answered.
+        for (let i = 1; i < 1_000_000 && !refusal; i++) {
+          try {
+            await c.storage.write(`obj://ws/seg${i}`, Buffer.from(`v${i}`));
+            acknowledged.push(i);
+          } catch (e) {
+            refusal = e as Error;
+          }
+        }
+        assert.equal((refusal as { errorClass?: string } | undefined)?.errorClass, "INTERNAL", String(refusal));
+        await assert.rejects(c.storage.write("obj://ws/later", Buffer.from("x")));
+        await c.close().catch(() => {});
+      } finally {
+        child.kill("SIGTERM");
+      }
+      const code = await exited;
+      assert.equal(
+        code,
+        4,
+        `kpip kernel exits 4 (its storage failed; got ${code}): the operator learns that records may be missing from the disk`,
+      );
+
+      const k = await startKernel({}, home);
+      try {
+        const admin = await k.admin();
+        for (const i of acknowledged) {
+          assert.equal(Buffer.from((await admin.storage.read(`obj://ws/seg${i}`)).data).toString(), `v${i}`);
+        }
+      } finally {
+        await k.stop();
+      }
+      const reader = openAuditReader(join(home, "kernel.db"));
+      try {
+        assert.equal(verifyAudit(reader).ok, true);
+      } finally {
+        reader.close();
+      }
+    } finally {
+      removeHome(home);
+      removeHome(preload);
+    }
+  });
+});

@@ -83,7 +83,7 @@ export const kernelCommand: Command = {
     const failed = kernel.storageFailure;
     if (failed) {
       process.stderr.write(
-        `kernel stopped after its storage failed (${failed.message}): the WAL is kept for the next start; restart once the disk is mended\n`,
+        `kernel stopped after its storage failed (${failed.message}): what was acknowledged is kept for the next start; restart once the disk is mended, then run kpip audit verify\n`,
       );
       // At once: a natural exit lets the SQLite addon close the database, whose close would checkpoint and drop the WAL.
       process.exit(EXIT.STORAGE_FAILED);

@@ -342,7 +342,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       usage: () => store.allUsage(),
       usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
-      storageFailed: () => home.store.storageFailure !== undefined || home.store.auditSyncFailed,
+      storageFailed: () => home.store.storageFailure !== undefined || home.store.auditSyncFailure !== undefined,
       auditUnindexed: () => store.auditUnindexed,
       shmBytes: () => shmBudget.bytes,
     });

@@ -342,9 +342,10 @@ export class SegmentWriter {
     );
   }
 
-  /** Whether a sync of a segment failed: no append is taken any more ({@link #syncFailed}). */
-  get syncFailed(): boolean {
-    return this.#syncFailed !== undefined;
+  /** Why a sync of a segment failed, if one did: no append is taken any more ({@link #syncFailed}). */
+  get syncFailure(): Error | undefined {
+    const f = this.#syncFailed;
+    return f && new AuditJournalError(`${segmentName(f.segment)} could not be synced: ${f.error.message}`);
   }
 
   /** Settles when the full segment's background sync (if one was started) is done. */

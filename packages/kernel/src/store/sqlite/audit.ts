@@ -61,8 +61,8 @@ export interface JournalledAudit {
   /** An fdatasync of the open segment off the kernel's thread (the kernel's periodic sync). */
   syncAuditSegment(): Promise<void>;
   readonly auditUnindexed: number;
-  /** Whether a sync of an audit segment failed: the audit takes no more records. */
-  readonly auditSyncFailed: boolean;
+  /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
+  readonly auditSyncFailure: Error | undefined;
 }
 
 /** A batch in the open segment and not yet in the index. */
@@ -82,6 +82,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #segments: SegmentReads | undefined = this.#detectSegments();
     /** The open segment, once the kernel opened the segments (useAuditSegments). */
     #writer: SegmentWriter | undefined;
+    #closedSyncFailure: Error | undefined;
     /** Batches in the segment and not yet indexed, oldest first. */
     #unindexed: Queued[] = [];
     #unindexedRows = 0;
@@ -266,9 +267,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       });
     }
 
-    /** Whether a sync of an audit segment failed: the audit takes no more records. */
-    get auditSyncFailed(): boolean {
-      return this.#writer?.syncFailed ?? false;
+    /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
+    get auditSyncFailure(): Error | undefined {
+      return this.#writer?.syncFailure ?? this.#closedSyncFailure;
     }
 
     async syncAuditSegment(): Promise<void> {
@@ -460,8 +461,13 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         } catch {
           // What SQLite could not take stays past the index: the next start indexes it.
         } finally {
-          writer.close();
-          this.#writer = undefined;
+          try {
+            writer.close();
+          } finally {
+            // Still told after the close (its own sync may be the one that failed): kpip kernel exits 4.
+            this.#closedSyncFailure = writer.syncFailure;
+            this.#writer = undefined;
+          }
         }
       }
       this.#segments?.close();
