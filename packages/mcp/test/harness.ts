@@ -95,9 +95,16 @@ export class KernelHome {
    * under test often runs in this process, and a test polling the record would stop it for as
    * long as each read takes (seconds on a busy machine), long enough to time the test out.
    */
-  async audit(
-    persona: string,
-  ): Promise<{ op: string | null; target: string | null; phase: string; status: string | null; execution?: string }[]> {
+  async audit(persona: string): Promise<
+    {
+      op: string | null;
+      target: string | null;
+      phase: string;
+      status: string | null;
+      execution?: string;
+      requestId: number | null;
+    }[]
+  > {
     const r = await kpipAsync(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
     if (r.code !== 0) throw new Error(`kpip audit query failed: ${r.err}`);
     return r.out

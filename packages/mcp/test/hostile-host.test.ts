@@ -881,6 +881,58 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses arguments past the kernel's maxItems (100,000 keys in 1 MB) with InvalidParams naming the bound before converting them; the same host's next call and another host are served", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const hostile = await rawSession(http);
+      const other = await connect(http);
+      const keys = (n: number) => {
+        const data: Record<string, number> = {};
+        for (let i = 0; i < n; i++) data[i.toString(36)] = 0;
+        return data;
+      };
+      // Requests the kernel saw (an op with effects has two records, intent and outcome).
+      const requests = async () => new Set((await k.audit("hank")).map((r) => r.requestId).filter((id) => id !== null)).size;
+      const before = await requests();
+      // ~850 KB of JSON, under the gateway's 1 MiB: the kernel would refuse the intent anyway.
+      const flood = await hostile.send("tools/call", {
+        name: "event_emit",
+        arguments: { target: "topic://keys-probe", args: { data: keys(100_000) } },
+      });
+      assert.match(
+        flood,
+        new RegExp(
+          `"code":${ErrorCode.InvalidParams},"message":"[^"]*event_emit: arguments making a request of more than 100000 data items[^"]*maxItems[^"]*","data":\\{"bound":"maxItems","limit":100000\\}`,
+        ),
+      );
+      // {op, target, args: {data: {…}}} is 9 items and 2 a key: 49,995 keys are 99,999 items,
+      // which the kernel takes; one key more is refused by the gateway, never sent.
+      const atBound = await hostile.send("tools/call", {
+        name: "event_emit",
+        arguments: { target: "topic://keys-probe", args: { data: keys(49_995) } },
+      });
+      assert.match(atBound, /"kpip\/status":"SUCCESS"/);
+      const past = await hostile.send("tools/call", {
+        name: "event_emit",
+        arguments: { target: "topic://keys-probe", args: { data: keys(49_996) } },
+      });
+      assert.match(past, new RegExp(`"code":${ErrorCode.InvalidParams},"message":"[^"]*more than 100000 data items`));
+      assert.equal(await requests(), before + 1, "only the call within the bound reached the kernel");
+      // The same host's next call works, and so does another host's.
+      const next = await hostile.send("tools/call", {
+        name: "storage_write",
+        arguments: { target: "obj://ws1/after-keys", args: { data: "ok" } },
+      });
+      assert.match(next, /"kpip\/status":"SUCCESS"/);
+      const read = await other.callTool({ name: "storage_read", arguments: { target: "obj://ws1/after-keys" } });
+      assert.ok(!read.isError, JSON.stringify(read));
+      await hostile.end();
+      await other.end();
+    } finally {
+      await http.close();
+    }
+  });
+
   it("refuses Object.prototype member names as arguments with InvalidParams; the kernel is never asked", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {

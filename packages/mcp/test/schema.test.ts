@@ -1,10 +1,22 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { describe, it } from "node:test";
-import { attenuate, KpipError, mintToken, type Right, storageList, tokenMint, tokenToString } from "@kpip/protocol";
+import {
+  attenuate,
+  CodecError,
+  DEFAULT_LIMITS,
+  decodeIntent,
+  encodeCanonical,
+  KpipError,
+  mintToken,
+  type Right,
+  storageList,
+  tokenMint,
+  tokenToString,
+} from "@kpip/protocol";
 import { opTable } from "../src/describe.js";
 import { GrantView } from "../src/grant.js";
-import { InputError, inputSchema, type OpDecl, parseToolArgs } from "../src/schema.js";
+import { InputError, inputSchema, intentBoundPassed, type OpDecl, parseToolArgs } from "../src/schema.js";
 
 const op = (name: string, targets: string[], args: OpDecl["args"] = {}): OpDecl => ({
   op: name,
@@ -114,11 +126,94 @@ describe("tool arguments are checked against the op's declaration before anythin
   it("refuses fractions, bad base64, unknown keys, wrong schemes and missing arguments", () => {
     bad({ target: "obj://ws1/a", args: { data: 1.5 } }, /only integers/);
     bad({ target: "obj://ws1/a", args: { data: { $bytes: "not base64!" } } }, /base64/);
+    // The refusal names where the value is.
+    bad({ target: "obj://ws1/a", args: { data: [0, { a: [1, 1.5] }] } }, /^args\.data\[1\]\.a\[1\]: only integers/);
+    bad({ target: "obj://ws1/a", args: { data: { b: { $bytes: "!" } } } }, /^args\.data\.b\.\$bytes must be standard base64/);
     bad({ target: "obj://ws1/a", args: { data: "x" }, extra: 1 }, /unknown argument "extra"/);
     bad({ target: "topic://x", args: { data: "x" } }, /targets of scheme obj:\/\//);
     bad({ target: "obj://ws1/a" }, /args\.data is required/);
     bad("just text", /must be an object/);
     bad({ target: 7, args: { data: "x" } }, /target is required/);
+  });
+});
+
+describe("the kernel's decode bounds on the intent a tool call makes (PROTOCOL §5.4)", () => {
+  const anyArg = { data: { type: "any", required: false, description: "d" } } as const;
+  const write = op("event.emit", ["topic"], anyArg);
+  const kernelOp = op("system.poke", ["kernel"], anyArg);
+  /** What the kernel does with the intent the gateway would send: the bound it refuses it for, or undefined. */
+  const kernel = (d: OpDecl, input: unknown): string | undefined => {
+    const { target, args } = parseToolArgs(d, input);
+    try {
+      decodeIntent(encodeCanonical({ op: d.op, target, args }));
+      return undefined;
+    } catch (e) {
+      assert.ok(e instanceof CodecError, String(e));
+      return { TOO_MANY_ITEMS: "maxItems", TOO_DEEP: "maxDepth" }[e.code] ?? e.code;
+    }
+  };
+  const same = (d: OpDecl, input: unknown, expected: string | undefined, what: string) => {
+    assert.equal(kernel(d, input), expected, `the kernel, ${what}`);
+    assert.equal(intentBoundPassed(input)?.bound, expected, `the gateway, ${what}`);
+  };
+  const max = DEFAULT_LIMITS.maxItems;
+
+  it("counts items as the kernel's decoder does: the same verdict at the bound and one past it", () => {
+    // {op, target, args: {data: [...]}}: the map, op and target (key and value), args (key and
+    // map), data (key and array): 9 items around the elements.
+    const around = 9;
+    const nulls = (n: number) => ({ target: "topic://t", args: { data: Array(n).fill(null) } });
+    same(write, nulls(max - around), undefined, "an array at the bound");
+    same(write, nulls(max - around + 1), "maxItems", "an array one past");
+    // An object's entry is two items (key and value).
+    const keys = (n: number, extra: unknown[] = []) => {
+      const data: Record<string, unknown> = {};
+      for (let i = 0; i < n; i++) data[`k${i}`] = 0;
+      return { target: "topic://t", args: { data: [data, ...extra] } };
+    };
+    // around + the object itself, then 2 a key: one null fills the odd item.
+    const n = Math.floor((max - around - 1) / 2);
+    same(write, keys(n, Array(max - around - 1 - 2 * n).fill(null)), undefined, "keys at the bound");
+    same(write, keys(n, Array(max - around - 2 * n).fill(null)), "maxItems", "keys one past");
+    // Bytes are one item, not an object of two.
+    const bytes = (k: number) => ({ target: "topic://t", args: { data: Array(k).fill({ $bytes: "aGk=" }) } });
+    same(write, bytes(max - around), undefined, "byte strings at the bound");
+    same(write, bytes(max - around + 1), "maxItems", "byte strings one past");
+    // The target and args the gateway supplies when they are left out count too.
+    const defaulted = (k: number) => ({ args: { data: Array(k).fill(0) } });
+    same(kernelOp, defaulted(max - around), undefined, "kernel:// supplied, at the bound");
+    same(kernelOp, defaulted(max - around + 1), "maxItems", "kernel:// supplied, one past");
+    same(kernelOp, {}, undefined, "nothing given");
+  });
+
+  it("stops at the bound: an object whose keys alone pass it is refused before any of its values is read", () => {
+    const data: Record<string, number> = {};
+    for (let i = 0; i < 60_000; i++) data[`k${i}`] = i;
+    let reads = 0;
+    const counted = new Proxy(data, {
+      get: (o, k) => {
+        reads++;
+        return Reflect.get(o, k);
+      },
+    });
+    assert.deepEqual(intentBoundPassed({ target: "topic://t", args: { data: counted } }), {
+      bound: "maxItems",
+      limit: max,
+    });
+    assert.equal(reads, 0);
+  });
+
+  it("measures depth as the kernel does: a container at depth 32 is past it, bytes there are not", () => {
+    // The intent is depth 0, args 1, data 2.
+    const nest = (levels: number, inner: unknown) => {
+      let v = inner;
+      for (let i = 0; i < levels; i++) v = [v];
+      return { target: "topic://t", args: { data: v } };
+    };
+    same(write, nest(30, 1), undefined, "the last array at depth 31");
+    same(write, nest(31, 1), "maxDepth", "an array at depth 32");
+    same(write, nest(30, { $bytes: "aGk=" }), undefined, "bytes at depth 32");
+    same(write, nest(30, {}), "maxDepth", "an object at depth 32");
   });
 });
 
