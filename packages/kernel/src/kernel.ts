@@ -224,6 +224,7 @@ export class Kernel {
         (bound) => s.metrics.grpcConnectionsRefused.inc({ bound }),
         () => s.metrics.grpcConnectionsShed.inc(),
         (reason, count) => s.metrics.grpcStreamsRefused.inc({ reason }, count),
+        (reason) => s.metrics.grpcConnectionsClosed.inc({ reason }),
       );
       s.addresses.grpc = grpc?.address;
       if (c.metricsListen) s.addresses.metrics = await s.metrics.listen(c.metricsListen);

@@ -1,12 +1,16 @@
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import net from "node:net";
 import { describe, it } from "node:test";
+import nodeTls from "node:tls";
+import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import {
   GRPC_MAX_HEADER_FIELDS,
   GRPC_MAX_HEADER_LIST_BYTES,
   GRPC_REFUSED_STREAMS_PER_CONNECTION,
 } from "../src/transport/grpc.js";
+import { GRPC_OVERHEAD_BURST_BYTES } from "../src/transport/h2-overhead.js";
 import type { TestKernel } from "./harness.js";
 import { adminIdentity, until, withKernel } from "./harness.js";
 import { H2_PREFACE, h2Frame } from "./wire.js";
@@ -14,9 +18,12 @@ import { H2_PREFACE, h2Frame } from "./wire.js";
 // Attacks on the gRPC listener below gRPC: raw HTTP/2 frames from an unauthenticated peer.
 
 const HEADERS = 1;
+const PRIORITY = 2;
 const RST_STREAM = 3;
 const SETTINGS = 4;
+const PING = 6;
 const GOAWAY = 7;
+const WINDOW_UPDATE = 8;
 const CONTINUATION = 9;
 const ENHANCE_YOUR_CALM = 0xb;
 
@@ -68,27 +75,42 @@ function headerFrames(stream: number, block: Buffer): Buffer {
 
 const rst = (stream: number) => frame(RST_STREAM, 0, stream, Buffer.from([0, 0, 0, 8])); // CANCEL
 
+const tlsFile = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
+
 interface Raw {
   raw: net.Socket;
   /** Frames received: [type, stream, code] (RST_STREAM: its code; GOAWAY: its code). */
   got: [number, number, number][];
   /** The kernel's SETTINGS entries. */
   settings: Map<number, number>;
+  /** PING acknowledgements received. */
+  pingAcks: () => number;
   closed: () => boolean;
 }
 
 /**
  * A raw HTTP/2 connection: the preface and an empty SETTINGS, then what the test writes. With
- * `ack` false it never acknowledges the kernel's SETTINGS (so Node holds it to none of them).
+ * `ack` false it never acknowledges the kernel's SETTINGS (so Node holds it to none of them);
+ * with `tls`, over TLS (the fixtures' CA, ALPN h2).
  */
-async function rawH2(address: string, ack: boolean): Promise<Raw> {
-  const raw = net.connect({ host: "127.0.0.1", port: Number(address.slice(address.lastIndexOf(":") + 1)) });
+async function rawH2(address: string, ack: boolean, tls = false): Promise<Raw> {
+  const port = Number(address.slice(address.lastIndexOf(":") + 1));
+  const raw = tls
+    ? nodeTls.connect({
+        host: "127.0.0.1",
+        port,
+        ca: readFileSync(tlsFile("ca.pem")),
+        servername: "localhost",
+        ALPNProtocols: ["h2"],
+      })
+    : net.connect({ host: "127.0.0.1", port });
   raw.on("error", () => {});
   let closed = false;
   raw.on("close", () => {
     closed = true;
   });
-  await new Promise((r) => raw.once("connect", r));
+  await new Promise((r) => raw.once(tls ? "secureConnect" : "connect", r));
+  let pingAcks = 0;
   const got: [number, number, number][] = [];
   const settings = new Map<number, number>();
   let buf = Buffer.alloc(0);
@@ -101,6 +123,7 @@ async function rawH2(address: string, ack: boolean): Promise<Raw> {
       const payload = buf.subarray(9, 9 + len);
       const code = type === RST_STREAM ? payload.readUInt32BE(0) : type === GOAWAY ? payload.readUInt32BE(4) : 0;
       got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
+      if (type === PING && flags & 1) pingAcks++;
       if (type === SETTINGS && !(flags & 1)) {
         for (let i = 0; i + 6 <= payload.length; i += 6) settings.set(payload.readUInt16BE(i), payload.readUInt32BE(i + 2));
         if (ack) raw.write(frame(SETTINGS, 1, 0, Buffer.alloc(0)));
@@ -109,8 +132,32 @@ async function rawH2(address: string, ack: boolean): Promise<Raw> {
     }
   });
   raw.write(Buffer.concat([H2_PREFACE, frame(SETTINGS, 0, 0, Buffer.alloc(0))]));
-  return { raw, got, settings, closed: () => closed };
+  return { raw, got, settings, pingAcks: () => pingAcks, closed: () => closed };
 }
+
+/** Writes `batch` on `c` again and again, as fast as its socket takes it, until the connection is closed; the bytes the kernel took. */
+function flood(c: Raw, batch: Buffer): () => number {
+  const pump = () => {
+    while (!c.closed()) if (!c.raw.write(batch)) return void c.raw.once("drain", pump);
+  };
+  pump();
+  return () => c.raw.bytesWritten - c.raw.writableLength;
+}
+
+/** Connections the kernel closed while open, by reason (kpip_grpc_connections_closed_total). */
+async function closedConnections(t: TestKernel): Promise<Record<string, number>> {
+  const m = await t.k.metrics?.grpcConnectionsClosed.get();
+  return Object.fromEntries((m?.values ?? []).map((v) => [v.labels.reason as string, v.value]));
+}
+
+/** 1,000 frames HTTP/2 handles without telling JavaScript: WINDOW_UPDATE (+1) on the connection and PRIORITY on idle streams, alternately. */
+const controlFrames = Buffer.concat(
+  Array.from({ length: 1000 }, (_, i) =>
+    i % 2
+      ? frame(WINDOW_UPDATE, 0, 0, Buffer.from([0, 0, 0, 1]))
+      : frame(PRIORITY, 0, 2 * (i % 100) + 101, Buffer.from([0, 0, 0, 0, 16])),
+  ),
+);
 
 async function refusedStreams(t: TestKernel): Promise<Record<string, number>> {
   const m = await t.k.metrics?.grpcStreamsRefused.get();
@@ -299,5 +346,86 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
         await c.close();
       }
     });
+  });
+  it("WINDOW_UPDATE and PRIORITY frames in a loop, which HTTP/2 handles without telling JavaScript: the connection is closed (GOAWAY ENHANCE_YOUR_CALM) once it spent its overhead budget, counted and charged to the peer's stream rate (its next connection closed as it arrives); a session opened before keeps working", async () => {
+    await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const c = await grpcAdmin(t, address);
+      try {
+        const f = await rawH2(address, true);
+        await until(() => f.settings.size > 0, 30_000, "the kernel's SETTINGS");
+        const sent = flood(f, controlFrames);
+        // Before the bounds the kernel read such a connection for ever (~200 MB/s on loopback, 0.8 core).
+        await until(() => f.closed(), 30_000, "the kernel to close the flooding connection");
+        assert.ok(
+          f.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM),
+          `GOAWAY ENHANCE_YOUR_CALM, got ${JSON.stringify(f.got.slice(-5))}`,
+        );
+        assert.ok(sent() >= GRPC_OVERHEAD_BURST_BYTES, `closed after ${sent()} bytes: not before its budget was spent`);
+        assert.deepEqual(await closedConnections(t), { overhead: 1 });
+        assert.deepEqual(await refusedStreams(t), {}, "no stream was involved");
+        // Charged to the peer's rate: its next connection is closed as it arrives, before HTTP/2.
+        const next = await rawH2(address, true);
+        await until(() => next.closed() || next.settings.size > 0, 30_000, "SETTINGS or a close");
+        assert.ok(next.closed(), "a connection from the peer over its rate is closed as it arrives");
+        assert.equal((await refusedConnections(t)).rate, 1);
+        assert.equal((await c.system.health()).status, "ok");
+      } finally {
+        await c.close();
+      }
+    });
+  });
+
+  it("PING frames in a loop over TLS, each batch under nghttp2's bound on unsent acknowledgements: the connection is closed for its overhead; a client on the same kernel writing and reading 16 MiB objects and making thousands of small calls is never closed", async () => {
+    await withKernel(
+      {
+        grpcListen: "127.0.0.1:0",
+        grpcTlsCert: tlsFile("server.pem"),
+        grpcTlsKey: tlsFile("server.key"),
+        handshakeTimeoutMs: 60_000,
+      },
+      async (t) => {
+        const address = t.k.grpcAddress as string;
+        const c = await KernelClient.connect({
+          grpc: { address, ca: readFileSync(tlsFile("ca.pem")) },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        try {
+          // nghttp2 ends a connection with 1,000 acknowledgements unsent (an unread flood of PING or
+          // SETTINGS); one that reads them and sends 500 at a time is answered for ever.
+          const f = await rawH2(address, true, true);
+          await until(() => f.settings.size > 0, 30_000, "the kernel's SETTINGS");
+          const pings = Buffer.concat(Array.from({ length: 500 }, (_, i) => frame(PING, 0, 0, Buffer.alloc(8, i))));
+          let acked = 0;
+          f.raw.on("data", () => {
+            if (f.pingAcks() - acked < 500 || f.closed()) return;
+            acked = f.pingAcks();
+            f.raw.write(pings);
+          });
+          f.raw.write(pings);
+          // Meanwhile a client works: 16 MiB objects written and read back (HTTP/2 window updates as it reads).
+          const big = Buffer.alloc(16 * 1024 * 1024 - 128 * 1024, 7);
+          for (let i = 0; i < 2; i++) {
+            await c.storage.write(`obj://bulk/${i}`, big);
+            assert.equal((await c.storage.read(`obj://bulk/${i}`)).data.length, big.length);
+          }
+          await until(() => f.closed(), 30_000, "the kernel to close the PING flood");
+          assert.ok(f.pingAcks() > 1000, `answered ${f.pingAcks()} PINGs before its budget was spent`);
+          assert.ok(
+            f.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM),
+            `GOAWAY ENHANCE_YOUR_CALM, got ${JSON.stringify(f.got.slice(-5))}`,
+          );
+          // Many small calls, sequential and concurrent, on the same connection.
+          for (let i = 0; i < 1000; i++) assert.equal((await c.system.health()).status, "ok");
+          await Promise.all(Array.from({ length: 1000 }, (_, i) => c.storage.write(`obj://small/${i % 50}`, Buffer.from("x"))));
+          assert.equal((await c.storage.read("obj://bulk/0")).data.length, big.length);
+          assert.deepEqual(await closedConnections(t), { overhead: 1 }, "only the flood was closed");
+        } finally {
+          await c.close();
+        }
+      },
+    );
   });
 });

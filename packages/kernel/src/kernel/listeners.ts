@@ -5,7 +5,13 @@ import type { Connection } from "../session/connection.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { peerKey } from "../session/peer-key.js";
 import type { ConnectionRefusal } from "../transport/connection-caps.js";
-import { GRPC_MAX_HEADER_FIELDS, GRPC_MAX_HEADER_LIST_BYTES, GrpcListener, type StreamRefusal } from "../transport/grpc.js";
+import {
+  type ConnectionClosing,
+  GRPC_MAX_HEADER_FIELDS,
+  GRPC_MAX_HEADER_LIST_BYTES,
+  GrpcListener,
+  type StreamRefusal,
+} from "../transport/grpc.js";
 import { UdsListener } from "../transport/uds.js";
 
 /** The kernel's transports, listening. */
@@ -30,6 +36,8 @@ export async function openListeners(
   connectionShed: () => void = () => {},
   /** A gRPC stream refused before the kernel saw it (counted likewise). */
   streamRefused: (reason: StreamRefusal, count: number) => void = () => {},
+  /** An open gRPC connection closed by the kernel (counted likewise). */
+  connectionClosed: (reason: ConnectionClosing) => void = () => {},
 ): Promise<Listeners> {
   const uds = new UdsListener(c.socket, accept);
   opened.uds = uds;
@@ -93,6 +101,15 @@ export async function openListeners(
         : bound === "rate"
           ? "gRPC connection refused: grpcStreamPeerRate reached"
           : "gRPC connection refused: grpcMaxConnections reached",
+    );
+  };
+  grpc.onConnectionClosed = (peer, reason, overheadBytes) => {
+    connectionClosed(reason);
+    peerLog.write(
+      `grpc:${peerKey(peer)}`,
+      "warn",
+      { transport: "grpc", address: peer, reason, overheadBytes },
+      "gRPC connection closed: more bytes of frames that carry nothing (WINDOW_UPDATE, PRIORITY, PING, ...) than it earned",
     );
   };
   // Under the total's one key too: a crowd of addresses shedding each other logs no more than one peer.

@@ -63,6 +63,12 @@ export class KernelMetrics {
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });
+  readonly grpcConnectionsClosed = new Counter({
+    name: "kpip_grpc_connections_closed_total",
+    help: "Open gRPC connections the kernel closed (GOAWAY ENHANCE_YOUR_CALM), by reason (overhead: more bytes of frames carrying nothing, such as WINDOW_UPDATE, PRIORITY or PING, than the connection earned)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
   readonly grpcConnectionsShed = new Counter({
     name: "kpip_grpc_connections_shed_total",
     help: "Open TCP connections to the gRPC listener carrying no attested session, closed at grpcMaxConnections to let a new one in",

@@ -11,6 +11,7 @@ import { ConfigError } from "../config.js";
 import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
 import { overflowKey, peerKey } from "../session/peer-key.js";
 import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
+import { GRPC_OVERHEAD_BYTES_PER_STREAM, OverheadBudget } from "./h2-overhead.js";
 
 const bytes = { serialize: (b: Buffer) => b, deserialize: (b: Buffer) => b };
 
@@ -53,7 +54,11 @@ export const GRPC_MAX_HEADER_FIELDS = 32;
 /** Streams refused for the peer's stream rate on a connection carrying no attested session before it is closed. */
 export const GRPC_REFUSED_STREAMS_PER_CONNECTION = 8;
 
-/** How often the streams HTTP/2 refused on its own (malformed, too many header fields) are looked for. */
+/**
+ * How often each connection is looked at for what HTTP/2 handled without telling JavaScript:
+ * streams it refused on its own (malformed, too many header fields), and the bytes of frames
+ * that carry nothing (h2-overhead.ts).
+ */
 export const GRPC_NODE_REFUSALS_CHECK_MS = 250;
 
 /**
@@ -63,6 +68,23 @@ export const GRPC_NODE_REFUSALS_CHECK_MS = 250;
  * them), compressed.
  */
 export type StreamRefusal = "rate" | "headers" | "malformed" | "compressed";
+
+/**
+ * Why an open gRPC connection was closed by the kernel (kpip_grpc_connections_closed_total{reason}):
+ * overhead, more bytes of frames that carry nothing than it earned (h2-overhead.ts).
+ */
+export type ConnectionClosing = "overhead";
+
+/** An open HTTP/2 connection as the kernel watches it. */
+interface H2Connection {
+  /** Streams that reached the screen (the rest Node refused itself). */
+  screened: number;
+  /** Bytes its streams carried in: the header lists of streams let through, and the message bytes read from them. */
+  carried: number;
+  /** Streams let through and open: the bytes they hold unread count as carried too. */
+  readonly streams: Set<ServerHttp2Stream>;
+  readonly overhead: OverheadBudget;
+}
 
 const LOOPBACK = new Set(["127.0.0.1", "::1", "[::1]", "localhost"]);
 
@@ -125,6 +147,11 @@ export class GrpcListener {
    * GRPC_MAX_HEADER_LIST_BYTES; `closed` when its connection was closed with it.
    */
   onStreamRefused: ((peer: string, reason: StreamRefusal, closed: boolean, count: number) => void) | undefined;
+  /**
+   * An open connection closed with GOAWAY ENHANCE_YOUR_CALM: its peer's IP, why, and the bytes
+   * that carried nothing it sent in all.
+   */
+  onConnectionClosed: ((peer: string, reason: ConnectionClosing, overheadBytes: number) => void) | undefined;
   /** "host:port" actually bound (the port resolved when 0 was asked). */
   address = "";
   secure = false;
@@ -135,9 +162,9 @@ export class GrpcListener {
   /** New streams per peer key (grpcStreamPeerRate); undefined when not bounded. */
   private readonly streamBuckets: RateBuckets | undefined;
   private sweepTimer: NodeJS.Timeout | undefined;
-  private nodeRefusalsTimer: NodeJS.Timeout | undefined;
-  /** Open HTTP/2 connections, with the streams of each that reached the screen (the rest Node refused itself). */
-  private readonly screened = new Map<Http2Session, number>();
+  private watchTimer: NodeJS.Timeout | undefined;
+  /** Open HTTP/2 connections: the streams of each that reached the screen, what they carried, its overhead budget. */
+  private readonly h2Connections = new Map<Http2Session, H2Connection>();
   /** Streams refused for the rate, per HTTP/2 connection. */
   private readonly refusedOn = new WeakMap<Http2Session, number>();
 
@@ -199,7 +226,7 @@ export class GrpcListener {
     this.server = server;
     const h2s = this.http2Servers(server);
     this.screenStreams(h2s);
-    this.watchNodeRefusals(h2s);
+    this.watchConnections(h2s);
     if (this.streamBuckets) {
       const buckets = this.streamBuckets;
       this.sweepTimer = setInterval(() => buckets.sweep(Date.now()), BURST_SECONDS * 1000).unref();
@@ -260,7 +287,8 @@ export class GrpcListener {
         "stream",
         (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, flags: number, rawHeaders: unknown, ...rest: unknown[]) => {
           const session = stream.session;
-          if (session) this.screened.set(session, (this.screened.get(session) ?? 0) + 1);
+          const conn = session && this.h2Connection(session);
+          if (conn) conn.screened++;
           const address = session?.socket?.remoteAddress ?? "";
           const peer = address || "unknown";
           if (headerListBytes(rawHeaders, headers) > GRPC_MAX_HEADER_LIST_BYTES) {
@@ -291,6 +319,7 @@ export class GrpcListener {
           if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
             for (const handle of handlers)
               (handle as (...a: unknown[]) => void).call(h2, stream, headers, flags, rawHeaders, ...rest);
+            if (conn) this.countCarried(conn, stream, headerListBytes(rawHeaders, headers));
             return;
           }
           this.answerOnly(
@@ -338,28 +367,85 @@ export class GrpcListener {
    * GRPC_NODE_REFUSALS_CHECK_MS, a connection with more than GRPC_REFUSED_STREAMS_PER_CONNECTION
    * of them is closed (GOAWAY ENHANCE_YOUR_CALM; no working client sends such streams), and they are
    * charged to its peer's stream rate (down to a burst below empty), so that its new connections
-   * are closed as they arrive until the rate has made up for them.
+   * are closed as they arrive until the rate has made up for them. The same look spends each
+   * connection's overhead budget (lookAtOverhead).
    */
-  private watchNodeRefusals(h2s: EventEmitter[]): void {
+  private watchConnections(h2s: EventEmitter[]): void {
     for (const h2 of h2s) {
-      h2.on("session", (session: Http2Session) => {
-        if (!this.screened.has(session)) this.screened.set(session, 0);
-        session.once("close", () => this.screened.delete(session));
-      });
+      h2.on("session", (session: Http2Session) => this.h2Connection(session));
     }
-    this.nodeRefusalsTimer = setInterval(() => {
-      for (const [session, seen] of this.screened) {
-        if (session.destroyed) continue;
+    this.watchTimer = setInterval(() => {
+      const now = Date.now();
+      for (const [session, conn] of this.h2Connections) {
+        if (session.destroyed) {
+          // Its close may have come before the record was made.
+          this.h2Connections.delete(session);
+          continue;
+        }
+        const address = session.socket?.remoteAddress ?? "";
         // Client stream ids are odd and rise: the last one processed says how many were opened.
         const last = session.state.lastProcStreamID ?? 0;
-        const unseen = Math.ceil(last / 2) - seen;
-        if (unseen <= GRPC_REFUSED_STREAMS_PER_CONNECTION) continue;
-        const address = session.socket?.remoteAddress ?? "";
-        this.chargeStreams(address, unseen);
-        closeCalm(session);
-        this.onStreamRefused?.(address || "unknown", "malformed", true, unseen);
+        const unseen = Math.ceil(last / 2) - conn.screened;
+        if (unseen > GRPC_REFUSED_STREAMS_PER_CONNECTION) {
+          this.chargeStreams(address, unseen);
+          closeCalm(session);
+          this.onStreamRefused?.(address || "unknown", "malformed", true, unseen);
+          continue;
+        }
+        this.lookAtOverhead(session, conn, now, address);
       }
     }, GRPC_NODE_REFUSALS_CHECK_MS).unref();
+  }
+
+  /** The kernel's record of an HTTP/2 connection, made when first seen and dropped when it closes. */
+  private h2Connection(session: Http2Session): H2Connection {
+    let conn = this.h2Connections.get(session);
+    if (conn) return conn;
+    conn = { screened: 0, carried: 0, streams: new Set(), overhead: new OverheadBudget(Date.now()) };
+    this.h2Connections.set(session, conn);
+    session.once("close", () => this.h2Connections.delete(session));
+    return conn;
+  }
+
+  /**
+   * Counts what a stream let through carries: its header list, and the message bytes grpc-js
+   * reads from it (a listener beside grpc-js's: added after it, so it neither starts the stream
+   * flowing nor takes a byte from it; none when grpc-js did not read the stream, whose bytes
+   * then stay unread and are counted as held).
+   */
+  private countCarried(conn: H2Connection, stream: ServerHttp2Stream, headerBytes: number): void {
+    conn.carried += headerBytes;
+    if (stream.closed || stream.destroyed) return;
+    conn.streams.add(stream);
+    if (stream.readableFlowing !== null) {
+      stream.on("data", (chunk: Buffer) => {
+        conn.carried += chunk.length;
+      });
+    }
+    stream.once("close", () => {
+      conn.carried += stream.readableLength;
+      conn.streams.delete(stream);
+    });
+  }
+
+  /**
+   * Closes a connection (GOAWAY ENHANCE_YOUR_CALM) that sent more bytes of frames carrying
+   * nothing than it earned (h2-overhead.ts), whatever it carries: no working client comes near
+   * it. It is charged to its peer's stream rate as a connection's worth of refused streams and
+   * one more per GRPC_OVERHEAD_BYTES_PER_STREAM over (down to a burst below empty), so that its
+   * new connections are closed as they arrive until the rate has made up for them. Socket byte
+   * counts hold for a socket Node's HTTP/2 reads natively (TLS: the cleartext).
+   */
+  private lookAtOverhead(session: Http2Session, conn: H2Connection, now: number, address: string): void {
+    const socket = session.socket;
+    if (!socket) return;
+    let carried = conn.carried;
+    for (const s of conn.streams) carried += s.readableLength;
+    const budget = conn.overhead.look(now, socket.bytesRead, socket.bytesWritten, carried);
+    if (budget >= 0) return;
+    this.chargeStreams(address, GRPC_REFUSED_STREAMS_PER_CONNECTION + 1 + Math.ceil(-budget / GRPC_OVERHEAD_BYTES_PER_STREAM));
+    closeCalm(session);
+    this.onConnectionClosed?.(address || "unknown", "overhead", conn.overhead.spent);
   }
 
   /** Takes `n` streams from the peer's bucket, down to a burst below empty at most. */
@@ -523,7 +609,7 @@ export class GrpcListener {
   /** Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. */
   async close(graceMs = 1000): Promise<void> {
     clearInterval(this.sweepTimer);
-    clearInterval(this.nodeRefusalsTimer);
+    clearInterval(this.watchTimer);
     const server = this.server;
     this.server = undefined;
     if (!server) return;
