@@ -23,7 +23,7 @@ import { KernelClient as KC } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { auditDurations, freePort, kernelSeries, scrape } from "./load-kernel.js";
 import type { GeneratorInput, GeneratorMessage } from "./load-worker.js";
-import { pct, rssMb } from "./proc.js";
+import { pct, rssMb, serverEnv } from "./proc.js";
 
 const argv = process.argv.slice(2);
 const int = (name: string, dflt: number) => {
@@ -66,7 +66,7 @@ const kernel: ChildProcess = spawn(
     "--metrics-listen",
     metricsAt,
   ],
-  { stdio: ["ignore", "pipe", "inherit"] },
+  { stdio: ["ignore", "pipe", "inherit"], env: serverEnv() },
 );
 const generators: ChildProcess[] = [];
 // However the run ends (a throw in the setup included), the kernel, the generators and the home go with it.

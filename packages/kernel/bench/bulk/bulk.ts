@@ -20,6 +20,7 @@ import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
+import { serverEnv } from "../proc.js";
 import { bulk1gFloor, FLOOR_BYTES, floorFigures, measureFloors } from "./floors.js";
 
 const argv = process.argv.slice(2);
@@ -56,6 +57,7 @@ async function withKernel(
   const args = [...(prof ? ["--cpu-prof", "--cpu-prof-dir", prof] : []), fileURLToPath(new URL("kernel.js", import.meta.url))];
   const child = spawn(process.execPath, [...args, repo, home], {
     stdio: ["ignore", "pipe", "inherit"],
+    env: serverEnv(),
   });
   try {
     const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {

@@ -1,6 +1,7 @@
 /** The bench's server processes: each started from a script beside this one, and all killed at the end. */
 import { type ChildProcess, spawn } from "node:child_process";
 import { fileURLToPath } from "node:url";
+import { serverEnv } from "../proc.js";
 
 export const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
 
@@ -12,7 +13,7 @@ export async function startServer(
   script: string,
   args: string[],
 ): Promise<{ proc: ChildProcess; info: Record<string, unknown> }> {
-  const proc = spawn(process.execPath, [here(script), ...args], { stdio: ["ignore", "pipe", "inherit"] });
+  const proc = spawn(process.execPath, [here(script), ...args], { stdio: ["ignore", "pipe", "inherit"], env: serverEnv() });
   children.push(proc);
   const info = await new Promise<Record<string, unknown>>((resolve, reject) => {
     let out = "";
