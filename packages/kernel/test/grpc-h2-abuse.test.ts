@@ -169,6 +169,14 @@ async function refusedConnections(t: TestKernel): Promise<Record<string, number>
   return Object.fromEntries((m?.values ?? []).map((v) => [v.labels.bound as string, v.value]));
 }
 
+/** The peer's next connection is closed as it arrives (before HTTP/2: it is over its stream rate), and counted once. */
+async function assertNextConnectionRefused(t: TestKernel, address: string): Promise<void> {
+  const next = await rawH2(address, true);
+  await until(() => next.closed() || next.settings.size > 0, 30_000, "SETTINGS or a close");
+  assert.ok(next.closed(), "a connection from the peer over its rate is closed as it arrives");
+  assert.equal((await refusedConnections(t)).rate, 1);
+}
+
 /** The admin's client over gRPC at `address` (no reconnect). */
 function grpcAdmin(t: TestKernel, address: string): Promise<KernelClient> {
   return KernelClient.connect({
@@ -337,10 +345,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
         assert.deepEqual(await refusedStreams(t), { malformed: n });
         assert.equal(t.k.handshakingCount, 0, "no handshake was begun");
         // Charged to the peer's rate: its next connection is closed as it arrives, before HTTP/2.
-        const next = await rawH2(address, true);
-        await until(() => next.closed() || next.settings.size > 0, 30_000, "SETTINGS or a close");
-        assert.ok(next.closed(), "a connection from the peer over its rate is closed as it arrives");
-        assert.equal((await refusedConnections(t)).rate, 1);
+        await assertNextConnectionRefused(t, address);
         assert.equal((await c.system.health()).status, "ok");
       } finally {
         await c.close();
@@ -365,10 +370,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
         assert.deepEqual(await closedConnections(t), { overhead: 1 });
         assert.deepEqual(await refusedStreams(t), {}, "no stream was involved");
         // Charged to the peer's rate: its next connection is closed as it arrives, before HTTP/2.
-        const next = await rawH2(address, true);
-        await until(() => next.closed() || next.settings.size > 0, 30_000, "SETTINGS or a close");
-        assert.ok(next.closed(), "a connection from the peer over its rate is closed as it arrives");
-        assert.equal((await refusedConnections(t)).rate, 1);
+        await assertNextConnectionRefused(t, address);
         assert.equal((await c.system.health()).status, "ok");
       } finally {
         await c.close();

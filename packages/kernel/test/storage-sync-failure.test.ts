@@ -40,6 +40,23 @@ if (!isMainThread && typeof workerData?.path === "string") {
 }
 `;
 
+/** The next start on `home` (the disk mended): every acknowledged write reads back as written, and the audit verifies. */
+async function everyWriteThere(home: string, writes: [path: string, body: string][]): Promise<void> {
+  const k = await startKernel({}, home);
+  try {
+    const admin = await k.admin();
+    for (const [path, body] of writes) assert.equal(Buffer.from((await admin.storage.read(path)).data).toString(), body, path);
+  } finally {
+    await k.stop();
+  }
+  const reader = openAuditReader(join(home, "kernel.db"));
+  try {
+    assert.equal(verifyAudit(reader).ok, true);
+  } finally {
+    reader.close();
+  }
+}
+
 describe("the database file cannot be synced (a disk's writeback error)", () => {
   it("the kernel takes no more changes, keeps the WAL when `kpip kernel` stops (exit 4), and the next start has every acknowledged write", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-syncfail-"));
@@ -89,22 +106,10 @@ describe("the database file cannot be synced (a disk's writeback error)", () => 
       assert.ok(existsSync(wal) && statSync(wal).size > 0, "the WAL is kept");
 
       // The disk mended: every acknowledged write is there, and the audit verifies.
-      const k = await startKernel({}, home);
-      try {
-        const admin = await k.admin();
-        for (const name of acknowledged) {
-          const r = await admin.storage.read(`obj://ws/${name}`);
-          assert.equal(Buffer.from(r.data).toString(), name.startsWith("before") ? `b${name.slice(6)}` : `a${name.slice(5)}`);
-        }
-      } finally {
-        await k.stop();
-      }
-      const reader = openAuditReader(join(home, "kernel.db"));
-      try {
-        assert.equal(verifyAudit(reader).ok, true);
-      } finally {
-        reader.close();
-      }
+      await everyWriteThere(
+        home,
+        acknowledged.map((name) => [`obj://ws/${name}`, name.startsWith("before") ? `b${name.slice(6)}` : `a${name.slice(5)}`]),
+      );
     } finally {
       removeHome(home);
       removeHome(preload);
@@ -168,21 +173,10 @@ describe("an audit segment cannot be synced (a disk's writeback error)", () => {
         `kpip kernel exits 4 (its storage failed; got ${code}): the operator learns that records may be missing from the disk`,
       );
 
-      const k = await startKernel({}, home);
-      try {
-        const admin = await k.admin();
-        for (const i of acknowledged) {
-          assert.equal(Buffer.from((await admin.storage.read(`obj://ws/seg${i}`)).data).toString(), `v${i}`);
-        }
-      } finally {
-        await k.stop();
-      }
-      const reader = openAuditReader(join(home, "kernel.db"));
-      try {
-        assert.equal(verifyAudit(reader).ok, true);
-      } finally {
-        reader.close();
-      }
+      await everyWriteThere(
+        home,
+        acknowledged.map((i) => [`obj://ws/seg${i}`, `v${i}`]),
+      );
     } finally {
       removeHome(home);
       removeHome(preload);
