@@ -1,14 +1,27 @@
 // Hostile programs as real processes in the process sandbox: each tries to reach what the
 // kernel must keep from it, and each fails; the kernel keeps serving; nothing outlives it.
 import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { readdirSync, readFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
 import net from "node:net";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import type { KernelClient } from "@kpip/client";
+import { KernelClient } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
+import { outputIncludes } from "@kpip/protocol/testing";
 import { HOME_FILES, ROOT_KEYS_FILE } from "../src/index.js";
-import { kernelForSuite, sandboxSkip, until } from "./harness.js";
+import {
+  addPersonaKey,
+  connectAdminOf,
+  KERNEL_ENTRY,
+  kernelForSuite,
+  removeHome,
+  SANDBOX_READ_PATHS,
+  sandboxSkip,
+  until,
+} from "./harness.js";
 
 /** Runs `sh -c script` as a compute command; the script always exits 0 and says what happened. */
 async function sh(c: KernelClient, script: string, extra: Record<string, unknown> = {}): Promise<string> {
@@ -182,5 +195,86 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     assert.match(out, /fork|Resource temporarily unavailable/i);
     await until(() => processesWith(m).length === 0, 10_000, "the bomb's processes end with its sandbox");
     await assertServing();
+  });
+});
+
+/** The keyring's system calls (add_key, keyctl) where the test knows them. */
+const KEY_CALLS: Record<string, { addKey: number; keyctl: number }> = {
+  x64: { addKey: 248, keyctl: 250 },
+  arm64: { addKey: 217, keyctl: 219 },
+};
+const keyCalls = KEY_CALLS[process.arch];
+const PERL = "/usr/bin/perl";
+const keyringSkip =
+  sandboxSkip ||
+  (!keyCalls
+    ? `NOT RUN: no keyring syscall numbers for ${process.arch}`
+    : !existsSync(PERL)
+      ? "NOT RUN: needs /usr/bin/perl"
+      : false);
+
+describe("the kernel keyring, which no namespace separates", { skip: keyringSkip }, () => {
+  const { addKey, keyctl } = keyCalls ?? { addKey: 0, keyctl: 0 };
+  // Perl's syscall passes a variable's string by pointer (a literal would be read-only).
+  /** Adds a "user" key `name` = `value` to the session keyring (-3), says how it went. */
+  const add = (name: string, value: string) =>
+    `my ($t,$d,$v)=("user","${name}","${value}"); my $id=syscall(${addKey},$t,$d,$v,length($v),-3); print $id<0 ? "add ${name}: $!\n" : "added ${name}\n";`;
+  /** Finds the "user" key `name` in the session keyring (KEYCTL_SEARCH) and prints its value (KEYCTL_READ). */
+  const read = (name: string) =>
+    `my ($t,$d)=("user","${name}"); my $k=syscall(${keyctl},10,-3,$t,$d,0); if ($k<0) { print "search ${name}: $!\n" } else { my $b="\\0" x 256; my $n=syscall(${keyctl},11,$k,$b,256); print "read ${name}: ".substr($b,0,$n)."\n" }`;
+
+  it("a sandboxed process reaches no session keyring: it reads no key of the kernel's, and leaves none for another persona's process", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    // The kernel runs with a session keyring of its own (as a systemd service, or after a login
+    // with pam_keyinit, does), holding a key of the host's.
+    const host = `my $n="kpip-test"; syscall(${keyctl},1,$n)>=0 or die "join: $!"; ${add("host-secret", "s3cret-of-the-host")} exec @ARGV or die "exec: $!";`;
+    const child = spawn(
+      PERL,
+      [
+        "-e",
+        host,
+        process.execPath,
+        KERNEL_ENTRY,
+        "--home",
+        home,
+        "--log-level",
+        "silent",
+        "--sandbox-read-paths",
+        SANDBOX_READ_PATHS,
+      ],
+      { stdio: ["ignore", "pipe", "inherit"] },
+    );
+    try {
+      await outputIncludes(child, "is running");
+      const admin = await connectAdminOf(home);
+      const rights = [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }];
+      const personas: KernelClient[] = [];
+      for (const id of ["alice", "bob"]) {
+        const identity = generateIdentity(id);
+        addPersonaKey({ home }, id, identity.publicKey);
+        const m = await admin.tokens.mint(id, { rights, ttlMs: 600_000 });
+        personas.push(
+          await KernelClient.connect({ socket: join(home, "kernel.sock"), identity, tokens: [m.token], reconnect: false }),
+        );
+      }
+      const [alice, bob] = personas as [KernelClient, KernelClient];
+      const perl = async (c: KernelClient, script: string) => {
+        const r = (await c.ops.wait(await c.compute.command("perl", ["-e", script]))) as { stdout: Uint8Array };
+        return Buffer.from(r.stdout).toString();
+      };
+      const a = await perl(alice, `${read("host-secret")} ${add("left-by-alice", "for-bob")}`);
+      const b = await perl(bob, read("left-by-alice"));
+      assert.ok(!a.includes("s3cret-of-the-host"), `the kernel's key was read: ${a}`);
+      assert.ok(!b.includes("for-bob"), `bob's process read what alice's left: ${b}`);
+      assert.match(a, /search host-secret: Operation not permitted/);
+      assert.match(a, /add left-by-alice: Operation not permitted/);
+      assert.match(b, /search left-by-alice: Operation not permitted/);
+      for (const c of [...personas, admin]) await c.close();
+    } finally {
+      const exited = new Promise((r) => child.once("exit", r));
+      child.kill("SIGTERM");
+      await exited;
+      removeHome(home);
+    }
   });
 });

@@ -223,7 +223,11 @@ export class AgentManager {
         extra: ["pipe", "pipe"],
         owner: (this.opts.roots ?? FIRST_SEGMENT).of(r.spawner),
       });
-      child = spawn(launch.file, launch.args, launch.options);
+      try {
+        child = spawn(launch.file, launch.args, launch.options);
+      } finally {
+        launch.spawned();
+      }
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();

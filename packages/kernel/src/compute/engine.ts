@@ -315,7 +315,11 @@ export class ComputeEngine {
         extra: [],
         owner: this.roots.of(op.persona),
       });
-      child = spawn(launch.file, launch.args, launch.options);
+      try {
+        child = spawn(launch.file, launch.args, launch.options);
+      } finally {
+        launch.spawned();
+      }
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();

@@ -1,6 +1,19 @@
-import { type SpawnOptions, spawnSync } from "node:child_process";
+import { type SpawnOptions, type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  closeSync,
+  lstatSync,
+  mkdirSync,
+  openSync,
+  readdirSync,
+  readlinkSync,
+  realpathSync,
+  rmdirSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
@@ -9,6 +22,7 @@ import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
 import { removeTrees } from "./remove.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
+import { keyringFilter } from "./seccomp.js";
 import {
   type HiddenPath,
   parseMounts,
@@ -42,6 +56,8 @@ export interface BwrapFeatures {
   size: boolean;
   /** `--disable-userns` (bubblewrap ≥ 0.8): no nested user namespace (with its own unbounded mounts). */
   disableUserns: boolean;
+  /** `--seccomp FD`: the filter that keeps the kernel keyring from the sandbox (seccomp.ts). */
+  seccomp: boolean;
 }
 
 export interface SandboxConfig {
@@ -105,6 +121,11 @@ export interface Launch {
   options: SpawnOptions;
   scratch: string;
   /**
+   * Called once the process was spawned (or its spawn failed): closes the kernel's copy of the
+   * descriptor the seccomp filter is read from (the child has its own). Idempotent.
+   */
+  spawned(): void;
+  /**
    * Removes the scratch directory (its rule: it lives exactly as long as its process tree), in
    * a child process, off the event loop. Never throws, never rejects: a failure is told to
    * {@link SandboxConfig.removalFailed} and the directory is left for the next start's sweep.
@@ -146,7 +167,11 @@ const SCRATCH_NAME = /^[0-9a-f]{24}$/;
 function bwrapFeatures(bwrap: string): BwrapFeatures {
   const r = spawnSync(bwrap, ["--help"], { encoding: "utf8", timeout: 10_000 });
   const help = `${r.stdout ?? ""}${r.stderr ?? ""}`;
-  return { size: /^\s*--size\b/m.test(help), disableUserns: /^\s*--disable-userns\b/m.test(help) };
+  return {
+    size: /^\s*--size\b/m.test(help),
+    disableUserns: /^\s*--disable-userns\b/m.test(help),
+    seccomp: /^\s*--seccomp\b/m.test(help),
+  };
 }
 
 /**
@@ -167,7 +192,9 @@ export class Sandbox {
    * empty when it has every option in {@link BwrapFeatures}.
    */
   readonly weakened: string[] = [];
-  private features: BwrapFeatures = { size: false, disableUserns: false };
+  private features: BwrapFeatures = { size: false, disableUserns: false, seccomp: false };
+  /** The seccomp filter's program (seccomp.ts), when this bubblewrap and architecture can have one. */
+  private filter: Buffer | undefined;
   /** Scratch removals under way: close() waits for them. */
   private readonly removals = new Set<Promise<void>>();
   /** The owner of each removal running now: at most one each ({@link Sandbox.remove}). */
@@ -216,6 +243,11 @@ export class Sandbox {
         this.weakened.push(
           "bubblewrap lacks --disable-userns (needs 0.8 or later): a sandboxed process can make nested user namespaces and mount unbounded tmpfs in them",
         );
+      this.filter = this.features.seccomp ? keyringFilter() : undefined;
+      if (!this.filter)
+        this.weakened.push(
+          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there)`,
+        );
     }
     this.unavailable = this.probe();
   }
@@ -254,7 +286,12 @@ export class Sandbox {
       return `cannot prepare a sandbox: ${(e as Error).message}`;
     }
     try {
-      const r = spawnSync(launch.file, launch.args, { ...launch.options, encoding: "utf8", timeout: 20_000 });
+      let r: SpawnSyncReturns<string>;
+      try {
+        r = spawnSync(launch.file, launch.args, { ...launch.options, encoding: "utf8", timeout: 20_000 });
+      } finally {
+        launch.spawned();
+      }
       if (r.error) return `bubblewrap did not run: ${r.error.message}`;
       if (r.status !== 0 || r.stdout.trim() !== "sandboxed") {
         const why = (r.stderr || "").trim().split("\n").pop() || `exit ${r.status ?? r.signal}`;
@@ -443,6 +480,32 @@ export class Sandbox {
     const owner = spec.owner ?? KERNEL_OWNER;
     const cleanup = () => this.remove([scratch], owner);
     const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
+    // The seccomp filter, read by bubblewrap from a descriptor of its own, which it closes
+    // before the program runs. Its place is kept here, the file opened last (openFilter).
+    const seccompFd = this.config.mode === "bwrap" && this.filter ? stdio.length : undefined;
+    if (seccompFd !== undefined) stdio.push("ignore");
+    let filterFd: number | undefined;
+    // bubblewrap reads from the descriptor's offset: a file opened anew for each launch, unlinked at once.
+    const openFilter = () => {
+      if (seccompFd === undefined) return;
+      const file = `${scratch}.seccomp`;
+      try {
+        writeFileSync(file, this.filter as Buffer, { mode: 0o600, flag: "wx" });
+        filterFd = openSync(file, "r");
+      } finally {
+        try {
+          unlinkSync(file);
+        } catch {
+          // not made
+        }
+      }
+      stdio[seccompFd] = filterFd;
+    };
+    const spawned = () => {
+      if (filterFd === undefined) return;
+      closeSync(filterFd);
+      filterFd = undefined;
+    };
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.
     const { fds, devNull } = this.leaked;
@@ -459,7 +522,7 @@ export class Sandbox {
       ...(runAs !== undefined ? { uid: runAs, gid: runAs } : {}),
     };
     if (this.config.mode === "none") {
-      return { file: spec.executable, args: spec.args, options: { ...options, cwd: scratch }, scratch, cleanup };
+      return { file: spec.executable, args: spec.args, options: { ...options, cwd: scratch }, scratch, spawned, cleanup };
     }
     const a: string[] = [
       "--unshare-user",
@@ -531,6 +594,7 @@ export class Sandbox {
     // is made in them first.
     a.push("--bind", scratch, SANDBOX_SCRATCH, ...readOnly, "--remount-ro", "/", "--chdir", SANDBOX_SCRATCH);
     if (this.features.disableUserns) a.push("--disable-userns");
+    if (seccompFd !== undefined) a.push("--seccomp", String(seccompFd));
     a.push("--");
     const l = spec.limits;
     a.push(this.prlimit as string);
@@ -539,7 +603,8 @@ export class Sandbox {
     if (l.cpuSeconds) a.push(`--cpu=${l.cpuSeconds}:${l.cpuSeconds}`);
     if (l.fileBytes) a.push(`--fsize=${l.fileBytes}:${l.fileBytes}`);
     a.push("--", spec.executable, ...spec.args);
-    return { file: this.bwrap as string, args: a, options, scratch, cleanup };
+    openFilter();
+    return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup };
   }
 
   /** The tighter of the kernel's limits and a grant's (`sandbox.processes`, `sandbox.memory`, `sandbox.cpu`, `sandbox.fileSize`). */
