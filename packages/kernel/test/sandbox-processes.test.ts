@@ -350,3 +350,38 @@ describe("a kernel process and what it inherited", { skip: sandboxSkip }, () => 
     }
   });
 });
+
+describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
+  const s = kernelForSuite({ maxOutputBytes: 65_536 });
+
+  it("a command or agent writing without pause past maxOutputBytes is read no faster than the discard rate: it waits on its pipe, its output is capped, the kernel keeps serving", async () => {
+    // 64 KiB to stdout per round for 4 seconds, the round's number to stderr (which stays under the cap).
+    const script =
+      "timeout 4 sh -c 'i=0; while :; do head -c 65536 /dev/zero || exit; i=$((i+1)); echo $i >&2; done'; echo end >&2";
+    const rounds = (stderr: Uint8Array) => {
+      const text = Buffer.from(stderr).toString();
+      assert.match(text, /end\n$/, "the script ran to its end");
+      return Math.max(0, ...[...text.matchAll(/^(\d+)$/gm)].map((m) => Number(m[1])));
+    };
+    // Read at full speed the rounds run into the thousands in 4 s. Bounded, at most the cap, a
+    // second's burst and a second's worth per second (~6 MiB, ~100 rounds), and the socket
+    // buffers: 300 rounds leave room for a slow machine.
+    const d = await s.admin.call("compute.submit", "op://command/sh", { args: ["-c", script] });
+    const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as {
+      stdout: Uint8Array;
+      stderr: Uint8Array;
+      truncated: boolean;
+    };
+    assert.equal(r.stdout.byteLength, 65_536);
+    assert.equal(r.truncated, true);
+    const n = rounds(r.stderr);
+    assert.ok(n > 0 && n < 300, `command rounds: ${n}`);
+    await s.admin.agents.spawn("sh", "spew", { args: ["-c", script], rights: [], lifetimeMs: 60_000 });
+    await until(async () => (await s.admin.agents.status("agent://sh/spew")).state === "exited", 30_000, "the agent ended");
+    const logs = await s.admin.agents.logs("agent://sh/spew");
+    assert.equal(logs.stdout.byteLength, 65_536);
+    const m = rounds(logs.stderr);
+    assert.ok(m > 0 && m < 300, `agent rounds: ${m}`);
+    assert.equal(((await s.admin.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
+  });
+});

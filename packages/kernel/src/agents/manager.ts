@@ -18,6 +18,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
+import { throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
@@ -264,6 +265,9 @@ export class AgentManager {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
+    // What comes past the captured bytes is discarded, and read no faster than a bounded rate.
+    throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
+    throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
     const live: Live = {
       child,
       launch,

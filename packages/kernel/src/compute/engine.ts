@@ -9,6 +9,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
+import { throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
@@ -341,6 +342,9 @@ export class ComputeEngine {
     };
     child.stdout?.on("data", collect("stdout"));
     child.stderr?.on("data", collect("stderr"));
+    // What comes past the captured bytes is discarded, and read no faster than a bounded rate.
+    throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
+    throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
     let ended: StopReason | "removed" | undefined;
     const kill = (why: StopReason | "removed") => {
       ended ??= why;
