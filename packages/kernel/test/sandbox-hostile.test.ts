@@ -186,6 +186,19 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
 
   it("an agent escaping with a double fork is killed with it", () => escapes((m) => `(sh -c 'sleep ${m} > /dev/null 2>&1 &' &)`));
 
+  it("a crashing process dumps no core, and cannot raise its core limit: nothing for a core_pattern helper to run as root on the host", async () => {
+    // The kernel's hard core limit is often unlimited (a systemd service's is): its soft one was
+    // raised to it, and a crash written to /scratch, or piped to the host's helper.
+    const out = await sh(
+      s.admin,
+      `ulimit -c unlimited 2>/dev/null && echo RAISED; sh -c 'kill -SEGV $$'; cd /scratch && ls; echo LISTED`,
+    );
+    assert.match(out, /LISTED/);
+    assert.doesNotMatch(out, /RAISED/);
+    assert.doesNotMatch(out, /^core/m);
+    await assertServing();
+  });
+
   it("a fork bomb stops at the sandbox's process bound", async () => {
     const m = marker();
     // In a subshell: the shell gives up ("Cannot fork") when the bound is reached.

@@ -602,6 +602,11 @@ export class Sandbox {
     if (l.memoryBytes) a.push(`--as=${l.memoryBytes}:${l.memoryBytes}`);
     if (l.cpuSeconds) a.push(`--cpu=${l.cpuSeconds}:${l.cpuSeconds}`);
     if (l.fileBytes) a.push(`--fsize=${l.fileBytes}:${l.fileBytes}`);
+    // No core dump, hard limit included (the kernel's own hard limit is often unlimited, which a
+    // process could raise its soft one to): 1, not 0, because a core_pattern that pipes to a
+    // program (systemd-coredump, apport) ignores 0 and runs that program as root on the host for
+    // each crash, outside every bound here; 1 makes Linux skip the dump whatever the pattern.
+    a.push("--core=1:1");
     a.push("--", spec.executable, ...spec.args);
     openFilter();
     return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup };
