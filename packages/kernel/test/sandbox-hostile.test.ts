@@ -199,6 +199,17 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     await assertServing();
   });
 
+  it("no real-time scheduling or raised priority, whatever hard limits the kernel inherited", async () => {
+    const out = await sh(
+      s.admin,
+      "grep -E 'Max (realtime|nice) priority' /proc/self/limits; chrt -f 1 true 2>/dev/null && echo REALTIME; [ \"$(nice -n -5 cut -d' ' -f19 /proc/self/stat 2>/dev/null)\" = -5 ] && echo RAISED; echo DONE",
+    );
+    assert.match(out, /Max nice priority\s+0\s+0/);
+    assert.match(out, /Max realtime priority\s+0\s+0/);
+    assert.match(out, /DONE/);
+    assert.doesNotMatch(out, /REALTIME|RAISED/);
+  });
+
   it("a fork bomb stops at the sandbox's process bound", async () => {
     const m = marker();
     // In a subshell: the shell gives up ("Cannot fork") when the bound is reached.

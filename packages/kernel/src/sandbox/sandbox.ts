@@ -607,6 +607,10 @@ export class Sandbox {
     // program (systemd-coredump, apport) ignores 0 and runs that program as root on the host for
     // each crash, outside every bound here; 1 makes Linux skip the dump whatever the pattern.
     a.push("--core=1:1");
+    // No real-time scheduling and no priority above the kernel's own, whatever hard limits the
+    // kernel inherited (a user in an audio or realtime group has rtprio 95): a SCHED_FIFO loop
+    // would take its CPU from every process on the host, the kernel's included.
+    a.push("--rtprio=0:0", "--nice=0:0");
     a.push("--", spec.executable, ...spec.args);
     openFilter();
     return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup };
