@@ -17,24 +17,28 @@ export const DISCARD_BYTES_PER_SECOND = 1024 * 1024;
 export function throttlePastCapture(stream: Readable | null | undefined, captured: number): void {
   if (!stream) return;
   let seen = 0;
-  let since = 0;
+  // A bucket of discard bytes: full (one second's worth) at first, refilled at the rate and never
+  // past one second's worth, so an hour of silence does not buy an hour's worth at full speed.
+  let tokens = DISCARD_BYTES_PER_SECOND;
+  let at = 0;
   let timer: NodeJS.Timeout | undefined;
   stream.on("data", (d: Buffer) => {
+    const before = seen;
     seen += d.length;
-    const past = seen - captured;
+    const past = seen - Math.max(before, captured);
     if (past <= 0) return;
     const now = Date.now();
-    if (since === 0) since = now;
-    // One second's worth at once, then the rate.
-    const ahead = past - ((now - since) / 1000 + 1) * DISCARD_BYTES_PER_SECOND;
-    if (ahead <= 0 || timer) return;
+    if (at !== 0) tokens = Math.min(DISCARD_BYTES_PER_SECOND, tokens + ((now - at) / 1000) * DISCARD_BYTES_PER_SECOND);
+    at = now;
+    tokens -= past;
+    if (tokens >= 0 || timer) return;
     stream.pause();
     timer = setTimeout(
       () => {
         timer = undefined;
         stream.resume();
       },
-      Math.ceil((ahead / DISCARD_BYTES_PER_SECOND) * 1000),
+      Math.ceil((-tokens / DISCARD_BYTES_PER_SECOND) * 1000),
     );
     timer.unref();
   });
