@@ -371,7 +371,7 @@ export class AgentManager {
     const live = this.live.get(id);
     if (!live) return false;
     live.killedBy ??= why;
-    killSandbox(live.child.pid);
+    killSandbox(live.child.pid, this.opts.sandbox.mode === "bwrap");
     return true;
   }
 

@@ -348,7 +348,7 @@ export class ComputeEngine {
     let ended: StopReason | "removed" | undefined;
     const kill = (why: StopReason | "removed") => {
       ended ??= why;
-      killSandbox(child.pid);
+      killSandbox(child.pid, this.host.sandbox.mode === "bwrap");
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
