@@ -1,13 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { KernelClient } from "@kpip/client";
-import { type CborValue, decodeToken, generateIdentity } from "@kpip/protocol";
+import { type KernelClient, KpipError } from "@kpip/client";
+import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
+const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.mjs", import.meta.url));
 
 /** The audit records of `op` (outcomes of requests and the kernel's own acts), oldest first, their detail parsed. */
 const records = (t: TestKernel, op: string) =>
@@ -364,6 +365,43 @@ describe("an agent's end reaches what it started", () => {
       );
       assert.equal(s.state, "cancelled");
       assert.equal(s.errorClass, "CAPABILITY");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a session another process opened with the agent's credentials ends when the agent ends (its persona leaves the registry)", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["system.*"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("node", "l1", {
+        args: [LEAKING_AGENT],
+        rights: [{ ops: ["system.*"], targets: ["kernel://"] }],
+        lifetimeMs: 60_000,
+      });
+      const boot = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
+        },
+        30_000,
+        "the agent's credentials, handed out",
+      );
+      const other = await t.connect(parseIdentity(boot.identity), [boot.token]);
+      assert.equal(other.persona, a.persona);
+      assert.equal((await other.system.health()).status, "ok");
+      const closed = new Promise<Error>((resolve) => other.once("closed", (e: Error) => resolve(e)));
+      await c.agents.kill(a.agent as string);
+      await until(() => other.state === "closed", 30_000, "the session opened with the agent's credentials to end");
+      const err = await closed;
+      assert.ok(err instanceof KpipError && err.errorClass === "AUTH" && err.code === "PERSONA_REMOVED", String(err));
     } finally {
       await t.stop();
       removeHome(t.home);

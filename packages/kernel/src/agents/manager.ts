@@ -48,6 +48,11 @@ export interface AgentOptions {
    * subscriptions) ends too.
    */
   onRevoked?(): void;
+  /**
+   * An agent's persona left the registry (its end, a failed start, a lost agent): its other
+   * sessions end too (another process the agent gave its credentials to holds no session as it).
+   */
+  onForgotten?(persona: string): void;
 }
 
 export interface SpawnRequest {
@@ -147,6 +152,7 @@ export class AgentManager {
       message: why,
       detail: { persona, reason: why },
     });
+    this.opts.onForgotten?.(persona);
   }
 
   /** The kernel revokes an agent's token, on the record with every token the revocation ended. */

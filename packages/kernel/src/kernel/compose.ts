@@ -305,6 +305,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         record: (act) => records.record(act),
         // What the agent started under its token ends with it (revocation.ts).
         onRevoked: () => revoked(),
+        // As a removed persona's (expulsion.ts): its sessions end, whoever holds them.
+        onForgotten: (persona) => {
+          for (const s of sessions.all()) {
+            if (s.persona === persona && (s.state === "ready" || s.state === "closing"))
+              s.expel("PERSONA_REMOVED", `persona ${persona} was removed from the registry`);
+          }
+        },
       },
       log,
     );
