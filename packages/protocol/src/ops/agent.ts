@@ -72,8 +72,16 @@ export const agentLogs = defineOp({
   args: { spawner },
   result: {
     ...agentRecord,
-    stdout: { type: "bytes", required: true, description: "captured standard output (its first maxOutputBytes bytes; the rest is discarded)" },
-    stderr: { type: "bytes", required: true, description: "captured standard error (its first maxOutputBytes bytes; the rest is discarded)" },
+    stdout: {
+      type: "bytes",
+      required: true,
+      description: "captured standard output (its first maxOutputBytes bytes; the rest is discarded)",
+    },
+    stderr: {
+      type: "bytes",
+      required: true,
+      description: "captured standard error (its first maxOutputBytes bytes; the rest is discarded)",
+    },
   },
   idempotent: true,
   effects: false,
