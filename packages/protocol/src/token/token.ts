@@ -359,7 +359,7 @@ export function effectiveGrant(t: Token): Grant {
       case "sub":
         if (!personaWithin(cv.v, g.subject)) g.usable = false;
         else if (cv.v !== g.subject) {
-          if (Object.keys(g.limits).length > 0) (g.above ??= []).push({ persona: g.subject, limits: { ...g.limits } });
+          if (Object.keys(g.limits).length > 0) g.above = [...(g.above ?? []), { persona: g.subject, limits: { ...g.limits } }];
           g.subject = cv.v;
         }
         break;
