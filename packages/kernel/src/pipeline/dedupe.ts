@@ -16,9 +16,23 @@ const authorityDigests = new WeakMap<Grant, { digest: Buffer; tag: string }>();
 function authorityOf(g: Grant): { digest: Buffer; tag: string } {
   let d = authorityDigests.get(g);
   if (!d) {
-    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = g;
+    // Every part that narrows what the grant allows: a rights caveat (pairFilters) left out made a
+    // token narrowed by one the same authority as the token itself.
+    const { subject, rights, pairFilters, opFilters, targetFilters, limits, workspaces, domains, above } = g;
     const digest = createHash("sha256")
-      .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
+      .update(
+        JSON.stringify([
+          subject,
+          rights,
+          opFilters,
+          targetFilters,
+          limits,
+          workspaces ?? null,
+          domains ?? null,
+          pairFilters,
+          above ?? null,
+        ]),
+      )
       .digest();
     d = { digest, tag: digest.toString("base64") };
     authorityDigests.set(g, d);
