@@ -187,4 +187,38 @@ describe("dedupe after authorization (PROTOCOL §9.1 steps 6–8, §11 rule 3)",
     assert.match(replay.message ?? "", /another capability/);
     p.close();
   });
+
+  it("a replay under the same token narrowed offline by an exp caveat never gets a longer-lived token recorded under the token itself", async () => {
+    const wide = await s.admin.tokens.mint("admin", {
+      rights: [{ ops: ["token.mint"], targets: ["persona://**"] }],
+      ttlMs: 3_600_000,
+    });
+    const short = encodeToken(attenuate(decodeToken(wide.token), { t: "exp", v: Date.now() + 600_000 }));
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    await p.handshake(adminIdentity(s.t.k), [wide.token, short]);
+    const persona = "admin";
+    const mint = encodeIntent({
+      op: "token.mint",
+      target: "persona://admin",
+      args: { rights: [{ ops: ["token.mint"], targets: ["persona://**"] }], ttlMs: 1_800_000 },
+    });
+    p.request(92, mint, { persona, caps: [2] });
+    assert.equal((await p.response(92)).error, "PERMISSION", "the short-lived copy may not mint a token that outlives it");
+    p.request(93, mint, { persona, caps: [1] });
+    const made = await p.response(93);
+    assert.equal(made.status, "SUCCESS");
+    p.request(93, mint, { persona, caps: [2] });
+    const replay = await p.response(93);
+    assert.equal(replay.status, "FAILURE");
+    assert.equal(replay.payload, undefined, "the longer-lived token is not handed to the short-lived copy");
+    // A refreshed copy of the token itself is the same authority: its retry is answered from the record.
+    const fresh = (await s.admin.call("token.refresh", `token://${wide.id}`, { token: wide.token }, { caps: [wide.token] }))
+      .payload as { token: Uint8Array };
+    const q = await RawPeer.connect(s.t.k.socketPath);
+    await q.handshake(adminIdentity(s.t.k), [fresh.token]);
+    q.request(93, mint, { persona, caps: [1] });
+    assert.deepEqual(await q.response(93), made);
+    q.close();
+    p.close();
+  });
 });

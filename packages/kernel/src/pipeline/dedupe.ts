@@ -17,8 +17,9 @@ function authorityOf(g: Grant): { digest: Buffer; tag: string } {
   let d = authorityDigests.get(g);
   if (!d) {
     // Every part that narrows what the grant allows: a rights caveat (pairFilters) left out made a
-    // token narrowed by one the same authority as the token itself.
-    const { subject, rights, pairFilters, opFilters, targetFilters, limits, workspaces, domains, above } = g;
+    // token narrowed by one the same authority as the token itself. Of its lifetime, `maxExp`: a
+    // refreshed copy keeps it (only `exp` moves), a copy with an `exp` caveat has a lower one.
+    const { subject, rights, pairFilters, opFilters, targetFilters, limits, workspaces, domains, above, maxExp } = g;
     const digest = createHash("sha256")
       .update(
         JSON.stringify([
@@ -31,6 +32,7 @@ function authorityOf(g: Grant): { digest: Buffer; tag: string } {
           domains ?? null,
           pairFilters,
           above ?? null,
+          maxExp,
         ]),
       )
       .digest();
