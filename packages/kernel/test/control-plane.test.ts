@@ -2,7 +2,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, encodeToken, generateIdentity, type Right } from "@kpip/protocol";
-import { withKernel } from "./harness.js";
+import { RootKeys } from "../src/index.js";
+import { klass, withKernel } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -45,6 +46,38 @@ describe("the control plane under a hostile persona", () => {
         await h.close();
       }
       assert.equal(await outcome(c.storage.write("obj://ws1/a1", "x".repeat(30))), "RESOURCE");
+    });
+  });
+
+  it("a handle bound (at ATTEST or by token.bind) to a token whose key is then retired is refused, as the token inline is; so is its subscription", async () => {
+    let now = Date.now();
+    await withKernel({ clock: () => now }, async (t) => {
+      const a = await t.persona("kit", [
+        { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
+        { ops: ["event.subscribe", "event.emit"], targets: ["topic://kit/**"] },
+      ]);
+      const oldKid = decodeToken(a.token).claims.kid;
+      const c = await t.connect(a.identity, [a.token]);
+      const bound = (await c.call("token.bind", `token://${a.id}`, { token: a.token })).payload as { handle: number };
+      await c.storage.write("obj://ws1/kit", "bound before the retirement");
+      const ended = new Promise<string | undefined>((resolve) =>
+        c.on("event", (e: { ended?: string }) => {
+          if (e.ended !== undefined) resolve(e.ended);
+        }),
+      );
+      await c.call("event.subscribe", "topic://kit/**", {});
+      // Another persona under a current key emits after the retirement.
+      RootKeys.rotate(t.home);
+      now += 1100; // the kernel re-reads the key file at most once a second, by its clock
+      const b = await t.persona("kat", [{ ops: ["event.emit"], targets: ["topic://kit/**"] }]);
+      RootKeys.retire(t.home, oldKid);
+      now += 1100;
+      await assert.rejects(c.storage.read("obj://ws1/kit"), klass("CAPABILITY"));
+      await assert.rejects(c.storage.read("obj://ws1/kit", { caps: [bound.handle] }), klass("CAPABILITY"));
+      await assert.rejects(c.storage.read("obj://ws1/kit", { caps: [a.token] }), klass("CAPABILITY"));
+      const e = await t.connect(b.identity, [b.token]);
+      await e.call("event.emit", "topic://kit/x", { data: 1 });
+      assert.match((await ended) ?? "", /retired key/);
     });
   });
 });
