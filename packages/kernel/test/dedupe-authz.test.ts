@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { encodeIntent, generateIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, encodeIntent, encodeToken, generateIdentity } from "@kpip/protocol";
 import { addPersonaKey, adminIdentity, kernelForSuite } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -157,6 +157,68 @@ describe("dedupe after authorization (PROTOCOL §9.1 steps 6–8, §11 rule 3)",
     // the capability that made it still gets its recorded answer
     p.request(77, mint, { persona, caps: [1] });
     assert.deepEqual(await p.response(77), wide);
+    p.close();
+  });
+
+  it("a replay under the same token narrowed offline by a rights caveat never gets the answer recorded under the token itself", async () => {
+    const wide = await s.admin.tokens.mint("admin", {
+      rights: [{ ops: ["token.mint", "storage.read"], targets: ["persona://**", "obj://**"] }],
+      ttlMs: 600_000,
+    });
+    // The same claims, a rights caveat: it may mint for persona://admin, but only tokens that mint.
+    const narrow = encodeToken(attenuate(decodeToken(wide.token), { t: "rights", v: [["token.mint", "persona://admin"]] }));
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    await p.handshake(adminIdentity(s.t.k), [wide.token, narrow]);
+    const persona = "admin";
+    const mint = encodeIntent({
+      op: "token.mint",
+      target: "persona://admin",
+      args: { rights: [{ ops: ["storage.read"], targets: ["obj://**"] }], ttlMs: 60_000 },
+    });
+    p.request(90, mint, { persona, caps: [2] });
+    assert.equal((await p.response(90)).error, "PERMISSION", "the narrowed token may not mint a storage.read token");
+    p.request(91, mint, { persona, caps: [1] });
+    const made = await p.response(91);
+    assert.equal(made.status, "SUCCESS");
+    p.request(91, mint, { persona, caps: [2] });
+    const replay = await p.response(91);
+    assert.equal(replay.status, "FAILURE");
+    assert.equal(replay.payload, undefined, "the token's answer is not handed to its narrowed copy");
+    assert.match(replay.message ?? "", /another capability/);
+    p.close();
+  });
+
+  it("a replay under the same token narrowed offline by an exp caveat never gets a longer-lived token recorded under the token itself", async () => {
+    const wide = await s.admin.tokens.mint("admin", {
+      rights: [{ ops: ["token.mint"], targets: ["persona://**"] }],
+      ttlMs: 3_600_000,
+    });
+    const short = encodeToken(attenuate(decodeToken(wide.token), { t: "exp", v: Date.now() + 600_000 }));
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    await p.handshake(adminIdentity(s.t.k), [wide.token, short]);
+    const persona = "admin";
+    const mint = encodeIntent({
+      op: "token.mint",
+      target: "persona://admin",
+      args: { rights: [{ ops: ["token.mint"], targets: ["persona://**"] }], ttlMs: 1_800_000 },
+    });
+    p.request(92, mint, { persona, caps: [2] });
+    assert.equal((await p.response(92)).error, "PERMISSION", "the short-lived copy may not mint a token that outlives it");
+    p.request(93, mint, { persona, caps: [1] });
+    const made = await p.response(93);
+    assert.equal(made.status, "SUCCESS");
+    p.request(93, mint, { persona, caps: [2] });
+    const replay = await p.response(93);
+    assert.equal(replay.status, "FAILURE");
+    assert.equal(replay.payload, undefined, "the longer-lived token is not handed to the short-lived copy");
+    // A refreshed copy of the token itself is the same authority: its retry is answered from the record.
+    const fresh = (await s.admin.call("token.refresh", `token://${wide.id}`, { token: wide.token }, { caps: [wide.token] }))
+      .payload as { token: Uint8Array };
+    const q = await RawPeer.connect(s.t.k.socketPath);
+    await q.handshake(adminIdentity(s.t.k), [fresh.token]);
+    q.request(93, mint, { persona, caps: [1] });
+    assert.deepEqual(await q.response(93), made);
+    q.close();
     p.close();
   });
 });

@@ -8,7 +8,7 @@ const h = (s: string): DedupeTag => ({ bytes: createHash("sha256").update(s).dig
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
 
 describe("dedupe cache (unit)", () => {
-  it("the dedupe hash is the SHA-256 of the intent hash then the authority (the grant's digest, or the sorted capability ids as JSON), as a Hash object made it", () => {
+  it("the dedupe hash is the SHA-256 of the intent hash then the authority (the grant's digest, its rights caveats and maxExp included, or the sorted capability ids as JSON), as a Hash object made it", () => {
     const grant = {
       subject: "alice",
       rights: ["storage.read"],
@@ -16,10 +16,25 @@ describe("dedupe cache (unit)", () => {
       targetFilters: ["obj://ws/**"],
       limits: { rate: 5 },
       workspaces: ["ws"],
+      pairFilters: [[{ ops: ["storage.read"], targets: ["obj://ws/a"] }]],
+      maxExp: 1_900_000_000_000,
     } as unknown as Grant;
-    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = grant;
+    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains, pairFilters, above, maxExp } = grant;
     const digest = createHash("sha256")
-      .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
+      .update(
+        JSON.stringify([
+          subject,
+          rights,
+          opFilters,
+          targetFilters,
+          limits,
+          workspaces ?? null,
+          domains ?? null,
+          pairFilters,
+          above ?? null,
+          maxExp,
+        ]),
+      )
       .digest();
     for (let i = 0; i < 3; i++) {
       const intent = createHash("sha256").update(`intent ${i}`).digest();

@@ -60,7 +60,11 @@ export type DerivedUse = (token: Token, grant: Grant, persona: string, session: 
 export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
-  /** Rate-limit family of a grant: the id of the token its refreshes started from. */
+  /**
+   * The root key each verified grant's token was signed with: a handle's grant (and a
+   * subscription's) is checked against key retirement on every use, as an inline token is.
+   */
+  private readonly kids = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
 
@@ -88,8 +92,6 @@ export class CapEnforcer implements Authorizer {
     const hit = cacheKey === undefined ? undefined : this.verified.get(cacheKey);
     if (hit) {
       // Key retirement, time, revocation and subject are live facts: checked on every use, never cached.
-      if (!this.keys.get(hit.token.claims.kid))
-        return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key" };
       const why = this.unusable(hit.grant, persona);
       if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
       return { ok: true, token: hit.token, grant: hit.grant };
@@ -111,6 +113,7 @@ export class CapEnforcer implements Authorizer {
     if (!timingSafeEqual(expected, Buffer.from(token.sig)))
       return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
     const grant = effectiveGrant(token);
+    this.kids.set(grant, token.claims.kid);
     if (cacheKey !== undefined) {
       if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
@@ -142,12 +145,16 @@ export class CapEnforcer implements Authorizer {
   lapsed(g: Grant, what = "subscription"): string | undefined {
     const why = this.revokedOrExpired(g, this.clock());
     if (why === undefined) return undefined;
-    return `the capability ${g.id} that authorized this ${what} ${why === "REVOKED" ? "was revoked" : "expired"}`;
+    const how = why === "REVOKED" ? "was revoked" : why === "EXPIRED" ? "expired" : "was signed with a retired key";
+    return `the capability ${g.id} that authorized this ${what} ${how}`;
   }
 
-  private revokedOrExpired(g: Grant, now: number): "REVOKED" | "EXPIRED" | undefined {
+  private revokedOrExpired(g: Grant, now: number): "REVOKED" | "EXPIRED" | "UNKNOWN_KEY" | undefined {
     if (this.revoked.covers(g)) return "REVOKED";
     if (now >= g.exp) return "EXPIRED";
+    // A key retired after the token was verified (a bound handle, a subscription) ends its use too.
+    const kid = this.kids.get(g);
+    if (kid !== undefined && !this.keys.get(kid)) return "UNKNOWN_KEY";
     return undefined;
   }
 
@@ -158,6 +165,7 @@ export class CapEnforcer implements Authorizer {
     const why = this.revokedOrExpired(g, now);
     if (why === "REVOKED") return { code: "REVOKED", message: this.revoked.message(g) };
     if (why === "EXPIRED") return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
+    if (why === "UNKNOWN_KEY") return { code: "UNKNOWN_KEY", message: `token ${ref} was signed with a retired key` };
     if (now < g.nbf)
       return { code: "NOT_YET_VALID", message: `token ${ref} is not valid before ${new Date(g.nbf).toISOString()}` };
     if (!g.usable || !personaWithin(persona, g.subject)) {

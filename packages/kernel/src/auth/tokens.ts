@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds, FIRST_SEGMENT, type TreeRoots, treeName } from "../resources/lineage.js";
+import { childBounds, FIRST_SEGMENT, grantBoundsOf, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -59,7 +59,7 @@ export class TokenService {
     // The parent's row, read once: its bounds and its rate family.
     const parentRow = parent ? this.store.getToken(parent.id) : undefined;
     // What the chain's tokens hold over the personas spec.sub lies under: they bound it too.
-    const bounds = parent ? childBounds(spec.sub, parent, parentRow?.bounds ?? []) : [];
+    const bounds = parent ? childBounds(spec.sub, parent, grantBoundsOf(parent, parentRow?.bounds ?? [])) : [];
     const claims = {
       id: randomBytes(16).toString("hex"),
       kid,

@@ -16,9 +16,25 @@ const authorityDigests = new WeakMap<Grant, { digest: Buffer; tag: string }>();
 function authorityOf(g: Grant): { digest: Buffer; tag: string } {
   let d = authorityDigests.get(g);
   if (!d) {
-    const { subject, rights, opFilters, targetFilters, limits, workspaces, domains } = g;
+    // Every part that narrows what the grant allows: a rights caveat (pairFilters) left out made a
+    // token narrowed by one the same authority as the token itself. Of its lifetime, `maxExp`: a
+    // refreshed copy keeps it (only `exp` moves), a copy with an `exp` caveat has a lower one.
+    const { subject, rights, pairFilters, opFilters, targetFilters, limits, workspaces, domains, above, maxExp } = g;
     const digest = createHash("sha256")
-      .update(JSON.stringify([subject, rights, opFilters, targetFilters, limits, workspaces ?? null, domains ?? null]))
+      .update(
+        JSON.stringify([
+          subject,
+          rights,
+          opFilters,
+          targetFilters,
+          limits,
+          workspaces ?? null,
+          domains ?? null,
+          pairFilters,
+          above ?? null,
+          maxExp,
+        ]),
+      )
       .digest();
     d = { digest, tag: digest.toString("base64") };
     authorityDigests.set(g, d);

@@ -116,6 +116,16 @@ export function childBounds(sub: string, parent: Grant, parentBounds: readonly B
   return [...merged].map(([persona, limits]) => ({ persona, limits }));
 }
 
+/**
+ * Every limit a grant is held to besides its own over its subject's tree: those of the tokens it
+ * was minted from (`minted`, its token row's) and, when `sub` caveats narrowed its subject, its
+ * token's own limits over the subject it was minted for ({@link Grant.above}): narrowing a token
+ * to a sub-persona offline must not give that sub-persona a fresh allowance.
+ */
+export function grantBoundsOf(grant: Grant, minted: readonly Bound[]): readonly Bound[] {
+  return grant.above?.length ? [...minted, ...grant.above] : minted;
+}
+
 /** What a grant's token row adds to it, read once per grant: the bounds it was minted under, and its rate family. */
 interface GrantRow {
   bounds: readonly Bound[];
@@ -137,14 +147,15 @@ export class GrantBounds {
     let r = this.cache.get(grant);
     if (r === undefined) {
       const t = this.store?.getToken(grant.id);
-      r = { bounds: t?.bounds ?? NONE, family: t?.family ?? grant.id };
+      r = { bounds: grantBoundsOf(grant, t?.bounds ?? NONE), family: t?.family ?? grant.id };
       this.cache.set(grant, r);
     }
     return r;
   }
 
   of(grant: Grant | undefined): readonly Bound[] {
-    return grant && this.store ? this.row(grant).bounds : NONE;
+    if (!grant) return NONE;
+    return this.store ? this.row(grant).bounds : (grant.above ?? NONE);
   }
 
   /** The grant's rate-limit key: its token family (a refreshed or minted copy shares the bucket). */

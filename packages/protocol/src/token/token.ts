@@ -313,6 +313,13 @@ export interface Grant {
   domains: string[] | undefined;
   /** False when a sub caveat named a persona outside the claims' subject: usable by nobody. */
   usable: boolean;
+  /**
+   * The limits held over the wider subjects `sub` caveats narrowed away from (the claims'
+   * subject first), each as it stood when narrowed: a token narrowed to a sub-persona still
+   * counts that sub-persona's usage against the allowance it was minted with, over the whole
+   * tree it was minted for. Absent when no caveat narrowed a subject that had limits.
+   */
+  above?: { persona: string; limits: Limits }[];
 }
 
 export function effectiveGrant(t: Token): Grant {
@@ -350,8 +357,11 @@ export function effectiveGrant(t: Token): Grant {
         g.maxExp = Math.min(g.maxExp, cv.v);
         break;
       case "sub":
-        if (personaWithin(cv.v, g.subject)) g.subject = cv.v;
-        else g.usable = false;
+        if (!personaWithin(cv.v, g.subject)) g.usable = false;
+        else if (cv.v !== g.subject) {
+          if (Object.keys(g.limits).length > 0) g.above = [...(g.above ?? []), { persona: g.subject, limits: { ...g.limits } }];
+          g.subject = cv.v;
+        }
         break;
       case "limits":
         for (const [k, v] of Object.entries(cv.v))
