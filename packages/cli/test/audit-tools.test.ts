@@ -9,6 +9,8 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
+  truncateSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -528,6 +530,108 @@ describe("audit tools on a home", () => {
       }
     } finally {
       for (const d of [notHome, garbage, otherDb, damaged]) rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it("a tampered home's FIFOs, devices, links to them and sparse files are refused with a plain error, never waited on, read without end or copied out", () => {
+    const made: string[] = [];
+    // The CLI's private copies are made here: none may be left behind.
+    const scratch = mkdtempSync(join(tmpdir(), "kpip-audit-scratch-"));
+    made.push(scratch);
+    // A guard only (a hang fails the case instead of the run): each run ends at once when it holds.
+    const run = (args: string[]) => {
+      const r = spawnSync(process.execPath, [MAIN, "audit", ...args], {
+        encoding: "utf8",
+        timeout: 120_000,
+        env: { ...process.env, TMPDIR: scratch },
+      });
+      return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
+    };
+    const tampered = (plant: (dir: string) => void): string => {
+      const dir = mkdtempSync(join(tmpdir(), "kpip-tampered-home-"));
+      made.push(dir);
+      cpSync(home, dir, { recursive: true });
+      plant(dir);
+      return dir;
+    };
+    const fifo = (path: string) => {
+      rmSync(path, { force: true });
+      assert.equal(spawnSync("mkfifo", [path]).status, 0);
+    };
+    const link = (path: string, to: string) => {
+      rmSync(path, { force: true });
+      symlinkSync(to, path);
+    };
+    const huge = (path: string) => {
+      // Holes cost nothing: larger than any disk this runs on (the filesystem's largest file if less).
+      writeFileSync(path, "");
+      try {
+        truncateSync(path, 2 ** 44 - 2 ** 20);
+      } catch {
+        truncateSync(path, 2 ** 40);
+      }
+    };
+    const segment = readdirSync(join(home, "audit")).find((f) => f.endsWith(".seg")) as string;
+    assert.ok(segment, "the home keeps its audit in segments");
+    const cases: [string, (d: string) => void, string[], number, RegExp][] = [
+      ["-wal a FIFO", (d) => fifo(join(d, "kernel.db-wal")), ["timeline"], 1, /kernel\.db-wal is not a regular file/],
+      ["-wal a link to /dev/zero", (d) => link(join(d, "kernel.db-wal"), "/dev/zero"), ["query"], 1, /not a regular file/],
+      ["a sparse -wal of terabytes", (d) => huge(join(d, "kernel.db-wal")), ["timeline"], 1, /does not fit in .*set TMPDIR/],
+      [
+        "kernel.lock a FIFO (beside a -wal)",
+        (d) => {
+          fifo(join(d, "kernel.lock"));
+          writeFileSync(join(d, "kernel.db-wal"), "");
+        },
+        ["timeline"],
+        0,
+        /persona\.register/,
+      ],
+      ["config.json a FIFO", (d) => fifo(join(d, "config.json")), ["tail"], 0, /persona\.register/],
+      ["config.json a FIFO, verify", (d) => fifo(join(d, "config.json")), ["verify"], 2, /config\.json is not a regular file/],
+      ["config.json a link to /dev/zero", (d) => link(join(d, "config.json"), "/dev/zero"), ["verify"], 2, /not a regular file/],
+      [
+        "kernel.key a FIFO",
+        (d) => fifo(join(d, "kernel.key")),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used: .* not a regular file/,
+      ],
+      [
+        "kernel.key a link to /dev/urandom",
+        (d) => link(join(d, "kernel.key"), "/dev/urandom"),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used/,
+      ],
+      [
+        "kernel.key not a key",
+        (d) => writeFileSync(join(d, "kernel.key"), "garbage"),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used/,
+      ],
+      ["a segment a FIFO", (d) => fifo(join(d, "audit", segment)), ["verify"], 1, /\.seg is not a regular file/],
+      [
+        "a segment a link to /dev/zero",
+        (d) => link(join(d, "audit", segment), "/dev/zero"),
+        ["show", "3"],
+        1,
+        /\.seg is not a regular file/,
+      ],
+    ];
+    try {
+      for (const [what, plant, sub, code, says] of cases) {
+        const dir = tampered(plant);
+        const r = run([...sub, "--home", dir]);
+        assert.equal(r.signal, null, `${what}: ${sub[0]} hung`);
+        assert.equal(r.code, code, `${what}: ${r.out}${r.err}`);
+        assert.match(code === 0 ? r.out : r.err, says, what);
+        assert.doesNotMatch(r.err, /internal error|\n\s+at /, `${what}: no stack trace`);
+        assert.deepEqual(readdirSync(scratch), [], `${what}: no private copy left`);
+      }
+    } finally {
+      for (const d of made) rmSync(d, { recursive: true, force: true });
     }
   });
 });
