@@ -533,6 +533,66 @@ describe("audit tools on a home", () => {
     }
   });
 
+  it("audit tokens on a tampered token table whose parents loop, whose chains are not lists, or that chains tokens 30,000 deep: every token shown once, the loops named", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-token-loops-"));
+    try {
+      cpSync(home, dir, { recursive: true });
+      const id = (n: number) => `e${n.toString(16).padStart(31, "0")}`;
+      const db = new Database(join(dir, "kernel.db"));
+      const put = db.prepare(
+        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, 'k', 'mallory', ?, 4102444800000, 'admin', ?)",
+      );
+      const deep = 30_000;
+      db.transaction(() => {
+        put.run(id(1), JSON.stringify([id(1)]), 1); // its own parent
+        put.run(id(2), JSON.stringify([id(3)]), 2); // two naming each other
+        put.run(id(3), JSON.stringify([id(2)]), 3);
+        put.run(id(4), "not json", 4);
+        put.run(id(5), '{"at":1}', 5);
+        for (let i = 0; i < deep; i++) put.run(id(100 + i), JSON.stringify(i ? [id(99 + i)] : []), 100 + i);
+      })();
+      db.close();
+      const tokens = (...args: string[]) =>
+        spawnSync(process.execPath, [MAIN, "audit", "tokens", "--home", dir, ...args], {
+          encoding: "utf8",
+          timeout: 120_000,
+          maxBuffer: 1 << 28,
+        });
+      const json = tokens("--json");
+      assert.equal(json.signal, null, "tokens --json hung");
+      assert.equal(json.status, 0, json.stderr);
+      const shown = json.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { id: string; depth: number; parentLoop: string | null });
+      const ids = shown.map((t) => t.id);
+      assert.equal(new Set(ids).size, ids.length, "each token once");
+      for (const n of [1, 2, 3, 4, 5, 100, 99 + deep]) assert.ok(ids.includes(id(n)), id(n));
+      assert.equal(shown.find((t) => t.id === id(99 + deep))?.depth, deep - 1);
+      assert.deepEqual(
+        shown.filter((t) => t.parentLoop).map((t) => [t.id, t.parentLoop]),
+        [
+          [id(1), id(1)],
+          [id(3), id(2)],
+        ],
+      );
+      const text = tokens();
+      assert.equal(text.status, 0, text.stderr);
+      assert.match(text.stdout, new RegExp(`parent ${id(1)} closes a loop of parents`));
+      const one = tokens("--token", id(2), "--json");
+      assert.equal(one.status, 0, one.stderr);
+      assert.deepEqual(
+        one.stdout
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l).id),
+        [id(3), id(2)],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("a tampered home's FIFOs, devices, links to them and sparse files are refused with a plain error, never waited on, read without end or copied out", () => {
     const made: string[] = [];
     // The CLI's private copies are made here: none may be left behind.
