@@ -593,6 +593,27 @@ describe("audit tools on a home", () => {
     }
   });
 
+  it("a kernel.lock made a WAL-mode database (beside a -wal) gets no -wal or -shm of its own from a reader: the home is left as it was", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-wal-lock-"));
+    try {
+      cpSync(home, dir, { recursive: true });
+      rmSync(join(dir, "kernel.lock"));
+      const lock = new Database(join(dir, "kernel.lock"));
+      lock.pragma("journal_mode = WAL");
+      lock.exec("CREATE TABLE owner (pid INTEGER)");
+      lock.close();
+      writeFileSync(join(dir, "kernel.db-wal"), "");
+      const before = hashTree(dir);
+      for (const sub of [["timeline"], ["verify"], ["tokens"]]) {
+        const r = kpip(["audit", ...sub, "--home", dir]);
+        assert.equal(r.code, 0, `${sub[0]}: ${r.out}${r.err}`);
+      }
+      assert.deepEqual(hashTree(dir), before);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("a tampered home's FIFOs, devices, links to them and sparse files are refused with a plain error, never waited on, read without end or copied out", () => {
     const made: string[] = [];
     // The CLI's private copies are made here: none may be left behind.

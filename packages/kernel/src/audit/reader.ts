@@ -1,4 +1,15 @@
-import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statfsSync, statSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  statfsSync,
+  statSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
@@ -64,6 +75,9 @@ function kernelHolds(home: string): boolean {
   const lock = join(home, "kernel.lock");
   // Only a regular file can be a kernel's lock; SQLite's open of a FIFO would wait for ever.
   if (!existsSync(lock) || !statSync(lock).isFile()) return false;
+  // A kernel's lock is a rollback-journal database. One in WAL mode (header bytes 18-19 are 2) is
+  // none of a kernel's, and SQLite's read-only open of it would create its -wal and -shm in the home.
+  if (walMode(lock)) return false;
   let db: Database.Database | undefined;
   try {
     db = new Database(lock, { readonly: true, fileMustExist: true, timeout: 0 });
@@ -73,6 +87,17 @@ function kernelHolds(home: string): boolean {
     return (e as { code?: string }).code === "SQLITE_BUSY";
   } finally {
     db?.close();
+  }
+}
+
+/** Whether the SQLite file at `path` says it is in WAL mode (read without waiting on a FIFO). */
+function walMode(path: string): boolean {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const head = Buffer.alloc(20);
+    return readSync(fd, head, 0, head.length, 0) === head.length && (head[18] === 2 || head[19] === 2);
+  } finally {
+    closeSync(fd);
   }
 }
 
