@@ -549,6 +549,7 @@ describe("audit tools on a home", () => {
         put.run(id(3), JSON.stringify([id(2)]), 3);
         put.run(id(4), "not json", 4);
         put.run(id(5), '{"at":1}', 5);
+        db.prepare("UPDATE tokens SET sub = ? WHERE id = ?").run("mallory\u001b]0;owned\u0007\u009b2J", id(5));
         for (let i = 0; i < deep; i++) put.run(id(100 + i), JSON.stringify(i ? [id(99 + i)] : []), 100 + i);
       })();
       db.close();
@@ -579,6 +580,10 @@ describe("audit tools on a home", () => {
       const text = tokens();
       assert.equal(text.status, 0, text.stderr);
       assert.match(text.stdout, new RegExp(`parent ${id(1)} closes a loop of parents`));
+      const dot = tokens("--format", "dot");
+      assert.equal(dot.status, 0, dot.stderr);
+      assert.doesNotMatch(dot.stdout, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/u);
+      assert.match(dot.stdout, /mallory\\u\{1b\}\]0;owned\\u\{7\}\\u\{9b\}2J/);
       const one = tokens("--token", id(2), "--json");
       assert.equal(one.status, 0, one.stderr);
       assert.deepEqual(

@@ -349,5 +349,6 @@ export function treeDot(items: { node: TokenNode; depth: number }[]): string {
     if (n.parent && seen.has(n.parent)) lines.push(`  ${q(n.parent)} -> ${q(n.id)};`);
   }
   lines.push("}");
-  return `${lines.join("\n")}\n`;
+  // Printed to a terminal as often as piped to dot: a tampered table's text must not drive it.
+  return `${printable(lines.join("\n"), "\n")}\n`;
 }
