@@ -85,6 +85,8 @@ export function reportError(e: unknown, json: boolean): number {
   let code: number = EXIT.FAILED;
   if (err instanceof UsageError) code = EXIT.USAGE;
   else if (err.name === "KernelUnavailableError") code = EXIT.UNAVAILABLE;
+  // Another user's socket where the kernel's should be: an unsafe socket path, as for `kpip kernel`.
+  else if (err.name === "UntrustedSocketError") code = EXIT.USAGE;
   if (json) {
     const out: Record<string, unknown> = { error: err.name, message: err.message };
     if (err instanceof KpipError) out.class = err.errorClass;
