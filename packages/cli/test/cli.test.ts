@@ -269,6 +269,13 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(kpip(["persona", "add", "erin", "--public-key", onlyPublic, ...h]).code, 0);
     writeFileSync(raw, Buffer.alloc(31, 9).toString("base64url"));
     assert.equal(kpip(["persona", "add", "fay", "--public-key", raw, ...h]).code, 2, "31 bytes: a usage error");
+    // A key file that is not what it claims (broken JSON, a PEM that does not parse): a usage error, not an internal one.
+    for (const bad of ["{not json", "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n"]) {
+      writeFileSync(raw, bad);
+      const r = kpip(["persona", "add", "fay", "--public-key", raw, ...h]);
+      assert.equal(r.code, 2, r.err);
+      assert.doesNotMatch(r.err, /internal error/);
+    }
     const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
     for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora", "erin"]) assert.ok(list.includes(p), p);
     assert.ok(!list.includes("fay"));

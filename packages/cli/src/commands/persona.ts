@@ -39,6 +39,16 @@ function readPublicKey(file: string): Uint8Array {
   } catch (e) {
     throw new UsageError(`cannot read --public-key file: ${(e as Error).message}`);
   }
+  try {
+    return parsePublicKey(text);
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    // Malformed JSON or PEM is the file's fault, not an internal error.
+    throw new UsageError(`--public-key ${file}: ${(e as Error).message}`);
+  }
+}
+
+function parsePublicKey(text: string): Uint8Array {
   if (text.startsWith("{")) {
     const doc = JSON.parse(text) as { publicKey?: string; privateKey?: string };
     if (doc.privateKey !== undefined) return parseIdentity(text).publicKey;
