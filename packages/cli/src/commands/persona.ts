@@ -17,6 +17,7 @@ import {
   writeSecret,
 } from "@kpip/kernel";
 import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
@@ -196,7 +197,7 @@ export const personaCommand: Command = {
         }
         if (!r.ok) {
           rmSync(tmp, { force: true });
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         renameSync(tmp, file);
@@ -214,7 +215,7 @@ export const personaCommand: Command = {
         const key = readPublicKey(v["public-key"] as string);
         const r = await register(v, h, pid, key, "registered with kpip persona add");
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         if (asJson)
@@ -271,7 +272,7 @@ export const personaCommand: Command = {
           },
         );
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         // The identity file stays (it is the persona's, not the registry's), but its key now opens nothing.
