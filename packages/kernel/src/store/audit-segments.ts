@@ -177,6 +177,8 @@ export class SegmentFiles {
         // A link or a FIFO put in its place (a tampered home): its records are unreadable, which verify reports.
         if ((e as NodeJS.ErrnoException).code === "ELOOP" || e instanceof AuditJournalError)
           return `${segmentName(segment)} is not a regular file`;
+        if ((e as NodeJS.ErrnoException).code === "ENOTDIR")
+          return `${segmentName(segment)} cannot be read: the segments' directory is not a directory`;
         throw e;
       }
       // A few at most (a scan reads one segment after another): the kernel's descriptor margin is small (fd-budget.ts).
