@@ -99,7 +99,7 @@ export function reportError(e: unknown, json: boolean): number {
       code === EXIT.UNAVAILABLE
         ? "\nkpip: start one with `kpip kernel` (`npm start` in a clone of the repo), or pass --home/--socket"
         : "";
-    process.stderr.write(`kpip: ${err.message}${hint}\n`);
+    process.stderr.write(`kpip: ${printable(err.message)}${hint}\n`);
   }
   return code;
 }

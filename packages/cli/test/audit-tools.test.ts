@@ -676,6 +676,14 @@ describe("audit tools on a home", () => {
       ["config.json a FIFO", (d) => fifo(join(d, "config.json")), ["tail"], 0, /persona\.register/],
       ["config.json a FIFO, verify", (d) => fifo(join(d, "config.json")), ["verify"], 2, /config\.json is not a regular file/],
       ["config.json a link to /dev/zero", (d) => link(join(d, "config.json"), "/dev/zero"), ["verify"], 2, /not a regular file/],
+      // Quoted by the JSON parser's error: shown as escapes, never sent to the terminal.
+      [
+        "config.json holding a terminal escape",
+        (d) => writeFileSync(join(d, "config.json"), "\u001b]0;PWNED\u0007"),
+        ["verify"],
+        2,
+        /not a JSON object: .*\\u\{1b\}\]0;PWNED\\u\{7\}/,
+      ],
       [
         "kernel.key a FIFO",
         (d) => fifo(join(d, "kernel.key")),
@@ -724,6 +732,7 @@ describe("audit tools on a home", () => {
         assert.equal(r.signal, null, `${what}: ${sub[0]} hung`);
         assert.equal(r.code, code, `${what}: ${r.out}${r.err}`);
         assert.match(r.out + r.err, says, what);
+        assert.doesNotMatch(r.out + r.err, /\u001b/, `${what}: no raw escape`);
         assert.doesNotMatch(r.err, /internal error|\n\s+at /, `${what}: no stack trace`);
         assert.deepEqual(readdirSync(scratch), [], `${what}: no private copy left`);
       }
