@@ -1,4 +1,5 @@
 import { parseArgs } from "node:util";
+import { printable } from "./audit/printable.js";
 import { EXIT, UsageError } from "./util.js";
 
 export interface OptionSpec {
@@ -49,7 +50,8 @@ export function helpText(c: Command): string {
 /** A command-line mistake: exit 2, with the usage hint (or one JSON line on stdout under --json). */
 function usageError(c: Command, message: string, json: boolean): number {
   if (json) process.stdout.write(`${JSON.stringify({ error: "UsageError", message })}\n`);
-  else process.stderr.write(`kpip ${c.name}: ${message}\nrun \`kpip ${c.name} --help\` for usage\n`);
+  // A message may quote what a file held (a tampered home's config.json, in a JSON parse error): shown, never obeyed.
+  else process.stderr.write(`kpip ${c.name}: ${printable(message)}\nrun \`kpip ${c.name} --help\` for usage\n`);
   return EXIT.USAGE;
 }
 

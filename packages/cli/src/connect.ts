@@ -1,6 +1,7 @@
 import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
+import { printable } from "./audit/printable.js";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, EXIT, reportError, resolveHome, UsageError } from "./util.js";
 
@@ -108,7 +109,7 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
     ...extra,
   });
   for (const r of client.refusedTokens) {
-    process.stderr.write(`kpip: warning: token ${r.index + 1} was not bound: ${r.code}: ${r.message}\n`);
+    process.stderr.write(`kpip: warning: token ${r.index + 1} was not bound: ${printable(`${r.code}: ${r.message}`)}\n`);
   }
   return client;
 }

@@ -1,6 +1,7 @@
 import { join } from "node:path";
 import { defaultHome } from "@kpip/kernel/config";
 import { type CborValue, KpipError } from "@kpip/protocol";
+import { printable } from "./audit/printable.js";
 
 /** Exit codes of every kpip command. */
 export const EXIT = {
@@ -53,12 +54,17 @@ export function fromJson(v: unknown, path = "args"): CborValue {
   return Object.fromEntries(Object.entries(o).map(([k, x]) => [k, fromJson(x, `${path}.${k}`)]));
 }
 
-/** Human rendering of a payload: text-looking bytes as text, others as a hex preview. */
+/**
+ * Human rendering of a payload: text-looking bytes as text, others as a hex preview. Text a peer
+ * chose (an event's data, an object's bytes, a kernel's answer) never reaches the terminal raw:
+ * JSON quoting leaves C1 controls (`\u009b` is a one-byte CSI) and bidirectional overrides as
+ * they are, so they become `\u{…}` escapes (printable).
+ */
 export function render(v: unknown, indent = ""): string {
   if (v === undefined || v === null) return "null";
   if (v instanceof Uint8Array) {
     const s = Buffer.from(v).toString("utf8");
-    if (!/[\u0000-\u0008\u000e-\u001f\ufffd]/.test(s)) return JSON.stringify(s);
+    if (!/[\u0000-\u0008\u000e-\u001f\ufffd]/.test(s)) return printable(JSON.stringify(s));
     return `<${v.length} bytes ${Buffer.from(v.subarray(0, 32)).toString("hex")}${v.length > 32 ? "…" : ""}>`;
   }
   if (Array.isArray(v)) {
@@ -68,9 +74,9 @@ export function render(v: unknown, indent = ""): string {
   if (typeof v === "object") {
     const entries = Object.entries(v);
     if (entries.length === 0) return "{}";
-    return entries.map(([k, x]) => `\n${indent}${k}: ${render(x, `${indent}  `)}`).join("");
+    return entries.map(([k, x]) => `\n${indent}${printable(k)}: ${render(x, `${indent}  `)}`).join("");
   }
-  return String(v);
+  return printable(String(v));
 }
 
 /** Prints an error and returns the exit code it maps to. */
@@ -79,18 +85,21 @@ export function reportError(e: unknown, json: boolean): number {
   let code: number = EXIT.FAILED;
   if (err instanceof UsageError) code = EXIT.USAGE;
   else if (err.name === "KernelUnavailableError") code = EXIT.UNAVAILABLE;
+  // Another user's socket where the kernel's should be: an unsafe socket path, as for `kpip kernel`.
+  else if (err.name === "UntrustedSocketError") code = EXIT.USAGE;
   if (json) {
     const out: Record<string, unknown> = { error: err.name, message: err.message };
     if (err instanceof KpipError) out.class = err.errorClass;
     process.stdout.write(`${JSON.stringify(out)}\n`);
   } else if (err instanceof KpipError) {
-    process.stderr.write(`FAILURE ${err.errorClass}: ${err.message}\n`);
+    // The message is the kernel's: a faulty or hostile one must not drive the terminal either.
+    process.stderr.write(`FAILURE ${err.errorClass}: ${printable(err.message)}\n`);
   } else {
     const hint =
       code === EXIT.UNAVAILABLE
         ? "\nkpip: start one with `kpip kernel` (`npm start` in a clone of the repo), or pass --home/--socket"
         : "";
-    process.stderr.write(`kpip: ${err.message}${hint}\n`);
+    process.stderr.write(`kpip: ${printable(err.message)}${hint}\n`);
   }
   return code;
 }
@@ -101,11 +110,13 @@ export function printTable(header: readonly string[], rows: readonly (readonly s
     process.stdout.write("none\n");
     return;
   }
-  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? "").length)));
+  // Cells come from the kernel's answers (or the audit record): shown, never obeyed, by the terminal.
+  const shown = rows.map((r) => r.map((c) => printable(c)));
+  const widths = header.map((h, i) => Math.max(h.length, ...shown.map((r) => (r[i] ?? "").length)));
   const line = (cells: readonly string[]) =>
     `${cells
       .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
       .join("  ")
       .trimEnd()}\n`;
-  process.stdout.write(line(header) + rows.map(line).join(""));
+  process.stdout.write(line(header) + shown.map(line).join(""));
 }

@@ -9,6 +9,8 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  symlinkSync,
+  truncateSync,
   writeFileSync,
 } from "node:fs";
 import { tmpdir } from "node:os";
@@ -528,6 +530,214 @@ describe("audit tools on a home", () => {
       }
     } finally {
       for (const d of [notHome, garbage, otherDb, damaged]) rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it("audit tokens on a tampered token table whose parents loop, whose chains are not lists, or that chains tokens 30,000 deep: every token shown once, the loops named", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-token-loops-"));
+    try {
+      cpSync(home, dir, { recursive: true });
+      const id = (n: number) => `e${n.toString(16).padStart(31, "0")}`;
+      const db = new Database(join(dir, "kernel.db"));
+      const put = db.prepare(
+        "INSERT INTO tokens (id, kid, sub, chain, exp, minted_by, created_at) VALUES (?, 'k', 'mallory', ?, 4102444800000, 'admin', ?)",
+      );
+      const deep = 30_000;
+      db.transaction(() => {
+        put.run(id(1), JSON.stringify([id(1)]), 1); // its own parent
+        put.run(id(2), JSON.stringify([id(3)]), 2); // two naming each other
+        put.run(id(3), JSON.stringify([id(2)]), 3);
+        put.run(id(4), "not json", 4);
+        put.run(id(5), '{"at":1}', 5);
+        db.prepare("UPDATE tokens SET sub = ? WHERE id = ?").run("mallory\u001b]0;owned\u0007\u009b2J", id(5));
+        for (let i = 0; i < deep; i++) put.run(id(100 + i), JSON.stringify(i ? [id(99 + i)] : []), 100 + i);
+      })();
+      db.close();
+      const tokens = (...args: string[]) =>
+        spawnSync(process.execPath, [MAIN, "audit", "tokens", "--home", dir, ...args], {
+          encoding: "utf8",
+          timeout: 120_000,
+          maxBuffer: 1 << 28,
+        });
+      const json = tokens("--json");
+      assert.equal(json.signal, null, "tokens --json hung");
+      assert.equal(json.status, 0, json.stderr);
+      const shown = json.stdout
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { id: string; depth: number; parentLoop: string | null });
+      const ids = shown.map((t) => t.id);
+      assert.equal(new Set(ids).size, ids.length, "each token once");
+      for (const n of [1, 2, 3, 4, 5, 100, 99 + deep]) assert.ok(ids.includes(id(n)), id(n));
+      assert.equal(shown.find((t) => t.id === id(99 + deep))?.depth, deep - 1);
+      assert.deepEqual(
+        shown.filter((t) => t.parentLoop).map((t) => [t.id, t.parentLoop]),
+        [
+          [id(1), id(1)],
+          [id(3), id(2)],
+        ],
+      );
+      const text = tokens();
+      assert.equal(text.status, 0, text.stderr);
+      assert.match(text.stdout, new RegExp(`parent ${id(1)} closes a loop of parents`));
+      const dot = tokens("--format", "dot");
+      assert.equal(dot.status, 0, dot.stderr);
+      assert.doesNotMatch(dot.stdout, /[\u0000-\u0009\u000b-\u001f\u007f-\u009f]/u);
+      assert.match(dot.stdout, /mallory\\u\{1b\}\]0;owned\\u\{7\}\\u\{9b\}2J/);
+      const one = tokens("--token", id(2), "--json");
+      assert.equal(one.status, 0, one.stderr);
+      assert.deepEqual(
+        one.stdout
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l).id),
+        [id(3), id(2)],
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a kernel.lock made a WAL-mode database (beside a -wal) gets no -wal or -shm of its own from a reader: the home is left as it was", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-wal-lock-"));
+    try {
+      cpSync(home, dir, { recursive: true });
+      rmSync(join(dir, "kernel.lock"));
+      const lock = new Database(join(dir, "kernel.lock"));
+      lock.pragma("journal_mode = WAL");
+      lock.exec("CREATE TABLE owner (pid INTEGER)");
+      lock.close();
+      writeFileSync(join(dir, "kernel.db-wal"), "");
+      const before = hashTree(dir);
+      for (const sub of [["timeline"], ["verify"], ["tokens"]]) {
+        const r = kpip(["audit", ...sub, "--home", dir]);
+        assert.equal(r.code, 0, `${sub[0]}: ${r.out}${r.err}`);
+      }
+      assert.deepEqual(hashTree(dir), before);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a tampered home's FIFOs, devices, links to them and sparse files are refused with a plain error, never waited on, read without end or copied out", () => {
+    const made: string[] = [];
+    // The CLI's private copies are made here: none may be left behind.
+    const scratch = mkdtempSync(join(tmpdir(), "kpip-audit-scratch-"));
+    made.push(scratch);
+    // A guard only (a hang fails the case instead of the run): each run ends at once when it holds.
+    const run = (args: string[]) => {
+      const r = spawnSync(process.execPath, [MAIN, "audit", ...args], {
+        encoding: "utf8",
+        timeout: 120_000,
+        env: { ...process.env, TMPDIR: scratch },
+      });
+      return { code: r.status, signal: r.signal, out: r.stdout, err: r.stderr };
+    };
+    const tampered = (plant: (dir: string) => void): string => {
+      const dir = mkdtempSync(join(tmpdir(), "kpip-tampered-home-"));
+      made.push(dir);
+      cpSync(home, dir, { recursive: true });
+      plant(dir);
+      return dir;
+    };
+    const fifo = (path: string) => {
+      rmSync(path, { force: true });
+      assert.equal(spawnSync("mkfifo", [path]).status, 0);
+    };
+    const link = (path: string, to: string) => {
+      rmSync(path, { force: true });
+      symlinkSync(to, path);
+    };
+    const huge = (path: string) => {
+      // Holes cost nothing: larger than any disk this runs on (the filesystem's largest file if less).
+      writeFileSync(path, "");
+      try {
+        truncateSync(path, 2 ** 44 - 2 ** 20);
+      } catch {
+        truncateSync(path, 2 ** 40);
+      }
+    };
+    const segment = readdirSync(join(home, "audit")).find((f) => f.endsWith(".seg")) as string;
+    assert.ok(segment, "the home keeps its audit in segments");
+    const cases: [string, (d: string) => void, string[], number, RegExp][] = [
+      ["-wal a FIFO", (d) => fifo(join(d, "kernel.db-wal")), ["timeline"], 1, /kernel\.db-wal is not a regular file/],
+      ["-wal a link to /dev/zero", (d) => link(join(d, "kernel.db-wal"), "/dev/zero"), ["query"], 1, /not a regular file/],
+      ["a sparse -wal of terabytes", (d) => huge(join(d, "kernel.db-wal")), ["timeline"], 1, /does not fit in .*set TMPDIR/],
+      [
+        "kernel.lock a FIFO (beside a -wal)",
+        (d) => {
+          fifo(join(d, "kernel.lock"));
+          writeFileSync(join(d, "kernel.db-wal"), "");
+        },
+        ["timeline"],
+        0,
+        /persona\.register/,
+      ],
+      ["config.json a FIFO", (d) => fifo(join(d, "config.json")), ["tail"], 0, /persona\.register/],
+      ["config.json a FIFO, verify", (d) => fifo(join(d, "config.json")), ["verify"], 2, /config\.json is not a regular file/],
+      ["config.json a link to /dev/zero", (d) => link(join(d, "config.json"), "/dev/zero"), ["verify"], 2, /not a regular file/],
+      // Quoted by the JSON parser's error: shown as escapes, never sent to the terminal.
+      [
+        "config.json holding a terminal escape",
+        (d) => writeFileSync(join(d, "config.json"), "\u001b]0;PWNED\u0007"),
+        ["verify"],
+        2,
+        /not a JSON object: .*\\u\{1b\}\]0;PWNED\\u\{7\}/,
+      ],
+      [
+        "kernel.key a FIFO",
+        (d) => fifo(join(d, "kernel.key")),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used: .* not a regular file/,
+      ],
+      [
+        "kernel.key a link to /dev/urandom",
+        (d) => link(join(d, "kernel.key"), "/dev/urandom"),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used/,
+      ],
+      [
+        "kernel.key not a key",
+        (d) => writeFileSync(join(d, "kernel.key"), "garbage"),
+        ["verify"],
+        1,
+        /kernel\.key cannot be used/,
+      ],
+      ["a segment a FIFO", (d) => fifo(join(d, "audit", segment)), ["verify"], 1, /\.seg is not a regular file/],
+      [
+        "a segment a link to /dev/zero",
+        (d) => link(join(d, "audit", segment), "/dev/zero"),
+        ["show", "3"],
+        1,
+        /\.seg is not a regular file/,
+      ],
+      [
+        "the segments' directory a FIFO",
+        (d) => {
+          rmSync(join(d, "audit"), { recursive: true });
+          fifo(join(d, "audit"));
+        },
+        ["verify"],
+        1,
+        // Found by the scan past the index, or by the first read the index names (when the scan has no tail to read).
+        /ENOTDIR: not a directory|the segments' directory is not a directory/,
+      ],
+    ];
+    try {
+      for (const [what, plant, sub, code, says] of cases) {
+        const dir = tampered(plant);
+        const r = run([...sub, "--home", dir]);
+        assert.equal(r.signal, null, `${what}: ${sub[0]} hung`);
+        assert.equal(r.code, code, `${what}: ${r.out}${r.err}`);
+        assert.match(r.out + r.err, says, what);
+        assert.doesNotMatch(r.out + r.err, /\u001b/, `${what}: no raw escape`);
+        assert.doesNotMatch(r.err, /internal error|\n\s+at /, `${what}: no stack trace`);
+        assert.deepEqual(readdirSync(scratch), [], `${what}: no private copy left`);
+      }
+    } finally {
+      for (const d of made) rmSync(d, { recursive: true, force: true });
     }
   });
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, spawnSync } from "node:child_process";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -202,6 +202,42 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(raw.stdout.toString(), printed);
   });
 
+  it("events tail and call show the C1 controls and bidirectional overrides an emitter or writer put in its data as escapes", async () => {
+    // JSON quoting escapes C0 only: U+009B (a one-byte CSI) and U+202E (right-to-left override) passed through.
+    const hostile = "a\u009b2Jb\u202ec\u001b[31m";
+    const tail = spawn(process.execPath, [MAIN, "events", "tail", "topic://hostile/**", ...h], {
+      stdio: ["ignore", "pipe", "inherit"],
+    });
+    let seen = "";
+    tail.stdout.on("data", (d: Buffer) => {
+      seen += d.toString("utf8");
+    });
+    try {
+      const args = JSON.stringify({ data: { msg: hostile, [`k${hostile}`]: 1 } });
+      // Emitted until the tail's subscription hears it (it subscribes after it starts).
+      await until(() => {
+        const r = kpip(["call", "event.emit", "topic://hostile/x", "--args", args, "--json", ...h]);
+        assert.equal(r.code, 0, r.err);
+        return JSON.parse(r.out).payload.subscribers > 0;
+      });
+      await until(() => seen.includes("topic://hostile/x"));
+    } finally {
+      tail.kill("SIGKILL");
+    }
+    const line = seen.split("\n").find((l) => l.includes("topic://hostile/x")) as string;
+    assert.doesNotMatch(line, /[\u0080-\u009f\u202a-\u202e]/u, line);
+    assert.ok(line.includes('"msg":"a\\u{9b}2Jb\\u{202e}c\\u001b[31m"'), line);
+    assert.ok(line.includes('"ka\\u{9b}2Jb\\u{202e}c\\u001b[31m":1'), line);
+
+    // Bytes with C0 controls are shown as hex; these have only C1 and bidi ones: shown as text.
+    const bytes = Buffer.from("xa\u009b2Jb\u202ec\n").toString("base64");
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/hostile", "--args", `{"data":{"$bytes":"${bytes}"}}`, ...h]).code, 0);
+    const read = kpip(["call", "storage.read", "obj://ws1/hostile", ...h]);
+    assert.equal(read.code, 0, read.err);
+    assert.doesNotMatch(read.out, /[\u0080-\u009f\u202a-\u202e\u001b]/u, read.out);
+    assert.match(read.out, /data: "xa\\u\{9b\}2Jb\\u\{202e\}c\\n"/);
+  });
+
   it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {
     const big = join(home, "big.bin");
     writeFileSync(big, "");
@@ -233,6 +269,13 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(kpip(["persona", "add", "erin", "--public-key", onlyPublic, ...h]).code, 0);
     writeFileSync(raw, Buffer.alloc(31, 9).toString("base64url"));
     assert.equal(kpip(["persona", "add", "fay", "--public-key", raw, ...h]).code, 2, "31 bytes: a usage error");
+    // A key file that is not what it claims (broken JSON, a PEM that does not parse): a usage error, not an internal one.
+    for (const bad of ["{not json", "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n"]) {
+      writeFileSync(raw, bad);
+      const r = kpip(["persona", "add", "fay", "--public-key", raw, ...h]);
+      assert.equal(r.code, 2, r.err);
+      assert.doesNotMatch(r.err, /internal error/);
+    }
     const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
     for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora", "erin"]) assert.ok(list.includes(p), p);
     assert.ok(!list.includes("fay"));

@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync } from "node:fs";
+import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
@@ -87,6 +89,49 @@ describe("secrets on the command line and the home, with the CLI as a real proce
     } finally {
       rmSync(link, { force: true });
       rmSync(real, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a socket of another user's where the kernel's should be", () => {
+  // Only root can act as two users; CI runs as root.
+  const skip = process.getuid?.() === 0 ? false : "NOT RUN: needs root, to run the CLI as another user";
+
+  it("gets nothing from the CLI: no connection, so no signature and no token; exit 2 naming the socket's owner", {
+    skip,
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-fake-kernel-"));
+    chmodSync(dir, 0o755);
+    const identity = join(dir, "admin.identity");
+    writeFileSync(identity, serializeIdentity(generateIdentity("admin")), { mode: 0o644 });
+    // Root's listener at the path (another user's, for the CLI run as nobody): it keeps all it hears.
+    let heard = 0;
+    const fake = createServer((s) => {
+      heard++;
+      s.on("data", () => {});
+    });
+    const sock = join(dir, "kernel.sock");
+    await new Promise<void>((r) => fake.listen(sock, r));
+    chmodSync(sock, 0o777);
+    try {
+      const cli = spawn(process.execPath, [MAIN, "call", "system.health", "--socket", sock, "--identity", identity], {
+        uid: 65534,
+        gid: 65534,
+        stdio: ["ignore", "pipe", "pipe"],
+      });
+      let err = "";
+      cli.stderr.on("data", (d: Buffer) => {
+        err += d;
+      });
+      const code = await new Promise<number | null>((r) => cli.once("exit", r));
+      assert.equal(code, 2, err);
+      assert.match(err, /the socket .*kernel\.sock belongs to uid 0, not to this user \(uid 65534\)/);
+      // The fake has had every chance to accept (the CLI has exited): a connection would be in by now.
+      await new Promise((r) => setImmediate(r));
+      assert.equal(heard, 0, "no connection reached the fake kernel");
+    } finally {
+      fake.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

@@ -21,6 +21,16 @@ export class HandshakeClosedError extends KernelUnavailableError {
   override name = "HandshakeClosedError";
 }
 
+/**
+ * The Unix socket to connect to belongs to another user. A kernel's socket is its own user's
+ * (0600 in a 0700 directory, PROTOCOL §4), so only that user can reach it: a socket of another
+ * user's at the path was put there by them — a fake kernel that would receive the identity's
+ * signature and every token (and could relay them to the real one). Nothing is sent to it.
+ */
+export class UntrustedSocketError extends LocalError {
+  override name = "UntrustedSocketError";
+}
+
 /** The call's deadline passed before an answer arrived. */
 export class TimeoutError extends LocalError {
   override name = "TimeoutError";

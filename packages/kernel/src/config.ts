@@ -1,8 +1,8 @@
-import { readFileSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
+import { readRegularFile, UnreadableFileError } from "./secure-files.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -619,11 +619,16 @@ function checkValues(c: KernelConfig): void {
   }
 }
 
+/** A config file is a few KiB of JSON; one larger is not read. */
+const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
+
 function readConfigFile(path: string, required: boolean): Record<string, unknown> {
   let text: string;
   try {
-    text = readFileSync(path, "utf8");
-  } catch {
+    text = readRegularFile(path, CONFIG_FILE_MAX_BYTES).toString("utf8");
+  } catch (e) {
+    // A FIFO or device would hang every reader of the home (kpip audit included), not be "no file".
+    if (e instanceof UnreadableFileError) throw new ConfigError(`config file ${e.message}`);
     if (required) throw new ConfigError(`config file ${path} cannot be read`);
     return {};
   }

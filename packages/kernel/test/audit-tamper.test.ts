@@ -167,4 +167,31 @@ describe("audit log: per-request records and tamper evidence", () => {
     s.close();
     removeHome(home);
   });
+
+  it("without the kernel key (left out of the evidence or removed), checkpoints re-signed by another key from a rewrite on, the earlier ones the kernel's, fail: a log has one key", async () => {
+    const home = await history();
+    const s = tamperedStore(join(home, "kernel.db"), (t) => {
+      rewriteRecord(t.db, 10, (r) => (r.message = "nothing happened"));
+      rechain(t, 10);
+    });
+    const cps = s.checkpoints();
+    assert.ok(cps.some((c) => c.seq < 10) && cps.some((c) => c.seq >= 10), `checkpoints at ${cps.map((c) => c.seq)}`);
+    const attacker = generateKeyPairSync("ed25519").privateKey;
+    const attackerPub = rawPublicKey(createPublicKey(attacker));
+    const rows = s.scanAudit(1, 100_000);
+    // Only those the rewrite broke: the earlier ones still carry the kernel's key and signature.
+    for (const cp of cps.filter((c) => c.seq >= 10)) {
+      const hash = rows.find((r) => r.seq === cp.seq)?.hash as Uint8Array;
+      const sig = signBytes(attacker, checkpointMessage({ ...cp, hash }));
+      s.db
+        .prepare("UPDATE audit_checkpoints SET hash = ?, public_key = ?, signature = ? WHERE seq = ?")
+        .run(Buffer.from(hash), Buffer.from(attackerPub), sig, cp.seq);
+    }
+    const v = verifyAudit(s);
+    assert.equal(v.ok, false);
+    assert.equal(v.firstBad?.seq, cps.find((c) => c.seq >= 10)?.seq);
+    assert.match(v.firstBad?.reason ?? "", /key other than the log's first checkpoint's/);
+    s.close();
+    removeHome(home);
+  });
 });

@@ -25,6 +25,8 @@ export interface TokenNode {
   children: string[];
   /** In the token table (false: known only from a record, e.g. a derived token). */
   inTable: boolean;
+  /** The parent it names, when that closes a loop of parents (a tampered home): shown as a root instead. */
+  parentLoop?: string;
 }
 
 type Row = Record<string, unknown>;
@@ -103,8 +105,8 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       .all() as Row[]) {
       if (typeof r.id !== "string") continue;
       const n = node(r.id);
-      const chain = typeof r.chain === "string" ? (JSON.parse(r.chain) as string[]) : [];
-      n.parent = chain.at(-1) ?? null;
+      const last = chainParent(r.chain);
+      n.parent = typeof last === "string" ? last : null;
       n.sub = r.sub as string;
       n.mintedBy = r.minted_by as string;
       n.created = r.created_at as number;
@@ -189,22 +191,23 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     const rights = (m.args as Record<string, CborValue> | undefined)?.rights;
     if (n.rights === null && rights !== undefined) n.rights = asPairs(valueJson(rights));
   }
-  // Children, the rights a refresh inherits, and what each revocation's cascade ended.
+  cutLoops(nodes);
+  // Children, the rights a refresh inherits, and what each revocation's cascade ended: parents
+  // before children (walk's order), each from its parent's, so no chain is walked twice.
   for (const n of nodes.values()) if (n.parent) nodes.get(n.parent)?.children.push(n.id);
-  const inherit = (n: TokenNode, rights: unknown) => {
-    for (const c of n.children) {
-      const k = nodes.get(c) as TokenNode;
-      if (k.rights === null && k.how === "refresh") k.rights = rights;
-      inherit(k, k.rights);
-    }
-  };
-  for (const n of nodes.values()) if (!n.parent || !nodes.has(n.parent)) inherit(n, n.rights);
+  /** Each token's ancestor whose revocation ended it: the earliest revoked, the farthest of equals. */
+  const causes = new Map<string, TokenNode>();
+  for (const { node: n } of walk(nodes)) {
+    const p = n.parent ? nodes.get(n.parent) : undefined;
+    if (!p) continue;
+    if (n.rights === null && n.how === "refresh") n.rights = p.rights;
+    const above = causes.get(p.id);
+    const cause = p.revoked && !(above?.revoked && above.revoked.at <= p.revoked.at) ? p : above;
+    if (cause) causes.set(n.id, cause);
+  }
   for (const n of nodes.values()) {
     if (n.revoked) continue;
-    let cause: TokenNode | undefined;
-    for (let p = n.parent ? nodes.get(n.parent) : undefined; p; p = p.parent ? nodes.get(p.parent) : undefined) {
-      if (p.revoked && (!cause?.revoked || p.revoked.at <= cause.revoked.at)) cause = p;
-    }
+    const cause = causes.get(n.id);
     if (!cause?.revoked) continue;
     // A token that had expired before the revocation was not ended by it.
     if (n.exp !== null && n.exp <= cause.revoked.at) continue;
@@ -214,14 +217,54 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   return nodes;
 }
 
+/** The last id of a token row's stored chain (its parent), or null; a tampered value is no parent. */
+function chainParent(chain: unknown): unknown {
+  if (typeof chain !== "string") return null;
+  try {
+    const c = JSON.parse(chain);
+    return Array.isArray(c) ? (c.at(-1) ?? null) : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A tampered token table (or record) can name a token its own ancestor (its chain ends in its
+ * own id, or two name each other): every walk up or down the tree would then never end. Each
+ * loop is cut where a walk up closes it, that token shown as a root; linear in the tokens.
+ */
+function cutLoops(nodes: Map<string, TokenNode>): void {
+  const state = new Map<string, "walking" | "done">();
+  for (const start of nodes.values()) {
+    const path: TokenNode[] = [];
+    let n: TokenNode | undefined = start;
+    while (n && !state.has(n.id)) {
+      state.set(n.id, "walking");
+      path.push(n);
+      n = n.parent ? nodes.get(n.parent) : undefined;
+    }
+    const last = path.at(-1);
+    if (n && state.get(n.id) === "walking" && last?.parent) {
+      last.parentLoop = last.parent;
+      last.parent = null;
+    }
+    for (const p of path) state.set(p.id, "done");
+  }
+}
+
 /** Roots first (tokens whose parent is not known), then each subtree depth-first, in creation order. */
 export function walk(nodes: Map<string, TokenNode>, only?: string): { node: TokenNode; depth: number }[] {
   const out: { node: TokenNode; depth: number }[] = [];
   const byCreated = (a: string, b: string) => (nodes.get(a)?.created ?? 0) - (nodes.get(b)?.created ?? 0);
+  // Iterative: a tampered table may chain tokens deeper than the stack.
   const visit = (id: string, depth: number) => {
-    const n = nodes.get(id) as TokenNode;
-    out.push({ node: n, depth });
-    for (const c of [...n.children].sort(byCreated)) visit(c, depth + 1);
+    const stack: [string, number][] = [[id, depth]];
+    for (let top = stack.pop(); top; top = stack.pop()) {
+      const n = nodes.get(top[0]) as TokenNode;
+      out.push({ node: n, depth: top[1] });
+      const kids = [...n.children].sort(byCreated).reverse();
+      for (const c of kids) stack.push([c, top[1] + 1]);
+    }
   };
   if (only !== undefined) {
     // One token: its ancestors down to it, then its subtree.
@@ -256,6 +299,7 @@ export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
     endedBy: n.endedBy,
     children: n.children,
     inTable: n.inTable,
+    parentLoop: n.parentLoop ?? null,
   };
 }
 
@@ -265,15 +309,21 @@ function rightsText(r: unknown): string {
   return r.map((x) => (Array.isArray(x) && x.length === 2 ? `${x[0]} on ${x[1]}` : JSON.stringify(x))).join("; ");
 }
 
+/** Levels of indentation shown: a token's chain is at most 32 long (PROTOCOL's claims.chain). */
+const MAX_INDENT = 32;
+
 export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map<string, TokenNode>): string {
   const lines: string[] = [];
   for (const { node: n, depth } of items) {
-    const pad = "  ".repeat(depth);
+    // Indented up to a kernel's deepest chain: a tampered table's deeper ones would make the text quadratic.
+    const pad = "  ".repeat(Math.min(depth, MAX_INDENT));
+    const deeper = depth > MAX_INDENT ? `[depth ${depth}] ` : "";
     const made = n.record !== null ? ` (record ${n.record}${n.recordBy === "time" ? ", matched by time" : ""})` : "";
     const how = n.how === "kernel" ? "minted by the kernel" : `${n.how} by ${n.mintedBy ?? "?"}`;
-    lines.push(`${pad}${depth ? "└─ " : ""}${n.id}  for ${n.sub ?? "?"}, ${how} at ${iso(n.created) ?? "?"}${made}`);
+    lines.push(`${pad}${depth ? "└─ " : ""}${deeper}${n.id}  for ${n.sub ?? "?"}, ${how} at ${iso(n.created) ?? "?"}${made}`);
     const sub = `${pad}${depth ? "   " : ""}   `;
     if (n.parent && !nodes.has(n.parent)) lines.push(`${sub}parent ${n.parent} is not in the token table (pruned)`);
+    if (n.parentLoop) lines.push(`${sub}parent ${n.parentLoop} closes a loop of parents (a tampered home): shown as a root`);
     lines.push(`${sub}rights  ${rightsText(n.rights)}`);
     if (n.caveats !== null) lines.push(`${sub}caveats ${JSON.stringify(n.caveats)}`);
     lines.push(`${sub}expires ${iso(n.exp) ?? "?"}`);
@@ -299,5 +349,6 @@ export function treeDot(items: { node: TokenNode; depth: number }[]): string {
     if (n.parent && seen.has(n.parent)) lines.push(`  ${q(n.parent)} -> ${q(n.id)};`);
   }
   lines.push("}");
-  return `${lines.join("\n")}\n`;
+  // Printed to a terminal as often as piped to dot: a tampered table's text must not drive it.
+  return `${printable(lines.join("\n"), "\n")}\n`;
 }

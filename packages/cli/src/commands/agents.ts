@@ -1,5 +1,5 @@
 import { opResult } from "@kpip/protocol";
-import { terminalText } from "../audit/printable.js";
+import { printable, terminalText } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, withClient } from "../connect.js";
 import { subcommandError } from "../suggest.js";
@@ -156,9 +156,10 @@ export const eventsCommand: Command = {
         // the time it arrived, in UTC: events carry no kernel timestamp of their own
         const time = new Date().toISOString();
         if (v.json) process.stdout.write(`${JSON.stringify({ time, ...(toJson(e) as object) })}\n`);
+        // The data is whatever the emitter chose: C1 controls and bidi overrides survive JSON quoting.
         else
           process.stdout.write(
-            `${time} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}\n`,
+            `${printable(`${time} ${e.topic} #${e.seq}${e.gap ? ` (missed ${e.gap})` : ""} ${JSON.stringify(toJson(e.data))}`)}\n`,
           );
       }
     });

@@ -10,6 +10,7 @@ import {
   HomeReadError,
   openAuditReader,
   parseAnchors,
+  readRegularFile,
   resolveConfig,
   verifyAnchors,
   verifyAuditReader,
@@ -205,6 +206,9 @@ export const auditCommand: Command = {
   },
 };
 
+/** A PEM Ed25519 key is ~120 bytes. */
+const KEY_FILE_MAX_BYTES = 64 * 1024;
+
 async function verify(home: string, v: Values, json: boolean): Promise<number> {
   let anchors: AuditAnchor[] | undefined;
   if (v.anchors !== undefined) {
@@ -239,7 +243,14 @@ async function verify(home: string, v: Values, json: boolean): Promise<number> {
   try {
     let trustedKey: Uint8Array | undefined;
     const keyPath = join(home, HOME_FILES.kernelKey);
-    if (existsSync(keyPath)) trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readFileSync(keyPath))));
+    if (existsSync(keyPath)) {
+      try {
+        // Bounded and regular only: a tampered home's kernel.key may be a FIFO or /dev/zero.
+        trustedKey = rawPublicKey(createPublicKey(createPrivateKey(readRegularFile(keyPath, KEY_FILE_MAX_BYTES))));
+      } catch (e) {
+        throw new HomeReadError(`the home's kernel.key cannot be used: ${(e as Error).message}`, "corrupt");
+      }
+    }
     const tty = process.stderr.isTTY && !json;
     const started = Date.now();
     // Ranges on worker threads for large logs; the same answer as the single pass.

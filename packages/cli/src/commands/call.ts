@@ -1,6 +1,7 @@
 import { readFileSync, writeFileSync } from "node:fs";
 import type { KernelClient } from "@kpip/client";
 import { type CborMap, isOp, isTarget, KpipError, systemDescribe } from "@kpip/protocol";
+import { printable } from "../audit/printable.js";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { didYouMean } from "../suggest.js";
@@ -103,7 +104,7 @@ async function suggestOp(client: KernelClient, op: string): Promise<string> {
 /** Follows an op to its end, printing its state changes on stderr; the answer becomes the op's result. */
 async function followOp(client: KernelClient, deferred: CborMap, json: boolean): Promise<CborMap> {
   const uri = String(deferred.op);
-  if (!json) process.stderr.write(`kpip: ${uri} is running; waiting for its result (Ctrl-C cancels it)\n`);
+  if (!json) process.stderr.write(`kpip: ${printable(uri)} is running; waiting for its result (Ctrl-C cancels it)\n`);
   const abort = new AbortController();
   const cancel = () => abort.abort(new Error(`cancelled ${uri}`));
   process.once("SIGINT", cancel);

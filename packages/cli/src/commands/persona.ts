@@ -17,6 +17,7 @@ import {
   writeSecret,
 } from "@kpip/kernel";
 import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
@@ -39,6 +40,16 @@ function readPublicKey(file: string): Uint8Array {
   } catch (e) {
     throw new UsageError(`cannot read --public-key file: ${(e as Error).message}`);
   }
+  try {
+    return parsePublicKey(text);
+  } catch (e) {
+    if (e instanceof UsageError) throw e;
+    // Malformed JSON or PEM is the file's fault, not an internal error.
+    throw new UsageError(`--public-key ${file}: ${(e as Error).message}`);
+  }
+}
+
+function parsePublicKey(text: string): Uint8Array {
   if (text.startsWith("{")) {
     const doc = JSON.parse(text) as { publicKey?: string; privateKey?: string };
     if (doc.privateKey !== undefined) return parseIdentity(text).publicKey;
@@ -186,7 +197,7 @@ export const personaCommand: Command = {
         }
         if (!r.ok) {
           rmSync(tmp, { force: true });
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         renameSync(tmp, file);
@@ -204,7 +215,7 @@ export const personaCommand: Command = {
         const key = readPublicKey(v["public-key"] as string);
         const r = await register(v, h, pid, key, "registered with kpip persona add");
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         if (asJson)
@@ -261,7 +272,7 @@ export const personaCommand: Command = {
           },
         );
         if (!r.ok) {
-          process.stderr.write(`kpip persona: ${r.message}\n`);
+          process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
         // The identity file stays (it is the persona's, not the registry's), but its key now opens nothing.

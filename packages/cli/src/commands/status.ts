@@ -1,5 +1,6 @@
 import type { KernelClient } from "@kpip/client";
 import { systemStatus } from "@kpip/protocol";
+import { printable } from "../audit/printable.js";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { EXIT, reportError, toJson } from "../util.js";
@@ -34,7 +35,7 @@ export const statusCommand: Command = {
       const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs)})`;
       if (s.view === "persona") {
         // Not the operator: the kernel shows this persona only its own sessions.
-        process.stdout.write(`${[head, `persona    ${s.persona} (own view)`, ...sessions].join("\n")}\n`);
+        process.stdout.write(`${printable([head, `persona    ${s.persona} (own view)`, ...sessions].join("\n"), "\n")}\n`);
         return EXIT.OK;
       }
       const lines = [
@@ -50,7 +51,8 @@ export const statusCommand: Command = {
         `events     ${s.events?.subscriptions} subscriptions, ${s.events?.dropped} dropped`,
         ...sessions,
       ];
-      process.stdout.write(`${lines.join("\n")}\n`);
+      // The kernel's answer, shown and never obeyed by the terminal (a faulty or hostile kernel).
+      process.stdout.write(`${printable(lines.join("\n"), "\n")}\n`);
       return EXIT.OK;
     } catch (e) {
       return reportError(e, v.json === true);

@@ -17,6 +17,7 @@ import {
   tokenMint,
   tokenToString,
 } from "@kpip/protocol";
+import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, readTokenArg, withClient, writeTokenFile } from "../connect.js";
 import { didYouMean, subcommandError } from "../suggest.js";
@@ -144,7 +145,7 @@ export const tokenCommand: Command = {
         return withClient(v, async (c) => {
           const r = await c.op(tokenInspect, `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
-          else process.stdout.write(describeInspection(r.payload));
+          else process.stdout.write(printable(describeInspection(r.payload), "\n"));
         });
       }
       case "revoke": {

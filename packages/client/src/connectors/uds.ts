@@ -1,6 +1,7 @@
+import { statSync } from "node:fs";
 import net from "node:net";
 import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
-import { KernelUnavailableError } from "../errors.js";
+import { KernelUnavailableError, UntrustedSocketError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
 /** How long a connect keeps retrying while the kernel's listen queue is full (at most; the caller's deadline may be sooner). */
@@ -35,6 +36,8 @@ export class UdsConnector implements Connector {
 
   private once(): Promise<Channel> {
     return new Promise((resolve, reject) => {
+      const untrusted = untrustedOwner(this.address);
+      if (untrusted) return reject(untrusted);
       const sock = this.dial(this.address);
       sock.setNoDelay(true);
       sock.once("connect", () => {
@@ -53,6 +56,27 @@ export class UdsConnector implements Connector {
       });
     });
   }
+}
+
+/**
+ * Why the socket at `path` is not to be trusted: it belongs to a user other than this process's
+ * (checked again at each reconnect: a socket swapped under a running client is refused too).
+ * Root reaches every user's kernel and is not checked; a path that is not there is left to the
+ * connect to report.
+ */
+function untrustedOwner(path: string): UntrustedSocketError | undefined {
+  const me = process.geteuid?.();
+  if (me === undefined || me === 0) return undefined;
+  let owner: number;
+  try {
+    owner = statSync(path).uid;
+  } catch {
+    return undefined;
+  }
+  if (owner === me) return undefined;
+  return new UntrustedSocketError(
+    `the socket ${path} belongs to uid ${owner}, not to this user (uid ${me}): a kernel's socket is its own user's, so another user put this one there; nothing was sent to it`,
+  );
 }
 
 /**

@@ -1,4 +1,15 @@
-import { constants, copyFileSync, existsSync, mkdtempSync, rmSync, statSync } from "node:fs";
+import {
+  closeSync,
+  constants,
+  copyFileSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readSync,
+  rmSync,
+  statfsSync,
+  statSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
@@ -62,7 +73,11 @@ export type AuditRecord = AuditRow & { detail?: string | null };
  */
 function kernelHolds(home: string): boolean {
   const lock = join(home, "kernel.lock");
-  if (!existsSync(lock)) return false;
+  // Only a regular file can be a kernel's lock; SQLite's open of a FIFO would wait for ever.
+  if (!existsSync(lock) || !statSync(lock).isFile()) return false;
+  // A kernel's lock is a rollback-journal database. One in WAL mode (header bytes 18-19 are 2) is
+  // none of a kernel's, and SQLite's read-only open of it would create its -wal and -shm in the home.
+  if (walMode(lock)) return false;
   let db: Database.Database | undefined;
   try {
     db = new Database(lock, { readonly: true, fileMustExist: true, timeout: 0 });
@@ -72,6 +87,17 @@ function kernelHolds(home: string): boolean {
     return (e as { code?: string }).code === "SQLITE_BUSY";
   } finally {
     db?.close();
+  }
+}
+
+/** Whether the SQLite file at `path` says it is in WAL mode (read without waiting on a FIFO). */
+function walMode(path: string): boolean {
+  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  try {
+    const head = Buffer.alloc(20);
+    return readSync(fd, head, 0, head.length, 0) === head.length && (head[18] === 2 || head[19] === 2);
+  } finally {
+    closeSync(fd);
   }
 }
 
@@ -125,6 +151,22 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
 }
 
 /**
+ * Refuses a private copy that would not fit where it is made: a home's database or -wal can be a
+ * sparse file of any apparent size (a terabyte of holes costs its writer nothing), which a copy
+ * writes out whole, filling the disk (or, for a tmpfs /tmp, memory).
+ */
+function copyFits(path: string, wal: string): void {
+  const bytes = statSync(path).size + (existsSync(wal) ? statSync(wal).size : 0);
+  const fs = statfsSync(tmpdir());
+  const free = fs.bavail * fs.bsize;
+  if (bytes > free)
+    throw new HomeReadError(
+      `a private copy of ${path} and its -wal (${bytes} bytes) does not fit in ${tmpdir()} (${free} bytes free): set TMPDIR to a larger place`,
+      "not-a-home",
+    );
+}
+
+/**
  * Opens a home's database for reading without changing any file of the home. SQLite writes
  * even on a read-only open of a WAL database (it creates the -wal and -shm files, and readers
  * mark the -shm), so a home no kernel holds is read from a private copy of the database and its
@@ -138,10 +180,14 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     throw new HomeReadError(`no kpip database at ${path} (is this a kernel home? pass --home)`, "not-a-home");
   }
   const wal = `${path}-wal`;
+  // A -wal that is a FIFO would block the copy for ever, a device (/dev/zero) would never end it.
+  if (existsSync(wal) && !statSync(wal).isFile())
+    throw new HomeReadError(`${wal} is not a regular file (a kernel only ever writes one there)`, "corrupt");
   const live = !opts.direct && existsSync(wal) && kernelHolds(dirname(path));
   let file = path;
   let tmp: string | undefined;
   if (!opts.direct && !live) {
+    copyFits(path, wal);
     tmp = mkdtempSync(join(tmpdir(), "kpip-audit-"));
     file = join(tmp, basename(path));
     try {

@@ -188,12 +188,20 @@ export function finish(
   if (records - start.seq !== total)
     return fail(records + 1, `record count ${total} disagrees with the chain length ${records - start.seq}`);
   const hashes = new Map(ranges.flatMap((r) => r.checkpointHashes));
+  // Without a trusted key, the log's first checkpoint's: a home keeps one kernel key for its life,
+  // so a later checkpoint under another key is one re-signed after a rewrite (by whoever removed
+  // kernel.key from the copy, or left it out of the evidence).
+  const key = trustedKey ?? cps[0]?.publicKey;
   for (const c of cps) {
-    const key = trustedKey ?? c.publicKey;
-    if (trustedKey && !Buffer.from(c.publicKey).equals(Buffer.from(trustedKey))) {
-      return fail(c.seq, "checkpoint is signed by a key other than the kernel's");
+    if (key && !Buffer.from(c.publicKey).equals(Buffer.from(key))) {
+      return fail(
+        c.seq,
+        trustedKey
+          ? "checkpoint is signed by a key other than the kernel's"
+          : "checkpoint is signed by a key other than the log's first checkpoint's (re-signed after a rewrite?)",
+      );
     }
-    if (!verifyBytes(publicKeyFromRaw(key), checkpointMessage(c), c.signature)) {
+    if (!verifyBytes(publicKeyFromRaw(c.publicKey), checkpointMessage(c), c.signature)) {
       return fail(c.seq, "checkpoint signature is invalid");
     }
     // At or below a pruned log's start: the records are gone by retention; the start's hash was the first link.

@@ -166,14 +166,19 @@ export class SegmentFiles {
 
   constructor(readonly dir: string) {}
 
-  #fd(segment: number): number | undefined {
+  #fd(segment: number): number | string {
     let fd = this.#fds.get(segment);
     if (fd === undefined) {
       try {
         fd = openRegular(join(this.dir, segmentName(segment)), constants.O_RDONLY);
       } catch (e) {
         // Retention removed it (a live home), or it is gone: the span's records are missing.
-        if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+        if ((e as NodeJS.ErrnoException).code === "ENOENT") return `${segmentName(segment)} is missing`;
+        // A link or a FIFO put in its place (a tampered home): its records are unreadable, which verify reports.
+        if ((e as NodeJS.ErrnoException).code === "ELOOP" || e instanceof AuditJournalError)
+          return `${segmentName(segment)} is not a regular file`;
+        if ((e as NodeJS.ErrnoException).code === "ENOTDIR")
+          return `${segmentName(segment)} cannot be read: the segments' directory is not a directory`;
         throw e;
       }
       // A few at most (a scan reads one segment after another): the kernel's descriptor margin is small (fd-budget.ts).
@@ -191,7 +196,7 @@ export class SegmentFiles {
     if (s.length > MAX_SPAN_BYTES)
       return `${name}: the index names ${s.length} bytes at once, more than any kernel writes: not read`;
     const fd = this.#fd(s.segment);
-    if (fd === undefined) return `${name} is missing`;
+    if (typeof fd === "string") return fd;
     const size = fstatSync(fd).size;
     if (s.offset + s.length > size) return `${name} is cut short (the index names bytes past its end)`;
     const buf = Buffer.allocUnsafe(s.length);
