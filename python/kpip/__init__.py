@@ -23,6 +23,7 @@ from .errors import (
     SemanticError,
     TokenError,
     TokenRefreshFailed,
+    UntrustedSocket,
 )
 from .frames import Frame, FrameDecoder, encode_frame
 from .identity import Identity, attestation_transcript
@@ -55,6 +56,7 @@ __all__ = [
     "IntentError",
     "InternalError",
     "KernelUnavailable",
+    "UntrustedSocket",
     "KpipError",
     "LocalError",
     "Message",

@@ -19,6 +19,7 @@ from .errors import (
     KpipError,
     ProtocolViolation,
     TokenRefreshFailed,
+    UntrustedSocket,
     wire_error,
 )
 from .frames import HEADER_SIZE
@@ -226,7 +227,8 @@ class Client:
                 except AuthError as e:
                     self.last_error = e
                     self._shutdown(e)  # the persona can no longer attest: retrying cannot help
-                except (KernelUnavailable, KpipError, ProtocolViolation, OSError) as e:
+                # Another user's socket at the path is refused at each try (nothing sent), until the kernel's is back.
+                except (KernelUnavailable, KpipError, ProtocolViolation, OSError, UntrustedSocket) as e:
                     self.last_error = e
                     if self.state != "closed":
                         self.state = "reconnecting"

@@ -135,6 +135,12 @@ class KernelUnavailable(LocalError):
     """No kernel could be reached, or the session is gone and the call could not wait."""
 
 
+class UntrustedSocket(LocalError):
+    """The Unix socket to connect to belongs to another user. A kernel's socket is its own user's
+    (0600 in a 0700 directory, PROTOCOL §4): one of another user's at the path was put there by
+    them, a fake kernel that would get the identity's signature and every token. Nothing is sent."""
+
+
 class DeadlineExceeded(LocalError):
     """The call's deadline passed before an answer arrived."""
 

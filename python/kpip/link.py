@@ -9,11 +9,30 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import KernelUnavailable, KpipError, ProtocolViolation, wire_error
+from .errors import KernelUnavailable, KpipError, ProtocolViolation, UntrustedSocket, wire_error
 from .frames import FLAG_SHM, HEADER_SIZE, Frame, FrameDecoder
 from .identity import Identity, attestation_transcript
 from .messages import Message, decode_message, encode_message
 from .shm import SHM_FEATURE, ShmChannel, ShmError, segment_name, unavailable
+
+def untrusted_owner(path: str) -> UntrustedSocket | None:
+    """Why the socket at `path` is not to be trusted: it belongs to a user other than this
+    process's (checked at every connect, reconnects included). Root reaches every user's kernel
+    and is not checked; a path that is not there is left to the connect to report."""
+    me = os.geteuid() if hasattr(os, "geteuid") else None
+    if me is None or me == 0:
+        return None
+    try:
+        owner = os.stat(path).st_uid
+    except OSError:
+        return None
+    if owner == me:
+        return None
+    return UntrustedSocket(
+        f"the socket {path} belongs to uid {owner}, not to this user (uid {me}): a kernel's socket is its"
+        " own user's, so another user put this one there; nothing was sent to it"
+    )
+
 
 SUPPORTED_VERSIONS = (1,)
 CLIENT_NAME = "kpip-python/0.1.0"
@@ -55,6 +74,9 @@ class Link:
 
     @staticmethod
     async def open(path: str) -> Link:
+        untrusted = untrusted_owner(path)
+        if untrusted is not None:
+            raise untrusted
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
         except OSError as e:

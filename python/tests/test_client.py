@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import unittest
+from unittest import mock
 
 import kpip
+import kpip.link
 from kpip.client import Backoff
 
 from .fake_kernel import Conn, FakeKernel
@@ -167,3 +171,29 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class SocketOwner(unittest.IsolatedAsyncioTestCase):
+    """A kernel's socket is its own user's (PROTOCOL §4): one of another user's is never spoken to."""
+
+    async def test_a_socket_of_another_user_is_refused_before_anything_is_sent(self) -> None:
+        async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.close()
+
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "kernel.sock")
+            server = await asyncio.start_unix_server(on_connect, path)
+            owner = os.stat(path).st_uid
+            try:
+                # This process as seen by another (unprivileged) uid than the socket's owner.
+                with mock.patch("kpip.link.os.geteuid", return_value=owner + 1):
+                    with self.assertRaises(kpip.UntrustedSocket) as caught:
+                        await kpip.Client.connect(path, kpip.Identity.generate("alice"), **FAST)  # type: ignore[arg-type]
+                self.assertIn(f"belongs to uid {owner}", str(caught.exception))
+                # The socket's own user (or root) connects: the check lets it through to the handshake.
+                for uid in (owner, 0):
+                    with mock.patch("kpip.link.os.geteuid", return_value=uid):
+                        self.assertIsNone(kpip.link.untrusted_owner(path))
+            finally:
+                server.close()
+                await server.wait_closed()
