@@ -154,7 +154,7 @@ export class CapEnforcer implements Authorizer {
     if (now >= g.exp) return "EXPIRED";
     // A key retired after the token was verified (a bound handle, a subscription) ends its use too.
     const kid = this.kids.get(g);
-    if (kid !== undefined && !this.keys.get(kid)) return "UNKNOWN_KEY";
+    if (kid !== undefined && !this.keys.usable(kid, now)) return "UNKNOWN_KEY";
     return undefined;
   }
 

@@ -32,8 +32,7 @@ export class RootKeys {
   }
 
   /** Re-reads the key file if another process (kpip token rotate-key / retire-key) changed it; at most once a second. */
-  private refresh(force = false): void {
-    const now = this.clock();
+  private refresh(force = false, now = this.clock()): void {
     // A clock stepped back counts as time passed: otherwise the keys would freeze until it caught up.
     if (!force && Math.abs(now - this.checkedAt) < 1000) return;
     this.checkedAt = now;
@@ -99,6 +98,17 @@ export class RootKeys {
   current(): { kid: string; key: Buffer } {
     this.refresh();
     return { kid: this.file.current, key: Buffer.from(this.file.keys[this.file.current]?.key ?? "", "base64url") };
+  }
+
+  /**
+   * Whether `kid` names a key that is neither unknown nor retired, without decoding it: the check
+   * on every use of a verified grant (a bound handle's included), which must not cost a decode.
+   * `now`: the caller's clock reading, if it has one (no second one per request).
+   */
+  usable(kid: string, now?: number): boolean {
+    this.refresh(false, now);
+    const k = this.file.keys[kid];
+    return k !== undefined && k.retired === undefined;
   }
 
   /** The key for `kid`, or undefined if unknown or retired. */
