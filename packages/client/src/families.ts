@@ -33,6 +33,7 @@ import {
   tokenMint,
   tokenRevoke,
 } from "@kpip/protocol";
+import { ProtocolViolationError } from "./errors.js";
 import { type OpAnswer, type OpCall, opCall } from "./op-call.js";
 import type { CallFn as Call, CallOptions } from "./options.js";
 import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
@@ -374,17 +375,31 @@ export class PersonasApi {
   }
 }
 
-/** Every row of a paged listing (PROTOCOL §9.3), page by page: asks for the next page with the cursor of each PARTIAL one. */
+/**
+ * Every row of a paged listing (PROTOCOL §9.3), page by page: asks for the next page with the
+ * cursor of each PARTIAL one. A PARTIAL page must move on: one with no rows, or whose cursor was
+ * given before, is a {@link ProtocolViolationError} (a faulty kernel's answers would otherwise be
+ * followed for ever).
+ */
 async function* pages<P extends { cursor?: string }, R>(
   page: (cursor: string | undefined) => Promise<{ status: string; payload: P }>,
   rows: (payload: P) => R[],
 ): AsyncGenerator<R, void, undefined> {
   let cursor: string | undefined;
+  const seen = new Set<string>();
   for (;;) {
     const r = await page(cursor);
-    yield* rows(r.payload);
+    const got = rows(r.payload);
+    yield* got;
     if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return;
     cursor = r.payload.cursor;
+    if (got.length === 0 || seen.has(cursor))
+      throw new ProtocolViolationError(
+        got.length === 0
+          ? "the kernel answered PARTIAL with no rows: a listing page must move on"
+          : `the kernel gave the cursor ${JSON.stringify(cursor.slice(0, 64))} twice: the listing would never end`,
+      );
+    seen.add(cursor);
   }
 }
 

@@ -259,4 +259,27 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
       fake.shedCode = "HANDSHAKE_SHED";
     }
   });
+
+  it("a listing whose PARTIAL pages do not move on (no rows, or a cursor given before) is a protocol violation, not followed for ever", async () => {
+    const item = (path: string) => ({ path, size: 1, generation: 1 });
+    const partial = (items: ReturnType<typeof item>[], cursor: string) => () => ({
+      status: "PARTIAL" as const,
+      payload: { items, cursor },
+    });
+    const last = (items: ReturnType<typeof item>[]) => () => ({ status: "SUCCESS" as const, payload: { items } });
+    const list = async () => {
+      const got: string[] = [];
+      for await (const x of c.storage.list("obj://ws")) got.push(x.path);
+      return got;
+    };
+    // An honest kernel's pages are followed to the end.
+    reset(partial([item("a")], "c1"), partial([item("b")], "c2"), last([item("c")]));
+    assert.deepEqual(await list(), ["a", "b", "c"]);
+    // A cursor given before: the pages would go round for ever.
+    reset(partial([item("a")], "c1"), partial([item("b")], "c2"), partial([item("a")], "c1"), last([]));
+    await assert.rejects(list(), (e) => e instanceof ProtocolViolationError && /twice/.test(e.message));
+    // PARTIAL without a row (with ever new cursors, it would never end).
+    reset(partial([], "c1"), last([]));
+    await assert.rejects(list(), (e) => e instanceof ProtocolViolationError && /no rows/.test(e.message));
+  });
 });
