@@ -108,6 +108,12 @@ const DECLARED = {
     description:
       "bytes of answers queued unread to one persona tree's sessions before its reads are refused (retryable); past it + maxWriteBuffer its sessions are dropped SLOW_CONSUMER",
   },
+  /** The same over every session of the kernel. */
+  maxQueuedBytes: {
+    type: "int",
+    default: 512 * 1024 * 1024,
+    description: "bytes of answers queued unread to all peers before reads of trees with answers queued are refused (retryable)",
+  },
   /**
    * Bytes of /dev/shm the kernel's own shared-memory segments of one persona tree's sessions may
    * hold: a segment keeps the pages of the largest body it carried until its session ends; past
@@ -124,12 +130,6 @@ const DECLARED = {
     type: "int",
     default: 256 * 1024 * 1024,
     description: "bytes of /dev/shm the kernel's shared-memory segments may hold in all (past it large answers go inline)",
-  },
-  /** The same over every session of the kernel. */
-  maxQueuedBytes: {
-    type: "int",
-    default: 512 * 1024 * 1024,
-    description: "bytes of answers queued unread to all peers before reads of trees with answers queued are refused (retryable)",
   },
   /** Memory large request bodies are received into and reused from (session/body-pool.ts). */
   bodyPoolBytes: {

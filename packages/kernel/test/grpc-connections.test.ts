@@ -22,7 +22,7 @@ import { peerKey } from "../src/session/peer-key.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
 import { adminIdentity, removeHome, until, withKernel } from "./harness.js";
-import { H2_PREFACE, h2Frame } from "./wire.js";
+import { H2_PREFACE, h2Frame, onH2Frames } from "./wire.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.key") };
@@ -293,19 +293,7 @@ async function rawH2(address: string) {
   raw.on("error", () => {});
   await new Promise((r) => raw.once("connect", r));
   const got: [number, number, number][] = [];
-  let buf = Buffer.alloc(0);
-  raw.on("data", (d: Buffer) => {
-    buf = Buffer.concat([buf, d]);
-    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-      const len = buf.readUIntBE(0, 3);
-      const type = buf[3] as number;
-      const payload = buf.subarray(9, 9 + len);
-      // RST_STREAM: the code; GOAWAY: the last stream id then the code.
-      const code = type === RST_STREAM ? payload.readUInt32BE(0) : type === GOAWAY ? payload.readUInt32BE(4) : 0;
-      got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
-      buf = buf.subarray(9 + len);
-    }
-  });
+  onH2Frames(raw, (type, _flags, stream, _payload, code) => got.push([type, stream, code]));
   // The preface and our (empty) SETTINGS.
   raw.write(Buffer.concat([H2_PREFACE, frame(4, 0, 0, Buffer.alloc(0))]));
   return { raw, got };

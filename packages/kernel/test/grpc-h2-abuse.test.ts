@@ -13,7 +13,7 @@ import {
 import { GRPC_OVERHEAD_BURST_BYTES } from "../src/transport/h2-overhead.js";
 import type { TestKernel } from "./harness.js";
 import { adminIdentity, until, withKernel } from "./harness.js";
-import { H2_PREFACE, h2Frame } from "./wire.js";
+import { H2_PREFACE, h2Frame, onH2Frames } from "./wire.js";
 
 // Attacks on the gRPC listener below gRPC: raw HTTP/2 frames from an unauthenticated peer.
 
@@ -113,22 +113,12 @@ async function rawH2(address: string, ack: boolean, tls = false): Promise<Raw> {
   let pingAcks = 0;
   const got: [number, number, number][] = [];
   const settings = new Map<number, number>();
-  let buf = Buffer.alloc(0);
-  raw.on("data", (d: Buffer) => {
-    buf = Buffer.concat([buf, d]);
-    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
-      const len = buf.readUIntBE(0, 3);
-      const type = buf[3] as number;
-      const flags = buf[4] as number;
-      const payload = buf.subarray(9, 9 + len);
-      const code = type === RST_STREAM ? payload.readUInt32BE(0) : type === GOAWAY ? payload.readUInt32BE(4) : 0;
-      got.push([type, buf.readUInt32BE(5) & 0x7fffffff, code]);
-      if (type === PING && flags & 1) pingAcks++;
-      if (type === SETTINGS && !(flags & 1)) {
-        for (let i = 0; i + 6 <= payload.length; i += 6) settings.set(payload.readUInt16BE(i), payload.readUInt32BE(i + 2));
-        if (ack) raw.write(frame(SETTINGS, 1, 0, Buffer.alloc(0)));
-      }
-      buf = buf.subarray(9 + len);
+  onH2Frames(raw, (type, flags, stream, payload, code) => {
+    got.push([type, stream, code]);
+    if (type === PING && flags & 1) pingAcks++;
+    if (type === SETTINGS && !(flags & 1)) {
+      for (let i = 0; i + 6 <= payload.length; i += 6) settings.set(payload.readUInt16BE(i), payload.readUInt32BE(i + 2));
+      if (ack) raw.write(frame(SETTINGS, 1, 0, Buffer.alloc(0)));
     }
   });
   raw.write(Buffer.concat([H2_PREFACE, frame(SETTINGS, 0, 0, Buffer.alloc(0))]));

@@ -264,3 +264,26 @@ export function h2Frame(type: number, flags: number, stream: number, payload: Bu
   h.writeUInt32BE(stream, 5);
   return Buffer.concat([h, payload]);
 }
+
+/**
+ * Calls `each` with every whole HTTP/2 frame `raw` receives, in order (a raw peer's reader):
+ * its type, flags, stream id, payload, and the error code of an RST_STREAM or GOAWAY (0 otherwise).
+ */
+export function onH2Frames(
+  raw: NodeJS.ReadableStream,
+  each: (type: number, flags: number, stream: number, payload: Buffer, code: number) => void,
+): void {
+  let buf = Buffer.alloc(0);
+  raw.on("data", (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 9 && buf.length >= 9 + buf.readUIntBE(0, 3)) {
+      const len = buf.readUIntBE(0, 3);
+      const type = buf[3] as number;
+      const payload = buf.subarray(9, 9 + len);
+      // RST_STREAM (3): the code; GOAWAY (7): the last stream id, then the code.
+      const code = type === 3 ? payload.readUInt32BE(0) : type === 7 ? payload.readUInt32BE(4) : 0;
+      each(type, buf[4] as number, buf.readUInt32BE(5) & 0x7fffffff, payload, code);
+      buf = buf.subarray(9 + len);
+    }
+  });
+}
