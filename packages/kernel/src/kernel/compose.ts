@@ -51,7 +51,7 @@ import type { WalCheckpointer } from "../store/checkpointer.js";
 import type { SqliteStore } from "../store/sqlite.js";
 import { loadShmNative, sweepShmSegments } from "../transport/shm-native.js";
 import { KERNEL_VERSION } from "../version.js";
-import { applyOfflineChanges, type ExpulsionScope, expelUnregistered } from "./expulsion.js";
+import { applyOfflineChanges, type ExpulsionScope, endUnregisteredSessions, expelUnregistered } from "./expulsion.js";
 import { notifyRevoked } from "./revocation.js";
 import { SessionRegistry } from "./sessions.js";
 import { type Addresses, kernelStatus } from "./status.js";
@@ -306,12 +306,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         // What the agent started under its token ends with it (revocation.ts).
         onRevoked: () => revoked(),
         // As a removed persona's (expulsion.ts): its sessions end, whoever holds them.
-        onForgotten: (persona) => {
-          for (const s of sessions.all()) {
-            if (s.persona === persona && (s.state === "ready" || s.state === "closing"))
-              s.expel("PERSONA_REMOVED", `persona ${persona} was removed from the registry`);
-          }
-        },
+        onForgotten: () => endUnregisteredSessions({ registry: store, sessions: () => sessions.all() }),
       },
       log,
     );

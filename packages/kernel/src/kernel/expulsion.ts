@@ -23,6 +23,22 @@ export interface ExpulsionScope {
  * sessions holding revoked handles are told. Returns how many sessions ended.
  */
 export function expelUnregistered(x: ExpulsionScope): number {
+  const ended = endUnregisteredSessions(x);
+  const agents = x.agents.killUnregistered();
+  if (agents) x.log.info({ agents }, "agents of removed personas were killed");
+  // Commands (and agents) started by a removed persona end with it too.
+  const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
+  if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
+  x.notifyRevoked();
+  return ended;
+}
+
+/**
+ * Ends (AUTH/PERSONA_REMOVED) every open session whose persona is no longer registered with the
+ * key it attested with: the session part of {@link expelUnregistered}, alone for the kernel's own
+ * removal of an agent's key, whose revocation fan-out runs beside it. Returns how many ended.
+ */
+export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "sessions">): number {
   let ended = 0;
   for (const s of x.sessions()) {
     if (s.state !== "ready" && s.state !== "closing") continue;
@@ -31,12 +47,6 @@ export function expelUnregistered(x: ExpulsionScope): number {
     s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
     ended++;
   }
-  const agents = x.agents.killUnregistered();
-  if (agents) x.log.info({ agents }, "agents of removed personas were killed");
-  // Commands (and agents) started by a removed persona end with it too.
-  const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
-  if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
-  x.notifyRevoked();
   return ended;
 }
 

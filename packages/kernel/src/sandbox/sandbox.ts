@@ -612,7 +612,13 @@ export class Sandbox {
     // would take its CPU from every process on the host, the kernel's included.
     a.push("--rtprio=0:0", "--nice=0:0");
     a.push("--", spec.executable, ...spec.args);
-    openFilter();
+    try {
+      openFilter();
+    } catch (e) {
+      // No process will ever own the scratch directory made above: it goes now.
+      void cleanup();
+      throw e;
+    }
     return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup };
   }
 

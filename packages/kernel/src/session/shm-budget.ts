@@ -24,11 +24,6 @@ export class ShmBudget {
     return this.used;
   }
 
-  /** Bytes the segments of `tree`'s sessions hold now. */
-  treeBytes(tree: string): number {
-    return this.byTree.get(tree) ?? 0;
-  }
-
   /** `owner`'s segment (a session of `tree`) grows by `n` bytes, if both bounds have room. */
   take(owner: object, tree: string, n: number): boolean {
     const entry = this.held.get(owner);

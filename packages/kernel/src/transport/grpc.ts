@@ -79,6 +79,8 @@ export type ConnectionClosing = "overhead";
 interface H2Connection {
   /** Streams that reached the screen (the rest Node refused itself). */
   screened: number;
+  /** Streams refused for the peer's stream rate. */
+  refused: number;
   /** Bytes its streams carried in: the header lists of streams let through, and the message bytes read from them. */
   carried: number;
   /** Streams let through and open: the bytes they hold unread count as carried too. */
@@ -165,8 +167,6 @@ export class GrpcListener {
   private watchTimer: NodeJS.Timeout | undefined;
   /** Open HTTP/2 connections: the streams of each that reached the screen, what they carried, its overhead budget. */
   private readonly h2Connections = new Map<Http2Session, H2Connection>();
-  /** Streams refused for the rate, per HTTP/2 connection. */
-  private readonly refusedOn = new WeakMap<Http2Session, number>();
 
   constructor(
     private readonly listen: string,
@@ -291,7 +291,8 @@ export class GrpcListener {
           if (conn) conn.screened++;
           const address = session?.socket?.remoteAddress ?? "";
           const peer = address || "unknown";
-          if (headerListBytes(rawHeaders, headers) > GRPC_MAX_HEADER_LIST_BYTES) {
+          const headerBytes = headerListBytes(rawHeaders, headers);
+          if (headerBytes > GRPC_MAX_HEADER_LIST_BYTES) {
             stream.on("error", () => {});
             if (session) closeCalm(session);
             // Charged as a connection's worth of refused streams: a connect-and-bomb loop is held to the rate.
@@ -303,11 +304,10 @@ export class GrpcListener {
             // A trailers-only status, then RST_STREAM NO_ERROR: closing with an error code made Node
             // build (and format the stack of) an Error per stream, most of a refusal's cost.
             this.answerOnly(stream, grpc.status.RESOURCE_EXHAUSTED, "too many new streams from this address: try again later");
-            const refused = session ? (this.refusedOn.get(session) ?? 0) + 1 : 0;
             let closed = false;
-            if (session) {
-              this.refusedOn.set(session, refused);
-              if (refused > GRPC_REFUSED_STREAMS_PER_CONNECTION && !this.carriesSession(session)) {
+            if (session && conn) {
+              conn.refused++;
+              if (conn.refused > GRPC_REFUSED_STREAMS_PER_CONNECTION && !this.carriesSession(session)) {
                 closeCalm(session);
                 closed = true;
               }
@@ -319,7 +319,7 @@ export class GrpcListener {
           if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
             for (const handle of handlers)
               (handle as (...a: unknown[]) => void).call(h2, stream, headers, flags, rawHeaders, ...rest);
-            if (conn) this.countCarried(conn, stream, headerListBytes(rawHeaders, headers));
+            if (conn) this.countCarried(conn, stream, headerBytes);
             return;
           }
           this.answerOnly(
@@ -401,7 +401,7 @@ export class GrpcListener {
   private h2Connection(session: Http2Session): H2Connection {
     let conn = this.h2Connections.get(session);
     if (conn) return conn;
-    conn = { screened: 0, carried: 0, streams: new Set(), overhead: new OverheadBudget(Date.now()) };
+    conn = { screened: 0, refused: 0, carried: 0, streams: new Set(), overhead: new OverheadBudget(Date.now()) };
     this.h2Connections.set(session, conn);
     session.once("close", () => this.h2Connections.delete(session));
     return conn;

@@ -253,8 +253,13 @@ export class ShmPeer {
     if (own) {
       const name = this.o.ownName;
       const destroy = () => {
-        this.native.destroy(name);
-        this.o.freed?.();
+        try {
+          this.native.destroy(name);
+        } finally {
+          // The bytes are given back even if the removal failed: a budget that only leaked would
+          // in the end send every large body inline.
+          this.o.freed?.();
+        }
       };
       if (control(own) === this.seq) destroy();
       else setTimeout(destroy, graceMs).unref();
