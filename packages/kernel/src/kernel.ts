@@ -155,8 +155,7 @@ export class Kernel {
    * may be missing from the disk.
    */
   get storageFailure(): Error | undefined {
-    const store = this.services?.store;
-    return store?.storageFailure ?? store?.auditSyncFailure;
+    return this.services?.store.failure;
   }
 
   /** Half-open connections now (pre-authentication budget). */

@@ -344,7 +344,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       usage: () => store.allUsage(),
       usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
-      storageFailed: () => home.store.storageFailure !== undefined || home.store.auditSyncFailure !== undefined,
+      storageFailed: () => home.store.failure !== undefined,
       auditUnindexed: () => store.auditUnindexed,
       shmBytes: () => shmBudget.bytes,
     });

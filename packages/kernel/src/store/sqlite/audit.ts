@@ -63,6 +63,8 @@ export interface JournalledAudit {
   readonly auditUnindexed: number;
   /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
   readonly auditSyncFailure: Error | undefined;
+  /** Why the store failed, if it did: the database's failed sync, else an audit segment's. */
+  readonly failure: Error | undefined;
 }
 
 /** A batch in the open segment and not yet in the index. */
@@ -270,6 +272,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
     get auditSyncFailure(): Error | undefined {
       return this.#writer?.syncFailure ?? this.#closedSyncFailure;
+    }
+
+    get failure(): Error | undefined {
+      return this.storageFailure ?? this.auditSyncFailure;
     }
 
     async syncAuditSegment(): Promise<void> {
