@@ -86,7 +86,7 @@ export function writeTokenFile(path: string, text: string): void {
 /**
  * Connects as the persona the flags name (the admin by default) with its tokens bound. Shared
  * memory is off unless asked for (`extra.shm`): a one-shot command that sends a few hundred bytes
- * would only pay for loading the native module and setting the segments up.
+ * would only pay for setting the segments up.
  */
 export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);

@@ -1,6 +1,6 @@
 /**
- * @kpip/client — the persona runtime. Depends on @kpip/protocol only; the one native module it
- * can use (shm-typed-array, for shared memory) is optional and loaded only when present.
+ * @kpip/client — the persona runtime. Of the kpip packages it depends on @kpip/protocol only; it
+ * needs no native module (shared memory goes through the segments' files in /dev/shm).
  */
 
 export { type BackoffPolicy, backoffDelay } from "./backoff.js";

@@ -19,8 +19,10 @@ import {
   shmSegmentName,
   writeHeader,
 } from "@kpip/protocol";
+import { fileShm } from "@kpip/protocol/shm-files";
+import { runProcess } from "@kpip/protocol/testing";
 import { Kernel } from "../src/index.js";
-import { fileShm, loadShmNative } from "../src/transport/shm-native.js";
+import { loadShmNative } from "../src/transport/shm-native.js";
 import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { attestSignature, RawPeer } from "./wire.js";
 
@@ -32,7 +34,7 @@ const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.
 describe("shared memory for bulk bodies (Unix socket)", () => {
   let t: TestKernel;
   before(async () => {
-    assert.ok(native, `the native shm module must build here: ${loadShmNative().reason}`);
+    assert.ok(native, `shared memory must be available here: ${loadShmNative().reason}`);
     t = await startKernel({ maxBodyBytes: 24 * 1024 * 1024, maxObjectBytes: 20 * 1024 * 1024 });
   });
   /** Segments the raw peers created: removed at the end, as a client removes its own. */
@@ -383,7 +385,22 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
     );
   });
 
-  it("without the native module (KPIP_SHM=off) everything works inline, and the kernel says so once", async () => {
+  it("a client that reads an answer after the kernel emptied its segment loses that session, not its process (no SIGBUS)", async () => {
+    // The kernel empties its segment when the grace period of a session's last body ends; a
+    // client whose event loop was held that long (or a faulty kernel) reads it afterwards.
+    const r = await runProcess(process.execPath, [
+      fileURLToPath(new URL("../../test/fixtures/shm-late-reader.mjs", import.meta.url)),
+      t.k.socketPath,
+      join(t.home, "admin.identity"),
+      join(t.home, "admin.token"),
+    ]);
+    assert.equal(r.code, 0, `the client process survived the shrunk segment: ${r.err}`);
+    const late = JSON.parse(r.out.trim()) as { error: string; code: string };
+    assert.equal(late.error, "ProtocolViolationError", r.out);
+    assert.match(r.out, /SHM_OUT_OF_BOUNDS|outside its segment/, "the read failed as a short read of the segment");
+  });
+
+  it("without shared memory (KPIP_SHM=off) everything works inline, and the kernel says so once", async () => {
     const home = join(t.home, "no-shm");
     const child = spawn(process.execPath, [MAIN, "kernel", "--home", home, "--log-level", "warn"], {
       env: { ...process.env, KPIP_SHM: "off" },
@@ -420,7 +437,7 @@ describe("the memory the kernel's segments hold is bounded (maxShmBytesPerPerson
   const KIB = 1024;
   let t: TestKernel;
   before(async () => {
-    assert.ok(native, `the native shm module must build here: ${loadShmNative().reason}`);
+    assert.ok(native, `shared memory must be available here: ${loadShmNative().reason}`);
     // Room for one 600 KiB answer per tree and two in all.
     t = await startKernel({ maxShmBytesPerPersona: 1024 * KIB, maxShmBytes: 1536 * KIB });
   });

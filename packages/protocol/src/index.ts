@@ -44,7 +44,6 @@ export {
   type ShmSegment,
   shmSegmentName,
 } from "./shm/peer.js";
-export { mappedSegment, refCountedShm, type ShmModule } from "./shm/registry.js";
 export * from "./token/compiled.js";
 export * from "./token/pattern.js";
 export * from "./token/token.js";

@@ -72,11 +72,16 @@ export function runProcess(
     child.stderr.on("data", (d) => {
       err += d;
     });
-    const timer = setTimeout(() => child.kill("SIGKILL"), killAfterMs);
+    let hung = false;
+    const timer = setTimeout(() => {
+      hung = true;
+      child.kill("SIGKILL");
+    }, killAfterMs);
     child.once("error", reject);
     child.once("exit", (code, signal) => {
       clearTimeout(timer);
-      resolve({ code: signal ? -1 : code, out, err: signal ? `${err}\n[killed after ${killAfterMs / 1000} s: ${signal}]` : err });
+      const why = hung ? `killed after ${killAfterMs / 1000} s` : "ended by signal";
+      resolve({ code: signal ? -1 : code, out, err: signal ? `${err}\n[${why}: ${signal}]` : err });
     });
   });
 }

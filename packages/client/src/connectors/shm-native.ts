@@ -1,26 +1,20 @@
-import { createRequire } from "node:module";
-import { refCountedShm, type ShmModule, type ShmNative } from "@kpip/protocol";
+import type { ShmNative } from "@kpip/protocol";
+import { loadFileShm } from "@kpip/protocol/shm-files";
 
 let loaded: { native?: ShmNative; reason?: string } | undefined;
 
 /**
- * POSIX shared memory through `shm-typed-array` (an optional dependency built from source
- * with node-gyp); the same loader as the kernel's, kept apart because the client never
- * imports the kernel. Without it — or with KPIP_SHM=off — sessions simply never negotiate "shm";
- * `reason` says why, for the one log line.
+ * POSIX shared memory as the client reaches it: each segment's file in /dev/shm, read and
+ * written with pread/pwrite, never mapped (`@kpip/protocol/shm-files`, the kernel's own). The
+ * kernel empties its segment when a session ends (after a grace period for a body not yet
+ * taken): a client that reads that body later gets a short read, a protocol error for that
+ * session, where a mapping would have killed its process with SIGBUS. Without /dev/shm — or
+ * with KPIP_SHM=off — sessions simply never negotiate "shm"; `reason` says why, for the one log line.
  */
 export function loadShmNative(): { native?: ShmNative; reason?: string } {
   if (loaded) return loaded;
-  if (process.env.KPIP_SHM === "off") {
-    loaded = { reason: "disabled by KPIP_SHM=off" };
-    return loaded;
-  }
-  try {
-    const mod = createRequire(import.meta.url)("shm-typed-array") as ShmModule;
-    loaded = { native: removedAtExit(refCountedShm(mod), mod) };
-  } catch (e) {
-    loaded = { reason: `the native module shm-typed-array is not available (${(e as Error).message.split("\n")[0]})` };
-  }
+  const r = loadFileShm();
+  loaded = r.native ? { native: removedAtExit(r.native) } : r;
   return loaded;
 }
 
@@ -29,12 +23,12 @@ export function loadShmNative(): { native?: ShmNative; reason?: string } {
  * period (the kernel had not taken its last body yet) waits on a timer that does not keep the
  * process alive, and a process exiting within it left the segment in /dev/shm for good.
  */
-function removedAtExit(native: ShmNative, mod: ShmModule): ShmNative {
+function removedAtExit(native: ShmNative): ShmNative {
   const own = new Set<string>();
   process.once("exit", () => {
     for (const name of own) {
       try {
-        mod.destroy(name);
+        native.destroy(name);
       } catch {
         // already gone
       }

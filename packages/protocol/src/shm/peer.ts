@@ -26,8 +26,8 @@ export const SHM_DEFAULT_THRESHOLD = 64 * 1024;
 /**
  * One shared-memory segment, as this side reaches it. Every access copies, and an access past
  * the segment's current end is short, never a fault: a peer can shrink its segment (ftruncate)
- * at any moment, and the kernel must not die of it (the kernel reads and writes through the
- * file descriptor, never through a mapping).
+ * at any moment (the kernel empties its own at a session's end), and neither side may die of it
+ * (both read and write through the file descriptor, never through a mapping).
  */
 export interface ShmSegment {
   /**
@@ -40,18 +40,17 @@ export interface ShmSegment {
 }
 
 /**
- * Opens named shared-memory segments. The protocol package does no I/O: the kernel supplies
- * this over the segment's file (pread/pwrite, see its transport), the client over a mapping
- * from its native module (POSIX shm_open + mmap, mode 0600).
+ * Opens named shared-memory segments. The protocol package's main entry does no I/O: both sides
+ * supply this over the segments' files (`@kpip/protocol/shm-files`: pread/pwrite, never a mapping).
  */
 export interface ShmNative {
   /** Creates a segment of `size` bytes, 0600; null if one with that name exists. */
   create(name: string, size: number): ShmSegment | null;
   /** Opens an existing segment; null if there is none (or it is not a regular segment). */
   open(name: string): ShmSegment | null;
-  /** Unmaps a segment this process mapped (the segment itself stays). */
+  /** Lets go of a segment this side opened (the segment itself stays). */
   detach(name: string): void;
-  /** Unmaps and removes a segment (the kernel also empties its own, so that no peer mapping it keeps its pages). */
+  /** Lets go of and removes a segment (emptied first, so that no peer still holding it keeps its pages). */
   destroy(name: string): void;
 }
 
@@ -109,8 +108,8 @@ const badChecksum = () => new ShmError("SHM_BAD_CHECKSUM", "the shared-memory bo
 
 /**
  * One side of a session's shared-memory channel. Each side writes large bodies into its own
- * segment (created on its first large body — mappings count against V8's external memory, so
- * sessions that never send bulk never pay for them — sized for one maximum body) and sends a descriptor frame
+ * segment (created on its first large body, so sessions that never send bulk never hold one;
+ * sized for one maximum body) and sends a descriptor frame
  * instead; the receiver copies the body out, checks its CRC-32, and records the sequence
  * number in the segment's control word, which frees the region. One body is outstanding per
  * direction: while the previous one is not consumed, the next large frame goes inline.
