@@ -15,6 +15,7 @@ import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
 import {
+  boundedMessage,
   checkEnvelope,
   elapsedUs,
   FAILED_EARLY,
@@ -122,7 +123,7 @@ export class Pipeline {
     if (intent && intent.length > (this.deps.refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
     entry.status = "FAILURE";
     entry.errorClass = r.errorClass;
-    entry.message = r.audited ?? r.message;
+    entry.message = boundedMessage(r.audited ?? r.message);
     entry.durationUs = elapsedUs(ctx);
     return this.deps.audit.appendRow(entry);
   }
@@ -438,7 +439,7 @@ export class Pipeline {
     if (effects) entry.intent = null;
     entry.status = response.status;
     entry.errorClass = refusal?.errorClass ?? null;
-    entry.message = refusal?.message ?? null;
+    entry.message = refusal ? boundedMessage(refusal.message) : null;
     entry.durationUs = elapsedUs(ctx);
     entry.detail = statusDetail(response.status, result?.audit);
     return audit.appendRow(
