@@ -281,7 +281,21 @@ export class Pipeline {
   };
 
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
-    execute(ctx, this.deps.dedupe, this.answers, this.lapsed);
+    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping);
+
+  /** Set by the kernel's stop as it ends the sessions left after the drain ({@link stopEffects}). */
+  private effectsStopped = false;
+  private readonly stopping = (): boolean => this.effectsStopped;
+
+  /**
+   * From now on no request's effect commits (`atomically` refuses RESOURCE): the kernel's stop
+   * calls it as it ends the sessions whose requests outlasted the drain. Their handlers may still
+   * be awaiting (a body's file, an upload's sync); one that then committed did so while the stop
+   * closed the audit log, an effect with no outcome record, after the kernel.stop record.
+   */
+  stopEffects(): void {
+    this.effectsStopped = true;
+  }
 
   private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 
