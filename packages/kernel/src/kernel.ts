@@ -290,6 +290,8 @@ export class Kernel {
     if ((await Promise.race([Promise.all(drains), timeout])) === "timeout") {
       this.log.warn({ sessions: s.sessions.sessionCount() }, "drain timed out: closing remaining sessions");
     }
+    // Requests that outlasted the drain are abandoned with their sessions: none commits an effect from now on.
+    s.pipeline.stopEffects();
     for (const x of s.sessions.all()) x.kill();
     await grpcClosed;
     await s.compute.stop();

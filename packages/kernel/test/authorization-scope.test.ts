@@ -69,6 +69,22 @@ describe("authorization scope: patterns, kernel topics, status, argument names",
     assert.ok((op.sessions as { persona: string }[]).some((x) => x.persona === "dave"));
   });
 
+  it("system.info counts a persona's own sessions only: another persona's connecting does not show", async () => {
+    const erin = await s.t.persona("erin", [{ ops: ["system.info"], targets: ["kernel://"] }]);
+    const frank = await s.t.persona("frank", [{ ops: ["system.info"], targets: ["kernel://"] }]);
+    const e = await s.t.connect(erin.identity, [erin.token]);
+    const count = async () => ((await e.call("system.info", "kernel://")).payload as { sessions: number }).sessions;
+    const before = await count();
+    // frank's sessions come and go: erin, with no right over frank, must not be able to watch them.
+    const opened = await Promise.all([1, 2, 3].map(() => s.t.connect(frank.identity, [frank.token])));
+    assert.equal(await count(), before, "frank's sessions showed in erin's system.info");
+    assert.equal(before, 1, "erin sees her own session");
+    for (const c of opened) await c.close();
+    // The operator still counts every session.
+    const all = ((await s.admin.call("system.info", "kernel://")).payload as { sessions: number }).sessions;
+    assert.ok(all >= 2, `the admin counts ${all}`);
+  });
+
   it("names from Object.prototype are no argument of any op", async () => {
     for (const name of ["constructor", "toString", "hasOwnProperty", "valueOf", "__defineGetter__"]) {
       await assert.rejects(s.admin.call("system.health", "kernel://", { [name]: 1 }), klass("SEMANTIC"), name);

@@ -3,6 +3,7 @@ import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
 import { KernelUnavailableError } from "@kpip/client";
 import { encodeMessage } from "@kpip/protocol";
+import type { OpError, OpResult, PrimitiveFamily } from "../src/index.js";
 import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
 import { seenNothing, slowFamily } from "./slow-family.js";
 import { auditRecord, RawPeer, requestFrame } from "./wire.js";
@@ -57,6 +58,66 @@ describe("session lifecycle over real sockets", () => {
     // the handler finishes after the kernel stopped: that must not throw in the embedding process
     await until(() => seen.stuckReturned === 1, 30_000, "the stuck handler to return");
     removeHome(t.home);
+  });
+
+  it("a handler with effects still in flight when stop ends its session commits nothing afterwards, and its refusal is on the record", async () => {
+    // An op with effects whose handler awaits (as storage.write awaits its body's file, an upload's
+    // commit its sync) until the stop, past drainTimeoutMs, has ended its session; then it commits.
+    const seen = { started: 0, committed: 0, refused: "" };
+    const late: PrimitiveFamily = {
+      name: "late",
+      ops: [
+        {
+          op: "late.commit",
+          description: "commits once its session has ended",
+          targets: ["kernel"],
+          args: {},
+          idempotent: false,
+          effects: true,
+          handler: (ctx) =>
+            new Promise<OpResult>((resolve, reject) => {
+              seen.started++;
+              ctx.signal.addEventListener("abort", () => {
+                try {
+                  resolve(
+                    ctx.atomically((): OpResult => {
+                      seen.committed++;
+                      return { status: "SUCCESS" };
+                    }),
+                  );
+                } catch (e) {
+                  seen.refused = `${(e as OpError).errorClass}: ${(e as Error).message}`;
+                  reject(e);
+                }
+              });
+            }),
+        },
+      ],
+    };
+    const t = await startKernel({ drainTimeoutMs: 50 }, undefined, (k) => k.register(late));
+    try {
+      const c = await t.admin();
+      const call = c.call("late.commit", "kernel://").catch((e: unknown) => e);
+      await until(() => seen.started === 1, 30_000, "the handler running");
+      await t.k.stop();
+      assert.ok((await call) instanceof KernelUnavailableError);
+      // Stopped: the kernel.stop record is the last word, no effect lands after its sessions ended.
+      assert.equal(seen.committed, 0, "nothing committed after the stop ended the session");
+      assert.match(seen.refused, /^RESOURCE: the kernel is stopping/);
+      const t2 = await startKernel({}, t.home);
+      const rows = t2.k.inspect.queryAudit({ limit: 1000 }).filter((r) => r.op === "late.commit");
+      assert.deepEqual(
+        rows.map((r) => [r.phase, r.status, r.errorClass]),
+        [
+          ["intent", null, null],
+          ["outcome", "FAILURE", "RESOURCE"],
+        ],
+      );
+      await t2.stop();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("GOODBYE from the peer: in-flight answered, new REQUESTs refused PROTOCOL, then GOODBYE and close", async () => {

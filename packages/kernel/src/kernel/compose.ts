@@ -197,7 +197,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           kernelId,
           version: KERNEL_VERSION,
           startedAt,
-          sessions: () => sessions.sessionCount(),
+          // The operator counts every session; a persona its own tree's, as system.status lists them.
+          sessions: (persona) => (persona === c.adminPersona ? sessions.sessionCount() : sessions.sessionCountWithin(persona)),
           // Defined below, over services built after this family; asked only once the kernel serves.
           status: (persona) => status(persona),
           sandbox: () => sandboxInfo(box),

@@ -1,3 +1,4 @@
+import { personaWithin } from "@kpip/protocol";
 import { TICK_SLICE_SESSIONS } from "../limits.js";
 import type { QueuedTotals } from "../pipeline/answer-budget.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
@@ -193,6 +194,12 @@ export class SessionRegistry implements SessionCounts {
 
   sessionCount(): number {
     return this.sessions.size;
+  }
+  /** Open sessions of `persona` and of the personas under it: what system.info counts for a persona. */
+  sessionCountWithin(persona: string): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.persona && personaWithin(s.persona, persona)) n++;
+    return n;
   }
   attestedCount(): number {
     return this.treeOf.size;

@@ -245,7 +245,32 @@ export function answer(ctx: RequestCtx, r: OpResult): Response {
 }
 
 export function failure(ctx: RequestCtx, r: Refusal): Response {
-  return { version: ctx.session.version, id: ctx.req.id, status: "FAILURE", error: r.errorClass, message: r.message };
+  return {
+    version: ctx.session.version,
+    id: ctx.req.id,
+    status: "FAILURE",
+    error: r.errorClass,
+    message: boundedMessage(r.message),
+  };
+}
+
+/** The most UTF-8 bytes of a FAILURE message, in its answer and its record (PROTOCOL §6.8). */
+export const FAILURE_MESSAGE_MAX_BYTES = 4096;
+
+/**
+ * A FAILURE message cut to {@link FAILURE_MESSAGE_MAX_BYTES}, ending in `…` when cut. Messages
+ * quote what a request chose (an argument's or a limit's name, up to a frame's size): uncut, one
+ * refusal wrote that much into its audit record, past the refusal's intent bound, and its
+ * answer broke `text(65536)`, which a peer refuses as a protocol violation.
+ */
+export function boundedMessage(m: string): string {
+  // Three UTF-8 bytes at most per UTF-16 unit: most messages are measured by their length alone.
+  if (m.length * 3 <= FAILURE_MESSAGE_MAX_BYTES || Buffer.byteLength(m) <= FAILURE_MESSAGE_MAX_BYTES) return m;
+  const b = Buffer.from(m.slice(0, FAILURE_MESSAGE_MAX_BYTES));
+  let end = FAILURE_MESSAGE_MAX_BYTES - 3; // room for "…"
+  // Never inside a character: back to the first byte of the one that would be split.
+  while (end > 0 && ((b[end] as number) & 0xc0) === 0x80) end--;
+  return `${b.subarray(0, end).toString()}…`;
 }
 
 export function elapsedUs(ctx: RequestCtx): number {

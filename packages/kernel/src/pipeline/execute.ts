@@ -19,6 +19,8 @@ export function execute(
   dedupe: DedupeCache,
   answers: AnswerBudget,
   lapsed: Lapsed,
+  /** The kernel is stopping: no effect commits any more (Pipeline.stopEffects). */
+  stopping: () => boolean = () => false,
 ): OpResult | Promise<OpResult> {
   const { session: s, req } = ctx;
   const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
@@ -47,7 +49,7 @@ export function execute(
     grant: ctx.decision?.grant,
     handles: s.handles,
     // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, lapsed),
+    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, lapsed, stopping),
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
@@ -117,10 +119,13 @@ function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
 }
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
-function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed): OpContext["atomically"] {
+function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed, stopping: () => boolean): OpContext["atomically"] {
   const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
+    // Its session was ended by the kernel's stop: the audit log closes next, so an effect now
+    // would have no outcome record. Retryable: the retry runs afresh once the kernel is back.
+    if (stopping()) throw new OpError("RESOURCE", "the kernel is stopping: nothing was changed; retry once it is back");
     // The decision was taken when the request arrived; a handler that awaited since (a body
     // written to the file store, an upload synced) must not commit past a revocation or expiry
     // answered meanwhile (PROTOCOL §13).

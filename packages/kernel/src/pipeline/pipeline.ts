@@ -15,6 +15,7 @@ import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
 import type { Admission } from "./admission.js";
 import { AnswerBudget } from "./answer-budget.js";
 import {
+  boundedMessage,
   checkEnvelope,
   elapsedUs,
   FAILED_EARLY,
@@ -122,7 +123,7 @@ export class Pipeline {
     if (intent && intent.length > (this.deps.refusals?.intentMaxBytes ?? 1024)) entry.intent = null;
     entry.status = "FAILURE";
     entry.errorClass = r.errorClass;
-    entry.message = r.audited ?? r.message;
+    entry.message = boundedMessage(r.audited ?? r.message);
     entry.durationUs = elapsedUs(ctx);
     return this.deps.audit.appendRow(entry);
   }
@@ -280,7 +281,21 @@ export class Pipeline {
   };
 
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
-    execute(ctx, this.deps.dedupe, this.answers, this.lapsed);
+    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping);
+
+  /** Set by the kernel's stop as it ends the sessions left after the drain ({@link stopEffects}). */
+  private effectsStopped = false;
+  private readonly stopping = (): boolean => this.effectsStopped;
+
+  /**
+   * From now on no request's effect commits (`atomically` refuses RESOURCE): the kernel's stop
+   * calls it as it ends the sessions whose requests outlasted the drain. Their handlers may still
+   * be awaiting (a body's file, an upload's sync); one that then committed did so while the stop
+   * closed the audit log, an effect with no outcome record, after the kernel.stop record.
+   */
+  stopEffects(): void {
+    this.effectsStopped = true;
+  }
 
   private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
 
@@ -438,7 +453,7 @@ export class Pipeline {
     if (effects) entry.intent = null;
     entry.status = response.status;
     entry.errorClass = refusal?.errorClass ?? null;
-    entry.message = refusal?.message ?? null;
+    entry.message = refusal ? boundedMessage(refusal.message) : null;
     entry.durationUs = elapsedUs(ctx);
     entry.detail = statusDetail(response.status, result?.audit);
     return audit.appendRow(

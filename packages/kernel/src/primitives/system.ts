@@ -15,7 +15,11 @@ export interface SystemInfo {
   kernelId: string;
   version: string;
   startedAt: number;
-  sessions: () => number;
+  /**
+   * Open sessions as `persona` may count them: the operator every session; any other persona its
+   * own and its sub-personas' (other personas' coming and going is not its business).
+   */
+  sessions: (persona: string) => number;
   /**
    * What `system.status` shows `persona`: the operator (the admin persona) sees transports, the
    * home, every session, ops, agents, the audit head and events; any other persona sees the
@@ -36,7 +40,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
         handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
       }),
       implement(systemInfo, {
-        handler: () => ({
+        handler: (ctx) => ({
           status: "SUCCESS",
           payload: {
             kernel: info.kernelId,
@@ -44,7 +48,7 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
             protocol: PROTOCOL_VERSION,
             protocols: [...SUPPORTED_VERSIONS],
             startedAt: info.startedAt,
-            sessions: info.sessions(),
+            sessions: info.sessions(ctx.persona),
             sandbox: info.sandbox(),
           },
         }),

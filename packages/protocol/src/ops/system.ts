@@ -29,7 +29,8 @@ export const systemHealth = defineOp({
 
 export const systemInfo = defineOp({
   op: "system.info",
-  description: "Kernel id, version, protocol versions, start time, session count and the process sandbox.",
+  description:
+    "Kernel id, version, protocol versions, start time, session count and the process sandbox. The admin (operator) counts every open session; any other persona its own and its sub-personas' only.",
   targets: ["kernel"],
   args: {},
   result: {
@@ -43,7 +44,7 @@ export const systemInfo = defineOp({
       description: "every protocol version it speaks",
     },
     startedAt: { type: "uint", required: true, description: "start time, ms since the epoch" },
-    sessions: { type: "uint", required: true, description: "open sessions" },
+    sessions: { type: "uint", required: true, description: "open sessions (persona view: the caller's and its sub-personas')" },
     sandbox,
   },
   idempotent: true,
