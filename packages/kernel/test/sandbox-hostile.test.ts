@@ -210,6 +210,17 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     assert.doesNotMatch(out, /REALTIME|RAISED/);
   });
 
+  it("an argument with a NUL byte is refused SEMANTIC by its place among the persona's arguments, before anything starts", async () => {
+    const d = await s.admin.call("compute.submit", "op://command/sh", { args: ["-c", "echo ran", "x\u0000y"] });
+    await assert.rejects(s.admin.ops.wait((d.payload as { op: string }).op), (e: Error & { errorClass?: string }) => {
+      assert.equal(e.errorClass, "SEMANTIC");
+      assert.match(e.message, /argument 2 contains a NUL byte/);
+      assert.doesNotMatch(e.message, /args\[\d+\]/, "nothing of bubblewrap's command line");
+      return true;
+    });
+    await assertServing();
+  });
+
   it("a fork bomb stops at the sandbox's process bound", async () => {
     const m = marker();
     // In a subshell: the shell gives up ("Cannot fork") when the bound is reached.

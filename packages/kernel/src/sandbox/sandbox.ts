@@ -459,6 +459,16 @@ export class Sandbox {
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
+    // exec ends an argument at a NUL: refused here, by its place among the persona's arguments
+    // (Node's own refusal named its place in bubblewrap's command line, a view of the sandbox's set-up).
+    const nul = [spec.executable, ...spec.args].findIndex((a) => a.includes("\0"));
+    if (nul >= 0)
+      throw new OpError(
+        "SEMANTIC",
+        nul === 0
+          ? "the executable's name contains a NUL byte"
+          : `argument ${nul - 1} contains a NUL byte, which no process argument can carry`,
+      );
     if (this.config.mode === "bwrap") this.recheck();
     const root = this.config.scratchRoot;
     const lockFile = this.config.lockRoot;
