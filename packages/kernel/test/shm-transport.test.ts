@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { closeSync, existsSync, fstatSync, openSync, readdirSync, statSync, truncateSync } from "node:fs";
+import {
+  closeSync,
+  existsSync,
+  fstatSync,
+  ftruncateSync,
+  openSync,
+  readdirSync,
+  readSync,
+  statSync,
+  truncateSync,
+} from "node:fs";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -388,14 +398,43 @@ describe("shared memory for bulk bodies (Unix socket)", () => {
   it("a client that reads an answer after the kernel emptied its segment loses that session, not its process (no SIGBUS)", async () => {
     // The kernel empties its segment when the grace period of a session's last body ends; a
     // client whose event loop was held that long (or a faulty kernel) reads it afterwards.
-    const r = await runProcess(process.execPath, [
-      fileURLToPath(new URL("../../test/fixtures/shm-late-reader.mjs", import.meta.url)),
-      t.k.socketPath,
-      join(t.home, "admin.identity"),
-      join(t.home, "admin.token"),
-    ]);
+    let emptied: Promise<void> | undefined;
+    const r = await runProcess(
+      process.execPath,
+      [
+        fileURLToPath(new URL("../../test/fixtures/shm-late-reader.mjs", import.meta.url)),
+        t.k.socketPath,
+        join(t.home, "admin.identity"),
+        join(t.home, "admin.token"),
+      ],
+      {
+        onLine: (line) => {
+          if (!line.startsWith("SEGMENT ")) return;
+          const seg = line.slice("SEGMENT ".length);
+          // The kernel runs on this thread: once the second body (bytes 0x22) is seen in its
+          // segment, the whole answer is there. Then the segment is emptied as the kernel's end of a session does.
+          emptied = until(
+            () => {
+              const probe = Buffer.alloc(1);
+              const fd = openSync(seg, "r+");
+              try {
+                readSync(fd, probe, 0, 1, 8 + SHM_CONTROL_BYTES + 512 * 1024);
+                if (probe[0] !== 0x22) return false;
+                ftruncateSync(fd, 0);
+                return true;
+              } finally {
+                closeSync(fd);
+              }
+            },
+            30_000,
+            "the second answer in the kernel's segment",
+          ).then(() => {});
+        },
+      },
+    );
+    await emptied;
     assert.equal(r.code, 0, `the client process survived the shrunk segment: ${r.err}`);
-    const late = JSON.parse(r.out.trim()) as { error: string; code: string };
+    const late = JSON.parse(r.out.trim().split("\n").at(-1) as string) as { error: string; code: string };
     assert.equal(late.error, "ProtocolViolationError", r.out);
     assert.match(r.out, /SHM_OUT_OF_BOUNDS|outside its segment/, "the read failed as a short read of the segment");
   });
