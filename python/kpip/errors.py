@@ -136,9 +136,10 @@ class KernelUnavailable(LocalError):
 
 
 class UntrustedSocket(LocalError):
-    """The Unix socket to connect to belongs to another user. A kernel's socket is its own user's
-    (0600 in a 0700 directory, PROTOCOL §4): one of another user's at the path was put there by
-    them, a fake kernel that would get the identity's signature and every token. Nothing is sent."""
+    """The kernel at the Unix socket runs as another user (SO_PEERCRED; where there is none, the
+    socket file belongs to another user). A kernel's socket is its own user's (0600 in a 0700
+    directory, PROTOCOL §3.4): one of another user's at the path was put there by them, a fake
+    kernel that would get the identity's signature and every token. Nothing is sent."""
 
 
 class DeadlineExceeded(LocalError):

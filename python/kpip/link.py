@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,10 +17,15 @@ from .identity import Identity, attestation_transcript
 from .messages import Message, decode_message, encode_message
 from .shm import SHM_FEATURE, ShmChannel, ShmError, segment_name, unavailable
 
+# Linux's SO_PEERCRED (struct ucred); elsewhere the socket's owner is checked before connecting.
+PEERCRED: int | None = getattr(socket, "SO_PEERCRED", None)
+
+
 def untrusted_owner(path: str) -> UntrustedSocket | None:
     """Why the socket at `path` is not to be trusted: it belongs to a user other than this
-    process's (checked at every connect, reconnects included). Root reaches every user's kernel
-    and is not checked; a path that is not there is left to the connect to report."""
+    process's. Only where the kernel cannot say who is connected (no SO_PEERCRED): a stat before
+    the connect, which a user able to change the socket's directory can race. Root reaches every
+    user's kernel and is not checked; a path that is not there is left to the connect to report."""
     me = os.geteuid() if hasattr(os, "geteuid") else None
     if me is None or me == 0:
         return None
@@ -31,6 +38,23 @@ def untrusted_owner(path: str) -> UntrustedSocket | None:
     return UntrustedSocket(
         f"the socket {path} belongs to uid {owner}, not to this user (uid {me}): a kernel's socket is its"
         " own user's, so another user put this one there; nothing was sent to it"
+    )
+
+
+def untrusted_peer(sock: socket.socket, path: str) -> UntrustedSocket | None:
+    """Why the process connected to at `path` is not to be trusted: it runs as a user other than
+    this process's or root (SO_PEERCRED, the listener's credentials, read from the connection
+    itself: no socket swapped at the path after a check can pass it). Checked at every connect,
+    reconnects included, before anything is sent. Root reaches every user's kernel."""
+    me = os.geteuid()
+    if me == 0 or PEERCRED is None:
+        return None
+    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, PEERCRED, struct.calcsize("3i")))
+    if uid in (me, 0):
+        return None
+    return UntrustedSocket(
+        f"the kernel at {path} runs as uid {uid}, not as this user (uid {me}): a kernel's socket is its own"
+        " user's, so another user listens there; nothing was sent to it"
     )
 
 
@@ -74,13 +98,17 @@ class Link:
 
     @staticmethod
     async def open(path: str) -> Link:
-        untrusted = untrusted_owner(path)
+        untrusted = untrusted_owner(path) if PEERCRED is None else None
         if untrusted is not None:
             raise untrusted
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
         except OSError as e:
             raise KernelUnavailable(f"no kernel at {path}: {e.strerror or e}") from e
+        untrusted = None if PEERCRED is None else untrusted_peer(writer.get_extra_info("socket"), path)
+        if untrusted is not None:
+            writer.close()
+            raise untrusted
         return Link(reader, writer)
 
     def write(self, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import tempfile
 import unittest
 from unittest import mock
@@ -174,26 +175,44 @@ if __name__ == "__main__":
 
 
 class SocketOwner(unittest.IsolatedAsyncioTestCase):
-    """A kernel's socket is its own user's (PROTOCOL §4): one of another user's is never spoken to."""
+    """A kernel's socket is its own user's (PROTOCOL §3.4): one served by another user is never spoken to."""
 
     async def test_a_socket_of_another_user_is_refused_before_anything_is_sent(self) -> None:
+        heard: list[int] = []
+
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            heard.append(len(await reader.read()))  # all the client sent before it closed
             writer.close()
 
+        root = os.geteuid() == 0
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "kernel.sock")
-            server = await asyncio.start_unix_server(on_connect, path)
-            owner = os.stat(path).st_uid
+            if root:
+                # The listener as uid 65534 (SO_PEERCRED names who called listen()), its socket file
+                # then given to the client's uid, 65533: as if swapped in after a check of the file.
+                os.chmod(d, 0o777)
+                os.seteuid(65534)
+                try:
+                    server = await asyncio.start_unix_server(on_connect, path)
+                finally:
+                    os.seteuid(0)
+                listener, me = 65534, 65533
+                os.chown(path, me, me)
+            else:
+                server = await asyncio.start_unix_server(on_connect, path)
+                listener, me = os.geteuid(), os.geteuid() + 1
             try:
-                # This process as seen by another (unprivileged) uid than the socket's owner.
-                with mock.patch("kpip.link.os.geteuid", return_value=owner + 1):
+                with mock.patch("kpip.link.os.geteuid", return_value=me):
                     with self.assertRaises(kpip.UntrustedSocket) as caught:
                         await kpip.Client.connect(path, kpip.Identity.generate("alice"), **FAST)  # type: ignore[arg-type]
-                self.assertIn(f"belongs to uid {owner}", str(caught.exception))
-                # The socket's own user (or root) connects: the check lets it through to the handshake.
-                for uid in (owner, 0):
-                    with mock.patch("kpip.link.os.geteuid", return_value=uid):
-                        self.assertIsNone(kpip.link.untrusted_owner(path))
+                self.assertIn(f"runs as uid {listener}, not as this user (uid {me})", str(caught.exception))
+                await until(lambda: len(heard) == 1, "the listener to see the client go")
+                self.assertEqual(heard, [0], "nothing was sent to it")
+                # The listener's own user, and root, are let through to the handshake.
+                for uid in (listener, 0):
+                    with socket.socket(socket.AF_UNIX) as s, mock.patch("kpip.link.os.geteuid", return_value=uid):
+                        s.connect(path)
+                        self.assertIsNone(kpip.link.untrusted_peer(s, path))
             finally:
                 server.close()
                 await server.wait_closed()

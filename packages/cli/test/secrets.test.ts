@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { chmodSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -132,6 +142,60 @@ describe("a socket of another user's where the kernel's should be", () => {
     } finally {
       fake.close();
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("gets nothing either from a socket of the CLI's own user in a directory another user can change (it could be swapped between the check and the connect); one in a sticky directory is connected to", {
+    skip,
+  }, async () => {
+    const base = mkdtempSync(join(tmpdir(), "kpip-fake-dir-"));
+    chmodSync(base, 0o755);
+    const identity = join(base, "admin.identity");
+    writeFileSync(identity, serializeIdentity(generateIdentity("admin")), { mode: 0o644 });
+    const run = async (mode: number) => {
+      const dir = join(base, mode.toString(8));
+      mkdirSync(dir);
+      chmodSync(dir, mode); // root's: only root (trusted) and, by its mode, everyone else may change it
+      let heard = 0;
+      let cli: ChildProcess | undefined;
+      const fake = createServer((s) => {
+        heard++;
+        s.destroy();
+        cli?.kill("SIGKILL"); // it connected: that is all this asks (it would retry its connect)
+      });
+      const sock = join(dir, "kernel.sock");
+      await new Promise<void>((r) => fake.listen(sock, r));
+      chownSync(sock, 65534, 65534); // the CLI's own: the owner check alone lets it through
+      try {
+        const child = spawn(process.execPath, [MAIN, "call", "system.health", "--socket", sock, "--identity", identity], {
+          uid: 65534,
+          gid: 65534,
+          stdio: ["ignore", "pipe", "pipe"],
+        });
+        cli = child;
+        let err = "";
+        child.stderr.on("data", (d: Buffer) => {
+          err += d;
+        });
+        const code = await new Promise<number | null>((r) => child.once("exit", r));
+        await new Promise((r) => setImmediate(r));
+        return { code, err, heard };
+      } finally {
+        fake.close();
+      }
+    };
+    try {
+      // World-writable without the sticky bit: anyone may rename the socket away and put theirs there.
+      const open = await run(0o777);
+      assert.equal(open.code, 2, open.err);
+      assert.match(open.err, /kernel\.sock is not to be trusted: its directory .* is writable by others/);
+      assert.equal(open.heard, 0, "no connection reached the fake kernel");
+      // Sticky (like /tmp): only the socket's owner, the directory's and root may rename or remove it.
+      const sticky = await run(0o1777);
+      assert.doesNotMatch(sticky.err, /not to be trusted/);
+      assert.ok(sticky.heard >= 1, sticky.err);
+    } finally {
+      rmSync(base, { recursive: true, force: true });
     }
   });
 });

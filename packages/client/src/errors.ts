@@ -22,10 +22,11 @@ export class HandshakeClosedError extends KernelUnavailableError {
 }
 
 /**
- * The Unix socket to connect to belongs to another user. A kernel's socket is its own user's
- * (0600 in a 0700 directory, PROTOCOL §4), so only that user can reach it: a socket of another
- * user's at the path was put there by them — a fake kernel that would receive the identity's
- * signature and every token (and could relay them to the real one). Nothing is sent to it.
+ * The Unix socket to connect to belongs to another user, or lies where another user could swap
+ * it (a directory on its path they may change). A kernel's socket is its own user's (0600 in a
+ * 0700 directory, PROTOCOL §3.4), so only that user can reach it: a socket of another user's at
+ * the path was put there by them — a fake kernel that would receive the identity's signature
+ * and every token (and could relay them to the real one). Nothing is sent to it.
  */
 export class UntrustedSocketError extends LocalError {
   override name = "UntrustedSocketError";

@@ -37,9 +37,12 @@ describe("the budget of answers in preparation", () => {
   });
 
   it("counts answers queued unread across the tree and the kernel (the registry's totals): past either bound RESOURCE, nothing queued never refused", () => {
-    const b = new AnswerBudget(1000, 1000);
     const queued = { tree: 0, kernel: 0 };
-    b.queued = { totals: { tree: () => queued.tree, kernel: () => queued.kernel }, perTree: 50, kernel: 80 };
+    const b = new AnswerBudget(1000, 1000, {
+      totals: { tree: () => queued.tree, kernel: () => queued.kernel },
+      perTree: 50,
+      kernel: 80,
+    });
     const l = b.lease("a");
     l.hold(500); // nothing queued anywhere: one answer is never refused
     l.release();
@@ -227,6 +230,8 @@ describe("answers queued unread across a persona tree's sessions", () => {
       );
       assert.equal((served.payload as { data: Uint8Array }).data.length, MiB);
       for (const p of [...stalled, probe]) p.close();
+      // The running totals are exact: with every session read or closed, nothing is counted.
+      await until(() => t.k.queuedUnreadBytes === 0 || undefined, 30_000, "no bytes counted as unread");
     });
   });
 });

@@ -133,6 +133,37 @@ describe("gRPC: a peer that does not read its answers", () => {
   });
 });
 
+describe("gRPC: a peer that reads its answers", () => {
+  it("is not counted as holding answers unread once HTTP/2 took them: a few large messages drain (by bytes, not by grpc's count of messages)", async () => {
+    const OBJECT = 800 * 1024;
+    const t = await startKernel({
+      grpcListen: "127.0.0.1:0",
+      ...TLS,
+      maxBodyBytes: 1024 * 1024,
+      maxObjectBytes: 900 * 1024,
+      // No heartbeat PING within the test: a send to the session would count it afresh, hiding a missed drain.
+      heartbeatMs: 600_000,
+    });
+    try {
+      const c = await t.admin();
+      await c.storage.write("obj://ws1/big", Buffer.alloc(OBJECT, 1));
+      const s = await rawSession(t.k.grpcAddress as string, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+      // Paused, so the answers are queued unread (counted) when they are sent; then read.
+      s.call.pause();
+      for (let id = 1; id <= 3; id++) s.call.write(s.request(id, "storage.read", "obj://ws1/big"));
+      await until(() => t.k.queuedUnreadBytes > 0 || undefined, 30_000, "the answers counted as queued unread");
+      s.call.resume();
+      await until(() => s.frames.filter((m) => m.type === "RESPONSE").length === 3 || undefined, 30_000, "the three answers");
+      await until(() => t.k.queuedUnreadBytes === 0 || undefined, 30_000, "nothing counted as unread once read");
+      s.close();
+      await c.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("gRPC transport with TLS", () => {
   let t: TestKernel;
   let address: string;

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -12,6 +12,7 @@ import { KernelClient } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { HOME_FILES, ROOT_KEYS_FILE } from "../src/index.js";
+import { Sandbox } from "../src/sandbox/sandbox.js";
 import {
   addPersonaKey,
   connectAdminOf,
@@ -310,6 +311,63 @@ describe("the kernel keyring, which no namespace separates", { skip: keyringSkip
       child.kill("SIGTERM");
       await exited;
       removeHome(home);
+    }
+  });
+});
+
+describe("the seccomp filter's way to bubblewrap", { skip: keyringSkip }, () => {
+  it("goes through a pipe: no file is made for it at a launch, the trial run and a launch are filtered, and the process closes", async () => {
+    const { keyctl } = keyCalls ?? { keyctl: 0 };
+    const root = mkdtempSync(join(tmpdir(), "kpip-seccomp-"));
+    chmodSync(root, 0o711); // the sandbox's uid passes through to its scratch directory
+    const scratchRoot = join(root, "r");
+    const box = new Sandbox({
+      mode: "bwrap",
+      readPaths: [],
+      scratchRoot,
+      uid: 65534,
+      hidden: [],
+      limits: { processes: 0, memoryBytes: 0, cpuSeconds: 0, fileBytes: 0 },
+    });
+    // What is made in the scratch root (the filter's file was, beside the scratch directory).
+    mkdirSync(scratchRoot, { recursive: true, mode: 0o711 });
+    const seen: string[] = [];
+    const watcher = watch(scratchRoot, (_, name) => seen.push(String(name)));
+    try {
+      assert.equal(box.unavailable, undefined, "the trial run (its filter on standard input) ran");
+      // KEYCTL_SEARCH in the session keyring: EPERM from the filter (without it: no such key).
+      const script = `my ($t,$d)=("user","x"); syscall(${keyctl},10,-3,$t,$d,0); print "keyctl: $!\\n"`;
+      const launch = box.launch({
+        executable: PERL,
+        args: ["-e", script],
+        env: { PATH: "/usr/bin:/bin" },
+        network: false,
+        limits: box.config.limits,
+        extra: [],
+      });
+      const child = spawn(launch.file, launch.args, launch.options);
+      launch.spawned(child);
+      let out = "";
+      child.stdout?.on("data", (d: Buffer) => {
+        out += d;
+      });
+      // "close": every descriptor of the child's closed, the filter's pipe included.
+      const code = await new Promise<number | null>((r) => child.once("close", r));
+      assert.equal(code, 0, out);
+      assert.match(out, /keyctl: Operation not permitted/);
+      // A file made after the launch: its event comes after any the launch caused.
+      writeFileSync(join(scratchRoot, "sentinel"), "");
+      await until(() => seen.includes("sentinel") || undefined, 30_000, "the sentinel's event");
+      assert.deepEqual(
+        seen.filter((n) => n.endsWith(".seccomp")),
+        [],
+        "no file for the filter",
+      );
+      await launch.cleanup();
+    } finally {
+      watcher.close();
+      await box.close(false);
+      rmSync(root, { recursive: true, force: true });
     }
   });
 });

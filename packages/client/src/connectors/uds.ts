@@ -1,8 +1,8 @@
-import { statSync } from "node:fs";
 import net from "node:net";
 import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
-import { KernelUnavailableError, UntrustedSocketError } from "../errors.js";
+import { KernelUnavailableError, type UntrustedSocketError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
+import { untrustedSocket } from "./socket-trust.js";
 
 /** How long a connect keeps retrying while the kernel's listen queue is full (at most; the caller's deadline may be sooner). */
 const BUSY_WAIT_MS = 5000;
@@ -36,7 +36,7 @@ export class UdsConnector implements Connector {
 
   private once(): Promise<Channel> {
     return new Promise((resolve, reject) => {
-      const untrusted = untrustedOwner(this.address);
+      const untrusted = untrustedPath(this.address);
       if (untrusted) return reject(untrusted);
       const sock = this.dial(this.address);
       sock.setNoDelay(true);
@@ -59,24 +59,14 @@ export class UdsConnector implements Connector {
 }
 
 /**
- * Why the socket at `path` is not to be trusted: it belongs to a user other than this process's
- * (checked again at each reconnect: a socket swapped under a running client is refused too).
- * Root reaches every user's kernel and is not checked; a path that is not there is left to the
- * connect to report.
+ * Why the socket at `path` is not to be trusted (socket-trust.ts): checked again at each
+ * reconnect, so a socket swapped under a running client is refused too. Root reaches every
+ * user's kernel and is not checked.
  */
-function untrustedOwner(path: string): UntrustedSocketError | undefined {
+function untrustedPath(path: string): UntrustedSocketError | KernelUnavailableError | undefined {
   const me = process.geteuid?.();
   if (me === undefined || me === 0) return undefined;
-  let owner: number;
-  try {
-    owner = statSync(path).uid;
-  } catch {
-    return undefined;
-  }
-  if (owner === me) return undefined;
-  return new UntrustedSocketError(
-    `the socket ${path} belongs to uid ${owner}, not to this user (uid ${me}): a kernel's socket is its own user's, so another user put this one there; nothing was sent to it`,
-  );
+  return untrustedSocket(path, me);
 }
 
 /**

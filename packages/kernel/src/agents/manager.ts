@@ -230,11 +230,8 @@ export class AgentManager {
         extra: ["pipe", "pipe"],
         owner: (this.opts.roots ?? FIRST_SEGMENT).of(r.spawner),
       });
-      try {
-        child = spawn(launch.file, launch.args, launch.options);
-      } finally {
-        launch.spawned();
-      }
+      child = spawn(launch.file, launch.args, launch.options);
+      launch.spawned(child);
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();

@@ -18,7 +18,7 @@ export function capabilities(
   store: TokenStore,
   clock: () => number = Date.now,
   limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
-  /** Each grant's token row, read once: shared with the ledger and the process table. */
+  /** Each grant's token row, read once: shared with the ledger, the process table and the token service. */
   grantBounds: GrantBounds = new GrantBounds(store),
   /** The top of each persona's tree, for the token service's live-token bound: the kernel passes the registry's. */
   roots: TreeRoots = FIRST_SEGMENT,
@@ -27,6 +27,6 @@ export function capabilities(
   const revoked = new Revocations(store);
   return {
     enforcer: new CapEnforcer(keys, store, revoked, clock, limits, grantBounds),
-    tokens: new TokenService(keys, store, revoked, clock, limits, roots),
+    tokens: new TokenService(keys, store, revoked, clock, limits, roots, grantBounds),
   };
 }

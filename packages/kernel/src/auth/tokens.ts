@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds, FIRST_SEGMENT, grantBoundsOf, type TreeRoots, treeName } from "../resources/lineage.js";
+import { childBounds, FIRST_SEGMENT, GrantBounds, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -25,6 +25,8 @@ export class TokenService {
     readonly limits: EnforcerLimits,
     /** The top of each persona's tree (the live-token bound counts it): the kernel passes the registry's. */
     private readonly roots: TreeRoots = FIRST_SEGMENT,
+    /** Each grant's token row (its bounds and rate family), read once: the kernel's, shared with the enforcer. */
+    private readonly grantBounds: GrantBounds = new GrantBounds(store),
   ) {}
 
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
@@ -56,10 +58,8 @@ export class TokenService {
       maxExp = Math.min(maxExp, parent.maxExp);
     }
     const { kid, key } = this.keys.current();
-    // The parent's row, read once: its bounds and its rate family.
-    const parentRow = parent ? this.store.getToken(parent.id) : undefined;
     // What the chain's tokens hold over the personas spec.sub lies under: they bound it too.
-    const bounds = parent ? childBounds(spec.sub, parent, grantBoundsOf(parent, parentRow?.bounds ?? [])) : [];
+    const bounds = parent ? childBounds(spec.sub, parent, this.grantBounds.of(parent)) : [];
     const claims = {
       id: randomBytes(16).toString("hex"),
       kid,
@@ -84,7 +84,7 @@ export class TokenService {
       createdAt: now,
       // A child of a rate-limited token stays in its parent's family: the bucket is shared along
       // the chain, so minting children multiplies no rate. Without a parent rate, a new family.
-      family: parent?.limits.rate !== undefined ? (parentRow?.family ?? parent.id) : claims.id,
+      family: parent?.limits.rate !== undefined ? this.grantBounds.family(parent) : claims.id,
       bounds,
     });
     return token;

@@ -316,11 +316,8 @@ export class ComputeEngine {
         extra: [],
         owner: this.roots.of(op.persona),
       });
-      try {
-        child = spawn(launch.file, launch.args, launch.options);
-      } finally {
-        launch.spawned();
-      }
+      child = spawn(launch.file, launch.args, launch.options);
+      launch.spawned(child);
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();

@@ -170,7 +170,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const admission = new Admission(c);
     const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
     const sessions = new SessionRegistry(
-      { perTransport: c.preauthPerTransport, perPeer: c.preauthPerPeer },
+      {
+        perTransport: c.preauthPerTransport,
+        perPeer: c.preauthPerPeer,
+        // PONGs, small answers and events, which no read refusal bounds, stop here.
+        treeQueuedHardBytes: c.maxQueuedBytesPerPersona + c.maxWriteBuffer,
+      },
       (persona, attested, tree, root, transport) => {
         const full = admission.session(persona, attested, tree, root);
         if (full !== undefined) return { code: "TOO_MANY_SESSIONS", message: full.message };
@@ -372,9 +377,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     const bodies = new BodyPool(c.bodyPoolBytes);
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
-    const answers = AnswerBudget.forWriteBuffer(c.maxWriteBuffer);
-    answers.queued = { totals: sessions.queued, perTree: c.maxQueuedBytesPerPersona, kernel: c.maxQueuedBytes };
-    sessions.treeQueuedHardBytes = c.maxQueuedBytesPerPersona + c.maxWriteBuffer;
+    const answers = AnswerBudget.forWriteBuffer(c.maxWriteBuffer, {
+      totals: sessions.queued,
+      perTree: c.maxQueuedBytesPerPersona,
+      kernel: c.maxQueuedBytes,
+    });
     const pipeline = new Pipeline({
       ledger,
       router,

@@ -8,9 +8,19 @@ import type { SessionRefusal } from "../session/host.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
 import { SliceSweep } from "./slices.js";
+import { HEAVY_QUEUED_BYTES, UnreadTotals } from "./unread-totals.js";
 
-/** Bytes queued unread to one peer from which its session counts in the tree's and the kernel's queued answers. */
-export const HEAVY_QUEUED_BYTES = 64 * 1024;
+export { HEAVY_QUEUED_BYTES } from "./unread-totals.js";
+
+/** The registry's bounds: the pre-authentication budget's, and the persona tree's hard bound on bytes queued unread. */
+export interface SessionLimits extends PreauthLimits {
+  /**
+   * Most bytes queued unread to one persona tree's sessions before the one sent to is dropped
+   * (SLOW_CONSUMER): what no read refusal bounds (PONGs, small answers, events) stops here.
+   * Unbounded when absent.
+   */
+  treeQueuedHardBytes?: number;
+}
 
 /** What the registry tells its owner of: a connection shed from the pre-authentication budget. */
 export interface SessionEvents {
@@ -33,18 +43,17 @@ export class SessionRegistry implements SessionCounts {
   private readonly treeOf = new Map<Session, string>();
   private host: SessionHost | undefined;
   /**
-   * Sessions with at least {@link HEAVY_QUEUED_BYTES} queued to a peer that has not read them:
-   * what the answer budget sums over a tree and the kernel (those below it are bounded by
-   * maxSessions × that many bytes, and are not looked at).
+   * Bytes queued unread to sessions with at least HEAVY_QUEUED_BYTES queued, per persona tree
+   * and in all: what the answer budget reads at each hold (those below it are bounded by
+   * maxSessions × that many bytes, and are not counted).
    */
-  private readonly heavy = new Set<Session>();
-  /** The same by persona tree: a tree's sum walks its own sessions (at most maxSessionsPerPersona), not every heavy one. */
-  private readonly heavyByTree = new Map<string, Set<Session>>();
+  private readonly unread = new UnreadTotals<Session>();
+  private readonly treeQueuedHardBytes: number;
   /** The heartbeat sweep: a slice of sessions a turn, skipping any that closed meanwhile. */
   private readonly sweep = new SliceSweep<Session>(TICK_SLICE_SESSIONS, (s) => this.sessions.has(s));
 
   constructor(
-    preauth: PreauthLimits,
+    limits: SessionLimits,
     /**
      * The admission decision (the pipeline's admission stage, then the tree's open rate): a
      * refusal, given the attested sessions, all and the persona tree's. Undefined admits the session.
@@ -60,7 +69,8 @@ export class SessionRegistry implements SessionCounts {
     /** The top of each persona's tree. */
     private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {
-    this.preauth = new PreauthBudget(preauth);
+    this.preauth = new PreauthBudget(limits);
+    this.treeQueuedHardBytes = limits.treeQueuedHardBytes ?? Number.POSITIVE_INFINITY;
   }
 
   /** From now on accepted connections become sessions served by `host`; until then they are refused. */
@@ -109,56 +119,47 @@ export class SessionRegistry implements SessionCounts {
   }
 
   /**
-   * Most bytes queued unread to one persona tree's sessions before the one sent to is dropped
-   * (SLOW_CONSUMER): what no read refusal bounds (PONGs, small answers, events) stops here.
-   */
-  treeQueuedHardBytes = Number.POSITIVE_INFINITY;
-
-  /**
    * After a send to `s`'s peer, and when its connection drained: is much queued to it, unread?
-   * True when `s` is one of them and its tree's sessions hold more than {@link treeQueuedHardBytes}.
+   * True when its tree's sessions hold more than {@link SessionLimits.treeQueuedHardBytes}.
    */
   queuedTo(s: Session): boolean {
-    if (s.buffered >= HEAVY_QUEUED_BYTES) {
-      if (!this.sessions.has(s)) return false;
-      this.heavy.add(s);
-      const tree = this.treeOf.get(s);
-      if (tree === undefined) return false;
-      let mates = this.heavyByTree.get(tree);
-      if (!mates) {
-        mates = new Set();
-        this.heavyByTree.set(tree, mates);
-      }
-      mates.add(s);
-      return queuedOf(mates) > this.treeQueuedHardBytes;
+    const tree = this.count(s);
+    return tree !== undefined && this.unread.tree(tree) > this.treeQueuedHardBytes;
+  }
+
+  /** Counts what is queued unread to `s` now (when it is HEAVY_QUEUED_BYTES or more); its tree, when counted there. */
+  private count(s: Session): string | undefined {
+    const bytes = s.buffered;
+    if (bytes < HEAVY_QUEUED_BYTES) {
+      if (this.unread.size > 0) this.unread.remove(s);
+      return undefined;
     }
-    if (this.heavy.size > 0) this.light(s);
-    return false;
-  }
-
-  /** `s` no longer counts among the heavy sessions. */
-  private light(s: Session): void {
-    if (!this.heavy.delete(s)) return;
+    if (!this.sessions.has(s)) return undefined;
     const tree = this.treeOf.get(s);
-    const mates = tree === undefined ? undefined : this.heavyByTree.get(tree);
-    if (mates?.delete(s) && mates.size === 0) this.heavyByTree.delete(tree as string);
+    this.unread.set(s, bytes, tree);
+    return tree;
   }
 
-  /** What is queued unread to peers, as the answer budget asks for it. */
+  /**
+   * What is queued unread to peers, as the answer budget asks for it: running totals, each
+   * session counted as of its last send or drain (its peer may have read some since: an
+   * over-count until then) — the asking session's own counted afresh.
+   */
   readonly queued: QueuedTotals = {
-    kernel: () => queuedOf(this.heavy),
+    kernel: () => this.unread.kernel,
     tree: (session) => {
-      if (this.heavy.size === 0) return 0;
+      if (this.unread.size === 0) return 0;
       const s = this.byId.get(session);
-      const tree = s && this.treeOf.get(s);
-      const mates = tree === undefined ? undefined : this.heavyByTree.get(tree);
-      return mates ? queuedOf(mates) : 0;
+      if (s === undefined) return 0;
+      this.count(s);
+      const tree = this.treeOf.get(s);
+      return tree === undefined ? 0 : this.unread.tree(tree);
     },
   };
 
   /** A session closed: it is forgotten (a no-op for one already forgotten). */
   closed(s: Session): void {
-    this.light(s);
+    this.unread.remove(s);
     if (!this.sessions.has(s)) return;
     this.preauth.release(s);
     const tree = this.treeOf.get(s);
@@ -233,11 +234,4 @@ export class SessionRegistry implements SessionCounts {
     for (const s of this.sessions) n += s.inFlight;
     return n;
   }
-}
-
-/** Bytes queued unread to these sessions' peers now. */
-function queuedOf(sessions: Iterable<Session>): number {
-  let n = 0;
-  for (const s of sessions) n += s.buffered;
-  return n;
 }

@@ -11,18 +11,17 @@ import { OpError } from "../primitives/types.js";
 export class AnswerBudget {
   private readonly bySession = new Map<string, number>();
   private total = 0;
-  /**
-   * Answers already queued to peers that have not read them, across a persona tree's sessions
-   * and the kernel (the session registry's count), with their bounds. Per session alone, a
-   * persona with 64 sessions each holding half its write buffer unread held gigabytes.
-   */
-  queued: { totals: QueuedTotals; perTree: number; kernel: number } | undefined;
-
   constructor(
     /** Most bytes one session's answers in preparation may hold (the kernel's write buffer per peer). */
     readonly perSession: number,
     /** Most bytes all sessions' answers in preparation may hold. */
     readonly kernel: number,
+    /**
+     * Answers already queued to peers that have not read them, across a persona tree's sessions
+     * and the kernel (the session registry's count), with their bounds. Per session alone, a
+     * persona with 64 sessions each holding half its write buffer unread held gigabytes.
+     */
+    readonly queued?: QueuedBounds,
   ) {}
 
   /**
@@ -30,8 +29,8 @@ export class AnswerBudget {
    * per session (answers are written into that buffer, and a peer overflowing it is dropped),
    * twice it in the kernel.
    */
-  static forWriteBuffer(maxWriteBuffer: number): AnswerBudget {
-    return new AnswerBudget(Math.floor(maxWriteBuffer / 2), 2 * maxWriteBuffer);
+  static forWriteBuffer(maxWriteBuffer: number, queued?: QueuedBounds): AnswerBudget {
+    return new AnswerBudget(Math.floor(maxWriteBuffer / 2), 2 * maxWriteBuffer, queued);
   }
 
   /** Bytes held now, in the kernel. */
@@ -82,7 +81,7 @@ export class AnswerBudget {
    * in preparation (already in the kernel's total).
    */
   private checkQueued(session: string, held: number, bytes: number): void {
-    const q = this.queued as NonNullable<AnswerBudget["queued"]>;
+    const q = this.queued as QueuedBounds;
     const tree = q.totals.tree(session);
     if (tree === 0) return;
     if (tree + held + bytes > q.perTree)
@@ -119,6 +118,13 @@ function sessionFull(held: number, queued: number): OpError {
 export interface QueuedTotals {
   tree(session: string): number;
   kernel(): number;
+}
+
+/** Bytes queued unread to peers, and their bounds over a persona tree and over the kernel. */
+export interface QueuedBounds {
+  totals: QueuedTotals;
+  perTree: number;
+  kernel: number;
 }
 
 /** A session's connection: the bytes of answers queued to the peer and not yet read. */

@@ -122,7 +122,7 @@ export function childBounds(sub: string, parent: Grant, parentBounds: readonly B
  * token's own limits over the subject it was minted for ({@link Grant.above}): narrowing a token
  * to a sub-persona offline must not give that sub-persona a fresh allowance.
  */
-export function grantBoundsOf(grant: Grant, minted: readonly Bound[]): readonly Bound[] {
+function grantBoundsOf(grant: Grant, minted: readonly Bound[]): readonly Bound[] {
   return grant.above?.length ? [...minted, ...grant.above] : minted;
 }
 
@@ -134,9 +134,10 @@ interface GrantRow {
 
 /**
  * The bounds a request under a grant is held to, from the grant's token row (read once per
- * grant, shared with the enforcer's rate family): besides the grant's own limits (over its
- * subject's tree), every limit a token it was minted from holds — an agent's token and a token
- * minted for a sub-persona cannot use what the parent already used.
+ * grant, shared with the enforcer's rate family and the token service's mint, which passes them
+ * on): besides the grant's own limits (over its subject's tree), every limit a token it was
+ * minted from holds — an agent's token and a token minted for a sub-persona cannot use what the
+ * parent already used.
  */
 export class GrantBounds {
   private readonly cache = new WeakMap<Grant, GrantRow>();

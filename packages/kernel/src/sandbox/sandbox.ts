@@ -1,20 +1,8 @@
-import { type SpawnOptions, type SpawnSyncReturns, spawnSync } from "node:child_process";
+import { type ChildProcess, type SpawnOptions, type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import {
-  chmodSync,
-  chownSync,
-  closeSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  readlinkSync,
-  realpathSync,
-  rmdirSync,
-  unlinkSync,
-  writeFileSync,
-} from "node:fs";
+import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
+import type { Writable } from "node:stream";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
 import { OpError } from "../primitives/types.js";
@@ -112,6 +100,12 @@ export interface SandboxSpec {
    * behind that owner's own, never behind another's ({@link Sandbox.remove}).
    */
   owner?: string;
+  /**
+   * The seccomp filter on standard input (a spawnSync's `input`, {@link Launch.input}), not on a
+   * descriptor of its own: the program then starts with no standard input. For the trial run,
+   * whose spawnSync can feed only standard input.
+   */
+  filterOnStdin?: boolean;
 }
 
 /** What to hand node's spawn, and the scratch directory to remove when the process tree has ended. */
@@ -121,10 +115,12 @@ export interface Launch {
   options: SpawnOptions;
   scratch: string;
   /**
-   * Called once the process was spawned (or its spawn failed): closes the kernel's copy of the
-   * descriptor the seccomp filter is read from (the child has its own). Idempotent.
+   * Called once the process was spawned (`child`; absent when its spawn failed): writes the
+   * seccomp filter into the pipe bubblewrap reads it from, to its end. Idempotent.
    */
-  spawned(): void;
+  spawned(child?: ChildProcess): void;
+  /** With {@link SandboxSpec.filterOnStdin}: the filter, for spawnSync's `input`. */
+  input?: Buffer;
   /**
    * Removes the scratch directory (its rule: it lives exactly as long as its process tree), in
    * a child process, off the event loop. Never throws, never rejects: a failure is told to
@@ -281,6 +277,7 @@ export class Sandbox {
         network: false,
         limits: this.config.limits,
         extra: [],
+        filterOnStdin: true,
       });
     } catch (e) {
       return `cannot prepare a sandbox: ${(e as Error).message}`;
@@ -288,7 +285,12 @@ export class Sandbox {
     try {
       let r: SpawnSyncReturns<string>;
       try {
-        r = spawnSync(launch.file, launch.args, { ...launch.options, encoding: "utf8", timeout: 20_000 });
+        r = spawnSync(launch.file, launch.args, {
+          ...launch.options,
+          encoding: "utf8",
+          timeout: 20_000,
+          ...(launch.input ? { input: launch.input } : {}),
+        });
       } finally {
         launch.spawned();
       }
@@ -490,31 +492,22 @@ export class Sandbox {
     const owner = spec.owner ?? KERNEL_OWNER;
     const cleanup = () => this.remove([scratch], owner);
     const stdio = ["ignore", "pipe", "pipe", ...spec.extra] as unknown[];
-    // The seccomp filter, read by bubblewrap from a descriptor of its own, which it closes
-    // before the program runs. Its place is kept here, the file opened last (openFilter).
-    const seccompFd = this.config.mode === "bwrap" && this.filter ? stdio.length : undefined;
-    if (seccompFd !== undefined) stdio.push("ignore");
-    let filterFd: number | undefined;
-    // bubblewrap reads from the descriptor's offset: a file opened anew for each launch, unlinked at once.
-    const openFilter = () => {
-      if (seccompFd === undefined) return;
-      const file = `${scratch}.seccomp`;
-      try {
-        writeFileSync(file, this.filter as Buffer, { mode: 0o600, flag: "wx" });
-        filterFd = openSync(file, "r");
-      } finally {
-        try {
-          unlinkSync(file);
-        } catch {
-          // not made
-        }
-      }
-      stdio[seccompFd] = filterFd;
-    };
-    const spawned = () => {
-      if (filterFd === undefined) return;
-      closeSync(filterFd);
-      filterFd = undefined;
+    // The seccomp filter, read by bubblewrap to its end from a pipe of its own (node's socket
+    // pair), which it closes before the program runs; the kernel writes it once spawned. No file.
+    const filter = this.config.mode === "bwrap" ? this.filter : undefined;
+    const onStdin = filter !== undefined && spec.filterOnStdin === true;
+    const seccompFd = filter === undefined ? undefined : onStdin ? 0 : stdio.length;
+    if (seccompFd !== undefined) stdio[seccompFd] = "pipe";
+    let fed = onStdin;
+    const spawned = (child?: ChildProcess) => {
+      if (fed || seccompFd === undefined) return;
+      fed = true;
+      const pipe = child?.stdio[seccompFd] as Writable | null | undefined;
+      if (!pipe) return;
+      // bubblewrap gone before it read (it failed): nothing to tell.
+      pipe.on("error", () => {});
+      // Closed once written: what the pair holds stays readable by bubblewrap, then its end.
+      pipe.end(filter, () => pipe.destroy());
     };
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.
@@ -532,7 +525,14 @@ export class Sandbox {
       ...(runAs !== undefined ? { uid: runAs, gid: runAs } : {}),
     };
     if (this.config.mode === "none") {
-      return { file: spec.executable, args: spec.args, options: { ...options, cwd: scratch }, scratch, spawned, cleanup };
+      return {
+        file: spec.executable,
+        args: spec.args,
+        options: { ...options, cwd: scratch },
+        scratch,
+        spawned: () => {},
+        cleanup,
+      };
     }
     const a: string[] = [
       "--unshare-user",
@@ -622,14 +622,7 @@ export class Sandbox {
     // would take its CPU from every process on the host, the kernel's included.
     a.push("--rtprio=0:0", "--nice=0:0");
     a.push("--", spec.executable, ...spec.args);
-    try {
-      openFilter();
-    } catch (e) {
-      // No process will ever own the scratch directory made above: it goes now.
-      void cleanup();
-      throw e;
-    }
-    return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup };
+    return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup, ...(onStdin ? { input: filter } : {}) };
   }
 
   /** The tighter of the kernel's limits and a grant's (`sandbox.processes`, `sandbox.memory`, `sandbox.cpu`, `sandbox.fileSize`). */

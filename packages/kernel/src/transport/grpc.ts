@@ -657,6 +657,9 @@ export interface SessionCarrier {
   ended(): void;
 }
 
+/** Bytes queued to a stream from which their all being taken is a drain (a socket's default high-water mark). */
+const DRAIN_MARK = 16 * 1024;
+
 /** One gRPC stream as a Connection; the writes of one event-loop turn go out as one message. */
 export class GrpcStreamConnection implements Connection {
   readonly transport = "grpc";
@@ -692,8 +695,13 @@ export class GrpcStreamConnection implements Connection {
         // responses in one message broke the stream with RESOURCE_EXHAUSTED, unanswered.
         writeMessages(chunks, this.maxMessage, (m) => {
           this.queued += m.length;
+          if (this.queued >= DRAIN_MARK) this.high = true;
           call.write(m, () => {
             this.queued -= m.length;
+            if (this.high && this.queued === 0 && this.out.pending === 0 && !this.closed) {
+              this.high = false;
+              for (const cb of this.drainCbs) cb();
+            }
           });
         });
         return false;
@@ -726,6 +734,13 @@ export class GrpcStreamConnection implements Connection {
    * never saw its backlog — gigabytes queued to it.
    */
   private queued = 0;
+  /**
+   * {@link queued} reached {@link DRAIN_MARK} since it was last empty: HTTP/2 taking all of it is
+   * a drain. The call's own "drain" counts messages (object mode: 16), so a few large answers
+   * taken never told the kernel (its counts of bytes queued unread, the event bus's pause).
+   */
+  private high = false;
+  private readonly drainCbs: (() => void)[] = [];
 
   get buffered(): number {
     return this.out.pending + this.queued;
@@ -795,6 +810,6 @@ export class GrpcStreamConnection implements Connection {
   }
 
   onDrain(cb: () => void): void {
-    this.call.on("drain", cb);
+    this.drainCbs.push(cb);
   }
 }
