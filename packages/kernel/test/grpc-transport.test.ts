@@ -21,7 +21,7 @@ import {
   signBytes,
 } from "@kpip/protocol";
 import { pino } from "pino";
-import { ConfigError, Kernel } from "../src/index.js";
+import { ConfigError, Kernel, type KernelOptions } from "../src/index.js";
 import { serverCredentials } from "../src/transport/grpc.js";
 import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
 import { helloFrame } from "./wire.js";
@@ -89,20 +89,36 @@ async function rawSession(address: string, identity: Identity, token: Uint8Array
   return { ...s, maxBody, request };
 }
 
+const OBJECT = 800 * 1024;
+
+/** A gRPC kernel (with `extra` settings) holding one object of OBJECT bytes, read by the raw admin session `f` gets. */
+async function withBigObject(
+  extra: KernelOptions,
+  f: (t: TestKernel, c: KernelClient, s: Awaited<ReturnType<typeof rawSession>>) => Promise<void>,
+): Promise<void> {
+  const t = await startKernel({
+    grpcListen: "127.0.0.1:0",
+    ...TLS,
+    maxBodyBytes: 1024 * 1024,
+    maxObjectBytes: 900 * 1024,
+    ...extra,
+  });
+  try {
+    const c = await t.admin();
+    await c.storage.write("obj://ws1/big", Buffer.alloc(OBJECT, 1));
+    const s = await rawSession(t.k.grpcAddress as string, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+    await f(t, c, s);
+    s.close();
+    await c.close();
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
 describe("gRPC: a peer that does not read its answers", () => {
-  it("is held to maxWriteBuffer in bytes, as over the socket: its reads are refused RESOURCE, never queued without bound", async () => {
-    const OBJECT = 800 * 1024;
-    const t = await startKernel({
-      grpcListen: "127.0.0.1:0",
-      ...TLS,
-      maxBodyBytes: 1024 * 1024,
-      maxObjectBytes: 900 * 1024,
-      maxWriteBuffer: 4 * 1024 * 1024,
-    });
-    try {
-      const c = await t.admin();
-      await c.storage.write("obj://ws1/big", Buffer.alloc(OBJECT, 1));
-      const s = await rawSession(t.k.grpcAddress as string, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+  it("is held to maxWriteBuffer in bytes, as over the socket: its reads are refused RESOURCE, never queued without bound", () =>
+    withBigObject({ maxWriteBuffer: 4 * 1024 * 1024 }, async (t, c, s) => {
       s.call.pause();
       const outcomes = () =>
         t.k.inspect
@@ -124,30 +140,13 @@ describe("gRPC: a peer that does not read its answers", () => {
       const refusal = outcomes().find((r) => r.status === "FAILURE");
       if (refusal) assert.match(refusal.message ?? "", /queued|budget/);
       assert.equal((await c.system.health()).status, "ok", "others are served");
-      s.close();
-      await c.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
+    }));
 });
 
 describe("gRPC: a peer that reads its answers", () => {
-  it("is not counted as holding answers unread once HTTP/2 took them: a few large messages drain (by bytes, not by grpc's count of messages)", async () => {
-    const OBJECT = 800 * 1024;
-    const t = await startKernel({
-      grpcListen: "127.0.0.1:0",
-      ...TLS,
-      maxBodyBytes: 1024 * 1024,
-      maxObjectBytes: 900 * 1024,
-      // No heartbeat PING within the test: a send to the session would count it afresh, hiding a missed drain.
-      heartbeatMs: 600_000,
-    });
-    try {
-      const c = await t.admin();
-      await c.storage.write("obj://ws1/big", Buffer.alloc(OBJECT, 1));
-      const s = await rawSession(t.k.grpcAddress as string, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+  it("is not counted as holding answers unread once HTTP/2 took them: a few large messages drain (by bytes, not by grpc's count of messages)", () =>
+    // No heartbeat PING within the test: a send to the session would count it afresh, hiding a missed drain.
+    withBigObject({ heartbeatMs: 600_000 }, async (t, _c, s) => {
       // Paused, so the answers are queued unread (counted) when they are sent; then read.
       s.call.pause();
       for (let id = 1; id <= 3; id++) s.call.write(s.request(id, "storage.read", "obj://ws1/big"));
@@ -155,13 +154,7 @@ describe("gRPC: a peer that reads its answers", () => {
       s.call.resume();
       await until(() => s.frames.filter((m) => m.type === "RESPONSE").length === 3 || undefined, 30_000, "the three answers");
       await until(() => t.k.queuedUnreadBytes === 0 || undefined, 30_000, "nothing counted as unread once read");
-      s.close();
-      await c.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
+    }));
 });
 
 describe("gRPC transport with TLS", () => {
