@@ -1,10 +1,17 @@
 import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
-import { existsSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
+import { existsSync, linkSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { generateIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
+import { generateIdentity, parseIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import type { TokenService } from "./auth/tokens.js";
-import { createExclusive, ensurePrivateFile, secureHome, UnsafeHomeError, writePidFile } from "./secure-files.js";
+import {
+  createExclusive,
+  ensurePrivateFile,
+  readRegularFile,
+  secureHome,
+  UnsafeHomeError,
+  writePidFile,
+} from "./secure-files.js";
 import { AUDIT_JOURNAL_FILE } from "./store/audit-journal.js";
 import { AUDIT_SEGMENT_DIR } from "./store/audit-segments.js";
 import type { SqliteStore } from "./store/sqlite.js";
@@ -107,7 +114,25 @@ export function ensureHome(home: string): void {
 
 /** Writes a secret file with mode 0600, never replacing an existing one and never through a link. */
 export function writeSecret(path: string, text: string): void {
-  createExclusive(path, text);
+  // Whole or not at all: a kernel killed while writing leaves only `<path>.tmp` (removed by the
+  // next try), never a partial file under the name the next start would trust as written.
+  const tmp = `${path}.tmp`;
+  removeIfPresent(tmp);
+  createExclusive(tmp, text);
+  try {
+    // Fails (EEXIST) when anything, a link included, is at `path`: created exclusively, as before.
+    linkSync(tmp, path);
+  } finally {
+    unlinkSync(tmp);
+  }
+}
+
+function removeIfPresent(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
+  }
 }
 
 /** Loads the kernel's Ed25519 signing key, creating it (0600) on first start. */
@@ -138,11 +163,16 @@ export const FIRST_START_ACTOR = "the kernel's first start";
 /** Registers the admin persona and writes its identity file (0600) on first start. */
 export function ensureAdmin(home: string, store: SqliteStore, admin: string): string {
   const path = join(home, HOME_FILES.adminIdentity);
+  // The identity is written under this name first and named only once its key is registered: a
+  // kernel killed between the two never leaves an identity file whose persona is not registered.
+  const pending = `${path}.new`;
   if (!store.getPersona(admin)) {
     if (existsSync(path))
       throw new Error(`${path} exists but persona ${admin} is not registered; remove the file or register it`);
+    // A first start killed before its commit: the identity it was about to register was never used.
+    removeIfPresent(pending);
     const id = generateIdentity(admin);
-    writeSecret(path, serializeIdentity(id));
+    writeSecret(pending, serializeIdentity(id));
     store.withJournal(
       {
         actor: FIRST_START_ACTOR,
@@ -152,6 +182,15 @@ export function ensureAdmin(home: string, store: SqliteStore, admin: string): st
       },
       () => store.addPersona(admin, id.publicKey),
     );
+  }
+  if (existsSync(pending)) {
+    // Registered, and (if killed before this) not yet named: named now, if it holds the registered key.
+    const registered = store.getPersona(admin);
+    if (!existsSync(path) && registered) {
+      const id = parseIdentity(readRegularFile(pending, 64 * 1024).toString("utf8"));
+      if (id.persona === admin && Buffer.from(id.publicKey).equals(Buffer.from(registered.publicKey))) linkSync(pending, path);
+    }
+    unlinkSync(pending);
   }
   return path;
 }

@@ -120,6 +120,68 @@ describe("session lifecycle over real sockets", () => {
     }
   });
 
+  it("a request that arrives while the kernel drains for its stop is refused RESOURCE (retryable, not run), not PROTOCOL", async () => {
+    // The kernel's drain ends a session without a GOODBYE until its requests in flight are
+    // answered: the peer, told nothing yet, keeps sending. Those requests broke no rule.
+    let release: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let started = 0;
+    const held: PrimitiveFamily = {
+      name: "held",
+      ops: [
+        {
+          op: "held.wait",
+          description: "waits until the test releases it",
+          targets: ["kernel"],
+          args: {},
+          idempotent: true,
+          effects: false,
+          handler: async () => {
+            started++;
+            await gate;
+            return { status: "SUCCESS" };
+          },
+        },
+      ],
+    };
+    const t = await startKernel({}, undefined, (k) => k.register(held));
+    try {
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(adminIdentity(t.k), token(t));
+      p.send(requestFrame(1, { op: "held.wait", target: "kernel://", args: {} }));
+      await until(() => started === 1, 30_000, "the held request running");
+      const stopped = t.k.stop();
+      // Asked again until the drain has begun (the stop first closes its listeners).
+      let id = 2;
+      p.send(requestFrame(id, { op: "system.health", target: "kernel://", args: {} }));
+      let late = await p.response(id);
+      while (late.status === "SUCCESS") {
+        p.send(requestFrame(++id, { op: "system.health", target: "kernel://", args: {} }));
+        late = await p.response(id);
+      }
+      assert.deepEqual([late.status, late.error], ["FAILURE", "RESOURCE"], late.message);
+      assert.match(late.message ?? "", /the kernel is stopping/);
+      release();
+      assert.equal((await p.response(1)).status, "SUCCESS", "the request in flight is answered");
+      await p.next("GOODBYE");
+      await stopped;
+      // On the record as a refusal of the stopping kernel, not as the peer's protocol error.
+      const t2 = await startKernel({}, t.home);
+      const refused = t2.k.inspect.queryAudit({ op: "system.health", limit: 1000 }).filter((r) => r.status === "FAILURE");
+      assert.deepEqual(
+        refused.map((r) => r.errorClass),
+        ["RESOURCE"],
+      );
+      await t2.stop();
+    } finally {
+      release();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("GOODBYE from the peer: in-flight answered, new REQUESTs refused PROTOCOL, then GOODBYE and close", async () => {
     const seen = seenNothing();
     const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));

@@ -24,6 +24,8 @@ export interface InFlightView {
   readonly inFlight: number;
   /** After GOODBYE (PROTOCOL §8.6 rule 3). */
   readonly closing: boolean;
+  /** Closing for the kernel's stop: the peer has had no GOODBYE yet (PROTOCOL §8.6). */
+  readonly stopping?: boolean;
 }
 
 /**
@@ -36,7 +38,13 @@ export class Admission {
 
   /** The first stage of every request: a closing session takes none, an open one at most maxInFlight. */
   request(s: InFlightView): Refusal | undefined {
-    if (s.closing) return { errorClass: "PROTOCOL", message: "the session is closing: no new requests after GOODBYE" };
+    if (s.closing) {
+      // The kernel's drain sends its GOODBYE only once the requests in flight are answered: a
+      // peer told nothing yet broke no rule, and its request, not run, is for the next kernel.
+      if (s.stopping)
+        return { errorClass: "RESOURCE", message: "the kernel is stopping: this request was not run; retry once it is back" };
+      return { errorClass: "PROTOCOL", message: "the session is closing: no new requests after GOODBYE" };
+    }
     if (s.inFlight > this.limits.maxInFlight) {
       return {
         errorClass: "RESOURCE",

@@ -41,6 +41,8 @@ export interface SessionView {
   readonly inFlight: number;
   /** The session is closing (after GOODBYE): it takes no new request (admission). */
   readonly closing: boolean;
+  /** It closes because the kernel is stopping (its drain), not because the peer said GOODBYE. */
+  readonly stopping?: boolean;
 }
 
 /** Why a request is not run: its class and message (the answer), and the record's message when it says more. */

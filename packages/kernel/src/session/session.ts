@@ -64,6 +64,8 @@ export class Session implements SessionView, EventSink {
   private readonly reader: FrameReader;
   private readonly abort = new AbortController();
   private drained: (() => void) | undefined;
+  /** The kernel began this session's closing (its stop), not the peer's GOODBYE: see {@link stopping}. */
+  private drainedByKernel = false;
   /** The session's shared-memory channel, when "shm" was negotiated. */
   get shm(): ShmPeer | undefined {
     return this.reader.shm;
@@ -104,6 +106,11 @@ export class Session implements SessionView, EventSink {
   /** After GOODBYE: requests are refused (the pipeline's admission), those in flight answered. */
   get closing(): boolean {
     return this.state === "closing";
+  }
+
+  /** Closing because the kernel drains it for its stop ({@link drain}), the peer having said nothing. */
+  get stopping(): boolean {
+    return this.state === "closing" && this.drainedByKernel;
   }
 
   get signal(): AbortSignal {
@@ -449,6 +456,7 @@ export class Session implements SessionView, EventSink {
       this.closed("kernel stopping");
       return Promise.resolve();
     }
+    if (this.state === "ready") this.drainedByKernel = true;
     this.state = "closing";
     const done = new Promise<void>((resolve) => {
       this.drained = resolve;
