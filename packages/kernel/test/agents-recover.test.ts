@@ -4,9 +4,10 @@ import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSyn
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { processIdentity } from "../src/agents/process-identity.js";
-import { processAlive, removeHome, startKernel, until } from "./harness.js";
+import { addPersonaKey, processAlive, removeHome, startKernel, until } from "./harness.js";
 
 const alive = processAlive;
 
@@ -58,6 +59,28 @@ describe("agents recorded running when the kernel died", () => {
       }
     } finally {
       for (const p of [reused, same, legacy]) if (p.pid && alive(p.pid)) process.kill(-p.pid, "SIGKILL");
+      removeHome(home);
+    }
+  });
+
+  it("a key in the agent namespace that no agent row names (the kernel died between the spawn's key and its row) is removed at start, on the record", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    const stale = generateIdentity("admin/agent.crashed");
+    addPersonaKey({ home }, "admin/agent.crashed", stale.publicKey);
+    addPersonaKey({ home }, "admin/agent.crashed/sub", stale.publicKey);
+    const t = await startKernel({}, home);
+    try {
+      assert.equal(t.k.inspect.getPersona("admin/agent.crashed"), undefined, "the stale agent key is gone");
+      assert.equal(t.k.inspect.getPersona("admin/agent.crashed/sub"), undefined, "and what lay under it");
+      const removed = t.k.inspect.queryAudit({ op: "persona.removed", limit: 10 }).map((r) => r.target);
+      assert.deepEqual(removed.sort(), ["persona://admin/agent.crashed", "persona://admin/agent.crashed/sub"]);
+      // Nobody can attest as it: the key is not registered any more.
+      await assert.rejects(t.connect(stale, [t.adminToken]));
+      assert.ok(t.k.inspect.getPersona("admin"), "real personas stay");
+    } finally {
+      await t.stop();
       removeHome(home);
     }
   });

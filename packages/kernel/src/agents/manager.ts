@@ -24,7 +24,7 @@ import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.j
 import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
-import { agentKey, agentPersona, agentUri } from "./namespace.js";
+import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, stillOwnGroup } from "./process-identity.js";
 
 export interface AgentOptions {
@@ -139,6 +139,12 @@ export class AgentManager {
       this.revokeFor(a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`);
     }
+    // No agent outlives its kernel, so no key in the agent namespace may either: one is left when
+    // the kernel died between registering a spawn's key and recording the agent (no row names it;
+    // its process, the only holder of its secret key, died with the kernel).
+    for (const p of this.store.listPersonas())
+      if (isAgentPersona(p.id))
+        this.forget(p.id, "an agent's key left by the previous kernel, which ended before the agent was recorded");
   }
 
   /** Removes an agent's persona key from the registry, on the record. */
