@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type KernelClient, KpipError } from "@kpip/client";
 import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
+import { BlobStore } from "../src/store/blobs.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { bodies } from "./storage-files.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
@@ -328,6 +331,54 @@ describe("a revocation reaches the uploads begun under the token", () => {
         "an upload begun once the revoked one was dropped",
       );
     } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an upload whose commit was syncing when its token was revoked is dropped when the commit is refused, not kept with its body until it expires idle", async () => {
+    const t = await startKernel({ maxUploadsPerPersona: 1 });
+    const install = BlobStore.prototype.install;
+    try {
+      const admin = await t.admin();
+      const rights = [{ ops: ["storage.*"], targets: ["obj://ws/**"] }];
+      const first = await t.persona("committer", rights);
+      const c1 = await t.connect(first.identity, [first.token]);
+      const data = Buffer.alloc(300_000, 7);
+      const sha256 = createHash("sha256").update(data).digest();
+      const { upload } = (await c1.call("storage.upload.begin", "obj://ws/big", { size: data.length })).payload as {
+        upload: string;
+      };
+      await c1.call("storage.upload.chunk", "obj://ws/big", { upload, offset: 0, data });
+      // The revocation is answered while the commit moves the verified body to its address (after
+      // the commit's checks, before its row): the revocation cannot drop an upload being committed.
+      let revoked = false;
+      BlobStore.prototype.install = async function (this: BlobStore, path: string, hash: Uint8Array) {
+        if (!revoked) {
+          revoked = true;
+          await admin.tokens.revoke(first.id);
+        }
+        return install.call(this, path, hash);
+      };
+      await assert.rejects(
+        c1.call("storage.upload.commit", "obj://ws/big", { upload, sha256, size: data.length }),
+        klass("CAPABILITY", "before its effect committed"),
+      );
+      assert.ok(revoked, "the revocation came while the commit installed the body");
+      await assert.rejects(admin.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"));
+      // The refused commit ended the upload: its body is freed (no object names it) and its slot
+      // is free for the persona's new token at once (it was held for uploadIdleMs, ten minutes).
+      assert.deepEqual(bodies(t.home), [], "no body is left pinned by the revoked upload");
+      const second = await admin.tokens.mint("committer", { rights, ttlMs: 3_600_000 });
+      const c2 = await t.connect(first.identity, [second.token]);
+      await assert.rejects(
+        c2.call("storage.upload.commit", "obj://ws/big", { upload, sha256, size: data.length }),
+        klass("SEMANTIC", "no upload"),
+        "the revoked upload cannot be committed under another token",
+      );
+      await c2.call("storage.upload.begin", "obj://ws/big", { size: data.length });
+    } finally {
+      BlobStore.prototype.install = install;
       await t.stop();
       removeHome(t.home);
     }
