@@ -299,6 +299,49 @@ describe("a revocation reaches a request between its authorization and its effec
       removeHome(t.home);
     }
   });
+  it("a removed persona's write in flight under a token the removal does not revoke (its parent's) commits nothing after the removal is answered: FAILURE AUTH, on the record", async () => {
+    const t = await startKernel();
+    const put = BlobStore.prototype.put;
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pia", [{ ops: ["storage.*"], targets: ["obj://ws/**"] }]);
+      // pia's sub-persona acts under pia's token (a token is usable by its subject's sub-personas):
+      // removing the sub-persona revokes the tokens issued to it, not this one.
+      const sub = generateIdentity("pia/sub");
+      addPersonaKey(t, "pia/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      await c.storage.write("obj://ws/small", "hi");
+      // The removal is answered while the write's body goes to the file store (after its
+      // authorization, before its row).
+      let removal: { payload?: unknown } | undefined;
+      BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
+        removal ??= await admin.call("persona.remove", "persona://pia/sub");
+        return put.call(this, data);
+      };
+      await assert.rejects(c.storage.write("obj://ws/big", Buffer.alloc(300_000, 1)), klass("AUTH", "removed"));
+      const outcome = await until(() =>
+        t.k.inspect
+          .queryAudit({ persona: "pia/sub", op: "storage.write", limit: 10 })
+          .find((r) => r.phase === "outcome" && r.target === "obj://ws/big"),
+      );
+      assert.equal(
+        (removal?.payload as { sessionsEnded?: number } | undefined)?.sessionsEnded,
+        1,
+        "the removal was answered first",
+      );
+      assert.equal(outcome.status, "FAILURE");
+      assert.equal(outcome.errorClass, "AUTH");
+      assert.match(outcome.message ?? "", /pia\/sub was removed .* before its effect committed: nothing was changed/);
+      await assert.rejects(admin.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"), "nothing was written");
+      const usage = (await admin.call("resource.query", "persona://pia/sub")).payload as { usage: Record<string, number> };
+      assert.equal(usage.usage["storage.bytes"], 2, "nothing more was charged to the removed persona");
+      assert.deepEqual(bodies(t.home), [], "the body written for it is freed");
+    } finally {
+      BlobStore.prototype.put = put;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
 
 describe("a revocation reaches the uploads begun under the token", () => {
