@@ -7,7 +7,7 @@ import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@k
 import type { PrimitiveFamily } from "../src/index.js";
 import { BlobStore } from "../src/store/blobs.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
-import { bodies } from "./storage-files.js";
+import { bodies, tmpFiles } from "./storage-files.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
@@ -422,6 +422,27 @@ describe("a revocation reaches the uploads begun under the token", () => {
       await c2.call("storage.upload.begin", "obj://ws/big", { size: data.length });
     } finally {
       BlobStore.prototype.install = install;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("a removed persona's upload is dropped with it, whatever token began it (its parent's): the tree's place is free at once", async () => {
+    const t = await startKernel({ maxUploadsPerPersona: 1 });
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pam", [{ ops: ["storage.*"], targets: ["obj://ws/**"] }]);
+      const sub = generateIdentity("pam/sub");
+      addPersonaKey(t, "pam/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      await c.call("storage.upload.begin", "obj://ws/big", { size: 1_000_000 });
+      assert.equal(tmpFiles(t.home).length, 1);
+      const p = await t.connect(parent.identity, [parent.token]);
+      await assert.rejects(p.call("storage.upload.begin", "obj://ws/x", { size: 10 }), klass("RESOURCE", "uploads in progress"));
+      // The removal revokes no token here (pam/sub has none of its own): its upload goes with it.
+      await admin.call("persona.remove", "persona://pam/sub");
+      assert.deepEqual(tmpFiles(t.home), [], "its partial file is removed");
+      await p.call("storage.upload.begin", "obj://ws/x", { size: 10 });
+    } finally {
       await t.stop();
       removeHome(t.home);
     }

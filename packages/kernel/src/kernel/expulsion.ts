@@ -1,6 +1,7 @@
 import type { AgentManager } from "../agents/manager.js";
 import type { AuditLog } from "../audit/log.js";
 import type { Logger } from "../log.js";
+import type { UploadTable } from "../primitives/storage-uploads.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Session } from "../session/session.js";
 import type { PersonaStore } from "../store/types.js";
@@ -11,6 +12,8 @@ export interface ExpulsionScope {
   sessions(): Session[];
   readonly agents: AgentManager;
   readonly processes: ProcessTable;
+  /** Uploads in progress (none: no file store). */
+  readonly uploads?: Pick<UploadTable, "dropOf"> | undefined;
   readonly log: Logger;
   /** After the expulsions: sessions holding now-revoked handles are told (the revocation fan-out). */
   notifyRevoked(): void;
@@ -20,6 +23,7 @@ export interface ExpulsionScope {
  * The expulsion policy, after a registry change: every open session whose persona is no longer
  * registered with the key it attested with ends at once (AUTH/PERSONA_REMOVED), every agent
  * running as a removed persona is killed, and so is every process a removed persona started;
+ * its uploads in progress are dropped;
  * sessions holding revoked handles are told. Returns how many sessions ended.
  */
 export function expelUnregistered(x: ExpulsionScope): number {
@@ -29,6 +33,8 @@ export function expelUnregistered(x: ExpulsionScope): number {
   // Commands (and agents) started by a removed persona end with it too.
   const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
   if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
+  // Their uploads in progress too: no one can commit them, whatever token began them.
+  x.uploads?.dropOf((p) => !x.registry.getPersona(p));
   x.notifyRevoked();
   return ended;
 }

@@ -59,10 +59,10 @@ export interface Upload {
    */
   installed: Buffer | undefined;
   /**
-   * The grant that began it was revoked while a commit was under way (which the revocation could
-   * not drop): that commit's refusal ends the upload instead of keeping it (PROTOCOL §13.1).
+   * The grant that began it was revoked, or its persona removed, while a commit was under way
+   * (which could not be dropped then): that commit's refusal ends the upload instead of keeping it.
    */
-  revoked: boolean;
+  ended: boolean;
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
@@ -171,7 +171,7 @@ export class UploadTable {
       failed: undefined,
       closed: false,
       installed: undefined,
-      revoked: false,
+      ended: false,
     };
     this.byId.set(id, u);
     return u;
@@ -315,8 +315,9 @@ export class UploadTable {
    */
   keep(u: Upload, installed: Buffer): void {
     u.installed = installed;
-    // Revoked while it committed: nothing may commit it any more, so it holds no slot nor body.
-    if (u.revoked) return this.drop(u);
+    // Revoked (or its persona removed) while it committed: nothing may commit it any more, so it
+    // holds no slot nor body.
+    if (u.ended) return this.drop(u);
     u.committing = false;
     u.expires = this.clock() + this.limits.idleMs;
   }
@@ -328,10 +329,24 @@ export class UploadTable {
    * marked: refused, it is dropped then ({@link keep}), not kept for a retry.
    */
   dropRevoked(isRevoked: (g: Grant) => boolean): number {
+    return this.dropWhere((u) => u.grant !== undefined && isRevoked(u.grant));
+  }
+
+  /**
+   * Drops every upload of a persona `gone` says is no longer registered (persona.remove): no one
+   * can commit it any more (an upload is its persona's), and the grant that began it — a parent's
+   * token a sub-persona used — need not be revoked, so {@link dropRevoked} would leave it holding
+   * the tree's place until it expired idle.
+   */
+  dropOf(gone: (persona: string) => boolean): number {
+    return this.dropWhere((u) => gone(u.persona));
+  }
+
+  private dropWhere(ends: (u: Upload) => boolean): number {
     let n = 0;
     for (const u of [...this.byId.values()]) {
-      if (!u.grant || !isRevoked(u.grant)) continue;
-      if (u.committing) u.revoked = true;
+      if (!ends(u)) continue;
+      if (u.committing) u.ended = true;
       else {
         this.drop(u);
         n++;
