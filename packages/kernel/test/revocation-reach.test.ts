@@ -449,6 +449,41 @@ describe("a revocation reaches the uploads begun under the token", () => {
   });
 });
 
+describe("a persona's removal reaches what it started under a token it does not revoke", () => {
+  it("a removed persona's tasks, running and queued, end with it (FAILED/CANCELLED PERMISSION), not at their deadline", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pat", [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }]);
+      const sub = generateIdentity("pat/sub");
+      addPersonaKey(t, "pat/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      const submit = async () =>
+        ((await c.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      // One worker: the first task runs, the second waits in the queue.
+      const running = await submit();
+      const queued = await submit();
+      await until(async () => (await opStatus(admin, running)).state === "running", 30_000, "the task running");
+      await admin.call("persona.remove", "persona://pat/sub");
+      const r = await opStatus(admin, running);
+      const q = await opStatus(admin, queued);
+      assert.deepEqual([r.state, r.errorClass], ["failed", "PERMISSION"], r.message);
+      assert.match(r.message ?? "", /persona that started it was removed/);
+      assert.deepEqual([q.state, q.errorClass], ["cancelled", "PERMISSION"], q.message);
+      assert.match(q.message ?? "", /persona that submitted it was removed/);
+      // The worker is free: the parent's task runs at once.
+      const p = await t.connect(parent.identity, [parent.token]);
+      const mine = ((await p.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      await until(async () => (await opStatus(admin, mine)).state === "running", 30_000, "the parent's task running");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("an agent's end reaches what it started", () => {
   it("a command an agent submitted under its own token is cancelled when the agent ends (its token is revoked then)", {
     skip: sandboxSkip,
