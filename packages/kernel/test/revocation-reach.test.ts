@@ -1,10 +1,13 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type KernelClient, KpipError } from "@kpip/client";
 import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
 import type { PrimitiveFamily } from "../src/index.js";
+import { BlobStore } from "../src/store/blobs.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { bodies, tmpFiles } from "./storage-files.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
@@ -296,6 +299,49 @@ describe("a revocation reaches a request between its authorization and its effec
       removeHome(t.home);
     }
   });
+  it("a removed persona's write in flight under a token the removal does not revoke (its parent's) commits nothing after the removal is answered: FAILURE AUTH, on the record", async () => {
+    const t = await startKernel();
+    const put = BlobStore.prototype.put;
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pia", [{ ops: ["storage.*"], targets: ["obj://ws/**"] }]);
+      // pia's sub-persona acts under pia's token (a token is usable by its subject's sub-personas):
+      // removing the sub-persona revokes the tokens issued to it, not this one.
+      const sub = generateIdentity("pia/sub");
+      addPersonaKey(t, "pia/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      await c.storage.write("obj://ws/small", "hi");
+      // The removal is answered while the write's body goes to the file store (after its
+      // authorization, before its row).
+      let removal: { payload?: unknown } | undefined;
+      BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
+        removal ??= await admin.call("persona.remove", "persona://pia/sub");
+        return put.call(this, data);
+      };
+      await assert.rejects(c.storage.write("obj://ws/big", Buffer.alloc(300_000, 1)), klass("AUTH", "removed"));
+      const outcome = await until(() =>
+        t.k.inspect
+          .queryAudit({ persona: "pia/sub", op: "storage.write", limit: 10 })
+          .find((r) => r.phase === "outcome" && r.target === "obj://ws/big"),
+      );
+      assert.equal(
+        (removal?.payload as { sessionsEnded?: number } | undefined)?.sessionsEnded,
+        1,
+        "the removal was answered first",
+      );
+      assert.equal(outcome.status, "FAILURE");
+      assert.equal(outcome.errorClass, "AUTH");
+      assert.match(outcome.message ?? "", /pia\/sub was removed .* before its effect committed: nothing was changed/);
+      await assert.rejects(admin.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"), "nothing was written");
+      const usage = (await admin.call("resource.query", "persona://pia/sub")).payload as { usage: Record<string, number> };
+      assert.equal(usage.usage["storage.bytes"], 2, "nothing more was charged to the removed persona");
+      assert.deepEqual(bodies(t.home), [], "the body written for it is freed");
+    } finally {
+      BlobStore.prototype.put = put;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
 
 describe("a revocation reaches the uploads begun under the token", () => {
@@ -327,6 +373,110 @@ describe("a revocation reaches the uploads begun under the token", () => {
         30_000,
         "an upload begun once the revoked one was dropped",
       );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an upload whose commit was syncing when its token was revoked is dropped when the commit is refused, not kept with its body until it expires idle", async () => {
+    const t = await startKernel({ maxUploadsPerPersona: 1 });
+    const install = BlobStore.prototype.install;
+    try {
+      const admin = await t.admin();
+      const rights = [{ ops: ["storage.*"], targets: ["obj://ws/**"] }];
+      const first = await t.persona("committer", rights);
+      const c1 = await t.connect(first.identity, [first.token]);
+      const data = Buffer.alloc(300_000, 7);
+      const sha256 = createHash("sha256").update(data).digest();
+      const { upload } = (await c1.call("storage.upload.begin", "obj://ws/big", { size: data.length })).payload as {
+        upload: string;
+      };
+      await c1.call("storage.upload.chunk", "obj://ws/big", { upload, offset: 0, data });
+      // The revocation is answered while the commit moves the verified body to its address (after
+      // the commit's checks, before its row): the revocation cannot drop an upload being committed.
+      let revoked = false;
+      BlobStore.prototype.install = async function (this: BlobStore, path: string, hash: Uint8Array) {
+        if (!revoked) {
+          revoked = true;
+          await admin.tokens.revoke(first.id);
+        }
+        return install.call(this, path, hash);
+      };
+      await assert.rejects(
+        c1.call("storage.upload.commit", "obj://ws/big", { upload, sha256, size: data.length }),
+        klass("CAPABILITY", "before its effect committed"),
+      );
+      assert.ok(revoked, "the revocation came while the commit installed the body");
+      await assert.rejects(admin.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"));
+      // The refused commit ended the upload: its body is freed (no object names it) and its slot
+      // is free for the persona's new token at once (it was held for uploadIdleMs, ten minutes).
+      assert.deepEqual(bodies(t.home), [], "no body is left pinned by the revoked upload");
+      const second = await admin.tokens.mint("committer", { rights, ttlMs: 3_600_000 });
+      const c2 = await t.connect(first.identity, [second.token]);
+      await assert.rejects(
+        c2.call("storage.upload.commit", "obj://ws/big", { upload, sha256, size: data.length }),
+        klass("SEMANTIC", "no upload"),
+        "the revoked upload cannot be committed under another token",
+      );
+      await c2.call("storage.upload.begin", "obj://ws/big", { size: data.length });
+    } finally {
+      BlobStore.prototype.install = install;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("a removed persona's upload is dropped with it, whatever token began it (its parent's): the tree's place is free at once", async () => {
+    const t = await startKernel({ maxUploadsPerPersona: 1 });
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pam", [{ ops: ["storage.*"], targets: ["obj://ws/**"] }]);
+      const sub = generateIdentity("pam/sub");
+      addPersonaKey(t, "pam/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      await c.call("storage.upload.begin", "obj://ws/big", { size: 1_000_000 });
+      assert.equal(tmpFiles(t.home).length, 1);
+      const p = await t.connect(parent.identity, [parent.token]);
+      await assert.rejects(p.call("storage.upload.begin", "obj://ws/x", { size: 10 }), klass("RESOURCE", "uploads in progress"));
+      // The removal revokes no token here (pam/sub has none of its own): its upload goes with it.
+      await admin.call("persona.remove", "persona://pam/sub");
+      assert.deepEqual(tmpFiles(t.home), [], "its partial file is removed");
+      await p.call("storage.upload.begin", "obj://ws/x", { size: 10 });
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("a persona's removal reaches what it started under a token it does not revoke", () => {
+  it("a removed persona's tasks, running and queued, end with it (FAILED/CANCELLED PERMISSION), not at their deadline", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pat", [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }]);
+      const sub = generateIdentity("pat/sub");
+      addPersonaKey(t, "pat/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      const submit = async () =>
+        ((await c.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      // One worker: the first task runs, the second waits in the queue.
+      const running = await submit();
+      const queued = await submit();
+      await until(async () => (await opStatus(admin, running)).state === "running", 30_000, "the task running");
+      await admin.call("persona.remove", "persona://pat/sub");
+      const r = await opStatus(admin, running);
+      const q = await opStatus(admin, queued);
+      assert.deepEqual([r.state, r.errorClass], ["failed", "PERMISSION"], r.message);
+      assert.match(r.message ?? "", /persona that started it was removed/);
+      assert.deepEqual([q.state, q.errorClass], ["cancelled", "PERMISSION"], q.message);
+      assert.match(q.message ?? "", /persona that submitted it was removed/);
+      // The worker is free: the parent's task runs at once.
+      const p = await t.connect(parent.identity, [parent.token]);
+      const mine = ((await p.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      await until(async () => (await opStatus(admin, mine)).state === "running", 30_000, "the parent's task running");
     } finally {
       await t.stop();
       removeHome(t.home);

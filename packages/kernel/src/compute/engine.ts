@@ -67,8 +67,11 @@ export interface CommandGrant {
   network: boolean;
 }
 
-/** Why the kernel stops an op before it ends: op.cancel, its deadline, or a revocation covering its authorizing grant. */
-type StopReason = "cancelled" | "deadline" | "revoked";
+/**
+ * Why the kernel stops an op before it ends: op.cancel, its deadline, a revocation covering its
+ * authorizing grant, or the removal of the persona that submitted it.
+ */
+type StopReason = "cancelled" | "deadline" | "revoked" | "removed";
 
 interface Running {
   id: string;
@@ -255,6 +258,32 @@ export class ComputeEngine {
     return n;
   }
 
+  /**
+   * The expulsion's part here (kernel/expulsion.ts): every op queued or running that a persona
+   * `gone` says is no longer registered submitted ends — a queued one CANCELLED, a running task
+   * stopped and FAILED, class PERMISSION — whatever token authorized it (a parent's token a
+   * sub-persona used is not revoked by the removal). Returns how many.
+   */
+  cancelOf(gone: (persona: string) => boolean): number {
+    let n = 0;
+    for (let i = 0; i < this.queue.length; ) {
+      const job = this.queue[i] as Job;
+      if (gone(job.op.persona)) {
+        this.queue.splice(i, 1);
+        this.finish(job.op, "cancelled", null, "PERMISSION", "cancelled: the persona that submitted it was removed");
+        n++;
+      } else i++;
+    }
+    // A running command is a process: the process table's kill of a removed persona's processes ends it.
+    for (const r of [...this.running.values()]) {
+      if (r.op.kind === "task" && gone(r.op.persona)) {
+        r.cancel("removed");
+        n++;
+      }
+    }
+    return n;
+  }
+
   get runningCount(): number {
     return this.running.size;
   }
@@ -342,8 +371,8 @@ export class ComputeEngine {
     // What comes past the captured bytes is discarded, and read no faster than a bounded rate.
     throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
-    let ended: StopReason | "removed" | undefined;
-    const kill = (why: StopReason | "removed") => {
+    let ended: StopReason | undefined;
+    const kill = (why: StopReason) => {
       ended ??= why;
       killSandbox(child.pid, this.host.sandbox.mode === "bwrap");
     };
@@ -427,6 +456,8 @@ export class ComputeEngine {
       replace();
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
+      else if (why === "removed")
+        this.finish(op, "failed", null, "PERMISSION", "killed: the persona that started it was removed");
       else if (job.expiresWithGrant)
         this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");

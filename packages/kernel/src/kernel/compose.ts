@@ -325,6 +325,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       sessions: () => sessions.all(),
       agents,
       processes,
+      compute,
+      uploads,
       log,
       notifyRevoked: revoked,
     };

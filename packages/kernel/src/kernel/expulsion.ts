@@ -1,6 +1,8 @@
 import type { AgentManager } from "../agents/manager.js";
 import type { AuditLog } from "../audit/log.js";
+import type { ComputeEngine } from "../compute/engine.js";
 import type { Logger } from "../log.js";
+import type { UploadTable } from "../primitives/storage-uploads.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Session } from "../session/session.js";
 import type { PersonaStore } from "../store/types.js";
@@ -11,6 +13,10 @@ export interface ExpulsionScope {
   sessions(): Session[];
   readonly agents: AgentManager;
   readonly processes: ProcessTable;
+  /** Ops queued or running (tasks run in workers, not in the process table). */
+  readonly compute?: Pick<ComputeEngine, "cancelOf"> | undefined;
+  /** Uploads in progress (none: no file store). */
+  readonly uploads?: Pick<UploadTable, "dropOf"> | undefined;
   readonly log: Logger;
   /** After the expulsions: sessions holding now-revoked handles are told (the revocation fan-out). */
   notifyRevoked(): void;
@@ -20,6 +26,7 @@ export interface ExpulsionScope {
  * The expulsion policy, after a registry change: every open session whose persona is no longer
  * registered with the key it attested with ends at once (AUTH/PERSONA_REMOVED), every agent
  * running as a removed persona is killed, and so is every process a removed persona started;
+ * its ops queued or running end and its uploads in progress are dropped;
  * sessions holding revoked handles are told. Returns how many sessions ended.
  */
 export function expelUnregistered(x: ExpulsionScope): number {
@@ -29,6 +36,12 @@ export function expelUnregistered(x: ExpulsionScope): number {
   // Commands (and agents) started by a removed persona end with it too.
   const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
   if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
+  // Their tasks and queued ops, and their uploads in progress, whatever token began them (no one
+  // could commit such an upload any more).
+  const gone = (p: string) => !x.registry.getPersona(p);
+  const ops = x.compute?.cancelOf(gone) ?? 0;
+  if (ops) x.log.info({ ops }, "ops submitted by removed personas were ended");
+  x.uploads?.dropOf(gone);
   x.notifyRevoked();
   return ended;
 }

@@ -43,6 +43,12 @@ export interface SessionView {
   readonly closing: boolean;
   /** It closes because the kernel is stopping (its drain), not because the peer said GOODBYE. */
   readonly stopping?: boolean;
+  /**
+   * Why the session's persona may no longer act (removed from the registry, or registered again
+   * under another key), set as the kernel ends the session for it: a request of the session still
+   * in flight commits no effect after it, whatever token authorized it.
+   */
+  readonly identityLost?: string;
 }
 
 /** Why a request is not run: its class and message (the answer), and the record's message when it says more. */

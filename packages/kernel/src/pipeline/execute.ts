@@ -111,8 +111,14 @@ export function payloadBytes(v: CborValue): number {
   return n;
 }
 
-/** CAPABILITY when the grant that authorized the request was revoked or expired since the decision (`when`: what that stopped). */
+/**
+ * CAPABILITY when the grant that authorized the request was revoked or expired since the decision;
+ * AUTH when the session's persona was removed (or re-keyed) meanwhile, which need not revoke that
+ * grant (a parent's token its sub-persona uses). `when`: what that stopped.
+ */
 function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
+  const lost = ctx.session.identityLost;
+  if (lost !== undefined) throw new OpError("AUTH", `${lost} ${when}`);
   const grant = ctx.decision?.grant;
   const why = grant && lapsed(grant, "request");
   if (why) throw new OpError("CAPABILITY", `${why} ${when}`);

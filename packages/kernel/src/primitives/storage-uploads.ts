@@ -58,6 +58,11 @@ export interface Upload {
    * then lost its compare-and-set or quota: a retried commit names it without the bytes again.
    */
   installed: Buffer | undefined;
+  /**
+   * The grant that began it was revoked, or its persona removed, while a commit was under way
+   * (which could not be dropped then): that commit's refusal ends the upload instead of keeping it.
+   */
+  ended: boolean;
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
@@ -166,6 +171,7 @@ export class UploadTable {
       failed: undefined,
       closed: false,
       installed: undefined,
+      ended: false,
     };
     this.byId.set(id, u);
     return u;
@@ -304,10 +310,14 @@ export class UploadTable {
 
   /**
    * A commit that had installed the body was refused after all (its compare-and-set or quota,
-   * by a write that raced its sync): the upload stays, holding the body, for a retry or an abort.
+   * by a write that raced its sync): the upload stays, holding the body, for a retry or an abort
+   * — unless the grant that began it was revoked meanwhile: then it is dropped with its body.
    */
   keep(u: Upload, installed: Buffer): void {
     u.installed = installed;
+    // Revoked (or its persona removed) while it committed: nothing may commit it any more, so it
+    // holds no slot nor body.
+    if (u.ended) return this.drop(u);
     u.committing = false;
     u.expires = this.clock() + this.limits.idleMs;
   }
@@ -315,12 +325,29 @@ export class UploadTable {
   /**
    * Drops every upload begun under a grant now revoked (token.revoke, a persona's removal): its
    * chunks and commit would be refused anyway, and its slot and declared bytes would otherwise
-   * stay taken until it expired idle. One being committed finishes (its commit re-checks).
+   * stay taken until it expired idle. One being committed finishes (its commit re-checks) and is
+   * marked: refused, it is dropped then ({@link keep}), not kept for a retry.
    */
   dropRevoked(isRevoked: (g: Grant) => boolean): number {
+    return this.dropWhere((u) => u.grant !== undefined && isRevoked(u.grant));
+  }
+
+  /**
+   * Drops every upload of a persona `gone` says is no longer registered (persona.remove): no one
+   * can commit it any more (an upload is its persona's), and the grant that began it — a parent's
+   * token a sub-persona used — need not be revoked, so {@link dropRevoked} would leave it holding
+   * the tree's place until it expired idle.
+   */
+  dropOf(gone: (persona: string) => boolean): number {
+    return this.dropWhere((u) => gone(u.persona));
+  }
+
+  private dropWhere(ends: (u: Upload) => boolean): number {
     let n = 0;
     for (const u of [...this.byId.values()]) {
-      if (!u.committing && u.grant && isRevoked(u.grant)) {
+      if (!ends(u)) continue;
+      if (u.committing) u.ended = true;
+      else {
         this.drop(u);
         n++;
       }

@@ -50,6 +50,8 @@ export class Session implements SessionView, EventSink {
   /** The public key the persona attested with (a re-registration under another key ends the session). */
   attestedKey: Buffer | undefined;
   inFlight = 0;
+  /** Set when the kernel ends the session because its persona lost the right to attest ({@link expel}). */
+  identityLost: string | undefined;
   readonly handles = new HandleTable();
   /** This session's lifecycle records (open, close, fatal errors, answers withheld). */
   private readonly records: SessionRecords;
@@ -471,6 +473,8 @@ export class Session implements SessionView, EventSink {
    */
   expel(code: string, message: string, cls: ErrorClass = "AUTH"): void {
     if (this.state === "closed") return;
+    // Its requests still in flight must not commit for a persona that is gone (pipeline/execute.ts).
+    if (cls === "AUTH") this.identityLost = message;
     this.fail(cls, code, message, this.persona || undefined);
   }
 
