@@ -13,6 +13,11 @@ export interface EventSink {
   write(frame: Uint8Array): void;
   /** The largest frame body the peer takes (the session's negotiated maxBody). */
   readonly maxBody?: number;
+  /**
+   * May an EVENT of about `bytes` be queued to the peer now, within what its persona tree (and the
+   * kernel) may hold unread? False: it waits in the subscription's queue, within the bus's bounds.
+   */
+  room?(bytes: number): boolean;
 }
 
 interface Queued {
@@ -98,6 +103,12 @@ export class EventBus {
   private readonly byPersona = new Map<string, number>();
   private readonly sinkBytes = new Map<string, number>();
   private readonly index = new TopicIndex<Subscription>();
+  /**
+   * Subscriptions whose peer reads but whose events wait for room in the persona tree's unread
+   * bytes (another session of the tree does not read): by tree, pumped when one of its sessions
+   * drains or ends.
+   */
+  private readonly held = new Map<string, Set<Subscription>>();
   /** Event bytes waiting in every queue. */
   queuedBytes = 0;
   dropped = 0;
@@ -215,6 +226,8 @@ export class EventBus {
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
     let n = 0;
     for (const s of matched) {
+      // Ended during this emit (a write before it dropped its session): nothing is queued to it.
+      if (!this.subs.has(s.id)) continue;
       if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
       const lapsed = s.guard?.();
       if (lapsed !== undefined) {
@@ -256,6 +269,19 @@ export class EventBus {
     }
   }
 
+  /**
+   * What `persona`'s tree holds unread went down (one of its sessions drained or ended): its
+   * subscriptions that waited for room are pumped.
+   */
+  roomIn(persona: string): void {
+    if (this.held.size === 0 || persona === "") return;
+    const tree = this.roots.of(persona);
+    const subs = this.held.get(tree);
+    if (!subs) return;
+    this.held.delete(tree);
+    for (const s of subs) if (this.subs.has(s.id)) this.pump(s);
+  }
+
   /** Ends a subscription whose guard refused, telling its session why on the subscription itself. */
   private lapse(s: Subscription, reason: string): void {
     this.end(s);
@@ -267,6 +293,7 @@ export class EventBus {
   private end(s: Subscription): void {
     this.subs.delete(s.id);
     this.index.remove(s);
+    this.unhold(s);
     while (s.queue.length) this.take(s);
     const tree = s.tree;
     const n = (this.byPersona.get(tree) ?? 1) - 1;
@@ -281,8 +308,8 @@ export class EventBus {
       s.bytes + e.bytes <= L.queueBytes &&
       (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes &&
       this.queuedBytes + e.bytes <= L.kernelBytes;
-    // A reading peer with nothing waiting gets the event whatever its size.
-    if (s.queue.length === 0 && s.sink.buffered <= L.highWaterBytes) {
+    // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for it.
+    if (s.queue.length === 0 && this.ready(s, e.bytes)) {
       s.queue.push(e);
       this.count(s, e.bytes);
       return;
@@ -316,8 +343,31 @@ export class EventBus {
     return e;
   }
 
+  /**
+   * May the next event (of `bytes`) be written to the subscription's peer now? Not while its
+   * connection holds more than the high-water mark; nor while its persona tree's sessions hold
+   * what they may unread: one frame to each of a tree's 64 sessions that stopped reading held
+   * up to 64 × maxBody (1 GiB) per emit, counted nowhere. Held, it is pumped when the tree has room.
+   */
+  private ready(s: Subscription, bytes: number): boolean {
+    if (s.sink.buffered > this.limits.highWaterBytes) return false;
+    if (s.sink.room === undefined || s.sink.room(bytes)) return true;
+    let set = this.held.get(s.tree);
+    if (!set) {
+      set = new Set();
+      this.held.set(s.tree, set);
+    }
+    set.add(s);
+    return false;
+  }
+
+  private unhold(s: Subscription): void {
+    const set = this.held.get(s.tree);
+    if (set?.delete(s) && set.size === 0) this.held.delete(s.tree);
+  }
+
   private pump(s: Subscription): void {
-    while (s.queue.length && s.sink.buffered <= this.limits.highWaterBytes) {
+    while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) {
       const e = this.take(s);
       const [seqBefore, droppedBefore] = [s.seq, s.dropped];
       const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
