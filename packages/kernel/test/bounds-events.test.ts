@@ -122,4 +122,28 @@ describe("bounded after authentication: events", () => {
       }
     });
   });
+  it("a large event is not encoded for subscriptions of sessions whose maxBody it cannot fit: they are told of it as a gap, the kernel's thread is not held", async () => {
+    // Encoded to be dropped, one 15 MiB emit to 1,024 such subscriptions held the kernel for 18 s.
+    await withKernel({}, async (t) => {
+      const p = await t.persona("tiny", [{ ops: ["event.*"], targets: ["topic://tiny/**"] }]);
+      const small = await t.connect(p.identity, [p.token], { maxBody: 4096 });
+      const subs = [];
+      for (let i = 0; i < 64; i++) subs.push(await small.events.subscribe("topic://tiny/**"));
+      const reader = await t.connect(p.identity, [p.token]);
+      const whole = await reader.events.subscribe("topic://tiny/**");
+      const payload = new Uint8Array(4 * MiB).fill(7);
+      const before = t.k.events.encodedBytes;
+      assert.equal((await reader.events.emit("topic://tiny/big", { payload })).subscribers, 65);
+      const encoded = t.k.events.encodedBytes - before;
+      assert.ok(encoded < 2 * 4 * MiB, `${encoded} bytes of EVENT frames encoded for one 4 MiB event: only the reader's frame`);
+      const got = await whole[Symbol.asyncIterator]().next();
+      assert.equal((got.value as { topic: string }).topic, "topic://tiny/big");
+      // The small sessions' subscriptions hear of the event they missed with the next one.
+      await reader.events.emit("topic://tiny/small", { n: 1 });
+      const next = await (subs[0] as (typeof subs)[number])[Symbol.asyncIterator]().next();
+      const ev = next.value as { topic: string; gap?: number };
+      assert.equal(ev.topic, "topic://tiny/small");
+      assert.equal(ev.gap, 1);
+    });
+  });
 });

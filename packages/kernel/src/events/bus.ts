@@ -24,6 +24,8 @@ interface Queued {
   topic: string;
   data: CborValue | undefined;
   bytes: number;
+  /** At most the EVENT body's encoded size (any subscription's), worked out once per emit when a session's maxBody asks. */
+  floor?: number;
 }
 
 interface Subscription {
@@ -89,6 +91,19 @@ export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
 }
 
 /**
+ * A lower bound of a value's canonical CBOR size, without encoding it: each item's head is at
+ * least one byte, a string or byte string at least its length more.
+ */
+export function cborSizeFloor(v: CborValue | undefined): number {
+  if (v === null || v === undefined || typeof v !== "object") return typeof v === "string" ? 1 + Buffer.byteLength(v) : 1;
+  if (v instanceof Uint8Array) return 1 + v.length;
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + cborSizeFloor(x), 1);
+  let n = 1;
+  for (const [k, x] of Object.entries(v)) n += 1 + Buffer.byteLength(k) + cborSizeFloor(x);
+  return n;
+}
+
+/**
  * Topic routing. Subscriptions are indexed by pattern, so an emit costs the subscriptions it
  * matches, not all of them. While a session's connection has more than `highWaterBytes`
  * unread, its events wait in the subscription's queue, bounded in bytes per subscription, per
@@ -113,6 +128,8 @@ export class EventBus {
   queuedBytes = 0;
   dropped = 0;
   delivered = 0;
+  /** Bytes of EVENT frames encoded (one per subscription an event is delivered to, or found too large for). */
+  encodedBytes = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
   /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): {@link useRoots}. */
@@ -224,6 +241,8 @@ export class EventBus {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
+    // One entry for every subscription it reaches: what is worked out about it is worked out once.
+    const entry: Queued = { topic, data, bytes };
     let n = 0;
     for (const s of matched) {
       // Ended during this emit (a write before it dropped its session): nothing is queued to it.
@@ -235,7 +254,7 @@ export class EventBus {
         continue;
       }
       n++;
-      this.enqueue(s, { topic, data, bytes });
+      this.enqueue(s, entry);
       this.pump(s);
     }
     return n;
@@ -369,6 +388,14 @@ export class EventBus {
   private pump(s: Subscription): void {
     while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) {
       const e = this.take(s);
+      const max = s.sink.maxBody;
+      // Surely larger than the session takes (PROTOCOL §4.5): missed without being encoded. Encoded
+      // only to be dropped, one 15 MiB event to 1,024 subscriptions of sessions with a small
+      // maxBody held the kernel's thread for 18 s.
+      if (max !== undefined && (e.floor ??= cborSizeFloor(e.data) + Buffer.byteLength(e.topic)) > max) {
+        this.miss(s);
+        continue;
+      }
       const [seqBefore, droppedBefore] = [s.seq, s.dropped];
       const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
         subscription: s.id,
@@ -383,6 +410,7 @@ export class EventBus {
         s.dropped = 0;
       }
       const frame = encodeMessage({ type: "EVENT", body }, s.id);
+      this.encodedBytes += frame.length;
       if (s.sink.maxBody !== undefined && frame.length - HEADER_SIZE > s.sink.maxBody) {
         // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
         [s.seq, s.dropped] = [seqBefore, droppedBefore];
