@@ -380,6 +380,12 @@ export class EventBus {
     return false;
   }
 
+  /** At most the EVENT body's encoded size: worked out once per event, whatever the subscriptions it reaches. */
+  private floorOf(e: Queued): number {
+    if (e.floor === undefined) e.floor = cborSizeFloor(e.data) + Buffer.byteLength(e.topic);
+    return e.floor;
+  }
+
   private unhold(s: Subscription): void {
     const set = this.held.get(s.tree);
     if (set?.delete(s) && set.size === 0) this.held.delete(s.tree);
@@ -392,7 +398,7 @@ export class EventBus {
       // Surely larger than the session takes (PROTOCOL §4.5): missed without being encoded. Encoded
       // only to be dropped, one 15 MiB event to 1,024 subscriptions of sessions with a small
       // maxBody held the kernel's thread for 18 s.
-      if (max !== undefined && (e.floor ??= cborSizeFloor(e.data) + Buffer.byteLength(e.topic)) > max) {
+      if (max !== undefined && this.floorOf(e) > max) {
         this.miss(s);
         continue;
       }
