@@ -140,6 +140,13 @@ export class Kernel {
     return this.services?.sessions.queued.kernel() ?? 0;
   }
 
+  /** Bytes queued to every session's peer and not yet taken by it, whatever they are (answers, events) and however few. */
+  get bufferedToPeersBytes(): number {
+    let n = 0;
+    for (const s of this.services?.sessions.all() ?? []) n += s.buffered;
+    return n;
+  }
+
   /** Bytes of /dev/shm the kernel's shared-memory segments hold now (bounded by maxShmBytes). */
   get sharedMemoryBytes(): number {
     return this.services?.shmBudget.bytes ?? 0;

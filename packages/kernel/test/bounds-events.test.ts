@@ -73,4 +73,77 @@ describe("bounded after authentication: events", () => {
       assert.equal(none.subscribers, 0);
     });
   });
+  it("one large emit to a tree's many sessions that stopped reading: what is written to them stays within the tree's unread bound; others are served, the held event arrives once there is room", async () => {
+    // Each session that stopped reading used to be written one whole frame (up to maxBody), counted
+    // nowhere: 64 sessions of one tree held 1 GiB after one 16 MiB emit.
+    await withKernel({ maxQueuedBytesPerPersona: 8 * MiB }, async (t) => {
+      const ev = await t.persona("ev", [{ ops: ["event.*"], targets: ["topic://shared/**"] }]);
+      const other = await t.persona("other", [{ ops: ["event.*"], targets: ["topic://shared/**"] }]);
+      const stalled: RawPeer[] = [];
+      const subscribe = async (p: RawPeer, persona: string) => {
+        p.request(1, { op: "event.subscribe", target: "topic://shared/**", args: {} }, { persona });
+        assert.equal((await p.response(1)).status, "SUCCESS");
+      };
+      try {
+        for (let i = 0; i < 12; i++) {
+          const p = await RawPeer.connect(t.k.socketPath);
+          stalled.push(p);
+          await p.handshake(ev.identity, [ev.token]);
+          await subscribe(p, "ev");
+          p.sock.pause();
+        }
+        // One session of the same tree that reads, and one of another persona's tree.
+        const reader = await RawPeer.connect(t.k.socketPath);
+        await reader.handshake(ev.identity, [ev.token]);
+        await subscribe(reader, "ev");
+        const outsider = await RawPeer.connect(t.k.socketPath);
+        await outsider.handshake(other.identity, [other.token]);
+        await subscribe(outsider, "other");
+        const emitter = await t.connect(other.identity, [other.token]);
+        const payload = new Uint8Array(3 * MiB).fill(7);
+        const r = await emitter.events.emit("topic://shared/x", { payload });
+        assert.equal(r.subscribers, 14, "every subscription is reached (held ones wait in the bus)");
+        const queued = t.k.bufferedToPeersBytes;
+        assert.ok(queued <= 8 * MiB + 4 * MiB, `${queued} bytes queued to peers after one 3 MiB emit (the tree may hold 8 MiB)`);
+        const isEvent = (f: { msg: { type: string } }) => f.msg.type === "EVENT";
+        await until(() => outsider.frames.find(isEvent), 20_000, "the other tree's subscriber gets the event");
+        // The stalled sessions go away: the tree has room again, and the held event reaches the reader.
+        for (const p of stalled) p.close();
+        await until(
+          () => reader.frames.find(isEvent),
+          20_000,
+          "the reader of the stalled tree gets the event once there is room",
+        );
+        assert.equal((await (await t.admin()).system.health()).status, "ok");
+        reader.close();
+        outsider.close();
+      } finally {
+        for (const p of stalled) p.close();
+      }
+    });
+  });
+  it("a large event is not encoded for subscriptions of sessions whose maxBody it cannot fit: they are told of it as a gap, the kernel's thread is not held", async () => {
+    // Encoded to be dropped, one 15 MiB emit to 1,024 such subscriptions held the kernel for 18 s.
+    await withKernel({}, async (t) => {
+      const p = await t.persona("tiny", [{ ops: ["event.*"], targets: ["topic://tiny/**"] }]);
+      const small = await t.connect(p.identity, [p.token], { maxBody: 4096 });
+      const subs = [];
+      for (let i = 0; i < 64; i++) subs.push(await small.events.subscribe("topic://tiny/**"));
+      const reader = await t.connect(p.identity, [p.token]);
+      const whole = await reader.events.subscribe("topic://tiny/**");
+      const payload = new Uint8Array(4 * MiB).fill(7);
+      const before = t.k.events.encodedBytes;
+      assert.equal((await reader.events.emit("topic://tiny/big", { payload })).subscribers, 65);
+      const encoded = t.k.events.encodedBytes - before;
+      assert.ok(encoded < 2 * 4 * MiB, `${encoded} bytes of EVENT frames encoded for one 4 MiB event: only the reader's frame`);
+      const got = await whole[Symbol.asyncIterator]().next();
+      assert.equal((got.value as { topic: string }).topic, "topic://tiny/big");
+      // The small sessions' subscriptions hear of the event they missed with the next one.
+      await reader.events.emit("topic://tiny/small", { n: 1 });
+      const next = await (subs[0] as (typeof subs)[number])[Symbol.asyncIterator]().next();
+      const ev = next.value as { topic: string; gap?: number };
+      assert.equal(ev.topic, "topic://tiny/small");
+      assert.equal(ev.gap, 1);
+    });
+  });
 });

@@ -8,6 +8,8 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { setFlagsFromString } from "node:v8";
+import { runInNewContext } from "node:vm";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, tokenFromString } from "@kpip/protocol";
 import { ProcessTable } from "../src/sandbox/processes.js";
@@ -383,5 +385,32 @@ describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
     const m = rounds(logs.stderr);
     assert.ok(m > 0 && m < 300, `agent rounds: ${m}`);
     assert.equal(((await s.admin.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
+  });
+
+  it("output written a byte at a time is kept as its bytes, not as one chunk per write: the kernel's heap grows by about what it captured", async () => {
+    // Each paced one-byte write is its own read: kept as chunks, ~180 bytes of heap per byte.
+    setFlagsFromString("--expose-gc");
+    const gc = runInNewContext("gc") as () => void;
+    const heap = () => {
+      gc();
+      return process.memoryUsage().heapUsed;
+    };
+    const bytes = 30_000;
+    const script = `$| = 1; for (1..${bytes}) { print "x"; select(undef, undef, undef, 0.0002) } sleep 600`;
+    const before = heap();
+    const names = ["drip0", "drip1", "drip2", "drip3"];
+    for (const n of names) await s.admin.agents.spawn("perl", n, { args: ["-e", script], rights: [], lifetimeMs: 600_000 });
+    try {
+      for (const n of names)
+        await until(
+          async () => (await s.admin.agents.logs(`agent://perl/${n}`)).stdout.byteLength === bytes,
+          120_000,
+          `${n} wrote its bytes`,
+        );
+      const grown = heap() - before;
+      assert.ok(grown < 8 * 1024 * 1024, `the heap grew ${grown} bytes for ${names.length * bytes} bytes captured`);
+    } finally {
+      for (const n of names) await s.admin.agents.kill(`agent://perl/${n}`);
+    }
   });
 });

@@ -18,7 +18,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
-import { throttlePastCapture } from "../sandbox/output.js";
+import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
@@ -75,7 +75,7 @@ interface Live {
   slot: ProcessSlot;
   /** The persona the agent acts as. */
   persona: string;
-  out: { stdout: Buffer[]; stderr: Buffer[]; sizes: { stdout: number; stderr: number } };
+  out: { stdout: OutputCapture; stderr: OutputCapture };
   timer: NodeJS.Timeout;
   /** The agent's own token (its id and chain): a revocation covering it kills the agent. */
   token: { id: string; chain: string[] };
@@ -265,15 +265,9 @@ export class AgentManager {
       procId: child.pid === undefined ? null : (processIdentity(child.pid) ?? null),
     };
     this.store.putAgent(rec);
-    const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 } };
-    const collect = (which: "stdout" | "stderr") => (d: Buffer) => {
-      const room = this.opts.maxOutputBytes - out.sizes[which];
-      if (room <= 0) return;
-      out[which].push(d.subarray(0, room));
-      out.sizes[which] += Math.min(room, d.length);
-    };
-    child.stdout?.on("data", collect("stdout"));
-    child.stderr?.on("data", collect("stderr"));
+    const out = { stdout: new OutputCapture(this.opts.maxOutputBytes), stderr: new OutputCapture(this.opts.maxOutputBytes) };
+    child.stdout?.on("data", (d: Buffer) => out.stdout.push(d));
+    child.stderr?.on("data", (d: Buffer) => out.stderr.push(d));
     // What comes past the captured bytes is discarded, and read no faster than a bounded rate.
     throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
@@ -336,8 +330,8 @@ export class AgentManager {
       exitCode: code,
       signal: signal ?? null,
       endedAt: Date.now(),
-      stdout: Buffer.concat(live.out.stdout),
-      stderr: Buffer.concat(live.out.stderr),
+      stdout: live.out.stdout.bytes(),
+      stderr: live.out.stderr.bytes(),
     };
     try {
       this.store.updateAgent(id, f);
@@ -431,8 +425,8 @@ export class AgentManager {
     const a = this.store.getAgent(id);
     const live = this.live.get(id);
     if (a && live) {
-      a.stdout = Buffer.concat(live.out.stdout);
-      a.stderr = Buffer.concat(live.out.stderr);
+      a.stdout = live.out.stdout.bytes();
+      a.stderr = live.out.stderr.bytes();
     }
     return a;
   }

@@ -9,7 +9,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
-import { throttlePastCapture } from "../sandbox/output.js";
+import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Launch, Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
@@ -355,19 +355,9 @@ export class ComputeEngine {
     }
     const scratch = launch;
     const release = this.host.hold(op.persona);
-    const out = { stdout: [] as Buffer[], stderr: [] as Buffer[], sizes: { stdout: 0, stderr: 0 }, truncated: false };
-    const collect = (which: "stdout" | "stderr") => (d: Buffer) => {
-      const room = this.opts.maxOutputBytes - out.sizes[which];
-      if (room <= 0) {
-        out.truncated = true;
-        return;
-      }
-      out[which].push(d.subarray(0, room));
-      out.sizes[which] += Math.min(room, d.length);
-      if (d.length > room) out.truncated = true;
-    };
-    child.stdout?.on("data", collect("stdout"));
-    child.stderr?.on("data", collect("stderr"));
+    const out = { stdout: new OutputCapture(this.opts.maxOutputBytes), stderr: new OutputCapture(this.opts.maxOutputBytes) };
+    child.stdout?.on("data", (d: Buffer) => out.stdout.push(d));
+    child.stderr?.on("data", (d: Buffer) => out.stderr.push(d));
     // What comes past the captured bytes is discarded, and read no faster than a bounded rate.
     throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
@@ -395,9 +385,9 @@ export class ComputeEngine {
       const result = {
         exitCode: code,
         signal: signal ?? null,
-        stdout: Buffer.concat(out.stdout),
-        stderr: Buffer.concat(out.stderr),
-        truncated: out.truncated,
+        stdout: out.stdout.bytes(),
+        stderr: out.stderr.bytes(),
+        truncated: out.stdout.truncated || out.stderr.truncated,
       };
       if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
       else if (ended === "revoked") this.finish(op, "cancelled", result, "CAPABILITY", revokedMessage(job.grant));

@@ -13,12 +13,19 @@ export interface EventSink {
   write(frame: Uint8Array): void;
   /** The largest frame body the peer takes (the session's negotiated maxBody). */
   readonly maxBody?: number;
+  /**
+   * May an EVENT of about `bytes` be queued to the peer now, within what its persona tree (and the
+   * kernel) may hold unread? False: it waits in the subscription's queue, within the bus's bounds.
+   */
+  room?(bytes: number): boolean;
 }
 
 interface Queued {
   topic: string;
   data: CborValue | undefined;
   bytes: number;
+  /** At most the EVENT body's encoded size (any subscription's), worked out once per emit when a session's maxBody asks. */
+  floor?: number;
 }
 
 interface Subscription {
@@ -84,6 +91,19 @@ export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
 }
 
 /**
+ * A lower bound of a value's canonical CBOR size, without encoding it: each item's head is at
+ * least one byte, a string or byte string at least its length more.
+ */
+export function cborSizeFloor(v: CborValue | undefined): number {
+  if (v === null || v === undefined || typeof v !== "object") return typeof v === "string" ? 1 + Buffer.byteLength(v) : 1;
+  if (v instanceof Uint8Array) return 1 + v.length;
+  if (Array.isArray(v)) return v.reduce((n: number, x) => n + cborSizeFloor(x), 1);
+  let n = 1;
+  for (const [k, x] of Object.entries(v)) n += 1 + Buffer.byteLength(k) + cborSizeFloor(x);
+  return n;
+}
+
+/**
  * Topic routing. Subscriptions are indexed by pattern, so an emit costs the subscriptions it
  * matches, not all of them. While a session's connection has more than `highWaterBytes`
  * unread, its events wait in the subscription's queue, bounded in bytes per subscription, per
@@ -98,10 +118,18 @@ export class EventBus {
   private readonly byPersona = new Map<string, number>();
   private readonly sinkBytes = new Map<string, number>();
   private readonly index = new TopicIndex<Subscription>();
+  /**
+   * Subscriptions whose peer reads but whose events wait for room in the persona tree's unread
+   * bytes (another session of the tree does not read): by tree, pumped when one of its sessions
+   * drains or ends.
+   */
+  private readonly held = new Map<string, Set<Subscription>>();
   /** Event bytes waiting in every queue. */
   queuedBytes = 0;
   dropped = 0;
   delivered = 0;
+  /** Bytes of EVENT frames encoded (one per subscription an event is delivered to, or found too large for). */
+  encodedBytes = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
   /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): {@link useRoots}. */
@@ -213,8 +241,12 @@ export class EventBus {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
+    // One entry for every subscription it reaches: what is worked out about it is worked out once.
+    const entry: Queued = { topic, data, bytes };
     let n = 0;
     for (const s of matched) {
+      // Ended during this emit (a write before it dropped its session): nothing is queued to it.
+      if (!this.subs.has(s.id)) continue;
       if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
       const lapsed = s.guard?.();
       if (lapsed !== undefined) {
@@ -222,7 +254,7 @@ export class EventBus {
         continue;
       }
       n++;
-      this.enqueue(s, { topic, data, bytes });
+      this.enqueue(s, entry);
       this.pump(s);
     }
     return n;
@@ -256,6 +288,19 @@ export class EventBus {
     }
   }
 
+  /**
+   * What `persona`'s tree holds unread went down (one of its sessions drained or ended): its
+   * subscriptions that waited for room are pumped.
+   */
+  roomIn(persona: string): void {
+    if (this.held.size === 0 || persona === "") return;
+    const tree = this.roots.of(persona);
+    const subs = this.held.get(tree);
+    if (!subs) return;
+    this.held.delete(tree);
+    for (const s of subs) if (this.subs.has(s.id)) this.pump(s);
+  }
+
   /** Ends a subscription whose guard refused, telling its session why on the subscription itself. */
   private lapse(s: Subscription, reason: string): void {
     this.end(s);
@@ -267,6 +312,7 @@ export class EventBus {
   private end(s: Subscription): void {
     this.subs.delete(s.id);
     this.index.remove(s);
+    this.unhold(s);
     while (s.queue.length) this.take(s);
     const tree = s.tree;
     const n = (this.byPersona.get(tree) ?? 1) - 1;
@@ -281,8 +327,8 @@ export class EventBus {
       s.bytes + e.bytes <= L.queueBytes &&
       (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes &&
       this.queuedBytes + e.bytes <= L.kernelBytes;
-    // A reading peer with nothing waiting gets the event whatever its size.
-    if (s.queue.length === 0 && s.sink.buffered <= L.highWaterBytes) {
+    // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for it.
+    if (s.queue.length === 0 && this.ready(s, e.bytes)) {
       s.queue.push(e);
       this.count(s, e.bytes);
       return;
@@ -316,9 +362,46 @@ export class EventBus {
     return e;
   }
 
+  /**
+   * May the next event (of `bytes`) be written to the subscription's peer now? Not while its
+   * connection holds more than the high-water mark; nor while its persona tree's sessions hold
+   * what they may unread: one frame to each of a tree's 64 sessions that stopped reading held
+   * up to 64 × maxBody (1 GiB) per emit, counted nowhere. Held, it is pumped when the tree has room.
+   */
+  private ready(s: Subscription, bytes: number): boolean {
+    if (s.sink.buffered > this.limits.highWaterBytes) return false;
+    if (s.sink.room === undefined || s.sink.room(bytes)) return true;
+    let set = this.held.get(s.tree);
+    if (!set) {
+      set = new Set();
+      this.held.set(s.tree, set);
+    }
+    set.add(s);
+    return false;
+  }
+
+  /** At most the EVENT body's encoded size: worked out once per event, whatever the subscriptions it reaches. */
+  private floorOf(e: Queued): number {
+    if (e.floor === undefined) e.floor = cborSizeFloor(e.data) + Buffer.byteLength(e.topic);
+    return e.floor;
+  }
+
+  private unhold(s: Subscription): void {
+    const set = this.held.get(s.tree);
+    if (set?.delete(s) && set.size === 0) this.held.delete(s.tree);
+  }
+
   private pump(s: Subscription): void {
-    while (s.queue.length && s.sink.buffered <= this.limits.highWaterBytes) {
+    while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) {
       const e = this.take(s);
+      const max = s.sink.maxBody;
+      // Surely larger than the session takes (PROTOCOL §4.5): missed without being encoded. Encoded
+      // only to be dropped, one 15 MiB event to 1,024 subscriptions of sessions with a small
+      // maxBody held the kernel's thread for 18 s.
+      if (max !== undefined && this.floorOf(e) > max) {
+        this.miss(s);
+        continue;
+      }
       const [seqBefore, droppedBefore] = [s.seq, s.dropped];
       const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
         subscription: s.id,
@@ -333,6 +416,7 @@ export class EventBus {
         s.dropped = 0;
       }
       const frame = encodeMessage({ type: "EVENT", body }, s.id);
+      this.encodedBytes += frame.length;
       if (s.sink.maxBody !== undefined && frame.length - HEADER_SIZE > s.sink.maxBody) {
         // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
         [s.seq, s.dropped] = [seqBefore, droppedBefore];

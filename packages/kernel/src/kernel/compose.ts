@@ -190,6 +190,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         shed: () => metricsRef?.handshakesShed.inc(),
         ended: (s) => {
           events.dropSink(s.id);
+          events.roomIn(s.persona);
           pipelineRef?.sessionEnded(s.id);
         },
       },
@@ -427,8 +428,15 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       sessionDrained: (s) => {
         sessions.queuedTo(s);
         events.drained(s.id);
+        events.roomIn(s.persona);
       },
       sessionQueued: (s) => sessions.queuedTo(s),
+      // The answers' bounds on unread bytes (maxQueuedBytesPerPersona, maxQueuedBytes) hold events too.
+      eventRoom: (s, bytes) => {
+        const tree = sessions.queued.tree(s.id);
+        if (tree === 0) return true;
+        return tree + bytes <= c.maxQueuedBytesPerPersona && sessions.queued.kernel() + bytes <= c.maxQueuedBytes;
+      },
       shm: sharedMemory(c, kernelId, log, sessions, shmBudget),
       bodies,
     };

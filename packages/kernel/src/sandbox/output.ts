@@ -44,3 +44,38 @@ export function throttlePastCapture(stream: Readable | null | undefined, capture
   });
   stream.once("close", () => clearTimeout(timer));
 }
+
+/**
+ * What a process wrote to one stream, its first `max` bytes, kept in one buffer that grows by
+ * doubling (at most twice what it holds). Kept as the chunks read, a process that writes a byte
+ * at a time (each write its own read) cost the kernel ~180 bytes of heap per byte captured:
+ * 180 MiB a stream at the 1 MiB default, and a persona tree runs 32 processes of two streams.
+ */
+export class OutputCapture {
+  private buf: Buffer = Buffer.alloc(0);
+  /** Bytes captured. */
+  size = 0;
+  /** More was written than is kept. */
+  truncated = false;
+
+  constructor(private readonly max: number) {}
+
+  push(d: Uint8Array): void {
+    const room = this.max - this.size;
+    if (d.length > room) this.truncated = true;
+    const n = Math.min(room, d.length);
+    if (n <= 0) return;
+    if (this.size + n > this.buf.length) {
+      const next = Buffer.allocUnsafe(Math.min(this.max, Math.max(8192, 2 * this.buf.length, this.size + n)));
+      this.buf.copy(next, 0, 0, this.size);
+      this.buf = next;
+    }
+    this.buf.set(d.subarray(0, n), this.size);
+    this.size += n;
+  }
+
+  /** A copy of the bytes captured so far. */
+  bytes(): Buffer {
+    return Buffer.from(this.buf.subarray(0, this.size));
+  }
+}

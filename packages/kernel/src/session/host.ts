@@ -65,6 +65,11 @@ export interface SessionHostOf<S> {
    * True: the session's persona tree holds more unread than it may, and this session is dropped.
    */
   sessionQueued?(s: S): boolean;
+  /**
+   * May an EVENT of `bytes` be queued to the session's peer now? False while its persona tree
+   * (or the kernel, when the tree holds some) has as much queued unread as it may.
+   */
+  eventRoom?(s: S, bytes: number): boolean;
   /** Shared memory for bulk bodies, when the native part loaded and it is not turned off. */
   readonly shm?: {
     native: ShmNative;

@@ -132,9 +132,19 @@ export class Session implements SessionView, EventSink {
     return this.reader.partial;
   }
 
-  /** EventSink: an EVENT frame for this session (dropped once it is closed). */
+  /**
+   * EventSink: an EVENT frame for this session (dropped once it is closed), counted with what
+   * is queued unread like an answer: past maxWriteBuffer, or its tree's hard bound, the session ends.
+   */
   write(frame: Uint8Array): void {
-    if (this.state !== "closed") this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
+    if (this.state === "closed") return;
+    this.conn.write(this.shm ? this.shm.wrap(frame) : frame);
+    this.dropIfNotReading();
+  }
+
+  /** EventSink: may an EVENT of `bytes` be queued to the peer, within its tree's unread bytes? */
+  room(bytes: number): boolean {
+    return this.host.eventRoom?.(this, bytes) ?? true;
   }
 
   /** A large body's memory: the pool's once attested (a peer still handshaking gets fresh memory, as it never gives any back). */
