@@ -84,4 +84,45 @@ describe("revoking many tokens at once (a persona tree's removal)", () => {
       removeHome(home);
     }
   });
+
+  it("the ids handed to the revocation fan-out reach every grant a revocation newly covers, and no other (revoke, revokeAll, reload)", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-revoke-fresh-"));
+    try {
+      let run = 0;
+      fc.assert(
+        fc.property(forest, fc.integer({ min: 0, max: 2 }), (f, how) => {
+          run++;
+          const store = storeWith(home, `fresh-${run}.db`, f);
+          try {
+            const r = new Revocations(store);
+            const grants = f.parents.map((_, i) => ({ id: hexId(i), chain: store.getToken(hexId(i))?.chain ?? [] }));
+            const before = grants.map((g) => r.covers(g));
+            assert.deepEqual(r.takeFresh(), [], "what the store held at start is not new");
+            const ids = f.revoke.map(hexId);
+            if (how === 0) for (const id of ids) r.revoke(id, "admin", 1000);
+            else if (how === 1) r.revokeAll(ids, "admin", 1000);
+            else {
+              // Revoked by another process on the same database (the CLI without the kernel).
+              for (const id of ids) store.revokeToken(id, "cli", 1000);
+              r.reload();
+            }
+            const fresh = new Set(r.takeFresh());
+            grants.forEach((g, i) => {
+              const newly = r.covers(g) && !before[i];
+              const named = [g.id, ...g.chain].some((id) => fresh.has(id));
+              // Named but not newly covered is only ever a grant already covered before (nothing to end).
+              if (newly) assert.ok(named, `grant ${g.id} newly covered but not reached`);
+              if (named) assert.ok(r.covers(g), `grant ${g.id} reached but not covered`);
+            });
+            assert.deepEqual(r.takeFresh(), [], "taken once");
+          } finally {
+            store.close();
+          }
+        }),
+        { numRuns: 60 },
+      );
+    } finally {
+      removeHome(home);
+    }
+  });
 });

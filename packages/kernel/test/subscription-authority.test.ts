@@ -56,6 +56,37 @@ describe("an event subscription lives as long as the capability that authorized 
     });
   });
 
+  it("a revocation visits only the subscriptions its tokens authorized: revoking another's token checks none of N, revoking theirs ends all N", async () => {
+    await withKernel({}, async (t) => {
+      const admin = await t.admin();
+      const rights = [...RIGHTS, { ops: ["storage.read"], targets: ["obj://ws1/**"] }];
+      const p = await t.persona("many-listener", rights);
+      const q = await t.persona("churner", RIGHTS);
+      const c = await t.connect(p.identity, [p.token]);
+      const seen: KEvent[] = [];
+      c.on("event", (e: KEvent) => seen.push(e));
+      const N = 100;
+      for (let i = 0; i < N - 1; i++) await c.call("event.subscribe", `topic://auth/n${i}`);
+      await c.call("storage.watch", "obj://ws1/**");
+      assert.equal(t.k.events.subscriptionCount(), N);
+      const before = t.k.events.revocationVisits;
+      // Another persona's token, revoked (what a persona minting and revoking in a loop does): none of the N is visited.
+      await admin.tokens.revoke(q.id);
+      assert.equal(t.k.events.revocationVisits - before, 0, "no subscription was checked");
+      assert.equal(t.k.events.subscriptionCount(), N, "and none ended");
+      // The token that authorized them: every one is visited and ends, with its last EVENT.
+      await admin.tokens.revoke(p.id);
+      assert.equal(t.k.events.revocationVisits - before, N);
+      assert.equal(t.k.events.subscriptionCount(), 0);
+      await until(() => seen.filter((e) => e.ended !== undefined).length === N, 30_000, "every subscription's last event");
+      for (const e of seen.filter((x) => x.ended !== undefined))
+        assert.match(
+          e.ended as string,
+          new RegExp(`^the capability ${p.id} that authorized this (subscription|watch) was revoked$`),
+        );
+    });
+  });
+
   it("ends when the capability expires, at its next event, which it is not told", async () => {
     let skew = 0;
     await withKernel({ clock: () => Date.now() + skew }, async (t) => {

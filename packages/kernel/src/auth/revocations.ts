@@ -7,6 +7,9 @@ export const tokenRef = (g: Grant): string => g.derived ?? g.id;
 /** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
 const SEEN_DERIVED_MAX = 16_384;
 
+/** Newly revoked ids kept for the fan-out; past this many it visits everything instead (one full pass). */
+const FRESH_MAX = 4096;
+
 /**
  * The revoked token ids (kept in memory, checked on every use), what each revocation ended, and
  * where it is on the audit record, so a refusal can name the revocation that caused it.
@@ -17,6 +20,11 @@ export class Revocations {
   private readonly seqs = new Map<string, number>();
   /** Derived tokens seen used this run, by their own id → the ids they descend from (minted id and its chain). */
   private readonly derived = new Map<string, string[]>();
+  /**
+   * Ids revoked since the revocation fan-out last took them ({@link takeFresh}), so it visits only
+   * what a revoked id covers; undefined: too many to list, the fan-out visits everything once.
+   */
+  private fresh: Set<string> | undefined = new Set();
 
   constructor(private readonly store: TokenStore) {
     this.ids = new Set(store.revokedTokenIds());
@@ -26,6 +34,23 @@ export class Revocations {
   /** Is the grant's token, or any token up its chain, revoked? (A token's id and chain are enough.) */
   covers(g: Pick<Grant, "id" | "chain">): boolean {
     return this.ids.has(g.id) || g.chain.some((id) => this.ids.has(id));
+  }
+
+  /**
+   * The ids revoked since the last call (what the revocation fan-out must reach: a grant is
+   * covered by one only if it is the grant's id or in its chain), or undefined when more were
+   * revoked than are listed (the fan-out then checks everything, as it did for every revocation).
+   */
+  takeFresh(): string[] | undefined {
+    const f = this.fresh;
+    this.fresh = new Set();
+    return f && [...f];
+  }
+
+  private noteFresh(id: string): void {
+    if (this.ids.has(id) || this.fresh === undefined) return;
+    if (this.fresh.size >= FRESH_MAX) this.fresh = undefined;
+    else this.fresh.add(id);
   }
 
   /** Notes a derived token's first use in this run; false when it was already seen. */
@@ -143,13 +168,19 @@ export class Revocations {
       for (const t of derived()) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
       for (const [d, up] of seen()) if (live(up)) ended.push(d);
     }
+    this.noteFresh(id);
     this.ids.add(id);
     return { changed: this.store.revokeToken(id, by, now), ended };
   }
 
   /** Takes in what the store holds (revocations another process recorded; pruned ones forgotten when `reset`). */
   reload(reset = false): void {
+    const before = reset ? new Set(this.ids) : this.ids;
     if (reset) this.ids.clear();
-    for (const id of this.store.revokedTokenIds()) this.ids.add(id);
+    for (const id of this.store.revokedTokenIds()) {
+      // New to this process (revoked elsewhere): the fan-out reaches what it covers.
+      if (!before.has(id)) this.noteFresh(id);
+      this.ids.add(id);
+    }
   }
 }

@@ -191,6 +191,11 @@ export class TokenService {
   isRevoked(g: Pick<Grant, "id" | "chain">): boolean {
     return this.revoked.covers(g);
   }
+
+  /** The ids revoked since the fan-out last asked, or undefined: too many, check everything ({@link Revocations.takeFresh}). */
+  takeRevoked(): string[] | undefined {
+    return this.revoked.takeFresh();
+  }
 }
 
 /** A mint that would widen rights, limits or lifetime: PERMISSION, whoever asked (token.mint, agent.spawn). */

@@ -267,7 +267,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
     // The fan-out reaches the agents and ops started under a revoked capability too (both made
     // below; it runs only once the kernel serves).
-    const revoked = () => notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events, { agents, compute, uploads });
+    const revoked = () =>
+      notifyRevoked(sessions.all(), (g) => tokens.isRevoked(g), events, { agents, compute, uploads }, tokens.takeRevoked());
     router.register(tokenFamily(enforcer, tokens, store, revoked, c.adminPersona, cursors));
     const compute = new ComputeEngine(
       store,

@@ -16,18 +16,23 @@ export interface RevocationReach {
  * own notice channel (`topic://kernel/tokens/<id>/revoked`), every subscription a revoked
  * capability authorized ends, every running agent whose token is covered is killed, every
  * op queued or running under a covered grant is cancelled, and every upload begun under one is
- * dropped (PROTOCOL §13.1).
+ * dropped (PROTOCOL §13.1). `ids`: the token ids revoked since the last fan-out (undefined: not
+ * known, everything is checked).
  */
 export function notifyRevoked(
   sessions: Iterable<Session>,
   isRevoked: (g: Pick<Grant, "id" | "chain">) => boolean,
   events: EventBus,
   reach?: RevocationReach,
+  ids?: readonly string[],
 ): void {
-  // Subscriptions and watches the revoked capabilities authorized end now, each with a last EVENT saying why.
-  events.endLapsed();
+  // Subscriptions and watches the revoked capabilities authorized end now, each with a last EVENT
+  // saying why. With the ids revoked, only what names one is visited (a revocation covers nothing
+  // else): a persona revoking its own tokens in a loop made every one visit every subscription
+  // and handle in the kernel.
+  events.endRevoked(ids);
   for (const sess of sessions) {
-    for (const h of sess.handles.all()) {
+    for (const h of ids === undefined ? sess.handles.all() : sess.handles.naming(ids)) {
       if (isRevoked(h.grant)) {
         events.notify(sess, `topic://kernel/tokens/${h.grant.id}/revoked`, { token: h.grant.id, handle: h.handle });
       }

@@ -26,7 +26,7 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
         // The subscription lives as long as the capability that authorized it (revoked: ended at once; expired: at its next event).
         handler: (ctx) => ({
           status: "SUCCESS",
-          payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri, bus.guardFor(ctx.grant)) },
+          payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri, ctx.grant) },
         }),
       }),
       implement(eventUnsubscribe, {

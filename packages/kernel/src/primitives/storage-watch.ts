@@ -42,7 +42,7 @@ export function watchOps(d: WatchDeps): PrimitiveDeclaration[] {
           throw new OpError("SEMANTIC", "'**' may only be the last segment of a watch pattern");
         const pattern = ctx.targetUri;
         // It lives as long as the capability that authorized it, as every subscription does.
-        const subscription = d.bus.subscribe(sink(ctx.session), pattern, d.bus.guardFor(ctx.grant));
+        const subscription = d.bus.subscribe(sink(ctx.session), pattern, ctx.grant);
         return { status: "SUCCESS", payload: { subscription, pattern }, audit: { subscription } };
       },
     }),

@@ -229,8 +229,8 @@ export function tokenFamily(
             };
           });
           // Only a revocation that changed something ends sessions' handles and subscriptions: the
-          // fan-out visits every session and subscription, and revoking an already revoked token
-          // again (idempotent, allowed to its holder) must not make a persona able to run it at will.
+          // fan-out visits every session (and every agent and op), and revoking an already revoked
+          // token again (idempotent, allowed to its holder) must not make a persona able to run it at will.
           if (changed) onRevoke(id);
           return result;
         },

@@ -32,13 +32,30 @@ export interface BoundCapability {
 export class HandleTable {
   private next = 1;
   private readonly map = new Map<number, BoundCapability>();
+  /** Handles by each token id their grant names (its own and its chain's): what a revocation of that id may cover. */
+  private readonly byToken = new Map<string, BoundCapability[]>();
   /** Bytes of every token bound so far (bounded by the enforcer's bind). */
   bytes = 0;
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
-    this.map.set(handle, { handle, token, grant, decisions: new Map(), decided: 0, label: undefined, allows: undefined });
+    const b: BoundCapability = { handle, token, grant, decisions: new Map(), decided: 0, label: undefined, allows: undefined };
+    this.map.set(handle, b);
+    for (const id of new Set([grant.id, ...grant.chain])) {
+      const list = this.byToken.get(id);
+      if (list) list.push(b);
+      else this.byToken.set(id, [b]);
+    }
     return handle;
+  }
+  /**
+   * The handles whose grant names one of `ids` (its own id or one up its chain), in handle order:
+   * the only ones a revocation of those ids can cover, found without visiting every handle.
+   */
+  naming(ids: readonly string[]): BoundCapability[] {
+    const found = new Set<BoundCapability>();
+    for (const id of ids) for (const b of this.byToken.get(id) ?? []) found.add(b);
+    return [...found].sort((x, y) => x.handle - y.handle);
   }
   get(handle: number): BoundCapability | undefined {
     return this.map.get(handle);
