@@ -28,7 +28,11 @@ export interface HttpOptions {
   port: number;
   /** The secret hosts must send as `Authorization: Bearer <secret>`; at least 16 characters. */
   bearer: string;
-  /** A host session with no request for this long is closed (default 30 min); the host starts a new one on 404. */
+  /**
+   * A host session with no request for this long is closed (default 30 min); the host starts a
+   * new one on 404. A POST not yet answered in full (a call running, its answer being read) keeps
+   * it, and the time counts from that answer's end; an open GET stream alone does not.
+   */
   idleMs?: number;
   /**
    * Most host sessions open at once (default 64). Each holds an MCP server and a transport in
@@ -184,7 +188,13 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
    */
   const hosts = new WeakMap<
     StreamableHTTPServerTransport,
-    { budget: HostBudget; carriers: Map<string | number, ServerResponse>; notices: GetStream }
+    {
+      budget: HostBudget;
+      carriers: Map<string | number, ServerResponse>;
+      notices: GetStream;
+      /** POSTs of this session not yet answered in full (a call running, an answer being read): it is not idle. */
+      open: number;
+    }
   >();
   let port = o.port;
   // Hosts that go away without DELETE would otherwise keep their server and transport forever.
@@ -203,6 +213,9 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     () => {
       const now = Date.now();
       for (const [id, t] of sessions) {
+        // A host waiting on a call that runs longer than idleMs is still there (its GET stream
+        // alone does not count: a host that forgot its session would hold it for ever).
+        if ((hosts.get(t)?.open ?? 0) > 0) continue;
         if (now - (lastSeen.get(id) ?? 0) > idleMs) void t.close().catch(() => {});
       }
     },
@@ -222,7 +235,16 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       const t = sessions.get(sid);
       if (!t) return refuse(res, 404, "unknown or ended MCP session");
       lastSeen.set(sid, Date.now());
-      if (req.method === "GET") hosts.get(t)?.notices.attach(res);
+      const host = hosts.get(t);
+      if (host && req.method === "POST") {
+        host.open++;
+        res.once("close", () => {
+          host.open--;
+          // Idle from the end of its last answer, not from its request (the session may have ended meanwhile).
+          if (sessions.get(sid) === t) lastSeen.set(sid, Date.now());
+        });
+      }
+      if (req.method === "GET") host?.notices.attach(res);
       if (req.method !== "POST") return t.handleRequest(req, res);
       // Read here so the calls it carries are known: their answers count against the session's
       // bounds until this response ends, and a call whose connection closes is cancelled.
@@ -230,7 +252,6 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       if (!read.ok) return refuseBody(res, read);
       const body = read.json;
       if (tooLarge(body)) return refuse(res, 400, `a batch may hold at most ${maxBatch} messages`);
-      const host = hosts.get(t);
       const ids = host ? requestIds(body).filter((id) => !host.carriers.has(id)) : [];
       if (host && ids.length > 0) {
         for (const id of ids) host.carriers.set(id, res);
@@ -286,7 +307,7 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
     const budget = gateway.budgetOf(mcp);
     budget.tracksDelivery = true;
     const carriers = new Map<string | number, ServerResponse>();
-    hosts.set(t, { budget, carriers, notices });
+    hosts.set(t, { budget, carriers, notices, open: 0 });
     // Every answer handed to the transport counts against the session's bounds until its
     // response ends: not only calls' answers (counted when they end) but refusals, pings and
     // the SDK's own errors, which a host could otherwise pile up unread without bound.

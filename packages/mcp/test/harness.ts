@@ -41,6 +41,16 @@ export function kpipAsync(args: string[]): Promise<{ code: number | null; out: s
   });
 }
 
+/**
+ * Kernels started here and still running. Killed when this process exits however it exits: a
+ * kernel left behind by a test or probe that threw holds this process's stderr open, and
+ * whoever reads it (the test runner, a `| tail`) then waits for ever.
+ */
+const liveKernels = new Set<ChildProcess>();
+process.on("exit", () => {
+  for (const k of liveKernels) k.kill("SIGKILL");
+});
+
 /** A kernel in its own process on a temp home; it can be killed and started again on the same home. */
 export class KernelHome {
   readonly home = mkdtempSync(join(tmpdir(), "kpip-mcp-"));
@@ -56,6 +66,8 @@ export class KernelHome {
       stdio: ["ignore", "pipe", "inherit"],
     });
     this.child = k;
+    liveKernels.add(k);
+    k.once("exit", () => liveKernels.delete(k));
     await outputIncludes(k, "is running");
   }
 
