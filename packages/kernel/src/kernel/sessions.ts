@@ -10,8 +10,6 @@ import { Session, type SessionHost } from "../session/session.js";
 import { SliceSweep } from "./slices.js";
 import { HEAVY_QUEUED_BYTES, UnreadTotals } from "./unread-totals.js";
 
-export { HEAVY_QUEUED_BYTES } from "./unread-totals.js";
-
 /** The registry's bounds: the pre-authentication budget's, and the persona tree's hard bound on bytes queued unread. */
 export interface SessionLimits extends PreauthLimits {
   /**
