@@ -19,7 +19,6 @@ from .errors import (
     KpipError,
     ProtocolViolation,
     TokenRefreshFailed,
-    UntrustedSocket,
     wire_error,
 )
 from .frames import HEADER_SIZE
@@ -227,8 +226,10 @@ class Client:
                 except AuthError as e:
                     self.last_error = e
                     self._shutdown(e)  # the persona can no longer attest: retrying cannot help
-                # Another user's socket at the path is refused at each try (nothing sent), until the kernel's is back.
-                except (KernelUnavailable, KpipError, ProtocolViolation, OSError, UntrustedSocket) as e:
+                # Anything else is retried, as a failed connect is (another user's socket at the path
+                # included: refused at each try, nothing sent): a failure type missing from a list
+                # left the client "reconnecting" for ever with no task to reconnect.
+                except Exception as e:
                     self.last_error = e
                     if self.state != "closed":
                         self.state = "reconnecting"

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,8 +18,11 @@ from .identity import Identity, attestation_transcript
 from .messages import Message, decode_message, encode_message
 from .shm import SHM_FEATURE, ShmChannel, ShmError, segment_name, unavailable
 
-# Linux's SO_PEERCRED (struct ucred); elsewhere the socket's owner is checked before connecting.
-PEERCRED: int | None = getattr(socket, "SO_PEERCRED", None)
+# Linux's SO_PEERCRED: struct ucred {pid_t pid; uid_t uid; gid_t gid} (uid_t unsigned). Other
+# systems that name SO_PEERCRED lay it out otherwise (OpenBSD: uid first): there the socket's owner
+# is checked before connecting instead.
+PEERCRED: int | None = getattr(socket, "SO_PEERCRED", None) if sys.platform.startswith("linux") else None
+_UCRED = struct.Struct("iII")
 
 
 def untrusted_owner(path: str) -> UntrustedSocket | None:
@@ -26,8 +30,8 @@ def untrusted_owner(path: str) -> UntrustedSocket | None:
     process's. Only where the kernel cannot say who is connected (no SO_PEERCRED): a stat before
     the connect, which a user able to change the socket's directory can race. Root reaches every
     user's kernel and is not checked; a path that is not there is left to the connect to report."""
-    me = os.geteuid() if hasattr(os, "geteuid") else None
-    if me is None or me == 0:
+    me = os.geteuid()
+    if me == 0:
         return None
     try:
         owner = os.stat(path).st_uid
@@ -49,7 +53,7 @@ def untrusted_peer(sock: socket.socket, path: str) -> UntrustedSocket | None:
     me = os.geteuid()
     if me == 0 or PEERCRED is None:
         return None
-    _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, PEERCRED, struct.calcsize("3i")))
+    _pid, uid, _gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, PEERCRED, _UCRED.size))
     if uid in (me, 0):
         return None
     return UntrustedSocket(
@@ -98,15 +102,14 @@ class Link:
 
     @staticmethod
     async def open(path: str) -> Link:
-        untrusted = untrusted_owner(path) if PEERCRED is None else None
-        if untrusted is not None:
+        # Asked of the connection where it can say who listens; else of the socket file beforehand.
+        if PEERCRED is None and (untrusted := untrusted_owner(path)) is not None:
             raise untrusted
         try:
             reader, writer = await asyncio.open_unix_connection(path, limit=1 << 20)
         except OSError as e:
             raise KernelUnavailable(f"no kernel at {path}: {e.strerror or e}") from e
-        untrusted = None if PEERCRED is None else untrusted_peer(writer.get_extra_info("socket"), path)
-        if untrusted is not None:
+        if PEERCRED is not None and (untrusted := untrusted_peer(writer.get_extra_info("socket"), path)) is not None:
             writer.close()
             raise untrusted
         return Link(reader, writer)
