@@ -196,6 +196,8 @@ export class SessionRegistry implements SessionCounts {
   }
   /** Open sessions of `persona` and of the personas under it: what system.info counts for a persona. */
   sessionCountWithin(persona: string): number {
+    // A tree's top (most personas asking): its tree's count, kept at admission; a walk only below it.
+    if (this.roots.of(persona) === persona) return this.trees.get(persona) ?? 0;
     let n = 0;
     for (const s of this.sessions) if (s.persona && personaWithin(s.persona, persona)) n++;
     return n;
