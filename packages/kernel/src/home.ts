@@ -1,7 +1,7 @@
 import { createPrivateKey, generateKeyPairSync, type KeyObject, randomUUID } from "node:crypto";
 import { existsSync, linkSync, lstatSync, mkdirSync, readFileSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
-import { generateIdentity, parseIdentity, serializeIdentity, tokenToString } from "@kpip/protocol";
+import { generateIdentity, parseIdentity, serializeIdentity, tokenFromString, tokenToString } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import type { TokenService } from "./auth/tokens.js";
 import {
@@ -35,17 +35,47 @@ const ADMIN_TOKEN_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
  * Mints the admin persona's root token (every op on every target) on first start and keeps
  * it in <home>/admin.token (0600). Even the admin acts only through a capability.
  */
-export function ensureAdminToken(home: string, tokens: TokenService, admin: string): string {
+export function ensureAdminToken(
+  home: string,
+  store: Pick<SqliteStore, "transaction" | "getToken">,
+  tokens: TokenService,
+  admin: string,
+): string {
   const path = join(home, HOME_FILES.adminToken);
+  // Written under this name in the transaction that records the token, and named only once that
+  // committed: a kernel killed in between leaves a file whose row never committed (dropped) or a
+  // recorded token not yet named (named now), never a 10-year row no file holds and a second mint.
+  const pending = `${path}.new`;
+  if (existsSync(pending)) {
+    if (!existsSync(path) && pendingTokenRecorded(pending, store, admin)) linkSync(pending, path);
+    unlinkSync(pending);
+  }
   if (!existsSync(path)) {
-    const t = tokens.mint(undefined, "kernel", {
-      sub: admin,
-      rights: [{ ops: ["**"], targets: ["**"] }],
-      ttlMs: ADMIN_TOKEN_TTL_MS,
+    store.transaction(() => {
+      const t = tokens.mint(undefined, "kernel", {
+        sub: admin,
+        rights: [{ ops: ["**"], targets: ["**"] }],
+        ttlMs: ADMIN_TOKEN_TTL_MS,
+      });
+      writeSecret(pending, `${tokenToString(t)}\n`);
     });
-    writeSecret(path, `${tokenToString(t)}\n`);
+    linkSync(pending, path);
+    unlinkSync(pending);
   }
   return path;
+}
+
+/** Whether the token in `pending` is the admin's root token as recorded (its row committed, unrevoked). */
+function pendingTokenRecorded(pending: string, store: Pick<SqliteStore, "getToken">, admin: string): boolean {
+  let id: string;
+  try {
+    const text = readRegularFile(pending, 64 * 1024).toString("utf8");
+    id = tokenFromString(text.trim()).claims.id;
+  } catch {
+    return false;
+  }
+  const rec = store.getToken(id);
+  return rec !== undefined && rec.sub === admin && rec.mintedBy === "kernel" && rec.revokedAt === null;
 }
 
 /** Another live kernel owns this home; this one does not start. */

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { KEvent } from "@kpip/protocol";
-import { kernelForSuite, klass } from "./harness.js";
+import { kernelForSuite, klass, until } from "./harness.js";
 
 /** Reads a subscription until an event on `fence` arrives; returns the topics seen before it. */
 async function topicsUntil(sub: AsyncIterable<KEvent>, fence: string): Promise<string[]> {
@@ -83,6 +83,44 @@ describe("authorization scope: patterns, kernel topics, status, argument names",
     // The operator still counts every session.
     const all = ((await s.admin.call("system.info", "kernel://")).payload as { sessions: number }).sessions;
     assert.ok(all >= 2, `the admin counts ${all}`);
+  });
+
+  it("system.info below a tree's top counts the persona's subtree from counts kept at admission and close, visiting no session", async () => {
+    const rights = [{ ops: ["system.info"], targets: ["kernel://"] }];
+    const top = await s.t.persona("gus", rights);
+    const w = await s.t.persona("gus/w", rights);
+    const wx = await s.t.persona("gus/w/x", rights);
+    const v = await s.t.persona("gus/v", rights);
+    const mine = await s.t.connect(w.identity, [w.token]);
+    const below = await s.t.connect(wx.identity, [wx.token]);
+    await s.t.connect(wx.identity, [wx.token]);
+    // Beside it and above it: not counted for gus/w.
+    await s.t.connect(v.identity, [v.token]);
+    await s.t.connect(top.identity, [top.token]);
+    // Any walk over the kernel's sessions made to answer the count is seen here.
+    const registry = (s.t.k as unknown as { services: { sessions: { sessions: Set<unknown> } } }).services.sessions;
+    const set = registry.sessions;
+    let walks = 0;
+    const iterate = Set.prototype[Symbol.iterator];
+    Object.defineProperty(set, Symbol.iterator, {
+      configurable: true,
+      value(this: Set<unknown>) {
+        if (/sessionCountWithin/.test(new Error().stack ?? "")) walks++;
+        return iterate.call(this);
+      },
+    });
+    try {
+      const count = async () => ((await mine.call("system.info", "kernel://")).payload as { sessions: number }).sessions;
+      assert.equal(await count(), 3, "gus/w and the two sessions of gus/w/x");
+      await below.close();
+      await until(async () => (await count()) === 2, 30_000, "the closed session no longer counted");
+      const topCount = await s.t.connect(top.identity, [top.token]);
+      const all = ((await topCount.call("system.info", "kernel://")).payload as { sessions: number }).sessions;
+      assert.equal(all, 5, "gus counts its whole tree: itself twice, gus/w, gus/w/x, gus/v");
+      assert.equal(walks, 0, "no session was visited to count");
+    } finally {
+      delete (set as unknown as Record<symbol, unknown>)[Symbol.iterator];
+    }
   });
 
   it("names from Object.prototype are no argument of any op", async () => {

@@ -4,14 +4,17 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from "no
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { tokenFromString } from "@kpip/protocol";
+import { HOME_FILES, SqliteStore } from "../src/index.js";
 import { removeHome, startKernel } from "./harness.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
 
 /**
  * A kernel's first start on `home`, in a child process that SIGKILLs itself at a chosen point:
- * `register` as the admin persona is about to be registered (its identity file written), or
- * `write:<file>` at the first write into that home file (created, nothing in it yet).
+ * `register` as the admin persona is about to be registered (its identity file written),
+ * `write:<file>` at the first write into that home file (created, nothing in it yet), `minted`
+ * once the admin's root token is recorded, or `named` as its file is about to get its name.
  */
 async function firstStartKilledAt(home: string, point: string): Promise<void> {
   const code = `import { createRequire, syncBuiltinESMExports } from "node:module";
@@ -41,6 +44,21 @@ if (point === "register") {
     die();
     return add.apply(this, args);
   };
+}
+if (point === "minted") {
+  const record = SqliteStore.prototype.recordToken;
+  SqliteStore.prototype.recordToken = function (r) {
+    record.call(this, r);
+    if (r.mintedBy === "kernel") die();
+  };
+}
+if (point === "named") {
+  const link = fs.linkSync;
+  fs.linkSync = function (from, to) {
+    if (to === home + "/admin.token") die();
+    return link.call(this, from, to);
+  };
+  syncBuiltinESMExports();
 }
 await new Kernel({ home, logLevel: "silent" }).start();
 process.stdout.write("started\\n");
@@ -92,6 +110,30 @@ describe("a kernel killed during its first start", () => {
         await firstStartKilledAt(home, `write:${file}`);
         assert.ok(!existsSync(join(home, file)) || statSync(join(home, file)).size > 0, `${file} is empty after the kill`);
         await nextStartServes(home);
+      } finally {
+        removeHome(home);
+      }
+    }
+  });
+
+  it("killed between minting the admin's token and naming its file: the next start keeps one admin token, the one in the file", async () => {
+    for (const point of ["minted", "write:admin.token", "named"]) {
+      const home = mkdtempSync(join(tmpdir(), "kpip-"));
+      try {
+        await firstStartKilledAt(home, point);
+        await nextStartServes(home);
+        const store = new SqliteStore(join(home, HOME_FILES.database));
+        try {
+          const minted = store.listTokens("admin").filter((t) => t.mintedBy === "kernel");
+          const inFile = tokenFromString(readFileSync(join(home, HOME_FILES.adminToken), "utf8").trim()).claims.id;
+          assert.deepEqual(
+            minted.map((t) => t.id),
+            [inFile],
+            `killed at ${point}: one root token row, the file's (no unused 10-year token left)`,
+          );
+        } finally {
+          store.close();
+        }
       } finally {
         removeHome(home);
       }

@@ -2,10 +2,10 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
-import { generateIdentity } from "@kpip/protocol";
+import { decodeToken, generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
-import { kernelForSuite, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
+import { kernelForSuite, klass, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
 
 const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
 
@@ -104,6 +104,38 @@ describe("the persona registry through the kernel: persona.register / remove / l
     const c2 = await suite.t.connect(newEve, [eve.token]);
     assert.equal(c2.refusedTokens.length, 1);
     assert.equal(c2.refusedTokens[0]?.code, "REVOKED");
+  });
+
+  it("removal revokes the tokens the persona minted from its parent's token, and what was minted from them, in the removal's record", async () => {
+    const status = async (tok: Uint8Array) =>
+      (
+        (await suite.admin.call("token.inspect", `token://${decodeToken(tok).claims.id}`, { token: tok })).payload as {
+          status: string;
+        }
+      ).status;
+    const rights = [{ ops: ["system.*", "token.mint"], targets: ["kernel://", "persona://vic", "persona://vic/**"] }];
+    const vic = await suite.t.persona("vic", rights);
+    const bot = await suite.t.persona("vic/bot", [{ ops: ["system.*"], targets: ["kernel://"] }]);
+    // The sub-persona uses its parent's token (its subject is above it) to mint for the parent.
+    const b = await suite.t.connect(bot.identity, [bot.token, vic.token]);
+    const minted = (await b.tokens.mint("vic", { rights, ttlMs: 60_000 }, { caps: [vic.token] })).token;
+    const v = await suite.t.connect(vic.identity, [vic.token]);
+    const grandchild = (await v.tokens.mint("vic", { rights: rights.slice(0, 1), ttlMs: 30_000 }, { caps: [minted] })).token;
+    assert.equal(await status(minted), "valid");
+
+    const r = await suite.admin.call("persona.remove", "persona://vic/bot");
+    assert.deepEqual(r.payload, { removed: "vic/bot", alsoRemoved: [], sessionsEnded: 1, tokensRevoked: 2 });
+    assert.equal(await status(minted), "revoked", "minted by the removed persona");
+    assert.equal(await status(grandchild), "revoked", "minted from a token it minted");
+    assert.equal(await status(vic.token), "valid", "the parent's own token stays");
+    await assert.rejects(v.call("system.health", "kernel://", {}, { caps: [minted] }), klass("CAPABILITY"));
+    assert.equal((await v.call("system.health", "kernel://", {}, { caps: [vic.token] })).status, "SUCCESS");
+    // On the record of the removal, as any revocation is: every token it ended.
+    const rec = suite.t.k.inspect
+      .queryAudit({ op: "persona.remove", limit: 50 })
+      .find((x) => x.phase === "outcome" && x.target === "persona://vic/bot");
+    const ended = (JSON.parse(rec?.detail ?? "{}") as { ended?: string[] }).ended ?? [];
+    assert.deepEqual([...ended].sort(), [bot.token, minted, grandchild].map((x) => decodeToken(x).claims.id).sort());
   });
 
   it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {

@@ -5,11 +5,13 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { encodeIntent, encodeToken, type Grant, intentHash, type Request, type Response } from "@kpip/protocol";
+import { pino } from "pino";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
 import { Admission } from "../src/pipeline/admission.js";
 import { tokenFamily } from "../src/primitives/token.js";
 import type { PrimitiveFamily } from "../src/primitives/types.js";
+import { PeerLogLimiter } from "../src/session/log-limit.js";
 import { HASH_SLICE } from "../src/sliced-hash.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AuditRow } from "../src/store/types.js";
@@ -191,6 +193,68 @@ describe("the pipeline on its own (unit)", () => {
       assert.deepEqual([rec.phase, rec.errorClass], ["complete", "RESOURCE"]);
     } finally {
       u.close();
+    }
+  });
+
+  it("work that fails after an effect committed is logged, never the answer: the answer and the outcome record are the committed SUCCESS", async () => {
+    for (const asyncStages of [false, true]) {
+      const logged: string[] = [];
+      const peerLog = new PeerLogLimiter(
+        pino({ level: "info" }, { write: (s: string) => logged.push(JSON.parse(s).msg as string) }),
+        { lines: 100, windowMs: 60_000 },
+      );
+      const committedThenFails: PrimitiveFamily = {
+        name: "c",
+        ops: [
+          {
+            op: "c.commit",
+            description: "an effect that commits, then a clean-up (and the record's note) that throws",
+            targets: ["persona"],
+            args: {},
+            idempotent: false,
+            effects: true,
+            handler: (ctx) => {
+              ctx.atomically(() => ({
+                status: "SUCCESS" as const,
+                payload: { done: true },
+                recorded: () => {
+                  throw new Error("the note of the record failed");
+                },
+              }));
+              throw new Error("the clean-up failed");
+            },
+          },
+          {
+            op: "c.rollback",
+            description: "an effect that throws inside its transaction: nothing committed",
+            targets: ["persona"],
+            args: {},
+            idempotent: false,
+            effects: true,
+            handler: (ctx) =>
+              ctx.atomically(() => {
+                throw new Error("the effect failed");
+              }),
+          },
+        ],
+      };
+      const u = unit({ families: [committedThenFails], peerLog, asyncStages });
+      try {
+        const req = request({ op: "c.commit", target: "persona://alice", args: {} });
+        const r = await u.send(req);
+        assert.deepEqual([r.status, r.error, r.payload], ["SUCCESS", undefined, { done: true }], `async: ${asyncStages}`);
+        const outcome = u.records().find((x) => x.requestId === req.id && x.phase === "outcome");
+        assert.equal(outcome?.status, "SUCCESS");
+        // Both failures logged; the retry gets the same answer from the record.
+        assert.equal(logged.filter((m) => /after a committed effect/.test(m)).length, 2, logged.join("; "));
+        const again = await u.send(req);
+        assert.deepEqual([again.status, again.payload], ["SUCCESS", { done: true }]);
+        // Nothing committed: the failure is the answer, as before.
+        const rolled = await u.send(request({ op: "c.rollback", target: "persona://alice", args: {} }));
+        assert.equal(rolled.error, "INTERNAL");
+      } finally {
+        u.close();
+      }
     }
   });
 

@@ -264,7 +264,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     enforcerRef = enforcer;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
-    const adminToken = ensureAdminToken(c.home, tokens, c.adminPersona);
+    const adminToken = ensureAdminToken(c.home, store, tokens, c.adminPersona);
     // The fan-out reaches the agents and ops started under a revoked capability too (both made
     // below; it runs only once the kernel serves).
     const revoked = () =>

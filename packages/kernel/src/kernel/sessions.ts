@@ -1,7 +1,6 @@
-import { personaWithin } from "@kpip/protocol";
 import { TICK_SLICE_SESSIONS } from "../limits.js";
 import type { QueuedTotals } from "../pipeline/answer-budget.js";
-import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
+import { FIRST_SEGMENT, forEachInLineage, type TreeRoots } from "../resources/lineage.js";
 import type { Connection } from "../session/connection.js";
 import type { SessionCounts } from "../session/counts.js";
 import type { SessionRefusal } from "../session/host.js";
@@ -39,6 +38,13 @@ export class SessionRegistry implements SessionCounts {
   private readonly trees = new Map<string, number>();
   /** The tree each attested session was counted in: released there, whatever the registry became since. */
   private readonly treeOf = new Map<Session, string>();
+  /**
+   * Attested sessions at or under each persona id: a session counts at its persona and at every
+   * id above it (its depth is bounded), so system.info's count is a lookup, not a walk of every session.
+   */
+  private readonly within = new Map<string, number>();
+  /** The persona each attested session was counted under in {@link within}. */
+  private readonly personaOf = new Map<Session, string>();
   private host: SessionHost | undefined;
   /**
    * Bytes queued unread to sessions with at least HEAVY_QUEUED_BYTES queued, per persona tree
@@ -108,6 +114,8 @@ export class SessionRegistry implements SessionCounts {
     this.preauth.release(s);
     this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);
     this.treeOf.set(s, tree);
+    this.personaOf.set(s, persona);
+    forEachInLineage(persona, (p) => this.within.set(p, (this.within.get(p) ?? 0) + 1));
     return undefined;
   }
 
@@ -167,6 +175,15 @@ export class SessionRegistry implements SessionCounts {
       if (n > 0) this.trees.set(tree, n);
       else this.trees.delete(tree);
     }
+    const persona = this.personaOf.get(s);
+    if (persona !== undefined) {
+      this.personaOf.delete(s);
+      forEachInLineage(persona, (p) => {
+        const n = (this.within.get(p) ?? 1) - 1;
+        if (n > 0) this.within.set(p, n);
+        else this.within.delete(p);
+      });
+    }
     this.sessions.delete(s);
     this.byId.delete(s.id);
     this.on.ended?.(s);
@@ -196,11 +213,8 @@ export class SessionRegistry implements SessionCounts {
   }
   /** Open sessions of `persona` and of the personas under it: what system.info counts for a persona. */
   sessionCountWithin(persona: string): number {
-    // A tree's top (most personas asking): its tree's count, kept at admission; a walk only below it.
-    if (this.roots.of(persona) === persona) return this.trees.get(persona) ?? 0;
-    let n = 0;
-    for (const s of this.sessions) if (s.persona && personaWithin(s.persona, persona)) n++;
-    return n;
+    // Kept at admission and close, for every persona: one lookup per call, whatever the sessions.
+    return this.within.get(persona) ?? 0;
   }
   attestedCount(): number {
     return this.treeOf.size;

@@ -162,6 +162,11 @@ export const FAILED_EARLY = 0;
 export interface AtomicAnswer {
   /** The effect and its dedupe record committed (in a durable store). */
   recorded: boolean;
+  /**
+   * The effect committed (in any store): from then on the request's answer is the one it
+   * returned, whatever the handler's work after the commit (a clean-up) does.
+   */
+  committed: boolean;
   result: OpResult | undefined;
   answer: Response | undefined;
 }

@@ -126,7 +126,7 @@ function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
 function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed, stopping: () => boolean): OpContext["atomically"] {
-  const a: AtomicAnswer = { recorded: false, result: undefined, answer: undefined };
+  const a: AtomicAnswer = { recorded: false, committed: false, result: undefined, answer: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
     // Its session was ended by the kernel's stop: the audit log closes next, so an effect now
@@ -142,6 +142,7 @@ function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed, sto
       return a.answer;
     });
     a.recorded = dedupe.durable;
+    a.committed = true;
     return v;
   };
 }

@@ -403,7 +403,13 @@ export class Pipeline {
           holdResult(ctx, v, this.answers);
           result = v;
         } catch (e) {
-          refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
+          const a = ctx.atomic;
+          // The effect and the answer recorded with it committed: what failed after it (a
+          // clean-up, a fan-out) is logged, never the answer — a retry gets that record.
+          if (a?.committed) {
+            this.afterCommitFailed(ctx, e);
+            result = a.result;
+          } else refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
         }
       } finally {
         this.deps.ledger.leave(ctx.session.persona);
@@ -412,7 +418,11 @@ export class Pipeline {
       response = outcomeAnswer(ctx, result, refusal);
       const outcome = this.recordOutcome(ctx, response, result, refusal);
       // Chained synchronously: the head is this record (a revocation notes where it is on the record).
-      result?.recorded?.(this.deps.audit.headSeq);
+      try {
+        result?.recorded?.(this.deps.audit.headSeq);
+      } catch (e) {
+        this.afterCommitFailed(ctx, e);
+      }
       await stage(trace, "kpip.audit.outcome", passOn, outcome);
     } catch (e) {
       this.abandon(ctx);
@@ -423,6 +433,18 @@ export class Pipeline {
       if ((ctx.decl as NonNullable<RequestCtx["decl"]>).releasesArgs) this.giveBack(ctx);
     }
     return this.settle(ctx, tag, response);
+  }
+
+  /**
+   * Work after an op's effect committed failed: logged (within the persona's log budget), and
+   * the answer stays the committed one. What such work leaves behind is caught up later (a body
+   * nothing names is removed at the next start's sweep).
+   */
+  private afterCommitFailed(ctx: RequestCtx, e: unknown): void {
+    const line = { err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined };
+    const msg = "work after a committed effect failed; the committed answer stands";
+    if (this.deps.peerLog) this.deps.peerLog.write(ctx.session.persona, "error", line, msg);
+    else this.deps.log.error(line, msg);
   }
 
   /** The body's memory back to the pool; a failure there costs the memory, never the answer. */

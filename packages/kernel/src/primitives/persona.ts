@@ -38,8 +38,10 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
 
 /**
  * Removes `id` and every sub-persona under it (keys its holder may have registered), and
- * revokes the tokens issued to each, so a later registration under one of these ids inherits
- * nothing. One shared path for the kernel op and the CLI's offline change.
+ * revokes every token minted for any id of that tree or by one of them — a sub-persona mints
+ * from its parent's token too, for personas outside its own tree — so nothing the tree made
+ * outlives it, and a later registration under one of these ids inherits nothing. One shared
+ * path for the kernel op and the CLI's offline change.
  */
 export function removePersonaTree(
   store: PersonaStore & TokenStore,
@@ -47,11 +49,8 @@ export function removePersonaTree(
   revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number } {
   const removed = personasUnder(store, id).map((p) => p.id);
-  const tokens: string[] = [];
-  for (const p of removed) {
-    store.removePersona(p);
-    for (const t of store.listTokens(p)) if (t.revokedAt === null) tokens.push(t.id);
-  }
+  for (const p of removed) store.removePersona(p);
+  const tokens = store.unrevokedTokensOfTree(id);
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
   return { removed, tokensRevoked: tokens.length };

@@ -50,6 +50,8 @@ export function commitObject(
   body: ObjectBody,
   /** More of the answer (recorded with it, so a retry gets the same). */
   extra: CborMap = {},
+  /** Called once the row has committed, before the clean-up (which may still throw). */
+  committed: () => void = () => {},
 ): OpResult {
   const { store, blobs, ledger } = d;
   const size = "data" in body ? body.data.length : body.size;
@@ -72,6 +74,7 @@ export function commitObject(
           };
         }),
     );
+    committed();
     storageChanged(d.watch.bus, workspace, path, generation, "write");
     return result;
   } finally {

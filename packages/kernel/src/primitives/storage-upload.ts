@@ -78,10 +78,14 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         // installed body (pinned once more here, as commitObject unpins one) for a retry.
         blobs.pin(hash);
         let result: ReturnType<typeof commitObject> | undefined;
+        // Committed, even if a clean-up after the commit throws (the pipeline answers the commit's record).
+        let done = false;
         try {
-          result = commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash });
+          result = commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash }, () => {
+            done = true;
+          });
         } finally {
-          if (result) {
+          if (done) {
             blobs.unpin(hash);
             uploads.take(u);
           } else uploads.keep(u, hash);

@@ -272,6 +272,11 @@ export interface TokenStore {
   /** Whether `tree` sees token `id` (as {@link listTokensSeenBy} would list it). */
   tokenSeenBy(id: string, tree: string): boolean;
   /**
+   * The ids of the unrevoked tokens minted (or refreshed) for `tree` — a persona and every id
+   * under it — or by it, in minting order: what removing the tree revokes.
+   */
+  unrevokedTokensOfTree(tree: string): string[];
+  /**
    * Token rows `mintedBy` or any persona under it (its agents, its sub-personas) minted or
    * refreshed that the store still keeps (revoked and expired ones included).
    */

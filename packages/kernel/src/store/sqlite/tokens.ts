@@ -61,6 +61,16 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
         ).get(id, ...treeArgs(tree)) !== undefined
       );
     }
+    unrevokedTokensOfTree(tree: string): string[] {
+      // Two index ranges (tokens_sub, tokens_minted_by), not a scan of the table.
+      const rows = this.prep(
+        `SELECT ${boundedCell("t.id", ID_BYTES, "NULL", "id")} FROM tokens t WHERE t.rowid IN ` +
+          `(SELECT rowid FROM tokens WHERE ${inTreeSql("sub")} UNION SELECT rowid FROM tokens WHERE ${inTreeSql("minted_by")}) ` +
+          "AND NOT EXISTS (SELECT 1 FROM revocations v WHERE v.id = t.id) ORDER BY t.rowid",
+      ).all(...treeArgs(tree), ...treeArgs(tree)) as Row[];
+      // An id past the bound is no token's (ids are 32 hex): left out.
+      return rows.map((r) => r.id as string | null).filter((id): id is string => id !== null);
+    }
     getToken(id: string): TokenRecord | undefined {
       const r = this.prep(`SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?`).get(id) as
         | Row

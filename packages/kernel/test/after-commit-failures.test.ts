@@ -1,0 +1,84 @@
+import assert from "node:assert/strict";
+import nodeFs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
+import { sep } from "node:path";
+import { describe, it } from "node:test";
+import { removeHome, startKernel } from "./harness.js";
+import { bodies, pattern, sha } from "./storage-files.js";
+
+/**
+ * Until the returned disarm: a body cannot leave its address in the file store (the rename into
+ * `objects/tmp/gone-*` that frees it fails with EIO), as a clean-up after a committed change meets
+ * a failing disk. Every other rename goes through.
+ */
+function bodiesCannotLeave(): () => void {
+  const mutable = nodeFs as unknown as { renameSync: (from: string, to: string) => void };
+  const real = mutable.renameSync;
+  mutable.renameSync = (from, to) => {
+    if (String(to).includes(`${sep}objects${sep}tmp${sep}gone-`))
+      throw Object.assign(new Error("EIO: i/o error, rename"), { code: "EIO", errno: -5 });
+    real(from, to);
+  };
+  syncBuiltinESMExports();
+  return () => {
+    mutable.renameSync = real;
+    syncBuiltinESMExports();
+  };
+}
+
+describe("work after a committed effect fails", () => {
+  it("a body that cannot be freed after storage.write, storage.delete or an upload's commit: the answer is the committed SUCCESS, and the next start frees the body", async () => {
+    let t = await startKernel({ objectInlineBytes: 0 });
+    const home = t.home;
+    let disarm: (() => void) | undefined;
+    try {
+      // No retries: the first answer is the one under test (a retry would get the recorded SUCCESS).
+      const c = await t.admin({ maxAttempts: 1 });
+      const [first, second, replaced, uploaded] = [pattern(5000, 1), pattern(5000, 2), pattern(5000, 3), pattern(5000, 4)];
+      await c.storage.write("obj://ws/a", first);
+      await c.storage.write("obj://ws/b", second);
+      disarm = bodiesCannotLeave();
+
+      // Each change committed, then freeing the body it stopped naming failed: SUCCESS all the same.
+      assert.equal((await c.storage.write("obj://ws/a", replaced)).generation, 2);
+      assert.equal((await c.call("storage.delete", "obj://ws/b")).status, "SUCCESS");
+      const { upload } = (await c.call("storage.upload.begin", "obj://ws/a", { size: uploaded.length })).payload as {
+        upload: string;
+      };
+      await c.call("storage.upload.chunk", "obj://ws/a", { upload, offset: 0, data: uploaded });
+      const commit = await c.call("storage.upload.commit", "obj://ws/a", {
+        upload,
+        sha256: sha(uploaded),
+        size: uploaded.length,
+      });
+      assert.equal(commit.status, "SUCCESS");
+      // The committed upload is gone, as after any commit (not kept for a retry of a commit that happened).
+      await assert.rejects(c.call("storage.upload.abort", "obj://ws/a", { upload }));
+
+      // The record says what the answers said.
+      const outcomes = t.k.inspect
+        .queryAudit({ limit: 100 })
+        .filter(
+          (r) => r.phase === "outcome" && ["storage.write", "storage.delete", "storage.upload.commit"].includes(r.op ?? ""),
+        );
+      assert.ok(outcomes.length >= 5, JSON.stringify(outcomes));
+      for (const r of outcomes) assert.equal(r.status, "SUCCESS", `${r.op} ${r.target}: ${r.message}`);
+      assert.equal(Buffer.compare(Buffer.from((await c.storage.read("obj://ws/a")).data), uploaded), 0);
+      await assert.rejects(c.storage.read("obj://ws/b"));
+
+      // The bodies no row names were left behind; the next start removes them.
+      disarm();
+      disarm = undefined;
+      assert.deepEqual(bodies(home).sort(), [first, second, replaced, uploaded].map((b) => sha(b).toString("hex")).sort());
+      await t.stop();
+      t = await startKernel({ objectInlineBytes: 0 }, home);
+      assert.deepEqual(bodies(home), [sha(uploaded).toString("hex")]);
+      const again = await t.admin();
+      assert.equal(Buffer.compare(Buffer.from((await again.storage.read("obj://ws/a")).data), uploaded), 0);
+    } finally {
+      disarm?.();
+      await t.stop();
+      removeHome(home);
+    }
+  });
+});
