@@ -28,7 +28,10 @@ export const HOME_FILES = {
   adminToken: "admin.token",
 } as const;
 
-/** How long the admin's root token lives; renew it by deleting the file and restarting. */
+/**
+ * How long the admin's root token lives; renew it by deleting the file and restarting (the old
+ * one stays valid until revoked: the start records and logs which, see {@link AdminToken}).
+ */
 const ADMIN_TOKEN_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
 
 /**
@@ -37,10 +40,11 @@ const ADMIN_TOKEN_TTL_MS = 10 * 365 * 24 * 3600 * 1000;
  */
 export function ensureAdminToken(
   home: string,
-  store: Pick<SqliteStore, "transaction" | "getToken">,
+  store: Pick<SqliteStore, "transaction" | "getToken" | "liveRootTokens">,
   tokens: TokenService,
   admin: string,
-): string {
+  now: number = Date.now(),
+): AdminToken {
   const path = join(home, HOME_FILES.adminToken);
   // Written under this name in the transaction that records the token, and named only once that
   // committed: a kernel killed in between leaves a file whose row never committed (dropped) or a
@@ -50,19 +54,32 @@ export function ensureAdminToken(
     if (!existsSync(path) && pendingTokenRecorded(pending, store, admin)) linkSync(pending, path);
     unlinkSync(pending);
   }
-  if (!existsSync(path)) {
-    store.transaction(() => {
-      const t = tokens.mint(undefined, "kernel", {
-        sub: admin,
-        rights: [{ ops: ["**"], targets: ["**"] }],
-        ttlMs: ADMIN_TOKEN_TTL_MS,
-      });
-      writeSecret(pending, `${tokenToString(t)}\n`);
+  if (existsSync(path)) return { path };
+  const minted = store.transaction(() => {
+    const t = tokens.mint(undefined, "kernel", {
+      sub: admin,
+      rights: [{ ops: ["**"], targets: ["**"] }],
+      ttlMs: ADMIN_TOKEN_TTL_MS,
     });
-    linkSync(pending, path);
-    unlinkSync(pending);
-  }
-  return path;
+    writeSecret(pending, `${tokenToString(t)}\n`);
+    return t.claims.id;
+  });
+  linkSync(pending, path);
+  unlinkSync(pending);
+  // Revoking them here would end every token minted from them too (the admin's delegations):
+  // the caller names them instead, for the operator to revoke what was lost or leaked.
+  const older = store.liveRootTokens(admin, now).filter((id) => id !== minted);
+  return { path, minted, older };
+}
+
+/** What {@link ensureAdminToken} found or made. */
+export interface AdminToken {
+  /** The file holding the admin's root token. */
+  path: string;
+  /** The id of the token minted by this start (the file was missing). */
+  minted?: string;
+  /** When one was minted: the admin's earlier root tokens, still unexpired and unrevoked. */
+  older?: string[];
 }
 
 /** Whether the token in `pending` is the admin's root token as recorded (its row committed, unrevoked). */

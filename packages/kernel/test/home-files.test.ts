@@ -1,10 +1,22 @@
 import assert from "node:assert/strict";
-import { chmodSync, chownSync, lstatSync, mkdtempSync, readdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { loadIdentity } from "@kpip/client";
+import { tokenFromString } from "@kpip/protocol";
 import { HOME_FILES, Kernel, UnsafeHomeError } from "../src/index.js";
-import { removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, startKernel } from "./harness.js";
 
 const mode = (p: string) => lstatSync(p).mode & 0o777;
 
@@ -81,6 +93,46 @@ describe("the home: owner, modes, no links", () => {
     } finally {
       removeHome(link);
       removeHome(real);
+    }
+  });
+
+  it("a start that finds admin.token deleted mints a new root token and names, on the record and in the log, the earlier ones that still act until revoked", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-home-"));
+    const rootId = () => tokenFromString(readFileSync(join(home, HOME_FILES.adminToken), "utf8").trim()).claims.id;
+    const oldText = () => readFileSync(join(home, HOME_FILES.adminToken), "utf8").trim();
+    try {
+      let t = await startKernel({}, home);
+      await t.stop();
+      const first = rootId();
+      const firstText = oldText();
+      rmSync(join(home, HOME_FILES.adminToken));
+      t = await startKernel({}, home);
+      const second = rootId();
+      assert.notEqual(second, first, "a new root token was minted");
+      const renewals = t.k.inspect.queryAudit({ op: "kernel.admin-token", limit: 10 });
+      assert.equal(renewals.length, 1);
+      assert.deepEqual(JSON.parse(renewals[0]?.detail ?? "null"), { token: second, older: [first], olderCount: 1 });
+      assert.match(renewals[0]?.message ?? "", /kpip token revoke/);
+      // The earlier one still acts (revoking it would end what the admin minted from it) until revoked.
+      const old = await t.connect(loadIdentity(join(home, HOME_FILES.adminIdentity)), [firstText]);
+      await old.storage.write("obj://ws/old-root", "still valid");
+      const admin = await t.admin();
+      await admin.tokens.revoke(first);
+      await assert.rejects(old.storage.write("obj://ws/old-root", "again"), klass("CAPABILITY"));
+      await old.close().catch(() => {});
+      await t.stop();
+      // A plain restart with the file in place records nothing; a second renewal names no revoked token.
+      rmSync(join(home, HOME_FILES.adminToken));
+      t = await startKernel({}, home);
+      const last = t.k.inspect.queryAudit({ op: "kernel.admin-token", limit: 10 });
+      assert.equal(last.length, 2);
+      assert.deepEqual(JSON.parse(last[1]?.detail ?? "null").older, [second]);
+      await t.stop();
+      t = await startKernel({}, home);
+      assert.equal(t.k.inspect.queryAudit({ op: "kernel.admin-token", limit: 10 }).length, 2);
+      await t.stop();
+    } finally {
+      removeHome(home);
     }
   });
 });

@@ -13,7 +13,7 @@ import type { TokenService } from "../auth/tokens.js";
 import { ComputeEngine, type TaskRegistration } from "../compute/engine.js";
 import type { KernelConfig } from "../config.js";
 import type { EventBus } from "../events/bus.js";
-import { ensureAdminToken } from "../home.js";
+import { ensureAdminToken, HOME_FILES } from "../home.js";
 import { answerRoom } from "../limits.js";
 import type { Logger } from "../log.js";
 import { KernelMetrics } from "../metrics/metrics.js";
@@ -264,7 +264,21 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     enforcerRef = enforcer;
     tokens.pruneExpired(now() - c.tokenRetentionMs);
     enforcer.onDerived = (t, g, persona, session) => records.derived(t, g, persona, session);
-    const adminToken = ensureAdminToken(c.home, store, tokens, c.adminPersona);
+    const admin = ensureAdminToken(c.home, store, tokens, c.adminPersona, now());
+    const adminToken = admin.path;
+    if (admin.minted !== undefined && admin.older?.length) {
+      // A renewal (the file was deleted): the earlier root tokens still act until revoked.
+      const older = admin.older;
+      const message = `a new admin root token was minted (${HOME_FILES.adminToken} was missing); ${older.length} earlier root token(s) stay valid until revoked: kpip token revoke <id>`;
+      records.record({
+        op: "kernel.admin-token",
+        target: `persona://${c.adminPersona}`,
+        persona: c.adminPersona,
+        message,
+        detail: { token: admin.minted, older: older.slice(0, 16), olderCount: older.length },
+      });
+      log.warn({ token: admin.minted, older: older.slice(0, 16) }, message);
+    }
     // The fan-out reaches the agents and ops started under a revoked capability too (both made
     // below; it runs only once the kernel serves).
     const revoked = () =>

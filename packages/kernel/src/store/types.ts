@@ -276,6 +276,8 @@ export interface TokenStore {
    * under it — or by it, in minting order: what removing the tree revokes.
    */
   unrevokedTokensOfTree(tree: string): string[];
+  /** The ids of the kernel-minted root tokens of `sub` unexpired at `now` and unrevoked, in minting order. */
+  liveRootTokens(sub: string, now: number): string[];
   /**
    * Token rows `mintedBy` or any persona under it (its agents, its sub-personas) minted or
    * refreshed that the store still keeps (revoked and expired ones included).

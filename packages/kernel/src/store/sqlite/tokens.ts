@@ -71,6 +71,13 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       // An id past the bound is no token's (ids are 32 hex): left out.
       return rows.map((r) => r.id as string | null).filter((id): id is string => id !== null);
     }
+    liveRootTokens(sub: string, now: number): string[] {
+      const rows = this.prep(
+        `SELECT ${boundedCell("t.id", ID_BYTES, "NULL", "id")} FROM tokens t WHERE t.minted_by = 'kernel' AND t.sub = ? AND t.exp > ? ` +
+          "AND NOT EXISTS (SELECT 1 FROM revocations v WHERE v.id = t.id) ORDER BY t.rowid",
+      ).all(sub, now) as Row[];
+      return rows.map((r) => r.id as string | null).filter((id): id is string => id !== null);
+    }
     getToken(id: string): TokenRecord | undefined {
       const r = this.prep(`SELECT ${TOKEN} FROM tokens t LEFT JOIN revocations v ON v.id = t.id WHERE t.id = ?`).get(id) as
         | Row
