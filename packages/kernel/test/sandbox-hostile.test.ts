@@ -371,3 +371,90 @@ describe("the seccomp filter's way to bubblewrap", { skip: keyringSkip }, () => 
     }
   });
 });
+
+/**
+ * Run in a sandbox (x86-64): forks `sleep <marker>`, then takes over the sandbox's pid 1
+ * (bubblewrap's init, which runs as the sandbox's uid): makes it run prctl(PR_SET_PDEATHSIG, 0)
+ * through ptrace, puts it back, and writes "exited 0" into its eventfd, from which bubblewrap's
+ * monitor (the process the kernel waits for) takes the command's exit status. Then sleeps.
+ */
+const TAKEOVER = String.raw`
+$| = 1;
+$SIG{__DIE__} = sub { print "died: $_[0]"; exit 0 };
+print "own pdeathsig: ", join(" ", map { syscall(157, 1, $_) == 0 ? "$_ ok" : "$_ $!" } 9, 15, 0), "\n";
+if (!fork) { exec "sleep", $ARGV[0]; die "exec: $!" }
+open my $maps, "<", "/proc/1/maps" or die "maps: $!";
+open my $mem, "<", "/proc/1/mem" or die "mem: $!";
+my $gadget;
+while (<$maps>) {
+  my ($lo, $hi, $perm) = /^([0-9a-f]+)-([0-9a-f]+) (\S+)/ or next;
+  next unless $perm =~ /x/;
+  sysseek($mem, hex $lo, 0) or next;
+  my $n = sysread($mem, my $buf, hex($hi) - hex($lo)) or next;
+  my $i = index($buf, "\x0f\x05");
+  if ($i >= 0) { $gadget = hex($lo) + $i; last }
+}
+die "no syscall instruction in pid 1" unless defined $gadget;
+syscall(101, 0x4206, 1, 0, 0) == 0 or die "PTRACE_SEIZE: $!";
+syscall(101, 0x4207, 1, 0, 0) == 0 or die "PTRACE_INTERRUPT: $!";
+waitpid(1, 0x40000000);
+my $regs = "\0" x 216;
+syscall(101, 12, 1, 0, $regs) == 0 or die "PTRACE_GETREGS: $!";
+my @saved = unpack("Q27", $regs);
+my @r = @saved;
+($r[16], $r[10], $r[15], $r[14], $r[13]) = ($gadget, 157, ~0, 1, 0);
+my $set = pack("Q27", @r);
+syscall(101, 13, 1, 0, $set) == 0 or die "PTRACE_SETREGS: $!";
+syscall(101, 9, 1, 0, 0) == 0 or die "PTRACE_SINGLESTEP: $!";
+waitpid(1, 0x40000000);
+syscall(101, 12, 1, 0, $regs) == 0 or die "PTRACE_GETREGS: $!";
+print "prctl in pid 1: ", unpack("q", substr($regs, 80, 8)), "\n";
+my $back = pack("Q27", @saved);
+syscall(101, 13, 1, 0, $back) == 0 or die "PTRACE_SETREGS: $!";
+syscall(101, 17, 1, 0, 0) == 0 or die "PTRACE_DETACH: $!";
+my ($efd) = grep { (readlink("/proc/1/fd/$_") // "") eq "anon_inode:[eventfd]" } map { m{(\d+)$} } glob "/proc/1/fd/*";
+defined $efd or die "no eventfd in pid 1";
+my $fd = syscall(438, syscall(434, 1, 0), $efd + 0, 0);
+$fd >= 0 or die "pidfd_getfd: $!";
+open my $ev, ">&=", $fd or die "fdopen: $!";
+my $one = pack("Q", 1);
+print "telling the monitor\n";
+syswrite($ev, $one);
+sleep 600;
+`;
+
+describe("the sandbox's init, which its program can take over", {
+  skip:
+    sandboxSkip ||
+    (process.arch !== "x64"
+      ? "NOT RUN: the takeover is written for x86-64"
+      : !existsSync(PERL)
+        ? "NOT RUN: needs /usr/bin/perl"
+        : false),
+}, () => {
+  const s = kernelForSuite();
+
+  it("a program that takes over the sandbox's pid 1 (ptrace) cannot clear its parent-death signal: once bubblewrap's monitor ends, nothing of the sandbox is left", async () => {
+    const m = marker();
+    try {
+      const op = await s.admin.compute.command("perl", ["-e", TAKEOVER, m], { timeoutMs: 120_000 });
+      const r = (await s.admin.ops.wait(op)) as { stdout: Uint8Array; exitCode: number };
+      await until(() => processesWith(m).length === 0, 20_000, "nothing of the sandbox left once its op ended");
+      const out = Buffer.from(r.stdout).toString();
+      // A parent-death signal other than SIGKILL (clearing it with 0 included) fails: the program's own, and pid 1's.
+      assert.match(out, /own pdeathsig: 9 ok 15 Operation not permitted 0 Operation not permitted/);
+      assert.match(out, /prctl in pid 1: -1\n/, out);
+      // The monitor believed pid 1 and said "exited 0" (the program's to say, as its own exit
+      // would); pid 1 died with the monitor, and with it the whole namespace.
+      assert.match(out, /telling the monitor/);
+    } finally {
+      for (const p of processesWith(m)) {
+        try {
+          process.kill(p, "SIGKILL");
+        } catch {
+          // gone
+        }
+      }
+    }
+  });
+});

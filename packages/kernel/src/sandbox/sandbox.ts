@@ -10,7 +10,7 @@ import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
 import { removeTrees } from "./remove.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
-import { keyringFilter } from "./seccomp.js";
+import { sandboxFilter } from "./seccomp.js";
 import {
   type HiddenPath,
   parseMounts,
@@ -44,7 +44,7 @@ export interface BwrapFeatures {
   size: boolean;
   /** `--disable-userns` (bubblewrap ≥ 0.8): no nested user namespace (with its own unbounded mounts). */
   disableUserns: boolean;
-  /** `--seccomp FD`: the filter that keeps the kernel keyring from the sandbox (seccomp.ts). */
+  /** `--seccomp FD`: the filter that keeps the kernel keyring from the sandbox, and its init's parent-death signal in place (seccomp.ts). */
   seccomp: boolean;
 }
 
@@ -239,10 +239,10 @@ export class Sandbox {
         this.weakened.push(
           "bubblewrap lacks --disable-userns (needs 0.8 or later): a sandboxed process can make nested user namespaces and mount unbounded tmpfs in them",
         );
-      this.filter = this.features.seccomp ? keyringFilter() : undefined;
+      this.filter = this.features.seccomp ? sandboxFilter() : undefined;
       if (!this.filter)
         this.weakened.push(
-          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there)`,
+          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there), and can make its sandbox's processes outlive the command and the kernel (by taking over the sandbox's init and clearing its parent-death signal)`,
         );
     }
     this.unavailable = this.probe();

@@ -1,38 +1,54 @@
 /**
  * The seccomp filter every sandbox gets (bubblewrap's `--seccomp FD`): a classic BPF program
- * that fails the kernel keyring's system calls (`add_key`, `request_key`, `keyctl`) with EPERM
- * and allows everything else. The keyring is not namespaced: a process keeps its parent's
- * session keyring through fork, setuid and a new user namespace, and possesses every key in it
- * whatever its uid. A kernel run with a session keyring (a systemd service's private one, a
- * login's) would hand it to every sandbox: the keys in it read, keys added there by one sandbox
- * read by the next (another persona's), kept after its process ends, counted against the one
- * sandbox uid's key quota; and `request_key` can make the host run `/sbin/request-key` as root.
- * Docker's default profile blocks the same three calls for the same reason.
+ * that allows everything but two things, each failed with EPERM.
+ *
+ * The kernel keyring's system calls (`add_key`, `request_key`, `keyctl`). The keyring is not
+ * namespaced: a process keeps its parent's session keyring through fork, setuid and a new user
+ * namespace, and possesses every key in it whatever its uid. A kernel run with a session
+ * keyring (a systemd service's private one, a login's) would hand it to every sandbox: the keys
+ * in it read, keys added there by one sandbox read by the next (another persona's), kept after
+ * its process ends, counted against the one sandbox uid's key quota; and `request_key` can make
+ * the host run `/sbin/request-key` as root. Docker's default profile blocks the same three calls
+ * for the same reason.
+ *
+ * A parent-death signal other than SIGKILL (`prctl(PR_SET_PDEATHSIG, sig)`, clearing it with 0
+ * included). Nothing in a sandbox outlives it only because its PID namespace's init, bubblewrap's
+ * pid 1, dies with bubblewrap's monitor (the process the kernel started, and waits for) by the
+ * SIGKILL parent-death signal `--die-with-parent` gives it. That init runs as the sandbox's uid,
+ * so the sandboxed program can ptrace it (or write its memory through /proc/1/mem) and make it
+ * run any system call; bubblewrap applies this filter to it as well, so the call it could use to
+ * drop that signal fails there too. Without this, a program cleared pid 1's signal, then wrote an
+ * exit status into pid 1's eventfd: the monitor reported the command ended, the kernel freed its
+ * places and considered its sandbox gone, and the namespace ran on, unbounded and unaccounted,
+ * past the kernel's own stop.
  */
 
-/** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at 4. */
+/** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at 4, the arguments (u64 each) from 16. */
 const NR = 0;
 const ARCH = 4;
+const ARGS = 16;
 const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;
 const BPF_RET_K = 0x06;
 const SECCOMP_RET_ALLOW = 0x7fff0000;
 const SECCOMP_RET_ERRNO = 0x00050000;
 const EPERM = 1;
+const PR_SET_PDEATHSIG = 1;
+const SIGKILL = 9;
 /** x32 system calls are x86_64's with this bit set. */
 const X32 = 0x40000000;
 
-/** The keyring's system calls by audit architecture (AUDIT_ARCH_*). */
-const KEYRING_CALLS: Record<string, { arch: number; calls: number[] }[]> = {
+/** The calls the filter looks at, by audit architecture (AUDIT_ARCH_*): the keyring's, and prctl. */
+const CALLS: Record<string, { arch: number; keyring: number[]; prctl: number[] }[]> = {
   x64: [
     // x86_64 (and its x32 ABI, same audit architecture) and i386 (int 0x80 still works on x86_64).
-    { arch: 0xc000003e, calls: [248, 249, 250, X32 | 248, X32 | 249, X32 | 250] },
-    { arch: 0x40000003, calls: [286, 287, 288] },
+    { arch: 0xc000003e, keyring: [248, 249, 250, X32 | 248, X32 | 249, X32 | 250], prctl: [157, X32 | 157] },
+    { arch: 0x40000003, keyring: [286, 287, 288], prctl: [172] },
   ],
   arm64: [
     // aarch64 and 32-bit ARM (compat).
-    { arch: 0xc00000b7, calls: [217, 218, 219] },
-    { arch: 0x40000028, calls: [309, 310, 311] },
+    { arch: 0xc00000b7, keyring: [217, 218, 219], prctl: [167] },
+    { arch: 0x40000028, keyring: [309, 310, 311], prctl: [172] },
   ],
 };
 
@@ -42,19 +58,35 @@ type Insn = { code: number; jt: number | string; jf: number | string; k: number 
  * The filter for `arch` (node's `process.arch`) as bubblewrap reads it (an array of
  * `struct sock_filter`, host byte order), or undefined for an architecture it does not know.
  */
-export function keyringFilter(arch: string = process.arch): Buffer | undefined {
-  const table = KEYRING_CALLS[arch];
+export function sandboxFilter(arch: string = process.arch): Buffer | undefined {
+  const table = CALLS[arch];
   if (!table) return undefined;
+  const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+  /** The low 32 bits of argument `i` (what an `int` parameter is, and all a signal number can be). */
+  const lowWord = (i: number) => ARGS + 8 * i + (le ? 0 : 4);
   const prog: (Insn | string)[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
-  table.forEach(({ arch: a, calls }, i) => {
+  table.forEach(({ arch: a, keyring, prctl }, i) => {
     const next = `arch${i + 1}`;
     prog.push({ code: BPF_JEQ_K, jt: 0, jf: next, k: a }, { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
-    for (const nr of calls) prog.push({ code: BPF_JEQ_K, jt: "deny", jf: 0, k: nr });
+    for (const nr of keyring) prog.push({ code: BPF_JEQ_K, jt: "deny", jf: 0, k: nr });
+    for (const nr of prctl) prog.push({ code: BPF_JEQ_K, jt: "prctl", jf: 0, k: nr });
     prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW }, next);
   });
   // Any other architecture's calls (none on these hosts) are allowed, as without a filter.
-  prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW }, "deny");
-  prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | EPERM });
+  prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+  // prctl: the option is an int (its low word, whatever the high one holds); PR_SET_PDEATHSIG
+  // passes with SIGKILL only (a signal number with its high word set is refused by Linux itself).
+  prog.push(
+    "prctl",
+    { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(0) },
+    { code: BPF_JEQ_K, jt: 0, jf: "allow", k: PR_SET_PDEATHSIG },
+    { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(1) },
+    { code: BPF_JEQ_K, jt: "allow", jf: "deny", k: SIGKILL },
+    "allow",
+    { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
+    "deny",
+    { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ERRNO | EPERM },
+  );
   // Labels to instruction indexes; jumps are relative to the next instruction.
   const at = new Map<string, number>();
   const insns: Insn[] = [];
@@ -63,7 +95,6 @@ export function keyringFilter(arch: string = process.arch): Buffer | undefined {
     else insns.push(p);
   }
   const buf = Buffer.alloc(insns.length * 8);
-  const le = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
   insns.forEach((ins, i) => {
     const off = (j: number | string) => {
       if (typeof j === "number") return j;
