@@ -1,3 +1,6 @@
+/** The longest delay a Node timer holds (2^31 − 1 ms, ~24.8 days); a longer one fires after 1 ms. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
+
 /** An entry of a {@link DeadlineQueue}: the queue keeps its position in the entry itself. */
 export interface Expiring {
   /** When it expires, on the monotonic clock (`performance.now()`, ms). */
@@ -65,8 +68,10 @@ export class DeadlineQueue<T extends Expiring> {
     this.disarm();
     if (!first) return;
     this.armedFor = first.expiresAt;
-    // setTimeout rounds to whole milliseconds: at least 1 ms, and never early (see fire).
-    this.timer = setTimeout(() => this.fire(), Math.max(1, Math.ceil(first.expiresAt - this.now())));
+    // setTimeout rounds to whole milliseconds: at least 1 ms, and never early (see fire). It holds
+    // at most 2^31 − 1 ms: a call's deadline farther away armed a 1 ms timer, found nothing due and
+    // armed it again, a timer (and a TimeoutOverflowWarning) a millisecond for the call's life.
+    this.timer = setTimeout(() => this.fire(), Math.min(MAX_TIMER_MS, Math.max(1, Math.ceil(first.expiresAt - this.now()))));
   }
 
   private disarm(): void {

@@ -88,6 +88,8 @@ export class Link {
   readonly ready: Promise<Welcome>;
   private readonly reader = new FrameReader();
   private readonly helloBytes: Buffer;
+  /** The features offered in HELLO: CHALLENGE may enable only these (§6.4). */
+  private readonly offered: string[];
   private settleReady!: { resolve: (w: Welcome) => void; reject: (e: Error) => void };
 
   constructor(
@@ -103,6 +105,7 @@ export class Link {
     const offerShm = channel.transport === "uds" && setup.shm !== false;
     const shm = offerShm ? loadShmNative() : undefined;
     if (offerShm && !shm?.native) warnNoShm(shm?.reason);
+    this.offered = shm?.native ? [SHM_FEATURE] : [];
     const hello = encodeMessage({
       type: "HELLO",
       body: {
@@ -110,7 +113,7 @@ export class Link {
         persona: setup.identity.persona,
         publicKey: setup.identity.publicKey,
         instance: setup.instance,
-        features: shm?.native ? [SHM_FEATURE] : [],
+        features: this.offered,
         client: "kpip-client/0.1.0",
         ...(setup.maxBody !== undefined ? { maxBody: setup.maxBody } : {}),
       },
@@ -170,19 +173,28 @@ export class Link {
     }
   }
 
-  /** Ends the link: before WELCOME the handshake fails with `err`; after it, `lost` is reported. */
-  fail(err: Error): void {
+  /**
+   * Ends the link: before WELCOME the handshake fails with `err`; after it, `lost` is reported.
+   * `told`: a fatal ERROR was just written, so the channel is ended (flushed) rather than dropped.
+   */
+  fail(err: Error, told = false): void {
     if (this.phase === "dead") return;
     const wasReady = this.phase === "ready";
-    this.kill();
+    this.kill(told);
     if (wasReady) this.events.lost(this, err);
     else this.settleReady.reject(err);
   }
 
-  /** Ends the link quietly (the client is closing or gave up on it). */
-  kill(): void {
+  /**
+   * Ends the link quietly (the client is closing or gave up on it). `flush`: what was written
+   * goes out first, and a kernel that keeps its side open is cut after a second.
+   */
+  kill(flush = false): void {
     this.phase = "dead";
-    this.channel.destroy();
+    if (flush) {
+      this.channel.end();
+      setTimeout(() => this.channel.destroy(), 1000).unref();
+    } else this.channel.destroy();
     this.reader.shm?.close();
   }
 
@@ -199,7 +211,7 @@ export class Link {
   };
 
   private readonly onMalformed = (e: CodecError, stage: "frame" | "message"): void =>
-    this.fail(new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e }));
+    this.refuse(e.code, new ProtocolViolationError(`kernel sent a malformed ${stage}: ${e.message}`, { cause: e }));
 
   private onMessage(m: Message, stream: number, body: Uint8Array): void {
     switch (m.type) {
@@ -211,12 +223,15 @@ export class Link {
         this.settleReady.resolve({ handles: m.body.handles, refused: m.body.refused ?? [] });
         return;
       case "RESPONSE":
-        return this.events.response(stream, m.body);
       case "EVENT":
-        return this.events.event(m.body as KEvent);
       case "PING":
-        return this.send({ type: "PONG", body: { seq: m.body.seq } });
       case "PONG":
+        // Only a ready session carries these (§8.1, §8.5): before WELCOME a RESPONSE could settle
+        // a call waiting to be resent on this link, which the kernel never received on it.
+        if (this.phase !== "ready") return this.violation(`${m.type} before WELCOME`);
+        if (m.type === "RESPONSE") return this.events.response(stream, m.body);
+        if (m.type === "EVENT") return this.events.event(m.body as KEvent);
+        if (m.type === "PING") return this.send({ type: "PONG", body: { seq: m.body.seq } });
         return;
       case "GOODBYE":
         // The kernel is leaving: close our side too; reconnect (if enabled) follows the close.
@@ -238,12 +253,20 @@ export class Link {
 
   private onChallenge(c: Extract<Message, { type: "CHALLENGE" }>["body"], body: Uint8Array): void {
     if (this.phase !== "handshaking") return this.violation("unexpected CHALLENGE");
-    if (!SUPPORTED_VERSIONS.includes(c.version)) return this.violation(`kernel chose unsupported version ${c.version}`);
+    if (!SUPPORTED_VERSIONS.includes(c.version))
+      return this.violation(`kernel chose unsupported version ${c.version}`, "UNSUPPORTED_VERSION");
+    // §6.4: a subset of HELLO's features. One this client never offered it cannot speak.
+    const unoffered = c.features.filter((f) => !this.offered.includes(f));
+    if (unoffered.length > 0)
+      return this.violation(`kernel enabled features ${JSON.stringify(unoffered)} this client did not offer`, "BAD_FIELD");
     // §8.3: min(the kernel's maximum, HELLO.maxBody), never below MIN_MAX_BODY. A larger one would have
     // this client buffer (and with shm reserve) more than it agreed to.
     const granted = c.limits.maxBody;
     if (granted < MIN_MAX_BODY || (this.setup.maxBody !== undefined && granted > this.setup.maxBody))
-      return this.violation(`kernel set maxBody ${granted}, outside ${MIN_MAX_BODY}..${this.setup.maxBody ?? "its own maximum"}`);
+      return this.violation(
+        `kernel set maxBody ${granted}, outside ${MIN_MAX_BODY}..${this.setup.maxBody ?? "its own maximum"}`,
+        "BAD_FIELD",
+      );
     this.version = c.version;
     this.heartbeatMs = c.heartbeatMs;
     this.reader.setMaxBody(c.limits.maxBody);
@@ -256,7 +279,7 @@ export class Link {
       const native = loadShmNative().native;
       const shm = this.setup.shm;
       if (!native || this.channel.transport !== "uds" || shm === false) {
-        return this.violation("kernel enabled shm, which this client did not offer");
+        return this.violation("kernel enabled shm, which this client did not offer", "BAD_FIELD");
       }
       this.reader.shm = new ShmPeer(native, {
         ownName: shmSegmentName(c.kernel, c.session, "p"),
@@ -275,7 +298,15 @@ export class Link {
     });
   }
 
-  private violation(msg: string): void {
-    this.fail(new ProtocolViolationError(msg));
+  /** A message out of order from the kernel (§8.1): refused as the kernel refuses one. */
+  private violation(msg: string, code = "UNEXPECTED_MESSAGE"): void {
+    this.refuse(code, new ProtocolViolationError(msg));
+  }
+
+  /** §4.6, §8.7: the receiver of a malformed or out-of-order frame says why in one fatal ERROR, then closes. */
+  private refuse(code: string, err: Error): void {
+    if (this.phase === "dead") return;
+    this.send({ type: "ERROR", body: { class: "PROTOCOL", code, message: err.message.slice(0, 1024), fatal: true } });
+    this.fail(err, true);
   }
 }

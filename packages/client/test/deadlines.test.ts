@@ -62,6 +62,24 @@ describe("DeadlineQueue: every call's local expiry under one timer", () => {
     assert.equal(q.armed, false);
     assert.equal(q.size, 0);
   });
+
+  it("a deadline farther than a timer holds (30 days) arms a timer of the longest a timer holds, not one that overflows to 1 ms", async () => {
+    const warnings: string[] = [];
+    const onWarning = (w: Error) => warnings.push(w.name);
+    process.on("warning", onWarning);
+    const q = new DeadlineQueue<Entry>(() => assert.fail("nothing may expire"));
+    const a = { n: 1, expiresAt: 0, heapIndex: -1 };
+    try {
+      q.add(a, 30 * 24 * 3600 * 1000);
+      // Node warns (on the next tick) of a delay it cut to 1 ms.
+      await new Promise((r) => setImmediate(r));
+      await new Promise((r) => setImmediate(r));
+      assert.deepEqual(warnings, []);
+    } finally {
+      q.remove(a);
+      process.off("warning", onWarning);
+    }
+  });
 });
 
 describe("deadlines through the client: one queue for every call", () => {

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { encodeCanonical, encodeIntent } from "@kpip/protocol";
-import { klass, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { seenNothing, slowFamily } from "./slow-family.js";
 import { RawPeer, rawPeerKernel, stopRawPeerKernel } from "./wire.js";
 
 describe("the request pipeline", () => {
@@ -164,5 +165,34 @@ describe("the request pipeline", () => {
     assert.equal(r.status, "SUCCESS");
     assert.equal((r.payload as { generation: number }).generation, 2, "bob's request ran: admin's record is not bob's");
     q.close();
+  });
+});
+
+describe("far deadlines", () => {
+  it("a deadline farther than a timer holds (any uint is valid): the op runs to its end, never INTERNAL nor aborted at once", async () => {
+    const seen = seenNothing();
+    const t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    try {
+      const c = await t.admin();
+      const day = 24 * 3600 * 1000;
+      // 30 days: past 2^31 − 1 ms a timer fired after 1 ms (the op saw its signal abort);
+      // 60 days and 2^53 − 1: past 2^32 − 1 ms AbortSignal.timeout threw (INTERNAL).
+      for (const deadline of [Date.now() + 30 * day, Date.now() + 60 * day, 2 ** 53 - 1]) {
+        const r = await c.request({ op: "slow.wait", target: "kernel://", args: {}, constraints: { deadline } });
+        assert.deepEqual([r.status, r.payload], ["SUCCESS", { aborted: false }], `deadline ${deadline}: ${r.message}`);
+      }
+      // A near one still stops the op at its time.
+      const r = await c.request({
+        op: "slow.until_abort",
+        target: "kernel://",
+        args: {},
+        constraints: { deadline: Date.now() + 50 },
+      });
+      assert.deepEqual([r.status, r.payload], ["SUCCESS", { aborted: true }]);
+      await c.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 });

@@ -7,6 +7,9 @@ import { type AtomicAnswer, answer, failure, type Refusal, type RequestCtx } fro
 import type { DedupeCache } from "./dedupe.js";
 import { checkOwnership } from "./ownership.js";
 
+/** The longest delay a Node timer holds (2^31 − 1 ms, ~24.8 days); a longer one fires after 1 ms. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+
 // Steps 9–10 of the pipeline (pipeline.ts): the request's checks that need its decoded target,
 // then its handler, and the answer of what ran.
 
@@ -33,8 +36,12 @@ export function execute(
   }
   checkArgs(decl, intent.args);
   const deadline = intent.constraints?.deadline;
-  const signal =
-    deadline === undefined ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(Math.max(0, deadline - Date.now()))]);
+  const left = deadline === undefined ? undefined : Math.max(0, deadline - Date.now());
+  // A timer holds at most MAX_TIMER_MS: a deadline farther away (any uint is valid, §7.5) threw
+  // past 2^32 − 1 ms (the request answered INTERNAL) and below it overflowed to a 1 ms timer
+  // (the request aborted at once). No request runs that long (what does is DEFERRED, under
+  // maxRuntimeMs ≤ MAX_TIMER_MS): such a deadline arms no timer.
+  const signal = left === undefined || left > MAX_TIMER_MS ? s.signal : AbortSignal.any([s.signal, AbortSignal.timeout(left)]);
   const op: OpContext = {
     op: intent.op,
     persona: s.persona,
