@@ -476,6 +476,16 @@ const DECLARED = {
     zeroAllowed: true,
     description: "size of each sandbox's /tmp and of its /dev/shm, host memory (0 = half the RAM each)",
   },
+  /**
+   * Niceness every sandboxed process starts with (0–19); it cannot lower it (RLIMIT_NICE 0), so
+   * commands and agents that spin yield the CPU to the kernel's one thread, whoever they are.
+   */
+  sandboxNice: {
+    type: "int",
+    default: 10,
+    zeroAllowed: true,
+    description: "niceness of every sandboxed process, 0-19 (it cannot lower it): the kernel's thread comes first for the CPU",
+  },
   /** Most processes (agents and commands) running at once, kernel-wide (an ended one counts until its scratch directory is removed). */
   maxProcesses: {
     type: "int",
@@ -602,6 +612,8 @@ function checkValues(c: KernelConfig): void {
   // One Node timer ends an op or an agent: past 2^31 - 1 ms it fires at once (Node's TimeoutOverflowWarning).
   if (c.maxRuntimeMs > 2 ** 31 - 1)
     throw new ConfigError(`maxRuntimeMs must be at most ${2 ** 31 - 1} (about 24.8 days; got ${c.maxRuntimeMs})`);
+  if (c.sandboxNice > 19)
+    throw new ConfigError(`sandboxNice must be at most 19, the lowest priority there is (got ${c.sandboxNice})`);
   for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
     if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);
   }

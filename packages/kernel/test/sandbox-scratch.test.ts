@@ -4,14 +4,14 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { pino } from "pino";
 import { removeTrees } from "../src/sandbox/remove.js";
 import { Sandbox } from "../src/sandbox/sandbox.js";
-import { kernelForSuite, klass, removeHome, sandboxSkip, until, withKernel } from "./harness.js";
+import { kernelForSuite, klass, removeHome, sandboxSkip, startKernel, until, withKernel } from "./harness.js";
 
 /** A directory chain longer than PATH_MAX (4096): 2,100 levels of `d/`, as `mkdir -p` builds it. */
 const DEEP = "d/".repeat(2100);
@@ -337,6 +337,26 @@ describe("the sandbox's memory file systems", { skip: sandboxSkip }, () => {
     );
     assert.doesNotMatch(out, /NESTED/, out);
     assert.match(out, /REFUSED\n.*REFUSED/s);
+  });
+});
+
+describe("the sandbox's CPU priority", { skip: sandboxSkip }, () => {
+  const s = kernelForSuite({ sandboxNice: 7 });
+
+  it("a sandboxed program runs sandboxNice nicer than the kernel and cannot lower it: programs that spin yield the CPU to the kernel's thread", async () => {
+    const want = Math.min(19, getPriority() + 7);
+    const out = await sh(s.admin, "nice; nice -n -5 nice 2>&1; sh -c 'nice'");
+    assert.deepEqual(
+      out.split("\n").filter((l) => /^-?\d+$/.test(l)),
+      [String(want), String(want), String(want)],
+      out,
+    );
+    assert.match(out, /cannot set niceness/, out);
+  });
+
+  it("sandboxNice past 19 (no lower priority exists) or negative is a ConfigError: the kernel does not start", async () => {
+    await assert.rejects(startKernel({ sandboxNice: 20 }), /sandboxNice must be at most 19/);
+    await assert.rejects(startKernel({ sandboxNice: -1 }), /sandboxNice/);
   });
 });
 

@@ -66,6 +66,11 @@ export interface SandboxConfig {
    * host memory that no RLIMIT counts); 0 = the kernel's default for a tmpfs (half the RAM).
    */
   tmpBytes?: number;
+  /**
+   * Niceness the sandboxed program starts with (0–19, 0 = the kernel's own): it cannot lower it
+   * (RLIMIT_NICE is 0), so programs that spin take the CPU from the kernel's thread last.
+   */
+  nice?: number;
   /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
   removalFailed?: (paths: string[], why: string) => void;
   /**
@@ -202,6 +207,7 @@ export class Sandbox {
   private served = 0;
   private readonly bwrap: string | undefined;
   private readonly prlimit: string | undefined;
+  private readonly nice: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
   /**
    * Found once: only what the kernel inherited lacks close-on-exec (all it opens itself has it),
@@ -229,6 +235,7 @@ export class Sandbox {
     const sysPath = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
     this.bwrap = config.program ?? findProgram("bwrap", `${process.env.PATH ?? ""}${delimiter}${sysPath}`);
     this.prlimit = findProgram("prlimit", "/usr/bin:/bin:/usr/sbin:/sbin");
+    this.nice = config.nice ? findProgram("nice", "/usr/bin:/bin") : undefined;
     if (this.bwrap) {
       this.features = bwrapFeatures(this.bwrap);
       if (!this.features.size && config.tmpBytes)
@@ -268,6 +275,7 @@ export class Sandbox {
   private probe(): string | undefined {
     if (!this.bwrap) return "bubblewrap (bwrap) is not installed";
     if (!this.prlimit) return "prlimit (util-linux) is not installed";
+    if (this.config.nice && !this.nice) return "nice (coreutils) is not installed";
     let launch: Launch;
     try {
       launch = this.launch({
@@ -621,6 +629,8 @@ export class Sandbox {
     // kernel inherited (a user in an audio or realtime group has rtprio 95): a SCHED_FIFO loop
     // would take its CPU from every process on the host, the kernel's included.
     a.push("--rtprio=0:0", "--nice=0:0");
+    // Niced last, after the limits that keep it from being lowered again (nice only ever raises it).
+    if (this.config.nice) a.push("--", this.nice as string, "-n", String(this.config.nice));
     a.push("--", spec.executable, ...spec.args);
     return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup, ...(onStdin ? { input: filter } : {}) };
   }

@@ -70,6 +70,7 @@ export function openSandbox(
       fileBytes: c.sandboxFileBytes,
     },
     tmpBytes: c.sandboxTmpBytes,
+    nice: c.sandboxNice,
     removalFailed: (paths, why) =>
       log.error({ paths, err: why }, "cannot remove scratch directories: left on disk, tried again at the next start"),
     ...(program ? { program } : {}),
