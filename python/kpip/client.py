@@ -79,6 +79,7 @@ class Client:
         self._retry = retry_backoff
         self._reconnect_backoff = reconnect_backoff
         self._link: Link | None = None
+        self._goodbye = ""  # the reason of the kernel's last GOODBYE
         self._calls = CallTable()
         self._subs = Subscriptions(self)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -248,6 +249,8 @@ class Client:
             p = self._calls.get(m.stream)
             if p is not None and p.id == b["id"]:
                 self._on_response(p, b)
+            if link.closing:
+                self._end_if_answered(link)
         elif m.type == "EVENT":
             self._subs.deliver(b)
         elif m.type == "PING":
@@ -255,14 +258,23 @@ class Client:
         elif m.type == "PONG":
             pass
         elif m.type == "GOODBYE":
-            # The kernel is leaving (it answered everything in flight first, §8.6): send nothing
-            # more on this session; calls not yet answered go out again on the next one.
-            self._on_lost(link, KernelUnavailable(f"the kernel said goodbye: {b.get('reason', '')}"))
+            # The kernel is leaving (§8.6): nothing new goes out on this session (calls wait for
+            # the next one); what was sent is still answered, then the session ends. A second
+            # GOODBYE is ignored.
+            if not link.closing:
+                link.closing = True
+                self._goodbye = str(b.get("reason", ""))
+                self._end_if_answered(link)
         elif m.type == "ERROR":
             if b["fatal"]:
                 self._on_lost(link, wire_error(b["class"], b["message"], b["code"], b.get("id")))
         else:
             self._on_lost(link, ProtocolViolation(f"unexpected {m.type} from the kernel"))
+
+    def _end_if_answered(self, link: Link) -> None:
+        """A closing link whose sent calls are all answered is done: the next session takes the rest."""
+        if not any(p.sent for p in self._calls.all()):
+            self._on_lost(link, KernelUnavailable(f"the kernel said goodbye: {self._goodbye}"))
 
     def _on_response(self, p: Pending, r: dict[str, Any]) -> None:
         if r["status"] == "FAILURE":
@@ -333,7 +345,7 @@ class Client:
 
     def _send(self, p: Pending) -> None:
         link = self._link
-        if not self._calls.holds(p) or p.sent or link is None or link.dead or self.state != "ready":
+        if not self._calls.holds(p) or p.sent or link is None or link.dead or link.closing or self.state != "ready":
             return
         assert link.session is not None
         body = {

@@ -94,6 +94,8 @@ class Link:
         self.last_seen = time.monotonic()
         self.session: Session | None = None
         self.dead = False
+        # The kernel said GOODBYE (§8.6): its answers still come, nothing new is sent on it.
+        self.closing = False
         self._task: asyncio.Task[None] | None = None
         self._pending_frames: list[Frame] = []
         self._last_body = b""

@@ -95,6 +95,45 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual([m.body["id"] for m in k.requests], [1, 1])
             await c.close()
 
+    async def test_after_the_kernels_goodbye_calls_sent_are_answered_there_and_new_ones_wait_for_the_next_session(self) -> None:
+        release = asyncio.Event()
+        on_session: dict[int, list[int]] = {}
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            on_session.setdefault(k.sessions, []).append(m.body["id"])
+            if k.sessions > 1:
+                c.answer(m, payload={"session": k.sessions})
+                return
+            if len(on_session[1]) > 1:
+                c.answer(m, "FAILURE", error="PROTOCOL", message="sent after the kernel's GOODBYE")
+                return
+            # The kernel's stop (§8.6): GOODBYE as its drain begins, the request in flight answered later.
+            c.send("GOODBYE", {"reason": "the kernel is stopping"})
+
+            async def answer_then_close() -> None:
+                await release.wait()
+                c.answer(m, payload={"session": 1})
+                await c.writer.drain()
+                c.writer.close()
+
+            asyncio.ensure_future(answer_then_close())
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            first = asyncio.ensure_future(c.call("system.health", "kernel://", timeout=30))
+            for _ in range(3000):
+                if c._link is not None and c._link.closing:
+                    break
+                await asyncio.sleep(0.01)
+            self.assertTrue(c._link is not None and c._link.closing, "the client saw the GOODBYE")
+            second = asyncio.ensure_future(c.call("system.health", "kernel://", timeout=30))
+            await asyncio.sleep(0.05)
+            release.set()
+            self.assertEqual((await first).payload, {"session": 1}, "answered by the session it was sent on, not resent")
+            self.assertEqual((await second).payload, {"session": 2}, "sent on the next session only")
+            self.assertEqual(on_session, {1: [1], 2: [2]})
+            await c.close()
+
     async def test_auth_on_a_response_reattests_once_then_raises(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, "FAILURE", error="AUTH", message="who are you")

@@ -200,6 +200,13 @@ export class CallTable {
     this.settle(largest, undefined, new RequestTooLargeError(largest.size, limit, msg));
   }
 
+  /** Calls sent on the current link and not yet answered (a closing link waits for them). */
+  sentCount(): number {
+    let n = 0;
+    for (const p of this.pending.values()) if (p.sent) n++;
+    return n;
+  }
+
   /** Fails every call with `err` (shutdown, or failFast while reconnecting). */
   failAll(err: Error): void {
     for (const p of [...this.pending.values()]) this.settle(p, undefined, err);

@@ -274,6 +274,7 @@ export class KernelClient extends EventEmitter {
           this.emit("event", e);
         },
         goodbye: (reason) => this.emit("goodbye", reason),
+        outstanding: () => this.calls.sentCount(),
         tooLarge: (l) => this.calls.refuseLargest(l),
         lost: (l, err) => this.onLinkLost(l, err),
       },

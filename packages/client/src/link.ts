@@ -52,6 +52,8 @@ export interface LinkEvents {
   response(stream: number, r: Response): void;
   event(e: KEvent): void;
   goodbye(reason: string | undefined): void;
+  /** How many calls were sent on this link and are not yet answered (what a closing link waits for). */
+  outstanding(link: Link): number;
   /** The kernel ended this ready session over a frame too large: the largest request sent on it. */
   tooLarge(link: Link): void;
   /** A ready link died (closed, silent, malformed input, fatal ERROR); `err` says why. */
@@ -64,7 +66,8 @@ export interface Welcome {
   refused: { index: number; code: string; message: string }[];
 }
 
-type Phase = "handshaking" | "attesting" | "ready" | "dead";
+/** `closing`: the kernel said GOODBYE; answers still come, nothing new is sent (§8.6). */
+type Phase = "handshaking" | "attesting" | "ready" | "closing" | "dead";
 
 /**
  * One connection's session with the kernel: HELLO, CHALLENGE, ATTEST, WELCOME, then the frame
@@ -122,12 +125,22 @@ export class Link {
     channel.onData((chunk) => this.onData(chunk));
     channel.onClose(() =>
       this.fail(
-        this.phase === "ready"
+        this.established
           ? new KernelUnavailableError("connection to the kernel closed")
           : new HandshakeClosedError("connection to the kernel closed before the session was established"),
       ),
     );
     channel.write(hello);
+  }
+
+  /** WELCOME came and the link has not died: the session carries answers (it may be closing). */
+  get established(): boolean {
+    return this.phase === "ready" || this.phase === "closing";
+  }
+
+  /** A closing link whose calls are all answered ends its side: the kernel closes the connection. */
+  private endIfAnswered(): void {
+    if (this.events.outstanding(this) === 0) this.channel.end();
   }
 
   /** The session's shared-memory channel, when "shm" was negotiated. */
@@ -155,7 +168,7 @@ export class Link {
 
   /** Heartbeat: a silent kernel (over 2 intervals) is lost; one quiet for half an interval is PINGed. */
   tick(now: number): void {
-    if (this.phase !== "ready") return;
+    if (!this.established) return;
     if (now - this.lastSeen > 2 * this.heartbeatMs) {
       // Judged on two ticks in a row, as the kernel judges its peers: after a stall of this
       // process (a busy machine), the timer runs before the socket's pending bytes are read, and
@@ -179,7 +192,7 @@ export class Link {
    */
   fail(err: Error, told = false): void {
     if (this.phase === "dead") return;
-    const wasReady = this.phase === "ready";
+    const wasReady = this.established;
     this.kill(told);
     if (wasReady) this.events.lost(this, err);
     else this.settleReady.reject(err);
@@ -228,20 +241,29 @@ export class Link {
       case "PONG":
         // Only a ready session carries these (§8.1, §8.5): before WELCOME a RESPONSE could settle
         // a call waiting to be resent on this link, which the kernel never received on it.
-        if (this.phase !== "ready") return this.violation(`${m.type} before WELCOME`);
-        if (m.type === "RESPONSE") return this.events.response(stream, m.body);
+        if (!this.established) return this.violation(`${m.type} before WELCOME`);
+        if (m.type === "RESPONSE") {
+          this.events.response(stream, m.body);
+          if (this.phase === "closing") this.endIfAnswered();
+          return;
+        }
         if (m.type === "EVENT") return this.events.event(m.body as KEvent);
         if (m.type === "PING") return this.send({ type: "PONG", body: { seq: m.body.seq } });
         return;
       case "GOODBYE":
-        // The kernel is leaving: close our side too; reconnect (if enabled) follows the close.
+        // The kernel is leaving (§8.6): nothing new goes out on this session (calls wait for the
+        // next one); what was sent is still answered, then our side closes and reconnect (if
+        // enabled) follows. A kernel's second GOODBYE is ignored.
+        if (this.phase === "closing") return;
+        if (this.phase !== "ready") return this.violation("GOODBYE before WELCOME");
+        this.phase = "closing";
         this.events.goodbye(m.body.reason);
-        this.channel.end();
+        this.endIfAnswered();
         return;
       case "ERROR": {
         if (!m.body.fatal) return;
         const err = new KpipError(m.body.class, m.body.message, { code: m.body.code });
-        if (this.phase === "ready" && (m.body.code === "TOO_LARGE" || m.body.code === "SHM_TOO_LARGE")) {
+        if (this.established && (m.body.code === "TOO_LARGE" || m.body.code === "SHM_TOO_LARGE")) {
           this.events.tooLarge(this);
         }
         return this.fail(err);

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
 import { describe, it } from "node:test";
-import { KernelUnavailableError } from "@kpip/client";
+import { KernelClient, KernelUnavailableError } from "@kpip/client";
 import { encodeMessage } from "@kpip/protocol";
 import type { OpError, OpResult, PrimitiveFamily } from "../src/index.js";
 import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
@@ -121,8 +121,8 @@ describe("session lifecycle over real sockets", () => {
   });
 
   it("a request that arrives while the kernel drains for its stop is refused RESOURCE (retryable, not run), not PROTOCOL", async () => {
-    // The kernel's drain ends a session without a GOODBYE until its requests in flight are
-    // answered: the peer, told nothing yet, keeps sending. Those requests broke no rule.
+    // The kernel says GOODBYE as its drain begins, but a request may cross it on the wire: it
+    // broke no rule (the peer had not read the GOODBYE yet).
     let release: () => void = () => {};
     const gate = new Promise<void>((r) => {
       release = r;
@@ -163,9 +163,16 @@ describe("session lifecycle over real sockets", () => {
       }
       assert.deepEqual([late.status, late.error], ["FAILURE", "RESOURCE"], late.message);
       assert.match(late.message ?? "", /the kernel is stopping/);
+      // The GOODBYE came when the drain began, before the request in flight was answered.
+      const goodbye = await p.next("GOODBYE");
+      assert.equal(goodbye.body.reason, "the kernel is stopping");
+      assert.equal(
+        p.frames.some((f) => f.msg.type === "RESPONSE" && (f.msg.body as { id: number }).id === 1),
+        false,
+        "not answered yet",
+      );
       release();
       assert.equal((await p.response(1)).status, "SUCCESS", "the request in flight is answered");
-      await p.next("GOODBYE");
       await stopped;
       // On the record as a refusal of the stopping kernel, not as the peer's protocol error.
       const t2 = await startKernel({}, t.home);
@@ -177,6 +184,68 @@ describe("session lifecycle over real sockets", () => {
       await t2.stop();
     } finally {
       release();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a call made while the kernel drains for its stop waits for the next kernel: GOODBYE comes first, nothing new is sent to the stopping one", async () => {
+    let release: () => void = () => {};
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    let started = 0;
+    const held: PrimitiveFamily = {
+      name: "held",
+      ops: [
+        {
+          op: "held.wait",
+          description: "waits until the test releases it",
+          targets: ["kernel"],
+          args: {},
+          idempotent: true,
+          effects: false,
+          handler: async () => {
+            started++;
+            await gate;
+            return { status: "SUCCESS" };
+          },
+        },
+      ],
+    };
+    const t = await startKernel({}, undefined, (k) => k.register(held));
+    let t2: Awaited<ReturnType<typeof startKernel>> | undefined;
+    const c = await KernelClient.connect({
+      socket: t.k.socketPath,
+      identity: adminIdentity(t.k),
+      tokens: token(t),
+      reconnect: true,
+      reconnectBackoff: { initialMs: 20, maxMs: 200 },
+      unavailableTimeoutMs: 120_000,
+    });
+    try {
+      let goodbye = false;
+      c.once("goodbye", () => {
+        goodbye = true;
+      });
+      const first = c.call("held.wait", "kernel://");
+      await until(() => started === 1, 30_000, "the held request running");
+      const stopped = t.k.stop();
+      await until(() => goodbye, 30_000, "the kernel's GOODBYE as its drain begins");
+      // Made while the old kernel still drains (its one request held): it must not go there.
+      const later = c.call("system.health", "kernel://");
+      release();
+      assert.equal((await first).status, "SUCCESS", "the call in flight is answered by the stopping kernel");
+      await stopped;
+      t2 = await startKernel({}, t.home);
+      assert.equal((await later).status, "SUCCESS", "answered by the next kernel");
+      // Never refused by the stopping kernel: no FAILURE of it on the record, nor a retry spent on it.
+      const refused = t2.k.inspect.queryAudit({ op: "system.health", limit: 1000 }).filter((r) => r.status === "FAILURE");
+      assert.deepEqual(refused, []);
+    } finally {
+      release();
+      await c.close();
+      await t2?.stop();
       await t.stop();
       removeHome(t.home);
     }

@@ -432,7 +432,8 @@ export class Session implements SessionView, EventSink {
 
   private maybeFinishClosing(): void {
     if (this.state !== "closing" || this.inFlight > 0) return;
-    this.send({ type: "GOODBYE", body: { reason: "drained" } });
+    // The kernel's stop said its GOODBYE when it began (drain); the peer's close gets one now.
+    if (!this.drainedByKernel) this.send({ type: "GOODBYE", body: { reason: "drained" } });
     this.conn.end();
     this.closed("goodbye");
   }
@@ -468,7 +469,13 @@ export class Session implements SessionView, EventSink {
       this.closed("kernel stopping");
       return Promise.resolve();
     }
-    if (this.state === "ready") this.drainedByKernel = true;
+    if (this.state === "ready") {
+      this.drainedByKernel = true;
+      // Said when the drain begins (PROTOCOL §8.6), not when it ends: told, the peer sends
+      // nothing new and waits for its answers, instead of having requests refused (RESOURCE)
+      // for as long as the longest request in flight runs.
+      this.send({ type: "GOODBYE", body: { reason: "the kernel is stopping" } });
+    }
     this.state = "closing";
     const done = new Promise<void>((resolve) => {
       this.drained = resolve;
