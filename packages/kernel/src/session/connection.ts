@@ -20,6 +20,26 @@ export class PeerCloseTimeout extends Error {
 }
 
 /**
+ * The transport itself refused what the peer sent and ended the stream (gRPC: a message declaring
+ * more than its size limit, ended RESOURCE_EXHAUSTED by grpc-js at its 5-byte prefix, PROTOCOL
+ * §3.6). The session records it as the fatal PROTOCOL error TOO_LARGE, as it does a frame over
+ * its limit on the socket; nothing more can be sent on the stream.
+ */
+export class TransportMessageTooLarge extends Error {
+  override name = "TransportMessageTooLarge";
+  readonly errorClass = "PROTOCOL" as const;
+  readonly code = "TOO_LARGE";
+  constructor(
+    readonly transport: string,
+    /** What the message's prefix declared. */
+    readonly declared: number,
+    readonly limit: number,
+  ) {
+    super(`a ${transport} message of ${declared} bytes is over the transport's limit of ${limit} bytes; the stream was ended`);
+  }
+}
+
+/**
  * A transport's cut of a connection whose peer keeps its side open after the kernel ended it:
  * {@link arm} at the end, and past the grace the connection is cut and {@link Connection.onCut}'s
  * callbacks hear why.
@@ -71,6 +91,12 @@ export interface Connection extends ByteChannel {
    * cannot be held open by a peer (in-memory) never report it.
    */
   onCut?(cb: (e: PeerCloseTimeout) => void): void;
+  /**
+   * The transport refused what the peer sent and ended the stream itself, before any frame of it
+   * reached the session (gRPC: a message over its size limit). Called before the close, so the
+   * session records why it ended; what it writes after is dropped.
+   */
+  onRefused?(cb: (e: TransportMessageTooLarge) => void): void;
   /**
    * The session on this connection attested (WELCOME sent). gRPC: its TCP connection is not shed
    * for a newer one while the stream lasts (PROTOCOL §8.8).
