@@ -153,6 +153,23 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             with self.assertRaises(kpip.ProtocolViolation):
                 await c.call("system.health", "kernel://", timeout=30)
 
+    async def test_a_message_out_of_order_is_refused_in_a_fatal_protocol_error_unexpected_message(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.send("WELCOME", {"persona": "alice", "handles": []})  # a second WELCOME, once ready
+
+        response = ("RESPONSE", {"version": 1, "id": 1, "status": "SUCCESS"})
+        # §8.1, as the TypeScript client and the kernel do: the kernel is told why before the close.
+        for instead in ({"CHALLENGE": ("PING", {"seq": 1})}, {"WELCOME": response}, {}):
+            with self.subTest(instead=next(iter(instead), "a second WELCOME")):
+                async with FakeKernel(handler, instead=instead) as k:
+                    with self.assertRaises(kpip.ProtocolViolation) as cm:
+                        c = await self.connect(k, reconnect=False)
+                        await c.call("system.health", "kernel://", timeout=30)
+                    self.assertEqual(cm.exception.code, "UNEXPECTED_MESSAGE")
+                    await until(lambda: k.errors, "the client's ERROR")
+                    e = k.errors[0].body
+                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "UNEXPECTED_MESSAGE", True))
+
     async def test_a_max_body_above_the_offer_or_below_the_minimum_is_a_protocol_violation(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, payload=1)
@@ -164,6 +181,8 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
                     k.max_body = granted
                     with self.assertRaises(kpip.ProtocolViolation):
                         await self.connect(k, reconnect=False, max_body=offered)
+                    await until(lambda: k.errors, "the client's ERROR")
+                    self.assertEqual((k.errors[0].body["class"], k.errors[0].body["code"]), ("PROTOCOL", "BAD_FIELD"))
 
     async def test_no_kernel_is_kernel_unavailable(self) -> None:
         with self.assertRaises(kpip.KernelUnavailable):
