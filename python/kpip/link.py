@@ -208,6 +208,13 @@ class Link:
         signature = identity.sign(attestation_transcript(hello[HEADER_SIZE:], self._last_body))
         self.write(encode_message("ATTEST", {"signature": signature, "tokens": tokens}))
         w = (await self._expect("WELCOME")).body
+        # §6.6: one handle per token, in order. Fewer left a held token unbound without a word;
+        # more named handles no token of this client's stands behind.
+        if len(w["handles"]) != len(tokens):
+            raise self.violation(
+                f"kernel sent WELCOME with {len(w['handles'])} handle(s) for the {len(tokens)} token(s) ATTEST presented",
+                "BAD_FIELD",
+            )
         limits = c["limits"]
         self.session = Session(
             c["version"],
