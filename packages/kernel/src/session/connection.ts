@@ -113,17 +113,27 @@ export interface Connection extends ByteChannel {
 /** Where a session comes from, as its audit records state it (PROTOCOL §3.6, docs/audit.md). */
 export interface ConnectionOrigin {
   transport: string;
-  /** The peer's "address:port" on transports that know one (gRPC); absent on the Unix socket. */
+  /** The peer's "address:port" on transports that know one (gRPC); absent on the others ({@link hasAddress}). */
   peer?: string;
   tls?: boolean;
   clientCert?: string;
 }
 
+/**
+ * Whether the transport knows the peer's network address. Not the Unix socket (no peer
+ * credentials are taken), in-memory, nor an agent's connection: a socketpair the kernel made at
+ * its spawn, whose session's persona is the agent's own (the agent.spawned record names it). An
+ * agent's "local" address was recorded as `peer`, and counted all agents' handshakes as one
+ * peer's for the pre-authentication bound per peer, which is for gRPC.
+ */
+function hasAddress(transport: string): boolean {
+  return transport !== "uds" && transport !== "memory" && transport !== "agent";
+}
+
 export function originOf(conn: Connection): ConnectionOrigin {
-  const knowsPeer = conn.transport !== "uds" && conn.transport !== "memory";
   return {
     transport: conn.transport,
-    ...(knowsPeer ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
+    ...(hasAddress(conn.transport) ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
     ...(conn.tls !== undefined ? { tls: conn.tls } : {}),
     ...(conn.clientCert !== undefined ? { clientCert: conn.clientCert } : {}),
   };
@@ -131,7 +141,7 @@ export function originOf(conn: Connection): ConnectionOrigin {
 
 /** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */
 export function addressOf(conn: Connection): string {
-  if (conn.transport === "uds" || conn.transport === "memory") return "";
+  if (!hasAddress(conn.transport)) return "";
   const p = conn.peer.replace(/^ipv[46]:/, "");
   const m = /^\[?([^\]]*?)\]?:\d+$/.exec(p);
   return m ? (m[1] as string) : p;
