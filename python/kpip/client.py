@@ -17,7 +17,6 @@ from .errors import (
     FrameError,
     KernelUnavailable,
     KpipError,
-    ProtocolViolation,
     TokenRefreshFailed,
     wire_error,
 )
@@ -269,7 +268,8 @@ class Client:
             if b["fatal"]:
                 self._on_lost(link, wire_error(b["class"], b["message"], b["code"], b.get("id")))
         else:
-            self._on_lost(link, ProtocolViolation(f"unexpected {m.type} from the kernel"))
+            # Out of order (§8.1): the kernel is told why in a fatal PROTOCOL ERROR, as the TypeScript client does.
+            self._on_lost(link, link.violation(f"unexpected {m.type} from the kernel"))
 
     def _end_if_answered(self, link: Link) -> None:
         """A closing link whose sent calls are all answered is done: the next session takes the rest."""

@@ -135,8 +135,18 @@ class Link:
     def refuse(self, e: KpipError) -> ProtocolViolation:
         """The kernel sent something malformed: say so in a fatal ERROR (§8.7); the caller closes."""
         code = e.code or "MALFORMED"
-        self.write(encode_message("ERROR", {"class": "PROTOCOL", "code": code, "message": e.message[:1024], "fatal": True}))
+        self._fatal_protocol(code, e.message)
         return ProtocolViolation(f"kernel sent a malformed frame or message: {e}", code)
+
+    def violation(self, message: str, code: str = "UNEXPECTED_MESSAGE") -> ProtocolViolation:
+        """The kernel sent a message out of order (§8.1) or broke a handshake rule (§6.4, §8.3):
+        refused as the kernel refuses a peer that does, in a fatal PROTOCOL ERROR naming `code`
+        (§8.7); the caller closes."""
+        self._fatal_protocol(code, message)
+        return ProtocolViolation(message, code)
+
+    def _fatal_protocol(self, code: str, message: str) -> None:
+        self.write(encode_message("ERROR", {"class": "PROTOCOL", "code": code, "message": message[:1024], "fatal": True}))
 
     async def _next(self) -> Message:
         """The next message during the handshake (no reader task yet)."""
@@ -180,14 +190,17 @@ class Link:
         m = await self._expect("CHALLENGE")
         c = m.body
         if c["version"] not in SUPPORTED_VERSIONS:
-            raise ProtocolViolation(f"kernel chose version {c['version']}, which this client did not offer")
+            raise self.violation(f"kernel chose version {c['version']}, which this client did not offer", "UNSUPPORTED_VERSION")
         if any(f != SHM_FEATURE or not offer_shm for f in c["features"]):
-            raise ProtocolViolation(f"kernel enabled features {c['features']} this client did not offer")
+            raise self.violation(f"kernel enabled features {c['features']} this client did not offer", "BAD_FIELD")
         granted = c["limits"]["maxBody"]
         # §8.3: the kernel answers min(its own maximum, HELLO.maxBody), at least MIN_MAX_BODY. A larger
         # one would have this client buffer (and, with shm, reserve) more than it agreed to.
         if granted < MIN_MAX_BODY or (max_body is not None and granted > max_body):
-            raise ProtocolViolation(f"kernel set maxBody {granted}, outside {MIN_MAX_BODY}..{max_body if max_body is not None else 'its own maximum'}")
+            raise self.violation(
+                f"kernel set maxBody {granted}, outside {MIN_MAX_BODY}..{max_body if max_body is not None else 'its own maximum'}",
+                "BAD_FIELD",
+            )
         self.decoder.max_body = granted
         if SHM_FEATURE in c["features"]:
             assert shm_threshold is not None
@@ -197,6 +210,13 @@ class Link:
         signature = identity.sign(attestation_transcript(hello[HEADER_SIZE:], self._last_body))
         self.write(encode_message("ATTEST", {"signature": signature, "tokens": tokens}))
         w = (await self._expect("WELCOME")).body
+        # §6.6: one handle per token, in order. Fewer left a held token unbound without a word;
+        # more named handles no token of this client's stands behind.
+        if len(w["handles"]) != len(tokens):
+            raise self.violation(
+                f"kernel sent WELCOME with {len(w['handles'])} handle(s) for the {len(tokens)} token(s) ATTEST presented",
+                "BAD_FIELD",
+            )
         limits = c["limits"]
         self.session = Session(
             c["version"],
@@ -218,7 +238,7 @@ class Link:
             b = m.body
             raise wire_error(b["class"], b["message"], b["code"])
         if m.type != type_:
-            raise ProtocolViolation(f"expected {type_} from the kernel, got {m.type}")
+            raise self.violation(f"expected {type_} from the kernel, got {m.type}")
         return m
 
     def start(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:

@@ -62,7 +62,10 @@ class FakeKernel:
         force_features: bool = False,
         on_shm: Callable[[Frame], Frame] | None = None,
         refuse: list[str] | None = None,
+        instead: dict[str, tuple[str, dict[str, Any]]] | None = None,
     ):
+        # A message sent in place of "CHALLENGE" or "WELCOME" (out of order); the session then ends.
+        self.instead = dict(instead or {})
         # Handshakes answered with a fatal RESOURCE ERROR of these codes, one each, before any is welcomed.
         self.refuse = list(refuse or [])
         # Enabled in CHALLENGE when the persona offers them (all of them with force_features).
@@ -72,7 +75,7 @@ class FakeKernel:
         self.kernel_id = f"fake-{os.getpid()}-{os.urandom(4).hex()}"
         self.max_body = 1 << 20
         self.hellos: list[Message] = []
-        self.errors: list[Message] = []  # ERROR frames the persona sent
+        self.errors: list[Message] = []  # ERROR frames the persona sent (during the handshake too)
         self.dir = tempfile.mkdtemp(prefix="kpip-fake-")
         self.path = os.path.join(self.dir, "k.sock")
         self.handler = handler
@@ -118,9 +121,15 @@ class FakeKernel:
             "limits": {"maxBody": self.max_body, "maxInFlight": 16, "dedupeWindowMs": 60000},
             "features": [f for f in self.features if self.force_features or f in offered],
         }
+        if "CHALLENGE" in self.instead:
+            c.send(*self.instead["CHALLENGE"])
+            await self._until_closed(c)
+            return
         c.send("CHALLENGE", body)
         attest = await c.next()
         if attest is None or attest.type != "ATTEST":  # the persona gave up on the handshake
+            if attest is not None and attest.type == "ERROR":
+                self.errors.append(attest)
             writer.close()
             return
         t = attestation_transcript(cbor.encode(hello.body), cbor.encode(body))
@@ -137,6 +146,10 @@ class FakeKernel:
             c.send("ERROR", {"class": "RESOURCE", "code": code, "message": f"refused: {code}", "fatal": True})
             writer.close()
             return
+        if "WELCOME" in self.instead:
+            c.send(*self.instead["WELCOME"])
+            await self._until_closed(c)
+            return
         c.send("WELCOME", {"persona": hello.body["persona"], "handles": list(range(1, len(attest.body["tokens"]) + 1))})
         while (m := await c.next()) is not None:
             if m.type == "REQUEST":
@@ -148,3 +161,10 @@ class FakeKernel:
                 c.send("GOODBYE", {})
                 writer.close()
                 return
+
+    async def _until_closed(self, c: Conn) -> None:
+        """The persona is to end the session: what it sends until it closes is read, its ERRORs kept."""
+        while (m := await c.next()) is not None:
+            if m.type == "ERROR":
+                self.errors.append(m)
+        c.writer.close()

@@ -6,12 +6,15 @@ import asyncio
 import os
 import socket
 import tempfile
+import time
 import unittest
 from unittest import mock
 
 import kpip
 import kpip.link
+from kpip import cbor
 from kpip.client import Backoff
+from kpip.tokens import root_signature
 
 from .fake_kernel import Conn, FakeKernel
 
@@ -192,6 +195,62 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             with self.assertRaises(kpip.ProtocolViolation):
                 await c.call("system.health", "kernel://", timeout=30)
 
+    async def test_a_message_out_of_order_is_refused_in_a_fatal_protocol_error_unexpected_message(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.send("WELCOME", {"persona": "alice", "handles": []})  # a second WELCOME, once ready
+
+        response = ("RESPONSE", {"version": 1, "id": 1, "status": "SUCCESS"})
+        # §8.1, as the TypeScript client and the kernel do: the kernel is told why before the close.
+        for instead in ({"CHALLENGE": ("PING", {"seq": 1})}, {"WELCOME": response}, {}):
+            with self.subTest(instead=next(iter(instead), "a second WELCOME")):
+                async with FakeKernel(handler, instead=instead) as k:
+                    with self.assertRaises(kpip.ProtocolViolation) as cm:
+                        c = await self.connect(k, reconnect=False)
+                        await c.call("system.health", "kernel://", timeout=30)
+                    self.assertEqual(cm.exception.code, "UNEXPECTED_MESSAGE")
+                    await until(lambda: k.errors, "the client's ERROR")
+                    e = k.errors[0].body
+                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "UNEXPECTED_MESSAGE", True))
+
+    async def test_a_welcome_whose_handles_are_not_one_per_token_presented_is_a_protocol_violation(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+
+        now = int(time.time() * 1000)
+        root = os.urandom(32)
+
+        def token(n: int) -> bytes:
+            claims = cbor.encode(
+                {
+                    "id": f"{n:032x}",
+                    "kid": "k",
+                    "sub": "alice",
+                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                    "limits": {},
+                    "nbf": now - 1000,
+                    "exp": now + 3_600_000,
+                    "maxExp": now + 3_600_000,
+                    "chain": [],
+                }
+            )
+            return cbor.encode([1, claims, [], root_signature(root, claims)])
+
+        # §6.6: one handle per token ATTEST presented (two here), in order.
+        for handles in ([1], [], [1, 2, 3]):
+            with self.subTest(handles=handles):
+                welcome = ("WELCOME", {"persona": "alice", "handles": handles})
+                async with FakeKernel(handler, instead={"WELCOME": welcome}) as k:
+                    with self.assertRaises(kpip.ProtocolViolation) as cm:
+                        await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
+                    self.assertEqual(cm.exception.code, "BAD_FIELD")
+                    await until(lambda: k.errors, "the client's ERROR")
+                    e = k.errors[0].body
+                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "BAD_FIELD", True))
+        async with FakeKernel(handler) as k:  # one per token: the session opens
+            c = await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            await c.close()
+
     async def test_a_max_body_above_the_offer_or_below_the_minimum_is_a_protocol_violation(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, payload=1)
@@ -203,6 +262,8 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
                     k.max_body = granted
                     with self.assertRaises(kpip.ProtocolViolation):
                         await self.connect(k, reconnect=False, max_body=offered)
+                    await until(lambda: k.errors, "the client's ERROR")
+                    self.assertEqual((k.errors[0].body["class"], k.errors[0].body["code"]), ("PROTOCOL", "BAD_FIELD"))
 
     async def test_no_kernel_is_kernel_unavailable(self) -> None:
         with self.assertRaises(kpip.KernelUnavailable):

@@ -93,6 +93,8 @@ export class Link {
   private readonly helloBytes: Buffer;
   /** The features offered in HELLO: CHALLENGE may enable only these (§6.4). */
   private readonly offered: string[];
+  /** How many tokens ATTEST presented: WELCOME has one handle for each (§6.6). */
+  private tokensSent = 0;
   private settleReady!: { resolve: (w: Welcome) => void; reject: (e: Error) => void };
 
   constructor(
@@ -232,6 +234,13 @@ export class Link {
         return this.onChallenge(m.body, body);
       case "WELCOME":
         if (this.phase !== "attesting") return this.violation("unexpected WELCOME");
+        // §6.6: one handle per token, in order. Fewer left a token this client holds unbound without
+        // a word; more named handles no token of its own stands behind.
+        if (m.body.handles.length !== this.tokensSent)
+          return this.violation(
+            `kernel sent WELCOME with ${m.body.handles.length} handle(s) for the ${this.tokensSent} token(s) ATTEST presented`,
+            "BAD_FIELD",
+          );
         this.phase = "ready";
         this.settleReady.resolve({ handles: m.body.handles, refused: m.body.refused ?? [] });
         return;
@@ -314,9 +323,11 @@ export class Link {
     this.phase = "attesting";
     this.events.attesting(this);
     const measurements = this.setup.measurements;
+    const tokens = this.setup.tokens();
+    this.tokensSent = tokens.length;
     this.send({
       type: "ATTEST",
-      body: { signature, tokens: this.setup.tokens(), ...(measurements ? { measurements } : {}) },
+      body: { signature, tokens, ...(measurements ? { measurements } : {}) },
     });
   }
 

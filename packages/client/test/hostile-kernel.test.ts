@@ -1,10 +1,19 @@
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Message } from "@kpip/protocol";
+import {
+  decodeMessage,
+  encodeMessage,
+  encodeToken,
+  FrameDecoder,
+  generateIdentity,
+  type Message,
+  mintToken,
+} from "@kpip/protocol";
 import { KernelClient, ProtocolViolationError } from "../src/index.js";
 import { until } from "./harness.js";
 
@@ -17,6 +26,8 @@ interface Script {
   /** Written, as raw bytes, in answer to a REQUEST. */
   onRequest?: Buffer;
   challengeFeatures?: string[];
+  /** WELCOME's handles (default: one per token ATTEST presented, numbered from 1). */
+  welcomeHandles?: number[];
 }
 
 /** A kernel-side peer following `script`; `got` is every message the client sent it. */
@@ -48,7 +59,8 @@ async function hostileKernel(script: Script): Promise<{ path: string; got: Messa
           for (const x of script.afterChallenge ?? []) s.write(encodeMessage(x, 1));
         } else if (m.type === "ATTEST") {
           for (const x of script.beforeWelcome ?? []) s.write(encodeMessage(x, 1));
-          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+          const handles = script.welcomeHandles ?? m.body.tokens.map((_, i) => i + 1);
+          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
         } else if (m.type === "REQUEST" && script.onRequest) s.write(script.onRequest);
       }
     });
@@ -83,6 +95,8 @@ describe("a kernel that breaks the handshake's order", () => {
     ["a PING before WELCOME", { beforeWelcome: [{ type: "PING", body: { seq: 7 } }] }, "UNEXPECTED_MESSAGE"],
     ["a PONG before WELCOME", { beforeWelcome: [{ type: "PONG", body: { seq: 7 } }] }, "UNEXPECTED_MESSAGE"],
     ["a CHALLENGE enabling a feature the client did not offer", { challengeFeatures: ["bogus"] }, "BAD_FIELD"],
+    // §6.6: one handle per token ATTEST presented (here none).
+    ["a WELCOME with a handle for a token the client never presented", { welcomeHandles: [1] }, "BAD_FIELD"],
   ];
 
   it("fails the connect with ProtocolViolationError and tells the kernel why in a fatal PROTOCOL ERROR, as the Python client does", async () => {
@@ -110,6 +124,56 @@ describe("a kernel that breaks the handshake's order", () => {
       );
       assert.ok(!k.got.some((m) => m.type === "PONG"), `${name}: a PING before WELCOME is not answered`);
     }
+  });
+
+  it("a WELCOME whose handles are not one per token presented in ATTEST (§6.6) fails the connect: ProtocolViolationError and a fatal PROTOCOL BAD_FIELD", async () => {
+    const root = randomBytes(32);
+    const now = Date.now();
+    const token = (n: number) =>
+      encodeToken(
+        mintToken(root, {
+          id: n.toString(16).padStart(32, "0"),
+          kid: "k",
+          sub: "alice",
+          rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+          limits: {},
+          nbf: now - 1000,
+          exp: now + 3_600_000,
+          maxExp: now + 3_600_000,
+          chain: [],
+        }),
+      );
+    for (const handles of [[1], [], [1, 2, 3]]) {
+      const k = await hostileKernel({ welcomeHandles: handles });
+      open.push(k);
+      const err = await KernelClient.connect({
+        socket: k.path,
+        identity: generateIdentity("alice"),
+        tokens: [token(1), token(2)],
+        reconnect: false,
+        connectTimeoutMs: 10_000,
+      }).then(
+        async (c) => {
+          await c.close().catch(() => {});
+          return undefined;
+        },
+        (e: Error) => e,
+      );
+      assert.ok(err instanceof ProtocolViolationError, `${handles.length} handles for 2 tokens: ${err}`);
+      const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, "the client's ERROR");
+      assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_FIELD", true]);
+    }
+    // One per token: the session opens.
+    const k = await hostileKernel({});
+    open.push(k);
+    const c = await KernelClient.connect({
+      socket: k.path,
+      identity: generateIdentity("alice"),
+      tokens: [token(1), token(2)],
+      reconnect: false,
+    });
+    assert.deepEqual(c.handles, [1, 2]);
+    await c.close().catch(() => {});
   });
 
   it("after WELCOME, a malformed frame fails the session and the client says so (PROTOCOL BAD_MAGIC) before it closes", async () => {

@@ -24,7 +24,7 @@ import { pino } from "pino";
 import { ConfigError, Kernel, type KernelOptions } from "../src/index.js";
 import { serverCredentials } from "../src/transport/grpc.js";
 import { adminIdentity, removeHome, runExample, startKernel, type TestKernel, until } from "./harness.js";
-import { helloFrame } from "./wire.js";
+import { helloFrame, RawPeer } from "./wire.js";
 
 const tls = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
 const pem = (f: string) => readFileSync(tls(f));
@@ -86,7 +86,8 @@ async function rawSession(address: string, identity: Identity, token: Uint8Array
       },
       id,
     );
-  return { ...s, maxBody, request };
+  const session = (challenge as Extract<Message, { type: "CHALLENGE" }>).body.session;
+  return { ...s, maxBody, request, session };
 }
 
 const OBJECT = 800 * 1024;
@@ -258,6 +259,55 @@ describe("gRPC transport with TLS", () => {
     const c = await overGrpc();
     assert.equal((await c.system.health()).status, "ok");
     await c.close();
+  });
+
+  it("a message over the size limit on an open session ends it RESOURCE_EXHAUSTED and is on the record as session.error PROTOCOL TOO_LARGE, as an oversized frame on the socket is", async () => {
+    // This session's records, as [op, status, class, code]: the same whichever transport carried it.
+    const records = (session: string) =>
+      t.k.inspect
+        .queryAudit({ limit: 500 })
+        .filter((r) => r.session === session && r.phase === "session")
+        .map((r) => [r.op, r.status, r.errorClass, /^[A-Z_]+/.exec(r.message ?? "")?.[0] ?? r.message]);
+    const expected = [
+      ["session.open", "SUCCESS", null, "grpc"],
+      ["session.error", "FAILURE", "PROTOCOL", "TOO_LARGE"],
+    ];
+    // Over the socket: a frame declaring more than maxBody.
+    const p = await RawPeer.connect(t.k.socketPath);
+    const { challenge, bytes } = await p.hello(adminIdentity(t.k));
+    p.sendMessage({
+      type: "ATTEST",
+      body: { signature: p.sign(adminIdentity(t.k), bytes), tokens: [Buffer.from(t.adminToken, "base64url")] },
+    });
+    await p.next("WELCOME");
+    const frame = encodeMessage({ type: "PING", body: { seq: 1 } });
+    frame.writeUInt32BE(2 * 1024 * 1024, 12);
+    p.send(frame.subarray(0, HEADER_SIZE));
+    await until(() => p.closed, 10_000, "the socket closed");
+    const uds = await until(
+      () => (records(challenge.body.session).length === 2 ? records(challenge.body.session) : undefined),
+      5000,
+      "the socket session's records",
+    );
+    assert.deepEqual(uds, [["session.open", "SUCCESS", null, "uds"], expected[1]]);
+    // Over gRPC: one message over 1 MiB (its frame within maxBody would not matter).
+    const s = await rawSession(address, adminIdentity(t.k), Buffer.from(t.adminToken, "base64url"));
+    s.call.write(Buffer.alloc(GRPC_MAX_MESSAGE_BYTES + 1024));
+    await until(() => s.state.ended, 30_000, "the call ended");
+    assert.equal(s.state.error?.code, grpc.status.RESOURCE_EXHAUSTED);
+    s.close();
+    const got = await until(
+      () => (records(s.session).length >= 2 ? records(s.session) : undefined),
+      5000,
+      "the gRPC session's records",
+    );
+    // No "connection closed" record after it: the session ended on its error, as over the socket.
+    assert.deepEqual(got, expected);
+    const error = t.k.inspect.queryAudit({ op: "session.error", limit: 500 }).find((r) => r.session === s.session);
+    assert.match(
+      error?.message ?? "",
+      new RegExp(`${GRPC_MAX_MESSAGE_BYTES + 1024} bytes .* limit of ${GRPC_MAX_MESSAGE_BYTES}`),
+    );
   });
 
   it("compressed messages (gzip, deflate) are refused UNIMPLEMENTED before any is inflated; the kernel keeps serving", async () => {

@@ -1,13 +1,16 @@
 import assert from "node:assert/strict";
 import { readdirSync, readlinkSync } from "node:fs";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
 import { KernelClient, RequestTooLargeError } from "@kpip/client";
 import { encodeMessage, HEADER_SIZE, type Message, MessageType, writeHeader } from "@kpip/protocol";
 import { pino } from "pino";
 import type { KernelMetrics } from "../src/metrics/metrics.js";
-import { adminIdentity, removeHome, startKernel, until, withKernel } from "./harness.js";
+import { adminIdentity, removeHome, sandboxSkip, startKernel, until, withKernel } from "./harness.js";
 import { allAudit, RawPeer } from "./wire.js";
+
+const AGENT = fileURLToPath(new URL("../../test/fixtures/agent.mjs", import.meta.url));
 
 const errorFrame = (fatal: boolean): Message => ({
   type: "ERROR",
@@ -236,6 +239,38 @@ describe("oversized requests against a real kernel", () => {
       assert.equal(c.connections, 1, "no reconnect");
       assert.equal((await c.system.health()).status, "ok");
       assert.ok(!allAudit(t.k).some((r) => r.op === "storage.write"), "the kernel never saw it");
+    });
+  });
+});
+
+describe("an agent's connection, a socketpair the kernel made at its spawn", () => {
+  it("has no peer address: agents handshaking at once are not one peer to preauthPerPeer, and their session records name no peer", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withKernel({ preauthPerPeer: 1 }, async (t) => {
+      const c = await t.admin();
+      const shed = async () => (await (t.k.metrics as KernelMetrics).handshakesShed.get()).values[0]?.value ?? 0;
+      // A silent agent: its connection stays half-open (no HELLO) while the next agent's is accepted.
+      const quiet = await c.agents.spawn("node", "quiet", {
+        args: ["-e", "setTimeout(() => {}, 60000)"],
+        rights: [],
+        lifetimeMs: 60_000,
+      });
+      const a = await c.agents.spawn("node", "w1", {
+        args: [AGENT],
+        rights: [{ ops: ["storage.write"], targets: ["obj://ws1/**"] }],
+        lifetimeMs: 60_000,
+      });
+      await until(async () => (await c.agents.status(a.agent as string)).state !== "running", 30_000, "the agent ended");
+      const report = JSON.parse(Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString()) as { write?: string };
+      assert.equal(report.write, "ok", JSON.stringify(report));
+      // Accepted at the spawn, synchronously: a shed would have been counted by now.
+      assert.equal(await shed(), 0, "the silent agent's handshake was not shed for the other's");
+      const open = allAudit(t.k).find((r) => r.op === "session.open" && r.message === "agent");
+      const origin = JSON.parse(open?.detail ?? "{}");
+      assert.equal(origin.transport, "agent");
+      assert.equal(origin.peer, undefined, `no address to record: ${open?.detail}`);
+      await c.agents.kill(quiet.agent as string);
     });
   });
 });

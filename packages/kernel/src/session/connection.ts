@@ -20,6 +20,26 @@ export class PeerCloseTimeout extends Error {
 }
 
 /**
+ * The transport itself refused what the peer sent and ended the stream (gRPC: a message declaring
+ * more than its size limit, ended RESOURCE_EXHAUSTED by grpc-js at its 5-byte prefix, PROTOCOL
+ * §3.6). The session records it as the fatal PROTOCOL error TOO_LARGE, as it does a frame over
+ * its limit on the socket; nothing more can be sent on the stream.
+ */
+export class TransportMessageTooLarge extends Error {
+  override name = "TransportMessageTooLarge";
+  readonly errorClass = "PROTOCOL" as const;
+  readonly code = "TOO_LARGE";
+  constructor(
+    readonly transport: string,
+    /** What the message's prefix declared. */
+    readonly declared: number,
+    readonly limit: number,
+  ) {
+    super(`a ${transport} message of ${declared} bytes is over the transport's limit of ${limit} bytes; the stream was ended`);
+  }
+}
+
+/**
  * A transport's cut of a connection whose peer keeps its side open after the kernel ended it:
  * {@link arm} at the end, and past the grace the connection is cut and {@link Connection.onCut}'s
  * callbacks hear why.
@@ -72,6 +92,12 @@ export interface Connection extends ByteChannel {
    */
   onCut?(cb: (e: PeerCloseTimeout) => void): void;
   /**
+   * The transport refused what the peer sent and ended the stream itself, before any frame of it
+   * reached the session (gRPC: a message over its size limit). Called before the close, so the
+   * session records why it ended; what it writes after is dropped.
+   */
+  onRefused?(cb: (e: TransportMessageTooLarge) => void): void;
+  /**
    * The session on this connection attested (WELCOME sent). gRPC: its TCP connection is not shed
    * for a newer one while the stream lasts (PROTOCOL §8.8).
    */
@@ -87,17 +113,27 @@ export interface Connection extends ByteChannel {
 /** Where a session comes from, as its audit records state it (PROTOCOL §3.6, docs/audit.md). */
 export interface ConnectionOrigin {
   transport: string;
-  /** The peer's "address:port" on transports that know one (gRPC); absent on the Unix socket. */
+  /** The peer's "address:port" on transports that know one (gRPC); absent on the others ({@link hasAddress}). */
   peer?: string;
   tls?: boolean;
   clientCert?: string;
 }
 
+/**
+ * Whether the transport knows the peer's network address. Not the Unix socket (no peer
+ * credentials are taken), in-memory, nor an agent's connection: a socketpair the kernel made at
+ * its spawn, whose session's persona is the agent's own (the agent.spawned record names it). An
+ * agent's "local" address was recorded as `peer`, and counted all agents' handshakes as one
+ * peer's for the pre-authentication bound per peer, which is for gRPC.
+ */
+function hasAddress(transport: string): boolean {
+  return transport !== "uds" && transport !== "memory" && transport !== "agent";
+}
+
 export function originOf(conn: Connection): ConnectionOrigin {
-  const knowsPeer = conn.transport !== "uds" && conn.transport !== "memory";
   return {
     transport: conn.transport,
-    ...(knowsPeer ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
+    ...(hasAddress(conn.transport) ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
     ...(conn.tls !== undefined ? { tls: conn.tls } : {}),
     ...(conn.clientCert !== undefined ? { clientCert: conn.clientCert } : {}),
   };
@@ -105,7 +141,7 @@ export function originOf(conn: Connection): ConnectionOrigin {
 
 /** The address part of a transport's peer name: "ipv4:127.0.0.1:5000" → "127.0.0.1"; "" when there is none. */
 export function addressOf(conn: Connection): string {
-  if (conn.transport === "uds" || conn.transport === "memory") return "";
+  if (!hasAddress(conn.transport)) return "";
   const p = conn.peer.replace(/^ipv[46]:/, "");
   const m = /^\[?([^\]]*?)\]?:\d+$/.exec(p);
   return m ? (m[1] as string) : p;

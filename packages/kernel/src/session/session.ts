@@ -92,6 +92,9 @@ export class Session implements SessionView, EventSink {
     conn.onEnd?.(() => this.peerEnded());
     // Cut after the session ended: a line of the peer's (rate-limited), not a record (the session's end already is one).
     conn.onCut?.((e) => this.logPeer("info", { err: e.name, graceMs: e.graceMs }, e.message));
+    // The transport ended the stream for what the peer sent (gRPC: a message over its limit): on
+    // the record as the fatal error it is, as an oversized frame on the socket is, not a plain close.
+    conn.onRefused?.((e) => this.fail(e.errorClass, e.code, e.message, this.persona || this.hello?.body.persona));
   }
 
   /** The peer half-closed (gRPC): a ready session ends as after GOODBYE; a handshake simply ends. */

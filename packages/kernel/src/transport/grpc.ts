@@ -8,7 +8,13 @@ import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
 import { BURST_SECONDS, type Bucket, RateBuckets } from "../audit/rate-buckets.js";
 import { ConfigError } from "../config.js";
-import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
+import {
+  type Connection,
+  PEER_CLOSE_GRACE_MS,
+  PeerCloseCut,
+  type PeerCloseTimeout,
+  TransportMessageTooLarge,
+} from "../session/connection.js";
 import { overflowKey, peerKey } from "../session/peer-key.js";
 import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
 import { GRPC_OVERHEAD_BYTES_PER_STREAM, OverheadBudget } from "./h2-overhead.js";
@@ -167,6 +173,8 @@ export class GrpcListener {
   private watchTimer: NodeJS.Timeout | undefined;
   /** Open HTTP/2 connections: the streams of each that reached the screen, what they carried, its overhead budget. */
   private readonly h2Connections = new Map<Http2Session, H2Connection>();
+  /** The stream grpc-js is handed while the screen passes it on: its Session handler runs within that call. */
+  private screening: ServerHttp2Stream | undefined;
 
   constructor(
     private readonly listen: string,
@@ -213,7 +221,16 @@ export class GrpcListener {
     this.limitHeaders(server);
     server.addService(KPIP_GRPC_SERVICE, {
       Session: (call: grpc.ServerDuplexStream<Buffer, Buffer>) =>
-        this.accept(new GrpcStreamConnection(call, this.maxMessage, this.secure, PEER_CLOSE_GRACE_MS, this.carrierOf(call))),
+        this.accept(
+          new GrpcStreamConnection(
+            call,
+            this.maxMessage,
+            this.secure,
+            PEER_CLOSE_GRACE_MS,
+            this.carrierOf(call),
+            this.screening && { stream: this.screening, limit: this.maxMessage },
+          ),
+        ),
     });
     const port = await new Promise<number>((resolve, reject) =>
       server.bindAsync(this.listen, creds, (err, p) => (err ? reject(err) : resolve(p))),
@@ -317,8 +334,13 @@ export class GrpcListener {
           }
           const encoding = headers["grpc-encoding"];
           if (encoding === undefined || (typeof encoding === "string" && encoding.trim().toLowerCase() === "identity")) {
-            for (const handle of handlers)
-              (handle as (...a: unknown[]) => void).call(h2, stream, headers, flags, rawHeaders, ...rest);
+            this.screening = stream;
+            try {
+              for (const handle of handlers)
+                (handle as (...a: unknown[]) => void).call(h2, stream, headers, flags, rawHeaders, ...rest);
+            } finally {
+              this.screening = undefined;
+            }
             if (conn) this.countCarried(conn, stream, headerBytes);
             return;
           }
@@ -672,6 +694,7 @@ export class GrpcStreamConnection implements Connection {
   private holdsAttested = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
+  private readonly refusedCbs: ((e: TransportMessageTooLarge) => void)[] = [];
   private readonly cut: PeerCloseCut;
 
   constructor(
@@ -683,8 +706,14 @@ export class GrpcStreamConnection implements Connection {
     closeGraceMs = PEER_CLOSE_GRACE_MS,
     /** The connection bound's view of the TCP connection under this stream (none: not bounded). */
     private readonly carrier?: SessionCarrier,
+    /**
+     * The HTTP/2 stream under the call and grpc-js's receive limit on it: its message prefixes are
+     * followed so that a message grpc-js refuses for its size is told to the session (none: not watched).
+     */
+    received?: { stream: ServerHttp2Stream; limit: number },
   ) {
     this.peer = call.getPeer();
+    if (received) this.watchMessages(received.stream, received.limit);
     this.cut = new PeerCloseCut(this.transport, closeGraceMs);
     // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
     const raw = call.getAuthContext().sslPeerCertificate?.raw;
@@ -803,6 +832,60 @@ export class GrpcStreamConnection implements Connection {
 
   onData(cb: (chunk: Uint8Array) => void): void {
     this.call.on("data", cb);
+  }
+
+  onRefused(cb: (e: TransportMessageTooLarge) => void): void {
+    this.refusedCbs.push(cb);
+  }
+
+  /**
+   * Follows the 5-byte prefixes of the messages grpc-js reads from the stream, with a listener
+   * added after its own (so it neither starts the flow nor takes a byte): grpc-js ends a call whose
+   * message declares more than its limit with RESOURCE_EXHAUSTED and tells the handler only that
+   * the call was cancelled, which the session recorded as a plain close. Its listener runs first
+   * and reports the cancel a tick later, so the session hears why before it hears the close.
+   */
+  private watchMessages(stream: ServerHttp2Stream, limit: number): void {
+    if (stream.readableFlowing === null) return; // grpc-js does not read this stream
+    const prefix = Buffer.alloc(5);
+    let have = 0; // bytes of the current prefix
+    let skip = 0; // bytes of the current message still to come
+    const onData = (chunk: Buffer) => {
+      let i = 0;
+      while (i < chunk.length) {
+        if (skip > 0) {
+          const n = Math.min(skip, chunk.length - i);
+          skip -= n;
+          i += n;
+          continue;
+        }
+        const n = Math.min(5 - have, chunk.length - i);
+        chunk.copy(prefix, have, i, i + n);
+        have += n;
+        i += n;
+        if (have < 5) return;
+        have = 0;
+        skip = prefix.readUInt32BE(1);
+        if (skip > limit) {
+          stream.off("data", onData);
+          this.refused(skip, limit);
+          return;
+        }
+      }
+    };
+    stream.on("data", onData);
+  }
+
+  /** grpc-js ended the call for a message of `declared` bytes: nothing more goes out on it; the session hears why. */
+  private refused(declared: number, limit: number): void {
+    if (this.closed || this.ended) return;
+    this.ended = true;
+    const e = new TransportMessageTooLarge(this.transport, declared, limit);
+    for (const cb of this.refusedCbs) cb(e);
+    this.cut.arm(
+      () => this.closed,
+      () => this.destroy(),
+    );
   }
 
   onClose(cb: () => void): void {
