@@ -281,7 +281,10 @@ export class Pipeline {
   };
 
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
-    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping);
+    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping, this.headSeq);
+
+  /** The log's newest record, appended or not: an effect's outcome record comes after it. */
+  private readonly headSeq = (): number => this.deps.audit.headSeq;
 
   /** Set by the kernel's stop as it ends the sessions left after the drain ({@link stopEffects}). */
   private effectsStopped = false;
@@ -297,7 +300,13 @@ export class Pipeline {
     this.effectsStopped = true;
   }
 
-  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
+  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => {
+    const row = requestEntry(ctx, "intent");
+    const committed = this.deps.audit.appendRow(row);
+    // Chained synchronously: an answer committed with the effect names it (audit/recover-outcomes.ts).
+    ctx.intentSeq = row.seq;
+    return committed;
+  };
 
   /** Step 6 (the decision known), then the run. */
   private admit(ctx: RequestCtx, decision: Decision): Promise<Response> {
