@@ -417,9 +417,18 @@ export class Pipeline {
       } finally {
         this.deps.ledger.leave(ctx.session.persona);
       }
+      // An effect that committed with its answer happened, whatever the handler did after (a
+      // throw is a bug, logged by toRefusal): that answer is the outcome, as a retry gets it.
+      let failedAfter: string | undefined;
+      const a = ctx.atomic;
+      if (refusal && a?.recorded === true && a.answer !== undefined) {
+        failedAfter = refusal.message;
+        result = a.result;
+        refusal = undefined;
+      }
       // 11. audit the outcome, then answer.
       response = outcomeAnswer(ctx, result, refusal);
-      const outcome = this.recordOutcome(ctx, response, result, refusal);
+      const outcome = this.recordOutcome(ctx, response, result, refusal, failedAfter);
       // Chained synchronously: the head is this record (a revocation notes where it is on the record).
       result?.recorded?.(this.deps.audit.headSeq);
       await stage(trace, "kpip.audit.outcome", passOn, outcome);
@@ -453,6 +462,8 @@ export class Pipeline {
     response: Response,
     result: OpResult | undefined,
     refusal: Refusal | undefined,
+    /** The handler's failure after its effect committed (the record says so; the status is the effect's). */
+    failedAfter?: string,
   ): Promise<void> {
     const { audit, dedupe } = this.deps;
     const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
@@ -462,7 +473,11 @@ export class Pipeline {
     if (effects) entry.intent = null;
     entry.status = response.status;
     entry.errorClass = refusal?.errorClass ?? null;
-    entry.message = refusal ? boundedMessage(refusal.message) : null;
+    entry.message = refusal
+      ? boundedMessage(refusal.message)
+      : failedAfter !== undefined
+        ? boundedMessage(`${AFTER_COMMIT}${failedAfter}`)
+        : null;
     entry.durationUs = elapsedUs(ctx);
     entry.detail = statusDetail(response.status, result?.audit);
     return audit.appendRow(
@@ -498,6 +513,9 @@ export class Pipeline {
     else if (p !== FAILED_EARLY) this.deps.dedupe.abandoned(ctx.key as string, p);
   }
 }
+
+/** How an outcome record begins whose handler failed after its effect committed. */
+export const AFTER_COMMIT = "the effect committed with this answer; the handler then failed: ";
 
 /** The outcome's stage: its commit, already under way, is what the span times. */
 const passOn = <T>(x: T): T => x;
