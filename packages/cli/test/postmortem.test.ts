@@ -102,6 +102,9 @@ async function stageIncident(home: string): Promise<Truth> {
     // Mallory presents alice's token inline: refused.
     const asMallory = await connect(k, mallory, [m.token]);
     await assert.rejects(asMallory.call("storage.read", "obj://proj/data/blob", {}, { caps: [a.token] }), klass("CAPABILITY"));
+    // Mallory writes her own object presenting alice's token first, then her own handle: the
+    // kernel examines alice's (refused: not hers), and hers allows. Both are in the record's caps.
+    await asMallory.call("storage.write", "obj://mallory/loot", { data: new Uint8Array([7]) }, { caps: [a.token, 1] });
     // The admin revokes alice's token: the worker's, minted from it, ends with it.
     await admin.tokens.revoke(a.id);
     await closeAll();
@@ -352,6 +355,24 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
       byAlicesToken.map((x) => [x.op, x.errorClass]),
       [["storage.read", "CAPABILITY"]],
     );
+  });
+
+  it("a request's token is the one that authorized it, not one it only presented before it", () => {
+    const loot = timeline("--target", "obj://mallory/loot");
+    assert.deepEqual(
+      loot.map((x) => [x.persona, x.op, x.status, x.tokens]),
+      [["mallory", "storage.write", "SUCCESS", [truth.malloryToken]]],
+    );
+    assert.ok(
+      !timeline("--token", truth.aliceToken).some((x) => x.target === "obj://mallory/loot"),
+      "alice's token, which mallory presented and the kernel refused, did not do mallory's write",
+    );
+    // What was presented stays on the record, in order.
+    const shown = lines(kpipOn(evidence, ["audit", "show", String(loot[0]?.seq), "--json"]).out)[0] as {
+      record: { caps: string; tokens: string[] };
+    };
+    assert.deepEqual(shown.record.tokens, [truth.malloryToken]);
+    assert.equal(shown.record.caps, `inline:${truth.aliceToken},h1:${truth.malloryToken}`);
   });
 
   it("every outcome says what it created (a write's generation and size)", () => {

@@ -9,7 +9,8 @@
  *   2. every request a client got SUCCESS for has its outcome in the audit log;
  *   3. storage holds exactly the acknowledged writes: each acknowledged key has its value,
  *      no object is torn (its trailing SHA-256 checks), no object exists whose write was never
- *      sent, and every object has the audit "intent" record written before it;
+ *      sent, and every object has the audit "intent" record written before it and one SUCCESS
+ *      outcome record (one the kill cut off is written by the restart);
  *   4. DEFERRED ops that were running are reported failed (INTERNAL).
  * Exit 1 on any violation, each described precisely.
  */
@@ -193,6 +194,10 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
       if (!intact(data)) violate(cycle, `object ${key} is torn (its checksum fails)`);
       if (!facts.sent.has(key)) violate(cycle, `object ${key} exists but its write was never sent`);
       if (!intents.has(key)) violate(cycle, `object ${key} exists without an audit intent record`);
+      // Acknowledged or not: a write that took effect has its outcome on the record (a start writes
+      // one the kill cut off), so the log never reads "did not finish" for an object that is there.
+      else if (outcomes.get(key) !== 1)
+        violate(cycle, `object ${key} exists with ${outcomes.get(key) ?? 0} SUCCESS outcome records, not 1`);
     }
   } finally {
     store.close();

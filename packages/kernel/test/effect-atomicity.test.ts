@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
+import { RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
@@ -107,8 +108,8 @@ async function crashCase<P>(c: CrashCase<P>): Promise<void> {
       assert.equal(r.response.status, "SUCCESS", r.response.message);
       assert.deepEqual(
         phases(r.t, c.op, target),
-        ["intent", "replay"],
-        "the first attempt's intent, then the retry answered from the record; no second execution",
+        ["intent", "outcome", "replay"],
+        "the first attempt's intent, its outcome written by the restart, then the retry answered from the record; no second execution",
       );
       await c.check({ ...r, p, target });
     } finally {
@@ -193,5 +194,90 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
         assert.equal((stat.payload as { generation: number }).generation, 1, "the object's generation advanced exactly once");
       },
     });
+  });
+});
+
+describe("an effect committed before its kernel was killed is on the record after the next start", () => {
+  /** Sends `intent` as the admin to a kernel that dies between its effect and its outcome record; never retried. */
+  async function killedAfterEffect(home: string, op: string, target: string, intent: Uint8Array, id: number): Promise<void> {
+    const child = await kernelDyingAfterEffect(home, op, target);
+    const exited = new Promise((r) => child.once("exit", r));
+    const identity = loadIdentity(join(home, "admin.identity"));
+    const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
+    try {
+      const p = await RawPeer.connect(new Kernel({ home, logLevel: "silent" }).socketPath);
+      await p.handshake(identity, [token]);
+      p.request(id, intent, { persona: identity.persona });
+      // Killed at its outcome record; a refusal (no outcome) fails here instead of waiting for ever.
+      const answered = p.response(id, 60_000).then(
+        (r) => assert.fail(`answered: ${r.status} ${r.message}`),
+        () => {},
+      );
+      await Promise.race([exited, answered]);
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    }
+  }
+
+  it("a write and a mint whose outcome records a SIGKILL cut off get them at the next start, once, with the intent's persona, session and token", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      await killedAfterEffect(
+        home,
+        "storage.write",
+        "obj://crash/hidden",
+        encodeIntent({ op: "storage.write", target: "obj://crash/hidden", args: { data: "was it written?" } }),
+        7,
+      );
+      const mint = encodeIntent({
+        op: "token.mint",
+        target: "persona://admin",
+        args: { rights: [{ ops: ["storage.read"], targets: ["obj://crash/**"] }], ttlMs: 60_000 },
+      });
+      await killedAfterEffect(home, "token.mint", "persona://admin", mint, 8);
+      // Two starts: the second must not record them again.
+      for (let i = 0; i < 2; i++) {
+        const t = await startKernel({}, home);
+        await t.stop();
+      }
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const rows = s.queryAudit({ limit: 1000 });
+        for (const [op, target] of [
+          ["storage.write", "obj://crash/hidden"],
+          ["token.mint", "persona://admin"],
+        ] as const) {
+          const mine = rows.filter((r) => r.op === op && r.target === target);
+          assert.deepEqual(
+            mine.map((r) => r.phase),
+            ["intent", "outcome"],
+            `${op}: the effect happened (its answer committed with it), so its outcome is on the record, once`,
+          );
+          const [intent, outcome] = mine as [(typeof mine)[0], (typeof mine)[0]];
+          assert.equal(outcome.status, "SUCCESS");
+          assert.equal(outcome.message, RECOVERED_MESSAGE);
+          for (const f of ["persona", "session", "requestId", "caps", "intentHash"] as const) {
+            assert.deepEqual(outcome[f], intent[f], `${op}: the outcome names the intent's ${f}`);
+          }
+          const detail = JSON.parse(outcome.detail ?? "{}");
+          assert.equal(detail.recovered, true);
+          if (op === "storage.write") assert.equal(detail.generation, 1);
+          else {
+            // The minted token as its outcome summary names it: who it is for, from which token, what it grants.
+            assert.equal(detail.token.sub, "admin");
+            assert.equal(detail.token.parent, (intent.caps ?? "").split(":")[1]);
+            assert.deepEqual(detail.token.rights, [["storage.read", "obj://crash/**"]]);
+            assert.equal(s.getToken(detail.token.id)?.sub, "admin", "the token the record names is the one stored");
+          }
+        }
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
   });
 });

@@ -9,6 +9,7 @@ import { pino } from "pino";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
 import { Admission } from "../src/pipeline/admission.js";
+import { AFTER_COMMIT } from "../src/pipeline/pipeline.js";
 import { tokenFamily } from "../src/primitives/token.js";
 import type { PrimitiveFamily } from "../src/primitives/types.js";
 import { PeerLogLimiter } from "../src/session/log-limit.js";
@@ -426,6 +427,48 @@ describe("the pipeline on its own (unit)", () => {
         intentHash(big.intent),
         "the refusal's record has the whole intent's hash",
       );
+    } finally {
+      u.close();
+    }
+  });
+
+  it("a handler that throws after its effect committed: the answer and the outcome record are the committed answer's, as the retry's are", async () => {
+    const done: PrimitiveFamily = {
+      name: "q",
+      ops: [
+        {
+          op: "q.put",
+          description: "an effect, then a bug",
+          targets: ["kernel"],
+          args: {},
+          idempotent: false,
+          effects: true,
+          handler: (ctx) => {
+            ctx.atomically(() => ({ status: "SUCCESS", payload: { done: true }, audit: { thing: "made" } }));
+            throw new Error("a bug after the commit");
+          },
+        },
+      ],
+    };
+    const u = unit({ families: [done] });
+    try {
+      const req = request({ op: "q.put", target: "kernel://", args: {} });
+      const first = await u.send(req);
+      const retry = await u.send({ ...req });
+      assert.deepEqual([first.status, first.error], ["SUCCESS", undefined], "the effect happened: not FAILURE INTERNAL");
+      assert.deepEqual(retry.payload, first.payload);
+      const rows = u.records().filter((r) => r.requestId === req.id);
+      assert.deepEqual(
+        rows.map((r) => [r.phase, r.status, r.errorClass]),
+        [
+          ["intent", null, null],
+          ["outcome", "SUCCESS", null],
+          ["replay", "SUCCESS", null],
+        ],
+      );
+      const outcome = rows[1] as AuditRow;
+      assert.equal(outcome.message, `${AFTER_COMMIT}q.put failed inside the kernel`);
+      assert.deepEqual(JSON.parse(outcome.detail ?? "{}"), { status: "SUCCESS", thing: "made" });
     } finally {
       u.close();
     }

@@ -71,6 +71,18 @@ export function traceId(tp: string | null): string | null {
 }
 
 /** Token ids in a record's caps column ("h1:<id>,inline:<id>"). */
+/**
+ * The tokens a record says did its request: for a request that ran (its intent, outcome, complete
+ * or replay record) the last capability its `caps` names — the kernel examines them in the order
+ * presented and stops at the first that allows, so those before it were refused or did not allow
+ * (PROTOCOL §16); for a refusal or a session's record, every one named.
+ */
+export function recordTokenIds(phase: string, caps: string | null): string[] {
+  const ids = capTokenIds(caps);
+  return ids.length > 1 && RAN.has(phase) ? ids.slice(-1) : ids;
+}
+const RAN = new Set(["intent", "outcome", "complete", "replay"]);
+
 export function capTokenIds(caps: string | null): string[] {
   if (!caps) return [];
   return caps

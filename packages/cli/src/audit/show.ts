@@ -1,7 +1,7 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
 import { type CborValue, decodeIntent, type Intent } from "@kpip/protocol";
 import { UsageError } from "../util.js";
-import { capTokenIds, traceId } from "./filters.js";
+import { recordTokenIds, traceId } from "./filters.js";
 import { printable } from "./printable.js";
 import { iso, parseDetail, requestFields } from "./timeline.js";
 
@@ -99,7 +99,7 @@ function recordJson(r: AuditRecord | undefined): Record<string, unknown> | null 
     kernel: r.kernel,
     ...requestFields(r),
     durationUs: r.durationUs,
-    tokens: capTokenIds(r.caps),
+    tokens: recordTokenIds(r.phase, r.caps),
     caps: r.caps,
     traceparent: r.traceparent,
     traceId: traceId(r.traceparent),

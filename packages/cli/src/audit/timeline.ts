@@ -1,5 +1,5 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
-import { capTokenIds, traceId } from "./filters.js";
+import { recordTokenIds, traceId } from "./filters.js";
 
 /** One request (or one act of the kernel) on the timeline: an intent and its outcome are one row. */
 export interface TimelineRow {
@@ -63,7 +63,7 @@ function fromRecord(r: AuditRecord): TimelineRow {
     end: single ? r.time : null,
     kernel: r.kernel,
     ...requestFields(r),
-    tokens: capTokenIds(r.caps),
+    tokens: recordTokenIds(r.phase, r.caps),
     traceparent: r.traceparent,
     execution: r.execution,
     domain: r.domain,

@@ -4,6 +4,7 @@ import { AgentManager } from "../agents/manager.js";
 import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
 import type { AuditLog } from "../audit/log.js";
+import { recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
@@ -158,6 +159,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     // Committed before start() returns, like everything else the start puts on the record.
     audit.flush();
+    // A kill between an effect's commit and its outcome record left the effect off the record.
+    if (last && last.op !== "kernel.stop") {
+      const recovered = recoverOutcomes(store, audit, last.seq);
+      if (recovered)
+        log.warn({ requests: recovered }, "effects the previous run committed without an outcome record are now on the record");
+    }
     // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
     // read with the grant's rate family by the enforcer: one read of its token row per grant.
     const bounds = new GrantBounds(store);

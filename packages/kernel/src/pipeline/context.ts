@@ -153,6 +153,8 @@ export interface RequestCtx {
   pending?: Promise<Response> | typeof FAILED_EARLY;
   /** The dedupe record that remembers the run (-1 before it is registered): settling it needs no second lookup. */
   dslot: number;
+  /** The seq of its intent record (an op with effects; 0 before it is appended): kept with an answer committed with its effect. */
+  intentSeq: number;
 }
 
 /** {@link RequestCtx.pending} of a run that failed before dedupe registered it. */
@@ -191,6 +193,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     atomic: undefined,
     pending: undefined,
     dslot: -1,
+    intentSeq: 0,
     rec: {
       session: session.id,
       persona: session.persona,

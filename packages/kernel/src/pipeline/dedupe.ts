@@ -177,13 +177,20 @@ export class DedupeCache {
    * record too, so the client's retry is answered from it instead of running the effect twice.
    * The answer `answer` builds is marked with the bytes recorded: sent, it is not encoded again.
    */
-  commitWith<T>(key: string, hash: Buffer, effect: () => T, answer: (v: T) => Response): T {
+  commitWith<T>(
+    key: string,
+    hash: Buffer,
+    effect: () => T,
+    answer: (v: T) => Response,
+    /** The request's intent record and the log's head at the commit (DedupeRow). */
+    at?: { intentSeq: number; afterSeq: number },
+  ): T {
     const s = this.store;
     if (!s) return effect();
     return s.transaction(() => {
       const v = effect();
       // Encoded once: the record keeps these bytes, and the answer goes out as them (withEncodedBody).
-      s.putDedupe({ key, hash, response: encodedResponse(answer(v)), expires: Date.now() + this.windowMs });
+      s.putDedupe({ key, hash, response: encodedResponse(answer(v)), expires: Date.now() + this.windowMs, ...at });
       return v;
     });
   }

@@ -24,6 +24,8 @@ export function execute(
   lapsed: Lapsed,
   /** The kernel is stopping: no effect commits any more (Pipeline.stopEffects). */
   stopping: () => boolean = () => false,
+  /** The audit log's newest record (appended or not); none: 0. */
+  headSeq: () => number = () => 0,
 ): OpResult | Promise<OpResult> {
   const { session: s, req } = ctx;
   const intent = ctx.intent as NonNullable<RequestCtx["intent"]>;
@@ -56,7 +58,7 @@ export function execute(
     grant: ctx.decision?.grant,
     handles: s.handles,
     // A read-only op has no dedupe hash and keeps no record: its "effect" simply runs.
-    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, lapsed, stopping),
+    atomically: ctx.dhash === undefined ? runNow : atomicallyFor(ctx, dedupe, lapsed, stopping, headSeq),
     maxBody: s.maxBody,
     // The lease is taken only by a handler that holds answer bytes (most never do).
     holdAnswerBytes: (bytes) => {
@@ -132,7 +134,13 @@ function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
 }
 
 /** An op with effects' `atomically`: the effect commits in one transaction with the dedupe record of the answer it returns. */
-function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed, stopping: () => boolean): OpContext["atomically"] {
+function atomicallyFor(
+  ctx: RequestCtx,
+  dedupe: DedupeCache,
+  lapsed: Lapsed,
+  stopping: () => boolean,
+  headSeq: () => number,
+): OpContext["atomically"] {
   const a: AtomicAnswer = { recorded: false, committed: false, result: undefined, answer: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
@@ -143,11 +151,20 @@ function atomicallyFor(ctx: RequestCtx, dedupe: DedupeCache, lapsed: Lapsed, sto
     // written to the file store, an upload synced) must not commit past a revocation or expiry
     // answered meanwhile (PROTOCOL §13).
     refuseIfLapsed(ctx, lapsed, "before its effect committed: nothing was changed");
-    const v = dedupe.commitWith(ctx.key as string, ctx.dhash as Buffer, effect, (r) => {
-      a.result = r;
-      a.answer = answer(ctx, r);
-      return a.answer;
-    });
+    // The answer names the intent record and where the log was: a crash before the outcome
+    // record leaves the effect findable by the next start (audit/recover-outcomes.ts).
+    const at = ctx.intentSeq > 0 ? { intentSeq: ctx.intentSeq, afterSeq: headSeq() } : undefined;
+    const v = dedupe.commitWith(
+      ctx.key as string,
+      ctx.dhash as Buffer,
+      effect,
+      (r) => {
+        a.result = r;
+        a.answer = answer(ctx, r);
+        return a.answer;
+      },
+      at,
+    );
     a.recorded = dedupe.durable;
     a.committed = true;
     return v;

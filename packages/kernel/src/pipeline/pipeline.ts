@@ -7,7 +7,7 @@ import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import type { Router } from "../primitives/router.js";
-import type { OpResult } from "../primitives/types.js";
+import { OpError, type OpResult } from "../primitives/types.js";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { BodyPool } from "../session/body-pool.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
@@ -281,7 +281,10 @@ export class Pipeline {
   };
 
   private readonly execute = (ctx: RequestCtx): OpResult | Promise<OpResult> =>
-    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping);
+    execute(ctx, this.deps.dedupe, this.answers, this.lapsed, this.stopping, this.headSeq);
+
+  /** The log's newest record, appended or not: an effect's outcome record comes after it. */
+  private readonly headSeq = (): number => this.deps.audit.headSeq;
 
   /** Set by the kernel's stop as it ends the sessions left after the drain ({@link stopEffects}). */
   private effectsStopped = false;
@@ -297,7 +300,13 @@ export class Pipeline {
     this.effectsStopped = true;
   }
 
-  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => this.deps.audit.appendRow(requestEntry(ctx, "intent"));
+  private readonly recordIntent = (ctx: RequestCtx): Promise<void> => {
+    const row = requestEntry(ctx, "intent");
+    const committed = this.deps.audit.appendRow(row);
+    // Chained synchronously: an answer committed with the effect names it (audit/recover-outcomes.ts).
+    ctx.intentSeq = row.seq;
+    return committed;
+  };
 
   /** Step 6 (the decision known), then the run. */
   private admit(ctx: RequestCtx, decision: Decision): Promise<Response> {
@@ -392,6 +401,8 @@ export class Pipeline {
     try {
       let result: OpResult | undefined;
       let refusal: Refusal | undefined;
+      /** What failed after the op's effect committed with its answer (the outcome record says so). */
+      let failedAfter: string | undefined;
       try {
         // 8. an op that changes state has its intent recorded, and committed, before it runs.
         if (effects) await stage(trace, "kpip.audit.intent", this.recordIntent, ctx);
@@ -408,6 +419,8 @@ export class Pipeline {
           // clean-up, a fan-out) is logged, never the answer — a retry gets that record.
           if (a?.committed) {
             this.afterCommitFailed(ctx, e);
+            // As a refusal would name it: an OpError's own message, never a bug's text (it is logged).
+            failedAfter = e instanceof OpError ? e.message : `${ctx.op} failed inside the kernel`;
             result = a.result;
           } else refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
         }
@@ -416,7 +429,7 @@ export class Pipeline {
       }
       // 11. audit the outcome, then answer.
       response = outcomeAnswer(ctx, result, refusal);
-      const outcome = this.recordOutcome(ctx, response, result, refusal);
+      const outcome = this.recordOutcome(ctx, response, result, refusal, failedAfter);
       // Chained synchronously: the head is this record (a revocation notes where it is on the record).
       try {
         result?.recorded?.(this.deps.audit.headSeq);
@@ -466,6 +479,8 @@ export class Pipeline {
     response: Response,
     result: OpResult | undefined,
     refusal: Refusal | undefined,
+    /** The handler's failure after its effect committed (the record says so; the status is the effect's). */
+    failedAfter?: string,
   ): Promise<void> {
     const { audit, dedupe } = this.deps;
     const effects = (ctx.decl as NonNullable<RequestCtx["decl"]>).effects;
@@ -475,7 +490,11 @@ export class Pipeline {
     if (effects) entry.intent = null;
     entry.status = response.status;
     entry.errorClass = refusal?.errorClass ?? null;
-    entry.message = refusal ? boundedMessage(refusal.message) : null;
+    entry.message = refusal
+      ? boundedMessage(refusal.message)
+      : failedAfter !== undefined
+        ? boundedMessage(`${AFTER_COMMIT}${failedAfter}`)
+        : null;
     entry.durationUs = elapsedUs(ctx);
     entry.detail = statusDetail(response.status, result?.audit);
     return audit.appendRow(
@@ -511,6 +530,9 @@ export class Pipeline {
     else if (p !== FAILED_EARLY) this.deps.dedupe.abandoned(ctx.key as string, p);
   }
 }
+
+/** How an outcome record begins whose handler failed after its effect committed. */
+export const AFTER_COMMIT = "the effect committed with this answer; the handler then failed: ";
 
 /** The outcome's stage: its commit, already under way, is what the span times. */
 const passOn = <T>(x: T): T => x;

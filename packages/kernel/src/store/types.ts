@@ -159,6 +159,22 @@ export interface DedupeRow {
   /** The response as canonical CBOR. */
   response: Uint8Array;
   expires: number;
+  /**
+   * For an answer committed with its op's effect (`atomically`), before its outcome record: the
+   * request's intent record, and the log's head when the effect committed (the outcome comes
+   * after it). What a start after a crash needs to put an effect whose outcome record was never
+   * written on the record (audit/recover-outcomes.ts).
+   */
+  intentSeq?: number;
+  afterSeq?: number;
+}
+
+/** An answer committed with its effect ({@link DedupeRow} `intentSeq` set), for a start's recovery of its outcome record. */
+export interface EffectAnswer {
+  key: string;
+  response: Uint8Array;
+  intentSeq: number;
+  afterSeq: number;
 }
 
 /** One administrative change made without the kernel (e.g. `kpip persona add` on the home database). */
@@ -200,6 +216,13 @@ export interface AuditStore {
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
+  /**
+   * Answers committed with their effects whose effect committed after the log's record
+   * `sinceSeq`, newest first (whatever their expiry).
+   */
+  effectAnswersSince(sinceSeq: number): EffectAnswer[];
+  /** Those answers' outcome records are on the log now: they are plain dedupe rows again. */
+  effectAnswersRecorded(keys: readonly string[]): void;
   /** Stores one dedupe row now (inside the caller's transaction, if one is open). */
   putDedupe(row: DedupeRow): void;
   /** Runs `fn` in one transaction (nested: a savepoint). */

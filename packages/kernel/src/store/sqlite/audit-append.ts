@@ -65,13 +65,16 @@ export function auditAppender(db: Database.Database): {
     for (; rows.length - i >= ROWS_PER_INSERT; i += ROWS_PER_INSERT) insert(rows, i, ROWS_PER_INSERT);
     if (i < rows.length) insert(rows, i, rows.length - i);
   };
-  const dedupeRow = db.prepare("INSERT OR REPLACE INTO dedupe (key, hash, response, expires) VALUES (?, ?, ?, ?)");
+  const dedupeRow = db.prepare(
+    "INSERT OR REPLACE INTO dedupe (key, hash, response, expires, intent_seq, after_seq) VALUES (?, ?, ?, ?, ?, ?)",
+  );
   const dropJournal = db.prepare("DELETE FROM offline_journal WHERE id <= ?");
   const checkpointRow = db.prepare(
     "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
   );
   // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
-  const putDedupe = (d: DedupeRow) => dedupeRow.run(d.key, d.hash, d.response, d.expires);
+  const putDedupe = (d: DedupeRow) =>
+    dedupeRow.run(d.key, d.hash, d.response, d.expires, d.intentSeq ?? null, d.afterSeq ?? null);
   const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
   const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps]: Parameters<AuditAppend>) => {
     insertAll(rows);

@@ -20,7 +20,7 @@ import {
   type TailBatch,
   tailBatches,
 } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow } from "../types.js";
+import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import { type AuditReadApi, SegmentReads } from "./audit-segment-read.js";
@@ -377,6 +377,24 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     putDedupe(d: DedupeRow): void {
       this.#settleDedupe();
       this.#writes.putDedupe(d);
+    }
+    effectAnswersSince(sinceSeq: number): EffectAnswer[] {
+      this.#settleDedupe();
+      const rows = this.prep(
+        "SELECT key, response, intent_seq, after_seq FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
+      ).all(sinceSeq) as Row[];
+      return rows.map((r) => ({
+        key: r.key as string,
+        response: r.response as Uint8Array,
+        intentSeq: r.intent_seq as number,
+        afterSeq: r.after_seq as number,
+      }));
+    }
+    effectAnswersRecorded(keys: readonly string[]): void {
+      const clear = this.prep("UPDATE dedupe SET intent_seq = NULL, after_seq = NULL WHERE key = ?");
+      this.transaction(() => {
+        for (const k of keys) clear.run(k);
+      });
     }
     pruneDedupe(now: number, max?: number): number {
       this.#settleDedupe();

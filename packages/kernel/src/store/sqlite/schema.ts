@@ -67,6 +67,7 @@ export function openDatabase(path: string): Database.Database {
   migrateOps(db);
   migratePersonas(db);
   migrateTokenViewers(db);
+  migrateDedupe(db);
   return db;
 }
 
@@ -100,6 +101,18 @@ function migrateTokenViewers(db: Database.Database): void {
     "CREATE TRIGGER IF NOT EXISTS tokens_viewers_gone AFTER DELETE ON tokens BEGIN DELETE FROM token_viewers WHERE token_seq = old.rowid; END",
   );
   moveOnce(db, "token_viewers_filled", () => db.exec(insertViewers("1")));
+}
+
+/**
+ * A dedupe answer committed with its op's effect names the request's intent record and the log's
+ * head at the commit, until its outcome record is written (audit/recover-outcomes.ts).
+ */
+function migrateDedupe(db: Database.Database): void {
+  const cols = db.prepare("PRAGMA table_info(dedupe)").all() as { name: string }[];
+  if (!cols.some((c) => c.name === "intent_seq")) db.exec("ALTER TABLE dedupe ADD COLUMN intent_seq INTEGER");
+  if (!cols.some((c) => c.name === "after_seq")) db.exec("ALTER TABLE dedupe ADD COLUMN after_seq INTEGER");
+  // Only those rows, by where their effect is in the log: a start finds the last ones at once.
+  db.exec("CREATE INDEX IF NOT EXISTS dedupe_effects ON dedupe (after_seq) WHERE intent_seq IS NOT NULL");
 }
 
 /**
