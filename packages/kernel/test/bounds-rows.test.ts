@@ -304,6 +304,39 @@ describe("bounded after authentication: resource allocations", () => {
       removeHome(t.home);
     }
   });
+
+  it("storage usage rows live while something is stored: personas and workspaces that stored and deleted leave none", async () => {
+    const t = await startKernel();
+    try {
+      const rights = [{ ops: ["storage.*"], targets: ["obj://**"] }];
+      const rows = () => {
+        const db = new Database(join(t.home, HOME_FILES.database), { readonly: true });
+        try {
+          return (db.prepare("SELECT scope, amount FROM usage ORDER BY scope").all() as { scope: string; amount: number }[]).map(
+            (r) => `${r.scope}=${r.amount}`,
+          );
+        } finally {
+          db.close();
+        }
+      };
+      // Personas created cheaply (as agents and sub-personas are), each storing in a workspace of
+      // its own and in one shared object (each write displacing the last owner), then deleting its own.
+      const CYCLES = 20;
+      for (let i = 0; i < CYCLES; i++) {
+        const p = await t.persona(`churn/s${i}`, rights);
+        const c = await t.connect(p.identity, [p.token]);
+        await c.storage.write(`obj://w${i}/x`, "abc");
+        await c.storage.write("obj://shared/x", "abcd");
+        await c.storage.delete(`obj://w${i}/x`);
+        await c.close();
+      }
+      // Only what is stored now is counted: the shared object's owner, its tree's top, its workspace.
+      assert.deepEqual(rows(), ["persona:churn=4", `persona:churn/s${CYCLES - 1}=4`, "workspace:shared=4"]);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
 
 describe("bounded after authentication: op.list and persona.list are paged", () => {

@@ -1,14 +1,14 @@
 import { resourceAlloc, resourceFree, resourceQuery } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { personaScope, workspaceScope } from "../resources/ledger.js";
-import { inTree, personaLineage, type TreeRoots, treeName } from "../resources/lineage.js";
+import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { LedgerStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { OpError, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** What bounds the allocations' rows: the store that holds them, and how many one persona tree may hold. */
 export interface AllocationRows {
-  store: Pick<LedgerStore, "countAllocationsWithin" | "dropIdleUsage">;
+  store: Pick<LedgerStore, "countAllocationsWithin">;
   /** The top of a persona's tree (the registry's, kernel/compose.ts). */
   roots: TreeRoots;
   /** maxAllocationsPerPersona. */
@@ -59,9 +59,8 @@ export function resourceFamily(
         },
         handler: (ctx) => {
           return ctx.atomically((): OpResult => {
+            // A name no longer in use leaves no usage rows (the ledger's store drops a row at 0).
             const a = ledger.free(ctx.target.segments.join("/"), ctx.args.allocation);
-            // A name no longer in use leaves no usage rows: names are the caller's, without end.
-            for (const scope of personaLineage(a.persona)) rows.store.dropIdleUsage(personaScope(scope), a.resource);
             return { status: "SUCCESS", payload: { freed: a.id, resource: a.resource, amount: a.amount } };
           });
         },

@@ -326,6 +326,7 @@ export interface TokenStore {
 export interface LedgerStore {
   usage(scope: string, resource: string): number;
   usageOf(scope: string): Record<string, number>;
+  /** Adds `delta` (never below 0); a row that comes to 0 is removed: absent is 0. */
   adjustUsage(scope: string, resource: string, delta: number): void;
   /** Every non-zero usage row (metrics). */
   allUsage(): { scope: string; resource: string; amount: number }[];
@@ -334,8 +335,6 @@ export interface LedgerStore {
   removeAllocation(id: string): boolean;
   /** Allocations held by `root` and the personas under it (an id range, not a scan). */
   countAllocationsWithin(root: string): number;
-  /** Forgets `scope`'s usage row of `resource` if nothing of it is in use (a name allocated once leaves no row). */
-  dropIdleUsage(scope: string, resource: string): void;
 }
 
 export interface Allocation {

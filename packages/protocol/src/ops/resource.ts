@@ -48,7 +48,9 @@ export const resourceQuery = defineOp({
     persona: { type: "text", description: "persona://: the persona" },
     workspace: { type: "text", description: "obj://: the workspace" },
     usage: {
-      ...amounts("usage by resource name (a named resource only while some of it is allocated)"),
+      ...amounts(
+        "usage by resource name, each only while some of it is used: storage.bytes while something is stored, a named resource while some of it is allocated (absent is 0)",
+      ),
       required: true,
     },
     limits: amounts("persona://: the authorizing token's limits"),

@@ -18,6 +18,9 @@ export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStor
         "INSERT INTO usage (scope, resource, amount) VALUES (?, ?, max(0, ?)) " +
           "ON CONFLICT (scope, resource) DO UPDATE SET amount = max(0, amount + ?)",
       ).run(scope, resource, delta, delta);
+      // A row lives while something is used: scopes are persona ids (every agent, every removed
+      // sub-persona, every owner an overwrite displaced) and workspace names, without end.
+      if (delta < 0) this.prep("DELETE FROM usage WHERE scope = ? AND resource = ? AND amount <= 0").run(scope, resource);
     }
     allUsage(): { scope: string; resource: string; amount: number }[] {
       return this.prep(
@@ -55,9 +58,6 @@ export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStor
     countAllocationsWithin(root: string): number {
       return (this.prep(`SELECT count(*) AS n FROM allocations WHERE ${inTreeSql("persona")}`).get(...treeArgs(root)) as Row)
         .n as number;
-    }
-    dropIdleUsage(scope: string, resource: string): void {
-      this.prep("DELETE FROM usage WHERE scope = ? AND resource = ? AND amount <= 0").run(scope, resource);
     }
   };
 }

@@ -68,6 +68,8 @@ export function openDatabase(path: string): Database.Database {
   migratePersonas(db);
   migrateTokenViewers(db);
   migrateDedupe(db);
+  // Rows at 0 an older kernel kept (one per persona or workspace that ever stored something): absent is 0.
+  moveOnce(db, "usage_zero_rows_dropped", () => db.exec("DELETE FROM usage WHERE amount <= 0"));
   return db;
 }
 
