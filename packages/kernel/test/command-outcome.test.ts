@@ -50,4 +50,42 @@ describe("a failed command's outcome", { skip: sandboxSkip }, () => {
       assert.match(text(r2.result?.stderr), /no-such-program-here: No such file or directory/);
     });
   });
+
+  it("a command or agent the kernel killed (op.cancel, its deadline, agent.kill) reports signal SIGKILL; one that died of a signal inside the sandbox reports bubblewrap's 128+n as its exit code and no signal", async () => {
+    await withKernel({}, async (t) => {
+      const c = await t.admin();
+      // The kernel kills: it knows the signal, and says so.
+      const cancelled = await c.compute.command("sh", ["-c", "echo started; sleep 300"]);
+      await until(async () => (await c.ops.status(cancelled)).state === "running" || undefined);
+      await c.ops.cancel(cancelled);
+      const r1 = await failedResult(c, cancelled.op);
+      assert.equal(r1.state, "cancelled");
+      assert.equal(r1.result?.signal, "SIGKILL");
+      assert.equal(r1.result?.exitCode, null);
+      const late = await c.compute.command("sleep", ["300"], { timeoutMs: 200 });
+      const r2 = await failedResult(c, late.op);
+      assert.equal(r2.e.errorClass, "RESOURCE");
+      assert.equal(r2.result?.signal, "SIGKILL");
+      await c.agents.spawn("sleep", "k1", { args: ["300"], rights: [], lifetimeMs: 60_000 });
+      await c.agents.kill("agent://sleep/k1");
+      const killed = await until(async () => {
+        const s = await c.agents.status("agent://sleep/k1");
+        return s.state === "killed" ? s : undefined;
+      });
+      assert.equal(killed.signal, "SIGKILL");
+      // The program dies of a signal inside: bubblewrap reports 128 + n, as exit(128 + n) would be.
+      const self = await c.compute.command("sh", ["-c", "kill -TERM $$"]);
+      const r3 = await failedResult(c, self.op);
+      assert.deepEqual([r3.result?.exitCode, r3.result?.signal], [143, null]);
+      const same = await c.compute.command("sh", ["-c", "exit 143"]);
+      const r4 = await failedResult(c, same.op);
+      assert.deepEqual([r4.result?.exitCode, r4.result?.signal], [143, null], "indistinguishable");
+      await c.agents.spawn("sh", "k2", { args: ["-c", "kill -TERM $$"], rights: [], lifetimeMs: 60_000 });
+      const exited = await until(async () => {
+        const s = await c.agents.status("agent://sh/k2");
+        return s.state === "exited" ? s : undefined;
+      });
+      assert.deepEqual([exited.exitCode, exited.signal], [143, undefined]);
+    });
+  });
 });

@@ -17,8 +17,8 @@ const agentRecord = {
   startedAt: { ...uint("when it started, ms since the epoch"), required: true },
   deadline: { ...uint("when it is killed"), required: true },
   token: text("the id of its token"),
-  exitCode: uint("its exit code, once exited"),
-  signal: { type: "text", description: "the signal that ended it" },
+  exitCode: uint("its exit code, once exited (in the sandbox, a program that died of signal n exits 128 + n: §9.4)"),
+  signal: { type: "text", description: "the signal that ended it: SIGKILL when the kernel killed it (§9.4)" },
   endedAt: uint("when it ended"),
 } as const;
 

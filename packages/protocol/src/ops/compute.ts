@@ -60,7 +60,7 @@ export const opResult = defineOp({
       type: "any",
       nullable: true,
       description:
-        "what the op produced (null if nothing): a task's value; a command's {exitCode, signal, stdout, stderr, truncated}, also when it failed or was cancelled after it started (§9.4)",
+        "what the op produced (null if nothing): a task's value; a command's {exitCode, signal, stdout, stderr, truncated}, also when it failed or was cancelled after it started; signal is SIGKILL when the kernel killed it, and a program that died of signal n in the sandbox has exitCode 128 + n (§9.4)",
     },
   },
   answers: {
