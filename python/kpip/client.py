@@ -340,7 +340,7 @@ class Client:
         """Like :meth:`request`, but a FAILURE raises the typed error of its class."""
         r = await self.request(op, target, args, **kw)
         if r["status"] == "FAILURE":
-            raise wire_error(r["error"], r.get("message", "request failed"), None, r["id"])
+            raise wire_error(r["error"], r.get("message", "request failed"), None, r["id"], r.get("payload"))
         return Result(r["status"], r.get("payload"))
 
     def _send(self, p: Pending) -> None:

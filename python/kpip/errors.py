@@ -9,6 +9,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 ERROR_CLASSES = ("SEMANTIC", "PERMISSION", "RESOURCE", "CAPABILITY", "INTERNAL", "AUTH", "PROTOCOL")
 RETRYABLE = frozenset({"RESOURCE", "INTERNAL"})
 
@@ -23,12 +25,21 @@ class KpipError(Exception):
 
     error_class: str = "INTERNAL"
 
-    def __init__(self, error_class: str, message: str, code: str | None = None, request_id: int | None = None):
+    def __init__(
+        self,
+        error_class: str,
+        message: str,
+        code: str | None = None,
+        request_id: int | None = None,
+        payload: Any = None,
+    ):
         super().__init__(message)
         self.error_class = error_class
         self.code = code
         self.request_id = request_id
         self.message = message
+        # A FAILURE's payload, where the op gives one (op.result: the failed op's status and result).
+        self.payload = payload
 
     @property
     def retryable(self) -> bool:
@@ -122,9 +133,11 @@ _BY_CLASS: dict[str, type[KpipError]] = {
 }
 
 
-def wire_error(error_class: str, message: str, code: str | None = None, request_id: int | None = None) -> KpipError:
+def wire_error(
+    error_class: str, message: str, code: str | None = None, request_id: int | None = None, payload: Any = None
+) -> KpipError:
     """The typed exception for an error the kernel sent."""
-    return _BY_CLASS.get(error_class, KpipError)(error_class, message, code, request_id)
+    return _BY_CLASS.get(error_class, KpipError)(error_class, message, code, request_id, payload)
 
 
 class LocalError(Exception):

@@ -83,6 +83,18 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(len(k.requests), 1)
             await c.close()
 
+    async def test_a_failure_with_a_payload_raises_it_on_the_error(self) -> None:
+        # op.result of a failed command: FAILURE, its payload the op's status and output.
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, "FAILURE", error="SEMANTIC", message="op failed: sh exited with 3", payload={"state": "failed"})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.SemanticError) as e:
+                await c.call("op.result", "op://" + "0" * 32)
+            self.assertEqual(e.exception.payload, {"state": "failed"})
+            await c.close()
+
     async def test_a_lost_connection_reconnects_reattests_and_resends_the_same_id(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             if k.sessions == 1:

@@ -299,7 +299,12 @@ export class CallTable {
     else if (r === undefined) p.reject(err as Error);
     else if (!p.result) p.resolve(r);
     else if (r.status === "FAILURE") {
-      p.reject(new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", { requestId: r.id }));
+      p.reject(
+        new KpipError(r.error ?? "INTERNAL", r.message ?? "request failed", {
+          requestId: r.id,
+          ...(r.payload !== undefined ? { payload: r.payload } : {}),
+        }),
+      );
     } else p.resolve({ status: r.status, payload: r.payload });
     if (this.pending.size === 0) {
       const waiters = this.drainWaiters;

@@ -229,7 +229,11 @@ export class OpsApi {
   async status(op: string | Deferred, opts?: CallOptions): Promise<ResultOf<typeof opStatusOp>> {
     return (await this.op(opStatusOp, typeof op === "string" ? op : op.op, {}, opts)).payload;
   }
-  /** The op's result if finished (FAILURE throws the op's error), or undefined while it runs. */
+  /**
+   * The op's result if finished, or undefined while it runs. A failed or cancelled op throws its
+   * error, a KpipError whose `payload` is its status with `result` (a command's exit code, signal
+   * and captured output, when it ran).
+   */
   async result(op: string | Deferred, opts?: CallOptions): Promise<CborValue | undefined> {
     const r = await this.op(opResult, typeof op === "string" ? op : op.op, {}, opts);
     return r.status === "DEFERRED" ? undefined : r.payload.result;

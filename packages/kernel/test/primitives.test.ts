@@ -318,9 +318,10 @@ describe("agents", { skip: sandboxSkip }, () => {
     await until(async () => (await admin.agents.status("agent://sleep/runaway")).state === "killed", 30_000, "killed");
     const st = await admin.agents.status("agent://sleep/runaway");
     assert.equal(st.signal, "SIGKILL");
-    const orphan = await admin.agents.spawn("sleep", "orphan", { args: ["30"], rights: [], lifetimeMs: 60_000 });
+    await admin.agents.spawn("sleep", "orphan", { args: ["30"], rights: [], lifetimeMs: 60_000 });
+    const orphan = t.k.inspect.getAgent("admin/sleep/orphan")?.pid;
     await t.stop();
-    assert.throws(() => process.kill(orphan.pid as number, 0), /ESRCH/);
+    assert.throws(() => process.kill(orphan as number, 0), /ESRCH/);
     t = await startKernel({}, t.home);
   });
 });

@@ -7,7 +7,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { removeStaleRoots } from "../src/sandbox/scratch-roots.js";
-import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel } from "./harness.js";
+import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 
 const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
@@ -111,8 +111,11 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
     };
     try {
       let n = await connect();
-      const s1 = await sleeper(n, "n1");
-      orphan = s1.pid;
+      // Its host pid (no agent.* answer names one): it says it itself, unconfined.
+      await n.agents.spawn("sh", "n1", { args: ["-c", "echo $$; exec sleep 600"], rights: [], lifetimeMs: 600_000 });
+      orphan = await until(
+        async () => Number(Buffer.from((await n.agents.logs("agent://sh/n1")).stdout).toString()) || undefined,
+      );
       assert.ok(existsSync(join(root, ".live")), "the live kernel's lock file");
       assert.equal(existsSync(join(root, ".lock")), false);
       const dirs = scratchDirs(root);

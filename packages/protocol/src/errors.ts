@@ -55,11 +55,18 @@ export class KpipError extends Error {
   readonly errorClass: ErrorClass;
   readonly requestId: number | undefined;
   readonly code: string | undefined;
-  constructor(errorClass: ErrorClass, message: string, opts: { requestId?: number; code?: string; cause?: unknown } = {}) {
+  /** A FAILURE's payload, where the op gives one (op.result: the failed op's status and result). */
+  readonly payload: unknown;
+  constructor(
+    errorClass: ErrorClass,
+    message: string,
+    opts: { requestId?: number; code?: string; cause?: unknown; payload?: unknown } = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.errorClass = errorClass;
     this.requestId = opts.requestId;
     this.code = opts.code;
+    this.payload = opts.payload;
   }
   get retryable(): boolean {
     return RETRYABLE_CLASSES.has(this.errorClass);

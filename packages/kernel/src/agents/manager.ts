@@ -20,7 +20,7 @@ import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
-import { type Launch, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
+import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
@@ -243,7 +243,8 @@ export class AgentManager {
       void launch?.cleanup();
       this.forget(persona, `${uri} did not start`);
       this.revokeFor(token.claims.id, persona, `${uri} did not start`);
-      throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${(e as Error).message}`);
+      const why = launchFailure(e, (err) => this.log.warn({ err, agent: id }, "agent not started"));
+      throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${why}`);
     }
     const rec: AgentRecord = {
       id,
@@ -306,7 +307,8 @@ export class AgentManager {
         token: token.claims.id,
       },
     });
-    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona, pid: rec.pid ?? 0 });
+    // No pid: the host's process ids are no persona's business (the audit record has it).
+    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona });
     return rec;
   }
 

@@ -11,7 +11,7 @@ import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/li
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
-import type { Launch, Sandbox } from "../sandbox/sandbox.js";
+import { type Launch, launchFailure, type Sandbox } from "../sandbox/sandbox.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
 /** An embedder's task function: an export of an ES module, run in a worker thread. */
@@ -350,7 +350,8 @@ export class ComputeEngine {
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();
-      this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${(e as Error).message}`);
+      const why = launchFailure(e, (err) => this.log.warn({ err, op: op.id }, "command not started"));
+      this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${why}`);
       return;
     }
     const scratch = launch;

@@ -1,4 +1,5 @@
 import {
+  type CborValue,
   decodeIntent,
   type ErrorClass,
   type Intent,
@@ -12,7 +13,7 @@ import {
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
 import type { Logger } from "../log.js";
-import { OpError, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
+import { OpError, OpFailure, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
@@ -57,6 +58,8 @@ export interface Refusal {
   message: string;
   /** The audit record's message, when it differs from the answer's. */
   audited?: string;
+  /** An op's FAILURE payload ({@link OpFailure}): answered, never recorded. */
+  payload?: CborValue;
 }
 
 /**
@@ -246,6 +249,7 @@ function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
  * that can make an op fail must not be able to fill the kernel's log with stacks.
  */
 export function toRefusal(e: unknown, log: Logger, ctx: RequestCtx, peerLog?: PeerLogLimiter): Refusal {
+  if (e instanceof OpFailure) return { errorClass: e.errorClass, message: e.message, payload: e.payload };
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
   if (e instanceof IntentError || e instanceof TokenError) return { errorClass: "SEMANTIC", message: e.message };
   const line = { err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined };
@@ -267,6 +271,7 @@ export function failure(ctx: RequestCtx, r: Refusal): Response {
     status: "FAILURE",
     error: r.errorClass,
     message: boundedMessage(r.message),
+    ...(r.payload !== undefined ? { payload: r.payload } : {}),
   };
 }
 

@@ -17,6 +17,10 @@ function agentId(ctx: OpContext): [string, string] {
   return segs as [string, string];
 }
 
+/**
+ * An agent as a persona sees it: never its host pid nor its scratch directory's host path (the
+ * host's layout is no persona's business; the audit record keeps the pid for the operator).
+ */
 function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecord>, withOutput = false): CborMap {
   const p: CborMap = {
     agent: agentUri(a.id),
@@ -29,7 +33,6 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
     deadline: a.deadline,
     token: a.tokenId,
   };
-  if (a.pid !== null) p.pid = a.pid;
   if (a.exitCode !== null) p.exitCode = a.exitCode;
   if (a.signal !== null) p.signal = a.signal;
   if (a.endedAt !== null) p.endedAt = a.endedAt;

@@ -13,7 +13,7 @@ import type { OpRecord, OpStore, OpSummary } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
 import { PROCESS_CURSORS, type SeqCursors } from "./seq-cursor.js";
-import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
+import { type OpContext, OpError, OpFailure, type OpResult, type PrimitiveFamily } from "./types.js";
 
 /** The right a grant needs for a sandboxed process to reach the network (default: no network). */
 export const NETWORK_RIGHT = "sandbox.network";
@@ -104,16 +104,14 @@ export function computeFamily(
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
-          if (op.state === "succeeded") {
-            // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
-            if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
-            return {
-              status: "SUCCESS",
-              payload: { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null },
-            };
-          }
+          // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
+          if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
+          const payload = { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null };
+          if (op.state === "succeeded") return { status: "SUCCESS", payload };
+          // Failed or cancelled: the FAILURE of its class, with what it left (a command that ran:
+          // its exit code, signal and captured output — what its persona debugs it with).
           const cls = (op.errorClass ?? "INTERNAL") as OpError["errorClass"];
-          throw new OpError(cls, `op ${op.state}: ${op.message ?? "no detail"}`);
+          throw new OpFailure(cls, `op ${op.state}: ${op.message ?? "no detail"}`, payload);
         },
       }),
       implement(opCancel, {

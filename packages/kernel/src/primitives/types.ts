@@ -127,3 +127,20 @@ export class OpError extends Error {
     super(message);
   }
 }
+
+/**
+ * A failure that answers with a payload (PROTOCOL §9.2: a FAILURE's payload is optional, and
+ * op-defined where an op's catalogue entry names it), e.g. op.result on a failed command: its
+ * status and captured output. The handler holds the payload's bytes (holdAnswerBytes) before it
+ * builds it, as for a SUCCESS.
+ */
+export class OpFailure extends OpError {
+  override name = "OpFailure";
+  constructor(
+    errorClass: ErrorClass,
+    message: string,
+    readonly payload: CborValue,
+  ) {
+    super(errorClass, message);
+  }
+}

@@ -157,6 +157,26 @@ export class SandboxViewError extends Error {
   override name = "SandboxViewError";
 }
 
+/**
+ * What a persona is told of a launch that failed (agent.spawn's refusal, a command's op message):
+ * a refusal written for it (an OpError) as it is; anything else — a file-system error on the
+ * scratch root, a changed mount table, a secret file's new hard link — names host paths (the
+ * scratch root, the kernel's temp directory, its home and keys), which a persona must not learn: it is told only that the kernel could not
+ * prepare the sandbox, and `log` gets the whole error for the operator.
+ */
+export function launchFailure(e: unknown, log: (err: unknown) => void): string {
+  if (e instanceof OpError) return e.message;
+  log(e);
+  if (e instanceof SandboxViewError || e instanceof ConfigError)
+    return "what the sandbox would show changed since the kernel started: no process is started until the operator fixes it (the kernel's log says what)";
+  return "the kernel could not prepare its sandbox (the kernel's log says why)";
+}
+
+/** `text` with the scratch root's host path (and every scratch directory's under it) named instead. */
+function hideScratchRoot(text: string, root: string): string {
+  return text.split(root).join("<the scratch root>");
+}
+
 /** System directories bound read-only into every sandbox (those that exist here). */
 const SYSTEM_DIRS = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"];
 /** Where the scratch directory appears inside the sandbox (also the working directory and HOME). */
@@ -326,9 +346,18 @@ export class Sandbox {
     }
   }
 
+  /**
+   * {@link unavailable} as a persona may read it (the refusal of its agent.spawn and commands,
+   * system.info): the scratch root's host path, which bubblewrap's complaint may quote, is named,
+   * not shown. The operator has the whole text (the log at start, the kernel.start record).
+   */
+  get unavailableToPersonas(): string | undefined {
+    return this.unavailable === undefined ? undefined : hideScratchRoot(this.unavailable, this.config.scratchRoot);
+  }
+
   /** Throws {@link SandboxUnavailableError} when processes may not be started. */
   check(): void {
-    if (this.config.mode === "bwrap" && this.unavailable) throw new SandboxUnavailableError(this.unavailable);
+    if (this.config.mode === "bwrap" && this.unavailableToPersonas) throw new SandboxUnavailableError(this.unavailableToPersonas);
   }
 
   /**

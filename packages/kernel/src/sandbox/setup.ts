@@ -90,7 +90,10 @@ export function openSandbox(
   if (sandbox.mode === "none")
     log.warn("--sandbox none: agents and commands run unconfined, as the kernel's own user, and can read its home");
   else if (sandbox.unavailable)
-    log.error({ reason: sandbox.unavailable }, "no process sandbox: agent.spawn and command compute are refused");
+    log.error(
+      { reason: sandbox.unavailable, scratch: scratchRoot },
+      "no process sandbox: agent.spawn and command compute are refused",
+    );
   else log.info({ scratch: scratchRoot }, "process sandbox: bubblewrap");
   for (const w of sandbox.mode === "bwrap" && !sandbox.unavailable ? sandbox.weakened : [])
     log.warn({ reason: w }, "process sandbox weakened");
@@ -108,7 +111,8 @@ export function sandboxInfo(s: Sandbox | undefined): CborMap {
   return {
     mode: s?.mode ?? "none",
     usable: s ? s.mode === "none" || !s.unavailable : false,
-    ...(s?.unavailable ? { reason: s.unavailable } : {}),
+    // As personas may read it (system.info): the log and the kernel.start record have it whole.
+    ...(s?.unavailableToPersonas ? { reason: s.unavailableToPersonas } : {}),
     ...(s?.mode === "bwrap" && !s.unavailable && s.weakened.length ? { weakened: s.weakened.join("; ") } : {}),
   };
 }

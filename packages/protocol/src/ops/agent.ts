@@ -17,9 +17,8 @@ const agentRecord = {
   startedAt: { ...uint("when it started, ms since the epoch"), required: true },
   deadline: { ...uint("when it is killed"), required: true },
   token: text("the id of its token"),
-  pid: uint("its process id, once started"),
-  exitCode: uint("its exit code, once exited"),
-  signal: { type: "text", description: "the signal that ended it" },
+  exitCode: uint("its exit code, once exited (in the sandbox, a program that died of signal n exits 128 + n: §9.4)"),
+  signal: { type: "text", description: "the signal that ended it: SIGKILL when the kernel killed it (§9.4)" },
   endedAt: uint("when it ended"),
 } as const;
 
@@ -57,7 +56,7 @@ export const agentKill = defineOp({
 
 export const agentStatus = defineOp({
   op: "agent.status",
-  description: "An agent's state, pid, exit code and signal.",
+  description: "An agent's state, exit code and signal (never its host process id: the audit record has it).",
   targets: ["agent"],
   args: { spawner },
   result: agentRecord,

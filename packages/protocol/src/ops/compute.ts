@@ -51,11 +51,23 @@ export const opStatusOp = defineOp({
 export const opResult = defineOp({
   op: "op.result",
   description:
-    "A finished op's result: SUCCESS with it, FAILURE with the op's error class, or DEFERRED while it runs. Until an op.result has handed it out, a result keeps its place among its tree's finished ops for the result grace (§9.4).",
+    "A finished op's result: SUCCESS with it, FAILURE with the op's error class (and what it left), or DEFERRED while it runs. Until an op.result has handed it out, a result keeps its place among its tree's finished ops for the result grace (§9.4).",
   targets: ["op"],
   args: {},
-  result: { ...opStatus, result: { type: "any", nullable: true, description: "SUCCESS: what the op produced" } },
-  answers: { DEFERRED: "the op is queued or running: the payload is its status, without `result`" },
+  result: {
+    ...opStatus,
+    result: {
+      type: "any",
+      nullable: true,
+      description:
+        "what the op produced (null if nothing): a task's value; a command's {exitCode, signal, stdout, stderr, truncated}, also when it failed or was cancelled after it started; signal is SIGKILL when the kernel killed it, and a program that died of signal n in the sandbox has exitCode 128 + n (§9.4)",
+    },
+  },
+  answers: {
+    DEFERRED: "the op is queued or running: the payload is its status, without `result`",
+    FAILURE:
+      "the op failed or was cancelled: the error is its class, and the payload is its status with `result` (a command that ran: its exit code, signal and output)",
+  },
   idempotent: true,
   effects: false,
 });

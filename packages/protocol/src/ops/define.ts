@@ -40,7 +40,7 @@ export interface OpDefinition<A extends Shape = Shape, R extends Shape = Shape> 
   /** The payload of its SUCCESS (and, where the op says so, PARTIAL or DEFERRED) answer. */
   readonly result: R;
   /** Statuses other than SUCCESS the op answers with, and what their payload is. */
-  readonly answers?: { readonly PARTIAL?: string; readonly DEFERRED?: string };
+  readonly answers?: { readonly PARTIAL?: string; readonly DEFERRED?: string; readonly FAILURE?: string };
   /** Running it twice has the effect of running it once. */
   readonly idempotent: boolean;
   /** It changes state: its intent record is committed before it runs. */
