@@ -22,7 +22,7 @@ export function startHousekeeping(
   s: KernelServices,
   c: KernelConfig,
   log: Logger,
-  events: Pick<EventBus, "endLapsed">,
+  events: Pick<EventBus, "sweepLapsed" | "stopSweeps">,
 ): { stop(): void } {
   let lastPrune = 0;
   const failures = new PrunerFailures(log, s.metrics.prunerFailures);
@@ -37,8 +37,8 @@ export function startHousekeeping(
   const timer = setInterval(() => {
     const now = Date.now();
     s.sessions.tick(now);
-    // Subscriptions and watches whose capability expired end now, not only at their next event.
-    events.endLapsed();
+    // Subscriptions and watches whose capability expired end now (a slice a turn), not only at their next event.
+    events.sweepLapsed();
     s.host.peerLog.sweep(now);
     s.dedupe.sweep(now);
     s.applyOfflineChanges();
@@ -87,6 +87,7 @@ export function startHousekeeping(
       dedupePruner.stop();
       agentPruner.stop();
       opPruner.stop();
+      events.stopSweeps();
       retention.stop();
     },
   };
