@@ -84,6 +84,34 @@ class Session:
     features: list[str] = field(default_factory=list)
 
 
+def welcome_fault(w: dict[str, Any], persona: str, tokens_sent: int) -> str | None:
+    """What breaks §6.6 in a WELCOME answering a HELLO for `persona` and an ATTEST of
+    `tokens_sent` tokens, or None. A session acting as another persona than the one this client
+    signed for; fewer handles than tokens (a held token left unbound without a word) or more
+    (handles no token of this client's stands behind); one handle named for two tokens; a
+    refusal of a token never presented, of one bound, or twice: each would have the client act
+    on what is not so."""
+    handles: list[int] = w["handles"]
+    if w["persona"] != persona:
+        return f"for persona {w['persona']!r}, not {persona!r} as HELLO said"
+    if len(handles) != tokens_sent:
+        return f"with {len(handles)} handle(s) for the {tokens_sent} token(s) ATTEST presented"
+    bound = [h for h in handles if h != 0]
+    if len(set(bound)) != len(bound):
+        return f"naming one handle for two tokens: {handles}"
+    named: set[int] = set()
+    for r in w.get("refused", []):
+        index = r["index"]
+        if index >= tokens_sent:
+            return f"refusing token {index}, of the {tokens_sent} ATTEST presented"
+        if handles[index] != 0:
+            return f"refusing token {index}, which it bound as handle {handles[index]}"
+        if index in named:
+            return f"refusing token {index} twice"
+        named.add(index)
+    return None
+
+
 class Link:
     """A Unix-socket connection; `on_message` gets every frame after WELCOME, `on_lost` the end."""
 
@@ -210,13 +238,8 @@ class Link:
         signature = identity.sign(attestation_transcript(hello[HEADER_SIZE:], self._last_body))
         self.write(encode_message("ATTEST", {"signature": signature, "tokens": tokens}))
         w = (await self._expect("WELCOME")).body
-        # §6.6: one handle per token, in order. Fewer left a held token unbound without a word;
-        # more named handles no token of this client's stands behind.
-        if len(w["handles"]) != len(tokens):
-            raise self.violation(
-                f"kernel sent WELCOME with {len(w['handles'])} handle(s) for the {len(tokens)} token(s) ATTEST presented",
-                "BAD_FIELD",
-            )
+        if (wrong := welcome_fault(w, identity.persona, len(tokens))) is not None:
+            raise self.violation(f"kernel sent WELCOME {wrong}", "BAD_FIELD")
         limits = c["limits"]
         self.session = Session(
             c["version"],

@@ -8,6 +8,7 @@ import socket
 import tempfile
 import time
 import unittest
+from typing import Any
 from unittest import mock
 
 import kpip
@@ -261,6 +262,59 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
         async with FakeKernel(handler) as k:  # one per token: the session opens
             c = await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
             self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            await c.close()
+
+    async def test_a_welcome_for_another_persona_with_a_handle_twice_or_a_refusal_of_no_unbound_token_is_a_protocol_violation(
+        self,
+    ) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+
+        now = int(time.time() * 1000)
+        root = os.urandom(32)
+
+        def token(n: int) -> bytes:
+            claims = cbor.encode(
+                {
+                    "id": f"{n:032x}",
+                    "kid": "k",
+                    "sub": "alice",
+                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                    "limits": {},
+                    "nbf": now - 1000,
+                    "exp": now + 3_600_000,
+                    "maxExp": now + 3_600_000,
+                    "chain": [],
+                }
+            )
+            return cbor.encode([1, claims, [], root_signature(root, claims)])
+
+        def why(index: int) -> dict[str, Any]:
+            return {"index": index, "code": "EXPIRED", "message": "expired"}
+
+        # §6.6, for the two tokens ATTEST presents.
+        cases: list[tuple[str, dict[str, Any]]] = [
+            ("another persona", {"persona": "mallory", "handles": [1, 2]}),
+            ("one handle for two tokens", {"persona": "alice", "handles": [3, 3]}),
+            ("a refusal of a token not presented", {"persona": "alice", "handles": [1, 0], "refused": [why(1), why(2)]}),
+            ("a refusal of a token it bound", {"persona": "alice", "handles": [1, 0], "refused": [why(0)]}),
+            ("a token refused twice", {"persona": "alice", "handles": [1, 0], "refused": [why(1), why(1)]}),
+        ]
+        for name, body in cases:
+            with self.subTest(name):
+                async with FakeKernel(handler, instead={"WELCOME": ("WELCOME", body)}) as k:
+                    with self.assertRaises(kpip.ProtocolViolation) as cm:
+                        await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
+                    self.assertEqual(cm.exception.code, "BAD_FIELD")
+                    await until(lambda: k.errors, "the client's ERROR")
+                    e = k.errors[0].body
+                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "BAD_FIELD", True))
+        # HELLO's persona, distinct handles, a refusal of the one token left unbound: the session opens.
+        ok = ("WELCOME", {"persona": "alice", "handles": [0, 7], "refused": [why(0)]})
+        async with FakeKernel(handler, instead={"WELCOME": ok}) as k:
+            c = await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
+            self.assertEqual(c.refused_tokens, [why(0)])
+            self.assertEqual(k.errors, [])
             await c.close()
 
     async def test_a_max_body_above_the_offer_or_below_the_minimum_is_a_protocol_violation(self) -> None:

@@ -66,6 +66,33 @@ export interface Welcome {
   refused: { index: number; code: string; message: string }[];
 }
 
+/**
+ * What breaks §6.6 in a WELCOME answering a HELLO for `persona` and an ATTEST of `tokensSent`
+ * tokens, or undefined. A session acting as another persona than the one this client signed
+ * for; fewer handles than tokens (a held token left unbound without a word) or more (handles no
+ * token of this client's stands behind); one handle named for two tokens; a refusal of a token
+ * never presented, of one bound, or twice: each would have the client act on what is not so.
+ */
+function welcomeFault(
+  w: { persona: string; handles: number[]; refused?: { index: number }[] },
+  persona: string,
+  tokensSent: number,
+): string | undefined {
+  if (w.persona !== persona) return `for persona ${JSON.stringify(w.persona)}, not ${JSON.stringify(persona)} as HELLO said`;
+  if (w.handles.length !== tokensSent)
+    return `with ${w.handles.length} handle(s) for the ${tokensSent} token(s) ATTEST presented`;
+  const bound = w.handles.filter((h) => h !== 0);
+  if (new Set(bound).size !== bound.length) return `naming one handle for two tokens: ${JSON.stringify(w.handles)}`;
+  const named = new Set<number>();
+  for (const { index } of w.refused ?? []) {
+    if (index >= tokensSent) return `refusing token ${index}, of the ${tokensSent} ATTEST presented`;
+    if (w.handles[index] !== 0) return `refusing token ${index}, which it bound as handle ${w.handles[index]}`;
+    if (named.has(index)) return `refusing token ${index} twice`;
+    named.add(index);
+  }
+  return undefined;
+}
+
 /** `closing`: the kernel said GOODBYE; answers still come, nothing new is sent (§8.6). */
 type Phase = "handshaking" | "attesting" | "ready" | "closing" | "dead";
 
@@ -232,18 +259,14 @@ export class Link {
     switch (m.type) {
       case "CHALLENGE":
         return this.onChallenge(m.body, body);
-      case "WELCOME":
+      case "WELCOME": {
         if (this.phase !== "attesting") return this.violation("unexpected WELCOME");
-        // §6.6: one handle per token, in order. Fewer left a token this client holds unbound without
-        // a word; more named handles no token of its own stands behind.
-        if (m.body.handles.length !== this.tokensSent)
-          return this.violation(
-            `kernel sent WELCOME with ${m.body.handles.length} handle(s) for the ${this.tokensSent} token(s) ATTEST presented`,
-            "BAD_FIELD",
-          );
+        const wrong = welcomeFault(m.body, this.setup.identity.persona, this.tokensSent);
+        if (wrong !== undefined) return this.violation(`kernel sent WELCOME ${wrong}`, "BAD_FIELD");
         this.phase = "ready";
         this.settleReady.resolve({ handles: m.body.handles, refused: m.body.refused ?? [] });
         return;
+      }
       case "RESPONSE":
       case "EVENT":
       case "PING":

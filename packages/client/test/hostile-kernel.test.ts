@@ -28,6 +28,10 @@ interface Script {
   challengeFeatures?: string[];
   /** WELCOME's handles (default: one per token ATTEST presented, numbered from 1). */
   welcomeHandles?: number[];
+  /** WELCOME's persona (default: alice, as HELLO said). */
+  welcomePersona?: string;
+  /** WELCOME's refused (default: none). */
+  welcomeRefused?: { index: number; code: string; message: string }[];
 }
 
 /** A kernel-side peer following `script`; `got` is every message the client sent it. */
@@ -60,7 +64,9 @@ async function hostileKernel(script: Script): Promise<{ path: string; got: Messa
         } else if (m.type === "ATTEST") {
           for (const x of script.beforeWelcome ?? []) s.write(encodeMessage(x, 1));
           const handles = script.welcomeHandles ?? m.body.tokens.map((_, i) => i + 1);
-          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
+          const persona = script.welcomePersona ?? "alice";
+          const refused = script.welcomeRefused;
+          s.write(encodeMessage({ type: "WELCOME", body: { persona, handles, ...(refused ? { refused } : {}) } }));
         } else if (m.type === "REQUEST" && script.onRequest) s.write(script.onRequest);
       }
     });
@@ -173,6 +179,64 @@ describe("a kernel that breaks the handshake's order", () => {
       reconnect: false,
     });
     assert.deepEqual(c.handles, [1, 2]);
+    await c.close().catch(() => {});
+  });
+
+  it("a WELCOME for another persona than HELLO's, naming one handle for two tokens, or refusing a token not presented, one it bound or one twice (§6.6) fails the connect: ProtocolViolationError and a fatal PROTOCOL BAD_FIELD", async () => {
+    const root = randomBytes(32);
+    const now = Date.now();
+    const token = (n: number) =>
+      encodeToken(
+        mintToken(root, {
+          id: n.toString(16).padStart(32, "0"),
+          kid: "k",
+          sub: "alice",
+          rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+          limits: {},
+          nbf: now - 1000,
+          exp: now + 3_600_000,
+          maxExp: now + 3_600_000,
+          chain: [],
+        }),
+      );
+    const why = (index: number) => ({ index, code: "EXPIRED", message: "expired" });
+    const cases: [string, Script][] = [
+      ["another persona", { welcomePersona: "mallory" }],
+      ["one handle for two tokens", { welcomeHandles: [3, 3] }],
+      ["a refusal of a token not presented", { welcomeHandles: [1, 0], welcomeRefused: [why(1), why(2)] }],
+      ["a refusal of a token it bound", { welcomeHandles: [1, 0], welcomeRefused: [why(0)] }],
+      ["a token refused twice", { welcomeHandles: [1, 0], welcomeRefused: [why(1), why(1)] }],
+    ];
+    for (const [name, script] of cases) {
+      const k = await hostileKernel(script);
+      open.push(k);
+      const err = await KernelClient.connect({
+        socket: k.path,
+        identity: generateIdentity("alice"),
+        tokens: [token(1), token(2)],
+        reconnect: false,
+        connectTimeoutMs: 10_000,
+      }).then(
+        async (c) => {
+          await c.close().catch(() => {});
+          return undefined;
+        },
+        (e: Error) => e,
+      );
+      assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
+      const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
+      assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_FIELD", true], name);
+    }
+    // The persona HELLO named, distinct handles, a refusal of the one token left unbound: the session opens.
+    const k = await hostileKernel({ welcomeHandles: [0, 7], welcomeRefused: [why(0)] });
+    open.push(k);
+    const c = await KernelClient.connect({
+      socket: k.path,
+      identity: generateIdentity("alice"),
+      tokens: [token(1), token(2)],
+      reconnect: false,
+    });
+    assert.deepEqual([c.handles, c.refusedTokens], [[7], [why(0)]]);
     await c.close().catch(() => {});
   });
 

@@ -3,6 +3,8 @@ import nodeFs from "node:fs";
 import { syncBuiltinESMExports } from "node:module";
 import { sep } from "node:path";
 import { describe, it } from "node:test";
+import { KpipError } from "@kpip/protocol";
+import { pino } from "pino";
 import { removeHome, startKernel } from "./harness.js";
 import { bodies, pattern, sha } from "./storage-files.js";
 
@@ -75,6 +77,46 @@ describe("work after a committed effect fails", () => {
       assert.deepEqual(bodies(home), [sha(uploaded).toString("hex")]);
       const again = await t.admin();
       assert.equal(Buffer.compare(Buffer.from((await again.storage.read("obj://ws/a")).data), uploaded), 0);
+    } finally {
+      disarm?.();
+      await t.stop();
+      removeHome(home);
+    }
+  });
+
+  it("a write refused before it commits (a generation conflict) whose new body then cannot be freed: the refusal is the real one, SEMANTIC, not INTERNAL; the failure is logged and the next start frees the body", async () => {
+    const lines: Record<string, unknown>[] = [];
+    const logger = pino({ level: "info" }, { write: (l: string) => void lines.push(JSON.parse(l)) });
+    let t = await startKernel({ objectInlineBytes: 0, logger });
+    const home = t.home;
+    let disarm: (() => void) | undefined;
+    try {
+      const c = await t.admin({ maxAttempts: 1 });
+      const [first, refused] = [pattern(5000, 1), pattern(5000, 2)];
+      assert.equal((await c.storage.write("obj://ws/a", first)).generation, 1);
+      disarm = bodiesCannotLeave();
+      const err = await c.call("storage.write", "obj://ws/a", { data: refused, ifGeneration: 7 }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      assert.ok(err instanceof KpipError, String(err));
+      assert.deepEqual([err.errorClass, err.message], ["SEMANTIC", "generation conflict: obj://ws/a is at generation 1"]);
+      const logged = lines.find((l) => /freeing a body the write left failed/.test(String(l.msg)));
+      assert.ok(logged, JSON.stringify(lines.map((l) => l.msg)));
+      assert.equal(logged.op, "storage.write");
+      const outcome = t.k.inspect.queryAudit({ limit: 100 }).filter((r) => r.op === "storage.write" && r.status === "FAILURE");
+      assert.deepEqual(
+        outcome.map((r) => r.errorClass),
+        ["SEMANTIC"],
+      );
+
+      // The refused body stayed; the next start removes it.
+      disarm();
+      disarm = undefined;
+      assert.deepEqual(bodies(home).sort(), [first, refused].map((b) => sha(b).toString("hex")).sort());
+      await t.stop();
+      t = await startKernel({ objectInlineBytes: 0 }, home);
+      assert.deepEqual(bodies(home), [sha(first).toString("hex")]);
     } finally {
       disarm?.();
       await t.stop();

@@ -3,7 +3,7 @@ import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from "node:f
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
-import type { CborValue } from "@kpip/protocol";
+import type { CborValue, KpipError } from "@kpip/protocol";
 import { removeHome, sandboxSkip, until, withKernel } from "./harness.js";
 
 /** Every text and number in `v`, and its keys, as one line (byte strings as UTF-8). */
@@ -80,6 +80,8 @@ describe("what a persona learns of the host's layout from its agents and command
         await assert.rejects(c.agents.spawn("sleep", "w1", { args: ["1"], rights: [], lifetimeMs: 10_000 }), (e: Error) => {
           assert.match(e.message, /cannot start sleep: the kernel could not prepare its sandbox/);
           assert.ok(!e.message.includes(base), e.message);
+          // The host failed, not the persona's request: INTERNAL (retryable), never SEMANTIC.
+          assert.equal((e as KpipError).errorClass, "INTERNAL");
           return true;
         });
         const d = await c.compute.command("true");
@@ -88,6 +90,7 @@ describe("what a persona learns of the host's layout from its agents and command
           return s.state === "failed" ? s : undefined;
         });
         assert.match(st.message ?? "", /cannot run true: the kernel could not prepare its sandbox/);
+        assert.equal(st.errorClass, "INTERNAL");
         assert.ok(!(st.message ?? "").includes(base), st.message);
         rmSync(root, { force: true });
         mkdirSync(root);

@@ -273,4 +273,31 @@ describe("an agent's connection, a socketpair the kernel made at its spawn", () 
       await c.agents.kill(quiet.agent as string);
     });
   });
+
+  it("has log lines of its own before attestation: one agent's noisy handshakes do not use up the budget of another's", {
+    skip: sandboxSkip,
+  }, async () => {
+    const { logger, lines } = recordingLogger();
+    // Two lines per peer and window, a window longer than the test: a shared budget would be spent by the first two.
+    await withKernel({ logger, peerLogLines: 2, peerLogWindowMs: 600_000 }, async (t) => {
+      const c = await t.admin();
+      const closed = () => lines.filter((l) => l.msg === "session closed on error");
+      for (const name of ["noisy1", "noisy2", "noisy3", "other"]) {
+        // Not KPIP on its connection: a fatal PROTOCOL error before HELLO, one line in the log.
+        await c.agents.spawn("node", name, {
+          args: ["-e", "require('node:fs').writeSync(4, 'GET / HTTP/1.1\\r\\n\\r\\n')"],
+          rights: [],
+          lifetimeMs: 60_000,
+        });
+      }
+      await until(() => closed().length === 4, 30_000, "each agent's failed handshake logged");
+      const peers = closed().map((l) => l.peer ?? "");
+      assert.equal(new Set(peers).size, 4, `a key per agent's connection: ${peers}`);
+      assert.ok(
+        peers.every((p) => p.startsWith("agent:")),
+        peers.join(", "),
+      );
+      assert.ok(!lines.some((l) => l.suppressed !== undefined), "nothing suppressed");
+    });
+  });
 });

@@ -145,6 +145,33 @@ describe("kpip mcp over stdio, driven by the MCP SDK's own client", () => {
     assert.equal(Buffer.from(out.payload.result.stdout.$bytes, "base64").toString(), "computed\n");
   });
 
+  it("hands the host a failed command's exit code and output with its FAILURE, as op.result gives them", async () => {
+    const r = await call(host, "compute_submit", {
+      target: "op://command/sh",
+      args: { args: ["-c", "echo partial; echo broken >&2; exit 3"] },
+    });
+    assert.equal(r.isError, true);
+    assert.match(text(r), /^FAILURE [A-Z]+: /, "the class and message first, as for any failure");
+    const detail = r.content.filter((c) => c.type === "text")[1];
+    assert.ok(detail?.type === "text", JSON.stringify(r.content));
+    const out = JSON.parse(detail.text);
+    assert.equal(out.status, "FAILURE");
+    assert.equal(out.error, r._meta?.["kpip/errorClass"]);
+    assert.equal(out.payload.state, "failed");
+    assert.equal(out.payload.result.exitCode, 3);
+    assert.equal(Buffer.from(out.payload.result.stdout.$bytes, "base64").toString(), "partial\n");
+    assert.equal(Buffer.from(out.payload.result.stderr.$bytes, "base64").toString(), "broken\n");
+    const streams = r.content.filter((c) => c.type === "resource").map((c) => (c.type === "resource" ? c.resource : undefined));
+    assert.deepEqual(
+      streams.map((x) => [x?.uri.replace(/^op:\/\/[0-9a-f]+/, "op://ID"), x && "text" in x ? x.text : undefined]),
+      [
+        ["op://ID#/result/stderr", "broken\n"],
+        ["op://ID#/result/stdout", "partial\n"],
+      ],
+      "each stream also as a resource, as a success's bytes are",
+    );
+  });
+
   it("kpip mcp --max-calls bounds the calls one host has running: one more is refused, retryable, until one ends", async () => {
     const one = await stdioHost(k, files, ["--max-calls", "1"]);
     try {

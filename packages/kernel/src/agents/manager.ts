@@ -244,7 +244,7 @@ export class AgentManager {
       this.forget(persona, `${uri} did not start`);
       this.revokeFor(token.claims.id, persona, `${uri} did not start`);
       const why = launchFailure(e, (err) => this.log.warn({ err, agent: id }, "agent not started"));
-      throw new OpError("SEMANTIC", `cannot start ${r.executable}: ${why}`);
+      throw new OpError(why.errorClass, `cannot start ${r.executable}: ${why.message}`);
     }
     const rec: AgentRecord = {
       id,

@@ -351,7 +351,7 @@ export class ComputeEngine {
     } catch (e) {
       void launch?.cleanup();
       const why = launchFailure(e, (err) => this.log.warn({ err, op: op.id }, "command not started"));
-      this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${why}`);
+      this.finish(op, "failed", null, why.errorClass, `cannot run ${op.name}: ${why.message}`);
       return;
     }
     const scratch = launch;

@@ -238,9 +238,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
     );
+    // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
+    const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
       storageFamily(
-        { store, blobs, ledger, uploads, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
+        { store, blobs, ledger, uploads, peerLog, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
         {
           maxObjectBytes: c.maxObjectBytes,
           inlineBytes: c.objectInlineBytes,
@@ -401,7 +403,6 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       roots,
     );
     const bodies = new BodyPool(c.bodyPoolBytes);
-    const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     const answers = AnswerBudget.forWriteBuffer(c.maxWriteBuffer, {
       totals: sessions.queued,
       perTree: c.maxQueuedBytesPerPersona,

@@ -1,5 +1,6 @@
 import type { CborMap } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
+import type { PeerLogLimiter } from "../session/log-limit.js";
 import type { BlobStore } from "../store/blobs.js";
 import type { ObjectBody, ObjectStore } from "../store/types.js";
 import type { UploadTable } from "./storage-uploads.js";
@@ -25,6 +26,8 @@ export interface StorageDeps {
   uploads: UploadTable;
   /** Where changes are told to the sessions watching them (storage.watch). */
   watch: WatchDeps;
+  /** The kernel's log, each persona within its budget: a clean-up that failed under a refusal. */
+  peerLog: Pick<PeerLogLimiter, "write">;
 }
 
 /** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */
@@ -44,7 +47,7 @@ export function objectAddress(ctx: OpContext, allowWorkspaceOnly = false): { wor
  */
 export function commitObject(
   ctx: OpContext<{ ifGeneration?: number }>,
-  d: Pick<StorageDeps, "store" | "blobs" | "ledger" | "watch">,
+  d: Pick<StorageDeps, "store" | "blobs" | "ledger" | "watch" | "peerLog">,
   workspace: string,
   path: string,
   body: ObjectBody,
@@ -58,8 +61,18 @@ export function commitObject(
   const hash = "hash" in body ? body.hash : null;
   let previous: Uint8Array | null | undefined;
   let generation = 0;
+  // The bodies nothing names now: the previous one, or the new one when the write did not happen.
+  const freeBodies = () => {
+    if (hash) {
+      blobs.unpin(hash);
+      blobs.collect(hash, store.countBodyRefs(hash));
+    }
+    const old = previous ?? undefined;
+    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
+  };
+  let result: OpResult;
   try {
-    const result = ctx.atomically(
+    result = ctx.atomically(
       (): OpResult =>
         store.transaction(() => {
           const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
@@ -76,13 +89,22 @@ export function commitObject(
     );
     committed();
     storageChanged(d.watch.bus, workspace, path, generation, "write");
-    return result;
-  } finally {
-    if (hash) {
-      blobs.unpin(hash);
-      blobs.collect(hash, store.countBodyRefs(hash));
+  } catch (e) {
+    // The clean-up's failure must not replace the op's own (a generation conflict told as
+    // INTERNAL): it is logged, and the body nothing names goes at the next start's sweep.
+    try {
+      freeBodies();
+    } catch (cleanup) {
+      d.peerLog.write(
+        ctx.persona,
+        "error",
+        { err: cleanup, op: ctx.op },
+        "freeing a body the write left failed; the next start removes it",
+      );
     }
-    const old = previous ?? undefined;
-    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
+    throw e;
   }
+  // A failure here is work after the committed effect: the pipeline logs it, the answer stands.
+  freeBodies();
+  return result;
 }

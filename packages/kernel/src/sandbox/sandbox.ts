@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type { Writable } from "node:stream";
+import type { ErrorClass } from "@kpip/protocol";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
 import { OpError } from "../primitives/types.js";
@@ -159,17 +160,23 @@ export class SandboxViewError extends Error {
 
 /**
  * What a persona is told of a launch that failed (agent.spawn's refusal, a command's op message):
- * a refusal written for it (an OpError) as it is; anything else — a file-system error on the
- * scratch root, a changed mount table, a secret file's new hard link — names host paths (the
- * scratch root, the kernel's temp directory, its home and keys), which a persona must not learn: it is told only that the kernel could not
- * prepare the sandbox, and `log` gets the whole error for the operator.
+ * a refusal written for it (an OpError) as it is, with its class; anything else — a file-system
+ * error on the scratch root, a changed mount table, a secret file's new hard link — is the
+ * host's failure, which the persona could not cause: INTERNAL (PROTOCOL §10.1, retryable), never
+ * SEMANTIC. Its text names host paths (the scratch root, the kernel's temp directory, its home
+ * and keys), which a persona must not learn: it is told only that the kernel could not prepare
+ * the sandbox, and `log` gets the whole error for the operator.
  */
-export function launchFailure(e: unknown, log: (err: unknown) => void): string {
-  if (e instanceof OpError) return e.message;
+export function launchFailure(e: unknown, log: (err: unknown) => void): { errorClass: ErrorClass; message: string } {
+  if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
   log(e);
   if (e instanceof SandboxViewError || e instanceof ConfigError)
-    return "what the sandbox would show changed since the kernel started: no process is started until the operator fixes it (the kernel's log says what)";
-  return "the kernel could not prepare its sandbox (the kernel's log says why)";
+    return {
+      errorClass: "INTERNAL",
+      message:
+        "what the sandbox would show changed since the kernel started: no process is started until the operator fixes it (the kernel's log says what)",
+    };
+  return { errorClass: "INTERNAL", message: "the kernel could not prepare its sandbox (the kernel's log says why)" };
 }
 
 /** `text` with the scratch root's host path (and every scratch directory's under it) named instead. */

@@ -505,9 +505,15 @@ export class Session implements SessionView, EventSink {
     this.fail("RESOURCE", "HANDSHAKE_SHED", message, this.hello?.body.persona, { audited: false });
   }
 
-  /** A log line caused by the peer, rate-limited per persona (or per address before attestation). */
+  /**
+   * A log line caused by the peer, rate-limited per persona; before attestation per address, or
+   * per connection on the agent transport: an agent's is its own (a socketpair made at its
+   * spawn, the one it has), so one agent's noisy handshakes cannot use up the others' lines.
+   */
   private logPeer(level: "info" | "warn" | "error", obj: Record<string, unknown>, msg: string): void {
-    const key = this.persona || `${this.conn.transport}:${this.peerKey || "local"}`;
+    const key =
+      this.persona ||
+      (this.conn.transport === "agent" ? `agent:${this.id}` : `${this.conn.transport}:${this.peerKey || "local"}`);
     this.host.peerLog.write(key, level, { ...obj, session: this.id }, msg);
   }
 
