@@ -1,10 +1,25 @@
 import assert from "node:assert/strict";
-import type { ChildProcess } from "node:child_process";
+import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { kpip, runKernel } from "./run.js";
+import { kpip, MAIN, runKernel } from "./run.js";
+
+/**
+ * `kpip` with standard input given and a time limit: a safety net so that a CLI that blocks on
+ * a FIFO fails the test rather than hanging it (the fixed CLI answers at once).
+ */
+const kpipBounded = (args: string[], input = "", env: NodeJS.ProcessEnv = {}) => {
+  const r = spawnSync(process.execPath, [MAIN, ...args], {
+    encoding: "utf8",
+    input,
+    env: { ...process.env, ...env },
+    timeout: 120_000,
+    killSignal: "SIGKILL",
+  });
+  return { code: r.status, out: r.stdout, err: r.stderr, signal: r.signal };
+};
 
 // The CLI as an operator (often root) runs it on what a persona or a local user shaped: files
 // handed over, paths in shared directories, a token's caveats, a home someone touched.
@@ -45,5 +60,39 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.equal(ok.code, 0, ok.err);
     assert.equal(readFileSync(fresh, "utf8"), "the persona's secret");
     assert.equal(statSync(fresh).mode & 0o777, 0o600, "no group or other access, whatever the umask");
+  });
+
+  it("token, identity and public-key files a persona handed over are read only as regular files of a bounded size: a FIFO, /dev/zero or a huge file is refused at once, exit 2", () => {
+    const fifo = join(work, "handed.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const zero = join(work, "handed-zero.token");
+    symlinkSync("/dev/zero", zero);
+    const huge = join(work, "huge.token");
+    writeFileSync(huge, "A".repeat(2 * 1024 * 1024));
+    const cases: [string, string[], NodeJS.ProcessEnv?][] = [
+      ["token inspect @fifo", ["token", "inspect", `@${fifo}`, ...h]],
+      ["token inspect @/dev/zero", ["token", "inspect", `@${zero}`, ...h]],
+      ["token attenuate @huge", ["token", "attenuate", `@${huge}`, "--ttl", "1m", ...h]],
+      ["call --token @fifo", ["call", "system.health", "--token", `@${fifo}`, ...h]],
+      ["call --token @/dev/zero", ["call", "system.health", "--token", `@${zero}`, ...h]],
+      ["KPIP_TOKEN=@fifo", ["call", "system.health", ...h], { KPIP_TOKEN: `@${fifo}` }],
+      ["call --identity fifo", ["call", "system.health", "--identity", fifo, ...h]],
+      ["call --identity /dev/zero", ["call", "system.health", "--identity", zero, ...h]],
+      ["persona add --public-key fifo", ["persona", "add", "mallory", "--public-key", fifo, ...h]],
+      ["persona add --public-key /dev/zero", ["persona", "add", "mallory", "--public-key", zero, ...h]],
+    ];
+    for (const [what, args, env] of cases) {
+      const r = kpipBounded(args, "", env);
+      assert.equal(r.signal, null, `${what}: killed (${r.signal}): it blocked or ran out of memory`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /not a regular file|, over \d+/, what);
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /, what);
+    }
+    // A token through standard input is bounded too.
+    const piped = kpipBounded(["token", "inspect", "-", ...h], "A".repeat(2 * 1024 * 1024));
+    assert.equal(piped.code, 2, piped.err);
+    assert.match(piped.err, /standard input is over \d+ bytes/);
+    // The persona was not registered from what the FIFO or /dev/zero could have given.
+    assert.doesNotMatch(kpip(["persona", "list", ...h]).out, /mallory/);
   });
 });

@@ -1,5 +1,5 @@
 import { createPublicKey } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
@@ -16,7 +16,7 @@ import {
   SqliteStore,
   writeSecret,
 } from "@kpip/kernel";
-import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, readRegularFile, serializeIdentity } from "@kpip/protocol";
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
@@ -36,7 +36,10 @@ function openStore(home: string): SqliteStore {
 function readPublicKey(file: string): Uint8Array {
   let text: string;
   try {
-    text = readFileSync(file, "utf8").trim();
+    // A regular file, bounded: one a persona handed over may be a FIFO or /dev/zero.
+    text = readRegularFile(file, 64 * 1024)
+      .toString("utf8")
+      .trim();
   } catch (e) {
     throw new UsageError(`cannot read --public-key file: ${(e as Error).message}`);
   }
