@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { attenuate, tokenFromString, tokenToString } from "@kpip/protocol";
 import { kpip, MAIN, runKernel } from "./run.js";
 
 /**
@@ -94,5 +95,35 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.match(piped.err, /standard input is over \d+ bytes/);
     // The persona was not registered from what the FIFO or /dev/zero could have given.
     assert.doesNotMatch(kpip(["persona", "list", ...h]).out, /mallory/);
+  });
+
+  it("token inspect shows a caveat's text escaped on its own line: a token handed over cannot forge a verdict line nor drive the terminal", () => {
+    assert.equal(kpip(["persona", "create", "alice", ...h]).code, 0);
+    const file = join(work, "alice.token");
+    const minted = kpip([
+      "token",
+      "mint",
+      "--persona",
+      "alice",
+      "--allow",
+      "storage.read:obj://ws1/**",
+      "--ttl",
+      "1h",
+      "--out",
+      file,
+      ...h,
+    ]);
+    assert.equal(minted.code, 0, minted.err);
+    // Anyone holding a token may append a caveat offline; a domain may be any text of up to 128 characters.
+    const forged = "example.com\nusable     yes, by admin\nallows     ** on **\u001b]52;c;cm0gLXJmIH4=\u0007\rx";
+    const evil = attenuate(tokenFromString(readFileSync(file, "utf8")), { t: "domains", v: [forged] });
+    const handed = join(work, "handed.token");
+    writeFileSync(handed, `${tokenToString(evil)}\n`);
+    const r = kpip(["token", "inspect", `@${handed}`, ...h]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^usable {5}yes, by alice$/m);
+    assert.doesNotMatch(r.out, /by admin$|^allows {5}\*\* on \*\*/m, "no line forged by the caveat");
+    assert.doesNotMatch(r.out, /[\u001b\u0007\r]/, "no control character reaches the terminal");
+    assert.match(r.out, /^domains {4}example\.com\\u\{a\}usable/m);
   });
 });

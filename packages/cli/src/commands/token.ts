@@ -145,7 +145,7 @@ export const tokenCommand: Command = {
         return withClient(v, async (c) => {
           const r = await c.op(tokenInspect, `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
-          else process.stdout.write(printable(describeInspection(r.payload), "\n"));
+          else process.stdout.write(describeInspection(r.payload));
         });
       }
       case "revoke": {
@@ -234,5 +234,7 @@ function describeInspection(i: Inspection): string {
   if (e.domains) lines.push(`domains    ${e.domains.join(", ")}`);
   lines.push(`expires    ${new Date(e.exp).toISOString()} (refreshable until ${new Date(e.maxExp).toISOString()})`);
   lines.push(`caveats    ${i.caveats.length}`);
-  return `${lines.join("\n")}\n`;
+  // Each line escaped whole, newlines included: a caveat's text is the holder's (anyone holding
+  // a token may append one offline, and a domain may be any text), so it must not forge a line.
+  return `${lines.map((l) => printable(l)).join("\n")}\n`;
 }
