@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -125,5 +125,25 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.doesNotMatch(r.out, /by admin$|^allows {5}\*\* on \*\*/m, "no line forged by the caveat");
     assert.doesNotMatch(r.out, /[\u001b\u0007\r]/, "no control character reaches the terminal");
     assert.match(r.out, /^domains {4}example\.com\\u\{a\}usable/m);
+  });
+
+  it("a home whose database is damaged or not one, or no home at all, is a plain usage error (exit 2) for kernel, persona and token rotate-key: no stack trace", () => {
+    const damaged = join(work, "damaged-home");
+    mkdirSync(damaged, { mode: 0o700 });
+    writeFileSync(join(damaged, "kernel.db"), Buffer.alloc(8192, 0x5a), { mode: 0o600 });
+    const cases: [string, string[]][] = [
+      ["kernel", ["kernel", "--home", damaged, "--log-level", "silent"]],
+      ["persona list", ["persona", "list", "--home", damaged]],
+      ["persona create", ["persona", "create", "zed", "--home", damaged]],
+      ["token rotate-key, no home", ["token", "rotate-key", "--home", join(work, "no-such-home")]],
+    ];
+    for (const [what, args] of cases) {
+      const r = kpipBounded(args);
+      assert.equal(r.signal, null, `${what}: killed`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /damaged or not a database|no kernel home/, what);
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /, what);
+    }
+    assert.throws(() => statSync(join(work, "no-such-home")), /ENOENT/, "rotate-key made no home");
   });
 });

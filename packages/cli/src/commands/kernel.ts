@@ -2,6 +2,7 @@ import { resolve } from "node:path";
 import {
   AuditChainError,
   ConfigError,
+  DamagedDatabaseError,
   flagName,
   HomeInUseError,
   Kernel,
@@ -47,7 +48,8 @@ export const kernelCommand: Command = {
         e instanceof SocketPathError ||
         e instanceof HomeInUseError ||
         e instanceof UnsafeHomeError ||
-        e instanceof AuditChainError
+        e instanceof AuditChainError ||
+        e instanceof DamagedDatabaseError
       ) {
         process.stderr.write(`kpip kernel: ${e.message}\n`);
         return EXIT.USAGE;

@@ -5,6 +5,7 @@ import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
 import {
   ConfigError,
+  DamagedDatabaseError,
   HOME_FILES,
   isAgentPersona,
   type JournalEntry,
@@ -29,7 +30,12 @@ function openStore(home: string): SqliteStore {
     throw new UsageError(
       `no kernel home at ${home} (no ${HOME_FILES.database}) — start a kernel once with \`npm start\` or pass --home`,
     );
-  return new SqliteStore(path);
+  try {
+    return new SqliteStore(path);
+  } catch (e) {
+    if (e instanceof DamagedDatabaseError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** Reads a public key from an identity file, a PEM SPKI file, or a base64url text of 32 bytes. */

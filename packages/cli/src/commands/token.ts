@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { KernelClient, TokenEntry } from "@kpip/client";
-import { RootKeys } from "@kpip/kernel";
+import { HOME_FILES, RootKeys } from "@kpip/kernel";
 import {
   type ArgsOf,
   attenuate,
@@ -177,7 +178,16 @@ export const tokenCommand: Command = {
         });
       }
       case "rotate-key": {
-        const kid = RootKeys.rotate(resolveHome(v.home as string | undefined));
+        const home = resolveHome(v.home as string | undefined);
+        // Not a home (a typo, a missing directory): said so, rather than a key file made there or a stack trace.
+        if (!existsSync(join(home, HOME_FILES.database)))
+          throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+        let kid: string;
+        try {
+          kid = RootKeys.rotate(home);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
         out({ kid }, `new root key ${kid}: new tokens use it; older tokens verify until they expire or their key is retired`);
         return EXIT.OK;
       }
