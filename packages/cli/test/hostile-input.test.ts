@@ -146,4 +146,24 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     }
     assert.throws(() => statSync(join(work, "no-such-home")), /ENOENT/, "rotate-key made no home");
   });
+
+  it("kpip kernel shows a setting's value from config.json or KPIP_* escaped when it refuses it: a C1 CSI or a bidi override does not reach the terminal", () => {
+    const tampered = join(work, "tampered-home");
+    mkdirSync(tampered, { mode: 0o700 });
+    const value = "info\u009b2J\u202egnp.live";
+    writeFileSync(join(tampered, "config.json"), JSON.stringify({ logLevel: value }), { mode: 0o600 });
+    const fromFile = kpipBounded(["kernel", "--home", tampered]);
+    const empty = join(work, "empty-config.json");
+    writeFileSync(empty, "{}", { mode: 0o600 });
+    const fromEnv = kpipBounded(["kernel", "--home", tampered, "--config", empty], "", { KPIP_LOG_LEVEL: value });
+    for (const [what, r] of [
+      ["config.json", fromFile],
+      ["KPIP_LOG_LEVEL", fromEnv],
+    ] as const) {
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /logLevel/, what);
+      assert.doesNotMatch(r.err, /[\u0080-\u009f\u202a-\u202e]/, `${what}: no raw C1 control nor bidi override`);
+      assert.match(r.err, /\\u\{9b\}2J/, what);
+    }
+  });
 });
