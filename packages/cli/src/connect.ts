@@ -1,7 +1,7 @@
 import { closeSync, constants, existsSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
-import { readAtMost, readRegularFile, UnreadableFileError } from "@kpip/protocol";
+import { readAtMost, readRegularFile, tokenFromString, UnreadableFileError } from "@kpip/protocol";
 import { printable } from "./audit/printable.js";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, EXIT, reportError, resolveHome, UsageError } from "./util.js";
@@ -112,10 +112,19 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
   } catch (e) {
     throw new UsageError(`${identity} is not a usable identity file: ${(e as Error).message}`);
   }
+  const tokens = readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined);
+  // A file or variable that holds no token is the command line's mistake (exit 2), not a kernel's FAILURE.
+  for (const [i, t] of tokens.entries()) {
+    try {
+      tokenFromString(t);
+    } catch (e) {
+      throw new UsageError(`token ${i + 1} is not a token: ${(e as Error).message}`);
+    }
+  }
   const client = await KernelClient.connect({
     socket: (v.socket as string | undefined) ?? defaultSocket(home),
     identity: id,
-    tokens: readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined),
+    tokens,
     shm: false,
     ...extra,
   });

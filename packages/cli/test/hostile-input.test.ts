@@ -166,4 +166,17 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.match(r.err, /\\u\{9b\}2J/, what);
     }
   });
+
+  it("a token file or KPIP_TOKEN that holds no token is a usage error (exit 2), not a kernel's FAILURE (exit 1)", () => {
+    const notToken = join(work, "not-a.token");
+    writeFileSync(notToken, "root:$6$salt$hash:19000:0:99999:7:::\n");
+    for (const [what, r] of [
+      ["--token @file", kpip(["call", "system.health", "--token", `@${notToken}`, ...h])],
+      ["KPIP_TOKEN", kpip(["call", "system.health", ...h], { KPIP_TOKEN: "bm90IGEgdG9rZW4" })],
+      ["status --token @file", kpip(["status", "--token", `@${notToken}`, ...h])],
+    ] as const) {
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /token 1 is not a token/, what);
+    }
+  });
 });
