@@ -1,6 +1,7 @@
-import { closeSync, constants, existsSync, openSync, readFileSync, writeSync } from "node:fs";
+import { closeSync, constants, existsSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
+import { readAtMost, readRegularFile, tokenFromString, UnreadableFileError } from "@kpip/protocol";
 import { printable } from "./audit/printable.js";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, EXIT, reportError, resolveHome, UsageError } from "./util.js";
@@ -41,6 +42,12 @@ export function readTokens(
 let stdinRead = false;
 
 /**
+ * Larger than any token a kernel takes (maxTokenBytes, 8 KiB by default) and than a bearer
+ * secret: a bound, so that a token file a persona handed over cannot be /dev/zero.
+ */
+export const TOKEN_FILE_MAX_BYTES = 1024 * 1024;
+
+/**
  * A token argument: @path of a file holding it, `-` for standard input, or the token text itself.
  * Token text on the command line is readable by every local user (/proc/<pid>/cmdline, ps)
  * and echoed by `npm run`: it works, with a warning naming the safe ways.
@@ -50,7 +57,7 @@ export function readTokenArg(t: string): string {
     if (stdinRead) throw new UsageError("standard input can give only one token (--token - once)");
     stdinRead = true;
     try {
-      return readFileSync(0, "utf8").trim();
+      return readAtMost(0, TOKEN_FILE_MAX_BYTES, "standard input").toString("utf8").trim();
     } catch (e) {
       throw new UsageError(`cannot read a token from standard input: ${(e as Error).message}`);
     }
@@ -61,9 +68,13 @@ export function readTokenArg(t: string): string {
     );
     return t.trim();
   }
+  // A regular file only, of a bounded size: a FIFO would block for ever, /dev/zero fill memory
+  // (pipe a token through standard input, `-`, instead).
   try {
-    return readFileSync(t.slice(1), "utf8").trim();
+    return readRegularFile(t.slice(1), TOKEN_FILE_MAX_BYTES).toString("utf8").trim();
   } catch (e) {
+    if (e instanceof UnreadableFileError)
+      throw new UsageError(`token file ${e.message}${e.code === "not-regular" ? " (for a pipe use -)" : ""}`);
     throw new UsageError(`cannot read token file ${t.slice(1)}: ${(e as Error).message}`);
   }
 }
@@ -101,10 +112,19 @@ export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions>
   } catch (e) {
     throw new UsageError(`${identity} is not a usable identity file: ${(e as Error).message}`);
   }
+  const tokens = readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined);
+  // A file or variable that holds no token is the command line's mistake (exit 2), not a kernel's FAILURE.
+  for (const [i, t] of tokens.entries()) {
+    try {
+      tokenFromString(t);
+    } catch (e) {
+      throw new UsageError(`token ${i + 1} is not a token: ${(e as Error).message}`);
+    }
+  }
   const client = await KernelClient.connect({
     socket: (v.socket as string | undefined) ?? defaultSocket(home),
     identity: id,
-    tokens: readTokens(v.token as string[] | undefined, v.identity === undefined ? join(home, "admin.token") : undefined),
+    tokens,
     shm: false,
     ...extra,
   });

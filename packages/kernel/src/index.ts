@@ -42,6 +42,7 @@ export { readRegularFile, UnreadableFileError, UnsafeHomeError } from "./secure-
 export type { Connection } from "./session/connection.js";
 export { boundedColumns, MAX_CELL_BYTES } from "./store/sqlite/cells.js";
 export type { JournalEntry } from "./store/sqlite/registry.js";
+export { DamagedDatabaseError } from "./store/sqlite/schema.js";
 export { SqliteStore } from "./store/sqlite.js";
 export type * from "./store/types.js";
 export { answers as kernelAnswers, SocketPathError } from "./transport/uds.js";

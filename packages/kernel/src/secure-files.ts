@@ -2,12 +2,10 @@ import {
   chmodSync,
   closeSync,
   constants,
-  fstatSync,
   fsyncSync,
   lstatSync,
   openSync,
   readdirSync,
-  readSync,
   renameSync,
   type Stats,
   unlinkSync,
@@ -128,36 +126,5 @@ export function writePidFile(path: string, pid: number): void {
   createExclusive(path, `${pid}\n`);
 }
 
-/** A file that is not a regular file (a FIFO, a device, a directory) or larger than its reader takes. */
-export class UnreadableFileError extends Error {
-  override name = "UnreadableFileError";
-  constructor(
-    message: string,
-    readonly code: "not-regular" | "too-large",
-  ) {
-    super(message);
-  }
-}
-
-/**
- * Reads a small file whole, only if it is a regular file of at most `maxBytes` (links followed).
- * For files of a home someone else may have written (a responder reading a tampered copy): a
- * FIFO would block the reader for ever (O_NONBLOCK keeps the open from waiting for a writer), a
- * device such as /dev/zero or a huge file would never end or fill memory.
- */
-export function readRegularFile(path: string, maxBytes: number): Buffer {
-  const fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
-  try {
-    const st = fstatSync(fd);
-    if (!st.isFile()) throw new UnreadableFileError(`${path} is not a regular file`, "not-regular");
-    if (st.size > maxBytes) throw new UnreadableFileError(`${path} is ${st.size} bytes, over ${maxBytes}`, "too-large");
-    // One byte more than allowed: a file that grew since the fstat is refused, not cut.
-    const buf = Buffer.alloc(maxBytes + 1);
-    let got = 0;
-    for (let n = 1; n > 0 && got < buf.length; got += n) n = readSync(fd, buf, got, buf.length - got, null);
-    if (got > maxBytes) throw new UnreadableFileError(`${path} is over ${maxBytes} bytes`, "too-large");
-    return buf.subarray(0, got);
-  } finally {
-    closeSync(fd);
-  }
-}
+// Defined with the protocol: the client and the CLI read files a persona handed over too.
+export { readRegularFile, UnreadableFileError } from "@kpip/protocol";

@@ -31,6 +31,7 @@ export { encodeMeasurements } from "./messages/measurements.js";
 export type * from "./messages/types.js";
 export { replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";
+export { readAtMost, readRegularFile, UnreadableFileError } from "./regular-file.js";
 export { sha256, sha256Latin1 } from "./sha256.js";
 export {
   decodeShmDescriptor,

@@ -1,4 +1,4 @@
-import { readFileSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import type { KernelClient } from "@kpip/client";
 import { type CborMap, isOp, isTarget, KpipError, systemDescribe } from "@kpip/protocol";
 import { printable } from "../audit/printable.js";
@@ -24,7 +24,11 @@ export const callCommand: Command = {
       type: "boolean",
       description: "follow a DEFERRED answer (compute.submit) to the op's result, with progress on stderr",
     },
-    out: { type: "string", short: "o", description: "write the payload's data bytes (storage.read) to FILE, or - for stdout" },
+    out: {
+      type: "string",
+      short: "o",
+      description: "write the payload's data bytes (storage.read) to FILE, a new file (0600), or - for stdout",
+    },
     json: { type: "boolean", description: "print the response as JSON" },
   },
   async run(v, pos) {
@@ -55,6 +59,9 @@ export const callCommand: Command = {
         throw new UsageError(`cannot read --data-file: ${(e as Error).message}`);
       }
     }
+    // Refused before the call: an answer with nowhere to go would be read for nothing.
+    if (typeof v.out === "string" && v.out !== "-" && existsSync(v.out))
+      throw new UsageError(`--out: ${v.out} exists; --out writes a new file`);
     let deadlineMs: number | undefined;
     if (v["deadline-ms"] !== undefined) {
       deadlineMs = Number(v["deadline-ms"]);
@@ -116,10 +123,21 @@ async function followOp(client: KernelClient, deferred: CborMap, json: boolean):
   }
 }
 
-/** `--out FILE`: the raw bytes of the payload's `data` (storage.read), not a rendering of them. */
+/**
+ * `--out FILE`: the raw bytes of the payload's `data` (storage.read), not a rendering of them.
+ * The bytes are a persona's and may be secret: a new file, 0600, never over an existing file nor
+ * through a link (a root-run `kpip` writing to a path in /tmp a local user pointed elsewhere).
+ */
 function writeData(out: string, payload: unknown): void {
   const data = (payload as { data?: unknown } | undefined)?.data;
   if (!(data instanceof Uint8Array)) throw new UsageError("--out needs an answer with data bytes (e.g. storage.read)");
-  if (out === "-") process.stdout.write(data);
-  else writeFileSync(out, data);
+  if (out === "-") {
+    process.stdout.write(data);
+    return;
+  }
+  try {
+    writeFileSync(out, data, { flag: "wx", mode: 0o600 });
+  } catch (e) {
+    throw new UsageError(`--out: cannot write ${out}: ${(e as Error).message} (--out writes a new file)`);
+  }
 }

@@ -2,6 +2,7 @@ import { resolve } from "node:path";
 import {
   AuditChainError,
   ConfigError,
+  DamagedDatabaseError,
   flagName,
   HomeInUseError,
   Kernel,
@@ -10,6 +11,7 @@ import {
   SocketPathError,
   UnsafeHomeError,
 } from "@kpip/kernel";
+import { printable } from "../audit/printable.js";
 import type { Command, OptionSpec } from "../command.js";
 import { EXIT } from "../util.js";
 
@@ -47,9 +49,12 @@ export const kernelCommand: Command = {
         e instanceof SocketPathError ||
         e instanceof HomeInUseError ||
         e instanceof UnsafeHomeError ||
-        e instanceof AuditChainError
+        e instanceof AuditChainError ||
+        e instanceof DamagedDatabaseError
       ) {
-        process.stderr.write(`kpip kernel: ${e.message}\n`);
+        // A message may quote what the home's config.json or a KPIP_* variable held (someone who
+        // could write there chose it): JSON quoting leaves C1 controls and bidi overrides raw.
+        process.stderr.write(`kpip kernel: ${printable(e.message)}\n`);
         return EXIT.USAGE;
       }
       throw e;

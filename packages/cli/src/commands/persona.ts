@@ -1,10 +1,11 @@
 import { createPublicKey } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
 import {
   ConfigError,
+  DamagedDatabaseError,
   HOME_FILES,
   isAgentPersona,
   type JournalEntry,
@@ -16,7 +17,7 @@ import {
   SqliteStore,
   writeSecret,
 } from "@kpip/kernel";
-import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, readRegularFile, serializeIdentity } from "@kpip/protocol";
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
@@ -29,14 +30,22 @@ function openStore(home: string): SqliteStore {
     throw new UsageError(
       `no kernel home at ${home} (no ${HOME_FILES.database}) — start a kernel once with \`npm start\` or pass --home`,
     );
-  return new SqliteStore(path);
+  try {
+    return new SqliteStore(path);
+  } catch (e) {
+    if (e instanceof DamagedDatabaseError) throw new UsageError(e.message);
+    throw e;
+  }
 }
 
 /** Reads a public key from an identity file, a PEM SPKI file, or a base64url text of 32 bytes. */
 function readPublicKey(file: string): Uint8Array {
   let text: string;
   try {
-    text = readFileSync(file, "utf8").trim();
+    // A regular file, bounded: one a persona handed over may be a FIFO or /dev/zero.
+    text = readRegularFile(file, 64 * 1024)
+      .toString("utf8")
+      .trim();
   } catch (e) {
     throw new UsageError(`cannot read --public-key file: ${(e as Error).message}`);
   }

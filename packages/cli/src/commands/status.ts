@@ -8,6 +8,9 @@ import { EXIT, reportError, toJson } from "../util.js";
 const dur = (ms: number) =>
   ms < 60_000 ? `${Math.round(ms / 1000)}s` : ms < 3_600_000 ? `${Math.round(ms / 60_000)}m` : `${(ms / 3_600_000).toFixed(1)}h`;
 
+/** The kernel's answer, shown and never obeyed by the terminal: each line escaped whole, so no value adds a line. */
+const shown = (lines: readonly string[]) => `${lines.map((l) => printable(l)).join("\n")}\n`;
+
 export const statusCommand: Command = {
   name: "status",
   summary: "what the kernel is doing: sessions, ops, agents, audit head",
@@ -35,7 +38,7 @@ export const statusCommand: Command = {
       const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs)})`;
       if (s.view === "persona") {
         // Not the operator: the kernel shows this persona only its own sessions.
-        process.stdout.write(`${printable([head, `persona    ${s.persona} (own view)`, ...sessions].join("\n"), "\n")}\n`);
+        process.stdout.write(shown([head, `persona    ${s.persona} (own view)`, ...sessions]));
         return EXIT.OK;
       }
       const lines = [
@@ -51,8 +54,7 @@ export const statusCommand: Command = {
         `events     ${s.events?.subscriptions} subscriptions, ${s.events?.dropped} dropped`,
         ...sessions,
       ];
-      // The kernel's answer, shown and never obeyed by the terminal (a faulty or hostile kernel).
-      process.stdout.write(`${printable(lines.join("\n"), "\n")}\n`);
+      process.stdout.write(shown(lines));
       return EXIT.OK;
     } catch (e) {
       return reportError(e, v.json === true);

@@ -1,6 +1,7 @@
 import { existsSync } from "node:fs";
+import { join } from "node:path";
 import type { KernelClient, TokenEntry } from "@kpip/client";
-import { RootKeys } from "@kpip/kernel";
+import { HOME_FILES, RootKeys } from "@kpip/kernel";
 import {
   type ArgsOf,
   attenuate,
@@ -145,7 +146,7 @@ export const tokenCommand: Command = {
         return withClient(v, async (c) => {
           const r = await c.op(tokenInspect, `token://${token.claims.id}`, { token: Buffer.from(text, "base64url") });
           if (json) process.stdout.write(`${JSON.stringify(toJson(r.payload))}\n`);
-          else process.stdout.write(printable(describeInspection(r.payload), "\n"));
+          else process.stdout.write(describeInspection(r.payload));
         });
       }
       case "revoke": {
@@ -177,7 +178,16 @@ export const tokenCommand: Command = {
         });
       }
       case "rotate-key": {
-        const kid = RootKeys.rotate(resolveHome(v.home as string | undefined));
+        const home = resolveHome(v.home as string | undefined);
+        // Not a home (a typo, a missing directory): said so, rather than a key file made there or a stack trace.
+        if (!existsSync(join(home, HOME_FILES.database)))
+          throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+        let kid: string;
+        try {
+          kid = RootKeys.rotate(home);
+        } catch (e) {
+          throw new UsageError((e as Error).message);
+        }
         out({ kid }, `new root key ${kid}: new tokens use it; older tokens verify until they expire or their key is retired`);
         return EXIT.OK;
       }
@@ -234,5 +244,7 @@ function describeInspection(i: Inspection): string {
   if (e.domains) lines.push(`domains    ${e.domains.join(", ")}`);
   lines.push(`expires    ${new Date(e.exp).toISOString()} (refreshable until ${new Date(e.maxExp).toISOString()})`);
   lines.push(`caveats    ${i.caveats.length}`);
-  return `${lines.join("\n")}\n`;
+  // Each line escaped whole, newlines included: a caveat's text is the holder's (anyone holding
+  // a token may append one offline, and a domain may be any text), so it must not forge a line.
+  return `${lines.map((l) => printable(l)).join("\n")}\n`;
 }

@@ -57,6 +57,24 @@ export function openDatabase(path: string): Database.Database {
   // 0600 (an existing home's files are checked by the kernel before it opens them).
   if (path !== ":memory:") createIfAbsent(path);
   const db = new Database(path);
+  try {
+    return prepareDatabase(db);
+  } catch (e) {
+    db.close();
+    const code = (e as { code?: unknown }).code;
+    // A file that is not a database, or one damaged: the home's state, said as such (not an internal error).
+    if (typeof code === "string" && (code === "SQLITE_NOTADB" || code.startsWith("SQLITE_CORRUPT")))
+      throw new DamagedDatabaseError(`the home's database ${path} is damaged or not a database: ${(e as Error).message}`);
+    throw e;
+  }
+}
+
+/** The home's database file cannot be opened as one: not a SQLite database, or corrupt. */
+export class DamagedDatabaseError extends Error {
+  override name = "DamagedDatabaseError";
+}
+
+function prepareDatabase(db: Database.Database): Database.Database {
   for (const p of PRAGMAS) db.pragma(p);
   db.exec(SCHEMA);
   if (migrateTokens(db)) recountPersonaUsage(db);

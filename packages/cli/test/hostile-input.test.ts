@@ -1,0 +1,182 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { attenuate, tokenFromString, tokenToString } from "@kpip/protocol";
+import { kpip, MAIN, runKernel } from "./run.js";
+
+/**
+ * `kpip` with standard input given and a time limit: a safety net so that a CLI that blocks on
+ * a FIFO fails the test rather than hanging it (the fixed CLI answers at once).
+ */
+const kpipBounded = (args: string[], input = "", env: NodeJS.ProcessEnv = {}) => {
+  const r = spawnSync(process.execPath, [MAIN, ...args], {
+    encoding: "utf8",
+    input,
+    env: { ...process.env, ...env },
+    timeout: 120_000,
+    killSignal: "SIGKILL",
+  });
+  return { code: r.status, out: r.stdout, err: r.stderr, signal: r.signal };
+};
+
+// The CLI as an operator (often root) runs it on what a persona or a local user shaped: files
+// handed over, paths in shared directories, a token's caveats, a home someone touched.
+describe("kpip on hostile input, with the CLI as a real process against a real kernel", () => {
+  const home = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
+  const work = mkdtempSync(join(tmpdir(), "kpip-hostile-work-"));
+  const h = ["--home", home];
+  let kernel: ChildProcess;
+  before(async () => {
+    kernel = await runKernel(home);
+  });
+  after(async () => {
+    const exited = new Promise((r) => kernel.once("exit", r));
+    kernel.kill("SIGTERM");
+    await exited;
+    rmSync(home, { recursive: true, force: true });
+    rmSync(work, { recursive: true, force: true });
+  });
+
+  it("call --out writes a new file, 0600, never through a link a local user planted nor over an existing file", () => {
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/secret", "--data", "the persona's secret", ...h]).code, 0);
+    const victim = join(work, "victim");
+    writeFileSync(victim, "the operator's file\n");
+    const planted = join(work, "planted");
+    symlinkSync(victim, planted);
+    const viaLink = kpip(["call", "storage.read", "obj://ws1/secret", "-o", planted, ...h]);
+    assert.equal(viaLink.code, 2, viaLink.out + viaLink.err);
+    assert.match(viaLink.err, /exists; --out writes a new file/);
+    assert.equal(readFileSync(victim, "utf8"), "the operator's file\n", "the link's target is untouched");
+    // A link to nowhere (which existsSync does not see) is refused by the open itself.
+    const dangling = join(work, "dangling");
+    symlinkSync(join(work, "not-yet"), dangling);
+    const viaDangling = kpip(["call", "storage.read", "obj://ws1/secret", "-o", dangling, ...h]);
+    assert.equal(viaDangling.code, 2, viaDangling.out + viaDangling.err);
+    assert.throws(() => statSync(join(work, "not-yet")), /ENOENT/);
+    const fresh = join(work, "fresh");
+    const ok = kpip(["call", "storage.read", "obj://ws1/secret", "-o", fresh, ...h]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(readFileSync(fresh, "utf8"), "the persona's secret");
+    assert.equal(statSync(fresh).mode & 0o777, 0o600, "no group or other access, whatever the umask");
+  });
+
+  it("token, identity and public-key files a persona handed over are read only as regular files of a bounded size: a FIFO, /dev/zero or a huge file is refused at once, exit 2", () => {
+    const fifo = join(work, "handed.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const zero = join(work, "handed-zero.token");
+    symlinkSync("/dev/zero", zero);
+    const huge = join(work, "huge.token");
+    writeFileSync(huge, "A".repeat(2 * 1024 * 1024));
+    const cases: [string, string[], NodeJS.ProcessEnv?][] = [
+      ["token inspect @fifo", ["token", "inspect", `@${fifo}`, ...h]],
+      ["token inspect @/dev/zero", ["token", "inspect", `@${zero}`, ...h]],
+      ["token attenuate @huge", ["token", "attenuate", `@${huge}`, "--ttl", "1m", ...h]],
+      ["call --token @fifo", ["call", "system.health", "--token", `@${fifo}`, ...h]],
+      ["call --token @/dev/zero", ["call", "system.health", "--token", `@${zero}`, ...h]],
+      ["KPIP_TOKEN=@fifo", ["call", "system.health", ...h], { KPIP_TOKEN: `@${fifo}` }],
+      ["call --identity fifo", ["call", "system.health", "--identity", fifo, ...h]],
+      ["call --identity /dev/zero", ["call", "system.health", "--identity", zero, ...h]],
+      ["persona add --public-key fifo", ["persona", "add", "mallory", "--public-key", fifo, ...h]],
+      ["persona add --public-key /dev/zero", ["persona", "add", "mallory", "--public-key", zero, ...h]],
+    ];
+    for (const [what, args, env] of cases) {
+      const r = kpipBounded(args, "", env);
+      assert.equal(r.signal, null, `${what}: killed (${r.signal}): it blocked or ran out of memory`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /not a regular file|, over \d+/, what);
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /, what);
+    }
+    // A token through standard input is bounded too.
+    const piped = kpipBounded(["token", "inspect", "-", ...h], "A".repeat(2 * 1024 * 1024));
+    assert.equal(piped.code, 2, piped.err);
+    assert.match(piped.err, /standard input is over \d+ bytes/);
+    // The persona was not registered from what the FIFO or /dev/zero could have given.
+    assert.doesNotMatch(kpip(["persona", "list", ...h]).out, /mallory/);
+  });
+
+  it("token inspect shows a caveat's text escaped on its own line: a token handed over cannot forge a verdict line nor drive the terminal", () => {
+    assert.equal(kpip(["persona", "create", "alice", ...h]).code, 0);
+    const file = join(work, "alice.token");
+    const minted = kpip([
+      "token",
+      "mint",
+      "--persona",
+      "alice",
+      "--allow",
+      "storage.read:obj://ws1/**",
+      "--ttl",
+      "1h",
+      "--out",
+      file,
+      ...h,
+    ]);
+    assert.equal(minted.code, 0, minted.err);
+    // Anyone holding a token may append a caveat offline; a domain may be any text of up to 128 characters.
+    const forged = "example.com\nusable     yes, by admin\nallows     ** on **\u001b]52;c;cm0gLXJmIH4=\u0007\rx";
+    const evil = attenuate(tokenFromString(readFileSync(file, "utf8")), { t: "domains", v: [forged] });
+    const handed = join(work, "handed.token");
+    writeFileSync(handed, `${tokenToString(evil)}\n`);
+    const r = kpip(["token", "inspect", `@${handed}`, ...h]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^usable {5}yes, by alice$/m);
+    assert.doesNotMatch(r.out, /by admin$|^allows {5}\*\* on \*\*/m, "no line forged by the caveat");
+    assert.doesNotMatch(r.out, /[\u001b\u0007\r]/, "no control character reaches the terminal");
+    assert.match(r.out, /^domains {4}example\.com\\u\{a\}usable/m);
+  });
+
+  it("a home whose database is damaged or not one, or no home at all, is a plain usage error (exit 2) for kernel, persona and token rotate-key: no stack trace", () => {
+    const damaged = join(work, "damaged-home");
+    mkdirSync(damaged, { mode: 0o700 });
+    writeFileSync(join(damaged, "kernel.db"), Buffer.alloc(8192, 0x5a), { mode: 0o600 });
+    const cases: [string, string[]][] = [
+      ["kernel", ["kernel", "--home", damaged, "--log-level", "silent"]],
+      ["persona list", ["persona", "list", "--home", damaged]],
+      ["persona create", ["persona", "create", "zed", "--home", damaged]],
+      ["token rotate-key, no home", ["token", "rotate-key", "--home", join(work, "no-such-home")]],
+    ];
+    for (const [what, args] of cases) {
+      const r = kpipBounded(args);
+      assert.equal(r.signal, null, `${what}: killed`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /damaged or not a database|no kernel home/, what);
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /, what);
+    }
+    assert.throws(() => statSync(join(work, "no-such-home")), /ENOENT/, "rotate-key made no home");
+  });
+
+  it("kpip kernel shows a setting's value from config.json or KPIP_* escaped when it refuses it: a C1 CSI or a bidi override does not reach the terminal", () => {
+    const tampered = join(work, "tampered-home");
+    mkdirSync(tampered, { mode: 0o700 });
+    const value = "info\u009b2J\u202egnp.live";
+    writeFileSync(join(tampered, "config.json"), JSON.stringify({ logLevel: value }), { mode: 0o600 });
+    const fromFile = kpipBounded(["kernel", "--home", tampered]);
+    const empty = join(work, "empty-config.json");
+    writeFileSync(empty, "{}", { mode: 0o600 });
+    const fromEnv = kpipBounded(["kernel", "--home", tampered, "--config", empty], "", { KPIP_LOG_LEVEL: value });
+    for (const [what, r] of [
+      ["config.json", fromFile],
+      ["KPIP_LOG_LEVEL", fromEnv],
+    ] as const) {
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /logLevel/, what);
+      assert.doesNotMatch(r.err, /[\u0080-\u009f\u202a-\u202e]/, `${what}: no raw C1 control nor bidi override`);
+      assert.match(r.err, /\\u\{9b\}2J/, what);
+    }
+  });
+
+  it("a token file or KPIP_TOKEN that holds no token is a usage error (exit 2), not a kernel's FAILURE (exit 1)", () => {
+    const notToken = join(work, "not-a.token");
+    writeFileSync(notToken, "root:$6$salt$hash:19000:0:99999:7:::\n");
+    for (const [what, r] of [
+      ["--token @file", kpip(["call", "system.health", "--token", `@${notToken}`, ...h])],
+      ["KPIP_TOKEN", kpip(["call", "system.health", ...h], { KPIP_TOKEN: "bm90IGEgdG9rZW4" })],
+      ["status --token @file", kpip(["status", "--token", `@${notToken}`, ...h])],
+    ] as const) {
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /token 1 is not a token/, what);
+    }
+  });
+});
