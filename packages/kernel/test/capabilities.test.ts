@@ -2,7 +2,16 @@ import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { KpipError } from "@kpip/client";
-import { attenuate, decodeToken, encodeCanonical, encodeToken, generateIdentity, mintToken, type Token } from "@kpip/protocol";
+import {
+  attenuate,
+  type Caveat,
+  decodeToken,
+  encodeCanonical,
+  encodeToken,
+  generateIdentity,
+  mintToken,
+  type Token,
+} from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
 import { addPersonaKey, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
@@ -100,6 +109,40 @@ describe("capabilities", () => {
     // an attenuation that tries to widen (ops the parent lacks) still cannot exceed the parent
     const wide = encodeToken(attenuate(decodeToken(a.token), { t: "ops", v: ["**"] }));
     await assert.rejects(c.system.health({ caps: [wide] }), klass("PERMISSION"));
+  });
+
+  it("a copy narrowed offline (ops, targets or rights caveats) cannot revoke the token it was narrowed from, nor what was minted from it; the token itself still can", async () => {
+    const a = await t.persona("iva", [...storageWs1, { ops: ["token.mint"], targets: ["persona://iva/**"] }]);
+    const root = decodeToken(a.token);
+    const admin = await t.admin();
+    const full = await t.connect(a.identity, [a.token]);
+    const minted = await full.tokens.mint("iva", {
+      rights: [{ ops: ["storage.read"], targets: ["obj://ws1/**"] }],
+      ttlMs: 60_000,
+    });
+    const caveats: Caveat[] = [
+      { t: "ops", v: ["storage.read"] },
+      { t: "targets", v: ["obj://ws1/pub/**"] },
+      { t: "rights", v: [["storage.read", "obj://ws1/**"]] },
+    ];
+    for (const caveat of caveats) {
+      const narrow = encodeToken(attenuate(root, caveat));
+      const c = await t.connect(a.identity, [narrow]);
+      await assert.rejects(
+        c.tokens.revoke(root.claims.id),
+        klass("PERMISSION"),
+        `${caveat.t}: not the token it was narrowed from`,
+      );
+      await assert.rejects(c.tokens.revoke(minted.id), klass("PERMISSION"), `${caveat.t}: not what was minted from it`);
+      await c.close();
+    }
+    // Neither was revoked: the full token still acts, and revokes what it minted, then itself.
+    await full.storage.write("obj://ws1/iva", "still valid");
+    await full.tokens.revoke(minted.id);
+    await full.tokens.revoke(root.claims.id);
+    await assert.rejects(full.storage.write("obj://ws1/iva", "x"), klass("CAPABILITY"));
+    await full.close();
+    await admin.close();
   });
 
   it("expires by the kernel clock", async () => {

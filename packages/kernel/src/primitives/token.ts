@@ -193,10 +193,14 @@ export function tokenFamily(
         },
       }),
       implement(tokenRevoke, {
-        // A holder may also revoke what was minted from its token.
+        // A holder may also revoke what was minted from its token. Not through a copy with caveats:
+        // revocation names the minted id, so a copy narrowed to `storage.read` (handed to a part
+        // of a persona it confines, a gateway) would end the token it was narrowed from and all
+        // minted from it; such a copy revokes only as its rights allow (token.revoke granted).
         impliedBy: (g, target) =>
-          itself(g, target) ||
-          (target.startsWith("token://") && (store.getToken(target.slice(8))?.chain.includes(g.id) ?? false)),
+          g.derived === undefined &&
+          (itself(g, target) ||
+            (target.startsWith("token://") && (store.getToken(target.slice(8))?.chain.includes(g.id) ?? false))),
         owns: (ctx) => owned(ctx, targetId(ctx), undefined),
         handler: (ctx) => {
           const id = targetId(ctx);
