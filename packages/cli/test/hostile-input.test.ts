@@ -199,6 +199,24 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     }
   });
 
+  it("kpip kernel refuses to start on a token key file that is not JSON, not the kernel's JSON or a FIFO, naming the file, what it held escaped, exit 2", () => {
+    const cases: [string, (path: string) => void, RegExp][] = [
+      ["bad JSON", (p) => writeFileSync(p, '{"current": "\u009b2J\u202e', { mode: 0o600 }), /is not JSON/],
+      ["a FIFO", (p) => execFileSync("mkfifo", ["-m", "600", p]), /not a regular file/],
+      ["no current key", (p) => writeFileSync(p, '{"current": "k1", "keys": {}}', { mode: 0o600 }), /names a current key/],
+    ];
+    for (const [what, make, re] of cases) {
+      const keysHome = mkdtempSync(join(work, "keys-home-"));
+      make(join(keysHome, "token-keys.json"));
+      const r = kpipBounded(["kernel", "--home", keysHome, "--log-level", "silent"]);
+      assert.equal(r.signal, null, `${what}: killed (${r.signal}): it blocked`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /^kpip kernel: token key file .*token-keys\.json/, what);
+      assert.match(r.err, re, what);
+      assert.doesNotMatch(r.err, /[\u0080-\u009f\u202a-\u202e]|internal error|\n\s+at /, what);
+    }
+  });
+
   it("a token file or KPIP_TOKEN that holds no token is a usage error (exit 2), not a kernel's FAILURE (exit 1)", () => {
     const notToken = join(work, "not-a.token");
     writeFileSync(notToken, "root:$6$salt$hash:19000:0:99999:7:::\n");
