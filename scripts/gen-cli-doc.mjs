@@ -17,6 +17,8 @@ const lines = [
   "kpip [--home H] <command> [options]",
   "```",
   "",
+  "An option that takes one value may be given once: a second `--persona` (or `--home` before the command and again after it) is a usage error, not a silent override. Options marked repeatable (`--allow`, `--token`, `--limit`, …) collect every value.",
+  "",
   "## Exit codes",
   "",
   "| code | meaning |",

@@ -55,6 +55,23 @@ function usageError(c: Command, message: string, json: boolean): number {
   return EXIT.USAGE;
 }
 
+/**
+ * The first single-value option given more than once, if any. parseArgs keeps the last value;
+ * `--persona a --persona b` (a pasted line, a wrapper that adds its own) would act on one the
+ * user may not have meant. Repeatable options (`multiple`) and flags are not counted.
+ */
+function repeatedOption(c: Command, tokens: NonNullable<ReturnType<typeof parseArgs>["tokens"]>): string | undefined {
+  const seen = new Set<string>();
+  for (const t of tokens) {
+    if (t.kind !== "option") continue;
+    const spec = c.options[t.name];
+    if (spec?.type !== "string" || spec.multiple) continue;
+    if (seen.has(t.name)) return t.name;
+    seen.add(t.name);
+  }
+  return undefined;
+}
+
 /** Parses argv for a command and runs it; usage errors exit 2 with a hint. */
 export async function runCommand(c: Command, argv: string[]): Promise<number> {
   let parsed: ReturnType<typeof parseArgs>;
@@ -64,10 +81,13 @@ export async function runCommand(c: Command, argv: string[]): Promise<number> {
       options: { ...c.options, help: { type: "boolean", short: "h" } },
       allowPositionals: true,
       strict: true,
+      tokens: true,
     });
   } catch (e) {
     return usageError(c, (e as Error).message, argv.includes("--json"));
   }
+  const twice = repeatedOption(c, parsed.tokens ?? []);
+  if (twice) return usageError(c, `--${twice} is given more than once: it takes one value`, parsed.values.json === true);
   if (parsed.values.help) {
     process.stdout.write(helpText(c));
     return EXIT.OK;

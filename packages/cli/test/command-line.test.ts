@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
-import { helpText } from "../src/command.js";
+import { helpText, runCommand } from "../src/command.js";
 import { loadCommands } from "../src/commands/index.js";
 import { kpip } from "./run.js";
 
@@ -67,6 +67,18 @@ describe("bad command lines", () => {
     ["bad --ttl", ["token", "mint", "--persona", "a", "--allow", "x.y:kernel://", "--ttl", "soon", ...h], 2, /duration/],
     ["bad --limit", ["token", "mint", "--persona", "a", "--allow", "x.y:kernel://", "--ttl", "1h", "--limit", "x", ...h], 2],
     ["revoke without id", ["token", "revoke", ...h], 2],
+    [
+      "a single-value option given twice",
+      ["token", "mint", "--persona", "a", "--persona", "b", "--allow", "x.y:kernel://", "--ttl", "1h", ...h],
+      2,
+      /--persona is given more than once/,
+    ],
+    [
+      "--home before the command and after it",
+      ["--home", home, "status", "--home", join(home, "other")],
+      2,
+      /--home is given more than once/,
+    ],
     ["a target that is not a URI", ["call", "storage.read", "not a uri", ...h], 2, /"not a uri" is not a target URI/],
     ["a stray word where the target goes", ["call", "system.health", "extra", ...h], 2, /"extra" is not a target URI/],
     ["an op that is not an op name", ["call", "Health", ...h], 2, /"Health" is not an op name/],
@@ -108,6 +120,31 @@ describe("bad command lines", () => {
       /unknown setting "maxSesions"/,
     ],
   ];
+  it("every single-value option of every command given twice is a usage error naming it", async () => {
+    const write = process.stderr.write;
+    let err = "";
+    process.stderr.write = ((s: string) => {
+      err += s;
+      return true;
+    }) as typeof process.stderr.write;
+    try {
+      let checked = 0;
+      for (const c of await loadCommands())
+        for (const [name, o] of Object.entries(c.options)) {
+          if (o.type !== "string" || o.multiple) continue;
+          err = "";
+          // Refused before the command runs: nothing here reaches a kernel or a file.
+          const code = await runCommand(c, [`--${name}`, "a", `--${name}`, "b"]);
+          assert.equal(code, 2, `kpip ${c.name} --${name} twice: ${err}`);
+          assert.match(err, new RegExp(`--${name} is given more than once`));
+          checked++;
+        }
+      assert.ok(checked > 20, `${checked} options`);
+    } finally {
+      process.stderr.write = write;
+    }
+  });
+
   for (const [name, args, code, re] of cases) {
     it(`${name} → exit ${code}`, () => {
       const r = kpip(args);

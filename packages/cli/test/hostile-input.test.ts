@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -97,6 +97,38 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.doesNotMatch(kpip(["persona", "list", ...h]).out, /mallory/);
   });
 
+  it("call --data-file and audit verify --anchors read only regular files: a FIFO or /dev/zero is refused at once (exit 2), a file over the kernel's maxBody unread (exit 1)", () => {
+    const fifo = join(work, "data.fifo");
+    execFileSync("mkfifo", [fifo]);
+    const zero = join(work, "data-zero");
+    symlinkSync("/dev/zero", zero);
+    // The FIFOs first: a CLI that still read them whole would block there, not on /dev/zero's endless bytes.
+    const cases: [string, string[]][] = [
+      ["call --data-file fifo", ["call", "storage.write", "obj://ws1/from-fifo", "--data-file", fifo, ...h]],
+      ["audit verify --anchors fifo", ["audit", "verify", "--anchors", fifo, ...h]],
+      ["call --data-file /dev/zero", ["call", "storage.write", "obj://ws1/from-zero", "--data-file", zero, ...h]],
+      ["audit verify --anchors /dev/zero", ["audit", "verify", "--anchors", zero, ...h]],
+    ];
+    for (const [what, args] of cases) {
+      const r = kpipBounded(args);
+      assert.equal(r.signal, null, `${what}: killed (${r.signal}): it blocked or ran out of memory`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /not a regular file/, what);
+    }
+    const big = join(work, "big.bin");
+    writeFileSync(big, "");
+    truncateSync(big, 16 * 1024 * 1024 + 1); // one byte over the default maxBody, sparse
+    const over = kpipBounded(["call", "storage.write", "obj://ws1/big", "--data-file", big, ...h]);
+    assert.equal(over.code, 1, over.err);
+    assert.match(over.err, /request of 16777217 bytes exceeds the kernel's limit of 16777216 bytes per message/);
+    // A regular file within the limit is still sent whole.
+    const small = join(work, "small.bin");
+    writeFileSync(small, Buffer.alloc(300_000, 7));
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/small", "--data-file", small, ...h]).code, 0);
+    const back = JSON.parse(kpip(["call", "storage.read", "obj://ws1/small", "--json", ...h]).out);
+    assert.equal(Buffer.from(back.payload.data.$bytes, "base64").length, 300_000);
+  });
+
   it("token inspect shows a caveat's text escaped on its own line: a token handed over cannot forge a verdict line nor drive the terminal", () => {
     assert.equal(kpip(["persona", "create", "alice", ...h]).code, 0);
     const file = join(work, "alice.token");
@@ -164,6 +196,24 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.match(r.err, /logLevel/, what);
       assert.doesNotMatch(r.err, /[\u0080-\u009f\u202a-\u202e]/, `${what}: no raw C1 control nor bidi override`);
       assert.match(r.err, /\\u\{9b\}2J/, what);
+    }
+  });
+
+  it("kpip kernel refuses to start on a token key file that is not JSON, not the kernel's JSON or a FIFO, naming the file, what it held escaped, exit 2", () => {
+    const cases: [string, (path: string) => void, RegExp][] = [
+      ["bad JSON", (p) => writeFileSync(p, '{"current": "\u009b2J\u202e', { mode: 0o600 }), /is not JSON/],
+      ["a FIFO", (p) => execFileSync("mkfifo", ["-m", "600", p]), /not a regular file/],
+      ["no current key", (p) => writeFileSync(p, '{"current": "k1", "keys": {}}', { mode: 0o600 }), /names a current key/],
+    ];
+    for (const [what, make, re] of cases) {
+      const keysHome = mkdtempSync(join(work, "keys-home-"));
+      make(join(keysHome, "token-keys.json"));
+      const r = kpipBounded(["kernel", "--home", keysHome, "--log-level", "silent"]);
+      assert.equal(r.signal, null, `${what}: killed (${r.signal}): it blocked`);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /^kpip kernel: token key file .*token-keys\.json/, what);
+      assert.match(r.err, re, what);
+      assert.doesNotMatch(r.err, /[\u0080-\u009f\u202a-\u202e]|internal error|\n\s+at /, what);
     }
   });
 

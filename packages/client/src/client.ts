@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { EventEmitter } from "node:events";
 import { readFileSync } from "node:fs";
-import { type CborMap, type Intent, type KEvent, KpipError, parseIdentity, type Response } from "@kpip/protocol";
+import { type CborMap, DEFAULT_LIMITS, type Intent, type KEvent, KpipError, parseIdentity, type Response } from "@kpip/protocol";
 import { CallTable } from "./calls.js";
 import type { Connector } from "./connectors/connector.js";
 import { InheritedConnector } from "./connectors/uds.js";
@@ -174,6 +174,14 @@ export class KernelClient extends EventEmitter {
   /** The tokens currently held (refreshed copies replace the originals), as base64url text. */
   get heldTokens(): string[] {
     return this.held.text;
+  }
+
+  /**
+   * The largest request body the kernel accepts on the current session (CHALLENGE.limits.maxBody),
+   * in bytes: a caller can refuse a larger input before reading it. Larger objects: storage.putLarge.
+   */
+  get maxBody(): number {
+    return this.link?.maxBody ?? DEFAULT_LIMITS.maxBodyBytes;
   }
 
   /** Calls waiting for an answer (sent or queued). */

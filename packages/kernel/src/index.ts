@@ -11,7 +11,7 @@ export { verifyAuditFile, verifyAuditReader } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";
 export { type Capabilities, capabilities } from "./auth/capabilities.js";
 export { CapEnforcer, HandleTable } from "./auth/enforcer.js";
-export { ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
+export { KeyFileError, ROOT_KEYS_FILE, RootKeys } from "./auth/keys.js";
 export type { MintSpec } from "./auth/mint-spec.js";
 export { EscalationError, TokenService } from "./auth/tokens.js";
 export type { TaskRegistration } from "./compute/engine.js";

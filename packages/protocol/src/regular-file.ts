@@ -14,11 +14,23 @@ export class UnreadableFileError extends Error {
 /**
  * Reads an open descriptor to its end, refusing more than `maxBytes` (one byte more is read: a
  * longer input is refused, never cut). For a pipe or a terminal, where no size is known up front.
+ * Memory grows with what is read (from `sizeHint`, doubling), not with the bound: a large bound
+ * costs nothing for a small input.
  */
-export function readAtMost(fd: number, maxBytes: number, what: string): Buffer {
-  const buf = Buffer.alloc(maxBytes + 1);
+export function readAtMost(fd: number, maxBytes: number, what: string, sizeHint = 64 * 1024): Buffer {
+  let buf = Buffer.alloc(Math.min(maxBytes, Math.max(sizeHint, 0)) + 1);
   let got = 0;
-  for (let n = 1; n > 0 && got < buf.length; got += n) n = readSync(fd, buf, got, buf.length - got, null);
+  for (;;) {
+    if (got === buf.length) {
+      if (got > maxBytes) break;
+      const bigger = Buffer.alloc(Math.min(maxBytes + 1, buf.length * 2));
+      buf.copy(bigger, 0, 0, got);
+      buf = bigger;
+    }
+    const n = readSync(fd, buf, got, buf.length - got, null);
+    if (n === 0) break;
+    got += n;
+  }
   if (got > maxBytes) throw new UnreadableFileError(`${what} is over ${maxBytes} bytes`, "too-large");
   return buf.subarray(0, got);
 }
@@ -36,7 +48,7 @@ export function readRegularFile(path: string, maxBytes: number): Buffer {
     if (!st.isFile()) throw new UnreadableFileError(`${path} is not a regular file`, "not-regular");
     if (st.size > maxBytes) throw new UnreadableFileError(`${path} is ${st.size} bytes, over ${maxBytes}`, "too-large");
     // A file that grew since the fstat is refused, not cut.
-    return readAtMost(fd, maxBytes, path);
+    return readAtMost(fd, maxBytes, path, st.size + 1);
   } finally {
     closeSync(fd);
   }

@@ -1,6 +1,6 @@
-import { existsSync, readFileSync, writeFileSync } from "node:fs";
-import type { KernelClient } from "@kpip/client";
-import { type CborMap, isOp, isTarget, KpipError, systemDescribe } from "@kpip/protocol";
+import { closeSync, constants, existsSync, fstatSync, openSync, writeFileSync } from "node:fs";
+import { type KernelClient, RequestTooLargeError } from "@kpip/client";
+import { type CborMap, isOp, isTarget, KpipError, readAtMost, systemDescribe, UnreadableFileError } from "@kpip/protocol";
 import { printable } from "../audit/printable.js";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
@@ -52,13 +52,6 @@ export const callCommand: Command = {
     }
     if (v.data !== undefined && v["data-file"] !== undefined) throw new UsageError("give --data or --data-file, not both");
     if (v.data !== undefined) args.data = v.data as string;
-    if (v["data-file"] !== undefined) {
-      try {
-        args.data = readFileSync(v["data-file"] as string);
-      } catch (e) {
-        throw new UsageError(`cannot read --data-file: ${(e as Error).message}`);
-      }
-    }
     // Refused before the call: an answer with nowhere to go would be read for nothing.
     if (typeof v.out === "string" && v.out !== "-" && existsSync(v.out))
       throw new UsageError(`--out: ${v.out} exists; --out writes a new file`);
@@ -68,10 +61,12 @@ export const callCommand: Command = {
       if (!Number.isSafeInteger(deadlineMs) || deadlineMs <= 0) throw new UsageError("--deadline-ms must be a positive integer");
     }
     const json = v.json === true;
+    const dataFile = v["data-file"] === undefined ? undefined : openDataFile(v["data-file"] as string);
     let client: KernelClient | undefined;
     try {
       // Bodies from a file and raw bytes out are where shared memory pays for itself.
-      client = await connectFromFlags(v, { shm: v["data-file"] !== undefined || v.out !== undefined });
+      client = await connectFromFlags(v, { shm: dataFile !== undefined || v.out !== undefined });
+      if (dataFile) args.data = readDataFile(dataFile, client.maxBody);
       const callOpts: { deadlineMs?: number; workspace?: string } = {};
       if (deadlineMs !== undefined) callOpts.deadlineMs = deadlineMs;
       if (v.workspace !== undefined) callOpts.workspace = v.workspace as string;
@@ -90,10 +85,47 @@ export const callCommand: Command = {
         );
       return reportError(e, json);
     } finally {
+      if (dataFile) closeSync(dataFile.fd);
       await client?.close().catch(() => {});
     }
   },
 };
+
+/**
+ * `--data-file`: opened before connecting, and only a regular file (a FIFO would block the command
+ * for ever, /dev/zero would fill its memory); a missing one is the command line's mistake.
+ */
+function openDataFile(path: string): { path: string; fd: number; size: number } {
+  let fd: number;
+  try {
+    // O_NONBLOCK: opening a FIFO must not wait for a writer.
+    fd = openSync(path, constants.O_RDONLY | constants.O_NONBLOCK);
+  } catch (e) {
+    throw new UsageError(`cannot read --data-file: ${(e as Error).message}`);
+  }
+  const st = fstatSync(fd);
+  if (!st.isFile()) {
+    closeSync(fd);
+    throw new UsageError(`cannot read --data-file: ${path} is not a regular file`);
+  }
+  return { path, fd, size: st.size };
+}
+
+/**
+ * The bytes of `--data-file`, read once connected: they travel in one REQUEST, so a file larger
+ * than the session's maxBody is refused unread (a larger object goes through the chunked upload,
+ * client.storage.putLarge), and one that grows past it while read is refused, never cut.
+ */
+function readDataFile(f: { path: string; fd: number; size: number }, maxBody: number): Buffer {
+  if (f.size > maxBody) throw new RequestTooLargeError(f.size, maxBody);
+  try {
+    return readAtMost(f.fd, maxBody, `--data-file ${f.path}`, f.size + 1);
+  } catch (e) {
+    if (e instanceof UnreadableFileError)
+      throw new RequestTooLargeError(f.size, maxBody, `${e.message} (the kernel's limit per message, maxBody)`);
+    throw e;
+  }
+}
 
 /** " — did you mean …" from the kernel's own op table (the command groups are plural, the ops singular). */
 async function suggestOp(client: KernelClient, op: string): Promise<string> {

@@ -7,6 +7,7 @@ import {
   HomeInUseError,
   Kernel,
   type KernelConfig,
+  KeyFileError,
   SETTINGS,
   SocketPathError,
   UnsafeHomeError,
@@ -50,7 +51,8 @@ export const kernelCommand: Command = {
         e instanceof HomeInUseError ||
         e instanceof UnsafeHomeError ||
         e instanceof AuditChainError ||
-        e instanceof DamagedDatabaseError
+        e instanceof DamagedDatabaseError ||
+        e instanceof KeyFileError
       ) {
         // A message may quote what the home's config.json or a KPIP_* variable held (someone who
         // could write there chose it): JSON quoting leaves C1 controls and bidi overrides raw.

@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { existsSync, lstatSync, readFileSync, statSync } from "node:fs";
+import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { replaceAtomically } from "../secure-files.js";
+import { replaceUnprintable } from "@kpip/protocol";
+import { readRegularFile, replaceAtomically, UnreadableFileError } from "../secure-files.js";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
 export interface RootKeyFile {
@@ -10,6 +11,39 @@ export interface RootKeyFile {
 }
 
 export const ROOT_KEYS_FILE = "token-keys.json";
+
+/** A key entry is ~100 bytes of JSON: 1 MiB holds thousands of rotations. */
+const KEY_FILE_MAX_BYTES = 1024 * 1024;
+
+/**
+ * The token key file cannot be used: not a regular file, too large, too open, or not the JSON
+ * the kernel writes. At start the kernel refuses to run.
+ * On a re-read it verifies and mints nothing until the file is mended. The message is safe to
+ * print: what the file held is shown escaped.
+ */
+export class KeyFileError extends Error {
+  override name = "KeyFileError";
+}
+
+/** Text from the file (a JSON parse error quotes it) as a terminal or log line may show it. */
+const escaped = (text: string) => replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
+
+function checkShape(v: unknown, path: string): RootKeyFile {
+  const bad = (why: string) => new KeyFileError(`token key file ${path} ${why}`);
+  if (v === null || typeof v !== "object" || Array.isArray(v)) throw bad("is not a JSON object");
+  const f = v as { current?: unknown; keys?: unknown };
+  if (typeof f.current !== "string") throw bad("names no current key");
+  if (f.keys === null || typeof f.keys !== "object" || Array.isArray(f.keys)) throw bad("holds no keys");
+  for (const [kid, k] of Object.entries(f.keys as Record<string, unknown>)) {
+    const e = k as { key?: unknown; created?: unknown; retired?: unknown } | null;
+    if (e === null || typeof e !== "object" || typeof e.key !== "string" || typeof e.created !== "number")
+      throw bad(`has a malformed entry for key ${escaped(JSON.stringify(kid))}`);
+    if (e.retired !== undefined && typeof e.retired !== "number")
+      throw bad(`has a malformed retirement for key ${escaped(JSON.stringify(kid))}`);
+  }
+  if (!Object.hasOwn(f.keys, f.current)) throw bad("names a current key that it does not hold");
+  return v as RootKeyFile;
+}
 
 /**
  * The kernel's token root keys. New tokens are minted with the current key; tokens minted
@@ -21,10 +55,16 @@ export class RootKeys {
   private file: RootKeyFile;
   private mtime = 0;
   private checkedAt = 0;
+  /** The mtime of a damaged file already reported: reported once, not at every re-read. */
+  private damagedMtime: number | undefined;
+  /** Why the file last read was unusable, until a re-read finds it whole again. */
+  private broken: KeyFileError | undefined;
 
+  /** `onDamaged`: told when a re-read finds the file unusable (no key is used until it is mended). */
   constructor(
     private readonly home: string,
     private readonly clock: () => number = Date.now,
+    private readonly onDamaged: (e: KeyFileError) => void = () => {},
   ) {
     this.file = RootKeys.load(home);
     this.mtime = statSync(RootKeys.path(home)).mtimeMs;
@@ -36,20 +76,49 @@ export class RootKeys {
     // A clock stepped back counts as time passed: otherwise the keys would freeze until it caught up.
     if (!force && Math.abs(now - this.checkedAt) < 1000) return;
     this.checkedAt = now;
-    const m = statSync(RootKeys.path(this.home)).mtimeMs;
-    if (m !== this.mtime || force) {
-      this.file = RootKeys.load(this.home);
-      this.mtime = m;
+    let m: number;
+    try {
+      m = statSync(RootKeys.path(this.home)).mtimeMs;
+    } catch (e) {
+      return this.damaged(
+        new KeyFileError(`token key file ${RootKeys.path(this.home)} cannot be read: ${(e as Error).message}`),
+        -1,
+      );
     }
+    if (m !== this.mtime || force || this.broken) {
+      try {
+        this.file = RootKeys.load(this.home, false);
+      } catch (e) {
+        if (e instanceof KeyFileError) return this.damaged(e, m);
+        throw e;
+      }
+      this.mtime = m;
+      this.damagedMtime = undefined;
+      this.broken = undefined;
+    }
+  }
+
+  /**
+   * The file turned unusable while the kernel runs (a FIFO put in its place, a truncated or
+   * hand-edited file): no token verifies and none is minted until it is whole again. Keeping the
+   * keys read before would keep honouring a key the damaged file may have retired; the rotate
+   * and retire commands replace the file whole, so theirs is never seen half-written.
+   */
+  private damaged(e: KeyFileError, m: number): void {
+    this.broken = e;
+    if (this.damagedMtime === m) return;
+    this.damagedMtime = m;
+    this.onDamaged(e);
   }
 
   static path(home: string): string {
     return join(home, ROOT_KEYS_FILE);
   }
 
-  static load(home: string): RootKeyFile {
+  /** The key file (created with a first key if absent and `create`); KeyFileError if unusable. */
+  static load(home: string, create = true): RootKeyFile {
     const path = RootKeys.path(home);
-    if (!existsSync(path)) {
+    if (create && !existsSync(path)) {
       const kid = newKid();
       const file: RootKeyFile = {
         current: kid,
@@ -58,11 +127,24 @@ export class RootKeys {
       RootKeys.save(home, file);
       return file;
     }
-    const mode = lstatSync(path).mode & 0o777;
-    if ((mode & 0o077) !== 0) throw new Error(`${path} has mode ${mode.toString(8)}; it must be 0600`);
-    const file = JSON.parse(readFileSync(path, "utf8")) as RootKeyFile;
-    if (!file.keys?.[file.current]) throw new Error(`${path} names a current key that it does not hold`);
-    return file;
+    let text: string;
+    try {
+      const mode = lstatSync(path).mode & 0o777;
+      if ((mode & 0o077) !== 0) throw new KeyFileError(`token key file ${path} has mode ${mode.toString(8)}; it must be 0600`);
+      // Regular and bounded: a FIFO put there would block the kernel's only thread.
+      text = readRegularFile(path, KEY_FILE_MAX_BYTES).toString("utf8");
+    } catch (e) {
+      if (e instanceof KeyFileError) throw e;
+      if (e instanceof UnreadableFileError) throw new KeyFileError(`token key file ${e.message}`);
+      throw new KeyFileError(`token key file ${path} cannot be read: ${(e as Error).message}`);
+    }
+    let v: unknown;
+    try {
+      v = JSON.parse(text);
+    } catch (e) {
+      throw new KeyFileError(`token key file ${path} is not JSON: ${escaped((e as Error).message)}`);
+    }
+    return checkShape(v, path);
   }
 
   static save(home: string, file: RootKeyFile): void {
@@ -92,11 +174,13 @@ export class RootKeys {
 
   get currentKid(): string {
     this.refresh();
+    if (this.broken) throw this.broken;
     return this.file.current;
   }
 
   current(): { kid: string; key: Buffer } {
     this.refresh();
+    if (this.broken) throw this.broken;
     return { kid: this.file.current, key: Buffer.from(this.file.keys[this.file.current]?.key ?? "", "base64url") };
   }
 
@@ -107,6 +191,7 @@ export class RootKeys {
    */
   usable(kid: string, now?: number): boolean {
     this.refresh(false, now);
+    if (this.broken) return false;
     const k = this.file.keys[kid];
     return k !== undefined && k.retired === undefined;
   }
@@ -119,7 +204,7 @@ export class RootKeys {
       this.refresh(true);
       k = this.file.keys[kid];
     }
-    if (!k || k.retired !== undefined) return undefined;
+    if (this.broken || !k || k.retired !== undefined) return undefined;
     return Buffer.from(k.key, "base64url");
   }
 }

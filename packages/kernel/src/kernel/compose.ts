@@ -259,7 +259,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
     );
     const { enforcer, tokens } = capabilities(
-      new RootKeys(c.home, input.clock),
+      new RootKeys(c.home, input.clock, (e) =>
+        log.error({ err: e.name }, `${e.message}: no token verifies and none is minted until it is mended`),
+      ),
       store,
       input.clock,
       {
