@@ -8,6 +8,7 @@ import socket
 import tempfile
 import time
 import unittest
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
@@ -28,6 +29,30 @@ async def until(f, what: str, seconds: float = 30) -> None:  # type: ignore[no-u
         if asyncio.get_running_loop().time() > end:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+def alice_tokens() -> Callable[[int], bytes]:
+    """Alice's n-th token, under a root no kernel knows (a fake kernel never checks it)."""
+    now = int(time.time() * 1000)
+    root = os.urandom(32)
+
+    def token(n: int) -> bytes:
+        claims = cbor.encode(
+            {
+                "id": f"{n:032x}",
+                "kid": "k",
+                "sub": "alice",
+                "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                "limits": {},
+                "nbf": now - 1000,
+                "exp": now + 3_600_000,
+                "maxExp": now + 3_600_000,
+                "chain": [],
+            }
+        )
+        return cbor.encode([1, claims, [], root_signature(root, claims)])
+
+    return token
 
 
 class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
@@ -229,24 +254,7 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, payload=1)
 
-        now = int(time.time() * 1000)
-        root = os.urandom(32)
-
-        def token(n: int) -> bytes:
-            claims = cbor.encode(
-                {
-                    "id": f"{n:032x}",
-                    "kid": "k",
-                    "sub": "alice",
-                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
-                    "limits": {},
-                    "nbf": now - 1000,
-                    "exp": now + 3_600_000,
-                    "maxExp": now + 3_600_000,
-                    "chain": [],
-                }
-            )
-            return cbor.encode([1, claims, [], root_signature(root, claims)])
+        token = alice_tokens()
 
         # §6.6: one handle per token ATTEST presented (two here), in order.
         for handles in ([1], [], [1, 2, 3]):
@@ -270,24 +278,7 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
         async def handler(c: Conn, m: kpip.Message) -> None:
             c.answer(m, payload=1)
 
-        now = int(time.time() * 1000)
-        root = os.urandom(32)
-
-        def token(n: int) -> bytes:
-            claims = cbor.encode(
-                {
-                    "id": f"{n:032x}",
-                    "kid": "k",
-                    "sub": "alice",
-                    "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
-                    "limits": {},
-                    "nbf": now - 1000,
-                    "exp": now + 3_600_000,
-                    "maxExp": now + 3_600_000,
-                    "chain": [],
-                }
-            )
-            return cbor.encode([1, claims, [], root_signature(root, claims)])
+        token = alice_tokens()
 
         def why(index: int) -> dict[str, Any]:
             return {"index": index, "code": "EXPIRED", "message": "expired"}

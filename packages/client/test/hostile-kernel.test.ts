@@ -17,6 +17,46 @@ import {
 import { KernelClient, ProtocolViolationError } from "../src/index.js";
 import { until } from "./harness.js";
 
+/** Alice's n-th token, minted under a root no kernel knows (a hostile kernel never checks it). */
+function aliceTokens(): (n: number) => Uint8Array {
+  const root = randomBytes(32);
+  const now = Date.now();
+  return (n) =>
+    encodeToken(
+      mintToken(root, {
+        id: n.toString(16).padStart(32, "0"),
+        kid: "k",
+        sub: "alice",
+        rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
+        limits: {},
+        nbf: now - 1000,
+        exp: now + 3_600_000,
+        maxExp: now + 3_600_000,
+        chain: [],
+      }),
+    );
+}
+
+/** Connecting as alice with `tokens` fails with ProtocolViolationError, and the client told the kernel BAD_FIELD. */
+async function refusesWelcome(k: { path: string; got: Message[] }, tokens: Uint8Array[], name: string): Promise<void> {
+  const err = await KernelClient.connect({
+    socket: k.path,
+    identity: generateIdentity("alice"),
+    tokens,
+    reconnect: false,
+    connectTimeoutMs: 10_000,
+  }).then(
+    async (c) => {
+      await c.close().catch(() => {});
+      return undefined;
+    },
+    (e: Error) => e,
+  );
+  assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
+  const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
+  assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_FIELD", true], name);
+}
+
 /** What a kernel-side peer writes at each step of the handshake, besides the usual CHALLENGE and WELCOME. */
 interface Script {
   /** Written right after CHALLENGE. */
@@ -133,41 +173,11 @@ describe("a kernel that breaks the handshake's order", () => {
   });
 
   it("a WELCOME whose handles are not one per token presented in ATTEST (§6.6) fails the connect: ProtocolViolationError and a fatal PROTOCOL BAD_FIELD", async () => {
-    const root = randomBytes(32);
-    const now = Date.now();
-    const token = (n: number) =>
-      encodeToken(
-        mintToken(root, {
-          id: n.toString(16).padStart(32, "0"),
-          kid: "k",
-          sub: "alice",
-          rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-          limits: {},
-          nbf: now - 1000,
-          exp: now + 3_600_000,
-          maxExp: now + 3_600_000,
-          chain: [],
-        }),
-      );
+    const token = aliceTokens();
     for (const handles of [[1], [], [1, 2, 3]]) {
       const k = await hostileKernel({ welcomeHandles: handles });
       open.push(k);
-      const err = await KernelClient.connect({
-        socket: k.path,
-        identity: generateIdentity("alice"),
-        tokens: [token(1), token(2)],
-        reconnect: false,
-        connectTimeoutMs: 10_000,
-      }).then(
-        async (c) => {
-          await c.close().catch(() => {});
-          return undefined;
-        },
-        (e: Error) => e,
-      );
-      assert.ok(err instanceof ProtocolViolationError, `${handles.length} handles for 2 tokens: ${err}`);
-      const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, "the client's ERROR");
-      assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_FIELD", true]);
+      await refusesWelcome(k, [token(1), token(2)], `${handles.length} handles for 2 tokens`);
     }
     // One per token: the session opens.
     const k = await hostileKernel({});
@@ -183,22 +193,7 @@ describe("a kernel that breaks the handshake's order", () => {
   });
 
   it("a WELCOME for another persona than HELLO's, naming one handle for two tokens, or refusing a token not presented, one it bound or one twice (§6.6) fails the connect: ProtocolViolationError and a fatal PROTOCOL BAD_FIELD", async () => {
-    const root = randomBytes(32);
-    const now = Date.now();
-    const token = (n: number) =>
-      encodeToken(
-        mintToken(root, {
-          id: n.toString(16).padStart(32, "0"),
-          kid: "k",
-          sub: "alice",
-          rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
-          limits: {},
-          nbf: now - 1000,
-          exp: now + 3_600_000,
-          maxExp: now + 3_600_000,
-          chain: [],
-        }),
-      );
+    const token = aliceTokens();
     const why = (index: number) => ({ index, code: "EXPIRED", message: "expired" });
     const cases: [string, Script][] = [
       ["another persona", { welcomePersona: "mallory" }],
@@ -210,22 +205,7 @@ describe("a kernel that breaks the handshake's order", () => {
     for (const [name, script] of cases) {
       const k = await hostileKernel(script);
       open.push(k);
-      const err = await KernelClient.connect({
-        socket: k.path,
-        identity: generateIdentity("alice"),
-        tokens: [token(1), token(2)],
-        reconnect: false,
-        connectTimeoutMs: 10_000,
-      }).then(
-        async (c) => {
-          await c.close().catch(() => {});
-          return undefined;
-        },
-        (e: Error) => e,
-      );
-      assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
-      const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
-      assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_FIELD", true], name);
+      await refusesWelcome(k, [token(1), token(2)], name);
     }
     // The persona HELLO named, distinct handles, a refusal of the one token left unbound: the session opens.
     const k = await hostileKernel({ welcomeHandles: [0, 7], welcomeRefused: [why(0)] });

@@ -10,6 +10,40 @@ import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
 const token = (t: { adminToken: string }) => [Buffer.from(t.adminToken, "base64url")];
 
+/** A family whose one op, `held.wait`, runs until the test releases it: a request kept in flight. */
+function heldFamily(): { family: PrimitiveFamily; readonly started: number; release(): void } {
+  let release: () => void = () => {};
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  let started = 0;
+  const family: PrimitiveFamily = {
+    name: "held",
+    ops: [
+      {
+        op: "held.wait",
+        description: "waits until the test releases it",
+        targets: ["kernel"],
+        args: {},
+        idempotent: true,
+        effects: false,
+        handler: async () => {
+          started++;
+          await gate;
+          return { status: "SUCCESS" };
+        },
+      },
+    ],
+  };
+  return {
+    family,
+    get started() {
+      return started;
+    },
+    release: () => release(),
+  };
+}
+
 describe("session lifecycle over real sockets", () => {
   it("stop with five calls in flight: all SUCCESS without abort, GOODBYE, client closed, socket removed", async () => {
     const seen = seenNothing();
@@ -123,35 +157,13 @@ describe("session lifecycle over real sockets", () => {
   it("a request that arrives while the kernel drains for its stop is refused RESOURCE (retryable, not run), not PROTOCOL", async () => {
     // The kernel says GOODBYE as its drain begins, but a request may cross it on the wire: it
     // broke no rule (the peer had not read the GOODBYE yet).
-    let release: () => void = () => {};
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
-    let started = 0;
-    const held: PrimitiveFamily = {
-      name: "held",
-      ops: [
-        {
-          op: "held.wait",
-          description: "waits until the test releases it",
-          targets: ["kernel"],
-          args: {},
-          idempotent: true,
-          effects: false,
-          handler: async () => {
-            started++;
-            await gate;
-            return { status: "SUCCESS" };
-          },
-        },
-      ],
-    };
-    const t = await startKernel({}, undefined, (k) => k.register(held));
+    const held = heldFamily();
+    const t = await startKernel({}, undefined, (k) => k.register(held.family));
     try {
       const p = await RawPeer.connect(t.k.socketPath);
       await p.handshake(adminIdentity(t.k), token(t));
       p.send(requestFrame(1, { op: "held.wait", target: "kernel://", args: {} }));
-      await until(() => started === 1, 30_000, "the held request running");
+      await until(() => held.started === 1, 30_000, "the held request running");
       const stopped = t.k.stop();
       // Asked again until the drain has begun (the stop first closes its listeners).
       let id = 2;
@@ -171,7 +183,7 @@ describe("session lifecycle over real sockets", () => {
         false,
         "not answered yet",
       );
-      release();
+      held.release();
       assert.equal((await p.response(1)).status, "SUCCESS", "the request in flight is answered");
       await stopped;
       // On the record as a refusal of the stopping kernel, not as the peer's protocol error.
@@ -183,37 +195,15 @@ describe("session lifecycle over real sockets", () => {
       );
       await t2.stop();
     } finally {
-      release();
+      held.release();
       await t.stop();
       removeHome(t.home);
     }
   });
 
   it("a call made while the kernel drains for its stop waits for the next kernel: GOODBYE comes first, nothing new is sent to the stopping one", async () => {
-    let release: () => void = () => {};
-    const gate = new Promise<void>((r) => {
-      release = r;
-    });
-    let started = 0;
-    const held: PrimitiveFamily = {
-      name: "held",
-      ops: [
-        {
-          op: "held.wait",
-          description: "waits until the test releases it",
-          targets: ["kernel"],
-          args: {},
-          idempotent: true,
-          effects: false,
-          handler: async () => {
-            started++;
-            await gate;
-            return { status: "SUCCESS" };
-          },
-        },
-      ],
-    };
-    const t = await startKernel({}, undefined, (k) => k.register(held));
+    const held = heldFamily();
+    const t = await startKernel({}, undefined, (k) => k.register(held.family));
     let t2: Awaited<ReturnType<typeof startKernel>> | undefined;
     const c = await KernelClient.connect({
       socket: t.k.socketPath,
@@ -229,12 +219,12 @@ describe("session lifecycle over real sockets", () => {
         goodbye = true;
       });
       const first = c.call("held.wait", "kernel://");
-      await until(() => started === 1, 30_000, "the held request running");
+      await until(() => held.started === 1, 30_000, "the held request running");
       const stopped = t.k.stop();
       await until(() => goodbye, 30_000, "the kernel's GOODBYE as its drain begins");
       // Made while the old kernel still drains (its one request held): it must not go there.
       const later = c.call("system.health", "kernel://");
-      release();
+      held.release();
       assert.equal((await first).status, "SUCCESS", "the call in flight is answered by the stopping kernel");
       await stopped;
       t2 = await startKernel({}, t.home);
@@ -243,7 +233,7 @@ describe("session lifecycle over real sockets", () => {
       const refused = t2.k.inspect.queryAudit({ op: "system.health", limit: 1000 }).filter((r) => r.status === "FAILURE");
       assert.deepEqual(refused, []);
     } finally {
-      release();
+      held.release();
       await c.close();
       await t2?.stop();
       await t.stop();
