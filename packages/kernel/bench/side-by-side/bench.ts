@@ -35,7 +35,7 @@ const KPIP_CLI = here("../../../../cli/dist/bundle/kpip.cjs");
 
 /** Sizes of the run: --quick finishes in under a minute, the full run in under ten. */
 const P = QUICK
-  ? { latencyN: 3000, seconds: 1, bulk1m: 10, bulk64m: 2, bulk1g: 128 << 20, setupN: 100, auditRecords: 50_000, cliRuns: 5 }
+  ? { latencyN: 3000, seconds: 0.5, bulk1m: 10, bulk64m: 2, bulk1g: 128 << 20, setupN: 100, auditRecords: 50_000, cliRuns: 5 }
   : { latencyN: 20_000, seconds: 4, bulk1m: 50, bulk64m: 6, bulk1g: 1 << 30, setupN: 500, auditRecords: 1_000_000, cliRuns: 21 };
 /** Idle-session counts measured (the names kpip.idle<N>.rss_mb are the same under --quick). */
 const IDLE = [1000, 10_000];
