@@ -1,7 +1,8 @@
 import { closeSync, constants, existsSync, openSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { type ConnectOptions, KernelClient, KernelUnavailableError, loadIdentity } from "@kpip/client";
-import { readAtMost, readRegularFile, tokenFromString, UnreadableFileError } from "@kpip/protocol";
+import { tokenFromString } from "@kpip/protocol";
+import { readAtMost, readRegularFile, UnreadableFileError } from "@kpip/protocol/regular-file";
 import { printable } from "./audit/printable.js";
 import type { OptionSpec, Values } from "./command.js";
 import { defaultSocket, EXIT, reportError, resolveHome, UsageError } from "./util.js";

@@ -1,4 +1,5 @@
-import { type Identity, IdentityError, parseIdentity, readRegularFile, UnreadableFileError } from "@kpip/protocol";
+import { type Identity, IdentityError, parseIdentity } from "@kpip/protocol";
+import { readRegularFile, UnreadableFileError } from "@kpip/protocol/regular-file";
 
 /** Larger than any identity file (about 250 bytes): a bound, not a format. */
 const IDENTITY_FILE_MAX_BYTES = 64 * 1024;

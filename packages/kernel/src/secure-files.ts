@@ -127,4 +127,4 @@ export function writePidFile(path: string, pid: number): void {
 }
 
 // Defined with the protocol: the client and the CLI read files a persona handed over too.
-export { readRegularFile, UnreadableFileError } from "@kpip/protocol";
+export { readRegularFile, UnreadableFileError } from "@kpip/protocol/regular-file";

@@ -31,7 +31,6 @@ export { encodeMeasurements } from "./messages/measurements.js";
 export type * from "./messages/types.js";
 export { replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";
-export { readAtMost, readRegularFile, UnreadableFileError } from "./regular-file.js";
 export { sha256, sha256Latin1 } from "./sha256.js";
 export {
   decodeShmDescriptor,

@@ -1,6 +1,7 @@
 import { closeSync, constants, existsSync, fstatSync, openSync, writeFileSync } from "node:fs";
 import { type KernelClient, RequestTooLargeError } from "@kpip/client";
-import { type CborMap, isOp, isTarget, KpipError, readAtMost, systemDescribe, UnreadableFileError } from "@kpip/protocol";
+import { type CborMap, isOp, isTarget, KpipError, systemDescribe } from "@kpip/protocol";
+import { readAtMost, UnreadableFileError } from "@kpip/protocol/regular-file";
 import { printable } from "../audit/printable.js";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";

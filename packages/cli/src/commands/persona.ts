@@ -17,7 +17,8 @@ import {
   SqliteStore,
   writeSecret,
 } from "@kpip/kernel";
-import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, readRegularFile, serializeIdentity } from "@kpip/protocol";
+import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { readRegularFile } from "@kpip/protocol/regular-file";
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
