@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { SliceSweep } from "../src/kernel/slices.js";
+import { SliceSweep } from "../src/slice-sweep.js";
 import { SliceLoop } from "../src/slice-loop.js";
 import { until } from "./harness.js";
 

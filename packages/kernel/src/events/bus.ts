@@ -1,8 +1,8 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
-import { SliceSweep } from "../kernel/slices.js";
 import { EVENT_HIGH_WATER_BYTES, LAPSE_SLICE, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { type TreeRoots, treeName } from "../resources/lineage.js";
+import { SliceSweep } from "../slice-sweep.js";
 import { patternSegments, patternStars, TopicIndex } from "./topic-index.js";
 
 /** Where a subscription's events go: a session's connection. */

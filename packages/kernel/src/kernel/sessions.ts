@@ -6,7 +6,7 @@ import type { SessionCounts } from "../session/counts.js";
 import type { SessionRefusal } from "../session/host.js";
 import { PreauthBudget, type PreauthLimits } from "../session/preauth.js";
 import { Session, type SessionHost } from "../session/session.js";
-import { SliceSweep } from "./slices.js";
+import { SliceSweep } from "../slice-sweep.js";
 import { HEAVY_QUEUED_BYTES, UnreadTotals } from "./unread-totals.js";
 
 /** The registry's bounds: the pre-authentication budget's, and the persona tree's hard bound on bytes queued unread. */

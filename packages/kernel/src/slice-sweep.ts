@@ -1,4 +1,4 @@
-import { SliceLoop } from "../slice-loop.js";
+import { SliceLoop } from "./slice-loop.js";
 
 /**
  * Visits a snapshot of `items` a slice per turn of the event loop, so a periodic sweep over every
