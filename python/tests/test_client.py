@@ -61,6 +61,16 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
     async def connect(self, k: FakeKernel, **kw: object) -> kpip.Client:
         return await kpip.Client.connect(k.path, self.ident, **{**FAST, **kw})  # type: ignore[arg-type]
 
+    async def refuses_welcome(self, handler: Any, welcome: tuple[str, dict[str, Any]], tokens: list[bytes]) -> None:
+        """A kernel answering ATTEST with `welcome` fails the connect, and the client tells it BAD_FIELD."""
+        async with FakeKernel(handler, instead={"WELCOME": welcome}) as k:
+            with self.assertRaises(kpip.ProtocolViolation) as cm:
+                await self.connect(k, reconnect=False, tokens=tokens)
+            self.assertEqual(cm.exception.code, "BAD_FIELD")
+            await until(lambda: k.errors, "the client's ERROR")
+            e = k.errors[0].body
+            self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "BAD_FIELD", True))
+
     async def test_resource_and_internal_are_retried_with_the_same_id_and_bytes(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             n = len(k.requests)
@@ -260,13 +270,7 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
         for handles in ([1], [], [1, 2, 3]):
             with self.subTest(handles=handles):
                 welcome = ("WELCOME", {"persona": "alice", "handles": handles})
-                async with FakeKernel(handler, instead={"WELCOME": welcome}) as k:
-                    with self.assertRaises(kpip.ProtocolViolation) as cm:
-                        await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
-                    self.assertEqual(cm.exception.code, "BAD_FIELD")
-                    await until(lambda: k.errors, "the client's ERROR")
-                    e = k.errors[0].body
-                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "BAD_FIELD", True))
+                await self.refuses_welcome(handler, welcome, [token(1), token(2)])
         async with FakeKernel(handler) as k:  # one per token: the session opens
             c = await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
             self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
@@ -293,13 +297,7 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
         ]
         for name, body in cases:
             with self.subTest(name):
-                async with FakeKernel(handler, instead={"WELCOME": ("WELCOME", body)}) as k:
-                    with self.assertRaises(kpip.ProtocolViolation) as cm:
-                        await self.connect(k, reconnect=False, tokens=[token(1), token(2)])
-                    self.assertEqual(cm.exception.code, "BAD_FIELD")
-                    await until(lambda: k.errors, "the client's ERROR")
-                    e = k.errors[0].body
-                    self.assertEqual((e["class"], e["code"], e["fatal"]), ("PROTOCOL", "BAD_FIELD", True))
+                await self.refuses_welcome(handler, ("WELCOME", body), [token(1), token(2)])
         # HELLO's persona, distinct handles, a refusal of the one token left unbound: the session opens.
         ok = ("WELCOME", {"persona": "alice", "handles": [0, 7], "refused": [why(0)]})
         async with FakeKernel(handler, instead={"WELCOME": ok}) as k:
