@@ -41,10 +41,11 @@ export function recoverOutcomes(store: AuditStore, audit: AuditLog, head: number
   // Oldest effect first: the recovered records keep the order the effects committed in.
   for (const a of answers.reverse()) {
     const intent = store.scanAudit(a.intentSeq, 1)[0];
-    // Pruned, or not this request's intent (a tampered table): nothing to name it by.
+    // Done with either way: recorded below, or nothing names it (its intent pruned, or not this
+    // request's in a tampered table) — read again at every start otherwise.
+    recorded.push(a.key);
     if (!intent || intent.seq !== a.intentSeq || intent.phase !== "intent" || intent.requestId === null) continue;
     if (!a.key.startsWith(`${intent.persona}:`) || !a.key.endsWith(`:${intent.requestId}`)) continue;
-    recorded.push(a.key);
     if (outcomes.has(`${intent.session}\0${intent.requestId}`)) continue;
     const answer = decodeCanonical(a.response) as CborMap;
     const status = typeof answer.status === "string" ? answer.status : "SUCCESS";

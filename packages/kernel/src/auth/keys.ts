@@ -85,7 +85,10 @@ export class RootKeys {
         -1,
       );
     }
-    if (m !== this.mtime || force || this.broken) {
+    // Read again only when the file changed since it was last read (or found damaged): a token
+    // naming an unknown key forces this check, and a persona can present such tokens in a loop —
+    // a stat each, not a read and parse of the file each.
+    if (this.broken ? m !== this.damagedMtime : m !== this.mtime) {
       try {
         this.file = RootKeys.load(this.home, false);
       } catch (e) {
