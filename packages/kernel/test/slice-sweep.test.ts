@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { SliceSweep } from "../src/slice-sweep.js";
 import { SliceLoop } from "../src/slice-loop.js";
+import { SliceSweep } from "../src/slice-sweep.js";
 import { until } from "./harness.js";
 
 /** Turns of the event loop: a counter a setImmediate chain advances until stopped. */
