@@ -117,6 +117,48 @@ describe("the audit commit (multi-row INSERT, a lone statement when it is only r
     }
   });
 
+  it("an outcome's commit clears its answer's intent record in its own transaction: not when the commit fails, never another request's answer", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-append-"));
+    const s = new SqliteStore(join(dir, "k.db"));
+    const naming = () => s.db.prepare("SELECT key FROM dedupe WHERE intent_seq IS NOT NULL ORDER BY key").pluck().all();
+    try {
+      const answer = (key: string, intentSeq: number): DedupeRow => ({
+        key,
+        hash: randomBytes(32),
+        response: randomBytes(5),
+        expires: 9e15,
+        intentSeq,
+        afterSeq: intentSeq,
+      });
+      s.putDedupe(answer("a", 1));
+      s.putDedupe(answer("b", 2));
+      s.appendAudit([row(1), row(2)]);
+      // The outcome record's commit fails (a seq taken): the answer still names its intent record.
+      assert.throws(() => s.appendAudit([row(3), row(1)], [], 0, [], [{ key: "a", intentSeq: 1 }]), /UNIQUE|PRIMARY KEY/);
+      assert.deepEqual(naming(), ["a", "b"]);
+      // "b" now is the answer of a request whose intent record is 5, not 2: it stays.
+      s.appendAudit(
+        [row(3)],
+        [],
+        0,
+        [],
+        [
+          { key: "a", intentSeq: 1 },
+          { key: "b", intentSeq: 5 },
+        ],
+      );
+      assert.deepEqual(naming(), ["b"]);
+      assert.deepEqual(
+        s.effectAnswersSince(0).map((e) => [e.key, e.intentSeq]),
+        [["b", 2]],
+      );
+      assert.ok(s.lookupDedupe("a", 0), "the answer stays a dedupe record");
+    } finally {
+      s.close();
+      removeHome(dir);
+    }
+  });
+
   /**
    * A kernel in a child process that SIGKILLs itself right after the socket write that carries
    * its `killAt`-th RESPONSE frame: the peer has those answers, the kernel ran nothing after.

@@ -264,6 +264,34 @@ describe("the audit segments in front of the index", () => {
     }
   });
 
+  it("an answer named by an outcome record is cleared by the commit that indexes the record, after the segment holds it", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+    const s = new SqliteStore(join(home, "k.db"));
+    try {
+      s.useAuditSegments(join(home, "audit"));
+      const other = new Database(join(home, "k.db"), { readonly: true });
+      const named = () =>
+        (other.prepare("SELECT intent_seq FROM dedupe WHERE key = 'a'").get() as { intent_seq: number | null }).intent_seq;
+      s.putDedupe({ key: "a", hash: randomBytes(32), response: randomBytes(5), expires: 9e15, intentSeq: 1, afterSeq: 1 });
+      const rows = chain(2);
+      s.appendAudit(rows.slice(0, 1) as AuditRow[]);
+      s.appendAudit(rows.slice(1) as AuditRow[], [], 0, [], [{ key: "a", intentSeq: 1 }]);
+      assert.equal(
+        decodeBatches(readFileSync(onlySegment(join(home, "audit")))).length,
+        2,
+        "the outcome record is in the segment",
+      );
+      assert.equal(named(), 1, "not cleared before the index commit: a kill now leaves it to the next start");
+      s.indexAudit?.();
+      assert.equal(indexed(other), 2);
+      assert.equal(named(), null);
+      other.close();
+    } finally {
+      s.close();
+      removeHome(home);
+    }
+  });
+
   it("the next open indexes what a killed kernel appended past the index (and a stopped home's audit reader reads it without changing the home)", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
     const dir = join(home, "audit");

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import { RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
@@ -15,21 +16,30 @@ const kernelModule = new URL("../src/index.js", import.meta.url).href;
 /**
  * A kernel in a child process that SIGKILLs itself at the moment its audit log commits the
  * outcome record of `op` on `target`: after the op's effect committed, before the request is
- * answered — the window a crash used to turn into a second execution.
+ * answered — the window a crash used to turn into a second execution. `after`: just after that
+ * commit instead (the record is in the audit segment, not yet indexed in SQLite), still unanswered.
  */
-async function kernelDyingAfterEffect(home: string, op: string, target: string) {
+async function kernelDyingAfterEffect(home: string, op: string, target: string, when: "before" | "after" = "before") {
   const code = `const { Kernel, SqliteStore } = await import(process.argv[1]);
-const [op, target] = [process.argv[3], process.argv[4]];
+const [op, target, when] = [process.argv[3], process.argv[4], process.argv[5]];
 const append = SqliteStore.prototype.appendAudit;
 SqliteStore.prototype.appendAudit = function (rows, ...rest) {
-  if (rows.some((r) => r.phase === "outcome" && r.op === op && r.target === target)) process.kill(process.pid, "SIGKILL");
-  return append.call(this, rows, ...rest);
+  const outcome = rows.some((r) => r.phase === "outcome" && r.op === op && r.target === target);
+  if (outcome && when === "before") process.kill(process.pid, "SIGKILL");
+  const v = append.call(this, rows, ...rest);
+  if (outcome) process.kill(process.pid, "SIGKILL");
+  return v;
 };
 const k = new Kernel({ home: process.argv[2], logLevel: "silent" });
 await k.start();
 process.stdout.write("ready\\n");
 setInterval(() => {}, 1000);`;
-  return spawnReady(["--input-type=module", "-e", code, kernelModule, home, op, target], "ready");
+  return spawnReady(["--input-type=module", "-e", code, kernelModule, home, op, target, when], "ready");
+}
+
+/** Dedupe rows that still name an intent record (the partial index dedupe_effects holds exactly these). */
+function answersNamingIntents(db: Database.Database): number {
+  return (db.prepare("SELECT count(*) AS n FROM dedupe WHERE intent_seq IS NOT NULL").get() as { n: number }).n;
 }
 
 /**
@@ -199,8 +209,15 @@ describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)
 
 describe("an effect committed before its kernel was killed is on the record after the next start", () => {
   /** Sends `intent` as the admin to a kernel that dies between its effect and its outcome record; never retried. */
-  async function killedAfterEffect(home: string, op: string, target: string, intent: Uint8Array, id: number): Promise<void> {
-    const child = await kernelDyingAfterEffect(home, op, target);
+  async function killedAfterEffect(
+    home: string,
+    op: string,
+    target: string,
+    intent: Uint8Array,
+    id: number,
+    when: "before" | "after" = "before",
+  ): Promise<void> {
+    const child = await kernelDyingAfterEffect(home, op, target, when);
     const exited = new Promise((r) => child.once("exit", r));
     const identity = loadIdentity(join(home, "admin.identity"));
     const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
@@ -209,11 +226,14 @@ describe("an effect committed before its kernel was killed is on the record afte
       await p.handshake(identity, [token]);
       p.request(id, intent, { persona: identity.persona });
       // Killed at its outcome record; a refusal (no outcome) fails here instead of waiting for ever.
-      const answered = p.response(id, 60_000).then(
-        (r) => assert.fail(`answered: ${r.status} ${r.message}`),
-        () => {},
-      );
+      // Over once the connection ends, answered or not (not polling on for a minute after the kill).
+      const answer = () => p.frames.find((f) => f.msg.type === "RESPONSE" && (f.msg.body as { id: number }).id === id);
+      const answered = until(() => answer() ?? p.closed, 60_000, "an answer or the connection's end").then(() => {
+        const r = answer()?.msg.body as { status: string; message?: string } | undefined;
+        if (r) assert.fail(`answered: ${r.status} ${r.message}`);
+      });
       await Promise.race([exited, answered]);
+      await answered;
     } finally {
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await exited;
@@ -273,6 +293,68 @@ describe("an effect committed before its kernel was killed is on the record afte
             assert.equal(s.getToken(detail.token.id)?.sub, "admin", "the token the record names is the one stored");
           }
         }
+        assert.equal(answersNamingIntents(s.db), 0, "recorded now: their answers name their intent records no more");
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("effects answered as usual: each answer stops naming its intent record once its outcome record commits, so a start has nothing to look at", async () => {
+    const t = await startKernel();
+    const db = new Database(join(t.home, "kernel.db"), { readonly: true });
+    try {
+      const c = await t.admin();
+      await c.storage.write("obj://ws/a", "one");
+      await c.storage.write("obj://ws/b", "two");
+      await c.storage.delete("obj://ws/b");
+      await c.tokens.mint("admin", { rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }], ttlMs: 60_000 });
+      const effects = db.prepare("SELECT count(*) AS n FROM dedupe").get() as { n: number };
+      assert.ok(effects.n >= 4, `the four answers committed with their effects (${effects.n} dedupe rows)`);
+      // Cleared by the commit that indexes their outcome records (the index step follows the answer).
+      await until(() => answersNamingIntents(db) === 0, 30_000, "every answer to stop naming its intent record");
+    } finally {
+      db.close();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a kill after the outcome record reached the audit segment and before SQLite indexed it: the next start finds that record, writes no other, and clears the answer", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      await killedAfterEffect(
+        home,
+        "storage.write",
+        "obj://crash/indexed",
+        encodeIntent({ op: "storage.write", target: "obj://crash/indexed", args: { data: "was it recorded?" } }),
+        7,
+        "after",
+      );
+      const killed = new Database(join(home, "kernel.db"), { readonly: true });
+      try {
+        assert.equal(answersNamingIntents(killed), 1, "the kill came before the commit that clears the answer");
+      } finally {
+        killed.close();
+      }
+      const t = await startKernel({}, home);
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const mine = s.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://crash/indexed");
+        assert.deepEqual(
+          mine.map((r) => [r.phase, r.status, r.message]),
+          [
+            ["intent", null, null],
+            ["outcome", "SUCCESS", null],
+          ],
+          "the kernel's own outcome record, and no recovered one",
+        );
+        assert.equal(answersNamingIntents(s.db), 0);
       } finally {
         s.close();
       }

@@ -18,10 +18,12 @@ export const RECOVERED_MESSAGE =
  * An op's effect commits with its dedupe answer (PROTOCOL §11 rule 9) and its outcome record is
  * appended just after: a kernel killed between the two left an effect that happened (an object
  * written, a token minted or revoked, a persona removed) with an intent record and no outcome,
- * which reads as "did not finish". At a start after a run that ended without kernel.stop, every
- * answer committed with its effect near the log's head whose outcome record is not on the log
- * gets one now: the intent record's request, persona, session and capabilities, the answer's
- * status, and `detail.recovered`. Returns how many records it wrote, committed when it returns.
+ * which reads as "did not finish". The outcome record's commit clears its answer's row (the
+ * audit appender, store/sqlite/audit-append.ts), so the rows left naming an intent are those a
+ * kill caught before that commit: few. At a start after a run that ended without kernel.stop,
+ * every such answer near the log's head whose outcome record is not on the log gets one now:
+ * the intent record's request, persona, session and capabilities, the answer's status, and
+ * `detail.recovered`. Returns how many records it wrote, committed when it returns.
  */
 export function recoverOutcomes(store: AuditStore, audit: AuditLog, head: number): number {
   const answers = store.effectAnswersSince(Math.max(0, head - RECOVERY_WINDOW));

@@ -508,6 +508,11 @@ export class Pipeline {
             expires: Date.now() + dedupe.windowMs,
           }
         : undefined,
+      // The answer committed with the effect names its intent record until this record commits;
+      // cleared in this record's commit, a start has only the effects a kill cut off to look at.
+      effects && ctx.atomic?.recorded === true && ctx.intentSeq > 0
+        ? { key: ctx.key as string, intentSeq: ctx.intentSeq }
+        : undefined,
     );
   }
 

@@ -160,10 +160,10 @@ export interface DedupeRow {
   response: Uint8Array;
   expires: number;
   /**
-   * For an answer committed with its op's effect (`atomically`), before its outcome record: the
-   * request's intent record, and the log's head when the effect committed (the outcome comes
-   * after it). What a start after a crash needs to put an effect whose outcome record was never
-   * written on the record (audit/recover-outcomes.ts).
+   * For an answer committed with its op's effect (`atomically`), until its outcome record is
+   * committed (then cleared: {@link OutcomeRecorded}): the request's intent record, and the log's
+   * head when the effect committed (the outcome comes after it). What a start after a kill needs
+   * to put an effect whose outcome record was never written on the record (audit/recover-outcomes.ts).
    */
   intentSeq?: number;
   afterSeq?: number;
@@ -175,6 +175,16 @@ export interface EffectAnswer {
   response: Uint8Array;
   intentSeq: number;
   afterSeq: number;
+}
+
+/**
+ * An effect's outcome record is in this commit: its answer's row (`key`, still naming intent
+ * record `intentSeq`) stops naming it. The seq guards the row: a later answer under the same key
+ * names another intent and is left as it is.
+ */
+export interface OutcomeRecorded {
+  key: string;
+  intentSeq: number;
 }
 
 /** One administrative change made without the kernel (e.g. `kpip persona add` on the home database). */
@@ -200,7 +210,18 @@ export interface AuditStore {
    * the commit is the journal's write, and SQLite gets the batch at {@link indexAudit}; every read
    * of these tables indexes first, so no reader sees the lag.
    */
-  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
+  appendAudit(
+    rows: AuditRow[],
+    dedupe?: DedupeRow[],
+    journalUpTo?: number,
+    checkpoints?: AuditCheckpoint[],
+    /**
+     * Effects whose outcome record is among `rows`: their answers' rows are cleared in the SQLite
+     * commit that holds these records (with a journal, the one that indexes them: after the
+     * records are in the segment, never before).
+     */
+    recorded?: OutcomeRecorded[],
+  ): void;
   /** Moves the journalled batches into SQLite (one transaction); throws, keeping them, when it cannot. */
   indexAudit?(): void;
   /** Records journalled and not yet indexed (0 without a journal). */
@@ -221,7 +242,7 @@ export interface AuditStore {
    * `sinceSeq`, newest first (whatever their expiry).
    */
   effectAnswersSince(sinceSeq: number): EffectAnswer[];
-  /** Those answers' outcome records are on the log now: they are plain dedupe rows again. */
+  /** Those answers' outcome records are on the log now (a start recorded them, or found them): plain dedupe rows again. */
   effectAnswersRecorded(keys: readonly string[]): void;
   /** Stores one dedupe row now (inside the caller's transaction, if one is open). */
   putDedupe(row: DedupeRow): void;

@@ -20,7 +20,7 @@ import {
   type TailBatch,
   tailBatches,
 } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer } from "../types.js";
+import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer, OutcomeRecorded } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import { type AuditReadApi, SegmentReads } from "./audit-segment-read.js";
@@ -68,7 +68,14 @@ export interface JournalledAudit {
 }
 
 /** A batch in the open segment and not yet in the index. */
-interface Queued extends TailBatch {}
+interface Queued extends TailBatch {
+  /**
+   * The answers whose outcome record is in the batch, cleared when it is indexed. Not in the
+   * segment: a kill before the index commit leaves them for the next start (recover-outcomes.ts),
+   * which finds the outcome records and clears them then.
+   */
+  recorded?: readonly OutcomeRecorded[];
+}
 
 /** Rows a migration writes per batch (one segment append, one span). */
 const MIGRATE_ROWS = 1000;
@@ -247,11 +254,15 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#insertSpan.run(s.first, s.last, s.segment, s.offset, s.length);
     }
 
-    /** Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes, checkpoints; one commit. */
-    #index(q: readonly TailBatch[]): void {
+    /**
+     * Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes,
+     * checkpoints, and the clearing of the answers whose outcome records they hold; one commit.
+     */
+    #index(q: readonly Queued[]): void {
       const spans = spansOf(q);
       let extra = false;
-      for (const { batch } of q) if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length) extra = true;
+      for (const { batch, recorded } of q)
+        if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length || recorded?.length) extra = true;
       if (!extra && spans.length === 1) {
         // The common commit: one span alone, its own transaction.
         this.#putSpan(spans[0] as IndexSpan);
@@ -260,10 +271,13 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.transaction(() => {
         for (const s of spans) this.#putSpan(s);
         let journalUpTo = 0;
-        for (const { batch } of q) {
+        for (const { batch, recorded } of q) {
           for (const d of batch.dedupe) this.#writes.putDedupe(d);
           for (const c of batch.checkpoints) this.#writes.addCheckpoint(c);
           if (batch.journalUpTo > journalUpTo) journalUpTo = batch.journalUpTo;
+          // The outcome records are in the segment already (appendAudit wrote them before queuing
+          // the batch): a kill can no longer lose them, so their answers stop naming their intents.
+          if (recorded) for (const r of recorded) this.#writes.outcomeRecorded(r);
         }
         if (journalUpTo > 0) this.#dropJournal.run(journalUpTo);
       });
@@ -316,7 +330,13 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#settle();
       return this.#reads.hashAt(seq);
     }
-    appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
+    appendAudit(
+      rows: AuditRow[],
+      dedupe: DedupeRow[] = [],
+      journalUpTo = 0,
+      checkpoints: AuditCheckpoint[] = [],
+      recorded: OutcomeRecorded[] = [],
+    ): void {
       const failed = this.storageFailure;
       if (failed)
         throw new AuditJournalError(
@@ -325,7 +345,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const writer = this.#writer;
       if (!writer) {
         if (this.#segments) throw new AuditJournalError("this home's audit is in segments: only its kernel appends to it");
-        return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
+        return this.#writes.append(rows, dedupe, journalUpTo, checkpoints, recorded);
       }
       // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
       if (this.#unindexedRows >= MAX_UNINDEXED_ROWS || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
@@ -336,7 +356,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#unindexedBytes += at.length;
       this.#unindexedRows += rows.length;
       this.#unindexedDedupe += dedupe.length;
-      this.#unindexed.push({ batch, at });
+      this.#unindexed.push(recorded.length ? { batch, at, recorded } : { batch, at });
     }
     firstAuditSeq(): number | undefined {
       this.#settle();
@@ -379,7 +399,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#writes.putDedupe(d);
     }
     effectAnswersSince(sinceSeq: number): EffectAnswer[] {
-      this.#settleDedupe();
+      // Every waiting batch: the outcome records committed so far have cleared their answers.
+      this.#settle();
       const rows = this.prep(
         "SELECT key, response, intent_seq, after_seq FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
       ).all(sinceSeq) as Row[];
