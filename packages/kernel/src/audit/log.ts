@@ -153,7 +153,7 @@ export class AuditLog {
    * {@link append} of a record built whole by its caller (a request's, pipeline/context.ts): the
    * log takes the object as its own and fills in seq, time, kernel and the chain, so a request's
    * record is one object, not an entry copied into a row. `recorded`: the row is the outcome
-   * record of an effect whose answer committed with it, cleared in this record's commit.
+   * record of an effect whose answer committed with it, cleared once this record is committed.
    */
   appendRow(row: AuditRow, dedupe?: DedupeRow, recorded?: OutcomeRecorded): Promise<void> {
     if (this.closed) return Promise.reject(new AuditClosedError("audit log is closed (kernel stopped)"));

@@ -217,8 +217,8 @@ export interface AuditStore {
     checkpoints?: AuditCheckpoint[],
     /**
      * Effects whose outcome record is among `rows`: their answers' rows are cleared in the SQLite
-     * commit that holds these records (with a journal, the one that indexes them: after the
-     * records are in the segment, never before).
+     * commit that holds these records; with audit segments, by an index commit after the records
+     * are in the segment (never before), several commits' together.
      */
     recorded?: OutcomeRecorded[],
   ): void;

@@ -68,14 +68,20 @@ export interface JournalledAudit {
 }
 
 /** A batch in the open segment and not yet in the index. */
-interface Queued extends TailBatch {
-  /**
-   * The answers whose outcome record is in the batch, cleared when it is indexed. Not in the
-   * segment: a kill before the index commit leaves them for the next start (recover-outcomes.ts),
-   * which finds the outcome records and clears them then.
-   */
-  recorded?: readonly OutcomeRecorded[];
-}
+interface Queued extends TailBatch {}
+
+/**
+ * Answers whose outcome record is in a segment are cleared together, by an index commit once
+ * this many wait (or sooner: see #index). Cleared at every index step, each row's pages went to
+ * the WAL again in a commit of its own at low concurrency (~15–20 µs more store CPU a write at 1–4
+ * in flight, BENCHMARKS.md "Clearing the effect rows"); 64 rows share those pages.
+ */
+export const CLEARS_PER_COMMIT = 64;
+/**
+ * ...or once the oldest waiting is this many records behind the head: a start after a kill reads
+ * the log from there for outcome records (recover-outcomes.ts), so that read stays short.
+ */
+const CLEAR_LAG_RECORDS = 4096;
 
 /** Rows a migration writes per batch (one segment append, one span). */
 const MIGRATE_ROWS = 1000;
@@ -97,6 +103,12 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #unindexedRows = 0;
     #unindexedDedupe = 0;
     #unindexedBytes = 0;
+    /**
+     * Answers whose outcome record is in the segment (appendAudit queues them only after the
+     * write), not yet cleared. Not written to the segment: a kill before they are cleared leaves
+     * them for the next start, which finds the outcome records on the log and clears them then.
+     */
+    #clearsDue: OutcomeRecorded[] = [];
     #insertSpan = this.db.prepare(
       "INSERT INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)",
     );
@@ -256,14 +268,19 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
 
     /**
      * Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes,
-     * checkpoints, and the clearing of the answers whose outcome records they hold; one commit.
+     * checkpoints, and the clearing of the answers whose outcome records are in a segment when
+     * enough wait (CLEARS_PER_COMMIT), the oldest is far behind, or the commit is a transaction anyway; one commit.
      */
     #index(q: readonly Queued[]): void {
       const spans = spansOf(q);
       let extra = false;
-      for (const { batch, recorded } of q)
-        if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length || recorded?.length) extra = true;
-      if (!extra && spans.length === 1) {
+      for (const { batch } of q) if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length) extra = true;
+      const due = this.#clearsDue;
+      const head = q.at(-1)?.batch.rows.at(-1)?.seq ?? 0;
+      const clearing =
+        due.length >= CLEARS_PER_COMMIT ||
+        (due.length > 0 && (extra || spans.length !== 1 || head - (due[0] as OutcomeRecorded).intentSeq > CLEAR_LAG_RECORDS));
+      if (!extra && !clearing && spans.length === 1) {
         // The common commit: one span alone, its own transaction.
         this.#putSpan(spans[0] as IndexSpan);
         return;
@@ -271,16 +288,26 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.transaction(() => {
         for (const s of spans) this.#putSpan(s);
         let journalUpTo = 0;
-        for (const { batch, recorded } of q) {
+        for (const { batch } of q) {
           for (const d of batch.dedupe) this.#writes.putDedupe(d);
           for (const c of batch.checkpoints) this.#writes.addCheckpoint(c);
           if (batch.journalUpTo > journalUpTo) journalUpTo = batch.journalUpTo;
-          // The outcome records are in the segment already (appendAudit wrote them before queuing
-          // the batch): a kill can no longer lose them, so their answers stop naming their intents.
-          if (recorded) for (const r of recorded) this.#writes.outcomeRecorded(r);
         }
         if (journalUpTo > 0) this.#dropJournal.run(journalUpTo);
+        // Their outcome records are in the segment already: a kill can no longer lose them.
+        if (clearing) for (const r of due) this.#writes.outcomeRecorded(r);
       });
+      if (clearing) this.#clearsDue = [];
+    }
+
+    /** Clears every answer waiting (a clean close; a start's read of those left). */
+    #clearDue(): void {
+      const due = this.#clearsDue;
+      if (due.length === 0 || this.db.inTransaction) return;
+      this.transaction(() => {
+        for (const r of due) this.#writes.outcomeRecorded(r);
+      });
+      this.#clearsDue = [];
     }
 
     /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
@@ -356,7 +383,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#unindexedBytes += at.length;
       this.#unindexedRows += rows.length;
       this.#unindexedDedupe += dedupe.length;
-      this.#unindexed.push(recorded.length ? { batch, at, recorded } : { batch, at });
+      this.#unindexed.push({ batch, at });
+      // In the segment now: cleared by an index commit from here on (never before this write).
+      for (const r of recorded) this.#clearsDue.push(r);
     }
     firstAuditSeq(): number | undefined {
       this.#settle();
@@ -399,8 +428,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#writes.putDedupe(d);
     }
     effectAnswersSince(sinceSeq: number): EffectAnswer[] {
-      // Every waiting batch: the outcome records committed so far have cleared their answers.
+      // Every waiting batch and clearing: the outcome records committed so far have cleared their answers.
       this.#settle();
+      this.#clearDue();
       const rows = this.prep(
         "SELECT key, response, intent_seq, after_seq FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
       ).all(sinceSeq) as Row[];
@@ -503,6 +533,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (writer && this.db.open) {
         try {
           this.indexAudit();
+          this.#clearDue();
         } catch {
           // What SQLite could not take stays past the index: the next start indexes it.
         } finally {
