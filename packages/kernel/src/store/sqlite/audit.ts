@@ -73,8 +73,8 @@ interface Queued extends TailBatch {}
 /**
  * Answers whose outcome record is in a segment are cleared together, by an index commit once
  * this many wait (or sooner: see #index). Cleared at every index step, each row's pages went to
- * the WAL again in a commit of its own at low concurrency (~15–20 µs more store CPU a write at 1–4
- * in flight, BENCHMARKS.md "Clearing the effect rows"); 64 rows share those pages.
+ * the WAL again in a commit of its own at low concurrency (+20 µs of store CPU a write at one in
+ * flight, +9 at four: BENCHMARKS.md "Clearing the effect rows"); 64 rows share those pages.
  */
 export const CLEARS_PER_COMMIT = 64;
 /**
