@@ -5,7 +5,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
-import { RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
+import { OutcomeRecoveryError, RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
@@ -273,6 +273,64 @@ describe("an effect committed before its kernel was killed is on the record afte
             assert.equal(s.getToken(detail.token.id)?.sub, "admin", "the token the record names is the one stored");
           }
         }
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a start whose recovered outcome record does not commit refuses to serve and leaves it to the next start, which records it once", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      const target = "obj://crash/retried";
+      await killedAfterEffect(
+        home,
+        "storage.write",
+        target,
+        encodeIntent({ op: "storage.write", target, args: { data: "x" } }),
+        7,
+      );
+      // The audit store refuses the commit holding the recovered record (a full disk, an I/O error).
+      const append = SqliteStore.prototype.appendAudit;
+      let refused = 0;
+      SqliteStore.prototype.appendAudit = function (this: SqliteStore, rows, ...rest) {
+        if (rows.some((r) => r.message === RECOVERED_MESSAGE)) {
+          refused++;
+          throw new Error("disk I/O error");
+        }
+        return append.call(this, rows, ...rest);
+      };
+      const k = new Kernel({ home, logLevel: "silent" });
+      let started: unknown;
+      try {
+        started = await k.start().then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        // Started after all: stopped, so a failure here ends the test instead of hanging it.
+        if (started === undefined) await k.stop();
+      } finally {
+        SqliteStore.prototype.appendAudit = append;
+      }
+      assert.ok(started instanceof OutcomeRecoveryError, `the start refused to serve: ${started}`);
+      assert.equal(refused, 1, "the recovered record was appended, and its commit refused");
+      const t = await startKernel({}, home);
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const mine = s.queryAudit({ limit: 1000 }).filter((r) => r.op === "storage.write" && r.target === target);
+        assert.deepEqual(
+          mine.map((r) => [r.phase, r.message]),
+          [
+            ["intent", null],
+            ["outcome", RECOVERED_MESSAGE],
+          ],
+          "the next start recorded the outcome the failed one could not, once",
+        );
       } finally {
         s.close();
       }

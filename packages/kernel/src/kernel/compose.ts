@@ -4,7 +4,7 @@ import { AgentManager } from "../agents/manager.js";
 import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
 import type { AuditLog } from "../audit/log.js";
-import { recoverOutcomes } from "../audit/recover-outcomes.js";
+import { OutcomeRecoveryError, recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
@@ -161,9 +161,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     audit.flush();
     // A kill between an effect's commit and its outcome record left the effect off the record.
     if (last && last.op !== "kernel.stop") {
-      const recovered = recoverOutcomes(store, audit, last.seq);
-      if (recovered)
-        log.warn({ requests: recovered }, "effects the previous run committed without an outcome record are now on the record");
+      const { recorded, failed } = await recoverOutcomes(store, audit, last.seq);
+      if (recorded)
+        log.warn({ requests: recorded }, "effects the previous run committed without an outcome record are now on the record");
+      if (failed)
+        throw new OutcomeRecoveryError(
+          `the outcome records of ${failed} effects the previous run committed could not be committed (the audit log refused the commit): the kernel does not start; the next start tries again`,
+        );
     }
     // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
     // read with the grant's rate family by the enforcer: one read of its token row per grant.
