@@ -7,7 +7,7 @@ import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import { OutcomeRecoveryError, RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
@@ -275,6 +275,54 @@ describe("an effect committed before its kernel was killed is on the record afte
         }
       } finally {
         s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a revocation and a persona removal whose outcome records a SIGKILL cut off get the records their requests would have had: what each ended, and refusals naming the revocation's record", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const { erin, dave } = await prepared(home, async (t) => ({
+        erin: await t.persona("erin", healthRights),
+        dave: await t.persona("dave", healthRights),
+      }));
+      const revoke = `token://${erin.id}`;
+      await killedAfterEffect(home, "token.revoke", revoke, encodeIntent({ op: "token.revoke", target: revoke, args: {} }), 7);
+      const remove = "persona://dave";
+      await killedAfterEffect(
+        home,
+        "persona.remove",
+        remove,
+        encodeIntent({ op: "persona.remove", target: remove, args: {} }),
+        8,
+      );
+      const t = await startKernel({}, home);
+      try {
+        const outcome = (op: string, target: string) => {
+          const r = t.k.inspect.queryAudit({ op, limit: 100 }).find((x) => x.target === target && x.phase === "outcome");
+          assert.equal(r?.message, RECOVERED_MESSAGE, `${op}: its outcome was recorded at the start`);
+          return { seq: r?.seq, detail: JSON.parse(r?.detail ?? "{}") };
+        };
+        const revoked = outcome("token.revoke", revoke);
+        // What the request's own outcome record says (primitives/token.ts, persona.ts), and that it was recovered.
+        assert.deepEqual(revoked.detail, { ended: [erin.id], recovered: true, revoked: erin.id, status: "SUCCESS" });
+        assert.deepEqual(outcome("persona.remove", remove).detail, {
+          ended: [dave.id],
+          recovered: true,
+          removed: ["dave"],
+          status: "SUCCESS",
+        });
+        const c = await t.connect(erin.identity, []);
+        const e = await c.call("system.health", "kernel://", {}, { caps: [erin.token] }).catch((x) => x);
+        assert.ok(
+          klass("CAPABILITY", new RegExp(`^token ${erin.id} is revoked \\(audit record ${revoked.seq}\\)$`))(e),
+          String(e),
+        );
+        await c.close();
+      } finally {
+        await t.stop();
       }
     } finally {
       removeHome(home);

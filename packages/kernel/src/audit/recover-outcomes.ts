@@ -1,5 +1,5 @@
 import { type CborMap, decodeCanonical, decodeToken } from "@kpip/protocol";
-import type { AuditRow, AuditStore } from "../store/types.js";
+import type { AuditRow, AuditStore, EffectAnswer, TokenStore } from "../store/types.js";
 import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
 import type { AuditLog } from "./log.js";
 
@@ -30,11 +30,13 @@ export class OutcomeRecoveryError extends Error {
  * which reads as "did not finish". At a start after a run that ended without kernel.stop, every
  * answer committed with its effect near the log's head whose outcome record is not on the log
  * gets one now: the intent record's request, persona, session and capabilities, the answer's
- * status, and `detail.recovered`. Returns how many records it committed and how many it could
- * not: an answer whose record did not commit keeps naming its intent, for the next start.
+ * status, the detail the op made for its outcome record (what a revocation ended, what a write
+ * created), and `detail.recovered`; the tokens it revoked are noted as revoked by that record.
+ * Returns how many records it committed and how many it could not: an answer whose record did
+ * not commit keeps naming its intent, for the next start.
  */
 export async function recoverOutcomes(
-  store: AuditStore,
+  store: AuditStore & Pick<TokenStore, "noteRevocationSeq">,
   audit: AuditLog,
   head: number,
 ): Promise<{ recorded: number; failed: number }> {
@@ -52,8 +54,8 @@ export async function recoverOutcomes(
   }
   /** Keys done with: their outcome is on the record, or nothing names it. */
   const done: string[] = [];
-  /** Each appended record's key and whether its commit succeeded. */
-  const appended: Promise<string | undefined>[] = [];
+  /** Each appended record's answer and sequence number once committed; undefined: its commit failed. */
+  const appended: Promise<{ a: EffectAnswer; seq: number } | undefined>[] = [];
   // Oldest effect first: the recovered records keep the order the effects committed in.
   for (const a of answers.reverse()) {
     const intent = store.scanAudit(a.intentSeq, 1)[0];
@@ -74,41 +76,56 @@ export async function recoverOutcomes(
     const answer = decodeCanonical(a.response) as CborMap;
     const status = typeof answer.status === "string" ? answer.status : "SUCCESS";
     const errorClass = typeof answer.error === "string" ? answer.error : null;
-    const committed = audit
-      .append({
-        session: intent.session,
-        persona: intent.persona,
-        phase: "outcome",
-        requestId: intent.requestId,
-        op: intent.op,
-        target: intent.target,
-        intentHash: intent.intentHash,
-        caps: intent.caps,
-        traceparent: intent.traceparent,
-        execution: intent.execution ?? null,
-        domain: intent.domain ?? null,
-        status,
-        errorClass,
-        message: RECOVERED_MESSAGE,
-        detail: detailJson({ status, recovered: true, ...answerSummary(answer.payload) }),
-      })
-      .then(
-        () => a.key,
+    const committed = audit.append({
+      session: intent.session,
+      persona: intent.persona,
+      phase: "outcome",
+      requestId: intent.requestId,
+      op: intent.op,
+      target: intent.target,
+      intentHash: intent.intentHash,
+      caps: intent.caps,
+      traceparent: intent.traceparent,
+      execution: intent.execution ?? null,
+      domain: intent.domain ?? null,
+      status,
+      errorClass,
+      message: RECOVERED_MESSAGE,
+      detail: detailJson({ ...(outcomeDetail(a) ?? answerSummary(answer.payload)), status, recovered: true }),
+    });
+    const seq = audit.headSeq;
+    appended.push(
+      committed.then(
+        () => ({ a, seq }),
         () => undefined,
-      );
-    appended.push(committed);
+      ),
+    );
   }
   audit.flush();
+  const recorded = (await Promise.all(appended)).filter((r) => r !== undefined);
+  // The refusals a revocation causes name its record, as they would have named the request's own.
+  for (const { a, seq } of recorded) for (const id of a.revoked ?? []) store.noteRevocationSeq(id, seq);
   // Only those whose record committed stop naming their intents (a kill in between writes them
   // again, never loses them); one whose commit failed is left for the next start.
-  const recorded = (await Promise.all(appended)).filter((k) => k !== undefined);
-  done.push(...recorded);
+  done.push(...recorded.map((r) => r.a.key));
   if (done.length) store.effectAnswersRecorded(done);
   return { recorded: recorded.length, failed: appended.length - recorded.length };
 }
 
+/** The detail the op made for its outcome record, committed with its answer (none in an older kernel's row). */
+function outcomeDetail(a: EffectAnswer): { [k: string]: DetailValue } | undefined {
+  if (a.detail === undefined) return undefined;
+  try {
+    const v: unknown = JSON.parse(a.detail);
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) return v as { [k: string]: DetailValue };
+  } catch {
+    // A damaged row: the answer's summary instead.
+  }
+  return undefined;
+}
+
 /**
- * What the outcome summary can say from the recorded answer alone: its small scalar fields
+ * What the outcome summary can say from the recorded answer alone (an older kernel's row): its small scalar fields
  * (generation, size, ids, counts), and a token it carries as its audit detail (never the token's bytes).
  */
 function answerSummary(payload: unknown): { [k: string]: DetailValue } {

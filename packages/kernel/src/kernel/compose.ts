@@ -429,6 +429,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       admission,
       bodies,
       peerLog,
+      revocationRecorded: (ids, seq) => {
+        for (const id of ids) tokens.noteRevokeRecord(id, seq);
+      },
     });
     pipelineRef = pipeline;
     const host: SessionHost = {
