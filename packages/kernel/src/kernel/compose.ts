@@ -464,11 +464,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       sessionQueued: (s) => sessions.queuedTo(s),
       // The answers' bounds on unread bytes (maxQueuedBytesPerPersona, maxQueuedBytes) hold events too.
-      eventRoom: (s, bytes) => {
-        const tree = sessions.queued.tree(s.id);
-        if (tree === 0) return true;
-        return tree + bytes <= c.maxQueuedBytesPerPersona && sessions.queued.kernel() + bytes <= c.maxQueuedBytes;
-      },
+      eventRoom: (s, bytes) => answers.queuedRoom(s.id, bytes) === undefined,
       shm: sharedMemory(c, kernelId, log, sessions, shmBudget),
       bodies,
     };
