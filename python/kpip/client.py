@@ -200,7 +200,7 @@ class Client:
         self._link = None
         loop = asyncio.get_running_loop()
         for p in self._calls.all():
-            p.sent = False
+            self._calls.mark_sent(p, False)
             if p.deadline is None and p.timer is None:
                 p.timer = loop.call_later(self._o["unavailable"], self._unavailable, p)
         if isinstance(err, AuthError) or not self._o["reconnect"] or self.state in ("closing", "closed"):
@@ -273,7 +273,7 @@ class Client:
 
     def _end_if_answered(self, link: Link) -> None:
         """A closing link whose sent calls are all answered is done: the next session takes the rest."""
-        if not any(p.sent for p in self._calls.all()):
+        if self._calls.sent_count == 0:
             self._on_lost(link, KernelUnavailable(f"the kernel said goodbye: {self._goodbye}"))
 
     def _on_response(self, p: Pending, r: dict[str, Any]) -> None:
@@ -283,7 +283,7 @@ class Client:
                 delay = self._retry.delay(p.attempts)
                 if p.deadline is None or time.monotonic() + delay < p.deadline:
                     p.attempts += 1
-                    p.sent = False
+                    self._calls.mark_sent(p, False)
                     asyncio.get_running_loop().call_later(delay, self._send, p)
                     return
             if cls == "AUTH" and not p.auth_retried and self._link is not None:
@@ -360,7 +360,7 @@ class Client:
         if len(frame) - HEADER_SIZE > link.session.max_body:
             self._calls.settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
             return
-        p.sent = True
+        self._calls.mark_sent(p, True)
         link.send_frame(frame)
 
     def _flush(self) -> None:
