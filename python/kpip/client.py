@@ -17,7 +17,9 @@ from .errors import (
     FrameError,
     KernelUnavailable,
     KpipError,
+    ProtocolViolation,
     TokenRefreshFailed,
+    UntrustedSocket,
     wire_error,
 )
 from .frames import HEADER_SIZE
@@ -29,6 +31,10 @@ from .refresh import TokenRefresher
 from .shm import DEFAULT_THRESHOLD
 from .subscription import Subscription, Subscriptions
 from .tokens import Token, b64url_decode, decode_token
+
+#: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
+#: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
+RECONNECTABLE = (KernelUnavailable, UntrustedSocket, ProtocolViolation, KpipError, OSError, EOFError)
 
 
 class Client:
@@ -226,13 +232,19 @@ class Client:
                 except AuthError as e:
                     self.last_error = e
                     self._shutdown(e)  # the persona can no longer attest: retrying cannot help
-                # Anything else is retried, as a failed connect is (another user's socket at the path
-                # included: refused at each try, nothing sent): a failure type missing from a list
-                # left the client "reconnecting" for ever with no task to reconnect.
-                except Exception as e:
+                # What a connect and handshake fail with is retried: no kernel or a dead connection
+                # (KernelUnavailable, OSError, EOFError), another user's socket at the path
+                # (UntrustedSocket: refused at each try, nothing sent), a kernel's refusal or a
+                # malformed or out-of-order message (KpipError, ProtocolViolation).
+                except RECONNECTABLE as e:
                     self.last_error = e
                     if self.state != "closed":
                         self.state = "reconnecting"
+                # Anything else is a bug, here or in what the client was given: retrying it would only
+                # show as "reconnecting" for ever. It ends the client, raised to every waiting call.
+                except Exception as e:
+                    self.last_error = e
+                    self._shutdown(e)
         finally:
             self._reconnecting = None
 
