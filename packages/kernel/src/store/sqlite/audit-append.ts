@@ -66,7 +66,7 @@ export function auditAppender(db: Database.Database): {
     if (i < rows.length) insert(rows, i, rows.length - i);
   };
   const dedupeRow = db.prepare(
-    "INSERT OR REPLACE INTO dedupe (key, hash, response, expires, intent_seq, after_seq) VALUES (?, ?, ?, ?, ?, ?)",
+    "INSERT OR REPLACE INTO dedupe (key, hash, response, expires, intent_seq, after_seq, detail, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
   );
   const dropJournal = db.prepare("DELETE FROM offline_journal WHERE id <= ?");
   const checkpointRow = db.prepare(
@@ -74,7 +74,16 @@ export function auditAppender(db: Database.Database): {
   );
   // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
   const putDedupe = (d: DedupeRow) =>
-    dedupeRow.run(d.key, d.hash, d.response, d.expires, d.intentSeq ?? null, d.afterSeq ?? null);
+    dedupeRow.run(
+      d.key,
+      d.hash,
+      d.response,
+      d.expires,
+      d.intentSeq ?? null,
+      d.afterSeq ?? null,
+      d.detail ?? null,
+      d.revoked ? JSON.stringify(d.revoked) : null,
+    );
   const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
   const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps]: Parameters<AuditAppend>) => {
     insertAll(rows);
