@@ -2,12 +2,13 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import nodeTls from "node:tls";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { KernelClient, KernelUnavailableError } from "@kpip/client";
+import { InsecureTransportError, KernelClient, KernelUnavailableError } from "@kpip/client";
 import {
   attestationTranscript,
   decodeMessage,
@@ -563,6 +564,46 @@ describe("gRPC configuration", () => {
     await c.close();
     await t.stop();
     removeHome(t.home);
+  });
+
+  it("the client sends nothing in plaintext off loopback: a forwarder on 127.0.0.2 (not loopback by PROTOCOL §3.6) relaying to a plaintext kernel gets no byte", async () => {
+    // The kernel refuses plaintext off loopback, but a client given `insecure` dialled any address:
+    // through a plaintext relay (a port forward, a proxy) whoever is on the path read every token
+    // and answer and, KPIP having no integrity of its own, could send requests in the session.
+    const t = await startKernel({ grpcListen: "127.0.0.1:0" });
+    const kernelPort = Number((t.k.grpcAddress as string).split(":").pop());
+    let relayed = 0;
+    const relay = createServer((inbound) => {
+      const out = connect(kernelPort, "127.0.0.1");
+      inbound.on("data", (b: Buffer) => {
+        relayed += b.length;
+      });
+      inbound.pipe(out).pipe(inbound);
+      inbound.on("error", () => out.destroy());
+      out.on("error", () => inbound.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.2", r));
+    const relayAddress = `127.0.0.2:${(relay.address() as AddressInfo).port}`;
+    try {
+      const dial = (address: string) =>
+        KernelClient.connect({
+          grpc: { address, insecure: true },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+      await assert.rejects(dial(relayAddress), InsecureTransportError);
+      await assert.rejects(dial(`kernel.example:${kernelPort}`), InsecureTransportError);
+      assert.equal(relayed, 0, "nothing reached the relay");
+      // Loopback stays open to plaintext, as the kernel's listener is.
+      const c = await dial(t.k.grpcAddress as string);
+      assert.equal((await c.system.health()).status, "ok");
+      await c.close();
+    } finally {
+      relay.close();
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("refuses plaintext off loopback, bad addresses, unreadable or half TLS settings (ConfigError, never starts)", async () => {
