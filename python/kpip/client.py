@@ -29,7 +29,7 @@ from .link import Link, Session, new_instance_id
 from .messages import Message, encode_message
 from .refresh import TokenRefresher
 from .shm import DEFAULT_THRESHOLD
-from .subscription import Subscription, Subscriptions
+from .subscription import DEFAULT_BUFFER_BYTES, Subscription, Subscriptions
 from .tokens import Token, b64url_decode, decode_token
 
 #: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
@@ -263,7 +263,7 @@ class Client:
             if link.closing:
                 self._end_if_answered(link)
         elif m.type == "EVENT":
-            self._subs.deliver(b)
+            self._subs.deliver(b, m.size)
         elif m.type == "PING":
             link.write(encode_message("PONG", {"seq": b["seq"]}))
         elif m.type == "PONG":
@@ -385,9 +385,18 @@ class Client:
 
     # ---- events, tokens, deferred ops ------------------------------------------------
 
-    async def subscribe(self, pattern: str, *, buffer: int = 1000, timeout: float | None = None) -> Subscription:
-        """Events on topic:// names matching `pattern`; renewed after every reconnect."""
-        return await self._subs.subscribe(pattern, buffer, timeout)
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        buffer: int = 1000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        timeout: float | None = None,
+    ) -> Subscription:
+        """Events on topic:// names matching `pattern`; renewed after every reconnect. At most
+        `buffer` events and `buffer_bytes` bytes of them wait for the reader (the newest always);
+        past either the oldest are dropped into the next event's ``gap``."""
+        return await self._subs.subscribe(pattern, buffer, timeout, buffer_bytes)
 
     async def bind(self, token: bytes | str) -> int:
         """Binds a token on this session (token.bind) and holds it for every later session."""
