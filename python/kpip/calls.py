@@ -41,7 +41,7 @@ class Pending:
     future: asyncio.Future[dict[str, Any]]
     attempts: int = 1
     auth_retried: bool = False
-    sent: bool = False
+    sent: bool = False  # on the current link; changed only by CallTable.mark_sent, which counts them
     timer: asyncio.TimerHandle | None = None
 
 
@@ -59,6 +59,9 @@ class CallTable:
     def __init__(self) -> None:
         self._by_stream: dict[int, Pending] = {}
         self._next_id = 1
+        # Of those, the calls sent on the current link: kept where `sent` flips, read at each
+        # answer on a closing link (not a scan of every call per answer).
+        self._sent = 0
 
     def open(
         self, intent: bytes, context: dict[str, Any], caps: list[Any] | None, deadline: float | None
@@ -82,11 +85,27 @@ class CallTable:
     def all(self) -> list[Pending]:
         return list(self._by_stream.values())
 
+    @property
+    def sent_count(self) -> int:
+        """Calls sent on the current link and not yet answered (a closing link waits for them)."""
+        return self._sent
+
+    def mark_sent(self, p: Pending, sent: bool) -> None:
+        """The one place a call's `sent` changes: :attr:`sent_count` follows it."""
+        if p.sent == sent:
+            return
+        p.sent = sent
+        self._sent += 1 if sent else -1
+
+    def _remove(self, p: Pending) -> None:
+        del self._by_stream[p.stream]
+        self.mark_sent(p, False)
+
     def settle(self, p: Pending, r: dict[str, Any] | None = None, error: BaseException | None = None) -> None:
         """Answers the call's awaiter with the RESPONSE body `r`, or raises `error` in it."""
         if not self.holds(p):
             return
-        del self._by_stream[p.stream]
+        self._remove(p)
         if p.timer is not None:
             p.timer.cancel()
         if not p.future.done():
@@ -98,7 +117,7 @@ class CallTable:
     def drop(self, p: Pending) -> None:
         """The caller stopped waiting (answer, deadline or cancellation): forget the call."""
         if self.holds(p):
-            del self._by_stream[p.stream]
+            self._remove(p)
         if p.timer is not None:
             p.timer.cancel()
         p.future.cancel()

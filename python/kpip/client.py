@@ -17,7 +17,9 @@ from .errors import (
     FrameError,
     KernelUnavailable,
     KpipError,
+    ProtocolViolation,
     TokenRefreshFailed,
+    UntrustedSocket,
     wire_error,
 )
 from .frames import HEADER_SIZE
@@ -27,8 +29,12 @@ from .link import Link, Session, new_instance_id
 from .messages import Message, encode_message
 from .refresh import TokenRefresher
 from .shm import DEFAULT_THRESHOLD
-from .subscription import Subscription, Subscriptions
+from .subscription import DEFAULT_BUFFER_BYTES, Subscription, Subscriptions
 from .tokens import Token, b64url_decode, decode_token
+
+#: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
+#: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
+RECONNECTABLE = (KernelUnavailable, UntrustedSocket, ProtocolViolation, KpipError, OSError, EOFError)
 
 
 class Client:
@@ -200,7 +206,7 @@ class Client:
         self._link = None
         loop = asyncio.get_running_loop()
         for p in self._calls.all():
-            p.sent = False
+            self._calls.mark_sent(p, False)
             if p.deadline is None and p.timer is None:
                 p.timer = loop.call_later(self._o["unavailable"], self._unavailable, p)
         if isinstance(err, AuthError) or not self._o["reconnect"] or self.state in ("closing", "closed"):
@@ -226,13 +232,19 @@ class Client:
                 except AuthError as e:
                     self.last_error = e
                     self._shutdown(e)  # the persona can no longer attest: retrying cannot help
-                # Anything else is retried, as a failed connect is (another user's socket at the path
-                # included: refused at each try, nothing sent): a failure type missing from a list
-                # left the client "reconnecting" for ever with no task to reconnect.
-                except Exception as e:
+                # What a connect and handshake fail with is retried: no kernel or a dead connection
+                # (KernelUnavailable, OSError, EOFError), another user's socket at the path
+                # (UntrustedSocket: refused at each try, nothing sent), a kernel's refusal or a
+                # malformed or out-of-order message (KpipError, ProtocolViolation).
+                except RECONNECTABLE as e:
                     self.last_error = e
                     if self.state != "closed":
                         self.state = "reconnecting"
+                # Anything else is a bug, here or in what the client was given: retrying it would only
+                # show as "reconnecting" for ever. It ends the client, raised to every waiting call.
+                except Exception as e:
+                    self.last_error = e
+                    self._shutdown(e)
         finally:
             self._reconnecting = None
 
@@ -251,7 +263,7 @@ class Client:
             if link.closing:
                 self._end_if_answered(link)
         elif m.type == "EVENT":
-            self._subs.deliver(b)
+            self._subs.deliver(b, m.size)
         elif m.type == "PING":
             link.write(encode_message("PONG", {"seq": b["seq"]}))
         elif m.type == "PONG":
@@ -273,7 +285,7 @@ class Client:
 
     def _end_if_answered(self, link: Link) -> None:
         """A closing link whose sent calls are all answered is done: the next session takes the rest."""
-        if not any(p.sent for p in self._calls.all()):
+        if self._calls.sent_count == 0:
             self._on_lost(link, KernelUnavailable(f"the kernel said goodbye: {self._goodbye}"))
 
     def _on_response(self, p: Pending, r: dict[str, Any]) -> None:
@@ -283,7 +295,7 @@ class Client:
                 delay = self._retry.delay(p.attempts)
                 if p.deadline is None or time.monotonic() + delay < p.deadline:
                     p.attempts += 1
-                    p.sent = False
+                    self._calls.mark_sent(p, False)
                     asyncio.get_running_loop().call_later(delay, self._send, p)
                     return
             if cls == "AUTH" and not p.auth_retried and self._link is not None:
@@ -360,7 +372,7 @@ class Client:
         if len(frame) - HEADER_SIZE > link.session.max_body:
             self._calls.settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
             return
-        p.sent = True
+        self._calls.mark_sent(p, True)
         link.send_frame(frame)
 
     def _flush(self) -> None:
@@ -373,9 +385,18 @@ class Client:
 
     # ---- events, tokens, deferred ops ------------------------------------------------
 
-    async def subscribe(self, pattern: str, *, buffer: int = 1000, timeout: float | None = None) -> Subscription:
-        """Events on topic:// names matching `pattern`; renewed after every reconnect."""
-        return await self._subs.subscribe(pattern, buffer, timeout)
+    async def subscribe(
+        self,
+        pattern: str,
+        *,
+        buffer: int = 1000,
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+        timeout: float | None = None,
+    ) -> Subscription:
+        """Events on topic:// names matching `pattern`; renewed after every reconnect. At most
+        `buffer` events and `buffer_bytes` bytes of them wait for the reader (the newest always);
+        past either the oldest are dropped into the next event's ``gap``."""
+        return await self._subs.subscribe(pattern, buffer, timeout, buffer_bytes)
 
     async def bind(self, token: bytes | str) -> int:
         """Binds a token on this session (token.bind) and holds it for every later session."""

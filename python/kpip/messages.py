@@ -235,6 +235,7 @@ class Message:
     type: str
     body: dict[str, Any]
     stream: int = 0
+    size: int = 0  # the frame body's bytes (what a subscription's buffer counts)
 
 
 def decode_message(f: Frame) -> Message:
@@ -242,7 +243,7 @@ def decode_message(f: Frame) -> Message:
     body = cbor.decode(f.body)
     validate(f.type, body)
     assert isinstance(body, dict)
-    return Message(f.type, body, f.stream)
+    return Message(f.type, body, f.stream, len(f.body))
 
 
 def encode_body(type_: str, body: dict[str, Any]) -> bytes:

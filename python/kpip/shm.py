@@ -66,8 +66,8 @@ def unavailable(directory: str = SHM_DIR) -> str | None:
 
 
 def segment_name(kernel: str, session: str, side: str) -> str:
-    """``/kpip.<kernel>.<session>.<k|p>`` (k: kernel → persona), other characters as ``_``."""
-    return re.sub(r"[^A-Za-z0-9._/-]", "_", f"/kpip.{kernel}.{session}.{side}")
+    """``/kpip.<kernel>.<session>.<k|p>`` (k: kernel → persona), other characters (``/`` too) as ``_``."""
+    return "/" + re.sub(r"[^A-Za-z0-9._-]", "_", f"kpip.{kernel}.{session}.{side}")
 
 
 def decode_descriptor(body: bytes) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -23,31 +24,51 @@ class Event:
 
 _END = object()
 
+# Bytes of events a subscription keeps for a reader that falls behind, by default: the kernel's own
+# bound per subscription (eventQueueBytes). Counted besides events, since one event may be as large
+# as a frame: another persona's large events on a shared topic must not fill a slow reader's process.
+DEFAULT_BUFFER_BYTES = 16 * 1024 * 1024
+
 
 class Subscription:
     """An async iterator of :class:`Event`; renewed by the client after every reconnect.
 
-    The buffer is bounded: when the reader falls behind, the oldest events are dropped and the
-    next event's ``gap`` counts them (events emitted while disconnected are not replayed)."""
+    The buffer is bounded in events and in bytes: when the reader falls behind, the oldest events
+    are dropped and the next event's ``gap`` counts them (events emitted while disconnected are
+    not replayed). The newest event is always kept, whatever its size."""
 
-    def __init__(self, pattern: str, buffer: int, unsubscribe: Callable[[Subscription], Awaitable[None]]):
+    def __init__(
+        self,
+        pattern: str,
+        buffer: int,
+        unsubscribe: Callable[[Subscription], Awaitable[None]],
+        buffer_bytes: int = DEFAULT_BUFFER_BYTES,
+    ):
         self.pattern = pattern
         self.remote_id = 0
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._buffer = buffer
+        self._buffer_bytes = buffer_bytes
+        # The size of each queued event (its frame's body), in the queue's order, and their sum.
+        self._sizes: deque[int] = deque()
+        self.buffered_bytes = 0
         self._dropped = 0
         self._unsubscribe = unsubscribe
         self.closed = False
 
-    def push(self, body: dict[str, Any]) -> None:
+    def push(self, body: dict[str, Any], size: int = 0) -> None:
         if self.closed:
             return
-        if self._queue.qsize() >= self._buffer:
-            self._queue.get_nowait()
-            self._dropped += 1
+        while self._sizes and (len(self._sizes) >= self._buffer or self.buffered_bytes + size > self._buffer_bytes):
+            lost = self._queue.get_nowait()
+            self.buffered_bytes -= self._sizes.popleft()
+            # What it carried (the kernel's drops, and ours before it) is missed too.
+            self._dropped += 1 + lost.gap
         gap = body.get("gap", 0) + self._dropped
         self._dropped = 0
         self._queue.put_nowait(Event(body["topic"], body["seq"], body.get("data"), gap))
+        self._sizes.append(size)
+        self.buffered_bytes += size
 
     def end(self) -> None:
         if not self.closed:
@@ -60,6 +81,7 @@ class Subscription:
         if item is _END:
             self._queue.put_nowait(_END)
             raise StopAsyncIteration
+        self.buffered_bytes -= self._sizes.popleft()
         return item  # type: ignore[no-any-return]
 
     def __aiter__(self) -> AsyncIterator[Event]:
@@ -82,8 +104,10 @@ class Subscriptions:
         self._subs: set[Subscription] = set()
         self._pending: set[asyncio.Future[None]] = set()
 
-    async def subscribe(self, pattern: str, buffer: int, timeout: float | None) -> Subscription:
-        sub = Subscription(pattern, buffer, self._unsubscribe)
+    async def subscribe(
+        self, pattern: str, buffer: int, timeout: float | None, buffer_bytes: int = DEFAULT_BUFFER_BYTES
+    ) -> Subscription:
+        sub = Subscription(pattern, buffer, self._unsubscribe, buffer_bytes)
         r = await self.client.call("event.subscribe", pattern, timeout=timeout)
         sub.remote_id = r.payload["subscription"]
         self._subs.add(sub)
@@ -106,7 +130,7 @@ class Subscriptions:
             except (KpipError, KernelUnavailable, DeadlineExceeded):
                 pass  # tried again after the next reconnect
 
-    def deliver(self, body: dict[str, Any]) -> None:
+    def deliver(self, body: dict[str, Any], size: int = 0) -> None:
         # Subscription 0 carries the kernel's notices to the session (a token revoked), not to a
         # subscription; 0 is also the id of one being made again, which must not take them.
         if body["subscription"] == 0:
@@ -122,7 +146,7 @@ class Subscriptions:
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
             else:
-                sub.push(body)
+                sub.push(body, size)
 
     async def _again(self, sub: Subscription) -> None:
         try:

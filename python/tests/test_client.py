@@ -146,6 +146,50 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual([m.body["id"] for m in k.requests], [1, 1])
             await c.close()
 
+    async def test_a_bug_while_reconnecting_ends_the_client_with_it_instead_of_reconnecting_for_ever(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.writer.close()  # the kernel dies with the request in flight
+
+        class Bug(Exception):
+            pass
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            # A failure that is no connection's, transport's nor protocol's: a programming error.
+            with mock.patch.object(kpip.link.Link, "handshake", side_effect=Bug("a bug in the handshake")):
+                with self.assertRaises(Bug):
+                    await c.call("system.health", "kernel://", timeout=30)
+            self.assertEqual(c.state, "closed")
+            self.assertIsInstance(c.last_error, Bug)
+            with self.assertRaises(kpip.KernelUnavailable):
+                await c.call("system.health", "kernel://")
+        # A connection, transport or protocol failure is still retried: another user's socket,
+        # a connection reset, a kernel breaking the protocol, then the kernel is back.
+        async def dies_once(c: Conn, m: kpip.Message) -> None:
+            if k.sessions == 1:
+                c.writer.close()
+            else:
+                c.answer(m, payload=1)
+
+        async with FakeKernel(dies_once) as k:
+            c = await self.connect(k)
+            failures = iter(
+                [kpip.UntrustedSocket("another user's"), ConnectionResetError(), kpip.ProtocolViolation("bad", "BAD_FIELD")]
+            )
+            real = kpip.link.Link.handshake
+
+            async def flaky(self: kpip.link.Link, *a: Any, **kw: Any) -> kpip.link.Session:
+                e = next(failures, None)
+                if e is not None:
+                    raise e
+                return await real(self, *a, **kw)
+
+            with mock.patch.object(kpip.link.Link, "handshake", flaky):
+                self.assertEqual((await c.call("system.health", "kernel://", timeout=30)).payload, 1)
+            self.assertIsNone(next(failures, None), "each failure was met, and retried")
+            self.assertEqual(c.state, "ready")
+            await c.close()
+
     async def test_after_the_kernels_goodbye_calls_sent_are_answered_there_and_new_ones_wait_for_the_next_session(self) -> None:
         release = asyncio.Event()
         on_session: dict[int, list[int]] = {}

@@ -71,6 +71,35 @@ class Live(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(StopAsyncIteration):
             await sub.get(timeout=30)
 
+    async def test_a_reader_that_falls_behind_keeps_at_most_its_buffer_bytes_of_large_events(self) -> None:
+        # Bounded by count only, 100 events of 8 MiB from another persona on a shared topic were
+        # all kept (~800 MB) for a subscriber that had not read them yet.
+        small = await self.c.subscribe("topic://pybig/**", buffer_bytes=2 * 1024 * 1024)
+        by_default = await self.c.subscribe("topic://pybig/**")
+        data = b"\x09" * (512 * 1024)
+        n = 40
+        for i in range(n):
+            await self.c.call("event.emit", "topic://pybig/x", {"data": {"i": i, "data": data}})
+        await self.c.call("event.emit", "topic://pybig/end")
+
+        async def drain(sub: kpip.Subscription) -> tuple[int, int, int]:
+            events = kept = missed = 0
+            while True:
+                e = await sub.get(timeout=30)
+                missed += e.gap
+                if e.topic == "topic://pybig/end":
+                    return events, kept, missed
+                events += 1
+                kept += len(e.data["data"])
+
+        for sub, bound in ((small, 2 * 1024 * 1024), (by_default, 16 * 1024 * 1024)):
+            events, kept, missed = await drain(sub)
+            self.assertLessEqual(kept, bound)
+            self.assertGreater(missed, 0)
+            self.assertEqual(events + missed, n)  # nothing vanished unannounced
+            self.assertEqual(sub.buffered_bytes, 0)
+            await sub.unsubscribe()
+
     async def test_a_subscription_ends_when_its_token_is_revoked(self) -> None:
         persona = kpip.Identity.load(self.identity).persona
         m = await self.c.call(

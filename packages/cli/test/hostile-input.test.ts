@@ -1,6 +1,16 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, truncateSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  mkdirSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  truncateSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -177,6 +187,26 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.doesNotMatch(r.err, /internal error|\n\s+at /, what);
     }
     assert.throws(() => statSync(join(work, "no-such-home")), /ENOENT/, "rotate-key made no home");
+  });
+
+  it("token rotate-key and retire-key on a home whose key file is gone make none (it would hold only a new key: every token issued would stop verifying); retire-key of an unknown key is exit 2, escaped", () => {
+    const keyless = join(work, "keyless-home");
+    mkdirSync(keyless, { mode: 0o700 });
+    copyFileSync(join(home, "kernel.db"), join(keyless, "kernel.db"));
+    for (const args of [
+      ["token", "rotate-key", "--home", keyless],
+      ["token", "retire-key", "k1", "--home", keyless],
+      ["token", "retire-key", "k1", "--home", join(work, "no-such-home")],
+    ]) {
+      const r = kpipBounded(args);
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}${r.err}`);
+      assert.match(r.err, /token key file .*token-keys\.json cannot be read|no kernel home/, args.join(" "));
+      assert.doesNotMatch(r.err, /internal error|\n\s+at /);
+    }
+    assert.throws(() => statSync(join(keyless, "token-keys.json")), /ENOENT/, "no key file made");
+    const unknown = kpipBounded(["token", "retire-key", "k\u009b2J\u202e", ...h]);
+    assert.equal(unknown.code, 2, unknown.err);
+    assert.match(unknown.err, /no root key "k\\u\{9b\}2J\\u\{202e\}"/);
   });
 
   it("kpip kernel shows a setting's value from config.json or KPIP_* escaped when it refuses it: a C1 CSI or a bidi override does not reach the terminal", () => {

@@ -48,6 +48,8 @@ function capture(resolve: (v: Settled) => void, reject: (e: Error) => void): voi
 export class CallTable {
   private nextId = 1;
   private readonly pending = new Map<number, PendingCall>();
+  /** Of {@link pending}, those sent on the current link: kept where `sent` flips ({@link setSent}), read at each answer on a closing link. */
+  private sentCalls = 0;
   private drainWaiters: (() => void)[] = [];
   private readonly encoder: RequestEncoder;
   private readonly defaultContext: RequestContext;
@@ -154,7 +156,7 @@ export class CallTable {
         const delay = backoffDelay(this.o.retryBackoff, p.attempts);
         if (p.deadline === undefined || Date.now() + delay < p.deadline) {
           p.attempts++;
-          p.sent = false;
+          this.setSent(p, false);
           setTimeout(() => this.send(p), delay).unref();
           return;
         }
@@ -162,7 +164,7 @@ export class CallTable {
       if (r.error === "AUTH" && !p.authRetried) {
         // One fresh handshake and attestation, then the same request again.
         p.authRetried = true;
-        p.sent = false;
+        this.setSent(p, false);
         this.host.reattest();
         return;
       }
@@ -182,7 +184,7 @@ export class CallTable {
   /** The link was lost: every call is unsent again, and one without a deadline waits a bounded time. */
   linkLost(): void {
     for (const p of this.pending.values()) {
-      p.sent = false;
+      this.setSent(p, false);
       if (p.expiry === "none") this.waitForKernel(p);
     }
   }
@@ -202,9 +204,14 @@ export class CallTable {
 
   /** Calls sent on the current link and not yet answered (a closing link waits for them). */
   sentCount(): number {
-    let n = 0;
-    for (const p of this.pending.values()) if (p.sent) n++;
-    return n;
+    return this.sentCalls;
+  }
+
+  /** The one place a call's `sent` changes: {@link sentCount} follows it. */
+  private setSent(p: PendingCall, sent: boolean): void {
+    if (p.sent === sent) return;
+    p.sent = sent;
+    this.sentCalls += sent ? 1 : -1;
   }
 
   /** Fails every call with `err` (shutdown, or failFast while reconnecting). */
@@ -277,7 +284,7 @@ export class CallTable {
       this.settle(p, undefined, new RequestTooLargeError(bodySize, link.maxBody));
       return false;
     }
-    p.sent = true;
+    this.setSent(p, true);
     return true;
   }
 
@@ -291,6 +298,7 @@ export class CallTable {
 
   private settle(p: PendingCall, r: Response | undefined, err?: Error): void {
     if (!this.pending.delete(p.stream)) return;
+    this.setSent(p, false);
     if (p.heapIndex >= 0) this.expiries.remove(p);
     p.unlisten();
     // Ended locally with the caller's bytes still queued: the rejection waits for them to leave

@@ -28,7 +28,7 @@ import {
   type ResolvedOptions,
   resolveOptions,
 } from "./options.js";
-import type { Subscription } from "./subscription.js";
+import type { SubscribeOptions, Subscription } from "./subscription.js";
 import { Subscriptions } from "./subscriptions.js";
 import { TokenRefresher } from "./token-refresher.js";
 
@@ -230,10 +230,12 @@ export class KernelClient extends EventEmitter {
 
   /**
    * Subscribes to topic:// names matching `pattern` (`*` one segment, `**` any depth). The
-   * result is an async iterable of events with a bounded buffer (`bufferSize`, default 1000);
-   * it survives reconnects and ends with `unsubscribe()`, `break`, or `close()`.
+   * result is an async iterable of events with a buffer bounded in events and bytes
+   * (`bufferSize`, default 1000; `bufferBytes`, default 16 MiB: past either the oldest are
+   * dropped into the next event's `gap`); it survives reconnects and ends with `unsubscribe()`,
+   * `break`, or `close()`.
    */
-  subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+  subscribe(pattern: string, opts: SubscribeOptions = {}): Promise<Subscription> {
     return this.subs.subscribe(pattern, opts);
   }
 
@@ -243,7 +245,7 @@ export class KernelClient extends EventEmitter {
    * `{ uri, generation, kind: "write" | "delete" }`. Like {@link subscribe} it survives
    * reconnects; it ends when unsubscribed, closed, or when no held capability allows it any more.
    */
-  watch(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+  watch(pattern: string, opts: SubscribeOptions = {}): Promise<Subscription> {
     return this.subs.watch(pattern, opts);
   }
 
@@ -277,8 +279,8 @@ export class KernelClient extends EventEmitter {
           this.setState("attesting");
         },
         response: (stream, r) => this.calls.onResponse(stream, r),
-        event: (e: KEvent) => {
-          this.subs.dispatch(e);
+        event: (e: KEvent, size: number) => {
+          this.subs.dispatch(e, size);
           this.emit("event", e);
         },
         goodbye: (reason) => this.emit("goodbye", reason),

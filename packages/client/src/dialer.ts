@@ -97,8 +97,10 @@ export class Dialer {
       } catch (e) {
         this.host.failed(e);
         if (this.host.closed()) break;
-        if (e instanceof KpipError && e.errorClass === "AUTH") {
-          // Refused attestation (the persona was removed or its key changed): retrying cannot help.
+        if ((e instanceof KpipError && e.errorClass === "AUTH") || isBug(e)) {
+          // Refused attestation (the persona was removed or its key changed), or a programming
+          // error (in a connector, in this client): retrying cannot help, and an endless
+          // "reconnecting" would hide it; the client ends with it, given to every waiting call.
           this.host.giveUp(e);
           break;
         }
@@ -106,4 +108,9 @@ export class Dialer {
       }
     }
   }
+}
+
+/** JavaScript's own errors for code that is wrong, never for a kernel or a network that is away. */
+function isBug(e: unknown): e is Error {
+  return e instanceof TypeError || e instanceof ReferenceError || e instanceof RangeError || e instanceof SyntaxError;
 }

@@ -32,6 +32,16 @@ export class UntrustedSocketError extends LocalError {
   override name = "UntrustedSocketError";
 }
 
+/**
+ * gRPC in plaintext (`insecure`) to an address that is not loopback: TLS is required there
+ * (PROTOCOL §3.6). KPIP has no integrity of its own under the transport, so whoever is on the
+ * path could read every request and answer and, once the persona attested, send requests in its
+ * session. Nothing is sent.
+ */
+export class InsecureTransportError extends LocalError {
+  override name = "InsecureTransportError";
+}
+
 /** The call's deadline passed before an answer arrived. */
 export class TimeoutError extends LocalError {
   override name = "TimeoutError";

@@ -37,7 +37,7 @@ import { ProtocolViolationError } from "./errors.js";
 import { type OpAnswer, type OpCall, opCall } from "./op-call.js";
 import type { CallFn as Call, CallOptions } from "./options.js";
 import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
-import type { Subscription } from "./subscription.js";
+import type { SubscribeOptions, Subscription } from "./subscription.js";
 
 /*
  * Each family's methods are typed one-liners over the op catalogue (`@kpip/protocol`): the
@@ -187,11 +187,11 @@ export class EventsApi {
   private readonly op: OpCall;
   constructor(
     call: Call,
-    private readonly subscribeFn: (pattern: string, opts?: CallOptions & { bufferSize?: number }) => Promise<Subscription>,
+    private readonly subscribeFn: (pattern: string, opts?: SubscribeOptions) => Promise<Subscription>,
   ) {
     this.op = opCall(call);
   }
-  subscribe(pattern: string, opts?: CallOptions & { bufferSize?: number }): Promise<Subscription> {
+  subscribe(pattern: string, opts?: SubscribeOptions): Promise<Subscription> {
     return this.subscribeFn(pattern, opts);
   }
   async emit(topic: string, data?: CborValue, opts?: CallOptions): Promise<ResultOf<typeof eventEmit>> {

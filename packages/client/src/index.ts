@@ -23,3 +23,4 @@ export { loadIdentity } from "./identity.js";
 export { type OpAnswer, type OpCall, type OpRequest, type OpResponse, opCall, opRequest } from "./op-call.js";
 export type { CallFn, CallOptions, CallResult, ClientState, ConnectOptions } from "./options.js";
 export type { PutLargeOptions, ReadLargeOptions } from "./storage-large.js";
+export { DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_EVENTS, type SubscribeOptions, type Subscription } from "./subscription.js";

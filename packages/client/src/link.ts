@@ -50,7 +50,8 @@ export interface LinkEvents {
   /** CHALLENGE accepted; ATTEST sent. */
   attesting(link: Link): void;
   response(stream: number, r: Response): void;
-  event(e: KEvent): void;
+  /** An EVENT, and its frame's body size (what a subscription's buffer counts). */
+  event(e: KEvent, size: number): void;
   goodbye(reason: string | undefined): void;
   /** How many calls were sent on this link and are not yet answered (what a closing link waits for). */
   outstanding(link: Link): number;
@@ -279,7 +280,7 @@ export class Link {
           if (this.phase === "closing") this.endIfAnswered();
           return;
         }
-        if (m.type === "EVENT") return this.events.event(m.body as KEvent);
+        if (m.type === "EVENT") return this.events.event(m.body as KEvent, body.length);
         if (m.type === "PING") return this.send({ type: "PONG", body: { seq: m.body.seq } });
         return;
       case "GOODBYE":

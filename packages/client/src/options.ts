@@ -52,7 +52,11 @@ export interface ConnectOptions {
   connectTimeoutMs?: number;
   /** If no kernel answers at first, keep trying until connectTimeoutMs instead of failing at once. */
   waitForKernel?: boolean;
-  /** Reconnect after the connection is lost (default true). */
+  /**
+   * Reconnect after the connection is lost (default true). The client stops, and its waiting calls
+   * fail, on a refused attestation (AUTH) or a JavaScript error (TypeError, RangeError, …) from a
+   * connector: a custom connector reports a kernel that is away as `KernelUnavailableError`.
+   */
   reconnect?: boolean;
   reconnectBackoff?: BackoffPolicy;
   /** The attempt counter resets only after a connection stayed up this long (default 5 s). */

@@ -18,7 +18,7 @@ export class PendingCall implements Expiring {
   deadlineMs = 0;
   attempts = 1;
   authRetried = false;
-  /** Sent on the current link. */
+  /** Sent on the current link (changed only by the call table, which counts them). */
   sent = false;
   /** The REQUEST body's size when last sent (to tell which request a TOO_LARGE refusal was about). */
   size = 0;

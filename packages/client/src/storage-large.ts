@@ -7,6 +7,7 @@ import {
   storageUploadChunk,
   storageUploadCommit,
 } from "@kpip/protocol";
+import { ProtocolViolationError } from "./errors.js";
 import type { OpCall } from "./op-call.js";
 import type { CallOptions } from "./options.js";
 
@@ -115,6 +116,10 @@ export async function putLarge(
 /**
  * An object's bytes in ranged reads of `chunkBytes`, all of one generation: a write between
  * two ranges fails the next read (SEMANTIC, generation conflict) rather than mixing versions.
+ * Each answer must be the range asked of that one version — the same generation and size, the
+ * bytes from the offset asked, no more than asked, none missing before the end — else
+ * {@link ProtocolViolationError}: a faulty kernel's answers would otherwise be followed for
+ * ever (a size that grows with every range), or give other bytes than the object's.
  */
 export async function* readStream(
   op: OpCall,
@@ -125,12 +130,23 @@ export async function* readStream(
   const { chunkBytes, ...callOpts } = opts;
   const n = chunkSize(chunkBytes, maxBody);
   let offset = 0;
-  let generation: number | undefined;
+  let first: { generation: number; size: number } | undefined;
   for (;;) {
-    const r = (await op(storageRead, target, { offset, length: n, ifGeneration: generation }, callOpts)).payload;
-    generation = r.generation;
+    const r = (await op(storageRead, target, { offset, length: n, ifGeneration: first?.generation }, callOpts)).payload;
+    first ??= { generation: r.generation, size: r.size };
+    const wrong =
+      r.generation !== first.generation || r.size !== first.size
+        ? `generation ${r.generation} and size ${r.size} for the ranges of generation ${first.generation}, size ${first.size}`
+        : r.offset !== offset
+          ? `the range at ${r.offset} for the one asked at ${offset}`
+          : r.data.length > n
+            ? `${r.data.length} bytes for a range of ${n}`
+            : offset + r.data.length > first.size || (r.data.length === 0 && offset < first.size)
+              ? `${r.data.length} bytes at ${offset} of an object of ${first.size}`
+              : undefined;
+    if (wrong !== undefined) throw new ProtocolViolationError(`the kernel answered a read of ${target} with ${wrong}`);
     if (r.data.length > 0) yield r.data;
     offset += r.data.length;
-    if (offset >= r.size || r.data.length === 0) return;
+    if (offset >= first.size) return;
   }
 }

@@ -1,7 +1,7 @@
 import { eventSubscribe, eventUnsubscribe, type KEvent, storageUnwatch, storageWatch } from "@kpip/protocol";
 import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
-import { Subscription } from "./subscription.js";
+import { DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
 
 /** Where the subscription set reports a reconnect's outcome (the client's events). */
 export interface ResubscribeEvents {
@@ -46,28 +46,33 @@ export class Subscriptions {
   }
 
   /** Subscribes to topic:// names matching `pattern`; see {@link KernelClient.subscribe}. */
-  subscribe(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+  subscribe(pattern: string, opts: SubscribeOptions = {}): Promise<Subscription> {
     return this.open(EVENTS, pattern, opts);
   }
 
   /** Watches objects matching an obj:// pattern; see {@link KernelClient.watch}. */
-  watch(pattern: string, opts: CallOptions & { bufferSize?: number } = {}): Promise<Subscription> {
+  watch(pattern: string, opts: SubscribeOptions = {}): Promise<Subscription> {
     return this.open(WATCHES, pattern, opts);
   }
 
-  private async open(ops: SubscribeOps, pattern: string, opts: CallOptions & { bufferSize?: number }): Promise<Subscription> {
-    const { bufferSize, ...callOpts } = opts;
-    const sub = new Subscription(pattern, bufferSize ?? 1000, async (s) => {
-      this.subs.delete(s);
-      if (this.ready()) await ops.unsubscribe(this.op, s.pattern, s.remoteId).catch(() => {});
-    });
+  private async open(ops: SubscribeOps, pattern: string, opts: SubscribeOptions): Promise<Subscription> {
+    const { bufferSize, bufferBytes, ...callOpts } = opts;
+    const sub = new Subscription(
+      pattern,
+      bufferSize ?? DEFAULT_BUFFER_EVENTS,
+      async (s) => {
+        this.subs.delete(s);
+        if (this.ready()) await ops.unsubscribe(this.op, s.pattern, s.remoteId).catch(() => {});
+      },
+      bufferBytes,
+    );
     sub.remoteId = await ops.subscribe(this.op, pattern, callOpts);
     this.subs.set(sub, ops);
     return sub;
   }
 
-  /** An EVENT: to its subscription (0 is a kernel notice no subscription asked for). */
-  dispatch(e: KEvent): void {
+  /** An EVENT (`size`: its frame's body size): to its subscription (0 is a kernel notice no subscription asked for). */
+  dispatch(e: KEvent, size = 0): void {
     if (e.subscription === 0) return;
     for (const [sub, ops] of this.subs) {
       if (sub.remoteId !== e.subscription) continue;
@@ -75,7 +80,7 @@ export class Subscriptions {
       if (e.ended !== undefined) {
         sub.remoteId = 0;
         void this.again(sub, ops);
-      } else sub.push(e);
+      } else sub.push(e, size);
     }
   }
 

@@ -260,6 +260,49 @@ describe("calls: retries, deadlines, cancellation, errors", () => {
     }
   });
 
+  it("a large read whose ranges are not one version's (a size that grows, a range longer or elsewhere than asked, none before the end) is a protocol violation, not followed for ever", async () => {
+    const object = Buffer.from("0123456789");
+    type RangeAnswer = { data: Buffer; generation: number; size: number; offset: number };
+    /** Answers each range asked of `bytes`, with `alter` changing the answer. */
+    const ranged =
+      (bytes: Buffer, alter: (p: RangeAnswer, i: number) => RangeAnswer = (p) => p) =>
+      (r: Parameters<Parameters<FakeKernel["reset"]>[0]>[0]) => {
+        const args = decodeIntent(r.intent).args as { offset: number; length: number };
+        const data = bytes.subarray(args.offset, args.offset + args.length);
+        const i = fake.requests.length - 1;
+        return {
+          status: "SUCCESS" as const,
+          payload: alter({ data, generation: 7, size: bytes.length, offset: args.offset }, i),
+        };
+      };
+    const read = (steps: ReturnType<typeof ranged>[]) => {
+      reset(...steps);
+      return c.storage.getLarge("obj://ws/big", { chunkBytes: 4 });
+    };
+    const honest = Array.from({ length: 3 }, () => ranged(object));
+    assert.deepEqual(await read(honest), object);
+    const violation = (re: RegExp) => (e: unknown) => e instanceof ProtocolViolationError && re.test(e.message);
+    // A size that grows with every range: the stream never reached its end (getLarge grew without bound).
+    const growing = Array.from({ length: 8 }, () =>
+      ranged(object, (p, i) => ({ ...p, data: Buffer.alloc(4), size: 8 * (i + 2) })),
+    );
+    await assert.rejects(read(growing), violation(/size/));
+    // More bytes than asked, bytes from elsewhere, another generation, nothing before the end.
+    await assert.rejects(read([ranged(object, (p) => ({ ...p, data: Buffer.alloc(9) }))]), violation(/9 bytes for a range of 4/));
+    await assert.rejects(
+      read([ranged(object), ranged(object, (p) => ({ ...p, offset: 0 }))]),
+      violation(/at 0 for the one asked at 4/),
+    );
+    await assert.rejects(read([ranged(object), ranged(object, (p) => ({ ...p, generation: 8 }))]), violation(/generation 8/));
+    await assert.rejects(
+      read([ranged(object), ranged(object, (p) => ({ ...p, data: Buffer.alloc(0) }))]),
+      violation(/0 bytes at 4/),
+    );
+    // An empty object is one empty read.
+    reset(ranged(Buffer.alloc(0)));
+    assert.equal((await c.storage.getLarge("obj://ws/empty")).length, 0);
+  });
+
   it("a listing whose PARTIAL pages do not move on (no rows, or a cursor given before) is a protocol violation, not followed for ever", async () => {
     const item = (path: string) => ({ path, size: 1, generation: 1 });
     const partial = (items: ReturnType<typeof item>[], cursor: string) => () => ({

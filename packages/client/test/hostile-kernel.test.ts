@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { mkdtempSync, rmSync } from "node:fs";
+import { mkdirSync, mkdtempSync, readdirSync, rmSync } from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -219,5 +219,62 @@ describe("a kernel that breaks the handshake's order", () => {
     const told = await until(() => k.got.find((m) => m.type === "ERROR"), 5000, "the client's ERROR");
     assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "BAD_MAGIC", true]);
     await until(() => c.state === "closed", 5000, "the client closed");
+  });
+});
+
+describe("a kernel that names its shared-memory segments", () => {
+  it("cannot place the client's segment outside /dev/shm: a kernel id or session with '/' and '..' in CHALLENGE names a flat segment", async (t) => {
+    if (readdirSync("/dev").indexOf("shm") < 0) return t.skip("no /dev/shm");
+    // The segment's name is /kpip.<kernel>.<session>.p, and '/' was a character names kept: with
+    // a directory kpip.x… in /dev/shm (anyone may make one), `x…/../../..<dir>/k` put the client's
+    // segment — its request bodies — at a path the kernel chose.
+    const outside = mkdtempSync(join(tmpdir(), "kpip-shm-outside-"));
+    const stepping = `kpip.x${randomBytes(4).toString("hex")}`;
+    mkdirSync(join("/dev/shm", stepping));
+    const kernel = `${stepping.slice("kpip.".length)}/../../..${outside}/k`;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
+    const path = join(dir, "k.sock");
+    let shmFrames = 0;
+    const server = net.createServer((s) => {
+      const d = new FrameDecoder();
+      s.on("error", () => {});
+      s.on("data", (chunk) => {
+        for (const f of d.push(chunk)) {
+          if (f.flags !== 0) {
+            shmFrames++;
+            continue;
+          }
+          const m = decodeMessage(f);
+          if (m.type === "HELLO") {
+            const body = {
+              version: 1,
+              session: "s1",
+              nonce: Buffer.alloc(32),
+              kernel,
+              heartbeatMs: 1000,
+              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+              features: ["shm"],
+            };
+            s.write(encodeMessage({ type: "CHALLENGE", body }));
+          } else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    const c = await KernelClient.connect({ socket: path, identity: generateIdentity("alice"), reconnect: false });
+    try {
+      // A body over the shared-memory threshold: it goes through the client's own segment.
+      const call = c.call("storage.write", "obj://ws/x", { data: Buffer.alloc(256 * 1024, 7) }, { deadlineMs: 2000 });
+      call.catch(() => {});
+      await until(() => shmFrames > 0, 10_000, "the body sent through shared memory");
+      assert.deepEqual(readdirSync(outside), [], "nothing was created outside /dev/shm");
+      assert.deepEqual(readdirSync(join("/dev/shm", stepping)), []);
+    } finally {
+      await c.close().catch(() => {});
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+      rmSync(outside, { recursive: true, force: true });
+      rmSync(join("/dev/shm", stepping), { recursive: true, force: true });
+    }
   });
 });

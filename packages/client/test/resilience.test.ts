@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { KernelUnavailableError, TimeoutError } from "../src/index.js";
-import { kernelPool, until } from "./harness.js";
+import { type Connector, KernelUnavailableError, TimeoutError } from "../src/index.js";
+import { countingConnector, kernelPool, until } from "./harness.js";
 
 describe("client resilience", () => {
   const kernel = kernelPool();
@@ -58,6 +58,29 @@ describe("client resilience", () => {
     await k.start();
     assert.equal((await later).status, "ok");
     await until(() => fast.state === "ready", undefined, "the fail-fast client ready again");
+  });
+
+  it("a programming error while reconnecting ends the client with it, given to waiting calls, instead of reconnecting for ever", async (t) => {
+    const k = kernel();
+    await k.start();
+    const uds = countingConnector(k.socket);
+    let broken = false;
+    const connector: Connector = {
+      transport: uds.transport,
+      address: uds.address,
+      connect: (deadline) => (broken ? Promise.reject(new TypeError("a bug in the connector")) : uds.connect(deadline)),
+    };
+    const c = await k.connect({ connector });
+    t.after(() => c.close());
+    broken = true;
+    await k.kill();
+    const waiting = c.system.health();
+    const e = await waiting.then(
+      () => undefined,
+      (x: unknown) => x,
+    );
+    assert.ok(e instanceof TypeError && /a bug in the connector/.test(e.message), String(e));
+    assert.equal(c.state, "closed");
   });
 
   it("backs off against a kernel that stays down: the pauses between attempts grow to the cap instead of looping", async (t) => {

@@ -467,6 +467,17 @@ const DECLARED = {
     description: "largest file a sandboxed process writes (0 = no limit)",
   },
   /**
+   * Open files per sandboxed process (RLIMIT_NOFILE, soft and hard; 0 = the kernel's own hard
+   * limit): every open file is counted in the host's one table (fs.file-max), the kernel's too.
+   */
+  sandboxFiles: {
+    type: "int",
+    default: 1024,
+    zeroAllowed: true,
+    description:
+      "open files per sandboxed process (0 = the kernel's own hard limit); the host's file table is shared with the kernel",
+  },
+  /**
    * Size of each sandbox's /tmp and of its /dev/shm, in bytes (0 = the host's tmpfs default, half
    * the RAM, each): memory file systems, which no RLIMIT counts.
    */

@@ -6,6 +6,7 @@ export { AuditChainError, checkInheritedChain } from "./audit/inherit.js";
 export { AuditLog } from "./audit/log.js";
 export { type AuditReader, type AuditRecord, HomeReadError, openAuditReader } from "./audit/reader.js";
 export { recordBytes, recordHash } from "./audit/record.js";
+export { OutcomeRecoveryError } from "./audit/recover-outcomes.js";
 export { unsignedRun, type VerifyResult, verifyAudit } from "./audit/verify.js";
 export { verifyAuditFile, verifyAuditReader } from "./audit/verify-parallel.js";
 export type { AuthorizationRequest, Authorizer, Decision } from "./auth/authorizer.js";

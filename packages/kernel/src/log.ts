@@ -1,31 +1,46 @@
+import { replaceUnprintable } from "@kpip/protocol";
 import { type DestinationStream, destination, type Logger as PinoLogger, pino } from "pino";
 
 export type Logger = PinoLogger;
 
 const LEVEL_NAMES: Record<number, string> = { 10: "TRACE", 20: "DEBUG", 30: "INFO", 40: "WARN", 50: "ERROR", 60: "FATAL" };
 
+/** A field value that cannot be taken for more than one value: quoted unless a plain word. */
+function fieldValue(v: unknown): string {
+  if (typeof v === "string" && /^[\w.:/@+,-]*$/.test(v)) return v;
+  return JSON.stringify(v) ?? String(v);
+}
+
 /**
  * Log lines for a person at a terminal: `HH:MM:SS.mmm LEVEL message key=value…` (UTC), in place
  * of the JSON that supervisors and log shippers read. Only used when stderr is a TTY.
+ * Fields carry text personas chose (agent ids, error messages naming their programs): a value with
+ * a space or `=` is quoted so it cannot forge fields, and every control or bidirectional formatting
+ * character becomes a visible `\u{…}` escape so it cannot forge lines or drive the terminal.
  */
-function humanLines(): DestinationStream {
+export function humanLines(out: { write(text: string): unknown } = process.stderr): DestinationStream {
   return {
     write(line: string) {
       let o: Record<string, unknown>;
       try {
         o = JSON.parse(line) as Record<string, unknown>;
       } catch {
-        process.stderr.write(line);
+        out.write(`${visible(line.replace(/\n$/, ""))}\n`);
         return;
       }
       const { level, time, msg, component: _c, ...fields } = o;
       const rest = Object.entries(fields)
-        .map(([k, v]) => ` ${k}=${typeof v === "string" ? v : JSON.stringify(v)}`)
+        .map(([k, v]) => ` ${k}=${fieldValue(v)}`)
         .join("");
       const when = new Date(Number(time)).toISOString().slice(11, 23);
-      process.stderr.write(`${when} ${(LEVEL_NAMES[Number(level)] ?? String(level)).padEnd(5)} ${String(msg ?? "")}${rest}\n`);
+      const name = (LEVEL_NAMES[Number(level)] ?? String(level)).padEnd(5);
+      out.write(`${visible(`${when} ${name} ${String(msg ?? "")}${rest}`)}\n`);
     },
   };
+}
+
+function visible(text: string): string {
+  return replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }
 
 /**

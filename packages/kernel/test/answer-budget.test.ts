@@ -66,6 +66,27 @@ describe("the budget of answers in preparation", () => {
     assert.equal(b.held, 111);
   });
 
+  it("an EVENT's room is an answer's (queuedRoom): the tree's and the kernel's unread bounds, answers in preparation counted, a tree with nothing queued always has room", () => {
+    const queued = { tree: 0, kernel: 0 };
+    const b = new AnswerBudget(1000, 1000, {
+      totals: { tree: () => queued.tree, kernel: () => queued.kernel },
+      perTree: 50,
+      kernel: 80,
+    });
+    assert.equal(b.queuedRoom("a", 500), undefined, "nothing queued to the tree: room");
+    queued.tree = 30;
+    queued.kernel = 30;
+    assert.equal(b.queuedRoom("a", 20), undefined);
+    const l = b.lease("a");
+    l.hold(10);
+    assert.equal(b.queuedRoom("a", 20), "tree", "30 queued + 10 in preparation + 20 is past the tree's 50");
+    assert.equal(b.queuedRoom("a", 10), undefined);
+    b.lease("b").count(35);
+    assert.equal(b.queuedRoom("a", 10), "kernel", "30 queued + 45 in preparation + 10 is past the kernel's 80");
+    queued.tree = 0;
+    assert.equal(b.queuedRoom("a", 10), undefined, "a tree with nothing queued is never held back by others");
+  });
+
   it("counts bytes queued to the peer, gives back an over-estimate, and counts an answer that cannot be refused", () => {
     const b = new AnswerBudget(10, 100);
     const peer = { buffered: 6 };

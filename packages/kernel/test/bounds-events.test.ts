@@ -146,4 +146,53 @@ describe("bounded after authentication: events", () => {
       assert.equal(ev.gap, 1);
     });
   });
+
+  it("a subscriber's client that does not take its events keeps at most its buffer's bytes of them, however large the events another persona emits", async () => {
+    // The reference client read every EVENT off the socket into a buffer bounded by count only
+    // (1,000): another persona emitting large events on a shared topic filled a slow subscriber's
+    // process (100 events of 8 MiB: +660 MiB), whatever the kernel's own byte bounds.
+    await withKernel({}, async (t) => {
+      const vic = await t.persona("vic", [{ ops: ["event.subscribe", "event.unsubscribe"], targets: ["topic://shared/**"] }]);
+      const eve = await t.persona("eve", [{ ops: ["event.emit"], targets: ["topic://shared/**"] }]);
+      const v = await t.connect(vic.identity, [vic.token]);
+      const e = await t.connect(eve.identity, [eve.token]);
+      const byDefault = await v.subscribe("topic://shared/**");
+      const small = await v.subscribe("topic://shared/**", { bufferBytes: 4 * MiB });
+      // A small last event: once it reached the client, every event before it did, or is in a gap.
+      let ends = 0;
+      v.on("event", (ev: { topic: string }) => {
+        if (ev.topic === "topic://shared/end") ends++;
+      });
+      const N = 48;
+      const data = new Uint8Array(512 * 1024).fill(9);
+      for (let i = 0; i < N; i++) await e.events.emit("topic://shared/x", { i, data });
+      await e.events.emit("topic://shared/end");
+      await until(() => ends === 2, 30_000, "the last event reached both subscriptions");
+      const drain = async (sub: typeof small) => {
+        const it = sub[Symbol.asyncIterator]();
+        let events = 0;
+        let bytes = 0;
+        let missed = 0;
+        for (;;) {
+          const ev = (await it.next()).value as { topic: string; data?: { data: Uint8Array }; gap?: number };
+          missed += ev.gap ?? 0;
+          if (ev.topic === "topic://shared/end") return { events, bytes, missed };
+          events++;
+          bytes += ev.data?.data.length ?? 0;
+        }
+      };
+      const d = await drain(byDefault);
+      const s = await drain(small);
+      assert.ok(d.bytes <= 16 * MiB, `the default buffer kept ${d.bytes} bytes of events (bound 16 MiB)`);
+      assert.ok(s.bytes <= 4 * MiB, `a 4 MiB buffer kept ${s.bytes} bytes of events`);
+      // Nothing vanished unannounced: what was not kept is counted in the gap of what was.
+      assert.equal(d.events + d.missed, N);
+      assert.equal(s.events + s.missed, N);
+      assert.ok(s.missed > 0 && d.missed > 0, "events past the buffers were dropped into gap");
+      // The newest is always kept (here the last one), and the subscription goes on.
+      await e.events.emit("topic://shared/after", { i: N });
+      const next = (await small[Symbol.asyncIterator]().next()).value as { topic: string };
+      assert.equal(next.topic, "topic://shared/after");
+    });
+  });
 });

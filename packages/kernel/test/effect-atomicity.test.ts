@@ -6,10 +6,10 @@ import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import { RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
+import { OutcomeRecoveryError, RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import { CLEARS_PER_COMMIT } from "../src/store/sqlite/audit.js";
-import { removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
+import { klass, removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
 const kernelModule = new URL("../src/index.js", import.meta.url).href;
@@ -362,6 +362,112 @@ describe("an effect committed before its kernel was killed is on the record afte
           "the kernel's own outcome record, and no recovered one",
         );
         assert.equal(answersNamingIntents(s.db), 0);
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a revocation and a persona removal whose outcome records a SIGKILL cut off get the records their requests would have had: what each ended, and refusals naming the revocation's record", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      const { erin, dave } = await prepared(home, async (t) => ({
+        erin: await t.persona("erin", healthRights),
+        dave: await t.persona("dave", healthRights),
+      }));
+      const revoke = `token://${erin.id}`;
+      await killedAfterEffect(home, "token.revoke", revoke, encodeIntent({ op: "token.revoke", target: revoke, args: {} }), 7);
+      const remove = "persona://dave";
+      await killedAfterEffect(
+        home,
+        "persona.remove",
+        remove,
+        encodeIntent({ op: "persona.remove", target: remove, args: {} }),
+        8,
+      );
+      const t = await startKernel({}, home);
+      try {
+        const outcome = (op: string, target: string) => {
+          const r = t.k.inspect.queryAudit({ op, limit: 100 }).find((x) => x.target === target && x.phase === "outcome");
+          assert.equal(r?.message, RECOVERED_MESSAGE, `${op}: its outcome was recorded at the start`);
+          return { seq: r?.seq, detail: JSON.parse(r?.detail ?? "{}") };
+        };
+        const revoked = outcome("token.revoke", revoke);
+        // What the request's own outcome record says (primitives/token.ts, persona.ts), and that it was recovered.
+        assert.deepEqual(revoked.detail, { ended: [erin.id], recovered: true, revoked: erin.id, status: "SUCCESS" });
+        assert.deepEqual(outcome("persona.remove", remove).detail, {
+          ended: [dave.id],
+          recovered: true,
+          removed: ["dave"],
+          status: "SUCCESS",
+        });
+        const c = await t.connect(erin.identity, []);
+        const e = await c.call("system.health", "kernel://", {}, { caps: [erin.token] }).catch((x) => x);
+        assert.ok(
+          klass("CAPABILITY", new RegExp(`^token ${erin.id} is revoked \\(audit record ${revoked.seq}\\)$`))(e),
+          String(e),
+        );
+        await c.close();
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a start whose recovered outcome record does not commit refuses to serve and leaves it to the next start, which records it once", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      const target = "obj://crash/retried";
+      await killedAfterEffect(
+        home,
+        "storage.write",
+        target,
+        encodeIntent({ op: "storage.write", target, args: { data: "x" } }),
+        7,
+      );
+      // The audit store refuses the commit holding the recovered record (a full disk, an I/O error).
+      const append = SqliteStore.prototype.appendAudit;
+      let refused = 0;
+      SqliteStore.prototype.appendAudit = function (this: SqliteStore, rows, ...rest) {
+        if (rows.some((r) => r.message === RECOVERED_MESSAGE)) {
+          refused++;
+          throw new Error("disk I/O error");
+        }
+        return append.call(this, rows, ...rest);
+      };
+      const k = new Kernel({ home, logLevel: "silent" });
+      let started: unknown;
+      try {
+        started = await k.start().then(
+          () => undefined,
+          (e: unknown) => e,
+        );
+        // Started after all: stopped, so a failure here ends the test instead of hanging it.
+        if (started === undefined) await k.stop();
+      } finally {
+        SqliteStore.prototype.appendAudit = append;
+      }
+      assert.ok(started instanceof OutcomeRecoveryError, `the start refused to serve: ${started}`);
+      assert.equal(refused, 1, "the recovered record was appended, and its commit refused");
+      const t = await startKernel({}, home);
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const mine = s.queryAudit({ limit: 1000 }).filter((r) => r.op === "storage.write" && r.target === target);
+        assert.deepEqual(
+          mine.map((r) => [r.phase, r.message]),
+          [
+            ["intent", null],
+            ["outcome", RECOVERED_MESSAGE],
+          ],
+          "the next start recorded the outcome the failed one could not, once",
+        );
       } finally {
         s.close();
       }

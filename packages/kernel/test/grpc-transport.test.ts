@@ -2,12 +2,13 @@ import assert from "node:assert/strict";
 import { X509Certificate } from "node:crypto";
 import { readFileSync } from "node:fs";
 import http2 from "node:http2";
+import { type AddressInfo, connect, createServer } from "node:net";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import nodeTls from "node:tls";
 import { fileURLToPath } from "node:url";
 import * as grpc from "@grpc/grpc-js";
-import { KernelClient, KernelUnavailableError } from "@kpip/client";
+import { InsecureTransportError, KernelClient, KernelUnavailableError } from "@kpip/client";
 import {
   attestationTranscript,
   decodeMessage,
@@ -411,6 +412,124 @@ describe("gRPC transport with TLS", () => {
   });
 });
 
+/** gRPC messages of `bytes` cut every `per` bytes (a message each). */
+function grpcMessages(bytes: Uint8Array, per: number): Buffer {
+  const out: Buffer[] = [];
+  for (let i = 0; i < bytes.length; i += per) {
+    const piece = bytes.subarray(i, i + per);
+    const prefix = Buffer.alloc(5);
+    prefix.writeUInt32BE(piece.length, 1);
+    out.push(prefix, Buffer.from(piece));
+  }
+  return Buffer.concat(out);
+}
+
+/** A session stream on a plaintext HTTP/2 connection, by hand: what it received, and how it closed. */
+function h2Stream(address: string) {
+  const session = http2.connect(`http://${address}`);
+  session.on("error", () => {});
+  const stream = session.request({
+    ":method": "POST",
+    ":path": "/kpip.v1.Kernel/Session",
+    "content-type": "application/grpc",
+    te: "trailers",
+  });
+  const state = { data: Buffer.alloc(0), status: undefined as string | undefined, closed: false, rstCode: -1 };
+  stream.on("data", (d: Buffer) => {
+    state.data = Buffer.concat([state.data, d]);
+  });
+  stream.on("trailers", (h) => {
+    state.status = h["grpc-status"] as string | undefined;
+  });
+  stream.on("error", () => {});
+  stream.on("close", () => {
+    state.closed = true;
+    state.rstCode = stream.rstCode ?? -1;
+  });
+  /** The KPIP frames received so far (gRPC prefixes taken off). */
+  const frames = (): Message[] => {
+    const d = new FrameDecoder(1024 * 1024);
+    const out: Message[] = [];
+    for (let i = 0; i + 5 <= state.data.length; ) {
+      const n = state.data.readUInt32BE(i + 1);
+      for (const f of d.push(state.data.subarray(i + 5, i + 5 + n))) out.push(decodeMessage(f));
+      i += 5 + n;
+    }
+    return out;
+  };
+  return { stream, state, frames, close: () => session.destroy() };
+}
+
+describe("gRPC: frames cut into tiny messages, and streams held open after their session", () => {
+  let t: TestKernel;
+  let address: string;
+  before(async () => {
+    t = await startKernel({ grpcListen: "127.0.0.1:0" });
+    address = t.k.grpcAddress as string;
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+  const hello = () => helloFrame("admin", adminIdentity(t.k).publicKey, Buffer.alloc(16, 5));
+
+  it("a frame sent a byte per message before attesting is refused at its ninth small piece: the stream is reset (ENHANCE_YOUR_CALM), on the record as PROTOCOL FRAGMENTED; a frame's header and body sent apart are served", async () => {
+    // grpc-js splits every DATA frame into its messages at once, a few microseconds each however
+    // small: a handshake's 1 MiB sent a byte per message held the kernel's thread for seconds
+    // (one peer, 8 connections: a socket client's calls from 2 to 120 ms at the median).
+    const bytewise = h2Stream(address);
+    bytewise.stream.write(grpcMessages(hello(), 1));
+    await until(() => bytewise.state.closed, 10_000, "the stream reset");
+    assert.equal(bytewise.state.rstCode, http2.constants.NGHTTP2_ENHANCE_YOUR_CALM);
+    assert.equal(bytewise.frames().length, 0, "no CHALLENGE: the HELLO never reached the session");
+    bytewise.close();
+    const record = await until(
+      () => t.k.inspect.queryAudit({ op: "session.handshake", limit: 50 }).find((r) => /FRAGMENTED/.test(r.message ?? "")),
+      5000,
+      "the failed handshake's record",
+    );
+    assert.equal(record.errorClass, "PROTOCOL");
+    // A sender that writes a frame's header and its body as two messages is served, as one that sends it whole.
+    for (const [what, bytes] of [
+      [
+        "header and body apart",
+        Buffer.concat([
+          grpcMessages(hello().subarray(0, HEADER_SIZE), HEADER_SIZE),
+          grpcMessages(hello().subarray(HEADER_SIZE), 1 << 20),
+        ]),
+      ],
+      ["one message", grpcMessages(hello(), 1 << 20)],
+    ] as const) {
+      const s = h2Stream(address);
+      s.stream.write(bytes);
+      await until(() => s.frames().find((m) => m.type === "CHALLENGE"), 10_000, `CHALLENGE (${what})`);
+      s.close();
+    }
+    const c = await KernelClient.connect({
+      grpc: { address, insecure: true },
+      identity: adminIdentity(t.k),
+      tokens: [t.adminToken],
+      reconnect: false,
+    });
+    assert.equal((await c.system.health()).status, "ok");
+    await c.close();
+  });
+
+  it("a peer that keeps its half of the stream open after its session ended is reset once the grace passed, and sends nothing more", async () => {
+    // grpc-js ends its half with the status and reads on, and destroying the call does not reset
+    // the HTTP/2 stream: a peer could keep sending into a session that was over, for ever.
+    const s = h2Stream(address);
+    s.stream.write(grpcMessages(Buffer.from("GET / HTTP/1.1\r\n\r\n"), 1 << 20));
+    await until(() => s.frames().find((m) => m.type === "ERROR"), 10_000, "the fatal ERROR");
+    await until(() => s.state.status, 10_000, "the status");
+    assert.equal(s.state.status, "0");
+    // Its half stays open: the kernel resets the stream (NO_ERROR: its answer was complete).
+    await until(() => s.state.closed, 10_000, "the stream reset");
+    assert.equal(s.state.rstCode, http2.constants.NGHTTP2_NO_ERROR);
+    s.close();
+  });
+});
+
 describe("gRPC messages are at most 1 MiB, whatever maxBody is", () => {
   let t: TestKernel;
   let address: string;
@@ -563,6 +682,46 @@ describe("gRPC configuration", () => {
     await c.close();
     await t.stop();
     removeHome(t.home);
+  });
+
+  it("the client sends nothing in plaintext off loopback: a forwarder on 127.0.0.2 (not loopback by PROTOCOL §3.6) relaying to a plaintext kernel gets no byte", async () => {
+    // The kernel refuses plaintext off loopback, but a client given `insecure` dialled any address:
+    // through a plaintext relay (a port forward, a proxy) whoever is on the path read every token
+    // and answer and, KPIP having no integrity of its own, could send requests in the session.
+    const t = await startKernel({ grpcListen: "127.0.0.1:0" });
+    const kernelPort = Number((t.k.grpcAddress as string).split(":").pop());
+    let relayed = 0;
+    const relay = createServer((inbound) => {
+      const out = connect(kernelPort, "127.0.0.1");
+      inbound.on("data", (b: Buffer) => {
+        relayed += b.length;
+      });
+      inbound.pipe(out).pipe(inbound);
+      inbound.on("error", () => out.destroy());
+      out.on("error", () => inbound.destroy());
+    });
+    await new Promise<void>((r) => relay.listen(0, "127.0.0.2", r));
+    const relayAddress = `127.0.0.2:${(relay.address() as AddressInfo).port}`;
+    try {
+      const dial = (address: string) =>
+        KernelClient.connect({
+          grpc: { address, insecure: true },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+      await assert.rejects(dial(relayAddress), InsecureTransportError);
+      await assert.rejects(dial(`kernel.example:${kernelPort}`), InsecureTransportError);
+      assert.equal(relayed, 0, "nothing reached the relay");
+      // Loopback stays open to plaintext, as the kernel's listener is.
+      const c = await dial(t.k.grpcAddress as string);
+      assert.equal((await c.system.health()).status, "ok");
+      await c.close();
+    } finally {
+      relay.close();
+      await t.stop();
+      removeHome(t.home);
+    }
   });
 
   it("refuses plaintext off loopback, bad addresses, unreadable or half TLS settings (ConfigError, never starts)", async () => {

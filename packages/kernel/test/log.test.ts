@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { createLogger } from "../src/log.js";
+import { pino } from "pino";
+import { createLogger, humanLines } from "../src/log.js";
 
 /** Captures what a logger writes to stderr (pino writes synchronously to its destination). */
 function captureStderr(f: () => void): string {
@@ -27,5 +28,27 @@ describe("kernel logs", () => {
   it("below its level a logger writes nothing", () => {
     const human = captureStderr(() => createLogger("warn", true).info("not shown"));
     assert.equal(human, "");
+  });
+
+  it("at a terminal: text in fields cannot forge lines or fields, nor drive the terminal", () => {
+    let out = "";
+    const log = pino({ level: "info" }, humanLines({ write: (t: string) => (out += t) }));
+    log.warn(
+      {
+        agent: "a1\n12:00:00.000 ERROR forged line admin=yes",
+        err: "spawn x ENOENT level=FATAL",
+        title: "\u001b]0;owned\u0007\u009b2J",
+        bidi: "abc\u202edcba",
+        plain: "/run/k.sock",
+      },
+      "agent failed\rto start",
+    );
+    assert.equal(out.split("\n").length, 2, out);
+    assert.ok(!/[\u0000-\u001f\u007f-\u009f\u202a-\u202e]/.test(out.slice(0, -1)), JSON.stringify(out));
+    assert.match(out, / WARN {2}agent failed\\u\{d\}to start /);
+    assert.match(out, / agent="a1\\n12:00:00\.000 ERROR forged line admin=yes" /);
+    assert.match(out, / err="spawn x ENOENT level=FATAL" /);
+    assert.match(out, / title="\\u001b\]0;owned\\u0007\\u\{9b\}2J" /);
+    assert.match(out, / bidi="abc\\u\{202e\}dcba" plain=\/run\/k\.sock\n$/);
   });
 });

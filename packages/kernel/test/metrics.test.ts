@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { mkdtempSync } from "node:fs";
+import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -85,6 +86,34 @@ describe("metrics", () => {
     await until(async () => (await failures()) >= 2, 30_000, "anchor failures counted");
     assert.equal((await c.system.health()).status, "ok");
     await t.stop();
+    removeHome(t.home);
+  });
+
+  it("a local peer holding a request to /metrics open (headers never finished, or a body never sent whole) does not hold the kernel's stop: the stop ends its connection and completes", {
+    timeout: 120_000,
+  }, async () => {
+    const t = await startKernel({ metricsListen: "127.0.0.1:0" });
+    const [host, port] = [t.k.metricsAddress.split(":")[0] as string, Number(t.k.metricsAddress.split(":")[1])];
+    const peer = async (request: string) => {
+      const sock = connect(port, host);
+      const closed = new Promise<void>((r) => sock.on("close", () => r()));
+      sock.on("error", () => {});
+      let answered = "";
+      sock.on("data", (d) => {
+        answered += d.toString();
+      });
+      await new Promise<void>((r) => sock.on("connect", () => r()));
+      sock.write(request);
+      return { closed, answered: () => answered };
+    };
+    // No timeout cuts either once the server closes (it stops the timers that would): only the stop can.
+    const headers = await peer("GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: 1\r\n");
+    const body = await peer("POST /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000000\r\n\r\nx");
+    // Answered, its body still being read: the connection is not idle.
+    await until(() => body.answered().startsWith("HTTP/1.1 200"), 30_000, "the POST answered");
+    await t.stop();
+    await Promise.all([headers.closed, body.closed]);
+    assert.equal(headers.answered(), "");
     removeHome(t.home);
   });
 

@@ -128,14 +128,22 @@ describe("the persona registry through the kernel: persona.register / remove / l
     assert.equal(await status(minted), "revoked", "minted by the removed persona");
     assert.equal(await status(grandchild), "revoked", "minted from a token it minted");
     assert.equal(await status(vic.token), "valid", "the parent's own token stays");
-    await assert.rejects(v.call("system.health", "kernel://", {}, { caps: [minted] }), klass("CAPABILITY"));
-    assert.equal((await v.call("system.health", "kernel://", {}, { caps: [vic.token] })).status, "SUCCESS");
-    // On the record of the removal, as any revocation is: every token it ended.
+    // On the record of the removal, as any revocation is: every token it ended; refusals name that record.
     const rec = suite.t.k.inspect
       .queryAudit({ op: "persona.remove", limit: 50 })
       .find((x) => x.phase === "outcome" && x.target === "persona://vic/bot");
+    const id = (x: Uint8Array) => decodeToken(x).claims.id;
+    await assert.rejects(
+      v.call("system.health", "kernel://", {}, { caps: [minted] }),
+      klass("CAPABILITY", new RegExp(`^token ${id(minted)} is revoked \\(audit record ${rec?.seq}\\)$`)),
+    );
+    await assert.rejects(
+      v.call("system.health", "kernel://", {}, { caps: [grandchild] }),
+      klass("CAPABILITY", new RegExp(`its ancestor ${id(minted)} was revoked \\(audit record ${rec?.seq}\\)$`)),
+    );
+    assert.equal((await v.call("system.health", "kernel://", {}, { caps: [vic.token] })).status, "SUCCESS");
     const ended = (JSON.parse(rec?.detail ?? "{}") as { ended?: string[] }).ended ?? [];
-    assert.deepEqual([...ended].sort(), [bot.token, minted, grandchild].map((x) => decodeToken(x).claims.id).sort());
+    assert.deepEqual([...ended].sort(), [bot.token, minted, grandchild].map(id).sort());
   });
 
   it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {

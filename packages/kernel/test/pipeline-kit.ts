@@ -8,7 +8,7 @@ import { createLogger } from "../src/log.js";
 import type { KernelMetrics } from "../src/metrics/metrics.js";
 import { Admission } from "../src/pipeline/admission.js";
 import { DedupeCache } from "../src/pipeline/dedupe.js";
-import { Pipeline, type SessionView } from "../src/pipeline/pipeline.js";
+import { Pipeline, type PipelineDeps, type SessionView } from "../src/pipeline/pipeline.js";
 import { Router } from "../src/primitives/router.js";
 import { OpError, type PrimitiveFamily } from "../src/primitives/types.js";
 import { ResourceLedger } from "../src/resources/ledger.js";
@@ -103,6 +103,8 @@ export interface UnitOptions {
   families?: PrimitiveFamily[];
   /** The authorizer and every handler answer with a promise (as `async` ones do), never synchronously. */
   asyncStages?: boolean;
+  /** The pipeline's note of a revocation's outcome record (default: none). */
+  revocationRecorded?: PipelineDeps["revocationRecorded"];
 }
 
 export function unit(opts: UnitOptions = {}): Unit {
@@ -128,6 +130,7 @@ export function unit(opts: UnitOptions = {}): Unit {
     admission: new Admission({ maxInFlight: opts.maxInFlight ?? 8, maxSessions: 4, adminReserve: 1, adminPersona: "admin" }),
     refusals: new RefusalLimiter({ sessionRate: rate, personaRate: rate, floodMax: 0, intentMaxBytes: 1024 }),
     ...(opts.peerLog ? { peerLog: opts.peerLog } : {}),
+    ...(opts.revocationRecorded ? { revocationRecorded: opts.revocationRecorded } : {}),
   });
   const session = {
     id: "s-1",

@@ -218,9 +218,7 @@ describe("the pipeline on its own (unit)", () => {
               ctx.atomically(() => ({
                 status: "SUCCESS" as const,
                 payload: { done: true },
-                recorded: () => {
-                  throw new Error("the note of the record failed");
-                },
+                revoked: ["t1"],
               }));
               throw new Error("the clean-up failed");
             },
@@ -239,7 +237,14 @@ describe("the pipeline on its own (unit)", () => {
           },
         ],
       };
-      const u = unit({ families: [committedThenFails], peerLog, asyncStages });
+      const u = unit({
+        families: [committedThenFails],
+        peerLog,
+        asyncStages,
+        revocationRecorded: () => {
+          throw new Error("the note of the record failed");
+        },
+      });
       try {
         const req = request({ op: "c.commit", target: "persona://alice", args: {} });
         const r = await u.send(req);

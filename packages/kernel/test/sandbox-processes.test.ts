@@ -1,9 +1,9 @@
 // The processes the kernel starts: accounted for their whole life, killed with their persona,
 // visible to the admin, never touching the registry of real personas, refused without a sandbox.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { closeSync, mkdtempSync, openSync, readdirSync, readFileSync } from "node:fs";
+import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -12,6 +12,7 @@ import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, tokenFromString } from "@kpip/protocol";
+import { pino } from "pino";
 import { ProcessTable } from "../src/sandbox/processes.js";
 import {
   addPersonaKey,
@@ -207,6 +208,36 @@ describe("without a usable sandbox", () => {
     } finally {
       await t.stop();
       removeHome(t.home);
+    }
+  });
+
+  it("bubblewrap gone after the start: a command fails INTERNAL, naming no host path, and the kernel's log says why", {
+    skip: sandboxSkip,
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-gonebwrap-"));
+    const real = spawnSync("sh", ["-c", "command -v bwrap"], { encoding: "utf8" }).stdout.trim();
+    const wrapper = join(dir, "bwrap");
+    writeFileSync(wrapper, `#!/bin/sh\nexec ${real} "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    chmodSync(dir, 0o755);
+    try {
+      const lines: { msg?: string; err?: { message?: string } }[] = [];
+      const logger = pino({ level: "warn" }, { write: (l: string) => lines.push(JSON.parse(l)) });
+      await withKernel({ bwrapPath: wrapper, logger }, async (t) => {
+        const c = await t.admin();
+        unlinkSync(wrapper);
+        const e = (await c.ops.wait(await c.compute.command("echo", ["hi"])).then(
+          () => new Error("ran"),
+          (x: Error) => x,
+        )) as Error;
+        assert.ok(klass("INTERNAL")(e), String(e));
+        assert.match(e.message, /cannot run echo: the kernel could not prepare its sandbox/);
+        assert.doesNotMatch(e.message, new RegExp(`${dir}|ENOENT|spawn`));
+        const said = lines.find((l) => /sandbox could not be spawned/.test(l.msg ?? ""));
+        assert.match(said?.err?.message ?? "", /ENOENT/, JSON.stringify(lines));
+      });
+    } finally {
+      removeHome(dir);
     }
   });
 

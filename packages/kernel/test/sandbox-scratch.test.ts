@@ -3,7 +3,7 @@
 // (/tmp, /dev/shm) are bounded, the rest of its tmpfs is read-only, no nested user namespace.
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { getPriority, tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -354,9 +354,41 @@ describe("the sandbox's CPU priority", { skip: sandboxSkip }, () => {
     assert.match(out, /cannot set niceness/, out);
   });
 
+  it("a sandbox's session is niced as a scheduler autogroup too: with autogroups on, a sandbox weighs sandboxNice against the kernel's session, not as much as it", {
+    skip: existsSync("/proc/self/autogroup") ? false : "NOT RUN: this host's Linux has no scheduler autogroups",
+  }, async () => {
+    // "/autogroup-<id> nice <n>": the kernel's own (this process's) and the sandbox's, seen from inside.
+    const group = (line: string) => /^\/autogroup-(\d+) nice (-?\d+)$/.exec(line.trim())?.slice(1);
+    const kernel = group(readFileSync("/proc/self/autogroup", "utf8"));
+    const out = await sh(s.admin, "cat /proc/self/autogroup; sh -c 'cat /proc/self/autogroup'");
+    const seen = out
+      .split("\n")
+      .filter((l) => l.startsWith("/autogroup-"))
+      .map(group);
+    assert.equal(seen.length, 2, out);
+    for (const g of seen) {
+      // A session of its own (the sandbox's, not the kernel's: its nice is not the kernel's to share) ...
+      assert.notEqual(g?.[0], kernel?.[0], out);
+      // ... weighed as sandboxNice, as its processes are within it.
+      assert.equal(g?.[1], "7", out);
+    }
+  });
+
   it("sandboxNice past 19 (no lower priority exists) or negative is a ConfigError: the kernel does not start", async () => {
     await assert.rejects(startKernel({ sandboxNice: 20 }), /sandboxNice must be at most 19/);
     await assert.rejects(startKernel({ sandboxNice: -1 }), /sandboxNice/);
+  });
+});
+
+describe("a sandboxed process's open files", { skip: sandboxSkip }, () => {
+  const s = kernelForSuite({ sandboxFiles: 64 });
+
+  it("are bounded by sandboxFiles, soft and hard: a process cannot raise it toward the kernel's own hard limit and fill the host's file table", async () => {
+    const out = await sh(
+      s.admin,
+      'ulimit -Sn; ulimit -Hn; (ulimit -n 65) 2>/dev/null && echo raised || echo refused; node -e \'const fs=require("fs");let n=0;try{for(;;){fs.openSync("/dev/null","r");n++}}catch(e){console.log(e.code)}\'',
+    );
+    assert.deepEqual(out.trim().split("\n"), ["64", "64", "refused", "EMFILE"], out);
   });
 });
 

@@ -178,10 +178,7 @@ export const tokenCommand: Command = {
         });
       }
       case "rotate-key": {
-        const home = resolveHome(v.home as string | undefined);
-        // Not a home (a typo, a missing directory): said so, rather than a key file made there or a stack trace.
-        if (!existsSync(join(home, HOME_FILES.database)))
-          throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+        const home = existingHome(v.home as string | undefined);
         let kid: string;
         try {
           kid = RootKeys.rotate(home);
@@ -194,7 +191,7 @@ export const tokenCommand: Command = {
       case "retire-key": {
         if (!arg) throw new UsageError("token retire-key needs a key id");
         try {
-          RootKeys.retire(resolveHome(v.home as string | undefined), arg);
+          RootKeys.retire(existingHome(v.home as string | undefined), arg);
         } catch (e) {
           throw new UsageError((e as Error).message);
         }
@@ -206,6 +203,14 @@ export const tokenCommand: Command = {
     }
   },
 };
+
+/** The home the key commands change: not a home (a typo, a missing directory) is said so, rather than a key file made there. */
+function existingHome(given: string | undefined): string {
+  const home = resolveHome(given);
+  if (!existsSync(join(home, HOME_FILES.database)))
+    throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+  return home;
+}
 
 /** A literal op in --allow that the kernel does not have is a typo, not a grant: refuse it with the nearest names. */
 async function refuseUnknownOps(c: KernelClient, rights: readonly Right[]): Promise<void> {

@@ -1,6 +1,6 @@
 import type * as grpc from "@grpc/grpc-js";
 import { GRPC_MAX_MESSAGE_BYTES, TurnBatcher, writeMessages } from "@kpip/protocol";
-import { KernelUnavailableError } from "../errors.js";
+import { InsecureTransportError, KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 
 /** How to reach a kernel's gRPC transport. */
@@ -14,7 +14,10 @@ export interface GrpcConnectorOptions {
   key?: string | Buffer;
   /** The name the kernel's certificate must carry, when it differs from the address's host. */
   serverName?: string;
-  /** Plaintext, for a kernel listening on loopback without TLS. */
+  /**
+   * Plaintext, for a kernel listening on loopback without TLS: only to a loopback address
+   * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` one, else {@link InsecureTransportError}.
+   */
   insecure?: boolean;
   /**
    * Largest gRPC message received, in bytes (default 80 MiB, for kernels that sent one whole frame
@@ -35,6 +38,8 @@ const loadGrpc = () => {
   return grpcModule;
 };
 const SESSION = "/kpip.v1.Kernel/Session";
+/** Addresses plaintext may go to: loopback as PROTOCOL §3.6 names it, or a Unix socket. */
+const LOCAL_ADDRESS = /^(?:(?:127\.0\.0\.1|\[::1\]|localhost):\d{1,5}|unix(?:-abstract)?:.+)$/;
 
 /**
  * Connects over gRPC (PROTOCOL §4.5): one bidirectional stream per session carrying the KPIP
@@ -48,6 +53,12 @@ export class GrpcConnector implements Connector {
 
   constructor(private readonly opts: GrpcConnectorOptions) {
     this.address = opts.address;
+    // TLS is required off loopback (PROTOCOL §3.6): a kernel will not listen there in plaintext,
+    // so plaintext to such an address reaches something else — a proxy or whoever is on the path.
+    if (opts.insecure && !LOCAL_ADDRESS.test(opts.address))
+      throw new InsecureTransportError(
+        `gRPC without TLS to ${opts.address}: plaintext is for loopback only (127.0.0.1, [::1], localhost); give the kernel's CA instead`,
+      );
   }
 
   private async getClient(): Promise<grpc.Client> {

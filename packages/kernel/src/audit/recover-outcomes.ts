@@ -1,5 +1,5 @@
 import { type CborMap, decodeCanonical, decodeToken } from "@kpip/protocol";
-import type { AuditRow, AuditStore } from "../store/types.js";
+import type { AuditRow, AuditStore, EffectAnswer, TokenStore } from "../store/types.js";
 import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
 import type { AuditLog } from "./log.js";
 
@@ -15,19 +15,35 @@ export const RECOVERED_MESSAGE =
   "recorded at the next start: the kernel ended after this request's effect committed and before its outcome record; the status is the answer committed with the effect";
 
 /**
+ * A start could not commit the outcome records of effects its previous run left off the record:
+ * it does not serve (every answer would come after an effect missing from the log); the next
+ * start tries again.
+ */
+export class OutcomeRecoveryError extends Error {
+  override name = "OutcomeRecoveryError";
+}
+
+/**
  * An op's effect commits with its dedupe answer (PROTOCOL §11 rule 9) and its outcome record is
  * appended just after: a kernel killed between the two left an effect that happened (an object
  * written, a token minted or revoked, a persona removed) with an intent record and no outcome,
  * which reads as "did not finish". The outcome record's commit clears its answer's row (the
  * audit appender, store/sqlite/audit-append.ts), so the rows left naming an intent are those a
- * kill caught before that commit: few. At a start after a run that ended without kernel.stop,
- * every such answer near the log's head whose outcome record is not on the log gets one now:
- * the intent record's request, persona, session and capabilities, the answer's status, and
- * `detail.recovered`. Returns how many records it wrote, committed when it returns.
+ * kill caught before that commit, and a few recorded ones not cleared yet: few. At a start after
+ * a run that ended without kernel.stop, every such answer near the log's head whose outcome
+ * record is not on the log gets one now: the intent record's request, persona, session and
+ * capabilities, the answer's status, the detail the op made for its outcome record (what a
+ * revocation ended, what a write created), and `detail.recovered`; the tokens it revoked are
+ * noted as revoked by that record. Returns how many records it committed and how many it could
+ * not: an answer whose record did not commit keeps naming its intent, for the next start.
  */
-export function recoverOutcomes(store: AuditStore, audit: AuditLog, head: number): number {
+export async function recoverOutcomes(
+  store: AuditStore & Pick<TokenStore, "noteRevocationSeq">,
+  audit: AuditLog,
+  head: number,
+): Promise<{ recorded: number; failed: number }> {
   const answers = store.effectAnswersSince(Math.max(0, head - RECOVERY_WINDOW));
-  if (answers.length === 0) return 0;
+  if (answers.length === 0) return { recorded: 0, failed: 0 };
   // The outcome records after the earliest of those effects, by session and request id.
   let from = head + 1;
   for (const a of answers) if (a.afterSeq + 1 < from) from = a.afterSeq + 1;
@@ -38,49 +54,80 @@ export function recoverOutcomes(store: AuditStore, audit: AuditLog, head: number
     for (const r of rows) if (r.phase === "outcome" && r.requestId !== null) outcomes.add(`${r.session}\0${r.requestId}`);
     seq = (rows[rows.length - 1] as AuditRow).seq + 1;
   }
-  const recorded: string[] = [];
-  let written = 0;
+  /** Keys done with: their outcome is on the record, or nothing names it. */
+  const done: string[] = [];
+  /** Each appended record's answer and sequence number once committed; undefined: its commit failed. */
+  const appended: Promise<{ a: EffectAnswer; seq: number } | undefined>[] = [];
   // Oldest effect first: the recovered records keep the order the effects committed in.
   for (const a of answers.reverse()) {
     const intent = store.scanAudit(a.intentSeq, 1)[0];
-    // Done with either way: recorded below, or nothing names it (its intent pruned, or not this
-    // request's in a tampered table) — read again at every start otherwise.
-    recorded.push(a.key);
-    if (!intent || intent.seq !== a.intentSeq || intent.phase !== "intent" || intent.requestId === null) continue;
-    if (!a.key.startsWith(`${intent.persona}:`) || !a.key.endsWith(`:${intent.requestId}`)) continue;
-    if (outcomes.has(`${intent.session}\0${intent.requestId}`)) continue;
+    // Nothing names it (its intent pruned, or not this request's in a tampered table), or its
+    // outcome is on the log: done with, or it would be read again at every start.
+    if (
+      !intent ||
+      intent.seq !== a.intentSeq ||
+      intent.phase !== "intent" ||
+      intent.requestId === null ||
+      !a.key.startsWith(`${intent.persona}:`) ||
+      !a.key.endsWith(`:${intent.requestId}`) ||
+      outcomes.has(`${intent.session}\0${intent.requestId}`)
+    ) {
+      done.push(a.key);
+      continue;
+    }
     const answer = decodeCanonical(a.response) as CborMap;
     const status = typeof answer.status === "string" ? answer.status : "SUCCESS";
     const errorClass = typeof answer.error === "string" ? answer.error : null;
-    written++;
-    void audit
-      .append({
-        session: intent.session,
-        persona: intent.persona,
-        phase: "outcome",
-        requestId: intent.requestId,
-        op: intent.op,
-        target: intent.target,
-        intentHash: intent.intentHash,
-        caps: intent.caps,
-        traceparent: intent.traceparent,
-        execution: intent.execution ?? null,
-        domain: intent.domain ?? null,
-        status,
-        errorClass,
-        message: RECOVERED_MESSAGE,
-        detail: detailJson({ status, recovered: true, ...answerSummary(answer.payload) }),
-      })
-      .catch(() => {});
+    const committed = audit.append({
+      session: intent.session,
+      persona: intent.persona,
+      phase: "outcome",
+      requestId: intent.requestId,
+      op: intent.op,
+      target: intent.target,
+      intentHash: intent.intentHash,
+      caps: intent.caps,
+      traceparent: intent.traceparent,
+      execution: intent.execution ?? null,
+      domain: intent.domain ?? null,
+      status,
+      errorClass,
+      message: RECOVERED_MESSAGE,
+      detail: detailJson({ ...(outcomeDetail(a) ?? answerSummary(answer.payload)), status, recovered: true }),
+    });
+    const seq = audit.headSeq;
+    appended.push(
+      committed.then(
+        () => ({ a, seq }),
+        () => undefined,
+      ),
+    );
   }
-  // Committed before the answers stop naming their intents: a kill in between writes them again, never loses them.
   audit.flush();
-  if (recorded.length) store.effectAnswersRecorded(recorded);
-  return written;
+  const recorded = (await Promise.all(appended)).filter((r) => r !== undefined);
+  // The refusals a revocation causes name its record, as they would have named the request's own.
+  for (const { a, seq } of recorded) for (const id of a.revoked ?? []) store.noteRevocationSeq(id, seq);
+  // Only those whose record committed stop naming their intents (a kill in between writes them
+  // again, never loses them); one whose commit failed is left for the next start.
+  done.push(...recorded.map((r) => r.a.key));
+  if (done.length) store.effectAnswersRecorded(done);
+  return { recorded: recorded.length, failed: appended.length - recorded.length };
+}
+
+/** The detail the op made for its outcome record, committed with its answer (none in an older kernel's row). */
+function outcomeDetail(a: EffectAnswer): { [k: string]: DetailValue } | undefined {
+  if (a.detail === undefined) return undefined;
+  try {
+    const v: unknown = JSON.parse(a.detail);
+    if (v !== null && typeof v === "object" && !Array.isArray(v)) return v as { [k: string]: DetailValue };
+  } catch {
+    // A damaged row: the answer's summary instead.
+  }
+  return undefined;
 }
 
 /**
- * What the outcome summary can say from the recorded answer alone: its small scalar fields
+ * What the outcome summary can say from the recorded answer alone (an older kernel's row): its small scalar fields
  * (generation, size, ids, counts), and a token it carries as its audit detail (never the token's bytes).
  */
 function answerSummary(payload: unknown): { [k: string]: DetailValue } {

@@ -157,7 +157,9 @@ export class RootKeys {
 
   /** Adds a new current key; older keys stay valid until retired. */
   static rotate(home: string): string {
-    const file = RootKeys.load(home);
+    // Never made here: a home whose key file is gone would get one holding only the new key, and
+    // every token the kernel issued would stop verifying at its next read of the file.
+    const file = RootKeys.load(home, false);
     const kid = newKid();
     file.keys[kid] = { key: randomBytes(32).toString("base64url"), created: Date.now() };
     file.current = kid;
@@ -167,10 +169,10 @@ export class RootKeys {
 
   /** Retires a key: tokens signed with it stop verifying. The current key cannot be retired. */
   static retire(home: string, kid: string): void {
-    const file = RootKeys.load(home);
+    const file = RootKeys.load(home, false);
     const k = file.keys[kid];
-    if (!k) throw new Error(`no root key ${kid}`);
-    if (file.current === kid) throw new Error(`${kid} is the current key: rotate first`);
+    if (!k) throw new KeyFileError(`no root key ${escaped(JSON.stringify(kid))} in ${RootKeys.path(home)}`);
+    if (file.current === kid) throw new KeyFileError(`${kid} is the current key: rotate first`);
     k.retired = Date.now();
     RootKeys.save(home, file);
   }

@@ -4,6 +4,19 @@ import type { TokenRecord, TokenStore } from "../store/types.js";
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
 export const tokenRef = (g: Grant): string => g.derived ?? g.id;
 
+/**
+ * The token ids whose revocation covers a grant: its minted id, then each id up its chain (not a
+ * derived token's own id: only minted tokens are revoked). Calls `visit` with each, once, until
+ * it returns true; returns whether one did. The one statement of the rule: {@link
+ * Revocations.covers} asks it whether one is revoked, and the indexes a revocation's fan-out
+ * looks up (a session's handles, the event bus's subscriptions) file each grant under every one.
+ */
+export function coveringIds(g: Pick<Grant, "id" | "chain">, visit: (id: string) => boolean): boolean {
+  if (visit(g.id)) return true;
+  for (const id of g.chain) if (id !== g.id && visit(id)) return true;
+  return false;
+}
+
 /** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
 const SEEN_DERIVED_MAX = 16_384;
 
@@ -33,8 +46,11 @@ export class Revocations {
 
   /** Is the grant's token, or any token up its chain, revoked? (A token's id and chain are enough.) */
   covers(g: Pick<Grant, "id" | "chain">): boolean {
-    return this.ids.has(g.id) || g.chain.some((id) => this.ids.has(id));
+    return coveringIds(g, this.isRevokedId);
   }
+
+  /** One function for every {@link covers} (asked at each use of a handle): no closure per check. */
+  private readonly isRevokedId = (id: string): boolean => this.ids.has(id);
 
   /**
    * The ids revoked since the last call (what the revocation fan-out must reach: a grant is
@@ -65,6 +81,7 @@ export class Revocations {
   /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */
   message(g: Grant): string {
     const ref = tokenRef(g);
+    // Of the ids covering the grant (coveringIds), the nearest one revoked: its own, else from the chain's end.
     const by = [g.id, ...[...g.chain].reverse()].find((id) => this.ids.has(id)) as string;
     const seq = this.seqs.get(by);
     const where = seq === undefined ? "" : ` (audit record ${seq})`;

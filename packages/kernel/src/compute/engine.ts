@@ -397,7 +397,17 @@ export class ComputeEngine {
       else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
       else if (ended === "removed")
         this.finish(op, "failed", result, "PERMISSION", "killed: the persona that started it was removed");
-      else if (spawnError) this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${spawnError.message}`);
+      else if (spawnError && this.host.sandbox.mode === "bwrap") {
+        // The program the kernel spawned is bubblewrap: its failure is the host's (its message names host paths).
+        this.log.warn({ err: spawnError, op: op.id }, "command not started: the sandbox could not be spawned");
+        this.finish(
+          op,
+          "failed",
+          null,
+          "INTERNAL",
+          `cannot run ${op.name}: the kernel could not prepare its sandbox (the kernel's log says why)`,
+        );
+      } else if (spawnError) this.finish(op, "failed", null, "SEMANTIC", `cannot run ${op.name}: ${spawnError.message}`);
       else if (code !== 0) this.finish(op, "failed", result, "SEMANTIC", `${op.name} exited with ${code ?? signal}`);
       else this.finish(op, "succeeded", result);
       this.pump();

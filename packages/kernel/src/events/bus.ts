@@ -1,4 +1,5 @@
 import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
+import { coveringIds } from "../auth/revocations.js";
 import { EVENT_HIGH_WATER_BYTES, LAPSE_SLICE, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { type TreeRoots, treeName } from "../resources/lineage.js";
@@ -201,14 +202,15 @@ export class EventBus {
     this.index.add(s);
     if (grant) {
       s.grant = grant;
-      for (const t of tokensOf(grant)) {
+      coveringIds(grant, (t) => {
         let subs = this.byToken.get(t);
         if (!subs) {
           subs = new Set();
           this.byToken.set(t, subs);
         }
         subs.add(s);
-      }
+        return false;
+      });
     }
     let set = this.bySink.get(sink.id);
     if (!set) {
@@ -369,10 +371,11 @@ export class EventBus {
     this.subs.delete(s.id);
     this.index.remove(s);
     if (s.grant)
-      for (const t of tokensOf(s.grant)) {
+      coveringIds(s.grant, (t) => {
         const subs = this.byToken.get(t);
         if (subs?.delete(s) && subs.size === 0) this.byToken.delete(t);
-      }
+        return false;
+      });
     this.unhold(s);
     while (s.queue.length) this.take(s);
     const tree = s.tree;
@@ -488,9 +491,4 @@ export class EventBus {
       this.delivered++;
     }
   }
-}
-
-/** The token ids whose revocation covers a grant: its own and every one up its chain (Revocations.covers). */
-function tokensOf(g: Pick<Grant, "id" | "chain">): Set<string> {
-  return new Set([g.id, ...g.chain]);
 }

@@ -4,7 +4,7 @@ import { AgentManager } from "../agents/manager.js";
 import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
 import type { AuditLog } from "../audit/log.js";
-import { recoverOutcomes } from "../audit/recover-outcomes.js";
+import { OutcomeRecoveryError, recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
 import type { Authorizer } from "../auth/authorizer.js";
 import { capabilities } from "../auth/capabilities.js";
@@ -161,9 +161,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     audit.flush();
     // A kill between an effect's commit and its outcome record left the effect off the record.
     if (last && last.op !== "kernel.stop") {
-      const recovered = recoverOutcomes(store, audit, last.seq);
-      if (recovered)
-        log.warn({ requests: recovered }, "effects the previous run committed without an outcome record are now on the record");
+      const { recorded, failed } = await recoverOutcomes(store, audit, last.seq);
+      if (recorded)
+        log.warn({ requests: recorded }, "effects the previous run committed without an outcome record are now on the record");
+      if (failed)
+        throw new OutcomeRecoveryError(
+          `the outcome records of ${failed} effects the previous run committed could not be committed (the audit log refused the commit): the kernel does not start; the next start tries again`,
+        );
     }
     // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
     // read with the grant's rate family by the enforcer: one read of its token row per grant.
@@ -425,6 +429,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       admission,
       bodies,
       peerLog,
+      revocationRecorded: (ids, seq) => {
+        for (const id of ids) tokens.noteRevokeRecord(id, seq);
+      },
     });
     pipelineRef = pipeline;
     const host: SessionHost = {
@@ -457,11 +464,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       sessionQueued: (s) => sessions.queuedTo(s),
       // The answers' bounds on unread bytes (maxQueuedBytesPerPersona, maxQueuedBytes) hold events too.
-      eventRoom: (s, bytes) => {
-        const tree = sessions.queued.tree(s.id);
-        if (tree === 0) return true;
-        return tree + bytes <= c.maxQueuedBytesPerPersona && sessions.queued.kernel() + bytes <= c.maxQueuedBytes;
-      },
+      eventRoom: (s, bytes) => answers.queuedRoom(s.id, bytes) === undefined,
       shm: sharedMemory(c, kernelId, log, sessions, shmBudget),
       bodies,
     };

@@ -239,8 +239,16 @@ export class KernelMetrics {
     return typeof a === "object" && a ? `${a.address}:${a.port}` : hostPort;
   }
 
+  /**
+   * Stops serving and ends every connection, a request in progress included: close() alone waits
+   * for those, and stops the timers that would end a slow one (headersTimeout, requestTimeout),
+   * so one local peer trickling a request's headers or body held the kernel's stop for ever.
+   */
   async close(): Promise<void> {
     const s = this.server;
-    if (s) await new Promise((r) => s.close(() => r(undefined)));
+    if (!s) return;
+    const closed = new Promise((r) => s.close(() => r(undefined)));
+    s.closeAllConnections();
+    await closed;
   }
 }

@@ -59,7 +59,10 @@ export class AnswerBudget {
     if (!always && (s > 0 || queued > 0) && s + queued + bytes > this.perSession) throw sessionFull(s, queued);
     if (!always && this.total > 0 && this.total + bytes > this.kernel)
       throw new OpError("RESOURCE", "the kernel holds its budget of answers in preparation; retry shortly");
-    if (!always && this.queued) this.checkQueued(session, s, bytes);
+    if (!always) {
+      const full = this.queuedRoom(session, bytes);
+      if (full !== undefined) throw queuedFull(full, this.queued as QueuedBounds, session);
+    }
     this.bySession.set(session, s + bytes);
     this.total += bytes;
   }
@@ -75,26 +78,20 @@ export class AnswerBudget {
   }
 
   /**
-   * Answers queued unread to the tree's sessions, and in the kernel: a tree with none is never
-   * refused (another tree's unread answers must not stop one that reads its own); past its own
-   * bound, or past the kernel's while it has some queued, RESOURCE. `held`: the session's bytes
-   * in preparation (already in the kernel's total).
+   * Would `bytes` more for `session`'s peer (an answer, or an EVENT: kernel/compose.ts eventRoom)
+   * pass the bounds on what is queued unread? "tree": its persona tree's; "kernel": the kernel's;
+   * undefined: neither. Answers in preparation count as queued (the session's against its tree,
+   * all against the kernel): they are on their way there. A tree with nothing queued unread always
+   * has room: another tree's unread answers must not stop one that reads its own.
    */
-  private checkQueued(session: string, held: number, bytes: number): void {
-    const q = this.queued as QueuedBounds;
+  queuedRoom(session: string, bytes: number): "tree" | "kernel" | undefined {
+    const q = this.queued;
+    if (q === undefined) return undefined;
     const tree = q.totals.tree(session);
-    if (tree === 0) return;
-    if (tree + held + bytes > q.perTree)
-      throw new OpError(
-        "RESOURCE",
-        `answers queued unread to this persona tree's sessions hold ${tree} bytes (at most ${q.perTree}, maxQueuedBytesPerPersona); read them, then retry`,
-      );
-    const kernel = q.totals.kernel();
-    if (kernel + this.total + bytes > q.kernel)
-      throw new OpError(
-        "RESOURCE",
-        `the kernel's answers queued to peers that have not read them hold ${kernel} bytes (at most ${q.kernel}), ${tree} of them this persona tree's; read them, then retry`,
-      );
+    if (tree === 0) return undefined;
+    if (tree + (this.bySession.get(session) ?? 0) + bytes > q.perTree) return "tree";
+    if (q.totals.kernel() + this.total + bytes > q.kernel) return "kernel";
+    return undefined;
   }
 
   /** @internal {@link AnswerLease.release}. */
@@ -111,6 +108,17 @@ function sessionFull(held: number, queued: number): OpError {
   return new OpError(
     "RESOURCE",
     `this session's answers in preparation hold ${held} bytes (${queued} more queued to the peer); retry once they are sent`,
+  );
+}
+
+/** The refusal of an answer {@link AnswerBudget.queuedRoom} has no room for. */
+function queuedFull(full: "tree" | "kernel", q: QueuedBounds, session: string): OpError {
+  const tree = q.totals.tree(session);
+  return new OpError(
+    "RESOURCE",
+    full === "tree"
+      ? `answers queued unread to this persona tree's sessions hold ${tree} bytes (at most ${q.perTree}, maxQueuedBytesPerPersona); read them, then retry`
+      : `the kernel's answers queued to peers that have not read them hold ${q.totals.kernel()} bytes (at most ${q.kernel}), ${tree} of them this persona tree's; read them, then retry`,
   );
 }
 

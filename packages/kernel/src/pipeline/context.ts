@@ -174,6 +174,8 @@ export interface AtomicAnswer {
   committed: boolean;
   result: OpResult | undefined;
   answer: Response | undefined;
+  /** The outcome record's detail for `result`, committed with the answer (for a start's recovery of the record). */
+  detail: string | undefined;
 }
 
 /** A context for a request that has arrived: only its claimed context is known. */

@@ -8,7 +8,7 @@ import {
   sha256,
   withEncodedBody,
 } from "@kpip/protocol";
-import type { AuditStore } from "../store/types.js";
+import type { AuditStore, DedupeRow } from "../store/types.js";
 import { DedupeTable, type KeyHash } from "./dedupe-table.js";
 
 /** The authority a grant carries, without its validity period (a refreshed token carries the same), and its base64. */
@@ -182,15 +182,15 @@ export class DedupeCache {
     hash: Buffer,
     effect: () => T,
     answer: (v: T) => Response,
-    /** The request's intent record and the log's head at the commit (DedupeRow). */
-    at?: { intentSeq: number; afterSeq: number },
+    /** The request's intent record, the log's head at the commit and the outcome record's detail (DedupeRow). */
+    at?: (v: T) => Pick<DedupeRow, "intentSeq" | "afterSeq" | "detail" | "revoked">,
   ): T {
     const s = this.store;
     if (!s) return effect();
     return s.transaction(() => {
       const v = effect();
       // Encoded once: the record keeps these bytes, and the answer goes out as them (withEncodedBody).
-      s.putDedupe({ key, hash, response: encodedResponse(answer(v)), expires: Date.now() + this.windowMs, ...at });
+      s.putDedupe({ key, hash, response: encodedResponse(answer(v)), expires: Date.now() + this.windowMs, ...at?.(v) });
       return v;
     });
   }

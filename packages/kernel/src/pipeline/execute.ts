@@ -1,5 +1,6 @@
 import type { CborMap, CborValue, Grant, Response } from "@kpip/protocol";
 import { parseTarget } from "@kpip/protocol";
+import { statusDetail } from "../audit/detail.js";
 import { checkArgs } from "../primitives/router.js";
 import { type OpContext, OpError, type OpResult } from "../primitives/types.js";
 import type { AnswerBudget } from "./answer-budget.js";
@@ -141,7 +142,7 @@ function atomicallyFor(
   stopping: () => boolean,
   headSeq: () => number,
 ): OpContext["atomically"] {
-  const a: AtomicAnswer = { recorded: false, committed: false, result: undefined, answer: undefined };
+  const a: AtomicAnswer = { recorded: false, committed: false, result: undefined, answer: undefined, detail: undefined };
   ctx.atomic = a;
   return <T extends OpResult>(effect: () => T): T => {
     // Its session was ended by the kernel's stop: the audit log closes next, so an effect now
@@ -151,9 +152,10 @@ function atomicallyFor(
     // written to the file store, an upload synced) must not commit past a revocation or expiry
     // answered meanwhile (PROTOCOL §13).
     refuseIfLapsed(ctx, lapsed, "before its effect committed: nothing was changed");
-    // The answer names the intent record and where the log was: a crash before the outcome
-    // record leaves the effect findable by the next start (audit/recover-outcomes.ts).
-    const at = ctx.intentSeq > 0 ? { intentSeq: ctx.intentSeq, afterSeq: headSeq() } : undefined;
+    // The answer names the intent record and where the log was, and keeps what its outcome record
+    // says: a crash before that record leaves the effect findable by the next start, which writes
+    // the record the request would have (audit/recover-outcomes.ts).
+    const afterSeq = headSeq();
     const v = dedupe.commitWith(
       ctx.key as string,
       ctx.dhash as Buffer,
@@ -163,7 +165,12 @@ function atomicallyFor(
         a.answer = answer(ctx, r);
         return a.answer;
       },
-      at,
+      ctx.intentSeq > 0
+        ? (r) => {
+            a.detail = statusDetail(r.status, r.audit);
+            return { intentSeq: ctx.intentSeq, afterSeq, detail: a.detail, ...(r.revoked?.length ? { revoked: r.revoked } : {}) };
+          }
+        : undefined,
     );
     a.recorded = dedupe.durable;
     a.committed = true;

@@ -60,6 +60,8 @@ export interface PipelineDeps {
   bodies?: BodyPool;
   /** Where an op's INTERNAL failure is logged, within its persona's budget (none: the kernel's log, unbounded). */
   peerLog?: PeerLogLimiter;
+  /** Notes the outcome record of an effect that revoked tokens ({@link OpResult.revoked}): the refusals they cause name it. */
+  revocationRecorded?: (ids: readonly string[], seq: number) => void;
 }
 
 /**
@@ -430,13 +432,15 @@ export class Pipeline {
       // 11. audit the outcome, then answer.
       response = outcomeAnswer(ctx, result, refusal);
       const outcome = this.recordOutcome(ctx, response, result, refusal, failedAfter);
-      // Chained synchronously: the head is this record (a revocation notes where it is on the record).
+      // Chained synchronously: the head is this record. A revocation notes it once committed, never
+      // a number a failed commit (or a kill before it) leaves to another record.
+      const seq = this.deps.audit.headSeq;
+      await stage(trace, "kpip.audit.outcome", passOn, outcome);
       try {
-        result?.recorded?.(this.deps.audit.headSeq);
+        if (result?.revoked?.length) this.deps.revocationRecorded?.(result.revoked, seq);
       } catch (e) {
         this.afterCommitFailed(ctx, e);
       }
-      await stage(trace, "kpip.audit.outcome", passOn, outcome);
     } catch (e) {
       this.abandon(ctx);
       throw e;
@@ -496,7 +500,9 @@ export class Pipeline {
         ? boundedMessage(`${AFTER_COMMIT}${failedAfter}`)
         : null;
     entry.durationUs = elapsedUs(ctx);
-    entry.detail = statusDetail(response.status, result?.audit);
+    // The detail committed with the effect's answer, when this is its result: encoded once.
+    const a = ctx.atomic;
+    entry.detail = a?.detail !== undefined && result === a.result ? a.detail : statusDetail(response.status, result?.audit);
     return audit.appendRow(
       entry,
       keep

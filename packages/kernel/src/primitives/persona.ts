@@ -134,11 +134,13 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
           const id = personaTarget(ctx);
           if (!store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is not registered`);
           const ended: string[] = [];
+          const revoked: string[] = [];
           // Removed with the request's dedupe record: a retry after a crash is not "not registered".
           // Sessions and agents it ends stay ended if that commit fails: the safe side.
           return ctx.atomically((): OpResult => {
             const r = removePersonaTree(store, id, (tokens) => {
               ended.push(...host.revokeTokens(tokens, ctx.persona).ended);
+              revoked.push(...tokens);
             });
             const sessionsEnded = host.registryChanged();
             return {
@@ -150,6 +152,8 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
                 sessionsEnded,
                 tokensRevoked: r.tokensRevoked,
               },
+              // Refusals of what it ended name this record, as a token.revoke's do.
+              ...(revoked.length ? { revoked } : {}),
             };
           });
         },

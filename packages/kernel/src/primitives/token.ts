@@ -222,14 +222,7 @@ export function tokenFamily(
               payload: { id, revoked: true, already: !r.changed },
               audit: { revoked: id, ended: r.ended, ...(r.root ? { family: r.root } : {}) },
               // Refusals the revocation causes name this record.
-              ...(r.changed
-                ? {
-                    recorded: (seq: number) => {
-                      tokens.noteRevokeRecord(id, seq);
-                      if (r.root) tokens.noteRevokeRecord(r.root, seq);
-                    },
-                  }
-                : {}),
+              ...(r.changed ? { revoked: r.root ? [id, r.root] : [id] } : {}),
             };
           });
           // Only a revocation that changed something ends sessions' handles and subscriptions: the

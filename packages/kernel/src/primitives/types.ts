@@ -54,8 +54,12 @@ export interface OpResult {
    * minted token): never payload bytes. The pipeline adds the status.
    */
   audit?: { [k: string]: DetailValue | undefined };
-  /** Called with the outcome record's sequence number once it is appended (a revocation notes where it is recorded). */
-  recorded?: (seq: number) => void;
+  /**
+   * Token ids this effect newly revoked: the refusals they cause name its outcome record. Kept
+   * with the answer committed with the effect (with `audit`), so an outcome record written by the
+   * next start after a kill (audit/recover-outcomes.ts) carries the same and is named the same.
+   */
+  revoked?: readonly string[];
 }
 
 /**

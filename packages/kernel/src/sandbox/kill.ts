@@ -34,8 +34,8 @@ export function descendants(pid: number, depth = Number.POSITIVE_INFINITY): numb
 
 /**
  * Kills a sandbox: the process group of the bubblewrap process the kernel started, and every
- * process below it. The group alone is not enough: the sandboxed program runs in a session of
- * its own (--new-session), and killed while bubblewrap is still setting up, it could miss the
+ * process below it. The group alone is not enough: the sandboxed program may have left it (a
+ * session of its own: setsid), and killed while bubblewrap is still setting up, it could miss the
  * death signal bubblewrap arranges for it. Killing the sandbox's PID-namespace init ends every
  * process in the namespace, so under bubblewrap (`namespaced`) only its children and theirs (the
  * namespace's init, the program) are looked for: the whole tree, read from /proc on the event

@@ -1,6 +1,17 @@
 import { type ChildProcess, type SpawnOptions, type SpawnSyncReturns, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
-import { chmodSync, chownSync, lstatSync, mkdirSync, readdirSync, readlinkSync, realpathSync, rmdirSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  lstatSync,
+  mkdirSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  realpathSync,
+  rmdirSync,
+  writeFileSync,
+} from "node:fs";
 import { delimiter, join, resolve } from "node:path";
 import type { Writable } from "node:stream";
 import type { ErrorClass } from "@kpip/protocol";
@@ -37,6 +48,11 @@ export interface SandboxLimits {
   cpuSeconds: number;
   /** Largest file a process may write, in bytes (RLIMIT_FSIZE). */
   fileBytes: number;
+  /**
+   * Descriptors each process may hold open (RLIMIT_NOFILE, soft and hard); absent or 0: the
+   * kernel's own hard limit, which a process could raise its soft one to.
+   */
+  openFiles?: number;
 }
 
 /** What bubblewrap can do beyond its basics: each option the kernel uses only where it exists. */
@@ -133,6 +149,35 @@ export interface Launch {
    * {@link SandboxConfig.removalFailed} and the directory is left for the next start's sweep.
    */
   cleanup(): Promise<void>;
+}
+
+/** This process's hard RLIMIT_NOFILE (from /proc/self/limits), or undefined: unlimited, or not known. */
+function hardOpenFiles(): number | undefined {
+  try {
+    const m = /^Max open files\s+\S+\s+(\d+)\s/m.exec(readFileSync("/proc/self/limits", "utf8"));
+    return m ? Number(m[1]) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Gives the session `pid` leads (a sandbox's bubblewrap, made a session leader by its spawn) the
+ * niceness `nice` as a scheduler autogroup. With autogroups on (Linux's default where the kernel
+ * runs in the root CPU cgroup, as a process started from a shell does) the scheduler shares the
+ * CPU between sessions first, and by each process's niceness only within its session: every
+ * sandbox, a session of its own, weighed as much as the kernel's whole session whatever its
+ * processes' niceness. Best effort: no autogroups (the file is absent, or ignored), or a process
+ * gone, is nothing to do; an unprivileged writer may be refused for a tenth of a second after any
+ * other write on the host (EAGAIN), and tries again a few times.
+ */
+export function autogroupNice(pid: number, nice: number, tries = 5): void {
+  try {
+    writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EAGAIN" && tries > 1)
+      setTimeout(() => autogroupNice(pid, nice, tries - 1), 100).unref();
+  }
 }
 
 /** Most `rm` children removing scratch directories at once. */
@@ -236,6 +281,8 @@ export class Sandbox {
   private readonly prlimit: string | undefined;
   private readonly nice: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
+  /** The kernel's own hard RLIMIT_NOFILE: a sandbox's bound is never above it (prlimit could not raise it). */
+  private readonly filesHard = hardOpenFiles();
   /**
    * Found once: only what the kernel inherited lacks close-on-exec (all it opens itself has it),
    * so a later scan would find nothing new, and costs a read per open descriptor.
@@ -542,10 +589,14 @@ export class Sandbox {
     const onStdin = filter !== undefined && spec.filterOnStdin === true;
     const seccompFd = filter === undefined ? undefined : onStdin ? 0 : stdio.length;
     if (seccompFd !== undefined) stdio[seccompFd] = "pipe";
-    let fed = onStdin;
+    let fed = false;
+    const nice = this.config.mode === "bwrap" ? this.config.nice : undefined;
     const spawned = (child?: ChildProcess) => {
-      if (fed || seccompFd === undefined) return;
+      if (fed) return;
       fed = true;
+      // Before the filter: bubblewrap waits for it, so the program starts in its niced autogroup.
+      if (nice && child?.pid) autogroupNice(child.pid, nice);
+      if (onStdin || seccompFd === undefined) return;
       const pipe = child?.stdio[seccompFd] as Writable | null | undefined;
       if (!pipe) return;
       // bubblewrap gone before it read (it failed): nothing to tell.
@@ -592,7 +643,10 @@ export class Sandbox {
       "--hostname",
       "kpip-sandbox",
       "--die-with-parent",
-      "--new-session",
+      // No --new-session: the spawn (detached) made bubblewrap a session leader with no
+      // controlling terminal, so the sandbox has none to inject input into (TIOCSTI), and its
+      // processes share that session's autogroup, niced below (autogroupNice); a session of
+      // their own would be a new autogroup, weighed as the kernel's whole session is.
       "--cap-drop",
       "ALL",
     ];
@@ -656,6 +710,11 @@ export class Sandbox {
     if (l.memoryBytes) a.push(`--as=${l.memoryBytes}:${l.memoryBytes}`);
     if (l.cpuSeconds) a.push(`--cpu=${l.cpuSeconds}:${l.cpuSeconds}`);
     if (l.fileBytes) a.push(`--fsize=${l.fileBytes}:${l.fileBytes}`);
+    // Open files are counted against the host's one table (fs.file-max): a process that raised its
+    // soft limit to the kernel's hard one (524,288 in a systemd unit) could, with a few others, fill
+    // it, and then no process on the host, the kernel included, opens a file or accepts a connection.
+    const files = l.openFiles && this.filesHard !== undefined ? Math.min(l.openFiles, this.filesHard) : l.openFiles;
+    if (files) a.push(`--nofile=${files}:${files}`);
     // No core dump, hard limit included (the kernel's own hard limit is often unlimited, which a
     // process could raise its soft one to): 1, not 0, because a core_pattern that pipes to a
     // program (systemd-coredump, apport) ignores 0 and runs that program as root on the host for
@@ -682,6 +741,7 @@ export class Sandbox {
       memoryBytes: min(c.memoryBytes, grant?.["sandbox.memory"]),
       cpuSeconds: min(c.cpuSeconds, grant?.["sandbox.cpu"]),
       fileBytes: min(c.fileBytes, grant?.["sandbox.fileSize"]),
+      ...(c.openFiles ? { openFiles: c.openFiles } : {}),
     };
   }
 }

@@ -68,6 +68,7 @@ export function openSandbox(
       memoryBytes: c.sandboxMemoryBytes,
       cpuSeconds: c.sandboxCpuSeconds,
       fileBytes: c.sandboxFileBytes,
+      openFiles: c.sandboxFiles,
     },
     tmpBytes: c.sandboxTmpBytes,
     nice: c.sandboxNice,

@@ -1,4 +1,4 @@
-import type { ByteChannel } from "@kpip/protocol";
+import { type ByteChannel, HEADER_SIZE } from "@kpip/protocol";
 
 /**
  * How long a peer has to close its side once the kernel ended the connection (a fatal ERROR,
@@ -36,6 +36,91 @@ export class TransportMessageTooLarge extends Error {
     readonly limit: number,
   ) {
     super(`a ${transport} message of ${declared} bytes is over the transport's limit of ${limit} bytes; the stream was ended`);
+  }
+}
+
+/**
+ * The transport refused how the peer cut its frames into messages and ends the session (gRPC: a
+ * frame sent in more than {@link MAX_FRAGMENTS_PER_FRAME} small pieces, PROTOCOL §3.6). Unlike
+ * {@link TransportMessageTooLarge} the stream is still open: the session says why in a fatal
+ * ERROR, as for any frame it refuses.
+ */
+export class TransportFragmented extends Error {
+  override name = "TransportFragmented";
+  readonly errorClass = "PROTOCOL" as const;
+  readonly code = "FRAGMENTED";
+  constructor(readonly transport: string) {
+    super(
+      `a frame came in more than ${MAX_FRAGMENTS_PER_FRAME} ${transport} messages of fewer than ${MIN_FRAGMENT_BYTES} bytes that end inside it; the session was ended`,
+    );
+  }
+}
+
+/** What a transport refused of what the peer sent (the session ends on it with its class and code). */
+export type TransportRefusal = TransportMessageTooLarge | TransportFragmented;
+
+/** A transport message shorter than this that ends inside a frame is a fragment of it (PROTOCOL §3.6). */
+export const MIN_FRAGMENT_BYTES = 4096;
+/** Fragments one frame may come in (a sender that writes a frame's header and body apart makes one). */
+export const MAX_FRAGMENTS_PER_FRAME = 8;
+
+/**
+ * Follows the frame boundaries of a byte stream that arrives in transport messages (gRPC), and
+ * counts the messages that carry little without ending a frame: each costs the transport (grpc-js)
+ * a few microseconds whatever its size, so a frame of 1 MiB sent a byte per message cost the
+ * kernel's thread seconds — before any attestation. A frame may come in at most
+ * {@link MAX_FRAGMENTS_PER_FRAME} such messages (an empty message counts too); pieces of
+ * {@link MIN_FRAGMENT_BYTES} or more, and messages whose last byte ends a frame, are not counted.
+ * The frames' own checks are the session's.
+ */
+export class FragmentGauge {
+  private readonly header = Buffer.alloc(HEADER_SIZE);
+  /** Header bytes of the current frame received so far. */
+  private have = 0;
+  /** Body bytes of the current frame still to come. */
+  private body = 0;
+  /** Fragments of the current frame. */
+  private fragments = 0;
+  /** The last byte taken ended a frame. */
+  private endedFrame = false;
+
+  /** Takes bytes of the current message, in order. */
+  bytes(b: Uint8Array): void {
+    let i = 0;
+    while (i < b.length) {
+      if (this.body > 0) {
+        const n = Math.min(this.body, b.length - i);
+        this.body -= n;
+        i += n;
+        if (this.body === 0) this.frameEnded();
+        else this.endedFrame = false;
+        continue;
+      }
+      const n = Math.min(HEADER_SIZE - this.have, b.length - i);
+      this.header.set(b.subarray(i, i + n), this.have);
+      this.have += n;
+      i += n;
+      this.endedFrame = false;
+      if (this.have === HEADER_SIZE) {
+        this.have = 0;
+        // The body's length, the header's last 4 bytes (PROTOCOL §4.1).
+        this.body = this.header.readUInt32BE(HEADER_SIZE - 4);
+        if (this.body === 0) this.frameEnded();
+      }
+    }
+  }
+
+  private frameEnded(): void {
+    this.fragments = 0;
+    this.endedFrame = true;
+  }
+
+  /** A message of `length` bytes (all given to {@link bytes}) ended; false when it is one fragment too many of its frame. */
+  endMessage(length: number): boolean {
+    const ended = this.endedFrame && length > 0;
+    this.endedFrame = false;
+    if (ended || length >= MIN_FRAGMENT_BYTES) return true;
+    return ++this.fragments <= MAX_FRAGMENTS_PER_FRAME;
   }
 }
 
@@ -92,11 +177,12 @@ export interface Connection extends ByteChannel {
    */
   onCut?(cb: (e: PeerCloseTimeout) => void): void;
   /**
-   * The transport refused what the peer sent and ended the stream itself, before any frame of it
-   * reached the session (gRPC: a message over its size limit). Called before the close, so the
-   * session records why it ended; what it writes after is dropped.
+   * The transport refused what the peer sent, before any frame of it reached the session: it
+   * ended the stream itself (gRPC: a message over its size limit; what the session writes after
+   * is dropped), or the session is to end it (gRPC: a frame in too many small messages). Called
+   * before the close, so the session records why it ended.
    */
-  onRefused?(cb: (e: TransportMessageTooLarge) => void): void;
+  onRefused?(cb: (e: TransportRefusal) => void): void;
   /**
    * The session on this connection attested (WELCOME sent). gRPC: its TCP connection is not shed
    * for a newer one while the stream lasts (PROTOCOL §8.8).

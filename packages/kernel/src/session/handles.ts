@@ -1,4 +1,5 @@
 import type { Grant, Token } from "@kpip/protocol";
+import { coveringIds } from "../auth/revocations.js";
 
 // A session's bound tokens: session state, filled by the enforcer's bind (auth/enforcer.ts) and
 // read by its authorize and by the op context (primitives/types.ts).
@@ -32,7 +33,7 @@ export interface BoundCapability {
 export class HandleTable {
   private next = 1;
   private readonly map = new Map<number, BoundCapability>();
-  /** Handles by each token id their grant names (its own and its chain's): what a revocation of that id may cover. */
+  /** Handles by each token id whose revocation covers their grant (coveringIds): what a revocation of that id may cover. */
   private readonly byToken = new Map<string, BoundCapability[]>();
   /** Bytes of every token bound so far (bounded by the enforcer's bind). */
   bytes = 0;
@@ -41,11 +42,12 @@ export class HandleTable {
     const handle = this.next++;
     const b: BoundCapability = { handle, token, grant, decisions: new Map(), decided: 0, label: undefined, allows: undefined };
     this.map.set(handle, b);
-    for (const id of new Set([grant.id, ...grant.chain])) {
+    coveringIds(grant, (id) => {
       const list = this.byToken.get(id);
       if (list) list.push(b);
       else this.byToken.set(id, [b]);
-    }
+      return false;
+    });
     return handle;
   }
   /**

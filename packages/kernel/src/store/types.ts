@@ -167,6 +167,12 @@ export interface DedupeRow {
    */
   intentSeq?: number;
   afterSeq?: number;
+  /**
+   * With those: the outcome record's detail as the op made it (what it ended, what it created),
+   * and the token ids it revoked (OpResult.revoked), which that start's record carries too.
+   */
+  detail?: string;
+  revoked?: readonly string[];
 }
 
 /** An answer committed with its effect ({@link DedupeRow} `intentSeq` set), for a start's recovery of its outcome record. */
@@ -175,6 +181,9 @@ export interface EffectAnswer {
   response: Uint8Array;
   intentSeq: number;
   afterSeq: number;
+  /** Absent in a row an older kernel committed. */
+  detail?: string;
+  revoked?: string[];
 }
 
 /**

@@ -10,10 +10,13 @@ import { BURST_SECONDS, type Bucket, RateBuckets } from "../audit/rate-buckets.j
 import { ConfigError } from "../config.js";
 import {
   type Connection,
+  FragmentGauge,
   PEER_CLOSE_GRACE_MS,
   PeerCloseCut,
   type PeerCloseTimeout,
+  TransportFragmented,
   TransportMessageTooLarge,
+  type TransportRefusal,
 } from "../session/connection.js";
 import { overflowKey, peerKey } from "../session/peer-key.js";
 import { ConnectionCaps, type ConnectionLimits, type ConnectionRefusal } from "./connection-caps.js";
@@ -694,8 +697,14 @@ export class GrpcStreamConnection implements Connection {
   private holdsAttested = false;
   private readonly closeCbs: (() => void)[] = [];
   private readonly endCbs: (() => void)[] = [];
-  private readonly refusedCbs: ((e: TransportMessageTooLarge) => void)[] = [];
+  private readonly refusedCbs: ((e: TransportRefusal) => void)[] = [];
   private readonly cut: PeerCloseCut;
+  /** The HTTP/2 stream under the call (none: not screened), reset when the peer keeps it open after the session ended. */
+  private readonly h2: ServerHttp2Stream | undefined;
+  /** The HTTP/2 stream is closed both ways (or reset): nothing more comes from the peer. */
+  private streamGone = false;
+  /** The session is over (ended, refused, cut): what the peer still sends is not looked at. */
+  private done = false;
 
   constructor(
     private readonly call: grpc.ServerDuplexStream<Buffer, Buffer>,
@@ -713,6 +722,7 @@ export class GrpcStreamConnection implements Connection {
     received?: { stream: ServerHttp2Stream; limit: number },
   ) {
     this.peer = call.getPeer();
+    this.h2 = received?.stream;
     if (received) this.watchMessages(received.stream, received.limit);
     this.cut = new PeerCloseCut(this.transport, closeGraceMs);
     // mTLS: gRPC verified the certificate against the client CA; the kernel records which one it was.
@@ -744,10 +754,15 @@ export class GrpcStreamConnection implements Connection {
       this.letGo();
       for (const cb of this.closeCbs) cb();
     };
-    call.on("error", closed);
-    call.on("cancelled", closed);
-    call.on("close", closed);
-    call.on("finish", closed);
+    const gone = () => {
+      this.streamGone = true;
+      closed();
+    };
+    // The call's events say the session is over — its status sent ("finish"; "cancelled" and
+    // "close" follow as grpc-js lets go of the call) — not that the peer's half is closed: only
+    // the HTTP/2 stream's own close says that.
+    for (const ev of ["error", "cancelled", "close", "finish"]) call.on(ev, this.h2 ? closed : gone);
+    this.h2?.once("close", gone);
     call.on("end", () => {
       // The peer half-closed: it sends nothing more but still reads, so the session answers
       // what is in flight, says GOODBYE and ends the call with status OK (PROTOCOL §3.6).
@@ -791,13 +806,34 @@ export class GrpcStreamConnection implements Connection {
   end(): void {
     if (this.ended) return;
     this.ended = true;
+    this.done = true;
     this.out.flushNow();
     if (!this.closed) this.call.end();
-    // A peer that never closes its side (or never reads the end) must not keep the stream (and the kernel) alive.
+    this.armCut();
+  }
+
+  /**
+   * A peer that never closes its side (or never reads the end) must not keep the stream (and the
+   * kernel) alive, nor keep sending into a session that is over: grpc-js ends its half with the
+   * status and keeps reading the other, and destroying the call does not reset the HTTP/2 stream.
+   * Past the grace the stream is reset (RST_STREAM NO_ERROR: the answer is complete, RFC 9113
+   * §8.1), unless the peer closed its half by then.
+   */
+  private armCut(): void {
     this.cut.arm(
-      () => this.closed,
-      () => this.destroy(),
+      () => this.streamGone,
+      () => {
+        this.destroy();
+        this.reset();
+      },
     );
+  }
+
+  /** Resets the HTTP/2 stream: the peer sends nothing more on it (RST_STREAM NO_ERROR). */
+  private reset(): void {
+    if (this.streamGone) return;
+    this.streamGone = true;
+    if (this.h2 && !this.h2.destroyed) this.h2.close(h2c.NGHTTP2_NO_ERROR);
   }
 
   onCut(cb: (e: PeerCloseTimeout) => void): void {
@@ -805,13 +841,18 @@ export class GrpcStreamConnection implements Connection {
   }
 
   destroy(): void {
+    this.done = true;
     if (this.closed) return;
     this.closed = true;
     this.out.stop();
     // After end() the status (OK) is already on its way. A call abandoned without GOODBYE or a fatal
     // ERROR (a silent peer, a kill) still ends with a status, UNAVAILABLE, never left open (PROTOCOL §3.6).
     if (this.ended) this.call.destroy();
-    else this.call.emit("error", { code: grpc.status.UNAVAILABLE, details: "the kernel closed the session" });
+    else {
+      this.call.emit("error", { code: grpc.status.UNAVAILABLE, details: "the kernel closed the session" });
+      // The status goes out; the peer's half is reset after the grace if it keeps it open.
+      this.armCut();
+    }
     this.letGo();
     for (const cb of this.closeCbs) cb();
   }
@@ -831,32 +872,48 @@ export class GrpcStreamConnection implements Connection {
   }
 
   onData(cb: (chunk: Uint8Array) => void): void {
-    this.call.on("data", cb);
+    this.call.on("data", (chunk: Buffer) => {
+      // A session that is over reads nothing more (its stream is reset past the grace).
+      if (!this.done) cb(chunk);
+    });
   }
 
-  onRefused(cb: (e: TransportMessageTooLarge) => void): void {
+  onRefused(cb: (e: TransportRefusal) => void): void {
     this.refusedCbs.push(cb);
   }
 
   /**
-   * Follows the 5-byte prefixes of the messages grpc-js reads from the stream, with a listener
-   * added after its own (so it neither starts the flow nor takes a byte): grpc-js ends a call whose
-   * message declares more than its limit with RESOURCE_EXHAUSTED and tells the handler only that
-   * the call was cancelled, which the session recorded as a plain close. Its listener runs first
-   * and reports the cancel a tick later, so the session hears why before it hears the close.
+   * Follows the 5-byte prefixes of the messages on the HTTP/2 stream, and the frames they carry,
+   * with a listener put before grpc-js's (neither starting the flow nor taking a byte), so that
+   * what it refuses grpc-js never decodes: grpc-js splits each DATA frame into its messages at
+   * once, a few microseconds each, however small.
+   * - A message declaring more than grpc-js's limit: grpc-js ends the call with
+   *   RESOURCE_EXHAUSTED and tells the handler only that it was cancelled, which the session
+   *   recorded as a plain close. The session hears why first (PROTOCOL §3.6, TOO_LARGE).
+   * - A frame cut into more small messages than {@link FragmentGauge} allows (a byte each, say):
+   *   the stream is reset at once (RST_STREAM ENHANCE_YOUR_CALM), before grpc-js decodes the
+   *   rest, and the session ends on it (PROTOCOL §3.6, FRAGMENTED).
    */
   private watchMessages(stream: ServerHttp2Stream, limit: number): void {
     if (stream.readableFlowing === null) return; // grpc-js does not read this stream
     const prefix = Buffer.alloc(5);
     let have = 0; // bytes of the current prefix
+    let length = 0; // the current message's length
     let skip = 0; // bytes of the current message still to come
+    const gauge = new FragmentGauge();
     const onData = (chunk: Buffer) => {
+      if (this.done) {
+        stream.off("data", onData);
+        return;
+      }
       let i = 0;
       while (i < chunk.length) {
         if (skip > 0) {
           const n = Math.min(skip, chunk.length - i);
+          gauge.bytes(chunk.subarray(i, i + n));
           skip -= n;
           i += n;
+          if (skip === 0 && !gauge.endMessage(length)) return this.fragmented(stream);
           continue;
         }
         const n = Math.min(5 - have, chunk.length - i);
@@ -865,27 +922,39 @@ export class GrpcStreamConnection implements Connection {
         i += n;
         if (have < 5) return;
         have = 0;
-        skip = prefix.readUInt32BE(1);
+        length = skip = prefix.readUInt32BE(1);
         if (skip > limit) {
           stream.off("data", onData);
           this.refused(skip, limit);
           return;
         }
+        if (length === 0 && !gauge.endMessage(0)) return this.fragmented(stream);
       }
     };
-    stream.on("data", onData);
+    // Before grpc-js's listener: a stream reset here is one grpc-js no longer reads (its check for a closed stream).
+    stream.prependListener("data", onData);
   }
 
   /** grpc-js ended the call for a message of `declared` bytes: nothing more goes out on it; the session hears why. */
   private refused(declared: number, limit: number): void {
     if (this.closed || this.ended) return;
     this.ended = true;
+    this.done = true;
     const e = new TransportMessageTooLarge(this.transport, declared, limit);
     for (const cb of this.refusedCbs) cb(e);
-    this.cut.arm(
-      () => this.closed,
-      () => this.destroy(),
-    );
+    this.armCut();
+  }
+
+  /** A frame came in too many small messages: the stream is reset now, and the session hears why. */
+  private fragmented(stream: ServerHttp2Stream): void {
+    if (this.done) return;
+    this.done = true;
+    this.ended = true;
+    stream.close(h2c.NGHTTP2_ENHANCE_YOUR_CALM);
+    this.streamGone = true;
+    const e = new TransportFragmented(this.transport);
+    for (const cb of this.refusedCbs) cb(e);
+    this.destroy();
   }
 
   onClose(cb: () => void): void {

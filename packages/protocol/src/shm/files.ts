@@ -45,7 +45,11 @@ function fdSegment(fd: number): ShmSegment {
  */
 export function fileShm(dir: string): ShmNative {
   const fds = new Map<string, number>();
-  const path = (name: string) => `${dir}/${name.replace(/^\//, "")}`;
+  // One file of `dir`: a name holding a '/' past its first character (or naming `.`, `..`) is no segment.
+  const path = (name: string): string | undefined => {
+    const base = name.replace(/^\//, "");
+    return base === "" || base === "." || base === ".." || base.includes("/") ? undefined : `${dir}/${base}`;
+  };
   // O_NOFOLLOW: never through a link someone planted; O_NONBLOCK: a FIFO planted under the name
   // cannot block on open (and is refused below, as is anything but a regular file).
   const flags = constants.O_RDWR | constants.O_NOFOLLOW | constants.O_NONBLOCK;
@@ -58,10 +62,11 @@ export function fileShm(dir: string): ShmNative {
   };
   return {
     create(name, size) {
-      if (fds.has(name)) return null;
+      const file = path(name);
+      if (fds.has(name) || file === undefined) return null;
       let fd: number;
       try {
-        fd = openSync(path(name), flags | constants.O_CREAT | constants.O_EXCL, 0o600);
+        fd = openSync(file, flags | constants.O_CREAT | constants.O_EXCL, 0o600);
       } catch {
         return null;
       }
@@ -73,17 +78,18 @@ export function fileShm(dir: string): ShmNative {
       } catch {
         // No room in /dev/shm: this session's bodies go inline.
         closeSync(fd);
-        unlinkSync(path(name));
+        unlinkSync(file);
         return null;
       }
       fds.set(name, fd);
       return fdSegment(fd);
     },
     open(name) {
-      if (fds.has(name)) return null;
+      const file = path(name);
+      if (fds.has(name) || file === undefined) return null;
       let fd: number;
       try {
-        fd = openSync(path(name), flags);
+        fd = openSync(file, flags);
       } catch {
         return null;
       }
@@ -108,8 +114,9 @@ export function fileShm(dir: string): ShmNative {
         }
       }
       close(name);
+      const file = path(name);
       try {
-        unlinkSync(path(name));
+        if (file !== undefined) unlinkSync(file);
       } catch {
         // already gone
       }

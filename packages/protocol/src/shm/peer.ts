@@ -62,9 +62,14 @@ export class ShmError extends CodecError {
   }
 }
 
-/** The segment names of one session: `/kpip.<kernel>.<session>.<k|p>` (k: kernel → persona). */
+/**
+ * The segment names of one session: `/kpip.<kernel>.<session>.<k|p>` (k: kernel → persona), every
+ * character outside `[A-Za-z0-9._-]` of the ids (a `/` too) replaced by `_`: a kernel-side peer
+ * names its kernel and session in CHALLENGE, and a `/` kept there (with `..`) placed the client's
+ * segment, and its bodies, outside /dev/shm at a path of the peer's choosing.
+ */
 export function shmSegmentName(kernel: string, session: string, side: "k" | "p"): string {
-  return `/kpip.${kernel}.${session}.${side}`.replace(/[^A-Za-z0-9._/-]/g, "_");
+  return `/${`kpip.${kernel}.${session}.${side}`.replace(/[^A-Za-z0-9._-]/g, "_")}`;
 }
 
 export interface ShmDescriptor {

@@ -71,7 +71,7 @@ export function auditAppender(db: Database.Database): {
     if (i < rows.length) insert(rows, i, rows.length - i);
   };
   const dedupeRow = db.prepare(
-    "INSERT OR REPLACE INTO dedupe (key, hash, response, expires, intent_seq, after_seq) VALUES (?, ?, ?, ?, ?, ?)",
+    "INSERT OR REPLACE INTO dedupe (key, hash, response, expires, intent_seq, after_seq, detail, revoked) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
   );
   const dropJournal = db.prepare("DELETE FROM offline_journal WHERE id <= ?");
   const checkpointRow = db.prepare(
@@ -79,12 +79,23 @@ export function auditAppender(db: Database.Database): {
   );
   // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
   const putDedupe = (d: DedupeRow) =>
-    dedupeRow.run(d.key, d.hash, d.response, d.expires, d.intentSeq ?? null, d.afterSeq ?? null);
+    dedupeRow.run(
+      d.key,
+      d.hash,
+      d.response,
+      d.expires,
+      d.intentSeq ?? null,
+      d.afterSeq ?? null,
+      d.detail ?? null,
+      d.revoked ? JSON.stringify(d.revoked) : null,
+    );
   const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
   // The answer's row leaves the partial index dedupe_effects: it holds only effects whose outcome
   // record is not committed yet. Only the row that still names this intent record (the seq is
   // unique): a newer answer under the key is another request's.
-  const clearRow = db.prepare("UPDATE dedupe SET intent_seq = NULL, after_seq = NULL WHERE key = ? AND intent_seq = ?");
+  const clearRow = db.prepare(
+    "UPDATE dedupe SET intent_seq = NULL, after_seq = NULL, detail = NULL, revoked = NULL WHERE key = ? AND intent_seq = ?",
+  );
   const outcomeRecorded = (r: OutcomeRecorded) => clearRow.run(r.key, r.intentSeq);
   const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps, recorded]: Parameters<AuditAppend>) => {
     insertAll(rows);

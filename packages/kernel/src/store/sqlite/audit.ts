@@ -432,17 +432,21 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#settle();
       this.#clearDue();
       const rows = this.prep(
-        "SELECT key, response, intent_seq, after_seq FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
+        "SELECT key, response, intent_seq, after_seq, detail, revoked FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
       ).all(sinceSeq) as Row[];
       return rows.map((r) => ({
         key: r.key as string,
         response: r.response as Uint8Array,
         intentSeq: r.intent_seq as number,
         afterSeq: r.after_seq as number,
+        ...(typeof r.detail === "string" ? { detail: r.detail } : {}),
+        ...(typeof r.revoked === "string" ? { revoked: stringList(r.revoked) } : {}),
       }));
     }
     effectAnswersRecorded(keys: readonly string[]): void {
-      const clear = this.prep("UPDATE dedupe SET intent_seq = NULL, after_seq = NULL WHERE key = ?");
+      const clear = this.prep(
+        "UPDATE dedupe SET intent_seq = NULL, after_seq = NULL, detail = NULL, revoked = NULL WHERE key = ?",
+      );
       this.transaction(() => {
         for (const k of keys) clear.run(k);
       });
@@ -550,4 +554,14 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       super.close();
     }
   };
+}
+
+/** A JSON list of strings as stored; what a damaged row holds instead is read as no list. */
+function stringList(text: string): string[] {
+  try {
+    const v: unknown = JSON.parse(text);
+    return Array.isArray(v) ? v.filter((x): x is string => typeof x === "string") : [];
+  } catch {
+    return [];
+  }
 }

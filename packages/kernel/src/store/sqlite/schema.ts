@@ -125,12 +125,16 @@ function migrateTokenViewers(db: Database.Database): void {
 
 /**
  * A dedupe answer committed with its op's effect names the request's intent record and the log's
- * head at the commit, until its outcome record is written (audit/recover-outcomes.ts).
+ * head at the commit, and keeps its outcome record's detail, until that record is written
+ * (audit/recover-outcomes.ts).
  */
 function migrateDedupe(db: Database.Database): void {
   const cols = db.prepare("PRAGMA table_info(dedupe)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "intent_seq")) db.exec("ALTER TABLE dedupe ADD COLUMN intent_seq INTEGER");
   if (!cols.some((c) => c.name === "after_seq")) db.exec("ALTER TABLE dedupe ADD COLUMN after_seq INTEGER");
+  // ...and what its outcome record says: the detail, and the ids it revoked (a JSON array).
+  if (!cols.some((c) => c.name === "detail")) db.exec("ALTER TABLE dedupe ADD COLUMN detail TEXT");
+  if (!cols.some((c) => c.name === "revoked")) db.exec("ALTER TABLE dedupe ADD COLUMN revoked TEXT");
   // Only those rows, by where their effect is in the log: a start finds the last ones at once.
   db.exec("CREATE INDEX IF NOT EXISTS dedupe_effects ON dedupe (after_seq) WHERE intent_seq IS NOT NULL");
 }
