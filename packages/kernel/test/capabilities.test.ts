@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { utimesSync } from "node:fs";
+import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { KpipError } from "@kpip/client";
 import {
@@ -12,7 +14,7 @@ import {
   mintToken,
   type Token,
 } from "@kpip/protocol";
-import { RootKeys } from "../src/index.js";
+import { ROOT_KEYS_FILE, RootKeys } from "../src/index.js";
 import { addPersonaKey, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 
 const rightsFor = (p: string) => [
@@ -244,13 +246,19 @@ describe("capabilities", () => {
   it("keeps old tokens valid after key rotation until their key is retired", async () => {
     const a = await t.persona("kim", storageWs1);
     const oldKid = decodeToken(a.token).claims.kid;
+    // Both changes keep the file's mtime (a coarse-grained file system, or two changes in one
+    // clock tick): the kernel tells them by the file's inode, size and change time.
+    const keyFile = join(t.home, ROOT_KEYS_FILE);
+    const sameTime = 1_700_000_000;
     RootKeys.rotate(t.home);
+    utimesSync(keyFile, sameTime, sameTime);
     now += 1100; // the kernel re-reads the key file at most once a second, by its clock
     const b = await t.persona("kim2", storageWs1);
     assert.notEqual(decodeToken(b.token).claims.kid, oldKid);
     const c = await t.connect(a.identity, []);
     await c.storage.write("obj://ws1/kim", "old key still verifies", { caps: [a.token] });
     RootKeys.retire(t.home, oldKid);
+    utimesSync(keyFile, sameTime, sameTime);
     now += 1100;
     await assert.rejects(c.storage.read("obj://ws1/kim", { caps: [a.token] }), klass("CAPABILITY"));
     const c2 = await t.connect(b.identity, [b.token]);

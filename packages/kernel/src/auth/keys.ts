@@ -53,10 +53,11 @@ function checkShape(v: unknown, path: string): RootKeyFile {
  */
 export class RootKeys {
   private file: RootKeyFile;
-  private mtime = 0;
+  /** Which file was last read: inode, size and times (a rotation replaces the file, a new inode even within one clock tick). */
+  private version = "";
   private checkedAt = 0;
-  /** The mtime of a damaged file already reported: reported once, not at every re-read. */
-  private damagedMtime: number | undefined;
+  /** The version of a damaged file already reported: reported once, not at every re-read. */
+  private damagedVersion: string | undefined;
   /** Why the file last read was unusable, until a re-read finds it whole again. */
   private broken: KeyFileError | undefined;
 
@@ -67,7 +68,7 @@ export class RootKeys {
     private readonly onDamaged: (e: KeyFileError) => void = () => {},
   ) {
     this.file = RootKeys.load(home);
-    this.mtime = statSync(RootKeys.path(home)).mtimeMs;
+    this.version = fileVersion(RootKeys.path(home));
     this.checkedAt = clock();
   }
 
@@ -76,27 +77,27 @@ export class RootKeys {
     // A clock stepped back counts as time passed: otherwise the keys would freeze until it caught up.
     if (!force && Math.abs(now - this.checkedAt) < 1000) return;
     this.checkedAt = now;
-    let m: number;
+    let m: string;
     try {
-      m = statSync(RootKeys.path(this.home)).mtimeMs;
+      m = fileVersion(RootKeys.path(this.home));
     } catch (e) {
       return this.damaged(
         new KeyFileError(`token key file ${RootKeys.path(this.home)} cannot be read: ${(e as Error).message}`),
-        -1,
+        "missing",
       );
     }
     // Read again only when the file changed since it was last read (or found damaged): a token
     // naming an unknown key forces this check, and a persona can present such tokens in a loop —
     // a stat each, not a read and parse of the file each.
-    if (this.broken ? m !== this.damagedMtime : m !== this.mtime) {
+    if (this.broken ? m !== this.damagedVersion : m !== this.version) {
       try {
         this.file = RootKeys.load(this.home, false);
       } catch (e) {
         if (e instanceof KeyFileError) return this.damaged(e, m);
         throw e;
       }
-      this.mtime = m;
-      this.damagedMtime = undefined;
+      this.version = m;
+      this.damagedVersion = undefined;
       this.broken = undefined;
     }
   }
@@ -107,10 +108,10 @@ export class RootKeys {
    * keys read before would keep honouring a key the damaged file may have retired; the rotate
    * and retire commands replace the file whole, so theirs is never seen half-written.
    */
-  private damaged(e: KeyFileError, m: number): void {
+  private damaged(e: KeyFileError, m: string): void {
     this.broken = e;
-    if (this.damagedMtime === m) return;
-    this.damagedMtime = m;
+    if (this.damagedVersion === m) return;
+    this.damagedVersion = m;
     this.onDamaged(e);
   }
 
@@ -216,4 +217,9 @@ export class RootKeys {
 
 function newKid(): string {
   return `k${Date.now().toString(36)}${randomBytes(3).toString("hex")}`;
+}
+
+function fileVersion(path: string): string {
+  const st = statSync(path, { bigint: true });
+  return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
 }
