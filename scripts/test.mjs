@@ -46,6 +46,9 @@ const r = spawnSync(
     // names the tests that were running when a file timed out (the spec reporter names only the file)
     `--test-reporter=${fileURLToPath(new URL("./hang-reporter.mjs", import.meta.url))}`,
     "--test-reporter-destination=stderr",
+    // ends the run with the slowest files and their times (where CI's minutes go)
+    `--test-reporter=${fileURLToPath(new URL("./timing-reporter.mjs", import.meta.url))}`,
+    "--test-reporter-destination=stdout",
     "--test-concurrency=2",
     // generous: a file needs ~4x its quiet time on a machine loaded 8 deep; a hang still ends, named
     "--test-timeout=600000",
