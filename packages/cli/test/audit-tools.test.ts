@@ -20,15 +20,18 @@ import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { type AuditRow, Kernel, recordBytes, SqliteStore } from "@kpip/kernel";
 import { parseIdentity } from "@kpip/protocol";
+import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
 import { hashTree } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
-const kpip = (args: string[]) => {
-  const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8" });
-  return { code: r.status, out: r.stdout, err: r.stderr };
-};
+// Most runs here are short (a refusal, a page of records): one worker thread runs them all, not a
+// process each. Those that need a process (tail -f's signal, a hang guard, TMPDIR) spawn MAIN.
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+const kpip = (args: string[]) => cli.run(args);
 
 describe("audit tool arguments", () => {
   it("parses --seq ranges, times and globs, and refuses what they are not", () => {
@@ -172,7 +175,8 @@ describe("kpip audit tail -f", () => {
         }),
       );
       await c.close();
-      const head = (JSON.parse(kpip(["audit", "verify", "--json", "--home", home]).out) as { head: { seq: number } }).head.seq;
+      const head = (JSON.parse((await kpip(["audit", "verify", "--json", "--home", home])).out) as { head: { seq: number } }).head
+        .seq;
       assert.ok(head >= first + 3000, `head ${head}`);
       for (let i = 0; i < 1200 && (seqs().at(-1) ?? 0) < head; i++) await new Promise((r) => setTimeout(r, 50));
       const got = seqs();
@@ -201,19 +205,19 @@ describe("audit views print what a peer chose, never raw control characters", ()
       await assert.rejects(c.call("storage.write", "obj://ws/x", { data: new Uint8Array(1), [name]: 1 }));
     });
     const unprintable = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
-    const q = kpip(["audit", "query", "--home", home, "--op", "storage.write"]);
+    const q = await kpip(["audit", "query", "--home", home, "--op", "storage.write"]);
     assert.equal(q.code, 0, q.err);
     assert.match(q.out, /evil\\u\{202e\}txt\\u\{9b\}31m\\u\{85\}forged/, q.out);
     const seq = Number(/^\s*(\d+) .*evil/m.exec(q.out)?.[1]);
     for (const out of [
       q.out,
-      kpip(["audit", "show", String(seq), "--home", home]).out,
-      kpip(["audit", "timeline", "--home", home]).out,
+      (await kpip(["audit", "show", String(seq), "--home", home])).out,
+      (await kpip(["audit", "timeline", "--home", home])).out,
     ]) {
       assert.ok(!unprintable.test(out), `raw control character in: ${JSON.stringify(out)}`);
     }
     // --json keeps the record's text exactly (escaped by JSON where JSON escapes).
-    const j = kpip(["audit", "query", "--home", home, "--op", "storage.write", "--json"]);
+    const j = await kpip(["audit", "query", "--home", home, "--op", "storage.write", "--json"]);
     assert.ok(j.out.includes("evil\u202etxt\u009b31m\u0085forged"));
   });
 });
@@ -227,12 +231,12 @@ describe("audit tools on a home", () => {
     await asAdmin(home, async (c) => {
       for (let i = 0; i < 5; i++) await c.storage.write(`obj://ws/${i}`, new TextEncoder().encode(`v${i}`));
     });
-    head = JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).head.seq;
+    head = JSON.parse((await kpip(["audit", "verify", "--json", ...h])).out).head.seq;
   });
   after(() => rmSync(home, { recursive: true, force: true }));
 
-  it("pages the timeline and says how many rows are left and where the next page starts", () => {
-    const first = kpip(["audit", "timeline", "--json", "--limit", "2", ...h]);
+  it("pages the timeline and says how many rows are left and where the next page starts", async () => {
+    const first = await kpip(["audit", "timeline", "--json", "--limit", "2", ...h]);
     assert.equal(first.code, 0, first.err);
     const rows = first.out
       .trim()
@@ -243,15 +247,15 @@ describe("audit tools on a home", () => {
     assert.equal(page.shown, 2);
     assert.ok(page.more > 0);
     assert.equal(page.next, rows[1].seq);
-    const rest = kpip(["audit", "timeline", "--json", "--limit", "1000", "--after", String(page.next), ...h]);
+    const rest = await kpip(["audit", "timeline", "--json", "--limit", "1000", "--after", String(page.next), ...h]);
     assert.equal(rest.out.trim().split("\n").length, page.more);
     assert.deepEqual(JSON.parse(rest.err.trim()).page, { shown: page.more, more: 0, next: null });
-    const text = kpip(["audit", "timeline", "--limit", "1", ...h]);
+    const text = await kpip(["audit", "timeline", "--limit", "1", ...h]);
     assert.match(
       text.err,
       new RegExp(`^1 rows shown; ${page.more + 1} more match: the same command with --after ${rows[0].seq}`),
     );
-    const range = kpip(["audit", "timeline", "--json", "--seq", `2..${head}`, "--op", "storage.write", ...h]);
+    const range = await kpip(["audit", "timeline", "--json", "--seq", `2..${head}`, "--op", "storage.write", ...h]);
     const writes = range.out
       .trim()
       .split("\n")
@@ -260,18 +264,18 @@ describe("audit tools on a home", () => {
     assert.ok(writes.every((r) => r.seq >= 2 && r.outcomeSeq === r.seq + 1));
   });
 
-  it("query says how many matching records it left out, and gives times in UTC", () => {
-    const q = kpip(["audit", "query", "--limit", "2", ...h]);
+  it("query says how many matching records it left out, and gives times in UTC", async () => {
+    const q = await kpip(["audit", "query", "--limit", "2", ...h]);
     assert.equal(q.code, 0, q.err);
     assert.match(q.out, /time \(UTC\)/);
     assert.match(q.out.split("\n")[1] as string, /\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z /);
     assert.match(q.err, new RegExp(`^the newest 2 of ${head} matching records shown; ${head - 2} older left out`));
-    const j = kpip(["audit", "query", "--json", "--op", "storage.*", ...h]);
+    const j = await kpip(["audit", "query", "--json", "--op", "storage.*", ...h]);
     assert.equal(j.out.trim().split("\n").length, 10, "intent and outcome of five writes");
     assert.deepEqual(JSON.parse(j.err.trim()).page, { shown: 10, more: 0, newest: true, before: null });
   });
 
-  it("reads a read-only copy whose -wal holds records the database file does not, and changes no file", () => {
+  it("reads a read-only copy whose -wal holds records the database file does not, and changes no file", async () => {
     // Records head-2..head are moved into the WAL: deleted and checkpointed into the database
     // file, then put back by a connection that stays open, so the -wal holds them unmerged.
     // (The index of the segment files: the records' bytes are in the segments, their spans in SQLite.)
@@ -308,15 +312,15 @@ describe("audit tools on a home", () => {
       const files = hashTree(evidence);
       assert.ok(files.has(join(evidence, "kernel.db-wal")));
       const on = (args: string[]) => kpip([...args, "--home", evidence]);
-      const v = on(["audit", "verify", "--json"]);
+      const v = await on(["audit", "verify", "--json"]);
       assert.equal(v.code, 0, v.out);
       assert.equal(JSON.parse(v.out).head.seq, head);
-      const last = on(["audit", "timeline", "--json", "--seq", `${head - 2}..`]);
+      const last = await on(["audit", "timeline", "--json", "--seq", `${head - 2}..`]);
       assert.ok(last.out.trim().split("\n").length >= 1);
-      assert.equal(on(["audit", "tail", "-n", "1", "--json"]).out.includes(`"seq":${head}`), true);
-      assert.equal(on(["audit", "show", String(head)]).code, 0);
-      assert.equal(on(["audit", "tokens"]).code, 0);
-      assert.equal(on(["audit", "query", "--since", "1h"]).code, 0);
+      assert.equal((await on(["audit", "tail", "-n", "1", "--json"])).out.includes(`"seq":${head}`), true);
+      assert.equal((await on(["audit", "show", String(head)])).code, 0);
+      assert.equal((await on(["audit", "tokens"])).code, 0);
+      assert.equal((await on(["audit", "query", "--since", "1h"])).code, 0);
       assert.deepEqual(hashTree(evidence), files, "no file of the home was created or changed");
     } finally {
       chmodSync(evidence, 0o700);
@@ -325,7 +329,7 @@ describe("audit tools on a home", () => {
     }
   });
 
-  it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", () => {
+  it("shows the detail column when the home has it: the kernel's acts, derived tokens, what a revocation ended", async () => {
     // A copy of the home with records of the shapes the kernel writes in it (their bytes as
     // the kernel encodes them; the hashes are not the chain's: verify is not the point here).
     const dir = mkdtempSync(join(tmpdir(), "kpip-detail-"));
@@ -404,24 +408,24 @@ describe("audit tools on a home", () => {
         detail: JSON.stringify({ ended: [root, derived], revoked: root, status: "SUCCESS" }),
       });
       store.close();
-      const on = (args: string[]) => {
-        const r = kpip([...args, "--home", dir, "--json"]);
+      const on = async (args: string[]) => {
+        const r = await kpip([...args, "--home", dir, "--json"]);
         assert.equal(r.code, 0, r.err);
         return r.out
           .trim()
           .split("\n")
           .map((l) => JSON.parse(l));
       };
-      const kernel = on(["audit", "timeline", "--session", "kernel", "--op", "kernel.*"]);
+      const kernel = await on(["audit", "timeline", "--session", "kernel", "--op", "kernel.*"]);
       assert.deepEqual(kernel.at(-1).detail, { configDigest: "ab", reason: "start", sandbox: "none", version: "0.1.0" });
-      assert.equal(on(["audit", "timeline", "--target", "op://abc"])[0].detail.state, "cancelled");
-      const revoke = on(["audit", "timeline", "--op", "token.revoke"]);
+      assert.equal((await on(["audit", "timeline", "--target", "op://abc"]))[0].detail.state, "cancelled");
+      const revoke = await on(["audit", "timeline", "--op", "token.revoke"]);
       assert.deepEqual(
         revoke.map((r) => [r.seq, r.outcomeSeq, r.detail.ended]),
         [[intentSeq, outcomeSeq, [root, derived]]],
       );
-      assert.ok(on(["audit", "timeline", "--token", derived]).some((r) => r.op === "token.derived"));
-      const nodes = new Map(on(["audit", "tokens"]).map((n) => [n.id, n]));
+      assert.ok((await on(["audit", "timeline", "--token", derived])).some((r) => r.op === "token.derived"));
+      const nodes = new Map((await on(["audit", "tokens"])).map((n) => [n.id, n]));
       const d = nodes.get(derived);
       assert.deepEqual(
         [d.how, d.parent, d.recordBy, d.rights, d.caveats],
@@ -430,8 +434,8 @@ describe("audit tools on a home", () => {
       assert.equal(d.endedBy, root);
       assert.equal(nodes.get(root).revoked.record, outcomeSeq);
       assert.deepEqual(nodes.get(root).revoked.ended, [root, derived]);
-      assert.deepEqual(on(["audit", "show", String(intentSeq)])[0].outcomeRecord.detail.ended, [root, derived]);
-      const text = kpip(["audit", "tokens", "--home", dir]).out;
+      assert.deepEqual((await on(["audit", "show", String(intentSeq)]))[0].outcomeRecord.detail.ended, [root, derived]);
+      const text = (await kpip(["audit", "tokens", "--home", dir])).out;
       assert.match(text, new RegExp(`└─ ${derived}  for admin, derived by admin`));
       assert.match(text, /rights {2}storage\.read on obj:\/\/ws\/\*\*/);
     } finally {
@@ -439,7 +443,7 @@ describe("audit tools on a home", () => {
     }
   });
 
-  it("refuses bad input with exit 2 (one JSON line under --json), and a home it cannot read with exit 1", () => {
+  it("refuses bad input with exit 2 (one JSON line under --json), and a home it cannot read with exit 1", async () => {
     const exists = join(home, "exists.bin");
     writeFileSync(exists, "x");
     const cases: [string, string[], number][] = [
@@ -473,14 +477,15 @@ describe("audit tools on a home", () => {
       ["query --limit -", ["query", "--limit", "many"], 2],
     ];
     for (const [what, args, code] of cases) {
-      const j = kpip(["audit", ...args, "--home", home, "--json"]);
+      const j = await kpip(["audit", ...args, "--home", home, "--json"]);
       assert.equal(j.code, code, `${what}: ${j.out}${j.err}`);
       const out = j.out.trim().split("\n");
       assert.equal(out.length, 1, `${what}: one JSON line`);
       assert.equal(JSON.parse(out[0] as string).error, "UsageError", what);
     }
-    // Without --json: the message and the usage hint on stderr.
-    const plain = kpip(["audit", "timeline", "--seq", "9..3", "--home", home]);
+    // Without --json: the message and the usage hint on stderr (a process: the entry's own exit code).
+    const p = spawnSync(process.execPath, [MAIN, "audit", "timeline", "--seq", "9..3", "--home", home], { encoding: "utf8" });
+    const plain = { code: p.status, out: p.stdout, err: p.stderr };
     assert.equal(plain.code, 2);
     assert.equal(plain.out, "");
     assert.match(plain.err, /^kpip audit: --seq must be A\.\.B.*\nrun `kpip audit --help` for usage\n$/);
@@ -521,7 +526,7 @@ describe("audit tools on a home", () => {
       for (const [sub, where, code] of runs) {
         const watched = where === fileHome || where === nowhere ? home : where;
         const before = hashTree(watched);
-        const r = kpip(["audit", ...sub, "--home", where, "--json"]);
+        const r = await kpip(["audit", ...sub, "--home", where, "--json"]);
         assert.equal(r.code, code, `${sub[0]} on ${where}: ${r.out}${r.err}`);
         const e = JSON.parse(r.out.trim());
         assert.equal(e.error, code === 2 ? "UsageError" : "HomeReadError");
@@ -598,7 +603,7 @@ describe("audit tools on a home", () => {
     }
   });
 
-  it("a kernel.lock made a WAL-mode database (beside a -wal) gets no -wal or -shm of its own from a reader: the home is left as it was", () => {
+  it("a kernel.lock made a WAL-mode database (beside a -wal) gets no -wal or -shm of its own from a reader: the home is left as it was", async () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-wal-lock-"));
     try {
       cpSync(home, dir, { recursive: true });
@@ -610,7 +615,7 @@ describe("audit tools on a home", () => {
       writeFileSync(join(dir, "kernel.db-wal"), "");
       const before = hashTree(dir);
       for (const sub of [["timeline"], ["verify"], ["tokens"]]) {
-        const r = kpip(["audit", ...sub, "--home", dir]);
+        const r = await kpip(["audit", ...sub, "--home", dir]);
         assert.equal(r.code, 0, `${sub[0]}: ${r.out}${r.err}`);
       }
       assert.deepEqual(hashTree(dir), before);

@@ -6,9 +6,10 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
+import { CommandWorker } from "@kpip/protocol/testing";
 import { helpText, runCommand } from "../src/command.js";
 import { loadCommands } from "../src/commands/index.js";
-import { kpip } from "./run.js";
+import { DISPATCH, kpip } from "./run.js";
 
 describe("kpip completion", () => {
   it("bash: completes commands, subcommands after global flags, and a command's flags", () => {
@@ -145,9 +146,13 @@ describe("bad command lines", () => {
     }
   });
 
+  // Each is refused before it reaches a kernel: one worker runs them all, not a process each (the
+  // installed entry's own dispatch and exit codes are bundle.test's and the cases below).
+  const cli = new CommandWorker(DISPATCH);
+  after(() => cli.close());
   for (const [name, args, code, re] of cases) {
-    it(`${name} → exit ${code}`, () => {
-      const r = kpip(args);
+    it(`${name} → exit ${code}`, async () => {
+      const r = await cli.run(args);
       assert.equal(r.code, code, `${r.out}${r.err}`);
       if (re) assert.match(r.out + r.err, re);
     });
@@ -177,8 +182,8 @@ describe("bad command lines", () => {
   });
 
   for (const cmd of ["kernel", "persona", "token", "call", "agents", "ops", "events", "audit", "status"]) {
-    it(`kpip ${cmd} --help shows an example`, () => {
-      const r = kpip([cmd, "--help"]);
+    it(`kpip ${cmd} --help shows an example`, async () => {
+      const r = await cli.run([cmd, "--help"]);
       assert.equal(r.code, 0);
       assert.match(r.out, /example:/);
     });

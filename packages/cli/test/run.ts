@@ -5,6 +5,9 @@ import { outputIncludes } from "@kpip/protocol/testing";
 /** The installed command: the bundled entry, which hands every command it does not bundle to dist/src/main.js. */
 export const MAIN = fileURLToPath(new URL("../bundle/kpip.cjs", import.meta.url));
 
+/** The command line's dispatch, for a {@link CommandWorker} (`@kpip/protocol/testing`) that runs many command lines in one worker. */
+export const DISPATCH = new URL("../src/dispatch.js", import.meta.url).href;
+
 /** Runs `kpip <args>` (the installed command) to its end. */
 export const kpip = (args: string[], env: NodeJS.ProcessEnv = {}) => {
   const r = spawnSync(process.execPath, [MAIN, ...args], { encoding: "utf8", env: { ...process.env, ...env } });

@@ -15,6 +15,9 @@ import { type GatewayOptions, McpGateway } from "../src/gateway.js";
 /** The kpip command (the MCP package never imports the kernel: it runs as a process). */
 export const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 
+/** The command line's dispatch, for a `CommandWorker` (`@kpip/protocol/testing`): many short command lines in one worker. */
+export const DISPATCH = new URL("../../../cli/dist/src/dispatch.js", import.meta.url).href;
+
 /** The name and version the test host announces: the audit must name it. */
 export const HOST = { name: "test-host", version: "1.2.3" };
 

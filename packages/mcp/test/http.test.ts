@@ -4,10 +4,11 @@ import { writeFileSync } from "node:fs";
 import { request } from "node:http";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { CommandWorker } from "@kpip/protocol/testing";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StreamableHTTPClientTransport } from "@modelcontextprotocol/sdk/client/streamableHttp.js";
 import { type CallToolResult, ResourceUpdatedNotificationSchema } from "@modelcontextprotocol/sdk/types.js";
-import { HOST, KernelHome, kpip, MAIN, text, until } from "./harness.js";
+import { DISPATCH, HOST, KernelHome, MAIN, text, until } from "./harness.js";
 
 const SECRET = "s3cret-for-the-http-gateway-test";
 const RIGHTS = [
@@ -178,33 +179,40 @@ describe("kpip mcp over Streamable HTTP on loopback, with a bearer secret", () =
     assert.equal((await k.audit("carol")).filter((x) => x.op === "storage.read").length, 1, "nothing more reached the kernel");
   });
 
-  it("listens on loopback only and will not start without a secret", () => {
-    const home = ["--home", k.home, "--identity", join(k.home, "carol.identity"), "--token", `@${join(k.home, "carol.token")}`];
-    const bearer = ["--bearer", `@${join(k.home, "mcp.bearer")}`];
-    const wide = kpip(["mcp", ...home, "--http", "0.0.0.0:0", ...bearer]);
-    assert.equal(wide.code, 2);
-    assert.match(wide.err, /loopback only/);
-    const lan = kpip(["mcp", ...home, "--http", "192.168.1.10:8787", ...bearer]);
-    assert.equal(lan.code, 2);
-    const none = kpip(["mcp", ...home, "--http", "127.0.0.1:0"]);
-    assert.equal(none.code, 2);
-    assert.match(none.err, /needs a bearer secret/);
-    for (const flag of ["--max-sessions", "--max-total-body-bytes", "--body-timeout-ms"]) {
-      for (const n of ["0", "-3", "many", "1.5"]) {
-        const bad = kpip(["mcp", ...home, "--http", "127.0.0.1:0", ...bearer, `${flag}=${n}`]);
-        assert.equal(bad.code, 2, `${flag} ${n}`);
-        assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+  it("listens on loopback only and will not start without a secret", async () => {
+    // Refusals only, each before the gateway connects: one worker runs them all, not a process each.
+    const cli = new CommandWorker(DISPATCH);
+    const kpip = (args: string[]) => cli.run(args);
+    try {
+      const home = ["--home", k.home, "--identity", join(k.home, "carol.identity"), "--token", `@${join(k.home, "carol.token")}`];
+      const bearer = ["--bearer", `@${join(k.home, "mcp.bearer")}`];
+      const wide = await kpip(["mcp", ...home, "--http", "0.0.0.0:0", ...bearer]);
+      assert.equal(wide.code, 2);
+      assert.match(wide.err, /loopback only/);
+      const lan = await kpip(["mcp", ...home, "--http", "192.168.1.10:8787", ...bearer]);
+      assert.equal(lan.code, 2);
+      const none = await kpip(["mcp", ...home, "--http", "127.0.0.1:0"]);
+      assert.equal(none.code, 2);
+      assert.match(none.err, /needs a bearer secret/);
+      for (const flag of ["--max-sessions", "--max-total-body-bytes", "--body-timeout-ms"]) {
+        for (const n of ["0", "-3", "many", "1.5"]) {
+          const bad = await kpip(["mcp", ...home, "--http", "127.0.0.1:0", ...bearer, `${flag}=${n}`]);
+          assert.equal(bad.code, 2, `${flag} ${n}`);
+          assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+        }
+        const stdio = await kpip(["mcp", ...home, flag, "4"]);
+        assert.equal(stdio.code, 2);
+        assert.match(stdio.err, new RegExp(`${flag} goes with --http`));
       }
-      const stdio = kpip(["mcp", ...home, flag, "4"]);
-      assert.equal(stdio.code, 2);
-      assert.match(stdio.err, new RegExp(`${flag} goes with --http`));
-    }
-    for (const flag of ["--max-calls", "--max-unread-bytes", "--max-total-calls", "--max-total-unread-bytes"]) {
-      for (const n of ["0", "-1", "many", "2.5"]) {
-        const bad = kpip(["mcp", ...home, `${flag}=${n}`]);
-        assert.equal(bad.code, 2, `${flag} ${n}`);
-        assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+      for (const flag of ["--max-calls", "--max-unread-bytes", "--max-total-calls", "--max-total-unread-bytes"]) {
+        for (const n of ["0", "-1", "many", "2.5"]) {
+          const bad = await kpip(["mcp", ...home, `${flag}=${n}`]);
+          assert.equal(bad.code, 2, `${flag} ${n}`);
+          assert.match(bad.err, new RegExp(`${flag} must be a positive integer`));
+        }
       }
+    } finally {
+      await cli.close();
     }
   });
 });
