@@ -1,5 +1,4 @@
 import assert from "node:assert/strict";
-import { spawnSync } from "node:child_process";
 import { chmodSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -8,18 +7,22 @@ import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
 import { generateIdentity, parseIdentity } from "@kpip/protocol";
-import { klass } from "@kpip/protocol/testing";
+import { CommandWorker, klass, type ProcessRun } from "@kpip/protocol/testing";
 import { hashTree } from "./evidence.js";
+import { DISPATCH } from "./run.js";
 
-const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const TASKS = fileURLToPath(new URL("../../../kernel/test/fixtures/tasks.mjs", import.meta.url));
 
+// The audit tools run in one worker thread, not a process each (the same code, its modules loaded once).
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+
 /** `kpip …` on the evidence; asserts no file of it was created, changed or removed. */
-function kpipOn(evidence: string, args: string[]): { code: number | null; out: string; err: string } {
+async function kpipOn(evidence: string, args: string[]): Promise<ProcessRun> {
   const before = hashTree(evidence);
-  const r = spawnSync(process.execPath, [MAIN, ...args, "--home", evidence], { encoding: "utf8" });
+  const r = await cli.run([...args, "--home", evidence]);
   assert.deepEqual(hashTree(evidence), before, `kpip ${args.join(" ")} changed the home`);
-  return { code: r.status, out: r.stdout, err: r.stderr };
+  return r;
 }
 
 const lines = (s: string) =>
@@ -124,8 +127,8 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-incident-"));
   const evidence = join(mkdtempSync(join(tmpdir(), "kpip-evidence-")), "home");
   let truth: Truth;
-  const timeline = (...args: string[]) => {
-    const r = kpipOn(evidence, ["audit", "timeline", "--json", "--limit", "1000", ...args]);
+  const timeline = async (...args: string[]) => {
+    const r = await kpipOn(evidence, ["audit", "timeline", "--json", "--limit", "1000", ...args]);
     assert.equal(r.code, 0, r.err);
     return lines(r.out);
   };
@@ -149,8 +152,8 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     rmSync(parent, { recursive: true, force: true });
   });
 
-  it("who did what: one row per request, the sub-persona's under alice/**, with token and trace", () => {
-    const all = timeline();
+  it("who did what: one row per request, the sub-persona's under alice/**, with token and trace", async () => {
+    const all = await timeline();
     const writes = all.filter((r) => r.op === "storage.write" && r.persona === "alice");
     assert.equal(writes.length, 2);
     for (const r of writes) {
@@ -160,27 +163,29 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
       assert.ok((r.end as string) >= (r.start as string) && (r.start as string).endsWith("Z"));
       assert.deepEqual(r.tokens, [truth.aliceToken]);
     }
-    const subtree = timeline("--persona", "alice/**");
+    const subtree = await timeline("--persona", "alice/**");
     assert.ok(subtree.some((r) => r.persona === "alice/worker") && subtree.some((r) => r.persona === "alice"));
     assert.ok(subtree.every((r) => r.persona === "alice" || r.persona === "alice/worker"));
-    assert.ok(timeline("--persona", "alice").every((r) => r.persona === "alice"));
-    const traced = timeline("--trace", TRACE);
+    assert.ok((await timeline("--persona", "alice")).every((r) => r.persona === "alice"));
+    const traced = await timeline("--trace", TRACE);
     assert.deepEqual(
       traced.map((r) => [r.persona, r.op, r.target, r.status, r.tokens]),
       [["alice/worker", "storage.read", "obj://proj/data/notes", "SUCCESS", [truth.workerToken]]],
     );
-    const refusedWrite = timeline("--persona", "alice/worker", "--op", "storage.*").filter((r) => r.op === "storage.write");
+    const refusedWrite = (await timeline("--persona", "alice/worker", "--op", "storage.*")).filter(
+      (r) => r.op === "storage.write",
+    );
     assert.deepEqual(
       refusedWrite.map((r) => [r.phase, r.status, r.errorClass]),
       [["refused", "FAILURE", "PERMISSION"]],
     );
-    const byToken = timeline("--token", truth.workerToken);
+    const byToken = await timeline("--token", truth.workerToken);
     assert.ok(byToken.some((r) => r.op === "storage.read" && r.persona === "alice/worker"));
     assert.ok(byToken.every((r) => r.persona !== "mallory"));
   });
 
-  it("a refused use of another persona's token is on the record as mallory's", () => {
-    const m = timeline("--persona", "mallory", "--target", "obj://proj/**");
+  it("a refused use of another persona's token is on the record as mallory's", async () => {
+    const m = await timeline("--persona", "mallory", "--target", "obj://proj/**");
     assert.equal(m.length, 1);
     assert.equal(m[0]?.op, "storage.read");
     assert.equal(m[0]?.status, "FAILURE");
@@ -188,8 +193,8 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     assert.match(m[0]?.message as string, /another persona|not usable by|alice/);
   });
 
-  it("compute: the submits, and the cancel of the op that was cancelled", () => {
-    const submits = timeline("--op", "compute.*", "--persona", "alice");
+  it("compute: the submits, and the cancel of the op that was cancelled", async () => {
+    const submits = await timeline("--op", "compute.*", "--persona", "alice");
     assert.deepEqual(
       submits.map((r) => [r.target, r.status]),
       [
@@ -197,16 +202,16 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
         ["op://task/spin", "DEFERRED"],
       ],
     );
-    const cancel = timeline("--target", `op://${truth.cancelledOp}`, "--op", "op.cancel");
+    const cancel = await timeline("--target", `op://${truth.cancelledOp}`, "--op", "op.cancel");
     assert.deepEqual(
       cancel.map((r) => [r.persona, r.status]),
       [["alice", "SUCCESS"]],
     );
   });
 
-  it("show: the decoded intent with its outcome, bytes as hex or text, --raw writes exactly what was sent", () => {
-    const blob = timeline("--target", "obj://proj/data/blob", "--op", "storage.write")[0] as Record<string, unknown>;
-    const r = kpipOn(evidence, ["audit", "show", String(blob.seq), "--json"]);
+  it("show: the decoded intent with its outcome, bytes as hex or text, --raw writes exactly what was sent", async () => {
+    const blob = (await timeline("--target", "obj://proj/data/blob", "--op", "storage.write"))[0] as Record<string, unknown>;
+    const r = await kpipOn(evidence, ["audit", "show", String(blob.seq), "--json"]);
     assert.equal(r.code, 0, r.err);
     const s = JSON.parse(r.out);
     assert.equal(s.intent.op, "storage.write");
@@ -215,19 +220,19 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     assert.equal(s.outcomeRecord.seq, blob.outcomeSeq);
     assert.equal(s.outcomeRecord.status, "SUCCESS");
     assert.deepEqual(s.record.tokens, [truth.aliceToken]);
-    const notes = timeline("--target", "obj://proj/data/notes", "--op", "storage.write", "--persona", "alice")[0];
-    const text = kpipOn(evidence, ["audit", "show", String(notes?.seq)]);
+    const notes = (await timeline("--target", "obj://proj/data/notes", "--op", "storage.write", "--persona", "alice"))[0];
+    const text = await kpipOn(evidence, ["audit", "show", String(notes?.seq)]);
     assert.match(text.out, /data: "quarterly numbers"/);
     assert.match(text.out, /its outcome \(record \d+, outcome/);
     const out = join(mkdtempSync(join(tmpdir(), "kpip-raw-")), "body.bin");
-    const raw = kpipOn(evidence, ["audit", "show", String(blob.seq), "--raw", out, "--body", "args.data"]);
+    const raw = await kpipOn(evidence, ["audit", "show", String(blob.seq), "--raw", out, "--body", "args.data"]);
     assert.equal(raw.code, 0, raw.err);
     assert.deepEqual(readFileSync(out), BLOB);
     rmSync(join(out, ".."), { recursive: true, force: true });
   });
 
-  it("tokens: where the worker's token came from, and what alice's revocation ended", () => {
-    const r = kpipOn(evidence, ["audit", "tokens", "--json"]);
+  it("tokens: where the worker's token came from, and what alice's revocation ended", async () => {
+    const r = await kpipOn(evidence, ["audit", "tokens", "--json"]);
     assert.equal(r.code, 0, r.err);
     interface Node {
       parent: string;
@@ -255,36 +260,36 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     assert.equal(worker.endedBy, truth.aliceToken);
     assert.equal(worker.revoked, null);
     // The mint record named by the tree is the request alice made.
-    const mint = JSON.parse(kpipOn(evidence, ["audit", "show", String(worker.record), "--json"]).out);
+    const mint = JSON.parse((await kpipOn(evidence, ["audit", "show", String(worker.record), "--json"])).out);
     assert.equal(mint.record.persona, "alice");
     assert.equal(mint.record.op, "token.mint");
-    const revoke = JSON.parse(kpipOn(evidence, ["audit", "show", String(alice.revoked?.record), "--json"]).out);
+    const revoke = JSON.parse((await kpipOn(evidence, ["audit", "show", String(alice.revoked?.record), "--json"])).out);
     assert.equal(revoke.record.target, `token://${truth.aliceToken}`);
-    const chain = kpipOn(evidence, ["audit", "tokens", "--token", truth.workerToken.slice(0, 8)]);
+    const chain = await kpipOn(evidence, ["audit", "tokens", "--token", truth.workerToken.slice(0, 8)]);
     assert.match(chain.out, new RegExp(`${truth.aliceToken}[\\s\\S]*REVOKED by admin[\\s\\S]*└─ ${truth.workerToken}`));
     assert.match(chain.out, new RegExp(`ended by the revocation of ${truth.aliceToken}`));
-    const dot = kpipOn(evidence, ["audit", "tokens", "--format", "dot"]);
+    const dot = await kpipOn(evidence, ["audit", "tokens", "--format", "dot"]);
     assert.match(dot.out, new RegExp(`"${truth.aliceToken}" -> "${truth.workerToken}"`));
   });
 
-  it("the restart: two kernel starts on the record, and the dead token refused after it", () => {
+  it("the restart: two kernel starts on the record, and the dead token refused after it", async () => {
     // A start is kernel.start (kernel.sandbox in kernels before it): session "kernel".
-    const starts = timeline("--session", "kernel", "--op", "kernel.*").filter(
+    const starts = (await timeline("--session", "kernel", "--op", "kernel.*")).filter(
       (r) => r.op === "kernel.start" || r.op === "kernel.sandbox",
     );
     assert.equal(starts.length, 2);
-    const after = timeline("--persona", "alice/worker", "--since", starts[1]?.start as string);
+    const after = await timeline("--persona", "alice/worker", "--since", starts[1]?.start as string);
     const refused = after.filter((r) => r.phase === "refused");
     assert.equal(refused.length, 1);
     assert.equal(refused[0]?.errorClass, "CAPABILITY");
     assert.match(refused[0]?.message as string, /revoked/);
   });
 
-  it("verify says what it proved: head, checkpoints, no anchors, and the unsigned tail", () => {
-    const r = kpipOn(evidence, ["audit", "verify", "--json"]);
+  it("verify says what it proved: head, checkpoints, no anchors, and the unsigned tail", async () => {
+    const r = await kpipOn(evidence, ["audit", "verify", "--json"]);
     assert.equal(r.code, 0, r.out);
     const v = JSON.parse(r.out);
-    const last = timeline().at(-1) as Record<string, unknown>;
+    const last = (await timeline()).at(-1) as Record<string, unknown>;
     assert.equal(v.head.seq, (last.outcomeSeq as number | null) ?? last.seq);
     assert.match(v.head.hash, /^[0-9a-f]{64}$/);
     assert.equal(v.keySource, "kernel.key");
@@ -293,14 +298,14 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     assert.equal(v.unsignedTail, null);
     assert.equal(v.anchors, null);
     assert.ok(v.warnings.some((w: string) => /NO ANCHORS CHECKED/.test(w)));
-    const text = kpipOn(evidence, ["audit", "verify"]);
+    const text = await kpipOn(evidence, ["audit", "verify"]);
     assert.match(text.out, /^audit log OK: /);
     assert.match(text.out, /\nhead {9}record \d+ at .*Z, hash [0-9a-f]{64}\n/);
     assert.match(text.out, /WARNING: NO ANCHORS CHECKED/);
   });
 
-  it("the kernel's runs bracketed by kernel.start and kernel.stop, with their reasons", () => {
-    const runs = timeline("--session", "kernel", "--op", "kernel.st*");
+  it("the kernel's runs bracketed by kernel.start and kernel.stop, with their reasons", async () => {
+    const runs = await timeline("--session", "kernel", "--op", "kernel.st*");
     assert.deepEqual(
       runs.map((r) => [r.op, (r.detail as { reason: string }).reason]),
       [
@@ -318,65 +323,65 @@ describe("a post-mortem from a read-only copy of the home alone", () => {
     }
   });
 
-  it("each op's life, the cancelled one ending cancelled, and the submit naming its op id", () => {
-    const states = (op: string) =>
-      timeline("--target", `op://${op}`, "--op", "op.state").map((r) => [
+  it("each op's life, the cancelled one ending cancelled, and the submit naming its op id", async () => {
+    const states = async (op: string) =>
+      (await timeline("--target", `op://${op}`, "--op", "op.state")).map((r) => [
         (r.detail as { state: string }).state,
         (r.detail as { from: string | null }).from,
       ]);
-    const spin = states(truth.cancelledOp);
+    const spin = await states(truth.cancelledOp);
     assert.deepEqual(spin[0], ["created", null]);
     assert.deepEqual(spin.at(-1)?.[0], "cancelled");
-    const square = states(truth.squareOp);
+    const square = await states(truth.squareOp);
     assert.deepEqual(square.at(-1), ["succeeded", "running"]);
-    const submits = timeline("--op", "compute.submit", "--persona", "alice");
+    const submits = await timeline("--op", "compute.submit", "--persona", "alice");
     assert.deepEqual(
       submits.map((r) => (r.detail as { op: string }).op),
       [truth.squareOp, truth.cancelledOp],
     );
     // the op rows are alice's, on the session that submitted them
-    for (const r of timeline("--target", `op://${truth.cancelledOp}`, "--op", "op.state")) assert.equal(r.persona, "alice");
+    for (const r of await timeline("--target", `op://${truth.cancelledOp}`, "--op", "op.state")) assert.equal(r.persona, "alice");
   });
 
-  it("mint and revoke records name the tokens exactly; the refused inline token is named", () => {
-    const r = kpipOn(evidence, ["audit", "tokens", "--json"]);
+  it("mint and revoke records name the tokens exactly; the refused inline token is named", async () => {
+    const r = await kpipOn(evidence, ["audit", "tokens", "--json"]);
     const t = new Map(lines(r.out).map((n) => [n.id as string, n]));
     const worker = t.get(truth.workerToken) as { recordBy: string; parent: string; caveats: unknown };
     assert.equal(worker.recordBy, "detail", "the mint record names the token it made");
     assert.equal(worker.parent, truth.aliceToken);
-    const mint = timeline("--op", "token.mint", "--persona", "alice");
+    const mint = await timeline("--op", "token.mint", "--persona", "alice");
     assert.equal((mint[0]?.detail as { token: { id: string } } | undefined)?.token.id, truth.workerToken);
-    const revoke = timeline("--op", "token.revoke", "--target", `token://${truth.aliceToken}`);
+    const revoke = await timeline("--op", "token.revoke", "--target", `token://${truth.aliceToken}`);
     const ended = (revoke[0]?.detail as { ended: string[] } | undefined)?.ended ?? [];
     assert.ok(ended.includes(truth.aliceToken) && ended.includes(truth.workerToken));
     // mallory's refused request names the token it presented: alice's
-    const byAlicesToken = timeline("--token", truth.aliceToken).filter((x) => x.persona === "mallory");
+    const byAlicesToken = (await timeline("--token", truth.aliceToken)).filter((x) => x.persona === "mallory");
     assert.deepEqual(
       byAlicesToken.map((x) => [x.op, x.errorClass]),
       [["storage.read", "CAPABILITY"]],
     );
   });
 
-  it("a request's token is the one that authorized it, not one it only presented before it", () => {
-    const loot = timeline("--target", "obj://mallory/loot");
+  it("a request's token is the one that authorized it, not one it only presented before it", async () => {
+    const loot = await timeline("--target", "obj://mallory/loot");
     assert.deepEqual(
       loot.map((x) => [x.persona, x.op, x.status, x.tokens]),
       [["mallory", "storage.write", "SUCCESS", [truth.malloryToken]]],
     );
     assert.ok(
-      !timeline("--token", truth.aliceToken).some((x) => x.target === "obj://mallory/loot"),
+      !(await timeline("--token", truth.aliceToken)).some((x) => x.target === "obj://mallory/loot"),
       "alice's token, which mallory presented and the kernel refused, did not do mallory's write",
     );
     // What was presented stays on the record, in order.
-    const shown = lines(kpipOn(evidence, ["audit", "show", String(loot[0]?.seq), "--json"]).out)[0] as {
+    const shown = lines((await kpipOn(evidence, ["audit", "show", String(loot[0]?.seq), "--json"])).out)[0] as {
       record: { caps: string; tokens: string[] };
     };
     assert.deepEqual(shown.record.tokens, [truth.malloryToken]);
     assert.equal(shown.record.caps, `inline:${truth.aliceToken},h1:${truth.malloryToken}`);
   });
 
-  it("every outcome says what it created (a write's generation and size)", () => {
-    const blob = timeline("--target", "obj://proj/data/blob", "--op", "storage.write")[0];
+  it("every outcome says what it created (a write's generation and size)", async () => {
+    const blob = (await timeline("--target", "obj://proj/data/blob", "--op", "storage.write"))[0];
     assert.deepEqual(blob?.detail, { generation: 1, size: 7, status: "SUCCESS" });
   });
 });
