@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity, type Right, serializeIdentity } from "@kpip/protocol";
-import { outputIncludes } from "@kpip/protocol/testing";
+import { CommandWorker, outputIncludes } from "@kpip/protocol/testing";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
 import { StdioClientTransport } from "@modelcontextprotocol/sdk/client/stdio.js";
 import { type CallToolResult, McpError } from "@modelcontextprotocol/sdk/types.js";
@@ -27,22 +27,8 @@ export function kpip(args: string[]): { code: number | null; out: string; err: s
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
-/** {@link kpip} without blocking this process while the CLI runs. */
-export function kpipAsync(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
-    let out = "";
-    let err = "";
-    child.stdout.setEncoding("utf8").on("data", (d: string) => {
-      out += d;
-    });
-    child.stderr.setEncoding("utf8").on("data", (d: string) => {
-      err += d;
-    });
-    child.once("error", reject);
-    child.once("close", (code) => resolve({ code, out, err }));
-  });
-}
+/** Runs the audit reads of {@link KernelHome.audit}: one worker thread for the file, not a process each. */
+let auditWorker: CommandWorker | undefined;
 
 /**
  * Kernels started here and still running. Killed when this process exits however it exits: a
@@ -104,11 +90,11 @@ export class KernelHome {
     }
   }
 
-  /** `kpip audit query --persona P --json`: one object per record. */
   /**
-   * The persona's audit records, read by the CLI in a child process. Not spawnSync: the gateway
-   * under test often runs in this process, and a test polling the record would stop it for as
-   * long as each read takes (seconds on a busy machine), long enough to time the test out.
+   * `kpip audit query --persona P --json`: the persona's audit records, one object each, read by
+   * the CLI in a worker thread. Not in this thread: the gateway under test often runs here, and a
+   * test polling the record would stop it for as long as each read takes (seconds on a busy
+   * machine), long enough to time the test out.
    */
   async audit(persona: string): Promise<
     {
@@ -120,7 +106,8 @@ export class KernelHome {
       requestId: number | null;
     }[]
   > {
-    const r = await kpipAsync(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
+    auditWorker ??= new CommandWorker(DISPATCH);
+    const r = await auditWorker.run(["audit", "query", "--home", this.home, "--persona", persona, "--limit", "10000", "--json"]);
     if (r.code !== 0) throw new Error(`kpip audit query failed: ${r.err}`);
     return r.out
       .split("\n")
