@@ -187,9 +187,15 @@ export class RawPeer {
     this.send(requestFrame(id, intent, { version: this.version, ...opts }));
   }
 
+  /** The RESPONSE to request `id` (taken from `frames`); fails at once when the connection closed without it. */
   async response(id: number, ms = 30_000) {
     const f = await until(
-      () => this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id),
+      () => {
+        const r = this.frames.find((x) => x.msg.type === "RESPONSE" && (x.msg.body as { id: number }).id === id);
+        // Nothing arrives after close: polling on would only hold the test (and its file's process) until `ms`.
+        if (!r && this.closed) throw new Error(`no response ${id} (the connection closed)`);
+        return r;
+      },
       ms,
       `response ${id}`,
     );
