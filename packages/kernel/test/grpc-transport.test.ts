@@ -734,19 +734,24 @@ describe("gRPC configuration", () => {
       { grpcListen: "127.0.0.1:0", grpcTlsClientCa: tls("ca.pem") },
       { grpcListen: "127.0.0.1:0", grpcTlsCert: tls("ca.key"), grpcTlsKey: tls("server.key") },
     ];
-    for (const opts of bad) {
-      const t = await startKernel();
-      await t.stop();
-      // Refused when the settings are read (a malformed address) or when the listener is set up.
-      await assert.rejects(
-        async () => new Kernel({ home: t.home, logLevel: "silent", ...opts }).start(),
-        ConfigError,
-        JSON.stringify(opts),
-      );
-      // The failed start left nothing listening: a normal kernel starts on the same home.
-      const again = new Kernel({ home: t.home, logLevel: "silent" });
-      await again.start();
-      await again.stop();
+    // One home for every case: each failed start is followed by a normal start on it, so a
+    // case that left anything behind fails there, before the next case runs.
+    const t = await startKernel();
+    await t.stop();
+    try {
+      for (const opts of bad) {
+        // Refused when the settings are read (a malformed address) or when the listener is set up.
+        await assert.rejects(
+          async () => new Kernel({ home: t.home, logLevel: "silent", ...opts }).start(),
+          ConfigError,
+          JSON.stringify(opts),
+        );
+        // The failed start left nothing listening: a normal kernel starts on the same home.
+        const again = new Kernel({ home: t.home, logLevel: "silent" });
+        await again.start();
+        await again.stop();
+      }
+    } finally {
       removeHome(t.home);
     }
   });
