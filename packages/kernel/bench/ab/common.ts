@@ -1,6 +1,10 @@
-/** What the audit A/B benches share: their arguments, and a record shaped like a `bench.noop` request's. */
-import { resolve } from "node:path";
-import { fileURLToPath } from "node:url";
+/** What the A/B benches share: their arguments, a record shaped like a `bench.noop` request's, a checkout's bench kernel. */
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+import type { KernelClient } from "@kpip/client";
 import { encodeIntent, intentHash } from "@kpip/protocol";
 import type { AuditEntry } from "../../src/audit/log.js";
 
@@ -46,3 +50,61 @@ export const noopEntry = (i: number): AuditEntry => ({
   traceparent: "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
   detail: '{"status":"SUCCESS"}',
 });
+
+/** The kernel process's user + system CPU so far, in µs (Linux clock ticks of 10 ms). */
+export function kernelCpuUs(pid: number): number {
+  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
+  return (Number(f[11]) + Number(f[12])) * 10_000;
+}
+
+/** A checkout's bench kernel in its own process on a temp home, with that checkout's own client connected as admin. */
+export interface CheckoutKernel {
+  readonly client: KernelClient;
+  readonly pid: number;
+  readonly home: string;
+  /** SIGTERM, and the kernel's exit (a clean stop: its home's files final). */
+  stop(): Promise<void>;
+  /** Kills what is left and removes the home. */
+  remove(): void;
+}
+
+/** Starts `root`'s side-by-side/kernel-server.js and connects `root`'s `@kpip/client` to it (no reconnect, no shm). */
+export async function checkoutKernel(root: string, prefix: string): Promise<CheckoutKernel> {
+  const { KernelClient, loadIdentity } = (await import(
+    pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
+  )) as typeof import("@kpip/client");
+  const home = mkdtempSync(join(tmpdir(), prefix));
+  const server = join(root, "packages/kernel/dist/bench/side-by-side/kernel-server.js");
+  const p = spawn(process.execPath, [server, "--home", home], { stdio: ["ignore", "pipe", "inherit"] });
+  const remove = () => {
+    if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
+    rmSync(home, { recursive: true, force: true });
+  };
+  try {
+    const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {
+      p.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string; pid: number }));
+      p.once("exit", (c) => fail(new Error(`${server} exited ${c}`)));
+    });
+    const client = await KernelClient.connect({
+      socket: info.socket,
+      identity: loadIdentity(join(home, "admin.identity")),
+      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
+      reconnect: false,
+      shm: false,
+    });
+    return {
+      client,
+      pid: info.pid,
+      home,
+      stop: async () => {
+        if (p.exitCode !== null || p.signalCode !== null) return;
+        p.kill("SIGTERM");
+        await new Promise((r) => p.once("exit", r));
+      },
+      remove,
+    };
+  } catch (e) {
+    remove();
+    throw e;
+  }
+}

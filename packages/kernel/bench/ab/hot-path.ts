@@ -6,11 +6,9 @@
  * at 256 in flight, and the client's and the kernel's CPU per request (the kernel's from
  * /proc/<pid>/stat, over the sequential calls and over the 256-in-flight window). For A/B figures in BENCHMARKS.md.
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { resolve } from "node:path";
+import { fileURLToPath } from "node:url";
+import { checkoutKernel, kernelCpuUs } from "./common.js";
 
 const args = process.argv.slice(2);
 const other = args.find((a) => !a.startsWith("--"));
@@ -20,33 +18,13 @@ if (!other || !Number.isSafeInteger(rounds) || rounds < 1) {
   process.stderr.write("usage: npm run bench:ab -- <other kpip checkout, built> [--rounds N]\n");
   process.exit(2);
 }
-/** The kernel process's user + system CPU so far, in µs (Linux clock ticks of 10 ms). */
-function kernelCpuUs(pid: number): number {
-  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
-  return (Number(f[11]) + Number(f[12])) * 10_000;
-}
-
 const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
 
 async function measure(root: string): Promise<Record<string, number | string>> {
-  const { KernelClient, loadIdentity } = (await import(
-    pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
-  )) as typeof import("@kpip/client");
-  const home = mkdtempSync(join(tmpdir(), "kpip-ab-"));
-  const server = join(root, "packages/kernel/dist/bench/side-by-side/kernel-server.js");
-  const p = spawn(process.execPath, [server, "--home", home], { stdio: ["ignore", "pipe", "inherit"] });
+  const k = await checkoutKernel(root, "kpip-ab-");
+  const c = k.client;
+  const info = { pid: k.pid };
   try {
-    const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {
-      p.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string; pid: number }));
-      p.once("exit", (c) => fail(new Error(`${server} exited ${c}`)));
-    });
-    const c = await KernelClient.connect({
-      socket: info.socket,
-      identity: loadIdentity(join(home, "admin.identity")),
-      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
-      reconnect: false,
-      shm: false,
-    });
     const call = () => c.call("bench.noop", "kernel://");
     for (let i = 0; i < 2000; i++) await call();
     const lat: number[] = [];
@@ -86,9 +64,8 @@ async function measure(root: string): Promise<Record<string, number | string>> {
       kernel_cpu_us_per_req_256: Math.round(((k2 - k1) / done) * 10) / 10,
     };
   } finally {
-    p.kill("SIGTERM");
-    await new Promise((r) => (p.exitCode === null ? p.once("exit", r) : r(undefined)));
-    rmSync(home, { recursive: true, force: true });
+    await k.stop();
+    k.remove();
   }
 }
 

@@ -8,12 +8,10 @@
  * and, after the kernel stopped, how many dedupe rows still name an intent record (null before
  * those columns existed). For the A/B figures of BENCHMARKS.md ("Clearing the effect rows").
  */
-import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
 import Database from "better-sqlite3";
+import { checkoutKernel, kernelCpuUs } from "./common.js";
 
 const args = process.argv.slice(2);
 const opt = (name: string, d: number) => {
@@ -30,34 +28,14 @@ if (!Number.isSafeInteger(rounds) || rounds < 1 || !(seconds > 0)) {
 const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)));
 const roots = [...others.map((o) => resolve(o)), here];
 
-/** The kernel process's user + system CPU so far, in µs (Linux clock ticks of 10 ms). */
-function kernelCpuUs(pid: number): number {
-  const f = (readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1] ?? "").split(" ");
-  return (Number(f[11]) + Number(f[12])) * 10_000;
-}
-
 const body = Buffer.alloc(64, 0x61);
 const KEYS = 4096;
 
 async function measure(root: string): Promise<Record<string, number | string | null>> {
-  const { KernelClient, loadIdentity } = (await import(
-    pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
-  )) as typeof import("@kpip/client");
-  const home = mkdtempSync(join(tmpdir(), "kpip-ab-write-"));
-  const server = join(root, "packages/kernel/dist/bench/side-by-side/kernel-server.js");
-  const p = spawn(process.execPath, [server, "--home", home], { stdio: ["ignore", "pipe", "inherit"] });
+  const k = await checkoutKernel(root, "kpip-ab-write-");
+  const c = k.client;
+  const info = { pid: k.pid };
   try {
-    const info = await new Promise<{ socket: string; pid: number }>((ok, fail) => {
-      p.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string; pid: number }));
-      p.once("exit", (c) => fail(new Error(`${server} exited ${c}`)));
-    });
-    const c = await KernelClient.connect({
-      socket: info.socket,
-      identity: loadIdentity(join(home, "admin.identity")),
-      tokens: [readFileSync(join(home, "admin.token"), "utf8")],
-      reconnect: false,
-      shm: false,
-    });
     let n = 0;
     const write = () => c.storage.write(`obj://bench/k${n++ % KEYS}`, body);
     for (let i = 0; i < 1000; i++) await write();
@@ -86,11 +64,10 @@ async function measure(root: string): Promise<Record<string, number | string | n
     const secs = Number(process.hrtime.bigint() - t0) / 1e9;
     const k2 = kernelCpuUs(info.pid);
     await c.close();
-    p.kill("SIGTERM");
-    await new Promise((r) => (p.exitCode === null ? p.once("exit", r) : r(undefined)));
+    await k.stop();
     // What a start after a kill would have to look at (the partial index dedupe_effects).
     let naming: number | null = null;
-    const db = new Database(join(home, "kernel.db"), { readonly: true });
+    const db = new Database(join(k.home, "kernel.db"), { readonly: true });
     try {
       naming = (db.prepare("SELECT count(*) AS n FROM dedupe WHERE intent_seq IS NOT NULL").get() as { n: number }).n;
     } catch {
@@ -108,8 +85,7 @@ async function measure(root: string): Promise<Record<string, number | string | n
       rows_naming_intents: naming,
     };
   } finally {
-    if (p.exitCode === null) p.kill("SIGKILL");
-    rmSync(home, { recursive: true, force: true });
+    k.remove();
   }
 }
 
