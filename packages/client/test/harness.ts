@@ -171,6 +171,10 @@ export class FakeKernel {
               s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, f.stream));
           } else if (m.type === "PING") {
             s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+          } else if (m.type === "GOODBYE") {
+            // As a kernel ends a session its peer leaves (every answer here is already written):
+            // GOODBYE back, then the close the client's close() waits for (else 2 s, then it gives up).
+            s.end(encodeMessage({ type: "GOODBYE", body: { reason: "peer said goodbye" } }));
           }
         }
       });
