@@ -49,12 +49,7 @@ const r = spawnSync(
     // ends the run with the slowest files and their times (where CI's minutes go)
     `--test-reporter=${fileURLToPath(new URL("./timing-reporter.mjs", import.meta.url))}`,
     "--test-reporter-destination=stdout",
-    // Files run in parallel, each in its own process (a file's tests one after another). A file
-    // keeps ~0.84 of a core busy on average, its kernels and clients included (it waits the rest
-    // of its time on timers, sockets and the disk: 447 s of CPU in 532 s for the kernel, client
-    // and protocol files one at a time). On CI's two cores, two files left ~15 % of the machine
-    // idle; three fill it (a model of those files: 279 → 235 s; four: 226 s).
-    "--test-concurrency=3",
+    "--test-concurrency=2",
     // generous: a file needs ~4x its quiet time on a machine loaded 8 deep; a hang still ends, named
     "--test-timeout=600000",
     ...selected.sort(),
