@@ -1,4 +1,4 @@
-import { replaceUnprintable } from "@kpip/protocol";
+import { escapeUnprintable } from "@kpip/protocol";
 import { type DestinationStream, destination, type Logger as PinoLogger, pino } from "pino";
 
 export type Logger = PinoLogger;
@@ -25,7 +25,7 @@ export function humanLines(out: { write(text: string): unknown } = process.stder
       try {
         o = JSON.parse(line) as Record<string, unknown>;
       } catch {
-        out.write(`${visible(line.replace(/\n$/, ""))}\n`);
+        out.write(`${escapeUnprintable(line.replace(/\n$/, ""))}\n`);
         return;
       }
       const { level, time, msg, component: _c, ...fields } = o;
@@ -34,13 +34,9 @@ export function humanLines(out: { write(text: string): unknown } = process.stder
         .join("");
       const when = new Date(Number(time)).toISOString().slice(11, 23);
       const name = (LEVEL_NAMES[Number(level)] ?? String(level)).padEnd(5);
-      out.write(`${visible(`${when} ${name} ${String(msg ?? "")}${rest}`)}\n`);
+      out.write(`${escapeUnprintable(`${when} ${name} ${String(msg ?? "")}${rest}`)}\n`);
     },
   };
-}
-
-function visible(text: string): string {
-  return replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 }
 
 /**

@@ -29,7 +29,7 @@ export { decodeMessage, encodeMessage, encodeMessagePieces } from "./messages/co
 export { encodedBody, withEncodedBody } from "./messages/encoded-body.js";
 export { encodeMeasurements } from "./messages/measurements.js";
 export type * from "./messages/types.js";
-export { replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
+export { escapeUnprintable, replaceUnprintable, UNPRINTABLE, validateMessage } from "./messages/validate.js";
 export * from "./ops/index.js";
 export { sha256, sha256Latin1 } from "./sha256.js";
 export {

@@ -1,4 +1,4 @@
-import { replaceUnprintable } from "@kpip/protocol";
+import { escapeUnprintable } from "@kpip/protocol";
 
 /**
  * Text from the record as an operator's terminal should show it: a control character (C0, DEL,
@@ -8,7 +8,7 @@ import { replaceUnprintable } from "@kpip/protocol";
  * `keep`: characters shown as they are (none by default).
  */
 export function printable(text: string, keep = ""): string {
-  return replaceUnprintable(text, (c) => (keep.includes(c) ? c : `\\u{${(c.codePointAt(0) as number).toString(16)}}`));
+  return escapeUnprintable(text, keep);
 }
 
 /**

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
-import { replaceUnprintable } from "@kpip/protocol";
+import { escapeUnprintable } from "@kpip/protocol";
 import { readRegularFile, replaceAtomically, UnreadableFileError } from "../secure-files.js";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
@@ -26,7 +26,6 @@ export class KeyFileError extends Error {
 }
 
 /** Text from the file (a JSON parse error quotes it) as a terminal or log line may show it. */
-const escaped = (text: string) => replaceUnprintable(text, (c) => `\\u{${(c.codePointAt(0) as number).toString(16)}}`);
 
 function checkShape(v: unknown, path: string): RootKeyFile {
   const bad = (why: string) => new KeyFileError(`token key file ${path} ${why}`);
@@ -37,9 +36,9 @@ function checkShape(v: unknown, path: string): RootKeyFile {
   for (const [kid, k] of Object.entries(f.keys as Record<string, unknown>)) {
     const e = k as { key?: unknown; created?: unknown; retired?: unknown } | null;
     if (e === null || typeof e !== "object" || typeof e.key !== "string" || typeof e.created !== "number")
-      throw bad(`has a malformed entry for key ${escaped(JSON.stringify(kid))}`);
+      throw bad(`has a malformed entry for key ${escapeUnprintable(JSON.stringify(kid))}`);
     if (e.retired !== undefined && typeof e.retired !== "number")
-      throw bad(`has a malformed retirement for key ${escaped(JSON.stringify(kid))}`);
+      throw bad(`has a malformed retirement for key ${escapeUnprintable(JSON.stringify(kid))}`);
   }
   if (!Object.hasOwn(f.keys, f.current)) throw bad("names a current key that it does not hold");
   return v as RootKeyFile;
@@ -146,7 +145,7 @@ export class RootKeys {
     try {
       v = JSON.parse(text);
     } catch (e) {
-      throw new KeyFileError(`token key file ${path} is not JSON: ${escaped((e as Error).message)}`);
+      throw new KeyFileError(`token key file ${path} is not JSON: ${escapeUnprintable((e as Error).message)}`);
     }
     return checkShape(v, path);
   }
@@ -172,7 +171,7 @@ export class RootKeys {
   static retire(home: string, kid: string): void {
     const file = RootKeys.load(home, false);
     const k = file.keys[kid];
-    if (!k) throw new KeyFileError(`no root key ${escaped(JSON.stringify(kid))} in ${RootKeys.path(home)}`);
+    if (!k) throw new KeyFileError(`no root key ${escapeUnprintable(JSON.stringify(kid))} in ${RootKeys.path(home)}`);
     if (file.current === kid) throw new KeyFileError(`${kid} is the current key: rotate first`);
     k.retired = Date.now();
     RootKeys.save(home, file);

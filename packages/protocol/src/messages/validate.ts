@@ -36,6 +36,11 @@ const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
 export function replaceUnprintable(text: string, by: (c: string) => string): string {
   return text.replace(EVERY_UNPRINTABLE, by);
 }
+
+/** `text` with each {@link UNPRINTABLE} character, except those in `keep`, a visible `\u{…}` escape. */
+export function escapeUnprintable(text: string, keep = ""): string {
+  return replaceUnprintable(text, (c) => (keep.includes(c) ? c : `\\u{${(c.codePointAt(0) as number).toString(16)}}`));
+}
 const label =
   (max: number): Check =>
   (v, at, k) => {
