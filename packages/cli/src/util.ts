@@ -1,3 +1,4 @@
+import { linkSync, unlinkSync } from "node:fs";
 import { join } from "node:path";
 import { defaultHome } from "@kpip/kernel/config";
 import { type CborValue, KpipError } from "@kpip/protocol";
@@ -19,6 +20,21 @@ export const EXIT = {
 /** A command-line mistake: printed with the command's usage hint, exit code 2. */
 export class UsageError extends Error {
   override name = "UsageError";
+}
+
+/**
+ * Gives the finished file `tmp` its name `file`, never replacing what is there: false (and `tmp`
+ * kept) when something, a link included, took the name since the caller checked it was free.
+ */
+export function placeNew(tmp: string, file: string): boolean {
+  try {
+    linkSync(tmp, file);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw e;
+  }
+  unlinkSync(tmp);
+  return true;
 }
 
 export function resolveHome(flag: string | undefined): string {

@@ -3,6 +3,7 @@ import { type ChildProcess, spawn, spawnSync } from "node:child_process";
 import {
   chmodSync,
   chownSync,
+  existsSync,
   mkdirSync,
   mkdtempSync,
   readFileSync,
@@ -18,6 +19,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
+import { placeNew } from "../src/util.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const kpip = (args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}) => {
@@ -196,6 +198,35 @@ describe("a socket of another user's where the kernel's should be", () => {
       assert.ok(sticky.heard >= 1, sticky.err);
     } finally {
       rmSync(base, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("placing a finished identity file (persona create --out)", () => {
+  it("never replaces a file or link that took the name after the check; the identity is kept at its temporary name", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-place-"));
+    try {
+      const tmp = join(dir, "p.identity.1.tmp");
+      const file = join(dir, "p.identity");
+      writeFileSync(tmp, "identity");
+      // the operator's own file, made while the key was being registered
+      writeFileSync(file, "mine");
+      assert.equal(placeNew(tmp, file), false);
+      assert.equal(readFileSync(file, "utf8"), "mine");
+      assert.equal(readFileSync(tmp, "utf8"), "identity");
+      // a dangling link put at the name: not followed, not replaced
+      const elsewhere = join(dir, "elsewhere");
+      const linked = join(dir, "q.identity");
+      symlinkSync(elsewhere, linked);
+      assert.equal(placeNew(tmp, linked), false);
+      assert.equal(existsSync(elsewhere), false);
+      // the name still free: placed, the temporary name gone
+      const free = join(dir, "r.identity");
+      assert.equal(placeNew(tmp, free), true);
+      assert.equal(readFileSync(free, "utf8"), "identity");
+      assert.equal(existsSync(tmp), false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 });

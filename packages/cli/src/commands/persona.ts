@@ -1,5 +1,5 @@
 import { createPublicKey } from "node:crypto";
-import { existsSync, mkdirSync, renameSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
@@ -23,7 +23,7 @@ import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, printTable, resolveHome, UsageError } from "../util.js";
+import { EXIT, placeNew, printTable, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -210,7 +210,14 @@ export const personaCommand: Command = {
           process.stderr.write(`kpip persona: ${printable(r.message)}\n`);
           return EXIT.FAILED;
         }
-        renameSync(tmp, file);
+        // A rename would replace a file made at `file` while the key was registered (the check
+        // above is earlier): the identity stays at its temporary name instead, and the operator is told.
+        if (!placeNew(tmp, file)) {
+          process.stderr.write(
+            `kpip persona: persona ${pid} is registered, but ${file} appeared meanwhile and was left alone: its identity file is ${tmp}\n`,
+          );
+          return EXIT.FAILED;
+        }
         const publicKey = Buffer.from(identity.publicKey).toString("base64url");
         if (asJson) process.stdout.write(`${JSON.stringify({ persona: pid, identity: file, publicKey, via: r.via })}\n`);
         else
