@@ -497,6 +497,18 @@ const DECLARED = {
     zeroAllowed: true,
     description: "niceness of every sandboxed process, 0-19 (it cannot lower it): the kernel's thread comes first for the CPU",
   },
+  /**
+   * The OOM killer's adjustment of every sandboxed process (0–1000; 0 = the kernel's own): above
+   * the kernel's, so under memory pressure a sandbox's processes go first, not the kernel that
+   * every persona waits on. Never below the kernel's own.
+   */
+  sandboxOomScoreAdj: {
+    type: "int",
+    default: 500,
+    zeroAllowed: true,
+    description:
+      "oom_score_adj of every sandboxed process, 0-1000 (0 = the kernel's own): the host's OOM killer takes them before the kernel",
+  },
   /** Most processes (agents and commands) running at once, kernel-wide (an ended one counts until its scratch directory is removed). */
   maxProcesses: {
     type: "int",
@@ -625,6 +637,8 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(`maxRuntimeMs must be at most ${2 ** 31 - 1} (about 24.8 days; got ${c.maxRuntimeMs})`);
   if (c.sandboxNice > 19)
     throw new ConfigError(`sandboxNice must be at most 19, the lowest priority there is (got ${c.sandboxNice})`);
+  if (c.sandboxOomScoreAdj > 1000)
+    throw new ConfigError(`sandboxOomScoreAdj must be at most 1000, Linux's largest (got ${c.sandboxOomScoreAdj})`);
   for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
     if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);
   }

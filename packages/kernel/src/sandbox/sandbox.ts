@@ -88,6 +88,11 @@ export interface SandboxConfig {
    * (RLIMIT_NICE is 0), so programs that spin take the CPU from the kernel's thread last.
    */
   nice?: number;
+  /**
+   * The OOM killer's adjustment of the sandbox's processes (0–1000; 0 or below the kernel's own:
+   * the kernel's own). Bubblewrap's processes get it before the program starts, which inherits it.
+   */
+  oomScoreAdj?: number;
   /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
   removalFailed?: (paths: string[], why: string) => void;
   /**
@@ -178,6 +183,55 @@ export function autogroupNice(pid: number, nice: number, tries = 5): void {
     if ((e as NodeJS.ErrnoException).code === "EAGAIN" && tries > 1)
       setTimeout(() => autogroupNice(pid, nice, tries - 1), 100).unref();
   }
+}
+
+/** The score to give sandboxes: `wanted` if above the kernel's own (only raising needs no privilege). */
+function oomScoreAbove(wanted: number | undefined): number | undefined {
+  if (!wanted) return undefined;
+  let own: number;
+  try {
+    own = Number(readFileSync("/proc/self/oom_score_adj", "utf8"));
+  } catch {
+    return undefined; // not Linux, or no /proc: nothing to adjust
+  }
+  return wanted > own ? wanted : undefined;
+}
+
+/**
+ * Gives bubblewrap (`child`) and the sandbox process it forks the OOM score `score`, then calls
+ * `then` (which feeds the seccomp filter the sandbox process waits for before it starts the
+ * program, which inherits the score). The sandbox process may not be forked yet, or be forked
+ * with bubblewrap's score from before the write: it is looked for every millisecond until it
+ * is listed (a bubblewrap that ends first, having failed, starts nothing; its pid is not read
+ * again once it is reaped, when it may be another process's). Best effort: a score that cannot
+ * be written (the process gone, no /proc) leaves the kernel's. A writer with CAP_SYS_RESOURCE (a
+ * root kernel, outside containers that drop it) also makes it the least the process and its
+ * descendants may set; without it a program may lower its own back to the kernel's.
+ */
+function raiseOomScore(child: ChildProcess, score: number, then: () => void): void {
+  const pid = child.pid as number;
+  const set = (p: number | string) => {
+    try {
+      if (readFileSync(`/proc/${p}/oom_score_adj`, "utf8").trim() !== String(score))
+        writeFileSync(`/proc/${p}/oom_score_adj`, String(score));
+    } catch {
+      // gone, or not ours to write: the kernel's score stays
+    }
+  };
+  set(pid);
+  const forked = (tries: number): void => {
+    if (child.exitCode !== null || child.signalCode !== null) return then();
+    let children: string[];
+    try {
+      children = readFileSync(`/proc/${pid}/task/${pid}/children`, "utf8").split(" ").filter(Boolean);
+    } catch {
+      return then();
+    }
+    for (const c of children) set(c);
+    if (children.length > 0 || tries <= 1) return then();
+    setTimeout(() => forked(tries - 1), 1);
+  };
+  forked(2000);
 }
 
 /** Most `rm` children removing scratch directories at once. */
@@ -281,6 +335,8 @@ export class Sandbox {
   private readonly prlimit: string | undefined;
   private readonly nice: string | undefined;
   private readonly asRoot = process.getuid?.() === 0;
+  /** What the sandboxes' processes get (above the kernel's own), or undefined to leave them the kernel's. */
+  private readonly oomScore: number | undefined;
   /** The kernel's own hard RLIMIT_NOFILE: a sandbox's bound is never above it (prlimit could not raise it). */
   private readonly filesHard = hardOpenFiles();
   /**
@@ -302,6 +358,7 @@ export class Sandbox {
    * secret file has another name (a hard link).
    */
   constructor(readonly config: SandboxConfig) {
+    this.oomScore = oomScoreAbove(config.oomScoreAdj);
     if (config.mode === "none") return;
     this.mountInfo = readMountInfo();
     this.view = sandboxView(SYSTEM_DIRS, config.readPaths, config.hidden, parseMounts(this.mountInfo));
@@ -591,18 +648,24 @@ export class Sandbox {
     if (seccompFd !== undefined) stdio[seccompFd] = "pipe";
     let fed = false;
     const nice = this.config.mode === "bwrap" ? this.config.nice : undefined;
+    const oomScore = this.config.mode === "bwrap" ? this.oomScore : undefined;
     const spawned = (child?: ChildProcess) => {
       if (fed) return;
       fed = true;
       // Before the filter: bubblewrap waits for it, so the program starts in its niced autogroup.
       if (nice && child?.pid) autogroupNice(child.pid, nice);
-      if (onStdin || seccompFd === undefined) return;
-      const pipe = child?.stdio[seccompFd] as Writable | null | undefined;
-      if (!pipe) return;
-      // bubblewrap gone before it read (it failed): nothing to tell.
-      pipe.on("error", () => {});
-      // Closed once written: what the pair holds stays readable by bubblewrap, then its end.
-      pipe.end(filter, () => pipe.destroy());
+      const feed = () => {
+        if (onStdin || seccompFd === undefined) return;
+        const pipe = child?.stdio[seccompFd] as Writable | null | undefined;
+        if (!pipe) return;
+        // bubblewrap gone before it read (it failed): nothing to tell.
+        pipe.on("error", () => {});
+        // Closed once written: what the pair holds stays readable by bubblewrap, then its end.
+        pipe.end(filter, () => pipe.destroy());
+      };
+      // Also before the filter, which bubblewrap's sandbox process waits for before it starts the program.
+      if (oomScore !== undefined && child?.pid) raiseOomScore(child, oomScore, feed);
+      else feed();
     };
     // Descriptors the kernel inherited without close-on-exec would pass to the child (node cannot
     // set the flag, bubblewrap does not close them): each one is replaced with /dev/null there.

@@ -72,6 +72,7 @@ export function openSandbox(
     },
     tmpBytes: c.sandboxTmpBytes,
     nice: c.sandboxNice,
+    oomScoreAdj: c.sandboxOomScoreAdj,
     removalFailed: (paths, why) =>
       log.error({ paths, err: why }, "cannot remove scratch directories: left on disk, tried again at the next start"),
     ...(program ? { program } : {}),
