@@ -384,14 +384,14 @@ describe("a sandboxed process under memory pressure", { skip: sandboxSkip }, () 
   const s = kernelForSuite({ sandboxOomScoreAdj: 700 });
 
   it("every sandboxed process has sandboxOomScoreAdj as its OOM score, its sandbox's init and children too: the host's OOM killer takes them before the kernel", async () => {
-    const own = readFileSync("/proc/self/oom_score_adj", "utf8").trim();
-    assert.equal(own, "0", "the test kernel runs with the default score");
+    // never below the kernel's own (this process's, wherever the tests run)
+    const want = String(Math.max(700, Number(readFileSync("/proc/self/oom_score_adj", "utf8"))));
     const out = await sh(
       s.admin,
       "cat /proc/self/oom_score_adj /proc/1/oom_score_adj; sh -c 'cat /proc/self/oom_score_adj'; (echo 0 > /proc/self/oom_score_adj) 2>/dev/null && echo LOWERED || echo KEPT",
     );
     const lines = out.trim().split("\n");
-    assert.deepEqual(lines.slice(0, 3), ["700", "700", "700"], out);
+    assert.deepEqual(lines.slice(0, 3), [want, want, want], out);
     // With CAP_SYS_RESOURCE (bit 24; a root kernel outside containers that drop it) the kernel's
     // write is also the least the sandbox may set; without it a program may go back to the kernel's.
     const capEff = BigInt(`0x${/^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync("/proc/self/status", "utf8"))?.[1] ?? "0"}`);
