@@ -7,10 +7,10 @@
  * (apart, the figure moves with how many answers arrive per socket read). One JSON line each.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { readFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
+import { checkoutKernel } from "./common.js";
 
 const args = process.argv.slice(2);
 const self = fileURLToPath(import.meta.url);
@@ -63,18 +63,12 @@ const here = resolve(fileURLToPath(new URL("../../../../../", import.meta.url)))
 const seconds = opt("--seconds", 4);
 const rounds = opt("--rounds", 2);
 const inflight = opt("--inflight", 128);
-const home = mkdtempSync(join(tmpdir(), "kpip-ab-client-"));
-const kernel = spawn(process.execPath, [join(here, "packages/kernel/dist/bench/side-by-side/kernel-server.js"), "--home", home], {
-  stdio: ["ignore", "pipe", "inherit"],
-});
+// This checkout's bench kernel; its own client stays idle beside the two measured.
+const kernel = await checkoutKernel(here, "kpip-ab-client-");
 try {
-  const info = await new Promise<{ socket: string }>((ok, fail) => {
-    kernel.stdout.once("data", (d) => ok(JSON.parse(String(d)) as { socket: string }));
-    kernel.once("exit", (c) => fail(new Error(`bench kernel exited ${c}`)));
-  });
   const run = (root: string) =>
     new Promise<string>((ok, fail) => {
-      const p = spawn(process.execPath, [self, "--child", root, info.socket, home, String(seconds), String(inflight)], {
+      const p = spawn(process.execPath, [self, "--child", root, kernel.socket, kernel.home, String(seconds), String(inflight)], {
         stdio: ["ignore", "pipe", "inherit"],
       });
       let out = "";
@@ -87,7 +81,7 @@ try {
     for (const line of await Promise.all([run(resolve(other)), run(here)])) process.stdout.write(line);
   }
 } finally {
-  kernel.kill("SIGTERM");
-  await new Promise((r) => (kernel.exitCode === null ? kernel.once("exit", r) : r(undefined)));
-  rmSync(home, { recursive: true, force: true });
+  await kernel.client.close();
+  await kernel.stop();
+  kernel.remove();
 }

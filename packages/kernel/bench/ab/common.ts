@@ -62,6 +62,8 @@ export interface CheckoutKernel {
   readonly client: KernelClient;
   readonly pid: number;
   readonly home: string;
+  /** Its Unix socket (for more clients: the home holds the admin's identity and token). */
+  readonly socket: string;
   /** SIGTERM, and the kernel's exit (a clean stop: its home's files final). */
   stop(): Promise<void>;
   /** Kills what is left and removes the home. */
@@ -96,6 +98,7 @@ export async function checkoutKernel(root: string, prefix: string): Promise<Chec
       client,
       pid: info.pid,
       home,
+      socket: info.socket,
       stop: async () => {
         if (p.exitCode !== null || p.signalCode !== null) return;
         p.kill("SIGTERM");
