@@ -34,6 +34,9 @@ from .tokens import Token, b64url_decode, decode_token
 
 #: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
 #: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
+#: Bytes written and not yet taken by the kernel past which a PING is not answered.
+PONG_BACKLOG = 64 * 1024
+
 RECONNECTABLE = (KernelUnavailable, UntrustedSocket, ProtocolViolation, KpipError, OSError, EOFError)
 
 
@@ -266,7 +269,10 @@ class Client:
         elif m.type == "EVENT":
             self._subs.deliver(b, m.size)
         elif m.type == "PING":
-            link.write(encode_message("PONG", {"seq": b["seq"]}))
+            # Not queued behind bytes the kernel has not read: a kernel that PINGs and never reads
+            # would grow them without end. Once it reads again, its next PING is answered.
+            if link.unsent() < PONG_BACKLOG:
+                link.write(encode_message("PONG", {"seq": b["seq"]}))
         elif m.type == "PONG":
             pass
         elif m.type == "GOODBYE":

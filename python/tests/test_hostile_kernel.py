@@ -9,6 +9,7 @@ import unittest
 from typing import Any
 
 import kpip
+import kpip.messages
 from kpip import cbor
 from kpip.tokens import root_signature
 
@@ -118,6 +119,27 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(c.handles, [1], "no handle taken from a malformed answer")
             self.assertEqual((await c.call("system.health", "kernel://")).payload, {"caps": [1]})
             await c.close()
+
+    async def test_a_kernel_that_pings_and_never_reads_does_not_grow_the_clients_unsent_bytes(self) -> None:
+        # Each PING was answered with a PONG queued behind what the kernel had not read: a kernel
+        # sending PINGs and reading nothing grew the client's memory as fast as it sent them (the
+        # kernel drops a persona that does this, SLOW_CONSUMER). No PONG is queued behind a backlog.
+        ping = kpip.messages.encode_message("PING", {"seq": 1})
+        flood = ping * ((1 << 20) // len(ping))
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.writer.write(flood)  # then the answer: the client has taken every PING once it has it
+            c.answer(m, payload=1)
+            await c.writer.drain()
+            await asyncio.Event().wait()  # and never reads again
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            assert c._link is not None
+            unsent = c._link.writer.transport.get_write_buffer_size()
+            self.assertLess(unsent, 256 << 10, f"{unsent} bytes of PONGs queued")
+            await c.close(drain=0)
 
 
 class MisusedByItsCaller(unittest.IsolatedAsyncioTestCase):
