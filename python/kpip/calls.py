@@ -7,7 +7,8 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import Cancelled
+from .errors import Cancelled, ProtocolViolation
+from .messages import MAX_UINT
 from .tokens import Token
 
 
@@ -29,6 +30,21 @@ class Result:
     status: str
     payload: Any = None
 
+    def field(self, op: str, name: str, kind: str) -> Any:
+        """``payload[name]`` of an answer the client itself acts on, checked first: ``kind`` is
+        "handle" (an unsigned integer ≥ 1, at most 2^53 − 1) or "bytes". A kernel's answer
+        without it, or of another type, is a ProtocolViolation: such a handle would go into the
+        caps of every later call, such a "token" (an integer n) be decoded as n zero bytes."""
+        v = self.payload.get(name) if isinstance(self.payload, dict) else None
+        if kind == "handle":
+            ok = type(v) is int and 1 <= v <= MAX_UINT
+        else:
+            ok = isinstance(v, bytes)
+        if not ok:
+            shown = type(v).__name__ if v is not None else "nothing"
+            raise ProtocolViolation(f"the kernel answered {op} with {shown} as payload.{name}, not a {kind}")
+        return v
+
 
 @dataclass(eq=False)
 class Pending:
@@ -42,6 +58,7 @@ class Pending:
     attempts: int = 1
     auth_retried: bool = False
     sent: bool = False  # on the current link; changed only by CallTable.mark_sent, which counts them
+    size: int = 0  # the REQUEST body's bytes, when last sent
     timer: asyncio.TimerHandle | None = None
 
 
@@ -113,6 +130,11 @@ class CallTable:
                 p.future.set_result(r)
             else:
                 p.future.set_exception(error or Cancelled("call abandoned"))
+
+    def largest_sent(self) -> Pending | None:
+        """The largest call sent on the current link: the one a TOO_LARGE that ended it was about (§12)."""
+        sent = [p for p in self._by_stream.values() if p.sent]
+        return max(sent, key=lambda p: p.size) if sent else None
 
     def drop(self, p: Pending) -> None:
         """The caller stopped waiting (answer, deadline or cancellation): forget the call."""

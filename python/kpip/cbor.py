@@ -99,6 +99,9 @@ def _enc(v: Any, out: list[bytes], depth: int) -> None:
 
 def decode(data: bytes | bytearray | memoryview, limits: Limits = DEFAULT_LIMITS) -> CborValue:
     """Decodes exactly one canonical item; raises CborError with the §5.5 code on any failure."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        # bytes(n) of an integer n would be n zero bytes, allocated here.
+        raise TypeError(f"CBOR input must be bytes, not {type(data).__name__}")
     d = _Decoder(bytes(data), limits)
     v = d.item(0)
     if d.pos != len(d.b):

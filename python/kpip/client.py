@@ -34,6 +34,9 @@ from .tokens import Token, b64url_decode, decode_token
 
 #: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
 #: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
+#: Bytes written and not yet taken by the kernel past which a PING is not answered.
+PONG_BACKLOG = 64 * 1024
+
 RECONNECTABLE = (KernelUnavailable, UntrustedSocket, ProtocolViolation, KpipError, OSError, EOFError)
 
 
@@ -92,6 +95,7 @@ class Client:
         self._attempt = 0
         self.refresh_error: TokenRefreshFailed | None = None  # raised by the next call, then cleared
         self._closed_error: Exception | None = None
+        self._closing: asyncio.Future[None] | None = None  # done when the first close() is
         self.last_error: Exception | None = None  # why the last session ended or reconnect failed
 
     @classmethod
@@ -265,7 +269,10 @@ class Client:
         elif m.type == "EVENT":
             self._subs.deliver(b, m.size)
         elif m.type == "PING":
-            link.write(encode_message("PONG", {"seq": b["seq"]}))
+            # Not queued behind bytes the kernel has not read: a kernel that PINGs and never reads
+            # would grow them without end. Once it reads again, its next PING is answered.
+            if link.unsent() < PONG_BACKLOG:
+                link.write(encode_message("PONG", {"seq": b["seq"]}))
         elif m.type == "PONG":
             pass
         elif m.type == "GOODBYE":
@@ -278,10 +285,25 @@ class Client:
                 self._end_if_answered(link)
         elif m.type == "ERROR":
             if b["fatal"]:
+                if b["code"] in ("TOO_LARGE", "SHM_TOO_LARGE") and link is self._link:
+                    self._refuse_largest(link)
                 self._on_lost(link, wire_error(b["class"], b["message"], b["code"], b.get("id")))
         else:
             # Out of order (§8.1): the kernel is told why in a fatal PROTOCOL ERROR, as the TypeScript client does.
             self._on_lost(link, link.violation(f"unexpected {m.type} from the kernel"))
+
+    def _refuse_largest(self, link: Link) -> None:
+        """The kernel ended the session over a frame too large: the largest request sent on it. That
+        one fails now and is never resent (§12: it would end every session it is sent on); the
+        others are resent on the next session."""
+        p = self._calls.largest_sent()
+        if p is None:
+            return
+        assert link.session is not None
+        limit = link.session.max_body
+        self._calls.settle(
+            p, error=FrameError("TOO_LARGE", f"the kernel refused a request of {p.size} bytes as too large (maxBody {limit})")
+        )
 
     def _end_if_answered(self, link: Link) -> None:
         """A closing link whose sent calls are all answered is done: the next session takes the rest."""
@@ -368,8 +390,15 @@ class Client:
             "context": p.context,
             "caps": p.caps if p.caps is not None else self.handles,
         }
-        frame = encode_message("REQUEST", body, p.stream)
-        if len(frame) - HEADER_SIZE > link.session.max_body:
+        try:
+            frame = encode_message("REQUEST", body, p.stream)
+        except KpipError as e:
+            # Refused before sending (a context or cap outside §6.7): the call ends here, with the
+            # error, rather than staying in the table to be resent, and refused, at every session.
+            self._calls.settle(p, error=e)
+            return
+        p.size = len(frame) - HEADER_SIZE
+        if p.size > link.session.max_body:
             self._calls.settle(p, error=FrameError("TOO_LARGE", f"request body exceeds the session's maxBody {link.session.max_body}"))
             return
         self._calls.mark_sent(p, True)
@@ -403,7 +432,7 @@ class Client:
         raw = token if isinstance(token, bytes) else _text_token(token)
         t = decode_token(raw)
         r = await self.call("token.bind", f"token://{t.id}", {"token": raw}, caps=[raw])
-        h = Held(raw, t, r.payload["handle"])
+        h = Held(raw, t, r.field("token.bind", "handle", "handle"))
         self._held.append(h)
         self._tokens.schedule(h)
         return h.handle
@@ -430,6 +459,19 @@ class Client:
         """Waits (up to `drain` s) for calls in flight, says GOODBYE, and closes."""
         if self.state == "closed":
             return
+        if self._closing is not None:  # a close under way: wait for it, one GOODBYE
+            await asyncio.shield(self._closing)
+            return
+        self._closing = asyncio.get_running_loop().create_future()
+        closing = self._closing
+        try:
+            await self._close(drain)
+        finally:
+            if self.state != "closed":  # this close was cancelled: the next one starts afresh
+                self._closing = None
+            closing.set_result(None)
+
+    async def _close(self, drain: float) -> None:
         self.state = "closing"
         end = time.monotonic() + drain
         while len(self._calls) and self._link is not None and time.monotonic() < end:

@@ -148,6 +148,10 @@ class Link:
         if not self.dead:
             self.writer.write(data)
 
+    def unsent(self) -> int:
+        """Bytes written on this connection that the kernel has not taken yet."""
+        return 0 if self.dead else self.writer.transport.get_write_buffer_size()
+
     def send_frame(self, frame: bytes) -> None:
         """Writes a frame, its body through shared memory when it is large enough (§3.7)."""
         self.write(frame if self.shm is None or self.dead else self.shm.wrap(frame))

@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 from .calls import Held
-from .errors import DeadlineExceeded, KernelUnavailable, KpipError, TokenRefreshFailed
+from .errors import DeadlineExceeded, KernelUnavailable, KpipError, ProtocolViolation, TokenRefreshFailed
 from .tokens import decode_token, inspect
 
 if TYPE_CHECKING:
@@ -35,10 +35,10 @@ class TokenRefresher:
         c = self.client
         try:
             r = await c.call("token.refresh", f"token://{h.token.id}", {"token": h.raw}, caps=[h.raw])
-            fresh = r.payload["token"]
+            fresh = r.field("token.refresh", "token", "bytes")
             t = decode_token(fresh)
             b = await c.call("token.bind", f"token://{t.id}", {"token": fresh}, caps=[fresh])
-            h.raw, h.token, h.handle, h.task = fresh, t, b.payload["handle"], None
+            h.raw, h.token, h.handle, h.task = fresh, t, b.field("token.bind", "handle", "handle"), None
             self.schedule(h)
-        except (KpipError, KernelUnavailable, DeadlineExceeded) as e:
+        except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation) as e:
             c.refresh_error = TokenRefreshFailed(f"could not refresh token {h.token.id}: {e}")

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from .errors import DeadlineExceeded, KernelUnavailable, KpipError
+from .errors import DeadlineExceeded, KernelUnavailable, KpipError, ProtocolViolation
 
 if TYPE_CHECKING:
     from .client import Client
@@ -109,7 +109,7 @@ class Subscriptions:
     ) -> Subscription:
         sub = Subscription(pattern, buffer, self._unsubscribe, buffer_bytes)
         r = await self.client.call("event.subscribe", pattern, timeout=timeout)
-        sub.remote_id = r.payload["subscription"]
+        sub.remote_id = r.field("event.subscribe", "subscription", "handle")
         self._subs.add(sub)
         return sub
 
@@ -126,8 +126,8 @@ class Subscriptions:
         for sub in list(self._subs):
             try:
                 r = await self.client.call("event.subscribe", sub.pattern)
-                sub.remote_id = r.payload["subscription"]
-            except (KpipError, KernelUnavailable, DeadlineExceeded):
+                sub.remote_id = r.field("event.subscribe", "subscription", "handle")
+            except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation):
                 pass  # tried again after the next reconnect
 
     def deliver(self, body: dict[str, Any], size: int = 0) -> None:
@@ -151,8 +151,8 @@ class Subscriptions:
     async def _again(self, sub: Subscription) -> None:
         try:
             r = await self.client.call("event.subscribe", sub.pattern)
-            sub.remote_id = r.payload["subscription"]
-        except (KpipError, KernelUnavailable, DeadlineExceeded):
+            sub.remote_id = r.field("event.subscribe", "subscription", "handle")
+        except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation):
             self._subs.discard(sub)
             sub.end()
 

@@ -8,6 +8,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from .client import Client, Result
+from .errors import KernelUnavailable
 from .identity import Identity
 
 T = TypeVar("T")
@@ -20,10 +21,18 @@ class SyncClient:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kpip-client", daemon=True)
         self._thread.start()
+        self._lock = threading.Lock()
+        self._stopped = False
         self.client: Client
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        with self._lock:
+            if self._stopped:
+                coro.close()
+                # As the asyncio client answers a call after close, not "Event loop is closed".
+                raise KernelUnavailable("client is closed")
+            fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result()
 
     @classmethod
     def connect(cls, socket: str, identity: Identity | str, tokens: Sequence[bytes | str] = (), **kw: Any) -> SyncClient:
@@ -45,12 +54,19 @@ class SyncClient:
         return self._run(self.client.wait_op(op, **kw))
 
     def close(self) -> None:
+        """Closes the client and its thread; closing again does nothing."""
+        if self._stopped:
+            return
         try:
             self._run(self.client.close())
         finally:
             self._stop()
 
     def _stop(self) -> None:
+        with self._lock:
+            if self._stopped:
+                return
+            self._stopped = True
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
         self._loop.close()

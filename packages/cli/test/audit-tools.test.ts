@@ -220,6 +220,33 @@ describe("audit views print what a peer chose, never raw control characters", ()
     const j = await kpip(["audit", "query", "--home", home, "--op", "storage.write", "--json"]);
     assert.ok(j.out.includes("evil\u202etxt\u009b31m\u0085forged"));
   });
+
+  it("show prints a persona's map with a $hex or $text key as the map it is: it cannot pass for bytes, hide its other keys, forge a line or reach the terminal", async () => {
+    const forged = "\n  persona      forged\n\u001b]0;owned\u0007\u202e";
+    await asAdmin(home, async (c) => {
+      const data = { a: { $hex: forged, hiddenA: 1 }, b: { $text: "harmless", hiddenB: "rm -rf /" }, c: [{ $hex: "00" }] };
+      await c.call("event.emit", "topic://audit-ctl/x", { data });
+    });
+    const q = await kpip(["audit", "query", "--home", home, "--op", "event.emit", "--json"]);
+    const seq = (JSON.parse(q.out.trim().split("\n")[0] as string) as { seq: number }).seq;
+    const s = await kpip(["audit", "show", String(seq), "--home", home]);
+    assert.equal(s.code, 0, s.err);
+    const unprintable = /[\u0000-\u0009\u000b-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
+    assert.ok(!unprintable.test(s.out), `raw control character in: ${JSON.stringify(s.out)}`);
+    assert.ok(!/^\s*persona\s+forged$/m.test(s.out), `a forged line:\n${s.out}`);
+    assert.ok(!/bytes hex/.test(s.out), `a persona's map shown as bytes:\n${s.out}`);
+    for (const k of ["hiddenA: 1", 'hiddenB: "rm -rf /"', '$text: "harmless"', '$hex: "\\n  persona', '$hex: "00"'])
+      assert.ok(s.out.includes(k), `${k} not shown:\n${s.out}`);
+    // --json tells the map from bytes too: a key starting with "$" is written with one more.
+    const j = JSON.parse((await kpip(["audit", "show", String(seq), "--home", home, "--json"])).out) as {
+      intent: { args: { data: Record<string, unknown> } };
+    };
+    assert.deepEqual(j.intent.args.data, {
+      a: { $$hex: forged, hiddenA: 1 },
+      b: { $$text: "harmless", hiddenB: "rm -rf /" },
+      c: [{ $$hex: "00" }],
+    });
+  });
 });
 
 describe("audit tools on a home", () => {
@@ -598,6 +625,66 @@ describe("audit tools on a home", () => {
           .map((l) => JSON.parse(l).id),
         [id(3), id(2)],
       );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("a tampered home's record whose detail nests 100,000 deep is shown, its detail as text, by every view: no stack overflow", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-deep-detail-"));
+    try {
+      copyFileSync(join(home, "kernel.db"), join(dir, "kernel.db"));
+      cpSync(join(home, "audit"), join(dir, "audit"), { recursive: true });
+      const store = new SqliteStore(join(dir, "kernel.db"));
+      store.useAuditSegments(join(dir, "audit"));
+      const deep = `${"[".repeat(100_000)}${"]".repeat(100_000)}`;
+      const id = "e".repeat(32);
+      const fields = ["requestId", "op", "target", "intentHash", "intent", "caps", "status", "errorClass", "message"];
+      const blank = Object.fromEntries(
+        [...fields, "durationUs", "traceparent", "execution", "domain", "measurements", "detail"].map((f) => [f, null]),
+      );
+      let seq = head;
+      for (const r of [
+        { op: "op.state", target: "op://deep", detail: deep },
+        { op: "token.derived", target: `token://${id}`, detail: `{"token":{"id":"${id}","sub":"admin","caveats":${deep}}}` },
+      ]) {
+        seq++;
+        const row = {
+          ...blank,
+          seq,
+          time: Date.now(),
+          kernel: "k-1",
+          session: "s-1",
+          persona: "admin",
+          phase: "kernel",
+          prevHash: Buffer.alloc(32),
+          ...r,
+        };
+        store.appendAudit([
+          {
+            seq,
+            hash: Buffer.alloc(32, 1),
+            record: recordBytes(row as unknown as Parameters<typeof recordBytes>[0]),
+          } as unknown as AuditRow,
+        ]);
+      }
+      store.close();
+      for (const args of [
+        ["show", String(head + 1)],
+        ["show", String(head + 1), "--json"],
+        ["timeline", "--json"],
+        ["query", "--json"],
+        ["tail", "-n", "2", "--json"],
+        ["tokens"],
+        ["tokens", "--format", "json"],
+      ]) {
+        const r = await kpip(["audit", ...args, "--home", dir]);
+        assert.equal(r.code, 0, `${args.join(" ")}: ${r.err}`);
+        assert.ok(!/call stack/.test(r.out + r.err), `${args.join(" ")}: ${r.err}`);
+        if (args.includes("--json") || args.includes("json")) for (const l of r.out.trim().split("\n")) JSON.parse(l);
+      }
+      const shown = JSON.parse((await kpip(["audit", "show", String(head + 1), "--json", "--home", dir])).out);
+      assert.ok(JSON.stringify(shown.record.detail).includes("[[["), "the detail shown as its text");
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }

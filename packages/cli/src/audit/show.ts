@@ -64,14 +64,26 @@ export function bytesView(b: Uint8Array): { $text: string } | { $hex: string } {
   return { $hex: Buffer.from(b).toString("hex") };
 }
 
-/** A CBOR value as JSON, byte strings as {$text} or {$hex}, big integers as {$int}. */
+/**
+ * A CBOR value as JSON, byte strings as {$text} or {$hex}, big integers as {$int}. A map key of
+ * the record's that starts with "$" gets one more ("$hex" is written "$$hex"): a persona's map
+ * `{"$hex": …}` must not pass for bytes, nor hide the map's other keys.
+ */
 export function valueJson(v: CborValue | undefined): unknown {
   if (v === undefined) return null;
   if (v instanceof Uint8Array) return bytesView(v);
   if (typeof v === "bigint") return { $int: v.toString() };
   if (Array.isArray(v)) return v.map(valueJson);
-  if (v !== null && typeof v === "object") return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, valueJson(x)]));
+  if (v !== null && typeof v === "object")
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k.startsWith("$") ? `$${k}` : k, valueJson(x)]));
   return v;
+}
+
+/** The one tag of a value valueJson made for bytes or a big integer, or undefined for a map of the record's. */
+function tagOf(v: object): "$text" | "$hex" | "$int" | undefined {
+  const keys = Object.keys(v);
+  const k = keys[0];
+  return keys.length === 1 && (k === "$text" || k === "$hex" || k === "$int") ? k : undefined;
 }
 
 /** The byte string at a dotted path in the intent (`args.data`), for --body. */
@@ -132,16 +144,19 @@ export function shownJson(s: Shown): Record<string, unknown> {
 /** A value for people: text as JSON strings, bytes as text or hex (long hex cut at 256 bytes: --raw has all). */
 function render(v: unknown, indent: string): string {
   if (v === null || v === undefined) return "null";
-  if (typeof v === "object" && v !== null && "$text" in v) return printable(JSON.stringify((v as { $text: string }).$text));
-  if (typeof v === "object" && v !== null && "$hex" in v) {
+  const tag = typeof v === "object" && !Array.isArray(v) ? tagOf(v) : undefined;
+  if (tag === "$text") return printable(JSON.stringify((v as { $text: string }).$text));
+  if (tag === "$hex") {
     const h = (v as { $hex: string }).$hex;
     return `<${h.length / 2} bytes hex ${h.length > 512 ? `${h.slice(0, 512)}… (--raw for all)` : h}>`;
   }
   if (Array.isArray(v)) return v.length ? v.map((x) => `\n${indent}- ${render(x, `${indent}  `)}`).join("") : "[]";
   if (typeof v === "object") {
     const keys = Object.keys(v);
+    // A key valueJson gave one more "$" is shown as the record has it.
+    const shown = (k: string) => printable(k.startsWith("$$") ? k.slice(1) : k);
     return keys.length
-      ? keys.map((k) => `\n${indent}${printable(k)}: ${render((v as Record<string, unknown>)[k], `${indent}  `)}`).join("")
+      ? keys.map((k) => `\n${indent}${shown(k)}: ${render((v as Record<string, unknown>)[k], `${indent}  `)}`).join("")
       : "{}";
   }
   return printable(JSON.stringify(v));

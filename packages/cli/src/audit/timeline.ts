@@ -147,13 +147,38 @@ export function requestFields(r: Pick<AuditRecord, RequestFields>): Pick<AuditRe
 }
 
 /** A record's detail column as JSON; text that is not JSON as {$text}. */
+/** Levels of nesting a detail may have to be shown as JSON: the kernel's have a few. */
+const MAX_DETAIL_DEPTH = 64;
+
+/** Whether a parsed JSON value nests no deeper than `max` (walked without recursion). */
+function shallow(v: unknown, max: number): boolean {
+  const stack: [unknown, number][] = [[v, 0]];
+  while (stack.length) {
+    const [x, depth] = stack.pop() as [unknown, number];
+    if (x === null || typeof x !== "object") continue;
+    if (depth >= max) return false;
+    for (const y of Object.values(x)) stack.push([y, depth + 1]);
+  }
+  return true;
+}
+
+/**
+ * A record's detail as JSON, or undefined when it is not JSON or nests deeper than the kernel's
+ * ever do (a tampered home's): writing that out again (JSON.stringify, every view) would overflow
+ * the stack.
+ */
+export function detailValue(d: string): unknown {
+  try {
+    const v: unknown = JSON.parse(d);
+    return shallow(v, MAX_DETAIL_DEPTH) ? v : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 export function parseDetail(d: string | null | undefined): unknown {
   if (d === null || d === undefined || d === "") return null;
-  try {
-    return JSON.parse(d);
-  } catch {
-    return { $text: d };
-  }
+  return detailValue(d) ?? { $text: d };
 }
 
 export const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());

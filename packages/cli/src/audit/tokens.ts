@@ -2,7 +2,7 @@ import { type AuditReader, type AuditRecord, boundedColumns } from "@kpip/kernel
 import { type CborValue, decodeIntent } from "@kpip/protocol";
 import { printable } from "./printable.js";
 import { valueJson } from "./show.js";
-import { iso } from "./timeline.js";
+import { detailValue, iso } from "./timeline.js";
 
 /** One token of the delegation tree, from the token table, the revocations and the records about it. */
 export interface TokenNode {
@@ -33,12 +33,8 @@ type Row = Record<string, unknown>;
 
 function parseDetail(r: AuditRecord): Record<string, unknown> | undefined {
   if (!r.detail) return undefined;
-  try {
-    const d = JSON.parse(r.detail);
-    return d && typeof d === "object" ? (d as Record<string, unknown>) : undefined;
-  } catch {
-    return undefined;
-  }
+  const d = detailValue(r.detail);
+  return d && typeof d === "object" ? (d as Record<string, unknown>) : undefined;
 }
 
 /**

@@ -1,0 +1,171 @@
+"""The client against a faulty or hostile kernel, and against misuse by its own caller."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import unittest
+from typing import Any
+
+import kpip
+import kpip.messages
+from kpip import cbor
+from kpip.tokens import root_signature
+
+from .fake_kernel import Conn, FakeKernel
+from .test_client import FAST, alice_tokens, until
+
+
+class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
+    ident = kpip.Identity.generate("alice")
+
+    async def connect(self, k: FakeKernel, **kw: object) -> kpip.Client:
+        return await kpip.Client.connect(k.path, self.ident, **{**FAST, **kw})  # type: ignore[arg-type]
+
+    async def test_a_request_the_kernel_ended_the_session_over_as_too_large_fails_and_is_never_resent(self) -> None:
+        # §12: the largest request in flight on a session the kernel ended with TOO_LARGE fails at its
+        # caller and is never resent; the others are resent on the next session.
+        sent: dict[int, list[int]] = {}
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            sent.setdefault(k.sessions, []).append(m.body["id"])
+            if k.sessions > 1:
+                c.answer(m, payload=k.sessions)
+            elif len(sent[1]) == 2:
+                c.send("ERROR", {"class": "PROTOCOL", "code": "TOO_LARGE", "message": "frame too large", "fatal": True})
+                c.writer.close()
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            big = asyncio.ensure_future(c.call("system.health", "kernel://", {"pad": b"x" * 3000}))
+            await until(lambda: len(k.requests) == 1, "the large request at the kernel")
+            small = asyncio.ensure_future(c.call("system.health", "kernel://"))
+            with self.assertRaises(kpip.FrameError) as cm:
+                await asyncio.wait_for(big, 10)
+            self.assertEqual(cm.exception.code, "TOO_LARGE")
+            self.assertEqual((await asyncio.wait_for(small, 10)).payload, 2)
+            self.assertEqual(sent, {1: [1, 2], 2: [2]}, "the large request was never sent again")
+            self.assertEqual(c.in_flight, 0)
+            await c.close()
+
+    async def test_a_request_refused_before_sending_leaves_nothing_behind_and_the_next_session_opens(self) -> None:
+        # Input refused when the REQUEST is encoded (a traceparent with a newline, a negative handle)
+        # raised to the caller but stayed in the call table: counted in flight, waited for by close,
+        # and resent at each reconnect, where it raised again and broke the reconnect.
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            if k.sessions == 1:
+                c.writer.close()
+            else:
+                c.answer(m, payload=k.sessions)
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.MessageError):
+                await c.call("system.health", "kernel://", traceparent="00-a\nstatus SUCCESS")
+            with self.assertRaises(kpip.MessageError):
+                await c.call("system.health", "kernel://", caps=[-1])
+            self.assertEqual(c.in_flight, 0)
+            self.assertEqual(k.requests, [], "nothing was sent")
+            self.assertEqual((await c.call("system.health", "kernel://", timeout=10)).payload, 2)
+            self.assertEqual(k.sessions, 2)
+            await c.close()
+
+    async def test_answers_whose_payload_the_client_acts_on_are_checked_before_it_does(self) -> None:
+        # token.bind's handle goes into the caps of every later call, event.subscribe's id picks the
+        # events a subscription takes, token.refresh's token is decoded: a handle of the wrong type
+        # made every later call fail to encode, a payload without the field raised a bare KeyError
+        # (in the refresher's task: lost, the token left to expire unsaid), and an integer for the
+        # token had the client allocate that many bytes (bytes(n)).
+        answers: dict[str, Any] = {
+            "token.bind": {"handle": "h1"},
+            "event.subscribe": {"subscription": -3},
+            "token.refresh": {"token": 1 << 40},
+        }
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            op = cbor.decode(m.body["intent"])["op"]  # type: ignore[index]
+            if op in answers:
+                c.answer(m, payload=answers[op])
+            else:
+                c.answer(m, payload={"caps": m.body["caps"]})
+
+        now = int(time.time() * 1000)
+        root = os.urandom(32)
+        claims = cbor.encode(
+            {
+                "id": "ab" * 16,
+                "kid": "k",
+                "sub": "alice",
+                "rights": [{"ops": ["system.health"], "targets": ["kernel://"]}],
+                "limits": {},
+                "nbf": now - 1000,
+                "exp": now + 100,  # due for refresh at once
+                "maxExp": now + 3_600_000,
+                "chain": [],
+            }
+        )
+        expiring = cbor.encode([1, claims, [], root_signature(root, claims)])
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k, tokens=[expiring])
+            await until(lambda: c.refresh_error is not None, "the refresh to fail")
+            self.assertIsInstance(c.refresh_error, kpip.TokenRefreshFailed)
+            self.assertIn("token.refresh", str(c.refresh_error))
+            c.refresh_error = None
+            with self.assertRaises(kpip.ProtocolViolation):
+                await c.bind(alice_tokens()(2))
+            with self.assertRaises(kpip.ProtocolViolation):
+                await c.subscribe("topic://x/**")
+            self.assertEqual(c.handles, [1], "no handle taken from a malformed answer")
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, {"caps": [1]})
+            await c.close()
+
+    async def test_a_kernel_that_pings_and_never_reads_does_not_grow_the_clients_unsent_bytes(self) -> None:
+        # Each PING was answered with a PONG queued behind what the kernel had not read: a kernel
+        # sending PINGs and reading nothing grew the client's memory as fast as it sent them (the
+        # kernel drops a persona that does this, SLOW_CONSUMER). No PONG is queued behind a backlog.
+        ping = kpip.messages.encode_message("PING", {"seq": 1})
+        flood = ping * ((1 << 20) // len(ping))
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.writer.write(flood)  # then the answer: the client has taken every PING once it has it
+            c.answer(m, payload=1)
+            await c.writer.drain()
+            await asyncio.Event().wait()  # and never reads again
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            self.assertEqual((await c.call("system.health", "kernel://")).payload, 1)
+            assert c._link is not None
+            unsent = c._link.writer.transport.get_write_buffer_size()
+            self.assertLess(unsent, 256 << 10, f"{unsent} bytes of PONGs queued")
+            await c.close(drain=0)
+
+
+class MisusedByItsCaller(unittest.IsolatedAsyncioTestCase):
+    async def test_closing_twice_or_calling_after_close_is_kernel_unavailable_with_one_goodbye(self) -> None:
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+
+        ident = kpip.Identity.generate("alice")
+        async with FakeKernel(handler) as k:
+            c = await kpip.Client.connect(k.path, ident, **FAST)  # type: ignore[arg-type]
+            await asyncio.gather(c.close(), c.close())
+            await c.close()
+            self.assertEqual(c.state, "closed")
+            goodbyes = [f for conn in k.conns for f in conn.frames if f.type == "GOODBYE"]
+            self.assertEqual(len(goodbyes), 1, "two closes at once say GOODBYE once")
+            with self.assertRaises(kpip.KernelUnavailable):
+                await c.call("system.health", "kernel://")
+            # The synchronous wrapper (its own loop on a thread) raised RuntimeError("Event loop is
+            # closed") on a second close (so `with` after close() raised on exit) and on a call after it.
+            s = await asyncio.to_thread(kpip.SyncClient.connect, k.path, ident)
+            self.assertEqual((await asyncio.to_thread(s.call, "system.health", "kernel://")).payload, 1)
+            await asyncio.to_thread(s.close)
+            await asyncio.to_thread(s.close)
+            with self.assertRaises(kpip.KernelUnavailable):
+                await asyncio.to_thread(s.call, "system.health", "kernel://")
+
+
+if __name__ == "__main__":
+    unittest.main()
