@@ -16,13 +16,14 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
-import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, stillOwnGroup } from "./process-identity.js";
@@ -97,7 +98,7 @@ export class AgentManager {
   private ending = 0;
 
   constructor(
-    private readonly store: AgentStore & PersonaStore,
+    private readonly store: AgentStore & PersonaStore & LedgerStore & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -147,16 +148,24 @@ export class AgentManager {
         this.forget(p.id, "an agent's key left by the previous kernel, which ended before the agent was recorded");
   }
 
-  /** Removes an agent's persona key from the registry, on the record. */
+  /**
+   * Removes an agent's persona key from the registry, on the record, with the allocations it (or
+   * an agent it spawned) held: their ids were answered to the agent alone, so kept they would
+   * hold the spawner's tree at its limits for good, and the next agent of that name would
+   * inherit them.
+   */
   private forget(persona: string, why: string): void {
     if (!this.store.getPersona(persona)) return;
-    this.store.removePersona(persona);
+    const freed = this.store.transaction(() => {
+      this.store.removePersona(persona);
+      return releaseAllocationsWithin(this.store, persona);
+    });
     this.opts.record({
       op: "persona.removed",
       target: `persona://${persona}`,
       persona,
       message: why,
-      detail: { persona, reason: why },
+      detail: { persona, reason: why, ...(freed ? { allocationsFreed: freed } : {}) },
     });
     this.opts.onForgotten?.(persona);
   }
