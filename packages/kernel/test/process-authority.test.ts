@@ -2,8 +2,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { generateIdentity } from "@kpip/protocol";
-import { sandboxSkip, startKernel, until } from "./harness.js";
+import type { KernelClient } from "@kpip/client";
+import { decodeToken, generateIdentity } from "@kpip/protocol";
+import { RootKeys } from "../src/index.js";
+import { klass, sandboxSkip, startKernel, until } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -11,9 +13,90 @@ const outcome = (p: Promise<unknown>) =>
     (e: { errorClass?: string }) => e.errorClass ?? String(e),
   );
 
+const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const TREE_AGENT = fileURLToPath(new URL("../../test/fixtures/tree-agent.mjs", import.meta.url));
 
 describe("agents and commands: authority bounded by their creator's", () => {
+  it("a key retired ends what runs under the tokens it signed: their agents killed, their commands and tasks cancelled CAPABILITY, on the record; others run on", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const rights = [
+        { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
+        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+        { ops: ["compute.submit", "op.*"], targets: ["op://**"] },
+      ];
+      const kit = await t.persona("kit", rights);
+      const oldKid = decodeToken(kit.token).claims.kid;
+      const c = await t.connect(kit.identity, [kit.token]);
+      await c.storage.write("obj://ws1/x", "1");
+      const submit = async (cl: KernelClient, target: string, args: unknown) =>
+        ((await cl.call("compute.submit", target, { args } as never)).payload as { id: string }).id;
+      // Under the old key: an agent (its own token signed with the key current then), a command, tasks.
+      await c.call("agent.spawn", "agent://sleep/k1", { args: ["300"], rights: [], lifetimeMs: 600_000 });
+      const command = await submit(c, "op://command/sleep", ["300"]);
+      const running = await submit(c, "op://task/hang", null);
+      const queued = await submit(c, "op://task/hang", null);
+      RootKeys.rotate(t.home);
+      // Another persona, minted once the kernel signs with the new key: untouched by the retirement.
+      const admin = await t.admin();
+      const kat = await until(
+        async () => {
+          const p = await t.persona(`kat${Date.now()}`, rights.slice(2));
+          return decodeToken(p.token).claims.kid !== oldKid ? p : undefined;
+        },
+        10_000,
+        "a persona under the new key",
+      );
+      await admin.close();
+      const k2 = await t.connect(kat.identity, [kat.token]);
+      const other = await submit(k2, "op://command/sleep", ["300"]);
+      const op = (id: string) => t.k.inspect.getOp(id);
+      await until(() => op(command)?.state === "running" && op(other)?.state === "running", 30_000, "commands running");
+
+      RootKeys.retire(t.home, oldKid);
+      await until(async () => (await outcome(c.storage.read("obj://ws1/x"))) === "CAPABILITY", 10_000, "the old key retired");
+      const agent = await until(
+        () => {
+          const a = t.k.inspect.getAgent("kit/sleep/k1");
+          return a?.state === "killed" ? a : undefined;
+        },
+        30_000,
+        "kit's agent killed",
+      );
+      assert.equal(agent.persona, "kit/agent.k1");
+      const exited = await until(
+        () =>
+          t.k.inspect
+            .queryAudit({ op: "agent.exited", limit: 100 })
+            .find((r) => (JSON.parse(r.detail ?? "{}") as { agent?: string }).agent === "kit/sleep/k1"),
+        30_000,
+        "its exit recorded",
+      );
+      assert.equal((JSON.parse(exited.detail ?? "{}") as { killedBy?: string }).killedBy, "key retired");
+      for (const id of [command, running, queued]) {
+        const s = await until(
+          () => {
+            const o = op(id);
+            return o && o.state !== "queued" && o.state !== "running" ? o : undefined;
+          },
+          30_000,
+          `op ${id} ended`,
+        );
+        assert.equal(s.state, "cancelled", id);
+        assert.equal(s.errorClass, "CAPABILITY", id);
+        assert.match(s.message ?? "", /retired/, id);
+      }
+      assert.equal(op(other)?.state, "running");
+      await assert.rejects(c.call("op.status", `op://${command}`), klass("CAPABILITY"));
+    } finally {
+      await t.stop();
+    }
+  });
+
   it("allocations end with the persona that held them: an agent's at its end, a removed sub-persona's at its removal; its tree gets them back and no later persona of that id inherits them", {
     skip: sandboxSkip,
   }, async () => {

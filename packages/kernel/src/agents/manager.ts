@@ -78,9 +78,9 @@ interface Live {
   persona: string;
   out: { stdout: OutputCapture; stderr: OutputCapture };
   timer: NodeJS.Timeout;
-  /** The agent's own token (its id and chain): a revocation covering it kills the agent. */
-  token: { id: string; chain: string[] };
-  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked";
+  /** The agent's own token (its id, chain and key): a revocation covering it, or its key's retirement, kills the agent. */
+  token: { id: string; chain: string[]; kid: string };
+  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
 }
 
 /**
@@ -288,7 +288,7 @@ export class AgentManager {
       persona,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
-      token: { id: token.claims.id, chain: token.claims.chain },
+      token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
     };
     live.timer.unref();
     this.live.set(id, live);
@@ -415,6 +415,22 @@ export class AgentManager {
     for (const [id, live] of this.live) {
       if (!live.killedBy && isRevoked(live.token)) {
         this.killLive(id, "token revoked");
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Kills every running agent whose own token was signed with a key `retired` says was retired
+   * since: its token no longer verifies, so the agent ends as a revoked one does (`agent.exited`
+   * killedBy "key retired", its token then revoked by its end). Returns how many.
+   */
+  killRetired(retired: (t: { kid: string }) => boolean): number {
+    let n = 0;
+    for (const [id, live] of this.live) {
+      if (!live.killedBy && retired(live.token)) {
+        this.killLive(id, "key retired");
         n++;
       }
     }
