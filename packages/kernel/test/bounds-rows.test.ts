@@ -232,7 +232,7 @@ describe("bounded after authentication: the persona registry", () => {
 });
 
 describe("bounded after authentication: resource allocations", () => {
-  it("a tree's owner frees the allocations of a persona under it that is gone (its slots and usage come back); another tree cannot", async () => {
+  it("a tree's owner frees the allocations of a persona under it, and one that is gone has them freed with it (its slots and usage come back); another tree cannot", async () => {
     const t = await startKernel({ maxAllocationsPerPersona: 2 });
     try {
       const rights = (id: string) => [{ ops: ["resource.*"], targets: [`persona://${id}`] }];
@@ -244,16 +244,19 @@ describe("bounded after authentication: resource allocations", () => {
       const sub = await connect("lock/s1");
       const held = [await sub.resources.alloc("lock/s1", "r", 2), await sub.resources.alloc("lock/s1", "r", 3)];
       await sub.close();
-      const admin = await t.admin();
-      await admin.personas.remove("lock/s1");
-      // The tree is at its bound with the slots of a persona that no longer exists.
+      // The tree is at its bound with the slots of a persona under it.
       const full = await top.resources.alloc("lock", "r", 1).catch((e) => e);
       assert.ok(full instanceof KpipError && full.errorClass === "RESOURCE", String(full));
       const other = await connect("other");
       const foreign = await other.resources.free("other", held[0]?.allocation as string).catch((e) => e);
       assert.ok(foreign instanceof KpipError && foreign.errorClass === "SEMANTIC", String(foreign));
-      for (const a of held) await top.resources.free("lock", a.allocation);
-      assert.deepEqual((await top.resources.query("persona://lock")).usage, {}, "uncharged where it was charged");
+      await top.resources.free("lock", held[0]?.allocation as string);
+      assert.deepEqual((await top.resources.query("persona://lock")).usage, { r: 3 }, "uncharged where it was charged");
+      // Removed, the sub-persona's last allocation goes with it (case 455): no id needed.
+      const admin = await t.admin();
+      await admin.personas.remove("lock/s1");
+      assert.deepEqual((await top.resources.query("persona://lock")).usage, {});
+      await top.resources.alloc("lock", "r", 1);
       await top.resources.alloc("lock", "r", 1);
     } finally {
       await t.stop();

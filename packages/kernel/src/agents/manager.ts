@@ -16,13 +16,14 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
+import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
-import type { AgentRecord, AgentStore, AgentSummary, PersonaStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, stillOwnGroup } from "./process-identity.js";
@@ -77,9 +78,9 @@ interface Live {
   persona: string;
   out: { stdout: OutputCapture; stderr: OutputCapture };
   timer: NodeJS.Timeout;
-  /** The agent's own token (its id and chain): a revocation covering it kills the agent. */
-  token: { id: string; chain: string[] };
-  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked";
+  /** The agent's own token (its id, chain and key): a revocation covering it, or its key's retirement, kills the agent. */
+  token: { id: string; chain: string[]; kid: string };
+  killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
 }
 
 /**
@@ -97,7 +98,7 @@ export class AgentManager {
   private ending = 0;
 
   constructor(
-    private readonly store: AgentStore & PersonaStore,
+    private readonly store: AgentStore & PersonaStore & LedgerStore & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -147,16 +148,24 @@ export class AgentManager {
         this.forget(p.id, "an agent's key left by the previous kernel, which ended before the agent was recorded");
   }
 
-  /** Removes an agent's persona key from the registry, on the record. */
+  /**
+   * Removes an agent's persona key from the registry, on the record, with the allocations it (or
+   * an agent it spawned) held: their ids were answered to the agent alone, so kept they would
+   * hold the spawner's tree at its limits for good, and the next agent of that name would
+   * inherit them.
+   */
   private forget(persona: string, why: string): void {
     if (!this.store.getPersona(persona)) return;
-    this.store.removePersona(persona);
+    const freed = this.store.transaction(() => {
+      this.store.removePersona(persona);
+      return releaseAllocationsWithin(this.store, persona);
+    });
     this.opts.record({
       op: "persona.removed",
       target: `persona://${persona}`,
       persona,
       message: why,
-      detail: { persona, reason: why },
+      detail: { persona, reason: why, ...(freed ? { allocationsFreed: freed } : {}) },
     });
     this.opts.onForgotten?.(persona);
   }
@@ -279,7 +288,7 @@ export class AgentManager {
       persona,
       out,
       timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
-      token: { id: token.claims.id, chain: token.claims.chain },
+      token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
     };
     live.timer.unref();
     this.live.set(id, live);
@@ -406,6 +415,22 @@ export class AgentManager {
     for (const [id, live] of this.live) {
       if (!live.killedBy && isRevoked(live.token)) {
         this.killLive(id, "token revoked");
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
+   * Kills every running agent whose own token was signed with a key `retired` says was retired
+   * since: its token no longer verifies, so the agent ends as a revoked one does (`agent.exited`
+   * killedBy "key retired", its token then revoked by its end). Returns how many.
+   */
+  killRetired(retired: (t: { kid: string }) => boolean): number {
+    let n = 0;
+    for (const [id, live] of this.live) {
+      if (!live.killedBy && retired(live.token)) {
+        this.killLive(id, "key retired");
         n++;
       }
     }

@@ -149,6 +149,21 @@ export class CapEnforcer implements Authorizer {
     return `the capability ${g.id} that authorized this ${what} ${how}`;
   }
 
+  /**
+   * Whether `g` was verified from a token signed with a key since retired (a grant the enforcer
+   * never verified is not known here: false): what runs under it — a command, a task — ends too,
+   * as for a revocation (the housekeeping asks).
+   */
+  keyRetired(g: Grant): boolean {
+    const kid = this.kids.get(g);
+    return kid !== undefined && this.kidRetired(kid);
+  }
+
+  /** Whether the key file marks `kid` retired (an agent's own token's key, say). */
+  kidRetired(kid: string): boolean {
+    return this.keys.retired(kid, this.clock());
+  }
+
   private revokedOrExpired(g: Grant, now: number): "REVOKED" | "EXPIRED" | "UNKNOWN_KEY" | undefined {
     if (this.revoked.covers(g)) return "REVOKED";
     if (now >= g.exp) return "EXPIRED";

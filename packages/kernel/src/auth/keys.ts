@@ -201,6 +201,16 @@ export class RootKeys {
     return k !== undefined && k.retired === undefined;
   }
 
+  /**
+   * Whether the key file, whole, marks `kid` retired: what runs under a token it signed is ended
+   * then. A damaged file (case 430) refuses every token for as long as it is damaged, but ends
+   * nothing: it may be mended.
+   */
+  retired(kid: string, now?: number): boolean {
+    this.refresh(false, now);
+    return !this.broken && this.file.keys[kid]?.retired !== undefined;
+  }
+
   /** The key for `kid`, or undefined if unknown or retired. */
   get(kid: string): Buffer | undefined {
     this.refresh();

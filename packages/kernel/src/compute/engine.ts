@@ -71,7 +71,7 @@ export interface CommandGrant {
  * Why the kernel stops an op before it ends: op.cancel, its deadline, a revocation covering its
  * authorizing grant, or the removal of the persona that submitted it.
  */
-type StopReason = "cancelled" | "deadline" | "revoked" | "removed";
+type StopReason = "cancelled" | "deadline" | "revoked" | "retired" | "removed";
 
 interface Running {
   id: string;
@@ -259,6 +259,30 @@ export class ComputeEngine {
   }
 
   /**
+   * Like {@link cancelRevoked}, for a grant whose token's key was retired (`kpip token
+   * retire-key`): the key no longer verifies it, so what it started ends too — queued ops
+   * cancelled, running ones stopped — CANCELLED with class CAPABILITY. Returns how many.
+   */
+  cancelRetired(retired: (g: Grant) => boolean): number {
+    let n = 0;
+    for (let i = 0; i < this.queue.length; ) {
+      const job = this.queue[i] as Job;
+      if (job.grant && retired(job.grant)) {
+        this.queue.splice(i, 1);
+        this.finish(job.op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
+        n++;
+      } else i++;
+    }
+    for (const r of [...this.running.values()]) {
+      if (r.grant && retired(r.grant)) {
+        r.cancel("retired");
+        n++;
+      }
+    }
+    return n;
+  }
+
+  /**
    * The expulsion's part here (kernel/expulsion.ts): every op queued or running that a persona
    * `gone` says is no longer registered submitted ends — a queued one CANCELLED, a running task
    * stopped and FAILED, class PERMISSION — whatever token authorized it (a parent's token a
@@ -392,6 +416,7 @@ export class ComputeEngine {
       };
       if (ended === "cancelled") this.finish(op, "cancelled", result, "SEMANTIC", "cancelled by the persona");
       else if (ended === "revoked") this.finish(op, "cancelled", result, "CAPABILITY", revokedMessage(job.grant));
+      else if (ended === "retired") this.finish(op, "cancelled", result, "CAPABILITY", retiredMessage(job.grant));
       else if (ended === "deadline" && job.expiresWithGrant)
         this.finish(op, "failed", result, "CAPABILITY", expiredMessage(job.grant, "the command was killed"));
       else if (ended === "deadline") this.finish(op, "failed", result, "RESOURCE", "deadline exceeded: the command was killed");
@@ -457,6 +482,7 @@ export class ComputeEngine {
       replace();
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
+      else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
       else if (why === "removed")
         this.finish(op, "failed", null, "PERMISSION", "killed: the persona that started it was removed");
       else if (job.expiresWithGrant)
@@ -543,6 +569,11 @@ export class ComputeEngine {
 /** An op's outcome when a revocation covering its authorizing grant cancelled it. */
 function revokedMessage(g: Grant | undefined): string {
   return `cancelled: the token that authorized it (${g ? tokenRef(g) : "?"}) was revoked`;
+}
+
+/** An op's outcome when the key its authorizing grant's token was signed with was retired. */
+function retiredMessage(g: Grant | undefined): string {
+  return `cancelled: the token that authorized it (${g ? tokenRef(g) : "?"}) was signed with a root key since retired`;
 }
 
 /** An op's outcome when it reached its deadline, its authorizing grant's expiry. */

@@ -39,6 +39,10 @@ export function startHousekeeping(
     s.sessions.tick(now);
     // Subscriptions and watches whose capability expired end now (a slice a turn), not only at their next event.
     events.sweepLapsed();
+    // What runs under a token whose root key was retired since ends, as for a revocation (a
+    // retirement is made in the key file, without the kernel: it is seen here, at most a tick late).
+    s.compute.cancelRetired((g) => s.enforcer.keyRetired(g));
+    s.agents.killRetired((k) => s.enforcer.kidRetired(k.kid));
     s.host.peerLog.sweep(now);
     s.dedupe.sweep(now);
     s.applyOfflineChanges();

@@ -1,7 +1,8 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
+import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
-import type { PersonaStore, TokenStore } from "../store/types.js";
+import type { LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -40,20 +41,21 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
  * Removes `id` and every sub-persona under it (keys its holder may have registered), and
  * revokes every token minted for any id of that tree or by one of them — a sub-persona mints
  * from its parent's token too, for personas outside its own tree — so nothing the tree made
- * outlives it, and a later registration under one of these ids inherits nothing. One shared
- * path for the kernel op and the CLI's offline change.
+ * outlives it, and a later registration under one of these ids inherits nothing — nor do the
+ * allocations they held, which are freed (their ids were told to them alone). One shared path
+ * for the kernel op and the CLI's offline change.
  */
 export function removePersonaTree(
-  store: PersonaStore & TokenStore,
+  store: PersonaStore & TokenStore & LedgerStore,
   id: string,
   revoke: (tokenIds: string[]) => void,
-): { removed: string[]; tokensRevoked: number } {
+): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
   const removed = personasUnder(store, id).map((p) => p.id);
   for (const p of removed) store.removePersona(p);
   const tokens = store.unrevokedTokensOfTree(id);
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
-  return { removed, tokensRevoked: tokens.length };
+  return { removed, tokensRevoked: tokens.length, allocationsFreed: releaseAllocationsWithin(store, id) };
 }
 
 function personaTarget(ctx: OpContext): string {
@@ -74,7 +76,7 @@ const personaRecord = (p: { id: string; publicKey: Uint8Array; createdAt: number
  * over the op and `persona://<id>` (the admin's token covers all; a grant over
  * `persona://alice/**` lets alice manage her sub-personas).
  */
-export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFamilyHost): PrimitiveFamily {
+export function personaFamily(store: PersonaStore & TokenStore & LedgerStore, host: PersonaFamilyHost): PrimitiveFamily {
   return {
     name: "persona",
     ops: [
@@ -145,7 +147,7 @@ export function personaFamily(store: PersonaStore & TokenStore, host: PersonaFam
             const sessionsEnded = host.registryChanged();
             return {
               status: "SUCCESS",
-              audit: { removed: r.removed, ended },
+              audit: { removed: r.removed, ended, ...(r.allocationsFreed ? { allocationsFreed: r.allocationsFreed } : {}) },
               payload: {
                 removed: id,
                 alsoRemoved: r.removed.filter((p) => p !== id),

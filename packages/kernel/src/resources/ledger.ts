@@ -121,9 +121,9 @@ export class ResourceLedger {
   }
 
   /**
-   * Frees an allocation of `persona`'s or of a persona under it (an agent that ended, a
-   * sub-persona removed: their allocations count in the tree's bound until freed, so the tree's
-   * owner must be able to free them). Anyone else's is reported as absent.
+   * Frees an allocation of `persona`'s or of a persona under it (a sub-persona's or an agent's,
+   * while they exist: one that leaves the registry has its allocations freed with it,
+   * {@link releaseAllocationsWithin}). Anyone else's is reported as absent.
    */
   free(persona: string, id: string): Allocation {
     const a = this.store.getAllocation(id);
@@ -207,6 +207,22 @@ export class ResourceLedger {
     }
     this.enter(persona);
   }
+}
+
+/**
+ * Frees every allocation held by `root` or a persona under it, uncharged where each was charged;
+ * call inside the transaction that takes those personas out of the registry. A persona that
+ * leaves (an agent that ended, a sub-persona removed) held allocation ids no one else was told:
+ * kept, they counted against its tree's limits and its maxAllocationsPerPersona for good, and a
+ * later persona under the same id (the next agent of that name) inherited them. Returns how many.
+ */
+export function releaseAllocationsWithin(store: LedgerStore, root: string): number {
+  const held = store.allocationsWithin(root);
+  for (const a of held) {
+    store.removeAllocation(a.id);
+    for (const scope of personaLineage(a.persona)) store.adjustUsage(personaScope(scope), a.resource, -a.amount);
+  }
+  return held.length;
 }
 
 /** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */

@@ -365,6 +365,8 @@ export interface LedgerStore {
   removeAllocation(id: string): boolean;
   /** Allocations held by `root` and the personas under it (an id range, not a scan). */
   countAllocationsWithin(root: string): number;
+  /** Those allocations themselves (at most maxAllocationsPerPersona for a tree other than the admin's). */
+  allocationsWithin(root: string): Allocation[];
 }
 
 export interface Allocation {

@@ -55,6 +55,15 @@ export function LedgerRows<B extends StoreBase>(Base: B): WithRows<B, LedgerStor
     removeAllocation(id: string): boolean {
       return this.prep("DELETE FROM allocations WHERE id = ?").run(id).changes > 0;
     }
+    allocationsWithin(root: string): Allocation[] {
+      return (this.prep(`SELECT * FROM allocations WHERE ${inTreeSql("persona")}`).all(...treeArgs(root)) as Row[]).map((r) => ({
+        id: r.id as string,
+        persona: r.persona as string,
+        resource: r.resource as string,
+        amount: r.amount as number,
+        createdAt: r.created_at as number,
+      }));
+    }
     countAllocationsWithin(root: string): number {
       return (this.prep(`SELECT count(*) AS n FROM allocations WHERE ${inTreeSql("persona")}`).get(...treeArgs(root)) as Row)
         .n as number;
