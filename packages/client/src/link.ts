@@ -33,6 +33,9 @@ function warnNoShm(reason: string | undefined): void {
   process.emitWarning(`shared memory unavailable, large bodies go inline: ${reason ?? "unknown reason"}`, "KpipWarning");
 }
 
+/** PINGs are answered while less than this waits unsent to the kernel (as the Python client's PONG_BACKLOG). */
+export const PONG_BACKLOG = 64 * 1024;
+
 /** What a link needs to introduce itself: who we are and what we hold. */
 export interface LinkSetup {
   identity: Identity;
@@ -281,7 +284,12 @@ export class Link {
           return;
         }
         if (m.type === "EVENT") return this.events.event(m.body as KEvent, body.length);
-        if (m.type === "PING") return this.send({ type: "PONG", body: { seq: m.body.seq } });
+        // A kernel that PINGs and never reads would queue PONGs here without end: past
+        // PONG_BACKLOG unsent, a PING goes unanswered (the kernel is not reading it anyway).
+        if (m.type === "PING") {
+          if ((this.channel.unsent?.() ?? 0) < PONG_BACKLOG) this.send({ type: "PONG", body: { seq: m.body.seq } });
+          return;
+        }
         return;
       case "GOODBYE":
         // The kernel is leaving (§8.6): nothing new goes out on this session (calls wait for the

@@ -1,4 +1,5 @@
 import { eventSubscribe, eventUnsubscribe, type KEvent, storageUnwatch, storageWatch } from "@kpip/protocol";
+import { kernelNumber } from "./answer-fields.js";
 import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
 import { DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
@@ -17,11 +18,13 @@ interface SubscribeOps {
 }
 
 const EVENTS: SubscribeOps = {
-  subscribe: async (op, pattern, opts) => (await op(eventSubscribe, pattern, {}, opts)).payload.subscription,
+  subscribe: async (op, pattern, opts) =>
+    kernelNumber((await op(eventSubscribe, pattern, {}, opts)).payload?.subscription, "event.subscribe's subscription"),
   unsubscribe: (op, pattern, id) => op(eventUnsubscribe, pattern, { subscription: id }),
 };
 const WATCHES: SubscribeOps = {
-  subscribe: async (op, pattern, opts) => (await op(storageWatch, pattern, {}, opts)).payload.subscription,
+  subscribe: async (op, pattern, opts) =>
+    kernelNumber((await op(storageWatch, pattern, {}, opts)).payload?.subscription, "storage.watch's subscription"),
   unsubscribe: (op, pattern, id) => op(storageUnwatch, pattern, { subscription: id }),
 };
 

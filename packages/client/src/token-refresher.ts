@@ -1,4 +1,5 @@
 import { decodeToken, effectiveGrant, type Token, tokenBind, tokenRefresh } from "@kpip/protocol";
+import { kernelBytes, kernelNumber } from "./answer-fields.js";
 import { TokenRefreshError } from "./errors.js";
 import { opCall } from "./op-call.js";
 import type { CallFn } from "./options.js";
@@ -96,12 +97,12 @@ export class TokenRefresher {
     try {
       const op = opCall(this.call);
       const r = await op(tokenRefresh, `token://${h.token.claims.id}`, { token: h.bytes }, { caps: [h.bytes] });
-      const fresh = r.payload.token;
+      const fresh = kernelBytes(r.payload?.token, "token.refresh's token");
       const token = decodeToken(fresh);
       const b = await op(tokenBind, `token://${token.claims.id}`, { token: fresh }, { caps: [fresh] });
       h.bytes = fresh;
       h.token = token;
-      h.handle = b.payload.handle;
+      h.handle = kernelNumber(b.payload?.handle, "token.bind's handle");
       this.handleList = undefined;
       this.events.refreshed({ id: token.claims.id, exp: effectiveGrant(token).exp });
       this.schedule(h);

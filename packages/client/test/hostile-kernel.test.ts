@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import {
+  type CborValue,
+  decodeCanonical,
   decodeMessage,
   encodeMessage,
   encodeToken,
@@ -14,7 +16,7 @@ import {
   type Message,
   mintToken,
 } from "@kpip/protocol";
-import { KernelClient, ProtocolViolationError } from "../src/index.js";
+import { KernelClient, ProtocolViolationError, TokenRefreshError } from "../src/index.js";
 import { until } from "./harness.js";
 
 /** Alice's n-th token, minted under a root no kernel knows (a hostile kernel never checks it). */
@@ -275,6 +277,167 @@ describe("a kernel that names its shared-memory segments", () => {
       rmSync(dir, { recursive: true, force: true });
       rmSync(outside, { recursive: true, force: true });
       rmSync(join("/dev/shm", stepping), { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a kernel that PINGs and never reads", () => {
+  it("does not grow the client's unsent bytes: past PONG_BACKLOG queued, a PING goes unanswered (as in the Python client)", async () => {
+    const PINGS = 100_000;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
+    const path = join(dir, "k.sock");
+    let pongs = 0;
+    let pongsBeforeSecond = -1;
+    let requests = 0;
+    const server = net.createServer((s) => {
+      const d = new FrameDecoder();
+      s.on("error", () => {});
+      s.on("data", (chunk) => {
+        for (const f of d.push(chunk)) {
+          const m = decodeMessage(f);
+          if (m.type === "HELLO") {
+            const body = {
+              version: 1,
+              session: "s1",
+              nonce: Buffer.alloc(32),
+              kernel: "hostile",
+              heartbeatMs: 60_000,
+              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+              features: [],
+            };
+            s.write(encodeMessage({ type: "CHALLENGE", body }));
+          } else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+          else if (m.type === "PONG") pongs++;
+          else if (m.type === "REQUEST" && ++requests === 1) {
+            // From now on nothing is read; a flood of PINGs, then the answer: once the client has
+            // it, it has handled every PING before it.
+            s.pause();
+            const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
+            s.write(Buffer.concat(Array.from({ length: PINGS }, () => ping)));
+            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS" } }, f.stream));
+            (server as net.Server & { resume?: () => void }).resume = () => s.resume();
+          } else if (m.type === "REQUEST") {
+            pongsBeforeSecond = pongs;
+            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS" } }, f.stream));
+          }
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    const c = await KernelClient.connect({ socket: path, identity: generateIdentity("alice"), reconnect: false });
+    try {
+      await c.call("first.call", "kernel://");
+      (server as net.Server & { resume?: () => void }).resume?.();
+      await c.call("second.call", "kernel://");
+      // What the client queued is what reached the kernel once it read: the socket's buffers and
+      // PONG_BACKLOG, not a PONG for each of the 100,000 PINGs (~2.6 MB).
+      assert.ok(pongsBeforeSecond > 0, "PINGs were answered while the client's queue was short");
+      assert.ok(pongsBeforeSecond < PINGS / 4, `${pongsBeforeSecond} PONGs were queued for ${PINGS} PINGs`);
+    } finally {
+      await c.close().catch(() => {});
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a kernel whose answers the client keeps are not what the op answers", () => {
+  /** A kernel answering each op with `answers[op]`'s payload (SUCCESS), after the usual handshake. */
+  async function answering(answers: Record<string, Record<string, unknown>>) {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
+    const path = join(dir, "k.sock");
+    const server = net.createServer((s) => {
+      const d = new FrameDecoder();
+      s.on("error", () => {});
+      s.on("data", (chunk) => {
+        for (const f of d.push(chunk)) {
+          const m = decodeMessage(f);
+          if (m.type === "HELLO") {
+            const body = {
+              version: 1,
+              session: "s1",
+              nonce: Buffer.alloc(32),
+              kernel: "hostile",
+              heartbeatMs: 60_000,
+              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+              features: [],
+            };
+            s.write(encodeMessage({ type: "CHALLENGE", body }));
+          } else if (m.type === "ATTEST") {
+            const handles = m.body.tokens.map((_, i) => i + 1);
+            s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
+          } else if (m.type === "REQUEST") {
+            const op = String((decodeCanonical(m.body.intent) as { op: string }).op);
+            const payload = (answers[op] ?? {}) as CborValue;
+            s.write(
+              encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS", payload } }, f.stream),
+            );
+          } else if (m.type === "GOODBYE") s.end();
+        }
+      });
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    return {
+      path,
+      close: () => {
+        server.close();
+        rmSync(dir, { recursive: true, force: true });
+      },
+    };
+  }
+
+  it("a subscription id that is no positive integer fails the subscribe with ProtocolViolationError, not a subscription that never hears", async () => {
+    for (const subscription of [-1, 0, "7", 2n ** 60n, null]) {
+      const k = await answering({ "event.subscribe": { subscription }, "storage.watch": { subscription } });
+      const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+      try {
+        await assert.rejects(c.subscribe("topic://t/x"), ProtocolViolationError, String(subscription));
+        await assert.rejects(c.watch("obj://ws/**"), ProtocolViolationError, String(subscription));
+      } finally {
+        await c.close().catch(() => {});
+        k.close();
+      }
+    }
+  });
+
+  it("a refresh answered with a token that is not bytes, or bound under a handle that is no positive integer, fails as TokenRefreshError (ProtocolViolationError its cause)", async () => {
+    const root = randomBytes(32);
+    const token = (id: number, life: number) =>
+      encodeToken(
+        mintToken(root, {
+          id: id.toString(16).padStart(32, "0"),
+          kid: "k",
+          sub: "alice",
+          rights: [{ ops: ["**"], targets: ["**"] }],
+          limits: {},
+          nbf: Date.now() - 1000,
+          exp: Date.now() + life,
+          maxExp: Date.now() + 3_600_000,
+          chain: [],
+        }),
+      );
+    for (const [answer, what] of [
+      [{ "token.refresh": { token: 2 ** 34 } }, /token\.refresh's token/],
+      [{ "token.refresh": { token: token(2, 3_600_000) }, "token.bind": { handle: "x" } }, /token\.bind's handle/],
+    ] as const) {
+      const k = await answering(answer as Record<string, Record<string, unknown>>);
+      // Refreshed halfway through its life (2.5 s from nbf): the margin is longer than that.
+      const c = await KernelClient.connect({
+        socket: k.path,
+        identity: generateIdentity("alice"),
+        tokens: [token(1, 1500)],
+        refreshMarginMs: 120_000,
+        reconnect: false,
+      });
+      try {
+        const failed = await new Promise<Error>((r) => c.once("tokenRefreshFailed", r));
+        assert.ok(failed instanceof TokenRefreshError, String(failed));
+        assert.ok(failed.cause instanceof ProtocolViolationError, String(failed.cause));
+        assert.match(String((failed.cause as Error).message), what);
+      } finally {
+        await c.close().catch(() => {});
+        k.close();
+      }
     }
   });
 });

@@ -145,6 +145,10 @@ class GrpcChannel implements Channel {
     this.out.afterWrites(cb);
   }
 
+  unsent(): number {
+    return this.out.pending + this.call.writableLength;
+  }
+
   limitMessages(bytes: number): void {
     this.maxMessage = Math.min(this.maxMessage, bytes);
   }

@@ -109,6 +109,9 @@ class SocketChannel implements Channel {
   afterWrites(cb: () => void): void {
     this.out.afterWrites(cb);
   }
+  unsent(): number {
+    return this.out.pending + this.sock.writableLength;
+  }
   end(): void {
     this.out.flushNow();
     this.sock.end();

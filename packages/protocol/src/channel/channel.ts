@@ -25,6 +25,11 @@ export interface ByteChannel {
    * a writer must assume the channel may hold its buffers until the stream ends.
    */
   afterWrites?(cb: () => void): void;
+  /**
+   * Bytes written and not yet handed to the OS or the transport (this turn's, and what a peer
+   * that does not read left queued). Without it, a writer cannot tell a peer that stopped reading.
+   */
+  unsent?(): number;
 }
 
 /**
