@@ -112,6 +112,17 @@ def welcome_fault(w: dict[str, Any], persona: str, tokens_sent: int) -> str | No
     return None
 
 
+MIN_PING_INTERVAL = 0.05
+"""Seconds between two PINGs at the least, whatever heartbeatMs the kernel sets (the TypeScript
+client ticks every 50 ms): a kernel setting heartbeatMs 1 made this loop PING and wake 2,000
+times a second."""
+
+
+def ping_interval(heartbeat_ms: int) -> float:
+    """Seconds between PINGs: half the kernel's heartbeat (§8.5), never under MIN_PING_INTERVAL."""
+    return max(heartbeat_ms / 2000, MIN_PING_INTERVAL)
+
+
 class Link:
     """A Unix-socket connection; `on_message` gets every frame after WELCOME, `on_lost` the end."""
 
@@ -307,7 +318,7 @@ class Link:
         hb = self.session.heartbeat_ms / 1000
         seq = 0
         while not self.dead:
-            await asyncio.sleep(hb / 2)
+            await asyncio.sleep(ping_interval(self.session.heartbeat_ms))
             if self.dead:
                 return
             if time.monotonic() - self.last_seen > 3 * hb:

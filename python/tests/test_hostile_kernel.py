@@ -142,6 +142,16 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             await c.close(drain=0)
 
 
+class HeartbeatTheKernelSets(unittest.TestCase):
+    def test_a_heartbeat_of_one_millisecond_does_not_make_the_client_ping_2000_times_a_second(self) -> None:
+        from kpip.link import MIN_PING_INTERVAL, ping_interval
+
+        self.assertEqual(ping_interval(5000), 2.5)
+        self.assertEqual(ping_interval(1), MIN_PING_INTERVAL)
+        self.assertEqual(ping_interval(0), MIN_PING_INTERVAL)
+        self.assertEqual(MIN_PING_INTERVAL, 0.05, "as the TypeScript client's tick")
+
+
 class MisusedByItsCaller(unittest.IsolatedAsyncioTestCase):
     async def test_closing_twice_or_calling_after_close_is_kernel_unavailable_with_one_goodbye(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
