@@ -148,13 +148,18 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
     const records = new KernelRecords(audit);
     const last = home.lastRecord;
+    const lost = home.lostTail;
     records.record({
       op: "kernel.start",
       target: "kernel://",
-      message: sandboxSummary(sandbox),
+      // A cut of the newest segment is on the chain here, or nowhere: the chain after it agrees with itself.
+      message: lost
+        ? `${sandboxSummary(sandbox)}; audit records ${lost.from}..${lost.to} (${lost.records}) and ${lost.checkpoints} signed checkpoints the index named are gone: the newest segment ends before them (an OS crash before its sync, or a cut)`
+        : sandboxSummary(sandbox),
       detail: {
         ...runDetail(),
         reason: last && last.op !== "kernel.stop" ? "the previous run ended without kernel.stop (killed or crashed)" : "start",
+        ...(lost ? { lost: { ...lost } } : {}),
       },
     });
     // Committed before start() returns, like everything else the start puts on the record.
