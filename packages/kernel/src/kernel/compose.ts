@@ -147,6 +147,30 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
     const records = new KernelRecords(audit);
+    // The token root keys: a change the kernel meets while it runs (a rotation, a retirement, a
+    // file replaced or damaged by someone with the home) is on the record, not only in the log.
+    const rootKeys = new RootKeys(
+      c.home,
+      input.clock,
+      (e) => {
+        log.error({ err: e.name }, `${e.message}: no token verifies and none is minted until it is mended`);
+        records.record({
+          op: "token.keys",
+          target: "kernel://",
+          message: `${e.message}: no token verifies and none is minted until it is mended`,
+          detail: { damaged: true },
+        });
+      },
+      (change) => {
+        log.warn({ ...change }, "the token root keys changed");
+        records.record({
+          op: "token.keys",
+          target: "kernel://",
+          message: `the token root keys changed: current ${change.current}`,
+          detail: { ...change },
+        });
+      },
+    );
     const last = home.lastRecord;
     const lost = home.lostTail;
     records.record({
@@ -159,6 +183,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       detail: {
         ...runDetail(),
         reason: last && last.op !== "kernel.stop" ? "the previous run ended without kernel.stop (killed or crashed)" : "start",
+        keys: rootKeys.summary(),
         ...(lost ? { lost: { ...lost } } : {}),
       },
     });
@@ -268,9 +293,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
     );
     const { enforcer, tokens } = capabilities(
-      new RootKeys(c.home, input.clock, (e) =>
-        log.error({ err: e.name }, `${e.message}: no token verifies and none is minted until it is mended`),
-      ),
+      rootKeys,
       store,
       input.clock,
       {
