@@ -23,7 +23,7 @@ import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteSt
 import { parseIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
-import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
+import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
 import { PAIR_LOOKBACK, timeline } from "../src/audit/timeline.js";
 import { hashTree } from "./evidence.js";
 import { DISPATCH } from "./run.js";
@@ -746,6 +746,17 @@ describe("audit tools on a home", () => {
     } finally {
       for (const d of made) rmSync(d, { recursive: true, force: true });
     }
+  });
+});
+
+describe("token ids a record names", () => {
+  it("a token whose signature did not verify is shown as ?<the id it claims>, apart from the tokens presented", () => {
+    const a = "a".repeat(32);
+    const b = "b".repeat(32);
+    assert.deepEqual(recordTokenIds("refused", `unverified:${a},h1:${b}`), [`?${a}`, b]);
+    assert.deepEqual(recordTokenIds("session", `unverified:${a},refused:${b}`), [`?${a}`, b]);
+    // The --token filter matches ids by prefix: a claimed id never is one.
+    assert.ok(!recordTokenIds("refused", `unverified:${a}`).some((id) => id.startsWith("aaaa")));
   });
 });
 
