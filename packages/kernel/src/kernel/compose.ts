@@ -272,6 +272,14 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
     );
+    // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
+    uploads.onEnded = (u, why) =>
+      records.record({
+        op: "storage.upload.ended",
+        target: u.target,
+        persona: u.persona,
+        detail: { upload: u.id, reason: why, received: u.received, size: u.size },
+      });
     // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
