@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
 import {
   chmodSync,
   copyFileSync,
@@ -18,11 +19,12 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
-import { type AuditRow, Kernel, recordBytes, SqliteStore } from "@kpip/kernel";
+import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteStore } from "@kpip/kernel";
 import { parseIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
-import { globMatcher, parseSeqRange, parseTime, patternTest } from "../src/audit/filters.js";
+import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
+import { PAIR_LOOKBACK, timeline } from "../src/audit/timeline.js";
 import { hashTree } from "./evidence.js";
 import { DISPATCH } from "./run.js";
 
@@ -830,6 +832,85 @@ describe("audit tools on a home", () => {
       }
     } finally {
       for (const d of made) rmSync(d, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("token ids a record names", () => {
+  it("a token whose signature did not verify is shown as ?<the id it claims>, apart from the tokens presented", () => {
+    const a = "a".repeat(32);
+    const b = "b".repeat(32);
+    assert.deepEqual(recordTokenIds("refused", `unverified:${a},h1:${b}`), [`?${a}`, b]);
+    assert.deepEqual(recordTokenIds("session", `unverified:${a},refused:${b}`), [`?${a}`, b]);
+    // The --token filter matches ids by prefix: a claimed id never is one.
+    assert.ok(!recordTokenIds("refused", `unverified:${a}`).some((id) => id.startsWith("aaaa")));
+  });
+});
+
+describe("the timeline of a long log", () => {
+  it("a page by --after or --seq reads the log from PAIR_LOOKBACK records before it, not from record 1", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-long-"));
+    const n = PAIR_LOOKBACK + 14_000;
+    try {
+      const store = new SqliteStore(join(home, "kernel.db"));
+      store.useAuditSegments(join(home, "audit"));
+      const log = new AuditLog(store, "k", generateKeyPairSync("ed25519").privateKey, { batchMax: 256, checkpointEvery: 10_000 });
+      let last: Promise<unknown> = Promise.resolve();
+      for (let i = 1; i <= n; i++) {
+        // A write (intent + outcome) every 1,000 records, the rest reads: the page's intents pair as before.
+        const write = i % 1000 === 999;
+        const phase = write ? "intent" : i % 1000 === 0 ? "outcome" : "complete";
+        last = log.append({
+          session: "s",
+          persona: i % 100 === 0 ? "mallory" : "alice",
+          phase,
+          requestId: write ? Math.floor(i / 1000) : phase === "outcome" ? Math.floor((i - 1) / 1000) : i,
+          op: write || phase === "outcome" ? "storage.write" : "system.health",
+          target: "kernel://",
+          ...(phase === "intent" ? {} : { status: "SUCCESS" }),
+        });
+        if (i % 5000 === 0) await last;
+      }
+      await last;
+      log.close();
+      store.close();
+      const reader = openAuditReader(join(home, "kernel.db"));
+      try {
+        let read = 0;
+        const records = reader.records.bind(reader);
+        reader.records = (o) => {
+          const it = records(o);
+          return (function* () {
+            for (const r of it) {
+              read++;
+              yield r;
+            }
+          })();
+        };
+        // A flood of records before the page (a persona's reads at 20k/s are 72M an hour) is not walked again per page.
+        const seq = timeline(reader, { seq: parseSeqRange(`${n - 1500}..`) }, 0, 5);
+        assert.deepEqual(
+          seq.rows.map((r) => r.seq),
+          [n - 1500, n - 1499, n - 1498, n - 1497, n - 1496],
+        );
+        assert.equal(seq.more, 1496 - 1, "every row after the page counted (an intent and its outcome are one row)");
+        assert.ok(read <= 1501 + PAIR_LOOKBACK, `${read} records read for a page near the end of ${n}`);
+        read = 0;
+        const page = timeline(reader, { persona: globMatcher("mallory", "/") }, n - 5000, 3);
+        const m = Math.ceil((n - 4999) / 100) * 100;
+        assert.deepEqual(
+          page.rows.map((r) => r.seq),
+          [m, m + 100, m + 200],
+        );
+        assert.ok(read <= 5000 + PAIR_LOOKBACK, `${read} records read for --after ${n - 5000}`);
+        // The write whose intent is on the page ends with its outcome, as before.
+        const w = timeline(reader, { op: globMatcher("storage.write", ".") }, n - 2000, 1).rows[0];
+        assert.ok(w && w.outcomeSeq === w.seq + 1 && w.status === "SUCCESS", JSON.stringify(w));
+      } finally {
+        reader.close();
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
     }
   });
 });

@@ -7,6 +7,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import { recordHash } from "../src/audit/record.js";
 import { AuditChainError, HOME_FILES, Kernel, SqliteStore, verifyAudit } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
@@ -170,9 +171,44 @@ describe("audit integrity without the key, and audit growth", () => {
       await t.stop();
       const v = kpip("audit", "verify", "--home", home, "--json");
       assert.equal(v.status, 0, v.stdout + v.stderr);
-      assert.equal(JSON.parse(v.stdout).prunedThrough, first - 1);
+      const out = JSON.parse(v.stdout);
+      assert.equal(out.prunedThrough, first - 1);
+      assert.equal(out.prunedBy?.through, first - 1, "the kernel's audit.pruned record accounts for the pruned start");
+      assert.ok(!out.warnings.some((w: string) => /audit\.pruned/.test(w)), out.warnings.join("\n"));
       const again = await startKernel({}, home);
       await again.stop();
+    } finally {
+      removeHome(home);
+    }
+  });
+
+  it("the log's start moved to a signed checkpoint by someone with the home: verify warns that no pruning of the kernel's removed those records", async () => {
+    // No retention: every record is kept. The attacker raises the retained point to a signed checkpoint.
+    const home = homeWith({ auditCheckpointEvery: 5 });
+    try {
+      const t = await startKernel({}, home);
+      const admin = await t.admin();
+      for (let i = 0; i < 20; i++) await admin.system.health();
+      await t.stop();
+      const db = new Database(join(home, HOME_FILES.database));
+      const cut = (db.prepare("SELECT seq FROM audit_checkpoints ORDER BY seq LIMIT 1 OFFSET 2").get() as { seq: number }).seq;
+      db.prepare("INSERT OR REPLACE INTO meta (key, value) VALUES ('audit_retained_through', ?)").run(String(cut));
+      db.close();
+      const v = kpip("audit", "verify", "--home", home, "--json");
+      const out = JSON.parse(v.stdout);
+      // The chain alone accepts it: a log that starts right after a signed checkpoint.
+      assert.equal(out.ok, true, v.stdout);
+      assert.equal(out.prunedThrough, cut);
+      assert.equal(out.prunedBy, undefined);
+      assert.ok(
+        out.warnings.some((w: string) =>
+          new RegExp(`records 1\\.\\.${cut} are not in this log, and no audit\\.pruned record.*auditRetainRecords 0`).test(w),
+        ),
+        out.warnings.join("\n"),
+      );
+      const text = kpip("audit", "verify", "--home", home);
+      assert.match(text.stdout, /pruned by whom: see the warning/);
+      assert.doesNotMatch(text.stdout, /pruned by retention/);
     } finally {
       removeHome(home);
     }

@@ -413,7 +413,11 @@ describe("the audit segments in front of the index", () => {
       truncateSync(onlySegment(dir), whole + 10);
       const again = new SqliteStore(join(home, "kernel.db"));
       try {
-        assert.deepEqual(again.useAuditSegments(dir), { recovered: 0, migrated: 0, lost: 6 });
+        assert.deepEqual(again.useAuditSegments(dir), {
+          recovered: 0,
+          migrated: 0,
+          lost: { records: 6, from: 4, to: 9, checkpoints: 1 },
+        });
         assert.equal(again.countAudit(), 3);
         assert.equal(statSync(onlySegment(dir)).size, whole, "the torn bytes cut");
         assert.deepEqual(again.checkpoints(), [], "no checkpoint names a record the log lost");
@@ -481,7 +485,11 @@ describe("the audit segments in front of the index", () => {
           if (which === "older") assert.throws(() => again.useAuditSegments(dir3), /is missing/);
           else {
             const first = Number(gone.slice(0, gone.indexOf(".")));
-            assert.deepEqual(again.useAuditSegments(dir3), { recovered: 0, migrated: 0, lost: 40 - first + 1 });
+            assert.deepEqual(again.useAuditSegments(dir3), {
+              recovered: 0,
+              migrated: 0,
+              lost: { records: 40 - first + 1, from: first, to: 40, checkpoints: 0 },
+            });
             assert.equal(again.countAudit(), first - 1);
             again.appendAudit(rows.slice(first - 1) as AuditRow[]);
             assert.equal(verifyAudit(again).ok, true);
@@ -893,6 +901,47 @@ describe("a kernel home's audit segments, tampered with while no kernel ran", ()
         assert.equal(verifyAudit(t.k.inspect).ok, true);
         const written = t.k.inspect.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.phase === "outcome");
         assert.equal(written.length, 6);
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+});
+
+describe("a kernel home's newest segment cut short while no kernel ran", () => {
+  it("the next kernel starts over the cut, and its kernel.start record says which records and checkpoints the cut took", async () => {
+    const first = await startKernel({ auditCheckpointEvery: 4 });
+    const home = first.home;
+    try {
+      const c = await first.admin();
+      for (let i = 0; i < 8; i++) await c.storage.write(`obj://ws/t${i}`, `v${i}`);
+      await first.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      const head = s.lastAudit()?.seq ?? 0;
+      const signed = s.checkpoints().length;
+      s.close();
+      // Cut inside the batch of the sixth record from the head: what an OS crash before the
+      // segment's sync leaves, or someone with the home who wants the last requests gone.
+      const at = locate(home, head - 5);
+      truncateSync(at.file, at.at + 1);
+      const t = await startKernel({}, home);
+      try {
+        const starts = t.k.inspect.queryAudit({ op: "kernel.start", limit: 10 });
+        const start = starts.at(-1);
+        assert.ok(start, "a kernel.start record");
+        const lost = (JSON.parse(start.detail ?? "{}") as { lost?: Record<string, number> }).lost;
+        assert.ok(lost, `kernel.start names the cut: ${start.detail}`);
+        // The start's own record takes the first seq the cut freed.
+        assert.equal(lost.from, start.seq);
+        assert.equal(lost.to, head);
+        assert.equal(lost.records, head - start.seq + 1);
+        assert.ok((lost.checkpoints ?? 0) >= 1, "the stop's checkpoint went with the cut");
+        assert.ok(t.k.inspect.checkpoints().length < signed + 1);
+        assert.match(start.message ?? "", /records \d+\.\.\d+ .*gone/);
+        // The chain itself agrees with itself: only this record says what went.
+        assert.equal(verifyAudit(t.k.inspect).ok, true);
       } finally {
         await t.stop();
       }

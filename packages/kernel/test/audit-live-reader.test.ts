@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
 import { generateKeyPairSync } from "node:crypto";
-import { mkdtempSync } from "node:fs";
+import { existsSync, mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { AuditLog } from "../src/audit/log.js";
 import { openAuditReader } from "../src/audit/reader.js";
 import { verifyAuditReader } from "../src/audit/verify-parallel.js";
+import { acquireHome } from "../src/home.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
+import { segmentName } from "../src/store/audit-segments.js";
 import { removeHome, until, withKernel } from "./harness.js";
 
 // Pins the SQLite locking mode: with locking_mode=EXCLUSIVE (6 fewer syscalls a commit) a
@@ -72,6 +74,47 @@ describe("the read-only audit reader beside a running kernel", () => {
       reader.close();
       writer.close();
       removeHome(dir);
+    }
+  });
+  it("verifies beside a kernel whose retention removes segment files its snapshot names: they are read still, no false failure", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-live-"));
+    // Held as a kernel holds it: the reader reads the live database, not a private copy.
+    const release = acquireHome(home);
+    const { privateKey } = generateKeyPairSync("ed25519");
+    const writer = new SqliteStore(join(home, "kernel.db"));
+    writer.useAuditSegments(join(home, "audit"), undefined, { rotateAbove: 2048, presync: false });
+    const log = new AuditLog(writer, "k", privateKey, { batchMax: 4, checkpointEvery: 1000 });
+    let live: ReturnType<typeof openAuditReader> | undefined;
+    try {
+      for (let i = 0; i < 40; i++) await log.append({ session: "s", persona: "p", phase: "session" });
+      writer.indexAudit?.();
+      live = openAuditReader(join(home, "kernel.db"));
+      assert.equal(live.snapshot, false, "read beside the kernel");
+      // Two retention passes (a kernel prunes once a minute; a verify of millions of records on a
+      // busy home outlasts two) commit right after the verify's snapshot began: the second unlinks
+      // the segment files wholly below the first one's retained point, which the snapshot still names.
+      const count = live.countAudit;
+      let pruned = false;
+      live.countAudit = () => {
+        const n = count();
+        if (!pruned) {
+          pruned = true;
+          writer.pruneAudit(30);
+          writer.pruneAudit(30);
+        }
+        return n;
+      };
+      const v = verifyAudit(live);
+      assert.ok(pruned);
+      assert.ok(!existsSync(join(home, "audit", segmentName(1))), "retention removed the first segment meanwhile");
+      assert.equal(v.ok, true, v.firstBad?.reason);
+      assert.equal(v.records, 40, "the snapshot's records, all read");
+    } finally {
+      live?.close();
+      log.close();
+      writer.close();
+      release();
+      removeHome(home);
     }
   });
 });

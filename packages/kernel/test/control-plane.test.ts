@@ -1,9 +1,12 @@
 // The control plane under an attested but hostile persona holding a narrow grant (red team, wt-red5).
 import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, encodeToken, generateIdentity, type Right } from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
-import { klass, withKernel } from "./harness.js";
+import { klass, until, withKernel } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -78,6 +81,53 @@ describe("the control plane under a hostile persona", () => {
       const e = await t.connect(b.identity, [b.token]);
       await e.call("event.emit", "topic://kit/x", { data: 1 });
       assert.match((await ended) ?? "", /retired key/);
+    });
+  });
+
+  it("a rotation, a key file replaced by someone with the home, and a damaged one are on the record (token.keys); a start names the keys it found", async () => {
+    let now = Date.now();
+    await withKernel({ clock: () => now }, async (t) => {
+      const keysOf = () => t.k.inspect.queryAudit({ op: "token.keys", limit: 100 }).map((r) => JSON.parse(r.detail ?? "{}"));
+      const first = RootKeys.load(t.home, false).current;
+      const start = t.k.inspect.queryAudit({ op: "kernel.start", limit: 10 }).at(-1);
+      assert.deepEqual(JSON.parse(start?.detail ?? "{}").keys, { current: first, keys: 1, retired: 0 });
+      const admin = await t.admin();
+      // The operator rotates (kpip token rotate-key): the kernel's next read of the file is on the record.
+      const second = RootKeys.rotate(t.home);
+      now += 1100; // the kernel re-reads the key file at most once a second, by its clock
+      await admin.system.health();
+      await until(() => keysOf().length === 1, 10_000, "the rotation's record");
+      assert.deepEqual(keysOf()[0], {
+        current: second,
+        previous: first,
+        added: [second],
+        retired: [],
+        removed: [],
+        replaced: [],
+        keys: 2,
+      });
+      // Someone who can write the home but not read the keys replaces the file with a key of theirs:
+      // every token the kernel issued stops verifying, and tokens they sign would verify.
+      const planted = { current: "kplanted", keys: { kplanted: { key: randomBytes(32).toString("base64url"), created: now } } };
+      RootKeys.save(t.home, planted);
+      now += 1100;
+      await assert.rejects(admin.system.health(), klass("CAPABILITY"));
+      await until(() => keysOf().length === 2, 10_000, "the replacement's record");
+      assert.deepEqual(keysOf()[1], {
+        current: "kplanted",
+        previous: second,
+        added: ["kplanted"],
+        retired: [],
+        removed: [first, second],
+        replaced: [],
+        keys: 1,
+      });
+      // A file that is no key file: no token verifies, and that too is on the record.
+      writeFileSync(join(t.home, "token-keys.json"), "not json", { mode: 0o600 });
+      now += 1100;
+      await assert.rejects(admin.system.health(), klass("CAPABILITY"));
+      await until(() => keysOf().length === 3, 10_000, "the damage's record");
+      assert.deepEqual(keysOf()[2], { damaged: true });
     });
   });
 });

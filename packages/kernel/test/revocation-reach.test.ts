@@ -379,6 +379,39 @@ describe("a revocation reaches the uploads begun under the token", () => {
     }
   });
 
+  it("an upload the kernel ends (its token revoked, or idle past uploadIdleMs) is on the record with its id and why; its begin names the id", async () => {
+    const t = await startKernel({ uploadIdleMs: 300 });
+    try {
+      const admin = await t.admin();
+      const rights = [{ ops: ["storage.*"], targets: ["obj://ws/**"] }];
+      const p = await t.persona("uploader", rights);
+      const c = await t.connect(p.identity, [p.token]);
+      const begin = async (path: string) =>
+        ((await c.call("storage.upload.begin", path, { size: 1000 })).payload as { upload: string }).upload;
+      const idle = await begin("obj://ws/idle");
+      const began = records(t, "storage.upload.begin").find((r) => r.phase === "outcome" && r.target === "obj://ws/idle");
+      assert.equal(began?.d.upload, idle, "the begin's outcome names the upload");
+      await c.call("storage.upload.chunk", "obj://ws/idle", { upload: idle, offset: 0, data: new Uint8Array(10) });
+      const ended = () => records(t, "storage.upload.ended");
+      const gone = await until(() => ended().find((r) => r.d.upload === idle), 30_000, "the idle upload's end on the record");
+      assert.equal(gone.persona, "uploader");
+      assert.equal(gone.target, "obj://ws/idle");
+      assert.deepEqual(gone.d, { upload: idle, reason: "idle", received: 10, size: 1000 });
+      // Revoked: dropped at once, and said so.
+      const held = await begin("obj://ws/held");
+      await admin.tokens.revoke(p.id);
+      const dropped = await until(
+        () => ended().find((r) => r.d.upload === held),
+        30_000,
+        "the revoked upload's end on the record",
+      );
+      assert.equal(dropped.d.reason, "revoked");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("an upload whose commit was syncing when its token was revoked is dropped when the commit is refused, not kept with its body until it expires idle", async () => {
     const t = await startKernel({ maxUploadsPerPersona: 1 });
     const install = BlobStore.prototype.install;

@@ -163,6 +163,37 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     await c.close();
   });
 
+  it("a token whose signature does not verify is named unverified:<the id it claims>, on a refusal and at the handshake, never as that token", async () => {
+    // mallory knows alice's token (or only its id) and signs nothing: she flips a signature byte.
+    const forged = decodeToken(alice.token);
+    const sig = Uint8Array.from(forged.sig);
+    sig[0] = (sig[0] as number) ^ 1;
+    const bytes = encodeToken({ ...forged, sig });
+    const mallory = generateIdentity("mallory");
+    addPersonaKey(t, "mallory", mallory.publicKey);
+    const m = await t.connect(mallory, [bytes]);
+    const open = await until(
+      () => t.k.inspect.queryAudit({ op: "session.open", persona: "mallory", limit: 5 })[0],
+      30_000,
+      "mallory's session record",
+    );
+    assert.equal(open.caps, `unverified:${alice.id}`);
+    assert.deepEqual(JSON.parse(open.detail ?? "{}").refused, [{ code: "BAD_SIGNATURE", index: 0, token: alice.id }]);
+    await assert.rejects(m.call("storage.read", "obj://ws1/x", {}, { caps: [bytes] }), klass("CAPABILITY"));
+    const refused = t.k.inspect
+      .queryAudit({ op: "storage.read", persona: "mallory", limit: 5 })
+      .find((r) => r.phase === "refused");
+    assert.equal(refused?.caps, `unverified:${alice.id}`);
+    assert.equal(refused?.message, "token signature is invalid");
+    // alice's genuine token presented by mallory is a use of that token: named as it is.
+    await assert.rejects(m.call("storage.read", "obj://ws1/y", {}, { caps: [alice.token] }), klass("CAPABILITY"));
+    const genuine = t.k.inspect
+      .queryAudit({ op: "storage.read", persona: "mallory", limit: 5 })
+      .find((r) => r.phase === "refused" && r.target === "obj://ws1/y");
+    assert.equal(genuine?.caps, `inline:${alice.id}`);
+    await m.close();
+  });
+
   it("a revocation lists every token it ended; a refusal names the revoked ancestor, its record, and the inline token", async () => {
     const admin = await t.admin();
     const parent = await admin.tokens.mint("alice", {

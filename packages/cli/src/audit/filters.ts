@@ -83,12 +83,16 @@ export function recordTokenIds(phase: string, caps: string | null): string[] {
 }
 const RAN = new Set(["intent", "outcome", "complete", "replay"]);
 
+/**
+ * The token ids a caps column names. A token whose signature did not verify (`unverified:<id>`)
+ * only claims its id, which anyone can write: it is shown as `?<id>`, which no `--token` matches.
+ */
 export function capTokenIds(caps: string | null): string[] {
   if (!caps) return [];
   return caps
     .split(",")
-    .map((c) => c.slice(c.indexOf(":") + 1))
-    .filter(Boolean);
+    .map((c) => (c.startsWith("unverified:") ? `?${c.slice(11)}` : c.slice(c.indexOf(":") + 1)))
+    .filter((id) => id !== "" && id !== "?");
 }
 
 /**

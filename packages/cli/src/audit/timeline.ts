@@ -47,6 +47,9 @@ export interface TimelinePage {
   next: number | null;
 }
 
+/** Records read before a page's first (--after, --seq) to pair its outcomes with their intents. */
+export const PAIR_LOOKBACK = 65_536;
+
 /** Pairs an outcome with its intent: same kernel, session, request id and intent hash. */
 const pairKey = (r: AuditRecord) =>
   `${r.kernel}\0${r.session}\0${r.requestId}\0${r.intentHash ? Buffer.from(r.intentHash).toString("hex") : ""}`;
@@ -102,9 +105,13 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
   // Intents waiting for their outcome: the row shown, or null for one that is filtered out or past the page.
   const pending = new Map<string, TimelineRow | null>();
   let more = 0;
-  // From the start, whatever the range: an outcome in it pairs with an intent that may be before it.
+  // From PAIR_LOOKBACK records before the first row wanted: an outcome there pairs with an intent
+  // that may be before it. From record 1 every page of a long log (a persona's flood of reads)
+  // walked everything before it again. An outcome whose intent is further back shows as its own row.
   let waiting = 0;
-  for (const r of reader.records()) {
+  const first = Math.max(after + 1, f.seq?.from ?? 1);
+  const from = Math.max(1, first - PAIR_LOOKBACK);
+  for (const r of reader.records(from > 1 ? { from } : undefined)) {
     // Past the --seq range, only outcomes of rows already shown are still wanted.
     if (f.seq && r.seq > f.seq.to && waiting === 0) break;
     if (r.phase === "outcome") {

@@ -9,6 +9,8 @@ export interface VerifyReport extends VerifyResult {
   lastCheckpoint: { seq: number; time: string } | null;
   /** Records after the last signed checkpoint: appended, but no signature covers them yet. */
   unsignedTail: { from: number; to: number; records: number; since: string | null } | null;
+  /** The kernel's `audit.pruned` record that accounts for a pruned start, when one does. */
+  prunedBy?: { seq: number; through: number };
   /** Anchors checked (null: no anchor file given). */
   anchors: number | null;
   anchorsPruned?: number;
@@ -18,11 +20,53 @@ export interface VerifyReport extends VerifyResult {
 const NO_ANCHORS =
   "NO ANCHORS CHECKED: this proves only that the log agrees with itself. Whoever holds this home's kernel.key can cut its tail, or rewrite and re-sign records, and it still passes. Check against the anchor file kept outside the home (kpip audit verify --anchors FILE; the kernel writes it with --audit-anchor-file).";
 
+/**
+ * Who pruned a log that starts after record 1: the newest `audit.pruned` record of the kernel
+ * (its retention writes one after each pass) must reach the log's start. Without one, or with one
+ * short of it, the records were removed by someone with the home (the retained point moved to a
+ * signed checkpoint, which the chain alone accepts) — or by a pass a kill cut short before its
+ * record, or a kpip before these records: a warning, not a failure. Read newest first: the last
+ * pass is within a pruning interval of the head.
+ */
+function prunedByWhom(
+  reader: AuditReader,
+  through: number,
+  retain: number | undefined,
+): { by?: VerifyReport["prunedBy"]; warning?: string } {
+  let found: { seq: number; through: number } | undefined;
+  for (const rec of reader.records({ newest: true })) {
+    if (rec.seq <= through) break;
+    if (rec.phase !== "kernel" || rec.op !== "audit.pruned") continue;
+    let t: unknown;
+    try {
+      t = (JSON.parse(rec.detail ?? "{}") as { through?: unknown }).through;
+    } catch {
+      t = undefined;
+    }
+    found = { seq: rec.seq, through: typeof t === "number" ? t : 0 };
+    break;
+  }
+  if (found && found.through >= through) return { by: found };
+  const setting =
+    retain === undefined
+      ? ""
+      : retain === 0
+        ? "; this home's configuration keeps every record (auditRetainRecords 0)"
+        : `; this home's auditRetainRecords is ${retain}`;
+  const why = found
+    ? `records ${found.through + 1}..${through} are gone past the kernel's last audit.pruned record (${found.seq}: through ${found.through})`
+    : `records 1..${through} are not in this log, and no audit.pruned record of the kernel says it pruned them`;
+  return {
+    warning: `${why}${setting}: removed by someone with the home (the log's start moved to a signed checkpoint, which the chain alone accepts), unless a kill cut a retention pass short before its record, or a kpip before these records pruned them`,
+  };
+}
+
 export function report(
   reader: AuditReader,
   r: VerifyResult & { anchors?: number; anchorsPruned?: number },
   keySource: VerifyReport["keySource"],
   anchorsGiven: boolean,
+  retain?: number,
 ): VerifyReport {
   // Times are in the records' bytes: the head and the first unsigned record are decoded.
   const headSeq = reader.headSeq();
@@ -43,6 +87,12 @@ export function report(
   else if (r.ok && !r.anchors) warnings.push(`the anchor file holds no anchors: nothing was checked against it. ${NO_ANCHORS}`);
   if (keySource === "checkpoints")
     warnings.push("no kernel.key in this home: checkpoints were checked against the key they carry, not a trusted one");
+  let prunedBy: VerifyReport["prunedBy"];
+  if (r.ok && r.prunedThrough !== undefined) {
+    const p = prunedByWhom(reader, r.prunedThrough, retain);
+    prunedBy = p.by;
+    if (p.warning) warnings.push(p.warning);
+  }
   if (unsignedTail)
     warnings.push(
       `records ${unsignedTail.from}..${unsignedTail.to} (${unsignedTail.records}) come after the last signed checkpoint: no signature covers them, and a cut there leaves no trace without anchors`,
@@ -54,6 +104,7 @@ export function report(
     checkpointSeqs: cps.map((c) => c.seq),
     lastCheckpoint: lastCp ? { seq: lastCp.seq, time: new Date(lastCp.time).toISOString() } : null,
     unsignedTail,
+    ...(prunedBy ? { prunedBy } : {}),
     anchors: anchorsGiven ? (r.anchors ?? 0) : null,
     ...(r.anchorsPruned ? { anchorsPruned: r.anchorsPruned } : {}),
     warnings,
@@ -72,7 +123,7 @@ export function reportText(v: VerifyReport): string {
   if (v.ok) {
     const p =
       v.prunedThrough !== undefined
-        ? ` (records 1..${v.prunedThrough} pruned by retention; the log starts from the signed checkpoint at ${v.prunedThrough})`
+        ? ` (records 1..${v.prunedThrough} pruned${v.prunedBy ? ` by retention, audit.pruned record ${v.prunedBy.seq}` : " by whom: see the warning"}; the log starts from the signed checkpoint at ${v.prunedThrough})`
         : "";
     const a = v.anchors !== null ? `, ${v.anchors} anchors matched` : "";
     lines.push(`audit log OK: ${v.records} records${p}, ${v.checkpoints} signed checkpoints verified${a}`);

@@ -236,6 +236,13 @@ async function verify(home: string, v: Values, json: boolean): Promise<number> {
   }
   // The kernel signs at least every auditCheckpointEvery records: a longer unsigned run means checkpoints were removed.
   let maxUnsigned: number;
+  // The home's retention setting, named in a warning about a pruned start (none without a readable config).
+  let retain: number | undefined;
+  try {
+    retain = resolveConfig({ flags: { home } }).auditRetainRecords;
+  } catch {
+    retain = undefined;
+  }
   try {
     maxUnsigned =
       v["max-unsigned"] === undefined
@@ -278,7 +285,7 @@ async function verify(home: string, v: Values, json: boolean): Promise<number> {
       const pruned = a.pruned ? { anchorsPruned: a.pruned } : {};
       result = a.ok ? { ...r, anchors: a.anchors, ...pruned } : { ...r, ok: false, anchors: a.anchors, firstBad: a.firstBad };
     }
-    const full = report(reader, result, trustedKey ? "kernel.key" : "checkpoints", anchors !== undefined);
+    const full = report(reader, result, trustedKey ? "kernel.key" : "checkpoints", anchors !== undefined, retain);
     const secs = (Date.now() - started) / 1000;
     if (json) process.stdout.write(`${JSON.stringify({ ...full, seconds: secs })}\n`);
     else process.stdout.write(reportText(full));

@@ -37,6 +37,12 @@ export class HomeReadError extends Error {
   }
 }
 
+/**
+ * Segments a verify holds open from its snapshot's start (the oldest: retention removes them
+ * first). More would be gigabytes appended while one verify runs, past two retention passes.
+ */
+const PINNED_SEGMENTS = 256;
+
 /** What the audit tools read: the verify interface, the record scans, and the raw connection for other tables. */
 export interface AuditReader
   extends Pick<AuditStore, "scanAudit" | "countAudit" | "checkpoints" | "firstAuditSeq" | "auditHashAt">,
@@ -239,6 +245,9 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     }
   }
   const reads: AuditReadApi = segReads ?? new AuditReads(db, source, shape);
+  // Retention removes the oldest segments first: those are the ones a long walk must hold open.
+  const pinnedSegments =
+    segReads && db.prepare(`SELECT DISTINCT segment FROM audit_batches ORDER BY segment LIMIT ${PINNED_SEGMENTS}`).pluck(true);
   let records: RecordScan | SegmentScan | undefined;
   return {
     db,
@@ -246,7 +255,19 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     snapshot: tmp !== undefined,
     columnLayout: source !== undefined,
     segments: segDir,
-    transaction: (fn) => db.transaction(fn)(),
+    transaction: (fn) =>
+      db.transaction(() => {
+        if (!segReads || !pinnedSegments) return fn();
+        // The snapshot begins with this read; the segments it names are opened at once, so a kernel's
+        // retention unlinking them during a long walk (one prune late) is no missing record.
+        const files = segReads.index.files;
+        files.pin(pinnedSegments.all() as number[]);
+        try {
+          return fn();
+        } finally {
+          files.unpin();
+        }
+      })(),
     record: (seq) => reads.record(seq),
     records: (o) => reads.records(o),
     headSeq: () => reads.head(),

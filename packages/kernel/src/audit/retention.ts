@@ -15,6 +15,8 @@ export class AuditRetention {
   removed = 0;
   /** Called when a slice throws, after its log line (the kernel counts it). */
   onError: ((e: unknown) => void) | undefined;
+  /** Called after a pass that pruned records (the kernel puts it on the record: `audit.pruned`). */
+  onPruned: ((records: number) => void) | undefined;
 
   constructor(
     private readonly audit: Pick<AuditLog, "pruneSlice">,
@@ -41,7 +43,9 @@ export class AuditRetention {
         return n > 0;
       },
       () => {
-        if (pass) this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+        if (!pass) return;
+        this.log.info({ records: pass }, "pruned old audit records behind a signed checkpoint (auditRetainRecords)");
+        this.onPruned?.(pass);
       },
     );
   }

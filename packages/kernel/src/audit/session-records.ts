@@ -4,7 +4,7 @@ import { detailJson } from "./detail.js";
 import type { AuditEntry, AuditLog } from "./log.js";
 
 /** A token presented at ATTEST: bound to a handle, or refused with a code (and named by its id when it decoded). */
-export type AttestedToken = { handle: number; id: string } | { code: string; message: string; id?: string };
+export type AttestedToken = { handle: number; id: string } | { code: string; message: string; id?: string; unverified?: true };
 
 /**
  * The records of one session's life (phase "session"): its open, its end, a fatal error or failed
@@ -37,7 +37,8 @@ export class SessionRecords {
       } else {
         handles.push(0);
         refused.push({ index, code: t.code, token: t.id ?? null, message: t.message });
-        if (t.id !== undefined) caps.push(`refused:${t.id}`);
+        // A signature that did not verify: the id is only claimed (see CapEnforcer.authorize).
+        if (t.id !== undefined) caps.push(`${t.unverified ? "unverified" : "refused"}:${t.id}`);
       }
     });
     this.fire({

@@ -43,7 +43,10 @@ export const MAX_INLINE_TOKENS = 4;
 const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
 
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
-export type Verified = { ok: true; token: Token; grant: Grant } | { ok: false; code: string; message: string; id?: string };
+export type Verified =
+  | { ok: true; token: Token; grant: Grant }
+  /** `unverified`: the signature was not checked good (unknown key, bad signature): `id` is only what the token claims. */
+  | { ok: false; code: string; message: string; id?: string; unverified?: true };
 
 /** A token attenuated offline, the first time this kernel run sees it used (for its audit record). */
 export type DerivedUse = (token: Token, grant: Grant, persona: string, session: string | undefined) => void;
@@ -108,10 +111,17 @@ export class CapEnforcer implements Authorizer {
     // Named in refusals by the id it claims: unverified, but what the presenter asserted.
     const claimed = derivedTokenId(token);
     const key = this.keys.get(token.claims.kid);
-    if (!key) return { ok: false, code: "UNKNOWN_KEY", message: "token was signed with an unknown or retired key", id: claimed };
+    if (!key)
+      return {
+        ok: false,
+        code: "UNKNOWN_KEY",
+        message: "token was signed with an unknown or retired key",
+        id: claimed,
+        unverified: true,
+      };
     const expected = expectedSignature(key, token);
     if (!timingSafeEqual(expected, Buffer.from(token.sig)))
-      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed };
+      return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed, unverified: true };
     const grant = effectiveGrant(token);
     this.kids.set(grant, token.claims.kid);
     if (cacheKey !== undefined) {
@@ -251,8 +261,10 @@ export class CapEnforcer implements Authorizer {
       } else {
         const v = this.verify(ref, req.persona);
         if (!v.ok) {
-          // A refused inline token is named too, when it decoded: the record says which it was.
-          if (v.id !== undefined) capIds.push(`inline:${v.id}`);
+          // A refused inline token is named too, when it decoded: the record says which it was. One
+          // whose signature did not verify only claims its id (anyone can write any id into one):
+          // named apart, so a persona cannot put another's token id on its records as presented.
+          if (v.id !== undefined) capIds.push(`${v.unverified ? "unverified" : "inline"}:${v.id}`);
           firstProblem ??= v.message;
           continue;
         }

@@ -60,11 +60,16 @@ export class RootKeys {
   /** Why the file last read was unusable, until a re-read finds it whole again. */
   private broken: KeyFileError | undefined;
 
-  /** `onDamaged`: told when a re-read finds the file unusable (no key is used until it is mended). */
+  /**
+   * `onDamaged`: told when a re-read finds the file unusable (no key is used until it is mended);
+   * `onChanged`: told when a re-read finds other keys than before (a rotation, a retirement, a
+   * key added, removed or replaced, the file mended), so the kernel puts it on the record.
+   */
   constructor(
     private readonly home: string,
     private readonly clock: () => number = Date.now,
     private readonly onDamaged: (e: KeyFileError) => void = () => {},
+    private readonly onChanged: (c: RootKeyChange) => void = () => {},
   ) {
     this.file = RootKeys.load(home);
     this.version = fileVersion(RootKeys.path(home));
@@ -89,6 +94,8 @@ export class RootKeys {
     // naming an unknown key forces this check, and a persona can present such tokens in a loop —
     // a stat each, not a read and parse of the file each.
     if (this.broken ? m !== this.damagedVersion : m !== this.version) {
+      const before = this.file;
+      const wasBroken = this.broken !== undefined;
       try {
         this.file = RootKeys.load(this.home, false);
       } catch (e) {
@@ -98,6 +105,8 @@ export class RootKeys {
       this.version = m;
       this.damagedVersion = undefined;
       this.broken = undefined;
+      const change = keyChange(before, this.file, wasBroken);
+      if (change) this.onChanged(change);
     }
   }
 
@@ -177,6 +186,11 @@ export class RootKeys {
     RootKeys.save(home, file);
   }
 
+  /** The ids of the keys as last read (kernel.start's record). */
+  summary(): { current: string; keys: number; retired: number } {
+    return keySummary(this.file);
+  }
+
   get currentKid(): string {
     this.refresh();
     if (this.broken) throw this.broken;
@@ -222,6 +236,55 @@ export class RootKeys {
     if (this.broken || !k || k.retired !== undefined) return undefined;
     return Buffer.from(k.key, "base64url");
   }
+}
+
+/** What a re-read of the key file changed: key ids only, never key bytes. */
+export interface RootKeyChange {
+  current: string;
+  /** The current key before, when it changed. */
+  previous?: string;
+  added: string[];
+  retired: string[];
+  removed: string[];
+  /** Key ids kept whose key bytes are other than before (the file rewritten by someone else than kpip). */
+  replaced: string[];
+  /** The file was unusable before this read (it is whole again). */
+  mended?: boolean;
+  keys: number;
+}
+
+/** The differences between two readings of the key file, or undefined when the keys are the same. */
+export function keyChange(before: RootKeyFile, after: RootKeyFile, mended = false): RootKeyChange | undefined {
+  const added: string[] = [];
+  const retired: string[] = [];
+  const replaced: string[] = [];
+  for (const [kid, k] of Object.entries(after.keys)) {
+    const old = Object.hasOwn(before.keys, kid) ? before.keys[kid] : undefined;
+    if (!old) added.push(kid);
+    else {
+      if (old.key !== k.key) replaced.push(kid);
+      if (k.retired !== undefined && old.retired === undefined) retired.push(kid);
+    }
+  }
+  const removed = Object.keys(before.keys).filter((kid) => !Object.hasOwn(after.keys, kid));
+  const previous = before.current !== after.current ? before.current : undefined;
+  if (!mended && !previous && !added.length && !retired.length && !removed.length && !replaced.length) return undefined;
+  return {
+    current: after.current,
+    ...(previous !== undefined ? { previous } : {}),
+    added,
+    retired,
+    removed,
+    replaced,
+    ...(mended ? { mended } : {}),
+    keys: Object.keys(after.keys).length,
+  };
+}
+
+/** The key file's ids for the kernel.start record: the current one, how many, how many retired. */
+export function keySummary(f: RootKeyFile): { current: string; keys: number; retired: number } {
+  const all = Object.values(f.keys);
+  return { current: f.current, keys: all.length, retired: all.filter((k) => k.retired !== undefined).length };
 }
 
 function newKid(): string {

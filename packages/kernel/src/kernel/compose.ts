@@ -147,14 +147,44 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
     const records = new KernelRecords(audit);
+    // The token root keys: a change the kernel meets while it runs (a rotation, a retirement, a
+    // file replaced or damaged by someone with the home) is on the record, not only in the log.
+    const rootKeys = new RootKeys(
+      c.home,
+      input.clock,
+      (e) => {
+        log.error({ err: e.name }, `${e.message}: no token verifies and none is minted until it is mended`);
+        records.record({
+          op: "token.keys",
+          target: "kernel://",
+          message: `${e.message}: no token verifies and none is minted until it is mended`,
+          detail: { damaged: true },
+        });
+      },
+      (change) => {
+        log.warn({ ...change }, "the token root keys changed");
+        records.record({
+          op: "token.keys",
+          target: "kernel://",
+          message: `the token root keys changed: current ${change.current}`,
+          detail: { ...change },
+        });
+      },
+    );
     const last = home.lastRecord;
+    const lost = home.lostTail;
     records.record({
       op: "kernel.start",
       target: "kernel://",
-      message: sandboxSummary(sandbox),
+      // A cut of the newest segment is on the chain here, or nowhere: the chain after it agrees with itself.
+      message: lost
+        ? `${sandboxSummary(sandbox)}; audit records ${lost.from}..${lost.to} (${lost.records}) and ${lost.checkpoints} signed checkpoints the index named are gone: the newest segment ends before them (an OS crash before its sync, or a cut)`
+        : sandboxSummary(sandbox),
       detail: {
         ...runDetail(),
         reason: last && last.op !== "kernel.stop" ? "the previous run ended without kernel.stop (killed or crashed)" : "start",
+        keys: rootKeys.summary(),
+        ...(lost ? { lost: { ...lost } } : {}),
       },
     });
     // Committed before start() returns, like everything else the start puts on the record.
@@ -242,6 +272,14 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
     );
+    // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
+    uploads.onEnded = (u, why) =>
+      records.record({
+        op: "storage.upload.ended",
+        target: u.target,
+        persona: u.persona,
+        detail: { upload: u.id, reason: why, received: u.received, size: u.size },
+      });
     // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
@@ -263,9 +301,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       ),
     );
     const { enforcer, tokens } = capabilities(
-      new RootKeys(c.home, input.clock, (e) =>
-        log.error({ err: e.name }, `${e.message}: no token verifies and none is minted until it is mended`),
-      ),
+      rootKeys,
       store,
       input.clock,
       {

@@ -31,6 +31,17 @@ export function startHousekeeping(
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
   // Retention logs its own failures (at error: the log keeps growing); they are counted with the pruners'.
   retention.onError = () => s.metrics.prunerFailures.inc({ pruner: "audit" });
+  // Pruning removes evidence: the chain says when the kernel did it and through which record, so a
+  // log missing its start without such a record was cut by someone else (kpip audit verify).
+  retention.onPruned = (records) => {
+    const through = (s.store.firstAuditSeq() ?? 1) - 1;
+    s.records.record({
+      op: "audit.pruned",
+      target: "kernel://",
+      message: `records 1..${through} pruned behind the signed checkpoint at ${through} (auditRetainRecords ${c.auditRetainRecords})`,
+      detail: { through, records, retain: c.auditRetainRecords },
+    });
+  };
   const agentPruner = new SliceLoop();
   const opPruner = new SliceLoop();
   const tickMs = Math.max(MIN_TICK_MS, Math.min(c.heartbeatMs, c.handshakeTimeoutMs) / 2);

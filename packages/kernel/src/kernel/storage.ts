@@ -8,6 +8,7 @@ import { ConfigError, type KernelConfig } from "../config.js";
 import { acquireHome, ensureAdmin, ensureHome, FIRST_START_ACTOR, HOME_FILES, kernelId, loadKernelKey } from "../home.js";
 import type { Logger } from "../log.js";
 import { WalCheckpointer } from "../store/checkpointer.js";
+import type { LostTail } from "../store/sqlite/audit.js";
 import { SqliteStore } from "../store/sqlite.js";
 import type { AuditRow } from "../store/types.js";
 import { prepareSocketPath } from "../transport/uds.js";
@@ -30,6 +31,8 @@ export interface HomeStorage {
   readonly adminIdentity: string;
   /** The last record of the previous run (before this start journalled anything). */
   readonly lastRecord: AuditRow | undefined;
+  /** Records and checkpoints the index named that the newest segment no longer held (dropped at this start). */
+  readonly lostTail?: LostTail;
   /** Closes what was opened, in order: audit log (final checkpoint), anchors, WAL worker, store, home lock. */
   close(): Promise<void>;
 }
@@ -70,8 +73,8 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       log.info({ records: opened.migrated }, "moved the audit records out of the database into segment files (once)");
     if (opened.lost)
       log.warn(
-        { records: opened.lost },
-        "the newest audit segment ends before its index (an OS crash before its sync, or a cut): those records are gone from the index; the checkpoints and anchors bound the cut",
+        { ...opened.lost },
+        "the newest audit segment ends before its index (an OS crash before its sync, or a cut): those records are gone from the index; the checkpoints and anchors bound the cut, and this start's kernel.start record names it",
       );
     if (opened.recovered)
       log.info({ records: opened.recovered }, "indexed audit records appended before the last kernel stopped");
@@ -111,7 +114,17 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       .update("kpip listing cursors v1")
       .digest()
       .subarray(0, 16);
-    return { kernelId: id, cursorKey, store, checkpointer, audit, adminIdentity, lastRecord, close };
+    return {
+      kernelId: id,
+      cursorKey,
+      store,
+      checkpointer,
+      audit,
+      adminIdentity,
+      lastRecord,
+      ...(opened.lost ? { lostTail: opened.lost } : {}),
+      close,
+    };
   } catch (e) {
     await close();
     throw e;

@@ -31,7 +31,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           uploads.pendingFor(workspace),
         );
         const u = uploads.begin(ctx.persona, ctx.targetUri, size, ctx.grant);
-        return { status: "SUCCESS", payload: { upload: u.id, size } };
+        return { status: "SUCCESS", payload: { upload: u.id, size }, audit: { upload: u.id, size } };
       },
     }),
     implement(storageUploadChunk, {

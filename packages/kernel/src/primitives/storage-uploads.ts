@@ -63,6 +63,8 @@ export interface Upload {
    * (which could not be dropped then): that commit's refusal ends the upload instead of keeping it.
    */
   ended: boolean;
+  /** Why the kernel ended it while its commit ran (told to {@link UploadTable.onEnded} when dropped). */
+  endedBy?: UploadEnd;
 }
 
 /** Dirty bytes of one upload after which its file is flushed in the background. */
@@ -80,9 +82,14 @@ const UNHASHED_CHUNKS = 64;
  * in the file store's temp directory, which a start empties). Bounded per persona and in total;
  * an idle upload expires and its partial file is removed.
  */
+/** Why the kernel ended an upload its persona neither committed nor aborted. */
+export type UploadEnd = "idle" | "revoked" | "persona removed";
+
 export class UploadTable {
   private readonly byId = new Map<string, Upload>();
   private readonly timer: NodeJS.Timeout;
+  /** Told of each upload the kernel ends on its own (the kernel puts it on the record). */
+  onEnded: ((u: Upload, why: UploadEnd) => void) | undefined;
 
   constructor(
     private readonly blobs: BlobStore,
@@ -317,7 +324,7 @@ export class UploadTable {
     u.installed = installed;
     // Revoked (or its persona removed) while it committed: nothing may commit it any more, so it
     // holds no slot nor body.
-    if (u.ended) return this.drop(u);
+    if (u.ended) return this.end(u, u.endedBy ?? "revoked");
     u.committing = false;
     u.expires = this.clock() + this.limits.idleMs;
   }
@@ -329,7 +336,7 @@ export class UploadTable {
    * marked: refused, it is dropped then ({@link keep}), not kept for a retry.
    */
   dropRevoked(isRevoked: (g: Grant) => boolean): number {
-    return this.dropWhere((u) => u.grant !== undefined && isRevoked(u.grant));
+    return this.dropWhere((u) => u.grant !== undefined && isRevoked(u.grant), "revoked");
   }
 
   /**
@@ -339,20 +346,28 @@ export class UploadTable {
    * the tree's place until it expired idle.
    */
   dropOf(gone: (persona: string) => boolean): number {
-    return this.dropWhere((u) => gone(u.persona));
+    return this.dropWhere((u) => gone(u.persona), "persona removed");
   }
 
-  private dropWhere(ends: (u: Upload) => boolean): number {
+  private dropWhere(ends: (u: Upload) => boolean, why: UploadEnd): number {
     let n = 0;
     for (const u of [...this.byId.values()]) {
       if (!ends(u)) continue;
-      if (u.committing) u.ended = true;
-      else {
-        this.drop(u);
+      if (u.committing) {
+        u.ended = true;
+        u.endedBy = why;
+      } else {
+        this.end(u, why);
         n++;
       }
     }
     return n;
+  }
+
+  /** Drops an upload its persona did not end, and says why (an act of the kernel, on the record). */
+  private end(u: Upload, why: UploadEnd): void {
+    this.drop(u);
+    this.onEnded?.(u, why);
   }
 
   /** Discards every idle upload past its expiry. */
@@ -360,7 +375,7 @@ export class UploadTable {
     let n = 0;
     for (const u of [...this.byId.values()]) {
       if (!u.committing && u.expires <= now) {
-        this.drop(u);
+        this.end(u, "idle");
         n++;
       }
     }

@@ -163,10 +163,35 @@ const SEGMENT_FDS = 4;
 /** Reads spans of a home's segments: one descriptor per segment read, kept until close (at most SEGMENT_FDS). */
 export class SegmentFiles {
   readonly #fds = new Map<number, number>();
+  /** Segments opened ahead by {@link pin}: kept open, outside the SEGMENT_FDS bound, until unpin. */
+  readonly #pinned = new Map<number, number>();
 
   constructor(readonly dir: string) {}
 
+  /**
+   * Opens these segments now and keeps them open until {@link unpin}: a reader beside a running
+   * kernel whose snapshot names them (a long `audit verify`) still reads a file retention unlinks
+   * meanwhile, through its descriptor. One that cannot be opened now is read as before (missing).
+   */
+  pin(segments: readonly number[]): void {
+    for (const s of segments) {
+      if (this.#pinned.has(s)) continue;
+      try {
+        this.#pinned.set(s, openRegular(join(this.dir, segmentName(s)), constants.O_RDONLY));
+      } catch {
+        // Gone already, or not a regular file: its reads report it.
+      }
+    }
+  }
+
+  unpin(): void {
+    for (const fd of this.#pinned.values()) closeSync(fd);
+    this.#pinned.clear();
+  }
+
   #fd(segment: number): number | string {
+    const pinned = this.#pinned.get(segment);
+    if (pinned !== undefined) return pinned;
     let fd = this.#fds.get(segment);
     if (fd === undefined) {
       try {
@@ -182,7 +207,7 @@ export class SegmentFiles {
         throw e;
       }
       // A few at most (a scan reads one segment after another): the kernel's descriptor margin is small (fd-budget.ts).
-      if (this.#fds.size >= SEGMENT_FDS) this.close();
+      if (this.#fds.size >= SEGMENT_FDS) this.#closeOpen();
       this.#fds.set(segment, fd);
     }
     return fd;
@@ -216,9 +241,14 @@ export class SegmentFiles {
     return parseSpan(b, `${segmentName(s.segment)}`);
   }
 
-  close(): void {
+  #closeOpen(): void {
     for (const fd of this.#fds.values()) closeSync(fd);
     this.#fds.clear();
+  }
+
+  close(): void {
+    this.#closeOpen();
+    this.unpin();
   }
 }
 

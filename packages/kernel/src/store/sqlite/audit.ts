@@ -44,8 +44,20 @@ export const SEGMENTS_SENTINEL =
 export interface SegmentsOpened {
   recovered: number;
   migrated: number;
-  /** Records the index named past the newest segment's end (an OS crash before its sync): dropped from the index. */
-  lost?: number;
+  /**
+   * What the index named past the newest segment's end (an OS crash before its sync, or a cut)
+   * and the segment no longer holds: records `from..to` and the signed checkpoints over them,
+   * dropped from the index (the kernel says so in its kernel.start record).
+   */
+  lost?: LostTail;
+}
+
+/** Records (and checkpoints) the index named that the newest segment no longer holds. */
+export interface LostTail {
+  records: number;
+  from: number;
+  to: number;
+  checkpoints: number;
 }
 
 /**
@@ -143,7 +155,9 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (legacyJournal && existsSync(legacyJournal)) unlinkSync(legacyJournal);
       this.#segments ??= new SegmentReads(this.db, dir);
       const seg = this.#segments;
-      const lost = this.#dropLostTail(dir, seg);
+      const indexedHead = seg.head();
+      const signed = this.#countCheckpoints();
+      const dropped = this.#dropLostTail(dir, seg);
       this.#checkSegments(dir);
       const headSeq = seg.head();
       const hash = headSeq === undefined ? undefined : seg.hashAt(headSeq);
@@ -163,7 +177,15 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       }
       const next = (seg.head() ?? seg.index.retained()) + 1;
       this.#writer = new SegmentWriter(dir, next, opts);
-      return lost > 0 ? { recovered, migrated, lost } : { recovered, migrated };
+      if (dropped === 0 || indexedHead === undefined) return { recovered, migrated };
+      // Exactly what is gone: the whole batches still there were indexed again just above.
+      const lost: LostTail = {
+        records: Math.max(0, indexedHead - next + 1),
+        from: next,
+        to: indexedHead,
+        checkpoints: Math.max(0, signed - this.#countCheckpoints()),
+      };
+      return lost.records > 0 || lost.checkpoints > 0 ? { recovered, migrated, lost } : { recovered, migrated };
     }
 
     /**
@@ -191,6 +213,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
             `${segmentName(segment)} is cut short: the index names bytes through ${end}, it holds ${size}`,
           );
       }
+    }
+
+    #countCheckpoints(): number {
+      return (this.prep("SELECT count(*) AS n FROM audit_checkpoints").get() as { n: number }).n;
     }
 
     #dropLostTail(dir: string, seg: SegmentReads): number {
