@@ -1,13 +1,15 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
+import { decodeRecord } from "../src/audit/record-decode.js";
 import { OutcomeRecoveryError, RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
+import { decodeBatches, encodeBatch } from "../src/store/audit-journal.js";
 import { klass, removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -599,4 +601,81 @@ describe("many effects around the one a SIGKILL cut off: every outcome on the re
       }
     });
   }
+});
+
+describe("an OS crash that loses the audit segment's unsynced tail after SQLite kept the effects' answers", () => {
+  it("a write whose intent record survived and whose outcome record was lost with the tail gets its outcome at the next start: its answer was never cleared", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      // A kernel that runs until it is killed (no op is its trigger).
+      const child = await kernelDyingAfterEffect(home, "no.such.op", "none://");
+      const exited = new Promise((r) => child.once("exit", r));
+      const identity = loadIdentity(join(home, "admin.identity"));
+      const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
+      const WRITES = 200;
+      const CUT = 100;
+      try {
+        const p = await RawPeer.connect(new Kernel({ home, logLevel: "silent" }).socketPath);
+        await p.handshake(identity, [token]);
+        for (let i = 0; i < WRITES; i++) {
+          const target = `obj://os/${i}`;
+          p.request(100 + i, encodeIntent({ op: "storage.write", target, args: { data: `v${i}` } }), {
+            persona: identity.persona,
+          });
+          assert.equal((await p.response(100 + i)).status, "SUCCESS");
+        }
+        // Every answer's commit and every outcome record's index commit is in SQLite by now.
+        await p.barrier(99);
+        p.close();
+      } finally {
+        child.kill("SIGKILL");
+        await exited;
+      }
+      // The page cache lost the segment from the batch after write CUT's intent record: its
+      // outcome record and everything after (SQLite's WAL, synced on its own schedule, kept all).
+      const dir = join(home, "audit");
+      const newest = join(dir, readdirSync(dir).sort().at(-1) as string);
+      let end = 0;
+      let cut = -1;
+      for (const b of decodeBatches(readFileSync(newest))) {
+        end += encodeBatch(b).length;
+        const rows = b.rows.map((r) => decodeRecord(r.seq, r.hash, r.record));
+        if (rows.some((r) => r.phase === "intent" && r.target === `obj://os/${CUT}`)) {
+          cut = end;
+          break;
+        }
+      }
+      assert.ok(cut > 0, "write CUT's intent record is in the newest segment");
+      truncateSync(newest, cut);
+      const t = await startKernel({}, home);
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const mine = s.queryAudit({ op: "storage.write", limit: 1000 }).filter((r) => r.target === `obj://os/${CUT}`);
+        assert.deepEqual(
+          mine.map((r) => [r.phase, r.status, r.message]),
+          [
+            ["intent", null, null],
+            ["outcome", "SUCCESS", RECOVERED_MESSAGE],
+          ],
+          "the effect is on the record: its answer still named its intent record",
+        );
+        const before = s.queryAudit({ op: "storage.write", limit: 1000 }).filter((r) => r.target === `obj://os/${CUT - 1}`);
+        assert.deepEqual(
+          before.map((r) => [r.phase, r.message]),
+          [
+            ["intent", null],
+            ["outcome", null],
+          ],
+          "the write before it kept its own outcome record, and no other",
+        );
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
 });
