@@ -117,42 +117,65 @@ describe("the audit commit (multi-row INSERT, a lone statement when it is only r
     }
   });
 
-  it("an outcome's commit clears its answer's intent record in its own transaction: not when the commit fails, never another request's answer", () => {
+  it("a start finds the answers committed with effects by walking the newest dedupe rows, each written with where the log was, down to the window and no further", () => {
     const dir = mkdtempSync(join(tmpdir(), "kpip-append-"));
     const s = new SqliteStore(join(dir, "k.db"));
-    const naming = () => s.db.prepare("SELECT key FROM dedupe WHERE intent_seq IS NOT NULL ORDER BY key").pluck().all();
     try {
-      const answer = (key: string, intentSeq: number): DedupeRow => ({
+      const effect = (key: string, intentSeq: number, afterSeq: number): DedupeRow => ({
         key,
         hash: randomBytes(32),
         response: randomBytes(5),
         expires: 9e15,
         intentSeq,
-        afterSeq: intentSeq,
+        afterSeq,
       });
-      s.putDedupe(answer("a", 1));
-      s.putDedupe(answer("b", 2));
+      const kept = (key: string): DedupeRow => ({ key, hash: randomBytes(32), response: randomBytes(5), expires: 9e15 });
+      s.putDedupe(effect("beneath", 100_001, 100_040));
+      // An older kpip's rows: an effect's answer it cleared and one kept with its outcome record (no after_seq).
+      s.db
+        .prepare(
+          "INSERT INTO dedupe (key, hash, response, expires) VALUES ('old-cleared', x'00', x'00', 9e15), ('old-kept', x'00', x'00', 9e15)",
+        )
+        .run();
+      s.putDedupe(effect("far", 10, 12));
       s.appendAudit([row(1), row(2)]);
-      // The outcome record's commit fails (a seq taken): the answer still names its intent record.
-      assert.throws(() => s.appendAudit([row(3), row(1)], [], 0, [], [{ key: "a", intentSeq: 1 }]), /UNIQUE|PRIMARY KEY/);
-      assert.deepEqual(naming(), ["a", "b"]);
-      // "b" now is the answer of a request whose intent record is 5, not 2: it stays.
-      s.appendAudit(
-        [row(3)],
-        [],
-        0,
-        [],
-        [
-          { key: "a", intentSeq: 1 },
-          { key: "b", intentSeq: 5 },
-        ],
-      );
-      assert.deepEqual(naming(), ["b"]);
+      // Answers kept with their outcome records: positioned at the last record of their commit.
+      s.appendAudit([row(99_990), row(99_995)], [kept("kept-a")]);
+      s.putDedupe(effect("a", 100_000, 100_010));
+      s.appendAudit([row(100_011)], [kept("kept-b"), kept("kept-c")]);
+      s.putDedupe(effect("b", 100_020, 100_030));
+      s.putDedupe(effect("c", 100_025, 100_030));
+      const position = (key: string) => s.db.prepare("SELECT after_seq FROM dedupe WHERE key = ?").pluck().get(key);
+      assert.deepEqual(["kept-a", "kept-b", "kept-c", "old-kept"].map(position), [99_995, 100_011, 100_011, null]);
+      // No index: the effects' rows are found by the walk (and not one row of the table is updated
+      // when their outcome records commit: a, b and c still name their intents).
+      const indexes = s.db.prepare("SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'dedupe'").pluck().all();
+      assert.deepEqual(indexes, ["sqlite_autoindex_dedupe_1"]);
+      const found = (since: number) => s.effectAnswersSince(since).map((e) => [e.key, e.intentSeq, e.afterSeq]);
+      assert.deepEqual(found(100_000), [
+        ["c", 100_025, 100_030],
+        ["b", 100_020, 100_030],
+        ["a", 100_000, 100_010],
+      ]);
+      assert.deepEqual(found(100_015), [
+        ["c", 100_025, 100_030],
+        ["b", 100_020, 100_030],
+      ]);
+      // The walk stops at the first row named far enough below the window ("far", 12 < 100,000 -
+      // 65,536): a row under it is not read, whatever it says ("beneath" was written first).
+      assert.deepEqual(found(0), [
+        ["beneath", 100_001, 100_040],
+        ["c", 100_025, 100_030],
+        ["b", 100_020, 100_030],
+        ["a", 100_000, 100_010],
+        ["far", 10, 12],
+      ]);
+      s.effectAnswersRecorded(["far"]);
       assert.deepEqual(
-        s.effectAnswersSince(0).map((e) => [e.key, e.intentSeq]),
-        [["b", 2]],
+        found(0).map(([k]) => k),
+        ["beneath", "c", "b", "a"],
+        "a row the start recorded names its intent no more",
       );
-      assert.ok(s.lookupDedupe("a", 0), "the answer stays a dedupe record");
     } finally {
       s.close();
       removeHome(dir);

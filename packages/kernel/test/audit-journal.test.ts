@@ -41,7 +41,7 @@ import {
   unindexedBatches,
 } from "../src/store/audit-journal.js";
 import { parseSpan, SegmentWriter, segmentName } from "../src/store/audit-segments.js";
-import { CLEARS_PER_COMMIT, MAX_UNINDEXED_ROWS, SEGMENTS_SENTINEL } from "../src/store/sqlite/audit.js";
+import { MAX_UNINDEXED_ROWS, SEGMENTS_SENTINEL } from "../src/store/sqlite/audit.js";
 import type { AuditCheckpoint, AuditRow, DedupeRow } from "../src/store/types.js";
 import { unsegment } from "./audit-fill.js";
 import { connectAdminOf, removeHome, spawnReady, startKernel } from "./harness.js";
@@ -264,60 +264,43 @@ describe("the audit segments in front of the index", () => {
     }
   });
 
-  it("answers named by outcome records are cleared by an index commit after the segment holds the records: 64 together, or at close", () => {
+  it("the index step writes an answer kept with its outcome record at its batch's last record, also when a start indexes a killed kernel's tail; an effect's answer keeps its own", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-seg-"));
-    const s = new SqliteStore(join(home, "k.db"));
-    const other = new Database(join(home, "k.db"), { readonly: true });
-    const named = () => (other.prepare("SELECT count(*) AS n FROM dedupe WHERE intent_seq IS NOT NULL").get() as { n: number }).n;
-    let closed = false;
+    const dir = join(home, "audit");
+    const at = (db: Database.Database, key: string) =>
+      db.prepare("SELECT intent_seq, after_seq FROM dedupe WHERE key = ?").get(key) as
+        | { intent_seq: number | null; after_seq: number | null }
+        | undefined;
     try {
-      s.useAuditSegments(join(home, "audit"));
-      const answer = (i: number) => ({
-        key: `a${i}`,
-        hash: randomBytes(32),
-        response: randomBytes(5),
-        expires: 9e15,
-        intentSeq: i + 1,
-        afterSeq: i + 1,
-      });
-      for (let i = 0; i < CLEARS_PER_COMMIT + 1; i++) s.putDedupe(answer(i));
-      const rows = chain(CLEARS_PER_COMMIT + 2);
-      // The first CLEARS_PER_COMMIT - 1 outcome records: indexed alone, their answers wait.
-      const recorded = (from: number, to: number) =>
-        Array.from({ length: to - from }, (_, i) => ({ key: `a${from + i}`, intentSeq: from + i + 1 }));
-      s.appendAudit(rows.slice(0, 1) as AuditRow[], [], 0, [], recorded(0, CLEARS_PER_COMMIT - 1));
+      const rows = chain(7);
+      const s = new SqliteStore(join(home, "k.db"));
+      s.useAuditSegments(dir);
+      s.putDedupe({ ...dedupeRow(0), key: "effect", intentSeq: 1, afterSeq: 2 });
+      s.appendAudit(rows.slice(0, 3) as AuditRow[], [{ ...dedupeRow(1), key: "kept-1" }]);
+      s.appendAudit(rows.slice(3, 5) as AuditRow[], [{ ...dedupeRow(2), key: "kept-2" }]);
       s.indexAudit?.();
-      assert.equal(indexed(other), 1);
-      assert.equal(named(), CLEARS_PER_COMMIT + 1, "fewer than CLEARS_PER_COMMIT wait: the index commit is the span alone");
-      s.appendAudit(rows.slice(1, 2) as AuditRow[], [], 0, [], recorded(CLEARS_PER_COMMIT - 1, CLEARS_PER_COMMIT));
-      assert.equal(
-        decodeBatches(readFileSync(onlySegment(join(home, "audit")))).length,
-        2,
-        "the outcome record is in the segment",
-      );
-      assert.equal(
-        named(),
-        CLEARS_PER_COMMIT + 1,
-        "not cleared before an index commit: a kill now leaves them to the next start",
-      );
-      s.indexAudit?.();
-      assert.equal(named(), 1, "CLEARS_PER_COMMIT cleared by one index commit");
-      s.appendAudit(rows.slice(2, 3) as AuditRow[], [], 0, [], recorded(CLEARS_PER_COMMIT, CLEARS_PER_COMMIT + 1));
-      s.indexAudit?.();
-      assert.equal(named(), 1);
-      // A row of another request under the key (another intent record) is not this outcome's.
-      s.putDedupe({ ...answer(CLEARS_PER_COMMIT + 5), key: "a0" });
-      s.appendAudit(rows.slice(3, 4) as AuditRow[], [], 0, [], [{ key: "a0", intentSeq: 1 }]);
+      assert.deepEqual(at(s.db, "kept-1"), { intent_seq: null, after_seq: 3 });
+      assert.deepEqual(at(s.db, "kept-2"), { intent_seq: null, after_seq: 5 });
+      assert.deepEqual(at(s.db, "effect"), { intent_seq: 1, after_seq: 2 });
+      // Appended, not indexed, and the store is left as a kill leaves it (no close).
+      s.appendAudit(rows.slice(5, 7) as AuditRow[], [{ ...dedupeRow(3), key: "kept-3" }]);
+      const copy = mkdtempSync(join(tmpdir(), "kpip-seg-"));
+      try {
+        s.db.exec(`VACUUM INTO '${join(copy, "k.db")}'`);
+        cpSync(dir, join(copy, "audit"), { recursive: true });
+        const again = new SqliteStore(join(copy, "k.db"));
+        try {
+          assert.equal(at(again.db, "kept-3"), undefined);
+          assert.deepEqual(again.useAuditSegments(join(copy, "audit")), { recovered: 2, migrated: 0 });
+          assert.deepEqual(at(again.db, "kept-3"), { intent_seq: null, after_seq: 7 });
+        } finally {
+          again.close();
+        }
+      } finally {
+        removeHome(copy);
+      }
       s.close();
-      closed = true;
-      assert.deepEqual(
-        other.prepare("SELECT key, intent_seq FROM dedupe WHERE intent_seq IS NOT NULL").all(),
-        [{ key: "a0", intent_seq: CLEARS_PER_COMMIT + 6 }],
-        "a clean close clears what waits, and only the rows naming those intents",
-      );
     } finally {
-      other.close();
-      if (!closed) s.close();
       removeHome(home);
     }
   });

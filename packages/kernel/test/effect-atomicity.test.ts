@@ -1,14 +1,15 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, truncateSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { loadIdentity } from "@kpip/client";
 import { type CborMap, decodeToken, encodeIntent, generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
+import { decodeRecord } from "../src/audit/record-decode.js";
 import { OutcomeRecoveryError, RECOVERED_MESSAGE } from "../src/audit/recover-outcomes.js";
 import { Kernel, SqliteStore, verifyAudit } from "../src/index.js";
-import { CLEARS_PER_COMMIT } from "../src/store/sqlite/audit.js";
+import { decodeBatches, encodeBatch } from "../src/store/audit-journal.js";
 import { klass, removeHome, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -38,7 +39,7 @@ setInterval(() => {}, 1000);`;
   return spawnReady(["--input-type=module", "-e", code, kernelModule, home, op, target, when], "ready");
 }
 
-/** Dedupe rows that still name an intent record (the partial index dedupe_effects holds exactly these). */
+/** Dedupe rows that still name an intent record (answers committed with effects, until a start recorded their outcome). */
 function answersNamingIntents(db: Database.Database): number {
   return (db.prepare("SELECT count(*) AS n FROM dedupe WHERE intent_seq IS NOT NULL").get() as { n: number }).n;
 }
@@ -303,33 +304,7 @@ describe("an effect committed before its kernel was killed is on the record afte
     }
   });
 
-  it("effects answered as usual: their answers stop naming their intent records once their outcome records commit, so a start has next to nothing to look at", async () => {
-    const t = await startKernel();
-    const db = new Database(join(t.home, "kernel.db"), { readonly: true });
-    try {
-      const c = await t.admin();
-      const writes = 2 * CLEARS_PER_COMMIT + 10;
-      for (let i = 0; i < writes; i++) await c.storage.write(`obj://ws/k${i % 8}`, `v${i}`);
-      await c.storage.delete("obj://ws/k0");
-      await c.tokens.mint("admin", { rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }], ttlMs: 60_000 });
-      const effects = db.prepare("SELECT count(*) AS n FROM dedupe").get() as { n: number };
-      assert.ok(effects.n >= writes + 2, `the answers committed with their effects (${effects.n} dedupe rows)`);
-      // Cleared by index commits after their outcome records, CLEARS_PER_COMMIT together.
-      await until(
-        () => answersNamingIntents(db) < CLEARS_PER_COMMIT,
-        30_000,
-        "the answers recorded to stop naming their intents",
-      );
-      await t.stop();
-      assert.equal(answersNamingIntents(db), 0, "a clean stop clears the rest");
-    } finally {
-      db.close();
-      await t.stop();
-      removeHome(t.home);
-    }
-  });
-
-  it("a kill after the outcome record reached the audit segment and before SQLite indexed it: the next start finds that record, writes no other, and clears the answer", async () => {
+  it("a kill after the outcome record reached the audit segment and before SQLite indexed it: the next start finds that record and writes no other", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
     try {
       await prepared(home, async () => undefined);
@@ -343,7 +318,7 @@ describe("an effect committed before its kernel was killed is on the record afte
       );
       const killed = new Database(join(home, "kernel.db"), { readonly: true });
       try {
-        assert.equal(answersNamingIntents(killed), 1, "the kill came before the commit that clears the answer");
+        assert.equal(answersNamingIntents(killed), 1, "the answer names its intent record");
       } finally {
         killed.close();
       }
@@ -361,7 +336,11 @@ describe("an effect committed before its kernel was killed is on the record afte
           ],
           "the kernel's own outcome record, and no recovered one",
         );
-        assert.equal(answersNamingIntents(s.db), 0);
+        assert.equal(
+          answersNamingIntents(s.db),
+          1,
+          "still naming it: its outcome is on the log, where a later start finds it too",
+        );
       } finally {
         s.close();
       }
@@ -467,6 +446,230 @@ describe("an effect committed before its kernel was killed is on the record afte
             ["outcome", RECOVERED_MESSAGE],
           ],
           "the next start recorded the outcome the failed one could not, once",
+        );
+      } finally {
+        s.close();
+      }
+    } finally {
+      removeHome(home);
+    }
+  });
+});
+
+describe("many effects around the one a SIGKILL cut off: every outcome on the record once (no index finds them)", () => {
+  const BEFORE = 300;
+  const BURST = 64;
+
+  /**
+   * One kill: BEFORE writes answered one at a time, then BURST pipelined on one connection (the
+   * kernel takes them in one read: their effects commit in one turn), the victim in the middle;
+   * the kernel SIGKILLs itself as the victim's outcome record is appended (`when`: before it
+   * reaches the segment, or after, before SQLite indexes it). Ids from `base` (one client
+   * instance across runs: another run's ids would be answered from the record).
+   */
+  async function killedAmongMany(home: string, base: number, when: "before" | "after"): Promise<string[]> {
+    const victim = `obj://many/${base + BEFORE + BURST / 2}`;
+    const child = await kernelDyingAfterEffect(home, "storage.write", victim, when);
+    const exited = new Promise((r) => child.once("exit", r));
+    const identity = loadIdentity(join(home, "admin.identity"));
+    const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
+    const targets: string[] = [];
+    const write = (id: number) => {
+      const target = `obj://many/${id}`;
+      targets.push(target);
+      p.request(id, encodeIntent({ op: "storage.write", target, args: { data: `v${id}` } }), { persona: identity.persona });
+    };
+    const p = await RawPeer.connect(new Kernel({ home, logLevel: "silent" }).socketPath);
+    try {
+      await p.handshake(identity, [token]);
+      for (let i = 0; i < BEFORE; i++) {
+        write(base + i);
+        assert.equal((await p.response(base + i)).status, "SUCCESS");
+      }
+      for (let i = BEFORE; i < BEFORE + BURST; i++) write(base + i);
+      await exited;
+      await until(() => p.closed, 10_000, "the killed kernel's connection to close");
+      assert.equal(
+        p.frames.find((f) => f.msg.type === "RESPONSE" && (f.msg.body as { id: number }).id === base + BEFORE + BURST / 2),
+        undefined,
+        "the victim was never answered",
+      );
+    } finally {
+      p.close();
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      await exited;
+    }
+    return targets;
+  }
+
+  /**
+   * Every object written has exactly one outcome record, SUCCESS, after its one intent record; a
+   * write whose effect never committed has its intent alone. Returns how many outcomes a start recovered.
+   */
+  function everyEffectRecordedOnce(home: string, targets: string[]): number {
+    const s = new SqliteStore(join(home, "kernel.db"));
+    try {
+      assert.ok(verifyAudit(s).ok);
+      const byTarget = new Map<string, { phase: string; status: string | null; message: string | null }[]>();
+      for (let seq = 1; ; ) {
+        const rows = s.scanAudit(seq, 1024);
+        if (rows.length === 0) break;
+        for (const r of rows)
+          if (r.op === "storage.write" && r.target) {
+            const l = byTarget.get(r.target) ?? [];
+            l.push({ phase: r.phase, status: r.status, message: r.message });
+            byTarget.set(r.target, l);
+          }
+        seq = (rows.at(-1) as { seq: number }).seq + 1;
+      }
+      let recovered = 0;
+      for (const target of targets) {
+        const [workspace, path] = target.slice("obj://".length).split("/") as [string, string];
+        const stored = s.statObject(workspace, path) !== undefined;
+        const phases = byTarget.get(target) ?? [];
+        if (stored) {
+          assert.deepEqual(
+            phases.map((x) => [x.phase, x.status]),
+            [
+              ["intent", null],
+              ["outcome", "SUCCESS"],
+            ],
+            `${target}: written, so one intent and one SUCCESS outcome`,
+          );
+          if (phases[1]?.message === RECOVERED_MESSAGE) recovered++;
+        } else
+          assert.deepEqual(
+            phases.map((x) => x.phase),
+            phases.length ? ["intent"] : [],
+            `${target}: not written, so no outcome`,
+          );
+      }
+      return recovered;
+    } finally {
+      s.close();
+    }
+  }
+
+  /** What a home of the kpip before this change looks like: the partial index, and the answers it had cleared. */
+  function asAnOlderKpipLeftIt(home: string): void {
+    const db = new Database(join(home, "kernel.db"));
+    try {
+      db.exec("CREATE INDEX IF NOT EXISTS dedupe_effects ON dedupe (after_seq) WHERE intent_seq IS NOT NULL");
+      // It cleared answers as their outcome records committed (64 at a time): all but the newest.
+      db.exec(
+        `UPDATE dedupe SET intent_seq = NULL, after_seq = NULL, detail = NULL, revoked = NULL WHERE rowid <= (SELECT max(rowid) FROM dedupe) - ${2 * BURST}`,
+      );
+    } finally {
+      db.close();
+    }
+  }
+
+  for (const [when, upgraded] of [
+    ["before", false],
+    ["after", false],
+    ["before", true],
+  ] as const) {
+    it(`killed ${when} the outcome reached the audit segment${upgraded ? ", on a home an older kpip left with its partial index" : ""}: twice, with ${BEFORE} effects before and a burst of ${BURST} around; each start records what was cut off, once`, async () => {
+      const home = mkdtempSync(join(tmpdir(), "kpip-"));
+      try {
+        await prepared(home, async () => undefined);
+        const targets: string[] = [];
+        let recovered = 0;
+        for (let run = 0; run < 2; run++) {
+          targets.push(...(await killedAmongMany(home, 1000 * (run + 1), when)));
+          if (upgraded && run === 0) asAnOlderKpipLeftIt(home);
+          // Two starts: the second (after a clean stop) has nothing to add.
+          for (let i = 0; i < 2; i++) {
+            const t = await startKernel({}, home);
+            await t.stop();
+          }
+          const now = everyEffectRecordedOnce(home, targets);
+          if (when === "before")
+            assert.ok(now > recovered, `run ${run}: the start recorded the effects the kill cut off (${now - recovered})`);
+          else assert.equal(now, 0, "outcome records in the segment are indexed at the start, not written again");
+          recovered = now;
+        }
+        const db = new Database(join(home, "kernel.db"), { readonly: true });
+        try {
+          assert.equal(db.prepare("SELECT count(*) FROM sqlite_master WHERE name = 'dedupe_effects'").pluck().get(), 0);
+          assert.equal(answersNamingIntents(db) > 0, true, "the answers recorded as usual still name their intents");
+        } finally {
+          db.close();
+        }
+      } finally {
+        removeHome(home);
+      }
+    });
+  }
+});
+
+describe("an OS crash that loses the audit segment's unsynced tail after SQLite kept the effects' answers", () => {
+  it("a write whose intent record survived and whose outcome record was lost with the tail gets its outcome at the next start: its answer was never cleared", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    try {
+      await prepared(home, async () => undefined);
+      // A kernel that runs until it is killed (no op is its trigger).
+      const child = await kernelDyingAfterEffect(home, "no.such.op", "none://");
+      const exited = new Promise((r) => child.once("exit", r));
+      const identity = loadIdentity(join(home, "admin.identity"));
+      const token = Buffer.from(readFileSync(join(home, "admin.token"), "utf8").trim(), "base64url");
+      const WRITES = 200;
+      const CUT = 100;
+      try {
+        const p = await RawPeer.connect(new Kernel({ home, logLevel: "silent" }).socketPath);
+        await p.handshake(identity, [token]);
+        for (let i = 0; i < WRITES; i++) {
+          const target = `obj://os/${i}`;
+          p.request(100 + i, encodeIntent({ op: "storage.write", target, args: { data: `v${i}` } }), {
+            persona: identity.persona,
+          });
+          assert.equal((await p.response(100 + i)).status, "SUCCESS");
+        }
+        // Every answer's commit and every outcome record's index commit is in SQLite by now.
+        await p.barrier(99);
+        p.close();
+      } finally {
+        child.kill("SIGKILL");
+        await exited;
+      }
+      // The page cache lost the segment from the batch after write CUT's intent record: its
+      // outcome record and everything after (SQLite's WAL, synced on its own schedule, kept all).
+      const dir = join(home, "audit");
+      const newest = join(dir, readdirSync(dir).sort().at(-1) as string);
+      let end = 0;
+      let cut = -1;
+      for (const b of decodeBatches(readFileSync(newest))) {
+        end += encodeBatch(b).length;
+        const rows = b.rows.map((r) => decodeRecord(r.seq, r.hash, r.record));
+        if (rows.some((r) => r.phase === "intent" && r.target === `obj://os/${CUT}`)) {
+          cut = end;
+          break;
+        }
+      }
+      assert.ok(cut > 0, "write CUT's intent record is in the newest segment");
+      truncateSync(newest, cut);
+      const t = await startKernel({}, home);
+      await t.stop();
+      const s = new SqliteStore(join(home, "kernel.db"));
+      try {
+        assert.ok(verifyAudit(s).ok);
+        const mine = s.queryAudit({ op: "storage.write", limit: 1000 }).filter((r) => r.target === `obj://os/${CUT}`);
+        assert.deepEqual(
+          mine.map((r) => [r.phase, r.status, r.message]),
+          [
+            ["intent", null, null],
+            ["outcome", "SUCCESS", RECOVERED_MESSAGE],
+          ],
+          "the effect is on the record: its answer still named its intent record",
+        );
+        const before = s.queryAudit({ op: "storage.write", limit: 1000 }).filter((r) => r.target === `obj://os/${CUT - 1}`);
+        assert.deepEqual(
+          before.map((r) => [r.phase, r.message]),
+          [
+            ["intent", null],
+            ["outcome", null],
+          ],
+          "the write before it kept its own outcome record, and no other",
         );
       } finally {
         s.close();

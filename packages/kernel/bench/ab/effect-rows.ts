@@ -8,7 +8,9 @@
  * differs between the checkouts is the dedupe row, its partial index and the clearing. One
  * JSON line per run: CPU per op (process.cpuUsage, steadier than wall time on a shared machine),
  * the dedupe rows still naming an intent at the end (what a kill then would leave a start to
- * read), and how long the start's read of them (effectAnswersSince) took.
+ * read), how long the start's read of them (effectAnswersSince) took, and the whole search a
+ * start after a kill would make then (recoverOutcomes: that read, the log's records from before
+ * the oldest of them, no record to write), `start_ms`.
  */
 import { generateKeyPairSync, randomBytes } from "node:crypto";
 import { mkdirSync, mkdtempSync, rmSync } from "node:fs";
@@ -101,12 +103,19 @@ try {
       }
       const used = process.cpuUsage(cpu);
       // What a kill now would leave a start to read (a checkout before the columns has no such read).
-      let recovery: { rows: number; ms: number } | null = null;
+      let recovery: { rows: number; ms: number; start_ms: number } | null = null;
       if (typeof store.effectAnswersSince === "function") {
         const rows = (store.db.prepare("SELECT count(*) AS n FROM dedupe WHERE intent_seq IS NOT NULL").get() as { n: number }).n;
         const t = process.hrtime.bigint();
         store.effectAnswersSince(Math.max(0, log.headSeq - 65_536));
-        recovery = { rows, ms: Math.round(Number(process.hrtime.bigint() - t) / 1e4) / 100 };
+        const ms = Math.round(Number(process.hrtime.bigint() - t) / 1e4) / 100;
+        const { recoverOutcomes } = (await import(
+          pathToFileURL(join(dist, "audit/recover-outcomes.js")).href
+        )) as typeof import("../../src/audit/recover-outcomes.js");
+        const t1 = process.hrtime.bigint();
+        const r = await recoverOutcomes(store, log, log.headSeq);
+        if (r.recorded || r.failed) throw new Error(`the search wrote ${r.recorded} records: every outcome is on the log`);
+        recovery = { rows, ms, start_ms: Math.round(Number(process.hrtime.bigint() - t1) / 1e4) / 100 };
       }
       log.close();
       store.close();

@@ -1,7 +1,7 @@
 import type { KeyObject } from "node:crypto";
 import { createPublicKey } from "node:crypto";
 import { rawPublicKey, sha256, signBytes } from "@kpip/protocol";
-import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry, OutcomeRecorded } from "../store/types.js";
+import type { AuditCheckpoint, AuditRow, AuditStore, DedupeRow, OfflineEntry } from "../store/types.js";
 import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
 import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
 
@@ -59,7 +59,6 @@ export class AuditLog {
   private head: Uint8Array = GENESIS_HASH;
   private pending: AuditRow[] = [];
   private pendingDedupe: DedupeRow[] = [];
-  private pendingRecorded: OutcomeRecorded[] = [];
   private pendingJournalUpTo = 0;
   private waiters: { resolve: () => void; reject: (e: Error) => void } | undefined;
   private batchPromise: Promise<void> | undefined;
@@ -152,13 +151,11 @@ export class AuditLog {
   /**
    * {@link append} of a record built whole by its caller (a request's, pipeline/context.ts): the
    * log takes the object as its own and fills in seq, time, kernel and the chain, so a request's
-   * record is one object, not an entry copied into a row. `recorded`: the row is the outcome
-   * record of an effect whose answer committed with it, cleared once this record is committed.
+   * record is one object, not an entry copied into a row.
    */
-  appendRow(row: AuditRow, dedupe?: DedupeRow, recorded?: OutcomeRecorded): Promise<void> {
+  appendRow(row: AuditRow, dedupe?: DedupeRow): Promise<void> {
     if (this.closed) return Promise.reject(new AuditClosedError("audit log is closed (kernel stopped)"));
     if (dedupe) this.pendingDedupe.push(dedupe);
-    if (recorded) this.pendingRecorded.push(recorded);
     row.seq = ++this.seq;
     row.time = Date.now();
     row.kernel = this.kernelId;
@@ -193,7 +190,6 @@ export class AuditLog {
     if (this.pending.length === 0 || this.closed) return;
     const rows = this.pending;
     const dedupe = this.pendingDedupe;
-    const recorded = this.pendingRecorded;
     const journalUpTo = this.pendingJournalUpTo;
     const waiters = this.waiters;
     const checkpoints = this.pendingCheckpoints;
@@ -202,13 +198,12 @@ export class AuditLog {
     this.pendingCheckpoints = [];
     this.pending = [];
     this.pendingDedupe = [];
-    this.pendingRecorded = [];
     this.pendingJournalUpTo = 0;
     this.waiters = undefined;
     this.batchPromise = undefined;
     const t = process.hrtime.bigint();
     try {
-      this.store.appendAudit(rows, dedupe, journalUpTo, checkpoints, recorded);
+      this.store.appendAudit(rows, dedupe, journalUpTo, checkpoints);
     } catch (e) {
       // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
       this.rewind();

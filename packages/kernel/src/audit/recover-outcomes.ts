@@ -27,54 +27,71 @@ export class OutcomeRecoveryError extends Error {
  * An op's effect commits with its dedupe answer (PROTOCOL §11 rule 9) and its outcome record is
  * appended just after: a kernel killed between the two left an effect that happened (an object
  * written, a token minted or revoked, a persona removed) with an intent record and no outcome,
- * which reads as "did not finish". The outcome record's commit clears its answer's row (the
- * audit appender, store/sqlite/audit-append.ts), so the rows left naming an intent are those a
- * kill caught before that commit, and a few recorded ones not cleared yet: few. At a start after
- * a run that ended without kernel.stop, every such answer near the log's head whose outcome
- * record is not on the log gets one now: the intent record's request, persona, session and
- * capabilities, the answer's status, the detail the op made for its outcome record (what a
- * revocation ended, what a write created), and `detail.recovered`; the tokens it revoked are
- * noted as revoked by that record. Returns how many records it committed and how many it could
- * not: an answer whose record did not commit keeps naming its intent, for the next start.
+ * which reads as "did not finish". Every such answer names its intent record and the log's head
+ * at its commit. At a start after a run that ended without kernel.stop, every answer committed
+ * within RECOVERY_WINDOW records of the log's head (found by the store's walk down the dedupe
+ * table's newest rows: no index) whose outcome record is not on the log gets one now: the
+ * intent record's request, persona, session and capabilities, the answer's status, the detail
+ * the op made for its outcome record (what a revocation ended, what a write created), and
+ * `detail.recovered`; the tokens it revoked are noted as revoked by that record. The log is read
+ * once, from a window before the oldest of those answers, for their intent records and for the
+ * outcome records after them. The answers whose record this start wrote stop naming their intents
+ * (after a sync of the segment that holds the records: an OS crash never keeps the one without
+ * the other), so a later start does not write them again. Returns how many records it committed
+ * and how many it could not: an answer whose record did not commit keeps naming its intent, for
+ * the next start.
  */
 export async function recoverOutcomes(
-  store: AuditStore & Pick<TokenStore, "noteRevocationSeq">,
+  store: AuditStore &
+    Pick<TokenStore, "noteRevocationSeq"> & { syncAuditSegment?(): Promise<void>; readonly auditSyncFailure?: Error },
   audit: AuditLog,
   head: number,
 ): Promise<{ recorded: number; failed: number }> {
   const answers = store.effectAnswersSince(Math.max(0, head - RECOVERY_WINDOW));
   if (answers.length === 0) return { recorded: 0, failed: 0 };
-  // The outcome records after the earliest of those effects, by session and request id.
-  let from = head + 1;
-  for (const a of answers) if (a.afterSeq + 1 < from) from = a.afterSeq + 1;
+  // One read of the log: the outcome records after the earliest of those effects (by session and
+  // request id), and the intent records they name from a window before it (an intent older than
+  // that, a handler that awaited long before its effect, is read on its own).
+  let firstAfter = head;
+  let firstIntent = head;
+  const intentSeqs = new Set<number>();
+  for (const a of answers) {
+    if (a.afterSeq < firstAfter) firstAfter = a.afterSeq;
+    if (a.intentSeq < firstIntent) firstIntent = a.intentSeq;
+    intentSeqs.add(a.intentSeq);
+  }
   const outcomes = new Set<string>();
-  for (let seq = from; seq <= head; ) {
+  const intents = new Map<number, AuditRow>();
+  for (let seq = Math.max(1, firstIntent, firstAfter - RECOVERY_WINDOW); seq <= head; ) {
     const rows = store.scanAudit(seq, 1024);
     if (rows.length === 0) break;
-    for (const r of rows) if (r.phase === "outcome" && r.requestId !== null) outcomes.add(`${r.session}\0${r.requestId}`);
+    for (const r of rows) {
+      if (r.phase === "outcome" && r.requestId !== null && r.seq > firstAfter) outcomes.add(`${r.session}\0${r.requestId}`);
+      else if (r.phase === "intent" && intentSeqs.has(r.seq)) intents.set(r.seq, r);
+    }
     seq = (rows[rows.length - 1] as AuditRow).seq + 1;
   }
-  /** Keys done with: their outcome is on the record, or nothing names it. */
+  /** Keys whose rows name nothing on the log (their intent pruned, or not this request's in a tampered table). */
   const done: string[] = [];
   /** Each appended record's answer and sequence number once committed; undefined: its commit failed. */
   const appended: Promise<{ a: EffectAnswer; seq: number } | undefined>[] = [];
   // Oldest effect first: the recovered records keep the order the effects committed in.
   for (const a of answers.reverse()) {
-    const intent = store.scanAudit(a.intentSeq, 1)[0];
-    // Nothing names it (its intent pruned, or not this request's in a tampered table), or its
-    // outcome is on the log: done with, or it would be read again at every start.
+    const intent = intents.get(a.intentSeq) ?? store.scanAudit(a.intentSeq, 1)[0];
     if (
       !intent ||
       intent.seq !== a.intentSeq ||
       intent.phase !== "intent" ||
       intent.requestId === null ||
       !a.key.startsWith(`${intent.persona}:`) ||
-      !a.key.endsWith(`:${intent.requestId}`) ||
-      outcomes.has(`${intent.session}\0${intent.requestId}`)
+      !a.key.endsWith(`:${intent.requestId}`)
     ) {
+      // Cleared, or it would be read again at every start.
       done.push(a.key);
       continue;
     }
+    // Its outcome is on the log: the usual case (answers are no longer cleared as they are recorded).
+    if (outcomes.has(`${intent.session}\0${intent.requestId}`)) continue;
     const answer = decodeCanonical(a.response) as CborMap;
     const status = typeof answer.status === "string" ? answer.status : "SUCCESS";
     const errorClass = typeof answer.error === "string" ? answer.error : null;
@@ -108,8 +125,12 @@ export async function recoverOutcomes(
   // The refusals a revocation causes name its record, as they would have named the request's own.
   for (const { a, seq } of recorded) for (const id of a.revoked ?? []) store.noteRevocationSeq(id, seq);
   // Only those whose record committed stop naming their intents (a kill in between writes them
-  // again, never loses them); one whose commit failed is left for the next start.
-  done.push(...recorded.map((r) => r.a.key));
+  // again, never loses them); one whose commit failed is left for the next start. Its record may
+  // come before the answer's after_seq (an OS crash cut the log there), where no later start would
+  // look for it: the answer must stop naming its intent, and only once the record is synced.
+  if (recorded.length > 0) await store.syncAuditSegment?.();
+  // A failed sync fails the audit closed (nothing more is answered): those answers stay named.
+  if (store.auditSyncFailure === undefined) done.push(...recorded.map((r) => r.a.key));
   if (done.length) store.effectAnswersRecorded(done);
   return { recorded: recorded.length, failed: appended.length - recorded.length };
 }

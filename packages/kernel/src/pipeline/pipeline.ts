@@ -514,11 +514,6 @@ export class Pipeline {
             expires: Date.now() + dedupe.windowMs,
           }
         : undefined,
-      // The answer committed with the effect names its intent record until this record is
-      // committed (cleared by the store after it): a start has only the effects a kill cut off to look at.
-      effects && ctx.atomic?.recorded === true && ctx.intentSeq > 0
-        ? { key: ctx.key as string, intentSeq: ctx.intentSeq }
-        : undefined,
     );
   }
 

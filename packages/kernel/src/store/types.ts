@@ -160,10 +160,12 @@ export interface DedupeRow {
   response: Uint8Array;
   expires: number;
   /**
-   * For an answer committed with its op's effect (`atomically`), until its outcome record is
-   * committed (then cleared: {@link OutcomeRecorded}): the request's intent record, and the log's
-   * head when the effect committed (the outcome comes after it). What a start after a kill needs
-   * to put an effect whose outcome record was never written on the record (audit/recover-outcomes.ts).
+   * For an answer committed with its op's effect (`atomically`): the request's intent record, and
+   * the log's head when the effect committed (the outcome comes after it). What a start after a
+   * kill needs to put an effect whose outcome record was never written on the record
+   * (audit/recover-outcomes.ts). Kept for the row's life (cleared only by that start, once it
+   * wrote the record). An answer kept with its outcome record has no `intentSeq`; the store
+   * gives it the last record of its commit as `afterSeq` (where in the log the row was written).
    */
   intentSeq?: number;
   afterSeq?: number;
@@ -184,16 +186,6 @@ export interface EffectAnswer {
   /** Absent in a row an older kernel committed. */
   detail?: string;
   revoked?: string[];
-}
-
-/**
- * An effect's outcome record is in this commit: its answer's row (`key`, still naming intent
- * record `intentSeq`) stops naming it. The seq guards the row: a later answer under the same key
- * names another intent and is left as it is.
- */
-export interface OutcomeRecorded {
-  key: string;
-  intentSeq: number;
 }
 
 /** One administrative change made without the kernel (e.g. `kpip persona add` on the home database). */
@@ -219,18 +211,7 @@ export interface AuditStore {
    * the commit is the journal's write, and SQLite gets the batch at {@link indexAudit}; every read
    * of these tables indexes first, so no reader sees the lag.
    */
-  appendAudit(
-    rows: AuditRow[],
-    dedupe?: DedupeRow[],
-    journalUpTo?: number,
-    checkpoints?: AuditCheckpoint[],
-    /**
-     * Effects whose outcome record is among `rows`: their answers' rows are cleared in the SQLite
-     * commit that holds these records; with audit segments, by an index commit after the records
-     * are in the segment (never before), several commits' together.
-     */
-    recorded?: OutcomeRecorded[],
-  ): void;
+  appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
   /** Moves the journalled batches into SQLite (one transaction); throws, keeping them, when it cannot. */
   indexAudit?(): void;
   /** Records journalled and not yet indexed (0 without a journal). */
@@ -247,11 +228,11 @@ export interface AuditStore {
   offlineJournal(limit?: number): OfflineEntry[];
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
   /**
-   * Answers committed with their effects whose effect committed after the log's record
-   * `sinceSeq`, newest first (whatever their expiry).
+   * Answers committed with their effects (still naming their intent records) whose effect
+   * committed after the log's record `sinceSeq`, newest first (whatever their expiry).
    */
   effectAnswersSince(sinceSeq: number): EffectAnswer[];
-  /** Those answers' outcome records are on the log now (a start recorded them, or found them): plain dedupe rows again. */
+  /** A start recorded those answers' outcome records (or nothing names them): plain dedupe rows again. */
   effectAnswersRecorded(keys: readonly string[]): void;
   /** Stores one dedupe row now (inside the caller's transaction, if one is open). */
   putDedupe(row: DedupeRow): void;

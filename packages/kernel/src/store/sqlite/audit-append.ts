@@ -1,7 +1,7 @@
 import type Database from "better-sqlite3";
 import { recordBytes } from "../../audit/record.js";
 import type { JournalRecord } from "../audit-journal.js";
-import type { AuditCheckpoint, AuditRow, DedupeRow, OutcomeRecorded } from "../types.js";
+import type { AuditCheckpoint, AuditRow, DedupeRow } from "../types.js";
 import type { Statement } from "./base.js";
 
 /**
@@ -11,16 +11,12 @@ import type { Statement } from "./base.js";
  */
 export const ROWS_PER_INSERT = 64;
 
-/**
- * Appends one commit: audit rows, the dedupe answers they carry, the journal entries they
- * replace, checkpoints, and the answers whose outcome record is among the rows (cleared).
- */
+/** Appends one commit: audit rows, the dedupe answers they carry, the journal entries they replace, checkpoints. */
 export type AuditAppend = (
   rows: readonly (AuditRow | JournalRecord)[],
   dedupe: readonly DedupeRow[],
   journalUpTo: number,
   cps: readonly AuditCheckpoint[],
-  recorded?: readonly OutcomeRecorded[],
 ) => void;
 
 /**
@@ -34,9 +30,8 @@ export type AuditAppend = (
  */
 export function auditAppender(db: Database.Database): {
   append: AuditAppend;
-  putDedupe: (d: DedupeRow) => void;
+  putDedupe: (d: DedupeRow, at?: number) => void;
   addCheckpoint: (c: AuditCheckpoint) => void;
-  outcomeRecorded: (r: OutcomeRecorded) => void;
 } {
   /** The INSERT of n rows and its parameter array at index n, made when first needed (at most ROWS_PER_INSERT). */
   const inserts: { st: Statement; p: unknown[] }[] = [];
@@ -77,46 +72,34 @@ export function auditAppender(db: Database.Database): {
   const checkpointRow = db.prepare(
     "INSERT OR REPLACE INTO audit_checkpoints (seq, hash, time, kernel, public_key, signature) VALUES (?, ?, ?, ?, ?, ?)",
   );
-  // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first.
-  const putDedupe = (d: DedupeRow) =>
+  // SQLite binds any Uint8Array as a blob (it copies the bytes): no Buffer copy first. `at`: the
+  // last record of the commit that carries an answer kept with its outcome record, as its
+  // after_seq: every row says where in the log it was written (SqliteStore.effectAnswersSince).
+  const putDedupe = (d: DedupeRow, at?: number) =>
     dedupeRow.run(
       d.key,
       d.hash,
       d.response,
       d.expires,
       d.intentSeq ?? null,
-      d.afterSeq ?? null,
+      d.afterSeq ?? at ?? null,
       d.detail ?? null,
       d.revoked ? JSON.stringify(d.revoked) : null,
     );
   const addCheckpoint = (c: AuditCheckpoint) => checkpointRow.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
-  // The answer's row leaves the partial index dedupe_effects: it holds only effects whose outcome
-  // record is not committed yet. Only the row that still names this intent record (the seq is
-  // unique): a newer answer under the key is another request's.
-  const clearRow = db.prepare(
-    "UPDATE dedupe SET intent_seq = NULL, after_seq = NULL, detail = NULL, revoked = NULL WHERE key = ? AND intent_seq = ?",
-  );
-  const outcomeRecorded = (r: OutcomeRecorded) => clearRow.run(r.key, r.intentSeq);
-  const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps, recorded]: Parameters<AuditAppend>) => {
+  const transaction = db.transaction((...[rows, dedupe, journalUpTo, cps]: Parameters<AuditAppend>) => {
     insertAll(rows);
-    for (const d of dedupe) putDedupe(d);
+    const at = rows.at(-1)?.seq;
+    for (const d of dedupe) putDedupe(d, at);
     if (journalUpTo > 0) dropJournal.run(journalUpTo);
     for (const c of cps) addCheckpoint(c);
-    // In the transaction that commits the outcome records: never cleared without them.
-    if (recorded) for (const r of recorded) outcomeRecorded(r);
   });
-  const append: AuditAppend = (rows, dedupe, journalUpTo, cps, recorded) => {
-    if (
-      rows.length <= ROWS_PER_INSERT &&
-      dedupe.length === 0 &&
-      journalUpTo <= 0 &&
-      cps.length === 0 &&
-      (recorded === undefined || recorded.length === 0)
-    ) {
+  const append: AuditAppend = (rows, dedupe, journalUpTo, cps) => {
+    if (rows.length <= ROWS_PER_INSERT && dedupe.length === 0 && journalUpTo <= 0 && cps.length === 0) {
       if (rows.length > 0) insert(rows, 0, rows.length);
       return;
     }
-    transaction(rows, dedupe, journalUpTo, cps, recorded);
+    transaction(rows, dedupe, journalUpTo, cps);
   };
-  return { append, putDedupe, addCheckpoint, outcomeRecorded };
+  return { append, putDedupe, addCheckpoint };
 }

@@ -20,7 +20,7 @@ import {
   type TailBatch,
   tailBatches,
 } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer, OutcomeRecorded } from "../types.js";
+import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer } from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import { type AuditReadApi, SegmentReads } from "./audit-segment-read.js";
@@ -83,17 +83,15 @@ export interface JournalledAudit {
 interface Queued extends TailBatch {}
 
 /**
- * Answers whose outcome record is in a segment are cleared together, by an index commit once
- * this many wait (or sooner: see #index). Cleared at every index step, each row's pages went to
- * the WAL again in a commit of its own at low concurrency (+20 µs of store CPU a write at one in
- * flight, +9 at four: BENCHMARKS.md "Clearing the effect rows"); 64 rows share those pages.
+ * How far a dedupe row's after_seq may lie below the log's head when it was written, for the
+ * walk of {@link AuditRows}' effectAnswersSince down the table in rowid (write) order: an effect's
+ * answer names the head at its commit (no lag); an answer kept with its outcome record names the
+ * last record of the commit that carries it, written by the index step up to MAX_UNINDEXED_ROWS
+ * records plus a batch or two (auditBatchMax, 512) after that record. Far more than either.
  */
-export const CLEARS_PER_COMMIT = 64;
-/**
- * ...or once the oldest waiting is this many records behind the head: a start after a kill reads
- * the log from there for outcome records (recover-outcomes.ts), so that read stays short.
- */
-const CLEAR_LAG_RECORDS = 4096;
+export const DEDUPE_POSITION_SLACK = 65_536;
+/** Dedupe rows read per statement by that walk. */
+const WALK_ROWS = 1024;
 
 /** Rows a migration writes per batch (one segment append, one span). */
 const MIGRATE_ROWS = 1000;
@@ -115,12 +113,6 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #unindexedRows = 0;
     #unindexedDedupe = 0;
     #unindexedBytes = 0;
-    /**
-     * Answers whose outcome record is in the segment (appendAudit queues them only after the
-     * write), not yet cleared. Not written to the segment: a kill before they are cleared leaves
-     * them for the next start, which finds the outcome records on the log and clears them then.
-     */
-    #clearsDue: OutcomeRecorded[] = [];
     #insertSpan = this.db.prepare(
       "INSERT INTO audit_batches (first_seq, last_seq, segment, offset, length) VALUES (?, ?, ?, ?, ?)",
     );
@@ -292,21 +284,12 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#insertSpan.run(s.first, s.last, s.segment, s.offset, s.length);
     }
 
-    /**
-     * Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes,
-     * checkpoints, and the clearing of the answers whose outcome records are in a segment when
-     * enough wait (CLEARS_PER_COMMIT), the oldest is far behind, or the commit is a transaction anyway; one commit.
-     */
+    /** Indexes batches that are in a segment: their spans, dedupe rows, offline-journal deletes and checkpoints; one commit. */
     #index(q: readonly Queued[]): void {
       const spans = spansOf(q);
       let extra = false;
       for (const { batch } of q) if (batch.dedupe.length || batch.journalUpTo > 0 || batch.checkpoints.length) extra = true;
-      const due = this.#clearsDue;
-      const head = q.at(-1)?.batch.rows.at(-1)?.seq ?? 0;
-      const clearing =
-        due.length >= CLEARS_PER_COMMIT ||
-        (due.length > 0 && (extra || spans.length !== 1 || head - (due[0] as OutcomeRecorded).intentSeq > CLEAR_LAG_RECORDS));
-      if (!extra && !clearing && spans.length === 1) {
+      if (!extra && spans.length === 1) {
         // The common commit: one span alone, its own transaction.
         this.#putSpan(spans[0] as IndexSpan);
         return;
@@ -315,25 +298,14 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
         for (const s of spans) this.#putSpan(s);
         let journalUpTo = 0;
         for (const { batch } of q) {
-          for (const d of batch.dedupe) this.#writes.putDedupe(d);
+          // An answer kept with its outcome record is where that batch is in the log.
+          const at = batch.rows.at(-1)?.seq;
+          for (const d of batch.dedupe) this.#writes.putDedupe(d, at);
           for (const c of batch.checkpoints) this.#writes.addCheckpoint(c);
           if (batch.journalUpTo > journalUpTo) journalUpTo = batch.journalUpTo;
         }
         if (journalUpTo > 0) this.#dropJournal.run(journalUpTo);
-        // Their outcome records are in the segment already: a kill can no longer lose them.
-        if (clearing) for (const r of due) this.#writes.outcomeRecorded(r);
       });
-      if (clearing) this.#clearsDue = [];
-    }
-
-    /** Clears every answer waiting (a clean close; a start's read of those left). */
-    #clearDue(): void {
-      const due = this.#clearsDue;
-      if (due.length === 0 || this.db.inTransaction) return;
-      this.transaction(() => {
-        for (const r of due) this.#writes.outcomeRecorded(r);
-      });
-      this.#clearsDue = [];
     }
 
     /** Why a sync of an audit segment failed, if one did: the audit takes no more records. */
@@ -383,13 +355,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#settle();
       return this.#reads.hashAt(seq);
     }
-    appendAudit(
-      rows: AuditRow[],
-      dedupe: DedupeRow[] = [],
-      journalUpTo = 0,
-      checkpoints: AuditCheckpoint[] = [],
-      recorded: OutcomeRecorded[] = [],
-    ): void {
+    appendAudit(rows: AuditRow[], dedupe: DedupeRow[] = [], journalUpTo = 0, checkpoints: AuditCheckpoint[] = []): void {
       const failed = this.storageFailure;
       if (failed)
         throw new AuditJournalError(
@@ -398,7 +364,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       const writer = this.#writer;
       if (!writer) {
         if (this.#segments) throw new AuditJournalError("this home's audit is in segments: only its kernel appends to it");
-        return this.#writes.append(rows, dedupe, journalUpTo, checkpoints, recorded);
+        return this.#writes.append(rows, dedupe, journalUpTo, checkpoints);
       }
       // SQLite that keeps failing holds the records back: the backlog in memory stays bounded.
       if (this.#unindexedRows >= MAX_UNINDEXED_ROWS || this.#unindexedBytes >= MAX_UNINDEXED_BYTES) this.indexAudit();
@@ -410,8 +376,6 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#unindexedRows += rows.length;
       this.#unindexedDedupe += dedupe.length;
       this.#unindexed.push({ batch, at });
-      // In the segment now: cleared by an index commit from here on (never before this write).
-      for (const r of recorded) this.#clearsDue.push(r);
     }
     firstAuditSeq(): number | undefined {
       this.#settle();
@@ -453,21 +417,42 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#settleDedupe();
       this.#writes.putDedupe(d);
     }
+    /**
+     * No index finds these rows (a partial index on them cost every effect's commit a page: the
+     * migration drops it). Rows are written in rowid order, each naming where the log was
+     * (after_seq), which lags that order by less than DEDUPE_POSITION_SLACK: the walk reads the
+     * newest rows first and stops at the first one named below `sinceSeq` by more than that. A
+     * row with no after_seq (an older kernel's answer kept with its outcome record, or one it
+     * cleared) does not stop it: on a home of an older kpip the first walk may read the whole
+     * table (the rows of one dedupe window).
+     */
     effectAnswersSince(sinceSeq: number): EffectAnswer[] {
-      // Every waiting batch and clearing: the outcome records committed so far have cleared their answers.
+      // Every waiting batch: its answers, and their positions, are in the table.
       this.#settle();
-      this.#clearDue();
-      const rows = this.prep(
-        "SELECT key, response, intent_seq, after_seq, detail, revoked FROM dedupe WHERE intent_seq IS NOT NULL AND after_seq >= ? ORDER BY after_seq DESC",
-      ).all(sinceSeq) as Row[];
-      return rows.map((r) => ({
-        key: r.key as string,
-        response: r.response as Uint8Array,
-        intentSeq: r.intent_seq as number,
-        afterSeq: r.after_seq as number,
-        ...(typeof r.detail === "string" ? { detail: r.detail } : {}),
-        ...(typeof r.revoked === "string" ? { revoked: stringList(r.revoked) } : {}),
-      }));
+      const page = this.prep(
+        `SELECT rowid, key, response, intent_seq, after_seq, detail, revoked FROM dedupe WHERE rowid < ? ORDER BY rowid DESC LIMIT ${WALK_ROWS}`,
+      );
+      const stop = sinceSeq - DEDUPE_POSITION_SLACK;
+      const out: EffectAnswer[] = [];
+      for (let below = Number.MAX_SAFE_INTEGER; ; ) {
+        const rows = page.all(below) as Row[];
+        for (const r of rows) {
+          const after = r.after_seq;
+          if (typeof after !== "number") continue;
+          if (after < stop) return byPosition(out);
+          if (typeof r.intent_seq !== "number" || after < sinceSeq) continue;
+          out.push({
+            key: r.key as string,
+            response: r.response as Uint8Array,
+            intentSeq: r.intent_seq,
+            afterSeq: after,
+            ...(typeof r.detail === "string" ? { detail: r.detail } : {}),
+            ...(typeof r.revoked === "string" ? { revoked: stringList(r.revoked) } : {}),
+          });
+        }
+        if (rows.length < WALK_ROWS) return byPosition(out);
+        below = (rows.at(-1) as Row).rowid as number;
+      }
     }
     effectAnswersRecorded(keys: readonly string[]): void {
       const clear = this.prep(
@@ -563,7 +548,6 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       if (writer && this.db.open) {
         try {
           this.indexAudit();
-          this.#clearDue();
         } catch {
           // What SQLite could not take stays past the index: the next start indexes it.
         } finally {
@@ -580,6 +564,11 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       super.close();
     }
   };
+}
+
+/** Newest effect first (by where the log was at its commit), as the rows were written. */
+function byPosition(a: EffectAnswer[]): EffectAnswer[] {
+  return a.sort((x, y) => y.afterSeq - x.afterSeq);
 }
 
 /** A JSON list of strings as stored; what a damaged row holds instead is read as no list. */

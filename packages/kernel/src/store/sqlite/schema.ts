@@ -125,8 +125,7 @@ function migrateTokenViewers(db: Database.Database): void {
 
 /**
  * A dedupe answer committed with its op's effect names the request's intent record and the log's
- * head at the commit, and keeps its outcome record's detail, until that record is written
- * (audit/recover-outcomes.ts).
+ * head at the commit, and keeps its outcome record's detail (audit/recover-outcomes.ts).
  */
 function migrateDedupe(db: Database.Database): void {
   const cols = db.prepare("PRAGMA table_info(dedupe)").all() as { name: string }[];
@@ -135,8 +134,9 @@ function migrateDedupe(db: Database.Database): void {
   // ...and what its outcome record says: the detail, and the ids it revoked (a JSON array).
   if (!cols.some((c) => c.name === "detail")) db.exec("ALTER TABLE dedupe ADD COLUMN detail TEXT");
   if (!cols.some((c) => c.name === "revoked")) db.exec("ALTER TABLE dedupe ADD COLUMN revoked TEXT");
-  // Only those rows, by where their effect is in the log: a start finds the last ones at once.
-  db.exec("CREATE INDEX IF NOT EXISTS dedupe_effects ON dedupe (after_seq) WHERE intent_seq IS NOT NULL");
+  // A partial index on those rows (an earlier kpip's) cost every effect's commit one more page to
+  // the WAL; a start finds them by walking the table's newest rows (SqliteStore.effectAnswersSince).
+  db.exec("DROP INDEX IF EXISTS dedupe_effects");
 }
 
 /**
