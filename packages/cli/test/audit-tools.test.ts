@@ -25,6 +25,7 @@ import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
 import { PAIR_LOOKBACK, timeline } from "../src/audit/timeline.js";
+import { type TokenNode, treeDot } from "../src/audit/tokens.js";
 import { hashTree } from "./evidence.js";
 import { DISPATCH } from "./run.js";
 
@@ -912,5 +913,34 @@ describe("the timeline of a long log", () => {
     } finally {
       rmSync(home, { recursive: true, force: true });
     }
+  });
+});
+
+describe("audit tokens --format dot on a tampered token table", () => {
+  it("escapes backslashes and quotes in every label field: a subject or minter of a tampered home cannot end its label and add nodes", () => {
+    const hostile = 'x\\"];\n  "forged" [label="owned';
+    const node: TokenNode = {
+      id: "a".repeat(32),
+      parent: null,
+      sub: hostile,
+      mintedBy: hostile,
+      how: "mint",
+      created: 0,
+      exp: 0,
+      rights: [],
+      caveats: [],
+      record: null,
+      recordBy: null,
+      revoked: { by: hostile, at: 0, record: null, ended: [] },
+      endedBy: null,
+      children: [],
+      inTable: true,
+    };
+    const out = treeDot([{ node, depth: 0 }]);
+    // One node statement whose label is one dot string: read as dot reads it, to its closing quote.
+    assert.equal(out.split('[label="').length, 2, out);
+    const stmt = out.split("\n").find((l) => l.includes('[label="')) as string;
+    assert.match(stmt, /\[label="(?:[^"\\]|\\.)*", color=red\];$/, out);
+    assert.doesNotMatch(out, /^\s*"forged"/m, out);
   });
 });

@@ -333,15 +333,24 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
   return lines.length ? `${lines.map((t) => printable(t)).join("\n")}\n` : "no tokens\n";
 }
 
+/** `s` inside a Graphviz quoted string: unprintable characters (a line break too) shown escaped, then its backslashes and quotes escaped. */
+function dotText(s: string): string {
+  return printable(s).replace(/[\\"]/g, (c) => `\\${c}`);
+}
+
 /** Graphviz: one box per token, an edge from parent to child; revoked red, ended by a cascade orange. */
 export function treeDot(items: { node: TokenNode; depth: number }[]): string {
   const q = (s: string) => JSON.stringify(s);
   const lines = ["digraph tokens {", "  rankdir=LR;", "  node [shape=box, fontname=monospace];"];
   const seen = new Set(items.map((i) => i.node.id));
   for (const { node: n } of items) {
-    const label = `${n.id.slice(0, 8)}\\n${n.sub ?? "?"}\\n${n.how} by ${n.mintedBy ?? "?"}${n.revoked ? `\\nrevoked by ${n.revoked.by}` : ""}`;
+    // Each field escaped for a dot string (a backslash too: `\\"` in a tampered table's text
+    // would otherwise end the label), then joined with dot's own line breaks.
+    const fields = [n.id.slice(0, 8), n.sub ?? "?", `${n.how} by ${n.mintedBy ?? "?"}`];
+    if (n.revoked) fields.push(`revoked by ${n.revoked.by}`);
+    const label = fields.map(dotText).join("\\n");
     const style = n.revoked ? ", color=red" : n.endedBy ? ", color=orange, style=dashed" : "";
-    lines.push(`  ${q(n.id)} [label="${label.replace(/"/g, '\\"')}"${style}];`);
+    lines.push(`  ${q(n.id)} [label="${label}"${style}];`);
     if (n.parent && seen.has(n.parent)) lines.push(`  ${q(n.parent)} -> ${q(n.id)};`);
   }
   lines.push("}");
