@@ -138,7 +138,7 @@ const DECLARED = {
     zeroAllowed: true,
     description: "memory kept to receive large request bodies into again, in bytes (0 = fresh memory for each)",
   },
-  auditBatchMax: { type: "int", default: 512, description: "most audit records per commit" },
+  auditBatchMax: { type: "int", default: 512, description: "most audit records per commit (at most 4096)" },
   auditCheckpointEvery: { type: "int", default: 10_000, description: "records between signed audit checkpoints" },
   /** Largest intent whose bytes an audit record keeps; larger intents keep their hash only. */
   auditIntentMaxBytes: {
@@ -614,6 +614,9 @@ export function resolveConfig(
 /** Loopback listen hosts, as PROTOCOL §3.6 defines them for plaintext gRPC. */
 const LOOPBACK_HOSTS = new Set(["127.0.0.1", "[::1]", "localhost"]);
 
+/** Most records per audit commit (auditBatchMax): well below DEDUPE_POSITION_SLACK's margin. */
+export const MAX_AUDIT_BATCH = 4096;
+
 const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"];
 
 /** Values whose type is right but whose content is not: refused before the kernel touches its home. */
@@ -637,6 +640,10 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(`maxRuntimeMs must be at most ${2 ** 31 - 1} (about 24.8 days; got ${c.maxRuntimeMs})`);
   if (c.sandboxNice > 19)
     throw new ConfigError(`sandboxNice must be at most 19, the lowest priority there is (got ${c.sandboxNice})`);
+  // A start after a kill finds cut-off effects by walking dedupe rows down to DEDUPE_POSITION_SLACK
+  // below its window, which holds while a batch is far smaller than that slack (store/sqlite/audit.ts).
+  if (c.auditBatchMax > MAX_AUDIT_BATCH)
+    throw new ConfigError(`auditBatchMax must be at most ${MAX_AUDIT_BATCH} (got ${c.auditBatchMax})`);
   if (c.sandboxOomScoreAdj > 1000)
     throw new ConfigError(`sandboxOomScoreAdj must be at most 1000, Linux's largest (got ${c.sandboxOomScoreAdj})`);
   for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {

@@ -5,6 +5,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type CallFn, type KernelClient, OpsApi } from "@kpip/client";
 import Database from "better-sqlite3";
+import { MAX_AUDIT_BATCH } from "../src/config.js";
 import { ConfigError, HOME_FILES, resolveConfig } from "../src/index.js";
 import { klass, removeHome, startKernel } from "./harness.js";
 
@@ -172,6 +173,15 @@ describe("finished ops: a result its poller has yet to read is never trimmed", (
       await t.stop();
       removeHome(t.home);
     }
+  });
+
+  it("auditBatchMax above MAX_AUDIT_BATCH is a ConfigError: the start's walk for cut-off effects relies on batches far below its slack", () => {
+    const home = "/nonexistent-kpip-home";
+    assert.equal(resolveConfig({ flags: { home, auditBatchMax: MAX_AUDIT_BATCH } }).auditBatchMax, MAX_AUDIT_BATCH);
+    assert.throws(
+      () => resolveConfig({ flags: { home, auditBatchMax: MAX_AUDIT_BATCH + 1 } }),
+      (e: unknown) => e instanceof ConfigError && /auditBatchMax must be at most 4096/.test(e.message),
+    );
   });
 
   it("maxFinishedOpsPerPersona below maxPendingOpsPerPersona is a ConfigError", () => {
