@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdtempSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -10,7 +11,7 @@ import { verifyAuditReader } from "../src/audit/verify-parallel.js";
 import { acquireHome } from "../src/home.js";
 import { SqliteStore, verifyAudit } from "../src/index.js";
 import { segmentName } from "../src/store/audit-segments.js";
-import { removeHome, until, withKernel } from "./harness.js";
+import { removeHome, startKernel, until, withKernel } from "./harness.js";
 
 // Pins the SQLite locking mode: with locking_mode=EXCLUSIVE (6 fewer syscalls a commit) a
 // running kernel's database cannot be opened by anyone else — `kpip audit tail/query/verify`
@@ -115,6 +116,43 @@ describe("the read-only audit reader beside a running kernel", () => {
       writer.close();
       release();
       removeHome(home);
+    }
+  });
+});
+
+describe("the private copy a reader makes of a stopped home", () => {
+  it("is named after its reader's pid; a copy left by a reader that died (kpip audit killed) is removed by the next, a live reader's is kept", async () => {
+    const tmp = mkdtempSync(join(tmpdir(), "kpip-tmpdir-"));
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const before = process.env.TMPDIR;
+    try {
+      const t = await startKernel({}, home);
+      await t.stop();
+      const dead = spawnSync("true").pid as number;
+      const left = join(tmp, `kpip-audit-${dead}-aB3dE9`);
+      const live = join(tmp, `kpip-audit-${process.ppid}-zY1xW2`);
+      const older = join(tmp, "kpip-audit-Q1w2E3");
+      for (const d of [left, live, older]) {
+        mkdirSync(d);
+        writeFileSync(join(d, "kernel.db"), "a copy");
+      }
+      process.env.TMPDIR = tmp;
+      const reader = openAuditReader(join(home, "kernel.db"));
+      try {
+        assert.equal(reader.snapshot, true);
+        assert.match(reader.path, new RegExp(`/kpip-audit-${process.pid}-[^/]+/kernel\\.db$`));
+        assert.equal(existsSync(left), false, "the dead reader's copy is removed");
+        assert.equal(existsSync(live), true, "a live process's copy is kept");
+        assert.equal(existsSync(older), true, "a copy whose reader is not named is kept");
+      } finally {
+        reader.close();
+      }
+      assert.deepEqual(readdirSync(tmp).sort(), [older, live].map((d) => d.slice(tmp.length + 1)).sort());
+    } finally {
+      if (before === undefined) delete process.env.TMPDIR;
+      else process.env.TMPDIR = before;
+      removeHome(home);
+      removeHome(tmp);
     }
   });
 });

@@ -3,8 +3,10 @@ import {
   constants,
   copyFileSync,
   existsSync,
+  lstatSync,
   mkdtempSync,
   openSync,
+  readdirSync,
   readSync,
   rmSync,
   statfsSync,
@@ -156,6 +158,46 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
   })();
 }
 
+/** A private copy's directory in the temp directory: `kpip-audit-<pid of its reader>-<random>`. */
+const COPY_PREFIX = "kpip-audit-";
+
+/**
+ * Removes the private copies of readers that died without removing theirs (`kpip audit` killed:
+ * Ctrl-C ends it without its clean-up), each as large as a home's database: only directories of
+ * this user whose pid no process has (one that has it, reused or not, keeps its copy).
+ */
+function sweepStaleCopies(dir: string): void {
+  const uid = process.getuid?.();
+  let names: string[];
+  try {
+    names = readdirSync(dir).filter((n) => n.startsWith(COPY_PREFIX));
+  } catch {
+    return;
+  }
+  for (const name of names) {
+    const pid = Number(/^kpip-audit-(\d+)-[^/]+$/.exec(name)?.[1]);
+    if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || alive(pid)) continue;
+    const path = join(dir, name);
+    try {
+      const st = lstatSync(path);
+      if (!st.isDirectory() || (uid !== undefined && st.uid !== uid)) continue;
+      rmSync(path, { recursive: true, force: true });
+    } catch {
+      // gone meanwhile, or not ours to remove: left
+    }
+  }
+}
+
+/** Whether a process has `pid` (EPERM: one of another user's does). */
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code !== "ESRCH";
+  }
+}
+
 /**
  * Refuses a private copy that would not fit where it is made: a home's database or -wal can be a
  * sparse file of any apparent size (a terabyte of holes costs its writer nothing), which a copy
@@ -193,8 +235,9 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
   let file = path;
   let tmp: string | undefined;
   if (!opts.direct && !live) {
+    sweepStaleCopies(tmpdir());
     copyFits(path, wal);
-    tmp = mkdtempSync(join(tmpdir(), "kpip-audit-"));
+    tmp = mkdtempSync(join(tmpdir(), `${COPY_PREFIX}${process.pid}-`));
     file = join(tmp, basename(path));
     try {
       // A reflink where the filesystem has them, else a plain copy: the home is only read.
