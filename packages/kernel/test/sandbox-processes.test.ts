@@ -3,7 +3,17 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, closeSync, mkdtempSync, openSync, readdirSync, readFileSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
@@ -298,6 +308,50 @@ describe("without the sandbox, a process that escapes its group", () => {
       });
     } finally {
       for (const pid of escaped) if (pid > 0) process.kill(pid, "SIGKILL");
+    }
+  });
+
+  it("a command that exited by itself, its pipes still held, is not killed by a cancel: it ends as it did, and its reaped pid is never signalled", async () => {
+    const escaped: number[] = [];
+    const markerDir = mkdtempSync(join(tmpdir(), "kpip-exit-"));
+    try {
+      await withKernel({ sandbox: "none" }, async (t) => {
+        const c = await t.admin();
+        // Unconfined, the command sees this host path: it exits once the test has seen it run.
+        const marker = join(markerDir, "go");
+        const op = await c.compute.command(
+          "sh",
+          ["-c", `setsid sleep 600 & echo $!; while [ ! -e ${marker} ]; do sleep 0.05; done; exit 0`],
+          { timeoutMs: 600_000 },
+        );
+        // The shell, a child of this process (the kernel runs here), found by its command line ...
+        const shell = await until(
+          () =>
+            readdirSync("/proc")
+              .filter((n) => /^\d+$/.test(n))
+              .find((n) => {
+                try {
+                  return readFileSync(`/proc/${n}/cmdline`, "utf8").includes(marker);
+                } catch {
+                  return false;
+                }
+              }),
+          30_000,
+          "the command's shell",
+        );
+        writeFileSync(marker, "");
+        // ... then gone from /proc: the kernel reaped it (its exit is known) while the escaped
+        // sleep holds its pipes for up to PIPE_GRACE_MS more.
+        await until(() => !existsSync(`/proc/${shell}`), 30_000, "the shell reaped");
+        await c.ops.cancel(op);
+        const r = (await c.ops.wait(op)) as { stdout: Uint8Array; exitCode: number };
+        escaped.push(Number(Buffer.from(r.stdout).toString().trim()));
+        assert.equal(r.exitCode, 0, "it ended as it did, not as cancelled");
+        assert.equal((await c.ops.status(op)).state, "succeeded");
+      });
+    } finally {
+      for (const pid of escaped) if (pid > 0) process.kill(pid, "SIGKILL");
+      removeHome(markerDir);
     }
   });
 });

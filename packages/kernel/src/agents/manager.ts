@@ -18,7 +18,7 @@ import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
-import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
+import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
@@ -384,6 +384,9 @@ export class AgentManager {
   private killLive(id: string, why: Live["killedBy"]): boolean {
     const live = this.live.get(id);
     if (!live) return false;
+    // Exited by itself, its last output still being read: it ends as it did, and its pid,
+    // reaped, may be another process's by now (never signalled).
+    if (exitedBefore(live.child)) return true;
     live.killedBy ??= why;
     killSandbox(live.child.pid, this.opts.sandbox.mode === "bwrap");
     return true;

@@ -8,7 +8,7 @@ import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
-import { closePipesAfterExit, killSandbox } from "../sandbox/kill.js";
+import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, launchFailure, type Sandbox } from "../sandbox/sandbox.js";
@@ -388,6 +388,9 @@ export class ComputeEngine {
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
     let ended: StopReason | undefined;
     const kill = (why: StopReason) => {
+      // Exited by itself, its last output still being read: it ends as it did, and its pid,
+      // reaped, may be another process's by now (never signalled).
+      if (exitedBefore(child)) return;
       ended ??= why;
       killSandbox(child.pid, this.host.sandbox.mode === "bwrap");
     };

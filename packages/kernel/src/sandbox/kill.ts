@@ -63,6 +63,15 @@ export function killSandbox(pid: number | undefined, namespaced = false): void {
   }
 }
 
+/**
+ * Whether `child` has exited (Node reaped it: `exit` was emitted) though its pipes may still be
+ * read: a kill then would tell an end that already happened as a kill, and signal a pid the
+ * system may have given to another process since.
+ */
+export function exitedBefore(child: ChildProcess): boolean {
+  return child.exitCode !== null || child.signalCode !== null;
+}
+
 /** How long a started process's pipes are still read once it has exited (what it wrote last). */
 export const PIPE_GRACE_MS = 1_000;
 
