@@ -28,6 +28,7 @@ const lines = [
   "| 2 | usage error: bad arguments, unreadable files, unsafe socket path |",
   "| 3 | no kernel reachable |",
   "| 4 | `kpip kernel` stopped after its storage failed (a sync of the database, its WAL or an audit segment: a disk error): the WAL is kept; restart once the disk is mended, then run `kpip audit verify` |",
+  "| 5 | `kpip kernel` stopped while its storage was full (ENOSPC, EDQUOT: its last records could not be written): what was acknowledged is kept; free space, then start it again (the next start recovers from the WAL and the audit segments) |",
   "",
   "## Commands",
   "",

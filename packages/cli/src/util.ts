@@ -15,6 +15,11 @@ export const EXIT = {
   UNAVAILABLE: 3,
   /** `kpip kernel` stopped after its storage failed (a failed sync of the database or an audit segment): the process ends at once, keeping the WAL. */
   STORAGE_FAILED: 4,
+  /**
+   * `kpip kernel` stopped while its storage was full (ENOSPC, EDQUOT: its last records could not
+   * be written): what was acknowledged is kept; free space and start it again.
+   */
+  STORAGE_FULL: 5,
 } as const;
 
 /** A command-line mistake: printed with the command's usage hint, exit code 2. */

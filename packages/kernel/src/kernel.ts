@@ -165,6 +165,16 @@ export class Kernel {
     return this.services?.store.failure;
   }
 
+  /**
+   * Why the kernel's storage is full, while it is (a write refused room: ENOSPC, EDQUOT,
+   * SQLITE_FULL, and no record has committed since to end the condition): requests that must be
+   * recorded or stored are refused RESOURCE meanwhile. After a stop, set when the stop's own
+   * records could not be written: `kpip kernel` then exits 5.
+   */
+  get storageFull(): string | undefined {
+    return this.services?.space.reason;
+  }
+
   /** Half-open connections now (pre-authentication budget). */
   get handshakingCount(): number {
     return this.services?.sessions.handshakingCount() ?? 0;

@@ -95,6 +95,14 @@ export const kernelCommand: Command = {
       // At once: a natural exit lets the SQLite addon close the database, whose close would checkpoint and drop the WAL.
       process.exit(EXIT.STORAGE_FAILED);
     }
+    const full = kernel.storageFull;
+    if (full) {
+      process.stderr.write(
+        `kernel stopped while its storage was full, its last records unwritten: ${printable(full)}. What was acknowledged is kept for the next start: free space, then start it again\n`,
+      );
+      // At once: nothing more can be written, and nothing of a stopped kernel should hold the process.
+      process.exit(EXIT.STORAGE_FULL);
+    }
     process.stdout.write("kernel stopped\n");
     return EXIT.OK;
   },

@@ -39,6 +39,8 @@ export interface AuditLogOptions {
   intentMaxBytes?: number;
   /** A journalled batch SQLite could not index now (it stays in the journal and is retried). */
   onIndexError?: (e: Error) => void;
+  /** A batch that could not be committed (its records' requests are refused): ENOSPC tells the kernel its disk is full. */
+  onCommitFailed?: (e: Error) => void;
   /** Called with each signed checkpoint once stored (audit anchors outside the home). */
   onCheckpoint?: (c: AuditCheckpoint) => void;
 }
@@ -52,6 +54,11 @@ export interface AuditLogOptions {
 /** An append after the log was closed: the request it belongs to is refused, nothing is written. */
 export class AuditClosedError extends Error {
   override name = "AuditClosedError";
+}
+
+/** A batch of records that could not be committed (nothing of it was answered); `cause` says why (ENOSPC: the disk is full). */
+export class AuditCommitError extends Error {
+  override name = "AuditCommitError";
 }
 
 export class AuditLog {
@@ -207,7 +214,12 @@ export class AuditLog {
     } catch (e) {
       // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
       this.rewind();
-      waiters?.reject(new Error(`audit commit failed: ${(e as Error).message}`));
+      try {
+        this.opts.onCommitFailed?.(e as Error);
+      } catch {
+        // What the kernel notes of a failure never changes how the batch fails.
+      }
+      waiters?.reject(new AuditCommitError(`audit commit failed: ${(e as Error).message}`, { cause: e }));
       return;
     }
     // Committed: only a throw of the commit itself may rewind the chain (it is in the journal now).

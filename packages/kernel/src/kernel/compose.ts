@@ -57,6 +57,7 @@ import { notifyRevoked } from "./revocation.js";
 import { SessionRegistry } from "./sessions.js";
 import { type Addresses, kernelStatus } from "./status.js";
 import { openHome } from "./storage.js";
+import { RepeatedFailureLog, type StorageSpace } from "./storage-space.js";
 
 /** What the composition is given: the settings, and what the embedder set up before start. */
 export interface CompositionInput {
@@ -86,6 +87,8 @@ export interface KernelServices {
   /** The WAL worker (tests stop it to see the fallback). */
   readonly checkpointer: WalCheckpointer;
   readonly audit: AuditLog;
+  /** Whether the home's file system has room, as the kernel's writes find it. */
+  readonly space: StorageSpace;
   readonly records: KernelRecords;
   readonly enforcer: CapEnforcer;
   readonly tokens: TokenService;
@@ -249,6 +252,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           // Defined below, over services built after this family; asked only once the kernel serves.
           status: (persona) => status(persona),
           sandbox: () => sandboxInfo(box),
+          degraded: () => {
+            const failed = store.failure;
+            if (failed)
+              return `the kernel's storage failed (${failed.message}): every change is refused; restart once the disk is mended`;
+            return home.space.reason;
+          },
         },
         router,
       ),
@@ -420,6 +429,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       usageIds: c.metricsPersonaLabels === 1,
       walBackground: () => home.checkpointer.background,
       storageFailed: () => home.store.failure !== undefined,
+      storageFull: () => home.space.full,
       auditUnindexed: () => store.auditUnindexed,
       shmBytes: () => shmBudget.bytes,
     });
@@ -465,6 +475,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       admission,
       bodies,
       peerLog,
+      space: home.space,
       revocationRecorded: (ids, seq) => {
         for (const id of ids) tokens.noteRevokeRecord(id, seq);
       },
@@ -482,6 +493,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       pipeline,
       audit,
+      space: home.space,
       personaKeys: new PersonaKeys(store),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
@@ -522,6 +534,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         },
         persona,
       );
+    const offlineFailures = new RepeatedFailureLog(
+      (f, m) => log.error(f, m),
+      "could not apply administrative changes made without the kernel; retrying on the next tick",
+    );
     return {
       kernelId,
       startedAt,
@@ -530,6 +546,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       store,
       checkpointer: home.checkpointer,
       audit,
+      space: home.space,
       records,
       enforcer,
       tokens,
@@ -550,6 +567,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           ...expulsion,
           audit,
           reloadRevocations: () => tokens.reloadRevocations(),
+          failures: offlineFailures,
         }),
       runDetail,
       closeStorage,

@@ -6,6 +6,7 @@ import type { UploadTable } from "../primitives/storage-uploads.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Session } from "../session/session.js";
 import type { PersonaStore } from "../store/types.js";
+import type { RepeatedFailureLog } from "./storage-space.js";
 
 /** What the expulsion policy acts on. */
 export interface ExpulsionScope {
@@ -68,15 +69,20 @@ export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "se
  * kernel answered, or another process beside this one) and applies them to the running
  * kernel: revocations they made take effect, and sessions of removed or re-keyed personas end.
  */
-export function applyOfflineChanges(x: ExpulsionScope & { readonly audit: AuditLog; reloadRevocations(): void }): void {
+export function applyOfflineChanges(
+  x: ExpulsionScope & { readonly audit: AuditLog; reloadRevocations(): void; readonly failures?: RepeatedFailureLog },
+): void {
   try {
     const entries = x.audit.recordOfflineJournal();
+    x.failures?.reset();
     if (entries.length === 0) return;
     x.reloadRevocations();
     // The registry may have changed too: what hooks its changes (the persona roots) hears it.
     x.registry.registryChangedElsewhere();
     expelUnregistered(x);
   } catch (e) {
-    x.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");
+    // Every tick while it fails (a full disk): logged when it begins, then once a minute.
+    if (x.failures) x.failures.failed({ err: (e as Error).message });
+    else x.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");
   }
 }

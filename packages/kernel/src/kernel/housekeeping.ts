@@ -1,3 +1,4 @@
+import { detailJson } from "../audit/detail.js";
 import { AuditRetention } from "../audit/retention.js";
 import { suppressedHandshakesRecord } from "../audit/suppressed-records.js";
 import type { KernelConfig } from "../config.js";
@@ -60,6 +61,7 @@ export function startHousekeeping(
     s.pipeline.flushSuppressed();
     flushSuppressedHandshakes(s);
     s.audit.checkpointIfDue(now);
+    storageProbe(s);
     // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall);
     // the first pass after a start walks the whole table (what expired while the kernel was down).
     if (lastPrune === 0) dedupePruner.sweep(now);
@@ -106,6 +108,31 @@ export function startHousekeeping(
       retention.stop();
     },
   };
+}
+
+/**
+ * While the kernel's storage is full, a tick (FULL_HOLD_MS after the last write refused room)
+ * appends a `kernel.storage` record saying since when and how many requests were refused: its
+ * commit is the proof that there is room again, and puts the episode on the record.
+ */
+function storageProbe(s: KernelServices): void {
+  const p = s.space.probe();
+  if (!p) return;
+  s.audit
+    .append({
+      session: "kernel",
+      persona: "-",
+      phase: "kernel",
+      op: "kernel.storage",
+      target: "kernel://",
+      status: "SUCCESS",
+      message: "the kernel's storage has room again",
+      detail: detailJson({ fullSince: p.since, refused: p.refused, error: p.error }),
+    })
+    .then(
+      () => s.space.ended(),
+      (e) => s.space.probeFailed(e),
+    );
 }
 
 /** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */

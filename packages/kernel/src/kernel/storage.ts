@@ -12,6 +12,7 @@ import type { LostTail } from "../store/sqlite/audit.js";
 import { SqliteStore } from "../store/sqlite.js";
 import type { AuditRow } from "../store/types.js";
 import { prepareSocketPath } from "../transport/uds.js";
+import { RepeatedFailureLog, StorageSpace } from "./storage-space.js";
 
 /**
  * How often the open audit segment is fdatasync'd (off the kernel's thread): what an OS crash
@@ -27,6 +28,8 @@ export interface HomeStorage {
   readonly store: SqliteStore;
   readonly checkpointer: WalCheckpointer;
   readonly audit: AuditLog;
+  /** Whether the home's file system has room, as the kernel's writes find it (system.health, /metrics). */
+  readonly space: StorageSpace;
   /** The admin persona's identity file. */
   readonly adminIdentity: string;
   /** The last record of the previous run (before this start journalled anything). */
@@ -56,9 +59,20 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
   let database: SqliteStore | undefined;
   // A failed store keeps the home: another kernel of this process would share SQLite's live WAL index.
   const closers: (() => unknown)[] = [() => database?.storageFailure === undefined && releaseHome()];
+  // Every closer runs whatever an earlier one threw (a final checkpoint the full disk refused must
+  // not leave the WAL worker, the store and the home's lock open: the stop would never end).
   const close = async () => {
-    for (const f of closers.reverse()) await f();
+    let first: unknown;
+    for (const f of closers.reverse()) {
+      try {
+        await f();
+      } catch (e) {
+        first ??= e;
+        log.error({ err: (e as Error).message }, "closing the kernel's storage: a step failed; the rest still close");
+      }
+    }
     closers.length = 0;
+    if (first !== undefined) throw first;
   };
   try {
     await prepareSocketPath(c.socket);
@@ -82,6 +96,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     const segmentSync = setInterval(() => void store.syncAuditSegment(), AUDIT_SEGMENT_SYNC_MS);
     segmentSync.unref();
     closers.push(() => clearInterval(segmentSync));
+    const space = new StorageSpace(log);
     const checkpointer = new WalCheckpointer(store, dbPath, log);
     closers.push(() => checkpointer.stop());
     const id = kernelId(store);
@@ -90,6 +105,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
     checkInheritedChain(store, rawPublicKey(createPublicKey(key)), c.auditCheckpointEvery);
     const anchors = openAnchors(c, log, on);
     if (anchors) closers.push(() => anchors.close());
+    const unindexed = new RepeatedFailureLog((f, m) => log.error(f, m), "audit records journalled but not yet indexed: retrying");
     const audit = new AuditLog(store, id, key, {
       batchMax: c.auditBatchMax,
       checkpointEvery: c.auditCheckpointEvery,
@@ -98,8 +114,10 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       onIndexError: (e) => {
         on.indexFailed();
-        log.error({ err: e.message }, "audit records journalled but not yet indexed: retrying");
+        // Tried again after every commit: logged when it begins and then once a minute, not each time.
+        if (!space.failed(e)) unindexed.failed({ err: e.message });
       },
+      onCommitFailed: (e) => space.failed(e),
     });
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
@@ -120,6 +138,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       store,
       checkpointer,
       audit,
+      space,
       adminIdentity,
       lastRecord,
       ...(opened.lost ? { lostTail: opened.lost } : {}),

@@ -98,6 +98,8 @@ export class KernelMetrics {
     walBackground: () => boolean;
     /** Whether a sync of the database or the audit failed: the kernel then refuses every request. */
     storageFailed?: () => boolean;
+    /** Whether the kernel's storage is full (a write refused room, the condition not yet ended: kernel/storage-space.ts). */
+    storageFull?: () => boolean;
     /** Bytes the kernel's shared-memory segments hold (pages in /dev/shm). */
     shmBytes?: () => number;
     /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
@@ -181,6 +183,14 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.storageFailed?.() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "kpip_storage_full",
+      help: "1 while the kernel's storage is full (a write refused room: ENOSPC, EDQUOT, SQLITE_FULL): requests that must be recorded or stored are refused RESOURCE",
+      registers,
+      collect() {
+        this.set(gauges.storageFull?.() ? 1 : 0);
       },
     });
     new Gauge({

@@ -12,6 +12,7 @@ import {
 } from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
+import { isStorageFull, type StorageSpace } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError, OpFailure, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
@@ -250,14 +251,28 @@ function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
  * An INTERNAL failure is logged within the persona's log budget when there is one: a persona
  * that can make an op fail must not be able to fill the kernel's log with stacks.
  */
-export function toRefusal(e: unknown, log: Logger, ctx: RequestCtx, peerLog?: PeerLogLimiter): Refusal {
+export function toRefusal(
+  e: unknown,
+  log: Logger,
+  ctx: RequestCtx,
+  peerLog?: PeerLogLimiter,
+  space?: Pick<StorageSpace, "failed">,
+): Refusal {
   if (e instanceof OpFailure) return { errorClass: e.errorClass, message: e.message, payload: e.payload };
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
   if (e instanceof IntentError || e instanceof TokenError) return { errorClass: "SEMANTIC", message: e.message };
+  // No room for what the op writes (ENOSPC, SQLITE_FULL): nothing of it was kept, and a retry
+  // once there is room can succeed (never an I/O error: that stays INTERNAL). Logged by `space`, rate-limited.
+  if (space ? space.failed(e, true) : isStorageFull(e)) return { errorClass: "RESOURCE", message: storageFullMessage(ctx.op) };
   const line = { err: e, op: ctx.op, traceparent: ctx.req.context.traceparent ?? undefined };
   if (peerLog) peerLog.write(ctx.session.persona, "error", line, "primitive failed");
   else log.error(line, "primitive failed");
   return { errorClass: "INTERNAL", message: `${ctx.op} failed inside the kernel` };
+}
+
+/** What an op refused for lack of room is answered (its intent is on the record; nothing of its effect is). */
+export function storageFullMessage(op: string | null): string {
+  return `the kernel's storage is full: ${op ?? "the request"} could not be stored; retry once space is freed`;
 }
 
 export function answer(ctx: RequestCtx, r: OpResult): Response {

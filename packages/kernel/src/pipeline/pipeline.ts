@@ -4,6 +4,7 @@ import type { AuditLog } from "../audit/log.js";
 import type { RefusalLimiter } from "../audit/refusals.js";
 import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
+import type { StorageSpace } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import type { Router } from "../primitives/router.js";
@@ -60,6 +61,8 @@ export interface PipelineDeps {
   bodies?: BodyPool;
   /** Where an op's INTERNAL failure is logged, within its persona's budget (none: the kernel's log, unbounded). */
   peerLog?: PeerLogLimiter;
+  /** Told of each write refused room (the disk full): health, metrics and a rate-limited log. */
+  space?: Pick<StorageSpace, "failed">;
   /** Notes the outcome record of an effect that revoked tokens ({@link OpResult.revoked}): the refusals they cause name it. */
   revocationRecorded?: (ids: readonly string[], seq: number) => void;
 }
@@ -379,7 +382,7 @@ export class Pipeline {
   private async refuseLimited(ctx: RequestCtx, tag: DedupeTag, e: unknown): Promise<Response> {
     let r: Refusal;
     try {
-      r = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
+      r = toRefusal(e, this.deps.log, ctx, this.deps.peerLog, this.deps.space);
       // Awaited even when the record was suppressed (undefined): the run must not settle before
       // admit() has registered it, or its forget() finds nothing and the settled run stays
       // remembered, answering every retry with this refusal for the dedupe window.
@@ -424,7 +427,7 @@ export class Pipeline {
             // As a refusal would name it: an OpError's own message, never a bug's text (it is logged).
             failedAfter = e instanceof OpError ? e.message : `${ctx.op} failed inside the kernel`;
             result = a.result;
-          } else refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog);
+          } else refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog, this.deps.space);
         }
       } finally {
         this.deps.ledger.leave(ctx.session.persona);

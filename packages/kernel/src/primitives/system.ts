@@ -29,6 +29,8 @@ export interface SystemInfo {
   status: (persona: string) => CborMap;
   /** The process sandbox: mode ("bwrap" | "none"), whether usable, and why not. */
   sandbox: () => CborMap;
+  /** Why the kernel serves less than it should now (its storage full or failed), or undefined. */
+  degraded?: () => string | undefined;
 }
 
 /** system.health, system.info, system.describe. */
@@ -37,7 +39,12 @@ export function systemFamily(info: SystemInfo, router: Router): PrimitiveFamily 
     name: "system",
     ops: [
       implement(systemHealth, {
-        handler: () => ({ status: "SUCCESS", payload: { status: "ok", uptimeMs: Date.now() - info.startedAt } }),
+        handler: () => {
+          const why = info.degraded?.();
+          const uptimeMs = Date.now() - info.startedAt;
+          const payload: CborMap = why ? { status: "degraded", uptimeMs, reason: why } : { status: "ok", uptimeMs };
+          return { status: "SUCCESS", payload };
+        },
       }),
       implement(systemInfo, {
         handler: (ctx) => ({

@@ -2,6 +2,7 @@ import type { ShmNative } from "@kpip/protocol";
 import type { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import type { AuditLog } from "../audit/log.js";
 import type { AttestedToken } from "../audit/session-records.js";
+import type { StorageSpace } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import type { Pipeline } from "../pipeline/pipeline.js";
 import type { BodyPool } from "./body-pool.js";
@@ -46,6 +47,8 @@ export interface SessionHostOf<S> {
   /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
   bindToken(table: HandleTable, persona: string, token: Uint8Array, session: string): AttestedToken;
   readonly log: Logger;
+  /** Told of each request whose record could not be committed for lack of room (none: only the answer's class changes). */
+  readonly space?: Pick<StorageSpace, "failed">;
   /** Failed handshakes' records go through here: a bounded rate per transport and peer address, the rest counted. */
   readonly handshakeRecords: HandshakeRecordLimiter;
   /** Every failed handshake, by its code (the kernel's own: a bounded set), for the metrics. */

@@ -20,6 +20,7 @@ import {
 } from "@kpip/protocol";
 import { SessionRecords } from "../audit/session-records.js";
 import type { EventSink } from "../events/bus.js";
+import { isStorageFull, STORAGE_FULL_UNRECORDED } from "../kernel/storage-space.js";
 import type { SessionView } from "../pipeline/pipeline.js";
 import { addressOf, type Connection, originOf } from "./connection.js";
 import { HandleTable } from "./handles.js";
@@ -306,13 +307,16 @@ export class Session implements SessionView, EventSink {
     this.host.pipeline.handle(this, req).then(
       (resp) => this.answered(stream, resp),
       (e: Error) => {
-        this.host.log.error({ err: e, session: this.id }, "request failed in the pipeline");
+        // Its record could not be committed for lack of room: RESOURCE, retryable once there is
+        // (PROTOCOL §10.1); logged by the kernel's storage condition, rate-limited, not once a request.
+        const full = this.host.space ? this.host.space.failed(e, true) : isStorageFull(e);
+        if (!full) this.host.log.error({ err: e, session: this.id }, "request failed in the pipeline");
         this.answered(stream, {
           version: this.version,
           id: req.id,
           status: "FAILURE",
-          error: "INTERNAL",
-          message: "kernel error",
+          error: full ? "RESOURCE" : "INTERNAL",
+          message: full ? STORAGE_FULL_UNRECORDED : "kernel error",
         });
       },
     );

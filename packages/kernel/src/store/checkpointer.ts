@@ -1,5 +1,6 @@
 import { statSync } from "node:fs";
 import { Worker } from "node:worker_threads";
+import { RepeatedFailureLog } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import type { SqliteStore } from "./sqlite.js";
 
@@ -33,6 +34,8 @@ export class WalCheckpointer {
   /** Rounds the worker reported, and those after which it synced the database file (pages it copied; see checkpoint-worker.ts). */
   rounds = 0;
   databaseSyncs = 0;
+  private readonly roundFailures: RepeatedFailureLog;
+  private readonly topUpFailures: RepeatedFailureLog;
 
   /** Whether checkpoints still run on the worker thread (false after a fallback or stop). */
   get background(): boolean {
@@ -56,6 +59,14 @@ export class WalCheckpointer {
     } = {},
   ) {
     const intervalMs = opts.intervalMs ?? 250;
+    this.roundFailures = new RepeatedFailureLog(
+      (f, m) => log.warn(f, m),
+      "background WAL checkpoint failed; retrying on the next round",
+    );
+    this.topUpFailures = new RepeatedFailureLog(
+      (f, m) => log.warn(f, m),
+      "WAL top-up checkpoint failed; retrying on the next report",
+    );
     // 16,000 frames (~64 MiB): each top-up holds the kernel's thread for about as long whatever the
     // WAL's size (the worker has copied all but the last round's frames), so a larger WAL means as
     // many fewer stalls: 29 → 6 a minute under `npm run load` (BENCHMARKS.md, round seven).
@@ -73,8 +84,10 @@ export class WalCheckpointer {
       if (failed) return this.syncFailed(failed);
       if (m.synced) this.databaseSyncs++;
       if (!m.error) this.rounds++;
-      if (m.error) this.log.warn({ error: m.error }, "background WAL checkpoint failed; retrying on the next round");
-      else if (!this.stopped && (m.log ?? 0) > topUpFrames) this.topUp();
+      // Every round (250 ms) while it fails, a full disk's for one: logged when it begins, then once a minute.
+      if (m.error) return this.roundFailures.failed({ error: m.error });
+      this.roundFailures.reset();
+      if (!this.stopped && (m.log ?? 0) > topUpFrames) this.topUp();
     });
     this.worker.on("error", (e) => this.fallBack(e));
     this.worker.on("exit", (code) => {
@@ -110,7 +123,7 @@ export class WalCheckpointer {
       this.onTopUp?.(Number(process.hrtime.bigint() - t) / 1e9);
     } catch (e) {
       if ((e as { code?: string }).code === "SQLITE_IOERR_FSYNC") this.syncFailed(e as Error);
-      else this.log.warn({ err: e }, "WAL top-up checkpoint failed; retrying on the next report");
+      else this.topUpFailures.failed({ err: (e as Error).message });
     }
   }
 

@@ -16,12 +16,17 @@ const sandbox = {
 
 export const systemHealth = defineOp({
   op: "system.health",
-  description: "Is the kernel serving? Returns status and uptime.",
+  description: "Is the kernel serving? Returns status and uptime, and why it is degraded when it is.",
   targets: ["kernel"],
   args: {},
   result: {
-    status: { type: "text", required: true, description: '"ok"' },
+    status: {
+      type: "text",
+      required: true,
+      description: '"ok", or "degraded" while requests that change anything are refused (the kernel\'s storage full or failed)',
+    },
     uptimeMs: { type: "uint", required: true, description: "ms since the kernel started" },
+    reason: { type: "text", required: false, description: "why it is degraded (only then)" },
   },
   idempotent: true,
   effects: false,

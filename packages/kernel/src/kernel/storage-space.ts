@@ -1,0 +1,163 @@
+import type { Logger } from "../log.js";
+
+/**
+ * The codes that mean "no room to write" — the file system (ENOSPC) or the user's quota on it
+ * (EDQUOT) is full, or SQLite was refused room (SQLITE_FULL) — and nothing else: the write did not
+ * happen and the disk holds what it held. An I/O error (EIO, a failed sync) is not one of them: it
+ * may have lost what was written before, and fails the storage closed (docs/reliability.md).
+ */
+const FULL_CODES = new Set(["ENOSPC", "EDQUOT", "SQLITE_FULL"]);
+
+/** Whether `e`, or an error it was caused by, says the kernel's storage has no room (never a sync's failure). */
+export function isStorageFull(e: unknown): boolean {
+  for (let x = e, depth = 0; x instanceof Error && depth < 4; x = x.cause, depth++) {
+    const code = (x as NodeJS.ErrnoException).code;
+    if (code !== undefined && FULL_CODES.has(code)) return true;
+  }
+  return false;
+}
+
+/**
+ * What a request is answered whose audit record could not be committed for lack of room
+ * (RESOURCE: retryable once there is room; PROTOCOL §10.1). Its effect, if one committed before its
+ * outcome record failed, is kept with its recorded answer: a retry is answered from that record.
+ */
+export const STORAGE_FULL_UNRECORDED =
+  "the kernel's storage is full: this request could not be recorded; retry once space is freed";
+
+/** How often a condition that goes on is logged again, with what it refused meanwhile. */
+export const REPEAT_LOG_MS = 60_000;
+
+/**
+ * Logs a failure that repeats (a background round, each request while the disk is full) once
+ * when it begins and then at most once per `everyMs`, with the count since: a full disk must not
+ * also fill the log (and the log may be on that disk).
+ */
+export class RepeatedFailureLog {
+  private lastAt = 0;
+  private since = 0;
+  constructor(
+    private readonly log: (fields: Record<string, unknown>, msg: string) => void,
+    private readonly msg: string,
+    private readonly everyMs = REPEAT_LOG_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  failed(fields: Record<string, unknown>): void {
+    this.since++;
+    const t = this.now();
+    if (this.lastAt !== 0 && t - this.lastAt < this.everyMs) return;
+    this.log(this.since > 1 ? { ...fields, times: this.since } : fields, this.msg);
+    this.lastAt = t;
+    this.since = 0;
+  }
+
+  /** The condition began and was just logged by its caller: the next repeat is logged `everyMs` from now. */
+  began(): void {
+    this.lastAt = this.now();
+    this.since = 0;
+  }
+
+  /** The condition ended: the next failure is logged at once. */
+  reset(): void {
+    this.lastAt = 0;
+    this.since = 0;
+  }
+}
+
+/** How long after the last write refused room the kernel tries to put the condition's end on the record (ms). */
+export const FULL_HOLD_MS = 2_000;
+
+/**
+ * Whether the kernel's storage is full now, as its writes find it. Set by a write refused room
+ * (an audit commit, a body's file, a SQLite transaction); it ends when, FULL_HOLD_MS after the
+ * last such refusal, the housekeeping tick's `kernel.storage` record — saying since when and how
+ * many requests were refused — commits ({@link probe}, {@link ended}): the end of the condition
+ * is on the record, and a file system with room for small records but not for a large body does
+ * not flap between the two states with every request. Meanwhile `system.health` answers
+ * "degraded" with {@link reason}, and `/metrics` shows `kpip_storage_full 1`. Requests are not
+ * held back by it: each tries its own writes, so service resumes as soon as there is room.
+ */
+export class StorageSpace {
+  /** When the first write was refused room (ms), while the condition holds. */
+  fullSince: number | undefined;
+  /** When the last write was refused room. */
+  private lastFull = 0;
+  /** Requests refused for lack of room since it began. */
+  refused = 0;
+  private lastError = "";
+  private probing = false;
+  private readonly repeats: RepeatedFailureLog;
+
+  constructor(
+    private readonly log: Logger,
+    private readonly now: () => number = Date.now,
+  ) {
+    this.repeats = new RepeatedFailureLog(
+      (f, m) => log.error(f, m),
+      "the kernel's storage is still full: requests that must be recorded or stored are refused RESOURCE",
+      REPEAT_LOG_MS,
+      now,
+    );
+  }
+
+  get full(): boolean {
+    return this.fullSince !== undefined;
+  }
+
+  /** Why health is degraded, while it is. */
+  get reason(): string | undefined {
+    if (this.fullSince === undefined) return undefined;
+    return `the kernel's storage is full since ${new Date(this.fullSince).toISOString()} (${this.lastError}): requests that must be recorded or stored are refused RESOURCE until space is freed`;
+  }
+
+  /**
+   * A write was refused: when it was for lack of room, notes it (logged when it begins, then at
+   * most once per REPEAT_LOG_MS) and answers true; any other failure is the caller's to report.
+   * `request`: a request was refused for it (counted).
+   */
+  failed(e: unknown, request = false): boolean {
+    if (!isStorageFull(e)) return false;
+    if (request) this.refused++;
+    this.lastError = (e as Error).message;
+    this.lastFull = this.now();
+    if (this.fullSince === undefined) {
+      this.fullSince = this.lastFull;
+      this.repeats.began();
+      this.log.error(
+        { err: this.lastError },
+        "the kernel's storage is full: requests that must be recorded or stored are refused RESOURCE until space is freed; the kernel resumes by itself once it is",
+      );
+      return true;
+    }
+    this.repeats.failed({ err: this.lastError, refused: this.refused });
+    return true;
+  }
+
+  /**
+   * The record that ends the condition, when it is time to try one (FULL_HOLD_MS after the last
+   * write refused room, none in flight): the caller appends it and calls {@link ended} once it
+   * committed, {@link probeFailed} if it did not.
+   */
+  probe(): { since: number; refused: number; error: string } | undefined {
+    if (this.fullSince === undefined || this.probing || this.now() - this.lastFull < FULL_HOLD_MS) return undefined;
+    this.probing = true;
+    return { since: this.fullSince, refused: this.refused, error: this.lastError };
+  }
+
+  probeFailed(e: unknown): void {
+    this.probing = false;
+    this.failed(e);
+  }
+
+  /** The probe's record committed: the condition has ended (unless a write was refused room since it was taken). */
+  ended(): void {
+    this.probing = false;
+    if (this.fullSince === undefined || this.now() - this.lastFull < FULL_HOLD_MS) return;
+    const ended = { ms: this.now() - this.fullSince, refused: this.refused };
+    this.fullSince = undefined;
+    this.refused = 0;
+    this.repeats.reset();
+    this.log.info(ended, "the kernel's storage has room again: requests are served");
+  }
+}

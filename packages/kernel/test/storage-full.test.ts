@@ -1,0 +1,275 @@
+import assert from "node:assert/strict";
+import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KernelClient, loadIdentity } from "@kpip/client";
+import { until } from "@kpip/protocol/testing";
+import { openAuditReader, verifyAudit } from "../src/index.js";
+import { isStorageFull } from "../src/kernel/storage-space.js";
+import type { Logger } from "../src/log.js";
+import { WalCheckpointer } from "../src/store/checkpointer.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+
+const CLI = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
+
+/**
+ * A private mount namespace (a user namespace too, so that it needs no root) holding a small
+ * tmpfs at `home`: a file system the kernel can fill in a second. Its holder process keeps it
+ * alive across kernels; each kernel enters it (nsenter), and the test reads its files through
+ * `/proc/<holder>/root`. Undefined (with why) where namespaces cannot be made.
+ */
+interface SmallDisk {
+  /** The home as this process sees it. */
+  root: string;
+  /** The home inside the namespace. */
+  home: string;
+  /** The command prefix that runs a process inside the namespace. */
+  enter: string[];
+  ready: Promise<void>;
+  close(): void;
+}
+
+function smallDisk(mib: number): SmallDisk | string {
+  const base = mkdtempSync(join(tmpdir(), "kpip-full-"));
+  const home = join(base, "home");
+  const probe = spawnSync("unshare", ["-Urm", "true"], { encoding: "utf8" });
+  if (probe.status !== 0) {
+    rmSync(base, { recursive: true, force: true });
+    return `NOT RUN: needs unshare -Urm (user and mount namespaces): ${probe.error?.message ?? probe.stderr.trim()}`;
+  }
+  // The tmpfs at `home`, and the holder waits on stdin: it (and the file system) ends with the test.
+  const holder = spawn(
+    "unshare",
+    [
+      "-Urm",
+      "sh",
+      "-c",
+      `mkdir -p '${home}' && mount -t tmpfs -o size=${mib}m,mode=0700 none '${home}' && echo mounted && exec cat`,
+    ],
+    { stdio: ["pipe", "pipe", "inherit"] },
+  );
+  const pid = holder.pid as number;
+  const root = `/proc/${pid}/root${home}`;
+  return {
+    root,
+    home,
+    enter: ["nsenter", `--target=${pid}`, "--user", "--mount", "--preserve-credentials", "--"],
+    close: () => {
+      holder.stdin?.end();
+      holder.kill();
+      rmSync(base, { recursive: true, force: true });
+    },
+    ready: new Promise<void>((r) => holder.stdout?.on("data", (d: Buffer) => d.includes("mounted") && r())),
+  };
+}
+
+interface Running {
+  child: ChildProcess;
+  log: () => string;
+  exited: Promise<number | null>;
+}
+
+/** `kpip kernel` on the small disk (its socket outside it), once it says it runs. */
+async function kernelOn(disk: SmallDisk, socket: string): Promise<Running> {
+  const [cmd, ...pre] = disk.enter as [string, ...string[]];
+  const child = spawn(
+    cmd,
+    [
+      ...pre,
+      process.execPath,
+      CLI,
+      "kernel",
+      "--home",
+      disk.home,
+      "--socket",
+      socket,
+      "--sandbox",
+      "none",
+      "--log-level",
+      "info",
+    ],
+    { stdio: ["ignore", "pipe", "pipe"] },
+  );
+  let out = "";
+  child.stdout?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr?.on("data", (d: Buffer) => {
+    out += d.toString();
+  });
+  const exited = new Promise<number | null>((r) => child.once("exit", (c) => r(c)));
+  await Promise.race([
+    until(() => out.includes("is running"), 30_000),
+    exited.then(() => assert.fail(`the kernel exited: ${out}`)),
+  ]);
+  return { child, log: () => out, exited };
+}
+
+function connect(root: string, socket: string): Promise<KernelClient> {
+  return KernelClient.connect({
+    socket,
+    identity: loadIdentity(join(root, "admin.identity")),
+    tokens: [readFileSync(join(root, "admin.token"), "utf8").trim()],
+    reconnect: false,
+  });
+}
+
+/** Writes `size`-byte bodies until one is refused; the refusal and the names acknowledged. */
+async function fill(
+  c: KernelClient,
+  prefix: string,
+  size: number,
+  acked: Map<string, number>,
+): Promise<Error & { errorClass?: string }> {
+  for (let i = 0; i < 10_000; i++) {
+    const uri = `obj://ws/${prefix}${i}`;
+    try {
+      await c.storage.write(uri, Buffer.alloc(size, i % 251));
+      acked.set(uri, size);
+    } catch (e) {
+      return e as Error & { errorClass?: string };
+    }
+  }
+  assert.fail("the disk never filled");
+}
+
+const disk = smallDisk(16);
+const skip = typeof disk === "string" ? disk : false;
+
+describe("the kernel's home on a full file system", { skip }, () => {
+  it("refuses what it cannot keep RESOURCE (storage full), says degraded, resumes by itself when space returns, and stops (exit 5) keeping all it acknowledged", async () => {
+    const d = disk as SmallDisk;
+    const socketDir = mkdtempSync(join(tmpdir(), "kpip-full-sock-"));
+    const socket = join(socketDir, "k.sock");
+    try {
+      await d.ready;
+      const k = await kernelOn(d, socket);
+      const acked = new Map<string, number>();
+      try {
+        // Room the test gives back later: other tenants' files on the same file system.
+        writeFileSync(join(d.root, "filler-1"), Buffer.alloc(4 * 1024 * 1024));
+        writeFileSync(join(d.root, "filler-2"), Buffer.alloc(2 * 1024 * 1024));
+        // And one that leaves 3 MiB free.
+        const { bavail, bsize } = statfsSync(d.root);
+        writeFileSync(join(d.root, "filler-0"), Buffer.alloc(bavail * bsize - 3 * 1024 * 1024));
+        const c = await connect(d.root, socket);
+
+        // A body larger than the room goes to the file store and is refused there, RESOURCE, the op named (its records fit).
+        const big = await c.storage
+          .write("obj://ws/big", Buffer.alloc(6 * 1024 * 1024, 7))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(big instanceof Error, "a body larger than the room is refused");
+        assert.equal(big.errorClass, "RESOURCE", big.message);
+        assert.equal(big.message, "the kernel's storage is full: storage.write could not be stored; retry once space is freed");
+
+        // Small bodies go inline: the audit and the database fill; the refusal is RESOURCE, not INTERNAL.
+        const small = await fill(c, "small", 60_000, acked);
+        assert.equal(small.errorClass, "RESOURCE", small.message);
+        assert.match(small.message, /^the kernel's storage is full: .*retry once space is freed$/);
+        const health = (await c.system.health()) as { status: string; reason?: string };
+        assert.equal(health.status, "degraded");
+        assert.match(health.reason ?? "", /storage is full since /);
+
+        // Space comes back (another tenant deletes a file): the kernel serves again by itself.
+        unlinkSync(join(d.root, "filler-1"));
+        await c.storage.write("obj://ws/after", Buffer.from("after"));
+        acked.set("obj://ws/after", 5);
+        // And says so once the condition's end is on the record (a tick after the hold).
+        await until(async () => ((await c.system.health()) as { status: string }).status === "ok", 20_000);
+
+        // Full again, then stopped: the stop ends (exit 5), its last records unwritten.
+        const again = await fill(c, "again", 60_000, acked);
+        assert.equal(again.errorClass, "RESOURCE", again.message);
+        await c.close().catch(() => {});
+      } finally {
+        k.child.kill("SIGTERM");
+      }
+      assert.equal(await k.exited, 5, `kpip kernel exits 5 (stopped while its storage was full):\n${k.log()}`);
+      assert.match(k.log(), /kernel stopped while its storage was full/);
+      // One line for the condition's start, not one per refused request or WAL round.
+      const lines = k.log().split("\n");
+      assert.ok(lines.filter((l) => l.includes("background WAL checkpoint failed")).length <= 2, k.log());
+      assert.equal(lines.filter((l) => l.includes("request failed in the pipeline")).length, 0, k.log());
+
+      // Space freed, the next start recovers: every acknowledged write is there, the audit verifies.
+      unlinkSync(join(d.root, "filler-2"));
+      const next = await kernelOn(d, socket);
+      try {
+        const c = await connect(d.root, socket);
+        for (const [uri, size] of acked) assert.equal((await c.storage.read(uri)).data.length, size, uri);
+        assert.equal(((await c.system.health()) as { status: string }).status, "ok");
+        await c.close();
+      } finally {
+        next.child.kill("SIGTERM");
+      }
+      assert.equal(await next.exited, 0, next.log());
+      const reader = openAuditReader(join(d.root, "kernel.db"));
+      try {
+        assert.equal(verifyAudit(reader).ok, true);
+        // Every acknowledged write has its SUCCESS outcome on the record; the episode's end is there too.
+        const rows: ReturnType<typeof reader.scanAudit> = [];
+        for (let got = reader.scanAudit(1, 1000); got.length > 0; got = reader.scanAudit((got.at(-1)?.seq ?? 0) + 1, 1000))
+          rows.push(...got);
+        assert.equal(rows.length, reader.countAudit());
+        const recorded = new Set(
+          rows.filter((r) => r.op === "storage.write" && r.phase === "outcome" && r.status === "SUCCESS").map((r) => r.target),
+        );
+        for (const uri of acked.keys()) assert.ok(recorded.has(uri), `${uri} acknowledged and on the record`);
+        assert.ok(
+          rows.some((r) => r.op === "kernel.storage"),
+          "the end of the full condition is on the record",
+        );
+      } finally {
+        reader.close();
+      }
+    } finally {
+      rmSync(socketDir, { recursive: true, force: true });
+      d.close();
+    }
+  });
+});
+
+describe("failures that repeat while the disk is full are logged when they begin, not each time", () => {
+  it("a WAL checkpoint round that fails every 250 ms is logged once, then once a minute; a round that passes ends the run", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-wal-full-"));
+    const path = join(home, "kernel.db");
+    const store = new SqliteStore(path);
+    const warned: string[] = [];
+    const log = { warn: (_f: unknown, m: string) => warned.push(m), error: () => {}, info: () => {} } as unknown as Logger;
+    // A worker whose rounds fail as on a full disk 20 times, pass once, fail once, then pass (the marker the test waits for).
+    const worker = new URL(
+      `data:text/javascript,import { parentPort } from "node:worker_threads";
+for (let i = 0; i < 20; i++) parentPort.postMessage({ error: "database or disk is full" });
+parentPort.postMessage({ log: 0 });
+parentPort.postMessage({ error: "database or disk is full" });
+parentPort.postMessage({ log: 0 });
+parentPort.on("message", () => process.exit(0));`,
+    );
+    try {
+      const cp = new WalCheckpointer(store, path, log, { workerModule: worker });
+      await until(() => cp.rounds === 2, 10_000, "the worker's rounds");
+      assert.deepEqual(warned, [
+        "background WAL checkpoint failed; retrying on the next round",
+        "background WAL checkpoint failed; retrying on the next round",
+      ]);
+      await cp.stop();
+    } finally {
+      store.close();
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("only a lack of room is a full disk: an I/O error is not (it stays INTERNAL and fails the storage closed)", () => {
+    const errno = (code: string) => Object.assign(new Error(code), { code });
+    assert.equal(isStorageFull(errno("ENOSPC")), true);
+    assert.equal(isStorageFull(errno("EDQUOT")), true);
+    assert.equal(isStorageFull(errno("SQLITE_FULL")), true);
+    assert.equal(isStorageFull(new Error("audit commit failed", { cause: errno("ENOSPC") })), true);
+    assert.equal(isStorageFull(errno("EIO")), false);
+    assert.equal(isStorageFull(errno("SQLITE_IOERR_FSYNC")), false);
+    assert.equal(isStorageFull(new Error("no space left on device")), false, "a message is not a code");
+  });
+});
