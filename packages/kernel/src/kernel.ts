@@ -9,6 +9,7 @@ import { checkDescriptorBudget } from "./kernel/fd-budget.js";
 import { startHousekeeping } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
+import { recordLateOutcomes } from "./kernel/storage-space.js";
 import { EVENT_HIGH_WATER_BYTES, GRPC_CLOSE_GRACE_MS } from "./limits.js";
 import { createLogger, type Logger } from "./log.js";
 import type { KernelMetrics } from "./metrics/metrics.js";
@@ -317,7 +318,15 @@ export class Kernel {
     await s.metrics.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
-    s.records.record({ op: "kernel.stop", target: "kernel://", detail: { ...s.runDetail(), reason } });
+    // Effects committed while their outcome records found no room: written now if there is, else
+    // no kernel.stop record, so that the next start recovers them as after a kill.
+    await recordLateOutcomes(s.space, s.audit);
+    if (s.space.outcomesMissing)
+      this.log.error(
+        { missing: s.space.lateDropped + s.space.takeLateOutcomes().length },
+        "outcome records of committed effects could not be written: no kernel.stop record, so the next start writes them",
+      );
+    else s.records.record({ op: "kernel.stop", target: "kernel://", detail: { ...s.runDetail(), reason } });
     await s.closeStorage();
     // Segments kept for a grace period after their session (a body not yet taken) would outlive
     // a kernel that exits first: their timers do not hold the process. Every session has ended.

@@ -105,6 +105,8 @@ export interface UnitOptions {
   asyncStages?: boolean;
   /** The pipeline's note of a revocation's outcome record (default: none). */
   revocationRecorded?: PipelineDeps["revocationRecorded"];
+  /** The kernel's storage condition (default: none). */
+  space?: PipelineDeps["space"];
 }
 
 export function unit(opts: UnitOptions = {}): Unit {
@@ -131,6 +133,7 @@ export function unit(opts: UnitOptions = {}): Unit {
     refusals: new RefusalLimiter({ sessionRate: rate, personaRate: rate, floodMax: 0, intentMaxBytes: 1024 }),
     ...(opts.peerLog ? { peerLog: opts.peerLog } : {}),
     ...(opts.revocationRecorded ? { revocationRecorded: opts.revocationRecorded } : {}),
+    ...(opts.space ? { space: opts.space } : {}),
   });
   const session = {
     id: "s-1",

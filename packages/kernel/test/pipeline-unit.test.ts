@@ -8,6 +8,9 @@ import { encodeIntent, encodeToken, type Grant, intentHash, type Request, type R
 import { pino } from "pino";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
+import { verifyAudit } from "../src/index.js";
+import { LATE_OUTCOME, recordLateOutcomes, StorageSpace } from "../src/kernel/storage-space.js";
+import { createLogger } from "../src/log.js";
 import { Admission } from "../src/pipeline/admission.js";
 import { AFTER_COMMIT } from "../src/pipeline/pipeline.js";
 import { tokenFamily } from "../src/primitives/token.js";
@@ -474,6 +477,64 @@ describe("the pipeline on its own (unit)", () => {
       const outcome = rows[1] as AuditRow;
       assert.equal(outcome.message, `${AFTER_COMMIT}q.put failed inside the kernel`);
       assert.deepEqual(JSON.parse(outcome.detail ?? "{}"), { status: "SUCCESS", thing: "made" });
+    } finally {
+      u.close();
+    }
+  });
+});
+
+describe("an effect whose outcome record finds no room (unit)", () => {
+  it("its outcome record is kept and written once there is room, marked late: no effect stays off the record; the retry gets the committed answer", async () => {
+    const space = new StorageSpace(createLogger("silent", false));
+    const put: PrimitiveFamily = {
+      name: "q",
+      ops: [
+        {
+          op: "q.put",
+          description: "an effect committed with its answer",
+          targets: ["kernel"],
+          args: {},
+          idempotent: false,
+          effects: true,
+          handler: (ctx) => ctx.atomically(() => ({ status: "SUCCESS", payload: { done: true }, audit: { thing: "made" } })),
+        },
+      ],
+    };
+    const u = unit({ families: [put], space });
+    try {
+      // The disk fills between the effect's commit and its outcome record's.
+      const append = u.audit.appendRow.bind(u.audit);
+      let refuse = true;
+      u.audit.appendRow = (row, dedupe) => {
+        if (refuse && row.phase === "outcome") {
+          refuse = false;
+          return Promise.reject(
+            Object.assign(new Error("audit commit failed: ENOSPC: no space left on device, write"), {
+              cause: Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" }),
+            }),
+          );
+        }
+        return append(row, dedupe);
+      };
+      const req = request({ op: "q.put", target: "kernel://", args: {} });
+      await assert.rejects(u.send(req), /ENOSPC/);
+      const phases = () =>
+        u
+          .records()
+          .filter((r) => r.requestId === req.id)
+          .map((r) => [r.phase, r.status, r.message]);
+      assert.deepEqual(phases(), [["intent", null, null]], "the outcome is not on the record yet");
+      assert.equal(space.outcomesMissing, true);
+      // Room again (the kernel's probe record committed): the kept record goes on the chain.
+      await recordLateOutcomes(space, u.audit);
+      assert.equal(space.outcomesMissing, false);
+      assert.deepEqual(phases(), [
+        ["intent", null, null],
+        ["outcome", "SUCCESS", LATE_OUTCOME],
+      ]);
+      const retry = await u.send({ ...req });
+      assert.deepEqual([retry.status, retry.payload], ["SUCCESS", { done: true }], "answered from the committed answer");
+      assert.ok(verifyAudit(u.store).ok);
     } finally {
       u.close();
     }

@@ -9,6 +9,7 @@ import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
 import { PrunerFailures } from "./pruner-failures.js";
+import { recordLateOutcomes } from "./storage-space.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -130,7 +131,11 @@ function storageProbe(s: KernelServices): void {
       detail: detailJson({ fullSince: p.since, refused: p.refused, error: p.error }),
     })
     .then(
-      () => s.space.ended(),
+      () => {
+        s.space.ended();
+        // Room again: the outcome records of effects committed meanwhile go on the record.
+        if (!s.space.full) void recordLateOutcomes(s.space, s.audit);
+      },
       (e) => s.space.probeFailed(e),
     );
 }

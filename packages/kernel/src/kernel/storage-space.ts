@@ -1,4 +1,5 @@
 import type { Logger } from "../log.js";
+import type { AuditRow } from "../store/types.js";
 
 /**
  * The codes that mean "no room to write" — the file system (ENOSPC) or the user's quota on it
@@ -64,6 +65,15 @@ export class RepeatedFailureLog {
     this.since = 0;
   }
 }
+
+/**
+ * Most outcome records kept for later (each a few hundred bytes): past it, the effects' outcomes
+ * are left to the next start's recovery (the kernel then writes no kernel.stop record).
+ */
+export const MAX_LATE_OUTCOMES = 16_384;
+
+/** What a late outcome record says besides its own message: why it comes later than its effect. */
+export const LATE_OUTCOME = "recorded late: the kernel's storage was full when the effect committed";
 
 /** How long after the last write refused room the kernel tries to put the condition's end on the record (ms). */
 export const FULL_HOLD_MS = 2_000;
@@ -150,6 +160,38 @@ export class StorageSpace {
     this.failed(e);
   }
 
+  /**
+   * Outcome records of effects that committed with their answer while their own record could
+   * not be (no room): written once there is ({@link takeLateOutcomes}), so that no effect stays
+   * off the record after the kernel stops cleanly (a start recovers outcomes only after a kill).
+   */
+  private late: AuditRow[] = [];
+  /** Late outcome records not kept ({@link MAX_LATE_OUTCOMES}): the stop leaves them to the next start. */
+  lateDropped = 0;
+
+  /** `row`'s commit failed with `e`: kept for later when for lack of room (true), else the caller's. */
+  lateOutcome(row: AuditRow, e: unknown): boolean {
+    if (!isStorageFull(e)) return false;
+    if (this.late.length >= MAX_LATE_OUTCOMES) this.lateDropped++;
+    else {
+      if (!row.message) row.message = LATE_OUTCOME;
+      this.late.push(row);
+    }
+    return true;
+  }
+
+  /** The outcome records waiting for room, handed over (the caller gives back what fails again). */
+  takeLateOutcomes(): AuditRow[] {
+    const l = this.late;
+    this.late = [];
+    return l;
+  }
+
+  /** Whether outcome records of committed effects are missing from the log (kept, or dropped). */
+  get outcomesMissing(): boolean {
+    return this.late.length > 0 || this.lateDropped > 0;
+  }
+
   /** The probe's record committed: the condition has ended (unless a write was refused room since it was taken). */
   ended(): void {
     this.probing = false;
@@ -160,4 +202,20 @@ export class StorageSpace {
     this.repeats.reset();
     this.log.info(ended, "the kernel's storage has room again: requests are served");
   }
+}
+
+/**
+ * Appends the outcome records kept while the storage was full (a row whose commit fails again is
+ * given back to `space`, or counted dropped if that failure was no lack of room). Resolves once
+ * each commit settled.
+ */
+export async function recordLateOutcomes(space: StorageSpace, audit: { appendRow(row: AuditRow): Promise<void> }): Promise<void> {
+  const rows = space.takeLateOutcomes();
+  await Promise.all(
+    rows.map((row) =>
+      audit.appendRow(row).catch((e) => {
+        if (!space.lateOutcome(row, e)) space.lateDropped++;
+      }),
+    ),
+  );
 }

@@ -61,8 +61,11 @@ export interface PipelineDeps {
   bodies?: BodyPool;
   /** Where an op's INTERNAL failure is logged, within its persona's budget (none: the kernel's log, unbounded). */
   peerLog?: PeerLogLimiter;
-  /** Told of each write refused room (the disk full): health, metrics and a rate-limited log. */
-  space?: Pick<StorageSpace, "failed">;
+  /**
+   * Told of each write refused room (the disk full): health, metrics and a rate-limited log; and
+   * keeps the outcome record of an effect that committed while its record could not be, for later.
+   */
+  space?: Pick<StorageSpace, "failed" | "lateOutcome">;
   /** Notes the outcome record of an effect that revoked tokens ({@link OpResult.revoked}): the refusals they cause name it. */
   revocationRecorded?: (ids: readonly string[], seq: number) => void;
 }
@@ -506,7 +509,7 @@ export class Pipeline {
     // The detail committed with the effect's answer, when this is its result: encoded once.
     const a = ctx.atomic;
     entry.detail = a?.detail !== undefined && result === a.result ? a.detail : statusDetail(response.status, result?.audit);
-    return audit.appendRow(
+    const committed = audit.appendRow(
       entry,
       keep
         ? {
@@ -518,6 +521,14 @@ export class Pipeline {
           }
         : undefined,
     );
+    const space = this.deps.space;
+    if (!effects || a?.recorded !== true || !space) return committed;
+    // The effect and its answer are committed (a retry gets that answer): its outcome record,
+    // refused room, is written once there is — not left off the record (kernel/storage-space.ts).
+    return committed.catch((e: unknown) => {
+      space.lateOutcome(entry, e);
+      throw e;
+    });
   }
 
   /** A run's answer, final: what dedupe keeps of it, then the answer. */
