@@ -281,53 +281,79 @@ describe("a kernel that names its shared-memory segments", () => {
   });
 });
 
+/**
+ * A kernel-side peer that makes the usual handshake (WELCOME for alice, a handle per token),
+ * then hands every later message to `onMessage` with its socket and stream.
+ */
+async function welcomingKernel(
+  onMessage: (m: Message, s: net.Socket, stream: number) => void,
+): Promise<{ path: string; close(): void }> {
+  const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
+  const path = join(dir, "k.sock");
+  const server = net.createServer((s) => {
+    const d = new FrameDecoder();
+    s.on("error", () => {});
+    s.on("data", (chunk) => {
+      for (const f of d.push(chunk)) {
+        const m = decodeMessage(f);
+        if (m.type === "HELLO") {
+          const body = {
+            version: 1,
+            session: "s1",
+            nonce: Buffer.alloc(32),
+            kernel: "hostile",
+            heartbeatMs: 60_000,
+            limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+            features: [],
+          };
+          s.write(encodeMessage({ type: "CHALLENGE", body }));
+        } else if (m.type === "ATTEST") {
+          const handles = m.body.tokens.map((_, i) => i + 1);
+          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
+        } else if (m.type === "GOODBYE") s.end();
+        else onMessage(m, s, f.stream);
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(path, r));
+  return {
+    path,
+    close: () => {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+const success = (id: number, stream: number, payload?: CborValue) =>
+  encodeMessage({ type: "RESPONSE", body: { version: 1, id, status: "SUCCESS", ...(payload ? { payload } : {}) } }, stream);
+
 describe("a kernel that PINGs and never reads", () => {
   it("does not grow the client's unsent bytes: past PONG_BACKLOG queued, a PING goes unanswered (as in the Python client)", async () => {
     const PINGS = 100_000;
-    const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
-    const path = join(dir, "k.sock");
     let pongs = 0;
     let pongsBeforeSecond = -1;
     let requests = 0;
-    const server = net.createServer((s) => {
-      const d = new FrameDecoder();
-      s.on("error", () => {});
-      s.on("data", (chunk) => {
-        for (const f of d.push(chunk)) {
-          const m = decodeMessage(f);
-          if (m.type === "HELLO") {
-            const body = {
-              version: 1,
-              session: "s1",
-              nonce: Buffer.alloc(32),
-              kernel: "hostile",
-              heartbeatMs: 60_000,
-              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-              features: [],
-            };
-            s.write(encodeMessage({ type: "CHALLENGE", body }));
-          } else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
-          else if (m.type === "PONG") pongs++;
-          else if (m.type === "REQUEST" && ++requests === 1) {
-            // From now on nothing is read; a flood of PINGs, then the answer: once the client has
-            // it, it has handled every PING before it.
-            s.pause();
-            const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
-            s.write(Buffer.concat(Array.from({ length: PINGS }, () => ping)));
-            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS" } }, f.stream));
-            (server as net.Server & { resume?: () => void }).resume = () => s.resume();
-          } else if (m.type === "REQUEST") {
-            pongsBeforeSecond = pongs;
-            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS" } }, f.stream));
-          }
-        }
-      });
+    let resume = () => {};
+    const k = await welcomingKernel((m, s, stream) => {
+      if (m.type === "PONG") pongs++;
+      else if (m.type === "REQUEST" && ++requests === 1) {
+        // From now on nothing is read; a flood of PINGs, then the answer: once the client has
+        // it, it has handled every PING before it.
+        s.pause();
+        const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
+        s.write(Buffer.concat(Array.from({ length: PINGS }, () => ping)));
+        s.write(success(m.body.id, stream));
+        resume = () => s.resume();
+      } else if (m.type === "REQUEST") {
+        pongsBeforeSecond = pongs;
+        s.write(success(m.body.id, stream));
+      }
     });
-    await new Promise<void>((r) => server.listen(path, r));
-    const c = await KernelClient.connect({ socket: path, identity: generateIdentity("alice"), reconnect: false });
+    const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
     try {
       await c.call("first.call", "kernel://");
-      (server as net.Server & { resume?: () => void }).resume?.();
+      resume();
       await c.call("second.call", "kernel://");
       // What the client queued is what reached the kernel once it read: the socket's buffers and
       // PONG_BACKLOG, not a PONG for each of the 100,000 PINGs (~2.6 MB).
@@ -335,56 +361,19 @@ describe("a kernel that PINGs and never reads", () => {
       assert.ok(pongsBeforeSecond < PINGS / 4, `${pongsBeforeSecond} PONGs were queued for ${PINGS} PINGs`);
     } finally {
       await c.close().catch(() => {});
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
+      k.close();
     }
   });
 });
 
 describe("a kernel whose answers the client keeps are not what the op answers", () => {
-  /** A kernel answering each op with `answers[op]`'s payload (SUCCESS), after the usual handshake. */
-  async function answering(answers: Record<string, Record<string, unknown>>) {
-    const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
-    const path = join(dir, "k.sock");
-    const server = net.createServer((s) => {
-      const d = new FrameDecoder();
-      s.on("error", () => {});
-      s.on("data", (chunk) => {
-        for (const f of d.push(chunk)) {
-          const m = decodeMessage(f);
-          if (m.type === "HELLO") {
-            const body = {
-              version: 1,
-              session: "s1",
-              nonce: Buffer.alloc(32),
-              kernel: "hostile",
-              heartbeatMs: 60_000,
-              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-              features: [],
-            };
-            s.write(encodeMessage({ type: "CHALLENGE", body }));
-          } else if (m.type === "ATTEST") {
-            const handles = m.body.tokens.map((_, i) => i + 1);
-            s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
-          } else if (m.type === "REQUEST") {
-            const op = String((decodeCanonical(m.body.intent) as { op: string }).op);
-            const payload = (answers[op] ?? {}) as CborValue;
-            s.write(
-              encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "SUCCESS", payload } }, f.stream),
-            );
-          } else if (m.type === "GOODBYE") s.end();
-        }
-      });
+  /** A kernel answering each op with `answers[op]`'s payload (SUCCESS). */
+  const answering = (answers: Record<string, Record<string, unknown>>) =>
+    welcomingKernel((m, s, stream) => {
+      if (m.type !== "REQUEST") return;
+      const op = String((decodeCanonical(m.body.intent) as { op: string }).op);
+      s.write(success(m.body.id, stream, (answers[op] ?? {}) as CborValue));
     });
-    await new Promise<void>((r) => server.listen(path, r));
-    return {
-      path,
-      close: () => {
-        server.close();
-        rmSync(dir, { recursive: true, force: true });
-      },
-    };
-  }
 
   it("a subscription id that is no positive integer fails the subscribe with ProtocolViolationError, not a subscription that never hears", async () => {
     for (const subscription of [-1, 0, "7", 2n ** 60n, null]) {
