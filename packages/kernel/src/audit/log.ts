@@ -149,6 +149,16 @@ export class AuditLog {
   }
 
   /**
+   * {@link append}, first telling `before` the sequence number the record gets (not when the log
+   * is closed: nothing is appended then). What the caller writes beside the log names the record
+   * before it can commit, even in the commit this append makes itself (a full batch).
+   */
+  appendAs(entry: AuditEntry, before: (seq: number) => void): Promise<void> {
+    if (!this.closed) before(this.seq + 1);
+    return this.append(entry);
+  }
+
+  /**
    * {@link append} of a record built whole by its caller (a request's, pipeline/context.ts): the
    * log takes the object as its own and fills in seq, time, kernel and the chain, so a request's
    * record is one object, not an entry copied into a row.

@@ -226,6 +226,8 @@ export interface AuditStore {
   pruneAudit(throughSeq: number, base?: AuditCheckpoint): number;
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
+  /** The records at these sequence numbers that are stored (read once per batch that holds several). */
+  auditRecordsAt(seqs: readonly number[]): Map<number, AuditRow>;
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
   /**
    * Answers committed with their effects (still naming their intent records) whose effect
@@ -437,6 +439,30 @@ export interface AgentRecord {
 
 /** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
 export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
+
+/**
+ * A session whose `session.open` record was appended (or was about to be) and whose end is not
+ * known to be on the record yet (audit/live-sessions.ts): the record sequence numbers are noted
+ * before the records are chained, so a kill at any point leaves a row that names them.
+ */
+export interface LiveSession {
+  session: string;
+  persona: string;
+  /** The open record's `caps` (the tokens presented, as it names them). */
+  caps: string | null;
+  openSeq: number;
+  /** The sequence number its session.close or session.error record was given, once appended. */
+  closeSeq: number | null;
+}
+
+export interface LiveSessionStore {
+  liveSessionOpened(s: Omit<LiveSession, "closeSeq">): void;
+  liveSessionEnding(session: string, closeSeq: number): void;
+  /** Their end is on the record (committed): the rows go. */
+  liveSessionsEnded(sessions: readonly string[]): void;
+  /** Every row, oldest open first: at most the sessions open at once, and those closing. */
+  liveSessions(): LiveSession[];
+}
 
 /** What recovery after a crash needs of an agent recorded running. */
 export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId" | "procId">;
