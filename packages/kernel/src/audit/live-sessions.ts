@@ -1,4 +1,4 @@
-import type { AuditRow, AuditStore, LiveSessionStore } from "../store/types.js";
+import type { LiveSession, LiveSessionStore } from "../store/types.js";
 import { detailJson } from "./detail.js";
 import type { AuditEntry, AuditLog } from "./log.js";
 
@@ -9,9 +9,10 @@ import type { AuditEntry, AuditLog } from "./log.js";
  * table (persona, caps, the open record's sequence number), written before its open record is
  * chained; its end record's sequence number is noted on the row before that record is chained,
  * and the row goes once the end record is committed. A kill at any point so leaves a row naming
- * the records it may or may not have committed, and {@link recoverSessions} tells which by
- * reading those records (a few, never the log): the table holds at most the sessions open at
- * once, and those whose end is being committed.
+ * records that are on the log exactly when their numbers are at most the log's last: the log is
+ * one chain, committed in order, and a failed commit that gives numbers again (onRewind) makes
+ * the rows forget them first. The table holds at most the sessions open at once and those whose
+ * end is being committed; a start reads it, never the log ({@link recoverSessions}).
  */
 export class LiveSessions {
   /** Sessions whose end record committed, their rows deleted on the next turn (one transaction). */
@@ -21,7 +22,9 @@ export class LiveSessions {
   constructor(
     private readonly store: LiveSessionStore,
     private readonly audit: AuditLog,
-  ) {}
+  ) {
+    audit.onRewind = (seq) => store.liveSessionsAfter(seq);
+  }
 
   /** Appends a session's `session.open` record, its row written first. */
   opened(entry: AuditEntry): Promise<void> {
@@ -34,7 +37,9 @@ export class LiveSessions {
 
   /** Appends an open session's end (`session.close`, `session.error`), noted on its row first; the row goes once it commits. */
   ending(entry: AuditEntry): Promise<void> {
-    const committed = this.audit.appendAs(entry, (seq) => this.write(() => this.store.liveSessionEnding(entry.session, seq)));
+    const committed = this.audit.appendAs(entry, (seq) =>
+      this.write(() => this.store.liveSessionsEnding([{ session: entry.session, closeSeq: seq }])),
+    );
     committed.then(
       () => this.drop(entry.session),
       // Not on the record: the row stays for the next start, which ends the session there.
@@ -73,56 +78,49 @@ export class SessionRecoveryError extends Error {
   override name = "SessionRecoveryError";
 }
 
-const isEnd = (r: AuditRow | undefined, session: string) =>
-  r !== undefined && r.session === session && r.phase === "session" && (r.op === "session.close" || r.op === "session.error");
+/**
+ * First thing at a start, before it appends anything: the log ends at `last` (the previous run's
+ * last record that is on it), so whatever a row noted after it never committed — an open record
+ * (the row goes: there is no open on the record to end) or an end (noted again when written).
+ */
+export function settleLiveSessions(store: LiveSessionStore, last: number): void {
+  store.liveSessionsAfter(last);
+}
 
 /**
- * At a start, before the kernel serves: every session the previous runs left open (a row whose
- * end record is not on the log) gets its `session.close`, FAILURE INTERNAL, with the open
- * record's persona and caps and `detail` {recovered, open (its open record), last (the seq and
- * time of the last record before this start)}. A row whose open record is not on the log (the
- * kill came before its commit) goes without a record; one whose open record retention pruned
- * is ended all the same. The row notes each record's sequence number before it is chained and
- * goes once it is committed (after a sync of its segment), so a kill during this start writes
- * nothing twice: the next start finds the records that committed. Returns how many it recorded
- * and how many could not be committed (their rows stay).
+ * At a start, after {@link settleLiveSessions} and before the kernel serves: every session the
+ * previous runs left open (a row with no end noted: its open is on the record, perhaps pruned
+ * since) gets its `session.close`, FAILURE INTERNAL, with the open record's persona and caps and
+ * `detail` {recovered, open (its open record's seq), last (seq and time of the last record before
+ * this start)}; a row whose end is noted (on the record) just goes. Each row notes its record's
+ * sequence number (one transaction for all) before any is chained, and goes once they are
+ * committed and their segment synced: a kill during this start writes nothing twice, the next
+ * start finds the ends noted at or below its log's last. Returns how many it recorded and how many
+ * could not be committed (their rows stay, for the next start).
  */
 export async function recoverSessions(
-  store: LiveSessionStore &
-    Pick<AuditStore, "auditRecordsAt" | "firstAuditSeq"> & {
-      syncAuditSegment?(): Promise<void>;
-      readonly auditSyncFailure?: Error;
-    },
+  store: LiveSessionStore & { syncAuditSegment?(): Promise<void>; readonly auditSyncFailure?: Error },
   audit: AuditLog,
   previous: { seq: number; time: number; stopped: boolean } | undefined,
 ): Promise<{ recorded: number; failed: number }> {
   const rows = store.liveSessions();
   if (rows.length === 0) return { recorded: 0, failed: 0 };
-  const seqs: number[] = [];
-  for (const r of rows) {
-    seqs.push(r.openSeq);
-    if (r.closeSeq !== null) seqs.push(r.closeSeq);
-  }
-  const records = store.auditRecordsAt(seqs);
-  const first = store.firstAuditSeq() ?? Number.POSITIVE_INFINITY;
   const done: string[] = [];
-  const appended: Promise<string | undefined>[] = [];
+  const open: LiveSession[] = [];
+  for (const r of rows) {
+    if (r.closeSeq === null) open.push(r);
+    else done.push(r.session);
+  }
+  // The numbers the records get, in order: nothing else appends meanwhile (a failed commit that
+  // gives them again unnotes them: onRewind).
+  const head = audit.headSeq;
+  store.liveSessionsEnding(open.map((r, i) => ({ session: r.session, closeSeq: head + 1 + i })));
   const how = previous?.stopped === false ? "; the kernel was killed or crashed" : "";
   const last = previous ? { seq: previous.seq, time: previous.time } : null;
   const lastText = previous ? `; its last record is ${previous.seq} at ${new Date(previous.time).toISOString()}` : "";
-  for (const r of rows) {
-    if (r.closeSeq !== null && isEnd(records.get(r.closeSeq), r.session)) {
-      done.push(r.session);
-      continue;
-    }
-    const open = records.get(r.openSeq);
-    const onLog = open ? open.session === r.session && open.phase === "session" && open.op === "session.open" : r.openSeq < first; // pruned by retention: it was on the log
-    if (!onLog) {
-      done.push(r.session);
-      continue;
-    }
-    const committed = audit.appendAs(
-      {
+  const appended = open.map((r) =>
+    audit
+      .append({
         session: r.session,
         persona: r.persona,
         phase: "session",
@@ -132,16 +130,12 @@ export async function recoverSessions(
         errorClass: "INTERNAL",
         message: `${RECOVERED_SESSION_MESSAGE} and no record of its end${how}${lastText}`,
         detail: detailJson({ recovered: true, open: r.openSeq, last }),
-      },
-      (seq) => store.liveSessionEnding(r.session, seq),
-    );
-    appended.push(
-      committed.then(
+      })
+      .then(
         () => r.session,
         () => undefined,
       ),
-    );
-  }
+  );
   audit.flush();
   const recorded = (await Promise.all(appended)).filter((s) => s !== undefined);
   // Synced before the rows go: an OS crash never keeps the rows' absence without the records.

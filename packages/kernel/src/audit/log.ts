@@ -77,6 +77,12 @@ export class AuditLog {
    * added to the WAL (metrics, and the WAL bound: see WalCheckpointer.committed).
    */
   onCommit: ((records: number, seconds: number, walBytes: number) => void) | undefined;
+  /**
+   * A commit failed and the chain went back to `seq`, its last committed record: the sequence
+   * numbers after it are given again to the next records (what names them beside the log must
+   * forget them: live-sessions.ts).
+   */
+  onRewind: ((seq: number) => void) | undefined;
   /** The WAL-bytes estimate of the records pending (a page per record, and the intent's bytes twice). */
   private pendingBytes = 0;
 
@@ -217,6 +223,11 @@ export class AuditLog {
     } catch (e) {
       // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
       this.rewind();
+      try {
+        this.onRewind?.(this.durable.seq);
+      } catch {
+        // What forgets the numbers fails with the store: the commit's own failure is reported below.
+      }
       waiters?.reject(new Error(`audit commit failed: ${(e as Error).message}`));
       return;
     }

@@ -3,7 +3,7 @@ import type { CborMap, Grant } from "@kpip/protocol";
 import { AgentManager } from "../agents/manager.js";
 import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
-import { LiveSessions, recoverSessions, SessionRecoveryError } from "../audit/live-sessions.js";
+import { LiveSessions, recoverSessions, SessionRecoveryError, settleLiveSessions } from "../audit/live-sessions.js";
 import type { AuditLog } from "../audit/log.js";
 import { OutcomeRecoveryError, recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
@@ -174,6 +174,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     const last = home.lastRecord;
     const lost = home.lostTail;
+    // Before anything is appended: what the sessions' rows noted past the log's end never committed.
+    settleLiveSessions(store, last?.seq ?? 0);
     records.record({
       op: "kernel.start",
       target: "kernel://",

@@ -226,8 +226,6 @@ export interface AuditStore {
   pruneAudit(throughSeq: number, base?: AuditCheckpoint): number;
   /** Administrative changes made without the kernel, oldest first, not yet audited (at most `limit`; -1: all). */
   offlineJournal(limit?: number): OfflineEntry[];
-  /** The records at these sequence numbers that are stored (read once per batch that holds several). */
-  auditRecordsAt(seqs: readonly number[]): Map<number, AuditRow>;
   lookupDedupe(key: string, now: number): DedupeRow | undefined;
   /**
    * Answers committed with their effects (still naming their intent records) whose effect
@@ -442,8 +440,8 @@ export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: numbe
 
 /**
  * A session whose `session.open` record was appended (or was about to be) and whose end is not
- * known to be on the record yet (audit/live-sessions.ts): the record sequence numbers are noted
- * before the records are chained, so a kill at any point leaves a row that names them.
+ * known to be on the record yet (audit/live-sessions.ts): the records' sequence numbers are
+ * noted before the records are chained, so a kill at any point leaves a row that names them.
  */
 export interface LiveSession {
   session: string;
@@ -457,9 +455,15 @@ export interface LiveSession {
 
 export interface LiveSessionStore {
   liveSessionOpened(s: Omit<LiveSession, "closeSeq">): void;
-  liveSessionEnding(session: string, closeSeq: number): void;
+  /** Each session's end record was given this sequence number (one transaction). */
+  liveSessionsEnding(ends: readonly { session: string; closeSeq: number }[]): void;
   /** Their end is on the record (committed): the rows go. */
   liveSessionsEnded(sessions: readonly string[]): void;
+  /**
+   * The log holds nothing after `seq` (a failed commit rewound it there, or a start found it
+   * ended there): rows whose open record came after it go, and an end noted after it is unnoted.
+   */
+  liveSessionsAfter(seq: number): void;
   /** Every row, oldest open first: at most the sessions open at once, and those closing. */
   liveSessions(): LiveSession[];
 }

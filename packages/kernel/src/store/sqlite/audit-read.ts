@@ -82,16 +82,6 @@ export class AuditReads {
     return r && this.decode(r);
   }
 
-  /** The records at `seqs` that are stored. */
-  recordsAt(seqs: readonly number[]): Map<number, AuditRow> {
-    const out = new Map<number, AuditRow>();
-    for (const seq of seqs) {
-      const r = this.record(seq);
-      if (r) out.set(seq, r);
-    }
-    return out;
-  }
-
   /** The newest record, or undefined for an empty log. */
   last(): AuditRow | undefined {
     return this.down(Number.POSITIVE_INFINITY, Number.NEGATIVE_INFINITY, 1)[0];

@@ -9,7 +9,7 @@ import { AuditReads } from "./audit-read.js";
 /** What every reader of the audit asks (the table's reads, audit-read.ts, and the segments' here). */
 export type AuditReadApi = Pick<
   AuditReads,
-  "rows" | "record" | "recordsAt" | "last" | "up" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
+  "rows" | "record" | "last" | "up" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
 >;
 
 /**
@@ -51,27 +51,6 @@ export class SegmentReads implements AuditReadApi {
   record(seq: number): AuditRow | undefined {
     const r = this.#row(seq);
     return r && this.#decode(r);
-  }
-
-  /** The records at `seqs` that are stored: each span read once, however many of them it holds. */
-  recordsAt(seqs: readonly number[]): Map<number, AuditRow> {
-    const out = new Map<number, AuditRow>();
-    let span: IndexSpan | undefined;
-    let rows: SpanRow[] = [];
-    for (const seq of [...seqs].sort((a, b) => a - b)) {
-      if (!(seq > this.index.retained())) continue;
-      if (!span || span.first > seq || span.last < seq) {
-        span = this.index.from(seq, 1)[0];
-        if (!span || span.first > seq || span.last < seq) {
-          span = undefined;
-          continue;
-        }
-        rows = this.index.read(span).rows;
-      }
-      const r = rows.find((x) => x.seq === seq);
-      if (r) out.set(seq, this.#decode(r));
-    }
-    return out;
   }
 
   last(): AuditRow | undefined {

@@ -490,10 +490,6 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       ).changes;
       return { deleted, last };
     }
-    auditRecordsAt(seqs: readonly number[]): Map<number, AuditRow> {
-      this.#settle();
-      return this.#reads.recordsAt(seqs);
-    }
     lastAudit(): AuditRow | undefined {
       this.#settle();
       return this.#reads.last();

@@ -12,8 +12,19 @@ export function SessionRows<B extends StoreBase>(Base: B): WithRows<B, LiveSessi
         s.openSeq,
       );
     }
-    liveSessionEnding(session: string, closeSeq: number): void {
-      this.prep("UPDATE live_sessions SET close_seq = ? WHERE session = ?").run(closeSeq, session);
+    liveSessionsEnding(ends: readonly { session: string; closeSeq: number }[]): void {
+      const note = this.prep("UPDATE live_sessions SET close_seq = ? WHERE session = ?");
+      if (ends.length === 1) note.run((ends[0] as { closeSeq: number }).closeSeq, (ends[0] as { session: string }).session);
+      else
+        this.transaction(() => {
+          for (const e of ends) note.run(e.closeSeq, e.session);
+        });
+    }
+    liveSessionsAfter(seq: number): void {
+      this.transaction(() => {
+        this.prep("DELETE FROM live_sessions WHERE open_seq > ?").run(seq);
+        this.prep("UPDATE live_sessions SET close_seq = NULL WHERE close_seq > ?").run(seq);
+      });
     }
     liveSessionsEnded(sessions: readonly string[]): void {
       if (sessions.length === 0) return;
