@@ -84,6 +84,12 @@ export class AuditLog {
    * added to the WAL (metrics, and the WAL bound: see WalCheckpointer.committed).
    */
   onCommit: ((records: number, seconds: number, walBytes: number) => void) | undefined;
+  /**
+   * A commit failed and the chain went back to `seq`, its last committed record: the sequence
+   * numbers after it are given again to the next records (what names them beside the log must
+   * forget them: live-sessions.ts).
+   */
+  onRewind: ((seq: number) => void) | undefined;
   /** The WAL-bytes estimate of the records pending (a page per record, and the intent's bytes twice). */
   private pendingBytes = 0;
 
@@ -156,6 +162,16 @@ export class AuditLog {
   }
 
   /**
+   * {@link append}, first telling `before` the sequence number the record gets (not when the log
+   * is closed: nothing is appended then). What the caller writes beside the log names the record
+   * before it can commit, even in the commit this append makes itself (a full batch).
+   */
+  appendAs(entry: AuditEntry, before: (seq: number) => void): Promise<void> {
+    if (!this.closed) before(this.seq + 1);
+    return this.append(entry);
+  }
+
+  /**
    * {@link append} of a record built whole by its caller (a request's, pipeline/context.ts): the
    * log takes the object as its own and fills in seq, time, kernel and the chain, so a request's
    * record is one object, not an entry copied into a row.
@@ -214,6 +230,11 @@ export class AuditLog {
     } catch (e) {
       // The chain in memory ran ahead of the store: back to what is durable (no read of a failing store).
       this.rewind();
+      try {
+        this.onRewind?.(this.durable.seq);
+      } catch {
+        // What forgets the numbers fails with the store: the commit's own failure is reported below.
+      }
       try {
         this.opts.onCommitFailed?.(e as Error);
       } catch {

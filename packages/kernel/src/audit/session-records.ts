@@ -1,6 +1,7 @@
 import type { ErrorClass } from "@kpip/protocol";
 import type { ConnectionOrigin } from "../session/connection.js";
 import { detailJson } from "./detail.js";
+import type { LiveSessions } from "./live-sessions.js";
 import type { AuditEntry, AuditLog } from "./log.js";
 
 /** A token presented at ATTEST: bound to a handle, or refused with a code (and named by its id when it decoded). */
@@ -18,6 +19,8 @@ export class SessionRecords {
     private readonly session: string,
     /** Transport, peer address and TLS client certificate: structured on the open and handshake records. */
     private readonly origin: ConnectionOrigin,
+    /** The sessions open, kept beside the log for the start after a kill (live-sessions.ts). */
+    private readonly live?: LiveSessions,
   ) {}
 
   /**
@@ -41,7 +44,7 @@ export class SessionRecords {
         if (t.id !== undefined) caps.push(`${t.unverified ? "unverified" : "refused"}:${t.id}`);
       }
     });
-    this.fire({
+    this.fire("opened", {
       persona,
       op: "session.open",
       status: "SUCCESS",
@@ -65,7 +68,7 @@ export class SessionRecords {
 
   /** A fatal ERROR on an open session: `session.error` (the cause in `detail` only). */
   failed(persona: string, cls: ErrorClass, code: string, message: string, detail?: string): void {
-    this.fire({
+    this.fire("ending", {
       persona,
       op: "session.error",
       status: "FAILURE",
@@ -90,7 +93,7 @@ export class SessionRecords {
   ): void {
     const claimed = !verified && persona ? persona : undefined;
     const text = detail ? `${code}: ${message}: ${detail}` : `${code}: ${message}`;
-    this.fire({
+    this.fire(undefined, {
       persona: verified && persona ? persona : "-",
       op: "session.handshake",
       status: "FAILURE",
@@ -102,7 +105,7 @@ export class SessionRecords {
 
   /** An open session ended (a dead peer, a drop, a stop, GOODBYE): every session that opened leaves its end on the record. */
   closed(persona: string, why: string): void {
-    this.fire({ persona, op: "session.close", status: "SUCCESS", message: why });
+    this.fire("ending", { persona, op: "session.close", status: "SUCCESS", message: why });
   }
 
   /** An answer larger than the session's maxBody, replaced by FAILURE RESOURCE (PROTOCOL §4.5): RESPONSE_TOO_LARGE. */
@@ -125,7 +128,10 @@ export class SessionRecords {
     });
   }
 
-  private fire(e: Omit<AuditEntry, "session" | "phase">): void {
-    void this.audit.append({ session: this.session, phase: "session", ...e }).catch(() => {});
+  /** `opened`/`ending`: the record opens or ends the session, and the live sessions' table follows it. */
+  private fire(life: "opened" | "ending" | undefined, e: Omit<AuditEntry, "session" | "phase">): void {
+    const entry: AuditEntry = { session: this.session, phase: "session", ...e };
+    const live = this.live;
+    void (life && live ? live[life](entry) : this.audit.append(entry)).catch(() => {});
   }
 }

@@ -3,6 +3,7 @@ import type { CborMap, Grant } from "@kpip/protocol";
 import { AgentManager } from "../agents/manager.js";
 import { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
 import { configDigest, KernelRecords } from "../audit/kernel-records.js";
+import { LiveSessions, recoverSessions, SessionRecoveryError, settleLiveSessions } from "../audit/live-sessions.js";
 import type { AuditLog } from "../audit/log.js";
 import { OutcomeRecoveryError, recoverOutcomes } from "../audit/recover-outcomes.js";
 import { RefusalLimiter } from "../audit/refusals.js";
@@ -176,6 +177,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     const last = home.lastRecord;
     const lost = home.lostTail;
+    // Before anything is appended: what the sessions' rows noted past the log's end never committed.
+    settleLiveSessions(store, last?.seq ?? 0);
     records.record({
       op: "kernel.start",
       target: "kernel://",
@@ -202,6 +205,18 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           `the outcome records of ${failed} effects the previous run committed could not be committed (the audit log refused the commit): the kernel does not start; the next start tries again`,
         );
     }
+    // Sessions live in memory: those a killed run left open get their end on the record now.
+    const ended = await recoverSessions(
+      store,
+      audit,
+      last ? { seq: last.seq, time: last.time, stopped: last.op === "kernel.stop" } : undefined,
+    );
+    if (ended.recorded) log.warn({ sessions: ended.recorded }, "sessions the previous run left open are now ended on the record");
+    if (ended.failed)
+      throw new SessionRecoveryError(
+        `the ends of ${ended.failed} sessions the previous run left open could not be committed (the audit log refused the commit): the kernel does not start; the next start tries again`,
+      );
+    const liveSessions = new LiveSessions(store, audit);
     // The limits the tokens a grant was minted from hold over its requests (agents', sub-personas'),
     // read with the grant's rate family by the enforcer: one read of its token row per grant.
     const bounds = new GrantBounds(store);
@@ -494,6 +509,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       pipeline,
       audit,
       space: home.space,
+      liveSessions,
       personaKeys: new PersonaKeys(store),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,

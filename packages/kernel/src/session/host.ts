@@ -1,5 +1,6 @@
 import type { ShmNative } from "@kpip/protocol";
 import type { HandshakeRecordLimiter } from "../audit/handshake-limit.js";
+import type { LiveSessions } from "../audit/live-sessions.js";
 import type { AuditLog } from "../audit/log.js";
 import type { AttestedToken } from "../audit/session-records.js";
 import type { StorageSpace } from "../kernel/storage-space.js";
@@ -43,6 +44,8 @@ export interface SessionHostOf<S> {
   readonly limits: SessionLimitsConfig;
   readonly pipeline: Pipeline;
   readonly audit: AuditLog;
+  /** The sessions open, kept beside the log so that the start after a kill ends them on the record. */
+  readonly liveSessions?: LiveSessions;
   readonly personaKeys: PersonaKeys;
   /** Verifies a token and binds it to the session's table; a refusal names the token (`id`) when it decoded. */
   bindToken(table: HandleTable, persona: string, token: Uint8Array, session: string): AttestedToken;

@@ -84,7 +84,7 @@ export class Session implements SessionView, EventSink {
     private readonly host: SessionHost,
   ) {
     this.peerKey = peerKey(addressOf(conn));
-    this.records = new SessionRecords(host.audit, this.id, originOf(conn));
+    this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
     conn.onData((chunk) => this.onData(chunk));

@@ -438,6 +438,36 @@ export interface AgentRecord {
 /** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
 export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
 
+/**
+ * A session whose `session.open` record was appended (or was about to be) and whose end is not
+ * known to be on the record yet (audit/live-sessions.ts): the records' sequence numbers are
+ * noted before the records are chained, so a kill at any point leaves a row that names them.
+ */
+export interface LiveSession {
+  session: string;
+  persona: string;
+  /** The open record's `caps` (the tokens presented, as it names them). */
+  caps: string | null;
+  openSeq: number;
+  /** The sequence number its session.close or session.error record was given, once appended. */
+  closeSeq: number | null;
+}
+
+export interface LiveSessionStore {
+  liveSessionOpened(s: Omit<LiveSession, "closeSeq">): void;
+  /** Each session's end record was given this sequence number (one transaction). */
+  liveSessionsEnding(ends: readonly { session: string; closeSeq: number }[]): void;
+  /** Their end is on the record (committed): the rows go. */
+  liveSessionsEnded(sessions: readonly string[]): void;
+  /**
+   * The log holds nothing after `seq` (a failed commit rewound it there, or a start found it
+   * ended there): rows whose open record came after it go, and an end noted after it is unnoted.
+   */
+  liveSessionsAfter(seq: number): void;
+  /** Every row, oldest open first: at most the sessions open at once, and those closing. */
+  liveSessions(): LiveSession[];
+}
+
 /** What recovery after a crash needs of an agent recorded running. */
 export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId" | "procId">;
 
