@@ -156,4 +156,138 @@ describe("agents and commands: authority bounded by their creator's", () => {
       await t.stop();
     }
   });
+
+  it("a later agent of a reused name reaches nothing an earlier one left (its ops and their results, its agents); its spawner and the operator still do, and the records tell the spawns apart", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const rights = [
+        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+        { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
+      ];
+      const eve = await t.persona("eve", rights);
+      const c = await t.connect(eve.identity, [eve.token]);
+      type Report = { persona?: string; results: unknown[] };
+      const report = (uri: string) =>
+        until(
+          async () => {
+            const out = Buffer.from((await c.agents.logs(uri)).stdout).toString();
+            return out.includes("\n") ? (JSON.parse(out) as Report) : undefined;
+          },
+          60_000,
+          `${uri}'s report`,
+        );
+      const spawn = async (steps: object[]) =>
+        (await c.agents.spawn("node", "w1", { args: [TREE_AGENT, JSON.stringify(steps)], rights, lifetimeMs: 120_000 })) as {
+          token: string;
+        };
+      // The first w1 runs a command (its result: what the command printed) and starts an agent of its own.
+      const first = await spawn([
+        { call: "compute.submit", target: "op://command/sh", args: { args: ["-c", "echo secret"] }, show: true },
+        { call: "agent.spawn", target: "agent://sleep/s1", args: { args: ["300"], rights: [], lifetimeMs: 60_000 } },
+      ]);
+      const r1 = await report("agent://node/w1");
+      const opId = ((r1.results[0] as [string, { id: string }])[1] ?? { id: "" }).id;
+      assert.equal(r1.results[1], "ok", JSON.stringify(r1));
+      await until(() => t.k.inspect.getOp(opId)?.state === "succeeded", 30_000, "its command done");
+      await c.call("agent.kill", "agent://node/w1");
+      await until(async () => (await c.agents.status("agent://node/w1")).state !== "running", 30_000, "the first w1 ended");
+
+      // A second w1 under the same name (the same persona id): none of that is its.
+      const second = await spawn([
+        { call: "op.list", target: "kernel://", show: true },
+        { call: "op.result", target: `op://${opId}` },
+        { call: "op.status", target: `op://${opId}` },
+        { call: "agent.list", target: "kernel://", show: true },
+        { call: "agent.status", target: "agent://sleep/s1" },
+        { call: "agent.logs", target: "agent://sleep/s1" },
+      ]);
+      const r2 = await report("agent://node/w1");
+      assert.equal(r2.persona, "eve/agent.w1");
+      assert.deepEqual(r2.results, [["ok", { ops: [] }], "SEMANTIC", "SEMANTIC", ["ok", { agents: [] }], "SEMANTIC", "SEMANTIC"]);
+
+      // Its spawner keeps its reach over its agent; the operator over what the first w1 did.
+      assert.equal((await c.agents.status("agent://node/w1")).state, "running");
+      const admin = await t.admin();
+      const res = await admin.call("op.result", `op://${opId}`);
+      const out = (res.payload as { result: { stdout: Uint8Array } }).result.stdout;
+      assert.equal(Buffer.from(out).toString(), "secret\n");
+      const listed = (
+        (await admin.call("op.list", "kernel://")).payload as { ops: { op: string; persona?: string; spawn?: string }[] }
+      ).ops;
+      assert.deepEqual(
+        listed.filter((o) => o.op === `op://${opId}`).map((o) => [o.persona, o.spawn]),
+        [["eve/agent.w1", first.token]],
+      );
+      const s1 = await admin.call("agent.status", "agent://sleep/s1", { spawner: "eve/agent.w1" });
+      assert.equal((s1.payload as { spawnerSpawn?: string }).spawnerSpawn, first.token);
+      // Each spawn's session is on the record with the agent and its token: which spawn did what.
+      const opened = t.k.inspect
+        .queryAudit({ op: "session.open", limit: 100 })
+        .filter((r) => r.persona === "eve/agent.w1")
+        .map((r) => JSON.parse(r.detail ?? "{}") as { agent?: string; spawn?: string });
+      assert.deepEqual(
+        opened.map((d) => [d.agent, d.spawn]),
+        [
+          ["agent://node/w1", first.token],
+          ["agent://node/w1", second.token],
+        ],
+      );
+      assert.notEqual(first.token, second.token);
+    } finally {
+      await t.stop();
+    }
+  });
+
+  it("what an agent started under a token not its own (its spawner's, handed to it) ends with the agent, as a removed persona's does", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const rights = [
+        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+        { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
+      ];
+      const fay = await t.persona("fay", rights);
+      const c = await t.connect(fay.identity, [fay.token]);
+      // fay hands her agent her own token (usable by the personas under her); it runs a command under it.
+      const steps = [
+        {
+          call: "compute.submit",
+          target: "op://command/sleep",
+          args: { args: ["300"] },
+          inline: Buffer.from(fay.token).toString("base64"),
+          show: true,
+        },
+      ];
+      await c.agents.spawn("node", "w1", { args: [TREE_AGENT, JSON.stringify(steps)], rights, lifetimeMs: 120_000 });
+      const report = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs("agent://node/w1")).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { results: [string, { id: string }][] }) : undefined;
+        },
+        60_000,
+        "the agent's report",
+      );
+      const opId = report.results[0]?.[1]?.id ?? "";
+      await until(() => t.k.inspect.getOp(opId)?.state === "running", 30_000, "its command running");
+      assert.equal(t.k.inspect.getOp(opId)?.persona, "fay/agent.w1");
+      await c.call("agent.kill", "agent://node/w1");
+      // Nothing revoked fay's token; the command ends with the agent all the same.
+      const op = await until(
+        () => {
+          const o = t.k.inspect.getOp(opId);
+          return o && o.state !== "running" && o.state !== "queued" ? o : undefined;
+        },
+        30_000,
+        "the agent's command ended with it",
+      );
+      assert.deepEqual([op.state, op.errorClass], ["failed", "PERMISSION"]);
+      // fay's own token still acts.
+      assert.equal((await c.agents.list()).length, 1);
+    } finally {
+      await t.stop();
+    }
+  });
 });

@@ -51,7 +51,9 @@ export interface AgentOptions {
   onRevoked?(): void;
   /**
    * An agent's persona left the registry (its end, a failed start, a lost agent): its other
-   * sessions end too (another process the agent gave its credentials to holds no session as it).
+   * sessions end too (another process the agent gave its credentials to holds no session as it),
+   * and what it started under a token not its own (its spawner's) — processes, ops, uploads —
+   * as a removed persona's does: nothing it began outlives it for a later agent of its name.
    */
   onForgotten?(persona: string): void;
 }
@@ -110,6 +112,25 @@ export class AgentManager {
   }
 
   /**
+   * Which spawn a persona's requests come from, for what is scoped to it (its ops, the agents it
+   * spawned): null for a persona that is no agent; for an agent persona, the running agent's token
+   * id — its name, and so its persona id, is reused by later agents, and what an earlier one left
+   * is not theirs; undefined when no agent runs as it (a late request of an ended one): none.
+   */
+  spawnOf(persona: string): string | null | undefined {
+    if (!isAgentPersona(persona)) return null;
+    for (const l of this.live.values()) if (l.persona === persona) return l.token.id;
+    return undefined;
+  }
+
+  /** A running agent persona's agent and spawn (its token id), for its session's record. */
+  spawnRecord(persona: string): { agent: string; spawn: string } | undefined {
+    if (!isAgentPersona(persona)) return undefined;
+    for (const [id, l] of this.live) if (l.persona === persona) return { agent: agentUri(id), spawn: l.token.id };
+    return undefined;
+  }
+
+  /**
    * After a crash: agents recorded running are marked lost, and their process group killed when
    * it is still theirs: in this boot, with the pid either still the process spawned (same start
    * time) or gone — then only what is left of the agent's group can carry that id, since Linux
@@ -135,10 +156,10 @@ export class AgentManager {
         target: agentUri(a.id),
         persona: a.spawner,
         message: `${agentUri(a.id)} was lost with the previous kernel`,
-        detail: { agent: a.id, persona: a.persona, state: "lost", code: null, signal: null },
+        detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
       });
       this.revokeFor(a.tokenId, a.persona, "the agent was lost with the previous kernel");
-      this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`);
+      this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
     // No agent outlives its kernel, so no key in the agent namespace may either: one is left when
     // the kernel died between registering a spawn's key and recording the agent (no row names it;
@@ -154,7 +175,7 @@ export class AgentManager {
    * hold the spawner's tree at its limits for good, and the next agent of that name would
    * inherit them.
    */
-  private forget(persona: string, why: string): void {
+  private forget(persona: string, why: string, token?: string): void {
     if (!this.store.getPersona(persona)) return;
     const freed = this.store.transaction(() => {
       this.store.removePersona(persona);
@@ -165,7 +186,8 @@ export class AgentManager {
       target: `persona://${persona}`,
       persona,
       message: why,
-      detail: { persona, reason: why, ...(freed ? { allocationsFreed: freed } : {}) },
+      // The spawn whose key this was (its token): the persona id is reused by later agents of its name.
+      detail: { persona, reason: why, ...(token ? { token } : {}), ...(freed ? { allocationsFreed: freed } : {}) },
     });
     this.opts.onForgotten?.(persona);
   }
@@ -223,7 +245,7 @@ export class AgentManager {
       target: `persona://${persona}`,
       persona: r.spawner,
       message: `key of ${uri} spawned by ${r.spawner}`,
-      detail: { persona, agent: id, spawner: r.spawner },
+      detail: { persona, agent: id, spawner: r.spawner, token: token.claims.id },
     });
     let launch: Launch | undefined;
     let child: ChildProcess;
@@ -250,7 +272,7 @@ export class AgentManager {
       closePipesAfterExit(child);
     } catch (e) {
       void launch?.cleanup();
-      this.forget(persona, `${uri} did not start`);
+      this.forget(persona, `${uri} did not start`, token.claims.id);
       this.revokeFor(token.claims.id, persona, `${uri} did not start`);
       const why = launchFailure(e, (err) => this.log.warn({ err, agent: id }, "agent not started"));
       throw new OpError(why.errorClass, `cannot start ${r.executable}: ${why.message}`);
@@ -273,6 +295,8 @@ export class AgentManager {
       tokenId: token.claims.id,
       cwd: launch.scratch,
       procId: child.pid === undefined ? null : (processIdentity(child.pid) ?? null),
+      // An agent spawner's name is reused: this agent is its current spawn's alone.
+      spawnerSpawn: this.spawnOf(r.spawner) ?? null,
     };
     this.store.putAgent(rec);
     const out = { stdout: new OutputCapture(this.opts.maxOutputBytes), stderr: new OutputCapture(this.opts.maxOutputBytes) };
@@ -314,6 +338,7 @@ export class AgentManager {
         args: r.args.length,
         spawner: r.spawner,
         token: token.claims.id,
+        ...(rec.spawnerSpawn ? { spawnerSpawn: rec.spawnerSpawn } : {}),
       },
     });
     // No pid: the host's process ids are no persona's business (the audit record has it).
@@ -353,6 +378,7 @@ export class AgentManager {
         detail: {
           agent: id,
           persona: rec.persona,
+          token: rec.tokenId,
           state,
           code,
           signal: signal ?? null,
@@ -361,7 +387,7 @@ export class AgentManager {
       });
       // The agent's authority ends with it.
       this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
-      this.forget(rec.persona, `${agentUri(id)} ended`);
+      this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId);
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot record agent exit");
     }
@@ -461,9 +487,9 @@ export class AgentManager {
     return a;
   }
 
-  /** A page of agents (of `spawner`), oldest first, after listing position `after`: metadata, never output. */
-  list(spawner: string | undefined, after: number | undefined, limit: number): AgentSummary[] {
-    return this.store.listAgents(spawner, after, limit);
+  /** A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first, after listing position `after`: metadata, never output. */
+  list(spawner: string | undefined, after: number | undefined, limit: number, spawnerSpawn?: string | null): AgentSummary[] {
+    return this.store.listAgents(spawner, after, limit, spawnerSpawn);
   }
 
   /** Forgets up to `limit` agents that ended before `before`, with their output (housekeeping, a slice at a time). */

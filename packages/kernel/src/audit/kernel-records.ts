@@ -51,7 +51,14 @@ export class KernelRecords {
       session: op.session,
       // Why it ended, when not by itself: a cancelled op's message says who (the persona, or a revocation of its authority).
       ...(op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? { message: op.message } : {}),
-      detail: { op: op.id, state, from, ...(op.errorClass ? { errorClass: op.errorClass } : {}) },
+      // An agent's op names its spawn: the agent persona's id is reused by later agents of its name.
+      detail: {
+        op: op.id,
+        state,
+        from,
+        ...(op.errorClass ? { errorClass: op.errorClass } : {}),
+        ...(op.spawn ? { spawn: op.spawn } : {}),
+      },
     });
   }
 

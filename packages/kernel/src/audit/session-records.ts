@@ -28,7 +28,13 @@ export class SessionRecords {
    * they claim to be, with their class), and the ATTEST measurements — recorded, not interpreted
    * (PROTOCOL §6.5): the canonical bytes of the map as sent.
    */
-  opened(persona: string, tokens: AttestedToken[], measurements: Uint8Array | undefined): void {
+  opened(
+    persona: string,
+    tokens: AttestedToken[],
+    measurements: Uint8Array | undefined,
+    /** An agent persona's: the agent and its spawn (its token id), which the persona id alone does not tell apart. */
+    agent?: { agent: string; spawn: string },
+  ): void {
     const transport = this.origin.transport;
     const caps: string[] = [];
     const handles: number[] = [];
@@ -59,6 +65,7 @@ export class SessionRecords {
         : transport,
       detail: detailJson({
         ...this.origin,
+        ...(agent ?? {}),
         handles,
         ...(refused.length ? { refused: refused.map(({ index, code, token }) => ({ index, code, token })) } : {}),
       }),

@@ -154,6 +154,8 @@ export class ComputeEngine {
     deadline: number | undefined,
     command?: CommandGrant,
     grant?: Grant,
+    /** Which spawn of an agent persona submits it (its token id; OpRecord.spawn). */
+    spawn: string | null = null,
   ): OpRecord {
     this.admitPending(persona);
     if (kind === "command") {
@@ -183,6 +185,7 @@ export class ComputeEngine {
       finishedAt: null,
       deadline: expiresWithGrant ? grant.exp : bound,
       expiresAt: now + this.opts.resultTtlMs,
+      spawn,
     };
     this.store.insertOp(op);
     this.host.recordState?.(op, "created", null);

@@ -385,7 +385,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const interrupted = compute.recover();
     if (interrupted.length)
       log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
-    router.register(computeFamily(compute, store, c.adminPersona, cursors));
+    // Ops are scoped to the agent spawn that submitted them (agents, made below, say which).
+    router.register(computeFamily(compute, store, c.adminPersona, cursors, (p) => agents.spawnOf(p)));
+    let expelForgotten: (() => void) | undefined;
     const agents = new AgentManager(
       store,
       tokens,
@@ -402,8 +404,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         record: (act) => records.record(act),
         // What the agent started under its token ends with it (revocation.ts).
         onRevoked: () => revoked(),
-        // As a removed persona's (expulsion.ts): its sessions end, whoever holds them.
-        onForgotten: () => endUnregisteredSessions({ registry: store, sessions: () => sessions.all() }),
+        // As a removed persona's (expulsion.ts): its sessions end, whoever holds them, and what it
+        // started under a token that is not its own (its spawner's, handed to it) ends too — its
+        // processes, ops and uploads. Sessions alone during recovery, before the expulsion is made.
+        onForgotten: () =>
+          expelForgotten ? expelForgotten() : endUnregisteredSessions({ registry: store, sessions: () => sessions.all() }),
       },
       log,
     );
@@ -421,6 +426,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       log,
       notifyRevoked: revoked,
     };
+    expelForgotten = () => void expelUnregistered(expulsion);
     router.register(
       personaFamily(store, {
         admin: c.adminPersona,
@@ -520,6 +526,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       handshakeFailed: (transport, code) => metricsRef?.handshakesFailed.inc({ transport, code }),
       peerLog,
       admitSession: (s, persona) => sessions.admit(s, persona),
+      agentSpawn: (persona) => agents.spawnRecord(persona),
       sessionClosed: (s) => sessions.closed(s),
       sessionDrained: (s) => {
         sessions.queuedTo(s);

@@ -36,6 +36,7 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
   if (a.exitCode !== null) p.exitCode = a.exitCode;
   if (a.signal !== null) p.signal = a.signal;
   if (a.endedAt !== null) p.endedAt = a.endedAt;
+  if (a.spawnerSpawn !== null) p.spawnerSpawn = a.spawnerSpawn;
   if (withOutput) {
     p.stdout = a.stdout ?? new Uint8Array();
     p.stderr = a.stderr ?? new Uint8Array();
@@ -46,11 +47,13 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
 /** agent.spawn / kill / status / logs / list. A persona sees the agents it spawned; the admin sees all. */
 export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCursors = PROCESS_CURSORS): PrimitiveFamily {
   // Agent ids are scoped to their spawner: agent://x/y is the caller's own; the admin names another spawner's with args.spawner.
+  // An agent spawner's are its own spawn's: a later agent of its name does not see an earlier one's.
   const visible = (ctx: OpContext): AgentRecord => {
     const [executable, instance] = agentId(ctx);
     const spawner = ctx.args.spawner === undefined ? ctx.persona : String(ctx.args.spawner);
     const a = spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance)) : undefined;
-    if (!a) throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
+    if (!a || (ctx.persona !== admin && a.spawnerSpawn !== agents.spawnOf(ctx.persona)))
+      throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
     return a;
   };
   return {
@@ -105,7 +108,12 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
         handler: (ctx): OpResult => {
           const page = pageRequest(ctx.args, "an agent list", cursors);
           // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.
-          const rows = agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1);
+          // An agent persona's page: its own spawn's agents (none when no agent runs as it).
+          const spawn = ctx.persona === admin ? undefined : agents.spawnOf(ctx.persona);
+          const rows =
+            ctx.persona !== admin && spawn === undefined
+              ? []
+              : agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1, spawn);
           return pageAnswer(
             rows,
             page,

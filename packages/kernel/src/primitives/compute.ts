@@ -19,13 +19,21 @@ import { type OpContext, OpError, OpFailure, type OpResult, type PrimitiveFamily
 export const NETWORK_RIGHT = "sandbox.network";
 
 /**
- * The op of `op://<id>`, if it belongs to the caller (or the caller is the admin, who sees and
- * may cancel every op); another persona's op is reported as absent.
+ * Which spawn a persona's requests come from (AgentManager.spawnOf): null for a persona that is
+ * no agent, an agent persona's running spawn (its token id), undefined for none.
  */
-function ownOp(store: OpStore, ctx: OpContext, admin: string): OpRecord {
+export type SpawnOf = (persona: string) => string | null | undefined;
+
+/**
+ * The op of `op://<id>`, if it belongs to the caller (or the caller is the admin, who sees and
+ * may cancel every op); another persona's op is reported as absent, and so is one an earlier
+ * agent of the caller's name (its persona id) submitted.
+ */
+function ownOp(store: OpStore, ctx: OpContext, admin: string, spawnOf: SpawnOf): OpRecord {
   const id = ctx.target.segments.join("/");
   const op = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
-  if (!op || (op.persona !== ctx.persona && ctx.persona !== admin)) throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
+  if (!op || (ctx.persona !== admin && (op.persona !== ctx.persona || op.spawn !== spawnOf(ctx.persona))))
+    throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
   return op;
 }
 
@@ -58,6 +66,7 @@ export function computeFamily(
   store: OpStore,
   admin: string,
   cursors: SeqCursors = PROCESS_CURSORS,
+  spawnOf: SpawnOf = () => null,
 ): PrimitiveFamily {
   return {
     name: "compute",
@@ -91,16 +100,17 @@ export function computeFamily(
             kind === "command" ? { grant: ctx.grant, network } : undefined,
             // The authorizing grant: its expiry caps the deadline, a revocation covering it cancels the op.
             ctx.grant,
+            spawnOf(ctx.persona) ?? null,
           );
           return { status: "DEFERRED", payload: { op: `op://${op.id}`, id: op.id }, audit: { op: op.id } };
         },
       }),
       implement(opStatusOp, {
-        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin)) }),
+        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin, spawnOf)) }),
       }),
       implement(opResult, {
         handler: (ctx): OpResult => {
-          const op = ownOp(store, ctx, admin);
+          const op = ownOp(store, ctx, admin, spawnOf);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
@@ -116,7 +126,7 @@ export function computeFamily(
       }),
       implement(opCancel, {
         handler: (ctx) => {
-          const op = ownOp(store, ctx, admin);
+          const op = ownOp(store, ctx, admin, spawnOf);
           const cancelled = engine.cancel(op.id);
           return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
         },
@@ -125,8 +135,12 @@ export function computeFamily(
         handler: (ctx): OpResult => {
           const all = ctx.persona === admin;
           const page = pageRequest(ctx.args, "an op list", cursors);
-          const ops = store.listOps(all ? undefined : ctx.persona, page.limit + 1, page.after);
-          const describe = (op: OpSummary) => (all ? { ...statusPayload(op), persona: op.persona } : statusPayload(op));
+          // An agent persona's page: its own spawn's ops (none when no agent runs as it).
+          const spawn = all ? undefined : spawnOf(ctx.persona);
+          const ops =
+            !all && spawn === undefined ? [] : store.listOps(all ? undefined : ctx.persona, page.limit + 1, page.after, spawn);
+          const describe = (op: OpSummary) =>
+            all ? { ...statusPayload(op), persona: op.persona, ...(op.spawn ? { spawn: op.spawn } : {}) } : statusPayload(op);
           return pageAnswer(ops, page, "ops", describe, (op) => page.seal(op.seq));
         },
       }),

@@ -63,6 +63,11 @@ export interface SessionHostOf<S> {
    * excepted), or its tree opening them too fast — is a fatal RESOURCE error of the handshake.
    */
   admitSession(s: S, persona: string): SessionRefusal | undefined;
+  /**
+   * The agent running as `persona` and its spawn (its token id), for the session's open record:
+   * an agent's persona id is reused by later agents of its name, and the record says which spawn.
+   */
+  agentSpawn?(persona: string): { agent: string; spawn: string } | undefined;
   sessionClosed(s: S): void;
   /** The session's connection drained: queued events may flow again. */
   sessionDrained(s: S): void;

@@ -378,6 +378,11 @@ export interface OpRecord {
   deadline: number | null;
   /** When the record (and its result) may be forgotten. */
   expiresAt: number;
+  /**
+   * Which spawn of its agent persona submitted it: that agent's token id (null for a persona that
+   * is no agent, and in an older home). An agent's name is reused; its ops are its spawn's alone.
+   */
+  spawn: string | null;
 }
 
 /** What a listing of ops shows: everything but the result. */
@@ -387,8 +392,8 @@ export interface OpStore {
   insertOp(r: OpRecord): void;
   getOp(id: string): OpRecord | undefined;
   updateOp(id: string, fields: Partial<OpRecord>): void;
-  /** The newest ops' metadata (inserted before `seq` `before`), never their results (op.result reads one op's, through getOp). */
-  listOps(persona?: string, limit?: number, before?: number): (OpSummary & { seq: number })[];
+  /** The newest ops' metadata (inserted before `seq` `before`; of `persona`, and of its spawn `spawn` when given), never their results (op.result reads one op's, through getOp). */
+  listOps(persona?: string, limit?: number, before?: number, spawn?: string | null): (OpSummary & { seq: number })[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
   /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
@@ -433,6 +438,11 @@ export interface AgentRecord {
    * a crash signals only a process that still has it: a pid may name another process by then.
    */
   procId: string | null;
+  /**
+   * Which spawn of its spawner spawned it, when the spawner is an agent: that agent's token id
+   * (null otherwise, and in an older home). A later agent of the spawner's name does not see it.
+   */
+  spawnerSpawn: string | null;
 }
 
 /** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
@@ -475,8 +485,8 @@ export interface AgentStore {
   putAgent(r: AgentRecord): void;
   /** One agent with its output (agent.logs). */
   getAgent(id: string): AgentRecord | undefined;
-  /** Agents (of `spawner`) after listing position `after`, oldest first, at most `limit`; never their output. */
-  listAgents(spawner?: string, after?: number, limit?: number): AgentSummary[];
+  /** Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position `after`, oldest first, at most `limit`; never their output. */
+  listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null): AgentSummary[];
   /** The agents recorded running (recovery after a crash). */
   runningAgents(): RunningAgent[];
   updateAgent(id: string, f: Partial<AgentRecord>): void;

@@ -20,6 +20,11 @@ const agentRecord = {
   exitCode: uint("its exit code, once exited (in the sandbox, a program that died of signal n exits 128 + n: §9.4)"),
   signal: { type: "text", description: "the signal that ended it: SIGKILL when the kernel killed it (§9.4)" },
   endedAt: uint("when it ended"),
+  spawnerSpawn: {
+    type: "text",
+    description:
+      "when its spawner is an agent: that agent's token id, the spawn of the spawner's name that spawned it (a later agent of that name does not see it, §9.4)",
+  },
 } as const;
 
 const spawner = { type: "text", description: "the admin only: another persona's agent" } as const satisfies FieldSpec;

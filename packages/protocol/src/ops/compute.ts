@@ -103,7 +103,15 @@ export const opList = defineOp({
       items: {
         type: "map",
         description: "an op's status",
-        fields: { ...opStatus, persona: { type: "text", description: "the admin's listing: whose op" } },
+        fields: {
+          ...opStatus,
+          persona: { type: "text", description: "the admin's listing: whose op" },
+          spawn: {
+            type: "text",
+            description:
+              "the admin's listing, an agent's op: the agent's token id, the spawn of its persona that submitted it (§9.4)",
+          },
+        },
       },
     },
     cursor: { type: "text", description: "PARTIAL: pass it to get the next page" },

@@ -161,6 +161,8 @@ function migrateAgents(db: Database.Database): void {
   // The process's identity beyond its pid, for recovery after a crash (agents/process-identity.ts).
   const cols = db.prepare("PRAGMA table_info(agents)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "proc_id")) db.exec("ALTER TABLE agents ADD COLUMN proc_id TEXT");
+  // Which spawn of an agent spawner spawned it (its name is reused; AgentRecord.spawnerSpawn).
+  if (!cols.some((c) => c.name === "spawner_spawn")) db.exec("ALTER TABLE agents ADD COLUMN spawner_spawn TEXT");
 }
 
 /**
@@ -199,6 +201,8 @@ function migrateOps(db: Database.Database): void {
   // When op.result first handed an op's outcome out: until then a trim keeps it, within its grace.
   const cols = db.prepare("PRAGMA table_info(ops)").all() as { name: string }[];
   if (!cols.some((c) => c.name === "claimed_at")) db.exec("ALTER TABLE ops ADD COLUMN claimed_at INTEGER");
+  // Which spawn of an agent persona submitted it (its name is reused; OpRecord.spawn).
+  if (!cols.some((c) => c.name === "spawn")) db.exec("ALTER TABLE ops ADD COLUMN spawn TEXT");
 }
 
 /**

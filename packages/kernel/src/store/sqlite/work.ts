@@ -29,6 +29,7 @@ const AGENT_META_FIELDS: { [K in keyof AgentMeta]-?: true } = {
   tokenId: true,
   cwd: true,
   procId: true,
+  spawnerSpawn: true,
 };
 
 /** An op's columns without its result (listings read these only). */
@@ -46,6 +47,7 @@ const OP_SUMMARY_FIELDS: { [K in keyof OpSummary]-?: true } = {
   finishedAt: true,
   deadline: true,
   expiresAt: true,
+  spawn: true,
 };
 
 /** The fields of an agent record an update may set, and their columns. */
@@ -101,12 +103,19 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       const r = this.prep(GET_AGENT).get(id) as Row | undefined;
       return r && toAgent(r);
     }
-    listAgents(spawner?: string, after = 0, limit = -1): AgentSummary[] {
+    listAgents(spawner?: string, after = 0, limit = -1, spawnerSpawn?: string | null): AgentSummary[] {
       const sql = `SELECT rowid AS seq, ${AGENT_META} FROM agents WHERE rowid > ?`;
       const rows = (
         spawner === undefined
           ? this.prep(`${sql} ORDER BY rowid LIMIT ?`).all(after, limit)
-          : this.prep(`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`).all(after, spawner, limit)
+          : spawnerSpawn === undefined
+            ? this.prep(`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`).all(after, spawner, limit)
+            : this.prep(`${sql} AND spawner = ? AND spawner_spawn IS ? ORDER BY rowid LIMIT ?`).all(
+                after,
+                spawner,
+                spawnerSpawn,
+                limit,
+              )
       ) as Row[];
       return rows.map((r) => ({ ...toAgentMeta(r), seq: r.seq as number }));
     }
@@ -158,13 +167,20 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         else this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(id, f.result);
       });
     }
-    listOps(persona?: string, limit = 100, before = Number.MAX_SAFE_INTEGER): (OpSummary & { seq: number })[] {
+    listOps(
+      persona?: string,
+      limit = 100,
+      before = Number.MAX_SAFE_INTEGER,
+      spawn?: string | null,
+    ): (OpSummary & { seq: number })[] {
       // Newest first by insertion (rowid): a cursor is the last row's, and the next page lies below it.
       const sql = `SELECT rowid AS seq, ${OP_META} FROM ops WHERE rowid < ?`;
       const rows = (
         persona === undefined
           ? this.prep(`${sql} ORDER BY rowid DESC LIMIT ?`).all(before, limit)
-          : this.prep(`${sql} AND persona = ? ORDER BY rowid DESC LIMIT ?`).all(before, persona, limit)
+          : spawn === undefined
+            ? this.prep(`${sql} AND persona = ? ORDER BY rowid DESC LIMIT ?`).all(before, persona, limit)
+            : this.prep(`${sql} AND persona = ? AND spawn IS ? ORDER BY rowid DESC LIMIT ?`).all(before, persona, spawn, limit)
       ) as Row[];
       return rows.map((r) => ({ ...toOpSummary(r), seq: r.seq as number }));
     }
