@@ -71,7 +71,15 @@ export async function startKernel(
   home = mkdtempSync(join(tmpdir(), "kpip-")),
   setup: (k: Kernel) => void = () => {},
 ): Promise<TestKernel> {
-  const k = new Kernel({ home, logLevel: "silent", sandboxReadPaths: SANDBOX_READ_PATHS, ...opts });
+  const k = new Kernel({
+    home,
+    logLevel: "silent",
+    sandboxReadPaths: SANDBOX_READ_PATHS,
+    // An agent (a niced process) on a machine loaded many deep can take seconds from connect to
+    // WELCOME: past the default 5 s it was cut, failing the test. Tests of the timeout set their own.
+    handshakeTimeoutMs: 60_000,
+    ...opts,
+  });
   setup(k);
   await k.start();
   const adminToken = readFileSync(k.adminToken, "utf8").trim();

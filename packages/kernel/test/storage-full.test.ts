@@ -173,9 +173,22 @@ describe("the kernel's home on a full file system", { skip }, () => {
         assert.equal(health.status, "degraded");
         assert.match(health.reason ?? "", /storage is full since /);
 
-        // Space comes back (another tenant deletes a file): the kernel serves again by itself.
+        // Space comes back (another tenant deletes a file): the kernel serves again by itself —
+        // once its WAL checkpoint, failing until now, has moved what it holds into the database
+        // file (it may take the freed room for a moment): a write refused RESOURCE meanwhile is retried.
         unlinkSync(join(d.root, "filler-1"));
-        await c.storage.write("obj://ws/after", Buffer.from("after"));
+        await until(
+          () =>
+            c.storage.write("obj://ws/after", Buffer.from("after")).then(
+              () => true,
+              (e: Error & { errorClass?: string }) => {
+                if (e.errorClass !== "RESOURCE") throw e;
+                return false;
+              },
+            ),
+          30_000,
+          "a write served once space came back",
+        );
         acked.set("obj://ws/after", 5);
         // And says so once the condition's end is on the record (a tick after the hold).
         await until(async () => ((await c.system.health()) as { status: string }).status === "ok", 20_000);
