@@ -1,15 +1,15 @@
 import type Database from "better-sqlite3";
-import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
+import { decodeRecord, decodeRecordHead, headOf, oversizeRecord } from "../../audit/record-decode.js";
 import { type BatchShape, batchShape, MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import { SegmentIndex } from "../../audit/verify-segments.js";
 import type { IndexSpan, SpanRow } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditRow } from "../types.js";
+import type { AuditCheckpoint, AuditRow, RecordHead } from "../types.js";
 import { AuditReads } from "./audit-read.js";
 
 /** What every reader of the audit asks (the table's reads, audit-read.ts, and the segments' here). */
 export type AuditReadApi = Pick<
   AuditReads,
-  "rows" | "record" | "last" | "up" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
+  "rows" | "record" | "last" | "up" | "heads" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
 >;
 
 /**
@@ -81,6 +81,25 @@ export class SegmentReads implements AuditReadApi {
 
   up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
     return this.#upRows(from, to, Math.min(limit, this.rows)).map((r) => this.#decode(r));
+  }
+
+  /** Each record from `from` through `to`, oldest first, as its head: the rows {@link up} gives, read span by span once. */
+  heads(from: number, to: number, visit: (h: RecordHead) => void): void {
+    const lo = Math.max(from, this.index.retained() + 1);
+    let spans = this.index.from(lo);
+    let next = lo;
+    while (spans.length > 0) {
+      for (const s of spans) {
+        if (s.first > to) return;
+        for (const r of this.index.read(s).rows) {
+          if (r.seq < next || r.seq > to || r.seq > s.last) continue;
+          next = r.seq + 1;
+          if (r.declared !== undefined || r.record.length > MAX_RECORD_BYTES) visit(headOf(this.#decode(r)));
+          else visit(decodeRecordHead(r.seq, r.hash, r.record));
+        }
+      }
+      spans = this.index.after((spans.at(-1) as IndexSpan).first);
+    }
   }
 
   down(below: number, above: number, limit: number): AuditRow[] {
