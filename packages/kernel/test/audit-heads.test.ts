@@ -12,6 +12,18 @@ import { removeHome } from "./harness.js";
 
 /* A start after a kill reads its window of the log by record heads (recover-outcomes.ts): adjacent spans with one read. */
 
+/** The heads of records `from` through `to` as every other reader decodes them (scanAudit). */
+function scannedHeads(s: SqliteStore, from: number, to: number): RecordHead[] {
+  const out: RecordHead[] = [];
+  for (let seq = from; seq <= to; ) {
+    const rows = s.scanAudit(seq, 1000);
+    if (rows.length === 0) break;
+    for (const r of rows) if (r.seq <= to) out.push(headOf(r));
+    seq = (rows.at(-1) as { seq: number }).seq + 1;
+  }
+  return out;
+}
+
 describe("the log read by record heads", () => {
   it("auditHeads gives each record's head as scanAudit decodes it: over many small spans, past a damaged batch, and a segment cut short", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-heads-"));
@@ -34,18 +46,16 @@ describe("the log read by record heads", () => {
         s.auditHeads(from, to, (h) => out.push(h));
         return out;
       };
-      const scanned = (from: number, to: number) => {
-        const out: RecordHead[] = [];
-        for (let seq = from; seq <= to; ) {
-          const rows = s.scanAudit(seq, 1000);
-          if (rows.length === 0) break;
-          for (const r of rows) if (r.seq <= to) out.push(headOf(r));
-          seq = (rows.at(-1) as { seq: number }).seq + 1;
-        }
-        return out;
-      };
+      const scanned = (from: number, to: number) => scannedHeads(s, from, to);
       assert.equal(heads(1, head).length, head);
       assert.deepEqual(heads(1, head), scanned(1, head));
+      assert.deepEqual(
+        heads(299, 300).map((h) => [h.phase, h.session, h.persona, h.requestId]),
+        [
+          ["intent", "s0", "admin", 150],
+          ["outcome", "s0", "admin", 150],
+        ],
+      );
       assert.deepEqual(heads(101, 350), scanned(101, 350));
       assert.deepEqual(heads(7, 7), scanned(7, 7));
 
@@ -73,6 +83,22 @@ describe("the log read by record heads", () => {
       log.close();
       s.close();
       removeHome(home);
+    }
+  });
+
+  it("auditHeads on a home whose audit is still its table: each record's head as scanAudit decodes it", async () => {
+    const s = new SqliteStore(":memory:");
+    const log = new AuditLog(s, "k-heads", generateKeyPairSync("ed25519").privateKey, { batchMax: 64, checkpointEvery: 10_000 });
+    try {
+      for (let i = 1; i <= 1500; i++) log.append({ session: `s${i % 7}`, persona: "p", phase: i % 2 ? "intent" : "outcome", requestId: i >> 1 });
+      await log.append({ session: "s", persona: "p", phase: "kernel", op: "kernel.stop" });
+      const out: RecordHead[] = [];
+      s.auditHeads(2, 1400, (h) => out.push(h));
+      assert.equal(out.length, 1399);
+      assert.deepEqual(out, scannedHeads(s, 2, 1400));
+    } finally {
+      log.close();
+      s.close();
     }
   });
 });
