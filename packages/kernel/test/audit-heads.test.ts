@@ -90,7 +90,8 @@ describe("the log read by record heads", () => {
     const s = new SqliteStore(":memory:");
     const log = new AuditLog(s, "k-heads", generateKeyPairSync("ed25519").privateKey, { batchMax: 64, checkpointEvery: 10_000 });
     try {
-      for (let i = 1; i <= 1500; i++) log.append({ session: `s${i % 7}`, persona: "p", phase: i % 2 ? "intent" : "outcome", requestId: i >> 1 });
+      for (let i = 1; i <= 1500; i++)
+        log.append({ session: `s${i % 7}`, persona: "p", phase: i % 2 ? "intent" : "outcome", requestId: i >> 1 });
       await log.append({ session: "s", persona: "p", phase: "kernel", op: "kernel.stop" });
       const out: RecordHead[] = [];
       s.auditHeads(2, 1400, (h) => out.push(h));
