@@ -1,5 +1,6 @@
+import { isUtf8 } from "node:buffer";
 import { decodeCanonical } from "@kpip/protocol";
-import type { AuditRow } from "../store/types.js";
+import type { AuditPhase, AuditRow, RecordHead } from "../store/types.js";
 import { FIELDS, type RecordField, recordBytes } from "./record.js";
 import { PREV_HASH_BYTES, uintAt } from "./record-seq.js";
 import { oversizeReason } from "./record-size.js";
@@ -158,3 +159,131 @@ const SLOT = new Map(FIELDS.map(([k], i) => [k as string, i]));
 // decodeQuick names the slots by position: FIELDS must be in this order.
 if (FIELDS.map(([k]) => k).join() !== QUICK_ORDER) throw new Error("record-decode.ts: FIELDS changed order; update decodeQuick");
 const KINDS = FIELDS.map(([, kind]) => kind);
+
+/**
+ * The head of the record stored as `bytes` (seq, phase, session, persona, request id): what
+ * {@link decodeRecord} gives for those fields, without making the rest. A start after a kill reads
+ * a window of the log for its effects' intent and outcome records (recover-outcomes.ts), and
+ * decoding every record whole was most of that start's time. The record's bytes are checked as
+ * the kernel writes them (every field known, in canonical order, of its kind, minimal heads,
+ * texts UTF-8, nothing after): anything else takes the whole decoder, so a record that is not
+ * the kernel's gives the placeholder's head, as it reads everywhere else.
+ */
+export function decodeRecordHead(seq: number, hash: Uint8Array, bytes: Uint8Array): RecordHead {
+  return (bytes instanceof Uint8Array && headQuick(seq, bytes)) || headOf(decodeRecord(seq, hash, bytes));
+}
+
+/** The head of a decoded record. */
+export function headOf(r: AuditRow): RecordHead {
+  return { seq: r.seq, phase: r.phase, session: r.session, persona: r.persona, requestId: r.requestId };
+}
+
+/** Each field's name as its key's bytes (ASCII), in canonical order. */
+const KEY_BYTES = FIELDS.map(([k]) => Buffer.from(k, "latin1"));
+/** Each field's CBOR major type. */
+const MAJOR = KINDS.map((kind) => (kind === "uint" ? 0 : kind === "bytes" ? 2 : 3));
+const SEQ = SLOT.get("seq") as number;
+const PHASE = SLOT.get("phase") as number;
+const PERSONA = SLOT.get("persona") as number;
+const SESSION = SLOT.get("session") as number;
+const REQUEST_ID = SLOT.get("requestId") as number;
+/** The fields every record has, as a mask of their slots. */
+const REQUIRED_MASK = REQUIRED.reduce((m, k) => m | (1 << (SLOT.get(k) as number)), 0);
+/** The phases as they are spelt, so the common ones are not made anew per record. */
+const PHASES = new Map<string, string>(
+  (["intent", "outcome", "complete", "refused", "replay", "session", "offline", "kernel"] satisfies AuditPhase[]).map((p) => [
+    p,
+    p,
+  ]),
+);
+
+/** {@link decodeRecordHead} for the bytes the kernel writes; undefined for anything else. */
+function headQuick(seq: number, bytes: Uint8Array): RecordHead | undefined {
+  const b = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.length);
+  const n = b.length;
+  let p = PREV_HASH_BYTES;
+  if (n <= p) return undefined;
+  const count = (b[p++] as number) - 0xa0;
+  // 6 to 21 entries: the required fields, each field at most once.
+  if (count < 6 || count > FIELDS.length) return undefined;
+  let next = 0;
+  let seen = 0;
+  let seqValue = -1;
+  let requestId: number | null = null;
+  let phase = "";
+  let persona = "";
+  let session = "";
+  for (let i = 0; i < count; i++) {
+    // The key: a short text, a field after the last one (canonical order, no duplicates).
+    if (p >= n) return undefined;
+    const kh = b[p++] as number;
+    const klen = kh - 0x60;
+    if (klen < 1 || klen > 23 || p + klen > n) return undefined;
+    let f = next;
+    for (; f < FIELDS.length; f++) if (keyAt(b, p, klen, KEY_BYTES[f] as Buffer)) break;
+    if (f === FIELDS.length) return undefined;
+    next = f + 1;
+    seen |= 1 << f;
+    p += klen;
+    // The value's head: its kind's major type, the shortest encoding of its argument.
+    if (p >= n) return undefined;
+    const ib = b[p++] as number;
+    if (ib >> 5 !== MAJOR[f]) return undefined;
+    const ai = ib & 31;
+    let v: number;
+    if (ai < 24) v = ai;
+    else if (ai === 24) {
+      if (p + 1 > n) return undefined;
+      v = b[p] as number;
+      if (v < 24) return undefined;
+      p += 1;
+    } else if (ai === 25) {
+      if (p + 2 > n) return undefined;
+      v = b.readUInt16BE(p);
+      if (v < 0x100) return undefined;
+      p += 2;
+    } else if (ai === 26) {
+      if (p + 4 > n) return undefined;
+      v = b.readUInt32BE(p);
+      if (v < 0x10000) return undefined;
+      p += 4;
+    } else if (ai === 27) {
+      if (p + 8 > n) return undefined;
+      const hi = b.readUInt32BE(p);
+      v = hi * 0x1_0000_0000 + b.readUInt32BE(p + 4);
+      if (hi === 0 || !Number.isSafeInteger(v)) return undefined;
+      p += 8;
+    } else return undefined;
+    if (MAJOR[f] === 0) {
+      if (f === SEQ) seqValue = v;
+      else if (f === REQUEST_ID) requestId = v;
+      continue;
+    }
+    const end = p + v;
+    if (end > n) return undefined;
+    if (MAJOR[f] === 3) {
+      let ascii = true;
+      for (let j = p; j < end; j++)
+        if ((b[j] as number) >= 0x80) {
+          ascii = false;
+          break;
+        }
+      if (!ascii && !isUtf8(b.subarray(p, end))) return undefined;
+      if (f === PHASE) {
+        const t = b.toString("utf8", p, end);
+        phase = PHASES.get(t) ?? t;
+      } else if (f === PERSONA) persona = b.toString(ascii ? "latin1" : "utf8", p, end);
+      else if (f === SESSION) session = b.toString(ascii ? "latin1" : "utf8", p, end);
+    }
+    p = end;
+  }
+  if (p !== n || seqValue !== seq || (seen & REQUIRED_MASK) !== REQUIRED_MASK) return undefined;
+  return { seq, phase: phase as AuditRow["phase"], session, persona, requestId };
+}
+
+/** Whether the `len` bytes at `p` are `key` (byte by byte: Buffer.compare's checks cost more than these few bytes). */
+function keyAt(b: Buffer, p: number, len: number, key: Buffer): boolean {
+  if (key.length !== len) return false;
+  for (let i = 0; i < len; i++) if (b[p + i] !== key[i]) return false;
+  return true;
+}

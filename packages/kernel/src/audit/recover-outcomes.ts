@@ -1,5 +1,5 @@
 import { type CborMap, decodeCanonical, decodeToken } from "@kpip/protocol";
-import type { AuditRow, AuditStore, EffectAnswer, TokenStore } from "../store/types.js";
+import type { AuditStore, EffectAnswer, RecordHead, TokenStore } from "../store/types.js";
 import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
 import type { AuditLog } from "./log.js";
 
@@ -35,7 +35,8 @@ export class OutcomeRecoveryError extends Error {
  * the op made for its outcome record (what a revocation ended, what a write created), and
  * `detail.recovered`; the tokens it revoked are noted as revoked by that record. The log is read
  * once, from a window before the oldest of those answers, for their intent records and for the
- * outcome records after them. The answers whose record this start wrote stop naming their intents
+ * outcome records after them, each record by its head only (a window full of effects took up to
+ * a second decoded whole); an effect's intent record and answer are read whole only to record it. The answers whose record this start wrote stop naming their intents
  * (after a sync of the segment that holds the records: an OS crash never keeps the one without
  * the other), so a later start does not write them again. Returns how many records it committed
  * and how many it could not: an answer whose record did not commit keeps naming its intent, for
@@ -60,53 +61,63 @@ export async function recoverOutcomes(
     if (a.intentSeq < firstIntent) firstIntent = a.intentSeq;
     intentSeqs.add(a.intentSeq);
   }
-  const outcomes = new Set<string>();
-  const intents = new Map<number, AuditRow>();
-  for (let seq = Math.max(1, firstIntent, firstAfter - RECOVERY_WINDOW); seq <= head; ) {
-    const rows = store.scanAudit(seq, 1024);
-    if (rows.length === 0) break;
-    for (const r of rows) {
-      if (r.phase === "outcome" && r.requestId !== null && r.seq > firstAfter) outcomes.add(`${r.session}\0${r.requestId}`);
-      else if (r.phase === "intent" && intentSeqs.has(r.seq)) intents.set(r.seq, r);
-    }
-    seq = (rows[rows.length - 1] as AuditRow).seq + 1;
-  }
+  /** The sessions of the outcome records after firstAfter, by request id. */
+  const outcomes = new Map<number, string | Set<string>>();
+  const intents = new Map<number, RecordHead>();
+  // Each record's head only (phase, session, persona, request id): decoding the window's records
+  // whole was most of this search. The few intents this start records are read whole below.
+  store.auditHeads(Math.max(1, firstIntent, firstAfter - RECOVERY_WINDOW), head, (r) => {
+    if (r.phase === "outcome") {
+      if (r.requestId === null || r.seq <= firstAfter) return;
+      const had = outcomes.get(r.requestId);
+      if (had === undefined) outcomes.set(r.requestId, r.session);
+      else if (typeof had === "string") {
+        if (had !== r.session) outcomes.set(r.requestId, new Set([had, r.session]));
+      } else had.add(r.session);
+    } else if (r.phase === "intent" && intentSeqs.has(r.seq)) intents.set(r.seq, r);
+  });
+  const hasOutcome = (session: string, requestId: number): boolean => {
+    const had = outcomes.get(requestId);
+    return had === undefined ? false : typeof had === "string" ? had === session : had.has(session);
+  };
   /** Keys whose rows name nothing on the log (their intent pruned, or not this request's in a tampered table). */
   const done: string[] = [];
   /** Each appended record's answer and sequence number once committed; undefined: its commit failed. */
   const appended: Promise<{ a: EffectAnswer; seq: number } | undefined>[] = [];
   // Oldest effect first: the recovered records keep the order the effects committed in.
-  for (const a of answers.reverse()) {
-    const intent = intents.get(a.intentSeq) ?? store.scanAudit(a.intentSeq, 1)[0];
+  for (const ref of answers.reverse()) {
+    const intent = intents.get(ref.intentSeq) ?? headAt(store, ref.intentSeq);
     if (
-      !intent ||
-      intent.seq !== a.intentSeq ||
-      intent.phase !== "intent" ||
+      intent?.phase !== "intent" ||
       intent.requestId === null ||
-      !a.key.startsWith(`${intent.persona}:`) ||
-      !a.key.endsWith(`:${intent.requestId}`)
+      !(ref.key.startsWith(intent.persona) && ref.key.charCodeAt(intent.persona.length) === COLON) ||
+      !ref.key.endsWith(`:${intent.requestId}`)
     ) {
       // Cleared, or it would be read again at every start.
-      done.push(a.key);
+      done.push(ref.key);
       continue;
     }
     // Its outcome is on the log: the usual case (answers are no longer cleared as they are recorded).
-    if (outcomes.has(`${intent.session}\0${intent.requestId}`)) continue;
+    if (hasOutcome(intent.session, intent.requestId)) continue;
+    // Read whole: the record and the answer this start records.
+    const whole = store.scanAudit(ref.intentSeq, 1)[0];
+    const a = store.effectAnswer(ref.key);
+    if (!whole || whole.seq !== ref.intentSeq || !a) continue;
     const answer = decodeCanonical(a.response) as CborMap;
     const status = typeof answer.status === "string" ? answer.status : "SUCCESS";
     const errorClass = typeof answer.error === "string" ? answer.error : null;
     const committed = audit.append({
-      session: intent.session,
-      persona: intent.persona,
+      session: whole.session,
+      persona: whole.persona,
       phase: "outcome",
-      requestId: intent.requestId,
-      op: intent.op,
-      target: intent.target,
-      intentHash: intent.intentHash,
-      caps: intent.caps,
-      traceparent: intent.traceparent,
-      execution: intent.execution ?? null,
-      domain: intent.domain ?? null,
+      requestId: whole.requestId,
+      op: whole.op,
+      target: whole.target,
+      intentHash: whole.intentHash,
+      caps: whole.caps,
+      traceparent: whole.traceparent,
+      execution: whole.execution ?? null,
+      domain: whole.domain ?? null,
       status,
       errorClass,
       message: RECOVERED_MESSAGE,
@@ -165,4 +176,15 @@ function answerSummary(payload: unknown): { [k: string]: DetailValue } {
     }
   }
   return out;
+}
+
+const COLON = 0x3a;
+
+/** Record `seq`'s head, if the log holds that record. */
+function headAt(store: Pick<AuditStore, "auditHeads">, seq: number): RecordHead | undefined {
+  let found: RecordHead | undefined;
+  store.auditHeads(seq, seq, (h) => {
+    found = h;
+  });
+  return found;
 }

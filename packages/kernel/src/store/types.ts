@@ -177,16 +177,30 @@ export interface DedupeRow {
   revoked?: readonly string[];
 }
 
-/** An answer committed with its effect ({@link DedupeRow} `intentSeq` set), for a start's recovery of its outcome record. */
-export interface EffectAnswer {
+/**
+ * An answer committed with its effect ({@link DedupeRow} `intentSeq` set) as a start's walk finds
+ * it: where it is on the log. Its answer is read ({@link EffectAnswer}) only for an effect whose
+ * outcome record is missing: the walk reads every such row of the window.
+ */
+export interface EffectAnswerRef {
   key: string;
-  response: Uint8Array;
   intentSeq: number;
   afterSeq: number;
+}
+
+/** That answer, for a start's recovery of its outcome record. */
+export interface EffectAnswer extends EffectAnswerRef {
+  response: Uint8Array;
   /** Absent in a row an older kernel committed. */
   detail?: string;
   revoked?: string[];
 }
+
+/**
+ * What a start's search for cut-off effects reads of a record: the same values as the decoded
+ * record's (record-decode.ts decodeRecordHead), without decoding the rest.
+ */
+export type RecordHead = Pick<AuditRow, "seq" | "phase" | "session" | "persona" | "requestId">;
 
 /** One administrative change made without the kernel (e.g. `kpip persona add` on the home database). */
 export interface OfflineEntry {
@@ -231,7 +245,9 @@ export interface AuditStore {
    * Answers committed with their effects (still naming their intent records) whose effect
    * committed after the log's record `sinceSeq`, newest first (whatever their expiry).
    */
-  effectAnswersSince(sinceSeq: number): EffectAnswer[];
+  effectAnswersSince(sinceSeq: number): EffectAnswerRef[];
+  /** That answer (undefined: no such row naming its intent). */
+  effectAnswer(key: string): EffectAnswer | undefined;
   /** A start recorded those answers' outcome records (or nothing names them): plain dedupe rows again. */
   effectAnswersRecorded(keys: readonly string[]): void;
   /** Stores one dedupe row now (inside the caller's transaction, if one is open). */
@@ -251,6 +267,8 @@ export interface AuditStore {
   lastAudit(): AuditRow | undefined;
   /** Rows in seq order, `batch` at a time (for verification of long logs). */
   scanAudit(fromSeq: number, batch: number): AuditRow[];
+  /** Each record from `fromSeq` through `toSeq`, in seq order, as its {@link RecordHead} (a start's search). */
+  auditHeads(fromSeq: number, toSeq: number, visit: (h: RecordHead) => void): void;
   countAudit(): number;
   /** The hash of record `seq`, if there is one. */
   auditHashAt(seq: number): Uint8Array | undefined;

@@ -1,5 +1,5 @@
 import type Database from "better-sqlite3";
-import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
+import { decodeRecord, decodeRecordHead, headOf, oversizeRecord } from "../../audit/record-decode.js";
 import {
   aloneRecordSql,
   type BatchShape,
@@ -10,7 +10,7 @@ import {
   type RecordSource,
   STORED_RECORD,
 } from "../../audit/record-size.js";
-import type { AuditCheckpoint, AuditRow } from "../types.js";
+import type { AuditCheckpoint, AuditRow, RecordHead } from "../types.js";
 import { rowReader } from "./base.js";
 import { boundedColumns } from "./cells.js";
 
@@ -91,6 +91,24 @@ export class AuditReads {
   up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
     // At most a batch's rows whatever the caller asks (kpip audit tail -f asks 1,000): one batch's memory.
     return (this.#up.all(from, to, Math.min(limit, this.rows)) as unknown[][]).map((r) => this.decode(r));
+  }
+
+  /** Each record from `from` through `to`, oldest first, as its head (those {@link up} gives). */
+  heads(from: number, to: number, visit: (h: RecordHead) => void): void {
+    for (let seq = from; seq <= to; ) {
+      const rows = this.#up.all(seq, to, this.rows) as unknown[][];
+      for (const r of rows) {
+        const bytes = r[2];
+        visit(
+          bytes === null ? headOf(this.decode(r)) : decodeRecordHead(r[0] as number, r[1] as Uint8Array, bytes as Uint8Array),
+        );
+      }
+      if (rows.length < this.rows) return;
+      // Strictly past the last row (a tampered seq past 2^53 may not move on: the scan ends there).
+      const after = ((rows.at(-1) as unknown[])[0] as number) + 1;
+      if (!(after > seq)) return;
+      seq = after;
+    }
   }
 
   /** Up to `limit` records below `below` and above `above`, newest first. */

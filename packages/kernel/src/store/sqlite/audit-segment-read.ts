@@ -1,16 +1,19 @@
 import type Database from "better-sqlite3";
-import { decodeRecord, oversizeRecord } from "../../audit/record-decode.js";
+import { decodeRecord, decodeRecordHead, headOf, oversizeRecord } from "../../audit/record-decode.js";
 import { type BatchShape, batchShape, MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import { SegmentIndex } from "../../audit/verify-segments.js";
-import type { IndexSpan, SpanRow } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditRow } from "../types.js";
+import { type IndexSpan, parseSpan, type SpanRead, type SpanRow, segmentName } from "../audit-segments.js";
+import type { AuditCheckpoint, AuditRow, RecordHead } from "../types.js";
 import { AuditReads } from "./audit-read.js";
 
 /** What every reader of the audit asks (the table's reads, audit-read.ts, and the segments' here). */
 export type AuditReadApi = Pick<
   AuditReads,
-  "rows" | "record" | "last" | "up" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
+  "rows" | "record" | "last" | "up" | "heads" | "down" | "records" | "count" | "first" | "head" | "hashAt" | "checkpoints"
 >;
+
+/** Bytes of adjacent spans {@link SegmentReads.heads} reads at once at most. */
+const GROUP_BYTES = 4 * 1024 * 1024;
 
 /**
  * The audit's reads over its segment files (store/audit-segments.ts): the index says which span
@@ -81,6 +84,51 @@ export class SegmentReads implements AuditReadApi {
 
   up(from: number, limit: number, to = Number.POSITIVE_INFINITY): AuditRow[] {
     return this.#upRows(from, to, Math.min(limit, this.rows)).map((r) => this.#decode(r));
+  }
+
+  /**
+   * Each record from `from` through `to`, oldest first, as its head: the rows {@link up} gives.
+   * Spans adjacent in one segment are read with one pread (a kernel at one request in flight
+   * indexes a few records a span: a read and an fstat each were most of such a window's cost),
+   * and each parsed as if read alone; a group whose bytes cannot be read so is read span by span.
+   */
+  heads(from: number, to: number, visit: (h: RecordHead) => void): void {
+    const lo = Math.max(from, this.index.retained() + 1);
+    let spans = this.index.from(lo);
+    let next = lo;
+    const take = (s: IndexSpan, read: SpanRead) => {
+      for (const r of read.rows) {
+        if (r.seq < next || r.seq > to || r.seq > s.last) continue;
+        next = r.seq + 1;
+        if (r.declared !== undefined || r.record.length > MAX_RECORD_BYTES) visit(headOf(this.#decode(r)));
+        else visit(decodeRecordHead(r.seq, r.hash, r.record));
+      }
+    };
+    while (spans.length > 0) {
+      for (let i = 0; i < spans.length; ) {
+        const s = spans[i] as IndexSpan;
+        if (s.first > to) return;
+        let j = i + 1;
+        let length = s.length;
+        for (; j < spans.length; j++) {
+          const t = spans[j] as IndexSpan;
+          if (t.segment !== s.segment || t.offset !== s.offset + length || t.first > to || length + t.length > GROUP_BYTES) break;
+          length += t.length;
+        }
+        const bytes = j > i + 1 ? this.index.files.bytes({ segment: s.segment, offset: s.offset, length }) : undefined;
+        for (let k = i; k < j; k++) {
+          const t = spans[k] as IndexSpan;
+          take(
+            t,
+            bytes instanceof Buffer
+              ? parseSpan(bytes.subarray(t.offset - s.offset, t.offset - s.offset + t.length), segmentName(t.segment))
+              : this.index.read(t),
+          );
+        }
+        i = j;
+      }
+      spans = this.index.after((spans.at(-1) as IndexSpan).first);
+    }
   }
 
   down(below: number, above: number, limit: number): AuditRow[] {

@@ -20,7 +20,16 @@ import {
   type TailBatch,
   tailBatches,
 } from "../audit-segments.js";
-import type { AuditCheckpoint, AuditQuery, AuditRow, AuditStore, DedupeRow, EffectAnswer } from "../types.js";
+import type {
+  AuditCheckpoint,
+  AuditQuery,
+  AuditRow,
+  AuditStore,
+  DedupeRow,
+  EffectAnswer,
+  EffectAnswerRef,
+  RecordHead,
+} from "../types.js";
 import { auditAppender } from "./audit-append.js";
 import { AuditReads } from "./audit-read.js";
 import { type AuditReadApi, SegmentReads } from "./audit-segment-read.js";
@@ -426,33 +435,43 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
      * cleared) does not stop it: on a home of an older kpip the first walk may read the whole
      * table (the rows of one dedupe window).
      */
-    effectAnswersSince(sinceSeq: number): EffectAnswer[] {
+    effectAnswersSince(sinceSeq: number): EffectAnswerRef[] {
       // Every waiting batch: its answers, and their positions, are in the table.
       this.#settle();
+      // Where each row is, not its answer (effectAnswer reads that for the few a start records).
       const page = this.prep(
-        `SELECT rowid, key, response, intent_seq, after_seq, detail, revoked FROM dedupe WHERE rowid < ? ORDER BY rowid DESC LIMIT ${WALK_ROWS}`,
-      );
+        `SELECT rowid, key, intent_seq, after_seq FROM dedupe WHERE rowid < ? ORDER BY rowid DESC LIMIT ${WALK_ROWS}`,
+      ).raw(true);
       const stop = sinceSeq - DEDUPE_POSITION_SLACK;
-      const out: EffectAnswer[] = [];
+      const out: EffectAnswerRef[] = [];
       for (let below = Number.MAX_SAFE_INTEGER; ; ) {
-        const rows = page.all(below) as Row[];
+        const rows = page.all(below) as unknown[][];
         for (const r of rows) {
-          const after = r.after_seq;
+          const after = r[3];
           if (typeof after !== "number") continue;
           if (after < stop) return byPosition(out);
-          if (typeof r.intent_seq !== "number" || after < sinceSeq) continue;
-          out.push({
-            key: r.key as string,
-            response: r.response as Uint8Array,
-            intentSeq: r.intent_seq,
-            afterSeq: after,
-            ...(typeof r.detail === "string" ? { detail: r.detail } : {}),
-            ...(typeof r.revoked === "string" ? { revoked: stringList(r.revoked) } : {}),
-          });
+          const intentSeq = r[2];
+          if (typeof intentSeq !== "number" || after < sinceSeq) continue;
+          out.push({ key: r[1] as string, intentSeq, afterSeq: after });
         }
         if (rows.length < WALK_ROWS) return byPosition(out);
-        below = (rows.at(-1) as Row).rowid as number;
+        below = (rows.at(-1) as unknown[])[0] as number;
       }
+    }
+    effectAnswer(key: string): EffectAnswer | undefined {
+      this.#settleDedupe();
+      const r = this.prep("SELECT response, intent_seq, after_seq, detail, revoked FROM dedupe WHERE key = ?").get(key) as
+        | Row
+        | undefined;
+      if (!r || typeof r.intent_seq !== "number" || typeof r.after_seq !== "number") return undefined;
+      return {
+        key,
+        response: r.response as Uint8Array,
+        intentSeq: r.intent_seq,
+        afterSeq: r.after_seq,
+        ...(typeof r.detail === "string" ? { detail: r.detail } : {}),
+        ...(typeof r.revoked === "string" ? { revoked: stringList(r.revoked) } : {}),
+      };
     }
     effectAnswersRecorded(keys: readonly string[]): void {
       const clear = this.prep(
@@ -497,6 +516,10 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     scanAudit(fromSeq: number, batch: number): AuditRow[] {
       this.#settle();
       return this.#reads.up(fromSeq, batch);
+    }
+    auditHeads(fromSeq: number, toSeq: number, visit: (h: RecordHead) => void): void {
+      this.#settle();
+      this.#reads.heads(fromSeq, toSeq, visit);
     }
     /** `audit verify`'s check of a range (verify-records.ts): the kernel's inherited-chain check and tools take it. */
     verifyRecords(from: number, to: number, cpSeqs: Set<number>, onProgress?: (done: number) => void): RangeResult {
@@ -567,7 +590,7 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
 }
 
 /** Newest effect first (by where the log was at its commit), as the rows were written. */
-function byPosition(a: EffectAnswer[]): EffectAnswer[] {
+function byPosition(a: EffectAnswerRef[]): EffectAnswerRef[] {
   return a.sort((x, y) => y.afterSeq - x.afterSeq);
 }
 
