@@ -1,12 +1,16 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
+import { generateKeyPairSync } from "node:crypto";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import type { Identity } from "@kpip/protocol";
-import { RECOVERED_SESSION_MESSAGE } from "../src/audit/live-sessions.js";
-import { type AuditRecord, Kernel, openAuditReader } from "../src/index.js";
+import { RECOVERED_SESSION_MESSAGE, recoverSessions, settleLiveSessions } from "../src/audit/live-sessions.js";
+import { AuditLog } from "../src/audit/log.js";
+import { type AuditRecord, Kernel, openAuditReader, SqliteStore } from "../src/index.js";
 import type { AuditRow } from "../src/store/types.js";
 import { removeHome, spawnReady, startKernel } from "./harness.js";
 
@@ -200,6 +204,36 @@ describe("sessions open when the kernel is killed", () => {
       for (const s of Object.values(ids)) assert.equal(ends.get(s)?.length, 1, `session ${s} has exactly one end`);
       assert.equal(records(home).filter(isRecovered).length, 2);
     } finally {
+      removeHome(home);
+    }
+  });
+
+  it("a commit that fails while a start writes those ends (more of them than a batch) leaves each failed one for the next start, never taken as ended by another's record", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-live-"));
+    const store = new SqliteStore(join(home, "kernel.db"));
+    try {
+      const sessions = ["s1", "s2", "s3", "s4", "s5"];
+      // Five sessions a killed run left open (their open records pruned since: the rows alone matter here).
+      for (const session of sessions) store.liveSessionOpened({ session, persona: "alice", caps: null, openSeq: 0 });
+      // Two records a commit: the first commit (s1, s2) is refused, the later ones go through.
+      const audit = new AuditLog(store, "k", generateKeyPairSync("ed25519").privateKey, { batchMax: 2, checkpointEvery: 10_000 });
+      const append = store.appendAudit.bind(store);
+      let commits = 0;
+      store.appendAudit = (...a: Parameters<SqliteStore["appendAudit"]>) => {
+        if (commits++ === 0) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+        append(...a);
+      };
+      const first = await recoverSessions(store, audit, undefined);
+      assert.deepEqual(first, { recorded: 3, failed: 2 });
+      // The next start: what the rows noted past the log's last record never committed.
+      settleLiveSessions(store, audit.headSeq);
+      const second = await recoverSessions(store, audit, undefined);
+      assert.deepEqual(second, { recorded: 2, failed: 0 }, "the two whose end failed get it now");
+      const ends = store.scanAudit(1, 100).filter((r) => r.op === "session.close");
+      assert.deepEqual(ends.map((r) => r.session).sort(), sessions, "each session has exactly one end on the record");
+      assert.deepEqual(store.liveSessions(), []);
+    } finally {
+      store.close();
       removeHome(home);
     }
   });

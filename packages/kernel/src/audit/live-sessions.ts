@@ -111,9 +111,28 @@ export async function recoverSessions(
     if (r.closeSeq === null) open.push(r);
     else done.push(r.session);
   }
-  // The numbers the records get, in order: nothing else appends meanwhile (a failed commit that
-  // gives them again unnotes them: onRewind).
+  // The numbers the records get, in order: nothing else appends meanwhile. A failed commit gives
+  // them again to the records after it (more ends than a batch), so it unnotes them first: else
+  // a failed end would name another session's record and a later start take it as ended. The
+  // kernel's LiveSessions (which does the same) is made only once the start has served these.
   const head = audit.headSeq;
+  const rewound = audit.onRewind;
+  audit.onRewind = (seq) => store.liveSessionsAfter(seq);
+  try {
+    return await endOpen(store, audit, previous, open, head, done);
+  } finally {
+    audit.onRewind = rewound;
+  }
+}
+
+async function endOpen(
+  store: LiveSessionStore & { syncAuditSegment?(): Promise<void>; readonly auditSyncFailure?: Error },
+  audit: AuditLog,
+  previous: { seq: number; time: number; stopped: boolean } | undefined,
+  open: LiveSession[],
+  head: number,
+  done: string[],
+): Promise<{ recorded: number; failed: number }> {
   store.liveSessionsEnding(open.map((r, i) => ({ session: r.session, closeSeq: head + 1 + i })));
   const how = previous?.stopped === false ? "; the kernel was killed or crashed" : "";
   const last = previous ? { seq: previous.seq, time: previous.time } : null;
