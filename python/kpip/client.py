@@ -32,11 +32,11 @@ from .shm import DEFAULT_THRESHOLD
 from .subscription import DEFAULT_BUFFER_BYTES, Subscription, Subscriptions
 from .tokens import Token, b64url_decode, decode_token
 
-#: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
-#: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
 #: Bytes written and not yet taken by the kernel past which a PING is not answered.
 PONG_BACKLOG = 64 * 1024
 
+#: What a reconnect's connect and handshake fail with when the kernel is away, refuses or
+#: misbehaves: tried again. Any other exception is a bug and ends the client (see _reconnect_loop).
 RECONNECTABLE = (KernelUnavailable, UntrustedSocket, ProtocolViolation, KpipError, OSError, EOFError)
 
 

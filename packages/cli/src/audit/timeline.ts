@@ -153,7 +153,6 @@ export function requestFields(r: Pick<AuditRecord, RequestFields>): Pick<AuditRe
   return { persona, session, requestId, op, target, status, errorClass, message };
 }
 
-/** A record's detail column as JSON; text that is not JSON as {$text}. */
 /** Levels of nesting a detail may have to be shown as JSON: the kernel's have a few. */
 const MAX_DETAIL_DEPTH = 64;
 
@@ -183,6 +182,7 @@ export function detailValue(d: string): unknown {
   }
 }
 
+/** A record's detail column as JSON; text that is not JSON, or nested too deep, as {$text}. */
 export function parseDetail(d: string | null | undefined): unknown {
   if (d === null || d === undefined || d === "") return null;
   return detailValue(d) ?? { $text: d };
