@@ -412,7 +412,7 @@ export class AgentManager {
     if (!live) return false;
     // Exited by itself, its last output still being read: it ends as it did, and its pid,
     // reaped, may be another process's by now (never signalled).
-    if (exitedBefore(live.child)) return true;
+    if (exitedBefore(live.child)) return false;
     live.killedBy ??= why;
     killSandbox(live.child.pid, this.opts.sandbox.mode === "bwrap");
     return true;
@@ -423,14 +423,7 @@ export class AgentManager {
    * or on its own): nothing keeps acting as a removed persona. Returns how many.
    */
   killUnregistered(): number {
-    let n = 0;
-    for (const [id, live] of this.live) {
-      if (!live.killedBy && !this.store.getPersona(live.persona)) {
-        this.killLive(id, "persona removed");
-        n++;
-      }
-    }
-    return n;
+    return this.killWhere((live) => !this.store.getPersona(live.persona), "persona removed");
   }
 
   /**
@@ -440,14 +433,7 @@ export class AgentManager {
    * ends too, on the record (`agent.exited`, killedBy "token revoked"). Returns how many.
    */
   killRevoked(isRevoked: (t: { id: string; chain: string[] }) => boolean): number {
-    let n = 0;
-    for (const [id, live] of this.live) {
-      if (!live.killedBy && isRevoked(live.token)) {
-        this.killLive(id, "token revoked");
-        n++;
-      }
-    }
-    return n;
+    return this.killWhere((live) => isRevoked(live.token), "token revoked");
   }
 
   /**
@@ -456,13 +442,13 @@ export class AgentManager {
    * killedBy "key retired", its token then revoked by its end). Returns how many.
    */
   killRetired(retired: (t: { kid: string }) => boolean): number {
+    return this.killWhere((live) => retired(live.token), "key retired");
+  }
+
+  /** Kills each running agent not already being killed that `test` picks, for `why`; how many it killed (one that exited by itself is not). */
+  private killWhere(test: (live: Live) => boolean, why: Live["killedBy"]): number {
     let n = 0;
-    for (const [id, live] of this.live) {
-      if (!live.killedBy && retired(live.token)) {
-        this.killLive(id, "key retired");
-        n++;
-      }
-    }
+    for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) n++;
     return n;
   }
 
