@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { generateKeyPairSync } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -129,10 +129,13 @@ describe("the private copy a reader makes of a stopped home", () => {
       const t = await startKernel({}, home);
       await t.stop();
       const dead = spawnSync("true").pid as number;
-      const left = join(tmp, `kpip-audit-${dead}-aB3dE9`);
-      const live = join(tmp, `kpip-audit-${process.ppid}-zY1xW2`);
+      const ns = /\[(\d+)\]/.exec(readlinkSync("/proc/self/ns/pid"))?.[1];
+      const left = join(tmp, `kpip-audit-${ns}.${dead}-aB3dE9`);
+      const live = join(tmp, `kpip-audit-${ns}.${process.ppid}-zY1xW2`);
       const older = join(tmp, "kpip-audit-Q1w2E3");
-      for (const d of [left, live, older]) {
+      // A reader in another container sharing the temp directory: its pids are not ours to judge.
+      const elsewhere = join(tmp, `kpip-audit-1.${dead}-cD4eF5`);
+      for (const d of [left, live, older, elsewhere]) {
         mkdirSync(d);
         writeFileSync(join(d, "kernel.db"), "a copy");
       }
@@ -140,14 +143,15 @@ describe("the private copy a reader makes of a stopped home", () => {
       const reader = openAuditReader(join(home, "kernel.db"));
       try {
         assert.equal(reader.snapshot, true);
-        assert.match(reader.path, new RegExp(`/kpip-audit-${process.pid}-[^/]+/kernel\\.db$`));
+        assert.match(reader.path, new RegExp(`/kpip-audit-${ns}\\.${process.pid}-[^/]+/kernel\\.db$`));
         assert.equal(existsSync(left), false, "the dead reader's copy is removed");
         assert.equal(existsSync(live), true, "a live process's copy is kept");
         assert.equal(existsSync(older), true, "a copy whose reader is not named is kept");
+        assert.equal(existsSync(elsewhere), true, "a copy made in another pid namespace is kept");
       } finally {
         reader.close();
       }
-      assert.deepEqual(readdirSync(tmp).sort(), [older, live].map((d) => d.slice(tmp.length + 1)).sort());
+      assert.deepEqual(readdirSync(tmp).sort(), [older, live, elsewhere].map((d) => d.slice(tmp.length + 1)).sort());
     } finally {
       if (before === undefined) delete process.env.TMPDIR;
       else process.env.TMPDIR = before;

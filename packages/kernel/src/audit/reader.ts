@@ -7,6 +7,7 @@ import {
   mkdtempSync,
   openSync,
   readdirSync,
+  readlinkSync,
   readSync,
   rmSync,
   statfsSync,
@@ -158,13 +159,27 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
   })();
 }
 
-/** A private copy's directory in the temp directory: `kpip-audit-<pid of its reader>-<random>`. */
+/**
+ * A private copy's directory in the temp directory: `kpip-audit-<pid namespace>.<pid of its
+ * reader>-<random>`. The namespace (its inode, 0 where unknown) tells which readers' pids this
+ * process can see: a reader in another container sharing the temp directory is none of its business.
+ */
 const COPY_PREFIX = "kpip-audit-";
+const OWN_PID_NS = pidNamespace();
+
+function pidNamespace(): string {
+  try {
+    return /\[(\d+)\]/.exec(readlinkSync("/proc/self/ns/pid"))?.[1] ?? "0";
+  } catch {
+    return "0";
+  }
+}
 
 /**
  * Removes the private copies of readers that died without removing theirs (`kpip audit` killed:
  * Ctrl-C ends it without its clean-up), each as large as a home's database: only directories of
- * this user whose pid no process has (one that has it, reused or not, keeps its copy).
+ * this user, made in this pid namespace, whose pid no process has (one that has it, reused or
+ * not, keeps its copy).
  */
 function sweepStaleCopies(dir: string): void {
   const uid = process.getuid?.();
@@ -175,7 +190,9 @@ function sweepStaleCopies(dir: string): void {
     return;
   }
   for (const name of names) {
-    const pid = Number(/^kpip-audit-(\d+)-[^/]+$/.exec(name)?.[1]);
+    const m = /^kpip-audit-(\d+)\.(\d+)-[^/]+$/.exec(name);
+    const pid = Number(m?.[2]);
+    if (!m || m[1] !== OWN_PID_NS || OWN_PID_NS === "0") continue;
     if (!Number.isSafeInteger(pid) || pid <= 0 || pid === process.pid || alive(pid)) continue;
     const path = join(dir, name);
     try {
@@ -237,7 +254,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
   if (!opts.direct && !live) {
     sweepStaleCopies(tmpdir());
     copyFits(path, wal);
-    tmp = mkdtempSync(join(tmpdir(), `${COPY_PREFIX}${process.pid}-`));
+    tmp = mkdtempSync(join(tmpdir(), `${COPY_PREFIX}${OWN_PID_NS}.${process.pid}-`));
     file = join(tmp, basename(path));
     try {
       // A reflink where the filesystem has them, else a plain copy: the home is only read.
