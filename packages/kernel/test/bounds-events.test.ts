@@ -147,6 +147,44 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("an event reaching many subscriptions has its data encoded once, not once per subscription; each gets it whole", async () => {
+    // Each subscription's EVENT frame encoded the event's data again: an emit of 90,000 small
+    // items (~180 KB of intent) to one persona tree's 1,024 reading subscriptions cost the
+    // kernel's thread ~3.5 s, a 13 MB event of 90,000 strings ~64 s, for one request.
+    await withKernel({}, async (t) => {
+      const p = await t.persona("amp", [{ ops: ["event.*"], targets: ["topic://amp/**"] }]);
+      const subs = [];
+      for (let c = 0; c < 4; c++) {
+        const s = await t.connect(p.identity, [p.token]);
+        for (let i = 0; i < 16; i++) subs.push(await s.events.subscribe(i % 2 ? "topic://amp/**" : "topic://amp/*"));
+      }
+      const emitter = await t.connect(p.identity, [p.token]);
+      const items = Array.from({ length: 20_000 }, (_, i) => i % 24);
+      const before = t.k.events.dataEncodings;
+      for (const gapless of [1, 2]) {
+        assert.equal((await emitter.events.emit("topic://amp/x", { items, gapless })).subscribers, 64);
+      }
+      assert.equal(t.k.events.dataEncodings - before, 2, "each event's data encoded once, whatever the subscriptions it reaches");
+      // Every subscription gets both events whole (the client's decoder takes canonical CBOR only).
+      for (const sub of subs) {
+        const it = sub[Symbol.asyncIterator]();
+        for (const n of [1, 2]) {
+          const ev = (await it.next()).value as {
+            topic: string;
+            seq: number;
+            gap?: number;
+            data: { items: number[]; gapless: number };
+          };
+          assert.equal(ev.topic, "topic://amp/x");
+          assert.equal(ev.seq, n);
+          assert.equal(ev.gap, undefined);
+          assert.equal(ev.data.gapless, n);
+          assert.deepEqual(ev.data.items, items);
+        }
+      }
+    });
+  });
+
   it("a subscriber's client that does not take its events keeps at most its buffer's bytes of them, however large the events another persona emits", async () => {
     // The reference client read every EVENT off the socket into a buffer bounded by count only
     // (1,000): another persona emitting large events on a shared topic filled a slow subscriber's

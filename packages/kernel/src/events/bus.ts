@@ -1,4 +1,16 @@
-import { type CborValue, encodeMessage, type Grant, HEADER_SIZE, personaWithin } from "@kpip/protocol";
+import {
+  type CborValue,
+  encodeCanonical,
+  encodeMessage,
+  type Grant,
+  HEADER_SIZE,
+  headSize,
+  MessageType,
+  PIECE_REF_MIN,
+  personaWithin,
+  writeHead,
+  writeHeader,
+} from "@kpip/protocol";
 import { coveringIds } from "../auth/revocations.js";
 import { EVENT_HIGH_WATER_BYTES, LAPSE_SLICE, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../limits.js";
 import { OpError } from "../primitives/types.js";
@@ -13,6 +25,8 @@ export interface EventSink {
   /** Bytes queued to the peer and not yet read. */
   readonly buffered: number;
   write(frame: Uint8Array): void;
+  /** A frame as pieces, written in order without being joined (the pieces are not changed afterwards). */
+  writePieces?(pieces: Uint8Array[]): void;
   /** The largest frame body the peer takes (the session's negotiated maxBody). */
   readonly maxBody?: number;
   /**
@@ -28,6 +42,51 @@ interface Queued {
   bytes: number;
   /** At most the EVENT body's encoded size (any subscription's), worked out once per emit when a session's maxBody asks. */
   floor?: number;
+  /**
+   * The EVENT body's entries every subscription's frame shares (`data`, `topic`), canonical
+   * CBOR encoded once per emit: only `seq`, `gap` and `subscription` differ between frames.
+   */
+  shared?: Buffer;
+  /** Whether the event has data (`data` itself is let go once it is in `shared`). */
+  hasData: boolean;
+}
+
+/** Canonical CBOR of the EVENT body's keys, in canonical order: gap, seq, data, topic, subscription. */
+const KEY_GAP = encodeCanonical("gap");
+const KEY_SEQ = encodeCanonical("seq");
+const KEY_DATA = encodeCanonical("data");
+const KEY_TOPIC = encodeCanonical("topic");
+const KEY_SUBSCRIPTION = encodeCanonical("subscription");
+
+/**
+ * One subscription's EVENT frame (stream = its id), the bytes `encodeMessage` makes of
+ * `{subscription, topic, seq, data?, gap?}`, around the event's `shared` entries encoded once:
+ * an event reaching 1,024 subscriptions is encoded once, not 1,024 times (PROTOCOL §9.6). As
+ * three pieces, the middle one `shared` itself (not copied); their concatenation is the frame.
+ */
+export function eventFramePieces(
+  subscription: number,
+  seq: number,
+  gap: number | undefined,
+  hasData: boolean,
+  shared: Buffer,
+): [Buffer, Buffer, Buffer] {
+  const entries = (gap !== undefined ? 1 : 0) + 3 + (hasData ? 1 : 0);
+  const headLength =
+    headSize(entries) + (gap !== undefined ? KEY_GAP.length + headSize(gap) : 0) + KEY_SEQ.length + headSize(seq);
+  const tail = Buffer.allocUnsafe(KEY_SUBSCRIPTION.length + headSize(subscription));
+  writeHead(tail, KEY_SUBSCRIPTION.copy(tail, 0), 0, subscription);
+  const head = Buffer.allocUnsafe(HEADER_SIZE + headLength);
+  const length = headLength + shared.length + tail.length;
+  writeHeader(head, 0, { type: MessageType.EVENT, flags: 0, stream: subscription, length });
+  let at = writeHead(head, HEADER_SIZE, 5, entries);
+  if (gap !== undefined) {
+    at += KEY_GAP.copy(head, at);
+    at = writeHead(head, at, 0, gap);
+  }
+  at += KEY_SEQ.copy(head, at);
+  writeHead(head, at, 0, seq);
+  return [head, shared, tail];
 }
 
 interface Subscription {
@@ -137,6 +196,8 @@ export class EventBus {
   delivered = 0;
   /** Bytes of EVENT frames encoded (one per subscription an event is delivered to, or found too large for). */
   encodedBytes = 0;
+  /** Times an event's data was encoded (a work count, tests): once per emit, not per subscription. */
+  dataEncodings = 0;
   /** The operator persona: it sees every persona's kernel events. */
   operator = "";
   /** The top of each persona's tree (maxSubscriptionsPerPersona counts it): {@link useRoots}. */
@@ -260,7 +321,7 @@ export class EventBus {
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
     // One entry for every subscription it reaches: what is worked out about it is worked out once.
-    const entry: Queued = { topic, data, bytes };
+    const entry: Queued = { topic, data, bytes, hasData: data !== undefined };
     let n = 0;
     for (const s of matched) {
       // Ended during this emit (a write before it dropped its session): nothing is queued to it.
@@ -446,8 +507,23 @@ export class EventBus {
 
   /** At most the EVENT body's encoded size: worked out once per event, whatever the subscriptions it reaches. */
   private floorOf(e: Queued): number {
-    if (e.floor === undefined) e.floor = cborSizeFloor(e.data) + Buffer.byteLength(e.topic);
+    if (e.floor === undefined) e.floor = e.shared ? e.shared.length : cborSizeFloor(e.data) + Buffer.byteLength(e.topic);
     return e.floor;
+  }
+
+  /** The entries every subscription's frame of this event shares, encoded at the first frame made of it. */
+  private sharedOf(e: Queued): Buffer {
+    if (e.shared === undefined) {
+      const topic = encodeCanonical(e.topic);
+      if (!e.hasData) e.shared = Buffer.concat([KEY_TOPIC, topic]);
+      else {
+        this.dataEncodings++;
+        e.shared = Buffer.concat([KEY_DATA, encodeCanonical(e.data as CborValue), KEY_TOPIC, topic]);
+      }
+      // Held once, as bytes: the decoded value is no longer needed by any frame.
+      e.data = undefined;
+    }
+    return e.shared;
   }
 
   private unhold(s: Subscription): void {
@@ -467,27 +543,25 @@ export class EventBus {
         continue;
       }
       const [seqBefore, droppedBefore] = [s.seq, s.dropped];
-      const body: { subscription: number; topic: string; seq: number; data?: CborValue; gap?: number } = {
-        subscription: s.id,
-        topic: e.topic,
-        seq: ++s.seq,
-      };
-      if (e.data !== undefined) body.data = e.data;
+      let gap: number | undefined;
+      s.seq++;
       if (s.dropped) {
-        body.gap = s.dropped;
+        gap = s.dropped;
         s.seq += s.dropped;
-        body.seq = s.seq;
         s.dropped = 0;
       }
-      const frame = encodeMessage({ type: "EVENT", body }, s.id);
-      this.encodedBytes += frame.length;
-      if (s.sink.maxBody !== undefined && frame.length - HEADER_SIZE > s.sink.maxBody) {
+      const pieces = eventFramePieces(s.id, s.seq, gap, e.hasData, this.sharedOf(e));
+      const length = pieces[0].length + pieces[1].length + pieces[2].length;
+      this.encodedBytes += length;
+      if (s.sink.maxBody !== undefined && length - HEADER_SIZE > s.sink.maxBody) {
         // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
         [s.seq, s.dropped] = [seqBefore, droppedBefore];
         this.miss(s);
         continue;
       }
-      s.sink.write(frame);
+      // A large event's bytes go out by reference, not copied into each subscription's frame.
+      if (s.sink.writePieces && pieces[1].length >= PIECE_REF_MIN) s.sink.writePieces(pieces);
+      else s.sink.write(Buffer.concat(pieces, length));
       this.delivered++;
     }
   }
