@@ -147,6 +147,66 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("a persona tree whose sessions stop reading cannot take the kernel's whole event queue from another's: the larger holder gives way, the other is told of no gap", async () => {
+    // One tree's stalled sessions filled eventKernelBytes, and every other persona's subscription
+    // whose connection was momentarily behind lost each new event to it (a gap it never caused).
+    await withKernel({ eventQueueBytes: 2 * MiB, eventSessionBytes: 2 * MiB, eventKernelBytes: 4 * MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.*"], targets: ["topic://eve/**"] }]);
+      const bob = await t.persona("bob", [{ ops: ["event.*"], targets: ["topic://bob/**"] }]);
+      const subscribe = async (id: { identity: typeof eve.identity; token: Uint8Array }, persona: string, topic: string) => {
+        const p = await RawPeer.connect(t.k.socketPath);
+        await p.handshake(id.identity, [id.token]);
+        p.request(1, { op: "event.subscribe", target: topic, args: {} }, { persona });
+        assert.equal((await p.response(1)).status, "SUCCESS");
+        p.sock.pause();
+        return p;
+      };
+      const stalled: RawPeer[] = [];
+      for (let i = 0; i < 3; i++) stalled.push(await subscribe(eve, "eve", "topic://eve/**"));
+      const victim = await subscribe(bob, "bob", "topic://bob/**");
+      try {
+        const e = await t.connect(eve.identity, [eve.token]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        const payload = new Uint8Array(512 * 1024).fill(7);
+        for (let i = 0; i < 16; i++) await e.events.emit("topic://eve/x", { payload });
+        assert.ok(t.k.events.queuedBytes > 4 * MiB - 600 * 1024, `eve's stalled sessions hold ${t.k.events.queuedBytes} bytes`);
+        // Bob's reader is behind by one large event (written to it), so the next ones wait in the bus.
+        await b.events.emit("topic://bob/big", { payload: new Uint8Array(3 * MiB).fill(1) });
+        // Each larger than what eve's tree left of the kernel's bound.
+        const more = new Uint8Array(600 * 1024).fill(2);
+        for (let i = 0; i < 3; i++) await b.events.emit("topic://bob/more", { i, more });
+        assert.ok(t.k.events.queuedBytes <= 4 * MiB, `${t.k.events.queuedBytes} bytes queued, kernel bound 4 MiB`);
+        victim.sock.resume();
+        const events = () =>
+          victim.frames
+            .filter((f) => f.msg.type === "EVENT")
+            .map((f) => f.msg.body as { topic: string; seq: number; gap?: number });
+        await b.events.emit("topic://bob/end");
+        await until(() => events().some((ev) => ev.topic === "topic://bob/end"), 20_000, "bob's last event");
+        assert.deepEqual(
+          events().map((ev) => [ev.topic, ev.seq, ev.gap]),
+          [
+            ["topic://bob/big", 1, undefined],
+            ["topic://bob/more", 2, undefined],
+            ["topic://bob/more", 3, undefined],
+            ["topic://bob/more", 4, undefined],
+            ["topic://bob/end", 5, undefined],
+          ],
+        );
+        // What eve's tree held over the bound was dropped from her own queues, told there as gaps.
+        for (const p of stalled) p.sock.resume();
+        await e.events.emit("topic://eve/x", { n: 1 });
+        await until(
+          () => stalled.every((p) => p.frames.some((f) => f.msg.type === "EVENT" && (f.msg.body as { gap?: number }).gap)),
+          20_000,
+          "eve's sessions told of their gaps",
+        );
+      } finally {
+        for (const p of [...stalled, victim]) p.close();
+      }
+    });
+  });
+
   it("an event reaching many subscriptions has its data encoded once, not once per subscription; each gets it whole", async () => {
     // Each subscription's EVENT frame encoded the event's data again: an emit of 90,000 small
     // items (~180 KB of intent) to one persona tree's 1,024 reading subscriptions cost the

@@ -190,6 +190,12 @@ export class EventBus {
    * covers a grant only through one of them, so it visits these, not every subscription.
    */
   private readonly byToken = new Map<string, Set<Subscription>>();
+  /**
+   * Event bytes waiting, by persona tree, and the tree's subscriptions with events waiting: when
+   * the kernel's bound is full, the tree holding the most gives way ({@link evictLarger}).
+   */
+  private readonly treeBytes = new Map<string, number>();
+  private readonly treeQueued = new Map<string, Set<Subscription>>();
   /** Event bytes waiting in every queue. */
   queuedBytes = 0;
   dropped = 0;
@@ -445,29 +451,57 @@ export class EventBus {
     else this.byPersona.set(tree, n);
   }
 
-  /** Queues an event within the byte bounds, dropping this subscription's oldest first. */
+  /**
+   * Queues an event within the byte bounds, dropping this subscription's oldest first; the
+   * kernel's bound is shared, so a persona tree holding more of it than this subscription's gives
+   * way first: one tree's sessions that stop reading cannot take it all from another's.
+   */
   private enqueue(s: Subscription, e: Queued): void {
     const L = this.limits;
-    const fits = () =>
-      s.bytes + e.bytes <= L.queueBytes &&
-      (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes &&
-      this.queuedBytes + e.bytes <= L.kernelBytes;
+    const fitsOwn = () => s.bytes + e.bytes <= L.queueBytes && (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes;
+    const fitsKernel = () => this.queuedBytes + e.bytes <= L.kernelBytes;
     // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for it.
     if (s.queue.length === 0 && this.ready(s, e.bytes)) {
       s.queue.push(e);
       this.count(s, e.bytes);
       return;
     }
-    while (!fits() && s.queue.length) {
+    while (!fitsOwn() && s.queue.length) {
       this.take(s);
       this.miss(s);
     }
-    if (!fits()) {
+    while (fitsOwn() && !fitsKernel() && this.evictLarger(s.tree, e.bytes)) {}
+    while (!fitsKernel() && s.queue.length) {
+      this.take(s);
+      this.miss(s);
+    }
+    if (!fitsOwn() || !fitsKernel()) {
       this.miss(s);
       return;
     }
     s.queue.push(e);
     this.count(s, e.bytes);
+  }
+
+  /**
+   * Drops the oldest waiting event of the persona tree holding the most queued bytes, if that
+   * is another tree holding more than `tree` would with `bytes` more (so two trees never take
+   * turns evicting each other); told there as a gap. False: no tree to give way.
+   */
+  private evictLarger(tree: string, bytes: number): boolean {
+    let top: string | undefined;
+    let most = (this.treeBytes.get(tree) ?? 0) + bytes;
+    for (const [t, n] of this.treeBytes)
+      if (n > most) {
+        top = t;
+        most = n;
+      }
+    if (top === undefined) return false;
+    const victim = this.treeQueued.get(top)?.values().next().value;
+    if (victim === undefined) return false;
+    this.take(victim);
+    this.miss(victim);
+    return true;
   }
 
   private miss(s: Subscription): void {
@@ -476,9 +510,22 @@ export class EventBus {
   }
 
   private count(s: Subscription, bytes: number): void {
+    const had = s.bytes > 0;
     s.bytes += bytes;
     this.queuedBytes += bytes;
     this.sinkBytes.set(s.sink.id, (this.sinkBytes.get(s.sink.id) ?? 0) + bytes);
+    const tree = (this.treeBytes.get(s.tree) ?? 0) + bytes;
+    if (tree > 0) this.treeBytes.set(s.tree, tree);
+    else this.treeBytes.delete(s.tree);
+    if (had === s.bytes > 0) return;
+    let queued = this.treeQueued.get(s.tree);
+    if (s.bytes > 0) {
+      if (!queued) {
+        queued = new Set();
+        this.treeQueued.set(s.tree, queued);
+      }
+      queued.add(s);
+    } else if (queued?.delete(s) && queued.size === 0) this.treeQueued.delete(s.tree);
   }
 
   private take(s: Subscription): Queued {
