@@ -460,10 +460,10 @@ export class EventBus {
     const L = this.limits;
     const fitsOwn = () => s.bytes + e.bytes <= L.queueBytes && (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes;
     const fitsKernel = () => this.queuedBytes + e.bytes <= L.kernelBytes;
-    // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for it.
+    // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for
+    // it: written at once, never counted as waiting.
     if (s.queue.length === 0 && this.ready(s, e.bytes)) {
-      s.queue.push(e);
-      this.count(s, e.bytes);
+      this.send(s, e);
       return;
     }
     while (!fitsOwn() && s.queue.length) {
@@ -579,37 +579,39 @@ export class EventBus {
   }
 
   private pump(s: Subscription): void {
-    while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) {
-      const e = this.take(s);
-      const max = s.sink.maxBody;
-      // Surely larger than the session takes (PROTOCOL §4.5): missed without being encoded. Encoded
-      // only to be dropped, one 15 MiB event to 1,024 subscriptions of sessions with a small
-      // maxBody held the kernel's thread for 18 s.
-      if (max !== undefined && this.floorOf(e) > max) {
-        this.miss(s);
-        continue;
-      }
-      const [seqBefore, droppedBefore] = [s.seq, s.dropped];
-      let gap: number | undefined;
-      s.seq++;
-      if (s.dropped) {
-        gap = s.dropped;
-        s.seq += s.dropped;
-        s.dropped = 0;
-      }
-      const pieces = eventFramePieces(s.id, s.seq, gap, e.hasData, this.sharedOf(e));
-      const length = pieces[0].length + pieces[1].length + pieces[2].length;
-      this.encodedBytes += length;
-      if (s.sink.maxBody !== undefined && length - HEADER_SIZE > s.sink.maxBody) {
-        // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
-        [s.seq, s.dropped] = [seqBefore, droppedBefore];
-        this.miss(s);
-        continue;
-      }
-      // A large event's bytes go out by reference, not copied into each subscription's frame.
-      if (s.sink.writePieces && pieces[1].length >= PIECE_REF_MIN) s.sink.writePieces(pieces);
-      else s.sink.write(Buffer.concat(pieces, length));
-      this.delivered++;
+    while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) this.send(s, this.take(s));
+  }
+
+  /** Writes one event to the subscription's peer (or counts it missed when the session cannot take it). */
+  private send(s: Subscription, e: Queued): void {
+    const max = s.sink.maxBody;
+    // Surely larger than the session takes (PROTOCOL §4.5): missed without being encoded. Encoded
+    // only to be dropped, one 15 MiB event to 1,024 subscriptions of sessions with a small
+    // maxBody held the kernel's thread for 18 s.
+    if (max !== undefined && this.floorOf(e) > max) {
+      this.miss(s);
+      return;
     }
+    const [seqBefore, droppedBefore] = [s.seq, s.dropped];
+    let gap: number | undefined;
+    s.seq++;
+    if (s.dropped) {
+      gap = s.dropped;
+      s.seq += s.dropped;
+      s.dropped = 0;
+    }
+    const pieces = eventFramePieces(s.id, s.seq, gap, e.hasData, this.sharedOf(e));
+    const length = pieces[0].length + pieces[1].length + pieces[2].length;
+    this.encodedBytes += length;
+    if (max !== undefined && length - HEADER_SIZE > max) {
+      // Larger than the session takes (PROTOCOL §4.5): missed, and told as a gap with the next one.
+      [s.seq, s.dropped] = [seqBefore, droppedBefore];
+      this.miss(s);
+      return;
+    }
+    // A large event's bytes go out by reference, not copied into each subscription's frame.
+    if (s.sink.writePieces && pieces[1].length >= PIECE_REF_MIN) s.sink.writePieces(pieces);
+    else s.sink.write(Buffer.concat(pieces, length));
+    this.delivered++;
   }
 }
