@@ -207,6 +207,57 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("another persona flooding the shared topics a session subscribes to cannot take the session's event bytes from its other subscriptions: the largest gives way", async () => {
+    // The session's bound was first come, first served: two subscriptions on a shared topic filled
+    // it, and the session's subscription to a topic only its own persona emits on lost each event.
+    await withKernel({ eventQueueBytes: 2 * MiB, eventSessionBytes: 3 * MiB, eventKernelBytes: 64 * MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.emit"], targets: ["topic://shared/**"] }]);
+      const bob = await t.persona("bob", [{ ops: ["event.*"], targets: ["topic://shared/**", "topic://bob/**"] }]);
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(bob.identity, [bob.token]);
+      const subscribe = async (id: number, target: string) => {
+        p.request(id, { op: "event.subscribe", target, args: {} }, { persona: "bob" });
+        return ((await p.response(id)).payload as { subscription: number }).subscription;
+      };
+      await subscribe(1, "topic://shared/**");
+      await subscribe(2, "topic://shared/x");
+      const own = await subscribe(3, "topic://bob/**");
+      p.sock.pause();
+      try {
+        const e = await t.connect(eve.identity, [eve.token]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        // Bob's reader is behind by one large event of his own, so the next ones wait in the bus.
+        await b.events.emit("topic://bob/big", { payload: new Uint8Array(3 * MiB).fill(1) });
+        const payload = new Uint8Array(512 * 1024).fill(7);
+        for (let i = 0; i < 12; i++) await e.events.emit("topic://shared/x", { payload });
+        // Within a fair share of the session's bytes (a third each): the flooded subscriptions give way.
+        const more = new Uint8Array(400 * 1024).fill(2);
+        for (let i = 0; i < 2; i++) await b.events.emit("topic://bob/more", { i, more });
+        await b.events.emit("topic://bob/end");
+        assert.ok(t.k.events.queuedBytes <= 3 * MiB, `${t.k.events.queuedBytes} bytes queued, session bound 3 MiB`);
+        p.sock.resume();
+        const mine = () =>
+          p.frames
+            .filter((f) => f.msg.type === "EVENT" && f.stream === own)
+            .map((f) => f.msg.body as { topic: string; seq: number; gap?: number });
+        await until(() => mine().some((ev) => ev.topic === "topic://bob/end"), 20_000, "bob's last event");
+        assert.deepEqual(
+          mine().map((ev) => [ev.topic, ev.seq, ev.gap]),
+          [
+            ["topic://bob/big", 1, undefined],
+            ["topic://bob/more", 2, undefined],
+            ["topic://bob/more", 3, undefined],
+            ["topic://bob/end", 4, undefined],
+          ],
+        );
+        // The flooded subscriptions gave way, and say so.
+        assert.ok(p.frames.some((f) => f.msg.type === "EVENT" && f.stream !== own && (f.msg.body as { gap?: number }).gap));
+      } finally {
+        p.close();
+      }
+    });
+  });
+
   it("an event reaching many subscriptions has its data encoded once, not once per subscription; each gets it whole", async () => {
     // Each subscription's EVENT frame encoded the event's data again: an emit of 90,000 small
     // items (~180 KB of intent) to one persona tree's 1,024 reading subscriptions cost the

@@ -128,6 +128,16 @@ export const DEFAULT_EVENT_LIMITS: EventBusLimits = {
   total: 65_536,
 };
 
+/**
+ * Who holds part of a shared event-byte bound (a session's, the kernel's): its size now, the
+ * subscriber's own side in the same measure, and the subscriptions whose queues it is made of.
+ */
+interface Holder {
+  size(): number;
+  readonly mine: number;
+  readonly subs: Iterable<Subscription>;
+}
+
 /** What one queued event is counted as: its payload's encoded size, its topic, and the frame around them. */
 const ENTRY_OVERHEAD = 64;
 
@@ -452,13 +462,15 @@ export class EventBus {
   }
 
   /**
-   * Queues an event within the byte bounds, dropping this subscription's oldest first; the
-   * kernel's bound is shared, so a persona tree holding more of it than this subscription's gives
-   * way first: one tree's sessions that stop reading cannot take it all from another's.
+   * Queues an event within the byte bounds: past its subscription's, that subscription's oldest
+   * are dropped; the session's and the kernel's are shared, so there the session's subscription
+   * (then the persona tree) holding the most gives way first, while it holds more than this one
+   * would with the event: another persona flooding a topic cannot take them from the rest.
    */
   private enqueue(s: Subscription, e: Queued): void {
     const L = this.limits;
-    const fitsOwn = () => s.bytes + e.bytes <= L.queueBytes && (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes;
+    const fitsOwn = () => s.bytes + e.bytes <= L.queueBytes;
+    const fitsSession = () => (this.sinkBytes.get(s.sink.id) ?? 0) + e.bytes <= L.sessionBytes;
     const fitsKernel = () => this.queuedBytes + e.bytes <= L.kernelBytes;
     // A reading peer with nothing waiting gets the event whatever its size, if its tree has room for
     // it: written at once, never counted as waiting.
@@ -466,16 +478,18 @@ export class EventBus {
       this.send(s, e);
       return;
     }
-    while (!fitsOwn() && s.queue.length) {
-      this.take(s);
-      this.miss(s);
-    }
-    while (fitsOwn() && !fitsKernel() && this.evictLarger(s.tree, e.bytes)) {}
-    while (!fitsKernel() && s.queue.length) {
-      this.take(s);
-      this.miss(s);
-    }
-    if (!fitsOwn() || !fitsKernel()) {
+    const dropOwn = (fits: () => boolean) => {
+      while (!fits() && s.queue.length) {
+        this.take(s);
+        this.miss(s);
+      }
+    };
+    dropOwn(fitsOwn);
+    if (fitsOwn()) this.evictLarger(e.bytes, fitsSession, (b) => this.largestInSession(s, b));
+    dropOwn(fitsSession);
+    if (fitsOwn() && fitsSession()) this.evictLarger(e.bytes, fitsKernel, (b) => this.largestTree(s, b));
+    dropOwn(fitsKernel);
+    if (!fitsOwn() || !fitsSession() || !fitsKernel()) {
       this.miss(s);
       return;
     }
@@ -484,24 +498,51 @@ export class EventBus {
   }
 
   /**
-   * Drops the oldest waiting event of the persona tree holding the most queued bytes, if that
-   * is another tree holding more than `tree` would with `bytes` more (so two trees never take
-   * turns evicting each other); told there as a gap. False: no tree to give way.
+   * Until `fits`, drops the oldest waiting events of the holder `largest` names (each told of it
+   * as a gap on its subscription) while it holds more than `s`'s side would with `bytes` more, so
+   * two never take turns evicting each other; then the next such holder. A holder is drained down
+   * to that mark at once and not named again: a scan per holder, not per event dropped.
    */
-  private evictLarger(tree: string, bytes: number): boolean {
+  private evictLarger(bytes: number, fits: () => boolean, largest: (bytes: number) => Holder | undefined): void {
+    for (let top = largest(bytes); top !== undefined && !fits(); top = largest(bytes)) {
+      const over = (h: Holder) => h.size() > h.mine + bytes;
+      for (const v of top.subs) {
+        while (!fits() && v.queue.length && over(top)) {
+          this.take(v);
+          this.miss(v);
+        }
+        if (fits() || !over(top)) break;
+      }
+      // Everything it holds is in its subscriptions' queues: it cannot still be over the mark.
+      if (!fits() && over(top)) return;
+    }
+  }
+
+  /** The subscription of `s`'s session holding the most waiting bytes, if more than `s` would with `bytes` more. */
+  private largestInSession(s: Subscription, bytes: number): Holder | undefined {
+    let top: Subscription | undefined;
+    for (const id of this.bySink.get(s.sink.id) ?? []) {
+      const v = this.subs.get(id);
+      if (v && v !== s && v.bytes > (top?.bytes ?? s.bytes + bytes)) top = v;
+    }
+    if (top === undefined) return undefined;
+    const v = top;
+    return { size: () => v.bytes, mine: s.bytes, subs: [v] };
+  }
+
+  /** The persona tree holding the most waiting bytes, if another than `s`'s holding more than it would with `bytes` more. */
+  private largestTree(s: Subscription, bytes: number): Holder | undefined {
+    const mine = this.treeBytes.get(s.tree) ?? 0;
     let top: string | undefined;
-    let most = (this.treeBytes.get(tree) ?? 0) + bytes;
+    let most = mine + bytes;
     for (const [t, n] of this.treeBytes)
       if (n > most) {
         top = t;
         most = n;
       }
-    if (top === undefined) return false;
-    const victim = this.treeQueued.get(top)?.values().next().value;
-    if (victim === undefined) return false;
-    this.take(victim);
-    this.miss(victim);
-    return true;
+    if (top === undefined) return undefined;
+    const t = top;
+    return { size: () => this.treeBytes.get(t) ?? 0, mine, subs: this.treeQueued.get(t) ?? [] };
   }
 
   private miss(s: Subscription): void {
