@@ -258,6 +258,40 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("a subscription's queue of many small events is trimmed and dropped in work proportional to the events, not to their square", async () => {
+    // Each queued event was taken off the front of an array (Array.prototype.shift moves every
+    // other element): a stalled subscription holding 16 MiB of small events (~220,000) cost
+    // ~0.3 ms per new event dropped on it and ~25 s of the kernel's thread when its session closed.
+    await withKernel({ eventQueueBytes: MiB, eventSessionBytes: MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.*"], targets: ["topic://tiny/**"] }]);
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(eve.identity, [eve.token]);
+      p.request(1, { op: "event.subscribe", target: "topic://tiny/**", args: {} }, { persona: "eve" });
+      assert.equal((await p.response(1)).status, "SUCCESS");
+      p.sock.pause();
+      // Behind by one large event, so the small ones wait in the bus: ~14,000 fill its 1 MiB.
+      t.k.events.emit("topic://tiny/big", { payload: new Uint8Array(3 * MiB) });
+      for (let i = 0; i < 16_000; i++) t.k.events.emit("topic://tiny/x", null);
+      assert.ok(t.k.events.queuedBytes > MiB - 1024, `${t.k.events.queuedBytes} bytes queued`);
+      // Elements moved by taking from the front of arrays, while events are dropped and the session ends.
+      let moved = 0;
+      const shift = Array.prototype.shift;
+      Array.prototype.shift = function (this: unknown[]) {
+        moved += this.length;
+        return shift.call(this);
+      };
+      try {
+        for (let i = 0; i < 1_000; i++) t.k.events.emit("topic://tiny/x", null);
+        p.close();
+        await until(() => t.k.events.subscriptionCount() === 0, 20_000, "the subscription ends with its session");
+      } finally {
+        Array.prototype.shift = shift;
+      }
+      assert.equal(t.k.events.queuedBytes, 0);
+      assert.ok(moved < 100_000, `${moved} elements moved to drop 1,000 events and end a queue of ~14,000`);
+    });
+  });
+
   it("an event reaching many subscriptions has its data encoded once, not once per subscription; each gets it whole", async () => {
     // Each subscription's EVENT frame encoded the event's data again: an emit of 90,000 small
     // items (~180 KB of intent) to one persona tree's 1,024 reading subscriptions cost the

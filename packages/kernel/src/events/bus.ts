@@ -51,6 +51,52 @@ interface Queued {
   hasData: boolean;
 }
 
+/**
+ * A subscription's waiting events, first in first out, each operation O(1) amortized: taking
+ * from the front of an array moves every other element (Array.prototype.shift), so a queue of
+ * ~220,000 small events cost ~0.3 ms per event dropped from it and ~25 s to drain or end.
+ */
+export class EventQueue<T> {
+  private items: (T | undefined)[] = [];
+  private head = 0;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  push(x: T): void {
+    this.items.push(x);
+  }
+
+  /** The oldest, or undefined. */
+  peek(): T | undefined {
+    return this.items[this.head];
+  }
+
+  /** Takes the oldest (undefined when empty); the taken front is let go once it is half the array. */
+  shift(): T | undefined {
+    if (this.head >= this.items.length) return undefined;
+    const x = this.items[this.head];
+    this.items[this.head++] = undefined;
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head >= 1024 && this.head * 2 >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return x;
+  }
+
+  /** Takes every event at once (oldest first). */
+  clear(): T[] {
+    const all = this.items.slice(this.head) as T[];
+    this.items = [];
+    this.head = 0;
+    return all;
+  }
+}
+
 /** Canonical CBOR of the EVENT body's keys, in canonical order: gap, seq, data, topic, subscription. */
 const KEY_GAP = encodeCanonical("gap");
 const KEY_SEQ = encodeCanonical("seq");
@@ -95,7 +141,7 @@ interface Subscription {
   pattern: string;
   seq: number;
   /** Events waiting for the peer to read (bounded in bytes). */
-  queue: Queued[];
+  queue: EventQueue<Queued>;
   bytes: number;
   /** Events dropped since the last one delivered. */
   dropped: number;
@@ -274,7 +320,7 @@ export class EventBus {
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
     const id = this.nextId++;
-    const s: Subscription = { id, sink, pattern, seq: 0, queue: [], bytes: 0, dropped: 0, tree };
+    const s: Subscription = { id, sink, pattern, seq: 0, queue: new EventQueue(), bytes: 0, dropped: 0, tree };
     this.subs.set(id, s);
     this.index.add(s);
     if (grant) {
@@ -454,7 +500,11 @@ export class EventBus {
         return false;
       });
     this.unhold(s);
-    while (s.queue.length) this.take(s);
+    // All at once: its bytes leave every count together.
+    if (s.queue.length) {
+      s.queue.clear();
+      this.count(s, -s.bytes);
+    }
     const tree = s.tree;
     const n = (this.byPersona.get(tree) ?? 1) - 1;
     if (n <= 0) this.byPersona.delete(tree);
@@ -620,7 +670,7 @@ export class EventBus {
   }
 
   private pump(s: Subscription): void {
-    while (s.queue.length && this.ready(s, (s.queue[0] as Queued).bytes)) this.send(s, this.take(s));
+    while (s.queue.length && this.ready(s, (s.queue.peek() as Queued).bytes)) this.send(s, this.take(s));
   }
 
   /** Writes one event to the subscription's peer (or counts it missed when the session cannot take it). */
