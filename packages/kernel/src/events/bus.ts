@@ -535,9 +535,21 @@ export class EventBus {
       }
     };
     dropOwn(fitsOwn);
-    if (fitsOwn()) this.evictLarger(e.bytes, fitsSession, (b) => this.largestInSession(s, b));
+    // Only a holder below its even share looks for a larger one: subscriptions of a session flooded
+    // alike each drop their own oldest without a scan of the session (0.4 → 2.3 ms an emit to 256).
+    const sinkBytes = this.sinkBytes.get(s.sink.id) ?? 0;
+    const subsOfSink = this.bySink.get(s.sink.id)?.size ?? 1;
+    if (fitsOwn() && !fitsSession() && (s.bytes + e.bytes) * subsOfSink < sinkBytes)
+      this.evictLarger(e.bytes, fitsSession, (b) => this.largestInSession(s, b));
     dropOwn(fitsSession);
-    if (fitsOwn() && fitsSession()) this.evictLarger(e.bytes, fitsKernel, (b) => this.largestTree(s, b));
+    const treeBytes = this.treeBytes.get(s.tree) ?? 0;
+    if (
+      fitsOwn() &&
+      fitsSession() &&
+      !fitsKernel() &&
+      (treeBytes + e.bytes) * Math.max(1, this.treeBytes.size) < this.queuedBytes
+    )
+      this.evictLarger(e.bytes, fitsKernel, (b) => this.largestTree(s, b));
     dropOwn(fitsKernel);
     if (!fitsOwn() || !fitsSession() || !fitsKernel()) {
       this.miss(s);
