@@ -147,6 +147,189 @@ describe("bounded after authentication: events", () => {
     });
   });
 
+  it("a persona tree whose sessions stop reading cannot take the kernel's whole event queue from another's: the larger holder gives way, the other is told of no gap", async () => {
+    // One tree's stalled sessions filled eventKernelBytes, and every other persona's subscription
+    // whose connection was momentarily behind lost each new event to it (a gap it never caused).
+    await withKernel({ eventQueueBytes: 2 * MiB, eventSessionBytes: 2 * MiB, eventKernelBytes: 4 * MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.*"], targets: ["topic://eve/**"] }]);
+      const bob = await t.persona("bob", [{ ops: ["event.*"], targets: ["topic://bob/**"] }]);
+      const subscribe = async (id: { identity: typeof eve.identity; token: Uint8Array }, persona: string, topic: string) => {
+        const p = await RawPeer.connect(t.k.socketPath);
+        await p.handshake(id.identity, [id.token]);
+        p.request(1, { op: "event.subscribe", target: topic, args: {} }, { persona });
+        assert.equal((await p.response(1)).status, "SUCCESS");
+        p.sock.pause();
+        return p;
+      };
+      const stalled: RawPeer[] = [];
+      for (let i = 0; i < 3; i++) stalled.push(await subscribe(eve, "eve", "topic://eve/**"));
+      const victim = await subscribe(bob, "bob", "topic://bob/**");
+      try {
+        const e = await t.connect(eve.identity, [eve.token]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        const payload = new Uint8Array(512 * 1024).fill(7);
+        for (let i = 0; i < 16; i++) await e.events.emit("topic://eve/x", { payload });
+        assert.ok(t.k.events.queuedBytes > 4 * MiB - 600 * 1024, `eve's stalled sessions hold ${t.k.events.queuedBytes} bytes`);
+        // Bob's reader is behind by one large event (written to it), so the next ones wait in the bus.
+        await b.events.emit("topic://bob/big", { payload: new Uint8Array(3 * MiB).fill(1) });
+        // Each larger than what eve's tree left of the kernel's bound.
+        const more = new Uint8Array(600 * 1024).fill(2);
+        for (let i = 0; i < 3; i++) await b.events.emit("topic://bob/more", { i, more });
+        assert.ok(t.k.events.queuedBytes <= 4 * MiB, `${t.k.events.queuedBytes} bytes queued, kernel bound 4 MiB`);
+        victim.sock.resume();
+        const events = () =>
+          victim.frames
+            .filter((f) => f.msg.type === "EVENT")
+            .map((f) => f.msg.body as { topic: string; seq: number; gap?: number });
+        await b.events.emit("topic://bob/end");
+        await until(() => events().some((ev) => ev.topic === "topic://bob/end"), 20_000, "bob's last event");
+        assert.deepEqual(
+          events().map((ev) => [ev.topic, ev.seq, ev.gap]),
+          [
+            ["topic://bob/big", 1, undefined],
+            ["topic://bob/more", 2, undefined],
+            ["topic://bob/more", 3, undefined],
+            ["topic://bob/more", 4, undefined],
+            ["topic://bob/end", 5, undefined],
+          ],
+        );
+        // What eve's tree held over the bound was dropped from her own queues, told there as gaps.
+        for (const p of stalled) p.sock.resume();
+        await e.events.emit("topic://eve/x", { n: 1 });
+        await until(
+          () => stalled.every((p) => p.frames.some((f) => f.msg.type === "EVENT" && (f.msg.body as { gap?: number }).gap)),
+          20_000,
+          "eve's sessions told of their gaps",
+        );
+      } finally {
+        for (const p of [...stalled, victim]) p.close();
+      }
+    });
+  });
+
+  it("another persona flooding the shared topics a session subscribes to cannot take the session's event bytes from its other subscriptions: the largest gives way", async () => {
+    // The session's bound was first come, first served: two subscriptions on a shared topic filled
+    // it, and the session's subscription to a topic only its own persona emits on lost each event.
+    await withKernel({ eventQueueBytes: 2 * MiB, eventSessionBytes: 3 * MiB, eventKernelBytes: 64 * MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.emit"], targets: ["topic://shared/**"] }]);
+      const bob = await t.persona("bob", [{ ops: ["event.*"], targets: ["topic://shared/**", "topic://bob/**"] }]);
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(bob.identity, [bob.token]);
+      const subscribe = async (id: number, target: string) => {
+        p.request(id, { op: "event.subscribe", target, args: {} }, { persona: "bob" });
+        return ((await p.response(id)).payload as { subscription: number }).subscription;
+      };
+      await subscribe(1, "topic://shared/**");
+      await subscribe(2, "topic://shared/x");
+      const own = await subscribe(3, "topic://bob/**");
+      p.sock.pause();
+      try {
+        const e = await t.connect(eve.identity, [eve.token]);
+        const b = await t.connect(bob.identity, [bob.token]);
+        // Bob's reader is behind by one large event of his own, so the next ones wait in the bus.
+        await b.events.emit("topic://bob/big", { payload: new Uint8Array(3 * MiB).fill(1) });
+        const payload = new Uint8Array(512 * 1024).fill(7);
+        for (let i = 0; i < 12; i++) await e.events.emit("topic://shared/x", { payload });
+        // Within a fair share of the session's bytes (a third each): the flooded subscriptions give way.
+        const more = new Uint8Array(400 * 1024).fill(2);
+        for (let i = 0; i < 2; i++) await b.events.emit("topic://bob/more", { i, more });
+        await b.events.emit("topic://bob/end");
+        assert.ok(t.k.events.queuedBytes <= 3 * MiB, `${t.k.events.queuedBytes} bytes queued, session bound 3 MiB`);
+        p.sock.resume();
+        const mine = () =>
+          p.frames
+            .filter((f) => f.msg.type === "EVENT" && f.stream === own)
+            .map((f) => f.msg.body as { topic: string; seq: number; gap?: number });
+        await until(() => mine().some((ev) => ev.topic === "topic://bob/end"), 20_000, "bob's last event");
+        assert.deepEqual(
+          mine().map((ev) => [ev.topic, ev.seq, ev.gap]),
+          [
+            ["topic://bob/big", 1, undefined],
+            ["topic://bob/more", 2, undefined],
+            ["topic://bob/more", 3, undefined],
+            ["topic://bob/end", 4, undefined],
+          ],
+        );
+        // The flooded subscriptions gave way, and say so.
+        assert.ok(p.frames.some((f) => f.msg.type === "EVENT" && f.stream !== own && (f.msg.body as { gap?: number }).gap));
+      } finally {
+        p.close();
+      }
+    });
+  });
+
+  it("a subscription's queue of many small events is trimmed and dropped in work proportional to the events, not to their square", async () => {
+    // Each queued event was taken off the front of an array (Array.prototype.shift moves every
+    // other element): a stalled subscription holding 16 MiB of small events (~220,000) cost
+    // ~0.3 ms per new event dropped on it and ~25 s of the kernel's thread when its session closed.
+    await withKernel({ eventQueueBytes: MiB, eventSessionBytes: MiB }, async (t) => {
+      const eve = await t.persona("eve", [{ ops: ["event.*"], targets: ["topic://tiny/**"] }]);
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(eve.identity, [eve.token]);
+      p.request(1, { op: "event.subscribe", target: "topic://tiny/**", args: {} }, { persona: "eve" });
+      assert.equal((await p.response(1)).status, "SUCCESS");
+      p.sock.pause();
+      // Behind by one large event, so the small ones wait in the bus: ~14,000 fill its 1 MiB.
+      t.k.events.emit("topic://tiny/big", { payload: new Uint8Array(3 * MiB) });
+      for (let i = 0; i < 16_000; i++) t.k.events.emit("topic://tiny/x", null);
+      assert.ok(t.k.events.queuedBytes > MiB - 1024, `${t.k.events.queuedBytes} bytes queued`);
+      // Elements moved by taking from the front of arrays, while events are dropped and the session ends.
+      let moved = 0;
+      const shift = Array.prototype.shift;
+      Array.prototype.shift = function (this: unknown[]) {
+        moved += this.length;
+        return shift.call(this);
+      };
+      try {
+        for (let i = 0; i < 1_000; i++) t.k.events.emit("topic://tiny/x", null);
+        p.close();
+        await until(() => t.k.events.subscriptionCount() === 0, 20_000, "the subscription ends with its session");
+      } finally {
+        Array.prototype.shift = shift;
+      }
+      assert.equal(t.k.events.queuedBytes, 0);
+      assert.ok(moved < 100_000, `${moved} elements moved to drop 1,000 events and end a queue of ~14,000`);
+    });
+  });
+
+  it("an event reaching many subscriptions has its data encoded once, not once per subscription; each gets it whole", async () => {
+    // Each subscription's EVENT frame encoded the event's data again: an emit of 90,000 small
+    // items (~180 KB of intent) to one persona tree's 1,024 reading subscriptions cost the
+    // kernel's thread ~3.5 s, a 13 MB event of 90,000 strings ~64 s, for one request.
+    await withKernel({}, async (t) => {
+      const p = await t.persona("amp", [{ ops: ["event.*"], targets: ["topic://amp/**"] }]);
+      const subs = [];
+      for (let c = 0; c < 4; c++) {
+        const s = await t.connect(p.identity, [p.token]);
+        for (let i = 0; i < 16; i++) subs.push(await s.events.subscribe(i % 2 ? "topic://amp/**" : "topic://amp/*"));
+      }
+      const emitter = await t.connect(p.identity, [p.token]);
+      const items = Array.from({ length: 20_000 }, (_, i) => i % 24);
+      const before = t.k.events.dataEncodings;
+      for (const gapless of [1, 2]) {
+        assert.equal((await emitter.events.emit("topic://amp/x", { items, gapless })).subscribers, 64);
+      }
+      assert.equal(t.k.events.dataEncodings - before, 2, "each event's data encoded once, whatever the subscriptions it reaches");
+      // Every subscription gets both events whole (the client's decoder takes canonical CBOR only).
+      for (const sub of subs) {
+        const it = sub[Symbol.asyncIterator]();
+        for (const n of [1, 2]) {
+          const ev = (await it.next()).value as {
+            topic: string;
+            seq: number;
+            gap?: number;
+            data: { items: number[]; gapless: number };
+          };
+          assert.equal(ev.topic, "topic://amp/x");
+          assert.equal(ev.seq, n);
+          assert.equal(ev.gap, undefined);
+          assert.equal(ev.data.gapless, n);
+          assert.deepEqual(ev.data.items, items);
+        }
+      }
+    });
+  });
+
   it("a subscriber's client that does not take its events keeps at most its buffer's bytes of them, however large the events another persona emits", async () => {
     // The reference client read every EVENT off the socket into a buffer bounded by count only
     // (1,000): another persona emitting large events on a shared topic filled a slow subscriber's

@@ -146,6 +146,13 @@ export class Session implements SessionView, EventSink {
     this.dropIfNotReading();
   }
 
+  /** EventSink: an EVENT frame given as pieces (a large event's shared bytes by reference), as {@link write}. */
+  writePieces(pieces: Uint8Array[]): void {
+    if (this.state === "closed") return;
+    writePieces(this.conn, pieces, this.shm);
+    this.dropIfNotReading();
+  }
+
   /** EventSink: may an EVENT of `bytes` be queued to the peer, within its tree's unread bytes? */
   room(bytes: number): boolean {
     return this.host.eventRoom?.(this, bytes) ?? true;
