@@ -19,11 +19,11 @@ import {
 import { KernelClient, ProtocolViolationError, TokenRefreshError } from "../src/index.js";
 import { until } from "./harness.js";
 
-/** Alice's n-th token, minted under a root no kernel knows (a hostile kernel never checks it). */
-function aliceTokens(): (n: number) => Uint8Array {
+/** Alice's n-th token (of `lifeMs` from now), minted under a root no kernel knows (a hostile kernel never checks it). */
+function aliceTokens(): (n: number, lifeMs?: number) => Uint8Array {
   const root = randomBytes(32);
   const now = Date.now();
-  return (n) =>
+  return (n, lifeMs = 3_600_000) =>
     encodeToken(
       mintToken(root, {
         id: n.toString(16).padStart(32, "0"),
@@ -32,7 +32,7 @@ function aliceTokens(): (n: number) => Uint8Array {
         rights: [{ ops: ["system.health"], targets: ["kernel://"] }],
         limits: {},
         nbf: now - 1000,
-        exp: now + 3_600_000,
+        exp: now + lifeMs,
         maxExp: now + 3_600_000,
         chain: [],
       }),
@@ -390,21 +390,7 @@ describe("a kernel whose answers the client keeps are not what the op answers", 
   });
 
   it("a refresh answered with a token that is not bytes, or bound under a handle that is no positive integer, fails as TokenRefreshError (ProtocolViolationError its cause)", async () => {
-    const root = randomBytes(32);
-    const token = (id: number, life: number) =>
-      encodeToken(
-        mintToken(root, {
-          id: id.toString(16).padStart(32, "0"),
-          kid: "k",
-          sub: "alice",
-          rights: [{ ops: ["**"], targets: ["**"] }],
-          limits: {},
-          nbf: Date.now() - 1000,
-          exp: Date.now() + life,
-          maxExp: Date.now() + 3_600_000,
-          chain: [],
-        }),
-      );
+    const token = aliceTokens();
     for (const [answer, what] of [
       [{ "token.refresh": { token: 2 ** 34 } }, /token\.refresh's token/],
       [{ "token.refresh": { token: token(2, 3_600_000) }, "token.bind": { handle: "x" } }, /token\.bind's handle/],

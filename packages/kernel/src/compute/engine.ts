@@ -243,22 +243,7 @@ export class ComputeEngine {
    * Returns how many.
    */
   cancelRevoked(isRevoked: (g: Grant) => boolean): number {
-    let n = 0;
-    for (let i = 0; i < this.queue.length; ) {
-      const job = this.queue[i] as Job;
-      if (job.grant && isRevoked(job.grant)) {
-        this.queue.splice(i, 1);
-        this.finish(job.op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
-        n++;
-      } else i++;
-    }
-    for (const r of [...this.running.values()]) {
-      if (r.grant && isRevoked(r.grant)) {
-        r.cancel("revoked");
-        n++;
-      }
-    }
-    return n;
+    return this.cancelWhere(isRevoked, "revoked", revokedMessage);
   }
 
   /**
@@ -267,18 +252,23 @@ export class ComputeEngine {
    * cancelled, running ones stopped — CANCELLED with class CAPABILITY. Returns how many.
    */
   cancelRetired(retired: (g: Grant) => boolean): number {
+    return this.cancelWhere(retired, "retired", retiredMessage);
+  }
+
+  /** Cancels every op queued or running whose grant `lapsed` picks: queued ones with `message`, running ones stopped for `why`. */
+  private cancelWhere(lapsed: (g: Grant) => boolean, why: "revoked" | "retired", message: (g: Grant) => string): number {
     let n = 0;
     for (let i = 0; i < this.queue.length; ) {
       const job = this.queue[i] as Job;
-      if (job.grant && retired(job.grant)) {
+      if (job.grant && lapsed(job.grant)) {
         this.queue.splice(i, 1);
-        this.finish(job.op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
+        this.finish(job.op, "cancelled", null, "CAPABILITY", message(job.grant));
         n++;
       } else i++;
     }
     for (const r of [...this.running.values()]) {
-      if (r.grant && retired(r.grant)) {
-        r.cancel("retired");
+      if (r.grant && lapsed(r.grant)) {
+        r.cancel(why);
         n++;
       }
     }
