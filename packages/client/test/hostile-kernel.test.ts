@@ -68,6 +68,22 @@ async function refusesHandshake(
   );
 }
 
+/** A kernel-side peer's CHALLENGE (session s1, a zero nonce, maxBody 1 MiB), encoded. */
+function challenge(o: { kernel?: string; heartbeatMs?: number; features?: string[] } = {}): Uint8Array {
+  return encodeMessage({
+    type: "CHALLENGE",
+    body: {
+      version: 1,
+      session: "s1",
+      nonce: Buffer.alloc(32),
+      kernel: o.kernel ?? "hostile",
+      heartbeatMs: o.heartbeatMs ?? 1000,
+      limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+      features: o.features ?? [],
+    },
+  });
+}
+
 /** What a kernel-side peer writes at each step of the handshake, besides the usual CHALLENGE and WELCOME. */
 interface Script {
   /** Written right after CHALLENGE. */
@@ -98,19 +114,7 @@ async function hostileKernel(script: Script): Promise<{ path: string; got: Messa
         const m = decodeMessage(f);
         got.push(m);
         if (m.type === "HELLO") {
-          const challenge: Message = {
-            type: "CHALLENGE",
-            body: {
-              version: 1,
-              session: "s1",
-              nonce: Buffer.alloc(32),
-              kernel: "hostile",
-              heartbeatMs: 1000,
-              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-              features: script.challengeFeatures ?? [],
-            },
-          };
-          s.write(encodeMessage(challenge));
+          s.write(challenge({ features: script.challengeFeatures ?? [] }));
           for (const x of script.afterChallenge ?? []) s.write(encodeMessage(x, 1));
         } else if (m.type === "ATTEST") {
           for (const x of script.beforeWelcome ?? []) s.write(encodeMessage(x, 1));
@@ -248,16 +252,7 @@ describe("a kernel that names its shared-memory segments", () => {
           }
           const m = decodeMessage(f);
           if (m.type === "HELLO") {
-            const body = {
-              version: 1,
-              session: "s1",
-              nonce: Buffer.alloc(32),
-              kernel,
-              heartbeatMs: 1000,
-              limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-              features: ["shm"],
-            };
-            s.write(encodeMessage({ type: "CHALLENGE", body }));
+            s.write(challenge({ kernel, features: ["shm"] }));
           } else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
         }
       });
@@ -297,16 +292,7 @@ async function welcomingKernel(
       for (const f of d.push(chunk)) {
         const m = decodeMessage(f);
         if (m.type === "HELLO") {
-          const body = {
-            version: 1,
-            session: "s1",
-            nonce: Buffer.alloc(32),
-            kernel: "hostile",
-            heartbeatMs: 60_000,
-            limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
-            features: [],
-          };
-          s.write(encodeMessage({ type: "CHALLENGE", body }));
+          s.write(challenge({ heartbeatMs: 60_000 }));
         } else if (m.type === "ATTEST") {
           const handles = m.body.tokens.map((_, i) => i + 1);
           s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));

@@ -16,6 +16,12 @@ const outcome = (p: Promise<unknown>) =>
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const TREE_AGENT = fileURLToPath(new URL("../../test/fixtures/tree-agent.mjs", import.meta.url));
 
+/** A persona's rights to spawn agents and run ops, and to see them. */
+const AGENTS_AND_OPS = [
+  { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
+  { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
+];
+
 describe("agents and commands: authority bounded by their creator's", () => {
   it("a key retired ends what runs under the tokens it signed: their agents killed, their commands and tasks cancelled CAPABILITY, on the record; others run on", {
     skip: sandboxSkip,
@@ -162,11 +168,7 @@ describe("agents and commands: authority bounded by their creator's", () => {
   }, async () => {
     const t = await startKernel();
     try {
-      const rights = [
-        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
-        { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
-      ];
-      const eve = await t.persona("eve", rights);
+      const eve = await t.persona("eve", AGENTS_AND_OPS);
       const c = await t.connect(eve.identity, [eve.token]);
       type Report = { persona?: string; results: unknown[] };
       const report = (uri: string) =>
@@ -179,7 +181,11 @@ describe("agents and commands: authority bounded by their creator's", () => {
           `${uri}'s report`,
         );
       const spawn = async (steps: object[]) =>
-        (await c.agents.spawn("node", "w1", { args: [TREE_AGENT, JSON.stringify(steps)], rights, lifetimeMs: 120_000 })) as {
+        (await c.agents.spawn("node", "w1", {
+          args: [TREE_AGENT, JSON.stringify(steps)],
+          rights: AGENTS_AND_OPS,
+          lifetimeMs: 120_000,
+        })) as {
           token: string;
         };
       // The first w1 runs a command (its result: what the command printed) and starts an agent of its own.
@@ -245,11 +251,7 @@ describe("agents and commands: authority bounded by their creator's", () => {
   }, async () => {
     const t = await startKernel();
     try {
-      const rights = [
-        { ops: ["agent.*"], targets: ["agent://**", "kernel://"] },
-        { ops: ["compute.submit", "op.*"], targets: ["op://**", "kernel://"] },
-      ];
-      const fay = await t.persona("fay", rights);
+      const fay = await t.persona("fay", AGENTS_AND_OPS);
       const c = await t.connect(fay.identity, [fay.token]);
       // fay hands her agent her own token (usable by the personas under her); it runs a command under it.
       const steps = [
@@ -261,7 +263,11 @@ describe("agents and commands: authority bounded by their creator's", () => {
           show: true,
         },
       ];
-      await c.agents.spawn("node", "w1", { args: [TREE_AGENT, JSON.stringify(steps)], rights, lifetimeMs: 120_000 });
+      await c.agents.spawn("node", "w1", {
+        args: [TREE_AGENT, JSON.stringify(steps)],
+        rights: AGENTS_AND_OPS,
+        lifetimeMs: 120_000,
+      });
       const report = await until(
         async () => {
           const out = Buffer.from((await c.agents.logs("agent://node/w1")).stdout).toString();
