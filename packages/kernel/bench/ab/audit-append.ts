@@ -10,8 +10,7 @@ import { generateKeyPairSync } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { pathToFileURL } from "node:url";
-import { abArgs, noopEntry } from "./common.js";
+import { abArgs, checkoutAudit, noopEntry } from "./common.js";
 
 const { other, here, records, rounds } = abArgs("audit-append.js", { records: 100_000, rounds: 3 });
 const key = generateKeyPairSync("ed25519").privateKey;
@@ -19,13 +18,7 @@ const dir = mkdtempSync(join(tmpdir(), "kpip-ab-append-"));
 try {
   for (let r = 0; r < rounds; r++) {
     for (const root of [resolve(other), here]) {
-      const dist = join(root, "packages/kernel/dist/src");
-      const { AuditLog } = (await import(
-        pathToFileURL(join(dist, "audit/log.js")).href
-      )) as typeof import("../../src/audit/log.js");
-      const { SqliteStore } = (await import(
-        pathToFileURL(join(dist, "store/sqlite.js")).href
-      )) as typeof import("../../src/store/sqlite.js");
+      const { AuditLog, SqliteStore } = await checkoutAudit(root);
       const path = join(dir, `r${r}-${root === here ? "here" : "other"}.db`);
       const store = new SqliteStore(path);
       const log = new AuditLog(store, "k-ab", key, { batchMax: 256, checkpointEvery: 10_000 });

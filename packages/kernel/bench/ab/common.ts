@@ -111,3 +111,16 @@ export async function checkoutKernel(root: string, prefix: string): Promise<Chec
     throw e;
   }
 }
+
+/** A checkout's own audit log and store classes (its built dist), to measure them side by side. */
+export async function checkoutAudit(root: string): Promise<{
+  AuditLog: typeof import("../../src/audit/log.js").AuditLog;
+  SqliteStore: typeof import("../../src/store/sqlite.js").SqliteStore;
+}> {
+  const dist = join(root, "packages/kernel/dist/src");
+  const { AuditLog } = (await import(pathToFileURL(join(dist, "audit/log.js")).href)) as typeof import("../../src/audit/log.js");
+  const { SqliteStore } = (await import(
+    pathToFileURL(join(dist, "store/sqlite.js")).href
+  )) as typeof import("../../src/store/sqlite.js");
+  return { AuditLog, SqliteStore };
+}

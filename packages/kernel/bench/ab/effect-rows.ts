@@ -19,7 +19,7 @@ import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { pathToFileURL } from "node:url";
 import type { AuditRow } from "../../src/store/types.js";
-import { abArgs, noopEntry } from "./common.js";
+import { abArgs, checkoutAudit, noopEntry } from "./common.js";
 
 const { other, here, records, rounds } = abArgs("effect-rows.js", { records: 50_000, rounds: 3 });
 const args = process.argv.slice(2);
@@ -64,13 +64,7 @@ try {
   for (let r = 0; r < rounds; r++) {
     for (let k = 0; k < roots.length; k++) {
       const root = roots[(r + k) % roots.length] as string;
-      const dist = join(root, "packages/kernel/dist/src");
-      const { AuditLog } = (await import(
-        pathToFileURL(join(dist, "audit/log.js")).href
-      )) as typeof import("../../src/audit/log.js");
-      const { SqliteStore } = (await import(
-        pathToFileURL(join(dist, "store/sqlite.js")).href
-      )) as typeof import("../../src/store/sqlite.js");
+      const { AuditLog, SqliteStore } = await checkoutAudit(root);
       const home = join(dir, `r${r}-${k}`);
       mkdirSync(home);
       const store = new SqliteStore(join(home, "kernel.db"));
@@ -111,7 +105,7 @@ try {
         store.effectAnswersSince(Math.max(0, log.headSeq - 65_536));
         const ms = Math.round(Number(process.hrtime.bigint() - t) / 1e4) / 100;
         const { recoverOutcomes } = (await import(
-          pathToFileURL(join(dist, "audit/recover-outcomes.js")).href
+          pathToFileURL(join(root, "packages/kernel/dist/src/audit/recover-outcomes.js")).href
         )) as typeof import("../../src/audit/recover-outcomes.js");
         const t1 = process.hrtime.bigint();
         const c1 = process.cpuUsage();
