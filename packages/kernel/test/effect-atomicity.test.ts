@@ -139,6 +139,16 @@ async function crashCase<P>(c: CrashCase<P>): Promise<void> {
 
 const healthRights = [{ ops: ["system.health"], targets: ["kernel://"] }];
 
+/** Runs `f` on the home's store, closed after. */
+function withStore<T>(home: string, f: (s: SqliteStore) => T): T {
+  const s = new SqliteStore(join(home, "kernel.db"));
+  try {
+    return f(s);
+  } finally {
+    s.close();
+  }
+}
+
 describe("an effect and its dedupe record commit together (PROTOCOL §11 rule 9)", () => {
   it("persona.register killed between effect and answer: the retry gets the recorded SUCCESS, not 'already registered'", async () => {
     const key = generateIdentity("carol").publicKey;
@@ -264,8 +274,7 @@ describe("an effect committed before its kernel was killed is on the record afte
         const t = await startKernel({}, home);
         await t.stop();
       }
-      const s = new SqliteStore(join(home, "kernel.db"));
-      try {
+      withStore(home, (s) => {
         assert.ok(verifyAudit(s).ok);
         const rows = s.queryAudit({ limit: 1000 });
         for (const [op, target] of [
@@ -296,9 +305,7 @@ describe("an effect committed before its kernel was killed is on the record afte
           }
         }
         assert.equal(answersNamingIntents(s.db), 0, "recorded now: their answers name their intent records no more");
-      } finally {
-        s.close();
-      }
+      });
     } finally {
       removeHome(home);
     }
@@ -324,8 +331,7 @@ describe("an effect committed before its kernel was killed is on the record afte
       }
       const t = await startKernel({}, home);
       await t.stop();
-      const s = new SqliteStore(join(home, "kernel.db"));
-      try {
+      withStore(home, (s) => {
         assert.ok(verifyAudit(s).ok);
         const mine = s.queryAudit({ op: "storage.write", limit: 100 }).filter((r) => r.target === "obj://crash/indexed");
         assert.deepEqual(
@@ -341,9 +347,7 @@ describe("an effect committed before its kernel was killed is on the record afte
           1,
           "still naming it: its outcome is on the log, where a later start finds it too",
         );
-      } finally {
-        s.close();
-      }
+      });
     } finally {
       removeHome(home);
     }
@@ -435,8 +439,7 @@ describe("an effect committed before its kernel was killed is on the record afte
       assert.equal(refused, 1, "the recovered record was appended, and its commit refused");
       const t = await startKernel({}, home);
       await t.stop();
-      const s = new SqliteStore(join(home, "kernel.db"));
-      try {
+      withStore(home, (s) => {
         assert.ok(verifyAudit(s).ok);
         const mine = s.queryAudit({ limit: 1000 }).filter((r) => r.op === "storage.write" && r.target === target);
         assert.deepEqual(
@@ -447,9 +450,7 @@ describe("an effect committed before its kernel was killed is on the record afte
           ],
           "the next start recorded the outcome the failed one could not, once",
         );
-      } finally {
-        s.close();
-      }
+      });
     } finally {
       removeHome(home);
     }
@@ -508,8 +509,7 @@ describe("many effects around the one a SIGKILL cut off: every outcome on the re
    * write whose effect never committed has its intent alone. Returns how many outcomes a start recovered.
    */
   function everyEffectRecordedOnce(home: string, targets: string[]): number {
-    const s = new SqliteStore(join(home, "kernel.db"));
-    try {
+    return withStore(home, (s) => {
       assert.ok(verifyAudit(s).ok);
       const byTarget = new Map<string, { phase: string; status: string | null; message: string | null }[]>();
       for (let seq = 1; ; ) {
@@ -546,9 +546,7 @@ describe("many effects around the one a SIGKILL cut off: every outcome on the re
           );
       }
       return recovered;
-    } finally {
-      s.close();
-    }
+    });
   }
 
   /** What a home of the kpip before this change looks like: the partial index, and the answers it had cleared. */
@@ -651,8 +649,7 @@ describe("an OS crash that loses the audit segment's unsynced tail after SQLite 
       truncateSync(newest, cut);
       const t = await startKernel({}, home);
       await t.stop();
-      const s = new SqliteStore(join(home, "kernel.db"));
-      try {
+      withStore(home, (s) => {
         assert.ok(verifyAudit(s).ok);
         const mine = s.queryAudit({ op: "storage.write", limit: 1000 }).filter((r) => r.target === `obj://os/${CUT}`);
         assert.deepEqual(
@@ -672,9 +669,7 @@ describe("an OS crash that loses the audit segment's unsynced tail after SQLite 
           ],
           "the write before it kept its own outcome record, and no other",
         );
-      } finally {
-        s.close();
-      }
+      });
     } finally {
       removeHome(home);
     }
