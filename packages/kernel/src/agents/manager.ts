@@ -118,9 +118,7 @@ export class AgentManager {
    * is not theirs; undefined when no agent runs as it (a late request of an ended one): none.
    */
   spawnOf(persona: string): string | null | undefined {
-    if (!isAgentPersona(persona)) return null;
-    for (const l of this.live.values()) if (l.persona === persona) return l.token.id;
-    return undefined;
+    return isAgentPersona(persona) ? this.spawnRecord(persona)?.spawn : null;
   }
 
   /** A running agent persona's agent and spawn (its token id), for its session's record. */
