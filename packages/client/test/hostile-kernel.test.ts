@@ -101,40 +101,46 @@ interface Script {
   welcomeRefused?: { index: number; code: string; message: string }[];
 }
 
-/** A kernel-side peer following `script`; `got` is every message the client sent it. */
-async function hostileKernel(script: Script): Promise<{ path: string; got: Message[]; close(): void }> {
+/** A kernel-side peer on a Unix socket in a temp directory: `onMessage` gets each message the client sends. */
+async function peerServer(
+  onMessage: (m: Message, s: net.Socket, stream: number) => void,
+): Promise<{ path: string; close(): void }> {
   const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
   const path = join(dir, "k.sock");
-  const got: Message[] = [];
   const server = net.createServer((s) => {
     const d = new FrameDecoder();
     s.on("error", () => {});
     s.on("data", (chunk) => {
-      for (const f of d.push(chunk)) {
-        const m = decodeMessage(f);
-        got.push(m);
-        if (m.type === "HELLO") {
-          s.write(challenge({ features: script.challengeFeatures ?? [] }));
-          for (const x of script.afterChallenge ?? []) s.write(encodeMessage(x, 1));
-        } else if (m.type === "ATTEST") {
-          for (const x of script.beforeWelcome ?? []) s.write(encodeMessage(x, 1));
-          const handles = script.welcomeHandles ?? m.body.tokens.map((_, i) => i + 1);
-          const persona = script.welcomePersona ?? "alice";
-          const refused = script.welcomeRefused;
-          s.write(encodeMessage({ type: "WELCOME", body: { persona, handles, ...(refused ? { refused } : {}) } }));
-        } else if (m.type === "REQUEST" && script.onRequest) s.write(script.onRequest);
-      }
+      for (const f of d.push(chunk)) onMessage(decodeMessage(f), s, f.stream);
     });
   });
   await new Promise<void>((r) => server.listen(path, r));
   return {
     path,
-    got,
     close: () => {
       server.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** A kernel-side peer following `script`; `got` is every message the client sent it. */
+async function hostileKernel(script: Script): Promise<{ path: string; got: Message[]; close(): void }> {
+  const got: Message[] = [];
+  const k = await peerServer((m, s) => {
+    got.push(m);
+    if (m.type === "HELLO") {
+      s.write(challenge({ features: script.challengeFeatures ?? [] }));
+      for (const x of script.afterChallenge ?? []) s.write(encodeMessage(x, 1));
+    } else if (m.type === "ATTEST") {
+      for (const x of script.beforeWelcome ?? []) s.write(encodeMessage(x, 1));
+      const handles = script.welcomeHandles ?? m.body.tokens.map((_, i) => i + 1);
+      const persona = script.welcomePersona ?? "alice";
+      const refused = script.welcomeRefused;
+      s.write(encodeMessage({ type: "WELCOME", body: { persona, handles, ...(refused ? { refused } : {}) } }));
+    } else if (m.type === "REQUEST" && script.onRequest) s.write(script.onRequest);
+  });
+  return { ...k, got };
 }
 
 const RESPONSE: Message = { type: "RESPONSE", body: { version: 1, id: 1, status: "SUCCESS" } };
@@ -283,32 +289,14 @@ describe("a kernel that names its shared-memory segments", () => {
 async function welcomingKernel(
   onMessage: (m: Message, s: net.Socket, stream: number) => void,
 ): Promise<{ path: string; close(): void }> {
-  const dir = mkdtempSync(join(tmpdir(), "kpip-hostile-"));
-  const path = join(dir, "k.sock");
-  const server = net.createServer((s) => {
-    const d = new FrameDecoder();
-    s.on("error", () => {});
-    s.on("data", (chunk) => {
-      for (const f of d.push(chunk)) {
-        const m = decodeMessage(f);
-        if (m.type === "HELLO") {
-          s.write(challenge({ heartbeatMs: 60_000 }));
-        } else if (m.type === "ATTEST") {
-          const handles = m.body.tokens.map((_, i) => i + 1);
-          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
-        } else if (m.type === "GOODBYE") s.end();
-        else onMessage(m, s, f.stream);
-      }
-    });
+  return peerServer((m, s, stream) => {
+    if (m.type === "HELLO") s.write(challenge({ heartbeatMs: 60_000 }));
+    else if (m.type === "ATTEST") {
+      const handles = m.body.tokens.map((_, i) => i + 1);
+      s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles } }));
+    } else if (m.type === "GOODBYE") s.end();
+    else onMessage(m, s, stream);
   });
-  await new Promise<void>((r) => server.listen(path, r));
-  return {
-    path,
-    close: () => {
-      server.close();
-      rmSync(dir, { recursive: true, force: true });
-    },
-  };
 }
 
 const success = (id: number, stream: number, payload?: CborValue) =>
