@@ -65,16 +65,28 @@ describe("client resilience", () => {
     await k.start();
     const uds = countingConnector(k.socket);
     let broken = false;
+    // The broken connector fails only once a call is waiting: failing at once could close the client
+    // before the call is made, which then meets "client is closed" instead of the bug.
+    let callWaiting!: () => void;
+    const waitingCall = new Promise<void>((r) => {
+      callWaiting = r;
+    });
     const connector: Connector = {
       transport: uds.transport,
       address: uds.address,
-      connect: (deadline) => (broken ? Promise.reject(new TypeError("a bug in the connector")) : uds.connect(deadline)),
+      connect: async (deadline) => {
+        if (!broken) return uds.connect(deadline);
+        await waitingCall;
+        throw new TypeError("a bug in the connector");
+      },
     };
     const c = await k.connect({ connector });
     t.after(() => c.close());
     broken = true;
     await k.kill();
+    await until(() => c.state === "reconnecting", undefined, "reconnecting");
     const waiting = c.system.health();
+    callWaiting();
     const e = await waiting.then(
       () => undefined,
       (x: unknown) => x,
