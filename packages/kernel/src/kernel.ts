@@ -9,7 +9,7 @@ import { checkDescriptorBudget } from "./kernel/fd-budget.js";
 import { startHousekeeping } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
-import { recordLateOutcomes } from "./kernel/storage-space.js";
+import { recordLateRecords } from "./kernel/storage-space.js";
 import { EVENT_HIGH_WATER_BYTES, GRPC_CLOSE_GRACE_MS } from "./limits.js";
 import { createLogger, type Logger } from "./log.js";
 import type { KernelMetrics } from "./metrics/metrics.js";
@@ -318,15 +318,25 @@ export class Kernel {
     await s.metrics.close();
     // Let handlers observe the abort and their outcome records land.
     await new Promise((r) => setImmediate(r));
-    // Effects committed while their outcome records found no room: written now if there is, else
-    // no kernel.stop record, so that the next start recovers them as after a kill.
-    await recordLateOutcomes(s.space, s.audit);
+    // Records that found no room (effects' outcomes, the kernel's own acts): written now if there
+    // is room; else no kernel.stop record when an effect's outcome is missing, so that the next
+    // start recovers it as after a kill (the kernel's acts cannot be recovered: counted in the log).
+    await recordLateRecords(s.space, s.audit);
+    const unwritten = s.space.lateDropped + s.space.lateCount;
     if (s.space.outcomesMissing)
       this.log.error(
-        { missing: s.space.lateDropped + s.space.takeLateOutcomes().length },
-        "outcome records of committed effects could not be written: no kernel.stop record, so the next start writes them",
+        { missing: unwritten },
+        "records of committed effects could not be written: no kernel.stop record, so the next start writes their outcomes",
       );
-    else s.records.record({ op: "kernel.stop", target: "kernel://", detail: { ...s.runDetail(), reason } });
+    else {
+      if (unwritten > 0)
+        this.log.error({ missing: unwritten }, "records of the kernel's own acts could not be written (its storage was full)");
+      s.records.record({
+        op: "kernel.stop",
+        target: "kernel://",
+        detail: { ...s.runDetail(), reason, ...(unwritten > 0 ? { unrecorded: unwritten } : {}) },
+      });
+    }
     await s.closeStorage();
     // Segments kept for a grace period after their session (a body not yet taken) would outlive
     // a kernel that exits first: their timers do not hold the process. Every session has ended.

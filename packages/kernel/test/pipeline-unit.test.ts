@@ -9,7 +9,7 @@ import { pino } from "pino";
 import { capabilities } from "../src/auth/capabilities.js";
 import { RootKeys } from "../src/auth/keys.js";
 import { verifyAudit } from "../src/index.js";
-import { LATE_OUTCOME, recordLateOutcomes, StorageSpace } from "../src/kernel/storage-space.js";
+import { LATE_OUTCOME, recordLateRecords, StorageSpace } from "../src/kernel/storage-space.js";
 import { createLogger } from "../src/log.js";
 import { Admission } from "../src/pipeline/admission.js";
 import { AFTER_COMMIT } from "../src/pipeline/pipeline.js";
@@ -526,7 +526,7 @@ describe("an effect whose outcome record finds no room (unit)", () => {
       assert.deepEqual(phases(), [["intent", null, null]], "the outcome is not on the record yet");
       assert.equal(space.outcomesMissing, true);
       // Room again (the kernel's probe record committed): the kept record goes on the chain.
-      await recordLateOutcomes(space, u.audit);
+      await recordLateRecords(space, u.audit);
       assert.equal(space.outcomesMissing, false);
       assert.deepEqual(phases(), [
         ["intent", null, null],

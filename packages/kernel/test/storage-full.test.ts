@@ -6,6 +6,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient, loadIdentity } from "@kpip/client";
+import { parseIdentity } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import { openAuditReader, verifyAudit } from "../src/index.js";
 import { isStorageFull } from "../src/kernel/storage-space.js";
@@ -73,7 +74,7 @@ interface Running {
 }
 
 /** `kpip kernel` on the small disk (its socket outside it), once it says it runs. */
-async function kernelOn(disk: SmallDisk, socket: string): Promise<Running> {
+async function kernelOn(disk: SmallDisk, socket: string, extra: string[] = []): Promise<Running> {
   const [cmd, ...pre] = disk.enter as [string, ...string[]];
   const child = spawn(
     cmd,
@@ -90,6 +91,7 @@ async function kernelOn(disk: SmallDisk, socket: string): Promise<Running> {
       "none",
       "--log-level",
       "info",
+      ...extra,
     ],
     { stdio: ["ignore", "pipe", "pipe"] },
   );
@@ -267,6 +269,148 @@ describe("the kernel's home on a full file system", { skip }, () => {
       }
     } finally {
       rmSync(socketDir, { recursive: true, force: true });
+      d.close();
+    }
+  });
+});
+
+/** One gauge's value from the kernel's /metrics (the banner names the address). */
+async function gauge(k: Running, name: string): Promise<number> {
+  const at = /metrics: +(http:\/\/\S+)/.exec(k.log())?.[1];
+  assert.ok(at, "the kernel serves /metrics");
+  const text = await (await fetch(at)).text();
+  const line = text.split("\n").find((l) => l.startsWith(`${name} `));
+  assert.ok(line, `${name} on /metrics`);
+  return Number(line.slice(name.length + 1));
+}
+
+const actsDisk = smallDisk(16);
+
+describe("what the kernel does while its storage is full", { skip: typeof actsDisk === "string" ? actsDisk : false }, () => {
+  it("ends an agent's authority and keeps ops' and agents' ends and its own records, written once there is room, saying when they happened", async () => {
+    const d = actsDisk as SmallDisk;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-full-acts-"));
+    const socket = join(dir, "k.sock");
+    const fifo = join(dir, "go");
+    const boot = join(dir, "boot");
+    assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+    const ops: string[] = [];
+    try {
+      await d.ready;
+      const k = await kernelOn(d, socket, ["--metrics-listen", "127.0.0.1:0"]);
+      try {
+        const c = await connect(d.root, socket);
+        // Commands and an agent that end only when the test says so: their ends come while the disk is full.
+        for (let i = 0; i < 8; i++) ops.push((await c.compute.command("sh", ["-c", `read x < ${fifo}`])).op);
+        // The agent hands its credentials out (a hostile agent may) before it waits.
+        const agent = await c.agents.spawn("sh", "w1", {
+          args: ["-c", `cat <&3 > ${boot}.tmp && mv ${boot}.tmp ${boot}; read x < ${fifo}`],
+          rights: [{ ops: ["system.*"], targets: ["kernel://"] }],
+          lifetimeMs: 600_000,
+        });
+        await until(
+          async () => (await Promise.all(ops.map((o) => c.ops.status(o)))).every((s) => s.state === "running"),
+          30_000,
+          "the commands running",
+        );
+        const creds = await until(
+          () => {
+            try {
+              return JSON.parse(readFileSync(boot, "utf8")) as { identity: string; token: string };
+            } catch {
+              return undefined;
+            }
+          },
+          30_000,
+          "the agent's credentials",
+        );
+        const asAgent = () =>
+          KernelClient.connect({ socket, identity: parseIdentity(creds.identity), tokens: [creds.token], reconnect: false });
+        const leaked = await asAgent();
+        assert.equal((await leaked.system.health()).status, "ok", "the credentials work while the agent runs");
+        await leaked.close();
+
+        writeFileSync(join(d.root, "filler-1"), Buffer.alloc(4 * 1024 * 1024));
+        const { bavail, bsize } = statfsSync(d.root);
+        writeFileSync(join(d.root, "filler-0"), Buffer.alloc(bavail * bsize - 2 * 1024 * 1024));
+        const refused = await fill(c, "small", 60_000, new Map());
+        assert.equal(refused.errorClass, "RESOURCE", refused.message);
+        // And what little room is left: small records until one is refused too.
+        for (let i = 0; i < 1000; i++) {
+          const e = await c.system.health().then(
+            () => undefined,
+            (x: Error & { errorClass?: string }) => x,
+          );
+          if (e) {
+            assert.equal(e.errorClass, "RESOURCE", e.message);
+            break;
+          }
+        }
+        assert.equal(await gauge(k, "kpip_storage_full"), 1);
+        // The commands and the agent end (end of file on their pipe): what records them finds no room and is kept.
+        writeFileSync(fifo, "");
+        await until(async () => (await gauge(k, "kpip_storage_kept")) > ops.length, 30_000, "the ends kept");
+
+        // Room again: the condition's end, then what was kept, on the record and in the store.
+        unlinkSync(join(d.root, "filler-1"));
+        await until(async () => (await gauge(k, "kpip_storage_kept")) === 0, 30_000, "what was kept written");
+        assert.equal(await gauge(k, "kpip_storage_full"), 0);
+        for (const o of ops) assert.equal((await c.ops.status(o)).state, "failed", "read met end of file: exit 1");
+        assert.equal((await c.agents.status(agent.agent as string)).state, "exited");
+        // The agent's credentials, handed out, end with it: its key is gone or its token revoked.
+        const after = await asAgent().then(
+          async (x) => {
+            try {
+              return await x.system.health().then(
+                () => "served",
+                (e: Error & { errorClass?: string }) => e.errorClass,
+              );
+            } finally {
+              await x.close();
+            }
+          },
+          (e: Error & { errorClass?: string }) => e.errorClass,
+        );
+        assert.ok(after === "AUTH" || after === "CAPABILITY", `the ended agent's credentials are refused: ${after}`);
+        await c.close();
+      } finally {
+        k.child.kill("SIGTERM");
+      }
+      assert.equal(await k.exited, 0, k.log());
+      const reader = openAuditReader(join(d.root, "kernel.db"));
+      try {
+        assert.equal(verifyAudit(reader).ok, true);
+        const rows: ReturnType<typeof reader.scanAudit> = [];
+        for (let got = reader.scanAudit(1, 1000); got.length > 0; got = reader.scanAudit((got.at(-1)?.seq ?? 0) + 1, 1000))
+          rows.push(...got);
+        const ended = rows.find((r) => r.op === "kernel.storage");
+        assert.ok(ended, "the condition's end is on the record");
+        const late = (r: { message: string | null; seq: number; time: number } | undefined, what: string) => {
+          assert.ok(r, `${what} is on the record`);
+          assert.ok(r.seq > ended.seq, `${what}: written after the condition ended`);
+          const at = /recorded late: the kernel's storage was full when this happened, at (\S+)$/.exec(r.message ?? "");
+          assert.ok(at, `${what} says it is late, and when it happened: ${r.message}`);
+          assert.ok(Date.parse(at[1] as string) <= r.time, `${what} happened before it was written`);
+        };
+        for (const o of ops) {
+          const last = rows.filter((r) => r.op === "op.state" && r.target === o).at(-1);
+          late(last, `${o}'s end`);
+          assert.match(String(last?.detail), /"state":"failed"/);
+        }
+        late(
+          rows.find((r) => r.op === "agent.exited"),
+          "the agent's end",
+        );
+        late(
+          rows.find((r) => r.op === "token.revoked"),
+          "the agent token's revocation",
+        );
+        assert.ok(rows.at(-1)?.op === "kernel.stop", "a clean stop: nothing left unwritten");
+      } finally {
+        reader.close();
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
       d.close();
     }
   });

@@ -14,6 +14,7 @@ import type { KernelAct } from "../audit/kernel-records.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
+import { isStorageFull } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
@@ -41,8 +42,11 @@ export interface AgentOptions {
   processes: ProcessTable;
   /** Takes the kernel end of an agent's inherited connection as a session. */
   accept(conn: Connection): void;
-  /** Puts an act of the kernel on the audit record (agent lifecycle, identities, revocations); returns its seq. */
-  record(act: KernelAct): number;
+  /**
+   * Puts an act of the kernel on the audit record (agent lifecycle, identities, revocations);
+   * returns its seq, and tells `written` its seq again if it is written late (a full disk).
+   */
+  record(act: KernelAct, written?: (seq: number) => void): number;
   /**
    * After the kernel revoked an agent's token (its end, a failed start, a lost agent): the
    * revocation fan-out, so what the agent started under it (commands, tasks, agents, uploads,
@@ -56,6 +60,8 @@ export interface AgentOptions {
    * as a removed persona's does: nothing it began outlives it for a later agent of its name.
    */
   onForgotten?(persona: string): void;
+  /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
+  storageFull?(e: unknown): void;
 }
 
 export interface SpawnRequest {
@@ -175,10 +181,16 @@ export class AgentManager {
    */
   private forget(persona: string, why: string, token?: string): void {
     if (!this.store.getPersona(persona)) return;
-    const freed = this.store.transaction(() => {
-      this.store.removePersona(persona);
-      return releaseAllocationsWithin(this.store, persona);
-    });
+    this.unforgotten.delete(persona);
+    let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
+    try {
+      freed = this.removeKey(persona);
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      // Its token is revoked in memory (revokeFor): the key goes once there is room (storeKept).
+      this.unforgotten.add(persona);
+      this.opts.storageFull?.(e);
+    }
     this.opts.record({
       op: "persona.removed",
       target: `persona://${persona}`,
@@ -190,17 +202,71 @@ export class AgentManager {
     this.opts.onForgotten?.(persona);
   }
 
+  private removeKey(persona: string): ReturnType<typeof releaseAllocationsWithin> {
+    return this.store.transaction(() => {
+      this.store.removePersona(persona);
+      return releaseAllocationsWithin(this.store, persona);
+    });
+  }
+
+  /**
+   * Agent personas whose key a full disk kept in the registry after the agent ended (their end is
+   * on the record, their token revoked, their sessions ended): removed once there is room.
+   */
+  private readonly unforgotten = new Set<string>();
+
+  /** What a full disk kept back of agents' ends (rows, keys), stored now if there is room (the housekeeping tick). */
+  storeKept(): void {
+    for (const [id, f] of this.keptRows) {
+      try {
+        this.store.updateAgent(id, f);
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        this.log.error({ err: e, agent: id }, "cannot record agent exit");
+      }
+      this.keptRows.delete(id);
+    }
+    for (const persona of this.unforgotten) {
+      // A later agent of the name runs: its spawn replaced the stale key already.
+      if (![...this.live.values()].some((l) => l.persona === persona) && this.store.getPersona(persona)) {
+        try {
+          this.removeKey(persona);
+        } catch (e) {
+          if (isStorageFull(e)) return;
+          this.log.error({ err: e, persona }, "cannot remove an ended agent's key");
+        }
+      }
+      this.unforgotten.delete(persona);
+    }
+  }
+
+  /** Agent row changes a full disk refused (an agent's end): stored once there is room ({@link storeKept}). */
+  private readonly keptRows = new Map<string, Partial<AgentRecord>>();
+
+  /** How many agents' ends (rows, keys) wait for room. */
+  get keptCount(): number {
+    return this.keptRows.size + this.unforgotten.size;
+  }
+
   /** The kernel revokes an agent's token, on the record with every token the revocation ended. */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
-    const r = this.tokens.revoke(tokenId, "kernel");
-    const seq = this.opts.record({
-      op: "token.revoked",
-      target: `token://${tokenId}`,
-      persona,
-      message: reason,
-      detail: { revoked: tokenId, ended: r.ended, reason },
-    });
-    if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
+    // In force now, even when a full disk refuses its row (stored once there is room).
+    const r = this.tokens.revokeNow(tokenId, "kernel");
+    const noted = (seq: number) => {
+      if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
+    };
+    noted(
+      this.opts.record(
+        {
+          op: "token.revoked",
+          target: `token://${tokenId}`,
+          persona,
+          message: reason,
+          detail: { revoked: tokenId, ended: r.ended, reason },
+        },
+        noted,
+      ),
+    );
     this.opts.onRevoked?.();
   }
 
@@ -367,8 +433,25 @@ export class AgentManager {
       stdout: live.out.stdout.bytes(),
       stderr: live.out.stderr.bytes(),
     };
-    try {
-      this.store.updateAgent(id, f);
+    // Each step on its own: a full disk refusing the row must not leave the agent's authority
+    // in force (its token, its key, what it started), as it did when the row's failure skipped the rest.
+    const step = (what: string, fn: () => void) => {
+      try {
+        fn();
+      } catch (e) {
+        this.log.error({ err: e, agent: id }, what);
+      }
+    };
+    step("cannot record agent exit", () => {
+      try {
+        this.store.updateAgent(id, f);
+      } catch (e) {
+        if (!isStorageFull(e)) throw e;
+        this.keptRows.set(id, f);
+        this.opts.storageFull?.(e);
+      }
+    });
+    step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",
         target: agentUri(id),
@@ -383,12 +466,10 @@ export class AgentManager {
           ...(live.killedBy ? { killedBy: live.killedBy } : {}),
         },
       });
-      // The agent's authority ends with it.
-      this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
-      this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId);
-    } catch (e) {
-      this.log.error({ err: e, agent: id }, "cannot record agent exit");
-    }
+    });
+    // The agent's authority ends with it.
+    step("cannot revoke an ended agent's token", () => this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`));
+    step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
       // keeps a bounded number (per spawner, sub-personas it registers would each keep as many).
@@ -452,7 +533,7 @@ export class AgentManager {
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
   registered(persona: string): boolean {
-    return this.store.getPersona(persona) !== undefined;
+    return !this.unforgotten.has(persona) && this.store.getPersona(persona) !== undefined;
   }
 
   /** Kills a running agent of `persona`'s (or any, for the admin). */
@@ -462,7 +543,10 @@ export class AgentManager {
 
   /** The agent as stored, with live output while it runs. */
   get(id: string): AgentRecord | undefined {
-    const a = this.store.getAgent(id);
+    const row = this.store.getAgent(id);
+    // What a full disk kept from the row is read over it (storeKept).
+    const kept = this.keptRows.get(id);
+    const a = row && kept ? { ...row, ...kept } : row;
     const live = this.live.get(id);
     if (a && live) {
       a.stdout = live.out.stdout.bytes();
@@ -473,7 +557,14 @@ export class AgentManager {
 
   /** A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first, after listing position `after`: metadata, never output. */
   list(spawner: string | undefined, after: number | undefined, limit: number, spawnerSpawn?: string | null): AgentSummary[] {
-    return this.store.listAgents(spawner, after, limit, spawnerSpawn);
+    const page = this.store.listAgents(spawner, after, limit, spawnerSpawn);
+    if (this.keptRows.size === 0) return page;
+    return page.map((a) => {
+      const kept = this.keptRows.get(a.id);
+      if (!kept) return a;
+      const { stdout: _o, stderr: _e, ...meta } = kept;
+      return { ...a, ...meta };
+    });
   }
 
   /** Forgets up to `limit` agents that ended before `before`, with their output (housekeeping, a slice at a time). */

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import type { Grant, Token } from "@kpip/protocol";
 import type { OpAuditState } from "../compute/engine.js";
+import type { StorageSpace } from "../kernel/storage-space.js";
 import type { OpRecord } from "../store/types.js";
 import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
 import type { AuditLog } from "./log.js";
@@ -20,25 +21,31 @@ export interface KernelAct {
 /**
  * The kernel's own acts on the audit record (phase "kernel"): start and stop, op state changes,
  * agent lifecycle, revocations it makes, derived tokens first used. Each returns the record's
- * sequence number. Appends are fire-and-forget: the act already happened; a closed log (the
- * kernel stopping) refuses them quietly.
+ * sequence number. Appends are fire-and-forget: the act already happened. A record refused room
+ * (a full disk) is kept by `space` and written once there is, its message saying when the act
+ * happened; a closed log (the kernel stopping) refuses them quietly.
  */
 export class KernelRecords {
-  constructor(private readonly audit: AuditLog) {}
+  constructor(
+    private readonly audit: AuditLog,
+    private readonly space?: Pick<StorageSpace, "lateAct">,
+  ) {}
 
-  record(a: KernelAct): number {
-    void this.audit
-      .append({
-        session: a.session ?? "kernel",
-        persona: a.persona ?? "-",
-        phase: "kernel",
-        op: a.op,
-        target: a.target,
-        status: "SUCCESS",
-        message: a.message ?? null,
-        detail: detailJson(a.detail),
-      })
-      .catch(() => {});
+  /** `written`: told the record's sequence number again if it is written late, under another one. */
+  record(a: KernelAct, written?: (seq: number) => void): number {
+    const row = this.audit.rowOf({
+      session: a.session ?? "kernel",
+      persona: a.persona ?? "-",
+      phase: "kernel",
+      op: a.op,
+      target: a.target,
+      status: "SUCCESS",
+      message: a.message ?? null,
+      detail: detailJson(a.detail),
+    });
+    void this.audit.appendRow(row).catch((e: unknown) => {
+      this.space?.lateAct(row, e, written);
+    });
     return this.audit.headSeq;
   }
 

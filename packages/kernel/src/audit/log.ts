@@ -130,35 +130,37 @@ export class AuditLog {
 
   /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
   append(entry: AuditEntry, dedupe?: DedupeRow): Promise<void> {
+    return this.appendRow(this.rowOf(entry), dedupe);
+  }
+
+  /** The row {@link appendRow} takes for `entry` (seq, time and the chain filled in when appended). */
+  rowOf(entry: AuditEntry): AuditRow {
     // One object per record: the hash is filled in once computed (no copy of 19 fields).
-    return this.appendRow(
-      {
-        seq: 0,
-        time: 0,
-        kernel: this.kernelId,
-        session: entry.session,
-        persona: entry.persona,
-        phase: entry.phase,
-        requestId: entry.requestId ?? null,
-        op: entry.op ?? null,
-        target: entry.target ?? null,
-        intentHash: entry.intentHash ?? null,
-        intent: entry.intent ?? null,
-        caps: entry.caps ?? null,
-        status: entry.status ?? null,
-        errorClass: entry.errorClass ?? null,
-        message: entry.message ?? null,
-        durationUs: entry.durationUs ?? null,
-        traceparent: entry.traceparent ?? null,
-        execution: entry.execution ?? null,
-        domain: entry.domain ?? null,
-        measurements: entry.measurements ?? null,
-        detail: entry.detail ?? null,
-        prevHash: PENDING_HASH,
-        hash: PENDING_HASH,
-      },
-      dedupe,
-    );
+    return {
+      seq: 0,
+      time: 0,
+      kernel: this.kernelId,
+      session: entry.session,
+      persona: entry.persona,
+      phase: entry.phase,
+      requestId: entry.requestId ?? null,
+      op: entry.op ?? null,
+      target: entry.target ?? null,
+      intentHash: entry.intentHash ?? null,
+      intent: entry.intent ?? null,
+      caps: entry.caps ?? null,
+      status: entry.status ?? null,
+      errorClass: entry.errorClass ?? null,
+      message: entry.message ?? null,
+      durationUs: entry.durationUs ?? null,
+      traceparent: entry.traceparent ?? null,
+      execution: entry.execution ?? null,
+      domain: entry.domain ?? null,
+      measurements: entry.measurements ?? null,
+      detail: entry.detail ?? null,
+      prevHash: PENDING_HASH,
+      hash: PENDING_HASH,
+    };
   }
 
   /**

@@ -1,4 +1,5 @@
 import type { Grant } from "@kpip/protocol";
+import { isStorageFull } from "../kernel/storage-space.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
@@ -38,6 +39,11 @@ export class Revocations {
    * what a revoked id covers; undefined: too many to list, the fan-out visits everything once.
    */
   private fresh: Set<string> | undefined = new Set();
+  /**
+   * The kernel's own revocations (an agent's end) whose row a full disk refused: in force from
+   * the moment they are made, kept in {@link reload}s, and stored once there is room ({@link storeKept}).
+   */
+  private readonly unstored = new Map<string, { by: string; at: number }>();
 
   constructor(private readonly store: TokenStore) {
     this.ids = new Set(store.revokedTokenIds());
@@ -92,7 +98,12 @@ export class Revocations {
   /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
   noteRecord(id: string, seq: number): void {
     this.remember(id, seq);
-    this.store.noteRevocationSeq(id, seq);
+    try {
+      this.store.noteRevocationSeq(id, seq);
+    } catch (e) {
+      // Only the messages of refusals after a restart would name it: never a reason to fail.
+      if (!isStorageFull(e)) throw e;
+    }
   }
 
   private remember(id: string, seq: number): void {
@@ -109,7 +120,14 @@ export class Revocations {
    * was still usable, what the audit record of the revocation lists — and the root when it was
    * revoked with `id`.
    */
-  revoke(id: string, by: string, now: number, family = true): { changed: boolean; ended: string[]; root?: string } {
+  revoke(
+    id: string,
+    by: string,
+    now: number,
+    family = true,
+    /** Outside any transaction (the kernel's own revocation): in force even when the store has no room for it yet. */
+    keepIfFull = false,
+  ): { changed: boolean; ended: string[]; root?: string } {
     const revokeOne = (t: string) =>
       this.revokeWith(
         t,
@@ -117,6 +135,7 @@ export class Revocations {
         now,
         () => this.store.tokensDerivedFrom(t),
         () => this.seenUnder(t),
+        keepIfFull,
       );
     const own = revokeOne(id);
     const root = family ? this.store.getToken(id)?.copyOf : undefined;
@@ -176,6 +195,7 @@ export class Revocations {
     now: number,
     derived: () => TokenRecord[],
     seen: () => [string, string[]][],
+    keepIfFull = false,
   ): { changed: boolean; ended: string[] } {
     const live = (ids: string[]) => !ids.some((x) => this.ids.has(x));
     const ended: string[] = [];
@@ -185,15 +205,43 @@ export class Revocations {
       for (const t of derived()) if (t.exp > now && live([...t.chain, t.id])) ended.push(t.id);
       for (const [d, up] of seen()) if (live(up)) ended.push(d);
     }
+    const known = this.ids.has(id);
     this.noteFresh(id);
     this.ids.add(id);
-    return { changed: this.store.revokeToken(id, by, now), ended };
+    try {
+      return { changed: this.store.revokeToken(id, by, now), ended };
+    } catch (e) {
+      if (!keepIfFull || !isStorageFull(e)) throw e;
+      if (!this.unstored.has(id)) this.unstored.set(id, { by, at: now });
+      return { changed: !known, ended };
+    }
+  }
+
+  /** Stores the revocations a full disk kept back, until one is refused again (the housekeeping tick). */
+  storeKept(): void {
+    for (const [id, r] of this.unstored) {
+      try {
+        this.store.revokeToken(id, r.by, r.at);
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        throw e;
+      }
+      this.unstored.delete(id);
+    }
+  }
+
+  /** How many revocations wait for room. */
+  get unstoredCount(): number {
+    return this.unstored.size;
   }
 
   /** Takes in what the store holds (revocations another process recorded; pruned ones forgotten when `reset`). */
   reload(reset = false): void {
     const before = reset ? new Set(this.ids) : this.ids;
-    if (reset) this.ids.clear();
+    if (reset) {
+      this.ids.clear();
+      for (const id of this.unstored.keys()) this.ids.add(id);
+    }
     for (const id of this.store.revokedTokenIds()) {
       // New to this process (revoked elsewhere): the fan-out reaches what it covers.
       if (!before.has(id)) this.noteFresh(id);

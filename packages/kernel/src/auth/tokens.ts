@@ -166,6 +166,24 @@ export class TokenService {
     return this.revoked.revoke(id, by, this.clock(), family);
   }
 
+  /**
+   * {@link revoke} by the kernel itself, outside any transaction (an agent's end): in force at
+   * once even when the store has no room for it, which is stored once there is ({@link storeKept}).
+   */
+  revokeNow(id: string, by: string): { changed: boolean; ended: string[]; root?: string } {
+    return this.revoked.revoke(id, by, this.clock(), true, true);
+  }
+
+  /** Stores the revocations a full disk kept back (the housekeeping tick). */
+  storeKept(): void {
+    this.revoked.storeKept();
+  }
+
+  /** How many revocations wait for room. */
+  get unstoredCount(): number {
+    return this.revoked.unstoredCount;
+  }
+
   /** Revokes each of `ids`, as {@link revoke} one by one would, in one pass over the store. */
   revokeAll(ids: readonly string[], by: string): { changed: number; ended: string[] } {
     return this.revoked.revokeAll(ids, by, this.clock());

@@ -5,6 +5,7 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
+import { isStorageFull } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -55,6 +56,8 @@ export interface CommandHost {
   hold(persona: string): () => void;
   /** Puts an op's state change on the audit record (`op.state`). */
   recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void;
+  /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
+  storageFull?(e: unknown): void;
 }
 
 /** The states an op's audit records name: its store state, with `created` for queued and `interrupted` for an op a kernel stop ended. */
@@ -110,6 +113,13 @@ export class ComputeEngine {
   private readonly queue: Job[] = [];
   private readonly pool: PooledWorker[] = [];
   private stopped = false;
+  /**
+   * Op row changes a full disk refused (an op started or ended meanwhile): what the op's persona
+   * reads ({@link current}), and stored once there is room ({@link storeKept}). Never more
+   * entries than ops in progress: without it, an op that ended on a full disk read "running" for
+   * good, and one that started then crashed the kernel from its predecessor's exit handler.
+   */
+  private readonly kept = new Map<string, Partial<OpRecord>>();
 
   constructor(
     private readonly store: OpStore,
@@ -334,11 +344,50 @@ export class ComputeEngine {
     return undefined;
   }
 
+  /** Updates an op's row; a change refused room is kept for later ({@link kept}), any other failure logged as `what`. */
+  private save(op: OpRecord, f: Partial<OpRecord>, what: string): void {
+    const before = this.kept.get(op.id);
+    const change = before ? { ...before, ...f } : f;
+    try {
+      this.store.updateOp(op.id, change);
+      this.kept.delete(op.id);
+    } catch (e) {
+      if (isStorageFull(e)) {
+        this.kept.set(op.id, change);
+        this.host.storageFull?.(e);
+      } else this.log.error({ err: e, op: op.id }, what);
+    }
+  }
+
+  /** Stores the op changes a full disk kept back, in order, until one is refused again (the housekeeping tick). */
+  storeKept(): void {
+    for (const [id, f] of this.kept) {
+      try {
+        this.store.updateOp(id, f);
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        this.log.error({ err: e, op: id }, "cannot record op state");
+      }
+      this.kept.delete(id);
+    }
+  }
+
+  /** How many op changes wait for room. */
+  get keptCount(): number {
+    return this.kept.size;
+  }
+
+  /** `op` (a row from the store) as it is: with what a full disk kept from its row. */
+  current<T extends { id: string }>(op: T): T {
+    const f = this.kept.get(op.id);
+    return f ? { ...op, ...f } : op;
+  }
+
   private start(job: Job): void {
     const op = job.op;
     op.state = "running";
     op.startedAt = Date.now();
-    this.store.updateOp(op.id, { state: "running", startedAt: op.startedAt });
+    this.save(op, { state: "running", startedAt: op.startedAt }, "cannot record op start");
     this.host.recordState?.(op, "running", "created");
     const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
     if (op.kind === "command") this.runCommand(job, remaining, job.command ?? { grant: undefined, network: false });
@@ -519,11 +568,7 @@ export class ComputeEngine {
       f.message = "the kernel stopped while the op was running";
     }
     Object.assign(op, f);
-    try {
-      this.store.updateOp(op.id, f);
-    } catch (e) {
-      this.log.error({ err: e, op: op.id }, "cannot record op outcome");
-    }
+    this.save(op, f, "cannot record op outcome");
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.
@@ -559,6 +604,8 @@ export class ComputeEngine {
     for (const j of this.queue.splice(0)) this.finish(j.op, "failed", null);
     await Promise.all(this.pool.map((w) => w.worker.terminate()));
     this.pool.length = 0;
+    // Room since the last tick: the outcomes stored now, else the next start fails them as interrupted (their records say how they ended).
+    this.storeKept();
   }
 }
 

@@ -150,7 +150,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     sandbox = openSandbox(c, log, input.bwrapPath, input.configFile, input.scratchRemover);
     const box = sandbox;
     const runDetail = () => ({ version: KERNEL_VERSION, configDigest: configDigest(c), sandbox: box.mode });
-    const records = new KernelRecords(audit);
+    const records = new KernelRecords(audit, home.space);
     // The token root keys: a change the kernel meets while it runs (a rotation, a retirement, a
     // file replaced or damaged by someone with the home) is on the record, not only in the log.
     const rootKeys = new RootKeys(
@@ -379,6 +379,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         processes,
         hold: (persona) => ledger.hold(persona),
         recordState: (op, state, from) => records.opState(op, state, from),
+        storageFull: (e) => home.space.failed(e),
       },
     );
     for (const [name, reg] of input.tasks) compute.registerTask(name, reg);
@@ -401,7 +402,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),
-        record: (act) => records.record(act),
+        record: (act, written) => records.record(act, written),
+        storageFull: (e) => home.space.failed(e),
         // What the agent started under its token ends with it (revocation.ts).
         onRevoked: () => revoked(),
         // As a removed persona's (expulsion.ts): its sessions end, whoever holds them, and what it
@@ -451,6 +453,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       walBackground: () => home.checkpointer.background,
       storageFailed: () => home.store.failure !== undefined,
       storageFull: () => home.space.full,
+      keptForRoom: () => home.space.lateCount + compute.keptCount + agents.keptCount + tokens.unstoredCount,
       auditUnindexed: () => store.auditUnindexed,
       shmBytes: () => shmBudget.bytes,
     });

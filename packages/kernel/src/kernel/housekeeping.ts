@@ -9,7 +9,7 @@ import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
 import { PrunerFailures } from "./pruner-failures.js";
-import { recordLateOutcomes } from "./storage-space.js";
+import { recordLateRecords } from "./storage-space.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -63,6 +63,7 @@ export function startHousekeeping(
     flushSuppressedHandshakes(s);
     s.audit.checkpointIfDue(now);
     storageProbe(s);
+    storeKept(s, log);
     // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall);
     // the first pass after a start walks the whole table (what expired while the kernel was down).
     if (lastPrune === 0) dedupePruner.sweep(now);
@@ -133,11 +134,26 @@ function storageProbe(s: KernelServices): void {
     .then(
       () => {
         s.space.ended();
-        // Room again: the outcome records of effects committed meanwhile go on the record.
-        if (!s.space.full) void recordLateOutcomes(s.space, s.audit);
+        // Room again: the records kept meanwhile (effects' outcomes, the kernel's acts) go on the record.
+        if (!s.space.full) void recordLateRecords(s.space, s.audit);
       },
       (e) => s.space.probeFailed(e),
     );
+}
+
+/**
+ * What a full disk refused and the kernel keeps in force meanwhile — ops' and agents' ends, the
+ * kernel's revocations, ended agents' keys — stored as soon as there is room (each stops at its
+ * first refusal: a tick on a full disk costs a failed write or three).
+ */
+function storeKept(s: KernelServices, log: Logger): void {
+  try {
+    s.tokens.storeKept();
+    s.agents.storeKept();
+    s.compute.storeKept();
+  } catch (e) {
+    log.error({ err: e }, "cannot store what the full disk kept back");
+  }
 }
 
 /** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */

@@ -67,13 +67,26 @@ export class RepeatedFailureLog {
 }
 
 /**
- * Most outcome records kept for later (each a few hundred bytes): past it, the effects' outcomes
- * are left to the next start's recovery (the kernel then writes no kernel.stop record).
+ * Most records kept for later (each a few hundred bytes): past it, effects' outcomes are left to
+ * the next start's recovery (the kernel then writes no kernel.stop record); the kernel's own acts
+ * past it are lost, and the stop says how many.
  */
-export const MAX_LATE_OUTCOMES = 16_384;
+export const MAX_LATE_RECORDS = 16_384;
 
 /** What a late outcome record says besides its own message: why it comes later than its effect. */
 export const LATE_OUTCOME = "recorded late: the kernel's storage was full when the effect committed";
+
+/** What a late record of the kernel's own act adds to its message: when the act happened (its record's time is when it was written). */
+export function lateActMessage(message: string | null, at: number): string {
+  const why = `recorded late: the kernel's storage was full when this happened, at ${new Date(at).toISOString()}`;
+  return message ? `${message}; ${why}` : why;
+}
+
+/** A record kept for later, and who is told the sequence number it gets once written. */
+interface LateRecord {
+  row: AuditRow;
+  written?: (seq: number) => void;
+}
 
 /** How long after the last write refused room the kernel tries to put the condition's end on the record (ms). */
 export const FULL_HOLD_MS = 2_000;
@@ -161,35 +174,73 @@ export class StorageSpace {
   }
 
   /**
-   * Outcome records of effects that committed with their answer while their own record could
-   * not be (no room): written once there is ({@link takeLateOutcomes}), so that no effect stays
-   * off the record after the kernel stops cleanly (a start recovers outcomes only after a kill).
+   * Records that could not be committed for lack of room and must not be lost: the outcome
+   * records of effects that committed with their answer, and the kernel's own acts (op state,
+   * agent lifecycle, revocations: what happened whether or not it was recorded). Written once
+   * there is room ({@link recordLateRecords}), in the order they failed, so that nothing the
+   * kernel did stays off the record after it stops cleanly (a start recovers effects' outcomes,
+   * and only after a kill).
    */
-  private late: AuditRow[] = [];
-  /** Late outcome records not kept ({@link MAX_LATE_OUTCOMES}): the stop leaves them to the next start. */
+  private late: LateRecord[] = [];
+  /** Records not kept ({@link MAX_LATE_RECORDS}), or whose late commit failed for another cause. */
   lateDropped = 0;
+  /** Of {@link lateDropped}, the outcomes of effects (the next start recovers them). */
+  private lateOutcomesDropped = 0;
 
-  /** `row`'s commit failed with `e`: kept for later when for lack of room (true), else the caller's. */
+  /** An effect's outcome `row`'s commit failed with `e`: kept for later when for lack of room (true), else the caller's. */
   lateOutcome(row: AuditRow, e: unknown): boolean {
     if (!isStorageFull(e)) return false;
-    if (this.late.length >= MAX_LATE_OUTCOMES) this.lateDropped++;
-    else {
-      if (!row.message) row.message = LATE_OUTCOME;
-      this.late.push(row);
-    }
+    if (!row.message) row.message = LATE_OUTCOME;
+    if (!this.keep({ row })) this.lateOutcomesDropped++;
     return true;
   }
 
-  /** The outcome records waiting for room, handed over (the caller gives back what fails again). */
-  takeLateOutcomes(): AuditRow[] {
+  /**
+   * The kernel's own act `row` (phase "kernel") could not be committed (`e`): kept for later when
+   * for lack of room (true; `written` is told the sequence number it gets then), else the caller's.
+   */
+  lateAct(row: AuditRow, e: unknown, written?: (seq: number) => void): boolean {
+    if (!isStorageFull(e)) return false;
+    row.message = lateActMessage(row.message, row.time);
+    this.keep(written ? { row, written } : { row });
+    return true;
+  }
+
+  private keep(r: LateRecord): boolean {
+    if (this.late.length >= MAX_LATE_RECORDS) {
+      this.lateDropped++;
+      return false;
+    }
+    this.late.push(r);
+    return true;
+  }
+
+  /** The records waiting for room, handed over (the caller gives back what fails again: {@link giveBack}). */
+  takeLate(): LateRecord[] {
     const l = this.late;
     this.late = [];
     return l;
   }
 
-  /** Whether outcome records of committed effects are missing from the log (kept, or dropped). */
+  /** A late record whose commit failed again (`e`): kept again when for lack of room, else counted dropped. */
+  giveBack(r: LateRecord, e: unknown): void {
+    if (!isStorageFull(e) || !this.keep(r)) {
+      this.lateDropped++;
+      if (r.row.phase === "outcome") this.lateOutcomesDropped++;
+    }
+  }
+
+  /** How many records are kept waiting for room. */
+  get lateCount(): number {
+    return this.late.length;
+  }
+
+  /**
+   * Whether outcome records of committed effects are missing from the log (kept, or dropped): a
+   * stop then writes no kernel.stop, so that the next start recovers them.
+   */
   get outcomesMissing(): boolean {
-    return this.late.length > 0 || this.lateDropped > 0;
+    return this.lateOutcomesDropped > 0 || this.late.some((r) => r.row.phase === "outcome");
   }
 
   /** The probe's record committed: the condition has ended (unless a write was refused room since it was taken). */
@@ -205,17 +256,18 @@ export class StorageSpace {
 }
 
 /**
- * Appends the outcome records kept while the storage was full (a row whose commit fails again is
- * given back to `space`, or counted dropped if that failure was no lack of room). Resolves once
- * each commit settled.
+ * Appends the records kept while the storage was full, in the order they failed (a row whose
+ * commit fails again is given back to `space`, or counted dropped if that failure was no lack of
+ * room). Resolves once each commit settled.
  */
-export async function recordLateOutcomes(space: StorageSpace, audit: { appendRow(row: AuditRow): Promise<void> }): Promise<void> {
-  const rows = space.takeLateOutcomes();
+export async function recordLateRecords(space: StorageSpace, audit: { appendRow(row: AuditRow): Promise<void> }): Promise<void> {
+  const kept = space.takeLate();
   await Promise.all(
-    rows.map((row) =>
-      audit.appendRow(row).catch((e) => {
-        if (!space.lateOutcome(row, e)) space.lateDropped++;
-      }),
+    kept.map((r) =>
+      audit.appendRow(r.row).then(
+        () => r.written?.(r.row.seq),
+        (e) => space.giveBack(r, e),
+      ),
     ),
   );
 }

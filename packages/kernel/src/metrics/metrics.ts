@@ -100,6 +100,8 @@ export class KernelMetrics {
     storageFailed?: () => boolean;
     /** Whether the kernel's storage is full (a write refused room, the condition not yet ended: kernel/storage-space.ts). */
     storageFull?: () => boolean;
+    /** Audit records and rows a full disk refused, kept in force and written once there is room (kernel/storage-space.ts). */
+    keptForRoom?: () => number;
     /** Bytes the kernel's shared-memory segments hold (pages in /dev/shm). */
     shmBytes?: () => number;
     /** Audit records in the journal and not yet in SQLite (docs/architecture.md, the audit journal). */
@@ -191,6 +193,14 @@ export class KernelMetrics {
       registers,
       collect() {
         this.set(gauges.storageFull?.() ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: "kpip_storage_kept",
+      help: "Audit records (effects' outcomes, the kernel's own acts) and rows (ops' and agents' ends, the kernel's revocations) a full disk refused: in force, written once there is room",
+      registers,
+      collect() {
+        this.set(gauges.keptForRoom?.() ?? 0);
       },
     });
     new Gauge({

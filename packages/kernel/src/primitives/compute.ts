@@ -29,9 +29,11 @@ export type SpawnOf = (persona: string) => string | null | undefined;
  * may cancel every op); another persona's op is reported as absent, and so is one an earlier
  * agent of the caller's name (its persona id) submitted.
  */
-function ownOp(store: OpStore, ctx: OpContext, admin: string, spawnOf: SpawnOf): OpRecord {
+function ownOp(store: OpStore, engine: ComputeEngine, ctx: OpContext, admin: string, spawnOf: SpawnOf): OpRecord {
   const id = ctx.target.segments.join("/");
-  const op = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
+  const row = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
+  // What a full disk kept from the row is read over it (ComputeEngine.current).
+  const op = row && engine.current(row);
   if (!op || (ctx.persona !== admin && (op.persona !== ctx.persona || op.spawn !== spawnOf(ctx.persona))))
     throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
   return op;
@@ -106,11 +108,11 @@ export function computeFamily(
         },
       }),
       implement(opStatusOp, {
-        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, ctx, admin, spawnOf)) }),
+        handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, engine, ctx, admin, spawnOf)) }),
       }),
       implement(opResult, {
         handler: (ctx): OpResult => {
-          const op = ownOp(store, ctx, admin, spawnOf);
+          const op = ownOp(store, engine, ctx, admin, spawnOf);
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
@@ -126,9 +128,12 @@ export function computeFamily(
       }),
       implement(opCancel, {
         handler: (ctx) => {
-          const op = ownOp(store, ctx, admin, spawnOf);
+          const op = ownOp(store, engine, ctx, admin, spawnOf);
           const cancelled = engine.cancel(op.id);
-          return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
+          return {
+            status: "SUCCESS",
+            payload: { op: `op://${op.id}`, cancelled, state: engine.current(store.getOp(op.id) ?? op).state },
+          };
         },
       }),
       implement(opList, {
@@ -141,7 +146,13 @@ export function computeFamily(
             !all && spawn === undefined ? [] : store.listOps(all ? undefined : ctx.persona, page.limit + 1, page.after, spawn);
           const describe = (op: OpSummary) =>
             all ? { ...statusPayload(op), persona: op.persona, ...(op.spawn ? { spawn: op.spawn } : {}) } : statusPayload(op);
-          return pageAnswer(ops, page, "ops", describe, (op) => page.seal(op.seq));
+          return pageAnswer(
+            ops.map((op) => engine.current(op)),
+            page,
+            "ops",
+            describe,
+            (op) => page.seal(op.seq),
+          );
         },
       }),
     ],

@@ -1,0 +1,85 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { until } from "@kpip/protocol/testing";
+import { pino } from "pino";
+import { type CommandHost, ComputeEngine } from "../src/compute/engine.js";
+import { DEFAULT_EVENT_LIMITS, EventBus } from "../src/events/bus.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+
+const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+
+/** ENOSPC, as a full file system refuses a write (what SQLite's own SQLITE_FULL is taken for too). */
+const noRoom = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+
+describe("ops on a full disk (unit: the disk's refusal at exactly an op's start and end cannot be timed from outside)", () => {
+  it("an op that ends, and a queued one that starts, while the store has no room: no crash, each reads as it is, stored once there is room", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
+    const store = new SqliteStore(join(home, "kernel.db"));
+    let full = false;
+    const updateOp = store.updateOp.bind(store);
+    store.updateOp = (id, f) => {
+      if (full) throw noRoom();
+      updateOp(id, f);
+    };
+    const refused: unknown[] = [];
+    const host = {
+      sandbox: {},
+      processes: {},
+      hold: () => () => {},
+      storageFull: (e: unknown) => refused.push(e),
+    } as unknown as CommandHost;
+    const engine = new ComputeEngine(
+      store,
+      new EventBus(DEFAULT_EVENT_LIMITS),
+      {
+        workers: 1,
+        resultTtlMs: 60_000,
+        maxFinishedPerPersona: 100,
+        resultGraceMs: 60_000,
+        maxOutputBytes: 1024,
+        maxRuntimeMs: 60_000,
+        maxPendingPerPersona: 10,
+        maxPending: 10,
+      },
+      pino({ level: "silent" }),
+      host,
+    );
+    engine.registerTask("gate", { module: TASKS, export: "gate" });
+    const gate = join(home, "open");
+    try {
+      // One worker: the first op runs, the second waits for it.
+      const first = engine.submit("alice", "s1", "task", "gate", gate, undefined);
+      const second = engine.submit("alice", "s1", "task", "gate", `${gate}-never`, undefined);
+      await until(() => store.getOp(first.id)?.state === "running", 30_000, "the first op running");
+      assert.equal(store.getOp(second.id)?.state, "queued");
+
+      full = true;
+      writeFileSync(gate, "");
+      // The first ends and the second starts on the worker it freed; neither row could be written.
+      await until(() => engine.current(store.getOp(first.id) ?? first).state === "succeeded", 30_000, "the first op's end");
+      await until(() => engine.current(store.getOp(second.id) ?? second).state === "running", 30_000, "the second op's start");
+      assert.equal(store.getOp(first.id)?.state, "running", "the store still has the row as it was");
+      assert.equal(engine.keptCount, 2);
+      assert.ok(refused.length >= 2, "the full disk is reported, not logged as a failure");
+
+      // Still no room: nothing lost.
+      engine.storeKept();
+      assert.equal(engine.keptCount, 2);
+      full = false;
+      engine.storeKept();
+      assert.equal(engine.keptCount, 0);
+      assert.equal(store.getOp(first.id)?.state, "succeeded");
+      assert.ok(store.getOp(first.id)?.result, "with its result");
+      assert.equal(store.getOp(second.id)?.state, "running");
+      assert.ok(existsSync(gate));
+    } finally {
+      await engine.stop();
+      store.close();
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
