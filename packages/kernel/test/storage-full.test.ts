@@ -120,6 +120,21 @@ function connect(root: string, socket: string): Promise<KernelClient> {
   });
 }
 
+/** The home's whole audit record, once it verified. */
+function verifiedRecords(root: string): ReturnType<ReturnType<typeof openAuditReader>["scanAudit"]> {
+  const reader = openAuditReader(join(root, "kernel.db"));
+  try {
+    assert.equal(verifyAudit(reader).ok, true);
+    const rows: ReturnType<typeof reader.scanAudit> = [];
+    for (let got = reader.scanAudit(1, 1000); got.length > 0; got = reader.scanAudit((got.at(-1)?.seq ?? 0) + 1, 1000))
+      rows.push(...got);
+    assert.equal(rows.length, reader.countAudit());
+    return rows;
+  } finally {
+    reader.close();
+  }
+}
+
 /** Writes `size`-byte bodies until one is refused; the refusal and the names acknowledged. */
 async function fill(
   c: KernelClient,
@@ -248,14 +263,9 @@ describe("the kernel's home on a full file system", { skip }, () => {
         next.child.kill("SIGTERM");
       }
       assert.equal(await next.exited, 0, next.log());
-      const reader = openAuditReader(join(d.root, "kernel.db"));
-      try {
-        assert.equal(verifyAudit(reader).ok, true);
+      {
         // Every acknowledged write has its SUCCESS outcome on the record; the episode's end is there too.
-        const rows: ReturnType<typeof reader.scanAudit> = [];
-        for (let got = reader.scanAudit(1, 1000); got.length > 0; got = reader.scanAudit((got.at(-1)?.seq ?? 0) + 1, 1000))
-          rows.push(...got);
-        assert.equal(rows.length, reader.countAudit());
+        const rows = verifiedRecords(d.root);
         const recorded = new Set(
           rows.filter((r) => r.op === "storage.write" && r.phase === "outcome" && r.status === "SUCCESS").map((r) => r.target),
         );
@@ -264,8 +274,6 @@ describe("the kernel's home on a full file system", { skip }, () => {
           rows.some((r) => r.op === "kernel.storage"),
           "the end of the full condition is on the record",
         );
-      } finally {
-        reader.close();
       }
     } finally {
       rmSync(socketDir, { recursive: true, force: true });
@@ -377,12 +385,8 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
         k.child.kill("SIGTERM");
       }
       assert.equal(await k.exited, 0, k.log());
-      const reader = openAuditReader(join(d.root, "kernel.db"));
-      try {
-        assert.equal(verifyAudit(reader).ok, true);
-        const rows: ReturnType<typeof reader.scanAudit> = [];
-        for (let got = reader.scanAudit(1, 1000); got.length > 0; got = reader.scanAudit((got.at(-1)?.seq ?? 0) + 1, 1000))
-          rows.push(...got);
+      {
+        const rows = verifiedRecords(d.root);
         const ended = rows.find((r) => r.op === "kernel.storage");
         assert.ok(ended, "the condition's end is on the record");
         const late = (r: { message: string | null; seq: number; time: number } | undefined, what: string) => {
@@ -406,8 +410,6 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
           "the agent token's revocation",
         );
         assert.ok(rows.at(-1)?.op === "kernel.stop", "a clean stop: nothing left unwritten");
-      } finally {
-        reader.close();
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });
