@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import tls from "node:tls";
 import { fileURLToPath } from "node:url";
-import { KernelClient } from "@kpip/client";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import { pino } from "pino";
 import { ConfigError, Kernel, resolveConfig } from "../src/index.js";
 import {
@@ -19,9 +19,10 @@ import {
   descriptorNeed,
 } from "../src/kernel/fd-budget.js";
 import { peerKey } from "../src/session/peer-key.js";
+import { SHM_LINGER_MAX } from "../src/session/shm-budget.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
-import { adminIdentity, removeHome, until, withKernel } from "./harness.js";
+import { adminIdentity, connectAdminOf, removeHome, until, withKernel } from "./harness.js";
 import { H2_PREFACE, h2Frame, onH2Frames } from "./wire.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
@@ -421,14 +422,16 @@ describe("gRPC bounds against the open-file limit", () => {
       assert.match(r.stderr, /RLIMIT_NOFILE 1024/);
       assert.match(r.stderr, /grpcMaxConnections 1024/);
       assert.match(r.stderr, /ulimit -n \d+/);
-      // 64 + 128 + 256 + 4 × 64 agents + 2 × 0 commands + 128 = 832: it starts and listens.
+      // 64 + 32 + 100 + 4 × 64 agents + 2 × 0 commands + (2 × 100 + 32 + 64) segments + 128 = 876: it starts and listens.
       const k = spawn(
         "sh",
         under1024(home, [
           "--grpc-max-connections",
           "64",
+          "--preauth-per-transport",
+          "32",
           "--max-sessions",
-          "256",
+          "100",
           "--max-processes",
           "64",
           "--log-level",
@@ -458,18 +461,90 @@ describe("gRPC bounds against the open-file limit", () => {
   const config = (flags: Record<string, unknown>) =>
     resolveConfig({ flags: { home: join(tmpdir(), "kpip-no-home"), grpcListen: "127.0.0.1:0", ...flags } });
 
+  it("counts the shared-memory segments a Unix-socket session holds: under RLIMIT_NOFILE at the need, 96 sessions carrying bodies both ways leave a gRPC client and a new session served", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-nofile-"));
+    const bounds = { grpcMaxConnections: 4, preauthPerTransport: 8, maxSessions: 100, maxProcesses: 1, maxAgents: 1 };
+    // What the start check asks of this configuration, and not one descriptor more.
+    const limit = descriptorNeed(config(bounds)).total;
+    const flags = Object.entries(bounds).flatMap(([k, v]) => [
+      `--${k.replace(/[A-Z]/g, (m) => `-${m.toLowerCase()}`)}`,
+      String(v),
+    ]);
+    const k = spawn(
+      "sh",
+      [
+        "-c",
+        `ulimit -n ${limit} && exec "$0" "$@"`,
+        process.execPath,
+        MAIN,
+        "kernel",
+        "--home",
+        home,
+        "--grpc-listen",
+        "127.0.0.1:0",
+        ...flags,
+        "--log-level",
+        "info",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    k.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    k.stderr.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    const clients: KernelClient[] = [];
+    try {
+      await until(() => /"grpc":"127\.0\.0\.1:\d+"/.test(out) || k.exitCode !== null, 30_000, "the kernel to listen");
+      assert.equal(k.exitCode, null, out);
+      const address = (/"grpc":"(127\.0\.0\.1:\d+)"/.exec(out) as RegExpExecArray)[1] as string;
+      const body = Buffer.alloc(100_000, 7);
+      /** A new Unix-socket session that sends a body through its segment and gets one back through the kernel's. */
+      const bothWays = async (i: number) => {
+        const c = await connectAdminOf(home);
+        clients.push(c);
+        await c.storage.write(`obj://fd/${i}`, body);
+        assert.ok(Buffer.from((await c.storage.read(`obj://fd/${i}`)).data).equals(body));
+        assert.deepEqual(c.shmFrames, { sent: 1, received: 1 }, `session ${i}: both bodies went through the segments`);
+      };
+      // Each holds its socket and two segments in the kernel: three descriptors, not one.
+      for (let i = 0; i < 96; i++) await bothWays(i);
+      const g = await KernelClient.connect({
+        grpc: { address, insecure: true },
+        identity: loadIdentity(join(home, "admin.identity")),
+        tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+        reconnect: false,
+      });
+      clients.push(g);
+      await g.storage.write("obj://fd/grpc", Buffer.alloc(300_000, 1));
+      assert.equal((await g.storage.stat("obj://fd/grpc")).size, 300_000);
+      await bothWays(96);
+      assert.doesNotMatch(out, /EMFILE/);
+    } finally {
+      for (const c of clients) await c.close().catch(() => {});
+      k.kill("SIGTERM");
+      await new Promise((r) => (k.exitCode !== null ? r(undefined) : k.once("exit", r)));
+      removeHome(home);
+    }
+  });
+
   it("counts each descriptor once: gRPC connections (a gRPC handshake is a stream on one), Unix-socket handshakes, sessions, and each process that can run at once by its kind", () => {
     const c = config({ grpcMaxConnections: 100, preauthPerTransport: 10, maxSessions: 20, maxAgents: 3, maxProcesses: 8 });
     const n = descriptorNeed(c);
-    assert.deepEqual(n, { grpc: 100, handshakes: 10, sessions: 20, agents: 3, commands: 5, total: n.total });
-    assert.equal(n.total, 100 + 10 + 20 + DESCRIPTORS_PER_AGENT * 3 + DESCRIPTORS_PER_COMMAND * 5 + DESCRIPTOR_MARGIN);
+    const segments = 2 * 20 + 10 + SHM_LINGER_MAX;
+    assert.deepEqual(n, { grpc: 100, handshakes: 10, sessions: 20, agents: 3, commands: 5, segments, total: n.total });
+    assert.equal(n.total, 100 + 10 + 20 + DESCRIPTORS_PER_AGENT * 3 + DESCRIPTORS_PER_COMMAND * 5 + segments + DESCRIPTOR_MARGIN);
+    // Shared memory off: no segment.
+    assert.equal(descriptorNeed(config({ maxSessions: 20, shmThreshold: 0 })).segments, 0);
     // maxAgents above maxProcesses: no more agents than processes, and no commands beside them.
     const few = descriptorNeed(config({ maxAgents: 64, maxProcesses: 16 }));
     assert.deepEqual([few.agents, few.commands], [16, 0]);
     // The defaults: 64 agents and 192 commands (maxProcesses 256), not 64 agents alone.
     const d = descriptorNeed(config({}));
     assert.deepEqual([d.agents, d.commands], [64, 192]);
-    assert.equal(d.total, 1024 + 128 + d.sessions + 4 * 64 + 2 * 192 + DESCRIPTOR_MARGIN);
+    assert.equal(d.total, 1024 + 128 + d.sessions + 4 * 64 + 2 * 192 + (2 * 1024 + 128 + SHM_LINGER_MAX) + DESCRIPTOR_MARGIN);
   });
 
   it("refuses exactly past the limit, naming each part and the gRPC bound that would fit; without gRPC it asks nothing", () => {
@@ -484,6 +559,7 @@ describe("gRPC bounds against the open-file limit", () => {
         e.message.includes("grpcMaxConnections 100 + preauthPerTransport 10 + maxSessions 20") &&
         e.message.includes("4 × 3 agents") &&
         e.message.includes("2 × 5 commands") &&
+        e.message.includes(`${2 * 20 + 10 + SHM_LINGER_MAX} shared-memory segments`) &&
         e.message.includes(`= ${need}`) &&
         e.message.includes("set grpcMaxConnections to 99 or less"),
     );
