@@ -1,11 +1,13 @@
 """Shared memory for large bodies (§3.7), with the standard library only.
 
 Each side writes large bodies into its own POSIX shared-memory segment — on Linux a file in
-/dev/shm — and sends a descriptor frame instead. This client's segment is mapped (``mmap``);
-its pages are reserved when it is created (``posix_fallocate``), so a full /dev/shm shows up
-there, where the body simply goes inline, never as a SIGBUS when a body is written. The
-kernel's segment is never mapped: it is read with ``pread`` through its file, so a segment
-shrunk under us is a short read (``SHM_OUT_OF_BOUNDS``), not a fault. Nothing the kernel
+/dev/shm — and sends a descriptor frame instead. No segment is ever mapped: this client's own
+is written with ``pwrite`` and its control word read with ``pread`` through its file, and its
+pages are reserved when it is created (``posix_fallocate``), so a full /dev/shm shows up there,
+where the body simply goes inline. The kernel's segment is read with ``pread`` through its file.
+Either segment shrunk under us (``ftruncate`` by the kernel-side peer, or any process of the
+user) is a short read — ``SHM_OUT_OF_BOUNDS``, or an own segment that takes no more bodies —
+never a fault: through a mapping the next access raised SIGBUS and killed the process. Nothing the kernel
 says about its segment is trusted: every check of §3.7 is made, the copy is the bounds check,
 and the CRC-32 is checked over the copy.
 """
@@ -13,7 +15,6 @@ and the CRC-32 is checked over the copy.
 from __future__ import annotations
 
 import atexit
-import mmap
 import os
 import re
 import stat
@@ -120,7 +121,7 @@ class ShmChannel:
         self.received = 0
         self._seq = 0
         self._peer_seq = 0
-        self._map: mmap.mmap | None = None
+        self._own_fd: int | None = None
         self._own_failed = False
         self._peer_fd: int | None = None
         self.closed = False
@@ -137,21 +138,30 @@ class ShmChannel:
         n = len(frame) - HEADER_SIZE
         if n <= self.threshold or n > self.max_body or self.closed:
             return frame
-        m = self._own()
-        if m is None or _U32.unpack_from(m, FILE_HEADER)[0] != self._seq:
+        fd = self._own()
+        if fd is None or self._control(fd) != self._seq:
             return frame  # no segment, or the kernel has not taken the previous body yet
         body = memoryview(frame)[HEADER_SIZE:]
-        start = FILE_HEADER + CONTROL_BYTES
-        m[start : start + n] = body
+        try:
+            _pwrite(fd, body, FILE_HEADER + CONTROL_BYTES)
+        except OSError:
+            return frame  # the segment was shrunk and /dev/shm is full: inline
         self._seq = (self._seq + 1) & 0xFFFFFFFF
         desc = cbor.encode({"off": CONTROL_BYTES, "len": n, "seg": self.own_name, "seq": self._seq, "crc": zlib.crc32(body)})
         magic, version, type_code, flags, reserved, stream, _ = _HEADER.unpack_from(frame)
         self.sent += 1
         return _HEADER.pack(magic, version, type_code, flags | FLAG_SHM, reserved, stream, len(desc)) + desc
 
-    def _own(self) -> mmap.mmap | None:
-        if self._map is not None or self._own_failed:
-            return self._map
+    @staticmethod
+    def _control(fd: int) -> int:
+        """The control word of our segment: the last sequence number the kernel consumed (-1 if
+        the segment was shrunk below it: no body goes through it again)."""
+        word = _pread(fd, 4, FILE_HEADER)
+        return int(_U32.unpack(word)[0]) if len(word) == 4 else -1
+
+    def _own(self) -> int | None:
+        if self._own_fd is not None or self._own_failed:
+            return self._own_fd
         self._own_failed = True  # one try per session: a failure means inline from now on
         path = self.path(self.own_name)
         if path is None:
@@ -164,16 +174,15 @@ class ShmChannel:
         _live.add(path)
         try:
             os.ftruncate(fd, size)
-            os.posix_fallocate(fd, 0, size)  # no room in /dev/shm: found here, not as SIGBUS later
+            os.posix_fallocate(fd, 0, size)  # no room in /dev/shm: found here, not at a body
             os.pwrite(fd, _U64.pack(size - FILE_HEADER), 0)
-            self._map = mmap.mmap(fd, size)
         except OSError:
+            os.close(fd)
             _unlink(path)
             return None
-        finally:
-            os.close(fd)
+        self._own_fd = fd
         self._own_failed = False
-        return self._map
+        return fd
 
     # ---- receiving ----------------------------------------------------------------
 
@@ -229,10 +238,10 @@ class ShmChannel:
         has not taken yet keeps the segment for `grace` seconds (and no longer than this process)."""
         self.closed = True
         taken = True
-        if self._map is not None:
-            taken = _U32.unpack_from(self._map, FILE_HEADER)[0] == self._seq
-            self._map.close()
-            self._map = None
+        if self._own_fd is not None:
+            taken = self._control(self._own_fd) == self._seq
+            os.close(self._own_fd)
+            self._own_fd = None
         path = self.path(self.own_name)
         if path is not None and path in _live:
             if taken:
@@ -244,6 +253,13 @@ class ShmChannel:
         if self._peer_fd is not None:
             os.close(self._peer_fd)
             self._peer_fd = None
+
+
+def _pwrite(fd: int, data: memoryview, off: int) -> None:
+    """All of data at off (a write past the file's end grows it again)."""
+    done = 0
+    while done < len(data):
+        done += os.pwrite(fd, data[done:], off + done)
 
 
 def _pread(fd: int, n: int, off: int) -> bytes:

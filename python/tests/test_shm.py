@@ -141,6 +141,30 @@ class SharedMemoryAgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             # The last body was never taken: the segment outlives the session by a grace period only.
             await until(lambda: k.segments() == [], "the persona's segment to be removed after its grace period")
 
+    async def test_a_kernel_that_shrinks_the_persona_segment_costs_its_bulk_path_never_the_process(self) -> None:
+        # The segment used to be mapped: its next access after an ftruncate raised SIGBUS and
+        # killed the process (the whole test run with it). Now every later body goes inline.
+        read = persona_segment_reader(lambda: False)
+
+        def shrink(f: Frame) -> Frame:
+            out = read(f)
+            os.truncate("/dev/shm/" + cbor.decode(f.body)["seg"].lstrip("/"), 0)
+            return out
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload={"n": len(m.body["intent"])})
+
+        async with FakeKernel(handler, features=["shm"], on_shm=shrink) as k:
+            c = await self.connect(k)
+            await c.call("storage.write", "obj://ws/x", {"data": b"p" * BIG})
+            await c.call("storage.write", "obj://ws/x", {"data": b"q" * BIG})
+            await c.call("storage.write", "obj://ws/x", {"data": b"r" * BIG})
+            self.assertEqual(c.shm_frames, {"sent": 1, "received": 0})
+            self.assertEqual([f.flags for f in k.conns[0].frames if f.type == "REQUEST"], [FLAG_SHM, 0, 0])
+            self.assertEqual([len(m.body["intent"]) > BIG for m in k.requests], [True, True, True])
+            await c.close()
+            await until(lambda: k.segments() == [], "the persona's segment to be removed")
+
     async def test_a_body_from_the_kernel_segment_is_checked_copied_and_acknowledged(self) -> None:
         async def handler(c: Conn, m: kpip.Message) -> None:
             body = response(m)

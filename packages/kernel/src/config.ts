@@ -336,7 +336,7 @@ const DECLARED = {
     type: "int",
     default: 64,
     description:
-      "most open TCP connections to the gRPC listener from one peer address, IPv6 by its /64 (clients behind one NAT address or on loopback share it)",
+      "most open TCP connections to the gRPC listener from one peer address, IPv6 by its /64 (clients behind one NAT address or on loopback share it); at it a new one sheds that address's oldest connection without an attested session, or is closed as it arrives when every one has one",
   },
   /**
    * New gRPC streams (each a handshake) one peer address may open per second (bursts 5×), on all

@@ -8,7 +8,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import tls from "node:tls";
 import { fileURLToPath } from "node:url";
-import { KernelClient } from "@kpip/client";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import { pino } from "pino";
 import { ConfigError, Kernel, resolveConfig } from "../src/index.js";
 import {
@@ -19,9 +19,10 @@ import {
   descriptorNeed,
 } from "../src/kernel/fd-budget.js";
 import { peerKey } from "../src/session/peer-key.js";
+import { SHM_LINGER_MAX } from "../src/session/shm-budget.js";
 import { ConnectionCaps } from "../src/transport/connection-caps.js";
 import type { TestKernel } from "./harness.js";
-import { adminIdentity, removeHome, until, withKernel } from "./harness.js";
+import { adminIdentity, connectAdminOf, removeHome, until, withKernel } from "./harness.js";
 import { H2_PREFACE, h2Frame, onH2Frames } from "./wire.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${f}`, import.meta.url));
@@ -81,7 +82,7 @@ async function tlsFrom(address: string, from: string): Promise<{ state: "admitte
 }
 
 describe("gRPC connections bounded in number, per peer address and in all", () => {
-  it("loopback addresses are one peer: connections from 127.0.0.2–11 past grpcMaxConnectionsPerPeer are closed as they arrive, counted and logged; a closed connection frees its slot", async () => {
+  it("loopback addresses are one peer: connections from 127.0.0.2–11 past grpcMaxConnectionsPerPeer shed that key's older ones, never more than the bound open, counted and logged; a closed connection frees its slot", async () => {
     const { logger, lines } = recordingLogger();
     const opts = {
       grpcListen: "127.0.0.1:0",
@@ -102,11 +103,21 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
           states.push(state);
           held.push(h);
         }
-        assert.deepEqual(states, [...Array(4).fill("admitted"), ...Array(6).fill("refused")]);
-        assert.deepEqual(await refusals(t), { peer: 6 });
-        const refusedLines = lines.filter((l) => l.msg === "gRPC connection refused: grpcMaxConnectionsPerPeer reached");
-        assert.equal(refusedLines.length, 6);
-        assert.ok(refusedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.bound === "peer"));
+        // Each past the bound sheds the key's oldest (none carries a session): four open, whatever the address.
+        assert.deepEqual(states, Array(10).fill("admitted"));
+        await until(() => held.slice(0, 6).every((h) => h.closed), 30_000, "the six oldest to be shed");
+        assert.deepEqual(
+          held.map((h) => h.closed),
+          [...Array(6).fill(true), ...Array(4).fill(false)],
+        );
+        assert.equal(t.k.grpcConnectionCount, 4);
+        assert.equal(await sheds(t), 6);
+        assert.deepEqual(await refusals(t), {});
+        const shedLines = lines.filter((l) =>
+          String(l.msg).startsWith("gRPC connection shed: grpcMaxConnectionsPerPeer reached"),
+        );
+        assert.equal(shedLines.length, 6);
+        assert.ok(shedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.bound === "peer"));
         // The flooding peer closes its connections: the kernel sees them go, and a client (loopback too) gets in.
         for (const h of held) h.destroy();
         await until(() => t.k.grpcConnectionCount === 0, 30_000, "the kernel to release the flooding peer's 4 connections");
@@ -127,6 +138,67 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
           await c.close();
         }
       } finally {
+        for (const h of held) h.destroy();
+      }
+    });
+  });
+
+  it("a local peer holding grpcMaxConnectionsPerPeer idle loopback connections locks no other local client out: a new connection sheds that peer key's oldest one without an attested session, never one carrying an attested session", async () => {
+    const { logger, lines } = recordingLogger();
+    const opts = {
+      grpcListen: "127.0.0.1:0",
+      grpcMaxConnectionsPerPeer: 4,
+      grpcMaxConnections: 64,
+      // Nothing here is closed for idling: only the bound closes connections.
+      handshakeTimeoutMs: 60_000,
+      logger,
+    };
+    await withKernel(opts, async (t) => {
+      const address = t.k.grpcAddress as string;
+      const held: http2.ClientHttp2Session[] = [];
+      const clients: KernelClient[] = [];
+      // grpc-js shares one connection among channels with the same options: another message size is another connection.
+      const client = async (maxMessageBytes: number) => {
+        const c = await KernelClient.connect({
+          grpc: { address, insecure: true, maxMessageBytes },
+          identity: adminIdentity(t.k),
+          tokens: [t.adminToken],
+          reconnect: false,
+        });
+        clients.push(c);
+        return c;
+      };
+      // Idle HTTP/2 connections from loopback (a sandboxed command with the network, any local user): the clients' peer key.
+      const raw = async () => {
+        const { state, h } = await h2From(address, "127.0.0.2");
+        held.push(h);
+        return state;
+      };
+      try {
+        assert.deepEqual([await raw(), await raw(), await raw(), await raw()], Array(4).fill("admitted"));
+        // The peer key is full of connections that never attest: a client is let in, the oldest of them goes.
+        const first = await client(80 * 1024 * 1024);
+        assert.equal((await first.system.health()).status, "ok");
+        await until(() => held[0]?.closed, 30_000, "the oldest idle connection to be shed");
+        // The flood goes on: it sheds its own, never the client's.
+        assert.deepEqual([await raw(), await raw(), await raw()], Array(3).fill("admitted"));
+        await until(() => held.slice(0, 4).every((h) => h.closed), 30_000, "the flood's older connections to be shed");
+        assert.equal((await first.system.health()).status, "ok");
+        assert.equal(t.k.grpcConnectionCount, 4);
+        // Three more clients take the remaining slots; with every slot attested a new connection is refused.
+        for (const size of [64, 48, 40]) await client(size * 1024 * 1024);
+        assert.equal(await raw(), "refused");
+        for (const c of clients) assert.equal((await c.system.health()).status, "ok");
+        assert.equal(t.k.grpcConnectionCount, 4);
+        assert.equal(await sheds(t), 7);
+        assert.deepEqual(await refusals(t), { peer: 1 });
+        const shedLines = lines.filter((l) =>
+          String(l.msg).startsWith("gRPC connection shed: grpcMaxConnectionsPerPeer reached"),
+        );
+        assert.equal(shedLines.length, 7);
+        assert.ok(shedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.shed === "127.0.0.2"));
+      } finally {
+        for (const c of clients) await c.close();
         for (const h of held) h.destroy();
       }
     });
@@ -331,36 +403,45 @@ describe("gRPC streams bounded per HTTP/2 connection", () => {
 });
 
 describe("ConnectionCaps", () => {
-  it("counts by peer key (an IPv6 /64 as one peer, a mapped IPv4 address as the IPv4 one), refuses past its peer's bound, and frees on release", () => {
-    const caps = new ConnectionCaps<{ a: string }>({ perPeer: 2, total: 5 });
+  it("counts by peer key (an IPv6 /64 as one peer, a mapped IPv4 address as the IPv4 one), sheds past its peer's bound, refuses when all of it is attested, and frees on release", () => {
+    const caps = new ConnectionCaps<{ a: string }>({ perPeer: 2, total: 6 });
     const conns: { a: string }[] = [];
     const admit = (a: string) => {
       const c = { a };
       conns.push(c);
-      return caps.admit(peerKey(a), c).refused;
+      return caps.admit(peerKey(a), c);
     };
-    assert.equal(admit("2001:db8:1:2::1"), undefined);
-    assert.equal(admit("2001:db8:1:2:ffff::9"), undefined);
-    assert.equal(admit("2001:db8:1:2::7"), "peer", "another address of the same /64");
-    assert.equal(admit("10.0.0.1"), undefined);
-    assert.equal(admit("::ffff:10.0.0.1"), undefined);
-    assert.equal(admit("10.0.0.1"), "peer", "the mapped address counted as the IPv4 one");
+    const at = (i: number) => conns[i] as { a: string };
+    assert.deepEqual(admit("2001:db8:1:2::1"), {});
+    assert.deepEqual(admit("2001:db8:1:2:ffff::9"), {});
+    // Another address of the same /64: the key is at its bound, its oldest without a session goes.
+    assert.deepEqual(admit("2001:db8:1:2::7"), { shed: at(0), bound: "peer" }, "another address of the same /64");
+    assert.equal(caps.of("2001:db8:1:2::/64"), 2);
+    // Both of the key's connections carry sessions: the next is refused, nothing shed.
+    caps.attested(at(1));
+    caps.attested(at(2));
+    assert.deepEqual(admit("2001:db8:1:2::8"), { refused: "peer" });
+    assert.deepEqual(admit("10.0.0.1"), {});
+    assert.deepEqual(admit("::ffff:10.0.0.1"), {});
+    caps.attested(at(4));
+    caps.attested(at(5));
+    assert.deepEqual(admit("10.0.0.1"), { refused: "peer" }, "the mapped address counted as the IPv4 one");
     // A peer the transport could not name counts only in the total.
     const unnamed = { a: "" };
-    assert.equal(caps.admit("", unnamed).refused, undefined);
+    assert.deepEqual(caps.admit("", unnamed), {});
     assert.equal(caps.count, 5);
-    caps.release(conns[0] as { a: string });
-    caps.release(conns[0] as { a: string }); // twice: counted once
+    caps.release(at(1));
+    caps.release(at(1)); // twice: counted once
     assert.equal(caps.count, 4);
     assert.equal(caps.of("2001:db8:1:2::/64"), 1);
-    assert.equal(admit("2001:db8:1:2::abcd"), undefined);
+    assert.deepEqual(admit("2001:db8:1:2::abcd"), {});
     caps.release(unnamed);
-    caps.release(conns[3] as { a: string });
+    caps.release(at(4));
     assert.equal(caps.count, 3);
     assert.equal(caps.of("10.0.0.1"), 1);
   });
 
-  it("at the total sheds the oldest connection without an attested session, never one with; refuses only when every one has one; a peer over its own bound is refused, never sheds", () => {
+  it("at the total sheds the oldest connection without an attested session, never one with; refuses only when every one has one; a peer at its own bound sheds only its own", () => {
     const caps = new ConnectionCaps<string>({ perPeer: 3, total: 4 });
     assert.deepEqual(caps.admit("a", "a1"), {});
     assert.deepEqual(caps.admit("b", "b1"), {});
@@ -369,29 +450,31 @@ describe("ConnectionCaps", () => {
     caps.attested("a1");
     caps.attested("a1"); // two sessions on one connection
     // The oldest is attested: the oldest without a session goes.
-    assert.deepEqual(caps.admit("d", "d1"), { shed: "b1" });
+    assert.deepEqual(caps.admit("d", "d1"), { shed: "b1", bound: "total" });
     assert.equal(caps.of("b"), 1);
     assert.equal(caps.count, 4);
     caps.release("b1"); // its close comes after the shed: not counted twice
     assert.equal(caps.count, 4);
-    assert.deepEqual(caps.admit("d", "d2"), { shed: "b2" });
-    // A peer at its own bound is refused even with connections to shed.
-    caps.admit("d", "d3"); // sheds c1
-    assert.deepEqual(caps.admit("d", "d4"), { refused: "peer" });
+    assert.deepEqual(caps.admit("d", "d2"), { shed: "b2", bound: "total" });
+    assert.deepEqual(caps.admit("d", "d3"), { shed: "c1", bound: "total" });
+    // A peer at its own bound sheds its own oldest without a session, never another peer's (c1 was older).
+    assert.deepEqual(caps.admit("d", "d4"), { shed: "d1", bound: "peer" });
     assert.equal(caps.count, 4);
-    for (const c of ["d1", "d2", "d3"]) caps.attested(c);
+    for (const c of ["d2", "d3", "d4"]) caps.attested(c);
+    // Every one of its connections carries a session: refused, nothing shed.
+    assert.deepEqual(caps.admit("d", "d5"), { refused: "peer" });
     assert.deepEqual(caps.admit("e", "e1"), { refused: "total" });
     // One of a1's two sessions ends: still attested. The other ends: it may be shed again.
     caps.sessionEnded("a1");
     assert.deepEqual(caps.admit("e", "e1"), { refused: "total" });
     caps.sessionEnded("a1");
-    assert.deepEqual(caps.admit("e", "e1"), { shed: "a1" });
+    assert.deepEqual(caps.admit("e", "e1"), { shed: "a1", bound: "total" });
     // An attestation or an end after the connection went changes nothing.
     caps.attested("a1");
     caps.sessionEnded("a1");
-    caps.sessionEnded("d1");
-    assert.deepEqual(caps.admit("f", "f1"), { shed: "e1" });
-    assert.deepEqual(caps.admit("f", "f2"), { shed: "d1" });
+    caps.sessionEnded("d2");
+    assert.deepEqual(caps.admit("f", "f1"), { shed: "e1", bound: "total" });
+    assert.deepEqual(caps.admit("f", "f2"), { shed: "d2", bound: "total" });
     assert.equal(caps.count, 4);
   });
 });
@@ -421,14 +504,16 @@ describe("gRPC bounds against the open-file limit", () => {
       assert.match(r.stderr, /RLIMIT_NOFILE 1024/);
       assert.match(r.stderr, /grpcMaxConnections 1024/);
       assert.match(r.stderr, /ulimit -n \d+/);
-      // 64 + 128 + 256 + 4 × 64 agents + 2 × 0 commands + 128 = 832: it starts and listens.
+      // 64 + 32 + 100 + 4 × 64 agents + 2 × 0 commands + (2 × 100 + 32 + 64) segments + 128 = 876: it starts and listens.
       const k = spawn(
         "sh",
         under1024(home, [
           "--grpc-max-connections",
           "64",
+          "--preauth-per-transport",
+          "32",
           "--max-sessions",
-          "256",
+          "100",
           "--max-processes",
           "64",
           "--log-level",
@@ -458,18 +543,90 @@ describe("gRPC bounds against the open-file limit", () => {
   const config = (flags: Record<string, unknown>) =>
     resolveConfig({ flags: { home: join(tmpdir(), "kpip-no-home"), grpcListen: "127.0.0.1:0", ...flags } });
 
+  it("counts the shared-memory segments a Unix-socket session holds: under RLIMIT_NOFILE at the need, 96 sessions carrying bodies both ways leave a gRPC client and a new session served", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-nofile-"));
+    const bounds = { grpcMaxConnections: 4, preauthPerTransport: 8, maxSessions: 100, maxProcesses: 1, maxAgents: 1 };
+    // What the start check asks of this configuration, and not one descriptor more.
+    const limit = descriptorNeed(config(bounds)).total;
+    const flags = Object.entries(bounds).flatMap(([k, v]) => [
+      `--${k.replace(/[A-Z]/g, (m) => `-${m.toLowerCase()}`)}`,
+      String(v),
+    ]);
+    const k = spawn(
+      "sh",
+      [
+        "-c",
+        `ulimit -n ${limit} && exec "$0" "$@"`,
+        process.execPath,
+        MAIN,
+        "kernel",
+        "--home",
+        home,
+        "--grpc-listen",
+        "127.0.0.1:0",
+        ...flags,
+        "--log-level",
+        "info",
+      ],
+      { stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    k.stdout.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    k.stderr.on("data", (d: Buffer) => {
+      out += d.toString();
+    });
+    const clients: KernelClient[] = [];
+    try {
+      await until(() => /"grpc":"127\.0\.0\.1:\d+"/.test(out) || k.exitCode !== null, 30_000, "the kernel to listen");
+      assert.equal(k.exitCode, null, out);
+      const address = (/"grpc":"(127\.0\.0\.1:\d+)"/.exec(out) as RegExpExecArray)[1] as string;
+      const body = Buffer.alloc(100_000, 7);
+      /** A new Unix-socket session that sends a body through its segment and gets one back through the kernel's. */
+      const bothWays = async (i: number) => {
+        const c = await connectAdminOf(home);
+        clients.push(c);
+        await c.storage.write(`obj://fd/${i}`, body);
+        assert.ok(Buffer.from((await c.storage.read(`obj://fd/${i}`)).data).equals(body));
+        assert.deepEqual(c.shmFrames, { sent: 1, received: 1 }, `session ${i}: both bodies went through the segments`);
+      };
+      // Each holds its socket and two segments in the kernel: three descriptors, not one.
+      for (let i = 0; i < 96; i++) await bothWays(i);
+      const g = await KernelClient.connect({
+        grpc: { address, insecure: true },
+        identity: loadIdentity(join(home, "admin.identity")),
+        tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+        reconnect: false,
+      });
+      clients.push(g);
+      await g.storage.write("obj://fd/grpc", Buffer.alloc(300_000, 1));
+      assert.equal((await g.storage.stat("obj://fd/grpc")).size, 300_000);
+      await bothWays(96);
+      assert.doesNotMatch(out, /EMFILE/);
+    } finally {
+      for (const c of clients) await c.close().catch(() => {});
+      k.kill("SIGTERM");
+      await new Promise((r) => (k.exitCode !== null ? r(undefined) : k.once("exit", r)));
+      removeHome(home);
+    }
+  });
+
   it("counts each descriptor once: gRPC connections (a gRPC handshake is a stream on one), Unix-socket handshakes, sessions, and each process that can run at once by its kind", () => {
     const c = config({ grpcMaxConnections: 100, preauthPerTransport: 10, maxSessions: 20, maxAgents: 3, maxProcesses: 8 });
     const n = descriptorNeed(c);
-    assert.deepEqual(n, { grpc: 100, handshakes: 10, sessions: 20, agents: 3, commands: 5, total: n.total });
-    assert.equal(n.total, 100 + 10 + 20 + DESCRIPTORS_PER_AGENT * 3 + DESCRIPTORS_PER_COMMAND * 5 + DESCRIPTOR_MARGIN);
+    const segments = 2 * 20 + 10 + SHM_LINGER_MAX;
+    assert.deepEqual(n, { grpc: 100, handshakes: 10, sessions: 20, agents: 3, commands: 5, segments, total: n.total });
+    assert.equal(n.total, 100 + 10 + 20 + DESCRIPTORS_PER_AGENT * 3 + DESCRIPTORS_PER_COMMAND * 5 + segments + DESCRIPTOR_MARGIN);
+    // Shared memory off: no segment.
+    assert.equal(descriptorNeed(config({ maxSessions: 20, shmThreshold: 0 })).segments, 0);
     // maxAgents above maxProcesses: no more agents than processes, and no commands beside them.
     const few = descriptorNeed(config({ maxAgents: 64, maxProcesses: 16 }));
     assert.deepEqual([few.agents, few.commands], [16, 0]);
     // The defaults: 64 agents and 192 commands (maxProcesses 256), not 64 agents alone.
     const d = descriptorNeed(config({}));
     assert.deepEqual([d.agents, d.commands], [64, 192]);
-    assert.equal(d.total, 1024 + 128 + d.sessions + 4 * 64 + 2 * 192 + DESCRIPTOR_MARGIN);
+    assert.equal(d.total, 1024 + 128 + d.sessions + 4 * 64 + 2 * 192 + (2 * 1024 + 128 + SHM_LINGER_MAX) + DESCRIPTOR_MARGIN);
   });
 
   it("refuses exactly past the limit, naming each part and the gRPC bound that would fit; without gRPC it asks nothing", () => {
@@ -484,6 +641,7 @@ describe("gRPC bounds against the open-file limit", () => {
         e.message.includes("grpcMaxConnections 100 + preauthPerTransport 10 + maxSessions 20") &&
         e.message.includes("4 × 3 agents") &&
         e.message.includes("2 × 5 commands") &&
+        e.message.includes(`${2 * 20 + 10 + SHM_LINGER_MAX} shared-memory segments`) &&
         e.message.includes(`= ${need}`) &&
         e.message.includes("set grpcMaxConnections to 99 or less"),
     );

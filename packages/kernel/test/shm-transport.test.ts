@@ -32,6 +32,7 @@ import {
 import { fileShm } from "@kpip/protocol/shm-files";
 import { runProcess } from "@kpip/protocol/testing";
 import { Kernel } from "../src/index.js";
+import { SHM_LINGER_MAX, ShmBudget } from "../src/session/shm-budget.js";
 import { loadShmNative } from "../src/transport/shm-native.js";
 import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { attestSignature, RawPeer } from "./wire.js";
@@ -531,5 +532,17 @@ describe("the memory the kernel's segments hold is bounded (maxShmBytesPerPerson
       closeSync(kept);
     }
     assert.equal(await readThroughShm(a2), true, "the tree's room is back: its other session's answer goes through its segment");
+  });
+});
+
+describe("segments kept past their session are bounded (each holds a descriptor no session counts)", () => {
+  it("at most SHM_LINGER_MAX segments are kept for their grace; the next is removed at once, and a removed one makes room", () => {
+    const budget = new ShmBudget({ total: 1024 * 1024, perTree: 1024 * 1024 });
+    const owners = Array.from({ length: SHM_LINGER_MAX + 1 }, () => ({}));
+    for (const o of owners.slice(0, SHM_LINGER_MAX)) assert.equal(budget.linger(o), true);
+    assert.equal(budget.linger(owners[SHM_LINGER_MAX] as object), false, "one more would hold a descriptor past the count");
+    assert.equal(budget.lingeringCount, SHM_LINGER_MAX);
+    budget.release(owners[0] as object);
+    assert.equal(budget.linger(owners[SHM_LINGER_MAX] as object), true, "a segment removed after its grace makes room");
   });
 });

@@ -1,5 +1,5 @@
 import type { KernelClient, OpResponse } from "@kpip/client";
-import { opCancel, opResult, opStatusOp, type Response } from "@kpip/protocol";
+import { KpipError, opCancel, opResult, opStatusOp, type Response } from "@kpip/protocol";
 import type { CallToolResult, ServerNotification } from "@modelcontextprotocol/sdk/types.js";
 import type { GrantView } from "./grant.js";
 import { answerToResult, failureResult, localFailure, successResult } from "./results.js";
@@ -18,6 +18,12 @@ export interface ToolCallContext {
   /** Present when the host asked for progress notifications. */
   progressToken: string | number | undefined;
   notify(n: ServerNotification): Promise<void>;
+  /**
+   * The kernel refused a request the call made besides the one it answers with (op.status,
+   * op.cancel, event.subscribe): counted against the host session's refusal rate like a refused
+   * answer (every host shares the kernel session the kernel ends past its refusal flood bound).
+   */
+  refused?(): void;
 }
 
 type Subscription = Awaited<ReturnType<KernelClient["subscribe"]>>;
@@ -60,7 +66,12 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
   const onAbort = () => {
     if (cancelled) return;
     cancelled = true;
-    void client.opRequest(opCancel, opUri, {}, opts).catch(() => {});
+    void client.opRequest(opCancel, opUri, {}, opts).then(
+      (r) => {
+        if (r.status === "FAILURE") ctx.refused?.();
+      },
+      () => {},
+    );
     wake();
   };
   ctx.signal.addEventListener("abort", onAbort, { once: true });
@@ -83,7 +94,8 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
             break;
           }
         })().catch(() => {});
-      } catch {
+      } catch (e) {
+        if (e instanceof KpipError) ctx.refused?.();
         sub = undefined; // polling alone still follows it
       }
     }
@@ -103,6 +115,8 @@ export async function followDeferred(g: DeferredHost, deferred: Response, ctx: T
         return localFailure(e);
       }
       if (s.status !== "SUCCESS") {
+        // Not an answer the host sees as a refusal (it gets the DEFERRED one), but the kernel counted it.
+        if (s.status === "FAILURE") ctx.refused?.();
         // The token does not let the gateway follow the op: hand over the DEFERRED answer as it is.
         const r = successResult("DEFERRED", deferred.payload, opUri, deferred.id);
         r.content.push({ type: "text", text: `cannot follow ${opUri}: op.status answered ${s.error ?? s.status}: ${s.message}` });

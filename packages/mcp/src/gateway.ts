@@ -372,12 +372,15 @@ export class McpGateway {
         inputEnded: inputEnded.signal,
         progressToken: extra._meta?.progressToken,
         notify: (n) => extra.sendNotification(n),
+        refused: () => rate.note(),
       };
       return ask(extra.requestId, () => this.callTool(req.params.name, req.params.arguments, ctx), refusedCall);
     });
     server.setRequestHandler(ListResourcesRequestSchema, (req, extra) =>
       ask(extra.requestId, () =>
-        listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor),
+        listResources(this.client, execution(extra.requestId), this.grants().listPrefixes(), req.params?.cursor, () =>
+          rate.note(),
+        ),
       ),
     );
     server.setRequestHandler(ReadResourceRequestSchema, (req, extra) =>

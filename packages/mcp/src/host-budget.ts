@@ -337,12 +337,19 @@ export class RefusalRate {
     } finally {
       this.own.pending--;
       if (shared) this.total.pending--;
-      if (refusal) {
-        this.own.take();
-        this.total.take();
-        this.lastRefused = this.clock();
-      }
+      if (refusal) this.note();
     }
+  }
+
+  /**
+   * A kernel refusal the call drew besides its answer (a DEFERRED op followed with op.status or
+   * op.cancel, a prefix resources/list skipped): it counts like a refused answer, else a host
+   * could draw refusals on the shared kernel session without bound behind answers that are not.
+   */
+  note(): void {
+    this.own.take();
+    this.total.take();
+    this.lastRefused = this.clock();
   }
 }
 

@@ -62,13 +62,18 @@ export async function listResources(
   execution: string,
   prefixes: string[],
   cursor?: string,
+  /** A prefix the kernel refused to list (skipped): the refusal still counts for the host. */
+  refused: () => void = () => {},
 ): Promise<ListResourcesResult> {
   const pos: Position = cursor === undefined ? { i: 0 } : decodeCursor(cursor, prefixes.length);
   for (; pos.i < prefixes.length; pos.i++, pos.c = undefined) {
     const prefix = prefixes[pos.i] as string;
     const r = await ask(client, execution, storageList, prefix, { limit: PAGE, cursor: pos.c });
     if (r.status === "FAILURE") {
-      if (r.error === "PERMISSION") continue;
+      if (r.error === "PERMISSION") {
+        refused();
+        continue;
+      }
       throw kernelRefusal(new McpError(ErrorCode.InternalError, `storage.list ${prefix}: ${r.error}: ${r.message}`));
     }
     const ws = prefix.slice("obj://".length).split("/")[0];

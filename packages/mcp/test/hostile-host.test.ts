@@ -1079,12 +1079,63 @@ describe("a host whose calls the kernel refuses", () => {
   // A low flood bound: without the gateway's rate, the hostile host ends the shared session in a second.
   const k = new KernelHome({ auditRefusalFloodMax: 200 });
   let files: { identityFile: string; tokenFile: string };
+  /** A persona that may submit and fetch results, not op.status: the gateway cannot follow its DEFERRED ops. */
+  let blind: { identityFile: string; tokenFile: string };
   before(async () => {
     await k.start();
     files = await k.persona("rita", RIGHTS);
+    blind = await k.persona("fred", [
+      { ops: ["system.describe"], targets: ["kernel://"] },
+      { ops: ["storage.read", "storage.write"], targets: ["obj://ws1/**"] },
+      { ops: ["compute.submit", "op.result"], targets: ["op://**"] },
+    ]);
   });
   after(async () => {
     await k.dispose();
+  });
+
+  it("counts the refusals a call draws besides its answer (op.status of a DEFERRED op it cannot follow): HOST_BUSY before the kernel's flood bound ends the session every host shares", async () => {
+    const g = await gatewayOn(k, blind);
+    const http = await serveHttp(g.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const victim = await connect(http);
+      const hostile = await rawSession(http);
+      const submitted = await hostile.send("tools/call", {
+        name: "compute_submit",
+        arguments: { target: "op://command/sh", args: { args: ["-c", "sleep 600"] } },
+      });
+      // Handed over DEFERRED as it is: the gateway's op.status was refused (PERMISSION).
+      assert.match(submitted, /cannot follow op:\/\/[^:]+: op.status answered PERMISSION/);
+      const op = (/(op:\/\/[0-9a-zA-Z-]+)/.exec(submitted) as RegExpExecArray)[1] as string;
+      // op.result of the running op answers DEFERRED, which the gateway follows with op.status:
+      // one refusal per call, each answered DEFERRED (no FAILURE the host's rate saw).
+      const answers = { busy: 0, deferred: 0 };
+      await Promise.all(
+        [0, 1, 2, 3].map(async () => {
+          for (let i = 0; i < 100; i++) {
+            const a = await hostile.send("tools/call", { name: "op_result", arguments: { target: op } });
+            if (a.includes(`"code":${HOST_BUSY}`)) answers.busy++;
+            else if (a.includes("cannot follow")) answers.deferred++;
+            else assert.fail(a);
+          }
+        }),
+      );
+      assert.equal(answers.busy + answers.deferred, 400);
+      // A burst of 10 for the session, and 2 a second after it: far under the kernel's flood bound.
+      assert.ok(answers.deferred < 60, JSON.stringify(answers));
+      // The kernel session every host shares is the same one, and the victim is served.
+      assert.equal(g.client.connections, 1);
+      const write = await victim.callTool({
+        name: "storage_write",
+        arguments: { target: "obj://ws1/f", args: { data: { $bytes: "aGk=" } } },
+      });
+      assert.ok(!write.isError, JSON.stringify(write));
+      await hostile.end();
+      await victim.end();
+    } finally {
+      await http.close();
+      await g.close();
+    }
   });
 
   it("is throttled with HOST_BUSY at its refusal rate, before the kernel's flood bound ends the session every host shares; others are served", async () => {

@@ -629,5 +629,6 @@ function sharedMemory(
       return tree !== undefined && budget.take(s, tree, bytes);
     },
     freed: (s) => budget.release(s),
+    linger: (s) => budget.linger(s),
   };
 }

@@ -1,5 +1,6 @@
 import { readFileSync } from "node:fs";
 import { ConfigError, type KernelConfig } from "../config.js";
+import { SHM_LINGER_MAX } from "../session/shm-budget.js";
 
 /**
  * Descriptors the kernel keeps besides its connections and children: the store and its WAL,
@@ -22,6 +23,13 @@ export interface DescriptorNeed {
   agents: number;
   /** The rest of maxProcesses: commands. */
   commands: number;
+  /**
+   * Shared-memory segments (shmThreshold above 0): a Unix-socket session holds its own and its
+   * peer's (2 × maxSessions), a half-open one its peer's once an ATTEST came through it
+   * (preauthPerTransport), and at most SHM_LINGER_MAX more are kept for their grace after their
+   * session ended. 0 with shared memory off.
+   */
+  segments: number;
   total: number;
 }
 
@@ -31,8 +39,10 @@ export interface DescriptorNeed {
  * one of them, so only the Unix socket's half-open connections (preauthPerTransport) come on
  * top; an agent's handshake is on its own socket pair, counted with the agent. Attested
  * sessions (maxSessions) are counted whole, though a gRPC or agent session's descriptor is
- * already counted above. Running children are bounded by maxProcesses, agents and commands
- * together; of them at most maxAgents are agents.
+ * already counted above; with shared memory on, so are the segments a Unix-socket session
+ * holds (the kernel reads and writes them through descriptors: 3 per session in all, which
+ * the count of one per session left out). Running children are bounded by maxProcesses,
+ * agents and commands together; of them at most maxAgents are agents.
  */
 export function descriptorNeed(c: KernelConfig): DescriptorNeed {
   const agents = Math.min(c.maxAgents, c.maxProcesses);
@@ -43,11 +53,13 @@ export function descriptorNeed(c: KernelConfig): DescriptorNeed {
     sessions: c.maxSessions,
     agents,
     commands,
+    segments: c.shmThreshold > 0 ? 2 * c.maxSessions + c.preauthPerTransport + SHM_LINGER_MAX : 0,
   };
   const total =
     need.grpc +
     need.handshakes +
     need.sessions +
+    need.segments +
     DESCRIPTORS_PER_AGENT * agents +
     DESCRIPTORS_PER_COMMAND * commands +
     DESCRIPTOR_MARGIN;
@@ -82,6 +94,9 @@ export function checkDescriptorBudget(c: KernelConfig, limit = readNofileLimit()
       `grpcMaxConnections ${n.grpc} + preauthPerTransport ${n.handshakes} + maxSessions ${n.sessions}` +
       ` + ${DESCRIPTORS_PER_AGENT} × ${n.agents} agents (maxAgents ${c.maxAgents}, at most maxProcesses)` +
       ` + ${DESCRIPTORS_PER_COMMAND} × ${n.commands} commands (the rest of maxProcesses ${c.maxProcesses})` +
+      (n.segments > 0
+        ? ` + ${n.segments} shared-memory segments (2 × maxSessions + preauthPerTransport + ${SHM_LINGER_MAX} in their grace; shmThreshold 0 turns them off)`
+        : "") +
       ` + ${DESCRIPTOR_MARGIN} = ${n.total}: raise it (ulimit -n ${n.total} or more, LimitNOFILE= under systemd)` +
       (room > 0
         ? `, or set grpcMaxConnections to ${room} or less`

@@ -112,14 +112,16 @@ export async function openListeners(
       "gRPC connection closed: more bytes of frames that carry nothing (WINDOW_UPDATE, PRIORITY, PING, ...) than it earned",
     );
   };
-  // Under the total's one key too: a crowd of addresses shedding each other logs no more than one peer.
-  grpc.onConnectionShed = (peer, shed) => {
+  // At the total under one key: a crowd of addresses shedding each other logs no more than one peer.
+  grpc.onConnectionShed = (peer, shed, bound) => {
     connectionShed();
     peerLog.write(
-      "grpc:connections",
+      bound === "peer" ? `grpc:${peerKey(peer)}` : "grpc:connections",
       "warn",
-      { transport: "grpc", address: peer, shed },
-      "gRPC connection shed: grpcMaxConnections reached, the oldest connection without an attested session closed",
+      { transport: "grpc", address: peer, shed, bound },
+      bound === "peer"
+        ? "gRPC connection shed: grpcMaxConnectionsPerPeer reached, that peer's oldest connection without an attested session closed"
+        : "gRPC connection shed: grpcMaxConnections reached, the oldest connection without an attested session closed",
     );
   };
   await grpc.start();

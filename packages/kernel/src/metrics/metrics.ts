@@ -71,7 +71,7 @@ export class KernelMetrics {
   });
   readonly grpcConnectionsShed = new Counter({
     name: "kpip_grpc_connections_shed_total",
-    help: "Open TCP connections to the gRPC listener carrying no attested session, closed at grpcMaxConnections to let a new one in",
+    help: "Open TCP connections to the gRPC listener carrying no attested session, closed at grpcMaxConnections or their peer's grpcMaxConnectionsPerPeer to let a new one in",
     registers: [this.registry],
   });
   readonly prunerFailures = new Counter({

@@ -89,6 +89,8 @@ export interface SessionHostOf<S> {
     grow?(s: S, bytes: number): boolean;
     /** The session's own segment was removed: what it held is free. */
     freed?(s: S): void;
+    /** May the ended session's segment, holding a body not yet taken, be kept for its grace? False: removed at once. */
+    linger?(s: S): boolean;
   };
   /** Where an attested session's large bodies are received (none: fresh memory). */
   readonly bodies?: BodyPool;

@@ -438,10 +438,21 @@ export class Session implements SessionView, EventSink {
     }
     this.logPeer("info", { code, class: cls }, "session closed on error");
     this.state = "closed";
-    this.shm?.close();
+    this.closeShm();
     this.abort.abort();
     this.conn.end();
     this.host.sessionClosed(this);
+  }
+
+  /**
+   * Removes the session's segments. One holding a body the peer has not taken keeps its
+   * descriptor for a grace after the session (no longer counted) ended: only within the
+   * kernel's bound on such segments, else it is removed at once.
+   */
+  private closeShm(): void {
+    const shm = this.shm;
+    if (!shm) return;
+    shm.close(shm.lingers && this.host.shm?.linger?.(this) === false ? 0 : undefined);
   }
 
   private maybeFinishClosing(): void {
@@ -541,7 +552,7 @@ export class Session implements SessionView, EventSink {
     }
     const wasReady = this.state === "ready" || this.state === "closing";
     this.state = "closed";
-    this.shm?.close();
+    this.closeShm();
     // Every session that opened leaves its end on the record too (a dead peer, a drop, a stop).
     if (wasReady) this.records.closed(this.persona, why);
     this.abort.abort(new Error(`session ended: ${why}`));

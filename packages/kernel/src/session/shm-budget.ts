@@ -1,3 +1,10 @@
+/**
+ * Segments the kernel keeps past their session's end, for the peer to take the last body (a
+ * segment's grace, PROTOCOL §3.7), at most: each holds a descriptor no session counts any more,
+ * so past this a segment is removed at once (the descriptor budget counts these, fd-budget.ts).
+ */
+export const SHM_LINGER_MAX = 64;
+
 /** The bounds of {@link ShmBudget}: bytes in all, and per persona tree. */
 export interface ShmBudgetLimits {
   total: number;
@@ -36,8 +43,24 @@ export class ShmBudget {
     return true;
   }
 
+  /** Sessions whose segment is kept for its grace after they ended (each a descriptor). */
+  private readonly lingering = new Set<object>();
+
+  /** May `owner`'s segment be kept for its grace after its session ended? At most {@link SHM_LINGER_MAX} are. */
+  linger(owner: object): boolean {
+    if (this.lingering.size >= SHM_LINGER_MAX) return false;
+    this.lingering.add(owner);
+    return true;
+  }
+
+  /** Segments kept for their grace now. */
+  get lingeringCount(): number {
+    return this.lingering.size;
+  }
+
   /** `owner`'s segment was removed: its bytes are free (a no-op for one holding none). */
   release(owner: object): void {
+    this.lingering.delete(owner);
     const entry = this.held.get(owner);
     if (!entry) return;
     this.held.delete(owner);

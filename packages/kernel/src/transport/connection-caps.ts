@@ -14,17 +14,24 @@ export interface ConnectionLimits {
 /** What {@link ConnectionCaps.admit} did with a new connection. */
 export type ConnectionAdmission<C> =
   /** Not counted: over its peer's bound, or the total is full of connections carrying attested sessions. */
-  | { refused: ConnectionRefusal; shed?: undefined }
-  /** Counted; at the total, `shed` is the older connection that made room (uncounted now: the caller closes it). */
-  | { refused?: undefined; shed?: C };
+  | { refused: ConnectionRefusal; shed?: undefined; bound?: undefined }
+  /**
+   * Counted; at its peer's bound or the total, `shed` is the older connection that made room
+   * (uncounted now: the caller closes it), and `bound` which bound it was.
+   */
+  | { refused?: undefined; shed?: C; bound?: "peer" | "total" };
 
 /**
  * Open TCP connections of one listener, per peer key and in all.
  *
- * Over its peer's bound a new connection is refused: a peer never displaces others. At the
- * total it sheds the oldest connection that carries no attested session (none of its streams
- * reached WELCOME, or those that did have ended), and is refused only when every open one
- * carries one. Refusing at the total instead let anyone with enough addresses hold every slot
+ * Over its peer's bound a new connection sheds the oldest connection of the same peer key that
+ * carries no attested session (none of its streams reached WELCOME, or those that did have
+ * ended), and is refused only when every one of that key carries one: a peer never displaces
+ * another key's connections. Refusing at the peer's bound let one local process (a sandboxed
+ * command with the network, any local user: every loopback address is one key) or one host
+ * behind a NAT hold the key's slots with idle connections, and every other client of that key
+ * was refused. At the total it sheds the oldest connection that carries no attested session,
+ * whatever its key, and is refused only when every open one carries one. Refusing at the total instead let anyone with enough addresses hold every slot
  * with connections that never attest (each for up to handshakeTimeoutMs, then again), and no
  * legitimate client could connect. A connection without an attested session competes only with
  * others without one: a flood sheds its own first, and a client's connection is shed only if
@@ -47,19 +54,30 @@ export class ConnectionCaps<C = object> {
    */
   admit(key: string, conn: C): ConnectionAdmission<C> {
     const own = this.perPeer.get(key) ?? 0;
-    // "" is a peer the transport could not name (the socket already gone): only the total counts it.
-    if (key !== "" && own >= this.limits.perPeer) return { refused: "peer" };
     let shed: C | undefined;
-    if (this.keys.size >= this.limits.total) {
+    let bound: "peer" | "total" | undefined;
+    // "" is a peer the transport could not name (the socket already gone): only the total counts it.
+    if (key !== "" && own >= this.limits.perPeer) {
+      // The key's oldest without an attested session (a walk of those without one, only at the bound).
+      for (const c of this.unattested) {
+        if (this.keys.get(c) !== key) continue;
+        shed = c;
+        break;
+      }
+      if (shed === undefined) return { refused: "peer" };
+      bound = "peer";
+      this.release(shed);
+    } else if (this.keys.size >= this.limits.total) {
       const oldest = this.unattested.values().next();
       if (oldest.done) return { refused: "total" };
       shed = oldest.value;
+      bound = "total";
       this.release(shed);
     }
     this.keys.set(conn, key);
     this.unattested.add(conn);
     if (key !== "") this.perPeer.set(key, (this.perPeer.get(key) ?? 0) + 1);
-    return shed === undefined ? {} : { shed };
+    return shed === undefined ? {} : { shed, bound };
   }
 
   /** A session on `conn` attested: while it lasts `conn` is never shed. */

@@ -149,8 +149,11 @@ export class GrpcListener {
   onTlsRefused: ((peer: string, reason: string) => void) | undefined;
   /** A TCP connection closed as it arrived, over its peer's bound or the listener's total: the peer's IP and which. */
   onConnectionRefused: ((peer: string, bound: ConnectionRefusal) => void) | undefined;
-  /** At the total, an open connection without an attested session closed to let a new one in: the IPs of the new one and of the shed one. */
-  onConnectionShed: ((peer: string, shed: string) => void) | undefined;
+  /**
+   * At its peer's bound or the total, an open connection without an attested session closed to
+   * let a new one in: the IPs of the new one and of the shed one, and which bound.
+   */
+  onConnectionShed: ((peer: string, shed: string, bound: "peer" | "total") => void) | undefined;
   /** A stream refused for its compressed messages (`grpc-encoding`): the peer's IP and the encoding. */
   onCompressedRefused: ((peer: string, encoding: string) => void) | undefined;
   /**
@@ -549,7 +552,7 @@ export class GrpcListener {
           this.onConnectionRefused?.(address || "unknown", "rate");
           return;
         }
-        const { refused, shed } = caps.admit(key, raw);
+        const { refused, shed, bound } = caps.admit(key, raw);
         if (refused) {
           raw.destroy();
           this.onConnectionRefused?.(address || "unknown", refused);
@@ -558,7 +561,7 @@ export class GrpcListener {
         if (shed) {
           const from = shed.remoteAddress ?? "unknown";
           shed.destroy();
-          this.onConnectionShed?.(address || "unknown", from);
+          this.onConnectionShed?.(address || "unknown", from, bound ?? "total");
         }
         const tuple = `${address}:${raw.remotePort}`;
         if (address) this.sockets.set(tuple, raw);

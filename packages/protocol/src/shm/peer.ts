@@ -248,9 +248,15 @@ export class ShmPeer {
     return { type: f.type, flags: f.flags & ~FrameFlag.SHM, stream: f.stream, length: d.len, body };
   }
 
+  /** This side's segment holds a body the peer has not taken yet: {@link close} would keep it for its grace. */
+  get lingers(): boolean {
+    return this.own !== undefined && control(this.own) !== this.seq;
+  }
+
   /**
    * Removes this side's segment and unmaps the peer's (the session ended). A body the peer has
-   * not taken yet (e.g. the last response before GOODBYE) keeps the segment for a grace period.
+   * not taken yet (e.g. the last response before GOODBYE) keeps the segment for a grace period
+   * (none when `graceMs` is 0: removed at once).
    */
   close(graceMs = 2000): void {
     const own = this.own;
@@ -265,7 +271,7 @@ export class ShmPeer {
           this.o.freed?.();
         }
       };
-      if (control(own) === this.seq) destroy();
+      if (graceMs <= 0 || control(own) === this.seq) destroy();
       else setTimeout(destroy, graceMs).unref();
     }
     if (this.peer) this.native.detach(this.o.peerName);
