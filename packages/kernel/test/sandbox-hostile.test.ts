@@ -18,6 +18,7 @@ import {
   connectAdminOf,
   KERNEL_ENTRY,
   kernelForSuite,
+  klass,
   removeHome,
   SANDBOX_READ_PATHS,
   sandboxSkip,
@@ -219,6 +220,54 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
       assert.doesNotMatch(e.message, /args\[\d+\]/, "nothing of bubblewrap's command line");
       return true;
     });
+    await assertServing();
+  });
+
+  it("a command line longer than exec takes is refused SEMANTIC before anything starts, not taken for the host's failure", async () => {
+    // One argument past Linux's bound on one (128 KiB), and forty within it that exec refuses together (E2BIG):
+    // the spawn threw, and the op failed INTERNAL "the kernel could not prepare its sandbox", on the record too.
+    const cases: [string, string[], RegExp][] = [
+      ["long", ["-c", "echo ran", "x".repeat(200_000)], /argument 2 is 200000 bytes/],
+      ["many", ["-c", "echo ran", ...Array(40).fill("y".repeat(100_000))], /the command line takes \d+ bytes/],
+    ];
+    for (const [what, args, message] of cases) {
+      const d = await s.admin.call("compute.submit", "op://command/sh", { args });
+      const op = (d.payload as { op: string }).op;
+      await assert.rejects(s.admin.ops.wait(op), (e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "SEMANTIC", `${what}: ${e.message}`);
+        assert.match(e.message, message);
+        return true;
+      });
+      const states = s.t.k.inspect
+        .queryAudit({ op: "op.state", limit: 1000 })
+        .map((r) => JSON.parse(r.detail ?? "null") as { op: string; state: string; errorClass?: string })
+        .filter((r) => `op://${r.op}` === op && r.state === "failed");
+      assert.deepEqual(
+        states.map((r) => r.errorClass),
+        ["SEMANTIC"],
+        `${what}: the record says the persona's request was wrong, not the host`,
+      );
+    }
+    const alice = await s.t.persona("argv-alice", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const a = await s.t.connect(alice.identity, [alice.token]);
+    await assert.rejects(
+      a.call("agent.spawn", "agent://sh/long", { args: ["-c", "sleep 60", "x".repeat(200_000)], rights: [], lifetimeMs: 60_000 }),
+      klass("SEMANTIC", "argument 2 is 200000 bytes"),
+    );
+    assert.deepEqual(await a.agents.list(), [], "no agent was started");
+    assert.deepEqual(
+      s.t.k.inspect
+        .queryAudit({ op: "persona.added", limit: 1000 })
+        .filter((r) => r.target === "persona://argv-alice/agent.long"),
+      [],
+      "nor a key or token made for it",
+    );
+    // The largest argument exec takes still runs.
+    const d = await s.admin.call("compute.submit", "op://command/sh", {
+      args: ["-c", 'printf %s "$1" | wc -c', "sh", "z".repeat(128 * 1024 - 1)],
+    });
+    const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
+    assert.equal(Buffer.from(r.stdout).toString().trim(), String(128 * 1024 - 1));
     await assertServing();
   });
 

@@ -21,7 +21,7 @@ import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
-import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
+import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
@@ -218,6 +218,8 @@ export class AgentManager {
     // in between (the spawner's removal is agent.spawn's ownership rule). Nothing new runs on its behalf.
     if (r.grant && this.tokens.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
     this.opts.sandbox.check();
+    // A command line no exec takes is refused before a token or key is made for it (and on the record undone).
+    checkCommandLine(r.executable, r.args);
     if (this.live.size + this.ending >= this.opts.maxAgents)
       throw new OpError(
         "RESOURCE",

@@ -17,6 +17,7 @@ import type { Writable } from "node:stream";
 import type { ErrorClass } from "@kpip/protocol";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
+import { MAX_ARG_BYTES, MAX_ARGV_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
@@ -268,6 +269,10 @@ export class SandboxViewError extends Error {
  */
 export function launchFailure(e: unknown, log: (err: unknown) => void): { errorClass: ErrorClass; message: string } {
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
+  // Within MAX_ARGV_BYTES yet too long for this host's exec (a kernel run with a small stack limit):
+  // still the persona's command line, not the host's failure.
+  if ((e as NodeJS.ErrnoException | undefined)?.code === "E2BIG")
+    return { errorClass: "SEMANTIC", message: "its command line is longer than exec takes on this host" };
   log(e);
   if (e instanceof SandboxViewError || e instanceof ConfigError)
     return {
@@ -276,6 +281,42 @@ export function launchFailure(e: unknown, log: (err: unknown) => void): { errorC
         "what the sandbox would show changed since the kernel started: no process is started until the operator fixes it (the kernel's log says what)",
     };
   return { errorClass: "INTERNAL", message: "the kernel could not prepare its sandbox (the kernel's log says why)" };
+}
+
+/**
+ * Refuses (SEMANTIC) a command line exec cannot carry: an argument with a NUL, one past
+ * {@link MAX_ARG_BYTES}, or all of them past {@link MAX_ARGV_BYTES} (within exec's own bound, and
+ * what the kernel keeps for an agent). Each by its place among the persona's arguments: Node's
+ * refusal of a NUL named its place in bubblewrap's command line (a view of the sandbox's set-up),
+ * and its spawn threw E2BIG, which the launch took for the host's failure (INTERNAL, retryable,
+ * "the kernel could not prepare its sandbox", a warning in the log each time), while an agent's
+ * arguments, up to exec's whole 2 MiB, were stored and listed. Agent.spawn asks before it mints.
+ */
+export function checkCommandLine(executable: string, args: string[]): void {
+  const nul = [executable, ...args].findIndex((a) => a.includes("\0"));
+  if (nul >= 0)
+    throw new OpError(
+      "SEMANTIC",
+      nul === 0
+        ? "the executable's name contains a NUL byte"
+        : `argument ${nul - 1} contains a NUL byte, which no process argument can carry`,
+    );
+  let total = 0;
+  for (const [i, a] of [executable, ...args].entries()) {
+    const n = Buffer.byteLength(a, "utf8");
+    if (n > MAX_ARG_BYTES)
+      throw new OpError(
+        "SEMANTIC",
+        `${i === 0 ? "the executable's name" : `argument ${i - 1}`} is ${n} bytes: a process argument takes at most ${MAX_ARG_BYTES}`,
+      );
+    // As exec counts it: the bytes, the NUL, the pointer.
+    total += n + 1 + 8;
+  }
+  if (total > MAX_ARGV_BYTES)
+    throw new OpError(
+      "SEMANTIC",
+      `the command line takes ${total} bytes (each argument's UTF-8 bytes, its NUL and its 8-byte pointer): at most ${MAX_ARGV_BYTES}`,
+    );
 }
 
 /** `text` with the scratch root's host path (and every scratch directory's under it) named instead. */
@@ -609,16 +650,7 @@ export class Sandbox {
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
-    // exec ends an argument at a NUL: refused here, by its place among the persona's arguments
-    // (Node's own refusal named its place in bubblewrap's command line, a view of the sandbox's set-up).
-    const nul = [spec.executable, ...spec.args].findIndex((a) => a.includes("\0"));
-    if (nul >= 0)
-      throw new OpError(
-        "SEMANTIC",
-        nul === 0
-          ? "the executable's name contains a NUL byte"
-          : `argument ${nul - 1} contains a NUL byte, which no process argument can carry`,
-      );
+    checkCommandLine(spec.executable, spec.args);
     if (this.config.mode === "bwrap") this.recheck();
     const root = this.config.scratchRoot;
     const lockFile = this.config.lockRoot;
