@@ -75,6 +75,43 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
     }
   });
 
+  it("agent.list pages end at a bound of the agents' stored arguments, however few rows: a page of long command lines is not read whole", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("arguer", [
+        { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      // Near the whole command line each (MAX_ARGV_BYTES), control characters: six bytes each as
+      // the store keeps them (JSON), ~1.4 MB a row. A thousand to a page were seconds of the
+      // kernel's thread, and an answer past every session's maxBody (RESOURCE: no page at all).
+      const long = "\u0001".repeat(120_000);
+      const args = ["-c", "exit 0", "sh", long, long];
+      for (const i of [0, 1, 2]) await c.call("agent.spawn", `agent://sh/l${i}`, { args, rights: [], lifetimeMs: 30_000 });
+      for (const i of [0, 1, 2])
+        await until(async () => (await c.agents.status(`agent://sh/l${i}`)).state !== "running" || undefined);
+      const first = await c.call("agent.list", "kernel://", { limit: 100 });
+      const p1 = first.payload as { agents: { agent: string; args: string[] }[]; cursor?: string };
+      assert.equal(first.status, "PARTIAL", "the page ends at the bound, before its limit");
+      assert.deepEqual(
+        p1.agents.map((a) => a.agent),
+        ["agent://sh/l0"],
+      );
+      assert.deepEqual(p1.agents[0]?.args, args, "an agent's arguments are answered whole");
+      // The store reads one row past the bound, and no more.
+      assert.equal(t.k.inspect.listAgents("arguer", 0, 101, undefined, 1024 * 1024).length, 2);
+      // The client follows the pages to every agent.
+      assert.deepEqual(
+        (await c.agents.list()).map((a) => a.agent),
+        ["agent://sh/l0", "agent://sh/l1", "agent://sh/l2"],
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("ended agents past agentRetentionMs are forgotten with their output; running ones are kept", async () => {
     const t = await startKernel({ agentRetentionMs: 1 });
     try {

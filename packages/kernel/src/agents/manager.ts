@@ -473,9 +473,19 @@ export class AgentManager {
     return a;
   }
 
-  /** A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first, after listing position `after`: metadata, never output. */
-  list(spawner: string | undefined, after: number | undefined, limit: number, spawnerSpawn?: string | null): AgentSummary[] {
-    return this.store.listAgents(spawner, after, limit, spawnerSpawn);
+  /**
+   * A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first,
+   * after listing position `after`: metadata, never output; read no further than one row past
+   * `argsBudget` bytes of their arguments.
+   */
+  list(
+    spawner: string | undefined,
+    after: number | undefined,
+    limit: number,
+    spawnerSpawn?: string | null,
+    argsBudget?: number,
+  ): AgentSummary[] {
+    return this.store.listAgents(spawner, after, limit, spawnerSpawn, argsBudget);
   }
 
   /** Forgets up to `limit` agents that ended before `before`, with their output (housekeeping, a slice at a time). */

@@ -2,7 +2,8 @@ import type { CborMap } from "@kpip/protocol";
 import { agentKill, agentList, agentLogs, agentSpawn, agentStatus } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
 import { agentKey, agentUri } from "../agents/namespace.js";
-import type { AgentRecord } from "../store/types.js";
+import { AGENT_LIST_ARGS_BYTES } from "../limits.js";
+import type { AgentRecord, AgentSummary } from "../store/types.js";
 import { networkGranted, networkRight } from "./compute.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
@@ -113,10 +114,24 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
           const rows =
             ctx.persona !== admin && spawn === undefined
               ? []
-              : agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1, spawn);
+              : agents.list(
+                  ctx.persona === admin ? undefined : ctx.persona,
+                  page.after,
+                  page.limit + 1,
+                  spawn,
+                  AGENT_LIST_ARGS_BYTES,
+                );
+          // The page ends with the row that reaches the bound of arguments read: each agent's may
+          // be MAX_ARGV_BYTES, and a thousand of them were seconds of the kernel's thread to read.
+          let limit = page.limit;
+          let spent = 0;
+          for (let i = 0; i < rows.length && i < limit; i++) {
+            spent += (rows[i] as AgentSummary).argsBytes;
+            if (spent >= AGENT_LIST_ARGS_BYTES) limit = i + 1;
+          }
           return pageAnswer(
             rows,
-            page,
+            { ...page, limit },
             "agents",
             (a) => describe(a),
             (a) => page.seal(a.seq),

@@ -463,8 +463,11 @@ export interface AgentRecord {
   spawnerSpawn: string | null;
 }
 
-/** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
-export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
+/**
+ * What a listing of agents shows: everything but the output, the row's listing position (paging
+ * cursor), and the size of its arguments as stored (a page ends at a bound of them: agent.list).
+ */
+export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number; argsBytes: number };
 
 /**
  * A session whose `session.open` record was appended (or was about to be) and whose end is not
@@ -503,8 +506,12 @@ export interface AgentStore {
   putAgent(r: AgentRecord): void;
   /** One agent with its output (agent.logs). */
   getAgent(id: string): AgentRecord | undefined;
-  /** Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position `after`, oldest first, at most `limit`; never their output. */
-  listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null): AgentSummary[];
+  /**
+   * Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position
+   * `after`, oldest first, at most `limit`; never their output. Once the rows read hold
+   * `argsBudget` bytes of arguments (each row's `argsBytes`), one more row is read and no other.
+   */
+  listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null, argsBudget?: number): AgentSummary[];
   /** The agents recorded running (recovery after a crash). */
   runningAgents(): RunningAgent[];
   updateAgent(id: string, f: Partial<AgentRecord>): void;

@@ -103,21 +103,33 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       const r = this.prep(GET_AGENT).get(id) as Row | undefined;
       return r && toAgent(r);
     }
-    listAgents(spawner?: string, after = 0, limit = -1, spawnerSpawn?: string | null): AgentSummary[] {
+    listAgents(
+      spawner?: string,
+      after = 0,
+      limit = -1,
+      spawnerSpawn?: string | null,
+      argsBudget = Number.POSITIVE_INFINITY,
+    ): AgentSummary[] {
       const sql = `SELECT rowid AS seq, ${AGENT_META} FROM agents WHERE rowid > ?`;
-      const rows = (
+      const [query, params] =
         spawner === undefined
-          ? this.prep(`${sql} ORDER BY rowid LIMIT ?`).all(after, limit)
+          ? [`${sql} ORDER BY rowid LIMIT ?`, [after, limit]]
           : spawnerSpawn === undefined
-            ? this.prep(`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`).all(after, spawner, limit)
-            : this.prep(`${sql} AND spawner = ? AND spawner_spawn IS ? ORDER BY rowid LIMIT ?`).all(
-                after,
-                spawner,
-                spawnerSpawn,
-                limit,
-              )
-      ) as Row[];
-      return rows.map((r) => ({ ...toAgentMeta(r), seq: r.seq as number }));
+            ? [`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`, [after, spawner, limit]]
+            : [`${sql} AND spawner = ? AND spawner_spawn IS ? ORDER BY rowid LIMIT ?`, [after, spawner, spawnerSpawn, limit]];
+      // Row by row: a page of large arguments stops once it holds the budget, plus the next row
+      // (so the caller knows more remain), never reading the rest of the page.
+      const out: AgentSummary[] = [];
+      let spent = 0;
+      let full: number | undefined;
+      for (const r of this.prep(query).iterate(...params) as IterableIterator<Row>) {
+        const argsBytes = (r.args as string).length;
+        out.push({ ...toAgentMeta(r), seq: r.seq as number, argsBytes });
+        if (full !== undefined) break;
+        spent += argsBytes;
+        if (spent >= argsBudget) full = out.length;
+      }
+      return out;
     }
     runningAgents(): RunningAgent[] {
       return (
