@@ -218,6 +218,21 @@ const DECLARED = {
     description: "DEFERRED ops queued or running per persona tree (its agents and sub-personas included)",
   },
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
+  /**
+   * Largest input (args, CBOR-encoded) of one task op: held in the kernel's memory until the task
+   * ends, so a persona tree holds at most maxPendingOpsPerPersona of them.
+   */
+  maxTaskInputBytes: {
+    type: "int",
+    default: 1024 * 1024,
+    description: "largest input (args, CBOR-encoded) of one task op (compute.submit beyond: SEMANTIC)",
+  },
+  /** The inputs of the task ops queued or running in the kernel, together. */
+  maxQueuedTaskInputBytes: {
+    type: "int",
+    default: 256 * 1024 * 1024,
+    description: "inputs of the task ops queued or running in the kernel, together (compute.submit beyond: RESOURCE)",
+  },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
   /** Allocations (resource.alloc) one persona tree may hold at once, whatever the resource: each is a row. */
