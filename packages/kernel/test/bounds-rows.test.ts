@@ -5,6 +5,7 @@ import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { HOME_FILES } from "../src/index.js";
+import type { AgentStore } from "../src/store/types.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 /** Rows of the kernel's home database, read beside the running kernel (read-only). */
@@ -69,6 +70,39 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
       const ops = t.k.inspect.listOps("lister", 10);
       assert.equal(ops.length, 1);
       assert.ok(!("result" in (ops[0] as object)), "listOps returned the result");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("agent.status and agent.kill read no output from the store: only agent.logs does, once it has held its size", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("poller", [
+        { ops: ["agent.spawn", "agent.status", "agent.kill", "agent.logs"], targets: ["agent://sh/*"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      await c.agents.spawn("sh", "noisy", noisy);
+      await until(async () => (await c.agents.status("agent://sh/noisy")).state !== "running" || undefined);
+      // What the kernel's store hands back of agents' output, from here on.
+      const store = (t.k as unknown as { services: { store: AgentStore } }).services.store;
+      const getAgent = store.getAgent.bind(store);
+      let read = 0;
+      store.getAgent = (id: string, output?: boolean) => {
+        const a = getAgent(id, output);
+        read += (a?.stdout?.byteLength ?? 0) + (a?.stderr?.byteLength ?? 0);
+        return a;
+      };
+      // Each of these read the agent's whole stored output (2 × maxOutputBytes, 2 MiB by default)
+      // to answer a few fields: ~23 ms of the kernel's thread a call, 500 pipelined were 12 s.
+      for (let i = 0; i < 3; i++) assert.equal((await c.agents.status("agent://sh/noisy")).state, "exited");
+      const killed = (await c.call("agent.kill", "agent://sh/noisy", {})).payload as { killed: boolean };
+      assert.equal(killed.killed, false);
+      assert.equal(read, 0, "no output read for agent.status or agent.kill");
+      const logs = await c.agents.logs("agent://sh/noisy");
+      assert.equal(logs.stdout.length + logs.stderr.length, 2 * OUTPUT);
+      assert.equal(read, 2 * OUTPUT, "agent.logs reads it");
     } finally {
       await t.stop();
       removeHome(t.home);

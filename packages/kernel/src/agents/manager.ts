@@ -462,15 +462,24 @@ export class AgentManager {
     return this.killLive(id, "kill");
   }
 
-  /** The agent as stored, with live output while it runs. */
-  get(id: string): AgentRecord | undefined {
-    const a = this.store.getAgent(id);
+  /**
+   * The agent as stored, with live output while it runs; with `output` false, without its output
+   * (stdout and stderr null): neither read from the store nor copied from a running agent.
+   */
+  get(id: string, output = true): AgentRecord | undefined {
+    const a = this.store.getAgent(id, output);
     const live = this.live.get(id);
-    if (a && live) {
+    if (a && live && output) {
       a.stdout = live.out.stdout.bytes();
       a.stderr = live.out.stderr.bytes();
     }
     return a;
+  }
+
+  /** The bytes of the agent's output, stored or captured so far, without reading or copying them. */
+  outputBytes(id: string): number {
+    const live = this.live.get(id);
+    return live ? live.out.stdout.size + live.out.stderr.size : this.store.agentOutputBytes(id);
   }
 
   /**

@@ -49,10 +49,12 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
 export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCursors = PROCESS_CURSORS): PrimitiveFamily {
   // Agent ids are scoped to their spawner: agent://x/y is the caller's own; the admin names another spawner's with args.spawner.
   // An agent spawner's are its own spawn's: a later agent of its name does not see an earlier one's.
+  // Without its output: only agent.logs answers it, and reads it once it has held its size.
   const visible = (ctx: OpContext): AgentRecord => {
     const [executable, instance] = agentId(ctx);
     const spawner = ctx.args.spawner === undefined ? ctx.persona : String(ctx.args.spawner);
-    const a = spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance)) : undefined;
+    const a =
+      spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance), false) : undefined;
     if (!a || (ctx.persona !== admin && a.spawnerSpawn !== agents.spawnOf(ctx.persona)))
       throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
     return a;
@@ -100,9 +102,9 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
       implement(agentLogs, {
         handler: (ctx) => {
           const a = visible(ctx);
-          // The output is counted before it is answered: a burst of agent.logs cannot pile it up.
-          ctx.holdAnswerBytes((a.stdout?.byteLength ?? 0) + (a.stderr?.byteLength ?? 0));
-          return { status: "SUCCESS", payload: describe(a, true) };
+          // The output is counted before it is read: a burst of agent.logs cannot pile it up.
+          ctx.holdAnswerBytes(agents.outputBytes(a.id));
+          return { status: "SUCCESS", payload: describe(agents.get(a.id) ?? a, true) };
         },
       }),
       implement(agentList, {

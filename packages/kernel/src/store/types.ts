@@ -505,7 +505,10 @@ export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid
 export interface AgentStore {
   putAgent(r: AgentRecord): void;
   /** One agent with its output (agent.logs). */
-  getAgent(id: string): AgentRecord | undefined;
+  /** An agent's row; with `output` false its stdout and stderr are not read (null). */
+  getAgent(id: string, output?: boolean): AgentRecord | undefined;
+  /** The bytes of an agent's stored output (stdout and stderr), read without reading them. */
+  agentOutputBytes(id: string): number;
   /**
    * Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position
    * `after`, oldest first, at most `limit`; never their output. Once the rows read hold

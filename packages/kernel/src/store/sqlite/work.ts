@@ -82,6 +82,8 @@ const PUT_AGENT = `INSERT OR REPLACE INTO agents (${AGENT_META}) VALUES (${param
 const GET_AGENT =
   `SELECT ${columnsSql(AGENT_META_FIELDS, "a.")}, o.stdout, o.stderr ` +
   "FROM agents a LEFT JOIN agent_output o ON o.id = a.id WHERE a.id = ?";
+/** An agent's row without its output: agent.status and agent.kill answer no output, and it was 2 MiB read each. */
+const GET_AGENT_META = `SELECT ${AGENT_META}, NULL AS stdout, NULL AS stderr FROM agents WHERE id = ?`;
 
 /** An op row's columns but its result. */
 const OP_META = columnsSql(OP_SUMMARY_FIELDS);
@@ -99,9 +101,16 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         if (r.stdout !== null || r.stderr !== null) putOutput(this, r.id, { stdout: r.stdout, stderr: r.stderr });
       });
     }
-    getAgent(id: string): AgentRecord | undefined {
-      const r = this.prep(GET_AGENT).get(id) as Row | undefined;
+    getAgent(id: string, output = true): AgentRecord | undefined {
+      const r = this.prep(output ? GET_AGENT : GET_AGENT_META).get(id) as Row | undefined;
       return r && toAgent(r);
+    }
+    agentOutputBytes(id: string): number {
+      // A blob's length is in its record's header: its pages are not read.
+      const r = this.prep(
+        "SELECT coalesce(length(stdout), 0) + coalesce(length(stderr), 0) AS n FROM agent_output WHERE id = ?",
+      ).get(id) as Row | undefined;
+      return (r?.n as number | undefined) ?? 0;
     }
     listAgents(
       spawner?: string,
