@@ -5,7 +5,7 @@ import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { HOME_FILES } from "../src/index.js";
-import type { AgentStore } from "../src/store/types.js";
+import type { AgentStore, OpStore } from "../src/store/types.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 /** Rows of the kernel's home database, read beside the running kernel (read-only). */
@@ -103,6 +103,38 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
       const logs = await c.agents.logs("agent://sh/noisy");
       assert.equal(logs.stdout.length + logs.stderr.length, 2 * OUTPUT);
       assert.equal(read, 2 * OUTPUT, "agent.logs reads it");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("op.status and op.cancel read no result from the store: only op.result does, once it has held its size", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("opoller", [
+        { ops: ["compute.submit"], targets: ["op://command/sh"] },
+        { ops: ["op.status", "op.cancel", "op.result"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const op = await c.compute.command("sh", noisy.args);
+      await c.ops.wait(op);
+      const store = (t.k as unknown as { services: { store: OpStore } }).services.store;
+      const getOp = store.getOp.bind(store);
+      let read = 0;
+      store.getOp = (id: string, result?: boolean) => {
+        const o = getOp(id, result);
+        read += o?.result?.byteLength ?? 0;
+        return o;
+      };
+      // Each read the op's whole stored result (a command's output, up to 2 × maxOutputBytes) to
+      // answer its status: ~38 ms of the kernel's thread a call, 500 pipelined were 19 s.
+      for (let i = 0; i < 3; i++) assert.equal((await c.ops.status(op)).state, "succeeded");
+      assert.equal(await c.ops.cancel(op), false);
+      assert.equal(read, 0, "no result read for op.status or op.cancel");
+      const r = (await c.ops.result(op)) as { stdout: Uint8Array; stderr: Uint8Array };
+      assert.equal(r.stdout.length + r.stderr.length, 2 * OUTPUT);
+      assert.ok(read > 2 * OUTPUT, "op.result reads it");
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -27,11 +27,12 @@ export type SpawnOf = (persona: string) => string | null | undefined;
 /**
  * The op of `op://<id>`, if it belongs to the caller (or the caller is the admin, who sees and
  * may cancel every op); another persona's op is reported as absent, and so is one an earlier
- * agent of the caller's name (its persona id) submitted.
+ * agent of the caller's name (its persona id) submitted. Without its result (`result` null):
+ * only op.result answers it, and reads it once it has held its size.
  */
 function ownOp(store: OpStore, ctx: OpContext, admin: string, spawnOf: SpawnOf): OpRecord {
   const id = ctx.target.segments.join("/");
-  const op = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
+  const op = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id, false) : undefined;
   if (!op || (ctx.persona !== admin && (op.persona !== ctx.persona || op.spawn !== spawnOf(ctx.persona))))
     throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
   return op;
@@ -114,9 +115,11 @@ export function computeFamily(
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
-          // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
-          if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
-          const payload = { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null };
+          // Counted before the result is read: a burst of op.result on a large result is refused, not built.
+          const size = store.opResultBytes(op.id);
+          if (size) ctx.holdAnswerBytes(size);
+          const stored = size ? (store.getOp(op.id)?.result ?? null) : null;
+          const payload = { ...statusPayload(op), result: stored ? decodeCanonical(stored) : null };
           if (op.state === "succeeded") return { status: "SUCCESS", payload };
           // Failed or cancelled: the FAILURE of its class, with what it left (a command that ran:
           // its exit code, signal and captured output — what its persona debugs it with).
@@ -128,7 +131,10 @@ export function computeFamily(
         handler: (ctx) => {
           const op = ownOp(store, ctx, admin, spawnOf);
           const cancelled = engine.cancel(op.id);
-          return { status: "SUCCESS", payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id)?.state ?? op.state } };
+          return {
+            status: "SUCCESS",
+            payload: { op: `op://${op.id}`, cancelled, state: store.getOp(op.id, false)?.state ?? op.state },
+          };
         },
       }),
       implement(opList, {

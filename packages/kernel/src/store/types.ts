@@ -408,7 +408,10 @@ export type OpSummary = Omit<OpRecord, "result">;
 
 export interface OpStore {
   insertOp(r: OpRecord): void;
-  getOp(id: string): OpRecord | undefined;
+  /** An op's row; with `result` false its result is not read (null). */
+  getOp(id: string, result?: boolean): OpRecord | undefined;
+  /** The bytes of an op's stored result, read without reading it. */
+  opResultBytes(id: string): number;
   updateOp(id: string, fields: Partial<OpRecord>): void;
   /** The newest ops' metadata (inserted before `seq` `before`; of `persona`, and of its spawn `spawn` when given), never their results (op.result reads one op's, through getOp). */
   listOps(persona?: string, limit?: number, before?: number, spawn?: string | null): (OpSummary & { seq: number })[];

@@ -89,6 +89,8 @@ const GET_AGENT_META = `SELECT ${AGENT_META}, NULL AS stdout, NULL AS stderr FRO
 const OP_META = columnsSql(OP_SUMMARY_FIELDS);
 const INSERT_OP = `INSERT INTO ops (${OP_META}) VALUES (${paramsSql(OP_SUMMARY_FIELDS)})`;
 const GET_OP = `SELECT ${columnsSql(OP_SUMMARY_FIELDS, "o.")}, x.result FROM ops o LEFT JOIN op_results x ON x.id = o.id WHERE o.id = ?`;
+/** An op's row without its result: op.status and op.cancel answer none, and it was up to 2 MiB read each. */
+const GET_OP_META = `SELECT ${OP_META}, NULL AS result FROM ops WHERE id = ?`;
 
 /** Work the kernel runs for personas: agents, and deferred ops (compute.submit and friends). */
 export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore & OpStore> {
@@ -176,8 +178,13 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         if (r.result !== null) this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(r.id, r.result);
       });
     }
-    getOp(id: string): OpRecord | undefined {
-      const r = this.prep(GET_OP).get(id) as Row | undefined;
+    opResultBytes(id: string): number {
+      // A blob's length is in its record's header: its pages are not read.
+      const r = this.prep("SELECT coalesce(length(result), 0) AS n FROM op_results WHERE id = ?").get(id) as Row | undefined;
+      return (r?.n as number | undefined) ?? 0;
+    }
+    getOp(id: string, result = true): OpRecord | undefined {
+      const r = this.prep(result ? GET_OP : GET_OP_META).get(id) as Row | undefined;
       return r && toOp(r);
     }
     updateOp(id: string, f: Partial<OpRecord>): void {
