@@ -23,6 +23,7 @@ import {
   SANDBOX_READ_PATHS,
   sandboxSkip,
   until,
+  withKernel,
 } from "./harness.js";
 
 /** Runs `sh -c script` as a compute command; the script always exits 0 and says what happened. */
@@ -268,6 +269,22 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     });
     const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
     assert.equal(Buffer.from(r.stdout).toString().trim(), String(128 * 1024 - 1));
+    await assertServing();
+  });
+
+  it("opens no pseudo-terminal from the host's shared pool unless sandboxPtys allows it", async () => {
+    // Every devpts but the host's first draws on one pool (kernel.pty.max less kernel.pty.reserve,
+    // 3,072 by default) that no RLIMIT bounds: one command's four processes held 3,072 terminals,
+    // and every other sandbox (any persona's) — and any container on the host — got ENOSPC.
+    const probe = "if (exec 3<>/dev/ptmx) 2>/dev/null; then echo got-a-pty; else echo no-pty; fi; ls -A /dev/pts | wc -l";
+    const out = await sh(s.admin, probe);
+    assert.match(out, /no-pty/);
+    assert.doesNotMatch(out, /got-a-pty/);
+    assert.match(out, /^0$/m, "/dev/pts is empty");
+    await withKernel({ sandboxPtys: 1 }, async (t) => {
+      const admin = await t.admin();
+      assert.match(await sh(admin, probe), /got-a-pty/, "an operator who allows them gets them");
+    });
     await assertServing();
   });
 

@@ -94,6 +94,14 @@ export interface SandboxConfig {
    * the kernel's own). Bubblewrap's processes get it before the program starts, which inherits it.
    */
   oomScoreAdj?: number;
+  /**
+   * Whether a sandbox may open pseudo-terminals (its own devpts, bubblewrap's /dev/pts). Every
+   * devpts but the host's first draws on one pool of the host's (`kernel.pty.max` less
+   * `kernel.pty.reserve`: 3,072 by default), which no RLIMIT bounds: one sandbox's processes can
+   * hold it all, and then no sandbox — nor any container on the host — gets a terminal. Off
+   * (absent or false): /dev/pts is an empty read-only directory.
+   */
+  ptys?: boolean;
   /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
   removalFailed?: (paths: string[], why: string) => void;
   /**
@@ -758,7 +766,10 @@ export class Sandbox {
     // Every writable file system in the sandbox but /scratch is memory (tmpfs), which no RLIMIT
     // counts: /tmp and /dev/shm are sized; /dev, the root and the covers are read-only.
     const sized = this.features.size && this.config.tmpBytes ? ["--size", String(this.config.tmpBytes)] : [];
-    a.push("--proc", "/proc", "--dev", "/dev", ...sized, "--tmpfs", "/dev/shm", "--remount-ro", "/dev");
+    a.push("--proc", "/proc", "--dev", "/dev", ...sized, "--tmpfs", "/dev/shm");
+    // bubblewrap's own devpts covered (its /dev/ptmx leads there): no pseudo-terminal from the host's shared pool.
+    if (!this.config.ptys) a.push("--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts");
+    a.push("--remount-ro", "/dev");
     // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
     a.push(...sized, "--tmpfs", "/tmp");
     // From the real path found at start, where it still is that: a read path made or re-linked
