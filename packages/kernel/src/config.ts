@@ -218,6 +218,21 @@ const DECLARED = {
     description: "DEFERRED ops queued or running per persona tree (its agents and sub-personas included)",
   },
   maxPendingOps: { type: "int", default: 1024, description: "DEFERRED ops queued or running in the kernel" },
+  /**
+   * Largest input (args, CBOR-encoded) of one task op: held in the kernel's memory until the task
+   * ends, so a persona tree holds at most maxPendingOpsPerPersona of them.
+   */
+  maxTaskInputBytes: {
+    type: "int",
+    default: 1024 * 1024,
+    description: "largest input (args, CBOR-encoded) of one task op (compute.submit beyond: SEMANTIC)",
+  },
+  /** The inputs of the task ops queued or running in the kernel, together. */
+  maxQueuedTaskInputBytes: {
+    type: "int",
+    default: 256 * 1024 * 1024,
+    description: "inputs of the task ops queued or running in the kernel, together (compute.submit beyond: RESOURCE)",
+  },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
   /** Allocations (resource.alloc) one persona tree may hold at once, whatever the resource: each is a row. */
@@ -509,6 +524,19 @@ const DECLARED = {
     description:
       "oom_score_adj of every sandboxed process, 0-1000 (0 = the kernel's own): the host's OOM killer takes them before the kernel",
   },
+  /**
+   * 1: sandboxed programs may open pseudo-terminals. Every sandbox's devpts draws on the host's
+   * one pool for them outside its first devpts (kernel.pty.max less kernel.pty.reserve, 3,072 by
+   * default), bounded by no RLIMIT: one persona's command could take it all, and no other sandbox,
+   * nor any container on the host, got a terminal until it ended. 0: /dev/pts is empty.
+   */
+  sandboxPtys: {
+    type: "int",
+    default: 0,
+    zeroAllowed: true,
+    description:
+      "1 = sandboxed programs may open pseudo-terminals, from the host's one pool, which one sandbox can take whole (0 = none)",
+  },
   /** Most processes (agents and commands) running at once, kernel-wide (an ended one counts until its scratch directory is removed). */
   maxProcesses: {
     type: "int",
@@ -646,7 +674,7 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(`auditBatchMax must be at most ${MAX_AUDIT_BATCH} (got ${c.auditBatchMax})`);
   if (c.sandboxOomScoreAdj > 1000)
     throw new ConfigError(`sandboxOomScoreAdj must be at most 1000, Linux's largest (got ${c.sandboxOomScoreAdj})`);
-  for (const key of ["metricsAllowRemote", "metricsPersonaLabels"] as const) {
+  for (const key of ["metricsAllowRemote", "metricsPersonaLabels", "sandboxPtys"] as const) {
     if (c[key] !== 0 && c[key] !== 1) throw new ConfigError(`${key} must be 0 or 1 (got ${c[key]})`);
   }
   for (const key of ["metricsListen", "grpcListen"] as const) {

@@ -9,6 +9,31 @@ export const MAX_HANDLES_PER_SESSION = 256;
 /** Most entries one list page returns (storage.list, token.list, compute.list): an answer well inside the decoder's item limit. */
 export const MAX_LIST_PAGE = 1000;
 
+/**
+ * Bytes one argument of a command or agent may take (its executable's name included), UTF-8:
+ * Linux's bound on one exec argument (MAX_ARG_STRLEN, 32 pages with its NUL). Past it the
+ * spawn failed E2BIG, which the kernel took for its own failure (INTERNAL, "could not prepare
+ * its sandbox"): refused SEMANTIC instead, before anything is made.
+ */
+export const MAX_ARG_BYTES = 128 * 1024 - 1;
+
+/**
+ * Bytes a command's or agent's whole command line may take, the persona's part of it (the
+ * executable and its arguments, each counted as exec counts it: its UTF-8 bytes, its NUL and its
+ * 8-byte pointer). Well inside exec's own bound (a quarter of the stack limit, 2 MiB under the
+ * usual 8 MiB), which bubblewrap's own options and the environment share; and an agent's
+ * arguments are kept with its record and answered in `agent.status` and `agent.list`.
+ */
+export const MAX_ARGV_BYTES = 256 * 1024;
+
+/**
+ * Bytes of agents' stored arguments (as the store keeps them: JSON text) one `agent.list` page
+ * reads before it ends (PARTIAL, with a cursor): a page of 1,000 agents each with
+ * {@link MAX_ARGV_BYTES} of arguments (up to 6× that as JSON, control characters escaped) was
+ * seconds of the kernel's one thread and an answer no session could receive.
+ */
+export const AGENT_LIST_ARGS_BYTES = 1024 * 1024;
+
 /** Bytes an answer's envelope may take beside the bytes it carries (at most half a small maxBody). */
 export const ANSWER_ENVELOPE_BYTES = 64 * 1024;
 

@@ -48,6 +48,44 @@ describe("bounded after authentication: DEFERRED ops", () => {
   });
 });
 
+describe("bounded after authentication: the inputs tasks hold", () => {
+  it("a task's input is bounded, and so are the inputs of the tasks queued or running in the kernel: each waits in the kernel's memory", async () => {
+    const t = await startKernel(
+      { computeWorkers: 1, maxTaskInputBytes: 64 * 1024, maxQueuedTaskInputBytes: 200 * 1024 },
+      undefined,
+      (k) => k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/hang"] },
+        { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
+      ];
+      const connect = async (id: string): Promise<KernelClient> => {
+        const p = await t.persona(id, rights);
+        return t.connect(p.identity, [p.token]);
+      };
+      const a = await connect("stuffer");
+      const b = await connect("bystander");
+      // Counted as 64 ops each, ~15 MiB of input apiece were ~900 MiB of the kernel's heap for one tree.
+      await assert.rejects(a.compute.task("hang", "x".repeat(100_000)), klass("SEMANTIC", "maxTaskInputBytes"));
+      const mine = [await a.compute.task("hang", "y".repeat(60_000))];
+      for (let i = 0; i < 2; i++) mine.push(await a.compute.task("hang", "y".repeat(60_000)));
+      await assert.rejects(a.compute.task("hang", "z".repeat(60_000)), klass("RESOURCE", "maxQueuedTaskInputBytes"));
+      await assert.rejects(b.compute.task("hang", "z".repeat(60_000)), klass("RESOURCE", "maxQueuedTaskInputBytes"));
+      // The running task's input counts until it ends, as the queued ones' do.
+      const first = mine[0] as (typeof mine)[number];
+      assert.equal((await a.ops.status(first)).state, "running");
+      assert.equal(await a.ops.cancel(first), true);
+      const theirs = await b.compute.task("hang", "z".repeat(60_000));
+      for (const op of mine.slice(1)) await a.ops.cancel(op);
+      await b.ops.cancel(theirs);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
 describe("bounded after authentication: finished ops over a persona's tree", () => {
   it("a persona tree keeps at most maxFinishedOpsPerPersona finished ops with their results, the newest; other trees' are not touched", async () => {
     const t = await startKernel({ computeWorkers: 1, maxFinishedOpsPerPersona: 2, maxPendingOpsPerPersona: 2 }, undefined, (k) =>

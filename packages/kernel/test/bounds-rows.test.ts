@@ -5,6 +5,7 @@ import { KpipError } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { HOME_FILES } from "../src/index.js";
+import type { AgentStore, OpStore } from "../src/store/types.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 /** Rows of the kernel's home database, read beside the running kernel (read-only). */
@@ -69,6 +70,108 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
       const ops = t.k.inspect.listOps("lister", 10);
       assert.equal(ops.length, 1);
       assert.ok(!("result" in (ops[0] as object)), "listOps returned the result");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("agent.status and agent.kill read no output from the store: only agent.logs does, once it has held its size", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("poller", [
+        { ops: ["agent.spawn", "agent.status", "agent.kill", "agent.logs"], targets: ["agent://sh/*"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      await c.agents.spawn("sh", "noisy", noisy);
+      await until(async () => (await c.agents.status("agent://sh/noisy")).state !== "running" || undefined);
+      // What the kernel's store hands back of agents' output, from here on.
+      const store = (t.k as unknown as { services: { store: AgentStore } }).services.store;
+      const getAgent = store.getAgent.bind(store);
+      let read = 0;
+      store.getAgent = (id: string, output?: boolean) => {
+        const a = getAgent(id, output);
+        read += (a?.stdout?.byteLength ?? 0) + (a?.stderr?.byteLength ?? 0);
+        return a;
+      };
+      // Each of these read the agent's whole stored output (2 × maxOutputBytes, 2 MiB by default)
+      // to answer a few fields: ~23 ms of the kernel's thread a call, 500 pipelined were 12 s.
+      for (let i = 0; i < 3; i++) assert.equal((await c.agents.status("agent://sh/noisy")).state, "exited");
+      const killed = (await c.call("agent.kill", "agent://sh/noisy", {})).payload as { killed: boolean };
+      assert.equal(killed.killed, false);
+      assert.equal(read, 0, "no output read for agent.status or agent.kill");
+      const logs = await c.agents.logs("agent://sh/noisy");
+      assert.equal(logs.stdout.length + logs.stderr.length, 2 * OUTPUT);
+      assert.equal(read, 2 * OUTPUT, "agent.logs reads it");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("op.status and op.cancel read no result from the store: only op.result does, once it has held its size", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("opoller", [
+        { ops: ["compute.submit"], targets: ["op://command/sh"] },
+        { ops: ["op.status", "op.cancel", "op.result"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const op = await c.compute.command("sh", noisy.args);
+      await c.ops.wait(op);
+      const store = (t.k as unknown as { services: { store: OpStore } }).services.store;
+      const getOp = store.getOp.bind(store);
+      let read = 0;
+      store.getOp = (id: string, result?: boolean) => {
+        const o = getOp(id, result);
+        read += o?.result?.byteLength ?? 0;
+        return o;
+      };
+      // Each read the op's whole stored result (a command's output, up to 2 × maxOutputBytes) to
+      // answer its status: ~38 ms of the kernel's thread a call, 500 pipelined were 19 s.
+      for (let i = 0; i < 3; i++) assert.equal((await c.ops.status(op)).state, "succeeded");
+      assert.equal(await c.ops.cancel(op), false);
+      assert.equal(read, 0, "no result read for op.status or op.cancel");
+      const r = (await c.ops.result(op)) as { stdout: Uint8Array; stderr: Uint8Array };
+      assert.equal(r.stdout.length + r.stderr.length, 2 * OUTPUT);
+      assert.ok(read > 2 * OUTPUT, "op.result reads it");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("agent.list pages end at a bound of the agents' stored arguments, however few rows: a page of long command lines is not read whole", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("arguer", [
+        { ops: ["agent.spawn", "agent.status"], targets: ["agent://sh/*"] },
+        { ops: ["agent.list"], targets: ["kernel://"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      // Near the whole command line each (MAX_ARGV_BYTES), control characters: six bytes each as
+      // the store keeps them (JSON), ~1.4 MB a row. A thousand to a page were seconds of the
+      // kernel's thread, and an answer past every session's maxBody (RESOURCE: no page at all).
+      const long = "\u0001".repeat(120_000);
+      const args = ["-c", "exit 0", "sh", long, long];
+      for (const i of [0, 1, 2]) await c.call("agent.spawn", `agent://sh/l${i}`, { args, rights: [], lifetimeMs: 30_000 });
+      for (const i of [0, 1, 2])
+        await until(async () => (await c.agents.status(`agent://sh/l${i}`)).state !== "running" || undefined);
+      const first = await c.call("agent.list", "kernel://", { limit: 100 });
+      const p1 = first.payload as { agents: { agent: string; args: string[] }[]; cursor?: string };
+      assert.equal(first.status, "PARTIAL", "the page ends at the bound, before its limit");
+      assert.deepEqual(
+        p1.agents.map((a) => a.agent),
+        ["agent://sh/l0"],
+      );
+      assert.deepEqual(p1.agents[0]?.args, args, "an agent's arguments are answered whole");
+      // The store reads one row past the bound, and no more.
+      assert.equal(t.k.inspect.listAgents("arguer", 0, 101, undefined, 1024 * 1024).length, 2);
+      // The client follows the pages to every agent.
+      assert.deepEqual(
+        (await c.agents.list()).map((a) => a.agent),
+        ["agent://sh/l0", "agent://sh/l1", "agent://sh/l2"],
+      );
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -44,6 +44,8 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
         maxRuntimeMs: 60_000,
         maxPendingPerPersona: 10,
         maxPending: 10,
+        maxTaskInputBytes: 1024,
+        maxQueuedTaskInputBytes: 4096,
       },
       pino({ level: "silent" }),
       host,
@@ -63,6 +65,9 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       await until(() => engine.current(store.getOp(first.id) ?? first).state === "succeeded", 30_000, "the first op's end");
       await until(() => engine.current(store.getOp(second.id) ?? second).state === "running", 30_000, "the second op's start");
       assert.equal(store.getOp(first.id)?.state, "running", "the store still has the row as it was");
+      // As op.result reads it (a row without its result, the kept end over it): the result is there.
+      const read = engine.current(store.getOp(first.id, false) as NonNullable<ReturnType<typeof store.getOp>>);
+      assert.ok(read.result && read.result.byteLength > 0, "the kept end carries its result");
       assert.equal(engine.keptCount, 2);
       assert.ok(refused.length >= 2, "the full disk is reported, not logged as a failure");
 

@@ -18,10 +18,12 @@ import {
   connectAdminOf,
   KERNEL_ENTRY,
   kernelForSuite,
+  klass,
   removeHome,
   SANDBOX_READ_PATHS,
   sandboxSkip,
   until,
+  withKernel,
 } from "./harness.js";
 
 /** Runs `sh -c script` as a compute command; the script always exits 0 and says what happened. */
@@ -222,6 +224,70 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     await assertServing();
   });
 
+  it("a command line longer than exec takes is refused SEMANTIC before anything starts, not taken for the host's failure", async () => {
+    // One argument past Linux's bound on one (128 KiB), and forty within it that exec refuses together (E2BIG):
+    // the spawn threw, and the op failed INTERNAL "the kernel could not prepare its sandbox", on the record too.
+    const cases: [string, string[], RegExp][] = [
+      ["long", ["-c", "echo ran", "x".repeat(200_000)], /argument 2 is 200000 bytes/],
+      ["many", ["-c", "echo ran", ...Array(40).fill("y".repeat(100_000))], /the command line takes \d+ bytes/],
+    ];
+    for (const [what, args, message] of cases) {
+      const d = await s.admin.call("compute.submit", "op://command/sh", { args });
+      const op = (d.payload as { op: string }).op;
+      await assert.rejects(s.admin.ops.wait(op), (e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "SEMANTIC", `${what}: ${e.message}`);
+        assert.match(e.message, message);
+        return true;
+      });
+      const states = s.t.k.inspect
+        .queryAudit({ op: "op.state", limit: 1000 })
+        .map((r) => JSON.parse(r.detail ?? "null") as { op: string; state: string; errorClass?: string })
+        .filter((r) => `op://${r.op}` === op && r.state === "failed");
+      assert.deepEqual(
+        states.map((r) => r.errorClass),
+        ["SEMANTIC"],
+        `${what}: the record says the persona's request was wrong, not the host`,
+      );
+    }
+    const alice = await s.t.persona("argv-alice", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const a = await s.t.connect(alice.identity, [alice.token]);
+    await assert.rejects(
+      a.call("agent.spawn", "agent://sh/long", { args: ["-c", "sleep 60", "x".repeat(200_000)], rights: [], lifetimeMs: 60_000 }),
+      klass("SEMANTIC", "argument 2 is 200000 bytes"),
+    );
+    assert.deepEqual(await a.agents.list(), [], "no agent was started");
+    assert.deepEqual(
+      s.t.k.inspect
+        .queryAudit({ op: "persona.added", limit: 1000 })
+        .filter((r) => r.target === "persona://argv-alice/agent.long"),
+      [],
+      "nor a key or token made for it",
+    );
+    // The largest argument exec takes still runs.
+    const d = await s.admin.call("compute.submit", "op://command/sh", {
+      args: ["-c", 'printf %s "$1" | wc -c', "sh", "z".repeat(128 * 1024 - 1)],
+    });
+    const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
+    assert.equal(Buffer.from(r.stdout).toString().trim(), String(128 * 1024 - 1));
+    await assertServing();
+  });
+
+  it("opens no pseudo-terminal from the host's shared pool unless sandboxPtys allows it", async () => {
+    // Every devpts but the host's first draws on one pool (kernel.pty.max less kernel.pty.reserve,
+    // 3,072 by default) that no RLIMIT bounds: one command's four processes held 3,072 terminals,
+    // and every other sandbox (any persona's) — and any container on the host — got ENOSPC.
+    const probe = "if (exec 3<>/dev/ptmx) 2>/dev/null; then echo got-a-pty; else echo no-pty; fi; ls -A /dev/pts | wc -l";
+    const out = await sh(s.admin, probe);
+    assert.match(out, /no-pty/);
+    assert.doesNotMatch(out, /got-a-pty/);
+    assert.match(out, /^0$/m, "/dev/pts is empty");
+    await withKernel({ sandboxPtys: 1 }, async (t) => {
+      const admin = await t.admin();
+      assert.match(await sh(admin, probe), /got-a-pty/, "an operator who allows them gets them");
+    });
+    await assertServing();
+  });
+
   it("a fork bomb stops at the sandbox's process bound", async () => {
     const m = marker();
     // In a subshell: the shell gives up ("Cannot fork") when the bound is reached.
@@ -235,9 +301,9 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
 });
 
 /** The keyring's system calls (add_key, keyctl) where the test knows them. */
-const KEY_CALLS: Record<string, { addKey: number; keyctl: number }> = {
-  x64: { addKey: 248, keyctl: 250 },
-  arm64: { addKey: 217, keyctl: 219 },
+const KEY_CALLS: Record<string, { addKey: number; keyctl: number; memfdCreate: number }> = {
+  x64: { addKey: 248, keyctl: 250, memfdCreate: 319 },
+  arm64: { addKey: 217, keyctl: 219, memfdCreate: 279 },
 };
 const keyCalls = KEY_CALLS[process.arch];
 const PERL = "/usr/bin/perl";
@@ -248,6 +314,30 @@ const keyringSkip =
     : !existsSync(PERL)
       ? "NOT RUN: needs /usr/bin/perl"
       : false);
+
+describe("memory no bound of the sandbox counts", { skip: keyringSkip }, () => {
+  const s = kernelForSuite({ sandboxMemoryBytes: 256 * 1024 * 1024 });
+  it("a sandboxed process makes no memfd and no System V segment, queue or semaphore set: POSIX shared memory, in the sized /dev/shm, stays", async () => {
+    // A memfd is written with write(2), never mapped: one process under this 256 MiB address
+    // space held 532 MiB of the host's memory in eight of them (and could hold its open-file bound
+    // of them, each up to sandboxFileBytes); System V segments, written through a mapping dropped
+    // at once, 466 MiB, kept until the sandbox ended. /tmp and /dev/shm are sized; these were not.
+    const { memfdCreate } = keyCalls ?? { memfdCreate: 0 };
+    const script = `use IPC::SysV qw(IPC_PRIVATE IPC_CREAT S_IRUSR S_IWUSR);
+      my $n = "m"; my $fd = syscall(${memfdCreate}, $n, 0); print $fd < 0 ? "memfd: $!\n" : "memfd made\n";
+      my $shm = shmget(IPC_PRIVATE, 1 << 20, IPC_CREAT | S_IRUSR | S_IWUSR); print defined $shm ? "shm made\n" : "shmget: $!\n";
+      my $msg = msgget(IPC_PRIVATE, IPC_CREAT | S_IRUSR | S_IWUSR); print defined $msg ? "msg made\n" : "msgget: $!\n";
+      my $sem = semget(IPC_PRIVATE, 1, IPC_CREAT | S_IRUSR | S_IWUSR); print defined $sem ? "sem made\n" : "semget: $!\n";
+      open(my $h, ">", "/dev/shm/posix") or die "shm_open: $!"; print $h "x" x 4096; close($h); print "posix shm made\n";`;
+    const d = await s.admin.call("compute.submit", "op://command/perl", { args: ["-e", script] });
+    const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
+    const out = Buffer.from(r.stdout).toString();
+    for (const call of ["memfd", "shmget", "msgget", "semget"])
+      assert.match(out, new RegExp(`${call}: Operation not permitted`), out);
+    assert.doesNotMatch(out, /^(memfd|shm|msg|sem) made$/m, out);
+    assert.match(out, /posix shm made/);
+  });
+});
 
 describe("the kernel keyring, which no namespace separates", { skip: keyringSkip }, () => {
   const { addKey, keyctl } = keyCalls ?? { addKey: 0, keyctl: 0 };

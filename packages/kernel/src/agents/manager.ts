@@ -22,7 +22,7 @@ import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
-import { type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
+import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
@@ -284,6 +284,8 @@ export class AgentManager {
     // in between (the spawner's removal is agent.spawn's ownership rule). Nothing new runs on its behalf.
     if (r.grant && this.tokens.isRevoked(r.grant)) throw new OpError("CAPABILITY", "the authorizing token was revoked");
     this.opts.sandbox.check();
+    // A command line no exec takes is refused before a token or key is made for it (and on the record undone).
+    checkCommandLine(r.executable, r.args);
     if (this.live.size + this.ending >= this.opts.maxAgents)
       throw new OpError(
         "RESOURCE",
@@ -541,24 +543,52 @@ export class AgentManager {
     return this.killLive(id, "kill");
   }
 
-  /** The agent as stored, with live output while it runs. */
-  get(id: string): AgentRecord | undefined {
-    const row = this.store.getAgent(id);
+  /**
+   * The agent as stored, with live output while it runs; with `output` false, without its output
+   * (stdout and stderr null): neither read from the store nor copied from a running agent.
+   */
+  get(id: string, output = true): AgentRecord | undefined {
+    const row = this.store.getAgent(id, output);
     // What a full disk kept from the row is read over it (storeKept).
     const kept = this.keptRows.get(id);
-    const a = row && kept ? { ...row, ...kept } : row;
+    let a = row;
+    if (row && kept) {
+      const { stdout, stderr, ...meta } = kept;
+      a = { ...row, ...meta, ...(output ? { stdout: stdout ?? row.stdout, stderr: stderr ?? row.stderr } : {}) };
+    }
     const live = this.live.get(id);
-    if (a && live) {
+    if (a && live && output) {
       a.stdout = live.out.stdout.bytes();
       a.stderr = live.out.stderr.bytes();
     }
     return a;
   }
 
-  /** A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first, after listing position `after`: metadata, never output. */
-  list(spawner: string | undefined, after: number | undefined, limit: number, spawnerSpawn?: string | null): AgentSummary[] {
-    const page = this.store.listAgents(spawner, after, limit, spawnerSpawn);
+  /** The bytes of the agent's output, stored or captured so far, without reading or copying them. */
+  outputBytes(id: string): number {
+    const live = this.live.get(id);
+    if (live) return live.out.stdout.size + live.out.stderr.size;
+    const kept = this.keptRows.get(id);
+    if (kept?.stdout !== undefined || kept?.stderr !== undefined)
+      return (kept.stdout?.byteLength ?? 0) + (kept.stderr?.byteLength ?? 0);
+    return this.store.agentOutputBytes(id);
+  }
+
+  /**
+   * A page of agents (of `spawner`, and of its spawn `spawnerSpawn` when given), oldest first,
+   * after listing position `after`: metadata, never output; read no further than one row past
+   * `argsBudget` bytes of their arguments.
+   */
+  list(
+    spawner: string | undefined,
+    after: number | undefined,
+    limit: number,
+    spawnerSpawn?: string | null,
+    argsBudget?: number,
+  ): AgentSummary[] {
+    const page = this.store.listAgents(spawner, after, limit, spawnerSpawn, argsBudget);
     if (this.keptRows.size === 0) return page;
+    // What a full disk kept from the rows is read over them (storeKept).
     return page.map((a) => {
       const kept = this.keptRows.get(a.id);
       if (!kept) return a;

@@ -44,6 +44,12 @@ export interface ComputeOptions {
   /** Ops queued or running per persona, and in the kernel: each waits in memory and in the store. */
   maxPendingPerPersona: number;
   maxPending: number;
+  /**
+   * Largest input of one task (its args, CBOR-encoded), and the inputs of the tasks queued or
+   * running in the kernel together: each is held in the kernel's memory until its task ends.
+   */
+  maxTaskInputBytes: number;
+  maxQueuedTaskInputBytes: number;
   /** The top of each persona's tree (maxPendingPerPersona counts it); by first segment when absent. */
   roots?: TreeRoots;
 }
@@ -79,6 +85,8 @@ type StopReason = "cancelled" | "deadline" | "revoked" | "retired" | "removed";
 interface Running {
   id: string;
   op: OpRecord;
+  /** A task's input bytes, held until it ends (0 for a command). */
+  inputBytes: number;
   /** The grant that authorized the submit (a revocation covering it cancels the op). */
   grant: Grant | undefined;
   cancel(reason: StopReason): void;
@@ -99,6 +107,8 @@ interface Job {
   grant: Grant | undefined;
   /** The deadline is the grant's expiry (it came before every other bound). */
   expiresWithGrant: boolean;
+  /** A task's input bytes, held until it ends (0 for a command). */
+  inputBytes: number;
 }
 
 /**
@@ -168,6 +178,7 @@ export class ComputeEngine {
     spawn: string | null = null,
   ): OpRecord {
     this.admitPending(persona);
+    const inputBytes = kind === "task" ? this.admitInput(args) : 0;
     if (kind === "command") {
       // Refused now, before there is an op: no sandbox, or one process too many.
       this.host.sandbox.check();
@@ -199,7 +210,7 @@ export class ComputeEngine {
     };
     this.store.insertOp(op);
     this.host.recordState?.(op, "created", null);
-    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
+    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant, inputBytes });
     this.pump();
     return op;
   }
@@ -228,6 +239,27 @@ export class ComputeEngine {
         "RESOURCE",
         `${treeName(root, persona)} has ${unread} op results not yet read (op.result) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
       );
+  }
+
+  /**
+   * A task's input size (CBOR-encoded): SEMANTIC past maxTaskInputBytes, RESOURCE past what the
+   * kernel holds for the tasks queued or running. Every input waits in the kernel's memory until
+   * its task ends: ops were counted, not their inputs, and one persona tree's 64 queued tasks of
+   * ~15 MiB each held ~900 MiB of the kernel's heap (a few trees, its whole heap limit).
+   */
+  private admitInput(args: CborValue): number {
+    const n = encodeCanonical(args).byteLength;
+    if (n > this.opts.maxTaskInputBytes)
+      throw new OpError("SEMANTIC", `the task's input is ${n} bytes: at most ${this.opts.maxTaskInputBytes} (maxTaskInputBytes)`);
+    let held = 0;
+    for (const j of this.queue) held += j.inputBytes;
+    for (const r of this.running.values()) held += r.inputBytes;
+    if (held + n > this.opts.maxQueuedTaskInputBytes)
+      throw new OpError(
+        "RESOURCE",
+        `the kernel already holds ${held} bytes of input for tasks queued or running (at most ${this.opts.maxQueuedTaskInputBytes}, maxQueuedTaskInputBytes): retry once some end`,
+      );
+    return n;
   }
 
   /** Cancels a queued or running op; false when it already finished. */
@@ -438,7 +470,7 @@ export class ComputeEngine {
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
-    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed, inputBytes: 0 });
     const slot = processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
@@ -535,7 +567,7 @@ export class ComputeEngine {
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
-    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel, inputBytes: job.inputBytes });
     w.worker.on("message", onMessage);
     w.worker.on("error", onError);
     w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });

@@ -371,6 +371,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxRuntimeMs: c.maxRuntimeMs,
         maxPendingPerPersona: c.maxPendingOpsPerPersona,
         maxPending: c.maxPendingOps,
+        maxTaskInputBytes: c.maxTaskInputBytes,
+        maxQueuedTaskInputBytes: c.maxQueuedTaskInputBytes,
         roots,
       },
       log,

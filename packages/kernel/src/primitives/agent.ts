@@ -2,7 +2,8 @@ import type { CborMap } from "@kpip/protocol";
 import { agentKill, agentList, agentLogs, agentSpawn, agentStatus } from "@kpip/protocol";
 import type { AgentManager } from "../agents/manager.js";
 import { agentKey, agentUri } from "../agents/namespace.js";
-import type { AgentRecord } from "../store/types.js";
+import { AGENT_LIST_ARGS_BYTES } from "../limits.js";
+import type { AgentRecord, AgentSummary } from "../store/types.js";
 import { networkGranted, networkRight } from "./compute.js";
 import { implement } from "./implement.js";
 import { pageAnswer, pageRequest } from "./paging.js";
@@ -48,10 +49,12 @@ function describe(a: Omit<AgentRecord, "stdout" | "stderr"> & Partial<AgentRecor
 export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCursors = PROCESS_CURSORS): PrimitiveFamily {
   // Agent ids are scoped to their spawner: agent://x/y is the caller's own; the admin names another spawner's with args.spawner.
   // An agent spawner's are its own spawn's: a later agent of its name does not see an earlier one's.
+  // Without its output: only agent.logs answers it, and reads it once it has held its size.
   const visible = (ctx: OpContext): AgentRecord => {
     const [executable, instance] = agentId(ctx);
     const spawner = ctx.args.spawner === undefined ? ctx.persona : String(ctx.args.spawner);
-    const a = spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance)) : undefined;
+    const a =
+      spawner === ctx.persona || ctx.persona === admin ? agents.get(agentKey(spawner, executable, instance), false) : undefined;
     if (!a || (ctx.persona !== admin && a.spawnerSpawn !== agents.spawnOf(ctx.persona)))
       throw new OpError("SEMANTIC", `no agent ${ctx.targetUri}`);
     return a;
@@ -99,9 +102,9 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
       implement(agentLogs, {
         handler: (ctx) => {
           const a = visible(ctx);
-          // The output is counted before it is answered: a burst of agent.logs cannot pile it up.
-          ctx.holdAnswerBytes((a.stdout?.byteLength ?? 0) + (a.stderr?.byteLength ?? 0));
-          return { status: "SUCCESS", payload: describe(a, true) };
+          // The output is counted before it is read: a burst of agent.logs cannot pile it up.
+          ctx.holdAnswerBytes(agents.outputBytes(a.id));
+          return { status: "SUCCESS", payload: describe(agents.get(a.id) ?? a, true) };
         },
       }),
       implement(agentList, {
@@ -113,10 +116,24 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
           const rows =
             ctx.persona !== admin && spawn === undefined
               ? []
-              : agents.list(ctx.persona === admin ? undefined : ctx.persona, page.after, page.limit + 1, spawn);
+              : agents.list(
+                  ctx.persona === admin ? undefined : ctx.persona,
+                  page.after,
+                  page.limit + 1,
+                  spawn,
+                  AGENT_LIST_ARGS_BYTES,
+                );
+          // The page ends with the row that reaches the bound of arguments read: each agent's may
+          // be MAX_ARGV_BYTES, and a thousand of them were seconds of the kernel's thread to read.
+          let limit = page.limit;
+          let spent = 0;
+          for (let i = 0; i < rows.length && i < limit; i++) {
+            spent += (rows[i] as AgentSummary).argsBytes;
+            if (spent >= AGENT_LIST_ARGS_BYTES) limit = i + 1;
+          }
           return pageAnswer(
             rows,
-            page,
+            { ...page, limit },
             "agents",
             (a) => describe(a),
             (a) => page.seal(a.seq),

@@ -27,12 +27,13 @@ export type SpawnOf = (persona: string) => string | null | undefined;
 /**
  * The op of `op://<id>`, if it belongs to the caller (or the caller is the admin, who sees and
  * may cancel every op); another persona's op is reported as absent, and so is one an earlier
- * agent of the caller's name (its persona id) submitted.
+ * agent of the caller's name (its persona id) submitted. Without its result (`result` null):
+ * only op.result answers it, and reads it once it has held its size.
  */
 function ownOp(store: OpStore, engine: ComputeEngine, ctx: OpContext, admin: string, spawnOf: SpawnOf): OpRecord {
   const id = ctx.target.segments.join("/");
-  const row = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id) : undefined;
-  // What a full disk kept from the row is read over it (ComputeEngine.current).
+  const row = /^[0-9a-f]{32}$/.test(id) ? store.getOp(id, false) : undefined;
+  // What a full disk kept from the row is read over it (ComputeEngine.current): a kept end brings its result.
   const op = row && engine.current(row);
   if (!op || (ctx.persona !== admin && (op.persona !== ctx.persona || op.spawn !== spawnOf(ctx.persona))))
     throw new OpError("SEMANTIC", `no op ${ctx.targetUri}`);
@@ -116,9 +117,13 @@ export function computeFamily(
           if (op.state === "queued" || op.state === "running") return { status: "DEFERRED", payload: statusPayload(op) };
           // Handed out: from now on a trim of the tree's finished ops may take it (its poller has it).
           store.claimOp(op.id, Date.now());
-          // Counted before the result is decoded: a burst of op.result on a large result is refused, not built.
-          if (op.result) ctx.holdAnswerBytes(op.result.byteLength);
-          const payload = { ...statusPayload(op), result: op.result ? decodeCanonical(op.result) : null };
+          // Counted before the result is read: a burst of op.result on a large result is refused, not built.
+          // A result here is one a full disk kept from the store (ownOp reads none from it).
+          const kept = op.result;
+          const size = kept ? kept.byteLength : store.opResultBytes(op.id);
+          if (size) ctx.holdAnswerBytes(size);
+          const stored = kept ?? (size ? (store.getOp(op.id)?.result ?? null) : null);
+          const payload = { ...statusPayload(op), result: stored ? decodeCanonical(stored) : null };
           if (op.state === "succeeded") return { status: "SUCCESS", payload };
           // Failed or cancelled: the FAILURE of its class, with what it left (a command that ran:
           // its exit code, signal and captured output — what its persona debugs it with).
@@ -132,7 +137,7 @@ export function computeFamily(
           const cancelled = engine.cancel(op.id);
           return {
             status: "SUCCESS",
-            payload: { op: `op://${op.id}`, cancelled, state: engine.current(store.getOp(op.id) ?? op).state },
+            payload: { op: `op://${op.id}`, cancelled, state: engine.current(store.getOp(op.id, false) ?? op).state },
           };
         },
       }),

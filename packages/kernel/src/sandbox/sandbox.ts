@@ -17,6 +17,7 @@ import type { Writable } from "node:stream";
 import type { ErrorClass } from "@kpip/protocol";
 import type Database from "better-sqlite3";
 import { ConfigError } from "../config.js";
+import { MAX_ARG_BYTES, MAX_ARGV_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
@@ -93,6 +94,14 @@ export interface SandboxConfig {
    * the kernel's own). Bubblewrap's processes get it before the program starts, which inherits it.
    */
   oomScoreAdj?: number;
+  /**
+   * Whether a sandbox may open pseudo-terminals (its own devpts, bubblewrap's /dev/pts). Every
+   * devpts but the host's first draws on one pool of the host's (`kernel.pty.max` less
+   * `kernel.pty.reserve`: 3,072 by default), which no RLIMIT bounds: one sandbox's processes can
+   * hold it all, and then no sandbox — nor any container on the host — gets a terminal. Off
+   * (absent or false): /dev/pts is an empty read-only directory.
+   */
+  ptys?: boolean;
   /** Told when a scratch directory could not be removed (it stays; the next start tries again). */
   removalFailed?: (paths: string[], why: string) => void;
   /**
@@ -268,6 +277,10 @@ export class SandboxViewError extends Error {
  */
 export function launchFailure(e: unknown, log: (err: unknown) => void): { errorClass: ErrorClass; message: string } {
   if (e instanceof OpError) return { errorClass: e.errorClass, message: e.message };
+  // Within MAX_ARGV_BYTES yet too long for this host's exec (a kernel run with a small stack limit):
+  // still the persona's command line, not the host's failure.
+  if ((e as NodeJS.ErrnoException | undefined)?.code === "E2BIG")
+    return { errorClass: "SEMANTIC", message: "its command line is longer than exec takes on this host" };
   log(e);
   if (e instanceof SandboxViewError || e instanceof ConfigError)
     return {
@@ -276,6 +289,42 @@ export function launchFailure(e: unknown, log: (err: unknown) => void): { errorC
         "what the sandbox would show changed since the kernel started: no process is started until the operator fixes it (the kernel's log says what)",
     };
   return { errorClass: "INTERNAL", message: "the kernel could not prepare its sandbox (the kernel's log says why)" };
+}
+
+/**
+ * Refuses (SEMANTIC) a command line exec cannot carry: an argument with a NUL, one past
+ * {@link MAX_ARG_BYTES}, or all of them past {@link MAX_ARGV_BYTES} (within exec's own bound, and
+ * what the kernel keeps for an agent). Each by its place among the persona's arguments: Node's
+ * refusal of a NUL named its place in bubblewrap's command line (a view of the sandbox's set-up),
+ * and its spawn threw E2BIG, which the launch took for the host's failure (INTERNAL, retryable,
+ * "the kernel could not prepare its sandbox", a warning in the log each time), while an agent's
+ * arguments, up to exec's whole 2 MiB, were stored and listed. Agent.spawn asks before it mints.
+ */
+export function checkCommandLine(executable: string, args: string[]): void {
+  const nul = [executable, ...args].findIndex((a) => a.includes("\0"));
+  if (nul >= 0)
+    throw new OpError(
+      "SEMANTIC",
+      nul === 0
+        ? "the executable's name contains a NUL byte"
+        : `argument ${nul - 1} contains a NUL byte, which no process argument can carry`,
+    );
+  let total = 0;
+  for (const [i, a] of [executable, ...args].entries()) {
+    const n = Buffer.byteLength(a, "utf8");
+    if (n > MAX_ARG_BYTES)
+      throw new OpError(
+        "SEMANTIC",
+        `${i === 0 ? "the executable's name" : `argument ${i - 1}`} is ${n} bytes: a process argument takes at most ${MAX_ARG_BYTES}`,
+      );
+    // As exec counts it: the bytes, the NUL, the pointer.
+    total += n + 1 + 8;
+  }
+  if (total > MAX_ARGV_BYTES)
+    throw new OpError(
+      "SEMANTIC",
+      `the command line takes ${total} bytes (each argument's UTF-8 bytes, its NUL and its 8-byte pointer): at most ${MAX_ARGV_BYTES}`,
+    );
 }
 
 /** `text` with the scratch root's host path (and every scratch directory's under it) named instead. */
@@ -380,7 +429,7 @@ export class Sandbox {
       this.filter = this.features.seccomp ? sandboxFilter() : undefined;
       if (!this.filter)
         this.weakened.push(
-          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there), and can make its sandbox's processes outlive the command and the kernel (by taking over the sandbox's init and clearing its parent-death signal)`,
+          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there), can make its sandbox's processes outlive the command and the kernel (by taking over the sandbox's init and clearing its parent-death signal), and can hold host memory that sandboxMemoryBytes does not count (memfds, System V shared memory, message queues, semaphores)`,
         );
     }
     this.unavailable = this.probe();
@@ -609,16 +658,7 @@ export class Sandbox {
 
   /** The command line and spawn options for one sandboxed process, with its fresh scratch directory. */
   launch(spec: SandboxSpec): Launch {
-    // exec ends an argument at a NUL: refused here, by its place among the persona's arguments
-    // (Node's own refusal named its place in bubblewrap's command line, a view of the sandbox's set-up).
-    const nul = [spec.executable, ...spec.args].findIndex((a) => a.includes("\0"));
-    if (nul >= 0)
-      throw new OpError(
-        "SEMANTIC",
-        nul === 0
-          ? "the executable's name contains a NUL byte"
-          : `argument ${nul - 1} contains a NUL byte, which no process argument can carry`,
-      );
+    checkCommandLine(spec.executable, spec.args);
     if (this.config.mode === "bwrap") this.recheck();
     const root = this.config.scratchRoot;
     const lockFile = this.config.lockRoot;
@@ -726,7 +766,10 @@ export class Sandbox {
     // Every writable file system in the sandbox but /scratch is memory (tmpfs), which no RLIMIT
     // counts: /tmp and /dev/shm are sized; /dev, the root and the covers are read-only.
     const sized = this.features.size && this.config.tmpBytes ? ["--size", String(this.config.tmpBytes)] : [];
-    a.push("--proc", "/proc", "--dev", "/dev", ...sized, "--tmpfs", "/dev/shm", "--remount-ro", "/dev");
+    a.push("--proc", "/proc", "--dev", "/dev", ...sized, "--tmpfs", "/dev/shm");
+    // bubblewrap's own devpts covered (its /dev/ptmx leads there): no pseudo-terminal from the host's shared pool.
+    if (!this.config.ptys) a.push("--tmpfs", "/dev/pts", "--remount-ro", "/dev/pts");
+    a.push("--remount-ro", "/dev");
     // The fresh /tmp first: a read path under /tmp (a checkout in /tmp) is bound on top of it, not hidden by it.
     a.push(...sized, "--tmpfs", "/tmp");
     // From the real path found at start, where it still is that: a read path made or re-linked

@@ -1,6 +1,6 @@
 /**
  * The seccomp filter every sandbox gets (bubblewrap's `--seccomp FD`): a classic BPF program
- * that allows everything but two things, each failed with EPERM.
+ * that allows everything but three things, each failed with EPERM.
  *
  * The kernel keyring's system calls (`add_key`, `request_key`, `keyctl`). The keyring is not
  * namespaced: a process keeps its parent's session keyring through fork, setuid and a new user
@@ -21,6 +21,18 @@
  * exit status into pid 1's eventfd: the monitor reported the command ended, the kernel freed its
  * places and considered its sandbox gone, and the namespace ran on, unbounded and unaccounted,
  * past the kernel's own stop.
+ *
+ * Memory that no bound of the sandbox counts: anonymous files (`memfd_create`, `memfd_secret`)
+ * and System V IPC (`shmget`, `msgget`, `semget`, and 32-bit x86's `ipc` that multiplexes them).
+ * A memfd is written with write(2), never mapped, so RLIMIT_AS does not see it, and it lies on
+ * no sized tmpfs (`sandboxTmpBytes` bounds /tmp and /dev/shm): one process under a 256 MiB
+ * address space held 532 MiB of the host's memory in eight memfds, and could hold its open-file
+ * bound of them, each up to RLIMIT_FSIZE. A System V segment is written through a mapping it can
+ * drop at once, and stays until the sandbox's IPC namespace ends (466 MiB the same way); each
+ * namespace starts with Linux's defaults, ~500 MiB of message queues and gigabytes of semaphore
+ * sets in the kernel's own memory. Under memory pressure the OOM killer, which counts only what a
+ * process maps, then takes other sandboxes' processes first. POSIX shared memory (`shm_open`, a
+ * file in the sized /dev/shm) stays.
  */
 
 /** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at 4, the arguments (u64 each) from 16. */
@@ -38,17 +50,24 @@ const SIGKILL = 9;
 /** x32 system calls are x86_64's with this bit set. */
 const X32 = 0x40000000;
 
-/** The calls the filter looks at, by audit architecture (AUDIT_ARCH_*): the keyring's, and prctl. */
-const CALLS: Record<string, { arch: number; keyring: number[]; prctl: number[] }[]> = {
+/**
+ * The calls the filter looks at, by audit architecture (AUDIT_ARCH_*): those it refuses (the
+ * keyring's; memfd_create, memfd_secret; shmget, msgget, semget, and i386's ipc), and prctl.
+ */
+const CALLS: Record<string, { arch: number; denied: number[]; prctl: number[] }[]> = {
   x64: [
     // x86_64 (and its x32 ABI, same audit architecture) and i386 (int 0x80 still works on x86_64).
-    { arch: 0xc000003e, keyring: [248, 249, 250, X32 | 248, X32 | 249, X32 | 250], prctl: [157, X32 | 157] },
-    { arch: 0x40000003, keyring: [286, 287, 288], prctl: [172] },
+    {
+      arch: 0xc000003e,
+      denied: [248, 249, 250, 319, 447, 29, 68, 64].flatMap((n) => [n, X32 | n]),
+      prctl: [157, X32 | 157],
+    },
+    { arch: 0x40000003, denied: [286, 287, 288, 356, 447, 395, 399, 393, 117], prctl: [172] },
   ],
   arm64: [
     // aarch64 and 32-bit ARM (compat).
-    { arch: 0xc00000b7, keyring: [217, 218, 219], prctl: [167] },
-    { arch: 0x40000028, keyring: [309, 310, 311], prctl: [172] },
+    { arch: 0xc00000b7, denied: [217, 218, 219, 279, 447, 194, 186, 190], prctl: [167] },
+    { arch: 0x40000028, denied: [309, 310, 311, 385, 307, 303, 299], prctl: [172] },
   ],
 };
 
@@ -65,10 +84,10 @@ export function sandboxFilter(arch: string = process.arch): Buffer | undefined {
   /** The low 32 bits of argument `i` (what an `int` parameter is, and all a signal number can be). */
   const lowWord = (i: number) => ARGS + 8 * i + (le ? 0 : 4);
   const prog: (Insn | string)[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
-  table.forEach(({ arch: a, keyring, prctl }, i) => {
+  table.forEach(({ arch: a, denied, prctl }, i) => {
     const next = `arch${i + 1}`;
     prog.push({ code: BPF_JEQ_K, jt: 0, jf: next, k: a }, { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
-    for (const nr of keyring) prog.push({ code: BPF_JEQ_K, jt: "deny", jf: 0, k: nr });
+    for (const nr of denied) prog.push({ code: BPF_JEQ_K, jt: "deny", jf: 0, k: nr });
     for (const nr of prctl) prog.push({ code: BPF_JEQ_K, jt: "prctl", jf: 0, k: nr });
     prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW }, next);
   });

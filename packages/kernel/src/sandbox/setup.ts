@@ -73,6 +73,7 @@ export function openSandbox(
     tmpBytes: c.sandboxTmpBytes,
     nice: c.sandboxNice,
     oomScoreAdj: c.sandboxOomScoreAdj,
+    ptys: c.sandboxPtys === 1,
     removalFailed: (paths, why) =>
       log.error({ paths, err: why }, "cannot remove scratch directories: left on disk, tried again at the next start"),
     ...(program ? { program } : {}),

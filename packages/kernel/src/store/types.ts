@@ -408,7 +408,10 @@ export type OpSummary = Omit<OpRecord, "result">;
 
 export interface OpStore {
   insertOp(r: OpRecord): void;
-  getOp(id: string): OpRecord | undefined;
+  /** An op's row; with `result` false its result is not read (null). */
+  getOp(id: string, result?: boolean): OpRecord | undefined;
+  /** The bytes of an op's stored result, read without reading it. */
+  opResultBytes(id: string): number;
   updateOp(id: string, fields: Partial<OpRecord>): void;
   /** The newest ops' metadata (inserted before `seq` `before`; of `persona`, and of its spawn `spawn` when given), never their results (op.result reads one op's, through getOp). */
   listOps(persona?: string, limit?: number, before?: number, spawn?: string | null): (OpSummary & { seq: number })[];
@@ -463,8 +466,11 @@ export interface AgentRecord {
   spawnerSpawn: string | null;
 }
 
-/** What a listing of agents shows: everything but the output, and the row's listing position (paging cursor). */
-export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number };
+/**
+ * What a listing of agents shows: everything but the output, the row's listing position (paging
+ * cursor), and the size of its arguments as stored (a page ends at a bound of them: agent.list).
+ */
+export type AgentSummary = Omit<AgentRecord, "stdout" | "stderr"> & { seq: number; argsBytes: number };
 
 /**
  * A session whose `session.open` record was appended (or was about to be) and whose end is not
@@ -502,9 +508,16 @@ export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid
 export interface AgentStore {
   putAgent(r: AgentRecord): void;
   /** One agent with its output (agent.logs). */
-  getAgent(id: string): AgentRecord | undefined;
-  /** Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position `after`, oldest first, at most `limit`; never their output. */
-  listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null): AgentSummary[];
+  /** An agent's row; with `output` false its stdout and stderr are not read (null). */
+  getAgent(id: string, output?: boolean): AgentRecord | undefined;
+  /** The bytes of an agent's stored output (stdout and stderr), read without reading them. */
+  agentOutputBytes(id: string): number;
+  /**
+   * Agents (of `spawner`, and of its spawn `spawnerSpawn` when given) after listing position
+   * `after`, oldest first, at most `limit`; never their output. Once the rows read hold
+   * `argsBudget` bytes of arguments (each row's `argsBytes`), one more row is read and no other.
+   */
+  listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null, argsBudget?: number): AgentSummary[];
   /** The agents recorded running (recovery after a crash). */
   runningAgents(): RunningAgent[];
   updateAgent(id: string, f: Partial<AgentRecord>): void;

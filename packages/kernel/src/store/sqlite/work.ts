@@ -82,11 +82,15 @@ const PUT_AGENT = `INSERT OR REPLACE INTO agents (${AGENT_META}) VALUES (${param
 const GET_AGENT =
   `SELECT ${columnsSql(AGENT_META_FIELDS, "a.")}, o.stdout, o.stderr ` +
   "FROM agents a LEFT JOIN agent_output o ON o.id = a.id WHERE a.id = ?";
+/** An agent's row without its output: agent.status and agent.kill answer no output, and it was 2 MiB read each. */
+const GET_AGENT_META = `SELECT ${AGENT_META}, NULL AS stdout, NULL AS stderr FROM agents WHERE id = ?`;
 
 /** An op row's columns but its result. */
 const OP_META = columnsSql(OP_SUMMARY_FIELDS);
 const INSERT_OP = `INSERT INTO ops (${OP_META}) VALUES (${paramsSql(OP_SUMMARY_FIELDS)})`;
 const GET_OP = `SELECT ${columnsSql(OP_SUMMARY_FIELDS, "o.")}, x.result FROM ops o LEFT JOIN op_results x ON x.id = o.id WHERE o.id = ?`;
+/** An op's row without its result: op.status and op.cancel answer none, and it was up to 2 MiB read each. */
+const GET_OP_META = `SELECT ${OP_META}, NULL AS result FROM ops WHERE id = ?`;
 
 /** Work the kernel runs for personas: agents, and deferred ops (compute.submit and friends). */
 export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore & OpStore> {
@@ -99,25 +103,44 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         if (r.stdout !== null || r.stderr !== null) putOutput(this, r.id, { stdout: r.stdout, stderr: r.stderr });
       });
     }
-    getAgent(id: string): AgentRecord | undefined {
-      const r = this.prep(GET_AGENT).get(id) as Row | undefined;
+    getAgent(id: string, output = true): AgentRecord | undefined {
+      const r = this.prep(output ? GET_AGENT : GET_AGENT_META).get(id) as Row | undefined;
       return r && toAgent(r);
     }
-    listAgents(spawner?: string, after = 0, limit = -1, spawnerSpawn?: string | null): AgentSummary[] {
+    agentOutputBytes(id: string): number {
+      // A blob's length is in its record's header: its pages are not read.
+      const r = this.prep(
+        "SELECT coalesce(length(stdout), 0) + coalesce(length(stderr), 0) AS n FROM agent_output WHERE id = ?",
+      ).get(id) as Row | undefined;
+      return (r?.n as number | undefined) ?? 0;
+    }
+    listAgents(
+      spawner?: string,
+      after = 0,
+      limit = -1,
+      spawnerSpawn?: string | null,
+      argsBudget = Number.POSITIVE_INFINITY,
+    ): AgentSummary[] {
       const sql = `SELECT rowid AS seq, ${AGENT_META} FROM agents WHERE rowid > ?`;
-      const rows = (
+      const [query, params] =
         spawner === undefined
-          ? this.prep(`${sql} ORDER BY rowid LIMIT ?`).all(after, limit)
+          ? [`${sql} ORDER BY rowid LIMIT ?`, [after, limit]]
           : spawnerSpawn === undefined
-            ? this.prep(`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`).all(after, spawner, limit)
-            : this.prep(`${sql} AND spawner = ? AND spawner_spawn IS ? ORDER BY rowid LIMIT ?`).all(
-                after,
-                spawner,
-                spawnerSpawn,
-                limit,
-              )
-      ) as Row[];
-      return rows.map((r) => ({ ...toAgentMeta(r), seq: r.seq as number }));
+            ? [`${sql} AND spawner = ? ORDER BY rowid LIMIT ?`, [after, spawner, limit]]
+            : [`${sql} AND spawner = ? AND spawner_spawn IS ? ORDER BY rowid LIMIT ?`, [after, spawner, spawnerSpawn, limit]];
+      // Row by row: a page of large arguments stops once it holds the budget, plus the next row
+      // (so the caller knows more remain), never reading the rest of the page.
+      const out: AgentSummary[] = [];
+      let spent = 0;
+      let full: number | undefined;
+      for (const r of this.prep(query).iterate(...params) as IterableIterator<Row>) {
+        const argsBytes = (r.args as string).length;
+        out.push({ ...toAgentMeta(r), seq: r.seq as number, argsBytes });
+        if (full !== undefined) break;
+        spent += argsBytes;
+        if (spent >= argsBudget) full = out.length;
+      }
+      return out;
     }
     runningAgents(): RunningAgent[] {
       return (
@@ -155,8 +178,13 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         if (r.result !== null) this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(r.id, r.result);
       });
     }
-    getOp(id: string): OpRecord | undefined {
-      const r = this.prep(GET_OP).get(id) as Row | undefined;
+    opResultBytes(id: string): number {
+      // A blob's length is in its record's header: its pages are not read.
+      const r = this.prep("SELECT coalesce(length(result), 0) AS n FROM op_results WHERE id = ?").get(id) as Row | undefined;
+      return (r?.n as number | undefined) ?? 0;
+    }
+    getOp(id: string, result = true): OpRecord | undefined {
+      const r = this.prep(result ? GET_OP : GET_OP_META).get(id) as Row | undefined;
       return r && toOp(r);
     }
     updateOp(id: string, f: Partial<OpRecord>): void {
