@@ -314,10 +314,19 @@ describe("agents", { skip: sandboxSkip }, () => {
 
   it("kills a runaway agent at its lifetime, and leaves no process behind at kernel stop", async () => {
     const admin = await t.admin();
+    const events = await admin.events.subscribe("topic://kernel/personas/admin/**");
     await admin.agents.spawn("sleep", "runaway", { args: ["30"], rights: [], lifetimeMs: 300 });
     await until(async () => (await admin.agents.status("agent://sleep/runaway")).state === "killed", 30_000, "killed");
     const st = await admin.agents.status("agent://sleep/runaway");
     assert.equal(st.signal, "SIGKILL");
+    // Its end's event: the signal, and no exit code (a uint when present: it was -1 for a kill).
+    for await (const e of events) {
+      const d = e.data as { agent: string; state: string; exitCode?: number; signal?: string; killedBy?: string };
+      if (d.agent !== "agent://sleep/runaway" || d.state === "running") continue;
+      assert.deepEqual([d.state, d.exitCode, d.signal, d.killedBy], ["killed", undefined, "SIGKILL", "lifetime"]);
+      break;
+    }
+    await events.unsubscribe();
     await admin.agents.spawn("sleep", "orphan", { args: ["30"], rights: [], lifetimeMs: 60_000 });
     const orphan = t.k.inspect.getAgent("admin/sleep/orphan")?.pid;
     await t.stop();

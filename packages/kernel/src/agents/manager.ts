@@ -427,6 +427,9 @@ export class AgentManager {
       live.slot.release();
     });
     const state = live.killedBy ? "killed" : "exited";
+    // Node reports a spawn that failed after it returned (fork's EAGAIN once the host's pids are
+    // used up) as a negative errno: no exit code (PROTOCOL: uint), the process never ran.
+    if (code !== null && code < 0) code = null;
     const f: Partial<AgentRecord> = {
       state,
       exitCode: code,
@@ -482,7 +485,7 @@ export class AgentManager {
     emitKernelEvent(this.events, "agents", rec.persona, id, {
       agent: agentUri(id),
       state,
-      exitCode: code ?? -1,
+      ...(code !== null ? { exitCode: code } : {}),
       ...(signal ? { signal } : {}),
       ...(live.killedBy ? { killedBy: live.killedBy } : {}),
     });
