@@ -73,6 +73,13 @@ describe("the audit record keeps the context a decision was made in", () => {
     }
     const opened = allAudit(s.t.k).filter((r) => r.op === "session.open" && r.persona === "meas");
     assert.equal(opened.length, 1, "only the session whose measurements fit opened");
+    // The refusals came after a signature that verified: their records name the persona, not "claimed".
+    const refusedAt = allAudit(s.t.k).filter((r) => r.op === "session.handshake" && /TOO_LARGE/.test(r.message ?? ""));
+    assert.equal(refusedAt.length, 2);
+    for (const r of refusedAt) {
+      assert.equal(r.persona, "meas");
+      assert.doesNotMatch(r.message ?? "", /not verified/);
+    }
     assert.ok(allAudit(s.t.k).every((r) => (r.measurements?.length ?? 0) <= MAX_MEASUREMENTS_BYTES));
     // The client refuses them before connecting, naming the bound.
     await assert.rejects(

@@ -285,7 +285,8 @@ export class Session implements SessionView, EventSink {
     try {
       measured = measurements === undefined ? undefined : encodeMeasurements(measurements);
     } catch (e) {
-      return this.fail("PROTOCOL", "TOO_LARGE", (e as Error).message, persona);
+      // Refused after a signature that verified: the record names the persona as verified.
+      return this.fail("PROTOCOL", "TOO_LARGE", (e as Error).message, persona, { verified: true });
     }
     const refused = this.host.admitSession(this, persona);
     // The persona attested: this record names it as verified, unlike every other failed handshake's
