@@ -2,7 +2,7 @@ import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin
 import { isAgentPersona } from "../agents/namespace.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
-import type { LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
+import type { LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -46,7 +46,7 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
  * for the kernel op and the CLI's offline change.
  */
 export function removePersonaTree(
-  store: PersonaStore & TokenStore & LedgerStore,
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
   id: string,
   revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
@@ -55,6 +55,9 @@ export function removePersonaTree(
   const tokens = store.unrevokedTokensOfTree(id);
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
+  // Its ops' results, its agents' output and its token list are not a later registration's.
+  store.disownWork(id);
+  store.disownTokens(id);
   return { removed, tokensRevoked: tokens.length, allocationsFreed: releaseAllocationsWithin(store, id) };
 }
 
@@ -76,7 +79,10 @@ const personaRecord = (p: { id: string; publicKey: Uint8Array; createdAt: number
  * over the op and `persona://<id>` (the admin's token covers all; a grant over
  * `persona://alice/**` lets alice manage her sub-personas).
  */
-export function personaFamily(store: PersonaStore & TokenStore & LedgerStore, host: PersonaFamilyHost): PrimitiveFamily {
+export function personaFamily(
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
+  host: PersonaFamilyHost,
+): PrimitiveFamily {
   return {
     name: "persona",
     ops: [

@@ -93,6 +93,18 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ) as Row[];
       return rows.map(toToken);
     }
+    disownTokens(tree: string): void {
+      const slash = tree.lastIndexOf("/");
+      this.transaction(() => {
+        // To the id above (a row it has already stays once), then whatever is left of the tree's goes.
+        if (slash > 0)
+          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(
+            tree.slice(0, slash),
+            ...treeArgs(tree),
+          );
+        this.prep(`DELETE FROM token_viewers WHERE ${inTreeSql("viewer")}`).run(...treeArgs(tree));
+      });
+    }
     tokensDerivedFrom(id: string): TokenRecord[] {
       // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
       const rows = this.prep(
