@@ -5,7 +5,7 @@ import { KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
 import { decodeToken, generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
-import { kernelForSuite, klass, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
+import { addPersonaKey, kernelForSuite, klass, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
 
 const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
 
@@ -200,6 +200,40 @@ describe("the persona registry through the kernel: persona.register / remove / l
     assert.match(Buffer.from((r.payload as { result: { stdout: Uint8Array } }).result.stdout).toString(), /first-holder-secret/);
     const all = ((await suite.admin.call("op.list", "kernel://", {})).payload as { ops: { op: string; spawn?: string }[] }).ops;
     assert.equal(all.find((x) => x.op === op)?.spawn, "removed");
+  });
+
+  it("session.open names the key the persona attested with, and a registration the key it registered: a key put in the registry off the record is told apart", async () => {
+    const b64 = (k: Uint8Array) => Buffer.from(k).toString("base64url");
+    const first = generateIdentity("kay");
+    await suite.admin.call("persona.register", "persona://kay", { publicKey: first.publicKey });
+    const tok = (await suite.admin.tokens.mint("kay", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }))
+      .token;
+    await (await suite.t.connect(first, [tok])).close();
+    // Someone who can write the home's database (not its keys) swaps kay's key for theirs, off the record.
+    const planted = generateIdentity("kay");
+    addPersonaKey(suite.t, "kay", planted.publicKey);
+    await (await suite.t.connect(planted, [tok])).close();
+    const detail = (r: { detail?: string | null } | undefined) => JSON.parse(r?.detail ?? "{}") as { key?: string };
+    const registered = suite.t.k.inspect
+      .queryAudit({ op: "persona.register", limit: 100 })
+      .filter((r) => r.phase === "outcome" && r.target === "persona://kay");
+    assert.deepEqual(
+      registered.map((r) => detail(r).key),
+      [b64(first.publicKey)],
+    );
+    const opens = await until(
+      () => {
+        const o = suite.t.k.inspect.queryAudit({ persona: "kay", op: "session.open", limit: 10 });
+        return o.length === 2 ? o : undefined;
+      },
+      10_000,
+      "both opens on the record",
+    );
+    assert.deepEqual(
+      opens.map((r) => detail(r).key),
+      [b64(first.publicKey), b64(planted.publicKey)],
+      "each open names its key: the second, one no registration record names",
+    );
   });
 
   it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {

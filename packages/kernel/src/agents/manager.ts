@@ -311,7 +311,13 @@ export class AgentManager {
       target: `persona://${persona}`,
       persona: r.spawner,
       message: `key of ${uri} spawned by ${r.spawner}`,
-      detail: { persona, agent: id, spawner: r.spawner, token: token.claims.id },
+      detail: {
+        persona,
+        agent: id,
+        spawner: r.spawner,
+        token: token.claims.id,
+        key: Buffer.from(identity.publicKey).toString("base64url"),
+      },
     });
     let launch: Launch | undefined;
     let child: ChildProcess;

@@ -123,7 +123,12 @@ export function personaFamily(
             }
             store.addPersona(id, key, ctx.persona);
             const rec = store.getPersona(id);
-            return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+            // The key on the record, as each session.open names the key it attested with.
+            return {
+              status: "SUCCESS",
+              payload: rec ? personaRecord(rec) : { persona: id },
+              audit: { key: Buffer.from(key).toString("base64url") },
+            };
           });
         },
       }),
