@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { decodeToken, generateIdentity } from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
-import { klass, sandboxSkip, startKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -160,6 +160,46 @@ describe("agents and commands: authority bounded by their creator's", () => {
       assert.deepEqual(await usage("ann/helper"), {});
     } finally {
       await t.stop();
+    }
+  });
+
+  it("a later agent of a reused name lists none of an earlier one's tokens; its spawner still does", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const listing = [{ ops: ["token.list"], targets: ["kernel://"] }];
+      const eve = await t.persona("eve", [...AGENTS_AND_OPS, ...listing]);
+      const c = await t.connect(eve.identity, [eve.token]);
+      const run = async () => {
+        const a = (await c.agents.spawn("node", "w1", {
+          args: [TREE_AGENT, JSON.stringify([{ call: "token.list", target: "kernel://", show: true }])],
+          rights: listing,
+          lifetimeMs: 120_000,
+        })) as { token: string };
+        const r = await until(
+          async () => {
+            const out = Buffer.from((await c.agents.logs("agent://node/w1")).stdout).toString();
+            return out.includes("\n") ? (JSON.parse(out) as { results: [string, { tokens: { id: string }[] }][] }) : undefined;
+          },
+          60_000,
+          "the agent's report",
+        );
+        await c.call("agent.kill", "agent://node/w1");
+        await until(async () => (await c.agents.status("agent://node/w1")).state !== "running", 30_000, "the agent ended");
+        return { token: a.token, listed: (r.results[0]?.[1].tokens ?? []).map((x) => x.id) };
+      };
+      const first = await run();
+      assert.deepEqual(first.listed, [first.token]);
+      const second = await run();
+      assert.deepEqual(second.listed, [second.token], "the first spawn's token is not the second's to list");
+      const spawner = ((await c.call("token.list", "kernel://", {})).payload as { tokens: { id: string }[] }).tokens.map(
+        (x) => x.id,
+      );
+      assert.ok(spawner.includes(first.token) && spawner.includes(second.token), JSON.stringify(spawner));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
     }
   });
 
