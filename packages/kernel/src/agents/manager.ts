@@ -18,7 +18,7 @@ import { isStorageFull } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
+import { FIRST_SEGMENT, registeredAbove, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
@@ -209,7 +209,7 @@ export class AgentManager {
     return this.store.transaction(() => {
       this.store.removePersona(persona);
       // A later agent of its name (its persona id) does not list this spawn's tokens; the spawner still does.
-      if (disown) this.store.disownTokens(persona);
+      if (disown) this.store.disownTokens(persona, registeredAbove(this.store, persona));
       return releaseAllocationsWithin(this.store, persona);
     });
   }

@@ -1,7 +1,7 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
+import { inTree, registeredAbove, type TreeRoots, treeName } from "../resources/lineage.js";
 import type { LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
@@ -55,9 +55,10 @@ export function removePersonaTree(
   const tokens = store.unrevokedTokensOfTree(id);
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
-  // Its ops' results, its agents' output and its token list are not a later registration's.
+  // Its ops' results, its agents' output and its token list are not a later registration's: the
+  // tokens pass to the nearest persona above it still registered (one registered later sees none).
   store.disownWork(id);
-  store.disownTokens(id);
+  store.disownTokens(id, registeredAbove(store, id));
   return { removed, tokensRevoked: tokens.length, allocationsFreed: releaseAllocationsWithin(store, id) };
 }
 

@@ -346,11 +346,11 @@ export interface TokenStore {
   noteRevocationSeq(id: string, seq: number): void;
   revocationSeqs(): [string, number][];
   /**
-   * `tree` is removed from the registry: the tokens its ids saw are seen by the id above it
-   * instead (those above keep seeing them; none at all for a top-level id), never by a later
-   * registration under one of these ids.
+   * `tree` is removed from the registry: the tokens its ids saw are seen by `heir` instead (a
+   * registered persona above it, so those above keep seeing them; none when absent), never by a
+   * later registration under one of these ids.
    */
-  disownTokens(tree: string): void;
+  disownTokens(tree: string, heir?: string): void;
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
   /** {@link tokensDerivedFrom} of each of `ids` (those with none are absent), read in one pass. */

@@ -93,15 +93,11 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ) as Row[];
       return rows.map(toToken);
     }
-    disownTokens(tree: string): void {
-      const slash = tree.lastIndexOf("/");
+    disownTokens(tree: string, heir?: string): void {
       this.transaction(() => {
-        // To the id above (a row it has already stays once), then whatever is left of the tree's goes.
-        if (slash > 0)
-          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(
-            tree.slice(0, slash),
-            ...treeArgs(tree),
-          );
+        // To the heir (a row it has already stays once), then whatever is left of the tree's goes.
+        if (heir !== undefined)
+          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(heir, ...treeArgs(tree));
         this.prep(`DELETE FROM token_viewers WHERE ${inTreeSql("viewer")}`).run(...treeArgs(tree));
       });
     }
