@@ -20,7 +20,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteStore } from "@kpip/kernel";
-import { parseIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, derivedTokenId, encodeToken, parseIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
@@ -137,6 +137,51 @@ async function asAdmin(home: string, f: (c: KernelClient) => Promise<void>): Pro
     await k.stop();
   }
 }
+
+describe("kpip audit timeline --token", () => {
+  it("a prefix naming two tokens is refused, naming them: a persona grinds a token attenuated offline until its id begins as another's", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-audit-prefix-"));
+    try {
+      let victim = "";
+      let ground = "";
+      await asAdmin(home, async (c) => {
+        const rights = [{ ops: ["system.*"], targets: ["kernel://"] }];
+        const a = await c.tokens.mint("admin", { rights, ttlMs: 3_600_000 });
+        const b = decodeToken((await c.tokens.mint("admin", { rights, ttlMs: 3_600_000 })).token);
+        victim = a.id;
+        // Offline, at no cost to the kernel: an exp caveat per try, until the id's first 4 hex digits match (~65,536 tries).
+        let d = b;
+        for (let i = 1; derivedTokenId(d).slice(0, 4) !== victim.slice(0, 4); i++)
+          d = attenuate(b, { t: "exp", v: b.claims.exp - i });
+        ground = derivedTokenId(d);
+        await c.call("system.health", "kernel://", {}, { caps: [a.token] });
+        await c.call("system.health", "kernel://", {}, { caps: [encodeToken(d)] });
+      });
+      const short = victim.slice(0, 4);
+      const r = await kpip(["audit", "timeline", "--home", home, "--token", short]);
+      assert.equal(r.code, 2, r.out);
+      assert.match(
+        r.err,
+        new RegExp(`--token ${short} names 2 tokens \\((${victim}, ${ground}|${ground}, ${victim})\\): give more of the id`),
+      );
+      for (const id of [victim, ground]) {
+        const one = await kpip(["audit", "timeline", "--home", home, "--token", id, "--json"]);
+        assert.equal(one.code, 0, one.err);
+        const rows = one.out
+          .trim()
+          .split("\n")
+          .map((l) => JSON.parse(l) as { op: string; tokens: string[] });
+        // The ground one's first use is on the record too (token.derived, about it).
+        assert.deepEqual(
+          rows.filter((x) => x.op === "system.health").map((x) => x.tokens),
+          [[id]],
+        );
+      }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
 
 describe("kpip audit tail -f", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-audit-tail-"));

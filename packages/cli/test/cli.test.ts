@@ -357,7 +357,12 @@ describe("registry changes while no kernel runs", () => {
         q("persona.register").map((r) => [r.phase, r.status]),
         [["offline", "SUCCESS"]],
       );
-      assert.match(q("persona.register")[0].message, /kpip persona create \(by kpip persona \(uid/);
+      // The key it registered (as the session.open of whoever attests as frank names its key).
+      assert.ok(
+        (q("persona.register")[0].message as string).startsWith(
+          `created with kpip persona create (key ${created.publicKey}) (by kpip persona (uid`,
+        ),
+      );
       assert.deepEqual(
         q("persona.remove").map((r) => r.phase),
         ["offline"],

@@ -225,7 +225,7 @@ export function ensureAdmin(home: string, store: SqliteStore, admin: string): st
         actor: FIRST_START_ACTOR,
         op: "persona.register",
         target: `persona://${admin}`,
-        message: "admin persona created with a new identity file",
+        message: `admin persona created with a new identity file (key ${Buffer.from(id.publicKey).toString("base64url")})`,
       },
       () => store.addPersona(admin, id.publicKey),
     );

@@ -5,7 +5,7 @@ import { KernelClient, KernelUnavailableError, KpipError } from "@kpip/client";
 import { decodeToken, generateIdentity } from "@kpip/protocol";
 import { verifyAudit } from "../src/audit/verify.js";
 import { HOME_FILES, SqliteStore } from "../src/index.js";
-import { kernelForSuite, klass, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
+import { addPersonaKey, kernelForSuite, klass, removeHome, runExample, sandboxSkip, startKernel, until } from "./harness.js";
 
 const closedWith = (c: KernelClient) => new Promise<Error>((resolve) => c.once("closed", (e: Error) => resolve(e)));
 
@@ -144,6 +144,96 @@ describe("the persona registry through the kernel: persona.register / remove / l
     assert.equal((await v.call("system.health", "kernel://", {}, { caps: [vic.token] })).status, "SUCCESS");
     const ended = (JSON.parse(rec?.detail ?? "{}") as { ended?: string[] }).ended ?? [];
     assert.deepEqual([...ended].sort(), [bot.token, minted, grandchild].map(id).sort());
+  });
+
+  it("a persona registered again under a removed id sees none of the removed one's ops, agents or tokens", {
+    skip: sandboxSkip,
+  }, async () => {
+    // The tree's owner hands a worker name to one holder, removes it, and gives the name to another.
+    const owner = await suite.t.persona("oli", [
+      {
+        ops: ["persona.*", "token.*", "compute.submit", "op.*", "agent.*"],
+        targets: ["persona://oli/**", "token://**", "kernel://", "op://**", "agent://**"],
+      },
+    ]);
+    const o = await suite.t.connect(owner.identity, [owner.token]);
+    const work = [{ ops: ["compute.submit", "op.*", "agent.*", "token.list"], targets: ["op://**", "agent://**", "kernel://"] }];
+    const first = generateIdentity("oli/w");
+    await o.call("persona.register", "persona://oli/w", { publicKey: first.publicKey });
+    const t1 = (await o.tokens.mint("oli/w", { rights: work, ttlMs: 600_000 })).token;
+    const w1 = await suite.t.connect(first, [t1]);
+    const d = await w1.call("compute.submit", "op://command/sh", { args: ["-c", "echo first-holder-secret"] });
+    const op = (d.payload as { op: string }).op;
+    await until(
+      async () => ((await w1.call("op.status", op)).payload as { state: string }).state === "succeeded" || undefined,
+      30_000,
+      "the op done",
+    );
+    await w1.call("agent.spawn", "agent://echo/a1", { args: ["agent-secret"], rights: [], lifetimeMs: 60_000 });
+    await until(() => suite.t.k.inspect.getAgent("oli/w/echo/a1")?.state === "exited" || undefined, 30_000, "the agent ended");
+    const ownerSaw = ((await o.call("token.list", "kernel://", {})).payload as { tokens: { id: string }[] }).tokens.map(
+      (x) => x.id,
+    );
+    assert.ok(ownerSaw.includes(decodeToken(t1).claims.id));
+
+    await o.call("persona.remove", "persona://oli/w");
+    const second = generateIdentity("oli/w");
+    await o.call("persona.register", "persona://oli/w", { publicKey: second.publicKey });
+    const t2 = (await o.tokens.mint("oli/w", { rights: work, ttlMs: 600_000 })).token;
+    const w2 = await suite.t.connect(second, [t2]);
+    assert.deepEqual((await w2.call("op.list", "kernel://", {})).payload, { ops: [] });
+    await assert.rejects(w2.call("op.result", op), klass("SEMANTIC", /^no op /));
+    assert.deepEqual((await w2.call("agent.list", "kernel://", {})).payload, { agents: [] });
+    await assert.rejects(w2.call("agent.logs", "agent://echo/a1"), klass("SEMANTIC", /^no agent /));
+    const listed = ((await w2.call("token.list", "kernel://", {})).payload as { tokens: { id: string }[] }).tokens;
+    assert.deepEqual(
+      listed.map((x) => x.id),
+      [decodeToken(t2).claims.id],
+      "its own token only: none of the first holder's",
+    );
+    // Those above still see what the removed persona held, and the admin sees the op and marks it.
+    const ownerSees = ((await o.call("token.list", "kernel://", {})).payload as { tokens: { id: string }[] }).tokens.map(
+      (x) => x.id,
+    );
+    assert.ok(ownerSees.includes(decodeToken(t1).claims.id), "the owner keeps the removed holder's tokens in its list");
+    const r = await suite.admin.call("op.result", op);
+    assert.match(Buffer.from((r.payload as { result: { stdout: Uint8Array } }).result.stdout).toString(), /first-holder-secret/);
+    const all = ((await suite.admin.call("op.list", "kernel://", {})).payload as { ops: { op: string; spawn?: string }[] }).ops;
+    assert.equal(all.find((x) => x.op === op)?.spawn, "removed");
+  });
+
+  it("session.open names the key the persona attested with, and a registration the key it registered: a key put in the registry off the record is told apart", async () => {
+    const b64 = (k: Uint8Array) => Buffer.from(k).toString("base64url");
+    const first = generateIdentity("kay");
+    await suite.admin.call("persona.register", "persona://kay", { publicKey: first.publicKey });
+    const tok = (await suite.admin.tokens.mint("kay", { rights: [{ ops: ["system.*"], targets: ["kernel://"] }], ttlMs: 60_000 }))
+      .token;
+    await (await suite.t.connect(first, [tok])).close();
+    // Someone who can write the home's database (not its keys) swaps kay's key for theirs, off the record.
+    const planted = generateIdentity("kay");
+    addPersonaKey(suite.t, "kay", planted.publicKey);
+    await (await suite.t.connect(planted, [tok])).close();
+    const detail = (r: { detail?: string | null } | undefined) => JSON.parse(r?.detail ?? "{}") as { key?: string };
+    const registered = suite.t.k.inspect
+      .queryAudit({ op: "persona.register", limit: 100 })
+      .filter((r) => r.phase === "outcome" && r.target === "persona://kay");
+    assert.deepEqual(
+      registered.map((r) => detail(r).key),
+      [b64(first.publicKey)],
+    );
+    const opens = await until(
+      () => {
+        const o = suite.t.k.inspect.queryAudit({ persona: "kay", op: "session.open", limit: 10 });
+        return o.length === 2 ? o : undefined;
+      },
+      10_000,
+      "both opens on the record",
+    );
+    assert.deepEqual(
+      opens.map((r) => detail(r).key),
+      [b64(first.publicKey), b64(planted.publicKey)],
+      "each open names its key: the second, one no registration record names",
+    );
   });
 
   it("refuses to remove the admin persona or oneself, and an unknown persona", async () => {

@@ -5,7 +5,7 @@ import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { decodeToken, generateIdentity } from "@kpip/protocol";
 import { RootKeys } from "../src/index.js";
-import { klass, sandboxSkip, startKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -160,6 +160,92 @@ describe("agents and commands: authority bounded by their creator's", () => {
       assert.deepEqual(await usage("ann/helper"), {});
     } finally {
       await t.stop();
+    }
+  });
+
+  it("a later agent of a reused name lists none of an earlier one's tokens; its spawner still does", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const listing = [{ ops: ["token.list"], targets: ["kernel://"] }];
+      const eve = await t.persona("eve", [...AGENTS_AND_OPS, ...listing]);
+      const c = await t.connect(eve.identity, [eve.token]);
+      const run = async () => {
+        const a = (await c.agents.spawn("node", "w1", {
+          args: [TREE_AGENT, JSON.stringify([{ call: "token.list", target: "kernel://", show: true }])],
+          rights: listing,
+          lifetimeMs: 120_000,
+        })) as { token: string };
+        const r = await until(
+          async () => {
+            const out = Buffer.from((await c.agents.logs("agent://node/w1")).stdout).toString();
+            return out.includes("\n") ? (JSON.parse(out) as { results: [string, { tokens: { id: string }[] }][] }) : undefined;
+          },
+          60_000,
+          "the agent's report",
+        );
+        await c.call("agent.kill", "agent://node/w1");
+        await until(async () => (await c.agents.status("agent://node/w1")).state !== "running", 30_000, "the agent ended");
+        return { token: a.token, listed: (r.results[0]?.[1].tokens ?? []).map((x) => x.id) };
+      };
+      const first = await run();
+      assert.deepEqual(first.listed, [first.token]);
+      const second = await run();
+      assert.deepEqual(second.listed, [second.token], "the first spawn's token is not the second's to list");
+      const spawner = ((await c.call("token.list", "kernel://", {})).payload as { tokens: { id: string }[] }).tokens.map(
+        (x) => x.id,
+      );
+      assert.ok(spawner.includes(first.token) && spawner.includes(second.token), JSON.stringify(spawner));
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a later agent of a reused name cannot revoke a token an earlier one minted; its spawner still can", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const tokenOps = [{ ops: ["token.mint", "token.revoke", "token.inspect"], targets: ["persona://eve/**", "token://**"] }];
+      const health = [{ ops: ["system.health"], targets: ["kernel://"] }];
+      const eve = await t.persona("eve", [...AGENTS_AND_OPS, ...tokenOps, ...health]);
+      const c = await t.connect(eve.identity, [eve.token]);
+      const run = async (steps: object[]) => {
+        await c.agents.spawn("node", "w1", { args: [TREE_AGENT, JSON.stringify(steps)], rights: tokenOps, lifetimeMs: 120_000 });
+        const r = await until(
+          async () => {
+            const out = Buffer.from((await c.agents.logs("agent://node/w1")).stdout).toString();
+            return out.includes("\n") ? (JSON.parse(out) as { results: unknown[] }) : undefined;
+          },
+          60_000,
+          "the agent's report",
+        );
+        await c.call("agent.kill", "agent://node/w1");
+        await until(async () => (await c.agents.status("agent://node/w1")).state !== "running", 30_000, "the agent ended");
+        return r.results;
+      };
+      // The first w1, handed its spawner's token, mints a token for a helper of eve's from it.
+      const inline = Buffer.from(eve.token).toString("base64");
+      const minted = await run([
+        { call: "token.mint", target: "persona://eve/helper", args: { rights: health, ttlMs: 600_000 }, inline, show: true },
+      ]);
+      const helper = (minted[0] as [string, { token: Uint8Array; id: string }])[1];
+      assert.equal((minted[0] as [string])[0], "ok", JSON.stringify(minted));
+      // Printed as JSON by the agent: a Buffer's {type, data}.
+      const helperToken = Uint8Array.from((helper.token as unknown as { data: number[] }).data);
+      // A later w1 that learns its id: not its to revoke.
+      const later = await run([{ call: "token.revoke", target: `token://${helper.id}` }]);
+      assert.deepEqual(later, ["PERMISSION"]);
+      const admin = await t.admin();
+      const st = await admin.call("token.inspect", `token://${helper.id}`, { token: helperToken });
+      assert.equal((st.payload as { status: string }).status, "valid", "the helper's token lives on");
+      // Its spawner still owns it.
+      assert.equal((await c.call("token.revoke", `token://${helper.id}`)).status, "SUCCESS");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
     }
   });
 

@@ -41,6 +41,12 @@ export interface TimelineFilter {
 
 export interface TimelinePage {
   rows: TimelineRow[];
+  /**
+   * With a --token filter: the token ids its rows (shown or counted) were matched by. A prefix may
+   * name several: a persona grinds a token attenuated offline (its id is a hash of the caveats it
+   * chose) until its id begins as another token's does.
+   */
+  tokens: Set<string>;
   /** Rows that match after the last one shown. */
   more: number;
   /** The --after value for the next page (the last row shown), when there is one. */
@@ -105,6 +111,7 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
   // Intents waiting for their outcome: the row shown, or null for one that is filtered out or past the page.
   const pending = new Map<string, TimelineRow | null>();
   let more = 0;
+  const tokens = new Set<string>();
   // From PAIR_LOOKBACK records before the first row wanted: an outcome there pairs with an intent
   // that may be before it. From record 1 every page of a long log (a persona's flood of reads)
   // walked everything before it again. An outcome whose intent is further back shows as its own row.
@@ -139,10 +146,19 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
       if (shown) waiting++;
     }
     if (!keep) continue;
+    if (f.token !== undefined) for (const id of tokensMatched(row, f.token)) tokens.add(id);
     if (rows.length < limit) rows.push(row);
     else more++;
   }
-  return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null };
+  return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null, tokens };
+}
+
+/** The ids of `row` a --token prefix `t` matches ({@link matches}): its tokens, the token it is about, a whole id in its detail. */
+function tokensMatched(row: TimelineRow, t: string): string[] {
+  const ids = row.tokens.filter((id) => id.startsWith(t));
+  if (row.target?.startsWith(`token://${t}`)) ids.push(row.target.slice("token://".length));
+  if (t.length === 32 && (row.detail ?? "").includes(`"${t}"`)) ids.push(t);
+  return ids;
 }
 
 type RequestFields = "persona" | "session" | "requestId" | "op" | "target" | "status" | "errorClass" | "message";

@@ -153,7 +153,7 @@ export const auditCommand: Command = {
     token: {
       type: "string",
       description:
-        "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix)",
+        "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix; a prefix naming several tokens is refused)",
     },
     target: {
       type: "string",
@@ -428,6 +428,13 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
   const reader = openHome(home);
   try {
     const page = timeline(reader, f, after, limit);
+    // As audit tokens: a prefix naming several tokens would show their requests as one token's.
+    if (page.tokens.size > 1) {
+      const ids = [...page.tokens];
+      throw new UsageError(
+        `--token ${f.token} names ${ids.length} tokens (${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}): give more of the id`,
+      );
+    }
     if (json) for (const r of page.rows) process.stdout.write(`${JSON.stringify(rowJson(r))}\n`);
     else
       printTable(

@@ -147,7 +147,9 @@ function register(v: Values, home: string, pid: string, key: Uint8Array, message
       if (isAgentPersona(pid))
         return { ok: false, message: `${pid} is in the agent namespace: only the kernel's agents act there` };
       if (store.getPersona(pid)) return { ok: false, message: `${pid} is already registered` };
-      store.withJournal(journal("persona.register", `persona://${pid}`, message), () => store.addPersona(pid, key));
+      // The key on the record, as each session.open names the key it attested with.
+      const keyed = `${message} (key ${Buffer.from(key).toString("base64url")})`;
+      store.withJournal(journal("persona.register", `persona://${pid}`, keyed), () => store.addPersona(pid, key));
       return { ok: true };
     },
   );

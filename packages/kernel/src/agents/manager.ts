@@ -18,13 +18,13 @@ import { isStorageFull } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
+import { FIRST_SEGMENT, registeredAbove, type TreeRoots } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
 import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
-import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore } from "../store/types.js";
+import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
 import { processIdentity, stillOwnGroup } from "./process-identity.js";
@@ -106,7 +106,10 @@ export class AgentManager {
   private ending = 0;
 
   constructor(
-    private readonly store: AgentStore & PersonaStore & LedgerStore & { transaction<T>(fn: () => T): T },
+    private readonly store: AgentStore &
+      PersonaStore &
+      LedgerStore &
+      Pick<TokenStore, "disownTokens"> & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -179,12 +182,12 @@ export class AgentManager {
    * hold the spawner's tree at its limits for good, and the next agent of that name would
    * inherit them.
    */
-  private forget(persona: string, why: string, token?: string): void {
+  private forget(persona: string, why: string, token?: string, disown = true): void {
     if (!this.store.getPersona(persona)) return;
     this.unforgotten.delete(persona);
     let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
     try {
-      freed = this.removeKey(persona);
+      freed = this.removeKey(persona, disown);
     } catch (e) {
       if (!isStorageFull(e)) throw e;
       // Its token is revoked in memory (revokeFor): the key goes once there is room (storeKept).
@@ -202,9 +205,11 @@ export class AgentManager {
     this.opts.onForgotten?.(persona);
   }
 
-  private removeKey(persona: string): ReturnType<typeof releaseAllocationsWithin> {
+  private removeKey(persona: string, disown = true): ReturnType<typeof releaseAllocationsWithin> {
     return this.store.transaction(() => {
       this.store.removePersona(persona);
+      // A later agent of its name (its persona id) does not list this spawn's tokens; the spawner still does.
+      if (disown) this.store.disownTokens(persona, registeredAbove(this.store, persona));
       return releaseAllocationsWithin(this.store, persona);
     });
   }
@@ -304,14 +309,21 @@ export class AgentManager {
       ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
     });
     // Only ever a key in the agent namespace: a stale one (a crash) is replaced, on the record.
-    this.forget(persona, `stale key of ${uri} replaced`);
+    // Not disowned here: the new spawn's token, just recorded, is among the tokens its id sees.
+    this.forget(persona, `stale key of ${uri} replaced`, undefined, false);
     this.store.addPersona(persona, identity.publicKey);
     this.opts.record({
       op: "persona.added",
       target: `persona://${persona}`,
       persona: r.spawner,
       message: `key of ${uri} spawned by ${r.spawner}`,
-      detail: { persona, agent: id, spawner: r.spawner, token: token.claims.id },
+      detail: {
+        persona,
+        agent: id,
+        spawner: r.spawner,
+        token: token.claims.id,
+        key: Buffer.from(identity.publicKey).toString("base64url"),
+      },
     });
     let launch: Launch | undefined;
     let child: ChildProcess;

@@ -34,6 +34,8 @@ export class SessionRecords {
     measurements: Uint8Array | undefined,
     /** An agent persona's: the agent and its spawn (its token id), which the persona id alone does not tell apart. */
     agent?: { agent: string; spawn: string },
+    /** The public key the persona attested with: a persona id may have had other keys, before or since. */
+    key?: Uint8Array,
   ): void {
     const transport = this.origin.transport;
     const caps: string[] = [];
@@ -66,6 +68,7 @@ export class SessionRecords {
       detail: detailJson({
         ...this.origin,
         ...(agent ?? {}),
+        ...(key ? { key: Buffer.from(key).toString("base64url") } : {}),
         handles,
         ...(refused.length ? { refused: refused.map(({ index, code, token }) => ({ index, code, token })) } : {}),
       }),

@@ -1,8 +1,8 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
-import type { LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
+import { inTree, registeredAbove, type TreeRoots, treeName } from "../resources/lineage.js";
+import type { LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
 import { type OpContext, OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -46,7 +46,7 @@ export function removalRefusal(id: string, admin: string, actor?: string): strin
  * for the kernel op and the CLI's offline change.
  */
 export function removePersonaTree(
-  store: PersonaStore & TokenStore & LedgerStore,
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
   id: string,
   revoke: (tokenIds: string[]) => void,
 ): { removed: string[]; tokensRevoked: number; allocationsFreed: number } {
@@ -55,6 +55,10 @@ export function removePersonaTree(
   const tokens = store.unrevokedTokensOfTree(id);
   // All at once: what each revocation ends is found in one pass, not one per token.
   revoke(tokens);
+  // Its ops' results, its agents' output and its token list are not a later registration's: the
+  // tokens pass to the nearest persona above it still registered (one registered later sees none).
+  store.disownWork(id);
+  store.disownTokens(id, registeredAbove(store, id));
   return { removed, tokensRevoked: tokens.length, allocationsFreed: releaseAllocationsWithin(store, id) };
 }
 
@@ -76,7 +80,10 @@ const personaRecord = (p: { id: string; publicKey: Uint8Array; createdAt: number
  * over the op and `persona://<id>` (the admin's token covers all; a grant over
  * `persona://alice/**` lets alice manage her sub-personas).
  */
-export function personaFamily(store: PersonaStore & TokenStore & LedgerStore, host: PersonaFamilyHost): PrimitiveFamily {
+export function personaFamily(
+  store: PersonaStore & TokenStore & LedgerStore & Pick<OpStore, "disownWork">,
+  host: PersonaFamilyHost,
+): PrimitiveFamily {
   return {
     name: "persona",
     ops: [
@@ -117,7 +124,12 @@ export function personaFamily(store: PersonaStore & TokenStore & LedgerStore, ho
             }
             store.addPersona(id, key, ctx.persona);
             const rec = store.getPersona(id);
-            return { status: "SUCCESS", payload: rec ? personaRecord(rec) : { persona: id } };
+            // The key on the record, as each session.open names the key it attested with.
+            return {
+              status: "SUCCESS",
+              payload: rec ? personaRecord(rec) : { persona: id },
+              audit: { key: Buffer.from(key).toString("base64url") },
+            };
           });
         },
       }),

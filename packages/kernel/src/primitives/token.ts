@@ -57,15 +57,17 @@ function rightsArg(v: readonly Right[]): Right[] {
 }
 
 /**
- * Tokens belong to the personas they were minted for or by, and to everyone up their chain: a
+ * Tokens belong to the personas they were minted for or by, and to everyone up their chain — as
+ * long as those ids are held by who held them then (a removal or an agent's end hands them up): a
  * capability over token://** lets a persona manage those, never another persona's tokens
  * (the admin manages all).
  */
 function ownsToken(store: TokenStore, admin: string, persona: string, rec: TokenRecord | undefined, sub: string): boolean {
   if (persona === admin) return true;
   if (!rec) return personaWithin(sub, persona);
-  if (personaWithin(rec.sub, persona) || personaWithin(rec.mintedBy, persona)) return true;
-  // Up the chain: one indexed lookup, not a token read per chain id (a chain holds up to 31).
+  // Who sees it: its subject, its minter and the subjects up its chain — one indexed lookup, not
+  // a token read per chain id. Not the row's ids themselves: once one of them was removed (or an
+  // agent of it ended) its place went to the persona above, never to a later holder of the id.
   return store.tokenSeenBy(rec.id, persona);
 }
 

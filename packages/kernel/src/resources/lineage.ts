@@ -1,6 +1,6 @@
 import type { Grant } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
-import type { TokenBound, TokenStore } from "../store/types.js";
+import type { PersonaStore, TokenBound, TokenStore } from "../store/types.js";
 
 /**
  * `persona` and every persona it lies under (PROTOCOL's persona tree: `alice/agent.w1` and
@@ -87,6 +87,16 @@ export class PersonaRoots {
 }
 
 /** What a bound asks of the roots: the top of a persona's tree. */
+/**
+ * The nearest persona above `id` that is registered, or undefined: who inherits what a removed
+ * persona (or an ended agent) saw, so that a later registration of its id sees none of it.
+ */
+export function registeredAbove(store: Pick<PersonaStore, "getPersona">, id: string): string | undefined {
+  for (let i = id.lastIndexOf("/"); i > 0; i = id.lastIndexOf("/", i - 1))
+    if (store.getPersona(id.slice(0, i))) return id.slice(0, i);
+  return undefined;
+}
+
 export type TreeRoots = Pick<PersonaRoots, "of">;
 
 /** Roots by the first segment of the id only: for a component used without a registry (unit tests). */

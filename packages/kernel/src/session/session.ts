@@ -301,7 +301,7 @@ export class Session implements SessionView, EventSink {
     const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
     this.send(welcomeMessage(persona, bound, this.maxBody));
     this.conn.attested?.();
-    this.records.opened(persona, bound, measured, this.host.agentSpawn?.(persona));
+    this.records.opened(persona, bound, measured, this.host.agentSpawn?.(persona), this.attestedKey);
   }
 
   /**

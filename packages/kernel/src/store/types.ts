@@ -345,6 +345,12 @@ export interface TokenStore {
   /** Notes the audit record of a revocation; and every revocation's record, where noted. */
   noteRevocationSeq(id: string, seq: number): void;
   revocationSeqs(): [string, number][];
+  /**
+   * `tree` is removed from the registry: the tokens its ids saw are seen by `heir` instead (a
+   * registered persona above it, so those above keep seeing them; none when absent), never by a
+   * later registration under one of these ids.
+   */
+  disownTokens(tree: string, heir?: string): void;
   /** Tokens whose chain names `id` (minted or refreshed from it, at any depth). */
   tokensDerivedFrom(id: string): TokenRecord[];
   /** {@link tokensDerivedFrom} of each of `ids` (those with none are absent), read in one pass. */
@@ -430,7 +436,20 @@ export interface OpStore {
   claimOp(id: string, at: number): void;
   /** Finished ops of `root`'s tree whose outcome no op.result handed out yet, finished at or after `since`. */
   countUnreadOps(root: string, since: number): number;
+  /**
+   * `tree` is removed from the registry: the ops its registered personas submitted and the agents
+   * they spawned (spawn null) are marked {@link REMOVED_SPAWN}, so a later registration under one
+   * of these ids owns none of them (the admin still sees them). Agent personas' rows keep their
+   * spawn: they are scoped to it already.
+   */
+  disownWork(tree: string): void;
 }
+
+/**
+ * The spawn (`OpRecord.spawn`, `AgentRecord.spawnerSpawn`) of what a persona submitted or spawned
+ * under a registration since removed: no registered persona's (theirs is null) nor agent's (a token id).
+ */
+export const REMOVED_SPAWN = "removed";
 
 export type AgentState = "running" | "exited" | "killed" | "lost";
 

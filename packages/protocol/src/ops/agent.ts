@@ -23,7 +23,7 @@ const agentRecord = {
   spawnerSpawn: {
     type: "text",
     description:
-      "when its spawner is an agent: that agent's token id, the spawn of the spawner's name that spawned it (a later agent of that name does not see it, §9.4)",
+      "when its spawner is an agent: that agent's token id, the spawn of the spawner's name that spawned it (a later agent of that name does not see it, §9.4); `removed` when its spawner was since removed from the registry (a persona registered again under that id does not see it, §8.4)",
   },
 } as const;
 

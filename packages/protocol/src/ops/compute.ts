@@ -109,7 +109,7 @@ export const opList = defineOp({
           spawn: {
             type: "text",
             description:
-              "the admin's listing, an agent's op: the agent's token id, the spawn of its persona that submitted it (§9.4)",
+              "the admin's listing, an agent's op: the agent's token id, the spawn of its persona that submitted it (§9.4); `removed` for an op of a persona since removed from the registry, which a persona registered again under its id does not see (§8.4)",
           },
         },
       },

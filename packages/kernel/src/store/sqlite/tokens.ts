@@ -93,6 +93,14 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       ) as Row[];
       return rows.map(toToken);
     }
+    disownTokens(tree: string, heir?: string): void {
+      this.transaction(() => {
+        // To the heir (a row it has already stays once), then whatever is left of the tree's goes.
+        if (heir !== undefined)
+          this.prep(`UPDATE OR IGNORE token_viewers SET viewer = ? WHERE ${inTreeSql("viewer")}`).run(heir, ...treeArgs(tree));
+        this.prep(`DELETE FROM token_viewers WHERE ${inTreeSql("viewer")}`).run(...treeArgs(tree));
+      });
+    }
     tokensDerivedFrom(id: string): TokenRecord[] {
       // Chains are JSON arrays of 32-hex ids: the quoted id matches only a whole element.
       const rows = this.prep(

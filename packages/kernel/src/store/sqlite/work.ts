@@ -1,4 +1,13 @@
-import type { AgentRecord, AgentStore, AgentSummary, OpRecord, OpStore, OpSummary, RunningAgent } from "../types.js";
+import {
+  type AgentRecord,
+  type AgentStore,
+  type AgentSummary,
+  type OpRecord,
+  type OpStore,
+  type OpSummary,
+  REMOVED_SPAWN,
+  type RunningAgent,
+} from "../types.js";
 import {
   columnMap,
   columnOf,
@@ -235,6 +244,18 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
     countUnreadOps(root: string, since: number): number {
       const sql = `SELECT count(*) AS n FROM ops WHERE ${inTreeSql("persona")} AND ${FINISHED} AND claimed_at IS NULL AND finished_at >= ?`;
       return (this.prep(sql).get(...treeArgs(root), since) as Row).n as number;
+    }
+    disownWork(tree: string): void {
+      this.transaction(() => {
+        this.prep(`UPDATE ops SET spawn = ? WHERE ${inTreeSql("persona")} AND spawn IS NULL`).run(
+          REMOVED_SPAWN,
+          ...treeArgs(tree),
+        );
+        this.prep(`UPDATE agents SET spawner_spawn = ? WHERE ${inTreeSql("spawner")} AND spawner_spawn IS NULL`).run(
+          REMOVED_SPAWN,
+          ...treeArgs(tree),
+        );
+      });
     }
     pruneOps(now: number, limit = -1): number {
       return forget(
