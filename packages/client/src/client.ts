@@ -80,6 +80,8 @@ export class KernelClient extends EventEmitter {
   readonly opRequest: OpRequest = opRequest(this.request.bind(this));
   private link: Link | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  /** Aborted when the client shuts down: a handshake under way stops waiting for its WELCOME or its timeout. */
+  private readonly ended = new AbortController();
   private readonly calls: CallTable;
   private readonly held: TokenRefresher;
   private readonly subs: Subscriptions;
@@ -262,6 +264,11 @@ export class KernelClient extends EventEmitter {
   private async establish(timeoutMs: number): Promise<void> {
     this.setState(this.connections === 0 ? "connecting" : "reconnecting");
     const channel = await this.connector.connect(Date.now() + timeoutMs);
+    if (this.ended.signal.aborted) {
+      // Closed while the connector dialled: this channel would bring the client back to life.
+      channel.destroy();
+      throw new CancelledError("client closed");
+    }
     const link = new Link(
       channel,
       {
@@ -292,12 +299,18 @@ export class KernelClient extends EventEmitter {
     this.link = link;
     this.setState("handshaking");
     let t: NodeJS.Timeout | undefined;
+    let onEnded: (() => void) | undefined;
     const timeout = new Promise<never>((_, reject) => {
       const msg = `handshake with ${this.connector.address} took longer than ${timeoutMs} ms`;
       t = setTimeout(() => reject(new TimeoutError(msg)), timeoutMs);
+      // A killed link's handshake never settles: without this its timer held a closed client's process.
+      onEnded = () => reject(new CancelledError("client closed"));
+      this.ended.signal.addEventListener("abort", onEnded, { once: true });
     });
     try {
       const welcome = await Promise.race([link.ready, timeout]);
+      // WELCOME came as the client closed: the session is not taken up.
+      if (this.ended.signal.aborted) throw new CancelledError("client closed");
       this.held.bound(welcome.handles);
       this.refusedTokens = welcome.refused;
       for (const r of this.refusedTokens) this.emit("tokenRefused", r);
@@ -306,6 +319,7 @@ export class KernelClient extends EventEmitter {
       throw e;
     } finally {
       clearTimeout(t);
+      if (onEnded) this.ended.signal.removeEventListener("abort", onEnded);
     }
     this.connections++;
     this.dialer.connected();
@@ -352,6 +366,7 @@ export class KernelClient extends EventEmitter {
   }
 
   private shutdown(err: Error): void {
+    this.ended.abort();
     this.link?.kill();
     clearInterval(this.heartbeat);
     this.dialer.stop();

@@ -19,7 +19,18 @@ export interface DialHost {
   giveUp(e: Error): void;
 }
 
-const pause = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Resolves after `ms`, or at once when `signal` aborts (the client closed: its process must not wait out a backoff). */
+const pause = (ms: number, signal: AbortSignal) =>
+  new Promise<void>((resolve) => {
+    if (signal.aborted) return resolve();
+    const done = () => {
+      clearTimeout(t);
+      signal.removeEventListener("abort", done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener("abort", done, { once: true });
+  });
 
 /**
  * Connection attempts with full-jitter backoff: the first connect (within connectTimeoutMs,
@@ -31,6 +42,8 @@ export class Dialer {
   private attempt = 0;
   private healthy: NodeJS.Timeout | undefined;
   private loop: Promise<void> | undefined;
+  /** Aborted by {@link stop}: a backoff under way ends at once. */
+  private readonly stopped = new AbortController();
 
   constructor(
     private readonly o: ResolvedOptions,
@@ -62,7 +75,8 @@ export class Dialer {
         if (!(absent || shed) || this.o.connector.redials === false) throw e;
         refused = e;
         this.host.retrying(true);
-        await pause(Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now()));
+        await pause(Math.min(backoffDelay(this.o.reconnectBackoff, this.attempt++), until - Date.now()), this.stopped.signal);
+        if (this.host.closed()) throw e;
       }
     }
   }
@@ -86,17 +100,19 @@ export class Dialer {
 
   stop(): void {
     clearTimeout(this.healthy);
+    this.stopped.abort();
   }
 
   private async reconnectLoop(): Promise<void> {
     while (this.host.reconnecting()) {
-      await pause(backoffDelay(this.o.reconnectBackoff, this.attempt++));
+      await pause(backoffDelay(this.o.reconnectBackoff, this.attempt++), this.stopped.signal);
       if (!this.host.reconnecting()) break;
       try {
         await this.host.establish(this.o.connectTimeoutMs);
       } catch (e) {
-        this.host.failed(e);
+        // Closed meanwhile (the attempt ended with it): nothing failed that anyone waits on.
         if (this.host.closed()) break;
+        this.host.failed(e);
         if ((e instanceof KpipError && e.errorClass === "AUTH") || isBug(e)) {
           // Refused attestation (the persona was removed or its key changed), or a programming
           // error (in a connector, in this client): retrying cannot help, and an endless

@@ -121,6 +121,8 @@ export class FakeKernel {
   shedCode = "HANDSHAKE_SHED";
   /** HELLOs answered by closing the connection without a word, as a gRPC kernel sheds a connection that has not attested. */
   drop = 0;
+  /** HELLOs answered before the fake goes mute: later ones are never answered, their connections held open. */
+  answerHellos = Number.POSITIVE_INFINITY;
   requests: Request[] = [];
   script: Step[] = [];
   constructor() {
@@ -138,6 +140,7 @@ export class FakeKernel {
               s.destroy();
               break;
             }
+            if (this.hellos.length > this.answerHellos) continue;
             if (this.shed > 0) {
               this.shed--;
               const body = { class: "RESOURCE" as const, code: this.shedCode, message: "shed", fatal: true };

@@ -54,7 +54,13 @@ function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.p
   });
   const sizes: number[] = [];
   call.on("data", (d: Buffer) => sizes.push(d.length));
-  return { call, frames, state, sizes, close: () => client.close() };
+  // The call is cancelled with the channel: one left open (paused, its answers unread) kept the
+  // connection, so that the file's process did not exit on its own (see GrpcListener.close).
+  const close = () => {
+    call.cancel();
+    client.close();
+  };
+  return { call, frames, state, sizes, close };
 }
 
 /** A raw gRPC stream through the handshake as `identity` with `token` bound as handle 1. */

@@ -61,9 +61,13 @@ export class GrpcConnector implements Connector {
       );
   }
 
-  private async getClient(): Promise<grpc.Client> {
-    const g = await loadGrpc();
-    if (this.client) return this.client;
+  /**
+   * Counts close() calls: a connect() that began before a close() ends with it, and never opens a
+   * channel after it (grpc-js loads asynchronously the first time).
+   */
+  private closes = 0;
+
+  private newClient(g: typeof grpc): grpc.Client {
     const o = this.opts;
     const toBuf = (v: string | Buffer | undefined) => (v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
     const creds = o.insecure ? g.credentials.createInsecure() : g.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
@@ -75,28 +79,66 @@ export class GrpcConnector implements Connector {
       "grpc.default_compression_algorithm": g.compressionAlgorithms.identity,
     };
     if (o.serverName) options["grpc.ssl_target_name_override"] = o.serverName;
-    this.client = new g.Client(o.address, creds, options);
-    return this.client;
+    return new g.Client(o.address, creds, options);
   }
 
   async connect(callerDeadline?: number): Promise<Channel> {
-    const client = await this.getClient();
+    const closes = this.closes;
+    const g = await loadGrpc();
+    if (this.closes !== closes) throw this.closedWhileConnecting();
+    this.client ??= this.newClient(g);
+    const client = this.client;
     const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
     try {
-      await new Promise<void>((resolve, reject) => client.waitForReady(deadline, (e) => (e ? reject(e) : resolve())));
+      await this.ready(g, client, deadline);
     } catch (e) {
+      // Closed meanwhile: that close() ended the wait, and a newer connect() may own this.client.
+      if (this.client !== client) throw this.closedWhileConnecting();
       // A fresh channel next time: a failed TLS handshake is not retried on the same one.
       this.close();
       throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
     }
+    if (this.client !== client) throw this.closedWhileConnecting();
     const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
     return new GrpcChannel(call, Math.min(GRPC_MAX_MESSAGE_BYTES, this.opts.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES));
   }
 
-  /** Closes the underlying HTTP/2 channel. */
+  private closedWhileConnecting(): KernelUnavailableError {
+    return new KernelUnavailableError(`gRPC connector to ${this.address} closed while connecting`);
+  }
+
+  /**
+   * Waits until `client`'s channel is READY, as grpc-js's waitForReady does, except that a close()
+   * ends the wait at once. grpc-js's own, when the channel is closed under it, asks the closed
+   * channel to connect again (getConnectivityState(true) leaves SHUTDOWN): the channel kept
+   * dialling, and the wait's deadline timer kept a client's process alive after close(), for
+   * connectTimeoutMs or, had the kernel come back meanwhile, for ever, with a live session.
+   */
+  private ready(g: typeof grpc, client: grpc.Client, deadline: number): Promise<void> {
+    const channel = client.getChannel();
+    return new Promise<void>((resolve, reject) => {
+      const check = (err?: Error) => {
+        if (this.client !== client) return reject(new Error("closed"));
+        if (err) return reject(new Error("Failed to connect before the deadline"));
+        const state = channel.getConnectivityState(true);
+        if (state === g.connectivityState.READY) return resolve();
+        try {
+          channel.watchConnectivityState(state, deadline, check);
+        } catch (e) {
+          reject(e as Error);
+        }
+      };
+      check();
+    });
+  }
+
+  /** Closes the underlying HTTP/2 channel; a connect() under way ends with KernelUnavailableError. */
   close(): void {
-    this.client?.close();
+    this.closes++;
+    const client = this.client;
+    // Unset first: the channel's SHUTDOWN runs the pending waits' callbacks, which must see it closed.
     this.client = undefined;
+    client?.close();
   }
 }
 

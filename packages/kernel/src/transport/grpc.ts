@@ -181,6 +181,8 @@ export class GrpcListener {
   private readonly h2Connections = new Map<Http2Session, H2Connection>();
   /** The stream grpc-js is handed while the screen passes it on: its Session handler runs within that call. */
   private screening: ServerHttp2Stream | undefined;
+  /** Every TCP connection open to the listener, whatever carries it (none is left open by {@link close}). */
+  private readonly connections = new Set<Socket>();
 
   constructor(
     private readonly listen: string,
@@ -257,6 +259,13 @@ export class GrpcListener {
     if (secure) this.watchTlsRefusals(h2s);
     // After the TLS watch: a connection refused here never gets a TLS timer, nor a TLS handshake.
     this.capConnections(h2s);
+    // Put first, after the bound's wrapper: every connection is seen, refused ones too.
+    for (const h2 of h2s) {
+      h2.prependListener("connection", (raw: Socket) => {
+        this.connections.add(raw);
+        raw.once("close", () => this.connections.delete(raw));
+      });
+    }
   }
 
   /** grpc-js's HTTP/2 servers (one per bound address); it keeps them private, so this reaches in. */
@@ -634,13 +643,22 @@ export class GrpcListener {
     }
   }
 
-  /** Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. */
+  /**
+   * Stops accepting; open streams are drained by the kernel, then cut after `graceMs`. When it
+   * resolves no connection is left open: grpc-js's shutdown closes each HTTP/2 session
+   * gracefully, and a session destroyed after a graceful close only half-closes its socket and
+   * waits for the peer's FIN; a peer that never sent one (or any byte: a connection with no
+   * session) kept the stopped kernel's socket, and its process, open for ever.
+   */
   async close(graceMs = 1000): Promise<void> {
     clearInterval(this.sweepTimer);
     clearInterval(this.watchTimer);
     const server = this.server;
     this.server = undefined;
     if (!server) return;
+    // A connection that carries no HTTP/2 session yet (TLS under way) will never carry a stream now.
+    const carrying = new Set([...this.h2Connections.keys()].map((h) => tupleOf(h.socket)));
+    for (const raw of this.connections) if (!carrying.has(tupleOf(raw))) raw.destroy();
     await new Promise<void>((resolve) => {
       const force = setTimeout(() => {
         server.forceShutdown();
@@ -652,7 +670,14 @@ export class GrpcListener {
         resolve();
       });
     });
+    for (const raw of this.connections) raw.destroy();
+    this.connections.clear();
   }
+}
+
+/** A TCP connection's peer as "address:port" (one connection, whether seen raw or under TLS). */
+function tupleOf(socket: Socket | undefined): string {
+  return `${socket?.remoteAddress}:${socket?.remotePort}`;
 }
 
 /**
