@@ -1,0 +1,86 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import type { AgentManager } from "../src/agents/manager.js";
+import { agentPersona } from "../src/agents/namespace.js";
+import type { AgentStore, PersonaStore, TokenStore } from "../src/store/types.js";
+import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+
+/** What SQLite says when the file system refuses it room. */
+const noRoom = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+
+describe("agents on a full disk (the store's refusal of exactly an agent's end cannot be timed from outside)", () => {
+  it("an agent's end kept for room is not read over, nor stored over, a later agent of the same name", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: { store: AgentStore; agents: AgentManager } }).services;
+      // An end's row carries the agent's output: the disk refuses it while a new agent's small row still fits.
+      let full = true;
+      const updateAgent = s.store.updateAgent.bind(s.store);
+      s.store.updateAgent = (id, f) => {
+        if (full) throw noRoom();
+        updateAgent(id, f);
+      };
+      await c.agents.spawn("sh", "w1", { args: ["-c", "exit 3"], rights: [], lifetimeMs: 60_000 });
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the first w1's end");
+      assert.equal(s.agents.keptCount, 1, "its end is kept for room");
+
+      await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 });
+      const later = await c.agents.status("agent://sh/w1");
+      assert.equal(later.state, "running", "the later w1 runs: the earlier one's end is not read over it");
+      full = false;
+      s.agents.storeKept();
+      assert.equal(s.store.getAgent("eve/sh/w1", false)?.state, "running", "nor stored over its row");
+      assert.equal((await c.agents.status("agent://sh/w1")).state, "running");
+      await c.call("agent.kill", "agent://sh/w1", {});
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an ended agent's key a full disk kept: a later agent of its name sees none of the earlier one's tokens", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: { store: PersonaStore & TokenStore; agents: AgentManager } }).services;
+      // The agent's key stays in the registry (its removal refused room) until the tick stores it:
+      // the tick, here, comes only after the later spawn (it may come later than room does).
+      const storeKept = s.agents.storeKept.bind(s.agents);
+      s.agents.storeKept = () => {};
+      let full = true;
+      const removePersona = s.store.removePersona.bind(s.store);
+      s.store.removePersona = (id) => {
+        if (full) throw noRoom();
+        return removePersona(id);
+      };
+      const persona = agentPersona("eve", "w1");
+      const first = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 60_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the first w1's end");
+      assert.equal(s.agents.keptCount, 1, "its key is kept for room");
+      assert.ok(s.store.getPersona(persona), "its key still in the registry");
+
+      full = false;
+      const second = (await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      assert.equal(s.store.tokenSeenBy(second.token, persona), true, "the later w1 sees its own token");
+      assert.equal(s.store.tokenSeenBy(first.token, persona), false, "not the earlier w1's");
+      assert.equal(s.store.tokenSeenBy(first.token, "eve"), true, "its spawner does");
+      storeKept();
+      assert.equal(s.store.tokenSeenBy(first.token, persona), false);
+      await c.call("agent.kill", "agent://sh/w1", {});
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
