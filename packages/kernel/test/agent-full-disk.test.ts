@@ -1,7 +1,9 @@
 import assert from "node:assert/strict";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
+import { SqliteStore } from "../src/store/sqlite.js";
 import type { AgentStore, PersonaStore, TokenStore } from "../src/store/types.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
@@ -78,6 +80,41 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       storeKept();
       assert.equal(s.store.tokenSeenBy(first.token, persona), false);
       await c.call("agent.kill", "agent://sh/w1", {});
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an ended agent's revocation a full disk kept is stored at a clean stop, when there is room since the last tick", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: { store: TokenStore } }).services;
+      // No tick from here on: room comes back just before the stop.
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      let full = true;
+      const revokeToken = s.store.revokeToken.bind(s.store);
+      s.store.revokeToken = (id, by, at) => {
+        if (full) throw noRoom();
+        return revokeToken(id, by, at);
+      };
+      const a = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the agent's end");
+      assert.ok(!s.store.revokedTokenIds().includes(a.token), "its revocation kept for room (in force in memory)");
+      full = false;
+      await t.stop();
+      const store = new SqliteStore(join(t.home, "kernel.db"));
+      try {
+        assert.ok(store.revokedTokenIds().includes(a.token), "the ended agent's token stays revoked after a restart");
+      } finally {
+        store.close();
+      }
     } finally {
       await t.stop();
       removeHome(t.home);
