@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { KernelClient } from "@kpip/client";
+import { parseIdentity } from "@kpip/protocol";
 import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -115,6 +117,53 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       } finally {
         store.close();
       }
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("an ended agent's key a full disk kept in the registry is refused at once: no session attests with it, an open one ends", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: { store: PersonaStore } }).services;
+      let full = false;
+      const removePersona = s.store.removePersona.bind(s.store);
+      s.store.removePersona = (id) => {
+        if (full) throw noRoom();
+        return removePersona(id);
+      };
+      // A hostile agent hands its identity out (its output here), then waits to be killed.
+      await c.agents.spawn("sh", "w1", { args: ["-c", "cat <&3; exec sleep 600"], rights: [], lifetimeMs: 600_000 });
+      const creds = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs("agent://sh/w1")).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out.split("\n")[0] as string) as { identity: string }) : undefined;
+        },
+        30_000,
+        "the agent's identity",
+      );
+      const asAgent = () =>
+        KernelClient.connect({ socket: t.k.socketPath, identity: parseIdentity(creds.identity), tokens: [], reconnect: false });
+      const open = await asAgent();
+      full = true;
+      await c.call("agent.kill", "agent://sh/w1", {});
+      await until(async () => (await c.agents.status("agent://sh/w1")).state !== "running", 30_000, "the agent's end");
+      assert.ok(s.store.getPersona("eve/agent.w1"), "its key still in the registry (no room to remove it)");
+      await until(() => open.state === "closed" || undefined, 30_000, "its open session ended");
+      const again = await asAgent().then(
+        async (x) => {
+          await x.close();
+          return "attested";
+        },
+        (e: Error & { errorClass?: string }) => e.errorClass,
+      );
+      assert.equal(again, "AUTH", "no new session attests with its key");
+      full = false;
     } finally {
       await t.stop();
       removeHome(t.home);

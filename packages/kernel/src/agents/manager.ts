@@ -552,6 +552,14 @@ export class AgentManager {
     return n;
   }
 
+  /**
+   * Whether `persona` is an ended agent's whose key a full disk kept in the registry: refused as
+   * if removed (attestation, the sessions it holds) until its removal is stored (storeKept).
+   */
+  keyGone(persona: string): boolean {
+    return this.unforgotten.has(persona);
+  }
+
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
   registered(persona: string): boolean {
     return !this.unforgotten.has(persona) && this.store.getPersona(persona) !== undefined;
