@@ -7,7 +7,7 @@ import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AgentStore, PersonaStore, TokenStore } from "../src/store/types.js";
-import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 /** What SQLite says when the file system refuses it room. */
 const noRoom = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
@@ -72,6 +72,11 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       assert.equal(s.agents.keptCount, 1, "its key is kept for room");
       assert.ok(s.store.getPersona(persona), "its key still in the registry");
 
+      // Still no room to remove it: a later spawn of the name is refused for room, nothing made.
+      await assert.rejects(
+        c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 }),
+        klass("RESOURCE", "storage is full"),
+      );
       full = false;
       const second = (await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 })) as {
         token: string;

@@ -303,6 +303,12 @@ export class AgentManager {
     // disk kept back: storeKept) is replaced, on the record — and disowned before the new token is
     // minted, so the earlier agent's tokens pass to its spawner, never to this one.
     this.forget(persona, `stale key of ${uri} replaced`);
+    // Its removal refused room: nothing is made until it can be (no key beside it, no token it would see).
+    if (this.unforgotten.has(persona))
+      throw new OpError(
+        "RESOURCE",
+        `the kernel's storage is full: the key an earlier ${uri} left cannot be removed yet; retry once space is freed`,
+      );
     // Within the spawner's grant: a wider one is refused (EscalationError, PERMISSION).
     const token = this.tokens.mint(r.grant, r.spawner, {
       sub: persona,
