@@ -314,6 +314,21 @@ export class Kernel {
     await grpcClosed;
     await s.compute.stop();
     await s.agents.stop();
+    // What a full disk kept back since the last tick (the kernel's revocations, agents' ends and
+    // keys), stored now if there is room, as compute.stop does ops': a revocation held only in
+    // memory is gone at the next start, and an ended agent's token — its key removed, its row
+    // stored — would then be valid for the next agent of its name.
+    try {
+      s.tokens.storeKept();
+      s.agents.storeKept();
+    } catch (e) {
+      this.log.error({ err: e }, "cannot store what the full disk kept back");
+    }
+    if (s.tokens.unstoredCount > 0)
+      this.log.error(
+        { revocations: s.tokens.unstoredCount },
+        "revocations the kernel made could not be stored (its storage is full): they are not in force after a restart",
+      );
     await s.sandbox.close(!this.config.sandboxScratch);
     await s.metrics.close();
     // Let handlers observe the abort and their outcome records land.

@@ -178,6 +178,49 @@ describe("bounded after authentication: agent and op rows", { skip: sandboxSkip 
     }
   });
 
+  it("agent.list's bound of arguments counts their bytes, not their characters: a page of multi-byte arguments ends at it too", async () => {
+    const t = await startKernel();
+    try {
+      const p = await t.persona("wide", [{ ops: ["agent.list"], targets: ["kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      // Rows as a spawn stores them (no process needed): two arguments of 43,000 three-byte
+      // characters each, ~258 KB a row as stored but ~86,000 characters. Counted by characters, a
+      // page held 13 such rows (3.3 MB) before it reached the 1 MiB bound; by bytes it ends at the 5th.
+      const wide = "\u5b57".repeat(43_000);
+      const store = (t.k as unknown as { services: { store: AgentStore } }).services.store;
+      const now = Date.now();
+      for (let i = 0; i < 6; i++)
+        store.putAgent({
+          id: `wide/sh/w${i}`,
+          persona: `wide/agent.w${i}`,
+          spawner: "wide",
+          command: "sh",
+          args: [wide, wide],
+          pid: null,
+          state: "exited",
+          exitCode: 0,
+          signal: null,
+          startedAt: now,
+          endedAt: now,
+          deadline: now,
+          stdout: null,
+          stderr: null,
+          tokenId: `${i}`.padStart(32, "0"),
+          cwd: "/nonexistent",
+          procId: null,
+          spawnerSpawn: null,
+        });
+      const first = await c.call("agent.list", "kernel://", { limit: 100 });
+      const agents = (first.payload as { agents: { agent: string }[] }).agents;
+      assert.equal(first.status, "PARTIAL", "the page ends at the bound of the arguments' bytes");
+      assert.equal(agents.length, 5, "the row that brings them to 1 MiB ends it");
+      assert.equal((await c.agents.list()).length, 6);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("ended agents past agentRetentionMs are forgotten with their output; running ones are kept", async () => {
     const t = await startKernel({ agentRetentionMs: 1 });
     try {

@@ -182,12 +182,12 @@ export class AgentManager {
    * hold the spawner's tree at its limits for good, and the next agent of that name would
    * inherit them.
    */
-  private forget(persona: string, why: string, token?: string, disown = true): void {
+  private forget(persona: string, why: string, token?: string): void {
     if (!this.store.getPersona(persona)) return;
     this.unforgotten.delete(persona);
     let freed: ReturnType<typeof releaseAllocationsWithin> | undefined;
     try {
-      freed = this.removeKey(persona, disown);
+      freed = this.removeKey(persona);
     } catch (e) {
       if (!isStorageFull(e)) throw e;
       // Its token is revoked in memory (revokeFor): the key goes once there is room (storeKept).
@@ -205,11 +205,11 @@ export class AgentManager {
     this.opts.onForgotten?.(persona);
   }
 
-  private removeKey(persona: string, disown = true): ReturnType<typeof releaseAllocationsWithin> {
+  private removeKey(persona: string): ReturnType<typeof releaseAllocationsWithin> {
     return this.store.transaction(() => {
       this.store.removePersona(persona);
       // A later agent of its name (its persona id) does not list this spawn's tokens; the spawner still does.
-      if (disown) this.store.disownTokens(persona, registeredAbove(this.store, persona));
+      this.store.disownTokens(persona, registeredAbove(this.store, persona));
       return releaseAllocationsWithin(this.store, persona);
     });
   }
@@ -299,6 +299,16 @@ export class AgentManager {
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
     const identity = generateIdentity(persona);
+    // Only ever a key in the agent namespace: a stale one (a crash, or an end whose removal a full
+    // disk kept back: storeKept) is replaced, on the record — and disowned before the new token is
+    // minted, so the earlier agent's tokens pass to its spawner, never to this one.
+    this.forget(persona, `stale key of ${uri} replaced`);
+    // Its removal refused room: nothing is made until it can be (no key beside it, no token it would see).
+    if (this.unforgotten.has(persona))
+      throw new OpError(
+        "RESOURCE",
+        `the kernel's storage is full: the key an earlier ${uri} left cannot be removed yet; retry once space is freed`,
+      );
     // Within the spawner's grant: a wider one is refused (EscalationError, PERMISSION).
     const token = this.tokens.mint(r.grant, r.spawner, {
       sub: persona,
@@ -308,9 +318,6 @@ export class AgentManager {
       ...(r.grant?.workspaces ? { workspaces: r.grant.workspaces } : {}),
       ...(r.grant?.domains ? { domains: r.grant.domains } : {}),
     });
-    // Only ever a key in the agent namespace: a stale one (a crash) is replaced, on the record.
-    // Not disowned here: the new spawn's token, just recorded, is among the tokens its id sees.
-    this.forget(persona, `stale key of ${uri} replaced`, undefined, false);
     this.store.addPersona(persona, identity.publicKey);
     this.opts.record({
       op: "persona.added",
@@ -377,6 +384,9 @@ export class AgentManager {
       spawnerSpawn: this.spawnOf(r.spawner) ?? null,
     };
     this.store.putAgent(rec);
+    // An earlier agent of this id whose end a full disk kept: its row is replaced, and what was
+    // kept of it must be neither read over this one's nor stored over it (storeKept).
+    this.keptRows.delete(id);
     const out = { stdout: new OutputCapture(this.opts.maxOutputBytes), stderr: new OutputCapture(this.opts.maxOutputBytes) };
     child.stdout?.on("data", (d: Buffer) => out.stdout.push(d));
     child.stderr?.on("data", (d: Buffer) => out.stderr.push(d));
@@ -546,6 +556,14 @@ export class AgentManager {
     let n = 0;
     for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) n++;
     return n;
+  }
+
+  /**
+   * Whether `persona` is an ended agent's whose key a full disk kept in the registry: refused as
+   * if removed (attestation, the sessions it holds) until its removal is stored (storeKept).
+   */
+  keyGone(persona: string): boolean {
+    return this.unforgotten.has(persona);
   }
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */

@@ -412,7 +412,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         // started under a token that is not its own (its spawner's, handed to it) ends too — its
         // processes, ops and uploads. Sessions alone during recovery, before the expulsion is made.
         onForgotten: () =>
-          expelForgotten ? expelForgotten() : endUnregisteredSessions({ registry: store, sessions: () => sessions.all() }),
+          expelForgotten
+            ? expelForgotten()
+            : endUnregisteredSessions({ registry: store, sessions: () => sessions.all(), keyGone: (p) => agents.keyGone(p) }),
       },
       log,
     );
@@ -422,6 +424,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     router.register(agentFamily(agents, c.adminPersona, cursors));
     const expulsion: ExpulsionScope = {
       registry: store,
+      // An ended agent's key a full disk kept in the registry is gone all the same.
+      keyGone: (p) => agents.keyGone(p),
       sessions: () => sessions.all(),
       agents,
       processes,
@@ -521,7 +525,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       audit,
       space: home.space,
       liveSessions,
-      personaKeys: new PersonaKeys(store),
+      personaKeys: new PersonaKeys(store, (p) => agents.keyGone(p)),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
       handshakeRecords: new HandshakeRecordLimiter({

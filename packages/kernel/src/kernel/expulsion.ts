@@ -11,6 +11,8 @@ import type { RepeatedFailureLog } from "./storage-space.js";
 /** What the expulsion policy acts on. */
 export interface ExpulsionScope {
   readonly registry: PersonaStore;
+  /** A persona whose key the registry still holds but is gone (an ended agent's, its removal kept back by a full disk). */
+  readonly keyGone?: (persona: string) => boolean;
   sessions(): Session[];
   readonly agents: AgentManager;
   readonly processes: ProcessTable;
@@ -35,11 +37,11 @@ export function expelUnregistered(x: ExpulsionScope): number {
   const agents = x.agents.killUnregistered();
   if (agents) x.log.info({ agents }, "agents of removed personas were killed");
   // Commands (and agents) started by a removed persona end with it too.
-  const started = x.processes.killWhere((p) => !x.registry.getPersona(p), "persona removed");
+  const started = x.processes.killWhere((p) => !registered(x, p), "persona removed");
   if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
   // Their tasks and queued ops, and their uploads in progress, whatever token began them (no one
   // could commit such an upload any more).
-  const gone = (p: string) => !x.registry.getPersona(p);
+  const gone = (p: string) => !registered(x, p);
   const ops = x.compute?.cancelOf(gone) ?? 0;
   if (ops) x.log.info({ ops }, "ops submitted by removed personas were ended");
   x.uploads?.dropOf(gone);
@@ -52,11 +54,11 @@ export function expelUnregistered(x: ExpulsionScope): number {
  * key it attested with: the session part of {@link expelUnregistered}, alone for the kernel's own
  * removal of an agent's key, whose revocation fan-out runs beside it. Returns how many ended.
  */
-export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "sessions">): number {
+export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "sessions" | "keyGone">): number {
   let ended = 0;
   for (const s of x.sessions()) {
     if (s.state !== "ready" && s.state !== "closing") continue;
-    const rec = x.registry.getPersona(s.persona);
+    const rec = x.keyGone?.(s.persona) ? undefined : x.registry.getPersona(s.persona);
     if (rec && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
     s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
     ended++;
@@ -85,4 +87,9 @@ export function applyOfflineChanges(
     if (x.failures) x.failures.failed({ err: (e as Error).message });
     else x.log.error({ err: e }, "could not apply administrative changes made without the kernel; retrying on the next tick");
   }
+}
+
+/** Whether `persona` is registered, a key the kernel holds gone though still stored counted as removed. */
+function registered(x: Pick<ExpulsionScope, "registry" | "keyGone">, persona: string): boolean {
+  return !x.keyGone?.(persona) && x.registry.getPersona(persona) !== undefined;
 }

@@ -11,9 +11,14 @@ import type { PersonaStore } from "../store/types.js";
 export class PersonaKeys {
   private readonly cache = new Map<string, KeyObject>();
 
-  constructor(private readonly store: PersonaStore) {}
+  constructor(
+    private readonly store: PersonaStore,
+    /** A persona whose key the store still holds but is gone (an ended agent's, its removal kept back by a full disk). */
+    private readonly gone: (persona: string) => boolean = () => false,
+  ) {}
 
   lookup(persona: string): { raw: Uint8Array; key: KeyObject } | undefined {
+    if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;
     const hex = Buffer.from(rec.publicKey).toString("hex");

@@ -143,7 +143,9 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       let spent = 0;
       let full: number | undefined;
       for (const r of this.prep(query).iterate(...params) as IterableIterator<Row>) {
-        const argsBytes = (r.args as string).length;
+        // Bytes (UTF-8), as the bound and the answer count them: a string's length counts characters,
+        // and a three-byte one counted 1 (a page held three times the bound).
+        const argsBytes = Buffer.byteLength(r.args as string, "utf8");
         out.push({ ...toAgentMeta(r), seq: r.seq as number, argsBytes });
         if (full !== undefined) break;
         spent += argsBytes;
