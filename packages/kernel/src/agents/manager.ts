@@ -260,17 +260,16 @@ export class AgentManager {
     const noted = (seq: number) => {
       if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
     };
-    noted(
-      this.opts.record(
-        {
-          op: "token.revoked",
-          target: `token://${tokenId}`,
-          persona,
-          message: reason,
-          detail: { revoked: tokenId, ended: r.ended, reason },
-        },
-        noted,
-      ),
+    // Noted once committed: a number handed out before may go to another record if the batch fails.
+    this.opts.record(
+      {
+        op: "token.revoked",
+        target: `token://${tokenId}`,
+        persona,
+        message: reason,
+        detail: { revoked: tokenId, ended: r.ended, reason },
+      },
+      noted,
     );
     this.opts.onRevoked?.();
   }

@@ -28,10 +28,13 @@ export interface KernelAct {
 export class KernelRecords {
   constructor(
     private readonly audit: AuditLog,
-    private readonly space?: Pick<StorageSpace, "lateAct">,
+    private readonly space?: Pick<StorageSpace, "lateAct" | "queueBehindLate">,
   ) {}
 
-  /** `written`: told the record's sequence number again if it is written late, under another one. */
+  /**
+   * `written`: told the record's sequence number once it is committed (a failed batch's numbers
+   * are given again to later records, so the number this returns is only where it goes if it commits).
+   */
   record(a: KernelAct, written?: (seq: number) => void): number {
     const row = this.audit.rowOf({
       session: a.session ?? "kernel",
@@ -43,9 +46,15 @@ export class KernelRecords {
       message: a.message ?? null,
       detail: detailJson(a.detail),
     });
-    void this.audit.appendRow(row).catch((e: unknown) => {
-      this.space?.lateAct(row, e, written);
-    });
+    row.time = Date.now();
+    // Older acts still wait for room: this one goes behind them, so the record keeps their order.
+    if (this.space?.queueBehindLate(row, written)) return this.audit.headSeq;
+    void this.audit.appendRow(row).then(
+      () => written?.(row.seq),
+      (e: unknown) => {
+        this.space?.lateAct(row, e, written);
+      },
+    );
     return this.audit.headSeq;
   }
 

@@ -224,6 +224,8 @@ export class Revocations {
         this.store.revokeToken(id, r.by, r.at);
       } catch (e) {
         if (isStorageFull(e)) return;
+        // Any other failure fails the storage closed (the caller logs it): not retried every tick.
+        this.unstored.delete(id);
         throw e;
       }
       this.unstored.delete(id);

@@ -485,7 +485,8 @@ export class ComputeEngine {
       // held up; its process slot is, until the directory is gone (ProcessSlot), done or failed.
       void scratch.cleanup().finally(() => slot.release());
       const result = {
-        exitCode: code,
+        // A spawn that failed after it returned is a negative errno from Node: no exit code (PROTOCOL: uint).
+        exitCode: code !== null && code >= 0 ? code : null,
         signal: signal ?? null,
         stdout: out.stdout.bytes(),
         stderr: out.stderr.bytes(),

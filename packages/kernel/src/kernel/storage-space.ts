@@ -206,12 +206,29 @@ export class StorageSpace {
     return true;
   }
 
+  /**
+   * The kernel's act `row` comes while older ones wait for room (kept, not yet written): it is
+   * kept behind them (true), said late as they are, so that the record keeps the order the acts
+   * happened in; else (false) the caller appends it. Effects' outcomes never wait here: a request's
+   * records are the request's.
+   */
+  queueBehindLate(row: AuditRow, written?: (seq: number) => void): boolean {
+    if (this.lateActs === 0) return false;
+    row.message = lateActMessage(row.message, row.time);
+    this.keep(written ? { row, written } : { row });
+    return true;
+  }
+
+  /** Of the records kept, the kernel's acts. */
+  private lateActs = 0;
+
   private keep(r: LateRecord): boolean {
     if (this.late.length >= MAX_LATE_RECORDS) {
       this.lateDropped++;
       return false;
     }
     this.late.push(r);
+    if (r.row.phase === "kernel") this.lateActs++;
     return true;
   }
 
@@ -219,6 +236,7 @@ export class StorageSpace {
   takeLate(): LateRecord[] {
     const l = this.late;
     this.late = [];
+    this.lateActs = 0;
     return l;
   }
 
