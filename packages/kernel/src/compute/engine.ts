@@ -211,11 +211,11 @@ export class ComputeEngine {
       spawn,
     };
     this.store.insertOp(op);
+    this.host.recordState?.(op, "created", null);
     // A task, queued or running, takes over the slot of the request that submitted it until it
     // ends, as a running command does (runCommand): uncounted, a token's `concurrent` bounded
     // none of the tasks it kept queued and running, the kernel's shared workers among them.
     if (kind === "task") this.taskSlots.set(op.id, this.host.hold(persona));
-    this.host.recordState?.(op, "created", null);
     this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant, inputBytes });
     this.pump();
     return op;
