@@ -231,3 +231,37 @@ describe("finished ops: a result its poller has yet to read is never trimmed", (
     );
   });
 });
+
+describe("bounded after authentication: tasks under the concurrent limit", () => {
+  it("a task holds one of its persona's concurrent slots from its submit until it ends, queued or running, as a command does", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/hang"] },
+        { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
+        { ops: ["resource.query"], targets: ["persona://**"] },
+      ];
+      const p = await t.persona("hog", rights, { limits: { concurrent: 3 } });
+      const c = await t.connect(p.identity, [p.token]);
+      const inFlight = async () => ((await c.call("resource.query", "persona://hog")).payload as { inFlight: number }).inFlight;
+      // Without the slot, concurrent=3 let the persona keep maxPendingOpsPerPersona tasks running
+      // and queued, every worker of the kernel among them, and counted none of them.
+      const ops = [await c.compute.task("hang"), await c.compute.task("hang")];
+      assert.equal((await c.ops.status(ops[1] as (typeof ops)[number])).state, "queued");
+      assert.equal(await inFlight(), 3, "the running task, the queued one and the query itself");
+      // A task that ends (here cancelled) gives its slot back.
+      assert.equal(await c.ops.cancel(ops[0] as (typeof ops)[number]), true);
+      assert.equal(await inFlight(), 2);
+      ops.push(await c.compute.task("hang"), await c.compute.task("hang"));
+      await assert.rejects(
+        c.compute.task("hang"),
+        klass("RESOURCE", "concurrent exceeded for hog: 3 requests in flight, limit 3"),
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
+import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, runExample, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/${f}`, import.meta.url));
@@ -169,6 +170,43 @@ describe("events", () => {
 });
 
 describe("resources and quotas", () => {
+  it("a write past storage.bytes or the workspace quota is refused before its body goes to the file store", async () => {
+    const t = await startKernel({ workspaceStorageBytes: 1_000_000 });
+    const put = BlobStore.prototype.put;
+    let puts = 0;
+    BlobStore.prototype.put = function (this: BlobStore, data: Uint8Array) {
+      puts++;
+      return put.call(this, data);
+    };
+    try {
+      const q = await t.persona("quota", [{ ops: ["storage.*"], targets: ["obj://ws1/**", "obj://ws2/**"] }], {
+        limits: { "storage.bytes": 400_000 },
+      });
+      const c = await t.connect(q.identity, [q.token]);
+      await c.storage.write("obj://ws1/a", Buffer.alloc(300_000, 1));
+      assert.equal(puts, 1, "a body of this size goes to the file store");
+      // At its limit, each refused write was still written to the file store and synced, then
+      // removed: disk writes and syncs at the persona's request rate, though it may store nothing more.
+      await assert.rejects(
+        c.storage.write("obj://ws1/b", Buffer.alloc(300_000, 2)),
+        klass("RESOURCE", "storage.bytes exceeded for quota"),
+      );
+      assert.equal(puts, 1, "the refused write's body was never written");
+      // The same for a workspace past its quota.
+      const admin = await t.admin();
+      await admin.storage.write("obj://ws2/big", Buffer.alloc(950_000, 3));
+      await assert.rejects(c.storage.write("obj://ws2/c", Buffer.alloc(90_000, 4)), klass("RESOURCE", "workspace ws2"));
+      assert.equal(puts, 2, "only the admin's body was written");
+      // A write that replaces a larger object of the persona's own fits and is written.
+      await c.storage.write("obj://ws1/a", Buffer.alloc(350_000, 5));
+      assert.equal(puts, 3);
+    } finally {
+      BlobStore.prototype.put = put;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("answers RESOURCE naming what was exceeded, and frees correctly", async () => {
     const t = await startKernel({ workspaceStorageBytes: 500 });
     const al = await t.persona("al", [{ ops: ["storage.*", "resource.*"], targets: ["obj://ws1/**", "persona://al"] }], {

@@ -58,7 +58,7 @@ export interface ComputeOptions {
 export interface CommandHost {
   sandbox: Sandbox;
   processes: ProcessTable;
-  /** Holds one of the persona's `concurrent` slots for the command's life; returns the release. */
+  /** Holds one of the persona's `concurrent` slots for a command's life (a task's, queued or running); returns the release. */
   hold(persona: string): () => void;
   /** Puts an op's state change on the audit record (`op.state`). */
   recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void;
@@ -121,6 +121,8 @@ export class ComputeEngine {
   private readonly tasks = new Map<string, { module: string; export: string }>();
   private readonly running = new Map<string, Running>();
   private readonly queue: Job[] = [];
+  /** The `concurrent` slot each task queued or running holds (its release), by op id. */
+  private readonly taskSlots = new Map<string, () => void>();
   private readonly pool: PooledWorker[] = [];
   private stopped = false;
   /**
@@ -210,6 +212,10 @@ export class ComputeEngine {
     };
     this.store.insertOp(op);
     this.host.recordState?.(op, "created", null);
+    // A task, queued or running, takes over the slot of the request that submitted it until it
+    // ends, as a running command does (runCommand): uncounted, a token's `concurrent` bounded
+    // none of the tasks it kept queued and running, the kernel's shared workers among them.
+    if (kind === "task") this.taskSlots.set(op.id, this.host.hold(persona));
     this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant, inputBytes });
     this.pump();
     return op;
@@ -576,6 +582,11 @@ export class ComputeEngine {
 
   private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
     if (op.finishedAt !== null) return;
+    const slot = this.taskSlots.get(op.id);
+    if (slot) {
+      this.taskSlots.delete(op.id);
+      slot();
+    }
     const from = auditState(op.state);
     let bytes: Uint8Array | null = null;
     if (result !== null && result !== undefined) {

@@ -37,6 +37,12 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           }
           // Small bodies stay in the database (one commit, no file); larger ones are written to
           // the file store first (synced), then named by the row (docs/architecture.md).
+          if (data.length >= limits.inlineBytes) {
+            // A write past a limit now is refused before its body is written and synced (the
+            // commit checks again): refused only there, a persona at its storage.bytes (or in a
+            // full workspace) still had the disk write and sync each body at its request rate.
+            ledger.checkStorage(ctx.persona, workspace, store.statObject(workspace, path), data.length, ctx.grant);
+          }
           const body: ObjectBody =
             data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);

@@ -54,7 +54,10 @@ export const resourceQuery = defineOp({
       required: true,
     },
     limits: amounts("persona://: the authorizing token's limits"),
-    inFlight: { type: "uint", description: "persona://: its requests in flight" },
+    inFlight: {
+      type: "uint",
+      description: "persona://: its requests in flight (its running commands and its tasks queued or running included)",
+    },
     quotas: amounts("obj://: the workspace's quotas"),
   },
   idempotent: true,
