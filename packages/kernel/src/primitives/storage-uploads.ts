@@ -311,7 +311,7 @@ export class UploadTable {
     this.take(u);
     if (u.installed) {
       this.blobs.unpin(u.installed);
-      this.blobs.collect(u.installed, this.bodyRefs(u.installed));
+      this.blobs.release(u.installed, this.bodyRefs(u.installed));
     } else unlinkQuiet(u.path);
   }
 

@@ -222,6 +222,25 @@ export class BlobStore {
     if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
     if (!existsSync(this.pathOf(hash))) return false;
     this.opts.durable?.();
+    return this.remove(hash);
+  }
+
+  /**
+   * A committed change stopped naming `hash` (a delete, an overwrite, a write or upload that did
+   * not happen): as {@link collect}, but the database is made durable whether or not the body
+   * goes. Whether it goes says whether anyone else — any persona, any workspace — names exactly
+   * these bytes; a sync only when it does was a confirm-a-file oracle in the request's time
+   * (write guessed bytes, delete them, time the delete), as {@link put} is not (case 156).
+   */
+  release(hash: Uint8Array, refs: number): boolean {
+    this.opts.durable?.();
+    if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
+    if (!existsSync(this.pathOf(hash))) return false;
+    return this.remove(hash);
+  }
+
+  /** Moves a body no row names out of its address (made durable before), and frees it off the event loop. */
+  private remove(hash: Uint8Array): boolean {
     const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
     try {
       renameSync(this.pathOf(hash), gone);
