@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Kernel } from "../src/kernel.js";
 import { klass, withKernel } from "./harness.js";
-import { pattern, SMALL_FRAMES } from "./storage-files.js";
+import { pattern, SMALL_FRAMES, sha } from "./storage-files.js";
 
 /** Counts the kernel's syncs of its database WAL (what the file store asks before a body leaves its address). */
 function countWalSyncs(k: Kernel): { n: number } {
@@ -53,6 +53,39 @@ describe("storage red team (wt-red24)", () => {
       }
       // The victim's body is still there and right.
       assert.ok(Buffer.from((await cv.storage.read("obj://vws/payslip")).data).equals(secret));
+    });
+  });
+
+  it("uploads over an object as large as each still count each other's declared bytes: against storage.bytes and the workspace quota", async () => {
+    await withKernel({ ...SMALL_FRAMES, workspaceStorageBytes: 300_000 }, async (t) => {
+      const rights = [{ ops: ["storage.write"], targets: ["obj://w/**"] }];
+      // A persona at its storage.bytes limit, holding one object of all of it.
+      const q = await t.persona("quota", rights, { limits: { "storage.bytes": 100_000 } });
+      const cq = await t.connect(q.identity, [q.token]);
+      await cq.storage.write("obj://w/mine", pattern(100_000, 1));
+      // One upload over it adds nothing once committed: allowed, as before.
+      const body = pattern(100_000, 3);
+      const { upload } = (await cq.call("storage.upload.begin", "obj://w/mine", { size: body.length })).payload as {
+        upload: string;
+      };
+      // More would each hold its limit again in partial bytes (each added nothing alone).
+      await assert.rejects(
+        cq.call("storage.upload.begin", "obj://w/mine", { size: 100_000 }),
+        klass("RESOURCE", "storage.bytes"),
+      );
+      // The workspace quota the same way, for a persona with no limit of its own, over another's object:
+      // the workspace holds its 300,000 and 100,000 more are declared.
+      const admin = await t.admin();
+      await admin.storage.write("obj://w/big", pattern(200_000, 2));
+      const m = await t.persona("mallory", rights);
+      const cm = await t.connect(m.identity, [m.token]);
+      await assert.rejects(cm.call("storage.upload.begin", "obj://w/big", { size: 200_000 }), klass("RESOURCE", "workspace w"));
+      // An upload that shrinks what it replaces still fits (300,000 + 100,000 − 199,999).
+      await cm.call("storage.upload.begin", "obj://w/big", { size: 1 });
+      // A commit that adds nothing is never refused by what others have declared.
+      await cq.call("storage.upload.chunk", "obj://w/mine", { upload, offset: 0, data: body });
+      const done = await cq.call("storage.upload.commit", "obj://w/mine", { upload, size: body.length, sha256: sha(body) });
+      assert.equal((done.payload as { generation: number }).generation, 2);
     });
   });
 });

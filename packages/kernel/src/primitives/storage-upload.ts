@@ -21,7 +21,8 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
         // Quotas are charged at the commit; an upload that could never commit is refused now, and
         // the bytes other uploads in progress have declared count as used: four uploads cannot
-        // each fit a quota that only one of them fits, and fill the disk meanwhile.
+        // each fit a quota that only one of them fits, and fill the disk meanwhile — nor four
+        // over an object as large, which add nothing once one commits but hold partial bytes.
         d.ledger.checkStorage(
           ctx.persona,
           workspace,
@@ -29,6 +30,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           size,
           ctx.grant,
           uploads.pendingFor(workspace),
+          true,
         );
         const u = uploads.begin(ctx.persona, ctx.targetUri, size, ctx.grant);
         return { status: "SUCCESS", payload: { upload: u.id, size }, audit: { upload: u.id, size } };
