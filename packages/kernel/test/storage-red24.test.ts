@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { Kernel } from "../src/kernel.js";
+import { UploadTable } from "../src/primitives/storage-uploads.js";
 import { klass, withKernel } from "./harness.js";
-import { pattern, SMALL_FRAMES, sha } from "./storage-files.js";
+import { bodies, pattern, SMALL_FRAMES, sha, tmpFiles } from "./storage-files.js";
 
 /** Counts the kernel's syncs of its database WAL (what the file store asks before a body leaves its address). */
 function countWalSyncs(k: Kernel): { n: number } {
@@ -87,5 +88,60 @@ describe("storage red team (wt-red24)", () => {
       const done = await cq.call("storage.upload.commit", "obj://w/mine", { upload, size: body.length, sha256: sha(body) });
       assert.equal((done.payload as { generation: number }).generation, 2);
     });
+  });
+
+  it("an upload below the inline size is kept in the database as a write's body is: no file per few bytes charged", async () => {
+    const digest = UploadTable.prototype.digest;
+    try {
+      await withKernel(SMALL_FRAMES, async (t) => {
+        const q = await t.persona("tiny", [{ ops: ["storage.write", "storage.read"], targets: ["obj://w/**"] }], {
+          limits: { "storage.bytes": 32 },
+        });
+        const cq = await t.connect(q.identity, [q.token]);
+        const upload = async (path: string, data: Buffer) => {
+          const { upload } = (await cq.call("storage.upload.begin", path, { size: data.length })).payload as { upload: string };
+          await cq.call("storage.upload.chunk", path, { upload, offset: 0, data });
+          return upload;
+        };
+        const commit = (path: string, upload: string, data: Buffer, more: { ifGeneration?: number } = {}) =>
+          cq.call("storage.upload.commit", path, { upload, size: data.length, sha256: sha(data), ...more });
+        // Each commit of four distinct bytes was a body file (a 4 KiB block and an inode) for 4 bytes charged.
+        for (let i = 0; i < 8; i++) {
+          const data = Buffer.from(`b${i}..`);
+          const path = `obj://w/o${i}`;
+          const done = await commit(path, await upload(path, data), data);
+          assert.ok(Buffer.from((done.payload as { sha256: Uint8Array }).sha256).equals(sha(data)));
+          assert.ok(Buffer.from((await cq.storage.read(path)).data).equals(data));
+        }
+        assert.deepEqual(bodies(t.home), [], "no body file for bytes the database keeps");
+        assert.deepEqual(tmpFiles(t.home), [], "nor partial files");
+        await assert.rejects(upload("obj://w/more", Buffer.from("x")), klass("RESOURCE", "storage.bytes"));
+
+        // A write racing the commit (after its checks, while it reads the bytes): the compare-and-set
+        // fails in the row, and the upload stays with its verified bytes for a retry.
+        const admin = await t.admin();
+        const data = Buffer.from("new!");
+        const kept = await upload("obj://w/o0", data);
+        let races = 1;
+        UploadTable.prototype.digest = async function (this: UploadTable, u) {
+          if (races-- > 0) await admin.storage.write(u.target, "raced");
+          return digest.call(this, u);
+        };
+        await assert.rejects(commit("obj://w/o0", kept, data, { ifGeneration: 1 }), klass("SEMANTIC", "generation conflict"));
+        const done = await commit("obj://w/o0", kept, data, { ifGeneration: 2 });
+        assert.equal((done.payload as { generation: number }).generation, 3, "the retry commits without the bytes again");
+        assert.equal(Buffer.from((await cq.storage.read("obj://w/o0")).data).toString(), "new!");
+        assert.equal(Buffer.from((await admin.storage.read("obj://w/o0")).data).toString(), "new!");
+        // Kept, then aborted: nothing on disk either way.
+        races = 1;
+        const aborted = await upload("obj://w/o1", data);
+        await assert.rejects(commit("obj://w/o1", aborted, data, { ifGeneration: 1 }), klass("SEMANTIC", "generation conflict"));
+        await cq.call("storage.upload.abort", "obj://w/o1", { upload: aborted });
+        await assert.rejects(commit("obj://w/o1", aborted, data), klass("SEMANTIC", "no upload"));
+        assert.deepEqual([bodies(t.home), tmpFiles(t.home)], [[], []]);
+      });
+    } finally {
+      UploadTable.prototype.digest = digest;
+    }
   });
 });
