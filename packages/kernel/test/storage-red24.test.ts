@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { closeSync, openSync, writeSync } from "node:fs";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { Kernel } from "../src/kernel.js";
 import { UploadTable } from "../src/primitives/storage-uploads.js";
@@ -143,5 +145,41 @@ describe("storage red team (wt-red24)", () => {
     } finally {
       UploadTable.prototype.digest = digest;
     }
+  });
+
+  it("a write of bytes whose body changed on disk stores the bytes written, not the changed body at their address", async () => {
+    await withKernel({ ...SMALL_FRAMES, objectInlineBytes: 4096 }, async (t) => {
+      const rights = (ws: string) => [{ ops: ["storage.write", "storage.read"], targets: [`obj://${ws}/**`] }];
+      const a = await t.persona("alice", rights("aws"));
+      const b = await t.persona("bob", rights("bws"));
+      const ca = await t.connect(a.identity, [a.token]);
+      const cb = await t.connect(b.identity, [b.token]);
+      const data = pattern(200_000, 21);
+      await ca.storage.write("obj://aws/x", data);
+      const hex = sha(data).toString("hex");
+      const file = join(t.home, "objects", "sha256", hex.slice(0, 2), hex.slice(2));
+      // The body changes on disk (a bad sector, a stray process of the kernel's user): same size, other bytes.
+      const spoil = () => {
+        const fd = openSync(file, "r+");
+        writeSync(fd, Buffer.from("spoiled"), 0, 7, 1000);
+        closeSync(fd);
+      };
+      spoil();
+      // Bob writes those very bytes: his write succeeds, and must read back as what he wrote.
+      await cb.storage.write("obj://bws/y", data);
+      assert.ok(Buffer.from((await cb.storage.read("obj://bws/y")).data).equals(data), "the write kept the changed body");
+      // The same through an upload, whose answer names the object's SHA-256.
+      spoil();
+      const { upload } = (await cb.call("storage.upload.begin", "obj://bws/z", { size: data.length })).payload as {
+        upload: string;
+      };
+      await cb.call("storage.upload.chunk", "obj://bws/z", { upload, offset: 0, data });
+      const done = await cb.call("storage.upload.commit", "obj://bws/z", { upload, size: data.length, sha256: sha(data) });
+      assert.ok(Buffer.from((done.payload as { sha256: Uint8Array }).sha256).equals(sha(data)));
+      assert.ok(sha((await cb.storage.read("obj://bws/z")).data).equals(sha(data)), "the upload kept the changed body");
+      // One body per content still: the address holds the bytes last written, which every object naming it reads.
+      assert.deepEqual(bodies(t.home), [hex]);
+      assert.ok(Buffer.from((await ca.storage.read("obj://aws/x")).data).equals(data));
+    });
   });
 });
