@@ -182,4 +182,33 @@ describe("storage red team (wt-red24)", () => {
       assert.ok(Buffer.from((await ca.storage.read("obj://aws/x")).data).equals(data));
     });
   });
+
+  it("a quota's refusal does not tell a persona what the workspace (or a tree above it) holds of others' bytes", async () => {
+    await withKernel({ ...SMALL_FRAMES, workspaceStorageBytes: 1_000_000 }, async (t) => {
+      const admin = await t.admin();
+      const theirs = 123_457;
+      await admin.storage.write("obj://ws/theirs", pattern(theirs, 5));
+      // Write rights on one object only: resource.query obj://ws would be PERMISSION (case 326).
+      const m = await t.persona("mallory", [{ ops: ["storage.write"], targets: ["obj://ws/mine"] }]);
+      const cm = await t.connect(m.identity, [m.token]);
+      // A begin declaring the whole quota sends no bytes, and was answered with the workspace's usage.
+      const refused = await cm.call("storage.upload.begin", "obj://ws/mine", { size: 1_000_000 }).catch((e: Error) => e);
+      assert.ok(klass("RESOURCE", "workspace ws")(refused));
+      assert.ok(!(refused as Error).message.includes(String(theirs)), (refused as Error).message);
+      // A sub-persona acting under its parent's token (usable by the personas under it): the limit
+      // is over the parent's tree, whose bytes are the parent's.
+      const p = await t.persona("parent", [{ ops: ["storage.write"], targets: ["obj://pws/**"] }], {
+        limits: { "storage.bytes": 500_000 },
+      });
+      const cp = await t.connect(p.identity, [p.token]);
+      await cp.storage.write("obj://pws/parents", pattern(theirs, 6));
+      const sub = await t.persona("parent/sub", [{ ops: ["storage.read"], targets: ["obj://nowhere/x"] }]);
+      const cs = await t.connect(sub.identity, [p.token]);
+      const refusedSub = await cs.storage.write("obj://pws/subs", pattern(400_000, 7)).catch((e: Error) => e);
+      assert.ok(klass("RESOURCE", "storage.bytes exceeded for parent (over parent/sub)")(refusedSub));
+      assert.ok(!(refusedSub as Error).message.includes(String(theirs)), (refusedSub as Error).message);
+      const refusedOwn = await cp.storage.write("obj://pws/more", pattern(400_000, 7)).catch((e: Error) => e);
+      assert.ok((refusedOwn as Error).message.includes(String(theirs)), "its own usage it may be told");
+    });
+  });
 });

@@ -80,7 +80,10 @@ export class ResourceLedger {
         if (used + delta > limit)
           throw new OpError(
             "RESOURCE",
-            `storage.bytes exceeded for ${overName(scope, persona)}: ${used} used + ${delta} > limit ${limit}`,
+            // What a tree above the persona holds is its other members' (resource.query tells it to whom it may).
+            scope === persona
+              ? `storage.bytes exceeded for ${persona}: ${used} used + ${delta} > limit ${limit}`
+              : `storage.bytes exceeded for ${overName(scope, persona)}: ${delta} more bytes would pass its limit ${limit}`,
           );
       }
     }
@@ -88,9 +91,11 @@ export class ResourceLedger {
     if (this.quotas.workspaceStorageBytes > 0 && (wsDelta > 0 || (beginning && pending.workspace > 0))) {
       const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
+        // Not what the workspace holds: every persona's bytes there, which only a grant over the
+        // workspace may query (resource.query obj://<ws>, case 326).
         throw new OpError(
           "RESOURCE",
-          `storage.bytes exceeded for workspace ${workspace}: ${used} used + ${wsDelta} > quota ${this.quotas.workspaceStorageBytes}`,
+          `storage.bytes exceeded for workspace ${workspace}: ${Math.max(wsDelta, 0)} more bytes would pass its quota ${this.quotas.workspaceStorageBytes}`,
         );
     }
   }
