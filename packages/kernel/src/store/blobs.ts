@@ -176,11 +176,6 @@ export class BlobStore {
     }
   }
 
-  /** Makes every committed change of the database durable now (what a commit of bytes kept inline asks). */
-  durable(): void {
-    if (this.opts.sync) this.opts.durable?.();
-  }
-
   has(hash: Uint8Array): boolean {
     try {
       return lstatSync(this.pathOf(hash)).isFile();
