@@ -62,13 +62,16 @@ export function commitObject(
   let previous: Uint8Array | null | undefined;
   let generation = 0;
   // The bodies nothing names now: the previous one, or the new one when the write did not happen.
-  const freeBodies = () => {
+  // Released, not collected: whether they go must not show in the time (BlobStore.release). The
+  // new body of a write that happened is named by its row: it stays, whoever else names it.
+  const freeBodies = (happened: boolean) => {
     if (hash) {
       blobs.unpin(hash);
-      blobs.collect(hash, store.countBodyRefs(hash));
+      if (happened) blobs.collect(hash, store.countBodyRefs(hash));
+      else blobs.release(hash, store.countBodyRefs(hash));
     }
     const old = previous ?? undefined;
-    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.collect(old, store.countBodyRefs(old));
+    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old, store.countBodyRefs(old));
   };
   let result: OpResult;
   try {
@@ -93,7 +96,7 @@ export function commitObject(
     // The clean-up's failure must not replace the op's own (a generation conflict told as
     // INTERNAL): it is logged, and the body nothing names goes at the next start's sweep.
     try {
-      freeBodies();
+      freeBodies(false);
     } catch (cleanup) {
       d.peerLog.write(
         ctx.persona,
@@ -105,6 +108,6 @@ export function commitObject(
     throw e;
   }
   // A failure here is work after the committed effect: the pipeline logs it, the answer stands.
-  freeBodies();
+  freeBodies(true);
   return result;
 }

@@ -1,4 +1,6 @@
+import { readSync } from "node:fs";
 import { storageUploadAbort, storageUploadBegin, storageUploadChunk, storageUploadCommit } from "@kpip/protocol";
+import { unlinkQuiet } from "../store/blobs.js";
 import { implement } from "./implement.js";
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import type { Upload } from "./storage-uploads.js";
@@ -21,7 +23,8 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           throw new OpError("RESOURCE", `object of ${size} bytes exceeds the limit of ${limits.maxObjectBytes}`);
         // Quotas are charged at the commit; an upload that could never commit is refused now, and
         // the bytes other uploads in progress have declared count as used: four uploads cannot
-        // each fit a quota that only one of them fits, and fill the disk meanwhile.
+        // each fit a quota that only one of them fits, and fill the disk meanwhile — nor four
+        // over an object as large, which add nothing once one commits but hold partial bytes.
         d.ledger.checkStorage(
           ctx.persona,
           workspace,
@@ -29,6 +32,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           size,
           ctx.grant,
           uploads.pendingFor(workspace),
+          true,
         );
         const u = uploads.begin(ctx.persona, ctx.targetUri, size, ctx.grant);
         return { status: "SUCCESS", payload: { upload: u.id, size }, audit: { upload: u.id, size } };
@@ -73,22 +77,34 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
         d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(workspace, u));
         u.committing = true;
-        const hash = u.installed ?? (await installUpload(d, u, want));
+        // A body below the inline size stays in the database, as a write's does: a file (a block
+        // and an inode) for each few bytes charged let a small storage.bytes limit fill the disk.
+        let inline = u.inline;
+        let hash: Buffer;
+        if (u.installed) hash = u.installed;
+        else if (size < limits.inlineBytes) {
+          const v = await readUpload(d, u, want);
+          hash = v.hash;
+          inline = v.data;
+        } else hash = await installUpload(d, u, want);
         // A write that raced the sync above can still refuse the commit: the upload keeps the
         // installed body (pinned once more here, as commitObject unpins one) for a retry.
-        blobs.pin(hash);
+        if (!inline) blobs.pin(hash);
         let result: ReturnType<typeof commitObject> | undefined;
         // Committed, even if a clean-up after the commit throws (the pipeline answers the commit's record).
         let done = false;
         try {
-          result = commitObject(ctx, d, workspace, path, { hash, size }, { sha256: hash }, () => {
+          const body = inline ? { data: inline } : { hash, size };
+          // Inline bytes are as durable as a storage.write's: no sync of the database on this
+          // thread per commit, which tiny uploads in a loop would turn into a stall for everyone.
+          result = commitObject(ctx, d, workspace, path, body, { sha256: hash }, () => {
             done = true;
           });
         } finally {
           if (done) {
-            blobs.unpin(hash);
+            if (!inline) blobs.unpin(hash);
             uploads.take(u);
-          } else uploads.keep(u, hash);
+          } else uploads.keep(u, hash, inline);
         }
         return result;
       },
@@ -103,12 +119,40 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
 }
 
 /**
- * Waits for the upload's bytes, checks them against the SHA-256 the commit names, syncs them and
- * moves them to their address in the store: the returned body is pinned. Bytes that could not be
+ * Waits for the upload's bytes (fewer than the inline size), checks them against the SHA-256 the
+ * commit names and reads them for the database; its partial file goes. Bytes that could not be
  * stored, or are not the ones the persona meant, end the upload.
  */
-async function installUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<Buffer> {
-  const { uploads, blobs } = d;
+async function readUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<{ hash: Buffer; data: Buffer }> {
+  const { uploads } = d;
+  const hash = await verifiedHash(d, u, want);
+  let data: Buffer;
+  try {
+    data = readWhole(u.fd, u.size);
+  } catch (e) {
+    uploads.drop(u);
+    throw e;
+  }
+  uploads.closeFile(u);
+  unlinkQuiet(u.path);
+  return { hash, data };
+}
+
+/** `size` bytes of a file from its start (a short file is an error, never a short body). */
+function readWhole(fd: number, size: number): Buffer {
+  const out = Buffer.alloc(size);
+  let got = 0;
+  while (got < size) {
+    const n = readSync(fd, out, got, size - got, got);
+    if (n === 0) throw new Error(`the upload's file holds ${got} of its ${size} bytes`);
+    got += n;
+  }
+  return out;
+}
+
+/** The SHA-256 of the upload's bytes, once every write settled, checked against the one the commit names; otherwise the upload ends. */
+async function verifiedHash(d: StorageDeps, u: Upload, want: Uint8Array): Promise<Buffer> {
+  const { uploads } = d;
   try {
     await uploads.settled(u);
   } catch (e) {
@@ -129,6 +173,17 @@ async function installUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promi
       `the uploaded bytes have SHA-256 ${hash.toString("hex")}, not ${Buffer.from(want).toString("hex")}; the upload is discarded`,
     );
   }
+  return hash;
+}
+
+/**
+ * Waits for the upload's bytes, checks them against the SHA-256 the commit names, syncs them and
+ * moves them to their address in the store: the returned body is pinned. Bytes that could not be
+ * stored, or are not the ones the persona meant, end the upload.
+ */
+async function installUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<Buffer> {
+  const { uploads, blobs } = d;
+  const hash = await verifiedHash(d, u, want);
   blobs.pin(hash);
   try {
     await blobs.syncFile(u.fd);

@@ -58,6 +58,8 @@ export interface Upload {
    * then lost its compare-and-set or quota: a retried commit names it without the bytes again.
    */
   installed: Buffer | undefined;
+  /** With {@link installed}: the verified bytes of an upload below the inline size (no body file), kept for that retry. */
+  inline?: Buffer;
   /**
    * The grant that began it was revoked, or its persona removed, while a commit was under way
    * (which could not be dropped then): that commit's refusal ends the upload instead of keeping it.
@@ -309,9 +311,11 @@ export class UploadTable {
   /** Discards an upload and its partial file (or its installed body, unless a row names it). */
   drop(u: Upload): void {
     this.take(u);
+    // Inline bytes are in memory only: their partial file went when they were read.
+    if (u.inline) return;
     if (u.installed) {
       this.blobs.unpin(u.installed);
-      this.blobs.collect(u.installed, this.bodyRefs(u.installed));
+      this.blobs.release(u.installed, this.bodyRefs(u.installed));
     } else unlinkQuiet(u.path);
   }
 
@@ -320,8 +324,9 @@ export class UploadTable {
    * by a write that raced its sync): the upload stays, holding the body, for a retry or an abort
    * — unless the grant that began it was revoked meanwhile: then it is dropped with its body.
    */
-  keep(u: Upload, installed: Buffer): void {
+  keep(u: Upload, installed: Buffer, inline?: Buffer): void {
     u.installed = installed;
+    u.inline = inline;
     // Revoked (or its persona removed) while it committed: nothing may commit it any more, so it
     // holds no slot nor body.
     if (u.ended) return this.end(u, u.endedBy ?? "revoked");

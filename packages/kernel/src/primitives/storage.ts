@@ -127,7 +127,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
               }),
           );
           // The row is gone (committed): its body goes too unless another object names the same bytes.
-          if (old) blobs.collect(old, store.countBodyRefs(old));
+          if (old) blobs.release(old, store.countBodyRefs(old));
           storageChanged(d.watch.bus, workspace, path, (result.payload as { generation: number }).generation, "delete");
           return result;
         },

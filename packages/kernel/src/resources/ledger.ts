@@ -62,28 +62,40 @@ export class ResourceLedger {
     grant: Grant | undefined,
     /** Bytes already promised and not yet charged (uploads in progress, by a persona's tree): counted as used. */
     pending: { persona: (scope: string) => number; workspace: number } = { persona: () => 0, workspace: 0 },
+    /**
+     * An upload begins: its partial bytes take the disk whatever object they will replace, so a
+     * change that adds nothing (over an object as large) is still checked while others are
+     * pending. Otherwise (a write, a commit) a change that adds nothing is never refused.
+     */
+    beginning = false,
   ): void {
     const limits = limitsOver(persona, grant, this.bounds.of(grant), "storage.bytes");
     if (limits.length > 0) {
       const deltas = storageDeltas(persona, previous, newSize);
       for (const [scope, limit] of limits) {
         const delta = deltas.get(scope) ?? 0;
-        if (delta <= 0) continue;
-        const used = this.store.usage(personaScope(scope), "storage.bytes") + pending.persona(scope);
+        const waiting = pending.persona(scope);
+        if (delta <= 0 && !(beginning && waiting > 0)) continue;
+        const used = this.store.usage(personaScope(scope), "storage.bytes") + waiting;
         if (used + delta > limit)
           throw new OpError(
             "RESOURCE",
-            `storage.bytes exceeded for ${overName(scope, persona)}: ${used} used + ${delta} > limit ${limit}`,
+            // What a tree above the persona holds is its other members' (resource.query tells it to whom it may).
+            scope === persona
+              ? `storage.bytes exceeded for ${persona}: ${used} used + ${delta} > limit ${limit}`
+              : `storage.bytes exceeded for ${overName(scope, persona)}: ${delta} more bytes would pass its limit ${limit}`,
           );
       }
     }
     const wsDelta = newSize - (previous?.size ?? 0);
-    if (this.quotas.workspaceStorageBytes > 0 && wsDelta > 0) {
+    if (this.quotas.workspaceStorageBytes > 0 && (wsDelta > 0 || (beginning && pending.workspace > 0))) {
       const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
+        // Not what the workspace holds: every persona's bytes there, which only a grant over the
+        // workspace may query (resource.query obj://<ws>, case 326).
         throw new OpError(
           "RESOURCE",
-          `storage.bytes exceeded for workspace ${workspace}: ${used} used + ${wsDelta} > quota ${this.quotas.workspaceStorageBytes}`,
+          `storage.bytes exceeded for workspace ${workspace}: ${Math.max(wsDelta, 0)} more bytes would pass its quota ${this.quotas.workspaceStorageBytes}`,
         );
     }
   }

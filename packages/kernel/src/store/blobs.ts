@@ -47,8 +47,8 @@ export function sha256(data: Uint8Array): Buffer {
 /**
  * Object bodies as files, addressed by their SHA-256: `<root>/sha256/ab/cdef…` (0600 files in
  * 0700 directories, never through a link). A body is written once into `<root>/tmp/`, synced,
- * then renamed to its address, so a reader never sees a partial body and an existing body is
- * never rewritten. Metadata (which object names which body) lives in the store's database;
+ * then renamed to its address (over a body there already, atomically), so a reader never sees
+ * a partial body. Metadata (which object names which body) lives in the store's database;
  * a body becomes visible only when a committed row names it, and is removed only after the
  * last row naming it is gone. A crash between the two leaves an unreferenced body (or a temp
  * file), never a row without its body: {@link sweep} at start removes them.
@@ -155,16 +155,16 @@ export class BlobStore {
   }
 
   /**
-   * Moves a complete, synced temp file to `hash`'s address (or drops it when that body is there
-   * already). The directory is synced either way, so the two cases cost the same.
+   * Moves a complete, synced temp file to `hash`'s address, also over a body there already: these
+   * bytes were just hashed, what is at the address may have changed on disk since (kept, it was
+   * what the new object — and the answer's SHA-256 — named). The directory is synced, and the two
+   * cases cost the same.
    */
   async install(tempPath: string, hash: Uint8Array): Promise<void> {
     const dest = this.pathOf(hash);
-    if (this.has(hash)) unlinkQuiet(tempPath);
-    else {
-      privateDir(dirname(dest));
-      renameSync(tempPath, dest);
-    }
+    privateDir(dirname(dest));
+    // Atomic: a reader opens the old body or the new one (each read opens the file anew).
+    renameSync(tempPath, dest);
     // The new name must outlive an OS crash as long as the row naming it does.
     if (this.opts.sync) {
       const dfd = openSync(dirname(dest), constants.O_RDONLY | constants.O_DIRECTORY);
@@ -222,6 +222,25 @@ export class BlobStore {
     if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
     if (!existsSync(this.pathOf(hash))) return false;
     this.opts.durable?.();
+    return this.remove(hash);
+  }
+
+  /**
+   * A committed change stopped naming `hash` (a delete, an overwrite, a write or upload that did
+   * not happen): as {@link collect}, but the database is made durable whether or not the body
+   * goes. Whether it goes says whether anyone else — any persona, any workspace — names exactly
+   * these bytes; a sync only when it does was a confirm-a-file oracle in the request's time
+   * (write guessed bytes, delete them, time the delete), as {@link put} is not (case 156).
+   */
+  release(hash: Uint8Array, refs: number): boolean {
+    this.opts.durable?.();
+    if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
+    if (!existsSync(this.pathOf(hash))) return false;
+    return this.remove(hash);
+  }
+
+  /** Moves a body no row names out of its address (made durable before), and frees it off the event loop. */
+  private remove(hash: Uint8Array): boolean {
     const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
     try {
       renameSync(this.pathOf(hash), gone);
