@@ -259,4 +259,58 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.match(r.err, /token 1 is not a token/, what);
     }
   });
+
+  it("persona remove of a__b never tells the operator to delete a/b's identity file (both ids' default name): a key still registered; persona create a__b says whose file it is", () => {
+    const created = kpip(["persona", "create", "dup/b", "--json", ...h]);
+    assert.equal(created.code, 0, created.err);
+    const file = JSON.parse(created.out).identity as string;
+    // a__b is another persona, registered with a key of its own.
+    const other = join(work, "dup__b.identity");
+    assert.equal(kpip(["persona", "create", "dup__b", "--out", other, ...h]).code, 0);
+    const taken = kpip(["persona", "create", "dup__c", ...h]);
+    assert.equal(taken.code, 0, taken.err);
+    const again = kpip(["persona", "create", "dup__b", ...h]);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /taken by persona dup\/b's identity/);
+    const removed = kpip(["persona", "remove", "dup__b", "--json", ...h]);
+    assert.equal(removed.code, 0, removed.err);
+    assert.equal(JSON.parse(removed.out).identityFile, null, "dup/b's file is not dup__b's leftover");
+    const human = kpip(["persona", "remove", "dup__c", ...h]);
+    assert.match(human.out, /dup__c\.identity is left in place/, "a persona's own leftover is still named");
+    assert.doesNotMatch(kpip(["persona", "remove", "dup", ...h]).out, /left in place/);
+    assert.ok(statSync(file).isFile());
+  });
+
+  it("an empty KPIP_HOME or KPIP_SOCKET is unset, as for the kernel: never the current directory's home; an empty --home, --socket or --identity is a usage error", () => {
+    // The current directory holds a kernel.db (here a damaged one, so that reading it shows).
+    const decoy = join(work, "decoy-home");
+    mkdirSync(decoy, { mode: 0o700 });
+    writeFileSync(join(decoy, "kernel.db"), Buffer.alloc(8192, 0x5a), { mode: 0o600 });
+    const xdg = join(work, "xdg");
+    const inDecoy = (args: string[], env: NodeJS.ProcessEnv) => {
+      const r = spawnSync(process.execPath, [MAIN, ...args], {
+        cwd: decoy,
+        encoding: "utf8",
+        env: { ...process.env, XDG_STATE_HOME: xdg, ...env },
+      });
+      return { code: r.status, out: r.stdout, err: r.stderr };
+    };
+    // `KPIP_HOME="$UNSET" kpip …`: the default home, as `kpip kernel` takes it — not the current directory.
+    for (const args of [
+      ["persona", "list"],
+      ["audit", "tail"],
+      ["token", "rotate-key"],
+    ]) {
+      const r = inDecoy(args, { KPIP_HOME: "" });
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}${r.err}`);
+      assert.ok(r.err.includes(`no kernel home at ${join(xdg, "kpip")}`), `${args.join(" ")}: ${r.err}`);
+    }
+    const health = inDecoy(["call", "system.health", "kernel://"], { KPIP_HOME: home, KPIP_SOCKET: "" });
+    assert.equal(health.code, 0, `${health.out}${health.err}`);
+    for (const flag of ["--home", "--socket", "--identity"]) {
+      const r = inDecoy(["call", "system.health", "kernel://", ...(flag === "--home" ? [] : h), flag, ""], {});
+      assert.equal(r.code, 2, `${flag}: ${r.out}${r.err}`);
+      assert.match(r.err, new RegExp(`${flag} must not be empty`));
+    }
+  });
 });
