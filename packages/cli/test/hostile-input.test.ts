@@ -5,6 +5,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -15,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { attenuate, tokenFromString, tokenToString } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
 
 /**
@@ -312,5 +314,34 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.equal(r.code, 2, `${flag}: ${r.out}${r.err}`);
       assert.match(r.err, new RegExp(`${flag} must not be empty`));
     }
+  });
+
+  it("token retire-key while another change of the key file holds its lock (a rotation in progress) is refused, never run over the other's read: a retired key is not made valid again by the other's write", () => {
+    const keysPath = join(home, "token-keys.json");
+    const read = () =>
+      JSON.parse(readFileSync(keysPath, "utf8")) as { current: string; keys: Record<string, { retired?: number }> };
+    const r1 = kpip(["token", "rotate-key", "--json", ...h]);
+    assert.equal(r1.code, 0, r1.err);
+    const leaked = read().current;
+    assert.equal(kpip(["token", "rotate-key", ...h]).code, 0);
+    // Another kpip rotating the keys holds the key file's lock, having read the file.
+    const lock = new Database(join(home, "token-keys.lock"), { timeout: 0 });
+    lock.exec("BEGIN EXCLUSIVE");
+    const seen = read();
+    const retire = kpipBounded(["token", "retire-key", leaked, ...h]);
+    // The rotation writes what it read plus its new key, and releases the lock.
+    seen.keys.rotatedmeanwhile = { key: "A".repeat(43), created: Date.now() } as never;
+    seen.current = "rotatedmeanwhile";
+    writeFileSync(`${keysPath}.new`, `${JSON.stringify(seen, null, 2)}\n`, { mode: 0o600 });
+    renameSync(`${keysPath}.new`, keysPath);
+    lock.exec("ROLLBACK");
+    lock.close();
+    // The retirement did not run over the rotation's read: it was refused, and is made again now.
+    assert.equal(retire.code, 2, `${retire.out}${retire.err}`);
+    assert.match(retire.err, /another change of the token key file is in progress/);
+    assert.equal(kpip(["token", "retire-key", leaked, ...h]).code, 0);
+    const after = read();
+    assert.ok(after.keys[leaked]?.retired, "the leaked key stays retired");
+    assert.equal(after.current, "rotatedmeanwhile", "the rotation is kept");
   });
 });
