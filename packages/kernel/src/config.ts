@@ -151,7 +151,7 @@ const DECLARED = {
     type: "string",
     default: "",
     description:
-      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote); `kpip audit verify --anchors` checks the log against it",
+      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote; a regular file of the kernel's user, never a link); `kpip audit verify --anchors` checks the log against it",
   },
   /** A signed checkpoint at least this often while records arrive (ms); with auditCheckpointEvery it bounds the unsigned tail. */
   auditCheckpointIntervalMs: {
