@@ -61,7 +61,8 @@ export function secureHome(home: string): void {
 
 /**
  * Every directory above the home — along the path as given and along its real path — must be
- * root's or the kernel user's, and writable by no one else unless sticky (as /tmp). Otherwise
+ * root's or the kernel user's, and writable by no one else unless sticky (as /tmp; the user's own
+ * group may write it). Otherwise
  * whoever can write one of them renames the home (or the directory holding it) away while the
  * kernel runs and puts a directory of theirs in its place: the kernel goes on opening files by
  * path there (object bodies, segments, key files), writing persona data where they read it.
@@ -69,8 +70,9 @@ export function secureHome(home: string): void {
 function checkAncestors(home: string): void {
   const me = uid();
   const chains = new Set<string>();
-  for (const start of [resolve(home), realpathSync(dirname(resolve(home)))]) {
-    for (let d = dirname(start); ; d = dirname(d)) {
+  const parent = dirname(resolve(home));
+  for (const start of [parent, realpathSync(parent)]) {
+    for (let d = start; ; d = dirname(d)) {
       chains.add(d);
       if (dirname(d) === d) break;
     }
@@ -81,7 +83,11 @@ function checkAncestors(home: string): void {
       throw new UnsafeHomeError(
         `${d}, above the kernel home ${home}, belongs to uid ${st.uid}: that user could put a home of theirs in its place; use a home whose directories are yours or root's`,
       );
-    if ((st.mode & 0o022) !== 0 && (st.mode & 0o1000) === 0)
+    // Group-writable is the user's own business when the group is theirs (a private group,
+    // under umask 002); another group's members, or everyone, could move the home.
+    const sticky = (st.mode & 0o1000) !== 0;
+    const groupOthers = (st.mode & 0o020) !== 0 && st.gid !== process.getgid?.();
+    if (!sticky && ((st.mode & 0o002) !== 0 || groupOthers))
       throw new UnsafeHomeError(
         `${d}, above the kernel home ${home}, is writable by group or others (mode ${(st.mode & 0o777).toString(8)}) without the sticky bit: they could move the home away and put theirs in its place; use a directory only you can write`,
       );
