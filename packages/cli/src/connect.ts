@@ -102,6 +102,7 @@ export function writeTokenFile(path: string, text: string): void {
  */
 export async function connectFromFlags(v: Values, extra: Partial<ConnectOptions> = {}): Promise<KernelClient> {
   const home = resolveHome(v.home as string | undefined);
+  for (const flag of ["socket", "identity"] as const) if (v[flag] === "") throw new UsageError(`--${flag} must not be empty`);
   const identity = (v.identity as string | undefined) ?? join(home, "admin.identity");
   if (v.identity === undefined && !existsSync(home))
     // No kernel ever ran on this home: that is what the user needs to hear, not "no identity file".

@@ -42,13 +42,22 @@ export function placeNew(tmp: string, file: string): boolean {
   return true;
 }
 
+/**
+ * The home the flags name, else $KPIP_HOME, else the default — as the kernel reads them: an
+ * empty variable is unset (`KPIP_HOME="$UNSET" kpip …`), never "" (the current directory, whose
+ * `kernel.db` or `admin.identity` would then be used); an empty `--home` is a usage error.
+ */
 export function resolveHome(flag: string | undefined): string {
-  return flag ?? process.env.KPIP_HOME ?? defaultHome();
+  if (flag === "") throw new UsageError("--home must not be empty");
+  return flag ?? nonEmpty(process.env.KPIP_HOME) ?? defaultHome();
 }
 
+/** The socket the kernel of `home` listens on by default: $KPIP_SOCKET (unless empty, as for the kernel), else <home>/kernel.sock. */
 export function defaultSocket(home: string): string {
-  return process.env.KPIP_SOCKET ?? join(home, "kernel.sock");
+  return nonEmpty(process.env.KPIP_SOCKET) ?? join(home, "kernel.sock");
 }
+
+const nonEmpty = (s: string | undefined) => (s === "" ? undefined : s);
 
 /** CBOR values as JSON: byte strings become {"$bytes": base64}, big integers {"$int": "…"}. */
 /** A payload (any CBOR value, a typed op result included) as JSON. */

@@ -5,6 +5,7 @@ import {
   mkdirSync,
   mkdtempSync,
   readFileSync,
+  renameSync,
   rmSync,
   statSync,
   symlinkSync,
@@ -15,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { attenuate, tokenFromString, tokenToString } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
 
 /**
@@ -258,5 +260,88 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
       assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
       assert.match(r.err, /token 1 is not a token/, what);
     }
+  });
+
+  it("persona remove of a__b never tells the operator to delete a/b's identity file (both ids' default name): a key still registered; persona create a__b says whose file it is", () => {
+    const created = kpip(["persona", "create", "dup/b", "--json", ...h]);
+    assert.equal(created.code, 0, created.err);
+    const file = JSON.parse(created.out).identity as string;
+    // a__b is another persona, registered with a key of its own.
+    const other = join(work, "dup__b.identity");
+    assert.equal(kpip(["persona", "create", "dup__b", "--out", other, ...h]).code, 0);
+    const taken = kpip(["persona", "create", "dup__c", ...h]);
+    assert.equal(taken.code, 0, taken.err);
+    const again = kpip(["persona", "create", "dup__b", ...h]);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /taken by persona dup\/b's identity/);
+    const removed = kpip(["persona", "remove", "dup__b", "--json", ...h]);
+    assert.equal(removed.code, 0, removed.err);
+    assert.equal(JSON.parse(removed.out).identityFile, null, "dup/b's file is not dup__b's leftover");
+    const human = kpip(["persona", "remove", "dup__c", ...h]);
+    assert.match(human.out, /dup__c\.identity is left in place/, "a persona's own leftover is still named");
+    assert.doesNotMatch(kpip(["persona", "remove", "dup", ...h]).out, /left in place/);
+    assert.ok(statSync(file).isFile());
+  });
+
+  it("an empty KPIP_HOME or KPIP_SOCKET is unset, as for the kernel: never the current directory's home; an empty --home, --socket or --identity is a usage error", () => {
+    // The current directory holds a kernel.db (here a damaged one, so that reading it shows).
+    const decoy = join(work, "decoy-home");
+    mkdirSync(decoy, { mode: 0o700 });
+    writeFileSync(join(decoy, "kernel.db"), Buffer.alloc(8192, 0x5a), { mode: 0o600 });
+    const xdg = join(work, "xdg");
+    const inDecoy = (args: string[], env: NodeJS.ProcessEnv) => {
+      const r = spawnSync(process.execPath, [MAIN, ...args], {
+        cwd: decoy,
+        encoding: "utf8",
+        env: { ...process.env, XDG_STATE_HOME: xdg, ...env },
+      });
+      return { code: r.status, out: r.stdout, err: r.stderr };
+    };
+    // `KPIP_HOME="$UNSET" kpip …`: the default home, as `kpip kernel` takes it — not the current directory.
+    for (const args of [
+      ["persona", "list"],
+      ["audit", "tail"],
+      ["token", "rotate-key"],
+    ]) {
+      const r = inDecoy(args, { KPIP_HOME: "" });
+      assert.equal(r.code, 2, `${args.join(" ")}: ${r.out}${r.err}`);
+      assert.ok(r.err.includes(`no kernel home at ${join(xdg, "kpip")}`), `${args.join(" ")}: ${r.err}`);
+    }
+    const health = inDecoy(["call", "system.health", "kernel://"], { KPIP_HOME: home, KPIP_SOCKET: "" });
+    assert.equal(health.code, 0, `${health.out}${health.err}`);
+    for (const flag of ["--home", "--socket", "--identity"]) {
+      const r = inDecoy(["call", "system.health", "kernel://", ...(flag === "--home" ? [] : h), flag, ""], {});
+      assert.equal(r.code, 2, `${flag}: ${r.out}${r.err}`);
+      assert.match(r.err, new RegExp(`${flag} must not be empty`));
+    }
+  });
+
+  it("token retire-key while another change of the key file holds its lock (a rotation in progress) is refused, never run over the other's read: a retired key is not made valid again by the other's write", () => {
+    const keysPath = join(home, "token-keys.json");
+    const read = () =>
+      JSON.parse(readFileSync(keysPath, "utf8")) as { current: string; keys: Record<string, { retired?: number }> };
+    const r1 = kpip(["token", "rotate-key", "--json", ...h]);
+    assert.equal(r1.code, 0, r1.err);
+    const leaked = read().current;
+    assert.equal(kpip(["token", "rotate-key", ...h]).code, 0);
+    // Another kpip rotating the keys holds the key file's lock, having read the file.
+    const lock = new Database(join(home, "token-keys.lock"), { timeout: 0 });
+    lock.exec("BEGIN EXCLUSIVE");
+    const seen = read();
+    const retire = kpipBounded(["token", "retire-key", leaked, ...h]);
+    // The rotation writes what it read plus its new key, and releases the lock.
+    seen.keys.rotatedmeanwhile = { key: "A".repeat(43), created: Date.now() } as never;
+    seen.current = "rotatedmeanwhile";
+    writeFileSync(`${keysPath}.new`, `${JSON.stringify(seen, null, 2)}\n`, { mode: 0o600 });
+    renameSync(`${keysPath}.new`, keysPath);
+    lock.exec("ROLLBACK");
+    lock.close();
+    // The retirement did not run over the rotation's read: it was refused, and is made again now.
+    assert.equal(retire.code, 2, `${retire.out}${retire.err}`);
+    assert.match(retire.err, /another change of the token key file is in progress/);
+    assert.equal(kpip(["token", "retire-key", leaked, ...h]).code, 0);
+    const after = read();
+    assert.ok(after.keys[leaked]?.retired, "the leaked key stays retired");
+    assert.equal(after.current, "rotatedmeanwhile", "the rotation is kept");
   });
 });

@@ -1,3 +1,4 @@
+import { statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_MAX_BODY } from "@kpip/protocol";
@@ -151,7 +152,7 @@ const DECLARED = {
     type: "string",
     default: "",
     description:
-      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote); `kpip audit verify --anchors` checks the log against it",
+      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote; a regular file of the kernel's user, never a link); `kpip audit verify --anchors` checks the log against it",
   },
   /** A signed checkpoint at least this often while records arrive (ms); with auditCheckpointEvery it bounds the unsigned tail. */
   auditCheckpointIntervalMs: {
@@ -694,8 +695,33 @@ function checkValues(c: KernelConfig): void {
 /** A config file is a few KiB of JSON; one larger is not read. */
 const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
 
+/**
+ * An explicit config file (`--config`) lies outside the home, which keeps the home's own
+ * config.json to its user: whoever can write it chooses every setting — `sandbox none`, the
+ * read paths, listeners, the anchor file. So it must be the kernel user's (or root's) and
+ * writable by no one else, as ssh's StrictModes asks of its files.
+ */
+function checkConfigFileOwner(path: string): void {
+  let st: ReturnType<typeof statSync>;
+  try {
+    st = statSync(path);
+  } catch {
+    return; // said by the read below
+  }
+  const me = process.getuid?.();
+  if (me !== undefined && st.uid !== me && st.uid !== 0)
+    throw new ConfigError(
+      `config file ${path} belongs to uid ${st.uid}, not to the kernel's user (uid ${me}) or root: whoever owns it chooses the kernel's settings`,
+    );
+  if ((st.mode & 0o022) !== 0)
+    throw new ConfigError(
+      `config file ${path} is writable by group or others (mode ${(st.mode & 0o777).toString(8)}): they would choose the kernel's settings; chmod go-w it`,
+    );
+}
+
 function readConfigFile(path: string, required: boolean): Record<string, unknown> {
   let text: string;
+  if (required) checkConfigFileOwner(path);
   try {
     text = readRegularFile(path, CONFIG_FILE_MAX_BYTES).toString("utf8");
   } catch (e) {

@@ -6,12 +6,14 @@ import {
   lstatSync,
   openSync,
   readdirSync,
+  realpathSync,
   renameSync,
   type Stats,
+  statSync,
   unlinkSync,
   writeSync,
 } from "node:fs";
-import { join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 
 /**
  * The kernel home holds every persona's objects, the audit log and the keys. It must be a real
@@ -40,6 +42,7 @@ function owned(st: Stats, what: string): void {
  * the kernel's own (agent working directories) and are not walked.
  */
 export function secureHome(home: string): void {
+  checkAncestors(home);
   const st = lstatSync(home);
   if (st.isSymbolicLink()) throw new UnsafeHomeError(`kernel home ${home} is a symbolic link; give the real directory`);
   if (!st.isDirectory()) throw new UnsafeHomeError(`kernel home ${home} is not a directory`);
@@ -53,6 +56,41 @@ export function secureHome(home: string): void {
     if (e.isDirectory()) {
       if ((e.mode & 0o077) !== 0) chmodSync(path, 0o700);
     } else if (e.isFile() && (e.mode & 0o077) !== 0) chmodSync(path, 0o600);
+  }
+}
+
+/**
+ * Every directory above the home — along the path as given and along its real path — must be
+ * root's or the kernel user's, and writable by no one else unless sticky (as /tmp; the user's own
+ * group may write it). Otherwise
+ * whoever can write one of them renames the home (or the directory holding it) away while the
+ * kernel runs and puts a directory of theirs in its place: the kernel goes on opening files by
+ * path there (object bodies, segments, key files), writing persona data where they read it.
+ */
+function checkAncestors(home: string): void {
+  const me = uid();
+  const chains = new Set<string>();
+  const parent = dirname(resolve(home));
+  for (const start of [parent, realpathSync(parent)]) {
+    for (let d = start; ; d = dirname(d)) {
+      chains.add(d);
+      if (dirname(d) === d) break;
+    }
+  }
+  for (const d of chains) {
+    const st = statSync(d);
+    if (me !== undefined && st.uid !== me && st.uid !== 0)
+      throw new UnsafeHomeError(
+        `${d}, above the kernel home ${home}, belongs to uid ${st.uid}: that user could put a home of theirs in its place; use a home whose directories are yours or root's`,
+      );
+    // Group-writable is the user's own business when the group is theirs (a private group,
+    // under umask 002); another group's members, or everyone, could move the home.
+    const sticky = (st.mode & 0o1000) !== 0;
+    const groupOthers = (st.mode & 0o020) !== 0 && st.gid !== process.getgid?.();
+    if (!sticky && ((st.mode & 0o002) !== 0 || groupOthers))
+      throw new UnsafeHomeError(
+        `${d}, above the kernel home ${home}, is writable by group or others (mode ${(st.mode & 0o777).toString(8)}) without the sticky bit: they could move the home away and put theirs in its place; use a directory only you can write`,
+      );
   }
 }
 

@@ -1,6 +1,17 @@
 import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
-import { appendFileSync, cpSync, mkdtempSync, readFileSync, rmSync, statSync } from "node:fs";
+import {
+  appendFileSync,
+  chownSync,
+  cpSync,
+  mkdtempSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -145,5 +156,41 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
       (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message),
     );
     removeHome(h);
+  });
+
+  it("a link, a FIFO or another user's file planted at the anchor path (a directory others can write) is refused at start: the file it names is neither cut nor appended to", async () => {
+    const shared = mkdtempSync(join(tmpdir(), "kpip-anchors-shared-"));
+    // A file of the kernel's user elsewhere whose last line has no newline (the torn-tail repair cut such files).
+    const victim = join(shared, "victim");
+    const precious = "line one\nbinary tail without a newline";
+    writeFileSync(victim, precious);
+    const link = join(shared, "via-link.jsonl");
+    symlinkSync(victim, link);
+    const fifo = join(shared, "fifo.jsonl");
+    execFileSync("mkfifo", [fifo]);
+    const theirs = join(shared, "theirs.jsonl");
+    writeFileSync(theirs, "");
+    const cases: [string, RegExp][] = [
+      [link, /symbolic link/],
+      [fifo, /not a regular file/],
+    ];
+    const me = process.getuid?.();
+    // Another user's file: only root can make one here.
+    if (me === 0) {
+      chownSync(theirs, 65534, 65534);
+      cases.push([theirs, /belongs to uid 65534/]);
+    }
+    for (const [path, why] of cases) {
+      const h = mkdtempSync(join(tmpdir(), "kpip-"));
+      await assert.rejects(
+        startKernel({ auditAnchorFile: path, auditCheckpointEvery: 10 }, h),
+        (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message) && why.test(e.message),
+        path,
+      );
+      removeHome(h);
+    }
+    assert.equal(readFileSync(victim, "utf8"), precious, "the link's target is untouched");
+    assert.equal(readFileSync(theirs, "utf8"), "");
+    rmSync(shared, { recursive: true, force: true });
   });
 });

@@ -3,6 +3,7 @@ import {
   chmodSync,
   chownSync,
   lstatSync,
+  mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
@@ -93,6 +94,47 @@ describe("the home: owner, modes, no links", () => {
     } finally {
       removeHome(link);
       removeHome(real);
+    }
+  });
+
+  it("a home below a directory others may write (no sticky bit) or another user owns is refused: they could move it away and put theirs in its place while the kernel runs", async () => {
+    const above = mkdtempSync(join(tmpdir(), "kpip-above-"));
+    const safe = mkdtempSync(join(tmpdir(), "kpip-safe-"));
+    try {
+      chmodSync(above, 0o777);
+      const home = join(above, "home");
+      await assert.rejects(
+        new Kernel({ home, logLevel: "silent" }).start(),
+        (e) => e instanceof UnsafeHomeError && /writable by group or others \(mode 777\) without the sticky bit/.test(e.message),
+      );
+      assert.deepEqual(readdirSync(home), [], "nothing written in the home");
+      // Named through a link that lies in such a directory, or one whose real path does.
+      symlinkSync(safe, join(above, "link"));
+      await assert.rejects(
+        new Kernel({ home: join(above, "link", "home"), logLevel: "silent" }).start(),
+        (e) => e instanceof UnsafeHomeError && e.message.includes(above),
+      );
+      mkdirSync(join(above, "real"), { mode: 0o700 });
+      symlinkSync(join(above, "real"), join(safe, "into"));
+      await assert.rejects(
+        new Kernel({ home: join(safe, "into", "home"), logLevel: "silent" }).start(),
+        (e) => e instanceof UnsafeHomeError && e.message.includes(above),
+      );
+      // Sticky, as /tmp: others cannot move what is not theirs.
+      chmodSync(above, 0o1777);
+      const t = await startKernel({}, home);
+      await t.stop();
+      if (process.getuid?.() === 0) {
+        chmodSync(above, 0o755);
+        chownSync(above, 65534, 65534);
+        await assert.rejects(
+          new Kernel({ home, logLevel: "silent" }).start(),
+          (e) => e instanceof UnsafeHomeError && /belongs to uid 65534/.test(e.message),
+        );
+      }
+    } finally {
+      removeHome(above);
+      removeHome(safe);
     }
   });
 

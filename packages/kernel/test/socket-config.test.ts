@@ -1,5 +1,15 @@
 import assert from "node:assert/strict";
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, symlinkSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  symlinkSync,
+  unlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -137,6 +147,35 @@ describe("configuration precedence", () => {
       assert.throws(() => new Kernel({ home: h, configFile: join(h, "missing.json") }), ConfigError);
     } finally {
       removeHome(h);
+    }
+  });
+
+  it("an explicit config file another user owns, or that group or others may write, is refused: they would choose the kernel's settings (sandbox none)", () => {
+    const h = home();
+    const shared = mkdtempSync(join(tmpdir(), "kpip-conf-"));
+    const file = join(shared, "kernel.json");
+    writeFileSync(file, JSON.stringify({ sandbox: "none" }), { mode: 0o600 });
+    try {
+      assert.equal(new Kernel({ home: h, configFile: file }).config.sandbox, "none", "the user's own file is read");
+      chmodSync(file, 0o620);
+      assert.throws(
+        () => new Kernel({ home: h, configFile: file }),
+        (e: unknown) => e instanceof ConfigError && /writable by group or others \(mode 620\)/.test((e as Error).message),
+      );
+      chmodSync(file, 0o646);
+      assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: file }), /writable by group or others/);
+      chmodSync(file, 0o644);
+      // Another user's file: only root can make one here.
+      if (process.getuid?.() === 0) {
+        chownSync(file, 65534, 65534);
+        assert.throws(
+          () => new Kernel({ home: h, configFile: file }),
+          (e: unknown) => e instanceof ConfigError && /belongs to uid 65534/.test((e as Error).message),
+        );
+      }
+    } finally {
+      removeHome(h);
+      removeHome(shared);
     }
   });
 

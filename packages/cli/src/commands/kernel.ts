@@ -17,7 +17,10 @@ import type { Command, OptionSpec } from "../command.js";
 import { EXIT } from "../util.js";
 
 const options: Record<string, OptionSpec> = {
-  config: { type: "string", description: "config file (default <home>/config.json)" },
+  config: {
+    type: "string",
+    description: "config file (default <home>/config.json); yours or root's, writable by no group or other",
+  },
 };
 for (const s of SETTINGS) options[flagName(s.key)] = { type: "string", description: `${s.description} (env KPIP_…)` };
 

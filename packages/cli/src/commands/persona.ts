@@ -186,8 +186,11 @@ export const personaCommand: Command = {
         const pid = needId();
         const file = resolve((v.out as string | undefined) ?? identityPath(h, pid));
         if (existsSync(file)) {
+          const holder = v.out === undefined ? identityOf(file) : pid;
           process.stderr.write(
-            `kpip persona: persona ${pid} already exists here: its identity file ${file} is in place (remove the persona first, or --out another file)\n`,
+            holder === pid
+              ? `kpip persona: persona ${pid} already exists here: its identity file ${file} is in place (remove the persona first, or --out another file)\n`
+              : `kpip persona: the default identity file of ${pid}, ${file}, is taken${holder ? ` by persona ${printable(holder)}'s identity (ids that differ by "/" and "__" share it)` : ""}: pass --out another file\n`,
           );
           return EXIT.FAILED;
         }
@@ -295,8 +298,10 @@ export const personaCommand: Command = {
           return EXIT.FAILED;
         }
         // The identity file stays (it is the persona's, not the registry's), but its key now opens nothing.
+        // Only if that file is this persona's: `a/b` and `a__b` share a default name, and the
+        // operator told to delete the other one's identity would lose a key still registered.
         const idFile = identityPath(h, pid);
-        const leftover = existsSync(idFile) ? idFile : undefined;
+        const leftover = identityOf(idFile) === pid ? idFile : undefined;
         if (asJson) process.stdout.write(`${JSON.stringify({ removed: pid, via: r.via, identityFile: leftover ?? null })}\n`);
         else
           process.stdout.write(
@@ -317,6 +322,16 @@ export const personaCommand: Command = {
 /** Where `persona create` writes a persona's identity file by default. */
 function identityPath(home: string, persona: string): string {
   return join(home, "personas", `${persona.replaceAll("/", "__")}.identity`);
+}
+
+/** The persona an identity file names, or undefined (no file, not an identity, unreadable). */
+function identityOf(file: string): string | undefined {
+  try {
+    const doc = JSON.parse(readRegularFile(file, 64 * 1024).toString("utf8")) as { persona?: unknown };
+    return typeof doc.persona === "string" ? doc.persona : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The offline removal's journal message: the personas removed and the tokens it ended (ids, at most 200 listed). */

@@ -1,4 +1,4 @@
-import { closeSync, fdatasync, fstatSync, ftruncateSync, openSync, readSync, write, writeSync } from "node:fs";
+import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readSync, write, writeSync } from "node:fs";
 import { publicKeyFromRaw, verifyBytes } from "@kpip/protocol";
 import type { AuditCheckpoint, AuditStore } from "../store/types.js";
 import { checkpointMessage } from "./record.js";
@@ -89,6 +89,11 @@ function parseLine(l: string, line: number): AuditAnchor {
   };
 }
 
+/** The anchor file's path holds a link, something other than a regular file, or another user's file: the kernel does not start. */
+export class UnsafeAnchorFileError extends Error {
+  override name = "UnsafeAnchorFileError";
+}
+
 /**
  * The kernel's side: appends each checkpoint durably, off the event loop (the file may sit on
  * a slow or remote mount; a stalled append must not stall requests). Opened at start, so a bad
@@ -101,8 +106,33 @@ export class AnchorFile {
   onError: ((e: Error, seq: number) => void) | undefined;
 
   constructor(readonly path: string) {
-    this.fd = openSync(path, "a+", 0o600);
-    this.repairTornTail();
+    // Never through a link, and only a regular file of the kernel's user: the file lies outside
+    // the home, often in a directory others can write (a shared disk, /tmp). A link planted at
+    // the path made the kernel cut (the torn-tail repair) and append to whatever file it named —
+    // any file, for a kernel run as root; a file of another user's holds anchors they could
+    // edit or cut; a FIFO would stall every append. O_NONBLOCK: a FIFO's open does not wait.
+    try {
+      this.fd = openSync(
+        path,
+        constants.O_RDWR | constants.O_APPEND | constants.O_CREAT | constants.O_NOFOLLOW | constants.O_NONBLOCK,
+        0o600,
+      );
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ELOOP")
+        throw new UnsafeAnchorFileError(`${path} is a symbolic link; name the file itself`);
+      throw e;
+    }
+    try {
+      const st = fstatSync(this.fd);
+      if (!st.isFile()) throw new UnsafeAnchorFileError(`${path} is not a regular file`);
+      const me = process.getuid?.();
+      if (me !== undefined && st.uid !== me)
+        throw new UnsafeAnchorFileError(`${path} belongs to uid ${st.uid}, not to the kernel's user (uid ${me})`);
+      this.repairTornTail();
+    } catch (e) {
+      closeSync(this.fd);
+      throw e;
+    }
   }
 
   /** A crash mid-append leaves a last line without its newline: cut it off (it was never an anchor). */

@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { escapeUnprintable } from "@kpip/protocol";
-import { readRegularFile, replaceAtomically, UnreadableFileError } from "../secure-files.js";
+import Database from "better-sqlite3";
+import { ensurePrivateFile, readRegularFile, replaceAtomically, UnreadableFileError } from "../secure-files.js";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
 export interface RootKeyFile {
@@ -11,6 +12,12 @@ export interface RootKeyFile {
 }
 
 export const ROOT_KEYS_FILE = "token-keys.json";
+
+/** The lock every change of the key file holds from its read to its rename (an fcntl lock, through SQLite). */
+export const ROOT_KEYS_LOCK = "token-keys.lock";
+
+/** How long a key change waits for another one to finish (each takes milliseconds). */
+const KEY_LOCK_WAIT_MS = 2000;
 
 /** A key entry is ~100 bytes of JSON: 1 MiB holds thousands of rotations. */
 const KEY_FILE_MAX_BYTES = 1024 * 1024;
@@ -166,24 +173,61 @@ export class RootKeys {
 
   /** Adds a new current key; older keys stay valid until retired. */
   static rotate(home: string): string {
-    // Never made here: a home whose key file is gone would get one holding only the new key, and
-    // every token the kernel issued would stop verifying at its next read of the file.
-    const file = RootKeys.load(home, false);
-    const kid = newKid();
-    file.keys[kid] = { key: randomBytes(32).toString("base64url"), created: Date.now() };
-    file.current = kid;
-    RootKeys.save(home, file);
-    return kid;
+    return RootKeys.changing(home, () => {
+      // Never made here: a home whose key file is gone would get one holding only the new key, and
+      // every token the kernel issued would stop verifying at its next read of the file.
+      const file = RootKeys.load(home, false);
+      const kid = newKid();
+      file.keys[kid] = { key: randomBytes(32).toString("base64url"), created: Date.now() };
+      file.current = kid;
+      RootKeys.save(home, file);
+      return kid;
+    });
   }
 
   /** Retires a key: tokens signed with it stop verifying. The current key cannot be retired. */
   static retire(home: string, kid: string): void {
-    const file = RootKeys.load(home, false);
-    const k = file.keys[kid];
-    if (!k) throw new KeyFileError(`no root key ${escapeUnprintable(JSON.stringify(kid))} in ${RootKeys.path(home)}`);
-    if (file.current === kid) throw new KeyFileError(`${kid} is the current key: rotate first`);
-    k.retired = Date.now();
-    RootKeys.save(home, file);
+    RootKeys.changing(home, () => {
+      const file = RootKeys.load(home, false);
+      const k = file.keys[kid];
+      if (!k) throw new KeyFileError(`no root key ${escapeUnprintable(JSON.stringify(kid))} in ${RootKeys.path(home)}`);
+      if (file.current === kid) throw new KeyFileError(`${kid} is the current key: rotate first`);
+      k.retired = Date.now();
+      RootKeys.save(home, file);
+    });
+  }
+
+  /**
+   * Runs a read-modify-write of the key file under {@link ROOT_KEYS_LOCK}. Two changes at once
+   * (two operators, a rotation job beside a retirement) each wrote what it had read plus its own
+   * change, and one temp file: the later rename undid the other — a retired leaked key valid
+   * again, or a new current key gone with the tokens it signed. The lock is the operating
+   * system's (released however its holder dies); a change waits briefly, then is refused.
+   */
+  private static changing<T>(home: string, change: () => T): T {
+    const lockPath = join(home, ROOT_KEYS_LOCK);
+    let db: Database.Database;
+    try {
+      ensurePrivateFile(lockPath);
+      db = new Database(lockPath, { timeout: KEY_LOCK_WAIT_MS });
+    } catch (e) {
+      throw new KeyFileError(`cannot lock the token key file (${lockPath}): ${escapeUnprintable((e as Error).message)}`);
+    }
+    try {
+      try {
+        db.exec("BEGIN EXCLUSIVE");
+      } catch (e) {
+        if ((e as { code?: string }).code !== "SQLITE_BUSY") throw e;
+        throw new KeyFileError(`another change of the token key file is in progress (${lockPath} is locked); try again`);
+      }
+      try {
+        return change();
+      } finally {
+        db.exec("ROLLBACK");
+      }
+    } finally {
+      db.close();
+    }
   }
 
   /** The ids of the keys as last read (kernel.start's record). */
