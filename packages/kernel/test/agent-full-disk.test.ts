@@ -7,27 +7,45 @@ import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { AgentStore, PersonaStore, TokenStore } from "../src/store/types.js";
-import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 /** What SQLite says when the file system refuses it room. */
 const noRoom = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+
+/** The kernel's parts these tests reach into (its store and agent manager). */
+type Services = { store: AgentStore & PersonaStore & TokenStore; agents: AgentManager };
+
+/** Makes `store[method]` refuse room while the switch it returns says `full`. */
+function refuseRoom<K extends keyof Services["store"]>(store: Services["store"], method: K, full: boolean): { full: boolean } {
+  const sw = { full };
+  const f = (store[method] as (...a: unknown[]) => unknown).bind(store);
+  (store as unknown as Record<K, unknown>)[method] = (...a: unknown[]) => {
+    if (sw.full) throw noRoom();
+    return f(...a);
+  };
+  return sw;
+}
+
+/** A kernel, and eve (who may spawn agents) connected to it, for `f`; stopped and removed after. */
+async function withEve(f: (t: TestKernel, c: KernelClient, s: Services) => Promise<void>): Promise<void> {
+  const t = await startKernel();
+  try {
+    const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+    const c = await t.connect(p.identity, [p.token]);
+    await f(t, c, (t.k as unknown as { services: Services }).services);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
 
 describe("agents on a full disk (the store's refusal of exactly an agent's end cannot be timed from outside)", () => {
   it("an agent's end kept for room is not read over, nor stored over, a later agent of the same name", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
-      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
-      const c = await t.connect(p.identity, [p.token]);
-      const s = (t.k as unknown as { services: { store: AgentStore; agents: AgentManager } }).services;
+    await withEve(async (_t, c, s) => {
       // An end's row carries the agent's output: the disk refuses it while a new agent's small row still fits.
-      let full = true;
-      const updateAgent = s.store.updateAgent.bind(s.store);
-      s.store.updateAgent = (id, f) => {
-        if (full) throw noRoom();
-        updateAgent(id, f);
-      };
+      const room = refuseRoom(s.store, "updateAgent", true);
       await c.agents.spawn("sh", "w1", { args: ["-c", "exit 3"], rights: [], lifetimeMs: 60_000 });
       await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the first w1's end");
       assert.equal(s.agents.keptCount, 1, "its end is kept for room");
@@ -35,35 +53,23 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 });
       const later = await c.agents.status("agent://sh/w1");
       assert.equal(later.state, "running", "the later w1 runs: the earlier one's end is not read over it");
-      full = false;
+      room.full = false;
       s.agents.storeKept();
       assert.equal(s.store.getAgent("eve/sh/w1", false)?.state, "running", "nor stored over its row");
       assert.equal((await c.agents.status("agent://sh/w1")).state, "running");
       await c.call("agent.kill", "agent://sh/w1", {});
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an ended agent's key a full disk kept: a later agent of its name sees none of the earlier one's tokens", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
-      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
-      const c = await t.connect(p.identity, [p.token]);
-      const s = (t.k as unknown as { services: { store: PersonaStore & TokenStore; agents: AgentManager } }).services;
+    await withEve(async (_t, c, s) => {
       // The agent's key stays in the registry (its removal refused room) until the tick stores it:
       // the tick, here, comes only after the later spawn (it may come later than room does).
       const storeKept = s.agents.storeKept.bind(s.agents);
       s.agents.storeKept = () => {};
-      let full = true;
-      const removePersona = s.store.removePersona.bind(s.store);
-      s.store.removePersona = (id) => {
-        if (full) throw noRoom();
-        return removePersona(id);
-      };
+      const room = refuseRoom(s.store, "removePersona", true);
       const persona = agentPersona("eve", "w1");
       const first = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 60_000 })) as {
         token: string;
@@ -77,7 +83,7 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
         c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 }),
         klass("RESOURCE", "storage is full"),
       );
-      full = false;
+      room.full = false;
       const second = (await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 })) as {
         token: string;
       };
@@ -87,34 +93,22 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       storeKept();
       assert.equal(s.store.tokenSeenBy(first.token, persona), false);
       await c.call("agent.kill", "agent://sh/w1", {});
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an ended agent's revocation a full disk kept is stored at a clean stop, when there is room since the last tick", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
-      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
-      const c = await t.connect(p.identity, [p.token]);
-      const s = (t.k as unknown as { services: { store: TokenStore } }).services;
+    await withEve(async (t, c, s) => {
       // No tick from here on: room comes back just before the stop.
       (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
-      let full = true;
-      const revokeToken = s.store.revokeToken.bind(s.store);
-      s.store.revokeToken = (id, by, at) => {
-        if (full) throw noRoom();
-        return revokeToken(id, by, at);
-      };
+      const room = refuseRoom(s.store, "revokeToken", true);
       const a = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
         token: string;
       };
       await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the agent's end");
       assert.ok(!s.store.revokedTokenIds().includes(a.token), "its revocation kept for room (in force in memory)");
-      full = false;
+      room.full = false;
       await t.stop();
       const store = new SqliteStore(join(t.home, "kernel.db"));
       try {
@@ -122,26 +116,14 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       } finally {
         store.close();
       }
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("an ended agent's key a full disk kept in the registry is refused at once: no session attests with it, an open one ends", {
     skip: sandboxSkip,
   }, async () => {
-    const t = await startKernel();
-    try {
-      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
-      const c = await t.connect(p.identity, [p.token]);
-      const s = (t.k as unknown as { services: { store: PersonaStore } }).services;
-      let full = false;
-      const removePersona = s.store.removePersona.bind(s.store);
-      s.store.removePersona = (id) => {
-        if (full) throw noRoom();
-        return removePersona(id);
-      };
+    await withEve(async (t, c, s) => {
+      const room = refuseRoom(s.store, "removePersona", false);
       // A hostile agent hands its identity out (its output here), then waits to be killed.
       await c.agents.spawn("sh", "w1", { args: ["-c", "cat <&3; exec sleep 600"], rights: [], lifetimeMs: 600_000 });
       const creds = await until(
@@ -155,7 +137,7 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       const asAgent = () =>
         KernelClient.connect({ socket: t.k.socketPath, identity: parseIdentity(creds.identity), tokens: [], reconnect: false });
       const open = await asAgent();
-      full = true;
+      room.full = true;
       await c.call("agent.kill", "agent://sh/w1", {});
       await until(async () => (await c.agents.status("agent://sh/w1")).state !== "running", 30_000, "the agent's end");
       assert.ok(s.store.getPersona("eve/agent.w1"), "its key still in the registry (no room to remove it)");
@@ -168,10 +150,7 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
         (e: Error & { errorClass?: string }) => e.errorClass,
       );
       assert.equal(again, "AUTH", "no new session attests with its key");
-      full = false;
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+      room.full = false;
+    });
   });
 });
