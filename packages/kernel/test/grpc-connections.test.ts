@@ -81,6 +81,41 @@ async function tlsFrom(address: string, from: string): Promise<{ state: "admitte
   return { state, s };
 }
 
+/**
+ * Connections to `t`'s gRPC listener from loopback: admin clients (`client`, each of another
+ * message size — grpc-js shares one connection among channels with the same options) and idle
+ * HTTP/2 connections from 127.0.0.2 that never attest (`raw`: a sandboxed command with the
+ * network, any local user; all of loopback is one peer key). `close` ends them all.
+ */
+function loopbackConnections(t: TestKernel) {
+  const address = t.k.grpcAddress as string;
+  const held: http2.ClientHttp2Session[] = [];
+  const clients: KernelClient[] = [];
+  return {
+    held,
+    clients,
+    client: async (maxMessageBytes: number) => {
+      const c = await KernelClient.connect({
+        grpc: { address, insecure: true, maxMessageBytes },
+        identity: adminIdentity(t.k),
+        tokens: [t.adminToken],
+        reconnect: false,
+      });
+      clients.push(c);
+      return c;
+    },
+    raw: async () => {
+      const { state, h } = await h2From(address, "127.0.0.2");
+      held.push(h);
+      return state;
+    },
+    close: async () => {
+      for (const c of clients) await c.close();
+      for (const h of held) h.destroy();
+    },
+  };
+}
+
 describe("gRPC connections bounded in number, per peer address and in all", () => {
   it("loopback addresses are one peer: connections from 127.0.0.2–11 past grpcMaxConnectionsPerPeer shed that key's older ones, never more than the bound open, counted and logged; a closed connection frees its slot", async () => {
     const { logger, lines } = recordingLogger();
@@ -154,26 +189,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
       logger,
     };
     await withKernel(opts, async (t) => {
-      const address = t.k.grpcAddress as string;
-      const held: http2.ClientHttp2Session[] = [];
-      const clients: KernelClient[] = [];
-      // grpc-js shares one connection among channels with the same options: another message size is another connection.
-      const client = async (maxMessageBytes: number) => {
-        const c = await KernelClient.connect({
-          grpc: { address, insecure: true, maxMessageBytes },
-          identity: adminIdentity(t.k),
-          tokens: [t.adminToken],
-          reconnect: false,
-        });
-        clients.push(c);
-        return c;
-      };
-      // Idle HTTP/2 connections from loopback (a sandboxed command with the network, any local user): the clients' peer key.
-      const raw = async () => {
-        const { state, h } = await h2From(address, "127.0.0.2");
-        held.push(h);
-        return state;
-      };
+      const { held, clients, client, raw, close } = loopbackConnections(t);
       try {
         assert.deepEqual([await raw(), await raw(), await raw(), await raw()], Array(4).fill("admitted"));
         // The peer key is full of connections that never attest: a client is let in, the oldest of them goes.
@@ -198,8 +214,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal(shedLines.length, 7);
         assert.ok(shedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.shed === "127.0.0.2"));
       } finally {
-        for (const c of clients) await c.close();
-        for (const h of held) h.destroy();
+        await close();
       }
     });
   });
@@ -216,25 +231,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
       logger,
     };
     await withKernel(opts, async (t) => {
-      const address = t.k.grpcAddress as string;
-      const held: http2.ClientHttp2Session[] = [];
-      const clients: KernelClient[] = [];
-      // grpc-js shares one connection among channels with the same options: another message size is another connection.
-      const client = async (maxMessageBytes: number) => {
-        const c = await KernelClient.connect({
-          grpc: { address, insecure: true, maxMessageBytes },
-          identity: adminIdentity(t.k),
-          tokens: [t.adminToken],
-          reconnect: false,
-        });
-        clients.push(c);
-        return c;
-      };
-      const raw = async () => {
-        const { state, h } = await h2From(address, "127.0.0.2");
-        held.push(h);
-        return state;
-      };
+      const { held, client, raw, close } = loopbackConnections(t);
       try {
         // The oldest connection carries an attested session; HTTP/2 connections that never open a stream fill the rest.
         const first = await client(80 * 1024 * 1024);
@@ -265,8 +262,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal(shedLines.length, 2);
         assert.ok(shedLines.every((l) => l.peer === "grpc:connections" && l.shed === "127.0.0.2"));
       } finally {
-        for (const c of clients) await c.close();
-        for (const h of held) h.destroy();
+        await close();
       }
     });
   });
