@@ -7,9 +7,21 @@ import { type CallFn, type KernelClient, OpsApi } from "@kpip/client";
 import Database from "better-sqlite3";
 import { MAX_AUDIT_BATCH } from "../src/config.js";
 import { ConfigError, HOME_FILES, resolveConfig } from "../src/index.js";
-import { klass, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+
+/** Submitting the task that never ends, and following its ops. */
+const HANG_RIGHTS = [
+  { ops: ["compute.submit"], targets: ["op://task/hang"] },
+  { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
+];
+
+/** Persona `id` with {@link HANG_RIGHTS}, connected. */
+async function hangingTasks(t: TestKernel, id: string): Promise<KernelClient> {
+  const p = await t.persona(id, HANG_RIGHTS);
+  return t.connect(p.identity, [p.token]);
+}
 
 describe("bounded after authentication: DEFERRED ops", () => {
   it("ops queued or running are bounded per persona and in the kernel (RESOURCE); a finished op frees its slot", async () => {
@@ -17,14 +29,7 @@ describe("bounded after authentication: DEFERRED ops", () => {
       k.registerTask("hang", { module: TASKS, export: "hang" }),
     );
     try {
-      const rights = [
-        { ops: ["compute.submit"], targets: ["op://task/hang"] },
-        { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
-      ];
-      const connect = async (id: string): Promise<KernelClient> => {
-        const p = await t.persona(id, rights);
-        return t.connect(p.identity, [p.token]);
-      };
+      const connect = (id: string) => hangingTasks(t, id);
       const a = await connect("hoarder");
       const b = await connect("other");
       // One task runs on the single worker; the rest wait in the queue, each in memory and a row.
@@ -56,14 +61,7 @@ describe("bounded after authentication: the inputs tasks hold", () => {
       (k) => k.registerTask("hang", { module: TASKS, export: "hang" }),
     );
     try {
-      const rights = [
-        { ops: ["compute.submit"], targets: ["op://task/hang"] },
-        { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
-      ];
-      const connect = async (id: string): Promise<KernelClient> => {
-        const p = await t.persona(id, rights);
-        return t.connect(p.identity, [p.token]);
-      };
+      const connect = (id: string) => hangingTasks(t, id);
       const a = await connect("stuffer");
       const b = await connect("bystander");
       // Counted as 64 ops each, ~15 MiB of input apiece were ~900 MiB of the kernel's heap for one tree.
@@ -238,11 +236,7 @@ describe("bounded after authentication: tasks under the concurrent limit", () =>
       k.registerTask("hang", { module: TASKS, export: "hang" }),
     );
     try {
-      const rights = [
-        { ops: ["compute.submit"], targets: ["op://task/hang"] },
-        { ops: ["op.cancel", "op.status"], targets: ["op://**"] },
-        { ops: ["resource.query"], targets: ["persona://**"] },
-      ];
+      const rights = [...HANG_RIGHTS, { ops: ["resource.query"], targets: ["persona://**"] }];
       const p = await t.persona("hog", rights, { limits: { concurrent: 3 } });
       const c = await t.connect(p.identity, [p.token]);
       const inFlight = async () => ((await c.call("resource.query", "persona://hog")).payload as { inFlight: number }).inFlight;
