@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type KernelClient, KpipError } from "@kpip/client";
 import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
-import type { PrimitiveFamily } from "../src/index.js";
+import { HOME_FILES, type PrimitiveFamily, removePersonaTree, SqliteStore } from "../src/index.js";
 import { BlobStore } from "../src/store/blobs.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 import { bodies, tmpFiles } from "./storage-files.js";
@@ -510,6 +511,51 @@ describe("a persona's removal reaches what it started under a token it does not 
       const p = await t.connect(parent.identity, [parent.token]);
       const mine = ((await p.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
       await until(async () => (await opStatus(admin, mine)).state === "running", 30_000, "the parent's task running");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("a persona removed and registered again offline within one tick (the CLI beside a running kernel): the earlier holder's tasks end, the new holder's run", async () => {
+    const t = await startKernel({ computeWorkers: 1, heartbeatMs: 200 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const admin = await t.admin();
+      const parent = await t.persona("pol", [{ ops: ["compute.submit", "op.*"], targets: ["op://**"] }]);
+      const sub = generateIdentity("pol/sub");
+      addPersonaKey(t, "pol/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      const submit = async () =>
+        ((await c.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      const running = await submit();
+      const queued = await submit();
+      await until(async () => (await opStatus(admin, running)).state === "running", 30_000, "the task running");
+      // As `kpip persona remove` then `kpip persona add` do beside a running kernel: both
+      // changes land before the kernel's tick looks, so the id is registered when it looks.
+      const other = generateIdentity("pol/sub");
+      const db = new SqliteStore(join(t.home, HOME_FILES.database));
+      try {
+        db.withJournal({ actor: "test", op: "persona.remove", target: "persona://pol/sub", message: "removed" }, () =>
+          removePersonaTree(db, "pol/sub", (ids) => {
+            for (const id of ids) db.revokeToken(id, "test", Date.now());
+          }),
+        );
+        db.withJournal({ actor: "test", op: "persona.register", target: "persona://pol/sub", message: "again" }, () =>
+          db.addPersona("pol/sub", other.publicKey),
+        );
+      } finally {
+        db.close();
+      }
+      await until(() => t.k.inspect.offlineJournal().length === 0 || undefined, 30_000, "journal taken in");
+      const r = await opStatus(admin, running);
+      const q = await opStatus(admin, queued);
+      assert.deepEqual([r.state, r.errorClass], ["failed", "PERMISSION"], r.message);
+      assert.deepEqual([q.state, q.errorClass], ["cancelled", "PERMISSION"], q.message);
+      // The new holder's own work runs, and is not taken for the earlier holder's.
+      const n = await t.connect(other, [parent.token]);
+      const mine = ((await n.call("compute.submit", "op://task/hang", { args: null })).payload as { id: string }).id;
+      await until(async () => (await opStatus(admin, mine)).state === "running", 30_000, "the new holder's task running");
     } finally {
       await t.stop();
       removeHome(t.home);

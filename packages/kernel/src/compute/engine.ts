@@ -329,11 +329,11 @@ export class ComputeEngine {
    * stopped and FAILED, class PERMISSION — whatever token authorized it (a parent's token a
    * sub-persona used is not revoked by the removal). Returns how many.
    */
-  cancelOf(gone: (persona: string) => boolean): number {
+  cancelOf(gone: (persona: string, since: number) => boolean): number {
     let n = 0;
     for (let i = 0; i < this.queue.length; ) {
       const job = this.queue[i] as Job;
-      if (gone(job.op.persona)) {
+      if (gone(job.op.persona, job.op.createdAt)) {
         this.queue.splice(i, 1);
         this.finish(job.op, "cancelled", null, "PERMISSION", "cancelled: the persona that submitted it was removed");
         n++;
@@ -341,7 +341,7 @@ export class ComputeEngine {
     }
     // A running command is a process: the process table's kill of a removed persona's processes ends it.
     for (const r of [...this.running.values()]) {
-      if (r.op.kind === "task" && gone(r.op.persona)) {
+      if (r.op.kind === "task" && gone(r.op.persona, r.op.createdAt)) {
         r.cancel("removed");
         n++;
       }

@@ -37,11 +37,14 @@ export function expelUnregistered(x: ExpulsionScope): number {
   const agents = x.agents.killUnregistered();
   if (agents) x.log.info({ agents }, "agents of removed personas were killed");
   // Commands (and agents) started by a removed persona end with it too.
-  const started = x.processes.killWhere((p) => !registered(x, p), "persona removed");
+  // A persona id removed and registered again before the kernel looked (the CLI beside it,
+  // within one tick) is registered, but not by the holder that started the work: a registration
+  // made after the work began is another holder's, and the work ends as a removed persona's.
+  const gone = (p: string, since: number) => !registeredSince(x, p, since);
+  const started = x.processes.killWhere(gone, "persona removed");
   if (started) x.log.info({ processes: started }, "processes started by removed personas were killed");
   // Their tasks and queued ops, and their uploads in progress, whatever token began them (no one
   // could commit such an upload any more).
-  const gone = (p: string) => !registered(x, p);
   const ops = x.compute?.cancelOf(gone) ?? 0;
   if (ops) x.log.info({ ops }, "ops submitted by removed personas were ended");
   x.uploads?.dropOf(gone);
@@ -89,7 +92,12 @@ export function applyOfflineChanges(
   }
 }
 
-/** Whether `persona` is registered, a key the kernel holds gone though still stored counted as removed. */
-function registered(x: Pick<ExpulsionScope, "registry" | "keyGone">, persona: string): boolean {
-  return !x.keyGone?.(persona) && x.registry.getPersona(persona) !== undefined;
+/**
+ * Whether `persona` is registered by a registration made no later than `since` (the work's
+ * start), a key the kernel holds gone though still stored counted as removed.
+ */
+function registeredSince(x: Pick<ExpulsionScope, "registry" | "keyGone">, persona: string, since: number): boolean {
+  if (x.keyGone?.(persona)) return false;
+  const rec = x.registry.getPersona(persona);
+  return rec !== undefined && rec.createdAt <= since;
 }

@@ -26,6 +26,8 @@ export interface UploadLimits {
 export interface Upload {
   id: string;
   persona: string;
+  /** When it began (ms): a registration of its persona id made since is another holder's. */
+  began: number;
   /** The grant that allowed its begin: revoked (or covered by a revocation), the upload is dropped. */
   grant: Grant | undefined;
   /** The target it was begun on: every chunk and the commit must name the same one. */
@@ -164,6 +166,7 @@ export class UploadTable {
     const u: Upload = {
       id,
       persona,
+      began: Date.now(),
       grant,
       target,
       size,
@@ -350,8 +353,8 @@ export class UploadTable {
    * token a sub-persona used — need not be revoked, so {@link dropRevoked} would leave it holding
    * the tree's place until it expired idle.
    */
-  dropOf(gone: (persona: string) => boolean): number {
-    return this.dropWhere((u) => gone(u.persona), "persona removed");
+  dropOf(gone: (persona: string, since: number) => boolean): number {
+    return this.dropWhere((u) => gone(u.persona, u.began), "persona removed");
   }
 
   private dropWhere(ends: (u: Upload) => boolean, why: UploadEnd): number {

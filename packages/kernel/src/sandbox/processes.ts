@@ -9,6 +9,8 @@ export interface ProcessEntry {
   id: string;
   /** The persona that started it (the spawner / submitter). */
   persona: string;
+  /** When it started (ms), set by {@link ProcessTable.add}: a registration of `persona` made since is another holder's. */
+  since?: number;
   /** Ends it (kills the sandbox); asked only while the tree runs. */
   kill(why: string): void;
 }
@@ -108,7 +110,7 @@ export class ProcessTable {
 
   /** Counts a process that has just started (after {@link admit}); the slot says when it ended and when its place is free. */
   add(e: ProcessEntry): ProcessSlot {
-    const h = { entry: e, running: true };
+    const h = { entry: { ...e, since: e.since ?? Date.now() }, running: true };
     this.held.add(h);
     return {
       ended: () => {
@@ -121,11 +123,14 @@ export class ProcessTable {
     };
   }
 
-  /** Kills every running process started by a persona `gone` says is no longer registered. Returns how many. */
-  killWhere(gone: (persona: string) => boolean, why: string): number {
+  /**
+   * Kills every running process started by a persona `gone` says is no longer registered (or is
+   * registered again since the process started: another holder's id). Returns how many.
+   */
+  killWhere(gone: (persona: string, since: number) => boolean, why: string): number {
     let n = 0;
     for (const h of [...this.held]) {
-      if (h.running && gone(h.entry.persona)) {
+      if (h.running && gone(h.entry.persona, h.entry.since ?? 0)) {
         h.entry.kill(why);
         n++;
       }
