@@ -360,6 +360,40 @@ async function welcomingKernel(
 const success = (id: number, stream: number, payload?: CborValue) =>
   encodeMessage({ type: "RESPONSE", body: { version: 1, id, status: "SUCCESS", ...(payload ? { payload } : {}) } }, stream);
 
+describe("a kernel whose listing pages are not what a listing answers", () => {
+  it("rows that are not an array, or a cursor that is not text, fail the listing with ProtocolViolationError; no character is handed out as a row", async () => {
+    for (const [name, payload] of [
+      ["rows as a string", { items: "abcdef", cursor: "c1" }],
+      ["rows as a map", { items: { a: 1 }, cursor: "c1" }],
+      ["a cursor that is a number", { items: [{ key: "a" }], cursor: 7 }],
+      ["a cursor that is bytes", { items: [{ key: "a" }], cursor: new Uint8Array([1, 2]) }],
+    ] as [string, CborValue][]) {
+      const k = await welcomingKernel((m, s, stream) => {
+        if (m.type !== "REQUEST") return;
+        s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "PARTIAL", payload } }, stream));
+      });
+      const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+      const got: unknown[] = [];
+      try {
+        await assert.rejects(
+          (async () => {
+            for await (const e of c.storage.list("obj://ws")) got.push(e);
+          })(),
+          ProtocolViolationError,
+          name,
+        );
+        assert.ok(
+          got.every((e) => typeof e !== "string"),
+          `${name}: ${JSON.stringify(got)}`,
+        );
+      } finally {
+        await c.close().catch(() => {});
+        k.close();
+      }
+    }
+  });
+});
+
 describe("a kernel that PINGs and never reads", () => {
   it("does not grow the client's unsent bytes: past PONG_BACKLOG queued, a PING goes unanswered (as in the Python client)", async () => {
     const PINGS = 100_000;
