@@ -66,6 +66,10 @@ SUPPORTED_VERSIONS = (1,)
 CLIENT_NAME = "kpip-python/0.1.0"
 # The least maxBody a session may have (§8.3): every control message and FAILURE fits in it.
 MIN_MAX_BODY = 4096
+# The largest frame bodies before WELCOME (§8.8), the kernel's bounds on its unauthenticated peers
+# applied to the kernel: a fake or faulty one cannot make the client buffer a session's maxBody.
+HANDSHAKE_HELLO_MAX_BODY = 16 * 1024
+HANDSHAKE_ATTEST_MAX_BODY = 1024 * 1024
 
 
 @dataclass
@@ -229,6 +233,7 @@ class Link:
         if max_body is not None:
             hello_body["maxBody"] = max_body
         hello = encode_message("HELLO", hello_body)
+        self.decoder.max_body = min(HANDSHAKE_HELLO_MAX_BODY, max_body if max_body is not None else HANDSHAKE_HELLO_MAX_BODY)
         self.write(hello)
         m = await self._expect("CHALLENGE")
         c = m.body
@@ -244,7 +249,7 @@ class Link:
                 f"kernel set maxBody {granted}, outside {MIN_MAX_BODY}..{max_body if max_body is not None else 'its own maximum'}",
                 "BAD_FIELD",
             )
-        self.decoder.max_body = granted
+        self.decoder.max_body = min(HANDSHAKE_ATTEST_MAX_BODY, granted)
         if SHM_FEATURE in c["features"]:
             assert shm_threshold is not None
             own, peer = (segment_name(c["kernel"], c["session"], side) for side in ("p", "k"))
@@ -255,6 +260,7 @@ class Link:
         w = (await self._expect("WELCOME")).body
         if (wrong := welcome_fault(w, identity.persona, len(tokens))) is not None:
             raise self.violation(f"kernel sent WELCOME {wrong}", "BAD_FIELD")
+        self.decoder.max_body = granted
         limits = c["limits"]
         self.session = Session(
             c["version"],

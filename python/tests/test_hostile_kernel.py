@@ -120,6 +120,17 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await c.call("system.health", "kernel://")).payload, {"caps": [1]})
             await c.close()
 
+    async def test_a_handshake_frame_larger_than_a_handshake_needs_is_too_large_at_its_header(self) -> None:
+        # §8.8: before CHALLENGE a kernel's frame body is at most 16 KiB (and HELLO's maxBody), as the
+        # kernel bounds its peers'; the client read it with the default 16 MiB limit (case 520).
+        for name, kw in (("no maxBody offered", {}), ("maxBody 4096 offered", {"max_body": 4096})):
+            size = 20_000 if not kw else 6_000
+            err = {"class": "PROTOCOL", "code": "X", "message": "x" * size, "fatal": True}
+            async with FakeKernel(lambda c, m: asyncio.sleep(0), instead={"CHALLENGE": ("ERROR", err)}) as k:
+                with self.assertRaises(kpip.KpipError, msg=name) as cm:
+                    await asyncio.wait_for(self.connect(k, reconnect=False, **kw), 10)
+                self.assertEqual(cm.exception.code, "TOO_LARGE", f"{name}: {type(cm.exception).__name__} {cm.exception.code}")
+
     async def test_a_kernel_that_pings_and_never_reads_does_not_grow_the_clients_unsent_bytes(self) -> None:
         # Each PING was answered with a PONG queued behind what the kernel had not read: a kernel
         # sending PINGs and reading nothing grew the client's memory as fast as it sent them (the

@@ -394,8 +394,13 @@ async function* pages<P extends { cursor?: string }, R>(
   for (;;) {
     const r = await page(cursor);
     const got = rows(r.payload);
+    // Checked before use: a string's characters would be handed out as rows, and a cursor that is
+    // no text would be sent back and kept (a faulty kernel's answer, as case 458's fields).
+    if (!Array.isArray(got)) throw new ProtocolViolationError("the kernel answered a listing page whose rows are not an array");
     yield* got;
     if (r.status !== "PARTIAL" || r.payload.cursor === undefined) return;
+    if (typeof r.payload.cursor !== "string")
+      throw new ProtocolViolationError("the kernel answered a listing page whose cursor is not a text string");
     cursor = r.payload.cursor;
     if (got.length === 0 || seen.has(cursor))
       throw new ProtocolViolationError(

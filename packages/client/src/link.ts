@@ -6,6 +6,7 @@ import {
   encodeMessage,
   type Frame,
   FrameReader,
+  HANDSHAKE_MAX_BODY,
   HEADER_SIZE,
   type Identity,
   type KEvent,
@@ -120,7 +121,12 @@ export class Link {
   maxBody = Number.MAX_SAFE_INTEGER;
   /** Resolves at WELCOME; rejects if the handshake fails. */
   readonly ready: Promise<Welcome>;
-  private readonly reader = new FrameReader();
+  /**
+   * Until CHALLENGE a kernel's frame is at most HANDSHAKE_MAX_BODY.hello (and what HELLO offered),
+   * until WELCOME .attest: as the kernel bounds its unauthenticated peers (§8.8), a fake or
+   * faulty kernel cannot make the client buffer a session's maxBody before it has one.
+   */
+  private readonly reader: FrameReader;
   private readonly helloBytes: Buffer;
   /** The features offered in HELLO: CHALLENGE may enable only these (§6.4). */
   private readonly offered: string[];
@@ -138,6 +144,7 @@ export class Link {
     });
     // A handshake that timed out is not waited on: its later failure must not go unhandled.
     this.ready.catch(() => {});
+    this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, setup.maxBody ?? Number.MAX_SAFE_INTEGER));
     const offerShm = channel.transport === "uds" && setup.shm !== false;
     const shm = offerShm ? loadShmNative() : undefined;
     if (offerShm && !shm?.native) warnNoShm(shm?.reason);
@@ -268,6 +275,7 @@ export class Link {
         const wrong = welcomeFault(m.body, this.setup.identity.persona, this.tokensSent);
         if (wrong !== undefined) return this.violation(`kernel sent WELCOME ${wrong}`, "BAD_FIELD");
         this.phase = "ready";
+        this.reader.setMaxBody(this.maxBody);
         this.settleReady.resolve({ handles: m.body.handles, refused: m.body.refused ?? [] });
         return;
       }
@@ -332,7 +340,8 @@ export class Link {
       );
     this.version = c.version;
     this.heartbeatMs = c.heartbeatMs;
-    this.reader.setMaxBody(c.limits.maxBody);
+    // The session's maxBody from WELCOME on (onMessage); until then a WELCOME's bound.
+    this.reader.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, c.limits.maxBody));
     this.maxBody = c.limits.maxBody;
     this.channel.limitMessages?.(HEADER_SIZE + c.limits.maxBody);
     this.session = c.session;

@@ -13,8 +13,11 @@ import {
   encodeToken,
   FrameDecoder,
   generateIdentity,
+  HEADER_SIZE,
   type Message,
+  MessageType,
   mintToken,
+  writeHeader,
 } from "@kpip/protocol";
 import { KernelClient, ProtocolViolationError, TokenRefreshError } from "../src/index.js";
 import { until } from "./harness.js";
@@ -69,7 +72,7 @@ async function refusesHandshake(
 }
 
 /** A kernel-side peer's CHALLENGE (session s1, a zero nonce, maxBody 1 MiB), encoded. */
-function challenge(o: { kernel?: string; heartbeatMs?: number; features?: string[] } = {}): Uint8Array {
+function challenge(o: { kernel?: string; heartbeatMs?: number; features?: string[]; maxBody?: number } = {}): Uint8Array {
   return encodeMessage({
     type: "CHALLENGE",
     body: {
@@ -78,7 +81,7 @@ function challenge(o: { kernel?: string; heartbeatMs?: number; features?: string
       nonce: Buffer.alloc(32),
       kernel: o.kernel ?? "hostile",
       heartbeatMs: o.heartbeatMs ?? 1000,
-      limits: { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
+      limits: { maxBody: o.maxBody ?? 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 },
       features: o.features ?? [],
     },
   });
@@ -234,6 +237,61 @@ describe("a kernel that breaks the handshake's order", () => {
   });
 });
 
+describe("a kernel that sends frames larger than a handshake needs", () => {
+  /** A frame of `type` declaring `n` body bytes of 0xff (a CBOR break: undecodable), header and body written at once. */
+  const oversized = (type: number, n: number): Buffer => {
+    const f = Buffer.alloc(HEADER_SIZE + n, 0xff);
+    writeHeader(f, 0, { type, flags: 0, stream: 0, length: n });
+    return f;
+  };
+
+  it("before CHALLENGE a frame body over 16 KiB (or over the maxBody offered), before WELCOME over 1 MiB, is fatal TOO_LARGE at its header, never buffered", async () => {
+    const open: { close(): void }[] = [];
+    try {
+      // [name, the client's HELLO.maxBody, what the kernel-side peer writes on HELLO, on ATTEST]
+      const cases: [string, number | undefined, Buffer[], Buffer[]][] = [
+        ["a 2 MiB CHALLENGE", undefined, [oversized(MessageType.CHALLENGE, 2 << 20)], []],
+        ["a 17 KiB ERROR before CHALLENGE", undefined, [oversized(MessageType.ERROR, 17 * 1024)], []],
+        ["an 8 KiB CHALLENGE to a client that offered maxBody 4096", 4096, [oversized(MessageType.CHALLENGE, 8 * 1024)], []],
+        [
+          "a 2 MiB WELCOME after a CHALLENGE granting 16 MiB",
+          undefined,
+          [Buffer.from(challenge({ maxBody: 16 << 20 }))],
+          [oversized(MessageType.WELCOME, 2 << 20)],
+        ],
+      ];
+      for (const [name, maxBody, onHello, onAttest] of cases) {
+        const got: Message[] = [];
+        const k = await peerServer((m, s) => {
+          got.push(m);
+          if (m.type === "HELLO") for (const b of onHello) s.write(b);
+          else if (m.type === "ATTEST") for (const b of onAttest) s.write(b);
+        });
+        open.push(k);
+        const err = await KernelClient.connect({
+          socket: k.path,
+          identity: generateIdentity("alice"),
+          reconnect: false,
+          connectTimeoutMs: 30_000,
+          ...(maxBody !== undefined ? { maxBody } : {}),
+        }).then(
+          async (c) => {
+            await c.close().catch(() => {});
+            return undefined;
+          },
+          (e: Error) => e,
+        );
+        assert.ok(err instanceof ProtocolViolationError, `${name}: ${err}`);
+        assert.match(err.message, /TOO_LARGE|exceeds the limit/, name);
+        const told = await until(() => got.find((m) => m.type === "ERROR"), 5000, `${name}: the client's ERROR`);
+        assert.deepEqual([told.body.class, told.body.code, told.body.fatal], ["PROTOCOL", "TOO_LARGE", true], name);
+      }
+    } finally {
+      for (const o of open) o.close();
+    }
+  });
+});
+
 describe("a kernel that names its shared-memory segments", () => {
   it("cannot place the client's segment outside /dev/shm: a kernel id or session with '/' and '..' in CHALLENGE names a flat segment", async (t) => {
     if (readdirSync("/dev").indexOf("shm") < 0) return t.skip("no /dev/shm");
@@ -301,6 +359,40 @@ async function welcomingKernel(
 
 const success = (id: number, stream: number, payload?: CborValue) =>
   encodeMessage({ type: "RESPONSE", body: { version: 1, id, status: "SUCCESS", ...(payload ? { payload } : {}) } }, stream);
+
+describe("a kernel whose listing pages are not what a listing answers", () => {
+  it("rows that are not an array, or a cursor that is not text, fail the listing with ProtocolViolationError; no character is handed out as a row", async () => {
+    for (const [name, payload] of [
+      ["rows as a string", { items: "abcdef", cursor: "c1" }],
+      ["rows as a map", { items: { a: 1 }, cursor: "c1" }],
+      ["a cursor that is a number", { items: [{ key: "a" }], cursor: 7 }],
+      ["a cursor that is bytes", { items: [{ key: "a" }], cursor: new Uint8Array([1, 2]) }],
+    ] as [string, CborValue][]) {
+      const k = await welcomingKernel((m, s, stream) => {
+        if (m.type !== "REQUEST") return;
+        s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, status: "PARTIAL", payload } }, stream));
+      });
+      const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+      const got: unknown[] = [];
+      try {
+        await assert.rejects(
+          (async () => {
+            for await (const e of c.storage.list("obj://ws")) got.push(e);
+          })(),
+          ProtocolViolationError,
+          name,
+        );
+        assert.ok(
+          got.every((e) => typeof e !== "string"),
+          `${name}: ${JSON.stringify(got)}`,
+        );
+      } finally {
+        await c.close().catch(() => {});
+        k.close();
+      }
+    }
+  });
+});
 
 describe("a kernel that PINGs and never reads", () => {
   it("does not grow the client's unsent bytes: past PONG_BACKLOG queued, a PING goes unanswered (as in the Python client)", async () => {

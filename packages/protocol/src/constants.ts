@@ -55,6 +55,14 @@ export const KNOWN_FLAGS = FrameFlag.SHM;
  */
 export const MIN_MAX_BODY = 4096;
 
+/**
+ * Largest frame bodies before WELCOME (PROTOCOL §8.8), in both directions: a HELLO (or the
+ * kernel's CHALLENGE, or an ERROR refusing the HELLO) is a few hundred bytes; an ATTEST (or a
+ * WELCOME) at most 64 tokens of 8 KiB (64 handles and refusals) and its measurements. Before it
+ * has a session, neither side makes the other buffer a session's maxBody.
+ */
+export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
+
 /** Defaults for the limits negotiated at handshake; each side may lower them. */
 export const DEFAULT_LIMITS = {
   /** Largest frame body accepted, in bytes. */

@@ -22,12 +22,8 @@ export interface SessionLimitsConfig {
   maxWriteBuffer: number;
 }
 
-/**
- * Largest frame bodies before WELCOME (PROTOCOL §8.8): a HELLO is a few hundred bytes, an
- * ATTEST at most 64 tokens of 8 KiB and its measurements. An unauthenticated peer can make
- * the kernel buffer this much, not the session's maxBody.
- */
-export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
+/** Largest frame bodies before WELCOME (PROTOCOL §8.8): an unauthenticated peer can make the kernel buffer this much, not the session's maxBody. */
+export { HANDSHAKE_MAX_BODY } from "@kpip/protocol";
 
 /** Why an attested persona gets no session (PROTOCOL §8.8): the code of its fatal RESOURCE error, and the message. */
 export interface SessionRefusal {
