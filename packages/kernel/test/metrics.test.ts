@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, openSync, rmSync } from "node:fs";
 import { connect } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import Database from "better-sqlite3";
+import { AnchorFile } from "../src/audit/anchors.js";
 import { ConfigError, Kernel, verifyAudit } from "../src/index.js";
 import { removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
@@ -75,18 +76,35 @@ describe("metrics", () => {
   });
 
   it("counts audit anchors that could not be written, and the kernel keeps serving", async () => {
-    // Every write to /dev/full fails with ENOSPC.
-    const t = await startKernel({ metricsListen: "127.0.0.1:0", auditAnchorFile: "/dev/full", auditCheckpointEvery: 2 });
-    const c = await t.admin();
-    for (let i = 0; i < 6; i++) await c.system.health();
-    const failures = async () => {
-      const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
-      return Number(/kpip_audit_anchor_failures_total (\d+)/.exec(text)?.[1] ?? 0);
+    // The anchor file is a regular file (the kernel refuses any other); its appends go to /dev/full,
+    // where every write fails with ENOSPC, as on a full disk.
+    const dir = mkdtempSync(join(tmpdir(), "kpip-anchors-"));
+    const full = openSync("/dev/full", "w");
+    const append = AnchorFile.prototype.append;
+    AnchorFile.prototype.append = function (this: AnchorFile, cp) {
+      (this as unknown as { fd: number }).fd = full;
+      append.call(this, cp);
     };
-    await until(async () => (await failures()) >= 2, 30_000, "anchor failures counted");
-    assert.equal((await c.system.health()).status, "ok");
-    await t.stop();
-    removeHome(t.home);
+    try {
+      const t = await startKernel({
+        metricsListen: "127.0.0.1:0",
+        auditAnchorFile: join(dir, "anchors"),
+        auditCheckpointEvery: 2,
+      });
+      const c = await t.admin();
+      for (let i = 0; i < 6; i++) await c.system.health();
+      const failures = async () => {
+        const text = await (await fetch(`http://${t.k.metricsAddress}/metrics`)).text();
+        return Number(/kpip_audit_anchor_failures_total (\d+)/.exec(text)?.[1] ?? 0);
+      };
+      await until(async () => (await failures()) >= 2, 30_000, "anchor failures counted");
+      assert.equal((await c.system.health()).status, "ok");
+      await t.stop();
+      removeHome(t.home);
+    } finally {
+      AnchorFile.prototype.append = append;
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("a local peer holding a request to /metrics open (headers never finished, or a body never sent whole) does not hold the kernel's stop: the stop ends its connection and completes", {
