@@ -14,7 +14,7 @@ import type { KernelAct } from "../audit/kernel-records.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { isStorageFull } from "../kernel/storage-space.js";
+import { isStorageFull, KeptWrites } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
@@ -222,18 +222,14 @@ export class AgentManager {
 
   /** What a full disk kept back of agents' ends (rows, keys), stored now if there is room (the housekeeping tick). */
   storeKept(): void {
-    for (const [id, f] of this.keptRows) {
-      try {
-        this.store.updateAgent(id, f);
-      } catch (e) {
-        if (isStorageFull(e)) return;
-        this.log.error({ err: e, agent: id }, "cannot record agent exit");
-      }
-      this.keptRows.delete(id);
-    }
+    this.keptRows.flush(
+      (id, f) => this.store.updateAgent(id, f),
+      (e, id) => this.log.error({ err: e, agent: id }, "cannot record agent exit"),
+    );
+    if (this.keptRows.size > 0) return;
     for (const persona of this.unforgotten) {
       // A later agent of the name runs: its spawn replaced the stale key already.
-      if (![...this.live.values()].some((l) => l.persona === persona) && this.store.getPersona(persona)) {
+      if (this.spawnRecord(persona) === undefined && this.store.getPersona(persona)) {
         try {
           this.removeKey(persona);
         } catch (e) {
@@ -246,7 +242,7 @@ export class AgentManager {
   }
 
   /** Agent row changes a full disk refused (an agent's end): stored once there is room ({@link storeKept}). */
-  private readonly keptRows = new Map<string, Partial<AgentRecord>>();
+  private readonly keptRows = new KeptWrites<Partial<AgentRecord>>((e) => this.opts.storageFull?.(e));
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
@@ -468,15 +464,7 @@ export class AgentManager {
         this.log.error({ err: e, agent: id }, what);
       }
     };
-    step("cannot record agent exit", () => {
-      try {
-        this.store.updateAgent(id, f);
-      } catch (e) {
-        if (!isStorageFull(e)) throw e;
-        this.keptRows.set(id, f);
-        this.opts.storageFull?.(e);
-      }
-    });
+    step("cannot record agent exit", () => this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v)));
     step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",

@@ -1,5 +1,5 @@
 import type { Grant } from "@kpip/protocol";
-import { isStorageFull } from "../kernel/storage-space.js";
+import { isStorageFull, KeptWrites } from "../kernel/storage-space.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */
@@ -43,7 +43,7 @@ export class Revocations {
    * The kernel's own revocations (an agent's end) whose row a full disk refused: in force from
    * the moment they are made, kept in {@link reload}s, and stored once there is room ({@link storeKept}).
    */
-  private readonly unstored = new Map<string, { by: string; at: number }>();
+  private readonly unstored = new KeptWrites<{ by: string; at: number }>();
 
   constructor(private readonly store: TokenStore) {
     this.ids = new Set(store.revokedTokenIds());
@@ -208,28 +208,31 @@ export class Revocations {
     const known = this.ids.has(id);
     this.noteFresh(id);
     this.ids.add(id);
-    try {
-      return { changed: this.store.revokeToken(id, by, now), ended };
-    } catch (e) {
-      if (!keepIfFull || !isStorageFull(e)) throw e;
-      if (!this.unstored.has(id)) this.unstored.set(id, { by, at: now });
-      return { changed: !known, ended };
-    }
+    if (!keepIfFull) return { changed: this.store.revokeToken(id, by, now), ended };
+    // Kept for room, it is new if it was not in force already; an earlier kept revocation of it stands.
+    let changed = !known;
+    this.unstored.write(
+      id,
+      { by, at: now },
+      (r) => {
+        changed = this.store.revokeToken(id, r.by, r.at);
+      },
+      (kept) => kept,
+    );
+    return { changed, ended };
   }
 
   /** Stores the revocations a full disk kept back, until one is refused again (the housekeeping tick). */
   storeKept(): void {
-    for (const [id, r] of this.unstored) {
-      try {
-        this.store.revokeToken(id, r.by, r.at);
-      } catch (e) {
-        if (isStorageFull(e)) return;
-        // Any other failure fails the storage closed (the caller logs it): not retried every tick.
-        this.unstored.delete(id);
-        throw e;
-      }
-      this.unstored.delete(id);
-    }
+    let failure: unknown;
+    this.unstored.flush(
+      (id, r) => this.store.revokeToken(id, r.by, r.at),
+      // Any other failure fails the storage closed (the caller logs it): not retried every tick.
+      (e) => {
+        failure ??= e;
+      },
+    );
+    if (failure !== undefined) throw failure;
   }
 
   /** How many revocations wait for room. */

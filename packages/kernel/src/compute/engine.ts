@@ -5,7 +5,7 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { isStorageFull } from "../kernel/storage-space.js";
+import { KeptWrites } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -85,8 +85,6 @@ type StopReason = "cancelled" | "deadline" | "revoked" | "retired" | "removed";
 interface Running {
   id: string;
   op: OpRecord;
-  /** A task's input bytes, held until it ends (0 for a command). */
-  inputBytes: number;
   /** The grant that authorized the submit (a revocation covering it cancels the op). */
   grant: Grant | undefined;
   cancel(reason: StopReason): void;
@@ -107,8 +105,6 @@ interface Job {
   grant: Grant | undefined;
   /** The deadline is the grant's expiry (it came before every other bound). */
   expiresWithGrant: boolean;
-  /** A task's input bytes, held until it ends (0 for a command). */
-  inputBytes: number;
 }
 
 /**
@@ -121,8 +117,10 @@ export class ComputeEngine {
   private readonly tasks = new Map<string, { module: string; export: string }>();
   private readonly running = new Map<string, Running>();
   private readonly queue: Job[] = [];
-  /** The `concurrent` slot each task queued or running holds (its release), by op id. */
-  private readonly taskSlots = new Map<string, () => void>();
+  /** What each task queued or running holds until it ends, by op id: its `concurrent` slot (the release) and its input's bytes. */
+  private readonly taskHolds = new Map<string, { release: () => void; inputBytes: number }>();
+  /** The input bytes of the tasks queued or running (the sum over {@link taskHolds}). */
+  private heldInputBytes = 0;
   private readonly pool: PooledWorker[] = [];
   private stopped = false;
   /**
@@ -131,7 +129,7 @@ export class ComputeEngine {
    * entries than ops in progress: without it, an op that ended on a full disk read "running" for
    * good, and one that started then crashed the kernel from its predecessor's exit handler.
    */
-  private readonly kept = new Map<string, Partial<OpRecord>>();
+  private readonly kept: KeptWrites<Partial<OpRecord>>;
 
   constructor(
     private readonly store: OpStore,
@@ -141,6 +139,7 @@ export class ComputeEngine {
     private readonly host: CommandHost,
   ) {
     this.roots = opts.roots ?? FIRST_SEGMENT;
+    this.kept = new KeptWrites((e) => this.host.storageFull?.(e));
   }
 
   /** The top of a persona's tree (the registry's; by first segment when none was given). */
@@ -215,8 +214,11 @@ export class ComputeEngine {
     // A task, queued or running, takes over the slot of the request that submitted it until it
     // ends, as a running command does (runCommand): uncounted, a token's `concurrent` bounded
     // none of the tasks it kept queued and running, the kernel's shared workers among them.
-    if (kind === "task") this.taskSlots.set(op.id, this.host.hold(persona));
-    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant, inputBytes });
+    if (kind === "task") {
+      this.taskHolds.set(op.id, { release: this.host.hold(persona), inputBytes });
+      this.heldInputBytes += inputBytes;
+    }
+    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
     this.pump();
     return op;
   }
@@ -257,9 +259,7 @@ export class ComputeEngine {
     const n = encodeCanonical(args).byteLength;
     if (n > this.opts.maxTaskInputBytes)
       throw new OpError("SEMANTIC", `the task's input is ${n} bytes: at most ${this.opts.maxTaskInputBytes} (maxTaskInputBytes)`);
-    let held = 0;
-    for (const j of this.queue) held += j.inputBytes;
-    for (const r of this.running.values()) held += r.inputBytes;
+    const held = this.heldInputBytes;
     if (held + n > this.opts.maxQueuedTaskInputBytes)
       throw new OpError(
         "RESOURCE",
@@ -384,30 +384,24 @@ export class ComputeEngine {
 
   /** Updates an op's row; a change refused room is kept for later ({@link kept}), any other failure logged as `what`. */
   private save(op: OpRecord, f: Partial<OpRecord>, what: string): void {
-    const before = this.kept.get(op.id);
-    const change = before ? { ...before, ...f } : f;
     try {
-      this.store.updateOp(op.id, change);
-      this.kept.delete(op.id);
+      this.kept.write(
+        op.id,
+        f,
+        (v) => this.store.updateOp(op.id, v),
+        (kept, next) => ({ ...kept, ...next }),
+      );
     } catch (e) {
-      if (isStorageFull(e)) {
-        this.kept.set(op.id, change);
-        this.host.storageFull?.(e);
-      } else this.log.error({ err: e, op: op.id }, what);
+      this.log.error({ err: e, op: op.id }, what);
     }
   }
 
   /** Stores the op changes a full disk kept back, in order, until one is refused again (the housekeeping tick). */
   storeKept(): void {
-    for (const [id, f] of this.kept) {
-      try {
-        this.store.updateOp(id, f);
-      } catch (e) {
-        if (isStorageFull(e)) return;
-        this.log.error({ err: e, op: id }, "cannot record op state");
-      }
-      this.kept.delete(id);
-    }
+    this.kept.flush(
+      (id, f) => this.store.updateOp(id, f),
+      (e, id) => this.log.error({ err: e, op: id }, "cannot record op state"),
+    );
   }
 
   /** How many op changes wait for room. */
@@ -476,7 +470,7 @@ export class ComputeEngine {
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
-    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed, inputBytes: 0 });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel: kill, closed });
     const slot = processes.add({ kind: "command", id: op.id, persona: op.persona, kill: () => kill("removed") });
     let spawnError: Error | undefined;
     child.once("error", (e) => {
@@ -574,7 +568,7 @@ export class ComputeEngine {
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
-    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel, inputBytes: job.inputBytes });
+    this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
     w.worker.on("message", onMessage);
     w.worker.on("error", onError);
     w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });
@@ -582,10 +576,11 @@ export class ComputeEngine {
 
   private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
     if (op.finishedAt !== null) return;
-    const slot = this.taskSlots.get(op.id);
-    if (slot) {
-      this.taskSlots.delete(op.id);
-      slot();
+    const hold = this.taskHolds.get(op.id);
+    if (hold) {
+      this.taskHolds.delete(op.id);
+      this.heldInputBytes -= hold.inputBytes;
+      hold.release();
     }
     const from = auditState(op.state);
     let bytes: Uint8Array | null = null;

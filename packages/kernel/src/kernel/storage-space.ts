@@ -67,6 +67,72 @@ export class RepeatedFailureLog {
 }
 
 /**
+ * Writes a full disk refused, kept in force in memory and written once there is room: one per
+ * key (an op's row change, an agent's end, a revocation), a later change to the same key merged
+ * over the kept one. Callers read what is kept over the store ({@link get}), and the housekeeping
+ * tick calls {@link flush}. Bounded by what can be in progress (ops, agents), not by the disk.
+ */
+export class KeptWrites<V> {
+  private readonly kept = new Map<string, V>();
+
+  constructor(
+    /** A write refused room: the condition is noted and logged there (StorageSpace.failed). */
+    private readonly onFull?: (e: unknown) => void,
+  ) {}
+
+  /**
+   * Writes `value` (merged over what is kept under `key`, if anything); refused room, keeps it
+   * and answers false. Any other failure is thrown, nothing kept.
+   */
+  write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next): boolean {
+    const before = this.kept.get(key);
+    const v = before === undefined ? value : merge(before, value);
+    try {
+      write(v);
+    } catch (e) {
+      if (!isStorageFull(e)) throw e;
+      this.kept.set(key, v);
+      this.onFull?.(e);
+      return false;
+    }
+    this.kept.delete(key);
+    return true;
+  }
+
+  /**
+   * Writes what is kept, oldest first, until one is refused room again (the rest wait for the
+   * next call); one that fails otherwise is given to `failed` and dropped (not retried each tick).
+   */
+  flush(write: (key: string, v: V) => void, failed: (e: unknown, key: string) => void): void {
+    for (const [key, v] of this.kept) {
+      try {
+        write(key, v);
+      } catch (e) {
+        if (isStorageFull(e)) return;
+        failed(e, key);
+      }
+      this.kept.delete(key);
+    }
+  }
+
+  get(key: string): V | undefined {
+    return this.kept.get(key);
+  }
+
+  delete(key: string): void {
+    this.kept.delete(key);
+  }
+
+  keys(): IterableIterator<string> {
+    return this.kept.keys();
+  }
+
+  get size(): number {
+    return this.kept.size;
+  }
+}
+
+/**
  * Most records kept for later (each a few hundred bytes): past it, effects' outcomes are left to
  * the next start's recovery (the kernel then writes no kernel.stop record); the kernel's own acts
  * past it are lost, and the stop says how many.
