@@ -29,10 +29,19 @@ const fixture = (f: string) => fileURLToPath(new URL(`../../test/fixtures/tls/${
 const TLS = { grpcTlsCert: fixture("server.pem"), grpcTlsKey: fixture("server.key") };
 const ca = readFileSync(fixture("ca.pem"));
 
-function recordingLogger() {
+/**
+ * A gRPC kernel's options where only a bound closes connections (a handshake may idle a minute),
+ * its log lines, and those of the connections a bound shed.
+ */
+function boundOnly(bounds: { grpcMaxConnectionsPerPeer: number; grpcMaxConnections: number }) {
   const lines: { msg: string; address?: string; bound?: string; peer?: string; shed?: string }[] = [];
   const logger = pino({ level: "info" }, { write: (s: string) => lines.push(JSON.parse(s)) });
-  return { logger, lines };
+  return {
+    opts: { grpcListen: "127.0.0.1:0", ...bounds, handshakeTimeoutMs: 60_000, logger },
+    lines,
+    shedLines: (bound: "grpcMaxConnectionsPerPeer" | "grpcMaxConnections") =>
+      lines.filter((l) => String(l.msg).startsWith(`gRPC connection shed: ${bound} reached`)),
+  };
 }
 
 const portOf = (address: string) => Number(address.slice(address.lastIndexOf(":") + 1));
@@ -118,15 +127,7 @@ function loopbackConnections(t: TestKernel) {
 
 describe("gRPC connections bounded in number, per peer address and in all", () => {
   it("loopback addresses are one peer: connections from 127.0.0.2–11 past grpcMaxConnectionsPerPeer shed that key's older ones, never more than the bound open, counted and logged; a closed connection frees its slot", async () => {
-    const { logger, lines } = recordingLogger();
-    const opts = {
-      grpcListen: "127.0.0.1:0",
-      grpcMaxConnectionsPerPeer: 4,
-      grpcMaxConnections: 64,
-      // Nothing here is closed for idling: only the bound closes connections.
-      handshakeTimeoutMs: 60_000,
-      logger,
-    };
+    const { opts, shedLines } = boundOnly({ grpcMaxConnectionsPerPeer: 4, grpcMaxConnections: 64 });
     await withKernel(opts, async (t) => {
       const address = t.k.grpcAddress as string;
       const held: http2.ClientHttp2Session[] = [];
@@ -148,11 +149,9 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal(t.k.grpcConnectionCount, 4);
         assert.equal(await sheds(t), 6);
         assert.deepEqual(await refusals(t), {});
-        const shedLines = lines.filter((l) =>
-          String(l.msg).startsWith("gRPC connection shed: grpcMaxConnectionsPerPeer reached"),
-        );
-        assert.equal(shedLines.length, 6);
-        assert.ok(shedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.bound === "peer"));
+        const shed = shedLines("grpcMaxConnectionsPerPeer");
+        assert.equal(shed.length, 6);
+        assert.ok(shed.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.bound === "peer"));
         // The flooding peer closes its connections: the kernel sees them go, and a client (loopback too) gets in.
         for (const h of held) h.destroy();
         await until(() => t.k.grpcConnectionCount === 0, 30_000, "the kernel to release the flooding peer's 4 connections");
@@ -179,15 +178,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
   });
 
   it("a local peer holding grpcMaxConnectionsPerPeer idle loopback connections locks no other local client out: a new connection sheds that peer key's oldest one without an attested session, never one carrying an attested session", async () => {
-    const { logger, lines } = recordingLogger();
-    const opts = {
-      grpcListen: "127.0.0.1:0",
-      grpcMaxConnectionsPerPeer: 4,
-      grpcMaxConnections: 64,
-      // Nothing here is closed for idling: only the bound closes connections.
-      handshakeTimeoutMs: 60_000,
-      logger,
-    };
+    const { opts, shedLines } = boundOnly({ grpcMaxConnectionsPerPeer: 4, grpcMaxConnections: 64 });
     await withKernel(opts, async (t) => {
       const { held, clients, client, raw, close } = loopbackConnections(t);
       try {
@@ -208,11 +199,9 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal(t.k.grpcConnectionCount, 4);
         assert.equal(await sheds(t), 7);
         assert.deepEqual(await refusals(t), { peer: 1 });
-        const shedLines = lines.filter((l) =>
-          String(l.msg).startsWith("gRPC connection shed: grpcMaxConnectionsPerPeer reached"),
-        );
-        assert.equal(shedLines.length, 7);
-        assert.ok(shedLines.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.shed === "127.0.0.2"));
+        const shed = shedLines("grpcMaxConnectionsPerPeer");
+        assert.equal(shed.length, 7);
+        assert.ok(shed.every((l) => /^127\.0\.0\.\d+$/.test(String(l.address)) && l.shed === "127.0.0.2"));
       } finally {
         await close();
       }
@@ -220,16 +209,8 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
   });
 
   it("at grpcMaxConnections a new connection sheds the oldest connection without an attested session, counted and logged: a client connects and is served while never-attesting connections fill the total; an attested one is never shed", async () => {
-    const { logger, lines } = recordingLogger();
-    const opts = {
-      grpcListen: "127.0.0.1:0",
-      // Every loopback address is one peer key: the per-peer bound is set above the total.
-      grpcMaxConnectionsPerPeer: 64,
-      grpcMaxConnections: 4,
-      // Nothing here is closed for idling: only the bound closes connections.
-      handshakeTimeoutMs: 60_000,
-      logger,
-    };
+    // Every loopback address is one peer key: the per-peer bound is set above the total.
+    const { opts, shedLines } = boundOnly({ grpcMaxConnectionsPerPeer: 64, grpcMaxConnections: 4 });
     await withKernel(opts, async (t) => {
       const { held, client, raw, close } = loopbackConnections(t);
       try {
@@ -258,9 +239,9 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal(t.k.grpcConnectionCount, 4);
         assert.equal(await sheds(t), 2);
         assert.deepEqual(await refusals(t), {});
-        const shedLines = lines.filter((l) => String(l.msg).startsWith("gRPC connection shed: grpcMaxConnections reached"));
-        assert.equal(shedLines.length, 2);
-        assert.ok(shedLines.every((l) => l.peer === "grpc:connections" && l.shed === "127.0.0.2"));
+        const shed = shedLines("grpcMaxConnections");
+        assert.equal(shed.length, 2);
+        assert.ok(shed.every((l) => l.peer === "grpc:connections" && l.shed === "127.0.0.2"));
       } finally {
         await close();
       }
@@ -268,16 +249,8 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
   });
 
   it("at grpcMaxConnections with every connection carrying an attested session, a new connection is closed before TLS, counted and logged; the attested sessions keep working, and one that ends frees its connection", async () => {
-    const { logger, lines } = recordingLogger();
-    const opts = {
-      grpcListen: "127.0.0.1:0",
-      ...TLS,
-      grpcMaxConnectionsPerPeer: 64,
-      grpcMaxConnections: 2,
-      handshakeTimeoutMs: 60_000,
-      logger,
-    };
-    await withKernel(opts, async (t) => {
+    const { opts, lines } = boundOnly({ grpcMaxConnectionsPerPeer: 64, grpcMaxConnections: 2 });
+    await withKernel({ ...opts, ...TLS }, async (t) => {
       const address = t.k.grpcAddress as string;
       const held: tls.TLSSocket[] = [];
       const clients: KernelClient[] = [];

@@ -177,6 +177,27 @@ function grpcAdmin(t: TestKernel, address: string): Promise<KernelClient> {
   });
 }
 
+/**
+ * A kernel whose peers may open one gRPC stream a second and an admin session opened first; `abuse`
+ * gets a raw connection the kernel has sent SETTINGS on. After it the abuser's next connection must
+ * be closed as it arrives (charged to its rate) and the session opened first still served.
+ */
+async function abuseChargedToRate(abuse: (t: TestKernel, raw: Raw) => Promise<void>): Promise<void> {
+  await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
+    const address = t.k.grpcAddress as string;
+    const c = await grpcAdmin(t, address);
+    try {
+      const raw = await rawH2(address, true);
+      await until(() => raw.settings.size > 0, 30_000, "the kernel's SETTINGS");
+      await abuse(t, raw);
+      await assertNextConnectionRefused(t, address);
+      assert.equal((await c.system.health()).status, "ok");
+    } finally {
+      await c.close();
+    }
+  });
+}
+
 describe("the gRPC listener under HTTP/2 abuse", () => {
   it("an HPACK bomb (one 4 KiB table entry named 20 times, SETTINGS never acknowledged) closes its connection before the kernel sees the stream; more than 32 header fields is refused by Node; others served", async () => {
     await withKernel({ grpcListen: "127.0.0.1:0", handshakeTimeoutMs: 60_000 }, async (t) => {
@@ -314,57 +335,36 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
   });
 
   it("streams HTTP/2 refuses on its own (more than 32 header fields) in a loop: the kernel finds them, closes the connection and charges them to the peer's stream rate; a session opened before keeps working", async () => {
-    await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
-      const address = t.k.grpcAddress as string;
-      const c = await grpcAdmin(t, address);
-      try {
-        const flood = await rawH2(address, true);
-        await until(() => flood.settings.size > 0, 30_000, "the kernel's SETTINGS");
-        // Indexed fields cost a byte each: ~60 bytes a stream that Node refuses before JavaScript sees it.
-        // (Static entry 16, accept-encoding: a regular field; a repeated pseudo-header would be malformed instead.)
-        const fields = Array.from({ length: GRPC_MAX_HEADER_FIELDS }, () => hpackInt(16, 7, 0x80));
-        const n = 4 * GRPC_REFUSED_STREAMS_PER_CONNECTION;
-        const streams: Buffer[] = [];
-        for (let i = 0; i < n; i++) streams.push(headerFrames(2 * i + 1, callBlock(fields)));
-        flood.raw.write(Buffer.concat(streams));
-        await until(() => flood.got.filter(([type]) => type === RST_STREAM).length === n, 30_000, "every stream refused by Node");
-        assert.ok(flood.got.every(([type, , code]) => type !== RST_STREAM || code === ENHANCE_YOUR_CALM));
-        // The kernel finds them and ends the connection.
-        await until(() => flood.closed(), 30_000, "the kernel to close the connection");
-        assert.ok(flood.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM));
-        assert.deepEqual(await refusedStreams(t), { malformed: n });
-        assert.equal(t.k.handshakingCount, 0, "no handshake was begun");
-        // Charged to the peer's rate: its next connection is closed as it arrives, before HTTP/2.
-        await assertNextConnectionRefused(t, address);
-        assert.equal((await c.system.health()).status, "ok");
-      } finally {
-        await c.close();
-      }
+    await abuseChargedToRate(async (t, flood) => {
+      // Indexed fields cost a byte each: ~60 bytes a stream that Node refuses before JavaScript sees it.
+      // (Static entry 16, accept-encoding: a regular field; a repeated pseudo-header would be malformed instead.)
+      const fields = Array.from({ length: GRPC_MAX_HEADER_FIELDS }, () => hpackInt(16, 7, 0x80));
+      const n = 4 * GRPC_REFUSED_STREAMS_PER_CONNECTION;
+      const streams: Buffer[] = [];
+      for (let i = 0; i < n; i++) streams.push(headerFrames(2 * i + 1, callBlock(fields)));
+      flood.raw.write(Buffer.concat(streams));
+      await until(() => flood.got.filter(([type]) => type === RST_STREAM).length === n, 30_000, "every stream refused by Node");
+      assert.ok(flood.got.every(([type, , code]) => type !== RST_STREAM || code === ENHANCE_YOUR_CALM));
+      // The kernel finds them and ends the connection.
+      await until(() => flood.closed(), 30_000, "the kernel to close the connection");
+      assert.ok(flood.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM));
+      assert.deepEqual(await refusedStreams(t), { malformed: n });
+      assert.equal(t.k.handshakingCount, 0, "no handshake was begun");
     });
   });
+
   it("WINDOW_UPDATE and PRIORITY frames in a loop, which HTTP/2 handles without telling JavaScript: the connection is closed (GOAWAY ENHANCE_YOUR_CALM) once it spent its overhead budget, counted and charged to the peer's stream rate (its next connection closed as it arrives); a session opened before keeps working", async () => {
-    await withKernel({ grpcListen: "127.0.0.1:0", grpcStreamPeerRate: 1, handshakeTimeoutMs: 60_000 }, async (t) => {
-      const address = t.k.grpcAddress as string;
-      const c = await grpcAdmin(t, address);
-      try {
-        const f = await rawH2(address, true);
-        await until(() => f.settings.size > 0, 30_000, "the kernel's SETTINGS");
-        const sent = flood(f, controlFrames);
-        // Before the bounds the kernel read such a connection for ever (~200 MB/s on loopback, 0.8 core).
-        await until(() => f.closed(), 30_000, "the kernel to close the flooding connection");
-        assert.ok(
-          f.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM),
-          `GOAWAY ENHANCE_YOUR_CALM, got ${JSON.stringify(f.got.slice(-5))}`,
-        );
-        assert.ok(sent() >= GRPC_OVERHEAD_BURST_BYTES, `closed after ${sent()} bytes: not before its budget was spent`);
-        assert.deepEqual(await closedConnections(t), { overhead: 1 });
-        assert.deepEqual(await refusedStreams(t), {}, "no stream was involved");
-        // Charged to the peer's rate: its next connection is closed as it arrives, before HTTP/2.
-        await assertNextConnectionRefused(t, address);
-        assert.equal((await c.system.health()).status, "ok");
-      } finally {
-        await c.close();
-      }
+    await abuseChargedToRate(async (t, f) => {
+      const sent = flood(f, controlFrames);
+      // Before the bounds the kernel read such a connection for ever (~200 MB/s on loopback, 0.8 core).
+      await until(() => f.closed(), 30_000, "the kernel to close the flooding connection");
+      assert.ok(
+        f.got.some(([type, , code]) => type === GOAWAY && code === ENHANCE_YOUR_CALM),
+        `GOAWAY ENHANCE_YOUR_CALM, got ${JSON.stringify(f.got.slice(-5))}`,
+      );
+      assert.ok(sent() >= GRPC_OVERHEAD_BURST_BYTES, `closed after ${sent()} bytes: not before its budget was spent`);
+      assert.deepEqual(await closedConnections(t), { overhead: 1 });
+      assert.deepEqual(await refusedStreams(t), {}, "no stream was involved");
     });
   });
 

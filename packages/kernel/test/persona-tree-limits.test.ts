@@ -64,6 +64,24 @@ const outcome = (p: Promise<unknown>) =>
     (e: { errorClass?: string }) => e.errorClass ?? String(e),
   );
 
+const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };
+
+/**
+ * alice (storage.bytes 1000 over her tree, 600 of them written) and her sub-persona alice/helper
+ * with a token alice minted for it of `helperBytes` of its own.
+ */
+async function aliceAndHelper(t: TestKernel, helperBytes: number) {
+  const a = await t.persona("alice", [ws1, { ops: ["persona.register", "token.mint"], targets: ["persona://alice/**"] }], {
+    limits: { "storage.bytes": 1000 },
+  });
+  const c = await t.connect(a.identity, [a.token]);
+  await c.storage.write("obj://ws1/a0", "x".repeat(600));
+  const helper = generateIdentity("alice/helper");
+  await c.personas.register("alice/helper", helper.publicKey);
+  const m = await c.tokens.mint("alice/helper", { rights: [ws1], ttlMs: 600_000, limits: { "storage.bytes": helperBytes } });
+  return { a, c, helper, m };
+}
+
 describe("limits over a persona's tree: agents and minted tokens", () => {
   it("an agent's bytes and allocations count against its spawner's storage.bytes and resource limits", {
     skip: sandboxSkip,
@@ -156,17 +174,9 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
 
   it("a token minted for a sub-persona is held to its parent's storage.bytes over the parent's tree, after a restart too", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-tree-"));
-    const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };
     let t: TestKernel | undefined = await startKernel({}, home);
     try {
-      const a = await t.persona("alice", [ws1, { ops: ["persona.register", "token.mint"], targets: ["persona://alice/**"] }], {
-        limits: { "storage.bytes": 1000 },
-      });
-      const c = await t.connect(a.identity, [a.token]);
-      await c.storage.write("obj://ws1/a0", "x".repeat(600));
-      const helper = generateIdentity("alice/helper");
-      await c.personas.register("alice/helper", helper.publicKey);
-      const m = await c.tokens.mint("alice/helper", { rights: [ws1], ttlMs: 600_000, limits: { "storage.bytes": 500 } });
+      const { a, c, helper, m } = await aliceAndHelper(t, 500);
       const h = await t.connect(helper, [m.token]);
       // Its own 500 would fit; alice's tree has 400 left.
       assert.equal(await outcome(h.storage.write("obj://ws1/h0", "x".repeat(500))), "RESOURCE");
@@ -186,17 +196,9 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
 
   it("an older home's per-persona counters are recounted over the tree once: a sub-persona's bytes stay its parent's", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-tree-"));
-    const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };
     let t: TestKernel | undefined = await startKernel({}, home);
     try {
-      const a = await t.persona("alice", [ws1, { ops: ["persona.register", "token.mint"], targets: ["persona://alice/**"] }], {
-        limits: { "storage.bytes": 1000 },
-      });
-      const c = await t.connect(a.identity, [a.token]);
-      await c.storage.write("obj://ws1/a0", "x".repeat(600));
-      const helper = generateIdentity("alice/helper");
-      await c.personas.register("alice/helper", helper.publicKey);
-      const m = await c.tokens.mint("alice/helper", { rights: [ws1], ttlMs: 600_000, limits: { "storage.bytes": 1000 } });
+      const { a, helper, m } = await aliceAndHelper(t, 1000);
       await (await t.connect(helper, [m.token])).storage.write("obj://ws1/h0", "x".repeat(400));
       await t.stop();
       t = undefined;
