@@ -204,12 +204,15 @@ const DECLARED = {
   },
   /** How long stop() waits for in-flight requests before forcing sessions closed. */
   drainTimeoutMs: { type: "int", default: 10_000, description: "how long stop waits for in-flight requests" },
-  /** Bytes one workspace may hold in storage (0 = no kernel-wide quota; tokens may still limit personas). */
+  /**
+   * Bytes one workspace may hold in storage, each object its body, its path and its row
+   * (store/object-cost.ts) (0 = no kernel-wide quota; tokens may still limit personas).
+   */
   workspaceStorageBytes: {
     type: "int",
     default: 0,
     zeroAllowed: true,
-    description: "storage bytes per workspace (0 = no quota)",
+    description: "storage bytes per workspace, each object its body, path and 512 a row (0 = no quota)",
   },
   /** Worker threads for embedder task functions. */
   computeWorkers: { type: "int", default: 2, description: "worker threads for task functions" },

@@ -33,7 +33,8 @@ describe("capability matching against a real kernel", () => {
       m.token,
       { t: "workspaces", v: ["ws1"] },
       { t: "domains", v: ["d1"] },
-      { t: "limits", v: { "storage.bytes": 100 } },
+      // Holds pub/x, pub/y and pub/z (1 byte, a 5-byte path and a row's 512 each), not 500 bytes at pub/big besides.
+      { t: "limits", v: { "storage.bytes": 2000 } },
       { t: "targets", v: ["obj://ws1/pub/**", "topic://a/*", "persona://mal/**", "token://**"] },
     );
     const d1 = { caps: [narrowed], domain: "d1" };
@@ -44,7 +45,7 @@ describe("capability matching against a real kernel", () => {
     const base: Spec = {
       rights: [{ ops: ["storage.read"], targets: ["obj://ws1/pub/**"] }],
       ttlMs: 60_000,
-      limits: { "storage.bytes": 100 },
+      limits: { "storage.bytes": 2000 },
       workspaces: ["ws1"],
       domains: ["d1"],
     };
@@ -90,7 +91,7 @@ describe("capability matching against a real kernel", () => {
     await refused(c.storage.write("obj://ws2/pub/x", "x", f1), "the copy in another workspace");
     await refused(c.storage.write("obj://ws1/pub/x", "x", { caps: [fresh] }), "the copy without the domain");
     await refused(c.storage.write("obj://ws1/q", "x", f1), "the copy past the targets caveat");
-    await assert.rejects(c.storage.write("obj://ws1/pub/big", "x".repeat(200), f1), klass("RESOURCE"), "the copy past the limit");
+    await assert.rejects(c.storage.write("obj://ws1/pub/big", "x".repeat(500), f1), klass("RESOURCE"), "the copy past the limit");
     await refused(c.tokens.mint("mal/helper", { ...base, limits: {} }, f1), "a mint from the copy without the limit");
 
     // token.bind: the handle decides as the token.
@@ -100,7 +101,7 @@ describe("capability matching against a real kernel", () => {
     await refused(c.storage.write("obj://ws2/pub/x", "x", { caps: [h], domain: "d1" }), "the handle in another workspace");
     await refused(c.storage.write("obj://ws1/pub/x", "x", { caps: [h] }), "the handle without the domain");
     await assert.rejects(
-      c.storage.write("obj://ws1/pub/big", "x".repeat(200), { caps: [h], domain: "d1" }),
+      c.storage.write("obj://ws1/pub/big", "x".repeat(500), { caps: [h], domain: "d1" }),
       klass("RESOURCE"),
       "the handle past the limit",
     );

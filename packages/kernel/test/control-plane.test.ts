@@ -26,25 +26,26 @@ describe("the control plane under a hostile persona", () => {
         "alice",
         [ws1, alloc, { ops: ["persona.register", "token.mint"], targets: ["persona://alice/**"] }],
         {
-          limits: { "storage.bytes": 1000, gpu: 2 },
+          limits: { "storage.bytes": 3000, gpu: 2 },
         },
       );
       const c = await t.connect(a.identity, [a.token]);
+      // Each object costs its body, its path's bytes and its row's 512: 1414 of alice's 3000 here.
       await c.storage.write("obj://ws1/a0", "x".repeat(900));
       await c.call("resource.alloc", "persona://alice", { resource: "gpu", amount: 2 });
-      // Two helpers, each handed alice's own token narrowed to it: each would have a fresh 1000 and 2.
+      // Two helpers, each handed alice's own token narrowed to it: each would have a fresh 3000 and 2.
       for (const id of ["alice/h1", "alice/h2"]) {
         const helper = generateIdentity(id);
         await c.personas.register(id, helper.publicKey);
         const h = await t.connect(helper, [narrowTo(a.token, id)]);
-        assert.equal(await outcome(h.storage.write(`obj://ws1/${id.slice(6)}`, "x".repeat(500))), "RESOURCE", id);
+        assert.equal(await outcome(h.storage.write(`obj://ws1/${id.slice(6)}`, "x".repeat(1500))), "RESOURCE", id);
         assert.equal(await outcome(h.call("resource.alloc", `persona://${id}`, { resource: "gpu", amount: 1 })), "RESOURCE", id);
         // What is left of alice's allowance is still theirs.
         assert.equal(await outcome(h.storage.write(`obj://ws1/${id.slice(6)}`, "x".repeat(40))), "ok", id);
         // ...and a token minted from the narrowed one is held there too.
-        const m = await h.tokens.mint(id, { rights: [ws1, alloc], ttlMs: 600_000, limits: { "storage.bytes": 1000, gpu: 2 } });
+        const m = await h.tokens.mint(id, { rights: [ws1, alloc], ttlMs: 600_000, limits: { "storage.bytes": 3000, gpu: 2 } });
         const hm = await t.connect(helper, [m.token]);
-        assert.equal(await outcome(hm.storage.write(`obj://ws1/${id.slice(6)}m`, "x".repeat(500))), "RESOURCE", id);
+        assert.equal(await outcome(hm.storage.write(`obj://ws1/${id.slice(6)}m`, "x".repeat(1500))), "RESOURCE", id);
         await hm.close();
         await h.close();
       }

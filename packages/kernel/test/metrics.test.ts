@@ -33,8 +33,9 @@ describe("metrics", () => {
       "kpip_audit_batch_records_count",
       "kpip_audit_commit_seconds_count",
       "kpip_event_queue_drops_total 0",
-      'kpip_quota_usage{scope="workspace",resource="storage.bytes"} 1',
-      'kpip_quota_usage{scope="persona",resource="storage.bytes"} 1',
+      // An object's body, its path's bytes and its row (OBJECT_ROW_BYTES): 1 + 1 + 512.
+      'kpip_quota_usage{scope="workspace",resource="storage.bytes"} 514',
+      'kpip_quota_usage{scope="persona",resource="storage.bytes"} 514',
       "kpip_wal_background_checkpoints 1",
       "kpip_storage_failed 0",
       "kpip_shm_bytes 0",
@@ -158,12 +159,13 @@ describe("metrics", () => {
       }
     };
     const plain = await usage({});
-    assert.ok(plain.includes('kpip_quota_usage{scope="persona",resource="storage.bytes"} 120'), plain.join("\n"));
-    assert.ok(plain.includes('kpip_quota_usage{scope="workspace",resource="storage.bytes"} 120'), plain.join("\n"));
+    // Each object's body, its path's bytes and its row (512): bob's 100 + 5 + 512, the admin's 20 + 1 + 512.
+    assert.ok(plain.includes('kpip_quota_usage{scope="persona",resource="storage.bytes"} 1150'), plain.join("\n"));
+    assert.ok(plain.includes('kpip_quota_usage{scope="workspace",resource="storage.bytes"} 1150'), plain.join("\n"));
     assert.ok(!plain.some((l) => /bob|admin|ws/.test(l)), `no ids: ${plain.join("\n")}`);
     const labelled = await usage({ metricsPersonaLabels: 1 });
-    assert.ok(labelled.includes('kpip_quota_usage{scope="persona:bob-secret-project",resource="storage.bytes"} 100'));
-    assert.ok(labelled.includes('kpip_quota_usage{scope="workspace:bobws",resource="storage.bytes"} 100'));
+    assert.ok(labelled.includes('kpip_quota_usage{scope="persona:bob-secret-project",resource="storage.bytes"} 617'));
+    assert.ok(labelled.includes('kpip_quota_usage{scope="workspace:bobws",resource="storage.bytes"} 617'));
   });
 
   it("metricsListen off loopback is a ConfigError (no TLS, no authentication) unless metricsAllowRemote 1", () => {
@@ -199,7 +201,8 @@ describe("metrics", () => {
       const r = (await a.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array };
       const out = Buffer.from(r.stdout).toString();
       // The sandbox shares the host's network when granted: loopback listeners are reachable (documented) ...
-      assert.match(out, /kpip_quota_usage\{scope="persona",resource="storage.bytes"\} 123/);
+      // 123 bytes, a 5-byte path and the row's 512.
+      assert.match(out, /kpip_quota_usage\{scope="persona",resource="storage.bytes"\} 640/);
       // ... so the series carry no persona or workspace id.
       assert.ok(!out.includes("bob-secret-project") && !out.includes("bobws"));
     } finally {

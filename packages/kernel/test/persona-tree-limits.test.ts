@@ -67,12 +67,19 @@ const outcome = (p: Promise<unknown>) =>
 const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };
 
 /**
- * alice (storage.bytes 1000 over her tree, 600 of them written) and her sub-persona alice/helper
- * with a token alice minted for it of `helperBytes` of its own.
+ * An object's storage.bytes: its body, its path's bytes and its row's 512 (store/object-cost.ts).
+ * The objects here have 2-byte paths: 600 bytes at a0 cost 1114, 400 at h0 914, 1 at a1 515.
+ */
+const cost = (bytes: number, pathBytes = 2) => bytes + pathBytes + 512;
+
+/**
+ * alice (storage.bytes 2028 over her tree — 600 bytes and 400 more at 2-byte paths — 1114 of
+ * them taken by 600 bytes written) and her sub-persona alice/helper with a token alice minted for
+ * it of `helperBytes` of its own.
  */
 async function aliceAndHelper(t: TestKernel, helperBytes: number) {
   const a = await t.persona("alice", [ws1, { ops: ["persona.register", "token.mint"], targets: ["persona://alice/**"] }], {
-    limits: { "storage.bytes": 1000 },
+    limits: { "storage.bytes": cost(600) + cost(400) },
   });
   const c = await t.connect(a.identity, [a.token]);
   await c.storage.write("obj://ws1/a0", "x".repeat(600));
@@ -94,7 +101,8 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
           { ops: ["resource.alloc"], targets: ["persona://alice", "persona://alice/**"] },
           spawnNode,
         ],
-        { limits: { "storage.bytes": 1000, gpu: 2 } },
+        // Room for a0 and w1b below (600 and 400 bytes with their paths and rows).
+        { limits: { "storage.bytes": cost(600) + cost(400, 3), gpu: 2 } },
       );
       const c = await t.connect(a.identity, [a.token]);
       await c.storage.write("obj://ws1/a0", "x".repeat(600));
@@ -114,7 +122,7 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
           { ops: ["resource.alloc"], targets: ["persona://alice/**"] },
         ],
       );
-      // The agent's token carries alice's storage.bytes=1000, but only 400 of alice's are left.
+      // The agent's token carries alice's storage.bytes, but only room for 400 bytes at w1b is left.
       assert.equal(w1.persona, "alice/agent.w1");
       assert.deepEqual(w1.results, ["RESOURCE", "ok", "RESOURCE", "ok"]);
       // Alice's tree is full: neither she nor a fresh agent (a new persona) finds room.
@@ -176,9 +184,9 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-tree-"));
     let t: TestKernel | undefined = await startKernel({}, home);
     try {
-      const { a, c, helper, m } = await aliceAndHelper(t, 500);
+      const { a, c, helper, m } = await aliceAndHelper(t, cost(500));
       const h = await t.connect(helper, [m.token]);
-      // Its own 500 would fit; alice's tree has 400 left.
+      // Its own limit holds 500 bytes at h0; alice's tree has room for 400.
       assert.equal(await outcome(h.storage.write("obj://ws1/h0", "x".repeat(500))), "RESOURCE");
       assert.equal(await outcome(h.storage.write("obj://ws1/h0", "x".repeat(400))), "ok");
       assert.equal(await outcome(c.storage.write("obj://ws1/a1", "y")), "RESOURCE");
@@ -198,18 +206,18 @@ describe("limits over a persona's tree: agents and minted tokens", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-tree-"));
     let t: TestKernel | undefined = await startKernel({}, home);
     try {
-      const { a, helper, m } = await aliceAndHelper(t, 1000);
+      const { a, helper, m } = await aliceAndHelper(t, cost(1000));
       await (await t.connect(helper, [m.token])).storage.write("obj://ws1/h0", "x".repeat(400));
       await t.stop();
       t = undefined;
       // As an older kernel left the home: alice's counter holds her own bytes only, no bounds column.
       const db = new Database(join(home, HOME_FILES.database));
-      db.prepare("UPDATE usage SET amount = 600 WHERE scope = 'persona:alice' AND resource = 'storage.bytes'").run();
+      db.prepare(`UPDATE usage SET amount = ${cost(600)} WHERE scope = 'persona:alice' AND resource = 'storage.bytes'`).run();
       db.exec("ALTER TABLE tokens DROP COLUMN bounds");
       db.close();
       t = await startKernel({}, home);
       const c2 = await t.connect(a.identity, [a.token]);
-      assert.equal(await outcome(c2.storage.write("obj://ws1/a1", "y")), "RESOURCE", "alice's tree holds 1000 bytes");
+      assert.equal(await outcome(c2.storage.write("obj://ws1/a1", "y")), "RESOURCE", "alice's tree is full");
     } finally {
       await t?.stop();
       removeHome(home);

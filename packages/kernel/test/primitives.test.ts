@@ -208,9 +208,12 @@ describe("resources and quotas", () => {
   });
 
   it("answers RESOURCE naming what was exceeded, and frees correctly", async () => {
-    const t = await startKernel({ workspaceStorageBytes: 500 });
+    // An object costs its body, its path's bytes and 512 for its row: the quota holds five of
+    // the admin's 100-byte objects at 4-byte paths, (100 + 4 + 512) × 5.
+    const t = await startKernel({ workspaceStorageBytes: 3080 });
     const al = await t.persona("al", [{ ops: ["storage.*", "resource.*"], targets: ["obj://ws1/**", "persona://al"] }], {
-      limits: { "storage.bytes": 100, memory: 1000 },
+      // One object of 60 bytes at obj://ws1/a (573), not two.
+      limits: { "storage.bytes": 1000, memory: 1000 },
     });
     const c = await t.connect(al.identity, [al.token]);
     await c.storage.write("obj://ws1/a", "a".repeat(60));

@@ -188,8 +188,9 @@ describe("chunked upload: capabilities and bounds", () => {
         klass("RESOURCE", "exceeds the limit"),
       );
       // A quota the object could never fit is refused at the start, before any byte is stored.
+      // 1000 bytes at obj://w/q: the body, the path's byte and the row's 512.
       const q = await t.persona("small", [{ ops: ["storage.write"], targets: ["obj://w/**"] }], {
-        limits: { "storage.bytes": 1000 },
+        limits: { "storage.bytes": 1513 },
       });
       const cq = await t.connect(q.identity, [q.token]);
       await assert.rejects(cq.call("storage.upload.begin", "obj://w/q", { size: 1001 }), klass("RESOURCE", "storage.bytes"));
@@ -199,8 +200,9 @@ describe("chunked upload: capabilities and bounds", () => {
 
   it("counts the bytes uploads in progress declare: against the persona's quota and the kernel's maxUploadBytes", async () => {
     await withKernel({ ...SMALL_FRAMES, maxUploadBytes: 150_000 }, async (t) => {
+      // An object of 100,000 bytes at a 1-byte path, with its row's 512.
       const q = await t.persona("quota", [{ ops: ["storage.write"], targets: ["obj://u/**"] }], {
-        limits: { "storage.bytes": 100_000 },
+        limits: { "storage.bytes": 100_513 },
       });
       const cq = await t.connect(q.identity, [q.token]);
       await cq.call("storage.upload.begin", "obj://u/a", { size: 100_000 });

@@ -60,10 +60,11 @@ describe("storage red team (wt-red24)", () => {
   });
 
   it("uploads over an object as large as each still count each other's declared bytes: against storage.bytes and the workspace quota", async () => {
-    await withKernel({ ...SMALL_FRAMES, workspaceStorageBytes: 300_000 }, async (t) => {
+    // Each object costs its body, its path's bytes and its row's 512: mine 100,516, big 200,515.
+    await withKernel({ ...SMALL_FRAMES, workspaceStorageBytes: 301_031 }, async (t) => {
       const rights = [{ ops: ["storage.write"], targets: ["obj://w/**"] }];
       // A persona at its storage.bytes limit, holding one object of all of it.
-      const q = await t.persona("quota", rights, { limits: { "storage.bytes": 100_000 } });
+      const q = await t.persona("quota", rights, { limits: { "storage.bytes": 100_516 } });
       const cq = await t.connect(q.identity, [q.token]);
       await cq.storage.write("obj://w/mine", pattern(100_000, 1));
       // One upload over it adds nothing once committed: allowed, as before.
@@ -77,13 +78,13 @@ describe("storage red team (wt-red24)", () => {
         klass("RESOURCE", "storage.bytes"),
       );
       // The workspace quota the same way, for a persona with no limit of its own, over another's object:
-      // the workspace holds its 300,000 and 100,000 more are declared.
+      // the workspace holds its quota and 100,000 more are declared.
       const admin = await t.admin();
       await admin.storage.write("obj://w/big", pattern(200_000, 2));
       const m = await t.persona("mallory", rights);
       const cm = await t.connect(m.identity, [m.token]);
       await assert.rejects(cm.call("storage.upload.begin", "obj://w/big", { size: 200_000 }), klass("RESOURCE", "workspace w"));
-      // An upload that shrinks what it replaces still fits (300,000 + 100,000 − 199,999).
+      // An upload that shrinks what it replaces still fits (the quota + 100,000 − 199,999).
       await cm.call("storage.upload.begin", "obj://w/big", { size: 1 });
       // A commit that adds nothing is never refused by what others have declared.
       await cq.call("storage.upload.chunk", "obj://w/mine", { upload, offset: 0, data: body });
@@ -96,8 +97,9 @@ describe("storage red team (wt-red24)", () => {
     const digest = UploadTable.prototype.digest;
     try {
       await withKernel(SMALL_FRAMES, async (t) => {
+        // Eight objects of 4 bytes at 2-byte paths, each with its row's 512.
         const q = await t.persona("tiny", [{ ops: ["storage.write", "storage.read"], targets: ["obj://w/**"] }], {
-          limits: { "storage.bytes": 32 },
+          limits: { "storage.bytes": 8 * (4 + 2 + 512) },
         });
         const cq = await t.connect(q.identity, [q.token]);
         const upload = async (path: string, data: Buffer) => {
@@ -194,7 +196,9 @@ describe("storage red team (wt-red24)", () => {
       // A begin declaring the whole quota sends no bytes, and was answered with the workspace's usage.
       const refused = await cm.call("storage.upload.begin", "obj://ws/mine", { size: 1_000_000 }).catch((e: Error) => e);
       assert.ok(klass("RESOURCE", "workspace ws")(refused));
-      assert.ok(!(refused as Error).message.includes(String(theirs)), (refused as Error).message);
+      // Neither their bodies' bytes nor what the workspace counts for them (with the path and the row's 512).
+      for (const n of [theirs, theirs + 6 + 512])
+        assert.ok(!(refused as Error).message.includes(String(n)), (refused as Error).message);
       // A sub-persona acting under its parent's token (usable by the personas under it): the limit
       // is over the parent's tree, whose bytes are the parent's.
       const p = await t.persona("parent", [{ ops: ["storage.write"], targets: ["obj://pws/**"] }], {
@@ -206,9 +210,11 @@ describe("storage red team (wt-red24)", () => {
       const cs = await t.connect(sub.identity, [p.token]);
       const refusedSub = await cs.storage.write("obj://pws/subs", pattern(400_000, 7)).catch((e: Error) => e);
       assert.ok(klass("RESOURCE", "storage.bytes exceeded for parent (over parent/sub)")(refusedSub));
-      assert.ok(!(refusedSub as Error).message.includes(String(theirs)), (refusedSub as Error).message);
+      const parents = theirs + "parents".length + 512;
+      for (const n of [theirs, parents])
+        assert.ok(!(refusedSub as Error).message.includes(String(n)), (refusedSub as Error).message);
       const refusedOwn = await cp.storage.write("obj://pws/more", pattern(400_000, 7)).catch((e: Error) => e);
-      assert.ok((refusedOwn as Error).message.includes(String(theirs)), "its own usage it may be told");
+      assert.ok((refusedOwn as Error).message.includes(`${parents} used`), "its own usage it may be told");
     });
   });
 });

@@ -80,7 +80,7 @@ export function commitObject(
         store.transaction(() => {
           const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
           if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
-          ledger.chargeStorage(ctx.persona, workspace, w.previous, size, ctx.grant);
+          ledger.chargeStorage(ctx.persona, workspace, path, w.previous, size, ctx.grant);
           previous = w.previous?.hash;
           generation = w.generation;
           return {

@@ -28,6 +28,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         d.ledger.checkStorage(
           ctx.persona,
           workspace,
+          path,
           d.store.statObject(workspace, path),
           size,
           ctx.grant,
@@ -75,7 +76,7 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
         const ifGeneration = ctx.args.ifGeneration;
         if (ifGeneration !== undefined && ifGeneration !== (existing?.generation ?? 0))
           throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-        d.ledger.checkStorage(ctx.persona, workspace, existing, size, ctx.grant, uploads.pendingFor(workspace, u));
+        d.ledger.checkStorage(ctx.persona, workspace, path, existing, size, ctx.grant, uploads.pendingFor(workspace, u));
         u.committing = true;
         // A body below the inline size stays in the database, as a write's does: a file (a block
         // and an inode) for each few bytes charged let a small storage.bytes limit fill the disk.

@@ -41,7 +41,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
             // A write past a limit now is refused before its body is written and synced (the
             // commit checks again): refused only there, a persona at its storage.bytes (or in a
             // full workspace) still had the disk write and sync each body at its request rate.
-            ledger.checkStorage(ctx.persona, workspace, store.statObject(workspace, path), data.length, ctx.grant);
+            ledger.checkStorage(ctx.persona, workspace, path, store.statObject(workspace, path), data.length, ctx.grant);
           }
           const body: ObjectBody =
             data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
@@ -117,7 +117,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
                 const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
                 if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
-                if (x.previous) ledger.releaseStorage(workspace, x.previous);
+                if (x.previous) ledger.releaseStorage(workspace, path, x.previous);
                 old = x.previous?.hash ?? undefined;
                 return {
                   status: "SUCCESS",

@@ -1,6 +1,7 @@
 import { randomUUID } from "node:crypto";
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
+import { OBJECT_ROW_BYTES, objectCost } from "../store/object-cost.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
 import { countAtLimit, forEachInLineage, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
 
@@ -31,25 +32,28 @@ export class ResourceLedger {
   ) {}
 
   /**
-   * Moves an object's bytes to `persona` (its new owner) and checks the limits; call inside the
-   * write's transaction. The bytes are charged to the owner and to every persona it lies under
+   * Moves the object at `path` to `persona` (its new owner) with a body of `newSize` bytes and
+   * checks the limits; call inside the write's transaction. The object's cost ({@link objectCost}:
+   * its body, its path and its row) is charged to the owner and to every persona it lies under
    * ({@link personaLineage}): an agent's bytes count against its spawner's `storage.bytes` too.
    */
   chargeStorage(
     persona: string,
     workspace: string,
+    path: string,
     previous: { size: number; owner: string } | undefined,
     newSize: number,
     grant: Grant | undefined,
   ): void {
-    this.checkStorage(persona, workspace, previous, newSize, grant);
-    for (const [scope, delta] of storageDeltas(persona, previous, newSize))
+    this.checkStorage(persona, workspace, path, previous, newSize, grant);
+    const [was, now] = costs(path, previous, newSize);
+    for (const [scope, delta] of storageDeltas(persona, was, now))
       if (delta !== 0) this.store.adjustUsage(personaScope(scope), "storage.bytes", delta);
-    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", newSize - (previous?.size ?? 0));
+    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", now - (was?.size ?? 0));
   }
 
   /**
-   * Whether writing `newSize` bytes over `previous` would stay within the limits, changing
+   * Whether writing a body of `newSize` bytes at `path` over `previous` would stay within the limits, changing
    * nothing: an upload is refused at its start rather than after its bytes filled the disk.
    * The grant's `storage.bytes` bounds its subject's tree; the limits of the tokens it was
    * minted from ({@link GrantBounds}) bound theirs.
@@ -57,10 +61,11 @@ export class ResourceLedger {
   checkStorage(
     persona: string,
     workspace: string,
+    path: string,
     previous: { size: number; owner: string } | undefined,
     newSize: number,
     grant: Grant | undefined,
-    /** Bytes already promised and not yet charged (uploads in progress, by a persona's tree): counted as used. */
+    /** Costs already promised and not yet charged (uploads in progress, by a persona's tree): counted as used. */
     pending: { persona: (scope: string) => number; workspace: number } = { persona: () => 0, workspace: 0 },
     /**
      * An upload begins: its partial bytes take the disk whatever object they will replace, so a
@@ -69,9 +74,10 @@ export class ResourceLedger {
      */
     beginning = false,
   ): void {
+    const [was, now] = costs(path, previous, newSize);
     const limits = limitsOver(persona, grant, this.bounds.of(grant), "storage.bytes");
     if (limits.length > 0) {
-      const deltas = storageDeltas(persona, previous, newSize);
+      const deltas = storageDeltas(persona, was, now);
       for (const [scope, limit] of limits) {
         const delta = deltas.get(scope) ?? 0;
         const waiting = pending.persona(scope);
@@ -82,12 +88,12 @@ export class ResourceLedger {
             "RESOURCE",
             // What a tree above the persona holds is its other members' (resource.query tells it to whom it may).
             scope === persona
-              ? `storage.bytes exceeded for ${persona}: ${used} used + ${delta} > limit ${limit}`
-              : `storage.bytes exceeded for ${overName(scope, persona)}: ${delta} more bytes would pass its limit ${limit}`,
+              ? `storage.bytes exceeded for ${persona}: ${used} used + ${delta} > limit ${limit}${ROW_NOTE}`
+              : `storage.bytes exceeded for ${overName(scope, persona)}: ${delta} more bytes would pass its limit ${limit}${ROW_NOTE}`,
           );
       }
     }
-    const wsDelta = newSize - (previous?.size ?? 0);
+    const wsDelta = now - (was?.size ?? 0);
     if (this.quotas.workspaceStorageBytes > 0 && (wsDelta > 0 || (beginning && pending.workspace > 0))) {
       const used = this.store.usage(workspaceScope(workspace), "storage.bytes") + pending.workspace;
       if (used + wsDelta > this.quotas.workspaceStorageBytes)
@@ -95,17 +101,21 @@ export class ResourceLedger {
         // workspace may query (resource.query obj://<ws>, case 326).
         throw new OpError(
           "RESOURCE",
-          `storage.bytes exceeded for workspace ${workspace}: ${Math.max(wsDelta, 0)} more bytes would pass its quota ${this.quotas.workspaceStorageBytes}`,
+          `storage.bytes exceeded for workspace ${workspace}: ${Math.max(wsDelta, 0)} more bytes would pass its quota ${this.quotas.workspaceStorageBytes}${ROW_NOTE}`,
         );
     }
   }
 
-  /** An object was deleted: its bytes leave its owner's (and the owner's ancestors') and its workspace's usage. */
-  releaseStorage(workspace: string, previous: { size: number; owner: string }): void {
+  /**
+   * The object at `path` was deleted: its cost (body, path and row) leaves its owner's (and the
+   * owner's ancestors') and its workspace's usage. The deleted path's generation row the store
+   * keeps (at most DELETED_PATHS_KEPT a workspace, case 346) is charged to no one: see PROTOCOL §13.
+   */
+  releaseStorage(workspace: string, path: string, previous: { size: number; owner: string }): void {
+    const cost = objectCost(path, previous.size);
     if (previous.owner !== "")
-      for (const scope of personaLineage(previous.owner))
-        this.store.adjustUsage(personaScope(scope), "storage.bytes", -previous.size);
-    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", -previous.size);
+      for (const scope of personaLineage(previous.owner)) this.store.adjustUsage(personaScope(scope), "storage.bytes", -cost);
+    this.store.adjustUsage(workspaceScope(workspace), "storage.bytes", -cost);
   }
 
   /** Reserves `amount` of a named resource for `persona` (and its ancestors), within every limit on it. */
@@ -240,9 +250,21 @@ export function releaseAllocationsWithin(store: LedgerStore, root: string): numb
 /** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */
 const IDLE_COUNTS_KEPT = 1024;
 
+/** Said with a storage.bytes refusal: an empty object is not free. */
+const ROW_NOTE = ` (an object counts its body, its path's bytes and ${OBJECT_ROW_BYTES} for its row)`;
+
+/** The previous object's and the new one's costs at `path` ({@link objectCost}), the previous owner kept. */
+function costs(
+  path: string,
+  previous: { size: number; owner: string } | undefined,
+  newSize: number,
+): [{ size: number; owner: string } | undefined, number] {
+  return [previous && { size: objectCost(path, previous.size), owner: previous.owner }, objectCost(path, newSize)];
+}
+
 /**
- * What writing `newSize` bytes as `persona` over `previous` changes, per persona scope: the new
- * owner's lineage gains the new size, the previous owner's loses the old.
+ * What writing an object costing `newSize` as `persona` over `previous` (its cost) changes, per
+ * persona scope: the new owner's lineage gains the new cost, the previous owner's loses the old.
  */
 function storageDeltas(
   persona: string,

@@ -49,7 +49,7 @@ export const resourceQuery = defineOp({
     workspace: { type: "text", description: "obj://: the workspace" },
     usage: {
       ...amounts(
-        "usage by resource name, each only while some of it is used: storage.bytes while something is stored, a named resource while some of it is allocated (absent is 0)",
+        "usage by resource name, each only while some of it is used: storage.bytes while something is stored (each object its body, its path's bytes and 512 for its row, §12), a named resource while some of it is allocated (absent is 0)",
       ),
       required: true,
     },

@@ -1,6 +1,7 @@
 import Database from "better-sqlite3";
 import { createIfAbsent } from "../../secure-files.js";
 import { AUDIT_BATCHES_TABLE } from "../audit-segments.js";
+import { OBJECT_COST_SQL } from "../object-cost.js";
 import { AUDIT_TABLE, migrateAuditLayout } from "./audit-layout.js";
 
 /**
@@ -88,6 +89,9 @@ function prepareDatabase(db: Database.Database): Database.Database {
   migratePersonas(db);
   migrateTokenViewers(db);
   migrateDedupe(db);
+  // An object's storage.bytes became its body, its path and its row (store/object-cost.ts): an
+  // older home's figures counted bodies only.
+  moveOnce(db, "usage_counts_object_rows", () => recountStorageUsage(db));
   // Rows at 0 an older kernel kept (one per persona or workspace that ever stored something): absent is 0.
   moveOnce(db, "usage_zero_rows_dropped", () => db.exec("DELETE FROM usage WHERE amount <= 0"));
   return db;
@@ -236,6 +240,48 @@ function migrateTokens(db: Database.Database): boolean {
   return bounds;
 }
 
+/** Sums per persona and resource, each charged to every persona it lies under too (resources/lineage.ts). */
+class TreeSums {
+  readonly sums = new Map<string, Map<string, number>>();
+  charge(persona: string, resource: string, n: number): void {
+    for (let p = persona; ; ) {
+      const m = this.sums.get(p) ?? new Map<string, number>();
+      m.set(resource, (m.get(resource) ?? 0) + n);
+      this.sums.set(p, m);
+      const i = p.lastIndexOf("/");
+      if (i <= 0) break;
+      p = p.slice(0, i);
+    }
+  }
+}
+
+/** What each owner's objects cost in storage.bytes, as the ledger charges them (store/object-cost.ts). */
+function chargeObjects(db: Database.Database, sums: TreeSums): void {
+  for (const r of db
+    .prepare(`SELECT owner, sum(${OBJECT_COST_SQL}) AS n FROM objects WHERE owner <> '' GROUP BY owner`)
+    .all() as { owner: string; n: number }[])
+    sums.charge(r.owner, "storage.bytes", r.n);
+}
+
+/**
+ * Every persona's and workspace's storage.bytes, recounted from the objects themselves (each its
+ * body, its path and its row): once for an older home, whose figures counted bodies only. The same
+ * figures as the ledger's charges: a home recounted twice, or a current one, keeps its usage.
+ */
+function recountStorageUsage(db: Database.Database): void {
+  const sums = new TreeSums();
+  chargeObjects(db, sums);
+  const put = db.prepare("INSERT INTO usage (scope, resource, amount) VALUES (?, 'storage.bytes', ?)");
+  db.exec("DELETE FROM usage WHERE resource = 'storage.bytes'");
+  for (const [p, m] of sums.sums) {
+    const n = m.get("storage.bytes") ?? 0;
+    if (n > 0) put.run(`persona:${p}`, n);
+  }
+  db.exec(
+    `INSERT INTO usage (scope, resource, amount) SELECT 'workspace:' || workspace, 'storage.bytes', sum(${OBJECT_COST_SQL}) FROM objects GROUP BY workspace`,
+  );
+}
+
 /**
  * Persona usage became a tree's (resources/lineage.ts): what an agent or a sub-persona stores or
  * holds is charged to every persona it lies under too. Recounted once, when the tokens gain
@@ -243,22 +289,10 @@ function migrateTokens(db: Database.Database): boolean {
  * persona's own usage only, and releasing it from the ancestors would have freed their room.
  */
 function recountPersonaUsage(db: Database.Database): void {
-  const sums = new Map<string, Map<string, number>>();
-  const charge = (persona: string, resource: string, n: number) => {
-    for (let p = persona; ; ) {
-      const m = sums.get(p) ?? new Map<string, number>();
-      m.set(resource, (m.get(resource) ?? 0) + n);
-      sums.set(p, m);
-      const i = p.lastIndexOf("/");
-      if (i <= 0) break;
-      p = p.slice(0, i);
-    }
-  };
-  for (const r of db.prepare("SELECT owner, sum(size) AS n FROM objects WHERE owner <> '' GROUP BY owner").all() as {
-    owner: string;
-    n: number;
-  }[])
-    charge(r.owner, "storage.bytes", r.n);
+  const tree = new TreeSums();
+  const sums = tree.sums;
+  const charge = (persona: string, resource: string, n: number) => tree.charge(persona, resource, n);
+  chargeObjects(db, tree);
   for (const r of db.prepare("SELECT persona, resource, sum(amount) AS n FROM allocations GROUP BY persona, resource").all() as {
     persona: string;
     resource: string;
