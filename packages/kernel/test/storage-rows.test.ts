@@ -1,6 +1,6 @@
 // storage.bytes counts what an object costs the database, not only its body: its path's bytes and
 // a fixed overhead for its row (store/object-cost.ts, PROTOCOL §12). Counting bodies alone, an
-// empty object cost nothing however long its path (docs/security.md case 547).
+// empty object cost nothing however long its path (docs/security.md case 522).
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { mkdtempSync } from "node:fs";
@@ -31,7 +31,7 @@ async function upload(c: KernelClient, target: string, data: Buffer): Promise<vo
   await c.call("storage.upload.commit", target, { upload: id, sha256, size: data.length });
 }
 
-describe("storage.bytes counts objects' rows (case 547)", () => {
+describe("storage.bytes counts objects' rows (case 522)", () => {
   it("empty objects with 2,000-byte paths cost their paths and rows: the attack is refused RESOURCE at the limit", async () => {
     const cost = objectCost(longPath(0), 0);
     assert.equal(cost, 2000 + OBJECT_ROW_BYTES);

@@ -3,7 +3,7 @@
  * body, its path's bytes and {@link OBJECT_ROW_BYTES} for its row (PROTOCOL §12). Counting bodies
  * alone let an empty object cost nothing however long its path: a persona limited to one byte
  * wrote 4,000 empty objects with ~2,000-byte paths, ~19 MB of rows, at a usage of 0 (docs/security.md
- * case 547).
+ * case 522).
  */
 
 /**
