@@ -1,0 +1,149 @@
+// What outlives an agent, and what a later agent of its name (its persona id) can reach (red team, wt-red30).
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import type { KernelClient } from "@kpip/client";
+import { decodeToken, parseIdentity } from "@kpip/protocol";
+import { SqliteStore } from "../src/store/sqlite.js";
+import type { TokenStore } from "../src/store/types.js";
+import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+
+const outcome = (p: Promise<unknown>) =>
+  p.then(
+    () => "ok",
+    (e: { errorClass?: string }) => e.errorClass ?? String(e),
+  );
+
+const HEALTH = [{ ops: ["system.health"], targets: ["kernel://"] }];
+const AGENTS = [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }];
+const MINT = [{ ops: ["token.mint", "token.inspect"], targets: ["persona://eve/**", "token://**"] }];
+
+/** Spawns `agent://sh/<name>` of `c`'s persona: it prints its bootstrap (identity, token) and waits. */
+async function spawnLeaky(c: KernelClient, name: string): Promise<{ identity: string; token: string }> {
+  await c.agents.spawn("sh", name, { args: ["-c", "cat <&3; exec sleep 600"], rights: HEALTH, lifetimeMs: 600_000 });
+  return until(
+    async () => {
+      const out = Buffer.from((await c.agents.logs(`agent://sh/${name}`)).stdout).toString();
+      return out.includes("\n") ? (JSON.parse(out.split("\n")[0] as string) as { identity: string; token: string }) : undefined;
+    },
+    30_000,
+    `${name}'s bootstrap`,
+  );
+}
+
+async function endAgent(c: KernelClient, name: string): Promise<void> {
+  await c.call("agent.kill", `agent://sh/${name}`, {});
+  await until(async () => (await c.agents.status(`agent://sh/${name}`)).state !== "running", 30_000, `${name} ended`);
+}
+
+/** A session as the agent whose bootstrap `creds` is (its key, its own token). */
+function asAgent(t: TestKernel, creds: { identity: string; token: string }): Promise<KernelClient> {
+  return t.connect(parseIdentity(creds.identity), [creds.token]);
+}
+
+/** eve (who may spawn agents and mint tokens under her) connected to a fresh kernel. */
+async function eveOn(t: TestKernel): Promise<KernelClient> {
+  const eve = await t.persona("eve", [...AGENTS, ...MINT, ...HEALTH]);
+  return t.connect(eve.identity, [eve.token]);
+}
+
+type Store = TokenStore & { revokeToken: TokenStore["revokeToken"] };
+
+describe("tokens minted for an agent's persona id end with the agent", () => {
+  it("a token its spawner minted for an agent's persona ends with the agent: a later agent of the name cannot use it", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const c = await eveOn(t);
+      const first = await spawnLeaky(c, "w1");
+      // eve mints a token of its own for her agent's persona id (beside the one the spawn gave it).
+      const minted = (await c.call("token.mint", "persona://eve/agent.w1", { rights: HEALTH, ttlMs: 600_000 })).payload as {
+        token: Uint8Array;
+        id: string;
+      };
+      const a1 = await asAgent(t, first);
+      assert.equal(await outcome(a1.call("system.health", "kernel://", {}, { caps: [minted.token] })), "ok");
+      await endAgent(c, "w1");
+
+      const second = await spawnLeaky(c, "w1");
+      const a2 = await asAgent(t, second);
+      assert.equal(a2.persona, "eve/agent.w1");
+      assert.equal(
+        await outcome(a2.call("system.health", "kernel://", {}, { caps: [minted.token] })),
+        "CAPABILITY",
+        "the token minted for the earlier agent acts for no later one",
+      );
+      const st = await c.call("token.inspect", `token://${minted.id}`, { token: minted.token });
+      assert.equal((st.payload as { status: string }).status, "revoked");
+      // On the record: the kernel's revocation at the agent's end names it.
+      const rec = t.k.inspect
+        .queryAudit({ op: "token.revoked", limit: 100 })
+        .map((r) => JSON.parse(r.detail ?? "{}") as { revoked?: string; mintedFor?: string[] })
+        .find((d) => d.revoked === decodeToken(Buffer.from(first.token, "base64url")).claims.id);
+      assert.deepEqual(rec?.mintedFor, [minted.id]);
+      await endAgent(c, "w1");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a token minted for an agent's persona ends with it on a full disk too, stored at a clean stop; a start revokes any left", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    let minted: { token: Uint8Array; id: string };
+    let spare: { id: string };
+    try {
+      const c = await eveOn(t);
+      // No tick from here on: room comes back just before the stop.
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      const store = (t.k as unknown as { services: { store: Store } }).services.store;
+      await spawnLeaky(c, "w1");
+      minted = (await c.call("token.mint", "persona://eve/agent.w1", { rights: HEALTH, ttlMs: 600_000 })).payload as {
+        token: Uint8Array;
+        id: string;
+      };
+      // And one for a name no agent of hers runs as (yet).
+      spare = (await c.call("token.mint", "persona://eve/agent.w9", { rights: HEALTH, ttlMs: 600_000 })).payload as {
+        id: string;
+      };
+      const revoke = store.revokeToken.bind(store);
+      let full = true;
+      store.revokeToken = (...a) => {
+        if (full) throw Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+        return revoke(...a);
+      };
+      await endAgent(c, "w1");
+      assert.ok(!store.revokedTokenIds().includes(minted.id), "its revocation kept for room");
+      const second = await spawnLeaky(c, "w1");
+      const a2 = await asAgent(t, second);
+      assert.equal(
+        await outcome(a2.call("system.health", "kernel://", {}, { caps: [minted.token] })),
+        "CAPABILITY",
+        "in force while kept for room",
+      );
+      await endAgent(c, "w1");
+      full = false;
+    } finally {
+      await t.stop();
+    }
+    const store = new SqliteStore(join(t.home, "kernel.db"));
+    try {
+      assert.ok(store.revokedTokenIds().includes(minted.id), "stored at the clean stop");
+      assert.ok(!store.revokedTokenIds().includes(spare.id));
+    } finally {
+      store.close();
+    }
+    // The next start: no token for an agent's persona outlives the kernel its agents ran in.
+    const t2 = await startKernel({}, t.home);
+    try {
+      const store2 = (t2.k as unknown as { services: { store: Store } }).services.store;
+      assert.ok(store2.revokedTokenIds().includes(spare.id), "a start revokes tokens for agent personas left unrevoked");
+    } finally {
+      await t2.stop();
+      removeHome(t.home);
+    }
+  });
+});
