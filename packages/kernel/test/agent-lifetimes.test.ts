@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
-import { decodeToken, parseIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, encodeToken, parseIdentity } from "@kpip/protocol";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { TokenStore } from "../src/store/types.js";
 import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
@@ -41,9 +41,10 @@ function asAgent(t: TestKernel, creds: { identity: string; token: string }): Pro
   return t.connect(parseIdentity(creds.identity), [creds.token]);
 }
 
-/** eve (who may spawn agents and mint tokens under her) connected to a fresh kernel. */
-async function eveOn(t: TestKernel): Promise<KernelClient> {
+/** eve (who may spawn agents and mint tokens under her) connected to a fresh kernel; `token` her token. */
+async function eveOn(t: TestKernel, tokenOut?: { token?: Uint8Array }): Promise<KernelClient> {
   const eve = await t.persona("eve", [...AGENTS, ...MINT, ...HEALTH]);
+  if (tokenOut) tokenOut.token = eve.token;
   return t.connect(eve.identity, [eve.token]);
 }
 
@@ -82,6 +83,35 @@ describe("tokens minted for an agent's persona id end with the agent", () => {
         .map((r) => JSON.parse(r.detail ?? "{}") as { revoked?: string; mintedFor?: string[] })
         .find((d) => d.revoked === decodeToken(Buffer.from(first.token, "base64url")).claims.id);
       assert.deepEqual(rec?.mintedFor, [minted.id]);
+      await endAgent(c, "w1");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a token narrowed offline into an agent's persona acts for no agent of the name: not the one it was narrowed for, nor a later one", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const eve: { token?: Uint8Array } = {};
+      const c = await eveOn(t, eve);
+      const first = await spawnLeaky(c, "w1");
+      // eve's token (usable by every persona under her), narrowed offline to her agent's persona id:
+      // the kernel never minted it, and revoking it would revoke hers.
+      const narrowed = encodeToken(attenuate(decodeToken(eve.token as Uint8Array), { t: "sub", v: "eve/agent.w1" }));
+      const a1 = await asAgent(t, first);
+      assert.equal(await outcome(a1.call("system.health", "kernel://", {}, { caps: [narrowed] })), "CAPABILITY");
+      await endAgent(c, "w1");
+      const second = await spawnLeaky(c, "w1");
+      const a2 = await asAgent(t, second);
+      assert.equal(await outcome(a2.call("system.health", "kernel://", {}, { caps: [narrowed] })), "CAPABILITY");
+      // Its own token, narrowed offline to itself, still acts (it ends with the agent).
+      const own = encodeToken(attenuate(decodeToken(Buffer.from(second.token, "base64url")), { t: "sub", v: "eve/agent.w1" }));
+      assert.equal(await outcome(a2.call("system.health", "kernel://", {}, { caps: [own] })), "ok");
+      // eve's own token still acts as hers.
+      assert.equal(await outcome(c.call("system.health", "kernel://", {})), "ok");
       await endAgent(c, "w1");
     } finally {
       await t.stop();
