@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
-import { attenuate, decodeToken, encodeToken, parseIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, encodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
 import { SqliteStore } from "../src/store/sqlite.js";
 import type { TokenStore } from "../src/store/types.js";
 import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
@@ -173,6 +173,56 @@ describe("tokens minted for an agent's persona id end with the agent", () => {
       assert.ok(store2.revokedTokenIds().includes(spare.id), "a start revokes tokens for agent personas left unrevoked");
     } finally {
       await t2.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("a persona id removed and registered again", () => {
+  it("the end of the earlier holder's op, killed at its removal, does not reach the new holder's subscription; the operator's does", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const rights = [
+        { ops: ["compute.submit", "op.*", "event.subscribe"], targets: ["op://**", "topic://kernel/personas/oli/**"] },
+      ];
+      const admin = await t.admin();
+      const old = await t.persona("oli/w", rights);
+      const c = await t.connect(old.identity, [old.token]);
+      const earlier = await c.compute.command("sleep", ["300"]);
+      await until(() => t.k.inspect.getOp(earlier.id)?.state === "running", 30_000, "the earlier holder's command running");
+      // Its end comes after the removal's answer, when its process has gone (later on a busy host):
+      // held here until the id is registered again and subscribed to.
+      const held: Parameters<typeof t.k.events.emit>[] = [];
+      const emit = t.k.events.emit.bind(t.k.events);
+      t.k.events.emit = (...a) => {
+        if (a[0].endsWith(`/ops/${earlier.id}`)) {
+          held.push(a);
+          return 0;
+        }
+        return emit(...a);
+      };
+      await admin.call("persona.remove", "persona://oli/w");
+      await until(() => held.length > 0 || undefined, 30_000, "the earlier command's end");
+
+      const again = generateIdentity("oli/w");
+      await admin.call("persona.register", "persona://oli/w", { publicKey: again.publicKey });
+      const m = await admin.tokens.mint("oli/w", { rights, ttlMs: 600_000 });
+      const n = await t.connect(again, [m.token]);
+      const sub = await n.events.subscribe("topic://kernel/personas/oli/w/**");
+      const ops = await admin.events.subscribe("topic://kernel/**");
+      for (const a of held) emit(...a);
+      const mine = await n.compute.command("true");
+      const seen: string[] = [];
+      for await (const e of sub) {
+        seen.push(e.topic);
+        if (e.topic.endsWith(`/ops/${mine.id}`)) break;
+      }
+      assert.deepEqual(seen, [`topic://kernel/personas/oli/w/ops/${mine.id}`], "only the new holder's own op");
+      for await (const e of ops) if (e.topic.endsWith(`/ops/${earlier.id}`)) break;
+    } finally {
+      await t.stop();
       removeHome(t.home);
     }
   });

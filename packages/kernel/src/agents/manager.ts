@@ -460,7 +460,7 @@ export class AgentManager {
       },
     });
     // No pid: the host's process ids are no persona's business (the audit record has it).
-    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona });
+    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona }, rec.startedAt);
     return rec;
   }
 
@@ -526,13 +526,20 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
     }
-    emitKernelEvent(this.events, "agents", rec.persona, id, {
-      agent: agentUri(id),
-      state,
-      ...(code !== null ? { exitCode: code } : {}),
-      ...(signal ? { signal } : {}),
-      ...(live.killedBy ? { killedBy: live.killedBy } : {}),
-    });
+    emitKernelEvent(
+      this.events,
+      "agents",
+      rec.persona,
+      id,
+      {
+        agent: agentUri(id),
+        state,
+        ...(code !== null ? { exitCode: code } : {}),
+        ...(signal ? { signal } : {}),
+        ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+      },
+      rec.startedAt,
+    );
   }
 
   private killLive(id: string, why: Live["killedBy"]): boolean {
