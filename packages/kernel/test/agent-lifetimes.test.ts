@@ -4,9 +4,9 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
 import { attenuate, decodeToken, encodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
-import { SqliteStore } from "../src/store/sqlite.js";
+import { HOME_FILES, removePersonaTree, SqliteStore } from "../src/index.js";
 import type { TokenStore } from "../src/store/types.js";
-import { removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
+import { addPersonaKey, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
 
 const outcome = (p: Promise<unknown>) =>
   p.then(
@@ -179,6 +179,54 @@ describe("tokens minted for an agent's persona id end with the agent", () => {
 });
 
 describe("a persona id removed and registered again", () => {
+  it("offline within one tick: the earlier holder's session, still open until the tick, starts nothing (an agent under its parent's token would run on as the new holder's)", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      // pol's token, which the removal of pol/sub does not revoke, used by pol/sub.
+      const parent = await t.persona("pol", [...AGENTS, ...HEALTH]);
+      const sub = generateIdentity("pol/sub");
+      addPersonaKey(t, "pol/sub", sub.publicKey);
+      const c = await t.connect(sub, [parent.token]);
+      // The kernel takes offline changes in at its tick: none comes until the test asks.
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      // As `kpip persona remove` then `kpip persona add` (another holder, another key) beside the kernel.
+      const other = generateIdentity("pol/sub");
+      const db = new SqliteStore(join(t.home, HOME_FILES.database));
+      try {
+        db.withJournal({ actor: "test", op: "persona.remove", target: "persona://pol/sub", message: "removed" }, () =>
+          removePersonaTree(db, "pol/sub", (ids) => {
+            for (const id of ids) db.revokeToken(id, "test", Date.now());
+          }),
+        );
+        db.withJournal({ actor: "test", op: "persona.register", target: "persona://pol/sub", message: "again" }, () =>
+          db.addPersona("pol/sub", other.publicKey),
+        );
+      } finally {
+        db.close();
+      }
+      // Before the tick, the earlier holder's open session spawns an agent under pol's token.
+      const spawned = await outcome(
+        c.agents.spawn("sh", "x", { args: ["-c", "sleep 600"], rights: HEALTH, lifetimeMs: 600_000 }),
+      );
+      (t.k as unknown as { services: { applyOfflineChanges(): void } }).services.applyOfflineChanges();
+      const running = (
+        (await admin.call("agent.list", "kernel://")).payload as { agents: { persona: string; state: string }[] }
+      ).agents.filter((a) => a.state === "running");
+      assert.deepEqual(running, [], "no agent of the earlier holder's runs on as the new holder's");
+      // Refused AUTH (the client takes it as its session's end: "re-attesting after AUTH").
+      assert.match(spawned, /AUTH/);
+      // The new holder acts.
+      const n = await t.connect(other, [parent.token]);
+      assert.equal(await outcome(n.call("system.health", "kernel://", {})), "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("the end of the earlier holder's op, killed at its removal, does not reach the new holder's subscription; the operator's does", {
     skip: sandboxSkip,
   }, async () => {

@@ -527,6 +527,19 @@ export class Session implements SessionView, EventSink {
     this.fail(cls, code, message, this.persona || undefined);
   }
 
+  /**
+   * Why the registration this session attested under no longer stands (removed, re-keyed, or
+   * registered again: another holder of the id), asked of the registry now, or undefined. The
+   * kernel takes in the CLI's changes at its next tick; until then an effect of this session's
+   * would be begun as the id's new holder's (case 519 judges work by when it began).
+   */
+  registrationLost(): string | undefined {
+    if (this.registeredAt === undefined) return undefined;
+    const key = this.host.personaKeys.lookup(this.persona);
+    if (key && key.createdAt === this.registeredAt && this.attestedKey?.equals(key.raw)) return undefined;
+    return `persona ${this.persona} was removed from the registry or registered again since this session attested`;
+  }
+
   /** Shed by the pre-authentication budget to make room for a newer handshake. */
   shed(): void {
     // Not audited: a flood of connections must not become a flood of audit records (counted in metrics).
