@@ -109,7 +109,7 @@ export class AgentManager {
     private readonly store: AgentStore &
       PersonaStore &
       LedgerStore &
-      Pick<TokenStore, "disownTokens"> & { transaction<T>(fn: () => T): T },
+      Pick<TokenStore, "disownTokens" | "liveTokensFor"> & { transaction<T>(fn: () => T): T },
     private readonly tokens: TokenService,
     private readonly events: EventBus,
     private readonly opts: AgentOptions,
@@ -174,6 +174,7 @@ export class AgentManager {
     for (const p of this.store.listPersonas())
       if (isAgentPersona(p.id))
         this.forget(p.id, "an agent's key left by the previous kernel, which ended before the agent was recorded");
+    this.revokeAgentTokens();
   }
 
   /**
@@ -249,13 +250,22 @@ export class AgentManager {
     return this.keptRows.size + this.unforgotten.size;
   }
 
-  /** The kernel revokes an agent's token, on the record with every token the revocation ended. */
+  /**
+   * The kernel revokes an agent's token and every token minted or refreshed for its persona id
+   * (or an id under it) — by its spawner, by the agent itself from a token handed to it — on the
+   * record with every token the revocation ended: the id is its name's, which a later agent of
+   * the name acts as, and what was minted for this one is not that one's.
+   */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
-    // In force now, even when a full disk refuses its row (stored once there is room).
-    const r = this.tokens.revokeNow(tokenId, "kernel");
+    const forId = this.store.liveTokensFor(persona, Date.now()).filter((id) => id !== tokenId);
+    // In force now, even when a full disk refuses their rows (stored once there is room).
+    const own = this.tokens.revokeNow(tokenId, "kernel");
+    const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
     const noted = (seq: number) => {
-      if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
+      if (own.changed) this.tokens.noteRevokeRecord(tokenId, seq);
+      for (const id of rest?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
     };
+    const ended = [...new Set([...own.ended, ...(rest?.ended ?? [])])];
     // Noted once committed: a number handed out before may go to another record if the batch fails.
     this.opts.record(
       {
@@ -263,9 +273,34 @@ export class AgentManager {
         target: `token://${tokenId}`,
         persona,
         message: reason,
-        detail: { revoked: tokenId, ended: r.ended, reason },
+        detail: { revoked: tokenId, ended, reason, ...(forId.length > 0 ? { mintedFor: forId } : {}) },
       },
       noted,
+    );
+    this.opts.onRevoked?.();
+  }
+
+  /**
+   * No agent outlives its kernel, nor does a token minted for an agent's persona id: at a start,
+   * every one still unrevoked is revoked (an end whose revocation a full disk kept back when the
+   * kernel was killed, a token minted for a name no agent ran as), on the record.
+   */
+  private revokeAgentTokens(): void {
+    const ids = this.store.liveTokensFor(undefined, Date.now());
+    if (ids.length === 0) return;
+    const r = this.tokens.revokeAllNow(ids, "kernel");
+    const reason = "no token minted for an agent's persona outlives the kernel its agent ran in";
+    this.opts.record(
+      {
+        op: "token.revoked",
+        target: "kernel://",
+        persona: "kernel",
+        message: reason,
+        detail: { ended: r.ended, reason, mintedFor: ids },
+      },
+      (seq) => {
+        for (const id of r.revoked) this.tokens.noteRevokeRecord(id, seq);
+      },
     );
     this.opts.onRevoked?.();
   }
@@ -425,7 +460,7 @@ export class AgentManager {
       },
     });
     // No pid: the host's process ids are no persona's business (the audit record has it).
-    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona });
+    emitKernelEvent(this.events, "agents", persona, id, { agent: uri, state: "running", persona }, rec.startedAt);
     return rec;
   }
 
@@ -491,13 +526,20 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot forget older ended agents");
     }
-    emitKernelEvent(this.events, "agents", rec.persona, id, {
-      agent: agentUri(id),
-      state,
-      ...(code !== null ? { exitCode: code } : {}),
-      ...(signal ? { signal } : {}),
-      ...(live.killedBy ? { killedBy: live.killedBy } : {}),
-    });
+    emitKernelEvent(
+      this.events,
+      "agents",
+      rec.persona,
+      id,
+      {
+        agent: agentUri(id),
+        state,
+        ...(code !== null ? { exitCode: code } : {}),
+        ...(signal ? { signal } : {}),
+        ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+      },
+      rec.startedAt,
+    );
   }
 
   private killLive(id: string, why: Live["killedBy"]): boolean {

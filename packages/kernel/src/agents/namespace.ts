@@ -19,3 +19,14 @@ export function agentUri(key: string): string {
   const parts = key.split("/");
   return `agent://${parts.slice(-2).join("/")}`;
 }
+
+/**
+ * The innermost agent persona `id` is or lies under (its prefix up to its last segment beginning
+ * "agent."), or undefined outside the agent namespace.
+ */
+export function innermostAgent(id: string): string | undefined {
+  const parts = id.split("/");
+  for (let i = parts.length - 1; i >= 0; i--)
+    if ((parts[i] as string).startsWith(AGENT_SEGMENT)) return parts.slice(0, i + 1).join("/");
+  return undefined;
+}

@@ -12,6 +12,7 @@ import {
   type Token,
   type TokenError,
 } from "@kpip/protocol";
+import { innermostAgent } from "../agents/namespace.js";
 import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
 import { GrantBounds } from "../resources/lineage.js";
 import type { BoundCapability, HandleTable } from "../session/handles.js";
@@ -68,6 +69,11 @@ export class CapEnforcer implements Authorizer {
    * subscription's) is checked against key retirement on every use, as an inline token is.
    */
   private readonly kids = new WeakMap<Grant, string>();
+  /**
+   * Verified grants whose `sub` caveats narrowed them, offline, into an agent persona their token
+   * was not minted within: usable by no one (see {@link unusable}).
+   */
+  private readonly narrowedIntoAgent = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
 
@@ -124,6 +130,8 @@ export class CapEnforcer implements Authorizer {
       return { ok: false, code: "BAD_SIGNATURE", message: "token signature is invalid", id: claimed, unverified: true };
     const grant = effectiveGrant(token);
     this.kids.set(grant, token.claims.kid);
+    const agent = innermostAgent(grant.subject);
+    if (agent !== undefined && agent !== innermostAgent(token.claims.sub)) this.narrowedIntoAgent.set(grant, agent);
     if (cacheKey !== undefined) {
       if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
       this.verified.set(cacheKey, { token, grant });
@@ -196,6 +204,15 @@ export class CapEnforcer implements Authorizer {
     if (!g.usable || !personaWithin(persona, g.subject)) {
       return { code: "WRONG_PERSONA", message: `token ${ref} is not usable by persona ${persona}` };
     }
+    // An agent's persona id is its name's, acted as by every later agent of the name, and a copy
+    // narrowed offline is revoked only with the token it came from (which outlives the agent): it
+    // would act for them all. What acts as an agent is minted for it, and ends with it.
+    const agent = this.narrowedIntoAgent.get(g);
+    if (agent !== undefined)
+      return {
+        code: "WRONG_PERSONA",
+        message: `token ${ref} was narrowed offline to agent persona ${agent}, whose id later agents of its name reuse: only a token minted for it (token.mint, agent.spawn) acts as an agent`,
+      };
     return undefined;
   }
 

@@ -151,12 +151,18 @@ export class Revocations {
    * over the store and one over the derived tokens seen, not one of each per id: a persona
    * tree's removal revokes a token per persona.
    */
-  revokeAll(ids: readonly string[], by: string, now: number): { changed: number; ended: string[] } {
+  revokeAll(
+    ids: readonly string[],
+    by: string,
+    now: number,
+    /** As {@link revoke}'s: the kernel's own, in force even when the store has no room for them yet. */
+    keepIfFull = false,
+  ): { changed: number; ended: string[]; revoked: string[] } {
     // No refresh family is widened here: every copy has its root's subject, so a persona's
     // removal (revoking by subject) names every copy of its families already.
     if (ids.length === 1) {
-      const r = this.revoke(ids[0] as string, by, now, false);
-      return { changed: r.changed ? 1 : 0, ended: r.ended };
+      const r = this.revoke(ids[0] as string, by, now, false, keepIfFull);
+      return { changed: r.changed ? 1 : 0, ended: r.ended, revoked: r.changed ? [ids[0] as string] : [] };
     }
     const derived = this.store.tokensDerivedFromAny(ids);
     const wanted = new Set(ids);
@@ -168,7 +174,7 @@ export class Revocations {
         seen.set(a, list);
         list.push([d, up]);
       }
-    let changed = 0;
+    const revoked: string[] = [];
     const ended: string[] = [];
     for (const id of ids) {
       const r = this.revokeWith(
@@ -177,11 +183,12 @@ export class Revocations {
         now,
         () => derived.get(id) ?? [],
         () => seen.get(id) ?? [],
+        keepIfFull,
       );
-      if (r.changed) changed++;
+      if (r.changed) revoked.push(id);
       ended.push(...r.ended);
     }
-    return { changed, ended };
+    return { changed: revoked.length, ended, revoked };
   }
 
   /** The derived tokens seen this run that descend from `id`, with the ids each descends from. */

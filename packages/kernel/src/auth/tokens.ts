@@ -174,6 +174,11 @@ export class TokenService {
     return this.revoked.revoke(id, by, this.clock(), true, true);
   }
 
+  /** {@link revokeAll} by the kernel itself, as {@link revokeNow}: in force at once even when the store has no room for it. */
+  revokeAllNow(ids: readonly string[], by: string): { changed: number; ended: string[]; revoked: string[] } {
+    return this.revoked.revokeAll(ids, by, this.clock(), true);
+  }
+
   /** Stores the revocations a full disk kept back (the housekeeping tick). */
   storeKept(): void {
     this.revoked.storeKept();
@@ -185,7 +190,7 @@ export class TokenService {
   }
 
   /** Revokes each of `ids`, as {@link revoke} one by one would, in one pass over the store. */
-  revokeAll(ids: readonly string[], by: string): { changed: number; ended: string[] } {
+  revokeAll(ids: readonly string[], by: string): { changed: number; ended: string[]; revoked: string[] } {
     return this.revoked.revokeAll(ids, by, this.clock());
   }
 

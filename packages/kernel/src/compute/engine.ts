@@ -626,7 +626,7 @@ export class ComputeEngine {
   private emitDone(op: OpRecord): void {
     const data: Record<string, CborValue> = { op: `op://${op.id}`, state: op.state };
     if (op.errorClass) data.errorClass = op.errorClass;
-    emitKernelEvent(this.events, "ops", op.persona, op.id, data);
+    emitKernelEvent(this.events, "ops", op.persona, op.id, data, op.createdAt);
   }
 
   /** Kernel stop: running commands are killed, workers terminated, and unfinished ops recorded FAILED/INTERNAL. */

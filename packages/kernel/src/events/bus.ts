@@ -22,6 +22,11 @@ import { patternSegments, patternStars, TopicIndex } from "./topic-index.js";
 export interface EventSink {
   readonly id: string;
   readonly persona: string;
+  /**
+   * When the registration its persona attested under was made (an agent's: its spawn): a kernel
+   * event about work begun before it is an earlier holder's of the id, never its (undefined: any).
+   */
+  readonly registeredAt?: number;
   /** Bytes queued to the peer and not yet read. */
   readonly buffered: number;
   write(frame: Uint8Array): void;
@@ -376,9 +381,10 @@ export class EventBus {
 
   /**
    * Delivers an event to every matching subscription; returns how many got it. With `owner`
-   * (a kernel event about that persona) only subscribers it is within, and the operator, get it.
+   * (a kernel event about that persona) only subscribers it is within, and the operator, get it;
+   * with `began` (when the work it is about began), only those registered no later than that.
    */
-  emit(topic: string, data: CborValue | undefined, owner?: string): number {
+  emit(topic: string, data: CborValue | undefined, owner?: string, began?: number): number {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
@@ -388,7 +394,12 @@ export class EventBus {
     for (const s of matched) {
       // Ended during this emit (a write before it dropped its session): nothing is queued to it.
       if (!this.subs.has(s.id)) continue;
-      if (owner !== undefined && s.sink.persona !== this.operator && !personaWithin(owner, s.sink.persona)) continue;
+      if (owner !== undefined && s.sink.persona !== this.operator) {
+        if (!personaWithin(owner, s.sink.persona)) continue;
+        // A persona id removed and registered again (an agent's name spawned again): the end of
+        // work the earlier holder began, killed at its removal, comes after; it is not the new holder's.
+        if (began !== undefined && s.sink.registeredAt !== undefined && s.sink.registeredAt > began) continue;
+      }
       const lapsed = this.lapsedOf(s);
       if (lapsed !== undefined) {
         this.lapse(s, lapsed);

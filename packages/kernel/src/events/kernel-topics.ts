@@ -14,7 +14,18 @@ export function kernelTopic(kind: KernelEventKind, persona: string, id: string):
   return `topic://kernel/personas/${persona}/${kind}/${id}`;
 }
 
-/** Emits a kernel event about `persona`'s op or agent; returns how many subscriptions got it. */
-export function emitKernelEvent(bus: EventBus, kind: KernelEventKind, persona: string, id: string, data: CborValue): number {
-  return bus.emit(kernelTopic(kind, persona, id), data, persona);
+/**
+ * Emits a kernel event about `persona`'s op or agent, which began at `began` (an op's submission,
+ * an agent's start): a persona registered under that id since is another holder and does not get
+ * it (EventBus.emit). Returns how many subscriptions got it.
+ */
+export function emitKernelEvent(
+  bus: EventBus,
+  kind: KernelEventKind,
+  persona: string,
+  id: string,
+  data: CborValue,
+  began: number,
+): number {
+  return bus.emit(kernelTopic(kind, persona, id), data, persona, began);
 }

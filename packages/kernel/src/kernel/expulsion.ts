@@ -62,7 +62,9 @@ export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "se
   for (const s of x.sessions()) {
     if (s.state !== "ready" && s.state !== "closing") continue;
     const rec = x.keyGone?.(s.persona) ? undefined : x.registry.getPersona(s.persona);
-    if (rec && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
+    // The registration it attested under: one made since, even with the same key, is another's.
+    const same = s.registeredAt === undefined || s.registeredAt === rec?.createdAt;
+    if (rec && same && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
     s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
     ended++;
   }

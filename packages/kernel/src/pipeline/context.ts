@@ -51,6 +51,11 @@ export interface SessionView {
    * in flight commits no effect after it, whatever token authorized it.
    */
   readonly identityLost?: string;
+  /**
+   * Why the registration the session attested under no longer stands, asked of the registry now
+   * (a change the kernel has not taken in yet: the CLI beside it, before its tick), or undefined.
+   */
+  registrationLost?(): string | undefined;
 }
 
 /** Why a request is not run: its class and message (the answer), and the record's message when it says more. */

@@ -123,11 +123,14 @@ export function payloadBytes(v: CborValue): number {
 
 /**
  * CAPABILITY when the grant that authorized the request was revoked or expired since the decision;
- * AUTH when the session's persona was removed (or re-keyed) meanwhile, which need not revoke that
- * grant (a parent's token its sub-persona uses). `when`: what that stopped.
+ * AUTH when the session's persona was removed (or re-keyed, or registered again) meanwhile, which
+ * need not revoke that grant (a parent's token its sub-persona uses) — the registry asked now, so
+ * a change the kernel takes in only at its next tick (the CLI beside it) stops the earlier
+ * holder's effects at once: work it began then would be taken for the new holder's. `when`: what
+ * that stopped.
  */
 function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
-  const lost = ctx.session.identityLost;
+  const lost = ctx.session.identityLost ?? ctx.session.registrationLost?.();
   if (lost !== undefined) throw new OpError("AUTH", `${lost} ${when}`);
   const grant = ctx.decision?.grant;
   const why = grant && lapsed(grant, "request");

@@ -59,6 +59,8 @@ export function attestationFailure(
   hello: { body: Hello; bytes: Uint8Array },
   challenge: Uint8Array,
   signature: Uint8Array,
+  /** Told when the registration attested under was made (a success only). */
+  registeredAt?: (createdAt: number) => void,
 ): string | undefined {
   const key = keys.lookup(hello.body.persona);
   if (key === undefined) return "persona is not registered";
@@ -66,6 +68,7 @@ export function attestationFailure(
   if (!verifyBytes(key.key, attestationTranscript(hello.bytes, challenge), signature)) {
     return "signature does not verify over this session's transcript";
   }
+  registeredAt?.(key.createdAt);
   return undefined;
 }
 

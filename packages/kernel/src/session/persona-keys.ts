@@ -17,7 +17,7 @@ export class PersonaKeys {
     private readonly gone: (persona: string) => boolean = () => false,
   ) {}
 
-  lookup(persona: string): { raw: Uint8Array; key: KeyObject } | undefined {
+  lookup(persona: string): { raw: Uint8Array; key: KeyObject; createdAt: number } | undefined {
     if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;
@@ -28,6 +28,6 @@ export class PersonaKeys {
       if (this.cache.size > CACHE_ENTRIES.personaKeys) this.cache.clear();
       this.cache.set(hex, key);
     }
-    return { raw: rec.publicKey, key };
+    return { raw: rec.publicKey, key, createdAt: rec.createdAt };
   }
 }

@@ -50,6 +50,8 @@ export class Session implements SessionView, EventSink {
   maxBody: number;
   /** The public key the persona attested with (a re-registration under another key ends the session). */
   attestedKey: Buffer | undefined;
+  /** EventSink: when the registration it attested under was made (kernel events about an earlier holder's work are not its). */
+  registeredAt: number | undefined;
   inFlight = 0;
   /** Set when the kernel ends the session because its persona lost the right to attest ({@link expel}). */
   identityLost: string | undefined;
@@ -274,7 +276,10 @@ export class Session implements SessionView, EventSink {
   private onAttest(signature: Uint8Array, tokens: Uint8Array[], measurements: CborMap | undefined): void {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
-    const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature);
+    let registeredAt: number | undefined;
+    const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature, (at) => {
+      registeredAt = at;
+    });
     if (reason !== undefined) {
       // One message on the wire for every cause: the detail goes to the audit log only.
       this.fail("AUTH", "ATTESTATION_FAILED", "attestation failed", persona, { detail: reason });
@@ -294,6 +299,7 @@ export class Session implements SessionView, EventSink {
     if (refused !== undefined) return this.fail("RESOURCE", refused.code, refused.message, persona, { verified: true });
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
+    this.registeredAt = registeredAt;
     this.state = "ready";
     this.reader.setMaxBody(this.maxBody);
     this.hello = undefined;
@@ -519,6 +525,19 @@ export class Session implements SessionView, EventSink {
     // Its requests still in flight must not commit for a persona that is gone (pipeline/execute.ts).
     if (cls === "AUTH") this.identityLost = message;
     this.fail(cls, code, message, this.persona || undefined);
+  }
+
+  /**
+   * Why the registration this session attested under no longer stands (removed, re-keyed, or
+   * registered again: another holder of the id), asked of the registry now, or undefined. The
+   * kernel takes in the CLI's changes at its next tick; until then an effect of this session's
+   * would be begun as the id's new holder's (case 519 judges work by when it began).
+   */
+  registrationLost(): string | undefined {
+    if (this.registeredAt === undefined) return undefined;
+    const key = this.host.personaKeys.lookup(this.persona);
+    if (key && key.createdAt === this.registeredAt && this.attestedKey?.equals(key.raw)) return undefined;
+    return `persona ${this.persona} was removed from the registry or registered again since this session attested`;
   }
 
   /** Shed by the pre-authentication budget to make room for a newer handshake. */

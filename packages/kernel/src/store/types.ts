@@ -328,6 +328,11 @@ export interface TokenStore {
    * under it — or by it, in minting order: what removing the tree revokes.
    */
   unrevokedTokensOfTree(tree: string): string[];
+  /**
+   * The ids of unexpired, unrevoked tokens minted or refreshed for an id in `tree` (its subject's,
+   * not its minter's), in minting order; with no `tree`, for any id in the agent namespace.
+   */
+  liveTokensFor(tree: string | undefined, now: number): string[];
   /** The ids of the kernel-minted root tokens of `sub` unexpired at `now` and unrevoked, in minting order. */
   liveRootTokens(sub: string, now: number): string[];
   /**

@@ -71,6 +71,16 @@ export function TokenRows<B extends StoreBase>(Base: B): WithRows<B, TokenStore>
       // An id past the bound is no token's (ids are 32 hex): left out.
       return rows.map((r) => r.id as string | null).filter((id): id is string => id !== null);
     }
+    liveTokensFor(tree: string | undefined, now: number): string[] {
+      // A tree is one index range (tokens_sub); the agent namespace (a segment beginning "agent.",
+      // GLOB being case-sensitive as the namespace is) is a scan, made once at a start.
+      const where = tree === undefined ? "(t.sub GLOB 'agent.*' OR t.sub GLOB '*/agent.*')" : inTreeSql("t.sub");
+      const rows = this.prep(
+        `SELECT ${boundedCell("t.id", ID_BYTES, "NULL", "id")} FROM tokens t WHERE ${where} AND t.exp > ? ` +
+          "AND NOT EXISTS (SELECT 1 FROM revocations v WHERE v.id = t.id) ORDER BY t.rowid",
+      ).all(...(tree === undefined ? [] : treeArgs(tree)), now) as Row[];
+      return rows.map((r) => r.id as string | null).filter((id): id is string => id !== null);
+    }
     liveRootTokens(sub: string, now: number): string[] {
       const rows = this.prep(
         `SELECT ${boundedCell("t.id", ID_BYTES, "NULL", "id")} FROM tokens t WHERE t.minted_by = 'kernel' AND t.sub = ? AND t.exp > ? ` +
