@@ -225,6 +225,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
     store.onRegistryChange((id) => roots.changed(id));
     events.useRoots(roots);
+    // The room for records kept while the disk is full is shared by tree (StorageSpace.keep).
+    home.space.useRoots(roots);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
     const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
