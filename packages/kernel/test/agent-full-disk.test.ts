@@ -27,8 +27,11 @@ function refuseRoom<K extends keyof Services["store"]>(store: Services["store"],
 }
 
 /** A kernel, and eve (who may spawn agents) connected to it, for `f`; stopped and removed after. */
-async function withEve(f: (t: TestKernel, c: KernelClient, s: Services) => Promise<void>): Promise<void> {
-  const t = await startKernel();
+async function withEve(
+  f: (t: TestKernel, c: KernelClient, s: Services) => Promise<void>,
+  opts: Parameters<typeof startKernel>[0] = {},
+): Promise<void> {
+  const t = await startKernel(opts);
   try {
     const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
     const c = await t.connect(p.identity, [p.token]);
@@ -152,5 +155,40 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       assert.equal(again, "AUTH", "no new session attests with its key");
       room.full = false;
     });
+  });
+
+  it("agents that end one after another while the store has no room hold their output within the tree's share: past it an end is kept without it, saying so", {
+    skip: sandboxSkip,
+  }, async () => {
+    // 1 MiB a tree, 4 MiB in all.
+    await withEve(
+      async (_t, c, s) => {
+        const room = refuseRoom(s.store, "updateAgent", true);
+        // Each agent's small rows fit (its spawn's), its end, carrying its output, does not.
+        for (let i = 0; i < 5; i++) {
+          await c.agents.spawn("sh", `w${i}`, { args: ["-c", "head -c 400000 /dev/zero"], rights: [], lifetimeMs: 60_000 });
+          await until(async () => (await c.agents.status(`agent://sh/w${i}`)).state === "exited", 30_000, `w${i}'s end`);
+        }
+        assert.equal(s.agents.keptCount, 5, "every end is kept");
+        const outs = [];
+        for (let i = 0; i < 5; i++) outs.push(await c.agents.logs(`agent://sh/w${i}`));
+        assert.deepEqual(
+          outs.map((o) => o.stdout.byteLength),
+          [400_000, 400_000, 0, 0, 0],
+          "the tree's share holds two ends' output, no more",
+        );
+        for (const o of outs.slice(2))
+          assert.match(
+            Buffer.from(o.stderr).toString(),
+            /the agent's output \(400000 bytes\) was not kept: the kernel's storage was full/,
+          );
+        room.full = false;
+        s.agents.storeKept();
+        assert.equal(s.agents.keptCount, 0);
+        assert.equal(s.store.getAgent("eve/sh/w4")?.stdout?.byteLength, 0, "stored as it was kept");
+        assert.match(Buffer.from(s.store.getAgent("eve/sh/w4")?.stderr ?? []).toString(), /was not kept/);
+      },
+      { maxKeptOutputBytes: 4 << 20 },
+    );
   });
 });

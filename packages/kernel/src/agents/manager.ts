@@ -14,7 +14,7 @@ import type { KernelAct } from "../audit/kernel-records.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { isStorageFull, KeptWrites } from "../kernel/storage-space.js";
+import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
@@ -62,6 +62,8 @@ export interface AgentOptions {
   onForgotten?(persona: string): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
+  /** What the output of agents that ended while the storage was full may hold in memory (shared with ops' results). */
+  keptBytes?: KeptBytes;
 }
 
 export interface SpawnRequest {
@@ -241,8 +243,21 @@ export class AgentManager {
     }
   }
 
+  /** The budget of kept output when none is shared (a manager built alone: unit tests). */
+  private readonly ownKeptBytes = new KeptBytes(DEFAULT_KEPT_BYTES);
+
   /** Agent row changes a full disk refused (an agent's end): stored once there is room ({@link storeKept}). */
-  private readonly keptRows = new KeptWrites<Partial<AgentRecord>>((e) => this.opts.storageFull?.(e));
+  private readonly keptRows = new KeptWrites<Partial<AgentRecord>>((e) => this.opts.storageFull?.(e), {
+    // Read at each write (opts are set by the constructor, after this field's initializer).
+    budget: () => this.opts.keptBytes ?? this.ownKeptBytes,
+    bytes: (v) => (v.stdout?.byteLength ?? 0) + (v.stderr?.byteLength ?? 0),
+    // Past its tree's share the end is kept without its output, its stderr saying why.
+    without: (v, n) => ({
+      ...v,
+      stdout: new Uint8Array(0),
+      stderr: Buffer.from(`[kpip] ${notKeptMessage("the agent's output", n)}\n`),
+    }),
+  });
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
@@ -464,7 +479,15 @@ export class AgentManager {
         this.log.error({ err: e, agent: id }, what);
       }
     };
-    step("cannot record agent exit", () => this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v)));
+    step("cannot record agent exit", () =>
+      this.keptRows.write(
+        id,
+        f,
+        (v) => this.store.updateAgent(id, v),
+        undefined,
+        (this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner),
+      ),
+    );
     step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",

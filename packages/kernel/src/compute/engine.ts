@@ -5,7 +5,7 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { KeptWrites } from "../kernel/storage-space.js";
+import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -24,6 +24,8 @@ export interface TaskRegistration {
 }
 
 export interface ComputeOptions {
+  /** What the results of ops that ended while the storage was full may hold in memory (shared with agents' output). */
+  keptBytes?: KeptBytes;
   /** Worker threads for task functions. */
   workers: number;
   /** How long finished ops and their results are kept. */
@@ -125,9 +127,10 @@ export class ComputeEngine {
   private stopped = false;
   /**
    * Op row changes a full disk refused (an op started or ended meanwhile): what the op's persona
-   * reads ({@link current}), and stored once there is room ({@link storeKept}). Never more
-   * entries than ops in progress: without it, an op that ended on a full disk read "running" for
-   * good, and one that started then crashed the kernel from its predecessor's exit handler.
+   * reads ({@link current}), and stored once there is room ({@link storeKept}): without it, an
+   * op that ended on a full disk read "running" for good, and one that started then crashed the
+   * kernel from its predecessor's exit handler. Ends are not bounded by what is in progress:
+   * their results are held within the tree's share of `keptBytes`.
    */
   private readonly kept: KeptWrites<Partial<OpRecord>>;
 
@@ -139,7 +142,17 @@ export class ComputeEngine {
     private readonly host: CommandHost,
   ) {
     this.roots = opts.roots ?? FIRST_SEGMENT;
-    this.kept = new KeptWrites((e) => this.host.storageFull?.(e));
+    // An ended op's result, kept for room, is held within its tree's share of keptBytes: past it,
+    // the end is kept without it, saying so (ends are not bounded by what is in progress).
+    const budget = opts.keptBytes ?? new KeptBytes(DEFAULT_KEPT_BYTES);
+    this.kept = new KeptWrites((e) => this.host.storageFull?.(e), {
+      budget: () => budget,
+      bytes: (v) => v.result?.byteLength ?? 0,
+      without: (v, n) => {
+        const why = notKeptMessage("its result", n);
+        return { ...v, result: null, message: v.message ? `${v.message}; ${why}` : why };
+      },
+    });
   }
 
   /** The top of a persona's tree (the registry's; by first segment when none was given). */
@@ -390,6 +403,7 @@ export class ComputeEngine {
         f,
         (v) => this.store.updateOp(op.id, v),
         (kept, next) => ({ ...kept, ...next }),
+        this.roots.of(op.persona),
       );
     } catch (e) {
       this.log.error({ err: e, op: op.id }, what);

@@ -69,36 +69,104 @@ export class RepeatedFailureLog {
 }
 
 /**
+ * The memory the bulky part of kept writes (ended ops' results, ended agents' output) may hold
+ * while the storage is full: `max` in all and `perTree` per persona tree. Each kept end held up
+ * to 2 × maxOutputBytes, and ends are not bounded by what is in progress: a persona whose small
+ * rows still fit (a spawn, a submit) ended one command or agent after another, each kept with
+ * its output, until the kernel's heap was gone.
+ */
+export class KeptBytes {
+  private total = 0;
+  private readonly byTree = new Map<string, number>();
+
+  constructor(
+    readonly max: number,
+    readonly perTree = Math.floor(max / 4),
+  ) {}
+
+  /** Takes `n` bytes for `tree` when both its share and the total have room; else false, nothing taken. */
+  take(tree: string, n: number): boolean {
+    const t = this.byTree.get(tree) ?? 0;
+    if (this.total + n > this.max || t + n > this.perTree) return false;
+    this.total += n;
+    this.byTree.set(tree, t + n);
+    return true;
+  }
+
+  release(tree: string, n: number): void {
+    this.total -= n;
+    const t = (this.byTree.get(tree) ?? 0) - n;
+    if (t > 0) this.byTree.set(tree, t);
+    else this.byTree.delete(tree);
+  }
+
+  /** Bytes held now. */
+  get bytes(): number {
+    return this.total;
+  }
+}
+
+/** The default of the `maxKeptOutputBytes` setting (components built without one: unit tests). */
+export const DEFAULT_KEPT_BYTES = 64 * 1024 * 1024;
+
+/** How a {@link KeptWrites} counts the bulky part of what it keeps, and keeps a value without it past its {@link KeptBytes}. */
+export interface KeptBulk<V> {
+  budget(): KeptBytes;
+  /** The bulky part's bytes in `v` (0: nothing to count). */
+  bytes(v: V): number;
+  /** `v` without its bulky part (`bytes` of it), saying so. */
+  without(v: V, bytes: number): V;
+}
+
+/**
  * Writes a full disk refused, kept in force in memory and written once there is room: one per
  * key (an op's row change, an agent's end, a revocation), a later change to the same key merged
  * over the kept one. Callers read what is kept over the store ({@link get}), and the housekeeping
- * tick calls {@link flush}. Bounded by what can be in progress (ops, agents), not by the disk.
+ * tick calls {@link flush}. With `bulk`, the bulky part of what is kept (results, output) is held
+ * only within its budget, per persona tree: past it a value is kept without it.
  */
 export class KeptWrites<V> {
   private readonly kept = new Map<string, V>();
+  /** The bytes each kept value holds of `bulk`'s budget, and for which tree. */
+  private readonly charged = new Map<string, { tree: string; n: number }>();
 
   constructor(
     /** A write refused room: the condition is noted and logged there (StorageSpace.failed). */
     private readonly onFull?: (e: unknown) => void,
+    private readonly bulk?: KeptBulk<V>,
   ) {}
 
   /**
    * Writes `value` (merged over what is kept under `key`, if anything); refused room, keeps it
-   * and answers false. Any other failure is thrown, nothing kept.
+   * (counted to `tree`'s share of the bulk budget) and answers false. Any other failure is
+   * thrown, nothing kept.
    */
-  write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next): boolean {
+  write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next, tree = "-"): boolean {
     const before = this.kept.get(key);
-    const v = before === undefined ? value : merge(before, value);
+    let v = before === undefined ? value : merge(before, value);
     try {
       write(v);
     } catch (e) {
       if (!isStorageFull(e)) throw e;
+      this.release(key);
+      const n = this.bulk?.bytes(v) ?? 0;
+      if (this.bulk && n > 0) {
+        if (this.bulk.budget().take(tree, n)) this.charged.set(key, { tree, n });
+        else v = this.bulk.without(v, n);
+      }
       this.kept.set(key, v);
       this.onFull?.(e);
       return false;
     }
-    this.kept.delete(key);
+    this.delete(key);
     return true;
+  }
+
+  private release(key: string): void {
+    const c = this.charged.get(key);
+    if (!c) return;
+    this.charged.delete(key);
+    this.bulk?.budget().release(c.tree, c.n);
   }
 
   /**
@@ -113,7 +181,7 @@ export class KeptWrites<V> {
         if (isStorageFull(e)) return;
         failed(e, key);
       }
-      this.kept.delete(key);
+      this.delete(key);
     }
   }
 
@@ -123,6 +191,7 @@ export class KeptWrites<V> {
 
   delete(key: string): void {
     this.kept.delete(key);
+    this.release(key);
   }
 
   keys(): IterableIterator<string> {
@@ -132,6 +201,11 @@ export class KeptWrites<V> {
   get size(): number {
     return this.kept.size;
   }
+}
+
+/** What an end kept without its output or result says (the budget of {@link KeptBytes} was spent). */
+export function notKeptMessage(what: string, bytes: number): string {
+  return `${what} (${bytes} bytes) was not kept: the kernel's storage was full when it ended, and the output it holds for ends waiting for room was spent`;
 }
 
 /**
