@@ -191,4 +191,35 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       { maxKeptOutputBytes: 4 << 20 },
     );
   });
+
+  it("an ended agent's end is not stored before its revocation a full disk kept: a kernel that stops or dies before there is room leaves it running, and the next start revokes its token", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    let again: TestKernel | undefined;
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: Services }).services;
+      // The revocation's row is refused room; the agent's end (no output) still fits.
+      refuseRoom(s.store, "revokeToken", true);
+      const a = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the agent's end");
+      assert.ok(!s.store.revokedTokenIds().includes(a.token), "its revocation is in force in memory only");
+      // What a kill leaves now: the store must not say the agent ended while its token is not revoked there.
+      assert.equal(s.store.getAgent("eve/sh/w1", false)?.state, "running", "its end waits for its revocation");
+      // Still no room at the stop: neither is stored.
+      await t.stop();
+      again = await startKernel({}, t.home);
+      const s2 = (again.k as unknown as { services: Services }).services;
+      assert.ok(s2.store.revokedTokenIds().includes(a.token), "the next start revokes the ended agent's token");
+      assert.equal(s2.store.getAgent("eve/sh/w1", false)?.state, "lost");
+    } finally {
+      await again?.stop();
+      await t.stop().catch(() => {});
+      removeHome(t.home);
+    }
+  });
 });

@@ -224,6 +224,8 @@ export class AgentManager {
 
   /** What a full disk kept back of agents' ends (rows, keys), stored now if there is room (the housekeeping tick). */
   storeKept(): void {
+    // An agent's end waits for its token's revocation (exited): the caller stores revocations first.
+    if (this.tokens.unstoredCount > 0) return;
     this.keptRows.flush(
       (id, f) => this.store.updateAgent(id, f),
       (e, id) => this.log.error({ err: e, agent: id }, "cannot record agent exit"),
@@ -267,7 +269,11 @@ export class AgentManager {
   /** The kernel revokes an agent's token, on the record with every token the revocation ended. */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
     // In force now, even when a full disk refuses its row (stored once there is room).
-    const r = this.tokens.revokeNow(tokenId, "kernel");
+    this.revoked(this.tokens.revokeNow(tokenId, "kernel"), tokenId, persona, reason);
+  }
+
+  /** A revocation of an agent's token the kernel made (`r`): on the record, and its fan-out. */
+  private revoked(r: ReturnType<TokenService["revokeNow"]>, tokenId: string, persona: string, reason: string): void {
     const noted = (seq: number) => {
       if (r.changed) this.tokens.noteRevokeRecord(tokenId, seq);
     };
@@ -479,15 +485,19 @@ export class AgentManager {
         this.log.error({ err: e, agent: id }, what);
       }
     };
-    step("cannot record agent exit", () =>
-      this.keptRows.write(
-        id,
-        f,
-        (v) => this.store.updateAgent(id, v),
-        undefined,
-        (this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner),
-      ),
-    );
+    // The agent's authority ends with it: its token is revoked first, in force at once.
+    let revocation: ReturnType<TokenService["revokeNow"]> | undefined;
+    step("cannot revoke an ended agent's token", () => {
+      revocation = this.tokens.revokeNow(rec.tokenId, "kernel");
+    });
+    const tree = (this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner);
+    step("cannot record agent exit", () => {
+      // Its end is stored only once its revocation is: a kill in between must leave the row
+      // "running", so that the next start (which revokes the tokens of agents it finds running)
+      // does not find an ended agent whose revocation was in memory only — its token valid again.
+      if (this.tokens.revocationUnstored(rec.tokenId)) this.keptRows.hold(id, f, undefined, tree);
+      else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v), undefined, tree);
+    });
     step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",
@@ -504,8 +514,10 @@ export class AgentManager {
         },
       });
     });
-    // The agent's authority ends with it.
-    step("cannot revoke an ended agent's token", () => this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`));
+    step("cannot revoke an ended agent's token", () => {
+      if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+    });
     step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree

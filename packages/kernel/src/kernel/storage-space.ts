@@ -143,23 +143,37 @@ export class KeptWrites<V> {
    */
   write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next, tree = "-"): boolean {
     const before = this.kept.get(key);
-    let v = before === undefined ? value : merge(before, value);
+    const v = before === undefined ? value : merge(before, value);
     try {
       write(v);
     } catch (e) {
       if (!isStorageFull(e)) throw e;
-      this.release(key);
-      const n = this.bulk?.bytes(v) ?? 0;
-      if (this.bulk && n > 0) {
-        if (this.bulk.budget().take(tree, n)) this.charged.set(key, { tree, n });
-        else v = this.bulk.without(v, n);
-      }
-      this.kept.set(key, v);
+      this.keep(key, v, tree);
       this.onFull?.(e);
       return false;
     }
     this.delete(key);
     return true;
+  }
+
+  /**
+   * Keeps `value` (merged over what is kept under `key`) without trying to write it: a write that
+   * must wait for another to be stored first (an agent's end for its token's revocation).
+   */
+  hold(key: string, value: V, merge: (kept: V, next: V) => V = (_, next) => next, tree = "-"): void {
+    const before = this.kept.get(key);
+    this.keep(key, before === undefined ? value : merge(before, value), tree);
+  }
+
+  private keep(key: string, value: V, tree: string): void {
+    let v = value;
+    this.release(key);
+    const n = this.bulk?.bytes(v) ?? 0;
+    if (this.bulk && n > 0) {
+      if (this.bulk.budget().take(tree, n)) this.charged.set(key, { tree, n });
+      else v = this.bulk.without(v, n);
+    }
+    this.kept.set(key, v);
   }
 
   private release(key: string): void {
