@@ -222,4 +222,26 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       removeHome(t.home);
     }
   });
+
+  it("a later agent of an ended one's name is not spawned while the earlier one's revocation waits for room: its row would replace the only one naming the earlier token", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withEve(async (_t, c, s) => {
+      const room = refuseRoom(s.store, "revokeToken", true);
+      const first = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the first w1's end");
+      await assert.rejects(
+        c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 }),
+        klass("RESOURCE", "storage is full"),
+      );
+      assert.equal(s.store.getAgent("eve/sh/w1", false)?.tokenId, first.token, "the earlier agent's row stays");
+      // Room again: the spawn stores the earlier revocation first, then goes on.
+      room.full = false;
+      await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 });
+      assert.ok(s.store.revokedTokenIds().includes(first.token), "the earlier token's revocation is stored");
+      await c.call("agent.kill", "agent://sh/w1", {});
+    });
+  });
 });

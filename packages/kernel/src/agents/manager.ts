@@ -314,6 +314,17 @@ export class AgentManager {
       );
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
+    // An earlier agent of this id whose token's revocation waits for room: its row, which this
+    // spawn's replaces, is the only one naming that token for the next start to revoke after a kill.
+    const earlier = this.store.getAgent(id, false)?.tokenId;
+    if (earlier !== undefined && this.tokens.revocationUnstored(earlier)) {
+      this.tokens.storeKept();
+      if (this.tokens.revocationUnstored(earlier))
+        throw new OpError(
+          "RESOURCE",
+          `the kernel's storage is full: the revocation of an earlier ${uri}'s token cannot be stored yet; retry once space is freed`,
+        );
+    }
     const identity = generateIdentity(persona);
     // Only ever a key in the agent namespace: a stale one (a crash, or an end whose removal a full
     // disk kept back: storeKept) is replaced, on the record — and disowned before the new token is
