@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -243,5 +244,40 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       assert.ok(s.store.revokedTokenIds().includes(first.token), "the earlier token's revocation is stored");
       await c.call("agent.kill", "agent://sh/w1", {});
     });
+  });
+
+  it("an agent a start finds running, whose revocation that start cannot store, is not stored lost before it: the start after revokes its token", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    // What a kill leaves: an agent recorded running, its token not revoked.
+    const db = new Database(join(home, "kernel.db"));
+    db.prepare(
+      "INSERT INTO agents (id, persona, spawner, command, args, pid, state, started_at, deadline, token_id, cwd, proc_id) " +
+        "VALUES ('admin/tool/1', 'admin/agent.1', 'admin', 'tool', '[]', NULL, 'running', 1, 9999999999999, 't1', '/tmp', NULL)",
+    ).run();
+    db.close();
+    // The next start finds no room for revocations (the disk is still full).
+    const revokeToken = SqliteStore.prototype.revokeToken;
+    SqliteStore.prototype.revokeToken = () => {
+      throw noRoom();
+    };
+    let again: TestKernel | undefined;
+    try {
+      const t = await startKernel({}, home);
+      const s = (t.k as unknown as { services: Services }).services;
+      assert.ok(!s.store.revokedTokenIds().includes("t1"), "its revocation in force in memory only");
+      assert.equal(s.store.getAgent("admin/tool/1", false)?.state, "running", "its end waits for its revocation");
+      await t.stop();
+      SqliteStore.prototype.revokeToken = revokeToken;
+      again = await startKernel({}, home);
+      const s2 = (again.k as unknown as { services: Services }).services;
+      assert.ok(s2.store.revokedTokenIds().includes("t1"), "the next start revokes its token");
+      assert.equal(s2.store.getAgent("admin/tool/1", false)?.state, "lost");
+    } finally {
+      SqliteStore.prototype.revokeToken = revokeToken;
+      await again?.stop();
+      removeHome(home);
+    }
   });
 });

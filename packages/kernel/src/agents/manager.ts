@@ -159,7 +159,13 @@ export class AgentManager {
       } else if (a.pid && a.procId === null) {
         this.log.warn({ agent: a.id, pid: a.pid }, "agent recorded without a process identity: its pid is not signalled");
       }
-      this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
+      // Its token first, and its end stored no earlier than that revocation (as at an agent's
+      // end): a start on a full disk killed before there is room must leave it running for the next.
+      const revocation = this.tokens.revokeNow(a.tokenId, "kernel");
+      const end: Partial<AgentRecord> = { state: "lost", endedAt: Date.now() };
+      const tree = (this.opts.roots ?? FIRST_SEGMENT).of(a.spawner);
+      if (this.tokens.revocationUnstored(a.tokenId)) this.keptRows.hold(a.id, end, undefined, tree);
+      else this.keptRows.write(a.id, end, (v) => this.store.updateAgent(a.id, v), undefined, tree);
       this.opts.record({
         op: "agent.exited",
         target: agentUri(a.id),
@@ -167,7 +173,7 @@ export class AgentManager {
         message: `${agentUri(a.id)} was lost with the previous kernel`,
         detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
       });
-      this.revokeFor(a.tokenId, a.persona, "the agent was lost with the previous kernel");
+      this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
     // No agent outlives its kernel, so no key in the agent namespace may either: one is left when
