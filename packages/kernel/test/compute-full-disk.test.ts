@@ -155,4 +155,63 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       rmSync(home, { recursive: true, force: true });
     }
   });
+
+  it("ops that end while the store has no room count as results not yet read: a tree cannot have the kernel keep its ends in memory without bound", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
+    const store = new SqliteStore(join(home, "kernel.db"));
+    let full = false;
+    const updateOp = store.updateOp.bind(store);
+    store.updateOp = (id, f) => {
+      if (full) throw noRoom();
+      updateOp(id, f);
+    };
+    const host = { sandbox: {}, processes: {}, hold: () => () => {}, storageFull: () => {} } as unknown as CommandHost;
+    const engine = new ComputeEngine(
+      store,
+      new EventBus(DEFAULT_EVENT_LIMITS),
+      {
+        workers: 1,
+        resultTtlMs: 60_000,
+        maxFinishedPerPersona: 5,
+        resultGraceMs: 60_000,
+        maxOutputBytes: 1024,
+        maxRuntimeMs: 60_000,
+        maxPendingPerPersona: 5,
+        maxPending: 20,
+        maxTaskInputBytes: 1024,
+        maxQueuedTaskInputBytes: 4096,
+      },
+      pino({ level: "silent" }),
+      host,
+    );
+    engine.registerTask("square", { module: TASKS, export: "square" });
+    const read = (id: string) => engine.current(store.getOp(id) as NonNullable<ReturnType<typeof store.getOp>>);
+    try {
+      full = true;
+      // One op at a time, each ended before the next (a submit's row still fits, an end's does not).
+      for (let i = 0; i < 5; i++) {
+        const op = engine.submit("mallory", "s1", "task", "square", i, undefined);
+        await until(() => read(op.id).state === "succeeded", 30_000, `op ${i}'s end`);
+      }
+      assert.equal(engine.keptCount, 5, "each end kept for room");
+      assert.throws(
+        () => engine.submit("mallory", "s1", "task", "square", 9, undefined),
+        (e: Error & { errorClass?: string }) =>
+          e.errorClass === "RESOURCE" &&
+          /5 op results not yet read .*5 of them ended while the kernel's storage was full/.test(e.message),
+      );
+      // Another tree is not held back by mallory's.
+      const other = engine.submit("alice", "s2", "task", "square", 3, undefined);
+      await until(() => read(other.id).state === "succeeded", 30_000, "alice's op's end");
+      // Stored: counted as the store counts them (unread within their grace) — the same bound.
+      full = false;
+      engine.storeKept();
+      assert.equal(engine.keptCount, 0);
+      assert.throws(() => engine.submit("mallory", "s1", "task", "square", 9, undefined), /5 op results not yet read/);
+    } finally {
+      await engine.stop();
+      store.close();
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
 });

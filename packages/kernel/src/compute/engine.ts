@@ -254,11 +254,13 @@ export class ComputeEngine {
     // Each op may finish with a result its poller has yet to read, which no trim takes within its
     // grace: such results and the ops that may yet make one stay below the tree's bound.
     const max = this.opts.maxFinishedPerPersona;
-    const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs);
+    let kept = 0;
+    for (const r of this.keptEnds.values()) if (r === root) kept++;
+    const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs) + kept;
     if (mine + unread >= max)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} has ${unread} op results not yet read (op.result) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
+        `${treeName(root, persona)} has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
       );
   }
 
@@ -395,10 +397,13 @@ export class ComputeEngine {
     return undefined;
   }
 
-  /** Updates an op's row; a change refused room is kept for later ({@link kept}), any other failure logged as `what`. */
-  private save(op: OpRecord, f: Partial<OpRecord>, what: string): void {
+  /**
+   * Updates an op's row; a change refused room is kept for later ({@link kept}: answers true),
+   * any other failure logged as `what`.
+   */
+  private save(op: OpRecord, f: Partial<OpRecord>, what: string): boolean {
     try {
-      this.kept.write(
+      return !this.kept.write(
         op.id,
         f,
         (v) => this.store.updateOp(op.id, v),
@@ -407,6 +412,7 @@ export class ComputeEngine {
       );
     } catch (e) {
       this.log.error({ err: e, op: op.id }, what);
+      return false;
     }
   }
 
@@ -416,7 +422,15 @@ export class ComputeEngine {
       (id, f) => this.store.updateOp(id, f),
       (e, id) => this.log.error({ err: e, op: id }, "cannot record op state"),
     );
+    for (const id of this.keptEnds.keys()) if (this.kept.get(id) === undefined) this.keptEnds.delete(id);
   }
+
+  /**
+   * The ops whose end a full disk kept (their tree's root): results not yet read, as the store
+   * will count them once stored — admitPending counts them meanwhile, or a tree's ops ending one
+   * after another on a full disk were kept in memory without bound.
+   */
+  private readonly keptEnds = new Map<string, string>();
 
   /** How many op changes wait for room. */
   get keptCount(): number {
@@ -621,7 +635,7 @@ export class ComputeEngine {
       f.message = "the kernel stopped while the op was running";
     }
     Object.assign(op, f);
-    this.save(op, f, "cannot record op outcome");
+    if (this.save(op, f, "cannot record op outcome")) this.keptEnds.set(op.id, this.roots.of(op.persona));
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.
