@@ -289,6 +289,17 @@ const DECLARED = {
     default: 100,
     description: "ended agents (and their output) kept per spawner's persona tree; older ones are forgotten",
   },
+  /**
+   * Output and results of ops and agents that ended while the kernel's storage was full, held in
+   * memory until there is room to store them: in all, and a quarter of it per persona tree. An
+   * end past it is kept without them (its result null, its output a line saying why).
+   */
+  maxKeptOutputBytes: {
+    type: "int",
+    default: 64 * 1024 * 1024,
+    description:
+      "output and results of ops and agents that ended while the storage was full, held in memory until stored (a quarter per persona tree); past it an end is kept without them",
+  },
   /** Most personas one persona and its sub-personas may register through persona.register (the admin is exempt). */
   maxRegisteredPersonas: {
     type: "int",

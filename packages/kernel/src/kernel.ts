@@ -327,7 +327,7 @@ export class Kernel {
     if (s.tokens.unstoredCount > 0)
       this.log.error(
         { revocations: s.tokens.unstoredCount },
-        "revocations the kernel made could not be stored (its storage is full): they are not in force after a restart",
+        "revocations the kernel made could not be stored (its storage is full): their agents' ends are not stored either, so the next start finds them running and revokes their tokens again",
       );
     await s.sandbox.close(!this.config.sandboxScratch);
     await s.metrics.close();

@@ -3,6 +3,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
+import Database from "better-sqlite3";
 import type { AgentManager } from "../src/agents/manager.js";
 import { agentPersona } from "../src/agents/namespace.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -27,8 +28,11 @@ function refuseRoom<K extends keyof Services["store"]>(store: Services["store"],
 }
 
 /** A kernel, and eve (who may spawn agents) connected to it, for `f`; stopped and removed after. */
-async function withEve(f: (t: TestKernel, c: KernelClient, s: Services) => Promise<void>): Promise<void> {
-  const t = await startKernel();
+async function withEve(
+  f: (t: TestKernel, c: KernelClient, s: Services) => Promise<void>,
+  opts: Parameters<typeof startKernel>[0] = {},
+): Promise<void> {
+  const t = await startKernel(opts);
   try {
     const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
     const c = await t.connect(p.identity, [p.token]);
@@ -152,5 +156,128 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       assert.equal(again, "AUTH", "no new session attests with its key");
       room.full = false;
     });
+  });
+
+  it("agents that end one after another while the store has no room hold their output within the tree's share: past it an end is kept without it, saying so", {
+    skip: sandboxSkip,
+  }, async () => {
+    // 1 MiB a tree, 4 MiB in all.
+    await withEve(
+      async (_t, c, s) => {
+        const room = refuseRoom(s.store, "updateAgent", true);
+        // Each agent's small rows fit (its spawn's), its end, carrying its output, does not.
+        for (let i = 0; i < 5; i++) {
+          await c.agents.spawn("sh", `w${i}`, { args: ["-c", "head -c 400000 /dev/zero"], rights: [], lifetimeMs: 60_000 });
+          await until(async () => (await c.agents.status(`agent://sh/w${i}`)).state === "exited", 30_000, `w${i}'s end`);
+        }
+        assert.equal(s.agents.keptCount, 5, "every end is kept");
+        const outs = [];
+        for (let i = 0; i < 5; i++) outs.push(await c.agents.logs(`agent://sh/w${i}`));
+        assert.deepEqual(
+          outs.map((o) => o.stdout.byteLength),
+          [400_000, 400_000, 0, 0, 0],
+          "the tree's share holds two ends' output, no more",
+        );
+        for (const o of outs.slice(2))
+          assert.match(
+            Buffer.from(o.stderr).toString(),
+            /the agent's output \(400000 bytes\) was not kept: the kernel's storage was full/,
+          );
+        room.full = false;
+        s.agents.storeKept();
+        assert.equal(s.agents.keptCount, 0);
+        assert.equal(s.store.getAgent("eve/sh/w4")?.stdout?.byteLength, 0, "stored as it was kept");
+        assert.match(Buffer.from(s.store.getAgent("eve/sh/w4")?.stderr ?? []).toString(), /was not kept/);
+      },
+      { maxKeptOutputBytes: 4 << 20 },
+    );
+  });
+
+  it("an ended agent's end is not stored before its revocation a full disk kept: a kernel that stops or dies before there is room leaves it running, and the next start revokes its token", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    let again: TestKernel | undefined;
+    try {
+      const p = await t.persona("eve", [{ ops: ["agent.*"], targets: ["agent://**", "kernel://"] }]);
+      const c = await t.connect(p.identity, [p.token]);
+      const s = (t.k as unknown as { services: Services }).services;
+      // The revocation's row is refused room; the agent's end (no output) still fits.
+      refuseRoom(s.store, "revokeToken", true);
+      const a = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the agent's end");
+      assert.ok(!s.store.revokedTokenIds().includes(a.token), "its revocation is in force in memory only");
+      // What a kill leaves now: the store must not say the agent ended while its token is not revoked there.
+      assert.equal(s.store.getAgent("eve/sh/w1", false)?.state, "running", "its end waits for its revocation");
+      // Still no room at the stop: neither is stored.
+      await t.stop();
+      again = await startKernel({}, t.home);
+      const s2 = (again.k as unknown as { services: Services }).services;
+      assert.ok(s2.store.revokedTokenIds().includes(a.token), "the next start revokes the ended agent's token");
+      assert.equal(s2.store.getAgent("eve/sh/w1", false)?.state, "lost");
+    } finally {
+      await again?.stop();
+      await t.stop().catch(() => {});
+      removeHome(t.home);
+    }
+  });
+
+  it("a later agent of an ended one's name is not spawned while the earlier one's revocation waits for room: its row would replace the only one naming the earlier token", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withEve(async (_t, c, s) => {
+      const room = refuseRoom(s.store, "revokeToken", true);
+      const first = (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 600_000 })) as {
+        token: string;
+      };
+      await until(async () => (await c.agents.status("agent://sh/w1")).state === "exited", 30_000, "the first w1's end");
+      await assert.rejects(
+        c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 }),
+        klass("RESOURCE", "storage is full"),
+      );
+      assert.equal(s.store.getAgent("eve/sh/w1", false)?.tokenId, first.token, "the earlier agent's row stays");
+      // Room again: the spawn stores the earlier revocation first, then goes on.
+      room.full = false;
+      await c.agents.spawn("sh", "w1", { args: ["-c", "sleep 600"], rights: [], lifetimeMs: 600_000 });
+      assert.ok(s.store.revokedTokenIds().includes(first.token), "the earlier token's revocation is stored");
+      await c.call("agent.kill", "agent://sh/w1", {});
+    });
+  });
+
+  it("an agent a start finds running, whose revocation that start cannot store, is not stored lost before it: the start after revokes its token", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    // What a kill leaves: an agent recorded running, its token not revoked.
+    const db = new Database(join(home, "kernel.db"));
+    db.prepare(
+      "INSERT INTO agents (id, persona, spawner, command, args, pid, state, started_at, deadline, token_id, cwd, proc_id) " +
+        "VALUES ('admin/tool/1', 'admin/agent.1', 'admin', 'tool', '[]', NULL, 'running', 1, 9999999999999, 't1', '/tmp', NULL)",
+    ).run();
+    db.close();
+    // The next start finds no room for revocations (the disk is still full).
+    const revokeToken = SqliteStore.prototype.revokeToken;
+    SqliteStore.prototype.revokeToken = () => {
+      throw noRoom();
+    };
+    let again: TestKernel | undefined;
+    try {
+      const t = await startKernel({}, home);
+      const s = (t.k as unknown as { services: Services }).services;
+      assert.ok(!s.store.revokedTokenIds().includes("t1"), "its revocation in force in memory only");
+      assert.equal(s.store.getAgent("admin/tool/1", false)?.state, "running", "its end waits for its revocation");
+      await t.stop();
+      SqliteStore.prototype.revokeToken = revokeToken;
+      again = await startKernel({}, home);
+      const s2 = (again.k as unknown as { services: Services }).services;
+      assert.ok(s2.store.revokedTokenIds().includes("t1"), "the next start revokes its token");
+      assert.equal(s2.store.getAgent("admin/tool/1", false)?.state, "lost");
+    } finally {
+      SqliteStore.prototype.revokeToken = revokeToken;
+      await again?.stop();
+      removeHome(home);
+    }
   });
 });

@@ -8,6 +8,7 @@ import { until } from "@kpip/protocol/testing";
 import { pino } from "pino";
 import { type CommandHost, ComputeEngine } from "../src/compute/engine.js";
 import { DEFAULT_EVENT_LIMITS, EventBus } from "../src/events/bus.js";
+import { KeptBytes } from "../src/kernel/storage-space.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
@@ -81,6 +82,132 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       assert.ok(store.getOp(first.id)?.result, "with its result");
       assert.equal(store.getOp(second.id)?.state, "running");
       assert.ok(existsSync(gate));
+    } finally {
+      await engine.stop();
+      store.close();
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("ops that end one after another while the store has no room hold their results within their tree's share: past it an end is kept without its result, saying so", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
+    const store = new SqliteStore(join(home, "kernel.db"));
+    let full = false;
+    const updateOp = store.updateOp.bind(store);
+    store.updateOp = (id, f) => {
+      if (full) throw noRoom();
+      updateOp(id, f);
+    };
+    const host = { sandbox: {}, processes: {}, hold: () => () => {}, storageFull: () => {} } as unknown as CommandHost;
+    // 1 MiB a tree, 4 MiB in all.
+    const keptBytes = new KeptBytes(4 << 20, 1 << 20);
+    const engine = new ComputeEngine(
+      store,
+      new EventBus(DEFAULT_EVENT_LIMITS),
+      {
+        workers: 1,
+        resultTtlMs: 60_000,
+        maxFinishedPerPersona: 100,
+        resultGraceMs: 60_000,
+        maxOutputBytes: 1024,
+        maxRuntimeMs: 60_000,
+        maxPendingPerPersona: 10,
+        maxPending: 20,
+        maxTaskInputBytes: 1024,
+        maxQueuedTaskInputBytes: 4096,
+        keptBytes,
+      },
+      pino({ level: "silent" }),
+      host,
+    );
+    engine.registerTask("bytes", { module: TASKS, export: "bytes" });
+    const N = 300_000;
+    try {
+      full = true;
+      // Mallory's small rows fit (a submit's), its ends' results do not: one op after another.
+      const mallory = Array.from({ length: 6 }, () => engine.submit("mallory", "s1", "task", "bytes", N, undefined));
+      const alice = engine.submit("alice", "s2", "task", "bytes", N, undefined);
+      const read = (id: string) => engine.current(store.getOp(id) as NonNullable<ReturnType<typeof store.getOp>>);
+      await until(() => read(alice.id).state === "succeeded", 30_000, "every op's end");
+      const ends = mallory.map((o) => read(o.id));
+      assert.ok(
+        ends.every((o) => o.state === "succeeded"),
+        "each ended as it did",
+      );
+      const withResult = ends.filter((o) => o.result !== null);
+      assert.equal(withResult.length, 3, "mallory's tree holds its share of results, no more");
+      for (const o of ends.slice(3))
+        assert.match(o.message ?? "", /^its result \(\d+ bytes\) was not kept: the kernel's storage was full/);
+      assert.ok(read(alice.id).result, "another tree's end keeps its result: mallory's used only mallory's share");
+      assert.ok(keptBytes.bytes <= 4 * (N + 16), "what is held is bounded");
+
+      full = false;
+      engine.storeKept();
+      assert.equal(engine.keptCount, 0);
+      assert.equal(keptBytes.bytes, 0, "stored: nothing held any more");
+      const stored = store.getOp(mallory[5]?.id as string);
+      assert.equal(stored?.result, null);
+      assert.match(stored?.message ?? "", /was not kept/, "the record says so");
+      assert.equal(store.getOp(mallory[0]?.id as string)?.result?.byteLength !== undefined, true);
+    } finally {
+      await engine.stop();
+      store.close();
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("ops that end while the store has no room count as results not yet read: a tree cannot have the kernel keep its ends in memory without bound", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
+    const store = new SqliteStore(join(home, "kernel.db"));
+    let full = false;
+    const updateOp = store.updateOp.bind(store);
+    store.updateOp = (id, f) => {
+      if (full) throw noRoom();
+      updateOp(id, f);
+    };
+    const host = { sandbox: {}, processes: {}, hold: () => () => {}, storageFull: () => {} } as unknown as CommandHost;
+    const engine = new ComputeEngine(
+      store,
+      new EventBus(DEFAULT_EVENT_LIMITS),
+      {
+        workers: 1,
+        resultTtlMs: 60_000,
+        maxFinishedPerPersona: 5,
+        resultGraceMs: 60_000,
+        maxOutputBytes: 1024,
+        maxRuntimeMs: 60_000,
+        maxPendingPerPersona: 5,
+        maxPending: 20,
+        maxTaskInputBytes: 1024,
+        maxQueuedTaskInputBytes: 4096,
+      },
+      pino({ level: "silent" }),
+      host,
+    );
+    engine.registerTask("square", { module: TASKS, export: "square" });
+    const read = (id: string) => engine.current(store.getOp(id) as NonNullable<ReturnType<typeof store.getOp>>);
+    try {
+      full = true;
+      // One op at a time, each ended before the next (a submit's row still fits, an end's does not).
+      for (let i = 0; i < 5; i++) {
+        const op = engine.submit("mallory", "s1", "task", "square", i, undefined);
+        await until(() => read(op.id).state === "succeeded", 30_000, `op ${i}'s end`);
+      }
+      assert.equal(engine.keptCount, 5, "each end kept for room");
+      assert.throws(
+        () => engine.submit("mallory", "s1", "task", "square", 9, undefined),
+        (e: Error & { errorClass?: string }) =>
+          e.errorClass === "RESOURCE" &&
+          /5 op results not yet read .*5 of them ended while the kernel's storage was full/.test(e.message),
+      );
+      // Another tree is not held back by mallory's.
+      const other = engine.submit("alice", "s2", "task", "square", 3, undefined);
+      await until(() => read(other.id).state === "succeeded", 30_000, "alice's op's end");
+      // Stored: counted as the store counts them (unread within their grace) — the same bound.
+      full = false;
+      engine.storeKept();
+      assert.equal(engine.keptCount, 0);
+      assert.throws(() => engine.submit("mallory", "s1", "task", "square", 9, undefined), /5 op results not yet read/);
     } finally {
       await engine.stop();
       store.close();

@@ -14,7 +14,7 @@ import type { KernelAct } from "../audit/kernel-records.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { isStorageFull, KeptWrites } from "../kernel/storage-space.js";
+import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
@@ -62,6 +62,8 @@ export interface AgentOptions {
   onForgotten?(persona: string): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
+  /** What the output of agents that ended while the storage was full may hold in memory (shared with ops' results). */
+  keptBytes?: KeptBytes;
 }
 
 export interface SpawnRequest {
@@ -75,6 +77,13 @@ export interface SpawnRequest {
   limits?: Limits;
   /** The grant allows, and the request asks for, network access from the sandbox. */
   network?: boolean;
+}
+
+/** The kernel's revocation of an agent's token (`own`) and of the tokens minted for its persona id (`forId`, `rest`). */
+interface AgentRevocation {
+  own: ReturnType<TokenService["revokeNow"]>;
+  rest: ReturnType<TokenService["revokeAllNow"]> | undefined;
+  forId: string[];
 }
 
 interface Live {
@@ -157,7 +166,13 @@ export class AgentManager {
       } else if (a.pid && a.procId === null) {
         this.log.warn({ agent: a.id, pid: a.pid }, "agent recorded without a process identity: its pid is not signalled");
       }
-      this.store.updateAgent(a.id, { state: "lost", endedAt: Date.now() });
+      // Its token first, and its end stored no earlier than that revocation (as at an agent's
+      // end): a start on a full disk killed before there is room must leave it running for the next.
+      const revocation = this.revokeAgent(a.tokenId, a.persona);
+      const end: Partial<AgentRecord> = { state: "lost", endedAt: Date.now() };
+      const tree = (this.opts.roots ?? FIRST_SEGMENT).of(a.spawner);
+      if (this.tokens.revocationUnstored(a.tokenId)) this.keptRows.hold(a.id, end, undefined, tree);
+      else this.keptRows.write(a.id, end, (v) => this.store.updateAgent(a.id, v), undefined, tree);
       this.opts.record({
         op: "agent.exited",
         target: agentUri(a.id),
@@ -165,7 +180,7 @@ export class AgentManager {
         message: `${agentUri(a.id)} was lost with the previous kernel`,
         detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
       });
-      this.revokeFor(a.tokenId, a.persona, "the agent was lost with the previous kernel");
+      this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
     // No agent outlives its kernel, so no key in the agent namespace may either: one is left when
@@ -223,6 +238,8 @@ export class AgentManager {
 
   /** What a full disk kept back of agents' ends (rows, keys), stored now if there is room (the housekeeping tick). */
   storeKept(): void {
+    // An agent's end waits for its token's revocation (exited): the caller stores revocations first.
+    if (this.tokens.unstoredCount > 0) return;
     this.keptRows.flush(
       (id, f) => this.store.updateAgent(id, f),
       (e, id) => this.log.error({ err: e, agent: id }, "cannot record agent exit"),
@@ -242,8 +259,21 @@ export class AgentManager {
     }
   }
 
+  /** The budget of kept output when none is shared (a manager built alone: unit tests). */
+  private readonly ownKeptBytes = new KeptBytes(DEFAULT_KEPT_BYTES);
+
   /** Agent row changes a full disk refused (an agent's end): stored once there is room ({@link storeKept}). */
-  private readonly keptRows = new KeptWrites<Partial<AgentRecord>>((e) => this.opts.storageFull?.(e));
+  private readonly keptRows = new KeptWrites<Partial<AgentRecord>>((e) => this.opts.storageFull?.(e), {
+    // Read at each write (opts are set by the constructor, after this field's initializer).
+    budget: () => this.opts.keptBytes ?? this.ownKeptBytes,
+    bytes: (v) => (v.stdout?.byteLength ?? 0) + (v.stderr?.byteLength ?? 0),
+    // Past its tree's share the end is kept without its output, its stderr saying why.
+    without: (v, n) => ({
+      ...v,
+      stdout: new Uint8Array(0),
+      stderr: Buffer.from(`[kpip] ${notKeptMessage("the agent's output", n)}\n`),
+    }),
+  });
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
@@ -257,10 +287,22 @@ export class AgentManager {
    * the name acts as, and what was minted for this one is not that one's.
    */
   private revokeFor(tokenId: string, persona: string, reason: string): void {
+    this.revoked(this.revokeAgent(tokenId, persona), tokenId, persona, reason);
+  }
+
+  /**
+   * Revokes an agent's token and every token minted or refreshed for its persona id (or an id
+   * under it), in force now even when a full disk refuses their rows (stored once there is room).
+   */
+  private revokeAgent(tokenId: string, persona: string): AgentRevocation {
     const forId = this.store.liveTokensFor(persona, Date.now()).filter((id) => id !== tokenId);
-    // In force now, even when a full disk refuses their rows (stored once there is room).
     const own = this.tokens.revokeNow(tokenId, "kernel");
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
+    return { own, rest, forId };
+  }
+
+  /** A revocation {@link revokeAgent} made: on the record, and its fan-out. */
+  private revoked({ own, rest, forId }: AgentRevocation, tokenId: string, persona: string, reason: string): void {
     const noted = (seq: number) => {
       if (own.changed) this.tokens.noteRevokeRecord(tokenId, seq);
       for (const id of rest?.revoked ?? []) this.tokens.noteRevokeRecord(id, seq);
@@ -328,6 +370,17 @@ export class AgentManager {
       );
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
+    // An earlier agent of this id whose token's revocation waits for room: its row, which this
+    // spawn's replaces, is the only one naming that token for the next start to revoke after a kill.
+    const earlier = this.store.getAgent(id, false)?.tokenId;
+    if (earlier !== undefined && this.tokens.revocationUnstored(earlier)) {
+      this.tokens.storeKept();
+      if (this.tokens.revocationUnstored(earlier))
+        throw new OpError(
+          "RESOURCE",
+          `the kernel's storage is full: the revocation of an earlier ${uri}'s token cannot be stored yet; retry once space is freed`,
+        );
+    }
     const identity = generateIdentity(persona);
     // Only ever a key in the agent namespace: a stale one (a crash, or an end whose removal a full
     // disk kept back: storeKept) is replaced, on the record — and disowned before the new token is
@@ -499,7 +552,19 @@ export class AgentManager {
         this.log.error({ err: e, agent: id }, what);
       }
     };
-    step("cannot record agent exit", () => this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v)));
+    // The agent's authority ends with it: its token is revoked first, in force at once.
+    let revocation: AgentRevocation | undefined;
+    step("cannot revoke an ended agent's token", () => {
+      revocation = this.revokeAgent(rec.tokenId, rec.persona);
+    });
+    const tree = (this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner);
+    step("cannot record agent exit", () => {
+      // Its end is stored only once its revocation is: a kill in between must leave the row
+      // "running", so that the next start (which revokes the tokens of agents it finds running)
+      // does not find an ended agent whose revocation was in memory only — its token valid again.
+      if (this.tokens.revocationUnstored(rec.tokenId)) this.keptRows.hold(id, f, undefined, tree);
+      else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v), undefined, tree);
+    });
     step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",
@@ -516,8 +581,10 @@ export class AgentManager {
         },
       });
     });
-    // The agent's authority ends with it.
-    step("cannot revoke an ended agent's token", () => this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`));
+    step("cannot revoke an ended agent's token", () => {
+      if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+      else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
+    });
     step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree

@@ -247,6 +247,11 @@ export class Revocations {
     return this.unstored.size;
   }
 
+  /** Whether `id`'s revocation is in force in memory only, waiting for room. */
+  unstoredRevocation(id: string): boolean {
+    return this.unstored.get(id) !== undefined;
+  }
+
   /** Takes in what the store holds (revocations another process recorded; pruned ones forgotten when `reset`). */
   reload(reset = false): void {
     const before = reset ? new Set(this.ids) : this.ids;

@@ -189,6 +189,11 @@ export class TokenService {
     return this.revoked.unstoredCount;
   }
 
+  /** Whether `id`'s revocation is in force in memory only, waiting for room ({@link revokeNow}). */
+  revocationUnstored(id: string): boolean {
+    return this.revoked.unstoredRevocation(id);
+  }
+
   /** Revokes each of `ids`, as {@link revoke} one by one would, in one pass over the store. */
   revokeAll(ids: readonly string[], by: string): { changed: number; ended: string[]; revoked: string[] } {
     return this.revoked.revokeAll(ids, by, this.clock());

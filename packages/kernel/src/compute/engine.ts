@@ -5,7 +5,7 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { KeptWrites } from "../kernel/storage-space.js";
+import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -24,6 +24,8 @@ export interface TaskRegistration {
 }
 
 export interface ComputeOptions {
+  /** What the results of ops that ended while the storage was full may hold in memory (shared with agents' output). */
+  keptBytes?: KeptBytes;
   /** Worker threads for task functions. */
   workers: number;
   /** How long finished ops and their results are kept. */
@@ -125,9 +127,10 @@ export class ComputeEngine {
   private stopped = false;
   /**
    * Op row changes a full disk refused (an op started or ended meanwhile): what the op's persona
-   * reads ({@link current}), and stored once there is room ({@link storeKept}). Never more
-   * entries than ops in progress: without it, an op that ended on a full disk read "running" for
-   * good, and one that started then crashed the kernel from its predecessor's exit handler.
+   * reads ({@link current}), and stored once there is room ({@link storeKept}): without it, an
+   * op that ended on a full disk read "running" for good, and one that started then crashed the
+   * kernel from its predecessor's exit handler. Ends are not bounded by what is in progress:
+   * their results are held within the tree's share of `keptBytes`.
    */
   private readonly kept: KeptWrites<Partial<OpRecord>>;
 
@@ -139,7 +142,17 @@ export class ComputeEngine {
     private readonly host: CommandHost,
   ) {
     this.roots = opts.roots ?? FIRST_SEGMENT;
-    this.kept = new KeptWrites((e) => this.host.storageFull?.(e));
+    // An ended op's result, kept for room, is held within its tree's share of keptBytes: past it,
+    // the end is kept without it, saying so (ends are not bounded by what is in progress).
+    const budget = opts.keptBytes ?? new KeptBytes(DEFAULT_KEPT_BYTES);
+    this.kept = new KeptWrites((e) => this.host.storageFull?.(e), {
+      budget: () => budget,
+      bytes: (v) => v.result?.byteLength ?? 0,
+      without: (v, n) => {
+        const why = notKeptMessage("its result", n);
+        return { ...v, result: null, message: v.message ? `${v.message}; ${why}` : why };
+      },
+    });
   }
 
   /** The top of a persona's tree (the registry's; by first segment when none was given). */
@@ -241,11 +254,13 @@ export class ComputeEngine {
     // Each op may finish with a result its poller has yet to read, which no trim takes within its
     // grace: such results and the ops that may yet make one stay below the tree's bound.
     const max = this.opts.maxFinishedPerPersona;
-    const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs);
+    let kept = 0;
+    for (const r of this.keptEnds.values()) if (r === root) kept++;
+    const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs) + kept;
     if (mine + unread >= max)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} has ${unread} op results not yet read (op.result) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
+        `${treeName(root, persona)} has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
       );
   }
 
@@ -382,17 +397,22 @@ export class ComputeEngine {
     return undefined;
   }
 
-  /** Updates an op's row; a change refused room is kept for later ({@link kept}), any other failure logged as `what`. */
-  private save(op: OpRecord, f: Partial<OpRecord>, what: string): void {
+  /**
+   * Updates an op's row; a change refused room is kept for later ({@link kept}: answers true),
+   * any other failure logged as `what`.
+   */
+  private save(op: OpRecord, f: Partial<OpRecord>, what: string): boolean {
     try {
-      this.kept.write(
+      return !this.kept.write(
         op.id,
         f,
         (v) => this.store.updateOp(op.id, v),
         (kept, next) => ({ ...kept, ...next }),
+        this.roots.of(op.persona),
       );
     } catch (e) {
       this.log.error({ err: e, op: op.id }, what);
+      return false;
     }
   }
 
@@ -402,7 +422,15 @@ export class ComputeEngine {
       (id, f) => this.store.updateOp(id, f),
       (e, id) => this.log.error({ err: e, op: id }, "cannot record op state"),
     );
+    for (const id of this.keptEnds.keys()) if (this.kept.get(id) === undefined) this.keptEnds.delete(id);
   }
+
+  /**
+   * The ops whose end a full disk kept (their tree's root): results not yet read, as the store
+   * will count them once stored — admitPending counts them meanwhile, or a tree's ops ending one
+   * after another on a full disk were kept in memory without bound.
+   */
+  private readonly keptEnds = new Map<string, string>();
 
   /** How many op changes wait for room. */
   get keptCount(): number {
@@ -607,7 +635,7 @@ export class ComputeEngine {
       f.message = "the kernel stopped while the op was running";
     }
     Object.assign(op, f);
-    this.save(op, f, "cannot record op outcome");
+    if (this.save(op, f, "cannot record op outcome")) this.keptEnds.set(op.id, this.roots.of(op.persona));
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.

@@ -58,7 +58,7 @@ import { notifyRevoked } from "./revocation.js";
 import { SessionRegistry } from "./sessions.js";
 import { type Addresses, kernelStatus } from "./status.js";
 import { openHome } from "./storage.js";
-import { RepeatedFailureLog, type StorageSpace } from "./storage-space.js";
+import { KeptBytes, RepeatedFailureLog, type StorageSpace } from "./storage-space.js";
 
 /** What the composition is given: the settings, and what the embedder set up before start. */
 export interface CompositionInput {
@@ -225,6 +225,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const roots = new PersonaRoots((id) => store.registrarOf(id), c.adminPersona);
     store.onRegistryChange((id) => roots.changed(id));
     events.useRoots(roots);
+    // The room for records kept while the disk is full is shared by tree (StorageSpace.keep).
+    home.space.useRoots(roots);
+    // What ended ops' results and agents' output kept for room may hold, shared (per tree, in all).
+    const keptBytes = new KeptBytes(c.maxKeptOutputBytes);
     const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
     const admission = new Admission(c);
     const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
@@ -374,6 +378,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxTaskInputBytes: c.maxTaskInputBytes,
         maxQueuedTaskInputBytes: c.maxQueuedTaskInputBytes,
         roots,
+        keptBytes,
       },
       log,
       {
@@ -401,6 +406,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxAgents: c.maxAgents,
         maxEndedAgentsPerPersona: c.maxEndedAgentsPerPersona,
         roots,
+        keptBytes,
         sandbox,
         processes,
         accept: (conn) => sessions.accept(conn),

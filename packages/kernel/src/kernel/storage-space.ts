@@ -1,3 +1,5 @@
+import { detailJson } from "../audit/detail.js";
+import type { AuditEntry } from "../audit/log.js";
 import type { Logger } from "../log.js";
 import type { AuditRow } from "../store/types.js";
 
@@ -67,36 +69,118 @@ export class RepeatedFailureLog {
 }
 
 /**
+ * The memory the bulky part of kept writes (ended ops' results, ended agents' output) may hold
+ * while the storage is full: `max` in all and `perTree` per persona tree. Each kept end held up
+ * to 2 × maxOutputBytes, and ends are not bounded by what is in progress: a persona whose small
+ * rows still fit (a spawn, a submit) ended one command or agent after another, each kept with
+ * its output, until the kernel's heap was gone.
+ */
+export class KeptBytes {
+  private total = 0;
+  private readonly byTree = new Map<string, number>();
+
+  constructor(
+    readonly max: number,
+    readonly perTree = Math.floor(max / 4),
+  ) {}
+
+  /** Takes `n` bytes for `tree` when both its share and the total have room; else false, nothing taken. */
+  take(tree: string, n: number): boolean {
+    const t = this.byTree.get(tree) ?? 0;
+    if (this.total + n > this.max || t + n > this.perTree) return false;
+    this.total += n;
+    this.byTree.set(tree, t + n);
+    return true;
+  }
+
+  release(tree: string, n: number): void {
+    this.total -= n;
+    const t = (this.byTree.get(tree) ?? 0) - n;
+    if (t > 0) this.byTree.set(tree, t);
+    else this.byTree.delete(tree);
+  }
+
+  /** Bytes held now. */
+  get bytes(): number {
+    return this.total;
+  }
+}
+
+/** The default of the `maxKeptOutputBytes` setting (components built without one: unit tests). */
+export const DEFAULT_KEPT_BYTES = 64 * 1024 * 1024;
+
+/** How a {@link KeptWrites} counts the bulky part of what it keeps, and keeps a value without it past its {@link KeptBytes}. */
+export interface KeptBulk<V> {
+  budget(): KeptBytes;
+  /** The bulky part's bytes in `v` (0: nothing to count). */
+  bytes(v: V): number;
+  /** `v` without its bulky part (`bytes` of it), saying so. */
+  without(v: V, bytes: number): V;
+}
+
+/**
  * Writes a full disk refused, kept in force in memory and written once there is room: one per
  * key (an op's row change, an agent's end, a revocation), a later change to the same key merged
  * over the kept one. Callers read what is kept over the store ({@link get}), and the housekeeping
- * tick calls {@link flush}. Bounded by what can be in progress (ops, agents), not by the disk.
+ * tick calls {@link flush}. With `bulk`, the bulky part of what is kept (results, output) is held
+ * only within its budget, per persona tree: past it a value is kept without it.
  */
 export class KeptWrites<V> {
   private readonly kept = new Map<string, V>();
+  /** The bytes each kept value holds of `bulk`'s budget, and for which tree. */
+  private readonly charged = new Map<string, { tree: string; n: number }>();
 
   constructor(
     /** A write refused room: the condition is noted and logged there (StorageSpace.failed). */
     private readonly onFull?: (e: unknown) => void,
+    private readonly bulk?: KeptBulk<V>,
   ) {}
 
   /**
    * Writes `value` (merged over what is kept under `key`, if anything); refused room, keeps it
-   * and answers false. Any other failure is thrown, nothing kept.
+   * (counted to `tree`'s share of the bulk budget) and answers false. Any other failure is
+   * thrown, nothing kept.
    */
-  write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next): boolean {
+  write(key: string, value: V, write: (v: V) => void, merge: (kept: V, next: V) => V = (_, next) => next, tree = "-"): boolean {
     const before = this.kept.get(key);
     const v = before === undefined ? value : merge(before, value);
     try {
       write(v);
     } catch (e) {
       if (!isStorageFull(e)) throw e;
-      this.kept.set(key, v);
+      this.keep(key, v, tree);
       this.onFull?.(e);
       return false;
     }
-    this.kept.delete(key);
+    this.delete(key);
     return true;
+  }
+
+  /**
+   * Keeps `value` (merged over what is kept under `key`) without trying to write it: a write that
+   * must wait for another to be stored first (an agent's end for its token's revocation).
+   */
+  hold(key: string, value: V, merge: (kept: V, next: V) => V = (_, next) => next, tree = "-"): void {
+    const before = this.kept.get(key);
+    this.keep(key, before === undefined ? value : merge(before, value), tree);
+  }
+
+  private keep(key: string, value: V, tree: string): void {
+    let v = value;
+    this.release(key);
+    const n = this.bulk?.bytes(v) ?? 0;
+    if (this.bulk && n > 0) {
+      if (this.bulk.budget().take(tree, n)) this.charged.set(key, { tree, n });
+      else v = this.bulk.without(v, n);
+    }
+    this.kept.set(key, v);
+  }
+
+  private release(key: string): void {
+    const c = this.charged.get(key);
+    if (!c) return;
+    this.charged.delete(key);
+    this.bulk?.budget().release(c.tree, c.n);
   }
 
   /**
@@ -111,7 +195,7 @@ export class KeptWrites<V> {
         if (isStorageFull(e)) return;
         failed(e, key);
       }
-      this.kept.delete(key);
+      this.delete(key);
     }
   }
 
@@ -121,6 +205,7 @@ export class KeptWrites<V> {
 
   delete(key: string): void {
     this.kept.delete(key);
+    this.release(key);
   }
 
   keys(): IterableIterator<string> {
@@ -132,12 +217,22 @@ export class KeptWrites<V> {
   }
 }
 
+/** What an end kept without its output or result says (the budget of {@link KeptBytes} was spent). */
+export function notKeptMessage(what: string, bytes: number): string {
+  return `${what} (${bytes} bytes) was not kept: the kernel's storage was full when it ended, and the output it holds for ends waiting for room was spent`;
+}
+
 /**
  * Most records kept for later (each a few hundred bytes): past it, effects' outcomes are left to
  * the next start's recovery (the kernel then writes no kernel.stop record); the kernel's own acts
- * past it are lost, and the stop says how many.
+ * past it are lost, counted on the `kernel.unrecorded` record once there is room and on the stop.
+ * The room is shared fairly among persona trees ({@link StorageSpace.keep}): one tree's acts
+ * cannot push out another's.
  */
 export const MAX_LATE_RECORDS = 16_384;
+
+/** Trees a `kernel.unrecorded` record names one by one (the rest are summed as `otherPersonas`). */
+export const UNRECORDED_NAMED = 32;
 
 /** What a late outcome record says besides its own message: why it comes later than its effect. */
 export const LATE_OUTCOME = "recorded late: the kernel's storage was full when the effect committed";
@@ -152,6 +247,22 @@ export function lateActMessage(message: string | null, at: number): string {
 interface LateRecord {
   row: AuditRow;
   written?: (seq: number) => void;
+  /** The persona tree it is counted to ("-": the kernel as a whole). */
+  tree?: string;
+  /** Pushed out by another tree's record (its tree held the most): not written. */
+  evicted?: boolean;
+}
+
+/** Records dropped for want of room to keep them, by tree, since they were last put on the record. */
+export interface Unrecorded {
+  count: number;
+  /** Of `count`, outcomes of effects (the next start recovers them: the stop writes no kernel.stop). */
+  outcomes: number;
+  byPersona: Record<string, number>;
+  /** Dropped records of trees past the {@link UNRECORDED_NAMED} named ones. */
+  otherPersonas: number;
+  /** When the first of them was dropped (ms). */
+  since: number;
 }
 
 /** How long after the last write refused room the kernel tries to put the condition's end on the record (ms). */
@@ -257,7 +368,7 @@ export class StorageSpace {
   lateOutcome(row: AuditRow, e: unknown): boolean {
     if (!isStorageFull(e)) return false;
     if (!row.message) row.message = LATE_OUTCOME;
-    if (!this.keep({ row })) this.lateOutcomesDropped++;
+    this.keep({ row });
     return true;
   }
 
@@ -287,36 +398,115 @@ export class StorageSpace {
 
   /** Of the records kept, the kernel's acts. */
   private lateActs = 0;
+  /** Records kept (not evicted): `late` may also hold evicted ones until it is compacted. */
+  private lateKept = 0;
+  /** The records each tree has kept, oldest first (evicted ones taken out). */
+  private lateByTree = new Map<string, LateRecord[]>();
+  /** What was dropped since the last `kernel.unrecorded` record. */
+  private unrecorded: Unrecorded | undefined;
+  private roots: { of(persona: string): string } = { of: (p) => p.split("/")[0] as string };
 
+  /** The persona trees the room for late records is shared among (the registry's roots). */
+  useRoots(roots: { of(persona: string): string }): void {
+    this.roots = roots;
+  }
+
+  /**
+   * Keeps `r` when there is room; when there is none, the tree holding the most records gives
+   * up its newest for it — unless that is `r`'s own tree (or one no larger than it would be):
+   * `r` is dropped then. So one tree making many acts while the disk is full fills only its
+   * fair share, and never pushes out another tree's records. What is dropped is counted.
+   */
   private keep(r: LateRecord): boolean {
-    if (this.late.length >= MAX_LATE_RECORDS) {
-      this.lateDropped++;
-      return false;
+    let tree = "-";
+    if (r.row.persona !== "-") {
+      try {
+        tree = this.roots.of(r.row.persona);
+      } catch {
+        tree = r.row.persona.split("/")[0] as string;
+      }
     }
+    r.tree = tree;
+    const mine = this.lateByTree.get(tree);
+    if (this.lateKept >= MAX_LATE_RECORDS) {
+      let most: LateRecord[] | undefined;
+      for (const l of this.lateByTree.values()) if (!most || l.length > most.length) most = l;
+      if (!most || most.length <= (mine?.length ?? 0) + 1) {
+        this.dropped(r);
+        return false;
+      }
+      const victim = most.pop() as LateRecord;
+      victim.evicted = true;
+      this.lateKept--;
+      if (victim.row.phase === "kernel") this.lateActs--;
+      this.dropped(victim);
+    }
+    // Evicted records are skipped when taken; compacted here so that `late` stays bounded.
+    if (this.late.length >= 2 * MAX_LATE_RECORDS) this.late = this.late.filter((x) => !x.evicted);
     this.late.push(r);
+    this.lateKept++;
+    if (mine) mine.push(r);
+    else this.lateByTree.set(tree, [r]);
     if (r.row.phase === "kernel") this.lateActs++;
     return true;
   }
 
+  /** Counts `r` dropped, for the log, the stop and the next `kernel.unrecorded` record. */
+  private dropped(r: LateRecord): void {
+    this.lateDropped++;
+    const outcome = r.row.phase === "outcome";
+    if (outcome) this.lateOutcomesDropped++;
+    this.unrecorded ??= { count: 0, outcomes: 0, byPersona: {}, otherPersonas: 0, since: this.now() };
+    const u = this.unrecorded;
+    u.count++;
+    if (outcome) u.outcomes++;
+    const tree = r.tree ?? "-";
+    if (Object.hasOwn(u.byPersona, tree)) u.byPersona[tree] = (u.byPersona[tree] as number) + 1;
+    else if (Object.keys(u.byPersona).length < UNRECORDED_NAMED) u.byPersona[tree] = 1;
+    else u.otherPersonas++;
+  }
+
   /** The records waiting for room, handed over (the caller gives back what fails again: {@link giveBack}). */
   takeLate(): LateRecord[] {
-    const l = this.late;
+    const l = this.late.filter((r) => !r.evicted);
     this.late = [];
     this.lateActs = 0;
+    this.lateKept = 0;
+    this.lateByTree = new Map();
     return l;
   }
 
   /** A late record whose commit failed again (`e`): kept again when for lack of room, else counted dropped. */
   giveBack(r: LateRecord, e: unknown): void {
-    if (!isStorageFull(e) || !this.keep(r)) {
-      this.lateDropped++;
-      if (r.row.phase === "outcome") this.lateOutcomesDropped++;
+    if (!isStorageFull(e)) this.dropped(r);
+    else this.keep(r);
+  }
+
+  /** What was dropped since it was last recorded, handed over (given back with {@link giveBackUnrecorded} if its record fails). */
+  takeUnrecorded(): Unrecorded | undefined {
+    const u = this.unrecorded;
+    this.unrecorded = undefined;
+    return u;
+  }
+
+  /** The `kernel.unrecorded` record of `u` could not be committed: counted again with what is dropped meanwhile. */
+  giveBackUnrecorded(u: Unrecorded): void {
+    const now = this.unrecorded;
+    this.unrecorded = u;
+    if (!now) return;
+    u.count += now.count;
+    u.outcomes += now.outcomes;
+    u.otherPersonas += now.otherPersonas;
+    for (const [tree, n] of Object.entries(now.byPersona)) {
+      if (Object.hasOwn(u.byPersona, tree)) u.byPersona[tree] = (u.byPersona[tree] as number) + n;
+      else if (Object.keys(u.byPersona).length < UNRECORDED_NAMED) u.byPersona[tree] = n;
+      else u.otherPersonas += n;
     }
   }
 
   /** How many records are kept waiting for room. */
   get lateCount(): number {
-    return this.late.length;
+    return this.lateKept;
   }
 
   /**
@@ -324,7 +514,7 @@ export class StorageSpace {
    * stop then writes no kernel.stop, so that the next start recovers them.
    */
   get outcomesMissing(): boolean {
-    return this.lateOutcomesDropped > 0 || this.late.some((r) => r.row.phase === "outcome");
+    return this.lateOutcomesDropped > 0 || this.late.some((r) => !r.evicted && r.row.phase === "outcome");
   }
 
   /** The probe's record committed: the condition has ended (unless a write was refused room since it was taken). */
@@ -342,9 +532,13 @@ export class StorageSpace {
 /**
  * Appends the records kept while the storage was full, in the order they failed (a row whose
  * commit fails again is given back to `space`, or counted dropped if that failure was no lack of
- * room). Resolves once each commit settled.
+ * room), then — when records were dropped for want of room to keep them — one `kernel.unrecorded`
+ * record saying how many, and of which persona trees. Resolves once each commit settled.
  */
-export async function recordLateRecords(space: StorageSpace, audit: { appendRow(row: AuditRow): Promise<void> }): Promise<void> {
+export async function recordLateRecords(
+  space: StorageSpace,
+  audit: { appendRow(row: AuditRow): Promise<void>; append(entry: AuditEntry): Promise<void> },
+): Promise<void> {
   const kept = space.takeLate();
   await Promise.all(
     kept.map((r) =>
@@ -354,4 +548,30 @@ export async function recordLateRecords(space: StorageSpace, audit: { appendRow(
       ),
     ),
   );
+  // After what was kept, once it is all written: the count covers the whole episode so far.
+  if (space.lateCount > 0) return;
+  const u = space.takeUnrecorded();
+  if (!u) return;
+  await audit.append(unrecordedRecord(u)).catch(() => space.giveBackUnrecorded(u));
+}
+
+/** The `kernel.unrecorded` record: records of the kernel's acts (and effects' outcomes) dropped while the storage was full. */
+export function unrecordedRecord(u: Unrecorded): AuditEntry {
+  const outcomes = u.outcomes > 0 ? ` (${u.outcomes} of them outcomes of committed effects, which the next start writes)` : "";
+  return {
+    session: "kernel",
+    persona: "-",
+    phase: "kernel",
+    op: "kernel.unrecorded",
+    target: "kernel://",
+    status: "SUCCESS",
+    message: `${u.count} records were dropped while the kernel's storage was full, since ${new Date(u.since).toISOString()}: more waited for room than the kernel keeps${outcomes}`,
+    detail: detailJson({
+      count: u.count,
+      outcomes: u.outcomes,
+      byPersona: u.byPersona,
+      ...(u.otherPersonas > 0 ? { otherPersonas: u.otherPersonas } : {}),
+      since: u.since,
+    }),
+  };
 }
