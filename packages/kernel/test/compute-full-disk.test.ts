@@ -8,8 +8,8 @@ import { until } from "@kpip/protocol/testing";
 import { pino } from "pino";
 import { type CommandHost, ComputeEngine } from "../src/compute/engine.js";
 import { DEFAULT_EVENT_LIMITS, EventBus } from "../src/events/bus.js";
-import { KeptBytes } from "../src/kernel/storage-space.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import { KeptBytes } from "../src/store/storage-full.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 

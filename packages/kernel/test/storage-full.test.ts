@@ -9,10 +9,10 @@ import { KernelClient, loadIdentity } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import { openAuditReader, verifyAudit } from "../src/index.js";
-import { isStorageFull } from "../src/kernel/storage-space.js";
 import type { Logger } from "../src/log.js";
 import { WalCheckpointer } from "../src/store/checkpointer.js";
 import { SqliteStore } from "../src/store/sqlite.js";
+import { isStorageFull } from "../src/store/storage-full.js";
 
 const CLI = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.url));
 

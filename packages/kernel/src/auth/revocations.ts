@@ -1,5 +1,5 @@
 import type { Grant } from "@kpip/protocol";
-import { isStorageFull, KeptWrites } from "../kernel/storage-space.js";
+import { isStorageFull, KeptWrites } from "../store/storage-full.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 
 /** How the audit log names a grant's token: its own id when attenuated offline, else its minted id. */

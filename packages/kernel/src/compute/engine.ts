@@ -5,7 +5,6 @@ import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
-import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -13,6 +12,7 @@ import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import { type Launch, launchFailure, type Sandbox } from "../sandbox/sandbox.js";
+import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
 import type { OpRecord, OpStore } from "../store/types.js";
 
 /** An embedder's task function: an export of an ES module, run in a worker thread. */

@@ -51,6 +51,7 @@ import { ShmBudget } from "../session/shm-budget.js";
 import { BlobStore } from "../store/blobs.js";
 import type { WalCheckpointer } from "../store/checkpointer.js";
 import type { SqliteStore } from "../store/sqlite.js";
+import { KeptBytes, RepeatedFailureLog } from "../store/storage-full.js";
 import { loadShmNative, sweepShmSegments } from "../transport/shm-native.js";
 import { KERNEL_VERSION } from "../version.js";
 import { applyOfflineChanges, type ExpulsionScope, endUnregisteredSessions, expelUnregistered } from "./expulsion.js";
@@ -58,7 +59,7 @@ import { notifyRevoked } from "./revocation.js";
 import { SessionRegistry } from "./sessions.js";
 import { type Addresses, kernelStatus } from "./status.js";
 import { openHome } from "./storage.js";
-import { KeptBytes, RepeatedFailureLog, type StorageSpace } from "./storage-space.js";
+import type { StorageSpace } from "./storage-space.js";
 
 /** What the composition is given: the settings, and what the embedder set up before start. */
 export interface CompositionInput {

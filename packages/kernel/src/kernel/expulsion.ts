@@ -5,8 +5,8 @@ import type { Logger } from "../log.js";
 import type { UploadTable } from "../primitives/storage-uploads.js";
 import type { ProcessTable } from "../sandbox/processes.js";
 import type { Session } from "../session/session.js";
+import type { RepeatedFailureLog } from "../store/storage-full.js";
 import type { PersonaStore } from "../store/types.js";
-import type { RepeatedFailureLog } from "./storage-space.js";
 
 /** What the expulsion policy acts on. */
 export interface ExpulsionScope {

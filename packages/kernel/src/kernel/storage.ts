@@ -10,9 +10,10 @@ import type { Logger } from "../log.js";
 import { WalCheckpointer } from "../store/checkpointer.js";
 import type { LostTail } from "../store/sqlite/audit.js";
 import { SqliteStore } from "../store/sqlite.js";
+import { RepeatedFailureLog } from "../store/storage-full.js";
 import type { AuditRow } from "../store/types.js";
 import { prepareSocketPath } from "../transport/uds.js";
-import { RepeatedFailureLog, StorageSpace } from "./storage-space.js";
+import { StorageSpace } from "./storage-space.js";
 
 /**
  * How often the open audit segment is fdatasync'd (off the kernel's thread): what an OS crash

@@ -12,12 +12,13 @@ import {
 } from "@kpip/protocol";
 import { PENDING_HASH } from "../audit/log.js";
 import type { Decision } from "../auth/authorizer.js";
-import { isStorageFull, type StorageSpace } from "../kernel/storage-space.js";
+import type { StorageSpace } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import { OpError, OpFailure, type OpResult, type PrimitiveDeclaration } from "../primitives/types.js";
 import type { HandleTable } from "../session/handles.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
+import { isStorageFull } from "../store/storage-full.js";
 import type { AuditRow } from "../store/types.js";
 import type { AnswerLease } from "./answer-budget.js";
 import type { RequestTrace } from "./tracing.js";

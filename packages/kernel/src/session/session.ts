@@ -20,8 +20,8 @@ import {
 } from "@kpip/protocol";
 import { SessionRecords } from "../audit/session-records.js";
 import type { EventSink } from "../events/bus.js";
-import { isStorageFull, STORAGE_FULL_UNRECORDED } from "../kernel/storage-space.js";
 import type { SessionView } from "../pipeline/pipeline.js";
+import { isStorageFull, STORAGE_FULL_UNRECORDED } from "../store/storage-full.js";
 import { addressOf, type Connection, originOf } from "./connection.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";

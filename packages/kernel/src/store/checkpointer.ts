@@ -1,8 +1,8 @@
 import { statSync } from "node:fs";
 import { Worker } from "node:worker_threads";
-import { RepeatedFailureLog } from "../kernel/storage-space.js";
 import type { Logger } from "../log.js";
 import type { SqliteStore } from "./sqlite.js";
+import { RepeatedFailureLog } from "./storage-full.js";
 
 /**
  * Moves SQLite's WAL checkpoints off the request path. By default SQLite checkpoints inside
