@@ -6,10 +6,12 @@
  * stopped, every load request's audit record (`durationUs`: arrival to the record's creation,
  * exact, but without the wait for the commit).
  */
+import { readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { join } from "node:path";
 import { openAuditReader } from "../src/audit/reader.js";
 import { HOME_FILES } from "../src/home.js";
+import type { ProbeOutput, ProbeRequest } from "./load-probe.js";
 import { pct } from "./proc.js";
 
 /** A loopback port free now, for the kernel's --metrics-listen. */
@@ -147,4 +149,48 @@ export function auditDurations(home: string, fromSeq: number, personaPrefix: str
     return { records: a.length, p50_us: pct(a, 0.5), p99_us: pct(a, 0.99), p999_us: pct(a, 0.999), max_us: a.at(-1) ?? 0 };
   };
   return { ...stats(d), byOp: Object.fromEntries([...byOp].map(([op, a]) => [op, stats(a)])) };
+}
+
+/**
+ * The `--kernel-probe` file (bench/load-probe.ts), summed up: every request from `loadStart` (epoch
+ * ms) on, its arrival-to-answer time in the kernel and the part of it that was the kernel's own
+ * (less the time its thread waited for a CPU), over the whole run and over the first
+ * `firstSeconds` from its first request (the connect storm and the warm-up) apart from the rest.
+ */
+export function loadProbeSummary(file: string, loadStart: number, firstSeconds = 5) {
+  const d = JSON.parse(readFileSync(file, "utf8")) as ProbeOutput;
+  const from = loadStart - d.timeOrigin;
+  const reqs = d.requests.filter((r) => r[0] >= from);
+  const stats = (rs: ProbeRequest[]) => {
+    const ms = (a: number[], p: number) => +(pct(a, p) / 1000).toFixed(2);
+    const sorted = (f: (r: ProbeRequest) => number) => rs.map(f).sort((x, y) => x - y);
+    const wall = sorted((r) => r[1]);
+    const own = sorted((r) => r[1] - r[3]);
+    const asleep = sorted((r) => Math.max(0, r[1] - r[2] - r[3]));
+    return {
+      requests: rs.length,
+      wallMs: { p50: ms(wall, 0.5), p99: ms(wall, 0.99), p999: ms(wall, 0.999), max: ms(wall, 1) },
+      ownMs: { p50: ms(own, 0.5), p99: ms(own, 0.99), p999: ms(own, 0.999), max: ms(own, 1) },
+      asleepMs: { p99: ms(asleep, 0.99), p999: ms(asleep, 0.999), max: ms(asleep, 1) },
+      ownOver10ms: own.filter((x) => x > 10_000).length,
+      ownOver20ms: own.filter((x) => x > 20_000).length,
+    };
+  };
+  // From the first load request on: on a busy machine the connect storm alone can outlast the window.
+  const cut = (reqs[0]?.[0] ?? from) + firstSeconds * 1000;
+  const gcs = d.gcs.filter((g) => g[0] >= from);
+  const minor = gcs.filter((g) => g[2] === 1).map((g) => g[1]);
+  minor.sort((x, y) => x - y);
+  return {
+    all: stats(reqs),
+    first: { seconds: firstSeconds, ...stats(reqs.filter((r) => r[0] < cut)) },
+    rest: stats(reqs.filter((r) => r[0] >= cut)),
+    gc: {
+      minor: minor.length,
+      minorP99Ms: +pct(minor, 0.99).toFixed(2),
+      minorMaxMs: +(minor.at(-1) ?? 0).toFixed(2),
+      other: gcs.filter((g) => g[2] !== 1).length,
+      otherMaxMs: +Math.max(0, ...gcs.filter((g) => g[2] !== 1).map((g) => g[1])).toFixed(2),
+    },
+  };
 }

@@ -1,5 +1,5 @@
 /**
- * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--generators G] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR] [--kernel-trace-gc]`
+ * `npm run load -- [--sessions N] [--seconds S] [--personas P] [--generators G] [--max-rss-mb M] [--json] [--kernel-cpu-prof DIR] [--kernel-trace-gc] [--kernel-flag F]… [--kernel-probe] [--kernel-rt]`
  *
  * Load: N concurrent sessions (default 1,000) spread over P personas, each running a mix of
  * operations with think time for S seconds (default 60) against a kernel in its own process.
@@ -11,7 +11,12 @@
  * (exit 1), as does a kernel RSS over the bound or a kernel that dies. Reports throughput,
  * latency percentiles per op and overall, and the kernel's RSS over the run. `--kernel-cpu-prof`
  * writes the kernel's V8 CPU profile into DIR when it stops, `--kernel-trace-gc` prints its GC
- * events to stderr (to find what stalls the tail). A run
+ * events to stderr (to find what stalls the tail), `--kernel-flag F` passes a node flag to the
+ * kernel, and `--kernel-probe` times every request in the kernel from arrival to answer and splits
+ * off the time the kernel's thread waited for a CPU (bench/load-probe.ts): the kernel's own share
+ * of the tail, on a machine that is not quiet. `--kernel-rt` starts the kernel under `chrt -f 10`
+ * (SCHED_FIFO, every thread of it): a diagnostic, so neighbours' builds on a shared machine
+ * do not preempt it and what is left of the tail is the kernel's (the generators stay as they are). A run
  * of ten minutes or more is the soak: its RSS at the end of each minute says whether it keeps growing.
  */
 import { type ChildProcess, fork, spawn, spawnSync } from "node:child_process";
@@ -21,7 +26,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient as KC } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
-import { auditDurations, freePort, kernelSeries, scrape } from "./load-kernel.js";
+import { auditDurations, freePort, kernelSeries, loadProbeSummary, scrape } from "./load-kernel.js";
 import type { GeneratorInput, GeneratorMessage } from "./load-worker.js";
 import { pct, rssMb, serverEnv } from "./proc.js";
 
@@ -45,15 +50,25 @@ const MAIN = fileURLToPath(new URL("../../../cli/dist/src/main.js", import.meta.
 const profAt = argv.indexOf("--kernel-cpu-prof");
 const PROF = profAt >= 0 ? [`--cpu-prof`, `--cpu-prof-dir=${argv[profAt + 1]}`] : [];
 if (argv.includes("--kernel-trace-gc")) PROF.push("--trace-gc");
+// Any other node flag for the kernel process (repeatable), e.g. --kernel-flag --cpu-prof-interval=250.
+argv.forEach((a, i) => {
+  if (a === "--kernel-flag" && argv[i + 1]) PROF.push(argv[i + 1] as string);
+});
 
 const home = mkdtempSync(join(tmpdir(), "kpip-load-"));
 const socket = join(home, "kernel.sock");
+// Outside the home, which goes before the summary is read.
+const probeFile = argv.includes("--kernel-probe") ? `${home}.probe.json` : undefined;
+if (probeFile) PROF.push(`--import=${new URL("./load-probe.js", import.meta.url).href}`);
 // The kernel serves its Prometheus series on loopback: its own view of each request's latency.
 const metricsAt = `127.0.0.1:${await freePort()}`;
 const metricsUrl = `http://${metricsAt}/metrics`;
+const RT = argv.includes("--kernel-rt") ? ["chrt", "-f", "10"] : [];
 const kernel: ChildProcess = spawn(
-  process.execPath,
+  RT[0] ?? process.execPath,
   [
+    ...RT.slice(1),
+    ...(RT.length ? [process.execPath] : []),
     ...PROF,
     MAIN,
     "kernel",
@@ -66,7 +81,7 @@ const kernel: ChildProcess = spawn(
     "--metrics-listen",
     metricsAt,
   ],
-  { stdio: ["ignore", "pipe", "inherit"], env: serverEnv() },
+  { stdio: ["ignore", "pipe", "inherit"], env: probeFile ? { ...serverEnv(), KPIP_LOAD_PROBE_OUT: probeFile } : serverEnv() },
 );
 const generators: ChildProcess[] = [];
 // However the run ends (a throw in the setup included), the kernel, the generators and the home go with it.
@@ -74,6 +89,7 @@ process.once("exit", () => {
   for (const w of generators) if (w.exitCode === null && w.signalCode === null) w.kill("SIGKILL");
   if (kernel.exitCode === null && kernel.signalCode === null) kernel.kill("SIGKILL");
   rmSync(home, { recursive: true, force: true });
+  if (probeFile) rmSync(probeFile, { force: true });
 });
 let kernelExit: string | undefined;
 kernel.once("exit", (code, signal) => {
@@ -230,6 +246,7 @@ if (!kernelExit) {
 const series = seriesEnd && kernelSeries(seriesStart, seriesEnd);
 const audited = diedEarly ? undefined : auditDurations(home, auditFrom, "load");
 rmSync(home, { recursive: true, force: true });
+const probe = probeFile && !diedEarly ? loadProbeSummary(probeFile, started) : undefined;
 const worst = (i: number) => +(Math.max(0, ...done.map((r) => r.loopDelayNs[i] as number)) / 1e6).toFixed(2);
 
 const summary = {
@@ -252,7 +269,7 @@ const summary = {
     max: worst(3),
   },
   generators: GENERATORS,
-  kernel: { ...series, audit: audited },
+  kernel: { ...series, audit: audited, probe },
   perOp,
   failures,
 };
@@ -281,6 +298,16 @@ else {
     console.log(
       `  the audit records' durationUs (arrival to record, before the commit; exact, ${a.records} records): p50 ${a.p50_us} µs, p99 ${a.p99_us} µs, p99.9 ${a.p999_us} µs, max ${a.max_us} µs`,
     );
+  if (probe) {
+    const line = (name: string, x: NonNullable<typeof probe>["all"]) =>
+      `    ${name.padEnd(14)} ${String(x.requests).padStart(7)} requests: arrival to answer p99 ${x.wallMs.p99} ms, p99.9 ${x.wallMs.p999} ms, max ${x.wallMs.max} ms; ` +
+      `less the waits for a CPU p99 ${x.ownMs.p99} ms, p99.9 ${x.ownMs.p999} ms, max ${x.ownMs.max} ms (${x.ownOver10ms} over 10 ms, ${x.ownOver20ms} over 20); asleep p99.9 ${x.asleepMs.p999} ms, max ${x.asleepMs.max} ms`;
+    console.log(
+      "  the kernel's probe (exact, per request; its thread's time waiting for a CPU taken out):\n" +
+        `${line("all", probe.all)}\n${line(`first ${probe.first.seconds} s`, probe.first)}\n${line("after", probe.rest)}\n` +
+        `    GC: minor ${probe.gc.minor} (p99 ${probe.gc.minorP99Ms} ms, max ${probe.gc.minorMaxMs} ms), others ${probe.gc.other} (max ${probe.gc.otherMaxMs} ms)`,
+    );
+  }
   for (const [op, s] of Object.entries(perOp)) {
     // Beside each op's latency as measured by the generators, its records' (the kernel's own view).
     const k = a?.byOp[op];

@@ -21,7 +21,7 @@ describe("live fuzzing and load, short runs", () => {
   });
 
   it("load: concurrent sessions over several personas with mixed ops and no unexpected error", () => {
-    const r = run("load.js", ["--sessions", "60", "--seconds", "4", "--personas", "3"]);
+    const r = run("load.js", ["--sessions", "60", "--seconds", "4", "--personas", "3", "--kernel-probe"]);
     assert.equal(r.status, 0, `${r.stdout}\n${r.stderr}`);
     const s = JSON.parse(r.stdout) as {
       ops: number;
@@ -30,7 +30,16 @@ describe("live fuzzing and load, short runs", () => {
       rssByMinuteMb: number[];
       generatorLoopDelayMs: { p50: number; p99: number; p999: number; max: number };
       generators: number;
-      kernel: { requests: number; p50_us: number; p99_us: number; audit: { records: number; p50_us: number } };
+      kernel: {
+        requests: number;
+        p50_us: number;
+        p99_us: number;
+        audit: { records: number; p50_us: number };
+        probe: Record<
+          "all" | "first" | "rest",
+          { requests: number; wallMs: { p99: number; max: number }; ownMs: { p99: number; max: number } }
+        >;
+      };
     };
     assert.deepEqual(s.failures, []);
     assert.ok(Array.isArray(s.rssByMinuteMb), "the soak's RSS by minute (empty for a run under a minute)");
@@ -48,5 +57,9 @@ describe("live fuzzing and load, short runs", () => {
     assert.ok(s.kernel.audit.records >= s.ops, JSON.stringify(s.kernel.audit));
     assert.ok(s.kernel.p50_us > 0 && s.kernel.p50_us <= s.kernel.p99_us, JSON.stringify(s.kernel));
     assert.ok(s.kernel.audit.p50_us > 0, JSON.stringify(s.kernel.audit));
+    // --kernel-probe: every load request timed in the kernel, its own time never more than its wall time.
+    const p = s.kernel.probe;
+    assert.ok(p.all.requests >= s.ops && p.all.requests === p.first.requests + p.rest.requests, JSON.stringify(p));
+    assert.ok(p.all.ownMs.p99 <= p.all.wallMs.p99 && p.all.ownMs.max <= p.all.wallMs.max, JSON.stringify(p.all));
   });
 });
