@@ -115,7 +115,10 @@ export class ResourceLedger {
       if (used + amount > limit)
         throw new OpError(
           "RESOURCE",
-          `${resource} exceeded for ${overName(scope, persona)}: ${used} used + ${amount} > limit ${limit}`,
+          // What a tree above the persona holds is its other members' too (as storage.bytes, case 512).
+          scope === persona
+            ? `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`
+            : `${resource} exceeded for ${overName(scope, persona)}: ${amount} more would pass its limit ${limit}`,
         );
     }
     const lineage = personaLineage(persona);
@@ -125,7 +128,12 @@ export class ResourceLedger {
     const top = lineage[lineage.length - 1] as string;
     const sum = this.store.usage(personaScope(top), resource);
     if (sum + amount > Number.MAX_SAFE_INTEGER)
-      throw new OpError("RESOURCE", `${resource} for ${overName(top, persona)}: ${sum} used + ${amount} is past 2^53 - 1`);
+      throw new OpError(
+        "RESOURCE",
+        top === persona
+          ? `${resource} for ${persona}: ${sum} used + ${amount} is past 2^53 - 1`
+          : `${resource} for ${overName(top, persona)}: ${amount} more would pass 2^53 - 1`,
+      );
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
     for (const scope of lineage) this.store.adjustUsage(personaScope(scope), resource, amount);
@@ -201,7 +209,9 @@ export class ResourceLedger {
     if (over)
       throw new OpError(
         "RESOURCE",
-        `concurrent exceeded for ${overName(over.scope, persona)}: ${over.n} requests in flight, limit ${over.limit}`,
+        over.scope === persona
+          ? `concurrent exceeded for ${persona}: ${over.n} requests in flight, limit ${over.limit}`
+          : `concurrent exceeded for ${overName(over.scope, persona)}: one more request would pass its limit ${over.limit}`,
       );
     const rate = grant?.limits.rate;
     if (rate !== undefined && grant && rateKey !== undefined) {
