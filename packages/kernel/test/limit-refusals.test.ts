@@ -2,7 +2,11 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { klass, removeHome, sandboxSkip, startKernel } from "./harness.js";
+import type { Grant } from "@kpip/protocol";
+import { OpError } from "../src/primitives/types.js";
+import { CONTROL_ALLOWANCE, ResourceLedger } from "../src/resources/ledger.js";
+import type { LedgerStore } from "../src/store/types.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 
@@ -56,5 +60,75 @@ describe("a limit's refusal quotes only the requester's own usage", () => {
       await t.stop();
       removeHome(t.home);
     }
+  });
+});
+
+describe("a persona at its concurrent limit because of its own work", () => {
+  it("still sees and stops that work (op.status, op.list, op.cancel, agent.status, agent.list, agent.kill); other requests are refused", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/hang"] },
+        { ops: ["op.status", "op.cancel"], targets: ["op://**"] },
+        { ops: ["op.list", "agent.list", "system.health"], targets: ["kernel://"] },
+        { ops: ["agent.spawn", "agent.status", "agent.kill"], targets: ["agent://sleep/**"] },
+      ];
+      const p = await t.persona("busy", rights, { limits: { concurrent: 2 } });
+      const c = await t.connect(p.identity, [p.token]);
+      const agent = sandboxSkip
+        ? undefined
+        : (await c.agents.spawn("sleep", "w1", { args: ["300"], rights: [], lifetimeMs: 120_000 })).agent;
+      // Its two tasks (one running, one queued) hold both its concurrent slots until they end.
+      const ops = [await c.compute.task("hang"), await c.compute.task("hang")];
+      await assert.rejects(c.compute.task("hang"), klass("RESOURCE", "concurrent exceeded for busy"));
+      await assert.rejects(c.call("system.health", "kernel://"), klass("RESOURCE", "concurrent exceeded for busy"));
+      // Without the allowance each of these was refused the same way: the persona could neither
+      // see its tasks nor cancel them (nor its agents) until one ended by itself.
+      assert.equal((await c.ops.status(ops[1] as (typeof ops)[number])).state, "queued");
+      assert.equal((await c.ops.list()).length, 2);
+      if (agent) {
+        assert.equal((await c.agents.status(agent)).state, "running");
+        assert.equal((await c.agents.list()).length, 1);
+        await c.agents.kill(agent);
+        await until(async () => (await c.agents.status(agent)).state === "killed", 30_000, "the agent killed");
+      }
+      assert.equal(await c.ops.cancel(ops[0] as (typeof ops)[number]), true);
+      // A slot is free again: any request.
+      await c.call("system.health", "kernel://");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("the allowance is the requester's own and small: past it a control request is refused; the rate still bounds it", () => {
+    const ledger = new ResourceLedger({} as LedgerStore, { workspaceStorageBytes: 0 });
+    const grant = { id: "g", subject: "p", limits: { concurrent: 1 } } as unknown as Grant;
+    ledger.admit("p", grant);
+    const refused = (f: () => unknown) => assert.throws(f, (e: unknown) => e instanceof OpError && e.errorClass === "RESOURCE");
+    refused(() => ledger.admit("p", grant));
+    // Control requests past the limit: the persona's allowance, then refused.
+    const past = Array.from({ length: CONTROL_ALLOWANCE }, () => ledger.admit("p", grant, "g", true));
+    assert.deepEqual(past, Array(CONTROL_ALLOWANCE).fill(true));
+    refused(() => ledger.admit("p", grant, "g", true));
+    assert.equal(ledger.inFlightOf("p"), 1 + CONTROL_ALLOWANCE);
+    // A persona under it (an agent) has an allowance of its own: it cannot use up its spawner's.
+    assert.equal(ledger.admit("p/agent.a", grant, "g", true), true);
+    ledger.admit("p/agent.a", grant, "g", true);
+    refused(() => ledger.admit("p/agent.a", grant, "g", true));
+    refused(() => ledger.admit("p", grant, "g", true));
+    // One ends: its place in the allowance is free again.
+    ledger.leave("p", true);
+    assert.equal(ledger.admit("p", grant, "g", true), true);
+    // Within the limit a control request is an ordinary one.
+    const roomy = { id: "r", subject: "q", limits: { concurrent: 5 } } as unknown as Grant;
+    assert.equal(ledger.admit("q", roomy, "r", true), false);
+    // The rate bounds control requests as any request.
+    const rated = { id: "h", subject: "s", limits: { concurrent: 0, rate: 1 } } as unknown as Grant;
+    assert.equal(ledger.admit("s", rated, "h", true), true);
+    ledger.leave("s", true);
+    refused(() => ledger.admit("s", rated, "h", true));
   });
 });

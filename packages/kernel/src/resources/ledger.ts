@@ -20,6 +20,8 @@ export const workspaceScope = (w: string) => `workspace:${w}`;
  */
 export class ResourceLedger {
   private readonly inFlight = new Map<string, number>();
+  /** Control requests each persona (itself, not its tree) has in flight past a `concurrent` limit (see {@link admit}). */
+  private readonly pastLimit = new Map<string, number>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
   constructor(
@@ -184,9 +186,16 @@ export class ResourceLedger {
     this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
   };
 
-  /** One thing in flight for `persona` (and so for every persona it lies under) ended: a request {@link admit}ted, or through {@link hold}'s release. */
-  leave(persona: string): void {
+  /**
+   * One thing in flight for `persona` (and so for every persona it lies under) ended: a request
+   * {@link admit}ted (`pastLimit`: what admit answered), or through {@link hold}'s release.
+   */
+  leave(persona: string, pastLimit = false): void {
     forEachInLineage(persona, this.leaveOne);
+    if (!pastLimit) return;
+    const n = (this.pastLimit.get(persona) ?? 1) - 1;
+    if (n <= 0) this.pastLimit.delete(persona);
+    else this.pastLimit.set(persona, n);
   }
 
   private readonly leaveOne = (persona: string): void => {
@@ -203,10 +212,18 @@ export class ResourceLedger {
    * the token's family: a refreshed or minted copy shares the bucket of the token it came from,
    * `rateKey`) limits. The request then counts as in flight until {@link leave} (no release
    * closure per request).
+   *
+   * A `control` request (a look at or a stop of one's own work) over `concurrent` is admitted
+   * still while its persona itself — not its tree: an agent must not use up what its spawner
+   * needs to stop it — has fewer than {@link CONTROL_ALLOWANCE} such requests in flight: tasks
+   * and commands hold their slots for their whole lives, and their persona must be able to see
+   * and cancel them. `rate` bounds it as any request. Answers whether it was admitted so (pass
+   * that to {@link leave}).
    */
-  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id, control = false): boolean {
     const over = countAtLimit(persona, grant, this.bounds.of(grant), "concurrent", this.inFlightOf);
-    if (over)
+    const past = over !== undefined && control && (this.pastLimit.get(persona) ?? 0) < CONTROL_ALLOWANCE;
+    if (over && !past)
       throw new OpError(
         "RESOURCE",
         over.scope === persona
@@ -228,6 +245,8 @@ export class ResourceLedger {
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
     this.enter(persona);
+    if (past) this.pastLimit.set(persona, (this.pastLimit.get(persona) ?? 0) + 1);
+    return past;
   }
 }
 
@@ -246,6 +265,12 @@ export function releaseAllocationsWithin(store: LedgerStore, root: string): numb
   }
   return held.length;
 }
+
+/**
+ * Control requests (op.status, op.cancel, agent.kill…) one persona may have in flight past its
+ * `concurrent` limit (see {@link ResourceLedger.admit}): a look and a stop at once, never a flood.
+ */
+export const CONTROL_ALLOWANCE = 2;
 
 /** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */
 const IDLE_COUNTS_KEPT = 1024;
