@@ -121,10 +121,20 @@ MIN_PING_INTERVAL = 0.05
 client ticks every 50 ms): a kernel setting heartbeatMs 1 made this loop PING and wake 2,000
 times a second."""
 
+MIN_HEARTBEAT_MS = 100
+"""The shortest heartbeat interval (§8.5): a CHALLENGE's heartbeatMs of 1..99 is taken as this."""
+
+
+def heartbeat_interval(announced: int) -> int:
+    """The heartbeat kept for a CHALLENGE's heartbeatMs (§8.5): 0 is none, else at least
+    MIN_HEARTBEAT_MS. At 0 this client PINGed every 50 ms and called the kernel dead after 50 ms
+    of quiet (3 x 0), reconnecting over and over."""
+    return 0 if announced == 0 else max(announced, MIN_HEARTBEAT_MS)
+
 
 def ping_interval(heartbeat_ms: int) -> float:
-    """Seconds between PINGs: half the kernel's heartbeat (§8.5), never under MIN_PING_INTERVAL."""
-    return max(heartbeat_ms / 2000, MIN_PING_INTERVAL)
+    """Seconds between PINGs: half the kept heartbeat (§8.5), never under MIN_PING_INTERVAL."""
+    return max(heartbeat_interval(heartbeat_ms) / 2000, MIN_PING_INTERVAL)
 
 
 class Link:
@@ -266,7 +276,7 @@ class Link:
             c["version"],
             c["session"],
             c["kernel"],
-            c["heartbeatMs"],
+            heartbeat_interval(c["heartbeatMs"]),
             limits["maxBody"],
             limits["maxInFlight"],
             limits["dedupeWindowMs"],
@@ -319,8 +329,10 @@ class Link:
             on_lost(err)
 
     async def heartbeat(self, on_dead: Callable[[Exception], None]) -> None:
-        """PING every heartbeat/2; a kernel silent for 3 heartbeats is dead (§8.5)."""
+        """PING every heartbeat/2; a kernel silent for 3 heartbeats is dead (§8.5). None at heartbeatMs 0."""
         assert self.session is not None
+        if self.session.heartbeat_ms == 0:
+            return
         hb = self.session.heartbeat_ms / 1000
         seq = 0
         while not self.dead:

@@ -159,8 +159,35 @@ class HeartbeatTheKernelSets(unittest.TestCase):
 
         self.assertEqual(ping_interval(5000), 2.5)
         self.assertEqual(ping_interval(1), MIN_PING_INTERVAL)
-        self.assertEqual(ping_interval(0), MIN_PING_INTERVAL)
         self.assertEqual(MIN_PING_INTERVAL, 0.05, "as the TypeScript client's tick")
+
+
+class HeartbeatOfZeroOrOne(unittest.IsolatedAsyncioTestCase):
+    async def test_0_is_no_heartbeat_and_1_is_100_ms_not_a_dead_kernel_every_50_ms(self) -> None:
+        from kpip.link import MIN_HEARTBEAT_MS
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=1)
+
+        for announced, kept in ((0, 0), (1, MIN_HEARTBEAT_MS)):
+            # A kernel that never PINGs (nor PONGs): at 0 the client called it dead after 50 ms
+            # of quiet (3 x 0) and reconnected, again and again.
+            async with FakeKernel(handler, heartbeat_ms=announced) as k:
+                c = await kpip.Client.connect(k.path, kpip.Identity.generate("alice"), **FAST)  # type: ignore[arg-type]
+                try:
+                    link = c._link
+                    assert link is not None and link.session is not None
+                    self.assertEqual(link.session.heartbeat_ms, kept)
+                    if announced == 0:
+                        # No heartbeat: the loop ends at once, having sent nothing and judged nothing
+                        # (it ended only once this link, or the client's own loop, called the kernel dead).
+                        await asyncio.wait_for(link.heartbeat(lambda e: self.fail(f"called dead: {e}")), 5)
+                        self.assertFalse(link.dead, "the link was called dead")
+                        self.assertIs(c._link, link)
+                        self.assertEqual(k.sessions, 1)
+                        self.assertEqual([f.type for conn in k.conns for f in conn.frames if f.type == "PING"], [])
+                finally:
+                    await c.close(drain=0)
 
 
 class MisusedByItsCaller(unittest.IsolatedAsyncioTestCase):

@@ -8,6 +8,7 @@ import {
   FrameReader,
   HANDSHAKE_MAX_BODY,
   HEADER_SIZE,
+  heartbeatInterval,
   type Identity,
   type KEvent,
   KpipError,
@@ -206,9 +207,9 @@ export class Link {
     writeMessage(this.channel, msg);
   }
 
-  /** Heartbeat: a silent kernel (over 2 intervals) is lost; one quiet for half an interval is PINGed. */
+  /** Heartbeat: a silent kernel (over 2 intervals) is lost; one quiet for half an interval is PINGed; none at `heartbeatMs` 0. */
   tick(now: number): void {
-    if (!this.established) return;
+    if (!this.established || this.heartbeatMs === 0) return;
     if (now - this.lastSeen > 2 * this.heartbeatMs) {
       // Judged on two ticks in a row, as the kernel judges its peers: after a stall of this
       // process (a busy machine), the timer runs before the socket's pending bytes are read, and
@@ -339,7 +340,8 @@ export class Link {
         "BAD_FIELD",
       );
     this.version = c.version;
-    this.heartbeatMs = c.heartbeatMs;
+    // 0 is no heartbeat, 1..99 is 100 (§8.5): at 0 the tick PINGed, or called the kernel silent, every 50 ms.
+    this.heartbeatMs = heartbeatInterval(c.heartbeatMs);
     // The session's maxBody from WELCOME on (onMessage); until then a WELCOME's bound.
     this.reader.setMaxBody(Math.min(HANDSHAKE_MAX_BODY.attest, c.limits.maxBody));
     this.maxBody = c.limits.maxBody;

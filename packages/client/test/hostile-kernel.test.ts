@@ -16,10 +16,12 @@ import {
   HEADER_SIZE,
   type Message,
   MessageType,
+  MIN_HEARTBEAT_MS,
   mintToken,
   writeHeader,
 } from "@kpip/protocol";
 import { KernelClient, ProtocolViolationError, TokenRefreshError } from "../src/index.js";
+import type { Link } from "../src/link.js";
 import { until } from "./harness.js";
 
 /** Alice's n-th token (of `lifeMs` from now), minted under a root no kernel knows (a hostile kernel never checks it). */
@@ -475,6 +477,52 @@ describe("a kernel whose answers the client keeps are not what the op answers", 
         assert.ok(failed instanceof TokenRefreshError, String(failed));
         assert.ok(failed.cause instanceof ProtocolViolationError, String(failed.cause));
         assert.match(String((failed.cause as Error).message), what);
+      } finally {
+        await c.close().catch(() => {});
+        k.close();
+      }
+    }
+  });
+});
+
+describe("a kernel whose CHALLENGE sets heartbeatMs 0 or 1", () => {
+  it("0 is no heartbeat and 1 is 100 ms: the client neither PINGs on every tick nor calls the kernel silent after a few ms", async () => {
+    for (const [announced, kept] of [
+      [0, 0],
+      [1, MIN_HEARTBEAT_MS],
+    ] as const) {
+      const k = await peerServer((m, s) => {
+        if (m.type === "HELLO") s.write(challenge({ heartbeatMs: announced }));
+        else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+        else if (m.type === "PING") s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+        else if (m.type === "GOODBYE") s.end();
+      });
+      const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+      try {
+        const link = (c as unknown as { link: Link }).link;
+        assert.equal(link.heartbeatMs, kept, `heartbeatMs ${announced}`);
+        // The client's 50 ms timer, driven by hand (synchronously: the timer cannot run between):
+        // a kernel quiet since its last frame. At 0 the first tick found it "silent for more than
+        // 0 ms" and the second ended the link.
+        const sent: string[] = [];
+        const send = link.send.bind(link);
+        link.send = (m) => {
+          sent.push(m.type);
+          send(m);
+        };
+        const t0 = link.lastSeen;
+        for (let i = 1; i <= 5; i++) link.tick(t0 + i * 10);
+        assert.equal(link.phase, "ready", `heartbeatMs ${announced}: the link ended`);
+        assert.deepEqual(sent, [], `heartbeatMs ${announced}: PINGed within 50 ms of the kernel's last frame`);
+        link.tick(t0 + 60);
+        assert.deepEqual(sent, announced === 0 ? [] : ["PING"]);
+        if (announced === 0) {
+          // No heartbeat: silence never ends the link (a closed socket does).
+          link.tick(t0 + 3_600_000);
+          link.tick(t0 + 3_600_050);
+          assert.equal(link.phase, "ready");
+          assert.deepEqual(sent, []);
+        }
       } finally {
         await c.close().catch(() => {});
         k.close();

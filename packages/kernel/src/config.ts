@@ -1,7 +1,7 @@
 import { statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
-import { MIN_MAX_BODY } from "@kpip/protocol";
+import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 import { readRegularFile, UnreadableFileError } from "./secure-files.js";
 
@@ -53,7 +53,11 @@ const DECLARED = {
   },
   maxInFlight: { type: "int", default: 1024, description: "most requests in flight per session" },
   maxBodyBytes: { type: "int", default: 16 * 1024 * 1024, description: "largest frame body accepted, in bytes" },
-  heartbeatMs: { type: "int", default: 5000, description: "heartbeat interval; a peer silent for 3 intervals is dead" },
+  heartbeatMs: {
+    type: "int",
+    default: 5000,
+    description: "heartbeat interval, at least 100; a peer silent for 3 intervals is dead",
+  },
   handshakeTimeoutMs: {
     type: "int",
     default: 5_000,
@@ -666,6 +670,8 @@ const LOG_LEVELS = ["trace", "debug", "info", "warn", "error", "fatal", "silent"
 function checkValues(c: KernelConfig): void {
   if (!LOG_LEVELS.includes(c.logLevel))
     throw new ConfigError(`logLevel must be one of ${LOG_LEVELS.join(", ")} (got ${JSON.stringify(c.logLevel)})`);
+  if (c.heartbeatMs < MIN_HEARTBEAT_MS)
+    throw new ConfigError(`heartbeatMs must be at least ${MIN_HEARTBEAT_MS} (PROTOCOL §8.5; got ${c.heartbeatMs})`);
   if (c.maxBodyBytes < MIN_MAX_BODY)
     throw new ConfigError(`maxBodyBytes must be at least ${MIN_MAX_BODY} (PROTOCOL §8.3; got ${c.maxBodyBytes})`);
   // Readers refuse a stored record over MAX_RECORD_BYTES as tampering: the kernel must never write one.

@@ -105,7 +105,7 @@ describe("socket safety and crash recovery", () => {
 describe("configuration precedence", () => {
   const home = () => {
     const h = mkdtempSync(join(tmpdir(), "kpip-"));
-    writeFileSync(join(h, "config.json"), JSON.stringify({ maxSessions: 7, maxInFlight: 9, heartbeatMs: 11 }));
+    writeFileSync(join(h, "config.json"), JSON.stringify({ maxSessions: 7, maxInFlight: 9, heartbeatMs: 110 }));
     return h;
   };
 
@@ -115,7 +115,7 @@ describe("configuration precedence", () => {
     const c = resolveConfig({ flags: { home: h, maxSessions: "3" }, env });
     assert.equal(c.maxSessions, 3, "flag beats env and file");
     assert.equal(c.maxInFlight, 6, "env beats file");
-    assert.equal(c.heartbeatMs, 11, "file beats default");
+    assert.equal(c.heartbeatMs, 110, "file beats default");
     assert.equal(c.handshakeTimeoutMs, 5_000, "default");
     assert.equal(c.socket, join(h, "kernel.sock"));
     removeHome(h);
@@ -182,7 +182,7 @@ describe("configuration precedence", () => {
   it("takes the home from KPIP_HOME and reads that home's config file; an empty env value is ignored", () => {
     const h = home();
     const c = resolveConfig({ env: { KPIP_HOME: h, KPIP_HEARTBEAT_MS: "" } });
-    assert.deepEqual([c.home, c.maxSessions, c.heartbeatMs], [h, 7, 11]);
+    assert.deepEqual([c.home, c.maxSessions, c.heartbeatMs], [h, 7, 110]);
     removeHome(h);
   });
 

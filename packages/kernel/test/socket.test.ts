@@ -60,9 +60,9 @@ describe("the Unix socket and the kernel home", () => {
 
   it("resolves configuration: flags over env over config file over defaults", () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
-    writeFileSync(join(home, "config.json"), JSON.stringify({ maxSessions: 7, maxInFlight: 9, heartbeatMs: 11 }));
+    writeFileSync(join(home, "config.json"), JSON.stringify({ maxSessions: 7, maxInFlight: 9, heartbeatMs: 110 }));
     const c = resolveConfig({ flags: { home, maxSessions: "3" }, env: { KPIP_MAX_IN_FLIGHT: "5" } });
-    assert.deepEqual([c.maxSessions, c.maxInFlight, c.heartbeatMs, c.socket], [3, 5, 11, join(home, "kernel.sock")]);
+    assert.deepEqual([c.maxSessions, c.maxInFlight, c.heartbeatMs, c.socket], [3, 5, 110, join(home, "kernel.sock")]);
     writeFileSync(join(home, "config.json"), JSON.stringify({ maxSesions: 7 }));
     assert.throws(() => resolveConfig({ flags: { home }, env: {} }), ConfigError);
     writeFileSync(join(home, "config.json"), "{");

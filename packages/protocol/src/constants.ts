@@ -56,6 +56,16 @@ export const KNOWN_FLAGS = FrameFlag.SHM;
 export const MIN_MAX_BODY = 4096;
 
 /**
+ * The shortest heartbeat interval (PROTOCOL §8.5): a kernel announces `heartbeatMs` 0 (no
+ * heartbeat) or at least this; a peer takes 1..99 as this, so it neither PINGs on every tick
+ * nor calls a live peer dead after a few milliseconds of quiet.
+ */
+export const MIN_HEARTBEAT_MS = 100;
+
+/** The heartbeat interval a peer keeps for a CHALLENGE's `heartbeatMs` (§8.5): 0 for none, else at least {@link MIN_HEARTBEAT_MS}. */
+export const heartbeatInterval = (announced: number): number => (announced === 0 ? 0 : Math.max(announced, MIN_HEARTBEAT_MS));
+
+/**
  * Largest frame bodies before WELCOME (PROTOCOL §8.8), in both directions: a HELLO (or the
  * kernel's CHALLENGE, or an ERROR refusing the HELLO) is a few hundred bytes; an ATTEST (or a
  * WELCOME) at most 64 tokens of 8 KiB (64 handles and refusals) and its measurements. Before it

@@ -80,6 +80,54 @@ describe("FrameDecoder", () => {
     assert.equal(w.length, encodeCanonical({ n: 3 }).length);
   });
 
+  it("pushEach reads each header after the frames before it were handed over: a limit they set bounds the next, in the same chunk", () => {
+    const small = ping(1);
+    const big = encodeFrame({ type: MessageType.PING, stream: 0 }, { seq: 2, pad: Buffer.alloc(300) });
+    // Lowered by the first frame: the second, in the same chunk, is over it.
+    const d = new FrameDecoder(4096);
+    const seen: number[] = [];
+    assert.throws(
+      () =>
+        d.pushEach(Buffer.concat([small, big]), (f) => {
+          seen.push(f.length);
+          d.setMaxBody(100);
+          return true;
+        }),
+      (e: unknown) => e instanceof FrameError && e.code === "TOO_LARGE",
+    );
+    assert.deepEqual(seen, [small.length - HEADER_SIZE]);
+    // Raised by the first frame: the second passes, whole or split, as push would have refused it.
+    const joined = Buffer.concat([small, big]);
+    assert.throws(() => new FrameDecoder(100).push(joined), FrameError);
+    for (const cut of [joined.length, small.length + 4, small.length + HEADER_SIZE + 5]) {
+      const r = new FrameDecoder(100);
+      const got: number[] = [];
+      const each = (f: { length: number }) => {
+        got.push(f.length);
+        r.setMaxBody(4096);
+        return true;
+      };
+      r.pushEach(joined.subarray(0, cut), each);
+      r.pushEach(joined.subarray(cut), each);
+      assert.deepEqual(got, [small.length - HEADER_SIZE, big.length - HEADER_SIZE], `cut at ${cut}`);
+    }
+    // false stops: the chunk's rest is dropped and nothing more is taken.
+    const s = new FrameDecoder();
+    let n = 0;
+    s.pushEach(Buffer.concat([ping(1), ping(2), ping(3)]), () => ++n < 2);
+    assert.equal(n, 2);
+    assert.throws(() => s.push(ping(4)), FrameError);
+    // What the handler throws is thrown as it is.
+    const boom = new Error("boom");
+    assert.throws(
+      () =>
+        new FrameDecoder().pushEach(ping(1), () => {
+          throw boom;
+        }),
+      (e: unknown) => e === boom,
+    );
+  });
+
   it("decodes frames from 1-byte chunks", () => {
     const bytes = Buffer.concat([ping(1, 1), ping(2, 2), ping(3, 3)]);
     const d = new FrameDecoder();

@@ -165,6 +165,8 @@ export interface RequestCtx {
   dslot: number;
   /** The seq of its intent record (an op with effects; 0 before it is appended): kept with an answer committed with its effect. */
   intentSeq: number;
+  /** A control request admitted past its grant's `concurrent`, within its persona's allowance (ResourceLedger.admit). */
+  pastLimit: boolean;
 }
 
 /** {@link RequestCtx.pending} of a run that failed before dedupe registered it. */
@@ -206,6 +208,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     pending: undefined,
     dslot: -1,
     intentSeq: 0,
+    pastLimit: false,
     rec: {
       session: session.id,
       persona: session.persona,

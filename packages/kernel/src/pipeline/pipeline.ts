@@ -374,7 +374,8 @@ export class Pipeline {
   private run(ctx: RequestCtx, tag: DedupeTag): Promise<Response> {
     const decision = ctx.decision as NonNullable<RequestCtx["decision"]>;
     try {
-      this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey);
+      const control = (ctx.decl as NonNullable<RequestCtx["decl"]>).control === true;
+      ctx.pastLimit = this.deps.ledger.admit(ctx.session.persona, decision.grant, decision.rateKey, control);
     } catch (e) {
       return this.refuseLimited(ctx, tag, e);
     }
@@ -433,7 +434,7 @@ export class Pipeline {
           } else refusal = toRefusal(e, this.deps.log, ctx, this.deps.peerLog, this.deps.space);
         }
       } finally {
-        this.deps.ledger.leave(ctx.session.persona);
+        this.deps.ledger.leave(ctx.session.persona, ctx.pastLimit);
       }
       // 11. audit the outcome, then answer.
       response = outcomeAnswer(ctx, result, refusal);

@@ -91,12 +91,15 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
         },
       }),
       implement(agentKill, {
+        // A look at or a stop of its own work: admitted past `concurrent` within an allowance (ResourceLedger.admit).
+        control: true,
         handler: (ctx) => {
           const a = visible(ctx);
           return { status: "SUCCESS", payload: { agent: agentUri(a.id), killed: agents.kill(a.id) } };
         },
       }),
       implement(agentStatus, {
+        control: true,
         handler: (ctx) => ({ status: "SUCCESS", payload: describe(visible(ctx)) }),
       }),
       implement(agentLogs, {
@@ -108,6 +111,7 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
         },
       }),
       implement(agentList, {
+        control: true,
         handler: (ctx): OpResult => {
           const page = pageRequest(ctx.args, "an agent list", cursors);
           // Metadata only, a page at a time: an agent's output is read by agent.logs, one agent at a time.

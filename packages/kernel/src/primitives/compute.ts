@@ -109,6 +109,8 @@ export function computeFamily(
         },
       }),
       implement(opStatusOp, {
+        // A look at or a stop of its own work: admitted past `concurrent` within an allowance (ResourceLedger.admit).
+        control: true,
         handler: (ctx) => ({ status: "SUCCESS", payload: statusPayload(ownOp(store, engine, ctx, admin, spawnOf)) }),
       }),
       implement(opResult, {
@@ -132,6 +134,7 @@ export function computeFamily(
         },
       }),
       implement(opCancel, {
+        control: true,
         handler: (ctx) => {
           const op = ownOp(store, engine, ctx, admin, spawnOf);
           const cancelled = engine.cancel(op.id);
@@ -142,6 +145,7 @@ export function computeFamily(
         },
       }),
       implement(opList, {
+        control: true,
         handler: (ctx): OpResult => {
           const all = ctx.persona === admin;
           const page = pageRequest(ctx.args, "an op list", cursors);

@@ -106,6 +106,13 @@ export interface PrimitiveDeclaration {
    */
   releasesArgs?: boolean;
   /**
+   * A look at or a stop of the caller's own work (op.status, op.cancel, op.list, agent.status,
+   * agent.kill, agent.list): admitted past the grant's `concurrent` within a small allowance of
+   * the requester's own (ResourceLedger.admit), so work that holds every slot (tasks,
+   * commands, its agents' requests) can still be found and stopped. `rate` bounds it as any request.
+   */
+  control?: boolean;
+  /**
    * The op's ownership rule, evaluated by the pipeline after authorization and the argument
    * check, before the handler (pipeline/ownership.ts): `true` when the caller may act on this
    * target, else why not (answered PERMISSION). Whose token, whose persona, a right beyond the

@@ -21,6 +21,8 @@ export const workspaceScope = (w: string) => `workspace:${w}`;
  */
 export class ResourceLedger {
   private readonly inFlight = new Map<string, number>();
+  /** Control requests each persona (itself, not its tree) has in flight past a `concurrent` limit (see {@link admit}). */
+  private readonly pastLimit = new Map<string, number>();
   private readonly buckets = new Map<string, { tokens: number; at: number }>();
 
   constructor(
@@ -125,7 +127,10 @@ export class ResourceLedger {
       if (used + amount > limit)
         throw new OpError(
           "RESOURCE",
-          `${resource} exceeded for ${overName(scope, persona)}: ${used} used + ${amount} > limit ${limit}`,
+          // What a tree above the persona holds is its other members' too (as storage.bytes, case 512).
+          scope === persona
+            ? `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`
+            : `${resource} exceeded for ${overName(scope, persona)}: ${amount} more would pass its limit ${limit}`,
         );
     }
     const lineage = personaLineage(persona);
@@ -135,7 +140,12 @@ export class ResourceLedger {
     const top = lineage[lineage.length - 1] as string;
     const sum = this.store.usage(personaScope(top), resource);
     if (sum + amount > Number.MAX_SAFE_INTEGER)
-      throw new OpError("RESOURCE", `${resource} for ${overName(top, persona)}: ${sum} used + ${amount} is past 2^53 - 1`);
+      throw new OpError(
+        "RESOURCE",
+        top === persona
+          ? `${resource} for ${persona}: ${sum} used + ${amount} is past 2^53 - 1`
+          : `${resource} for ${overName(top, persona)}: ${amount} more would pass 2^53 - 1`,
+      );
     const a: Allocation = { id: randomUUID(), persona, resource, amount, createdAt: this.clock() };
     this.store.addAllocation(a);
     for (const scope of lineage) this.store.adjustUsage(personaScope(scope), resource, amount);
@@ -186,9 +196,16 @@ export class ResourceLedger {
     this.inFlight.set(persona, (this.inFlight.get(persona) ?? 0) + 1);
   };
 
-  /** One thing in flight for `persona` (and so for every persona it lies under) ended: a request {@link admit}ted, or through {@link hold}'s release. */
-  leave(persona: string): void {
+  /**
+   * One thing in flight for `persona` (and so for every persona it lies under) ended: a request
+   * {@link admit}ted (`pastLimit`: what admit answered), or through {@link hold}'s release.
+   */
+  leave(persona: string, pastLimit = false): void {
     forEachInLineage(persona, this.leaveOne);
+    if (!pastLimit) return;
+    const n = (this.pastLimit.get(persona) ?? 1) - 1;
+    if (n <= 0) this.pastLimit.delete(persona);
+    else this.pastLimit.set(persona, n);
   }
 
   private readonly leaveOne = (persona: string): void => {
@@ -205,13 +222,23 @@ export class ResourceLedger {
    * the token's family: a refreshed or minted copy shares the bucket of the token it came from,
    * `rateKey`) limits. The request then counts as in flight until {@link leave} (no release
    * closure per request).
+   *
+   * A `control` request (a look at or a stop of one's own work) over `concurrent` is admitted
+   * still while its persona itself — not its tree: an agent must not use up what its spawner
+   * needs to stop it — has fewer than {@link CONTROL_ALLOWANCE} such requests in flight: tasks
+   * and commands hold their slots for their whole lives, and their persona must be able to see
+   * and cancel them. `rate` bounds it as any request. Answers whether it was admitted so (pass
+   * that to {@link leave}).
    */
-  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id): void {
+  admit(persona: string, grant: Grant | undefined, rateKey = grant?.id, control = false): boolean {
     const over = countAtLimit(persona, grant, this.bounds.of(grant), "concurrent", this.inFlightOf);
-    if (over)
+    const past = over !== undefined && control && (this.pastLimit.get(persona) ?? 0) < CONTROL_ALLOWANCE;
+    if (over && !past)
       throw new OpError(
         "RESOURCE",
-        `concurrent exceeded for ${overName(over.scope, persona)}: ${over.n} requests in flight, limit ${over.limit}`,
+        over.scope === persona
+          ? `concurrent exceeded for ${persona}: ${over.n} requests in flight, limit ${over.limit}`
+          : `concurrent exceeded for ${overName(over.scope, persona)}: one more request would pass its limit ${over.limit}`,
       );
     const rate = grant?.limits.rate;
     if (rate !== undefined && grant && rateKey !== undefined) {
@@ -228,6 +255,8 @@ export class ResourceLedger {
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
     this.enter(persona);
+    if (past) this.pastLimit.set(persona, (this.pastLimit.get(persona) ?? 0) + 1);
+    return past;
   }
 }
 
@@ -246,6 +275,12 @@ export function releaseAllocationsWithin(store: LedgerStore, root: string): numb
   }
   return held.length;
 }
+
+/**
+ * Control requests (op.status, op.cancel, agent.kill…) one persona may have in flight past its
+ * `concurrent` limit (see {@link ResourceLedger.admit}): a look and a stop at once, never a flood.
+ */
+export const CONTROL_ALLOWANCE = 2;
 
 /** Personas whose count of 0 is kept rather than deleted (see {@link ResourceLedger.leave}). */
 const IDLE_COUNTS_KEPT = 1024;

@@ -73,12 +73,16 @@ export class ProcessTable {
 
   /**
    * What a refusal adds when places are held by processes that ended (their scratch directories
-   * are being removed): a place frees itself, and a retry shortly after succeeds.
+   * are being removed): a place frees itself, and a retry shortly after succeeds. Without
+   * `count`, not how many (a tree above the requester: its other members' processes).
    */
-  private pending(within?: string): string {
+  private pending(within?: string, count = true): string {
     let n = 0;
     for (const h of this.held) if (!h.running && (within === undefined || inTree(h.entry.persona, within))) n++;
-    return n === 0 ? "" : ` (${n} of them ended, their scratch directories being removed: retry shortly)`;
+    if (n === 0) return "";
+    return count
+      ? ` (${n} of them ended, their scratch directories being removed: retry shortly)`
+      : " (some ended, their scratch directories being removed: retry shortly)";
   }
 
   /**
@@ -104,7 +108,10 @@ export class ProcessTable {
     if (over)
       throw new OpError(
         "RESOURCE",
-        `agents exceeded for ${overName(over.scope, persona)}: ${over.n} agents and commands running, limit ${over.limit}${this.pending(over.scope)}`,
+        // A tree above the persona runs its other members' processes too (as storage.bytes, case 512).
+        over.scope === persona
+          ? `agents exceeded for ${persona}: ${over.n} agents and commands running, limit ${over.limit}${this.pending(over.scope)}`
+          : `agents exceeded for ${overName(over.scope, persona)}: one more would pass its limit ${over.limit}${this.pending(over.scope, false)}`,
       );
   }
 

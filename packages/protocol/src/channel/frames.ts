@@ -1,6 +1,6 @@
 import { PieceWriter } from "../cbor/encode.js";
 import { HEADER_SIZE } from "../constants.js";
-import { CodecError } from "../errors.js";
+import { CodecError, FrameError } from "../errors.js";
 import { type BodyAllocator, type Frame, FrameDecoder } from "../frame/decoder.js";
 import { decodeMessage, encodeMessagePieces } from "../messages/codec.js";
 import type { Message } from "../messages/types.js";
@@ -49,40 +49,51 @@ export class FrameReader {
 
   /**
    * Decodes the chunk's complete messages and hands each to `onMessage`, in order, while it
-   * returns true (false: the session ended, drop the rest). A malformed frame, shared-memory
-   * descriptor or message goes to `onError` as a {@link CodecError} and ends the chunk; the
-   * stream is unusable after it. Errors thrown by `onMessage` propagate.
+   * returns true (false: the session ended, drop the rest). Each frame is checked against the
+   * body limit in force when it is handled — after `onMessage` took every message before it —
+   * never the one in force when the chunk arrived: a HELLO that lowers the limit bounds an ATTEST
+   * read with it. A malformed frame, shared-memory descriptor or message goes to `onError` as a
+   * {@link CodecError} and ends the chunk; the stream is unusable after it. Errors thrown by
+   * `onMessage` propagate.
    */
   push(
     chunk: Uint8Array,
     onMessage: (m: Message, f: Frame) => boolean,
     onError: (e: CodecError, stage: "frame" | "message") => void,
   ): void {
-    let frames: Frame[];
+    let failed: CodecError | undefined;
+    let handlerThrew = false;
     try {
-      frames = this.decoder.push(chunk);
+      this.decoder.pushEach(chunk, (raw) => {
+        let f: Frame | undefined;
+        let m: Message;
+        try {
+          // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
+          if (raw.flags !== 0 && !this.shm)
+            throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
+          f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.decoder.bodyLimit) : raw;
+          m = decodeMessage(f);
+        } catch (e) {
+          // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
+          this.release?.((f ?? raw).body);
+          if (!(e instanceof CodecError)) throw e;
+          failed = e;
+          return false;
+        }
+        try {
+          return onMessage(m, f);
+        } catch (e) {
+          handlerThrew = true;
+          throw e;
+        }
+      });
     } catch (e) {
-      onError(e as CodecError, "frame");
+      // The decoder's own (a bad header) goes to onError; what a handler threw propagates.
+      if (handlerThrew || !(e instanceof FrameError)) throw e;
+      onError(e, "frame");
       return;
     }
-    for (const raw of frames) {
-      let f: Frame | undefined;
-      let m: Message;
-      try {
-        // The header parser admits only the SHM flag; it is valid once "shm" was negotiated.
-        if (raw.flags !== 0 && !this.shm)
-          throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
-        f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.decoder.bodyLimit) : raw;
-        m = decodeMessage(f);
-      } catch (e) {
-        // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
-        this.release?.((f ?? raw).body);
-        if (!(e instanceof CodecError)) throw e;
-        onError(e, "message");
-        return;
-      }
-      if (!onMessage(m, f)) return;
-    }
+    if (failed) onError(failed, "message");
   }
 }
 

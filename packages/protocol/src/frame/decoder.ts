@@ -83,22 +83,67 @@ export class FrameDecoder {
     return this.accLen > 0;
   }
 
-  /** Feeds a chunk; returns the frames it completed, in order. Throws {@link FrameError}. */
+  /**
+   * Feeds a chunk; returns the frames it completed, in order. Throws {@link FrameError}. Every
+   * header is checked against the limit when the chunk is fed: a reader whose limit changes with
+   * what a frame says (a handshake) hands each frame over with {@link pushEach} instead.
+   */
   push(chunk: Uint8Array): Frame[] {
-    if (this.failed) throw this.failed;
     const out: Frame[] = [];
-    try {
-      this.drain(chunk, out);
-    } catch (e) {
-      this.failed = e instanceof FrameError ? e : new FrameError("DECODER_FAILED", String(e));
-      this.acc = EMPTY;
-      this.accLen = 0;
-      this.parts = undefined;
-      this.stage = EMPTY;
-      this.stageLen = 0;
-      throw this.failed;
-    }
+    this.pushEach(chunk, (f) => {
+      out.push(f);
+      return true;
+    });
     return out;
+  }
+
+  /**
+   * Feeds a chunk, handing each frame it completes to `each` as soon as it is cut, in order, while
+   * `each` returns true. A frame's header is read only after every frame before it was handed
+   * over, so it is checked against the limit `each` left in force ({@link setMaxBody}): a HELLO
+   * that lowers the limit bounds the ATTEST that follows it in the same read. Returning false
+   * stops: the rest of the chunk is dropped and the decoder takes nothing more (the stream is
+   * done with). Throws {@link FrameError}; what `each` throws is thrown as it is, and the decoder
+   * is unusable after it (the chunk's rest is lost).
+   */
+  pushEach(chunk: Uint8Array, each: (f: Frame) => boolean): void {
+    if (this.failed) throw this.failed;
+    let thrown: { e: unknown } | undefined;
+    const handOver = (f: Frame): boolean => {
+      try {
+        return each(f);
+      } catch (e) {
+        thrown = { e };
+        throw e;
+      }
+    };
+    let stopped = false;
+    try {
+      stopped = !this.drain(chunk, handOver);
+    } catch (e) {
+      this.failed =
+        thrown !== undefined
+          ? new FrameError("DECODER_FAILED", "the reader failed on a frame; the stream's framing is lost")
+          : e instanceof FrameError
+            ? e
+            : new FrameError("DECODER_FAILED", String(e));
+      this.reset();
+      throw thrown !== undefined ? thrown.e : this.failed;
+    }
+    if (stopped) {
+      this.failed = new FrameError("DECODER_FAILED", "the reader stopped taking frames");
+      this.reset();
+    }
+  }
+
+  /** Lets go of a partial frame. */
+  private reset(): void {
+    this.acc = EMPTY;
+    this.accLen = 0;
+    this.header = undefined;
+    this.parts = undefined;
+    this.stage = EMPTY;
+    this.stageLen = 0;
   }
 
   /** Call at end of stream: throws TRUNCATED if a frame was cut off. */
@@ -110,7 +155,8 @@ export class FrameDecoder {
     }
   }
 
-  private drain(chunk: Uint8Array, out: Frame[]): void {
+  /** Cuts the chunk's frames, handing each to `each`; false when `each` said stop. */
+  private drain(chunk: Uint8Array, each: (f: Frame) => boolean): boolean {
     let pos = 0;
     // Complete a partial frame first, taking only the bytes it still needs.
     while (this.accLen > 0 && pos < chunk.length) {
@@ -124,11 +170,12 @@ export class FrameDecoder {
       if (this.header !== undefined && this.accLen === HEADER_SIZE + this.header.length) {
         // Hand the buffer over as the body: it is never written again.
         const whole = this.parts ? join(this.pieces(), this.accLen, this.alloc) : this.acc;
-        out.push(frameOf(this.header, whole.subarray(HEADER_SIZE, this.accLen)));
+        const f = frameOf(this.header, whole.subarray(HEADER_SIZE, this.accLen));
         this.acc = EMPTY;
         this.accLen = 0;
         this.parts = undefined;
         this.header = undefined;
+        if (!each(f)) return false;
       }
     }
     // Whole frames straight out of the chunk, as views.
@@ -136,8 +183,8 @@ export class FrameDecoder {
       const h = readHeader(chunk, pos, this.maxBody);
       const start = pos + HEADER_SIZE;
       if (chunk.length - start < h.length) break;
-      out.push(frameOf(h, chunk.subarray(start, start + h.length)));
       pos = start + h.length;
+      if (!each(frameOf(h, chunk.subarray(start, pos)))) return false;
     }
     if (pos < chunk.length) {
       // The tail starts a frame; its header, if complete, was checked by readHeader above.
@@ -145,6 +192,7 @@ export class FrameDecoder {
       if (rest >= HEADER_SIZE) this.header = readHeader(chunk, pos, this.maxBody);
       this.append(chunk, pos, rest);
     }
+    return true;
   }
 
   private append(src: Uint8Array, pos: number, n: number): void {
