@@ -35,14 +35,18 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
+          // A write that cannot commit as things stand — a stale ifGeneration, a limit it is past —
+          // is refused before its body is written and synced (the commit checks both again, in
+          // its transaction): refused only there, a persona still had the disk write and sync a
+          // body at its request rate. The generation first, as the commit (and an upload's) does.
+          const existing = store.statObject(workspace, path);
+          const want = ctx.args.ifGeneration;
+          if (want !== undefined && want !== (existing?.generation ?? 0))
+            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
           // Small bodies stay in the database (one commit, no file); larger ones are written to
           // the file store first (synced), then named by the row (docs/architecture.md).
-          if (data.length >= limits.inlineBytes) {
-            // A write past a limit now is refused before its body is written and synced (the
-            // commit checks again): refused only there, a persona at its storage.bytes (or in a
-            // full workspace) still had the disk write and sync each body at its request rate.
-            ledger.checkStorage(ctx.persona, workspace, path, store.statObject(workspace, path), data.length, ctx.grant);
-          }
+          if (data.length >= limits.inlineBytes)
+            ledger.checkStorage(ctx.persona, workspace, path, existing, data.length, ctx.grant);
           const body: ObjectBody =
             data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);
