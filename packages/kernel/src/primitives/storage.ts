@@ -1,5 +1,6 @@
 import { DEFAULT_LIMITS, storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
+import { DamagedBodyError } from "../store/blobs.js";
 import type { ObjectBody } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
@@ -74,9 +75,20 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           }
           // Counted before it is read: pipelined reads of a large object cannot pile up in memory.
           ctx.holdAnswerBytes(length);
-          const data = o.hash
-            ? blobs.read(o.hash, offset, length)
-            : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          let data: Buffer;
+          try {
+            data = o.hash
+              ? blobs.read(o.hash, offset, length, o.size)
+              : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          } catch (e) {
+            if (!(e instanceof DamagedBodyError)) throw e;
+            // Lost bytes, said as such (INTERNAL: a storage error, PROTOCOL §10.1), never a short answer.
+            d.damaged.report(e, ctx.targetUri);
+            throw new OpError(
+              "INTERNAL",
+              `the stored body of ${ctx.targetUri} is damaged (${e.found === null ? "missing" : `${e.found} bytes on disk, not ${e.size}`}): it cannot be read until the operator restores it`,
+            );
+          }
           return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
         },
       }),
