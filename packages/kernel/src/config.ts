@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 import { readRegularFile, UnreadableFileError } from "./secure-files.js";
+import { repeatedJsonKey } from "./strict-json.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -741,14 +742,22 @@ function readConfigFile(path: string, required: boolean): Record<string, unknown
   } catch (e) {
     // A FIFO or device would hang every reader of the home (kpip audit included), not be "no file".
     if (e instanceof UnreadableFileError) throw new ConfigError(`config file ${e.message}`);
-    if (required) throw new ConfigError(`config file ${path} cannot be read`);
-    return {};
+    const code = (e as NodeJS.ErrnoException).code;
+    if (required) throw new ConfigError(`config file ${path} cannot be read${code ? ` (${code})` : ""}`);
+    // Only a file that is not there is no file: one the kernel may not read (EACCES), or a link
+    // loop, holds settings the operator meant, which the defaults would silently replace.
+    if (code === "ENOENT" || code === "ENOTDIR") return {};
+    throw new ConfigError(`config file ${path} exists but cannot be read${code ? ` (${code})` : ""}: ${(e as Error).message}`);
   }
+  let v: unknown;
   try {
-    const v = JSON.parse(text);
+    v = JSON.parse(text);
     if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("not an object");
-    return v;
   } catch (e) {
     throw new ConfigError(`config file ${path} is not a JSON object: ${(e as Error).message}`);
   }
+  // JSON.parse keeps a repeated key's last value: the file would not say what it seems to.
+  const twice = repeatedJsonKey(text);
+  if (twice !== undefined) throw new ConfigError(`config file ${path} gives ${JSON.stringify(twice)} more than once`);
+  return v as Record<string, unknown>;
 }
