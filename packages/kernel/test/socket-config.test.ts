@@ -182,6 +182,45 @@ describe("configuration precedence", () => {
     }
   });
 
+  it("an explicit config file below a directory others may write (no sticky bit) or another user owns is refused, also through a link: they could swap it between its check and its read", () => {
+    const h = home();
+    const above = mkdtempSync(join(tmpdir(), "kpip-conf-above-"));
+    const safe = mkdtempSync(join(tmpdir(), "kpip-conf-safe-"));
+    try {
+      mkdirSync(join(above, "etc"), { mode: 0o700 });
+      const file = join(above, "etc", "kernel.json");
+      writeFileSync(file, JSON.stringify({ maxInFlight: 21 }), { mode: 0o600 });
+      const read = (f: string) => resolveConfig({ flags: { home: h }, env: {}, configFile: f });
+      assert.equal(read(file).maxInFlight, 21, "directories only its user may write: read");
+      chmodSync(above, 0o777);
+      assert.throws(
+        () => read(file),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.message.startsWith(
+            `${above}, above config file ${file}, is writable by group or others (mode 777) without the sticky bit`,
+          ),
+      );
+      // Named through a link in a safe directory: the directories above the file it names count too.
+      symlinkSync(file, join(safe, "kernel.json"));
+      assert.throws(
+        () => read(join(safe, "kernel.json")),
+        (e: unknown) => e instanceof ConfigError && e.message.includes(above),
+      );
+      chmodSync(above, 0o1777);
+      assert.equal(read(join(safe, "kernel.json")).maxInFlight, 21, "sticky, as /tmp: read");
+      if (process.getuid?.() === 0) {
+        chmodSync(above, 0o755);
+        chownSync(above, 65534, 65534);
+        assert.throws(() => new Kernel({ home: h, configFile: file }), /belongs to uid 65534/);
+      }
+    } finally {
+      removeHome(h);
+      removeHome(above);
+      removeHome(safe);
+    }
+  });
+
   it("takes the home from KPIP_HOME and reads that home's config file; an empty env value is ignored", () => {
     const h = home();
     const c = resolveConfig({ env: { KPIP_HOME: h, KPIP_HEARTBEAT_MS: "" } });
