@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, t
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { generateIdentity } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
@@ -323,6 +324,32 @@ describe("registry changes while no kernel runs", () => {
     k.kill("SIGINT");
     await new Promise((r) => k.once("exit", r));
   };
+
+  it("persona add refuses a public key that is no Ed25519 point, or a point of small order (anyone could attest as the persona), offline as the kernel does", async () => {
+    await stop(await runKernel(home));
+    const file = join(home, "weak.key");
+    const identity = Buffer.alloc(32);
+    identity[0] = 1;
+    for (const [key, why] of [
+      [identity, /not a usable Ed25519 public key: a point of small order/],
+      [Buffer.alloc(32), /a point of small order/],
+      [Buffer.alloc(32, 2), /not a point of the Ed25519 curve/],
+    ] as const) {
+      writeFileSync(file, key.toString("base64url"));
+      const r = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, why);
+      // The same key as the publicKey of a JSON file.
+      writeFileSync(file, JSON.stringify({ publicKey: key.toString("base64url") }));
+      assert.match(kpip(["persona", "add", "weak", "--public-key", file, ...h]).err, why);
+    }
+    const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
+    assert.ok(!list.includes("weak"), "nothing registered");
+    writeFileSync(file, Buffer.from(generateIdentity("weak").publicKey).toString("base64url"));
+    const ok = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(kpip(["persona", "remove", "weak", ...h]).code, 0);
+  });
 
   it("are made on the home database and put on the audit record when the kernel next runs", async () => {
     await stop(await runKernel(home));
