@@ -23,7 +23,7 @@ import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, placeNew, printTable, resolveHome, UsageError } from "../util.js";
+import { EXIT, isoTime, placeNew, printTable, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -258,7 +258,7 @@ export const personaCommand: Command = {
           const rows = store.listPersonas().map((p) => ({
             persona: p.id,
             publicKey: Buffer.from(p.publicKey).toString("base64url"),
-            created: new Date(p.createdAt).toISOString(),
+            created: isoTime(p.createdAt),
           }));
           if (asJson) process.stdout.write(`${JSON.stringify(rows)}\n`);
           else
