@@ -239,6 +239,27 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.match(read.out, /data: "xa\\u\{9b\}2Jb\\u\{202e\}c\\n"/);
   });
 
+  it("call and audit query show zero-width, invisible and line-separator characters a persona put in its data or an argument's name as escapes", () => {
+    // Not controls, so the protocol's escapes passed them: a terminal shows them as nothing (or a line break).
+    const hidden = "pay\u200broll\u2028\u2029x\ufeff\u{e0041}\u2060\u00ad\u034f";
+    const shown = "pay\\u{200b}roll\\u{2028}\\u{2029}x\\u{feff}\\u{e0041}\\u{2060}\\u{ad}\\u{34f}";
+    const invisible = /[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]|\u034f|\u{e0041}/u;
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/invisible", "--data", hidden, ...h]).code, 0);
+    const read = kpip(["call", "storage.read", "obj://ws1/invisible", ...h]);
+    assert.equal(read.code, 0, read.err);
+    assert.doesNotMatch(read.out, invisible, read.out);
+    assert.ok(read.out.includes(`data: "${shown}"`), read.out);
+    // The kernel's refusal quotes the argument's name: on the terminal, and in the audit record's view.
+    const refused = kpip(["call", "storage.stat", "obj://ws1/invisible", "--args", JSON.stringify({ [hidden]: 1 }), ...h]);
+    assert.equal(refused.code, 1, refused.err);
+    assert.doesNotMatch(refused.err, invisible, refused.err);
+    assert.ok(refused.err.includes(shown), refused.err);
+    const audited = kpip(["audit", "query", "--op", "storage.stat", ...h]);
+    assert.equal(audited.code, 0, audited.err);
+    assert.doesNotMatch(audited.out, invisible, audited.out);
+    assert.ok(audited.out.includes(shown), audited.out);
+  });
+
   it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {
     const big = join(home, "big.bin");
     writeFileSync(big, "");
