@@ -134,6 +134,19 @@ export function reportError(e: unknown, json: boolean): number {
   return code;
 }
 
+/** The largest time (ms from the epoch, either way) a Date holds: past it `toISOString` throws. */
+const MAX_DATE_MS = 8.64e15;
+
+/**
+ * A time (Unix ms) a kernel or a file gave, as ISO 8601 UTC. A value no Date can show (out of
+ * range, not a number: a faulty kernel, a crafted token or record) is given as it came, never a
+ * throw that loses the rest of the answer.
+ */
+export function isoTime(t: unknown): string {
+  if (typeof t === "number" && Math.abs(t) <= MAX_DATE_MS) return new Date(t).toISOString();
+  return String(t);
+}
+
 /** A list for people: a header row, columns as wide as their longest cell, "none" when empty. */
 export function printTable(header: readonly string[], rows: readonly (readonly string[])[]): void {
   if (rows.length === 0) {

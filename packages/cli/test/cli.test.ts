@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, t
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
+import { generateIdentity } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
@@ -238,6 +239,27 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.match(read.out, /data: "xa\\u\{9b\}2Jb\\u\{202e\}c\\n"/);
   });
 
+  it("call and audit query show zero-width, invisible and line-separator characters a persona put in its data or an argument's name as escapes", () => {
+    // Not controls, so the protocol's escapes passed them: a terminal shows them as nothing (or a line break).
+    const hidden = "pay\u200broll\u2028\u2029x\ufeff\u{e0041}\u2060\u00ad\u034f";
+    const shown = "pay\\u{200b}roll\\u{2028}\\u{2029}x\\u{feff}\\u{e0041}\\u{2060}\\u{ad}\\u{34f}";
+    const invisible = /[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]|\u034f|\u{e0041}/u;
+    assert.equal(kpip(["call", "storage.write", "obj://ws1/invisible", "--data", hidden, ...h]).code, 0);
+    const read = kpip(["call", "storage.read", "obj://ws1/invisible", ...h]);
+    assert.equal(read.code, 0, read.err);
+    assert.doesNotMatch(read.out, invisible, read.out);
+    assert.ok(read.out.includes(`data: "${shown}"`), read.out);
+    // The kernel's refusal quotes the argument's name: on the terminal, and in the audit record's view.
+    const refused = kpip(["call", "storage.stat", "obj://ws1/invisible", "--args", JSON.stringify({ [hidden]: 1 }), ...h]);
+    assert.equal(refused.code, 1, refused.err);
+    assert.doesNotMatch(refused.err, invisible, refused.err);
+    assert.ok(refused.err.includes(shown), refused.err);
+    const audited = kpip(["audit", "query", "--op", "storage.stat", ...h]);
+    assert.equal(audited.code, 0, audited.err);
+    assert.doesNotMatch(audited.out, invisible, audited.out);
+    assert.ok(audited.out.includes(shown), audited.out);
+  });
+
   it("call with a body over the kernel's limit exits 1 at once with a plain message naming the limit", () => {
     const big = join(home, "big.bin");
     writeFileSync(big, "");
@@ -323,6 +345,32 @@ describe("registry changes while no kernel runs", () => {
     k.kill("SIGINT");
     await new Promise((r) => k.once("exit", r));
   };
+
+  it("persona add refuses a public key that is no Ed25519 point, or a point of small order (anyone could attest as the persona), offline as the kernel does", async () => {
+    await stop(await runKernel(home));
+    const file = join(home, "weak.key");
+    const identity = Buffer.alloc(32);
+    identity[0] = 1;
+    for (const [key, why] of [
+      [identity, /not a usable Ed25519 public key: a point of small order/],
+      [Buffer.alloc(32), /a point of small order/],
+      [Buffer.alloc(32, 2), /not a point of the Ed25519 curve/],
+    ] as const) {
+      writeFileSync(file, key.toString("base64url"));
+      const r = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, why);
+      // The same key as the publicKey of a JSON file.
+      writeFileSync(file, JSON.stringify({ publicKey: key.toString("base64url") }));
+      assert.match(kpip(["persona", "add", "weak", "--public-key", file, ...h]).err, why);
+    }
+    const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
+    assert.ok(!list.includes("weak"), "nothing registered");
+    writeFileSync(file, Buffer.from(generateIdentity("weak").publicKey).toString("base64url"));
+    const ok = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(kpip(["persona", "remove", "weak", ...h]).code, 0);
+  });
 
   it("are made on the home database and put on the audit record when the kernel next runs", async () => {
     await stop(await runKernel(home));

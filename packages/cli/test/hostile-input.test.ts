@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { type ChildProcess, execFileSync, spawnSync } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import {
   copyFileSync,
   mkdirSync,
@@ -12,10 +12,23 @@ import {
   truncateSync,
   writeFileSync,
 } from "node:fs";
+import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { attenuate, tokenFromString, tokenToString } from "@kpip/protocol";
+import {
+  attenuate,
+  type CborValue,
+  decodeIntent,
+  decodeMessage,
+  encodeMessage,
+  FrameDecoder,
+  generateIdentity,
+  type Response,
+  serializeIdentity,
+  tokenFromString,
+  tokenToString,
+} from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { kpip, MAIN, runKernel } from "./run.js";
 
@@ -343,5 +356,93 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     const after = read();
     assert.ok(after.keys[leaked]?.retired, "the leaked key stays retired");
     assert.equal(after.current, "rotatedmeanwhile", "the rotation is kept");
+  });
+});
+
+/** `kpip <args>` run without blocking this process (a fake kernel here must answer it). */
+function kpipAsync(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const c = spawn(process.execPath, [MAIN, ...args], { stdio: ["ignore", "pipe", "pipe"] });
+  let out = "";
+  let err = "";
+  c.stdout.on("data", (d: Buffer) => {
+    out += d;
+  });
+  c.stderr.on("data", (d: Buffer) => {
+    err += d;
+  });
+  return new Promise((r) => c.once("close", (code) => r({ code, out, err })));
+}
+
+/** A kernel that welcomes anyone and answers each request with `answer`'s payload: what a faulty (or fake) kernel may say. */
+async function fakeKernel(dir: string, answer: (op: string) => CborValue): Promise<{ socket: string; close(): void }> {
+  const socket = join(dir, "fake.sock");
+  const server = createServer((s) => {
+    const d = new FrameDecoder();
+    s.on("error", () => {});
+    s.on("data", (chunk) => {
+      for (const f of d.push(chunk)) {
+        const m = decodeMessage(f);
+        if (m.type === "HELLO")
+          s.write(
+            encodeMessage({
+              type: "CHALLENGE",
+              body: {
+                version: 1,
+                session: "s1",
+                nonce: Buffer.alloc(32),
+                kernel: "fake",
+                heartbeatMs: 5000,
+                limits: { maxBody: 1 << 20, maxInFlight: 16, dedupeWindowMs: 1000 },
+                features: [],
+              },
+            }),
+          );
+        else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+        else if (m.type === "REQUEST") {
+          const op = decodeIntent(m.body.intent).op;
+          const body = { version: 1, id: m.body.id, status: "SUCCESS", payload: answer(op) } as Response;
+          s.write(encodeMessage({ type: "RESPONSE", body }, f.stream));
+        } else if (m.type === "GOODBYE") s.end(encodeMessage({ type: "GOODBYE", body: { reason: "bye" } }));
+      }
+    });
+  });
+  await new Promise<void>((r) => server.listen(socket, r));
+  return { socket, close: () => server.close() };
+}
+
+describe("kpip against a faulty kernel", () => {
+  it("token list and token mint show an expiry no date can hold (a faulty kernel's) as the number it is: no RangeError, the rest of the answer shown", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-fake-kernel-"));
+    const EXP = 9_000_000_000_000_000; // a safe integer, past the last date a Date holds (8.64e15 ms)
+    const fake = await fakeKernel(dir, (op): CborValue => {
+      if (op === "token.list")
+        return { tokens: [{ id: "t1", sub: "alice", chain: [], exp: EXP, mintedBy: "admin", createdAt: 0 }] };
+      return { token: Buffer.from("not a real token"), id: "t2", exp: EXP };
+    });
+    try {
+      const identity = join(dir, "alice.identity");
+      writeFileSync(identity, serializeIdentity(generateIdentity("alice")), { mode: 0o600 });
+      const h = ["--home", join(dir, "home"), "--socket", fake.socket, "--identity", identity];
+      const list = await kpipAsync(["token", "list", ...h]);
+      assert.equal(list.code, 0, list.err);
+      assert.match(list.out, /^t1\s+alice\s+valid\s+9000000000000000\s+admin$/m);
+      const mint = await kpipAsync([
+        "token",
+        "mint",
+        "--persona",
+        "alice",
+        "--allow",
+        "system.*:kernel://",
+        "--ttl",
+        "1h",
+        "--json",
+        ...h,
+      ]);
+      assert.equal(mint.code, 0, mint.err);
+      assert.equal(JSON.parse(mint.out).exp, "9000000000000000");
+    } finally {
+      fake.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

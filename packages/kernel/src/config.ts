@@ -1,9 +1,10 @@
-import { statSync } from "node:fs";
+import { realpathSync, statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
-import { readRegularFile, UnreadableFileError } from "./secure-files.js";
+import { readRegularFile, UnreadableFileError, unsafeDirectoryAbove } from "./secure-files.js";
+import { repeatedJsonKey } from "./strict-json.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
 interface Declared {
@@ -156,7 +157,7 @@ const DECLARED = {
     type: "string",
     default: "",
     description:
-      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote; a regular file of the kernel's user, never a link); `kpip audit verify --anchors` checks the log against it",
+      "also append every signed audit checkpoint to this file, kept outside the home (another disk, append-only or remote; a regular file of the kernel's user, never a link, in directories no other user may write but sticky ones such as /tmp); `kpip audit verify --anchors` checks the log against it",
   },
   /** A signed checkpoint at least this often while records arrive (ms); with auditCheckpointEvery it bounds the unsigned tail. */
   auditCheckpointIntervalMs: {
@@ -723,11 +724,20 @@ const CONFIG_FILE_MAX_BYTES = 1024 * 1024;
  */
 function checkConfigFileOwner(path: string): void {
   let st: ReturnType<typeof statSync>;
+  let unsafe: string | undefined;
   try {
     st = statSync(path);
+    // Checked by path, then read by path: whoever can write a directory above it could swap
+    // the file in between, or for the next start (as the home's directories, case 518).
+    // Through a link too: the directories above the file it names.
+    const real = realpathSync(path);
+    unsafe =
+      unsafeDirectoryAbove(path, `config file ${path}`, "file") ??
+      (real === resolve(path) ? undefined : unsafeDirectoryAbove(real, `config file ${path} (${real})`, "file"));
   } catch {
     return; // said by the read below
   }
+  if (unsafe) throw new ConfigError(unsafe);
   const me = process.getuid?.();
   if (me !== undefined && st.uid !== me && st.uid !== 0)
     throw new ConfigError(
@@ -747,14 +757,22 @@ function readConfigFile(path: string, required: boolean): Record<string, unknown
   } catch (e) {
     // A FIFO or device would hang every reader of the home (kpip audit included), not be "no file".
     if (e instanceof UnreadableFileError) throw new ConfigError(`config file ${e.message}`);
-    if (required) throw new ConfigError(`config file ${path} cannot be read`);
-    return {};
+    const code = (e as NodeJS.ErrnoException).code;
+    if (required) throw new ConfigError(`config file ${path} cannot be read${code ? ` (${code})` : ""}`);
+    // Only a file that is not there is no file: one the kernel may not read (EACCES), or a link
+    // loop, holds settings the operator meant, which the defaults would silently replace.
+    if (code === "ENOENT" || code === "ENOTDIR") return {};
+    throw new ConfigError(`config file ${path} exists but cannot be read${code ? ` (${code})` : ""}: ${(e as Error).message}`);
   }
+  let v: unknown;
   try {
-    const v = JSON.parse(text);
+    v = JSON.parse(text);
     if (v === null || typeof v !== "object" || Array.isArray(v)) throw new Error("not an object");
-    return v;
   } catch (e) {
     throw new ConfigError(`config file ${path} is not a JSON object: ${(e as Error).message}`);
   }
+  // JSON.parse keeps a repeated key's last value: the file would not say what it seems to.
+  const twice = repeatedJsonKey(text);
+  if (twice !== undefined) throw new ConfigError(`config file ${path} gives ${JSON.stringify(twice)} more than once`);
+  return v as Record<string, unknown>;
 }

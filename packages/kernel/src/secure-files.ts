@@ -68,9 +68,22 @@ export function secureHome(home: string): void {
  * path there (object bodies, segments, key files), writing persona data where they read it.
  */
 function checkAncestors(home: string): void {
+  const why = unsafeDirectoryAbove(home, `the kernel home ${home}`, "home");
+  if (why) throw new UnsafeHomeError(why);
+}
+
+/**
+ * Why a directory above `path` lets another local user put something of theirs at `path` (a
+ * directory along the path as given or its real path that is not root's or the kernel user's,
+ * or that others may write without the sticky bit), or undefined. `what` names the path in the
+ * message, `noun` what lies there ("home", "file"). The kernel home, the audit anchor file and
+ * an explicit config file are all opened by path: a file checked at one open can be another at
+ * the next, unless no one else can change the directories it lies in.
+ */
+export function unsafeDirectoryAbove(path: string, what: string, noun: string): string | undefined {
   const me = uid();
   const chains = new Set<string>();
-  const parent = dirname(resolve(home));
+  const parent = dirname(resolve(path));
   for (const start of [parent, realpathSync(parent)]) {
     for (let d = start; ; d = dirname(d)) {
       chains.add(d);
@@ -80,18 +93,15 @@ function checkAncestors(home: string): void {
   for (const d of chains) {
     const st = statSync(d);
     if (me !== undefined && st.uid !== me && st.uid !== 0)
-      throw new UnsafeHomeError(
-        `${d}, above the kernel home ${home}, belongs to uid ${st.uid}: that user could put a home of theirs in its place; use a home whose directories are yours or root's`,
-      );
+      return `${d}, above ${what}, belongs to uid ${st.uid}: that user could put a ${noun} of theirs in its place; use a ${noun} whose directories are yours or root's`;
     // Group-writable is the user's own business when the group is theirs (a private group,
-    // under umask 002); another group's members, or everyone, could move the home.
+    // under umask 002); another group's members, or everyone, could move the path's target.
     const sticky = (st.mode & 0o1000) !== 0;
     const groupOthers = (st.mode & 0o020) !== 0 && st.gid !== process.getgid?.();
     if (!sticky && ((st.mode & 0o002) !== 0 || groupOthers))
-      throw new UnsafeHomeError(
-        `${d}, above the kernel home ${home}, is writable by group or others (mode ${(st.mode & 0o777).toString(8)}) without the sticky bit: they could move the home away and put theirs in its place; use a directory only you can write`,
-      );
+      return `${d}, above ${what}, is writable by group or others (mode ${(st.mode & 0o777).toString(8)}) without the sticky bit: they could move the ${noun} away and put theirs in its place; use a directory only you can write`;
   }
+  return undefined;
 }
 
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;

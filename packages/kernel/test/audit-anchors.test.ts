@@ -3,8 +3,11 @@ import { execFileSync } from "node:child_process";
 import { createPublicKey, generateKeyPairSync } from "node:crypto";
 import {
   appendFileSync,
+  chmodSync,
   chownSync,
   cpSync,
+  existsSync,
+  mkdirSync,
   mkdtempSync,
   readFileSync,
   rmSync,
@@ -192,5 +195,38 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
     assert.equal(readFileSync(victim, "utf8"), precious, "the link's target is untouched");
     assert.equal(readFileSync(theirs, "utf8"), "");
     rmSync(shared, { recursive: true, force: true });
+  });
+
+  it("an anchor file below a directory others may write (no sticky bit) or another user owns is refused at start: they could move it away and put theirs in its place", async () => {
+    const above = mkdtempSync(join(tmpdir(), "kpip-anchors-above-"));
+    const refused = async (path: string, why: RegExp) => {
+      const h = mkdtempSync(join(tmpdir(), "kpip-"));
+      await assert.rejects(
+        startKernel({ auditAnchorFile: path, auditCheckpointEvery: 10 }, h),
+        (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message) && why.test(e.message),
+        path,
+      );
+      removeHome(h);
+      assert.ok(!existsSync(path), "no anchor file made there");
+    };
+    try {
+      mkdirSync(join(above, "sub"), { mode: 0o700 });
+      chmodSync(above, 0o777);
+      // Its own directory, or one further up.
+      await refused(join(above, "anchors.jsonl"), /writable by group or others \(mode 777\) without the sticky bit/);
+      await refused(join(above, "sub", "anchors.jsonl"), new RegExp(`${above}, above the anchor file`));
+      // Sticky, as /tmp: others cannot move what is not theirs.
+      chmodSync(above, 0o1777);
+      const t = await startKernel({ auditAnchorFile: join(above, "sub", "anchors.jsonl"), auditCheckpointEvery: 10 });
+      await t.stop();
+      removeHome(t.home);
+      if (process.getuid?.() === 0) {
+        chmodSync(above, 0o755);
+        chownSync(above, 65534, 65534);
+        await refused(join(above, "other.jsonl"), /belongs to uid 65534/);
+      }
+    } finally {
+      rmSync(above, { recursive: true, force: true });
+    }
   });
 });

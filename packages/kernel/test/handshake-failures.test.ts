@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
-import { adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { addPersonaKey, adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
 
 /**
@@ -88,6 +88,33 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     assert.equal(row.persona, "-");
     assert.equal(JSON.parse(row.detail ?? "{}").claimedPersona, "admin");
     assert.match(row.message ?? "", /signature does not verify/);
+    await stillServing();
+  });
+
+  it("a key of small order verifies a signature anyone can make: persona.register refuses it, and a persona registered with one before is never attested", async () => {
+    // The identity point: with R the identity and S 0, OpenSSL verifies the signature over any message.
+    const weak = Buffer.alloc(32);
+    weak[0] = 1;
+    const forged = Buffer.concat([weak, Buffer.alloc(32)]);
+    const admin = await t.admin();
+    await assert.rejects(
+      admin.call("persona.register", "persona://weak", { publicKey: weak }),
+      klass("SEMANTIC", "publicKey is not a usable Ed25519 public key: a point of small order"),
+    );
+    await assert.rejects(
+      admin.call("persona.register", "persona://weak", { publicKey: Buffer.alloc(32, 2) }),
+      klass("SEMANTIC", "not a point of the Ed25519 curve"),
+    );
+    await admin.close();
+    // Registered with it all the same (a registry written before the check, or by hand).
+    addPersonaKey(t, "weak", weak);
+    const seen = handshakeSeqs();
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "weak", weak);
+    p.sendMessage({ type: "ATTEST", body: { signature: forged, tokens: [] } });
+    await expectFatal(p, "AUTH", "ATTESTATION_FAILED");
+    const row = await expectAudited(seen, "AUTH", "ATTESTATION_FAILED", h.session);
+    assert.match(row.message ?? "", /the registered key is no usable Ed25519 public key: a point of small order/);
     await stillServing();
   });
 

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import {
   chmodSync,
   chownSync,
@@ -6,6 +7,7 @@ import {
   lstatSync,
   mkdirSync,
   mkdtempSync,
+  rmSync,
   symlinkSync,
   unlinkSync,
   writeFileSync,
@@ -14,6 +16,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { ConfigError, HomeInUseError, Kernel, resolveConfig, SocketPathError, SqliteStore, verifyAudit } from "../src/index.js";
+import { repeatedJsonKey } from "../src/strict-json.js";
 import { KERNEL_ENTRY, removeHome, spawnReady, startKernel } from "./harness.js";
 
 /** A kernel in a child process on `home`; resolves once it listens. */
@@ -179,6 +182,45 @@ describe("configuration precedence", () => {
     }
   });
 
+  it("an explicit config file below a directory others may write (no sticky bit) or another user owns is refused, also through a link: they could swap it between its check and its read", () => {
+    const h = home();
+    const above = mkdtempSync(join(tmpdir(), "kpip-conf-above-"));
+    const safe = mkdtempSync(join(tmpdir(), "kpip-conf-safe-"));
+    try {
+      mkdirSync(join(above, "etc"), { mode: 0o700 });
+      const file = join(above, "etc", "kernel.json");
+      writeFileSync(file, JSON.stringify({ maxInFlight: 21 }), { mode: 0o600 });
+      const read = (f: string) => resolveConfig({ flags: { home: h }, env: {}, configFile: f });
+      assert.equal(read(file).maxInFlight, 21, "directories only its user may write: read");
+      chmodSync(above, 0o777);
+      assert.throws(
+        () => read(file),
+        (e: unknown) =>
+          e instanceof ConfigError &&
+          e.message.startsWith(
+            `${above}, above config file ${file}, is writable by group or others (mode 777) without the sticky bit`,
+          ),
+      );
+      // Named through a link in a safe directory: the directories above the file it names count too.
+      symlinkSync(file, join(safe, "kernel.json"));
+      assert.throws(
+        () => read(join(safe, "kernel.json")),
+        (e: unknown) => e instanceof ConfigError && e.message.includes(above),
+      );
+      chmodSync(above, 0o1777);
+      assert.equal(read(join(safe, "kernel.json")).maxInFlight, 21, "sticky, as /tmp: read");
+      if (process.getuid?.() === 0) {
+        chmodSync(above, 0o755);
+        chownSync(above, 65534, 65534);
+        assert.throws(() => new Kernel({ home: h, configFile: file }), /belongs to uid 65534/);
+      }
+    } finally {
+      removeHome(h);
+      removeHome(above);
+      removeHome(safe);
+    }
+  });
+
   it("takes the home from KPIP_HOME and reads that home's config file; an empty env value is ignored", () => {
     const h = home();
     const c = resolveConfig({ env: { KPIP_HOME: h, KPIP_HEARTBEAT_MS: "" } });
@@ -205,6 +247,63 @@ describe("configuration precedence", () => {
     writeFileSync(join(h, "type.json"), JSON.stringify({ logLevel: 3 }));
     assert.throws(() => resolveConfig({ flags: { home: h }, env: {}, configFile: join(h, "type.json") }), ConfigError);
     removeHome(h);
+  });
+
+  it("a config file the kernel may not read (EACCES, a link loop) is a ConfigError, not an absent file; a repeated key is a ConfigError naming it", async () => {
+    const h = home();
+    try {
+      const file = join(h, "config.json");
+      // A link loop: root meets it too.
+      unlinkSync(file);
+      symlinkSync("config.json", file);
+      assert.throws(
+        () => resolveConfig({ flags: { home: h }, env: {} }),
+        (e: unknown) => e instanceof ConfigError && /config\.json exists but cannot be read \(ELOOP\)/.test((e as Error).message),
+      );
+      unlinkSync(file);
+      assert.equal(resolveConfig({ flags: { home: h }, env: {} }).maxSessions, 1024, "no file: the defaults");
+      // Unreadable by the kernel's user: as root, the kernel is run as nobody on a home of nobody's.
+      writeFileSync(file, JSON.stringify({ sandbox: "none" }), { mode: 0o600 });
+      chmodSync(file, 0o000);
+      let said: string;
+      if (process.getuid?.() === 0) {
+        chownSync(h, 65534, 65534);
+        chownSync(file, 65534, 65534);
+        const config = new URL("../src/config.js", import.meta.url).href;
+        const script = `import { resolveConfig } from ${JSON.stringify(config)};
+          try { resolveConfig({ flags: { home: ${JSON.stringify(h)} }, env: {} }); console.log("read as absent"); }
+          catch (e) { console.log(e.name + ": " + e.message); }`;
+        const r = spawnSync(process.execPath, ["--input-type=module", "-e", script], {
+          uid: 65534,
+          gid: 65534,
+          encoding: "utf8",
+        });
+        said = r.stdout.trim() || r.stderr;
+      } else {
+        try {
+          resolveConfig({ flags: { home: h }, env: {} });
+          said = "read as absent";
+        } catch (e) {
+          said = `${(e as Error).name}: ${(e as Error).message}`;
+        }
+      }
+      assert.match(said, /^ConfigError: config file .*config\.json exists but cannot be read \(EACCES\)/);
+      // A repeated key: JSON.parse keeps the last, a reader of the file sees the first.
+      rmSync(file, { force: true });
+      writeFileSync(file, '{"sandbox": "bwrap", "maxSessions": 3, "sandbox": "none"}');
+      assert.throws(
+        () => resolveConfig({ flags: { home: h }, env: {} }),
+        (e: unknown) => e instanceof ConfigError && /gives "sandbox" more than once/.test((e as Error).message),
+      );
+      // Spelt another way, it is the same key; the same key in two objects, or a key's value, is not repeated.
+      writeFileSync(file, '{"sandbox": "bwrap", "\\u0073andbox": "none"}');
+      assert.throws(() => resolveConfig({ flags: { home: h }, env: {} }), /gives "sandbox" more than once/);
+      assert.equal(repeatedJsonKey('{"a": {"a": 1, "b": ["a", "a", {"a": 2}]}, "b": "b", "c": "a\\"b"}'), undefined);
+      assert.equal(repeatedJsonKey('[{"x": 1}, {"x": 2, "y": {"z": 1, "z": 2}}]'), "z");
+      assert.equal(repeatedJsonKey('{"a\\"": 1, "a\\u0022": 2}'), 'a"');
+    } finally {
+      removeHome(h);
+    }
   });
 
   it("a bad setting stops the kernel constructor (the kernel never starts on it)", () => {

@@ -43,6 +43,58 @@ export function publicKeyFromRaw(raw: Uint8Array): KeyObject {
   return createPublicKey({ key: Buffer.concat([SPKI_ED25519_PREFIX, raw]), format: "der", type: "spki" });
 }
 
+// Edwards25519: -x² + y² = 1 + d·x²·y² over GF(P).
+const P = 2n ** 255n - 19n;
+const mod = (a: bigint) => ((a % P) + P) % P;
+const pow = (b: bigint, e: bigint): bigint => {
+  let r = 1n;
+  let x = mod(b);
+  for (let k = e; k > 0n; k >>= 1n) {
+    if (k & 1n) r = (r * x) % P;
+    x = (x * x) % P;
+  }
+  return r;
+};
+const inv = (a: bigint) => pow(a, P - 2n);
+const D = mod(-121665n * inv(121666n));
+const SQRT_M1 = pow(2n, (P - 1n) / 4n);
+
+/**
+ * Why 32 bytes are no usable Ed25519 public key, or undefined: not a canonical encoding of a
+ * point of the curve (RFC 8032 §5.1.3), or a point of small order. OpenSSL takes any 32 bytes as
+ * a key, and verifies with a small-order key a signature anyone can make (R the identity, S 0)
+ * over any message: a persona registered with one could be attested by anyone.
+ */
+export function publicKeyFault(raw: Uint8Array): string | undefined {
+  if (raw.length !== 32) return "an Ed25519 public key has 32 bytes";
+  const sign = (raw[31] as number) >> 7;
+  let y = 0n;
+  for (let i = 31; i >= 0; i--) y = (y << 8n) | BigInt(i === 31 ? (raw[i] as number) & 0x7f : (raw[i] as number));
+  if (y >= P) return "not a canonical encoding of a point (y is not below 2^255 - 19)";
+  const u = mod(y * y - 1n);
+  const v = mod(D * y * y + 1n);
+  let x = mod(u * pow(v, 3n) * pow(u * pow(v, 7n), (P - 5n) / 8n));
+  const vx2 = mod(v * x * x);
+  if (vx2 === mod(-u)) x = mod(x * SQRT_M1);
+  else if (vx2 !== u) return "not a point of the Ed25519 curve";
+  if (x === 0n && sign === 1) return "not a canonical encoding of a point (x is 0 with its sign bit set)";
+  if ((x & 1n) !== BigInt(sign)) x = P - x;
+  // Small order: 8·point is the identity (0, 1). The addition law is complete for Edwards25519.
+  let [px, py] = [x, y];
+  for (let i = 0; i < 3; i++) {
+    const t = mod(D * px * px * py * py);
+    [px, py] = [mod(2n * px * py * inv(1n + t)), mod((py * py + px * px) * inv(1n - t))];
+  }
+  if (px === 0n && py === 1n) return "a point of small order: anyone can make signatures it verifies";
+  return undefined;
+}
+
+/** Throws an {@link IdentityError} unless `raw` is a usable Ed25519 public key ({@link publicKeyFault}). */
+export function checkPublicKey(raw: Uint8Array): void {
+  const fault = publicKeyFault(raw);
+  if (fault !== undefined) throw new IdentityError(`not a usable Ed25519 public key: ${fault}`);
+}
+
 /** Serialises an identity to the identity-file JSON text. */
 export function serializeIdentity(id: Identity): string {
   const seed = id.privateKey.export({ format: "der", type: "pkcs8" }).subarray(PKCS8_ED25519_PREFIX.length);

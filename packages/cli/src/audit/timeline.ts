@@ -1,4 +1,5 @@
 import type { AuditReader, AuditRecord } from "@kpip/kernel";
+import { isoTime } from "../util.js";
 import { recordTokenIds, traceId } from "./filters.js";
 
 /** One request (or one act of the kernel) on the timeline: an intent and its outcome are one row. */
@@ -204,7 +205,7 @@ export function parseDetail(d: string | null | undefined): unknown {
   return detailValue(d) ?? { $text: d };
 }
 
-export const iso = (t: number | null) => (t === null ? null : new Date(t).toISOString());
+export const iso = (t: number | null) => (t === null ? null : isoTime(t));
 
 export function rowJson(r: TimelineRow): Record<string, unknown> {
   return {

@@ -1,4 +1,5 @@
 import type { AuditCheckpoint, AuditReader, VerifyResult } from "@kpip/kernel";
+import { isoTime } from "../util.js";
 
 /** What `audit verify` proved, beyond ok/broken: the head, the checkpoints, the anchors, the unsigned tail. */
 export interface VerifyReport extends VerifyResult {
@@ -73,14 +74,12 @@ export function report(
   const last = headSeq === undefined ? undefined : reader.record(headSeq);
   const cps: AuditCheckpoint[] = reader.checkpoints();
   const lastCp = cps.at(-1);
-  const head = last
-    ? { seq: last.seq, hash: Buffer.from(last.hash).toString("hex"), time: new Date(last.time).toISOString() }
-    : null;
+  const head = last ? { seq: last.seq, hash: Buffer.from(last.hash).toString("hex"), time: isoTime(last.time) } : null;
   let unsignedTail: VerifyReport["unsignedTail"] = null;
   if (last && (!lastCp || lastCp.seq < last.seq)) {
     const from = (lastCp?.seq ?? (reader.firstAuditSeq() ?? 1) - 1) + 1;
     const first = reader.scanAudit(from, 1)[0];
-    unsignedTail = { from, to: last.seq, records: last.seq - from + 1, since: first ? new Date(first.time).toISOString() : null };
+    unsignedTail = { from, to: last.seq, records: last.seq - from + 1, since: first ? isoTime(first.time) : null };
   }
   const warnings: string[] = [];
   if (!anchorsGiven) warnings.push(NO_ANCHORS);
@@ -102,7 +101,7 @@ export function report(
     head,
     keySource,
     checkpointSeqs: cps.map((c) => c.seq),
-    lastCheckpoint: lastCp ? { seq: lastCp.seq, time: new Date(lastCp.time).toISOString() } : null,
+    lastCheckpoint: lastCp ? { seq: lastCp.seq, time: isoTime(lastCp.time) } : null,
     unsignedTail,
     ...(prunedBy ? { prunedBy } : {}),
     anchors: anchorsGiven ? (r.anchors ?? 0) : null,

@@ -25,7 +25,7 @@ import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js
 import { report, reportText } from "../audit/verify.js";
 import type { Command, Values } from "../command.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, printTable, reportError, resolveHome, toJson, UsageError } from "../util.js";
+import { EXIT, isoTime, printTable, reportError, resolveHome, toJson, UsageError } from "../util.js";
 
 /**
  * The home's database, for reading only: no file of the home is created or changed (see
@@ -51,7 +51,7 @@ function keptIntentBytes(home: string): number | undefined {
 function recordJson(r: AuditRecord): Record<string, unknown> {
   return {
     seq: r.seq,
-    time: new Date(r.time).toISOString(),
+    time: isoTime(r.time),
     session: r.session,
     persona: r.persona,
     phase: r.phase,
@@ -84,7 +84,7 @@ function measurementsJson(m: Uint8Array | null): unknown {
 }
 
 function recordLine(r: AuditRecord): string {
-  const t = new Date(r.time).toISOString();
+  const t = isoTime(r.time);
   const outcome = r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "";
   return printable(
     `${String(r.seq).padStart(7)} ${t} ${r.persona.padEnd(14)} ${r.phase.padEnd(8)} ${(r.op ?? "").padEnd(16)} ${(r.target ?? "").padEnd(28)} ${outcome.padEnd(18)} ${r.message ?? ""}`,

@@ -19,7 +19,8 @@ import { EXIT } from "../util.js";
 const options: Record<string, OptionSpec> = {
   config: {
     type: "string",
-    description: "config file (default <home>/config.json); yours or root's, writable by no group or other",
+    description:
+      "config file (default <home>/config.json); yours or root's, writable by no group or other, nor the directories above it",
   },
 };
 for (const s of SETTINGS) options[flagName(s.key)] = { type: "string", description: `${s.description} (env KPIP_…)` };

@@ -17,13 +17,13 @@ import {
   SqliteStore,
   writeSecret,
 } from "@kpip/kernel";
-import { generateIdentity, isPersonaId, parseIdentity, rawPublicKey, serializeIdentity } from "@kpip/protocol";
+import { generateIdentity, isPersonaId, parseIdentity, publicKeyFault, rawPublicKey, serializeIdentity } from "@kpip/protocol";
 import { readRegularFile } from "@kpip/protocol/regular-file";
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
-import { EXIT, placeNew, printTable, resolveHome, UsageError } from "../util.js";
+import { EXIT, isoTime, placeNew, printTable, resolveHome, UsageError } from "../util.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -68,11 +68,15 @@ function parsePublicKey(text: string): Uint8Array {
   if (text.startsWith("-----BEGIN PUBLIC KEY-----")) {
     const key = createPublicKey(text);
     if (key.asymmetricKeyType !== "ed25519") throw new UsageError("the public key must be Ed25519");
-    return rawPublicKey(key);
+    text = Buffer.from(rawPublicKey(key)).toString("base64url");
   }
   const raw = Buffer.from(text, "base64url");
   if (raw.length !== 32)
     throw new UsageError("the public key must be 32 bytes of base64url, a PEM SPKI key, or an identity file");
+  // As persona.register checks it, for the offline change too: any 32 bytes are not a key, and
+  // a small-order point verifies signatures anyone can make.
+  const fault = publicKeyFault(raw);
+  if (fault !== undefined) throw new UsageError(`the public key is not a usable Ed25519 public key: ${fault}`);
   return raw;
 }
 
@@ -254,7 +258,7 @@ export const personaCommand: Command = {
           const rows = store.listPersonas().map((p) => ({
             persona: p.id,
             publicKey: Buffer.from(p.publicKey).toString("base64url"),
-            created: new Date(p.createdAt).toISOString(),
+            created: isoTime(p.createdAt),
           }));
           if (asJson) process.stdout.write(`${JSON.stringify(rows)}\n`);
           else

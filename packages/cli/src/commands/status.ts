@@ -3,7 +3,7 @@ import { systemStatus } from "@kpip/protocol";
 import { printable } from "../audit/printable.js";
 import type { Command } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
-import { EXIT, reportError, toJson } from "../util.js";
+import { EXIT, isoTime, reportError, toJson } from "../util.js";
 
 const dur = (ms: number) =>
   ms < 60_000 ? `${Math.round(ms / 1000)}s` : ms < 3_600_000 ? `${Math.round(ms / 60_000)}m` : `${(ms / 3_600_000).toFixed(1)}h`;
@@ -48,7 +48,7 @@ export const statusCommand: Command = {
         `ops        ${s.ops?.running} running, ${s.ops?.queued} queued`,
         `agents     ${s.agents?.running} running`,
         `sandbox    ${!s.sandbox ? "unknown" : s.sandbox.mode === "none" ? "NONE: agents and commands run unconfined (--sandbox none)" : s.sandbox.usable ? `bubblewrap${s.sandbox.weakened ? ` (WEAKENED: ${s.sandbox.weakened})` : ""}` : `UNAVAILABLE: agents and commands are refused (${s.sandbox.reason ?? "?"})`}`,
-        `audit      head ${s.audit?.head}${s.audit?.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${new Date(s.audit.checkpoint.time).toISOString()}` : ", no checkpoint yet"}`,
+        `audit      head ${s.audit?.head}${s.audit?.checkpoint ? `, last checkpoint ${s.audit.checkpoint.seq} at ${isoTime(s.audit.checkpoint.time)}` : ", no checkpoint yet"}`,
         ...(s.audit?.anchors ? [`anchors    ${s.audit.anchors}`] : []),
         ...(s.metrics ? [`metrics    ${s.metrics}`] : []),
         `events     ${s.events?.subscriptions} subscriptions, ${s.events?.dropped} dropped`,

@@ -22,7 +22,7 @@ import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, readTokenArg, withClient, writeTokenFile } from "../connect.js";
 import { didYouMean, subcommandError } from "../suggest.js";
-import { EXIT, printTable, resolveHome, toJson, UsageError } from "../util.js";
+import { EXIT, isoTime, printTable, resolveHome, toJson, UsageError } from "../util.js";
 import { parseAllow, parseDuration, parseLimits } from "./grant-args.js";
 
 function workspaces(v: Values): string[] | undefined {
@@ -89,8 +89,8 @@ export const tokenCommand: Command = {
           const text = Buffer.from(p.token).toString("base64url");
           if (typeof v.out === "string") {
             writeTokenFile(v.out, text);
-            out({ file: v.out, id: p.id, persona, exp: new Date(p.exp).toISOString() }, `token ${p.id} written to ${v.out}`);
-          } else out({ token: text, id: p.id, persona, exp: new Date(p.exp).toISOString() }, text);
+            out({ file: v.out, id: p.id, persona, exp: isoTime(p.exp) }, `token ${p.id} written to ${v.out}`);
+          } else out({ token: text, id: p.id, persona, exp: isoTime(p.exp) }, text);
         });
       }
       case "attenuate": {
@@ -171,7 +171,7 @@ export const tokenCommand: Command = {
                 t.id,
                 String(t.sub),
                 t.revokedAt ? "revoked" : (t.exp as number) <= Date.now() ? "expired" : "valid",
-                new Date(t.exp as number).toISOString(),
+                isoTime(t.exp),
                 String(t.mintedBy),
               ]),
             );
@@ -247,7 +247,7 @@ function describeInspection(i: Inspection): string {
   if (limits.length) lines.push(`limits     ${limits.map(([k, v]) => `${k}=${v}`).join(", ")}`);
   if (e.workspaces) lines.push(`workspaces ${e.workspaces.join(", ")}`);
   if (e.domains) lines.push(`domains    ${e.domains.join(", ")}`);
-  lines.push(`expires    ${new Date(e.exp).toISOString()} (refreshable until ${new Date(e.maxExp).toISOString()})`);
+  lines.push(`expires    ${isoTime(e.exp)} (refreshable until ${isoTime(e.maxExp)})`);
   lines.push(`caveats    ${i.caveats.length}`);
   // Each line escaped whole, newlines included: a caveat's text is the holder's (anyone holding
   // a token may append one offline, and a domain may be any text), so it must not forge a line.

@@ -1,5 +1,6 @@
 import { closeSync, constants, fdatasync, fstatSync, ftruncateSync, openSync, readSync, write, writeSync } from "node:fs";
 import { publicKeyFromRaw, verifyBytes } from "@kpip/protocol";
+import { unsafeDirectoryAbove } from "../secure-files.js";
 import type { AuditCheckpoint, AuditStore } from "../store/types.js";
 import { checkpointMessage } from "./record.js";
 
@@ -111,6 +112,10 @@ export class AnchorFile {
     // the path made the kernel cut (the torn-tail repair) and append to whatever file it named —
     // any file, for a kernel run as root; a file of another user's holds anchors they could
     // edit or cut; a FIFO would stall every append. O_NONBLOCK: a FIFO's open does not wait.
+    // Nor in a directory another user could rename it out of (and theirs into) while the kernel
+    // runs, or between runs: as the home's directories (security.md cases 518, 541).
+    const unsafe = unsafeDirectoryAbove(path, `the anchor file ${path}`, "file");
+    if (unsafe) throw new UnsafeAnchorFileError(unsafe);
     try {
       this.fd = openSync(
         path,

@@ -50,6 +50,7 @@ import type { SessionHost } from "../session/session.js";
 import { ShmBudget } from "../session/shm-budget.js";
 import { BlobStore } from "../store/blobs.js";
 import type { WalCheckpointer } from "../store/checkpointer.js";
+import { DamagedBodies } from "../store/damaged-bodies.js";
 import type { SqliteStore } from "../store/sqlite.js";
 import { KeptBytes, RepeatedFailureLog } from "../store/storage-full.js";
 import { loadShmNative, sweepShmSegments } from "../transport/shm-native.js";
@@ -285,7 +286,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, input.clock, bounds);
     // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
     const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
-    const swept = blobs.sweep((h) => store.countBodyRefs(h) > 0);
+    // Bodies missing or of another size than their rows say are reported (logged, recorded) now, and at a read that meets one.
+    const damaged = new DamagedBodies(store, records, log);
+    const swept = damaged.sweep(blobs).removed;
     if (swept) log.info({ bodies: swept }, "removed object bodies no object names (left by an interrupted write)");
     uploads = new UploadTable(
       blobs,
@@ -313,7 +316,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
       storageFamily(
-        { store, blobs, ledger, uploads, peerLog, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
+        { store, blobs, ledger, uploads, peerLog, damaged, watch: { bus: events, sinkOf: (id) => sessions.get(id) } },
         {
           maxObjectBytes: c.maxObjectBytes,
           inlineBytes: c.objectInlineBytes,

@@ -1,4 +1,4 @@
-import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFromRaw } from "@kpip/protocol";
+import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFault } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
 import { inTree, registeredAbove, type TreeRoots, treeName } from "../resources/lineage.js";
@@ -105,11 +105,10 @@ export function personaFamily(
         handler: (ctx): OpResult => {
           const id = personaTarget(ctx);
           const key = ctx.args.publicKey;
-          try {
-            publicKeyFromRaw(key);
-          } catch (e) {
-            throw new OpError("SEMANTIC", `publicKey is not an Ed25519 public key: ${(e as Error).message}`);
-          }
+          // OpenSSL takes any 32 bytes: the point itself is checked (a small-order key verifies
+          // signatures anyone can make, so anyone could attest as the persona).
+          const fault = key instanceof Uint8Array ? publicKeyFault(key) : "not bytes";
+          if (fault !== undefined) throw new OpError("SEMANTIC", `publicKey is not a usable Ed25519 public key: ${fault}`);
           // Registered with the request's dedupe record: a retry after a crash is not "already registered".
           return ctx.atomically((): OpResult => {
             if (store.getPersona(id)) throw new OpError("SEMANTIC", `persona ${id} is already registered`);

@@ -2,6 +2,7 @@ import type { CborMap } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import type { BlobStore } from "../store/blobs.js";
+import type { DamagedBodies } from "../store/damaged-bodies.js";
 import type { ObjectBody, ObjectStore } from "../store/types.js";
 import type { UploadTable } from "./storage-uploads.js";
 import { storageChanged, type WatchDeps } from "./storage-watch.js";
@@ -28,6 +29,8 @@ export interface StorageDeps {
   watch: WatchDeps;
   /** The kernel's log, each persona within its budget: a clean-up that failed under a refusal. */
   peerLog: Pick<PeerLogLimiter, "write">;
+  /** Where a read that meets a damaged body reports it (logged and recorded once). */
+  damaged: Pick<DamagedBodies, "report">;
 }
 
 /** An object address: obj://<workspace>/<path>. The target grammar already forbids ".", "..", empty segments and percent-encoding. */

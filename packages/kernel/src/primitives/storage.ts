@@ -1,5 +1,6 @@
 import { DEFAULT_LIMITS, storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
+import { DamagedBodyError } from "../store/blobs.js";
 import type { ObjectBody } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
@@ -35,14 +36,18 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
+          // A write that cannot commit as things stand — a stale ifGeneration, a limit it is past —
+          // is refused before its body is written and synced (the commit checks both again, in
+          // its transaction): refused only there, a persona still had the disk write and sync a
+          // body at its request rate. The generation first, as the commit (and an upload's) does.
+          const existing = store.statObject(workspace, path);
+          const want = ctx.args.ifGeneration;
+          if (want !== undefined && want !== (existing?.generation ?? 0))
+            throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
           // Small bodies stay in the database (one commit, no file); larger ones are written to
           // the file store first (synced), then named by the row (docs/architecture.md).
-          if (data.length >= limits.inlineBytes) {
-            // A write past a limit now is refused before its body is written and synced (the
-            // commit checks again): refused only there, a persona at its storage.bytes (or in a
-            // full workspace) still had the disk write and sync each body at its request rate.
-            ledger.checkStorage(ctx.persona, workspace, path, store.statObject(workspace, path), data.length, ctx.grant);
-          }
+          if (data.length >= limits.inlineBytes)
+            ledger.checkStorage(ctx.persona, workspace, path, existing, data.length, ctx.grant);
           const body: ObjectBody =
             data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);
@@ -70,9 +75,20 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           }
           // Counted before it is read: pipelined reads of a large object cannot pile up in memory.
           ctx.holdAnswerBytes(length);
-          const data = o.hash
-            ? blobs.read(o.hash, offset, length)
-            : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          let data: Buffer;
+          try {
+            data = o.hash
+              ? blobs.read(o.hash, offset, length, o.size)
+              : Buffer.from(o.data.buffer, o.data.byteOffset + offset, length);
+          } catch (e) {
+            if (!(e instanceof DamagedBodyError)) throw e;
+            // Lost bytes, said as such (INTERNAL: a storage error, PROTOCOL §10.1), never a short answer.
+            d.damaged.report(e, ctx.targetUri);
+            throw new OpError(
+              "INTERNAL",
+              `the stored body of ${ctx.targetUri} is damaged (${e.found === null ? "missing" : `${e.found} bytes on disk, not ${e.size}`}): it cannot be read until the operator restores it`,
+            );
+          }
           return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
         },
       }),

@@ -65,6 +65,7 @@ export function attestationFailure(
   const key = keys.lookup(hello.body.persona);
   if (key === undefined) return "persona is not registered";
   if (!Buffer.from(key.raw).equals(Buffer.from(hello.body.publicKey))) return "public key differs from the registered key";
+  if (typeof key.key === "string") return `the registered key is no usable Ed25519 public key: ${key.key}`;
   if (!verifyBytes(key.key, attestationTranscript(hello.bytes, challenge), signature)) {
     return "signature does not verify over this session's transcript";
   }

@@ -1,5 +1,5 @@
 import type { KeyObject } from "node:crypto";
-import { publicKeyFromRaw } from "@kpip/protocol";
+import { publicKeyFault, publicKeyFromRaw } from "@kpip/protocol";
 import { CACHE_ENTRIES } from "../limits.js";
 import type { PersonaStore } from "../store/types.js";
 
@@ -9,7 +9,8 @@ import type { PersonaStore } from "../store/types.js";
  * costs more than verifying a signature with it.
  */
 export class PersonaKeys {
-  private readonly cache = new Map<string, KeyObject>();
+  /** A parsed key, or why the registered bytes are no usable key (a registry written before the check, or by hand). */
+  private readonly cache = new Map<string, KeyObject | string>();
 
   constructor(
     private readonly store: PersonaStore,
@@ -17,14 +18,15 @@ export class PersonaKeys {
     private readonly gone: (persona: string) => boolean = () => false,
   ) {}
 
-  lookup(persona: string): { raw: Uint8Array; key: KeyObject; createdAt: number } | undefined {
+  lookup(persona: string): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
     if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;
     const hex = Buffer.from(rec.publicKey).toString("hex");
     let key = this.cache.get(hex);
     if (!key) {
-      key = publicKeyFromRaw(rec.publicKey);
+      // A small-order key verifies a signature anyone can make: no attestation with it holds.
+      key = publicKeyFault(rec.publicKey) ?? publicKeyFromRaw(rec.publicKey);
       if (this.cache.size > CACHE_ENTRIES.personaKeys) this.cache.clear();
       this.cache.set(hex, key);
     }

@@ -4,6 +4,7 @@ import {
   closeSync,
   constants,
   existsSync,
+  fstatSync,
   fsync,
   lstatSync,
   mkdirSync,
@@ -184,15 +185,28 @@ export class BlobStore {
     }
   }
 
-  /** `length` bytes of a body from `offset`; a body shorter than that is an error, never a short answer. */
-  read(hash: Uint8Array, offset: number, length: number): Buffer {
-    const fd = openSync(this.pathOf(hash), READ);
+  /**
+   * `length` bytes from `offset` of a body its row says has `size` bytes. A body missing or of
+   * another size on disk is a {@link DamagedBodyError}, never a short answer or bytes of a body
+   * other than the one recorded.
+   */
+  read(hash: Uint8Array, offset: number, length: number, size: number): Buffer {
+    let fd: number;
     try {
+      fd = openSync(this.pathOf(hash), READ);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") throw new DamagedBodyError(hash, size, null);
+      throw e;
+    }
+    try {
+      const found = fstatSync(fd).size;
+      if (found !== size) throw new DamagedBodyError(hash, size, found);
       const out = Buffer.allocUnsafe(length);
       let got = 0;
       while (got < length) {
         const n = readSync(fd, out, got, length - got, offset + got);
-        if (n === 0) throw new Error(`object body ${Buffer.from(hash).toString("hex")} is shorter than its metadata says`);
+        // Cut while it was read.
+        if (n === 0) throw new DamagedBodyError(hash, size, offset + got);
         got += n;
       }
       return out;
@@ -256,9 +270,13 @@ export class BlobStore {
    * At start, before any request: checks every directory and file of the store (no links, the
    * kernel's own, no group or other access) and removes the bodies no row names (left by a
    * crash between writing a body and committing its row, or between a delete and the removal).
+   * `recorded` is the size the rows naming a body give it (undefined: none names it); a named
+   * body of another size on disk is in `damaged` (its size from the lstat the walk makes anyway).
    */
-  sweep(referenced: (hash: Buffer) => boolean): number {
+  sweep(recorded: (hash: Buffer) => number | undefined): { removed: number; named: number; damaged: DamagedBodyError[] } {
     let removed = 0;
+    let named = 0;
+    const damaged: DamagedBodyError[] = [];
     const top = join(this.root, "sha256");
     for (const a of readdirSync(top)) {
       const dir = join(top, a);
@@ -270,12 +288,41 @@ export class BlobStore {
         owned(st.uid, path);
         if ((st.mode & 0o077) !== 0) chmodSync(path, 0o600);
         const hex = a + b;
-        if (!/^[0-9a-f]{64}$/.test(hex) || !referenced(Buffer.from(hex, "hex"))) {
+        const size = /^[0-9a-f]{64}$/.test(hex) ? recorded(Buffer.from(hex, "hex")) : undefined;
+        if (size === undefined) {
           if (unlinkQuiet(path)) removed++;
+          continue;
         }
+        named++;
+        if (st.size !== size) damaged.push(new DamagedBodyError(Buffer.from(hex, "hex"), size, st.size));
       }
     }
-    return removed;
+    return { removed, named, damaged };
+  }
+}
+
+/**
+ * A body in the file store that is not what the rows naming it say: missing, or of another size
+ * (a bad disk, a file cut or replaced by a process of the kernel's user). Its bytes are lost to
+ * every object naming it until the operator restores the file.
+ */
+export class DamagedBodyError extends Error {
+  override name = "DamagedBodyError";
+  readonly hash: Buffer;
+  constructor(
+    hash: Uint8Array,
+    /** What the rows naming it say. */
+    readonly size: number,
+    /** Its size on disk; null when the file is missing. */
+    readonly found: number | null,
+  ) {
+    const hex = Buffer.from(hash).toString("hex");
+    super(
+      found === null
+        ? `object body ${hex} (${size} bytes) is missing from the file store`
+        : `object body ${hex} has ${found} bytes on disk, not the ${size} its objects record`,
+    );
+    this.hash = Buffer.from(hash);
   }
 }
 

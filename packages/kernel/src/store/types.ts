@@ -82,6 +82,12 @@ export interface ObjectStore {
   ): CasResult;
   /** How many objects name the body `hash` in the file store (a body is garbage at 0). */
   countBodyRefs(hash: Uint8Array): number;
+  /** One object naming the body `hash` (its size is the body's), or undefined when none does. */
+  objectNaming(hash: Uint8Array): { workspace: string; path: string; size: number } | undefined;
+  /** How many distinct bodies in the file store objects name. */
+  countBodies(): number;
+  /** Every body objects name, once each, with one object naming it. */
+  namedBodies(): Iterable<{ hash: Buffer; workspace: string; path: string; size: number }>;
   /** Runs `fn` atomically (object change and ledger change commit together). */
   transaction<T>(fn: () => T): T;
   deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined;

@@ -11,7 +11,7 @@ const personaRecord = {
 export const personaRegister = defineOp({
   op: "persona.register",
   description:
-    "Register persona://<id> with its Ed25519 public key (32 bytes); it may attest at once. A persona other than the admin registers only under the top of its own persona tree (PERMISSION otherwise). RESOURCE when the caller's persona tree has registered as many as the kernel allows (the admin is exempt).",
+    "Register persona://<id> with its Ed25519 public key (32 bytes); it may attest at once. SEMANTIC for a key that is no usable Ed25519 public key (not a point, or one of small order: PROTOCOL §8.4). A persona other than the admin registers only under the top of its own persona tree (PERMISSION otherwise). RESOURCE when the caller's persona tree has registered as many as the kernel allows (the admin is exempt).",
   targets: ["persona"],
   args: { publicKey: { type: "bytes", required: true, description: "the persona's raw Ed25519 public key" } },
   result: personaRecord,

@@ -20,6 +20,12 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
         "size = excluded.size, updated_at = excluded.updated_at, owner = excluded.owner, hash = excluded.hash",
     );
     readonly #bodyRefs: Statement = this.db.prepare("SELECT count(*) AS n FROM objects WHERE hash = ?");
+    readonly #naming: Statement = this.db.prepare("SELECT workspace, path, size FROM objects WHERE hash = ? LIMIT 1");
+    readonly #countBodies: Statement = this.db.prepare("SELECT count(DISTINCT hash) AS n FROM objects WHERE hash IS NOT NULL");
+    // SQLite gives a bare column beside min() the row min() came from: one object per body.
+    readonly #bodies: Statement = this.db.prepare(
+      "SELECT hash, workspace, path, min(size) AS size FROM objects WHERE hash IS NOT NULL GROUP BY hash",
+    );
     readonly #delete: Statement = this.db.prepare("DELETE FROM objects WHERE workspace = ? AND path = ?");
     // The last generation of each deleted path: a path written again continues after it, so a
     // generation never names two versions (an ifGeneration read or write across a delete and a
@@ -86,6 +92,17 @@ export function ObjectRows<B extends StoreBase>(Base: B): WithRows<B, ObjectStor
     }
     countBodyRefs(hash: Uint8Array): number {
       return (this.#bodyRefs.get(Buffer.from(hash)) as { n: number }).n;
+    }
+    objectNaming(hash: Uint8Array): { workspace: string; path: string; size: number } | undefined {
+      const r = this.#naming.get(Buffer.from(hash)) as Row | undefined;
+      return r && { workspace: r.workspace as string, path: r.path as string, size: r.size as number };
+    }
+    countBodies(): number {
+      return (this.#countBodies.get() as { n: number }).n;
+    }
+    *namedBodies(): Iterable<{ hash: Buffer; workspace: string; path: string; size: number }> {
+      for (const r of this.#bodies.iterate() as Iterable<Row>)
+        yield { hash: r.hash as Buffer, workspace: r.workspace as string, path: r.path as string, size: r.size as number };
     }
     deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined {
       const prev = this.#gen.get(workspace, path) as Row | undefined;
