@@ -4,7 +4,6 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { UploadTable } from "../src/primitives/storage-uploads.js";
-import { DIRECT_SLOTS } from "../src/primitives/upload-direct.js";
 import { type MemRange, UploadHasher } from "../src/primitives/upload-hasher.js";
 import { BlobStore, sha256 } from "../src/store/blobs.js";
 import { pattern } from "./storage-files.js";
@@ -101,12 +100,12 @@ describe("upload chunks written with direct I/O", () => {
         u: table.begin(`p${i}`, `obj://ws/x${i}`, 2 * n),
         data: pattern(2 * n, i + 1),
       }));
-      // Hashing held: the first chunk of each of six uploads; the slots take some, the rest go through the page cache.
+      // Hashing held: the first chunk of each of six uploads; four slots, so two go through the page cache.
       const first = uploads.map(({ u, data }) => table.chunk(u, 0, Buffer.from(data.subarray(0, n))));
       await Promise.all(first);
       await new Promise((r) => setImmediate(r));
-      assert.equal(hasher.ranges.filter((r) => r.mem).length, DIRECT_SLOTS, "one chunk per slot");
-      assert.equal(hasher.ranges.filter((r) => !r.mem).length, 6 - DIRECT_SLOTS, "the rest through the page cache");
+      assert.equal(hasher.ranges.filter((r) => r.mem).length, 4, "four slots");
+      assert.equal(hasher.ranges.filter((r) => !r.mem).length, 2, "the rest through the page cache");
       hasher.let();
       for (const { u } of uploads) await u.hashed;
       // Slots free again: the second chunks are direct once more.
@@ -116,7 +115,7 @@ describe("upload chunks written with direct I/O", () => {
         assert.equal((await table.digest(u)).toString("hex"), sha256(data).toString("hex"));
         assert.ok(readFileSync(u.path).equals(data));
       }
-      assert.equal(hasher.ranges.slice(6).filter((r) => r.mem).length, DIRECT_SLOTS);
+      assert.equal(hasher.ranges.slice(6).filter((r) => r.mem).length, 4);
     });
   });
 });

@@ -10,8 +10,8 @@ import { join } from "node:path";
 export const DIRECT_ALIGN = 4096;
 /** Bytes of one staging slot: a chunk larger than this is written through the page cache. */
 export const DIRECT_SLOT_BYTES = 8 * 1024 * 1024;
-/** Slots at most (a window of two chunks, and one more while a hash finishes): chunks beyond them go through the page cache. */
-export const DIRECT_SLOTS = 3;
+/** Slots at most: chunks beyond them (many uploads at once) are written through the page cache. */
+const DIRECT_SLOTS = 4;
 
 /** One staging slot: aligned shared memory a chunk is copied into, written from and hashed from. */
 export interface DirectSlot {
