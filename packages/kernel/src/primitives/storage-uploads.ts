@@ -48,8 +48,6 @@ export interface Upload {
   fd: number;
   /** The partial file opened for direct writes (aligned chunks), if the file system allows it. */
   direct: number | undefined;
-  /** Whether {@link direct} was asked for (once the kernel knew whether the file system allows it). */
-  directTried: boolean;
   path: string;
   expires: number;
   /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
@@ -190,7 +188,6 @@ export class UploadTable {
       unhashedChunks: 0,
       fd: t.fd,
       direct: undefined,
-      directTried: false,
       path: t.path,
       expires: this.clock() + this.limits.idleMs,
       committing: false,
@@ -201,6 +198,8 @@ export class UploadTable {
       installed: undefined,
       ended: false,
     };
+    // Opened second: a failure leaves the upload on the page cache, never without its file.
+    u.direct = this.directChunks?.open(t.path);
     this.byId.set(id, u);
     return u;
   }
@@ -244,12 +243,6 @@ export class UploadTable {
     const length = data.length;
     // An aligned chunk is copied into a staging slot, written from it past the page cache and
     // hashed from it (the hash need not wait for the write); any other goes through the page cache.
-    // Opened at the first chunk once the probe (begun at start) answered: a failure leaves the
-    // upload on the page cache, never without its file.
-    if (!u.directTried && this.directChunks?.known && !u.closed) {
-      u.directTried = true;
-      u.direct = this.directChunks.open(u.path);
-    }
     const slot = u.direct === undefined ? undefined : this.directChunks?.take(offset, length);
     let mem: MemRange | undefined;
     let p: Promise<void>;

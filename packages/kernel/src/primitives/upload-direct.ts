@@ -55,11 +55,6 @@ export class DirectChunks {
     );
   }
 
-  /** Whether the probe is done (until then no descriptor is given). */
-  get known(): boolean {
-    return this.misalign !== undefined;
-  }
-
   /** A descriptor writing `path` directly, or undefined where direct I/O is not available (or not known yet). */
   open(path: string): number | undefined {
     if (typeof this.misalign !== "number") return undefined;
