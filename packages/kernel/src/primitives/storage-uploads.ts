@@ -5,8 +5,7 @@ import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/li
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
-import { DirectChunks, writeDirect } from "./upload-direct.js";
-import { type MemRange, UploadHasher } from "./upload-hasher.js";
+import { UploadHasher } from "./upload-hasher.js";
 
 export interface UploadLimits {
   /** Uploads in progress one persona may have (with every persona under it). */
@@ -21,8 +20,6 @@ export interface UploadLimits {
   idleMs: number;
   /** The top of each persona's tree (perPersona counts it); by first segment when absent. */
   roots?: TreeRoots;
-  /** Aligned chunks written with direct I/O where the file system allows it (default true; see {@link DirectChunks}). */
-  direct?: boolean;
 }
 
 /** One chunked upload in progress: the object it will become, and its partial body so far. */
@@ -46,8 +43,6 @@ export interface Upload {
   unhashedBytes: number;
   unhashedChunks: number;
   fd: number;
-  /** The partial file opened for direct writes (aligned chunks), if the file system allows it. */
-  direct: number | undefined;
   path: string;
   expires: number;
   /** Set while the commit syncs and installs the body: nothing else may touch the upload. */
@@ -97,7 +92,6 @@ export type UploadEnd = "idle" | "revoked" | "persona removed";
 export class UploadTable {
   private readonly byId = new Map<string, Upload>();
   private readonly timer: NodeJS.Timeout;
-  private readonly directChunks: DirectChunks | undefined;
   /** Told of each upload the kernel ends on its own (the kernel puts it on the record). */
   onEnded: ((u: Upload, why: UploadEnd) => void) | undefined;
 
@@ -111,16 +105,10 @@ export class UploadTable {
   ) {
     this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
     this.timer.unref();
-    this.directChunks = limits.direct === false ? undefined : new DirectChunks(blobs.tmpDir);
   }
 
   get size(): number {
     return this.byId.size;
-  }
-
-  /** Settles once it is known whether chunks can be written directly here (tests; uploads never wait for it). */
-  get directReady(): Promise<void> {
-    return this.directChunks?.ready ?? Promise.resolve();
   }
 
   /** Declared bytes of the uploads in progress that `which` selects (all of them by default). */
@@ -187,7 +175,6 @@ export class UploadTable {
       unhashedBytes: 0,
       unhashedChunks: 0,
       fd: t.fd,
-      direct: undefined,
       path: t.path,
       expires: this.clock() + this.limits.idleMs,
       committing: false,
@@ -198,8 +185,6 @@ export class UploadTable {
       installed: undefined,
       ended: false,
     };
-    // Opened second: a failure leaves the upload on the page cache, never without its file.
-    u.direct = this.directChunks?.open(t.path);
     this.byId.set(id, u);
     return u;
   }
@@ -223,10 +208,8 @@ export class UploadTable {
    * Appends one chunk at `offset`: in order, no gap, no overlap, not past the declared size.
    * The chunk's place is taken and its write to the file begun (off the event loop) now, so the
    * next chunk may follow at once; the promise settles when its bytes are in the file, and only
-   * then is the chunk acknowledged. The kernel keeps no chunk after its write and hash: an aligned
-   * chunk is written from a staging slot with direct I/O and hashed from that slot (see
-   * {@link DirectChunks}); any other is written through the page cache and the hash worker reads
-   * it back from the file, after the chunks before it.
+   * then is the chunk acknowledged. The kernel keeps no chunk after its write; the hash worker
+   * reads it back from the file, after the chunks before it.
    */
   chunk(u: Upload, offset: number, data: Uint8Array): Promise<void> {
     if (data.length === 0) throw new OpError("SEMANTIC", "an upload chunk holds at least one byte");
@@ -240,35 +223,18 @@ export class UploadTable {
       throw new OpError("SEMANTIC", `chunk ends at ${offset + data.length}, beyond the declared size ${u.size}`);
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
-    const length = data.length;
-    // An aligned chunk is copied into a staging slot, written from it past the page cache and
-    // hashed from it (the hash need not wait for the write); any other goes through the page cache.
-    const slot = u.direct === undefined ? undefined : this.directChunks?.take(offset, length);
-    let mem: MemRange | undefined;
-    let p: Promise<void>;
-    if (slot !== undefined && u.direct !== undefined) {
-      const view = slot.fill(data);
-      const range: MemRange = { view, written: false };
-      mem = range;
-      p = writeDirect(u.direct, view, offset)
-        // Refused as unaligned after all (a file system stricter than the probe found): the page cache.
-        .catch((e: NodeJS.ErrnoException) => (e.code === "EINVAL" ? writeAt(u.fd, view, offset) : Promise.reject(e)))
-        .then(() => {
-          range.written = true;
-          this.hasher.written(u.id);
-        });
-    } else p = writeAt(u.fd, data, offset);
-    p = p.catch((e: Error) => {
+    const p = writeAt(u.fd, data, offset).catch((e: Error) => {
       u.failed ??= e;
       throw e;
     });
     this.track(u, p);
+    const length = data.length;
     u.unhashedBytes += length;
     u.unhashedChunks++;
-    // Not once the upload failed or was dropped (its descriptor is about to be given back).
-    const hash = () => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length, u.persona, mem));
-    const ranged = mem === undefined ? u.hashed.then(() => p).then(hash) : u.hashed.then(hash);
-    u.hashed = ranged
+    u.hashed = u.hashed
+      .then(() => p)
+      // Not once the upload failed or was dropped (its descriptor is about to be given back).
+      .then(() => (u.failed || u.closed ? undefined : this.hasher.range(u.id, u.fd, offset, length, u.persona)))
       .catch((e: Error) => {
         u.failed ??= e;
       })
@@ -277,8 +243,6 @@ export class UploadTable {
         u.unhashedChunks--;
       });
     this.track(u, u.hashed);
-    // The slot is free once written and hashed (the hasher forgot it: written, and past its range).
-    if (slot !== undefined) void Promise.allSettled([p, u.hashed]).then(() => slot.release());
     // Start writing the file out while the upload goes on: a gigabyte of dirty pages left for the
     // commit makes writes slow (the OS throttles the writer) and the commit's sync long.
     if (u.received - u.flushed >= FLUSH_EVERY) {
@@ -340,10 +304,7 @@ export class UploadTable {
     // Once only: a second close could close whatever file was given the number since.
     if (u.closed) return;
     u.closed = true;
-    const close = () => {
-      closeSync(u.fd);
-      if (u.direct !== undefined) closeSync(u.direct);
-    };
+    const close = () => closeSync(u.fd);
     // Never close a descriptor a write or flush still uses: its number could be reused by
     // another file, which the pending write would then write into.
     if (u.busy.size) void Promise.allSettled(u.busy).then(close);

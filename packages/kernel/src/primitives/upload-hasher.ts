@@ -23,15 +23,6 @@ const HASH_TURN = 1024 * 1024;
 /** Turns with the worker at once: one hashed while the next is on its way, so it does not idle for the round trip. */
 const IN_FLIGHT = 2;
 
-/**
- * A range's bytes in shared memory, which the caller keeps unchanged until the range resolved
- * and it set `written` (its bytes are in the file) and called {@link UploadHasher.written}.
- */
-export interface MemRange {
-  view: Uint8Array;
-  written: boolean;
-}
-
 /** A range (resolved once the hash reached its end) or the digest (the last ask of its upload). */
 interface Ask {
   digest: boolean;
@@ -58,12 +49,6 @@ interface Hashing {
   sealed: boolean;
   /** The digest is with the current hasher. */
   digesting: boolean;
-  /**
-   * Ranges whose bytes are also in shared memory (a direct write's staging slot), in order: hashed
-   * from there, not read back from the file. Kept until hashed and written (a replay after a
-   * worker's death reads the file only where the bytes are in it).
-   */
-  mem: { start: number; end: number; range: MemRange }[];
 }
 
 const stopping = () => new Error("the kernel is stopping");
@@ -118,7 +103,7 @@ export class UploadHasher {
    * Resolves once bytes [offset, offset + length) of `fd` are hashed into `key`'s hash: the range
    * right after the last one. `owner` (the persona) is whose turn it takes (by default its own).
    */
-  range(key: string, fd: number, offset: number, length: number, owner = key, mem?: MemRange): Promise<void> {
+  range(key: string, fd: number, offset: number, length: number, owner = key): Promise<void> {
     if (this.closed) return Promise.reject(stopping());
     const h = this.byKey.get(key) ?? this.add(key, owner, fd);
     if (h.sealed || offset !== h.asked) {
@@ -127,8 +112,6 @@ export class UploadHasher {
       this.tellForget(key);
       return Promise.reject(e);
     }
-    // The caller keeps `mem` unchanged until this settles (it is read until the range is hashed).
-    if (mem !== undefined && mem.view.length === length) h.mem.push({ start: offset, end: offset + length, range: mem });
     h.asked += length;
     return new Promise<void>((resolve, reject) => {
       h.asks.push({ digest: false, end: h.asked, resolve: () => resolve(), reject });
@@ -169,7 +152,7 @@ export class UploadHasher {
   }
 
   private add(key: string, owner: string, fd: number): Hashing {
-    const h: Hashing = { key, owner, fd, asked: 0, sent: 0, done: 0, asks: [], sealed: false, digesting: false, mem: [] };
+    const h: Hashing = { key, owner, fd, asked: 0, sent: 0, done: 0, asks: [], sealed: false, digesting: false };
     this.byKey.set(key, h);
     let mine = this.owners.get(owner);
     if (mine === undefined) {
@@ -192,7 +175,6 @@ export class UploadHasher {
   private fail(h: Hashing, e: Error): void {
     if (this.byKey.get(h.key) !== h) return;
     this.remove(h);
-    h.mem = [];
     for (const a of h.asks.splice(0)) a.reject(e);
   }
 
@@ -223,16 +205,8 @@ export class UploadHasher {
   /** `h`'s turn: up to {@link HASH_TURN} of its bytes, or its digest. */
   private turn(h: Hashing): HashAsk {
     if (h.sent < h.asked) {
-      let length = Math.min(HASH_TURN, h.asked - h.sent);
+      const length = Math.min(HASH_TURN, h.asked - h.sent);
       const m: HashAsk = { kind: "range", seq: 0, key: h.key, fd: h.fd, offset: h.sent, length };
-      const seg = h.mem.find((x) => h.sent < x.end);
-      if (seg !== undefined && seg.start <= h.sent) {
-        // From shared memory: the worker gets the buffer itself (shared, not copied).
-        length = Math.min(length, seg.end - h.sent);
-        m.mem = seg.range.view.buffer as SharedArrayBuffer;
-        m.memOffset = seg.range.view.byteOffset + (h.sent - seg.start);
-      } else if (seg !== undefined) length = Math.min(length, seg.start - h.sent); // the file up to memory whose write may be under way
-      m.length = length;
       h.sent += length;
       return m;
     }
@@ -250,19 +224,8 @@ export class UploadHasher {
       (h.asks.shift() as Ask).resolve(r);
     } else {
       h.done = (m.offset as number) + (m.length as number);
-      UploadHasher.dropMem(h);
       this.settleRanges(h);
     }
-  }
-
-  /** The caller set `written` on a {@link MemRange} of `key`: one hashed already is forgotten. */
-  written(key: string): void {
-    const h = this.byKey.get(key);
-    if (h) UploadHasher.dropMem(h);
-  }
-
-  private static dropMem(h: Hashing): void {
-    while (h.mem[0] !== undefined && h.mem[0].end <= h.done && h.mem[0].range.written) h.mem.shift();
   }
 
   private settleRanges(h: Hashing): void {

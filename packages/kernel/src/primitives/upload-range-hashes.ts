@@ -9,9 +9,6 @@ export type HashAsk = {
   fd?: number;
   offset?: number;
   length?: number;
-  /** The range's bytes in shared memory (from `memOffset`), instead of the file's. */
-  mem?: SharedArrayBuffer;
-  memOffset?: number;
 };
 export type HashReply = { seq: number; error?: string; digest?: Uint8Array };
 
@@ -26,18 +23,13 @@ export class RangeHashes {
   private readonly buf = Buffer.allocUnsafe(1024 * 1024);
 
   /** Hashes bytes [offset, offset + length) of `fd` into `key`'s hash: the range right after the last one. */
-  range(key: string, fd: number, offset: number, length: number, mem?: SharedArrayBuffer, memOffset = 0): void {
+  range(key: string, fd: number, offset: number, length: number): void {
     let s = this.byKey.get(key);
     if (s === undefined) {
       s = { hash: createHash("sha256"), next: 0 };
       this.byKey.set(key, s);
     }
     if (offset !== s.next) throw new Error(`range at ${offset} of ${key}, expected ${s.next}`);
-    if (mem !== undefined) {
-      s.hash.update(new Uint8Array(mem, memOffset, length));
-      s.next = offset + length;
-      return;
-    }
     for (let at = offset; at < offset + length; ) {
       const n = readSync(fd, this.buf, 0, Math.min(this.buf.length, offset + length - at), at);
       if (n === 0) throw new Error(`the partial file of ${key} ends at ${at}, before ${offset + length}`);
@@ -73,7 +65,7 @@ export class RangeHashes {
     try {
       if (m.kind === "forget") this.forget(m.key);
       else if (m.kind === "digest") return { seq: m.seq, digest: this.digest(m.key, m.length as number) };
-      else this.range(m.key, m.fd as number, m.offset as number, m.length as number, m.mem, m.memOffset);
+      else this.range(m.key, m.fd as number, m.offset as number, m.length as number);
       return m.seq === 0 ? undefined : { seq: m.seq };
     } catch (e) {
       this.forget(m.key);

@@ -58,8 +58,7 @@ export function sha256(data: Uint8Array): Buffer {
  */
 export class BlobStore {
   readonly root: string;
-  /** Where temp files (a write's, an upload's partial body) are made; emptied at each start. */
-  readonly tmpDir: string;
+  private readonly tmpDir: string;
   private readonly pins = new Map<string, number>();
 
   constructor(
