@@ -16,7 +16,7 @@
  * are measured instead; a checkout without the chunked upload skips that part.
  */
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -41,6 +41,19 @@ const cpuSeconds = (pid: number, main = false) => {
     " ",
   );
   return (Number(f[11]) + Number(f[12])) / 100;
+};
+/** User and system CPU seconds of each thread of a process, by thread id. */
+const threadCpu = (pid: number) => {
+  const out = new Map<string, [number, number]>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const f = (readFileSync(`/proc/${pid}/task/${tid}/stat`, "utf8").split(") ")[1] as string).split(" ");
+      out.set(tid, [Number(f[11]) / 100, Number(f[12]) / 100]);
+    } catch {
+      // the thread ended meanwhile
+    }
+  }
+  return out;
 };
 const rssMb = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(readFileSync(`/proc/${pid}/status`, "utf8"))?.[1]) / 1024;
 const clientCpu = (since: NodeJS.CpuUsage) => {
@@ -154,6 +167,7 @@ await withKernel(async ({ pid, connect }) => {
   }, 50);
   const k0 = cpuSeconds(pid);
   const m0 = cpuSeconds(pid, true);
+  const th0 = threadCpu(pid);
   const c0 = process.cpuUsage();
   const t = process.hrtime.bigint();
   await storage.putLarge(
@@ -171,5 +185,15 @@ await withKernel(async ({ pid, connect }) => {
   console.log(
     `chunked upload ${bulk / 2 ** 20} MiB: ${(bulk / secs / 1e9).toFixed(3)} GB/s${floors.sha256 === undefined ? "" : ` = ${(bulk / secs / 1e9 / bulk1gFloor(floors)).toFixed(2)}× floor.bulk1g`}; kernel RSS ${before.toFixed(0)} MB before, ${Math.max(peak, rssMb(pid)).toFixed(0)} MB at peak; CPU per GiB: kernel ${((cpuSeconds(pid) - k0) * perGiB).toFixed(2)} s (main thread ${((cpuSeconds(pid, true) - m0) * perGiB).toFixed(2)} s), client ${(clientCpu(c0) * perGiB).toFixed(2)} s${viaShm === undefined ? "" : `; ${viaShm} of ${Math.ceil(bulk / piece.length)} chunks via shm`}`,
   );
+  // The kernel's busiest threads (main first; then typically the hash worker, libuv's writers, GC).
+  const busiest = [...threadCpu(pid)]
+    .map(([tid, [u, s]]) => {
+      const [u0, s0] = th0.get(tid) ?? [0, 0];
+      return { main: tid === String(pid), user: (u - u0) * perGiB, sys: (s - s0) * perGiB };
+    })
+    .sort((a, b) => Number(b.main) - Number(a.main) || b.user + b.sys - (a.user + a.sys))
+    .slice(0, 6)
+    .map((x) => `${x.main ? "main " : ""}${x.user.toFixed(2)}u+${x.sys.toFixed(2)}s`);
+  console.log(`  kernel threads, CPU per GiB (busiest): ${busiest.join(", ")}`);
   await c.close();
 });
