@@ -16,16 +16,22 @@ const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta
 /** ENOSPC, as a full file system refuses a write (what SQLite's own SQLITE_FULL is taken for too). */
 const noRoom = () => Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
 
+/** A store in a home of its own whose op row updates are refused for room while `disk.full`. */
+function fullableStore() {
+  const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
+  const store = new SqliteStore(join(home, "kernel.db"));
+  const disk = { full: false };
+  const updateOp = store.updateOp.bind(store);
+  store.updateOp = (id, f) => {
+    if (disk.full) throw noRoom();
+    updateOp(id, f);
+  };
+  return { home, store, disk };
+}
+
 describe("ops on a full disk (unit: the disk's refusal at exactly an op's start and end cannot be timed from outside)", () => {
   it("an op that ends, and a queued one that starts, while the store has no room: no crash, each reads as it is, stored once there is room", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
-    const store = new SqliteStore(join(home, "kernel.db"));
-    let full = false;
-    const updateOp = store.updateOp.bind(store);
-    store.updateOp = (id, f) => {
-      if (full) throw noRoom();
-      updateOp(id, f);
-    };
+    const { home, store, disk } = fullableStore();
     const refused: unknown[] = [];
     const host = {
       sandbox: {},
@@ -60,7 +66,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       await until(() => store.getOp(first.id)?.state === "running", 30_000, "the first op running");
       assert.equal(store.getOp(second.id)?.state, "queued");
 
-      full = true;
+      disk.full = true;
       writeFileSync(gate, "");
       // The first ends and the second starts on the worker it freed; neither row could be written.
       await until(() => engine.current(store.getOp(first.id) ?? first).state === "succeeded", 30_000, "the first op's end");
@@ -75,7 +81,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       // Still no room: nothing lost.
       engine.storeKept();
       assert.equal(engine.keptCount, 2);
-      full = false;
+      disk.full = false;
       engine.storeKept();
       assert.equal(engine.keptCount, 0);
       assert.equal(store.getOp(first.id)?.state, "succeeded");
@@ -90,14 +96,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
   });
 
   it("ops that end one after another while the store has no room hold their results within their tree's share: past it an end is kept without its result, saying so", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
-    const store = new SqliteStore(join(home, "kernel.db"));
-    let full = false;
-    const updateOp = store.updateOp.bind(store);
-    store.updateOp = (id, f) => {
-      if (full) throw noRoom();
-      updateOp(id, f);
-    };
+    const { home, store, disk } = fullableStore();
     const host = { sandbox: {}, processes: {}, hold: () => () => {}, storageFull: () => {} } as unknown as CommandHost;
     // 1 MiB a tree, 4 MiB in all.
     const keptBytes = new KeptBytes(4 << 20, 1 << 20);
@@ -123,7 +122,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
     engine.registerTask("bytes", { module: TASKS, export: "bytes" });
     const N = 300_000;
     try {
-      full = true;
+      disk.full = true;
       // Mallory's small rows fit (a submit's), its ends' results do not: one op after another.
       const mallory = Array.from({ length: 6 }, () => engine.submit("mallory", "s1", "task", "bytes", N, undefined));
       const alice = engine.submit("alice", "s2", "task", "bytes", N, undefined);
@@ -141,7 +140,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       assert.ok(read(alice.id).result, "another tree's end keeps its result: mallory's used only mallory's share");
       assert.ok(keptBytes.bytes <= 4 * (N + 16), "what is held is bounded");
 
-      full = false;
+      disk.full = false;
       engine.storeKept();
       assert.equal(engine.keptCount, 0);
       assert.equal(keptBytes.bytes, 0, "stored: nothing held any more");
@@ -157,14 +156,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
   });
 
   it("ops that end while the store has no room count as results not yet read: a tree cannot have the kernel keep its ends in memory without bound", async () => {
-    const home = mkdtempSync(join(tmpdir(), "kpip-compute-full-"));
-    const store = new SqliteStore(join(home, "kernel.db"));
-    let full = false;
-    const updateOp = store.updateOp.bind(store);
-    store.updateOp = (id, f) => {
-      if (full) throw noRoom();
-      updateOp(id, f);
-    };
+    const { home, store, disk } = fullableStore();
     const host = { sandbox: {}, processes: {}, hold: () => () => {}, storageFull: () => {} } as unknown as CommandHost;
     const engine = new ComputeEngine(
       store,
@@ -187,7 +179,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
     engine.registerTask("square", { module: TASKS, export: "square" });
     const read = (id: string) => engine.current(store.getOp(id) as NonNullable<ReturnType<typeof store.getOp>>);
     try {
-      full = true;
+      disk.full = true;
       // One op at a time, each ended before the next (a submit's row still fits, an end's does not).
       for (let i = 0; i < 5; i++) {
         const op = engine.submit("mallory", "s1", "task", "square", i, undefined);
@@ -204,7 +196,7 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       const other = engine.submit("alice", "s2", "task", "square", 3, undefined);
       await until(() => read(other.id).state === "succeeded", 30_000, "alice's op's end");
       // Stored: counted as the store counts them (unread within their grace) — the same bound.
-      full = false;
+      disk.full = false;
       engine.storeKept();
       assert.equal(engine.keptCount, 0);
       assert.throws(() => engine.submit("mallory", "s1", "task", "square", 9, undefined), /5 op results not yet read/);
