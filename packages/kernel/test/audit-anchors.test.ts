@@ -27,6 +27,17 @@ import { HOME_FILES, SqliteStore } from "../src/index.js";
 import { tamperedStore } from "./audit-fill.js";
 import { removeHome, startKernel } from "./harness.js";
 
+/** A kernel given `path` as its anchor file refuses to start, a ConfigError naming auditAnchorFile and `why`. */
+async function startRefused(path: string, why: RegExp): Promise<void> {
+  const h = mkdtempSync(join(tmpdir(), "kpip-"));
+  await assert.rejects(
+    startKernel({ auditAnchorFile: path, auditCheckpointEvery: 10 }, h),
+    (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message) && why.test(e.message),
+    path,
+  );
+  removeHome(h);
+}
+
 describe("audit anchors: signed checkpoints kept outside the home", () => {
   const outside = mkdtempSync(join(tmpdir(), "kpip-anchors-"));
   const file = join(outside, "anchors.jsonl");
@@ -183,15 +194,7 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
       chownSync(theirs, 65534, 65534);
       cases.push([theirs, /belongs to uid 65534/]);
     }
-    for (const [path, why] of cases) {
-      const h = mkdtempSync(join(tmpdir(), "kpip-"));
-      await assert.rejects(
-        startKernel({ auditAnchorFile: path, auditCheckpointEvery: 10 }, h),
-        (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message) && why.test(e.message),
-        path,
-      );
-      removeHome(h);
-    }
+    for (const [path, why] of cases) await startRefused(path, why);
     assert.equal(readFileSync(victim, "utf8"), precious, "the link's target is untouched");
     assert.equal(readFileSync(theirs, "utf8"), "");
     rmSync(shared, { recursive: true, force: true });
@@ -200,13 +203,7 @@ describe("audit anchors: signed checkpoints kept outside the home", () => {
   it("an anchor file below a directory others may write (no sticky bit) or another user owns is refused at start: they could move it away and put theirs in its place", async () => {
     const above = mkdtempSync(join(tmpdir(), "kpip-anchors-above-"));
     const refused = async (path: string, why: RegExp) => {
-      const h = mkdtempSync(join(tmpdir(), "kpip-"));
-      await assert.rejects(
-        startKernel({ auditAnchorFile: path, auditCheckpointEvery: 10 }, h),
-        (e: unknown) => e instanceof ConfigError && /auditAnchorFile/.test(e.message) && why.test(e.message),
-        path,
-      );
-      removeHome(h);
+      await startRefused(path, why);
       assert.ok(!existsSync(path), "no anchor file made there");
     };
     try {
