@@ -485,6 +485,30 @@ describe("a kernel whose answers the client keeps are not what the op answers", 
   });
 });
 
+describe("a kernel that writes a large frame with its WELCOME", () => {
+  it("a frame past the handshake's 1 MiB in the read that holds WELCOME is held to the session's maxBody: handled", async () => {
+    const pongs: number[] = [];
+    const k = await peerServer((m, s) => {
+      if (m.type === "HELLO") s.write(challenge({ maxBody: 4 << 20 }));
+      else if (m.type === "ATTEST") {
+        const welcome = encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } });
+        // One write: the 2 MiB PING's header comes in the client's read of WELCOME.
+        const ping = encodeMessage({ type: "PING", body: { seq: 7, pad: Buffer.alloc(2 << 20) } } as unknown as Message);
+        s.write(Buffer.concat([welcome, ping]));
+      } else if (m.type === "PONG") pongs.push(m.body.seq);
+      else if (m.type === "GOODBYE") s.end();
+    });
+    const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+    try {
+      await until(() => pongs.includes(7), undefined, "the PONG to the large PING");
+      assert.equal(c.state, "ready");
+    } finally {
+      await c.close().catch(() => {});
+      k.close();
+    }
+  });
+});
+
 describe("a kernel whose CHALLENGE sets heartbeatMs 0 or 1", () => {
   it("a kernel silent for 3 × heartbeatMs is dead (§8.5), not after 2 ×", async () => {
     const hb = 60_000;
