@@ -62,29 +62,47 @@ def parse_header(h: bytes, max_body: int) -> tuple[str, int, int, int]:
 
 
 class FrameDecoder:
-    """Reassembles frames from arbitrary chunks. After an error it accepts nothing more."""
+    """Reassembles frames from arbitrary chunks. After an error it accepts nothing more.
+
+    A frame's header is checked against `max_body` when that frame is taken (`next`), not when
+    its bytes arrive: a reader whose limit changes with what a frame says (the handshake) feeds
+    a read and takes its frames one by one, so a frame following WELCOME in the same read is
+    held to the session's maxBody, not the handshake's (as the TypeScript FrameDecoder.pushEach).
+    """
 
     def __init__(self, max_body: int = DEFAULT_MAX_BODY):
         self.max_body = max_body
         self._buf = bytearray()
         self._failed = False
 
+    def feed(self, chunk: bytes) -> None:
+        """Buffers a read; its frames are taken with `next`."""
+        if not self._failed:
+            self._buf += chunk
+
+    def next(self) -> Frame | None:
+        """The next complete frame, checked against the limit in force now; None until more is fed."""
+        if self._failed or len(self._buf) < HEADER_SIZE:
+            return None
+        try:
+            type_, flags, stream, length = parse_header(bytes(self._buf[:HEADER_SIZE]), self.max_body)
+        except FrameError:
+            self._failed = True
+            self._buf = bytearray()
+            raise
+        if len(self._buf) < HEADER_SIZE + length:
+            return None
+        body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
+        del self._buf[: HEADER_SIZE + length]
+        return Frame(type_, stream, flags, body)
+
     def push(self, chunk: bytes) -> list[Frame]:
-        if self._failed:
-            return []
-        self._buf += chunk
+        """Feeds a chunk; returns the frames it completed, each checked against the present limit.
+        A reader that changes the limit between frames uses `feed` and `next` instead."""
+        self.feed(chunk)
         out: list[Frame] = []
-        while len(self._buf) >= HEADER_SIZE:
-            try:
-                type_, flags, stream, length = parse_header(bytes(self._buf[:HEADER_SIZE]), self.max_body)
-            except FrameError:
-                self._failed = True
-                raise
-            if len(self._buf) < HEADER_SIZE + length:
-                break
-            body = bytes(self._buf[HEADER_SIZE : HEADER_SIZE + length])
-            del self._buf[: HEADER_SIZE + length]
-            out.append(Frame(type_, stream, flags, body))
+        while (f := self.next()) is not None:
+            out.append(f)
         return out
 
     def end(self) -> None:

@@ -150,7 +150,6 @@ class Link:
         # The kernel said GOODBYE (§8.6): its answers still come, nothing new is sent on it.
         self.closing = False
         self._task: asyncio.Task[None] | None = None
-        self._pending_frames: list[Frame] = []
         self._last_body = b""
         self.shm: ShmChannel | None = None  # once the kernel enabled "shm" (§3.7)
         self.shm_unavailable: str | None = None  # why "shm" was not offered, when it was wanted
@@ -208,8 +207,9 @@ class Link:
     async def _next(self) -> Message:
         """The next message during the handshake (no reader task yet)."""
         while True:
-            if self._pending_frames:
-                f = self._pending_frames.pop(0)
+            # Taken one at a time: each frame is checked against the limit the one before it left.
+            f = self.decoder.next()
+            if f is not None:
                 self._last_body = f.body
                 try:
                     return self._message(f)
@@ -219,7 +219,7 @@ class Link:
             if not chunk:
                 raise KernelUnavailable("the kernel closed the connection during the handshake")
             self.last_seen = time.monotonic()
-            self._pending_frames += self.decoder.push(chunk)
+            self.decoder.feed(chunk)
 
     async def handshake(
         self, identity: Identity, instance: bytes, tokens: list[bytes], max_body: int | None, shm_threshold: int | None = None
@@ -297,9 +297,9 @@ class Link:
 
     def start(self, on_message: Callable[[Message], None], on_lost: Callable[[Exception], None]) -> None:
         """After WELCOME: read frames in a task until the connection ends."""
-        frames, self._pending_frames = self._pending_frames, []
+        # What came in the read that held WELCOME, each frame checked against the session's maxBody.
         try:
-            for f in frames:
+            while not self.dead and (f := self.decoder.next()) is not None:
                 on_message(self._message(f))
         except KpipError as e:
             err = self.refuse(e)
@@ -315,7 +315,8 @@ class Link:
                 if not chunk:
                     break
                 self.last_seen = time.monotonic()
-                for f in self.decoder.push(chunk):
+                self.decoder.feed(chunk)
+                while (f := self.decoder.next()) is not None:
                     on_message(self._message(f))
                     if self.dead:
                         return

@@ -63,9 +63,12 @@ class FakeKernel:
         on_shm: Callable[[Frame], Frame] | None = None,
         refuse: list[str] | None = None,
         instead: dict[str, tuple[str, dict[str, Any]]] | None = None,
+        after_welcome: bytes = b"",
     ):
         # A message sent in place of "CHALLENGE" or "WELCOME" (out of order); the session then ends.
         self.instead = dict(instead or {})
+        # Frames written with WELCOME, in the same write (so in the persona's read that holds it).
+        self.after_welcome = after_welcome
         # Handshakes answered with a fatal RESOURCE ERROR of these codes, one each, before any is welcomed.
         self.refuse = list(refuse or [])
         # Enabled in CHALLENGE when the persona offers them (all of them with force_features).
@@ -150,7 +153,8 @@ class FakeKernel:
             c.send(*self.instead["WELCOME"])
             await self._until_closed(c)
             return
-        c.send("WELCOME", {"persona": hello.body["persona"], "handles": list(range(1, len(attest.body["tokens"]) + 1))})
+        welcome = {"persona": hello.body["persona"], "handles": list(range(1, len(attest.body["tokens"]) + 1))}
+        writer.write(encode_message("WELCOME", welcome) + self.after_welcome)
         while (m := await c.next()) is not None:
             if m.type == "REQUEST":
                 self.requests.append(m)

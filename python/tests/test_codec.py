@@ -8,7 +8,8 @@ import tempfile
 import unittest
 
 from kpip import cbor
-from kpip.errors import CborError, IdentityError, MessageError
+from kpip.errors import CborError, FrameError, IdentityError, MessageError
+from kpip.frames import Frame, FrameDecoder, encode_frame
 from kpip.identity import Identity
 from kpip.messages import validate
 
@@ -115,3 +116,23 @@ class IdentityFile(unittest.TestCase):
 
 if __name__ == "__main__":
     unittest.main()
+
+
+class FrameDecoderLimit(unittest.TestCase):
+    def test_each_frame_is_checked_against_the_limit_in_force_when_it_is_taken(self) -> None:
+        # One read: a small frame, then one past the first limit; the limit is raised between them.
+        small, big = encode_frame("PING", b"\xa0"), encode_frame("PING", b"x" * 5000)
+        d = FrameDecoder(max_body=1000)
+        d.feed(small + big)
+        self.assertEqual(d.next(), Frame("PING", 0, 0, b"\xa0"))
+        d.max_body = 8000
+        self.assertEqual(d.next(), Frame("PING", 0, 0, b"x" * 5000))
+        self.assertIsNone(d.next())
+        # Not raised: the big frame is past the limit, refused at its header.
+        d = FrameDecoder(max_body=1000)
+        d.feed(small + big)
+        self.assertIsNotNone(d.next())
+        with self.assertRaises(FrameError) as cm:
+            d.next()
+        self.assertEqual(cm.exception.code, "TOO_LARGE")
+        self.assertIsNone(d.next(), "nothing after an error")

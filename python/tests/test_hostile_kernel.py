@@ -131,6 +131,24 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
                     await asyncio.wait_for(self.connect(k, reconnect=False, **kw), 10)
                 self.assertEqual(cm.exception.code, "TOO_LARGE", f"{name}: {type(cm.exception).__name__} {cm.exception.code}")
 
+    async def test_a_frame_past_the_handshakes_limit_in_the_read_that_holds_welcome_is_held_to_the_sessions_maxbody(
+        self,
+    ) -> None:
+        # The handshake reads frames of at most 1 MiB; after WELCOME the session's maxBody (4 MiB
+        # here) is in force. A 2 MiB frame whose header came in the same read as WELCOME was
+        # checked against the handshake's limit and the session refused as TOO_LARGE.
+        ping = kpip.messages.encode_message("PING", {"seq": 7, "pad": b"x" * (2 << 20)})
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            c.answer(m, payload=k.sessions)
+
+        async with FakeKernel(handler, after_welcome=ping) as k:
+            k.max_body = 4 << 20
+            c = await asyncio.wait_for(self.connect(k, reconnect=False), 10)
+            self.assertEqual((await asyncio.wait_for(c.call("system.health", "kernel://"), 10)).payload, 1)
+            self.assertEqual(k.errors, [], "the client refused nothing")
+            await c.close()
+
     async def test_a_kernel_that_pings_and_never_reads_does_not_grow_the_clients_unsent_bytes(self) -> None:
         # Each PING was answered with a PONG queued behind what the kernel had not read: a kernel
         # sending PINGs and reading nothing grew the client's memory as fast as it sent them (the

@@ -207,10 +207,10 @@ export class Link {
     writeMessage(this.channel, msg);
   }
 
-  /** Heartbeat: a silent kernel (over 2 intervals) is lost; one quiet for half an interval is PINGed; none at `heartbeatMs` 0. */
+  /** Heartbeat: a silent kernel (over 3 intervals, §8.5) is lost; one quiet for half an interval is PINGed; none at `heartbeatMs` 0. */
   tick(now: number): void {
     if (!this.established || this.heartbeatMs === 0) return;
-    if (now - this.lastSeen > 2 * this.heartbeatMs) {
+    if (now - this.lastSeen > 3 * this.heartbeatMs) {
       // Judged on two ticks in a row, as the kernel judges its peers: after a stall of this
       // process (a busy machine), the timer runs before the socket's pending bytes are read, and
       // the kernel's answers may be among them.
@@ -218,7 +218,7 @@ export class Link {
         this.silentAtLastTick = true;
         return;
       }
-      this.fail(new KernelUnavailableError(`kernel silent for more than ${2 * this.heartbeatMs} ms`));
+      this.fail(new KernelUnavailableError(`kernel silent for more than ${3 * this.heartbeatMs} ms`));
       return;
     }
     this.silentAtLastTick = false;

@@ -485,7 +485,61 @@ describe("a kernel whose answers the client keeps are not what the op answers", 
   });
 });
 
+describe("a kernel that writes a large frame with its WELCOME", () => {
+  it("a frame past the handshake's 1 MiB in the read that holds WELCOME is held to the session's maxBody: handled", async () => {
+    const pongs: number[] = [];
+    const k = await peerServer((m, s) => {
+      if (m.type === "HELLO") s.write(challenge({ maxBody: 4 << 20 }));
+      else if (m.type === "ATTEST") {
+        const welcome = encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } });
+        // One write: the 2 MiB PING's header comes in the client's read of WELCOME.
+        const ping = encodeMessage({ type: "PING", body: { seq: 7, pad: Buffer.alloc(2 << 20) } } as unknown as Message);
+        s.write(Buffer.concat([welcome, ping]));
+      } else if (m.type === "PONG") pongs.push(m.body.seq);
+      else if (m.type === "GOODBYE") s.end();
+    });
+    const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+    try {
+      await until(() => pongs.includes(7), undefined, "the PONG to the large PING");
+      assert.equal(c.state, "ready");
+    } finally {
+      await c.close().catch(() => {});
+      k.close();
+    }
+  });
+});
+
 describe("a kernel whose CHALLENGE sets heartbeatMs 0 or 1", () => {
+  it("a kernel silent for 3 × heartbeatMs is dead (§8.5), not after 2 ×", async () => {
+    const hb = 60_000;
+    // Answers the handshake, then never another frame (no PONG): only silence can tell.
+    const k = await peerServer((m, s) => {
+      if (m.type === "HELLO") s.write(challenge({ heartbeatMs: hb }));
+      else if (m.type === "ATTEST") s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
+      else if (m.type === "GOODBYE") s.end();
+    });
+    const c = await KernelClient.connect({ socket: k.path, identity: generateIdentity("alice"), reconnect: false });
+    try {
+      const link = (c as unknown as { link: Link }).link;
+      assert.equal(link.heartbeatMs, hb);
+      // The client's timer, driven by hand (its own ticks, at Date.now(), are far from these).
+      const t0 = link.lastSeen;
+      // Silent past 2 intervals, on two ticks in a row: alive.
+      link.tick(t0 + 2 * hb + 1);
+      link.tick(t0 + 2 * hb + 50);
+      link.tick(t0 + 3 * hb);
+      assert.equal(link.phase, "ready", "given up before 3 intervals of silence");
+      // Past 3, judged on two ticks in a row (as the kernel judges its peers).
+      link.tick(t0 + 3 * hb + 1);
+      assert.equal(link.phase, "ready");
+      link.tick(t0 + 3 * hb + 50);
+      assert.equal(link.phase, "dead");
+    } finally {
+      await c.close().catch(() => {});
+      k.close();
+    }
+  });
+
   it("0 is no heartbeat and 1 is 100 ms: the client neither PINGs on every tick nor calls the kernel silent after a few ms", async () => {
     for (const [announced, kept] of [
       [0, 0],

@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import type { Grant } from "@kpip/protocol";
+import { type Grant, generateIdentity } from "@kpip/protocol";
 import { OpError } from "../src/primitives/types.js";
 import { CONTROL_ALLOWANCE, ResourceLedger } from "../src/resources/ledger.js";
 import type { LedgerStore } from "../src/store/types.js";
@@ -16,6 +16,53 @@ const refusal = (e: unknown): string => {
 };
 
 describe("a limit's refusal quotes only the requester's own usage", () => {
+  it("a kernel-wide per-tree bound's refusal tells a sub-persona which bound, not how much its parent's tree holds; the parent is told", async () => {
+    const bounds = { computeWorkers: 1, maxPendingOpsPerPersona: 2, maxSubscriptionsPerPersona: 2, maxAllocationsPerPersona: 3 };
+    const t = await startKernel(bounds, undefined, (k) => k.registerTask("hang", { module: TASKS, export: "hang" }));
+    try {
+      const rights = [
+        { ops: ["resource.alloc"], targets: ["persona://parent/**", "persona://parent"] },
+        { ops: ["compute.submit"], targets: ["op://task/hang"] },
+        { ops: ["event.subscribe"], targets: ["topic://t/**"] },
+        { ops: ["persona.register"], targets: ["persona://parent/**"] },
+      ];
+      const p = await t.persona("parent", rights);
+      const cp = await t.connect(p.identity, [p.token]);
+      // The parent fills its tree's bounds with its own work.
+      for (const x of ["a", "b", "c"]) await cp.resources.alloc("parent", x, 1);
+      await cp.subscribe("topic://t/a");
+      await cp.subscribe("topic://t/b");
+      const ops = [await cp.compute.task("hang"), await cp.compute.task("hang")];
+      // A sub-persona the parent registered, under the parent's token: in the parent's tree.
+      const sub = generateIdentity("parent/sub");
+      await cp.personas.register("parent/sub", sub.publicKey);
+      const cs = await t.connect(sub, [p.token]);
+      const subs = [
+        [await cs.resources.alloc("parent/sub", "d", 1).catch((e: Error) => e), "allocations (maxAllocationsPerPersona 3)"],
+        [await cs.subscribe("topic://t/c").catch((e: Error) => e), "subscriptions (maxSubscriptionsPerPersona 2)"],
+        [await cs.compute.task("hang").catch((e: Error) => e), "ops queued or running (maxPendingOpsPerPersona 2)"],
+      ] as const;
+      for (const [e, what] of subs) {
+        const m = refusal(e);
+        assert.ok(m.startsWith(`parent (with the personas under it) has no room for more ${what}`), m);
+        // No count of the tree's: which would be the parent's allocations, subscriptions and ops.
+        assert.ok(!/already|holds|\d+ (allocations|subscriptions|ops)/.test(m), m);
+      }
+      // The parent, its tree's root, is told what its tree holds.
+      const own = [
+        [await cp.resources.alloc("parent", "d", 1).catch((e: Error) => e), "parent holds 3 allocations"],
+        [await cp.subscribe("topic://t/c").catch((e: Error) => e), "parent already has 2 subscriptions"],
+        [await cp.compute.task("hang").catch((e: Error) => e), "parent already has 2 ops queued or running"],
+      ] as const;
+      for (const [e, held] of own) assert.ok(refusal(e).startsWith(held), String(e));
+      const admin = await t.admin();
+      for (const op of ops) await admin.ops.cancel(op);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("resource.alloc, concurrent and agents refusals do not tell a sub-persona what its parent's tree holds", async () => {
     const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
       k.registerTask("hang", { module: TASKS, export: "hang" }),

@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { attenuate, compiledRightsWithin, compileGrant, type Grant, mintToken, type Token } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { childBounds, FIRST_SEGMENT, GrantBounds, type TreeRoots, treeName } from "../resources/lineage.js";
+import { childBounds, FIRST_SEGMENT, GrantBounds, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { TokenStore } from "../store/types.js";
 import type { EnforcerLimits } from "./enforcer.js";
 import type { RootKeys } from "./keys.js";
@@ -114,7 +114,12 @@ export class TokenService {
     if (e.n >= this.limits.maxLiveTokens)
       throw new OpError(
         "RESOURCE",
-        `${treeName(mintedBy, by)} already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens}); let some expire`,
+        `${treeBoundRefusal(mintedBy, by, {
+          held: `already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens})`,
+          what: "unexpired tokens minted or refreshed, revoked ones included",
+          bound: "maxLiveTokens",
+          limit: this.limits.maxLiveTokens,
+        })}; let some expire`,
       );
     // Counted now: the caller records the token next.
     e.n++;

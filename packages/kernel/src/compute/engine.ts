@@ -7,7 +7,7 @@ import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
-import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
+import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
 import type { ProcessTable } from "../sandbox/processes.js";
@@ -249,7 +249,12 @@ export class ComputeEngine {
     if (mine >= this.opts.maxPendingPerPersona)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+        treeBoundRefusal(root, persona, {
+          held: `already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+          what: "ops queued or running",
+          bound: "maxPendingOpsPerPersona",
+          limit: this.opts.maxPendingPerPersona,
+        }),
       );
     // Each op may finish with a result its poller has yet to read, which no trim takes within its
     // grace: such results and the ops that may yet make one stay below the tree's bound.
@@ -260,7 +265,12 @@ export class ComputeEngine {
     if (mine + unread >= max)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together): read them, or wait up to ${this.opts.resultGraceMs} ms`,
+        `${treeBoundRefusal(root, persona, {
+          held: `has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together)`,
+          what: "op results not yet read (op.result) and ops queued or running",
+          bound: "maxFinishedOpsPerPersona",
+          limit: max,
+        })}: read them, or wait up to ${this.opts.resultGraceMs} ms`,
       );
   }
 

@@ -14,7 +14,7 @@ import {
 import { coveringIds } from "../auth/revocations.js";
 import { EVENT_HIGH_WATER_BYTES, LAPSE_SLICE, MAX_PATTERN_SEGMENTS, MAX_PATTERN_STARS } from "../limits.js";
 import { OpError } from "../primitives/types.js";
-import { type TreeRoots, treeName } from "../resources/lineage.js";
+import { type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import { SliceSweep } from "../slice-sweep.js";
 import { patternSegments, patternStars, TopicIndex } from "./topic-index.js";
 
@@ -320,7 +320,12 @@ export class EventBus {
     if (persona >= L.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${treeName(tree, sink.persona)} already has ${persona} subscriptions (maxSubscriptionsPerPersona)`,
+        treeBoundRefusal(tree, sink.persona, {
+          held: `already has ${persona} subscriptions (maxSubscriptionsPerPersona ${L.perPersona})`,
+          what: "subscriptions",
+          bound: "maxSubscriptionsPerPersona",
+          limit: L.perPersona,
+        }),
       );
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);

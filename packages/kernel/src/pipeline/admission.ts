@@ -1,4 +1,4 @@
-import { treeName } from "../resources/lineage.js";
+import { treeBoundRefusal } from "../resources/lineage.js";
 import type { Refusal } from "./context.js";
 
 /** The bounds admission applies (kernel settings). */
@@ -67,7 +67,12 @@ export class Admission {
     if (persona !== adminPersona && maxSessionsPerPersona !== undefined && tree >= maxSessionsPerPersona) {
       return {
         errorClass: "RESOURCE",
-        message: `${treeName(root, persona)} already has ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+        message: treeBoundRefusal(root, persona, {
+          held: `already has ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+          what: "sessions",
+          bound: "maxSessionsPerPersona",
+          limit: maxSessionsPerPersona,
+        }),
       };
     }
     // At most maxSessions - 1 reserved: some persona other than the admin can always get in.

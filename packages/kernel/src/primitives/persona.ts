@@ -1,7 +1,7 @@
 import { isPersonaId, personaList, personaRegister, personaRemove, personaWithin, publicKeyFault } from "@kpip/protocol";
 import { isAgentPersona } from "../agents/namespace.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { inTree, registeredAbove, type TreeRoots, treeName } from "../resources/lineage.js";
+import { inTree, registeredAbove, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { LedgerStore, OpStore, PersonaStore, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { pageAnswer, textPageRequest } from "./paging.js";
@@ -115,10 +115,16 @@ export function personaFamily(
             // Counted over the caller's whole tree: sub-personas (and agents) it delegated to
             // register against the same bound, so delegation does not multiply it.
             const root = host.roots.of(ctx.persona);
-            if (ctx.persona !== host.admin && store.countRegisteredWithin(root) >= host.maxRegistered) {
+            const registered = ctx.persona === host.admin ? 0 : store.countRegisteredWithin(root);
+            if (ctx.persona !== host.admin && registered >= host.maxRegistered) {
               throw new OpError(
                 "RESOURCE",
-                `${treeName(root, ctx.persona)} has registered ${host.maxRegistered} personas (maxRegisteredPersonas)`,
+                treeBoundRefusal(root, ctx.persona, {
+                  held: `has registered ${registered} personas (maxRegisteredPersonas ${host.maxRegistered})`,
+                  what: "registered personas",
+                  bound: "maxRegisteredPersonas",
+                  limit: host.maxRegistered,
+                }),
               );
             }
             store.addPersona(id, key, ctx.persona);

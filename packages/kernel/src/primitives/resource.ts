@@ -1,7 +1,7 @@
 import { resourceAlloc, resourceFree, resourceQuery } from "@kpip/protocol";
 import type { ResourceLedger } from "../resources/ledger.js";
 import { personaScope, workspaceScope } from "../resources/ledger.js";
-import { inTree, type TreeRoots, treeName } from "../resources/lineage.js";
+import { inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { LedgerStore } from "../store/types.js";
 import { implement } from "./implement.js";
 import { OpError, type OpResult, type PrimitiveFamily } from "./types.js";
@@ -40,10 +40,16 @@ export function resourceFamily(
             // Each allocation is a row, whether or not any limit names its resource: a persona's
             // whole tree holds a bounded number (its sub-personas and agents do not multiply it).
             const root = rows.roots.of(ctx.persona);
-            if (rows.store.countAllocationsWithin(root) >= rows.max)
+            const held = rows.store.countAllocationsWithin(root);
+            if (held >= rows.max)
               throw new OpError(
                 "RESOURCE",
-                `${treeName(root, ctx.persona)} holds ${rows.max} allocations (maxAllocationsPerPersona); free one first`,
+                `${treeBoundRefusal(root, ctx.persona, {
+                  held: `holds ${held} allocations (maxAllocationsPerPersona ${rows.max})`,
+                  what: "allocations",
+                  bound: "maxAllocationsPerPersona",
+                  limit: rows.max,
+                })}; free one first`,
               );
             const a = ledger.alloc(ctx.persona, resource, ctx.args.amount, ctx.grant);
             return { status: "SUCCESS", payload: { allocation: a.id, resource, amount: a.amount }, audit: { allocation: a.id } };

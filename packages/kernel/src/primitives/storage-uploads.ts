@@ -1,7 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { closeSync, fdatasync } from "node:fs";
 import type { Grant } from "@kpip/protocol";
-import { FIRST_SEGMENT, inTree, type TreeRoots, treeName } from "../resources/lineage.js";
+import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
 import { unlinkQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -151,7 +151,12 @@ export class UploadTable {
     if (mine >= this.limits.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+        treeBoundRefusal(root, persona, {
+          held: `already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+          what: "uploads in progress",
+          bound: "maxUploadsPerPersona",
+          limit: this.limits.perPersona,
+        }),
       );
     // A share of the kernel's bytes per tree: one tree declaring (and trickling a byte to keep) all
     // of totalBytes would refuse every other persona's upload.
@@ -159,7 +164,13 @@ export class UploadTable {
     if (share !== undefined && mineBytes + size > share)
       throw new OpError(
         "RESOURCE",
-        `the uploads in progress of ${treeName(root, persona)} declare ${mineBytes} bytes; ${size} more would pass its share of ${share}`,
+        treeBoundRefusal(root, persona, {
+          held: `already has uploads in progress declaring ${mineBytes} bytes; ${size} more would pass its share of ${share} (maxUploadBytesPerPersona)`,
+          what: "bytes declared by uploads in progress",
+          bound: "maxUploadBytesPerPersona",
+          limit: share,
+          asked: size,
+        }),
       );
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);

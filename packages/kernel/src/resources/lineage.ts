@@ -234,5 +234,20 @@ export const overName = (scope: string, persona: string) => (scope === persona ?
 /** How a kernel-wide per-tree bound's refusal names the tree: the requester, or its root with the personas under it. */
 export const treeName = (root: string, persona: string) => (root === persona ? persona : `${root} (with the personas under it)`);
 
+/**
+ * A kernel-wide per-tree bound's refusal (maxPendingOpsPerPersona, maxSessionsPerPersona, ...).
+ * The tree's root is told what its tree holds (`held`, e.g. "already has 3 sessions (...)"); a
+ * persona under it only which bound refused and its value: the count is of the tree's other
+ * members too (as storage.bytes, case 512). `asked`, when more than one of `what` was asked for.
+ */
+export function treeBoundRefusal(
+  root: string,
+  persona: string,
+  b: { held: string; what: string; bound: string; limit: number; asked?: number },
+): string {
+  if (root === persona) return `${persona} ${b.held}`;
+  return `${treeName(root, persona)} has no room for ${b.asked === undefined ? "more" : `${b.asked} more`} ${b.what} (${b.bound} ${b.limit})`;
+}
+
 const NONE: readonly Bound[] = Object.freeze([]);
 const NO_LIMITS: readonly LimitOver[] = Object.freeze([]);

@@ -1,6 +1,14 @@
 import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
-import { countAtLimit, FIRST_SEGMENT, GrantBounds, inTree, overName, type TreeRoots, treeName } from "../resources/lineage.js";
+import {
+  countAtLimit,
+  FIRST_SEGMENT,
+  GrantBounds,
+  inTree,
+  overName,
+  type TreeRoots,
+  treeBoundRefusal,
+} from "../resources/lineage.js";
 
 /** One process tree the kernel started: counted from its start until its scratch directory is gone. */
 export interface ProcessEntry {
@@ -102,7 +110,12 @@ export class ProcessTable {
     if (tree >= this.bounds.perPersona)
       throw new OpError(
         "RESOURCE",
-        `${treeName(root, persona)} already runs ${tree} processes (agents and commands), the most a persona may${this.pending(root)}`,
+        treeBoundRefusal(root, persona, {
+          held: `already runs ${tree} processes (agents and commands), the most a persona may`,
+          what: "processes (agents and commands)",
+          bound: "maxProcessesPerPersona",
+          limit: this.bounds.perPersona,
+        }) + this.pending(root, root === persona),
       );
     const over = countAtLimit(persona, grant, this.grantBounds.of(grant), "agents", (scope) => this.countFor(scope));
     if (over)
