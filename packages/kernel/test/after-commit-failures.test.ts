@@ -5,8 +5,8 @@ import { sep } from "node:path";
 import { describe, it } from "node:test";
 import { KpipError } from "@kpip/protocol";
 import { pino } from "pino";
-import { removeHome, startKernel } from "./harness.js";
-import { bodies, pattern, sha } from "./storage-files.js";
+import { removeHome, startKernel, until } from "./harness.js";
+import { bodies, pattern, sha, watchPuts } from "./storage-files.js";
 
 /**
  * Until the returned disarm: a body cannot leave its address in the file store (the rename into
@@ -84,23 +84,36 @@ describe("work after a committed effect fails", () => {
     }
   });
 
-  it("a write refused before it commits (a generation conflict) whose new body then cannot be freed: the refusal is the real one, SEMANTIC, not INTERNAL; the failure is logged and the next start frees the body", async () => {
+  it("a write refused at its commit (a generation conflict: the object changed while its body was stored) whose new body then cannot be freed: the refusal is the real one, SEMANTIC, not INTERNAL; the failure is logged and the next start frees the body", async () => {
     const lines: Record<string, unknown>[] = [];
     const logger = pino({ level: "info" }, { write: (l: string) => void lines.push(JSON.parse(l)) });
     let t = await startKernel({ objectInlineBytes: 0, logger });
     const home = t.home;
     let disarm: (() => void) | undefined;
+    const puts = watchPuts();
     try {
       const c = await t.admin({ maxAttempts: 1 });
-      const [first, refused] = [pattern(5000, 1), pattern(5000, 2)];
+      const [first, refused, between] = [pattern(5000, 1), pattern(5000, 2), pattern(5000, 3)];
       assert.equal((await c.storage.write("obj://ws/a", first)).generation, 1);
-      disarm = bodiesCannotLeave();
-      const err = await c.call("storage.write", "obj://ws/a", { data: refused, ifGeneration: 7 }).then(
+      // A stale generation is refused before any body is written (case 538): this one is current
+      // when it begins, and the object changes while its body is being stored.
+      let open = () => {};
+      puts.gate = new Promise<void>((r) => {
+        open = r;
+      });
+      const racing = c.call("storage.write", "obj://ws/a", { data: refused, ifGeneration: 1 }).then(
         () => undefined,
         (e: unknown) => e,
       );
+      await until(() => puts.n === 2, 30_000, "the conditional write storing its body");
+      puts.gate = undefined;
+      const other = await t.admin({ maxAttempts: 1 });
+      assert.equal((await other.storage.write("obj://ws/a", between)).generation, 2);
+      disarm = bodiesCannotLeave();
+      open();
+      const err = await racing;
       assert.ok(err instanceof KpipError, String(err));
-      assert.deepEqual([err.errorClass, err.message], ["SEMANTIC", "generation conflict: obj://ws/a is at generation 1"]);
+      assert.deepEqual([err.errorClass, err.message], ["SEMANTIC", "generation conflict: obj://ws/a is at generation 2"]);
       const logged = lines.find((l) => /freeing a body the write left failed/.test(String(l.msg)));
       assert.ok(logged, JSON.stringify(lines.map((l) => l.msg)));
       assert.equal(logged.op, "storage.write");
@@ -113,11 +126,12 @@ describe("work after a committed effect fails", () => {
       // The refused body stayed; the next start removes it.
       disarm();
       disarm = undefined;
-      assert.deepEqual(bodies(home).sort(), [first, refused].map((b) => sha(b).toString("hex")).sort());
+      assert.deepEqual(bodies(home).sort(), [between, refused].map((b) => sha(b).toString("hex")).sort());
       await t.stop();
       t = await startKernel({ objectInlineBytes: 0 }, home);
-      assert.deepEqual(bodies(home), [sha(first).toString("hex")]);
+      assert.deepEqual(bodies(home), [sha(between).toString("hex")]);
     } finally {
+      puts.restore();
       disarm?.();
       await t.stop();
       removeHome(home);

@@ -2,28 +2,10 @@ import assert from "node:assert/strict";
 import { truncateSync, unlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { BlobStore } from "../src/store/blobs.js";
 import { klass, startKernel, type TestKernel, until, withKernel } from "./harness.js";
-import { pattern, sha } from "./storage-files.js";
+import { pattern, sha, watchPuts } from "./storage-files.js";
 
 /* Object bodies in the file store: what a write does before its commit, and a body damaged on disk. */
-
-/** Counts the file store's puts (a body written and synced); `gate`, when set, holds each put until it resolves. */
-function watchPuts(): { n: number; gate?: Promise<void>; restore(): void } {
-  const put = BlobStore.prototype.put;
-  const seen: { n: number; gate?: Promise<void>; restore(): void } = {
-    n: 0,
-    restore: () => {
-      BlobStore.prototype.put = put;
-    },
-  };
-  BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
-    seen.n++;
-    if (seen.gate) await seen.gate;
-    return put.call(this, data);
-  };
-  return seen;
-}
 
 /** The file of the body of `data` in `home`'s file store. */
 const bodyFile = (home: string, data: Uint8Array) => {

@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import { BlobStore } from "../src/store/blobs.js";
 
 /** The large-object tests' shared bytes and file-store views (storage-bulk, storage-restart). */
 export const MiB = 1024 * 1024;
@@ -24,4 +25,21 @@ export const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp
 export function bodies(home: string): string[] {
   const top = join(home, "objects", "sha256");
   return readdirSync(top).flatMap((a) => readdirSync(join(top, a)).map((b) => a + b));
+}
+
+/** Counts the file store's puts (a body written and synced); `gate`, when set, holds each put until it resolves. */
+export function watchPuts(): { n: number; gate?: Promise<void>; restore(): void } {
+  const put = BlobStore.prototype.put;
+  const seen: { n: number; gate?: Promise<void>; restore(): void } = {
+    n: 0,
+    restore: () => {
+      BlobStore.prototype.put = put;
+    },
+  };
+  BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
+    seen.n++;
+    if (seen.gate) await seen.gate;
+    return put.call(this, data);
+  };
+  return seen;
 }
