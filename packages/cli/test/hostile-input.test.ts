@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import {
+  chmodSync,
   copyFileSync,
   mkdirSync,
   mkdtempSync,
@@ -152,6 +153,28 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.equal(kpip(["call", "storage.write", "obj://ws1/small", "--data-file", small, ...h]).code, 0);
     const back = JSON.parse(kpip(["call", "storage.read", "obj://ws1/small", "--json", ...h]).out);
     assert.equal(Buffer.from(back.payload.data.$bytes, "base64").length, 300_000);
+  });
+
+  it("audit verify --anchors refuses a file in a directory others may write, or a link to one: they could swap in anchors of a rewritten chain (exit 2)", () => {
+    const shared = join(work, "shared-anchors");
+    mkdirSync(shared);
+    chmodSync(shared, 0o777); // no sticky bit: anyone renames the file away and puts theirs there
+    const inShared = join(shared, "anchors.log");
+    writeFileSync(inShared, "");
+    const link = join(work, "anchors-link.log");
+    symlinkSync(inShared, link);
+    for (const [what, file] of [
+      ["in the directory", inShared],
+      ["through a link", link],
+    ] as const) {
+      const r = kpipBounded(["audit", "verify", "--anchors", file, ...h]);
+      assert.equal(r.code, 2, `${what}: ${r.out}${r.err}`);
+      assert.match(r.err, /--anchors: .*shared-anchors, above the anchor file .* is writable by group or others/, what);
+    }
+    // The same file in a directory only its user writes is read.
+    chmodSync(shared, 0o700);
+    const r = kpipBounded(["audit", "verify", "--anchors", inShared, ...h]);
+    assert.doesNotMatch(r.err, /writable by group or others/);
   });
 
   it("token inspect shows a caveat's text escaped on its own line: a token handed over cannot forge a verdict line nor drive the terminal", () => {

@@ -26,7 +26,25 @@ export const HOME_FILES = {
   kernelKey: "kernel.key",
   adminIdentity: "admin.identity",
   adminToken: "admin.token",
+  /** SQLite's temporary files (large sorts, temp indices), on the home's file system ({@link useHomeForSqliteTemp}). */
+  sqliteTemp: "tmp",
 } as const;
+
+/**
+ * Points this process's SQLite at `<home>/tmp` for its temporary files, unless SQLITE_TMPDIR is
+ * set (the operator's choice, or an earlier kernel of this process's). Otherwise SQLite writes
+ * them to TMPDIR or /tmp, where sandboxes' scratch lives: a persona filling it would fail the
+ * kernel's queries as a full disk. SQLite reads SQLITE_TMPDIR once, when the process first uses
+ * it: an embedder whose process used SQLite before the kernel sets it itself (docs/architecture.md).
+ * Returns the directory, or undefined when SQLITE_TMPDIR was already set.
+ */
+export function useHomeForSqliteTemp(home: string): string | undefined {
+  if (process.env.SQLITE_TMPDIR) return undefined;
+  const dir = join(home, HOME_FILES.sqliteTemp);
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  process.env.SQLITE_TMPDIR = dir;
+  return dir;
+}
 
 /**
  * How long the admin's root token lives; renew it by deleting the file and restarting (the old

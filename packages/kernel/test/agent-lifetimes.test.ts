@@ -224,6 +224,55 @@ describe("a persona id removed and registered again", () => {
     }
   });
 
+  it("offline within one tick: the earlier holder's sessions, still open until the tick, read nothing either (op.list, token.list, agent.list would show the new holder's)", async () => {
+    const t = await startKernel();
+    try {
+      const reads = [{ ops: ["op.list", "token.list", "agent.list"], targets: ["kernel://"] }];
+      const parent = await t.persona("pol", [...reads, ...HEALTH]);
+      const sub = generateIdentity("pol/sub");
+      addPersonaKey(t, "pol/sub", sub.publicKey);
+      const ops = ["op.list", "token.list", "agent.list"];
+      const sessions = await Promise.all(ops.map(() => t.connect(sub, [parent.token])));
+      // Each reads while its registration stands (the stamp checked at attestation, unchanged),
+      // and no read asks the registry: a stat per request, no lookup.
+      const store = (t.k as unknown as { services: { store: SqliteStore } }).services.store;
+      const getPersona = store.getPersona;
+      let lookups = 0;
+      store.getPersona = (id) => {
+        lookups++;
+        return getPersona.call(store, id);
+      };
+      for (const [i, c] of sessions.entries()) assert.equal(await outcome(c.call(ops[i] as string, "kernel://", {})), "ok");
+      store.getPersona = getPersona;
+      assert.equal(lookups, 0, "reads of a standing registration ask no registry");
+      (t.k as unknown as { housekeeping?: { stop(): void } }).housekeeping?.stop();
+      const other = generateIdentity("pol/sub");
+      const db = new SqliteStore(join(t.home, HOME_FILES.database));
+      try {
+        db.withJournal({ actor: "test", op: "persona.remove", target: "persona://pol/sub", message: "removed" }, () =>
+          removePersonaTree(db, "pol/sub", () => {}),
+        );
+        db.withJournal({ actor: "test", op: "persona.register", target: "persona://pol/sub", message: "again" }, () =>
+          db.addPersona("pol/sub", other.publicKey),
+        );
+      } finally {
+        db.close();
+      }
+      // Before the tick: every read of the earlier holder's sessions is refused (one op a session:
+      // the client takes AUTH as its session's end).
+      for (const [i, c] of sessions.entries()) {
+        // Refused AUTH (the client takes it as its session's end: "re-attesting after AUTH").
+        assert.match(await outcome(c.call(ops[i] as string, "kernel://", {})), /AUTH/, `${ops[i]} refused`);
+      }
+      // The new holder reads.
+      const n = await t.connect(other, [parent.token]);
+      assert.equal(await outcome(n.call("op.list", "kernel://", {})), "ok");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("the end of the earlier holder's op, killed at its removal, does not reach the new holder's subscription; the operator's does", {
     skip: sandboxSkip,
   }, async () => {

@@ -1,7 +1,7 @@
 import { constants as bufferConstants } from "node:buffer";
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { existsSync, statSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, realpathSync, statSync, writeFileSync } from "node:fs";
+import { join, resolve } from "node:path";
 import {
   AnchorFileError,
   type AuditAnchor,
@@ -13,6 +13,7 @@ import {
   parseAnchors,
   readRegularFile,
   resolveConfig,
+  unsafeDirectoryAbove,
   verifyAnchors,
   verifyAuditReader,
 } from "@kpip/kernel";
@@ -122,7 +123,7 @@ export const auditCommand: Command = {
     anchors: {
       type: "string",
       description:
-        "verify: also check the log against an audit anchor file (the kernel's auditAnchorFile): catches a cut-off tail",
+        "verify: also check the log against an audit anchor file (the kernel's auditAnchorFile): catches a cut-off tail; refused in a directory another user could swap it in",
     },
     "max-unsigned": {
       type: "string",
@@ -213,9 +214,29 @@ const ANCHOR_FILE_MAX_BYTES = bufferConstants.MAX_STRING_LENGTH;
 /** A PEM Ed25519 key is ~120 bytes. */
 const KEY_FILE_MAX_BYTES = 64 * 1024;
 
+/**
+ * Why the anchor file's directories let another user swap it (as the kernel refuses to append
+ * to such a file, case 541): anchors they wrote would vouch for a chain they rewrote. Through a
+ * link too, the directories above the file it names. Undefined: none, or no such path (the read
+ * says so).
+ */
+function anchorFileUnsafe(path: string): string | undefined {
+  try {
+    const real = realpathSync(path);
+    return (
+      unsafeDirectoryAbove(path, `the anchor file ${path}`, "file") ??
+      (real === resolve(path) ? undefined : unsafeDirectoryAbove(real, `the anchor file ${path} (${real})`, "file"))
+    );
+  } catch {
+    return undefined;
+  }
+}
+
 async function verify(home: string, v: Values, json: boolean): Promise<number> {
   let anchors: AuditAnchor[] | undefined;
   if (v.anchors !== undefined) {
+    const unsafe = anchorFileUnsafe(v.anchors as string);
+    if (unsafe) throw new UsageError(`--anchors: ${unsafe}`);
     let text: string;
     try {
       // Regular and bounded: a FIFO would hang the check, /dev/zero fill memory. An anchor line is

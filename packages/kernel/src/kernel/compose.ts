@@ -535,7 +535,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       audit,
       space: home.space,
       liveSessions,
-      personaKeys: new PersonaKeys(store, (p) => agents.keyGone(p)),
+      personaKeys: new PersonaKeys(
+        store,
+        (p) => agents.keyGone(p),
+        () => store.journalStamp(),
+      ),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,
       handshakeRecords: new HandshakeRecordLimiter({

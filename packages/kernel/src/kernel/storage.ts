@@ -5,7 +5,16 @@ import { AnchorFile } from "../audit/anchors.js";
 import { checkInheritedChain } from "../audit/inherit.js";
 import { AuditLog } from "../audit/log.js";
 import { ConfigError, type KernelConfig } from "../config.js";
-import { acquireHome, ensureAdmin, ensureHome, FIRST_START_ACTOR, HOME_FILES, kernelId, loadKernelKey } from "../home.js";
+import {
+  acquireHome,
+  ensureAdmin,
+  ensureHome,
+  FIRST_START_ACTOR,
+  HOME_FILES,
+  kernelId,
+  loadKernelKey,
+  useHomeForSqliteTemp,
+} from "../home.js";
 import type { Logger } from "../log.js";
 import { WalCheckpointer } from "../store/checkpointer.js";
 import type { LostTail } from "../store/sqlite/audit.js";
@@ -56,6 +65,9 @@ export interface StorageEvents {
  */
 export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents): Promise<HomeStorage> {
   ensureHome(c.home);
+  // Before the home's lock, the process's first database: SQLite reads where its temporary files go once.
+  const temp = useHomeForSqliteTemp(c.home);
+  if (temp) log.debug({ dir: temp }, "SQLite's temporary files go in the home");
   const releaseHome = acquireHome(c.home);
   let database: SqliteStore | undefined;
   // A failed store keeps the home: another kernel of this process would share SQLite's live WAL index.

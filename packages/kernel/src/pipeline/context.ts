@@ -55,8 +55,9 @@ export interface SessionView {
   /**
    * Why the registration the session attested under no longer stands, asked of the registry now
    * (a change the kernel has not taken in yet: the CLI beside it, before its tick), or undefined.
+   * `onlyIfChanged`: asked only when changes were made without the kernel since it last stood.
    */
-  registrationLost?(): string | undefined;
+  registrationLost?(onlyIfChanged?: boolean): string | undefined;
 }
 
 /** Why a request is not run: its class and message (the answer), and the record's message when it says more. */

@@ -73,8 +73,14 @@ export function execute(
   // token's expiry) answered meanwhile must stop it here, before a handler that acts at once
   // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
   if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done");
-  // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
-  else answers.checkRoom(s.id, s.buffered ?? 0);
+  else {
+    // A read shows what the persona id's holder may see: one whose registration no longer stands
+    // (the CLI's removal beside the kernel, before its tick) would see the new holder's.
+    const lost = s.identityLost ?? s.registrationLost?.(true);
+    if (lost !== undefined) throw new OpError("AUTH", `${lost}: nothing was read`);
+    // A session whose answers fill its budget gets no read-only op run: its answer would be refused once built.
+    answers.checkRoom(s.id, s.buffered ?? 0);
+  }
   return decl.handler(op);
 }
 

@@ -16,9 +16,32 @@ export class PersonaKeys {
     private readonly store: PersonaStore,
     /** A persona whose key the store still holds but is gone (an ended agent's, its removal kept back by a full disk). */
     private readonly gone: (persona: string) => boolean = () => false,
+    /** The offline journal's stamp (JournalStore.journalStamp): another means the registry may have changed without the kernel. */
+    private readonly readStamp: () => string = () => "",
   ) {}
 
+  /** The stamp read this event-loop turn, if any ({@link stamp}). */
+  private turnStamp: string | undefined;
+
+  /**
+   * The offline journal's stamp, read (a stat) at most once an event-loop turn and again after
+   * every registry lookup. Sound for what it guards (a read showing the id's new holder's items):
+   * those are made by the new holder's requests, read in turns after its attestation, whose lookup
+   * found the committed registration — so the stamp they are compared with is read after it.
+   */
+  stamp(): string {
+    if (this.turnStamp === undefined) {
+      this.turnStamp = this.readStamp();
+      setImmediate(() => {
+        this.turnStamp = undefined;
+      });
+    }
+    return this.turnStamp;
+  }
+
   lookup(persona: string): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
+    // What this lookup finds may be newer than the stamp read this turn: read it again after.
+    this.turnStamp = undefined;
     if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;

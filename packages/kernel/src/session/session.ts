@@ -52,6 +52,8 @@ export class Session implements SessionView, EventSink {
   attestedKey: Buffer | undefined;
   /** EventSink: when the registration it attested under was made (kernel events about an earlier holder's work are not its). */
   registeredAt: number | undefined;
+  /** The offline journal's stamp when the registration was last found standing ({@link registrationLost}). */
+  private stampChecked: string | undefined;
   inFlight = 0;
   /** Set when the kernel ends the session because its persona lost the right to attest ({@link expel}). */
   identityLost: string | undefined;
@@ -277,6 +279,8 @@ export class Session implements SessionView, EventSink {
     const hello = this.hello as { body: Hello; bytes: Buffer };
     const persona = hello.body.persona;
     let registeredAt: number | undefined;
+    // Read before the lookup: a change made after it changes the stamp again (registrationLost).
+    const stamp = this.host.personaKeys.stamp();
     const reason = attestationFailure(this.host.personaKeys, hello, this.challengeBytes as Buffer, signature, (at) => {
       registeredAt = at;
     });
@@ -300,6 +304,7 @@ export class Session implements SessionView, EventSink {
     this.persona = persona;
     this.attestedKey = Buffer.from(hello.body.publicKey);
     this.registeredAt = registeredAt;
+    this.stampChecked = stamp;
     this.state = "ready";
     this.reader.setMaxBody(this.maxBody);
     this.hello = undefined;
@@ -531,12 +536,21 @@ export class Session implements SessionView, EventSink {
    * Why the registration this session attested under no longer stands (removed, re-keyed, or
    * registered again: another holder of the id), asked of the registry now, or undefined. The
    * kernel takes in the CLI's changes at its next tick; until then an effect of this session's
-   * would be begun as the id's new holder's (case 519 judges work by when it began).
+   * would be begun as the id's new holder's (case 519 judges work by when it began), and a read
+   * would show the new holder's. `onlyIfChanged` (a read): the registry is asked only when the
+   * offline journal's stamp changed since the registration was last found standing — a stat, not
+   * a lookup, per request.
    */
-  registrationLost(): string | undefined {
+  registrationLost(onlyIfChanged = false): string | undefined {
     if (this.registeredAt === undefined) return undefined;
+    // Read before the lookup: a change committed after it leaves a stamp this one is not.
+    const stamp = onlyIfChanged ? this.host.personaKeys.stamp() : undefined;
+    if (stamp !== undefined && stamp === this.stampChecked) return undefined;
     const key = this.host.personaKeys.lookup(this.persona);
-    if (key && key.createdAt === this.registeredAt && this.attestedKey?.equals(key.raw)) return undefined;
+    if (key && key.createdAt === this.registeredAt && this.attestedKey?.equals(key.raw)) {
+      if (stamp !== undefined) this.stampChecked = stamp;
+      return undefined;
+    }
     return `persona ${this.persona} was removed from the registry or registered again since this session attested`;
   }
 

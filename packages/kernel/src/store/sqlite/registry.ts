@@ -1,3 +1,4 @@
+import { appendFileSync, statSync } from "node:fs";
 import type { OfflineEntry, PersonaRecord, PersonaStore } from "../types.js";
 import { inTreeSql, type Row, type Statement, type StoreBase, treeArgs, type WithRows } from "./base.js";
 
@@ -8,6 +9,22 @@ export type JournalEntry = Omit<OfflineEntry, "id" | "time">;
 export interface JournalStore {
   withJournal<T>(entry: JournalEntry | ((result: T) => JournalEntry), change: () => T): T;
   offlineJournal(limit?: number): OfflineEntry[];
+  /**
+   * What stands for the offline changes made so far (the stamp file's identity, size and time), to
+   * compare with an earlier one: another means changes were made since. A stat, no SQL: a running
+   * kernel asks it for every request of a session ({@link journalStampFile}).
+   */
+  journalStamp(): string;
+}
+
+/**
+ * The file beside the database that every journalled change made without the kernel grows by a
+ * byte once committed: a running kernel stats it to learn of the change before its tick (which
+ * reads the journal itself), so a session whose registration a change ended is refused at its next
+ * request, reads too, without a registry lookup per request (PROTOCOL §8.4). Undefined: in memory.
+ */
+export function journalStampFile(dbName: string, memory: boolean): string | undefined {
+  return memory ? undefined : `${dbName}-offline`;
 }
 
 /** The persona registry, and the journal of administrative changes made without the kernel. */
@@ -66,6 +83,26 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
      * from the change's result (what it ended, say), in the same transaction.
      */
     withJournal<T>(entry: JournalEntry | ((result: T) => JournalEntry), change: () => T): T {
+      const r = this.#journalled(entry, change);
+      // Grown only once the change committed (a transaction this one is inside commits later: the
+      // kernel's tick takes it in then): a kernel that sees the stamp change sees the change.
+      if (r !== false && !this.db.inTransaction) this.#stamp();
+      return r;
+    }
+    readonly #stampFile = journalStampFile(this.db.name, this.db.memory);
+    #stamp(): void {
+      if (this.#stampFile === undefined) return;
+      try {
+        appendFileSync(this.#stampFile, "+", { mode: 0o600 });
+      } catch {
+        // Committed all the same: a running kernel takes the change in at its next tick.
+      }
+    }
+    journalStamp(): string {
+      const st = this.#stampFile === undefined ? undefined : statSync(this.#stampFile, { throwIfNoEntry: false });
+      return st ? `${st.ino}:${st.size}:${st.mtimeMs}` : "";
+    }
+    #journalled<T>(entry: JournalEntry | ((result: T) => JournalEntry), change: () => T): T {
       return this.db.transaction(() => {
         const r = change();
         if (r === false) return r;
