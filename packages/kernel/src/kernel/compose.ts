@@ -539,6 +539,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         store,
         (p) => agents.keyGone(p),
         () => store.journalStamp(),
+        (changed, lost) => store.watchJournalStamp(changed, lost),
       ),
       bindToken: (table, persona, token, session) => enforcer.bind(table, persona, token, session),
       log,

@@ -18,30 +18,51 @@ export class PersonaKeys {
     private readonly gone: (persona: string) => boolean = () => false,
     /** The offline journal's stamp (JournalStore.journalStamp): another means the registry may have changed without the kernel. */
     private readonly readStamp: () => string = () => "",
-  ) {}
+    /**
+     * Watches the stamp's file (JournalStore.watchJournalStamp): `changed` at each change, `lost`
+     * when the watch ends (the file replaced). False: not watched.
+     */
+    watchStamp?: (changed: () => void, lost: () => void) => boolean,
+  ) {
+    this.watched =
+      watchStamp?.(
+        () => {
+          this.cached = undefined;
+        },
+        () => {
+          this.watched = false;
+          this.cached = undefined;
+        },
+      ) ?? false;
+  }
 
-  /** The stamp read this event-loop turn, if any ({@link stamp}). */
-  private turnStamp: string | undefined;
+  /** Whether a watch tells of every change of the stamp's file: then it is read only after one. */
+  private watched: boolean;
+  /** The stamp as last read ({@link stamp}). */
+  private cached: string | undefined;
 
   /**
-   * The offline journal's stamp, read (a stat) at most once an event-loop turn and again after
-   * every registry lookup. Sound for what it guards (a read showing the id's new holder's items):
-   * those are made by the new holder's requests, read in turns after its attestation, whose lookup
-   * found the committed registration — so the stamp they are compared with is read after it.
+   * The offline journal's stamp. Read (a stat) again after every registry lookup and, while its
+   * file is watched, after each change the watch reports — no system call per request; unwatched,
+   * at most once an event-loop turn. Sound for what it guards (a read showing the id's new
+   * holder's items): those are made by the new holder's requests, read after its attestation,
+   * whose lookup found the committed registration — so the stamp they are compared with is read
+   * after it.
    */
   stamp(): string {
-    if (this.turnStamp === undefined) {
-      this.turnStamp = this.readStamp();
-      setImmediate(() => {
-        this.turnStamp = undefined;
-      });
+    if (this.cached === undefined) {
+      this.cached = this.readStamp();
+      if (!this.watched)
+        setImmediate(() => {
+          this.cached = undefined;
+        });
     }
-    return this.turnStamp;
+    return this.cached;
   }
 
   lookup(persona: string): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
-    // What this lookup finds may be newer than the stamp read this turn: read it again after.
-    this.turnStamp = undefined;
+    // What this lookup finds may be newer than the stamp read before: read it again after.
+    this.cached = undefined;
     if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;

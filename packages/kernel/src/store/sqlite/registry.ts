@@ -1,4 +1,4 @@
-import { appendFileSync, statSync } from "node:fs";
+import { appendFileSync, type FSWatcher, statSync, watch } from "node:fs";
 import type { OfflineEntry, PersonaRecord, PersonaStore } from "../types.js";
 import { inTreeSql, type Row, type Statement, type StoreBase, treeArgs, type WithRows } from "./base.js";
 
@@ -15,6 +15,12 @@ export interface JournalStore {
    * kernel asks it for every request of a session ({@link journalStampFile}).
    */
   journalStamp(): string;
+  /**
+   * Watches the stamp's file (made empty if there is none): `changed` at each change, `lost` once
+   * the watch ends (the file removed or replaced, an error). False when it cannot be watched (in
+   * memory, no inotify). Closed with the store.
+   */
+  watchJournalStamp(changed: () => void, lost: () => void): boolean;
 }
 
 /**
@@ -97,6 +103,35 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       } catch {
         // Committed all the same: a running kernel takes the change in at its next tick.
       }
+    }
+    #watcher: FSWatcher | undefined;
+    watchJournalStamp(changed: () => void, lost: () => void): boolean {
+      if (this.#stampFile === undefined || this.#watcher) return false;
+      try {
+        // A file must be there to be watched; an empty one is no change (its size is in the stamp).
+        appendFileSync(this.#stampFile, "", { mode: 0o600 });
+        const w = watch(this.#stampFile, { persistent: false });
+        const end = () => {
+          w.close();
+          if (this.#watcher === w) this.#watcher = undefined;
+          lost();
+        };
+        w.on("change", (kind) => {
+          changed();
+          // A rename (removed, replaced) ends what this watch can tell.
+          if (kind === "rename") end();
+        });
+        w.on("error", end);
+        this.#watcher = w;
+        return true;
+      } catch {
+        return false;
+      }
+    }
+    override close(): void {
+      this.#watcher?.close();
+      this.#watcher = undefined;
+      super.close();
     }
     journalStamp(): string {
       const st = this.#stampFile === undefined ? undefined : statSync(this.#stampFile, { throwIfNoEntry: false });
