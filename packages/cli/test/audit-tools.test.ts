@@ -482,6 +482,20 @@ describe("audit tools on a home", () => {
         status: "SUCCESS",
         detail: JSON.stringify({ ended: [root, derived], revoked: root, status: "SUCCESS" }),
       });
+      // An agent's end revokes its token and the tokens minted for its persona id; a start, any left.
+      const [agentToken, mintedForAgent, leftAtStart] = ["a1", "a2", "a3"].map((x) => x.padEnd(32, "0"));
+      const agentEnd = add({
+        op: "token.revoked",
+        target: `token://${agentToken}`,
+        persona: "eve/agent.w1",
+        detail: JSON.stringify({ ended: [agentToken, mintedForAgent], mintedFor: [mintedForAgent], revoked: agentToken }),
+      });
+      const atStart = add({
+        op: "token.revoked",
+        target: "kernel://",
+        persona: "kernel",
+        detail: JSON.stringify({ ended: [leftAtStart], mintedFor: [leftAtStart] }),
+      });
       store.close();
       const on = async (args: string[]) => {
         const r = await kpip([...args, "--home", dir, "--json"]);
@@ -509,6 +523,11 @@ describe("audit tools on a home", () => {
       assert.equal(d.endedBy, root);
       assert.equal(nodes.get(root).revoked.record, outcomeSeq);
       assert.deepEqual(nodes.get(root).revoked.ended, [root, derived]);
+      assert.deepEqual(
+        [agentToken, mintedForAgent, leftAtStart].map((id) => nodes.get(id)?.revoked?.record),
+        [agentEnd, agentEnd, atStart],
+        "a token the kernel revoked for an agent's persona is linked to the record that did",
+      );
       assert.deepEqual((await on(["audit", "show", String(intentSeq)]))[0].outcomeRecord.detail.ended, [root, derived]);
       const text = (await kpip(["audit", "tokens", "--home", dir])).out;
       assert.match(text, new RegExp(`└─ ${derived}  for admin, derived by admin`));

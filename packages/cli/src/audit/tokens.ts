@@ -142,12 +142,20 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       n.record = r.seq;
       n.recordBy = "detail";
     }
-    if (d && typeof d.revoked === "string") {
-      const n = node(d.revoked);
+    // The record that revoked a token: `revoked` names it, `mintedFor` the tokens minted for an
+    // ended agent's persona that the kernel revoked with it (or, at a start, alone).
+    const revokedHere = (id: string) => {
+      const n = node(id);
       n.revoked ??= { by: r.persona, at: r.time, record: null, ended: [] };
       n.revoked.record = r.seq;
-      if (Array.isArray(d.ended)) n.revoked.ended = d.ended.filter((x): x is string => typeof x === "string");
+      return n.revoked;
+    };
+    if (d && typeof d.revoked === "string") {
+      const rv = revokedHere(d.revoked);
+      if (Array.isArray(d.ended)) rv.ended = d.ended.filter((x): x is string => typeof x === "string");
     }
+    if (d && Array.isArray(d.mintedFor))
+      for (const id of d.mintedFor) if (typeof id === "string" && id !== d.revoked) revokedHere(id);
     const key = `${r.kernel}\0${r.session}\0${r.requestId}`;
     if (r.phase === "intent") intents.set(key, r);
     else if (r.phase === "outcome") {
