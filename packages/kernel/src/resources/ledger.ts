@@ -3,7 +3,16 @@ import type { Grant } from "@kpip/protocol";
 import { OpError } from "../primitives/types.js";
 import { OBJECT_ROW_BYTES, objectCost } from "../store/object-cost.js";
 import type { Allocation, LedgerStore } from "../store/types.js";
-import { countAtLimit, forEachInLineage, GrantBounds, inTree, limitsOver, overName, personaLineage } from "./lineage.js";
+import {
+  countAtLimit,
+  forEachInLineage,
+  GrantBounds,
+  inTree,
+  limitRefusal,
+  limitsOver,
+  overName,
+  personaLineage,
+} from "./lineage.js";
 
 export interface Quotas {
   /** Bytes one workspace may hold in storage; 0 = no kernel-wide limit. */
@@ -88,10 +97,13 @@ export class ResourceLedger {
         if (used + delta > limit)
           throw new OpError(
             "RESOURCE",
-            // What a tree above the persona holds is its other members' (resource.query tells it to whom it may).
-            scope === persona
-              ? `storage.bytes exceeded for ${persona}: ${used} used + ${delta} > limit ${limit}${ROW_NOTE}`
-              : `storage.bytes exceeded for ${overName(scope, persona)}: ${delta} more bytes would pass its limit ${limit}${ROW_NOTE}`,
+            limitRefusal(
+              "storage.bytes",
+              scope,
+              persona,
+              `${used} used + ${delta} > limit ${limit}${ROW_NOTE}`,
+              `${delta} more bytes would pass its limit ${limit}${ROW_NOTE}`,
+            ),
           );
       }
     }
@@ -127,10 +139,13 @@ export class ResourceLedger {
       if (used + amount > limit)
         throw new OpError(
           "RESOURCE",
-          // What a tree above the persona holds is its other members' too (as storage.bytes, case 512).
-          scope === persona
-            ? `${resource} exceeded for ${persona}: ${used} used + ${amount} > limit ${limit}`
-            : `${resource} exceeded for ${overName(scope, persona)}: ${amount} more would pass its limit ${limit}`,
+          limitRefusal(
+            resource,
+            scope,
+            persona,
+            `${used} used + ${amount} > limit ${limit}`,
+            `${amount} more would pass its limit ${limit}`,
+          ),
         );
     }
     const lineage = personaLineage(persona);
@@ -236,9 +251,13 @@ export class ResourceLedger {
     if (over && !past)
       throw new OpError(
         "RESOURCE",
-        over.scope === persona
-          ? `concurrent exceeded for ${persona}: ${over.n} requests in flight, limit ${over.limit}`
-          : `concurrent exceeded for ${overName(over.scope, persona)}: one more request would pass its limit ${over.limit}`,
+        limitRefusal(
+          "concurrent",
+          over.scope,
+          persona,
+          `${over.n} requests in flight, limit ${over.limit}`,
+          `one more request would pass its limit ${over.limit}`,
+        ),
       );
     const rate = grant?.limits.rate;
     if (rate !== undefined && grant && rateKey !== undefined) {

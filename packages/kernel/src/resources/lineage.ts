@@ -231,6 +231,17 @@ export function countAtLimit(
 /** How a limit's refusal names the tree it counted: `scope`, and the requester when it lies under it. */
 export const overName = (scope: string, persona: string) => (scope === persona ? persona : `${scope} (over ${persona})`);
 
+/**
+ * A limit's refusal (a token's `storage.bytes`, `concurrent`, `agents`, a named resource). The
+ * limit's own persona is told its usage (`own`, e.g. "3 used + 2 > limit 4"); a persona under it
+ * only what it asked and the limit (`asked`): the usage is the tree's other members' too (case 512).
+ */
+export function limitRefusal(limit: string, scope: string, persona: string, own: string, asked: string): string {
+  return scope === persona
+    ? `${limit} exceeded for ${persona}: ${own}`
+    : `${limit} exceeded for ${overName(scope, persona)}: ${asked}`;
+}
+
 /** How a kernel-wide per-tree bound's refusal names the tree: the requester, or its root with the personas under it. */
 export const treeName = (root: string, persona: string) => (root === persona ? persona : `${root} (with the personas under it)`);
 

@@ -5,7 +5,7 @@ import {
   FIRST_SEGMENT,
   GrantBounds,
   inTree,
-  overName,
+  limitRefusal,
   type TreeRoots,
   treeBoundRefusal,
 } from "../resources/lineage.js";
@@ -121,10 +121,13 @@ export class ProcessTable {
     if (over)
       throw new OpError(
         "RESOURCE",
-        // A tree above the persona runs its other members' processes too (as storage.bytes, case 512).
-        over.scope === persona
-          ? `agents exceeded for ${persona}: ${over.n} agents and commands running, limit ${over.limit}${this.pending(over.scope)}`
-          : `agents exceeded for ${overName(over.scope, persona)}: one more would pass its limit ${over.limit}${this.pending(over.scope, false)}`,
+        limitRefusal(
+          "agents",
+          over.scope,
+          persona,
+          `${over.n} agents and commands running, limit ${over.limit}${this.pending(over.scope)}`,
+          `one more would pass its limit ${over.limit}${this.pending(over.scope, false)}`,
+        ),
       );
   }
 
