@@ -126,3 +126,32 @@ describe("revoking many tokens at once (a persona tree's removal)", () => {
     }
   });
 });
+
+describe("a revocation a full disk kept back", () => {
+  it("stays in force when storing it later fails for another reason (an I/O error): it is kept, not dropped, across a reload", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-revoke-kept-"));
+    const store = storeWith(home, "kept.db", { parents: [-1], expired: [false], revokedBefore: [] });
+    try {
+      const r = new Revocations(store);
+      const revoke = store.revokeToken.bind(store);
+      let failure: Error = Object.assign(new Error("database or disk is full"), { code: "SQLITE_FULL" });
+      store.revokeToken = () => {
+        throw failure;
+      };
+      r.revoke(hexId(0), "kernel", 2, false, true);
+      assert.equal(r.unstoredRevocation(hexId(0)), true, "kept for room");
+      failure = Object.assign(new Error("disk I/O error"), { code: "SQLITE_IOERR" });
+      assert.throws(() => r.storeKept(), /disk I\/O error/);
+      r.reload(true);
+      assert.equal(r.covers({ id: hexId(0), chain: [] }), true, "still revoked after the failed store and a reload");
+      assert.equal(r.unstoredRevocation(hexId(0)), true, "still waiting to be stored");
+      store.revokeToken = revoke;
+      r.storeKept();
+      assert.equal(r.unstoredRevocation(hexId(0)), false);
+      assert.ok(store.revokedTokenIds().includes(hexId(0)));
+    } finally {
+      store.close();
+      removeHome(home);
+    }
+  });
+});

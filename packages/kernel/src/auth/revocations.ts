@@ -234,9 +234,11 @@ export class Revocations {
     let failure: unknown;
     this.unstored.flush(
       (id, r) => this.store.revokeToken(id, r.by, r.at),
-      // Any other failure fails the storage closed (the caller logs it): not retried every tick.
+      // Any other failure fails the storage closed (the caller logs it). The revocation stays kept,
+      // in force in memory: dropped, a reload would make the token valid again.
       (e) => {
         failure ??= e;
+        return true;
       },
     );
     if (failure !== undefined) throw failure;

@@ -184,15 +184,16 @@ export class KeptWrites<V> {
 
   /**
    * Writes what is kept, oldest first, until one is refused room again (the rest wait for the
-   * next call); one that fails otherwise is given to `failed` and dropped (not retried each tick).
+   * next call); one that fails otherwise is given to `failed` and dropped (not retried each tick)
+   * unless `failed` answers true: then it is kept and the flush stops.
    */
-  flush(write: (key: string, v: V) => void, failed: (e: unknown, key: string) => void): void {
+  flush(write: (key: string, v: V) => void, failed: (e: unknown, key: string) => unknown): void {
     for (const [key, v] of this.kept) {
       try {
         write(key, v);
       } catch (e) {
-        if (isStorageFull(e)) return;
-        failed(e, key);
+        // Kept on a full disk, or when `failed` says so (what must not be lost, as a revocation).
+        if (isStorageFull(e) || failed(e, key) === true) return;
       }
       this.delete(key);
     }
