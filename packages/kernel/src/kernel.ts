@@ -6,7 +6,7 @@ import { type KernelConfig, resolveConfig } from "./config.js";
 import { EventBus } from "./events/bus.js";
 import { compose, type KernelServices } from "./kernel/compose.js";
 import { checkDescriptorBudget } from "./kernel/fd-budget.js";
-import { startHousekeeping } from "./kernel/housekeeping.js";
+import { startHousekeeping, storeKept } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
 import { recordLateRecords } from "./kernel/storage-space.js";
@@ -318,12 +318,7 @@ export class Kernel {
     // keys), stored now if there is room, as compute.stop does ops': a revocation held only in
     // memory is gone at the next start, and an ended agent's token — its key removed, its row
     // stored — would then be valid for the next agent of its name.
-    try {
-      s.tokens.storeKept();
-      s.agents.storeKept();
-    } catch (e) {
-      this.log.error({ err: e }, "cannot store what the full disk kept back");
-    }
+    storeKept(s, this.log);
     if (s.tokens.unstoredCount > 0)
       this.log.error(
         { revocations: s.tokens.unstoredCount },

@@ -146,14 +146,14 @@ function storageProbe(s: KernelServices): void {
  * kernel's revocations, ended agents' keys — stored as soon as there is room (each stops at its
  * first refusal: a tick on a full disk costs a failed write or three).
  */
-function storeKept(s: KernelServices, log: Logger): void {
-  try {
-    s.tokens.storeKept();
-    s.agents.storeKept();
-    s.compute.storeKept();
-  } catch (e) {
-    log.error({ err: e }, "cannot store what the full disk kept back");
-  }
+export function storeKept(s: Pick<KernelServices, "tokens" | "agents" | "compute">, log: Logger): void {
+  // Each on its own: a revocation store that fails must not keep agents' ends and ops' rows back.
+  for (const part of [s.tokens, s.agents, s.compute])
+    try {
+      part.storeKept();
+    } catch (e) {
+      log.error({ err: e }, "cannot store what the full disk kept back");
+    }
 }
 
 /** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */
