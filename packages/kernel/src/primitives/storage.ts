@@ -36,6 +36,10 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           if (data.length > limits.maxObjectBytes) {
             throw new OpError("RESOURCE", `object of ${data.length} bytes exceeds the limit of ${limits.maxObjectBytes}`);
           }
+          // Small bodies stay in the database (one commit, no file: its transaction checks the
+          // generation and the limits); larger ones are written to the file store first (synced),
+          // then named by the row (docs/architecture.md).
+          if (data.length < limits.inlineBytes) return commitObject(ctx, d, workspace, path, { data });
           // A write that cannot commit as things stand — a stale ifGeneration, a limit it is past —
           // is refused before its body is written and synced (the commit checks both again, in
           // its transaction): refused only there, a persona still had the disk write and sync a
@@ -44,12 +48,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           const want = ctx.args.ifGeneration;
           if (want !== undefined && want !== (existing?.generation ?? 0))
             throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${existing?.generation ?? 0}`);
-          // Small bodies stay in the database (one commit, no file); larger ones are written to
-          // the file store first (synced), then named by the row (docs/architecture.md).
-          if (data.length >= limits.inlineBytes)
-            ledger.checkStorage(ctx.persona, workspace, path, existing, data.length, ctx.grant);
-          const body: ObjectBody =
-            data.length < limits.inlineBytes ? { data } : { hash: await blobs.put(data), size: data.length };
+          ledger.checkStorage(ctx.persona, workspace, path, existing, data.length, ctx.grant);
+          const body: ObjectBody = { hash: await blobs.put(data), size: data.length };
           return commitObject(ctx, d, workspace, path, body);
         },
       }),
