@@ -4,6 +4,7 @@ import type { ComputeEngine } from "../compute/engine.js";
 import type { Logger } from "../log.js";
 import type { UploadTable } from "../primitives/storage-uploads.js";
 import type { ProcessTable } from "../sandbox/processes.js";
+import { sameRegistration } from "../session/persona-keys.js";
 import type { Session } from "../session/session.js";
 import type { RepeatedFailureLog } from "../store/storage-full.js";
 import type { PersonaStore } from "../store/types.js";
@@ -62,9 +63,7 @@ export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "se
   for (const s of x.sessions()) {
     if (s.state !== "ready" && s.state !== "closing") continue;
     const rec = x.keyGone?.(s.persona) ? undefined : x.registry.getPersona(s.persona);
-    // The registration it attested under: one made since, even with the same key, is another's.
-    const same = s.registeredAt === undefined || s.registeredAt === rec?.createdAt;
-    if (rec && same && s.attestedKey?.equals(Buffer.from(rec.publicKey))) continue;
+    if (sameRegistration(s, rec)) continue;
     s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
     ended++;
   }

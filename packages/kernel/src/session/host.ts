@@ -22,9 +22,6 @@ export interface SessionLimitsConfig {
   maxWriteBuffer: number;
 }
 
-/** Largest frame bodies before WELCOME (PROTOCOL §8.8): an unauthenticated peer can make the kernel buffer this much, not the session's maxBody. */
-export { HANDSHAKE_MAX_BODY } from "@kpip/protocol";
-
 /** Why an attested persona gets no session (PROTOCOL §8.8): the code of its fatal RESOURCE error, and the message. */
 export interface SessionRefusal {
   code: "TOO_MANY_SESSIONS" | "SESSION_RATE_LIMITED";

@@ -60,9 +60,13 @@ export class PersonaKeys {
     return this.cached;
   }
 
-  lookup(persona: string): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
-    // What this lookup finds may be newer than the stamp read before: read it again after.
-    this.cached = undefined;
+  /**
+   * The persona's registered key. `restamp` (an attestation's lookup): what it finds may be newer
+   * than the stamp read before, which is read again after it; a session's own check of its
+   * registration ({@link sameRegistration}) compares with a stamp it read first and need not.
+   */
+  lookup(persona: string, restamp = true): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
+    if (restamp) this.cached = undefined;
     if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;
@@ -76,4 +80,19 @@ export class PersonaKeys {
     }
     return { raw: rec.publicKey, key, createdAt: rec.createdAt };
   }
+}
+
+/**
+ * Whether `rec` is the registration a session attested under: its key, and its time when the
+ * session knows it — one made since, even with the same key, is another holder's.
+ */
+export function sameRegistration(
+  s: { readonly registeredAt: number | undefined; readonly attestedKey: Buffer | undefined },
+  rec: { createdAt: number; publicKey: Uint8Array } | undefined,
+): boolean {
+  return (
+    rec !== undefined &&
+    (s.registeredAt === undefined || s.registeredAt === rec.createdAt) &&
+    s.attestedKey?.equals(rec.publicKey) === true
+  );
 }

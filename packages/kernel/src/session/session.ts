@@ -7,6 +7,7 @@ import {
   type Frame,
   FrameReader,
   framePieces,
+  HANDSHAKE_MAX_BODY,
   HEADER_SIZE,
   type Hello,
   type Message,
@@ -25,13 +26,14 @@ import { isStorageFull, STORAGE_FULL_UNRECORDED } from "../store/storage-full.js
 import { addressOf, type Connection, originOf } from "./connection.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
-import { HANDSHAKE_MAX_BODY, type SessionHostOf } from "./host.js";
+import type { SessionHostOf } from "./host.js";
 import { peerKey } from "./peer-key.js";
+import { sameRegistration } from "./persona-keys.js";
 
 /** What a session needs from the kernel that owns it. */
 export type SessionHost = SessionHostOf<Session>;
 
-export { HANDSHAKE_MAX_BODY, type SessionLimitsConfig } from "./host.js";
+export type { SessionLimitsConfig } from "./host.js";
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
 
@@ -546,8 +548,8 @@ export class Session implements SessionView, EventSink {
     // Read before the lookup: a change committed after it leaves a stamp this one is not.
     const stamp = onlyIfChanged ? this.host.personaKeys.stamp() : undefined;
     if (stamp !== undefined && stamp === this.stampChecked) return undefined;
-    const key = this.host.personaKeys.lookup(this.persona);
-    if (key && key.createdAt === this.registeredAt && this.attestedKey?.equals(key.raw)) {
+    const key = this.host.personaKeys.lookup(this.persona, false);
+    if (sameRegistration(this, key && { createdAt: key.createdAt, publicKey: key.raw })) {
       if (stamp !== undefined) this.stampChecked = stamp;
       return undefined;
     }
