@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { existsSync, lstatSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { escapeUnprintable } from "@kpip/protocol";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
+import { takeLock } from "../file-lock.js";
 import { ensurePrivateFile, readRegularFile, replaceAtomically, UnreadableFileError } from "../secure-files.js";
 
 /** Token root keys by key id, kept in <home>/token-keys.json (0600). */
@@ -209,22 +210,14 @@ export class RootKeys {
     let db: Database.Database;
     try {
       ensurePrivateFile(lockPath);
-      db = new Database(lockPath, { timeout: KEY_LOCK_WAIT_MS });
+      db = takeLock(lockPath, KEY_LOCK_WAIT_MS, false);
     } catch (e) {
+      if ((e as { code?: string }).code === "SQLITE_BUSY")
+        throw new KeyFileError(`another change of the token key file is in progress (${lockPath} is locked); try again`);
       throw new KeyFileError(`cannot lock the token key file (${lockPath}): ${escapeUnprintable((e as Error).message)}`);
     }
     try {
-      try {
-        db.exec("BEGIN EXCLUSIVE");
-      } catch (e) {
-        if ((e as { code?: string }).code !== "SQLITE_BUSY") throw e;
-        throw new KeyFileError(`another change of the token key file is in progress (${lockPath} is locked); try again`);
-      }
-      try {
-        return change();
-      } finally {
-        db.exec("ROLLBACK");
-      }
+      return change();
     } finally {
       db.close();
     }

@@ -1,18 +1,8 @@
 import { randomBytes } from "node:crypto";
-import {
-  closeSync,
-  constants,
-  existsSync,
-  lstatSync,
-  mkdirSync,
-  openSync,
-  readdirSync,
-  renameSync,
-  rmdirSync,
-  rmSync,
-} from "node:fs";
+import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
+import { takeLock } from "../file-lock.js";
 import { removeTrees } from "./remove.js";
 
 /**
@@ -34,23 +24,6 @@ export const ROOT_LIVE = ".live";
 export type RootLockFile = typeof ROOT_LOCK | typeof ROOT_LIVE;
 /** How long an empty root without a lock file is left alone (one being made this moment, or an idle older kernel's). */
 const LOCKLESS_AGE_MS = 24 * 3600_000;
-
-/** An exclusive lock on `path`, held until the connection closes; throws SQLITE_BUSY when another holds it (after `waitMs`). */
-function takeLock(path: string, waitMs: number, create: boolean): Database.Database {
-  if (create) closeSync(openSync(path, constants.O_WRONLY | constants.O_CREAT | constants.O_NOFOLLOW, 0o600));
-  const db = new Database(path, { timeout: waitMs, fileMustExist: true });
-  try {
-    // No journal: the file only carries the lock.
-    db.pragma("journal_mode = OFF");
-    db.pragma("locking_mode = EXCLUSIVE");
-    // The first write takes the exclusive lock, and EXCLUSIVE mode never gives it back.
-    db.exec("BEGIN EXCLUSIVE; CREATE TABLE IF NOT EXISTS live (pid INTEGER); COMMIT");
-    return db;
-  } catch (e) {
-    db.close();
-    throw e;
-  }
-}
 
 /**
  * Makes `root` if needed and takes its lock; the caller holds it (closes the connection) for as
