@@ -170,9 +170,7 @@ export class AgentManager {
       // end): a start on a full disk killed before there is room must leave it running for the next.
       const revocation = this.revokeAgent(a.tokenId, a.persona);
       const end: Partial<AgentRecord> = { state: "lost", endedAt: Date.now() };
-      const tree = (this.opts.roots ?? FIRST_SEGMENT).of(a.spawner);
-      if (this.tokens.revocationUnstored(a.tokenId)) this.keptRows.hold(a.id, end, undefined, tree);
-      else this.keptRows.write(a.id, end, (v) => this.store.updateAgent(a.id, v), undefined, tree);
+      this.saveEnd(a.id, end, a.tokenId, a.spawner);
       this.opts.record({
         op: "agent.exited",
         target: agentUri(a.id),
@@ -274,6 +272,18 @@ export class AgentManager {
       stderr: Buffer.from(`[kpip] ${notKeptMessage("the agent's output", n)}\n`),
     }),
   });
+
+  /**
+   * Stores an agent's end, or keeps it for room: held while its token's revocation waits for room
+   * — a kill in between must leave the row "running", so that the next start (which revokes the
+   * tokens of agents it finds running) does not find an ended agent whose revocation was in
+   * memory only, its token valid again.
+   */
+  private saveEnd(id: string, f: Partial<AgentRecord>, tokenId: string, spawner: string): void {
+    const tree = (this.opts.roots ?? FIRST_SEGMENT).of(spawner);
+    if (this.tokens.revocationUnstored(tokenId)) this.keptRows.hold(id, f, undefined, tree);
+    else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v), undefined, tree);
+  }
 
   /** How many agents' ends (rows, keys) wait for room. */
   get keptCount(): number {
@@ -557,14 +567,8 @@ export class AgentManager {
     step("cannot revoke an ended agent's token", () => {
       revocation = this.revokeAgent(rec.tokenId, rec.persona);
     });
-    const tree = (this.opts.roots ?? FIRST_SEGMENT).of(rec.spawner);
-    step("cannot record agent exit", () => {
-      // Its end is stored only once its revocation is: a kill in between must leave the row
-      // "running", so that the next start (which revokes the tokens of agents it finds running)
-      // does not find an ended agent whose revocation was in memory only — its token valid again.
-      if (this.tokens.revocationUnstored(rec.tokenId)) this.keptRows.hold(id, f, undefined, tree);
-      else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v), undefined, tree);
-    });
+    // Stored only once its revocation is ({@link saveEnd}).
+    step("cannot record agent exit", () => this.saveEnd(id, f, rec.tokenId, rec.spawner));
     step("cannot record agent exit", () => {
       this.opts.record({
         op: "agent.exited",
