@@ -250,7 +250,7 @@ export class ComputeEngine {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(root, persona, {
-          held: `already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+          held: (max) => `already has ${mine} ops queued or running (at most ${max})`,
           what: "ops queued or running",
           bound: "maxPendingOpsPerPersona",
           limit: this.opts.maxPendingPerPersona,
@@ -266,7 +266,8 @@ export class ComputeEngine {
       throw new OpError(
         "RESOURCE",
         `${treeBoundRefusal(root, persona, {
-          held: `has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together)`,
+          held: (limit) =>
+            `has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${limit} together)`,
           what: "op results not yet read (op.result) and ops queued or running",
           bound: "maxFinishedOpsPerPersona",
           limit: max,
