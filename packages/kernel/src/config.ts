@@ -1,9 +1,9 @@
-import { realpathSync, statSync } from "node:fs";
+import { statSync } from "node:fs";
 import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
-import { readRegularFile, UnreadableFileError, unsafeDirectoryAbove } from "./secure-files.js";
+import { readRegularFile, UnreadableFileError, unsafeDirectoryAboveFile } from "./secure-files.js";
 import { repeatedJsonKey } from "./strict-json.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
@@ -730,10 +730,7 @@ function checkConfigFileOwner(path: string): void {
     // Checked by path, then read by path: whoever can write a directory above it could swap
     // the file in between, or for the next start (as the home's directories, case 518).
     // Through a link too: the directories above the file it names.
-    const real = realpathSync(path);
-    unsafe =
-      unsafeDirectoryAbove(path, `config file ${path}`, "file") ??
-      (real === resolve(path) ? undefined : unsafeDirectoryAbove(real, `config file ${path} (${real})`, "file"));
+    unsafe = unsafeDirectoryAboveFile(path, `config file ${path}`);
   } catch {
     return; // said by the read below
   }

@@ -104,6 +104,19 @@ export function unsafeDirectoryAbove(path: string, what: string, noun: string): 
   return undefined;
 }
 
+/**
+ * {@link unsafeDirectoryAbove} for a file read by path, which follows a link: the directories
+ * above it along the path as given, and above the file a link names (`what (real path)` in the
+ * message). Throws when `path` names nothing (a missing file, a broken link): the read says why.
+ */
+export function unsafeDirectoryAboveFile(path: string, what: string): string | undefined {
+  const real = realpathSync(path);
+  return (
+    unsafeDirectoryAbove(path, what, "file") ??
+    (real === resolve(path) ? undefined : unsafeDirectoryAbove(real, `${what} (${real})`, "file"))
+  );
+}
+
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 
 /** Creates `path` (0600) with `data`, failing if anything — a file or a link — is already there. */

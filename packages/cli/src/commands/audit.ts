@@ -1,7 +1,7 @@
 import { constants as bufferConstants } from "node:buffer";
 import { createPrivateKey, createPublicKey } from "node:crypto";
-import { existsSync, realpathSync, statSync, writeFileSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { existsSync, statSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import {
   AnchorFileError,
   type AuditAnchor,
@@ -13,7 +13,7 @@ import {
   parseAnchors,
   readRegularFile,
   resolveConfig,
-  unsafeDirectoryAbove,
+  unsafeDirectoryAboveFile,
   verifyAnchors,
   verifyAuditReader,
 } from "@kpip/kernel";
@@ -222,11 +222,7 @@ const KEY_FILE_MAX_BYTES = 64 * 1024;
  */
 function anchorFileUnsafe(path: string): string | undefined {
   try {
-    const real = realpathSync(path);
-    return (
-      unsafeDirectoryAbove(path, `the anchor file ${path}`, "file") ??
-      (real === resolve(path) ? undefined : unsafeDirectoryAbove(real, `the anchor file ${path} (${real})`, "file"))
-    );
+    return unsafeDirectoryAboveFile(path, `the anchor file ${path}`);
   } catch {
     return undefined;
   }

@@ -62,8 +62,9 @@ export class GrpcConnector implements Connector {
   }
 
   /**
-   * Counts close() calls: a connect() that began before a close() ends with it, and never opens a
-   * channel after it (grpc-js loads asynchronously the first time).
+   * Counts close() calls: a connect() that began before a close() ends with it (its wait for the
+   * channel at once), and never opens a channel after it — grpc-js loads asynchronously the first
+   * time, and a newer connect() may own a fresh channel by then.
    */
   private closes = 0;
 
@@ -90,15 +91,15 @@ export class GrpcConnector implements Connector {
     const client = this.client;
     const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
     try {
-      await this.ready(g, client, deadline);
+      await this.ready(g, client, deadline, closes);
     } catch (e) {
       // Closed meanwhile: that close() ended the wait, and a newer connect() may own this.client.
-      if (this.client !== client) throw this.closedWhileConnecting();
+      if (this.closes !== closes) throw this.closedWhileConnecting();
       // A fresh channel next time: a failed TLS handshake is not retried on the same one.
       this.close();
       throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
     }
-    if (this.client !== client) throw this.closedWhileConnecting();
+    if (this.closes !== closes) throw this.closedWhileConnecting();
     const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
     return new GrpcChannel(call, Math.min(GRPC_MAX_MESSAGE_BYTES, this.opts.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES));
   }
@@ -109,16 +110,16 @@ export class GrpcConnector implements Connector {
 
   /**
    * Waits until `client`'s channel is READY, as grpc-js's waitForReady does, except that a close()
-   * ends the wait at once. grpc-js's own, when the channel is closed under it, asks the closed
+   * (one since `closes`, the count its connect() began with) ends the wait at once. grpc-js's own, when the channel is closed under it, asks the closed
    * channel to connect again (getConnectivityState(true) leaves SHUTDOWN): the channel kept
    * dialling, and the wait's deadline timer kept a client's process alive after close(), for
    * connectTimeoutMs or, had the kernel come back meanwhile, for ever, with a live session.
    */
-  private ready(g: typeof grpc, client: grpc.Client, deadline: number): Promise<void> {
+  private ready(g: typeof grpc, client: grpc.Client, deadline: number, closes: number): Promise<void> {
     const channel = client.getChannel();
     return new Promise<void>((resolve, reject) => {
       const check = (err?: Error) => {
-        if (this.client !== client) return reject(new Error("closed"));
+        if (this.closes !== closes) return reject(new Error("closed"));
         if (err) return reject(new Error("Failed to connect before the deadline"));
         const state = channel.getConnectivityState(true);
         if (state === g.connectivityState.READY) return resolve();

@@ -659,16 +659,17 @@ export class AgentManager {
   }
 
   /**
-   * Whether `persona` is an ended agent's whose key a full disk kept in the registry: refused as
-   * if removed (attestation, the sessions it holds) until its removal is stored (storeKept).
+   * The registry as attestation and expulsion read it: an ended agent's key a full disk kept in
+   * it is gone (refused as if removed: attestation, the sessions it holds) until its removal is
+   * stored (storeKept).
    */
-  keyGone(persona: string): boolean {
-    return this.unforgotten.has(persona);
-  }
+  readonly registry: Pick<PersonaStore, "getPersona"> = {
+    getPersona: (id) => (this.unforgotten.has(id) ? undefined : this.store.getPersona(id)),
+  };
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
   registered(persona: string): boolean {
-    return !this.unforgotten.has(persona) && this.store.getPersona(persona) !== undefined;
+    return this.registry.getPersona(persona) !== undefined;
   }
 
   /** Kills a running agent of `persona`'s (or any, for the admin). */

@@ -115,7 +115,8 @@ export class TokenService {
       throw new OpError(
         "RESOURCE",
         `${treeBoundRefusal(mintedBy, by, {
-          held: `already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (maxLiveTokens ${this.limits.maxLiveTokens})`,
+          held: (max, bound) =>
+            `already has ${e.n} unexpired tokens it minted or refreshed, revoked ones included (${bound} ${max})`,
           what: "unexpired tokens minted or refreshed, revoked ones included",
           bound: "maxLiveTokens",
           limit: this.limits.maxLiveTokens,

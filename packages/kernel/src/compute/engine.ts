@@ -250,7 +250,7 @@ export class ComputeEngine {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(root, persona, {
-          held: `already has ${mine} ops queued or running (at most ${this.opts.maxPendingPerPersona})`,
+          held: (max) => `already has ${mine} ops queued or running (at most ${max})`,
           what: "ops queued or running",
           bound: "maxPendingOpsPerPersona",
           limit: this.opts.maxPendingPerPersona,
@@ -259,14 +259,14 @@ export class ComputeEngine {
     // Each op may finish with a result its poller has yet to read, which no trim takes within its
     // grace: such results and the ops that may yet make one stay below the tree's bound.
     const max = this.opts.maxFinishedPerPersona;
-    let kept = 0;
-    for (const r of this.keptEnds.values()) if (r === root) kept++;
+    const kept = this.keptEnds.get(root)?.size ?? 0;
     const unread = this.store.countUnreadOps(root, Date.now() - this.opts.resultGraceMs) + kept;
     if (mine + unread >= max)
       throw new OpError(
         "RESOURCE",
         `${treeBoundRefusal(root, persona, {
-          held: `has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${max} together)`,
+          held: (limit) =>
+            `has ${unread} op results not yet read (op.result${kept ? `; ${kept} of them ended while the kernel's storage was full, kept until it has room` : ""}) and ${mine} ops queued or running (at most ${limit} together)`,
           what: "op results not yet read (op.result) and ops queued or running",
           bound: "maxFinishedOpsPerPersona",
           limit: max,
@@ -432,15 +432,18 @@ export class ComputeEngine {
       (id, f) => this.store.updateOp(id, f),
       (e, id) => this.log.error({ err: e, op: id }, "cannot record op state"),
     );
-    for (const id of this.keptEnds.keys()) if (this.kept.get(id) === undefined) this.keptEnds.delete(id);
+    for (const [root, ids] of this.keptEnds) {
+      for (const id of ids) if (this.kept.get(id) === undefined) ids.delete(id);
+      if (ids.size === 0) this.keptEnds.delete(root);
+    }
   }
 
   /**
-   * The ops whose end a full disk kept (their tree's root): results not yet read, as the store
-   * will count them once stored — admitPending counts them meanwhile, or a tree's ops ending one
-   * after another on a full disk were kept in memory without bound.
+   * The ops whose end a full disk kept, by their tree's root: results not yet read, as the store
+   * will count them once stored — admitPending counts them meanwhile (a lookup per submit, not a
+   * scan), or a tree's ops ending one after another on a full disk were kept in memory without bound.
    */
-  private readonly keptEnds = new Map<string, string>();
+  private readonly keptEnds = new Map<string, Set<string>>();
 
   /** How many op changes wait for room. */
   get keptCount(): number {
@@ -645,7 +648,12 @@ export class ComputeEngine {
       f.message = "the kernel stopped while the op was running";
     }
     Object.assign(op, f);
-    if (this.save(op, f, "cannot record op outcome")) this.keptEnds.set(op.id, this.roots.of(op.persona));
+    if (this.save(op, f, "cannot record op outcome")) {
+      const root = this.roots.of(op.persona);
+      const ids = this.keptEnds.get(root);
+      if (ids) ids.add(op.id);
+      else this.keptEnds.set(root, new Set([op.id]));
+    }
     try {
       // Each finished op keeps its result (up to 2 × maxOutputBytes) until its TTL: a persona's
       // whole tree keeps a bounded number, as for ended agents, however fast it submits.

@@ -321,7 +321,7 @@ export class EventBus {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(tree, sink.persona, {
-          held: `already has ${persona} subscriptions (maxSubscriptionsPerPersona ${L.perPersona})`,
+          held: (max, bound) => `already has ${persona} subscriptions (${bound} ${max})`,
           what: "subscriptions",
           bound: "maxSubscriptionsPerPersona",
           limit: L.perPersona,

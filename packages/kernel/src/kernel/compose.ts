@@ -424,7 +424,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         onForgotten: () =>
           expelForgotten
             ? expelForgotten()
-            : endUnregisteredSessions({ registry: store, sessions: () => sessions.all(), keyGone: (p) => agents.keyGone(p) }),
+            : endUnregisteredSessions({ registry: agents.registry, sessions: () => sessions.all() }),
       },
       log,
     );
@@ -433,9 +433,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     audit.flush();
     router.register(agentFamily(agents, c.adminPersona, cursors));
     const expulsion: ExpulsionScope = {
-      registry: store,
       // An ended agent's key a full disk kept in the registry is gone all the same.
-      keyGone: (p) => agents.keyGone(p),
+      registry: agents.registry,
       sessions: () => sessions.all(),
       agents,
       processes,
@@ -536,8 +535,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       space: home.space,
       liveSessions,
       personaKeys: new PersonaKeys(
-        store,
-        (p) => agents.keyGone(p),
+        agents.registry,
         () => store.journalStamp(),
         (changed, lost) => store.watchJournalStamp(changed, lost),
       ),
@@ -614,6 +612,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
           ...expulsion,
           audit,
           reloadRevocations: () => tokens.reloadRevocations(),
+          registryChangedElsewhere: () => store.registryChangedElsewhere(),
           failures: offlineFailures,
         }),
       runDetail,

@@ -11,9 +11,8 @@ import type { PersonaStore } from "../store/types.js";
 
 /** What the expulsion policy acts on. */
 export interface ExpulsionScope {
-  readonly registry: PersonaStore;
-  /** A persona whose key the registry still holds but is gone (an ended agent's, its removal kept back by a full disk). */
-  readonly keyGone?: (persona: string) => boolean;
+  /** The registered keys, a key the store still holds but is gone hidden (AgentManager.registry). */
+  readonly registry: Pick<PersonaStore, "getPersona">;
   sessions(): Session[];
   readonly agents: AgentManager;
   readonly processes: ProcessTable;
@@ -58,12 +57,11 @@ export function expelUnregistered(x: ExpulsionScope): number {
  * key it attested with: the session part of {@link expelUnregistered}, alone for the kernel's own
  * removal of an agent's key, whose revocation fan-out runs beside it. Returns how many ended.
  */
-export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "sessions" | "keyGone">): number {
+export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "sessions">): number {
   let ended = 0;
   for (const s of x.sessions()) {
     if (s.state !== "ready" && s.state !== "closing") continue;
-    const rec = x.keyGone?.(s.persona) ? undefined : x.registry.getPersona(s.persona);
-    if (sameRegistration(s, rec)) continue;
+    if (sameRegistration(s, x.registry.getPersona(s.persona))) continue;
     s.expel("PERSONA_REMOVED", `persona ${s.persona} was removed from the registry`);
     ended++;
   }
@@ -76,7 +74,13 @@ export function endUnregisteredSessions(x: Pick<ExpulsionScope, "registry" | "se
  * kernel: revocations they made take effect, and sessions of removed or re-keyed personas end.
  */
 export function applyOfflineChanges(
-  x: ExpulsionScope & { readonly audit: AuditLog; reloadRevocations(): void; readonly failures?: RepeatedFailureLog },
+  x: ExpulsionScope & {
+    readonly audit: AuditLog;
+    reloadRevocations(): void;
+    /** Tells what hooks the registry's changes (PersonaStore.registryChangedElsewhere). */
+    registryChangedElsewhere(): void;
+    readonly failures?: RepeatedFailureLog;
+  },
 ): void {
   try {
     const entries = x.audit.recordOfflineJournal();
@@ -84,7 +88,7 @@ export function applyOfflineChanges(
     if (entries.length === 0) return;
     x.reloadRevocations();
     // The registry may have changed too: what hooks its changes (the persona roots) hears it.
-    x.registry.registryChangedElsewhere();
+    x.registryChangedElsewhere();
     expelUnregistered(x);
   } catch (e) {
     // Every tick while it fails (a full disk): logged when it begins, then once a minute.
@@ -97,8 +101,7 @@ export function applyOfflineChanges(
  * Whether `persona` is registered by a registration made no later than `since` (the work's
  * start), a key the kernel holds gone though still stored counted as removed.
  */
-function registeredSince(x: Pick<ExpulsionScope, "registry" | "keyGone">, persona: string, since: number): boolean {
-  if (x.keyGone?.(persona)) return false;
+function registeredSince(x: Pick<ExpulsionScope, "registry">, persona: string, since: number): boolean {
   const rec = x.registry.getPersona(persona);
   return rec !== undefined && rec.createdAt <= since;
 }

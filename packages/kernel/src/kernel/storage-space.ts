@@ -184,6 +184,13 @@ export class StorageSpace {
   private lateKept = 0;
   /** The records each tree has kept, oldest first (evicted ones taken out). */
   private lateByTree = new Map<string, LateRecord[]>();
+  /**
+   * How many trees keep each number of records (1 or more), and the most one keeps: a record that
+   * comes while the room is full is weighed without a scan of the trees (one is made only to find
+   * the tree that gives a record up).
+   */
+  private treesKeeping = new Map<number, number>();
+  private mostKept = 0;
   /** What was dropped since the last `kernel.unrecorded` record. */
   private unrecorded: Unrecorded | undefined;
   private roots: { of(persona: string): string } = { of: (p) => p.split("/")[0] as string };
@@ -211,13 +218,19 @@ export class StorageSpace {
     r.tree = tree;
     const mine = this.lateByTree.get(tree);
     if (this.lateKept >= MAX_LATE_RECORDS) {
-      let most: LateRecord[] | undefined;
-      for (const l of this.lateByTree.values()) if (!most || l.length > most.length) most = l;
-      if (!most || most.length <= (mine?.length ?? 0) + 1) {
+      if (this.mostKept <= (mine?.length ?? 0) + 1) {
         this.dropped(r);
         return false;
       }
+      // The first tree (in the order trees began keeping) that keeps the most.
+      let most: LateRecord[] = [];
+      for (const l of this.lateByTree.values())
+        if (l.length === this.mostKept) {
+          most = l;
+          break;
+        }
       const victim = most.pop() as LateRecord;
+      this.keeps(most.length + 1, most.length);
       victim.evicted = true;
       this.lateKept--;
       if (victim.row.phase === "kernel") this.lateActs--;
@@ -229,8 +242,20 @@ export class StorageSpace {
     this.lateKept++;
     if (mine) mine.push(r);
     else this.lateByTree.set(tree, [r]);
+    this.keeps(mine ? mine.length - 1 : 0, mine ? mine.length : 1);
     if (r.row.phase === "kernel") this.lateActs++;
     return true;
+  }
+
+  /** A tree that kept `from` records keeps `to` now (one more or one fewer). */
+  private keeps(from: number, to: number): void {
+    const h = this.treesKeeping;
+    const n = (h.get(from) ?? 0) - 1;
+    if (n > 0) h.set(from, n);
+    else h.delete(from); // none at 0 are counted
+    if (to > 0) h.set(to, (h.get(to) ?? 0) + 1);
+    if (to > this.mostKept) this.mostKept = to;
+    else if (from === this.mostKept && !h.has(from)) this.mostKept = to;
   }
 
   /** Counts `r` dropped, for the log, the stop and the next `kernel.unrecorded` record. */
@@ -255,6 +280,8 @@ export class StorageSpace {
     this.lateActs = 0;
     this.lateKept = 0;
     this.lateByTree = new Map();
+    this.treesKeeping = new Map();
+    this.mostKept = 0;
     return l;
   }
 

@@ -68,7 +68,7 @@ export class Admission {
       return {
         errorClass: "RESOURCE",
         message: treeBoundRefusal(root, persona, {
-          held: `already has ${tree} sessions (maxSessionsPerPersona ${maxSessionsPerPersona})`,
+          held: (max, bound) => `already has ${tree} sessions (${bound} ${max})`,
           what: "sessions",
           bound: "maxSessionsPerPersona",
           limit: maxSessionsPerPersona,

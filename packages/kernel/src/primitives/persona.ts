@@ -120,7 +120,7 @@ export function personaFamily(
               throw new OpError(
                 "RESOURCE",
                 treeBoundRefusal(root, ctx.persona, {
-                  held: `has registered ${registered} personas (maxRegisteredPersonas ${host.maxRegistered})`,
+                  held: (max, bound) => `has registered ${registered} personas (${bound} ${max})`,
                   what: "registered personas",
                   bound: "maxRegisteredPersonas",
                   limit: host.maxRegistered,

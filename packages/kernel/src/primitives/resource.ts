@@ -45,7 +45,7 @@ export function resourceFamily(
               throw new OpError(
                 "RESOURCE",
                 `${treeBoundRefusal(root, ctx.persona, {
-                  held: `holds ${held} allocations (maxAllocationsPerPersona ${rows.max})`,
+                  held: (max, bound) => `holds ${held} allocations (${bound} ${max})`,
                   what: "allocations",
                   bound: "maxAllocationsPerPersona",
                   limit: rows.max,

@@ -152,7 +152,7 @@ export class UploadTable {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(root, persona, {
-          held: `already has ${mine} uploads in progress (at most ${this.limits.perPersona})`,
+          held: (max) => `already has ${mine} uploads in progress (at most ${max})`,
           what: "uploads in progress",
           bound: "maxUploadsPerPersona",
           limit: this.limits.perPersona,
@@ -165,7 +165,8 @@ export class UploadTable {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(root, persona, {
-          held: `already has uploads in progress declaring ${mineBytes} bytes; ${size} more would pass its share of ${share} (maxUploadBytesPerPersona)`,
+          held: (max, bound) =>
+            `already has uploads in progress declaring ${mineBytes} bytes; ${size} more would pass its share of ${max} (${bound})`,
           what: "bytes declared by uploads in progress",
           bound: "maxUploadBytesPerPersona",
           limit: share,

@@ -247,16 +247,17 @@ export const treeName = (root: string, persona: string) => (root === persona ? p
 
 /**
  * A kernel-wide per-tree bound's refusal (maxPendingOpsPerPersona, maxSessionsPerPersona, ...).
- * The tree's root is told what its tree holds (`held`, e.g. "already has 3 sessions (...)"); a
- * persona under it only which bound refused and its value: the count is of the tree's other
- * members too (as storage.bytes, case 512). `asked`, when more than one of `what` was asked for.
+ * The tree's root is told what its tree holds (`held`, given the bound's value and name, e.g.
+ * "already has 3 sessions (maxSessionsPerPersona 3)"); a persona under it only which bound
+ * refused and its value: the count is of the tree's other members too (as storage.bytes, case
+ * 512). `asked`, when more than one of `what` was asked for.
  */
 export function treeBoundRefusal(
   root: string,
   persona: string,
-  b: { held: string; what: string; bound: string; limit: number; asked?: number },
+  b: { held: (limit: number, bound: string) => string; what: string; bound: string; limit: number; asked?: number },
 ): string {
-  if (root === persona) return `${persona} ${b.held}`;
+  if (root === persona) return `${persona} ${b.held(b.limit, b.bound)}`;
   return `${treeName(root, persona)} has no room for ${b.asked === undefined ? "more" : `${b.asked} more`} ${b.what} (${b.bound} ${b.limit})`;
 }
 

@@ -111,7 +111,7 @@ export class ProcessTable {
       throw new OpError(
         "RESOURCE",
         treeBoundRefusal(root, persona, {
-          held: `already runs ${tree} processes (agents and commands), the most a persona may`,
+          held: () => `already runs ${tree} processes (agents and commands), the most a persona may`,
           what: "processes (agents and commands)",
           bound: "maxProcessesPerPersona",
           limit: this.bounds.perPersona,

@@ -13,9 +13,8 @@ export class PersonaKeys {
   private readonly cache = new Map<string, KeyObject | string>();
 
   constructor(
-    private readonly store: PersonaStore,
-    /** A persona whose key the store still holds but is gone (an ended agent's, its removal kept back by a full disk). */
-    private readonly gone: (persona: string) => boolean = () => false,
+    /** The registered keys, a key the store still holds but is gone hidden (AgentManager.registry). */
+    private readonly store: Pick<PersonaStore, "getPersona">,
     /** The offline journal's stamp (JournalStore.journalStamp): another means the registry may have changed without the kernel. */
     private readonly readStamp: () => string = () => "",
     /**
@@ -67,7 +66,6 @@ export class PersonaKeys {
    */
   lookup(persona: string, restamp = true): { raw: Uint8Array; key: KeyObject | string; createdAt: number } | undefined {
     if (restamp) this.cached = undefined;
-    if (this.gone(persona)) return undefined;
     const rec = this.store.getPersona(persona);
     if (!rec) return undefined;
     const hex = Buffer.from(rec.publicKey).toString("hex");
