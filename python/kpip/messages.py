@@ -35,15 +35,23 @@ def _text(n: int) -> Check:
     return check
 
 
-# Control characters (C0, DEL, C1) and bidirectional formatting characters (§6.2 `label(N)`): in text
-# an operator later reads (the audit record, a terminal) they could forge lines or hide text.
-UNPRINTABLE = re.compile("[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+# Control characters (C0, DEL, C1), bidirectional formatting characters, and what a terminal draws as
+# nothing or as a line break: format characters (zero-width space and joiners, the BOM, soft hyphen, tag
+# characters), default-ignorable code points (variation selectors, fillers) and the line and paragraph
+# separators (§6.2 `label(N)`, listed there as code points): in text an operator later reads (the audit
+# record, a terminal) they could forge lines, hide text or make one name look like another.
+UNPRINTABLE = re.compile(
+    "[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2"
+    "\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f"
+    "\ufeff\uffa0\ufff0-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f\U0001bca0-\U0001bca3"
+    "\U0001d173-\U0001d17a\U000e0000-\U000e0fff]"
+)
 
 
 def _label(n: int) -> Check:
     def check(v: Any, p: str) -> None:
         if not isinstance(v, str) or len(v) > n or UNPRINTABLE.search(v):
-            _fail(p, f"a text string of at most {n} characters, none of them a control or bidirectional formatting character")
+            _fail(p, f"a text string of at most {n} characters, none of them a control, format, invisible or bidirectional formatting character")
 
     return check
 

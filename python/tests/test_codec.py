@@ -73,7 +73,19 @@ class ContextLabels(unittest.TestCase):
         def request(**ctx: str) -> dict[str, object]:
             return {"version": 1, "persona": "alice", "id": 1, "intent": b"\xa0", "context": {"persona": "alice", **ctx}, "caps": [1]}
 
-        for text in ("run\nstatus SUCCESS", "\x1b[8m", "a\u202eb", "a\x85b", "a\x7fb"):
+        for text in (
+            "run\nstatus SUCCESS",
+            "\x1b[8m",
+            "a\u202eb",
+            "a\x85b",
+            "a\x7fb",
+            # Drawn as nothing or as a line break: zero-width space, line separator, a tag character, soft hyphen, BOM.
+            "ops\u200bteam",
+            "run\u2028status SUCCESS",
+            "lab\U000e0041",
+            "pro\u00adduction",
+            "\ufefflab",
+        ):
             for field in ("execution", "domain", "traceparent"):
                 with self.subTest(field=field, text=text), self.assertRaises(MessageError):
                     validate("REQUEST", request(**{field: text}))

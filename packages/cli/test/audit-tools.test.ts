@@ -20,7 +20,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteStore } from "@kpip/kernel";
-import { attenuate, decodeToken, derivedTokenId, encodeToken, parseIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
@@ -177,6 +177,54 @@ describe("kpip audit timeline --token", () => {
           [[id]],
         );
       }
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("kpip audit timeline --token, text a persona chose", () => {
+  it("lists no row of another persona's under a token only because its text names that token: a caveat of its own token, a forged token's claimed id", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-audit-named-"));
+    try {
+      let victim = "";
+      await asAdmin(home, async (c) => {
+        const rights = [{ ops: ["system.*"], targets: ["kernel://"] }];
+        const v = await c.tokens.mint("admin", { rights, ttlMs: 3_600_000 });
+        victim = v.id;
+        await c.call("system.health", "kernel://", {}, { caps: [v.token] });
+        const mallory = generateIdentity("mallory");
+        await c.personas.register("mallory", mallory.publicKey);
+        const own = await c.tokens.mint("mallory", { rights, ttlMs: 3_600_000 });
+        // Its own token narrowed offline with a domains caveat that is the victim's token id (any text of up to 128 characters)...
+        const named = encodeToken(attenuate(decodeToken(own.token), { t: "domains", v: [victim] }));
+        // ...and the victim's token with a byte of its signature flipped: it only claims the victim's id.
+        const forged = Buffer.from(v.token);
+        forged[forged.length - 1] = (forged[forged.length - 1] as number) ^ 1;
+        const socket = join(home, "kernel.sock");
+        const m = await KernelClient.connect({ socket, identity: mallory, tokens: [named, forged], reconnect: false });
+        try {
+          await m.call("system.health", "kernel://", {}, { domain: victim });
+        } finally {
+          await m.close();
+        }
+      });
+      const rows = (await kpip(["audit", "timeline", "--home", home, "--token", victim, "--json"])).out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { persona: string; op: string; tokens: string[] });
+      assert.ok(
+        rows.some((r) => r.persona === "admin" && r.op === "system.health"),
+        "the victim token's own use is listed",
+      );
+      assert.deepEqual(
+        rows.filter((r) => r.persona === "mallory").map((r) => r.op),
+        [],
+        "mallory's session and the first use of her derived token are not listed under the victim's token",
+      );
+      // Her rows are still on the record, under her own token.
+      const all = (await kpip(["audit", "timeline", "--home", home, "--persona", "mallory", "--json"])).out.trim().split("\n");
+      assert.ok(all.some((l) => (JSON.parse(l) as { op: string }).op === "token.derived"));
     } finally {
       rmSync(home, { recursive: true, force: true });
     }

@@ -9,6 +9,7 @@ import {
   RETRYABLE_CLASSES,
   type RequestContext,
   type Response,
+  UNPRINTABLE,
 } from "@kpip/protocol";
 import { backoffDelay } from "./backoff.js";
 import { DeadlineQueue } from "./deadlines.js";
@@ -322,14 +323,32 @@ export class CallTable {
   }
 }
 
-/** A call refused before anything is encoded: aborted already, or a context field too long. */
+/**
+ * A call refused before anything is encoded: aborted already, or a context field the kernel would
+ * refuse (a `label(128)`, PROTOCOL §6.2: too long, or holding a control, invisible or bidirectional
+ * formatting character). Sent, such a field is a fatal BAD_FIELD that ends the whole session, every
+ * other call on it with it.
+ */
 function refusedBeforeEncoding(opts: CallOptions): Promise<never> | undefined {
   if (opts.signal?.aborted) return Promise.reject(new CancelledError("call aborted before it was sent"));
-  if (opts.execution !== undefined && opts.execution.length > 128) {
-    return Promise.reject(new MessageError("BAD_FIELD", "context.execution is longer than 128 characters"));
+  if (opts.execution === undefined && !opts.domain && !opts.traceparent) return undefined;
+  for (const field of LABELS) {
+    const v = opts[field];
+    if (v === undefined || v === "") continue;
+    if (v.length > 128) return Promise.reject(new MessageError("BAD_FIELD", `context.${field} is longer than 128 characters`));
+    if (UNPRINTABLE.test(v))
+      return Promise.reject(
+        new MessageError(
+          "BAD_FIELD",
+          `context.${field} holds a control, format, invisible or bidirectional formatting character`,
+        ),
+      );
   }
   return undefined;
 }
+
+/** The context's text fields a call may set, each a `label(128)`. */
+const LABELS = ["execution", "domain", "traceparent"] as const;
 
 /** The call's own context, or undefined when it names none of its fields (the default context then). */
 function contextOf(opts: CallOptions, persona: string, workspace: string | undefined): RequestContext | undefined {

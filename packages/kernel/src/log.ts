@@ -15,7 +15,7 @@ function fieldValue(v: unknown): string {
  * Log lines for a person at a terminal: `HH:MM:SS.mmm LEVEL message key=value…` (UTC), in place
  * of the JSON that supervisors and log shippers read. Only used when stderr is a TTY.
  * Fields carry text personas chose (agent ids, error messages naming their programs): a value with
- * a space or `=` is quoted so it cannot forge fields, and every control or bidirectional formatting
+ * a space or `=` is quoted so it cannot forge fields, and every control, bidirectional formatting or invisible
  * character becomes a visible `\u{…}` escape so it cannot forge lines or drive the terminal.
  */
 export function humanLines(out: { write(text: string): unknown } = process.stderr): DestinationStream {

@@ -3,7 +3,15 @@ import { spawnSync } from "node:child_process";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient, KpipError } from "@kpip/client";
-import { type CborMap, encodeCanonical, generateIdentity, MAX_MEASUREMENTS_BYTES } from "@kpip/protocol";
+import {
+  type CborMap,
+  encodeCanonical,
+  encodeIntent,
+  encodeMessage,
+  generateIdentity,
+  MAX_MEASUREMENTS_BYTES,
+  MessageError,
+} from "@kpip/protocol";
 import { addPersonaKey, kernelForSuite, until } from "./harness.js";
 import { allAudit, RawPeer, requestFrame } from "./wire.js";
 
@@ -108,5 +116,63 @@ describe("the audit record keeps the context a decision was made in", () => {
     assert.ok(!added.some((r) => JSON.stringify(r).includes("\\u001b")), "no record carries the escape");
     // The kernel serves everyone else.
     assert.equal((await s.admin.call("system.health", "kernel://")).status, "SUCCESS");
+  });
+
+  it("refuses a context or HELLO.client holding a zero-width, invisible or line-separator character: fatal BAD_FIELD, the text never reaches the record; the client refuses it before sending", async () => {
+    // Each draws as nothing (or as a line break) at a terminal: a name that hides words, or looks like another.
+    const texts = [
+      "ops\u200bteam",
+      "run-1\u2028status       SUCCESS",
+      "lab\u{e0041}\u{e0042}",
+      "pro\u00adduction",
+      "\ufefflab",
+      "\u3164",
+      "l\ufe0fab",
+      "a\u2060b",
+    ];
+    const hidden = (r: unknown) => texts.some((t) => JSON.stringify(r).includes(JSON.stringify(t).slice(1, -1)));
+    const before = allAudit(s.t.k).length;
+    for (const text of texts) {
+      for (const field of ["domain", "execution", "traceparent"] as const) {
+        const p = await RawPeer.admin(s.t);
+        const intent = encodeIntent({ op: "system.health", target: "kernel://", args: {} });
+        const context = { persona: "admin", [field]: text };
+        p.send(encodeMessage({ type: "REQUEST", body: { version: 1, persona: "admin", id: 1, intent, context, caps: [1] } }, 1));
+        const e = await p.next("ERROR", 30_000);
+        assert.deepEqual(
+          [e.body.class, e.body.code, e.body.fatal],
+          ["PROTOCOL", "BAD_FIELD", true],
+          `${field} ${JSON.stringify(text)}`,
+        );
+        assert.match(e.body.message, new RegExp(`request\\.context\\.${field} must be .*invisible`));
+        await until(() => p.closed, 10_000, "the session closed");
+      }
+      // HELLO.client, before any key is checked.
+      const h = await RawPeer.connect(s.t.k.socketPath);
+      h.send(
+        encodeMessage({
+          type: "HELLO",
+          body: {
+            versions: [1],
+            persona: "admin",
+            publicKey: Buffer.alloc(32, 1),
+            instance: Buffer.alloc(16, 3),
+            features: [],
+            client: text,
+          },
+        }),
+      );
+      const e = await h.next("ERROR", 30_000);
+      assert.deepEqual([e.body.code, e.body.fatal], ["BAD_FIELD", true]);
+      // The client refuses it before sending: nothing reaches the kernel, the session goes on.
+      const local = await s.admin.call("system.health", "kernel://", {}, { execution: text }).catch((x: unknown) => x);
+      assert.ok(local instanceof MessageError && local.code === "BAD_FIELD", String(local));
+    }
+    assert.ok(!allAudit(s.t.k).slice(before).some(hidden), "no record carries the text");
+    // Printable text of any script still passes.
+    assert.equal(
+      (await s.admin.call("system.health", "kernel://", {}, { execution: "run-42 実行 🚀", domain: "lab" })).status,
+      "SUCCESS",
+    );
   });
 });

@@ -194,6 +194,30 @@ describe("tokens on the record, pairs kept, delegated refresh", () => {
     await m.close();
   });
 
+  it("a copy narrowed offline, refused to another persona, names the token it was narrowed from: whose token was handed on can be found", async () => {
+    // alice narrows her token for her worker; the copy leaks to eve, who presents it at ATTEST and inline.
+    const copy = delegate(alice.token, "alice/w", [["storage.read", "obj://ws1/handed/**"]]);
+    const d = derivedTokenId(copy);
+    const named = new RegExp(`token ${d} \\(narrowed offline from token ${alice.id}\\) is not usable by persona eve`);
+    const eve = generateIdentity("eve");
+    addPersonaKey(t, "eve", eve.publicKey);
+    const e = await t.connect(eve, [encodeToken(copy)]);
+    const open = await until(
+      () => t.k.inspect.queryAudit({ op: "session.open", persona: "eve", limit: 5 })[0],
+      30_000,
+      "eve's session record",
+    );
+    assert.equal(open.caps, `refused:${d}`);
+    assert.match(open.message ?? "", named);
+    await assert.rejects(e.call("storage.read", "obj://ws1/x", {}, { caps: [encodeToken(copy)] }), klass("CAPABILITY", named));
+    const refused = t.k.inspect.queryAudit({ op: "storage.read", persona: "eve", limit: 5 }).find((r) => r.phase === "refused");
+    assert.equal(refused?.caps, `inline:${d}`);
+    assert.match(refused?.message ?? "", named);
+    // The copy itself is in no table and on no record of its own: it never authorized a request.
+    assert.equal(records(t, "token.derived").filter((r) => tokenOf(r)?.id === d).length, 0);
+    await e.close();
+  });
+
   it("a revocation lists every token it ended; a refusal names the revoked ancestor, its record, and the inline token", async () => {
     const admin = await t.admin();
     const parent = await admin.tokens.mint("alice", {

@@ -143,7 +143,7 @@ function toolName(op: string, taken: Set<string>): string {
   return taken.has(n) ? op.replaceAll(".", "-") : n;
 }
 
-/** `text` in at most `max` UTF-8 bytes, never cut inside a character, control and bidirectional formatting characters as `?`. */
+/** `text` in at most `max` UTF-8 bytes, never cut inside a character, every character a label refuses (PROTOCOL §6.2) as `?`. */
 function clip(text: string, max: number): string {
   const s = replaceUnprintable(text, () => "?");
   // A string of at most max/3 UTF-16 units is at most max UTF-8 bytes: the usual case, no copy.
@@ -161,7 +161,7 @@ const MAX_ID_BYTES = 40;
  * `mcp[s<n>]:<name>/<version>#`. The tag `s<n>` is the gateway's own, one per host session, so
  * the record tells host sessions apart whatever they call themselves; the name and version are
  * what the host announced, clipped so that the tag and a request id of up to
- * {@link MAX_ID_BYTES} always fit; control and bidirectional formatting characters become `?`
+ * {@link MAX_ID_BYTES} always fit; every character a label refuses (controls, bidi, invisible ones) becomes `?`
  * (a host names itself, and a name the protocol refuses must not fail its calls).
  */
 export function executionPrefix(tag: string, host: { name: string; version: string } | undefined): string {

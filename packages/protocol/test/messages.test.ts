@@ -130,6 +130,14 @@ describe("messages", () => {
       "a\u0085b",
       "a\u007fb",
       "\u0000",
+      // Drawn as nothing or as a line break: zero-width space, line separator, tag characters, soft hyphen, BOM, filler, variation selector.
+      "ops\u200bteam",
+      "run-1\u2028status SUCCESS",
+      "lab\u{e0041}",
+      "pro\u00adduction",
+      "\ufefflab",
+      "\u3164",
+      "l\ufe0fab",
     ]) {
       for (const field of ["execution", "domain", "traceparent"]) {
         assert.throws(

@@ -95,7 +95,7 @@ export function matches(row: TimelineRow, f: TimelineFilter): boolean {
   if (f.token !== undefined) {
     const t = f.token;
     // In the detail (a minted token, a revocation's ended list) only a whole id counts: a short prefix would match any text.
-    const inDetail = t.length === 32 && (row.detail ?? "").includes(`"${t}"`);
+    const inDetail = t.length === 32 && detailNamesToken(row, t);
     if (!row.tokens.some((id) => id.startsWith(t)) && !startsWith(row.target, `token://${t}`) && !inDetail) return false;
   }
   return true;
@@ -158,8 +158,47 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
 function tokensMatched(row: TimelineRow, t: string): string[] {
   const ids = row.tokens.filter((id) => id.startsWith(t));
   if (row.target?.startsWith(`token://${t}`)) ids.push(row.target.slice("token://".length));
-  if (t.length === 32 && (row.detail ?? "").includes(`"${t}"`)) ids.push(t);
+  if (t.length === 32 && detailNamesToken(row, t)) ids.push(t);
   return ids;
+}
+
+/**
+ * The keys under which the kernel names a token in a record's detail: a minted or derived token
+ * (`token`, and its `id`, `parent`, `minted`), what a revocation ended, an agent's spawn, the
+ * tokens a handshake refused (`refused[].token`).
+ */
+const TOKEN_KEYS = new Set([
+  "token",
+  "id",
+  "parent",
+  "minted",
+  "revoked",
+  "ended",
+  "mintedFor",
+  "older",
+  "family",
+  "spawn",
+  "spawnerSpawn",
+]);
+
+/**
+ * Whether the row's detail names token `id` where the kernel names tokens ({@link TOKEN_KEYS}).
+ * Not any text of it: a derived token's caveats are its holder's text (a `domains` caveat may be
+ * another persona's token id, put there to list the holder's rows under that token), and a token
+ * refused at the handshake whose signature did not verify (`?<id>` among the row's tokens) only
+ * claims its id.
+ */
+function detailNamesToken(row: TimelineRow, id: string): boolean {
+  const d = row.detail;
+  if (d === null || !d.includes(`"${id}"`)) return false;
+  const claimed = row.tokens.includes(`?${id}`);
+  const walk = (v: unknown, named: boolean, refused: boolean): boolean => {
+    if (typeof v === "string") return named && v === id && !(refused && claimed);
+    if (Array.isArray(v)) return v.some((x) => walk(x, named, refused));
+    if (v === null || typeof v !== "object") return false;
+    return Object.entries(v).some(([k, x]) => k !== "caveats" && walk(x, TOKEN_KEYS.has(k), refused || k === "refused"));
+  };
+  return walk(detailValue(d), false, false);
 }
 
 type RequestFields = "persona" | "session" | "requestId" | "op" | "target" | "status" | "errorClass" | "message";

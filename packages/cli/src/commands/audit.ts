@@ -509,7 +509,10 @@ function tokensCmd(home: string, v: Values, json: boolean): number {
     let only: string | undefined;
     if (want !== undefined) {
       const hits = [...nodes.keys()].filter((id) => id.startsWith(want));
-      if (hits.length === 0) throw new UsageError(`no token ${want} in this home's token table or records`);
+      if (hits.length === 0)
+        throw new UsageError(
+          `no token ${want} in this home's token table or records (a copy narrowed offline is in them once it authorized a request; a refusal of one names the token it was narrowed from: kpip audit timeline --token ${want})`,
+        );
       if (hits.length > 1)
         throw new UsageError(
           `--token ${want} names ${hits.length} tokens (${hits.slice(0, 5).join(", ")}…): give more of the id`,

@@ -193,16 +193,16 @@ export class CapEnforcer implements Authorizer {
 
   /** Live checks repeated on every use of a handle: revocation, time, subject. */
   private unusable(g: Grant, persona: string): { code: string; message: string } | undefined {
-    const ref = tokenRef(g);
     const now = this.clock();
     const why = this.revokedOrExpired(g, now);
     if (why === "REVOKED") return { code: "REVOKED", message: this.revoked.message(g) };
-    if (why === "EXPIRED") return { code: "EXPIRED", message: `token ${ref} expired at ${new Date(g.exp).toISOString()}` };
-    if (why === "UNKNOWN_KEY") return { code: "UNKNOWN_KEY", message: `token ${ref} was signed with a retired key` };
+    if (why === "EXPIRED")
+      return { code: "EXPIRED", message: `token ${refusalRef(g)} expired at ${new Date(g.exp).toISOString()}` };
+    if (why === "UNKNOWN_KEY") return { code: "UNKNOWN_KEY", message: `token ${refusalRef(g)} was signed with a retired key` };
     if (now < g.nbf)
-      return { code: "NOT_YET_VALID", message: `token ${ref} is not valid before ${new Date(g.nbf).toISOString()}` };
+      return { code: "NOT_YET_VALID", message: `token ${refusalRef(g)} is not valid before ${new Date(g.nbf).toISOString()}` };
     if (!g.usable || !personaWithin(persona, g.subject)) {
-      return { code: "WRONG_PERSONA", message: `token ${ref} is not usable by persona ${persona}` };
+      return { code: "WRONG_PERSONA", message: `token ${refusalRef(g)} is not usable by persona ${persona}` };
     }
     // An agent's persona id is its name's, acted as by every later agent of the name, and a copy
     // narrowed offline is revoked only with the token it came from (which outlives the agent): it
@@ -211,7 +211,7 @@ export class CapEnforcer implements Authorizer {
     if (agent !== undefined)
       return {
         code: "WRONG_PERSONA",
-        message: `token ${ref} was narrowed offline to agent persona ${agent}, whose id later agents of its name reuse: only a token minted for it (token.mint, agent.spawn) acts as an agent`,
+        message: `token ${refusalRef(g)} was narrowed offline to agent persona ${agent}, whose id later agents of its name reuse: only a token minted for it (token.mint, agent.spawn) acts as an agent`,
       };
     return undefined;
   }
@@ -386,6 +386,15 @@ export class CapEnforcer implements Authorizer {
   isRevoked(g: Grant): boolean {
     return this.revoked.covers(g);
   }
+}
+
+/**
+ * How a refusal names a grant's token. A copy narrowed offline has an id no table holds (a hash of
+ * its caveats): its refusal names the token it came from too, or a responder could not tell whose
+ * token was handed on (PROTOCOL §13.1 "Token ids"). Built only when refusing: a handle's every use asks.
+ */
+function refusalRef(g: Grant): string {
+  return g.derived === undefined ? g.id : `${g.derived} (narrowed offline from token ${g.id})`;
 }
 
 /** How records name a bound handle: its number and its token (made once per binding). */

@@ -25,12 +25,20 @@ const text =
     if (typeof v !== "string" || v.length > max) fail(at, k, `a text string of at most ${max} characters`);
   };
 /**
- * Control characters (C0, DEL, C1) and the bidirectional formatting characters: in a text a
- * peer chooses and an operator later reads (the audit record, logs, a terminal), they could
- * forge lines, hide text or send escape sequences to the terminal (PROTOCOL §6, `label(N)`).
+ * Control characters (C0, DEL, C1), the bidirectional formatting characters, and what a terminal
+ * draws as nothing or as a line break: every format character (zero-width space and joiners, the
+ * BOM, soft hyphen, tag characters), every default-ignorable code point (variation selectors,
+ * fillers) and the line and paragraph separators. In a text a peer chooses and an operator later
+ * reads (the audit record, logs, a terminal), they could forge lines, hide text, make one name
+ * look like another or send escape sequences to the terminal (PROTOCOL §6, `label(N)`). Listed
+ * as code points, not Unicode properties, so that every implementation refuses the same text
+ * whatever Unicode version it has (these are Cc, Cf, Zl, Zp and Default_Ignorable_Code_Point of
+ * Unicode 17).
  */
-export const UNPRINTABLE = /[\u0000-\u001f\u007f-\u009f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/;
-const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "g");
+export const UNPRINTABLE =
+  // biome-ignore lint/suspicious/noMisleadingCharacterClass: code points refused one by one (U+034F among them), not graphemes
+  /[\u0000-\u001f\u007f-\u009f\u00ad\u034f\u0600-\u0605\u061c\u06dd\u070f\u0890\u0891\u08e2\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u2028-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff0-\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0000}-\u{e0fff}]/u;
+const EVERY_UNPRINTABLE = new RegExp(UNPRINTABLE.source, "gu");
 
 /** `text` with each {@link UNPRINTABLE} character replaced by `by(it)`: how views and labels make a peer's text safe to show. */
 export function replaceUnprintable(text: string, by: (c: string) => string): string {
@@ -45,7 +53,11 @@ const label =
   (max: number): Check =>
   (v, at, k) => {
     if (typeof v !== "string" || v.length > max || UNPRINTABLE.test(v))
-      fail(at, k, `a text string of at most ${max} characters, none of them a control or bidirectional formatting character`);
+      fail(
+        at,
+        k,
+        `a text string of at most ${max} characters, none of them a control, format, invisible or bidirectional formatting character`,
+      );
   };
 const bytes =
   (min = 0, max = Number.MAX_SAFE_INTEGER): Check =>
