@@ -65,16 +65,18 @@ export function commitObject(
   let previous: Uint8Array | null | undefined;
   let generation = 0;
   // The bodies nothing names now: the previous one, or the new one when the write did not happen.
-  // Released, not collected: whether they go must not show in the time (BlobStore.release). The
-  // new body of a write that happened is named by its row: it stays, whoever else names it.
+  // Released, not collected: they go at the next housekeeping tick, after one WAL sync for the
+  // batch, so whether they go shows neither in the request's time nor as a disk sync on the
+  // kernel's thread per request (BlobStore.release). The new body of a write that happened is
+  // named by its row: it stays, whoever else names it.
   const freeBodies = (happened: boolean) => {
     if (hash) {
       blobs.unpin(hash);
       if (happened) blobs.collect(hash, store.countBodyRefs(hash));
-      else blobs.release(hash, store.countBodyRefs(hash));
+      else blobs.release(hash);
     }
     const old = previous ?? undefined;
-    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old, store.countBodyRefs(old));
+    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old);
   };
   let result: OpResult;
   try {

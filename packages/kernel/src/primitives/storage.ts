@@ -142,8 +142,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
                 };
               }),
           );
-          // The row is gone (committed): its body goes too unless another object names the same bytes.
-          if (old) blobs.release(old, store.countBodyRefs(old));
+          // The row is gone (committed): its body goes at the next tick unless an object names the same bytes then.
+          if (old) blobs.release(old);
           storageChanged(d.watch.bus, workspace, path, (result.payload as { generation: number }).generation, "delete");
           return result;
         },
