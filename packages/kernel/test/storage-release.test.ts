@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
-import { mkdtempSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelServices } from "../src/kernel/compose.js";
 import type { Kernel } from "../src/kernel.js";
 import { UploadTable } from "../src/primitives/storage-uploads.js";
-import type { BlobStore } from "../src/store/blobs.js";
+import { BlobStore, RELEASE_BYTES } from "../src/store/blobs.js";
 import { connectAdminOf, klass, removeHome, spawnReady, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 import { bodies, pattern, SMALL_FRAMES, sha } from "./storage-files.js";
 
@@ -205,6 +205,33 @@ setInterval(() => {}, 1000);`;
       if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
       await t?.stop();
       removeHome(home);
+    }
+  });
+
+  it("releases past the batch bound (256 bodies, or 256 MiB) are removed before the tick, a batch a turn, one WAL sync each", async () => {
+    const root = mkdtempSync(join(tmpdir(), "kpip-release-batch-"));
+    try {
+      let syncs = 0;
+      const blobs = new BlobStore(join(root, "objects"), { sync: false, durable: () => void syncs++, named: () => 0 });
+      const hashes: Buffer[] = [];
+      for (let i = 0; i < 300; i++) {
+        const h = await blobs.put(Buffer.from(`body ${i}`));
+        blobs.unpin(h);
+        hashes.push(h);
+      }
+      for (const h of hashes) blobs.release(h, 8);
+      assert.equal(syncs, 0, "nothing in the turn that released them");
+      await until(() => blobs.pendingReleases === 0, 30_000, "the batches");
+      assert.deepEqual([syncs, blobs.flushed.flushes, blobs.flushed.removed], [2, 2, 300]);
+      assert.deepEqual(bodies(root), []);
+      // One body as large as the byte bound starts a flush before the tick too.
+      const big = await blobs.put(Buffer.from("large"));
+      blobs.unpin(big);
+      blobs.release(big, RELEASE_BYTES);
+      await until(() => blobs.pendingReleases === 0, 30_000, "the byte bound's flush");
+      assert.deepEqual([syncs, blobs.flushed.removed], [3, 301]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
     }
   });
 

@@ -327,7 +327,7 @@ export class UploadTable {
     if (u.inline) return;
     if (u.installed) {
       this.blobs.unpin(u.installed);
-      this.blobs.release(u.installed);
+      this.blobs.release(u.installed, u.size);
     } else unlinkQuiet(u.path);
   }
 

@@ -31,6 +31,12 @@ const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
  * more released between two ticks are flushed a batch a turn, so a burst never holds the thread long.
  */
 export const RELEASE_BATCH = 256;
+/**
+ * Released bytes past which a flush starts before the tick: a persona that deletes and writes
+ * again at once (its quota freed at the delete) holds at most this much disk more than its quota
+ * until the bodies go, not what it can write in a tick's 2.5 s.
+ */
+export const RELEASE_BYTES = 256 * 1024 * 1024;
 
 /** Writes all of `data` to `fd` at `position`, off the event loop (libuv's threads). */
 export function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
@@ -71,7 +77,8 @@ export class BlobStore {
   private readonly tmpDir: string;
   private readonly pins = new Map<string, number>();
   /** Bodies released since the last flush, by hex hash: each goes at the next flush unless named or pinned by then. */
-  private readonly released = new Map<string, Buffer>();
+  private readonly released = new Map<string, { hash: Buffer; bytes: number }>();
+  private releasedBytes = 0;
   private flushQueued = false;
   /** What the flushes did so far: flushes that had work, the WAL syncs they asked, the bodies they removed. */
   readonly flushed = { flushes: 0, syncs: 0, removed: 0 };
@@ -261,18 +268,21 @@ export class BlobStore {
   }
 
   /**
-   * A committed change stopped naming `hash` (a delete, an overwrite, a write or upload that did
-   * not happen): the body goes at the next {@link flushReleased} unless a row or a pin names it
+   * A committed change stopped naming `hash`, a body of `bytes` (a delete, an overwrite, a write
+   * or upload that did not happen): the body goes at the next {@link flushReleased} unless a row or a pin names it
    * by then. Nothing else is done here — no WAL sync, no look at the disk or at who else names
    * the bytes — so the request's time says nothing about whether anyone else (any persona, any
    * workspace) stores exactly these bytes (security.md cases 156 and 508), and a persona deleting
    * large objects at its rate does not stall the kernel's one thread for a disk sync each.
    */
-  release(hash: Uint8Array): void {
+  release(hash: Uint8Array, bytes: number): void {
     const k = Buffer.from(hash).toString("hex");
-    if (!this.released.has(k)) this.released.set(k, Buffer.from(hash));
+    if (!this.released.has(k)) {
+      this.released.set(k, { hash: Buffer.from(hash), bytes });
+      this.releasedBytes += bytes;
+    }
     // A burst between ticks is flushed in batches, each in a turn of its own, not in the request's.
-    if (this.released.size >= RELEASE_BATCH && !this.flushQueued) this.queueFlush();
+    if ((this.released.size >= RELEASE_BATCH || this.releasedBytes >= RELEASE_BYTES) && !this.flushQueued) this.queueFlush();
   }
 
   /** Bodies released and not yet flushed. */
@@ -299,8 +309,9 @@ export class BlobStore {
   flushReleased(): number {
     if (this.released.size === 0) return 0;
     const batch: Buffer[] = [];
-    for (const [k, h] of this.released) {
-      batch.push(h);
+    for (const [k, r] of this.released) {
+      batch.push(r.hash);
+      this.releasedBytes -= r.bytes;
       this.released.delete(k);
       if (batch.length >= RELEASE_BATCH) break;
     }
