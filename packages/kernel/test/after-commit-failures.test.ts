@@ -5,6 +5,9 @@ import { sep } from "node:path";
 import { describe, it } from "node:test";
 import { KpipError } from "@kpip/protocol";
 import { pino } from "pino";
+import type { KernelServices } from "../src/kernel/compose.js";
+import type { Kernel } from "../src/kernel.js";
+import type { BlobStore } from "../src/store/blobs.js";
 import { removeHome, startKernel, until } from "./harness.js";
 import { bodies, pattern, sha, watchPuts } from "./storage-files.js";
 
@@ -28,6 +31,16 @@ function bodiesCannotLeave(): () => void {
   };
 }
 
+const blobsOf = (k: Kernel) => (k as unknown as { services: KernelServices }).services.blobs;
+
+/** Holds the housekeeping tick's removals of released bodies while `held` is set: `flush` runs one now. */
+function holdFlushes(blobs: BlobStore): { held: boolean; flush(): number } {
+  const flush = blobs.flushReleased.bind(blobs);
+  const h = { held: true, flush };
+  blobs.flushReleased = () => (h.held ? 0 : flush());
+  return h;
+}
+
 describe("work after a committed effect fails", () => {
   it("a body that cannot be freed after storage.write, storage.delete or an upload's commit: the answer is the committed SUCCESS, and the next start frees the body", async () => {
     let t = await startKernel({ objectInlineBytes: 0 });
@@ -39,6 +52,8 @@ describe("work after a committed effect fails", () => {
       const [first, second, replaced, uploaded] = [pattern(5000, 1), pattern(5000, 2), pattern(5000, 3), pattern(5000, 4)];
       await c.storage.write("obj://ws/a", first);
       await c.storage.write("obj://ws/b", second);
+      // The bodies the changes stop naming go at the housekeeping tick: held, and run below.
+      const tick = holdFlushes(blobsOf(t.k));
       disarm = bodiesCannotLeave();
 
       // Each change committed, then freeing the body it stopped naming failed: SUCCESS all the same.
@@ -68,9 +83,12 @@ describe("work after a committed effect fails", () => {
       assert.equal(Buffer.compare(Buffer.from((await c.storage.read("obj://ws/a")).data), uploaded), 0);
       await assert.rejects(c.storage.read("obj://ws/b"));
 
-      // The bodies no row names were left behind; the next start removes them.
+      // The tick that removes them fails (after the answers, off the requests' path); the bodies no
+      // row names are left behind, and the next start removes them.
+      assert.throws(() => tick.flush(), /EIO/);
       disarm();
       disarm = undefined;
+      assert.equal(blobsOf(t.k).pendingReleases, 0, "not tried again: a second sync could pass with the WAL's pages lost");
       assert.deepEqual(bodies(home).sort(), [first, second, replaced, uploaded].map((b) => sha(b).toString("hex")).sort());
       await t.stop();
       t = await startKernel({ objectInlineBytes: 0 }, home);
@@ -95,6 +113,7 @@ describe("work after a committed effect fails", () => {
       const c = await t.admin({ maxAttempts: 1 });
       const [first, refused, between] = [pattern(5000, 1), pattern(5000, 2), pattern(5000, 3)];
       assert.equal((await c.storage.write("obj://ws/a", first)).generation, 1);
+      const tick = holdFlushes(blobsOf(t.k));
       // A stale generation is refused before any body is written (case 538): this one is current
       // when it begins, and the object changes while its body is being stored.
       let open = () => {};
@@ -109,14 +128,21 @@ describe("work after a committed effect fails", () => {
       puts.gate = undefined;
       const other = await t.admin({ maxAttempts: 1 });
       assert.equal((await other.storage.write("obj://ws/a", between)).generation, 2);
+      // The first body, which that write stopped naming, goes now; the refused one at the tick below.
+      assert.equal(tick.flush(), 1);
       disarm = bodiesCannotLeave();
       open();
       const err = await racing;
       assert.ok(err instanceof KpipError, String(err));
       assert.deepEqual([err.errorClass, err.message], ["SEMANTIC", "generation conflict: obj://ws/a is at generation 2"]);
-      const logged = lines.find((l) => /freeing a body the write left failed/.test(String(l.msg)));
-      assert.ok(logged, JSON.stringify(lines.map((l) => l.msg)));
-      assert.equal(logged.op, "storage.write");
+      // The refused body is released, not removed by the request: the tick's removal fails, and is logged.
+      tick.held = false;
+      const logged = await until(
+        () => lines.find((l) => /the bodies pruner failed/.test(String(l.msg))),
+        60_000,
+        "the tick's failed removal logged",
+      );
+      assert.match(JSON.stringify(logged.err), /EIO/);
       const outcome = t.k.inspect.queryAudit({ limit: 100 }).filter((r) => r.op === "storage.write" && r.status === "FAILURE");
       assert.deepEqual(
         outcome.map((r) => r.errorClass),

@@ -8,7 +8,7 @@ import { type CborValue, decodeToken, generateIdentity, parseIdentity } from "@k
 import { HOME_FILES, type PrimitiveFamily, removePersonaTree, SqliteStore } from "../src/index.js";
 import { BlobStore } from "../src/store/blobs.js";
 import { addPersonaKey, klass, removeHome, sandboxSkip, startKernel, type TestKernel, until } from "./harness.js";
-import { bodies, tmpFiles } from "./storage-files.js";
+import { bodies, flushReleased, tmpFiles } from "./storage-files.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 const SUBMITTING_AGENT = fileURLToPath(new URL("../../test/fixtures/submitting-agent.mjs", import.meta.url));
@@ -337,6 +337,7 @@ describe("a revocation reaches a request between its authorization and its effec
       const usage = (await admin.call("resource.query", "persona://pia/sub")).payload as { usage: Record<string, number> };
       // obj://ws/small alone: its 2 bytes, its path's 5 and its row's 512.
       assert.equal(usage.usage["storage.bytes"], 2 + 5 + 512, "nothing more was charged to the removed persona");
+      flushReleased(t.k); // the housekeeping tick's removal, now
       assert.deepEqual(bodies(t.home), [], "the body written for it is freed");
     } finally {
       BlobStore.prototype.put = put;
@@ -446,6 +447,7 @@ describe("a revocation reaches the uploads begun under the token", () => {
       await assert.rejects(admin.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"));
       // The refused commit ended the upload: its body is freed (no object names it) and its slot
       // is free for the persona's new token at once (it was held for uploadIdleMs, ten minutes).
+      flushReleased(t.k); // the housekeeping tick's removal, now
       assert.deepEqual(bodies(t.home), [], "no body is left pinned by the revoked upload");
       const second = await admin.tokens.mint("committer", { rights, ttlMs: 3_600_000 });
       const c2 = await t.connect(first.identity, [second.token]);

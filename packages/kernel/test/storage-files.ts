@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { readdirSync } from "node:fs";
 import { join } from "node:path";
+import type { Kernel } from "../src/kernel.js";
 import { BlobStore } from "../src/store/blobs.js";
 
 /** The large-object tests' shared bytes and file-store views (storage-bulk, storage-restart). */
@@ -25,6 +26,14 @@ export const tmpFiles = (home: string) => readdirSync(join(home, "objects", "tmp
 export function bodies(home: string): string[] {
   const top = join(home, "objects", "sha256");
   return readdirSync(top).flatMap((a) => readdirSync(join(top, a)).map((b) => a + b));
+}
+
+/** Removes now the bodies changes released (they go at the housekeeping tick, not in the request that released them). */
+export function flushReleased(k: Kernel): number {
+  const blobs = (k as unknown as { services: { blobs: BlobStore } }).services.blobs;
+  let n = 0;
+  while (blobs.pendingReleases > 0) n += blobs.flushReleased();
+  return n;
 }
 
 /** Counts the file store's puts (a body written and synced); `gate`, when set, holds each put until it resolves. */

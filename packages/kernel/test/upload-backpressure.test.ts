@@ -26,7 +26,6 @@ describe("an upload whose hashing falls behind", () => {
     const table = new UploadTable(
       new BlobStore(join(root, "objects"), { sync: false }),
       { perPersona: 4, total: 8, totalBytes: 1 << 30, idleMs: 60_000 },
-      () => 0,
       Date.now,
       hasher,
     );
@@ -56,11 +55,12 @@ describe("an upload whose hashing falls behind", () => {
 describe("an upload whose background flush fails", () => {
   it("fails: the disk reports a writeback error to one sync only, so the commit's own sync would pass while the bytes were lost", async () => {
     const root = mkdtempSync(join(tmpdir(), "kpip-upflush-"));
-    const table = new UploadTable(
-      new BlobStore(join(root, "objects"), { sync: false }),
-      { perPersona: 4, total: 8, totalBytes: 1 << 30, idleMs: 60_000 },
-      () => 0,
-    );
+    const table = new UploadTable(new BlobStore(join(root, "objects"), { sync: false }), {
+      perPersona: 4,
+      total: 8,
+      totalBytes: 1 << 30,
+      idleMs: 60_000,
+    });
     // The default export is node:fs's mutable object; syncBuiltinESMExports carries a change to the named imports.
     const mutable = nodeFs as unknown as { fdatasync: (fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => void };
     const real = mutable.fdatasync;

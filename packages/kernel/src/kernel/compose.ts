@@ -87,6 +87,8 @@ export interface KernelServices {
   readonly adminIdentity: string;
   readonly adminToken: string;
   readonly store: SqliteStore;
+  /** Object bodies above the inline size; the housekeeping tick removes those released since the last. */
+  readonly blobs: BlobStore;
   /** The WAL worker (tests stop it to see the fallback). */
   readonly checkpointer: WalCheckpointer;
   readonly audit: AuditLog;
@@ -136,10 +138,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
   const cursors = new SeqCursors(home.cursorKey);
   let sandbox: Sandbox | undefined;
   let uploads: UploadTable | undefined;
+  let blobsRef: BlobStore | undefined;
   let pipelineRef: Pipeline | undefined;
   const closeStorage = async () => {
     pipelineRef?.flushSuppressed();
     uploads?.close();
+    // The bodies released since the last tick (the uploads just dropped too), while the store is open.
+    releaseBodies(blobsRef, log);
     await home.close();
   };
   try {
@@ -285,7 +290,20 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     const ledger = new ResourceLedger(store, { workspaceStorageBytes: c.workspaceStorageBytes }, input.clock, bounds);
     // Object bodies above the inline size live in <home>/objects; what a crash left unnamed goes now.
-    const blobs = new BlobStore(join(c.home, "objects"), { sync: true, durable: () => store.syncWal() });
+    const blobs = new BlobStore(join(c.home, "objects"), {
+      sync: true,
+      // Once the store has failed a sync may pass with the WAL's pages lost (a writeback error is
+      // told once): no body is removed then; the next start's sweep looks again.
+      durable: () => {
+        if (store.failure) throw store.failure;
+        store.syncWal();
+      },
+      named: (h) => store.countBodyRefs(h),
+    });
+    blobsRef = blobs;
+    // A flush the batch bound started outside a tick: a failed WAL sync (the store has failed and
+    // says so itself); its bodies stay on disk, unnamed, for the next start's sweep.
+    blobs.onFlushError = (e) => log.warn({ err: e }, "removing released object bodies failed; the next start removes them");
     // Bodies missing or of another size than their rows say are reported (logged, recorded) now, and at a read that meets one.
     const damaged = new DamagedBodies(store, records, log);
     const swept = damaged.sweep(blobs).removed;
@@ -300,7 +318,6 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         idleMs: c.uploadIdleMs,
         roots,
       },
-      (h) => store.countBodyRefs(h),
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
     );
@@ -589,6 +606,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       adminIdentity: home.adminIdentity,
       adminToken,
       store,
+      blobs,
       checkpointer: home.checkpointer,
       audit,
       space: home.space,
@@ -651,4 +669,22 @@ function sharedMemory(
     freed: (s) => budget.release(s),
     linger: (s) => budget.linger(s),
   };
+}
+
+/**
+ * Removes every body released and not yet removed (BlobStore.flushReleased), batch by batch: at
+ * stop, so a clean stop leaves no unnamed body behind. A failure (the store failed) is logged and
+ * leaves the rest for the next start's sweep.
+ */
+function releaseBodies(blobs: BlobStore | undefined, log: Logger): void {
+  try {
+    // A batch a pass; a pass that removed nothing from the queue ends it (never a loop that does not end).
+    for (let left = blobs?.pendingReleases ?? 0; blobs && left > 0; ) {
+      blobs.flushReleased();
+      if (blobs.pendingReleases >= left) break;
+      left = blobs.pendingReleases;
+    }
+  } catch (e) {
+    log.warn({ err: e }, "removing released object bodies failed; the next start removes them");
+  }
 }

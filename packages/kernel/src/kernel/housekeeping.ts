@@ -64,6 +64,13 @@ export function startHousekeeping(
     s.audit.checkpointIfDue(now);
     storageProbe(s);
     storeKept(s, log);
+    // Object bodies changes stopped naming since the last tick: one WAL sync for the batch, then
+    // those still unnamed go (not a sync per delete on a request's turn).
+    try {
+      s.blobs.flushReleased();
+    } catch (e) {
+      failures.failed("bodies", e);
+    }
     // Expired dedupe records go a slice at a time (a whole-table DELETE was a 60–180 ms stall);
     // the first pass after a start walks the whole table (what expired while the kernel was down).
     if (lastPrune === 0) dedupePruner.sweep(now);

@@ -2,7 +2,7 @@ import { PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
 
 /** The pruners the housekeeping tick runs, by the name their failures are logged and counted under. */
-export type PrunerName = "agents" | "ops" | "dedupe" | "tokens";
+export type PrunerName = "agents" | "ops" | "dedupe" | "tokens" | "bodies";
 
 /**
  * A pruner that throws (the store busy, locked or closing) gives up its pass and the next tick

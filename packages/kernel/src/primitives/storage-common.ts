@@ -3,7 +3,7 @@ import type { ResourceLedger } from "../resources/ledger.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import type { BlobStore } from "../store/blobs.js";
 import type { DamagedBodies } from "../store/damaged-bodies.js";
-import type { ObjectBody, ObjectStore } from "../store/types.js";
+import type { ObjectBody, ObjectStore, PreviousObject } from "../store/types.js";
 import type { UploadTable } from "./storage-uploads.js";
 import { storageChanged, type WatchDeps } from "./storage-watch.js";
 import { type OpContext, OpError, type OpResult } from "./types.js";
@@ -62,19 +62,21 @@ export function commitObject(
   const { store, blobs, ledger } = d;
   const size = "data" in body ? body.data.length : body.size;
   const hash = "hash" in body ? body.hash : null;
-  let previous: Uint8Array | null | undefined;
+  let previous: PreviousObject | undefined;
   let generation = 0;
   // The bodies nothing names now: the previous one, or the new one when the write did not happen.
-  // Released, not collected: whether they go must not show in the time (BlobStore.release). The
-  // new body of a write that happened is named by its row: it stays, whoever else names it.
+  // Released, not collected: they go at the next housekeeping tick, after one WAL sync for the
+  // batch, so whether they go shows neither in the request's time nor as a disk sync on the
+  // kernel's thread per request (BlobStore.release). The new body of a write that happened is
+  // named by its row: it stays, whoever else names it.
   const freeBodies = (happened: boolean) => {
     if (hash) {
       blobs.unpin(hash);
       if (happened) blobs.collect(hash, store.countBodyRefs(hash));
-      else blobs.release(hash, store.countBodyRefs(hash));
+      else blobs.release(hash, size);
     }
-    const old = previous ?? undefined;
-    if (old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old, store.countBodyRefs(old));
+    const old = previous?.hash ?? undefined;
+    if (previous && old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old, previous.size);
   };
   let result: OpResult;
   try {
@@ -84,7 +86,7 @@ export function commitObject(
           const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
           if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
           ledger.chargeStorage(ctx.persona, workspace, path, w.previous, size, ctx.grant);
-          previous = w.previous?.hash;
+          previous = w.previous;
           generation = w.generation;
           return {
             status: "SUCCESS",

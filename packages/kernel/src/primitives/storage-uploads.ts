@@ -98,8 +98,6 @@ export class UploadTable {
   constructor(
     private readonly blobs: BlobStore,
     private readonly limits: UploadLimits,
-    /** Committed rows naming a body: a dropped upload's installed body is freed when none does. */
-    private readonly bodyRefs: (hash: Uint8Array) => number,
     private readonly clock: () => number = Date.now,
     private readonly hasher: UploadHasher = new UploadHasher(),
   ) {
@@ -330,7 +328,7 @@ export class UploadTable {
     if (u.inline) return;
     if (u.installed) {
       this.blobs.unpin(u.installed);
-      this.blobs.release(u.installed, this.bodyRefs(u.installed));
+      this.blobs.release(u.installed, u.size);
     } else unlinkQuiet(u.path);
   }
 

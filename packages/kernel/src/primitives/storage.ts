@@ -126,7 +126,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           // The row, its owner's usage and the request's dedupe record change in one transaction.
-          let old: Uint8Array | undefined;
+          let old: { hash: Uint8Array; size: number } | undefined;
           const result = ctx.atomically(
             (): OpResult =>
               store.transaction(() => {
@@ -134,7 +134,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
                 if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
                 if (x.previous) ledger.releaseStorage(workspace, path, x.previous);
-                old = x.previous?.hash ?? undefined;
+                old = x.previous?.hash ? { hash: x.previous.hash, size: x.previous.size } : undefined;
                 return {
                   status: "SUCCESS",
                   payload: { deleted: true, generation: x.generation },
@@ -142,8 +142,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
                 };
               }),
           );
-          // The row is gone (committed): its body goes too unless another object names the same bytes.
-          if (old) blobs.release(old, store.countBodyRefs(old));
+          // The row is gone (committed): its body goes at the next tick unless an object names the same bytes then.
+          if (old) blobs.release(old.hash, old.size);
           storageChanged(d.watch.bus, workspace, path, (result.payload as { generation: number }).generation, "delete");
           return result;
         },

@@ -26,6 +26,17 @@ const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | c
 /** The same, open for reading too (an upload's partial file is read back to be hashed). */
 const CREATE_NEW_RW = (CREATE_NEW & ~constants.O_WRONLY) | constants.O_RDWR;
 const READ = constants.O_RDONLY | constants.O_NOFOLLOW;
+/**
+ * Released bodies one flush removes at most (one WAL sync, then a count and a rename each, ~50 µs):
+ * more released between two ticks are flushed a batch a turn, so a burst never holds the thread long.
+ */
+export const RELEASE_BATCH = 256;
+/**
+ * Released bytes past which a flush starts before the tick: a persona that deletes and writes
+ * again at once (its quota freed at the delete) holds at most this much disk more than its quota
+ * until the bodies go, not what it can write in a tick's 2.5 s.
+ */
+export const RELEASE_BYTES = 256 * 1024 * 1024;
 
 /** Writes all of `data` to `fd` at `position`, off the event loop (libuv's threads). */
 export function writeAt(fd: number, data: Uint8Array, position: number): Promise<void> {
@@ -56,11 +67,23 @@ export function sha256(data: Uint8Array): Buffer {
  *
  * Bodies being written or committed are pinned, so removing an unreferenced body never races
  * a write that is about to reference the same content.
+ *
+ * A body a change stopped naming is not removed by the request that stopped naming it: it is
+ * queued ({@link release}) and the housekeeping tick removes the batch ({@link flushReleased})
+ * after one WAL sync for all of it.
  */
 export class BlobStore {
   readonly root: string;
   private readonly tmpDir: string;
   private readonly pins = new Map<string, number>();
+  /** Bodies released since the last flush, by hex hash: each goes at the next flush unless named or pinned by then. */
+  private readonly released = new Map<string, { hash: Buffer; bytes: number }>();
+  private releasedBytes = 0;
+  private flushQueued = false;
+  /** What the flushes did so far: flushes that had work, the WAL syncs they asked, the bodies they removed. */
+  readonly flushed = { flushes: 0, syncs: 0, removed: 0 };
+  /** Told of a flush that failed when no caller was there to catch it (one the batch bound started). */
+  onFlushError: ((e: unknown) => void) | undefined;
 
   constructor(
     root: string,
@@ -72,6 +95,11 @@ export class BlobStore {
        * power loss could roll back the commit that stopped naming the body, after the body was gone.
        */
       durable?: () => void;
+      /**
+       * Committed rows naming a body, asked when a released body is about to go. Without it (a
+       * store no rows name: tests) a released body goes unless a pin holds it.
+       */
+      named?: (hash: Uint8Array) => number;
     } = { sync: true },
   ) {
     this.root = root;
@@ -240,17 +268,86 @@ export class BlobStore {
   }
 
   /**
-   * A committed change stopped naming `hash` (a delete, an overwrite, a write or upload that did
-   * not happen): as {@link collect}, but the database is made durable whether or not the body
-   * goes. Whether it goes says whether anyone else — any persona, any workspace — names exactly
-   * these bytes; a sync only when it does was a confirm-a-file oracle in the request's time
-   * (write guessed bytes, delete them, time the delete), as {@link put} is not (case 156).
+   * A committed change stopped naming `hash`, a body of `bytes` (a delete, an overwrite, a write
+   * or upload that did not happen): the body goes at the next {@link flushReleased} unless a row or a pin names it
+   * by then. Nothing else is done here — no WAL sync, no look at the disk or at who else names
+   * the bytes — so the request's time says nothing about whether anyone else (any persona, any
+   * workspace) stores exactly these bytes (security.md cases 156 and 508), and a persona deleting
+   * large objects at its rate does not stall the kernel's one thread for a disk sync each.
    */
-  release(hash: Uint8Array, refs: number): boolean {
-    this.opts.durable?.();
-    if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
-    if (!existsSync(this.pathOf(hash))) return false;
-    return this.remove(hash);
+  release(hash: Uint8Array, bytes: number): void {
+    const k = Buffer.from(hash).toString("hex");
+    if (!this.released.has(k)) {
+      this.released.set(k, { hash: Buffer.from(hash), bytes });
+      this.releasedBytes += bytes;
+    }
+    // A burst between ticks is flushed in batches, each in a turn of its own, not in the request's.
+    if ((this.released.size >= RELEASE_BATCH || this.releasedBytes >= RELEASE_BYTES) && !this.flushQueued) this.queueFlush();
+  }
+
+  /** Bodies released and not yet flushed. */
+  get pendingReleases(): number {
+    return this.released.size;
+  }
+
+  /**
+   * Removes the bodies released since the last flush (up to {@link RELEASE_BATCH} of them; the
+   * rest in the next turn) that no committed row and no pin names now: one WAL sync first, for
+   * the whole batch, whether or not any body goes. Returns how many went.
+   *
+   * Why the sync comes first: the database commits with synchronous=NORMAL, so a power loss can
+   * roll back commits the WAL holds but has not synced — among them the one that stopped naming a
+   * body. Were the body removed first, the rolled-back row would name a file that is gone. Every
+   * commit that released a body of this batch came before the flush, so the sync covers them
+   * all; the names are counted after it, in the same turn, so no commit comes between the sync
+   * and the count, and a row that names the bytes again (a write of the same content since the
+   * release) or a pin (a write or upload in progress) keeps the body. A crash before the flush
+   * leaves the body unnamed on disk, never a row without its body: the next start's
+   * {@link sweep} removes it. A sync that fails leaves the batch's bodies for that sweep too (a
+   * second sync could pass with the WAL's pages lost), as does a removal that fails; either throws.
+   */
+  flushReleased(): number {
+    if (this.released.size === 0) return 0;
+    const batch: Buffer[] = [];
+    for (const [k, r] of this.released) {
+      batch.push(r.hash);
+      this.releasedBytes -= r.bytes;
+      this.released.delete(k);
+      if (batch.length >= RELEASE_BATCH) break;
+    }
+    if (this.released.size > 0 && !this.flushQueued) this.queueFlush();
+    this.flushed.flushes++;
+    if (this.opts.durable) {
+      this.flushed.syncs++;
+      this.opts.durable();
+    }
+    let removed = 0;
+    let failed: unknown;
+    for (const h of batch) {
+      if ((this.opts.named?.(h) ?? 0) > 0 || this.pins.has(h.toString("hex"))) continue;
+      try {
+        if (this.remove(h)) removed++;
+      } catch (e) {
+        // This body stays, unnamed, for the next start's sweep; the others of the batch still go.
+        failed ??= e;
+      }
+    }
+    this.flushed.removed += removed;
+    if (failed !== undefined) throw failed;
+    return removed;
+  }
+
+  /** The next batch, in a turn of its own: a failure there has no caller, so it goes to {@link onFlushError}. */
+  private queueFlush(): void {
+    this.flushQueued = true;
+    setImmediate(() => {
+      this.flushQueued = false;
+      try {
+        this.flushReleased();
+      } catch (e) {
+        this.onFlushError?.(e);
+      }
+    });
   }
 
   /** Moves a body no row names out of its address (made durable before), and frees it off the event loop. */
