@@ -1,12 +1,23 @@
 // Hostile programs as real processes in the process sandbox: each tries to reach what the
 // kernel must keep from it, and each fails; the kernel keeps serving; nothing outlives it.
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { chmodSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, watch, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  watch,
+  writeFileSync,
+} from "node:fs";
 import net from "node:net";
 import { tmpdir } from "node:os";
-import { join } from "node:path";
+import { dirname, join } from "node:path";
 import { describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
@@ -141,6 +152,41 @@ describe("the process sandbox against hostile programs", { skip: sandboxSkip }, 
     await a.agents.kill(ag.agent as string);
     await until(async () => (await a.agents.status("agent://sh/keeper")).state === "killed");
     await until(() => !readdirSync(join(rec.cwd, "..")).includes(rec.cwd.split("/").pop() as string), 10_000, "scratch removed");
+  });
+
+  it("a set-user-id program a sandbox leaves in /scratch, its directory opened to all, runs for no other local user: the scratch root admits only the sandbox's user", async () => {
+    // /scratch is a directory on the host's disk, owned there by the user the sandbox runs as
+    // (sandboxUid under a root kernel, else the kernel's own user): a program there that the
+    // sandbox marks set-user-id is that user's on the host, for whoever can reach it.
+    const ag = await s.admin.agents.spawn("sh", "setuid", {
+      args: ["-c", "cp /usr/bin/id /scratch/id && chmod 4755 /scratch/id && chmod 755 /scratch && echo ready; exec sleep 300"],
+      rights: [],
+      lifetimeMs: 60_000,
+    });
+    await until(async () =>
+      Buffer.from((await s.admin.agents.logs("agent://sh/setuid")).stdout)
+        .toString()
+        .includes("ready"),
+    );
+    const rec = s.t.k.inspect.getAgent(`${s.t.k.config.adminPersona}/sh/setuid`);
+    assert.ok(rec);
+    const planted = join(rec.cwd, "id");
+    assert.ok((statSync(planted).mode & 0o4000) !== 0, "the sandbox could mark its program set-user-id");
+    const root = statSync(dirname(rec.cwd));
+    const asRoot = process.getuid?.() === 0;
+    // Nobody but the kernel's user and (under a root kernel) the sandbox's group passes through the root.
+    assert.equal(root.mode & 0o007, 0, `the scratch root is ${(root.mode & 0o777).toString(8)}: others pass through it`);
+    if (asRoot) {
+      assert.equal(root.gid, 65534, "the sandbox's group passes through the root, no other");
+      assert.equal(root.mode & 0o070, 0o010);
+      // Any other local user: the program is not reached, so not run as the sandbox's user.
+      const r = spawnSync(planted, [], { uid: 4242, gid: 4242, encoding: "utf8" });
+      assert.equal((r.error as NodeJS.ErrnoException | undefined)?.code, "EACCES", `${r.stdout}${r.stderr}`);
+      assert.doesNotMatch(r.stdout ?? "", /euid=65534/);
+    } else assert.equal(root.mode & 0o070, 0, "the sandbox runs as the kernel's own user: nobody else needs the root");
+    await s.admin.agents.kill(ag.agent as string);
+    await until(async () => (await s.admin.agents.status("agent://sh/setuid")).state === "killed");
+    await assertServing();
   });
 
   it("cannot open a network connection without a grant; can with sandbox.network", async () => {

@@ -438,6 +438,9 @@ describe("a kernel process and what it inherited", { skip: sandboxSkip }, () => 
   });
 });
 
+/** sendmsg(2)'s number where the test knows it (its struct msghdr is laid out as on x86-64). */
+const SENDMSG: Record<string, number> = { x64: 46, arm64: 211 };
+
 describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
   const s = kernelForSuite({ maxOutputBytes: 65_536 });
 
@@ -497,5 +500,35 @@ describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
     } finally {
       for (const n of names) await s.admin.agents.kill(`agent://perl/${n}`);
     }
+  });
+
+  it("a writer making each byte its own read (one-byte messages carrying a descriptor) is read at most READS_PER_SECOND times a second: it waits on its socket, the kernel keeps serving", {
+    skip:
+      SENDMSG[process.arch] === undefined || !existsSync("/usr/bin/perl")
+        ? "NOT RUN: needs /usr/bin/perl and sendmsg's number for this architecture"
+        : false,
+  }, async () => {
+    // stdout is a socket: a message carrying a descriptor (SCM_RIGHTS; the kernel's read drops
+    // it) is never joined to the next by a read, so each byte cost the kernel's event loop a read
+    // of its own, as fast as the writer could send, captured bytes included. The writer sends for
+    // 2–3 seconds without blocking (a full socket is EAGAIN) and says how many it sent.
+    const script = `my $data = "x"; my $iov = pack("QQ", unpack("Q", pack("p", $data)), 1);
+      my $cmsg = pack("QiiiI", 20, 1, 1, 0, 0);
+      my $msg = pack("QLx4QQQQix4", 0, 0, unpack("Q", pack("p", $iov)), 1, unpack("Q", pack("p", $cmsg)), 24, 0);
+      use Fcntl; fcntl(STDOUT, F_SETFL, fcntl(STDOUT, F_GETFL, 0) | O_NONBLOCK);
+      my $n = 0; my $end = time + 3;
+      while (time < $end) { if (syscall(${SENDMSG[process.arch]}, 1, $msg, 0) == 1) { $n++ } else { select(undef, undef, undef, 0.001) } }
+      print STDERR "sent $n\n";`;
+    const d = await s.admin.call("compute.submit", "op://command/perl", { args: ["-e", script] });
+    const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as { stdout: Uint8Array; stderr: Uint8Array };
+    const m = /^sent (\d+)$/m.exec(Buffer.from(r.stderr).toString());
+    assert.ok(m, Buffer.from(r.stderr).toString());
+    const sent = Number(m[1]);
+    // Read a message a read as fast as it can send, the writer sends tens of thousands in that
+    // time. Throttled, a second's burst, READS_PER_SECOND a second and what the socket holds
+    // (~280 such messages): 2,000 leaves room for a slow machine.
+    assert.ok(sent > 0 && sent < 2_000, `messages sent: ${sent}`);
+    assert.ok(r.stdout.byteLength > 0 && r.stdout.byteLength <= sent);
+    assert.equal(((await s.admin.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
   });
 });

@@ -7,38 +7,86 @@ import type { Readable } from "node:stream";
 export const DISCARD_BYTES_PER_SECOND = 1024 * 1024;
 
 /**
- * Past `captured` bytes, reads `stream` at most at {@link DISCARD_BYTES_PER_SECOND} (it is
- * paused, then resumed when the bytes read so far fit the rate). The bytes are discarded by
- * the caller's own listener; without this, a process writing without pause (`cat /dev/zero`)
- * had the kernel's event loop read and discard as fast as it could write, for the whole life
- * of the process: 0.7 of a core for one command, the whole loop for a persona's 32. A process
- * that writes faster than the rate waits on its pipe, as behind any slow reader.
+ * Reads of one stream the kernel makes per second at most (after a burst of as many), whatever
+ * their size. A read costs the kernel's event loop about the same whether it brings one byte or
+ * 64 KiB, and a writer can make each byte its own read at any speed: a message carrying a
+ * descriptor (SCM_RIGHTS) on its stdout, a socket, is never joined to the next one by a read.
+ * Paused, a stream of ordinary writes is read whole at its next read: only the reads are fewer.
+ */
+export const READS_PER_SECOND = 100;
+
+/** A stream's libuv handle, as net.Socket keeps it: whether it reads from the OS, and the switches. */
+type ReadHandle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
+const handleOf = (stream: Readable) => (stream as { _handle?: ReadHandle | null })._handle;
+
+/**
+ * Stops `stream`'s reads from the OS, not only its 'data' events: a paused socket goes on reading
+ * into its buffer up to its highWaterMark (16 KiB: 16,384 reads of a byte each). As net.Socket's
+ * own pause does for a socket made with `onread`, and its reading does when its buffer is full.
+ */
+function stopReading(stream: Readable): void {
+  const h = handleOf(stream);
+  if (h?.reading && typeof h.readStop === "function") {
+    h.reading = false;
+    h.readStop();
+  }
+}
+
+/**
+ * Starts them again ({@link stopReading}), before the stream is resumed: a resume asks for a
+ * read only when none is pending, and one asked for just before the stop would never come.
+ */
+function startReading(stream: Readable): void {
+  const h = handleOf(stream);
+  if (h && h.reading === false && typeof h.readStart === "function" && !stream.destroyed) {
+    h.reading = true;
+    h.readStart();
+  }
+}
+
+/**
+ * Throttles `stream`: its reads to {@link READS_PER_SECOND}, and, past `captured` bytes, its
+ * bytes to {@link DISCARD_BYTES_PER_SECOND} (it is paused, then resumed when what was read so
+ * far fits both rates). The bytes are discarded by the caller's own listener; without this, a
+ * process writing without pause (`cat /dev/zero`) had the kernel's event loop read and discard
+ * as fast as it could write, for the whole life of the process: 0.7 of a core for one command,
+ * the whole loop for a persona's 32; and one sending its output a byte a message, each message
+ * with a descriptor, had it make a read per byte, captured bytes included. A process that writes
+ * faster than that waits on its pipe, as behind any slow reader.
  */
 export function throttlePastCapture(stream: Readable | null | undefined, captured: number): void {
   if (!stream) return;
   let seen = 0;
-  // A bucket of discard bytes: full (one second's worth) at first, refilled at the rate and never
-  // past one second's worth, so an hour of silence does not buy an hour's worth at full speed.
+  // Buckets of discard bytes and of reads: full (one second's worth) at first, refilled at their
+  // rates and never past one second's worth, so an hour of silence does not buy an hour's worth.
   let tokens = DISCARD_BYTES_PER_SECOND;
+  let reads = READS_PER_SECOND;
   let at = 0;
   let timer: NodeJS.Timeout | undefined;
   stream.on("data", (d: Buffer) => {
     const before = seen;
     seen += d.length;
     const past = seen - Math.max(before, captured);
-    if (past <= 0) return;
     const now = Date.now();
-    if (at !== 0) tokens = Math.min(DISCARD_BYTES_PER_SECOND, tokens + ((now - at) / 1000) * DISCARD_BYTES_PER_SECOND);
+    if (at !== 0) {
+      const s = (now - at) / 1000;
+      tokens = Math.min(DISCARD_BYTES_PER_SECOND, tokens + s * DISCARD_BYTES_PER_SECOND);
+      reads = Math.min(READS_PER_SECOND, reads + s * READS_PER_SECOND);
+    }
     at = now;
-    tokens -= past;
-    if (tokens >= 0 || timer) return;
+    if (past > 0) tokens -= past;
+    reads -= 1;
+    if ((tokens >= 0 && reads >= 0) || timer) return;
     stream.pause();
+    stopReading(stream);
+    const wait = Math.max(-tokens / DISCARD_BYTES_PER_SECOND, -reads / READS_PER_SECOND);
     timer = setTimeout(
       () => {
         timer = undefined;
+        startReading(stream);
         stream.resume();
       },
-      Math.ceil((-tokens / DISCARD_BYTES_PER_SECOND) * 1000),
+      Math.ceil(wait * 1000),
     );
     timer.unref();
   });

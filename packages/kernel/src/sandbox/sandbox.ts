@@ -671,11 +671,18 @@ export class Sandbox {
     const st = lstatSync(root);
     if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid))
       throw new Error(`scratch root ${root} is not a directory owned by the kernel's user`);
-    // Others may pass through (the unprivileged sandbox uid must reach its own directory) but not list it.
-    chmodSync(root, 0o711);
+    const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
+    // No other local user passes through: a scratch directory is its sandbox's to open (chmod 755
+    // /scratch), and a program the sandbox marks set-user-id there is, on the host's disk (no
+    // nosuid), the sandbox's user's — the kernel's own, unless the kernel is root — for whoever
+    // reaches it. Under a root kernel the sandbox's group (bubblewrap runs as sandboxUid) passes
+    // through to reach its own directory; nobody lists the root.
+    if (runAs !== undefined) {
+      if (st.gid !== runAs) chownSync(root, st.uid, runAs);
+      if ((st.mode & 0o777) !== 0o710) chmodSync(root, 0o710);
+    } else if ((st.mode & 0o777) !== 0o700) chmodSync(root, 0o700);
     const scratch = join(root, randomBytes(12).toString("hex"));
     mkdirSync(scratch, { mode: 0o700 });
-    const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
     if (runAs !== undefined) chownSync(scratch, runAs, runAs);
     const owner = spec.owner ?? KERNEL_OWNER;
     const cleanup = () => this.remove([scratch], owner);

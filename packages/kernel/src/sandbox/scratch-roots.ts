@@ -32,7 +32,8 @@ const LOCKLESS_AGE_MS = 24 * 3600_000;
  */
 export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): Database.Database {
   for (let attempt = 1; ; attempt++) {
-    mkdirSync(root, { recursive: true, mode: 0o711 });
+    // No one else's to pass through: launch() lets the sandbox's group through under a root kernel.
+    mkdirSync(root, { recursive: true, mode: 0o700 });
     const lock = join(root, file);
     let db: Database.Database | undefined;
     try {
