@@ -256,7 +256,7 @@ export class CapEnforcer implements Authorizer {
     }
     const capIds: string[] = [];
     let firstProblem: string | undefined;
-    let anyValid = false;
+    let firstValid: Grant | undefined;
     for (const ref of req.caps) {
       let grant: Grant;
       let inline: Token | undefined;
@@ -289,7 +289,7 @@ export class CapEnforcer implements Authorizer {
         inline = v.token;
         capIds.push(`inline:${tokenRef(grant)}`);
       }
-      anyValid = true;
+      firstValid ??= grant;
       let ok: boolean | undefined;
       if (bound) {
         const decisions = bound.decisions;
@@ -334,7 +334,7 @@ export class CapEnforcer implements Authorizer {
         return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
       }
     }
-    if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
+    if (!firstValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     const { op, target } = req.intent;
     const over = authorizationTarget(req.declaration, target);
     return {
@@ -345,6 +345,8 @@ export class CapEnforcer implements Authorizer {
           ? `no capability of this request grants ${op} on ${target}`
           : `no capability of this request grants ${op} on ${target}: it reaches everything under it, so a grant must cover ${over}`,
       capIds,
+      grant: firstValid,
+      rateKey: this.familyOf(firstValid),
     };
   }
 
