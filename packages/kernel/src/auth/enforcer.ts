@@ -13,8 +13,9 @@ import {
   type TokenError,
 } from "@kpip/protocol";
 import { innermostAgent } from "../agents/namespace.js";
+import { RateBuckets } from "../audit/rate-buckets.js";
 import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
-import { GrantBounds } from "../resources/lineage.js";
+import { FIRST_SEGMENT, GrantBounds, type TreeRoots } from "../resources/lineage.js";
 import type { BoundCapability, HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
@@ -42,6 +43,13 @@ const DECISIONS_PER_HANDLE = 1024;
 export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
 const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
+/**
+ * Bytes of inline tokens never seen before that one persona tree may have verified per second
+ * (bursts 5×), in tokens of `maxTokenBytes`. Binding is bounded per session (above), but a
+ * persona attenuates its token offline without end: four fresh 8 KiB inline tokens a request,
+ * each a full verification (~1–2 ms), answered before any `rate` is known.
+ */
+const INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS = 16;
 
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
 export type Verified =
@@ -76,6 +84,8 @@ export class CapEnforcer implements Authorizer {
   private readonly narrowedIntoAgent = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
+  /** New inline token bytes verified, per persona tree ({@link INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS}). */
+  private readonly inlineBytes = new RateBuckets(() => INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes);
 
   constructor(
     private readonly keys: RootKeys,
@@ -85,10 +95,15 @@ export class CapEnforcer implements Authorizer {
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
     /** Each grant's token row (its rate family and bounds), read once and shared with the ledger. */
     readonly grantBounds: GrantBounds = new GrantBounds(store),
+    /** The top of each persona's tree: new inline tokens are verified within a budget per tree. */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
-  /** Verifies a token for use by `persona` now. */
-  verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+  /**
+   * Verifies a token for use by `persona` now. `inline`: sent with a request, so a token not seen
+   * before is verified only within its persona tree's budget of new inline token bytes.
+   */
+  verify(bytesOrToken: Uint8Array | Token, persona: string, inline = false): Verified {
     // Bounded before any work: a token's checks and its compiled patterns grow with its size.
     if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
       return {
@@ -104,6 +119,14 @@ export class CapEnforcer implements Authorizer {
       const why = this.unusable(hit.grant, persona);
       if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
       return { ok: true, token: hit.token, grant: hit.grant };
+    }
+    if (inline && bytesOrToken instanceof Uint8Array && !this.takeInlineBytes(persona, bytesOrToken.length)) {
+      const rate = INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes;
+      return {
+        ok: false,
+        code: "TOO_MANY_NEW_TOKENS",
+        message: `persona ${persona}'s tree sent more than ${rate} bytes of new inline tokens a second: bind a token (token.bind) and name its handle`,
+      };
     }
     let token: Token;
     try {
@@ -139,6 +162,14 @@ export class CapEnforcer implements Authorizer {
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
+  }
+
+  /** Takes `n` bytes from the budget of new inline tokens of `persona`'s tree; false when it has not that many. */
+  private takeInlineBytes(persona: string, n: number): boolean {
+    const b = this.inlineBytes.take(this.roots.of(persona), this.clock());
+    if (b.tokens < n) return false;
+    b.tokens -= n;
+    return true;
   }
 
   /**
@@ -276,7 +307,7 @@ export class CapEnforcer implements Authorizer {
         grant = b.grant;
         bound = b;
       } else {
-        const v = this.verify(ref, req.persona);
+        const v = this.verify(ref, req.persona, true);
         if (!v.ok) {
           // A refused inline token is named too, when it decoded: the record says which it was. One
           // whose signature did not verify only claims its id (anyone can write any id into one):
