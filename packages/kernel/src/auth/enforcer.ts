@@ -44,12 +44,12 @@ export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
 const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
 /**
- * Bytes of inline tokens never seen before that one persona tree may have verified per second
- * (bursts 5×), in tokens of `maxTokenBytes`. Binding is bounded per session (above), but a
- * persona attenuates its token offline without end: four fresh 8 KiB inline tokens a request,
- * each a full verification (~1–2 ms), answered before any `rate` is known.
+ * Bytes of tokens never seen before (inline, attested or bound) that one persona tree may have
+ * verified per second (bursts 5×), in tokens of `maxTokenBytes`. A persona attenuates its token
+ * offline without end: four fresh 8 KiB inline tokens a request, or sixteen at each ATTEST of
+ * sessions opened and closed, each a full verification (~1–2 ms) before any `rate` is known.
  */
-const INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS = 16;
+const NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS = 16;
 
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
 export type Verified =
@@ -84,8 +84,8 @@ export class CapEnforcer implements Authorizer {
   private readonly narrowedIntoAgent = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
-  /** New inline token bytes verified, per persona tree ({@link INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS}). */
-  private readonly inlineBytes = new RateBuckets(() => INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes);
+  /** Bytes of new tokens verified, per persona tree ({@link NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS}). */
+  private readonly newTokenBytes = new RateBuckets(() => NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes);
 
   constructor(
     private readonly keys: RootKeys,
@@ -95,15 +95,16 @@ export class CapEnforcer implements Authorizer {
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
     /** Each grant's token row (its rate family and bounds), read once and shared with the ledger. */
     readonly grantBounds: GrantBounds = new GrantBounds(store),
-    /** The top of each persona's tree: new inline tokens are verified within a budget per tree. */
+    /** The top of each persona's tree: new tokens a persona sends are verified within a budget per tree. */
     private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
   /**
-   * Verifies a token for use by `persona` now. `inline`: sent with a request, so a token not seen
-   * before is verified only within its persona tree's budget of new inline token bytes.
+   * Verifies a token for use by `persona` now. `sent`: the persona sent it to be used (inline,
+   * at ATTEST, by token.bind), so a token not seen before is verified only within its persona
+   * tree's budget of new token bytes.
    */
-  verify(bytesOrToken: Uint8Array | Token, persona: string, inline = false): Verified {
+  verify(bytesOrToken: Uint8Array | Token, persona: string, sent = false): Verified {
     // Bounded before any work: a token's checks and its compiled patterns grow with its size.
     if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
       return {
@@ -120,12 +121,12 @@ export class CapEnforcer implements Authorizer {
       if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
       return { ok: true, token: hit.token, grant: hit.grant };
     }
-    if (inline && bytesOrToken instanceof Uint8Array && !this.takeInlineBytes(persona, bytesOrToken.length)) {
-      const rate = INLINE_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes;
+    if (sent && bytesOrToken instanceof Uint8Array && !this.takeNewTokenBytes(persona, bytesOrToken.length)) {
+      const rate = NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes;
       return {
         ok: false,
         code: "TOO_MANY_NEW_TOKENS",
-        message: `persona ${persona}'s tree sent more than ${rate} bytes of new inline tokens a second: bind a token (token.bind) and name its handle`,
+        message: `persona ${persona}'s tree sent more than ${rate} bytes of tokens not seen before a second: use the tokens it holds (a handle, or the same bytes again)`,
       };
     }
     let token: Token;
@@ -164,9 +165,9 @@ export class CapEnforcer implements Authorizer {
     return { ok: true, token, grant };
   }
 
-  /** Takes `n` bytes from the budget of new inline tokens of `persona`'s tree; false when it has not that many. */
-  private takeInlineBytes(persona: string, n: number): boolean {
-    const b = this.inlineBytes.take(this.roots.of(persona), this.clock());
+  /** Takes `n` bytes from the budget of new tokens of `persona`'s tree; false when it has not that many. */
+  private takeNewTokenBytes(persona: string, n: number): boolean {
+    const b = this.newTokenBytes.take(this.roots.of(persona), this.clock());
     if (b.tokens < n) return false;
     b.tokens -= n;
     return true;
@@ -259,7 +260,7 @@ export class CapEnforcer implements Authorizer {
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
-    const v = this.verify(bytes, persona);
+    const v = this.verify(bytes, persona, true);
     if (!v.ok) return v;
     this.noteDerived(v.token, v.grant, persona, session);
     table.bytes += bytes.length;
