@@ -23,7 +23,18 @@ export type Decision =
       /** Key of the grant's rate bucket (its token family; default the grant's id). */
       rateKey?: string;
     }
-  | { allowed: false; errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">; message: string; capIds: string[] };
+  | {
+      allowed: false;
+      errorClass: Extract<ErrorClass, "CAPABILITY" | "PERMISSION">;
+      message: string;
+      capIds: string[];
+      /**
+       * A PERMISSION refusal's first valid capability named, and its rate key: the refusal draws
+       * on that family's `rate` as an allowed request would (its check cost as much).
+       */
+      grant?: Grant;
+      rateKey?: string;
+    };
 
 /**
  * Resolves a request's capabilities and decides. The capability enforcer (tokens and handles, auth/enforcer.ts)

@@ -26,7 +26,7 @@ export function capabilities(
   // Shared: a revocation by the token service takes effect at once for every decision.
   const revoked = new Revocations(store);
   return {
-    enforcer: new CapEnforcer(keys, store, revoked, clock, limits, grantBounds),
+    enforcer: new CapEnforcer(keys, store, revoked, clock, limits, grantBounds, roots),
     tokens: new TokenService(keys, store, revoked, clock, limits, roots, grantBounds),
   };
 }

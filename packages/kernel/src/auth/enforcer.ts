@@ -13,8 +13,9 @@ import {
   type TokenError,
 } from "@kpip/protocol";
 import { innermostAgent } from "../agents/namespace.js";
+import { RateBuckets } from "../audit/rate-buckets.js";
 import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
-import { GrantBounds } from "../resources/lineage.js";
+import { FIRST_SEGMENT, GrantBounds, type TreeRoots } from "../resources/lineage.js";
 import type { BoundCapability, HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
 import type { AuthorizationRequest, Authorizer, Decision } from "./authorizer.js";
@@ -42,6 +43,13 @@ const DECISIONS_PER_HANDLE = 1024;
 export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
 const SESSION_TOKEN_BYTES_IN_TOKENS = 16;
+/**
+ * Bytes of tokens never seen before (inline, attested or bound) that one persona tree may have
+ * verified per second (bursts 5×), in tokens of `maxTokenBytes`. A persona attenuates its token
+ * offline without end: four fresh 8 KiB inline tokens a request, or sixteen at each ATTEST of
+ * sessions opened and closed, each a full verification (~1–2 ms) before any `rate` is known.
+ */
+const NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS = 16;
 
 /** A refusal names the token when it decoded (its own id: {@link tokenRef}), so the record can. */
 export type Verified =
@@ -76,6 +84,8 @@ export class CapEnforcer implements Authorizer {
   private readonly narrowedIntoAgent = new WeakMap<Grant, string>();
   /** Called the first time a derived token is used in this run (set by the kernel: a `token.derived` record). */
   onDerived: DerivedUse | undefined;
+  /** Bytes of new tokens verified, per persona tree ({@link NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS}). */
+  private readonly newTokenBytes = new RateBuckets(() => NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes);
 
   constructor(
     private readonly keys: RootKeys,
@@ -85,10 +95,16 @@ export class CapEnforcer implements Authorizer {
     readonly limits: EnforcerLimits = DEFAULT_ENFORCER_LIMITS,
     /** Each grant's token row (its rate family and bounds), read once and shared with the ledger. */
     readonly grantBounds: GrantBounds = new GrantBounds(store),
+    /** The top of each persona's tree: new tokens a persona sends are verified within a budget per tree. */
+    private readonly roots: TreeRoots = FIRST_SEGMENT,
   ) {}
 
-  /** Verifies a token for use by `persona` now. */
-  verify(bytesOrToken: Uint8Array | Token, persona: string): Verified {
+  /**
+   * Verifies a token for use by `persona` now. `sent`: the persona sent it to be used (inline,
+   * at ATTEST, by token.bind), so a token not seen before is verified only within its persona
+   * tree's budget of new token bytes.
+   */
+  verify(bytesOrToken: Uint8Array | Token, persona: string, sent = false): Verified {
     // Bounded before any work: a token's checks and its compiled patterns grow with its size.
     if (bytesOrToken instanceof Uint8Array && bytesOrToken.length > this.limits.maxTokenBytes) {
       return {
@@ -104,6 +120,14 @@ export class CapEnforcer implements Authorizer {
       const why = this.unusable(hit.grant, persona);
       if (why) return { ok: false, ...why, id: tokenRef(hit.grant) };
       return { ok: true, token: hit.token, grant: hit.grant };
+    }
+    if (sent && bytesOrToken instanceof Uint8Array && !this.takeNewTokenBytes(persona, bytesOrToken.length)) {
+      const rate = NEW_TOKEN_BYTES_PER_SECOND_IN_TOKENS * this.limits.maxTokenBytes;
+      return {
+        ok: false,
+        code: "TOO_MANY_NEW_TOKENS",
+        message: `persona ${persona}'s tree sent more than ${rate} bytes of tokens not seen before a second: use the tokens it holds (a handle, or the same bytes again)`,
+      };
     }
     let token: Token;
     try {
@@ -139,6 +163,14 @@ export class CapEnforcer implements Authorizer {
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
+  }
+
+  /** Takes `n` bytes from the budget of new tokens of `persona`'s tree; false when it has not that many. */
+  private takeNewTokenBytes(persona: string, n: number): boolean {
+    const b = this.newTokenBytes.take(this.roots.of(persona), this.clock());
+    if (b.tokens < n) return false;
+    b.tokens -= n;
+    return true;
   }
 
   /**
@@ -228,7 +260,7 @@ export class CapEnforcer implements Authorizer {
     const budget = SESSION_TOKEN_BYTES_IN_TOKENS * this.limits.maxTokenBytes;
     if (table.bytes + bytes.length > budget)
       return { code: "TOO_LARGE", message: `a session may bind at most ${budget} bytes of tokens` };
-    const v = this.verify(bytes, persona);
+    const v = this.verify(bytes, persona, true);
     if (!v.ok) return v;
     this.noteDerived(v.token, v.grant, persona, session);
     table.bytes += bytes.length;
@@ -256,7 +288,7 @@ export class CapEnforcer implements Authorizer {
     }
     const capIds: string[] = [];
     let firstProblem: string | undefined;
-    let anyValid = false;
+    let firstValid: Grant | undefined;
     for (const ref of req.caps) {
       let grant: Grant;
       let inline: Token | undefined;
@@ -276,7 +308,7 @@ export class CapEnforcer implements Authorizer {
         grant = b.grant;
         bound = b;
       } else {
-        const v = this.verify(ref, req.persona);
+        const v = this.verify(ref, req.persona, true);
         if (!v.ok) {
           // A refused inline token is named too, when it decoded: the record says which it was. One
           // whose signature did not verify only claims its id (anyone can write any id into one):
@@ -289,7 +321,7 @@ export class CapEnforcer implements Authorizer {
         inline = v.token;
         capIds.push(`inline:${tokenRef(grant)}`);
       }
-      anyValid = true;
+      firstValid ??= grant;
       let ok: boolean | undefined;
       if (bound) {
         const decisions = bound.decisions;
@@ -334,7 +366,7 @@ export class CapEnforcer implements Authorizer {
         return { allowed: true, capIds, grant, rateKey: this.familyOf(grant) };
       }
     }
-    if (!anyValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
+    if (!firstValid) return { allowed: false, errorClass: "CAPABILITY", message: firstProblem ?? "no usable capability", capIds };
     const { op, target } = req.intent;
     const over = authorizationTarget(req.declaration, target);
     return {
@@ -345,6 +377,8 @@ export class CapEnforcer implements Authorizer {
           ? `no capability of this request grants ${op} on ${target}`
           : `no capability of this request grants ${op} on ${target}: it reaches everything under it, so a grant must cover ${over}`,
       capIds,
+      grant: firstValid,
+      rateKey: this.familyOf(firstValid),
     };
   }
 

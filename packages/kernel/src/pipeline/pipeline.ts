@@ -1,4 +1,4 @@
-import { DEFAULT_LIMITS, decodeIntent, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
+import { DEFAULT_LIMITS, decodeIntent, type Grant, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
 import type { RefusalLimiter } from "../audit/refusals.js";
@@ -9,7 +9,7 @@ import type { Logger } from "../log.js";
 import type { KernelMetrics } from "../metrics/metrics.js";
 import type { Router } from "../primitives/router.js";
 import { OpError, type OpResult } from "../primitives/types.js";
-import type { ResourceLedger } from "../resources/ledger.js";
+import { type ResourceLedger, rateRefusal } from "../resources/ledger.js";
 import type { BodyPool } from "../session/body-pool.js";
 import type { PeerLogLimiter } from "../session/log-limit.js";
 import { HASH_SLICE, sha256InSlices } from "../sliced-hash.js";
@@ -261,6 +261,13 @@ export class Pipeline {
     if (!decl) return this.refuse(ctx, { errorClass: "SEMANTIC", message: `unknown op ${intent.op} (see system.describe)` });
     ctx.decl = decl;
 
+    // A request naming only handles whose token families are over their `rate` would be refused
+    // RESOURCE whichever allowed it: refused before a check that may cost far more than the
+    // request (a token of hundreds of caveat pairs, a target nothing cached), as its refusals,
+    // which draw on the rate too (admit), do not stop a persona asking.
+    const spent = this.rateSpent(ctx);
+    if (spent) return this.refuse(ctx, { errorClass: "RESOURCE", message: rateRefusal(spent).message });
+
     // 5. capabilities and authorization, before dedupe (PROTOCOL §9.1): a request that could not
     // run learns nothing from the record — not an answer, not even that its ids were used.
     const decision = stage(ctx.trace, "kpip.authorize", this.authorize, ctx);
@@ -271,6 +278,22 @@ export class Pipeline {
     const admitted = later.then((d) => this.admit(ctx, d));
     this.holdSession(ctx.session.id, later);
     return admitted;
+  }
+
+  /**
+   * The grant of a handle the request names when every capability it names is a bound handle
+   * whose token family has no request left under its `rate`; else undefined (an inline token, a
+   * handle without a rate or with room: the authorizer decides). A request names one handle as a rule.
+   */
+  private rateSpent(ctx: RequestCtx): Grant | undefined {
+    const handles = ctx.session.handles;
+    let spent: Grant | undefined;
+    for (const c of ctx.req.caps) {
+      const b = typeof c === "number" ? handles?.get(c) : undefined;
+      if (b === undefined || !this.deps.ledger.rateSpent(b.grant)) return undefined;
+      spent ??= b.grant;
+    }
+    return spent;
   }
 
   // The stages run through `stage`: functions made once per pipeline, given the request's ctx.
@@ -322,7 +345,13 @@ export class Pipeline {
     // Every record of the request names the capabilities the authorizer named, refused or not.
     const ids = decision.capIds;
     ctx.rec.caps = ids.length === 1 ? (ids[0] as string) : ids.join(",");
-    if (!decision.allowed) return this.refuse(ctx, decision);
+    if (!decision.allowed) {
+      // A capability that holds but does not grant this draws on its family's rate as if it did.
+      const g = decision.grant;
+      if (g !== undefined && decision.rateKey !== undefined && !this.deps.ledger.spendRefused(g, decision.rateKey))
+        return this.refuse(ctx, { errorClass: "RESOURCE", message: rateRefusal(g).message });
+      return this.refuse(ctx, decision);
+    }
     ctx.decision = decision;
     const decl = ctx.decl as NonNullable<RequestCtx["decl"]>;
 

@@ -259,24 +259,45 @@ export class ResourceLedger {
           `one more request would pass its limit ${over.limit}`,
         ),
       );
-    const rate = grant?.limits.rate;
-    if (rate !== undefined && grant && rateKey !== undefined) {
-      const now = this.clock();
-      const b = this.buckets.get(rateKey) ?? { tokens: rate, at: now };
-      b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
-      b.at = now;
-      if (b.tokens < 1) {
-        this.buckets.set(rateKey, b);
-        throw new OpError("RESOURCE", `rate exceeded for token ${grant.id}: limit ${rate} requests per second`);
-      }
-      b.tokens -= 1;
-      this.buckets.set(rateKey, b);
-      if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
-    }
+    if (grant && rateKey !== undefined && !this.drawRate(grant, rateKey, true)) throw rateRefusal(grant);
     this.enter(persona);
     if (past) this.pastLimit.set(persona, (this.pastLimit.get(persona) ?? 0) + 1);
     return past;
   }
+
+  /**
+   * A request the grant did not allow (PERMISSION) draws on its family's `rate` as an allowed one
+   * does: its check cost the kernel as much, and a `rate` that counted only what it allowed bounded
+   * nothing of a persona that asks only for what it is refused. False: the bucket was empty.
+   */
+  spendRefused(grant: Grant, rateKey: string): boolean {
+    return this.drawRate(grant, rateKey, true);
+  }
+
+  /** Whether the grant has a `rate` and its family no request left this instant (the bucket empty); spends nothing. */
+  rateSpent(grant: Grant): boolean {
+    return grant.limits.rate !== undefined && !this.drawRate(grant, this.bounds.family(grant), false);
+  }
+
+  /** Refills the family's bucket to now; true if a request fits (and `spend`: it is taken). No `rate`: always true. */
+  private drawRate(grant: Grant, rateKey: string, spend: boolean): boolean {
+    const rate = grant.limits.rate;
+    if (rate === undefined) return true;
+    const now = this.clock();
+    const b = this.buckets.get(rateKey) ?? { tokens: rate, at: now };
+    b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
+    b.at = now;
+    const fits = b.tokens >= 1;
+    if (fits && spend) b.tokens -= 1;
+    this.buckets.set(rateKey, b);
+    if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
+    return fits;
+  }
+}
+
+/** The refusal of a request over its grant's `rate`. */
+export function rateRefusal(grant: Grant): OpError {
+  return new OpError("RESOURCE", `rate exceeded for token ${grant.id}: limit ${grant.limits.rate} requests per second`);
 }
 
 /**

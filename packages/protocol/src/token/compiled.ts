@@ -27,6 +27,22 @@ function segments(s: string, kind: "op" | "target"): string[] | undefined {
   return rest === "" ? [`${s.slice(0, i)}:`] : [`${s.slice(0, i)}:`, ...rest.split("/")];
 }
 
+/**
+ * A name split into its segments, once per check: a grant may hold hundreds of pattern sets (a
+ * rights caveat's every pair is one), and splitting a 2 KiB target for each cost ~30 µs a set —
+ * tens of ms a request (red team, wt-red31). `asPattern`: the name is itself a pattern (see
+ * {@link PatternSet.matches}).
+ */
+export interface SplitName {
+  segs: string[] | undefined;
+  asPattern: boolean;
+}
+
+/** `name` split for {@link PatternSet.test}: as {@link PatternSet.matches} reads it, or as a pattern to be covered. */
+export function splitName(name: string, kind: "op" | "target", asPattern = kind === "target" && name.includes("*")): SplitName {
+  return { segs: segments(name, kind), asPattern };
+}
+
 /** A set of op or target patterns, matched all at once. */
 export class PatternSet {
   private readonly root = node();
@@ -71,16 +87,18 @@ export class PatternSet {
    * matching its `*` or `**` as a literal segment.
    */
   matches(name: string): boolean {
-    const segs = segments(name, this.kind);
-    if (!segs) return this.root.rest;
-    return this.walk(segs, this.kind === "target" && name.includes("*"));
+    return this.test(splitName(name, this.kind));
   }
 
   /** Does some single pattern match everything `pattern` matches? (Used to refuse widening.) */
   covers(pattern: string): boolean {
-    const segs = segments(pattern, this.kind);
-    if (!segs) return this.root.rest;
-    return this.walk(segs, true);
+    return this.test(splitName(pattern, this.kind, true));
+  }
+
+  /** {@link matches} or {@link covers} on a name split once ({@link splitName}) for every set asked. */
+  test(name: SplitName): boolean {
+    if (!name.segs) return this.root.rest;
+    return this.walk(name.segs, name.asPattern);
   }
 
   private walk(segs: string[], asPattern: boolean): boolean {
@@ -135,11 +153,14 @@ export function compileGrant(g: Grant): CompiledGrant {
 /** {@link grantAllows} on the compiled grant. */
 export function compiledAllows(c: CompiledGrant, op: string, target: string): boolean {
   if (!isOp(op)) return false;
-  const pass = (r: CompiledRight) => r.ops.matches(op) && r.targets.matches(target);
+  // Split once for every set below, however many the grant's caveats hold.
+  const o = splitName(op, "op");
+  const t = splitName(target, "target");
+  const pass = (r: CompiledRight) => r.ops.test(o) && r.targets.test(t);
   if (!c.rights.some(pass)) return false;
   for (const f of c.pairFilters) if (!f.some(pass)) return false;
-  for (const f of c.opFilters) if (!f.matches(op)) return false;
-  for (const f of c.targetFilters) if (!f.matches(target)) return false;
+  for (const f of c.opFilters) if (!f.test(o)) return false;
+  for (const f of c.targetFilters) if (!f.test(t)) return false;
   return true;
 }
 
@@ -150,9 +171,11 @@ export function compiledAllows(c: CompiledGrant, op: string, target: string): bo
  * rights trie walks, plus one AND per pair — callers bound the inner sizes first.
  */
 export function compiledRightsWithin(inner: Right[], outer: CompiledGrant): boolean {
-  if (!rightsCovered(inner, outer.rights, outer.opFilters, outer.targetFilters)) return false;
+  // Each inner pattern split once, for the claims' rights and every rights caveat alike.
+  const splits = { ops: new Map<string, SplitName>(), targets: new Map<string, SplitName>() };
+  if (!rightsCovered(inner, outer.rights, outer.opFilters, outer.targetFilters, splits)) return false;
   // Each rights caveat is a list of rights too: every inner pair must lie in one of its pairs.
-  return outer.pairFilters.every((f) => rightsCovered(inner, f, [], []));
+  return outer.pairFilters.every((f) => rightsCovered(inner, f, [], [], splits));
 }
 
 function rightsCovered(
@@ -160,6 +183,7 @@ function rightsCovered(
   outerRights: CompiledRight[],
   opFilters: PatternSet[],
   targetFilters: PatternSet[],
+  splits: Record<"ops" | "targets", Map<string, SplitName>>,
 ): boolean {
   const masks = (kind: "ops" | "targets", filters: PatternSet[]) => {
     // A bit per outer right covering the pattern; undefined when a filter refuses it.
@@ -167,13 +191,19 @@ function rightsCovered(
     for (const r of inner) {
       for (const p of r[kind]) {
         if (out.has(p)) continue;
-        if (!filters.every((f) => f.covers(p))) {
+        // Split once for every outer set it is checked against.
+        let split = splits[kind].get(p);
+        if (!split) {
+          split = splitName(p, kind === "ops" ? "op" : "target", true);
+          splits[kind].set(p, split);
+        }
+        if (!filters.every((f) => f.test(split))) {
           out.set(p, undefined);
           continue;
         }
         let m = 0n;
         outerRights.forEach((g, i) => {
-          if (g[kind].covers(p)) m |= 1n << BigInt(i);
+          if (g[kind].test(split)) m |= 1n << BigInt(i);
         });
         out.set(p, m);
       }
