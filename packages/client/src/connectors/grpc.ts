@@ -2,6 +2,7 @@ import type * as grpc from "@grpc/grpc-js";
 import { GRPC_MAX_MESSAGE_BYTES, TurnBatcher, writeMessages } from "@kpip/protocol";
 import { InsecureTransportError, KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
+import { untrustedListener } from "./listener-trust.js";
 
 /** How to reach a kernel's gRPC transport. */
 export interface GrpcConnectorOptions {
@@ -19,6 +20,12 @@ export interface GrpcConnectorOptions {
    * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` one, else {@link InsecureTransportError}.
    */
   insecure?: boolean;
+  /**
+   * With `insecure` on a loopback TCP address: the uid the kernel runs as, when it is not this
+   * user's. Any local user can listen on a loopback port, so a client (not root) refuses a port
+   * held by a uid other than its own, root's or this one (`UntrustedSocketError`, nothing sent).
+   */
+  kernelUid?: number;
   /**
    * Largest gRPC message received, in bytes (default 80 MiB, for kernels that sent one whole frame
    * per message). What the client sends is split at 1 MiB (GRPC_MAX_MESSAGE_BYTES, PROTOCOL §3.6),
@@ -99,8 +106,19 @@ export class GrpcConnector implements Connector {
       throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
     }
     if (this.client !== client) throw this.closedWhileConnecting();
+    // Connected, and nothing of KPIP sent yet: whose listener is it?
+    const untrusted = this.plaintextTcp() && untrustedOwner(this.address, this.opts.kernelUid);
+    if (untrusted) {
+      this.close();
+      throw untrusted;
+    }
     const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
     return new GrpcChannel(call, Math.min(GRPC_MAX_MESSAGE_BYTES, this.opts.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES));
+  }
+
+  /** Plaintext over TCP (loopback, the only plaintext allowed): a port any local user may hold. */
+  private plaintextTcp(): boolean {
+    return this.opts.insecure === true && !this.address.startsWith("unix");
   }
 
   private closedWhileConnecting(): KernelUnavailableError {
@@ -140,6 +158,16 @@ export class GrpcConnector implements Connector {
     this.client = undefined;
     client?.close();
   }
+}
+
+/**
+ * The listener's owner checked for a client that is not root, as the Unix socket's is
+ * (socket-trust.ts): root may reach any user's kernel.
+ */
+function untrustedOwner(address: string, kernelUid: number | undefined) {
+  const me = process.geteuid?.();
+  if (me === undefined || me === 0) return undefined;
+  return untrustedListener(address, me, kernelUid);
 }
 
 /** One gRPC stream as a channel: the writes of one turn go out as one message. */
