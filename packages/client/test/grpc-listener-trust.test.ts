@@ -1,10 +1,12 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { endianness } from "node:os";
+import { chmodSync, chownSync, mkdirSync, mkdtempSync, rmSync } from "node:fs";
+import { endianness, tmpdir } from "node:os";
+import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { loopbackPortOwners, untrustedListener } from "../src/connectors/listener-trust.js";
-import { UntrustedSocketError } from "../src/index.js";
+import { GrpcConnector, InsecureTransportError, UntrustedSocketError } from "../src/index.js";
 import { until } from "./harness.js";
 
 const SQUATTER = fileURLToPath(new URL("../../test/fixtures/grpc-squatter.mjs", import.meta.url));
@@ -21,9 +23,10 @@ after(() => {
   for (const c of children) c.kill();
 });
 
-/** A listener on a loopback port, run as `uid`: its port, and whether a gRPC call reached it. */
-async function squatter(uid: number): Promise<{ port: number; streams: () => number }> {
-  const child = spawn(process.execPath, [SQUATTER], { uid, gid: uid, stdio: ["pipe", "pipe", "inherit"] });
+/** A listener on a loopback port (or at `path`), run as `uid`: its port, and whether a gRPC call reached it. */
+async function squatter(uid: number, path?: string): Promise<{ port: number; streams: () => number }> {
+  const args = [SQUATTER, ...(path !== undefined ? [path] : [])];
+  const child = spawn(process.execPath, args, { uid, gid: uid, stdio: ["pipe", "pipe", "inherit"] });
   children.push(child);
   let out = "";
   child.stdout?.on("data", (d: Buffer) => {
@@ -32,8 +35,8 @@ async function squatter(uid: number): Promise<{ port: number; streams: () => num
   const port = await new Promise<number>((resolve, reject) => {
     child.once("exit", (code) => reject(new Error(`the listener exited (${code}): ${out}`)));
     const look = () => {
-      const m = /PORT (\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
+      const m = /PORT (\d+)|PATH/.exec(out);
+      if (m) resolve(Number(m[1] ?? 0));
       else child.stdout?.once("data", look);
     };
     look();
@@ -156,4 +159,37 @@ describe("a plaintext loopback gRPC port another local user holds", () => {
     assert.notEqual(mine.name, "UntrustedSocketError", mine.message);
     await until(() => own.streams() > 0, 30_000, "the call went to the user's own listener");
   });
+
+  it("a unix: gRPC address is checked as the Unix socket is; an abstract name is never dialled in plaintext", async (t) => {
+    // An abstract socket has no owner: any local user may take the name.
+    assert.throws(() => new GrpcConnector({ address: "unix-abstract:kpip", insecure: true }), InsecureTransportError);
+    if (needsRoot) return t.skip(needsRoot);
+    const base = mkdtempSync(join(tmpdir(), "kpip-grpc-unix-"));
+    try {
+      chmodSync(base, 0o755);
+      // The other user's socket in a directory of theirs, reachable by the client's user.
+      const dir = join(base, "other");
+      ownedDir(dir, OTHER_UID);
+      const other = await squatter(OTHER_UID, join(dir, "kernel.sock"));
+      const r = await dial(`unix:${join(dir, "kernel.sock")}`);
+      assert.equal(r.name, "UntrustedSocketError", r.message);
+      assert.equal(other.streams(), 0, "no gRPC call reached the other user's socket");
+      // The client's own socket: dialled.
+      const mineDir = join(base, "mine");
+      ownedDir(mineDir, CLIENT_UID);
+      const own = await squatter(CLIENT_UID, join(mineDir, "kernel.sock"));
+      const mine = await dial(`unix://${join(mineDir, "kernel.sock")}`);
+      assert.notEqual(mine.name, "UntrustedSocketError", mine.message);
+      await until(() => own.streams() > 0, 30_000, "the call went to the user's own socket");
+    } finally {
+      rmSync(base, { recursive: true, force: true });
+    }
+  });
 });
+
+/** A directory of `uid`, 0755. */
+function ownedDir(path: string, uid: number): void {
+  mkdirSync(path);
+  chmodSync(path, 0o755);
+  chownSync(path, uid, uid);
+}

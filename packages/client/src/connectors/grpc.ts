@@ -3,6 +3,7 @@ import { GRPC_MAX_MESSAGE_BYTES, TurnBatcher, writeMessages } from "@kpip/protoc
 import { InsecureTransportError, KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
 import { untrustedListener } from "./listener-trust.js";
+import { untrustedSocket } from "./socket-trust.js";
 
 /** How to reach a kernel's gRPC transport. */
 export interface GrpcConnectorOptions {
@@ -17,7 +18,9 @@ export interface GrpcConnectorOptions {
   serverName?: string;
   /**
    * Plaintext, for a kernel listening on loopback without TLS: only to a loopback address
-   * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` one, else {@link InsecureTransportError}.
+   * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` path, else {@link InsecureTransportError}
+   * (an abstract `unix-abstract:` name has no owner: anyone may take it). Whoever holds the
+   * port or socket must be this user, root or `kernelUid` (`UntrustedSocketError`).
    */
   insecure?: boolean;
   /**
@@ -46,7 +49,7 @@ const loadGrpc = () => {
 };
 const SESSION = "/kpip.v1.Kernel/Session";
 /** Addresses plaintext may go to: loopback as PROTOCOL §3.6 names it, or a Unix socket. */
-const LOCAL_ADDRESS = /^(?:(?:127\.0\.0\.1|\[::1\]|localhost):\d{1,5}|unix(?:-abstract)?:.+)$/;
+const LOCAL_ADDRESS = /^(?:(?:127\.0\.0\.1|\[::1\]|localhost):\d{1,5}|unix:.+)$/;
 
 /**
  * Connects over gRPC (PROTOCOL §4.5): one bidirectional stream per session carrying the KPIP
@@ -64,7 +67,9 @@ export class GrpcConnector implements Connector {
     // so plaintext to such an address reaches something else — a proxy or whoever is on the path.
     if (opts.insecure && !LOCAL_ADDRESS.test(opts.address))
       throw new InsecureTransportError(
-        `gRPC without TLS to ${opts.address}: plaintext is for loopback only (127.0.0.1, [::1], localhost); give the kernel's CA instead`,
+        opts.address.startsWith("unix-abstract:")
+          ? `gRPC without TLS to ${opts.address}: an abstract Unix socket name has no owner, any local user may take it; use a unix: path or a loopback address`
+          : `gRPC without TLS to ${opts.address}: plaintext is for loopback only (127.0.0.1, [::1], localhost); give the kernel's CA instead`,
       );
   }
 
@@ -93,6 +98,10 @@ export class GrpcConnector implements Connector {
     const closes = this.closes;
     const g = await loadGrpc();
     if (this.closes !== closes) throw this.closedWhileConnecting();
+    // A unix: path is checked as the Unix socket's is (socket-trust.ts), before it is dialled.
+    const path = unixPath(this.address);
+    const untrustedPath = path !== undefined && untrustedSocketPath(path);
+    if (untrustedPath) throw untrustedPath;
     this.client ??= this.newClient(g);
     const client = this.client;
     const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
@@ -158,6 +167,20 @@ export class GrpcConnector implements Connector {
     this.client = undefined;
     client?.close();
   }
+}
+
+/** The path of a `unix:` address (grpc's forms: `unix:path`, `unix:///absolute/path`). */
+function unixPath(address: string): string | undefined {
+  if (!address.startsWith("unix:")) return undefined;
+  const rest = address.slice("unix:".length);
+  return rest.startsWith("//") ? rest.slice(2) : rest;
+}
+
+/** A `unix:` address's socket, checked as the Unix socket connector's is: root is not checked. */
+function untrustedSocketPath(path: string) {
+  const me = process.geteuid?.();
+  if (me === undefined || me === 0) return undefined;
+  return untrustedSocket(path, me);
 }
 
 /**
