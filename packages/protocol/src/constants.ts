@@ -73,6 +73,15 @@ export const heartbeatInterval = (announced: number): number => (announced === 0
  */
 export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
 
+/**
+ * Most data items in a frame body before WELCOME (PROTOCOL §8.8): an ATTEST's signature, its
+ * tokens (64 byte strings) and its measurements (at most {@link MAX_MEASUREMENTS_BYTES} as
+ * canonical CBOR, so fewer items than that) with their keys. Decoding an item costs the receiver
+ * up to microseconds (a map key becomes a property), so a 1 MiB ATTEST of 100,000 items held the
+ * kernel's thread ~30–140 ms before any signature was looked at, for any unauthenticated peer.
+ */
+export const HANDSHAKE_MAX_ITEMS = MAX_MEASUREMENTS_BYTES + 128;
+
 /** Defaults for the limits negotiated at handshake; each side may lower them. */
 export const DEFAULT_LIMITS = {
   /** Largest frame body accepted, in bytes. */

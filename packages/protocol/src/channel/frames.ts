@@ -1,5 +1,5 @@
 import { PieceWriter } from "../cbor/encode.js";
-import { HEADER_SIZE } from "../constants.js";
+import { DEFAULT_LIMITS, type DecodeLimits, HEADER_SIZE } from "../constants.js";
 import { CodecError, FrameError } from "../errors.js";
 import { type BodyAllocator, type Frame, FrameDecoder } from "../frame/decoder.js";
 import { decodeMessage, encodeMessagePieces } from "../messages/codec.js";
@@ -42,6 +42,13 @@ export class FrameReader {
     this.decoder.setMaxBody(n);
   }
 
+  /**
+   * The bounds each message body is decoded within (default {@link DEFAULT_LIMITS}): lowered while
+   * a peer has not attested (the kernel: {@link HANDSHAKE_MAX_ITEMS}), so that what a handshake
+   * may hold bounds the work its decoding costs.
+   */
+  decodeLimits: DecodeLimits = DEFAULT_LIMITS;
+
   /** A partial frame: bytes received of it, and the memory held for them (see FrameDecoder.retainedBytes). */
   get partial(): { received: number; retained: number } {
     return { received: this.decoder.pending, retained: this.decoder.retainedBytes };
@@ -72,7 +79,7 @@ export class FrameReader {
           if (raw.flags !== 0 && !this.shm)
             throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
           f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.decoder.bodyLimit) : raw;
-          m = decodeMessage(f);
+          m = decodeMessage(f, this.decodeLimits);
         } catch (e) {
           // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
           this.release?.((f ?? raw).body);
