@@ -16,7 +16,7 @@ export {
   TurnBatcher,
   writeMessages,
 } from "./channel/channel.js";
-export { FrameReader, framePieces, PIECE_REF_MIN, writeMessage, writePieces } from "./channel/frames.js";
+export { FrameReader, framePieces, PIECE_REF_MIN, peerDecodeLimits, writeMessage, writePieces } from "./channel/frames.js";
 export * from "./constants.js";
 export * from "./errors.js";
 export { type BodyAllocator, type Frame, FrameDecoder } from "./frame/decoder.js";

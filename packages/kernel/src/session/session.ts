@@ -2,17 +2,16 @@ import { randomBytes, randomUUID } from "node:crypto";
 import {
   type CborMap,
   type CodecError,
-  DEFAULT_LIMITS,
   type ErrorClass,
   encodeMeasurements,
   type Frame,
   FrameReader,
   framePieces,
   HANDSHAKE_MAX_BODY,
-  HANDSHAKE_MAX_ITEMS,
   HEADER_SIZE,
   type Hello,
   type Message,
+  peerDecodeLimits,
   type Request,
   type Response,
   SHM_FEATURE,
@@ -38,9 +37,6 @@ export type SessionHost = SessionHostOf<Session>;
 export type { SessionLimitsConfig } from "./host.js";
 
 export type SessionState = "hello" | "attest" | "ready" | "closing" | "closed";
-
-/** How a body is decoded before WELCOME: no more items than a handshake holds (PROTOCOL §8.8). */
-const HANDSHAKE_DECODE_LIMITS = { maxDepth: DEFAULT_LIMITS.maxDepth, maxItems: HANDSHAKE_MAX_ITEMS };
 
 /**
  * One connection's session: framing, handshake and attestation, heartbeats, requests in
@@ -98,8 +94,8 @@ export class Session implements SessionView, EventSink {
     this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
-    // Until WELCOME a body holds no more items than a handshake needs: decoding costs per item.
-    this.reader.decodeLimits = HANDSHAKE_DECODE_LIMITS;
+    // A body holds no more items than its message type needs: decoding costs per item.
+    this.reader.decodeLimits = peerDecodeLimits;
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));
@@ -316,7 +312,6 @@ export class Session implements SessionView, EventSink {
     this.stampChecked = stamp;
     this.state = "ready";
     this.reader.setMaxBody(this.maxBody);
-    this.reader.decodeLimits = DEFAULT_LIMITS;
     this.hello = undefined;
     // Each token becomes a handle; a token that fails its checks gets handle 0 and a reason.
     const bound = tokens.map((t) => this.host.bindToken(this.handles, persona, t, this.id));
