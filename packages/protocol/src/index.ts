@@ -4,7 +4,7 @@
  */
 
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
-export { decodeCanonical } from "./cbor/decode.js";
+export { decodeCanonical, lastDecodedItems } from "./cbor/decode.js";
 export { CanonicalWriter, compareKeys, encodeCanonical, headSize, PieceWriter, sortKeys, writeHead } from "./cbor/encode.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
