@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,6 +21,34 @@ from .errors import IdentityError
 from .grammar import is_persona_id
 
 ATTEST_CONTEXT = b"kpip-attest-v1\0"
+
+# Larger than any identity file (about 250 bytes): a bound, not a format (as the TypeScript client's).
+IDENTITY_FILE_MAX_BYTES = 64 * 1024
+
+
+def _read_regular(path: str, max_bytes: int) -> bytes:
+    """The file's bytes, only if it is a regular file of at most `max_bytes` (a longer one is refused,
+    never cut). O_NONBLOCK keeps the open of a FIFO from waiting for a writer."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise IdentityError(f"identity file {path} is not a regular file")
+        if st.st_size > max_bytes:
+            raise IdentityError(f"identity file {path} is {st.st_size} bytes, over {max_bytes}")
+        chunks: list[bytes] = []
+        got = 0
+        while True:
+            b = os.read(fd, max_bytes + 1 - got)
+            if not b:
+                return b"".join(chunks)
+            chunks.append(b)
+            got += len(b)
+            # A file that grew since the fstat is refused, not cut.
+            if got > max_bytes:
+                raise IdentityError(f"identity file {path} is over {max_bytes} bytes")
+    finally:
+        os.close(fd)
 
 
 def _b64(b: bytes) -> str:
@@ -95,13 +124,19 @@ class Identity:
 
     @staticmethod
     def load(path: str) -> Identity:
+        """Reads an identity file: a regular file only, of at most 64 KiB (links followed). One handed
+        over may be a FIFO (the read would wait for a writer for ever) or /dev/zero (never ending)."""
         try:
-            with open(path, encoding="utf-8") as f:
-                return Identity.parse(f.read())
+            data = _read_regular(path, IDENTITY_FILE_MAX_BYTES)
         except FileNotFoundError:
             raise IdentityError(f"identity file {path} not found") from None
         except OSError as e:
             raise IdentityError(f"cannot read identity file {path}: {e}") from None
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise IdentityError(f"identity file {path} is not UTF-8 text") from None
+        return Identity.parse(text)
 
 
 def attestation_transcript(hello_body: bytes, challenge_body: bytes) -> bytes:

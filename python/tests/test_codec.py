@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import stat
 import tempfile
+import threading
 import unittest
 
 from kpip import cbor
@@ -124,6 +125,37 @@ class IdentityFile(unittest.TestCase):
             with self.assertRaises(IdentityError):
                 ident.save(link)
             self.assertFalse(os.path.exists(target))
+
+    def test_load_reads_only_a_regular_file_of_a_bounded_size_a_fifo_dev_zero_or_a_huge_file_is_refused_at_once(self) -> None:
+        ident = Identity.generate("alice")
+        with tempfile.TemporaryDirectory() as d:
+            good = os.path.join(d, "alice.identity")
+            ident.save(good)
+            self.assertEqual(Identity.load(good), ident)
+            fifo = os.path.join(d, "fifo.identity")
+            os.mkfifo(fifo)
+            zero = os.path.join(d, "zero.identity")
+            os.symlink("/dev/zero", zero)
+            huge = os.path.join(d, "huge.identity")
+            with open(huge, "wb") as f:
+                f.truncate(1 << 30)
+            for path in (fifo, zero, huge, d):
+                # In a thread: a read that waits for a writer, or never ends, must fail the test, not hang it.
+                outcome: list[BaseException | None] = []
+
+                def load(p: str = path) -> None:
+                    try:
+                        Identity.load(p)
+                        outcome.append(None)
+                    except BaseException as e:  # handed to the test thread
+                        outcome.append(e)
+
+                t = threading.Thread(target=load, daemon=True)
+                t.start()
+                t.join(60)
+                with self.subTest(path):
+                    self.assertFalse(t.is_alive(), f"Identity.load({path}) still reading after 60 s")
+                    self.assertIsInstance(outcome[0], IdentityError)
 
 
 if __name__ == "__main__":

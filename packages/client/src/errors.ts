@@ -26,7 +26,8 @@ export class HandshakeClosedError extends KernelUnavailableError {
  * it (a directory on its path they may change). A kernel's socket is its own user's (0600 in a
  * 0700 directory, PROTOCOL §3.4), so only that user can reach it: a socket of another user's at
  * the path was put there by them — a fake kernel that would receive the identity's signature
- * and every token (and could relay them to the real one). Nothing is sent to it.
+ * and every token (and could relay them to the real one). Nothing is sent to it. Likewise a
+ * plaintext loopback gRPC port held by another user (any local user may listen on one).
  */
 export class UntrustedSocketError extends LocalError {
   override name = "UntrustedSocketError";

@@ -1,6 +1,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { encodeFrame, generateIdentity, HEADER_SIZE, MessageType, writeHeader } from "@kpip/protocol";
+import {
+  encodeCanonical,
+  encodeFrame,
+  generateIdentity,
+  HANDSHAKE_MAX_ITEMS,
+  HEADER_SIZE,
+  MAX_MEASUREMENTS_BYTES,
+  MessageType,
+  writeHeader,
+} from "@kpip/protocol";
 import type { AuditRow } from "../src/store/types.js";
 import { addPersonaKey, adminIdentity, klass, removeHome, startKernel, type TestKernel, until } from "./harness.js";
 import { allAudit, attestSignature, auditRecord, helloAs, RawPeer, requestFrame } from "./wire.js";
@@ -149,6 +158,31 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
     assert.equal(row.persona, "-");
     assert.equal(JSON.parse(row.detail ?? "{}").claimedPersona, "stranger");
     assert.match(row.message ?? "", /not registered/);
+    await stillServing();
+  });
+
+  it("an ATTEST of 100,000 data items (a 1 MiB frame may hold them) is refused at the handshake's item bound before its signature is looked at; measurements of 4096 bytes still attest", async () => {
+    const seen = handshakeSeqs();
+    const stranger = generateIdentity("stranger");
+    const p = await RawPeer.connect(t.k.socketPath);
+    const h = await helloAs(p, "stranger", stranger.publicKey);
+    // Decoding them held the kernel's thread ~30 ms (a map of 50,000 keys: ~140 ms) for a peer with no key.
+    const measurements = { x: new Array<number>(99_990).fill(0) };
+    p.sendMessage({ type: "ATTEST", body: { signature: Buffer.alloc(64), tokens: [], measurements } });
+    const e = await expectFatal(p, "PROTOCOL", "TOO_MANY_ITEMS");
+    assert.match(e.message, new RegExp(`more than ${HANDSHAKE_MAX_ITEMS} data items`));
+    await expectAudited(seen, "PROTOCOL", "TOO_MANY_ITEMS", h.session);
+    // The most items measurements of MAX_MEASUREMENTS_BYTES hold, with 64 tokens: WELCOME.
+    const fullest = { x: new Array<number>(MAX_MEASUREMENTS_BYTES - 6).fill(0) };
+    assert.equal(encodeCanonical(fullest).length, MAX_MEASUREMENTS_BYTES);
+    const q = await RawPeer.connect(t.k.socketPath);
+    const identity = adminIdentity(t.k);
+    const { bytes } = await q.hello(identity);
+    const tokens = new Array<Buffer>(64).fill(Buffer.from(t.adminToken, "base64url"));
+    q.sendMessage({ type: "ATTEST", body: { signature: q.sign(identity, bytes), tokens, measurements: fullest } });
+    const w = await q.next("WELCOME");
+    assert.equal(w.body.persona, "admin");
+    q.close();
     await stillServing();
   });
 

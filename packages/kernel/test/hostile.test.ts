@@ -3,7 +3,15 @@ import net from "node:net";
 import { describe, it } from "node:test";
 import { setFlagsFromString } from "node:v8";
 import { runInNewContext } from "node:vm";
-import { encodeFrameParts, encodeMessage, MessageType } from "@kpip/protocol";
+import {
+  encodeFrameParts,
+  encodeIntent,
+  encodeMessage,
+  type Message,
+  MessageType,
+  PEER_MESSAGE_MAX_ITEMS,
+  PEER_OTHER_MESSAGE_MAX_ITEMS,
+} from "@kpip/protocol";
 import { removeHome, startKernel, until, withKernel } from "./harness.js";
 import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
@@ -20,6 +28,36 @@ const liveBytes = () => {
 const turn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
 describe("hostile input over the wire", () => {
+  it("a PING, GOODBYE or REQUEST carrying an unknown field of 50,000 map keys is refused at its type's item bound: fatal PROTOCOL/TOO_MANY_ITEMS; the fullest REQUEST is served", async () => {
+    await withKernel({}, async (t) => {
+      // Unknown fields are ignored, but were decoded first: ~140 ms of the kernel's thread a frame (300 KB).
+      const junk: Record<string, number> = {};
+      for (let i = 0; i < 50_000; i++) junk[`k${i.toString(36)}`] = 0;
+      const health = encodeIntent({ op: "system.health", target: "kernel://", args: {} });
+      const context = { persona: "admin", execution: "run-1", domain: "lab" };
+      const bodies: [string, Record<string, unknown>][] = [
+        ["PING", { seq: 1, junk }],
+        ["GOODBYE", { junk }],
+        ["REQUEST", { version: 1, persona: "admin", id: 1, intent: health, context, caps: [1], junk }],
+      ];
+      for (const [type, body] of bodies) {
+        const p = await RawPeer.admin(t);
+        p.sendMessage({ type, body } as unknown as Message, type === "REQUEST" ? 1 : 0);
+        const e = await p.next("ERROR");
+        assert.deepEqual([e.body.class, e.body.code, e.body.fatal], ["PROTOCOL", "TOO_MANY_ITEMS", true], type);
+        const bound = type === "REQUEST" ? PEER_MESSAGE_MAX_ITEMS[MessageType.REQUEST] : PEER_OTHER_MESSAGE_MAX_ITEMS;
+        assert.match(e.body.message, new RegExp(`more than ${bound} data items`), type);
+        await until(() => p.closed);
+      }
+      // The most items a REQUEST holds: a full context and 64 capabilities.
+      const p = await RawPeer.admin(t);
+      const caps = new Array<number>(64).fill(1);
+      p.sendMessage({ type: "REQUEST", body: { version: 1, persona: "admin", id: 2, intent: health, context, caps } }, 2);
+      assert.equal((await p.response(2)).status, "SUCCESS");
+      p.close();
+    });
+  });
+
   it("closes sessions that send nesting bombs, huge declared arrays or tagged values, and keeps serving", async () => {
     const t = await startKernel();
     const bodies = [

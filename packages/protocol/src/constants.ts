@@ -73,6 +73,32 @@ export const heartbeatInterval = (announced: number): number => (announced === 0
  */
 export const HANDSHAKE_MAX_BODY = { hello: 16 * 1024, attest: 1024 * 1024 } as const;
 
+/**
+ * Most data items in an ATTEST body (PROTOCOL §8.8): its signature, its tokens (64 byte strings)
+ * and its measurements (at most {@link MAX_MEASUREMENTS_BYTES} as canonical CBOR, so fewer items
+ * than that) with their keys. Decoding an item costs the receiver up to microseconds (a map key
+ * becomes a property), so a 1 MiB ATTEST of 100,000 items held the kernel's thread ~30–140 ms
+ * before any signature was looked at, for any unauthenticated peer.
+ */
+export const HANDSHAKE_MAX_ITEMS = MAX_MEASUREMENTS_BYTES + 128;
+
+/**
+ * Most data items in the body of each message a kernel receives from a peer (PROTOCOL §8.8):
+ * what its type can hold, with room for fields of later versions (unknown fields are ignored, but
+ * still decoded). A REQUEST holds at most ~90 (its intent is one byte string, decoded apart with
+ * its own bounds), a HELLO ~65, PING, PONG, GOODBYE and ERROR a dozen; any other type is out of
+ * order from a peer. Without them every frame was decoded within `maxItems` (100,000): a PING
+ * carrying an unknown field of 50,000 map keys (300 KB) held the kernel's thread ~140 ms, as
+ * often as an attested peer sent one.
+ */
+export const PEER_MESSAGE_MAX_ITEMS: Readonly<Record<number, number>> = {
+  [MessageType.HELLO]: 128,
+  [MessageType.ATTEST]: HANDSHAKE_MAX_ITEMS,
+  [MessageType.REQUEST]: 256,
+};
+/** Most data items in the body of a message type {@link PEER_MESSAGE_MAX_ITEMS} does not name. */
+export const PEER_OTHER_MESSAGE_MAX_ITEMS = 64;
+
 /** Defaults for the limits negotiated at handshake; each side may lower them. */
 export const DEFAULT_LIMITS = {
   /** Largest frame body accepted, in bytes. */

@@ -4,7 +4,7 @@
  */
 
 export { ATTEST_CONTEXT, attestationTranscript } from "./attest.js";
-export { decodeCanonical } from "./cbor/decode.js";
+export { decodeCanonical, lastDecodedItems } from "./cbor/decode.js";
 export { CanonicalWriter, compareKeys, encodeCanonical, headSize, PieceWriter, sortKeys, writeHead } from "./cbor/encode.js";
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
@@ -16,7 +16,7 @@ export {
   TurnBatcher,
   writeMessages,
 } from "./channel/channel.js";
-export { FrameReader, framePieces, PIECE_REF_MIN, writeMessage, writePieces } from "./channel/frames.js";
+export { FrameReader, framePieces, PIECE_REF_MIN, peerDecodeLimits, writeMessage, writePieces } from "./channel/frames.js";
 export * from "./constants.js";
 export * from "./errors.js";
 export { type BodyAllocator, type Frame, FrameDecoder } from "./frame/decoder.js";

@@ -2,6 +2,8 @@ import type * as grpc from "@grpc/grpc-js";
 import { GRPC_MAX_MESSAGE_BYTES, TurnBatcher, writeMessages } from "@kpip/protocol";
 import { InsecureTransportError, KernelUnavailableError } from "../errors.js";
 import type { Channel, Connector } from "./connector.js";
+import { untrustedListener } from "./listener-trust.js";
+import { untrustedSocket } from "./socket-trust.js";
 
 /** How to reach a kernel's gRPC transport. */
 export interface GrpcConnectorOptions {
@@ -16,9 +18,17 @@ export interface GrpcConnectorOptions {
   serverName?: string;
   /**
    * Plaintext, for a kernel listening on loopback without TLS: only to a loopback address
-   * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` one, else {@link InsecureTransportError}.
+   * (`127.0.0.1`, `[::1]`, `localhost`) or a `unix:` path, else {@link InsecureTransportError}
+   * (an abstract `unix-abstract:` name has no owner: anyone may take it). Whoever holds the
+   * port or socket must be this user, root or `kernelUid` (`UntrustedSocketError`).
    */
   insecure?: boolean;
+  /**
+   * With `insecure` on a loopback TCP address: the uid the kernel runs as, when it is not this
+   * user's. Any local user can listen on a loopback port, so a client (not root) refuses a port
+   * held by a uid other than its own, root's or this one (`UntrustedSocketError`, nothing sent).
+   */
+  kernelUid?: number;
   /**
    * Largest gRPC message received, in bytes (default 80 MiB, for kernels that sent one whole frame
    * per message). What the client sends is split at 1 MiB (GRPC_MAX_MESSAGE_BYTES, PROTOCOL §3.6),
@@ -39,7 +49,7 @@ const loadGrpc = () => {
 };
 const SESSION = "/kpip.v1.Kernel/Session";
 /** Addresses plaintext may go to: loopback as PROTOCOL §3.6 names it, or a Unix socket. */
-const LOCAL_ADDRESS = /^(?:(?:127\.0\.0\.1|\[::1\]|localhost):\d{1,5}|unix(?:-abstract)?:.+)$/;
+const LOCAL_ADDRESS = /^(?:(?:127\.0\.0\.1|\[::1\]|localhost):\d{1,5}|unix:.+)$/;
 
 /**
  * Connects over gRPC (PROTOCOL §4.5): one bidirectional stream per session carrying the KPIP
@@ -57,7 +67,9 @@ export class GrpcConnector implements Connector {
     // so plaintext to such an address reaches something else — a proxy or whoever is on the path.
     if (opts.insecure && !LOCAL_ADDRESS.test(opts.address))
       throw new InsecureTransportError(
-        `gRPC without TLS to ${opts.address}: plaintext is for loopback only (127.0.0.1, [::1], localhost); give the kernel's CA instead`,
+        opts.address.startsWith("unix-abstract:")
+          ? `gRPC without TLS to ${opts.address}: an abstract Unix socket name has no owner, any local user may take it; use a unix: path or a loopback address`
+          : `gRPC without TLS to ${opts.address}: plaintext is for loopback only (127.0.0.1, [::1], localhost); give the kernel's CA instead`,
       );
   }
 
@@ -87,6 +99,10 @@ export class GrpcConnector implements Connector {
     const closes = this.closes;
     const g = await loadGrpc();
     if (this.closes !== closes) throw this.closedWhileConnecting();
+    // A unix: path is checked as the Unix socket's is (socket-trust.ts), before it is dialled.
+    const path = unixPath(this.address);
+    const untrustedPath = path !== undefined && untrustedSocketPath(path);
+    if (untrustedPath) throw untrustedPath;
     this.client ??= this.newClient(g);
     const client = this.client;
     const deadline = Math.min(Date.now() + (this.opts.connectTimeoutMs ?? 5000), callerDeadline ?? Number.POSITIVE_INFINITY);
@@ -100,8 +116,19 @@ export class GrpcConnector implements Connector {
       throw new KernelUnavailableError(`no kernel answers gRPC at ${this.address} (${(e as Error).message})`, { cause: e });
     }
     if (this.closes !== closes) throw this.closedWhileConnecting();
+    // Connected, and nothing of KPIP sent yet: whose listener is it?
+    const untrusted = this.plaintextTcp() && untrustedOwner(this.address, this.opts.kernelUid);
+    if (untrusted) {
+      this.close();
+      throw untrusted;
+    }
     const call = client.makeBidiStreamRequest(SESSION, bytes, bytes);
     return new GrpcChannel(call, Math.min(GRPC_MAX_MESSAGE_BYTES, this.opts.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES));
+  }
+
+  /** Plaintext over TCP (loopback, the only plaintext allowed): a port any local user may hold. */
+  private plaintextTcp(): boolean {
+    return this.opts.insecure === true && !this.address.startsWith("unix");
   }
 
   private closedWhileConnecting(): KernelUnavailableError {
@@ -141,6 +168,30 @@ export class GrpcConnector implements Connector {
     this.client = undefined;
     client?.close();
   }
+}
+
+/** The path of a `unix:` address (grpc's forms: `unix:path`, `unix:///absolute/path`). */
+function unixPath(address: string): string | undefined {
+  if (!address.startsWith("unix:")) return undefined;
+  const rest = address.slice("unix:".length);
+  return rest.startsWith("//") ? rest.slice(2) : rest;
+}
+
+/** A `unix:` address's socket, checked as the Unix socket connector's is: root is not checked. */
+function untrustedSocketPath(path: string) {
+  const me = process.geteuid?.();
+  if (me === undefined || me === 0) return undefined;
+  return untrustedSocket(path, me);
+}
+
+/**
+ * The listener's owner checked for a client that is not root, as the Unix socket's is
+ * (socket-trust.ts): root may reach any user's kernel.
+ */
+function untrustedOwner(address: string, kernelUid: number | undefined) {
+  const me = process.geteuid?.();
+  if (me === undefined || me === 0) return undefined;
+  return untrustedListener(address, me, kernelUid);
 }
 
 /** One gRPC stream as a channel: the writes of one turn go out as one message. */

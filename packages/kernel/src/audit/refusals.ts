@@ -1,5 +1,15 @@
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
-import { RateBuckets } from "./rate-buckets.js";
+import { BURST_SECONDS, RateBuckets } from "./rate-buckets.js";
+
+/**
+ * Data items of their intents a persona tree's refused requests may have the kernel decode, per
+ * second (bursts 5×). An intent is decoded whole before it can be refused (its op and target
+ * decide), up to 100,000 items (~30–140 ms of the kernel's thread): within the refusal record
+ * rate a persona with no token at all could keep the thread busy for every other session.
+ */
+export const REFUSED_ITEMS_PER_SECOND = 20_000;
+/** Intents smaller than this are decoded whatever the tree owes: they cannot hold many items. */
+export const OWED_INTENT_BYTES = 4096;
 
 /** How fast refusals are written to the audit log, per session and per persona. */
 export interface RefusalLimits {
@@ -75,6 +85,20 @@ export class RefusalLimiter {
   /** Whether a session's suppressed refusals passed the flood bound (it should be ended). */
   flooding(session: string): boolean {
     return this.limits.floodMax > 0 && (this.totals.get(session) ?? 0) >= this.limits.floodMax;
+  }
+
+  /** Items decoded for refused requests, by persona tree (see {@link REFUSED_ITEMS_PER_SECOND}). */
+  private readonly decoded = new RateBuckets(() => REFUSED_ITEMS_PER_SECOND);
+
+  /** A refused request's intent cost the kernel `items` to decode: charged to its persona's tree (down to a burst below empty). */
+  decodedForNothing(persona: string, items: number): void {
+    const b = this.decoded.take(this.roots.of(persona), this.clock());
+    b.tokens = Math.max(b.tokens - items, -REFUSED_ITEMS_PER_SECOND * BURST_SECONDS);
+  }
+
+  /** Whether `persona`'s tree decoded more for refused requests than its allowance lately: its large intents wait. */
+  owesDecoding(persona: string): boolean {
+    return (this.decoded.peek(this.roots.of(persona), this.clock())?.tokens ?? 0) < 0;
   }
 
   /** The counts to write now (one per session), forgotten once taken. */

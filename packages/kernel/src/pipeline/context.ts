@@ -147,6 +147,8 @@ export interface RequestCtx {
   target?: ParsedTarget;
   /** The intent's SHA-256 over the bytes as sent. */
   hash?: Buffer;
+  /** Data items decoding the intent read (0 until it is decoded): charged to the tree if the request is refused. */
+  decodedItems: number;
   decl?: PrimitiveDeclaration;
   /** The authorizer's decision, once it allowed the request. */
   decision?: Extract<Decision, { allowed: true }>;
@@ -200,6 +202,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     intent: undefined,
     target: undefined,
     hash: undefined,
+    decodedItems: 0,
     decl: undefined,
     decision: undefined,
     key: undefined,

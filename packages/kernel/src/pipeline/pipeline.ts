@@ -1,7 +1,17 @@
-import { DEFAULT_LIMITS, decodeIntent, type Grant, RETRYABLE_CLASSES, type Request, type Response, sha256 } from "@kpip/protocol";
+import {
+  DEFAULT_LIMITS,
+  decodeIntent,
+  type ErrorClass,
+  type Grant,
+  lastDecodedItems,
+  RETRYABLE_CLASSES,
+  type Request,
+  type Response,
+  sha256,
+} from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
-import type { RefusalLimiter } from "../audit/refusals.js";
+import { OWED_INTENT_BYTES, REFUSED_ITEMS_PER_SECOND, type RefusalLimiter } from "../audit/refusals.js";
 import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { StorageSpace } from "../kernel/storage-space.js";
@@ -33,6 +43,9 @@ import {
 import { type DedupeCache, type DedupeTag, dedupeTag, encodedResponse } from "./dedupe.js";
 import { execute, holdResult, type Lapsed, outcomeAnswer } from "./execute.js";
 import { endRequestSpan, stage, startRequestSpan } from "./tracing.js";
+
+/** Classes a request is refused with before anything of it runs: its intent was decoded for nothing. */
+const PRE_EXECUTION: ReadonlySet<ErrorClass> = new Set<ErrorClass>(["SEMANTIC", "CAPABILITY", "AUTH"]);
 
 export type { Refusal, RequestCtx, SessionView } from "./context.js";
 
@@ -107,6 +120,9 @@ export class Pipeline {
    * Counting it ({@link admitRefusal}) may end a flooding session.
    */
   private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
+    // Decoded for nothing: a large intent refused costs its tree's allowance ({@link owedDecoding}).
+    if (ctx.decodedItems > 0 && PRE_EXECUTION.has(r.errorClass))
+      this.deps.refusals?.decodedForNothing(ctx.session.persona, ctx.decodedItems);
     const admitted = this.admitRefusal(ctx, r);
     if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
@@ -216,12 +232,26 @@ export class Pipeline {
     const { session: s, req } = ctx;
     // 1. admission: the session takes this request (in flight, not closing).
     // 2. version and identity: a request may only speak for the attested persona.
-    const early = this.admission.request(s) ?? checkEnvelope(s, req);
+    const early = this.admission.request(s) ?? checkEnvelope(s, req) ?? this.owedDecoding(ctx);
     if (early) return this.refuseUndecoded(ctx, early);
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
     const h = this.hashInOrder(s.id, req.intent);
     return Buffer.isBuffer(h) ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
+  }
+
+  /**
+   * A large intent (at least {@link OWED_INTENT_BYTES}) of a persona tree whose refused requests
+   * had the kernel decode more items than {@link REFUSED_ITEMS_PER_SECOND} allows lately is
+   * refused before it is decoded: RESOURCE, retryable once the allowance has refilled. Small
+   * intents, and trees whose requests are not refused, never wait.
+   */
+  private owedDecoding(ctx: RequestCtx): Refusal | undefined {
+    if (ctx.req.intent.length < OWED_INTENT_BYTES || !this.deps.refusals?.owesDecoding(ctx.session.persona)) return undefined;
+    return {
+      errorClass: "RESOURCE",
+      message: `refused requests of this persona's tree had the kernel decode more than ${REFUSED_ITEMS_PER_SECOND} intent items a second lately: intents of ${OWED_INTENT_BYTES} bytes or more wait; retry later`,
+    };
   }
 
   /**
@@ -248,7 +278,9 @@ export class Pipeline {
     try {
       // The target its grammar check parses goes to ctx.target, for step 9.
       ctx.intent = decodeIntent(req.intent, DEFAULT_LIMITS, ctx);
+      ctx.decodedItems = lastDecodedItems();
     } catch (e) {
+      ctx.decodedItems = lastDecodedItems();
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
     }
     const intent = ctx.intent;

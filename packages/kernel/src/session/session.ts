@@ -11,6 +11,7 @@ import {
   HEADER_SIZE,
   type Hello,
   type Message,
+  peerDecodeLimits,
   type Request,
   type Response,
   SHM_FEATURE,
@@ -93,6 +94,8 @@ export class Session implements SessionView, EventSink {
     this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
+    // A body holds no more items than its message type needs: decoding costs per item.
+    this.reader.decodeLimits = peerDecodeLimits;
     conn.onData((chunk) => this.onData(chunk));
     conn.onClose(() => this.closed("connection closed"));
     conn.onDrain(() => this.host.sessionDrained(this));

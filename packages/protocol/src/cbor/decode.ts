@@ -31,6 +31,14 @@ export function decodeCanonical(bytes: Uint8Array, limits: DecodeLimits = DEFAUL
   }
 }
 
+/**
+ * Data items the last {@link decodeCanonical} read, also when it failed: what the decode cost
+ * (the kernel charges refused requests' intents by it).
+ */
+export function lastDecodedItems(): number {
+  return items;
+}
+
 const EMPTY = new Uint8Array(0);
 const utf8 = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 const MAX_SAFE = Number.MAX_SAFE_INTEGER;

@@ -1,5 +1,11 @@
 import { PieceWriter } from "../cbor/encode.js";
-import { HEADER_SIZE } from "../constants.js";
+import {
+  DEFAULT_LIMITS,
+  type DecodeLimits,
+  HEADER_SIZE,
+  PEER_MESSAGE_MAX_ITEMS,
+  PEER_OTHER_MESSAGE_MAX_ITEMS,
+} from "../constants.js";
 import { CodecError, FrameError } from "../errors.js";
 import { type BodyAllocator, type Frame, FrameDecoder } from "../frame/decoder.js";
 import { decodeMessage, encodeMessagePieces } from "../messages/codec.js";
@@ -11,6 +17,20 @@ import type { ByteChannel } from "./channel.js";
 export const PIECE_REF_MIN = 64 * 1024;
 /** The shared writer's first buffer: room for any answer without a large payload. */
 const SHARED_WRITER_BYTES = 4096;
+
+/** Decode bounds by frame type (0–255), made once: {@link peerDecodeLimits} allocates nothing per frame. */
+const PEER_LIMITS: readonly DecodeLimits[] = Array.from({ length: 256 }, (_, type) => ({
+  maxDepth: DEFAULT_LIMITS.maxDepth,
+  maxItems: PEER_MESSAGE_MAX_ITEMS[type] ?? PEER_OTHER_MESSAGE_MAX_ITEMS,
+}));
+
+/**
+ * The bounds a kernel decodes a peer's message of `frameType` within: at most the items its type
+ * can hold ({@link PEER_MESSAGE_MAX_ITEMS}), not the 100,000 of {@link DEFAULT_LIMITS} (PROTOCOL §8.8).
+ */
+export function peerDecodeLimits(frameType: number): DecodeLimits {
+  return PEER_LIMITS[frameType & 0xff] as DecodeLimits;
+}
 
 /**
  * The receiving half of a session, the same on both sides: bytes in any chunking become
@@ -42,6 +62,13 @@ export class FrameReader {
     this.decoder.setMaxBody(n);
   }
 
+  /**
+   * The bounds a message body of each frame type is decoded within (default
+   * {@link DEFAULT_LIMITS} for all): the kernel holds what a peer sends to what its type can hold
+   * ({@link peerDecodeLimits}), so that decoding costs no more than the message needs.
+   */
+  decodeLimits: (frameType: number) => DecodeLimits = () => DEFAULT_LIMITS;
+
   /** A partial frame: bytes received of it, and the memory held for them (see FrameDecoder.retainedBytes). */
   get partial(): { received: number; retained: number } {
     return { received: this.decoder.pending, retained: this.decoder.retainedBytes };
@@ -72,7 +99,7 @@ export class FrameReader {
           if (raw.flags !== 0 && !this.shm)
             throw new CodecError("PROTOCOL", "SHM_NOT_NEGOTIATED", "frame flags set on a session without the shm feature");
           f = raw.flags !== 0 && this.shm ? this.shm.unwrap(raw, this.decoder.bodyLimit) : raw;
-          m = decodeMessage(f);
+          m = decodeMessage(f, this.decodeLimits(f.type));
         } catch (e) {
           // The body's memory goes back (a slab of the kernel's pool): the stream ends here.
           this.release?.((f ?? raw).body);
