@@ -6,27 +6,22 @@ import { checkpointMessage, GENESIS_HASH, recordBytes } from "./record.js";
 import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
 
 /**
- * Journalled records go into SQLite's index once this many wait (on the next turn), else at most
- * this long after the first of them. An index step is one span row (five integers) for every batch
- * that waited, whatever their size, and one SQLite commit (six `fcntl`, two `pwrite`s, ~50–150 µs
- * of the kernel's thread here); every read of the audit indexes first, so the delay is only how
- * long a reader beside the kernel may lag. At 256 requests in flight a step covers ~4 socket
- * reads instead of one; at one in flight ~8 ms of requests. (When the records' bytes were SQLite
- * rows, a 10 ms batch put a ~200 µs commit into the one-in-flight p99: not so for a span.)
+ * Journalled records go into SQLite once this many wait (on the next turn), else at most this
+ * long after the first of them. Under load every turn has that many; at one request in flight a
+ * SQLite commit covers ~2 ms of requests instead of one each (the WAL grows by a page or two a
+ * commit, whatever its size), while staying short enough (~50 µs) that a request arriving during
+ * it waits little: a 10 ms batch (~200 µs a commit) put that wait into the one-in-flight p99.
  */
-const INDEX_ROWS = 1024;
-const INDEX_DELAY_MS = 8;
+const INDEX_ROWS = 64;
+const INDEX_DELAY_MS = 2;
 
 /**
  * A batch is committed on the turn's next check phase, after every socket read of the turn: after
  * a stall (a GC pause, the thread descheduled) one turn reads the whole backlog, and every answer
  * of it waited for all of it (40 requests behind a 50 ms stall: ~12 ms more). So once a batch's
- * first record has waited this long, the append that finds it so has the batch committed at the
- * end of the synchronous stretch it is in (a microtask: one socket read's requests), and its
- * answers go out before the next socket's requests are read. Not there and then: no answer can
- * leave before that stretch ends anyway, and a read of 256 requests taking ~2 ms would be cut
- * into two or three commits, each a segment `write`, a socket `write` and a wave of answers.
- * Looked at every FLUSH_CHECK_EVERY records of a batch, so a request costs no clock read of its own.
+ * first record has waited this long, the append that finds it so commits it there and then (as a
+ * full batch does), and its answers go out before the next socket's requests are read. Looked at
+ * every FLUSH_CHECK_EVERY records of a batch, so a request costs no clock read of its own.
  */
 const FLUSH_AFTER_MS = 1;
 const FLUSH_CHECK_EVERY = 4;
@@ -221,23 +216,14 @@ export class AuditLog {
     }
     const p = this.batchPromise;
     const n = this.pending.length;
-    if (n >= this.opts.batchMax) this.flush();
-    else if (!this.agedFlush && n % FLUSH_CHECK_EVERY === 0 && performance.now() - this.batchStarted >= FLUSH_AFTER_MS) {
-      this.agedFlush = true;
-      queueMicrotask(this.flushAged);
-    } else if (!this.scheduled) {
+    if (n >= this.opts.batchMax || (n % FLUSH_CHECK_EVERY === 0 && performance.now() - this.batchStarted >= FLUSH_AFTER_MS))
+      this.flush();
+    else if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(() => this.flush());
     }
     return p;
   }
-
-  /** A flush queued for the end of the synchronous stretch (see FLUSH_AFTER_MS). */
-  private agedFlush = false;
-  private readonly flushAged = (): void => {
-    this.agedFlush = false;
-    this.flush();
-  };
 
   /** Commits everything pending in one transaction. */
   flush(): void {
