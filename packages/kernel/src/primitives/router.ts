@@ -1,4 +1,4 @@
-import { type CborMap, type CborValue, checkShape, type FieldSpec, type Shape } from "@kpip/protocol";
+import { type CborMap, type CborValue, checkShape, type FieldSpec, type Shape, type ShapeCheck } from "@kpip/protocol";
 import { OpError, type PrimitiveDeclaration, type PrimitiveFamily } from "./types.js";
 
 /** The op table, built from primitive declarations. */
@@ -46,8 +46,11 @@ export class Router {
  * Checks args against the declaration's fields (`checkShape`, the op catalogue's own check);
  * unknown, missing or ill-typed args are SEMANTIC.
  */
+/** How every request's arguments are checked (one object, not one per request). */
+const ARGS: ShapeCheck = Object.freeze({ mode: "args" });
+
 export function checkArgs(d: PrimitiveDeclaration, args: CborMap): void {
-  const p = checkShape(d.args, args, { mode: "args" });
+  const p = checkShape(d.args, args, ARGS);
   if (!p) return;
   const name = JSON.stringify(p.path);
   if (p.kind === "unknown") throw new OpError("SEMANTIC", `${d.op} takes no argument ${name}`);

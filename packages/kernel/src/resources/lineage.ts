@@ -221,9 +221,19 @@ export function countAtLimit(
   resource: string,
   count: (scope: string) => number,
 ): { scope: string; n: number; limit: number } | undefined {
-  for (const [scope, limit] of limitsOver(persona, grant, bounds, resource)) {
+  // limitsOver's limits in its order, walked without its arrays and an iterator: every request asks.
+  if (grant && Object.hasOwn(grant.limits, resource)) {
+    const scope = grantScope(persona, grant);
+    const limit = grant.limits[resource] as number;
     const n = count(scope);
     if (n >= limit) return { scope, n, limit };
+  }
+  for (let i = 0; i < bounds.length; i++) {
+    const b = bounds[i] as Bound;
+    if (!Object.hasOwn(b.limits, resource) || !inTree(persona, b.persona)) continue;
+    const limit = b.limits[resource] as number;
+    const n = count(b.persona);
+    if (n >= limit) return { scope: b.persona, n, limit };
   }
   return undefined;
 }

@@ -228,6 +228,31 @@ export abstract class CborEncoder {
     if (proto !== Object.prototype && proto !== null) {
       throw new CborError("UNSUPPORTED_TYPE", `cannot encode an instance of ${proto?.constructor?.name ?? "unknown"}`);
     }
+    // for…in first (own keys only: Object.keys's keys in its order): a map built in canonical
+    // order — every answer's payload, the hot paths' maps — is written without an array of keys.
+    let count = 0;
+    let sorted = true;
+    let prev: string | undefined;
+    for (const k in obj) {
+      if (!Object.hasOwn(obj, k) || obj[k] === undefined) continue;
+      if (prev !== undefined && compareKeys(prev, k) > 0) {
+        sorted = false;
+        break;
+      }
+      prev = k;
+      count++;
+    }
+    if (sorted) {
+      this.head(5, count);
+      for (const k in obj) {
+        if (!Object.hasOwn(obj, k)) continue;
+        const x = obj[k];
+        if (x === undefined) continue;
+        this.writeText(k);
+        this.write(x, depth + 1);
+      }
+      return;
+    }
     let keys = Object.keys(obj);
     let defined = 0;
     for (let i = 0; i < keys.length; i++) if (obj[keys[i] as string] !== undefined) defined++;

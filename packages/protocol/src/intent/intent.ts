@@ -32,8 +32,10 @@ export function validateIntent(v: unknown, parsed?: { target?: ParsedTarget }): 
     throw new IntentError("NOT_A_MAP", "an intent must be a map");
   }
   const o = v as Record<string, unknown>;
-  for (const k of Object.keys(o)) {
-    if (!INTENT_KEYS.has(k)) throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
+  // for…in with hasOwn: Object.keys's keys in its order, without an array per request.
+  for (const k in o) {
+    if (Object.hasOwn(o, k) && !INTENT_KEYS.has(k))
+      throw new IntentError("UNKNOWN_FIELD", `unknown intent field ${JSON.stringify(k)}`);
   }
   checkFields(o.op, o.target, o.args, o.constraints, false, parsed);
 }

@@ -12,6 +12,26 @@ type Check = (v: unknown, at: string, key: string | number) => void;
 const pathOf = (at: string, key: string | number): string =>
   key === "" ? at : typeof key === "number" ? `${at}[${key}]` : `${at}.${key}`;
 
+/**
+ * {@link pathOf}, remembered for the last (at, key) asked: a nested map's or an array's path is
+ * the same text frame after frame (`REQUEST.context`, `REQUEST.caps`), so a check made once per
+ * shape keeps one of these instead of concatenating it for every frame.
+ */
+function pathCache(): (at: string, key: string | number) => string {
+  let lastAt = "";
+  let lastKey: string | number = "";
+  let last = "";
+  return (at, key) => {
+    if (key === "") return at;
+    if (at !== lastAt || key !== lastKey) {
+      last = pathOf(at, key);
+      lastAt = at;
+      lastKey = key;
+    }
+    return last;
+  };
+}
+
 const fail = (at: string, key: string | number, what: string): never => {
   throw new MessageError("BAD_FIELD", `${pathOf(at, key)} must be ${what}`);
 };
@@ -74,11 +94,12 @@ const map: Check = (v, at, k) => {
 };
 const any: Check = () => {};
 const arrayOf = (item: Check, max: number): Check => {
+  const path = pathCache();
   return (v, at, k) => {
     if (!Array.isArray(v) || v.length > max) fail(at, k, `an array of at most ${max} items`);
     const a = v as unknown[];
     if (a.length === 0) return;
-    const p = pathOf(at, k);
+    const p = path(at, k);
     for (let i = 0; i < a.length; i++) item(a[i], p, i);
   };
 };
@@ -109,11 +130,12 @@ function shapeOf(fields: Shape): Check {
   const names = Object.keys(fields);
   const checks = names.map((n) => (fields[n] as [Check, boolean])[0]);
   const required = names.map((n) => (fields[n] as [Check, boolean])[1]);
+  const path = pathCache();
   return (v, at, k) => {
     map(v, at, k);
     const o = v as Record<string, unknown>;
-    // Once per map: free for a message's body (key ""), one short concatenation for a nested map.
-    const p = pathOf(at, k);
+    // Once per map: free for a message's body (key ""), remembered for a nested map.
+    const p = path(at, k);
     for (let i = 0; i < names.length; i++) {
       const name = names[i] as string;
       const x = o[name];

@@ -71,8 +71,9 @@ function checkValue(spec: FieldSpec, v: CborValue, at: string, key: string | num
 // On every request's arguments: no array of entries and no path string per field (built for a problem only).
 function checkFields(shape: Shape, m: CborMap, prefix: string, c: ShapeCheck, closed: boolean): ShapeProblem | undefined {
   if (closed) {
-    // Own properties only: `constructor` or `toString` is no field of any shape.
-    for (const k of Object.keys(m)) if (!Object.hasOwn(shape, k)) return { kind: "unknown", path: `${prefix}${k}` };
+    // Own properties only: `constructor` or `toString` is no field of any shape. (for…in with
+    // hasOwn: the same keys in the same order as Object.keys, without an array per request.)
+    for (const k in m) if (Object.hasOwn(m, k) && !Object.hasOwn(shape, k)) return { kind: "unknown", path: `${prefix}${k}` };
   }
   for (const k in shape) {
     const spec = shape[k] as FieldSpec;

@@ -5,7 +5,7 @@ import { MAX_RECORD_BYTES } from "../../audit/record-size.js";
 import type { RangeResult } from "../../audit/verify.js";
 import { RecordScan } from "../../audit/verify-records.js";
 import { SegmentScan } from "../../audit/verify-segments.js";
-import { AuditJournalError, type JournalBatch } from "../audit-journal.js";
+import { AuditJournalError, type JournalBatch, type JournalRecord } from "../audit-journal.js";
 import {
   AUDIT_SEGMENT_DIR,
   dropSegmentsThrough,
@@ -101,6 +101,10 @@ interface Queued extends TailBatch {}
 export const DEDUPE_POSITION_SLACK = 65_536;
 /** Dedupe rows read per statement by that walk. */
 const WALK_ROWS = 1024;
+
+/** A queued batch's first or last record as the index step reads it: its seq (spansOf, #index). */
+const NO_BYTES = new Uint8Array(0);
+const edge = (seq: number): JournalRecord => ({ seq, hash: NO_BYTES, record: NO_BYTES });
 
 /** Rows a migration writes per batch (one segment append, one span). */
 const MIGRATE_ROWS = 1000;
@@ -384,7 +388,12 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       this.#unindexedBytes += at.length;
       this.#unindexedRows += rows.length;
       this.#unindexedDedupe += dedupe.length;
-      this.#unindexed.push({ batch, at });
+      // Queued for the index step with its first and last seq only: the records' objects and bytes
+      // are in the segment now, and do not outlive their answers waiting for the index.
+      const first = rows[0];
+      const last = rows[rows.length - 1];
+      const edges = first && last ? [edge(first.seq), edge(last.seq)] : [];
+      this.#unindexed.push({ batch: { rows: edges, dedupe, journalUpTo, checkpoints }, at });
     }
     firstAuditSeq(): number | undefined {
       this.#settle();
