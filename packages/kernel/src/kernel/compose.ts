@@ -428,7 +428,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       log,
     );
-    agents.recover();
+    agents.recover(last !== undefined && last.op !== "kernel.stop");
     // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
     audit.flush();
     router.register(agentFamily(agents, c.adminPersona, cursors));

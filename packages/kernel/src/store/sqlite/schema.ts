@@ -167,6 +167,10 @@ function migrateAgents(db: Database.Database): void {
   if (!cols.some((c) => c.name === "proc_id")) db.exec("ALTER TABLE agents ADD COLUMN proc_id TEXT");
   // Which spawn of an agent spawner spawned it (its name is reused; AgentRecord.spawnerSpawn).
   if (!cols.some((c) => c.name === "spawner_spawn")) db.exec("ALTER TABLE agents ADD COLUMN spawner_spawn TEXT");
+  // 1 from an agent's end stored until its agent.exited record commits: a kill in between leaves
+  // the next start to record it (AgentManager.recover). Indexed on the few rows that have it.
+  if (!cols.some((c) => c.name === "end_unrecorded")) db.exec("ALTER TABLE agents ADD COLUMN end_unrecorded INTEGER");
+  db.exec("CREATE INDEX IF NOT EXISTS agents_end_unrecorded ON agents (id) WHERE end_unrecorded IS NOT NULL");
 }
 
 /**

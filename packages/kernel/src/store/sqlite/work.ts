@@ -1,5 +1,6 @@
 import {
   type AgentRecord,
+  type AgentState,
   type AgentStore,
   type AgentSummary,
   type OpRecord,
@@ -7,6 +8,7 @@ import {
   type OpSummary,
   REMOVED_SPAWN,
   type RunningAgent,
+  type UnrecordedAgentEnd,
 } from "../types.js";
 import {
   columnMap,
@@ -165,11 +167,30 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         procId: (r.proc_id as string | null) ?? null,
       }));
     }
-    updateAgent(id: string, f: Partial<AgentRecord>): void {
+    updateAgent(id: string, f: Partial<AgentRecord>, endUnrecorded = false): void {
       this.transaction(() => {
         this.updateColumns("agents", AGENT_UPDATES, id, f);
         putOutput(this, id, f);
+        if (endUnrecorded) this.prep("UPDATE agents SET end_unrecorded = 1 WHERE id = ?").run(id);
       });
+    }
+    unrecordedAgentEnds(): UnrecordedAgentEnd[] {
+      return (
+        this.prep(
+          "SELECT id, persona, spawner, token_id, state, exit_code, signal FROM agents WHERE end_unrecorded IS NOT NULL AND state != 'running'",
+        ).all() as Row[]
+      ).map((r) => ({
+        id: r.id as string,
+        persona: r.persona as string,
+        spawner: r.spawner as string,
+        tokenId: r.token_id as string,
+        state: r.state as AgentState,
+        exitCode: (r.exit_code as number | null) ?? null,
+        signal: (r.signal as string | null) ?? null,
+      }));
+    }
+    agentEndRecorded(id: string): void {
+      this.prep("UPDATE agents SET end_unrecorded = NULL WHERE id = ?").run(id);
     }
     pruneAgents(before: number, limit: number): number {
       return forget(
