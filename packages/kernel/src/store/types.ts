@@ -429,7 +429,12 @@ export interface OpStore {
   getOp(id: string, result?: boolean): OpRecord | undefined;
   /** The bytes of an op's stored result, read without reading it. */
   opResultBytes(id: string): number;
-  updateOp(id: string, fields: Partial<OpRecord>): void;
+  /** `endUnrecorded`: the row stores an end whose `op.state` record is still to commit ({@link opEndRecorded}). */
+  updateOp(id: string, fields: Partial<OpRecord>, endUnrecorded?: boolean): void;
+  /** Ended ops whose end was stored and not yet noted as recorded (the start after a kill records them). */
+  unrecordedOpEnds(): string[];
+  /** The op's end record committed. */
+  opEndRecorded(id: string): void;
   /** The newest ops' metadata (inserted before `seq` `before`; of `persona`, and of its spawn `spawn` when given), never their results (op.result reads one op's, through getOp). */
   listOps(persona?: string, limit?: number, before?: number, spawn?: string | null): (OpSummary & { seq: number })[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */

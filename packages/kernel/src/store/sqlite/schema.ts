@@ -211,6 +211,9 @@ function migrateOps(db: Database.Database): void {
   if (!cols.some((c) => c.name === "claimed_at")) db.exec("ALTER TABLE ops ADD COLUMN claimed_at INTEGER");
   // Which spawn of an agent persona submitted it (its name is reused; OpRecord.spawn).
   if (!cols.some((c) => c.name === "spawn")) db.exec("ALTER TABLE ops ADD COLUMN spawn TEXT");
+  // 1 from an op's end stored until its op.state record commits (as agents' end_unrecorded).
+  if (!cols.some((c) => c.name === "end_unrecorded")) db.exec("ALTER TABLE ops ADD COLUMN end_unrecorded INTEGER");
+  db.exec("CREATE INDEX IF NOT EXISTS ops_end_unrecorded ON ops (id) WHERE end_unrecorded IS NOT NULL");
 }
 
 /**
