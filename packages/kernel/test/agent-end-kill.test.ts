@@ -92,6 +92,9 @@ describe("an end stored just before a kernel kill", { skip: sandboxSkip }, () =>
         assert.equal(detail.code, 0);
         assert.equal(detail.recovered, true);
         assert.equal(ends[0]?.target, agent);
+        // Its token's revocation, stored before the kill, is named by that record (refusals of the token say so).
+        const revoked = column(home, `SELECT audit_seq FROM revocations WHERE id = '${detail.token}'`);
+        assert.deepEqual(revoked, [ends[0]?.seq]);
       } finally {
         s.close();
       }

@@ -178,7 +178,12 @@ export class AgentManager {
             recovered: true,
           },
         },
-        () => this.endRecorded(e.id),
+        (seq) => {
+          this.endRecorded(e.id);
+          // Its token's revocation (stored before its end) lost its token.revoked record with this
+          // one, which came after it in the same turn: refusals of the token name this record.
+          this.tokens.noteRevokeRecord(e.tokenId, seq);
+        },
       );
     }
     // Only the running agents' ids and pids: never every agent's row and output.
