@@ -154,7 +154,38 @@ export class AgentManager {
    * reboot, or once the whole group died with the kernel (--die-with-parent), the pid may lead
    * an unrelated process group, which a kernel running as root would have killed.
    */
-  recover(): void {
+  recover(killed = true): void {
+    // Ends stored before a kill cut off their agent.exited record (its commit is a turn later):
+    // on the record now, once; after a clean stop every record committed, so only the marks go.
+    for (const e of this.store.unrecordedAgentEnds()) {
+      if (!killed) {
+        this.store.agentEndRecorded(e.id);
+        continue;
+      }
+      this.opts.record(
+        {
+          op: "agent.exited",
+          target: agentUri(e.id),
+          persona: e.spawner,
+          message: `recorded at the next start: ${agentUri(e.id)} ended (${e.state}) and the kernel was killed before its record`,
+          detail: {
+            agent: e.id,
+            persona: e.persona,
+            token: e.tokenId,
+            state: e.state,
+            code: e.exitCode,
+            signal: e.signal,
+            recovered: true,
+          },
+        },
+        (seq) => {
+          this.endRecorded(e.id);
+          // Its token's revocation (stored before its end) lost its token.revoked record with this
+          // one, which came after it in the same turn: refusals of the token name this record.
+          this.tokens.noteRevokeRecord(e.tokenId, seq);
+        },
+      );
+    }
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
       if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId)) {
@@ -171,13 +202,16 @@ export class AgentManager {
       const revocation = this.revokeAgent(a.tokenId, a.persona);
       const end: Partial<AgentRecord> = { state: "lost", endedAt: Date.now() };
       this.saveEnd(a.id, end, a.tokenId, a.spawner);
-      this.opts.record({
-        op: "agent.exited",
-        target: agentUri(a.id),
-        persona: a.spawner,
-        message: `${agentUri(a.id)} was lost with the previous kernel`,
-        detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
-      });
+      this.opts.record(
+        {
+          op: "agent.exited",
+          target: agentUri(a.id),
+          persona: a.spawner,
+          message: `${agentUri(a.id)} was lost with the previous kernel`,
+          detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
+        },
+        () => this.endRecorded(a.id),
+      );
       this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
@@ -282,7 +316,17 @@ export class AgentManager {
   private saveEnd(id: string, f: Partial<AgentRecord>, tokenId: string, spawner: string): void {
     const tree = (this.opts.roots ?? FIRST_SEGMENT).of(spawner);
     if (this.tokens.revocationUnstored(tokenId)) this.keptRows.hold(id, f, undefined, tree);
-    else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v), undefined, tree);
+    else this.keptRows.write(id, f, (v) => this.store.updateAgent(id, v, true), undefined, tree);
+  }
+
+  /** An agent's agent.exited record committed: a later start has nothing of its end to record. */
+  private endRecorded(id: string): void {
+    try {
+      this.store.agentEndRecorded(id);
+    } catch (e) {
+      // Left marked: only a start after a kill records it again (a second record, never none).
+      this.log.error({ err: e, agent: id }, "cannot note an agent's end as recorded");
+    }
   }
 
   /** How many agents' ends (rows, keys) wait for room. */
@@ -570,20 +614,23 @@ export class AgentManager {
     // Stored only once its revocation is ({@link saveEnd}).
     step("cannot record agent exit", () => this.saveEnd(id, f, rec.tokenId, rec.spawner));
     step("cannot record agent exit", () => {
-      this.opts.record({
-        op: "agent.exited",
-        target: agentUri(id),
-        persona: rec.spawner,
-        detail: {
-          agent: id,
-          persona: rec.persona,
-          token: rec.tokenId,
-          state,
-          code,
-          signal: signal ?? null,
-          ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+      this.opts.record(
+        {
+          op: "agent.exited",
+          target: agentUri(id),
+          persona: rec.spawner,
+          detail: {
+            agent: id,
+            persona: rec.persona,
+            token: rec.tokenId,
+            state,
+            code,
+            signal: signal ?? null,
+            ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+          },
         },
-      });
+        () => this.endRecorded(id),
+      );
     });
     step("cannot revoke an ended agent's token", () => {
       if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);

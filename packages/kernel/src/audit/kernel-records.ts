@@ -59,23 +59,34 @@ export class KernelRecords {
   }
 
   /** An op's state change: `op.state` on op://<id>. */
-  opState(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void {
-    this.record({
-      op: "op.state",
-      target: `op://${op.id}`,
-      persona: op.persona,
-      session: op.session,
-      // Why it ended, when not by itself: a cancelled op's message says who (the persona, or a revocation of its authority).
-      ...(op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? { message: op.message } : {}),
-      // An agent's op names its spawn: the agent persona's id is reused by later agents of its name.
-      detail: {
-        op: op.id,
-        state,
-        from,
-        ...(op.errorClass ? { errorClass: op.errorClass } : {}),
-        ...(op.spawn ? { spawn: op.spawn } : {}),
+  opState(op: OpRecord, state: OpAuditState, from: OpAuditState | null, written?: () => void, recovered = false): void {
+    const why = op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? op.message : undefined;
+    this.record(
+      {
+        op: "op.state",
+        target: `op://${op.id}`,
+        persona: op.persona,
+        session: op.session,
+        // Why it ended, when not by itself: a cancelled op's message says who (the persona, or a revocation of its authority).
+        ...(recovered
+          ? {
+              message: `recorded at the next start: the op ended and the kernel was killed before its record${why ? `; ${why}` : ""}`,
+            }
+          : why
+            ? { message: why }
+            : {}),
+        // An agent's op names its spawn: the agent persona's id is reused by later agents of its name.
+        detail: {
+          op: op.id,
+          state,
+          from,
+          ...(op.errorClass ? { errorClass: op.errorClass } : {}),
+          ...(op.spawn ? { spawn: op.spawn } : {}),
+          ...(recovered ? { recovered: true } : {}),
+        },
       },
-    });
+      written,
+    );
   }
 
   /** A token attenuated offline, used for the first time in this run: `token.derived`. */

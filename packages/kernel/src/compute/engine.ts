@@ -63,7 +63,7 @@ export interface CommandHost {
   /** Holds one of the persona's `concurrent` slots for a command's life (a task's, queued or running); returns the release. */
   hold(persona: string): () => void;
   /** Puts an op's state change on the audit record (`op.state`). */
-  recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null): void;
+  recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null, written?: () => void, recovered?: boolean): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
 }
@@ -169,11 +169,18 @@ export class ComputeEngine {
   }
 
   /** After a crash: ops the previous process left queued or running become FAILED/INTERNAL. */
-  recover(): string[] {
+  recover(killed = true): string[] {
+    // Ends stored before a kill cut off their op.state record (its commit is a turn later): on
+    // the record now, once; after a clean stop every record committed, so only the marks go.
+    for (const id of this.store.unrecordedOpEnds()) {
+      const op = killed ? this.store.getOp(id, false) : undefined;
+      if (op) this.host.recordState?.(op, auditState(op.state), null, () => this.endRecorded(id), true);
+      else this.endRecorded(id);
+    }
     const ops = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
     for (const { id, state } of ops) {
       const op = this.store.getOp(id) as OpRecord;
-      this.host.recordState?.(op, "interrupted", auditState(state));
+      this.host.recordState?.(op, "interrupted", auditState(state), () => this.endRecorded(id));
       this.emitDone(op);
     }
     return ops.map((o) => o.id);
@@ -411,12 +418,12 @@ export class ComputeEngine {
    * Updates an op's row; a change refused room is kept for later ({@link kept}: answers true),
    * any other failure logged as `what`.
    */
-  private save(op: OpRecord, f: Partial<OpRecord>, what: string): boolean {
+  private save(op: OpRecord, f: Partial<OpRecord>, what: string, end = false): boolean {
     try {
       return !this.kept.write(
         op.id,
         f,
-        (v) => this.store.updateOp(op.id, v),
+        (v) => this.store.updateOp(op.id, v, end),
         (kept, next) => ({ ...kept, ...next }),
         this.roots.of(op.persona),
       );
@@ -648,7 +655,7 @@ export class ComputeEngine {
       f.message = "the kernel stopped while the op was running";
     }
     Object.assign(op, f);
-    if (this.save(op, f, "cannot record op outcome")) {
+    if (this.save(op, f, "cannot record op outcome", true)) {
       const root = this.roots.of(op.persona);
       const ids = this.keptEnds.get(root);
       if (ids) ids.add(op.id);
@@ -665,8 +672,18 @@ export class ComputeEngine {
     } catch (e) {
       this.log.error({ err: e, op: op.id }, "cannot forget older finished ops");
     }
-    this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from);
+    this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from, () => this.endRecorded(op.id));
     this.emitDone(op);
+  }
+
+  /** An op's end record committed: a later start has nothing of its end to record. */
+  private endRecorded(id: string): void {
+    try {
+      this.store.opEndRecorded(id);
+    } catch (e) {
+      // Left marked: only a start after a kill records it again (a second record, never none).
+      this.log.error({ err: e, op: id }, "cannot note an op's end as recorded");
+    }
   }
 
   private emitDone(op: OpRecord): void {

@@ -406,12 +406,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         sandbox,
         processes,
         hold: (persona) => ledger.hold(persona),
-        recordState: (op, state, from) => records.opState(op, state, from),
+        recordState: (op, state, from, written, recovered) => records.opState(op, state, from, written, recovered),
         storageFull: (e) => home.space.failed(e),
       },
     );
     for (const [name, reg] of input.tasks) compute.registerTask(name, reg);
-    const interrupted = compute.recover();
+    const interrupted = compute.recover(last !== undefined && last.op !== "kernel.stop");
     if (interrupted.length)
       log.warn({ ops: interrupted.length }, "ops interrupted by the previous stop were marked FAILED/INTERNAL");
     // Ops are scoped to the agent spawn that submitted them (agents, made below, say which).
@@ -445,7 +445,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       log,
     );
-    agents.recover();
+    agents.recover(last !== undefined && last.op !== "kernel.stop");
     // What recovery put on the record (ops interrupted, agents lost) is committed before start() returns.
     audit.flush();
     router.register(agentFamily(agents, c.adminPersona, cursors));

@@ -429,7 +429,12 @@ export interface OpStore {
   getOp(id: string, result?: boolean): OpRecord | undefined;
   /** The bytes of an op's stored result, read without reading it. */
   opResultBytes(id: string): number;
-  updateOp(id: string, fields: Partial<OpRecord>): void;
+  /** `endUnrecorded`: the row stores an end whose `op.state` record is still to commit ({@link opEndRecorded}). */
+  updateOp(id: string, fields: Partial<OpRecord>, endUnrecorded?: boolean): void;
+  /** Ended ops whose end was stored and not yet noted as recorded (the start after a kill records them). */
+  unrecordedOpEnds(): string[];
+  /** The op's end record committed. */
+  opEndRecorded(id: string): void;
   /** The newest ops' metadata (inserted before `seq` `before`; of `persona`, and of its spawn `spawn` when given), never their results (op.result reads one op's, through getOp). */
   listOps(persona?: string, limit?: number, before?: number, spawn?: string | null): (OpSummary & { seq: number })[];
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
@@ -534,6 +539,8 @@ export interface LiveSessionStore {
 
 /** What recovery after a crash needs of an agent recorded running. */
 export type RunningAgent = Pick<AgentRecord, "id" | "persona" | "spawner" | "pid" | "tokenId" | "procId">;
+/** An agent whose end was stored and whose `agent.exited` record may not have committed (a kill in between). */
+export type UnrecordedAgentEnd = Pick<AgentRecord, "id" | "persona" | "spawner" | "tokenId" | "state" | "exitCode" | "signal">;
 
 export interface AgentStore {
   putAgent(r: AgentRecord): void;
@@ -550,7 +557,12 @@ export interface AgentStore {
   listAgents(spawner?: string, after?: number, limit?: number, spawnerSpawn?: string | null, argsBudget?: number): AgentSummary[];
   /** The agents recorded running (recovery after a crash). */
   runningAgents(): RunningAgent[];
-  updateAgent(id: string, f: Partial<AgentRecord>): void;
+  /** `endUnrecorded`: the row stores an end whose `agent.exited` record is still to commit ({@link agentEndRecorded}). */
+  updateAgent(id: string, f: Partial<AgentRecord>, endUnrecorded?: boolean): void;
+  /** Ended agents whose end was stored and not yet noted as recorded (the start after a kill records them). */
+  unrecordedAgentEnds(): UnrecordedAgentEnd[];
+  /** The agent's `agent.exited` record committed. */
+  agentEndRecorded(id: string): void;
   /** Forgets up to `limit` agents that ended before `before`, with their output; returns how many. */
   pruneAgents(before: number, limit: number): number;
   /** Forgets the ended agents spawned by `root` or any persona under it beyond their newest `keep`, with their output; returns how many. */

@@ -167,6 +167,10 @@ function migrateAgents(db: Database.Database): void {
   if (!cols.some((c) => c.name === "proc_id")) db.exec("ALTER TABLE agents ADD COLUMN proc_id TEXT");
   // Which spawn of an agent spawner spawned it (its name is reused; AgentRecord.spawnerSpawn).
   if (!cols.some((c) => c.name === "spawner_spawn")) db.exec("ALTER TABLE agents ADD COLUMN spawner_spawn TEXT");
+  // 1 from an agent's end stored until its agent.exited record commits: a kill in between leaves
+  // the next start to record it (AgentManager.recover). Indexed on the few rows that have it.
+  if (!cols.some((c) => c.name === "end_unrecorded")) db.exec("ALTER TABLE agents ADD COLUMN end_unrecorded INTEGER");
+  db.exec("CREATE INDEX IF NOT EXISTS agents_end_unrecorded ON agents (id) WHERE end_unrecorded IS NOT NULL");
 }
 
 /**
@@ -207,6 +211,9 @@ function migrateOps(db: Database.Database): void {
   if (!cols.some((c) => c.name === "claimed_at")) db.exec("ALTER TABLE ops ADD COLUMN claimed_at INTEGER");
   // Which spawn of an agent persona submitted it (its name is reused; OpRecord.spawn).
   if (!cols.some((c) => c.name === "spawn")) db.exec("ALTER TABLE ops ADD COLUMN spawn TEXT");
+  // 1 from an op's end stored until its op.state record commits (as agents' end_unrecorded).
+  if (!cols.some((c) => c.name === "end_unrecorded")) db.exec("ALTER TABLE ops ADD COLUMN end_unrecorded INTEGER");
+  db.exec("CREATE INDEX IF NOT EXISTS ops_end_unrecorded ON ops (id) WHERE end_unrecorded IS NOT NULL");
 }
 
 /**

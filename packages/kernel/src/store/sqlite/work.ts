@@ -1,5 +1,6 @@
 import {
   type AgentRecord,
+  type AgentState,
   type AgentStore,
   type AgentSummary,
   type OpRecord,
@@ -7,6 +8,7 @@ import {
   type OpSummary,
   REMOVED_SPAWN,
   type RunningAgent,
+  type UnrecordedAgentEnd,
 } from "../types.js";
 import {
   columnMap,
@@ -165,11 +167,30 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         procId: (r.proc_id as string | null) ?? null,
       }));
     }
-    updateAgent(id: string, f: Partial<AgentRecord>): void {
+    updateAgent(id: string, f: Partial<AgentRecord>, endUnrecorded = false): void {
       this.transaction(() => {
         this.updateColumns("agents", AGENT_UPDATES, id, f);
         putOutput(this, id, f);
+        if (endUnrecorded) this.prep("UPDATE agents SET end_unrecorded = 1 WHERE id = ?").run(id);
       });
+    }
+    unrecordedAgentEnds(): UnrecordedAgentEnd[] {
+      return (
+        this.prep(
+          "SELECT id, persona, spawner, token_id, state, exit_code, signal FROM agents WHERE end_unrecorded IS NOT NULL AND state != 'running'",
+        ).all() as Row[]
+      ).map((r) => ({
+        id: r.id as string,
+        persona: r.persona as string,
+        spawner: r.spawner as string,
+        tokenId: r.token_id as string,
+        state: r.state as AgentState,
+        exitCode: (r.exit_code as number | null) ?? null,
+        signal: (r.signal as string | null) ?? null,
+      }));
+    }
+    agentEndRecorded(id: string): void {
+      this.prep("UPDATE agents SET end_unrecorded = NULL WHERE id = ?").run(id);
     }
     pruneAgents(before: number, limit: number): number {
       return forget(
@@ -198,9 +219,10 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       const r = this.prep(result ? GET_OP : GET_OP_META).get(id) as Row | undefined;
       return r && toOp(r);
     }
-    updateOp(id: string, f: Partial<OpRecord>): void {
+    updateOp(id: string, f: Partial<OpRecord>, endUnrecorded = false): void {
       this.transaction(() => {
         this.updateColumns("ops", OP_UPDATES, id, f);
+        if (endUnrecorded) this.prep("UPDATE ops SET end_unrecorded = 1 WHERE id = ?").run(id);
         if (f.result === undefined) return;
         if (f.result === null) this.prep("DELETE FROM op_results WHERE id = ?").run(id);
         else this.prep("INSERT OR REPLACE INTO op_results (id, result) VALUES (?, ?)").run(id, f.result);
@@ -229,9 +251,17 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
         state: r.state as OpRecord["state"],
       }));
       this.prep(
-        "UPDATE ops SET state = 'failed', error_class = 'INTERNAL', message = ?, finished_at = ? WHERE state IN ('queued', 'running')",
+        "UPDATE ops SET state = 'failed', error_class = 'INTERNAL', message = ?, finished_at = ?, end_unrecorded = 1 WHERE state IN ('queued', 'running')",
       ).run(message, now);
       return ids;
+    }
+    unrecordedOpEnds(): string[] {
+      return this.prep("SELECT id FROM ops WHERE end_unrecorded IS NOT NULL AND state NOT IN ('queued', 'running')")
+        .pluck(true)
+        .all() as string[];
+    }
+    opEndRecorded(id: string): void {
+      this.prep("UPDATE ops SET end_unrecorded = NULL WHERE id = ?").run(id);
     }
     trimFinishedOps(root: string, keep: number, unreadSince: number): number {
       // Unread results within their grace first (a poller is still to read them), then the newest.
