@@ -1,28 +1,13 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, encodeToken, type RightPair } from "@kpip/protocol";
+import { countingSplits } from "./counting-splits.js";
 import { klass, withKernel } from "./harness.js";
 
 // A persona holding a narrow token attenuates it offline into a token of the largest accepted
 // size whose every rights caveat holds 64 pairs that each need the target's segments, and asks
 // with ~1,000-segment targets that change every request (no kept decision applies). The check's
 // cost is counted in target splits, not timed: each split of a 2 KiB target cost ~30 µs.
-
-/** Counts `split` calls on strings that start with `prefix` while `f` runs. */
-async function countingSplits<T>(prefix: string, f: () => Promise<T>): Promise<{ value: T; splits: number }> {
-  const proto = String.prototype as unknown as { split: (this: string, ...a: unknown[]) => string[] };
-  const split = proto.split;
-  let splits = 0;
-  proto.split = function (this: string, ...a: unknown[]) {
-    if (this.startsWith(prefix)) splits++;
-    return split.apply(this, a);
-  };
-  try {
-    return { value: await f(), splits };
-  } finally {
-    proto.split = split;
-  }
-}
 
 describe("bounded after authentication: the capability check's cost", () => {
   it("a token of many rights-caveat pairs splits a long target once per check, not once per pair (requests and token.mint)", async () => {

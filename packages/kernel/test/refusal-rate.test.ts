@@ -1,33 +1,12 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, encodeToken, type RightPair } from "@kpip/protocol";
+import { countingSplits } from "./counting-splits.js";
 import { klass, withKernel } from "./harness.js";
 
 // A persona with a narrow, rate-limited token asks only for what it is refused: the rate counted
 // only what a grant allowed, so its refusals ran at whatever speed it sent them, each one's check
 // as costly as its token made it (case 550's token, 512 pairs, a new ~1,000-segment target each).
-
-/** Counts `split` calls on strings that start with `prefix` while `f` runs. */
-async function countingSplits(prefix: string, f: () => Promise<unknown>): Promise<{ error: unknown; splits: number }> {
-  const proto = String.prototype as unknown as { split: (this: string, ...a: unknown[]) => string[] };
-  const split = proto.split;
-  let splits = 0;
-  proto.split = function (this: string, ...a: unknown[]) {
-    if (this.startsWith(prefix)) splits++;
-    return split.apply(this, a);
-  };
-  try {
-    return {
-      error: await f().then(
-        () => undefined,
-        (e: unknown) => e,
-      ),
-      splits,
-    };
-  } finally {
-    proto.split = split;
-  }
-}
 
 describe("bounded after authentication: refused requests and the token's rate", () => {
   it("a PERMISSION refusal draws on its token family's rate; past it requests are refused RESOURCE before their check", async () => {
@@ -44,8 +23,13 @@ describe("bounded after authentication: refused requests and the token's rate", 
       const splits: number[] = [];
       for (let i = 0; i < 12; i++) {
         // obj://ws2 is not granted: each is refused, after a check that walked every pair.
-        const r = await countingSplits(`ws2/r${i}/`, () => c.storage.read(`obj://ws2/r${i}/${deep}`));
-        classes.push((r.error as { errorClass?: string }).errorClass ?? String(r.error));
+        const r = await countingSplits(`ws2/r${i}/`, () =>
+          c.storage.read(`obj://ws2/r${i}/${deep}`).then(
+            () => undefined,
+            (e: unknown) => e,
+          ),
+        );
+        classes.push((r.value as { errorClass?: string } | undefined)?.errorClass ?? String(r.value));
         splits.push(r.splits);
       }
       assert.deepEqual(classes, [...Array(5).fill("PERMISSION"), ...Array(7).fill("RESOURCE")], classes.join(","));
