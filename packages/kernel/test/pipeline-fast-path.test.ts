@@ -223,6 +223,31 @@ describe("the session's order and a failed first attempt", () => {
     }
   });
 
+  it("a request that waited behind an earlier one and whose decision then comes later is not overtaken by a later one whose decision is at hand", async () => {
+    // The first request's decision comes a turn later: the second waits for it, then its own
+    // decision comes a turn later too. The third's is at hand, and must still wait for the second's.
+    const later: Authorizer = {
+      authorize: (r) => {
+        const d = handleAuthorizer.authorize(r);
+        if ((r.intent.args as { n?: number }).n !== 1) return d;
+        return new Promise((ok) => setImmediate(() => ok(d))) as unknown as Decision;
+      },
+    };
+    const u = unit({ authorizer: later, maxInFlight: 16 });
+    try {
+      const reqs = [1, 1, 2].map((n) => request(read({ n })));
+      const answers = await Promise.all(reqs.map((r) => u.send(r)));
+      assert.ok(answers.every((a) => a.status === "SUCCESS"));
+      assert.deepEqual(
+        u.ran,
+        reqs.map((r) => `read:${r.id}`),
+        "handlers in arrival order",
+      );
+    } finally {
+      u.close();
+    }
+  });
+
   it("a first attempt whose intent record did not commit leaves its ids free: the retry runs, once, on the record", async () => {
     const u = unit();
     try {
