@@ -12,7 +12,10 @@ import { ALLOW, DENY, handleAuthorizer, read, request, type Unit, unit } from ".
 // in which every stage was awaited: the same requests through a pipeline whose authorizer and
 // handlers all answer with promises give the same answers, the same records (field by field, but
 // for time and duration) and run the handlers in the same order; in both, every answer comes only
-// once the records of its request are committed.
+// once the records of its request are committed. Both commit only on the turn's check phase: a
+// commit mid-turn (a batch that waited 1 ms, by the clock) may end a first attempt before a later
+// request of the same id reaches dedupe in one run and not in the other (the awaited run's
+// requests go on over microtask turns), and both outcomes are right.
 
 /** Ops beyond the kit's: an effect made atomically (dedupe record in its transaction), a slow read, a bug, a transient failure. */
 function extra(ran: string[]): PrimitiveFamily {
@@ -139,8 +142,8 @@ describe("the pipeline's synchronous path (property)", () => {
         }
         const ranSync: string[] = [];
         const ranAsync: string[] = [];
-        const sync = unit({ families: [extra(ranSync)] });
-        const awaited = unit({ families: [extra(ranAsync)], asyncStages: true });
+        const sync = unit({ families: [extra(ranSync)], commitOnTurn: true });
+        const awaited = unit({ families: [extra(ranAsync)], asyncStages: true, commitOnTurn: true });
         try {
           const a = await play(sync, ranSync, reqs, bursts);
           const b = await play(awaited, ranAsync, reqs, bursts);
@@ -159,7 +162,7 @@ describe("the pipeline's synchronous path (property)", () => {
           awaited.close();
         }
       }),
-      { numRuns: 60 },
+      { numRuns: 60, examples: [[COMMITTED_MID_TURN]] },
     );
   });
 
@@ -211,6 +214,31 @@ describe("the session's order and a failed first attempt", () => {
     const u = unit({ authorizer: later, maxInFlight: 16 });
     try {
       const reqs = [1, 2, 3, 1, 4].map((n) => request(read({ n })));
+      const answers = await Promise.all(reqs.map((r) => u.send(r)));
+      assert.ok(answers.every((a) => a.status === "SUCCESS"));
+      assert.deepEqual(
+        u.ran,
+        reqs.map((r) => `read:${r.id}`),
+        "handlers in arrival order",
+      );
+    } finally {
+      u.close();
+    }
+  });
+
+  it("a request that waited behind an earlier one and whose decision then comes later is not overtaken by a later one whose decision is at hand", async () => {
+    // The first request's decision comes a turn later: the second waits for it, then its own
+    // decision comes a turn later too. The third's is at hand, and must still wait for the second's.
+    const later: Authorizer = {
+      authorize: (r) => {
+        const d = handleAuthorizer.authorize(r);
+        if ((r.intent.args as { n?: number }).n !== 1) return d;
+        return new Promise((ok) => setImmediate(() => ok(d))) as unknown as Decision;
+      },
+    };
+    const u = unit({ authorizer: later, maxInFlight: 16 });
+    try {
+      const reqs = [1, 1, 2].map((n) => request(read({ n })));
       const answers = await Promise.all(reqs.map((r) => u.send(r)));
       assert.ok(answers.every((a) => a.status === "SUCCESS"));
       assert.deepEqual(
@@ -317,5 +345,22 @@ describe("an effect's answer, encoded once", () => {
     }
   });
 });
+
+/**
+ * Found by seed 586119915: two requests of one burst under one id, a read-only op that fails INTERNAL
+ * (retryable: forgotten once its record commits) and another read. With a commit mid-turn, the
+ * awaited run's second request found the first attempt ended and ran, and a later read of the
+ * same id was refused as id reuse; in the synchronous run the reverse.
+ */
+const COMMITTED_MID_TURN: Step[] = [
+  { intent: { op: "p.put", target: "kernel://", args: { n: 2 } }, caps: [DENY], reuse: null, together: false },
+  { intent: { op: "t.read", target: "kernel://", args: { n: 1 } }, caps: [], reuse: 0, together: true },
+  { intent: { op: "p.boom", target: "kernel://", args: {} }, caps: [ALLOW], reuse: 9, together: true },
+  { intent: { op: "p.put", target: "kernel://", args: { n: 1 } }, caps: [ALLOW], reuse: null, together: true },
+  { intent: { op: "t.read", target: "kernel://", args: { n: 1 } }, caps: [ALLOW], reuse: 8, together: true },
+  { intent: { op: "p.put", target: "kernel://", args: { n: 0 } }, caps: [DENY], reuse: 18, together: false },
+  { intent: { op: "t.read", target: "kernel://", args: { n: 2 } }, caps: [ALLOW], reuse: 18, together: false },
+  { intent: { op: "p.put", target: "kernel://", args: { n: 0 } }, caps: [ALLOW], reuse: 4, together: false },
+];
 
 const byId = (x: [number, unknown], y: [number, unknown]) => x[0] - y[0];

@@ -103,6 +103,11 @@ export interface UnitOptions {
   families?: PrimitiveFamily[];
   /** The authorizer and every handler answer with a promise (as `async` ones do), never synchronously. */
   asyncStages?: boolean;
+  /**
+   * Records commit only on the turn's check phase, never mid-turn once a batch has waited 1 ms
+   * (AuditLogOptions.flushAfterMs): two runs of the same requests then commit at the same points.
+   */
+  commitOnTurn?: boolean;
   /** The pipeline's note of a revocation's outcome record (default: none). */
   revocationRecorded?: PipelineDeps["revocationRecorded"];
   /** The kernel's storage condition (default: none). */
@@ -111,7 +116,11 @@ export interface UnitOptions {
 
 export function unit(opts: UnitOptions = {}): Unit {
   const store = new SqliteStore(":memory:");
-  const audit = new AuditLog(store, "k-unit", generateKeyPairSync("ed25519").privateKey);
+  const audit = new AuditLog(store, "k-unit", generateKeyPairSync("ed25519").privateKey, {
+    batchMax: 512,
+    checkpointEvery: 10_000,
+    ...(opts.commitOnTurn ? { flushAfterMs: Number.POSITIVE_INFINITY } : {}),
+  });
   const router = new Router();
   const ran: string[] = [];
   const late = opts.asyncStages === true;

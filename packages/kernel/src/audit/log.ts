@@ -48,6 +48,12 @@ export interface AuditLogOptions {
    * payload is not copied into the log (default 64 KiB).
    */
   intentMaxBytes?: number;
+  /**
+   * How long a batch's first record waits before an append commits the batch there and then, mid-turn
+   * (ms; default FLUSH_AFTER_MS). Infinity: only on the turn's check phase or when full, as tests
+   * that compare two runs of the same requests need (a commit mid-turn lands wherever the clock says).
+   */
+  flushAfterMs?: number;
   /** A journalled batch SQLite could not index now (it stays in the journal and is retried). */
   onIndexError?: (e: Error) => void;
   /** A batch that could not be committed (its records' requests are refused): ENOSPC tells the kernel its disk is full. */
@@ -105,6 +111,8 @@ export class AuditLog {
   onRewind: ((seq: number) => void) | undefined;
   /** The WAL-bytes estimate of the records pending (a page per record, and the intent's bytes twice). */
   private pendingBytes = 0;
+  /** {@link AuditLogOptions.flushAfterMs}, resolved. */
+  private readonly flushAfterMs: number;
 
   constructor(
     private readonly store: AuditStore,
@@ -113,6 +121,7 @@ export class AuditLog {
     private readonly opts: AuditLogOptions = { batchMax: 512, checkpointEvery: 10_000 },
   ) {
     this.publicKey = rawPublicKey(createPublicKey(signingKey));
+    this.flushAfterMs = opts.flushAfterMs ?? FLUSH_AFTER_MS;
     this.reload();
   }
 
@@ -216,7 +225,7 @@ export class AuditLog {
     }
     const p = this.batchPromise;
     const n = this.pending.length;
-    if (n >= this.opts.batchMax || (n % FLUSH_CHECK_EVERY === 0 && performance.now() - this.batchStarted >= FLUSH_AFTER_MS))
+    if (n >= this.opts.batchMax || (n % FLUSH_CHECK_EVERY === 0 && performance.now() - this.batchStarted >= this.flushAfterMs))
       this.flush();
     else if (!this.scheduled) {
       this.scheduled = true;

@@ -164,6 +164,11 @@ export interface RequestCtx {
    * run failed before it was registered, so its registration is to be dropped at once.
    */
   pending?: Promise<Response> | typeof FAILED_EARLY;
+  /**
+   * Set while the request waits before step 6 (Pipeline.holdSession): lets its session's later
+   * requests go on once it has passed step 6 or ended before it.
+   */
+  release: (() => void) | undefined;
   /** The dedupe record that remembers the run (-1 before it is registered): settling it needs no second lookup. */
   dslot: number;
   /** The seq of its intent record (an op with effects; 0 before it is appended): kept with an answer committed with its effect. */
@@ -210,6 +215,7 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
     lease: undefined,
     atomic: undefined,
     pending: undefined,
+    release: undefined,
     dslot: -1,
     intentSeq: 0,
     pastLimit: false,

@@ -98,9 +98,11 @@ export class Pipeline {
   /** Whether a decision's grant still holds, asked before an op's effect (execute.ts). */
   private readonly lapsed: Lapsed;
   /**
-   * Sessions whose latest request still waits before step 6 (a sliced hash, an authorizer's
-   * promise): the settling of that wait. A later request of the session waits for it, so a
-   * session's requests reach dedupe and their handlers in the order they arrived.
+   * Sessions whose latest request waits before step 6 (behind an earlier one of its session, on
+   * its sliced hash, on an authorizer's promise): what settles once it has passed step 6 (its
+   * dedupe claim, its limits, its handler begun) or was refused before. A later request of the
+   * session waits for it, so a session's requests reach dedupe, the rate and their handlers in the
+   * order they arrived, however many waits each has before step 6.
    */
   private readonly waiting = new Map<string, Promise<void>>();
 
@@ -192,35 +194,28 @@ export class Pipeline {
   }
 
   /**
-   * The intent's SHA-256. A large one is hashed a slice per event-loop
-   * turn, so other sessions' requests run meanwhile instead of waiting out the whole body (a
-   * 16 MiB intent is ~10 ms of hashing here). Requests of one session still reach the stages
-   * after this in the order they arrived (an upload's chunks must, PROTOCOL §9): a request that
-   * arrives while an earlier one of its session is being hashed waits for it.
+   * The session's later requests wait from now until the returned release is called (this
+   * request has passed step 6, or ended before it). Released by {@link pass}.
    */
-  private hashInOrder(session: string, intent: Uint8Array): Buffer | Promise<Buffer> {
-    const before = this.waiting.size === 0 ? undefined : this.waiting.get(session);
-    if (before === undefined && intent.length <= HASH_SLICE) return sha256(intent);
-    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : sha256(intent));
-    // Without an earlier request waiting, only a large intent gets here.
-    const p = before === undefined ? sha256InSlices(intent) : before.then(hash);
-    this.holdSession(session, p);
-    return p;
+  private holdSession(session: string): () => void {
+    let release!: () => void;
+    const gate = new Promise<void>((r) => {
+      release = r;
+    });
+    this.waiting.set(session, gate);
+    return () => {
+      // Still the latest: no request waits on it, so the session has none waiting any more.
+      if (this.waiting.get(session) === gate) this.waiting.delete(session);
+      release();
+    };
   }
 
-  /**
-   * The session's later requests wait until `p` settles, and its own reactions registered before
-   * this call (the request's next stage) run first: they are earlier in `p`'s reaction list.
-   */
-  private holdSession(session: string, p: Promise<unknown>): void {
-    const gate = p.then(
-      () => {},
-      () => {},
-    );
-    this.waiting.set(session, gate);
-    void gate.then(() => {
-      if (this.waiting.get(session) === gate) this.waiting.delete(session);
-    });
+  /** The request is past step 6 (or ended before it): its session's next request may go on. */
+  private pass(ctx: RequestCtx): void {
+    const release = ctx.release;
+    if (release === undefined) return;
+    ctx.release = undefined;
+    release();
   }
 
   /**
@@ -236,8 +231,30 @@ export class Pipeline {
     if (early) return this.refuseUndecoded(ctx, early);
 
     // 3. the intent: canonical bytes, valid grammar; hashed exactly as sent.
-    const h = this.hashInOrder(s.id, req.intent);
-    return Buffer.isBuffer(h) ? this.decode(ctx, h) : h.then((hash) => this.decode(ctx, hash));
+    const intent = req.intent;
+    const before = this.waiting.size === 0 ? undefined : this.waiting.get(s.id);
+    if (before === undefined && intent.length <= HASH_SLICE) return this.decode(ctx, sha256(intent));
+    // It waits before step 6: behind an earlier request of its session, or for its own hash, a
+    // large intent's a slice per event-loop turn (other sessions' requests run meanwhile instead
+    // of waiting out the whole body: a 16 MiB intent is ~10 ms of hashing here). Its session's
+    // later requests wait until it has passed step 6 (an upload's chunks must keep their order, PROTOCOL §9.7).
+    ctx.release = this.holdSession(s.id);
+    const hash = () => (intent.length > HASH_SLICE ? sha256InSlices(intent) : sha256(intent));
+    const h = before === undefined ? sha256InSlices(intent) : before.then(hash);
+    return h.then(
+      (x) => {
+        try {
+          return this.decode(ctx, x);
+        } finally {
+          // Past step 6 or refused, unless its decision comes later: decode took the release then.
+          this.pass(ctx);
+        }
+      },
+      (e: unknown) => {
+        this.pass(ctx);
+        throw e;
+      },
+    );
   }
 
   /**
@@ -304,12 +321,24 @@ export class Pipeline {
     // run learns nothing from the record — not an answer, not even that its ids were used.
     const decision = stage(ctx.trace, "kpip.authorize", this.authorize, ctx);
     if (!isThenable(decision)) return this.admit(ctx, decision);
-    // A decision that comes later: the session's later requests wait for it (after this one's
-    // step 6), or a later request with a decision at hand would overtake this one.
-    const later = Promise.resolve(decision);
-    const admitted = later.then((d) => this.admit(ctx, d));
-    this.holdSession(ctx.session.id, later);
-    return admitted;
+    // A decision that comes later: the session's later requests wait until this one has passed
+    // step 6, or a later request with a decision at hand would overtake it. The release is this
+    // branch's to call (a request that already held the session hands it over).
+    const release = ctx.release ?? this.holdSession(ctx.session.id);
+    ctx.release = undefined;
+    return Promise.resolve(decision).then(
+      (d) => {
+        try {
+          return this.admit(ctx, d);
+        } finally {
+          release();
+        }
+      },
+      (e: unknown) => {
+        release();
+        throw e;
+      },
+    );
   }
 
   /**
