@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
-import { OWED_INTENT_BYTES, REFUSED_ITEMS_PER_SECOND } from "../src/audit/refusals.js";
+import { DECODED_ITEMS_PER_SECOND, OWED_INTENT_BYTES } from "../src/audit/refusals.js";
 import { addPersonaKey, withKernel } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -22,7 +22,7 @@ describe("intents decoded for refused requests", () => {
         const r = await p.response(id);
         classes.push(`${r.status}/${r.error}`);
         if (r.error === "RESOURCE")
-          assert.match(r.message ?? "", new RegExp(`more than ${REFUSED_ITEMS_PER_SECOND} intent items`));
+          assert.match(r.message ?? "", new RegExp(`more than ${DECODED_ITEMS_PER_SECOND} intent items`));
       }
       assert.equal(classes[0], "FAILURE/CAPABILITY", "the first is decoded and refused as before");
       assert.equal(classes.at(-1), "FAILURE/RESOURCE", `then its tree owes the decoding: ${classes.join(", ")}`);

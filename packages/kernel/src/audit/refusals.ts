@@ -2,13 +2,20 @@ import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
 import { BURST_SECONDS, RateBuckets } from "./rate-buckets.js";
 
 /**
- * Data items of their intents a persona tree's refused requests may have the kernel decode, per
- * second (bursts 5×). An intent is decoded whole before it can be refused (its op and target
- * decide), up to 100,000 items (~30–140 ms of the kernel's thread): within the refusal record
- * rate a persona with no token at all could keep the thread busy for every other session.
+ * Data items of their intents a persona tree's requests may have the kernel decode, per second
+ * (bursts 5×), counted for intents of {@link OWED_INTENT_BYTES} or more. An intent is decoded
+ * whole before anything can look at it (its op and target decide whether it is allowed), up to
+ * 100,000 items (~30–140 ms of the kernel's thread): a persona sending such intents, refused or
+ * allowed, held the thread for every other session. Honest large intents are bytes (a write's
+ * data: one item) or hold far fewer items than this a second.
  */
-export const REFUSED_ITEMS_PER_SECOND = 20_000;
-/** Intents smaller than this are decoded whatever the tree owes: they cannot hold many items. */
+export const DECODED_ITEMS_PER_SECOND = 100_000;
+/**
+ * A refused request's items count this many times (its decoding bought nothing): a tree whose
+ * large intents are all refused decodes 20,000 items a second (case 558's allowance).
+ */
+export const REFUSED_DECODE_WEIGHT = 5;
+/** Intents smaller than this are decoded whatever the tree owes, and not counted: they cannot hold many items. */
 export const OWED_INTENT_BYTES = 4096;
 
 /** How fast refusals are written to the audit log, per session and per persona. */
@@ -87,16 +94,16 @@ export class RefusalLimiter {
     return this.limits.floodMax > 0 && (this.totals.get(session) ?? 0) >= this.limits.floodMax;
   }
 
-  /** Items decoded for refused requests, by persona tree (see {@link REFUSED_ITEMS_PER_SECOND}). */
-  private readonly decoded = new RateBuckets(() => REFUSED_ITEMS_PER_SECOND);
+  /** Items decoded for large intents, by persona tree (see {@link DECODED_ITEMS_PER_SECOND}). */
+  private readonly decoded = new RateBuckets(() => DECODED_ITEMS_PER_SECOND);
 
-  /** A refused request's intent cost the kernel `items` to decode: charged to its persona's tree (down to a burst below empty). */
-  decodedForNothing(persona: string, items: number): void {
+  /** A request's intent cost the kernel `items` to decode: charged to its persona's tree (down to a burst below empty). */
+  decodedItems(persona: string, items: number): void {
     const b = this.decoded.take(this.roots.of(persona), this.clock());
-    b.tokens = Math.max(b.tokens - items, -REFUSED_ITEMS_PER_SECOND * BURST_SECONDS);
+    b.tokens = Math.max(b.tokens - items, -DECODED_ITEMS_PER_SECOND * BURST_SECONDS);
   }
 
-  /** Whether `persona`'s tree decoded more for refused requests than its allowance lately: its large intents wait. */
+  /** Whether `persona`'s tree had more decoded than its allowance lately: its large intents wait. */
   owesDecoding(persona: string): boolean {
     return (this.decoded.peek(this.roots.of(persona), this.clock())?.tokens ?? 0) < 0;
   }

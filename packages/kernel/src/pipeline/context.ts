@@ -5,6 +5,7 @@ import {
   type Intent,
   IntentError,
   intentHash,
+  lastDecodedItems,
   type ParsedTarget,
   type Request,
   type Response,
@@ -237,23 +238,26 @@ export function requestCtx(session: SessionView, req: Request, started: number, 
 
 /**
  * The audit columns of intent bytes not decoded by the pipeline (a refusal before step 4): always
- * the bytes and their SHA-256 (what was sent is what is recorded), and the op and target when they
- * decode. A large intent is hashed a slice per turn, as step 3 does: a refusal (a persona past its
- * in-flight limit sending maximum bodies) must not hold every session while it is hashed.
+ * the bytes and their SHA-256 (what was sent is what is recorded); the op and target are the
+ * caller's to add ({@link intentNames}), after it asked whether the decoding is affordable. A
+ * large intent is hashed a slice per turn, as step 3 does: a refusal (a persona past its in-flight
+ * limit sending maximum bodies) must not hold every session while it is hashed.
  */
 export function recordIntentColumns(rec: RequestRecord, bytes: Uint8Array): void | Promise<void> {
   rec.intent = bytes;
   if (bytes.length > HASH_SLICE) {
     return sha256InSlices(bytes).then((h) => {
       rec.intentHash = h;
-      intentNames(rec, bytes);
     });
   }
   rec.intentHash = intentHash(bytes);
-  intentNames(rec, bytes);
 }
 
-function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
+/**
+ * The op and target of intent bytes, when they decode: the intent is decoded whole (up to
+ * `maxItems`), so it returns the items read, for the caller to charge.
+ */
+export function intentNames(rec: RequestRecord, bytes: Uint8Array): number {
   try {
     const i = decodeIntent(bytes);
     rec.op = i.op;
@@ -261,6 +265,7 @@ function intentNames(rec: RequestRecord, bytes: Uint8Array): void {
   } catch {
     // undecodable: the bytes and hash are the record
   }
+  return lastDecodedItems();
 }
 
 /**

@@ -11,7 +11,7 @@ import {
 } from "@kpip/protocol";
 import { statusDetail } from "../audit/detail.js";
 import type { AuditLog } from "../audit/log.js";
-import { OWED_INTENT_BYTES, REFUSED_ITEMS_PER_SECOND, type RefusalLimiter } from "../audit/refusals.js";
+import { DECODED_ITEMS_PER_SECOND, OWED_INTENT_BYTES, REFUSED_DECODE_WEIGHT, type RefusalLimiter } from "../audit/refusals.js";
 import { suppressedRefusalsRecord } from "../audit/suppressed-records.js";
 import type { Authorizer, Decision } from "../auth/authorizer.js";
 import type { StorageSpace } from "../kernel/storage-space.js";
@@ -31,6 +31,7 @@ import {
   elapsedUs,
   FAILED_EARLY,
   failure,
+  intentNames,
   isThenable,
   type Refusal,
   type RequestCtx,
@@ -122,9 +123,12 @@ export class Pipeline {
    * Counting it ({@link admitRefusal}) may end a flooding session.
    */
   private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    // Decoded for nothing: a large intent refused costs its tree's allowance ({@link owedDecoding}).
-    if (ctx.decodedItems > 0 && PRE_EXECUTION.has(r.errorClass))
-      this.deps.refusals?.decodedForNothing(ctx.session.persona, ctx.decodedItems);
+    // Decoded for nothing: its items count REFUSED_DECODE_WEIGHT times ({@link owedDecoding}); a
+    // large intent's were counted once as it was decoded, a small one's only now.
+    if (ctx.decodedItems > 0 && PRE_EXECUTION.has(r.errorClass)) {
+      const weight = ctx.req.intent.length >= OWED_INTENT_BYTES ? REFUSED_DECODE_WEIGHT - 1 : REFUSED_DECODE_WEIGHT;
+      this.deps.refusals?.decodedItems(ctx.session.persona, ctx.decodedItems * weight);
+    }
     const admitted = this.admitRefusal(ctx, r);
     if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
@@ -258,16 +262,16 @@ export class Pipeline {
   }
 
   /**
-   * A large intent (at least {@link OWED_INTENT_BYTES}) of a persona tree whose refused requests
-   * had the kernel decode more items than {@link REFUSED_ITEMS_PER_SECOND} allows lately is
-   * refused before it is decoded: RESOURCE, retryable once the allowance has refilled. Small
-   * intents, and trees whose requests are not refused, never wait.
+   * A large intent (at least {@link OWED_INTENT_BYTES}) of a persona tree whose requests had the
+   * kernel decode more items than {@link DECODED_ITEMS_PER_SECOND} allows lately (refused ones
+   * counting {@link REFUSED_DECODE_WEIGHT} times) is refused before it is decoded: RESOURCE,
+   * retryable once the allowance has refilled. Small intents never wait, nor touch the bucket.
    */
   private owedDecoding(ctx: RequestCtx): Refusal | undefined {
     if (ctx.req.intent.length < OWED_INTENT_BYTES || !this.deps.refusals?.owesDecoding(ctx.session.persona)) return undefined;
     return {
       errorClass: "RESOURCE",
-      message: `refused requests of this persona's tree had the kernel decode more than ${REFUSED_ITEMS_PER_SECOND} intent items a second lately: intents of ${OWED_INTENT_BYTES} bytes or more wait; retry later`,
+      message: `requests of this persona's tree had the kernel decode more than ${DECODED_ITEMS_PER_SECOND} intent items a second lately (a refused request's counting ${REFUSED_DECODE_WEIGHT} times): intents of ${OWED_INTENT_BYTES} bytes or more wait; retry later`,
     };
   }
 
@@ -275,14 +279,32 @@ export class Pipeline {
    * A refusal before step 3: the record's intent columns from bytes the pipeline did not decode,
    * only when the refusal rate lets it have a record. One over the rate is counted and answered
    * without hashing or decoding its intent (up to a frame's bytes) for a record never written.
+   * Its op and target cost a whole decode, charged as a refused request's ({@link owedDecoding});
+   * a large intent's are read only while its tree owes no decoding, else the record has the hash
+   * and no names (an intent refused for the debt is never decoded).
    */
   private async refuseUndecoded(ctx: RequestCtx, r: Refusal): Promise<Response> {
     if (this.admitRefusal(ctx, r)) {
-      const columns = recordIntentColumns(ctx.rec, ctx.req.intent);
+      const bytes = ctx.req.intent;
+      const columns = recordIntentColumns(ctx.rec, bytes);
       if (columns) await columns;
+      const persona = ctx.session.persona;
+      if (bytes.length < OWED_INTENT_BYTES || !this.deps.refusals?.owesDecoding(persona)) {
+        const items = intentNames(ctx.rec, bytes);
+        this.deps.refusals?.decodedItems(persona, items * REFUSED_DECODE_WEIGHT);
+      }
       await this.recordRefusal(ctx, r);
     }
     return this.answered(ctx, failure(ctx, r));
+  }
+
+  /**
+   * What the intent's decoding read: a large intent's items are charged to its tree at once,
+   * allowed or not ({@link owedDecoding}); a small one's (bench.noop's) touch no bucket.
+   */
+  private decoded(ctx: RequestCtx): void {
+    ctx.decodedItems = lastDecodedItems();
+    if (ctx.req.intent.length >= OWED_INTENT_BYTES) this.deps.refusals?.decodedItems(ctx.session.persona, ctx.decodedItems);
   }
 
   /** Steps 3 (the hash known) to 5. */
@@ -295,11 +317,11 @@ export class Pipeline {
     try {
       // The target its grammar check parses goes to ctx.target, for step 9.
       ctx.intent = decodeIntent(req.intent, DEFAULT_LIMITS, ctx);
-      ctx.decodedItems = lastDecodedItems();
     } catch (e) {
-      ctx.decodedItems = lastDecodedItems();
+      this.decoded(ctx);
       return this.refuse(ctx, { errorClass: "SEMANTIC", message: (e as Error).message });
     }
+    this.decoded(ctx);
     const intent = ctx.intent;
     rec.op = intent.op;
     rec.target = intent.target;
