@@ -23,7 +23,7 @@ export const READ_HOLD_MS = 50;
 export class ReadGauge {
   /** Reads of the current frame that brought little and completed no frame. */
   private fragments = 0;
-  /** Reads held so far (tests, logs). */
+  /** Reads the connection was held for so far (tests; counted by the session, which holds it). */
   held = 0;
 
   /** A read of `length` bytes that completed `frames` frames: whether to hold the connection's reads. */
@@ -32,8 +32,6 @@ export class ReadGauge {
       this.fragments = 0;
       return false;
     }
-    if (length >= MIN_FRAGMENT_BYTES || ++this.fragments <= MAX_FRAGMENTS_PER_FRAME) return false;
-    this.held++;
-    return true;
+    return length < MIN_FRAGMENT_BYTES && ++this.fragments > MAX_FRAGMENTS_PER_FRAME;
   }
 }

@@ -205,7 +205,10 @@ export class Session implements SessionView, EventSink {
     // A read that brought a frame no nearer, past a frame's allowance: the next one waits.
     if (this.reads.read(chunk.length, frames) && (this.state as SessionState) !== "closed") {
       const ms = this.host.limits.readHoldMs ?? READ_HOLD_MS;
-      if (ms > 0) this.conn.holdReads?.(ms);
+      if (ms > 0 && this.conn.holdReads) {
+        this.reads.held++;
+        this.conn.holdReads(ms);
+      }
     }
     // After GOODBYE the kernel closes only once it has processed every frame it already read
     // (PROTOCOL §8.6): a REQUEST that came in the same read is answered, not dropped.
