@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 import { readRegularFile, UnreadableFileError, unsafeDirectoryAboveFile } from "./secure-files.js";
+import { READ_HOLD_MS } from "./session/read-gauge.js";
 import { repeatedJsonKey } from "./strict-json.js";
 
 /** How a setting is declared: its kind, default (none for home and socket: derived) and help text. */
@@ -97,6 +98,13 @@ const DECLARED = {
   },
   /** An upload with no chunk for this long is discarded with its partial file. */
   uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },
+  readHoldMs: {
+    type: "int",
+    default: READ_HOLD_MS,
+    zeroAllowed: true,
+    description:
+      "how long a Unix-socket connection's reads stop for each read that brings a frame no nearer past the frame's allowance (8 reads of under 4096 bytes that complete no frame); 0: never",
+  },
   maxWriteBuffer: {
     type: "int",
     default: 64 * 1024 * 1024,

@@ -141,6 +141,13 @@ export class Kernel {
     return this.services?.sessions.queued.kernel() ?? 0;
   }
 
+  /** Reads the open sessions' connections were held for, each a read that brought a frame no nearer past its frame's allowance (ReadGauge). */
+  get readsHeld(): number {
+    let n = 0;
+    for (const s of this.services?.sessions.all() ?? []) n += s.reads.held;
+    return n;
+  }
+
   /** Bytes queued to every session's peer and not yet taken by it, whatever they are (answers, events) and however few. */
   get bufferedToPeersBytes(): number {
     let n = 0;

@@ -157,7 +157,8 @@ describe("hostile input over the wire", () => {
   });
 
   it("an attested session that trickles a large frame a byte per read holds about what it sent, not an object per read; the frame is served whole", async () => {
-    await withKernel({}, async (t) => {
+    // Reads not held (readHoldMs 0): at the default each read past a frame's eighth waits 50 ms.
+    await withKernel({ readHoldMs: 0 }, async (t) => {
       const p = await RawPeer.admin(t);
       const data = Buffer.alloc(2 * 1024 * 1024);
       for (let i = 0; i < data.length; i++) data[i] = (i * 31 + 7) & 0xff;

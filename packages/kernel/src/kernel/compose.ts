@@ -546,6 +546,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxBodyBytes: c.maxBodyBytes,
         dedupeWindowMs: c.dedupeWindowMs,
         maxWriteBuffer: c.maxWriteBuffer,
+        readHoldMs: c.readHoldMs,
       },
       pipeline,
       audit,

@@ -1,4 +1,5 @@
 import type { Readable } from "node:stream";
+import { startReading, stopReading } from "../read-switch.js";
 
 /**
  * How fast the kernel reads what a process writes to a stream past its captured bytes
@@ -14,35 +15,6 @@ export const DISCARD_BYTES_PER_SECOND = 1024 * 1024;
  * Paused, a stream of ordinary writes is read whole at its next read: only the reads are fewer.
  */
 export const READS_PER_SECOND = 100;
-
-/** A stream's libuv handle, as net.Socket keeps it: whether it reads from the OS, and the switches. */
-type ReadHandle = { reading?: boolean; readStop?: () => number; readStart?: () => number };
-const handleOf = (stream: Readable) => (stream as { _handle?: ReadHandle | null })._handle;
-
-/**
- * Stops `stream`'s reads from the OS, not only its 'data' events: a paused socket goes on reading
- * into its buffer up to its highWaterMark (16 KiB: 16,384 reads of a byte each). As net.Socket's
- * own pause does for a socket made with `onread`, and its reading does when its buffer is full.
- */
-function stopReading(stream: Readable): void {
-  const h = handleOf(stream);
-  if (h?.reading && typeof h.readStop === "function") {
-    h.reading = false;
-    h.readStop();
-  }
-}
-
-/**
- * Starts them again ({@link stopReading}), before the stream is resumed: a resume asks for a
- * read only when none is pending, and one asked for just before the stop would never come.
- */
-function startReading(stream: Readable): void {
-  const h = handleOf(stream);
-  if (h && h.reading === false && typeof h.readStart === "function" && !stream.destroyed) {
-    h.reading = true;
-    h.readStart();
-  }
-}
 
 /**
  * Throttles `stream`: its reads to {@link READS_PER_SECOND}, and, past `captured` bytes, its

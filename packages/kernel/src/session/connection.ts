@@ -188,6 +188,13 @@ export interface Connection extends ByteChannel {
    * for a newer one while the stream lasts (PROTOCOL §8.8).
    */
   attested?(): void;
+  /**
+   * Stops reading from the peer for `ms` (what it sends meanwhile waits in the OS, read whole
+   * after): the session's ReadGauge found it making reads that bring nothing. Transports
+   * whose reads the peer cannot make small at will lack it (gRPC bounds its messages itself:
+   * {@link FragmentGauge}; in-memory).
+   */
+  holdReads?(ms: number): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
   /** gRPC: whether the stream is carried over TLS. */

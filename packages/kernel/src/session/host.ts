@@ -20,6 +20,8 @@ export interface SessionLimitsConfig {
   dedupeWindowMs: number;
   /** Bytes queued to a peer that does not read before the session is dropped. */
   maxWriteBuffer: number;
+  /** How long a connection's reads stop for a read past its frame's allowance (ReadGauge); 0: never. Default READ_HOLD_MS. */
+  readHoldMs?: number;
 }
 
 /** Why an attested persona gets no session (PROTOCOL §8.8): the code of its fatal RESOURCE error, and the message. */

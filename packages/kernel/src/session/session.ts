@@ -30,6 +30,7 @@ import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } fr
 import type { SessionHostOf } from "./host.js";
 import { peerKey } from "./peer-key.js";
 import { sameRegistration } from "./persona-keys.js";
+import { READ_HOLD_MS, ReadGauge } from "./read-gauge.js";
 
 /** What a session needs from the kernel that owns it. */
 export type SessionHost = SessionHostOf<Session>;
@@ -72,6 +73,8 @@ export class Session implements SessionView, EventSink {
   private nonce: Buffer | undefined;
   /** Frames in, the same reader as the client's (shared-memory bodies taken out of the peer's segment). */
   private readonly reader: FrameReader;
+  /** This connection's reads that brought little and completed no frame (see {@link ReadGauge}). */
+  readonly reads = new ReadGauge();
   private readonly abort = new AbortController();
   private drained: (() => void) | undefined;
   /** The kernel began this session's closing (its stop), not the peer's GOODBYE: see {@link stopping}. */
@@ -189,14 +192,24 @@ export class Session implements SessionView, EventSink {
   private receive(chunk: Uint8Array): void {
     if (this.state === "closed") return;
     this.lastSeen = Date.now();
+    let frames = 0;
     this.reader.push(
       chunk,
       (msg, frame) => {
+        frames++;
         this.onMessage(msg, frame);
         return (this.state as SessionState) !== "closed";
       },
       (e) => this.fatal(e),
     );
+    // A read that brought a frame no nearer, past a frame's allowance: the next one waits.
+    if (this.reads.read(chunk.length, frames) && (this.state as SessionState) !== "closed") {
+      const ms = this.host.limits.readHoldMs ?? READ_HOLD_MS;
+      if (ms > 0 && this.conn.holdReads) {
+        this.reads.held++;
+        this.conn.holdReads(ms);
+      }
+    }
     // After GOODBYE the kernel closes only once it has processed every frame it already read
     // (PROTOCOL §8.6): a REQUEST that came in the same read is answered, not dropped.
     this.maybeFinishClosing();

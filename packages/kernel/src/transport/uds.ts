@@ -3,6 +3,7 @@ import { chmodSync, linkSync, lstatSync, mkdirSync, statSync, unlinkSync } from 
 import net from "node:net";
 import { dirname, join } from "node:path";
 import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
+import { startReading, stopReading } from "../read-switch.js";
 import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
@@ -123,6 +124,8 @@ export class SocketConnection implements Connection {
   readonly peer: string;
   private readonly out: TurnBatcher;
   private readonly cut: PeerCloseCut;
+  /** A {@link holdReads} in force. */
+  private hold: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly sock: net.Socket,
@@ -135,6 +138,7 @@ export class SocketConnection implements Connection {
     sock.on("error", () => {
       // reported through close
     });
+    sock.once("close", () => clearTimeout(this.hold));
     this.out = socketTurnBatcher(sock);
   }
 
@@ -171,6 +175,24 @@ export class SocketConnection implements Connection {
 
   onData(cb: (chunk: Uint8Array) => void): void {
     this.sock.on("data", cb);
+  }
+
+  /**
+   * Stops the socket's reads from the OS for `ms`, not only its 'data' events (a paused socket
+   * goes on reading into its buffer), as the sandbox's output throttle does. A hold in force is
+   * not extended.
+   */
+  holdReads(ms: number): void {
+    if (this.hold || this.sock.destroyed) return;
+    this.sock.pause();
+    stopReading(this.sock);
+    this.hold = setTimeout(() => {
+      this.hold = undefined;
+      if (this.sock.destroyed) return;
+      startReading(this.sock);
+      this.sock.resume();
+    }, ms);
+    this.hold.unref();
   }
 
   onClose(cb: () => void): void {
