@@ -359,7 +359,7 @@ export class Pipeline {
 
   // The stages run through `stage`: functions made once per pipeline, given the request's ctx.
 
-  private readonly authorize = (ctx: RequestCtx): Decision => {
+  private readonly authorize = (ctx: RequestCtx): Decision | Promise<Decision> => {
     const { session: s, req } = ctx;
     return this.deps.authorizer.authorize({
       persona: s.persona,
