@@ -101,10 +101,15 @@ export class KernelClient extends EventEmitter {
       handles: () => this.held.handles,
       reattest: () => this.link?.fail(new KernelUnavailableError("re-attesting after AUTH")),
     });
-    this.subs = new Subscriptions(call, () => this.state === "ready", {
-      resubscribed: (pattern) => this.emit("resubscribed", pattern),
-      resubscribeFailed: (info) => this.emit("resubscribeFailed", info),
-    });
+    this.subs = new Subscriptions(
+      call,
+      () => this.state === "ready",
+      {
+        resubscribed: (pattern) => this.emit("resubscribed", pattern),
+        resubscribeFailed: (info) => this.emit("resubscribeFailed", info),
+      },
+      () => this.connections,
+    );
     this.dialer = new Dialer(o, {
       establish: (ms) => this.establish(ms),
       reconnecting: () => this.state === "reconnecting",

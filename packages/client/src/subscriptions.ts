@@ -28,15 +28,27 @@ const WATCHES: SubscribeOps = {
   unsubscribe: (op, pattern, id) => op(storageUnwatch, pattern, { subscription: id }),
 };
 
+/** What the set knows of one subscription besides the reader's side. */
+interface Held {
+  ops: SubscribeOps;
+  /** The connection (its number) on which the kernel made the subscription `remoteId` names. */
+  conn: number;
+  /** A re-subscription is under way: another would leave one of the two in the kernel, heard by no one. */
+  busy: boolean;
+  /** A reconnect came while it was under way (if it fails, it is tried once more on the new connection). */
+  redo: boolean;
+}
+
 /**
  * A client's event subscriptions and storage watches: EVENT frames go to the one the kernel's
  * id names, and after a reconnect every pattern is subscribed again (events emitted while away
  * are not replayed). A subscription or watch the kernel ended because the capability that
  * authorized it lapsed (revoked, or an expired token that was refreshed) is made again with the
- * tokens held now; when that is refused too, its iteration ends.
+ * tokens held now; when that is refused too, its iteration ends. One re-subscription at a time
+ * per subscription: an end and a reconnect that overlap make one, not two.
  */
 export class Subscriptions {
-  private readonly subs = new Map<Subscription, SubscribeOps>();
+  private readonly subs = new Map<Subscription, Held>();
   private readonly op: OpCall;
 
   constructor(
@@ -44,6 +56,12 @@ export class Subscriptions {
     /** Whether an unsubscribe can reach the kernel now. */
     private readonly ready: () => boolean,
     private readonly events: ResubscribeEvents,
+    /**
+     * The number of the connection now (it grows by one at each). An answer is handled in the
+     * turn it arrives in, before any later connection is made: read then, it names the connection
+     * that answered.
+     */
+    private readonly connection: () => number,
   ) {
     this.op = opCall(call);
   }
@@ -70,39 +88,67 @@ export class Subscriptions {
       bufferBytes,
     );
     sub.remoteId = await ops.subscribe(this.op, pattern, callOpts);
-    this.subs.set(sub, ops);
+    this.subs.set(sub, { ops, conn: this.connection(), busy: false, redo: false });
     return sub;
   }
 
   /** An EVENT (`size`: its frame's body size): to its subscription (0 is a kernel notice no subscription asked for). */
   dispatch(e: KEvent, size = 0): void {
     if (e.subscription === 0) return;
-    for (const [sub, ops] of this.subs) {
-      if (sub.remoteId !== e.subscription) continue;
+    const conn = this.connection();
+    for (const [sub, held] of this.subs) {
+      // An id from an earlier session names nothing now (the kernel may have given it to another).
+      if (sub.remoteId !== e.subscription || held.conn !== conn) continue;
       // The kernel ended it (the capability that authorized it lapsed): make it again with the tokens held now.
       if (e.ended !== undefined) {
         sub.remoteId = 0;
-        void this.again(sub, ops);
+        void this.again(sub, held);
       } else sub.push(e, size);
     }
   }
 
   /** After a reconnect: subscribe again to every pattern. */
   async resubscribe(): Promise<void> {
-    for (const [sub, ops] of this.subs) await this.again(sub, ops);
+    for (const [sub, held] of this.subs) {
+      // One under way (a lost link's call is sent again on the new connection) makes it there.
+      if (held.busy) held.redo = true;
+      else await this.again(sub, held);
+    }
   }
 
-  private async again(sub: Subscription, ops: SubscribeOps): Promise<void> {
+  private async again(sub: Subscription, held: Held): Promise<void> {
+    if (held.busy) return;
+    held.busy = true;
     try {
-      sub.remoteId = await ops.subscribe(this.op, sub.pattern);
-      this.events.resubscribed(sub.pattern);
-    } catch (e) {
-      this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
-      // A subscription the kernel ended and will not make again is over: its reader learns it.
-      if (sub.remoteId === 0) {
-        this.subs.delete(sub);
-        sub.end();
+      for (;;) {
+        held.redo = false;
+        try {
+          const id = await held.ops.subscribe(this.op, sub.pattern);
+          const conn = this.connection();
+          // Closed meanwhile: the kernel's new subscription would be held for no one.
+          if (this.subs.get(sub) !== held) {
+            if (this.ready()) await held.ops.unsubscribe(this.op, sub.pattern, id).catch(() => {});
+            return;
+          }
+          sub.remoteId = id;
+          held.conn = conn;
+          this.events.resubscribed(sub.pattern);
+          return;
+        } catch (e) {
+          if (this.subs.get(sub) !== held) return;
+          // It failed with the link it was sent on: try once on the connection made since.
+          if (held.redo && held.conn !== this.connection()) continue;
+          this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
+          // A subscription the kernel ended and will not make again is over: its reader learns it.
+          if (sub.remoteId === 0) {
+            this.subs.delete(sub);
+            sub.end();
+          }
+          return;
+        }
       }
+    } finally {
+      held.busy = false;
     }
   }
 

@@ -125,8 +125,11 @@ export class FakeKernel {
   answerHellos = Number.POSITIVE_INFINITY;
   requests: Request[] = [];
   script: Step[] = [];
+  /** Each connection accepted, newest last (to write to the client, or to cut it off). */
+  sockets: net.Socket[] = [];
   constructor() {
     this.server = net.createServer((s) => {
+      this.sockets.push(s);
       const d = new FrameDecoder();
       s.on("error", () => {});
       s.on("data", (chunk) => {

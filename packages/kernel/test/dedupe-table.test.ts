@@ -8,7 +8,8 @@ import type { KeyHash } from "../src/pipeline/dedupe-table.js";
 import type { AuditStore } from "../src/store/types.js";
 
 // The Map-based cache the table replaced (main at 79e06e7, commitWith left out: it does not touch
-// memory), verbatim but for its name: the model the table must behave exactly like. Its tag is a
+// memory), verbatim but for its name and for what came after it (`forget` and `settled` name their
+// attempt and leave another's alone): the model the table must behave exactly like. Its tag is a
 // string (base64 of the bytes here); the table keeps the bytes.
 interface Entry {
   tag: string;
@@ -68,10 +69,12 @@ class MapDedupeCache {
   }
 
   /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
-  settled(key: string, t: RefTag, now: number): void {
+  settled(key: string, t: RefTag, now: number, pending?: Promise<Response>): void {
     // Kept in place (a delete and a set per request left the Map deleted slots to rehash): the
     // entry sits where `running` put it, a request's duration early for `sweep`, which only frees memory.
     const e = this.entries.get(key);
+    // Another attempt with these ids is running: it stays as it is, and settles itself.
+    if (e?.pending !== undefined && e.pending !== pending) return;
     if (e !== undefined && e.tag === t.tag && e.authority === t.authority) {
       e.pending = undefined;
       e.expires = now + this.windowMs;
@@ -98,9 +101,9 @@ class MapDedupeCache {
     if (this.entries.get(key)?.pending === pending) this.entries.delete(key);
   }
 
-  /** Forgets a request whose failure was transient, so its retry runs again. */
-  forget(key: string): void {
-    this.entries.delete(key);
+  /** Forgets the attempt `pending` (its failure was transient), so its retry runs again; never another's. */
+  forget(key: string, pending: Promise<Response>): void {
+    this.abandoned(key, pending);
   }
 
   /** Drops expired entries (Map order is insertion order, so expiry order). */
@@ -166,7 +169,9 @@ type Step =
   /** The run `running` last registered under the key settles, naming the record it was given (as the pipeline does). */
   | { op: "settledRun"; key: number }
   | { op: "abandoned"; key: number; promise: number }
-  | { op: "forget"; key: number }
+  | { op: "forget"; key: number; promise: number }
+  /** The run `running` last registered under the key failed transiently, naming its record (as the pipeline does). */
+  | { op: "forgetRun"; key: number }
   | { op: "sweep" }
   | { op: "advance"; ms: number };
 
@@ -179,7 +184,8 @@ const step: fc.Arbitrary<Step> = fc.oneof(
   { arbitrary: fc.record({ op: fc.constant("settled" as const), key, tag, auth }), weight: 4 },
   { arbitrary: fc.record({ op: fc.constant("settledRun" as const), key }), weight: 3 },
   { arbitrary: fc.record({ op: fc.constant("abandoned" as const), key, promise: fc.nat(8) }), weight: 1 },
-  { arbitrary: fc.record({ op: fc.constant("forget" as const), key }), weight: 1 },
+  { arbitrary: fc.record({ op: fc.constant("forget" as const), key, promise: fc.nat(8) }), weight: 1 },
+  { arbitrary: fc.record({ op: fc.constant("forgetRun" as const), key }), weight: 2 },
   { arbitrary: fc.record({ op: fc.constant("sweep" as const) }), weight: 1 },
   { arbitrary: fc.record({ op: fc.constant("advance" as const), ms: fc.constantFrom(0, 1, 30, 99, 100, 101, 150) }), weight: 2 },
 );
@@ -214,8 +220,16 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
               mine.sweep(now);
               model.sweep(now);
             } else if (s.op === "forget") {
-              mine.forget(KEYS[s.key] as string);
-              model.forget(KEYS[s.key] as string);
+              const p = promises[s.promise] ?? Promise.resolve(answer(-1));
+              mine.forget(KEYS[s.key] as string, p);
+              model.forget(KEYS[s.key] as string, p);
+            } else if (s.op === "forgetRun") {
+              const run = runs.get(s.key);
+              if (run) {
+                // Its record may have been evicted, forgotten or reused since: then it is looked up.
+                mine.forget(KEYS[s.key] as string, run.p, run.record);
+                model.forget(KEYS[s.key] as string, run.p);
+              }
             } else if (s.op === "settledRun") {
               const run = runs.get(s.key);
               if (run) {
@@ -225,6 +239,7 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
                   KEYS[s.key] as string,
                   { tag: Buffer.from(run.t.bytes).toString("base64"), authority: run.t.authority },
                   now,
+                  run.p,
                 );
               }
             } else if (s.op === "abandoned") {
@@ -258,7 +273,8 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
               await sameVerdict(mine.check(name, t, now, effects), model.check(name, ref, now, effects), `final ${name}`);
             }
           }
-          for (const k of KEYS) mine.forget(k);
+          // Every record expired by then, running or not.
+          mine.sweep(Number.POSITIVE_INFINITY);
           assert.equal(mine.size, 0);
           assert.equal(mine.interned, 0, "no client or authority left interned");
         },

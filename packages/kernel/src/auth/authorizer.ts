@@ -41,7 +41,13 @@ export type Decision =
  * implements it; an embedder may supply another through `new Kernel({ authorizer })`.
  */
 export interface Authorizer {
-  authorize(req: AuthorizationRequest): Decision;
+  /**
+   * The decision on one request: at once, or as a promise (an embedder's remote policy, a cache
+   * miss). A decision that comes later keeps the request's place: the session's later requests
+   * wait until it has passed dedupe, so none overtakes it. A promise that rejects fails the
+   * request (INTERNAL, logged). The kernel's own enforcer always decides at once.
+   */
+  authorize(req: AuthorizationRequest): Decision | Promise<Decision>;
   /**
    * Why the grant a decision carried no longer holds (revoked, itself or an ancestor, or past its
    * expiry), or undefined while it holds. Asked again right before an op's effect commits: an

@@ -218,6 +218,10 @@ export class DedupeCache {
       return;
     }
     const r = table.find(key);
+    // Another attempt with these ids is running (this one's record was evicted or expired, and it
+    // registered): its record stays as it is, or a duplicate of it would run again. It settles itself.
+    const other = r !== -1 ? table.pending(r) : undefined;
+    if (other !== undefined && other !== pending) return;
     if (r !== -1 && table.sameTag(r, t.bytes, t.authority)) table.settle(r, now + this.windowMs);
     else table.put(key, t.bytes, t.authority, now + this.windowMs, undefined);
   }
@@ -228,10 +232,16 @@ export class DedupeCache {
     if (r !== -1 && this.table.pending(r) === pending) this.table.remove(r);
   }
 
-  /** Forgets a request whose failure was transient, so its retry runs again. */
-  forget(key: string): void {
-    const r = this.table.find(key);
-    if (r !== -1) this.table.remove(r);
+  /**
+   * Forgets the attempt `pending` (its failure was transient), so its retry runs again. Only its
+   * own record: one under its key that another attempt registered after this one's was evicted or
+   * expired stays, or a retry arriving while that attempt runs would run its effect a second time.
+   * `record`: what {@link running} answered, checked first (no lookup when it still holds `pending`).
+   */
+  forget(key: string, pending: Promise<Response>, record = -1): void {
+    const table = this.table;
+    if (record !== -1 && table.pending(record) === pending) table.remove(record);
+    else this.abandoned(key, pending);
   }
 
   /** Drops expired entries, oldest first, up to the first that has not expired (insertion order). */

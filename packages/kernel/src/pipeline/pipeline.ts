@@ -381,7 +381,7 @@ export class Pipeline {
 
   // The stages run through `stage`: functions made once per pipeline, given the request's ctx.
 
-  private readonly authorize = (ctx: RequestCtx): Decision => {
+  private readonly authorize = (ctx: RequestCtx): Decision | Promise<Decision> => {
     const { session: s, req } = ctx;
     return this.deps.authorizer.authorize({
       persona: s.persona,
@@ -646,12 +646,12 @@ export class Pipeline {
 
   /** A run's answer, final: what dedupe keeps of it, then the answer. */
   private settle(ctx: RequestCtx, tag: DedupeTag, response: Response): Response {
-    // A transient failure is not an answer to keep: the client's retry must run again.
-    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) this.deps.dedupe.forget(ctx.key as string);
-    else {
-      const p = ctx.pending;
-      this.deps.dedupe.settled(ctx.key as string, tag, Date.now(), ctx.dslot, p === FAILED_EARLY ? undefined : p);
-    }
+    const p = ctx.pending === FAILED_EARLY ? undefined : ctx.pending;
+    // A transient failure is not an answer to keep: the client's retry must run again. Only this
+    // attempt's record is forgotten, never another's registered under the same ids since.
+    if (response.error !== undefined && RETRYABLE_CLASSES.has(response.error)) {
+      if (p !== undefined) this.deps.dedupe.forget(ctx.key as string, p, ctx.dslot);
+    } else this.deps.dedupe.settled(ctx.key as string, tag, Date.now(), ctx.dslot, p);
     return this.answered(ctx, response);
   }
 

@@ -1,0 +1,76 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { decodeIntent, encodeMessage, type Request } from "@kpip/protocol";
+import { FakeKernel, until } from "./harness.js";
+
+/** The event.subscribe requests among `rs`. */
+const subscribes = (rs: Request[]): Request[] => rs.filter((r) => decodeIntent(r.intent).op === "event.subscribe");
+
+describe("re-subscription after an ended subscription and a reconnect", () => {
+  it("a subscription the kernel ended while the link is lost is made again once on the new connection, not twice (no orphan left in the kernel)", async (t) => {
+    const k = new FakeKernel();
+    await k.listen();
+    t.after(() => k.close());
+    let next = 1;
+    const subscribed = () => ({ status: "SUCCESS" as const, payload: { subscription: next++ } });
+    k.reset(subscribed);
+    const c = await k.connect();
+    t.after(() => c.close());
+    const sub = await c.subscribe("topic://t/**");
+    assert.equal(sub.remoteId, 1);
+
+    // The kernel ends it (its capability lapsed); the client's re-subscription goes unanswered ...
+    k.reset(() => "silent");
+    const first = k.sockets[0];
+    assert.ok(first);
+    first.write(encodeMessage({ type: "EVENT", body: { subscription: 1, topic: "topic://t/x", seq: 1, ended: "revoked" } }));
+    await until(() => subscribes(k.requests).length === 1, 10_000, "the re-subscription sent");
+    // ... and the link is lost with it in flight: the client reconnects, resends it and resubscribes.
+    const resubscribed = new Promise<void>((r) => c.once("resubscribed", () => r()));
+    k.reset(subscribed);
+    first.destroy();
+    await resubscribed;
+    await until(() => c.state === "ready", 10_000, "ready again");
+    // Every request sent before this one has reached the kernel when it answers it.
+    await c.system.health();
+    assert.equal(
+      subscribes(k.requests).length,
+      1,
+      "one subscription made on the new connection: a second would be held by the kernel, its events delivered to nobody",
+    );
+    assert.equal(sub.remoteId, 2, "the subscription is the one the kernel made on the new connection");
+    const events = sub[Symbol.asyncIterator]();
+    k.sockets.at(-1)?.write(encodeMessage({ type: "EVENT", body: { subscription: 2, topic: "topic://t/y", seq: 1, data: 7 } }));
+    assert.equal((await events.next()).value?.topic, "topic://t/y", "its events reach it");
+  });
+
+  it("an id from the previous session names nothing after a reconnect: an event for the new session's id reaches only the subscription made with it", async (t) => {
+    const k = new FakeKernel();
+    await k.listen();
+    t.after(() => k.close());
+    const ids = (n: number) => () => ({ status: "SUCCESS" as const, payload: { subscription: n } });
+    k.reset(ids(1), ids(2));
+    const c = await k.connect();
+    t.after(() => c.close());
+    const a = await c.subscribe("topic://a/**");
+    const b = await c.subscribe("topic://b/**");
+    // After the reconnect, a's re-subscription is refused (a keeps the id of the session gone) and
+    // b's is given the id a had.
+    const resubscribed = new Promise<void>((r) => c.once("resubscribed", () => r()));
+    k.reset(() => ({ status: "FAILURE" as const, error: "PERMISSION" as const, message: "no" }), ids(1));
+    k.sockets[0]?.destroy();
+    await resubscribed;
+    assert.equal(b.remoteId, 1);
+    const delivered = { a: 0, b: 0 };
+    const count = async (s: typeof a, name: "a" | "b") => {
+      for await (const _ of s) delivered[name]++;
+    };
+    void count(a, "a");
+    void count(b, "b");
+    k.sockets.at(-1)?.write(encodeMessage({ type: "EVENT", body: { subscription: 1, topic: "topic://b/x", seq: 1, data: 1 } }));
+    await until(() => delivered.b === 1, 10_000, "b's event delivered");
+    // Every frame written before the answer to this call has been read when it arrives.
+    await c.system.health();
+    assert.deepEqual(delivered, { a: 0, b: 1 });
+  });
+});
