@@ -7,7 +7,7 @@ import type { TestKernel } from "./harness.js";
 import { allAudit, type RawPeer, rawPeerKernel, requestFrame, stopRawPeerKernel } from "./wire.js";
 
 // A session's requests reach dedupe (their claim on a request id), the rate and their handlers in
-// the order they arrived (PROTOCOL §9.7 rule 3 relies on it), however many waits each has before:
+// the order they arrived (PROTOCOL §9 relies on it), however many waits each has before:
 // a large intent is hashed a slice per turn, and an embedder's authorizer (new Kernel({ authorizer }))
 // may decide some requests later than others (a remote policy, a cache miss).
 
