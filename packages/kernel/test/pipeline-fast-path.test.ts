@@ -202,28 +202,33 @@ describe("the pipeline's synchronous path (property)", () => {
   });
 });
 
+/** Sends reads numbered `ns` at once through a pipeline deciding with `authorizer`: each answered, their handlers in arrival order. */
+async function ranInArrivalOrder(authorizer: Authorizer, ns: number[]): Promise<void> {
+  const u = unit({ authorizer, maxInFlight: 16 });
+  try {
+    const reqs = ns.map((n) => request(read({ n })));
+    const answers = await Promise.all(reqs.map((r) => u.send(r)));
+    assert.ok(answers.every((a) => a.status === "SUCCESS"));
+    assert.deepEqual(
+      u.ran,
+      reqs.map((r) => `read:${r.id}`),
+      "handlers in arrival order",
+    );
+  } finally {
+    u.close();
+  }
+}
+
 describe("the session's order and a failed first attempt", () => {
   it("a request whose decision comes as a promise is not overtaken by a later one of its session whose decision is at hand", async () => {
     // An embedder's authorizer may answer some requests later than others (a remote policy, a cache miss).
     const later: Authorizer = {
       authorize: (r) => {
         const d = handleAuthorizer.authorize(r);
-        return ((r.intent.args as { n?: number }).n === 1 ? Promise.resolve(d) : d) as Decision;
+        return (r.intent.args as { n?: number }).n === 1 ? Promise.resolve(d) : d;
       },
     };
-    const u = unit({ authorizer: later, maxInFlight: 16 });
-    try {
-      const reqs = [1, 2, 3, 1, 4].map((n) => request(read({ n })));
-      const answers = await Promise.all(reqs.map((r) => u.send(r)));
-      assert.ok(answers.every((a) => a.status === "SUCCESS"));
-      assert.deepEqual(
-        u.ran,
-        reqs.map((r) => `read:${r.id}`),
-        "handlers in arrival order",
-      );
-    } finally {
-      u.close();
-    }
+    await ranInArrivalOrder(later, [1, 2, 3, 1, 4]);
   });
 
   it("a request that waited behind an earlier one and whose decision then comes later is not overtaken by a later one whose decision is at hand", async () => {
@@ -233,22 +238,10 @@ describe("the session's order and a failed first attempt", () => {
       authorize: (r) => {
         const d = handleAuthorizer.authorize(r);
         if ((r.intent.args as { n?: number }).n !== 1) return d;
-        return new Promise((ok) => setImmediate(() => ok(d))) as unknown as Decision;
+        return new Promise<Decision>((ok) => setImmediate(() => ok(d)));
       },
     };
-    const u = unit({ authorizer: later, maxInFlight: 16 });
-    try {
-      const reqs = [1, 1, 2].map((n) => request(read({ n })));
-      const answers = await Promise.all(reqs.map((r) => u.send(r)));
-      assert.ok(answers.every((a) => a.status === "SUCCESS"));
-      assert.deepEqual(
-        u.ran,
-        reqs.map((r) => `read:${r.id}`),
-        "handlers in arrival order",
-      );
-    } finally {
-      u.close();
-    }
+    await ranInArrivalOrder(later, [1, 1, 2]);
   });
 
   it("a first attempt whose intent record did not commit leaves its ids free: the retry runs, once, on the record", async () => {
