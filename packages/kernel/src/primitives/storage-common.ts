@@ -72,8 +72,7 @@ export function commitObject(
   const freeBodies = (happened: boolean) => {
     if (hash) {
       blobs.unpin(hash);
-      if (happened) blobs.collect(hash, store.countBodyRefs(hash));
-      else blobs.release(hash, size);
+      if (!happened) blobs.release(hash, size);
     }
     const old = previous?.hash ?? undefined;
     if (previous && old && !(hash && Buffer.from(old).equals(Buffer.from(hash)))) blobs.release(old, previous.size);
