@@ -203,6 +203,40 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(raw.stdout.toString(), printed);
   });
 
+  it("agents kill, status and logs reach another spawner's agent of the same name with --spawner, never the admin's own; list shows each agent's spawner", async () => {
+    // mallory names her agent as the operator's own worker is named: agent://sh/w1.
+    const m = JSON.parse(kpip(["persona", "create", "mallory", "--json", ...h]).out);
+    const minted = kpip(["token", "mint", "--persona", "mallory", "--allow", "agent.*:agent://**", "--ttl", "1h", ...h]);
+    assert.equal(minted.code, 0, minted.err);
+    const asMallory = ["--identity", m.identity, "--token", minted.out.trim(), ...h];
+    const sleeper = ["--lifetime", "10m", "--", "-c", "exec sleep 600"];
+    assert.equal(kpip(["agents", "spawn", "sh/w1", ...asMallory, ...sleeper]).code, 0);
+    assert.equal(kpip(["agents", "spawn", "sh/w1", ...h, ...sleeper]).code, 0);
+    const state = (who: string[]) => JSON.parse(kpip(["agents", "status", "agent://sh/w1", "--json", ...who]).out).state;
+
+    const listed = kpip(["agents", "list", ...h]);
+    assert.equal(listed.code, 0, listed.err);
+    assert.match(listed.out, /^AGENT\s+SPAWNER\s+STATE\s+PERSONA\n/);
+    assert.match(listed.out, /\nagent:\/\/sh\/w1\s+mallory\s+running\s+mallory\/agent\.w1\n/);
+    assert.match(listed.out, /\nagent:\/\/sh\/w1\s+admin\s+running\s+admin\/agent\.w1\n/);
+
+    const mallorys = ["agent://sh/w1", "--spawner", "mallory", ...h];
+    assert.equal(JSON.parse(kpip(["agents", "status", ...mallorys, "--json"]).out).persona, "mallory/agent.w1");
+    const killed = kpip(["agents", "kill", ...mallorys]);
+    assert.equal(killed.code, 0, killed.err);
+    assert.equal(killed.out, "killed agent://sh/w1 of mallory\n");
+    await until(() => state(asMallory) !== "running");
+    assert.equal(state(h), "running", "the operator's own agent of that name runs on");
+    assert.equal(JSON.parse(kpip(["agents", "logs", ...mallorys, "--json"]).out).spawner, "mallory");
+    // A second kill says nothing was running, and fails.
+    const again = kpip(["agents", "kill", ...mallorys]);
+    assert.equal(again.code, 1);
+    assert.match(again.err, /agent:\/\/sh\/w1 of mallory was not running/);
+    // --spawner is the admin's: mallory cannot name the operator's agent with it.
+    assert.match(kpip(["agents", "kill", "agent://sh/w1", "--spawner", "admin", ...asMallory]).err, /FAILURE SEMANTIC/);
+    assert.equal(kpip(["agents", "kill", "agent://sh/w1", ...h]).out, "killed agent://sh/w1\n");
+  });
+
   it("events tail and call show the C1 controls and bidirectional overrides an emitter or writer put in its data as escapes", async () => {
     // JSON quoting escapes C0 only: U+009B (a one-byte CSI) and U+202E (right-to-left override) passed through.
     const hostile = "a\u009b2Jb\u202ec\u001b[31m";

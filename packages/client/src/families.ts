@@ -311,6 +311,11 @@ export class ResourcesApi {
   }
 }
 
+/** A call on one agent: `spawner` (the admin only) names another persona's agent of that name. */
+export type AgentCallOptions = CallOptions & { spawner?: string };
+
+const spawnerArgs = (spawner: string | undefined) => (spawner === undefined ? {} : { spawner });
+
 /** agent.* — agents are processes the kernel starts; each connects back as its own persona. */
 export class AgentsApi {
   private readonly op: OpCall;
@@ -326,14 +331,21 @@ export class AgentsApi {
   ): Promise<ResultOf<typeof agentSpawn>> {
     return (await this.op(agentSpawn, `agent://${executable}/${instance}`, spec, opts)).payload;
   }
-  async kill(agent: string, opts?: CallOptions): Promise<void> {
-    await this.op(agentKill, agent, {}, opts);
+  /**
+   * Kills an agent; whether it was running. agent://<executable>/<instance> names the caller's
+   * own: every spawner has its own names, so the admin names another persona's with `spawner`.
+   */
+  async kill(agent: string, opts: AgentCallOptions = {}): Promise<boolean> {
+    const { spawner, ...rest } = opts;
+    return (await this.op(agentKill, agent, spawnerArgs(spawner), rest)).payload.killed;
   }
-  async status(agent: string, opts?: CallOptions): Promise<ResultOf<typeof agentStatus>> {
-    return (await this.op(agentStatus, agent, {}, opts)).payload;
+  async status(agent: string, opts: AgentCallOptions = {}): Promise<ResultOf<typeof agentStatus>> {
+    const { spawner, ...rest } = opts;
+    return (await this.op(agentStatus, agent, spawnerArgs(spawner), rest)).payload;
   }
-  async logs(agent: string, opts?: CallOptions): Promise<ResultOf<typeof agentLogs>> {
-    return (await this.op(agentLogs, agent, {}, opts)).payload;
+  async logs(agent: string, opts: AgentCallOptions = {}): Promise<ResultOf<typeof agentLogs>> {
+    const { spawner, ...rest } = opts;
+    return (await this.op(agentLogs, agent, spawnerArgs(spawner), rest)).payload;
   }
   /** Every agent the caller may see, following PARTIAL pages and their cursors. */
   async list(opts: CallOptions & { pageSize?: number } = {}): Promise<ResultOf<typeof agentList>["agents"]> {

@@ -10,6 +10,7 @@ export { FallbackConnector, GrpcConnector, type GrpcConnectorOptions } from "./c
 export { UdsConnector } from "./connectors/uds.js";
 export * from "./errors.js";
 export {
+  type AgentCallOptions,
   OpsApi,
   type PersonaEntry,
   PersonasApi,

@@ -321,3 +321,39 @@ describe("a persona id removed and registered again", () => {
     }
   });
 });
+
+describe("an agent's name is each spawner's own", () => {
+  it("the admin's agent.kill of another spawner's agent of its own agent's name says on the record which agent it killed, with no intent bytes kept", {
+    skip: sandboxSkip,
+  }, async () => {
+    // Intents past 16 bytes keep their hash only: `args.spawner` is not on the record.
+    const t = await startKernel({ auditIntentMaxBytes: 16 });
+    try {
+      const mallory = await t.persona("mallory", [...AGENTS, ...HEALTH]);
+      const m = await t.connect(mallory.identity, [mallory.token]);
+      const admin = await t.admin();
+      const sleeper = { args: ["-c", "exec sleep 600"], rights: HEALTH, lifetimeMs: 600_000 };
+      const hers = await m.agents.spawn("sh", "w1", sleeper);
+      const mine = await admin.agents.spawn("sh", "w1", sleeper);
+      assert.equal(await admin.agents.kill("agent://sh/w1", { spawner: "mallory" }), true);
+      assert.equal(await admin.agents.kill("agent://sh/w1"), true);
+      await until(async () => (await admin.agents.status("agent://sh/w1")).state !== "running", 30_000, "admin's w1 ended");
+      assert.equal(await admin.agents.kill("agent://sh/w1"), false, "no longer running");
+      const kills = t.k.inspect
+        .queryAudit({ op: "agent.kill", limit: 100 })
+        .filter((r) => r.phase === "outcome")
+        .map((r) => JSON.parse(r.detail ?? "{}") as Record<string, unknown>);
+      assert.deepEqual(
+        kills.map((d) => [d.agent, d.persona, d.token, d.killed]),
+        [
+          ["mallory/sh/w1", "mallory/agent.w1", hers.token, true],
+          ["admin/sh/w1", "admin/agent.w1", mine.token, true],
+          ["admin/sh/w1", "admin/agent.w1", mine.token, false],
+        ],
+      );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

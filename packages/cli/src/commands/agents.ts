@@ -19,12 +19,17 @@ export const agentsCommand: Command = {
   name: "agents",
   summary: "spawn, list, kill agents and read their logs",
   usage:
-    "kpip agents list | spawn <executable>/<instance> --allow OPS:TARGETS --lifetime D [-- args…] | kill <agent> | status <agent> | logs <agent>",
+    "kpip agents list | spawn <executable>/<instance> --allow OPS:TARGETS --lifetime D [-- args…] | kill <agent> | status <agent> | logs <agent> [--spawner P]",
   example: "kpip agents spawn node/worker-1 --allow 'storage.*:obj://ws1/**' --lifetime 10m -- /srv/agents/agent.js",
   options: {
     ...CONNECT_OPTIONS,
     allow: { type: "string", multiple: true, description: "spawn: OPS:TARGETS for the agent's token; repeatable" },
     lifetime: { type: "string", description: "spawn: the agent is killed after this long (30s, 10m, 1h)" },
+    spawner: {
+      type: "string",
+      description:
+        "kill, status, logs: the agent of this spawner (the admin only; default: your own — every spawner has its own agent names)",
+    },
     json: { type: "boolean", description: "print JSON" },
     raw: {
       type: "boolean",
@@ -33,6 +38,12 @@ export const agentsCommand: Command = {
   },
   async run(v, pos) {
     const [sub, target, ...rest] = pos;
+    // agent://<executable>/<instance> is a name of its spawner's own: another spawner's agent of
+    // the same name is another agent, which the admin names with --spawner.
+    const spawner = v.spawner as string | undefined;
+    if (spawner !== undefined && !["kill", "status", "logs"].includes(String(sub)))
+      throw new UsageError("--spawner names the agent of kill, status or logs");
+    const whose = spawner === undefined ? {} : { spawner };
     switch (sub) {
       case "list":
         return withClient(v, async (c) => {
@@ -40,8 +51,8 @@ export const agentsCommand: Command = {
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(agents))}\n`);
           else
             printTable(
-              ["AGENT", "STATE", "PERSONA"],
-              agents.map((a) => [String(a.agent), String(a.state), String(a.persona)]),
+              ["AGENT", "SPAWNER", "STATE", "PERSONA"],
+              agents.map((a) => [String(a.agent), String(a.spawner), String(a.state), String(a.persona)]),
             );
         });
       case "spawn": {
@@ -55,17 +66,27 @@ export const agentsCommand: Command = {
           print(v, await c.agents.spawn(executable, instance, { args: rest, rights, lifetimeMs })),
         );
       }
-      case "kill":
-        return withClient(v, async (c) => {
-          await c.agents.kill(agentUri(target));
-          if (!v.json) process.stdout.write(`killed ${agentUri(target)}\n`);
-          else process.stdout.write(`${JSON.stringify({ killed: agentUri(target) })}\n`);
+      case "kill": {
+        let code: number = EXIT.OK;
+        const done = await withClient(v, async (c) => {
+          const uri = agentUri(target);
+          // Whose agent it was, said with the outcome: the caller's own unless --spawner named another's.
+          const of = spawner === undefined ? "" : ` of ${printable(spawner)}`;
+          const killed = await c.agents.kill(uri, whose);
+          if (v.json) process.stdout.write(`${JSON.stringify({ agent: uri, ...whose, killed })}\n`);
+          else if (killed) process.stdout.write(`killed ${printable(uri)}${of}\n`);
+          if (!killed) {
+            if (!v.json) process.stderr.write(`kpip agents: ${printable(uri)}${of} was not running: nothing was killed\n`);
+            code = EXIT.FAILED;
+          }
         });
+        return done === EXIT.OK ? code : done;
+      }
       case "status":
-        return withClient(v, async (c) => print(v, await c.agents.status(agentUri(target))));
+        return withClient(v, async (c) => print(v, await c.agents.status(agentUri(target), whose)));
       case "logs":
         return withClient(v, async (c) => {
-          const l = await c.agents.logs(agentUri(target));
+          const l = await c.agents.logs(agentUri(target), whose);
           if (v.json) process.stdout.write(`${JSON.stringify(toJson(l))}\n`);
           else if (v.raw) {
             process.stdout.write(l.stdout);

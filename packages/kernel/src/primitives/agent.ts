@@ -93,9 +93,16 @@ export function agentFamily(agents: AgentManager, admin: string, cursors: SeqCur
       implement(agentKill, {
         // A look at or a stop of its own work: admitted past `concurrent` within an allowance (ResourceLedger.admit).
         control: true,
-        handler: (ctx) => {
+        handler: (ctx): OpResult => {
           const a = visible(ctx);
-          return { status: "SUCCESS", payload: { agent: agentUri(a.id), killed: agents.kill(a.id) } };
+          const killed = agents.kill(a.id);
+          // The record names which agent: agent://<exe>/<instance> is every spawner's own name, and
+          // the admin's `spawner` lies in the intent's bytes only (none past auditIntentMaxBytes).
+          return {
+            status: "SUCCESS",
+            payload: { agent: agentUri(a.id), killed },
+            audit: { agent: a.id, persona: a.persona, token: a.tokenId, killed },
+          };
         },
       }),
       implement(agentStatus, {
