@@ -24,6 +24,13 @@ class Event:
 
 _END = object()
 
+
+@dataclass(frozen=True)
+class _Failed:
+    """Queued before _END when the kernel refused to make the subscription again: raised once."""
+
+    error: BaseException
+
 # Bytes of events a subscription keeps for a reader that falls behind, by default: the kernel's own
 # bound per subscription (eventQueueBytes). Counted besides events, since one event may be as large
 # as a frame: another persona's large events on a shared topic must not fill a slow reader's process.
@@ -55,6 +62,8 @@ class Subscription:
         self._dropped = 0
         self._unsubscribe = unsubscribe
         self.closed = False
+        # Why it ended, when the kernel refused to make it again after a reconnect (a KpipError).
+        self.error: BaseException | None = None
 
     def push(self, body: dict[str, Any], size: int = 0) -> None:
         if self.closed:
@@ -70,17 +79,24 @@ class Subscription:
         self._sizes.append(size)
         self.buffered_bytes += size
 
-    def end(self) -> None:
+    def end(self, error: BaseException | None = None) -> None:
+        """Ends the iteration after the events queued; with ``error``, the reader's next get raises it once."""
         if not self.closed:
             self.closed = True
+            self.error = error
+            if error is not None:
+                self._queue.put_nowait(_Failed(error))
             self._queue.put_nowait(_END)
 
     async def get(self, timeout: float | None = None) -> Event:
-        """The next event; raises StopAsyncIteration once unsubscribed or the client closed."""
+        """The next event; raises StopAsyncIteration once unsubscribed or the client closed, and the
+        kernel's refusal (once, then StopAsyncIteration) when it refused to make it again after a reconnect."""
         item = await asyncio.wait_for(self._queue.get(), timeout)
         if item is _END:
             self._queue.put_nowait(_END)
             raise StopAsyncIteration
+        if isinstance(item, _Failed):
+            raise item.error
         self.buffered_bytes -= self._sizes.popleft()
         return item  # type: ignore[no-any-return]
 
@@ -123,11 +139,19 @@ class Subscriptions:
 
     async def renew(self) -> None:
         """After a reconnect: subscribe again (the kernel forgot the old session's subscriptions)."""
+        # An id of the old session names nothing now: the new session may give it to another
+        # subscription, whose events a subscription still holding it would receive too.
+        for sub in self._subs:
+            sub.remote_id = 0
         for sub in list(self._subs):
             try:
                 r = await self.client.call("event.subscribe", sub.pattern)
                 sub.remote_id = r.field("event.subscribe", "subscription", "handle")
-            except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation):
+            except KpipError as e:
+                # Refused: it is over, and its reader learns why (kept, it would wait for good).
+                self._subs.discard(sub)
+                sub.end(e)
+            except (KernelUnavailable, DeadlineExceeded, ProtocolViolation):
                 pass  # tried again after the next reconnect
 
     def deliver(self, body: dict[str, Any], size: int = 0) -> None:

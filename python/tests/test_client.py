@@ -16,6 +16,7 @@ import kpip
 import kpip.link
 from kpip import cbor
 from kpip.client import Backoff
+from kpip.intent import decode_intent
 from kpip.tokens import root_signature
 
 from .fake_kernel import Conn, FakeKernel
@@ -250,6 +251,35 @@ class AgainstAFakeKernel(unittest.IsolatedAsyncioTestCase):
             await until(lambda: k.sessions >= 2, "a second session after the silence")
             await until(lambda: c.state == "ready", "ready again")
             self.assertEqual((await c.call("system.health", "kernel://", timeout=30)).status, "SUCCESS")
+            await c.close()
+
+    async def test_a_subscription_refused_at_its_renewal_ends_with_the_refusal_and_hears_no_other_ones_events(self) -> None:
+        # Session 1 gives a and b ids 1 and 2; after the reconnect a is refused and b is given 1.
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            intent = decode_intent(m.body["intent"])
+            if intent["op"] != "event.subscribe":
+                c.answer(m, payload={})
+            elif k.sessions == 1:
+                c.answer(m, payload={"subscription": 1 if intent["target"] == "topic://a/**" else 2})
+            elif intent["target"] == "topic://a/**":
+                c.answer(m, "FAILURE", error="PERMISSION", message="no")
+            else:
+                c.answer(m, payload={"subscription": 1})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            a = await c.subscribe("topic://a/**")
+            b = await c.subscribe("topic://b/**")
+            k.conns[0].writer.close()
+            await until(lambda: k.sessions == 2 and b.remote_id == 1 and a.closed, "b made again, a refused")
+            k.conns[-1].send("EVENT", {"subscription": 1, "topic": "topic://b/x", "seq": 1, "data": 7})
+            self.assertEqual((await b.get(timeout=30)).topic, "topic://b/x")
+            # a was not made again: its reader gets the refusal, then the end — never b's event.
+            with self.assertRaises(kpip.PermissionDenied):
+                await a.get(timeout=30)
+            self.assertIsInstance(a.error, kpip.PermissionDenied)
+            with self.assertRaises(StopAsyncIteration):
+                await a.get(timeout=30)
             await c.close()
 
     async def test_a_fatal_auth_error_closes_the_client_without_reconnecting(self) -> None:

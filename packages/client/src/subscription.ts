@@ -37,8 +37,11 @@ export class Subscription implements AsyncIterable<KEvent> {
   private readonly sizes: number[] = [];
   private bytes = 0;
   private localDrops = 0;
-  private waiter: ((r: IteratorResult<KEvent>) => void) | undefined;
+  private waiter: { resolve: (r: IteratorResult<KEvent>) => void; reject: (e: unknown) => void } | undefined;
   private ended = false;
+  /** Why it ended, when the kernel refused it (see {@link error}); thrown to the consumer once. */
+  private failure: unknown;
+  private failureOwed = false;
 
   constructor(
     readonly pattern: string,
@@ -58,7 +61,7 @@ export class Subscription implements AsyncIterable<KEvent> {
     if (this.waiter) {
       const w = this.waiter;
       this.waiter = undefined;
-      w({ value: this.withDrops(e), done: false });
+      w.resolve({ value: this.withDrops(e), done: false });
       return;
     }
     this.buffer.push(e);
@@ -84,18 +87,38 @@ export class Subscription implements AsyncIterable<KEvent> {
     return out;
   }
 
-  /** Ends the iteration (client closed or unsubscribed). */
-  end(): void {
+  /**
+   * Ends the iteration (client closed or unsubscribed). With `error` (the kernel refused to make
+   * it again after a reconnect): the events already received are still handed out, then the
+   * consumer's next call throws `error` once, and {@link error} keeps it.
+   */
+  end(error?: unknown): void {
+    if (this.ended) return;
     this.ended = true;
-    this.buffer.length = 0;
-    this.sizes.length = 0;
-    this.bytes = 0;
-    this.waiter?.({ value: undefined, done: true });
+    if (error !== undefined) {
+      this.failure = error;
+      this.failureOwed = true;
+    } else {
+      this.buffer.length = 0;
+      this.sizes.length = 0;
+      this.bytes = 0;
+    }
+    const w = this.waiter;
     this.waiter = undefined;
+    if (w === undefined) return;
+    if (this.failureOwed) {
+      this.failureOwed = false;
+      w.reject(error);
+    } else w.resolve({ value: undefined, done: true });
   }
 
   get closed(): boolean {
     return this.ended;
+  }
+
+  /** Why the subscription ended, when the kernel refused to make it again after a reconnect (a KpipError); else undefined. */
+  get error(): unknown {
+    return this.failure;
   }
 
   /** Unsubscribes from the kernel and ends the iteration. */
@@ -110,9 +133,13 @@ export class Subscription implements AsyncIterable<KEvent> {
       next: () => {
         const e = this.take();
         if (e) return Promise.resolve({ value: this.withDrops(e), done: false });
+        if (this.failureOwed) {
+          this.failureOwed = false;
+          return Promise.reject(this.failure);
+        }
         if (this.ended) return Promise.resolve({ value: undefined, done: true });
-        return new Promise((resolve) => {
-          this.waiter = resolve;
+        return new Promise((resolve, reject) => {
+          this.waiter = { resolve, reject };
         });
       },
       return: async () => {

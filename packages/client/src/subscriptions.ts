@@ -44,7 +44,9 @@ interface Held {
  * id names, and after a reconnect every pattern is subscribed again (events emitted while away
  * are not replayed). A subscription or watch the kernel ended because the capability that
  * authorized it lapsed (revoked, or an expired token that was refreshed) is made again with the
- * tokens held now; when that is refused too, its iteration ends. One re-subscription at a time
+ * tokens held now; when that is refused too, its iteration ends. A re-subscription after a
+ * reconnect that is refused ends its iteration with the refusal (the reader's next call throws
+ * it, `Subscription.error` keeps it). One re-subscription at a time
  * per subscription: an end and a reconnect that overlap make one, not two.
  */
 export class Subscriptions {
@@ -139,11 +141,13 @@ export class Subscriptions {
           // It failed with the link it was sent on: try once on the connection made since.
           if (held.redo && held.conn !== this.connection()) continue;
           this.events.resubscribeFailed({ pattern: sub.pattern, error: e });
-          // A subscription the kernel ended and will not make again is over: its reader learns it.
-          if (sub.remoteId === 0) {
-            this.subs.delete(sub);
-            sub.end();
-          }
+          // Not made again, it is over: its reader learns it. Kept (as it once was after a refused
+          // re-subscription at a reconnect), it waited for events no kernel would send, for good.
+          // One the kernel ended (its EVENT said why) ends as its `ended` said; one lost with
+          // the connection ends with the refusal, thrown to its reader.
+          this.subs.delete(sub);
+          if (sub.remoteId === 0) sub.end();
+          else sub.end(e);
           return;
         }
       }

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { decodeIntent, encodeMessage, type Request } from "@kpip/protocol";
+import { decodeIntent, encodeMessage, KpipError, type Request } from "@kpip/protocol";
 import { FakeKernel, until } from "./harness.js";
 
 /** The event.subscribe requests among `rs`. */
@@ -65,7 +65,9 @@ describe("re-subscription after an ended subscription and a reconnect", () => {
     const count = async (s: typeof a, name: "a" | "b") => {
       for await (const _ of s) delivered[name]++;
     };
-    void count(a, "a");
+    // a was not made again: its iteration ends with the refusal (it no longer waits for good).
+    await assert.rejects(count(a, "a"), (e: unknown) => e instanceof KpipError && e.errorClass === "PERMISSION");
+    assert.ok(a.closed);
     void count(b, "b");
     k.sockets.at(-1)?.write(encodeMessage({ type: "EVENT", body: { subscription: 1, topic: "topic://b/x", seq: 1, data: 1 } }));
     await until(() => delivered.b === 1, 10_000, "b's event delivered");

@@ -67,6 +67,16 @@ const DECLARED = {
       "time allowed from connect to WELCOME; it also bounds gRPC connections: one that has not finished TLS, or has no stream open, for this long is closed",
   },
   dedupeWindowMs: { type: "int", default: 300_000, description: "how long a response is kept to answer a retried request" },
+  /**
+   * Requests the dedupe cache remembers in memory (a running one is never forgotten: past it, the
+   * oldest answered ones go; a persona tree may have a quarter of it running, DEDUPE_RUNNING_TREE_SHARE).
+   */
+  dedupeMaxEntries: {
+    type: "int",
+    default: 100_000,
+    description:
+      "requests the dedupe cache remembers in memory (72 bytes each); one still running is never forgotten, and a persona tree may have a quarter of them running (past it: retryable RESOURCE)",
+  },
   maxObjectBytes: {
     type: "int",
     default: 64 * 1024 * 1024 * 1024,
@@ -670,6 +680,9 @@ export function resolveConfig(
 /** Loopback listen hosts, as PROTOCOL §3.6 defines them for plaintext gRPC. */
 const LOOPBACK_HOSTS = new Set(["127.0.0.1", "[::1]", "localhost"]);
 
+/** Most dedupeMaxEntries: its table is allocated whole at start (~100 bytes a record with its index). */
+export const MAX_DEDUPE_ENTRIES = 10_000_000;
+
 /** Most records per audit commit (auditBatchMax): well below DEDUPE_POSITION_SLACK's margin. */
 export const MAX_AUDIT_BATCH = 4096;
 
@@ -700,6 +713,8 @@ function checkValues(c: KernelConfig): void {
     throw new ConfigError(`sandboxNice must be at most 19, the lowest priority there is (got ${c.sandboxNice})`);
   // A start after a kill finds cut-off effects by walking dedupe rows down to DEDUPE_POSITION_SLACK
   // below its window, which holds while a batch is far smaller than that slack (store/sqlite/audit.ts).
+  if (c.dedupeMaxEntries > MAX_DEDUPE_ENTRIES)
+    throw new ConfigError(`dedupeMaxEntries must be at most ${MAX_DEDUPE_ENTRIES} (got ${c.dedupeMaxEntries})`);
   if (c.auditBatchMax > MAX_AUDIT_BATCH)
     throw new ConfigError(`auditBatchMax must be at most ${MAX_AUDIT_BATCH} (got ${c.auditBatchMax})`);
   if (c.sandboxOomScoreAdj > 1000)

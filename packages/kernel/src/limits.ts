@@ -55,6 +55,15 @@ export const CACHE_ENTRIES = {
   personaKeys: 10_000,
 } as const;
 
+/**
+ * The share of the dedupe cache (`dedupeMaxEntries`) one persona tree's running requests may
+ * hold: a running request's record is never evicted (its duplicate would run the effect again),
+ * so without a share one tree holding requests open could fill the cache and leave every other
+ * persona's requests refused. A quarter: 25,000 running at the default, well above what a
+ * client keeps in flight, and four trees are needed to fill it.
+ */
+export const DEDUPE_RUNNING_TREE_SHARE = 4;
+
 /** How often housekeeping prunes dedupe answers, finished ops, expired tokens and old audit records. */
 export const PRUNE_INTERVAL_MS = 60_000;
 

@@ -9,13 +9,16 @@ import type { AuditStore } from "../src/store/types.js";
 
 // The Map-based cache the table replaced (main at 79e06e7, commitWith left out: it does not touch
 // memory), verbatim but for its name and for what came after it (`forget` and `settled` name their
-// attempt and leave another's alone): the model the table must behave exactly like. Its tag is a
-// string (base64 of the bytes here); the table keeps the bytes.
+// attempt and leave another's alone; a running entry is never evicted nor expired, and running
+// entries are bounded in all and per persona tree, `admits`; an answered entry becomes the
+// newest): the model the table must behave exactly like. Its tag is a string (base64 of the
+// bytes here); the table keeps the bytes.
 interface Entry {
   tag: string;
   authority: string;
   expires: number;
   pending?: Promise<Response>;
+  tree?: string;
 }
 interface RefTag {
   tag: string;
@@ -32,6 +35,7 @@ class MapDedupeCache {
     readonly windowMs: number,
     private readonly store?: Pick<AuditStore, "lookupDedupe">,
     private readonly maxEntries = 100_000,
+    private readonly perTree = maxEntries,
   ) {}
 
   /** Whether answers are kept in a store (and `commitWith` records them). */
@@ -46,7 +50,7 @@ class MapDedupeCache {
   /** Classifies a request by its {@link dedupeTag}; `effects`: the op changes state, so its answer is in the store. */
   check(key: string, t: RefTag, now: number, effects: boolean): DedupeVerdict {
     const e = this.entries.get(key);
-    if (e !== undefined && e.expires >= now) {
+    if (e !== undefined && (e.pending !== undefined || e.expires >= now)) {
       if (e.tag !== t.tag || e.authority !== t.authority) return CONFLICT;
       if (e.pending) return { kind: "answer", response: e.pending };
       if (!effects) return RERUN;
@@ -63,9 +67,15 @@ class MapDedupeCache {
     return { kind: "answer", response };
   }
 
+  /** Whether an attempt of `tree` may begin: fewer than maxEntries running, fewer than perTree of its tree. */
+  admits(tree: string): boolean {
+    const running = [...this.entries.values()].filter((e) => e.pending !== undefined);
+    return running.length < this.maxEntries && running.filter((e) => e.tree === tree).length < this.perTree;
+  }
+
   /** The first attempt is running: a duplicate arriving now waits for the same answer. */
-  running(key: string, t: RefTag, pending: Promise<Response>, now: number): void {
-    this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs, pending });
+  running(key: string, t: RefTag, pending: Promise<Response>, now: number, tree: string): void {
+    this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs, pending, tree });
   }
 
   /** The attempt settled: keep only its hash (its response, if any is kept, is in the store). */
@@ -77,7 +87,11 @@ class MapDedupeCache {
     if (e?.pending !== undefined && e.pending !== pending) return;
     if (e !== undefined && e.tag === t.tag && e.authority === t.authority) {
       e.pending = undefined;
+      e.tree = undefined;
       e.expires = now + this.windowMs;
+      // The newest answered entry.
+      this.entries.delete(key);
+      this.entries.set(key, e);
     } else this.put(key, { tag: t.tag, authority: t.authority, expires: now + this.windowMs });
   }
 
@@ -88,8 +102,10 @@ class MapDedupeCache {
       // Evict the oldest tenth at once: a Map keeps deleted slots at its front until it
       // rehashes, so evicting one entry per insert walked ever more of them (25 µs a request
       // once full, halving throughput); a batch walks them once and lets the Map compact.
+      // Answered entries only: a running one stays.
       let n = Math.max(1, Math.floor(this.maxEntries / 10));
-      for (const k of this.entries.keys()) {
+      for (const [k, e] of this.entries) {
+        if (e.pending !== undefined) continue;
         this.entries.delete(k);
         if (--n === 0) break;
       }
@@ -106,9 +122,10 @@ class MapDedupeCache {
     this.abandoned(key, pending);
   }
 
-  /** Drops expired entries (Map order is insertion order, so expiry order). */
+  /** Drops expired answered entries (Map order is insertion order, so, of answered ones, expiry order). */
   sweep(now: number): void {
     for (const [k, e] of this.entries) {
+      if (e.pending !== undefined) continue;
       if (e.expires >= now) break;
       this.entries.delete(k);
     }
@@ -139,6 +156,8 @@ const KEYS = [
   "x:90071992547409910",
   "x:1e3",
 ];
+/** A key's persona tree, as the pipeline would name its session's. */
+const treeOf = (k: string): string => k.split(/[:/]/)[0] as string;
 const TAGS = ["one", "two", "three"].map((s) => createHash("sha256").update(s).digest());
 const AUTHORITIES = ["", "g1", "g2"];
 const answer = (id: number): Response => ({ version: 1, id, status: "SUCCESS" });
@@ -205,16 +224,17 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
       fc.asyncProperty(
         fc.constantFrom(...Object.keys(HASHES)),
         fc.integer({ min: 0, max: 12 }),
+        fc.integer({ min: 1, max: 6 }),
         fc.array(step, { maxLength: 120 }),
-        async (hashName, maxEntries, steps) => {
-          const mine = new DedupeCache(WINDOW_MS, store as never, maxEntries, HASHES[hashName]);
-          const model = new MapDedupeCache(WINDOW_MS, store, maxEntries);
+        async (hashName, maxEntries, perTree, steps) => {
+          const mine = new DedupeCache(WINDOW_MS, store as never, maxEntries, HASHES[hashName], perTree);
+          const model = new MapDedupeCache(WINDOW_MS, store, maxEntries, perTree);
           const promises: Promise<Response>[] = [];
           // Per key, the last run registered: its tag, promise and the record running() answered.
           const runs = new Map<number, { t: DedupeTag; p: Promise<Response>; record: number }>();
           let now = 1_000;
           for (const [i, s] of steps.entries()) {
-            const at = `step ${i} ${JSON.stringify(s)} (${hashName}, bound ${maxEntries})`;
+            const at = `step ${i} ${JSON.stringify(s)} (${hashName}, bound ${maxEntries}, per tree ${perTree})`;
             if (s.op === "advance") now += s.ms;
             else if (s.op === "sweep") {
               mine.sweep(now);
@@ -257,13 +277,20 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
                 mine.settled(k, t, now);
                 model.settled(k, ref, now);
               } else {
-                const p = Promise.resolve(answer(promises.length));
-                promises.push(p);
-                runs.set(s.key, { t, p, record: mine.running(k, t, p, now) });
-                model.running(k, ref, p, now);
+                // As the pipeline does: an attempt begins only when admitted (running records are never evicted).
+                const tree = treeOf(k);
+                const admitted = mine.admits(tree);
+                assert.equal(admitted, model.admits(tree), `${at}: admits`);
+                if (admitted) {
+                  const p = Promise.resolve(answer(promises.length));
+                  promises.push(p);
+                  runs.set(s.key, { t, p, record: mine.running(k, t, p, now, tree) });
+                  model.running(k, ref, p, now, tree);
+                }
               }
             }
             assert.equal(mine.size, model.size, `${at}: size`);
+            assert.ok(mine.size <= maxEntries, `${at}: within the bound, running records included`);
           }
           // What each remembers now, key by key, then nothing once every key is forgotten.
           for (const [k, name] of KEYS.entries()) {
@@ -273,7 +300,12 @@ describe("dedupe table: the Map cache's behaviour in typed arrays", () => {
               await sameVerdict(mine.check(name, t, now, effects), model.check(name, ref, now, effects), `final ${name}`);
             }
           }
-          // Every record expired by then, running or not.
+          // Running records never expire: each run still remembered fails, then every record expired by then.
+          for (const [key, run] of runs) {
+            mine.forget(KEYS[key] as string, run.p, run.record);
+            model.forget(KEYS[key] as string, run.p);
+          }
+          assert.equal(mine.runningCount, 0, "no run left");
           mine.sweep(Number.POSITIVE_INFINITY);
           assert.equal(mine.size, 0);
           assert.equal(mine.interned, 0, "no client or authority left interned");
@@ -329,9 +361,8 @@ describe("dedupe table under ids a peer chooses (security)", () => {
     c.running(`alice:${INSTANCE}:7`, tagOf("alice's"), first, 0);
     for (let id = 0; id < 3_000; id++) c.settled(`mallory:${INSTANCE}:${id === 7 ? 8 : id}`, tagOf(`m${id}`), 0);
     assert.ok(c.size <= 1_000, `size ${c.size}`);
-    // Alice's running request was evicted with the oldest: a retry runs again, it is not handed anyone's answer.
-    assert.equal(c.check(`alice:${INSTANCE}:7`, tagOf("alice's"), 1, false).kind, "new");
-    c.running(`alice:${INSTANCE}:7`, tagOf("alice's"), first, 1);
+    // Alice's running request outlived the flood (a running record is never evicted); the others'
+    // same ids, in the same slot, get nothing of it.
     for (const key of [
       `mallory:${INSTANCE}:7`,
       "mallory:00112233445566778899aabbccddeefe:7",
@@ -344,6 +375,56 @@ describe("dedupe table under ids a peer chooses (security)", () => {
     const mine = c.check(`alice:${INSTANCE}:7`, tagOf("alice's"), 1, true);
     assert.equal(mine.kind, "answer");
     assert.equal((mine as { response: unknown }).response, first);
+  });
+
+  it("a running record is never evicted by the bound nor expired by the window: a persona flooding the table evicts answered records only", async () => {
+    const c = new DedupeCache(1_000, undefined, 100, undefined, 100);
+    const alice = new Promise<Response>(() => {});
+    const r = c.running(`alice:${INSTANCE}:1`, tagOf("alice's"), alice, 0, "alice");
+    // Mallory's answered requests, ten times the bound, and time well past alice's window.
+    for (let id = 0; id < 1_000; id++) c.settled(`mallory:${INSTANCE}:${id}`, tagOf(`m${id}`), id);
+    c.sweep(10_000);
+    assert.equal(c.size, 1, "the answered ones expired; the running one stays");
+    const v = c.check(`alice:${INSTANCE}:1`, tagOf("alice's"), 10_001, true);
+    assert.equal(v.kind, "answer", "a retry waits for the running attempt");
+    assert.equal((v as { response: unknown }).response, alice);
+    // Answered, it ages like any: its window counts from the answer.
+    c.settled(`alice:${INSTANCE}:1`, tagOf("alice's"), 10_002, r, alice);
+    assert.equal(c.check(`alice:${INSTANCE}:1`, tagOf("alice's"), 11_002, false).kind, "rerun");
+    c.sweep(11_003);
+    assert.equal(c.size, 0);
+    assert.equal(c.interned, 0);
+  });
+
+  it("running records are bounded instead: a tree past its share, or the table full of them, is not admitted; a put without room throws", () => {
+    const c = new DedupeCache(60_000, undefined, 8, undefined, 3);
+    const forever = () => new Promise<Response>(() => {});
+    const runs: [string, Promise<Response>][] = [];
+    for (let id = 0; id < 3; id++) {
+      assert.ok(c.admits("mallory"));
+      const p = forever();
+      c.running(`mallory:${INSTANCE}:${id}`, tagOf(`m${id}`), p, 0, "mallory");
+      runs.push([`mallory:${INSTANCE}:${id}`, p]);
+    }
+    assert.equal(c.admits("mallory"), false, "mallory's share is running");
+    assert.match(c.refusal("mallory"), /persona tree mallory has 3 requests running/);
+    // Its sub-personas' and agents' sessions count in its tree (the pipeline passes the session's tree).
+    assert.equal(c.admits("alice"), true, "another tree has its own share");
+    for (const tree of ["t1", "t2"])
+      for (let id = 0; id < (tree === "t1" ? 3 : 2); id++)
+        c.running(`${tree}:${INSTANCE}:${id}`, tagOf(`${tree}${id}`), forever(), 0, tree);
+    assert.equal(c.runningCount, 8);
+    assert.equal(c.admits("alice"), false, "the table is full of running records");
+    assert.match(c.refusal("alice"), /the kernel has 8 requests running/);
+    assert.throws(() => c.running(`alice:${INSTANCE}:1`, tagOf("a"), forever(), 0, "alice"), RangeError);
+    // Answered records come and go beside them; the running ones stay.
+    for (let id = 0; id < 50; id++) c.settled(`bob:${INSTANCE}:${id}`, tagOf(`b${id}`), 0);
+    assert.equal(c.runningCount, 8);
+    for (const [key] of runs) assert.equal(c.check(key, tagOf("other"), 1, true).kind, "conflict", key);
+    // One answered: room for its tree again.
+    const [key, p] = runs[0] as [string, Promise<Response>];
+    c.settled(key, tagOf("m0"), 1, -1, p);
+    assert.equal(c.admits("mallory"), true);
   });
 
   it("client instances and grants used once are not kept: what the table interns goes with its last request", () => {

@@ -114,6 +114,7 @@ export class SessionRegistry implements SessionCounts {
     this.preauth.release(s);
     this.trees.set(tree, (this.trees.get(tree) ?? 0) + 1);
     this.treeOf.set(s, tree);
+    s.tree = tree;
     this.personaOf.set(s, persona);
     forEachInLineage(persona, (p) => this.within.set(p, (this.within.get(p) ?? 0) + 1));
     return undefined;

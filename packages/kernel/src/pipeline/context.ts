@@ -31,6 +31,8 @@ export interface SessionView {
   readonly version: number;
   /** Hex of the client instance id from HELLO: with the request id it keys dedupe. */
   readonly instance: string;
+  /** The persona tree the session counts in, set at attestation (absent: the persona itself is its tree). */
+  readonly tree?: string;
   /** Aborts when the session ends. */
   readonly signal: AbortSignal;
   /** Tokens bound on this session. */

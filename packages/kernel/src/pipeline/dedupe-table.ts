@@ -55,9 +55,19 @@ class Interner {
   private readonly names: (string | undefined)[] = [];
   private readonly refs: number[] = [];
   private readonly free: number[] = [];
+  /** Strings kept with no reference (see `keepIdle`). */
+  private idle = 0;
 
+  /**
+   * `keepIdle`: while it holds at most this many strings, one whose last reference goes is kept
+   * (a string referenced and released around every request, a persona tree's one running
+   * request, would otherwise add and delete a Map entry each time: churn that rehashes it).
+   */
+  constructor(private readonly keepIdle = 0) {}
+
+  /** Strings referred to now. */
   get size(): number {
-    return this.ids.size;
+    return this.ids.size - this.idle;
   }
 
   // The last string looked up (one session's requests come in runs): no Map lookup for it.
@@ -80,7 +90,9 @@ class Interner {
   }
 
   addRef(id: number): void {
-    this.refs[id] = (this.refs[id] as number) + 1;
+    const n = this.refs[id] as number;
+    if (n === 0) this.idle--;
+    this.refs[id] = n + 1;
   }
 
   /** The id of `s`, with one more reference to it. */
@@ -90,16 +102,23 @@ class Interner {
       id = this.free.pop() ?? this.names.length;
       this.ids.set(s, id);
       this.names[id] = s;
-      this.refs[id] = 0;
+      this.refs[id] = 1;
+      return id;
     }
-    this.refs[id] = (this.refs[id] as number) + 1;
+    this.addRef(id);
     return id;
+  }
+
+  /** References to `id` now (for the trees: that tree's running requests). */
+  refsOf(id: number): number {
+    return this.refs[id] as number;
   }
 
   release(id: number): void {
     const n = (this.refs[id] as number) - 1;
     this.refs[id] = n;
-    if (n === 0) {
+    if (n === 0 && this.ids.size <= this.keepIdle) this.idle++;
+    else if (n === 0) {
       this.ids.delete(this.names[id] as string);
       this.names[id] = undefined;
       this.free.push(id);
@@ -108,6 +127,8 @@ class Interner {
 }
 
 const NONE = -1;
+/** Persona trees kept interned with no request running (most kernels have fewer). */
+const IDLE_TREES_KEPT = 1024;
 /** Request ids are safe integers; a key not of the form `<client>:<id>` gets this one. */
 const NO_ID = -1;
 const TWO_32 = 2 ** 32;
@@ -141,11 +162,14 @@ const PENDING = 17; // int32: the running attempt's slot in `pendings`, or -1
  *   hash per slot, at most ~40 % full; a probe compares hashes before it reads a record), deletion by backward shift (no tombstones). Its hash is keyed
  *   ({@link keyedHash}, a random key per table), so ids chosen by a peer land in slots it
  *   cannot predict (hash flooding would otherwise make every lookup walk one long run).
- * - A record's tag is its 32 bytes and its authority interned; the records form a doubly
- *   linked list in insertion order, so eviction of the oldest and the expiry sweep take records
- *   from its head, O(records removed).
+ * - A record's tag is its 32 bytes and its authority interned. The answered records form a
+ *   doubly linked list in the order they were answered (so of expiry), which eviction of the
+ *   oldest and the expiry sweep take from the head, O(records removed). A running record is never evicted nor expired (a duplicate
+ *   of its request must wait for it, not run the effect again): it leaves only when its
+ *   attempt settles (to the answered list's tail), fails or is replaced.
  * - A promise is kept only while the first attempt runs, in a small array of slots (as many
- *   as ever ran at once) that its record points to.
+ *   as ever ran at once) that its record points to, beside the persona tree it counts in:
+ *   running records are bounded by `maxEntries` in all and `perTree` per tree ({@link admits}).
  */
 export class DedupeTable<P> {
   readonly capacity: number;
@@ -157,11 +181,17 @@ export class DedupeTable<P> {
   /** The running attempts' promises (as many slots as ever ran at once), and the free slots. */
   private readonly pendings: (P | undefined)[] = [];
   private readonly pendingFree: number[] = [];
+  /** Each pending slot's tree (its id in `trees`). */
+  private readonly pendingTrees: number[] = [];
   private readonly clientNames = new Interner();
   private readonly authorities = new Interner();
+  /** Persona trees with running records: an id's references are its tree's running records. */
+  private readonly trees = new Interner(IDLE_TREES_KEPT);
+  /** The answered records, oldest answer first (running ones are in no list: nothing walks them). */
   private head = NONE;
   private tail = NONE;
   private count = 0;
+  private runCount = 0;
   /** Records handed out so far; past them, `free` (linked by NEXT) holds the removed ones. */
   private used = 0;
   private free = NONE;
@@ -180,13 +210,15 @@ export class DedupeTable<P> {
   private readonly prefixIds = new Int32Array(PREFIX_SLOTS).fill(NONE);
 
   /**
-   * `maxEntries`: the bound (one record more exists for a moment, before the eviction);
+   * `maxEntries`: the bound (one record more exists for a moment, before the eviction), of
+   * running records too; `perTree`: the running records one persona tree may have;
    * `hash`: the index's (a test's weak one forces collisions).
    */
   constructor(
     readonly maxEntries: number,
     private readonly evictBatch: number,
     private readonly hash: KeyHash = keyedHash(),
+    readonly perTree = maxEntries,
   ) {
     this.capacity = maxEntries + 1;
     let size = 8;
@@ -204,9 +236,31 @@ export class DedupeTable<P> {
     return this.count;
   }
 
+  /** Records of attempts still running. */
+  get running(): number {
+    return this.runCount;
+  }
+
+  /**
+   * Whether an attempt of persona tree `tree` may begin now (be {@link put} with its promise):
+   * fewer than `maxEntries` running in all, and fewer than `perTree` of its tree. O(1): the last
+   * tree asked is compared first.
+   */
+  admits(tree: string): boolean {
+    if (this.runCount >= this.maxEntries) return false;
+    const id = this.trees.idOf(tree);
+    return id === NONE || this.trees.refsOf(id) < this.perTree;
+  }
+
+  /** Whether persona tree `tree` has its share running (what {@link admits} refused, if not the whole table). */
+  treeFull(tree: string): boolean {
+    const id = this.trees.idOf(tree);
+    return id !== NONE && this.trees.refsOf(id) >= this.perTree;
+  }
+
   /** Interned strings held (clients and authorities): for tests that check nothing stays behind. */
   get interned(): number {
-    return this.clientNames.size + this.authorities.size;
+    return this.clientNames.size + this.authorities.size + this.trees.size;
   }
 
   /** The record of `key`, or -1. */
@@ -256,20 +310,26 @@ export class DedupeTable<P> {
     return slot === NONE ? undefined : this.pendings[slot];
   }
 
-  /** Record `r` has its answer: no promise, and a new expiry (its place in the order stays). */
+  /** Record `r` has its answer: no promise, a new expiry, and it is the newest answered record. */
   settle(r: number, expires: number): void {
+    this.unlink(r);
     this.dropPending(r);
     this.f64[r * F64 + EXPIRES] = expires;
+    this.link(r);
   }
 
   /**
-   * Remembers `key` as the newest record (replacing its record, if any); past `maxEntries` the
-   * oldest `evictBatch` records go at once. The tag's bytes are copied. Answers the record
-   * (for {@link pending} checks later; records are reused once removed).
+   * Remembers `key` as the newest record (replacing its record, if any): running, with its
+   * `pending` promise, counted in persona tree `tree`; else answered. Past `maxEntries` the
+   * oldest `evictBatch` answered records go at once, never a running one (ask {@link admits}
+   * before an attempt begins: a running record with no room throws). The tag's bytes are
+   * copied. Answers the record (for {@link pending} checks later; records are reused once removed).
    */
-  put(key: string, bytes: Uint8Array, authority: string, expires: number, pending: P | undefined): number {
+  put(key: string, bytes: Uint8Array, authority: string, expires: number, pending: P | undefined, tree = ""): number {
     if (bytes.length !== TAG_BYTES) throw new RangeError(`a dedupe tag is ${TAG_BYTES} bytes, not ${bytes.length}`);
     const old = this.find(key);
+    if (pending !== undefined && this.runCount - (old !== NONE && this.isRunning(old) ? 1 : 0) >= this.maxEntries)
+      throw new RangeError(`the dedupe table holds ${this.runCount} running requests, its bound: none may begin`);
     // References taken before the old record goes: its client and authority must stay interned.
     let client = this.kClient;
     let h = this.kHash;
@@ -298,14 +358,11 @@ export class DedupeTable<P> {
     if (pending !== undefined) {
       const slot = this.pendingFree.pop() ?? this.pendings.length;
       this.pendings[slot] = pending;
+      this.pendingTrees[slot] = this.trees.acquire(tree);
+      this.runCount++;
       i32[o + PENDING] = slot;
     } else i32[o + PENDING] = NONE;
-    // Newest at the tail.
-    i32[o + PREV] = this.tail;
-    i32[o + NEXT] = NONE;
-    if (this.tail === NONE) this.head = r;
-    else i32[this.tail * I32 + NEXT] = r;
-    this.tail = r;
+    this.link(r);
     this.count++;
     const { slots, mask } = this;
     let i = h & mask;
@@ -314,18 +371,49 @@ export class DedupeTable<P> {
     slots[2 * i + 1] = h;
     this.version++;
     if (this.count > this.maxEntries) this.evictOldest(this.evictBatch);
-    // Its record (the oldest go first, so it is still this key's unless the table holds one record).
+    // Its record (the oldest answered go first: a running one stays; an answered one is still
+    // this key's unless the table holds no other answered record).
     return r;
   }
 
-  /** Removes the oldest `n` records (fewer if there are fewer). */
+  /** Removes the oldest `n` answered records (fewer if there are fewer); running ones stay. */
   evictOldest(n: number): void {
     while (n-- > 0 && this.head !== NONE) this.remove(this.head);
   }
 
-  /** Removes records from the oldest while they expired before `now` (stops at the first that did not). */
+  /** Removes answered records from the oldest while they expired before `now` (stops at the first that did not). */
   sweep(now: number): void {
     while (this.head !== NONE && this.f64[this.head * F64 + EXPIRES]! < now) this.remove(this.head);
+  }
+
+  private isRunning(r: number): boolean {
+    return this.i32[r * I32 + PENDING] !== NONE;
+  }
+
+  /** An answered `r` becomes the newest in the answered list; a running one is in none. */
+  private link(r: number): void {
+    if (this.isRunning(r)) return;
+    const i32 = this.i32;
+    const o = r * I32;
+    const tail = this.tail;
+    i32[o + PREV] = tail;
+    i32[o + NEXT] = NONE;
+    if (tail !== NONE) i32[tail * I32 + NEXT] = r;
+    else this.head = r;
+    this.tail = r;
+  }
+
+  /** Takes an answered `r` out of the answered list (before a promise is dropped: it says which `r` is). */
+  private unlink(r: number): void {
+    if (this.isRunning(r)) return;
+    const i32 = this.i32;
+    const o = r * I32;
+    const p = i32[o + PREV]!;
+    const n = i32[o + NEXT]!;
+    if (p !== NONE) i32[p * I32 + NEXT] = n;
+    else this.head = n;
+    if (n !== NONE) i32[n * I32 + PREV] = p;
+    else this.tail = p;
   }
 
   remove(r: number): void {
@@ -345,13 +433,7 @@ export class DedupeTable<P> {
       }
     }
     slots[2 * i] = 0;
-    // Out of the order.
-    const p = i32[o + PREV]!;
-    const n = i32[o + NEXT]!;
-    if (p === NONE) this.head = n;
-    else i32[p * I32 + NEXT] = n;
-    if (n === NONE) this.tail = p;
-    else i32[n * I32 + PREV] = p;
+    this.unlink(r);
     this.clientNames.release(i32[o + CLIENT]!);
     this.authorities.release(i32[o + AUTH]!);
     this.dropPending(r);
@@ -365,6 +447,8 @@ export class DedupeTable<P> {
     const slot = this.i32[o]!;
     if (slot === NONE) return;
     this.pendings[slot] = undefined;
+    this.trees.release(this.pendingTrees[slot] as number);
+    this.runCount--;
     this.pendingFree.push(slot);
     this.i32[o] = NONE;
   }

@@ -8,6 +8,7 @@ import {
   sha256,
   withEncodedBody,
 } from "@kpip/protocol";
+import { DEDUPE_RUNNING_TREE_SHARE } from "../limits.js";
 import type { AuditStore, DedupeRow } from "../store/types.js";
 import { DedupeTable, type KeyHash } from "./dedupe-table.js";
 
@@ -108,7 +109,12 @@ const RERUN: DedupeVerdict = Object.freeze({ kind: "rerun" });
  * retried request is answered from the record instead of running twice. Memory holds only the
  * tag per request (and the promise while it runs): the responses of ops with effects live in
  * the store, committed with their outcome records, and read-only ops simply run again.
- * Bounded: past `maxEntries` the oldest tenth goes at once.
+ * Bounded: past `maxEntries` the oldest tenth of the answered requests goes at once. A request
+ * still running is never forgotten, by the bound or the window (which counts from its answer,
+ * PROTOCOL §11 rule 3): forgotten, a duplicate of it would find no record — its effect not yet
+ * committed with one — and run the effect a second time. So running requests are bounded
+ * instead: `maxEntries` in all, `perTree` per persona tree; past either, a request is refused
+ * (retryable RESOURCE, {@link admits}) before it begins, rather than one running is forgotten.
  *
  * The memory is a {@link DedupeTable}: typed arrays rather than a Map entry, an object and
  * strings per request (100,000 of those were most of the old generation every major GC marked).
@@ -126,8 +132,28 @@ export class DedupeCache {
     maxEntries = 100_000,
     /** The table's index hash: a test's weak one forces collisions. */
     hash?: KeyHash,
+    /** Running requests one persona tree may have (default: a {@link DEDUPE_RUNNING_TREE_SHARE}th of `maxEntries`). */
+    perTree = Math.max(1, Math.floor(maxEntries / DEDUPE_RUNNING_TREE_SHARE)),
   ) {
-    this.table = new DedupeTable(maxEntries, Math.max(1, Math.floor(maxEntries / 10)), hash);
+    this.table = new DedupeTable(maxEntries, Math.max(1, Math.floor(maxEntries / 10)), hash, perTree);
+  }
+
+  /** Requests running now (their records cannot be evicted). */
+  get runningCount(): number {
+    return this.table.running;
+  }
+
+  /** Whether a request of persona tree `tree` may begin (then be registered {@link running}): O(1). */
+  admits(tree: string): boolean {
+    return this.table.admits(tree);
+  }
+
+  /** Why {@link admits} refused a request of `tree`: the refusal's message (RESOURCE, retryable). */
+  refusal(tree: string): string {
+    const t = this.table;
+    return t.treeFull(tree)
+      ? `persona tree ${tree} has ${t.perTree} requests running, its share of the kernel's dedupe memory (dedupeMaxEntries / ${DEDUPE_RUNNING_TREE_SHARE}): retry once some are answered`
+      : `the kernel has ${t.maxEntries} requests running, the dedupe memory's bound (dedupeMaxEntries): retry once some are answered`;
   }
 
   /** Whether answers are kept in a store (and `commitWith` records them). */
@@ -153,9 +179,10 @@ export class DedupeCache {
   check(key: string, t: DedupeTag, now: number, effects: boolean): DedupeVerdict {
     const table = this.table;
     const r = table.find(key);
-    if (r !== -1 && table.expires(r) >= now) {
+    // A running record has not expired, whatever its age: the window counts from the answer.
+    const pending = r !== -1 ? table.pending(r) : undefined;
+    if (pending !== undefined || (r !== -1 && table.expires(r) >= now)) {
       if (!table.sameTag(r, t.bytes, t.authority)) return CONFLICT;
-      const pending = table.pending(r);
       if (pending) return { kind: "answer", response: pending };
       if (!effects) return RERUN;
     } else if (r !== -1) {
@@ -196,11 +223,12 @@ export class DedupeCache {
   }
 
   /**
-   * The first attempt is running: a duplicate arriving now waits for the same answer. Answers
-   * the record that remembers it, for {@link settled}.
+   * The first attempt is running: a duplicate arriving now waits for the same answer, however
+   * long it runs. `tree`: its persona tree, whose running requests {@link admits} bounds (asked
+   * first: with no room this throws). Answers the record that remembers it, for {@link settled}.
    */
-  running(key: string, t: DedupeTag, pending: Promise<Response>, now: number): number {
-    return this.table.put(key, t.bytes, t.authority, now + this.windowMs, pending);
+  running(key: string, t: DedupeTag, pending: Promise<Response>, now: number, tree = ""): number {
+    return this.table.put(key, t.bytes, t.authority, now + this.windowMs, pending, tree);
   }
 
   /**
@@ -218,8 +246,9 @@ export class DedupeCache {
       return;
     }
     const r = table.find(key);
-    // Another attempt with these ids is running (this one's record was evicted or expired, and it
-    // registered): its record stays as it is, or a duplicate of it would run again. It settles itself.
+    // Another attempt with these ids is running (this one's record was replaced: a put of the
+    // same key, as a test may make): its record stays as it is, or a duplicate of it would run
+    // again. It settles itself.
     const other = r !== -1 ? table.pending(r) : undefined;
     if (other !== undefined && other !== pending) return;
     if (r !== -1 && table.sameTag(r, t.bytes, t.authority)) table.settle(r, now + this.windowMs);
@@ -234,8 +263,8 @@ export class DedupeCache {
 
   /**
    * Forgets the attempt `pending` (its failure was transient), so its retry runs again. Only its
-   * own record: one under its key that another attempt registered after this one's was evicted or
-   * expired stays, or a retry arriving while that attempt runs would run its effect a second time.
+   * own record: one under its key that another attempt registered since (a put of the same key
+   * replaced this one's) stays, or a retry arriving while that attempt runs would run its effect a second time.
    * `record`: what {@link running} answered, checked first (no lookup when it still holds `pending`).
    */
   forget(key: string, pending: Promise<Response>, record = -1): void {
@@ -244,7 +273,7 @@ export class DedupeCache {
     else this.abandoned(key, pending);
   }
 
-  /** Drops expired entries, oldest first, up to the first that has not expired (insertion order). */
+  /** Drops expired answered entries, oldest first, up to the first that has not expired (order of answer); running ones stay. */
   sweep(now: number): void {
     this.table.sweep(now);
   }

@@ -455,9 +455,13 @@ export class Pipeline {
       });
     }
     if (prior.kind === "answer") return this.replay(ctx, prior.response);
+    // A running request's record is never evicted (a duplicate would run its effect again): with
+    // the table's running bound reached, in all or for this tree, the request does not begin.
+    const tree = s.tree ?? s.persona;
+    if (!dedupe.admits(tree)) return this.refuse(ctx, { errorClass: "RESOURCE", message: dedupe.refusal(tree) });
     const pending = this.run(ctx, tag);
     // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
-    ctx.dslot = dedupe.running(key, tag, pending, now);
+    ctx.dslot = dedupe.running(key, tag, pending, now, tree);
     // A run that fails (a record that did not commit) is no answer: a retry with these ids runs
     // again. The run forgets itself ({@link abandon}); one that failed before this point left a mark.
     if (ctx.pending === FAILED_EARLY) dedupe.abandoned(key, pending);

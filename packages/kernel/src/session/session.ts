@@ -50,6 +50,8 @@ export class Session implements SessionView, EventSink {
   persona = "";
   version = 0;
   instance = "";
+  /** The persona tree it counts in (the kernel's sessions registry sets it at attestation). */
+  tree: string | undefined;
   /** The negotiated maximum body (PROTOCOL §4.5, §8.3): enforced on every frame both ways once CHALLENGE is sent. */
   maxBody: number;
   /** The public key the persona attested with (a re-registration under another key ends the session). */
