@@ -300,6 +300,17 @@ const DECLARED = {
     default: 64,
     description: "most agents running at once (an ended one counts until its scratch directory is removed)",
   },
+  /**
+   * Agents one spawner's persona tree may run at once (an ended one counts until its scratch
+   * directory is removed; the admin persona exempt): its share of maxAgents, so that two trees
+   * of sleeping agents (maxProcessesPerPersona each) do not take every place.
+   */
+  maxAgentsPerPersona: {
+    type: "int",
+    default: 16,
+    description:
+      "most agents one persona tree (its agents and sub-personas included) runs at once: its share of maxAgents (the admin exempt)",
+  },
   /** How long an ended agent's record and captured output are kept (then pruned, a slice at a time). */
   agentRetentionMs: {
     type: "int",
@@ -460,12 +471,16 @@ const DECLARED = {
     default: 32,
     description: "half-open connections per peer address on gRPC, IPv6 by its /64; beyond it that peer's oldest is shed",
   },
-  /** Of `maxSessions`, how many only the admin persona may take. */
+  /**
+   * Of `maxSessions`, and likewise of `maxAgents` and `maxProcesses`, how many only the admin
+   * persona may take: trees that fill the rest leave the admin room to connect and act.
+   */
   adminReserve: {
     type: "int",
     default: 4,
     zeroAllowed: true,
-    description: "sessions out of maxSessions that only the admin persona may take (at most maxSessions - 1)",
+    description:
+      "sessions out of maxSessions, agents out of maxAgents and processes out of maxProcesses that only the admin persona may take (each at most the bound - 1)",
   },
   /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
   peerLogLines: {

@@ -71,6 +71,33 @@ describe("persona trees found from the registry", () => {
     });
   });
 
+  it("a persona under the admin (its sub-persona, or an agent) registers only under the admin's tree: the keys it holds start no trees whose sessions take every slot but the admin's", async () => {
+    await withKernel({ maxSessions: 8, adminReserve: 1, maxSessionsPerPersona: 3 }, async (t) => {
+      const ops = await t.persona("admin/ops", [{ ops: ["persona.register"], targets: ["persona://**"] }]);
+      const c = await t.connect(ops.identity, [ops.token]);
+      // Each persona it registered outside would be a tree of its own, its key in ops's hands:
+      // ops alone could open maxSessionsPerPersona sessions as each, and every other persona be refused.
+      const carol = generateIdentity("carol");
+      assert.equal(await outcome(c.personas.register("carol", carol.publicKey)), "PERMISSION");
+      assert.equal(await outcome(c.personas.register("team/carol", carol.publicKey)), "PERMISSION");
+      // Under the admin's tree, registered — and counted there, within one tree's bound of sessions.
+      const helper = generateIdentity("admin/helper");
+      assert.equal(await outcome(c.personas.register("admin/helper", helper.publicKey)), "ok");
+      const opened = [await session(t, helper), await session(t, helper)];
+      assert.deepEqual(
+        opened.map((o) => (typeof o === "string" ? o : "ok")),
+        ["ok", "RESOURCE"],
+        "the admin's session (it minted ops's token), admin/ops's and one of admin/helper's fill the admin tree's 3",
+      );
+      // bob, a tree of his own, still gets in.
+      const bob = await t.persona("bob", [HEALTH]);
+      assert.equal(typeof (await session(t, bob.identity, [bob.token])), "object");
+      // The admin persona itself still registers anywhere.
+      const admin = await t.admin();
+      assert.equal(await outcome(admin.personas.register("carol", carol.publicKey)), "ok");
+    });
+  });
+
   it("token.mint for a persona outside the minting token's subject's tree is PERMISSION; inside it, and by the admin, minted", async () => {
     await withKernel({}, async (t) => {
       const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };

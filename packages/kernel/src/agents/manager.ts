@@ -17,10 +17,10 @@ import { emitKernelEvent } from "../events/kernel-topics.js";
 import type { Logger } from "../log.js";
 import { OpError } from "../primitives/types.js";
 import { releaseAllocationsWithin } from "../resources/ledger.js";
-import { FIRST_SEGMENT, registeredAbove, type TreeRoots } from "../resources/lineage.js";
+import { FIRST_SEGMENT, registeredAbove, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
-import type { ProcessSlot, ProcessTable } from "../sandbox/processes.js";
+import { type ProcessSlot, type ProcessTable, reservedFrom } from "../sandbox/processes.js";
 import { checkCommandLine, type Launch, launchFailure, SANDBOX_SCRATCH, type Sandbox } from "../sandbox/sandbox.js";
 import type { Connection } from "../session/connection.js";
 import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
@@ -34,6 +34,11 @@ export interface AgentOptions {
   maxRuntimeMs: number;
   /** Most agents running at once, kernel-wide. */
   maxAgents: number;
+  /** Most of them one spawner's persona tree may hold (the admin persona exempt); absent: no such bound. */
+  maxAgentsPerPersona?: number;
+  /** The admin persona, which alone may take the last `adminReserve` of maxAgents. */
+  adminPersona?: string;
+  adminReserve?: number;
   /** Ended agents kept per spawner: at an agent's end, its spawner's older ones beyond this are forgotten. */
   maxEndedAgentsPerPersona: number;
   /** The top of each persona's tree (maxEndedAgentsPerPersona counts it); by first segment when absent. */
@@ -401,6 +406,39 @@ export class AgentManager {
     this.opts.onRevoked?.();
   }
 
+  /**
+   * Throws RESOURCE when `spawner` may not start one more agent: maxAgents, of which the last
+   * adminReserve are the admin persona's alone, and the spawner's tree's share of them
+   * (maxAgentsPerPersona), so that a tree or two of sleeping agents do not take every place —
+   * the admin's, to act in an incident, included.
+   */
+  private admitAgent(spawner: string): void {
+    const { maxAgents: max, adminPersona, adminReserve, maxAgentsPerPersona: share } = this.opts;
+    const held = this.live.size + this.ending;
+    const ending = this.ending ? ` (${this.ending} ended, their scratch directories still being removed)` : "";
+    const reserved = reservedFrom(spawner, max, adminPersona, adminReserve);
+    if (held >= max - reserved)
+      throw new OpError(
+        "RESOURCE",
+        held >= max
+          ? `the kernel already runs ${max} agents${ending}`
+          : `the kernel already runs ${held} agents${ending}: the last ${reserved} of ${max} are reserved for the admin`,
+      );
+    if (share === undefined || spawner === adminPersona) return;
+    const root = (this.opts.roots ?? FIRST_SEGMENT).of(spawner);
+    const tree = this.opts.processes.countFor(root, "agent");
+    if (tree >= share)
+      throw new OpError(
+        "RESOURCE",
+        treeBoundRefusal(root, spawner, {
+          held: (limit, bound) => `already runs ${tree} agents (${bound} ${limit})`,
+          what: "agents",
+          bound: "maxAgentsPerPersona",
+          limit: share,
+        }),
+      );
+  }
+
   spawn(r: SpawnRequest): AgentRecord {
     const id = agentKey(r.spawner, r.executable, r.instance);
     const uri = `agent://${r.executable}/${r.instance}`;
@@ -417,11 +455,7 @@ export class AgentManager {
     this.opts.sandbox.check();
     // A command line no exec takes is refused before a token or key is made for it (and on the record undone).
     checkCommandLine(r.executable, r.args);
-    if (this.live.size + this.ending >= this.opts.maxAgents)
-      throw new OpError(
-        "RESOURCE",
-        `the kernel already runs ${this.opts.maxAgents} agents${this.ending ? ` (${this.ending} ended, their scratch directories still being removed)` : ""}`,
-      );
+    this.admitAgent(r.spawner);
     this.opts.processes.admit(r.spawner, r.grant);
     const lifetime = Math.min(r.lifetimeMs, this.opts.maxRuntimeMs);
     // An earlier agent of this id whose token's revocation waits for room: its row, which this

@@ -236,7 +236,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     home.space.useRoots(roots);
     // What ended ops' results and agents' output kept for room may hold, shared (per tree, in all).
     const keptBytes = new KeptBytes(c.maxKeptOutputBytes);
-    const processes = new ProcessTable({ max: c.maxProcesses, perPersona: c.maxProcessesPerPersona }, bounds, roots);
+    const processes = new ProcessTable(
+      { max: c.maxProcesses, perPersona: c.maxProcessesPerPersona, admin: c.adminPersona, adminReserve: c.adminReserve },
+      bounds,
+      roots,
+    );
     const admission = new Admission(c);
     const opens = new SessionOpenRate({ rate: c.sessionOpenPersonaRate, adminPersona: c.adminPersona }, input.clock);
     const sessions = new SessionRegistry(
@@ -425,6 +429,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxOutputBytes: c.maxOutputBytes,
         maxRuntimeMs: c.maxRuntimeMs,
         maxAgents: c.maxAgents,
+        maxAgentsPerPersona: c.maxAgentsPerPersona,
+        adminPersona: c.adminPersona,
+        adminReserve: c.adminReserve,
         maxEndedAgentsPerPersona: c.maxEndedAgentsPerPersona,
         roots,
         keptBytes,

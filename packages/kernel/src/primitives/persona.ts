@@ -93,9 +93,12 @@ export function personaFamily(
           if (isAgentPersona(id))
             return `${id} is in the agent namespace (a segment beginning "agent."): only the kernel's agents act there`;
           // A persona registers inside its own tree only, so every tree is the id range under its
-          // root and a registered persona never starts a tree with bounds of its own (the admin's
-          // tree, the operator's, registers anywhere).
-          if (inTree(ctx.persona, host.admin)) return true;
+          // root and a registered persona never starts a tree with bounds of its own. Only the
+          // admin persona itself registers anywhere (as only it mints for another tree): its
+          // sub-personas and agents register under its tree, or each persona they registered
+          // outside — its key in their hands — was a tree with fresh bounds, enough to take every
+          // session but the admin's reserve.
+          if (ctx.persona === host.admin) return true;
           const root = host.roots.of(ctx.persona);
           return (
             (id !== root && inTree(id, root)) ||

@@ -41,6 +41,20 @@ export interface ProcessBounds {
   /** Kernel-wide. */
   max: number;
   perPersona: number;
+  /** The admin persona: it alone may take the last {@link adminReserve} places of {@link max}. */
+  admin?: string;
+  /** Of {@link max}, the places only the admin persona may take (at most max - 1: someone else can always start one). */
+  adminReserve?: number;
+}
+
+/**
+ * Of a kernel-wide bound `max`, the places `persona` may not take: the last `reserve` are the
+ * admin's alone (as maxSessions' adminReserve), so that trees filling the rest leave the admin
+ * room to act; at most max - 1, so some persona other than the admin can always take one.
+ */
+export function reservedFrom(persona: string, max: number, admin: string | undefined, reserve: number | undefined): number {
+  if (admin === undefined || persona === admin || !reserve) return 0;
+  return Math.max(0, Math.min(reserve, max - 1));
 }
 
 /**
@@ -73,9 +87,9 @@ export class ProcessTable {
   }
 
   /** Places held by `persona` or by any persona under it (its agents, its sub-personas). */
-  countFor(persona: string): number {
+  countFor(persona: string, kind?: ProcessEntry["kind"]): number {
     let n = 0;
-    for (const h of this.held) if (inTree(h.entry.persona, persona)) n++;
+    for (const h of this.held) if (inTree(h.entry.persona, persona) && (kind === undefined || h.entry.kind === kind)) n++;
     return n;
   }
 
@@ -100,10 +114,14 @@ export class ProcessTable {
    * the tokens it was minted from count theirs (an agent's spawner's included).
    */
   admit(persona: string, grant: Grant | undefined): void {
-    if (this.held.size >= this.bounds.max)
+    const { max } = this.bounds;
+    const reserved = reservedFrom(persona, max, this.bounds.admin, this.bounds.adminReserve);
+    if (this.held.size >= max - reserved)
       throw new OpError(
         "RESOURCE",
-        `the kernel already runs ${this.bounds.max} processes (agents and commands)${this.pending()}`,
+        this.held.size >= max
+          ? `the kernel already runs ${max} processes (agents and commands)${this.pending()}`
+          : `the kernel already runs ${this.held.size} processes (agents and commands): the last ${reserved} of ${max} are reserved for the admin${this.pending()}`,
       );
     const root = this.roots.of(persona);
     const tree = this.countFor(root);
