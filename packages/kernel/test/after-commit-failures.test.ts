@@ -138,7 +138,8 @@ describe("work after a committed effect fails", () => {
       // The refused body is released, not removed by the request: the tick's removal fails, and is logged.
       tick.held = false;
       const logged = await until(
-        () => lines.find((l) => /the bodies pruner failed/.test(String(l.msg))),
+        () =>
+          lines.find((l) => l.msg === "the bodies pruner failed; the bodies it was removing stay until the next start's sweep"),
         60_000,
         "the tick's failed removal logged",
       );

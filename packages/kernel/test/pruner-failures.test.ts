@@ -98,6 +98,9 @@ describe("a pruner that fails is logged and counted, and the kernel keeps servin
         [40, "agents", "database is locked", 2],
       ],
     );
+    // A failed bodies flush is not retried by a tick (its batch left the queue): the line says what recovers them.
+    f.failed("bodies", new Error("EIO"));
+    assert.equal(lines.at(-1)?.msg, "the bodies pruner failed; the bodies it was removing stay until the next start's sweep");
     // Not an Error: still logged, never thrown.
     f.failed("tokens", "a string");
     assert.equal(lines.at(-1)?.pruner, "tokens");

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { generateIdentity } from "@kpip/protocol";
-import { DECODED_ITEMS_PER_SECOND, OWED_INTENT_BYTES } from "../src/audit/refusals.js";
+import { decodeCanonical, encodeIntent, generateIdentity, type Intent, lastDecodedItems } from "@kpip/protocol";
+import { DECODED_ITEMS_PER_SECOND, OWED_INTENT_BYTES, REFUSED_DECODE_WEIGHT, RefusalLimiter } from "../src/audit/refusals.js";
 import { addPersonaKey, withKernel } from "./harness.js";
 import { RawPeer } from "./wire.js";
 
@@ -36,5 +36,49 @@ describe("intents decoded for refused requests", () => {
       assert.equal((await admin.storage.read("obj://ws/big")).data.length, big.length);
       p.close();
     });
+  });
+
+  it("a refused request's decoded items are charged REFUSED_DECODE_WEIGHT times in all: a small intent's at the refusal, a large one's once at its decoding and the rest at the refusal, one refused before step 3 for its record's names", async () => {
+    const charged: number[] = [];
+    const real = RefusalLimiter.prototype.decodedItems;
+    RefusalLimiter.prototype.decodedItems = function (this: RefusalLimiter, persona: string, items: number) {
+      if (persona === "mallory") charged.push(items);
+      real.call(this, persona, items);
+    };
+    const itemsOf = (i: Intent) => {
+      decodeCanonical(encodeIntent(i));
+      return lastDecodedItems();
+    };
+    try {
+      await withKernel({}, async (t) => {
+        const mallory = generateIdentity("mallory");
+        addPersonaKey(t, "mallory", mallory.publicKey);
+        const p = await RawPeer.connect(t.k.socketPath);
+        await p.handshake(mallory, []);
+        const small: Intent = { op: "system.health", target: "kernel://", args: {} };
+        const data: Record<string, number> = {};
+        for (let i = 0; i < 600; i++) data[`key${i}`] = 0;
+        const large: Intent = { op: "event.emit", target: "topic://x/y", args: { data } };
+        assert.ok(encodeIntent(large).length >= OWED_INTENT_BYTES);
+        const [s, l] = [itemsOf(small), itemsOf(large)];
+        const W = REFUSED_DECODE_WEIGHT;
+
+        p.request(1, small, { persona: "mallory", caps: [] });
+        assert.equal((await p.response(1)).error, "CAPABILITY");
+        assert.deepEqual(charged.splice(0), [s * W], "a small intent: all of it at the refusal");
+
+        p.request(2, large, { persona: "mallory", caps: [] });
+        assert.equal((await p.response(2)).error, "CAPABILITY");
+        assert.deepEqual(charged.splice(0), [l, l * (W - 1)], "a large intent: once as decoded, the rest at the refusal");
+
+        // Refused before step 3 (it claims another persona): decoded only for its record's op and target.
+        p.request(3, small, { persona: "someone-else", caps: [] });
+        assert.equal((await p.response(3)).error, "AUTH");
+        assert.deepEqual(charged.splice(0), [s * W], "decoded for the record: all of it");
+        p.close();
+      });
+    } finally {
+      RefusalLimiter.prototype.decodedItems = real;
+    }
   });
 });

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -230,6 +230,36 @@ setInterval(() => {}, 1000);`;
       blobs.release(big, RELEASE_BYTES);
       await until(() => blobs.pendingReleases === 0, 30_000, "the byte bound's flush");
       assert.deepEqual([syncs, blobs.flushed.removed], [3, 301]);
+    } finally {
+      rmSync(root, { recursive: true, force: true });
+    }
+  });
+
+  it("a flush makes the database durable while the batch's bodies are still at their addresses; a body a row names stays", async () => {
+    const root = mkdtempSync(join(tmpdir(), "kpip-release-durable-"));
+    try {
+      const seen: boolean[] = [];
+      let rows = 1;
+      let hash: Uint8Array = new Uint8Array(0);
+      const blobs: BlobStore = new BlobStore(join(root, "objects"), {
+        sync: false,
+        durable: () => seen.push(existsSync(blobs.pathOf(hash))),
+        named: () => rows,
+      });
+      hash = await blobs.put(Buffer.alloc(200_000, 3));
+      blobs.unpin(hash); // as a write does once its row committed
+      assert.equal(blobs.flushReleased(), 0, "nothing released: nothing to flush");
+      assert.deepEqual(seen, [], "and no sync for it");
+      blobs.release(hash, 200_000);
+      assert.equal(blobs.flushReleased(), 0, "still named by a row: kept");
+      assert.ok(existsSync(blobs.pathOf(hash)));
+      rows = 0;
+      blobs.release(hash, 200_000);
+      assert.equal(blobs.flushReleased(), 1);
+      assert.deepEqual(seen, [true, true], "each flush synced first, while the body was still at its address");
+      assert.ok(!existsSync(blobs.pathOf(hash)), "then the body left it");
+      blobs.release(hash, 200_000);
+      assert.equal(blobs.flushReleased(), 0, "already gone: nothing to do");
     } finally {
       rmSync(root, { recursive: true, force: true });
     }

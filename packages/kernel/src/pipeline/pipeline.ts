@@ -123,15 +123,21 @@ export class Pipeline {
    * Counting it ({@link admitRefusal}) may end a flooding session.
    */
   private async refuse(ctx: RequestCtx, r: Refusal): Promise<Response> {
-    // Decoded for nothing: its items count REFUSED_DECODE_WEIGHT times ({@link owedDecoding}); a
-    // large intent's were counted once as it was decoded, a small one's only now.
-    if (ctx.decodedItems > 0 && PRE_EXECUTION.has(r.errorClass)) {
-      const weight = ctx.req.intent.length >= OWED_INTENT_BYTES ? REFUSED_DECODE_WEIGHT - 1 : REFUSED_DECODE_WEIGHT;
-      this.deps.refusals?.decodedItems(ctx.session.persona, ctx.decodedItems * weight);
-    }
+    if (ctx.decodedItems > 0 && PRE_EXECUTION.has(r.errorClass)) this.chargeRefusedDecode(ctx, ctx.decodedItems, true);
     const admitted = this.admitRefusal(ctx, r);
     if (admitted) await this.recordRefusal(ctx, r);
     return this.answered(ctx, failure(ctx, r));
+  }
+
+  /**
+   * A refused request's intent was decoded for nothing: its `items` count REFUSED_DECODE_WEIGHT
+   * times in all ({@link owedDecoding}). When the pipeline decoded it (`atStep3`), a large intent's
+   * were counted once already ({@link decoded}), a small one's not; an intent decoded only for a
+   * refusal's record (before step 3) was counted nowhere.
+   */
+  private chargeRefusedDecode(ctx: RequestCtx, items: number, atStep3: boolean): void {
+    const counted = atStep3 && ctx.req.intent.length >= OWED_INTENT_BYTES ? 1 : 0;
+    this.deps.refusals?.decodedItems(ctx.session.persona, items * (REFUSED_DECODE_WEIGHT - counted));
   }
 
   /**
@@ -289,10 +295,8 @@ export class Pipeline {
       const columns = recordIntentColumns(ctx.rec, bytes);
       if (columns) await columns;
       const persona = ctx.session.persona;
-      if (bytes.length < OWED_INTENT_BYTES || !this.deps.refusals?.owesDecoding(persona)) {
-        const items = intentNames(ctx.rec, bytes);
-        this.deps.refusals?.decodedItems(persona, items * REFUSED_DECODE_WEIGHT);
-      }
+      if (bytes.length < OWED_INTENT_BYTES || !this.deps.refusals?.owesDecoding(persona))
+        this.chargeRefusedDecode(ctx, intentNames(ctx.rec, bytes), false);
       await this.recordRefusal(ctx, r);
     }
     return this.answered(ctx, failure(ctx, r));

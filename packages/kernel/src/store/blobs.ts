@@ -3,7 +3,6 @@ import {
   chmodSync,
   closeSync,
   constants,
-  existsSync,
   fstatSync,
   fsync,
   lstatSync,
@@ -253,18 +252,6 @@ export class BlobStore {
     const n = (this.pins.get(k) ?? 1) - 1;
     if (n <= 0) this.pins.delete(k);
     else this.pins.set(k, n);
-  }
-
-  /**
-   * Removes a body once nothing names it: `refs` = committed rows naming it, counted after the
-   * change committed. The body leaves its address at once (a rename into tmp/), and the file is
-   * freed off the event loop: unlinking a large file costs milliseconds of page-cache work.
-   */
-  collect(hash: Uint8Array, refs: number): boolean {
-    if (refs > 0 || this.pins.has(Buffer.from(hash).toString("hex"))) return false;
-    if (!existsSync(this.pathOf(hash))) return false;
-    this.opts.durable?.();
-    return this.remove(hash);
   }
 
   /**

@@ -15,10 +15,11 @@ import type { CborMap, CborValue } from "./value.js";
  * Throws {@link CborError}; never anything else.
  */
 export function decodeCanonical(bytes: Uint8Array, limits: DecodeLimits = DEFAULT_LIMITS): CborValue {
+  // First, before anything that can throw: a failed call must not leave the last call's count.
+  items = 0;
   src = bytes;
   pos = 0;
   end = bytes.length;
-  items = 0;
   maxItems = limits.maxItems;
   maxDepth = limits.maxDepth;
   try {
@@ -32,8 +33,9 @@ export function decodeCanonical(bytes: Uint8Array, limits: DecodeLimits = DEFAUL
 }
 
 /**
- * Data items the last {@link decodeCanonical} read, also when it failed: what the decode cost
- * (the kernel charges refused requests' intents by it).
+ * Data items the last {@link decodeCanonical} read, also when it failed (0 when it failed before
+ * reading any): what the decode cost (the kernel charges refused requests' intents by it). Read it
+ * right after the call: the next decode of anything resets it.
  */
 export function lastDecodedItems(): number {
   return items;
