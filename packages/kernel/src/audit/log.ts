@@ -7,13 +7,16 @@ import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
 
 /**
  * Journalled records go into SQLite once this many wait (on the next turn), else at most this
- * long after the first of them. Under load every turn has that many; at one request in flight a
- * SQLite commit covers ~2 ms of requests instead of one each (the WAL grows by a page or two a
- * commit, whatever its size), while staying short enough (~50 µs) that a request arriving during
- * it waits little: a 10 ms batch (~200 µs a commit) put that wait into the one-in-flight p99.
+ * long after the first of them. The index step is one SQLite commit of a span row or a few
+ * (store/audit-segments.ts spansOf: a span is bounded in bytes, not in time), costing about the
+ * same (~30–50 µs, as much as a `bench.noop` request) however many records it covers; but the
+ * next request cannot be read while it runs. At one request in flight every 2 ms (64 records)
+ * it ran before ~3–8 % of requests, inside the p99; every 50 ms (1,024 records) it is ~0.1 %.
+ * A kill loses nothing to the wait (the records are in the segment: the start indexes them),
+ * and every read of the index, and every dedupe lookup, indexes what waits first.
  */
-const INDEX_ROWS = 64;
-const INDEX_DELAY_MS = 2;
+export const INDEX_ROWS = 1024;
+const INDEX_DELAY_MS = 50;
 
 /**
  * A batch is committed on the turn's next check phase, after every socket read of the turn: after
@@ -54,6 +57,11 @@ export interface AuditLogOptions {
    * that compare two runs of the same requests need (a commit mid-turn lands wherever the clock says).
    */
   flushAfterMs?: number;
+  /**
+   * How long committed records wait for the index step at most (ms; default INDEX_DELAY_MS).
+   * Infinity: only once INDEX_ROWS wait (or a read needs the index), as tests of the count need.
+   */
+  indexDelayMs?: number;
   /** A journalled batch SQLite could not index now (it stays in the journal and is retried). */
   onIndexError?: (e: Error) => void;
   /** A batch that could not be committed (its records' requests are refused): ENOSPC tells the kernel its disk is full. */
@@ -113,6 +121,8 @@ export class AuditLog {
   private pendingBytes = 0;
   /** {@link AuditLogOptions.flushAfterMs}, resolved. */
   private readonly flushAfterMs: number;
+  /** {@link AuditLogOptions.indexDelayMs}, resolved. */
+  private readonly indexDelayMs: number;
 
   constructor(
     private readonly store: AuditStore,
@@ -122,6 +132,7 @@ export class AuditLog {
   ) {
     this.publicKey = rawPublicKey(createPublicKey(signingKey));
     this.flushAfterMs = opts.flushAfterMs ?? FLUSH_AFTER_MS;
+    this.indexDelayMs = opts.indexDelayMs ?? INDEX_DELAY_MS;
     this.reload();
   }
 
@@ -284,12 +295,12 @@ export class AuditLog {
     waiters?.resolve();
     for (const cp of checkpoints) this.opts.onCheckpoint?.(cp);
     // A journalled commit goes into SQLite later, after the answers it let go are written: on the
-    // next turn once INDEX_ROWS wait, else within INDEX_DELAY_MS (many commits, one SQLite commit).
+    // next turn once INDEX_ROWS wait, else within indexDelayMs (many commits, one SQLite commit).
     if (this.store.indexAudit) {
       if ((this.store.auditUnindexed ?? 0) >= INDEX_ROWS) {
         this.indexSoon ??= setImmediate(this.index);
-      } else if (this.indexTimer === undefined) {
-        this.indexTimer = setTimeout(this.index, INDEX_DELAY_MS);
+      } else if (this.indexTimer === undefined && this.indexDelayMs !== Number.POSITIVE_INFINITY) {
+        this.indexTimer = setTimeout(this.index, this.indexDelayMs);
         this.indexTimer.unref();
       }
     }

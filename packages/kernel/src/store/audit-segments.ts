@@ -536,14 +536,29 @@ export function tailBatches(
   return { batches, cut };
 }
 
-/** Merges adjacent batches of one segment into the spans the index keeps (batches without records join a span, never start one). */
+/**
+ * Bytes of adjacent batches one span takes at most (a batch larger than this is a span alone). A
+ * reader of one record reads its whole span: the index step may cover many records (audit/log.ts
+ * INDEX_ROWS, INDEX_DELAY_MS), so a span stays the size a turn of 256 requests' records made one.
+ */
+export const SPAN_MAX_BYTES = 256 * 1024;
+
+/**
+ * Merges adjacent batches of one segment into the spans the index keeps, up to SPAN_MAX_BYTES a
+ * span (batches without records join a span, never start one).
+ */
 export function spansOf(batches: readonly TailBatch[]): IndexSpan[] {
   const out: IndexSpan[] = [];
   let cur: IndexSpan | undefined;
   for (const { batch, at } of batches) {
     const first = batch.rows[0]?.seq;
     const last = batch.rows.at(-1)?.seq;
-    if (cur && cur.segment === at.segment && cur.offset + cur.length === at.offset) {
+    if (
+      cur &&
+      cur.segment === at.segment &&
+      cur.offset + cur.length === at.offset &&
+      (first === undefined || cur.length + at.length <= SPAN_MAX_BYTES)
+    ) {
       cur.length += at.length;
       if (last !== undefined) cur.last = last;
       continue;

@@ -15,6 +15,8 @@ import {
   type RotationOptions,
   SegmentCutError,
   SegmentWriter,
+  SPAN_MAX_BYTES,
+  type SpanLocation,
   segmentName,
   spansOf,
   type TailBatch,
@@ -105,6 +107,13 @@ const WALK_ROWS = 1024;
 /** A queued batch's first or last record as the index step reads it: its seq (spansOf, #index). */
 const NO_BYTES = new Uint8Array(0);
 const edge = (seq: number): JournalRecord => ({ seq, hash: NO_BYTES, record: NO_BYTES });
+
+/** A queued batch that carries nothing but records (no dedupe rows, offline-journal delete or checkpoint to write with them). */
+const plain = (b: Pick<JournalBatch, "dedupe" | "journalUpTo" | "checkpoints">): boolean =>
+  b.dedupe.length === 0 && b.journalUpTo === 0 && b.checkpoints.length === 0;
+/** `next` follows `prev` in its segment and one span may take both (as spansOf merges them). */
+const extends_ = (prev: SpanLocation, next: SpanLocation): boolean =>
+  prev.segment === next.segment && prev.offset + prev.length === next.offset && prev.length + next.length <= SPAN_MAX_BYTES;
 
 /** Rows a migration writes per batch (one segment append, one span). */
 const MIGRATE_ROWS = 1000;
@@ -392,6 +401,17 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       // are in the segment now, and do not outlive their answers waiting for the index.
       const first = rows[0];
       const last = rows[rows.length - 1];
+      const prev = this.#unindexed.at(-1);
+      const alone = dedupe.length === 0 && journalUpTo === 0 && checkpoints.length === 0;
+      if (first && last && alone && prev && prev.batch.rows.length === 2 && plain(prev.batch) && extends_(prev.at, at)) {
+        // A batch of records alone, right after another: the queued one grows to cover it (what
+        // spansOf would do at the step), so the queue holds a few objects however long it waits,
+        // not one per commit surviving scavenges into the old space (one commit a request at one in flight).
+        prev.at.length += at.length;
+        // The queue's own edges array (made below), its last edge replaced.
+        (prev.batch.rows as JournalRecord[])[1] = edge(last.seq);
+        return;
+      }
       const edges = first && last ? [edge(first.seq), edge(last.seq)] : [];
       this.#unindexed.push({ batch: { rows: edges, dedupe, journalUpTo, checkpoints }, at });
     }
