@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fdatasync } from "node:fs";
+import { fdatasync } from "node:fs";
 import type { Grant } from "@kpip/protocol";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
-import { unlinkQuiet, writeAt } from "../store/blobs.js";
+import { closeQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
 import { UploadHasher } from "./upload-hasher.js";
 
@@ -314,7 +314,9 @@ export class UploadTable {
     // Once only: a second close could close whatever file was given the number since.
     if (u.closed) return;
     u.closed = true;
-    const close = () => closeSync(u.fd);
+    // Off the event loop: the file may be unlinked already (a dropped upload), and then this close
+    // frees its blocks (BlobStore.discard).
+    const close = () => closeQuiet(u.fd);
     // Never close a descriptor a write or flush still uses: its number could be reused by
     // another file, which the pending write would then write into.
     if (u.busy.size) void Promise.allSettled(u.busy).then(close);
@@ -329,7 +331,7 @@ export class UploadTable {
     if (u.installed) {
       this.blobs.unpin(u.installed);
       this.blobs.release(u.installed, u.size);
-    } else unlinkQuiet(u.path);
+    } else this.blobs.discard(u.path);
   }
 
   /**
