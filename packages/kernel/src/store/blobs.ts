@@ -24,6 +24,7 @@ import { UnsafeHomeError } from "../secure-files.js";
 import { sha256InSlices } from "../sliced-hash.js";
 
 const fsyncAsync = promisify(fsync);
+const unlinkAsync = promisify(unlink);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 /** The same, open for reading too (an upload's partial file is read back to be hashed). */
 const CREATE_NEW_RW = (CREATE_NEW & ~constants.O_WRONLY) | constants.O_RDWR;
@@ -154,7 +155,7 @@ export class BlobStore {
       // Nothing will name the temp file: it goes now, not at the next start. Its descriptor is
       // closed only once the write is done with it (a number closed early could be reused by
       // another file, which the pending write would then write into).
-      this.discard(t.path);
+      await this.removeTemp(t.path);
       // Waited for: the caller may reuse the body's memory once this settles (releasesArgs).
       await stored.then(
         () => closeQuiet(t.fd),
@@ -163,18 +164,27 @@ export class BlobStore {
       throw e;
     }
     this.pin(hash);
+    let installing = false;
     try {
       try {
         await stored;
       } catch (e) {
         closeQuiet(t.fd);
-        this.discard(t.path);
+        await this.removeTemp(t.path);
         throw e;
       }
       closeSync(t.fd);
+      installing = true;
       await this.install(t.path, hash);
     } catch (e) {
       this.unpin(hash);
+      if (installing) {
+        // The install failed (no room for the address's directory, a failed sync): the temp file
+        // goes now, not at the next start — on a full disk each such write left up to a frame
+        // of it, charged to no one — and a body the rename did install is freed unless named.
+        await this.removeTemp(t.path);
+        this.release(hash, data.length);
+      }
       throw e;
     }
     return hash;
@@ -200,12 +210,13 @@ export class BlobStore {
     // ones (a confirm-a-file probe). The link costs microseconds either way; the old file is
     // freed off the event loop.
     const old = this.gonePath();
-    let linked = true;
+    let linked = false;
     try {
       linkSync(dest, old);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== "ENOENT") throw e;
-      linked = false;
+      linked = true;
+    } catch {
+      // None there (ENOENT); or no second name could be made (no room for it): the rename then
+      // frees the old file here, as it did before, rather than failing the write.
     }
     try {
       // Atomic: a reader opens the old body or the new one (each read opens the file anew).
@@ -391,6 +402,14 @@ export class BlobStore {
     }
     unlink(gone, () => {});
     return true;
+  }
+
+  /**
+   * Removes a temp file off the event loop, settled once it is gone. Never throws: none there is
+   * fine, and one that cannot be removed goes at the next start (the caller's own failure stands).
+   */
+  private async removeTemp(path: string): Promise<void> {
+    await unlinkAsync(path).catch(() => {});
   }
 
   /** A fresh name in tmp/ for a file being freed (a start empties tmp/, should the kernel die first). */
