@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -410,6 +410,56 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
           "the agent token's revocation",
         );
         assert.ok(rows.at(-1)?.op === "kernel.stop", "a clean stop: nothing left unwritten");
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      d.close();
+    }
+  });
+});
+
+const uploadDisk = smallDisk(16);
+
+describe("an upload that fills the disk", { skip: typeof uploadDisk === "string" ? uploadDisk : false }, () => {
+  it("an upload whose chunk finds no room gives its partial bytes back at once: the kernel serves again by itself, not after uploadIdleMs", async () => {
+    const d = uploadDisk as SmallDisk;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-full-upload-"));
+    const socket = join(dir, "k.sock");
+    try {
+      await d.ready;
+      const k = await kernelOn(d, socket);
+      try {
+        const c = await connect(d.root, socket);
+        await c.storage.write("obj://ws/kept", Buffer.alloc(200_000, 1));
+        // More than the disk holds: a chunk's write fails with ENOSPC, and its partial file held
+        // the rest of the disk, so nothing more could be recorded — the persona's abort neither
+        // (putLarge sends one) — until the upload idled out, ten minutes later by default.
+        const refused = await c.storage
+          .putLarge("obj://ws/huge", Buffer.alloc(24 * 1024 * 1024, 2))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(refused instanceof Error, "an upload larger than the disk fails");
+        assert.equal(refused.errorClass, "RESOURCE", refused.message);
+        // Nothing else frees room: the kernel serves again by itself, reads and writes.
+        await until(
+          () =>
+            c.storage.write("obj://ws/after", Buffer.from("after")).then(
+              () => true,
+              (e: Error & { errorClass?: string }) => {
+                if (e.errorClass !== "RESOURCE") throw e;
+                return false;
+              },
+            ),
+          30_000,
+          "a write served with no room freed from outside",
+        );
+        assert.equal((await c.storage.read("obj://ws/kept")).data.length, 200_000);
+        // The failed upload holds no bytes (it stays, empty, until aborted or idle).
+        for (const name of readdirSync(join(d.root, "objects", "tmp")))
+          assert.equal(statSync(join(d.root, "objects", "tmp", name)).size, 0, name);
+        await c.close();
+      } finally {
+        k.child.kill("SIGTERM");
+        await k.exited;
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { fdatasync } from "node:fs";
+import { fdatasync, truncate } from "node:fs";
 import type { Grant } from "@kpip/protocol";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
@@ -234,7 +234,7 @@ export class UploadTable {
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
     const p = writeAt(u.fd, data, offset).catch((e: Error) => {
-      u.failed ??= e;
+      this.storeFailed(u, e);
       throw e;
     });
     this.track(u, p);
@@ -265,7 +265,7 @@ export class UploadTable {
           () =>
             new Promise<void>((resolve) =>
               fdatasync(u.fd, (e) => {
-                if (e) u.failed ??= e;
+                if (e) this.storeFailed(u, e);
                 resolve();
               }),
             ),
@@ -276,6 +276,21 @@ export class UploadTable {
     // Hashing behind by more than the bound: this chunk is acknowledged once it caught up (u.hashed never rejects).
     if (u.unhashedBytes > UNHASHED_BYTES || u.unhashedChunks > UNHASHED_CHUNKS) return Promise.all([p, u.hashed]).then(() => {});
     return p;
+  }
+
+  /**
+   * The upload's bytes could not be stored (no room, a writeback error): it can never commit, so
+   * its partial bytes are given back now, once its writes in progress settled (no chunk is taken
+   * after this) — not when its persona aborts it or it idles out. An upload whose chunk took the
+   * disk's last room held it, and with it every request of every persona (none could be
+   * recorded, its persona's abort included), for `uploadIdleMs`. The upload stays, empty, for
+   * its abort or expiry.
+   */
+  private storeFailed(u: Upload, e: Error): void {
+    u.failed ??= e;
+    // By path, not by descriptor: the descriptor may be closed by then and its number reused;
+    // a dropped upload's path was renamed away (ENOENT, nothing to do).
+    void Promise.allSettled(u.busy).then(() => truncate(u.path, 0, () => {}));
   }
 
   /** Every write and flush of the upload has settled (the commit syncs after this; a failed write fails it). */
