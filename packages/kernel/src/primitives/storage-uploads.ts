@@ -293,6 +293,24 @@ export class UploadTable {
     void Promise.allSettled(u.busy).then(() => truncate(u.path, 0, () => {}));
   }
 
+  /**
+   * The kernel's storage stays full: every upload in progress (but one being committed) fails and
+   * gives its partial bytes back ({@link storeFailed}). None of them can go on while nothing can be
+   * recorded — its chunks, and its persona's abort, are refused like every request — and what
+   * they hold may be the room the kernel needs to record anything again: an upload whose chunks
+   * all fitted, leaving no room for their records, kept every request refused until it idled out
+   * (`uploadIdleMs`). Each persona uploads again once there is room. Returns how many failed.
+   */
+  failAll(why: string): number {
+    let n = 0;
+    for (const u of this.byId.values()) {
+      if (u.committing || u.failed || u.installed) continue;
+      this.storeFailed(u, Object.assign(new Error(why), { code: "ENOSPC" }));
+      n++;
+    }
+    return n;
+  }
+
   /** Every write and flush of the upload has settled (the commit syncs after this; a failed write fails it). */
   async settled(u: Upload): Promise<void> {
     await Promise.allSettled(u.busy);
