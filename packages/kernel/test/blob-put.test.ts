@@ -135,4 +135,25 @@ describe("the file store's put: hash and write overlap, nothing else changes", (
       assert.equal(blobs.flushReleased(), 1, "the failed put left no pin behind");
     });
   });
+
+  it("an install that fails (no room for the body's address on a full disk) removes the temp file at once, and pins nothing", async () => {
+    await withRoot(async (root) => {
+      class FullAtAddress extends BlobStore {
+        override async install(): Promise<void> {
+          // As mkdir of the address's directory on a full disk: the temp file was written and synced.
+          throw Object.assign(new Error("ENOSPC: no space left on device, mkdir"), { code: "ENOSPC" });
+        }
+      }
+      const dir = join(root, "objects");
+      const blobs = new FullAtAddress(dir, { sync: true });
+      const body = Buffer.alloc(HASH_SLICE + 5, 4);
+      await assert.rejects(blobs.put(body), (e: NodeJS.ErrnoException) => e.code === "ENOSPC");
+      assert.deepEqual(readdirSync(join(dir, "tmp")), [], "nothing is left in the temp directory");
+      assert.ok(!blobs.has(sha256(body)), "no body at the address");
+      const ok = new BlobStore(dir, { sync: false });
+      const hash = await ok.put(body);
+      ok.unpin(hash);
+      assert.equal(blobs.collect(hash, 0), true, "the failed put left no pin behind");
+    });
+  });
 });

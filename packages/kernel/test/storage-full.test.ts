@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync, statfsSync, unlinkSync, writeFileSync } from "node:fs";
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, unlinkSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -9,7 +9,9 @@ import { KernelClient, loadIdentity } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import { openAuditReader, verifyAudit } from "../src/index.js";
+import { FAIL_UPLOADS_AFTER_MS, FULL_HOLD_MS, StorageSpace } from "../src/kernel/storage-space.js";
 import type { Logger } from "../src/log.js";
+import { createLogger } from "../src/log.js";
 import { WalCheckpointer } from "../src/store/checkpointer.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { isStorageFull } from "../src/store/storage-full.js";
@@ -410,6 +412,138 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
           "the agent token's revocation",
         );
         assert.ok(rows.at(-1)?.op === "kernel.stop", "a clean stop: nothing left unwritten");
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      d.close();
+    }
+  });
+});
+
+const uploadDisk = smallDisk(16);
+
+describe("an upload that fills the disk", { skip: typeof uploadDisk === "string" ? uploadDisk : false }, () => {
+  it("an upload whose chunk finds no room gives its partial bytes back at once: the kernel serves again by itself, not after uploadIdleMs", async () => {
+    const d = uploadDisk as SmallDisk;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-full-upload-"));
+    const socket = join(dir, "k.sock");
+    try {
+      await d.ready;
+      const k = await kernelOn(d, socket);
+      try {
+        const c = await connect(d.root, socket);
+        await c.storage.write("obj://ws/kept", Buffer.alloc(200_000, 1));
+        // More than the disk holds: a chunk's write fails with ENOSPC, and its partial file held
+        // the rest of the disk, so nothing more could be recorded — the persona's abort neither
+        // (putLarge sends one) — until the upload idled out, ten minutes later by default.
+        const refused = await c.storage
+          .putLarge("obj://ws/huge", Buffer.alloc(24 * 1024 * 1024, 2))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(refused instanceof Error, "an upload larger than the disk fails");
+        assert.equal(refused.errorClass, "RESOURCE", refused.message);
+        // Nothing else frees room: the kernel serves again by itself, reads and writes.
+        await until(
+          () =>
+            c.storage.write("obj://ws/after", Buffer.from("after")).then(
+              () => true,
+              (e: Error & { errorClass?: string }) => {
+                if (e.errorClass !== "RESOURCE") throw e;
+                return false;
+              },
+            ),
+          30_000,
+          "a write served with no room freed from outside",
+        );
+        assert.equal((await c.storage.read("obj://ws/kept")).data.length, 200_000);
+        // The failed upload holds no bytes (it stays, empty, until aborted or idle).
+        for (const name of readdirSync(join(d.root, "objects", "tmp")))
+          assert.equal(statSync(join(d.root, "objects", "tmp", name)).size, 0, name);
+        await c.close();
+      } finally {
+        k.child.kill("SIGTERM");
+        await k.exited;
+      }
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+      d.close();
+    }
+  });
+});
+
+describe("what fails the uploads in progress", () => {
+  it("only records refused room for FAIL_UPLOADS_AFTER_MS: a body refused while records fit (a persona can cause it at will) never does", () => {
+    let now = 1_000_000;
+    const space = new StorageSpace(createLogger("silent", false), () => now);
+    const full = Object.assign(new Error("ENOSPC: no space left on device, write"), { code: "ENOSPC" });
+    // A persona's large bodies refused by the file store, one a second for a minute: the condition holds, records fit.
+    for (let i = 0; i < 60; i++, now += 1000) assert.equal(space.failed(full, true), true);
+    assert.ok(space.full);
+    assert.equal(space.unrecordedFor(now), 0);
+    // The audit's commits refused room without a pause: counted from the first.
+    for (let i = 0; i <= 10; i++, now += 1000) assert.equal(space.recordsFailed(full), true);
+    assert.ok(space.unrecordedFor(now - 1000) >= FAIL_UPLOADS_AFTER_MS);
+    // Records committed again (no refusal for FULL_HOLD_MS): nothing unrecorded, and a new run starts from zero.
+    now += FULL_HOLD_MS;
+    assert.equal(space.unrecordedFor(now), 0);
+    space.recordsFailed(full);
+    assert.equal(space.unrecordedFor(now), 0);
+    // An I/O error is not a lack of room.
+    assert.equal(space.recordsFailed(new Error("EIO")), false);
+  });
+});
+
+const heldDisk = smallDisk(16);
+
+describe("uploads in progress while the disk stays full", { skip: typeof heldDisk === "string" ? heldDisk : false }, () => {
+  it("an upload whose bytes all fitted, holding the room the kernel needs to record anything, fails and gives its bytes back once the disk stays full", async () => {
+    const d = heldDisk as SmallDisk;
+    const dir = mkdtempSync(join(tmpdir(), "kpip-full-held-"));
+    const socket = join(dir, "k.sock");
+    try {
+      await d.ready;
+      const k = await kernelOn(d, socket);
+      try {
+        const c = await connect(d.root, socket);
+        const target = "obj://ws/held";
+        const size = 8 * 1024 * 1024;
+        const begun = await c.call("storage.upload.begin", target, { size });
+        const upload = (begun.payload as { upload: string }).upload;
+        // Six MiB of it, every chunk stored; the upload is kept open.
+        for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
+          await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
+        // The rest of the disk fills (its last room taken as by the upload's own last chunk, whose
+        // records then found none): nothing more can be recorded, the upload's abort neither.
+        const { bavail, bsize } = statfsSync(d.root);
+        writeFileSync(join(d.root, "filler"), Buffer.alloc(bavail * bsize));
+        const refused = await c.storage
+          .write("obj://ws/x", Buffer.alloc(300_000, 4))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+        // Nothing frees room from outside: the kernel fails the upload, its bytes go, and it serves again by itself.
+        await until(
+          () =>
+            c.storage.write("obj://ws/after", Buffer.from("after")).then(
+              () => true,
+              (e: Error & { errorClass?: string }) => {
+                if (e.errorClass !== "RESOURCE") throw e;
+                return false;
+              },
+            ),
+          60_000,
+          "a write served with no room freed from outside",
+        );
+        await until(() => /uploads in progress failed, their partial bytes freed/.test(k.log()), 10_000, "logged");
+        // The upload says why it cannot go on, and its persona can abort it now.
+        await assert.rejects(
+          c.call("storage.upload.chunk", target, { upload, offset: 6 * 1024 * 1024, data: Buffer.alloc(1024, 5) }),
+          (e: Error & { errorClass?: string }) =>
+            e.errorClass === "RESOURCE" && /has been full for \d+ s, nothing could be recorded/.test(e.message),
+        );
+        await c.call("storage.upload.abort", target, { upload });
+        await c.close();
+      } finally {
+        k.child.kill("SIGTERM");
+        await k.exited;
       }
     } finally {
       rmSync(dir, { recursive: true, force: true });

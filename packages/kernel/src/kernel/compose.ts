@@ -89,6 +89,8 @@ export interface KernelServices {
   readonly store: SqliteStore;
   /** Object bodies above the inline size; the housekeeping tick removes those released since the last. */
   readonly blobs: BlobStore;
+  /** Chunked uploads in progress (the housekeeping tick fails them when the disk stays full). */
+  readonly uploads: UploadTable;
   /** The WAL worker (tests stop it to see the fallback). */
   readonly checkpointer: WalCheckpointer;
   readonly audit: AuditLog;
@@ -615,6 +617,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       adminToken,
       store,
       blobs,
+      uploads,
       checkpointer: home.checkpointer,
       audit,
       space: home.space,

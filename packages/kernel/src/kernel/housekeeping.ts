@@ -9,7 +9,7 @@ import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
 import type { KernelServices } from "./compose.js";
 import { PrunerFailures } from "./pruner-failures.js";
-import { recordLateRecords } from "./storage-space.js";
+import { FAIL_UPLOADS_AFTER_MS, recordLateRecords } from "./storage-space.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -63,6 +63,7 @@ export function startHousekeeping(
     flushSuppressedHandshakes(s);
     s.audit.checkpointIfDue(now);
     storageProbe(s);
+    failUploadsWhileFull(s, now, log);
     storeKept(s, log);
     // Object bodies changes stopped naming since the last tick: one WAL sync for the batch, then
     // those still unnamed go (not a sync per delete on a request's turn).
@@ -166,4 +167,17 @@ export function storeKept(s: Pick<KernelServices, "tokens" | "agents" | "compute
 /** One `audit.suppressed` record per transport for the failed handshakes over the record rate since the last tick. */
 function flushSuppressedHandshakes(s: KernelServices): void {
   for (const x of s.host.handshakeRecords.take()) s.audit.append(suppressedHandshakesRecord(x)).catch(() => {});
+}
+
+/** Nothing could be recorded for a while: the uploads in progress fail, their partial bytes freed (UploadTable.failAll). */
+function failUploadsWhileFull(s: Pick<KernelServices, "space" | "uploads">, now: number, log: Logger): void {
+  // Only while nothing can be recorded: a body the file store has no room for (which a persona
+  // can cause at will, records still fitting) must not fail every other persona's upload.
+  const unrecorded = s.space.unrecordedFor(now);
+  if (unrecorded < FAIL_UPLOADS_AFTER_MS || s.uploads.size === 0) return;
+  const failed = s.uploads.failAll(
+    `the kernel's storage has been full for ${Math.round(unrecorded / 1000)} s, nothing could be recorded: uploads in progress were failed to give their bytes back; upload again once there is room`,
+  );
+  if (failed)
+    log.warn({ uploads: failed }, "the kernel's storage stays full: uploads in progress failed, their partial bytes freed");
 }

@@ -49,6 +49,13 @@ export interface Unrecorded {
 
 /** How long after the last write refused room the kernel tries to put the condition's end on the record (ms). */
 export const FULL_HOLD_MS = 2_000;
+/**
+ * How long the audit's commits are refused room (nothing can be recorded: no request of anyone
+ * is served) before the uploads in progress fail and give their partial bytes back
+ * (UploadTable.failAll): long enough that a moment's full disk, freed from outside, costs no
+ * upload; short beside `uploadIdleMs`, until which an upload held the room before.
+ */
+export const FAIL_UPLOADS_AFTER_MS = 10_000;
 
 /**
  * Whether the kernel's storage is full now, as its writes find it. Set by a write refused room
@@ -69,6 +76,9 @@ export class StorageSpace {
   refused = 0;
   private lastError = "";
   private probing = false;
+  /** When the audit's commits began, and last were, refused room ({@link recordsFailed}). */
+  private recordsSince: number | undefined;
+  private recordsLast = 0;
   private readonly repeats: RepeatedFailureLog;
 
   constructor(
@@ -125,6 +135,26 @@ export class StorageSpace {
     if (this.fullSince === undefined || this.probing || this.now() - this.lastFull < FULL_HOLD_MS) return undefined;
     this.probing = true;
     return { since: this.fullSince, refused: this.refused, error: this.lastError };
+  }
+
+  /**
+   * The audit's commit was refused room: nothing can be recorded (as {@link failed} otherwise).
+   * Not a body the file store had no room for, which a persona can cause at will while records
+   * still fit: only this says the kernel serves no one.
+   */
+  recordsFailed(e: unknown): boolean {
+    if (!this.failed(e)) return false;
+    const t = this.now();
+    // Records committed in between (no refusal for FULL_HOLD_MS): a new run starts.
+    if (this.recordsSince === undefined || t - this.recordsLast >= FULL_HOLD_MS) this.recordsSince = t;
+    this.recordsLast = t;
+    return true;
+  }
+
+  /** How long the audit's commits have been refused room without a pause (0: they were not, lately). */
+  unrecordedFor(now = this.now()): number {
+    if (this.recordsSince === undefined || now - this.recordsLast >= FULL_HOLD_MS) return 0;
+    return now - this.recordsSince;
   }
 
   probeFailed(e: unknown): void {

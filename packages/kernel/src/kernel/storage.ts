@@ -130,7 +130,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
         // Tried again after every commit: logged when it begins and then once a minute, not each time.
         if (!space.failed(e)) unindexed.failed({ err: e.message });
       },
-      onCommitFailed: (e) => space.failed(e),
+      onCommitFailed: (e) => space.recordsFailed(e),
     });
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.

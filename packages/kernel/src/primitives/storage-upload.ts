@@ -1,6 +1,5 @@
 import { readSync } from "node:fs";
 import { storageUploadAbort, storageUploadBegin, storageUploadChunk, storageUploadCommit } from "@kpip/protocol";
-import { unlinkQuiet } from "../store/blobs.js";
 import { implement } from "./implement.js";
 import { commitObject, objectAddress, type StorageDeps, type StorageLimits } from "./storage-common.js";
 import type { Upload } from "./storage-uploads.js";
@@ -135,7 +134,7 @@ async function readUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<
     throw e;
   }
   uploads.closeFile(u);
-  unlinkQuiet(u.path);
+  d.blobs.discard(u.path);
   return { hash, data };
 }
 

@@ -1,9 +1,9 @@
 import { randomBytes } from "node:crypto";
-import { closeSync, fdatasync } from "node:fs";
+import { fdatasync, truncate } from "node:fs";
 import type { Grant } from "@kpip/protocol";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import type { BlobStore } from "../store/blobs.js";
-import { unlinkQuiet, writeAt } from "../store/blobs.js";
+import { closeQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
 import { UploadHasher } from "./upload-hasher.js";
 
@@ -234,7 +234,7 @@ export class UploadTable {
     u.received += data.length;
     u.expires = this.clock() + this.limits.idleMs;
     const p = writeAt(u.fd, data, offset).catch((e: Error) => {
-      u.failed ??= e;
+      this.storeFailed(u, e);
       throw e;
     });
     this.track(u, p);
@@ -265,7 +265,7 @@ export class UploadTable {
           () =>
             new Promise<void>((resolve) =>
               fdatasync(u.fd, (e) => {
-                if (e) u.failed ??= e;
+                if (e) this.storeFailed(u, e);
                 resolve();
               }),
             ),
@@ -276,6 +276,39 @@ export class UploadTable {
     // Hashing behind by more than the bound: this chunk is acknowledged once it caught up (u.hashed never rejects).
     if (u.unhashedBytes > UNHASHED_BYTES || u.unhashedChunks > UNHASHED_CHUNKS) return Promise.all([p, u.hashed]).then(() => {});
     return p;
+  }
+
+  /**
+   * The upload's bytes could not be stored (no room, a writeback error): it can never commit, so
+   * its partial bytes are given back now, once its writes in progress settled (no chunk is taken
+   * after this) — not when its persona aborts it or it idles out. An upload whose chunk took the
+   * disk's last room held it, and with it every request of every persona (none could be
+   * recorded, its persona's abort included), for `uploadIdleMs`. The upload stays, empty, for
+   * its abort or expiry.
+   */
+  private storeFailed(u: Upload, e: Error): void {
+    u.failed ??= e;
+    // By path, not by descriptor: the descriptor may be closed by then and its number reused;
+    // a dropped upload's path was renamed away (ENOENT, nothing to do).
+    void Promise.allSettled(u.busy).then(() => truncate(u.path, 0, () => {}));
+  }
+
+  /**
+   * The kernel's storage stays full: every upload in progress (but one being committed) fails and
+   * gives its partial bytes back ({@link storeFailed}). None of them can go on while nothing can be
+   * recorded — its chunks, and its persona's abort, are refused like every request — and what
+   * they hold may be the room the kernel needs to record anything again: an upload whose chunks
+   * all fitted, leaving no room for their records, kept every request refused until it idled out
+   * (`uploadIdleMs`). Each persona uploads again once there is room. Returns how many failed.
+   */
+  failAll(why: string): number {
+    let n = 0;
+    for (const u of this.byId.values()) {
+      if (u.committing || u.failed || u.installed) continue;
+      this.storeFailed(u, Object.assign(new Error(why), { code: "ENOSPC" }));
+      n++;
+    }
+    return n;
   }
 
   /** Every write and flush of the upload has settled (the commit syncs after this; a failed write fails it). */
@@ -314,7 +347,9 @@ export class UploadTable {
     // Once only: a second close could close whatever file was given the number since.
     if (u.closed) return;
     u.closed = true;
-    const close = () => closeSync(u.fd);
+    // Off the event loop: the file may be unlinked already (a dropped upload), and then this close
+    // frees its blocks (BlobStore.discard).
+    const close = () => closeQuiet(u.fd);
     // Never close a descriptor a write or flush still uses: its number could be reused by
     // another file, which the pending write would then write into.
     if (u.busy.size) void Promise.allSettled(u.busy).then(close);
@@ -329,7 +364,7 @@ export class UploadTable {
     if (u.installed) {
       this.blobs.unpin(u.installed);
       this.blobs.release(u.installed, u.size);
-    } else unlinkQuiet(u.path);
+    } else this.blobs.discard(u.path);
   }
 
   /**

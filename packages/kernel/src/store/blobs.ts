@@ -1,10 +1,12 @@
 import { createHash, randomBytes } from "node:crypto";
 import {
   chmodSync,
+  close,
   closeSync,
   constants,
   fstatSync,
   fsync,
+  linkSync,
   lstatSync,
   mkdirSync,
   openSync,
@@ -21,6 +23,7 @@ import { UnsafeHomeError } from "../secure-files.js";
 import { sha256InSlices } from "../sliced-hash.js";
 
 const fsyncAsync = promisify(fsync);
+const unlinkAsync = promisify(unlink);
 const CREATE_NEW = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
 /** The same, open for reading too (an upload's partial file is read back to be hashed). */
 const CREATE_NEW_RW = (CREATE_NEW & ~constants.O_WRONLY) | constants.O_RDWR;
@@ -151,27 +154,36 @@ export class BlobStore {
       // Nothing will name the temp file: it goes now, not at the next start. Its descriptor is
       // closed only once the write is done with it (a number closed early could be reused by
       // another file, which the pending write would then write into).
-      unlinkQuiet(t.path);
+      await this.removeTemp(t.path);
       // Waited for: the caller may reuse the body's memory once this settles (releasesArgs).
       await stored.then(
-        () => closeSync(t.fd),
-        () => closeSync(t.fd),
+        () => closeQuiet(t.fd),
+        () => closeQuiet(t.fd),
       );
       throw e;
     }
     this.pin(hash);
+    let installing = false;
     try {
       try {
         await stored;
       } catch (e) {
-        closeSync(t.fd);
-        unlinkQuiet(t.path);
+        closeQuiet(t.fd);
+        await this.removeTemp(t.path);
         throw e;
       }
       closeSync(t.fd);
+      installing = true;
       await this.install(t.path, hash);
     } catch (e) {
       this.unpin(hash);
+      if (installing) {
+        // The install failed (no room for the address's directory, a failed sync): the temp file
+        // goes now, not at the next start — on a full disk each such write left up to a frame
+        // of it, charged to no one — and a body the rename did install is freed unless named.
+        await this.removeTemp(t.path);
+        this.release(hash, data.length);
+      }
       throw e;
     }
     return hash;
@@ -191,8 +203,26 @@ export class BlobStore {
   async install(tempPath: string, hash: Uint8Array): Promise<void> {
     const dest = this.pathOf(hash);
     privateDir(dirname(dest));
-    // Atomic: a reader opens the old body or the new one (each read opens the file anew).
-    renameSync(tempPath, dest);
+    // A body there already (anyone's object may name these bytes) is given a second name first,
+    // so that the rename over it does not free its blocks on this thread: that took ~0.45 s a GiB
+    // (a stall for every session) and made the write of bytes someone stores slower than of new
+    // ones (a confirm-a-file probe). The link costs microseconds either way; the old file is
+    // freed off the event loop.
+    const old = this.gonePath();
+    let linked = false;
+    try {
+      linkSync(dest, old);
+      linked = true;
+    } catch {
+      // None there (ENOENT); or no second name could be made (no room for it): the rename then
+      // frees the old file here, as it did before, rather than failing the write.
+    }
+    try {
+      // Atomic: a reader opens the old body or the new one (each read opens the file anew).
+      renameSync(tempPath, dest);
+    } finally {
+      if (linked) unlink(old, () => {});
+    }
     // The new name must outlive an OS crash as long as the row naming it does.
     if (this.opts.sync) {
       const dfd = openSync(dirname(dest), constants.O_RDONLY | constants.O_DIRECTORY);
@@ -339,15 +369,39 @@ export class BlobStore {
 
   /** Moves a body no row names out of its address (made durable before), and frees it off the event loop. */
   private remove(hash: Uint8Array): boolean {
-    const gone = join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
+    return this.discard(this.pathOf(hash));
+  }
+
+  /**
+   * Takes a file of the store (a body, a temp or partial file) out of its place at once and frees
+   * its blocks off the event loop. Dropping the last name of a large file on the kernel's thread
+   * (an unlink, or the close of an unlinked file) costs ~0.45 s a GiB of page-cache and extent
+   * work, which every session waits out: an upload of gigabytes then aborted stalled the kernel.
+   * Its descriptor, if any, must be closed off the thread too ({@link closeQuiet}). False: no file there.
+   */
+  discard(path: string): boolean {
+    const gone = this.gonePath();
     try {
-      renameSync(this.pathOf(hash), gone);
+      renameSync(path, gone);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
       throw e;
     }
     unlink(gone, () => {});
     return true;
+  }
+
+  /**
+   * Removes a temp file off the event loop, settled once it is gone. Never throws: none there is
+   * fine, and one that cannot be removed goes at the next start (the caller's own failure stands).
+   */
+  private async removeTemp(path: string): Promise<void> {
+    await unlinkAsync(path).catch(() => {});
+  }
+
+  /** A fresh name in tmp/ for a file being freed (a start empties tmp/, should the kernel die first). */
+  private gonePath(): string {
+    return join(this.tmpDir, `gone-${randomBytes(12).toString("hex")}`);
   }
 
   /**
@@ -429,6 +483,14 @@ function privateDir(path: string): void {
     throw new UnsafeHomeError(`${path} is not a directory (a link or something else was put there)`);
   owned(st.uid, path);
   if ((st.mode & 0o077) !== 0) chmodSync(path, 0o700);
+}
+
+/**
+ * Closes a descriptor off the event loop: if its file was unlinked, the close is what frees the
+ * blocks (see {@link BlobStore.discard}). The number stays taken until the close is done.
+ */
+export function closeQuiet(fd: number): void {
+  close(fd, () => {});
 }
 
 export function unlinkQuiet(path: string): boolean {
