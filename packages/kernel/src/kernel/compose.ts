@@ -547,6 +547,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         dedupeWindowMs: c.dedupeWindowMs,
         maxWriteBuffer: c.maxWriteBuffer,
         readHoldMs: c.readHoldMs,
+        controlFrameRate: c.controlFrameRate,
       },
       pipeline,
       audit,
