@@ -197,17 +197,20 @@ export class Session implements SessionView, EventSink {
     if (this.state === "closed") return;
     this.lastSeen = Date.now();
     let frames = 0;
+    // Frames the kernel pays for (not control frames): only they start the read count again.
+    let paid = 0;
     this.reader.push(
       chunk,
       (msg, frame) => {
         frames++;
+        if (msg.type === "REQUEST" || msg.type === "HELLO" || msg.type === "ATTEST") paid++;
         this.onMessage(msg, frame);
         return (this.state as SessionState) !== "closed";
       },
       (e) => this.fatal(e),
     );
     // A read that brought a frame no nearer, past a frame's allowance: the next one waits.
-    if (this.reads.read(chunk.length, frames) && (this.state as SessionState) !== "closed") {
+    if (this.reads.read(chunk.length, frames, paid) && (this.state as SessionState) !== "closed") {
       const ms = this.host.limits.readHoldMs ?? READ_HOLD_MS;
       if (ms > 0 && this.conn.holdReads) {
         this.reads.held++;
