@@ -6,6 +6,7 @@ import { spawn, spawnSync } from "node:child_process";
 import net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
+import { until } from "@kpip/protocol/testing";
 import { adminIdentity, removeHome, startKernel, type TestKernel, withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
@@ -131,6 +132,14 @@ describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN
       // 300 PINGs (within the control-frame burst) in messages of 3 bytes: 7 that complete no
       // frame per PING, under the allowance, so each PING's completing read started the count again.
       const pings = Buffer.concat(Array.from({ length: 300 }, () => ping));
+      // Header and body apart, 20 times: a piece each, taken off again at the PING's end.
+      for (let i = 0; i < 20; i++) {
+        p.send(ping.subarray(0, HEADER_SIZE));
+        await until(() => k.k.partialFrames.received === HEADER_SIZE, 10_000, "the header read alone");
+        p.send(ping.subarray(HEADER_SIZE));
+      }
+      await until(() => p.frames.filter((f) => f.msg.type === "PONG").length === 20, 10_000, "20 PONGs");
+      assert.equal(k.k.readsHeld, 0, "PINGs with header and body apart are never held");
       try {
         await drip(p.sock, pings, 3, 3);
         assert.ok(k.k.readsHeld > 0, "the session's reads were held");

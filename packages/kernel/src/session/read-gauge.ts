@@ -19,8 +19,9 @@ export const READ_HOLD_MS = 50;
  * (paused, never closed: what was sent meanwhile is read whole at the next read). A read that
  * completes a frame the kernel pays for (a REQUEST, HELLO or ATTEST) resets the count: its own
  * bounds and records hold it. One that completes only control frames (PING, PONG, GOODBYE,
- * ERROR) neither counts nor resets: a PING sent in 8 pieces had every piece read at once, 9
- * reads a PING, however many PINGs. O(1) a read, no system call.
+ * ERROR) takes one off the count per frame (a header and body read apart cost nothing): a PING
+ * sent in 8 pieces had every piece read at once, 9 reads a PING, however many PINGs. O(1) a
+ * read, no system call.
  */
 export class ReadGauge {
   /** Reads of the current frame that brought little and completed no frame. */
@@ -37,7 +38,10 @@ export class ReadGauge {
       this.fragments = 0;
       return false;
     }
-    if (frames > 0) return false;
+    if (frames > 0) {
+      this.fragments = Math.max(0, this.fragments - frames);
+      return false;
+    }
     return length < MIN_FRAGMENT_BYTES && ++this.fragments > MAX_FRAGMENTS_PER_FRAME;
   }
 }
