@@ -4,6 +4,7 @@ import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
 import { readRegularFile, UnreadableFileError, unsafeDirectoryAboveFile } from "./secure-files.js";
+import { CONTROL_FRAME_RATE } from "./session/control-rate.js";
 import { READ_HOLD_MS } from "./session/read-gauge.js";
 import { repeatedJsonKey } from "./strict-json.js";
 
@@ -114,6 +115,18 @@ const DECLARED = {
     zeroAllowed: true,
     description:
       "how long a Unix-socket connection's reads stop for each read that brings a frame no nearer past the frame's allowance (8 reads of under 4096 bytes that complete no frame); 0: never",
+  },
+  /**
+   * Control frames (PING, PONG, GOODBYE, non-fatal ERROR) one session may send per second after
+   * WELCOME, bursts 5×: each is answered or ignored unrecorded, so without a bound one peer held
+   * the kernel's thread with them. Past it: fatal RESOURCE/CONTROL_FLOOD. 0 = no bound.
+   */
+  controlFrameRate: {
+    type: "int",
+    default: CONTROL_FRAME_RATE,
+    zeroAllowed: true,
+    description:
+      "control frames (PING, PONG, GOODBYE, non-fatal ERROR) one session may send per second after WELCOME (bursts 5×); past it: fatal RESOURCE/CONTROL_FLOOD (0 = no bound)",
   },
   maxWriteBuffer: {
     type: "int",

@@ -270,7 +270,9 @@ describe("answers queued unread across a persona tree's sessions", () => {
 
 describe("bytes queued unread that no read refusal bounds (PONGs)", () => {
   it("a persona's sessions that PING and never read are dropped once their tree holds more than maxQueuedBytesPerPersona + maxWriteBuffer; another tree reads meanwhile", async () => {
-    await withKernel({ maxWriteBuffer: 8 * MiB, maxQueuedBytesPerPersona: 6 * MiB, maxQueuedBytes: 16 * MiB }, async (t) => {
+    // No control-frame rate (which would end each session after its burst, control-frames.test): the tree's bound is tested.
+    const bounds = { maxWriteBuffer: 8 * MiB, maxQueuedBytesPerPersona: 6 * MiB, maxQueuedBytes: 16 * MiB, controlFrameRate: 0 };
+    await withKernel(bounds, async (t) => {
       const admin = await t.admin();
       await admin.storage.write("obj://big/blob", Buffer.alloc(MiB, 7));
       const pinger = await t.persona("pinger", [{ ops: ["system.health"], targets: ["kernel://"] }]);

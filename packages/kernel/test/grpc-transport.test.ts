@@ -64,8 +64,8 @@ function rawStream(address: string, creds = grpc.credentials.createSsl(pem("ca.p
 }
 
 /** A raw gRPC stream through the handshake as `identity` with `token` bound as handle 1. */
-async function rawSession(address: string, identity: Identity, token: Uint8Array) {
-  const s = rawStream(address);
+async function rawSession(address: string, identity: Identity, token: Uint8Array, creds?: grpc.ChannelCredentials) {
+  const s = rawStream(address, creds);
   const hello = helloFrame(identity.persona, identity.publicKey, Buffer.alloc(16, 3));
   s.call.write(hello);
   const challenge = await until(() => s.frames.find((m) => m.type === "CHALLENGE"), 10_000, "CHALLENGE");
@@ -519,6 +519,41 @@ describe("gRPC: frames cut into tiny messages, and streams held open after their
     });
     assert.equal((await c.system.health()).status, "ok");
     await c.close();
+  });
+
+  it("after WELCOME, PINGs each sent in small messages are refused at the ninth small piece of them all: a control frame does not start the count again (FRAGMENTED, on the record)", async () => {
+    const s = await rawSession(
+      address,
+      adminIdentity(t.k),
+      Buffer.from(t.adminToken, "base64url"),
+      grpc.credentials.createInsecure(),
+    );
+    try {
+      // Each PING (22 bytes) in messages of 3 bytes: 7 that end inside it, under a frame's
+      // allowance of 8, so each PING's last message started the count again, for ever.
+      const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
+      // Header and body apart, 20 times: one fragment each, taken off again at the PING's end.
+      for (let i = 0; i < 20; i++) {
+        s.call.write(ping.subarray(0, HEADER_SIZE));
+        s.call.write(ping.subarray(HEADER_SIZE));
+      }
+      await until(() => s.frames.filter((m) => m.type === "PONG").length === 20 || s.state.ended, 10_000, "20 PONGs");
+      assert.ok(!s.state.ended, "PINGs with header and body apart are served");
+      for (let i = 0; i < 3; i++) for (let at = 0; at < ping.length; at += 3) s.call.write(ping.subarray(at, at + 3));
+      await until(() => s.state.ended, 10_000, "the stream ended");
+      const record = await until(
+        () =>
+          t.k.inspect
+            .queryAudit({ op: "session.error", limit: 50 })
+            .find((r) => r.session === s.session && /FRAGMENTED/.test(r.message ?? "")),
+        5000,
+        "the session's FRAGMENTED record",
+      );
+      assert.equal(record.errorClass, "PROTOCOL");
+      assert.ok(s.frames.filter((m) => m.type === "PONG").length < 23, "not every PING answered");
+    } finally {
+      s.close();
+    }
   });
 
   it("a peer that keeps its half of the stream open after its session ended is reset once the grace passed, and sends nothing more", async () => {

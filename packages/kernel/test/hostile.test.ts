@@ -139,7 +139,8 @@ describe("hostile input over the wire", () => {
   });
 
   it("drops a peer that sends PINGs and never reads the PONGs (each PONG is queued like an answer)", async () => {
-    const t = await startKernel({ maxWriteBuffer: 64 * 1024 });
+    // No control-frame rate (which would end it after its burst, control-frames.test): the write buffer's bound is what is tested.
+    const t = await startKernel({ maxWriteBuffer: 64 * 1024, controlFrameRate: 0 });
     const p = await RawPeer.admin(t);
     const c = await t.admin();
     p.sock.pause();

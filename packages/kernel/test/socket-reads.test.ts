@@ -6,18 +6,19 @@ import { spawn, spawnSync } from "node:child_process";
 import net from "node:net";
 import { after, before, describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
-import { adminIdentity, removeHome, startKernel, type TestKernel } from "./harness.js";
+import { until } from "@kpip/protocol/testing";
+import { adminIdentity, removeHome, startKernel, type TestKernel, withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const python = spawnSync("python3", ["-c", "import socket; socket.SCM_RIGHTS"]).status === 0;
 
 /**
- * Sends `data` on the connected socket `sock` (the child's descriptor 3) a byte a message, each
+ * Sends `data` on the connected socket `sock` (the child's descriptor 3) `step` bytes a message, each
  * message carrying a descriptor, without blocking (a full socket is EAGAIN, retried) for at most
  * `seconds`: how many bytes the kernel's socket took. Each is its own read for the kernel, so
  * what it took is at most its reads and what the socket holds (a few hundred such messages).
  */
-function drip(sock: net.Socket, data: Uint8Array, seconds: number): Promise<number> {
+function drip(sock: net.Socket, data: Uint8Array, seconds: number, step = 1): Promise<number> {
   const script = `
 import array, os, socket, sys, time
 s = socket.socket(fileno=3)
@@ -28,7 +29,7 @@ n = 0
 end = time.monotonic() + ${seconds}
 while n < len(data) and time.monotonic() < end:
     try:
-        n += s.sendmsg([data[n:n + 1]], fds)
+        n += s.sendmsg([data[n:n + ${step}]], fds)
     except BlockingIOError:
         time.sleep(0.001)
     except OSError:
@@ -121,5 +122,31 @@ describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN
       p.sock.destroy();
     }
     await healthy(t);
+  });
+
+  it("after authentication, PINGs each sent in a few messages carrying a descriptor are held past one frame's allowance: a control frame does not start the count again", async () => {
+    // A kernel of its own: the only session whose held reads it counts is this one's.
+    await withKernel({}, async (k) => {
+      const p = await RawPeer.admin(k);
+      const ping = encodeMessage({ type: "PING", body: { seq: 1 } });
+      // 300 PINGs (within the control-frame burst) in messages of 3 bytes: 7 that complete no
+      // frame per PING, under the allowance, so each PING's completing read started the count again.
+      const pings = Buffer.concat(Array.from({ length: 300 }, () => ping));
+      // Header and body apart, 20 times: a piece each, taken off again at the PING's end.
+      for (let i = 0; i < 20; i++) {
+        p.send(ping.subarray(0, HEADER_SIZE));
+        await until(() => k.k.partialFrames.received === HEADER_SIZE, 10_000, "the header read alone");
+        p.send(ping.subarray(HEADER_SIZE));
+      }
+      await until(() => p.frames.filter((f) => f.msg.type === "PONG").length === 20, 10_000, "20 PONGs");
+      assert.equal(k.k.readsHeld, 0, "PINGs with header and body apart are never held");
+      try {
+        await drip(p.sock, pings, 3, 3);
+        assert.ok(k.k.readsHeld > 0, "the session's reads were held");
+      } finally {
+        p.sock.destroy();
+      }
+      await healthy(k);
+    });
   });
 });

@@ -556,6 +556,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         dedupeWindowMs: c.dedupeWindowMs,
         maxWriteBuffer: c.maxWriteBuffer,
         readHoldMs: c.readHoldMs,
+        controlFrameRate: c.controlFrameRate,
       },
       pipeline,
       audit,

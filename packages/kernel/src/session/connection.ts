@@ -1,4 +1,4 @@
-import { type ByteChannel, HEADER_SIZE } from "@kpip/protocol";
+import { type ByteChannel, HEADER_SIZE, MessageType } from "@kpip/protocol";
 
 /**
  * How long a peer has to close its side once the kernel ended the connection (a fatal ERROR,
@@ -59,6 +59,9 @@ export class TransportFragmented extends Error {
 /** What a transport refused of what the peer sent (the session ends on it with its class and code). */
 export type TransportRefusal = TransportMessageTooLarge | TransportFragmented;
 
+/** Types of the control frames (PROTOCOL §6.1: PING, PONG, GOODBYE, ERROR), whose end takes one off a fragment count, not all. */
+const CONTROL_TYPES: ReadonlySet<number> = new Set([MessageType.PING, MessageType.PONG, MessageType.GOODBYE, MessageType.ERROR]);
+
 /** A transport message shorter than this that ends inside a frame is a fragment of it (PROTOCOL §3.6). */
 export const MIN_FRAGMENT_BYTES = 4096;
 /** Fragments one frame may come in (a sender that writes a frame's header and body apart makes one). */
@@ -71,6 +74,10 @@ export const MAX_FRAGMENTS_PER_FRAME = 8;
  * kernel's thread seconds — before any attestation. A frame may come in at most
  * {@link MAX_FRAGMENTS_PER_FRAME} such messages (an empty message counts too); pieces of
  * {@link MIN_FRAGMENT_BYTES} or more, and messages whose last byte ends a frame, are not counted.
+ * Only the end of a frame the kernel pays for (HELLO, ATTEST, REQUEST: bounded and on the
+ * record) starts the count again; a control frame's (PING, PONG, GOODBYE, ERROR) takes one off
+ * it (its header and body sent apart cost nothing), or a PING in 8 messages would be 8 a PING
+ * for ever; as the socket's ReadGauge rules too.
  * The frames' own checks are the session's.
  */
 export class FragmentGauge {
@@ -111,7 +118,9 @@ export class FragmentGauge {
   }
 
   private frameEnded(): void {
-    this.fragments = 0;
+    // The header still holds the ended frame's: its type byte (PROTOCOL §4.1).
+    if (!CONTROL_TYPES.has(this.header[3] as number)) this.fragments = 0;
+    else if (this.fragments > 0) this.fragments--;
     this.endedFrame = true;
   }
 

@@ -22,6 +22,8 @@ export interface SessionLimitsConfig {
   maxWriteBuffer: number;
   /** How long a connection's reads stop for a read past its frame's allowance (ReadGauge); 0: never. Default READ_HOLD_MS. */
   readHoldMs?: number;
+  /** Control frames (PING, PONG, GOODBYE, non-fatal ERROR) a session may send per second, bursts 5×; 0: no bound. Default CONTROL_FRAME_RATE. */
+  controlFrameRate?: number;
 }
 
 /** Why an attested persona gets no session (PROTOCOL §8.8): the code of its fatal RESOURCE error, and the message. */

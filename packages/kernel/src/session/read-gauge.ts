@@ -17,8 +17,11 @@ export const READ_HOLD_MS = 50;
  * client writing its header and body apart makes one; an honest writer's large frame arrives in
  * reads of 64 KiB); each one past that stops the connection's reads for {@link READ_HOLD_MS}
  * (paused, never closed: what was sent meanwhile is read whole at the next read). A read that
- * completes a frame resets the count: it is paid for by the frame, whose own bounds hold.
- * O(1) a read, no system call.
+ * completes a frame the kernel pays for (a REQUEST, HELLO or ATTEST) resets the count: its own
+ * bounds and records hold it. One that completes only control frames (PING, PONG, GOODBYE,
+ * ERROR) takes one off the count per frame (a header and body read apart cost nothing): a PING
+ * sent in 8 pieces had every piece read at once, 9 reads a PING, however many PINGs. O(1) a
+ * read, no system call.
  */
 export class ReadGauge {
   /** Reads of the current frame that brought little and completed no frame. */
@@ -26,10 +29,17 @@ export class ReadGauge {
   /** Reads the connection was held for so far (tests; counted by the session, which holds it). */
   held = 0;
 
-  /** A read of `length` bytes that completed `frames` frames: whether to hold the connection's reads. */
-  read(length: number, frames: number): boolean {
-    if (frames > 0) {
+  /**
+   * A read of `length` bytes that completed `frames` frames, `paid` of them not control frames:
+   * whether to hold the connection's reads.
+   */
+  read(length: number, frames: number, paid: number): boolean {
+    if (paid > 0) {
       this.fragments = 0;
+      return false;
+    }
+    if (frames > 0) {
+      this.fragments = Math.max(0, this.fragments - frames);
       return false;
     }
     return length < MIN_FRAGMENT_BYTES && ++this.fragments > MAX_FRAGMENTS_PER_FRAME;

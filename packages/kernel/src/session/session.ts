@@ -25,6 +25,7 @@ import type { EventSink } from "../events/bus.js";
 import type { SessionView } from "../pipeline/pipeline.js";
 import { isStorageFull, STORAGE_FULL_UNRECORDED } from "../store/storage-full.js";
 import { addressOf, type Connection, originOf } from "./connection.js";
+import { CONTROL_FRAME_RATE, ControlRate } from "./control-rate.js";
 import { HandleTable } from "./handles.js";
 import { attestationFailure, challengeFrame, negotiateHello, welcomeMessage } from "./handshake.js";
 import type { SessionHostOf } from "./host.js";
@@ -77,6 +78,8 @@ export class Session implements SessionView, EventSink {
   private readonly reader: FrameReader;
   /** This connection's reads that brought little and completed no frame (see {@link ReadGauge}). */
   readonly reads = new ReadGauge();
+  /** Control frames after WELCOME (PING, PONG, GOODBYE, non-fatal ERROR): a bounded rate ({@link ControlRate}). */
+  private readonly control: ControlRate;
   private readonly abort = new AbortController();
   private drained: (() => void) | undefined;
   /** The kernel began this session's closing (its stop), not the peer's GOODBYE: see {@link stopping}. */
@@ -98,6 +101,7 @@ export class Session implements SessionView, EventSink {
     this.peerKey = peerKey(addressOf(conn));
     this.records = new SessionRecords(host.audit, this.id, originOf(conn), host.liveSessions);
     this.maxBody = host.limits.maxBodyBytes;
+    this.control = new ControlRate(host.limits.controlFrameRate ?? CONTROL_FRAME_RATE, this.createdAt);
     this.reader = new FrameReader(Math.min(HANDSHAKE_MAX_BODY.hello, host.limits.maxBodyBytes), this.bodyMemory, this.bodyBack);
     // A body holds no more items than its message type needs: decoding costs per item.
     this.reader.decodeLimits = peerDecodeLimits;
@@ -195,17 +199,20 @@ export class Session implements SessionView, EventSink {
     if (this.state === "closed") return;
     this.lastSeen = Date.now();
     let frames = 0;
+    // Frames the kernel pays for (not control frames): only they start the read count again.
+    let paid = 0;
     this.reader.push(
       chunk,
       (msg, frame) => {
         frames++;
+        if (msg.type === "REQUEST" || msg.type === "HELLO" || msg.type === "ATTEST") paid++;
         this.onMessage(msg, frame);
         return (this.state as SessionState) !== "closed";
       },
       (e) => this.fatal(e),
     );
     // A read that brought a frame no nearer, past a frame's allowance: the next one waits.
-    if (this.reads.read(chunk.length, frames) && (this.state as SessionState) !== "closed") {
+    if (this.reads.read(chunk.length, frames, paid) && (this.state as SessionState) !== "closed") {
       const ms = this.host.limits.readHoldMs ?? READ_HOLD_MS;
       if (ms > 0 && this.conn.holdReads) {
         this.reads.held++;
@@ -231,6 +238,7 @@ export class Session implements SessionView, EventSink {
         return this.outOfOrder(msg.type);
       case "PING":
         if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
+        if (!this.control.take(this.lastSeen)) return this.controlFlood();
         this.send({ type: "PONG", body: { seq: msg.body.seq } });
         // A PONG is queued like an answer: a peer that PINGs and never reads is dropped alike.
         this.dropIfNotReading();
@@ -238,15 +246,21 @@ export class Session implements SessionView, EventSink {
       case "PONG":
         // The kernel PINGs only ready sessions: a PONG before that is out of order too.
         if (this.state === "hello" || this.state === "attest") return this.outOfOrder(msg.type);
+        if (!this.control.take(this.lastSeen)) return this.controlFlood();
         return;
       case "GOODBYE":
-        if (this.state === "closing") return;
+        if (this.state === "closing") {
+          // A second GOODBYE is ignored (§8.6), within the control-frame rate.
+          if (!this.control.take(this.lastSeen)) this.controlFlood();
+          return;
+        }
         if (this.state !== "ready") return this.outOfOrder(msg.type);
         this.state = "closing";
         return;
       case "ERROR":
         // Before HELLO only HELLO is allowed; during the handshake a peer may only give up (fatal).
         if (this.state === "hello" || (this.state === "attest" && !msg.body.fatal)) return this.outOfOrder(msg.type);
+        if (!msg.body.fatal && !this.control.take(this.lastSeen)) return this.controlFlood();
         this.logPeer("info", { code: msg.body.code, class: msg.body.class }, "peer reported an error");
         if (msg.body.fatal) {
           // Nothing more to say to a peer that ended the session: its connection goes now.
@@ -436,6 +450,11 @@ export class Session implements SessionView, EventSink {
     // Large payloads (e.g. a storage.read) are referenced into the frame, not copied: the
     // pieces are written together, or copied once into the shared-memory segment.
     writeMessage(this.conn, msg, stream, this.shm);
+  }
+
+  /** Past the session's control-frame rate: it ends, on the record. */
+  private controlFlood(): void {
+    this.fail("RESOURCE", "CONTROL_FLOOD", this.control.message, this.persona);
   }
 
   private outOfOrder(type: string): void {
