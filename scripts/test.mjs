@@ -2,7 +2,8 @@
 // Runs every compiled test file with node's test runner. Usage: node scripts/test.mjs [substring...]
 // Extra filters narrow the run to test files whose path contains one of the substrings.
 import { spawnSync } from "node:child_process";
-import { existsSync, readdirSync, statSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 
@@ -37,6 +38,13 @@ if (selected.length === 0) {
 // The CLI tests run the bundled `kpip` entry: bring it up to date with the compiled files (a no-op when it is).
 const bundled = spawnSync(process.execPath, [fileURLToPath(new URL("./bundle-cli.mjs", import.meta.url))], { stdio: "inherit" });
 if (bundled.status !== 0) process.exit(bundled.status ?? 1);
+// Files at once: two by default (CI's machine has two cores); KPIP_TEST_CONCURRENCY tries another.
+const concurrency = Number(process.env.KPIP_TEST_CONCURRENCY ?? 2);
+if (!Number.isInteger(concurrency) || concurrency < 1) {
+  console.error(`KPIP_TEST_CONCURRENCY must be a positive integer (got ${process.env.KPIP_TEST_CONCURRENCY})`);
+  process.exit(2);
+}
+const started = { wall: performance.now(), cpu: childCpu() };
 const r = spawnSync(
   process.execPath,
   [
@@ -49,13 +57,43 @@ const r = spawnSync(
     // ends the run with the slowest files and their times (where CI's minutes go)
     `--test-reporter=${fileURLToPath(new URL("./timing-reporter.mjs", import.meta.url))}`,
     "--test-reporter-destination=stdout",
-    "--test-concurrency=2",
+    `--test-concurrency=${concurrency}`,
     // No --test-force-exit: a file's process then exits before its last test reports reach the
     // runner (a fresh-clone CI run counted 1,264 of 1,265 tests: the last file's last two events lost).
     // generous: a file needs ~4x its quiet time on a machine loaded 8 deep; a hang still ends, named
     "--test-timeout=600000",
+    // (node 20's runner sorts the files by path itself, whatever their order here)
     ...selected.sort(),
   ],
   { stdio: "inherit" },
 );
+cpuLine();
 process.exit(r.status ?? 1);
+
+/** CPU seconds of the children this process waited for, and theirs (Linux's /proc; elsewhere undefined). */
+function childCpu() {
+  let stat;
+  try {
+    stat = readFileSync("/proc/self/stat", "utf8");
+  } catch {
+    return undefined;
+  }
+  // After the command name (which may hold spaces): cutime and cstime are the 14th and 15th fields, in 1/100 s.
+  const f = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return (Number(f[13]) + Number(f[14])) / 100;
+}
+
+/**
+ * How busy the tests kept the machine: the CPU time of every process the run waited for (the
+ * files' processes and the kernels and commands they ran), against the run's wall time. Well
+ * under the cores in use means files waiting on timers or on their children, not on the CPU.
+ */
+function cpuLine() {
+  const end = childCpu();
+  if (end === undefined || started.cpu === undefined) return;
+  const cpu = end - started.cpu;
+  const wall = (performance.now() - started.wall) / 1000;
+  console.log(
+    `CPU of the test processes: ${cpu.toFixed(0)} s in ${wall.toFixed(0)} s wall, ${(cpu / wall).toFixed(2)} of ${availableParallelism()} cores busy on average (--test-concurrency=${concurrency})`,
+  );
+}

@@ -5,9 +5,17 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
-import { until } from "@kpip/protocol/testing";
+import { CommandWorker, until } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
-import { kpip, MAIN, runKernel } from "./run.js";
+import { DISPATCH, kpip, MAIN, runKernel } from "./run.js";
+
+// Most command lines here run in one worker thread, not a process each (~0.4 s of CPU to load the
+// CLI, ~80 times). What is about the installed command runs it as a process: the first call, the
+// conventions (--version, global flags first, a typo), a closed pipe, raw bytes on stdout, a
+// follow (events tail), a hang guard, and the kernel itself (SIGINT).
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+const run = (args: string[]) => cli.run(args);
 
 describe("the kpip CLI, as the README walkthrough uses it", () => {
   const home = mkdtempSync(join(tmpdir(), "kpip-cli-"));
@@ -21,19 +29,19 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     rmSync(home, { recursive: true, force: true });
   });
 
-  it("walks through: health, persona, mint, act within and outside the grant, attenuate, audit, revoke", () => {
+  it("walks through: health, persona, mint, act within and outside the grant, attenuate, audit, revoke", async () => {
     const health = kpip(["call", "system.health", ...h]);
     assert.equal(health.code, 0);
     assert.match(health.out, /^SUCCESS/);
-    assert.equal(JSON.parse(kpip(["call", "system.health", "--json", ...h]).out).status, "SUCCESS");
+    assert.equal(JSON.parse((await run(["call", "system.health", "--json", ...h])).out).status, "SUCCESS");
 
-    const created = JSON.parse(kpip(["persona", "create", "alice", "--json", ...h]).out);
+    const created = JSON.parse((await run(["persona", "create", "alice", "--json", ...h])).out);
     assert.equal(created.persona, "alice");
     assert.equal(created.via, "kernel", "with a kernel running, the registry changes through it");
     assert.equal(statSync(created.identity).mode & 0o777, 0o600);
-    assert.equal(kpip(["persona", "create", "alice", ...h]).code, 1);
+    assert.equal((await run(["persona", "create", "alice", ...h])).code, 1);
 
-    const mint = kpip([
+    const mint = await run([
       "token",
       "mint",
       "--persona",
@@ -49,22 +57,34 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(mint.code, 0, mint.err);
     const token = mint.out.trim();
     const asAlice = ["--identity", created.identity, "--token", token, ...h];
-    assert.equal(kpip(["call", "storage.write", "obj://ws1/alice.txt", "--data", "mine", ...asAlice]).code, 0);
-    const read = JSON.parse(kpip(["call", "storage.read", "obj://ws1/alice.txt", "--json", ...asAlice]).out);
+    assert.equal((await run(["call", "storage.write", "obj://ws1/alice.txt", "--data", "mine", ...asAlice])).code, 0);
+    const read = JSON.parse((await run(["call", "storage.read", "obj://ws1/alice.txt", "--json", ...asAlice])).out);
     assert.equal(Buffer.from(read.payload.data.$bytes, "base64").toString(), "mine");
-    const outside = kpip(["call", "storage.write", "obj://ws2/x", "--data", "nope", ...asAlice]);
+    const outside = await run(["call", "storage.write", "obj://ws2/x", "--data", "nope", ...asAlice]);
     assert.equal(outside.code, 1);
     assert.match(outside.err, /FAILURE PERMISSION/);
 
-    const ro = kpip(["token", "attenuate", token, "--allow", "storage.read:obj://ws1/**", ...h]).out.trim();
+    const ro = (await run(["token", "attenuate", token, "--allow", "storage.read:obj://ws1/**", ...h])).out.trim();
     assert.equal(
-      kpip(["call", "storage.write", "obj://ws1/alice.txt", "--data", "x", "--identity", created.identity, "--token", ro, ...h])
-        .code,
+      (
+        await run([
+          "call",
+          "storage.write",
+          "obj://ws1/alice.txt",
+          "--data",
+          "x",
+          "--identity",
+          created.identity,
+          "--token",
+          ro,
+          ...h,
+        ])
+      ).code,
       1,
     );
-    const inspected = JSON.parse(kpip(["token", "inspect", ro, "--json", ...h]).out);
+    const inspected = JSON.parse((await run(["token", "inspect", ro, "--json", ...h])).out);
     assert.deepEqual(inspected.caveats[0], { t: "rights", v: [["storage.read", "obj://ws1/**"]] });
-    const human = kpip(["token", "inspect", ro, ...h]);
+    const human = await run(["token", "inspect", ro, ...h]);
     assert.equal(human.code, 0, human.err);
     assert.match(human.out, /^token\s+[0-9a-f]{32}/);
     assert.match(human.out, /\nusable\s+yes, by alice\nby you\s+no — .*not usable by persona admin/);
@@ -74,34 +94,32 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     );
     assert.doesNotMatch(human.out, /problem|valid/);
 
-    const tail = kpip(["audit", "tail", "-n", "3", "--json", ...h])
-      .out.trim()
-      .split("\n");
+    const tail = (await run(["audit", "tail", "-n", "3", "--json", ...h])).out.trim().split("\n");
     assert.equal(tail.length, 3);
-    const refused = kpip(["audit", "query", "--persona", "alice", "--status", "FAILURE", "--json", ...h])
-      .out.trim()
+    const refused = (await run(["audit", "query", "--persona", "alice", "--status", "FAILURE", "--json", ...h])).out
+      .trim()
       .split("\n")
       .map((l) => JSON.parse(l));
     assert.ok(refused.some((r) => r.op === "storage.write" && r.errorClass === "PERMISSION"));
 
-    const status = JSON.parse(kpip(["status", "--json", ...h]).out);
+    const status = JSON.parse((await run(["status", "--json", ...h])).out);
     assert.equal(status.transports[0].address, join(home, "kernel.sock"));
     assert.ok(status.audit.head > 0);
     assert.ok(Array.isArray(status.sessions));
-    assert.match(kpip(["status", ...h]).out, /sessions\s+\d+ \(one is this kpip status\)[\s\S]*admin .*\(this command\)/);
+    assert.match((await run(["status", ...h])).out, /sessions\s+\d+ \(one is this kpip status\)[\s\S]*admin .*\(this command\)/);
     // The process sandbox is always stated: bubblewrap, unavailable (refusing), or none.
     assert.match(kpip(["status", ...h]).out, /sandbox\s+(bubblewrap|UNAVAILABLE|NONE)/);
     assert.ok(["bwrap", "none"].includes(status.sandbox.mode));
 
-    const tokens = JSON.parse(kpip(["token", "list", "--json", ...h]).out);
+    const tokens = JSON.parse((await run(["token", "list", "--json", ...h])).out);
     const id = tokens.find((t: { sub: string }) => t.sub === "alice").id;
-    assert.equal(kpip(["token", "revoke", id, ...h]).code, 0);
-    const after = kpip(["call", "storage.read", "obj://ws1/alice.txt", ...asAlice]);
+    assert.equal((await run(["token", "revoke", id, ...h])).code, 0);
+    const after = await run(["call", "storage.read", "obj://ws1/alice.txt", ...asAlice]);
     assert.equal(after.code, 1);
     assert.match(after.err, /REVOKED|CAPABILITY/);
   });
 
-  it("follows the conventions: --version, global flags before the command, a suggestion for a typo, quiet on a closed pipe", () => {
+  it("follows the conventions: --version, global flags before the command, a suggestion for a typo, quiet on a closed pipe", async () => {
     const v = kpip(["--version"]);
     assert.equal(v.code, 0);
     assert.match(v.out, /^kpip \d+\.\d+\.\d+ /);
@@ -125,49 +143,71 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.equal(piped.status, 0, piped.stderr);
   });
 
-  it("follows DEFERRED ops with --wait, writes raw bytes with --out, suggests ops, and says when ops result/cancel have nothing to give", () => {
-    const waited = kpip(["call", "compute.submit", "op://command/echo", "--args", '{"args":["hi"]}', "--wait", "--json", ...h]);
+  it("follows DEFERRED ops with --wait, writes raw bytes with --out, suggests ops, and says when ops result/cancel have nothing to give", async () => {
+    const waited = await run([
+      "call",
+      "compute.submit",
+      "op://command/echo",
+      "--args",
+      '{"args":["hi"]}',
+      "--wait",
+      "--json",
+      ...h,
+    ]);
     assert.equal(waited.code, 0, waited.err);
     const w = JSON.parse(waited.out);
     assert.equal(w.status, "SUCCESS");
     assert.equal(Buffer.from(w.payload.result.stdout.$bytes, "base64").toString(), "hi\n");
     // a finished op: nothing to cancel, exit 1
-    const cancel = kpip(["ops", "cancel", w.payload.op, ...h]);
+    const cancel = await run(["ops", "cancel", w.payload.op, ...h]);
     assert.equal(cancel.code, 1, cancel.out + cancel.err);
     assert.match(cancel.err, /already finished/);
     // a running op: no result yet, exit 1
     const sub = JSON.parse(
-      kpip(["call", "compute.submit", "op://command/sleep", "--args", '{"args":["30"]}', "--json", ...h]).out,
+      (await run(["call", "compute.submit", "op://command/sleep", "--args", '{"args":["30"]}', "--json", ...h])).out,
     ).payload.op;
-    const early = kpip(["ops", "result", sub, ...h]);
+    const early = await run(["ops", "result", sub, ...h]);
     assert.equal(early.code, 1, early.out + early.err);
     assert.match(early.err, /still running/);
-    assert.equal(kpip(["ops", "cancel", sub, ...h]).code, 0);
+    assert.equal((await run(["ops", "cancel", sub, ...h])).code, 0);
 
     const bytes = Buffer.from([0, 1, 2, 255, 10, 13]);
     const src = join(home, "bytes.bin");
     writeFileSync(src, bytes);
-    assert.equal(kpip(["call", "storage.write", "obj://ws1/raw", "--data-file", src, ...h]).code, 0);
+    assert.equal((await run(["call", "storage.write", "obj://ws1/raw", "--data-file", src, ...h])).code, 0);
     const dst = join(home, "bytes.out");
-    assert.equal(kpip(["call", "storage.read", "obj://ws1/raw", "--out", dst, ...h]).code, 0);
+    assert.equal((await run(["call", "storage.read", "obj://ws1/raw", "--out", dst, ...h])).code, 0);
     assert.deepEqual(readFileSync(dst), bytes);
     const toStdout = spawnSync(process.execPath, [MAIN, "call", "storage.read", "obj://ws1/raw", "-o", "-", ...h]);
     assert.deepEqual(toStdout.stdout, bytes);
 
     // typos and no-ops in the token commands are refused, not minted or revoked silently
-    const raed = kpip(["token", "mint", "--persona", "alice", "--allow", "storage.raed:obj://ws1/**", "--ttl", "1h", ...h]);
+    const raed = await run(["token", "mint", "--persona", "alice", "--allow", "storage.raed:obj://ws1/**", "--ttl", "1h", ...h]);
     assert.equal(raed.code, 2, raed.err);
     assert.match(raed.err, /storage\.raed — did you mean "storage\.read"/);
-    const ghost = kpip(["token", "revoke", "0".repeat(32), ...h]);
+    const ghost = await run(["token", "revoke", "0".repeat(32), ...h]);
     assert.equal(ghost.code, 1, ghost.out);
     assert.match(ghost.err, /no token 0{32}/);
     const mintedFile = join(home, "pairs.token");
     assert.equal(
-      kpip(["token", "mint", "--persona", "admin", "--allow", "storage.*:obj://**", "--ttl", "1h", "--out", mintedFile, ...h])
-        .code,
+      (
+        await run([
+          "token",
+          "mint",
+          "--persona",
+          "admin",
+          "--allow",
+          "storage.*:obj://**",
+          "--ttl",
+          "1h",
+          "--out",
+          mintedFile,
+          ...h,
+        ])
+      ).code,
       0,
     );
-    const pairs = kpip([
+    const pairs = await run([
       "token",
       "attenuate",
       `@${mintedFile}`,
@@ -180,11 +220,11 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     // Pairs stay pairs: read on ws1 and write on ws2, never write on ws1 nor read on ws2.
     assert.equal(pairs.code, 0, pairs.err);
     const paired = ["--token", pairs.out.trim(), ...h];
-    assert.equal(kpip(["call", "storage.write", "obj://ws2/p", "--data", "x", ...paired]).code, 0);
-    assert.equal(kpip(["call", "storage.read", "obj://ws2/p", ...paired]).code, 1);
-    assert.match(kpip(["call", "storage.write", "obj://ws1/p", "--data", "x", ...paired]).err, /FAILURE PERMISSION/);
+    assert.equal((await run(["call", "storage.write", "obj://ws2/p", "--data", "x", ...paired])).code, 0);
+    assert.equal((await run(["call", "storage.read", "obj://ws2/p", ...paired])).code, 1);
+    assert.match((await run(["call", "storage.write", "obj://ws1/p", "--data", "x", ...paired])).err, /FAILURE PERMISSION/);
 
-    const typo = kpip(["call", "events.emit", "topic://x", ...h]);
+    const typo = await run(["call", "events.emit", "topic://x", ...h]);
     assert.equal(typo.code, 1);
     assert.match(typo.err, /unknown op events\.emit.*did you mean "event\.emit"/);
   });
@@ -192,10 +232,12 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
   it("agents logs shows an agent's control characters as escapes (its output cannot drive the terminal); --raw gives its bytes", async () => {
     const printed = "\u001b]0;PWNED\u0007\u001b[31mred\tcol\n";
     const script = "printf '\\033]0;PWNED\\007\\033[31mred\\tcol\\n'";
-    const spawned = kpip(["agents", "spawn", "sh/esc", "--lifetime", "60s", ...h, "--", "-c", script]);
+    const spawned = await run(["agents", "spawn", "sh/esc", "--lifetime", "60s", ...h, "--", "-c", script]);
     assert.equal(spawned.code, 0, spawned.err);
-    await until(() => JSON.parse(kpip(["agents", "status", "agent://sh/esc", "--json", ...h]).out).state !== "running");
-    const shown = kpip(["agents", "logs", "agent://sh/esc", ...h]);
+    await until(
+      async () => JSON.parse((await run(["agents", "status", "agent://sh/esc", "--json", ...h])).out).state !== "running",
+    );
+    const shown = await run(["agents", "logs", "agent://sh/esc", ...h]);
     assert.equal(shown.code, 0, shown.err);
     assert.equal(shown.out, "\\u{1b}]0;PWNED\\u{7}\\u{1b}[31mred\tcol\n");
     const raw = spawnSync(process.execPath, [MAIN, "agents", "logs", "agent://sh/esc", "--raw", ...h]);
@@ -250,8 +292,8 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     try {
       const args = JSON.stringify({ data: { msg: hostile, [`k${hostile}`]: 1 } });
       // Emitted until the tail's subscription hears it (it subscribes after it starts).
-      await until(() => {
-        const r = kpip(["call", "event.emit", "topic://hostile/x", "--args", args, "--json", ...h]);
+      await until(async () => {
+        const r = await run(["call", "event.emit", "topic://hostile/x", "--args", args, "--json", ...h]);
         assert.equal(r.code, 0, r.err);
         return JSON.parse(r.out).payload.subscribers > 0;
       });
@@ -266,29 +308,32 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
 
     // Bytes with C0 controls are shown as hex; these have only C1 and bidi ones: shown as text.
     const bytes = Buffer.from("xa\u009b2Jb\u202ec\n").toString("base64");
-    assert.equal(kpip(["call", "storage.write", "obj://ws1/hostile", "--args", `{"data":{"$bytes":"${bytes}"}}`, ...h]).code, 0);
-    const read = kpip(["call", "storage.read", "obj://ws1/hostile", ...h]);
+    assert.equal(
+      (await run(["call", "storage.write", "obj://ws1/hostile", "--args", `{"data":{"$bytes":"${bytes}"}}`, ...h])).code,
+      0,
+    );
+    const read = await run(["call", "storage.read", "obj://ws1/hostile", ...h]);
     assert.equal(read.code, 0, read.err);
     assert.doesNotMatch(read.out, /[\u0080-\u009f\u202a-\u202e\u001b]/u, read.out);
     assert.match(read.out, /data: "xa\\u\{9b\}2Jb\\u\{202e\}c\\n"/);
   });
 
-  it("call and audit query show zero-width, invisible and line-separator characters a persona put in its data or an argument's name as escapes", () => {
+  it("call and audit query show zero-width, invisible and line-separator characters a persona put in its data or an argument's name as escapes", async () => {
     // Not controls, so the protocol's escapes passed them: a terminal shows them as nothing (or a line break).
     const hidden = "pay\u200broll\u2028\u2029x\ufeff\u{e0041}\u2060\u00ad\u034f";
     const shown = "pay\\u{200b}roll\\u{2028}\\u{2029}x\\u{feff}\\u{e0041}\\u{2060}\\u{ad}\\u{34f}";
     const invisible = /[\u00ad\u200b-\u200f\u2028-\u202e\u2060-\u206f\ufeff]|\u034f|\u{e0041}/u;
-    assert.equal(kpip(["call", "storage.write", "obj://ws1/invisible", "--data", hidden, ...h]).code, 0);
-    const read = kpip(["call", "storage.read", "obj://ws1/invisible", ...h]);
+    assert.equal((await run(["call", "storage.write", "obj://ws1/invisible", "--data", hidden, ...h])).code, 0);
+    const read = await run(["call", "storage.read", "obj://ws1/invisible", ...h]);
     assert.equal(read.code, 0, read.err);
     assert.doesNotMatch(read.out, invisible, read.out);
     assert.ok(read.out.includes(`data: "${shown}"`), read.out);
     // The kernel's refusal quotes the argument's name: on the terminal, and in the audit record's view.
-    const refused = kpip(["call", "storage.stat", "obj://ws1/invisible", "--args", JSON.stringify({ [hidden]: 1 }), ...h]);
+    const refused = await run(["call", "storage.stat", "obj://ws1/invisible", "--args", JSON.stringify({ [hidden]: 1 }), ...h]);
     assert.equal(refused.code, 1, refused.err);
     assert.doesNotMatch(refused.err, invisible, refused.err);
     assert.ok(refused.err.includes(shown), refused.err);
-    const audited = kpip(["audit", "query", "--op", "storage.stat", ...h]);
+    const audited = await run(["audit", "query", "--op", "storage.stat", ...h]);
     assert.equal(audited.code, 0, audited.err);
     assert.doesNotMatch(audited.out, invisible, audited.out);
     assert.ok(audited.out.includes(shown), audited.out);
@@ -310,35 +355,35 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
   it("registers public keys in the four formats of PROTOCOL Appendix D and removes personas", async () => {
     const { generateKeyPairSync } = await import("node:crypto");
     const idFile = JSON.parse(
-      kpip(["persona", "create", "bob", "--json", "--out", join(home, "bob.identity"), ...h]).out,
+      (await run(["persona", "create", "bob", "--json", "--out", join(home, "bob.identity"), ...h])).out,
     ).identity;
     const pem = join(home, "k.pem");
     writeFileSync(pem, generateKeyPairSync("ed25519").publicKey.export({ format: "pem", type: "spki" }) as string);
     const raw = join(home, "k.txt");
     writeFileSync(raw, Buffer.alloc(32, 9).toString("base64url"));
-    assert.equal(kpip(["persona", "add", "bob2", "--public-key", idFile, ...h]).code, 0);
-    assert.equal(kpip(["persona", "add", "carl", "--public-key", pem, ...h]).code, 0);
-    assert.equal(kpip(["persona", "add", "dora", "--public-key", raw, ...h]).code, 0);
+    assert.equal((await run(["persona", "add", "bob2", "--public-key", idFile, ...h])).code, 0);
+    assert.equal((await run(["persona", "add", "carl", "--public-key", pem, ...h])).code, 0);
+    assert.equal((await run(["persona", "add", "dora", "--public-key", raw, ...h])).code, 0);
     // PROTOCOL Appendix D's fourth form: a JSON object with only publicKey.
     const onlyPublic = join(home, "k.json");
     writeFileSync(onlyPublic, JSON.stringify({ publicKey: Buffer.alloc(32, 11).toString("base64url") }));
-    assert.equal(kpip(["persona", "add", "erin", "--public-key", onlyPublic, ...h]).code, 0);
+    assert.equal((await run(["persona", "add", "erin", "--public-key", onlyPublic, ...h])).code, 0);
     writeFileSync(raw, Buffer.alloc(31, 9).toString("base64url"));
-    assert.equal(kpip(["persona", "add", "fay", "--public-key", raw, ...h]).code, 2, "31 bytes: a usage error");
+    assert.equal((await run(["persona", "add", "fay", "--public-key", raw, ...h])).code, 2, "31 bytes: a usage error");
     // A key file that is not what it claims (broken JSON, a PEM that does not parse): a usage error, not an internal one.
     for (const bad of ["{not json", "-----BEGIN PUBLIC KEY-----\nnot base64\n-----END PUBLIC KEY-----\n"]) {
       writeFileSync(raw, bad);
-      const r = kpip(["persona", "add", "fay", "--public-key", raw, ...h]);
+      const r = await run(["persona", "add", "fay", "--public-key", raw, ...h]);
       assert.equal(r.code, 2, r.err);
       assert.doesNotMatch(r.err, /internal error/);
     }
-    const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
+    const list = JSON.parse((await run(["persona", "list", "--json", ...h])).out).map((p: { persona: string }) => p.persona);
     for (const p of ["admin", "alice", "bob", "bob2", "carl", "dora", "erin"]) assert.ok(list.includes(p), p);
     assert.ok(!list.includes("fay"));
-    assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 0);
-    assert.equal(kpip(["persona", "remove", "dora", ...h]).code, 1);
-    const audited = kpip(["audit", "query", "--op", "persona.remove", "--json", ...h])
-      .out.trim()
+    assert.equal((await run(["persona", "remove", "dora", ...h])).code, 0);
+    assert.equal((await run(["persona", "remove", "dora", ...h])).code, 1);
+    const audited = (await run(["audit", "query", "--op", "persona.remove", "--json", ...h])).out
+      .trim()
       .split("\n")
       .map((l) => JSON.parse(l));
     assert.ok(audited.some((r) => r.target === "persona://dora" && r.persona === "admin" && r.status === "SUCCESS"));
@@ -350,10 +395,10 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const code = await new Promise((r) => kernel.once("exit", r));
     assert.equal(code, 0);
     assert.ok(!existsSync(join(home, "kernel.sock")));
-    assert.equal(kpip(["audit", "verify", ...h]).code, 0);
-    assert.equal(JSON.parse(kpip(["audit", "verify", "--json", ...h]).out).ok, true);
+    assert.equal((await run(["audit", "verify", ...h])).code, 0);
+    assert.equal(JSON.parse((await run(["audit", "verify", "--json", ...h])).out).ok, true);
     // One byte of what record 3 says, in its segment file: its bytes follow its hash and their length.
-    const hash = Buffer.from(JSON.parse(kpip(["audit", "show", "3", "--json", ...h]).out).record.hash, "hex");
+    const hash = Buffer.from(JSON.parse((await run(["audit", "show", "3", "--json", ...h])).out).record.hash, "hex");
     const segDir = join(home, "audit");
     const seg = join(segDir, readdirSync(segDir).sort()[0] as string);
     const bytes = readFileSync(seg);
@@ -363,7 +408,7 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     const last = at + hash.length + 4 + len - 1;
     bytes.writeUInt8((bytes[last] as number) ^ 1, last);
     writeFileSync(seg, bytes);
-    const v = kpip(["audit", "verify", ...h]);
+    const v = await run(["audit", "verify", ...h]);
     assert.equal(v.code, 1);
     assert.match(v.out, /BROKEN at record 3/);
   });
@@ -391,87 +436,98 @@ describe("registry changes while no kernel runs", () => {
       [Buffer.alloc(32, 2), /not a point of the Ed25519 curve/],
     ] as const) {
       writeFileSync(file, key.toString("base64url"));
-      const r = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+      const r = await run(["persona", "add", "weak", "--public-key", file, ...h]);
       assert.equal(r.code, 2, r.err);
       assert.match(r.err, why);
       // The same key as the publicKey of a JSON file.
       writeFileSync(file, JSON.stringify({ publicKey: key.toString("base64url") }));
-      assert.match(kpip(["persona", "add", "weak", "--public-key", file, ...h]).err, why);
+      assert.match((await run(["persona", "add", "weak", "--public-key", file, ...h])).err, why);
     }
-    const list = JSON.parse(kpip(["persona", "list", "--json", ...h]).out).map((p: { persona: string }) => p.persona);
+    const list = JSON.parse((await run(["persona", "list", "--json", ...h])).out).map((p: { persona: string }) => p.persona);
     assert.ok(!list.includes("weak"), "nothing registered");
     writeFileSync(file, Buffer.from(generateIdentity("weak").publicKey).toString("base64url"));
-    const ok = kpip(["persona", "add", "weak", "--public-key", file, ...h]);
+    const ok = await run(["persona", "add", "weak", "--public-key", file, ...h]);
     assert.equal(ok.code, 0, ok.err);
-    assert.equal(kpip(["persona", "remove", "weak", ...h]).code, 0);
+    assert.equal((await run(["persona", "remove", "weak", ...h])).code, 0);
   });
 
   it("are made on the home database and put on the audit record when the kernel next runs", async () => {
     await stop(await runKernel(home));
-    const created = JSON.parse(kpip(["persona", "create", "frank", "--json", ...h]).out);
+    const created = JSON.parse((await run(["persona", "create", "frank", "--json", ...h])).out);
     assert.equal(created.via, "offline");
     assert.equal(statSync(created.identity).mode & 0o777, 0o600);
     // A token for frank, minted by a kernel, then the kernel stops again: the offline removal ends it.
     const minting = await runKernel(home);
     let tokenId: string;
     try {
-      const m = kpip(["token", "mint", "--persona", "frank", "--allow", "system.*:kernel://", "--ttl", "1h", "--json", ...h]);
+      const m = await run([
+        "token",
+        "mint",
+        "--persona",
+        "frank",
+        "--allow",
+        "system.*:kernel://",
+        "--ttl",
+        "1h",
+        "--json",
+        ...h,
+      ]);
       assert.equal(m.code, 0, m.err);
       tokenId = JSON.parse(m.out).id;
     } finally {
       await stop(minting);
     }
-    const removed = kpip(["persona", "remove", "frank", ...h]);
+    const removed = await run(["persona", "remove", "frank", ...h]);
     assert.equal(removed.code, 0, removed.err);
     assert.match(removed.out, /offline \(audited when the kernel next runs\)/);
-    assert.equal(kpip(["persona", "remove", "frank", ...h]).code, 1);
+    assert.equal((await run(["persona", "remove", "frank", ...h])).code, 1);
 
     const anchorFile = join(anchorDir, "anchors.jsonl");
     const k = await runKernel(home, "--audit-anchor-file", anchorFile);
     try {
-      const q = (op: string) =>
-        kpip(["audit", "query", "--op", op, "--json", ...h])
-          .out.trim()
+      const q = async (op: string) =>
+        (await run(["audit", "query", "--op", op, "--json", ...h])).out
+          .trim()
           .split("\n")
           .map((l) => JSON.parse(l))
           .filter((r) => r.target === "persona://frank");
       assert.deepEqual(
-        q("persona.register").map((r) => [r.phase, r.status]),
+        (await q("persona.register")).map((r) => [r.phase, r.status]),
         [["offline", "SUCCESS"]],
       );
       // The key it registered (as the session.open of whoever attests as frank names its key).
       assert.ok(
-        (q("persona.register")[0].message as string).startsWith(
+        ((await q("persona.register"))[0].message as string).startsWith(
           `created with kpip persona create (key ${created.publicKey}) (by kpip persona (uid`,
         ),
       );
       assert.deepEqual(
-        q("persona.remove").map((r) => r.phase),
+        (await q("persona.remove")).map((r) => r.phase),
         ["offline"],
       );
       // What the removal ended is on the record, as for a removal the kernel makes.
-      assert.match(q("persona.remove")[0].message, new RegExp(`personas frank; tokens ended: ${tokenId}`));
+      assert.match((await q("persona.remove"))[0].message, new RegExp(`personas frank; tokens ended: ${tokenId}`));
     } finally {
       await stop(k);
     }
-    assert.equal(kpip(["audit", "verify", ...h]).code, 0);
+    assert.equal((await run(["audit", "verify", ...h])).code, 0);
 
     const anchors = join(home, "anchors.jsonl");
     writeFileSync(anchors, "");
-    const none = kpip(["audit", "verify", "--anchors", anchors, ...h]);
+    const none = await run(["audit", "verify", "--anchors", anchors, ...h]);
     assert.equal(none.code, 0, none.err);
     assert.match(none.out, /0 anchors matched/);
     writeFileSync(anchors, "{not json}\n");
-    const bad = kpip(["audit", "verify", "--anchors", anchors, ...h]);
+    const bad = await run(["audit", "verify", "--anchors", anchors, ...h]);
     assert.equal(bad.code, 2);
     assert.match(bad.err, /anchor file line 1/);
-    const missing = kpip(["audit", "verify", "--anchors", join(home, "nope.jsonl"), ...h]);
+    const missing = await run(["audit", "verify", "--anchors", join(home, "nope.jsonl"), ...h]);
     assert.equal(missing.code, 2);
     assert.match(missing.err, /cannot read --anchors/);
 
     // The kernel wrote a signed checkpoint to the anchor file when it stopped: cutting the log
     // back past it, checkpoint and all, goes unnoticed by the chain alone but not by the anchors.
-    const real = kpip(["audit", "verify", "--anchors", anchorFile, "--json", ...h]);
+    const real = await run(["audit", "verify", "--anchors", anchorFile, "--json", ...h]);
     assert.equal(real.code, 0, real.out);
     const n = JSON.parse(real.out).anchors;
     assert.ok(n >= 1, real.out);
@@ -490,8 +546,8 @@ describe("registry changes while no kernel runs", () => {
       if (Number(f.slice(0, 16)) > end.segment) rmSync(join(home, "audit", f));
       else if (Number(f.slice(0, 16)) === end.segment) truncateSync(join(home, "audit", f), end.end);
     }
-    assert.equal(kpip(["audit", "verify", ...h]).code, 0);
-    const cut = kpip(["audit", "verify", "--anchors", anchorFile, ...h]);
+    assert.equal((await run(["audit", "verify", ...h])).code, 0);
+    const cut = await run(["audit", "verify", "--anchors", anchorFile, ...h]);
     assert.equal(cut.code, 1);
     assert.match(cut.out, /BROKEN at record \d+: record \d+ named by an anchor is missing \(log truncated\)/);
   });

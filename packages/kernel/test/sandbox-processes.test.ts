@@ -456,7 +456,9 @@ describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
     // Read at full speed the rounds run into the thousands in 4 s. Bounded, at most the cap, a
     // second's burst and a second's worth per second (~6 MiB, ~100 rounds), and the socket
     // buffers: 300 rounds leave room for a slow machine.
+    // The command and the agent run side by side (each stream has its own bounds): their 4 s each overlap.
     const d = await s.admin.call("compute.submit", "op://command/sh", { args: ["-c", script] });
+    await s.admin.agents.spawn("sh", "spew", { args: ["-c", script], rights: [], lifetimeMs: 60_000 });
     const r = (await s.admin.ops.wait((d.payload as { op: string }).op)) as {
       stdout: Uint8Array;
       stderr: Uint8Array;
@@ -466,7 +468,6 @@ describe("output past what the kernel captures", { skip: sandboxSkip }, () => {
     assert.equal(r.truncated, true);
     const n = rounds(r.stderr);
     assert.ok(n > 0 && n < 300, `command rounds: ${n}`);
-    await s.admin.agents.spawn("sh", "spew", { args: ["-c", script], rights: [], lifetimeMs: 60_000 });
     await until(async () => (await s.admin.agents.status("agent://sh/spew")).state === "exited", 30_000, "the agent ended");
     const logs = await s.admin.agents.logs("agent://sh/spew");
     assert.equal(logs.stdout.byteLength, 65_536);
