@@ -7,7 +7,7 @@ import { describe, it } from "node:test";
 import { AuditLog, INDEX_ROWS } from "../src/audit/log.js";
 import { SPAN_MAX_BYTES, spansOf, type TailBatch } from "../src/store/audit-segments.js";
 import { SqliteStore } from "../src/store/sqlite.js";
-import { removeHome } from "./harness.js";
+import { removeHome, until } from "./harness.js";
 
 /*
  * The index step (one SQLite commit of span rows) runs on the kernel's thread between requests:
@@ -79,6 +79,35 @@ describe("the audit index step", () => {
       );
       assert.equal(s.auditUnindexed, 0);
     } finally {
+      log.close();
+      s.close();
+      removeHome(home);
+    }
+  });
+
+  it("a log that goes quiet indexes what waits without waiting out indexDelayMs: an offline reader sees it", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-index-quiet-"));
+    const s = new SqliteStore(join(home, "kernel.db"));
+    s.useAuditSegments(join(home, "audit"));
+    // A delay longer than until's wait: only the quiet rule can index in time.
+    const log = new AuditLog(s, "k-quiet", generateKeyPairSync("ed25519").privateKey, {
+      batchMax: 512,
+      checkpointEvery: 100_000,
+      indexDelayMs: 3_600_000,
+    });
+    const offline = new SqliteStore(join(home, "kernel.db"));
+    try {
+      for (let i = 1; i <= 3; i++)
+        await log.append({ session: "s", persona: "admin", phase: "complete", requestId: i, op: "bench.noop" });
+      await until(() => s.auditUnindexed === 0, 20_000, "the quiet log's index step");
+      // Another connection to the home (as `kpip audit query --home`) reads the rows from the index alone.
+      const spans = offline.db.prepare("SELECT first_seq, last_seq FROM audit_batches").all() as {
+        first_seq: number;
+        last_seq: number;
+      }[];
+      assert.deepEqual([spans[0]?.first_seq, spans.at(-1)?.last_seq], [1, 3]);
+    } finally {
+      offline.close();
       log.close();
       s.close();
       removeHome(home);
