@@ -320,6 +320,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         totalBytes: c.maxUploadBytes,
         bytesPerPersona: c.maxUploadBytesPerPersona,
         idleMs: c.uploadIdleMs,
+        admin: c.adminPersona,
+        adminReserve: c.adminReserve,
         roots,
       },
       Date.now,
