@@ -265,6 +265,16 @@ const DECLARED = {
     default: 256 * 1024 * 1024,
     description: "inputs of the task ops queued or running in the kernel, together (compute.submit beyond: RESOURCE)",
   },
+  /**
+   * A sixteenth of maxQueuedTaskInputBytes, as maxPendingOpsPerPersona is of maxPendingOps: a
+   * tree's 64 hanging tasks of 1 MiB held a quarter of the kernel's bytes, four trees all of them.
+   */
+  maxQueuedTaskInputBytesPerPersona: {
+    type: "int",
+    default: 16 * 1024 * 1024,
+    description:
+      "inputs of the task ops one persona tree (its agents and sub-personas included) has queued or running, together: its share of maxQueuedTaskInputBytes (the admin persona exempt)",
+  },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
   /** Allocations (resource.alloc) one persona tree may hold at once, whatever the resource: each is a row. */
@@ -485,7 +495,7 @@ const DECLARED = {
     default: 4,
     zeroAllowed: true,
     description:
-      "sessions out of maxSessions, agents out of maxAgents, processes out of maxProcesses and uploads out of maxUploads (with as large a part of maxUploadBytes) that only the admin persona may take (each at most the bound - 1)",
+      "sessions out of maxSessions, agents out of maxAgents, processes out of maxProcesses, uploads out of maxUploads (with as large a part of maxUploadBytes) and DEFERRED ops out of maxPendingOps (with as large a part of maxQueuedTaskInputBytes) that only the admin persona may take (each at most the bound - 1)",
   },
   /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
   peerLogLines: {
