@@ -484,7 +484,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     router.register(eventFamily(events, (id) => sessions.get(id)));
     for (const f of input.families) router.register(f);
-    const dedupe = new DedupeCache(c.dedupeWindowMs, store, c.dedupeMaxEntries);
+    const dedupe = new DedupeCache(c.dedupeWindowMs, store, c.dedupeMaxEntries, undefined, undefined, c.adminPersona);
     const shmBudget = new ShmBudget({ total: c.maxShmBytes, perTree: c.maxShmBytesPerPersona });
     const metrics = new KernelMetrics({
       sessions: () => sessions.byTransport(),
