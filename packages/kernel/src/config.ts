@@ -101,11 +101,16 @@ const DECLARED = {
     default: 16 * 1024 * 1024 * 1024,
     description: "bytes all chunked uploads in progress may declare, in the kernel (the disk they may fill)",
   },
+  /**
+   * A sixteenth of maxUploadBytes, as maxUploadsPerPersona is of maxUploads: a declaration costs
+   * nothing while it is held (a byte every uploadIdleMs keeps it), so four trees at a quarter
+   * each held every other persona's upload refused.
+   */
   maxUploadBytesPerPersona: {
     type: "int",
-    default: 4 * 1024 * 1024 * 1024,
+    default: 1024 * 1024 * 1024,
     description:
-      "bytes the chunked uploads in progress of one persona tree (its agents and sub-personas included) may declare: its share of maxUploadBytes",
+      "bytes the chunked uploads in progress of one persona tree (its agents and sub-personas included) may declare: its share of maxUploadBytes (the admin persona exempt)",
   },
   /** An upload with no chunk for this long is discarded with its partial file. */
   uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },
@@ -272,6 +277,16 @@ const DECLARED = {
     type: "int",
     default: 256 * 1024 * 1024,
     description: "inputs of the task ops queued or running in the kernel, together (compute.submit beyond: RESOURCE)",
+  },
+  /**
+   * A sixteenth of maxQueuedTaskInputBytes, as maxPendingOpsPerPersona is of maxPendingOps: a
+   * tree's 64 hanging tasks of 1 MiB held a quarter of the kernel's bytes, four trees all of them.
+   */
+  maxQueuedTaskInputBytesPerPersona: {
+    type: "int",
+    default: 16 * 1024 * 1024,
+    description:
+      "inputs of the task ops one persona tree (its agents and sub-personas included) has queued or running, together: its share of maxQueuedTaskInputBytes (the admin persona exempt)",
   },
   /** How long finished ops and their results are kept. */
   opResultTtlMs: { type: "int", default: 3_600_000, description: "how long finished ops and results are kept" },
@@ -493,7 +508,7 @@ const DECLARED = {
     default: 4,
     zeroAllowed: true,
     description:
-      "sessions out of maxSessions, agents out of maxAgents and processes out of maxProcesses that only the admin persona may take (each at most the bound - 1)",
+      "sessions out of maxSessions, agents out of maxAgents, processes out of maxProcesses, uploads out of maxUploads (with as large a part of maxUploadBytes) and DEFERRED ops out of maxPendingOps (with as large a part of maxQueuedTaskInputBytes) that only the admin persona may take (each at most the bound - 1)",
   },
   /** Log lines one peer may cause per `peerLogWindowMs`; the rest are counted in one "suppressed" line. */
   peerLogLines: {

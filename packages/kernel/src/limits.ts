@@ -64,6 +64,13 @@ export const CACHE_ENTRIES = {
  */
 export const DEDUPE_RUNNING_TREE_SHARE = 4;
 
+/**
+ * The part of the dedupe cache's running requests kept for the admin persona alone (a
+ * sixteenth: 6,250 at the default, at least 1): four trees at their share (the admin's own tree,
+ * its agents', among them) filled it, and the admin's every request was refused.
+ */
+export const DEDUPE_ADMIN_RESERVE_SHARE = 16;
+
 /** How often housekeeping prunes dedupe answers, finished ops, expired tokens and old audit records. */
 export const PRUNE_INTERVAL_MS = 60_000;
 

@@ -25,9 +25,9 @@ async function hangingTasks(t: TestKernel, id: string): Promise<KernelClient> {
 
 describe("bounded after authentication: DEFERRED ops", () => {
   it("ops queued or running are bounded per persona and in the kernel (RESOURCE); a finished op frees its slot", async () => {
-    const t = await startKernel({ computeWorkers: 1, maxPendingOpsPerPersona: 3, maxPendingOps: 5 }, undefined, (k) =>
-      k.registerTask("hang", { module: TASKS, export: "hang" }),
-    );
+    // No admin reserve: the two trees share all of maxPendingOps (the reserve: task-inputs-share.test.ts).
+    const bounds = { computeWorkers: 1, maxPendingOpsPerPersona: 3, maxPendingOps: 5, adminReserve: 0 };
+    const t = await startKernel(bounds, undefined, (k) => k.registerTask("hang", { module: TASKS, export: "hang" }));
     try {
       const connect = (id: string) => hangingTasks(t, id);
       const a = await connect("hoarder");

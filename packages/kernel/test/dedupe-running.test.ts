@@ -130,4 +130,40 @@ describe("dedupe: a running request is never forgotten (a real kernel, a small d
       removeHome(t.home);
     }
   });
+
+  it("four trees at their share of running requests (the admin's own among them) leave the admin persona its reserve: its request runs", async () => {
+    const h: Holds = { runs: 0, held: [], released: false };
+    // 16 entries: a tree may have 4 running, and the last one (a sixteenth) is the admin persona's.
+    const t = await startKernel({ dedupeMaxEntries: 16 }, undefined, holdFamily(h));
+    try {
+      // An agent or sub-persona of the admin's tree counts in the admin's tree, as p1's does in p1's.
+      const trees = [await peer(t, "admin/ops"), await peer(t, "p1"), await peer(t, "p2"), await peer(t, "p3")];
+      const ids = ["admin/ops", "p1", "p2", "p3"];
+      for (const [i, raw] of trees.slice(0, 3).entries())
+        for (let id = 1; id <= 4; id++) raw.request(id, HOLD, { persona: ids[i] as string });
+      const p3 = trees[3] as RawPeer;
+      for (let id = 1; id <= 3; id++) p3.request(id, HOLD, { persona: "p3" });
+      await until(() => h.runs === 15, 30_000, "fifteen running");
+      // The sixteenth is kept for the admin persona: p3, within its share, is refused.
+      p3.request(4, HOLD, { persona: "p3" });
+      const refused = await p3.response(4);
+      assert.equal(refused.error, "RESOURCE");
+      assert.match(refused.message ?? "", /the last 1 of the dedupe memory's 16 \(dedupeMaxEntries\) are reserved for the admin/);
+      // The admin persona runs one, though its tree has its share running (the admin is exempt from it).
+      const admin = await RawPeer.admin(t);
+      admin.request(1, HOLD, { persona: "admin" });
+      await until(() => h.runs === 16, 30_000, "the admin's running");
+      // Past the whole bound, the admin is refused like anyone.
+      admin.request(2, HOLD, { persona: "admin" });
+      const full = await admin.response(2);
+      assert.equal(full.error, "RESOURCE");
+      assert.match(full.message ?? "", /the kernel has 16 requests running/);
+      release(h);
+      assert.equal((await admin.response(1)).status, "SUCCESS");
+      for (const raw of [...trees, admin]) raw.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

@@ -98,6 +98,29 @@ describe("persona trees found from the registry", () => {
     });
   });
 
+  it("a persona under the admin (its sub-persona, or an agent) removes and queries only personas of the admin's tree; the admin persona itself, any", async () => {
+    await withKernel({}, async (t) => {
+      const broad: Right = { ops: ["persona.register", "persona.remove", "resource.query"], targets: ["persona://**"] };
+      const ops = await t.persona("admin/ops", [broad]);
+      const c = await t.connect(ops.identity, [ops.token]);
+      await t.persona("bob", [HEALTH]);
+      await t.persona("bob/helper", [HEALTH]);
+      // A less trusted admin agent or sub-persona with a broad grant: another tree is not its to remove or look into.
+      assert.equal(await outcome(c.personas.remove("bob")), "PERMISSION");
+      assert.equal(await outcome(c.personas.remove("bob/helper")), "PERMISSION");
+      assert.equal(await outcome(c.resources.query("persona://bob")), "PERMISSION");
+      // Within the admin's tree, as registration is.
+      const helper = generateIdentity("admin/helper");
+      assert.equal(await outcome(c.personas.register("admin/helper", helper.publicKey)), "ok");
+      assert.equal(await outcome(c.resources.query("persona://admin/helper")), "ok");
+      assert.equal(await outcome(c.personas.remove("admin/helper")), "ok");
+      // The admin persona itself acts on any persona.
+      const admin = await t.admin();
+      assert.equal(await outcome(admin.resources.query("persona://bob")), "ok");
+      assert.equal(await outcome(admin.personas.remove("bob")), "ok");
+    });
+  });
+
   it("token.mint for a persona outside the minting token's subject's tree is PERMISSION; inside it, and by the admin, minted", async () => {
     await withKernel({}, async (t) => {
       const ws1: Right = { ops: ["storage.write"], targets: ["obj://ws1/**"] };

@@ -221,7 +221,9 @@ describe("chunked upload: capabilities and bounds", () => {
   });
 
   it("one persona tree cannot declare the kernel's whole maxUploadBytes: past maxUploadBytesPerPersona it is RESOURCE, and others still begin", async () => {
-    await withKernel({ ...SMALL_FRAMES, maxUploadBytes: 600_000, maxUploadBytesPerPersona: 400_000 }, async (t) => {
+    // No admin reserve: the two trees share all of maxUploadBytes (the reserve: upload-admin-reserve.test.ts).
+    const bounds = { ...SMALL_FRAMES, maxUploadBytes: 600_000, maxUploadBytesPerPersona: 400_000, adminReserve: 0 };
+    await withKernel(bounds, async (t) => {
       const rights = (ws: string) => [{ ops: ["storage.write"], targets: [`obj://${ws}/**`] }];
       const m = await t.persona("mallory", rights("mws"));
       const v = await t.persona("victim", rights("vws"));

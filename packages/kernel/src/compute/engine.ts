@@ -10,7 +10,7 @@ import { OpError } from "../primitives/types.js";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
 import { closePipesAfterExit, exitedBefore, killSandbox } from "../sandbox/kill.js";
 import { OutputCapture, throttlePastCapture } from "../sandbox/output.js";
-import type { ProcessTable } from "../sandbox/processes.js";
+import { type ProcessTable, reservedFrom } from "../sandbox/processes.js";
 import { type Launch, launchFailure, type Sandbox } from "../sandbox/sandbox.js";
 import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
 import type { OpRecord, OpStore } from "../store/types.js";
@@ -52,6 +52,14 @@ export interface ComputeOptions {
    */
   maxTaskInputBytes: number;
   maxQueuedTaskInputBytes: number;
+  /** The inputs one persona tree's tasks queued or running may hold: its share of maxQueuedTaskInputBytes (absent: none). */
+  maxQueuedTaskInputBytesPerPersona?: number;
+  /**
+   * The admin persona, exempt from the tree's shares, and the ops it alone may take: the last
+   * `adminReserve` of maxPending, and as large a part of maxQueuedTaskInputBytes.
+   */
+  admin?: string;
+  adminReserve?: number;
   /** The top of each persona's tree (maxPendingPerPersona counts it); by first segment when absent. */
   roots?: TreeRoots;
 }
@@ -120,9 +128,10 @@ export class ComputeEngine {
   private readonly running = new Map<string, Running>();
   private readonly queue: Job[] = [];
   /** What each task queued or running holds until it ends, by op id: its `concurrent` slot (the release) and its input's bytes. */
-  private readonly taskHolds = new Map<string, { release: () => void; inputBytes: number }>();
-  /** The input bytes of the tasks queued or running (the sum over {@link taskHolds}). */
+  private readonly taskHolds = new Map<string, { release: () => void; inputBytes: number; tree: string }>();
+  /** The input bytes of the tasks queued or running (the sum over {@link taskHolds}), and by persona tree. */
   private heldInputBytes = 0;
+  private readonly treeInputBytes = new Map<string, number>();
   private readonly pool: PooledWorker[] = [];
   private stopped = false;
   /**
@@ -199,7 +208,7 @@ export class ComputeEngine {
     spawn: string | null = null,
   ): OpRecord {
     this.admitPending(persona);
-    const inputBytes = kind === "task" ? this.admitInput(args) : 0;
+    const inputBytes = kind === "task" ? this.admitInput(persona, args) : 0;
     if (kind === "command") {
       // Refused now, before there is an op: no sandbox, or one process too many.
       this.host.sandbox.check();
@@ -235,8 +244,10 @@ export class ComputeEngine {
     // ends, as a running command does (runCommand): uncounted, a token's `concurrent` bounded
     // none of the tasks it kept queued and running, the kernel's shared workers among them.
     if (kind === "task") {
-      this.taskHolds.set(op.id, { release: this.host.hold(persona), inputBytes });
+      const tree = this.roots.of(persona);
+      this.taskHolds.set(op.id, { release: this.host.hold(persona), inputBytes, tree });
       this.heldInputBytes += inputBytes;
+      this.treeInputBytes.set(tree, (this.treeInputBytes.get(tree) ?? 0) + inputBytes);
     }
     this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
     this.pump();
@@ -246,8 +257,16 @@ export class ComputeEngine {
   /** Refuses (RESOURCE) an op past the persona's or the kernel's bound of ops queued or running. */
   private admitPending(persona: string): void {
     const total = this.queue.length + this.running.size;
-    if (total >= this.opts.maxPending)
-      throw new OpError("RESOURCE", `the kernel already has ${total} ops queued or running (at most ${this.opts.maxPending})`);
+    const { maxPending, admin, adminReserve } = this.opts;
+    // The last adminReserve are the admin persona's: a few trees' hanging ops leave it room to act.
+    const reserved = reservedFrom(persona, maxPending, admin, adminReserve);
+    if (total >= maxPending - reserved)
+      throw new OpError(
+        "RESOURCE",
+        total >= maxPending
+          ? `the kernel already has ${total} ops queued or running (at most ${maxPending})`
+          : `the kernel already has ${total} ops queued or running: the last ${reserved} of ${maxPending} are reserved for the admin`,
+      );
     // Counted over the persona's whole tree: its agents and sub-personas queue no ops of their own.
     const root = this.roots.of(persona);
     let mine = 0;
@@ -287,15 +306,38 @@ export class ComputeEngine {
    * its task ends: ops were counted, not their inputs, and one persona tree's 64 queued tasks of
    * ~15 MiB each held ~900 MiB of the kernel's heap (a few trees, its whole heap limit).
    */
-  private admitInput(args: CborValue): number {
+  private admitInput(persona: string, args: CborValue): number {
     const n = encodeCanonical(args).byteLength;
-    if (n > this.opts.maxTaskInputBytes)
-      throw new OpError("SEMANTIC", `the task's input is ${n} bytes: at most ${this.opts.maxTaskInputBytes} (maxTaskInputBytes)`);
+    const { maxTaskInputBytes, maxQueuedTaskInputBytes: max, maxQueuedTaskInputBytesPerPersona: share } = this.opts;
+    if (n > maxTaskInputBytes)
+      throw new OpError("SEMANTIC", `the task's input is ${n} bytes: at most ${maxTaskInputBytes} (maxTaskInputBytes)`);
+    // The admin persona's reserve: the last adminReserve of maxPending, and as large a part of the
+    // bytes (a few trees' hanging tasks would otherwise keep it from submitting any).
+    const { maxPending, admin, adminReserve } = this.opts;
+    const ops = reservedFrom(persona, maxPending, admin, adminReserve);
+    const reserved = ops && reservedFrom(persona, max, admin, Math.floor((max * ops) / maxPending));
     const held = this.heldInputBytes;
-    if (held + n > this.opts.maxQueuedTaskInputBytes)
+    if (held + n > max - reserved)
       throw new OpError(
         "RESOURCE",
-        `the kernel already holds ${held} bytes of input for tasks queued or running (at most ${this.opts.maxQueuedTaskInputBytes}, maxQueuedTaskInputBytes): retry once some end`,
+        `the kernel already holds ${held} bytes of input for tasks queued or running (at most ${max}, maxQueuedTaskInputBytes${held + n > max ? "" : `, the last ${reserved} of them reserved for the admin`}): retry once some end`,
+      );
+    if (share === undefined || persona === admin) return n;
+    // A tree's share: one tree's hanging tasks (maxPendingOpsPerPersona of maxTaskInputBytes) would
+    // hold a quarter of the kernel's bytes, four trees all of them.
+    const root = this.roots.of(persona);
+    const mine = this.treeInputBytes.get(root) ?? 0;
+    if (mine + n > share)
+      throw new OpError(
+        "RESOURCE",
+        `${treeBoundRefusal(root, persona, {
+          held: (limit, bound) =>
+            `already holds ${mine} bytes of input for tasks queued or running; ${n} more would pass its share of ${limit} (${bound})`,
+          what: "bytes of input for tasks queued or running",
+          bound: "maxQueuedTaskInputBytesPerPersona",
+          limit: share,
+          asked: n,
+        })}: retry once some end`,
       );
     return n;
   }
@@ -628,6 +670,9 @@ export class ComputeEngine {
     if (hold) {
       this.taskHolds.delete(op.id);
       this.heldInputBytes -= hold.inputBytes;
+      const left = (this.treeInputBytes.get(hold.tree) ?? 0) - hold.inputBytes;
+      if (left > 0) this.treeInputBytes.set(hold.tree, left);
+      else this.treeInputBytes.delete(hold.tree);
       hold.release();
     }
     const from = auditState(op.state);

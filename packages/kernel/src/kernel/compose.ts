@@ -322,6 +322,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         totalBytes: c.maxUploadBytes,
         bytesPerPersona: c.maxUploadBytesPerPersona,
         idleMs: c.uploadIdleMs,
+        admin: c.adminPersona,
+        adminReserve: c.adminReserve,
         roots,
       },
       Date.now,
@@ -404,6 +406,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         maxPending: c.maxPendingOps,
         maxTaskInputBytes: c.maxTaskInputBytes,
         maxQueuedTaskInputBytes: c.maxQueuedTaskInputBytes,
+        maxQueuedTaskInputBytesPerPersona: c.maxQueuedTaskInputBytesPerPersona,
+        admin: c.adminPersona,
+        adminReserve: c.adminReserve,
         roots,
         keptBytes,
       },
@@ -481,7 +486,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     router.register(eventFamily(events, (id) => sessions.get(id)));
     for (const f of input.families) router.register(f);
-    const dedupe = new DedupeCache(c.dedupeWindowMs, store, c.dedupeMaxEntries);
+    const dedupe = new DedupeCache(c.dedupeWindowMs, store, c.dedupeMaxEntries, undefined, undefined, c.adminPersona);
     const shmBudget = new ShmBudget({ total: c.maxShmBytes, perTree: c.maxShmBytesPerPersona });
     const metrics = new KernelMetrics({
       sessions: () => sessions.byTransport(),

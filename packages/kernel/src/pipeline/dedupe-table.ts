@@ -192,6 +192,9 @@ export class DedupeTable<P> {
   private tail = NONE;
   private count = 0;
   private runCount = 0;
+  /** The running records kept for the admin persona, and the bound for everyone else. */
+  readonly adminReserve: number;
+  private readonly open: number;
   /** Records handed out so far; past them, `free` (linked by NEXT) holds the removed ones. */
   private used = 0;
   private free = NONE;
@@ -212,15 +215,20 @@ export class DedupeTable<P> {
   /**
    * `maxEntries`: the bound (one record more exists for a moment, before the eviction), of
    * running records too; `perTree`: the running records one persona tree may have;
-   * `hash`: the index's (a test's weak one forces collisions).
+   * `hash`: the index's (a test's weak one forces collisions); `admin`: the persona that alone
+   * may take the last `adminReserve` running records, and is exempt from its tree's share.
    */
   constructor(
     readonly maxEntries: number,
     private readonly evictBatch: number,
     private readonly hash: KeyHash = keyedHash(),
     readonly perTree = maxEntries,
+    private readonly admin?: string,
+    adminReserve = 0,
   ) {
     this.capacity = maxEntries + 1;
+    this.adminReserve = admin === undefined ? 0 : Math.max(0, Math.min(adminReserve, maxEntries - 1));
+    this.open = maxEntries - this.adminReserve;
     let size = 8;
     while (size < this.capacity * 2.5) size *= 2;
     this.mask = size - 1;
@@ -243,13 +251,20 @@ export class DedupeTable<P> {
 
   /**
    * Whether an attempt of persona tree `tree` may begin now (be {@link put} with its promise):
-   * fewer than `maxEntries` running in all, and fewer than `perTree` of its tree. O(1): the last
-   * tree asked is compared first.
+   * fewer than `maxEntries` running in all (but the last `adminReserve`, the admin persona's),
+   * and fewer than `perTree` of its tree (the admin persona exempt: four trees at their share,
+   * the admin's tree among them, left the admin no room to act). O(1): the last tree asked is
+   * compared first, and `persona` only near a bound.
    */
-  admits(tree: string): boolean {
-    if (this.runCount >= this.maxEntries) return false;
+  admits(tree: string, persona: string = tree): boolean {
+    if (this.runCount >= this.open) return this.runCount < this.maxEntries && persona === this.admin;
     const id = this.trees.idOf(tree);
-    return id === NONE || this.trees.refsOf(id) < this.perTree;
+    return id === NONE || this.trees.refsOf(id) < this.perTree || persona === this.admin;
+  }
+
+  /** Whether the table's running records leave only the admin's reserve (what {@link admits} refused `persona` then). */
+  reservedFull(persona: string): boolean {
+    return this.runCount >= this.open && this.runCount < this.maxEntries && persona !== this.admin;
   }
 
   /** Whether persona tree `tree` has its share running (what {@link admits} refused, if not the whole table). */

@@ -8,7 +8,7 @@ import {
   sha256,
   withEncodedBody,
 } from "@kpip/protocol";
-import { DEDUPE_RUNNING_TREE_SHARE } from "../limits.js";
+import { DEDUPE_ADMIN_RESERVE_SHARE, DEDUPE_RUNNING_TREE_SHARE } from "../limits.js";
 import type { AuditStore, DedupeRow } from "../store/types.js";
 import { DedupeTable, type KeyHash } from "./dedupe-table.js";
 
@@ -134,8 +134,14 @@ export class DedupeCache {
     hash?: KeyHash,
     /** Running requests one persona tree may have (default: a {@link DEDUPE_RUNNING_TREE_SHARE}th of `maxEntries`). */
     perTree = Math.max(1, Math.floor(maxEntries / DEDUPE_RUNNING_TREE_SHARE)),
+    /**
+     * The admin persona: the last {@link DEDUPE_ADMIN_RESERVE_SHARE}th of `maxEntries` running
+     * are its alone, and it is exempt from its tree's share.
+     */
+    admin?: string,
   ) {
-    this.table = new DedupeTable(maxEntries, Math.max(1, Math.floor(maxEntries / 10)), hash, perTree);
+    const reserve = Math.max(1, Math.floor(maxEntries / DEDUPE_ADMIN_RESERVE_SHARE));
+    this.table = new DedupeTable(maxEntries, Math.max(1, Math.floor(maxEntries / 10)), hash, perTree, admin, reserve);
   }
 
   /** Requests running now (their records cannot be evicted). */
@@ -143,15 +149,18 @@ export class DedupeCache {
     return this.table.running;
   }
 
-  /** Whether a request of persona tree `tree` may begin (then be registered {@link running}): O(1). */
-  admits(tree: string): boolean {
-    return this.table.admits(tree);
+  /** Whether a request of `persona` (by default the tree's root) in tree `tree` may begin (then be registered {@link running}): O(1). */
+  admits(tree: string, persona: string = tree): boolean {
+    return this.table.admits(tree, persona);
   }
 
-  /** Why {@link admits} refused a request of `tree`: the refusal's message (RESOURCE, retryable). */
-  refusal(tree: string): string {
+  /** Why {@link admits} refused a request of `persona` in `tree`: the refusal's message (RESOURCE, retryable). */
+  refusal(tree: string, persona: string = tree): string {
     const t = this.table;
-    return t.treeFull(tree)
+    if (t.reservedFull(persona))
+      return `the kernel has ${t.running} requests running: the last ${t.adminReserve} of the dedupe memory's ${t.maxEntries} (dedupeMaxEntries) are reserved for the admin; retry once some are answered`;
+    // The whole table first: the admin persona, exempt from its tree's share, is refused only by it.
+    return t.running < t.maxEntries && t.treeFull(tree)
       ? `persona tree ${tree} has ${t.perTree} requests running, its share of the kernel's dedupe memory (dedupeMaxEntries / ${DEDUPE_RUNNING_TREE_SHARE}): retry once some are answered`
       : `the kernel has ${t.maxEntries} requests running, the dedupe memory's bound (dedupeMaxEntries): retry once some are answered`;
   }

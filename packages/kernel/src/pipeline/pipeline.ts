@@ -462,7 +462,8 @@ export class Pipeline {
     // A running request's record is never evicted (a duplicate would run its effect again): with
     // the table's running bound reached, in all or for this tree, the request does not begin.
     const tree = s.tree ?? s.persona;
-    if (!dedupe.admits(tree)) return this.refuse(ctx, { errorClass: "RESOURCE", message: dedupe.refusal(tree) });
+    if (!dedupe.admits(tree, s.persona))
+      return this.refuse(ctx, { errorClass: "RESOURCE", message: dedupe.refusal(tree, s.persona) });
     const pending = this.run(ctx, tag);
     // Registered before any duplicate can arrive: run() answers only after a commit, never synchronously.
     ctx.dslot = dedupe.running(key, tag, pending, now, tree);

@@ -147,8 +147,9 @@ export function personaFamily(
           const refused = removalRefusal(id, host.admin, ctx.persona);
           if (refused !== undefined) return refused;
           // As registration: a persona removes inside its own tree only, whatever its grant's
-          // patterns (the admin's tree, the operator's, removes anywhere).
-          if (inTree(ctx.persona, host.admin)) return true;
+          // patterns. Only the admin persona itself removes anywhere: its sub-personas and agents
+          // (less trusted, given a broad grant) remove under the admin's tree, never another's.
+          if (ctx.persona === host.admin) return true;
           const root = host.roots.of(ctx.persona);
           return inTree(id, root) || `${ctx.persona} removes personas under ${root} only (its tree): ${id} is not in it`;
         },

@@ -13,7 +13,7 @@ export interface AllocationRows {
   roots: TreeRoots;
   /** maxAllocationsPerPersona. */
   max: number;
-  /** The kernel's admin persona: its tree queries any persona's usage. */
+  /** The kernel's admin persona: it alone queries any persona's usage. */
   admin: string;
 }
 
@@ -73,9 +73,10 @@ export function resourceFamily(
       }),
       implement(resourceQuery, {
         // A persona's usage and requests in flight are its tree's business: a persona other than
-        // the admin's tree queries personas of its own tree only, as it registers and removes them.
+        // the admin persona itself (its sub-personas and agents included) queries personas of its
+        // own tree only, as it registers and removes them.
         owns: (ctx) => {
-          if (ctx.target.scheme !== "persona" || inTree(ctx.persona, rows.admin)) return true;
+          if (ctx.target.scheme !== "persona" || ctx.persona === rows.admin) return true;
           const p = ctx.target.segments.join("/");
           const root = rows.roots.of(ctx.persona);
           return inTree(p, root) || `${ctx.persona} queries personas under ${root} only (its tree): ${p} is not in it`;

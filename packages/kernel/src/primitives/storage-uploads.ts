@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { fdatasync, truncate } from "node:fs";
 import type { Grant } from "@kpip/protocol";
 import { FIRST_SEGMENT, inTree, type TreeRoots, treeBoundRefusal } from "../resources/lineage.js";
+import { reservedFrom } from "../sandbox/processes.js";
 import type { BlobStore } from "../store/blobs.js";
 import { closeQuiet, writeAt } from "../store/blobs.js";
 import { OpError } from "./types.js";
@@ -18,6 +19,12 @@ export interface UploadLimits {
   bytesPerPersona?: number;
   /** An upload with no chunk or commit for this long is discarded with its partial file. */
   idleMs: number;
+  /**
+   * The admin persona, exempt from the tree's shares, and the uploads it alone may take: the last
+   * `adminReserve` of `total`, and as large a part of `totalBytes` (adminReserve / total of it).
+   */
+  admin?: string;
+  adminReserve?: number;
   /** The top of each persona's tree (perPersona counts it); by first segment when absent. */
   roots?: TreeRoots;
 }
@@ -129,14 +136,28 @@ export class UploadTable {
   }
 
   begin(persona: string, target: string, size: number, grant?: Grant): Upload {
-    if (this.byId.size >= this.limits.total)
-      throw new OpError("RESOURCE", `the kernel already has ${this.byId.size} uploads in progress`);
-    const pending = this.pendingBytes();
-    if (pending + size > this.limits.totalBytes)
+    const { total, totalBytes, admin, adminReserve } = this.limits;
+    // The last adminReserve uploads, and as large a part of the bytes, are the admin persona's:
+    // a few trees holding declarations open (a byte every idleMs keeps one) leave it room to act.
+    const reserved = reservedFrom(persona, total, admin, adminReserve);
+    if (this.byId.size >= total - reserved)
       throw new OpError(
         "RESOURCE",
-        `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${this.limits.totalBytes}`,
+        this.byId.size >= total
+          ? `the kernel already has ${this.byId.size} uploads in progress`
+          : `the kernel already has ${this.byId.size} uploads in progress: the last ${reserved} of ${total} are reserved for the admin`,
       );
+    const reservedBytes = reserved && reservedFrom(persona, totalBytes, admin, Math.floor((totalBytes * reserved) / total));
+    const pending = this.pendingBytes();
+    if (pending + size > totalBytes - reservedBytes)
+      throw new OpError(
+        "RESOURCE",
+        pending + size > totalBytes
+          ? `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${totalBytes}`
+          : `uploads in progress already declare ${pending} bytes; ${size} more would pass the kernel's ${totalBytes} but the last ${reservedBytes}, reserved for the admin`,
+      );
+    // The admin persona is exempt from the tree's shares (the kernel's bounds still hold).
+    if (persona === admin) return this.add(persona, target, size, grant);
     // Counted over the persona's whole tree: its agents and sub-personas get no uploads of their own.
     const root = (this.limits.roots ?? FIRST_SEGMENT).of(persona);
     let mine = 0;
@@ -171,6 +192,11 @@ export class UploadTable {
           asked: size,
         }),
       );
+    return this.add(persona, target, size, grant);
+  }
+
+  /** A new upload in the table, its partial file created. */
+  private add(persona: string, target: string, size: number, grant: Grant | undefined): Upload {
     const id = `u-${randomBytes(16).toString("hex")}`;
     const t = this.blobs.createTemp("upload", true);
     const u: Upload = {
