@@ -129,7 +129,7 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           let old: { hash: Uint8Array; size: number } | undefined;
           const result = ctx.atomically(
             (): OpResult =>
-              store.transaction(() => {
+              store.partOfTransaction(() => {
                 const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
                 if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);
