@@ -72,7 +72,7 @@ export function execute(
   // An op with effects waited for its intent record since the decision: a revocation (or the
   // token's expiry) answered meanwhile must stop it here, before a handler that acts at once
   // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
-  if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done");
+  if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done", decl.effectsInAtomically !== true);
   else {
     // A read shows what the persona id's holder may see: one whose registration no longer stands
     // (the CLI's removal beside the kernel, before its tick) would see the new holder's.
@@ -135,8 +135,8 @@ export function payloadBytes(v: CborValue): number {
  * holder's effects at once: work it began then would be taken for the new holder's. `when`: what
  * that stopped.
  */
-function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
-  const lost = ctx.session.identityLost ?? ctx.session.registrationLost?.();
+function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string, askRegistry = true): void {
+  const lost = ctx.session.identityLost ?? (askRegistry ? ctx.session.registrationLost?.() : undefined);
   if (lost !== undefined) throw new OpError("AUTH", `${lost} ${when}`);
   const grant = ctx.decision?.grant;
   const why = grant && lapsed(grant, "request");
