@@ -72,7 +72,7 @@ export function execute(
   // An op with effects waited for its intent record since the decision: a revocation (or the
   // token's expiry) answered meanwhile must stop it here, before a handler that acts at once
   // (compute.submit, event.emit) acts. `atomically` asks again for one that awaits first.
-  if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done");
+  if (decl.effects) refuseIfLapsed(ctx, lapsed, "before it ran: nothing was done", decl.effectsInAtomically !== true);
   else {
     // A read shows what the persona id's holder may see: one whose registration no longer stands
     // (the CLI's removal beside the kernel, before its tick) would see the new holder's.
@@ -135,8 +135,8 @@ export function payloadBytes(v: CborValue): number {
  * holder's effects at once: work it began then would be taken for the new holder's. `when`: what
  * that stopped.
  */
-function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string): void {
-  const lost = ctx.session.identityLost ?? ctx.session.registrationLost?.();
+function refuseIfLapsed(ctx: RequestCtx, lapsed: Lapsed, when: string, askRegistry = true): void {
+  const lost = ctx.session.identityLost ?? (askRegistry ? ctx.session.registrationLost?.() : undefined);
   if (lost !== undefined) throw new OpError("AUTH", `${lost} ${when}`);
   const grant = ctx.decision?.grant;
   const why = grant && lapsed(grant, "request");
@@ -157,10 +157,6 @@ function atomicallyFor(
     // Its session was ended by the kernel's stop: the audit log closes next, so an effect now
     // would have no outcome record. Retryable: the retry runs afresh once the kernel is back.
     if (stopping()) throw new OpError("RESOURCE", "the kernel is stopping: nothing was changed; retry once it is back");
-    // The decision was taken when the request arrived; a handler that awaited since (a body
-    // written to the file store, an upload synced) must not commit past a revocation or expiry
-    // answered meanwhile (PROTOCOL §13).
-    refuseIfLapsed(ctx, lapsed, "before its effect committed: nothing was changed");
     // The answer names the intent record and where the log was, and keeps what its outcome record
     // says: a crash before that record leaves the effect findable by the next start, which writes
     // the record the request would have (audit/recover-outcomes.ts).
@@ -168,7 +164,15 @@ function atomicallyFor(
     const v = dedupe.commitWith(
       ctx.key as string,
       ctx.dhash as Buffer,
-      effect,
+      // The decision was taken when the request arrived; a handler that awaited since (a body
+      // written to the file store, an upload synced) must not commit past a revocation or expiry
+      // answered meanwhile (PROTOCOL §13). Asked in the effect's transaction: the registry lookup
+      // reads the snapshot the effect commits on (ordered against a removal committed beside the
+      // kernel, which a lookup before it was not), and opens no read transaction of its own.
+      () => {
+        refuseIfLapsed(ctx, lapsed, "before its effect committed: nothing was changed");
+        return effect();
+      },
       (r) => {
         a.result = r;
         a.answer = answer(ctx, r);

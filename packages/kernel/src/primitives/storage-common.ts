@@ -81,7 +81,8 @@ export function commitObject(
   try {
     result = ctx.atomically(
       (): OpResult =>
-        store.transaction(() => {
+        // Part of the transaction atomically opens (with the dedupe record); a conflict thrown here rolls all of it back.
+        store.partOfTransaction(() => {
           const w = store.writeObject(workspace, path, body, ctx.args.ifGeneration, Date.now(), ctx.persona);
           if (!w.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${w.current}`);
           ledger.chargeStorage(ctx.persona, workspace, path, w.previous, size, ctx.grant);

@@ -30,6 +30,8 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
       implement(storageWrite, {
         // The body is written, synced and hashed before the handler settles; small ones are copied into the database.
         releasesArgs: true,
+        // Its row commits in atomically (the registry asked there); a file-store body written before is released when that refuses.
+        effectsInAtomically: true,
         handler: async (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           const data = dataArg(ctx);
@@ -123,13 +125,14 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
         },
       }),
       implement(storageDelete, {
+        effectsInAtomically: true,
         handler: (ctx) => {
           const { workspace, path } = objectAddress(ctx);
           // The row, its owner's usage and the request's dedupe record change in one transaction.
           let old: { hash: Uint8Array; size: number } | undefined;
           const result = ctx.atomically(
             (): OpResult =>
-              store.transaction(() => {
+              store.partOfTransaction(() => {
                 const x = store.deleteObject(workspace, path, ctx.args.ifGeneration);
                 if (x === undefined) throw new OpError("SEMANTIC", `no object at ${ctx.targetUri}`);
                 if (!x.ok) throw new OpError("SEMANTIC", `generation conflict: ${ctx.targetUri} is at generation ${x.current}`);

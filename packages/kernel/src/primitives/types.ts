@@ -106,6 +106,14 @@ export interface PrimitiveDeclaration {
    */
   releasesArgs?: boolean;
   /**
+   * An op with effects whose handler makes every effect inside `ctx.atomically`, which asks the
+   * registry again in the effect's transaction (pipeline/execute.ts): the registry is then not
+   * also asked before the handler runs (the grant's revocation and expiry still are). A handler
+   * that writes anything before that (a file-store body) must undo it when the commit is
+   * refused. Small storage.writes asked it twice in one synchronous stretch.
+   */
+  effectsInAtomically?: boolean;
+  /**
    * A look at or a stop of the caller's own work (op.status, op.cancel, op.list, agent.status,
    * agent.kill, agent.list): admitted past the grant's `concurrent` within a small allowance of
    * the requester's own (ResourceLedger.admit), so work that holds every slot (tasks,

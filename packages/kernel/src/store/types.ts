@@ -90,6 +90,13 @@ export interface ObjectStore {
   namedBodies(): Iterable<{ hash: Buffer; workspace: string; path: string; size: number }>;
   /** Runs `fn` atomically (object change and ledger change commit together). */
   transaction<T>(fn: () => T): T;
+  /**
+   * Runs `fn` as part of the transaction already open (no savepoint of its own), or in a
+   * transaction of its own when none is. Only for a caller whose error, thrown, ends the open
+   * transaction too (rolled back: nothing between catches it), as an effect run by
+   * `ctx.atomically` does: the savepoint would only undo what that rollback undoes anyway.
+   */
+  partOfTransaction<T>(fn: () => T): T;
   deleteObject(workspace: string, path: string, ifGeneration: number | undefined): CasResult | undefined;
   /** Objects whose path starts with `prefix`, in path order, after `after`. */
   listObjects(workspace: string, prefix: string, after: string | undefined, limit: number): ObjectMeta[];

@@ -177,4 +177,9 @@ export class SqliteBase {
     this.txn ??= this.db.transaction((f: () => unknown) => f());
     return this.txn(fn) as T;
   }
+
+  /** {@link ObjectStore.partOfTransaction}: a SAVEPOINT and its RELEASE are two statements a small write need not make. */
+  partOfTransaction<T>(fn: () => T): T {
+    return this.db.inTransaction ? fn() : this.transaction(fn);
+  }
 }
