@@ -1,7 +1,13 @@
 import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
-import { type ClientState, KernelUnavailableError } from "../src/index.js";
+import { Worker } from "node:worker_threads";
+import { generateIdentity } from "@kpip/protocol";
+import { type ClientState, KernelClient, KernelUnavailableError } from "../src/index.js";
 import { countingConnector, kernelPool, until } from "./harness.js";
+import { CLIENT_PINGS_AFTER_PONG, HEARTBEAT_MS, LISTENING, PINGS_WRITTEN, SLOTS } from "./stall-peer.js";
 
 describe("client lifecycle against a kernel process", () => {
   const kernel = kernelPool();
@@ -49,28 +55,52 @@ describe("client lifecycle against a kernel process", () => {
     await c.close();
   });
 
-  it("a client whose own event loop stalled (a busy machine) reads what the kernel sent before it judges the kernel silent", async () => {
-    const k = kernel(["--heartbeat-ms", "500"]);
-    await k.start();
-    const c = await k.connect();
+  /** A client of a stall-peer.ts worker; the peer is stopped and its directory removed after `f`. */
+  const withStallPeer = async (f: (c: KernelClient, counts: Int32Array, peer: Worker) => Promise<void>) => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-stall-"));
+    const counts = new Int32Array(new SharedArrayBuffer(SLOTS * Int32Array.BYTES_PER_ELEMENT));
+    const path = join(dir, "peer.sock");
+    const peer = new Worker(new URL("./stall-peer.js", import.meta.url), {
+      workerData: { stallPeer: { path, shared: counts.buffer } },
+    });
     try {
-      await c.system.health();
+      await until(() => Atomics.load(counts, LISTENING) === 1, undefined, "the peer listening");
+      const c = await KernelClient.connect({ socket: path, identity: generateIdentity("alice"), shm: false });
+      try {
+        await f(c, counts, peer);
+      } finally {
+        await c.close();
+      }
+    } finally {
+      await peer.terminate();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  };
+
+  it("a client whose own event loop stalled (a busy machine) reads what the kernel sent before it judges the kernel silent", async () => {
+    // The peer runs on a worker thread: it writes while this thread is stalled, and says through
+    // shared memory when its PING is in the socket. A kernel process may not get the CPU during a
+    // stall on a busy machine, and would itself drop a client stalled past 3 intervals.
+    await withStallPeer(async (c, counts, peer) => {
       const seen: ClientState[] = [];
       c.on("state", (s: ClientState) => seen.push(s));
-      // The kernel PINGs and answers meanwhile; its bytes wait in the socket while this process
-      // is stalled for more than three intervals. The heartbeat timer runs before they are read.
-      const until = Date.now() + 1700;
-      while (Date.now() < until) {
-        // a stalled event loop
+      // A stalled event loop, for more than 3 intervals since the client last read, and until the
+      // peer's PING waits in the socket: the heartbeat timer runs before it is read.
+      const stalled = Date.now();
+      peer.postMessage("ping");
+      while (Atomics.load(counts, PINGS_WRITTEN) === 0 || Date.now() - stalled <= 3 * HEARTBEAT_MS + 100) {
+        // stalled
       }
-      await new Promise((r) => setTimeout(r, 300));
+      // Its PONG says the PING was read; a PING of its own after it, that a heartbeat tick found the link alive.
+      await until(
+        () => seen.length > 0 || Atomics.load(counts, CLIENT_PINGS_AFTER_PONG) > 0,
+        undefined,
+        "a heartbeat after the stall",
+      );
       assert.deepEqual(seen, [], "the link was never given up");
       assert.equal(c.state, "ready");
       assert.equal(c.connections, 1);
-      assert.equal((await c.system.health()).status, "ok");
-    } finally {
-      await c.close();
-    }
+    });
   });
 
   it("detects a frozen kernel (SIGSTOP) by its silence, not by one missed beat, and recovers after SIGCONT", async () => {

@@ -101,7 +101,9 @@ describe("a kernel restarted over a large expired dedupe table", () => {
       store.close();
       const db = new Database(path, { readonly: true });
       const has = (rowid: number) => db.prepare("SELECT 1 FROM dedupe WHERE rowid = ?").get(rowid) !== undefined;
-      const t = await startKernel({ heartbeatMs: 200 }, home);
+      // The default heartbeat (its first tick begins the prune, in 2.5 s): at 200 ms, a stall of
+      // this process (the kernel and its client both) past 600 ms on a busy machine lost the link.
+      const t = await startKernel({}, home);
       try {
         const c = await t.admin();
         // Looked at every turn of the event loop (a slice runs in each): the whole-table DELETE

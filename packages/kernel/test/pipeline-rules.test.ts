@@ -251,6 +251,8 @@ describe("pipeline rules over a raw socket (maxInFlight 2)", () => {
 describe("dedupe of retried requests", () => {
   let t: TestKernel;
   const runs = { n: 0 };
+  /** What counter.bump waits on before it answers (a test holds it closed). */
+  let gate: Promise<void> = Promise.resolve();
   const counter: PrimitiveFamily = {
     name: "counter",
     ops: [
@@ -263,7 +265,7 @@ describe("dedupe of retried requests", () => {
         effects: true,
         handler: async () => {
           const n = ++runs.n;
-          await new Promise((r) => setTimeout(r, 150));
+          await gate;
           return { status: "SUCCESS", payload: { n } };
         },
       },
@@ -280,8 +282,18 @@ describe("dedupe of retried requests", () => {
   it("a duplicate arriving while the first attempt still runs: one execution, two identical answers", async () => {
     const p = await RawPeer.admin(t);
     const before = runs.n;
+    let open = () => {};
+    gate = new Promise<void>((r) => {
+      open = r;
+    });
     const f = requestFrame(1, { op: "counter.bump", target: "kernel://", args: {} });
-    p.send(Buffer.concat([f, f]));
+    p.send(f);
+    await until(() => runs.n === before + 1, undefined, "the first attempt running");
+    // The duplicate, then a health check behind it: once that is answered the duplicate was read,
+    // while the first attempt still waits on the gate (a 150 ms sleep let a busy machine finish it first).
+    p.send(Buffer.concat([f, requestFrame(2, health)]));
+    assert.equal((await p.response(2)).status, "SUCCESS");
+    open();
     const a = await p.response(1);
     const b = await p.response(1);
     assert.equal(a.status, "SUCCESS");

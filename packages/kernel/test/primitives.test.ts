@@ -264,6 +264,13 @@ describe("resources and quotas", () => {
   });
 
   it("limits requests in flight and request rate per token", async () => {
+    // A slow.wait runs until the gate opens: once a call was refused, or (a broken limit) when two run
+    // at once. A 150 ms sleep let a busy machine finish the first before the second arrived.
+    let open = () => {};
+    const gate = new Promise<void>((r) => {
+      open = r;
+    });
+    let running = 0;
     const t = await startKernel({}, undefined, (k) =>
       k.register({
         name: "slow",
@@ -276,7 +283,8 @@ describe("resources and quotas", () => {
             idempotent: true,
             effects: false,
             handler: async () => {
-              await new Promise((r) => setTimeout(r, 150));
+              if (++running === 2) open();
+              await gate;
               return { status: "SUCCESS" };
             },
           },
@@ -287,7 +295,10 @@ describe("resources and quotas", () => {
       limits: { concurrent: 1 },
     });
     const c = await t.connect(one.identity, [one.token], { maxAttempts: 1 });
-    const r = await Promise.allSettled([c.call("slow.wait", "kernel://"), c.call("slow.wait", "kernel://")]);
+    const calls = [c.call("slow.wait", "kernel://"), c.call("slow.wait", "kernel://")];
+    await Promise.race(calls.map((p) => p.catch(() => undefined)));
+    open();
+    const r = await Promise.allSettled(calls);
     assert.deepEqual(r.map((x) => x.status).sort(), ["fulfilled", "rejected"]);
     const rate = await t.persona("rate", [{ ops: ["system.health"], targets: ["kernel://"] }], { limits: { rate: 5 } });
     const cr = await t.connect(rate.identity, [rate.token], { maxAttempts: 1 });

@@ -313,6 +313,40 @@ describe("session lifecycle over real sockets", () => {
     }
   });
 
+  it("a kernel and a peer that stalled together (one process, a paused machine) keep their session: the first silent tick PINGs", async () => {
+    // 500 ms: after the stall the PONG to the first silent tick's PING must be read before the next
+    // tick, 250 ms on; this process being descheduled that long between them would still lose it.
+    const t = await startKernel({ heartbeatMs: 500 });
+    try {
+      const p = await RawPeer.connect(t.k.socketPath);
+      await p.handshake(adminIdentity(t.k), token(t));
+      let pings = 0;
+      p.sock.on("data", () => {
+        for (let i = p.frames.length - 1; i >= 0; i--) {
+          const f = p.frames[i];
+          if (f?.msg.type === "PING") {
+            p.frames.splice(i, 1);
+            p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
+            pings++;
+          }
+        }
+      });
+      // This process (the kernel and its peer) stalled for more than 3 intervals: neither wrote.
+      const stalled = Date.now();
+      while (Date.now() - stalled <= 3 * 500 + 100) {
+        // stalled
+      }
+      const before = pings;
+      // Two PINGs after the stall: the first silent tick's, answered; then one from a tick that found the peer alive.
+      await until(() => pings >= before + 2 || p.closed, 30_000, "two heartbeats after the stall");
+      assert.ok(!p.closed, "the peer was not judged dead");
+      p.close();
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
   it("a live peer that answers PINGs stays connected well past three heartbeats", async () => {
     // 500 ms: the peer is closed after three silent heartbeats, so this test process may be
     // descheduled up to 1.5 s on a busy machine without its PONGs counting as silence.

@@ -22,6 +22,7 @@ import {
   validateIntent,
   validateMessage,
 } from "../src/index.js";
+import { anyCodePoint } from "./any-code-point.js";
 import { MUTATIONS, mutateCbor } from "./cbor-mutations.js";
 import { decodeCanonicalReference } from "./reference.js";
 
@@ -75,7 +76,7 @@ function referenceIntent(bytes: Uint8Array) {
 const text = fc.oneof(
   fc.string({ maxLength: 12 }),
   fc.string({ maxLength: 40, unit: "grapheme" }),
-  fc.string({ maxLength: 80, unit: "binary" }),
+  fc.string({ maxLength: 80, unit: anyCodePoint }),
   fc.constantFrom("\uFEFF", "\uFEFFbom", "a\u0000b", "é", "日本語", "😀", "x".repeat(33), "version", "persona", "id"),
 );
 const integer = fc.oneof(

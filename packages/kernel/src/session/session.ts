@@ -524,8 +524,11 @@ export class Session implements SessionView, EventSink {
     if (now - this.lastSeen > 3 * lim.heartbeatMs) {
       // Judged on two ticks in a row: after a stall of the kernel's own event loop the timer runs
       // before the socket's pending bytes are read, and a live peer's PONG may be among them.
+      // A PING meanwhile: a peer that stalled too (in this process, or the whole machine paused)
+      // sent nothing while stalled and would judge the same at its next tick; it answers this.
       if (!this.silentAtLastTick) {
         this.silentAtLastTick = true;
+        if (this.state === "ready") this.send({ type: "PING", body: { seq: ++this.pingSeq } });
         return;
       }
       this.logPeer("info", { persona: this.persona }, "peer silent for 3 heartbeats: closing");
