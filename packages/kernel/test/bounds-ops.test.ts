@@ -263,3 +263,47 @@ describe("bounded after authentication: tasks under the concurrent limit", () =>
     }
   });
 });
+
+describe("bounded after authentication: a task's result", () => {
+  it("a task's result is bounded (2 × maxOutputBytes) and must be answerable: past either its op fails RESOURCE and nothing of it is stored", async () => {
+    const t = await startKernel({ computeWorkers: 1, maxOutputBytes: 64 * 1024 }, undefined, (k) =>
+      k.registerTask("fill", { module: TASKS, export: "fill" }),
+    );
+    try {
+      const p = await t.persona("expander", [
+        { ops: ["compute.submit"], targets: ["op://task/fill"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const failed = async (n: number, item: unknown) => {
+        const op = await c.compute.task("fill", { n, item } as never);
+        await assert.rejects(c.ops.wait(op), (e: Error & { errorClass?: string }) => e.errorClass === "RESOURCE");
+        return c.ops.status(op);
+      };
+      // A small input asking for a result of ~300 KB (any size: the kernel stored 200 MiB ones, its
+      // main thread cloning and encoding them meanwhile, and none past maxBody could be read).
+      const big = await failed(300_000, "x");
+      assert.equal(big.state, "failed");
+      assert.match(big.message ?? "", /the task's result is \d+ bytes: at most 131072 \(2 × maxOutputBytes\)/);
+      // Within the bytes, past the items op.result decodes an answer with: it failed INTERNAL at each op.result.
+      const many = await failed(120_000, 0);
+      assert.match(many.message ?? "", /the task's result cannot be answered/);
+      // A result within both is answered as it was.
+      const ok = await c.compute.task("fill", { n: 3, item: "y" } as never);
+      assert.deepEqual(await c.ops.wait(ok), ["y", "y", "y"]);
+      const db = new Database(join(t.home, HOME_FILES.database), { readonly: true });
+      try {
+        const row = db.prepare("SELECT count(*) AS n, max(length(result)) AS most FROM op_results").get() as {
+          n: number;
+          most: number;
+        };
+        assert.deepEqual(row, { n: 1, most: 7 });
+      } finally {
+        db.close();
+      }
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

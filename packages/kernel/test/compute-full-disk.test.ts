@@ -108,7 +108,8 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
         resultTtlMs: 60_000,
         maxFinishedPerPersona: 100,
         resultGraceMs: 60_000,
-        maxOutputBytes: 1024,
+        // A task's result is kept within 2 × maxOutputBytes: room for these results of N bytes.
+        maxOutputBytes: 256 * 1024,
         maxRuntimeMs: 60_000,
         maxPendingPerPersona: 10,
         maxPending: 20,

@@ -590,10 +590,11 @@ export class ComputeEngine {
       const i = this.pool.indexOf(w);
       if (i >= 0) this.pool.splice(i, 1);
     };
-    const onMessage = (m: { id: string; ok: boolean; value?: CborValue; message?: string; errorClass?: string }) => {
+    const onMessage = (m: { id: string; ok: boolean; result?: Uint8Array; message?: string; errorClass?: string }) => {
       if (m.id !== op.id || settled) return;
       done();
-      if (m.ok) this.finish(op, "succeeded", m.value ?? null);
+      // Encoded, bounded and checked in the worker (worker.ts): stored as it came.
+      if (m.ok) this.finish(op, "succeeded", null, undefined, undefined, m.result);
       else this.finish(op, "failed", null, isErrorClass(m.errorClass) ? m.errorClass : "SEMANTIC", m.message ?? "task failed");
     };
     const onError = (e: Error) => {
@@ -619,10 +620,25 @@ export class ComputeEngine {
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
     w.worker.on("message", onMessage);
     w.worker.on("error", onError);
-    w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });
+    w.worker.postMessage({
+      id: op.id,
+      module: task.module,
+      export: task.export,
+      args,
+      // As a command's result holds its two streams' captures at most.
+      maxResultBytes: 2 * this.opts.maxOutputBytes,
+    });
   }
 
-  private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
+  private finish(
+    op: OpRecord,
+    state: OpRecord["state"],
+    result: CborValue,
+    errorClass?: string,
+    message?: string,
+    /** The result already encoded (a task's, by its worker). */
+    encoded?: Uint8Array,
+  ): void {
     if (op.finishedAt !== null) return;
     const hold = this.taskHolds.get(op.id);
     if (hold) {
@@ -631,8 +647,8 @@ export class ComputeEngine {
       hold.release();
     }
     const from = auditState(op.state);
-    let bytes: Uint8Array | null = null;
-    if (result !== null && result !== undefined) {
+    let bytes: Uint8Array | null = encoded ?? null;
+    if (bytes === null && result !== null && result !== undefined) {
       try {
         bytes = encodeCanonical(result);
       } catch (e) {
