@@ -307,3 +307,37 @@ describe("bounded after authentication: a task's result", () => {
     }
   });
 });
+
+describe("a task stopped in its worker", () => {
+  it("another persona's task queued behind a task its persona cancels (or whose deadline passes) runs on a new worker, not on the one being terminated", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("hang", { module: TASKS, export: "hang" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+      ];
+      const m = await t.persona("mallory", rights);
+      const mallory = await t.connect(m.identity, [m.token]);
+      const a = await t.persona("alice", rights);
+      const alice = await t.connect(a.identity, [a.token]);
+      const stuck = await mallory.compute.task("hang");
+      // A deadline well past any wait of a square here: a lost task fails at it.
+      const waiting = await alice.compute.task("square", 7, { timeoutMs: 30_000 });
+      assert.equal((await alice.ops.status(waiting)).state, "queued");
+      assert.equal(await mallory.ops.cancel(stuck), true);
+      // It was handed to the worker being terminated, and waited there for its deadline (by default 1 h).
+      assert.equal(await alice.ops.wait(waiting), 49);
+      // Likewise behind a task stopped at its deadline.
+      const short = await mallory.compute.task("hang", null, { timeoutMs: 200 });
+      const next = await alice.compute.task("square", 8);
+      await assert.rejects(mallory.ops.wait(short), klass("RESOURCE", "deadline exceeded"));
+      assert.equal(await alice.ops.wait(next), 64);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

@@ -575,20 +575,23 @@ export class ComputeEngine {
     }
     w.busy = op.id;
     let settled = false;
-    const done = () => {
+    /**
+     * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
+     * replaced — out of the pool before the next task is taken, or the pump gave the next queued
+     * task (any persona's) to the worker being terminated, where it waited for its deadline.
+     */
+    const done = (stuck = false) => {
       settled = true;
       clearTimeout(timer);
       w.worker.off("message", onMessage);
       w.worker.off("error", onError);
       this.running.delete(op.id);
-      w.busy = undefined;
+      if (stuck) {
+        void w.worker.terminate();
+        const i = this.pool.indexOf(w);
+        if (i >= 0) this.pool.splice(i, 1);
+      } else w.busy = undefined;
       this.pump();
-    };
-    const replace = () => {
-      // A worker stuck in a task cannot be interrupted: it is terminated and replaced.
-      void w.worker.terminate();
-      const i = this.pool.indexOf(w);
-      if (i >= 0) this.pool.splice(i, 1);
     };
     const onMessage = (m: { id: string; ok: boolean; result?: Uint8Array; message?: string; errorClass?: string }) => {
       if (m.id !== op.id || settled) return;
@@ -599,14 +602,12 @@ export class ComputeEngine {
     };
     const onError = (e: Error) => {
       if (settled) return;
-      done();
-      replace();
+      done(true);
       this.finish(op, "failed", null, "INTERNAL", `task worker crashed: ${e.message}`);
     };
     const cancel = (why: StopReason) => {
       if (settled) return;
-      done();
-      replace();
+      done(true);
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
       else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
