@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -335,6 +335,43 @@ describe("a task stopped in its worker", () => {
       const next = await alice.compute.task("square", 8);
       await assert.rejects(mallory.ops.wait(short), klass("RESOURCE", "deadline exceeded"));
       assert.equal(await alice.ops.wait(next), 64);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("task workers that die", () => {
+  it("a task that leaves an exception behind (thrown after it returned) or ends its worker does not end the kernel nor hold a worker: later tasks run", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("late-throw", { module: TASKS, export: "lateThrow" });
+      k.registerTask("exit", { module: TASKS, export: "exit" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const p = await t.persona("buggy", [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const square = async (x: number) => c.ops.wait(await c.compute.task("square", x));
+      const gate = join(t.home, "late-gate");
+      assert.equal(await c.ops.wait(await c.compute.task("late-throw", gate)), "armed");
+      // The worker, idle, dies of it: with no listener its 'error' ended the kernel (this process).
+      writeFileSync(gate, "");
+      while (!existsSync(`${gate}.thrown`)) await new Promise((r) => setTimeout(r, 5));
+      // A task sent to the worker as it dies fails INTERNAL; the one after runs on a new worker.
+      await square(2).catch((e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "INTERNAL");
+        // Not the exception's message: it may be another persona's task's (the kernel's log has it).
+        assert.match(e.message, /task worker crashed \(the kernel's log says why\)/);
+      });
+      assert.equal(await square(3), 9);
+      // A task that ends its worker fails at once (it waited for its deadline, holding the worker).
+      const gone = await c.compute.task("exit", null, { timeoutMs: 120_000 });
+      await assert.rejects(c.ops.wait(gone), klass("INTERNAL", "task worker exited (code 3)"));
+      assert.equal(await square(4), 16);
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -97,6 +97,8 @@ interface Running {
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
+  /** The running task's end when its worker dies under it (set by runTask while it runs). */
+  died?: (why: string) => void;
 }
 
 interface Job {
@@ -408,10 +410,31 @@ export class ComputeEngine {
     if (this.pool.length < this.opts.workers) {
       const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined };
       w.worker.unref();
+      // Listened to for the worker's whole life, not only while a task runs: an exception a task
+      // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
+      // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
+      // stayed in the pool, its task and the next ones waiting there for their deadlines.
+      w.worker.on("error", (e: Error) => {
+        // Its message is not the op's: the exception may be another task's, left behind (another
+        // persona's text in this persona's answer). The kernel's log has it.
+        this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
+        this.workerDied(w, "task worker crashed (the kernel's log says why)");
+      });
+      w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
       this.pool.push(w);
       return w;
     }
     return undefined;
+  }
+
+  /** A pooled worker ended (crashed, exited, or terminated by the kernel): out of the pool, its running task failed. */
+  private workerDied(w: PooledWorker, why: string): void {
+    const i = this.pool.indexOf(w);
+    if (i >= 0) this.pool.splice(i, 1);
+    const died = w.died;
+    w.died = undefined;
+    if (died) died(why);
+    else if (i >= 0 && !this.stopped) this.log.warn({ why }, "an idle task worker ended: a new one takes the next task");
   }
 
   /**
@@ -584,7 +607,7 @@ export class ComputeEngine {
       settled = true;
       clearTimeout(timer);
       w.worker.off("message", onMessage);
-      w.worker.off("error", onError);
+      w.died = undefined;
       this.running.delete(op.id);
       if (stuck) {
         void w.worker.terminate();
@@ -600,10 +623,10 @@ export class ComputeEngine {
       if (m.ok) this.finish(op, "succeeded", null, undefined, undefined, m.result);
       else this.finish(op, "failed", null, isErrorClass(m.errorClass) ? m.errorClass : "SEMANTIC", m.message ?? "task failed");
     };
-    const onError = (e: Error) => {
+    const onDied = (why: string) => {
       if (settled) return;
       done(true);
-      this.finish(op, "failed", null, "INTERNAL", `task worker crashed: ${e.message}`);
+      this.finish(op, "failed", null, "INTERNAL", why);
     };
     const cancel = (why: StopReason) => {
       if (settled) return;
@@ -620,7 +643,7 @@ export class ComputeEngine {
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
     w.worker.on("message", onMessage);
-    w.worker.on("error", onError);
+    w.died = onDied;
     w.worker.postMessage({
       id: op.id,
       module: task.module,
