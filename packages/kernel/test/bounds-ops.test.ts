@@ -378,3 +378,43 @@ describe("task workers that die", () => {
     }
   });
 });
+
+describe("the shared task workers, in turn", () => {
+  it("a persona tree's queued tasks do not hold the task workers ahead of another tree's: the next free worker takes the other tree's task", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("gate", { module: TASKS, export: "gate" });
+      k.registerTask("hang", { module: TASKS, export: "hang" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+      ];
+      const m = await t.persona("mallory", rights);
+      const mallory = await t.connect(m.identity, [m.token]);
+      const a = await t.persona("alice", rights);
+      const alice = await t.connect(a.identity, [a.token]);
+      const gate = join(t.home, "gate");
+      const first = await mallory.compute.task("gate", gate);
+      // Tasks of mallory's queued behind it, each of which would run up to maxRuntimeMs (1 h).
+      const queued = [await mallory.compute.task("hang"), await mallory.compute.task("hang")];
+      const mine = await alice.compute.task("square", 5);
+      assert.equal((await alice.ops.status(mine)).state, "queued");
+      writeFileSync(gate, "");
+      assert.equal(await mallory.ops.wait(first), "opened");
+      // Taken in the order of submission, it waited behind mallory's hung tasks (for hours: a queued
+      // task's deadline is counted only once it starts; this test's timeout ends it).
+      assert.equal(await alice.ops.wait(mine), 25);
+      assert.deepEqual(
+        await Promise.all(queued.map(async (op) => (await mallory.ops.status(op)).state)),
+        ["running", "queued"],
+        "mallory's own tasks keep their order",
+      );
+      for (const op of queued) await mallory.ops.cancel(op);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});

@@ -391,18 +391,54 @@ export class ComputeEngine {
   }
 
   private pump(): void {
-    // Tasks wait, in order, for a free worker; a command never waits behind them (it was
-    // admitted as a running process at submit).
+    // A command never waits (it was admitted as a running process at submit).
     for (let i = 0; !this.stopped && i < this.queue.length; ) {
       const job = this.queue[i] as Job;
-      if (job.op.kind === "task" && !this.freeWorker()) {
-        i++;
-        continue;
-      }
-      this.queue.splice(i, 1);
-      this.start(job);
+      if (job.op.kind === "command") {
+        this.queue.splice(i, 1);
+        this.start(job);
+      } else i++;
+    }
+    // Tasks wait for a free worker, taken in turn by persona tree ({@link nextTask}).
+    while (!this.stopped && this.queue.length > 0 && this.freeWorker()) {
+      const [job] = this.queue.splice(this.nextTask(), 1);
+      this.start(job as Job);
     }
   }
+
+  /**
+   * The queued task to start next: of the tree with the fewest tasks running, then the one
+   * served longest ago, its oldest. Taken in the order of submission, one tree's 64 queued
+   * tasks (each up to maxRuntimeMs) held the kernel's shared workers ahead of every other
+   * tree's for hours; now another tree's task waits for the next free worker.
+   */
+  private nextTask(): number {
+    const running = new Map<string, number>();
+    for (const r of this.running.values())
+      if (r.op.kind === "task") {
+        const root = this.roots.of(r.op.persona);
+        running.set(root, (running.get(root) ?? 0) + 1);
+      }
+    let best = 0;
+    let bestKey: [number, number] | undefined;
+    for (let i = 0; i < this.queue.length; i++) {
+      const root = this.roots.of((this.queue[i] as Job).op.persona);
+      const key: [number, number] = [running.get(root) ?? 0, this.served.get(root) ?? -1];
+      if (!bestKey || key[0] < bestKey[0] || (key[0] === bestKey[0] && key[1] < bestKey[1])) {
+        best = i;
+        bestKey = key;
+      }
+    }
+    const root = this.roots.of((this.queue[best] as Job).op.persona);
+    // Forgotten wholesale past a bound (turns start again equal): never more than the trees seen lately.
+    if (this.served.size >= 10_000) this.served.clear();
+    this.served.set(root, this.turn++);
+    return best;
+  }
+
+  /** When each persona tree last had a task started (a turn number), for {@link nextTask}. */
+  private readonly served = new Map<string, number>();
+  private turn = 0;
 
   private freeWorker(): PooledWorker | undefined {
     const idle = this.pool.find((w) => w.busy === undefined);
