@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeFileSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -257,6 +257,161 @@ describe("bounded after authentication: tasks under the concurrent limit", () =>
         c.compute.task("hang"),
         klass("RESOURCE", "concurrent exceeded for hog: 3 requests in flight, limit 3"),
       );
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("bounded after authentication: a task's result", () => {
+  it("a task's result is bounded (2 × maxOutputBytes) and must be answerable: past either its op fails RESOURCE and nothing of it is stored", async () => {
+    const t = await startKernel({ computeWorkers: 1, maxOutputBytes: 64 * 1024 }, undefined, (k) =>
+      k.registerTask("fill", { module: TASKS, export: "fill" }),
+    );
+    try {
+      const p = await t.persona("expander", [
+        { ops: ["compute.submit"], targets: ["op://task/fill"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const failed = async (n: number, item: unknown) => {
+        const op = await c.compute.task("fill", { n, item } as never);
+        await assert.rejects(c.ops.wait(op), (e: Error & { errorClass?: string }) => e.errorClass === "RESOURCE");
+        return c.ops.status(op);
+      };
+      // A small input asking for a result of ~300 KB (any size: the kernel stored 200 MiB ones, its
+      // main thread cloning and encoding them meanwhile, and none past maxBody could be read).
+      const big = await failed(300_000, "x");
+      assert.equal(big.state, "failed");
+      assert.match(big.message ?? "", /the task's result is \d+ bytes: at most 131072 \(2 × maxOutputBytes\)/);
+      // Within the bytes, past the items op.result decodes an answer with: it failed INTERNAL at each op.result.
+      const many = await failed(120_000, 0);
+      assert.match(many.message ?? "", /the task's result cannot be answered/);
+      // A result within both is answered as it was.
+      const ok = await c.compute.task("fill", { n: 3, item: "y" } as never);
+      assert.deepEqual(await c.ops.wait(ok), ["y", "y", "y"]);
+      const db = new Database(join(t.home, HOME_FILES.database), { readonly: true });
+      try {
+        const row = db.prepare("SELECT count(*) AS n, max(length(result)) AS most FROM op_results").get() as {
+          n: number;
+          most: number;
+        };
+        assert.deepEqual(row, { n: 1, most: 7 });
+      } finally {
+        db.close();
+      }
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("a task stopped in its worker", () => {
+  it("another persona's task queued behind a task its persona cancels (or whose deadline passes) runs on a new worker, not on the one being terminated", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("hang", { module: TASKS, export: "hang" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+      ];
+      const m = await t.persona("mallory", rights);
+      const mallory = await t.connect(m.identity, [m.token]);
+      const a = await t.persona("alice", rights);
+      const alice = await t.connect(a.identity, [a.token]);
+      const stuck = await mallory.compute.task("hang");
+      // A deadline well past any wait of a square here: a lost task fails at it.
+      const waiting = await alice.compute.task("square", 7, { timeoutMs: 30_000 });
+      assert.equal((await alice.ops.status(waiting)).state, "queued");
+      assert.equal(await mallory.ops.cancel(stuck), true);
+      // It was handed to the worker being terminated, and waited there for its deadline (by default 1 h).
+      assert.equal(await alice.ops.wait(waiting), 49);
+      // Likewise behind a task stopped at its deadline.
+      const short = await mallory.compute.task("hang", null, { timeoutMs: 200 });
+      const next = await alice.compute.task("square", 8);
+      await assert.rejects(mallory.ops.wait(short), klass("RESOURCE", "deadline exceeded"));
+      assert.equal(await alice.ops.wait(next), 64);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("task workers that die", () => {
+  it("a task that leaves an exception behind (thrown after it returned) or ends its worker does not end the kernel nor hold a worker: later tasks run", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("late-throw", { module: TASKS, export: "lateThrow" });
+      k.registerTask("exit", { module: TASKS, export: "exit" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const p = await t.persona("buggy", [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ]);
+      const c = await t.connect(p.identity, [p.token]);
+      const square = async (x: number) => c.ops.wait(await c.compute.task("square", x));
+      const gate = join(t.home, "late-gate");
+      assert.equal(await c.ops.wait(await c.compute.task("late-throw", gate)), "armed");
+      // The worker, idle, dies of it: with no listener its 'error' ended the kernel (this process).
+      writeFileSync(gate, "");
+      while (!existsSync(`${gate}.thrown`)) await new Promise((r) => setTimeout(r, 5));
+      // A task sent to the worker as it dies fails INTERNAL; the one after runs on a new worker.
+      await square(2).catch((e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "INTERNAL");
+        // Not the exception's message: it may be another persona's task's (the kernel's log has it).
+        assert.match(e.message, /task worker crashed \(the kernel's log says why\)/);
+      });
+      assert.equal(await square(3), 9);
+      // A task that ends its worker fails at once (it waited for its deadline, holding the worker).
+      const gone = await c.compute.task("exit", null, { timeoutMs: 120_000 });
+      await assert.rejects(c.ops.wait(gone), klass("INTERNAL", "task worker exited (code 3)"));
+      assert.equal(await square(4), 16);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
+
+describe("the shared task workers, in turn", () => {
+  it("a persona tree's queued tasks do not hold the task workers ahead of another tree's: the next free worker takes the other tree's task", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
+      k.registerTask("gate", { module: TASKS, export: "gate" });
+      k.registerTask("hang", { module: TASKS, export: "hang" });
+      k.registerTask("square", { module: TASKS, export: "square" });
+    });
+    try {
+      const rights = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+      ];
+      const m = await t.persona("mallory", rights);
+      const mallory = await t.connect(m.identity, [m.token]);
+      const a = await t.persona("alice", rights);
+      const alice = await t.connect(a.identity, [a.token]);
+      const gate = join(t.home, "gate");
+      const first = await mallory.compute.task("gate", gate);
+      // Tasks of mallory's queued behind it, each of which would run up to maxRuntimeMs (1 h).
+      const queued = [await mallory.compute.task("hang"), await mallory.compute.task("hang")];
+      const mine = await alice.compute.task("square", 5);
+      assert.equal((await alice.ops.status(mine)).state, "queued");
+      writeFileSync(gate, "");
+      assert.equal(await mallory.ops.wait(first), "opened");
+      // Taken in the order of submission, it waited behind mallory's hung tasks (for hours: a queued
+      // task's deadline is counted only once it starts; this test's timeout ends it).
+      assert.equal(await alice.ops.wait(mine), 25);
+      assert.deepEqual(
+        await Promise.all(queued.map(async (op) => (await mallory.ops.status(op)).state)),
+        ["running", "queued"],
+        "mallory's own tasks keep their order",
+      );
+      for (const op of queued) await mallory.ops.cancel(op);
     } finally {
       await t.stop();
       removeHome(t.home);

@@ -108,7 +108,8 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
         resultTtlMs: 60_000,
         maxFinishedPerPersona: 100,
         resultGraceMs: 60_000,
-        maxOutputBytes: 1024,
+        // A task's result is kept within 2 × maxOutputBytes: room for these results of N bytes.
+        maxOutputBytes: 256 * 1024,
         maxRuntimeMs: 60_000,
         maxPendingPerPersona: 10,
         maxPending: 20,
@@ -127,7 +128,12 @@ describe("ops on a full disk (unit: the disk's refusal at exactly an op's start 
       const mallory = Array.from({ length: 6 }, () => engine.submit("mallory", "s1", "task", "bytes", N, undefined));
       const alice = engine.submit("alice", "s2", "task", "bytes", N, undefined);
       const read = (id: string) => engine.current(store.getOp(id) as NonNullable<ReturnType<typeof store.getOp>>);
-      await until(() => read(alice.id).state === "succeeded", 30_000, "every op's end");
+      // Every op's end (tasks take the worker in turn by tree: alice's is not the last to run).
+      await until(
+        () => [...mallory, alice].every((o) => read(o.id).state !== "running" && read(o.id).state !== "queued"),
+        30_000,
+        "every op's end",
+      );
       const ends = mallory.map((o) => read(o.id));
       assert.ok(
         ends.every((o) => o.state === "succeeded"),

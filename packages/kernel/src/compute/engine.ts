@@ -105,6 +105,8 @@ interface Running {
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
+  /** The running task's end when its worker dies under it (set by runTask while it runs). */
+  died?: (why: string) => void;
 }
 
 interface Job {
@@ -431,18 +433,54 @@ export class ComputeEngine {
   }
 
   private pump(): void {
-    // Tasks wait, in order, for a free worker; a command never waits behind them (it was
-    // admitted as a running process at submit).
+    // A command never waits (it was admitted as a running process at submit).
     for (let i = 0; !this.stopped && i < this.queue.length; ) {
       const job = this.queue[i] as Job;
-      if (job.op.kind === "task" && !this.freeWorker()) {
-        i++;
-        continue;
-      }
-      this.queue.splice(i, 1);
-      this.start(job);
+      if (job.op.kind === "command") {
+        this.queue.splice(i, 1);
+        this.start(job);
+      } else i++;
+    }
+    // Tasks wait for a free worker, taken in turn by persona tree ({@link nextTask}).
+    while (!this.stopped && this.queue.length > 0 && this.freeWorker()) {
+      const [job] = this.queue.splice(this.nextTask(), 1);
+      this.start(job as Job);
     }
   }
+
+  /**
+   * The queued task to start next: of the tree with the fewest tasks running, then the one
+   * served longest ago, its oldest. Taken in the order of submission, one tree's 64 queued
+   * tasks (each up to maxRuntimeMs) held the kernel's shared workers ahead of every other
+   * tree's for hours; now another tree's task waits for the next free worker.
+   */
+  private nextTask(): number {
+    const running = new Map<string, number>();
+    for (const r of this.running.values())
+      if (r.op.kind === "task") {
+        const root = this.roots.of(r.op.persona);
+        running.set(root, (running.get(root) ?? 0) + 1);
+      }
+    let best = 0;
+    let bestKey: [number, number] | undefined;
+    for (let i = 0; i < this.queue.length; i++) {
+      const root = this.roots.of((this.queue[i] as Job).op.persona);
+      const key: [number, number] = [running.get(root) ?? 0, this.served.get(root) ?? -1];
+      if (!bestKey || key[0] < bestKey[0] || (key[0] === bestKey[0] && key[1] < bestKey[1])) {
+        best = i;
+        bestKey = key;
+      }
+    }
+    const root = this.roots.of((this.queue[best] as Job).op.persona);
+    // Forgotten wholesale past a bound (turns start again equal): never more than the trees seen lately.
+    if (this.served.size >= 10_000) this.served.clear();
+    this.served.set(root, this.turn++);
+    return best;
+  }
+
+  /** When each persona tree last had a task started (a turn number), for {@link nextTask}. */
+  private readonly served = new Map<string, number>();
+  private turn = 0;
 
   private freeWorker(): PooledWorker | undefined {
     const idle = this.pool.find((w) => w.busy === undefined);
@@ -450,10 +488,31 @@ export class ComputeEngine {
     if (this.pool.length < this.opts.workers) {
       const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined };
       w.worker.unref();
+      // Listened to for the worker's whole life, not only while a task runs: an exception a task
+      // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
+      // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
+      // stayed in the pool, its task and the next ones waiting there for their deadlines.
+      w.worker.on("error", (e: Error) => {
+        // Its message is not the op's: the exception may be another task's, left behind (another
+        // persona's text in this persona's answer). The kernel's log has it.
+        this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
+        this.workerDied(w, "task worker crashed (the kernel's log says why)");
+      });
+      w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
       this.pool.push(w);
       return w;
     }
     return undefined;
+  }
+
+  /** A pooled worker ended (crashed, exited, or terminated by the kernel): out of the pool, its running task failed. */
+  private workerDied(w: PooledWorker, why: string): void {
+    const i = this.pool.indexOf(w);
+    if (i >= 0) this.pool.splice(i, 1);
+    const died = w.died;
+    w.died = undefined;
+    if (died) died(why);
+    else if (i >= 0 && !this.stopped) this.log.warn({ why }, "an idle task worker ended: a new one takes the next task");
   }
 
   /**
@@ -617,37 +676,39 @@ export class ComputeEngine {
     }
     w.busy = op.id;
     let settled = false;
-    const done = () => {
+    /**
+     * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
+     * replaced — out of the pool before the next task is taken, or the pump gave the next queued
+     * task (any persona's) to the worker being terminated, where it waited for its deadline.
+     */
+    const done = (stuck = false) => {
       settled = true;
       clearTimeout(timer);
       w.worker.off("message", onMessage);
-      w.worker.off("error", onError);
+      w.died = undefined;
       this.running.delete(op.id);
-      w.busy = undefined;
+      if (stuck) {
+        void w.worker.terminate();
+        const i = this.pool.indexOf(w);
+        if (i >= 0) this.pool.splice(i, 1);
+      } else w.busy = undefined;
       this.pump();
     };
-    const replace = () => {
-      // A worker stuck in a task cannot be interrupted: it is terminated and replaced.
-      void w.worker.terminate();
-      const i = this.pool.indexOf(w);
-      if (i >= 0) this.pool.splice(i, 1);
-    };
-    const onMessage = (m: { id: string; ok: boolean; value?: CborValue; message?: string; errorClass?: string }) => {
+    const onMessage = (m: { id: string; ok: boolean; result?: Uint8Array; message?: string; errorClass?: string }) => {
       if (m.id !== op.id || settled) return;
       done();
-      if (m.ok) this.finish(op, "succeeded", m.value ?? null);
+      // Encoded, bounded and checked in the worker (worker.ts): stored as it came.
+      if (m.ok) this.finish(op, "succeeded", null, undefined, undefined, m.result);
       else this.finish(op, "failed", null, isErrorClass(m.errorClass) ? m.errorClass : "SEMANTIC", m.message ?? "task failed");
     };
-    const onError = (e: Error) => {
+    const onDied = (why: string) => {
       if (settled) return;
-      done();
-      replace();
-      this.finish(op, "failed", null, "INTERNAL", `task worker crashed: ${e.message}`);
+      done(true);
+      this.finish(op, "failed", null, "INTERNAL", why);
     };
     const cancel = (why: StopReason) => {
       if (settled) return;
-      done();
-      replace();
+      done(true);
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
       else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
@@ -660,11 +721,26 @@ export class ComputeEngine {
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
     w.worker.on("message", onMessage);
-    w.worker.on("error", onError);
-    w.worker.postMessage({ id: op.id, module: task.module, export: task.export, args });
+    w.died = onDied;
+    w.worker.postMessage({
+      id: op.id,
+      module: task.module,
+      export: task.export,
+      args,
+      // As a command's result holds its two streams' captures at most.
+      maxResultBytes: 2 * this.opts.maxOutputBytes,
+    });
   }
 
-  private finish(op: OpRecord, state: OpRecord["state"], result: CborValue, errorClass?: string, message?: string): void {
+  private finish(
+    op: OpRecord,
+    state: OpRecord["state"],
+    result: CborValue,
+    errorClass?: string,
+    message?: string,
+    /** The result already encoded (a task's, by its worker). */
+    encoded?: Uint8Array,
+  ): void {
     if (op.finishedAt !== null) return;
     const hold = this.taskHolds.get(op.id);
     if (hold) {
@@ -676,8 +752,8 @@ export class ComputeEngine {
       hold.release();
     }
     const from = auditState(op.state);
-    let bytes: Uint8Array | null = null;
-    if (result !== null && result !== undefined) {
+    let bytes: Uint8Array | null = encoded ?? null;
+    if (bytes === null && result !== null && result !== undefined) {
       try {
         bytes = encodeCanonical(result);
       } catch (e) {
