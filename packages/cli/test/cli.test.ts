@@ -291,13 +291,22 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     });
     try {
       const args = JSON.stringify({ data: { msg: hostile, [`k${hostile}`]: 1 } });
-      // Emitted until the tail's subscription hears it (it subscribes after it starts).
-      await until(async () => {
-        const r = await run(["call", "event.emit", "topic://hostile/x", "--args", args, "--json", ...h]);
-        assert.equal(r.code, 0, r.err);
-        return JSON.parse(r.out).payload.subscribers > 0;
+      // Emitted until the tail shows it (it subscribes after it starts; an emit counted as heard
+      // may have reached another subscriber first, so the tail's output is what ends the wait).
+      let last = "";
+      await until(
+        async () => {
+          if (seen.includes("topic://hostile/x")) return true;
+          const r = await run(["call", "event.emit", "topic://hostile/x", "--args", args, "--json", ...h]);
+          assert.equal(r.code, 0, r.err);
+          last = r.out;
+          return seen.includes("topic://hostile/x");
+        },
+        undefined,
+        "the tail to show the event",
+      ).catch((e: Error) => {
+        throw new Error(`${e.message}; the last emit answered ${last}; the tail wrote ${JSON.stringify(seen)}`);
       });
-      await until(() => seen.includes("topic://hostile/x"));
     } finally {
       tail.kill("SIGKILL");
     }
