@@ -1,6 +1,18 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
-import { mkdtempSync, readdirSync, readFileSync, rmSync, statfsSync, statSync, unlinkSync, writeFileSync } from "node:fs";
+import {
+  closeSync,
+  mkdtempSync,
+  openSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statfsSync,
+  statSync,
+  unlinkSync,
+  writeFileSync,
+  writeSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -492,6 +504,24 @@ describe("what fails the uploads in progress", () => {
   });
 });
 
+/** Writes `path` until the disk has no room left: the kernel's own writes may take some between a statfs and one write of that size. */
+function fillDisk(path: string): void {
+  const fd = openSync(path, "w");
+  const chunk = Buffer.alloc(64 * 1024, 1);
+  try {
+    for (;;) {
+      try {
+        if (writeSync(fd, chunk) === 0) return;
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code === "ENOSPC") return;
+        throw e;
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+}
+
 const heldDisk = smallDisk(16);
 
 describe("uploads in progress while the disk stays full", { skip: typeof heldDisk === "string" ? heldDisk : false }, () => {
@@ -513,8 +543,7 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
           await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
         // The rest of the disk fills (its last room taken as by the upload's own last chunk, whose
         // records then found none): nothing more can be recorded, the upload's abort neither.
-        const { bavail, bsize } = statfsSync(d.root);
-        writeFileSync(join(d.root, "filler"), Buffer.alloc(bavail * bsize));
+        fillDisk(join(d.root, "filler"));
         const refused = await c.storage
           .write("obj://ws/x", Buffer.alloc(300_000, 4))
           .catch((e: Error & { errorClass?: string }) => e);
