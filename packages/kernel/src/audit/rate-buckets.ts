@@ -7,6 +7,12 @@ export interface Bucket {
 /** Bursts are this many seconds of the rate. */
 export const BURST_SECONDS = 5;
 
+/** Fills `b` at `rate` a second for the time since it was last filled, up to a burst. */
+export function refill(b: Bucket, rate: number, now: number): void {
+  b.tokens = Math.min(rate * BURST_SECONDS, b.tokens + ((now - b.at) / 1000) * rate);
+  b.at = now;
+}
+
 /** Buckets a table holds before a new key is sweep-checked ({@link RateBuckets.take}) or refused ({@link RateBuckets.takeIfRoom}). */
 const MAX_BUCKETS = 10_000;
 
@@ -53,15 +59,13 @@ export class RateBuckets {
 
   private fill(key: string, now: number): Bucket {
     const rate = this.rate();
-    const burst = rate * BURST_SECONDS;
     let b = this.buckets.get(key);
     if (!b) {
-      b = { tokens: burst, at: now };
+      b = { tokens: rate * BURST_SECONDS, at: now };
       this.buckets.set(key, b);
       return b;
     }
-    b.tokens = Math.min(burst, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
+    refill(b, rate, now);
     return b;
   }
 

@@ -1,4 +1,4 @@
-import { BURST_SECONDS } from "../audit/rate-buckets.js";
+import { BURST_SECONDS, type Bucket, refill } from "../audit/rate-buckets.js";
 
 /** Control frames a session may send per second by default (the `controlFrameRate` setting); bursts {@link BURST_SECONDS}× this. */
 export const CONTROL_FRAME_RATE = 100;
@@ -15,24 +15,21 @@ export const CONTROL_FRAME_RATE = 100;
  * O(1) per control frame, no system call: the time is the read's.
  */
 export class ControlRate {
-  private tokens: number;
-  private at: number;
+  private readonly bucket: Bucket;
 
   constructor(
     private readonly rate: number,
     now: number,
   ) {
-    this.tokens = rate * BURST_SECONDS;
-    this.at = now;
+    this.bucket = { tokens: rate * BURST_SECONDS, at: now };
   }
 
   /** One control frame received at `now`: false once the session is past its rate (0: no bound). */
   take(now: number): boolean {
     if (this.rate === 0) return true;
-    this.tokens = Math.min(this.rate * BURST_SECONDS, this.tokens + ((now - this.at) / 1000) * this.rate);
-    this.at = now;
-    if (this.tokens < 1) return false;
-    this.tokens--;
+    refill(this.bucket, this.rate, now);
+    if (this.bucket.tokens < 1) return false;
+    this.bucket.tokens--;
     return true;
   }
 
