@@ -13,6 +13,11 @@ export function refill(b: Bucket, rate: number, now: number): void {
   b.at = now;
 }
 
+/** Takes `n` from `b`, down to a burst below empty at most: a debt paid back at `rate` before the bucket lets anything through again. */
+export function drain(b: Bucket, n: number, rate: number): void {
+  b.tokens = Math.max(-rate * BURST_SECONDS, b.tokens - n);
+}
+
 /** Buckets a table holds before a new key is sweep-checked ({@link RateBuckets.take}) or refused ({@link RateBuckets.takeIfRoom}). */
 const MAX_BUCKETS = 10_000;
 

@@ -1,5 +1,5 @@
 import { FIRST_SEGMENT, type TreeRoots } from "../resources/lineage.js";
-import { BURST_SECONDS, RateBuckets } from "./rate-buckets.js";
+import { drain, RateBuckets } from "./rate-buckets.js";
 
 /**
  * Data items of their intents a persona tree's requests may have the kernel decode, per second
@@ -99,8 +99,7 @@ export class RefusalLimiter {
 
   /** A request's intent cost the kernel `items` to decode: charged to its persona's tree (down to a burst below empty). */
   decodedItems(persona: string, items: number): void {
-    const b = this.decoded.take(this.roots.of(persona), this.clock());
-    b.tokens = Math.max(b.tokens - items, -DECODED_ITEMS_PER_SECOND * BURST_SECONDS);
+    drain(this.decoded.take(this.roots.of(persona), this.clock()), items, DECODED_ITEMS_PER_SECOND);
   }
 
   /** Whether `persona`'s tree had more decoded than its allowance lately: its large intents wait. */

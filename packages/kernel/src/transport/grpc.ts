@@ -6,7 +6,7 @@ import type { Socket } from "node:net";
 import nodeTls, { type TLSSocket } from "node:tls";
 import * as grpc from "@grpc/grpc-js";
 import { TurnBatcher, writeMessages } from "@kpip/protocol";
-import { BURST_SECONDS, type Bucket, RateBuckets } from "../audit/rate-buckets.js";
+import { BURST_SECONDS, type Bucket, drain, RateBuckets } from "../audit/rate-buckets.js";
 import { ConfigError } from "../config.js";
 import {
   type Connection,
@@ -488,8 +488,7 @@ export class GrpcListener {
   /** Takes `n` streams from the peer's bucket, down to a burst below empty at most. */
   private chargeStreams(address: string, n: number): void {
     const b = this.streamBucket(address);
-    const rate = this.bounds.streamPeerRate ?? 0;
-    if (b) b.tokens = Math.max(-rate * BURST_SECONDS, b.tokens - n);
+    if (b) drain(b, n, this.bounds.streamPeerRate ?? 0);
   }
 
   /** The peer's bucket of new streams, filled to now (a peer past the table's room shares one); undefined when not bounded. */
