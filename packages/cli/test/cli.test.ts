@@ -7,7 +7,7 @@ import { after, before, describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker, until } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
-import { DISPATCH, kpip, MAIN, runKernel } from "./run.js";
+import { DISPATCH, kpip, MAIN, mintArgs, runKernel } from "./run.js";
 
 // Most command lines here run in one worker thread, not a process each (~0.4 s of CPU to load the
 // CLI, ~80 times). What is about the installed command runs it as a process: the first call, the
@@ -182,31 +182,14 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
     assert.deepEqual(toStdout.stdout, bytes);
 
     // typos and no-ops in the token commands are refused, not minted or revoked silently
-    const raed = await run(["token", "mint", "--persona", "alice", "--allow", "storage.raed:obj://ws1/**", "--ttl", "1h", ...h]);
+    const raed = await run(mintArgs("alice", "storage.raed:obj://ws1/**", ...h));
     assert.equal(raed.code, 2, raed.err);
     assert.match(raed.err, /storage\.raed — did you mean "storage\.read"/);
     const ghost = await run(["token", "revoke", "0".repeat(32), ...h]);
     assert.equal(ghost.code, 1, ghost.out);
     assert.match(ghost.err, /no token 0{32}/);
     const mintedFile = join(home, "pairs.token");
-    assert.equal(
-      (
-        await run([
-          "token",
-          "mint",
-          "--persona",
-          "admin",
-          "--allow",
-          "storage.*:obj://**",
-          "--ttl",
-          "1h",
-          "--out",
-          mintedFile,
-          ...h,
-        ])
-      ).code,
-      0,
-    );
+    assert.equal((await run(mintArgs("admin", "storage.*:obj://**", "--out", mintedFile, ...h))).code, 0);
     const pairs = await run([
       "token",
       "attenuate",
@@ -248,7 +231,7 @@ describe("the kpip CLI, as the README walkthrough uses it", () => {
   it("agents kill, status and logs reach another spawner's agent of the same name with --spawner, never the admin's own; list shows each agent's spawner", async () => {
     // mallory names her agent as the operator's own worker is named: agent://sh/w1.
     const m = JSON.parse(kpip(["persona", "create", "mallory", "--json", ...h]).out);
-    const minted = kpip(["token", "mint", "--persona", "mallory", "--allow", "agent.*:agent://**", "--ttl", "1h", ...h]);
+    const minted = kpip(mintArgs("mallory", "agent.*:agent://**", ...h));
     assert.equal(minted.code, 0, minted.err);
     const asMallory = ["--identity", m.identity, "--token", minted.out.trim(), ...h];
     const sleeper = ["--lifetime", "10m", "--", "-c", "exec sleep 600"];
@@ -469,18 +452,7 @@ describe("registry changes while no kernel runs", () => {
     const minting = await runKernel(home);
     let tokenId: string;
     try {
-      const m = await run([
-        "token",
-        "mint",
-        "--persona",
-        "frank",
-        "--allow",
-        "system.*:kernel://",
-        "--ttl",
-        "1h",
-        "--json",
-        ...h,
-      ]);
+      const m = await run(mintArgs("frank", "system.*:kernel://", "--json", ...h));
       assert.equal(m.code, 0, m.err);
       tokenId = JSON.parse(m.out).id;
     } finally {

@@ -31,7 +31,7 @@ import {
   tokenToString,
 } from "@kpip/protocol";
 import Database from "better-sqlite3";
-import { kpip, MAIN, runKernel } from "./run.js";
+import { kpip, MAIN, mintArgs, runKernel } from "./run.js";
 
 /**
  * `kpip` with standard input given and a time limit: a safety net so that a CLI that blocks on
@@ -180,19 +180,7 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
   it("token inspect shows a caveat's text escaped on its own line: a token handed over cannot forge a verdict line nor drive the terminal", () => {
     assert.equal(kpip(["persona", "create", "alice", ...h]).code, 0);
     const file = join(work, "alice.token");
-    const minted = kpip([
-      "token",
-      "mint",
-      "--persona",
-      "alice",
-      "--allow",
-      "storage.read:obj://ws1/**",
-      "--ttl",
-      "1h",
-      "--out",
-      file,
-      ...h,
-    ]);
+    const minted = kpip(mintArgs("alice", "storage.read:obj://ws1/**", "--out", file, ...h));
     assert.equal(minted.code, 0, minted.err);
     // Anyone holding a token may append a caveat offline; a domain may be any text of up to 128 characters.
     const forged = "example.com\nusable     yes, by admin\nallows     ** on **\u001b]52;c;cm0gLXJmIH4=\u0007\rx";
@@ -449,18 +437,7 @@ describe("kpip against a faulty kernel", () => {
       const list = await kpipAsync(["token", "list", ...h]);
       assert.equal(list.code, 0, list.err);
       assert.match(list.out, /^t1\s+alice\s+valid\s+9000000000000000\s+admin$/m);
-      const mint = await kpipAsync([
-        "token",
-        "mint",
-        "--persona",
-        "alice",
-        "--allow",
-        "system.*:kernel://",
-        "--ttl",
-        "1h",
-        "--json",
-        ...h,
-      ]);
+      const mint = await kpipAsync(mintArgs("alice", "system.*:kernel://", "--json", ...h));
       assert.equal(mint.code, 0, mint.err);
       assert.equal(JSON.parse(mint.out).exp, "9000000000000000");
     } finally {

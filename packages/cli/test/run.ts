@@ -22,3 +22,16 @@ export async function runKernel(home: string, ...extra: string[]): Promise<Child
   await outputIncludes(k, "is running");
   return k;
 }
+
+/** `kpip token mint` for `persona`, allowed `allow` (OPS:TARGETS) for an hour; `rest` after (--out, --json, the home's flags). */
+export const mintArgs = (persona: string, allow: string, ...rest: string[]): string[] => [
+  "token",
+  "mint",
+  "--persona",
+  persona,
+  "--allow",
+  allow,
+  "--ttl",
+  "1h",
+  ...rest,
+];

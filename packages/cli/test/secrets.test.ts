@@ -20,6 +20,7 @@ import { fileURLToPath } from "node:url";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { placeNew } from "../src/util.js";
+import { mintArgs } from "./run.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 const kpip = (args: string[], opts: { env?: NodeJS.ProcessEnv; input?: string } = {}) => {
@@ -48,26 +49,10 @@ describe("secrets on the command line and the home, with the CLI as a real proce
   it("tokens travel by file, standard input or KPIP_TOKEN without a warning; raw token text is warned about", () => {
     const created = JSON.parse(kpip(["persona", "create", "alice", "--json", ...h]).out);
     const file = join(home, "alice.token");
-    const mint = kpip([
-      "token",
-      "mint",
-      "--persona",
-      "alice",
-      "--allow",
-      "system.*:kernel://",
-      "--ttl",
-      "1h",
-      "--out",
-      file,
-      ...h,
-    ]);
+    const mint = kpip(mintArgs("alice", "system.*:kernel://", "--out", file, ...h));
     assert.equal(mint.code, 0, mint.err);
     assert.equal(statSync(file).mode & 0o777, 0o600);
-    assert.equal(
-      kpip(["token", "mint", "--persona", "alice", "--allow", "system.*:kernel://", "--ttl", "1h", "--out", file, ...h]).code,
-      2,
-      "never over an existing file",
-    );
+    assert.equal(kpip(mintArgs("alice", "system.*:kernel://", "--out", file, ...h)).code, 2, "never over an existing file");
     const token = readFileSync(file, "utf8").trim();
     const as = ["call", "system.health", "--identity", created.identity, ...h];
     for (const [how, r] of [

@@ -5,14 +5,15 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
-import net from "node:net";
+import type net from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after } from "node:test";
 import { fileURLToPath } from "node:url";
-import { decodeMessage, encodeMessage, FrameDecoder, generateIdentity, type Request, type Response } from "@kpip/protocol";
+import { encodeMessage, generateIdentity, type Request, type Response } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { type ConnectOptions, type Connector, KernelClient, UdsConnector } from "../src/index.js";
+import { challengeFrame, goodbyeFrame, messageServer, welcomeFrame } from "./fake-kernel-wire.js";
 
 /** The kernel package's process entry: the client tests need a kernel, not the CLI. */
 const SERVE = fileURLToPath(new URL("../../../kernel/dist/src/serve.js", import.meta.url));
@@ -128,62 +129,45 @@ export class FakeKernel {
   /** Each connection accepted, newest last (to write to the client, or to cut it off). */
   sockets: net.Socket[] = [];
   constructor() {
-    this.server = net.createServer((s) => {
+    this.server = messageServer((s) => {
       this.sockets.push(s);
-      const d = new FrameDecoder();
-      s.on("error", () => {});
-      s.on("data", (chunk) => {
-        for (const f of d.push(chunk)) {
-          const m = decodeMessage(f);
-          if (m.type === "HELLO") {
-            this.hellos.push(Buffer.from(m.body.instance));
-            this.helloMaxBodies.push(m.body.maxBody);
-            if (this.drop > 0) {
-              this.drop--;
-              s.destroy();
-              break;
-            }
-            if (this.hellos.length > this.answerHellos) continue;
-            if (this.shed > 0) {
-              this.shed--;
-              const body = { class: "RESOURCE" as const, code: this.shedCode, message: "shed", fatal: true };
-              s.end(encodeMessage({ type: "ERROR", body }));
-              continue;
-            }
-            s.write(
-              encodeMessage({
-                type: "CHALLENGE",
-                body: {
-                  version: 1,
-                  session: `s${this.hellos.length}`,
-                  nonce: Buffer.alloc(32),
-                  kernel: "fake",
-                  heartbeatMs: 1000,
-                  limits: { maxBody: this.maxBody, maxInFlight: 64, dedupeWindowMs: 1000 },
-                  features: [],
-                },
-              }),
-            );
-          } else if (m.type === "ATTEST") {
-            s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
-          } else if (m.type === "REQUEST") {
-            this.requests.push(m.body);
-            const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
-            const out = step(m.body);
-            if (out === "too-large") {
-              const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
-              s.end(encodeMessage({ type: "ERROR", body }));
-            } else if (out !== "silent")
-              s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, f.stream));
-          } else if (m.type === "PING") {
-            s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
-          } else if (m.type === "GOODBYE") {
-            // As a kernel ends a session its peer leaves (every answer here is already written):
-            // GOODBYE back, then the close the client's close() waits for (else 2 s, then it gives up).
-            s.end(encodeMessage({ type: "GOODBYE", body: { reason: "peer said goodbye" } }));
+      return (m, stream) => {
+        if (m.type === "HELLO") {
+          this.hellos.push(Buffer.from(m.body.instance));
+          this.helloMaxBodies.push(m.body.maxBody);
+          if (this.drop > 0) {
+            this.drop--;
+            s.destroy();
+            return "stop";
           }
+          if (this.hellos.length > this.answerHellos) return undefined;
+          if (this.shed > 0) {
+            this.shed--;
+            const body = { class: "RESOURCE" as const, code: this.shedCode, message: "shed", fatal: true };
+            s.end(encodeMessage({ type: "ERROR", body }));
+            return undefined;
+          }
+          s.write(challengeFrame(`s${this.hellos.length}`, "fake", 1000, this.maxBody));
+        } else if (m.type === "ATTEST") {
+          s.write(welcomeFrame());
+        } else if (m.type === "REQUEST") {
+          this.requests.push(m.body);
+          const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
+          const out = step(m.body);
+          if (out === "too-large") {
+            const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
+            s.end(encodeMessage({ type: "ERROR", body }));
+          } else if (out !== "silent")
+            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, stream));
+        } else if (m.type === "PING") {
+          s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+        } else if (m.type === "GOODBYE") {
+          // As a kernel ends a session its peer leaves (every answer here is already written):
+          // GOODBYE back, then the close the client's close() waits for (else 2 s, then it gives up).
+          s.end(goodbyeFrame());
         }
-      });
+        return undefined;
+      };
     });
   }
   listen(): Promise<void> {

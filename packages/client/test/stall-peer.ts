@@ -6,9 +6,10 @@
  * long as the test needs (a real kernel drops a peer silent for 3 intervals, the same bound the
  * client applies: a stall over it is always at the kernel's edge).
  */
-import net from "node:net";
+import type net from "node:net";
 import { parentPort, workerData } from "node:worker_threads";
-import { decodeMessage, encodeMessage, FrameDecoder } from "@kpip/protocol";
+import { encodeMessage } from "@kpip/protocol";
+import { challengeFrame, goodbyeFrame, messageServer, welcomeFrame } from "./fake-kernel-wire.js";
 
 /** Slots of the shared Int32Array. */
 export const LISTENING = 0;
@@ -28,37 +29,23 @@ if (parentPort && data?.stallPeer) {
   const { path, shared } = data.stallPeer;
   const counts = new Int32Array(shared);
   let client: net.Socket | undefined;
-  const server = net.createServer((s) => {
+  const server = messageServer((s) => {
     client = s;
-    const d = new FrameDecoder();
-    s.on("error", () => {});
-    s.on("data", (chunk) => {
-      for (const f of d.push(chunk)) {
-        const m = decodeMessage(f);
-        if (m.type === "HELLO") {
-          const limits = { maxBody: 1 << 20, maxInFlight: 64, dedupeWindowMs: 1000 };
-          const body = {
-            version: 1,
-            session: "s1",
-            nonce: Buffer.alloc(32),
-            kernel: "stall-peer",
-            heartbeatMs: HEARTBEAT_MS,
-            limits,
-            features: [],
-          };
-          s.write(encodeMessage({ type: "CHALLENGE", body }));
-        } else if (m.type === "ATTEST") {
-          s.write(encodeMessage({ type: "WELCOME", body: { persona: "alice", handles: [] } }));
-        } else if (m.type === "PONG") {
-          Atomics.add(counts, PONGS_READ, 1);
-        } else if (m.type === "PING") {
-          if (Atomics.load(counts, PONGS_READ) > 0) Atomics.add(counts, CLIENT_PINGS_AFTER_PONG, 1);
-          s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
-        } else if (m.type === "GOODBYE") {
-          s.end(encodeMessage({ type: "GOODBYE", body: { reason: "peer said goodbye" } }));
-        }
+    return (m) => {
+      if (m.type === "HELLO") {
+        s.write(challengeFrame("s1", "stall-peer", HEARTBEAT_MS, 1 << 20));
+      } else if (m.type === "ATTEST") {
+        s.write(welcomeFrame());
+      } else if (m.type === "PONG") {
+        Atomics.add(counts, PONGS_READ, 1);
+      } else if (m.type === "PING") {
+        if (Atomics.load(counts, PONGS_READ) > 0) Atomics.add(counts, CLIENT_PINGS_AFTER_PONG, 1);
+        s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
+      } else if (m.type === "GOODBYE") {
+        s.end(goodbyeFrame());
       }
-    });
+      return undefined;
+    };
   });
   // "ping": the test's thread is stalled from now on; PING it, and count the PING once written.
   parentPort.on("message", (msg: string) => {

@@ -18,6 +18,19 @@ const withRoot = async (f: (root: string) => Promise<void>) => {
   }
 };
 
+/**
+ * After a put of `body` into `blobs` (the store at `dir`) failed: no body at its address, and no pin
+ * left behind — the store still works, and the same bytes stored later are freed as soon as nothing names them.
+ */
+async function assertNothingKept(blobs: BlobStore, dir: string, body: Buffer): Promise<void> {
+  const hash = sha256(body);
+  assert.ok(!blobs.has(hash), "no body at the address");
+  const ok = new BlobStore(dir, { sync: false });
+  ok.unpin(await ok.put(body));
+  blobs.release(hash, body.length);
+  assert.equal(blobs.flushReleased(), 1, "the failed put left no pin behind");
+}
+
 describe("the file store's put: hash and write overlap, nothing else changes", () => {
   it("hashes in slices exactly as in one pass, at every size around the slice boundaries", async () => {
     const sizes = fc.oneof(
@@ -93,13 +106,7 @@ describe("the file store's put: hash and write overlap, nothing else changes", (
       const body = Buffer.alloc(2 * HASH_SLICE + 1, 9);
       await assert.rejects(blobs.put(body), (e: NodeJS.ErrnoException) => e.code === "EBADF");
       assert.ok(temp !== "" && !existsSync(temp), "the temp file is removed");
-      const hash = sha256(body);
-      assert.ok(!blobs.has(hash), "no body at the address");
-      // Not pinned: a body of these bytes stored later is freed as soon as nothing names it.
-      const ok = new BlobStore(join(root, "objects"), { sync: false });
-      ok.unpin(await ok.put(body));
-      blobs.release(hash, body.length);
-      assert.equal(blobs.flushReleased(), 1, "the failed put left no pin behind");
+      await assertNothingKept(blobs, join(root, "objects"), body);
     });
   });
 
@@ -126,13 +133,7 @@ describe("the file store's put: hash and write overlap, nothing else changes", (
       assert.equal(temps.length, 1);
       assert.ok(!existsSync(temps[0] as string), "the temp file is gone when put rejects");
       assert.deepEqual(readdirSync(join(dir, "tmp")), [], "nothing is left in the temp directory");
-      assert.ok(!blobs.has(sha256(body)), "no body at the address");
-      // The store still works, and the failed put left no pin: the body is freed once nothing names it.
-      const ok = new BlobStore(dir, { sync: false });
-      const hash = await ok.put(body);
-      ok.unpin(hash);
-      blobs.release(hash, body.length);
-      assert.equal(blobs.flushReleased(), 1, "the failed put left no pin behind");
+      await assertNothingKept(blobs, dir, body);
     });
   });
 
@@ -149,12 +150,7 @@ describe("the file store's put: hash and write overlap, nothing else changes", (
       const body = Buffer.alloc(HASH_SLICE + 5, 4);
       await assert.rejects(blobs.put(body), (e: NodeJS.ErrnoException) => e.code === "ENOSPC");
       assert.deepEqual(readdirSync(join(dir, "tmp")), [], "nothing is left in the temp directory");
-      assert.ok(!blobs.has(sha256(body)), "no body at the address");
-      const ok = new BlobStore(dir, { sync: false });
-      const hash = await ok.put(body);
-      ok.unpin(hash);
-      blobs.release(hash, body.length);
-      assert.equal(blobs.flushReleased(), 1, "the failed put left no pin behind");
+      await assertNothingKept(blobs, dir, body);
     });
   });
 });

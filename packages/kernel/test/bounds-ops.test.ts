@@ -6,10 +6,43 @@ import { fileURLToPath } from "node:url";
 import { type CallFn, type KernelClient, OpsApi } from "@kpip/client";
 import Database from "better-sqlite3";
 import { MAX_AUDIT_BATCH } from "../src/config.js";
-import { ConfigError, HOME_FILES, resolveConfig } from "../src/index.js";
+import { ConfigError, HOME_FILES, type KernelOptions, resolveConfig } from "../src/index.js";
 import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+
+/**
+ * `fn` on a kernel started with `opts` and the fixture tasks `tasks` (name: the export) registered;
+ * it stops and its home goes after, pass or fail.
+ */
+async function withTasks(
+  opts: KernelOptions,
+  tasks: Record<string, string>,
+  fn: (t: TestKernel) => Promise<void>,
+): Promise<void> {
+  const t = await startKernel(opts, undefined, (k) => {
+    for (const [name, exported] of Object.entries(tasks)) k.registerTask(name, { module: TASKS, export: exported });
+  });
+  try {
+    await fn(t);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
+/** Two personas of trees of their own, mallory and alice, each submitting tasks and following and cancelling its ops, connected. */
+async function rivals(t: TestKernel): Promise<{ mallory: KernelClient; alice: KernelClient }> {
+  const rights = [
+    { ops: ["compute.submit"], targets: ["op://task/**"] },
+    { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+  ];
+  const m = await t.persona("mallory", rights);
+  const mallory = await t.connect(m.identity, [m.token]);
+  const a = await t.persona("alice", rights);
+  const alice = await t.connect(a.identity, [a.token]);
+  return { mallory, alice };
+}
 
 /** Submitting the task that never ends, and following its ops. */
 const HANG_RIGHTS = [
@@ -27,8 +60,7 @@ describe("bounded after authentication: DEFERRED ops", () => {
   it("ops queued or running are bounded per persona and in the kernel (RESOURCE); a finished op frees its slot", async () => {
     // No admin reserve: the two trees share all of maxPendingOps (the reserve: task-inputs-share.test.ts).
     const bounds = { computeWorkers: 1, maxPendingOpsPerPersona: 3, maxPendingOps: 5, adminReserve: 0 };
-    const t = await startKernel(bounds, undefined, (k) => k.registerTask("hang", { module: TASKS, export: "hang" }));
-    try {
+    await withTasks(bounds, { hang: "hang" }, async (t) => {
       const connect = (id: string) => hangingTasks(t, id);
       const a = await connect("hoarder");
       const b = await connect("other");
@@ -46,21 +78,14 @@ describe("bounded after authentication: DEFERRED ops", () => {
       for (const op of mine) await a.ops.cancel(op);
       for (const op of theirs) await b.ops.cancel(op);
       assert.match((await b.compute.task("hang")).op, /^op:\/\//, "every slot free again");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("bounded after authentication: the inputs tasks hold", () => {
   it("a task's input is bounded, and so are the inputs of the tasks queued or running in the kernel: each waits in the kernel's memory", async () => {
-    const t = await startKernel(
-      { computeWorkers: 1, maxTaskInputBytes: 64 * 1024, maxQueuedTaskInputBytes: 200 * 1024 },
-      undefined,
-      (k) => k.registerTask("hang", { module: TASKS, export: "hang" }),
-    );
-    try {
+    const bounds = { computeWorkers: 1, maxTaskInputBytes: 64 * 1024, maxQueuedTaskInputBytes: 200 * 1024 };
+    await withTasks(bounds, { hang: "hang" }, async (t) => {
       const connect = (id: string) => hangingTasks(t, id);
       const a = await connect("stuffer");
       const b = await connect("bystander");
@@ -77,19 +102,14 @@ describe("bounded after authentication: the inputs tasks hold", () => {
       const theirs = await b.compute.task("hang", "z".repeat(60_000));
       for (const op of mine.slice(1)) await a.ops.cancel(op);
       await b.ops.cancel(theirs);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("bounded after authentication: finished ops over a persona's tree", () => {
   it("a persona tree keeps at most maxFinishedOpsPerPersona finished ops with their results, the newest; other trees' are not touched", async () => {
-    const t = await startKernel({ computeWorkers: 1, maxFinishedOpsPerPersona: 2, maxPendingOpsPerPersona: 2 }, undefined, (k) =>
-      k.registerTask("square", { module: TASKS, export: "square" }),
-    );
-    try {
+    const bounds = { computeWorkers: 1, maxFinishedOpsPerPersona: 2, maxPendingOpsPerPersona: 2 };
+    await withTasks(bounds, { square: "square" }, async (t) => {
       const rights = [
         { ops: ["compute.submit"], targets: ["op://task/square"] },
         { ops: ["op.result", "op.status"], targets: ["op://**"] },
@@ -140,10 +160,7 @@ describe("bounded after authentication: finished ops over a persona's tree", () 
         [kept.op],
       );
       assert.equal(await other.ops.result(kept), 81);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
@@ -158,15 +175,8 @@ describe("finished ops: a result its poller has yet to read is never trimmed", (
   };
 
   it("ops.wait gets its result though the tree finishes many more ops between two of its polls; an unread flood is refused (RESOURCE), never trimmed", async () => {
-    const t = await startKernel(
-      { computeWorkers: 2, maxFinishedOpsPerPersona: 6, maxPendingOpsPerPersona: 3 },
-      undefined,
-      (k) => {
-        k.registerTask("square", { module: TASKS, export: "square" });
-        k.registerTask("gate", { module: TASKS, export: "gate" });
-      },
-    );
-    try {
+    const bounds = { computeWorkers: 2, maxFinishedOpsPerPersona: 6, maxPendingOpsPerPersona: 3 };
+    await withTasks(bounds, { square: "square", gate: "gate" }, async (t) => {
       await t.persona("tree", rights);
       const pa = await t.persona("tree/waiter", rights);
       const ps = await t.persona("tree/busy", rights);
@@ -209,10 +219,7 @@ describe("finished ops: a result its poller has yet to read is never trimmed", (
       // Read, they give their places back.
       assert.equal(await s.ops.wait(await s.compute.task("square", 8)), 64);
       assert.ok(tree().length <= 6);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("auditBatchMax above MAX_AUDIT_BATCH is a ConfigError: the start's walk for cut-off effects relies on batches far below its slack", () => {
@@ -236,10 +243,7 @@ describe("finished ops: a result its poller has yet to read is never trimmed", (
 
 describe("bounded after authentication: tasks under the concurrent limit", () => {
   it("a task holds one of its persona's concurrent slots from its submit until it ends, queued or running, as a command does", async () => {
-    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
-      k.registerTask("hang", { module: TASKS, export: "hang" }),
-    );
-    try {
+    await withTasks({ computeWorkers: 1 }, { hang: "hang" }, async (t) => {
       const rights = [...HANG_RIGHTS, { ops: ["resource.query"], targets: ["persona://**"] }];
       const p = await t.persona("hog", rights, { limits: { concurrent: 3 } });
       const c = await t.connect(p.identity, [p.token]);
@@ -257,19 +261,13 @@ describe("bounded after authentication: tasks under the concurrent limit", () =>
         c.compute.task("hang"),
         klass("RESOURCE", "concurrent exceeded for hog: 3 requests in flight, limit 3"),
       );
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("bounded after authentication: a task's result", () => {
   it("a task's result is bounded (2 × maxOutputBytes) and must be answerable: past either its op fails RESOURCE and nothing of it is stored", async () => {
-    const t = await startKernel({ computeWorkers: 1, maxOutputBytes: 64 * 1024 }, undefined, (k) =>
-      k.registerTask("fill", { module: TASKS, export: "fill" }),
-    );
-    try {
+    await withTasks({ computeWorkers: 1, maxOutputBytes: 64 * 1024 }, { fill: "fill" }, async (t) => {
       const p = await t.persona("expander", [
         { ops: ["compute.submit"], targets: ["op://task/fill"] },
         { ops: ["op.result", "op.status"], targets: ["op://**"] },
@@ -301,28 +299,14 @@ describe("bounded after authentication: a task's result", () => {
       } finally {
         db.close();
       }
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("a task stopped in its worker", () => {
   it("another persona's task queued behind a task its persona cancels (or whose deadline passes) runs on a new worker, not on the one being terminated", async () => {
-    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
-      k.registerTask("hang", { module: TASKS, export: "hang" });
-      k.registerTask("square", { module: TASKS, export: "square" });
-    });
-    try {
-      const rights = [
-        { ops: ["compute.submit"], targets: ["op://task/**"] },
-        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
-      ];
-      const m = await t.persona("mallory", rights);
-      const mallory = await t.connect(m.identity, [m.token]);
-      const a = await t.persona("alice", rights);
-      const alice = await t.connect(a.identity, [a.token]);
+    await withTasks({ computeWorkers: 1 }, { hang: "hang", square: "square" }, async (t) => {
+      const { mallory, alice } = await rivals(t);
       const stuck = await mallory.compute.task("hang");
       // A deadline well past any wait of a square here: a lost task fails at it.
       const waiting = await alice.compute.task("square", 7, { timeoutMs: 30_000 });
@@ -335,21 +319,13 @@ describe("a task stopped in its worker", () => {
       const next = await alice.compute.task("square", 8);
       await assert.rejects(mallory.ops.wait(short), klass("RESOURCE", "deadline exceeded"));
       assert.equal(await alice.ops.wait(next), 64);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("task workers that die", () => {
   it("a task that leaves an exception behind (thrown after it returned) or ends its worker does not end the kernel nor hold a worker: later tasks run", async () => {
-    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
-      k.registerTask("late-throw", { module: TASKS, export: "lateThrow" });
-      k.registerTask("exit", { module: TASKS, export: "exit" });
-      k.registerTask("square", { module: TASKS, export: "square" });
-    });
-    try {
+    await withTasks({ computeWorkers: 1 }, { "late-throw": "lateThrow", exit: "exit", square: "square" }, async (t) => {
       const p = await t.persona("buggy", [
         { ops: ["compute.submit"], targets: ["op://task/**"] },
         { ops: ["op.result", "op.status"], targets: ["op://**"] },
@@ -372,29 +348,14 @@ describe("task workers that die", () => {
       const gone = await c.compute.task("exit", null, { timeoutMs: 120_000 });
       await assert.rejects(c.ops.wait(gone), klass("INTERNAL", "task worker exited (code 3)"));
       assert.equal(await square(4), 16);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });
 
 describe("the shared task workers, in turn", () => {
   it("a persona tree's queued tasks do not hold the task workers ahead of another tree's: the next free worker takes the other tree's task", async () => {
-    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) => {
-      k.registerTask("gate", { module: TASKS, export: "gate" });
-      k.registerTask("hang", { module: TASKS, export: "hang" });
-      k.registerTask("square", { module: TASKS, export: "square" });
-    });
-    try {
-      const rights = [
-        { ops: ["compute.submit"], targets: ["op://task/**"] },
-        { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
-      ];
-      const m = await t.persona("mallory", rights);
-      const mallory = await t.connect(m.identity, [m.token]);
-      const a = await t.persona("alice", rights);
-      const alice = await t.connect(a.identity, [a.token]);
+    await withTasks({ computeWorkers: 1 }, { gate: "gate", hang: "hang", square: "square" }, async (t) => {
+      const { mallory, alice } = await rivals(t);
       const gate = join(t.home, "gate");
       const first = await mallory.compute.task("gate", gate);
       // Tasks of mallory's queued behind it, each of which would run up to maxRuntimeMs (1 h).
@@ -412,9 +373,6 @@ describe("the shared task workers, in turn", () => {
         "mallory's own tasks keep their order",
       );
       for (const op of queued) await mallory.ops.cancel(op);
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

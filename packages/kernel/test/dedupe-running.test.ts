@@ -45,6 +45,18 @@ function holdFamily(h: Holds) {
     });
 }
 
+/** `fn` on a kernel with the held op and `dedupeMaxEntries`: stopped, and its home removed, after, pass or fail. */
+async function withHolds(dedupeMaxEntries: number, fn: (t: TestKernel, h: Holds) => Promise<void>): Promise<void> {
+  const h: Holds = { runs: 0, held: [], released: false };
+  const t = await startKernel({ dedupeMaxEntries }, undefined, holdFamily(h));
+  try {
+    await fn(t, h);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
 const HOLD: Intent = { op: "hold.effect", target: "kernel://", args: {} };
 const HEALTH: Intent = { op: "system.health", target: "kernel://", args: {} };
 const RIGHTS = [{ ops: ["hold.effect", "system.health"], targets: ["kernel://"] }];
@@ -58,9 +70,7 @@ async function peer(t: TestKernel, id: string): Promise<RawPeer> {
 
 describe("dedupe: a running request is never forgotten (a real kernel, a small dedupeMaxEntries)", () => {
   it("another persona fills the dedupe cache while alice's effect runs: alice's retry waits for it, the effect runs once", async () => {
-    const h: Holds = { runs: 0, held: [], released: false };
-    const t = await startKernel({ dedupeMaxEntries: 20 }, undefined, holdFamily(h));
-    try {
+    await withHolds(20, async (t, h) => {
       const alice = await peer(t, "alice");
       const mallory = await peer(t, "mallory");
       alice.request(1, HOLD, { persona: "alice" });
@@ -87,17 +97,12 @@ describe("dedupe: a running request is never forgotten (a real kernel, a small d
       assert.deepEqual(phases, ["intent", "outcome", "replay"], "one run, the retry answered from it");
       alice.close();
       mallory.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a persona tree holding its share of running requests is refused RESOURCE (retryable) for more, never evicting: others' requests still run", async () => {
-    const h: Holds = { runs: 0, held: [], released: false };
     // 20 entries: a tree may have 5 running.
-    const t = await startKernel({ dedupeMaxEntries: 20 }, undefined, holdFamily(h));
-    try {
+    await withHolds(20, async (t, h) => {
       const alice = await peer(t, "alice");
       const mallory = await peer(t, "mallory");
       for (let id = 1; id <= 5; id++) mallory.request(id, HOLD, { persona: "mallory" });
@@ -125,17 +130,12 @@ describe("dedupe: a running request is never forgotten (a real kernel, a small d
       assert.equal(h.runs, 7);
       alice.close();
       mallory.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("four trees at their share of running requests (the admin's own among them) leave the admin persona its reserve: its request runs", async () => {
-    const h: Holds = { runs: 0, held: [], released: false };
     // 16 entries: a tree may have 4 running, and the last one (a sixteenth) is the admin persona's.
-    const t = await startKernel({ dedupeMaxEntries: 16 }, undefined, holdFamily(h));
-    try {
+    await withHolds(16, async (t, h) => {
       // An agent or sub-persona of the admin's tree counts in the admin's tree, as p1's does in p1's.
       const trees = [await peer(t, "admin/ops"), await peer(t, "p1"), await peer(t, "p2"), await peer(t, "p3")];
       const ids = ["admin/ops", "p1", "p2", "p3"];
@@ -161,9 +161,6 @@ describe("dedupe: a running request is never forgotten (a real kernel, a small d
       release(h);
       assert.equal((await admin.response(1)).status, "SUCCESS");
       for (const raw of [...trees, admin]) raw.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 });

@@ -1,23 +1,16 @@
 // Frames that arrive in one read are each checked against the body limit in force when the
 // kernel handles them (after what the frames before them negotiated), not when the read came.
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { encodeIntent, encodeMessage, generateIdentity, HANDSHAKE_MAX_BODY } from "@kpip/protocol";
-import { adminIdentity, removeHome, startKernel, type TestKernel, until } from "./harness.js";
+import { adminIdentity, suiteKernel, until } from "./harness.js";
 import { helloFrame, RawPeer, requestFrame } from "./wire.js";
 
 describe("frames of one read, each against the limit in force when it is handled", () => {
-  let t: TestKernel;
-  before(async () => {
-    t = await startKernel({});
-  });
-  after(async () => {
-    await t.stop();
-    removeHome(t.home);
-  });
+  const s = suiteKernel();
 
   it("a HELLO offering maxBody 4096 bounds the ATTEST that came in the same read: TOO_LARGE, its body never decoded", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
+    const p = await RawPeer.connect(s.t.k.socketPath);
     const id = generateIdentity("alice");
     // 10 KiB of ATTEST: within the 16 KiB before HELLO, past the 4096 HELLO asked for.
     const attest = encodeMessage({
@@ -34,12 +27,12 @@ describe("frames of one read, each against the limit in force when it is handled
   });
 
   it("a REQUEST over the ATTEST bound, sent with the ATTEST, is within the session's maxBody once attested: answered", async () => {
-    const p = await RawPeer.connect(t.k.socketPath);
-    const admin = adminIdentity(t.k);
+    const p = await RawPeer.connect(s.t.k.socketPath);
+    const admin = adminIdentity(s.t.k);
     const { bytes } = await p.hello(admin);
     const attest = encodeMessage({
       type: "ATTEST",
-      body: { signature: p.sign(admin, bytes), tokens: [Buffer.from(t.adminToken, "base64url")] },
+      body: { signature: p.sign(admin, bytes), tokens: [Buffer.from(s.t.adminToken, "base64url")] },
     });
     // 2 MiB of arguments: over the 1 MiB an ATTEST may be, within the 16 MiB session.
     const big = encodeIntent({ op: "system.health", target: "kernel://", args: { pad: Buffer.alloc(2 << 20, 0x62) } });

@@ -3,7 +3,6 @@ import { after, before, describe, it } from "node:test";
 import {
   encodeCanonical,
   encodeFrame,
-  encodeMessage,
   generateIdentity,
   HANDSHAKE_MAX_ITEMS,
   HEADER_SIZE,
@@ -335,23 +334,12 @@ describe("handshake failures: wire answer, audit record, kernel keeps serving", 
   });
 
   it("a completed handshake is not timed out", async () => {
-    const p = await RawPeer.connect(short.k.socketPath);
-    await p.handshake(adminIdentity(short.k), [Buffer.from(short.adminToken, "base64url")]);
+    const p = await RawPeer.admin(short);
     // The kernel's tick checks the handshake timeout, then PINGs a ready session: a fourth PING
     // comes from a tick at least 3 periods (of SHORT_TIMEOUT_MS / 2) after the first, past the
     // timeout however slowly this machine runs them. Answered, so the peer is not dead meanwhile.
-    let pings = 0;
-    p.sock.on("data", () => {
-      for (let i = p.frames.length - 1; i >= 0; i--) {
-        const f = p.frames[i];
-        if (f?.msg.type === "PING") {
-          p.frames.splice(i, 1);
-          p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
-          pings++;
-        }
-      }
-    });
-    await until(() => pings >= 4 || p.closed, 60_000, "four ticks of the kernel's timer");
+    const pings = p.answerPings();
+    await until(() => pings() >= 4 || p.closed, 60_000, "four ticks of the kernel's timer");
     assert.ok(!p.closed);
     assert.ok(!p.frames.some((f) => f.msg.type === "ERROR"));
     p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));

@@ -135,18 +135,27 @@ export async function withKernel<T>(opts: KernelOptions, f: (t: TestKernel) => P
 }
 
 /**
- * A kernel for one describe block, with an admin client: started before its tests, stopped
- * and its home removed after. Read `k.t` and `k.admin` inside the tests.
+ * A kernel for one describe block: started before its tests, stopped and its home removed
+ * after. Read `k.t` inside the tests.
  */
-export function kernelForSuite(opts: KernelOptions = {}): { t: TestKernel; admin: KernelClient } {
-  const s = {} as { t: TestKernel; admin: KernelClient };
+export function suiteKernel(opts: KernelOptions = {}): { t: TestKernel } {
+  const s = {} as { t: TestKernel };
   before(async () => {
     s.t = await startKernel(opts);
-    s.admin = await s.t.admin();
   });
   after(async () => {
     await s.t.stop();
     removeHome(s.t.home);
+  });
+  return s;
+}
+
+/** {@link suiteKernel} with an admin client (closed as the kernel stops). Read `k.t` and `k.admin` inside the tests. */
+export function kernelForSuite(opts: KernelOptions = {}): { t: TestKernel; admin: KernelClient } {
+  const s = suiteKernel(opts) as { t: TestKernel; admin: KernelClient };
+  // Registered after suiteKernel's: runs once the kernel has started.
+  before(async () => {
+    s.admin = await s.t.admin();
   });
   return s;
 }

@@ -4,7 +4,7 @@ import { describe, it } from "node:test";
 import { KernelClient, KernelUnavailableError } from "@kpip/client";
 import { encodeMessage } from "@kpip/protocol";
 import type { OpError, OpResult, PrimitiveFamily } from "../src/index.js";
-import { adminIdentity, removeHome, startKernel, until } from "./harness.js";
+import { adminIdentity, removeHome, startKernel, until, withKernel } from "./harness.js";
 import { seenNothing, slowFamily } from "./slow-family.js";
 import { auditRecord, RawPeer, requestFrame } from "./wire.js";
 
@@ -295,10 +295,8 @@ describe("session lifecycle over real sockets", () => {
   });
 
   it("slowloris after the handshake: half a REQUEST frame then silence; closed as a dead peer, others served", async () => {
-    const t = await startKernel({ heartbeatMs: 100 });
-    try {
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), token(t));
+    await withKernel({ heartbeatMs: 100 }, async (t) => {
+      const p = await RawPeer.admin(t);
       const frame = requestFrame(1, { op: "system.health", target: "kernel://", args: {} });
       p.send(frame.subarray(0, frame.length - 5));
       // At heartbeatMs 100 a loaded machine can delay even a live client's PONG past three
@@ -307,75 +305,42 @@ describe("session lifecycle over real sockets", () => {
       await until(() => p.closed, 30_000, "the kernel closes the stalled peer");
       assert.ok(!p.frames.some((f) => f.msg.type === "RESPONSE"), "the half request was never executed");
       assert.equal((await other.system.health()).status, "ok");
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a kernel and a peer that stalled together (one process, a paused machine) keep their session: the first silent tick PINGs", async () => {
     // 500 ms: after the stall the PONG to the first silent tick's PING must be read before the next
     // tick, 250 ms on; this process being descheduled that long between them would still lose it.
-    const t = await startKernel({ heartbeatMs: 500 });
-    try {
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), token(t));
-      let pings = 0;
-      p.sock.on("data", () => {
-        for (let i = p.frames.length - 1; i >= 0; i--) {
-          const f = p.frames[i];
-          if (f?.msg.type === "PING") {
-            p.frames.splice(i, 1);
-            p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
-            pings++;
-          }
-        }
-      });
+    await withKernel({ heartbeatMs: 500 }, async (t) => {
+      const p = await RawPeer.admin(t);
+      const pings = p.answerPings();
       // This process (the kernel and its peer) stalled for more than 3 intervals: neither wrote.
       const stalled = Date.now();
       while (Date.now() - stalled <= 3 * 500 + 100) {
         // stalled
       }
-      const before = pings;
+      const before = pings();
       // Two PINGs after the stall: the first silent tick's, answered; then one from a tick that found the peer alive.
-      await until(() => pings >= before + 2 || p.closed, 30_000, "two heartbeats after the stall");
+      await until(() => pings() >= before + 2 || p.closed, 30_000, "two heartbeats after the stall");
       assert.ok(!p.closed, "the peer was not judged dead");
       p.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("a live peer that answers PINGs stays connected well past three heartbeats", async () => {
     // 500 ms: the peer is closed after three silent heartbeats, so this test process may be
     // descheduled up to 1.5 s on a busy machine without its PONGs counting as silence.
-    const t = await startKernel({ heartbeatMs: 500 });
-    try {
-      const p = await RawPeer.connect(t.k.socketPath);
-      await p.handshake(adminIdentity(t.k), token(t));
+    await withKernel({ heartbeatMs: 500 }, async (t) => {
+      const p = await RawPeer.admin(t);
       // Answer each PING as it arrives, and count them: five answered PINGs are five heartbeats
       // survived (closing takes three missed), however slowly this machine runs them.
-      let answered = 0;
-      p.sock.on("data", () => {
-        for (let i = p.frames.length - 1; i >= 0; i--) {
-          const f = p.frames[i];
-          if (f?.msg.type === "PING") {
-            p.frames.splice(i, 1);
-            p.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
-            answered++;
-          }
-        }
-      });
-      await until(() => answered >= 5 || p.closed, 60_000, "five heartbeats");
+      const answered = p.answerPings();
+      await until(() => answered() >= 5 || p.closed, 60_000, "five heartbeats");
       assert.ok(!p.closed, "an answering peer is not dead");
       p.send(requestFrame(1, { op: "system.health", target: "kernel://", args: {} }));
       assert.equal((await p.response(1)).status, "SUCCESS");
       p.close();
-    } finally {
-      await t.stop();
-      removeHome(t.home);
-    }
+    });
   });
 
   it("maxSessions 2: a third attested session gets RESOURCE/TOO_MANY_SESSIONS, audited; a freed slot is usable again", async () => {

@@ -4,10 +4,10 @@
 import assert from "node:assert/strict";
 import { spawn, spawnSync } from "node:child_process";
 import net from "node:net";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { encodeIntent, encodeMessage, HEADER_SIZE } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
-import { adminIdentity, removeHome, startKernel, type TestKernel, withKernel } from "./harness.js";
+import { adminIdentity, suiteKernel, type TestKernel, withKernel } from "./harness.js";
 import { RawPeer, requestFrame } from "./wire.js";
 
 const python = spawnSync("python3", ["-c", "import socket; socket.SCM_RIGHTS"]).status === 0;
@@ -63,19 +63,12 @@ async function healthy(t: TestKernel): Promise<void> {
 }
 
 describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN: needs python3" }, () => {
-  let t: TestKernel;
-  before(async () => {
-    t = await startKernel({});
-  });
-  after(async () => {
-    await t.stop();
-    removeHome(t.home);
-  });
+  const s = suiteKernel();
 
   it("a client writing each frame's header and body apart, one request in flight, is never held", async () => {
-    const p = await RawPeer.admin(t);
-    const persona = adminIdentity(t.k).persona;
-    const held = t.k.readsHeld;
+    const p = await RawPeer.admin(s.t);
+    const persona = adminIdentity(s.t.k).persona;
+    const held = s.t.k.readsHeld;
     try {
       for (let id = 1; id <= 200; id++) {
         const f = requestFrame(id, encodeIntent({ op: "system.health", target: "kernel://", args: {} }), { persona });
@@ -87,7 +80,7 @@ describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN
         const r = await p.response(id);
         assert.equal(r.status, "SUCCESS", `${r.error} ${r.message}`);
       }
-      assert.equal(t.k.readsHeld, held);
+      assert.equal(s.t.k.readsHeld, held);
     } finally {
       p.sock.destroy();
     }
@@ -98,7 +91,7 @@ describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN
   // 20 reads a second and what the socket holds (~2,000 such messages): 10,000 leaves room.
   it("before authentication, a frame sent a byte per message carrying a descriptor is read at most a few reads a second past its allowance", async () => {
     const attest = encodeMessage({ type: "ATTEST", body: { signature: Buffer.alloc(64), tokens: [Buffer.alloc(15_000, 0x61)] } });
-    const sock = net.connect(t.k.socketPath);
+    const sock = net.connect(s.t.k.socketPath);
     sock.on("error", () => {});
     await new Promise((r) => sock.once("connect", r));
     try {
@@ -107,21 +100,21 @@ describe("reads that bring a frame no nearer", { skip: python ? false : "NOT RUN
     } finally {
       sock.destroy();
     }
-    await healthy(t);
+    await healthy(s.t);
   });
 
   it("after authentication, a REQUEST sent a byte per message carrying a descriptor is read at most a few reads a second past its allowance", async () => {
-    const p = await RawPeer.admin(t);
+    const p = await RawPeer.admin(s.t);
     const big = encodeIntent({ op: "system.health", target: "kernel://", args: { pad: Buffer.alloc(60_000, 0x62) } });
-    const frame = requestFrame(1, big, { persona: adminIdentity(t.k).persona });
+    const frame = requestFrame(1, big, { persona: adminIdentity(s.t.k).persona });
     try {
       const sent = await drip(p.sock, frame, 3);
       assert.ok(sent > 0 && sent < 10_000, `bytes sent: ${sent} of ${frame.length}`);
-      assert.ok(t.k.readsHeld > 0, "the session's reads were held");
+      assert.ok(s.t.k.readsHeld > 0, "the session's reads were held");
     } finally {
       p.sock.destroy();
     }
-    await healthy(t);
+    await healthy(s.t);
   });
 
   it("after authentication, PINGs each sent in a few messages carrying a descriptor are held past one frame's allowance: a control frame does not start the count again", async () => {

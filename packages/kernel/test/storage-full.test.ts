@@ -125,6 +125,61 @@ async function kernelOn(disk: SmallDisk, socket: string, extra: string[] = []): 
   return { child, log: () => out, exited };
 }
 
+/**
+ * Runs `fn` with a socket path in a fresh folder (outside the disk) once the disk is mounted;
+ * the folder and the disk go after, whatever happened.
+ */
+async function onSmallDisk(d: SmallDisk, prefix: string, fn: (socket: string, dir: string) => Promise<void>): Promise<void> {
+  const dir = mkdtempSync(join(tmpdir(), prefix));
+  try {
+    await d.ready;
+    await fn(join(dir, "k.sock"), dir);
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+    d.close();
+  }
+}
+
+/**
+ * `fn` with `kpip kernel` running on the disk, then SIGTERM and its end awaited (also when `fn`
+ * failed: no kernel outlives its test): its exit code and its whole log.
+ */
+async function withHeldKernel(
+  d: SmallDisk,
+  socket: string,
+  extra: string[],
+  fn: (k: Running) => Promise<void>,
+): Promise<{ code: number | null; log: string }> {
+  const k = await kernelOn(d, socket, extra);
+  let code: number | null;
+  try {
+    await fn(k);
+  } finally {
+    k.child.kill("SIGTERM");
+    code = await k.exited;
+  }
+  return { code, log: k.log() };
+}
+
+/**
+ * Until `attempt` is served and holds: a RESOURCE refusal meanwhile (the storage still full, or its
+ * WAL taking the freed room for a moment) is retried; any other error fails the test.
+ */
+function untilServed(attempt: () => Promise<boolean>, ms: number, what: string): Promise<boolean> {
+  return until(
+    () =>
+      attempt().catch((e: Error & { errorClass?: string }) => {
+        if (e.errorClass !== "RESOURCE") throw e;
+        return false;
+      }),
+    ms,
+    what,
+  );
+}
+
+/** A small write, served (true) or refused. */
+const writesAgain = (c: KernelClient) => () => c.storage.write("obj://ws/after", Buffer.from("after")).then(() => true);
+
 function connect(root: string, socket: string): Promise<KernelClient> {
   return KernelClient.connect({
     socket,
@@ -174,13 +229,9 @@ const skip = typeof disk === "string" ? disk : false;
 describe("the kernel's home on a full file system", { skip }, () => {
   it("refuses what it cannot keep RESOURCE (storage full), says degraded, resumes by itself when space returns, and stops (exit 5) keeping all it acknowledged", async () => {
     const d = disk as SmallDisk;
-    const socketDir = mkdtempSync(join(tmpdir(), "kpip-full-sock-"));
-    const socket = join(socketDir, "k.sock");
-    try {
-      await d.ready;
-      const k = await kernelOn(d, socket);
+    await onSmallDisk(d, "kpip-full-sock-", async (socket) => {
       const acked = new Map<string, number>();
-      try {
+      const first = await withHeldKernel(d, socket, [], async (k) => {
         // Room the test gives back later: other tenants' files on the same file system.
         writeFileSync(join(d.root, "filler-1"), Buffer.alloc(4 * 1024 * 1024));
         writeFileSync(join(d.root, "filler-2"), Buffer.alloc(2 * 1024 * 1024));
@@ -224,29 +275,11 @@ describe("the kernel's home on a full file system", { skip }, () => {
         // once its WAL checkpoint, failing until now, has moved what it holds into the database
         // file (it may take the freed room for a moment): a write refused RESOURCE meanwhile is retried.
         unlinkSync(join(d.root, "filler-1"));
-        await until(
-          () =>
-            c.storage.write("obj://ws/after", Buffer.from("after")).then(
-              () => true,
-              (e: Error & { errorClass?: string }) => {
-                if (e.errorClass !== "RESOURCE") throw e;
-                return false;
-              },
-            ),
-          30_000,
-          "a write served once space came back",
-        );
+        await untilServed(writesAgain(c), 30_000, "a write served once space came back");
         acked.set("obj://ws/after", 5);
         // And says so once the condition's end is on the record (a tick after the hold).
-        await until(
-          () =>
-            c.system.health().then(
-              (h) => (h as { status: string }).status === "ok",
-              (e: Error & { errorClass?: string }) => {
-                if (e.errorClass !== "RESOURCE") throw e;
-                return false;
-              },
-            ),
+        await untilServed(
+          () => c.system.health().then((h) => (h as { status: string }).status === "ok"),
           20_000,
           "health ok again",
         );
@@ -255,28 +288,23 @@ describe("the kernel's home on a full file system", { skip }, () => {
         const again = await fill(c, "again", 60_000, acked);
         assert.equal(again.errorClass, "RESOURCE", again.message);
         await c.close().catch(() => {});
-      } finally {
-        k.child.kill("SIGTERM");
-      }
-      assert.equal(await k.exited, 5, `kpip kernel exits 5 (stopped while its storage was full):\n${k.log()}`);
-      assert.match(k.log(), /kernel stopped while its storage was full/);
+      });
+      assert.equal(first.code, 5, `kpip kernel exits 5 (stopped while its storage was full):\n${first.log}`);
+      assert.match(first.log, /kernel stopped while its storage was full/);
       // One line for the condition's start, not one per refused request or WAL round.
-      const lines = k.log().split("\n");
-      assert.ok(lines.filter((l) => l.includes("background WAL checkpoint failed")).length <= 2, k.log());
-      assert.equal(lines.filter((l) => l.includes("request failed in the pipeline")).length, 0, k.log());
+      const lines = first.log.split("\n");
+      assert.ok(lines.filter((l) => l.includes("background WAL checkpoint failed")).length <= 2, first.log);
+      assert.equal(lines.filter((l) => l.includes("request failed in the pipeline")).length, 0, first.log);
 
       // Space freed, the next start recovers: every acknowledged write is there, the audit verifies.
       unlinkSync(join(d.root, "filler-2"));
-      const next = await kernelOn(d, socket);
-      try {
+      const next = await withHeldKernel(d, socket, [], async () => {
         const c = await connect(d.root, socket);
         for (const [uri, size] of acked) assert.equal((await c.storage.read(uri)).data.length, size, uri);
         assert.equal(((await c.system.health()) as { status: string }).status, "ok");
         await c.close();
-      } finally {
-        next.child.kill("SIGTERM");
-      }
-      assert.equal(await next.exited, 0, next.log());
+      });
+      assert.equal(next.code, 0, next.log);
       {
         // Every acknowledged write has its SUCCESS outcome on the record; the episode's end is there too.
         const rows = verifiedRecords(d.root);
@@ -289,10 +317,7 @@ describe("the kernel's home on a full file system", { skip }, () => {
           "the end of the full condition is on the record",
         );
       }
-    } finally {
-      rmSync(socketDir, { recursive: true, force: true });
-      d.close();
-    }
+    });
   });
 });
 
@@ -311,16 +336,12 @@ const actsDisk = smallDisk(16);
 describe("what the kernel does while its storage is full", { skip: typeof actsDisk === "string" ? actsDisk : false }, () => {
   it("ends an agent's authority and keeps ops' and agents' ends and its own records, written once there is room, saying when they happened", async () => {
     const d = actsDisk as SmallDisk;
-    const dir = mkdtempSync(join(tmpdir(), "kpip-full-acts-"));
-    const socket = join(dir, "k.sock");
-    const fifo = join(dir, "go");
-    const boot = join(dir, "boot");
-    assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
-    const ops: string[] = [];
-    try {
-      await d.ready;
-      const k = await kernelOn(d, socket, ["--metrics-listen", "127.0.0.1:0"]);
-      try {
+    await onSmallDisk(d, "kpip-full-acts-", async (socket, dir) => {
+      const fifo = join(dir, "go");
+      const boot = join(dir, "boot");
+      assert.equal(spawnSync("mkfifo", [fifo]).status, 0);
+      const ops: string[] = [];
+      const run = await withHeldKernel(d, socket, ["--metrics-listen", "127.0.0.1:0"], async (k) => {
         const c = await connect(d.root, socket);
         // Commands and an agent that end only when the test says so: their ends come while the disk is full.
         for (let i = 0; i < 8; i++) ops.push((await c.compute.command("sh", ["-c", `read x < ${fifo}`])).op);
@@ -395,10 +416,8 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
         );
         assert.equal(after, "AUTH", "the ended agent's key is refused: no session attests with it");
         await c.close();
-      } finally {
-        k.child.kill("SIGTERM");
-      }
-      assert.equal(await k.exited, 0, k.log());
+      });
+      assert.equal(run.code, 0, run.log);
       {
         const rows = verifiedRecords(d.root);
         const ended = rows.find((r) => r.op === "kernel.storage");
@@ -425,10 +444,7 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
         );
         assert.ok(rows.at(-1)?.op === "kernel.stop", "a clean stop: nothing left unwritten");
       }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      d.close();
-    }
+    });
   });
 });
 
@@ -437,12 +453,8 @@ const uploadDisk = smallDisk(16);
 describe("an upload that fills the disk", { skip: typeof uploadDisk === "string" ? uploadDisk : false }, () => {
   it("an upload whose chunk finds no room gives its partial bytes back at once: the kernel serves again by itself, not after uploadIdleMs", async () => {
     const d = uploadDisk as SmallDisk;
-    const dir = mkdtempSync(join(tmpdir(), "kpip-full-upload-"));
-    const socket = join(dir, "k.sock");
-    try {
-      await d.ready;
-      const k = await kernelOn(d, socket);
-      try {
+    await onSmallDisk(d, "kpip-full-upload-", async (socket) => {
+      await withHeldKernel(d, socket, [], async () => {
         const c = await connect(d.root, socket);
         await c.storage.write("obj://ws/kept", Buffer.alloc(200_000, 1));
         // More than the disk holds: a chunk's write fails with ENOSPC, and its partial file held
@@ -454,31 +466,14 @@ describe("an upload that fills the disk", { skip: typeof uploadDisk === "string"
         assert.ok(refused instanceof Error, "an upload larger than the disk fails");
         assert.equal(refused.errorClass, "RESOURCE", refused.message);
         // Nothing else frees room: the kernel serves again by itself, reads and writes.
-        await until(
-          () =>
-            c.storage.write("obj://ws/after", Buffer.from("after")).then(
-              () => true,
-              (e: Error & { errorClass?: string }) => {
-                if (e.errorClass !== "RESOURCE") throw e;
-                return false;
-              },
-            ),
-          30_000,
-          "a write served with no room freed from outside",
-        );
+        await untilServed(writesAgain(c), 30_000, "a write served with no room freed from outside");
         assert.equal((await c.storage.read("obj://ws/kept")).data.length, 200_000);
         // The failed upload holds no bytes (it stays, empty, until aborted or idle).
         for (const name of readdirSync(join(d.root, "objects", "tmp")))
           assert.equal(statSync(join(d.root, "objects", "tmp", name)).size, 0, name);
         await c.close();
-      } finally {
-        k.child.kill("SIGTERM");
-        await k.exited;
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      d.close();
-    }
+      });
+    });
   });
 });
 
@@ -527,12 +522,8 @@ const heldDisk = smallDisk(16);
 describe("uploads in progress while the disk stays full", { skip: typeof heldDisk === "string" ? heldDisk : false }, () => {
   it("an upload whose bytes all fitted, holding the room the kernel needs to record anything, fails and gives its bytes back once the disk stays full", async () => {
     const d = heldDisk as SmallDisk;
-    const dir = mkdtempSync(join(tmpdir(), "kpip-full-held-"));
-    const socket = join(dir, "k.sock");
-    try {
-      await d.ready;
-      const k = await kernelOn(d, socket);
-      try {
+    await onSmallDisk(d, "kpip-full-held-", async (socket) => {
+      await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
         const target = "obj://ws/held";
         const size = 8 * 1024 * 1024;
@@ -549,18 +540,7 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
           .catch((e: Error & { errorClass?: string }) => e);
         assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
         // Nothing frees room from outside: the kernel fails the upload, its bytes go, and it serves again by itself.
-        await until(
-          () =>
-            c.storage.write("obj://ws/after", Buffer.from("after")).then(
-              () => true,
-              (e: Error & { errorClass?: string }) => {
-                if (e.errorClass !== "RESOURCE") throw e;
-                return false;
-              },
-            ),
-          60_000,
-          "a write served with no room freed from outside",
-        );
+        await untilServed(writesAgain(c), 60_000, "a write served with no room freed from outside");
         await until(() => /uploads in progress failed, their partial bytes freed/.test(k.log()), 10_000, "logged");
         // The upload says why it cannot go on, and its persona can abort it now.
         await assert.rejects(
@@ -570,14 +550,8 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
         );
         await c.call("storage.upload.abort", target, { upload });
         await c.close();
-      } finally {
-        k.child.kill("SIGTERM");
-        await k.exited;
-      }
-    } finally {
-      rmSync(dir, { recursive: true, force: true });
-      d.close();
-    }
+      });
+    });
   });
 });
 

@@ -212,6 +212,26 @@ export class RawPeer {
     await this.response(id);
   }
 
+  /**
+   * From now on answers each PING as it arrives with its PONG (taking it from `frames`), as a
+   * live client does; returns how many it has answered so far.
+   */
+  answerPings(): () => number {
+    let answered = 0;
+    // Added after the constructor's listener: this chunk's frames are decoded by then.
+    this.sock.on("data", () => {
+      for (let i = this.frames.length - 1; i >= 0; i--) {
+        const f = this.frames[i];
+        if (f?.msg.type === "PING") {
+          this.frames.splice(i, 1);
+          this.send(encodeMessage({ type: "PONG", body: { seq: f.msg.body.seq } }));
+          answered++;
+        }
+      }
+    });
+    return () => answered;
+  }
+
   close(): void {
     this.sock.destroy();
   }
