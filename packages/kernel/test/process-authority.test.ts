@@ -382,4 +382,41 @@ describe("agents and commands: authority bounded by their creator's", () => {
       await t.stop();
     }
   });
+
+  it("an agent's own process is held to the sandbox limits its token was minted with, not its spawner's wider ones", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const MiB = 1024 * 1024;
+      // The spawner may use 1 GiB and 60 CPU seconds a process; it delegates a tenth to its agent.
+      const pia = await t.persona("pia", AGENTS_AND_OPS, { limits: { "sandbox.memory": 1024 * MiB, "sandbox.cpu": 60 } });
+      const c = await t.connect(pia.identity, [pia.token]);
+      const delegated = { "sandbox.memory": 128 * MiB, "sandbox.cpu": 5 };
+      const a = await c.agents.spawn("sh", "lim", {
+        args: ["-c", "echo $(ulimit -v) $(ulimit -t)"],
+        rights: [],
+        lifetimeMs: 60_000,
+        limits: delegated,
+      });
+      const out = await until(
+        async () => {
+          const s = Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString();
+          return s.includes("\n") ? s.trim() : undefined;
+        },
+        30_000,
+        "the agent's limits",
+      );
+      // Its process is held to what its token says (ulimit -v in KiB), not to the spawner's 1 GiB and 60 s.
+      assert.equal(out, `${(128 * MiB) / 1024} 5`);
+      // A command of the spawner's own still runs with the spawner's.
+      const r = (await c.ops.wait(await c.compute.command("sh", ["-c", "echo $(ulimit -v) $(ulimit -t)"], {}))) as {
+        stdout: Uint8Array;
+      };
+      assert.equal(Buffer.from(r.stdout).toString().trim(), `${(1024 * MiB) / 1024} 60`);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
