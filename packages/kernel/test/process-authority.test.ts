@@ -419,4 +419,27 @@ describe("agents and commands: authority bounded by their creator's", () => {
       removeHome(t.home);
     }
   });
+
+  it("a token's sandbox.filesize bounds the size of every file its commands write (the name a token can carry)", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      // The name the protocol had documented: no token can carry it (limit names are lower case).
+      await assert.rejects(
+        admin.tokens.mint("quin", { rights: AGENTS_AND_OPS, ttlMs: 60_000, limits: { "sandbox.fileSize": 8192 } }),
+        klass("SEMANTIC"),
+      );
+      const quin = await t.persona("quin", AGENTS_AND_OPS, { limits: { "sandbox.filesize": 8192 } });
+      const c = await t.connect(quin.identity, [quin.token]);
+      const r = (await c.ops.wait(
+        await c.compute.command("sh", ["-c", "head -c 100000 /dev/zero > /scratch/f; wc -c < /scratch/f"], {}),
+      )) as { stdout: Uint8Array };
+      assert.equal(Buffer.from(r.stdout).toString().trim(), "8192");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });
