@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
 import {
   chmodSync,
   copyFileSync,
@@ -25,6 +26,7 @@ import {
   encodeMessage,
   FrameDecoder,
   generateIdentity,
+  mintToken,
   type Response,
   serializeIdentity,
   tokenFromString,
@@ -193,6 +195,24 @@ describe("kpip on hostile input, with the CLI as a real process against a real k
     assert.doesNotMatch(r.out, /by admin$|^allows {5}\*\* on \*\*/m, "no line forged by the caveat");
     assert.doesNotMatch(r.out, /[\u001b\u0007\r]/, "no control character reaches the terminal");
     assert.match(r.out, /^domains {4}example\.com\\u\{a\}usable/m);
+  });
+
+  it("token inspect of a forged token handed over says it is invalid, never usable by the subject it claims", () => {
+    const file = join(work, "alice.token");
+    // The holder keeps the claims and rewrites them: admin as subject, every right, signed with a key of its own.
+    const genuine = tokenFromString(readFileSync(file, "utf8"));
+    const forged = mintToken(randomBytes(32), {
+      ...genuine.claims,
+      id: randomBytes(16).toString("hex"),
+      sub: "admin",
+      rights: [{ ops: ["**"], targets: ["**"] }],
+    });
+    const handed = join(work, "forged.token");
+    writeFileSync(handed, `${tokenToString(forged)}\n`);
+    const r = kpip(["token", "inspect", `@${handed}`, ...h]);
+    assert.equal(r.code, 0, r.err);
+    assert.match(r.out, /^usable {5}NO — invalid: token signature is invalid; what follows is only what it claims$/m);
+    assert.doesNotMatch(r.out, /yes, by admin/);
   });
 
   it("a home whose database is damaged or not one, or no home at all, is a plain usage error (exit 2) for kernel, persona and token rotate-key: no stack trace", () => {

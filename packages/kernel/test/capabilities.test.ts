@@ -265,3 +265,39 @@ describe("capabilities", () => {
     await c2.storage.read("obj://ws1/kim");
   });
 });
+
+describe("token.inspect of forged tokens", () => {
+  let t: TestKernel;
+  before(async () => {
+    t = await startKernel();
+  });
+  after(async () => {
+    await t.stop();
+    removeHome(t.home);
+  });
+
+  it("token.inspect of a token whose signature does not verify says it is invalid: not valid, and not whether the ids it claims are revoked", async () => {
+    const nia = await t.persona("nia", [{ ops: ["token.inspect"], targets: ["token://**"] }]);
+    const oli = await t.persona("oli", storageWs1);
+    const admin = await t.admin();
+    await admin.tokens.revoke(oli.id);
+    const c = await t.connect(nia.identity, [nia.token]);
+    const own = decodeToken(nia.token).claims;
+    // Claims written by nia, signed with no key of the kernel's: a token id of her own making,
+    // another persona's token id in its chain, every right.
+    const forge = (claims: Partial<typeof own>) => {
+      const f = mintToken(randomBytes(32), { ...own, id: randomBytes(16).toString("hex"), ...claims });
+      return { id: f.claims.id, bytes: encodeToken(f) };
+    };
+    const probe = forge({ chain: [oli.id] });
+    const mine = await c.tokens.inspect(probe.id, probe.bytes);
+    assert.equal(mine.status, "invalid", "a forged token told nia whether oli's token was revoked");
+    assert.match(String(mine.problem), /signature is invalid/);
+    // The operator inspecting a forged "admin" token a persona hands over is not told it is valid.
+    const root = forge({ sub: "admin", rights: [{ ops: ["**"], targets: ["**"] }], chain: [] });
+    const seen = await admin.tokens.inspect(root.id, root.bytes);
+    assert.equal(seen.status, "invalid");
+    // A genuine token is described as before.
+    assert.equal((await c.tokens.inspect(own.id, nia.token)).status, "valid");
+  });
+});

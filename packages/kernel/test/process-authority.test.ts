@@ -382,4 +382,64 @@ describe("agents and commands: authority bounded by their creator's", () => {
       await t.stop();
     }
   });
+
+  it("an agent's own process is held to the sandbox limits its token was minted with, not its spawner's wider ones", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const MiB = 1024 * 1024;
+      // The spawner may use 1 GiB and 60 CPU seconds a process; it delegates a tenth to its agent.
+      const pia = await t.persona("pia", AGENTS_AND_OPS, { limits: { "sandbox.memory": 1024 * MiB, "sandbox.cpu": 60 } });
+      const c = await t.connect(pia.identity, [pia.token]);
+      const delegated = { "sandbox.memory": 128 * MiB, "sandbox.cpu": 5 };
+      const a = await c.agents.spawn("sh", "lim", {
+        args: ["-c", "echo $(ulimit -v) $(ulimit -t)"],
+        rights: [],
+        lifetimeMs: 60_000,
+        limits: delegated,
+      });
+      const out = await until(
+        async () => {
+          const s = Buffer.from((await c.agents.logs(a.agent as string)).stdout).toString();
+          return s.includes("\n") ? s.trim() : undefined;
+        },
+        30_000,
+        "the agent's limits",
+      );
+      // Its process is held to what its token says (ulimit -v in KiB), not to the spawner's 1 GiB and 60 s.
+      assert.equal(out, `${(128 * MiB) / 1024} 5`);
+      // A command of the spawner's own still runs with the spawner's.
+      const r = (await c.ops.wait(await c.compute.command("sh", ["-c", "echo $(ulimit -v) $(ulimit -t)"], {}))) as {
+        stdout: Uint8Array;
+      };
+      assert.equal(Buffer.from(r.stdout).toString().trim(), `${(1024 * MiB) / 1024} 60`);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a token's sandbox.filesize bounds the size of every file its commands write (the name a token can carry)", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    try {
+      const admin = await t.admin();
+      // The name the protocol had documented: no token can carry it (limit names are lower case).
+      await assert.rejects(
+        admin.tokens.mint("quin", { rights: AGENTS_AND_OPS, ttlMs: 60_000, limits: { "sandbox.fileSize": 8192 } }),
+        klass("SEMANTIC"),
+      );
+      const quin = await t.persona("quin", AGENTS_AND_OPS, { limits: { "sandbox.filesize": 8192 } });
+      const c = await t.connect(quin.identity, [quin.token]);
+      const r = (await c.ops.wait(
+        await c.compute.command("sh", ["-c", "head -c 100000 /dev/zero > /scratch/f; wc -c < /scratch/f"], {}),
+      )) as { stdout: Uint8Array };
+      assert.equal(Buffer.from(r.stdout).toString().trim(), "8192");
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

@@ -232,7 +232,15 @@ type Inspection = ResultOf<typeof tokenInspect>;
 function describeInspection(i: Inspection): string {
   const e = i.effective;
   // The token's own state first; whether the persona asking could present it (`problem`) apart.
-  const why = i.status !== "valid" ? i.status : !e.usable ? "its caveats leave nothing allowed" : undefined;
+  // A forged token's claims are its maker's: "invalid" says so before any of them is shown.
+  const why =
+    i.status === "invalid"
+      ? `invalid: ${i.problem ?? "its signature does not verify"}; what follows is only what it claims`
+      : i.status !== "valid"
+        ? i.status
+        : !e.usable
+          ? "its caveats leave nothing allowed"
+          : undefined;
   const lines = [
     `token      ${i.id}${i.claims.kid ? ` (root key ${i.claims.kid})` : ""}`,
     `usable     ${why ? `NO — ${why}` : `yes, by ${e.subject}`}`,

@@ -518,7 +518,9 @@ export class AgentManager {
           KPIP_PERSONA: persona,
         },
         network: r.network === true,
-        limits: this.opts.sandbox.limitsFor(r.grant?.limits),
+        // The agent's own token's limits: within the spawner's (the mint refused wider), and as
+        // tight as the spawner delegated — its process is no less bounded than its commands.
+        limits: this.opts.sandbox.limitsFor(token.claims.limits),
         // fd 3: the handoff pipe; fd 4: the agent's connection to the kernel (a socket pair).
         extra: ["pipe", "pipe"],
         owner: (this.opts.roots ?? FIRST_SEGMENT).of(r.spawner),

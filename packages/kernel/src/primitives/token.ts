@@ -71,11 +71,23 @@ function ownsToken(store: TokenStore, admin: string, persona: string, rec: Token
   return store.tokenSeenBy(rec.id, persona);
 }
 
-/** Payload describing a token: claims, caveats, effective grant, status. */
-export function describeToken(t: Token, enforcer: CapEnforcer): CborMap {
+/**
+ * Payload describing a token: claims, caveats, effective grant, status. `forged`: its signature did
+ * not verify (unknown or retired key, bad signature): "invalid", whatever its claims say — they are
+ * the presenter's, so neither "valid" nor an answer on whether the ids it names are revoked.
+ */
+export function describeToken(t: Token, enforcer: CapEnforcer, forged = false): CborMap {
   const g = effectiveGrant(t);
   const now = Date.now();
-  const status = enforcer.isRevoked(g) ? "revoked" : now >= g.exp ? "expired" : now < g.nbf ? "not-yet-valid" : "valid";
+  const status = forged
+    ? "invalid"
+    : enforcer.isRevoked(g)
+      ? "revoked"
+      : now >= g.exp
+        ? "expired"
+        : now < g.nbf
+          ? "not-yet-valid"
+          : "valid";
   return {
     id: t.claims.id,
     claims: t.claims as unknown as CborMap,
@@ -240,7 +252,7 @@ export function tokenFamily(
         handler: (ctx) => {
           const t = tokenArg(ctx);
           const v = enforcer.verify(t, ctx.persona);
-          const d = describeToken(t, enforcer);
+          const d = describeToken(t, enforcer, !v.ok && v.unverified === true);
           if (!v.ok) d.problem = v.message;
           return { status: "SUCCESS", payload: d };
         },

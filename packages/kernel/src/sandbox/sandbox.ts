@@ -843,7 +843,10 @@ export class Sandbox {
     return { file: this.bwrap as string, args: a, options, scratch, spawned, cleanup, ...(onStdin ? { input: filter } : {}) };
   }
 
-  /** The tighter of the kernel's limits and a grant's (`sandbox.processes`, `sandbox.memory`, `sandbox.cpu`, `sandbox.fileSize`). */
+  /**
+   * The tighter of the kernel's limits and a grant's (`sandbox.processes`, `sandbox.memory`,
+   * `sandbox.cpu`, `sandbox.filesize`): lower-case names, the only ones a token's limits may carry.
+   */
   limitsFor(grant: Record<string, number> | undefined): SandboxLimits {
     const c = this.config.limits;
     // A grant's 0 is the tightest bound there is, not "none" (prlimit's 0 would be).
@@ -853,7 +856,7 @@ export class Sandbox {
       processes: min(c.processes, grant?.["sandbox.processes"]),
       memoryBytes: min(c.memoryBytes, grant?.["sandbox.memory"]),
       cpuSeconds: min(c.cpuSeconds, grant?.["sandbox.cpu"]),
-      fileBytes: min(c.fileBytes, grant?.["sandbox.fileSize"]),
+      fileBytes: min(c.fileBytes, grant?.["sandbox.filesize"]),
       ...(c.openFiles ? { openFiles: c.openFiles } : {}),
     };
   }

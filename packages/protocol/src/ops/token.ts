@@ -113,7 +113,12 @@ export const tokenInspect = defineOp({
         usable: { type: "bool", required: true, description: "whether any request can pass it" },
       },
     },
-    status: { type: "text", required: true, description: "valid, expired, not-yet-valid or revoked" },
+    status: {
+      type: "text",
+      required: true,
+      description:
+        "valid, expired, not-yet-valid, revoked, or invalid (its signature does not verify: unknown or retired key, or forged)",
+    },
     problem: { type: "text", description: "why the kernel would refuse it, if it would" },
   },
   idempotent: true,
