@@ -17,7 +17,11 @@
  *      commit's intent and one SUCCESS outcome, and no partial upload file or unnamed body is left;
  *   6. tokens (one client mints and revokes): every revocation the store holds has its
  *      `token.revoke` SUCCESS outcome on the record, every acknowledged revocation is in force
- *      (its token is refused by the restarted kernel), every acknowledged mint is stored.
+ *      (its token is refused by the restarted kernel), every acknowledged mint is stored;
+ *   7. personas (one client registers and removes): an acknowledged registration not since removed
+ *      is in the registry, an acknowledged removal is not; a persona there has its
+ *      `persona.register` SUCCESS outcome, and one registered (on the record) and gone has its
+ *      `persona.remove` SUCCESS outcome.
  * Exit 1 on any violation, each described precisely.
  */
 
@@ -28,6 +32,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { verifyAudit } from "../src/audit/verify.js";
 import { SqliteStore } from "../src/store/sqlite.js";
@@ -105,6 +110,10 @@ interface CycleFacts {
   uploadsSent: Set<string>; // every key whose upload began
   minted: Map<string, Uint8Array>; // acknowledged token.mint: id → token
   revoked: Set<string>; // acknowledged token.revoke
+  personasSent: Set<string>; // persona.register sent
+  registered: Set<string>; // acknowledged persona.register
+  removalsSent: Set<string>; // persona.remove sent
+  removed: Set<string>; // acknowledged persona.remove
 }
 
 const totals = {
@@ -117,6 +126,7 @@ const totals = {
   events: 0,
   ackedUploads: 0,
   ackedRevocations: 0,
+  ackedPersonaOps: 0,
   violations: 0,
 };
 const violations: string[] = [];
@@ -139,7 +149,11 @@ async function load(cycle: number, facts: CycleFacts, underway: () => void): Pro
     facts.deferred.push(d);
   }
   let n = 0;
-  const lanes = [uploads(clients[0] as KernelClient, cycle, facts), tokens(clients[1 % CLIENTS] as KernelClient, facts)];
+  const lanes = [
+    uploads(clients[0] as KernelClient, cycle, facts),
+    tokens(clients[1 % CLIENTS] as KernelClient, facts),
+    personas(clients[2 % CLIENTS] as KernelClient, cycle, facts),
+  ];
   await Promise.all(
     clients.map(async (c, ci) => {
       for (;;) {
@@ -179,6 +193,24 @@ async function uploads(c: KernelClient, cycle: number, facts: CycleFacts): Promi
   }
 }
 
+/** Personas registered and removed, until the kernel dies. */
+async function personas(c: KernelClient, cycle: number, facts: CycleFacts): Promise<void> {
+  const { publicKey } = generateIdentity("chaos");
+  for (let i = 0; ; i++) {
+    const id = `chaos-c${cycle}-p${i}`;
+    facts.personasSent.add(id);
+    try {
+      await c.personas.register(id, publicKey);
+      facts.registered.add(id);
+      facts.removalsSent.add(id);
+      await c.personas.remove(id);
+      facts.removed.add(id);
+    } catch {
+      return;
+    }
+  }
+}
+
 /** Tokens minted and revoked, until the kernel dies. */
 async function tokens(c: KernelClient, facts: CycleFacts): Promise<void> {
   for (;;) {
@@ -208,6 +240,7 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
     const rows: AuditRow[] = [];
     const commits: AuditRow[] = [];
     const revokes: AuditRow[] = [];
+    const personaOps: AuditRow[] = [];
     for (let from = 1; ; ) {
       const batch = store.scanAudit(from, 10_000);
       if (batch.length === 0) break;
@@ -215,6 +248,8 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
         if (r.op === "storage.write" && r.target?.startsWith(prefix)) rows.push(r);
         else if (r.op === "storage.upload.commit" && r.target?.startsWith(`obj://chaos/u${cycle}/`)) commits.push(r);
         else if (r.op === "token.revoke") revokes.push(r);
+        else if ((r.op === "persona.register" || r.op === "persona.remove") && r.target?.startsWith(`persona://chaos-c${cycle}-`))
+          personaOps.push(r);
       }
       from = (batch.at(-1) as AuditRow).seq + 1;
     }
@@ -225,6 +260,7 @@ async function check(cycle: number, facts: CycleFacts): Promise<void> {
     }
     checkUploads(cycle, facts, store, commits);
     checkRevocations(cycle, facts, store, revokes);
+    checkPersonas(cycle, facts, store, personaOps);
     // 2. every acknowledged request has its outcome in the log, once.
     for (const key of facts.acked.keys()) {
       if (outcomes.get(key) !== 1)
@@ -344,6 +380,30 @@ function checkRevocations(cycle: number, facts: CycleFacts, store: SqliteStore, 
   }
 }
 
+/** 7. the registry holds exactly the acknowledged registrations and removals, each change on the record. */
+function checkPersonas(cycle: number, facts: CycleFacts, store: SqliteStore, ops: AuditRow[]): void {
+  const succeeded = (op: string) =>
+    new Set(
+      ops
+        .filter((r) => r.op === op && r.phase === "outcome" && r.status === "SUCCESS")
+        .map((r) => (r.target as string).slice(10)),
+    );
+  const registered = succeeded("persona.register");
+  const removed = succeeded("persona.remove");
+  for (const id of facts.personasSent) {
+    const there = store.getPersona(id) !== undefined;
+    if (facts.registered.has(id)) totals.ackedPersonaOps++;
+    if (facts.removed.has(id)) {
+      totals.ackedPersonaOps++;
+      if (there) violate(cycle, `persona ${id}, whose removal was acknowledged, is registered after the restart`);
+    } else if (facts.registered.has(id) && !facts.removalsSent.has(id) && !there)
+      violate(cycle, `persona ${id}, whose registration was acknowledged, is missing after the restart`);
+    if (there && !registered.has(id)) violate(cycle, `persona ${id} is registered with no persona.register SUCCESS outcome`);
+    if (!there && registered.has(id) && !removed.has(id))
+      violate(cycle, `persona ${id} was registered and is gone with no persona.remove SUCCESS outcome`);
+  }
+}
+
 const started = Date.now();
 try {
   await startKernel();
@@ -357,6 +417,10 @@ try {
       uploadsSent: new Set(),
       minted: new Map(),
       revoked: new Set(),
+      personasSent: new Set(),
+      registered: new Set(),
+      removalsSent: new Set(),
+      removed: new Set(),
     };
     const killAfter = 50 + Math.floor(rand() * 1200);
     let underway: () => void = () => {};
