@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { generateIdentity } from "@kpip/protocol";
 import Database from "better-sqlite3";
 import { processIdentity } from "../src/agents/process-identity.js";
-import { addPersonaKey, processAlive, removeHome, startKernel, until } from "./harness.js";
+import { addPersonaKey, connectAdminOf, processAlive, removeHome, spawnReady, startKernel, until } from "./harness.js";
 
 const alive = processAlive;
 
@@ -165,6 +165,70 @@ describe("agents recorded running when the kernel died", () => {
       assert.match(processIdentity(42, root) ?? "", / 987654$/);
     } finally {
       rmSync(root, { recursive: true, force: true });
+    }
+  });
+});
+
+const kernelModule = new URL("../src/index.js", import.meta.url).href;
+
+/** Whether `pid` still runs: a zombie (killed, not yet reaped by whoever adopted it) does not. */
+function running(pid: number): boolean {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+    return stat.slice(stat.lastIndexOf(")") + 2, stat.lastIndexOf(")") + 3) !== "Z";
+  } catch {
+    return false;
+  }
+}
+
+describe("commands recorded running when the kernel died", () => {
+  it("with sandbox none (no --die-with-parent), a command's process group outliving a SIGKILLed kernel is ended at the next start before its op is recorded failed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    const marks = mkdtempSync(join(tmpdir(), "kpip-marks-"));
+    const pidFile = join(marks, "pids");
+    const code = `const { Kernel } = await import(process.argv[1]);
+await new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" }).start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+    const child = await spawnReady(["--input-type=module", "-e", code, kernelModule, home], "ready");
+    const exited = new Promise((r) => child.once("exit", r));
+    let pids: number[] = [];
+    try {
+      const c = await connectAdminOf(home);
+      // The command (its group's leader) and a child it leaves in its group; both say their pids once running.
+      const d = await c.compute.command("sh", [
+        "-c",
+        `sleep 600 & echo "$$ $!" > ${pidFile}.tmp && mv ${pidFile}.tmp ${pidFile}; wait`,
+      ]);
+      pids = (
+        await until(() => (existsSync(pidFile) ? readFileSync(pidFile, "utf8").trim() : undefined), 30_000, "the command's pids")
+      )
+        .split(" ")
+        .map(Number);
+      child.kill("SIGKILL");
+      await exited;
+      assert.ok(pids.every(running), "nothing but its sandbox ends a command with its kernel; here there is none");
+      const t = await startKernel({ sandbox: "none" }, home);
+      try {
+        await until(() => !pids.some(running) || undefined, 30_000, "the left command's processes to be killed by the start");
+        const admin = await t.admin();
+        const st = await admin.ops.status(d);
+        assert.equal(st.state, "failed");
+        assert.equal(st.errorClass, "INTERNAL");
+        const states = t.k.inspect.queryAudit({ op: "op.state", limit: 100 }).filter((r) => r.target === d.op);
+        assert.ok(
+          states.some((r) => r.detail?.includes("interrupted")),
+          JSON.stringify(states.map((r) => r.detail)),
+        );
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+      // Only the processes this test started, and only while they still run.
+      for (const p of pids) if (running(p)) process.kill(p, "SIGKILL");
+      removeHome(home);
+      removeHome(marks);
     }
   });
 });

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
+import { processIdentity, stillOwnGroup } from "../agents/process-identity.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -188,6 +189,10 @@ export class ComputeEngine {
       if (op) this.host.recordState?.(op, auditState(op.state), null, () => this.endRecorded(id), true);
       else this.endRecorded(id);
     }
+    // A command's process outlives a kill unless its sandbox dies with the kernel (bubblewrap's
+    // --die-with-parent; not with sandbox "none"): ended before its op is recorded as ended, or
+    // it would act on with its op on the record as failed. Only a group still its own is signalled.
+    for (const p of this.store.interruptedOpProcesses()) endLeftProcess(p, this.log);
     const ops = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
     for (const { id, state } of ops) {
       const op = this.store.getOp(id) as OpRecord;
@@ -575,6 +580,17 @@ export class ComputeEngine {
     else this.runTask(job, remaining);
   }
 
+  /** The command's process on its op's row, for the start after a kill to end it ({@link recover}). */
+  private noteProcess(id: string, pid: number | undefined): void {
+    if (!pid) return;
+    try {
+      this.store.setOpProcess(id, pid, processIdentity(pid) ?? null);
+    } catch (e) {
+      // A full disk: the op runs; only a kill before its end would leave its process unended.
+      this.log.error({ err: e, op: id, pid }, "cannot record a command's process");
+    }
+  }
+
   private runCommand(job: Job, remainingMs: number, cg: CommandGrant): void {
     const { op, args } = job;
     const argv = Array.isArray(args) ? (args as string[]) : [];
@@ -595,6 +611,7 @@ export class ComputeEngine {
       child = spawn(launch.file, launch.args, launch.options);
       launch.spawned(child);
       closePipesAfterExit(child);
+      this.noteProcess(op.id, child.pid);
     } catch (e) {
       void launch?.cleanup();
       const why = launchFailure(e, (err) => this.log.warn({ err, op: op.id }, "command not started"));
@@ -845,4 +862,23 @@ function retiredMessage(g: Grant | undefined): string {
 /** An op's outcome when it reached its deadline, its authorizing grant's expiry. */
 function expiredMessage(g: Grant | undefined, what: string): string {
   return `deadline exceeded: the token that authorized it (${g ? tokenRef(g) : "?"}) expired; ${what}`;
+}
+
+/**
+ * Ends what is left of a command's process group after a kill (its pid leads the group: the
+ * spawn is detached), as AgentManager.recover does an agent's: only while the group is still the
+ * one spawned, never a process that merely has its pid now.
+ */
+function endLeftProcess(p: { id: string; pid: number; procId: string | null }, log: Logger): void {
+  if (p.procId === null) {
+    log.warn({ op: p.id, pid: p.pid }, "command recorded without a process identity: its pid is not signalled");
+    return;
+  }
+  if (!stillOwnGroup(p.pid, p.procId)) return;
+  try {
+    process.kill(-p.pid, "SIGKILL");
+    log.warn({ op: p.id, pid: p.pid }, "a command's processes outlived the previous kernel: killed");
+  } catch {
+    // already gone
+  }
 }

@@ -447,6 +447,13 @@ export interface OpStore {
   /** Marks every op left queued or running (the kernel died under it) as failed; returns their ids. */
   /** Marks ops left queued or running FAILED/INTERNAL; returns them with the state they were in. */
   failInterruptedOps(message: string, now: number): { id: string; state: OpState }[];
+  /**
+   * Records the process a command's op started (its pid leads the process group) and its
+   * identity (agents/process-identity.ts): a start after a kill ends what is left of it.
+   */
+  setOpProcess(id: string, pid: number, procId: string | null): void;
+  /** The processes recorded for ops left queued or running (the kernel died under them). */
+  interruptedOpProcesses(): { id: string; pid: number; procId: string | null }[];
   /** Forgets up to `limit` (default: all) finished ops that expired before `now`, with their results; returns how many. */
   pruneOps(now: number, limit?: number): number;
   /**

@@ -214,6 +214,10 @@ function migrateOps(db: Database.Database): void {
   // 1 from an op's end stored until its op.state record commits (as agents' end_unrecorded).
   if (!cols.some((c) => c.name === "end_unrecorded")) db.exec("ALTER TABLE ops ADD COLUMN end_unrecorded INTEGER");
   db.exec("CREATE INDEX IF NOT EXISTS ops_end_unrecorded ON ops (id) WHERE end_unrecorded IS NOT NULL");
+  // A command's process (its group's leader) and its identity: a start after a kill ends what is
+  // left of it, as it does an agent's (ComputeEngine.recover); a sandbox's dies with its kernel.
+  if (!cols.some((c) => c.name === "pid")) db.exec("ALTER TABLE ops ADD COLUMN pid INTEGER");
+  if (!cols.some((c) => c.name === "proc_id")) db.exec("ALTER TABLE ops ADD COLUMN proc_id TEXT");
 }
 
 /**

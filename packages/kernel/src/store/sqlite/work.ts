@@ -255,6 +255,14 @@ export function WorkRows<B extends StoreBase>(Base: B): WithRows<B, AgentStore &
       ).run(message, now);
       return ids;
     }
+    setOpProcess(id: string, pid: number, procId: string | null): void {
+      this.prep("UPDATE ops SET pid = ?, proc_id = ? WHERE id = ?").run(pid, procId, id);
+    }
+    interruptedOpProcesses(): { id: string; pid: number; procId: string | null }[] {
+      return (
+        this.prep("SELECT id, pid, proc_id FROM ops WHERE state IN ('queued', 'running') AND pid IS NOT NULL").all() as Row[]
+      ).map((r) => ({ id: r.id as string, pid: r.pid as number, procId: (r.proc_id as string | null) ?? null }));
+    }
     unrecordedOpEnds(): string[] {
       return this.prep("SELECT id FROM ops WHERE end_unrecorded IS NOT NULL AND state NOT IN ('queued', 'running')")
         .pluck(true)
