@@ -129,6 +129,8 @@ export class ComputeEngine {
   private readonly tasks = new Map<string, { module: string; export: string }>();
   private readonly running = new Map<string, Running>();
   private readonly queue: Job[] = [];
+  /** The deadline timer of each task while it is queued, by op id (cleared when it starts or ends). */
+  private readonly queuedTimers = new Map<string, NodeJS.Timeout>();
   /** What each task queued or running holds until it ends, by op id: its `concurrent` slot (the release) and its input's bytes. */
   private readonly taskHolds = new Map<string, { release: () => void; inputBytes: number; tree: string }>();
   /** The input bytes of the tasks queued or running (the sum over {@link taskHolds}), and by persona tree. */
@@ -223,6 +225,7 @@ export class ComputeEngine {
     // op ends with the authority that started it, as an agent's lifetime does (PROTOCOL C.5).
     const bound = Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs);
     const expiresWithGrant = grant !== undefined && grant.exp < bound;
+    const deadlineAt = expiresWithGrant ? grant.exp : bound;
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
       persona,
@@ -236,7 +239,7 @@ export class ComputeEngine {
       createdAt: now,
       startedAt: null,
       finishedAt: null,
-      deadline: expiresWithGrant ? grant.exp : bound,
+      deadline: deadlineAt,
       expiresAt: now + this.opts.resultTtlMs,
       spawn,
     };
@@ -251,9 +254,33 @@ export class ComputeEngine {
       this.heldInputBytes += inputBytes;
       this.treeInputBytes.set(tree, (this.treeInputBytes.get(tree) ?? 0) + inputBytes);
     }
-    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
+    const job: Job = { op, args, ...(command ? { command } : {}), grant, expiresWithGrant };
+    this.queue.push(job);
+    // A queued op's deadline counts while it waits (PROTOCOL §7.5): without this timer a task behind
+    // busy workers stayed queued past it, holding its tree's place, `concurrent` slot and input bytes
+    // until a worker freed up, and then started only to be stopped at once.
+    if (kind === "task") {
+      const timer = setTimeout(() => this.expireQueued(job), Math.max(0, deadlineAt - now));
+      timer.unref();
+      this.queuedTimers.set(op.id, timer);
+    }
     this.pump();
     return op;
+  }
+
+  /** A queued op's deadline passed: it ends as a running one would, never started. */
+  private expireQueued(job: Job): void {
+    const i = this.queue.indexOf(job);
+    if (i < 0) return;
+    this.queue.splice(i, 1);
+    this.finishUnstarted(job);
+  }
+
+  /** An op whose deadline passed before it started: FAILED without running (RESOURCE, or CAPABILITY when the deadline was its grant's expiry). */
+  private finishUnstarted(job: Job): void {
+    const what = "it never started (it was queued)";
+    if (job.expiresWithGrant) this.finish(job.op, "failed", null, "CAPABILITY", expiredMessage(job.grant, what));
+    else this.finish(job.op, "failed", null, "RESOURCE", `deadline exceeded: ${what}`);
   }
 
   /** Refuses (RESOURCE) an op past the persona's or the kernel's bound of ops queued or running. */
@@ -566,6 +593,12 @@ export class ComputeEngine {
 
   private start(job: Job): void {
     const op = job.op;
+    this.clearQueuedTimer(op.id);
+    // Its deadline passed while it waited (its timer not yet run): it ends without executing (PROTOCOL §7.5).
+    if (op.deadline !== null && op.deadline <= Date.now() && op.kind === "task") {
+      this.finishUnstarted(job);
+      return;
+    }
     op.state = "running";
     op.startedAt = Date.now();
     this.save(op, { state: "running", startedAt: op.startedAt }, "cannot record op start");
@@ -742,6 +775,7 @@ export class ComputeEngine {
     encoded?: Uint8Array,
   ): void {
     if (op.finishedAt !== null) return;
+    this.clearQueuedTimer(op.id);
     const hold = this.taskHolds.get(op.id);
     if (hold) {
       this.taskHolds.delete(op.id);
@@ -795,6 +829,13 @@ export class ComputeEngine {
     }
     this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from, () => this.endRecorded(op.id));
     this.emitDone(op);
+  }
+
+  private clearQueuedTimer(id: string): void {
+    const timer = this.queuedTimers.get(id);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.queuedTimers.delete(id);
   }
 
   /** An op's end record committed: a later start has nothing of its end to record. */
