@@ -97,7 +97,8 @@ interface Running {
   op: OpRecord;
   /** The grant that authorized the submit (a revocation covering it cancels the op). */
   grant: Grant | undefined;
-  cancel(reason: StopReason): void;
+  /** Stops it for `reason`; true when this call began its stop (false: it was already ending). */
+  cancel(reason: StopReason): boolean;
   /** A command: settles when its whole process tree has ended. */
   closed?: Promise<void>;
 }
@@ -374,10 +375,9 @@ export class ComputeEngine {
   /** Cancels a queued or running op; false when it already finished. */
   cancel(id: string): boolean {
     const r = this.running.get(id);
-    if (r) {
-      r.cancel("cancelled");
-      return true;
-    }
+    // A command already being stopped (an earlier op.cancel, its deadline, a revocation) stays
+    // here until its process closes: this call did not stop it (op.cancel's `cancelled`).
+    if (r) return r.cancel("cancelled");
     const i = this.queue.findIndex((j) => j.op.id === id);
     if (i >= 0) {
       const [job] = this.queue.splice(i, 1);
@@ -643,12 +643,14 @@ export class ComputeEngine {
     throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
     let ended: StopReason | undefined;
-    const kill = (why: StopReason) => {
+    const kill = (why: StopReason): boolean => {
       // Exited by itself, its last output still being read: it ends as it did, and its pid,
       // reaped, may be another process's by now (never signalled).
-      if (exitedBefore(child)) return;
+      if (exitedBefore(child)) return false;
+      const first = ended === undefined;
       ended ??= why;
       killSandbox(child.pid, this.host.sandbox.mode === "bwrap");
+      return first;
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
@@ -739,8 +741,8 @@ export class ComputeEngine {
       done(true);
       this.finish(op, "failed", null, "INTERNAL", why);
     };
-    const cancel = (why: StopReason) => {
-      if (settled) return;
+    const cancel = (why: StopReason): boolean => {
+      if (settled) return false;
       done(true);
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
@@ -750,6 +752,7 @@ export class ComputeEngine {
       else if (job.expiresWithGrant)
         this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
+      return true;
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
