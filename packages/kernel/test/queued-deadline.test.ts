@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { klass, removeHome, startKernel } from "./harness.js";
+import { klass, removeHome, startKernel, until } from "./harness.js";
 
 const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
 
@@ -32,6 +32,34 @@ describe("queued ops and their deadline", () => {
       assert.equal((await alice.ops.status(next)).state, "queued");
       await alice.ops.cancel(next);
       await alice.ops.cancel(running);
+    } finally {
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a task queued when the token that submitted it expires ends CAPABILITY without starting", async () => {
+    const t = await startKernel({ computeWorkers: 1 }, undefined, (k) =>
+      k.registerTask("hang", { module: TASKS, export: "hang" }),
+    );
+    try {
+      const admin = await t.admin();
+      const busy = await admin.compute.task("hang");
+      const p = await t.persona("alice", [{ ops: ["compute.submit"], targets: ["op://task/hang"] }], { ttlMs: 5000 });
+      const alice = await t.connect(p.identity, [p.token]);
+      const queued = await alice.compute.task("hang");
+      // Its deadline is its token's expiry: it ends then, still queued (the admin watches it).
+      const s = await until(
+        async () => {
+          const x = await admin.ops.status(queued);
+          return x.state === "queued" ? undefined : x;
+        },
+        60_000,
+        "the queued task ended",
+      );
+      assert.deepEqual([s.state, s.errorClass, s.startedAt], ["failed", "CAPABILITY", undefined]);
+      assert.match(s.message ?? "", /expired; it never started/);
+      await admin.ops.cancel(busy);
     } finally {
       await t.stop();
       removeHome(t.home);
