@@ -152,6 +152,8 @@ class Subscriptions:
             # A newer connection's renewal makes the rest (both would, each on the new connection).
             if conn != self.client.connections:
                 return
+            if sub not in self._subs:
+                continue  # unsubscribed meanwhile: nothing to make again
             # One under way (its call, sent on a lost link, is sent again on the new connection)
             # makes it there: a second would leave one of the two in the kernel, heard by no one.
             if sub._busy:
