@@ -76,6 +76,38 @@ class Resubscribing(unittest.IsolatedAsyncioTestCase):
             self.assertEqual((await a.get(timeout=30)).topic, "topic://a/x")
             await c.close()
 
+    async def test_a_subscription_the_kernel_ended_while_the_link_is_lost_is_made_again_once_on_the_new_connection(self) -> None:
+        # As the TypeScript client's test of that name: the kernel ends a (its capability lapsed),
+        # its re-subscription goes unanswered on session 1 and the link is lost with it in flight;
+        # on session 2 the call is sent again, and the renewal must not make a a second time.
+        subscribes: dict[int, int] = {}
+
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            intent = decode_intent(m.body["intent"])
+            if intent["op"] != "event.subscribe":
+                c.answer(m, payload={})
+                return
+            session = k.conns.index(c) + 1
+            subscribes[session] = subscribes.get(session, 0) + 1
+            if session == 1 and subscribes[1] > 1:
+                return  # the re-subscription after the end: never answered on session 1
+            c.answer(m, payload={"subscription": subscribes[session] + 1})
+
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            a = await c.subscribe("topic://a/**")
+            self.assertEqual(a.remote_id, 2)
+            k.conns[0].send("EVENT", {"subscription": 2, "topic": "topic://a/x", "seq": 1, "ended": "revoked"})
+            await until(lambda: subscribes.get(1) == 2, "the re-subscription sent on session 1")
+            k.conns[0].writer.close()
+            await until(lambda: k.sessions == 2 and a.remote_id != 0, "a made again on session 2")
+            await c.call("system.health", "kernel://", timeout=30)
+            await asyncio.sleep(0)
+            self.assertEqual(subscribes.get(2), 1, "a single event.subscribe on session 2")
+            k.conns[1].send("EVENT", {"subscription": a.remote_id, "topic": "topic://a/y", "seq": 1, "data": 7})
+            self.assertEqual((await a.get(timeout=30)).topic, "topic://a/y")
+            await c.close()
+
 
 if __name__ == "__main__":
     unittest.main()
