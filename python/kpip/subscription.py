@@ -64,6 +64,10 @@ class Subscription:
         self.closed = False
         # Why it ended, when the kernel refused to make it again after a reconnect (a KpipError).
         self.error: BaseException | None = None
+        # A re-subscription is under way (another would leave one of the two in the kernel, heard by
+        # no one); a reconnect came meanwhile (if it fails, it is tried once more on the new connection).
+        self._busy = False
+        self._redo = False
 
     def push(self, body: dict[str, Any], size: int = 0) -> None:
         if self.closed:
@@ -143,16 +147,19 @@ class Subscriptions:
         # subscription, whose events a subscription still holding it would receive too.
         for sub in self._subs:
             sub.remote_id = 0
+        conn = self.client.connections
         for sub in list(self._subs):
-            try:
-                r = await self.client.call("event.subscribe", sub.pattern)
-                sub.remote_id = r.field("event.subscribe", "subscription", "handle")
-            except KpipError as e:
-                # Refused: it is over, and its reader learns why (kept, it would wait for good).
-                self._subs.discard(sub)
-                sub.end(e)
-            except (KernelUnavailable, DeadlineExceeded, ProtocolViolation):
-                pass  # tried again after the next reconnect
+            # A newer connection's renewal makes the rest (both would, each on the new connection).
+            if conn != self.client.connections:
+                return
+            if sub not in self._subs:
+                continue  # unsubscribed meanwhile: nothing to make again
+            # One under way (its call, sent on a lost link, is sent again on the new connection)
+            # makes it there: a second would leave one of the two in the kernel, heard by no one.
+            if sub._busy:
+                sub._redo = True
+            else:
+                await self._again(sub, ended=False)
 
     def deliver(self, body: dict[str, Any], size: int = 0) -> None:
         # Subscription 0 carries the kernel's notices to the session (a token revoked), not to a
@@ -166,19 +173,48 @@ class Subscriptions:
                 # The kernel ended it (the capability that authorized it lapsed): subscribe again
                 # with the tokens held now; if that is refused too, the iteration ends.
                 sub.remote_id = 0
-                task = asyncio.ensure_future(self._again(sub))
+                task = asyncio.ensure_future(self._again(sub, ended=True))
                 self._pending.add(task)
                 task.add_done_callback(self._pending.discard)
             else:
                 sub.push(body, size)
 
-    async def _again(self, sub: Subscription) -> None:
+    async def _again(self, sub: Subscription, ended: bool) -> None:
+        """Makes `sub` again (after a reconnect, or `ended` by the kernel), as the TypeScript client
+        does: tried once more when a reconnect came meanwhile; otherwise a failure ends it — a
+        refusal or any other (a malformed answer, the kernel away past `unavailable`), since kept,
+        it would wait for events no kernel sends, for good. One the kernel ended (its EVENT said
+        why) ends quietly; one lost with the connection ends with the error, raised to its reader."""
+        if sub._busy:
+            return
+        sub._busy = True
         try:
-            r = await self.client.call("event.subscribe", sub.pattern)
-            sub.remote_id = r.field("event.subscribe", "subscription", "handle")
-        except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation):
-            self._subs.discard(sub)
-            sub.end()
+            while True:
+                sub._redo = False
+                conn = self.client.connections
+                try:
+                    r = await self.client.call("event.subscribe", sub.pattern)
+                    handle = r.field("event.subscribe", "subscription", "handle")
+                except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation) as e:
+                    if sub not in self._subs:
+                        return
+                    if sub._redo and conn != self.client.connections:
+                        continue
+                    self._subs.discard(sub)
+                    sub.end(None if ended else e)
+                    return
+                if sub not in self._subs:
+                    # Unsubscribed meanwhile: the kernel's new subscription would be held for no one.
+                    if self.client.state == "ready":
+                        try:
+                            await self.client.call("event.unsubscribe", sub.pattern, {"subscription": handle})
+                        except (KpipError, KernelUnavailable, DeadlineExceeded, ProtocolViolation):
+                            pass
+                    return
+                sub.remote_id = handle
+                return
+        finally:
+            sub._busy = False
 
     def end_all(self) -> None:
         for s in list(self._subs):

@@ -332,7 +332,7 @@ export class AgentsApi {
     return (await this.op(agentSpawn, `agent://${executable}/${instance}`, spec, opts)).payload;
   }
   /**
-   * Kills an agent; whether it was running. agent://<executable>/<instance> names the caller's
+   * Kills an agent; whether this call killed it (false when it had ended or was already being killed). agent://<executable>/<instance> names the caller's
    * own: every spawner has its own names, so the admin names another persona's with `spawner`.
    */
   async kill(agent: string, opts: AgentCallOptions = {}): Promise<boolean> {

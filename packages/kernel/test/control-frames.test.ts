@@ -6,7 +6,8 @@ import { after, before, describe, it } from "node:test";
 import { encodeMessage, type Message } from "@kpip/protocol";
 import { until } from "@kpip/protocol/testing";
 import { removeHome, startKernel, type TestKernel } from "./harness.js";
-import { auditRecord, RawPeer, sleep } from "./wire.js";
+import { seenNothing, slowFamily } from "./slow-family.js";
+import { auditRecord, RawPeer, requestFrame, sleep } from "./wire.js";
 
 /** 2,000 frames: four times the default burst (100 a second, 5×), in one write. */
 const FLOOD = 2000;
@@ -14,9 +15,13 @@ const FLOOD = 2000;
 describe("control frames past the session's rate", () => {
   let t: TestKernel;
   let persona: Awaited<ReturnType<TestKernel["persona"]>>;
+  const seen = seenNothing();
   before(async () => {
-    t = await startKernel();
-    persona = await t.persona("flooder", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+    t = await startKernel({}, undefined, (k) => k.register(slowFamily(seen)));
+    persona = await t.persona("flooder", [
+      { ops: ["system.health"], targets: ["kernel://"] },
+      { ops: ["slow.until_abort"], targets: ["kernel://"] },
+    ]);
   });
   after(async () => {
     await t.stop();
@@ -64,6 +69,26 @@ describe("control frames past the session's rate", () => {
 
   it("non-fatal ERRORs past the rate end the session alike", async () => {
     await assertFlood(await flood({ type: "ERROR", body: { class: "INTERNAL", code: "X", message: "x", fatal: false } }));
+  });
+
+  it("GOODBYEs repeated while the session closes (a request holding it open) are counted: past the rate, fatal CONTROL_FLOOD, and the request aborted", async () => {
+    const p = await RawPeer.connect(t.k.socketPath);
+    const welcome = await p.handshake(persona.identity, [persona.token]);
+    const started = seen.started;
+    p.send(
+      requestFrame(
+        1,
+        { op: "slow.until_abort", target: "kernel://", args: {} },
+        { caps: welcome.body.handles, persona: "flooder" },
+      ),
+    );
+    await until(() => seen.started > started, 30_000, "the request running");
+    // The first GOODBYE starts the closing; the session stays open until the request ends.
+    p.sendMessage({ type: "GOODBYE", body: { reason: "done" } });
+    const one = encodeMessage({ type: "GOODBYE", body: { reason: "again" } });
+    p.send(Buffer.concat(Array.from({ length: FLOOD }, () => one)));
+    await until(() => p.closed, 30_000, "the flooding session ends");
+    await assertFlood(p);
   });
 
   it("a client at the smallest heartbeat, idle, keeps its session: its PINGs and PONGs are within the rate", async () => {

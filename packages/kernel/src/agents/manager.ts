@@ -755,8 +755,13 @@ export class AgentManager {
     return this.registry.getPersona(persona) !== undefined;
   }
 
-  /** Kills a running agent of `persona`'s (or any, for the admin). */
+  /**
+   * Kills a running agent of `persona`'s (or any, for the admin); false when it already ended or
+   * is already being killed (an earlier agent.kill, a revocation, its lifetime): agent.kill's
+   * record says it killed the agent once, not once per call while the first kill took effect.
+   */
   kill(id: string): boolean {
+    if (this.live.get(id)?.killedBy !== undefined) return false;
     return this.killLive(id, "kill");
   }
 

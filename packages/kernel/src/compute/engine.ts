@@ -98,7 +98,8 @@ interface Running {
   op: OpRecord;
   /** The grant that authorized the submit (a revocation covering it cancels the op). */
   grant: Grant | undefined;
-  cancel(reason: StopReason): void;
+  /** Stops it for `reason`; true when this call began its stop (false: it was already ending). */
+  cancel(reason: StopReason): boolean;
   /** A command: settles when its whole process tree has ended. */
   closed?: Promise<void>;
 }
@@ -130,6 +131,8 @@ export class ComputeEngine {
   private readonly tasks = new Map<string, { module: string; export: string }>();
   private readonly running = new Map<string, Running>();
   private readonly queue: Job[] = [];
+  /** The deadline timer of each task while it is queued, by op id (cleared when it starts or ends). */
+  private readonly queuedTimers = new Map<string, NodeJS.Timeout>();
   /** What each task queued or running holds until it ends, by op id: its `concurrent` slot (the release) and its input's bytes. */
   private readonly taskHolds = new Map<string, { release: () => void; inputBytes: number; tree: string }>();
   /** The input bytes of the tasks queued or running (the sum over {@link taskHolds}), and by persona tree. */
@@ -228,6 +231,7 @@ export class ComputeEngine {
     // op ends with the authority that started it, as an agent's lifetime does (PROTOCOL C.5).
     const bound = Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs);
     const expiresWithGrant = grant !== undefined && grant.exp < bound;
+    const deadlineAt = expiresWithGrant ? grant.exp : bound;
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
       persona,
@@ -241,7 +245,7 @@ export class ComputeEngine {
       createdAt: now,
       startedAt: null,
       finishedAt: null,
-      deadline: expiresWithGrant ? grant.exp : bound,
+      deadline: deadlineAt,
       expiresAt: now + this.opts.resultTtlMs,
       spawn,
     };
@@ -256,9 +260,33 @@ export class ComputeEngine {
       this.heldInputBytes += inputBytes;
       this.treeInputBytes.set(tree, (this.treeInputBytes.get(tree) ?? 0) + inputBytes);
     }
-    this.queue.push({ op, args, ...(command ? { command } : {}), grant, expiresWithGrant });
+    const job: Job = { op, args, ...(command ? { command } : {}), grant, expiresWithGrant };
+    this.queue.push(job);
+    // A queued op's deadline counts while it waits (PROTOCOL §7.5): without this timer a task behind
+    // busy workers stayed queued past it, holding its tree's place, `concurrent` slot and input bytes
+    // until a worker freed up, and then started only to be stopped at once.
+    if (kind === "task") {
+      const timer = setTimeout(() => this.expireQueued(job), Math.max(0, deadlineAt - now));
+      timer.unref();
+      this.queuedTimers.set(op.id, timer);
+    }
     this.pump();
     return op;
+  }
+
+  /** A queued op's deadline passed: it ends as a running one would, never started. */
+  private expireQueued(job: Job): void {
+    const i = this.queue.indexOf(job);
+    if (i < 0) return;
+    this.queue.splice(i, 1);
+    this.finishUnstarted(job);
+  }
+
+  /** An op whose deadline passed before it started: FAILED without running (RESOURCE, or CAPABILITY when the deadline was its grant's expiry). */
+  private finishUnstarted(job: Job): void {
+    const what = "it never started (it was queued)";
+    if (job.expiresWithGrant) this.finish(job.op, "failed", null, "CAPABILITY", expiredMessage(job.grant, what));
+    else this.finish(job.op, "failed", null, "RESOURCE", `deadline exceeded: ${what}`);
   }
 
   /** Refuses (RESOURCE) an op past the persona's or the kernel's bound of ops queued or running. */
@@ -352,10 +380,9 @@ export class ComputeEngine {
   /** Cancels a queued or running op; false when it already finished. */
   cancel(id: string): boolean {
     const r = this.running.get(id);
-    if (r) {
-      r.cancel("cancelled");
-      return true;
-    }
+    // A command already being stopped (an earlier op.cancel, its deadline, a revocation) stays
+    // here until its process closes: this call did not stop it (op.cancel's `cancelled`).
+    if (r) return r.cancel("cancelled");
     const i = this.queue.findIndex((j) => j.op.id === id);
     if (i >= 0) {
       const [job] = this.queue.splice(i, 1);
@@ -571,6 +598,12 @@ export class ComputeEngine {
 
   private start(job: Job): void {
     const op = job.op;
+    this.clearQueuedTimer(op.id);
+    // Its deadline passed while it waited (its timer not yet run): it ends without executing (PROTOCOL §7.5).
+    if (op.deadline !== null && op.deadline <= Date.now() && op.kind === "task") {
+      this.finishUnstarted(job);
+      return;
+    }
     op.state = "running";
     op.startedAt = Date.now();
     this.save(op, { state: "running", startedAt: op.startedAt }, "cannot record op start");
@@ -627,12 +660,14 @@ export class ComputeEngine {
     throttlePastCapture(child.stdout, this.opts.maxOutputBytes);
     throttlePastCapture(child.stderr, this.opts.maxOutputBytes);
     let ended: StopReason | undefined;
-    const kill = (why: StopReason) => {
+    const kill = (why: StopReason): boolean => {
       // Exited by itself, its last output still being read: it ends as it did, and its pid,
       // reaped, may be another process's by now (never signalled).
-      if (exitedBefore(child)) return;
+      if (exitedBefore(child)) return false;
+      const first = ended === undefined;
       ended ??= why;
       killSandbox(child.pid, this.host.sandbox.mode === "bwrap");
+      return first;
     };
     const timer = setTimeout(() => kill("deadline"), remainingMs);
     const closed = new Promise<void>((r) => child.once("close", () => r()));
@@ -723,8 +758,8 @@ export class ComputeEngine {
       done(true);
       this.finish(op, "failed", null, "INTERNAL", why);
     };
-    const cancel = (why: StopReason) => {
-      if (settled) return;
+    const cancel = (why: StopReason): boolean => {
+      if (settled) return false;
       done(true);
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
@@ -734,6 +769,7 @@ export class ComputeEngine {
       else if (job.expiresWithGrant)
         this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
       else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
+      return true;
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
     this.running.set(op.id, { id: op.id, op, grant: job.grant, cancel });
@@ -759,6 +795,7 @@ export class ComputeEngine {
     encoded?: Uint8Array,
   ): void {
     if (op.finishedAt !== null) return;
+    this.clearQueuedTimer(op.id);
     const hold = this.taskHolds.get(op.id);
     if (hold) {
       this.taskHolds.delete(op.id);
@@ -812,6 +849,13 @@ export class ComputeEngine {
     }
     this.host.recordState?.(op, this.stopped ? "interrupted" : auditState(op.state), from, () => this.endRecorded(op.id));
     this.emitDone(op);
+  }
+
+  private clearQueuedTimer(id: string): void {
+    const timer = this.queuedTimers.get(id);
+    if (timer === undefined) return;
+    clearTimeout(timer);
+    this.queuedTimers.delete(id);
   }
 
   /** An op's end record committed: a later start has nothing of its end to record. */

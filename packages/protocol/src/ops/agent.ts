@@ -53,7 +53,12 @@ export const agentKill = defineOp({
   args: { spawner },
   result: {
     agent: text("agent://<executable>/<instance>"),
-    killed: { type: "bool", required: true, description: "whether it was running" },
+    killed: {
+      type: "bool",
+      required: true,
+      description:
+        "whether this call killed it: false when it had ended or was already being killed (an earlier agent.kill, a revocation, its lifetime)",
+    },
   },
   idempotent: true,
   effects: true,

@@ -79,7 +79,12 @@ export const opCancel = defineOp({
   args: {},
   result: {
     op: opUri,
-    cancelled: { type: "bool", required: true, description: "whether this call stopped it" },
+    cancelled: {
+      type: "bool",
+      required: true,
+      description:
+        "whether this call stopped it: false when it had ended or was already being stopped (an earlier op.cancel, its deadline, a revocation)",
+    },
     state: { type: "text", required: true, description: "its state now" },
   },
   idempotent: true,
