@@ -4,11 +4,11 @@ import { setFlagsFromString } from "node:v8";
  * V8's interrupt budget for the kernel's process (bytes of bytecode a function runs between its
  * tiering checks; V8's default in Node 20 is 132 KiB). A request's path is many small functions each
  * run once a request, so with the default they reach optimized code only after a few thousand
- * requests: at one request in flight, 1 in 13 of the requests 1,000–2,000 after a start spent over
- * 200 µs on the kernel's thread (interpreted and baseline code), against ~1 in 300 later, which put
- * the first minute's share into the p99 (BENCHMARKS.md, round twenty-four). A quarter of it tiers
- * the path up within the first ~1,000 requests; the checks it adds are a few more per request
- * while the code is still interpreted, none once it is optimized.
+ * requests: at one request in flight, 1 in 10 or more of the requests 1,000–2,000 after a start
+ * spent over 200 µs on the kernel's thread (interpreted and baseline code), against ~1 in 200 later,
+ * which put the first seconds' share into the p99 (BENCHMARKS.md, round twenty-four). A quarter of
+ * it has the path checked, and optimized, about four times sooner; the checks cost only while the
+ * code is not yet optimized.
  */
 export const KERNEL_INTERRUPT_BUDGET = 32 * 1024;
 
