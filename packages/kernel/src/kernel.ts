@@ -10,6 +10,7 @@ import { startHousekeeping, storeKept } from "./kernel/housekeeping.js";
 import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
 import { recordLateRecords } from "./kernel/storage-space.js";
+import { tuneTiering } from "./kernel/v8-tiering.js";
 import { EVENT_HIGH_WATER_BYTES, GRPC_CLOSE_GRACE_MS } from "./limits.js";
 import { createLogger, type Logger } from "./log.js";
 import type { KernelMetrics } from "./metrics/metrics.js";
@@ -222,6 +223,8 @@ export class Kernel {
       // Before anything is opened (home, store, sandbox, listeners): a kernel whose bounds do
       // not fit its descriptors is refused with nothing to close.
       checkDescriptorBudget(c);
+      // The request path optimized within its first ~1,000 requests, not a few thousand (v8-tiering.ts).
+      tuneTiering();
       const s = await compose({
         config: c,
         log: this.log,

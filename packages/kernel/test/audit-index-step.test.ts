@@ -4,7 +4,7 @@ import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { AuditLog, INDEX_ROWS } from "../src/audit/log.js";
+import { AuditLog, INDEX_IDLE_MS, INDEX_ROWS } from "../src/audit/log.js";
 import { SPAN_MAX_BYTES, spansOf, type TailBatch } from "../src/store/audit-segments.js";
 import { SqliteStore } from "../src/store/sqlite.js";
 import { removeHome, until } from "./harness.js";
@@ -108,6 +108,39 @@ describe("the audit index step", () => {
       assert.deepEqual([spans[0]?.first_seq, spans.at(-1)?.last_seq], [1, 3]);
     } finally {
       offline.close();
+      log.close();
+      s.close();
+      removeHome(home);
+    }
+  });
+
+  it("the quiet rule indexes no sooner than INDEX_IDLE_MS after the last commit (a client's short pause at one in flight does not meet the step)", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-index-idle-"));
+    const s = new SqliteStore(join(home, "kernel.db"));
+    s.useAuditSegments(join(home, "audit"));
+    let stepAt = 0;
+    const index = (s.indexAudit as () => void).bind(s);
+    s.indexAudit = () => {
+      if (s.auditUnindexed > 0 && stepAt === 0) stepAt = performance.now();
+      index();
+    };
+    const log = new AuditLog(s, "k-idle", generateKeyPairSync("ed25519").privateKey, {
+      batchMax: 512,
+      checkpointEvery: 100_000,
+      indexDelayMs: 3_600_000,
+    });
+    try {
+      let lastAppend = 0;
+      for (let i = 1; i <= 3; i++) {
+        // Taken before the append: its commit, which the quiet time counts from, comes after.
+        lastAppend = performance.now();
+        await log.append({ session: "s", persona: "admin", phase: "complete", requestId: i, op: "bench.noop" });
+      }
+      await until(() => s.auditUnindexed === 0, 20_000, "the quiet log's index step");
+      // A pause of a few ms (a scavenge, a descheduled client) is not quiet.
+      assert.ok(stepAt - lastAppend >= 10, `indexed ${(stepAt - lastAppend).toFixed(2)} ms after the last append`);
+      assert.ok(stepAt - lastAppend >= INDEX_IDLE_MS);
+    } finally {
       log.close();
       s.close();
       removeHome(home);

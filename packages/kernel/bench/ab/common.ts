@@ -70,14 +70,24 @@ export interface CheckoutKernel {
   remove(): void;
 }
 
-/** Starts `root`'s side-by-side/kernel-server.js and connects `root`'s `@kpip/client` to it (no reconnect, no shm). */
-export async function checkoutKernel(root: string, prefix: string): Promise<CheckoutKernel> {
+/**
+ * Starts `root`'s side-by-side/kernel-server.js and connects `root`'s `@kpip/client` to it (no reconnect, no shm);
+ * `launch` adds node flags before the script (e.g. a preload) and variables to the kernel's environment.
+ */
+export async function checkoutKernel(
+  root: string,
+  prefix: string,
+  launch: { nodeArgs?: string[]; env?: Record<string, string> } = {},
+): Promise<CheckoutKernel> {
   const { KernelClient, loadIdentity } = (await import(
     pathToFileURL(join(root, "packages/client/dist/src/index.js")).href
   )) as typeof import("@kpip/client");
   const home = mkdtempSync(join(tmpdir(), prefix));
   const server = join(root, "packages/kernel/dist/bench/side-by-side/kernel-server.js");
-  const p = spawn(process.execPath, [server, "--home", home], { stdio: ["ignore", "pipe", "inherit"] });
+  const p = spawn(process.execPath, [...(launch.nodeArgs ?? []), server, "--home", home], {
+    stdio: ["ignore", "pipe", "inherit"],
+    env: launch.env ? { ...process.env, ...launch.env } : process.env,
+  });
   const remove = () => {
     if (p.exitCode === null && p.signalCode === null) p.kill("SIGKILL");
     rmSync(home, { recursive: true, force: true });
