@@ -111,7 +111,14 @@ export class Subscriptions {
 
   /** After a reconnect: subscribe again to every pattern. */
   async resubscribe(): Promise<void> {
+    const conn = this.connection();
     for (const [sub, held] of this.subs) {
+      // A newer connection came while this loop awaited: its own loop makes what is left there.
+      // Went on, this one made a subscription that loop had already made again: a second one in
+      // the kernel, counted against the persona's bound, its events delivered to no one.
+      if (this.connection() !== conn) return;
+      // Made on this connection already (another path made it again first).
+      if (held.conn === conn) continue;
       // One under way (a lost link's call is sent again on the new connection) makes it there.
       if (held.busy) held.redo = true;
       else await this.again(sub, held);

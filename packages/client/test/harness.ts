@@ -152,6 +152,7 @@ export class FakeKernel {
           s.write(welcomeFrame());
         } else if (m.type === "REQUEST") {
           this.requests.push(m.body);
+          this.arrivals.set(m.body, { socket: s, stream });
           const step = this.script.shift() ?? (() => ({ status: "SUCCESS" as const }));
           const out = step(m.body);
           if (out === "too-large") {
@@ -172,6 +173,14 @@ export class FakeKernel {
   }
   listen(): Promise<void> {
     return new Promise((r) => this.server.listen(this.path, r));
+  }
+  /** Where each request came from: a "silent" step's request is answered later with {@link answer}. */
+  private readonly arrivals = new WeakMap<Request, { socket: net.Socket; stream: number }>();
+  /** Answers `r` (a request a step left silent) on the connection and stream it came on. */
+  answer(r: Request, out: Omit<Response, "version" | "id">): void {
+    const from = this.arrivals.get(r);
+    if (!from) throw new Error("answer: a request this fake kernel never received");
+    from.socket.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: r.id, ...out } as Response }, from.stream));
   }
   /** Starts a script: the next requests are answered by `steps`, in order (then SUCCESS); requests seen so far are forgotten. */
   reset(...steps: Step[]): void {

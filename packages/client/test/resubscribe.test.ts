@@ -75,4 +75,57 @@ describe("re-subscription after an ended subscription and a reconnect", () => {
     await c.system.health();
     assert.deepEqual(delivered, { a: 0, b: 1 });
   });
+
+  it("a reconnect while an earlier reconnect's re-subscriptions are under way: each subscription is made once on the newest connection, never twice", async (t) => {
+    const k = new FakeKernel();
+    await k.listen();
+    t.after(() => k.close());
+    let next = 1;
+    const subscribed = () => ({ status: "SUCCESS" as const, payload: { subscription: next++ } });
+    k.reset(subscribed, subscribed);
+    const c = await k.connect();
+    t.after(() => c.close());
+    const a = await c.subscribe("topic://a/**");
+    const b = await c.subscribe("topic://b/**");
+    const target = (r: Request) => decodeIntent(r.intent).target;
+
+    // The first reconnect's re-subscription of a goes unanswered ...
+    k.reset(() => "silent");
+    k.sockets[0]?.destroy();
+    await until(() => subscribes(k.requests).length === 1, 10_000, "a's re-subscription sent on the second connection");
+    // ... and that link is lost too. On the third connection a's call (sent again) waits while
+    // b's re-subscription, the second reconnect's, is answered at once.
+    let held: Request | undefined;
+    const answerB = (r: Request) => {
+      if (target(r) !== "topic://a/**") return subscribed();
+      held = r;
+      return "silent" as const;
+    };
+    k.reset(answerB, answerB, answerB, answerB);
+    const bMade = new Promise<void>((r) =>
+      c.on("resubscribed", (p) => {
+        if (p === "topic://b/**") r();
+      }),
+    );
+    k.sockets[1]?.destroy();
+    await bMade;
+    await until(() => held !== undefined, 10_000, "a's call sent again on the third connection");
+    const aMade = new Promise<void>((r) => c.once("resubscribed", () => r()));
+    k.answer(held as Request, subscribed());
+    await aMade;
+    // Every request sent before this one has reached the kernel when it answers it.
+    await c.system.health();
+    const onThird = subscribes(k.requests).map(target);
+    assert.equal(
+      onThird.filter((p) => p === "topic://b/**").length,
+      1,
+      `b made once on the third connection: the first reconnect's loop, resumed after a's answer, must not make it again (${JSON.stringify(onThird)})`,
+    );
+    assert.ok(!a.closed && !b.closed, "both still open");
+    const events = b[Symbol.asyncIterator]();
+    k.sockets
+      .at(-1)
+      ?.write(encodeMessage({ type: "EVENT", body: { subscription: b.remoteId, topic: "topic://b/y", seq: 1, data: 7 } }));
+    assert.equal((await events.next()).value?.topic, "topic://b/y", "b's events reach it");
+  });
 });
