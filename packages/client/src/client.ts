@@ -66,7 +66,11 @@ export class KernelClient extends EventEmitter {
   connections = 0;
   /** Typed families: each method is one `call`. */
   readonly system = new SystemApi(this.call.bind(this));
-  readonly storage = new StorageApi(this.call.bind(this), () => this.link?.maxBody ?? 16 * 1024 * 1024);
+  readonly storage = new StorageApi(
+    this.call.bind(this),
+    () => this.link?.maxBody ?? 16 * 1024 * 1024,
+    () => this.connections,
+  );
   readonly tokens = new TokensApi(this.call.bind(this));
   readonly events = new EventsApi(this.call.bind(this), this.subscribe.bind(this));
   readonly compute = new ComputeApi(this.call.bind(this));

@@ -94,3 +94,15 @@ export class RequestTooLargeError extends LocalError {
     super(message);
   }
 }
+
+/**
+ * A chunked upload (`storage.putLarge`) the kernel no longer has after the client reconnected
+ * mid-upload: the kernel restarted, and uploads do not outlive it (PROTOCOL §9.7) — a `begin`
+ * answered before the restart and resent after it is answered from its dedupe record with the
+ * old upload's id, which the new kernel never had. A buffer source is uploaded again from a fresh
+ * `begin` (a few times) before this is thrown; an iterable one was consumed, so the caller starts
+ * again with a fresh source. `cause`: the kernel's answer that showed it.
+ */
+export class UploadLostError extends LocalError {
+  override name = "UploadLostError";
+}

@@ -33,7 +33,7 @@ import {
   tokenMint,
   tokenRevoke,
 } from "@kpip/protocol";
-import { ProtocolViolationError } from "./errors.js";
+import { ProtocolViolationError, type UploadLostError } from "./errors.js";
 import { type OpAnswer, type OpCall, opCall } from "./op-call.js";
 import type { CallFn as Call, CallOptions } from "./options.js";
 import { type PutLargeOptions, putLarge, type ReadLargeOptions, readStream } from "./storage-large.js";
@@ -72,6 +72,8 @@ export class StorageApi {
   constructor(
     call: Call,
     private readonly maxBody: () => number = () => 16 * 1024 * 1024,
+    /** Sessions the client has made: a putLarge across a reconnect tells a restarted kernel's lost upload by it. */
+    private readonly connections: () => number = () => 0,
   ) {
     this.op = opCall(call);
   }
@@ -112,7 +114,9 @@ export class StorageApi {
    * source's own buffers, not copied: an iterable must yield a buffer it does not change or
    * reuse afterwards (as streams do), and a buffer source must not change until this settles.
    * It settles (an abort or a deadline included) only after every chunk's call has, each once
-   * the socket has let go of its bytes: from then on the source may change.
+   * the socket has let go of its bytes: from then on the source may change. An upload the
+   * kernel lost to a restart while the client reconnected is begun again from a buffer source
+   * (at most three more times); from an iterable one, already consumed, it is {@link UploadLostError}.
    *
    * @example
    * await client.storage.putLarge("obj://ws/video.bin", createReadStream(file), { size: statSync(file).size });
@@ -122,7 +126,7 @@ export class StorageApi {
     source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
     opts?: PutLargeOptions,
   ): Promise<ResultOf<typeof storageUploadCommit>> {
-    return putLarge(this.op, this.maxBody(), target, source, opts);
+    return putLarge(this.op, this.maxBody(), target, source, opts, this.connections);
   }
   /** An object's bytes as ranged reads, one generation throughout (a concurrent write fails the stream). */
   readStream(target: string, opts?: ReadLargeOptions): AsyncIterable<Uint8Array> {

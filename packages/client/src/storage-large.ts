@@ -7,7 +7,7 @@ import {
   storageUploadChunk,
   storageUploadCommit,
 } from "@kpip/protocol";
-import { ProtocolViolationError } from "./errors.js";
+import { KpipError, ProtocolViolationError, UploadLostError } from "./errors.js";
 import type { OpCall } from "./op-call.js";
 import type { CallOptions } from "./options.js";
 
@@ -58,10 +58,16 @@ async function* rechunk(source: AsyncIterable<Uint8Array> | Iterable<Uint8Array>
   if (have > 0) yield pending.length === 1 ? (pending[0] as Uint8Array) : Buffer.concat(pending);
 }
 
+/** Fresh `begin`s after the first when the kernel lost a buffer source's upload across a reconnect. */
+const LOST_UPLOAD_RESTARTS = 3;
+
 /**
  * The chunked upload (PROTOCOL §9.7): begin with the size, chunks in order (`window` in flight),
  * then a commit naming the SHA-256 the client computed over exactly the bytes it sent. Any
- * failure aborts the upload (best effort) and is thrown.
+ * failure aborts the upload (best effort) and is thrown. An upload the kernel lost to a restart
+ * while the client reconnected (`connections`: the client's count of sessions made) is begun
+ * again from a buffer source, at most {@link LOST_UPLOAD_RESTARTS} times; from an iterable one
+ * (consumed) it is {@link UploadLostError}.
  */
 export async function putLarge(
   op: OpCall,
@@ -69,12 +75,47 @@ export async function putLarge(
   target: string,
   source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
   opts: PutLargeOptions = {},
+  connections: () => number = () => 0,
 ): Promise<ResultOf<typeof storageUploadCommit>> {
   const { size: declared, chunkBytes, window = 2, ifGeneration, ...callOpts } = opts;
   const size = source instanceof Uint8Array ? source.length : declared;
   if (size === undefined) throw new TypeError("putLarge: give the size of an iterable source (opts.size)");
   if (declared !== undefined && declared !== size) throw new TypeError(`putLarge: size ${declared} but the buffer holds ${size}`);
   const n = chunkSize(chunkBytes, maxBody);
+  for (let begun = 1; ; begun++) {
+    try {
+      return await uploadOnce(op, target, source, { size, n, window, ifGeneration, callOpts }, connections);
+    } catch (e) {
+      if (!(e instanceof UploadLostError)) throw e;
+      if (!(source instanceof Uint8Array))
+        throw new UploadLostError(`${e.message}; the source was an iterable, already consumed: put it again from a fresh one`, {
+          cause: e.cause,
+        });
+      if (begun > LOST_UPLOAD_RESTARTS) throw new UploadLostError(`${e.message}, ${begun} times: giving up`, { cause: e.cause });
+    }
+  }
+}
+
+interface UploadPlan {
+  size: number;
+  n: number;
+  window: number;
+  ifGeneration: number | undefined;
+  callOpts: CallOptions;
+}
+
+/** One upload from its `begin` to its commit; {@link UploadLostError} when the kernel lost it across a reconnect. */
+async function uploadOnce(
+  op: OpCall,
+  target: string,
+  source: Uint8Array | AsyncIterable<Uint8Array> | Iterable<Uint8Array>,
+  plan: UploadPlan,
+  connections: () => number,
+): Promise<ResultOf<typeof storageUploadCommit>> {
+  const { size, n, window, ifGeneration, callOpts } = plan;
+  // Read before the begin is sent: a reconnect while it is in flight counts too (its answer,
+  // replayed from the dedupe record after a restart, names an upload the new kernel never had).
+  const since = connections();
   const { upload } = (await op(storageUploadBegin, target, { size }, callOpts)).payload;
   const hash = createHash("sha256");
   const inFlight = new Set<Promise<void>>();
@@ -108,7 +149,18 @@ export async function putLarge(
     return (await op(storageUploadCommit, target, args, callOpts)).payload;
   } catch (e) {
     await Promise.allSettled(inFlight);
-    await op(storageUploadAbort, target, { upload }, callOpts).catch(() => {});
+    // The abort is also the probe: refused SEMANTIC, the kernel has no such upload. After a
+    // reconnect that is a restart having lost it (§9.7), not a refusal of what was sent — the
+    // kernel answers every unknown id alike, so the client asks rather than reads the message.
+    const gone = await op(storageUploadAbort, target, { upload }, callOpts).then(
+      () => false,
+      (a: unknown) => a instanceof KpipError && a.errorClass === "SEMANTIC",
+    );
+    if (gone && e instanceof KpipError && e.errorClass === "SEMANTIC" && connections() !== since)
+      throw new UploadLostError(
+        `the kernel lost upload ${upload} of ${target} while the client reconnected (uploads do not outlive a kernel restart)`,
+        { cause: e },
+      );
     throw e;
   }
 }

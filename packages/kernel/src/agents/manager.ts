@@ -354,7 +354,8 @@ export class AgentManager {
    * under it), in force now even when a full disk refuses their rows (stored once there is room).
    */
   private revokeAgent(tokenId: string, persona: string): AgentRevocation {
-    const forId = this.store.liveTokensFor(persona, Date.now()).filter((id) => id !== tokenId);
+    // Live by the kernel's clock, which the enforcer judges by: not the host's.
+    const forId = this.store.liveTokensFor(persona, this.tokens.now()).filter((id) => id !== tokenId);
     const own = this.tokens.revokeNow(tokenId, "kernel");
     const rest = forId.length > 0 ? this.tokens.revokeAllNow(forId, "kernel") : undefined;
     return { own, rest, forId };
@@ -387,7 +388,7 @@ export class AgentManager {
    * kernel was killed, a token minted for a name no agent ran as), on the record.
    */
   private revokeAgentTokens(): void {
-    const ids = this.store.liveTokensFor(undefined, Date.now());
+    const ids = this.store.liveTokensFor(undefined, this.tokens.now());
     if (ids.length === 0) return;
     const r = this.tokens.revokeAllNow(ids, "kernel");
     const reason = "no token minted for an agent's persona outlives the kernel its agent ran in";

@@ -165,6 +165,11 @@ export class CapEnforcer implements Authorizer {
     return { ok: true, token, grant };
   }
 
+  /** The kernel's clock, which every expiry here is judged by: what reports a token's status reads it too, never the host's. */
+  now(): number {
+    return this.clock();
+  }
+
   /** Takes `n` bytes from the budget of new tokens of `persona`'s tree; false when it has not that many. */
   private takeNewTokenBytes(persona: string, n: number): boolean {
     const b = this.newTokenBytes.take(this.roots.of(persona), this.clock());

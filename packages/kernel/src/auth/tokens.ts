@@ -29,6 +29,11 @@ export class TokenService {
     private readonly grantBounds: GrantBounds = new GrantBounds(store),
   ) {}
 
+  /** The kernel's clock, which tokens are minted and judged by: what asks which tokens are live reads it too. */
+  now(): number {
+    return this.clock();
+  }
+
   /** Mints a token for `spec.sub` within `parent` (escalation refused) and records it. */
   mint(parent: Grant | undefined, mintedBy: string, spec: MintSpec): Token {
     checkMintSpecSize(spec, this.limits.maxTokenBytes);

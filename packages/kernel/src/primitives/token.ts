@@ -78,7 +78,8 @@ function ownsToken(store: TokenStore, admin: string, persona: string, rec: Token
  */
 export function describeToken(t: Token, enforcer: CapEnforcer, forged = false): CborMap {
   const g = effectiveGrant(t);
-  const now = Date.now();
+  // The enforcer's clock, not the host's: the status says what a use would meet.
+  const now = enforcer.now();
   const status = forged
     ? "invalid"
     : enforcer.isRevoked(g)
@@ -193,7 +194,7 @@ export function tokenFamily(
           const t = tokenArg(ctx);
           const v = enforcer.verify(t, ctx.persona);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
-          if (Date.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
+          if (enforcer.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
           // Recorded with the request's dedupe record: a retry after a crash gets this copy, not a second one.
           return ctx.atomically((): OpResult => {
             const fresh = tokens.refresh(t, ctx.persona);
