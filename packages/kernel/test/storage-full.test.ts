@@ -555,6 +555,41 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
   });
 });
 
+const idleDisk = smallDisk(16);
+
+describe("uploads in progress while the disk stays full and no one asks", {
+  skip: typeof idleDisk === "string" ? idleDisk : false,
+}, () => {
+  it("an upload holding the room fails and gives its bytes back on a kernel that only its own probe keeps trying to record", async () => {
+    const d = idleDisk as SmallDisk;
+    await onSmallDisk(d, "kpip-full-idle-", async (socket) => {
+      await withHeldKernel(d, socket, [], async (k) => {
+        const c = await connect(d.root, socket);
+        const target = "obj://ws/idle";
+        const begun = await c.call("storage.upload.begin", target, { size: 8 * 1024 * 1024 });
+        const upload = (begun.payload as { upload: string }).upload;
+        for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
+          await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
+        fillDisk(join(d.root, "filler"));
+        // One request refused room starts the condition; then no one asks for anything: only the
+        // kernel's own probe (every FULL_HOLD_MS or so, at its tick) tries to record.
+        const refused = await c.storage
+          .write("obj://ws/x", Buffer.alloc(300_000, 4))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+        await until(
+          () => /uploads in progress failed, their partial bytes freed/.test(k.log()),
+          FAIL_UPLOADS_AFTER_MS + 30_000,
+          "the upload failed with no request asking",
+        );
+        await untilServed(writesAgain(c), 60_000, "a write served with no room freed from outside");
+        await c.call("storage.upload.abort", target, { upload });
+        await c.close();
+      });
+    });
+  });
+});
+
 describe("failures that repeat while the disk is full are logged when they begin, not each time", () => {
   it("a WAL checkpoint round that fails every 250 ms is logged once, then once a minute; a round that passes ends the run", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-wal-full-"));
