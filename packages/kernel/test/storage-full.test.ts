@@ -477,6 +477,49 @@ describe("an upload that fills the disk", { skip: typeof uploadDisk === "string"
   });
 });
 
+const failedUploadDisk = smallDisk(16);
+
+describe("a failed upload's commit", { skip: typeof failedUploadDisk === "string" ? failedUploadDisk : false }, () => {
+  it("an upload whose chunk found no room is refused RESOURCE at its commit, saying why, and stays until aborted", async () => {
+    const d = failedUploadDisk as SmallDisk;
+    await onSmallDisk(d, "kpip-full-commit-", async (socket) => {
+      await withHeldKernel(d, socket, [], async () => {
+        const c = await connect(d.root, socket);
+        const target = "obj://ws/huge";
+        const size = 24 * 1024 * 1024;
+        const begun = await c.call("storage.upload.begin", target, { size });
+        const upload = (begun.payload as { upload: string }).upload;
+        // More than the disk holds: some chunk's write fails for lack of room.
+        let offset = 0;
+        let failed: (Error & { errorClass?: string }) | undefined;
+        while (!failed && offset < size) {
+          const data = Buffer.alloc(512 * 1024, 2);
+          failed = await c.call("storage.upload.chunk", target, { upload, offset, data }).then(
+            () => undefined,
+            (e: Error & { errorClass?: string }) => e,
+          );
+          if (!failed) offset += data.length;
+        }
+        assert.ok(failed, "a chunk of an upload larger than the disk fails");
+        assert.equal(failed.errorClass, "RESOURCE", failed.message);
+        await untilServed(writesAgain(c), 30_000, "a write served with no room freed from outside");
+        // Its commit says the upload failed (RESOURCE, PROTOCOL §9.7 rule 5), not that bytes are missing (SEMANTIC: send the rest).
+        await assert.rejects(
+          c.call("storage.upload.commit", target, { upload, size, sha256: Buffer.alloc(32, 7) }),
+          (e: Error & { errorClass?: string }) => {
+            assert.equal(e.errorClass, "RESOURCE", e.message);
+            assert.match(e.message, new RegExp(`upload ${upload} failed`));
+            return true;
+          },
+        );
+        // It stayed, empty, for its abort.
+        await c.call("storage.upload.abort", target, { upload });
+        await c.close();
+      });
+    });
+  });
+});
+
 describe("what fails the uploads in progress", () => {
   it("only records refused room for FAIL_UPLOADS_AFTER_MS: a body refused while records fit (a persona can cause it at will) never does", () => {
     let now = 1_000_000;
