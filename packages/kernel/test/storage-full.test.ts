@@ -477,6 +477,49 @@ describe("an upload that fills the disk", { skip: typeof uploadDisk === "string"
   });
 });
 
+const failedUploadDisk = smallDisk(16);
+
+describe("a failed upload's commit", { skip: typeof failedUploadDisk === "string" ? failedUploadDisk : false }, () => {
+  it("an upload whose chunk found no room is refused RESOURCE at its commit, saying why, and stays until aborted", async () => {
+    const d = failedUploadDisk as SmallDisk;
+    await onSmallDisk(d, "kpip-full-commit-", async (socket) => {
+      await withHeldKernel(d, socket, [], async () => {
+        const c = await connect(d.root, socket);
+        const target = "obj://ws/huge";
+        const size = 24 * 1024 * 1024;
+        const begun = await c.call("storage.upload.begin", target, { size });
+        const upload = (begun.payload as { upload: string }).upload;
+        // More than the disk holds: some chunk's write fails for lack of room.
+        let offset = 0;
+        let failed: (Error & { errorClass?: string }) | undefined;
+        while (!failed && offset < size) {
+          const data = Buffer.alloc(512 * 1024, 2);
+          failed = await c.call("storage.upload.chunk", target, { upload, offset, data }).then(
+            () => undefined,
+            (e: Error & { errorClass?: string }) => e,
+          );
+          if (!failed) offset += data.length;
+        }
+        assert.ok(failed, "a chunk of an upload larger than the disk fails");
+        assert.equal(failed.errorClass, "RESOURCE", failed.message);
+        await untilServed(writesAgain(c), 30_000, "a write served with no room freed from outside");
+        // Its commit says the upload failed (RESOURCE, PROTOCOL §9.7 rule 5), not that bytes are missing (SEMANTIC: send the rest).
+        await assert.rejects(
+          c.call("storage.upload.commit", target, { upload, size, sha256: Buffer.alloc(32, 7) }),
+          (e: Error & { errorClass?: string }) => {
+            assert.equal(e.errorClass, "RESOURCE", e.message);
+            assert.match(e.message, new RegExp(`upload ${upload} failed`));
+            return true;
+          },
+        );
+        // It stayed, empty, for its abort.
+        await c.call("storage.upload.abort", target, { upload });
+        await c.close();
+      });
+    });
+  });
+});
+
 describe("what fails the uploads in progress", () => {
   it("only records refused room for FAIL_UPLOADS_AFTER_MS: a body refused while records fit (a persona can cause it at will) never does", () => {
     let now = 1_000_000;
@@ -548,6 +591,41 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
           (e: Error & { errorClass?: string }) =>
             e.errorClass === "RESOURCE" && /has been full for \d+ s, nothing could be recorded/.test(e.message),
         );
+        await c.call("storage.upload.abort", target, { upload });
+        await c.close();
+      });
+    });
+  });
+});
+
+const idleDisk = smallDisk(16);
+
+describe("uploads in progress while the disk stays full and no one asks", {
+  skip: typeof idleDisk === "string" ? idleDisk : false,
+}, () => {
+  it("an upload holding the room fails and gives its bytes back on a kernel that only its own probe keeps trying to record", async () => {
+    const d = idleDisk as SmallDisk;
+    await onSmallDisk(d, "kpip-full-idle-", async (socket) => {
+      await withHeldKernel(d, socket, [], async (k) => {
+        const c = await connect(d.root, socket);
+        const target = "obj://ws/idle";
+        const begun = await c.call("storage.upload.begin", target, { size: 8 * 1024 * 1024 });
+        const upload = (begun.payload as { upload: string }).upload;
+        for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
+          await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
+        fillDisk(join(d.root, "filler"));
+        // One request refused room starts the condition; then no one asks for anything: only the
+        // kernel's own probe (every FULL_HOLD_MS or so, at its tick) tries to record.
+        const refused = await c.storage
+          .write("obj://ws/x", Buffer.alloc(300_000, 4))
+          .catch((e: Error & { errorClass?: string }) => e);
+        assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+        await until(
+          () => /uploads in progress failed, their partial bytes freed/.test(k.log()),
+          FAIL_UPLOADS_AFTER_MS + 30_000,
+          "the upload failed with no request asking",
+        );
+        await untilServed(writesAgain(c), 60_000, "a write served with no room freed from outside");
         await c.call("storage.upload.abort", target, { upload });
         await c.close();
       });

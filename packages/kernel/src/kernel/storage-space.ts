@@ -79,6 +79,9 @@ export class StorageSpace {
   /** When the audit's commits began, and last were, refused room ({@link recordsFailed}). */
   private recordsSince: number | undefined;
   private recordsLast = 0;
+  /** The audit's committed batches, once told ({@link countCommits}), and their number at the last refusal. */
+  private commits: (() => number) | undefined;
+  private commitsAtRefusal = 0;
   private readonly repeats: RepeatedFailureLog;
 
   constructor(
@@ -145,16 +148,38 @@ export class StorageSpace {
   recordsFailed(e: unknown): boolean {
     if (!this.failed(e)) return false;
     const t = this.now();
-    // Records committed in between (no refusal for FULL_HOLD_MS): a new run starts.
-    if (this.recordsSince === undefined || t - this.recordsLast >= FULL_HOLD_MS) this.recordsSince = t;
+    // Records committed in between: a new run starts.
+    if (this.recordsSince === undefined || this.committedSince(t)) this.recordsSince = t;
     this.recordsLast = t;
+    this.commitsAtRefusal = this.commits?.() ?? 0;
     return true;
   }
 
   /** How long the audit's commits have been refused room without a pause (0: they were not, lately). */
   unrecordedFor(now = this.now()): number {
-    if (this.recordsSince === undefined || now - this.recordsLast >= FULL_HOLD_MS) return 0;
+    if (this.recordsSince === undefined || this.committedSince(now)) return 0;
     return now - this.recordsSince;
+  }
+
+  /**
+   * Tells where to count the audit's committed batches (AuditLog.committedBatches): a pause in the
+   * refusals ends their run only when records were committed meanwhile, however long it was. An
+   * idle kernel's only attempt to record is its own probe, made FULL_HOLD_MS after the last
+   * refusal at the next tick: told by the gap alone, every probe began a new run, and the uploads
+   * in progress never failed unless requests kept being refused more often than that.
+   */
+  countCommits(committed: () => number): void {
+    this.commits = committed;
+    this.commitsAtRefusal = committed();
+  }
+
+  /**
+   * Whether records were committed since the last refusal: no refusal for FULL_HOLD_MS and, once
+   * the count is told, a batch committed since (a pause alone may be the kernel's own probe's).
+   */
+  private committedSince(now: number): boolean {
+    if (now - this.recordsLast < FULL_HOLD_MS) return false;
+    return this.commits === undefined || this.commits() !== this.commitsAtRefusal;
   }
 
   probeFailed(e: unknown): void {

@@ -132,6 +132,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       },
       onCommitFailed: (e) => space.recordsFailed(e),
     });
+    space.countCommits(() => audit.committedBatches);
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
     const lastRecord = store.lastAudit();

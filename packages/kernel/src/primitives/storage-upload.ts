@@ -53,6 +53,10 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
       handler: async (ctx) => {
         const { workspace, path } = objectAddress(ctx);
         const u = uploads.get(ctx.args.upload, ctx.persona, ctx.targetUri);
+        // Its bytes could not be stored (they were given back): it can never commit, whatever it
+        // holds — RESOURCE naming why, as its chunks are (PROTOCOL §9.7 rule 5), not "send the
+        // rest"; it stays, empty, for its abort or expiry.
+        if (u.failed) throw new OpError("RESOURCE", `upload ${u.id} failed: ${u.failed.message}`);
         const want = ctx.args.sha256;
         if (!(want instanceof Uint8Array) || want.length !== 32) throw new OpError("SEMANTIC", "sha256 must be 32 bytes");
         if (u.installed && !u.installed.equals(want)) {
