@@ -114,7 +114,7 @@ describe("the audit index step", () => {
     }
   });
 
-  it("the quiet rule indexes no sooner than INDEX_IDLE_MS after the last commit (a client's short pause at one in flight does not meet the step)", async () => {
+  it("the quiet rule indexes no sooner than INDEX_IDLE_MS after the last commit, measured exactly (in whole ms of Date.now it came after just over half of it)", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-index-idle-"));
     const s = new SqliteStore(join(home, "kernel.db"));
     s.useAuditSegments(join(home, "audit"));
@@ -137,9 +137,7 @@ describe("the audit index step", () => {
         await log.append({ session: "s", persona: "admin", phase: "complete", requestId: i, op: "bench.noop" });
       }
       await until(() => s.auditUnindexed === 0, 20_000, "the quiet log's index step");
-      // A pause of a few ms (a scavenge, a descheduled client) is not quiet.
-      assert.ok(stepAt - lastAppend >= 10, `indexed ${(stepAt - lastAppend).toFixed(2)} ms after the last append`);
-      assert.ok(stepAt - lastAppend >= INDEX_IDLE_MS);
+      assert.ok(stepAt - lastAppend >= INDEX_IDLE_MS, `indexed ${(stepAt - lastAppend).toFixed(2)} ms after the last append`);
     } finally {
       log.close();
       s.close();

@@ -16,17 +16,18 @@ import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
  * and every read of the index, and every dedupe lookup, indexes what waits first.
  *
  * A kernel that goes quiet indexes sooner: once no commit came for INDEX_IDLE_MS. An offline
- * reader (`kpip audit query --home`, another process) sees only what is indexed, and an operator
- * or a script acting then reading must not wait out the 50 ms. At 2 ms (counted in whole ms of
- * Date.now, so from just over 1 ms) a client at one request in flight that was descheduled or
- * collecting garbage that long found the step running when its next request came (1 in 4 of the
- * slowest 1 % on a busy machine, round twenty-four), and the timer that watches for the pause
- * fired every 1–2 ms; at 10 ms a pause that long is rare, and the timer fires every ~10 ms.
- * A reader in another process starts after that anyway.
+ * reader (`kpip audit query --home`, another process or a worker thread) sees only what is
+ * indexed, and an operator or a script acting then reading must not wait out the 50 ms. The pause
+ * is measured with performance.now (until round twenty-four, in whole ms of Date.now: from just
+ * over 1 ms, and the timer watching for it fired every 1–2 ms). 10 ms was tried there (fewer
+ * steps in front of a one-in-flight client's next request) and undone: readers started in a
+ * worker thread right after their action (the CLI's and the MCP gateway's tests, scripts embedding
+ * the reader) then missed the last records. Reading the segments' unindexed tail in a live home's
+ * reader would let this wait grow; until then it stays short.
  */
 export const INDEX_ROWS = 1024;
 const INDEX_DELAY_MS = 50;
-export const INDEX_IDLE_MS = 10;
+export const INDEX_IDLE_MS = 2;
 
 /**
  * A batch is committed on the turn's next check phase, after every socket read of the turn: after
