@@ -93,7 +93,7 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
     while (j < p.requests.length && ((p.requests[j] as number[])[0] as number) < send) j++;
     const r = p.requests[j];
     if (!r || r[0] > recv) throw new Error(`call ${i}: no kernel record of it`);
-    const [read, , waitRead, , app0, app1, written, , waitWritten] = r;
+    const [read, cpuRead, waitRead, , app0, app1, written, cpuWritten, waitWritten] = r;
     const wait = (waitWritten - waitRead) / 1e3;
     const prev = p.requests[j - 1];
     rows.push({
@@ -105,6 +105,10 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
       wait,
       gapWait: prev ? (waitRead - prev[8]) / 1e3 : 0,
       append: (app1 - app0) * 1e3,
+      // The process's CPU (all threads, µs) from the read to the answer's write, and from the
+      // previous answer's write to this read: the kernel's work between two requests.
+      cpuIn: (cpuWritten - cpuRead) / 1e3,
+      cpuBefore: prev ? (cpuRead - prev[7]) / 1e3 : 0,
     });
   }
   const first = rows[0]?.send ?? 0;
@@ -130,6 +134,9 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
     if (timers.some((x) => x[2] === "X:indexAudit" && x[1] > r.send && x[0] < r.read)) behindIndex++;
   }
   const owns = rows.map((r) => r.own);
+  const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / Math.max(1, a.length);
+  const cpuIn = rows.map((r) => r.cpuIn);
+  const cpuBefore = rows.slice(1).map((r) => r.cpuBefore);
   const pc = (x: number) => Math.round((100 * x) / sum);
   return {
     p50_us: r1(q(wall, 0.5)),
@@ -141,6 +148,10 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
     own_p50_us: r1(q(owns, 0.5)),
     own_p99_us: r1(q(owns, 0.99)),
     own_p999_us: r1(q(owns, 0.999)),
+    cpu_read_to_answer_us: r1(mean(cpuIn)),
+    cpu_answer_to_read_us: r1(mean(cpuBefore)),
+    cpu_read_to_answer_p50_us: r1(q(cpuIn, 0.5)),
+    cpu_answer_to_read_p50_us: r1(q(cpuBefore, 0.5)),
     own_over_200us: owns.filter((x) => x > 200).length,
     own_over_200us_first_1000: owns.slice(0, 1000).filter((x) => x > 200).length,
     append_over_50us: rows.filter((r) => r.append > 50).length,

@@ -1,5 +1,6 @@
 import { createServer, type Server } from "node:http";
-import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from "prom-client";
+import { Counter, collectDefaultMetrics, Gauge, Registry } from "prom-client";
+import { PlainHistogram } from "./plain-histogram.js";
 import { RequestSeries } from "./request-series.js";
 
 /** The kernel's Prometheus series. Cheap to update; served only when --metrics-listen is set. */
@@ -8,18 +9,19 @@ export class KernelMetrics {
   private processSeries = false;
   /** Every answered request: its count by op and outcome, and its latency by op. */
   readonly requests = new RequestSeries(this.registry, [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1, 3]);
-  readonly auditBatch = new Histogram({
-    name: "kpip_audit_batch_records",
-    help: "Audit records per commit",
-    buckets: [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
-    registers: [this.registry],
-  });
-  readonly auditCommitSeconds = new Histogram({
-    name: "kpip_audit_commit_seconds",
-    help: "Time to commit one audit batch to the journal (the lag a response waits for)",
-    buckets: [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
-    registers: [this.registry],
-  });
+  /** Per commit (a request at one in flight): plain histograms, no prom-client observe on the commit path. */
+  readonly auditBatch = new PlainHistogram(
+    this.registry,
+    "kpip_audit_batch_records",
+    "Audit records per commit",
+    [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+  );
+  readonly auditCommitSeconds = new PlainHistogram(
+    this.registry,
+    "kpip_audit_commit_seconds",
+    "Time to commit one audit batch to the journal (the lag a response waits for)",
+    [0.0001, 0.0003, 0.001, 0.003, 0.01, 0.03, 0.1],
+  );
   readonly walTopUps = new Counter({
     name: "kpip_wal_topups_total",
     help: "Checkpoints the kernel ran itself because the WAL kept growing under load",
