@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { readdirSync, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
@@ -62,6 +63,36 @@ describe("agents on a full disk (the store's refusal of exactly an agent's end c
       assert.equal(s.store.getAgent("eve/sh/w1", false)?.state, "running", "nor stored over its row");
       assert.equal((await c.agents.status("agent://sh/w1")).state, "running");
       await c.call("agent.kill", "agent://sh/w1", {});
+    });
+  });
+
+  it("an agent whose row the store refuses after its process started is killed, its whole group, and the spawn fails RESOURCE: nothing runs outside the record", {
+    skip: sandboxSkip,
+  }, async () => {
+    await withEve(async (_t, c, s) => {
+      refuseRoom(s.store, "putAgent", true);
+      const marker = `kpip-orphan-${process.pid}-${Date.now()}`;
+      // A process of its own group (sh's child) beside the agent's: the group goes with it.
+      await assert.rejects(
+        c.agents.spawn("sh", "w1", {
+          args: ["-c", `sh -c "sleep 600; : ${marker}" & sleep 600; : ${marker}`],
+          rights: [],
+          lifetimeMs: 600_000,
+        }),
+        klass("RESOURCE", "storage is full"),
+      );
+      const running = () =>
+        readdirSync("/proc").filter((p) => {
+          try {
+            return /^\d+$/.test(p) && readFileSync(`/proc/${p}/cmdline`, "utf8").includes(marker);
+          } catch {
+            return false;
+          }
+        });
+      // It ran on with no row, no kill path, no process slot: until the host ended it.
+      await until(async () => running().length === 0, 30_000, "the unrecorded agent's end");
+      await until(async () => s.agents.runningCount === 0, 30_000, "no live agent");
+      assert.equal(s.store.getPersona(agentPersona("eve", "w1")), undefined, "its key is removed");
     });
   });
 

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { existsSync, readFileSync, statSync } from "node:fs";
+import fs, { existsSync, readFileSync, statSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -84,6 +85,34 @@ describe("large objects: the file store and the chunked upload", () => {
     }
     await c.call("storage.upload.abort", "obj://big/s", { upload: begun.upload });
     assert.ok(!existsSync(partial), "an aborted upload leaves no partial file");
+  });
+
+  it("an aborted upload whose partial file the file system refuses to move out (EIO, a full disk) is still aborted, its file removed", async () => {
+    const chunk = pattern(200_000, 5);
+    const begun = (await c.call("storage.upload.begin", "obj://big/eio", { size: 2 * chunk.length })).payload as {
+      upload: string;
+    };
+    await c.call("storage.upload.chunk", "obj://big/eio", { upload: begun.upload, offset: 0, data: chunk });
+    const partial = join(t.home, "objects", "tmp", tmpFiles(t.home)[0] as string);
+    // The kernel's own renameSync (a named import of node:fs, kept in step by syncBuiltinESMExports).
+    const real = fs.renameSync;
+    fs.renameSync = (from, to) => {
+      if (String(to).includes("gone-")) throw Object.assign(new Error("EIO: i/o error, rename"), { code: "EIO" });
+      real(from, to);
+    };
+    syncBuiltinESMExports();
+    try {
+      // It answered INTERNAL, the upload gone from the table and its file left until the next start.
+      await c.call("storage.upload.abort", "obj://big/eio", { upload: begun.upload });
+    } finally {
+      fs.renameSync = real;
+      syncBuiltinESMExports();
+    }
+    await until(() => !existsSync(partial), 30_000, "the partial file removed");
+    await assert.rejects(
+      c.call("storage.upload.abort", "obj://big/eio", { upload: begun.upload }),
+      klass("SEMANTIC", "no upload"),
+    );
   });
 
   it("refuses a commit whose size is not the declared one (SEMANTIC, the upload stays) or whose SHA-256 is not the uploaded bytes' (SEMANTIC, the upload is discarded)", async () => {

@@ -557,7 +557,20 @@ export class AgentManager {
       // An agent spawner's name is reused: this agent is its current spawn's alone.
       spawnerSpawn: this.spawnOf(r.spawner) ?? null,
     };
-    this.store.putAgent(rec);
+    try {
+      this.store.putAgent(rec);
+    } catch (e) {
+      // Its process runs already: left so, it acted with no row, no process slot and no kill path.
+      // Killed (its group), its directory removed once it has ended, its key and token undone; the
+      // store's error answers (RESOURCE when it was refused room).
+      killSandbox(child.pid, this.opts.sandbox.mode === "bwrap");
+      const started = launch;
+      child.once("error", () => {});
+      child.once("close", () => void started.cleanup());
+      this.forget(persona, `${uri} not recorded`, token.claims.id);
+      this.revokeFor(token.claims.id, persona, `${uri} not recorded`);
+      throw e;
+    }
     // An earlier agent of this id whose end a full disk kept: its row is replaced, and what was
     // kept of it must be neither read over this one's nor stored over it (storeKept).
     this.keptRows.delete(id);

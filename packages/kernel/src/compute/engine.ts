@@ -107,6 +107,8 @@ interface Running {
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
+  /** Tasks it was given: a reused worker may still hold an earlier task's timers. */
+  ran: number;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
 }
@@ -517,24 +519,26 @@ export class ComputeEngine {
   private freeWorker(): PooledWorker | undefined {
     const idle = this.pool.find((w) => w.busy === undefined);
     if (idle) return idle;
-    if (this.pool.length < this.opts.workers) {
-      const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined };
-      w.worker.unref();
-      // Listened to for the worker's whole life, not only while a task runs: an exception a task
-      // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
-      // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
-      // stayed in the pool, its task and the next ones waiting there for their deadlines.
-      w.worker.on("error", (e: Error) => {
-        // Its message is not the op's: the exception may be another task's, left behind (another
-        // persona's text in this persona's answer). The kernel's log has it.
-        this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
-        this.workerDied(w, "task worker crashed (the kernel's log says why)");
-      });
-      w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
-      this.pool.push(w);
-      return w;
-    }
-    return undefined;
+    return this.pool.length < this.opts.workers ? this.newWorker() : undefined;
+  }
+
+  /** A new worker in the pool. */
+  private newWorker(): PooledWorker {
+    const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined, ran: 0 };
+    w.worker.unref();
+    // Listened to for the worker's whole life, not only while a task runs: an exception a task
+    // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
+    // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
+    // stayed in the pool, its task and the next ones waiting there for their deadlines.
+    w.worker.on("error", (e: Error) => {
+      // Its message is not the op's: the exception may be another task's, left behind (another
+      // persona's text in this persona's answer). The kernel's log has it.
+      this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
+      this.workerDied(w, "task worker crashed (the kernel's log says why)");
+    });
+    w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
+    this.pool.push(w);
+    return w;
   }
 
   /** A pooled worker ended (crashed, exited, or terminated by the kernel): out of the pool, its running task failed. */
@@ -718,15 +722,19 @@ export class ComputeEngine {
     });
   }
 
-  private runTask(job: Job, remainingMs: number): void {
+  private runTask(job: Job, remainingMs: number, fresh?: PooledWorker): void {
     const { op, args } = job;
-    const w = this.freeWorker() as PooledWorker;
+    const w = fresh ?? (this.freeWorker() as PooledWorker);
     const task = this.tasks.get(op.name);
     if (!task) {
       this.finish(op, "failed", null, "SEMANTIC", `no task ${op.name}`);
       return;
     }
     w.busy = op.id;
+    // A reused worker's end may be an earlier task's doing (its timer's process.exit or exception,
+    // another persona's task's): that failed this task, whoever submitted it. Such a task runs again,
+    // once, on a new worker; an end there is its own.
+    const reused = w.ran++ > 0;
     let settled = false;
     /**
      * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
@@ -755,6 +763,17 @@ export class ComputeEngine {
     };
     const onDied = (why: string) => {
       if (settled) return;
+      if (reused && !this.stopped && this.pool.length < this.opts.workers) {
+        // Ended as done(true) would, without giving the (dead) worker's place to the queue first.
+        settled = true;
+        clearTimeout(timer);
+        w.worker.off("message", onMessage);
+        w.died = undefined;
+        this.running.delete(op.id);
+        const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
+        this.runTask(job, remaining, this.newWorker());
+        return;
+      }
       done(true);
       this.finish(op, "failed", null, "INTERNAL", why);
     };

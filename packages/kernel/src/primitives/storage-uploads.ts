@@ -390,7 +390,15 @@ export class UploadTable {
     if (u.installed) {
       this.blobs.unpin(u.installed);
       this.blobs.release(u.installed, u.size);
-    } else this.blobs.discard(u.path);
+    } else {
+      try {
+        this.blobs.discard(u.path);
+      } catch {
+        // Neither moved nor removed (the file system fails): the upload is gone all the same (taken
+        // above), and its file, in the store's tmp/, with it at the next start. An abort succeeds; a
+        // commit's or a sweep's own error or work stands.
+      }
+    }
   }
 
   /**

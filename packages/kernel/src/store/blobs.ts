@@ -378,6 +378,7 @@ export class BlobStore {
    * (an unlink, or the close of an unlinked file) costs ~0.45 s a GiB of page-cache and extent
    * work, which every session waits out: an upload of gigabytes then aborted stalled the kernel.
    * Its descriptor, if any, must be closed off the thread too ({@link closeQuiet}). False: no file there.
+   * Throws only when the file can be neither moved nor removed.
    */
   discard(path: string): boolean {
     const gone = this.gonePath();
@@ -385,7 +386,15 @@ export class BlobStore {
       renameSync(path, gone);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
-      throw e;
+      // Not moved (EIO; a full disk refusing the new name): unlinked on the thread, as before the
+      // move. A caller that cannot fail (an upload's abort) is never left with the file in place.
+      try {
+        unlinkSync(path);
+      } catch (u) {
+        if ((u as NodeJS.ErrnoException).code === "ENOENT") return false;
+        throw u;
+      }
+      return true;
     }
     unlink(gone, () => {});
     return true;
