@@ -655,6 +655,41 @@ describe("uploads in progress while the disk stays full and no one asks", { skip
   });
 });
 
+describe("a timed audit checkpoint on a full disk", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
+  it("a checkpoint due while the disk is full is tried again at the next tick, the kernel still serving: thrown out of the tick, it ended the kernel's process", async () => {
+    const d = disk();
+    await onSmallDisk(d, "kpip-full-checkpoint-", async (socket) => {
+      // A checkpoint at every tick that follows a committed record.
+      writeFileSync(join(d.root, "config.json"), JSON.stringify({ auditCheckpointIntervalMs: 1 }));
+      const run = await withHeldKernel(d, socket, [], async (k) => {
+        const c = await connect(d.root, socket);
+        fillDisk(join(d.root, "filler"));
+        // Records that still fit (a file's last page has room) are followed by a checkpoint that does not.
+        await Promise.race([
+          until(
+            async () => {
+              await c.system.health().catch(() => {});
+              return /the audit's timed checkpoint could not be stored/.test(k.log());
+            },
+            30_000,
+            "a timed checkpoint refused room",
+          ),
+          k.exited.then((code) => assert.fail(`the kernel exited (${code}):\n${k.log()}`)),
+        ]);
+        // Still serving: answered, served or refused RESOURCE.
+        const health = await c.system.health().then(
+          () => "served",
+          (e: Error & { errorClass?: string }) => e.errorClass,
+        );
+        assert.ok(health === "served" || health === "RESOURCE", String(health));
+        await c.close();
+      });
+      assert.ok(run.code === 0 || run.code === 5, `a clean stop, full or not: ${run.code}\n${run.log}`);
+    });
+  });
+});
+
 describe("failures that repeat while the disk is full are logged when they begin, not each time", () => {
   it("a WAL checkpoint round that fails every 250 ms is logged once, then once a minute; a round that passes ends the run", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-wal-full-"));
