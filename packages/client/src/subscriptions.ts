@@ -28,6 +28,20 @@ const WATCHES: SubscribeOps = {
   unsubscribe: (op, pattern, id) => op(storageUnwatch, pattern, { subscription: id }),
 };
 
+/**
+ * Most EVENTs held for subscription ids not known yet ({@link Subscriptions.dispatch}); past it
+ * they are dropped as an unknown id's always were (the kernel's `seq` shows the hole).
+ */
+export const EARLY_EVENTS = DEFAULT_BUFFER_EVENTS;
+
+/** An EVENT held until the subscribe call under way that made its id answers. */
+interface Early {
+  e: KEvent;
+  size: number;
+  /** The connection it came on: an id names a subscription of one session only. */
+  conn: number;
+}
+
 /** What the set knows of one subscription besides the reader's side. */
 interface Held {
   ops: SubscribeOps;
@@ -52,6 +66,17 @@ interface Held {
 export class Subscriptions {
   private readonly subs = new Map<Subscription, Held>();
   private readonly op: OpCall;
+  /** Subscribe calls under way (first ones and re-subscriptions). */
+  private opening = 0;
+  /**
+   * EVENTs for ids no subscription has yet, while subscribe calls are under way: the kernel makes
+   * a subscription live when its op runs and answers after its record commits, so an event
+   * emitted meanwhile comes first; and one right behind the answer, in the same read, comes
+   * before the call's awaiting code has learnt the id. Dropped, a subscriber's first events were
+   * lost while the emitter was told they were delivered.
+   */
+  private early = new Map<number, Early[]>();
+  private earlyCount = 0;
 
   constructor(
     call: CallFn,
@@ -89,24 +114,55 @@ export class Subscriptions {
       },
       bufferBytes,
     );
-    sub.remoteId = await ops.subscribe(this.op, pattern, callOpts);
-    this.subs.set(sub, { ops, conn: this.connection(), busy: false, redo: false });
+    this.opening++;
+    try {
+      sub.remoteId = await ops.subscribe(this.op, pattern, callOpts);
+      this.subs.set(sub, { ops, conn: this.connection(), busy: false, redo: false });
+      this.deliverEarly(sub.remoteId);
+    } finally {
+      this.settled();
+    }
     return sub;
+  }
+
+  /** The EVENTs that came for `id` before its subscribe call answered, now that a subscription has it. */
+  private deliverEarly(id: number): void {
+    const held = this.early.get(id);
+    if (!held) return;
+    this.early.delete(id);
+    this.earlyCount -= held.length;
+    const conn = this.connection();
+    for (const x of held) if (x.conn === conn) this.dispatch(x.e, x.size);
+  }
+
+  /** A subscribe call ended: with none under way, no EVENT of an unknown id is held any more (its subscription is gone). */
+  private settled(): void {
+    if (--this.opening > 0) return;
+    this.early.clear();
+    this.earlyCount = 0;
   }
 
   /** An EVENT (`size`: its frame's body size): to its subscription (0 is a kernel notice no subscription asked for). */
   dispatch(e: KEvent, size = 0): void {
     if (e.subscription === 0) return;
     const conn = this.connection();
+    let known = false;
     for (const [sub, held] of this.subs) {
       // An id from an earlier session names nothing now (the kernel may have given it to another).
       if (sub.remoteId !== e.subscription || held.conn !== conn) continue;
+      known = true;
       // The kernel ended it (the capability that authorized it lapsed): make it again with the tokens held now.
       if (e.ended !== undefined) {
         sub.remoteId = 0;
         void this.again(sub, held);
       } else sub.push(e, size);
     }
+    if (known || this.opening === 0 || this.earlyCount >= EARLY_EVENTS) return;
+    // Perhaps the id a subscribe call under way is about to learn: held until it does.
+    const held = this.early.get(e.subscription);
+    if (held) held.push({ e, size, conn });
+    else this.early.set(e.subscription, [{ e, size, conn }]);
+    this.earlyCount++;
   }
 
   /** After a reconnect: subscribe again to every pattern. */
@@ -128,6 +184,7 @@ export class Subscriptions {
   private async again(sub: Subscription, held: Held): Promise<void> {
     if (held.busy) return;
     held.busy = true;
+    this.opening++;
     try {
       for (;;) {
         held.redo = false;
@@ -141,6 +198,7 @@ export class Subscriptions {
           }
           sub.remoteId = id;
           held.conn = conn;
+          this.deliverEarly(id);
           this.events.resubscribed(sub.pattern);
           return;
         } catch (e) {
@@ -160,6 +218,7 @@ export class Subscriptions {
       }
     } finally {
       held.busy = false;
+      this.settled();
     }
   }
 

@@ -15,7 +15,7 @@ import {
 } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { describe, it } from "node:test";
+import { after, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
@@ -47,15 +47,18 @@ interface SmallDisk {
   close(): void;
 }
 
-function smallDisk(mib: number): SmallDisk | string {
+/** Why the small-disk tests cannot run here (no user and mount namespaces), or false. */
+function namespacesMissing(): string | false {
+  const probe = spawnSync("unshare", ["-Urm", "true"], { encoding: "utf8" });
+  if (probe.status === 0) return false;
+  return `NOT RUN: needs unshare -Urm (user and mount namespaces): ${probe.error?.message ?? probe.stderr.trim()}`;
+}
+const noNamespaces = namespacesMissing();
+
+function smallDisk(mib: number): SmallDisk {
   const base = mkdtempSync(join(tmpdir(), "kpip-full-"));
   const home = join(base, "home");
-  const probe = spawnSync("unshare", ["-Urm", "true"], { encoding: "utf8" });
-  if (probe.status !== 0) {
-    rmSync(base, { recursive: true, force: true });
-    return `NOT RUN: needs unshare -Urm (user and mount namespaces): ${probe.error?.message ?? probe.stderr.trim()}`;
-  }
-  // The tmpfs at `home`, and the holder waits on stdin: it (and the file system) ends with the test.
+  // The tmpfs at `home`, and the holder waits on stdin: it (and the file system) ends with close().
   const holder = spawn(
     "unshare",
     [
@@ -68,6 +71,12 @@ function smallDisk(mib: number): SmallDisk | string {
   );
   const pid = holder.pid as number;
   const root = `/proc/${pid}/root${home}`;
+  const ready = new Promise<void>((resolve, reject) => {
+    holder.stdout?.on("data", (d: Buffer) => d.includes("mounted") && resolve());
+    holder.once("exit", (code) => reject(new Error(`the small disk's holder exited (${code}) before it mounted`)));
+  });
+  // Its end after close() rejects it too: only a test awaiting it is told.
+  ready.catch(() => {});
   return {
     root,
     home,
@@ -77,7 +86,22 @@ function smallDisk(mib: number): SmallDisk | string {
       holder.kill();
       rmSync(base, { recursive: true, force: true });
     },
-    ready: new Promise<void>((r) => holder.stdout?.on("data", (d: Buffer) => d.includes("mounted") && r())),
+    ready,
+  };
+}
+
+/**
+ * The suite's own small disk: made when its test first asks for it and ended in the suite's
+ * after hook, so that a suite whose tests do not run (skipped, or left out by
+ * --test-name-pattern, whose suites' hooks node 20 still runs) holds no process that would keep
+ * this one from exiting.
+ */
+function suiteDisk(mib: number): () => SmallDisk {
+  let d: SmallDisk | undefined;
+  after(() => d?.close());
+  return () => {
+    d ??= smallDisk(mib);
+    return d;
   };
 }
 
@@ -127,7 +151,7 @@ async function kernelOn(disk: SmallDisk, socket: string, extra: string[] = []): 
 
 /**
  * Runs `fn` with a socket path in a fresh folder (outside the disk) once the disk is mounted;
- * the folder and the disk go after, whatever happened.
+ * the folder goes after, whatever happened (the disk goes with its suite: {@link suiteDisk}).
  */
 async function onSmallDisk(d: SmallDisk, prefix: string, fn: (socket: string, dir: string) => Promise<void>): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), prefix));
@@ -136,7 +160,6 @@ async function onSmallDisk(d: SmallDisk, prefix: string, fn: (socket: string, di
     await fn(join(dir, "k.sock"), dir);
   } finally {
     rmSync(dir, { recursive: true, force: true });
-    d.close();
   }
 }
 
@@ -223,12 +246,10 @@ async function fill(
   assert.fail("the disk never filled");
 }
 
-const disk = smallDisk(16);
-const skip = typeof disk === "string" ? disk : false;
-
-describe("the kernel's home on a full file system", { skip }, () => {
+describe("the kernel's home on a full file system", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("refuses what it cannot keep RESOURCE (storage full), says degraded, resumes by itself when space returns, and stops (exit 5) keeping all it acknowledged", async () => {
-    const d = disk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-sock-", async (socket) => {
       const acked = new Map<string, number>();
       const first = await withHeldKernel(d, socket, [], async (k) => {
@@ -291,13 +312,21 @@ describe("the kernel's home on a full file system", { skip }, () => {
       });
       assert.equal(first.code, 5, `kpip kernel exits 5 (stopped while its storage was full):\n${first.log}`);
       assert.match(first.log, /kernel stopped while its storage was full/);
-      // One line for the condition's start, not one per refused request or WAL round.
+      // One line for the condition's start, not one per refused request. (The WAL checkpoint's
+      // lines are not counted here: a round that passes in the middle of an episode — one with
+      // nothing to move — rightly ends its run and the next failure is logged again, so their
+      // number depends on how rounds fall; "a WAL checkpoint round that fails every 250 ms is
+      // logged once…" below pins that rule. Bounded at two, a run under load logged three.)
       const lines = first.log.split("\n");
-      assert.ok(lines.filter((l) => l.includes("background WAL checkpoint failed")).length <= 2, first.log);
       assert.equal(lines.filter((l) => l.includes("request failed in the pipeline")).length, 0, first.log);
 
       // Space freed, the next start recovers: every acknowledged write is there, the audit verifies.
+      // All of it: the WAL the full disk kept from being checkpointed (~2.7 MiB) is moved into the
+      // database file once the kernel starts, which grows it while the WAL is still there; with
+      // filler-2's 2 MiB alone that could fill the disk again, and the kernel, its storage full at
+      // the stop, rightly exits 5 (most likely the "actual 5, expected 0" a review run saw once).
       unlinkSync(join(d.root, "filler-2"));
+      unlinkSync(join(d.root, "filler-0"));
       const next = await withHeldKernel(d, socket, [], async () => {
         const c = await connect(d.root, socket);
         for (const [uri, size] of acked) assert.equal((await c.storage.read(uri)).data.length, size, uri);
@@ -331,11 +360,10 @@ async function gauge(k: Running, name: string): Promise<number> {
   return Number(line.slice(name.length + 1));
 }
 
-const actsDisk = smallDisk(16);
-
-describe("what the kernel does while its storage is full", { skip: typeof actsDisk === "string" ? actsDisk : false }, () => {
+describe("what the kernel does while its storage is full", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("ends an agent's authority and keeps ops' and agents' ends and its own records, written once there is room, saying when they happened", async () => {
-    const d = actsDisk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-acts-", async (socket, dir) => {
       const fifo = join(dir, "go");
       const boot = join(dir, "boot");
@@ -448,11 +476,10 @@ describe("what the kernel does while its storage is full", { skip: typeof actsDi
   });
 });
 
-const uploadDisk = smallDisk(16);
-
-describe("an upload that fills the disk", { skip: typeof uploadDisk === "string" ? uploadDisk : false }, () => {
+describe("an upload that fills the disk", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("an upload whose chunk finds no room gives its partial bytes back at once: the kernel serves again by itself, not after uploadIdleMs", async () => {
-    const d = uploadDisk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-upload-", async (socket) => {
       await withHeldKernel(d, socket, [], async () => {
         const c = await connect(d.root, socket);
@@ -477,11 +504,10 @@ describe("an upload that fills the disk", { skip: typeof uploadDisk === "string"
   });
 });
 
-const failedUploadDisk = smallDisk(16);
-
-describe("a failed upload's commit", { skip: typeof failedUploadDisk === "string" ? failedUploadDisk : false }, () => {
+describe("a failed upload's commit", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("an upload whose chunk found no room is refused RESOURCE at its commit, saying why, and stays until aborted", async () => {
-    const d = failedUploadDisk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-commit-", async (socket) => {
       await withHeldKernel(d, socket, [], async () => {
         const c = await connect(d.root, socket);
@@ -560,11 +586,10 @@ function fillDisk(path: string): void {
   }
 }
 
-const heldDisk = smallDisk(16);
-
-describe("uploads in progress while the disk stays full", { skip: typeof heldDisk === "string" ? heldDisk : false }, () => {
+describe("uploads in progress while the disk stays full", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("an upload whose bytes all fitted, holding the room the kernel needs to record anything, fails and gives its bytes back once the disk stays full", async () => {
-    const d = heldDisk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-held-", async (socket) => {
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
@@ -598,13 +623,10 @@ describe("uploads in progress while the disk stays full", { skip: typeof heldDis
   });
 });
 
-const idleDisk = smallDisk(16);
-
-describe("uploads in progress while the disk stays full and no one asks", {
-  skip: typeof idleDisk === "string" ? idleDisk : false,
-}, () => {
+describe("uploads in progress while the disk stays full and no one asks", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
   it("an upload holding the room fails and gives its bytes back on a kernel that only its own probe keeps trying to record", async () => {
-    const d = idleDisk as SmallDisk;
+    const d = disk();
     await onSmallDisk(d, "kpip-full-idle-", async (socket) => {
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
@@ -629,6 +651,41 @@ describe("uploads in progress while the disk stays full and no one asks", {
         await c.call("storage.upload.abort", target, { upload });
         await c.close();
       });
+    });
+  });
+});
+
+describe("a timed audit checkpoint on a full disk", { skip: noNamespaces }, () => {
+  const disk = suiteDisk(16);
+  it("a checkpoint due while the disk is full is tried again at the next tick, the kernel still serving: thrown out of the tick, it ended the kernel's process", async () => {
+    const d = disk();
+    await onSmallDisk(d, "kpip-full-checkpoint-", async (socket) => {
+      // A checkpoint at every tick that follows a committed record.
+      writeFileSync(join(d.root, "config.json"), JSON.stringify({ auditCheckpointIntervalMs: 1 }));
+      const run = await withHeldKernel(d, socket, [], async (k) => {
+        const c = await connect(d.root, socket);
+        fillDisk(join(d.root, "filler"));
+        // Records that still fit (a file's last page has room) are followed by a checkpoint that does not.
+        await Promise.race([
+          until(
+            async () => {
+              await c.system.health().catch(() => {});
+              return /the audit's timed checkpoint could not be stored/.test(k.log());
+            },
+            30_000,
+            "a timed checkpoint refused room",
+          ),
+          k.exited.then((code) => assert.fail(`the kernel exited (${code}):\n${k.log()}`)),
+        ]);
+        // Still serving: answered, served or refused RESOURCE.
+        const health = await c.system.health().then(
+          () => "served",
+          (e: Error & { errorClass?: string }) => e.errorClass,
+        );
+        assert.ok(health === "served" || health === "RESOURCE", String(health));
+        await c.close();
+      });
+      assert.ok(run.code === 0 || run.code === 5, `a clean stop, full or not: ${run.code}\n${run.log}`);
     });
   });
 });

@@ -7,6 +7,7 @@ import { MIN_TICK_MS, PRUNE_INTERVAL_MS } from "../limits.js";
 import type { Logger } from "../log.js";
 import { SliceLoop } from "../slice-loop.js";
 import { DedupePruner } from "../store/dedupe-pruner.js";
+import { RepeatedFailureLog } from "../store/storage-full.js";
 import type { KernelServices } from "./compose.js";
 import { PrunerFailures } from "./pruner-failures.js";
 import { FAIL_UPLOADS_AFTER_MS, recordLateRecords } from "./storage-space.js";
@@ -28,6 +29,10 @@ export function startHousekeeping(
 ): { stop(): void } {
   let lastPrune = 0;
   const failures = new PrunerFailures(log, s.metrics.prunerFailures);
+  const checkpointFailures = new RepeatedFailureLog(
+    (f, m) => log.error(f, m),
+    "the audit's timed checkpoint could not be stored; the next tick tries again",
+  );
   const dedupePruner = new DedupePruner(s.store);
   dedupePruner.onError = (e) => failures.failed("dedupe", e);
   const retention = new AuditRetention(s.audit, c.auditRetainRecords, log);
@@ -61,7 +66,14 @@ export function startHousekeeping(
     s.applyOfflineChanges();
     s.pipeline.flushSuppressed();
     flushSuppressedHandshakes(s);
-    s.audit.checkpointIfDue(now);
+    // A timed checkpoint finds no room on a full disk (SQLITE_FULL): thrown out of the tick, it
+    // ended the kernel's process. The storage's condition notes it; the next tick tries again.
+    try {
+      s.audit.checkpointIfDue(now);
+    } catch (e) {
+      s.space.failed(e);
+      checkpointFailures.failed({ err: (e as Error).message });
+    }
     storageProbe(s);
     failUploadsWhileFull(s, now, log);
     storeKept(s, log);
