@@ -116,6 +116,11 @@ class Subscription:
             await self._unsubscribe(self)
 
 
+# Most EVENTs held for subscription ids not known yet (as the TypeScript client's EARLY_EVENTS);
+# past it they are dropped as an unknown id's always were (the kernel's seq shows the hole).
+EARLY_EVENTS = 1000
+
+
 class Subscriptions:
     """A client's subscriptions: made with event.subscribe, renewed after every reconnect."""
 
@@ -123,15 +128,44 @@ class Subscriptions:
         self.client = client
         self._subs: set[Subscription] = set()
         self._pending: set[asyncio.Future[None]] = set()
+        # Subscribe calls under way, and the EVENTs meanwhile for ids no subscription has yet
+        # (PROTOCOL §6.9): the kernel makes a subscription live when its op runs and answers once
+        # its record commits, so an event emitted in between comes before the answer naming its id.
+        self._opening = 0
+        self._early: dict[int, list[tuple[dict[str, Any], int, int]]] = {}
+        self._early_count = 0
 
     async def subscribe(
         self, pattern: str, buffer: int, timeout: float | None, buffer_bytes: int = DEFAULT_BUFFER_BYTES
     ) -> Subscription:
         sub = Subscription(pattern, buffer, self._unsubscribe, buffer_bytes)
-        r = await self.client.call("event.subscribe", pattern, timeout=timeout)
-        sub.remote_id = r.field("event.subscribe", "subscription", "handle")
-        self._subs.add(sub)
+        self._opening += 1
+        try:
+            r = await self.client.call("event.subscribe", pattern, timeout=timeout)
+            sub.remote_id = r.field("event.subscribe", "subscription", "handle")
+            self._subs.add(sub)
+            self._deliver_early(sub.remote_id)
+        finally:
+            self._settled()
         return sub
+
+    def _deliver_early(self, handle: int) -> None:
+        """The EVENTs that came for `handle` before its subscribe call answered, now that a subscription has it."""
+        held = self._early.pop(handle, None)
+        if not held:
+            return
+        self._early_count -= len(held)
+        conn = self.client.connections
+        for body, size, on in held:
+            if on == conn:
+                self.deliver(body, size)
+
+    def _settled(self) -> None:
+        """A subscribe call ended: with none under way, no EVENT of an unknown id is held any more."""
+        self._opening -= 1
+        if self._opening == 0:
+            self._early.clear()
+            self._early_count = 0
 
     async def _unsubscribe(self, s: Subscription) -> None:
         self._subs.discard(s)
@@ -166,9 +200,11 @@ class Subscriptions:
         # subscription; 0 is also the id of one being made again, which must not take them.
         if body["subscription"] == 0:
             return
+        known = False
         for sub in list(self._subs):
             if sub.remote_id != body["subscription"]:
                 continue
+            known = True
             if "ended" in body:
                 # The kernel ended it (the capability that authorized it lapsed): subscribe again
                 # with the tokens held now; if that is refused too, the iteration ends.
@@ -178,6 +214,11 @@ class Subscriptions:
                 task.add_done_callback(self._pending.discard)
             else:
                 sub.push(body, size)
+        if known or self._opening == 0 or self._early_count >= EARLY_EVENTS:
+            return
+        # Perhaps the id a subscribe call under way is about to learn: held until it does.
+        self._early.setdefault(body["subscription"], []).append((body, size, self.client.connections))
+        self._early_count += 1
 
     async def _again(self, sub: Subscription, ended: bool) -> None:
         """Makes `sub` again (after a reconnect, or `ended` by the kernel), as the TypeScript client
@@ -188,6 +229,7 @@ class Subscriptions:
         if sub._busy:
             return
         sub._busy = True
+        self._opening += 1
         try:
             while True:
                 sub._redo = False
@@ -212,9 +254,11 @@ class Subscriptions:
                             pass
                     return
                 sub.remote_id = handle
+                self._deliver_early(handle)
                 return
         finally:
             sub._busy = False
+            self._settled()
 
     def end_all(self) -> None:
         for s in list(self._subs):

@@ -71,6 +71,18 @@ class Live(unittest.IsolatedAsyncioTestCase):
         with self.assertRaises(StopAsyncIteration):
             await sub.get(timeout=30)
 
+    async def test_an_event_emitted_while_event_subscribe_awaits_its_answer_reaches_the_new_subscription(self) -> None:
+        # Sent together: the kernel makes the subscription live when its op runs and answers once its
+        # record commits, so the emit runs in between and its EVENT comes before the answer naming the id.
+        sub, emitted = await asyncio.gather(
+            self.c.subscribe("topic://pyws/early/**"),
+            self.c.call("event.emit", "topic://pyws/early/x", {"data": {"n": 1}}),
+        )
+        self.assertEqual(emitted.payload["subscribers"], 1, "the kernel counted the subscription as reached")
+        e = await sub.get(timeout=30)
+        self.assertEqual((e.topic, e.data), ("topic://pyws/early/x", {"n": 1}))
+        await sub.unsubscribe()
+
     async def test_a_reader_that_falls_behind_keeps_at_most_its_buffer_bytes_of_large_events(self) -> None:
         # Bounded by count only, 100 events of 8 MiB from another persona on a shared topic were
         # all kept (~800 MB) for a subscriber that had not read them yet.
