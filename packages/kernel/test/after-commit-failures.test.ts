@@ -13,20 +13,29 @@ import { bodies, pattern, sha, watchPuts } from "./storage-files.js";
 
 /**
  * Until the returned disarm: a body cannot leave its address in the file store (the rename into
- * `objects/tmp/gone-*` that frees it fails with EIO), as a clean-up after a committed change meets
- * a failing disk. Every other rename goes through.
+ * `objects/tmp/gone-*` that frees it fails with EIO, and so does the unlink in its place that a
+ * refused rename falls back to), as a clean-up after a committed change meets a failing disk.
+ * Every other rename and unlink goes through.
  */
 function bodiesCannotLeave(): () => void {
-  const mutable = nodeFs as unknown as { renameSync: (from: string, to: string) => void };
-  const real = mutable.renameSync;
+  const mutable = nodeFs as unknown as {
+    renameSync: (from: string, to: string) => void;
+    unlinkSync: (path: string) => void;
+  };
+  const real = { renameSync: mutable.renameSync, unlinkSync: mutable.unlinkSync };
+  const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO", errno: -5 });
   mutable.renameSync = (from, to) => {
-    if (String(to).includes(`${sep}objects${sep}tmp${sep}gone-`))
-      throw Object.assign(new Error("EIO: i/o error, rename"), { code: "EIO", errno: -5 });
-    real(from, to);
+    if (String(to).includes(`${sep}objects${sep}tmp${sep}gone-`)) throw eio("rename");
+    real.renameSync(from, to);
+  };
+  mutable.unlinkSync = (path) => {
+    if (String(path).includes(`${sep}objects${sep}sha256${sep}`)) throw eio("unlink");
+    real.unlinkSync(path);
   };
   syncBuiltinESMExports();
   return () => {
-    mutable.renameSync = real;
+    mutable.renameSync = real.renameSync;
+    mutable.unlinkSync = real.unlinkSync;
     syncBuiltinESMExports();
   };
 }

@@ -586,6 +586,21 @@ function fillDisk(path: string): void {
   }
 }
 
+/**
+ * An upload of 8 MiB to `target` with six of them stored (kept open), then the rest of the disk
+ * filled and a write refused RESOURCE for it: the upload holds room the kernel would need. Its id.
+ */
+async function holdRoomThenFill(c: KernelClient, d: SmallDisk, target: string): Promise<string> {
+  const begun = await c.call("storage.upload.begin", target, { size: 8 * 1024 * 1024 });
+  const upload = (begun.payload as { upload: string }).upload;
+  for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
+    await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
+  fillDisk(join(d.root, "filler"));
+  const refused = await c.storage.write("obj://ws/x", Buffer.alloc(300_000, 4)).catch((e: Error & { errorClass?: string }) => e);
+  assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+  return upload;
+}
+
 describe("uploads in progress while the disk stays full", { skip: noNamespaces }, () => {
   const disk = suiteDisk(16);
   it("an upload whose bytes all fitted, holding the room the kernel needs to record anything, fails and gives its bytes back once the disk stays full", async () => {
@@ -594,19 +609,9 @@ describe("uploads in progress while the disk stays full", { skip: noNamespaces }
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
         const target = "obj://ws/held";
-        const size = 8 * 1024 * 1024;
-        const begun = await c.call("storage.upload.begin", target, { size });
-        const upload = (begun.payload as { upload: string }).upload;
-        // Six MiB of it, every chunk stored; the upload is kept open.
-        for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
-          await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
         // The rest of the disk fills (its last room taken as by the upload's own last chunk, whose
         // records then found none): nothing more can be recorded, the upload's abort neither.
-        fillDisk(join(d.root, "filler"));
-        const refused = await c.storage
-          .write("obj://ws/x", Buffer.alloc(300_000, 4))
-          .catch((e: Error & { errorClass?: string }) => e);
-        assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+        const upload = await holdRoomThenFill(c, d, target);
         // Nothing frees room from outside: the kernel fails the upload, its bytes go, and it serves again by itself.
         await untilServed(writesAgain(c), 60_000, "a write served with no room freed from outside");
         await until(() => /uploads in progress failed, their partial bytes freed/.test(k.log()), 10_000, "logged");
@@ -631,17 +636,9 @@ describe("uploads in progress while the disk stays full and no one asks", { skip
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
         const target = "obj://ws/idle";
-        const begun = await c.call("storage.upload.begin", target, { size: 8 * 1024 * 1024 });
-        const upload = (begun.payload as { upload: string }).upload;
-        for (let offset = 0; offset < 6 * 1024 * 1024; offset += 512 * 1024)
-          await c.call("storage.upload.chunk", target, { upload, offset, data: Buffer.alloc(512 * 1024, 3) });
-        fillDisk(join(d.root, "filler"));
         // One request refused room starts the condition; then no one asks for anything: only the
         // kernel's own probe (every FULL_HOLD_MS or so, at its tick) tries to record.
-        const refused = await c.storage
-          .write("obj://ws/x", Buffer.alloc(300_000, 4))
-          .catch((e: Error & { errorClass?: string }) => e);
-        assert.ok(refused instanceof Error && refused.errorClass === "RESOURCE", String(refused));
+        const upload = await holdRoomThenFill(c, d, target);
         await until(
           () => /uploads in progress failed, their partial bytes freed/.test(k.log()),
           FAIL_UPLOADS_AFTER_MS + 30_000,
