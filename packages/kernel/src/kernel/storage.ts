@@ -133,6 +133,11 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       onCommitFailed: (e) => space.recordsFailed(e),
     });
     space.countCommits(() => audit.committedBatches);
+    // An index step refused room (SQLite full) refuses every request with effects at its dedupe
+    // lookup, before any record of it is tried: to the uploads' rule, nothing can be recorded then
+    // either. Told only by commits, a client polling faster than FULL_HOLD_MS (which holds the
+    // probe back) kept the uploads holding the last room alive for good.
+    store.onIndexFailed = (e) => space.recordsFailed(e);
     closers.push(() => audit.close());
     // A chain that does not end with a stop (before this start's own records): the previous run was killed or crashed.
     const lastRecord = store.lastAudit();

@@ -241,6 +241,12 @@ export interface AuditStore {
   appendAudit(rows: AuditRow[], dedupe?: DedupeRow[], journalUpTo?: number, checkpoints?: AuditCheckpoint[]): void;
   /** Moves the journalled batches into SQLite (one transaction); throws, keeping them, when it cannot. */
   indexAudit?(): void;
+  /**
+   * Told of every index step that failed, whoever asked for it (the log's step, or a read or a
+   * dedupe lookup that indexes first): a full disk refusing the index refuses every request with
+   * effects before any record of it is tried, so the kernel's "nothing can be recorded" learns it here.
+   */
+  onIndexFailed?: (e: unknown) => void;
   /** Records journalled and not yet indexed (0 without a journal). */
   readonly auditUnindexed?: number;
   /** The lowest sequence number in the log (records below it were pruned), or undefined when it is empty. */

@@ -132,6 +132,8 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
     #closedSyncFailure: Error | undefined;
     /** Batches in the segment and not yet indexed, oldest first. */
     #unindexed: Queued[] = [];
+    /** See AuditStore.onIndexFailed. */
+    onIndexFailed?: (e: unknown) => void;
     #unindexedRows = 0;
     #unindexedDedupe = 0;
     #unindexedBytes = 0;
@@ -354,7 +356,12 @@ export function AuditRows<B extends StoreBase>(Base: B): WithRows<B, Omit<AuditS
       // queue let the batches go.
       if (this.db.inTransaction)
         throw new AuditJournalError("audit records in a segment cannot be indexed inside another transaction");
-      this.#index(q);
+      try {
+        this.#index(q);
+      } catch (e) {
+        this.onIndexFailed?.(e);
+        throw e;
+      }
       this.#unindexed = [];
       this.#unindexedRows = 0;
       this.#unindexedDedupe = 0;
