@@ -741,12 +741,16 @@ export class ComputeEngine {
      * replaced — out of the pool before the next task is taken, or the pump gave the next queued
      * task (any persona's) to the worker being terminated, where it waited for its deadline.
      */
-    const done = (stuck = false) => {
+    /** Settles the task's hold on its worker: its timer, listener and running entry. */
+    const detach = () => {
       settled = true;
       clearTimeout(timer);
       w.worker.off("message", onMessage);
       w.died = undefined;
       this.running.delete(op.id);
+    };
+    const done = (stuck = false) => {
+      detach();
       if (stuck) {
         void w.worker.terminate();
         const i = this.pool.indexOf(w);
@@ -764,12 +768,8 @@ export class ComputeEngine {
     const onDied = (why: string) => {
       if (settled) return;
       if (reused && !this.stopped && this.pool.length < this.opts.workers) {
-        // Ended as done(true) would, without giving the (dead) worker's place to the queue first.
-        settled = true;
-        clearTimeout(timer);
-        w.worker.off("message", onMessage);
-        w.died = undefined;
-        this.running.delete(op.id);
+        // Detached without giving the (dead) worker's place to the queue first.
+        detach();
         const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
         this.runTask(job, remaining, this.newWorker());
         return;
