@@ -71,6 +71,13 @@ function ownsToken(store: TokenStore, admin: string, persona: string, rec: Token
   return store.tokenSeenBy(rec.id, persona);
 }
 
+/** A verified token's grant as a use now would meet it. */
+function grantStatus(g: Grant, enforcer: CapEnforcer, now: number): string {
+  if (enforcer.isRevoked(g)) return "revoked";
+  if (now >= g.exp) return "expired";
+  return now < g.nbf ? "not-yet-valid" : "valid";
+}
+
 /**
  * Payload describing a token: claims, caveats, effective grant, status. `forged`: its signature did
  * not verify (unknown or retired key, bad signature): "invalid", whatever its claims say — they are
@@ -80,15 +87,7 @@ export function describeToken(t: Token, enforcer: CapEnforcer, forged = false): 
   const g = effectiveGrant(t);
   // The enforcer's clock, not the host's: the status says what a use would meet.
   const now = enforcer.now();
-  const status = forged
-    ? "invalid"
-    : enforcer.isRevoked(g)
-      ? "revoked"
-      : now >= g.exp
-        ? "expired"
-        : now < g.nbf
-          ? "not-yet-valid"
-          : "valid";
+  const status = forged ? "invalid" : grantStatus(g, enforcer, now);
   return {
     id: t.claims.id,
     claims: t.claims as unknown as CborMap,
