@@ -1,11 +1,5 @@
 import type { Registry } from "prom-client";
-
-/** One op's latency histogram: a count per bucket (not cumulative), their sum and count. */
-interface OpLatency {
-  readonly counts: Float64Array;
-  sum: number;
-  count: number;
-}
+import { BucketCounts } from "./plain-histogram.js";
 
 interface Series {
   name: string;
@@ -26,7 +20,7 @@ interface Series {
  */
 export class RequestSeries {
   private readonly outcomes = new Map<string, Map<string, Map<string, { n: number }>>>();
-  private readonly latencies = new Map<string, OpLatency>();
+  private readonly latencies = new Map<string, BucketCounts>();
 
   constructor(
     registry: Registry,
@@ -65,14 +59,10 @@ export class RequestSeries {
     else byClass.set(cls, { n: 1 });
     let l = this.latencies.get(op);
     if (!l) {
-      l = { counts: new Float64Array(this.buckets.length + 1), sum: 0, count: 0 };
+      l = new BucketCounts(this.buckets);
       this.latencies.set(op, l);
     }
-    let i = 0;
-    while (i < this.buckets.length && seconds > (this.buckets[i] as number)) i++;
-    l.counts[i] = (l.counts[i] as number) + 1;
-    l.sum += seconds;
-    l.count++;
+    l.observe(seconds);
   }
 
   private metric(name: string, help: string, type: Series["type"], values: () => Series["values"]) {
@@ -98,17 +88,7 @@ export class RequestSeries {
 
   private histogramValues(): Series["values"] {
     const out: Series["values"] = [];
-    const name = "kpip_request_duration_seconds";
-    for (const [op, l] of this.latencies) {
-      let cumulative = 0;
-      for (let i = 0; i <= this.buckets.length; i++) {
-        cumulative += l.counts[i] as number;
-        const le = i < this.buckets.length ? (this.buckets[i] as number) : "+Inf";
-        out.push({ metricName: `${name}_bucket`, labels: { le, op }, value: cumulative });
-      }
-      out.push({ metricName: `${name}_sum`, labels: { op }, value: l.sum });
-      out.push({ metricName: `${name}_count`, labels: { op }, value: l.count });
-    }
+    for (const [op, l] of this.latencies) l.values("kpip_request_duration_seconds", { op }, out);
     return out;
   }
 }
