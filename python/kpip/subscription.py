@@ -119,6 +119,8 @@ class Subscription:
 # Most EVENTs held for subscription ids not known yet (as the TypeScript client's EARLY_EVENTS);
 # past it they are dropped as an unknown id's always were (the kernel's seq shows the hole).
 EARLY_EVENTS = 1000
+# And at most this many of their bytes (a kernel, or one posing as it, may send frames of up to maxBody).
+EARLY_BYTES = DEFAULT_BUFFER_BYTES
 
 
 class Subscriptions:
@@ -134,6 +136,7 @@ class Subscriptions:
         self._opening = 0
         self._early: dict[int, list[tuple[dict[str, Any], int, int]]] = {}
         self._early_count = 0
+        self._early_bytes = 0
 
     async def subscribe(
         self, pattern: str, buffer: int, timeout: float | None, buffer_bytes: int = DEFAULT_BUFFER_BYTES
@@ -155,6 +158,7 @@ class Subscriptions:
         if not held:
             return
         self._early_count -= len(held)
+        self._early_bytes -= sum(size for _, size, _ in held)
         conn = self.client.connections
         for body, size, on in held:
             if on == conn:
@@ -166,6 +170,7 @@ class Subscriptions:
         if self._opening == 0:
             self._early.clear()
             self._early_count = 0
+            self._early_bytes = 0
 
     async def _unsubscribe(self, s: Subscription) -> None:
         self._subs.discard(s)
@@ -214,11 +219,12 @@ class Subscriptions:
                 task.add_done_callback(self._pending.discard)
             else:
                 sub.push(body, size)
-        if known or self._opening == 0 or self._early_count >= EARLY_EVENTS:
+        if known or self._opening == 0 or self._early_count >= EARLY_EVENTS or self._early_bytes + size > EARLY_BYTES:
             return
         # Perhaps the id a subscribe call under way is about to learn: held until it does.
         self._early.setdefault(body["subscription"], []).append((body, size, self.client.connections))
         self._early_count += 1
+        self._early_bytes += size
 
     async def _again(self, sub: Subscription, ended: bool) -> None:
         """Makes `sub` again (after a reconnect, or `ended` by the kernel), as the TypeScript client

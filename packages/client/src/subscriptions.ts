@@ -2,7 +2,7 @@ import { eventSubscribe, eventUnsubscribe, type KEvent, storageUnwatch, storageW
 import { kernelNumber } from "./answer-fields.js";
 import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
-import { DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
+import { DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
 
 /** Where the subscription set reports a reconnect's outcome (the client's events). */
 export interface ResubscribeEvents {
@@ -33,6 +33,8 @@ const WATCHES: SubscribeOps = {
  * they are dropped as an unknown id's always were (the kernel's `seq` shows the hole).
  */
 export const EARLY_EVENTS = DEFAULT_BUFFER_EVENTS;
+/** And at most this many of their bytes (a kernel, or one posing as it, may send frames of up to maxBody). */
+export const EARLY_BYTES = DEFAULT_BUFFER_BYTES;
 
 /** An EVENT held until the subscribe call under way that made its id answers. */
 interface Early {
@@ -77,6 +79,7 @@ export class Subscriptions {
    */
   private early = new Map<number, Early[]>();
   private earlyCount = 0;
+  private earlyBytes = 0;
 
   constructor(
     call: CallFn,
@@ -131,6 +134,7 @@ export class Subscriptions {
     if (!held) return;
     this.early.delete(id);
     this.earlyCount -= held.length;
+    for (const x of held) this.earlyBytes -= x.size;
     const conn = this.connection();
     for (const x of held) if (x.conn === conn) this.dispatch(x.e, x.size);
   }
@@ -140,6 +144,7 @@ export class Subscriptions {
     if (--this.opening > 0) return;
     this.early.clear();
     this.earlyCount = 0;
+    this.earlyBytes = 0;
   }
 
   /** An EVENT (`size`: its frame's body size): to its subscription (0 is a kernel notice no subscription asked for). */
@@ -157,12 +162,13 @@ export class Subscriptions {
         void this.again(sub, held);
       } else sub.push(e, size);
     }
-    if (known || this.opening === 0 || this.earlyCount >= EARLY_EVENTS) return;
+    if (known || this.opening === 0 || this.earlyCount >= EARLY_EVENTS || this.earlyBytes + size > EARLY_BYTES) return;
     // Perhaps the id a subscribe call under way is about to learn: held until it does.
     const held = this.early.get(e.subscription);
     if (held) held.push({ e, size, conn });
     else this.early.set(e.subscription, [{ e, size, conn }]);
     this.earlyCount++;
+    this.earlyBytes += size;
   }
 
   /** After a reconnect: subscribe again to every pattern. */

@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { kernelPool } from "./harness.js";
+import { encodeMessage, type Request } from "@kpip/protocol";
+import { EARLY_BYTES } from "../src/subscriptions.js";
+import { FakeKernel, kernelPool, until } from "./harness.js";
 
 describe("events that come before a subscription's id is known", () => {
   const kernel = kernelPool();
@@ -21,5 +23,34 @@ describe("events that come before a subscription's id is known", () => {
     const first = await sub[Symbol.asyncIterator]().next();
     assert.equal(first.value?.topic, "topic://early/x");
     assert.deepEqual(first.value?.data, { n: 1 });
+  });
+
+  it("events for an id not known yet are held up to EARLY_BYTES: a kernel sending more while a subscribe is unanswered grows the client no further", async (t) => {
+    const k = new FakeKernel();
+    await k.listen();
+    t.after(() => k.close());
+    let held: Request | undefined;
+    k.reset((r) => {
+      held = r;
+      return "silent";
+    });
+    const c = await k.connect();
+    t.after(() => c.close());
+    const subscribing = c.subscribe("topic://big/**");
+    await until(() => held !== undefined, 10_000, "the subscribe sent");
+    const data = Buffer.alloc(900 * 1024, 1);
+    const n = Math.ceil(EARLY_BYTES / data.length) + 4;
+    for (let seq = 1; seq <= n; seq++)
+      k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 9, topic: "topic://big/x", seq, data } }));
+    // Read by then: every EVENT written before this call's answer.
+    await c.system.health();
+    const early = (c as unknown as { subs: { earlyBytes: number; earlyCount: number } }).subs;
+    assert.ok(early.earlyBytes <= EARLY_BYTES, `${early.earlyBytes} bytes held for an unknown id`);
+    assert.ok(early.earlyCount > 0 && early.earlyCount < n, `${early.earlyCount} of ${n} events held`);
+    k.answer(held as Request, { status: "SUCCESS", payload: { subscription: 9 } });
+    const sub = await subscribing;
+    // Every EVENT written before the answer has been read when it resolves.
+    assert.ok(sub.buffered.bytes <= EARLY_BYTES, `${sub.buffered.bytes} bytes held`);
+    assert.ok(sub.buffered.events > 0 && sub.buffered.events < n, `${sub.buffered.events} of ${n} events`);
   });
 });
