@@ -164,11 +164,12 @@ export class Link {
     });
     this.helloBytes = Buffer.from(hello.subarray(HEADER_SIZE));
     channel.onData((chunk) => this.onData(chunk));
-    channel.onClose(() =>
+    // The transport's error, when it gave one (a gRPC status: a message over the bound, a reset), is the cause.
+    channel.onClose((err) =>
       this.fail(
         this.established
-          ? new KernelUnavailableError("connection to the kernel closed")
-          : new HandshakeClosedError("connection to the kernel closed before the session was established"),
+          ? new KernelUnavailableError("connection to the kernel closed", { cause: err })
+          : new HandshakeClosedError("connection to the kernel closed before the session was established", { cause: err }),
       ),
     );
     channel.write(hello);

@@ -30,9 +30,10 @@ export interface GrpcConnectorOptions {
    */
   kernelUid?: number;
   /**
-   * Largest gRPC message received, in bytes (default 80 MiB, for kernels that sent one whole frame
-   * per message). What the client sends is split at 1 MiB (GRPC_MAX_MESSAGE_BYTES, PROTOCOL §3.6),
-   * or at this when smaller.
+   * Largest gRPC message received and sent, in bytes (default and most 1 MiB,
+   * GRPC_MAX_MESSAGE_BYTES: PROTOCOL §3.6 bounds a message at that in both directions). grpc-js
+   * holds a message whole, inflated when the peer compressed it, before the client reads a byte of
+   * it: the bound is what a peer posing as a kernel can make the client hold.
    */
   maxMessageBytes?: number;
   /** How long to wait for the stream to open (default 5000 ms). */
@@ -84,7 +85,7 @@ export class GrpcConnector implements Connector {
     const o = this.opts;
     const toBuf = (v: string | Buffer | undefined) => (v === undefined ? null : Buffer.isBuffer(v) ? v : Buffer.from(v));
     const creds = o.insecure ? g.credentials.createInsecure() : g.credentials.createSsl(toBuf(o.ca), toBuf(o.key), toBuf(o.cert));
-    const max = o.maxMessageBytes ?? 80 * 1024 * 1024;
+    const max = Math.min(GRPC_MAX_MESSAGE_BYTES, o.maxMessageBytes ?? GRPC_MAX_MESSAGE_BYTES);
     const options: grpc.ChannelOptions = {
       "grpc.max_receive_message_length": max,
       "grpc.max_send_message_length": max,
