@@ -10,7 +10,9 @@ import {
   serializeIdentity,
   tokenToString,
 } from "@kpip/protocol";
+import { tokenDetail } from "../audit/detail.js";
 import type { KernelAct } from "../audit/kernel-records.js";
+import { tokenRef } from "../auth/revocations.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -613,6 +615,8 @@ export class AgentManager {
         args: r.args.length,
         spawner: r.spawner,
         token: token.claims.id,
+        // What the agent may do, as a mint's record says it: its token holds no mint record of its own.
+        grant: tokenDetail(token, undefined, r.grant ? tokenRef(r.grant) : undefined),
         ...(rec.spawnerSpawn ? { spawnerSpawn: rec.spawnerSpawn } : {}),
       },
     });
