@@ -345,6 +345,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         {
           maxObjectBytes: c.maxObjectBytes,
           inlineBytes: c.objectInlineBytes,
+          // A body this large may leave its intent past what the record keeps (the rest of an
+          // intent, its target and context, is under 8 KiB): its hash goes on the outcome record.
+          recordHashFrom: Math.max(0, c.auditIntentMaxBytes - 8192),
           // A read's answer is one frame: its bytes plus the envelope.
           maxReadBytes: answerRoom(c.maxBodyBytes),
         },
