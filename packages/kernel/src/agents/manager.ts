@@ -195,9 +195,13 @@ export class AgentManager {
     }
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
+      // Whether its processes ran on after the kernel died (no sandbox dying with it): this start
+      // kills them, and the record says so — they acted unsupervised until now.
+      let outlived = false;
       if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId)) {
         try {
           process.kill(-a.pid, "SIGKILL");
+          outlived = true;
         } catch {
           // already gone
         }
@@ -214,8 +218,18 @@ export class AgentManager {
           op: "agent.exited",
           target: agentUri(a.id),
           persona: a.spawner,
-          message: `${agentUri(a.id)} was lost with the previous kernel`,
-          detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
+          message: outlived
+            ? `${agentUri(a.id)} was lost with the previous kernel; its processes outlived the previous kernel and were killed at this start`
+            : `${agentUri(a.id)} was lost with the previous kernel`,
+          detail: {
+            agent: a.id,
+            persona: a.persona,
+            token: a.tokenId,
+            state: "lost",
+            code: null,
+            signal: outlived ? "SIGKILL" : null,
+            ...(outlived ? { outlived: true, killedBy: "kernel start" } : {}),
+          },
         },
         () => this.endRecorded(a.id),
       );

@@ -420,7 +420,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         sandbox,
         processes,
         hold: (persona) => ledger.hold(persona),
-        recordState: (op, state, from, written, recovered) => records.opState(op, state, from, written, recovered),
+        recordState: (op, state, from, written, recovered, outlived) =>
+          records.opState(op, state, from, written, recovered, outlived),
         storageFull: (e) => home.space.failed(e),
       },
     );
