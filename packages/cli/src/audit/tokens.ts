@@ -126,10 +126,12 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   const intents = new Map<string, AuditRecord>();
   // The fields are in the records' bytes only: every record is decoded, those about tokens kept.
   for (const r of reader.records()) {
-    if (!r.op?.toLowerCase().startsWith("token.")) continue;
+    // An agent's token is minted by its spawn: `agent.spawned` describes it in `grant`.
+    const spawned = r.op === "agent.spawned" && r.phase === "kernel";
+    if (!spawned && !r.op?.toLowerCase().startsWith("token.")) continue;
     const d = parseDetail(r);
-    const t = d?.token as Record<string, unknown> | undefined;
-    if (t && typeof t.id === "string") {
+    const t = (spawned ? d?.grant : d?.token) as Record<string, unknown> | undefined;
+    if (t && typeof t === "object" && typeof t.id === "string") {
       const n = node(t.id);
       if (typeof t.parent === "string") n.parent = t.parent;
       if (typeof t.sub === "string") n.sub ??= t.sub;
@@ -210,9 +212,11 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     if (cause) causes.set(n.id, cause);
   }
   for (const n of nodes.values()) {
-    if (n.revoked) continue;
     const cause = causes.get(n.id);
     if (!cause?.revoked) continue;
+    // A token with a revocation of its own was ended by an ancestor's only when that came first
+    // (an agent's token ended by its spawner's revocation, then revoked by the kernel at its end).
+    if (n.revoked && n.revoked.at < cause.revoked.at) continue;
     // A token that had expired before the revocation was not ended by it.
     if (n.exp !== null && n.exp <= cause.revoked.at) continue;
     n.endedBy = cause.id;
@@ -336,7 +340,8 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
       lines.push(`${sub}REVOKED by ${n.revoked.by} at ${iso(n.revoked.at)}${rec}`);
       if (n.revoked.ended.length) lines.push(`${sub}its revocation ended ${n.revoked.ended.join(", ")}`);
     }
-    if (n.endedBy) lines.push(`${sub}ended by the revocation of ${n.endedBy}`);
+    if (n.endedBy)
+      lines.push(`${sub}ended by the revocation of ${n.endedBy}${n.revoked ? ", before its own revocation above" : ""}`);
   }
   return lines.length ? `${lines.map((t) => printable(t)).join("\n")}\n` : "no tokens\n";
 }

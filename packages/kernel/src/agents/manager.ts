@@ -10,7 +10,9 @@ import {
   serializeIdentity,
   tokenToString,
 } from "@kpip/protocol";
+import { tokenDetail } from "../audit/detail.js";
 import type { KernelAct } from "../audit/kernel-records.js";
+import { tokenRef } from "../auth/revocations.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -193,9 +195,13 @@ export class AgentManager {
     }
     // Only the running agents' ids and pids: never every agent's row and output.
     for (const a of this.store.runningAgents()) {
+      // Whether its processes ran on after the kernel died (no sandbox dying with it): this start
+      // kills them, and the record says so — they acted unsupervised until now.
+      let outlived = false;
       if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId)) {
         try {
           process.kill(-a.pid, "SIGKILL");
+          outlived = true;
         } catch {
           // already gone
         }
@@ -212,8 +218,18 @@ export class AgentManager {
           op: "agent.exited",
           target: agentUri(a.id),
           persona: a.spawner,
-          message: `${agentUri(a.id)} was lost with the previous kernel`,
-          detail: { agent: a.id, persona: a.persona, token: a.tokenId, state: "lost", code: null, signal: null },
+          message: outlived
+            ? `${agentUri(a.id)} was lost with the previous kernel; its processes outlived the previous kernel and were killed at this start`
+            : `${agentUri(a.id)} was lost with the previous kernel`,
+          detail: {
+            agent: a.id,
+            persona: a.persona,
+            token: a.tokenId,
+            state: "lost",
+            code: null,
+            signal: outlived ? "SIGKILL" : null,
+            ...(outlived ? { outlived: true, killedBy: "kernel start" } : {}),
+          },
         },
         () => this.endRecorded(a.id),
       );
@@ -613,6 +629,8 @@ export class AgentManager {
         args: r.args.length,
         spawner: r.spawner,
         token: token.claims.id,
+        // What the agent may do, as a mint's record says it: its token holds no mint record of its own.
+        grant: tokenDetail(token, undefined, r.grant ? tokenRef(r.grant) : undefined),
         ...(rec.spawnerSpawn ? { spawnerSpawn: rec.spawnerSpawn } : {}),
       },
     });

@@ -59,8 +59,19 @@ export class KernelRecords {
   }
 
   /** An op's state change: `op.state` on op://<id>. */
-  opState(op: OpRecord, state: OpAuditState, from: OpAuditState | null, written?: () => void, recovered = false): void {
-    const why = op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? op.message : undefined;
+  opState(
+    op: OpRecord,
+    state: OpAuditState,
+    from: OpAuditState | null,
+    written?: () => void,
+    recovered = false,
+    /** An interrupted command whose processes ran on after the kernel died: this start killed them. */
+    outlived = false,
+  ): void {
+    const ended = op.message && (state === "failed" || state === "interrupted" || state === "cancelled") ? op.message : undefined;
+    const why = outlived
+      ? `${ended ?? "interrupted"}; its processes outlived the previous kernel and were killed at this start`
+      : ended;
     this.record(
       {
         op: "op.state",
@@ -83,6 +94,7 @@ export class KernelRecords {
           ...(op.errorClass ? { errorClass: op.errorClass } : {}),
           ...(op.spawn ? { spawn: op.spawn } : {}),
           ...(recovered ? { recovered: true } : {}),
+          ...(outlived ? { outlived: true } : {}),
         },
       },
       written,

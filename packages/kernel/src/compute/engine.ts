@@ -72,7 +72,15 @@ export interface CommandHost {
   /** Holds one of the persona's `concurrent` slots for a command's life (a task's, queued or running); returns the release. */
   hold(persona: string): () => void;
   /** Puts an op's state change on the audit record (`op.state`). */
-  recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null, written?: () => void, recovered?: boolean): void;
+  /** `outlived`: an interrupted command whose processes ran on after the kernel died, killed by this start. */
+  recordState?(
+    op: OpRecord,
+    state: OpAuditState,
+    from: OpAuditState | null,
+    written?: () => void,
+    recovered?: boolean,
+    outlived?: boolean,
+  ): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
 }
@@ -197,11 +205,12 @@ export class ComputeEngine {
     // A command's process outlives a kill unless its sandbox dies with the kernel (bubblewrap's
     // --die-with-parent; not with sandbox "none"): ended before its op is recorded as ended, or
     // it would act on with its op on the record as failed. Only a group still its own is signalled.
-    for (const p of this.store.interruptedOpProcesses()) endLeftProcess(p, this.log);
+    const outlived = new Set<string>();
+    for (const p of this.store.interruptedOpProcesses()) if (endLeftProcess(p, this.log)) outlived.add(p.id);
     const ops = this.store.failInterruptedOps("the kernel stopped while the op was running", Date.now());
     for (const { id, state } of ops) {
       const op = this.store.getOp(id) as OpRecord;
-      this.host.recordState?.(op, "interrupted", auditState(state), () => this.endRecorded(id));
+      this.host.recordState?.(op, "interrupted", auditState(state), () => this.endRecorded(id), false, outlived.has(id));
       this.emitDone(op);
     }
     return ops.map((o) => o.id);
@@ -932,16 +941,18 @@ function expiredMessage(g: Grant | undefined, what: string): string {
  * spawn is detached), as AgentManager.recover does an agent's: only while the group is still the
  * one spawned, never a process that merely has its pid now.
  */
-function endLeftProcess(p: { id: string; pid: number; procId: string | null }, log: Logger): void {
+function endLeftProcess(p: { id: string; pid: number; procId: string | null }, log: Logger): boolean {
   if (p.procId === null) {
     log.warn({ op: p.id, pid: p.pid }, "command recorded without a process identity: its pid is not signalled");
-    return;
+    return false;
   }
-  if (!stillOwnGroup(p.pid, p.procId)) return;
+  if (!stillOwnGroup(p.pid, p.procId)) return false;
   try {
     process.kill(-p.pid, "SIGKILL");
     log.warn({ op: p.id, pid: p.pid }, "a command's processes outlived the previous kernel: killed");
+    return true;
   } catch {
     // already gone
+    return false;
   }
 }

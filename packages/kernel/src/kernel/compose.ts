@@ -345,6 +345,9 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         {
           maxObjectBytes: c.maxObjectBytes,
           inlineBytes: c.objectInlineBytes,
+          // A body this large may leave its intent past what the record keeps (the rest of an
+          // intent, its target and context, is under 8 KiB): its hash goes on the outcome record.
+          recordHashFrom: Math.max(0, c.auditIntentMaxBytes - 8192),
           // A read's answer is one frame: its bytes plus the envelope.
           maxReadBytes: answerRoom(c.maxBodyBytes),
         },
@@ -417,7 +420,8 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         sandbox,
         processes,
         hold: (persona) => ledger.hold(persona),
-        recordState: (op, state, from, written, recovered) => records.opState(op, state, from, written, recovered),
+        recordState: (op, state, from, written, recovered, outlived) =>
+          records.opState(op, state, from, written, recovered, outlived),
         storageFull: (e) => home.space.failed(e),
       },
     );

@@ -19,7 +19,8 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
           if (ctx.target.segments.some((x) => x === "*" || x === "**"))
             throw new OpError("SEMANTIC", "emit to a topic name, not a pattern");
           const delivered = bus.emit(ctx.targetUri, ctx.args.data === undefined ? null : ctx.args.data);
-          return { status: "SUCCESS", payload: { subscribers: delivered } };
+          // On the record too: whether what was emitted reached anyone (the subscribe records say whose).
+          return { status: "SUCCESS", payload: { subscribers: delivered }, audit: { subscribers: delivered } };
         },
       }),
       implement(eventSubscribe, {

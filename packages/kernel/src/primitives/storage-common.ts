@@ -17,6 +17,12 @@ export interface StorageLimits {
   inlineBytes: number;
   /** Largest body one storage.read answers (it must fit one frame); larger objects are read in ranges. */
   maxReadBytes: number;
+  /**
+   * Inline bodies of at least this many bytes have their SHA-256 on the write's outcome record:
+   * their intent is past what the record keeps (auditIntentMaxBytes), so nothing else there says
+   * which bytes were written. File-store bodies always have it (their name: no extra work).
+   */
+  recordHashFrom: number;
 }
 
 /** Where the storage family keeps things: metadata, bodies, the usage ledger, and uploads in progress. */
@@ -58,10 +64,13 @@ export function commitObject(
   extra: CborMap = {},
   /** Called once the row has committed, before the clean-up (which may still throw). */
   committed: () => void = () => {},
+  /** An inline body's SHA-256, for the record (a file-store body's is its name). */
+  inlineHash?: Uint8Array,
 ): OpResult {
   const { store, blobs, ledger } = d;
   const size = "data" in body ? body.data.length : body.size;
   const hash = "hash" in body ? body.hash : null;
+  const recorded = hash ?? inlineHash;
   let previous: PreviousObject | undefined;
   let generation = 0;
   // The bodies nothing names now: the previous one, or the new one when the write did not happen.
@@ -91,7 +100,9 @@ export function commitObject(
           return {
             status: "SUCCESS",
             payload: { generation: w.generation, size, ...extra },
-            audit: { generation: w.generation, size },
+            audit: recorded
+              ? { generation: w.generation, size, sha256: Buffer.from(recorded).toString("hex") }
+              : { generation: w.generation, size },
           };
         }),
     );

@@ -101,9 +101,18 @@ export function uploadOps(d: StorageDeps, limits: StorageLimits): PrimitiveDecla
           const body = inline ? { data: inline } : { hash, size };
           // Inline bytes are as durable as a storage.write's: no sync of the database on this
           // thread per commit, which tiny uploads in a loop would turn into a stall for everyone.
-          result = commitObject(ctx, d, workspace, path, body, { sha256: hash }, () => {
-            done = true;
-          });
+          result = commitObject(
+            ctx,
+            d,
+            workspace,
+            path,
+            body,
+            { sha256: hash },
+            () => {
+              done = true;
+            },
+            hash,
+          );
         } finally {
           if (done) {
             if (!inline) blobs.unpin(hash);

@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import { DEFAULT_LIMITS, storageDelete, storageList, storageRead, storageStat, storageWrite } from "@kpip/protocol";
 import { answerRoom } from "../limits.js";
 import { DamagedBodyError } from "../store/blobs.js";
@@ -41,7 +42,11 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
           // Small bodies stay in the database (one commit, no file: its transaction checks the
           // generation and the limits); larger ones are written to the file store first (synced),
           // then named by the row (docs/architecture.md).
-          if (data.length < limits.inlineBytes) return commitObject(ctx, d, workspace, path, { data });
+          if (data.length < limits.inlineBytes) {
+            // Past what the record keeps of the intent: the body's hash says what was written.
+            const h = data.length >= limits.recordHashFrom ? createHash("sha256").update(data).digest() : undefined;
+            return commitObject(ctx, d, workspace, path, { data }, {}, undefined, h);
+          }
           // A write that cannot commit as things stand — a stale ifGeneration, a limit it is past —
           // is refused before its body is written and synced (the commit checks both again, in
           // its transaction): refused only there, a persona still had the disk write and sync a

@@ -1,0 +1,97 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { KernelClient } from "@kpip/client";
+import { Kernel } from "@kpip/kernel";
+import { generateIdentity, parseIdentity } from "@kpip/protocol";
+import { CommandWorker, until } from "@kpip/protocol/testing";
+import { DISPATCH } from "./run.js";
+
+// The investigator's side of an agent's life: what its token allowed, and what ended it.
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+
+interface Node {
+  id: string;
+  parent: string | null;
+  sub: string;
+  rights: unknown;
+  caveats: unknown;
+  exp: number | null;
+  record: number | null;
+  revoked: { by: string; at: number; record: number | null } | null;
+  endedBy: string | null;
+}
+
+/**
+ * A kernel (no sandbox: the agent is `sleep`) where eve spawns an agent, then the admin revokes
+ * eve's token, which kills the agent; stopped, the home is read by `kpip audit tokens` alone.
+ */
+async function stage(home: string) {
+  const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+  await k.start();
+  const clients: KernelClient[] = [];
+  try {
+    const admin = await KernelClient.connect({
+      socket: k.socketPath,
+      identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
+      tokens: [readFileSync(k.adminToken, "utf8").trim()],
+      reconnect: false,
+    });
+    clients.push(admin);
+    const eve = generateIdentity("eve");
+    await admin.personas.register("eve", eve.publicKey);
+    const et = await admin.tokens.mint("eve", {
+      rights: [{ ops: ["storage.*", "agent.*"], targets: ["obj://eve/**", "agent://**"] }],
+      limits: { "storage.bytes": 4096 },
+      ttlMs: 3_600_000,
+    });
+    const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [et.token], reconnect: false });
+    clients.push(asEve);
+    const spawned = await asEve.agents.spawn("sleep", "w1", {
+      args: ["600"],
+      rights: [{ ops: ["storage.write"], targets: ["obj://eve/a/**"] }],
+      lifetimeMs: 600_000,
+    });
+    await admin.tokens.revoke(et.id);
+    await until(() => k.inspect.queryAudit({ op: "agent.exited", limit: 1 })[0], 30_000, "the agent's end");
+    return { eveToken: et.id, agentToken: spawned.token };
+  } finally {
+    for (const c of clients) await c.close().catch(() => {});
+    await k.stop();
+  }
+}
+
+describe("an agent's token in the evidence", () => {
+  it("audit tokens names an agent's rights, caveats and expiry from the record, and that its spawner's revocation ended it before the kernel's own", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-agent-evidence-"));
+    try {
+      const truth = await stage(home);
+      const r = await cli.run(["audit", "tokens", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const nodes = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as Node);
+      const agent = nodes.find((n) => n.id === truth.agentToken);
+      assert.ok(agent, "the agent's token is in the tree");
+      assert.equal(agent.parent, truth.eveToken);
+      assert.equal(agent.sub, "eve/agent.w1");
+      // What the agent could do: on the record, not "unknown (no mint record)".
+      assert.deepEqual(agent.rights, [["storage.write", "obj://eve/a/**"]]);
+      assert.ok(Array.isArray(agent.caveats), "its caveats (the spawner's limits it inherited) are known");
+      assert.equal(typeof agent.record, "number", "the record that made it");
+      // The admin's revocation of eve's token ended it (and so killed the agent); the kernel's own
+      // revocation at the agent's end came after and ended nothing more.
+      assert.equal(agent.endedBy, truth.eveToken);
+      const text = await cli.run(["audit", "tokens", "--token", truth.agentToken, "--home", home]);
+      assert.equal(text.code, 0, text.err);
+      assert.match(text.out, /storage\.write on obj:\/\/eve\/a\/\*\*/);
+      assert.match(text.out, new RegExp(`ended by the revocation of ${truth.eveToken}`));
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
