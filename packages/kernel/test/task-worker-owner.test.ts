@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
 import type { KernelOptions } from "../src/index.js";
 import { removeHome, startKernel, type TestKernel } from "./harness.js";
 
@@ -84,6 +85,32 @@ describe("the shared task workers serve one persona at a time", () => {
       // Given that worker, alice's task waited there until its deadline and failed RESOURCE.
       const mine = await alice.compute.task("square", 7, { timeoutMs: 60_000 });
       assert.equal(await alice.ops.wait(mine), 49);
+    });
+  });
+
+  it("a persona id removed and registered again for another holder is not given the worker the earlier holder's tasks ran in", async () => {
+    await withTasks({}, { memoize: "memoize" }, async (t) => {
+      // The tree's owner hands a worker name to one holder, removes it, and gives the name to another.
+      const work = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ];
+      const owner = await t.persona("oli", [
+        { ops: ["persona.*", "token.*"], targets: ["persona://oli/**", "token://**", "kernel://"] },
+        ...work,
+      ]);
+      const o = await t.connect(owner.identity, [owner.token]);
+      const holder = async () => {
+        const id = generateIdentity("oli/w");
+        await o.call("persona.register", "persona://oli/w", { publicKey: id.publicKey });
+        return t.connect(id, [(await o.tokens.mint("oli/w", { rights: work, ttlMs: 600_000 })).token]);
+      };
+      const first = await holder();
+      await first.ops.wait(await first.compute.task("memoize", { put: ["notes", "the first holder's"] }));
+      await o.call("persona.remove", "persona://oli/w");
+      const second = await holder();
+      // The idle worker, the first holder's, took the second's task: the same persona id.
+      assert.equal(await second.ops.wait(await second.compute.task("memoize", { get: "notes" })), null);
     });
   });
 });
