@@ -115,7 +115,13 @@ interface Running {
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
-  /** Tasks it was given: a reused worker may still hold an earlier task's timers. */
+  /**
+   * The persona whose tasks it ran, and when the first of them was submitted: it takes no other
+   * persona's task (what a task leaves in its worker — timers, module caches, globals, prototypes,
+   * heap — is its persona's alone); replaced by a new worker for another's ({@link workerFor}).
+   */
+  owner?: { persona: string; since: number };
+  /** Tasks it was given: a reused worker may still hold an earlier task's (its persona's) timers. */
   ran: number;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
@@ -465,6 +471,12 @@ export class ComputeEngine {
         n++;
       }
     }
+    // An idle worker holds what its persona's tasks left: a later holder of the id gets a new one.
+    for (const w of [...this.pool])
+      if (w.busy === undefined && w.owner && gone(w.owner.persona, w.owner.since)) {
+        this.pool.splice(this.pool.indexOf(w), 1);
+        void w.worker.terminate();
+      }
     return n;
   }
 
@@ -485,7 +497,7 @@ export class ComputeEngine {
       } else i++;
     }
     // Tasks wait for a free worker, taken in turn by persona tree ({@link nextTask}).
-    while (!this.stopped && this.queue.length > 0 && this.freeWorker()) {
+    while (!this.stopped && this.queue.length > 0 && this.hasRoom()) {
       const [job] = this.queue.splice(this.nextTask(), 1);
       this.start(job as Job);
     }
@@ -525,10 +537,30 @@ export class ComputeEngine {
   private readonly served = new Map<string, number>();
   private turn = 0;
 
-  private freeWorker(): PooledWorker | undefined {
-    const idle = this.pool.find((w) => w.busy === undefined);
-    if (idle) return idle;
-    return this.pool.length < this.opts.workers ? this.newWorker() : undefined;
+  /** Whether a task could start now: a worker idle, or room for a new one. */
+  private hasRoom(): boolean {
+    return this.pool.length < this.opts.workers || this.pool.some((w) => w.busy === undefined);
+  }
+
+  /**
+   * The worker for a task of `persona` ({@link hasRoom} said there is one): an idle one that ran
+   * only its tasks or none, else a new one — in place of an idle worker of another persona's when
+   * the pool is full. A worker shared across personas carried one persona's task's leftovers into
+   * another's: its module-scope cache (another persona's data read back), a prototype its input
+   * steered the embedder's code to change (another's results wrong), a timer left spinning (the
+   * next task, another persona's, stuck until its deadline and failed RESOURCE for it).
+   */
+  private workerFor(persona: string): PooledWorker {
+    const idle = this.pool.filter((w) => w.busy === undefined);
+    const own = idle.find((w) => w.owner?.persona === persona) ?? idle.find((w) => w.owner === undefined);
+    if (own) return own;
+    if (this.pool.length >= this.opts.workers) {
+      const other = idle[0] as PooledWorker;
+      this.pool.splice(this.pool.indexOf(other), 1);
+      // Out of the pool first: its exit is then no task's end, nor logged as a crash.
+      void other.worker.terminate();
+    }
+    return this.newWorker();
   }
 
   /** A new worker in the pool. */
@@ -733,23 +765,19 @@ export class ComputeEngine {
 
   private runTask(job: Job, remainingMs: number, fresh?: PooledWorker): void {
     const { op, args } = job;
-    const w = fresh ?? (this.freeWorker() as PooledWorker);
     const task = this.tasks.get(op.name);
     if (!task) {
       this.finish(op, "failed", null, "SEMANTIC", `no task ${op.name}`);
       return;
     }
+    const w = fresh ?? this.workerFor(op.persona);
     w.busy = op.id;
+    // Since its persona's first task there: a registration of the id made later is another holder's (cancelOf).
+    if (w.owner?.persona !== op.persona) w.owner = { persona: op.persona, since: op.createdAt };
     // A reused worker's end may be an earlier task's doing (its timer's process.exit or exception,
-    // another persona's task's): that failed this task, whoever submitted it. Such a task runs again,
-    // once, on a new worker; an end there is its own.
+    // its persona's earlier task's): such a task runs again, once, on a new worker; an end there is its own.
     const reused = w.ran++ > 0;
     let settled = false;
-    /**
-     * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
-     * replaced — out of the pool before the next task is taken, or the pump gave the next queued
-     * task (any persona's) to the worker being terminated, where it waited for its deadline.
-     */
     /** Settles the task's hold on its worker: its timer, listener and running entry. */
     const detach = () => {
       settled = true;
@@ -758,6 +786,11 @@ export class ComputeEngine {
       w.died = undefined;
       this.running.delete(op.id);
     };
+    /**
+     * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
+     * replaced — out of the pool before the next task is taken, or the pump gave the next queued
+     * task (any persona's) to the worker being terminated, where it waited for its deadline.
+     */
     const done = (stuck = false) => {
       detach();
       if (stuck) {

@@ -5,7 +5,8 @@
  * { id, ok: false, message, errorClass }.
  */
 import { parentPort } from "node:worker_threads";
-import { DEFAULT_LIMITS, decodeCanonical, encodeCanonical } from "@kpip/protocol";
+// The CBOR part alone: each new worker (one per persona switch, engine.ts) loads it.
+import { DEFAULT_LIMITS, decodeCanonical, encodeCanonical } from "@kpip/protocol/cbor";
 
 interface Job {
   id: string;

@@ -1,0 +1,116 @@
+import assert from "node:assert/strict";
+import { existsSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import type { KernelClient } from "@kpip/client";
+import { generateIdentity } from "@kpip/protocol";
+import type { KernelOptions } from "../src/index.js";
+import { removeHome, startKernel, type TestKernel } from "./harness.js";
+
+const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+
+/** `fn` on a kernel with one task worker and the fixture tasks `tasks` (name: the export); stopped and removed after. */
+async function withTasks(
+  opts: KernelOptions,
+  tasks: Record<string, string>,
+  fn: (t: TestKernel) => Promise<void>,
+): Promise<void> {
+  const t = await startKernel({ computeWorkers: 1, ...opts }, undefined, (k) => {
+    for (const [name, exported] of Object.entries(tasks)) k.registerTask(name, { module: TASKS, export: exported });
+  });
+  try {
+    await fn(t);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
+/** Persona `id` (a tree of its own) submitting tasks and following its ops, connected. */
+async function tasker(t: TestKernel, id: string): Promise<KernelClient> {
+  const p = await t.persona(id, [
+    { ops: ["compute.submit"], targets: ["op://task/**"] },
+    { ops: ["op.result", "op.status", "op.cancel"], targets: ["op://**"] },
+  ]);
+  return t.connect(p.identity, [p.token]);
+}
+
+const until = async (ok: () => boolean): Promise<void> => {
+  while (!ok()) await new Promise((r) => setTimeout(r, 5));
+};
+
+describe("the shared task workers serve one persona at a time", () => {
+  it("a persona's task never runs in a worker another persona's task ran in; its own next task reuses its worker", async () => {
+    await withTasks({}, { thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const mallory = await tasker(t, "mallory");
+      const first = await alice.ops.wait(await alice.compute.task("thread"));
+      assert.equal(await alice.ops.wait(await alice.compute.task("thread")), first, "alice's stream keeps its worker");
+      const theirs = await mallory.ops.wait(await mallory.compute.task("thread"));
+      // The pool's one worker, alice's, took mallory's task as it was.
+      assert.notEqual(theirs, first);
+      assert.notEqual(await alice.ops.wait(await alice.compute.task("thread")), theirs);
+    });
+  });
+
+  it("what a persona's task leaves in its worker's module scope or prototypes is not seen by another persona's task", async () => {
+    // Two workers: a persona's later tasks find the one its earlier ones warmed.
+    await withTasks({ computeWorkers: 2 }, { memoize: "memoize", mode: "mode" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const mallory = await tasker(t, "mallory");
+      // alice's task caches her value by key in the embedder's module (a memo).
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { put: ["report", "alice's secret"] })), null);
+      // Given the idle worker alice's task had run on, mallory's task read it back: another persona's data.
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("memoize", { get: "report" })), null);
+      // alice's own later tasks still find it: her worker is kept for her.
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { get: "report" })), "alice's secret");
+      // mallory's input steers the embedder's merge into Object.prototype...
+      const polluted = await mallory.compute.task("mode", { constructor: { prototype: { mode: "mallory's" } } });
+      assert.equal(await mallory.ops.wait(polluted), "mallory's");
+      // ...and alice's next task, given the worker, answered mallory's value, not its own.
+      assert.equal(await alice.ops.wait(await alice.compute.task("mode", {})), "default");
+    });
+  });
+
+  it("a worker another persona's task left spinning does not take this persona's task: it runs, not failed at its deadline", async () => {
+    await withTasks({}, { "late-spin": "lateSpin", square: "square" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const alice = await tasker(t, "alice");
+      const trap = join(t.home, "trap");
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("late-spin", trap)), "armed");
+      writeFileSync(trap, "");
+      // mallory's task has returned; its timer now spins in the idle worker for ever.
+      await until(() => existsSync(`${trap}.spinning`));
+      // Given that worker, alice's task waited there until its deadline and failed RESOURCE.
+      const mine = await alice.compute.task("square", 7, { timeoutMs: 60_000 });
+      assert.equal(await alice.ops.wait(mine), 49);
+    });
+  });
+
+  it("a persona id removed and registered again for another holder is not given the worker the earlier holder's tasks ran in", async () => {
+    await withTasks({}, { memoize: "memoize" }, async (t) => {
+      // The tree's owner hands a worker name to one holder, removes it, and gives the name to another.
+      const work = [
+        { ops: ["compute.submit"], targets: ["op://task/**"] },
+        { ops: ["op.result", "op.status"], targets: ["op://**"] },
+      ];
+      const owner = await t.persona("oli", [
+        { ops: ["persona.*", "token.*"], targets: ["persona://oli/**", "token://**", "kernel://"] },
+        ...work,
+      ]);
+      const o = await t.connect(owner.identity, [owner.token]);
+      const holder = async () => {
+        const id = generateIdentity("oli/w");
+        await o.call("persona.register", "persona://oli/w", { publicKey: id.publicKey });
+        return t.connect(id, [(await o.tokens.mint("oli/w", { rights: work, ttlMs: 600_000 })).token]);
+      };
+      const first = await holder();
+      await first.ops.wait(await first.compute.task("memoize", { put: ["notes", "the first holder's"] }));
+      await o.call("persona.remove", "persona://oli/w");
+      const second = await holder();
+      // The idle worker, the first holder's, took the second's task: the same persona id.
+      assert.equal(await second.ops.wait(await second.compute.task("memoize", { get: "notes" })), null);
+    });
+  });
+});
