@@ -363,7 +363,7 @@ describe("a reused task worker", () => {
       const trap = join(t.home, "trap");
       assert.equal(await mallory.ops.wait(await mallory.compute.task("late-exit", trap)), "armed");
       // alice's task ran on the one worker, which still held mallory's timer; now that worker is
-      // replaced before it takes another persona's task (case 609), and the timer goes with it.
+      // replaced before it takes another persona's task (case 614), and the timer goes with it.
       const gate = join(t.home, "alice-gate");
       const mine = await alice.compute.task("gate", gate);
       while ((await alice.ops.status(mine)).state !== "running") await new Promise((r) => setTimeout(r, 5));
