@@ -257,6 +257,13 @@ const DECLARED = {
   },
   /** Worker threads for embedder task functions. */
   computeWorkers: { type: "int", default: 2, description: "worker threads for task functions" },
+  /** Idle task workers kept beyond computeWorkers, each one persona's (a worker serves one persona). */
+  computeIdleWorkers: {
+    type: "int",
+    default: 2,
+    zeroAllowed: true,
+    description: "idle task workers kept warm beyond computeWorkers, each its own persona's",
+  },
   maxPendingOpsPerPersona: {
     type: "int",
     default: 64,

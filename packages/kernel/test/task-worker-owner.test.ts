@@ -40,6 +40,12 @@ const until = async (ok: () => boolean): Promise<void> => {
   while (!ok()) await new Promise((r) => setTimeout(r, 5));
 };
 
+/** Idle task workers the kernel ended for `reason` (its metrics). */
+async function endedWorkers(t: TestKernel, reason: "evicted" | "spinning"): Promise<number> {
+  const m = await (t.k.metrics?.taskWorkersEnded.get() ?? Promise.resolve({ values: [] }));
+  return m.values.find((v) => v.labels.reason === reason)?.value ?? 0;
+}
+
 describe("the shared task workers serve one persona at a time", () => {
   it("a persona's task never runs in a worker another persona's task ran in; its own next task reuses its worker", async () => {
     await withTasks({}, { thread: "thread" }, async (t) => {
@@ -85,6 +91,49 @@ describe("the shared task workers serve one persona at a time", () => {
       // Given that worker, alice's task waited there until its deadline and failed RESOURCE.
       const mine = await alice.compute.task("square", 7, { timeoutMs: 60_000 });
       assert.equal(await alice.ops.wait(mine), 49);
+    });
+  });
+
+  it("personas taking turns keep their own warm workers, computeIdleWorkers beyond computeWorkers; past that the idle worker used longest ago is ended", async () => {
+    await withTasks({}, { thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const mallory = await tasker(t, "mallory");
+      const a = await alice.ops.wait(await alice.compute.task("thread"));
+      const m = await mallory.ops.wait(await mallory.compute.task("thread"));
+      assert.notEqual(a, m);
+      // One worker runs at a time; the other persona's waits idle, warm, for its next turn.
+      assert.equal(await alice.ops.wait(await alice.compute.task("thread")), a);
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("thread")), m);
+      assert.equal(await endedWorkers(t, "evicted"), 0);
+    });
+    await withTasks({ computeIdleWorkers: 0 }, { thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const mallory = await tasker(t, "mallory");
+      const a = await alice.ops.wait(await alice.compute.task("thread"));
+      await mallory.ops.wait(await mallory.compute.task("thread"));
+      assert.notEqual(
+        await alice.ops.wait(await alice.compute.task("thread")),
+        a,
+        "no idle worker kept: alice's was ended for mallory's",
+      );
+      assert.equal(await endedWorkers(t, "evicted"), 2);
+    });
+  });
+
+  it("an idle worker its persona's leftover keeps busy is ended at the housekeeping tick: the persona's next task runs on a new one", async () => {
+    await withTasks({ heartbeatMs: 200 }, { "late-spin": "lateSpin", square: "square" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const trap = join(t.home, "trap");
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("late-spin", trap)), "armed");
+      writeFileSync(trap, "");
+      // Its task returned; its timer now spins in mallory's idle worker, outside any deadline, for ever.
+      await until(() => existsSync(`${trap}.spinning`));
+      // Two ticks (200 ms heartbeat: one each 100 ms) see it; a minute is room for a busy machine.
+      const giveUp = Date.now() + 60_000;
+      while ((await endedWorkers(t, "spinning")) === 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(await endedWorkers(t, "spinning"), 1);
+      // Given the spinning worker (her own), her task waited there until its deadline.
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 7, { timeoutMs: 60_000 })), 49);
     });
   });
 

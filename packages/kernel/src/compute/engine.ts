@@ -1,5 +1,6 @@
 import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
+import type { EventLoopUtilization } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
 import { processIdentity, stillOwnGroup } from "../agents/process-identity.js";
@@ -27,8 +28,13 @@ export interface TaskRegistration {
 export interface ComputeOptions {
   /** What the results of ops that ended while the storage was full may hold in memory (shared with agents' output). */
   keptBytes?: KeptBytes;
-  /** Worker threads for task functions. */
+  /** Worker threads for task functions: the most that run tasks at once. */
   workers: number;
+  /**
+   * Idle workers kept beyond `workers`, each its own persona's (a worker serves one persona), so
+   * personas taking turns find their own warm worker instead of a new one each turn (default 2).
+   */
+  idleWorkers?: number;
   /** How long finished ops and their results are kept. */
   resultTtlMs: number;
   /**
@@ -123,6 +129,10 @@ interface PooledWorker {
   owner?: { persona: string; since: number };
   /** Tasks it was given: a reused worker may still hold an earlier task's (its persona's) timers. */
   ran: number;
+  /** The turn its last task started ({@link workerFor} ends the idle worker used longest ago first). */
+  used: number;
+  /** Its event loop's use when last looked at idle ({@link endSpinningIdle}). */
+  elu?: EventLoopUtilization;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
 }
@@ -536,10 +546,19 @@ export class ComputeEngine {
   /** When each persona tree last had a task started (a turn number), for {@link nextTask}. */
   private readonly served = new Map<string, number>();
   private turn = 0;
+  /** Tasks given to workers so far: a worker's {@link PooledWorker.used}. */
+  private uses = 0;
 
-  /** Whether a task could start now: a worker idle, or room for a new one. */
+  /** Whether a task could start now: fewer than `workers` running one. */
   private hasRoom(): boolean {
-    return this.pool.length < this.opts.workers || this.pool.some((w) => w.busy === undefined);
+    let busy = 0;
+    for (const w of this.pool) if (w.busy !== undefined) busy++;
+    return busy < this.opts.workers;
+  }
+
+  /** Workers alive at most: `workers` running and the idle ones kept, each its persona's. */
+  private get maxPool(): number {
+    return this.opts.workers + (this.opts.idleWorkers ?? 2);
   }
 
   /**
@@ -554,18 +573,56 @@ export class ComputeEngine {
     const idle = this.pool.filter((w) => w.busy === undefined);
     const own = idle.find((w) => w.owner?.persona === persona) ?? idle.find((w) => w.owner === undefined);
     if (own) return own;
-    if (this.pool.length >= this.opts.workers) {
-      const other = idle[0] as PooledWorker;
-      this.pool.splice(this.pool.indexOf(other), 1);
-      // Out of the pool first: its exit is then no task's end, nor logged as a crash.
-      void other.worker.terminate();
+    if (this.pool.length >= this.maxPool) {
+      // hasRoom: fewer than `workers` busy, so more than idleWorkers idle — the one used longest ago goes.
+      let other = idle[0] as PooledWorker;
+      for (const w of idle) if (w.used < other.used) other = w;
+      this.endIdle(other, "evicted");
     }
     return this.newWorker();
   }
 
+  /** Told of each idle worker the engine ends, and why (the kernel's metrics). */
+  onIdleEnded: ((reason: "evicted" | "spinning") => void) | undefined;
+
+  /** Ends an idle worker: out of the pool first, so its exit is no task's end, nor logged as a crash. */
+  private endIdle(w: PooledWorker, reason: "evicted" | "spinning"): void {
+    this.pool.splice(this.pool.indexOf(w), 1);
+    void w.worker.terminate();
+    this.onIdleEnded?.(reason);
+  }
+
+  /**
+   * Ends idle workers whose event loop was busy more than half the time since last looked at (the
+   * housekeeping tick): a task's leftover — a timer or `setImmediate` loop its input steered the
+   * embedder's code to leave — spinning a core after its task returned, outside any task's
+   * deadline, in a worker kept warm for its persona. Answers how many were ended.
+   */
+  endSpinningIdle(): number {
+    let n = 0;
+    for (const w of [...this.pool]) {
+      if (w.busy !== undefined) {
+        w.elu = undefined;
+        continue;
+      }
+      const now = w.worker.performance.eventLoopUtilization();
+      const since = w.elu === undefined ? undefined : w.worker.performance.eventLoopUtilization(now, w.elu);
+      w.elu = now;
+      if (since !== undefined && since.utilization > 0.5) {
+        this.log.warn(
+          { persona: w.owner?.persona, utilization: since.utilization },
+          "an idle task worker kept its thread busy: ended",
+        );
+        this.endIdle(w, "spinning");
+        n++;
+      }
+    }
+    return n;
+  }
+
   /** A new worker in the pool. */
   private newWorker(): PooledWorker {
-    const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined, ran: 0 };
+    const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined, ran: 0, used: 0 };
     w.worker.unref();
     // Listened to for the worker's whole life, not only while a task runs: an exception a task
     // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
@@ -772,6 +829,7 @@ export class ComputeEngine {
     }
     const w = fresh ?? this.workerFor(op.persona);
     w.busy = op.id;
+    w.used = ++this.uses;
     // Since its persona's first task there: a registration of the id made later is another holder's (cancelOf).
     if (w.owner?.persona !== op.persona) w.owner = { persona: op.persona, since: op.createdAt };
     // A reused worker's end may be an earlier task's doing (its timer's process.exit or exception,
@@ -809,7 +867,7 @@ export class ComputeEngine {
     };
     const onDied = (why: string) => {
       if (settled) return;
-      if (reused && !this.stopped && this.pool.length < this.opts.workers) {
+      if (reused && !this.stopped && this.pool.length < this.maxPool) {
         // Detached without giving the (dead) worker's place to the queue first.
         detach();
         const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());

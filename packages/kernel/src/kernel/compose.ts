@@ -400,6 +400,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       events,
       {
         workers: c.computeWorkers,
+        idleWorkers: c.computeIdleWorkers,
         resultTtlMs: c.opResultTtlMs,
         maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
         resultGraceMs: c.opResultGraceMs,
@@ -508,6 +509,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       shmBytes: () => shmBudget.bytes,
     });
     metricsRef = metrics;
+    compute.onIdleEnded = (reason) => metrics.taskWorkersEnded.inc({ reason });
     home.checkpointer.onTopUp = (seconds) => {
       metrics.walTopUps.inc();
       metrics.walTopUpSeconds.inc(seconds);

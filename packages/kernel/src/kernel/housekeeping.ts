@@ -61,6 +61,8 @@ export function startHousekeeping(
     // retirement is made in the key file, without the kernel: it is seen here, at most a tick late).
     s.compute.cancelRetired((g) => s.enforcer.keyRetired(g));
     s.agents.killRetired((k) => s.enforcer.kidRetired(k.kid));
+    // A task's leftover spinning in an idle worker kept warm for its persona: ended, not left burning a core.
+    s.compute.endSpinningIdle();
     s.host.peerLog.sweep(now);
     s.dedupe.sweep(now);
     s.applyOfflineChanges();

@@ -76,6 +76,12 @@ export class KernelMetrics {
     help: "Open TCP connections to the gRPC listener carrying no attested session, closed at grpcMaxConnections or their peer's grpcMaxConnectionsPerPeer to let a new one in",
     registers: [this.registry],
   });
+  readonly taskWorkersEnded = new Counter({
+    name: "kpip_task_workers_ended_total",
+    help: "Idle task workers the kernel ended, by reason (evicted: the idle worker used longest ago, for another persona's new worker beyond computeIdleWorkers; spinning: its event loop kept busy after its task returned)",
+    labelNames: ["reason"] as const,
+    registers: [this.registry],
+  });
   readonly prunerFailures = new Counter({
     name: "kpip_pruner_failures_total",
     help: "Housekeeping pruner passes that failed (the store busy or closing) and were left to the next tick, by pruner (agents, ops, dedupe, tokens, audit)",
