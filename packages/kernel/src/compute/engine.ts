@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
-import { processIdentity, stillOwnGroup } from "../agents/process-identity.js";
+import { processIdentity, SPAWN_ENV, stillOwnGroup } from "../agents/process-identity.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -639,7 +639,8 @@ export class ComputeEngine {
       launch = sandbox.launch({
         executable: op.name,
         args: argv,
-        env: { PATH: sandbox.programPath(), HOME: "/scratch", TMPDIR: "/tmp" },
+        // KPIP_SPAWN: tells its group the kernel's after a kill, its leader gone (stillOwnGroup).
+        env: { PATH: sandbox.programPath(), HOME: "/scratch", TMPDIR: "/tmp", [SPAWN_ENV]: op.id },
         network: cg.network,
         limits: sandbox.limitsFor(cg.grant?.limits),
         extra: [],
@@ -937,7 +938,7 @@ function endLeftProcess(p: { id: string; pid: number; procId: string | null }, l
     log.warn({ op: p.id, pid: p.pid }, "command recorded without a process identity: its pid is not signalled");
     return;
   }
-  if (!stillOwnGroup(p.pid, p.procId)) return;
+  if (!stillOwnGroup(p.pid, p.procId, p.id)) return;
   try {
     process.kill(-p.pid, "SIGKILL");
     log.warn({ op: p.id, pid: p.pid }, "a command's processes outlived the previous kernel: killed");
