@@ -75,6 +75,8 @@ export interface CommandHost {
   recordState?(op: OpRecord, state: OpAuditState, from: OpAuditState | null, written?: () => void, recovered?: boolean): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
+  /** The kernel's clock, which a grant's expiry is on (the enforcer judges by it); the host's when absent. */
+  tokenClock?(): number;
 }
 
 /** The states an op's audit records name: its store state, with `created` for queued and `interrupted` for an op a kernel stop ended. */
@@ -232,8 +234,12 @@ export class ComputeEngine {
     // overflowed the timer (killed at once). Nor later than the authorizing grant's expiry: the
     // op ends with the authority that started it, as an agent's lifetime does (PROTOCOL C.5).
     const bound = Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs);
-    const expiresWithGrant = grant !== undefined && grant.exp < bound;
-    const deadlineAt = expiresWithGrant ? grant.exp : bound;
+    // The grant's expiry is on the kernel's clock (the enforcer's), the op's times on the host's:
+    // read as a host time, a kernel clock ahead of the host's let the op outlive its authority
+    // by the difference, and one behind ended it at once as expired while the token was live.
+    const expiry = grant === undefined ? undefined : now + (grant.exp - (this.host.tokenClock?.() ?? now));
+    const expiresWithGrant = expiry !== undefined && expiry < bound;
+    const deadlineAt = expiresWithGrant ? expiry : bound;
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
       persona,

@@ -419,6 +419,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         hold: (persona) => ledger.hold(persona),
         recordState: (op, state, from, written, recovered) => records.opState(op, state, from, written, recovered),
         storageFull: (e) => home.space.failed(e),
+        tokenClock: now,
       },
     );
     for (const [name, reg] of input.tasks) compute.registerTask(name, reg);
