@@ -14,6 +14,21 @@ const alive = processAlive;
 /** This boot's id, as the kernel reads it. */
 const currentBoot = () => readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim();
 
+/** The processes of group `pgid` (field 5 of /proc/<pid>/stat) still running (a killed one not yet reaped is a zombie). */
+function groupMembers(pgid: number): string[] {
+  return readdirSync("/proc")
+    .filter((d) => /^\d+$/.test(d))
+    .filter((d) => {
+      try {
+        const fields = readFileSync(`/proc/${d}/stat`, "utf8");
+        const st = fields.slice(fields.lastIndexOf(")") + 2).split(" ");
+        return st[0] !== "Z" && Number(st[2]) === pgid;
+      } catch {
+        return false;
+      }
+    });
+}
+
 /** A process leading its own process group, as a sandboxed agent's bubblewrap does. */
 function groupLeader(): ChildProcess {
   const p = spawn("sleep", ["600"], { detached: true, stdio: "ignore" });
@@ -90,11 +105,13 @@ describe("agents recorded running when the kernel died", () => {
     const home = first.home;
     await first.stop();
     // A leader that starts a child in its group and exits at once, as an agent does when its kernel's connection drops.
-    // Each waits for its stdin to close, so that its identity is read while it runs.
+    // Each waits for its stdin to close, so that its identity is read while it runs. Its
+    // environment carries its spawn's entry, as an agent's does (the token id of its row).
     const start = () =>
       spawn("sh", ["-c", "sleep 600 >/dev/null 2>&1 </dev/null & read x"], {
         detached: true,
         stdio: ["pipe", "ignore", "ignore"],
+        env: { ...process.env, KPIP_SPAWN: "t4" },
       });
     const leader = start();
     const other = start();
@@ -105,17 +122,7 @@ describe("agents recorded running when the kernel died", () => {
     leader.stdin?.end();
     other.stdin?.end();
     await until(() => (processIdentity(lid) === undefined && processIdentity(oid) === undefined) || undefined);
-    const members = (pgid: number) =>
-      readdirSync("/proc")
-        .filter((d) => /^\d+$/.test(d))
-        .filter((d) => {
-          try {
-            const st = readFileSync(`/proc/${d}/stat`, "utf8");
-            return Number(st.slice(st.lastIndexOf(")") + 2).split(" ")[2]) === pgid;
-          } catch {
-            return false;
-          }
-        });
+    const members = groupMembers;
     try {
       assert.ok(identity && otherIdentity);
       await until(() => (members(lid).length === 1 && members(oid).length === 1) || undefined);
@@ -141,6 +148,59 @@ describe("agents recorded running when the kernel died", () => {
       }
     } finally {
       for (const g of [lid, oid])
+        try {
+          process.kill(-g, "SIGKILL");
+        } catch {
+          // gone
+        }
+      removeHome(home);
+    }
+  });
+
+  it("a group whose leader is gone and whose id a later process took (a daemon's double fork: setsid, fork, exit) is not the spawn's: neither an agent's nor a command's start kill touches it", async () => {
+    const first = await startKernel();
+    const home = first.home;
+    await first.stop();
+    // Someone else's daemons: each one's first process leads a new group and leaves a child in it.
+    const daemons = [0, 1].map(() =>
+      spawn("sh", ["-c", "sleep 600 >/dev/null 2>&1 </dev/null & read x"], {
+        detached: true,
+        stdio: ["pipe", "ignore", "ignore"],
+      }),
+    );
+    const groups = daemons.map((d) => d.pid as number);
+    const identities = groups.map((g) => processIdentity(g) ?? "");
+    for (const d of daemons) d.stdin?.end();
+    try {
+      assert.ok(identities.every(Boolean));
+      await until(() => groups.every((g) => processIdentity(g) === undefined && groupMembers(g).length === 1) || undefined);
+      // The spawn recorded with each pid was an earlier process (same boot and pid namespace,
+      // started before): its group ended, and the pid went to the daemon's first process.
+      const earlier = identities.map((id) => {
+        const [boot, ns, startedAt] = id.split(" ");
+        return `${boot} ${ns} ${Number(startedAt) - 1}`;
+      });
+      const db = new Database(join(home, "kernel.db"));
+      db.prepare(
+        "INSERT INTO agents (id, persona, spawner, command, args, pid, state, started_at, deadline, token_id, cwd, proc_id) " +
+          "VALUES ('admin/tool/7', 'admin/tool-7', 'admin', 'tool', '[]', ?, 'running', 1, 9999999999999, 't7', '/tmp', ?)",
+      ).run(groups[0], earlier[0]);
+      db.prepare(
+        "INSERT INTO ops (id, persona, session, kind, name, state, created_at, started_at, deadline, expires_at, pid, proc_id) " +
+          "VALUES ('op7', 'admin', 's', 'command', 'sh', 'running', 1, 1, 9999999999999, 9999999999999, ?, ?)",
+      ).run(groups[1], earlier[1]);
+      db.close();
+      const t = await startKernel({ sandbox: "none" }, home);
+      try {
+        assert.equal(t.k.inspect.getAgent("admin/tool/7")?.state, "lost");
+        assert.equal(t.k.inspect.getOp("op7")?.state, "failed");
+        assert.equal(groupMembers(groups[0] as number).length, 1, "the agent's recorded pid: another's group, not signalled");
+        assert.equal(groupMembers(groups[1] as number).length, 1, "the command's recorded pid: another's group, not signalled");
+      } finally {
+        await t.stop();
+      }
+    } finally {
+      for (const g of groups)
         try {
           process.kill(-g, "SIGKILL");
         } catch {

@@ -300,4 +300,21 @@ describe("token.inspect of forged tokens", () => {
     // A genuine token is described as before.
     assert.equal((await c.tokens.inspect(own.id, nia.token)).status, "valid");
   });
+
+  it("token.inspect of a forged token says no request can pass it (effective.usable false), whatever rights it claims", async () => {
+    const admin = await t.admin();
+    const own = decodeToken((await t.persona("pia", storageWs1)).token).claims;
+    const f = mintToken(randomBytes(32), {
+      ...own,
+      id: randomBytes(16).toString("hex"),
+      sub: "admin",
+      rights: [{ ops: ["**"], targets: ["**"] }],
+      chain: [],
+    });
+    const seen = await admin.tokens.inspect(f.claims.id, encodeToken(f));
+    assert.equal(seen.status, "invalid");
+    // PROTOCOL's token.inspect: `usable` is whether any request can pass it. A reader (a program,
+    // the MCP gateway's model) that looks at it was told a forged admin token could.
+    assert.equal(seen.effective.usable, false, "a forged token's rights pass nothing");
+  });
 });

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import type { KernelServices } from "../src/kernel/compose.js";
 import type { Kernel } from "../src/kernel.js";
-import { startKernel, until } from "./harness.js";
+import { removeHome, startKernel, until } from "./harness.js";
 
 const servicesOf = (k: Kernel) => (k as unknown as { services: KernelServices }).services;
 
@@ -40,6 +40,7 @@ describe("an audit index the disk has no room for", () => {
       // Room again, so that the kernel's stop can store what it must.
       room();
       await t.stop();
+      removeHome(t.home);
     }
   });
 });

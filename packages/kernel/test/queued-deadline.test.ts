@@ -20,8 +20,8 @@ describe("queued ops and their deadline", () => {
       const alice = await t.connect(p.identity, [p.token]);
       // The one worker hangs; the next task waits in the queue with a short deadline.
       const running = await alice.compute.task("hang");
+      // (Not asked whether it is queued: 50 ms may have passed by the answer on a busy machine.)
       const queued = await alice.compute.task("hang", null, { timeoutMs: 50 });
-      assert.equal((await alice.ops.status(queued)).state, "queued");
       // Its deadline passes while it is queued: it ends then (not when a worker frees up, here never).
       await assert.rejects(alice.ops.wait(queued, { signal: AbortSignal.timeout(60_000) }), klass("RESOURCE", "deadline"));
       const s = await alice.ops.status(queued);

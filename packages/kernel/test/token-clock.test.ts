@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { decodeToken, parseIdentity } from "@kpip/protocol";
-import { klass, sandboxSkip, type TestKernel, until, withKernel } from "./harness.js";
+import type { KernelOptions } from "../src/index.js";
+import { klass, removeHome, sandboxSkip, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
 const HEALTH = [{ ops: ["system.health"], targets: ["kernel://"] }];
 
@@ -74,4 +76,51 @@ describe("token status by the kernel clock", () => {
       await c.call("agent.kill", "agent://sh/w1", {});
     });
   });
+
+  it("a task ends with its token by the kernel's clock, not the host's: neither past the token's expiry nor before it", async () => {
+    // The kernel's clock ten minutes ahead of the host's: a token of 10 s expires 10 s from now, not
+    // ten minutes and 10 s from now.
+    await withTasks({ clock: () => Date.now() + 600_000 }, async (t) => {
+      const gus = await t.persona("gus", SUBMIT, { ttlMs: 10_000 });
+      const c = await t.connect(gus.identity, [gus.token]);
+      const d = await c.compute.task("hang");
+      const id = d.op.slice("op://".length);
+      const ended = await until(
+        () => {
+          const op = t.k.inspect.getOp(id);
+          return op && op.state !== "running" && op.state !== "queued" ? op : undefined;
+        },
+        60_000,
+        "the task's end at its token's expiry",
+      );
+      assert.equal(ended.errorClass, "CAPABILITY", String(ended.message));
+    });
+    // Ten minutes behind: a token of a minute is live to the kernel (the enforcer let the submit
+    // through), and its task runs, not "expired" at once by the host's clock.
+    await withTasks({ clock: () => Date.now() - 600_000 }, async (t) => {
+      const gus = await t.persona("gus", SUBMIT, { ttlMs: 60_000 });
+      const c = await t.connect(gus.identity, [gus.token]);
+      assert.equal(await c.ops.wait(await c.compute.task("square", 7)), 49);
+    });
+  });
 });
+
+const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+const SUBMIT = [
+  { ops: ["compute.submit"], targets: ["op://task/**"] },
+  { ops: ["op.result", "op.status"], targets: ["op://**"] },
+];
+
+/** A kernel with the fixture tasks `hang` and `square` registered. */
+async function withTasks(opts: KernelOptions, fn: (t: TestKernel) => Promise<void>): Promise<void> {
+  const t = await startKernel(opts, undefined, (k) => {
+    k.registerTask("hang", { module: TASKS, export: "hang" });
+    k.registerTask("square", { module: TASKS, export: "square" });
+  });
+  try {
+    await fn(t);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}

@@ -29,7 +29,7 @@ import { DEFAULT_KEPT_BYTES, isStorageFull, KeptBytes, KeptWrites, notKeptMessag
 import type { AgentRecord, AgentStore, AgentSummary, LedgerStore, PersonaStore, TokenStore } from "../store/types.js";
 import { SocketConnection } from "../transport/uds.js";
 import { agentKey, agentPersona, agentUri, isAgentPersona } from "./namespace.js";
-import { processIdentity, stillOwnGroup } from "./process-identity.js";
+import { processIdentity, SPAWN_ENV, stillOwnGroup } from "./process-identity.js";
 
 export interface AgentOptions {
   maxOutputBytes: number;
@@ -198,7 +198,7 @@ export class AgentManager {
       // Whether its processes ran on after the kernel died (no sandbox dying with it): this start
       // kills them, and the record says so — they acted unsupervised until now.
       let outlived = false;
-      if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId)) {
+      if (a.pid && a.procId !== null && stillOwnGroup(a.pid, a.procId, a.tokenId)) {
         try {
           process.kill(-a.pid, "SIGKILL");
           outlived = true;
@@ -533,6 +533,8 @@ export class AgentManager {
           KPIP_BOOTSTRAP_FD: "3",
           KPIP_AGENT: uri,
           KPIP_PERSONA: persona,
+          // Tells its group the kernel's after a kill, its leader gone (stillOwnGroup).
+          [SPAWN_ENV]: token.claims.id,
         },
         network: r.network === true,
         // The agent's own token's limits: within the spawner's (the mint refused wider), and as

@@ -1,4 +1,4 @@
-import { readFileSync, readlinkSync } from "node:fs";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 
 /** This boot's id (Linux): a pid names the same process only within one boot. */
 const bootId = (() => {
@@ -47,14 +47,47 @@ export function processIdentity(pid: number, procRoot = "/proc"): string | undef
 }
 
 /**
- * Whether process group `pid` is still the one whose leader was spawned with identity `procId`:
- * the leader still has it, or the leader is gone and the pid still means what it meant (same
- * boot, same pid namespace) — then only what is left of that group can carry its id, since
- * Linux gives no new process a pid still used as a group's id.
+ * The environment entry a spawned process (a command's, an agent's) gets, and what it starts
+ * inherits: `KPIP_SPAWN=<its op's or agent token's id>`. A group whose leader is gone is told the
+ * kernel's by it ({@link stillOwnGroup}).
  */
-export function stillOwnGroup(pid: number, procId: string): boolean {
-  const now = processIdentity(pid);
+export const SPAWN_ENV = "KPIP_SPAWN";
+
+/**
+ * Whether process group `pid` is still the one whose leader was spawned with identity `procId`
+ * and environment entry `KPIP_SPAWN=<spawn>`: the leader still has that identity; or the leader is
+ * gone, the pid still means what it meant (same boot, same pid namespace), and a member of the
+ * group carries the spawn's entry. Where the leader is gone, its pid may have been given to a
+ * later process once the spawn's whole group ended, and that process may have made a group of
+ * its own and left it (a daemon's double fork: setsid, fork, exit): the group's id alone does not
+ * tell the two apart. A group is never part the spawn's and part another's (no pid still used as
+ * a group's id is given out), so one member carrying the entry says whose the group is.
+ */
+export function stillOwnGroup(pid: number, procId: string, spawn: string, procRoot = "/proc"): boolean {
+  const now = processIdentity(pid, procRoot);
   if (now !== undefined) return now === procId;
   const scope = pidScope();
-  return scope !== undefined && procId.slice(0, procId.lastIndexOf(" ")) === scope;
+  if (scope === undefined || procId.slice(0, procId.lastIndexOf(" ")) !== scope) return false;
+  return groupCarries(pid, `${SPAWN_ENV}=${spawn}`, procRoot);
+}
+
+/** Whether a process of group `pgid` has `entry` in its environment (as it was exec'd). */
+function groupCarries(pgid: number, entry: string, procRoot: string): boolean {
+  let pids: string[];
+  try {
+    pids = readdirSync(procRoot).filter((d) => /^\d+$/.test(d));
+  } catch {
+    return false;
+  }
+  for (const d of pids) {
+    try {
+      const stat = readFileSync(`${procRoot}/${d}/stat`, "utf8");
+      // Field 5 (the process group), counted from after the command name's last ")".
+      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]) !== pgid) continue;
+      if (readFileSync(`${procRoot}/${d}/environ`, "latin1").split("\0").includes(entry)) return true;
+    } catch {
+      // gone meanwhile, or not ours to read
+    }
+  }
+  return false;
 }

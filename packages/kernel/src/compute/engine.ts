@@ -3,7 +3,7 @@ import { randomBytes } from "node:crypto";
 import type { EventLoopUtilization } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
 import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
-import { processIdentity, stillOwnGroup } from "../agents/process-identity.js";
+import { processIdentity, SPAWN_ENV, stillOwnGroup } from "../agents/process-identity.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
 import { emitKernelEvent } from "../events/kernel-topics.js";
@@ -89,6 +89,8 @@ export interface CommandHost {
   ): void;
   /** Told of a write refused for lack of room (kernel/storage-space.ts): the condition is noted and logged there. */
   storageFull?(e: unknown): void;
+  /** The kernel's clock, which a grant's expiry is on (the enforcer judges by it); the host's when absent. */
+  tokenClock?(): number;
 }
 
 /** The states an op's audit records name: its store state, with `created` for queued and `interrupted` for an op a kernel stop ended. */
@@ -257,8 +259,12 @@ export class ComputeEngine {
     // overflowed the timer (killed at once). Nor later than the authorizing grant's expiry: the
     // op ends with the authority that started it, as an agent's lifetime does (PROTOCOL C.5).
     const bound = Math.min(deadline ?? Number.POSITIVE_INFINITY, now + this.opts.maxRuntimeMs);
-    const expiresWithGrant = grant !== undefined && grant.exp < bound;
-    const deadlineAt = expiresWithGrant ? grant.exp : bound;
+    // The grant's expiry is on the kernel's clock (the enforcer's), the op's times on the host's:
+    // read as a host time, a kernel clock ahead of the host's let the op outlive its authority
+    // by the difference, and one behind ended it at once as expired while the token was live.
+    const expiry = grant === undefined ? undefined : now + (grant.exp - (this.host.tokenClock?.() ?? now));
+    const expiresWithGrant = expiry !== undefined && expiry < bound;
+    const deadlineAt = expiresWithGrant ? expiry : bound;
     const op: OpRecord = {
       id: randomBytes(16).toString("hex"),
       persona,
@@ -737,7 +743,8 @@ export class ComputeEngine {
       launch = sandbox.launch({
         executable: op.name,
         args: argv,
-        env: { PATH: sandbox.programPath(), HOME: "/scratch", TMPDIR: "/tmp" },
+        // KPIP_SPAWN: tells its group the kernel's after a kill, its leader gone (stillOwnGroup).
+        env: { PATH: sandbox.programPath(), HOME: "/scratch", TMPDIR: "/tmp", [SPAWN_ENV]: op.id },
         network: cg.network,
         limits: sandbox.limitsFor(cg.grant?.limits),
         extra: [],
@@ -1037,7 +1044,7 @@ function endLeftProcess(p: { id: string; pid: number; procId: string | null }, l
     log.warn({ op: p.id, pid: p.pid }, "command recorded without a process identity: its pid is not signalled");
     return false;
   }
-  if (!stillOwnGroup(p.pid, p.procId)) return false;
+  if (!stillOwnGroup(p.pid, p.procId, p.id)) return false;
   try {
     process.kill(-p.pid, "SIGKILL");
     log.warn({ op: p.id, pid: p.pid }, "a command's processes outlived the previous kernel: killed");

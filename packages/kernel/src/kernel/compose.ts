@@ -424,6 +424,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         recordState: (op, state, from, written, recovered, outlived) =>
           records.opState(op, state, from, written, recovered, outlived),
         storageFull: (e) => home.space.failed(e),
+        tokenClock: now,
       },
     );
     for (const [name, reg] of input.tasks) compute.registerTask(name, reg);

@@ -103,7 +103,8 @@ export function describeToken(t: Token, enforcer: CapEnforcer, forged = false): 
       maxExp: g.maxExp,
       ...(g.workspaces ? { workspaces: g.workspaces } : {}),
       ...(g.domains ? { domains: g.domains } : {}),
-      usable: g.usable,
+      // A forged token passes no request, whatever its claims grant (the field says whether any can).
+      usable: g.usable && !forged,
     },
     status,
   };

@@ -110,7 +110,11 @@ export const tokenInspect = defineOp({
         maxExp: { type: "uint", required: true, description: "how far refresh may extend it" },
         workspaces: texts("workspaces it may act in", "a workspace id"),
         domains: texts("security domains it may act in", "a domain"),
-        usable: { type: "bool", required: true, description: "whether any request can pass it" },
+        usable: {
+          type: "bool",
+          required: true,
+          description: "whether any request can pass it (never for a token whose signature does not verify)",
+        },
       },
     },
     status: {
