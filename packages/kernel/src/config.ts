@@ -257,6 +257,13 @@ const DECLARED = {
   },
   /** Worker threads for embedder task functions. */
   computeWorkers: { type: "int", default: 2, description: "worker threads for task functions" },
+  /** JS heap a task worker may hold (it lives in the kernel's process); 0 = V8's default. */
+  computeWorkerHeapMb: {
+    type: "int",
+    default: 512,
+    zeroAllowed: true,
+    description: "most JavaScript heap (MiB) a task worker may hold before its task fails RESOURCE (0 = V8's default)",
+  },
   /** Idle task workers kept beyond computeWorkers, each one persona's (a worker serves one persona). */
   computeIdleWorkers: {
     type: "int",

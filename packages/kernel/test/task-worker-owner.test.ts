@@ -137,6 +137,23 @@ describe("the shared task workers serve one persona at a time", () => {
     });
   });
 
+  it("a task its input steers to hoard memory fails RESOURCE at computeWorkerHeapMb: its worker ends, not the kernel, and the next tasks run", async () => {
+    await withTasks({ computeWorkerHeapMb: 32 }, { hoard: "hoard", square: "square" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const alice = await tasker(t, "alice");
+      // ~160 MiB of the worker's heap: past its 32 (without the bound, V8's own: ~4 GiB here).
+      const big = await mallory.compute.task("hoard", 160);
+      await assert.rejects(mallory.ops.wait(big), (e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "RESOURCE");
+        assert.match(e.message, /out of memory \(computeWorkerHeapMb 32\)/);
+        return true;
+      });
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 6)), 36);
+      assert.equal(await alice.ops.wait(await alice.compute.task("square", 7)), 49);
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("hoard", 4)), 4 * 450, "a task within the bound runs");
+    });
+  });
+
   it("a persona id removed and registered again for another holder is not given the worker the earlier holder's tasks ran in", async () => {
     await withTasks({}, { memoize: "memoize" }, async (t) => {
       // The tree's owner hands a worker name to one holder, removes it, and gives the name to another.

@@ -35,6 +35,13 @@ export interface ComputeOptions {
    * personas taking turns find their own warm worker instead of a new one each turn (default 2).
    */
   idleWorkers?: number;
+  /**
+   * Most JavaScript heap (V8's old generation, MiB) a task worker may hold, 0 for V8's own bound:
+   * a worker lives in the kernel's process, so a task its input steers to hoard would otherwise
+   * grow the kernel until the host's OOM killer ended it, for everyone. Buffers and ArrayBuffers
+   * are outside this bound.
+   */
+  workerHeapMb?: number;
   /** How long finished ops and their results are kept. */
   resultTtlMs: number;
   /**
@@ -137,6 +144,8 @@ interface PooledWorker {
   elu?: EventLoopUtilization;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
+  /** It ended out of memory (workerHeapMb): its task fails RESOURCE, not INTERNAL. */
+  outOfMemory?: boolean;
 }
 
 interface Job {
@@ -628,13 +637,24 @@ export class ComputeEngine {
 
   /** A new worker in the pool. */
   private newWorker(): PooledWorker {
-    const w: PooledWorker = { worker: new Worker(new URL("./worker.js", import.meta.url)), busy: undefined, ran: 0, used: 0 };
+    const heap = this.opts.workerHeapMb ?? 0;
+    const worker = new Worker(
+      new URL("./worker.js", import.meta.url),
+      heap > 0 ? { resourceLimits: { maxOldGenerationSizeMb: heap } } : {},
+    );
+    const w: PooledWorker = { worker, busy: undefined, ran: 0, used: 0 };
     w.worker.unref();
     // Listened to for the worker's whole life, not only while a task runs: an exception a task
     // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
     // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
     // stayed in the pool, its task and the next ones waiting there for their deadlines.
     w.worker.on("error", (e: Error) => {
+      if ((e as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY") {
+        w.outOfMemory = true;
+        this.log.warn({ op: w.busy, heapMb: heap }, "a task worker ran out of memory");
+        this.workerDied(w, `task worker ran out of memory (computeWorkerHeapMb ${heap})`);
+        return;
+      }
       // Its message is not the op's: the exception may be another task's, left behind (another
       // persona's text in this persona's answer). The kernel's log has it.
       this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
@@ -882,7 +902,7 @@ export class ComputeEngine {
         return;
       }
       done(true);
-      this.finish(op, "failed", null, "INTERNAL", why);
+      this.finish(op, "failed", null, w.outOfMemory ? "RESOURCE" : "INTERNAL", why);
     };
     const cancel = (why: StopReason): boolean => {
       if (settled) return false;

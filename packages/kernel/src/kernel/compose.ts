@@ -401,6 +401,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       {
         workers: c.computeWorkers,
         idleWorkers: c.computeIdleWorkers,
+        workerHeapMb: c.computeWorkerHeapMb,
         resultTtlMs: c.opResultTtlMs,
         maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
         resultGraceMs: c.opResultGraceMs,
