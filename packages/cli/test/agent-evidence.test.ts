@@ -94,4 +94,24 @@ describe("an agent's token in the evidence", () => {
       rmSync(home, { recursive: true, force: true });
     }
   });
+
+  it("an agent killed by a revocation names on its agent.exited record the revoked token that ended it", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-agent-revoked-by-"));
+    try {
+      const truth = await stage(home);
+      const r = await cli.run(["audit", "timeline", "--op", "agent.exited", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const [end] = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { detail: Record<string, unknown> | null });
+      assert.ok(end);
+      assert.equal(end.detail?.killedBy, "token revoked");
+      assert.equal(end.detail?.token, truth.agentToken);
+      // Its spawner's token, whose revocation killed it: not its own, which the kernel revoked after.
+      assert.equal(end.detail?.revokedToken, truth.eveToken);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
 });
