@@ -94,4 +94,55 @@ describe("an agent's token in the evidence", () => {
       rmSync(home, { recursive: true, force: true });
     }
   });
+
+  it("audit tokens gives a revocation's record and that record's time, not only the revocations table's time taken before it", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-revocation-record-"));
+    try {
+      const truth = await stage(home);
+      const t = await cli.run(["audit", "timeline", "--op", "token.revoke", "--json", "--home", home]);
+      assert.equal(t.code, 0, t.err);
+      const [revoke] = t.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { outcomeSeq: number; end: string });
+      assert.ok(revoke);
+      const r = await cli.run(["audit", "tokens", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const eve = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { id: string; revoked: { at: string; record: number; recordAt: string } | null })
+        .find((n) => n.id === truth.eveToken);
+      assert.ok(eve?.revoked);
+      // The table's time is taken mid-request; the outcome record, and its time, is where the revocation is on the record.
+      assert.equal(eve.revoked.record, revoke.outcomeSeq);
+      assert.equal(eve.revoked.recordAt, revoke.end);
+      assert.ok(eve.revoked.at <= eve.revoked.recordAt);
+      const text = await cli.run(["audit", "tokens", "--token", truth.eveToken, "--home", home]);
+      assert.equal(text.code, 0, text.err);
+      assert.ok(text.out.includes(`(record ${revoke.outcomeSeq}, written ${revoke.end})`), text.out);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("an agent killed by a revocation names on its agent.exited record the revoked token that ended it", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-agent-revoked-by-"));
+    try {
+      const truth = await stage(home);
+      const r = await cli.run(["audit", "timeline", "--op", "agent.exited", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const [end] = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { detail: Record<string, unknown> | null });
+      assert.ok(end);
+      assert.equal(end.detail?.killedBy, "token revoked");
+      assert.equal(end.detail?.token, truth.agentToken);
+      // Its spawner's token, whose revocation killed it: not its own, which the kernel revoked after.
+      assert.equal(end.detail?.revokedToken, truth.eveToken);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
 });

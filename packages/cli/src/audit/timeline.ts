@@ -32,6 +32,8 @@ export interface TimelineFilter {
   trace?: string;
   session?: string;
   token?: string;
+  /** Whole token ids (--token with --derived: a token and its descendants): a row authorized by or about any of them. */
+  tokenSet?: ReadonlySet<string>;
   target?: (t: string) => boolean;
   since?: number;
   until?: number;
@@ -97,6 +99,11 @@ export function matches(row: TimelineRow, f: TimelineFilter): boolean {
     // In the detail (a minted token, a revocation's ended list) only a whole id counts: a short prefix would match any text.
     const inDetail = t.length === 32 && detailNamesToken(row, t);
     if (!row.tokens.some((id) => id.startsWith(t)) && !startsWith(row.target, `token://${t}`) && !inDetail) return false;
+  }
+  if (f.tokenSet !== undefined) {
+    const set = f.tokenSet;
+    const about = row.target?.startsWith("token://") === true && set.has(row.target.slice("token://".length));
+    if (!row.tokens.some((id) => set.has(id)) && !about && !detailNamesAny(row, set)) return false;
   }
   return true;
 }
@@ -191,9 +198,25 @@ const TOKEN_KEYS = new Set([
 function detailNamesToken(row: TimelineRow, id: string): boolean {
   const d = row.detail;
   if (d === null || !d.includes(`"${id}"`)) return false;
-  const claimed = row.tokens.includes(`?${id}`);
+  return detailNames(row, d, (x) => x === id);
+}
+
+/** As {@link detailNamesToken}, for any id of `set` (the detail is parsed only when its text holds one). */
+function detailNamesAny(row: TimelineRow, set: ReadonlySet<string>): boolean {
+  const d = row.detail;
+  if (d === null) return false;
+  let found = false;
+  for (const m of d.matchAll(/"([^"\\]{1,128})"/g))
+    if (set.has(m[1] as string)) {
+      found = true;
+      break;
+    }
+  return found && detailNames(row, d, (x) => set.has(x));
+}
+
+function detailNames(row: TimelineRow, d: string, wanted: (id: string) => boolean): boolean {
   const walk = (v: unknown, named: boolean, refused: boolean): boolean => {
-    if (typeof v === "string") return named && v === id && !(refused && claimed);
+    if (typeof v === "string") return named && wanted(v) && !(refused && row.tokens.includes(`?${v}`));
     if (Array.isArray(v)) return v.some((x) => walk(x, named, refused));
     if (v === null || typeof v !== "object") return false;
     return Object.entries(v).some(([k, x]) => k !== "caveats" && walk(x, TOKEN_KEYS.has(k), refused || k === "refused"));

@@ -19,7 +19,11 @@ export interface TokenNode {
   record: number | null;
   /** How the record was found: named in its detail, or matched by minter, subject and time. */
   recordBy: "detail" | "time" | null;
-  revoked: { by: string; at: number; record: number | null; ended: string[] } | null;
+  /**
+   * `at`: the revocations table's time, taken while the revoke ran (after its intent, before its
+   * outcome); `record`/`recordAt`: the record that says it (a token.revoke's outcome), and its time.
+   */
+  revoked: { by: string; at: number; record: number | null; recordAt?: number | null; ended: string[] } | null;
   /** The nearest revoked ancestor whose revocation ended this token (the cascade). */
   endedBy: string | null;
   children: string[];
@@ -118,7 +122,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       .all();
     for (const r of rows as Row[]) {
       if (typeof r.id !== "string") continue;
-      node(r.id).revoked = { by: r.revoked_by as string, at: r.revoked_at as number, record: null, ended: [] };
+      node(r.id).revoked = { by: r.revoked_by as string, at: r.revoked_at as number, record: null, recordAt: null, ended: [] };
     }
   }
   // The records about tokens: the detail when the home has it, else the requests themselves.
@@ -148,8 +152,9 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     // ended agent's persona that the kernel revoked with it (or, at a start, alone).
     const revokedHere = (id: string) => {
       const n = node(id);
-      n.revoked ??= { by: r.persona, at: r.time, record: null, ended: [] };
+      n.revoked ??= { by: r.persona, at: r.time, record: null, recordAt: null, ended: [] };
       n.revoked.record = r.seq;
+      n.revoked.recordAt = r.time;
       return n.revoked;
     };
     if (d && typeof d.revoked === "string") {
@@ -166,7 +171,10 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       if (r.status !== "SUCCESS" || !r.target) continue;
       if (r.op === "token.revoke") {
         const n = nodes.get(r.target.slice("token://".length));
-        if (n?.revoked && n.revoked.record === null) n.revoked.record = r.seq;
+        if (n?.revoked && n.revoked.record === null) {
+          n.revoked.record = r.seq;
+          n.revoked.recordAt = r.time;
+        }
       } else if ((r.op === "token.mint" || r.op === "token.refresh") && i) {
         let args: CborValue | undefined;
         try {
@@ -303,7 +311,7 @@ export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
     caveats: n.caveats,
     record: n.record,
     recordBy: n.recordBy,
-    revoked: n.revoked ? { ...n.revoked, at: iso(n.revoked.at) } : null,
+    revoked: n.revoked ? { ...n.revoked, at: iso(n.revoked.at), recordAt: iso(n.revoked.recordAt ?? null) } : null,
     endedBy: n.endedBy,
     children: n.children,
     inTable: n.inTable,
@@ -336,7 +344,12 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
     if (n.caveats !== null) lines.push(`${sub}caveats ${JSON.stringify(n.caveats)}`);
     lines.push(`${sub}expires ${iso(n.exp) ?? "?"}`);
     if (n.revoked) {
-      const rec = n.revoked.record !== null ? ` (record ${n.revoked.record})` : "";
+      // The record's time too: the table's is taken mid-request, before the outcome that says it;
+      // read against other records (an agent's last acts), the record's place is what counts.
+      const rec =
+        n.revoked.record !== null
+          ? ` (record ${n.revoked.record}${n.revoked.recordAt != null ? `, written ${iso(n.revoked.recordAt)}` : ""})`
+          : "";
       lines.push(`${sub}REVOKED by ${n.revoked.by} at ${iso(n.revoked.at)}${rec}`);
       if (n.revoked.ended.length) lines.push(`${sub}its revocation ended ${n.revoked.ended.join(", ")}`);
     }

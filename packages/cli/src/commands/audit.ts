@@ -106,7 +106,7 @@ const FLAGS: Record<string, string[]> = {
   verify: ["anchors", "max-unsigned"],
   tail: ["n", "follow"],
   query: ["persona", "op", "status", "since", "limit"],
-  timeline: ["trace", "session", "token", "target", "since", "until", "seq", "persona", "op", "limit", "after"],
+  timeline: ["trace", "session", "token", "derived", "target", "since", "until", "seq", "persona", "op", "limit", "after"],
   show: ["raw", "body"],
   tokens: ["format", "token"],
 };
@@ -155,6 +155,11 @@ export const auditCommand: Command = {
       type: "string",
       description:
         "timeline: only requests authorized by (or about) this token; tokens: its chain and what came of it (an id or a prefix; a prefix naming several tokens is refused)",
+    },
+    derived: {
+      type: "boolean",
+      description:
+        "timeline: with --token, also every token minted, narrowed, refreshed or spawned from it, as the record knows them (what a leaked token enabled); the token must be on the record",
     },
     target: {
       type: "string",
@@ -440,10 +445,15 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
   for (const k of ["trace", "session", "token", "target", "persona", "op"] as const) {
     if (v[k] === "") throw new UsageError(`--${k} must not be empty`);
   }
+  if (v.derived === true && f.token === undefined) throw new UsageError("--derived goes with --token ID");
   const limit = v.limit === undefined ? 100 : parsePositive(v.limit as string, "--limit");
   const after = v.after === undefined ? 0 : parsePositive(v.after as string, "--after");
   const reader = openHome(home);
   try {
+    if (v.derived === true) {
+      f.tokenSet = derivedTokens(reader, f.token as string);
+      delete f.token;
+    }
     const page = timeline(reader, f, after, limit);
     // As audit tokens: a prefix naming several tokens would show their requests as one token's.
     if (page.tokens.size > 1) {
@@ -463,6 +473,30 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
   } finally {
     reader.close();
   }
+}
+
+/**
+ * `--token T --derived`: T (one token on the record, by id or prefix) and every token the record
+ * says came from it (minted, narrowed offline, refreshed, an agent's at its spawn), to any depth.
+ */
+function derivedTokens(reader: AuditReader, t: string): Set<string> {
+  const nodes = tokenTree(reader);
+  const ids = [...nodes.keys()].filter((id) => id.startsWith(t));
+  if (ids.length === 0) throw new UsageError(`--token ${t}: no such token on the record (kpip audit tokens lists them)`);
+  if (ids.length > 1)
+    throw new UsageError(
+      `--token ${t} names ${ids.length} tokens (${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}): give more of the id`,
+    );
+  const set = new Set<string>();
+  const todo = [ids[0] as string];
+  while (todo.length) {
+    const id = todo.pop() as string;
+    if (set.has(id)) continue;
+    set.add(id);
+    todo.push(...(nodes.get(id)?.children ?? []));
+  }
+  process.stderr.write(`--derived: ${ids[0]} and ${set.size - 1} token${set.size === 2 ? "" : "s"} derived from it\n`);
+  return set;
 }
 
 function showCmd(home: string, arg: string, v: Values, json: boolean): number {

@@ -105,6 +105,8 @@ interface Live {
   /** The agent's own token (its id, chain and key): a revocation covering it, or its key's retirement, kills the agent. */
   token: { id: string; chain: string[]; kid: string };
   killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
+  /** With killedBy "token revoked": the revoked token that covered its own (its own id, or an ancestor's in its chain). */
+  revokedToken?: string;
 }
 
 /**
@@ -697,6 +699,7 @@ export class AgentManager {
             code,
             signal: signal ?? null,
             ...(live.killedBy ? { killedBy: live.killedBy } : {}),
+            ...(live.killedBy === "token revoked" && live.revokedToken ? { revokedToken: live.revokedToken } : {}),
           },
         },
         () => this.endRecorded(id),
@@ -755,8 +758,17 @@ export class AgentManager {
    * token's ancestors and refresh family). Its token no longer reaches the kernel; its process
    * ends too, on the record (`agent.exited`, killedBy "token revoked"). Returns how many.
    */
-  killRevoked(isRevoked: (t: { id: string; chain: string[] }) => boolean): number {
-    return this.killWhere((live) => isRevoked(live.token), "token revoked");
+  killRevoked(isRevoked: (t: { id: string; chain: string[] }) => boolean, ids?: readonly string[]): number {
+    return this.killWhere((live) => {
+      if (!isRevoked(live.token)) return false;
+      // Which revocation ended it, for its record: one of the ids this fan-out revoked that its
+      // token names, else (ids unknown: a revocation made while no kernel ran) the nearest one
+      // of its own and its ancestors that is revoked. None found (a refresh family's): unnamed.
+      const t = live.token;
+      const named = (i: string) => i === t.id || t.chain.includes(i);
+      live.revokedToken = ids?.find(named) ?? [t.id, ...[...t.chain].reverse()].find((i) => isRevoked({ id: i, chain: [] }));
+      return true;
+    }, "token revoked");
   }
 
   /**

@@ -307,6 +307,22 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       named: (h) => store.countBodyRefs(h),
     });
     blobsRef = blobs;
+    // Uploads the previous kernel was killed with: their partial files are gone with this start, and
+    // nothing else would end them on the record (an upload lives in memory only).
+    for (const u of blobs.leftUploads)
+      records.record({
+        op: "storage.upload.ended",
+        target: u.target ?? "-",
+        persona: u.persona ?? "-",
+        message: "the kernel was killed while it was in progress: this start removed its partial file",
+        detail: {
+          upload: u.id,
+          reason: "kernel killed",
+          received: u.bytes,
+          ...(u.size !== undefined ? { size: u.size } : {}),
+          ...(u.began !== undefined ? { began: u.began } : {}),
+        },
+      });
     // A flush the batch bound started outside a tick: a failed WAL sync (the store has failed and
     // says so itself); its bodies stay on disk, unnamed, for the next start's sweep.
     blobs.onFlushError = (e) => log.warn({ err: e }, "removing released object bodies failed; the next start removes them");

@@ -4,7 +4,8 @@ import type { Session } from "../session/session.js";
 
 /** What runs under a capability: agents (by their own token) and DEFERRED ops (by the grant that submitted them). */
 export interface RevocationReach {
-  agents: { killRevoked(isRevoked: (t: Pick<Grant, "id" | "chain">) => boolean): number };
+  /** `ids`: the token ids revoked, when known (the record names the one that ended each agent). */
+  agents: { killRevoked(isRevoked: (t: Pick<Grant, "id" | "chain">) => boolean, ids?: readonly string[]): number };
   compute: { cancelRevoked(isRevoked: (g: Grant) => boolean): number };
   /** Uploads in progress, by the grant that began each (none: no file store). */
   uploads?: { dropRevoked(isRevoked: (g: Grant) => boolean): number };
@@ -40,7 +41,7 @@ export function notifyRevoked(
   }
   // What was started under a revoked capability ends with it: an agent keeps no CPU, network or
   // scratch past its authority, nor a command or task its run.
-  reach?.agents.killRevoked(isRevoked);
+  reach?.agents.killRevoked(isRevoked, ids);
   reach?.compute.cancelRevoked(isRevoked);
   reach?.uploads?.dropRevoked(isRevoked);
 }

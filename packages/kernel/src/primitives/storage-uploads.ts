@@ -198,7 +198,9 @@ export class UploadTable {
   /** A new upload in the table, its partial file created. */
   private add(persona: string, target: string, size: number, grant: Grant | undefined): Upload {
     const id = `u-${randomBytes(16).toString("hex")}`;
-    const t = this.blobs.createTemp("upload", true);
+    // Named for its id, with a note of whose it is: a start after a kill records its end (BlobStore.leftUploads).
+    const t = this.blobs.createTemp("upload", true, `upload-${id}`);
+    this.blobs.writeNote(id, JSON.stringify({ persona, target, size, began: Date.now() }));
     const u: Upload = {
       id,
       persona,
@@ -364,6 +366,7 @@ export class UploadTable {
   /** Takes the upload out of the table (its partial file is the caller's now: installed or dropped). */
   take(u: Upload): void {
     this.byId.delete(u.id);
+    this.blobs.removeNote(u.id);
     this.hasher.forget(u.id);
     this.closeFile(u);
   }

@@ -16,6 +16,7 @@ import {
   unlink,
   unlinkSync,
   write,
+  writeSync,
 } from "node:fs";
 import { dirname, join } from "node:path";
 import { promisify } from "node:util";
@@ -109,9 +110,21 @@ export class BlobStore {
     privateDir(root);
     privateDir(join(root, "sha256"));
     privateDir(this.tmpDir);
-    // Temp files are never referenced: what a killed run left there is garbage.
-    for (const name of readdirSync(this.tmpDir)) unlinkQuiet(join(this.tmpDir, name));
+    // Temp files are never referenced: what a killed run left there is garbage. Its uploads in
+    // progress are told first (the kernel records their end: nothing else would).
+    this.notesDir = join(root, "uploads");
+    privateDir(this.notesDir);
+    const names = readdirSync(this.tmpDir);
+    this.leftUploads = leftUploads(this.tmpDir, names, this.notesDir);
+    for (const name of names) unlinkQuiet(join(this.tmpDir, name));
+    for (const name of readdirSync(this.notesDir)) unlinkQuiet(join(this.notesDir, name));
   }
+
+  /** Notes of whose each upload in progress is (`uploads/<id>`), read by the start after a kill. */
+  private readonly notesDir: string;
+
+  /** Uploads a killed run left in progress, found (and removed) by this start: see {@link leftUploads}. */
+  readonly leftUploads: LeftUpload[];
 
   pathOf(hash: Uint8Array): string {
     const hex = Buffer.from(hash).toString("hex");
@@ -119,9 +132,30 @@ export class BlobStore {
   }
 
   /** A new temp file (0600, created exclusively): its descriptor, open for writing (and reading: `read`), and path. */
-  createTemp(prefix: string, read = false): { fd: number; path: string } {
-    const path = join(this.tmpDir, `${prefix}-${randomBytes(12).toString("hex")}`);
+  createTemp(prefix: string, read = false, name?: string): { fd: number; path: string } {
+    const path = join(this.tmpDir, name ?? `${prefix}-${randomBytes(12).toString("hex")}`);
     return { fd: openSync(path, read ? CREATE_NEW_RW : CREATE_NEW, 0o600), path };
+  }
+
+  /**
+   * A small note of whose an upload in progress is (`uploads/<id>`), for the next start should the
+   * kernel be killed with it in place. Best effort: without it the start records what the partial file's name says.
+   */
+  writeNote(id: string, text: string): void {
+    let fd: number | undefined;
+    try {
+      fd = openSync(join(this.notesDir, id), CREATE_NEW, 0o600);
+      writeSync(fd, text);
+    } catch {
+      // No room, or the file system fails: the note is a convenience, the upload goes on.
+    } finally {
+      if (fd !== undefined) closeQuiet(fd);
+    }
+  }
+
+  /** Removes a note of {@link writeNote} (off the thread; none there is fine). */
+  removeNote(id: string): void {
+    unlink(join(this.notesDir, id), () => {});
   }
 
   /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
@@ -509,5 +543,62 @@ export function unlinkQuiet(path: string): boolean {
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === "ENOENT") return false;
     throw e;
+  }
+}
+
+/** An upload in progress when the previous kernel was killed: its id, the bytes its partial file held, and its note. */
+export interface LeftUpload {
+  id: string;
+  bytes: number;
+  /** From its note: whose it was, on which target, its declared size, when it began. */
+  persona?: string;
+  target?: string;
+  size?: number;
+  began?: number;
+}
+
+/** An upload's partial file is named for its id (`upload-u-<32 hex>`), its note `uploads/u-<32 hex>`. */
+const UPLOAD_FILE = /^upload-(u-[0-9a-f]{32})$/;
+/** At most this many are told (the uploads one run holds are bounded far below). */
+const LEFT_UPLOADS_MAX = 4096;
+const NOTE_MAX_BYTES = 16 * 1024;
+
+/** The partial files of uploads in `tmp` (its entries `names`), with what their notes say. */
+function leftUploads(tmp: string, names: string[], notes: string): LeftUpload[] {
+  const out: LeftUpload[] = [];
+  for (const name of names) {
+    const m = UPLOAD_FILE.exec(name);
+    if (!m?.[1]) continue;
+    if (out.length >= LEFT_UPLOADS_MAX) break;
+    let bytes: number;
+    try {
+      const st = lstatSync(join(tmp, name));
+      if (!st.isFile()) continue;
+      bytes = st.size;
+    } catch {
+      continue;
+    }
+    out.push({ id: m[1], bytes, ...readNote(join(notes, m[1])) });
+  }
+  return out;
+}
+
+function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, READ);
+    const buf = Buffer.alloc(NOTE_MAX_BYTES);
+    const n = readSync(fd, buf, 0, buf.length, 0);
+    const v = JSON.parse(buf.subarray(0, n).toString("utf8")) as Record<string, unknown>;
+    return {
+      ...(typeof v.persona === "string" ? { persona: v.persona } : {}),
+      ...(typeof v.target === "string" ? { target: v.target } : {}),
+      ...(typeof v.size === "number" ? { size: v.size } : {}),
+      ...(typeof v.began === "number" ? { began: v.began } : {}),
+    };
+  } catch {
+    return {};
+  } finally {
+    if (fd !== undefined) closeQuiet(fd);
   }
 }
