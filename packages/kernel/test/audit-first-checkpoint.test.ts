@@ -5,8 +5,10 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { AuditLog, type AuditLogOptions } from "../src/audit/log.js";
+import { HOME_FILES } from "../src/home.js";
+import { FIRST_CHECKPOINT_AFTER } from "../src/kernel/storage.js";
 import { SqliteStore } from "../src/store/sqlite.js";
-import { removeHome } from "./harness.js";
+import { removeHome, startKernel } from "./harness.js";
 
 /*
  * The kernel signs one checkpoint early in each process (FIRST_CHECKPOINT_AFTER records after it
@@ -69,6 +71,28 @@ describe("the audit log's first checkpoint", () => {
         s.close();
         removeHome(home);
       }
+    }
+  });
+
+  it("a kernel signs its first checkpoint FIRST_CHECKPOINT_AFTER records after it starts, the next by count from there", async () => {
+    const t = await startKernel({ auditCheckpointEvery: 1000 });
+    const home = t.home;
+    try {
+      const admin = await t.admin();
+      for (let i = 0; i < FIRST_CHECKPOINT_AFTER + 20; i++) await admin.call("system.health", "kernel://");
+      await t.stop();
+      const store = new SqliteStore(join(home, HOME_FILES.database));
+      try {
+        const seqs = store.checkpoints().map((c) => c.seq);
+        const last = store.lastAudit()?.seq ?? 0;
+        assert.ok(last < FIRST_CHECKPOINT_AFTER + 1000, `records: ${last}`);
+        // The early one, and the stop's final one over the last record.
+        assert.deepEqual(seqs, [FIRST_CHECKPOINT_AFTER, last]);
+      } finally {
+        store.close();
+      }
+    } finally {
+      removeHome(home);
     }
   });
 });
