@@ -26,6 +26,8 @@ export interface OneInFlightProbe {
   timers: [number, number, string][];
   /** [start, duration ms, kind] of each GC (perf_hooks: 1 minor, 2 major, 4 incremental, 8 weak callbacks). */
   gcs: [number, number, number][];
+  /** When each commit that carried a signed checkpoint was appended (round twenty-six). */
+  checkpoints?: number[];
 }
 
 type Fn = (...a: unknown[]) => unknown;
@@ -61,7 +63,7 @@ async function install(dist: string, out: string): Promise<void> {
     const u = process.cpuUsage();
     return [(u.user + u.system) * 1000, Number(s.slice(a + 1, s.indexOf(" ", a + 1)))];
   };
-  const result: OneInFlightProbe = { offsetNs: calibrate(), requests: [], timers: [], gcs: [] };
+  const result: OneInFlightProbe = { offsetNs: calibrate(), requests: [], timers: [], gcs: [], checkpoints: [] };
   // A read is kept on its session until its request reaches the pipeline (an idle connection's ping is no request).
   const reads = new WeakMap<object, ProbeRecord>();
   let handled: ProbeRecord | undefined;
@@ -86,8 +88,9 @@ async function install(dist: string, out: string): Promise<void> {
     }
     return call();
   });
-  wrap(SqliteStore.prototype, "appendAudit", (_self, _args, call) => {
+  wrap(SqliteStore.prototype, "appendAudit", (_self, args, call) => {
     const t0 = performance.now();
+    if ((args[3] as unknown[] | undefined)?.length) result.checkpoints?.push(t0);
     try {
       return call();
     } finally {

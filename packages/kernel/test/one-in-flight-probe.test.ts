@@ -28,7 +28,16 @@ describe("the one-in-flight attribution tool, short run", () => {
       .map((l) => JSON.parse(l) as Record<string, number>);
     assert.equal(runs.length, 2);
     for (const r of runs) {
-      for (const k of ["p50_us", "p99_us", "own_p50_us", "index_steps", "timer_callbacks", "scavenges", "own_over_200us"])
+      for (const k of [
+        "p50_us",
+        "p99_us",
+        "own_p50_us",
+        "index_steps",
+        "timer_callbacks",
+        "scavenges",
+        "own_over_200us",
+        "checkpoint_at_call",
+      ])
         assert.equal(typeof r[k], "number", k);
       assert.ok((r.own_p50_us as number) > 0 && (r.own_p50_us as number) <= (r.p99_us as number) * 10);
       const shares =

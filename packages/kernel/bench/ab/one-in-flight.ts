@@ -85,7 +85,10 @@ async function connectAnother(root: string, socket: string, home: string) {
 function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> {
   const ms = (ns: number) => (ns - p.offsetNs) / 1e6;
   // Each call to the kernel record whose read falls inside it (one in flight: exactly one).
-  const rows = [];
+  const rows: Record<
+    "send" | "recv" | "read" | "wall" | "own" | "wait" | "gapWait" | "append" | "cpuIn" | "cpuBefore",
+    number
+  >[] = [];
   let j = 0;
   for (let i = 0; i < calls; i++) {
     const send = ms(t[2 * i] as number);
@@ -138,6 +141,20 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
   const cpuIn = rows.map((r) => r.cpuIn);
   const cpuBefore = rows.slice(1).map((r) => r.cpuBefore);
   const pc = (x: number) => Math.round((100 * x) / sum);
+  // The 1,000 measured requests from the first signed checkpoint on (record 10,000: a commit path
+  // that V8 deoptimized once a process, round twenty-six), and the 1,000 before it.
+  const cp = (p.checkpoints ?? []).find((x) => x >= first);
+  const at = cp === undefined ? -1 : rows.findIndex((r) => r.read >= cp);
+  const window = (a: number, b: number) => {
+    const w = at < 0 ? [] : rows.slice(Math.max(0, a), Math.max(0, b));
+    return {
+      over100: w.filter((r) => r.own > 100).length,
+      over200: w.filter((r) => r.own > 200).length,
+      cpu: r1(mean(w.map((r) => r.cpuIn + r.cpuBefore))),
+    };
+  };
+  const before = window(at - 1000, at);
+  const after = window(at, at + 1000);
   return {
     p50_us: r1(q(wall, 0.5)),
     p99_us: r1(p99),
@@ -159,6 +176,13 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
     timer_callbacks: timers.filter((x) => x[2] !== "X:indexAudit").length,
     scavenges: gcs.filter((g) => g[2] === 1).length,
     slow1pc_behind_index_step: behindIndex,
+    // -1: no checkpoint inside the measured calls.
+    checkpoint_at_call: at,
+    own_over_100us_1000_before_checkpoint: before.over100,
+    own_over_100us_1000_after_checkpoint: after.over100,
+    own_over_200us_1000_after_checkpoint: after.over200,
+    cpu_us_1000_before_checkpoint: before.cpu,
+    cpu_us_1000_after_checkpoint: after.cpu,
   };
 }
 

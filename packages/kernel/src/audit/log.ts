@@ -58,6 +58,16 @@ export interface AuditLogOptions {
   /** And at least this often while records arrive (ms; 0 = by count only): the unsigned tail is also bounded in time. */
   checkpointIntervalMs?: number;
   /**
+   * Also sign one checkpoint by count this many records after the log was opened (the kernel:
+   * FIRST_CHECKPOINT_AFTER), counting on from it. A commit that carries a checkpoint takes branches
+   * and array shapes a plain one never does; V8 compiles the commit path for what it has seen, so
+   * the first checkpoint a process signs after the path was optimized (record 10,000, inside
+   * `npm run bench`'s one-in-flight window) deoptimized it, ~100–300 ms of recompiling and some
+   * hundred slower requests. Signed while the path is still warming up, the checkpoint's branches
+   * and shapes are in the feedback it is optimized with (BENCHMARKS.md, round twenty-six).
+   */
+  firstCheckpointAfter?: number;
+  /**
    * Intents larger than this keep only their hash in the record, not their bytes: a bulk
    * payload is not copied into the log (default 64 KiB).
    */
@@ -97,6 +107,17 @@ export class AuditCommitError extends Error {
   override name = "AuditCommitError";
 }
 
+/**
+ * An empty array for a batch's checkpoints, made with the elements kind a checkpoint gives it:
+ * `[]` starts as small integers, and the first checkpoint pushed changed its map (and, through the
+ * literal's allocation site, every later batch's), which deoptimized appendRow (round twenty-six).
+ */
+function noCheckpoints(): AuditCheckpoint[] {
+  const a: (AuditCheckpoint | null)[] = [null];
+  a.pop();
+  return a as AuditCheckpoint[];
+}
+
 export class AuditLog {
   private seq = 0;
   private head: Uint8Array = GENESIS_HASH;
@@ -111,8 +132,10 @@ export class AuditLog {
   private closed = false;
   private lastCheckpointSeq = 0;
   private lastCheckpointTime = Date.now();
+  /** The record {@link AuditLogOptions.firstCheckpointAfter} names (-1: none). */
+  private firstCheckpointSeq = -1;
   /** Checkpoints signed in append(), stored with the batch that holds their record. */
-  private pendingCheckpoints: AuditCheckpoint[] = [];
+  private pendingCheckpoints: AuditCheckpoint[] = noCheckpoints();
   private readonly publicKey: Uint8Array;
   /** Sizes of recent batches, for metrics. */
   committedBatches = 0;
@@ -145,6 +168,8 @@ export class AuditLog {
     this.flushAfterMs = opts.flushAfterMs ?? FLUSH_AFTER_MS;
     this.indexDelayMs = opts.indexDelayMs ?? INDEX_DELAY_MS;
     this.reload();
+    const first = opts.firstCheckpointAfter ?? 0;
+    if (first > 0 && first < opts.checkpointEvery) this.firstCheckpointSeq = this.seq + first;
   }
 
   /** The sequence number and hash of the newest record appended (committed or not). */
@@ -238,7 +263,9 @@ export class AuditLog {
     this.head = row.hash;
     this.pending.push(row);
     this.pendingBytes += 4096 + 2 * (row.intent?.length ?? 0);
-    if (row.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery) this.pendingCheckpoints.push(this.sign());
+    // Both compared every record (no branch without feedback in the optimized path).
+    if (row.seq - this.lastCheckpointSeq >= this.opts.checkpointEvery || row.seq === this.firstCheckpointSeq)
+      this.pendingCheckpoints.push(this.sign());
     if (this.batchPromise === undefined) {
       this.batchPromise = new Promise<void>((resolve, reject) => {
         this.waiters = { resolve, reject };
@@ -267,7 +294,7 @@ export class AuditLog {
     const checkpoints = this.pendingCheckpoints;
     const walBytes = this.pendingBytes + 8192;
     this.pendingBytes = 0;
-    this.pendingCheckpoints = [];
+    this.pendingCheckpoints = noCheckpoints();
     this.pending = [];
     this.pendingDedupe = [];
     this.pendingJournalUpTo = 0;

@@ -29,6 +29,12 @@ import { StorageSpace } from "./storage-space.js";
  * can lose of acknowledged records, as SQLite's WAL at synchronous=NORMAL could before.
  */
 export const AUDIT_SEGMENT_SYNC_MS = 1000;
+/**
+ * The kernel signs one checkpoint this many records after it starts (AuditLogOptions.firstCheckpointAfter):
+ * early enough that V8 has not yet optimized the audit commit path, late enough that the path's
+ * functions collect feedback (V8 allocates it after a few calls).
+ */
+export const FIRST_CHECKPOINT_AFTER = 200;
 
 /** The home, opened: its database, the WAL worker, the audit log (and its anchors). */
 export interface HomeStorage {
@@ -123,6 +129,7 @@ export async function openHome(c: KernelConfig, log: Logger, on: StorageEvents):
       batchMax: c.auditBatchMax,
       checkpointEvery: c.auditCheckpointEvery,
       checkpointIntervalMs: c.auditCheckpointIntervalMs,
+      firstCheckpointAfter: FIRST_CHECKPOINT_AFTER,
       intentMaxBytes: c.auditIntentMaxBytes,
       onCheckpoint: anchors ? (cp) => anchors.append(cp) : undefined,
       onIndexError: (e) => {
