@@ -90,6 +90,9 @@ async function tlsFrom(address: string, from: string): Promise<{ state: "admitte
   return { state, s };
 }
 
+/** A gRPC message's most (PROTOCOL §3.6): clients given sizes at or below it, each another, get a connection each. */
+const MIB = 1024 * 1024;
+
 /**
  * Connections to `t`'s gRPC listener from loopback: admin clients (`client`, each of another
  * message size — grpc-js shares one connection among channels with the same options) and idle
@@ -184,7 +187,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
       try {
         assert.deepEqual([await raw(), await raw(), await raw(), await raw()], Array(4).fill("admitted"));
         // The peer key is full of connections that never attest: a client is let in, the oldest of them goes.
-        const first = await client(80 * 1024 * 1024);
+        const first = await client(MIB);
         assert.equal((await first.system.health()).status, "ok");
         await until(() => held[0]?.closed, 30_000, "the oldest idle connection to be shed");
         // The flood goes on: it sheds its own, never the client's.
@@ -193,7 +196,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         assert.equal((await first.system.health()).status, "ok");
         assert.equal(t.k.grpcConnectionCount, 4);
         // Three more clients take the remaining slots; with every slot attested a new connection is refused.
-        for (const size of [64, 48, 40]) await client(size * 1024 * 1024);
+        for (const size of [MIB - 1, MIB - 2, MIB - 3]) await client(size);
         assert.equal(await raw(), "refused");
         for (const c of clients) assert.equal((await c.system.health()).status, "ok");
         assert.equal(t.k.grpcConnectionCount, 4);
@@ -215,11 +218,11 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
       const { held, client, raw, close } = loopbackConnections(t);
       try {
         // The oldest connection carries an attested session; HTTP/2 connections that never open a stream fill the rest.
-        const first = await client(80 * 1024 * 1024);
+        const first = await client(MIB);
         assert.deepEqual([await raw(), await raw(), await raw()], ["admitted", "admitted", "admitted"]);
         assert.equal(t.k.grpcConnectionCount, 4);
         // A new client is let in: the oldest connection without an attested session goes, not the older attested one.
-        const second = await client(64 * 1024 * 1024);
+        const second = await client(MIB - 1);
         assert.equal((await second.system.health()).status, "ok");
         await until(() => held[0]?.closed, 30_000, "the oldest idle connection to be shed");
         assert.deepEqual(
@@ -274,7 +277,7 @@ describe("gRPC connections bounded in number, per peer address and in all", () =
         return states;
       };
       try {
-        const [a, b] = [await client(80 * 1024 * 1024), await client(64 * 1024 * 1024)];
+        const [a, b] = [await client(MIB), await client(MIB - 1)];
         assert.equal(t.k.grpcConnectionCount, 2);
         // Any address: the listener is full of attested sessions.
         assert.deepEqual(await open("127.0.0.3", 2), ["refused", "refused"]);

@@ -240,7 +240,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
         // The session opened before is served, and a new one opens.
         assert.equal((await c.system.health()).status, "ok");
         const again = await KernelClient.connect({
-          grpc: { address, insecure: true, maxMessageBytes: 4 * 1024 * 1024 },
+          grpc: { address, insecure: true, maxMessageBytes: 1024 * 1024 - 1 },
           identity: adminIdentity(t.k),
           tokens: [t.adminToken],
           reconnect: false,
@@ -313,7 +313,7 @@ describe("the gRPC listener under HTTP/2 abuse", () => {
           async () => {
             try {
               const n = await KernelClient.connect({
-                grpc: { address, insecure: true, maxMessageBytes: 4 * 1024 * 1024, connectTimeoutMs: 1000 },
+                grpc: { address, insecure: true, maxMessageBytes: 1024 * 1024 - 1, connectTimeoutMs: 1000 },
                 identity: adminIdentity(t.k),
                 tokens: [t.adminToken],
                 reconnect: false,
