@@ -137,6 +137,23 @@ describe("the shared task workers serve one persona at a time", () => {
     });
   });
 
+  it("an idle worker its persona's leftover keeps busy under half the time (30 ms of every 100) is ended too: its busy time while idle is bounded", async () => {
+    // Ticks each second: each sees the leftover busy ~0.3 of the time, under the rule's half.
+    await withTasks({ heartbeatMs: 2000 }, { "late-duty": "lateDuty", square: "square" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const trap = join(t.home, "trap");
+      const armed = await mallory.compute.task("late-duty", { path: trap, busy: 30, period: 100 });
+      assert.equal(await mallory.ops.wait(armed), "armed");
+      writeFileSync(trap, "");
+      await until(() => existsSync(`${trap}.duty`));
+      // ~0.3 of a core for ever: each tick saw it busy less than half the time, so it was never ended.
+      const giveUp = Date.now() + 60_000;
+      while ((await endedWorkers(t, "spinning")) === 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(await endedWorkers(t, "spinning"), 1);
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 7, { timeoutMs: 60_000 })), 49);
+    });
+  });
+
   it("a task its input steers to hoard memory fails RESOURCE at computeWorkerHeapMb: its worker ends, not the kernel, and the next tasks run", async () => {
     await withTasks({ computeWorkerHeapMb: 32 }, { hoard: "hoard", square: "square" }, async (t) => {
       const mallory = await tasker(t, "mallory");

@@ -206,7 +206,10 @@ function detailNamesAny(row: TimelineRow, set: ReadonlySet<string>): boolean {
   const d = row.detail;
   if (d === null) return false;
   let found = false;
-  for (const m of d.matchAll(/"([^"\\]{1,128})"/g))
+  // Every string of the JSON text whole, escapes and all: a pattern that skipped some (a persona's
+  // long name, an escaped quote) read the text between two strings as one, out of step, and missed
+  // every id after it (case 630).
+  for (const m of d.matchAll(/"((?:[^"\\]|\\.)*)"/g))
     if (set.has(m[1] as string)) {
       found = true;
       break;

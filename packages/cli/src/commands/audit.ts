@@ -493,7 +493,8 @@ function derivedTokens(reader: AuditReader, t: string): Set<string> {
     const id = todo.pop() as string;
     if (set.has(id)) continue;
     set.add(id);
-    todo.push(...(nodes.get(id)?.children ?? []));
+    // One by one: a spread of a token's children (a persona may mint very many) is bounded by the stack.
+    for (const c of nodes.get(id)?.children ?? []) todo.push(c);
   }
   process.stderr.write(`--derived: ${ids[0]} and ${set.size - 1} token${set.size === 2 ? "" : "s"} derived from it\n`);
   return set;

@@ -52,6 +52,12 @@ export function statusDetail(status: string, ids?: { [k: string]: DetailValue | 
 
 /** Most (op, target) pairs a token's detail lists; a wider token says how many there were. */
 const MAX_PAIRS = 256;
+/**
+ * Most characters of op and target those pairs hold: they are the product of each right's ops and
+ * targets, so 64 ops on 4 targets of 1,800 characters (an 8 KiB token) listed half a MiB on
+ * every mint's and agent spawn's record (case 631). A few times the token's own size.
+ */
+const MAX_PAIRS_CHARS = 16 * 1024;
 
 /**
  * A token as its audit records describe it: `{id, parent, sub, rights, caveats, exp}`, rights as
@@ -61,11 +67,16 @@ const MAX_PAIRS = 256;
 export function tokenDetail(t: Token, g: Grant = effectiveGrant(t), parentId?: string): { [k: string]: DetailValue } {
   const pairs: DetailValue[] = [];
   let total = 0;
+  let chars = 0;
   for (const r of t.claims.rights)
     for (const o of r.ops)
       for (const x of r.targets) {
         total++;
-        if (pairs.length < MAX_PAIRS) pairs.push([o, x]);
+        // The first pairs only (a prefix of the list), as many as both bounds allow.
+        if (pairs.length === total - 1 && pairs.length < MAX_PAIRS && chars + o.length + x.length <= MAX_PAIRS_CHARS) {
+          chars += o.length + x.length;
+          pairs.push([o, x]);
+        }
       }
   const chain = t.claims.chain;
   const parent = parentId ?? (g.derived !== undefined ? t.claims.id : (chain[chain.length - 1] ?? null));

@@ -127,6 +127,12 @@ interface Running {
   closed?: Promise<void>;
 }
 
+/**
+ * Most milliseconds an idle worker's event loop may be busy, summed over the ticks, before it is
+ * ended as a task's leftover: an idle worker's own work (a collection, a cache's timer) is far less.
+ */
+const IDLE_BUSY_MAX_MS = 1000;
+
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
@@ -142,6 +148,8 @@ interface PooledWorker {
   used: number;
   /** Its event loop's use when last looked at idle ({@link endSpinningIdle}). */
   elu?: EventLoopUtilization;
+  /** Milliseconds its event loop was busy while idle since its last task, as the ticks saw them. */
+  idleBusyMs?: number;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
   /** It ended out of memory (workerHeapMb): its task fails RESOURCE, not INTERNAL. */
@@ -609,7 +617,7 @@ export class ComputeEngine {
 
   /**
    * Ends idle workers whose event loop was busy more than half the time since last looked at (the
-   * housekeeping tick): a task's leftover — a timer or `setImmediate` loop its input steered the
+   * housekeeping tick), or {@link IDLE_BUSY_MAX_MS} in all since their last task: a task's leftover — a timer or `setImmediate` loop its input steered the
    * embedder's code to leave — spinning a core after its task returned, outside any task's
    * deadline, in a worker kept warm for its persona. Answers how many were ended.
    */
@@ -618,14 +626,19 @@ export class ComputeEngine {
     for (const w of [...this.pool]) {
       if (w.busy !== undefined) {
         w.elu = undefined;
+        w.idleBusyMs = 0;
         continue;
       }
       const now = w.worker.performance.eventLoopUtilization();
       const since = w.elu === undefined ? undefined : w.worker.performance.eventLoopUtilization(now, w.elu);
       w.elu = now;
-      if (since !== undefined && since.utilization > 0.5) {
+      if (since === undefined) continue;
+      // Summed too: a leftover busy under half of every tick (30 ms of each 100) never met the half
+      // rule and burned that share of a core for as long as the worker was kept (case 632).
+      w.idleBusyMs = (w.idleBusyMs ?? 0) + since.active;
+      if (since.utilization > 0.5 || w.idleBusyMs > IDLE_BUSY_MAX_MS) {
         this.log.warn(
-          { persona: w.owner?.persona, utilization: since.utilization },
+          { persona: w.owner?.persona, utilization: since.utilization, idleBusyMs: Math.round(w.idleBusyMs) },
           "an idle task worker kept its thread busy: ended",
         );
         this.endIdle(w, "spinning");
@@ -857,6 +870,9 @@ export class ComputeEngine {
     const w = fresh ?? this.workerFor(op.persona);
     w.busy = op.id;
     w.used = ++this.uses;
+    // What its idle time is judged by starts again once this task returns: its run is not a leftover's.
+    w.elu = undefined;
+    w.idleBusyMs = 0;
     // Since its persona's first task there: a registration of the id made later is another holder's (cancelOf).
     if (w.owner?.persona !== op.persona) w.owner = { persona: op.persona, since: op.createdAt };
     // A reused worker's end may be an earlier task's doing (its timer's process.exit or exception,
