@@ -208,7 +208,7 @@ function detailNamesAny(row: TimelineRow, set: ReadonlySet<string>): boolean {
   let found = false;
   // Every string of the JSON text whole, escapes and all: a pattern that skipped some (a persona's
   // long name, an escaped quote) read the text between two strings as one, out of step, and missed
-  // every id after it (case 630).
+  // every id after it (case 626).
   for (const m of d.matchAll(/"((?:[^"\\]|\\.)*)"/g))
     if (set.has(m[1] as string)) {
       found = true;

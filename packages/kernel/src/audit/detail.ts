@@ -55,7 +55,7 @@ const MAX_PAIRS = 256;
 /**
  * Most characters of op and target those pairs hold: they are the product of each right's ops and
  * targets, so 64 ops on 4 targets of 1,800 characters (an 8 KiB token) listed half a MiB on
- * every mint's and agent spawn's record (case 631). A few times the token's own size.
+ * every mint's and agent spawn's record (case 627). A few times the token's own size.
  */
 const MAX_PAIRS_CHARS = 16 * 1024;
 

@@ -634,7 +634,7 @@ export class ComputeEngine {
       w.elu = now;
       if (since === undefined) continue;
       // Summed too: a leftover busy under half of every tick (30 ms of each 100) never met the half
-      // rule and burned that share of a core for as long as the worker was kept (case 632).
+      // rule and burned that share of a core for as long as the worker was kept (case 628).
       w.idleBusyMs = (w.idleBusyMs ?? 0) + since.active;
       if (since.utilization > 0.5 || w.idleBusyMs > IDLE_BUSY_MAX_MS) {
         this.log.warn(
