@@ -15,15 +15,12 @@ import { DEFAULT_INTENT_MAX_BYTES } from "./record-size.js";
  * A kill loses nothing to the wait (the records are in the segment: the start indexes them),
  * and every read of the index, and every dedupe lookup, indexes what waits first.
  *
- * A kernel that goes quiet indexes sooner: once no commit came for INDEX_IDLE_MS. An offline
- * reader (`kpip audit query --home`, another process or a worker thread) sees only what is
- * indexed, and an operator or a script acting then reading must not wait out the 50 ms. The pause
- * is measured with performance.now (until round twenty-four, in whole ms of Date.now: from just
- * over 1 ms, and the timer watching for it fired every 1–2 ms). 10 ms was tried there (fewer
- * steps in front of a one-in-flight client's next request) and undone: readers started in a
- * worker thread right after their action (the CLI's and the MCP gateway's tests, scripts embedding
- * the reader) then missed the last records. Reading the segments' unindexed tail in a live home's
- * reader would let this wait grow; until then it stays short.
+ * A kernel that goes quiet indexes sooner: once no commit came for INDEX_IDLE_MS (measured with
+ * performance.now). A live home's reader (audit/reader.ts) reads the committed segment tail past
+ * the index, so no reader depends on this wait (round twenty-seven; before it, 10 ms made readers
+ * started right after their action miss the last records). 5 and 10 ms were measured then at one
+ * request in flight: fewer index steps in front of the slowest requests, but the p99 no better
+ * (BENCHMARKS.md, round twenty-seven), so it stays 2 ms.
  */
 export const INDEX_ROWS = 1024;
 const INDEX_DELAY_MS = 50;
@@ -83,6 +80,8 @@ export interface AuditLogOptions {
    * Infinity: only once INDEX_ROWS wait (or a read needs the index), as tests of the count need.
    */
   indexDelayMs?: number;
+  /** How long commits must pause before the index step runs sooner (ms; default INDEX_IDLE_MS). */
+  indexIdleMs?: number;
   /** A journalled batch SQLite could not index now (it stays in the journal and is retried). */
   onIndexError?: (e: Error) => void;
   /** A batch that could not be committed (its records' requests are refused): ENOSPC tells the kernel its disk is full. */
@@ -157,6 +156,8 @@ export class AuditLog {
   private readonly flushAfterMs: number;
   /** {@link AuditLogOptions.indexDelayMs}, resolved. */
   private readonly indexDelayMs: number;
+  /** {@link AuditLogOptions.indexIdleMs}, resolved. */
+  private readonly indexIdleMs: number;
 
   constructor(
     private readonly store: AuditStore,
@@ -167,6 +168,7 @@ export class AuditLog {
     this.publicKey = rawPublicKey(createPublicKey(signingKey));
     this.flushAfterMs = opts.flushAfterMs ?? FLUSH_AFTER_MS;
     this.indexDelayMs = opts.indexDelayMs ?? INDEX_DELAY_MS;
+    this.indexIdleMs = opts.indexIdleMs ?? INDEX_IDLE_MS;
     this.reload();
     const first = opts.firstCheckpointAfter ?? 0;
     if (first > 0 && first < opts.checkpointEvery) this.firstCheckpointSeq = this.seq + first;
@@ -343,7 +345,7 @@ export class AuditLog {
         this.lastCommitAt = now;
         if (this.indexTimer === undefined) {
           this.indexSince = now;
-          this.indexTimer = setTimeout(this.indexWhenQuiet, Math.min(INDEX_IDLE_MS, this.indexDelayMs));
+          this.indexTimer = setTimeout(this.indexWhenQuiet, Math.min(this.indexIdleMs, this.indexDelayMs));
           this.indexTimer.unref();
         }
       }
@@ -360,13 +362,13 @@ export class AuditLog {
     const now = performance.now();
     const quietFor = now - this.lastCommitAt;
     const waited = now - this.indexSince;
-    if (quietFor >= INDEX_IDLE_MS || waited >= this.indexDelayMs) {
+    if (quietFor >= this.indexIdleMs || waited >= this.indexDelayMs) {
       this.index();
       return;
     }
     this.indexTimer = setTimeout(
       this.indexWhenQuiet,
-      Math.max(1, Math.ceil(Math.min(INDEX_IDLE_MS - quietFor, this.indexDelayMs - waited))),
+      Math.max(1, Math.ceil(Math.min(this.indexIdleMs - quietFor, this.indexDelayMs - waited))),
     );
     this.indexTimer.unref();
   };

@@ -17,13 +17,13 @@ import { tmpdir } from "node:os";
 import { basename, dirname, join } from "node:path";
 import Database from "better-sqlite3";
 import { AUDIT_JOURNAL_FILE } from "../store/audit-journal.js";
-import { AUDIT_SEGMENT_DIR, SegmentCutError, spansOf, tailBatches } from "../store/audit-segments.js";
+import { AUDIT_SEGMENT_DIR, type IndexSpan, SegmentCutError, spansOf, tailBatches } from "../store/audit-segments.js";
 import { auditAppender } from "../store/sqlite/audit-append.js";
 import { columnRecordSource, hasColumnLayout } from "../store/sqlite/audit-layout.js";
 import { AuditReads } from "../store/sqlite/audit-read.js";
 import { type AuditReadApi, SegmentReads } from "../store/sqlite/audit-segment-read.js";
 import { indexJournalFile } from "../store/sqlite/journal-replay.js";
-import type { AuditRow, AuditStore } from "../store/types.js";
+import type { AuditCheckpoint, AuditRow, AuditStore } from "../store/types.js";
 import { batchShape } from "./record-size.js";
 import type { RangeVerifier } from "./verify.js";
 import { RecordScan } from "./verify-records.js";
@@ -157,6 +157,48 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
     for (const { batch } of tail.batches)
       for (const c of batch.checkpoints) cp.run(c.seq, c.hash, c.time, c.kernel, c.publicKey, c.signature);
   })();
+}
+
+/**
+ * A live home's reader: reads the batches the kernel committed to its segments past the index
+ * (the index step runs when the kernel is quiet, audit/log.ts INDEX_IDLE_MS) and shows them as
+ * the index's tail (SegmentIndex.setTail), one span a batch. Nothing is written. The batches are
+ * checked as the private copy's (tailBatches: framing, each record's hash, the chain continuing
+ * from the index's last record); a batch the kernel is still writing (or a kill cut) is torn and
+ * not shown. Returns the tail's checkpoints. A tail that does not continue the chain is a
+ * HomeReadError, as on a copy; a segment cut short is verify's to report (nothing shown past it).
+ */
+function readLiveTail(reads: SegmentReads): AuditCheckpoint[] {
+  const index = reads.index;
+  const end = index.lastIndexed();
+  let head: { seq: number; hash: Uint8Array } | undefined;
+  if (end) {
+    const row = index.read(end).rows.find((r) => r.seq === end.last);
+    // The index's last record unreadable: the chain cannot be checked on from it, so nothing past it is shown.
+    if (!row || row.declared !== undefined) return tailShown(index, []);
+    head = { seq: end.last, hash: row.hash };
+  }
+  let tail: ReturnType<typeof tailBatches>;
+  try {
+    tail = tailBatches(index.files.dir, end, head);
+  } catch (e) {
+    if (e instanceof SegmentCutError) return tailShown(index, []);
+    throw new HomeReadError(`${index.files.dir}: ${(e as Error).message}`, "corrupt");
+  }
+  const spans: IndexSpan[] = [];
+  const checkpoints: AuditCheckpoint[] = [];
+  for (const { batch, at } of tail.batches) {
+    const first = batch.rows[0]?.seq;
+    const last = batch.rows.at(-1)?.seq;
+    if (first !== undefined && last !== undefined) spans.push({ ...at, first, last });
+    checkpoints.push(...batch.checkpoints);
+  }
+  return tailShown(index, spans, checkpoints);
+}
+
+function tailShown(index: SegmentReads["index"], spans: IndexSpan[], checkpoints: AuditCheckpoint[] = []): AuditCheckpoint[] {
+  index.setTail(spans);
+  return checkpoints;
 }
 
 /**
@@ -304,6 +346,24 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
       throw e;
     }
   }
+  // A live kernel's records committed past its index (the index step waits for a quiet moment):
+  // read from the segments when a call looks at the head, once at a transaction's start.
+  let tailCheckpoints: AuditCheckpoint[] = [];
+  let inTransaction = false;
+  const liveTail = live && segReads ? segReads : undefined;
+  const refresh = () => {
+    if (liveTail && !inTransaction) tailCheckpoints = readLiveTail(liveTail);
+  };
+  const beyond = (seq: number) => {
+    if (liveTail && seq > (liveTail.index.last()?.last ?? 0)) refresh();
+  };
+  try {
+    refresh();
+  } catch (e) {
+    segReads?.close();
+    db.close();
+    throw e;
+  }
   const reads: AuditReadApi = segReads ?? new AuditReads(db, source, shape);
   // Retention removes the oldest segments first: those are the ones a long walk must hold open.
   const pinnedSegments =
@@ -317,29 +377,60 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     segments: segDir,
     transaction: (fn) =>
       db.transaction(() => {
-        if (!segReads || !pinnedSegments) return fn();
-        // The snapshot begins with this read; the segments it names are opened at once, so a kernel's
-        // retention unlinking them during a long walk (one prune late) is no missing record.
-        const files = segReads.index.files;
-        files.pin(pinnedSegments.all() as number[]);
+        // The tail read after the snapshot's first read: past the index this snapshot sees, and fixed for it.
+        refresh();
+        inTransaction = true;
         try {
-          return fn();
+          if (!segReads || !pinnedSegments) return fn();
+          // The snapshot begins with this read; the segments it names are opened at once, so a kernel's
+          // retention unlinking them during a long walk (one prune late) is no missing record.
+          const files = segReads.index.files;
+          files.pin(pinnedSegments.all() as number[]);
+          try {
+            return fn();
+          } finally {
+            files.unpin();
+          }
         } finally {
-          files.unpin();
+          inTransaction = false;
         }
       })(),
-    record: (seq) => reads.record(seq),
-    records: (o) => reads.records(o),
-    headSeq: () => reads.head(),
-    scanAudit: (from, batch) => reads.up(from, batch),
+    record: (seq) => {
+      beyond(seq);
+      return reads.record(seq);
+    },
+    records: (o) => {
+      refresh();
+      return reads.records(o);
+    },
+    headSeq: () => {
+      refresh();
+      return reads.head();
+    },
+    scanAudit: (from, batch) => {
+      beyond(from);
+      return reads.up(from, batch);
+    },
     verifyRecords: (from, to, cpSeqs, onProgress) => {
       records ??= segReads ? new SegmentScan(segReads.index) : new RecordScan(db, source, shape);
       return records.verify(from, to, cpSeqs, 1000, onProgress);
     },
-    countAudit: () => reads.count(),
-    firstAuditSeq: () => reads.first(),
+    countAudit: () => {
+      refresh();
+      return reads.count();
+    },
+    firstAuditSeq: () => {
+      refresh();
+      return reads.first();
+    },
     auditHashAt: (seq) => reads.hashAt(seq),
-    checkpoints: () => reads.checkpoints(),
+    checkpoints: () => {
+      const cps = reads.checkpoints();
+      if (tailCheckpoints.length === 0) return cps;
+      // The tail's, less those the index step has put in the table meanwhile.
+      const seen = new Set(cps.map((c) => c.seq));
+      return cps.concat(tailCheckpoints.filter((c) => !seen.has(c.seq))).sort((a, b) => a.seq - b.seq);
+    },
     close: () => {
       segReads?.close();
       if (db.open) db.close();

@@ -33,6 +33,12 @@ export class SegmentIndex {
   readonly files: SegmentFiles;
   /** The span read last (reads of records near each other read it once). */
   #cached: { key: string; read: SpanRead } | undefined;
+  /**
+   * A live home's reader: the batches committed past the index (one span a batch, oldest first),
+   * read from the segments and checked to continue the chain (audit/reader.ts). Only those past
+   * the index's end now are shown: the kernel's index step takes whole batches into its spans.
+   */
+  #tail: IndexSpan[] = [];
 
   constructor(db: Database.Database, dir: string) {
     this.files = new SegmentFiles(dir);
@@ -50,6 +56,23 @@ export class SegmentIndex {
     this.#retained = db.prepare("SELECT value FROM meta WHERE key = ?").pluck(true);
   }
 
+  /** Sets the batches past the index a live reader shows (see #tail). */
+  setTail(spans: IndexSpan[]): void {
+    this.#tail = spans;
+  }
+
+  /** The last span of the index itself (none of the tail). */
+  lastIndexed(): IndexSpan | undefined {
+    return this.#last.get() as IndexSpan | undefined;
+  }
+
+  /** The tail's batches the index does not cover yet. */
+  #tailPast(): IndexSpan[] {
+    if (this.#tail.length === 0) return this.#tail;
+    const end = this.lastIndexed()?.last ?? Number.NEGATIVE_INFINITY;
+    return (this.#tail[0] as IndexSpan).first > end ? this.#tail : this.#tail.filter((s) => s.first > end);
+  }
+
   /** Records through this seq were pruned (0: none). */
   retained(): number {
     const v = this.#retained.get(RETAINED_THROUGH_KEY) as string | undefined;
@@ -58,27 +81,41 @@ export class SegmentIndex {
 
   /** Spans from the one holding `seq` up, oldest first. */
   from(seq: number, n = SPANS): IndexSpan[] {
-    return this.#from.all(seq, n) as IndexSpan[];
+    const tail = this.#tailPast();
+    if (tail.length > 0 && seq >= (tail[0] as IndexSpan).first) {
+      let i = 0;
+      while (i + 1 < tail.length && (tail[i + 1] as IndexSpan).first <= seq) i++;
+      return tail.slice(i, i + n);
+    }
+    const spans = this.#from.all(seq, n) as IndexSpan[];
+    return spans.length >= n || tail.length === 0 ? spans : spans.concat(tail.slice(0, n - spans.length));
   }
 
   /** Spans starting above `seq`, oldest first. */
   after(seq: number, n = SPANS): IndexSpan[] {
-    return this.#after.all(seq, n) as IndexSpan[];
+    const spans = this.#after.all(seq, n) as IndexSpan[];
+    const tail = this.#tailPast();
+    if (spans.length >= n || tail.length === 0) return spans;
+    return spans.concat(tail.filter((s) => s.first > seq).slice(0, n - spans.length));
   }
 
   /** Spans starting below `seq`, newest first. */
   below(seq: number, n = SPANS): IndexSpan[] {
-    return this.#below.all(seq, n) as IndexSpan[];
+    const tail = this.#tailPast().filter((s) => s.first < seq);
+    if (tail.length === 0) return this.#below.all(seq, n) as IndexSpan[];
+    tail.reverse();
+    if (tail.length >= n) return tail.slice(0, n);
+    return tail.concat(this.#below.all(seq, n - tail.length) as IndexSpan[]);
   }
 
   last(): IndexSpan | undefined {
-    return this.#last.get() as IndexSpan | undefined;
+    return this.#tailPast().at(-1) ?? this.lastIndexed();
   }
 
   /** The lowest retained seq, or undefined for an empty log. */
   first(): number | undefined {
     const r = this.retained();
-    const s = this.#first.get(r) as IndexSpan | undefined;
+    const s = (this.#first.get(r) as IndexSpan | undefined) ?? this.#tailPast().find((t) => t.last > r);
     return s && Math.max(s.first, r + 1);
   }
 
@@ -89,7 +126,9 @@ export class SegmentIndex {
 
   count(): number {
     const r = this.retained() + 1;
-    return this.#count.get(r, r) as number;
+    let n = this.#count.get(r, r) as number;
+    for (const s of this.#tailPast()) if (s.last >= r) n += s.last - Math.max(s.first, r) + 1;
+    return n;
   }
 
   /** A span's records (the last one read is kept). */
