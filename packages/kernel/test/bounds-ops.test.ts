@@ -377,6 +377,35 @@ describe("a reused task worker", () => {
   });
 });
 
+describe("a reused task worker that dies past its task's deadline", () => {
+  it("the task whose reused worker died once its deadline had passed ends at its deadline, not posted to a new worker to be stopped there", async () => {
+    // A long heartbeat: the clock jumps below, and no peer must look silent for it.
+    await withTasks({ computeWorkers: 1, heartbeatMs: 600_000 }, { "late-exit": "lateExit", gate: "gate" }, async (t) => {
+      const { mallory } = await rivals(t);
+      const trap = join(t.home, "trap");
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("late-exit", trap)), "armed");
+      // mallory's next task runs on the worker her first one left its timer in (a reused worker).
+      const mine = await mallory.compute.task("gate", join(t.home, "never"), { timeoutMs: 60_000 });
+      while ((await mallory.ops.status(mine)).state !== "running") await new Promise((r) => setTimeout(r, 5));
+      // The host's clock is past the task's deadline, its timer not yet run (a clock step, or a turn
+      // that ran long): the worker dies then.
+      const now = Date.now;
+      const step = 61_000;
+      Date.now = () => now() + step;
+      try {
+        writeFileSync(trap, "");
+        // Posted to a new worker with no time left, it was stopped there: "the task was stopped".
+        await assert.rejects(
+          mallory.ops.wait(mine),
+          klass("RESOURCE", "deadline exceeded: its worker ended as its deadline passed; not run again"),
+        );
+      } finally {
+        Date.now = now;
+      }
+    });
+  });
+});
+
 describe("the shared task workers, in turn", () => {
   it("a persona tree's queued tasks do not hold the task workers ahead of another tree's: the next free worker takes the other tree's task", async () => {
     await withTasks({ computeWorkers: 1 }, { gate: "gate", hang: "hang", square: "square" }, async (t) => {

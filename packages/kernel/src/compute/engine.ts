@@ -877,8 +877,15 @@ export class ComputeEngine {
       if (reused && !this.stopped && this.pool.length < this.maxPool) {
         // Detached without giving the (dead) worker's place to the queue first.
         detach();
-        const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
-        this.runTask(job, remaining, this.newWorker());
+        const remaining = (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
+        if (remaining > 0) {
+          this.runTask(job, remaining, this.newWorker());
+          return;
+        }
+        // Its deadline passed as its worker died (the deadline's timer not yet run): it ends as
+        // the deadline ends it, not posted to a new worker only to be stopped there at once.
+        this.finishAtDeadline(job, "its worker ended as its deadline passed; not run again");
+        this.pump();
         return;
       }
       done(true);
@@ -892,9 +899,7 @@ export class ComputeEngine {
       else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
       else if (why === "removed")
         this.finish(op, "failed", null, "PERMISSION", "killed: the persona that started it was removed");
-      else if (job.expiresWithGrant)
-        this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
-      else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
+      else this.finishAtDeadline(job, "the task was stopped");
       return true;
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
@@ -909,6 +914,12 @@ export class ComputeEngine {
       // As a command's result holds its two streams' captures at most.
       maxResultBytes: 2 * this.opts.maxOutputBytes,
     });
+  }
+
+  /** A started task's deadline ended it: RESOURCE, or CAPABILITY when the deadline was its grant's expiry. */
+  private finishAtDeadline(job: Job, what: string): void {
+    if (job.expiresWithGrant) this.finish(job.op, "failed", null, "CAPABILITY", expiredMessage(job.grant, what));
+    else this.finish(job.op, "failed", null, "RESOURCE", `deadline exceeded: ${what}`);
   }
 
   private finish(
