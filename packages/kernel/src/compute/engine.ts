@@ -634,13 +634,19 @@ export class ComputeEngine {
     // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
     // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
     // stayed in the pool, its task and the next ones waiting there for their deadlines.
+    // The death is handled at 'exit', which Node emits after the messages the worker posted:
+    // 'error' comes on another port, unordered against them, so a task whose result was already
+    // posted was failed INTERNAL (or, in a reused worker, run again) when the error came first.
+    let crashed = false;
     w.worker.on("error", (e: Error) => {
       // Its message is not the op's: the exception may be another task's, left behind (another
       // persona's text in this persona's answer). The kernel's log has it.
       this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
-      this.workerDied(w, "task worker crashed (the kernel's log says why)");
+      crashed = true;
     });
-    w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
+    w.worker.on("exit", (code: number) =>
+      this.workerDied(w, crashed ? "task worker crashed (the kernel's log says why)" : `task worker exited (code ${code})`),
+    );
     this.pool.push(w);
     return w;
   }
