@@ -117,7 +117,7 @@ class Subscription:
 
 
 # Most EVENTs held for subscription ids not known yet (as the TypeScript client's EARLY_EVENTS);
-# past it they are dropped as an unknown id's always were (the kernel's seq shows the hole).
+# past it the oldest held are dropped (the kernel's seq shows the hole).
 EARLY_EVENTS = 1000
 # And at most this many of their bytes (a kernel, or one posing as it, may send frames of up to maxBody).
 EARLY_BYTES = DEFAULT_BUFFER_BYTES
@@ -134,8 +134,8 @@ class Subscriptions:
         # (PROTOCOL §6.9): the kernel makes a subscription live when its op runs and answers once
         # its record commits, so an event emitted in between comes before the answer naming its id.
         self._opening = 0
-        self._early: dict[int, list[tuple[dict[str, Any], int, int]]] = {}
-        self._early_count = 0
+        # (body, size, connection), oldest first.
+        self._early: deque[tuple[dict[str, Any], int, int]] = deque()
         self._early_bytes = 0
 
     async def subscribe(
@@ -154,10 +154,10 @@ class Subscriptions:
 
     def _deliver_early(self, handle: int) -> None:
         """The EVENTs that came for `handle` before its subscribe call answered, now that a subscription has it."""
-        held = self._early.pop(handle, None)
+        held = [x for x in self._early if x[0]["subscription"] == handle]
         if not held:
             return
-        self._early_count -= len(held)
+        self._early = deque(x for x in self._early if x[0]["subscription"] != handle)
         self._early_bytes -= sum(size for _, size, _ in held)
         conn = self.client.connections
         for body, size, on in held:
@@ -169,7 +169,6 @@ class Subscriptions:
         self._opening -= 1
         if self._opening == 0:
             self._early.clear()
-            self._early_count = 0
             self._early_bytes = 0
 
     async def _unsubscribe(self, s: Subscription) -> None:
@@ -219,11 +218,16 @@ class Subscriptions:
                 task.add_done_callback(self._pending.discard)
             else:
                 sub.push(body, size)
-        if known or self._opening == 0 or self._early_count >= EARLY_EVENTS or self._early_bytes + size > EARLY_BYTES:
+        if known or self._opening == 0 or size > EARLY_BYTES:
             return
-        # Perhaps the id a subscribe call under way is about to learn: held until it does.
-        self._early.setdefault(body["subscription"], []).append((body, size, self.client.connections))
-        self._early_count += 1
+        # Perhaps the id a subscribe call under way is about to learn: held until it does. Full,
+        # the oldest held go first: with subscribes overlapping (the hold is cleared only once
+        # none is under way), late events of an id just unsubscribed filled it, and the first
+        # events of the subscription being made were the ones dropped.
+        while len(self._early) >= EARLY_EVENTS or self._early_bytes + size > EARLY_BYTES:
+            _, old, _ = self._early.popleft()
+            self._early_bytes -= old
+        self._early.append((body, size, self.client.connections))
         self._early_bytes += size
 
     async def _again(self, sub: Subscription, ended: bool) -> None:

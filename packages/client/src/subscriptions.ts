@@ -30,7 +30,7 @@ const WATCHES: SubscribeOps = {
 
 /**
  * Most EVENTs held for subscription ids not known yet ({@link Subscriptions.dispatch}); past it
- * they are dropped as an unknown id's always were (the kernel's `seq` shows the hole).
+ * the oldest held are dropped (the kernel's `seq` shows the hole).
  */
 export const EARLY_EVENTS = DEFAULT_BUFFER_EVENTS;
 /** And at most this many of their bytes (a kernel, or one posing as it, may send frames of up to maxBody). */
@@ -77,8 +77,7 @@ export class Subscriptions {
    * before the call's awaiting code has learnt the id. Dropped, a subscriber's first events were
    * lost while the emitter was told they were delivered.
    */
-  private early = new Map<number, Early[]>();
-  private earlyCount = 0;
+  private early: Early[] = [];
   private earlyBytes = 0;
 
   constructor(
@@ -130,10 +129,11 @@ export class Subscriptions {
 
   /** The EVENTs that came for `id` before its subscribe call answered, now that a subscription has it. */
   private deliverEarly(id: number): void {
-    const held = this.early.get(id);
-    if (!held) return;
-    this.early.delete(id);
-    this.earlyCount -= held.length;
+    if (!this.early.some((x) => x.e.subscription === id)) return;
+    const held: Early[] = [];
+    const rest: Early[] = [];
+    for (const x of this.early) (x.e.subscription === id ? held : rest).push(x);
+    this.early = rest;
     for (const x of held) this.earlyBytes -= x.size;
     const conn = this.connection();
     for (const x of held) if (x.conn === conn) this.dispatch(x.e, x.size);
@@ -142,8 +142,7 @@ export class Subscriptions {
   /** A subscribe call ended: with none under way, no EVENT of an unknown id is held any more (its subscription is gone). */
   private settled(): void {
     if (--this.opening > 0) return;
-    this.early.clear();
-    this.earlyCount = 0;
+    this.early = [];
     this.earlyBytes = 0;
   }
 
@@ -162,12 +161,16 @@ export class Subscriptions {
         void this.again(sub, held);
       } else sub.push(e, size);
     }
-    if (known || this.opening === 0 || this.earlyCount >= EARLY_EVENTS || this.earlyBytes + size > EARLY_BYTES) return;
-    // Perhaps the id a subscribe call under way is about to learn: held until it does.
-    const held = this.early.get(e.subscription);
-    if (held) held.push({ e, size, conn });
-    else this.early.set(e.subscription, [{ e, size, conn }]);
-    this.earlyCount++;
+    if (known || this.opening === 0 || size > EARLY_BYTES) return;
+    // Perhaps the id a subscribe call under way is about to learn: held until it does. Full, the
+    // oldest held go first: with subscribes overlapping (the hold is cleared only once none is
+    // under way), late events of an id just unsubscribed filled it, and the first events of the
+    // subscription being made were the ones dropped.
+    while (this.early.length >= EARLY_EVENTS || this.earlyBytes + size > EARLY_BYTES) {
+      const old = this.early.shift() as Early;
+      this.earlyBytes -= old.size;
+    }
+    this.early.push({ e, size, conn });
     this.earlyBytes += size;
   }
 

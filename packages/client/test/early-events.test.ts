@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { encodeMessage, type Request } from "@kpip/protocol";
-import { EARLY_BYTES } from "../src/subscriptions.js";
+import { EARLY_BYTES, EARLY_EVENTS } from "../src/subscriptions.js";
 import { FakeKernel, kernelPool, until } from "./harness.js";
 
 describe("events that come before a subscription's id is known", () => {
@@ -44,13 +44,44 @@ describe("events that come before a subscription's id is known", () => {
       k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 9, topic: "topic://big/x", seq, data } }));
     // Read by then: every EVENT written before this call's answer.
     await c.system.health();
-    const early = (c as unknown as { subs: { earlyBytes: number; earlyCount: number } }).subs;
+    const early = (c as unknown as { subs: { earlyBytes: number; early: unknown[] } }).subs;
     assert.ok(early.earlyBytes <= EARLY_BYTES, `${early.earlyBytes} bytes held for an unknown id`);
-    assert.ok(early.earlyCount > 0 && early.earlyCount < n, `${early.earlyCount} of ${n} events held`);
+    assert.ok(early.early.length > 0 && early.early.length < n, `${early.early.length} of ${n} events held`);
     k.answer(held as Request, { status: "SUCCESS", payload: { subscription: 9 } });
     const sub = await subscribing;
     // Every EVENT written before the answer has been read when it resolves.
     assert.ok(sub.buffered.bytes <= EARLY_BYTES, `${sub.buffered.bytes} bytes held`);
     assert.ok(sub.buffered.events > 0 && sub.buffered.events < n, `${sub.buffered.events} of ${n} events`);
+  });
+
+  it("with subscribes overlapping, a full hold drops its oldest: late events of an id just unsubscribed do not push out a new subscription's first events", async (t) => {
+    const k = new FakeKernel();
+    await k.listen();
+    t.after(() => k.close());
+    const calls: Request[] = [];
+    const silent = (r: Request) => {
+      calls.push(r);
+      return "silent" as const;
+    };
+    k.reset(silent, silent);
+    const c = await k.connect();
+    t.after(() => c.close());
+    // Two subscribes under way at once: the hold is cleared only once neither is.
+    const first = c.subscribe("topic://a/**");
+    const second = c.subscribe("topic://b/**");
+    await until(() => calls.length === 2, 10_000, "both subscribes sent");
+    // A hold's worth of late events for id 7 (a subscription just unsubscribed), then the new one's.
+    for (let seq = 1; seq <= EARLY_EVENTS; seq++)
+      k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 7, topic: "topic://old/x", seq, data: seq } }));
+    for (let seq = 1; seq <= 3; seq++)
+      k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 9, topic: "topic://b/x", seq, data: seq } }));
+    k.answer(calls[1] as Request, { status: "SUCCESS", payload: { subscription: 9 } });
+    const sub = await second;
+    k.answer(calls[0] as Request, { status: "SUCCESS", payload: { subscription: 8 } });
+    await first;
+    // Every EVENT written before the answer has been read when it resolves: the hold was full of id 7's.
+    assert.equal(sub.buffered.events, 3, "the new subscription's first events were held, not dropped");
+    const it = sub[Symbol.asyncIterator]();
+    for (let seq = 1; seq <= 3; seq++) assert.equal((await it.next()).value?.seq, seq);
   });
 });

@@ -356,6 +356,19 @@ describe("task workers that die", () => {
   });
 });
 
+describe("a task worker that crashes right after its task returned", () => {
+  it("the task's posted result is its end, not the worker's crash that follows: it succeeds, run once", async () => {
+    await withTasks({ computeWorkers: 1 }, { "square-then-crash": "squareThenCrash" }, async (t) => {
+      const { mallory } = await rivals(t);
+      // Node orders a worker's 'error' (another port) against its posted messages as it comes:
+      // often first. Handled there, the task failed INTERNAL "task worker crashed" though it had
+      // returned. Each round is a new worker (the last one crashed); many rounds, so the order flips.
+      for (let x = 1; x <= 40; x++)
+        assert.equal(await mallory.ops.wait(await mallory.compute.task("square-then-crash", x)), x * x, `round ${x}`);
+    });
+  });
+});
+
 describe("a reused task worker", () => {
   it("another persona's task ending its worker after it returned does not fail the task the worker runs next: that one runs on a new worker", async () => {
     await withTasks({ computeWorkers: 1 }, { "late-exit": "lateExit", gate: "gate" }, async (t) => {
@@ -373,6 +386,35 @@ describe("a reused task worker", () => {
       writeFileSync(gate, "");
       // It failed INTERNAL, "task worker exited (code 4)": mallory's exit, in alice's answer.
       assert.equal(await alice.ops.wait(mine), "opened");
+    });
+  });
+});
+
+describe("a reused task worker that dies past its task's deadline", () => {
+  it("the task whose reused worker died once its deadline had passed ends at its deadline, not posted to a new worker to be stopped there", async () => {
+    // A long heartbeat: the clock jumps below, and no peer must look silent for it.
+    await withTasks({ computeWorkers: 1, heartbeatMs: 600_000 }, { "late-exit": "lateExit", gate: "gate" }, async (t) => {
+      const { mallory } = await rivals(t);
+      const trap = join(t.home, "trap");
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("late-exit", trap)), "armed");
+      // mallory's next task runs on the worker her first one left its timer in (a reused worker).
+      const mine = await mallory.compute.task("gate", join(t.home, "never"), { timeoutMs: 60_000 });
+      while ((await mallory.ops.status(mine)).state !== "running") await new Promise((r) => setTimeout(r, 5));
+      // The host's clock is past the task's deadline, its timer not yet run (a clock step, or a turn
+      // that ran long): the worker dies then.
+      const now = Date.now;
+      const step = 61_000;
+      Date.now = () => now() + step;
+      try {
+        writeFileSync(trap, "");
+        // Posted to a new worker with no time left, it was stopped there: "the task was stopped".
+        await assert.rejects(
+          mallory.ops.wait(mine),
+          klass("RESOURCE", "deadline exceeded: its worker ended as its deadline passed; not run again"),
+        );
+      } finally {
+        Date.now = now;
+      }
     });
   });
 });

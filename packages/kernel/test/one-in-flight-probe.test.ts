@@ -38,8 +38,17 @@ describe("the one-in-flight attribution tool, short run", () => {
         "own_over_200us",
         "checkpoint_at_call",
       ])
-        assert.equal(typeof r[k], "number", k);
-      assert.ok((r.own_p50_us as number) > 0 && (r.own_p50_us as number) <= (r.p99_us as number) * 10);
+        assert.ok(Number.isFinite(r[k]), `${k} is reported (${r[k]})`);
+      // Only the shape: percentiles of one series are ordered, counts are counts of the calls made.
+      // Never a relation between two measured times (the machine is shared).
+      const ordered = (a: string, b: string) => assert.ok((r[a] as number) <= (r[b] as number), `${a} <= ${b}`);
+      ordered("p50_us", "p99_us");
+      ordered("p99_us", "p999_us");
+      ordered("own_p50_us", "own_p99_us");
+      ordered("own_p99_us", "own_p999_us");
+      for (const k of ["own_over_200us", "index_steps", "timer_callbacks", "scavenges"])
+        assert.ok(Number.isInteger(r[k]) && (r[k] as number) >= 0, `${k} is a count`);
+      assert.ok((r.own_over_200us as number) <= 300, "no more slow calls than calls");
       const shares =
         (r.slow1pc_kernel_own_pc as number) + (r.slow1pc_kernel_waiting_pc as number) + (r.slow1pc_outside_pc as number);
       assert.ok(Math.abs(shares - 100) <= 2, `the slow 1 %'s shares add up (${shares})`);

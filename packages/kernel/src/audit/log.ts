@@ -192,11 +192,14 @@ export class AuditLog {
 
   /** The chain as last committed: where a failed commit takes the chain in memory back to. */
   private durable: { seq: number; head: Uint8Array; checkpointSeq: number } = { seq: 0, head: GENESIS_HASH, checkpointSeq: 0 };
+  /** When the last checkpoint stored was signed (or the log opened): a failed one leaves it, so the timed one stays due. */
+  private durableCheckpointTime = this.lastCheckpointTime;
 
   private rewind(): void {
     this.seq = this.durable.seq;
     this.head = this.durable.head;
     this.lastCheckpointSeq = this.durable.checkpointSeq;
+    this.lastCheckpointTime = this.durableCheckpointTime;
   }
 
   /** Chains the record now and resolves once it is committed (with `dedupe`, in the same transaction). */
@@ -326,6 +329,7 @@ export class AuditLog {
     const last = rows[rows.length - 1] as AuditRow;
     const lastCheckpoint = checkpoints.at(-1);
     this.durable = { seq: last.seq, head: last.hash, checkpointSeq: lastCheckpoint?.seq ?? this.durable.checkpointSeq };
+    if (lastCheckpoint) this.durableCheckpointTime = lastCheckpoint.time;
     this.committedBatches++;
     this.committedRecords += rows.length;
     try {
@@ -446,11 +450,14 @@ export class AuditLog {
     try {
       this.store.addCheckpoint(cp);
     } catch (e) {
-      // Not stored: the next checkpoint by count comes when it would have without this one.
+      // Not stored: the next checkpoint by count comes when it would have without this one, and
+      // the timed one stays due (the next tick tries again, not a whole interval later).
       this.lastCheckpointSeq = this.durable.checkpointSeq;
+      this.lastCheckpointTime = this.durableCheckpointTime;
       throw e;
     }
     this.durable.checkpointSeq = cp.seq;
+    this.durableCheckpointTime = cp.time;
     this.opts.onCheckpoint?.(cp);
   }
 

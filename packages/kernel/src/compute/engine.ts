@@ -661,6 +661,10 @@ export class ComputeEngine {
     // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
     // 'error' listener, which ended the kernel; and a worker that exited (a task's process.exit)
     // stayed in the pool, its task and the next ones waiting there for their deadlines.
+    // The death is handled at 'exit', which Node emits after the messages the worker posted:
+    // 'error' comes on another port, unordered against them, so a task whose result was already
+    // posted was failed INTERNAL (or, in a reused worker, run again) when the error came first.
+    let crashed = false;
     w.worker.on("error", (e: Error) => {
       if ((e as { code?: string }).code === "ERR_WORKER_OUT_OF_MEMORY") {
         w.outOfMemory = true;
@@ -671,9 +675,11 @@ export class ComputeEngine {
       // Its message is not the op's: the exception may be another task's, left behind (another
       // persona's text in this persona's answer). The kernel's log has it.
       this.log.warn({ err: e, op: w.busy }, "a task worker crashed");
-      this.workerDied(w, "task worker crashed (the kernel's log says why)");
+      crashed = true;
     });
-    w.worker.on("exit", (code: number) => this.workerDied(w, `task worker exited (code ${code})`));
+    w.worker.on("exit", (code: number) =>
+      this.workerDied(w, crashed ? "task worker crashed (the kernel's log says why)" : `task worker exited (code ${code})`),
+    );
     this.pool.push(w);
     return w;
   }
@@ -913,8 +919,15 @@ export class ComputeEngine {
       if (reused && !this.stopped && this.pool.length < this.maxPool) {
         // Detached without giving the (dead) worker's place to the queue first.
         detach();
-        const remaining = Math.max(0, (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now());
-        this.runTask(job, remaining, this.newWorker());
+        const remaining = (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
+        if (remaining > 0) {
+          this.runTask(job, remaining, this.newWorker());
+          return;
+        }
+        // Its deadline passed as its worker died (the deadline's timer not yet run): it ends as
+        // the deadline ends it, not posted to a new worker only to be stopped there at once.
+        this.finishAtDeadline(job, "its worker ended as its deadline passed; not run again");
+        this.pump();
         return;
       }
       done(true);
@@ -928,9 +941,7 @@ export class ComputeEngine {
       else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
       else if (why === "removed")
         this.finish(op, "failed", null, "PERMISSION", "killed: the persona that started it was removed");
-      else if (job.expiresWithGrant)
-        this.finish(op, "failed", null, "CAPABILITY", expiredMessage(job.grant, "the task was stopped"));
-      else this.finish(op, "failed", null, "RESOURCE", "deadline exceeded: the task was stopped");
+      else this.finishAtDeadline(job, "the task was stopped");
       return true;
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);
@@ -945,6 +956,12 @@ export class ComputeEngine {
       // As a command's result holds its two streams' captures at most.
       maxResultBytes: 2 * this.opts.maxOutputBytes,
     });
+  }
+
+  /** A started task's deadline ended it: RESOURCE, or CAPABILITY when the deadline was its grant's expiry. */
+  private finishAtDeadline(job: Job, what: string): void {
+    if (job.expiresWithGrant) this.finish(job.op, "failed", null, "CAPABILITY", expiredMessage(job.grant, what));
+    else this.finish(job.op, "failed", null, "RESOURCE", `deadline exceeded: ${what}`);
   }
 
   private finish(

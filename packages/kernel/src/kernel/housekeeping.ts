@@ -69,7 +69,11 @@ export function startHousekeeping(
     s.pipeline.flushSuppressed();
     flushSuppressedHandshakes(s);
     // A timed checkpoint finds no room on a full disk (SQLITE_FULL): thrown out of the tick, it
-    // ended the kernel's process. The storage's condition notes it; the next tick tries again.
+    // ended the kernel's process. The storage's condition notes it; the next tick tries again
+    // (once a tick). Each refusal renews the condition before the probe below looks at it, so while
+    // the checkpoint does not fit the storage stays full — the store it goes to refuses what else
+    // must be stored too, even though a small record still fits the journal — rather than health
+    // flipping to healthy on the probe's record and back at the next attempt.
     try {
       s.audit.checkpointIfDue(now);
     } catch (e) {

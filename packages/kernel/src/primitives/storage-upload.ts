@@ -147,7 +147,19 @@ async function readUpload(d: StorageDeps, u: Upload, want: Uint8Array): Promise<
     throw e;
   }
   uploads.closeFile(u);
-  d.blobs.discard(u.path);
+  // The bytes are read: a partial file the file system refuses to move or remove (EIO) fails no
+  // commit — it threw here, the upload left with its file closed — and goes with the store's
+  // tmp/ at the next start.
+  try {
+    d.blobs.discard(u.path);
+  } catch (e) {
+    d.peerLog.write(
+      u.persona,
+      "error",
+      { err: e, upload: u.id },
+      "an upload's partial file could not be removed; the next start removes it",
+    );
+  }
   return { hash, data };
 }
 
