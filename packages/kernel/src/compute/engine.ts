@@ -873,7 +873,16 @@ export class ComputeEngine {
       this.finish(op, "failed", null, "SEMANTIC", `no task ${op.name}`);
       return;
     }
-    const w = fresh ?? this.workerFor(op.persona);
+    let w: PooledWorker;
+    try {
+      w = fresh ?? this.workerFor(op.persona);
+    } catch (e) {
+      // No thread for it (Node throws ERR_WORKER_INIT_FAILED at the process's thread limit): it
+      // fails now. Thrown on, it left the op 'running' in no queue and no worker, its slot and
+      // input bytes held for good — and out of a worker's 'message' handler it ended the kernel.
+      this.workerNotStarted(op, e);
+      return;
+    }
     w.busy = op.id;
     w.used = ++this.uses;
     // What its idle time is judged by starts again once this task returns: its run is not a leftover's.
@@ -921,7 +930,15 @@ export class ComputeEngine {
         detach();
         const remaining = (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
         if (remaining > 0) {
-          this.runTask(job, remaining, this.newWorker());
+          let again: PooledWorker;
+          try {
+            again = this.newWorker();
+          } catch (e) {
+            this.workerNotStarted(op, e);
+            this.pump();
+            return;
+          }
+          this.runTask(job, remaining, again);
           return;
         }
         // Its deadline passed as its worker died (the deadline's timer not yet run): it ends as
@@ -956,6 +973,12 @@ export class ComputeEngine {
       // As a command's result holds its two streams' captures at most.
       maxResultBytes: 2 * this.opts.maxOutputBytes,
     });
+  }
+
+  /** A started task no worker could be started for: FAILED, class INTERNAL (the kernel's log says why). */
+  private workerNotStarted(op: OpRecord, e: unknown): void {
+    this.log.error({ err: e, op: op.id }, "cannot start a task worker");
+    this.finish(op, "failed", null, "INTERNAL", "cannot start a task worker (the kernel's log says why)");
   }
 
   /** A started task's deadline ended it: RESOURCE, or CAPABILITY when the deadline was its grant's expiry. */

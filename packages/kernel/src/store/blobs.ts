@@ -139,7 +139,8 @@ export class BlobStore {
 
   /**
    * A small note of whose an upload in progress is (`uploads/<id>`), for the next start should the
-   * kernel be killed with it in place. Best effort: without it the start records what the partial file's name says.
+   * kernel be killed with it in place; its absence tells a partial file its upload's end left behind.
+   * Best effort: one created but not written (no room) still has the start record what the file's name says.
    */
   writeNote(id: string, text: string): void {
     let fd: number | undefined;
@@ -578,15 +579,25 @@ function leftUploads(tmp: string, names: string[], notes: string): LeftUpload[] 
     } catch {
       continue;
     }
-    out.push({ id: m[1], bytes, ...readNote(join(notes, m[1])) });
+    // No note: its upload ended (the note goes at its end) and left the file behind — one the file
+    // system would neither move nor remove — so it was not in progress when the kernel stopped.
+    const note = readNote(join(notes, m[1]));
+    if (note === undefined) continue;
+    out.push({ id: m[1], bytes, ...note });
   }
   return out;
 }
 
-function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> {
+/** An upload's note; undefined when there is none (an unreadable one says nothing more than the file's name). */
+function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> | undefined {
   let fd: number | undefined;
   try {
-    fd = openSync(path, READ);
+    try {
+      fd = openSync(path, READ);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
+      throw e;
+    }
     const buf = Buffer.alloc(NOTE_MAX_BYTES);
     const n = readSync(fd, buf, 0, buf.length, 0);
     const v = JSON.parse(buf.subarray(0, n).toString("utf8")) as Record<string, unknown>;
