@@ -1,13 +1,12 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { CommandWorker, outputIncludes, until } from "@kpip/protocol/testing";
-import { DISPATCH } from "./run.js";
+import { CommandWorker, until } from "@kpip/protocol/testing";
+import { childKernel, DISPATCH } from "./run.js";
 
 // A SIGKILLed kernel, without the sandbox: its agents and commands run on, unsupervised, until
 // the next start kills them. The record must tell that apart from processes that died with it.
@@ -22,20 +21,6 @@ const alive = (pid: number) => {
     return false;
   }
 };
-
-/** A kernel (sandbox none) in a child process on `home`, to be SIGKILLed. */
-async function childKernel(home: string) {
-  const code = `const { Kernel } = await import(process.argv[1]);
-const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" });
-await k.start();
-process.stdout.write("ready\\n");
-setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  await outputIncludes(child, "ready");
-  return child;
-}
 
 interface Row {
   seq: number;

@@ -23,6 +23,23 @@ export async function runKernel(home: string, ...extra: string[]): Promise<Child
   return k;
 }
 
+/**
+ * A kernel (sandbox none) in a child process on `home`, embedded as a program would, to be
+ * SIGKILLed by the test; resolves once it serves.
+ */
+export async function childKernel(home: string): Promise<ChildProcess> {
+  const code = `const { Kernel } = await import(process.argv[1]);
+const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" });
+await k.start();
+process.stdout.write("ready\\n");
+setInterval(() => {}, 1000);`;
+  const child = spawn(process.execPath, ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home], {
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  await outputIncludes(child, "ready");
+  return child;
+}
+
 /** `kpip token mint` for `persona`, allowed `allow` (OPS:TARGETS) for an hour; `rest` after (--out, --json, the home's flags). */
 export const mintArgs = (persona: string, allow: string, ...rest: string[]): string[] => [
   "token",

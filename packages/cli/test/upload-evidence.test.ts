@@ -1,33 +1,18 @@
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
 import { mkdtempSync, readFileSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { CommandWorker, outputIncludes } from "@kpip/protocol/testing";
-import { DISPATCH } from "./run.js";
+import { CommandWorker } from "@kpip/protocol/testing";
+import { childKernel, DISPATCH } from "./run.js";
 
 // An upload lives in the kernel's memory: SIGKILLed, the kernel leaves only its partial file,
 // which the next start removes. The record must end it all the same, or an investigator cannot
 // tell an upload dropped by the kill from one still open.
 const cli = new CommandWorker(DISPATCH);
 after(() => cli.close());
-
-/** A kernel in a child process on `home`, to be SIGKILLed. */
-async function childKernel(home: string) {
-  const code = `const { Kernel } = await import(process.argv[1]);
-const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" });
-await k.start();
-process.stdout.write("ready\\n");
-setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  await outputIncludes(child, "ready");
-  return child;
-}
 
 interface Row {
   seq: number;
