@@ -2,34 +2,11 @@ import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import { type CallFn, type KernelClient, OpsApi } from "@kpip/client";
 import Database from "better-sqlite3";
 import { MAX_AUDIT_BATCH } from "../src/config.js";
-import { ConfigError, HOME_FILES, type KernelOptions, resolveConfig } from "../src/index.js";
-import { klass, removeHome, startKernel, type TestKernel } from "./harness.js";
-
-const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
-
-/**
- * `fn` on a kernel started with `opts` and the fixture tasks `tasks` (name: the export) registered;
- * it stops and its home goes after, pass or fail.
- */
-async function withTasks(
-  opts: KernelOptions,
-  tasks: Record<string, string>,
-  fn: (t: TestKernel) => Promise<void>,
-): Promise<void> {
-  const t = await startKernel(opts, undefined, (k) => {
-    for (const [name, exported] of Object.entries(tasks)) k.registerTask(name, { module: TASKS, export: exported });
-  });
-  try {
-    await fn(t);
-  } finally {
-    await t.stop();
-    removeHome(t.home);
-  }
-}
+import { ConfigError, HOME_FILES, resolveConfig } from "../src/index.js";
+import { klass, type TestKernel, withTasks } from "./harness.js";
 
 /** Two personas of trees of their own, mallory and alice, each submitting tasks and following and cancelling its ops, connected. */
 async function rivals(t: TestKernel): Promise<{ mallory: KernelClient; alice: KernelClient }> {

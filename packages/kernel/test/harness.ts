@@ -222,6 +222,29 @@ export function removeHome(home: string): void {
 
 export { klass, until } from "@kpip/protocol/testing";
 
+/** The fixture task functions (test/fixtures/tasks.mjs), for `registerTask`. */
+export const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
+
+/**
+ * `fn` on a kernel started with `opts` and the fixture tasks `tasks` (name: the export) registered;
+ * it stops and its home goes after, pass or fail.
+ */
+export async function withTasks(
+  opts: KernelOptions,
+  tasks: Record<string, string>,
+  fn: (t: TestKernel) => Promise<void>,
+): Promise<void> {
+  const t = await startKernel(opts, undefined, (k) => {
+    for (const [name, exported] of Object.entries(tasks)) k.registerTask(name, { module: TASKS, export: exported });
+  });
+  try {
+    await fn(t);
+  } finally {
+    await t.stop();
+    removeHome(t.home);
+  }
+}
+
 /** Whether a process with this pid exists (signal 0). */
 export function processAlive(pid: number): boolean {
   try {

@@ -2,30 +2,14 @@ import assert from "node:assert/strict";
 import { existsSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
-import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { generateIdentity } from "@kpip/protocol";
 import type { KernelOptions } from "../src/index.js";
-import { removeHome, startKernel, type TestKernel } from "./harness.js";
+import { type TestKernel, withTasks as withFixtureTasks } from "./harness.js";
 
-const TASKS = fileURLToPath(new URL("../../test/fixtures/tasks.mjs", import.meta.url));
-
-/** `fn` on a kernel with one task worker and the fixture tasks `tasks` (name: the export); stopped and removed after. */
-async function withTasks(
-  opts: KernelOptions,
-  tasks: Record<string, string>,
-  fn: (t: TestKernel) => Promise<void>,
-): Promise<void> {
-  const t = await startKernel({ computeWorkers: 1, ...opts }, undefined, (k) => {
-    for (const [name, exported] of Object.entries(tasks)) k.registerTask(name, { module: TASKS, export: exported });
-  });
-  try {
-    await fn(t);
-  } finally {
-    await t.stop();
-    removeHome(t.home);
-  }
-}
+/** `fn` on a kernel with one task worker (unless `opts` says) and the fixture tasks `tasks` (name: the export). */
+const withTasks = (opts: KernelOptions, tasks: Record<string, string>, fn: (t: TestKernel) => Promise<void>) =>
+  withFixtureTasks({ computeWorkers: 1, ...opts }, tasks, fn);
 
 /** Persona `id` (a tree of its own) submitting tasks and following its ops, connected. */
 async function tasker(t: TestKernel, id: string): Promise<KernelClient> {
