@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import fs, { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -16,15 +17,20 @@ const cli = new CommandWorker(DISPATCH);
 after(() => cli.close());
 
 /** A kernel in a child process on `home`, to be SIGKILLed. */
-async function childKernel(home: string) {
+async function childKernel(home: string, clockAhead = 0) {
   const code = `const { Kernel } = await import(process.argv[1]);
-const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" });
+const ahead = Number(process.argv[3]);
+const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none", ...(ahead ? { clock: () => Date.now() + ahead } : {}) });
 await k.start();
 process.stdout.write("ready\\n");
 setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const child = spawn(
+    process.execPath,
+    ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home, String(clockAhead)],
+    {
+      stdio: ["ignore", "pipe", "inherit"],
+    },
+  );
   await outputIncludes(child, "ready");
   return child;
 }
@@ -36,6 +42,25 @@ interface Row {
   target: string;
   message: string | null;
   detail: Record<string, unknown> | null;
+}
+
+function connectAdmin(home: string) {
+  return KernelClient.connect({
+    socket: join(home, "kernel.sock"),
+    identity: loadIdentity(join(home, "admin.identity")),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+    reconnect: false,
+  });
+}
+
+async function uploadEnds(home: string): Promise<Row[]> {
+  const r = await cli.run(["audit", "timeline", "--json", "--home", home, "--op", "storage.upload.ended"]);
+  assert.equal(r.code, 0, r.err);
+  return r.out
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Row);
 }
 
 describe("uploads in progress when the kernel was killed", () => {
@@ -92,6 +117,79 @@ describe("uploads in progress when the kernel was killed", () => {
         .map((l) => JSON.parse(l) as Row);
       assert.ok((starts[1]?.seq ?? Number.POSITIVE_INFINITY) < a.seq, "recorded by the second start");
     } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("an upload already ended whose partial file the failing disk kept is not ended again by the next start as killed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-ended-"));
+    const tmp = join(home, "objects", "tmp");
+    const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      const admin = await connectAdmin(home);
+      // A begin whose note cannot be written (no room) is refused, its file gone: a partial file with
+      // no note is one whose upload ended.
+      const realOpen = fs.openSync;
+      fs.openSync = ((path: fs.PathLike, ...rest: unknown[]) => {
+        if (String(path).includes(join("objects", "uploads")))
+          throw Object.assign(new Error("ENOSPC: no space left on device, open"), { code: "ENOSPC" });
+        return (realOpen as (...a: unknown[]) => number)(path, ...rest);
+      }) as typeof fs.openSync;
+      syncBuiltinESMExports();
+      try {
+        await assert.rejects(admin.call("storage.upload.begin", "obj://w1/no-note.bin", { size: 1000 }));
+      } finally {
+        fs.openSync = realOpen;
+        syncBuiltinESMExports();
+      }
+      assert.deepEqual(
+        readdirSync(tmp).filter((n) => n.startsWith("upload-")),
+        [],
+        "no partial file left",
+      );
+      const target = "obj://w1/aborted.bin";
+      const { upload } = (await admin.call("storage.upload.begin", target, { size: 200_000 })).payload as { upload: string };
+      await admin.call("storage.upload.chunk", target, { upload, offset: 0, data: new Uint8Array(70_000).fill(3) });
+      const partial = join(tmp, `upload-${upload}`);
+      assert.ok(existsSync(partial));
+      // The file system refuses to move or remove the partial file (EIO): the kernel's own renameSync
+      // and unlinkSync, named imports of node:fs kept in step by syncBuiltinESMExports.
+      const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
+      fs.renameSync = (from, to) => {
+        if (String(from) === partial) throw eio("rename");
+        real.rename(from, to);
+      };
+      fs.unlinkSync = (path) => {
+        if (String(path) === partial) throw eio("unlink");
+        real.unlink(path);
+      };
+      syncBuiltinESMExports();
+      try {
+        await admin.call("storage.upload.abort", target, { upload });
+      } finally {
+        fs.renameSync = real.rename;
+        fs.unlinkSync = real.unlink;
+        syncBuiltinESMExports();
+      }
+      assert.ok(existsSync(partial), "the partial file stayed in tmp/");
+      await admin.close();
+      await k.stop();
+      const next = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await next.start();
+      await next.stop();
+      assert.deepEqual(
+        readdirSync(tmp).filter((n) => n.startsWith("upload-")),
+        [],
+        "the start removed the partial file",
+      );
+      const ends = (await uploadEnds(home)).filter((e) => e.detail?.upload === upload);
+      assert.deepEqual(ends, [], 'the upload was ended by its abort, on the record: no second end, no "kernel killed"');
+    } finally {
+      fs.renameSync = real.rename;
+      fs.unlinkSync = real.unlink;
+      syncBuiltinESMExports();
       rmSync(home, { recursive: true, force: true });
     }
   });

@@ -308,7 +308,10 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     blobsRef = blobs;
     // Uploads the previous kernel was killed with: their partial files are gone with this start, and
-    // nothing else would end them on the record (an upload lives in memory only).
+    // nothing else would end them on the record (an upload lives in memory only). A partial file
+    // with no note is an ended upload's (on the record already) that a failing disk kept: logged only.
+    if (blobs.endedUploadFiles)
+      log.info({ files: blobs.endedUploadFiles }, "removed partial files of uploads already ended (their removal had failed)");
     for (const u of blobs.leftUploads)
       records.record({
         op: "storage.upload.ended",

@@ -200,7 +200,19 @@ export class UploadTable {
     const id = `u-${randomBytes(16).toString("hex")}`;
     // Named for its id, with a note of whose it is: a start after a kill records its end (BlobStore.leftUploads).
     const t = this.blobs.createTemp("upload", true, `upload-${id}`);
-    this.blobs.writeNote(id, JSON.stringify({ persona, target, size, began: Date.now() }));
+    try {
+      this.blobs.writeNote(id, JSON.stringify({ persona, target, size, began: Date.now() }));
+    } catch (e) {
+      // Without its note the upload could not be told live after a kill: not begun (no room for a
+      // note is none for its bytes either). Its empty file goes now.
+      closeQuiet(t.fd);
+      try {
+        this.blobs.discard(t.path);
+      } catch {
+        // Left in tmp/ for the next start, which, finding no note, records nothing for it.
+      }
+      throw e;
+    }
     const u: Upload = {
       id,
       persona,
