@@ -121,6 +121,36 @@ describe("uploads in progress when the kernel was killed", () => {
     }
   });
 
+  it("the start after a kill gives an upload's began on the kernel's clock, as the record's other times", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-clock-"));
+    const ahead = 3 * 86_400_000;
+    try {
+      const child = await childKernel(home, ahead);
+      const exited = new Promise((r) => child.once("exit", r));
+      const admin = await connectAdmin(home);
+      const before = Date.now() + ahead;
+      const { upload } = (await admin.call("storage.upload.begin", "obj://w1/late.bin", { size: 1000 })).payload as {
+        upload: string;
+      };
+      const after = Date.now() + ahead;
+      child.kill("SIGKILL");
+      await exited;
+      await admin.close().catch(() => {});
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none", clock: () => Date.now() + ahead });
+      await k.start();
+      await k.stop();
+      const end = (await uploadEnds(home)).find((e) => e.detail?.upload === upload);
+      assert.ok(end, "ended on the record");
+      const began = end.detail?.began as number;
+      assert.ok(
+        began >= before && began <= after,
+        `began ${began} is on the kernel's clock (${before}..${after}), not the host's`,
+      );
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it("an upload already ended whose partial file the failing disk kept is not ended again by the next start as killed", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-upload-ended-"));
     const tmp = join(home, "objects", "tmp");

@@ -347,6 +347,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
+      now,
     );
     // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
     uploads.onEnded = (u, why) =>
