@@ -151,6 +151,35 @@ describe("uploads in progress when the kernel was killed", () => {
     }
   });
 
+  it("an upload whose commit ran at a clean stop and did not complete is ended by the next start as stopped, not killed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-stopped-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      await k.stop();
+      // What such a commit leaves (the stop ends every other upload, its note first): its partial
+      // file and its note. Made by hand: a commit straddling the stop is a matter of timing.
+      const id = `u-${"ab".repeat(16)}`;
+      fs.writeFileSync(join(home, "objects", "tmp", `upload-${id}`), new Uint8Array(500), { mode: 0o600 });
+      fs.writeFileSync(
+        join(home, "objects", "uploads", id),
+        JSON.stringify({ persona: "admin", target: "obj://w1/committing.bin", size: 500, began: Date.now() }),
+        { mode: 0o600 },
+      );
+      const next = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await next.start();
+      await next.stop();
+      const end = (await uploadEnds(home)).find((e) => e.detail?.upload === id);
+      assert.ok(end, "ended on the record");
+      assert.equal(end.detail?.reason, "kernel stopped");
+      assert.equal(end.persona, "admin");
+      assert.equal(end.detail?.received, 500);
+      assert.match(end.message ?? "", /stopped while it was being committed/);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
   it("an upload already ended whose partial file the failing disk kept is not ended again by the next start as killed", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-upload-ended-"));
     const tmp = join(home, "objects", "tmp");

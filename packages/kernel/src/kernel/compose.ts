@@ -312,15 +312,20 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // with no note is an ended upload's (on the record already) that a failing disk kept: logged only.
     if (blobs.endedUploadFiles)
       log.info({ files: blobs.endedUploadFiles }, "removed partial files of uploads already ended (their removal had failed)");
+    // After a clean stop (its last record kernel.stop), a live upload left was one whose commit ran
+    // at the stop (the stop ends every other) and did not complete: no kill to speak of.
+    const stopped = last?.op === "kernel.stop";
     for (const u of blobs.leftUploads)
       records.record({
         op: "storage.upload.ended",
         target: u.target ?? "-",
         persona: u.persona ?? "-",
-        message: "the kernel was killed while it was in progress: this start removed its partial file",
+        message: stopped
+          ? "the kernel stopped while it was being committed, and the commit did not complete: this start removed its partial file"
+          : "the kernel was killed while it was in progress: this start removed its partial file",
         detail: {
           upload: u.id,
-          reason: "kernel killed",
+          reason: stopped ? "kernel stopped" : "kernel killed",
           received: u.bytes,
           ...(u.size !== undefined ? { size: u.size } : {}),
           ...(u.began !== undefined ? { began: u.began } : {}),
