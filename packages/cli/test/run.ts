@@ -25,17 +25,18 @@ export async function runKernel(home: string, ...extra: string[]): Promise<Child
 
 /**
  * A kernel (sandbox none) in a child process on `home`, embedded as a program would, to be
- * SIGKILLed by the test; resolves once it serves.
+ * SIGKILLed by the test; its clock `clockAhead` ms ahead of the host's (`KernelOptions.clock`).
+ * Resolves once it serves.
  */
-export async function childKernel(home: string): Promise<ChildProcess> {
+export async function childKernel(home: string, clockAhead = 0): Promise<ChildProcess> {
   const code = `const { Kernel } = await import(process.argv[1]);
-const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none" });
+const ahead = Number(process.argv[3]);
+const k = new Kernel({ home: process.argv[2], logLevel: "silent", sandbox: "none", ...(ahead ? { clock: () => Date.now() + ahead } : {}) });
 await k.start();
 process.stdout.write("ready\\n");
 setInterval(() => {}, 1000);`;
-  const child = spawn(process.execPath, ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home], {
-    stdio: ["ignore", "pipe", "inherit"],
-  });
+  const args = ["--input-type=module", "-e", code, import.meta.resolve("@kpip/kernel"), home, String(clockAhead)];
+  const child = spawn(process.execPath, args, { stdio: ["ignore", "pipe", "inherit"] });
   await outputIncludes(child, "ready");
   return child;
 }

@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import fs, { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync } from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
@@ -21,6 +22,25 @@ interface Row {
   target: string;
   message: string | null;
   detail: Record<string, unknown> | null;
+}
+
+function connectAdmin(home: string) {
+  return KernelClient.connect({
+    socket: join(home, "kernel.sock"),
+    identity: loadIdentity(join(home, "admin.identity")),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+    reconnect: false,
+  });
+}
+
+async function uploadEnds(home: string): Promise<Row[]> {
+  const r = await cli.run(["audit", "timeline", "--json", "--home", home, "--op", "storage.upload.ended"]);
+  assert.equal(r.code, 0, r.err);
+  return r.out
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Row);
 }
 
 describe("uploads in progress when the kernel was killed", () => {
@@ -77,6 +97,138 @@ describe("uploads in progress when the kernel was killed", () => {
         .map((l) => JSON.parse(l) as Row);
       assert.ok((starts[1]?.seq ?? Number.POSITIVE_INFINITY) < a.seq, "recorded by the second start");
     } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("the start after a kill gives an upload's began on the kernel's clock, as the record's other times", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-clock-"));
+    const ahead = 3 * 86_400_000;
+    try {
+      const child = await childKernel(home, ahead);
+      const exited = new Promise((r) => child.once("exit", r));
+      const admin = await connectAdmin(home);
+      const before = Date.now() + ahead;
+      const { upload } = (await admin.call("storage.upload.begin", "obj://w1/late.bin", { size: 1000 })).payload as {
+        upload: string;
+      };
+      const after = Date.now() + ahead;
+      child.kill("SIGKILL");
+      await exited;
+      await admin.close().catch(() => {});
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none", clock: () => Date.now() + ahead });
+      await k.start();
+      await k.stop();
+      const end = (await uploadEnds(home)).find((e) => e.detail?.upload === upload);
+      assert.ok(end, "ended on the record");
+      const began = end.detail?.began as number;
+      assert.ok(
+        began >= before && began <= after,
+        `began ${began} is on the kernel's clock (${before}..${after}), not the host's`,
+      );
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("an upload whose commit ran at a clean stop and did not complete is ended by the next start as stopped, not killed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-stopped-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      await k.stop();
+      // What such a commit leaves (the stop ends every other upload, its note first): its partial
+      // file and its note. Made by hand: a commit straddling the stop is a matter of timing.
+      const id = `u-${"ab".repeat(16)}`;
+      fs.writeFileSync(join(home, "objects", "tmp", `upload-${id}`), new Uint8Array(500), { mode: 0o600 });
+      fs.writeFileSync(
+        join(home, "objects", "uploads", id),
+        JSON.stringify({ persona: "admin", target: "obj://w1/committing.bin", size: 500, began: Date.now() }),
+        { mode: 0o600 },
+      );
+      const next = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await next.start();
+      await next.stop();
+      const end = (await uploadEnds(home)).find((e) => e.detail?.upload === id);
+      assert.ok(end, "ended on the record");
+      assert.equal(end.detail?.reason, "kernel stopped");
+      assert.equal(end.persona, "admin");
+      assert.equal(end.detail?.received, 500);
+      assert.match(end.message ?? "", /stopped while it was being committed/);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("an upload already ended whose partial file the failing disk kept is not ended again by the next start as killed", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-upload-ended-"));
+    const tmp = join(home, "objects", "tmp");
+    const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      const admin = await connectAdmin(home);
+      // A begin whose note cannot be written (no room) is refused, its file gone: a partial file with
+      // no note is one whose upload ended.
+      const realOpen = fs.openSync;
+      fs.openSync = ((path: fs.PathLike, ...rest: unknown[]) => {
+        if (String(path).includes(join("objects", "uploads")))
+          throw Object.assign(new Error("ENOSPC: no space left on device, open"), { code: "ENOSPC" });
+        return (realOpen as (...a: unknown[]) => number)(path, ...rest);
+      }) as typeof fs.openSync;
+      syncBuiltinESMExports();
+      try {
+        await assert.rejects(admin.call("storage.upload.begin", "obj://w1/no-note.bin", { size: 1000 }));
+      } finally {
+        fs.openSync = realOpen;
+        syncBuiltinESMExports();
+      }
+      assert.deepEqual(
+        readdirSync(tmp).filter((n) => n.startsWith("upload-")),
+        [],
+        "no partial file left",
+      );
+      const target = "obj://w1/aborted.bin";
+      const { upload } = (await admin.call("storage.upload.begin", target, { size: 200_000 })).payload as { upload: string };
+      await admin.call("storage.upload.chunk", target, { upload, offset: 0, data: new Uint8Array(70_000).fill(3) });
+      const partial = join(tmp, `upload-${upload}`);
+      assert.ok(existsSync(partial));
+      // The file system refuses to move or remove the partial file (EIO): the kernel's own renameSync
+      // and unlinkSync, named imports of node:fs kept in step by syncBuiltinESMExports.
+      const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
+      fs.renameSync = (from, to) => {
+        if (String(from) === partial) throw eio("rename");
+        real.rename(from, to);
+      };
+      fs.unlinkSync = (path) => {
+        if (String(path) === partial) throw eio("unlink");
+        real.unlink(path);
+      };
+      syncBuiltinESMExports();
+      try {
+        await admin.call("storage.upload.abort", target, { upload });
+      } finally {
+        fs.renameSync = real.rename;
+        fs.unlinkSync = real.unlink;
+        syncBuiltinESMExports();
+      }
+      assert.ok(existsSync(partial), "the partial file stayed in tmp/");
+      await admin.close();
+      await k.stop();
+      const next = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await next.start();
+      await next.stop();
+      assert.deepEqual(
+        readdirSync(tmp).filter((n) => n.startsWith("upload-")),
+        [],
+        "the start removed the partial file",
+      );
+      const ends = (await uploadEnds(home)).filter((e) => e.detail?.upload === upload);
+      assert.deepEqual(ends, [], 'the upload was ended by its abort, on the record: no second end, no "kernel killed"');
+    } finally {
+      fs.renameSync = real.rename;
+      fs.unlinkSync = real.unlink;
+      syncBuiltinESMExports();
       rmSync(home, { recursive: true, force: true });
     }
   });

@@ -308,16 +308,24 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     });
     blobsRef = blobs;
     // Uploads the previous kernel was killed with: their partial files are gone with this start, and
-    // nothing else would end them on the record (an upload lives in memory only).
+    // nothing else would end them on the record (an upload lives in memory only). A partial file
+    // with no note is an ended upload's (on the record already) that a failing disk kept: logged only.
+    if (blobs.endedUploadFiles)
+      log.info({ files: blobs.endedUploadFiles }, "removed partial files of uploads already ended (their removal had failed)");
+    // After a clean stop (its last record kernel.stop), a live upload left was one whose commit ran
+    // at the stop (the stop ends every other) and did not complete: no kill to speak of.
+    const stopped = last?.op === "kernel.stop";
     for (const u of blobs.leftUploads)
       records.record({
         op: "storage.upload.ended",
         target: u.target ?? "-",
         persona: u.persona ?? "-",
-        message: "the kernel was killed while it was in progress: this start removed its partial file",
+        message: stopped
+          ? "the kernel stopped while it was being committed, and the commit did not complete: this start removed its partial file"
+          : "the kernel was killed while it was in progress: this start removed its partial file",
         detail: {
           upload: u.id,
-          reason: "kernel killed",
+          reason: stopped ? "kernel stopped" : "kernel killed",
           received: u.bytes,
           ...(u.size !== undefined ? { size: u.size } : {}),
           ...(u.began !== undefined ? { began: u.began } : {}),
@@ -344,6 +352,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       },
       Date.now,
       new UploadHasher({ module: input.uploadHashWorker, log }),
+      now,
     );
     // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
     uploads.onEnded = (u, why) =>

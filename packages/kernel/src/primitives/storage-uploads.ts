@@ -107,6 +107,12 @@ export class UploadTable {
     private readonly limits: UploadLimits,
     private readonly clock: () => number = Date.now,
     private readonly hasher: UploadHasher = new UploadHasher(),
+    /**
+     * The kernel's clock (`KernelOptions.clock`), the one the record's times are on: the note's
+     * `began`, which the start after a kill puts on the record. Expiry stays on `clock`, and
+     * {@link Upload.began} on the host's (a persona's registration time is).
+     */
+    private readonly recordClock: () => number = clock,
   ) {
     this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
     this.timer.unref();
@@ -200,7 +206,19 @@ export class UploadTable {
     const id = `u-${randomBytes(16).toString("hex")}`;
     // Named for its id, with a note of whose it is: a start after a kill records its end (BlobStore.leftUploads).
     const t = this.blobs.createTemp("upload", true, `upload-${id}`);
-    this.blobs.writeNote(id, JSON.stringify({ persona, target, size, began: Date.now() }));
+    try {
+      this.blobs.writeNote(id, JSON.stringify({ persona, target, size, began: this.recordClock() }));
+    } catch (e) {
+      // Without its note the upload could not be told live after a kill: not begun (no room for a
+      // note is none for its bytes either). Its empty file goes now.
+      closeQuiet(t.fd);
+      try {
+        this.blobs.discard(t.path);
+      } catch {
+        // Left in tmp/ for the next start, which, finding no note, records nothing for it.
+      }
+      throw e;
+    }
     const u: Upload = {
       id,
       persona,

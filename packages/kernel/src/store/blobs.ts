@@ -115,7 +115,9 @@ export class BlobStore {
     this.notesDir = join(root, "uploads");
     privateDir(this.notesDir);
     const names = readdirSync(this.tmpDir);
-    this.leftUploads = leftUploads(this.tmpDir, names, this.notesDir);
+    const left = leftUploads(this.tmpDir, names, this.notesDir);
+    this.leftUploads = left.live;
+    this.endedUploadFiles = left.ended;
     for (const name of names) unlinkQuiet(join(this.tmpDir, name));
     for (const name of readdirSync(this.notesDir)) unlinkQuiet(join(this.notesDir, name));
   }
@@ -125,6 +127,11 @@ export class BlobStore {
 
   /** Uploads a killed run left in progress, found (and removed) by this start: see {@link leftUploads}. */
   readonly leftUploads: LeftUpload[];
+  /**
+   * Partial files this start removed whose uploads had ended (no note: committed or aborted, on
+   * the record, their files kept by a failing disk) — not ended again on the record.
+   */
+  readonly endedUploadFiles: number;
 
   pathOf(hash: Uint8Array): string {
     const hex = Buffer.from(hash).toString("hex");
@@ -139,18 +146,21 @@ export class BlobStore {
 
   /**
    * A small note of whose an upload in progress is (`uploads/<id>`), for the next start should the
-   * kernel be killed with it in place; its absence tells a partial file its upload's end left behind.
-   * Best effort: one created but not written (no room) still has the start record what the file's name says.
+   * kernel be killed with it in place. The note is what says the upload was live: its end removes
+   * it first, and a partial file with none is one whose upload had ended (its file left by a
+   * failing disk). Throws when it cannot be written (no room, the file system fails): the upload
+   * is not begun then — it could not have stored its bytes either.
    */
   writeNote(id: string, text: string): void {
-    let fd: number | undefined;
+    const path = join(this.notesDir, id);
+    const fd = openSync(path, CREATE_NEW, 0o600);
     try {
-      fd = openSync(join(this.notesDir, id), CREATE_NEW, 0o600);
       writeSync(fd, text);
-    } catch {
-      // No room, or the file system fails: the note is a convenience, the upload goes on.
+    } catch (e) {
+      unlinkQuiet(path);
+      throw e;
     } finally {
-      if (fd !== undefined) closeQuiet(fd);
+      closeQuiet(fd);
     }
   }
 
@@ -564,9 +574,13 @@ const UPLOAD_FILE = /^upload-(u-[0-9a-f]{32})$/;
 const LEFT_UPLOADS_MAX = 4096;
 const NOTE_MAX_BYTES = 16 * 1024;
 
-/** The partial files of uploads in `tmp` (its entries `names`), with what their notes say. */
-function leftUploads(tmp: string, names: string[], notes: string): LeftUpload[] {
+/**
+ * The partial files of uploads in `tmp` (its entries `names`) whose notes say they were live, with
+ * what the notes say; and how many had no note (their uploads ended: see {@link BlobStore.writeNote}).
+ */
+function leftUploads(tmp: string, names: string[], notes: string): { live: LeftUpload[]; ended: number } {
   const out: LeftUpload[] = [];
+  let ended = 0;
   for (const name of names) {
     const m = UPLOAD_FILE.exec(name);
     if (!m?.[1]) continue;
@@ -579,25 +593,23 @@ function leftUploads(tmp: string, names: string[], notes: string): LeftUpload[] 
     } catch {
       continue;
     }
-    // No note: its upload ended (the note goes at its end) and left the file behind — one the file
-    // system would neither move nor remove — so it was not in progress when the kernel stopped.
     const note = readNote(join(notes, m[1]));
-    if (note === undefined) continue;
-    out.push({ id: m[1], bytes, ...note });
+    if (note === null) ended++;
+    else out.push({ id: m[1], bytes, ...note });
   }
-  return out;
+  return { live: out, ended };
 }
 
-/** An upload's note; undefined when there is none (an unreadable one says nothing more than the file's name). */
-function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> | undefined {
-  let fd: number | undefined;
+/** What an upload's note says; null when there is none (an unreadable one still says the upload was live). */
+function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> | null {
+  let fd: number;
   try {
-    try {
-      fd = openSync(path, READ);
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-      throw e;
-    }
+    fd = openSync(path, READ);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === "ENOENT") return null;
+    return {};
+  }
+  try {
     const buf = Buffer.alloc(NOTE_MAX_BYTES);
     const n = readSync(fd, buf, 0, buf.length, 0);
     const v = JSON.parse(buf.subarray(0, n).toString("utf8")) as Record<string, unknown>;
@@ -610,6 +622,6 @@ function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" 
   } catch {
     return {};
   } finally {
-    if (fd !== undefined) closeQuiet(fd);
+    closeQuiet(fd);
   }
 }
