@@ -133,6 +133,9 @@ interface Running {
  */
 const IDLE_BUSY_MAX_MS = 1000;
 
+/** Why the engine ended an idle worker (`kpip_task_workers_ended_total`'s reason). */
+type IdleEnd = "evicted" | "spinning" | "removed";
+
 interface PooledWorker {
   worker: Worker;
   busy: string | undefined;
@@ -506,10 +509,7 @@ export class ComputeEngine {
     }
     // An idle worker holds what its persona's tasks left: a later holder of the id gets a new one.
     for (const w of [...this.pool])
-      if (w.busy === undefined && w.owner && gone(w.owner.persona, w.owner.since)) {
-        this.pool.splice(this.pool.indexOf(w), 1);
-        void w.worker.terminate();
-      }
+      if (w.busy === undefined && w.owner && gone(w.owner.persona, w.owner.since)) this.endIdle(w, "removed");
     return n;
   }
 
@@ -606,10 +606,10 @@ export class ComputeEngine {
   }
 
   /** Told of each idle worker the engine ends, and why (the kernel's metrics). */
-  onIdleEnded: ((reason: "evicted" | "spinning") => void) | undefined;
+  onIdleEnded: ((reason: IdleEnd) => void) | undefined;
 
   /** Ends an idle worker: out of the pool first, so its exit is no task's end, nor logged as a crash. */
-  private endIdle(w: PooledWorker, reason: "evicted" | "spinning"): void {
+  private endIdle(w: PooledWorker, reason: IdleEnd): void {
     this.pool.splice(this.pool.indexOf(w), 1);
     void w.worker.terminate();
     this.onIdleEnded?.(reason);
@@ -624,11 +624,8 @@ export class ComputeEngine {
   endSpinningIdle(): number {
     let n = 0;
     for (const w of [...this.pool]) {
-      if (w.busy !== undefined) {
-        w.elu = undefined;
-        w.idleBusyMs = 0;
-        continue;
-      }
+      // A busy worker's baseline was cleared when its task started (runTask): idle time counts from the next tick.
+      if (w.busy !== undefined) continue;
       const now = w.worker.performance.eventLoopUtilization();
       const since = w.elu === undefined ? undefined : w.worker.performance.eventLoopUtilization(now, w.elu);
       w.elu = now;

@@ -581,6 +581,8 @@ const NOTE_MAX_BYTES = 16 * 1024;
 function leftUploads(tmp: string, names: string[], notes: string): { live: LeftUpload[]; ended: number } {
   const out: LeftUpload[] = [];
   let ended = 0;
+  // One buffer for every note read (up to LEFT_UPLOADS_MAX of them at a start).
+  const buf = Buffer.alloc(NOTE_MAX_BYTES);
   for (const name of names) {
     const m = UPLOAD_FILE.exec(name);
     if (!m?.[1]) continue;
@@ -593,7 +595,7 @@ function leftUploads(tmp: string, names: string[], notes: string): { live: LeftU
     } catch {
       continue;
     }
-    const note = readNote(join(notes, m[1]));
+    const note = readNote(join(notes, m[1]), buf);
     if (note === null) ended++;
     else out.push({ id: m[1], bytes, ...note });
   }
@@ -601,7 +603,7 @@ function leftUploads(tmp: string, names: string[], notes: string): { live: LeftU
 }
 
 /** What an upload's note says; null when there is none (an unreadable one still says the upload was live). */
-function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" | "began"> | null {
+function readNote(path: string, buf: Buffer): Pick<LeftUpload, "persona" | "target" | "size" | "began"> | null {
   let fd: number;
   try {
     fd = openSync(path, READ);
@@ -610,7 +612,6 @@ function readNote(path: string): Pick<LeftUpload, "persona" | "target" | "size" 
     return {};
   }
   try {
-    const buf = Buffer.alloc(NOTE_MAX_BYTES);
     const n = readSync(fd, buf, 0, buf.length, 0);
     const v = JSON.parse(buf.subarray(0, n).toString("utf8")) as Record<string, unknown>;
     return {
