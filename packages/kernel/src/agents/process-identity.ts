@@ -73,21 +73,53 @@ export function stillOwnGroup(pid: number, procId: string, spawn: string, procRo
 
 /** Whether a process of group `pgid` has `entry` in its environment (as it was exec'd). */
 function groupCarries(pgid: number, entry: string, procRoot: string): boolean {
-  let pids: string[];
-  try {
-    pids = readdirSync(procRoot).filter((d) => /^\d+$/.test(d));
-  } catch {
-    return false;
-  }
-  for (const d of pids) {
+  for (const d of groupMembers(pgid, procRoot)) {
     try {
-      const stat = readFileSync(`${procRoot}/${d}/stat`, "utf8");
-      // Field 5 (the process group), counted from after the command name's last ")".
-      if (Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]) !== pgid) continue;
       if (readFileSync(`${procRoot}/${d}/environ`, "latin1").split("\0").includes(entry)) return true;
     } catch {
       // gone meanwhile, or not ours to read
     }
   }
   return false;
+}
+
+/**
+ * One scan of the process table's groups, kept for the synchronous run of checks it was made in
+ * (a start's recovery loop asks for each left op and agent): a scan per group read every
+ * process's stat once per row, N rows × the host's processes.
+ */
+let scan: { root: string; groups: Map<number, string[]> } | undefined;
+
+/** The processes of group `pgid` (their /proc names), from this turn's scan. */
+function groupMembers(pgid: number, procRoot: string): string[] {
+  if (scan?.root !== procRoot) {
+    scan = { root: procRoot, groups: scanGroups(procRoot) };
+    queueMicrotask(() => {
+      scan = undefined;
+    });
+  }
+  return scan.groups.get(pgid) ?? [];
+}
+
+function scanGroups(procRoot: string): Map<number, string[]> {
+  const groups = new Map<number, string[]>();
+  let pids: string[];
+  try {
+    pids = readdirSync(procRoot).filter((d) => /^\d+$/.test(d));
+  } catch {
+    return groups;
+  }
+  for (const d of pids) {
+    try {
+      const stat = readFileSync(`${procRoot}/${d}/stat`, "utf8");
+      // Field 5 (the process group), counted from after the command name's last ")".
+      const pgid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[2]);
+      const members = groups.get(pgid);
+      if (members) members.push(d);
+      else groups.set(pgid, [d]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return groups;
 }
