@@ -101,6 +101,30 @@ export class KernelRecords {
     );
   }
 
+  /**
+   * An upload ended without its commit (`storage.upload.ended`): by the kernel while it ran (idle,
+   * revoked, …: `reason`), or by this start for one the previous run left (`message` says how).
+   */
+  uploadEnded(
+    u: { id: string; target?: string; persona?: string; received: number; size?: number; began?: number },
+    reason: string,
+    message?: string,
+  ): void {
+    this.record({
+      op: "storage.upload.ended",
+      target: u.target ?? "-",
+      persona: u.persona ?? "-",
+      ...(message ? { message } : {}),
+      detail: {
+        upload: u.id,
+        reason,
+        received: u.received,
+        ...(u.size !== undefined ? { size: u.size } : {}),
+        ...(u.began !== undefined ? { began: u.began } : {}),
+      },
+    });
+  }
+
   /** A token attenuated offline, used for the first time in this run: `token.derived`. */
   derived(t: Token, g: Grant, persona: string, session: string | undefined): void {
     this.record({

@@ -316,21 +316,13 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // at the stop (the stop ends every other) and did not complete: no kill to speak of.
     const stopped = last?.op === "kernel.stop";
     for (const u of blobs.leftUploads)
-      records.record({
-        op: "storage.upload.ended",
-        target: u.target ?? "-",
-        persona: u.persona ?? "-",
-        message: stopped
+      records.uploadEnded(
+        { ...u, received: u.bytes },
+        stopped ? "kernel stopped" : "kernel killed",
+        stopped
           ? "the kernel stopped while it was being committed, and the commit did not complete: this start removed its partial file"
           : "the kernel was killed while it was in progress: this start removed its partial file",
-        detail: {
-          upload: u.id,
-          reason: stopped ? "kernel stopped" : "kernel killed",
-          received: u.bytes,
-          ...(u.size !== undefined ? { size: u.size } : {}),
-          ...(u.began !== undefined ? { began: u.began } : {}),
-        },
-      });
+      );
     // A flush the batch bound started outside a tick: a failed WAL sync (the store has failed and
     // says so itself); its bodies stay on disk, unnamed, for the next start's sweep.
     blobs.onFlushError = (e) => log.warn({ err: e }, "removing released object bodies failed; the next start removes them");
@@ -356,12 +348,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
     uploads.onEnded = (u, why) =>
-      records.record({
-        op: "storage.upload.ended",
-        target: u.target,
-        persona: u.persona,
-        detail: { upload: u.id, reason: why, received: u.received, size: u.size },
-      });
+      records.uploadEnded({ id: u.id, target: u.target, persona: u.persona, received: u.received, size: u.size }, why);
     // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
