@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { CommandWorker } from "@kpip/protocol/testing";
+import { CommandWorker, whileStuck } from "@kpip/protocol/testing";
 import { childKernel, DISPATCH } from "./run.js";
 
 // An upload lives in the kernel's memory: SIGKILLed, the kernel leaves only its partial file,
@@ -163,7 +163,6 @@ describe("uploads in progress when the kernel was killed", () => {
   it("an upload already ended whose partial file the failing disk kept is not ended again by the next start as killed", async () => {
     const home = mkdtempSync(join(tmpdir(), "kpip-upload-ended-"));
     const tmp = join(home, "objects", "tmp");
-    const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
     try {
       const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
       await k.start();
@@ -193,25 +192,8 @@ describe("uploads in progress when the kernel was killed", () => {
       await admin.call("storage.upload.chunk", target, { upload, offset: 0, data: new Uint8Array(70_000).fill(3) });
       const partial = join(tmp, `upload-${upload}`);
       assert.ok(existsSync(partial));
-      // The file system refuses to move or remove the partial file (EIO): the kernel's own renameSync
-      // and unlinkSync, named imports of node:fs kept in step by syncBuiltinESMExports.
-      const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
-      fs.renameSync = (from, to) => {
-        if (String(from) === partial) throw eio("rename");
-        real.rename(from, to);
-      };
-      fs.unlinkSync = (path) => {
-        if (String(path) === partial) throw eio("unlink");
-        real.unlink(path);
-      };
-      syncBuiltinESMExports();
-      try {
-        await admin.call("storage.upload.abort", target, { upload });
-      } finally {
-        fs.renameSync = real.rename;
-        fs.unlinkSync = real.unlink;
-        syncBuiltinESMExports();
-      }
+      // The file system refuses to move or remove the partial file (EIO).
+      await whileStuck(partial, () => admin.call("storage.upload.abort", target, { upload }));
       assert.ok(existsSync(partial), "the partial file stayed in tmp/");
       await admin.close();
       await k.stop();
@@ -226,9 +208,6 @@ describe("uploads in progress when the kernel was killed", () => {
       const ends = (await uploadEnds(home)).filter((e) => e.detail?.upload === upload);
       assert.deepEqual(ends, [], 'the upload was ended by its abort, on the record: no second end, no "kernel killed"');
     } finally {
-      fs.renameSync = real.rename;
-      fs.unlinkSync = real.unlink;
-      syncBuiltinESMExports();
       rmSync(home, { recursive: true, force: true });
     }
   });

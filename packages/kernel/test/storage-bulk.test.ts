@@ -6,6 +6,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import type { KernelClient } from "@kpip/client";
 import { decodeIntent } from "@kpip/protocol";
+import { whileStuck } from "@kpip/protocol/testing";
 import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, startKernel, type TestKernel, until, withKernel } from "./harness.js";
 
@@ -122,28 +123,12 @@ describe("large objects: the file store and the chunked upload", () => {
     };
     await c.call("storage.upload.chunk", "obj://big/small-eio", { upload, offset: 0, data });
     const partial = join(t.home, "objects", "tmp", tmpFiles(t.home)[0] as string);
-    // The kernel's own renameSync and unlinkSync (named imports of node:fs, kept in step by syncBuiltinESMExports).
-    const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
-    const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
-    fs.renameSync = (from, to) => {
-      if (String(to).includes("gone-")) throw eio("rename");
-      real.rename(from, to);
-    };
-    fs.unlinkSync = (path) => {
-      if (String(path) === partial) throw eio("unlink");
-      real.unlink(path);
-    };
-    syncBuiltinESMExports();
-    try {
+    await whileStuck(partial, async () => {
       // It answered INTERNAL (EIO), the upload left in the table with its file closed.
       const r = (await c.call("storage.upload.commit", "obj://big/small-eio", { upload, sha256: sha(data), size: data.length }))
         .payload as { generation: number };
       assert.equal(r.generation, 1);
-    } finally {
-      fs.renameSync = real.rename;
-      fs.unlinkSync = real.unlink;
-      syncBuiltinESMExports();
-    }
+    });
     assert.ok(Buffer.from((await c.storage.read("obj://big/small-eio")).data).equals(data), "the object is the bytes uploaded");
     await assert.rejects(
       c.call("storage.upload.abort", "obj://big/small-eio", { upload }),
@@ -151,7 +136,7 @@ describe("large objects: the file store and the chunked upload", () => {
       "the upload is done",
     );
     // Its file, left in tmp/, goes at the next start (the store's tmp/ is emptied then).
-    real.unlink(partial);
+    fs.unlinkSync(partial);
   });
 
   it("refuses a commit whose size is not the declared one (SEMANTIC, the upload stays) or whose SHA-256 is not the uploaded bytes' (SEMANTIC, the upload is discarded)", async () => {

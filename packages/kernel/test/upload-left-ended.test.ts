@@ -1,8 +1,7 @@
 import assert from "node:assert/strict";
-import fs from "node:fs";
-import { syncBuiltinESMExports } from "node:module";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { whileStuck } from "@kpip/protocol/testing";
 import { removeHome, startKernel } from "./harness.js";
 import { pattern, SMALL_FRAMES, sha, tmpFiles } from "./storage-files.js";
 
@@ -22,25 +21,9 @@ describe("a partial file left by an upload that ended", () => {
         .upload;
       await c.call("storage.upload.chunk", "obj://w/small", { upload, offset: 0, data });
       const partial = join(home, "objects", "tmp", tmpFiles(home)[0] as string);
-      // The kernel's own renameSync and unlinkSync (named imports of node:fs, kept in step by syncBuiltinESMExports).
-      const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
-      const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
-      fs.renameSync = (from, to) => {
-        if (String(to).includes("gone-")) throw eio("rename");
-        real.rename(from, to);
-      };
-      fs.unlinkSync = (path) => {
-        if (String(path) === partial) throw eio("unlink");
-        real.unlink(path);
-      };
-      syncBuiltinESMExports();
-      try {
-        await c.call("storage.upload.commit", "obj://w/small", { upload, sha256: sha(data), size: data.length });
-      } finally {
-        fs.renameSync = real.rename;
-        fs.unlinkSync = real.unlink;
-        syncBuiltinESMExports();
-      }
+      await whileStuck(partial, () =>
+        c.call("storage.upload.commit", "obj://w/small", { upload, sha256: sha(data), size: data.length }),
+      );
       assert.deepEqual(tmpFiles(home), [partial.slice(partial.lastIndexOf("/") + 1)], "its partial file is left in tmp/");
     } finally {
       await t.stop();

@@ -3,6 +3,8 @@
  * share (one definition, re-exported by each test harness). Not used by any runtime code.
  */
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import fs from "node:fs";
+import { syncBuiltinESMExports } from "node:module";
 import { Worker } from "node:worker_threads";
 import { KpipError } from "./errors.js";
 
@@ -171,4 +173,30 @@ export function structural(v: unknown): unknown {
     );
   }
   return v;
+}
+
+/**
+ * Runs `fn` while the file system refuses (EIO) to move or remove the file at `path`: node:fs's
+ * `renameSync` from it and `unlinkSync` of it throw, in this process (named imports of node:fs
+ * included, kept in step by syncBuiltinESMExports). Restored after, however `fn` ends.
+ */
+export async function whileStuck<T>(path: string, fn: () => Promise<T>): Promise<T> {
+  const real = { rename: fs.renameSync, unlink: fs.unlinkSync };
+  const eio = (op: string) => Object.assign(new Error(`EIO: i/o error, ${op}`), { code: "EIO" });
+  fs.renameSync = (from, to) => {
+    if (String(from) === path) throw eio("rename");
+    real.rename(from, to);
+  };
+  fs.unlinkSync = (p) => {
+    if (String(p) === path) throw eio("unlink");
+    real.unlink(p);
+  };
+  syncBuiltinESMExports();
+  try {
+    return await fn();
+  } finally {
+    fs.renameSync = real.rename;
+    fs.unlinkSync = real.unlink;
+    syncBuiltinESMExports();
+  }
 }
