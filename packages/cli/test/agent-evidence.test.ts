@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { generateIdentity, parseIdentity } from "@kpip/protocol";
+import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker, until } from "@kpip/protocol/testing";
-import { DISPATCH } from "./run.js";
+import { connectAdmin, DISPATCH } from "./run.js";
 
 // The investigator's side of an agent's life: what its token allowed, and what ended it.
 const cli = new CommandWorker(DISPATCH);
@@ -34,12 +34,7 @@ async function stage(home: string) {
   await k.start();
   const clients: KernelClient[] = [];
   try {
-    const admin = await KernelClient.connect({
-      socket: k.socketPath,
-      identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-      tokens: [readFileSync(k.adminToken, "utf8").trim()],
-      reconnect: false,
-    });
+    const admin = await connectAdmin(home);
     clients.push(admin);
     const eve = generateIdentity("eve");
     await admin.personas.register("eve", eve.publicKey);

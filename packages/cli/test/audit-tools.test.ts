@@ -20,14 +20,14 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
 import { AuditLog, type AuditRow, Kernel, openAuditReader, recordBytes, SqliteStore } from "@kpip/kernel";
-import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity, parseIdentity } from "@kpip/protocol";
+import { attenuate, decodeToken, derivedTokenId, encodeToken, generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
 import Database from "better-sqlite3";
 import { globMatcher, parseSeqRange, parseTime, patternTest, recordTokenIds } from "../src/audit/filters.js";
 import { PAIR_LOOKBACK, timeline } from "../src/audit/timeline.js";
 import { type TokenNode, treeDot } from "../src/audit/tokens.js";
 import { hashTree } from "./evidence.js";
-import { DISPATCH } from "./run.js";
+import { connectAdmin, DISPATCH } from "./run.js";
 
 const MAIN = fileURLToPath(new URL("../src/main.js", import.meta.url));
 // Most runs here are short (a refusal, a page of records): one worker thread runs them all, not a
@@ -122,12 +122,7 @@ async function asAdmin(home: string, f: (c: KernelClient) => Promise<void>): Pro
   const k = new Kernel({ home, logLevel: "silent" });
   await k.start();
   try {
-    const c = await KernelClient.connect({
-      socket: k.socketPath,
-      identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-      tokens: [readFileSync(k.adminToken, "utf8").trim()],
-      reconnect: false,
-    });
+    const c = await connectAdmin(home);
     try {
       await f(c);
     } finally {
@@ -257,12 +252,7 @@ describe("kpip audit tail -f", () => {
       for (let i = 0; i < 600 && seqs().length === 0; i++) await new Promise((r) => setTimeout(r, 50));
       const first = seqs()[0] as number;
       assert.ok(first > 0, "tail printed the newest record");
-      const c = await KernelClient.connect({
-        socket: k.socketPath,
-        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-        tokens: [readFileSync(k.adminToken, "utf8").trim()],
-        reconnect: false,
-      });
+      const c = await connectAdmin(home);
       // Thousands of records between two of its looks (it looks every 250 ms), at 64 in flight.
       let left = 3000;
       await Promise.all(

@@ -1,14 +1,12 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
-import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { parseIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
-import { DISPATCH } from "./run.js";
+import { connectAdmin, DISPATCH } from "./run.js";
 
 // What exactly was written, when the record cannot keep the bytes: an intent past
 // auditIntentMaxBytes (64 KiB) keeps its hash only, which is the hash of the whole intent.
@@ -29,12 +27,7 @@ describe("the bytes of a write too large for its record", () => {
     try {
       const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
       await k.start();
-      const c = await KernelClient.connect({
-        socket: k.socketPath,
-        identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-        tokens: [readFileSync(k.adminToken, "utf8").trim()],
-        reconnect: false,
-      });
+      const c = await connectAdmin(home);
       for (const [target, data] of Object.entries(bodies)) await c.storage.write(target, data);
       await c.close();
       await k.stop();

@@ -1,13 +1,13 @@
 import assert from "node:assert/strict";
-import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { KernelClient } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
-import { generateIdentity, parseIdentity } from "@kpip/protocol";
+import { generateIdentity } from "@kpip/protocol";
 import { CommandWorker } from "@kpip/protocol/testing";
-import { DISPATCH } from "./run.js";
+import { connectAdmin, DISPATCH } from "./run.js";
 
 // An event's effect is its delivery: did what a hostile persona emitted reach anyone?
 const cli = new CommandWorker(DISPATCH);
@@ -21,12 +21,7 @@ describe("an emitted event in the evidence", () => {
       await k.start();
       const clients: KernelClient[] = [];
       try {
-        const admin = await KernelClient.connect({
-          socket: k.socketPath,
-          identity: parseIdentity(readFileSync(k.adminIdentity, "utf8")),
-          tokens: [readFileSync(k.adminToken, "utf8").trim()],
-          reconnect: false,
-        });
+        const admin = await connectAdmin(home);
         clients.push(admin);
         const eve = generateIdentity("eve");
         await admin.personas.register("eve", eve.publicKey);

@@ -1,5 +1,8 @@
 import { type ChildProcess, spawn, spawnSync } from "node:child_process";
+import { readFileSync } from "node:fs";
+import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { KernelClient, loadIdentity } from "@kpip/client";
 import { outputIncludes } from "@kpip/protocol/testing";
 
 /** The installed command: the bundled entry, which hands every command it does not bundle to dist/src/main.js. */
@@ -53,3 +56,13 @@ export const mintArgs = (persona: string, allow: string, ...rest: string[]): str
   "1h",
   ...rest,
 ];
+
+/** The admin persona's client to the kernel serving `home` (its socket, identity and root token in the home). */
+export function connectAdmin(home: string): Promise<KernelClient> {
+  return KernelClient.connect({
+    socket: join(home, "kernel.sock"),
+    identity: loadIdentity(join(home, "admin.identity")),
+    tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
+    reconnect: false,
+  });
+}

@@ -7,7 +7,7 @@ import { after, describe, it } from "node:test";
 import { KernelClient, loadIdentity } from "@kpip/client";
 import { Kernel } from "@kpip/kernel";
 import { CommandWorker, whileStuck } from "@kpip/protocol/testing";
-import { childKernel, DISPATCH } from "./run.js";
+import { childKernel, connectAdmin, DISPATCH } from "./run.js";
 
 // An upload lives in the kernel's memory: SIGKILLed, the kernel leaves only its partial file,
 // which the next start removes. The record must end it all the same, or an investigator cannot
@@ -22,15 +22,6 @@ interface Row {
   target: string;
   message: string | null;
   detail: Record<string, unknown> | null;
-}
-
-function connectAdmin(home: string) {
-  return KernelClient.connect({
-    socket: join(home, "kernel.sock"),
-    identity: loadIdentity(join(home, "admin.identity")),
-    tokens: [readFileSync(join(home, "admin.token"), "utf8").trim()],
-    reconnect: false,
-  });
 }
 
 async function uploadEnds(home: string): Promise<Row[]> {
