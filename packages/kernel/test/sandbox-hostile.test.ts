@@ -385,6 +385,56 @@ describe("memory no bound of the sandbox counts", { skip: keyringSkip }, () => {
   });
 });
 
+/** sendmsg(2)'s number where the test knows it (its struct msghdr is laid out as on x86-64). */
+const SENDMSG: Record<string, number> = { x64: 46, arm64: 211 };
+
+describe("a socket whose close waits, handed to the kernel", { skip: keyringSkip }, () => {
+  const s = kernelForSuite();
+  it("a sandboxed process can give no socket a linger time, nor make an io_uring that could: a TCP socket it hands over its stdout closes at once in the kernel, which keeps serving", async () => {
+    // A descriptor sent over the agent's stdout (SCM_RIGHTS) is dropped by the kernel's read, its
+    // last reference closed in the kernel's thread: a TCP socket on the sandbox's loopback with
+    // unsent data its peer (kept open, never read) does not take, and a linger time, held the
+    // kernel's event loop in that close for the linger's length (15 s measured for 15, no request
+    // answered, no deadline or kill run). 120 here: without the filter the test stalls that long.
+    const script = `use Socket; use Fcntl;
+      socket(my $l, PF_INET, SOCK_STREAM, 0) or die "socket: $!"; bind($l, pack_sockaddr_in(0, inet_aton("127.0.0.1"))) or die "bind: $!";
+      listen($l, 1) or die "listen: $!"; my ($port) = unpack_sockaddr_in(getsockname($l));
+      socket(my $c, PF_INET, SOCK_STREAM, 0) or die; connect($c, pack_sockaddr_in($port, inet_aton("127.0.0.1"))) or die "connect: $!";
+      accept(my $peer, $l) or die "accept: $!";
+      fcntl($c, F_SETFL, O_NONBLOCK); my $b = "x" x 65536; my $q = 0; while (1) { my $n = send($c, $b, 0); last unless defined $n; $q += $n }
+      $| = 1; print "queued $q\\n";
+      print setsockopt($c, SOL_SOCKET, SO_LINGER, pack("ii", 1, 120)) ? "linger set\\n" : "linger: $!\\n";
+      my $params = "\\0" x 120; my $ring = syscall(425, 1, $params); print $ring < 0 ? "io_uring: $!\\n" : "io_uring made\\n";
+      my $data = "x"; my $iov = pack("QQ", unpack("Q", pack("p", $data)), 1);
+      my $cmsg = pack("QiiiI", 20, 1, 1, fileno($c), 0);
+      my $msg = pack("QLx4QQQQix4", 0, 0, unpack("Q", pack("p", $iov)), 1, unpack("Q", pack("p", $cmsg)), 24, 0);
+      print syscall(${SENDMSG[process.arch] ?? 0}, 1, $msg, 0) == 1 ? "handed over\\n" : "sendmsg: $!\\n"; close($c);
+      sleep 3600;`;
+    await s.admin.agents.spawn("perl", "linger", { args: ["-e", script], rights: [], lifetimeMs: 600_000 });
+    try {
+      let out = "";
+      await until(
+        async () => {
+          const l = await s.admin.agents.logs("agent://perl/linger");
+          out = Buffer.from(l.stdout).toString() + Buffer.from(l.stderr).toString();
+          return (
+            /(handed over|sendmsg: .*)$/m.test(out) || (await s.admin.agents.status("agent://perl/linger")).state !== "running"
+          );
+        },
+        60_000,
+        "the socket handed over",
+      );
+      assert.match(out, /^queued \d+$/m, out);
+      assert.match(out, /^linger: Operation not permitted$/m, out);
+      assert.match(out, /^io_uring: Operation not permitted$/m, out);
+      assert.match(out, /handed over$/m, out);
+      assert.equal(((await s.admin.call("system.health", "kernel://")).payload as { status: string }).status, "ok");
+    } finally {
+      await s.admin.agents.kill("agent://perl/linger");
+    }
+  });
+});
+
 describe("the kernel keyring, which no namespace separates", { skip: keyringSkip }, () => {
   const { addKey, keyctl } = keyCalls ?? { addKey: 0, keyctl: 0 };
   // Perl's syscall passes a variable's string by pointer (a literal would be read-only).

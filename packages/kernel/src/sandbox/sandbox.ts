@@ -429,7 +429,7 @@ export class Sandbox {
       this.filter = this.features.seccomp ? sandboxFilter() : undefined;
       if (!this.filter)
         this.weakened.push(
-          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there), can make its sandbox's processes outlive the command and the kernel (by taking over the sandbox's init and clearing its parent-death signal), and can hold host memory that sandboxMemoryBytes does not count (memfds, System V shared memory, message queues, semaphores)`,
+          `no seccomp filter (${this.features.seccomp ? `no syscall table for ${process.arch}` : "bubblewrap lacks --seccomp"}): a sandboxed process shares the kernel's session keyring (its keys, and keys other sandboxes leave there), can make its sandbox's processes outlive the command and the kernel (by taking over the sandbox's init and clearing its parent-death signal), can hold host memory that sandboxMemoryBytes does not count (memfds, System V shared memory, message queues, semaphores), and can stall the kernel's event loop by handing it, over its output, a socket whose close lingers`,
         );
     }
     this.unavailable = this.probe();

@@ -33,6 +33,16 @@
  * sets in the kernel's own memory. Under memory pressure the OOM killer, which counts only what a
  * process maps, then takes other sandboxes' processes first. POSIX shared memory (`shm_open`, a
  * file in the sized /dev/shm) stays.
+ *
+ * A socket whose close waits (`setsockopt(SOL_SOCKET, SO_LINGER)` with a time) and the io_uring
+ * calls that could set that option beyond this filter (`IORING_OP_URING_CMD`'s setsockopt, Linux
+ * 6.7 and later). A program's stdout and stderr, and an agent's connection, are Unix sockets the
+ * kernel reads; a descriptor sent over one (SCM_RIGHTS) is dropped by that read, its last
+ * reference closed in the kernel's own thread. A TCP socket (on the sandbox's loopback) with unsent
+ * data its peer never reads and a linger of an hour, so handed over, held the kernel's event loop
+ * in that close for the hour: no request, no deadline, no kill ran. Closing the linger off
+ * (`l_onoff` 0) is refused too: the filter cannot read the value. i386's `socketcall`, which
+ * passes its arguments in memory, is refused for setsockopt.
  */
 
 /** `struct seccomp_data`: the syscall number at offset 0, the audit architecture at 4, the arguments (u64 each) from 16. */
@@ -47,27 +57,42 @@ const SECCOMP_RET_ERRNO = 0x00050000;
 const EPERM = 1;
 const PR_SET_PDEATHSIG = 1;
 const SIGKILL = 9;
+const SOL_SOCKET = 1;
+const SO_LINGER = 13;
+/** socketcall(2)'s call number for setsockopt (i386). */
+const SYS_SETSOCKOPT = 14;
+/** io_uring_setup, the same number everywhere (asm-generic): without a ring nothing else of io_uring is reachable. */
+const IO_URING_SETUP = 425;
 /** x32 system calls are x86_64's with this bit set. */
 const X32 = 0x40000000;
 
 /**
  * The calls the filter looks at, by audit architecture (AUDIT_ARCH_*): those it refuses (the
- * keyring's; memfd_create, memfd_secret; shmget, msgget, semget, and i386's ipc), and prctl.
+ * keyring's; memfd_create, memfd_secret; shmget, msgget, semget, and i386's ipc; io_uring_setup),
+ * prctl, setsockopt (refused for SO_LINGER) and i386's socketcall (refused for setsockopt).
  */
-const CALLS: Record<string, { arch: number; denied: number[]; prctl: number[] }[]> = {
+const CALLS: Record<string, { arch: number; denied: number[]; prctl: number[]; sockopt: number[]; socketcall?: number }[]> = {
   x64: [
-    // x86_64 (and its x32 ABI, same audit architecture) and i386 (int 0x80 still works on x86_64).
+    // x86_64 (and its x32 ABI, same audit architecture, whose setsockopt is 541) and i386
+    // (int 0x80 still works on x86_64).
     {
       arch: 0xc000003e,
-      denied: [248, 249, 250, 319, 447, 29, 68, 64].flatMap((n) => [n, X32 | n]),
+      denied: [248, 249, 250, 319, 447, 29, 68, 64, IO_URING_SETUP].flatMap((n) => [n, X32 | n]),
       prctl: [157, X32 | 157],
+      sockopt: [54, X32 | 54, X32 | 541],
     },
-    { arch: 0x40000003, denied: [286, 287, 288, 356, 447, 395, 399, 393, 117], prctl: [172] },
+    {
+      arch: 0x40000003,
+      denied: [286, 287, 288, 356, 447, 395, 399, 393, 117, IO_URING_SETUP],
+      prctl: [172],
+      sockopt: [366],
+      socketcall: 102,
+    },
   ],
   arm64: [
     // aarch64 and 32-bit ARM (compat).
-    { arch: 0xc00000b7, denied: [217, 218, 219, 279, 447, 194, 186, 190], prctl: [167] },
-    { arch: 0x40000028, denied: [309, 310, 311, 385, 307, 303, 299], prctl: [172] },
+    { arch: 0xc00000b7, denied: [217, 218, 219, 279, 447, 194, 186, 190, IO_URING_SETUP], prctl: [167], sockopt: [208] },
+    { arch: 0x40000028, denied: [309, 310, 311, 385, 307, 303, 299, IO_URING_SETUP], prctl: [172], sockopt: [294] },
   ],
 };
 
@@ -84,11 +109,13 @@ export function sandboxFilter(arch: string = process.arch): Buffer | undefined {
   /** The low 32 bits of argument `i` (what an `int` parameter is, and all a signal number can be). */
   const lowWord = (i: number) => ARGS + 8 * i + (le ? 0 : 4);
   const prog: (Insn | string)[] = [{ code: BPF_LD_W_ABS, jt: 0, jf: 0, k: ARCH }];
-  table.forEach(({ arch: a, denied, prctl }, i) => {
+  table.forEach(({ arch: a, denied, prctl, sockopt, socketcall }, i) => {
     const next = `arch${i + 1}`;
     prog.push({ code: BPF_JEQ_K, jt: 0, jf: next, k: a }, { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: NR });
     for (const nr of denied) prog.push({ code: BPF_JEQ_K, jt: "deny", jf: 0, k: nr });
     for (const nr of prctl) prog.push({ code: BPF_JEQ_K, jt: "prctl", jf: 0, k: nr });
+    for (const nr of sockopt) prog.push({ code: BPF_JEQ_K, jt: "sockopt", jf: 0, k: nr });
+    if (socketcall !== undefined) prog.push({ code: BPF_JEQ_K, jt: "socketcall", jf: 0, k: socketcall });
     prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW }, next);
   });
   // Any other architecture's calls (none on these hosts) are allowed, as without a filter.
@@ -101,6 +128,16 @@ export function sandboxFilter(arch: string = process.arch): Buffer | undefined {
     { code: BPF_JEQ_K, jt: 0, jf: "allow", k: PR_SET_PDEATHSIG },
     { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(1) },
     { code: BPF_JEQ_K, jt: "allow", jf: "deny", k: SIGKILL },
+    // setsockopt(fd, level, optname, …): SOL_SOCKET's SO_LINGER refused (both ints: their low words).
+    "sockopt",
+    { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(1) },
+    { code: BPF_JEQ_K, jt: 0, jf: "allow", k: SOL_SOCKET },
+    { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(2) },
+    { code: BPF_JEQ_K, jt: "deny", jf: "allow", k: SO_LINGER },
+    // socketcall(call, args): its arguments are in memory, out of the filter's sight; setsockopt refused whole.
+    "socketcall",
+    { code: BPF_LD_W_ABS, jt: 0, jf: 0, k: lowWord(0) },
+    { code: BPF_JEQ_K, jt: "deny", jf: "allow", k: SYS_SETSOCKOPT },
     "allow",
     { code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW },
     "deny",
