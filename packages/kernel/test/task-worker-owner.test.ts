@@ -104,6 +104,21 @@ describe("the shared task workers serve one persona at a time", () => {
     });
   });
 
+  it("a persona tree taking turns under several persona ids ends its own idle workers for new ones, not another tree's warm worker", async () => {
+    await withTasks({}, { memoize: "memoize", thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      // One tree, three persona ids (sub-personas it registers, or its agents): each id a worker of its own.
+      const mallories = [await tasker(t, "mallory"), await tasker(t, "mallory/b"), await tasker(t, "mallory/c")];
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { put: ["report", "alice's"] })), null);
+      const a = await alice.ops.wait(await alice.compute.task("thread"));
+      // One running and two idle kept (computeWorkers 1, computeIdleWorkers 2): each new id of mallory's
+      // ended the idle worker used longest ago, whoever's — alice's first of all.
+      for (let round = 0; round < 2; round++) for (const m of mallories) await m.ops.wait(await m.compute.task("thread"));
+      assert.equal(await alice.ops.wait(await alice.compute.task("thread")), a, "alice's warm worker is still hers");
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { get: "report" })), "alice's");
+    });
+  });
+
   it("an idle worker its persona's leftover keeps busy is ended at the housekeeping tick: the persona's next task runs on a new one", async () => {
     await withTasks({ heartbeatMs: 200 }, { "late-spin": "lateSpin", square: "square" }, async (t) => {
       const mallory = await tasker(t, "mallory");

@@ -586,7 +586,7 @@ export class ComputeEngine {
 
   /**
    * The worker for a task of `persona` ({@link hasRoom} said there is one): an idle one that ran
-   * only its tasks or none, else a new one — in place of an idle worker of another persona's when
+   * only its tasks or none, else a new one — in place of an idle worker (its own tree's first) when
    * the pool is full. A worker shared across personas carried one persona's task's leftovers into
    * another's: its module-scope cache (another persona's data read back), a prototype its input
    * steered the embedder's code to change (another's results wrong), a timer left spinning (the
@@ -597,9 +597,14 @@ export class ComputeEngine {
     const own = idle.find((w) => w.owner?.persona === persona) ?? idle.find((w) => w.owner === undefined);
     if (own) return own;
     if (this.pool.length >= this.maxPool) {
-      // hasRoom: fewer than `workers` busy, so more than idleWorkers idle — the one used longest ago goes.
-      let other = idle[0] as PooledWorker;
-      for (const w of idle) if (w.used < other.used) other = w;
+      // hasRoom: fewer than `workers` busy, so more than idleWorkers idle — the one used longest ago
+      // goes, of the persona's own tree first: a tree taking turns under several persona ids (its
+      // sub-personas, its agents) otherwise ended every other tree's warm worker, one new id a task.
+      const tree = this.roots.of(persona);
+      const ours = idle.filter((w) => w.owner !== undefined && this.roots.of(w.owner.persona) === tree);
+      const from = ours.length > 0 ? ours : idle;
+      let other = from[0] as PooledWorker;
+      for (const w of from) if (w.used < other.used) other = w;
       this.endIdle(other, "evicted");
     }
     return this.newWorker();
