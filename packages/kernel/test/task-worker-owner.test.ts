@@ -153,6 +153,27 @@ describe("the shared task workers serve one persona at a time", () => {
     });
   });
 
+  it("a leftover that keeps its idle worker busy between its persona's tasks, each sooner than two ticks, is ended when the next task comes", async () => {
+    // No housekeeping tick in the test's time: the persona's tasks come more often than the ticks that
+    // would judge its idle worker (two idle ticks in a row; by default 2.5 s apart).
+    const quiet = { heartbeatMs: 600_000, handshakeTimeoutMs: 600_000 };
+    await withTasks(quiet, { "late-duty": "lateDuty", thread: "thread" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const trap = join(t.home, "trap");
+      const first = await mallory.ops.wait(await mallory.compute.task("thread"));
+      // Its leftover, busy 90 ms of every 100 and yielding between, so its persona's next tasks still run there.
+      const armed = await mallory.compute.task("late-duty", { path: trap, busy: 90, period: 100 });
+      assert.equal(await mallory.ops.wait(armed), "armed");
+      writeFileSync(trap, "");
+      await until(() => existsSync(`${trap}.duty`));
+      // At least this long busy, by the wall clock (the leftover's callbacks count as they run).
+      await new Promise((r) => setTimeout(r, 600));
+      // Each task reset what its idle time was judged by: a task a tick kept it burning a core for ever.
+      assert.notEqual(await mallory.ops.wait(await mallory.compute.task("thread")), first, "a new worker took the task");
+      assert.equal(await endedWorkers(t, "spinning"), 1);
+    });
+  });
+
   it("a task its input steers to hoard memory fails RESOURCE at computeWorkerHeapMb: its worker ends, not the kernel, and the next tasks run", async () => {
     await withTasks({ computeWorkerHeapMb: 32 }, { hoard: "hoard", square: "square" }, async (t) => {
       const mallory = await tasker(t, "mallory");
