@@ -161,13 +161,14 @@ describe("the shared task workers serve one persona at a time", () => {
       const mallory = await tasker(t, "mallory");
       const trap = join(t.home, "trap");
       const first = await mallory.ops.wait(await mallory.compute.task("thread"));
-      // Its leftover, busy 90 ms of every 100 and yielding between, so its persona's next tasks still run there.
+      // Its leftover, busy 90 ms of every 100 and yielding between, so its persona's next tasks still
+      // run there; armed already, it starts within a period of the task's end, whatever this process's pace.
+      writeFileSync(trap, "");
       const armed = await mallory.compute.task("late-duty", { path: trap, busy: 90, period: 100 });
       assert.equal(await mallory.ops.wait(armed), "armed");
-      writeFileSync(trap, "");
       await until(() => existsSync(`${trap}.duty`));
-      // At least this long busy, by the wall clock (the leftover's callbacks count as they run).
-      await new Promise((r) => setTimeout(r, 600));
+      // At least this long busy since, by the wall clock (the leftover's callbacks count as they run).
+      await new Promise((r) => setTimeout(r, 1000));
       // Each task reset what its idle time was judged by: a task a tick kept it burning a core for ever.
       assert.notEqual(await mallory.ops.wait(await mallory.compute.task("thread")), first, "a new worker took the task");
       assert.equal(await endedWorkers(t, "spinning"), 1);
