@@ -135,8 +135,8 @@ const IDLE_BUSY_MAX_MS = 1000;
 
 /**
  * Least milliseconds an idle worker's event loop is busy since its last task before its next task
- * ends it as a leftover's ({@link ComputeEngine.spunIdle}): a task's own after-work (a collection
- * of its heap) is not taken for one.
+ * ends it as a leftover's ({@link ComputeEngine.spunIdle}): a task's short after-work (a collection
+ * of its heap) is not taken for one. A longer one only costs its persona a new worker, never a task.
  */
 const IDLE_SPUN_MIN_MS = 250;
 
