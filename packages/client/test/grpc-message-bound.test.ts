@@ -82,4 +82,15 @@ describe("gRPC messages a peer posing as the kernel sends", () => {
     const got = await receive(k.address);
     assert.equal(got.delivered, GRPC_MAX_MESSAGE_BYTES);
   });
+
+  it("a maxMessageBytes that is not a positive whole number is refused when the connector is made, never taken as no bound", () => {
+    // -1 is grpc-js's "unlimited" (the 1 MiB bound undone); 0 and below made the send's split loop for ever.
+    for (const maxMessageBytes of [-1, 0, 0.5, Number.NaN, Number.POSITIVE_INFINITY])
+      assert.throws(
+        () => new GrpcConnector({ address: "unix:/nowhere.sock", insecure: true, maxMessageBytes }),
+        RangeError,
+        String(maxMessageBytes),
+      );
+    assert.ok(new GrpcConnector({ address: "unix:/nowhere.sock", insecure: true, maxMessageBytes: 4096 }));
+  });
 });

@@ -104,6 +104,21 @@ describe("the shared task workers serve one persona at a time", () => {
     });
   });
 
+  it("a persona tree taking turns under several persona ids ends its own idle workers for new ones, not another tree's warm worker", async () => {
+    await withTasks({}, { memoize: "memoize", thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      // One tree, three persona ids (sub-personas it registers, or its agents): each id a worker of its own.
+      const mallories = [await tasker(t, "mallory"), await tasker(t, "mallory/b"), await tasker(t, "mallory/c")];
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { put: ["report", "alice's"] })), null);
+      const a = await alice.ops.wait(await alice.compute.task("thread"));
+      // One running and two idle kept (computeWorkers 1, computeIdleWorkers 2): each new id of mallory's
+      // ended the idle worker used longest ago, whoever's — alice's first of all.
+      for (let round = 0; round < 2; round++) for (const m of mallories) await m.ops.wait(await m.compute.task("thread"));
+      assert.equal(await alice.ops.wait(await alice.compute.task("thread")), a, "alice's warm worker is still hers");
+      assert.equal(await alice.ops.wait(await alice.compute.task("memoize", { get: "report" })), "alice's");
+    });
+  });
+
   it("an idle worker its persona's leftover keeps busy is ended at the housekeeping tick: the persona's next task runs on a new one", async () => {
     await withTasks({ heartbeatMs: 200 }, { "late-spin": "lateSpin", square: "square" }, async (t) => {
       const mallory = await tasker(t, "mallory");
@@ -135,6 +150,28 @@ describe("the shared task workers serve one persona at a time", () => {
       while ((await endedWorkers(t, "spinning")) === 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 20));
       assert.equal(await endedWorkers(t, "spinning"), 1);
       assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 7, { timeoutMs: 60_000 })), 49);
+    });
+  });
+
+  it("a leftover that keeps its idle worker busy between its persona's tasks, each sooner than two ticks, is ended when the next task comes", async () => {
+    // No housekeeping tick in the test's time: the persona's tasks come more often than the ticks that
+    // would judge its idle worker (two idle ticks in a row; by default 2.5 s apart).
+    const quiet = { heartbeatMs: 600_000, handshakeTimeoutMs: 600_000 };
+    await withTasks(quiet, { "late-duty": "lateDuty", thread: "thread" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      const trap = join(t.home, "trap");
+      const first = await mallory.ops.wait(await mallory.compute.task("thread"));
+      // Its leftover, busy 90 ms of every 100 and yielding between, so its persona's next tasks still
+      // run there; armed already, it starts within a period of the task's end, whatever this process's pace.
+      writeFileSync(trap, "");
+      const armed = await mallory.compute.task("late-duty", { path: trap, busy: 90, period: 100 });
+      assert.equal(await mallory.ops.wait(armed), "armed");
+      await until(() => existsSync(`${trap}.duty`));
+      // At least this long busy since, by the wall clock (the leftover's callbacks count as they run).
+      await new Promise((r) => setTimeout(r, 1000));
+      // Each task reset what its idle time was judged by: a task a tick kept it burning a core for ever.
+      assert.notEqual(await mallory.ops.wait(await mallory.compute.task("thread")), first, "a new worker took the task");
+      assert.equal(await endedWorkers(t, "spinning"), 1);
     });
   });
 

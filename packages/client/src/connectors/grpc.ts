@@ -33,7 +33,8 @@ export interface GrpcConnectorOptions {
    * Largest gRPC message received and sent, in bytes (default and most 1 MiB,
    * GRPC_MAX_MESSAGE_BYTES: PROTOCOL §3.6 bounds a message at that in both directions). grpc-js
    * holds a message whole, inflated when the peer compressed it, before the client reads a byte of
-   * it: the bound is what a peer posing as a kernel can make the client hold.
+   * it: the bound is what a peer posing as a kernel can make the client hold. A whole number from
+   * 1 (the constructor throws RangeError otherwise).
    */
   maxMessageBytes?: number;
   /** How long to wait for the stream to open (default 5000 ms). */
@@ -64,6 +65,11 @@ export class GrpcConnector implements Connector {
 
   constructor(private readonly opts: GrpcConnectorOptions) {
     this.address = opts.address;
+    // Only a lower bound: -1 is grpc-js's "unlimited" (the bound undone), and 0 or less made the
+    // split of what is sent (writeMessages) loop for ever.
+    const max = opts.maxMessageBytes;
+    if (max !== undefined && !(Number.isSafeInteger(max) && max >= 1))
+      throw new RangeError(`maxMessageBytes must be a whole number of bytes from 1 to ${GRPC_MAX_MESSAGE_BYTES}, not ${max}`);
     // TLS is required off loopback (PROTOCOL §3.6): a kernel will not listen there in plaintext,
     // so plaintext to such an address reaches something else — a proxy or whoever is on the path.
     if (opts.insecure && !LOCAL_ADDRESS.test(opts.address))

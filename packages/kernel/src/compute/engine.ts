@@ -133,6 +133,13 @@ interface Running {
  */
 const IDLE_BUSY_MAX_MS = 1000;
 
+/**
+ * Least milliseconds an idle worker's event loop is busy since its last task before its next task
+ * ends it as a leftover's ({@link ComputeEngine.spunIdle}): a task's short after-work (a collection
+ * of its heap) is not taken for one. A longer one only costs its persona a new worker, never a task.
+ */
+const IDLE_SPUN_MIN_MS = 250;
+
 /** Why the engine ended an idle worker (`kpip_task_workers_ended_total`'s reason). */
 type IdleEnd = "evicted" | "spinning" | "removed";
 
@@ -153,6 +160,8 @@ interface PooledWorker {
   elu?: EventLoopUtilization;
   /** Milliseconds its event loop was busy while idle since its last task, as the ticks saw them. */
   idleBusyMs?: number;
+  /** Its event loop's use when its last task ended ({@link ComputeEngine.spunIdle}). */
+  endedAt?: EventLoopUtilization;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
   /** It ended out of memory (workerHeapMb): its task fails RESOURCE, not INTERNAL. */
@@ -586,7 +595,7 @@ export class ComputeEngine {
 
   /**
    * The worker for a task of `persona` ({@link hasRoom} said there is one): an idle one that ran
-   * only its tasks or none, else a new one — in place of an idle worker of another persona's when
+   * only its tasks or none, else a new one — in place of an idle worker (its own tree's first) when
    * the pool is full. A worker shared across personas carried one persona's task's leftovers into
    * another's: its module-scope cache (another persona's data read back), a prototype its input
    * steered the embedder's code to change (another's results wrong), a timer left spinning (the
@@ -595,14 +604,42 @@ export class ComputeEngine {
   private workerFor(persona: string): PooledWorker {
     const idle = this.pool.filter((w) => w.busy === undefined);
     const own = idle.find((w) => w.owner?.persona === persona) ?? idle.find((w) => w.owner === undefined);
+    if (own && this.spunIdle(own)) {
+      this.endIdle(own, "spinning");
+      return this.workerFor(persona);
+    }
     if (own) return own;
     if (this.pool.length >= this.maxPool) {
-      // hasRoom: fewer than `workers` busy, so more than idleWorkers idle — the one used longest ago goes.
-      let other = idle[0] as PooledWorker;
-      for (const w of idle) if (w.used < other.used) other = w;
+      // hasRoom: fewer than `workers` busy, so more than idleWorkers idle — the one used longest ago
+      // goes, of the persona's own tree first: a tree taking turns under several persona ids (its
+      // sub-personas, its agents) otherwise ended every other tree's warm worker, one new id a task.
+      const tree = this.roots.of(persona);
+      const ours = idle.filter((w) => w.owner !== undefined && this.roots.of(w.owner.persona) === tree);
+      const from = ours.length > 0 ? ours : idle;
+      let other = from[0] as PooledWorker;
+      for (const w of from) if (w.used < other.used) other = w;
       this.endIdle(other, "evicted");
     }
     return this.newWorker();
+  }
+
+  /**
+   * Whether an idle worker's event loop was busy more than half the time since its last task ended,
+   * for {@link IDLE_SPUN_MIN_MS} at least: a task's leftover spinning. The ticks' rule
+   * ({@link endSpinningIdle}) judges a worker idle through two ticks, and each task starts its
+   * judging again: a persona whose tasks came more often than that (one each 2.5 s, the default
+   * tick) kept a leftover burning a core between them for ever, outside every deadline and beside
+   * the `workers` that bound the tasks running.
+   */
+  private spunIdle(w: PooledWorker): boolean {
+    if (w.endedAt === undefined) return false;
+    const since = w.worker.performance.eventLoopUtilization(w.endedAt);
+    if (since.utilization <= 0.5 || since.active < IDLE_SPUN_MIN_MS) return false;
+    this.log.warn(
+      { persona: w.owner?.persona, utilization: since.utilization, busyMs: Math.round(since.active) },
+      "a task worker kept its thread busy since its last task: ended",
+    );
+    return true;
   }
 
   /** Told of each idle worker the engine ends, and why (the kernel's metrics). */
@@ -910,7 +947,10 @@ export class ComputeEngine {
         void w.worker.terminate();
         const i = this.pool.indexOf(w);
         if (i >= 0) this.pool.splice(i, 1);
-      } else w.busy = undefined;
+      } else {
+        w.busy = undefined;
+        w.endedAt = w.worker.performance.eventLoopUtilization();
+      }
       this.pump();
     };
     const onMessage = (m: { id: string; ok: boolean; result?: Uint8Array; message?: string; errorClass?: string }) => {

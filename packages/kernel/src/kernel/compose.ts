@@ -315,14 +315,20 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     // After a clean stop (its last record kernel.stop), a live upload left was one whose commit ran
     // at the stop (the stop ends every other) and did not complete: no kill to speak of.
     const stopped = last?.op === "kernel.stop";
-    for (const u of blobs.leftUploads)
+    for (const u of blobs.leftUploads) {
+      // Its partial file already gone (its body installed — a body no row names, which the start's
+      // sweep removes — or its bytes read into memory for an inline commit).
+      const left = u.committing ? "what it left is removed at this start" : "this start removed its partial file";
       records.uploadEnded(
         { ...u, received: u.bytes },
         stopped ? "kernel stopped" : "kernel killed",
         stopped
-          ? "the kernel stopped while it was being committed, and the commit did not complete: this start removed its partial file"
-          : "the kernel was killed while it was in progress: this start removed its partial file",
+          ? `the kernel stopped while it was being committed, and the commit did not complete: ${left}`
+          : u.committing
+            ? `the kernel was killed while it was in progress, its bytes received and its commit not completed: ${left}`
+            : `the kernel was killed while it was in progress: ${left}`,
       );
+    }
     // A flush the batch bound started outside a tick: a failed WAL sync (the store has failed and
     // says so itself); its bodies stay on disk, unnamed, for the next start's sweep.
     blobs.onFlushError = (e) => log.warn({ err: e }, "removing released object bodies failed; the next start removes them");

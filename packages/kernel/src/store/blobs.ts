@@ -164,9 +164,18 @@ export class BlobStore {
     }
   }
 
-  /** Removes a note of {@link writeNote} (off the thread; none there is fine). */
+  /**
+   * Removes a note of {@link writeNote} (none there is fine). On the thread, before the upload's
+   * end goes on: a note is what the next start ends an upload by — its partial file may be gone
+   * (installed, or read for an inline commit) while it is in progress — so one left behind by a
+   * removal still queued at a kill would end a committed upload again on the record.
+   */
   removeNote(id: string): void {
-    unlink(join(this.notesDir, id), () => {});
+    try {
+      unlinkSync(join(this.notesDir, id));
+    } catch {
+      // None there; or the file system fails, and the next start removes it.
+    }
   }
 
   /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
@@ -561,6 +570,8 @@ export function unlinkQuiet(path: string): boolean {
 export interface LeftUpload {
   id: string;
   bytes: number;
+  /** Its partial file had gone (moved to its address, or read): it was being committed, or kept after a refused commit. */
+  committing?: boolean;
   /** From its note: whose it was, on which target, its declared size, when it began. */
   persona?: string;
   target?: string;
@@ -570,6 +581,7 @@ export interface LeftUpload {
 
 /** An upload's partial file is named for its id (`upload-u-<32 hex>`), its note `uploads/u-<32 hex>`. */
 const UPLOAD_FILE = /^upload-(u-[0-9a-f]{32})$/;
+const NOTE_NAME = /^u-[0-9a-f]{32}$/;
 /** At most this many are told (the uploads one run holds are bounded far below). */
 const LEFT_UPLOADS_MAX = 4096;
 const NOTE_MAX_BYTES = 16 * 1024;
@@ -583,6 +595,7 @@ function leftUploads(tmp: string, names: string[], notes: string): { live: LeftU
   let ended = 0;
   // One buffer for every note read (up to LEFT_UPLOADS_MAX of them at a start).
   const buf = Buffer.alloc(NOTE_MAX_BYTES);
+  const withFile = new Set<string>();
   for (const name of names) {
     const m = UPLOAD_FILE.exec(name);
     if (!m?.[1]) continue;
@@ -595,9 +608,25 @@ function leftUploads(tmp: string, names: string[], notes: string): { live: LeftU
     } catch {
       continue;
     }
+    withFile.add(m[1]);
     const note = readNote(join(notes, m[1]), buf);
     if (note === null) ended++;
     else out.push({ id: m[1], bytes, ...note });
+  }
+  // A note without its partial file: an upload in progress past its commit's first step — its
+  // body moved to its address, or its bytes (under the inline size) read — whose commit had not
+  // completed, or was refused and the upload kept for a retry. A commit needs every declared byte.
+  let noted: string[] = [];
+  try {
+    noted = readdirSync(notes);
+  } catch {
+    // No notes to read: nothing more to tell.
+  }
+  for (const id of noted) {
+    if (out.length >= LEFT_UPLOADS_MAX) break;
+    if (!NOTE_NAME.test(id) || withFile.has(id)) continue;
+    const note = readNote(join(notes, id), buf);
+    if (note !== null) out.push({ id, bytes: note.size ?? 0, committing: true, ...note });
   }
   return { live: out, ended };
 }
