@@ -266,10 +266,11 @@ describe("capabilities", () => {
   });
 });
 
-describe("token.inspect of forged tokens", () => {
+describe("token.inspect of tokens no request can pass", () => {
+  let now = Date.now();
   let t: TestKernel;
   before(async () => {
-    t = await startKernel();
+    t = await startKernel({ clock: () => now });
   });
   after(async () => {
     await t.stop();
@@ -316,5 +317,24 @@ describe("token.inspect of forged tokens", () => {
     // PROTOCOL's token.inspect: `usable` is whether any request can pass it. A reader (a program,
     // the MCP gateway's model) that looks at it was told a forged admin token could.
     assert.equal(seen.effective.usable, false, "a forged token's rights pass nothing");
+  });
+
+  it("token.inspect of a revoked or an expired token says no request can pass it (effective.usable false), as its status says", async () => {
+    const admin = await t.admin();
+    const live = await t.persona("quin", storageWs1, { ttlMs: 60_000 });
+    const gone = await t.persona("rue", storageWs1);
+    assert.equal((await admin.tokens.inspect(live.id, live.token)).effective.usable, true, "a valid token is usable");
+    await admin.tokens.revoke(gone.id);
+    const revoked = await admin.tokens.inspect(gone.id, gone.token);
+    assert.equal(revoked.status, "revoked");
+    assert.equal(revoked.effective.usable, false, "a revoked token was said to be usable");
+    now += 61_000;
+    try {
+      const expired = await admin.tokens.inspect(live.id, live.token);
+      assert.equal(expired.status, "expired");
+      assert.equal(expired.effective.usable, false, "an expired token was said to be usable");
+    } finally {
+      now -= 61_000;
+    }
   });
 });

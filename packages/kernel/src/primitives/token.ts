@@ -103,8 +103,9 @@ export function describeToken(t: Token, enforcer: CapEnforcer, forged = false): 
       maxExp: g.maxExp,
       ...(g.workspaces ? { workspaces: g.workspaces } : {}),
       ...(g.domains ? { domains: g.domains } : {}),
-      // A forged token passes no request, whatever its claims grant (the field says whether any can).
-      usable: g.usable && !forged,
+      // Whether a request can pass it now: never a forged, revoked, expired or not-yet-valid one,
+      // whatever its claims grant (a reader of this field alone was told they could).
+      usable: g.usable && status === "valid",
     },
     status,
   };

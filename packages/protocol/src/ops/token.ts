@@ -113,7 +113,8 @@ export const tokenInspect = defineOp({
         usable: {
           type: "bool",
           required: true,
-          description: "whether any request can pass it (never for a token whose signature does not verify)",
+          description:
+            "whether a request can pass it now: only when `status` is valid (never for a forged, revoked, expired or not-yet-valid token) and its caveats leave it usable",
         },
       },
     },
