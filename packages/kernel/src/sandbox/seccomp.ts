@@ -53,6 +53,8 @@ const BPF_LD_W_ABS = 0x20;
 const BPF_JEQ_K = 0x15;
 const BPF_RET_K = 0x06;
 const SECCOMP_RET_ALLOW = 0x7fff0000;
+/** Before Linux 4.14 (no KILL_PROCESS), an unknown action: the thread is killed. */
+const SECCOMP_RET_KILL_PROCESS = 0x80000000;
 const SECCOMP_RET_ERRNO = 0x00050000;
 const EPERM = 1;
 const PR_SET_PDEATHSIG = 1;
@@ -118,8 +120,10 @@ export function sandboxFilter(arch: string = process.arch): Buffer | undefined {
     if (socketcall !== undefined) prog.push({ code: BPF_JEQ_K, jt: "socketcall", jf: 0, k: socketcall });
     prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW }, next);
   });
-  // Any other architecture's calls (none on these hosts) are allowed, as without a filter.
-  prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_ALLOW });
+  // Any other architecture's calls kill the process. Linux reports none on these hosts (x86_64
+  // or i386 on x86-64; aarch64 or arm on arm64, big-endian too), but a call it did report would
+  // be judged by none of the numbers above: the filter fails closed, not open.
+  prog.push({ code: BPF_RET_K, jt: 0, jf: 0, k: SECCOMP_RET_KILL_PROCESS });
   // prctl: the option is an int (its low word, whatever the high one holds); PR_SET_PDEATHSIG
   // passes with SIGKILL only (a signal number with its high word set is refused by Linux itself).
   prog.push(
