@@ -3,6 +3,7 @@ import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
+import { FAIL_UPLOADS_AFTER_MS } from "./kernel/storage-space.js";
 import { readRegularFile, UnreadableFileError, unsafeDirectoryAboveFile } from "./secure-files.js";
 import { CONTROL_FRAME_RATE } from "./session/control-rate.js";
 import { READ_HOLD_MS } from "./session/read-gauge.js";
@@ -111,6 +112,16 @@ const DECLARED = {
     default: 1024 * 1024 * 1024,
     description:
       "bytes the chunked uploads in progress of one persona tree (its agents and sub-personas included) may declare: its share of maxUploadBytes (the admin persona exempt)",
+  },
+  /**
+   * FAIL_UPLOADS_AFTER_MS (storage-space.ts: why 10 s); a setting so that the tests of a disk
+   * that stays full wait a second for it, not ten.
+   */
+  fullDiskUploadFailMs: {
+    type: "int",
+    default: FAIL_UPLOADS_AFTER_MS,
+    description:
+      "how long (ms) the kernel can record nothing for lack of room before the chunked uploads in progress fail and give their partial bytes back",
   },
   /** An upload with no chunk for this long is discarded with its partial file. */
   uploadIdleMs: { type: "int", default: 600_000, description: "an upload idle this long is discarded with its partial bytes" },

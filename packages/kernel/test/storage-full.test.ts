@@ -606,6 +606,8 @@ describe("uploads in progress while the disk stays full", { skip: noNamespaces }
   it("an upload whose bytes all fitted, holding the room the kernel needs to record anything, fails and gives its bytes back once the disk stays full", async () => {
     const d = disk();
     await onSmallDisk(d, "kpip-full-held-", async (socket) => {
+      // The uploads fail a second into the full disk, not FAIL_UPLOADS_AFTER_MS (10 s): the rule, not its length, is tested.
+      writeFileSync(join(d.root, "config.json"), JSON.stringify({ fullDiskUploadFailMs: 1000 }));
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
         const target = "obj://ws/held";
@@ -628,11 +630,17 @@ describe("uploads in progress while the disk stays full", { skip: noNamespaces }
   });
 });
 
+/** The idle kernel's fullDiskUploadFailMs below. */
+const IDLE_FAIL_MS = 5_000;
+
 describe("uploads in progress while the disk stays full and no one asks", { skip: noNamespaces }, () => {
   const disk = suiteDisk(16);
   it("an upload holding the room fails and gives its bytes back on a kernel that only its own probe keeps trying to record", async () => {
     const d = disk();
     await onSmallDisk(d, "kpip-full-idle-", async (socket) => {
+      // Shorter than FAIL_UPLOADS_AFTER_MS, still past what the bug let the run of refusals last:
+      // each probe began a new run, ended at the next tick (FULL_HOLD_MS and a 2.5 s tick at most).
+      writeFileSync(join(d.root, "config.json"), JSON.stringify({ fullDiskUploadFailMs: IDLE_FAIL_MS }));
       await withHeldKernel(d, socket, [], async (k) => {
         const c = await connect(d.root, socket);
         const target = "obj://ws/idle";
@@ -641,7 +649,7 @@ describe("uploads in progress while the disk stays full and no one asks", { skip
         const upload = await holdRoomThenFill(c, d, target);
         await until(
           () => /uploads in progress failed, their partial bytes freed/.test(k.log()),
-          FAIL_UPLOADS_AFTER_MS + 30_000,
+          IDLE_FAIL_MS + 30_000,
           "the upload failed with no request asking",
         );
         await untilServed(writesAgain(c), 60_000, "a write served with no room freed from outside");

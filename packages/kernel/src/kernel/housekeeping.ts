@@ -10,7 +10,7 @@ import { DedupePruner } from "../store/dedupe-pruner.js";
 import { RepeatedFailureLog } from "../store/storage-full.js";
 import type { KernelServices } from "./compose.js";
 import { PrunerFailures } from "./pruner-failures.js";
-import { FAIL_UPLOADS_AFTER_MS, recordLateRecords } from "./storage-space.js";
+import { recordLateRecords } from "./storage-space.js";
 
 /** Ended agents or finished ops forgotten per slice: each may free two outputs of up to maxOutputBytes. */
 const PRUNE_SLICE = 8;
@@ -81,7 +81,7 @@ export function startHousekeeping(
       checkpointFailures.failed({ err: (e as Error).message });
     }
     storageProbe(s);
-    failUploadsWhileFull(s, now, log);
+    failUploadsWhileFull(s, now, c.fullDiskUploadFailMs, log);
     storeKept(s, log);
     // Object bodies changes stopped naming since the last tick: one WAL sync for the batch, then
     // those still unnamed go (not a sync per delete on a request's turn).
@@ -188,11 +188,11 @@ function flushSuppressedHandshakes(s: KernelServices): void {
 }
 
 /** Nothing could be recorded for a while: the uploads in progress fail, their partial bytes freed (UploadTable.failAll). */
-function failUploadsWhileFull(s: Pick<KernelServices, "space" | "uploads">, now: number, log: Logger): void {
+function failUploadsWhileFull(s: Pick<KernelServices, "space" | "uploads">, now: number, afterMs: number, log: Logger): void {
   // Only while nothing can be recorded: a body the file store has no room for (which a persona
   // can cause at will, records still fitting) must not fail every other persona's upload.
   const unrecorded = s.space.unrecordedFor(now);
-  if (unrecorded < FAIL_UPLOADS_AFTER_MS || s.uploads.size === 0) return;
+  if (unrecorded < afterMs || s.uploads.size === 0) return;
   const failed = s.uploads.failAll(
     `the kernel's storage has been full for ${Math.round(unrecorded / 1000)} s, nothing could be recorded: uploads in progress were failed to give their bytes back; upload again once there is room`,
   );

@@ -10,6 +10,7 @@ import {
   readlinkSync,
   realpathSync,
   rmdirSync,
+  statSync,
   writeFileSync,
 } from "node:fs";
 import { delimiter, join, resolve } from "node:path";
@@ -339,15 +340,34 @@ export const SANDBOX_SCRATCH = "/scratch";
 
 const SCRATCH_NAME = /^[0-9a-f]{24}$/;
 
+/**
+ * `bwrap --help`'s answers by the program file they came from (its path, device, inode, size and
+ * change time): a process that starts many kernels (the tests: hundreds) ran bubblewrap once more
+ * for each (~50 ms of a start on a busy machine). A replaced or changed program is asked again.
+ */
+const featuresByProgram = new Map<string, BwrapFeatures>();
+
 /** Which of the options in {@link BwrapFeatures} `bwrap --help` lists. */
 function bwrapFeatures(bwrap: string): BwrapFeatures {
+  let key: string | undefined;
+  try {
+    const st = statSync(bwrap);
+    key = `${bwrap}\0${st.dev}:${st.ino}:${st.size}:${st.ctimeMs}:${st.mtimeMs}`;
+  } catch {
+    key = undefined; // not there to stat: asked (and failing) as before
+  }
+  const known = key === undefined ? undefined : featuresByProgram.get(key);
+  if (known) return known;
   const r = spawnSync(bwrap, ["--help"], { encoding: "utf8", timeout: 10_000 });
   const help = `${r.stdout ?? ""}${r.stderr ?? ""}`;
-  return {
+  const features = {
     size: /^\s*--size\b/m.test(help),
     disableUserns: /^\s*--disable-userns\b/m.test(help),
     seccomp: /^\s*--seccomp\b/m.test(help),
   };
+  // Only a program that answered: a failed run (a timeout on a loaded machine) is asked again next time.
+  if (key !== undefined && r.status === 0) featuresByProgram.set(key, features);
+  return features;
 }
 
 /**
