@@ -28,6 +28,8 @@ export interface OneInFlightProbe {
   gcs: [number, number, number][];
   /** When each commit that carried a signed checkpoint was appended (round twenty-six). */
   checkpoints?: number[];
+  /** When the housekeeping tick sent a ready session its heartbeat PING (round twenty-eight). */
+  pings?: number[];
 }
 
 type Fn = (...a: unknown[]) => unknown;
@@ -63,7 +65,7 @@ async function install(dist: string, out: string): Promise<void> {
     const u = process.cpuUsage();
     return [(u.user + u.system) * 1000, Number(s.slice(a + 1, s.indexOf(" ", a + 1)))];
   };
-  const result: OneInFlightProbe = { offsetNs: calibrate(), requests: [], timers: [], gcs: [], checkpoints: [] };
+  const result: OneInFlightProbe = { offsetNs: calibrate(), requests: [], timers: [], gcs: [], checkpoints: [], pings: [] };
   // A read is kept on its session until its request reaches the pipeline (an idle connection's ping is no request).
   const reads = new WeakMap<object, ProbeRecord>();
   let handled: ProbeRecord | undefined;
@@ -77,6 +79,10 @@ async function install(dist: string, out: string): Promise<void> {
   wrap(Session.prototype, "onData", (self, _args, call) => {
     const [c, w] = sched();
     reads.set(self, [performance.now(), c, w, 0, 0, 0, 0, 0, 0]);
+    return call();
+  });
+  wrap(Session.prototype, "tick", (self, _args, call) => {
+    if ((self as { state?: string }).state === "ready") result.pings?.push(performance.now());
     return call();
   });
   wrap(Pipeline.prototype, "handle", (_self, args, call) => {

@@ -11,6 +11,7 @@ import { inspector, type KernelInspector } from "./kernel/inspect.js";
 import { openListeners } from "./kernel/listeners.js";
 import { recordLateRecords } from "./kernel/storage-space.js";
 import { tuneTiering } from "./kernel/v8-tiering.js";
+import { warmFramePath } from "./kernel/warm-frames.js";
 import { EVENT_HIGH_WATER_BYTES, GRPC_CLOSE_GRACE_MS } from "./limits.js";
 import { createLogger, type Logger } from "./log.js";
 import type { KernelMetrics } from "./metrics/metrics.js";
@@ -225,6 +226,13 @@ export class Kernel {
       checkDescriptorBudget(c);
       // The request path optimized within its first ~1,000 requests, not a few thousand (v8-tiering.ts).
       tuneTiering();
+      // The codec sees a heartbeat's shapes before it is optimized, not seconds into a session (warm-frames.ts).
+      // Only a speed-up: should it fail, the kernel starts anyway (warm-frames.test.ts runs it).
+      try {
+        warmFramePath();
+      } catch (err) {
+        this.log.warn({ err }, "frame path warm-up failed; the codec warms on traffic");
+      }
       const s = await compose({
         config: c,
         log: this.log,

@@ -37,6 +37,7 @@ describe("the one-in-flight attribution tool, short run", () => {
         "scavenges",
         "own_over_200us",
         "checkpoint_at_call",
+        "ping_at_call",
       ])
         assert.ok(Number.isFinite(r[k]), `${k} is reported (${r[k]})`);
       // Only the shape: percentiles of one series are ordered, counts are counts of the calls made.

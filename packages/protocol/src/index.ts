@@ -9,6 +9,7 @@ export { CanonicalWriter, compareKeys, encodeCanonical, headSize, PieceWriter, s
 export type { CborMap, CborValue } from "./cbor/value.js";
 export {
   type ByteChannel,
+  COPY_BELOW,
   type CorkableStream,
   coalesce,
   joinChunks,

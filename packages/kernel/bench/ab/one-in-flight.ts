@@ -145,16 +145,21 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
   // that V8 deoptimized once a process, round twenty-six), and the 1,000 before it.
   const cp = (p.checkpoints ?? []).find((x) => x >= first);
   const at = cp === undefined ? -1 : rows.findIndex((r) => r.read >= cp);
-  const window = (a: number, b: number) => {
-    const w = at < 0 ? [] : rows.slice(Math.max(0, a), Math.max(0, b));
+  const window = (from: number, a: number, b: number) => {
+    const w = from < 0 ? [] : rows.slice(Math.max(0, a), Math.max(0, b));
     return {
       over100: w.filter((r) => r.own > 100).length,
       over200: w.filter((r) => r.own > 200).length,
       cpu: r1(mean(w.map((r) => r.cpuIn + r.cpuBefore))),
     };
   };
-  const before = window(at - 1000, at);
-  const after = window(at, at + 1000);
+  const before = window(at, at - 1000, at);
+  const after = window(at, at, at + 1000);
+  // The same around the first heartbeat PING inside the window (the frame path's shapes, round twenty-eight).
+  const ping = (p.pings ?? []).find((x) => x >= first);
+  const pingAt = ping === undefined ? -1 : rows.findIndex((r) => r.read >= ping);
+  const beforePing = window(pingAt, pingAt - 1000, pingAt);
+  const afterPing = window(pingAt, pingAt, pingAt + 1000);
   return {
     p50_us: r1(q(wall, 0.5)),
     p99_us: r1(p99),
@@ -183,6 +188,13 @@ function analyse(p: OneInFlightProbe, t: Float64Array): Record<string, unknown> 
     own_over_200us_1000_after_checkpoint: after.over200,
     cpu_us_1000_before_checkpoint: before.cpu,
     cpu_us_1000_after_checkpoint: after.cpu,
+    // -1: no heartbeat inside the measured calls.
+    ping_at_call: pingAt,
+    own_over_100us_1000_before_ping: beforePing.over100,
+    own_over_100us_1000_after_ping: afterPing.over100,
+    own_over_200us_1000_after_ping: afterPing.over200,
+    cpu_us_1000_before_ping: beforePing.cpu,
+    cpu_us_1000_after_ping: afterPing.cpu,
   };
 }
 
