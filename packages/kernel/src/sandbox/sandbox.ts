@@ -22,6 +22,7 @@ import { MAX_ARG_BYTES, MAX_ARGV_BYTES } from "../limits.js";
 import { OpError } from "../primitives/types.js";
 import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
+import { keepTrialPass, trialKey, trialPassed } from "./probe-cache.js";
 import { removeTrees } from "./remove.js";
 import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
 import { sandboxFilter } from "./seccomp.js";
@@ -476,6 +477,23 @@ export class Sandbox {
     if (!this.bwrap) return "bubblewrap (bwrap) is not installed";
     if (!this.prlimit) return "prlimit (util-linux) is not installed";
     if (this.config.nice && !this.nice) return "nice (coreutils) is not installed";
+    // The view (what is bound, what covered), not the hidden paths themselves: a kernel's home,
+    // socket and keys differ from kernel to kernel but are covered only where a bind shows them.
+    const { mode, readPaths, uid, limits, tmpBytes, nice, oomScoreAdj, ptys, lockRoot } = this.config;
+    const key = trialKey(
+      [this.bwrap, this.prlimit, this.nice],
+      { mode, readPaths, uid, limits, tmpBytes, nice, oomScoreAdj, ptys, lockRoot, view: this.view, features: this.features },
+      this.mountInfo,
+      this.config.scratchRoot,
+    );
+    if (trialPassed(key)) return undefined;
+    const passed = this.trialRun();
+    if (passed === undefined) keepTrialPass(key);
+    return passed;
+  }
+
+  /** The trial run itself: undefined when a program ran inside the sandbox, else why not. */
+  private trialRun(): string | undefined {
     let launch: Launch;
     try {
       launch = this.launch({
