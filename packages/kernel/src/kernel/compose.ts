@@ -413,6 +413,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       {
         workers: c.computeWorkers,
         idleWorkers: c.computeIdleWorkers,
+        idleWorkerMs: c.computeIdleWorkerMs,
         workerHeapMb: c.computeWorkerHeapMb,
         resultTtlMs: c.opResultTtlMs,
         maxFinishedPerPersona: c.maxFinishedOpsPerPersona,
