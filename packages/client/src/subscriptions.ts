@@ -1,5 +1,6 @@
 import { eventSubscribe, eventUnsubscribe, type KEvent, storageUnwatch, storageWatch } from "@kpip/protocol";
 import { kernelNumber } from "./answer-fields.js";
+import { EarlyHold } from "./early-hold.js";
 import { type OpCall, opCall } from "./op-call.js";
 import type { CallFn, CallOptions } from "./options.js";
 import { DEFAULT_BUFFER_BYTES, DEFAULT_BUFFER_EVENTS, type SubscribeOptions, Subscription } from "./subscription.js";
@@ -77,8 +78,7 @@ export class Subscriptions {
    * before the call's awaiting code has learnt the id. Dropped, a subscriber's first events were
    * lost while the emitter was told they were delivered.
    */
-  private early: Early[] = [];
-  private earlyBytes = 0;
+  private readonly early = new EarlyHold<Early>();
 
   constructor(
     call: CallFn,
@@ -130,11 +130,7 @@ export class Subscriptions {
   /** The EVENTs that came for `id` before its subscribe call answered, now that a subscription has it. */
   private deliverEarly(id: number): void {
     if (!this.early.some((x) => x.e.subscription === id)) return;
-    const held: Early[] = [];
-    const rest: Early[] = [];
-    for (const x of this.early) (x.e.subscription === id ? held : rest).push(x);
-    this.early = rest;
-    for (const x of held) this.earlyBytes -= x.size;
+    const held = this.early.take((x) => x.e.subscription === id);
     const conn = this.connection();
     for (const x of held) if (x.conn === conn) this.dispatch(x.e, x.size);
   }
@@ -142,8 +138,7 @@ export class Subscriptions {
   /** A subscribe call ended: with none under way, no EVENT of an unknown id is held any more (its subscription is gone). */
   private settled(): void {
     if (--this.opening > 0) return;
-    this.early = [];
-    this.earlyBytes = 0;
+    this.early.clear();
   }
 
   /** An EVENT (`size`: its frame's body size): to its subscription (0 is a kernel notice no subscription asked for). */
@@ -166,12 +161,9 @@ export class Subscriptions {
     // oldest held go first: with subscribes overlapping (the hold is cleared only once none is
     // under way), late events of an id just unsubscribed filled it, and the first events of the
     // subscription being made were the ones dropped.
-    while (this.early.length >= EARLY_EVENTS || this.earlyBytes + size > EARLY_BYTES) {
-      const old = this.early.shift() as Early;
-      this.earlyBytes -= old.size;
-    }
+    while (this.early.length > 0 && (this.early.length >= EARLY_EVENTS || this.early.bytes + size > EARLY_BYTES))
+      this.early.dropOldest();
     this.early.push({ e, size, conn });
-    this.earlyBytes += size;
   }
 
   /** After a reconnect: subscribe again to every pattern. */

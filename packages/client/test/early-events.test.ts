@@ -44,9 +44,9 @@ describe("events that come before a subscription's id is known", () => {
       k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 9, topic: "topic://big/x", seq, data } }));
     // Read by then: every EVENT written before this call's answer.
     await c.system.health();
-    const early = (c as unknown as { subs: { earlyBytes: number; early: unknown[] } }).subs;
-    assert.ok(early.earlyBytes <= EARLY_BYTES, `${early.earlyBytes} bytes held for an unknown id`);
-    assert.ok(early.early.length > 0 && early.early.length < n, `${early.early.length} of ${n} events held`);
+    const early = (c as unknown as { subs: { early: { bytes: number; length: number } } }).subs.early;
+    assert.ok(early.bytes <= EARLY_BYTES, `${early.bytes} bytes held for an unknown id`);
+    assert.ok(early.length > 0 && early.length < n, `${early.length} of ${n} events held`);
     k.answer(held as Request, { status: "SUCCESS", payload: { subscription: 9 } });
     const sub = await subscribing;
     // Every EVENT written before the answer has been read when it resolves.

@@ -3,6 +3,7 @@ import { homedir } from "node:os";
 import { join, resolve } from "node:path";
 import { MIN_HEARTBEAT_MS, MIN_MAX_BODY } from "@kpip/protocol";
 import { DEFAULT_INTENT_MAX_BYTES, largestRecordBytes, MAX_RECORD_BYTES } from "./audit/record-size.js";
+import { IDLE_WORKER_MS } from "./compute/idle-workers.js";
 import { FAIL_UPLOADS_AFTER_MS } from "./kernel/storage-space.js";
 import { readRegularFile, UnreadableFileError, unsafeDirectoryAboveFile } from "./secure-files.js";
 import { CONTROL_FRAME_RATE } from "./session/control-rate.js";
@@ -281,6 +282,14 @@ const DECLARED = {
     default: 2,
     zeroAllowed: true,
     description: "idle task workers kept warm beyond computeWorkers, each its own persona's",
+  },
+  /** How long an idle task worker is kept (it holds what its persona's tasks left in its heap). */
+  computeIdleWorkerMs: {
+    type: "int",
+    default: IDLE_WORKER_MS,
+    zeroAllowed: true,
+    description:
+      "an idle task worker idle this long is ended at the next housekeeping tick (0: kept until another persona's worker needs its place)",
   },
   maxPendingOpsPerPersona: {
     type: "int",

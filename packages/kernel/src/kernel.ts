@@ -332,6 +332,8 @@ export class Kernel {
     await grpcClosed;
     await s.compute.stop();
     await s.agents.stop();
+    // Uploads in progress end with the run, on the record before kernel.stop (a kill's are recorded by the next start).
+    s.uploads.endAll();
     // What a full disk kept back since the last tick (the kernel's revocations, agents' ends and
     // keys), stored now if there is room, as compute.stop does ops': a revocation held only in
     // memory is gone at the next start, and an ended agent's token — its key removed, its row

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import type { KernelClient } from "@kpip/client";
@@ -25,7 +25,7 @@ const until = async (ok: () => boolean): Promise<void> => {
 };
 
 /** Idle task workers the kernel ended for `reason` (its metrics). */
-async function endedWorkers(t: TestKernel, reason: "evicted" | "spinning"): Promise<number> {
+async function endedWorkers(t: TestKernel, reason: "evicted" | "spinning" | "aged"): Promise<number> {
   const m = await (t.k.metrics?.taskWorkersEnded.get() ?? Promise.resolve({ values: [] }));
   return m.values.find((v) => v.labels.reason === reason)?.value ?? 0;
 }
@@ -189,6 +189,54 @@ describe("the shared task workers serve one persona at a time", () => {
       assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 6)), 36);
       assert.equal(await alice.ops.wait(await alice.compute.task("square", 7)), 49);
       assert.equal(await mallory.ops.wait(await mallory.compute.task("hoard", 4)), 4 * 450, "a task within the bound runs");
+    });
+  });
+
+  it("a task that runs out of memory on a reused worker fails RESOURCE at once: it is not run again to fill a second worker's heap", async () => {
+    await withTasks({ computeWorkerHeapMb: 32 }, { "hoard-noted": "hoardNoted", square: "square" }, async (t) => {
+      const mallory = await tasker(t, "mallory");
+      // Her worker has run a task: an end there may be an earlier task's doing, which is run again once.
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 6)), 36);
+      const runs = join(t.home, "runs");
+      const big = await mallory.compute.task("hoard-noted", { path: runs, mb: 160 });
+      await assert.rejects(mallory.ops.wait(big), (e: Error & { errorClass?: string }) => {
+        assert.equal(e.errorClass, "RESOURCE");
+        assert.match(e.message, /out of memory \(computeWorkerHeapMb 32\)/);
+        return true;
+      });
+      assert.equal(readFileSync(runs, "utf8"), "run\n", "run once: out of memory is the task's own end");
+      assert.equal(await mallory.ops.wait(await mallory.compute.task("square", 7)), 49);
+    });
+  });
+
+  it("an idle worker idle past computeIdleWorkerMs is ended at the housekeeping tick (reason aged): the persona's next task runs on a new one", async () => {
+    await withTasks({ heartbeatMs: 200, computeIdleWorkerMs: 1 }, { thread: "thread" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const first = await alice.ops.wait(await alice.compute.task("thread"));
+      // The next tick (each 100 ms) ends it; a minute is room for a busy machine.
+      const giveUp = Date.now() + 60_000;
+      while ((await endedWorkers(t, "aged")) === 0 && Date.now() < giveUp) await new Promise((r) => setTimeout(r, 20));
+      assert.equal(await endedWorkers(t, "aged"), 1);
+      assert.notEqual(await alice.ops.wait(await alice.compute.task("thread")), first, "a new worker");
+    });
+  });
+
+  it("a task's end is on the record before the start of the queued task its worker takes next", async () => {
+    await withTasks({}, { gate: "gate", square: "square" }, async (t) => {
+      const alice = await tasker(t, "alice");
+      const gatePath = join(t.home, "gate");
+      const a = await alice.compute.task("gate", gatePath);
+      const b = await alice.compute.task("square", 5);
+      // One worker: b waits behind a, and starts when a's result comes.
+      writeFileSync(gatePath, "");
+      assert.equal(await alice.ops.wait(b), 25);
+      const rows = t.k.inspect.queryAudit({ op: "op.state", limit: 100 });
+      const seqOf = (op: string, state: string) =>
+        rows.find((r) => r.target === `op://${op}` && r.detail?.includes(`"state":"${state}"`))?.seq;
+      const aEnd = seqOf(a.id, "succeeded");
+      const bStart = seqOf(b.id, "running");
+      assert.ok(aEnd !== undefined && bStart !== undefined, JSON.stringify(rows.map((r) => [r.target, r.detail])));
+      assert.ok(aEnd < bStart, `a's end (${aEnd}) before b's start (${bStart})`);
     });
   });
 

@@ -200,3 +200,24 @@ export async function whileStuck<T>(path: string, fn: () => Promise<T>): Promise
     syncBuiltinESMExports();
   }
 }
+
+/**
+ * Runs `fn` while the file system refuses (`code`: ENOSPC, EIO, …) to create files in the
+ * directory `dir`: node:fs's `openSync` of a path in it throws, in this process (named imports of
+ * node:fs included, kept in step by syncBuiltinESMExports). Restored after, however `fn` ends.
+ */
+export async function whileRefused<T>(dir: string, code: string, fn: () => Promise<T>): Promise<T> {
+  const real = fs.openSync;
+  const prefix = dir.endsWith("/") ? dir : `${dir}/`;
+  fs.openSync = ((p: fs.PathLike, ...rest: unknown[]) => {
+    if (String(p).startsWith(prefix)) throw Object.assign(new Error(`${code}: refused, open '${String(p)}'`), { code });
+    return (real as (...a: unknown[]) => number)(p, ...rest);
+  }) as typeof fs.openSync;
+  syncBuiltinESMExports();
+  try {
+    return await fn();
+  } finally {
+    fs.openSync = real;
+    syncBuiltinESMExports();
+  }
+}

@@ -159,46 +159,85 @@ function indexSegmentTail(db: Database.Database, reads: SegmentReads): void {
   })();
 }
 
+/** What a live home's reader shows past the index (readLiveTail). */
+interface LiveTail {
+  spans: IndexSpan[];
+  checkpoints: AuditCheckpoint[];
+  /** The tail's last record: the chain goes on from it. */
+  head?: { seq: number; hash: Uint8Array };
+}
+
 /**
  * A live home's reader: reads the batches the kernel committed to its segments past the index
  * (the index step runs when the kernel is quiet, audit/log.ts INDEX_IDLE_MS) and shows them as
  * the index's tail (SegmentIndex.setTail), one span a batch. Nothing is written. The batches are
  * checked as the private copy's (tailBatches: framing, each record's hash, the chain continuing
  * from the index's last record); a batch the kernel is still writing (or a kill cut) is torn and
- * not shown. Returns the tail's checkpoints. A tail that does not continue the chain is a
- * HomeReadError, as on a copy; a segment cut short is verify's to report (nothing shown past it).
+ * not shown. A tail that does not continue the chain is a HomeReadError, as on a copy; a segment
+ * cut short is verify's to report (nothing shown past it). `prev`: the tail read last, whose
+ * batches are not read again (continueTail).
  */
-function readLiveTail(reads: SegmentReads): AuditCheckpoint[] {
+function readLiveTail(reads: SegmentReads, prev?: LiveTail): LiveTail {
   const index = reads.index;
   const end = index.lastIndexed();
+  const more = prev && continueTail(index, end, prev);
+  if (more) return tailShown(index, more);
   let head: { seq: number; hash: Uint8Array } | undefined;
   if (end) {
     const row = index.read(end).rows.find((r) => r.seq === end.last);
     // The index's last record unreadable: the chain cannot be checked on from it, so nothing past it is shown.
-    if (!row || row.declared !== undefined) return tailShown(index, []);
+    if (!row || row.declared !== undefined) return tailShown(index, { spans: [], checkpoints: [] });
     head = { seq: end.last, hash: row.hash };
   }
   let tail: ReturnType<typeof tailBatches>;
   try {
     tail = tailBatches(index.files.dir, end, head);
   } catch (e) {
-    if (e instanceof SegmentCutError) return tailShown(index, []);
+    if (e instanceof SegmentCutError) return tailShown(index, { spans: [], checkpoints: [] });
     throw new HomeReadError(`${index.files.dir}: ${(e as Error).message}`, "corrupt");
   }
-  const spans: IndexSpan[] = [];
-  const checkpoints: AuditCheckpoint[] = [];
-  for (const { batch, at } of tail.batches) {
-    const first = batch.rows[0]?.seq;
-    const last = batch.rows.at(-1)?.seq;
-    if (first !== undefined && last !== undefined) spans.push({ ...at, first, last });
-    checkpoints.push(...batch.checkpoints);
-  }
-  return tailShown(index, spans, checkpoints);
+  return tailShown(index, withBatches({ spans: [], checkpoints: [] }, tail.batches));
 }
 
-function tailShown(index: SegmentReads["index"], spans: IndexSpan[], checkpoints: AuditCheckpoint[] = []): AuditCheckpoint[] {
-  index.setTail(spans);
-  return checkpoints;
+/**
+ * The tail read last, less the batches the index step has taken since, and the batches committed
+ * past it: only those new bytes are read and hashed (a head look of `kpip audit tail` beside a
+ * busy kernel whose index lags would otherwise read the whole unindexed tail again). Undefined
+ * where the index's end is not one of its batches' starts (the index caught up, or something
+ * else changed): the caller reads the tail from the index's end again.
+ */
+function continueTail(index: SegmentReads["index"], end: IndexSpan | undefined, prev: LiveTail): LiveTail | undefined {
+  const last = prev.spans.at(-1);
+  if (!last || !prev.head) return undefined;
+  const from = (end?.last ?? 0) + 1;
+  const i = prev.spans.findIndex((s) => s.first === from);
+  if (i < 0) return undefined;
+  let tail: ReturnType<typeof tailBatches>;
+  try {
+    tail = tailBatches(index.files.dir, last, prev.head);
+  } catch {
+    return undefined; // read again from the index's end, which reports it
+  }
+  const kept = { spans: prev.spans.slice(i), checkpoints: prev.checkpoints.filter((c) => c.seq >= from), head: prev.head };
+  return withBatches(kept, tail.batches);
+}
+
+function withBatches(tail: LiveTail, batches: ReturnType<typeof tailBatches>["batches"]): LiveTail {
+  for (const { batch, at } of batches) {
+    const first = batch.rows[0];
+    const last = batch.rows.at(-1);
+    if (first !== undefined && last !== undefined) {
+      tail.spans.push({ ...at, first: first.seq, last: last.seq });
+      tail.head = { seq: last.seq, hash: last.hash };
+    }
+    tail.checkpoints.push(...batch.checkpoints);
+  }
+  return tail;
+}
+
+function tailShown(index: SegmentReads["index"], tail: LiveTail): LiveTail {
+  index.setTail(tail.spans);
+  return tail;
 }
 
 /**
@@ -348,11 +387,11 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
   }
   // A live kernel's records committed past its index (the index step waits for a quiet moment):
   // read from the segments when a call looks at the head, once at a transaction's start.
-  let tailCheckpoints: AuditCheckpoint[] = [];
+  let shown: LiveTail | undefined;
   let inTransaction = false;
   const liveTail = live && segReads ? segReads : undefined;
   const refresh = () => {
-    if (liveTail && !inTransaction) tailCheckpoints = readLiveTail(liveTail);
+    if (liveTail && !inTransaction) shown = readLiveTail(liveTail, shown);
   };
   const beyond = (seq: number) => {
     if (liveTail && seq > (liveTail.index.last()?.last ?? 0)) refresh();
@@ -426,6 +465,7 @@ export function openAuditReader(path: string, opts: { direct?: boolean; intentMa
     auditHashAt: (seq) => reads.hashAt(seq),
     checkpoints: () => {
       const cps = reads.checkpoints();
+      const tailCheckpoints = shown?.checkpoints ?? [];
       if (tailCheckpoints.length === 0) return cps;
       // The tail's, less those the index step has put in the table meanwhile.
       const seen = new Set(cps.map((c) => c.seq));

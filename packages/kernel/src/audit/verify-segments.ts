@@ -39,9 +39,19 @@ export class SegmentIndex {
    * the index's end now are shown: the kernel's index step takes whole batches into its spans.
    */
   #tail: IndexSpan[] = [];
+  /**
+   * Runs a read in one read transaction (a savepoint inside one): with a tail shown, the index's
+   * end (#tailPast) and its spans are read in one snapshot, else an index step committing
+   * between the two (the kernel, in another process) shows a batch twice or leaves it out.
+   */
+  readonly #snapshot: <T>(fn: () => T) => T;
+  readonly #db: Database.Database;
 
   constructor(db: Database.Database, dir: string) {
     this.files = new SegmentFiles(dir);
+    this.#db = db;
+    const tx = db.transaction((fn: () => unknown) => fn());
+    this.#snapshot = <T>(fn: () => T) => (this.#tail.length === 0 || this.#db.inTransaction ? fn() : (tx(fn) as T));
     const cols = "first_seq AS first, last_seq AS last, segment, offset, length";
     this.#from = db.prepare(
       `SELECT ${cols} FROM audit_batches WHERE first_seq >= coalesce((SELECT max(first_seq) FROM audit_batches WHERE first_seq <= ?), -9007199254740991) ORDER BY first_seq LIMIT ?`,
@@ -81,6 +91,10 @@ export class SegmentIndex {
 
   /** Spans from the one holding `seq` up, oldest first. */
   from(seq: number, n = SPANS): IndexSpan[] {
+    return this.#snapshot(() => this.#fromRead(seq, n));
+  }
+
+  #fromRead(seq: number, n: number): IndexSpan[] {
     const tail = this.#tailPast();
     if (tail.length > 0 && seq >= (tail[0] as IndexSpan).first) {
       let i = 0;
@@ -93,6 +107,10 @@ export class SegmentIndex {
 
   /** Spans starting above `seq`, oldest first. */
   after(seq: number, n = SPANS): IndexSpan[] {
+    return this.#snapshot(() => this.#afterRead(seq, n));
+  }
+
+  #afterRead(seq: number, n: number): IndexSpan[] {
     const spans = this.#after.all(seq, n) as IndexSpan[];
     const tail = this.#tailPast();
     if (spans.length >= n || tail.length === 0) return spans;
@@ -101,6 +119,10 @@ export class SegmentIndex {
 
   /** Spans starting below `seq`, newest first. */
   below(seq: number, n = SPANS): IndexSpan[] {
+    return this.#snapshot(() => this.#belowRead(seq, n));
+  }
+
+  #belowRead(seq: number, n: number): IndexSpan[] {
     const tail = this.#tailPast().filter((s) => s.first < seq);
     if (tail.length === 0) return this.#below.all(seq, n) as IndexSpan[];
     tail.reverse();
@@ -109,26 +131,32 @@ export class SegmentIndex {
   }
 
   last(): IndexSpan | undefined {
-    return this.#tailPast().at(-1) ?? this.lastIndexed();
+    return this.#snapshot(() => this.#tailPast().at(-1) ?? this.lastIndexed());
   }
 
   /** The lowest retained seq, or undefined for an empty log. */
   first(): number | undefined {
-    const r = this.retained();
-    const s = (this.#first.get(r) as IndexSpan | undefined) ?? this.#tailPast().find((t) => t.last > r);
-    return s && Math.max(s.first, r + 1);
+    return this.#snapshot(() => {
+      const r = this.retained();
+      const s = (this.#first.get(r) as IndexSpan | undefined) ?? this.#tailPast().find((t) => t.last > r);
+      return s && Math.max(s.first, r + 1);
+    });
   }
 
   head(): number | undefined {
-    const s = this.last();
-    return s && s.last > this.retained() ? s.last : undefined;
+    return this.#snapshot(() => {
+      const s = this.last();
+      return s && s.last > this.retained() ? s.last : undefined;
+    });
   }
 
   count(): number {
-    const r = this.retained() + 1;
-    let n = this.#count.get(r, r) as number;
-    for (const s of this.#tailPast()) if (s.last >= r) n += s.last - Math.max(s.first, r) + 1;
-    return n;
+    return this.#snapshot(() => {
+      const r = this.retained() + 1;
+      let n = this.#count.get(r, r) as number;
+      for (const s of this.#tailPast()) if (s.last >= r) n += s.last - Math.max(s.first, r) + 1;
+      return n;
+    });
   }
 
   /** A span's records (the last one read is kept). */

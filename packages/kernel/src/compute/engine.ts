@@ -16,6 +16,7 @@ import { type ProcessTable, reservedFrom } from "../sandbox/processes.js";
 import { type Launch, launchFailure, type Sandbox } from "../sandbox/sandbox.js";
 import { DEFAULT_KEPT_BYTES, KeptBytes, KeptWrites, notKeptMessage } from "../store/storage-full.js";
 import type { OpRecord, OpStore } from "../store/types.js";
+import { IDLE_WORKER_MS, type IdleBusy, idleBusyAdd } from "./idle-workers.js";
 
 /** An embedder's task function: an export of an ES module, run in a worker thread. */
 export interface TaskRegistration {
@@ -35,6 +36,12 @@ export interface ComputeOptions {
    * personas taking turns find their own warm worker instead of a new one each turn (default 2).
    */
   idleWorkers?: number;
+  /**
+   * How long a worker stays idle before the housekeeping tick ends it (0: kept until another
+   * persona's worker needs its place): an idle worker holds whatever heap its persona's tasks
+   * left (up to workerHeapMb), so the warm pool is given back when no task comes (default 60 s).
+   */
+  idleWorkerMs?: number;
   /**
    * Most JavaScript heap (V8's old generation, MiB) a task worker may hold, 0 for V8's own bound:
    * a worker lives in the kernel's process, so a task its input steers to hoard would otherwise
@@ -128,12 +135,6 @@ interface Running {
 }
 
 /**
- * Most milliseconds an idle worker's event loop may be busy, summed over the ticks, before it is
- * ended as a task's leftover: an idle worker's own work (a collection, a cache's timer) is far less.
- */
-const IDLE_BUSY_MAX_MS = 1000;
-
-/**
  * Least milliseconds an idle worker's event loop is busy since its last task before its next task
  * ends it as a leftover's ({@link ComputeEngine.spunIdle}): a task's short after-work (a collection
  * of its heap) is not taken for one. A longer one only costs its persona a new worker, never a task.
@@ -141,7 +142,7 @@ const IDLE_BUSY_MAX_MS = 1000;
 const IDLE_SPUN_MIN_MS = 250;
 
 /** Why the engine ended an idle worker (`kpip_task_workers_ended_total`'s reason). */
-type IdleEnd = "evicted" | "spinning" | "removed";
+type IdleEnd = "evicted" | "spinning" | "removed" | "aged";
 
 interface PooledWorker {
   worker: Worker;
@@ -158,10 +159,12 @@ interface PooledWorker {
   used: number;
   /** Its event loop's use when last looked at idle ({@link endSpinningIdle}). */
   elu?: EventLoopUtilization;
-  /** Milliseconds its event loop was busy while idle since its last task, as the ticks saw them. */
-  idleBusyMs?: number;
+  /** What its event loop was busy while idle, in the current window (idle-workers.ts). */
+  idleBusy?: IdleBusy;
   /** Its event loop's use when its last task ended ({@link ComputeEngine.spunIdle}). */
   endedAt?: EventLoopUtilization;
+  /** When it last became idle (made, or its task ended): {@link endAgedIdle}. */
+  idleSince: number;
   /** The running task's end when its worker dies under it (set by runTask while it runs). */
   died?: (why: string) => void;
   /** It ended out of memory (workerHeapMb): its task fails RESOURCE, not INTERNAL. */
@@ -654,11 +657,12 @@ export class ComputeEngine {
 
   /**
    * Ends idle workers whose event loop was busy more than half the time since last looked at (the
-   * housekeeping tick), or {@link IDLE_BUSY_MAX_MS} in all since their last task: a task's leftover — a timer or `setImmediate` loop its input steered the
-   * embedder's code to leave — spinning a core after its task returned, outside any task's
-   * deadline, in a worker kept warm for its persona. Answers how many were ended.
+   * housekeeping tick), or a second in all within a minute's window (idle-workers.ts): a task's
+   * leftover — a timer or `setImmediate` loop its input steered the embedder's code to leave —
+   * spinning a core after its task returned, outside any task's deadline, in a worker kept warm
+   * for its persona. Answers how many were ended.
    */
-  endSpinningIdle(): number {
+  endSpinningIdle(at = Date.now()): number {
     let n = 0;
     for (const w of [...this.pool]) {
       // A busy worker's baseline was cleared when its task started (runTask): idle time counts from the next tick.
@@ -669,16 +673,34 @@ export class ComputeEngine {
       if (since === undefined) continue;
       // Summed too: a leftover busy under half of every tick (30 ms of each 100) never met the half
       // rule and burned that share of a core for as long as the worker was kept (case 628).
-      w.idleBusyMs = (w.idleBusyMs ?? 0) + since.active;
-      if (since.utilization > 0.5 || w.idleBusyMs > IDLE_BUSY_MAX_MS) {
+      // Within a window, not since its last task: a worker warm for hours summed its collections past the bound.
+      w.idleBusy = idleBusyAdd(w.idleBusy, since.active, at);
+      if (since.utilization > 0.5 || w.idleBusy.over) {
         this.log.warn(
-          { persona: w.owner?.persona, utilization: since.utilization, idleBusyMs: Math.round(w.idleBusyMs) },
+          { persona: w.owner?.persona, utilization: since.utilization, idleBusyMs: Math.round(w.idleBusy.ms) },
           "an idle task worker kept its thread busy: ended",
         );
         this.endIdle(w, "spinning");
         n++;
       }
     }
+    return n;
+  }
+
+  /**
+   * Ends idle workers idle longer than {@link ComputeOptions.idleWorkerMs} (the housekeeping
+   * tick): each holds what its persona's tasks left in its heap, for as long as it is kept.
+   * Answers how many were ended.
+   */
+  endAgedIdle(now = Date.now()): number {
+    const max = this.opts.idleWorkerMs ?? IDLE_WORKER_MS;
+    if (max <= 0) return 0;
+    let n = 0;
+    for (const w of [...this.pool])
+      if (w.busy === undefined && now - w.idleSince >= max) {
+        this.endIdle(w, "aged");
+        n++;
+      }
     return n;
   }
 
@@ -689,7 +711,7 @@ export class ComputeEngine {
       new URL("./worker.js", import.meta.url),
       heap > 0 ? { resourceLimits: { maxOldGenerationSizeMb: heap } } : {},
     );
-    const w: PooledWorker = { worker, busy: undefined, ran: 0, used: 0 };
+    const w: PooledWorker = { worker, busy: undefined, ran: 0, used: 0, idleSince: Date.now() };
     w.worker.unref();
     // Listened to for the worker's whole life, not only while a task runs: an exception a task
     // left behind (a timer's, thrown after it returned) killed the worker between tasks with no
@@ -921,7 +943,7 @@ export class ComputeEngine {
     w.used = ++this.uses;
     // What its idle time is judged by starts again once this task returns: its run is not a leftover's.
     w.elu = undefined;
-    w.idleBusyMs = 0;
+    w.idleBusy = undefined;
     // Since its persona's first task there: a registration of the id made later is another holder's (cancelOf).
     if (w.owner?.persona !== op.persona) w.owner = { persona: op.persona, since: op.createdAt };
     // A reused worker's end may be an earlier task's doing (its timer's process.exit or exception,
@@ -939,9 +961,10 @@ export class ComputeEngine {
     /**
      * The task ended; `stuck`: its worker, stuck in it, cannot be interrupted and is terminated and
      * replaced — out of the pool before the next task is taken, or the pump gave the next queued
-     * task (any persona's) to the worker being terminated, where it waited for its deadline.
+     * task (any persona's) to the worker being terminated, where it waited for its deadline. The
+     * caller finishes the op, then pumps: the next task's start is on the record after this end.
      */
-    const done = (stuck = false) => {
+    const free = (stuck = false) => {
       detach();
       if (stuck) {
         void w.worker.terminate();
@@ -950,19 +973,22 @@ export class ComputeEngine {
       } else {
         w.busy = undefined;
         w.endedAt = w.worker.performance.eventLoopUtilization();
+        w.idleSince = Date.now();
       }
-      this.pump();
     };
     const onMessage = (m: { id: string; ok: boolean; result?: Uint8Array; message?: string; errorClass?: string }) => {
       if (m.id !== op.id || settled) return;
-      done();
+      free();
       // Encoded, bounded and checked in the worker (worker.ts): stored as it came.
       if (m.ok) this.finish(op, "succeeded", null, undefined, undefined, m.result);
       else this.finish(op, "failed", null, isErrorClass(m.errorClass) ? m.errorClass : "SEMANTIC", m.message ?? "task failed");
+      this.pump();
     };
     const onDied = (why: string) => {
       if (settled) return;
-      if (reused && !this.stopped && this.pool.length < this.maxPool) {
+      // Out of memory is the task's own doing (its input, its code): it fails RESOURCE, not run
+      // again to fill a second worker's heap.
+      if (reused && !w.outOfMemory && !this.stopped && this.pool.length < this.maxPool) {
         // Detached without giving the (dead) worker's place to the queue first.
         detach();
         const remaining = (op.deadline ?? Number.POSITIVE_INFINITY) - Date.now();
@@ -984,18 +1010,20 @@ export class ComputeEngine {
         this.pump();
         return;
       }
-      done(true);
+      free(true);
       this.finish(op, "failed", null, w.outOfMemory ? "RESOURCE" : "INTERNAL", why);
+      this.pump();
     };
     const cancel = (why: StopReason): boolean => {
       if (settled) return false;
-      done(true);
+      free(true);
       if (why === "cancelled") this.finish(op, "cancelled", null, "SEMANTIC", "cancelled by the persona");
       else if (why === "revoked") this.finish(op, "cancelled", null, "CAPABILITY", revokedMessage(job.grant));
       else if (why === "retired") this.finish(op, "cancelled", null, "CAPABILITY", retiredMessage(job.grant));
       else if (why === "removed")
         this.finish(op, "failed", null, "PERMISSION", "killed: the persona that started it was removed");
       else this.finishAtDeadline(job, "the task was stopped");
+      this.pump();
       return true;
     };
     const timer = setTimeout(() => cancel("deadline"), remainingMs);

@@ -354,7 +354,11 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
     );
     // An upload its persona neither committed nor aborted ends on the record too: who, which, why.
     uploads.onEnded = (u, why) =>
-      records.uploadEnded({ id: u.id, target: u.target, persona: u.persona, received: u.received, size: u.size }, why);
+      records.uploadEnded(
+        { id: u.id, target: u.target, persona: u.persona, received: u.received, size: u.size },
+        why,
+        why === "kernel stopped" ? "the kernel stopped while it was in progress: its partial file was removed" : undefined,
+      );
     // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
     router.register(
@@ -419,6 +423,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       {
         workers: c.computeWorkers,
         idleWorkers: c.computeIdleWorkers,
+        idleWorkerMs: c.computeIdleWorkerMs,
         workerHeapMb: c.computeWorkerHeapMb,
         resultTtlMs: c.opResultTtlMs,
         maxFinishedPerPersona: c.maxFinishedOpsPerPersona,

@@ -62,7 +62,9 @@ export function startHousekeeping(
     s.compute.cancelRetired((g) => s.enforcer.keyRetired(g));
     s.agents.killRetired((k) => s.enforcer.kidRetired(k.kid));
     // A task's leftover spinning in an idle worker kept warm for its persona: ended, not left burning a core.
-    s.compute.endSpinningIdle();
+    s.compute.endSpinningIdle(now);
+    // An idle worker holds what its persona's tasks left in its heap: given back once no task came for computeIdleWorkerMs.
+    s.compute.endAgedIdle(now);
     s.host.peerLog.sweep(now);
     s.dedupe.sweep(now);
     s.applyOfflineChanges();

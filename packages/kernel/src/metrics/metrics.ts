@@ -78,7 +78,7 @@ export class KernelMetrics {
   });
   readonly taskWorkersEnded = new Counter({
     name: "kpip_task_workers_ended_total",
-    help: "Idle task workers the kernel ended, by reason (evicted: the idle worker used longest ago, for another persona's new worker beyond computeIdleWorkers; spinning: its event loop kept busy after its task returned; removed: its persona left the registry)",
+    help: "Idle task workers the kernel ended, by reason (evicted: the idle worker used longest ago, for another persona's new worker beyond computeIdleWorkers; spinning: its event loop kept busy after its task returned; removed: its persona left the registry; aged: idle past computeIdleWorkerMs)",
     labelNames: ["reason"] as const,
     registers: [this.registry],
   });

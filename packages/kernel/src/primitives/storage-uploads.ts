@@ -94,7 +94,7 @@ const UNHASHED_CHUNKS = 64;
  * an idle upload expires and its partial file is removed.
  */
 /** Why the kernel ended an upload its persona neither committed nor aborted. */
-export type UploadEnd = "idle" | "revoked" | "persona removed";
+export type UploadEnd = "idle" | "revoked" | "persona removed" | "kernel stopped";
 
 export class UploadTable {
   private readonly byId = new Map<string, Upload>();
@@ -487,6 +487,21 @@ export class UploadTable {
         n++;
       }
     }
+    return n;
+  }
+
+  /**
+   * The kernel stops (its sessions ended, before its kernel.stop record): every upload not being
+   * committed ends on the record (`storage.upload.ended`, "kernel stopped"), its note and partial
+   * file removed, as the start after a kill records the ones a kill left. Answers how many.
+   */
+  endAll(): number {
+    let n = 0;
+    for (const u of [...this.byId.values()])
+      if (!u.committing) {
+        this.end(u, "kernel stopped");
+        n++;
+      }
     return n;
   }
 

@@ -54,6 +54,11 @@ export function RegistryRows<B extends StoreBase>(Base: B): WithRows<B, PersonaS
       return r && toPersona(r);
     }
     addPersona(id: string, publicKey: Uint8Array, registeredBy?: string): void {
+      // The host's clock, not the kernel's (KernelOptions.clock): the expulsion rule compares it
+      // with when work began (an op's createdAt, an upload's began, a process's since, all the
+      // host's) to tell a removed holder's work from a later holder's of the same id; and the
+      // CLI registers without a kernel. On the kernel's clock, one behind the host's, a new
+      // holder's registration would read as older than the removed holder's work.
       this.#add.run(id, Buffer.from(publicKey), Date.now(), registeredBy ?? null);
       for (const cb of this.#changed) cb(id);
     }
