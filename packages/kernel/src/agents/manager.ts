@@ -107,6 +107,8 @@ interface Live {
   killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
   /** With killedBy "token revoked": the revoked token that covered its own (its own id, or an ancestor's in its chain). */
   revokedToken?: string;
+  /** Its authority ended at its agent.kill, before its process closed ({@link kill}): its end revokes only what came since. */
+  authorityEnded?: boolean;
 }
 
 /**
@@ -706,10 +708,13 @@ export class AgentManager {
       );
     });
     step("cannot revoke an ended agent's token", () => {
+      // Revoked at its kill already: a record only for what was minted for its id since.
+      if (revocation && live.authorityEnded && !revocation.own.changed && !revocation.rest?.changed) return;
       if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
       else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
     });
     step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
+    this.killed.delete(rec.persona);
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
       // keeps a bounded number (per spawner, sub-personas it registers would each keep as many).
@@ -793,7 +798,7 @@ export class AgentManager {
    * stored (storeKept).
    */
   readonly registry: Pick<PersonaStore, "getPersona"> = {
-    getPersona: (id) => (this.unforgotten.has(id) ? undefined : this.store.getPersona(id)),
+    getPersona: (id) => (this.unforgotten.has(id) || this.killed.has(id) ? undefined : this.store.getPersona(id)),
   };
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
@@ -807,9 +812,23 @@ export class AgentManager {
    * record says it killed the agent once, not once per call while the first kill took effect.
    */
   kill(id: string): boolean {
-    if (this.live.get(id)?.killedBy !== undefined) return false;
-    return this.killLive(id, "kill");
+    const live = this.live.get(id);
+    if (live === undefined || live.killedBy !== undefined || !this.killLive(id, "kill")) return false;
+    // Its process may take a while to close (a sandbox's teardown, a process in uninterruptible
+    // sleep): until then its token and key held, and its sessions — the agent's, and any opened
+    // with the credentials it handed out — went on writing after agent.kill was answered. Its
+    // authority ends now, as at its end: its token revoked (what it started under it ends with
+    // it), its persona gone from the registry (its sessions ended, requests in flight refused at
+    // their commit, no new session attests, what it started under another token ends).
+    live.authorityEnded = true;
+    this.killed.add(live.persona);
+    this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed`);
+    this.opts.onForgotten?.(live.persona);
+    return true;
   }
+
+  /** Personas of agents killed by agent.kill whose process has not closed yet: gone from the registry ({@link kill}). */
+  private readonly killed = new Set<string>();
 
   /**
    * The agent as stored, with live output while it runs; with `output` false, without its output
