@@ -115,4 +115,63 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
       removeHome(t.home);
     }
   });
+  it("an agent killed by a revocation of its token does not act on with a token minted for its persona id until its process closes", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const kill = process.kill;
+    // Its SIGKILL held: a process slow to die.
+    process.kill = ((pid: number, sig?: string | number) =>
+      sig === "SIGKILL" ? true : kill.call(process, pid, sig)) as typeof process.kill;
+    try {
+      const admin = await t.admin();
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+        { ops: ["token.mint"], targets: ["persona://gil/**"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("node", "r1", {
+        args: [LEAKING_AGENT],
+        rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }],
+        lifetimeMs: 60_000,
+      });
+      const agent = a.agent as string;
+      const boot = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
+        },
+        30_000,
+        "the agent's credentials, handed out",
+      );
+      // Its spawner gives it more: a token minted for its persona id, which ends with the agent.
+      const more = await c.tokens.mint(a.persona as string, {
+        rights: [{ ops: ["storage.*"], targets: ["obj://ws/**"] }],
+        ttlMs: 600_000,
+      });
+      const other = await t.connect(parseIdentity(boot.identity), [boot.token, more.token]);
+      await other.storage.write("obj://ws/before", "x");
+      const closed = new Promise<Error>((resolve) => other.once("closed", (e: Error) => resolve(e)));
+      // The admin revokes the agent's own token: the agent is killed.
+      await admin.call("token.revoke", `token://${a.token}`);
+      // Refused: by the kernel, or by the client once the kernel ended its session.
+      await assert.rejects(other.storage.write("obj://ws/after", "y"));
+      const err = await closed;
+      assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
+      await assert.rejects(t.connect(parseIdentity(boot.identity), [more.token]), /attestation failed/i);
+      const status = await admin.call("token.inspect", `token://${more.id}`, { token: more.token });
+      assert.equal((status.payload as { status: string }).status, "revoked", "the token minted for its id ended with the kill");
+      assert.equal(
+        t.k.inspect.queryAudit({ persona: a.persona, op: "storage.write", limit: 10 }).filter((r) => r.status === "SUCCESS")
+          .length,
+        1,
+        "only its write before the kill",
+      );
+    } finally {
+      process.kill = kill;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
 });

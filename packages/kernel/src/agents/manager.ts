@@ -107,7 +107,7 @@ interface Live {
   killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
   /** With killedBy "token revoked": the revoked token that covered its own (its own id, or an ancestor's in its chain). */
   revokedToken?: string;
-  /** Its authority ended at its agent.kill, before its process closed ({@link kill}): its end revokes only what came since. */
+  /** Its authority ended at its kill, before its process closed ({@link endAuthority}): its end revokes only what came since. */
   authorityEnded?: boolean;
 }
 
@@ -608,7 +608,7 @@ export class AgentManager {
       slot: this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") }),
       persona,
       out,
-      timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
+      timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
       token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
     };
     live.timer.unref();
@@ -787,9 +787,12 @@ export class AgentManager {
 
   /** Kills each running agent not already being killed that `test` picks, for `why`; how many it killed (one that exited by itself is not). */
   private killWhere(test: (live: Live) => boolean, why: Live["killedBy"]): number {
-    let n = 0;
-    for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) n++;
-    return n;
+    const killed: string[] = [];
+    for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) killed.push(id);
+    // A removed persona's key is gone already; a revoked or retired one's agent holds its key
+    // and the tokens minted for its id until its process closes: they end with the kill.
+    if (why !== "persona removed") for (const id of killed) this.endAuthority(id);
+    return killed.length;
   }
 
   /**
@@ -812,22 +815,32 @@ export class AgentManager {
    * record says it killed the agent once, not once per call while the first kill took effect.
    */
   kill(id: string): boolean {
-    const live = this.live.get(id);
-    if (live === undefined || live.killedBy !== undefined || !this.killLive(id, "kill")) return false;
-    // Its process may take a while to close (a sandbox's teardown, a process in uninterruptible
-    // sleep): until then its token and key held, and its sessions — the agent's, and any opened
-    // with the credentials it handed out — went on writing after agent.kill was answered. Its
-    // authority ends now, as at its end: its token revoked (what it started under it ends with
-    // it), its persona gone from the registry (its sessions ended, requests in flight refused at
-    // their commit, no new session attests, what it started under another token ends).
-    live.authorityEnded = true;
-    this.killed.add(live.persona);
-    this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed`);
-    this.opts.onForgotten?.(live.persona);
+    if (this.live.get(id)?.killedBy !== undefined || !this.killLive(id, "kill")) return false;
+    this.endAuthority(id);
     return true;
   }
 
-  /** Personas of agents killed by agent.kill whose process has not closed yet: gone from the registry ({@link kill}). */
+  /**
+   * A killed agent's process may take a while to close (a sandbox's teardown, a process in
+   * uninterruptible sleep): until then its token, the tokens minted for its id and its key held,
+   * and its sessions — the agent's, and any opened with the credentials it handed out — went on
+   * acting after the kill (agent.kill, a revocation, its lifetime) was answered. Its authority
+   * ends at the kill, as at its end: those tokens revoked (what was started under them ends), its
+   * persona gone from the registry (its sessions end, requests in flight are refused at their
+   * commit, no new session attests, what it started under another token ends). Its end records
+   * the rest (agent.exited, the key's removal) once its process has closed.
+   */
+  private endAuthority(id: string): void {
+    const live = this.live.get(id);
+    if (live === undefined || live.authorityEnded) return;
+    live.authorityEnded = true;
+    this.killed.add(live.persona);
+    const by = live.killedBy === "kill" || live.killedBy === undefined ? "agent.kill" : live.killedBy;
+    this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed (${by})`);
+    this.opts.onForgotten?.(live.persona);
+  }
+
+  /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */
   private readonly killed = new Set<string>();
 
   /**
