@@ -248,12 +248,14 @@ describe("records that tell the story", () => {
       assert.equal(revoked?.d.revoked, a.token);
       assert.deepEqual(revoked?.d.ended, [a.token]);
       assert.equal(records(t, "persona.removed")[0]?.target, "persona://admin/agent.w1");
-      const order = [spawned, exit, revoked, records(t, "persona.removed")[0]].map((r) => r?.seq ?? 0);
+      // Killed by agent.kill: its token is revoked at the kill, before its process closed (case 665).
+      const order = [spawned, revoked, exit, records(t, "persona.removed")[0]].map((r) => r?.seq ?? 0);
       assert.deepEqual(
         order,
         [...order].sort((x, y) => x - y),
-        "spawned, exited, revoked, removed: in that order",
+        "spawned, revoked (at the kill), exited, removed: in that order",
       );
+      assert.equal(records(t, "token.revoked").length, 1, "its token's revocation is recorded once");
       const out = records(t, "agent.spawn").find((r) => r.phase === "outcome");
       assert.equal(out?.d.agent, spawned?.d.agent);
     });

@@ -107,6 +107,8 @@ interface Live {
   killedBy?: "kill" | "lifetime" | "kernel" | "persona removed" | "token revoked" | "key retired";
   /** With killedBy "token revoked": the revoked token that covered its own (its own id, or an ancestor's in its chain). */
   revokedToken?: string;
+  /** Its authority ended at its kill, before its process closed ({@link endAuthority}): its end revokes only what came since. */
+  authorityEnded?: boolean;
 }
 
 /**
@@ -606,7 +608,7 @@ export class AgentManager {
       slot: this.opts.processes.add({ kind: "agent", id, persona: r.spawner, kill: () => this.killLive(id, "persona removed") }),
       persona,
       out,
-      timer: setTimeout(() => this.killLive(id, "lifetime"), lifetime),
+      timer: setTimeout(() => this.killLive(id, "lifetime") && this.endAuthority(id), lifetime),
       token: { id: token.claims.id, chain: token.claims.chain, kid: token.claims.kid },
     };
     live.timer.unref();
@@ -706,10 +708,13 @@ export class AgentManager {
       );
     });
     step("cannot revoke an ended agent's token", () => {
+      // Revoked at its kill already: a record only for what was minted for its id since.
+      if (revocation && live.authorityEnded && !revocation.own.changed && !revocation.rest?.changed) return;
       if (revocation) this.revoked(revocation, rec.tokenId, rec.persona, `${agentUri(id)} ended`);
       else this.revokeFor(rec.tokenId, rec.persona, `${agentUri(id)} ended`);
     });
     step("cannot remove an ended agent's key", () => this.forget(rec.persona, `${agentUri(id)} ended`, rec.tokenId));
+    this.killed.delete(rec.persona);
     try {
       // Each ended agent keeps up to 2 × maxOutputBytes until its retention: a spawner's whole tree
       // keeps a bounded number (per spawner, sub-personas it registers would each keep as many).
@@ -782,9 +787,12 @@ export class AgentManager {
 
   /** Kills each running agent not already being killed that `test` picks, for `why`; how many it killed (one that exited by itself is not). */
   private killWhere(test: (live: Live) => boolean, why: Live["killedBy"]): number {
-    let n = 0;
-    for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) n++;
-    return n;
+    const killed: string[] = [];
+    for (const [id, live] of this.live) if (!live.killedBy && test(live) && this.killLive(id, why)) killed.push(id);
+    // A removed persona's key is gone already; a revoked or retired one's agent holds its key
+    // and the tokens minted for its id until its process closes: they end with the kill.
+    if (why !== "persona removed") for (const id of killed) this.endAuthority(id);
+    return killed.length;
   }
 
   /**
@@ -793,7 +801,7 @@ export class AgentManager {
    * stored (storeKept).
    */
   readonly registry: Pick<PersonaStore, "getPersona"> = {
-    getPersona: (id) => (this.unforgotten.has(id) ? undefined : this.store.getPersona(id)),
+    getPersona: (id) => (this.unforgotten.has(id) || this.killed.has(id) ? undefined : this.store.getPersona(id)),
   };
 
   /** Whether a persona is still registered (agent.spawn's ownership rule: nothing new runs for a removed spawner). */
@@ -807,9 +815,33 @@ export class AgentManager {
    * record says it killed the agent once, not once per call while the first kill took effect.
    */
   kill(id: string): boolean {
-    if (this.live.get(id)?.killedBy !== undefined) return false;
-    return this.killLive(id, "kill");
+    if (this.live.get(id)?.killedBy !== undefined || !this.killLive(id, "kill")) return false;
+    this.endAuthority(id);
+    return true;
   }
+
+  /**
+   * A killed agent's process may take a while to close (a sandbox's teardown, a process in
+   * uninterruptible sleep): until then its token, the tokens minted for its id and its key held,
+   * and its sessions — the agent's, and any opened with the credentials it handed out — went on
+   * acting after the kill (agent.kill, a revocation, its lifetime) was answered. Its authority
+   * ends at the kill, as at its end: those tokens revoked (what was started under them ends), its
+   * persona gone from the registry (its sessions end, requests in flight are refused at their
+   * commit, no new session attests, what it started under another token ends). Its end records
+   * the rest (agent.exited, the key's removal) once its process has closed.
+   */
+  private endAuthority(id: string): void {
+    const live = this.live.get(id);
+    if (live === undefined || live.authorityEnded) return;
+    live.authorityEnded = true;
+    this.killed.add(live.persona);
+    const by = live.killedBy === "kill" || live.killedBy === undefined ? "agent.kill" : live.killedBy;
+    this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed (${by})`);
+    this.opts.onForgotten?.(live.persona);
+  }
+
+  /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */
+  private readonly killed = new Set<string>();
 
   /**
    * The agent as stored, with live output while it runs; with `output` false, without its output

@@ -48,7 +48,8 @@ export const agentSpawn = defineOp({
 
 export const agentKill = defineOp({
   op: "agent.kill",
-  description: "Kill a running agent (its whole process group).",
+  description:
+    "Kill a running agent (its whole process group). Its authority ends when the kill is answered: its token is revoked and its key no longer attests nor acts, before its process has closed (§9.4, Agents).",
   targets: ["agent"],
   args: { spawner },
   result: {

@@ -1,0 +1,177 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { KpipError } from "@kpip/client";
+import { parseIdentity } from "@kpip/protocol";
+import { BlobStore } from "../src/store/blobs.js";
+import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
+
+const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.mjs", import.meta.url));
+
+// agent.kill answered `killed: true` while the agent's process had not closed yet (a sandbox's
+// teardown; a process in uninterruptible sleep, which SIGKILL reaches only when it leaves it):
+// until then the agent's token and key held, so its requests in flight, and new ones from the
+// sessions opened with its credentials, committed after the kill was answered and recorded.
+
+describe("agent.kill ends the agent's authority when it is answered, not when its process closes", () => {
+  it("a killed agent whose process has not closed yet writes nothing more: its write in flight is refused at its commit, its sessions end, its credentials no longer attest", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const kill = process.kill;
+    const put = BlobStore.prototype.put;
+    // A process slow to die: the SIGKILLs are held until the test lets them through.
+    const held: (() => void)[] = [];
+    const release = () => {
+      process.kill = kill;
+      for (const h of held.splice(0)) h();
+    };
+    try {
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("node", "k1", {
+        args: [LEAKING_AGENT],
+        rights: [{ ops: ["storage.*"], targets: ["obj://ws/**"] }],
+        lifetimeMs: 60_000,
+      });
+      const agent = a.agent as string;
+      const boot = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
+        },
+        30_000,
+        "the agent's credentials, handed out",
+      );
+      const identity = parseIdentity(boot.identity);
+      const other = await t.connect(identity, [boot.token]);
+      await other.storage.write("obj://ws/before", "x");
+      process.kill = ((pid: number, sig?: string | number) => {
+        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
+        held.push(() => {
+          try {
+            kill.call(process, pid, sig);
+          } catch {
+            // already gone
+          }
+        });
+        return true;
+      }) as typeof process.kill;
+      // The kill is answered while the agent's write is in flight (its body going to the file store).
+      let killed: Promise<boolean> | undefined;
+      BlobStore.prototype.put = async function (this: BlobStore, data: Uint8Array) {
+        killed ??= c.agents.kill(agent);
+        await killed;
+        return put.call(this, data);
+      };
+      const closed = new Promise<Error>((resolve) => other.once("closed", (e: Error) => resolve(e)));
+      await assert.rejects(other.storage.write("obj://ws/big", Buffer.alloc(300_000, 1)), (e: unknown) => e instanceof KpipError);
+      assert.equal(await killed, true);
+      // The write reached its commit after the kill was answered: refused there, on the record.
+      const outcome = await until(
+        () =>
+          t.k.inspect
+            .queryAudit({ persona: a.persona, op: "storage.write", limit: 10 })
+            .find((r) => r.phase === "outcome" && r.target === "obj://ws/big"),
+        30_000,
+        "the write's outcome",
+      );
+      BlobStore.prototype.put = put;
+      assert.equal(outcome.status, "FAILURE");
+      assert.ok(held.length > 0, "the agent's process has not been killed yet (its SIGKILL is held)");
+      await assert.rejects(c.storage.stat("obj://ws/big"), klass("SEMANTIC", "no object"), "nothing was written");
+      const err = await closed;
+      assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
+      // Its credentials no longer open a session.
+      await assert.rejects(t.connect(identity, [boot.token]), /attestation failed/i);
+      // Nothing of the agent's committed after the kill's outcome record.
+      const rows = t.k.inspect.queryAudit({ limit: 1000 });
+      const killAt = rows.find((r) => r.op === "agent.kill" && r.phase === "outcome")?.seq ?? 0;
+      assert.ok(killAt > 0);
+      const after = rows.filter(
+        (r) => r.persona === a.persona && r.seq > killAt && r.status === "SUCCESS" && r.op === "storage.write",
+      );
+      assert.deepEqual(after, [], "no write of the killed agent's succeeded after its kill was recorded");
+      // Its process closes: its end is recorded once, its token revoked once.
+      release();
+      const exited = await until(
+        () => t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).find((r) => r.target === agent),
+        30_000,
+        "agent.exited",
+      );
+      assert.match(exited.detail ?? "", /"killedBy":"kill"/);
+      const revoked = t.k.inspect
+        .queryAudit({ op: "token.revoked", limit: 100 })
+        .filter((r) => r.target === `token://${a.token}`);
+      assert.equal(revoked.length, 1, "its token's revocation is on the record once, at its kill");
+      assert.ok(revoked[0] && revoked[0].seq < (exited.seq as number));
+    } finally {
+      BlobStore.prototype.put = put;
+      release();
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("an agent killed by a revocation of its token does not act on with a token minted for its persona id until its process closes", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const kill = process.kill;
+    // Its SIGKILL held: a process slow to die.
+    process.kill = ((pid: number, sig?: string | number) =>
+      sig === "SIGKILL" ? true : kill.call(process, pid, sig)) as typeof process.kill;
+    try {
+      const admin = await t.admin();
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+        { ops: ["token.mint"], targets: ["persona://gil/**"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("node", "r1", {
+        args: [LEAKING_AGENT],
+        rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }],
+        lifetimeMs: 60_000,
+      });
+      const agent = a.agent as string;
+      const boot = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
+        },
+        30_000,
+        "the agent's credentials, handed out",
+      );
+      // Its spawner gives it more: a token minted for its persona id, which ends with the agent.
+      const more = await c.tokens.mint(a.persona as string, {
+        rights: [{ ops: ["storage.*"], targets: ["obj://ws/**"] }],
+        ttlMs: 600_000,
+      });
+      const other = await t.connect(parseIdentity(boot.identity), [boot.token, more.token]);
+      await other.storage.write("obj://ws/before", "x");
+      const closed = new Promise<Error>((resolve) => other.once("closed", (e: Error) => resolve(e)));
+      // The admin revokes the agent's own token: the agent is killed.
+      await admin.call("token.revoke", `token://${a.token}`);
+      // Refused: by the kernel, or by the client once the kernel ended its session.
+      await assert.rejects(other.storage.write("obj://ws/after", "y"));
+      const err = await closed;
+      assert.ok(err instanceof KpipError && err.code === "PERSONA_REMOVED", String(err));
+      await assert.rejects(t.connect(parseIdentity(boot.identity), [more.token]), /attestation failed/i);
+      const status = await admin.call("token.inspect", `token://${more.id}`, { token: more.token });
+      assert.equal((status.payload as { status: string }).status, "revoked", "the token minted for its id ended with the kill");
+      assert.equal(
+        t.k.inspect.queryAudit({ persona: a.persona, op: "storage.write", limit: 10 }).filter((r) => r.status === "SUCCESS")
+          .length,
+        1,
+        "only its write before the kill",
+      );
+    } finally {
+      process.kill = kill;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+});
