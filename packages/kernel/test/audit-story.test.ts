@@ -248,7 +248,7 @@ describe("records that tell the story", () => {
       assert.equal(revoked?.d.revoked, a.token);
       assert.deepEqual(revoked?.d.ended, [a.token]);
       assert.equal(records(t, "persona.removed")[0]?.target, "persona://admin/agent.w1");
-      // Killed by agent.kill: its token is revoked at the kill, before its process closed (case 665).
+      // Killed by agent.kill: its token is revoked at the kill, before its process closed (case 642).
       const order = [spawned, revoked, exit, records(t, "persona.removed")[0]].map((r) => r?.seq ?? 0);
       assert.deepEqual(
         order,
