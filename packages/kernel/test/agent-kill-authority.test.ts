@@ -3,6 +3,7 @@ import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KpipError } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
+import { TokenService } from "../src/auth/tokens.js";
 import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
@@ -170,6 +171,46 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
       );
     } finally {
       process.kill = kill;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("an agent's lifetime ending while its revocation cannot be made is logged, the kernel serving on: its end revokes its token", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const revokeNow = TokenService.prototype.revokeNow;
+    let refused = 0;
+    // The store refusing the kill's revocation once (from the lifetime's timer: a throw there ended the kernel).
+    TokenService.prototype.revokeNow = function (this: TokenService, ...args: Parameters<TokenService["revokeNow"]>) {
+      if (refused++ === 0) throw new Error("disk I/O error");
+      return revokeNow.apply(this, args);
+    };
+    try {
+      const gil = await t.persona("gil", [
+        { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] },
+        { ops: ["storage.*"], targets: ["obj://ws/**"] },
+      ]);
+      const c = await t.connect(gil.identity, [gil.token]);
+      const a = await c.agents.spawn("node", "l1", {
+        args: [LEAKING_AGENT],
+        rights: [{ ops: ["storage.read"], targets: ["obj://ws/**"] }],
+        lifetimeMs: 300,
+      });
+      const exited = await until(
+        () => t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).find((r) => r.target === a.agent),
+        30_000,
+        "agent.exited",
+      );
+      assert.match(exited.detail ?? "", /"killedBy":"lifetime"/);
+      assert.ok(refused >= 2, "the kill's revocation was refused, its end's made");
+      const revoked = t.k.inspect
+        .queryAudit({ op: "token.revoked", limit: 100 })
+        .filter((r) => r.target === `token://${a.token}`);
+      assert.equal(revoked.length, 1, "its token revoked at its end");
+      await c.storage.write("obj://ws/after", "x"); // the kernel serves on
+    } finally {
+      TokenService.prototype.revokeNow = revokeNow;
       await t.stop();
       removeHome(t.home);
     }

@@ -836,8 +836,18 @@ export class AgentManager {
     live.authorityEnded = true;
     this.killed.add(live.persona);
     const by = live.killedBy === "kill" || live.killedBy === undefined ? "agent.kill" : live.killedBy;
-    this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed (${by})`);
-    this.opts.onForgotten?.(live.persona);
+    // Each step on its own, as at its end: this runs from the lifetime's timer too, where a throw
+    // (a store refusing the revocation's row) would end the kernel; one its end revokes again.
+    try {
+      this.revokeFor(live.token.id, live.persona, `${agentUri(id)} killed (${by})`);
+    } catch (e) {
+      this.log.error({ err: e, agent: id }, "cannot revoke a killed agent's token: revoked at its end");
+    }
+    try {
+      this.opts.onForgotten?.(live.persona);
+    } catch (e) {
+      this.log.error({ err: e, agent: id }, "cannot end a killed agent's sessions");
+    }
   }
 
   /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */

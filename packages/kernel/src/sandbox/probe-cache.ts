@@ -1,4 +1,4 @@
-import { statSync } from "node:fs";
+import { readFileSync, statSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 
 /**
@@ -25,9 +25,26 @@ function fileIdentity(path: string, contents: boolean): string {
   }
 }
 
+/** The host's switches for unprivileged user namespaces (what bubblewrap needs): a change makes a trial again. */
+const USERNS_SWITCHES = [
+  "/proc/sys/kernel/unprivileged_userns_clone",
+  "/proc/sys/user/max_user_namespaces",
+  "/proc/sys/kernel/apparmor_restrict_unprivileged_userns",
+];
+
+function switches(): string {
+  return USERNS_SWITCHES.map((f) => {
+    try {
+      return readFileSync(f, "utf8").trim();
+    } catch {
+      return "-";
+    }
+  }).join(",");
+}
+
 /**
  * What a trial run's outcome depends on: the programs it runs (path and file identity), the
- * sandbox's settings, the mount table, and the scratch root with each directory above it (their
+ * sandbox's settings, the mount table, the host's user-namespace switches, and the scratch root with each directory above it (their
  * modes and owners decide whether the sandbox's user reaches it; the root's own name does not
  * when it does not exist yet, so kernels with roots side by side share one trial).
  */
@@ -37,7 +54,7 @@ export function trialKey(programs: (string | undefined)[], settings: unknown, mo
   const root = fileIdentity(dir, false);
   parts.push(root.startsWith("-") ? "root:absent" : `root:${dir}=${root}`);
   for (let up = dirname(dir); up !== dir; dir = up, up = dirname(dir)) parts.push(`${up}=${fileIdentity(up, false)}`);
-  parts.push(JSON.stringify(settings), mountInfo);
+  parts.push(JSON.stringify(settings), mountInfo, switches());
   return parts.join("\n");
 }
 
