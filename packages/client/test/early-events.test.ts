@@ -34,6 +34,13 @@ describe("events that come before a subscription's id is known", () => {
       held = r;
       return "silent";
     });
+    // A failed assertion must not leave the subscribe unanswered: close() waits for calls in
+    // flight (their deadline, minutes), which held the run that long instead of failing it.
+    // Registered before the close: after-hooks run in the order they were registered.
+    let answered = false;
+    t.after(() => {
+      if (held !== undefined && !answered) k.answer(held, { status: "SUCCESS", payload: { subscription: 9 } });
+    });
     const c = await k.connect();
     t.after(() => c.close());
     const subscribing = c.subscribe("topic://big/**");
@@ -48,6 +55,7 @@ describe("events that come before a subscription's id is known", () => {
     assert.ok(early.bytes <= EARLY_BYTES, `${early.bytes} bytes held for an unknown id`);
     assert.ok(early.length > 0 && early.length < n, `${early.length} of ${n} events held`);
     k.answer(held as Request, { status: "SUCCESS", payload: { subscription: 9 } });
+    answered = true;
     const sub = await subscribing;
     // Every EVENT written before the answer has been read when it resolves.
     assert.ok(sub.buffered.bytes <= EARLY_BYTES, `${sub.buffered.bytes} bytes held`);
@@ -64,9 +72,14 @@ describe("events that come before a subscription's id is known", () => {
       return "silent" as const;
     };
     k.reset(silent, silent);
+    // As above: a failed assertion answers what is still in flight, or close() waits minutes for it.
+    const answered = new Set<Request>();
+    t.after(() => {
+      for (const [i, r] of calls.entries())
+        if (!answered.has(r)) k.answer(r, { status: "SUCCESS", payload: { subscription: 8 + i } });
+    });
     const c = await k.connect();
     t.after(() => c.close());
-    // Two subscribes under way at once: the hold is cleared only once neither is.
     const first = c.subscribe("topic://a/**");
     const second = c.subscribe("topic://b/**");
     await until(() => calls.length === 2, 10_000, "both subscribes sent");
@@ -76,8 +89,10 @@ describe("events that come before a subscription's id is known", () => {
     for (let seq = 1; seq <= 3; seq++)
       k.sockets[0]?.write(encodeMessage({ type: "EVENT", body: { subscription: 9, topic: "topic://b/x", seq, data: seq } }));
     k.answer(calls[1] as Request, { status: "SUCCESS", payload: { subscription: 9 } });
+    answered.add(calls[1] as Request);
     const sub = await second;
     k.answer(calls[0] as Request, { status: "SUCCESS", payload: { subscription: 8 } });
+    answered.add(calls[0] as Request);
     await first;
     // Every EVENT written before the answer has been read when it resolves: the hold was full of id 7's.
     assert.equal(sub.buffered.events, 3, "the new subscription's first events were held, not dropped");
