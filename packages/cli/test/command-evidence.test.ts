@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { Kernel } from "@kpip/kernel";
+import { encodeCanonical } from "@kpip/protocol";
+import { CommandWorker } from "@kpip/protocol/testing";
+import { connectAdmin, DISPATCH } from "./run.js";
+
+// What did a command print, once its result is gone (its TTL, the tree's trim)? Its end's
+// op.state record names the result and each stream by hash.
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+
+const sha256 = (b: Uint8Array | string) => createHash("sha256").update(b).digest("hex");
+
+interface Row {
+  target: string;
+  detail: string | null;
+}
+
+describe("what a command printed, in the evidence", () => {
+  it("a command's end record names its exit code and the SHA-256 and size of its result, stdout and stderr", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-command-evidence-"));
+    let result: unknown;
+    let failed: unknown;
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      const c = await connectAdmin(home);
+      try {
+        const ok = await c.compute.command("sh", ["-c", "printf 'exfiltrated: %s' s3cret"]);
+        result = await c.ops.wait(ok);
+        const bad = await c.compute.command("sh", ["-c", "printf partial; printf 'no such key' >&2; exit 3"]);
+        await c.ops.wait(bad).catch((e: { payload?: { result?: unknown } }) => {
+          failed = e.payload?.result;
+        });
+      } finally {
+        await c.close();
+        await k.stop();
+      }
+      const r = await cli.run(["audit", "query", "--op", "op.state", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const ends = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse((JSON.parse(l) as Row).detail ?? "{}") as { state: string; result?: Record<string, unknown> })
+        .filter((d) => d.state === "succeeded" || d.state === "failed");
+      assert.equal(ends.length, 2);
+      const [s, f] = ends.map((d) => d.result);
+      assert.deepEqual(s, {
+        sha256: sha256(encodeCanonical(result as never)),
+        size: encodeCanonical(result as never).byteLength,
+        exitCode: 0,
+        signal: null,
+        truncated: false,
+        stdout: { sha256: sha256("exfiltrated: s3cret"), size: 19 },
+        stderr: { sha256: sha256(""), size: 0 },
+      });
+      assert.ok(failed, "the failed command's answer carried its result");
+      assert.equal(f?.sha256, sha256(encodeCanonical(failed as never)));
+      assert.equal(f?.exitCode, 3);
+      assert.deepEqual(f?.stdout, { sha256: sha256("partial"), size: 7 });
+      assert.deepEqual(f?.stderr, { sha256: sha256("no such key"), size: 11 });
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});
