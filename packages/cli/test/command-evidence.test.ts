@@ -68,4 +68,36 @@ describe("what a command printed, in the evidence", () => {
       rmSync(home, { recursive: true, force: true });
     }
   });
+
+  it("an agent's agent.exited record names the SHA-256 and size of what it printed on stdout and stderr", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-agent-evidence-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      const c = await connectAdmin(home);
+      try {
+        await c.agents.spawn("sh", "talker", {
+          args: ["-c", "printf 'agent says: %s' s3cret; printf warn >&2"],
+          rights: [{ ops: ["storage.read"], targets: ["obj://talker/**"] }],
+          lifetimeMs: 600_000,
+        });
+        // A bound for an agent that never ends (a failure), not a guess at its speed.
+        for (const end = Date.now() + 60_000; !k.inspect.queryAudit({ op: "agent.exited", limit: 10 }).length; ) {
+          if (Date.now() > end) throw new Error("the agent did not end within 60 s");
+          await new Promise((r) => setTimeout(r, 20));
+        }
+      } finally {
+        await c.close();
+        await k.stop();
+      }
+      const r = await cli.run(["audit", "query", "--op", "agent.exited", "--json", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const d = JSON.parse((JSON.parse(r.out.trim()) as Row).detail ?? "{}") as Record<string, unknown>;
+      assert.equal(d.state, "exited");
+      assert.deepEqual(d.stdout, { sha256: sha256("agent says: s3cret"), size: 18 });
+      assert.deepEqual(d.stderr, { sha256: sha256("warn"), size: 4 });
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
 });

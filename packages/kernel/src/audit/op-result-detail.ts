@@ -5,6 +5,11 @@ import type { DetailValue } from "./detail.js";
 
 const sha256 = (b: Uint8Array): string => createHash("sha256").update(b).digest("hex");
 
+/** A captured output stream on the record: its SHA-256 and size, never its bytes. */
+export function streamDigest(b: Uint8Array): { sha256: string; size: number } {
+  return { sha256: sha256(b), size: b.byteLength };
+}
+
 /**
  * What an ended op left, for its `op.state` record: the result's SHA-256 and size (its canonical
  * CBOR, as `op.result` hands it out) and, for a command, its exit code, signal and each stream's
@@ -30,7 +35,7 @@ export function opResultDetail(op: Pick<OpRecord, "kind" | "result">): { [k: str
   if (typeof m.truncated === "boolean") out.truncated = m.truncated;
   for (const s of ["stdout", "stderr"] as const) {
     const v = m[s];
-    if (v instanceof Uint8Array) out[s] = { sha256: sha256(v), size: v.byteLength };
+    if (v instanceof Uint8Array) out[s] = streamDigest(v);
   }
   return out;
 }
