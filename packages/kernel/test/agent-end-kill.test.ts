@@ -124,6 +124,9 @@ describe("an end stored just before a kernel kill", { skip: sandboxSkip }, () =>
         assert.equal(ends.length, 1, `the op's end is on the record once: ${JSON.stringify(states)}`);
         assert.equal(ends[0].state, "succeeded");
         assert.equal(ends[0].recovered, true);
+        // What it left is named as on a record written at its end (the stored result's hashes).
+        assert.equal(ends[0].result?.exitCode, 0, JSON.stringify(ends[0]));
+        assert.equal(ends[0].result?.stdout?.size, 0);
       } finally {
         s.close();
       }

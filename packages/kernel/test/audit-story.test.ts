@@ -176,7 +176,7 @@ describe("records that tell the story", () => {
       assert.deepEqual(
         reads.map((r) => [r.phase, r.d]),
         [
-          ["complete", { status: "SUCCESS" }],
+          ["complete", { generation: 2, status: "SUCCESS" }],
           ["complete", { status: "FAILURE" }],
         ],
       );

@@ -30,8 +30,18 @@ describe("the audit.suppressed aggregate records", () => {
     });
   });
 
-  it("a session's suppressed refusals: phase refused, on the session and persona, no detail", () => {
-    const e = suppressedRefusalsRecord({ session: "s1", persona: "alice", count: 3, classes: { CAPABILITY: 3 }, since });
+  it("a session's suppressed refusals: phase refused, on the session and persona, what was tried in a sorted detail", () => {
+    const e = suppressedRefusalsRecord({
+      session: "s1",
+      persona: "alice",
+      count: 3,
+      classes: { CAPABILITY: 3 },
+      ops: { "storage.read": 2, "persona.register": 1 },
+      otherOps: 0,
+      targets: ["obj://a/x", "persona://b"],
+      otherTargets: 0,
+      since,
+    });
     assert.deepEqual(e, {
       session: "s1",
       persona: "alice",
@@ -40,6 +50,8 @@ describe("the audit.suppressed aggregate records", () => {
       status: "FAILURE",
       message:
         "3 refusals over the audit refusal rate, recorded as this one record (CAPABILITY 3) since 2026-12-03T22:00:00.000Z",
+      detail:
+        '{"classes":{"CAPABILITY":3},"count":3,"of":"refused","ops":{"persona.register":1,"storage.read":2},"since":"2026-12-03T22:00:00.000Z","targets":["obj://a/x","persona://b"]}',
     });
   });
 });

@@ -20,6 +20,7 @@ import {
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
 import { printable } from "../audit/printable.js";
+import { prunedNote } from "../audit/pruned-note.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
 import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
@@ -424,6 +425,7 @@ function query(home: string, v: Values, json: boolean): number {
         `the newest ${rows.length} of ${total} matching records shown; ${left} older left out (--limit ${total}, or kpip audit timeline --seq ..${(first ?? 1) - 1})\n`,
       );
     else process.stderr.write(`${rows.length} matching records, all shown\n`);
+    prunedNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();
@@ -469,6 +471,7 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
         page.rows.map((r) => rowCells(r).map((t) => printable(t))),
       );
     pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
+    prunedNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();

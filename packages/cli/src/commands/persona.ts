@@ -1,6 +1,5 @@
 import { createPublicKey } from "node:crypto";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
-import { userInfo } from "node:os";
 import { join, resolve } from "node:path";
 import { KpipError } from "@kpip/client";
 import {
@@ -24,6 +23,7 @@ import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
 import { subcommandError } from "../suggest.js";
 import { EXIT, isoTime, placeNew, printTable, resolveHome, UsageError } from "../util.js";
+import { actor } from "./actor.js";
 
 function openStore(home: string): SqliteStore {
   const path = join(home, HOME_FILES.database);
@@ -85,17 +85,6 @@ const json = { type: "boolean" as const, description: "print JSON" };
 type Outcome = { ok: true } | { ok: false; message: string };
 type Journal = (op: string, target: string, message: string) => JournalEntry;
 
-/** Who made an offline change, for its audit record. */
-function actor(): string {
-  let user = process.env.USER ?? "";
-  try {
-    user = userInfo().username;
-  } catch {
-    // a uid without a passwd entry (containers): the uid alone
-  }
-  return `kpip persona (uid ${process.getuid?.() ?? "?"}${user ? ` ${user}` : ""})`;
-}
-
 /** The home's settings (socket, admin persona) as the kernel itself reads them. */
 function settings(v: Values, home: string): KernelConfig {
   try {
@@ -133,7 +122,7 @@ async function change(
   }
   const store = openStore(home);
   try {
-    const who = actor();
+    const who = actor("kpip persona");
     return { ...offline(store, (op, target, message) => ({ actor: who, op, target, message }), cfg), via: "offline" };
   } finally {
     store.close();

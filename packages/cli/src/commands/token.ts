@@ -1,7 +1,7 @@
 import { existsSync } from "node:fs";
 import { join } from "node:path";
 import type { KernelClient, TokenEntry } from "@kpip/client";
-import { HOME_FILES, RootKeys } from "@kpip/kernel";
+import { HOME_FILES, RootKeys, SqliteStore } from "@kpip/kernel";
 import {
   type ArgsOf,
   attenuate,
@@ -23,6 +23,7 @@ import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, readTokenArg, withClient, writeTokenFile } from "../connect.js";
 import { didYouMean, subcommandError } from "../suggest.js";
 import { EXIT, isoTime, printTable, resolveHome, toJson, UsageError } from "../util.js";
+import { actor } from "./actor.js";
 import { parseAllow, parseDuration, parseLimits } from "./grant-args.js";
 
 function workspaces(v: Values): string[] | undefined {
@@ -185,6 +186,7 @@ export const tokenCommand: Command = {
         } catch (e) {
           throw new UsageError((e as Error).message);
         }
+        journalKeyChange(home, "token.rotate-key", `root key ${kid} made current`);
         out({ kid }, `new root key ${kid}: new tokens use it; older tokens verify until they expire or their key is retired`);
         return EXIT.OK;
       }
@@ -195,6 +197,7 @@ export const tokenCommand: Command = {
         } catch (e) {
           throw new UsageError((e as Error).message);
         }
+        journalKeyChange(existingHome(v.home as string | undefined), "token.retire-key", `root key ${arg} retired`);
         out({ retired: arg }, `retired root key ${arg}: tokens signed with it no longer verify`);
         return EXIT.OK;
       }
@@ -260,4 +263,25 @@ function describeInspection(i: Inspection): string {
   // Each line escaped whole, newlines included: a caveat's text is the holder's (anyone holding
   // a token may append one offline, and a domain may be any text), so it must not forge a line.
   return `${lines.map((l) => printable(l)).join("\n")}\n`;
+}
+
+/**
+ * A root key change is made on the key file, beside any kernel: the kernel records that the file
+ * changed (`token.keys`, or its next `kernel.start`), not who changed it. The offline journal
+ * says who (uid and user), and a kernel moves it into the audit chain within a tick or at its
+ * next start. The key file is changed already: a journal that cannot be written is a warning.
+ */
+function journalKeyChange(home: string, op: string, message: string): void {
+  const path = join(home, HOME_FILES.database);
+  if (!existsSync(path)) return;
+  try {
+    const store = new SqliteStore(path);
+    try {
+      store.withJournal({ actor: actor("kpip token"), op, target: "kernel://", message }, () => true);
+    } finally {
+      store.close();
+    }
+  } catch (e) {
+    process.stderr.write(`warning: the change is made but not journalled for the audit record: ${(e as Error).message}\n`);
+  }
 }

@@ -12,6 +12,7 @@ import {
 } from "@kpip/protocol";
 import { tokenDetail } from "../audit/detail.js";
 import type { KernelAct } from "../audit/kernel-records.js";
+import { streamDigest } from "../audit/op-result-detail.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { EventBus } from "../events/bus.js";
@@ -702,6 +703,9 @@ export class AgentManager {
             signal: signal ?? null,
             ...(live.killedBy ? { killedBy: live.killedBy } : {}),
             ...(live.killedBy === "token revoked" && live.revokedToken ? { revokedToken: live.revokedToken } : {}),
+            // What it printed, by hash: its captured output goes with its row's retention or trim.
+            ...(f.stdout ? { stdout: streamDigest(f.stdout) } : {}),
+            ...(f.stderr ? { stderr: streamDigest(f.stderr) } : {}),
           },
         },
         () => this.endRecorded(id),

@@ -5,6 +5,7 @@ import type { StorageSpace } from "../kernel/storage-space.js";
 import type { OpRecord } from "../store/types.js";
 import { type DetailValue, detailJson, tokenDetail } from "./detail.js";
 import type { AuditLog } from "./log.js";
+import { opResultDetail } from "./op-result-detail.js";
 
 /** One act of the kernel itself: what it did, to what, on whose behalf, with its detail. */
 export interface KernelAct {
@@ -93,6 +94,10 @@ export class KernelRecords {
           from,
           ...(op.errorClass ? { errorClass: op.errorClass } : {}),
           ...(op.spawn ? { spawn: op.spawn } : {}),
+          // What it printed or returned, by hash: its result outlives neither its TTL nor the trim.
+          ...((state === "succeeded" || state === "failed" || state === "cancelled") && op.result
+            ? { result: opResultDetail(op) }
+            : {}),
           ...(recovered ? { recovered: true } : {}),
           ...(outlived ? { outlived: true } : {}),
         },

@@ -37,8 +37,20 @@ export interface Suppressed {
   count: number;
   /** Count by error class. */
   classes: Record<string, number>;
+  /** Count by op (the first {@link SUPPRESSED_OPS} names; the rest in `otherOps`): what was attempted. */
+  ops: Record<string, number>;
+  otherOps: number;
+  /** The first {@link SUPPRESSED_TARGETS} distinct targets refused (clipped); refusals on others in `otherTargets`. */
+  targets: string[];
+  otherTargets: number;
   since: number;
 }
+
+/** Op names an aggregate record counts one by one (a session's refusals over the rate, per tick). */
+export const SUPPRESSED_OPS = 32;
+/** Distinct targets an aggregate record names, each clipped to {@link SUPPRESSED_TARGET_CHARS}. */
+export const SUPPRESSED_TARGETS = 16;
+export const SUPPRESSED_TARGET_CHARS = 256;
 
 /**
  * Refusals cost the refused nothing and the kernel a durable record each: without a rate, a
@@ -68,7 +80,7 @@ export class RefusalLimiter {
   }
 
   /** True: write this refusal's record. False: it was counted for the aggregate record. */
-  admit(session: string, persona: string, errorClass: string): boolean {
+  admit(session: string, persona: string, errorClass: string, op: string | null = null, target: string | null = null): boolean {
     const now = this.clock();
     const s = this.sessions.take(session, now);
     // A persona's rate covers its whole tree: its agents and sub-personas refuse on its budget.
@@ -80,11 +92,24 @@ export class RefusalLimiter {
     }
     let agg = this.pending.get(session);
     if (!agg) {
-      agg = { session, persona, count: 0, classes: {}, since: now };
+      agg = { session, persona, count: 0, classes: {}, ops: {}, otherOps: 0, targets: [], otherTargets: 0, since: now };
       this.pending.set(session, agg);
     }
     agg.count++;
     agg.classes[errorClass] = (Object.hasOwn(agg.classes, errorClass) ? (agg.classes[errorClass] as number) : 0) + 1;
+    // What was tried, not only how often: probing hidden behind a flood of decoy refusals still
+    // shows its ops (a bounded tally) and the first targets (a persona can fill those with decoys).
+    const name = op ?? "-";
+    if (Object.hasOwn(agg.ops, name)) agg.ops[name] = (agg.ops[name] as number) + 1;
+    else if (Object.keys(agg.ops).length < SUPPRESSED_OPS) agg.ops[name] = 1;
+    else agg.otherOps++;
+    if (target !== null) {
+      const t = target.length > SUPPRESSED_TARGET_CHARS ? `${target.slice(0, SUPPRESSED_TARGET_CHARS)}…` : target;
+      if (!agg.targets.includes(t)) {
+        if (agg.targets.length < SUPPRESSED_TARGETS) agg.targets.push(t);
+        else agg.otherTargets++;
+      }
+    }
     this.totals.set(session, (this.totals.get(session) ?? 0) + 1);
     return false;
   }

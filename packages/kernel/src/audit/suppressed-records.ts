@@ -18,6 +18,17 @@ export function suppressedRefusalsRecord(x: Suppressed): AuditEntry {
     op: "audit.suppressed",
     status: "FAILURE",
     message: suppressedMessage(x),
+    // What was refused: the ops (counted) and the first distinct targets (docs/audit.md).
+    detail: detailJson({
+      of: "refused",
+      count: x.count,
+      classes: x.classes,
+      ops: x.ops,
+      ...(x.otherOps ? { otherOps: x.otherOps } : {}),
+      targets: x.targets,
+      ...(x.otherTargets ? { otherTargets: x.otherTargets } : {}),
+      since: new Date(x.since).toISOString(),
+    }),
   };
 }
 

@@ -248,7 +248,8 @@ export class ComputeEngine {
     // Ends stored before a kill cut off their op.state record (its commit is a turn later): on
     // the record now, once; after a clean stop every record committed, so only the marks go.
     for (const id of this.store.unrecordedOpEnds()) {
-      const op = killed ? this.store.getOp(id, false) : undefined;
+      // With its result: the record names its hash (opResultDetail).
+      const op = killed ? this.store.getOp(id) : undefined;
       if (op) this.host.recordState?.(op, auditState(op.state), null, () => this.endRecorded(id), true);
       else this.endRecorded(id);
     }

@@ -147,7 +147,7 @@ export class Pipeline {
   private admitRefusal(ctx: RequestCtx, r: Refusal): boolean {
     const refusals = this.deps.refusals;
     const s = ctx.session;
-    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass)) return true;
+    if (!refusals || refusals.admit(s.id, s.persona, r.errorClass, ctx.rec.op, ctx.rec.target)) return true;
     if (refusals.flooding(s.id)) s.expel?.("REFUSAL_FLOOD", "too many refused requests on this session", "RESOURCE");
     return false;
   }

@@ -96,7 +96,16 @@ export function storageFamily(d: StorageDeps, limits: StorageLimits): PrimitiveF
               `the stored body of ${ctx.targetUri} is damaged (${e.found === null ? "missing" : `${e.found} bytes on disk, not ${e.size}`}): it cannot be read until the operator restores it`,
             );
           }
-          return { status: "SUCCESS", payload: { data, generation: o.generation, size: o.size, offset } };
+          // Which version was read, for the record: the write of that generation (a generation is
+          // never reused on a path) says what it held; a file-store body's address is its SHA-256,
+          // which outlives that write's record and the object.
+          return {
+            status: "SUCCESS",
+            payload: { data, generation: o.generation, size: o.size, offset },
+            audit: o.hash
+              ? { generation: o.generation, sha256: Buffer.from(o.hash).toString("hex") }
+              : { generation: o.generation },
+          };
         },
       }),
       implement(storageStat, {
