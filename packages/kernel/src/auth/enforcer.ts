@@ -73,6 +73,11 @@ export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
   /**
+   * The bytes of the tokens in {@link verified} (its keys' lengths): bounded as well as their
+   * number, since an entry's decoded token, grant and compiled patterns take ~15× its bytes.
+   */
+  private verifiedBytes = 0;
+  /**
    * The root key each verified grant's token was signed with: a handle's grant (and a
    * subscription's) is checked against key retirement on every use, as an inline token is.
    */
@@ -156,10 +161,7 @@ export class CapEnforcer implements Authorizer {
     this.kids.set(grant, token.claims.kid);
     const agent = innermostAgent(grant.subject);
     if (agent !== undefined && agent !== innermostAgent(token.claims.sub)) this.narrowedIntoAgent.set(grant, agent);
-    if (cacheKey !== undefined) {
-      if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
-      this.verified.set(cacheKey, { token, grant });
-    }
+    if (cacheKey !== undefined) this.cacheVerified(cacheKey, token, grant);
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
@@ -187,9 +189,33 @@ export class CapEnforcer implements Authorizer {
     if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
   }
 
+  /**
+   * Caches a verified token, first forgetting the oldest entries past the cache's bound in
+   * entries or in bytes: fresh attenuations near `maxTokenBytes` (inline, bound, or only
+   * inspected) would otherwise keep ~100 KB of heap each, 4,096 of them ~400 MB for good.
+   */
+  private cacheVerified(key: string, token: Token, grant: Grant): void {
+    while (
+      this.verified.size > 0 &&
+      (this.verified.size >= CACHE_ENTRIES.verifiedTokens || this.verifiedBytes + key.length > CACHE_ENTRIES.verifiedTokenBytes)
+    ) {
+      const oldest = this.verified.keys().next().value as string;
+      this.verified.delete(oldest);
+      this.verifiedBytes -= oldest.length;
+    }
+    this.verified.set(key, { token, grant });
+    this.verifiedBytes += key.length;
+  }
+
+  /** The cache of verified tokens: its entries and their bytes (tests). */
+  get verifiedCache(): { entries: number; bytes: number } {
+    return { entries: this.verified.size, bytes: this.verifiedBytes };
+  }
+
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
   forgetVerified(): void {
     this.verified.clear();
+    this.verifiedBytes = 0;
   }
 
   /**
