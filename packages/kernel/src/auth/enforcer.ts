@@ -39,6 +39,14 @@ export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, ma
 
 /** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
 const DECISIONS_PER_HANDLE = 1024;
+/**
+ * Bytes of cached decisions per session, all its handles together (each a target key of up to
+ * ~2 KiB and {@link DECISION_OVERHEAD_BYTES}): 256 handles × 1,024 decisions of 2 KiB targets
+ * would otherwise keep ~550 MB for one session.
+ */
+const DECISION_BYTES_PER_SESSION = 256 * 1024;
+/** What a cached decision costs besides its key's characters (map slots, the entry). */
+const DECISION_OVERHEAD_BYTES = 64;
 /** Inline tokens one request may carry: each unseen one costs a full verification (~0.2 µs a byte). */
 export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
@@ -365,9 +373,17 @@ export class CapEnforcer implements Authorizer {
         ok = byScope?.get(scope);
         if (ok === undefined) {
           ok = this.allows(grant, req);
+          const table = req.handles as HandleTable;
+          const cost = scope.length + DECISION_OVERHEAD_BYTES;
           if (bound.decided >= DECISIONS_PER_HANDLE) {
+            table.decisionBytes -= bound.decisionBytes;
             decisions.clear();
             bound.decided = 0;
+            bound.decisionBytes = 0;
+            byScope = undefined;
+          }
+          if (table.decisionBytes + cost > DECISION_BYTES_PER_SESSION) {
+            table.forgetDecisions();
             byScope = undefined;
           }
           if (byScope === undefined) {
@@ -376,6 +392,8 @@ export class CapEnforcer implements Authorizer {
           }
           byScope.set(scope, ok);
           bound.decided++;
+          bound.decisionBytes += cost;
+          table.decisionBytes += cost;
         }
       } else ok = this.allows(grant, req);
       // The op's own implied rule is asked every time, never kept: its answer may depend on the store.
