@@ -49,6 +49,8 @@ export const EVENT_HIGH_WATER_BYTES = 1 << 20;
 export const CACHE_ENTRIES = {
   /** Verified tokens (signature checks skipped on a repeat). */
   verifiedTokens: 4096,
+  /** Their bytes (each entry keeps ~15× its token's bytes of heap: ~64 MB at this bound; 4,096 typical tokens fit). */
+  verifiedTokenBytes: 4 * 1024 * 1024,
   /** Live-token counts per minter (maxLiveTokens). */
   liveTokenCounts: 10_000,
   /** Parsed persona public keys. */

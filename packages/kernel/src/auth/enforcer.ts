@@ -39,6 +39,14 @@ export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, ma
 
 /** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
 const DECISIONS_PER_HANDLE = 1024;
+/**
+ * Bytes of cached decisions per session, all its handles together (each a target key of up to
+ * ~2 KiB and {@link DECISION_OVERHEAD_BYTES}): 256 handles × 1,024 decisions of 2 KiB targets
+ * would otherwise keep ~550 MB for one session.
+ */
+const DECISION_BYTES_PER_SESSION = 256 * 1024;
+/** What a cached decision costs besides its key's characters (map slots, the entry). */
+const DECISION_OVERHEAD_BYTES = 64;
 /** Inline tokens one request may carry: each unseen one costs a full verification (~0.2 µs a byte). */
 export const MAX_INLINE_TOKENS = 4;
 /** Token bytes one session may bind, in tokens of `maxTokenBytes`: what its verifications may cost in all. */
@@ -72,6 +80,11 @@ export type DerivedUse = (token: Token, grant: Grant, persona: string, session: 
 export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
   private readonly verified = new Map<string, { token: Token; grant: Grant }>();
+  /**
+   * The bytes of the tokens in {@link verified} (its keys' lengths): bounded as well as their
+   * number, since an entry's decoded token, grant and compiled patterns take ~15× its bytes.
+   */
+  private verifiedBytes = 0;
   /**
    * The root key each verified grant's token was signed with: a handle's grant (and a
    * subscription's) is checked against key retirement on every use, as an inline token is.
@@ -156,10 +169,7 @@ export class CapEnforcer implements Authorizer {
     this.kids.set(grant, token.claims.kid);
     const agent = innermostAgent(grant.subject);
     if (agent !== undefined && agent !== innermostAgent(token.claims.sub)) this.narrowedIntoAgent.set(grant, agent);
-    if (cacheKey !== undefined) {
-      if (this.verified.size >= CACHE_ENTRIES.verifiedTokens) this.verified.delete(this.verified.keys().next().value as string);
-      this.verified.set(cacheKey, { token, grant });
-    }
+    if (cacheKey !== undefined) this.cacheVerified(cacheKey, token, grant);
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
@@ -187,9 +197,33 @@ export class CapEnforcer implements Authorizer {
     if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
   }
 
+  /**
+   * Caches a verified token, first forgetting the oldest entries past the cache's bound in
+   * entries or in bytes: fresh attenuations near `maxTokenBytes` (inline, bound, or only
+   * inspected) would otherwise keep ~100 KB of heap each, 4,096 of them ~400 MB for good.
+   */
+  private cacheVerified(key: string, token: Token, grant: Grant): void {
+    while (
+      this.verified.size > 0 &&
+      (this.verified.size >= CACHE_ENTRIES.verifiedTokens || this.verifiedBytes + key.length > CACHE_ENTRIES.verifiedTokenBytes)
+    ) {
+      const oldest = this.verified.keys().next().value as string;
+      this.verified.delete(oldest);
+      this.verifiedBytes -= oldest.length;
+    }
+    this.verified.set(key, { token, grant });
+    this.verifiedBytes += key.length;
+  }
+
+  /** The cache of verified tokens: its entries and their bytes (tests). */
+  get verifiedCache(): { entries: number; bytes: number } {
+    return { entries: this.verified.size, bytes: this.verifiedBytes };
+  }
+
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
   forgetVerified(): void {
     this.verified.clear();
+    this.verifiedBytes = 0;
   }
 
   /**
@@ -339,9 +373,17 @@ export class CapEnforcer implements Authorizer {
         ok = byScope?.get(scope);
         if (ok === undefined) {
           ok = this.allows(grant, req);
+          const table = req.handles as HandleTable;
+          const cost = scope.length + DECISION_OVERHEAD_BYTES;
           if (bound.decided >= DECISIONS_PER_HANDLE) {
+            table.decisionBytes -= bound.decisionBytes;
             decisions.clear();
             bound.decided = 0;
+            bound.decisionBytes = 0;
+            byScope = undefined;
+          }
+          if (table.decisionBytes + cost > DECISION_BYTES_PER_SESSION) {
+            table.forgetDecisions();
             byScope = undefined;
           }
           if (byScope === undefined) {
@@ -350,6 +392,8 @@ export class CapEnforcer implements Authorizer {
           }
           byScope.set(scope, ok);
           bound.decided++;
+          bound.decisionBytes += cost;
+          table.decisionBytes += cost;
         }
       } else ok = this.allows(grant, req);
       // The op's own implied rule is asked every time, never kept: its answer may depend on the store.

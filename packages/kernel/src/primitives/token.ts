@@ -20,7 +20,7 @@ import {
   tokenRevoke,
 } from "@kpip/protocol";
 import { tokenDetail } from "../audit/detail.js";
-import { type CapEnforcer, tokenRef } from "../auth/enforcer.js";
+import { type CapEnforcer, tokenRef, type Verified } from "../auth/enforcer.js";
 import type { TokenService } from "../auth/tokens.js";
 import type { TokenRecord, TokenStore } from "../store/types.js";
 import { implement } from "./implement.js";
@@ -36,6 +36,15 @@ function tokenArg(ctx: OpContext): Token {
   } catch (e) {
     throw new OpError("CAPABILITY", (e as TokenError).message);
   }
+}
+
+/**
+ * Verifies the token argument as one the persona sent, as inline and bound tokens are: one not
+ * seen before within its tree's budget of new token bytes (case 552), a seen one from the cache.
+ * Call after {@link tokenArg}, which checked that it is bytes and decodes.
+ */
+function verifyArg(ctx: OpContext, enforcer: CapEnforcer): Verified {
+  return enforcer.verify(ctx.args.token as Uint8Array, ctx.persona, true);
 }
 
 function targetId(ctx: OpContext): string {
@@ -185,7 +194,7 @@ export function tokenFamily(
         owns: (ctx) => {
           const t = tokenArg(ctx);
           checkTarget(ctx, t);
-          const v = enforcer.verify(t, ctx.persona);
+          const v = verifyArg(ctx, enforcer);
           // A token narrowed (a sub caveat) to the caller or below is the caller's to refresh: the
           // copy keeps every caveat, so it is never wider, nor longer-lived than the chain's maxExp.
           const delegated = v.ok && v.grant.subject !== t.claims.sub && personaWithin(v.grant.subject, ctx.persona);
@@ -193,7 +202,7 @@ export function tokenFamily(
         },
         handler: (ctx) => {
           const t = tokenArg(ctx);
-          const v = enforcer.verify(t, ctx.persona);
+          const v = verifyArg(ctx, enforcer);
           if (!v.ok) throw new OpError("CAPABILITY", v.message);
           if (enforcer.now() >= v.grant.maxExp) throw new OpError("CAPABILITY", "the token is past its maximum lifetime");
           // Recorded with the request's dedupe record: a retry after a crash gets this copy, not a second one.
@@ -253,7 +262,9 @@ export function tokenFamily(
         owns: ownsArg,
         handler: (ctx) => {
           const t = tokenArg(ctx);
-          const v = enforcer.verify(t, ctx.persona);
+          const v = verifyArg(ctx, enforcer);
+          // Not verified at all: no status to tell (the claims alone would read "valid").
+          if (!v.ok && v.code === "TOO_MANY_NEW_TOKENS") throw new OpError("CAPABILITY", v.message);
           const d = describeToken(t, enforcer, !v.ok && v.unverified === true);
           if (!v.ok) d.problem = v.message;
           return { status: "SUCCESS", payload: d };

@@ -16,6 +16,8 @@ export interface BoundCapability {
   decisions: Map<string, Map<string, boolean>>;
   /** How many results `decisions` holds (bounded by the enforcer). */
   decided: number;
+  /** What they cost, counted in the session's {@link HandleTable.decisionBytes}. */
+  decisionBytes: number;
   /** How records name it (`h<handle>:<token id>`), once asked. */
   label: string | undefined;
   /** The decision of a request this handle alone allows, once made: the same every time, so made once. */
@@ -37,10 +39,31 @@ export class HandleTable {
   private readonly byToken = new Map<string, BoundCapability[]>();
   /** Bytes of every token bound so far (bounded by the enforcer's bind). */
   bytes = 0;
+  /** Bytes of the decisions every handle caches (bounded by the enforcer's authorize). */
+  decisionBytes = 0;
+
+  /** Forgets the decisions every handle caches (the session's bound on them was reached). */
+  forgetDecisions(): void {
+    for (const b of this.map.values()) {
+      b.decisions.clear();
+      b.decided = 0;
+      b.decisionBytes = 0;
+    }
+    this.decisionBytes = 0;
+  }
 
   add(token: Token, grant: Grant): number {
     const handle = this.next++;
-    const b: BoundCapability = { handle, token, grant, decisions: new Map(), decided: 0, label: undefined, allows: undefined };
+    const b: BoundCapability = {
+      handle,
+      token,
+      grant,
+      decisions: new Map(),
+      decided: 0,
+      decisionBytes: 0,
+      label: undefined,
+      allows: undefined,
+    };
     this.map.set(handle, b);
     coveringIds(grant, (id) => {
       const list = this.byToken.get(id);
