@@ -1,13 +1,25 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
-import { KpipError } from "@kpip/client";
+import { type KernelClient, KpipError } from "@kpip/client";
 import { parseIdentity } from "@kpip/protocol";
 import { TokenService } from "../src/auth/tokens.js";
 import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.mjs", import.meta.url));
+
+/** The credentials the leaking agent prints on its stdout once it runs. */
+function handedOut(c: KernelClient, agent: string): Promise<{ identity: string; token: string }> {
+  return until(
+    async () => {
+      const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
+      return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
+    },
+    30_000,
+    "the agent's credentials, handed out",
+  );
+}
 
 // agent.kill answered `killed: true` while the agent's process had not closed yet (a sandbox's
 // teardown; a process in uninterruptible sleep, which SIGKILL reaches only when it leaves it):
@@ -39,14 +51,7 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
         lifetimeMs: 60_000,
       });
       const agent = a.agent as string;
-      const boot = await until(
-        async () => {
-          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
-          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
-        },
-        30_000,
-        "the agent's credentials, handed out",
-      );
+      const boot = await handedOut(c, agent);
       const identity = parseIdentity(boot.identity);
       const other = await t.connect(identity, [boot.token]);
       await other.storage.write("obj://ws/before", "x");
@@ -138,14 +143,7 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
         lifetimeMs: 60_000,
       });
       const agent = a.agent as string;
-      const boot = await until(
-        async () => {
-          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
-          return out.includes("\n") ? (JSON.parse(out) as { identity: string; token: string }) : undefined;
-        },
-        30_000,
-        "the agent's credentials, handed out",
-      );
+      const boot = await handedOut(c, agent);
       // Its spawner gives it more: a token minted for its persona id, which ends with the agent.
       const more = await c.tokens.mint(a.persona as string, {
         rights: [{ ops: ["storage.*"], targets: ["obj://ws/**"] }],
