@@ -158,8 +158,8 @@ export class FakeKernel {
           if (out === "too-large") {
             const body = { class: "PROTOCOL" as const, code: "TOO_LARGE", message: "frame too large", fatal: true };
             s.end(encodeMessage({ type: "ERROR", body }));
-          } else if (out !== "silent")
-            s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, stream));
+          } else if (out === "silent") this.pending.add(m.body);
+          else s.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: m.body.id, ...out } as Response }, stream));
         } else if (m.type === "PING") {
           s.write(encodeMessage({ type: "PONG", body: { seq: m.body.seq } }));
         } else if (m.type === "GOODBYE") {
@@ -180,7 +180,22 @@ export class FakeKernel {
   answer(r: Request, out: Omit<Response, "version" | "id">): void {
     const from = this.arrivals.get(r);
     if (!from) throw new Error("answer: a request this fake kernel never received");
+    this.pending.delete(r);
     from.socket.write(encodeMessage({ type: "RESPONSE", body: { version: 1, id: r.id, ...out } as Response }, from.stream));
+  }
+  /** Requests a step left silent and {@link answer} has not answered yet. */
+  private readonly pending = new Set<Request>();
+  /**
+   * Answers every request still left silent on a connection still open. For an after-hook
+   * registered before the client's close: a failed assertion must not leave a call in flight,
+   * which close() waits for until its deadline (minutes) — a hung run instead of a failure.
+   */
+  answerPending(out: (r: Request) => Omit<Response, "version" | "id">): void {
+    for (const r of this.pending) {
+      const from = this.arrivals.get(r);
+      if (from && !from.socket.destroyed && from.socket.writable) this.answer(r, out(r));
+      this.pending.delete(r);
+    }
   }
   /** Starts a script: the next requests are answered by `steps`, in order (then SUCCESS); requests seen so far are forgotten. */
   reset(...steps: Step[]): void {

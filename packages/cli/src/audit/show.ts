@@ -196,6 +196,7 @@ export function shownText(s: Shown): string {
   if (s.record.phase === "intent" && !s.outcomeRecord)
     lines.push("its outcome: none recorded (the kernel stopped before the op ended?)");
   if (j.intent) lines.push(`intent (${j.intentBytes} bytes of canonical CBOR):${render(j.intent, "  ")}`);
-  else lines.push(`intent: ${s.intentNote}`);
+  // Why it does not decode quotes the persona's bytes (a target's bidi override, a C1 control).
+  else lines.push(`intent: ${printable(s.intentNote ?? "")}`);
   return `${lines.join("\n")}\n`;
 }

@@ -238,7 +238,10 @@ export class AgentManager {
         },
         () => this.endRecorded(a.id),
       );
-      this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
+      // Revoked and recorded at its kill already (agent.kill before its process closed): a record
+      // only for what is new; one whose kill record never committed is recorded now (never none).
+      const recorded = !revocation.own.changed && !revocation.rest?.changed && this.tokens.revokeRecorded(a.tokenId);
+      if (!recorded) this.revoked(revocation, a.tokenId, a.persona, "the agent was lost with the previous kernel");
       this.forget(a.persona, `${agentUri(a.id)} was lost with the previous kernel`, a.tokenId);
     }
     // No agent outlives its kernel, so no key in the agent namespace may either: one is left when

@@ -95,6 +95,11 @@ export class Revocations {
     return `token ${ref} is revoked: ${by === g.id ? "the token it was derived from" : "its ancestor"} ${by} was revoked${where}`;
   }
 
+  /** Whether `id`'s revocation is known to be on the audit record (its record noted: {@link noteRecord}). */
+  recorded(id: string): boolean {
+    return this.seqs.has(id);
+  }
+
   /** Notes where a revocation is on the audit record, for the messages of the refusals it causes. */
   noteRecord(id: string, seq: number): void {
     this.remember(id, seq);

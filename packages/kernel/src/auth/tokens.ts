@@ -227,6 +227,11 @@ export class TokenService {
     this.revoked.noteRecord(id, seq);
   }
 
+  /** Whether `id`'s revocation is on the audit record, as noted ({@link noteRevokeRecord}); false when unknown. */
+  revokeRecorded(id: string): boolean {
+    return this.revoked.recorded(id);
+  }
+
   isRevoked(g: Pick<Grant, "id" | "chain">): boolean {
     return this.revoked.covers(g);
   }
