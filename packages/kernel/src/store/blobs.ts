@@ -115,11 +115,12 @@ export class BlobStore {
     this.notesDir = join(root, "uploads");
     privateDir(this.notesDir);
     const names = readdirSync(this.tmpDir);
-    const left = leftUploads(this.tmpDir, names, this.notesDir);
+    const noteNames = readdirSync(this.notesDir);
+    const left = leftUploads(this.tmpDir, names, this.notesDir, noteNames);
     this.leftUploads = left.live;
     this.endedUploadFiles = left.ended;
     for (const name of names) unlinkQuiet(join(this.tmpDir, name));
-    for (const name of readdirSync(this.notesDir)) unlinkQuiet(join(this.notesDir, name));
+    for (const name of noteNames) unlinkQuiet(join(this.notesDir, name));
   }
 
   /** Notes of whose each upload in progress is (`uploads/<id>`), read by the start after a kill. */
@@ -587,10 +588,10 @@ const LEFT_UPLOADS_MAX = 4096;
 const NOTE_MAX_BYTES = 16 * 1024;
 
 /**
- * The partial files of uploads in `tmp` (its entries `names`) whose notes say they were live, with
+ * The partial files of uploads in `tmp` (its entries `names`) whose notes (in `notes`, its entries `noted`) say they were live, with
  * what the notes say; and how many had no note (their uploads ended: see {@link BlobStore.writeNote}).
  */
-function leftUploads(tmp: string, names: string[], notes: string): { live: LeftUpload[]; ended: number } {
+function leftUploads(tmp: string, names: string[], notes: string, noted: string[]): { live: LeftUpload[]; ended: number } {
   const out: LeftUpload[] = [];
   let ended = 0;
   // One buffer for every note read (up to LEFT_UPLOADS_MAX of them at a start).
@@ -616,12 +617,6 @@ function leftUploads(tmp: string, names: string[], notes: string): { live: LeftU
   // A note without its partial file: an upload in progress past its commit's first step — its
   // body moved to its address, or its bytes (under the inline size) read — whose commit had not
   // completed, or was refused and the upload kept for a retry. A commit needs every declared byte.
-  let noted: string[] = [];
-  try {
-    noted = readdirSync(notes);
-  } catch {
-    // No notes to read: nothing more to tell.
-  }
   for (const id of noted) {
     if (out.length >= LEFT_UPLOADS_MAX) break;
     if (!NOTE_NAME.test(id) || withFile.has(id)) continue;
