@@ -98,6 +98,8 @@ export type UploadEnd = "idle" | "revoked" | "persona removed" | "kernel stopped
 
 export class UploadTable {
   private readonly byId = new Map<string, Upload>();
+  /** {@link close} ran: the audit log is closing, so an upload's end is left to the next start (its note). */
+  private closed = false;
   private readonly timer: NodeJS.Timeout;
   /** Told of each upload the kernel ends on its own (the kernel puts it on the record). */
   onEnded: ((u: Upload, why: UploadEnd) => void) | undefined;
@@ -430,9 +432,10 @@ export class UploadTable {
   keep(u: Upload, installed: Buffer, inline?: Buffer): void {
     u.installed = installed;
     u.inline = inline;
-    // Revoked (or its persona removed) while it committed: nothing may commit it any more, so it
-    // holds no slot nor body.
-    if (u.ended) return this.end(u, u.endedBy ?? "revoked");
+    // Revoked (or its persona removed, or the kernel stopping) while it committed: nothing may
+    // commit it any more, so it holds no slot nor body. After close, the record could not be
+    // written: its note stays, and the next start records its end.
+    if (u.ended && !this.closed) return this.end(u, u.endedBy ?? "revoked");
     u.committing = false;
     u.expires = this.clock() + this.limits.idleMs;
   }
@@ -493,7 +496,10 @@ export class UploadTable {
   /**
    * The kernel stops (its sessions ended, before its kernel.stop record): every upload not being
    * committed ends on the record (`storage.upload.ended`, "kernel stopped"), its note and partial
-   * file removed, as the start after a kill records the ones a kill left. Answers how many.
+   * file removed, as the start after a kill records the ones a kill left. One being committed (its
+   * request outlasted the drain) is marked: refused at its commit (effects stopped) and kept, it
+   * ends so then ({@link keep}) — {@link close} dropped it with its note and no record anywhere.
+   * Answers how many ended now.
    */
   endAll(): number {
     let n = 0;
@@ -501,6 +507,9 @@ export class UploadTable {
       if (!u.committing) {
         this.end(u, "kernel stopped");
         n++;
+      } else if (!u.ended) {
+        u.ended = true;
+        u.endedBy = "kernel stopped";
       }
     return n;
   }
@@ -510,6 +519,7 @@ export class UploadTable {
    * One still committing finishes or fails on its own; a file it leaves is swept at the next start.
    */
   close(): void {
+    this.closed = true;
     clearInterval(this.timer);
     for (const u of [...this.byId.values()]) if (!u.committing) this.drop(u);
     this.hasher.close();
