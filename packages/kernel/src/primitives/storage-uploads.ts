@@ -116,7 +116,14 @@ export class UploadTable {
      */
     private readonly recordClock: () => number = clock,
   ) {
-    this.timer = setInterval(() => this.expire(), Math.max(50, Math.min(30_000, limits.idleMs / 4)));
+    this.timer = setInterval(
+      () => {
+        this.expire();
+        // Notes of ended uploads the file system refused to remove: tried again (BlobStore.removeNote).
+        this.blobs.removeLeftNotes();
+      },
+      Math.max(50, Math.min(30_000, limits.idleMs / 4)),
+    );
     this.timer.unref();
   }
 
@@ -521,6 +528,7 @@ export class UploadTable {
   close(): void {
     this.closed = true;
     clearInterval(this.timer);
+    this.blobs.removeLeftNotes();
     for (const u of [...this.byId.values()]) if (!u.committing) this.drop(u);
     this.hasher.close();
   }

@@ -174,9 +174,32 @@ export class BlobStore {
   removeNote(id: string): void {
     try {
       unlinkSync(join(this.notesDir, id));
-    } catch {
-      // None there; or the file system fails, and the next start removes it.
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === "ENOENT") return;
     }
+    // The file system refused (EIO): left, the note would tell the next start the upload was live
+    // — a committed one's as a commit that did not complete. Tried again ({@link removeLeftNotes}).
+    if (this.notesLeft.size < LEFT_UPLOADS_MAX) this.notesLeft.add(id);
+  }
+
+  /** Notes of ended uploads whose removal the file system refused: tried again. */
+  private readonly notesLeft = new Set<string>();
+
+  /**
+   * Tries again to remove the notes of ended uploads whose removal failed (the uploads' timer, and
+   * the table's close at a stop); answers how many are still left.
+   */
+  removeLeftNotes(): number {
+    for (const id of this.notesLeft) {
+      try {
+        unlinkSync(join(this.notesDir, id));
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== "ENOENT") continue;
+      }
+      this.notesLeft.delete(id);
+    }
+    return this.notesLeft.size;
   }
 
   /** Flushes a temp file's bytes to disk when the kernel syncs bodies (before their metadata commits). */
