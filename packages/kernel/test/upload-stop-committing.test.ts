@@ -83,10 +83,11 @@ describe("an upload being committed at a clean stop", () => {
     try {
       const ends = t2.k.inspect
         .queryAudit({ op: "storage.upload.ended", limit: 100 })
-        .map((r) => ({ seq: r.seq, ...(JSON.parse(r.detail ?? "null") as Ended) }))
+        .map((r) => ({ seq: r.seq, message: r.message, ...(JSON.parse(r.detail ?? "null") as Ended) }))
         .filter((d) => d.upload === upload);
       assert.equal(ends.length, 1, `its end on the record once: ${JSON.stringify(ends)}`);
       assert.equal(ends[0]?.reason, "kernel stopped");
+      assert.match(ends[0]?.message ?? "", /every byte of it received and its commit refused/);
       const stop = t2.k.inspect.queryAudit({ op: "kernel.stop", limit: 10 })[0];
       assert.ok(stop && (ends[0]?.seq ?? 0) < stop.seq, "on the record before the run's kernel.stop");
       assert.equal(

@@ -357,7 +357,12 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
       records.uploadEnded(
         { id: u.id, target: u.target, persona: u.persona, received: u.received, size: u.size },
         why,
-        why === "kernel stopped" ? "the kernel stopped while it was in progress: its partial file was removed" : undefined,
+        why !== "kernel stopped"
+          ? undefined
+          : u.installed || u.inline
+            ? // Its bytes had left the partial file: a commit refused before (kept for a retry) or by the stop (case 690).
+              "the kernel stopped with every byte of it received and its commit refused: what it held was removed"
+            : "the kernel stopped while it was in progress: its partial file was removed",
       );
     // Log lines a peer's requests cause, each key within its budget (the storage ops' clean-up too).
     const peerLog = new PeerLogLimiter(log, { lines: c.peerLogLines, windowMs: c.peerLogWindowMs });
