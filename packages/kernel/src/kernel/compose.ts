@@ -360,7 +360,7 @@ export async function compose(input: CompositionInput): Promise<KernelServices> 
         why !== "kernel stopped"
           ? undefined
           : u.installed || u.inline
-            ? // Its bytes had left the partial file: a commit refused before (kept for a retry) or by the stop (case 690).
+            ? // Its bytes had left the partial file: a commit refused before (kept for a retry) or by the stop (case 654).
               "the kernel stopped with every byte of it received and its commit refused: what it held was removed"
             : "the kernel stopped while it was in progress: its partial file was removed",
       );
