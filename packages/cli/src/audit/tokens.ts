@@ -31,6 +31,12 @@ export interface TokenNode {
   inTable: boolean;
   /** The parent it names, when that closes a loop of parents (a tampered home): shown as a root instead. */
   parentLoop?: string;
+  /**
+   * Where the token or revocations table says otherwise than the record (who minted it, for
+   * whom, who revoked it): the tables are the kernel's working state, outside the chain, so
+   * whoever can write the home can change them unseen by `audit verify`. The record's word is shown.
+   */
+  disputed: string[];
 }
 
 type Row = Record<string, unknown>;
@@ -93,6 +99,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
         endedBy: null,
         children: [],
         inTable: false,
+        disputed: [],
       };
       nodes.set(id, n);
     }
@@ -138,11 +145,25 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     if (t && typeof t === "object" && typeof t.id === "string") {
       const n = node(t.id);
       if (typeof t.parent === "string") n.parent = t.parent;
-      if (typeof t.sub === "string") n.sub ??= t.sub;
-      if (typeof t.exp === "number") n.exp ??= t.exp;
+      // The record's word over the table's (which anyone with the home can edit unseen). Its
+      // subject is the effective one: a refreshed copy of a narrowed token may name a sub-persona
+      // of the table's; only another persona is a disagreement.
+      if (typeof t.sub === "string") {
+        if (n.inTable && n.sub !== null && n.sub !== t.sub && !t.sub.startsWith(`${n.sub}/`))
+          n.disputed.push(`sub: the token table says ${n.sub}, record ${r.seq} ${t.sub}`);
+        n.sub = t.sub;
+      }
+      if (typeof t.exp === "number") n.exp = t.exp;
       if (t.rights !== undefined) n.rights = asPairs(t.rights);
       if (t.caveats !== undefined) n.caveats = t.caveats;
       if (r.op === "token.derived") n.how = "derived";
+      // Its minter: the persona of the mint or refresh, the spawner of an agent (a derived token's
+      // record names who used it, and it has no row).
+      if (r.op !== "token.derived") {
+        if (n.inTable && n.mintedBy !== null && n.mintedBy !== r.persona)
+          n.disputed.push(`minted by: the token table says ${n.mintedBy}, record ${r.seq} ${r.persona}`);
+        n.mintedBy = r.persona;
+      }
       n.mintedBy ??= r.persona;
       n.created ??= r.time;
       n.record = r.seq;
@@ -150,13 +171,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     }
     // The record that revoked a token: `revoked` names it, `mintedFor` the tokens minted for an
     // ended agent's persona that the kernel revoked with it (or, at a start, alone).
-    const revokedHere = (id: string) => {
-      const n = node(id);
-      n.revoked ??= { by: r.persona, at: r.time, record: null, recordAt: null, ended: [] };
-      n.revoked.record = r.seq;
-      n.revoked.recordAt = r.time;
-      return n.revoked;
-    };
+    const revokedHere = (id: string) => revokedBy(node(id), r);
     if (d && typeof d.revoked === "string") {
       const rv = revokedHere(d.revoked);
       if (Array.isArray(d.ended)) rv.ended = d.ended.filter((x): x is string => typeof x === "string");
@@ -171,10 +186,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       if (r.status !== "SUCCESS" || !r.target) continue;
       if (r.op === "token.revoke") {
         const n = nodes.get(r.target.slice("token://".length));
-        if (n?.revoked && n.revoked.record === null) {
-          n.revoked.record = r.seq;
-          n.revoked.recordAt = r.time;
-        }
+        if (n?.revoked && n.revoked.record === null) revokedBy(n, r);
       } else if ((r.op === "token.mint" || r.op === "token.refresh") && i) {
         let args: CborValue | undefined;
         try {
@@ -231,6 +243,21 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     if (!cause.revoked.ended.includes(n.id)) cause.revoked.ended.push(n.id);
   }
   return nodes;
+}
+
+/**
+ * `r` revoked `n`: the record says by whom (its persona; the kernel's own `token.revoked`, the
+ * kernel) and where; a revocations table that names another revoker is a disagreement.
+ */
+function revokedBy(n: TokenNode, r: AuditRecord): NonNullable<TokenNode["revoked"]> {
+  const by = r.phase === "kernel" ? "kernel" : r.persona;
+  if (n.revoked && n.revoked.record === null && n.revoked.by !== by)
+    n.disputed.push(`revoked by: the revocations table says ${n.revoked.by}, record ${r.seq} ${by}`);
+  n.revoked ??= { by, at: r.time, record: null, recordAt: null, ended: [] };
+  n.revoked.by = by;
+  n.revoked.record = r.seq;
+  n.revoked.recordAt = r.time;
+  return n.revoked;
 }
 
 /** The last id of a token row's stored chain (its parent), or null; a tampered value is no parent. */
@@ -316,6 +343,7 @@ export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
     children: n.children,
     inTable: n.inTable,
     parentLoop: n.parentLoop ?? null,
+    disputed: n.disputed,
   };
 }
 
@@ -355,6 +383,8 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
     }
     if (n.endedBy)
       lines.push(`${sub}ended by the revocation of ${n.endedBy}${n.revoked ? ", before its own revocation above" : ""}`);
+    for (const d of n.disputed)
+      lines.push(`${sub}THE TOKEN TABLE DISAGREES (changed outside the kernel?): ${d}; the record's is shown`);
   }
   return lines.length ? `${lines.map((t) => printable(t)).join("\n")}\n` : "no tokens\n";
 }
