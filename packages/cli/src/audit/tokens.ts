@@ -139,6 +139,11 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   for (const r of reader.records()) {
     // An agent's token is minted by its spawn: `agent.spawned` describes it in `grant`.
     const spawned = r.op === "agent.spawned" && r.phase === "kernel";
+    // A persona's removal revokes the tokens of its tree: its record names them (`ended`; offline, its message).
+    if (r.op === "persona.remove") {
+      revocationsOf(nodes, r);
+      continue;
+    }
     if (!spawned && !r.op?.toLowerCase().startsWith("token.")) continue;
     const d = parseDetail(r);
     const t = (spawned ? d?.grant : d?.token) as Record<string, unknown> | undefined;
@@ -175,6 +180,8 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     if (d && typeof d.revoked === "string") {
       const rv = revokedHere(d.revoked);
       if (Array.isArray(d.ended)) rv.ended = d.ended.filter((x): x is string => typeof x === "string");
+      // A token's refreshed copies, revoked with it, each have a row of their own.
+      if (r.op === "token.revoke") revocationsOf(nodes, r);
     }
     if (d && Array.isArray(d.mintedFor))
       for (const id of d.mintedFor) if (typeof id === "string" && id !== d.revoked) revokedHere(id);
@@ -258,6 +265,28 @@ function revokedBy(n: TokenNode, r: AuditRecord): NonNullable<TokenNode["revoked
   n.revoked.record = r.seq;
   n.revoked.recordAt = r.time;
   return n.revoked;
+}
+
+/**
+ * The revocations table's rows a revocation's record names among what it ended (a persona's
+ * removal; the refreshed copies a token's revocation ended with it) and no other record claims:
+ * tied to it. An offline removal's record names them in its message, its revoker the CLI.
+ */
+function revocationsOf(nodes: Map<string, TokenNode>, r: AuditRecord): void {
+  let ids: unknown[] = [];
+  if (r.phase === "offline") ids = r.message?.match(/\b[0-9a-f]{32}\b/g) ?? [];
+  else if (r.phase === "outcome" && r.status === "SUCCESS") {
+    const ended = parseDetail(r)?.ended;
+    if (Array.isArray(ended)) ids = ended;
+  }
+  for (const id of ids) {
+    const n = typeof id === "string" ? nodes.get(id) : undefined;
+    if (!n?.revoked || n.revoked.record !== null) continue;
+    if (r.phase === "offline") {
+      n.revoked.record = r.seq;
+      n.revoked.recordAt = r.time;
+    } else revokedBy(n, r);
+  }
 }
 
 /** The last id of a token row's stored chain (its parent), or null; a tampered value is no parent. */
@@ -377,7 +406,7 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
       const rec =
         n.revoked.record !== null
           ? ` (record ${n.revoked.record}${n.revoked.recordAt != null ? `, written ${iso(n.revoked.recordAt)}` : ""})`
-          : "";
+          : " (no record says so: the revocations table alone — its record pruned or lost, or the table changed outside the kernel)";
       lines.push(`${sub}REVOKED by ${n.revoked.by} at ${iso(n.revoked.at)}${rec}`);
       if (n.revoked.ended.length) lines.push(`${sub}its revocation ended ${n.revoked.ended.join(", ")}`);
     }
