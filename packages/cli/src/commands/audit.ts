@@ -19,6 +19,7 @@ import {
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
+import { journalNote } from "../audit/journal-note.js";
 import { printable } from "../audit/printable.js";
 import { prunedNote } from "../audit/pruned-note.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
@@ -446,6 +447,7 @@ function query(home: string, v: Values, json: boolean): number {
       );
     else process.stderr.write(`${rows.length} matching records, all shown\n`);
     prunedNote(reader, json);
+    journalNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();
@@ -493,6 +495,7 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
       );
     pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
     prunedNote(reader, json);
+    journalNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();
@@ -539,6 +542,7 @@ function summaryOut(reader: AuditReader, f: TimelineFilter, after: number, limit
         : `${shown.length} groups, all shown\n`,
     );
   prunedNote(reader, json);
+  journalNote(reader, json);
   return EXIT.OK;
 }
 
@@ -625,6 +629,7 @@ function tokensCmd(home: string, v: Values, json: boolean): number {
     if (format === "json") for (const i of items) process.stdout.write(`${JSON.stringify(nodeJson(i.node, i.depth))}\n`);
     else if (format === "dot") process.stdout.write(treeDot(items));
     else process.stdout.write(treeText(items, nodes));
+    journalNote(reader, format === "json");
     return EXIT.OK;
   } finally {
     reader.close();
