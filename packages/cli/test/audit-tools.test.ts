@@ -1038,6 +1038,7 @@ describe("audit tokens --format dot on a tampered token table", () => {
       endedBy: null,
       children: [],
       inTable: true,
+      disputed: [],
     };
     const out = treeDot([{ node, depth: 0 }]);
     // One node statement whose label is one dot string: read as dot reads it, to its closing quote.

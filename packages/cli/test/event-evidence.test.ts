@@ -57,4 +57,68 @@ describe("an emitted event in the evidence", () => {
       rmSync(home, { recursive: true, force: true });
     }
   });
+
+  it("event.emit's outcome names the personas and sessions it reached, though a subscription ended unrecorded when its grant expired", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-event-evidence-"));
+    let ahead = 0;
+    const sessions: Record<string, string> = {};
+    try {
+      // The kernel's clock, moved forward to expire a grant (never a wait).
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none", clock: () => Date.now() + ahead });
+      await k.start();
+      const clients: KernelClient[] = [];
+      try {
+        const admin = await connectAdmin(home);
+        clients.push(admin);
+        const as = async (name: string, allow: string, ttlMs: number) => {
+          const id = generateIdentity(name);
+          await admin.personas.register(name, id.publicKey);
+          const t = await admin.tokens.mint(name, { rights: [{ ops: [allow], targets: ["topic://shared/**"] }], ttlMs });
+          const c = await KernelClient.connect({ socket: k.socketPath, identity: id, tokens: [t.token], reconnect: false });
+          clients.push(c);
+          return c;
+        };
+        const eve = await as("eve", "event.emit", 3_600_000);
+        const bob = await as("bob", "event.subscribe", 3_600_000);
+        const carol = await as("carol", "event.subscribe", 60_000);
+        const dave = await as("dave", "event.subscribe", 3_600_000);
+        // bob listens twice on one session (one recipient), carol on a grant that expires, dave elsewhere.
+        await bob.events.subscribe("topic://shared/**");
+        await bob.events.subscribe("topic://shared/out");
+        await carol.events.subscribe("topic://shared/out");
+        await dave.events.subscribe("topic://shared/other");
+        assert.equal((await eve.events.emit("topic://shared/out", { leak: 1 })).subscribers, 3);
+        // carol's grant expires: her subscription ends at the next event, with no record of its own.
+        ahead = 120_000;
+        assert.equal((await eve.events.emit("topic://shared/out", { leak: 2 })).subscribers, 2);
+      } finally {
+        for (const c of clients) await c.close().catch(() => {});
+        await k.stop();
+      }
+      const opens = await cli.run(["audit", "timeline", "--json", "--op", "session.open", "--home", home]);
+      for (const l of opens.out.trim().split("\n")) {
+        const o = JSON.parse(l) as { persona: string; session: string };
+        sessions[o.persona] = o.session;
+      }
+      const r = await cli.run(["audit", "timeline", "--json", "--op", "event.emit", "--persona", "eve", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const rows = r.out
+        .trim()
+        .split("\n")
+        .map((l) => JSON.parse(l) as { detail: { subscribers: number; to?: { persona: string; session: string }[] } });
+      const to = (i: number) => (rows[i]?.detail.to ?? []).map((x) => `${x.persona} ${x.session}`).sort();
+      assert.deepEqual(to(0), [`bob ${sessions.bob}`, `carol ${sessions.carol}`]);
+      assert.deepEqual(to(1), [`bob ${sessions.bob}`]);
+      // The subscribe's record names its subscription, as the unsubscribe that ends one does.
+      const subs = await cli.run(["audit", "timeline", "--json", "--op", "event.subscribe", "--persona", "bob", "--home", home]);
+      const ids = subs.out
+        .trim()
+        .split("\n")
+        .map((l) => (JSON.parse(l) as { detail: { subscription?: unknown } }).detail.subscription);
+      assert.equal(ids.length, 2);
+      assert.ok(ids.every((x) => x !== undefined) && ids[0] !== ids[1], JSON.stringify(ids));
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
 });

@@ -114,7 +114,16 @@ export function matches(row: TimelineRow, f: TimelineFilter): boolean {
  * of the kernel) is a row of its own. Shows the first `limit` matching rows after `after`, and
  * counts the rest.
  */
-export function timeline(reader: AuditReader, f: TimelineFilter, after: number, limit: number): TimelinePage {
+export function timeline(
+  reader: AuditReader,
+  f: TimelineFilter,
+  after: number,
+  limit: number,
+  visit?: (row: TimelineRow) => void,
+): TimelinePage {
+  // With `visit`, every matching row is handed to it once complete (an intent's with its outcome,
+  // or at the end without one) and none is kept: a summary of a flood holds no row list.
+  const collect = visit === undefined;
   const rows: TimelineRow[] = [];
   // Intents waiting for their outcome: the row shown, or null for one that is filtered out or past the page.
   const pending = new Map<string, TimelineRow | null>();
@@ -142,6 +151,7 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
           p.errorClass = r.errorClass;
           p.message = r.message;
           p.detail = r.detail ?? p.detail;
+          visit?.(p);
         }
         continue;
       }
@@ -149,15 +159,19 @@ export function timeline(reader: AuditReader, f: TimelineFilter, after: number, 
     const row = fromRecord(r);
     const keep = row.seq > after && matches(row, f);
     if (r.phase === "intent") {
-      const shown = keep && rows.length < limit;
+      const shown = keep && (!collect || rows.length < limit);
       pending.set(pairKey(r), shown ? row : null);
       if (shown) waiting++;
     }
     if (!keep) continue;
     if (f.token !== undefined) for (const id of tokensMatched(row, f.token)) tokens.add(id);
-    if (rows.length < limit) rows.push(row);
+    if (!collect) {
+      if (r.phase !== "intent") visit(row);
+    } else if (rows.length < limit) rows.push(row);
     else more++;
   }
+  // Intents whose outcome never came (NO OUTCOME).
+  if (!collect) for (const p of pending.values()) if (p) visit(p);
   return { rows, more, next: more > 0 ? (rows.at(-1)?.seq ?? null) : null, tokens };
 }
 

@@ -31,6 +31,12 @@ export interface TokenNode {
   inTable: boolean;
   /** The parent it names, when that closes a loop of parents (a tampered home): shown as a root instead. */
   parentLoop?: string;
+  /**
+   * Where the token or revocations table says otherwise than the record (who minted it, for
+   * whom, who revoked it): the tables are the kernel's working state, outside the chain, so
+   * whoever can write the home can change them unseen by `audit verify`. The record's word is shown.
+   */
+  disputed: string[];
 }
 
 type Row = Record<string, unknown>;
@@ -93,6 +99,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
         endedBy: null,
         children: [],
         inTable: false,
+        disputed: [],
       };
       nodes.set(id, n);
     }
@@ -132,17 +139,36 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
   for (const r of reader.records()) {
     // An agent's token is minted by its spawn: `agent.spawned` describes it in `grant`.
     const spawned = r.op === "agent.spawned" && r.phase === "kernel";
+    // A persona's removal revokes the tokens of its tree: its record names them (`ended`; offline, its message).
+    if (r.op === "persona.remove") {
+      revocationsOf(nodes, r);
+      continue;
+    }
     if (!spawned && !r.op?.toLowerCase().startsWith("token.")) continue;
     const d = parseDetail(r);
     const t = (spawned ? d?.grant : d?.token) as Record<string, unknown> | undefined;
     if (t && typeof t === "object" && typeof t.id === "string") {
       const n = node(t.id);
       if (typeof t.parent === "string") n.parent = t.parent;
-      if (typeof t.sub === "string") n.sub ??= t.sub;
-      if (typeof t.exp === "number") n.exp ??= t.exp;
+      // The record's word over the table's (which anyone with the home can edit unseen). Its
+      // subject is the effective one: a refreshed copy of a narrowed token may name a sub-persona
+      // of the table's; only another persona is a disagreement.
+      if (typeof t.sub === "string") {
+        if (n.inTable && n.sub !== null && n.sub !== t.sub && !t.sub.startsWith(`${n.sub}/`))
+          n.disputed.push(`sub: the token table says ${n.sub}, record ${r.seq} ${t.sub}`);
+        n.sub = t.sub;
+      }
+      if (typeof t.exp === "number") n.exp = t.exp;
       if (t.rights !== undefined) n.rights = asPairs(t.rights);
       if (t.caveats !== undefined) n.caveats = t.caveats;
       if (r.op === "token.derived") n.how = "derived";
+      // Its minter: the persona of the mint or refresh, the spawner of an agent (a derived token's
+      // record names who used it, and it has no row).
+      if (r.op !== "token.derived") {
+        if (n.inTable && n.mintedBy !== null && n.mintedBy !== r.persona)
+          n.disputed.push(`minted by: the token table says ${n.mintedBy}, record ${r.seq} ${r.persona}`);
+        n.mintedBy = r.persona;
+      }
       n.mintedBy ??= r.persona;
       n.created ??= r.time;
       n.record = r.seq;
@@ -150,16 +176,12 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     }
     // The record that revoked a token: `revoked` names it, `mintedFor` the tokens minted for an
     // ended agent's persona that the kernel revoked with it (or, at a start, alone).
-    const revokedHere = (id: string) => {
-      const n = node(id);
-      n.revoked ??= { by: r.persona, at: r.time, record: null, recordAt: null, ended: [] };
-      n.revoked.record = r.seq;
-      n.revoked.recordAt = r.time;
-      return n.revoked;
-    };
+    const revokedHere = (id: string) => revokedBy(node(id), r);
     if (d && typeof d.revoked === "string") {
       const rv = revokedHere(d.revoked);
       if (Array.isArray(d.ended)) rv.ended = d.ended.filter((x): x is string => typeof x === "string");
+      // A token's refreshed copies, revoked with it, each have a row of their own.
+      if (r.op === "token.revoke") revocationsOf(nodes, r);
     }
     if (d && Array.isArray(d.mintedFor))
       for (const id of d.mintedFor) if (typeof id === "string" && id !== d.revoked) revokedHere(id);
@@ -171,10 +193,7 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
       if (r.status !== "SUCCESS" || !r.target) continue;
       if (r.op === "token.revoke") {
         const n = nodes.get(r.target.slice("token://".length));
-        if (n?.revoked && n.revoked.record === null) {
-          n.revoked.record = r.seq;
-          n.revoked.recordAt = r.time;
-        }
+        if (n?.revoked && n.revoked.record === null) revokedBy(n, r);
       } else if ((r.op === "token.mint" || r.op === "token.refresh") && i) {
         let args: CborValue | undefined;
         try {
@@ -231,6 +250,43 @@ export function tokenTree(reader: AuditReader): Map<string, TokenNode> {
     if (!cause.revoked.ended.includes(n.id)) cause.revoked.ended.push(n.id);
   }
   return nodes;
+}
+
+/**
+ * `r` revoked `n`: the record says by whom (its persona; the kernel's own `token.revoked`, the
+ * kernel) and where; a revocations table that names another revoker is a disagreement.
+ */
+function revokedBy(n: TokenNode, r: AuditRecord): NonNullable<TokenNode["revoked"]> {
+  const by = r.phase === "kernel" ? "kernel" : r.persona;
+  if (n.revoked && n.revoked.record === null && n.revoked.by !== by)
+    n.disputed.push(`revoked by: the revocations table says ${n.revoked.by}, record ${r.seq} ${by}`);
+  n.revoked ??= { by, at: r.time, record: null, recordAt: null, ended: [] };
+  n.revoked.by = by;
+  n.revoked.record = r.seq;
+  n.revoked.recordAt = r.time;
+  return n.revoked;
+}
+
+/**
+ * The revocations table's rows a revocation's record names among what it ended (a persona's
+ * removal; the refreshed copies a token's revocation ended with it) and no other record claims:
+ * tied to it. An offline removal's record names them in its message, its revoker the CLI.
+ */
+function revocationsOf(nodes: Map<string, TokenNode>, r: AuditRecord): void {
+  let ids: unknown[] = [];
+  if (r.phase === "offline") ids = r.message?.match(/\b[0-9a-f]{32}\b/g) ?? [];
+  else if (r.phase === "outcome" && r.status === "SUCCESS") {
+    const ended = parseDetail(r)?.ended;
+    if (Array.isArray(ended)) ids = ended;
+  }
+  for (const id of ids) {
+    const n = typeof id === "string" ? nodes.get(id) : undefined;
+    if (!n?.revoked || n.revoked.record !== null) continue;
+    if (r.phase === "offline") {
+      n.revoked.record = r.seq;
+      n.revoked.recordAt = r.time;
+    } else revokedBy(n, r);
+  }
 }
 
 /** The last id of a token row's stored chain (its parent), or null; a tampered value is no parent. */
@@ -316,6 +372,7 @@ export function nodeJson(n: TokenNode, depth: number): Record<string, unknown> {
     children: n.children,
     inTable: n.inTable,
     parentLoop: n.parentLoop ?? null,
+    disputed: n.disputed,
   };
 }
 
@@ -349,12 +406,14 @@ export function treeText(items: { node: TokenNode; depth: number }[], nodes: Map
       const rec =
         n.revoked.record !== null
           ? ` (record ${n.revoked.record}${n.revoked.recordAt != null ? `, written ${iso(n.revoked.recordAt)}` : ""})`
-          : "";
+          : " (no record says so: the revocations table alone — its record pruned or lost, or the table changed outside the kernel)";
       lines.push(`${sub}REVOKED by ${n.revoked.by} at ${iso(n.revoked.at)}${rec}`);
       if (n.revoked.ended.length) lines.push(`${sub}its revocation ended ${n.revoked.ended.join(", ")}`);
     }
     if (n.endedBy)
       lines.push(`${sub}ended by the revocation of ${n.endedBy}${n.revoked ? ", before its own revocation above" : ""}`);
+    for (const d of n.disputed)
+      lines.push(`${sub}THE TOKEN TABLE DISAGREES (changed outside the kernel?): ${d}; the record's is shown`);
   }
   return lines.length ? `${lines.map((t) => printable(t)).join("\n")}\n` : "no tokens\n";
 }

@@ -1,5 +1,6 @@
 import type { AuditCheckpoint, AuditReader, VerifyResult } from "@kpip/kernel";
 import { isoTime } from "../util.js";
+import { journalText, pendingJournal } from "./journal-note.js";
 
 /** What `audit verify` proved, beyond ok/broken: the head, the checkpoints, the anchors, the unsigned tail. */
 export interface VerifyReport extends VerifyResult {
@@ -92,6 +93,8 @@ export function report(
     prunedBy = p.by;
     if (p.warning) warnings.push(p.warning);
   }
+  const pending = journalText(pendingJournal(reader));
+  if (pending) warnings.push(pending);
   if (unsignedTail)
     warnings.push(
       `records ${unsignedTail.from}..${unsignedTail.to} (${unsignedTail.records}) come after the last signed checkpoint: no signature covers them, and a cut there leaves no trace without anchors`,

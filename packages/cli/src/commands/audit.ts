@@ -19,9 +19,11 @@ import {
 } from "@kpip/kernel";
 import { decodeCanonical, rawPublicKey } from "@kpip/protocol";
 import { globMatcher, parsePositive, parseSeqRange, parseTime, patternTest, traceId } from "../audit/filters.js";
+import { journalNote } from "../audit/journal-note.js";
 import { printable } from "../audit/printable.js";
 import { prunedNote } from "../audit/pruned-note.js";
 import { bodyAt, show, shownJson, shownText } from "../audit/show.js";
+import { Summary } from "../audit/summary.js";
 import { rowCells, rowJson, TIMELINE_HEADER, type TimelineFilter, timeline } from "../audit/timeline.js";
 import { nodeJson, tokenTree, treeDot, treeText, walk } from "../audit/tokens.js";
 import { report, reportText } from "../audit/verify.js";
@@ -107,7 +109,21 @@ const FLAGS: Record<string, string[]> = {
   verify: ["anchors", "max-unsigned"],
   tail: ["n", "follow"],
   query: ["persona", "op", "status", "since", "limit"],
-  timeline: ["trace", "session", "token", "derived", "target", "since", "until", "seq", "persona", "op", "limit", "after"],
+  timeline: [
+    "trace",
+    "session",
+    "token",
+    "derived",
+    "target",
+    "since",
+    "until",
+    "seq",
+    "persona",
+    "op",
+    "limit",
+    "after",
+    "summary",
+  ],
   show: ["raw", "body"],
   tokens: ["format", "token"],
 };
@@ -116,7 +132,7 @@ export const auditCommand: Command = {
   name: "audit",
   summary: "read the audit log without a kernel: timeline, show, tokens, verify, tail, query",
   usage:
-    "kpip audit timeline [filters] [--limit N] [--after SEQ] | show SEQ [--raw F [--body args.K]] | tokens [--token ID] [--format text|json|dot] | verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T] [--limit N]  [--home DIR] [--json]",
+    "kpip audit timeline [filters] [--limit N] [--after SEQ] [--summary] | show SEQ [--raw F [--body args.K]] | tokens [--token ID] [--format text|json|dot] | verify [--anchors F] [--max-unsigned N] | tail [-n N] [-f] | query [--persona P] [--op O] [--status S] [--since T] [--limit N]  [--home DIR] [--json]",
   example: "kpip audit timeline --persona 'alice/**' --op 'storage.*' --since 2h",
   options: {
     home: { type: "string", description: "kernel home (default $KPIP_HOME or the XDG state dir); only read, never changed" },
@@ -169,6 +185,11 @@ export const auditCommand: Command = {
     },
     seq: { type: "string", description: "timeline: only rows whose first record is in A..B (A.., ..B, N)" },
     after: { type: "string", description: "timeline: the next page: rows after this seq (stderr says which)" },
+    summary: {
+      type: "boolean",
+      description:
+        "timeline: instead of rows, the matching rows counted by persona, op, outcome and scope (a target's first segment, obj://ws/), rarest first: one act hidden in a flood stands out; --limit bounds the groups",
+    },
     raw: { type: "string", description: "show: write the intent's bytes (or --body's) to this file (- for stdout)" },
     body: { type: "string", description: "show: with --raw, the byte value at this path of the intent (args.data)" },
     format: { type: "string", description: "tokens: text (a tree, the default), json (one token per line) or dot (Graphviz)" },
@@ -426,6 +447,7 @@ function query(home: string, v: Values, json: boolean): number {
       );
     else process.stderr.write(`${rows.length} matching records, all shown\n`);
     prunedNote(reader, json);
+    journalNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();
@@ -456,6 +478,7 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
       f.tokenSet = derivedTokens(reader, f.token as string);
       delete f.token;
     }
+    if (v.summary === true) return summaryOut(reader, f, after, limit, json);
     const page = timeline(reader, f, after, limit);
     // As audit tokens: a prefix naming several tokens would show their requests as one token's.
     if (page.tokens.size > 1) {
@@ -472,10 +495,55 @@ function timelineCmd(home: string, v: Values, json: boolean): number {
       );
     pageNote(json, page.rows.length, page.more, page.next, "rows", `the same command with --after ${page.next}`);
     prunedNote(reader, json);
+    journalNote(reader, json);
     return EXIT.OK;
   } finally {
     reader.close();
   }
+}
+
+/** `timeline --summary`: the groups, rarest first, `limit` of them; how many more on stderr. */
+function summaryOut(reader: AuditReader, f: TimelineFilter, after: number, limit: number, json: boolean): number {
+  const sum = new Summary();
+  const tokens = timeline(reader, f, after, 0, (r) => sum.add(r)).tokens;
+  if (tokens.size > 1) {
+    const ids = [...tokens];
+    throw new UsageError(
+      `--token ${f.token} names ${ids.length} tokens (${ids.slice(0, 5).join(", ")}${ids.length > 5 ? ", …" : ""}): give more of the id`,
+    );
+  }
+  const groups = sum.groups();
+  const shown = groups.slice(0, limit);
+  if (json)
+    for (const g of shown) process.stdout.write(`${JSON.stringify({ ...g, first: isoTime(g.first), last: isoTime(g.last) })}\n`);
+  else
+    printTable(
+      ["count", "persona", "op", "outcome", "scope", "first", "last", "first time", "last time"],
+      shown.map((g) =>
+        [
+          String(g.count),
+          g.persona,
+          g.op,
+          g.outcome,
+          g.scope,
+          String(g.firstSeq),
+          String(g.lastSeq),
+          isoTime(g.first),
+          isoTime(g.last),
+        ].map((t) => printable(t)),
+      ),
+    );
+  const more = groups.length - shown.length;
+  if (json) process.stderr.write(`${JSON.stringify({ groups: { shown: shown.length, more } })}\n`);
+  else
+    process.stderr.write(
+      more > 0
+        ? `${shown.length} groups shown (rarest first); ${more} more: --limit ${groups.length}\n`
+        : `${shown.length} groups, all shown\n`,
+    );
+  prunedNote(reader, json);
+  journalNote(reader, json);
+  return EXIT.OK;
 }
 
 /**
@@ -561,6 +629,7 @@ function tokensCmd(home: string, v: Values, json: boolean): number {
     if (format === "json") for (const i of items) process.stdout.write(`${JSON.stringify(nodeJson(i.node, i.depth))}\n`);
     else if (format === "dot") process.stdout.write(treeDot(items));
     else process.stdout.write(treeText(items, nodes));
+    journalNote(reader, format === "json");
     return EXIT.OK;
   } finally {
     reader.close();

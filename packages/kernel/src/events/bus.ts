@@ -389,7 +389,7 @@ export class EventBus {
    * (a kernel event about that persona) only subscribers it is within, and the operator, get it;
    * with `began` (when the work it is about began), only those registered no later than that.
    */
-  emit(topic: string, data: CborValue | undefined, owner?: string, began?: number): number {
+  emit(topic: string, data: CborValue | undefined, owner?: string, began?: number, reached?: (sink: EventSink) => void): number {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
     const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
@@ -411,6 +411,7 @@ export class EventBus {
         continue;
       }
       n++;
+      reached?.(s.sink);
       this.enqueue(s, entry);
       this.pump(s);
     }

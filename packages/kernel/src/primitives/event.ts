@@ -3,6 +3,9 @@ import type { EventBus, EventSink } from "../events/bus.js";
 import { implement } from "./implement.js";
 import { OpError, type PrimitiveFamily } from "./types.js";
 
+/** Sessions an emit's record names (the rest counted in `toOthers`): its size stays bounded. */
+export const EMIT_SESSIONS_NAMED = 16;
+
 /** event.emit / subscribe / unsubscribe on topic:// names and patterns. */
 export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSink | undefined): PrimitiveFamily {
   const sink = (session: string) => {
@@ -18,17 +21,34 @@ export function eventFamily(bus: EventBus, sinkOf: (session: string) => EventSin
         handler: (ctx) => {
           if (ctx.target.segments.some((x) => x === "*" || x === "**"))
             throw new OpError("SEMANTIC", "emit to a topic name, not a pattern");
-          const delivered = bus.emit(ctx.targetUri, ctx.args.data === undefined ? null : ctx.args.data);
-          // On the record too: whether what was emitted reached anyone (the subscribe records say whose).
-          return { status: "SUCCESS", payload: { subscribers: delivered }, audit: { subscribers: delivered } };
+          // On the record too: whether what was emitted reached anyone, and whom — the sessions its
+          // subscriptions were on (a subscription also ends unrecorded, when its grant expires, so
+          // the subscribe records alone cannot say who was still listening).
+          const to: { persona: string; session: string }[] = [];
+          const seen = new Set<string>();
+          const delivered = bus.emit(
+            ctx.targetUri,
+            ctx.args.data === undefined ? null : ctx.args.data,
+            undefined,
+            undefined,
+            (s) => {
+              if (seen.has(s.id)) return;
+              seen.add(s.id);
+              if (to.length < EMIT_SESSIONS_NAMED) to.push({ persona: s.persona, session: s.id });
+            },
+          );
+          const rest = seen.size - to.length;
+          const audit = { subscribers: delivered, ...(to.length ? { to } : {}), ...(rest ? { toOthers: rest } : {}) };
+          return { status: "SUCCESS", payload: { subscribers: delivered }, audit };
         },
       }),
       implement(eventSubscribe, {
         // The subscription lives as long as the capability that authorized it (revoked: ended at once; expired: at its next event).
-        handler: (ctx) => ({
-          status: "SUCCESS",
-          payload: { subscription: bus.subscribe(sink(ctx.session), ctx.targetUri, ctx.grant) },
-        }),
+        handler: (ctx) => {
+          const subscription = bus.subscribe(sink(ctx.session), ctx.targetUri, ctx.grant);
+          // Its id on the record: the unsubscribe that ended it names the same.
+          return { status: "SUCCESS", payload: { subscription }, audit: { subscription } };
+        },
       }),
       implement(eventUnsubscribe, {
         handler: (ctx) => {

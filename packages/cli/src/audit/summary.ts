@@ -1,0 +1,81 @@
+import type { TimelineRow } from "./timeline.js";
+
+/**
+ * `kpip audit timeline --summary`: the matching rows counted by persona, op, outcome and scope,
+ * rarest first — one act hidden among a persona's flood of requests (a read of another
+ * workspace among 100,000 writes of its own) is a group of its own at the top.
+ */
+export interface SummaryGroup {
+  persona: string;
+  op: string;
+  /** STATUS/CLASS as the timeline prints it (NO OUTCOME for an intent without one). */
+  outcome: string;
+  /** The target up to its first segment (`obj://ws/`), or its scheme alone where that segment is an id. */
+  scope: string;
+  count: number;
+  firstSeq: number;
+  lastSeq: number;
+  first: number;
+  last: number;
+}
+
+/** An id as a target's first segment (an op's, a token's): grouping by it would make a group per id. */
+const ID_SEGMENT = /^[0-9a-f]{32}$/;
+
+/** The target's scope: `scheme://first-segment/`, or `scheme://*` where the first segment is an id. */
+export function scopeOf(target: string | null): string {
+  if (target === null) return "-";
+  const m = /^([a-z][a-z0-9+.-]*:\/\/)([^/]*)(\/?)/.exec(target);
+  if (!m) return target.slice(0, 64);
+  const [, scheme, seg, slash] = m as unknown as [string, string, string, string];
+  if (seg === "") return scheme;
+  if (ID_SEGMENT.test(seg)) return `${scheme}*`;
+  // A segment is at most a target's length; a scope is shown whole, as the target would be.
+  return `${scheme}${seg}${slash}`;
+}
+
+function outcomeOf(r: TimelineRow): string {
+  if (r.phase === "intent" && r.outcomeSeq === null) return "NO OUTCOME";
+  return r.status ? `${r.status}${r.errorClass ? `/${r.errorClass}` : ""}` : "-";
+}
+
+/** Counts rows into groups; {@link groups} then gives them rarest first. */
+export class Summary {
+  private readonly map = new Map<string, SummaryGroup>();
+  add(r: TimelineRow): void {
+    const persona = r.persona;
+    const op = r.op ?? `(${r.phase})`;
+    const outcome = outcomeOf(r);
+    const scope = scopeOf(r.target);
+    const key = `${persona}\0${op}\0${outcome}\0${scope}`;
+    const g = this.map.get(key);
+    if (!g) {
+      this.map.set(key, {
+        persona,
+        op,
+        outcome,
+        scope,
+        count: 1,
+        firstSeq: r.seq,
+        lastSeq: r.seq,
+        first: r.start,
+        last: r.start,
+      });
+      return;
+    }
+    g.count++;
+    // Rows come in order of their first record, but an intent's row is handed over at its outcome.
+    if (r.seq < g.firstSeq) {
+      g.firstSeq = r.seq;
+      g.first = r.start;
+    }
+    if (r.seq > g.lastSeq) {
+      g.lastSeq = r.seq;
+      g.last = r.start;
+    }
+  }
+  /** Rarest first; equal counts in the order they first appear. */
+  groups(): SummaryGroup[] {
+    return [...this.map.values()].sort((a, b) => a.count - b.count || a.firstSeq - b.firstSeq);
+  }
+}

@@ -1,0 +1,95 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, describe, it } from "node:test";
+import { KernelClient } from "@kpip/client";
+import { Kernel } from "@kpip/kernel";
+import { generateIdentity } from "@kpip/protocol";
+import { CommandWorker } from "@kpip/protocol/testing";
+import { scopeOf } from "../src/audit/summary.js";
+import { connectAdmin, DISPATCH } from "./run.js";
+
+// A persona hides one act in a flood of its own requests, none refused (so nothing is aggregated):
+// the investigator who does not know what to look for needs the rare act to stand out.
+const cli = new CommandWorker(DISPATCH);
+after(() => cli.close());
+
+const json = (s: string) =>
+  s
+    .trim()
+    .split("\n")
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as Record<string, unknown>);
+
+describe("a flood in the evidence", () => {
+  it("audit timeline --summary counts a persona's rows by op, outcome and scope, rarest first, so one read hidden in a flood of writes is at the top", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-summary-evidence-"));
+    try {
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      const clients: KernelClient[] = [];
+      try {
+        const admin = await connectAdmin(home);
+        clients.push(admin);
+        const eve = generateIdentity("eve");
+        await admin.personas.register("eve", eve.publicKey);
+        await admin.storage.write("obj://bobws/secret", new TextEncoder().encode("payroll"));
+        const t = await admin.tokens.mint("eve", {
+          rights: [
+            { ops: ["storage.*"], targets: ["obj://evews/**"] },
+            { ops: ["storage.read"], targets: ["obj://bobws/**"] },
+          ],
+          ttlMs: 600_000,
+        });
+        const asEve = await KernelClient.connect({ socket: k.socketPath, identity: eve, tokens: [t.token], reconnect: false });
+        clients.push(asEve);
+        const flood: Promise<unknown>[] = [];
+        for (let i = 0; i < 300; i++) {
+          flood.push(asEve.storage.write(`obj://evews/noise/${i % 50}`, new Uint8Array([i & 255])));
+          if (i === 150) flood.push(asEve.storage.read("obj://bobws/secret"));
+        }
+        await Promise.all(flood);
+      } finally {
+        for (const c of clients) await c.close().catch(() => {});
+        await k.stop();
+      }
+      const r = await cli.run(["audit", "timeline", "--summary", "--json", "--persona", "eve", "--home", home]);
+      assert.equal(r.code, 0, r.err);
+      const groups = json(r.out) as { op: string; outcome: string; scope: string; count: number; firstSeq: number }[];
+      assert.deepEqual(
+        groups.map((g) => [g.count, g.op, g.outcome, g.scope]),
+        [
+          [1, "session.open", "SUCCESS", "-"],
+          [1, "storage.read", "SUCCESS", "obj://bobws/"],
+          [1, "session.close", "SUCCESS", "-"],
+          [300, "storage.write", "SUCCESS", "obj://evews/"],
+        ],
+      );
+      // Its first seq is the read's own row.
+      const read = await cli.run(["audit", "timeline", "--json", "--persona", "eve", "--target", "obj://bobws/", "--home", home]);
+      assert.deepEqual(
+        json(read.out).map((x) => x.seq),
+        [groups[1]?.firstSeq],
+      );
+      // --limit bounds the groups; the rest are counted on stderr.
+      const two = await cli.run(["audit", "timeline", "--summary", "--limit", "2", "--persona", "eve", "--home", home]);
+      assert.equal(two.code, 0, two.err);
+      assert.match(two.out, /^count +persona +op +outcome +scope/);
+      assert.equal(two.out.trim().split("\n").length, 3);
+      assert.match(two.err, /2 groups shown \(rarest first\); 2 more/);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+
+  it("a scope is a target's first segment, or its scheme where that segment is an id", () => {
+    assert.equal(scopeOf("obj://evews/noise/1"), "obj://evews/");
+    assert.equal(scopeOf("obj://evews"), "obj://evews");
+    assert.equal(scopeOf("op://command/sh"), "op://command/");
+    assert.equal(scopeOf(`op://${"a".repeat(32)}`), "op://*");
+    assert.equal(scopeOf(`token://${"0".repeat(32)}`), "token://*");
+    assert.equal(scopeOf("kernel://"), "kernel://");
+    assert.equal(scopeOf(null), "-");
+  });
+});
