@@ -199,7 +199,7 @@ export class CapEnforcer implements Authorizer {
    * flood of fresh derived tokens adds no records past the refusal limiter.
    */
   private noteDerived(token: Token, grant: Grant, persona: string, session: string | undefined): void {
-    if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
+    if (this.revoked.firstUse(grant, this.roots.of(persona))) this.onDerived?.(token, grant, persona, session);
   }
 
   /**
