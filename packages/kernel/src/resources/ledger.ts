@@ -310,7 +310,8 @@ export class ResourceLedger {
       this.buckets.set(key, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
-    b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
+    // A clock stepped back is no time passed, not a debt (case 683).
+    b.tokens = Math.min(rate, b.tokens + (Math.max(0, now - b.at) / 1000) * rate);
     b.at = now;
     return b;
   }
