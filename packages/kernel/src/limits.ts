@@ -58,6 +58,16 @@ export const CACHE_ENTRIES = {
 } as const;
 
 /**
+ * The share of the cache of verified tokens (its entries and its bytes, {@link CACHE_ENTRIES}) one
+ * persona tree's tokens may hold: past it a tree's new token replaces its own oldest. The cache is
+ * kernel-wide and forgets its oldest first: without a share one tree's fresh offline attenuations
+ * (within its budget of new token bytes) pushed every other tree's tokens out, and each was then
+ * verified again and charged to *their* budget. A quarter: 1,024 tokens and 1 MiB, and four trees
+ * are needed to fill it.
+ */
+export const VERIFIED_TOKENS_TREE_SHARE = 4;
+
+/**
  * The share of the dedupe cache (`dedupeMaxEntries`) one persona tree's running requests may
  * hold: a running request's record is never evicted (its duplicate would run the effect again),
  * so without a share one tree holding requests open could fill the cache and leave every other

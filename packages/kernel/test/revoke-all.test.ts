@@ -62,8 +62,8 @@ describe("revoking many tokens at once (a persona tree's removal)", () => {
             f.seen.forEach((i, k) => {
               const chain = one.getToken(hexId(i))?.chain ?? [];
               const g = { id: hexId(i), chain, derived: `d${k}` } as unknown as Grant;
-              a.firstUse(g);
-              b.firstUse(g);
+              a.firstUse(g, "alice");
+              b.firstUse(g, "alice");
             });
             const expected = ids.map((id) => a.revoke(id, "admin", 1000));
             const got = b.revokeAll(ids, "admin", 1000);

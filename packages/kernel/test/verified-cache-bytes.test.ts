@@ -1,8 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import type { KernelClient } from "@kpip/client";
 import { attenuate, decodeToken, encodeToken } from "@kpip/protocol";
 import type { CapEnforcer } from "../src/auth/enforcer.js";
-import { CACHE_ENTRIES } from "../src/limits.js";
+import { CACHE_ENTRIES, VERIFIED_TOKENS_TREE_SHARE } from "../src/limits.js";
 import { withKernel } from "./harness.js";
 
 // The cache of verified tokens was bounded in entries (4,096), not in bytes: a persona that
@@ -21,16 +22,22 @@ describe("bounded after authentication: the cache of verified tokens", () => {
     // The kernel's clock moves a second per request: the persona keeps within its budget of new tokens.
     let now = Date.now();
     await withKernel({ clock: () => now }, async (t) => {
-      const eve = await t.persona("eve", [{ ops: ["system.health"], targets: ["kernel://"] }]);
-      const c = await t.connect(eve.identity, [eve.token], { maxAttempts: 1 });
+      // Several persona trees: one holds at most its share of the cache (case 680), more fill it.
+      const trees: { token: Uint8Array; c: KernelClient }[] = [];
+      for (let n = 0; n <= VERIFIED_TOKENS_TREE_SHARE; n++) {
+        const p = await t.persona(`eve${n}`, [{ ops: ["system.health"], targets: ["kernel://"] }]);
+        trees.push({ token: p.token, c: await t.connect(p.identity, [p.token], { maxAttempts: 1 }) });
+      }
+      const c = trees[0]?.c as KernelClient;
       const enforcer = (t.k as unknown as { services: { enforcer: CapEnforcer } }).services.enforcer;
       const bound = CACHE_ENTRIES.verifiedTokenBytes;
       let sent = 0;
       for (let i = 0; sent < bound * 1.5; i++) {
+        const eve = trees[i % trees.length] as { token: Uint8Array; c: KernelClient };
         const copy = freshCopy(eve.token, i);
         assert.ok(copy.length > 6000 && copy.length <= 8192, `${copy.length} bytes`);
         now += 1000;
-        assert.equal((await c.call("system.health", "kernel://", {}, { caps: [copy] })).status, "SUCCESS");
+        assert.equal((await eve.c.call("system.health", "kernel://", {}, { caps: [copy] })).status, "SUCCESS");
         sent += copy.length;
       }
       const cache = enforcer.verifiedCache;

@@ -14,7 +14,7 @@ import {
 } from "@kpip/protocol";
 import { innermostAgent } from "../agents/namespace.js";
 import { RateBuckets } from "../audit/rate-buckets.js";
-import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION } from "../limits.js";
+import { CACHE_ENTRIES, MAX_HANDLES_PER_SESSION, VERIFIED_TOKENS_TREE_SHARE } from "../limits.js";
 import { FIRST_SEGMENT, GrantBounds, type TreeRoots } from "../resources/lineage.js";
 import type { BoundCapability, HandleTable } from "../session/handles.js";
 import type { TokenStore } from "../store/types.js";
@@ -79,7 +79,12 @@ export type DerivedUse = (token: Token, grant: Grant, persona: string, session: 
  */
 export class CapEnforcer implements Authorizer {
   /** Tokens already verified, by their exact bytes: the chain check is pure, so it is done once. */
-  private readonly verified = new Map<string, { token: Token; grant: Grant }>();
+  private readonly verified = new Map<string, { token: Token; grant: Grant; tree: string }>();
+  /**
+   * The keys of {@link verified} by the persona tree whose verification put them there (oldest
+   * first), and their bytes: a tree at its share ({@link VERIFIED_TOKENS_TREE_SHARE}) replaces its own.
+   */
+  private readonly verifiedByTree = new Map<string, { keys: Set<string>; bytes: number }>();
   /**
    * The bytes of the tokens in {@link verified} (its keys' lengths): bounded as well as their
    * number, since an entry's decoded token, grant and compiled patterns take ~15× its bytes.
@@ -169,7 +174,7 @@ export class CapEnforcer implements Authorizer {
     this.kids.set(grant, token.claims.kid);
     const agent = innermostAgent(grant.subject);
     if (agent !== undefined && agent !== innermostAgent(token.claims.sub)) this.narrowedIntoAgent.set(grant, agent);
-    if (cacheKey !== undefined) this.cacheVerified(cacheKey, token, grant);
+    if (cacheKey !== undefined) this.cacheVerified(cacheKey, token, grant, persona);
     const why = this.unusable(grant, persona);
     if (why) return { ok: false, code: why.code, message: why.message, id: tokenRef(grant) };
     return { ok: true, token, grant };
@@ -194,25 +199,50 @@ export class CapEnforcer implements Authorizer {
    * flood of fresh derived tokens adds no records past the refusal limiter.
    */
   private noteDerived(token: Token, grant: Grant, persona: string, session: string | undefined): void {
-    if (this.revoked.firstUse(grant)) this.onDerived?.(token, grant, persona, session);
+    if (this.revoked.firstUse(grant, this.roots.of(persona))) this.onDerived?.(token, grant, persona, session);
   }
 
   /**
    * Caches a verified token, first forgetting the oldest entries past the cache's bound in
    * entries or in bytes: fresh attenuations near `maxTokenBytes` (inline, bound, or only
-   * inspected) would otherwise keep ~100 KB of heap each, 4,096 of them ~400 MB for good.
+   * inspected) would otherwise keep ~100 KB of heap each, 4,096 of them ~400 MB for good. A
+   * persona tree at its share forgets its own oldest first, so one tree's fresh tokens never push
+   * out more of other trees' than the share it grows into. Only a miss (a full verification) comes here.
    */
-  private cacheVerified(key: string, token: Token, grant: Grant): void {
+  private cacheVerified(key: string, token: Token, grant: Grant, persona: string): void {
+    const tree = this.roots.of(persona);
+    let own = this.verifiedByTree.get(tree);
+    if (own === undefined) {
+      own = { keys: new Set(), bytes: 0 };
+      this.verifiedByTree.set(tree, own);
+    }
+    const entries = CACHE_ENTRIES.verifiedTokens / VERIFIED_TOKENS_TREE_SHARE;
+    const bytes = CACHE_ENTRIES.verifiedTokenBytes / VERIFIED_TOKENS_TREE_SHARE;
+    while (own.keys.size > 0 && (own.keys.size >= entries || own.bytes + key.length > bytes))
+      this.forgetVerifiedKey(own.keys.values().next().value as string);
     while (
       this.verified.size > 0 &&
       (this.verified.size >= CACHE_ENTRIES.verifiedTokens || this.verifiedBytes + key.length > CACHE_ENTRIES.verifiedTokenBytes)
-    ) {
-      const oldest = this.verified.keys().next().value as string;
-      this.verified.delete(oldest);
-      this.verifiedBytes -= oldest.length;
-    }
-    this.verified.set(key, { token, grant });
+    )
+      this.forgetVerifiedKey(this.verified.keys().next().value as string);
+    // The global eviction may have taken the tree's last entry (and its record) away.
+    if (own.keys.size === 0) this.verifiedByTree.set(tree, own);
+    this.verified.set(key, { token, grant, tree });
     this.verifiedBytes += key.length;
+    own.keys.add(key);
+    own.bytes += key.length;
+  }
+
+  private forgetVerifiedKey(key: string): void {
+    const e = this.verified.get(key);
+    if (e === undefined) return;
+    this.verified.delete(key);
+    this.verifiedBytes -= key.length;
+    const own = this.verifiedByTree.get(e.tree);
+    if (own === undefined) return;
+    own.keys.delete(key);
+    own.bytes -= key.length;
+    if (own.keys.size === 0) this.verifiedByTree.delete(e.tree);
   }
 
   /** The cache of verified tokens: its entries and their bytes (tests). */
@@ -223,6 +253,7 @@ export class CapEnforcer implements Authorizer {
   /** Drops the cache of verified tokens (benchmarks measure the cold path with it). */
   forgetVerified(): void {
     this.verified.clear();
+    this.verifiedByTree.clear();
     this.verifiedBytes = 0;
   }
 

@@ -20,6 +20,12 @@ export function coveringIds(g: Pick<Grant, "id" | "chain">, visit: (id: string) 
 
 /** Derived tokens remembered as seen (per run): beyond this many, the oldest may be recorded again. */
 const SEEN_DERIVED_MAX = 16_384;
+/**
+ * The share of {@link SEEN_DERIVED_MAX} one persona tree's uses may hold (a quarter, as for the
+ * verified tokens): past it a tree's newly seen copy replaces its own oldest, so one tree's fresh
+ * attenuations never push another's out of a revocation's `ended` (case 681).
+ */
+const SEEN_DERIVED_TREE_SHARE = 4;
 
 /** Newly revoked ids kept for the fan-out; past this many it visits everything instead (one full pass). */
 const FRESH_MAX = 4096;
@@ -34,6 +40,9 @@ export class Revocations {
   private readonly seqs = new Map<string, number>();
   /** Derived tokens seen used this run, by their own id → the ids they descend from (minted id and its chain). */
   private readonly derived = new Map<string, string[]>();
+  /** The persona tree that first used each of {@link derived}, and each tree's (oldest first). */
+  private readonly derivedTree = new Map<string, string>();
+  private readonly derivedByTree = new Map<string, Set<string>>();
   /**
    * Ids revoked since the revocation fan-out last took them ({@link takeFresh}), so it visits only
    * what a revoked id covers; undefined: too many to list, the fan-out visits everything once.
@@ -75,13 +84,33 @@ export class Revocations {
     else this.fresh.add(id);
   }
 
-  /** Notes a derived token's first use in this run; false when it was already seen. */
-  firstUse(g: Grant): boolean {
+  /** Notes a derived token's first use in this run by persona tree `tree`; false when it was already seen. */
+  firstUse(g: Grant, tree: string): boolean {
     const id = g.derived;
     if (id === undefined || this.derived.has(id)) return false;
-    if (this.derived.size >= SEEN_DERIVED_MAX) this.derived.delete(this.derived.keys().next().value as string);
+    let own = this.derivedByTree.get(tree);
+    if (own === undefined) {
+      own = new Set();
+      this.derivedByTree.set(tree, own);
+    }
+    if (own.size >= SEEN_DERIVED_MAX / SEEN_DERIVED_TREE_SHARE) this.forgetSeen(own.values().next().value as string);
+    if (this.derived.size >= SEEN_DERIVED_MAX) this.forgetSeen(this.derived.keys().next().value as string);
     this.derived.set(id, [...g.chain, g.id]);
+    this.derivedTree.set(id, tree);
+    own.add(id);
+    // The kernel-wide eviction may have emptied the tree's set and dropped it from the map.
+    this.derivedByTree.set(tree, own);
     return true;
+  }
+
+  private forgetSeen(id: string): void {
+    this.derived.delete(id);
+    const tree = this.derivedTree.get(id);
+    this.derivedTree.delete(id);
+    if (tree === undefined) return;
+    const own = this.derivedByTree.get(tree);
+    own?.delete(id);
+    if (own?.size === 0) this.derivedByTree.delete(tree);
   }
 
   /** "token X is revoked", naming the revocation that ended it (the nearest revoked ancestor) and its audit record. */

@@ -279,19 +279,41 @@ export class ResourceLedger {
     return grant.limits.rate !== undefined && !this.drawRate(grant, this.bounds.family(grant), false);
   }
 
-  /** Refills the family's bucket to now; true if a request fits (and `spend`: it is taken). No `rate`: always true. */
+  /**
+   * Refills the family's bucket to now; true if a request fits (and `spend`: it is taken). No `rate`: always true.
+   * A grant is held to its own rate too, in a bucket its family's grants of that rate share: the
+   * family's bucket, refilled at a wider copy's rate whenever that copy is used, would otherwise let
+   * a copy narrowed to a lower rate (a `limits` caveat, a child minted lower) take one request per
+   * refill, past its own rate (case 682). Both must fit; a refreshed copy (same rate) gets no fresh budget.
+   */
   private drawRate(grant: Grant, rateKey: string, spend: boolean): boolean {
     const rate = grant.limits.rate;
     if (rate === undefined) return true;
     const now = this.clock();
-    const b = this.buckets.get(rateKey) ?? { tokens: rate, at: now };
-    b.tokens = Math.min(rate, b.tokens + ((now - b.at) / 1000) * rate);
-    b.at = now;
-    const fits = b.tokens >= 1;
-    if (fits && spend) b.tokens -= 1;
-    this.buckets.set(rateKey, b);
-    if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
+    const family = this.bucket(rateKey, rate, now);
+    const own = this.bucket(`${rateKey}\0${rate}`, rate, now);
+    // Making the second may have evicted the first (the table's oldest): kept, past the bound by one.
+    if (!this.buckets.has(rateKey)) this.buckets.set(rateKey, family);
+    const fits = family.tokens >= 1 && own.tokens >= 1;
+    if (fits && spend) {
+      family.tokens -= 1;
+      own.tokens -= 1;
+    }
     return fits;
+  }
+
+  /** The bucket of `key` refilled at `rate` to now (a new one full). */
+  private bucket(key: string, rate: number, now: number): { tokens: number; at: number } {
+    let b = this.buckets.get(key);
+    if (b === undefined) {
+      b = { tokens: rate, at: now };
+      this.buckets.set(key, b);
+      if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
+    }
+    // A clock stepped back is no time passed, not a debt (case 683).
+    b.tokens = Math.min(rate, b.tokens + (Math.max(0, now - b.at) / 1000) * rate);
+    b.at = now;
+    return b;
   }
 }
 
