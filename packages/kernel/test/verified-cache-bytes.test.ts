@@ -22,7 +22,7 @@ describe("bounded after authentication: the cache of verified tokens", () => {
     // The kernel's clock moves a second per request: the persona keeps within its budget of new tokens.
     let now = Date.now();
     await withKernel({ clock: () => now }, async (t) => {
-      // Several persona trees: one holds at most its share of the cache (case 680), more fill it.
+      // Several persona trees: one holds at most its share of the cache (case 661), more fill it.
       const trees: { token: Uint8Array; c: KernelClient }[] = [];
       for (let n = 0; n <= VERIFIED_TOKENS_TREE_SHARE; n++) {
         const p = await t.persona(`eve${n}`, [{ ops: ["system.health"], targets: ["kernel://"] }]);

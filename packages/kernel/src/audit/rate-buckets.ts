@@ -10,7 +10,7 @@ export const BURST_SECONDS = 5;
 /**
  * Fills `b` at `rate` a second for the time since it was last filled, up to a burst. A clock
  * stepped back (NTP, `date -s`) is no time passed: the negative span was a debt of that many
- * seconds of the rate, which ended every session at its next PONG and refused every open (case 683).
+ * seconds of the rate, which ended every session at its next PONG and refused every open (case 664).
  */
 export function refill(b: Bucket, rate: number, now: number): void {
   b.tokens = Math.min(rate * BURST_SECONDS, b.tokens + (Math.max(0, now - b.at) / 1000) * rate);

@@ -23,7 +23,7 @@ const SEEN_DERIVED_MAX = 16_384;
 /**
  * The share of {@link SEEN_DERIVED_MAX} one persona tree's uses may hold (a quarter, as for the
  * verified tokens): past it a tree's newly seen copy replaces its own oldest, so one tree's fresh
- * attenuations never push another's out of a revocation's `ended` (case 681).
+ * attenuations never push another's out of a revocation's `ended` (case 662).
  */
 const SEEN_DERIVED_TREE_SHARE = 4;
 

@@ -284,7 +284,7 @@ export class ResourceLedger {
    * A grant is held to its own rate too, in a bucket its family's grants of that rate share: the
    * family's bucket, refilled at a wider copy's rate whenever that copy is used, would otherwise let
    * a copy narrowed to a lower rate (a `limits` caveat, a child minted lower) take one request per
-   * refill, past its own rate (case 682). Both must fit; a refreshed copy (same rate) gets no fresh budget.
+   * refill, past its own rate (case 663). Both must fit; a refreshed copy (same rate) gets no fresh budget.
    */
   private drawRate(grant: Grant, rateKey: string, spend: boolean): boolean {
     const rate = grant.limits.rate;
@@ -310,7 +310,7 @@ export class ResourceLedger {
       this.buckets.set(key, b);
       if (this.buckets.size > 100_000) this.buckets.delete(this.buckets.keys().next().value as string);
     }
-    // A clock stepped back is no time passed, not a debt (case 683).
+    // A clock stepped back is no time passed, not a debt (case 664).
     b.tokens = Math.min(rate, b.tokens + (Math.max(0, now - b.at) / 1000) * rate);
     b.at = now;
     return b;

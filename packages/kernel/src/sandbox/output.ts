@@ -41,7 +41,7 @@ export function throttlePastCapture(stream: Readable | null | undefined, capture
     const past = seen - Math.max(before, captured);
     const now = Date.now();
     if (at !== 0) {
-      // A clock stepped back is no time passed, not a debt (case 683).
+      // A clock stepped back is no time passed, not a debt (case 664).
       const s = Math.max(0, now - at) / 1000;
       tokens = Math.min(DISCARD_BYTES_PER_SECOND, tokens + s * DISCARD_BYTES_PER_SECOND);
       reads = Math.min(READS_PER_SECOND, reads + s * READS_PER_SECOND);
