@@ -966,6 +966,35 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses text holding a lone surrogate with InvalidParams, never sending it as U+FFFD; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const target = "topic://surrogates";
+      const emits = async () => (await k.audit("hank")).filter((r) => r.target === target || r.op === null).length;
+      const before = await emits();
+      // JSON carries them escaped ("\ud800"); JSON.parse gives the gateway the lone surrogates back.
+      for (const data of [
+        "x\ud800",
+        "\udfffy",
+        { "k\ud800": 1 },
+        [`${"a".repeat(5000)}\ud800`],
+        { "a\ud800": 1, "a\udbff": 2 },
+      ]) {
+        const e = await mcpError(host.callTool({ name: "event_emit", arguments: { target, args: { data } } }));
+        assert.equal(e.code, ErrorCode.InvalidParams, e.message);
+        assert.match(e.message, /lone surrogate/);
+      }
+      assert.equal(await emits(), before, "no request reached the kernel (once, as U+FFFD, or refused for a duplicate key)");
+      // A pair is one character: sent as it is.
+      const ok = await host.callTool({ name: "event_emit", arguments: { target, args: { data: "\ud83d\ude00" } } });
+      assert.notEqual(ok.isError, true, JSON.stringify(ok));
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
   it("answers a resource URI the client refuses (.., a space, over 2048 bytes) with InvalidParams; the kernel is never asked", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
