@@ -401,6 +401,8 @@ function isJson(ct: string | undefined): boolean {
   return (ct ?? "").split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
 type BodyRead = { ok: true; json: unknown } | { ok: false; status: 400 | 408 | 413 | 503; message: string };
 
 /** A body refused before it was read in full: the rest is never read, so the connection ends with the answer. */
@@ -452,7 +454,9 @@ function readJson(
     const onEnd = () => {
       let json: unknown = null;
       try {
-        json = JSON.parse(Buffer.concat(chunks, size).toString("utf8"));
+        // Fatal: bytes that are not UTF-8 are a parse error, not U+FFFD in the host's text (two
+        // keys differing only there would become one, and a text be sent other than it was).
+        json = JSON.parse(UTF8.decode(Buffer.concat(chunks, size)));
       } catch {}
       finish({ ok: true, json });
     };

@@ -995,6 +995,40 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("answers a body that is not UTF-8 with a parse error, never as U+FFFD in the host's text; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const s = await rawSession(http);
+      const target = "topic://not-utf8";
+      const emits = async () => (await k.audit("hank")).filter((r) => r.target === target).length;
+      const headers = {
+        authorization: `Bearer ${BEARER}`,
+        ...JSON_SSE,
+        "mcp-session-id": s.sid,
+        "mcp-protocol-version": "2025-06-18",
+      };
+      const call = (data: string) =>
+        `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"event_emit","arguments":{"target":"${target}","args":{"data":${data}}}}}`;
+      // 0xff and 0xfe are never UTF-8: decoded leniently, both were U+FFFD, "x\xff" sent as "x\uFFFD",
+      // and the two keys one ({"a\uFFFD": 2}, the first dropped by JSON.parse).
+      for (const data of ['"x\xff"', '{"a\xff":1,"a\xfe":2}']) {
+        const body = Buffer.from(call(data), "latin1");
+        const r = await fetch(http.url, { method: "POST", headers, body });
+        const text = await r.text();
+        assert.equal(r.status, 400, text);
+        assert.match(text, /-32700|Parse error/);
+      }
+      assert.equal(await emits(), 0, "no request reached the kernel");
+      // The same call in UTF-8 is served.
+      const ok = await fetch(http.url, { method: "POST", headers, body: Buffer.from(call('"x\u00ff"'), "utf8") });
+      assert.match(await ok.text(), /SUCCESS/);
+      assert.equal(await emits(), 2, "its intent and outcome");
+      assert.equal(await s.end(), 200);
+    } finally {
+      await http.close();
+    }
+  });
+
   it("answers a resource URI the client refuses (.., a space, over 2048 bytes) with InvalidParams; the kernel is never asked", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
     try {
