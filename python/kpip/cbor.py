@@ -62,6 +62,13 @@ def encode(value: CborValue) -> bytes:
     return b"".join(out)
 
 
+def _container_at(depth: int) -> None:
+    """As the decoder (and the TypeScript encoder): a container at depth 32 or more is TOO_DEEP, even
+    an empty one, which only the check of its elements' depth let through (a body no decoder takes)."""
+    if depth >= MAX_DEPTH:
+        raise CborError("TOO_DEEP", f"nesting deeper than {MAX_DEPTH}")
+
+
 def _enc(v: Any, out: list[bytes], depth: int) -> None:
     if depth > MAX_DEPTH:
         raise CborError("TOO_DEEP", f"nesting deeper than {MAX_DEPTH}")
@@ -87,10 +94,12 @@ def _enc(v: Any, out: list[bytes], depth: int) -> None:
         out.append(_head(3, len(b)))
         out.append(b)
     elif isinstance(v, (list, tuple)):
+        _container_at(depth)
         out.append(_head(4, len(v)))
         for x in v:
             _enc(x, out, depth + 1)
     elif isinstance(v, dict):
+        _container_at(depth)
         entries: list[tuple[bytes, Any]] = []
         for k, x in v.items():
             if not isinstance(k, str) or k == "__proto__":
