@@ -153,6 +153,37 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses an initialize over 64 KiB before parsing it: the session would keep its client info and capabilities, ~33 MB for 4 MiB of small objects", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const headers = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+      const init = (experimental: unknown) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "initialize",
+          params: { protocolVersion: "2025-06-18", capabilities: { experimental }, clientInfo: { name: "bloat", version: "1" } },
+        });
+      // Small objects: in the heap many times their JSON (~33 MB a session before this bound).
+      const many: Record<string, unknown> = {};
+      for (let i = 0; i < 200_000; i++) many[`k${i}`] = { a: [0] };
+      const big = init(many);
+      assert.ok(big.length < 4 * gw.gateway.maxArgsBytes, "within the body bound: only the initialize bound refuses it");
+      const servers = gw.gateway.serverCount;
+      for (let i = 0; i < 2; i++) {
+        const r = await fetch(http.url, { method: "POST", headers, body: big });
+        assert.equal(r.status, 413, await r.text());
+        assert.equal(r.headers.get("connection"), "close", "the rest of the body is never read");
+      }
+      const r = await fetch(http.url, { method: "POST", headers, body: init({ x: { y: "y".repeat(60_000) } }) });
+      assert.equal(r.status, 200, `an initialize of 60 KB is served: ${await r.text()}`);
+      assert.equal(http.sessions(), 1, "only the served one was kept");
+      assert.equal(gw.gateway.serverCount, servers + 1);
+    } finally {
+      await http.close();
+    }
+  });
+
   it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
     try {
