@@ -46,11 +46,27 @@ def _key_order(k: bytes) -> tuple[int, bytes]:
     return (len(k), k)
 
 
+def _utf8(s: str) -> bytes:
+    """`s` as UTF-8; a lone surrogate (what os.fsdecode and surrogateescape make of bytes that are
+    not UTF-8) is CborError INVALID_UTF8, the client's typed error, not a bare UnicodeEncodeError."""
+    try:
+        return s.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise CborError("INVALID_UTF8", f"text holds a lone surrogate at {e.start} (no Unicode character): it has no UTF-8 encoding") from None
+
+
 def encode(value: CborValue) -> bytes:
     """Canonical CBOR of `value`; raises CborError for anything outside the data model."""
     out: list[bytes] = []
     _enc(value, out, 0)
     return b"".join(out)
+
+
+def _container_at(depth: int) -> None:
+    """As the decoder (and the TypeScript encoder): a container at depth 32 or more is TOO_DEEP, even
+    an empty one, which only the check of its elements' depth let through (a body no decoder takes)."""
+    if depth >= MAX_DEPTH:
+        raise CborError("TOO_DEEP", f"nesting deeper than {MAX_DEPTH}")
 
 
 def _enc(v: Any, out: list[bytes], depth: int) -> None:
@@ -74,19 +90,21 @@ def _enc(v: Any, out: list[bytes], depth: int) -> None:
         out.append(_head(2, len(b)))
         out.append(b)
     elif isinstance(v, str):
-        b = v.encode("utf-8")
+        b = _utf8(v)
         out.append(_head(3, len(b)))
         out.append(b)
     elif isinstance(v, (list, tuple)):
+        _container_at(depth)
         out.append(_head(4, len(v)))
         for x in v:
             _enc(x, out, depth + 1)
     elif isinstance(v, dict):
+        _container_at(depth)
         entries: list[tuple[bytes, Any]] = []
         for k, x in v.items():
             if not isinstance(k, str) or k == "__proto__":
                 raise CborError("BAD_KEY", f"map key {k!r} is not allowed (text only, never __proto__)")
-            kb = k.encode("utf-8")
+            kb = _utf8(k)
             entries.append((_head(3, len(kb)) + kb, x))
         entries.sort(key=lambda e: _key_order(e[0]))
         out.append(_head(5, len(entries)))

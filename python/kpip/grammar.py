@@ -12,8 +12,14 @@ MAX_OP = 128
 MAX_TARGET = 2048
 
 
+def _size(s: str) -> int:
+    """UTF-8 bytes of `s`, a lone surrogate counted as its three bytes: never a UnicodeEncodeError
+    (the patterns that follow refuse any text that is not ASCII)."""
+    return len(s.encode("utf-8", "surrogatepass"))
+
+
 def is_op(op: str) -> bool:
-    return len(op.encode()) <= MAX_OP and OP_RE.fullmatch(op) is not None
+    return _size(op) <= MAX_OP and OP_RE.fullmatch(op) is not None
 
 
 def is_name(s: str) -> bool:
@@ -22,7 +28,7 @@ def is_name(s: str) -> bool:
 
 def is_persona_id(s: str) -> bool:
     parts = s.split("/")
-    return 0 < len(s.encode()) <= 255 and len(parts) <= 8 and all(is_name(p) for p in parts)
+    return 0 < _size(s) <= 255 and len(parts) <= 8 and all(is_name(p) for p in parts)
 
 
 def is_workspace_id(s: str) -> bool:
@@ -31,7 +37,7 @@ def is_workspace_id(s: str) -> bool:
 
 def target_error(target: str, pattern: bool = False) -> str | None:
     """Why `target` breaks the grammar, or None when it is valid."""
-    if len(target.encode()) > MAX_TARGET:
+    if _size(target) > MAX_TARGET:
         return f"target longer than {MAX_TARGET} bytes"
     scheme, sep, rest = target.partition("://")
     if not sep:

@@ -9,9 +9,10 @@ import threading
 import unittest
 
 from kpip import cbor
-from kpip.errors import CborError, FrameError, IdentityError, MessageError
+from kpip.errors import CborError, FrameError, IdentityError, IntentError, MessageError
 from kpip.frames import Frame, FrameDecoder, encode_frame
 from kpip.identity import Identity
+from kpip.intent import encode_intent
 from kpip.messages import validate
 
 
@@ -64,6 +65,26 @@ class Encode(unittest.TestCase):
             with self.subTest(repr(v)):
                 with self.assertRaises(CborError):
                     cbor.encode(v)  # type: ignore[arg-type]
+
+    def test_never_encodes_what_the_decoder_refuses_as_too_deep_an_empty_container_at_depth_32_included(self) -> None:
+        for inner in ([], {}, [0], {"a": 0}):
+            v: object = inner
+            for _ in range(32):
+                v = [v]
+            with self.subTest(inner=inner), self.assertRaises(CborError) as cm:
+                cbor.encode(v)  # type: ignore[arg-type]
+            self.assertEqual(cm.exception.code, "TOO_DEEP")
+        ok: object = 0
+        for _ in range(32):
+            ok = {"k": ok}
+        self.assertEqual(cbor.decode(cbor.encode(ok)), ok)  # type: ignore[arg-type]
+        # An intent's args sit at depth 1: 31 more containers inside them, an empty one, is one too many.
+        deep: object = []
+        for _ in range(30):
+            deep = [deep]
+        with self.assertRaises(IntentError) as intent:
+            encode_intent({"op": "storage.write", "target": "obj://ws/x", "args": {"a": deep}})
+        self.assertEqual(intent.exception.code, "TOO_DEEP")
 
     def test_bool_is_not_an_integer(self) -> None:
         self.assertEqual(cbor.encode([True, False, None, 1]).hex(), "84f5f4f601")

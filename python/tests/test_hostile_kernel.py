@@ -71,6 +71,35 @@ class AgainstAHostileKernel(unittest.IsolatedAsyncioTestCase):
             self.assertEqual(k.sessions, 2)
             await c.close()
 
+    async def test_text_with_a_lone_surrogate_is_refused_typed_leaves_nothing_behind_and_the_next_session_opens(self) -> None:
+        # What os.fsdecode (or surrogateescape) makes of bytes that are not UTF-8: a traceparent taken
+        # from the environment, an argument from a file name. It raised a bare UnicodeEncodeError; the
+        # traceparent's call stayed in the table, and at the next reconnect its resend ended the client.
+        async def handler(c: Conn, m: kpip.Message) -> None:
+            if k.sessions == 1:
+                c.writer.close()
+            else:
+                c.answer(m, payload=k.sessions)
+
+        bad = os.fsdecode(b"00-\xff")
+        async with FakeKernel(handler) as k:
+            c = await self.connect(k)
+            with self.assertRaises(kpip.CborError) as ctx:
+                await c.call("system.health", "kernel://", traceparent=bad)
+            self.assertEqual(ctx.exception.code, "INVALID_UTF8")
+            for args in ({"note": bad}, {bad: 1}, {"list": ["ok", bad]}):
+                with self.subTest(args=args), self.assertRaises(kpip.IntentError) as intent:
+                    await c.call("system.health", "kernel://", args)
+                self.assertEqual(intent.exception.code, "INVALID_UTF8")
+            for op, target in (("system.health", f"obj://ws/{bad}"), (f"system.{bad}", "kernel://")):
+                with self.subTest(op=op, target=target), self.assertRaises(kpip.IntentError):
+                    await c.call(op, target)
+            self.assertEqual(c.in_flight, 0)
+            self.assertEqual(k.requests, [], "nothing was sent")
+            self.assertEqual((await c.call("system.health", "kernel://", timeout=10)).payload, 2)
+            self.assertEqual((k.sessions, c.state), (2, "ready"))
+            await c.close()
+
     async def test_answers_whose_payload_the_client_acts_on_are_checked_before_it_does(self) -> None:
         # token.bind's handle goes into the caps of every later call, event.subscribe's id picks the
         # events a subscription takes, token.refresh's token is decoded: a handle of the wrong type

@@ -191,7 +191,8 @@ export class RequestEncoder {
 }
 
 const EMPTY = Buffer.alloc(0);
-const newWriter = () => new PieceWriter(512, 0, PIECE_REF_MIN);
+/** The intent's writer: its text must be well-formed (a lone surrogate is refused, never sent as U+FFFD, as encodeIntent does). */
+const newWriter = () => Object.assign(new PieceWriter(512, 0, PIECE_REF_MIN), { wellFormedText: true });
 const KEY_ID = encodeCanonical("id");
 const KEY_CAPS = encodeCanonical("caps");
 const KEY_INTENT = encodeCanonical("intent");

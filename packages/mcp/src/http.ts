@@ -19,6 +19,14 @@ export const DEFAULT_MAX_CONNECTIONS = 256;
 /** Default bound on the messages of one JSON-RPC batch (HttpOptions.maxBatch). */
 export const DEFAULT_MAX_BATCH = 32;
 
+/**
+ * Largest body of a POST outside a session, which can only be an initialize (a host's is a few
+ * hundred bytes). The SDK keeps its `clientInfo` and `capabilities` for the session's life,
+ * outside every other bound: 4 MiB of small objects held ~33 MB a session, so `--max-sessions`
+ * such sessions took gigabytes.
+ */
+export const MAX_INITIALIZE_BYTES = 64 * 1024;
+
 /** Addresses the HTTP gateway may listen on: loopback only (it has no TLS). */
 const LOOPBACK = new Set(["127.0.0.1", "::1", "localhost"]);
 
@@ -273,7 +281,8 @@ export async function serveHttp(gateway: McpGateway, o: HttpOptions): Promise<Ht
       return t.handleRequest(req, res, body);
     }
     if (req.method !== "POST") return refuse(res, 400, "no MCP session: initialize first");
-    const read = await readBody(req);
+    // Refused by its size before it is parsed (413, as any body over its bound).
+    const read = await readJson(req, MAX_INITIALIZE_BYTES, bodies, bodyTimeoutMs);
     if (!read.ok) return refuseBody(res, read);
     const body = read.json;
     if (!isInitializeRequest(body)) return refuse(res, 400, "no MCP session: initialize first");
@@ -401,6 +410,8 @@ function isJson(ct: string | undefined): boolean {
   return (ct ?? "").split(";")[0]?.trim().toLowerCase() === "application/json";
 }
 
+const UTF8 = new TextDecoder("utf-8", { fatal: true });
+
 type BodyRead = { ok: true; json: unknown } | { ok: false; status: 400 | 408 | 413 | 503; message: string };
 
 /** A body refused before it was read in full: the rest is never read, so the connection ends with the answer. */
@@ -452,7 +463,9 @@ function readJson(
     const onEnd = () => {
       let json: unknown = null;
       try {
-        json = JSON.parse(Buffer.concat(chunks, size).toString("utf8"));
+        // Fatal: bytes that are not UTF-8 are a parse error, not U+FFFD in the host's text (two
+        // keys differing only there would become one, and a text be sent other than it was).
+        json = JSON.parse(UTF8.decode(Buffer.concat(chunks, size)));
       } catch {}
       finish({ ok: true, json });
     };

@@ -153,6 +153,37 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
     }
   });
 
+  it("refuses an initialize over 64 KiB before parsing it: the session would keep its client info and capabilities, ~33 MB for 4 MiB of small objects", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const headers = { authorization: `Bearer ${BEARER}`, ...JSON_SSE };
+      const init = (experimental: unknown) =>
+        JSON.stringify({
+          jsonrpc: "2.0",
+          id: 1,
+          method: "initialize",
+          params: { protocolVersion: "2025-06-18", capabilities: { experimental }, clientInfo: { name: "bloat", version: "1" } },
+        });
+      // Small objects: in the heap many times their JSON (~33 MB a session before this bound).
+      const many: Record<string, unknown> = {};
+      for (let i = 0; i < 200_000; i++) many[`k${i}`] = { a: [0] };
+      const big = init(many);
+      assert.ok(big.length < 4 * gw.gateway.maxArgsBytes, "within the body bound: only the initialize bound refuses it");
+      const servers = gw.gateway.serverCount;
+      for (let i = 0; i < 2; i++) {
+        const r = await fetch(http.url, { method: "POST", headers, body: big });
+        assert.equal(r.status, 413, await r.text());
+        assert.equal(r.headers.get("connection"), "close", "the rest of the body is never read");
+      }
+      const r = await fetch(http.url, { method: "POST", headers, body: init({ x: { y: "y".repeat(60_000) } }) });
+      assert.equal(r.status, 200, `an initialize of 60 KB is served: ${await r.text()}`);
+      assert.equal(http.sessions(), 1, "only the served one was kept");
+      assert.equal(gw.gateway.serverCount, servers + 1);
+    } finally {
+      await http.close();
+    }
+  });
+
   it("keeps nothing of an initialize refused for its Accept or Content-Type, and does not count it", async () => {
     const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER, maxSessions: 2 });
     try {
@@ -961,6 +992,69 @@ describe("the HTTP gateway under a hostile host holding the secret", () => {
         "no request reached the kernel",
       );
       await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("refuses text holding a lone surrogate with InvalidParams, never sending it as U+FFFD; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const host = await connect(http);
+      const target = "topic://surrogates";
+      const emits = async () => (await k.audit("hank")).filter((r) => r.target === target || r.op === null).length;
+      const before = await emits();
+      // JSON carries them escaped ("\ud800"); JSON.parse gives the gateway the lone surrogates back.
+      for (const data of [
+        "x\ud800",
+        "\udfffy",
+        { "k\ud800": 1 },
+        [`${"a".repeat(5000)}\ud800`],
+        { "a\ud800": 1, "a\udbff": 2 },
+      ]) {
+        const e = await mcpError(host.callTool({ name: "event_emit", arguments: { target, args: { data } } }));
+        assert.equal(e.code, ErrorCode.InvalidParams, e.message);
+        assert.match(e.message, /lone surrogate/);
+      }
+      assert.equal(await emits(), before, "no request reached the kernel (once, as U+FFFD, or refused for a duplicate key)");
+      // A pair is one character: sent as it is.
+      const ok = await host.callTool({ name: "event_emit", arguments: { target, args: { data: "\ud83d\ude00" } } });
+      assert.notEqual(ok.isError, true, JSON.stringify(ok));
+      await host.end();
+    } finally {
+      await http.close();
+    }
+  });
+
+  it("answers a body that is not UTF-8 with a parse error, never as U+FFFD in the host's text; the kernel is never asked", async () => {
+    const http = await serveHttp(gw.gateway, { host: "127.0.0.1", port: 0, bearer: BEARER });
+    try {
+      const s = await rawSession(http);
+      const target = "topic://not-utf8";
+      const emits = async () => (await k.audit("hank")).filter((r) => r.target === target).length;
+      const headers = {
+        authorization: `Bearer ${BEARER}`,
+        ...JSON_SSE,
+        "mcp-session-id": s.sid,
+        "mcp-protocol-version": "2025-06-18",
+      };
+      const call = (data: string) =>
+        `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"event_emit","arguments":{"target":"${target}","args":{"data":${data}}}}}`;
+      // 0xff and 0xfe are never UTF-8: decoded leniently, both were U+FFFD, "x\xff" sent as "x\uFFFD",
+      // and the two keys one ({"a\uFFFD": 2}, the first dropped by JSON.parse).
+      for (const data of ['"x\xff"', '{"a\xff":1,"a\xfe":2}']) {
+        const body = Buffer.from(call(data), "latin1");
+        const r = await fetch(http.url, { method: "POST", headers, body });
+        const text = await r.text();
+        assert.equal(r.status, 400, text);
+        assert.match(text, /-32700|Parse error/);
+      }
+      assert.equal(await emits(), 0, "no request reached the kernel");
+      // The same call in UTF-8 is served.
+      const ok = await fetch(http.url, { method: "POST", headers, body: Buffer.from(call('"x\u00ff"'), "utf8") });
+      assert.match(await ok.text(), /SUCCESS/);
+      assert.equal(await emits(), 2, "its intent and outcome");
+      assert.equal(await s.end(), 200);
     } finally {
       await http.close();
     }

@@ -15,6 +15,13 @@ const MAX_ENCODE_DEPTH = 32;
 export abstract class CborEncoder {
   protected buf: Buffer;
   protected pos: number;
+  /**
+   * Refuse text that is not well-formed UTF-16 (a lone surrogate) with CborError(INVALID_UTF8)
+   * instead of writing U+FFFD for it. Set for what a caller asks (intents): writing U+FFFD
+   * changed the request (`"x\uD800"` sent as `"x\uFFFD"`) and made two keys one (a duplicate key
+   * the kernel refused, its record naming no op).
+   */
+  wellFormedText = false;
 
   /** `headroom` bytes are left free at the start, e.g. for a frame header. */
   constructor(initialSize = 256, headroom = 0) {
@@ -204,6 +211,9 @@ export abstract class CborEncoder {
       }
       this.pos = start;
     }
+    if (this.wellFormedText && LONE_SURROGATE.test(s)) {
+      throw new CborError("INVALID_UTF8", "text holds a lone surrogate (no Unicode character): it has no UTF-8 encoding");
+    }
     if (n > ONE_PASS_TEXT) {
       // Long text: its UTF-8 length first (native), so the buffer grows to what it needs, not 3×.
       const len = Buffer.byteLength(s);
@@ -375,6 +385,9 @@ const KEY_MESSAGE = textKey("message");
 const KEY_PAYLOAD = textKey("payload");
 const KEY_VERSION = textKey("version");
 
+/** A surrogate not part of a pair (with the u flag a pair is one code point, outside the range). */
+const LONE_SURROGATE = /[\uD800-\uDFFF]/u;
+
 /** Text up to this many UTF-16 units is tried as ASCII, written byte by byte. */
 const SHORT_TEXT = 48;
 /** Text up to this many UTF-16 units is encoded in one pass into room for 3 bytes per unit. */
@@ -460,8 +473,9 @@ export function compareKeys(a: string, b: string): number {
 }
 
 /** Encodes a value as KPIP canonical CBOR. Map entries whose value is `undefined` are omitted. */
-export function encodeCanonical(v: CborValue): Buffer {
+export function encodeCanonical(v: CborValue, opts: { wellFormedText?: boolean } = {}): Buffer {
   const w = new CanonicalWriter();
+  w.wellFormedText = opts.wellFormedText === true;
   w.write(v);
   return w.finish();
 }

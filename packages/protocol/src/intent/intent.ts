@@ -109,7 +109,8 @@ function remember(set: Set<string>, text: string, good: boolean, memo: boolean):
 export function encodeIntent(intent: Intent): Buffer {
   validateIntent(intent);
   try {
-    return encodeCanonical(intent as unknown as CborValue);
+    // A lone surrogate is refused, not written as U+FFFD: the intent is what its caller asked.
+    return encodeCanonical(intent as unknown as CborValue, { wellFormedText: true });
   } catch (e) {
     if (e instanceof CborError) throw new IntentError(e.code, e.message);
     throw e;
