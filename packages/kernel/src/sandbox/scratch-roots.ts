@@ -33,7 +33,9 @@ const LOCKLESS_AGE_MS = 24 * 3600_000;
 export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): Database.Database {
   for (let attempt = 1; ; attempt++) {
     // No one else's to pass through: launch() lets the sandbox's group through under a root kernel.
-    mkdirSync(root, { recursive: true, mode: 0o700 });
+    if (!ownScratchRoot(root)) mkdirSync(root, { recursive: true, mode: 0o700 });
+    // Made meanwhile by someone else (the name is free, then theirs): nothing is created in it.
+    ownScratchRoot(root);
     const lock = join(root, file);
     let db: Database.Database | undefined;
     try {
@@ -47,6 +49,46 @@ export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): D
     if (db && existsSync(lock)) return db;
     db?.close();
     if (attempt === 5) throw new Error(`the scratch root ${root} keeps being removed`);
+  }
+}
+
+/** A scratch root that is there but is not a directory of the kernel's user. */
+export class UnsafeScratchRootError extends Error {
+  override name = "UnsafeScratchRootError";
+}
+
+/**
+ * Whether `root` is there as a directory of the kernel's user (true) or not at all (false);
+ * anything else throws {@link UnsafeScratchRootError}. A root the kernel names lies in the shared
+ * temp directory under a name anyone can compute (the uid, a hash of the home's path): another
+ * local user may make it first, as a link to a live kernel's root or a directory of theirs.
+ * Followed, the kernel listed and removed that kernel's processes' directories, took or removed
+ * its lock, and created files and removed trees where that user chose.
+ */
+export function ownScratchRoot(root: string): boolean {
+  const st = lstatSync(root, { throwIfNoEntry: false });
+  if (!st) return false;
+  const me = process.getuid?.();
+  const why = st.isSymbolicLink()
+    ? "is a symbolic link"
+    : !st.isDirectory()
+      ? "is not a directory"
+      : me !== undefined && st.uid !== me
+        ? `belongs to uid ${st.uid}, not to the kernel's user (uid ${me})`
+        : undefined;
+  if (why)
+    throw new UnsafeScratchRootError(
+      `scratch root ${root} ${why}: another local user may have put it there; nothing is made, listed or removed through it (remove it, or give --sandbox-scratch a directory of yours)`,
+    );
+  return true;
+}
+
+/** {@link ownScratchRoot} that never throws: true only when `root` is there and the kernel's user's own directory. */
+export function isOwnScratchRoot(root: string): boolean {
+  try {
+    return ownScratchRoot(root);
+  } catch {
+    return false;
   }
 }
 
@@ -68,7 +110,7 @@ export function unlockScratchRoot(root: string, db: Database.Database, file: Roo
  * kernel's root as stale to every other kernel starting.
  */
 export function disownScratchRoot(root: string): void {
-  rmSync(join(root, ROOT_LOCK), { force: true });
+  if (isOwnScratchRoot(root)) rmSync(join(root, ROOT_LOCK), { force: true });
 }
 
 /**
