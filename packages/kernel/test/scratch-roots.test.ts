@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import {
+  chmodSync,
   chownSync,
   existsSync,
   lchownSync,
@@ -10,6 +11,7 @@ import {
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   symlinkSync,
   utimesSync,
   writeFileSync,
@@ -19,6 +21,7 @@ import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { ConfigError, Kernel, type KernelOptions } from "../src/index.js";
 import { removeStaleRoots } from "../src/sandbox/scratch-roots.js";
 import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 
@@ -248,6 +251,54 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       assert.ok(existsSync(join(name(3), "0123456789abcdef01234567")), "not empty: stays, with what is in it");
     } finally {
       rmSync(parent, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the place of an operator's scratch root", () => {
+  it("a shared directory given as sandboxScratch (sticky or writable by others, as /tmp) is refused at start and left as it was; so is a root below a directory others may change", async () => {
+    const shared = mkdtempSync(join(tmpdir(), "kpip-shared-"));
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    // Refused at start with a ConfigError matching `re`; a kernel that starts is stopped, then the test fails.
+    const refused = async (opts: KernelOptions, re: RegExp) => {
+      const k = new Kernel({ home, logLevel: "silent", ...opts });
+      let started = false;
+      try {
+        await k.start();
+        started = true;
+      } catch (e) {
+        assert.ok(e instanceof ConfigError && re.test(e.message), String(e));
+      }
+      if (started) {
+        await k.stop();
+        assert.fail(`the kernel started with sandboxScratch ${String(opts.sandboxScratch)}`);
+      }
+    };
+    try {
+      // As /tmp: everyone's, sticky, with someone's file in it.
+      chmodSync(shared, 0o1777);
+      writeFileSync(join(shared, "someones-file"), "");
+      for (const sandbox of ["bwrap", "none"] as const)
+        await refused({ sandbox, sandboxScratch: shared }, /is a shared directory \(mode 1777\)/);
+      assert.equal(statSync(shared).mode & 0o7777, 0o1777, "the shared directory keeps its mode");
+      assert.equal(statSync(shared).uid, process.getuid?.() ?? statSync(shared).uid);
+      assert.deepEqual(readdirSync(shared), ["someones-file"]);
+      // Below a directory others may write without the sticky bit: they could move the root and put theirs there.
+      chmodSync(shared, 0o777);
+      await refused(
+        { sandboxScratch: join(shared, "mine", "scratch") },
+        /writable by group or others \(mode 777\) without the sticky bit/,
+      );
+      assert.deepEqual(readdirSync(shared), ["someones-file"], "nothing made there");
+      // A directory of its own in the sticky one: the kernel starts and runs processes there.
+      chmodSync(shared, 0o1777);
+      const t = await startKernel({ sandbox: "none", sandboxScratch: join(shared, "kpip-scratch") }, home);
+      const c = await t.admin();
+      await c.ops.wait(await c.compute.command("true"));
+      await t.stop();
+    } finally {
+      removeHome(home);
+      rmSync(shared, { recursive: true, force: true });
     }
   });
 });

@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
+import { ConfigError } from "../config.js";
 import { takeLock } from "../file-lock.js";
+import { unsafeDirectoryAbove } from "../secure-files.js";
 import { removeTrees } from "./remove.js";
 
 /**
@@ -81,6 +83,29 @@ export function ownScratchRoot(root: string): boolean {
       `scratch root ${root} ${why}: another local user may have put it there; nothing is made, listed or removed through it (remove it, or give --sandbox-scratch a directory of yours)`,
     );
   return true;
+}
+
+/**
+ * The scratch root's place, checked at start (ConfigError). No directory above it may be one
+ * another user can change (as for the home, case 518): bubblewrap binds a scratch directory by
+ * path after the kernel made it, so whoever could move the root away could put theirs, or a link
+ * to the home, in its place. And an operator's root (`explicit`) that is there must not be a
+ * shared directory — sticky, or writable by others or another group: `/tmp`, `/var/tmp` — which
+ * the first launch would make the kernel's own (0700, or root:<sandbox group> 0710 under root,
+ * its sticky bit gone), taking it from every other user of the host.
+ */
+export function checkScratchRootPlace(root: string, explicit: boolean): void {
+  const st = lstatSync(root, { throwIfNoEntry: false });
+  const groupOthers = st !== undefined && (st.mode & 0o020) !== 0 && st.gid !== process.getgid?.();
+  if (explicit && st?.isDirectory() && ((st.mode & 0o1002) !== 0 || groupOthers))
+    throw new ConfigError(
+      `sandboxScratch ${root} is a shared directory (mode ${(st.mode & 0o7777).toString(8)}): the kernel would make it its own (0700, no sticky bit), taking it from everyone else; give a directory for the kernel alone, such as ${join(root, "kpip-scratch")}`,
+    );
+  // What is not there yet is made by the kernel (0700): the first directory above that is.
+  let p = resolve(root);
+  while (!existsSync(dirname(p)) && dirname(p) !== p) p = dirname(p);
+  const why = unsafeDirectoryAbove(p, `the scratch root ${root}`, "directory");
+  if (why) throw new ConfigError(why);
 }
 
 /** {@link ownScratchRoot} that never throws: true only when `root` is there and the kernel's user's own directory. */
