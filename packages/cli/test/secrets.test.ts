@@ -17,6 +17,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { Kernel } from "@kpip/kernel";
 import { generateIdentity, serializeIdentity } from "@kpip/protocol";
 import { outputIncludes } from "@kpip/protocol/testing";
 import { placeNew } from "../src/util.js";
@@ -212,6 +213,56 @@ describe("placing a finished identity file (persona create --out)", () => {
       assert.equal(existsSync(tmp), false);
     } finally {
       rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("a home the CLI writes in, prepared by someone else", () => {
+  it("a link planted in it, or a home another user owns, is refused by persona and the root key commands before anything is written: nothing through the link", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-prepared-"));
+    const outside = mkdtempSync(join(tmpdir(), "kpip-outside-"));
+    const h = ["--home", home];
+    try {
+      // A home a real kernel made, stopped: the commands below go offline.
+      const k = new Kernel({ home, logLevel: "silent", sandbox: "none" });
+      await k.start();
+      await k.stop();
+      const victim = join(outside, "victim");
+      writeFileSync(victim, "theirs\n");
+      rmSync(join(home, "kernel.db-offline"), { force: true });
+      // Whoever could write the home (its owner, for a root operator helping them) plants links.
+      symlinkSync(victim, join(home, "kernel.db-offline"));
+      for (const args of [
+        ["persona", "create", "carol"],
+        ["persona", "list"],
+        ["token", "rotate-key"],
+      ]) {
+        const r = kpip([...args, ...h]);
+        assert.equal(r.code, 2, `${args.join(" ")}: ${r.err}`);
+        assert.match(r.err, /kernel\.db-offline is a symbolic link/);
+      }
+      assert.equal(readFileSync(victim, "utf8"), "theirs\n", "nothing appended through the link");
+      rmSync(join(home, "kernel.db-offline"));
+      symlinkSync(outside, join(home, "personas"));
+      const r = kpip(["persona", "create", "carol", ...h]);
+      assert.equal(r.code, 2, r.err);
+      assert.match(r.err, /personas is a symbolic link/);
+      assert.equal(existsSync(join(outside, "carol.identity")), false, "no identity file put through the link");
+      rmSync(join(home, "personas"));
+      // Only root can give a home away; CI runs as root.
+      if (process.getuid?.() === 0) {
+        chownSync(home, 65534, 65534);
+        const theirs = kpip(["persona", "create", "carol", ...h]);
+        assert.equal(theirs.code, 2, theirs.err);
+        assert.match(theirs.err, /belongs to uid 65534/);
+        assert.equal(existsSync(join(home, "personas")), false, "nothing made in their home");
+        chownSync(home, process.getuid(), process.getgid?.() ?? 0);
+      }
+      const ok = kpip(["persona", "create", "carol", ...h]);
+      assert.equal(ok.code, 0, ok.err);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+      rmSync(outside, { recursive: true, force: true });
     }
   });
 });

@@ -561,7 +561,12 @@ const DECLARED = {
   /** Extra read-only paths inside every sandbox, ":"-separated (an interpreter's install, a script's directory). */
   sandboxReadPaths: { type: "string", default: "", description: "extra read-only paths inside every sandbox, ':'-separated" },
   /** Parent of the per-process scratch directories ("" = <tmpdir>/kpip-scratch-<uid>-<home hash>). */
-  sandboxScratch: { type: "string", default: "", description: "parent of the sandboxes' scratch directories (outside the home)" },
+  sandboxScratch: {
+    type: "string",
+    default: "",
+    description:
+      "parent of the sandboxes' scratch directories: a directory for the kernel alone, outside the home (not a shared one such as /tmp)",
+  },
   /** The unprivileged uid/gid bubblewrap runs as when the kernel runs as root. */
   sandboxUid: {
     type: "int",

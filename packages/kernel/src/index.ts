@@ -39,7 +39,13 @@ export {
   type PrimitiveFamily,
 } from "./primitives/types.js";
 export { SandboxUnavailableError } from "./sandbox/sandbox.js";
-export { readRegularFile, UnreadableFileError, UnsafeHomeError, unsafeDirectoryAboveFile } from "./secure-files.js";
+export {
+  readRegularFile,
+  secureHome,
+  UnreadableFileError,
+  UnsafeHomeError,
+  unsafeDirectoryAboveFile,
+} from "./secure-files.js";
 export type { Connection } from "./session/connection.js";
 export { boundedColumns, MAX_CELL_BYTES } from "./store/sqlite/cells.js";
 export type { JournalEntry } from "./store/sqlite/registry.js";

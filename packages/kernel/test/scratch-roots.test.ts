@@ -1,11 +1,27 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, utimesSync, writeFileSync } from "node:fs";
+import {
+  chmodSync,
+  chownSync,
+  existsSync,
+  lchownSync,
+  lstatSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  rmSync,
+  statSync,
+  symlinkSync,
+  utimesSync,
+  writeFileSync,
+} from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { KernelClient } from "@kpip/client";
+import { ConfigError, Kernel, type KernelOptions } from "../src/index.js";
 import { removeStaleRoots } from "../src/sandbox/scratch-roots.js";
 import { removeHome, sandboxSkip, spawnReady, startKernel, type TestKernel, until } from "./harness.js";
 
@@ -155,6 +171,69 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
     }
   });
 
+  it("a scratch root name another local user took first (a link to a live kernel's root, a directory of theirs) is never listed, written or removed: the live kernel keeps its process's directory and its lock, the sandbox says why it is unavailable", async () => {
+    // Kernel B, in a process of its own, runs an agent: its root holds the agent's directory and B's lock.
+    const homeB = mkdtempSync(join(tmpdir(), "kpip-"));
+    const homeA = mkdtempSync(join(tmpdir(), "kpip-"));
+    const rootA = rootOf(homeA);
+    const rootB = rootOf(homeB);
+    const child = await spawnReady([MAIN, "kernel", "--home", homeB, "--log-level", "silent"], "is running");
+    const kernels: TestKernel[] = [];
+    try {
+      const b = await KernelClient.connect({
+        socket: join(homeB, "kernel.sock"),
+        identity: join(homeB, "admin.identity"),
+        tokens: [readFileSync(join(homeB, "admin.token"), "utf8")],
+        reconnect: false,
+      });
+      await sleeper(b, "b1");
+      const liveB = readdirSync(rootB).sort();
+      assert.ok(liveB.includes(".lock") && scratchDirs(rootB).length === 1, "B's lock and its agent's directory");
+      // Another local user computes home A's root name (uid, hash of the path) and puts a link there to B's.
+      symlinkSync(rootB, rootA);
+      if (process.getuid?.() === 0) lchownSync(rootA, 65534, 65534);
+      for (const sandbox of ["bwrap", "none"] as const) {
+        const a = await startKernel({ sandbox }, homeA);
+        kernels.push(a);
+        const c = await a.admin();
+        const info = (await c.system.info()).sandbox as { usable: boolean; reason?: string };
+        // Unconfined, it would run in the link's target: refused.
+        if (sandbox === "none") await assert.rejects(async () => c.ops.wait(await c.compute.command("true")));
+        await a.stop();
+        assert.deepEqual(
+          readdirSync(rootB).sort(),
+          liveB,
+          `B's root is as it was after A (sandbox ${sandbox}) started and stopped`,
+        );
+        if (sandbox === "bwrap") {
+          assert.equal(info.usable, false);
+          assert.match(info.reason ?? "", /<the scratch root> is a symbolic link/);
+        }
+        assert.equal(lstatSync(rootA).isSymbolicLink(), true, "the link is left to its maker");
+      }
+      // A directory of theirs (only root can give one away): nothing is made in it, nothing of it removed.
+      if (process.getuid?.() === 0) {
+        rmSync(rootA);
+        mkdirSync(join(rootA, "0123456789abcdef01234567"), { recursive: true, mode: 0o777 });
+        chownSync(rootA, 65534, 65534);
+        const a = await startKernel({}, homeA);
+        kernels.push(a);
+        const info = (await (await a.admin()).system.info()).sandbox as { usable: boolean; reason?: string };
+        assert.match(info.reason ?? "", /<the scratch root> belongs to uid 65534/);
+        await a.stop();
+        assert.deepEqual(readdirSync(rootA), ["0123456789abcdef01234567"], "their directory as they left it");
+      }
+      b.close().catch(() => {});
+    } finally {
+      if (child.exitCode === null) child.kill("SIGKILL");
+      for (const k of kernels) await k.stop().catch(() => {});
+      removeHome(homeA);
+      removeHome(homeB);
+      rmSync(rootA, { recursive: true, force: true });
+      rmSync(rootB, { recursive: true, force: true });
+    }
+  });
+
   it("a root without any lock file (an older kpip's) is removed only when empty and untouched for a day", () => {
     const parent = mkdtempSync(join(tmpdir(), "kpip-roots-"));
     const uid = process.getuid?.() ?? 0;
@@ -172,6 +251,54 @@ describe("the scratch roots of kernels that ended without stopping", { skip: san
       assert.ok(existsSync(join(name(3), "0123456789abcdef01234567")), "not empty: stays, with what is in it");
     } finally {
       rmSync(parent, { recursive: true, force: true });
+    }
+  });
+});
+
+describe("the place of an operator's scratch root", () => {
+  it("a shared directory given as sandboxScratch (sticky or writable by others, as /tmp) is refused at start and left as it was; so is a root below a directory others may change", async () => {
+    const shared = mkdtempSync(join(tmpdir(), "kpip-shared-"));
+    const home = mkdtempSync(join(tmpdir(), "kpip-"));
+    // Refused at start with a ConfigError matching `re`; a kernel that starts is stopped, then the test fails.
+    const refused = async (opts: KernelOptions, re: RegExp) => {
+      const k = new Kernel({ home, logLevel: "silent", ...opts });
+      let started = false;
+      try {
+        await k.start();
+        started = true;
+      } catch (e) {
+        assert.ok(e instanceof ConfigError && re.test(e.message), String(e));
+      }
+      if (started) {
+        await k.stop();
+        assert.fail(`the kernel started with sandboxScratch ${String(opts.sandboxScratch)}`);
+      }
+    };
+    try {
+      // As /tmp: everyone's, sticky, with someone's file in it.
+      chmodSync(shared, 0o1777);
+      writeFileSync(join(shared, "someones-file"), "");
+      for (const sandbox of ["bwrap", "none"] as const)
+        await refused({ sandbox, sandboxScratch: shared }, /is a shared directory \(mode 1777\)/);
+      assert.equal(statSync(shared).mode & 0o7777, 0o1777, "the shared directory keeps its mode");
+      assert.equal(statSync(shared).uid, process.getuid?.() ?? statSync(shared).uid);
+      assert.deepEqual(readdirSync(shared), ["someones-file"]);
+      // Below a directory others may write without the sticky bit: they could move the root and put theirs there.
+      chmodSync(shared, 0o777);
+      await refused(
+        { sandboxScratch: join(shared, "mine", "scratch") },
+        /writable by group or others \(mode 777\) without the sticky bit/,
+      );
+      assert.deepEqual(readdirSync(shared), ["someones-file"], "nothing made there");
+      // A directory of its own in the sticky one: the kernel starts and runs processes there.
+      chmodSync(shared, 0o1777);
+      const t = await startKernel({ sandbox: "none", sandboxScratch: join(shared, "kpip-scratch") }, home);
+      const c = await t.admin();
+      await c.ops.wait(await c.compute.command("true"));
+      await t.stop();
+    } finally {
+      removeHome(home);
+      rmSync(shared, { recursive: true, force: true });
     }
   });
 });

@@ -21,6 +21,7 @@ import { readRegularFile } from "@kpip/protocol/regular-file";
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, connectFromFlags } from "../connect.js";
+import { checkHomeToWrite } from "../home-check.js";
 import { subcommandError } from "../suggest.js";
 import { EXIT, isoTime, placeNew, printTable, resolveHome, UsageError } from "../util.js";
 import { actor } from "./actor.js";
@@ -167,6 +168,8 @@ export const personaCommand: Command = {
     const [sub, id, ...extra] = pos;
     if (extra.length) throw new UsageError(`unexpected arguments: ${extra.join(" ")}`);
     const h = resolveHome(v.home as string | undefined);
+    // Before anything is read or written there (offline or through a kernel: identity files go in it).
+    if (["create", "add", "list", "remove"].includes(sub ?? "")) checkHomeToWrite(h);
     const asJson = v.json === true;
     const needId = (): string => {
       if (!id) throw new UsageError(`persona ${sub} needs a persona id`);

@@ -21,6 +21,7 @@ import {
 import { printable } from "../audit/printable.js";
 import type { Command, Values } from "../command.js";
 import { CONNECT_OPTIONS, readTokenArg, withClient, writeTokenFile } from "../connect.js";
+import { checkHomeToWrite } from "../home-check.js";
 import { didYouMean, subcommandError } from "../suggest.js";
 import { EXIT, isoTime, printTable, resolveHome, toJson, UsageError } from "../util.js";
 import { actor } from "./actor.js";
@@ -212,6 +213,7 @@ function existingHome(given: string | undefined): string {
   const home = resolveHome(given);
   if (!existsSync(join(home, HOME_FILES.database)))
     throw new UsageError(`no kernel home at ${home} (no ${HOME_FILES.database}) — pass --home`);
+  checkHomeToWrite(home);
   return home;
 }
 

@@ -24,7 +24,14 @@ import { leakedDescriptors } from "./descriptors.js";
 import { findProgram } from "./find-program.js";
 import { keepTrialPass, trialKey, trialPassed } from "./probe-cache.js";
 import { removeTrees } from "./remove.js";
-import { lockScratchRoot, type RootLockFile, scratchRootLocked, unlockScratchRoot } from "./scratch-roots.js";
+import {
+  isOwnScratchRoot,
+  lockScratchRoot,
+  ownScratchRoot,
+  type RootLockFile,
+  scratchRootLocked,
+  unlockScratchRoot,
+} from "./scratch-roots.js";
 import { sandboxFilter } from "./seccomp.js";
 import {
   type HiddenPath,
@@ -537,7 +544,7 @@ export class Sandbox {
       // (or dies without stopping) leaves nothing behind.
       this.unlockRoot();
       try {
-        rmdirSync(this.config.scratchRoot);
+        if (isOwnScratchRoot(this.config.scratchRoot)) rmdirSync(this.config.scratchRoot);
       } catch {
         // not empty (an operator's directory) or already gone
       }
@@ -639,6 +646,8 @@ export class Sandbox {
    */
   sweep(): Promise<void> {
     let names: string[];
+    // Never through a link or in another user's directory: the launch refuses such a root, saying why.
+    if (!isOwnScratchRoot(this.config.scratchRoot)) return Promise.resolve();
     try {
       names = readdirSync(this.config.scratchRoot);
     } catch {
@@ -655,7 +664,7 @@ export class Sandbox {
   async close(ownRoot: boolean): Promise<void> {
     void this.sweep();
     while (this.removals.size > 0) await Promise.all([...this.removals]);
-    if (ownRoot) await this.remove([this.config.scratchRoot]);
+    if (ownRoot && isOwnScratchRoot(this.config.scratchRoot)) await this.remove([this.config.scratchRoot]);
     this.rootLock?.close();
     this.rootLock = undefined;
   }
@@ -705,10 +714,9 @@ export class Sandbox {
       this.rootLock?.close();
       this.rootLock = lockScratchRoot(root, lockFile);
     }
-    mkdirSync(root, { recursive: true, mode: 0o711 });
+    if (!ownScratchRoot(root)) mkdirSync(root, { recursive: true, mode: 0o711 });
+    ownScratchRoot(root);
     const st = lstatSync(root);
-    if (!st.isDirectory() || st.uid !== (process.getuid?.() ?? st.uid))
-      throw new Error(`scratch root ${root} is not a directory owned by the kernel's user`);
     const runAs = this.config.mode === "bwrap" && this.asRoot ? this.config.uid : undefined;
     // No other local user passes through: a scratch directory is its sandbox's to open (chmod 755
     // /scratch), and a program the sandbox marks set-user-id there is, on the host's disk (no

@@ -1,8 +1,10 @@
 import { randomBytes } from "node:crypto";
 import { existsSync, lstatSync, mkdirSync, readdirSync, renameSync, rmdirSync, rmSync } from "node:fs";
-import { join, resolve } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import type Database from "better-sqlite3";
+import { ConfigError } from "../config.js";
 import { takeLock } from "../file-lock.js";
+import { unsafeDirectoryAbove } from "../secure-files.js";
 import { removeTrees } from "./remove.js";
 
 /**
@@ -33,7 +35,9 @@ const LOCKLESS_AGE_MS = 24 * 3600_000;
 export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): Database.Database {
   for (let attempt = 1; ; attempt++) {
     // No one else's to pass through: launch() lets the sandbox's group through under a root kernel.
-    mkdirSync(root, { recursive: true, mode: 0o700 });
+    if (!ownScratchRoot(root)) mkdirSync(root, { recursive: true, mode: 0o700 });
+    // Made meanwhile by someone else (the name is free, then theirs): nothing is created in it.
+    ownScratchRoot(root);
     const lock = join(root, file);
     let db: Database.Database | undefined;
     try {
@@ -47,6 +51,69 @@ export function lockScratchRoot(root: string, file: RootLockFile = ROOT_LOCK): D
     if (db && existsSync(lock)) return db;
     db?.close();
     if (attempt === 5) throw new Error(`the scratch root ${root} keeps being removed`);
+  }
+}
+
+/** A scratch root that is there but is not a directory of the kernel's user. */
+export class UnsafeScratchRootError extends Error {
+  override name = "UnsafeScratchRootError";
+}
+
+/**
+ * Whether `root` is there as a directory of the kernel's user (true) or not at all (false);
+ * anything else throws {@link UnsafeScratchRootError}. A root the kernel names lies in the shared
+ * temp directory under a name anyone can compute (the uid, a hash of the home's path): another
+ * local user may make it first, as a link to a live kernel's root or a directory of theirs.
+ * Followed, the kernel listed and removed that kernel's processes' directories, took or removed
+ * its lock, and created files and removed trees where that user chose.
+ */
+export function ownScratchRoot(root: string): boolean {
+  const st = lstatSync(root, { throwIfNoEntry: false });
+  if (!st) return false;
+  const me = process.getuid?.();
+  const why = st.isSymbolicLink()
+    ? "is a symbolic link"
+    : !st.isDirectory()
+      ? "is not a directory"
+      : me !== undefined && st.uid !== me
+        ? `belongs to uid ${st.uid}, not to the kernel's user (uid ${me})`
+        : undefined;
+  if (why)
+    throw new UnsafeScratchRootError(
+      `scratch root ${root} ${why}: another local user may have put it there; nothing is made, listed or removed through it (remove it, or give --sandbox-scratch a directory of yours)`,
+    );
+  return true;
+}
+
+/**
+ * The scratch root's place, checked at start (ConfigError). No directory above it may be one
+ * another user can change (as for the home, case 518): bubblewrap binds a scratch directory by
+ * path after the kernel made it, so whoever could move the root away could put theirs, or a link
+ * to the home, in its place. And an operator's root (`explicit`) that is there must not be a
+ * shared directory — sticky, or writable by others or another group: `/tmp`, `/var/tmp` — which
+ * the first launch would make the kernel's own (0700, or root:<sandbox group> 0710 under root,
+ * its sticky bit gone), taking it from every other user of the host.
+ */
+export function checkScratchRootPlace(root: string, explicit: boolean): void {
+  const st = lstatSync(root, { throwIfNoEntry: false });
+  const groupOthers = st !== undefined && (st.mode & 0o020) !== 0 && st.gid !== process.getgid?.();
+  if (explicit && st?.isDirectory() && ((st.mode & 0o1002) !== 0 || groupOthers))
+    throw new ConfigError(
+      `sandboxScratch ${root} is a shared directory (mode ${(st.mode & 0o7777).toString(8)}): the kernel would make it its own (0700, no sticky bit), taking it from everyone else; give a directory for the kernel alone, such as ${join(root, "kpip-scratch")}`,
+    );
+  // What is not there yet is made by the kernel (0700): the first directory above that is.
+  let p = resolve(root);
+  while (!existsSync(dirname(p)) && dirname(p) !== p) p = dirname(p);
+  const why = unsafeDirectoryAbove(p, `the scratch root ${root}`, "directory");
+  if (why) throw new ConfigError(why);
+}
+
+/** {@link ownScratchRoot} that never throws: true only when `root` is there and the kernel's user's own directory. */
+export function isOwnScratchRoot(root: string): boolean {
+  try {
+    return ownScratchRoot(root);
+  } catch {
+    return false;
   }
 }
 
@@ -68,7 +135,7 @@ export function unlockScratchRoot(root: string, db: Database.Database, file: Roo
  * kernel's root as stale to every other kernel starting.
  */
 export function disownScratchRoot(root: string): void {
-  rmSync(join(root, ROOT_LOCK), { force: true });
+  if (isOwnScratchRoot(root)) rmSync(join(root, ROOT_LOCK), { force: true });
 }
 
 /**

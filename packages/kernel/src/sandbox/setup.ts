@@ -7,7 +7,7 @@ import { ConfigError, type KernelConfig } from "../config.js";
 import { HOME_FILES } from "../home.js";
 import type { Logger } from "../log.js";
 import { Sandbox } from "./sandbox.js";
-import { disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scratch-roots.js";
+import { checkScratchRootPlace, disownScratchRoot, ROOT_LIVE, ROOT_LOCK, removeStaleRoots } from "./scratch-roots.js";
 import type { SecretFile } from "./view.js";
 
 /**
@@ -48,6 +48,7 @@ export function openSandbox(
     join(tmpdir(), `kpip-scratch-${uid}-${createHash("sha256").update(resolve(c.home)).digest("hex").slice(0, 12)}`);
   if (`${resolve(scratchRoot)}/`.startsWith(`${resolve(c.home)}/`))
     throw new ConfigError(`sandboxScratch ${scratchRoot} must lie outside the kernel home`);
+  checkScratchRootPlace(scratchRoot, !named);
   const sandbox = new Sandbox({
     mode: c.sandbox as "bwrap" | "none",
     readPaths: c.sandboxReadPaths.split(":").filter(Boolean),
