@@ -855,6 +855,34 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot end a killed agent's sessions");
     }
+    // Once the turn's transaction (a removal's fan-out kills in one) has settled: freed on their
+    // own, the kill standing whether that one commits or not, and the record true either way.
+    queueMicrotask(() => this.freeAllocations(id, live, `${agentUri(id)} killed (${by})`));
+  }
+
+  /**
+   * Frees the allocations a killed agent (or an agent under it) holds, at the kill: they held its
+   * spawner's tree at its limits until the process closed (a sandbox's teardown, a process in D
+   * state), though nothing of the agent's may commit any more. Its end frees what is left (none:
+   * the rows are gone, nothing is uncharged twice); one the store refuses now is freed then.
+   */
+  private freeAllocations(id: string, live: Live, why: string): void {
+    let freed: number;
+    try {
+      freed = this.store.transaction(() => releaseAllocationsWithin(this.store, live.persona));
+    } catch (e) {
+      if (isStorageFull(e)) this.opts.storageFull?.(e);
+      else this.log.error({ err: e, agent: id }, "cannot free a killed agent's allocations: freed at its end");
+      return;
+    }
+    if (freed === 0) return;
+    this.opts.record({
+      op: "resource.freed",
+      target: `persona://${live.persona}`,
+      persona: live.persona,
+      message: `${why}: its allocations were freed`,
+      detail: { persona: live.persona, agent: id, token: live.token.id, reason: why, allocationsFreed: freed },
+    });
   }
 
   /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */
