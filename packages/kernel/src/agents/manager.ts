@@ -174,6 +174,9 @@ export class AgentManager {
         this.store.agentEndRecorded(e.id);
         continue;
       }
+      // What it printed, as its end would have named it: the row stored its captured output with
+      // its end (read one agent at a time); null when the row holds none (unknown, not empty).
+      const out = this.store.getAgent(e.id, true);
       this.opts.record(
         {
           op: "agent.exited",
@@ -187,6 +190,8 @@ export class AgentManager {
             state: e.state,
             code: e.exitCode,
             signal: e.signal,
+            stdout: out?.stdout ? streamDigest(out.stdout) : null,
+            stderr: out?.stderr ? streamDigest(out.stderr) : null,
             recovered: true,
           },
         },
@@ -233,6 +238,9 @@ export class AgentManager {
             state: "lost",
             code: null,
             signal: outlived ? "SIGKILL" : null,
+            // Its output was captured in the lost kernel's memory only: unknown (null), not empty.
+            stdout: null,
+            stderr: null,
             ...(outlived ? { outlived: true, killedBy: "kernel start" } : {}),
           },
         },
