@@ -12,8 +12,8 @@ const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.m
 // force in memory until a restart, which then made those tokens valid again: memory and the store
 // disagreed (wt-red48's leftover).
 
-describe("a persona's removal whose transaction fails", () => {
-  it("leaves no revocation in force in memory that the store does not hold: the tree's are undone, a killed agent's is stored", {
+describe("a revocation whose transaction fails", () => {
+  it("a persona's removal leaves no revocation in force in memory that the store does not hold: the tree's are undone, a killed agent's is stored", {
     skip: sandboxSkip,
   }, async () => {
     const t = await startKernel();
@@ -69,6 +69,35 @@ describe("a persona's removal whose transaction fails", () => {
     } finally {
       SqliteStore.prototype.putDedupe = putDedupe;
       process.kill = kill;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+
+  it("a token.revoke whose commit fails revokes nothing, in memory either: the token stays usable, and the retry that commits revokes it", async () => {
+    const t = await startKernel();
+    const putDedupe = SqliteStore.prototype.putDedupe;
+    try {
+      const admin = await t.admin();
+      const vic = await t.persona("vic", [{ ops: ["storage.*"], targets: ["obj://ws/**"] }]);
+      const revokedInTx = function (this: SqliteStore) {
+        return (this.getToken(vic.id)?.revokedAt ?? null) !== null;
+      };
+      SqliteStore.prototype.putDedupe = function (this: SqliteStore, ...args: Parameters<SqliteStore["putDedupe"]>) {
+        if (revokedInTx.call(this)) throw new Error("disk I/O error");
+        return putDedupe.apply(this, args);
+      };
+      await assert.rejects(admin.tokens.revoke(vic.id));
+      SqliteStore.prototype.putDedupe = putDedupe;
+      assert.equal(t.k.inspect.getToken(vic.id)?.revokedAt ?? null, null, "its row rolled back");
+      assert.equal(t.k.tokens.isRevoked({ id: vic.id, chain: [] }), false, "nor is it revoked in memory");
+      const c = await t.connect(vic.identity, [vic.token]);
+      await c.storage.write("obj://ws/still", "x");
+      await admin.tokens.revoke(vic.id);
+      assert.notEqual(t.k.inspect.getToken(vic.id)?.revokedAt ?? null, null);
+      assert.equal(t.k.tokens.isRevoked({ id: vic.id, chain: [] }), true);
+    } finally {
+      SqliteStore.prototype.putDedupe = putDedupe;
       await t.stop();
       removeHome(t.home);
     }
