@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { mkdtempSync, readFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -79,7 +80,8 @@ describe("an end stored just before a kernel kill", { skip: sandboxSkip }, () =>
     const home = mkdtempSync(join(tmpdir(), "kpip-"));
     try {
       const agent = await killedAtEnd(home, "updateAgent", "exited", async (c) => {
-        return (await c.agents.spawn("sh", "w1", { args: ["-c", "exit 0"], rights: [], lifetimeMs: 60_000 })).agent;
+        const args = ["-c", "printf hello; printf oops >&2; exit 0"];
+        return (await c.agents.spawn("sh", "w1", { args, rights: [], lifetimeMs: 60_000 })).agent;
       });
       assert.deepEqual(column(home, "SELECT state FROM agents"), ["exited"], `${agent}'s end was stored before the kill`);
       const s = new SqliteStore(join(home, "kernel.db"));
@@ -92,6 +94,9 @@ describe("an end stored just before a kernel kill", { skip: sandboxSkip }, () =>
         assert.equal(detail.code, 0);
         assert.equal(detail.recovered, true);
         assert.equal(ends[0]?.target, agent);
+        // What it printed, as the record written at its end would name it (from its stored row).
+        const digest = (x: string) => ({ sha256: createHash("sha256").update(x).digest("hex"), size: x.length });
+        assert.deepEqual([detail.stdout, detail.stderr], [digest("hello"), digest("oops")]);
         // Its token's revocation, stored before the kill, is named by that record (refusals of the token say so).
         const revoked = column(home, `SELECT audit_seq FROM revocations WHERE id = '${detail.token}'`);
         assert.deepEqual(revoked, [ends[0]?.seq]);

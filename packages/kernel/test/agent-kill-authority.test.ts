@@ -8,6 +8,7 @@ import { BlobStore } from "../src/store/blobs.js";
 import { klass, removeHome, sandboxSkip, startKernel, until } from "./harness.js";
 
 const LEAKING_AGENT = fileURLToPath(new URL("../../test/fixtures/leaking-agent.mjs", import.meta.url));
+const TREE_AGENT = fileURLToPath(new URL("../../test/fixtures/tree-agent.mjs", import.meta.url));
 
 /** The credentials the leaking agent prints on its stdout once it runs. */
 function handedOut(c: KernelClient, agent: string): Promise<{ identity: string; token: string }> {
@@ -209,6 +210,80 @@ describe("agent.kill ends the agent's authority when it is answered, not when it
       await c.storage.write("obj://ws/after", "x"); // the kernel serves on
     } finally {
       TokenService.prototype.revokeNow = revokeNow;
+      await t.stop();
+      removeHome(t.home);
+    }
+  });
+  it("a killed agent's allocations are freed at its kill, not when its process closes, and not again then", {
+    skip: sandboxSkip,
+  }, async () => {
+    const t = await startKernel();
+    const kill = process.kill;
+    const held: (() => void)[] = [];
+    const release = () => {
+      process.kill = kill;
+      for (const h of held.splice(0)) h();
+    };
+    try {
+      const alloc = { ops: ["resource.alloc", "resource.query", "resource.free"], targets: ["persona://ann/**"] };
+      const ann = await t.persona("ann", [alloc, { ops: ["agent.*"], targets: ["agent://node/**", "kernel://"] }], {
+        limits: { gpu: 2 },
+      });
+      const c = await t.connect(ann.identity, [ann.token]);
+      const usage = async () => ((await c.call("resource.query", "persona://ann")).payload as { usage: object }).usage;
+      // The agent takes its spawner's whole allowance and keeps the allocation's id to itself.
+      const steps = [{ call: "resource.alloc", target: "persona://ann/agent.g1", args: { resource: "gpu", amount: 2 } }];
+      const a = await c.agents.spawn("node", "g1", {
+        args: [TREE_AGENT, JSON.stringify(steps)],
+        rights: [alloc],
+        lifetimeMs: 120_000,
+      });
+      const agent = a.agent as string;
+      const report = await until(
+        async () => {
+          const out = Buffer.from((await c.agents.logs(agent)).stdout).toString();
+          return out.includes("\n") ? (JSON.parse(out) as { results: unknown[] }) : undefined;
+        },
+        60_000,
+        "the agent's report",
+      );
+      assert.deepEqual(report.results, ["ok"]);
+      assert.deepEqual(await usage(), { gpu: 2 });
+      // Its process slow to die: the SIGKILLs are held until the test lets them through.
+      process.kill = ((pid: number, sig?: string | number) => {
+        if (sig !== "SIGKILL") return kill.call(process, pid, sig);
+        held.push(() => {
+          try {
+            kill.call(process, pid, sig);
+          } catch {
+            // already gone
+          }
+        });
+        return true;
+      }) as typeof process.kill;
+      assert.equal(await c.agents.kill(agent), true);
+      assert.ok(held.length > 0, "the agent's process has not been killed yet");
+      assert.equal((await c.agents.status(agent)).state, "running", "its process has not closed");
+      // Freed at the kill, on the record: its spawner's tree has its allowance back at once.
+      assert.deepEqual(await usage(), {});
+      await c.call("resource.alloc", "persona://ann", { resource: "gpu", amount: 1 });
+      const freed = t.k.inspect
+        .queryAudit({ op: "resource.freed", limit: 10 })
+        .filter((r) => r.target === `persona://${a.persona}`);
+      assert.equal(freed.length, 1);
+      assert.equal((JSON.parse(freed[0]?.detail ?? "{}") as { allocationsFreed?: number }).allocationsFreed, 1);
+      // Its process closes: nothing is freed (nor uncharged) again.
+      release();
+      await until(async () => (await c.agents.status(agent)).state !== "running", 30_000, "the agent ended");
+      const removed = await until(
+        () => t.k.inspect.queryAudit({ op: "persona.removed", limit: 100 }).find((r) => r.target === `persona://${a.persona}`),
+        30_000,
+        "its key's removal",
+      );
+      assert.equal((JSON.parse(removed.detail ?? "{}") as { allocationsFreed?: number }).allocationsFreed, undefined);
+      assert.deepEqual(await usage(), { gpu: 1 }, "ann's own allocation, uncharged by nothing else");
+    } finally {
+      release();
       await t.stop();
       removeHome(t.home);
     }

@@ -69,6 +69,13 @@ describe("agents recorded running when the kernel died", () => {
         assert.ok(alive(legacy.pid as number), "a pid recorded without an identity is not signalled");
         const lost = t.k.inspect.queryAudit({ op: "agent.exited", limit: 10 });
         assert.equal(lost.length, 3);
+        // Their output died with the kernel's memory: the record says unknown (null), not empty (absent or size 0).
+        for (const r of lost) {
+          const d = JSON.parse(r.detail ?? "{}") as Record<string, unknown>;
+          assert.ok("stdout" in d && "stderr" in d, r.detail ?? "");
+          assert.equal(d.stdout, null);
+          assert.equal(d.stderr, null);
+        }
       } finally {
         await t.stop();
       }

@@ -1,8 +1,14 @@
 import assert from "node:assert/strict";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { attenuate, decodeToken, derivedTokenId, encodeToken } from "@kpip/protocol";
-import type { HandleTable } from "../src/session/handles.js";
-import { withKernel } from "./harness.js";
+import { capabilities } from "../src/auth/capabilities.js";
+import { RootKeys } from "../src/auth/keys.js";
+import { HandleTable } from "../src/session/handles.js";
+import { SqliteStore } from "../src/store/sqlite.js";
+import { removeHome, withKernel } from "./harness.js";
 
 // Each bound handle cached up to 1,024 decisions keyed by the request's target (up to 2 KiB), and
 // a session may bind 256 handles (offline attenuations of one token, ~330 bytes each): a persona
@@ -13,6 +19,13 @@ import { withKernel } from "./harness.js";
 function cachedBytes(table: HandleTable): number {
   let n = 0;
   for (const b of table.all()) for (const byScope of b.decisions.values()) for (const k of byScope.keys()) n += k.length + 64;
+  return n;
+}
+
+/** How many decisions a session's handles cache. */
+function cachedCount(table: HandleTable): number {
+  let n = 0;
+  for (const b of table.all()) for (const byScope of b.decisions.values()) n += byScope.size;
   return n;
 }
 
@@ -48,5 +61,50 @@ describe("bounded after authentication: decisions cached per session", () => {
       // Still a cache: what was decided last is kept.
       assert.ok(cachedBytes(table) > 0);
     });
+  });
+
+  it("the session's bytes are the one bound: a handle alone keeps as many decisions as they allow, and its counter stays true across resets", () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-decisions-"));
+    const store = new SqliteStore(":memory:");
+    try {
+      const { enforcer, tokens } = capabilities(new RootKeys(home), store);
+      const token = encodeToken(
+        tokens.mint(undefined, "admin", {
+          sub: "eve",
+          rights: [{ ops: ["storage.stat"], targets: ["obj://ws/**"] }],
+          ttlMs: 60_000,
+        }),
+      );
+      const table = new HandleTable();
+      const bound = enforcer.bind(table, "eve", token);
+      assert.ok("handle" in bound);
+      let max = 0;
+      let resets = 0;
+      let before = 0;
+      for (let i = 0; i < 8000; i++) {
+        const d = enforcer.authorize({
+          persona: "eve",
+          session: "s-1",
+          intent: { op: "storage.stat", target: `obj://ws/t${i}`, args: {} },
+          context: { persona: "eve", workspace: undefined, domain: undefined },
+          caps: [bound.handle],
+          handles: table,
+          declaration: undefined,
+        });
+        assert.ok(d.allowed);
+        const n = cachedCount(table);
+        if (n < before) resets++;
+        before = n;
+        max = Math.max(max, n);
+        assert.equal(table.decisionBytes, cachedBytes(table), "the session's counter is what its handles hold");
+        assert.ok(table.decisionBytes <= 256 * 1024);
+      }
+      // ~80 bytes each (a 14-character target and 64): about 3,300 fit, not a handle's 1,024 of old.
+      assert.ok(max > 1024, `one handle kept at most ${max} decisions`);
+      assert.ok(resets >= 1, "past the session's bytes its cache starts over");
+    } finally {
+      store.close();
+      removeHome(home);
+    }
   });
 });

@@ -132,12 +132,12 @@ describe("agents and commands: authority bounded by their creator's", () => {
       assert.equal(await outcome(c.call("resource.alloc", "persona://ann", { resource: "gpu", amount: 1 })), "RESOURCE");
       await c.call("agent.kill", "agent://node/a1");
       await until(async () => (await c.agents.status("agent://node/a1")).state !== "running", 30_000, "the agent ended");
-      // Its allocation went with it, on the record.
+      // Its allocation went with it (at its kill: agent-kill-authority), on the record.
       assert.deepEqual(await usage("ann"), {});
       assert.deepEqual(await usage("ann/agent.a1"), {});
       const rec = t.k.inspect
-        .queryAudit({ op: "persona.removed", limit: 100 })
-        .find((r) => r.target === "persona://ann/agent.a1" && /ended/.test(r.message ?? ""));
+        .queryAudit({ op: "resource.freed", limit: 100 })
+        .find((r) => r.target === "persona://ann/agent.a1" && /killed/.test(r.message ?? ""));
       assert.equal((JSON.parse(rec?.detail ?? "{}") as { allocationsFreed?: number }).allocationsFreed, 1);
       await c.call("resource.alloc", "persona://ann", { resource: "gpu", amount: 1 });
 

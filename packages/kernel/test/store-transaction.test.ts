@@ -59,4 +59,40 @@ describe("store transactions through one reused transaction function", () => {
       removeHome(dir);
     }
   });
+  it("onRollback's undo runs when its transaction or savepoint rolls back, newest first, and is dropped once the outermost commits", () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-store-txn-"));
+    const store = new SqliteStore(join(dir, "kernel.db"));
+    try {
+      const undone: string[] = [];
+      const note = (x: string) => store.onRollback(() => undone.push(x));
+      assert.equal(note("outside"), false, "no transaction open: nothing to undo");
+      store.transaction(() => {
+        note("kept");
+        assert.throws(() =>
+          store.transaction(() => {
+            note("inner 1");
+            note("inner 2");
+            throw new Error("inner");
+          }),
+        );
+        store.transaction(() => note("nested, committed"));
+      });
+      assert.deepEqual(undone, ["inner 2", "inner 1"], "only the savepoint rolled back");
+      undone.length = 0;
+      assert.throws(() =>
+        store.transaction(() => {
+          note("a");
+          store.transaction(() => note("b (its savepoint committed, the whole rolled back)"));
+          throw new Error("outer");
+        }),
+      );
+      assert.deepEqual(undone, ["b (its savepoint committed, the whole rolled back)", "a"]);
+      undone.length = 0;
+      store.transaction(() => {});
+      assert.deepEqual(undone, [], "nothing left from a committed one");
+    } finally {
+      store.close();
+      removeHome(dir);
+    }
+  });
 });

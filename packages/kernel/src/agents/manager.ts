@@ -174,6 +174,9 @@ export class AgentManager {
         this.store.agentEndRecorded(e.id);
         continue;
       }
+      // What it printed, as its end would have named it: the row stored its captured output with
+      // its end (read one agent at a time); null when the row holds none (unknown, not empty).
+      const out = this.store.getAgent(e.id, true);
       this.opts.record(
         {
           op: "agent.exited",
@@ -187,6 +190,8 @@ export class AgentManager {
             state: e.state,
             code: e.exitCode,
             signal: e.signal,
+            stdout: out?.stdout ? streamDigest(out.stdout) : null,
+            stderr: out?.stderr ? streamDigest(out.stderr) : null,
             recovered: true,
           },
         },
@@ -233,6 +238,9 @@ export class AgentManager {
             state: "lost",
             code: null,
             signal: outlived ? "SIGKILL" : null,
+            // Its output was captured in the lost kernel's memory only: unknown (null), not empty.
+            stdout: null,
+            stderr: null,
             ...(outlived ? { outlived: true, killedBy: "kernel start" } : {}),
           },
         },
@@ -855,6 +863,34 @@ export class AgentManager {
     } catch (e) {
       this.log.error({ err: e, agent: id }, "cannot end a killed agent's sessions");
     }
+    // Once the turn's transaction (a removal's fan-out kills in one) has settled: freed on their
+    // own, the kill standing whether that one commits or not, and the record true either way.
+    queueMicrotask(() => this.freeAllocations(id, live, `${agentUri(id)} killed (${by})`));
+  }
+
+  /**
+   * Frees the allocations a killed agent (or an agent under it) holds, at the kill: they held its
+   * spawner's tree at its limits until the process closed (a sandbox's teardown, a process in D
+   * state), though nothing of the agent's may commit any more. Its end frees what is left (none:
+   * the rows are gone, nothing is uncharged twice); one the store refuses now is freed then.
+   */
+  private freeAllocations(id: string, live: Live, why: string): void {
+    let freed: number;
+    try {
+      freed = this.store.transaction(() => releaseAllocationsWithin(this.store, live.persona));
+    } catch (e) {
+      if (isStorageFull(e)) this.opts.storageFull?.(e);
+      else this.log.error({ err: e, agent: id }, "cannot free a killed agent's allocations: freed at its end");
+      return;
+    }
+    if (freed === 0) return;
+    this.opts.record({
+      op: "resource.freed",
+      target: `persona://${live.persona}`,
+      persona: live.persona,
+      message: `${why}: its allocations were freed`,
+      detail: { persona: live.persona, agent: id, token: live.token.id, reason: why, allocationsFreed: freed },
+    });
   }
 
   /** Personas of killed agents whose process has not closed yet: gone from the registry ({@link endAuthority}). */

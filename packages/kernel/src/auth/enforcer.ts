@@ -37,12 +37,12 @@ export interface EnforcerLimits {
 
 export const DEFAULT_ENFORCER_LIMITS: EnforcerLimits = { maxTokenBytes: 8192, maxLiveTokens: 1000, exempt: ["kernel"] };
 
-/** Cached decisions per bound handle: a cache keyed by request fields must not grow with them. */
-const DECISIONS_PER_HANDLE = 1024;
 /**
  * Bytes of cached decisions per session, all its handles together (each a target key of up to
- * ~2 KiB and {@link DECISION_OVERHEAD_BYTES}): 256 handles × 1,024 decisions of 2 KiB targets
- * would otherwise keep ~550 MB for one session.
+ * ~2 KiB and {@link DECISION_OVERHEAD_BYTES}): a cache keyed by request fields must not grow with
+ * them. The one bound: at least 64 bytes each, so at most ~4,000 decisions a session, however its
+ * handles share them (a per-handle count of 1,024 bounded nothing this does not: 256 handles × 1,024
+ * decisions of 2 KiB targets kept ~550 MB for one session before this bound).
  */
 const DECISION_BYTES_PER_SESSION = 256 * 1024;
 /** What a cached decision costs besides its key's characters (map slots, the entry). */
@@ -406,13 +406,6 @@ export class CapEnforcer implements Authorizer {
           ok = this.allows(grant, req);
           const table = req.handles as HandleTable;
           const cost = scope.length + DECISION_OVERHEAD_BYTES;
-          if (bound.decided >= DECISIONS_PER_HANDLE) {
-            table.decisionBytes -= bound.decisionBytes;
-            decisions.clear();
-            bound.decided = 0;
-            bound.decisionBytes = 0;
-            byScope = undefined;
-          }
           if (table.decisionBytes + cost > DECISION_BYTES_PER_SESSION) {
             table.forgetDecisions();
             byScope = undefined;
@@ -422,8 +415,6 @@ export class CapEnforcer implements Authorizer {
             decisions.set(req.intent.op, byScope);
           }
           byScope.set(scope, ok);
-          bound.decided++;
-          bound.decisionBytes += cost;
           table.decisionBytes += cost;
         }
       } else ok = this.allows(grant, req);

@@ -159,7 +159,7 @@ export class Revocations {
     by: string,
     now: number,
     family = true,
-    /** Outside any transaction (the kernel's own revocation): in force even when the store has no room for it yet. */
+    /** The kernel's own revocation: in force even when the store has no room for it yet, or its transaction rolls back. */
     keepIfFull = false,
   ): { changed: boolean; ended: string[]; root?: string } {
     const revokeOne = (t: string) =>
@@ -249,7 +249,12 @@ export class Revocations {
     const known = this.ids.has(id);
     this.noteFresh(id);
     this.ids.add(id);
-    if (!keepIfFull) return { changed: this.store.revokeToken(id, by, now), ended };
+    if (!keepIfFull) {
+      // Made in a transaction that then rolls back (a persona's removal whose commit failed), it
+      // is undone here too: kept in force in memory alone, a restart would make the token valid again.
+      if (!known) this.store.onRollback(() => this.rolledBack(id));
+      return { changed: this.store.revokeToken(id, by, now), ended };
+    }
     // Kept for room, it is new if it was not in force already; an earlier kept revocation of it stands.
     let changed = !known;
     this.unstored.write(
@@ -260,7 +265,22 @@ export class Revocations {
       },
       (kept) => kept,
     );
+    // The kernel's own (a killed agent's token) cannot be undone with its transaction — the kill
+    // was made, and recorded — so its row, rolled back, waits for the next storeKept as a full
+    // disk's (one stored before is found there, unchanged).
+    this.store.onRollback(() => this.keepRolledBack(id, by, now));
     return { changed, ended };
+  }
+
+  /** A revocation's row was rolled back: unless the kernel's own keeps it in force ({@link keepRolledBack}), so is it here. */
+  private rolledBack(id: string): void {
+    if (this.unstored.get(id) === undefined) this.ids.delete(id);
+  }
+
+  /** The kernel's revocation's row was rolled back: in force still, its row stored at the next {@link storeKept}. */
+  private keepRolledBack(id: string, by: string, at: number): void {
+    this.ids.add(id);
+    this.unstored.hold(id, { by, at }, (kept) => kept);
   }
 
   /** Stores the revocations a full disk kept back, until one is refused again (the housekeeping tick). */

@@ -178,8 +178,9 @@ export class TokenService {
   }
 
   /**
-   * {@link revoke} by the kernel itself, outside any transaction (an agent's end): in force at
-   * once even when the store has no room for it, which is stored once there is ({@link storeKept}).
+   * {@link revoke} by the kernel itself (an agent's end or kill): in force at once even when the
+   * store has no room for it, which is stored once there is ({@link storeKept}) — as is one whose
+   * row a transaction it was made in rolled back (the kill it ends the authority of stands).
    */
   revokeNow(id: string, by: string): { changed: boolean; ended: string[]; root?: string } {
     return this.revoked.revoke(id, by, this.clock(), true, true);

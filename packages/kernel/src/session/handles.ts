@@ -14,10 +14,6 @@ export interface BoundCapability {
    * grant never changes, so they can be kept.
    */
   decisions: Map<string, Map<string, boolean>>;
-  /** How many results `decisions` holds (bounded by the enforcer). */
-  decided: number;
-  /** What they cost, counted in the session's {@link HandleTable.decisionBytes}. */
-  decisionBytes: number;
   /** How records name it (`h<handle>:<token id>`), once asked. */
   label: string | undefined;
   /** The decision of a request this handle alone allows, once made: the same every time, so made once. */
@@ -39,16 +35,12 @@ export class HandleTable {
   private readonly byToken = new Map<string, BoundCapability[]>();
   /** Bytes of every token bound so far (bounded by the enforcer's bind). */
   bytes = 0;
-  /** Bytes of the decisions every handle caches (bounded by the enforcer's authorize). */
+  /** Bytes of the decisions every handle caches (bounded by the enforcer's authorize: the only bound on them). */
   decisionBytes = 0;
 
   /** Forgets the decisions every handle caches (the session's bound on them was reached). */
   forgetDecisions(): void {
-    for (const b of this.map.values()) {
-      b.decisions.clear();
-      b.decided = 0;
-      b.decisionBytes = 0;
-    }
+    for (const b of this.map.values()) b.decisions.clear();
     this.decisionBytes = 0;
   }
 
@@ -59,8 +51,6 @@ export class HandleTable {
       token,
       grant,
       decisions: new Map(),
-      decided: 0,
-      decisionBytes: 0,
       label: undefined,
       allows: undefined,
     };

@@ -366,6 +366,11 @@ export interface TokenStore {
   /** Marks a token revoked; false if it was already. Unknown ids are recorded too. */
   revokeToken(id: string, by: string, at: number): boolean;
   revokedTokenIds(): string[];
+  /**
+   * Runs `undo` if the transaction open now rolls back (a revocation's row with it: memory must
+   * not keep it in force, as a restart would not); false when none is open.
+   */
+  onRollback(undo: () => void): boolean;
   /** Notes the audit record of a revocation; and every revocation's record, where noted. */
   noteRevocationSeq(id: string, seq: number): void;
   revocationSeqs(): [string, number][];

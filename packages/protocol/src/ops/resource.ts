@@ -8,7 +8,7 @@ const amounts = (description: string) => ({ ...limitsField, description }) as co
 export const resourceAlloc = defineOp({
   op: "resource.alloc",
   description:
-    "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it. RESOURCE when the caller's top-level persona and the personas under it hold as many allocations as the kernel allows, whatever their resources. An allocation lasts until it is freed or its persona leaves the registry (an agent's end, persona.remove), which frees it.",
+    "Reserve an amount of a named resource (e.g. memory) for persona://<self>, within the token's limit for it. RESOURCE when the caller's top-level persona and the personas under it hold as many allocations as the kernel allows, whatever their resources. An allocation lasts until it is freed or its persona leaves the registry (an agent's end or kill, persona.remove), which frees it.",
   targets: ["persona"],
   args: {
     resource: { type: "text", required: true, description: "resource name, e.g. memory" },

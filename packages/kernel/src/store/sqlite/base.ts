@@ -175,7 +175,34 @@ export class SqliteBase {
 
   transaction<T>(fn: () => T): T {
     this.txn ??= this.db.transaction((f: () => unknown) => f());
-    return this.txn(fn) as T;
+    const mark = this.#undo.length;
+    this.#depth++;
+    let done = false;
+    try {
+      const v = this.txn(fn) as T;
+      done = true;
+      return v;
+    } finally {
+      this.#depth--;
+      // Rolled back (this savepoint, or the whole transaction): what memory took from it is undone, newest first.
+      if (!done) for (let i = this.#undo.length - 1; i >= mark; i--) (this.#undo.pop() as () => void)();
+      else if (this.#depth === 0) this.#undo.length = 0;
+    }
+  }
+
+  /** What undoes memory's part of the open transaction's changes, if it rolls back ({@link onRollback}). */
+  readonly #undo: (() => void)[] = [];
+  #depth = 0;
+
+  /**
+   * Runs `undo` if the transaction open now (one {@link transaction} began) rolls back, so that
+   * what memory took from a change it made does not outlast the change; once the outermost one
+   * commits it is dropped. False when no transaction is open: the change stands on its own.
+   */
+  onRollback(undo: () => void): boolean {
+    if (this.#depth === 0) return false;
+    this.#undo.push(undo);
+    return true;
   }
 
   /** {@link ObjectStore.partOfTransaction}: a SAVEPOINT and its RELEASE are two statements a small write need not make. */
