@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import type { EventLoopUtilization } from "node:perf_hooks";
 import { Worker } from "node:worker_threads";
-import { type CborValue, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
+import { type CborValue, decodeCanonical, encodeCanonical, type Grant, isErrorClass } from "@kpip/protocol";
 import { processIdentity, SPAWN_ENV, stillOwnGroup } from "../agents/process-identity.js";
 import { tokenRef } from "../auth/revocations.js";
 import type { EventBus } from "../events/bus.js";
@@ -280,7 +280,12 @@ export class ComputeEngine {
     spawn: string | null = null,
   ): OpRecord {
     this.admitPending(persona);
-    const inputBytes = kind === "task" ? this.admitInput(persona, args) : 0;
+    const input = kind === "task" ? this.admitInput(persona, args) : undefined;
+    const inputBytes = input?.byteLength ?? 0;
+    // The task's input waits as a copy of its own (byte strings views of its encoding, counted):
+    // a decoded byte string is a view of the REQUEST frame it came in, so a one-byte one kept a
+    // whole frame (an unknown field pads it to maxBody) for a task counted a few bytes.
+    if (input !== undefined) args = decodeCanonical(ownBytes(input));
     if (kind === "command") {
       // Refused now, before there is an op: no sandbox, or one process too many.
       this.host.sandbox.check();
@@ -407,8 +412,9 @@ export class ComputeEngine {
    * its task ends: ops were counted, not their inputs, and one persona tree's 64 queued tasks of
    * ~15 MiB each held ~900 MiB of the kernel's heap (a few trees, its whole heap limit).
    */
-  private admitInput(persona: string, args: CborValue): number {
-    const n = encodeCanonical(args).byteLength;
+  private admitInput(persona: string, args: CborValue): Uint8Array {
+    const encoded = encodeCanonical(args);
+    const n = encoded.byteLength;
     const { maxTaskInputBytes, maxQueuedTaskInputBytes: max, maxQueuedTaskInputBytesPerPersona: share } = this.opts;
     if (n > maxTaskInputBytes)
       throw new OpError("SEMANTIC", `the task's input is ${n} bytes: at most ${maxTaskInputBytes} (maxTaskInputBytes)`);
@@ -423,7 +429,7 @@ export class ComputeEngine {
         "RESOURCE",
         `the kernel already holds ${held} bytes of input for tasks queued or running (at most ${max}, maxQueuedTaskInputBytes${held + n > max ? "" : `, the last ${reserved} of them reserved for the admin`}): retry once some end`,
       );
-    if (share === undefined || persona === admin) return n;
+    if (share === undefined || persona === admin) return encoded;
     // A tree's share: one tree's hanging tasks (maxPendingOpsPerPersona of maxTaskInputBytes) would
     // hold a quarter of the kernel's bytes, four trees all of them.
     const root = this.roots.of(persona);
@@ -440,7 +446,7 @@ export class ComputeEngine {
           asked: n,
         })}: retry once some end`,
       );
-    return n;
+    return encoded;
   }
 
   /** Cancels a queued or running op; false when it already finished. */
@@ -1195,4 +1201,12 @@ function endLeftProcess(p: { id: string; pid: number; procId: string | null }, l
     // already gone
     return false;
   }
+}
+
+/** `b` in memory of its own: a small Buffer is a view of the shared allocation pool, whose 8 KiB slab it would keep. */
+function ownBytes(b: Uint8Array): Uint8Array {
+  if (b.byteLength === b.buffer.byteLength) return b;
+  const own = Buffer.allocUnsafeSlow(b.byteLength);
+  own.set(b);
+  return own;
 }

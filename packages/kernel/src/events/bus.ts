@@ -54,6 +54,11 @@ interface Queued {
   shared?: Buffer;
   /** Whether the event has data (`data` itself is let go once it is in `shared`). */
   hasData: boolean;
+  /**
+   * Whether `data` is an array, map or byte string: queued, such an event waits as its encoding,
+   * in memory of its own ({@link hold}), never as the decoded value.
+   */
+  structured: boolean;
 }
 
 /**
@@ -141,7 +146,10 @@ export function eventFramePieces(
 }
 
 interface Subscription {
+  /** Its id on its session (the EVENT frames' stream): counted per session, so it tells nothing of others'. */
   id: number;
+  /** When it was made among all the bus's subscriptions (the order a revocation ends them in): never sent. */
+  order: number;
   sink: EventSink;
   pattern: string;
   seq: number;
@@ -191,6 +199,11 @@ interface Holder {
 
 /** What one queued event is counted as: its payload's encoded size, its topic, and the frame around them. */
 const ENTRY_OVERHEAD = 64;
+/**
+ * What a queued event's own copy of its encoding costs besides its bytes (a Buffer and its
+ * ArrayBuffer: ~300 bytes of heap and allocation measured), counted for events that keep one.
+ */
+const HELD_COPY_OVERHEAD = 384;
 
 /** The bus's roots before the kernel gave it the registry's: a use is a wiring fault, never a silent other grouping. */
 const NO_ROOTS: TreeRoots = {
@@ -198,6 +211,12 @@ const NO_ROOTS: TreeRoots = {
     throw new Error("the event bus has no persona roots: the kernel gives it the registry's (useRoots) when it opens the store");
   },
 };
+
+/** A session's subscriptions, by their id on it, and the id its next one gets (ids are never reused on a session). */
+interface SinkSubs {
+  next: number;
+  readonly subs: Map<number, Subscription>;
+}
 
 /** An upper bound of a value's canonical CBOR size, without encoding it (an 8 MiB payload is not copied to be measured). */
 export function cborSizeBound(v: CborValue | undefined, depth = 0): number {
@@ -234,9 +253,13 @@ export function cborSizeFloor(v: CborValue | undefined): number {
  * `gap` = how many were missed. A subscriber that never reads costs at most those bytes.
  */
 export class EventBus {
-  private nextId = 1;
-  private readonly subs = new Map<number, Subscription>();
-  private readonly bySink = new Map<string, Set<number>>();
+  /**
+   * The order of the next subscription made. Not its id: ids kernel-wide told a persona how many
+   * subscriptions and watches every other persona made between two of its own.
+   */
+  private nextOrder = 1;
+  private readonly subs = new Set<Subscription>();
+  private readonly bySink = new Map<string, SinkSubs>();
   private readonly byPersona = new Map<string, number>();
   private readonly sinkBytes = new Map<string, number>();
   private readonly index = new TopicIndex<Subscription>();
@@ -275,7 +298,7 @@ export class EventBus {
   revocationVisits = 0;
 
   /** The housekeeping's lapse sweep: a subscription ended before its turn is skipped. */
-  private readonly lapseSweep = new SliceSweep<Subscription>(LAPSE_SLICE, (s) => s.grant !== undefined && this.subs.has(s.id));
+  private readonly lapseSweep = new SliceSweep<Subscription>(LAPSE_SLICE, (s) => s.grant !== undefined && this.subs.has(s));
 
   constructor(private readonly limits: EventBusLimits = DEFAULT_EVENT_LIMITS) {}
 
@@ -311,7 +334,7 @@ export class EventBus {
         "SEMANTIC",
         `a subscription pattern has at most ${MAX_PATTERN_STARS} '*' segments; this one has ${stars} (use '**' for any depth)`,
       );
-    const mine = this.bySink.get(sink.id)?.size ?? 0;
+    const mine = this.bySink.get(sink.id)?.subs.size ?? 0;
     if (mine >= L.perSession)
       throw new OpError("RESOURCE", `this session already has ${mine} subscriptions (maxSubscriptionsPerSession)`);
     // Counted over the persona's whole tree: its agents and sub-personas hold no subscriptions of their own.
@@ -329,9 +352,15 @@ export class EventBus {
       );
     if (this.subs.size >= L.total)
       throw new OpError("RESOURCE", `the kernel already holds ${this.subs.size} subscriptions (maxSubscriptions)`);
-    const id = this.nextId++;
-    const s: Subscription = { id, sink, pattern, seq: 0, queue: new EventQueue(), bytes: 0, dropped: 0, tree };
-    this.subs.set(id, s);
+    let own = this.bySink.get(sink.id);
+    if (!own) {
+      own = { next: 1, subs: new Map() };
+      this.bySink.set(sink.id, own);
+    }
+    const id = own.next++;
+    const order = this.nextOrder++;
+    const s: Subscription = { id, order, sink, pattern, seq: 0, queue: new EventQueue(), bytes: 0, dropped: 0, tree };
+    this.subs.add(s);
     this.index.add(s);
     if (grant) {
       s.grant = grant;
@@ -345,37 +374,29 @@ export class EventBus {
         return false;
       });
     }
-    let set = this.bySink.get(sink.id);
-    if (!set) {
-      set = new Set();
-      this.bySink.set(sink.id, set);
-    }
-    set.add(id);
+    own.subs.set(id, s);
     this.byPersona.set(tree, persona + 1);
     return id;
   }
 
   /** The pattern of one of this session's subscriptions (undefined: none with that id). */
   patternOf(sink: EventSink, id: number): string | undefined {
-    const s = this.subs.get(id);
-    return s && s.sink.id === sink.id ? s.pattern : undefined;
+    return this.bySink.get(sink.id)?.subs.get(id)?.pattern;
   }
 
   /** Ends a subscription; only its own session may end it. */
   unsubscribe(sink: EventSink, id: number): boolean {
-    const s = this.subs.get(id);
-    if (!s || s.sink.id !== sink.id) return false;
+    const own = this.bySink.get(sink.id);
+    const s = own?.subs.get(id);
+    if (!s) return false;
     this.end(s);
-    this.bySink.get(sink.id)?.delete(id);
+    own?.subs.delete(id);
     return true;
   }
 
   /** Ends every subscription of a session (it closed). */
   dropSink(sinkId: string): void {
-    for (const id of this.bySink.get(sinkId) ?? []) {
-      const s = this.subs.get(id);
-      if (s) this.end(s);
-    }
+    for (const s of this.bySink.get(sinkId)?.subs.values() ?? []) this.end(s);
     this.bySink.delete(sinkId);
     this.sinkBytes.delete(sinkId);
   }
@@ -392,13 +413,14 @@ export class EventBus {
   emit(topic: string, data: CborValue | undefined, owner?: string, began?: number, reached?: (sink: EventSink) => void): number {
     const matched = this.index.match(topic);
     if (matched.length === 0) return 0;
-    const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD;
+    const structured = typeof data === "object" && data !== null;
+    const bytes = cborSizeBound(data) + topic.length + ENTRY_OVERHEAD + (structured ? HELD_COPY_OVERHEAD : 0);
     // One entry for every subscription it reaches: what is worked out about it is worked out once.
-    const entry: Queued = { topic, data, bytes, hasData: data !== undefined };
+    const entry: Queued = { topic, data, bytes, hasData: data !== undefined, structured };
     let n = 0;
     for (const s of matched) {
       // Ended during this emit (a write before it dropped its session): nothing is queued to it.
-      if (!this.subs.has(s.id)) continue;
+      if (!this.subs.has(s)) continue;
       if (owner !== undefined && s.sink.persona !== this.operator) {
         if (!personaWithin(owner, s.sink.persona)) continue;
         // A persona id removed and registered again (an agent's name spawned again): the end of
@@ -448,7 +470,7 @@ export class EventBus {
     for (const id of ids) for (const s of this.byToken.get(id) ?? []) reached.add(s);
     // In subscription order, as a visit of them all ends them.
     return this.endWhere(
-      [...reached].sort((a, b) => a.id - b.id),
+      [...reached].sort((a, b) => a.order - b.order),
       true,
     );
   }
@@ -458,7 +480,7 @@ export class EventBus {
     for (const s of [...subs]) {
       if (s.grant === undefined) continue;
       // Ended by an earlier lapse in this pass (its session's write failed, say): not ended twice.
-      if (!this.subs.has(s.id)) continue;
+      if (!this.subs.has(s)) continue;
       if (revocation) this.revocationVisits++;
       const lapsed = this.lapsedOf(s);
       if (lapsed === undefined) continue;
@@ -480,10 +502,7 @@ export class EventBus {
 
   /** A session's connection drained: deliver what waited. */
   drained(sinkId: string): void {
-    for (const id of this.bySink.get(sinkId) ?? []) {
-      const s = this.subs.get(id);
-      if (s) this.pump(s);
-    }
+    for (const s of this.bySink.get(sinkId)?.subs.values() ?? []) this.pump(s);
   }
 
   /**
@@ -496,19 +515,19 @@ export class EventBus {
     const subs = this.held.get(tree);
     if (!subs) return;
     this.held.delete(tree);
-    for (const s of subs) if (this.subs.has(s.id)) this.pump(s);
+    for (const s of subs) if (this.subs.has(s)) this.pump(s);
   }
 
   /** Ends a subscription whose guard refused, telling its session why on the subscription itself. */
   private lapse(s: Subscription, reason: string): void {
     this.end(s);
-    this.bySink.get(s.sink.id)?.delete(s.id);
+    this.bySink.get(s.sink.id)?.subs.delete(s.id);
     const body = { subscription: s.id, topic: s.pattern, seq: s.seq + s.dropped + 1, ended: reason.slice(0, 1024) };
     s.sink.write(encodeMessage({ type: "EVENT", body }, s.id));
   }
 
   private end(s: Subscription): void {
-    this.subs.delete(s.id);
+    this.subs.delete(s);
     this.index.remove(s);
     if (s.grant)
       coveringIds(s.grant, (t) => {
@@ -555,7 +574,7 @@ export class EventBus {
     // Only a holder below its even share looks for a larger one: subscriptions of a session flooded
     // alike each drop their own oldest without a scan of the session (0.4 → 2.3 ms an emit to 256).
     const sinkBytes = this.sinkBytes.get(s.sink.id) ?? 0;
-    const subsOfSink = this.bySink.get(s.sink.id)?.size ?? 1;
+    const subsOfSink = this.bySink.get(s.sink.id)?.subs.size ?? 1;
     if (fitsOwn() && !fitsSession() && (s.bytes + e.bytes) * subsOfSink < sinkBytes)
       this.evictLarger(e.bytes, fitsSession, (b) => this.largestInSession(s, b));
     dropOwn(fitsSession);
@@ -572,8 +591,28 @@ export class EventBus {
       this.miss(s);
       return;
     }
+    this.hold(e);
     s.queue.push(e);
     this.count(s, e.bytes);
+  }
+
+  /**
+   * An event about to wait in a queue keeps its encoding, in memory of its own, and lets go of its
+   * decoded value (once per event, whatever the subscriptions it waits for). Kept decoded, it was
+   * counted at its encoded size but held more: a byte string in it is a view of the frame the
+   * emit came in — a one-byte one held a whole 1 MiB REQUEST (padded with an unknown field),
+   * ~20,000× its count, a kernel's memory gone in a few hundred emits — and an array of 3,900
+   * nulls ~9× its count in heap. A small encoding is copied out of the shared allocation pool,
+   * whose 8 KiB slab one queued event would otherwise keep.
+   */
+  private hold(e: Queued): void {
+    if (!e.structured) return;
+    e.structured = false;
+    const b = this.sharedOf(e);
+    if (b.byteLength === b.buffer.byteLength) return;
+    const own = Buffer.allocUnsafeSlow(b.length);
+    b.copy(own);
+    e.shared = own;
   }
 
   /**
@@ -600,10 +639,8 @@ export class EventBus {
   /** The subscription of `s`'s session holding the most waiting bytes, if more than `s` would with `bytes` more. */
   private largestInSession(s: Subscription, bytes: number): Holder | undefined {
     let top: Subscription | undefined;
-    for (const id of this.bySink.get(s.sink.id) ?? []) {
-      const v = this.subs.get(id);
-      if (v && v !== s && v.bytes > (top?.bytes ?? s.bytes + bytes)) top = v;
-    }
+    for (const v of this.bySink.get(s.sink.id)?.subs.values() ?? [])
+      if (v !== s && v.bytes > (top?.bytes ?? s.bytes + bytes)) top = v;
     if (top === undefined) return undefined;
     const v = top;
     return { size: () => v.bytes, mine: s.bytes, subs: [v] };
