@@ -18,7 +18,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#ifndef SO_PEERPIDFD
+// Linux 6.5's, missing from older C libraries' headers; its number is asm-generic's on these
+// architectures only (others number socket options their own way: without it, no start).
+#if !defined(SO_PEERPIDFD) && \
+    (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || defined(__arm__) || defined(__riscv))
 #define SO_PEERPIDFD 77
 #endif
 
@@ -71,9 +74,11 @@ static napi_value peer(napi_env env, napi_callback_info info) {
     return NULL;
   }
   double start = -1;
+#ifdef SO_PEERPIDFD
   int pidfd = -1;
   len = sizeof pidfd;
   // pid 0: the peer is in a pid namespace this process cannot see; there is no /proc entry to read.
+  // Before Linux 6.5 the option is refused (ENOPROTOOPT) and the start stays unknown.
   if (cred.pid > 0 && getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) {
     start = start_ticks(cred.pid);
     // Readable: the process exited, and its pid may have named another by the read.
@@ -81,6 +86,7 @@ static napi_value peer(napi_env env, napi_callback_info info) {
     if (poll(&p, 1, 0) != 0) start = -1;
     close(pidfd);
   }
+#endif
   napi_value out;
   napi_create_object(env, &out);
   set_number(env, out, "pid", cred.pid);

@@ -1,14 +1,27 @@
 import assert from "node:assert/strict";
-import { readFileSync } from "node:fs";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
+import { release, tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { serializeIdentity } from "@kpip/protocol";
 import { runProcess } from "@kpip/protocol/testing";
+import { peerReader } from "../src/transport/peer-process.js";
 import { REPO_ROOT, until, withKernel } from "./harness.js";
 import { allAudit } from "./wire.js";
 
 const PERSONA = fileURLToPath(new URL("../../test/fixtures/uds-persona.mjs", import.meta.url));
 const linux = process.platform === "linux";
+/** SO_PEERPIDFD came with Linux 6.5: before it the kernel leaves `start` out (it cannot pin the pid). */
+const [major = 0, minor = 0] = release().split(".").map(Number);
+const pinsStart = linux && (major > 6 || (major === 6 && minor >= 5));
+
+/** What the record should say of a process that reported itself: its start only where the kernel can pin it. */
+function expected(p: { pid: number; uid: number; gid: number; start: number }): Record<string, number> {
+  return pinsStart ? p : { pid: p.pid, uid: p.uid, gid: p.gid };
+}
 
 /** The process fields of the session.open records of `persona`, in order. */
 function openedBy(rows: ReturnType<typeof allAudit>, persona: string): Record<string, unknown>[] {
@@ -57,7 +70,7 @@ describe("the Unix socket's peer process is on the session.open record (SO_PEERC
       );
       // The same token and persona; only the process tells the two sessions' holders apart.
       const byPid = new Map(opened.map((d) => [(d.process as { pid: number }).pid, d.process]));
-      for (const c of children) assert.deepEqual(byPid.get(c.pid), c, "the record names the process that connected");
+      for (const c of children) assert.deepEqual(byPid.get(c.pid), expected(c), "the record names the process that connected");
     });
   });
 
@@ -67,8 +80,36 @@ describe("the Unix socket's peer process is on the session.open record (SO_PEERC
     await withKernel({}, async (t) => {
       const c = await t.admin();
       const [d] = openedBy(allAudit(t.k), c.persona);
-      assert.deepEqual(d?.process, { pid: process.pid, uid: process.getuid?.(), gid: process.getgid?.(), start: ownStart() });
+      const own = { pid: process.pid, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, start: ownStart() };
+      assert.deepEqual(d?.process, expected(own));
     });
+  });
+
+  it("a peer process gone before the read: its pid, uid and gid, and no start (the pid may name another process by then)", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-peer-"));
+    const path = join(dir, "s.sock");
+    let accepted: (s: net.Socket) => void = () => {};
+    const got = new Promise<net.Socket>((r) => {
+      accepted = r;
+    });
+    // Paused: the child's end is not read, so the socket (and its descriptor) stays open.
+    const server = net.createServer({ pauseOnConnect: true }, (s) => accepted(s));
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      // The child connects and exits; only once it is gone (and reaped) is its connection read.
+      const child = spawn(process.execPath, ["-e", `require("net").connect(${JSON.stringify(path)}, () => process.exit(0))`]);
+      const exited = new Promise<void>((r) => child.once("exit", () => r()));
+      const sock = await got;
+      await exited;
+      const p = peerReader().read(sock);
+      assert.deepEqual(p, { pid: child.pid, uid: process.getuid?.(), gid: process.getgid?.() });
+      sock.destroy();
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("without the addon the kernel still serves, and the record says the peer process is unknown (never a guess)", async () => {
