@@ -28,9 +28,10 @@ function load(): { addon?: Addon; reason?: string } {
 }
 
 /**
- * Node cannot read SO_PEERCRED: the kernel's own addon does (native/peercred.c, built at
- * `npm install`; docs/architecture.md › Peer processes). The reader for a listener starting now, or why there is none. KPIP_PEERCRED=off is read at
- * each start, so a kernel (or a test) can run as one without the addon would.
+ * The reader for a listener starting now, or why there is none. Node cannot read SO_PEERCRED:
+ * the kernel's own addon does (native/peercred.c, built at `npm install`; docs/architecture.md ›
+ * Peer processes). KPIP_PEERCRED=off is read at each start, so a kernel (or a test) can run as
+ * one without the addon would.
  */
 export function peerReader(): { read: PeerReader; reason?: string } {
   const { addon, reason } = process.env.KPIP_PEERCRED === "off" ? { reason: "disabled by KPIP_PEERCRED=off" } : load();
