@@ -130,3 +130,20 @@ describe("the Unix socket's peer process is on the session.open record (SO_PEERC
     }
   });
 });
+
+describe("system.status names the process holding each Unix-socket session (operator view)", () => {
+  it("the operator sees each Unix-socket session's pid; a persona's own view has none", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    await withKernel({}, async (t) => {
+      const admin = await t.admin();
+      const p = await t.persona("viewer", [{ ops: ["system.status"], targets: ["kernel://"] }]);
+      const viewer = await t.connect(p.identity, [p.token]);
+      const op = (await admin.call("system.status", "kernel://")).payload as { sessions: { id: string; pid?: number }[] };
+      const mine = op.sessions.find((s) => s.id === admin.sessionId);
+      assert.equal(mine?.pid, process.pid);
+      const own = (await viewer.call("system.status", "kernel://")).payload as { sessions: Record<string, unknown>[] };
+      assert.ok(own.sessions.length > 0 && own.sessions.every((s) => !("pid" in s)));
+    });
+  });
+});
