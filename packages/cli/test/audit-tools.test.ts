@@ -1048,3 +1048,22 @@ describe("audit tokens --format dot on a tampered token table", () => {
     assert.doesNotMatch(out, /^\s*"forged"/m, out);
   });
 });
+
+describe("kpip audit timeline: where a session came from", () => {
+  it("a Unix-socket session's open row names the process that connected (pid, uid) in its target column, and --json has it whole", async () => {
+    const home = mkdtempSync(join(tmpdir(), "kpip-audit-process-"));
+    try {
+      await asAdmin(home, async () => {});
+      const r = await kpip(["audit", "timeline", "--home", home, "--op", "session.open"]);
+      assert.equal(r.code, 0, r.err);
+      // The admin's client ran in this process; without the addon (not Linux) the row says so.
+      const expected = process.platform === "linux" ? `pid ${process.pid} uid ${process.getuid?.()}` : "process unknown";
+      assert.match(r.out, new RegExp(`session\\.open\\s+${expected}\\s`));
+      const j = await kpip(["audit", "timeline", "--home", home, "--op", "session.open", "--json"]);
+      const row = JSON.parse(j.out.trim().split("\n")[0] as string) as { detail: { process: { pid: number } | null } };
+      assert.equal(row.detail.process?.pid ?? null, process.platform === "linux" ? process.pid : null);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+  });
+});

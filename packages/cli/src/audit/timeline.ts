@@ -306,6 +306,20 @@ export function rowJson(r: TimelineRow): Record<string, unknown> {
 
 export const TIMELINE_HEADER = ["seq", "start", "end", "persona", "session", "req", "op", "target", "status", "token", "trace"];
 
+/**
+ * A Unix-socket session's open or failed handshake: the process that connected, from the
+ * record's detail (`pid 4608 uid 1000`, or `process unknown` when the kernel could not read it);
+ * undefined for other records. Numbers only: a tampered detail shows as nothing, not as text.
+ */
+export function processCell(r: TimelineRow): string | undefined {
+  if ((r.op !== "session.open" && r.op !== "session.handshake") || r.detail === null) return undefined;
+  const d = detailValue(r.detail) as { process?: { pid?: unknown; uid?: unknown } | null } | undefined;
+  if (!d || typeof d !== "object" || !("process" in d)) return undefined;
+  const p = d.process;
+  if (p === null) return "process unknown";
+  return typeof p?.pid === "number" && typeof p.uid === "number" ? `pid ${p.pid} uid ${p.uid}` : undefined;
+}
+
 /** A row for people: ids cut to 8 characters (filters take prefixes), the outcome as STATUS/CLASS. */
 export function rowCells(r: TimelineRow): string[] {
   const short = (s: string | null) => (s === null ? "-" : s.slice(0, 8));
@@ -319,7 +333,8 @@ export function rowCells(r: TimelineRow): string[] {
     short(r.session),
     r.requestId === null ? "-" : String(r.requestId),
     r.op ?? `(${r.phase})`,
-    r.target ?? "-",
+    // A session's open has no target: where it came from is what an investigator reads there.
+    r.target ?? processCell(r) ?? "-",
     status,
     r.tokens.length ? r.tokens.map(short).join(",") : "-",
     short(traceId(r.traceparent)),

@@ -32,7 +32,7 @@ export const statusCommand: Command = {
         `sessions   ${s.sessions.length}${s.sessions.some((x) => x.id === mine) ? " (one is this kpip status)" : ""}`,
         ...s.sessions.map(
           (x) =>
-            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}${x.id === mine ? "  (this command)" : ""}`,
+            `  ${x.persona.padEnd(24)} ${x.transport.padEnd(6)} ${x.state.padEnd(8)} age ${dur(x.ageMs).padEnd(6)} in flight ${x.inFlight}${x.pid !== undefined ? `  pid ${x.pid}` : ""}${x.id === mine ? "  (this command)" : ""}`,
         ),
       ];
       const head = `kernel     ${s.kernel}  (version ${s.version}, up ${dur(s.uptimeMs)})`;

@@ -44,6 +44,8 @@ export async function openListeners(
   // Accept failures (EMFILE under a connection flood) come once per attempt: rate-limited like a peer's lines.
   uds.onError = (e) => peerLog.write("uds:listener", "error", { err: e }, "listener error");
   await uds.listen();
+  if (uds.peersUnknown)
+    log.warn({ reason: uds.peersUnknown }, "Unix-socket peer processes unknown: session records name no pid, uid or gid");
   if (!c.grpcListen) return { uds, grpc: undefined };
   // A fixed message size, not one whole frame: grpc-js buffers a message whole, for any stream
   // (one before HELLO too); larger frames span messages (PROTOCOL §3.6).

@@ -53,13 +53,18 @@ export function kernelStatus(x: StatusSources, persona: string): CborMap {
     const own = x.sessions().filter((s) => s.persona && personaWithin(s.persona, persona));
     return { view: "persona", ...head, persona, sessions: own.map(session) };
   }
+  // The operator's: which process holds a Unix-socket session, as its session.open record says.
+  const withPid = (s: Session) => {
+    const p = s.conn.process;
+    return typeof p === "object" ? { ...session(s), pid: p.pid } : session(s);
+  };
   const last = x.store.checkpoints().at(-1);
   return {
     view: "operator",
     ...head,
     home: c.home,
     transports: [{ kind: "uds", address: c.socket }, ...(x.addresses.grpc ? [{ kind: "grpc", address: x.addresses.grpc }] : [])],
-    sessions: x.sessions().map(session),
+    sessions: x.sessions().map(withPid),
     ops: { running: x.compute.runningCount, queued: x.compute.queuedCount },
     agents: { running: x.agents.runningCount },
     sandbox: sandboxInfo(x.sandbox),

@@ -206,24 +206,50 @@ export interface Connection extends ByteChannel {
   holdReads?(ms: number): void;
   /** The largest transport message to send from now on (gRPC: one frame at the session's maxBody). */
   limitMessages?(bytes: number): void;
+  /**
+   * The Unix socket: the process that connected (SO_PEERCRED, read at accept), or why it is
+   * unknown (a short reason). Absent on transports with no peer process to name.
+   */
+  readonly process?: PeerProcess | string;
   /** gRPC: whether the stream is carried over TLS. */
   readonly tls?: boolean;
   /** gRPC with mTLS: the SHA-256 of the client certificate's DER bytes, lowercase hex (recorded, never an identity). */
   readonly clientCert?: string;
 }
 
+/**
+ * The process at the other end of a Unix-socket connection, as the OS took it at connect()
+ * (SO_PEERCRED; transport/peer-process.ts reads it): never claimed by the peer. It names the
+ * process that connected, not one handed the socket afterwards (fork, SCM_RIGHTS).
+ */
+export type PeerProcess = {
+  /** 0 when the peer is in a pid namespace the kernel cannot see. */
+  pid: number;
+  uid: number;
+  gid: number;
+  /**
+   * The process's start, clock ticks after boot (/proc/<pid>/stat field 22): with the pid, one
+   * process for the boot. Absent unless a pidfd showed the process still alive after the read
+   * (Linux 6.5+): a pid read later may already name another process.
+   */
+  start?: number;
+};
+
 /** Where a session comes from, as its audit records state it (PROTOCOL §3.6, docs/audit.md). */
 export interface ConnectionOrigin {
   transport: string;
   /** The peer's "address:port" on transports that know one (gRPC); absent on the others ({@link hasAddress}). */
   peer?: string;
+  /** The Unix socket: the peer process, or null when it is unknown (`processUnknown` says why). */
+  process?: PeerProcess | null;
+  processUnknown?: string;
   tls?: boolean;
   clientCert?: string;
 }
 
 /**
- * Whether the transport knows the peer's network address. Not the Unix socket (no peer
- * credentials are taken), in-memory, nor an agent's connection: a socketpair the kernel made at
+ * Whether the transport knows the peer's network address. Not the Unix socket (its peer is a
+ * process: {@link PeerProcess}), in-memory, nor an agent's connection: a socketpair the kernel made at
  * its spawn, whose session's persona is the agent's own (the agent.spawned record names it). An
  * agent's "local" address was recorded as `peer`, and counted all agents' handshakes as one
  * peer's for the pre-authentication bound per peer, which is for gRPC.
@@ -236,6 +262,11 @@ export function originOf(conn: Connection): ConnectionOrigin {
   return {
     transport: conn.transport,
     ...(hasAddress(conn.transport) ? { peer: conn.peer.replace(/^ipv[46]:/, "") } : {}),
+    ...(conn.process === undefined
+      ? {}
+      : typeof conn.process === "string"
+        ? { process: null, processUnknown: conn.process }
+        : { process: conn.process }),
     ...(conn.tls !== undefined ? { tls: conn.tls } : {}),
     ...(conn.clientCert !== undefined ? { clientCert: conn.clientCert } : {}),
   };

@@ -4,7 +4,14 @@ import net from "node:net";
 import { dirname, join } from "node:path";
 import { socketTurnBatcher, type TurnBatcher } from "@kpip/protocol";
 import { startReading, stopReading } from "../read-switch.js";
-import { type Connection, PEER_CLOSE_GRACE_MS, PeerCloseCut, type PeerCloseTimeout } from "../session/connection.js";
+import {
+  type Connection,
+  PEER_CLOSE_GRACE_MS,
+  PeerCloseCut,
+  type PeerCloseTimeout,
+  type PeerProcess,
+} from "../session/connection.js";
+import { peerReader } from "./peer-process.js";
 
 /** The socket path or its directory is unsafe or taken; the kernel refuses to start. */
 export class SocketPathError extends Error {
@@ -60,6 +67,8 @@ export class UdsListener {
   private ino: number | undefined;
   /** Listener errors after start (logged by the kernel). */
   onError: ((e: Error) => void) | undefined;
+  /** Set by {@link listen} when peer processes cannot be read (the kernel says why once, at start). */
+  peersUnknown: string | undefined;
 
   constructor(
     readonly path: string,
@@ -68,8 +77,11 @@ export class UdsListener {
 
   async listen(): Promise<void> {
     await prepareSocketPath(this.path);
+    const peers = peerReader();
+    this.peersUnknown = peers.reason;
+    // The peer process is read at accept, while the process that connected is most likely still there.
     const server = net.createServer({ noDelay: true } as net.ServerOpts, (sock) =>
-      this.accept(new SocketConnection(sock, "uds")),
+      this.accept(new SocketConnection(sock, "uds", PEER_CLOSE_GRACE_MS, peers.read(sock))),
     );
     // libuv unlinks the path a pipe server was bound to when it closes, even if another kernel
     // owns that path by then. So bind under a private name, publish it with link() (which, unlike
@@ -132,6 +144,8 @@ export class SocketConnection implements Connection {
     readonly transport: string,
     /** How long the peer has to close its side after {@link end}. */
     closeGraceMs = PEER_CLOSE_GRACE_MS,
+    /** The Unix socket's peer process, or why it is unknown ({@link Connection.process}). */
+    readonly process?: PeerProcess | string,
   ) {
     this.peer = sock.remoteAddress ?? "local";
     this.cut = new PeerCloseCut(transport, closeGraceMs);

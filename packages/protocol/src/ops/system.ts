@@ -84,6 +84,11 @@ export const systemStatus = defineOp({
           state: { type: "text", required: true, description: "its state (§8.1)" },
           ageMs: count("ms since it opened"),
           inFlight: count("requests in flight"),
+          pid: {
+            type: "uint",
+            description:
+              "operator view, Unix socket: the pid of the process that connected (SO_PEERCRED); absent when the kernel cannot read it",
+          },
         },
       },
     },

@@ -1,0 +1,112 @@
+// The peer process of an accepted Unix-domain socket, which Node does not expose: SO_PEERCRED's
+// pid, uid and gid (taken by the OS at connect(), not claimed by the peer), and the process's
+// start time, which with the pid names one process for the boot (a pid is reused). The start is
+// given only when a pidfd (SO_PEERPIDFD, Linux 6.5+) shows the process still alive after its
+// /proc/<pid>/stat was read: otherwise the pid may already name another process (never a guess).
+// Other systems: the module exports nothing and the kernel records the peer as unknown.
+// struct ucred is a GNU extension of <sys/socket.h>.
+#define _GNU_SOURCE
+#include <node_api.h>
+
+#ifdef __linux__
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+// Linux 6.5's, missing from older C libraries' headers; its number is asm-generic's on these
+// architectures only (others number socket options their own way: without it, no start).
+#if !defined(SO_PEERPIDFD) && \
+    (defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || defined(__arm__) || defined(__riscv))
+#define SO_PEERPIDFD 77
+#endif
+
+// Field 22 of /proc/<pid>/stat (clock ticks after boot), or -1.
+static double start_ticks(pid_t pid) {
+  char path[64], buf[1024];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int f = open(path, O_RDONLY | O_CLOEXEC);
+  if (f < 0) return -1;
+  ssize_t n = read(f, buf, sizeof buf - 1);
+  close(f);
+  if (n <= 0) return -1;
+  buf[n] = 0;
+  // The command name (field 2) is in parentheses and may hold spaces or ')': fields 3.. follow the last ')'.
+  char *p = strrchr(buf, ')');
+  if (!p) return -1;
+  p++;
+  for (int field = 3; field < 22; field++) {
+    p = strchr(p + 1, ' ');
+    if (!p) return -1;
+  }
+  char *end;
+  unsigned long long t = strtoull(p + 1, &end, 10);
+  return end == p + 1 ? -1 : (double)t;
+}
+
+static napi_value set_number(napi_env env, napi_value obj, const char *name, double v) {
+  napi_value n;
+  napi_create_double(env, v, &n);
+  napi_set_named_property(env, obj, name, n);
+  return obj;
+}
+
+// peer(fd) -> { pid, uid, gid, start } (start -1 when not known); throws when getsockopt fails.
+static napi_value peer(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  int32_t fd = -1;
+  if (napi_get_cb_info(env, info, &argc, argv, NULL, NULL) != napi_ok || argc < 1 ||
+      napi_get_value_int32(env, argv[0], &fd) != napi_ok || fd < 0) {
+    napi_throw_type_error(env, NULL, "peer(fd): a file descriptor");
+    return NULL;
+  }
+  struct ucred cred;
+  socklen_t len = sizeof cred;
+  if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof cred) {
+    char msg[128];
+    snprintf(msg, sizeof msg, "getsockopt(SO_PEERCRED): %s", strerror(errno));
+    napi_throw_error(env, NULL, msg);
+    return NULL;
+  }
+  double start = -1;
+#ifdef SO_PEERPIDFD
+  int pidfd = -1;
+  len = sizeof pidfd;
+  // pid 0: the peer is in a pid namespace this process cannot see; there is no /proc entry to read.
+  // Before Linux 6.5 the option is refused (ENOPROTOOPT) and the start stays unknown.
+  if (cred.pid > 0 && getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &len) == 0 && pidfd >= 0) {
+    start = start_ticks(cred.pid);
+    // Readable: the process exited, and its pid may have named another by the read.
+    struct pollfd p = {.fd = pidfd, .events = POLLIN, .revents = 0};
+    if (poll(&p, 1, 0) != 0) start = -1;
+    close(pidfd);
+  }
+#endif
+  napi_value out;
+  napi_create_object(env, &out);
+  set_number(env, out, "pid", cred.pid);
+  set_number(env, out, "uid", cred.uid);
+  set_number(env, out, "gid", cred.gid);
+  set_number(env, out, "start", start);
+  return out;
+}
+
+static napi_value init(napi_env env, napi_value exports) {
+  napi_value fn;
+  napi_create_function(env, "peer", NAPI_AUTO_LENGTH, peer, NULL, &fn);
+  napi_set_named_property(env, exports, "peer", fn);
+  return exports;
+}
+#else
+static napi_value init(napi_env env, napi_value exports) {
+  (void)env;
+  return exports;
+}
+#endif
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, init)

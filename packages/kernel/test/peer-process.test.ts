@@ -1,0 +1,149 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, readFileSync, rmSync } from "node:fs";
+import net from "node:net";
+import { release, tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { serializeIdentity } from "@kpip/protocol";
+import { runProcess } from "@kpip/protocol/testing";
+import { peerReader } from "../src/transport/peer-process.js";
+import { REPO_ROOT, until, withKernel } from "./harness.js";
+import { allAudit } from "./wire.js";
+
+const PERSONA = fileURLToPath(new URL("../../test/fixtures/uds-persona.mjs", import.meta.url));
+const linux = process.platform === "linux";
+/** SO_PEERPIDFD came with Linux 6.5: before it the kernel leaves `start` out (it cannot pin the pid). */
+const [major = 0, minor = 0] = release().split(".").map(Number);
+const pinsStart = linux && (major > 6 || (major === 6 && minor >= 5));
+
+/** What the record should say of a process that reported itself: its start only where the kernel can pin it. */
+function expected(p: { pid: number; uid: number; gid: number; start: number }): Record<string, number> {
+  return pinsStart ? p : { pid: p.pid, uid: p.uid, gid: p.gid };
+}
+
+/** The process fields of the session.open records of `persona`, in order. */
+function openedBy(rows: ReturnType<typeof allAudit>, persona: string): Record<string, unknown>[] {
+  return rows
+    .filter((r) => r.op === "session.open" && r.persona === persona)
+    .map((r) => JSON.parse(r.detail ?? "{}") as Record<string, unknown>);
+}
+
+/** This process's start, clock ticks after boot (/proc/self/stat field 22). */
+function ownStart(): number {
+  const stat = readFileSync("/proc/self/stat", "utf8");
+  return Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[22 - 3]);
+}
+
+describe("the Unix socket's peer process is on the session.open record (SO_PEERCRED)", () => {
+  it("one token used from two processes: each session.open names its own process's real pid, uid, gid and start", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    await withKernel({}, async (t) => {
+      const p = await t.persona("leaky", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const env = {
+        ...process.env,
+        KPIP_TEST_SOCKET: t.k.socketPath,
+        KPIP_TEST_IDENTITY: serializeIdentity(p.identity),
+        KPIP_TEST_TOKEN: Buffer.from(p.token).toString("base64url"),
+      };
+      const runs = await Promise.all(
+        [1, 2].map(() => runProcess(process.execPath, [PERSONA], { cwd: REPO_ROOT, env, killAfterMs: 60_000 })),
+      );
+      const children = runs.map((r) => {
+        assert.equal(r.code, 0, r.err);
+        return JSON.parse(r.out) as { pid: number; uid: number; gid: number; start: number };
+      });
+      assert.notEqual(children[0]?.pid, children[1]?.pid);
+      const opened = await until(
+        () => {
+          const o = openedBy(allAudit(t.k), "leaky");
+          return o.length === 2 ? o : undefined;
+        },
+        10_000,
+        "both sessions' open records",
+      );
+      assert.ok(
+        opened.every((d) => d.process !== null),
+        `peer processes unknown (${opened.map((d) => d.processUnknown).join(", ")}): did \`npm install\` build packages/kernel/build/Release/peercred.node?`,
+      );
+      // The same token and persona; only the process tells the two sessions' holders apart.
+      const byPid = new Map(opened.map((d) => [(d.process as { pid: number }).pid, d.process]));
+      for (const c of children) assert.deepEqual(byPid.get(c.pid), expected(c), "the record names the process that connected");
+    });
+  });
+
+  it("the kernel's own connection names the kernel's process (pid, uid, gid, start)", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    await withKernel({}, async (t) => {
+      const c = await t.admin();
+      const [d] = openedBy(allAudit(t.k), c.persona);
+      const own = { pid: process.pid, uid: process.getuid?.() ?? -1, gid: process.getgid?.() ?? -1, start: ownStart() };
+      assert.deepEqual(d?.process, expected(own));
+    });
+  });
+
+  it("a peer process gone before the read: its pid, uid and gid, and no start (the pid may name another process by then)", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    const dir = mkdtempSync(join(tmpdir(), "kpip-peer-"));
+    const path = join(dir, "s.sock");
+    let accepted: (s: net.Socket) => void = () => {};
+    const got = new Promise<net.Socket>((r) => {
+      accepted = r;
+    });
+    // Paused: the child's end is not read, so the socket (and its descriptor) stays open.
+    const server = net.createServer({ pauseOnConnect: true }, (s) => accepted(s));
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      // The child connects and exits; only once it is gone (and reaped) is its connection read.
+      const child = spawn(process.execPath, ["-e", `require("net").connect(${JSON.stringify(path)}, () => process.exit(0))`]);
+      const exited = new Promise<void>((r) => child.once("exit", () => r()));
+      const sock = await got;
+      await exited;
+      const p = peerReader().read(sock);
+      assert.deepEqual(p, { pid: child.pid, uid: process.getuid?.(), gid: process.getgid?.() });
+      sock.destroy();
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("without the addon the kernel still serves, and the record says the peer process is unknown (never a guess)", async () => {
+    const saved = process.env.KPIP_PEERCRED;
+    process.env.KPIP_PEERCRED = "off";
+    try {
+      await withKernel({}, async (t) => {
+        const c = await t.admin();
+        assert.equal((await c.system.health()).status, "ok");
+        const opened = openedBy(allAudit(t.k), c.persona);
+        assert.equal(opened.length, 1);
+        assert.equal(opened[0]?.process, null);
+        assert.equal(opened[0]?.processUnknown, "addon not loaded");
+      });
+    } finally {
+      if (saved === undefined) delete process.env.KPIP_PEERCRED;
+      else process.env.KPIP_PEERCRED = saved;
+    }
+  });
+});
+
+describe("system.status names the process holding each Unix-socket session (operator view)", () => {
+  it("the operator sees each Unix-socket session's pid; a persona's own view has none", {
+    skip: !linux && "SO_PEERCRED is Linux's",
+  }, async () => {
+    await withKernel({}, async (t) => {
+      const admin = await t.admin();
+      const p = await t.persona("viewer", [{ ops: ["system.status"], targets: ["kernel://"] }]);
+      const viewer = await t.connect(p.identity, [p.token]);
+      const op = (await admin.call("system.status", "kernel://")).payload as { sessions: { id: string; pid?: number }[] };
+      const mine = op.sessions.find((s) => s.id === admin.sessionId);
+      assert.equal(mine?.pid, process.pid);
+      const own = (await viewer.call("system.status", "kernel://")).payload as { sessions: Record<string, unknown>[] };
+      assert.ok(own.sessions.length > 0 && own.sessions.every((s) => !("pid" in s)));
+    });
+  });
+});
