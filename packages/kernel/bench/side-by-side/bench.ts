@@ -244,7 +244,16 @@ try {
     progress(`${n.toLocaleString("en-US")} idle sessions`);
     // A kernel of its own, so the figure is what idle sessions cost, not what earlier load left.
     const ihome = join(dir, `idle-home-${n}`);
-    const iks = await startServer("kernel-server.js", ["--home", ihome, "--max-sessions", String(n + 16)]);
+    // Handshakes are not what this measures: on a busy machine (CI beside other tests) the client
+    // answering thousands of idle sessions' heartbeats can take a new session past the 5 s default.
+    const iks = await startServer("kernel-server.js", [
+      "--home",
+      ihome,
+      "--max-sessions",
+      String(n + 16),
+      "--handshake-timeout-ms",
+      "300000",
+    ]);
     const ipid = iks.info.pid as number;
     const base = { socket: iks.info.socket as string, identity: loadIdentity(join(ihome, "admin.identity")) };
     const itokens = [readFileSync(join(ihome, "admin.token"), "utf8")];
@@ -253,7 +262,7 @@ try {
       idle.push(
         ...(await Promise.all(
           Array.from({ length: Math.min(50, n - i) }, () =>
-            KernelClient.connect({ ...base, tokens: itokens, reconnect: false, shm: false }),
+            KernelClient.connect({ ...base, tokens: itokens, reconnect: false, shm: false, connectTimeoutMs: 300_000 }),
           ),
         )),
       );

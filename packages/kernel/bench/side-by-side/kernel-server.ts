@@ -60,6 +60,8 @@ const options: KernelOptions = {
 };
 const grpc = opt("grpc-listen");
 if (grpc) (options as Record<string, unknown>).grpcListen = grpc;
+const handshake = opt("handshake-timeout-ms");
+if (handshake) (options as Record<string, unknown>).handshakeTimeoutMs = Number(handshake);
 const shm = opt("shm");
 if (shm === "off") (options as Record<string, unknown>).shm = false;
 const kernel = new Kernel(options);
