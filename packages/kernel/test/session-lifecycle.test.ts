@@ -77,7 +77,11 @@ describe("session lifecycle over real sockets", () => {
 
   it("a stuck handler past drainTimeoutMs: stop returns, the call settles, the late result is dropped quietly", async () => {
     const seen = seenNothing();
-    const t = await startKernel({ drainTimeoutMs: 300 }, undefined, (k) => k.register(slowFamily(seen, 700)));
+    let release = () => {};
+    const released = new Promise<void>((r) => {
+      release = r;
+    });
+    const t = await startKernel({ drainTimeoutMs: 300 }, undefined, (k) => k.register(slowFamily(seen, released)));
     const c = await t.admin();
     const call = c.call("slow.stuck", "kernel://").then(
       () => undefined,
@@ -90,6 +94,7 @@ describe("session lifecycle over real sockets", () => {
     assert.ok((await call) instanceof KernelUnavailableError);
     await c.close();
     // the handler finishes after the kernel stopped: that must not throw in the embedding process
+    release();
     await until(() => seen.stuckReturned === 1, 30_000, "the stuck handler to return");
     removeHome(t.home);
   });

@@ -12,8 +12,12 @@ export interface Seen {
 }
 export const seenNothing = (): Seen => ({ started: 0, aborted: 0, finished: 0, stuckReturned: 0 });
 
-/** slow.wait: 200 ms, reports whether its signal fired; slow.until_abort; slow.stuck: ignores its signal for `stuckMs`. */
-export function slowFamily(seen: Seen, stuckMs = 5000): PrimitiveFamily {
+/**
+ * slow.wait: 200 ms, reports whether its signal fired; slow.until_abort; slow.stuck: ignores its
+ * signal for `stuck` ms, or until the test settles `stuck` (a test asserting an order waits on that,
+ * never on a duration a busy machine may outlast).
+ */
+export function slowFamily(seen: Seen, stuck: number | Promise<unknown> = 5000): PrimitiveFamily {
   return {
     name: "slow",
     ops: [
@@ -56,7 +60,7 @@ export function slowFamily(seen: Seen, stuckMs = 5000): PrimitiveFamily {
         effects: false,
         handler: async () => {
           seen.started++;
-          await sleep(stuckMs);
+          await (typeof stuck === "number" ? sleep(stuck) : stuck);
           seen.stuckReturned++;
           return { status: "SUCCESS" };
         },
