@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { describe, it } from "node:test";
-import { kernelForSuite, klass } from "./harness.js";
+import { kernelForSuite, klass, withKernel } from "./harness.js";
 
 describe("storage compare-and-set refusals say no more than the caller may see (red team, wt-red55)", () => {
   const s = kernelForSuite();
@@ -43,5 +43,52 @@ describe("storage compare-and-set refusals say no more than the caller may see (
       o.storage.write("obj://ws1/inbox/report", "stale", { ifGeneration: 1 }),
       klass("SEMANTIC", `is at generation ${at}`),
     );
+  });
+
+  it("a workspace quota's refusal of a write over another persona's object does not tell that object's size", async () => {
+    await withKernel({ workspaceStorageBytes: 1_000_000 }, async (t) => {
+      const owner = await t.persona("q-owner", [{ ops: ["storage.*"], targets: ["obj://ws1/inbox/**"] }]);
+      const dropper = await t.persona("q-dropper", [
+        { ops: ["storage.write", "storage.upload.*"], targets: ["obj://ws1/inbox/**"] },
+      ]);
+      const o = await t.connect(owner.identity, [owner.token]);
+      const d = await t.connect(dropper.identity, [dropper.token]);
+      // Two objects whose sizes the dropper may not stat, at paths as long as each other.
+      await o.storage.write("obj://ws1/inbox/r1", new Uint8Array(1_000));
+      await o.storage.write("obj://ws1/inbox/r2", new Uint8Array(300_000));
+      const refusal = async (target: string) => {
+        const e = await d.call("storage.upload.begin", target, { size: 999_000 }).then(
+          () => assert.fail("past the workspace's quota"),
+          (x: unknown) => x as Error,
+        );
+        assert.match(e.message, /storage\.bytes exceeded for workspace ws1/);
+        // Said of the target, not of what it holds: the figure would be the same for either object.
+        return e.message.replaceAll(target, "<target>");
+      };
+      assert.equal(await refusal("obj://ws1/inbox/r1"), await refusal("obj://ws1/inbox/r2"));
+      // Nothing was begun nor written.
+      assert.equal((await o.storage.stat("obj://ws1/inbox/r2")).size, 300_000);
+
+      // The same under a token's storage.bytes over a tree: a sub-persona writing over a sibling's
+      // object (both under their parent's token and limit) is not told that object's size either.
+      const parent = await t.persona("fam", [{ ops: ["storage.*"], targets: ["obj://ws2/**"] }], {
+        limits: { "storage.bytes": 500_000 },
+      });
+      const sibling = await t.persona("fam/a", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const prober = await t.persona("fam/b", [{ ops: ["system.health"], targets: ["kernel://"] }]);
+      const a = await t.connect(sibling.identity, [parent.token]);
+      const b = await t.connect(prober.identity, [parent.token]);
+      await a.storage.write("obj://ws2/s1", new Uint8Array(1_000));
+      await a.storage.write("obj://ws2/s2", new Uint8Array(200_000));
+      const over = async (target: string) => {
+        const e = await b.call("storage.upload.begin", target, { size: 499_000 }).then(
+          () => assert.fail("past the tree's storage.bytes"),
+          (x: unknown) => x as Error,
+        );
+        assert.match(e.message, /storage\.bytes exceeded for fam \(over fam\/b\)/);
+        return e.message.replaceAll(target, "<target>");
+      };
+      assert.equal(await over("obj://ws2/s1"), await over("obj://ws2/s2"));
+    });
   });
 });
